@@ -1,0 +1,160 @@
+"""t and F contrasts on fitted betas: effect, variance, statistic, z, p.
+
+Conventions: ``p`` of a t contrast is the one-sided upper-tail probability ``P(T > t)`` (SPM and nilearn);
+``z`` is the signed standard-normal value with the same upper-tail probability. For an F contrast ``p`` is
+``P(F' > F)`` and ``z`` is the normal value with that upper-tail probability. ``logp`` is ``-log10 p``. A
+contrast of several rows is an F test of the rows jointly; its numerator degrees of freedom are the rank
+of the rows on the design (SPM's convention), so redundant rows do no harm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from ..exceptions import ContrastError
+from .design import DesignFactor
+from .distributions import f_to_z, t_to_z, z_to_logp, z_to_p
+from .expr import parse_contrast
+
+__all__ = ["Stats", "contrast_matrix", "compute_contrast"]
+
+_ESTIMABLE_RTOL = 1e-8
+
+
+@dataclass(frozen=True, eq=False)
+class Stats:
+    """Statistics of one contrast at every voxel.
+
+    Attributes
+    ----------
+    name : str
+        The contrast's label (its expression when it was given as one).
+    kind : {'t', 'F'}
+    weights : (q, p) array
+        The contrast weights over the design columns (q = 1 for a t contrast).
+    effect : (V,) or (q, V) array
+        ``weights @ betas``: the contrast estimate (one row per contrast row for F).
+    variance : (V,) or (q, V) array
+        Variance of each effect estimate: ``sigma^2 * w (X'X)^+ w'``.
+    stat : (V,) array
+        The t or F statistic. NaN where the data were invalid or the residual variance is zero.
+    z : (V,) array
+        Standard-normal equivalent of ``p`` (see the module docstring); finite for any finite statistic.
+    dof : float or (float, float)
+        Residual degrees of freedom for t; ``(df1, df2)`` for F.
+    """
+
+    name: str
+    kind: Literal["t", "F"]
+    weights: NDArray[np.float64]
+    effect: NDArray[np.float64]
+    variance: NDArray[np.float64]
+    stat: NDArray[np.float64]
+    z: NDArray[np.float64]
+    dof: float | tuple[float, float]
+
+    @property
+    def t(self) -> NDArray[np.float64]:
+        """The t statistic (t contrasts only)."""
+        if self.kind != "t":
+            raise AttributeError(f"contrast {self.name!r} is an F contrast; use `.F` for its statistic.")
+        return self.stat
+
+    @property
+    def F(self) -> NDArray[np.float64]:
+        """The F statistic (F contrasts only)."""
+        if self.kind != "F":
+            raise AttributeError(f"contrast {self.name!r} is a t contrast; use `.t` for its statistic.")
+        return self.stat
+
+    @property
+    def p(self) -> NDArray[np.float64]:
+        """Upper-tail p-value, ``P(T > t)`` or ``P(F' > F)``; computed from z on each access."""
+        return z_to_p(self.z)
+
+    @property
+    def logp(self) -> NDArray[np.float64]:
+        """``-log10 p``, finite even where p underflows to 0; computed from z on each access."""
+        return z_to_logp(self.z)
+
+
+def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[NDArray[np.float64], str]:
+    """Turn a contrast (expression or weights) into a checked (q, p) weight matrix and a label."""
+    p = design.n_columns
+    if isinstance(contrast, str):
+        return parse_contrast(contrast, design.names), contrast.strip()
+    try:
+        w = np.array(contrast, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ContrastError(f"`contrast` must be numeric weights or an expression over column names; got {contrast!r}.") from None
+    label = np.array2string(w, separator=", ", precision=4, suppress_small=True).replace("\n", "")
+    if w.ndim == 1:
+        w = w[None, :]
+    if w.ndim != 2 or w.shape[1] != p:
+        raise ContrastError(
+            f"`contrast` {label} has shape {np.shape(contrast)} but the design has {p} columns "
+            f"({', '.join(design.names)}); give {p} weights per row."
+        )
+    if w.shape[0] == 0 or not np.isfinite(w).all():
+        raise ContrastError(f"`contrast` {label} must have at least one row and only finite weights.")
+    if not np.any(w, axis=1).all():
+        raise ContrastError(f"`contrast` {label} has a row of all zeros; every row must weight some column.")
+    return w, label
+
+
+def _check_estimable(w: NDArray, label: str, design: DesignFactor) -> None:
+    """Refuse rows that are not in the row space of X, naming the confounded columns."""
+    null = design.null_space
+    if null.size == 0:
+        return
+    ws = w / design.col_scale  # weights on the scaled betas
+    leak = np.abs(ws @ null).max(axis=1) > _ESTIMABLE_RTOL * np.linalg.norm(ws, axis=1)
+    if leak.any():
+        touched = null[:, np.abs(ws[leak] @ null).max(axis=0) > _ESTIMABLE_RTOL * np.abs(ws[leak]).max()]
+        cols = design.involved_columns(touched)
+        raise ContrastError(
+            f"contrast {label!r} is not estimable: it is not in the row space of the design, whose columns "
+            f"{', '.join(cols)} are confounded ({'; '.join(design.dependencies())}); "
+            "weight them only in combinations the design can separate."
+        )
+
+
+def compute_contrast(
+    contrast: str | ArrayLike,
+    design: DesignFactor,
+    betas: NDArray[np.float64],
+    residual_variance: NDArray[np.float64],
+    name: str | None = None,
+) -> Stats:
+    """Statistics of a contrast (t for one row, F for several) from betas and residual variances."""
+    w, label = contrast_matrix(contrast, design)
+    label = label if name is None else name
+    _check_estimable(w, label, design)
+    dof = design.dof
+    usable = residual_variance > 0  # zero or NaN variance: no statistic
+    with np.errstate(divide="ignore", invalid="ignore"):
+        effect = w @ betas
+        m = w @ design.cov_unscaled @ w.T
+        variance = np.diag(m)[:, None] * residual_variance
+        if w.shape[0] == 1:
+            stat = np.where(usable, effect[0] / np.sqrt(variance[0]), np.nan)
+            z = t_to_z(stat, dof) if dof > 0 else np.full_like(stat, np.nan)
+            return _freeze(Stats(label, "t", w, effect[0], variance[0], stat, z, float(dof)))
+        evals, evecs = np.linalg.eigh(m)
+        keep = evals > evals.max() * max(m.shape) * np.finfo(float).eps
+        whiten = evecs[:, keep] / np.sqrt(evals[keep])  # m^+ = whiten @ whiten.T
+        df1 = int(keep.sum())
+        proj = whiten.T @ effect
+        stat = np.where(usable, np.einsum("ij,ij->j", proj, proj) / (df1 * residual_variance), np.nan)
+        z = f_to_z(stat, df1, dof) if dof > 0 else np.full_like(stat, np.nan)
+    return _freeze(Stats(label, "F", w, effect, variance, stat, z, (float(df1), float(dof))))
+
+
+def _freeze(stats: Stats) -> Stats:
+    for field in ("weights", "effect", "variance", "stat", "z"):
+        getattr(stats, field).setflags(write=False)
+    return stats

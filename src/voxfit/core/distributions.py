@@ -1,0 +1,210 @@
+"""Tail probabilities and z-scores of t and F statistics that never saturate.
+
+Conventions (those of SPM and nilearn):
+
+* ``p`` of a t statistic is the one-sided upper-tail probability ``P(T > t)``; ``z`` is the signed
+  standard-normal value with the same upper-tail probability, so ``P(Z > z) = p``.
+* ``p`` of an F statistic is ``P(F' > F)``; ``z`` is the normal value with that upper-tail probability.
+* ``logp`` is ``-log10 p``.
+
+Everything is computed in log space where it matters: ``log P(T > t)`` comes from the regularised incomplete
+beta function while it is representable and from its hypergeometric series (DLMF 8.17.8) where it would
+underflow, and z from ``log p`` through :func:`scipy.special.ndtri_exp`. So t = 40 with 100 degrees of
+freedom gives p = 1.0e-63 and z = 16.8, and t = 1e3 a finite z.
+
+Speed: converting t to z voxel by voxel with the incomplete beta function costs about four read passes
+over a float32 data set. For a given number of degrees of freedom, z/t is a smooth, bounded function of
+``s = log1p(|t|)``, so :func:`t_to_z` tabulates it once (exact values and exact derivatives at 2**9 nodes
+per unit of s) and evaluates a cubic Hermite interpolant: relative error below 1e-12 (tested against
+mpmath), at the cost of a dozen vectorised operations per voxel. Values of |t| beyond the table
+(|t| > 1e4) are computed exactly; the two agree to 1e-12 where they meet.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import special as sc
+
+from ._kernels import hermite_z
+
+__all__ = ["t_logsf", "t_to_z", "f_logsf", "f_to_z", "z_to_p", "z_to_logp"]
+
+_LN10 = math.log(10.0)
+_TINY = 1e-290  # below this a tail probability is computed from the series in log space
+_T_TABLE_MAX = 1e4
+_NODES_PER_UNIT = 512
+
+
+def _log_betainc_small_x(a, b, log_x, log1m_x):
+    """``log I_x(a, b)`` for small x, from I_x = x^a (1-x)^b / (a B(a, b)) * 2F1(a+b, 1; a+1; x).
+
+    Used only where the incomplete beta function underflows, i.e. where x is tiny, so the series
+    converges in a few terms; the loop stops when every term is below double-precision rounding.
+    """
+    a, b, log_x, log1m_x = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (a, b, log_x, log1m_x)))
+    x = np.exp(log_x)
+    term = np.ones_like(x)
+    total = np.ones_like(x)
+    for k in range(100_000):
+        term = term * ((a + b + k) / (a + 1.0 + k)) * x
+        total = total + term
+        if not np.any(term > 1e-17 * total):
+            break
+    return a * log_x + b * log1m_x - np.log(a) - sc.betaln(a, b) + np.log(total)
+
+
+def _log_x_pair(log_q: NDArray):
+    """``log(x)`` and ``log(1 - x)`` for ``x = 1 / (1 + q)``, given ``log q``: no overflow, no cancellation."""
+    return -np.logaddexp(0.0, log_q), -np.logaddexp(0.0, -log_q)
+
+
+def t_logsf(t: ArrayLike, dof: float) -> NDArray[np.float64]:
+    """Natural log of the upper tail ``P(T > t)`` of Student's t with `dof` degrees of freedom.
+
+    Accurate in both tails and finite for any finite t: for large positive t it follows the
+    asymptotic series instead of underflowing to ``log(0)``.
+    """
+    t = np.asarray(t, dtype=float)
+    if math.isinf(dof):
+        return sc.log_ndtr(-t)
+    sf = sc.stdtr(dof, -t)
+    with np.errstate(divide="ignore"):
+        out = np.where(sf > 0.5, np.log1p(-sc.stdtr(dof, t)), np.log(sf))
+    tiny = sf < _TINY
+    if np.any(tiny):
+        tt = np.abs(t[tiny])
+        log_x, log1m_x = _log_x_pair(2.0 * (np.log(tt) - 0.5 * math.log(dof)))  # x = dof / (dof + t^2)
+        out[tiny] = math.log(0.5) + _log_betainc_small_x(dof / 2.0, 0.5, log_x, log1m_x)
+    return out
+
+
+def _z_from_logsf(logsf: NDArray) -> NDArray[np.float64]:
+    """z with ``log P(Z > z) = logsf``: scipy's ndtri_exp, then one Newton step on log_ndtr.
+
+    ndtri_exp alone is off by ~1e-11 relative for log p ~ -1e5; the Newton step brings it to rounding.
+    """
+    z = -sc.ndtri_exp(logsf)
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_sf_z = sc.log_ndtr(-z)
+        step = (log_sf_z - logsf) / np.exp(-0.5 * z * z - 0.5 * math.log(2 * math.pi) - log_sf_z)
+    return np.where(np.isfinite(step), z + step, z)
+
+
+def _t_to_z_exact(t: NDArray, dof: float) -> NDArray[np.float64]:
+    """z with ``P(Z > z) = P(T > t)``, accurate to rounding in relative terms for every t.
+
+    Tails from log p; the centre (|z| < 0.67) from ``P(|T| < |t|) = I_y(1/2, dof/2)``, y = t^2/(dof + t^2),
+    since 1/2 - p has already lost its relative accuracy there: ``z = sqrt(2) erfinv(P(|T| < |t|))``.
+    """
+    t = np.asarray(t, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        central = sc.betainc(0.5, dof / 2.0, 1.0 / (1.0 + dof / (t * t)))
+    z = np.sign(t) * np.where(central < 0.5, math.sqrt(2.0) * sc.erfinv(central), np.nan)
+    tail = ~(central < 0.5)
+    z[tail] = np.sign(t[tail]) * _z_from_logsf(t_logsf(np.abs(t[tail]), dof))
+    return z
+
+
+def _log_gamma_ratio_half(a: float) -> float:
+    """``log(Gamma(a + 1/2) / Gamma(a))`` to full double precision.
+
+    A difference of two ``gammaln`` (or scipy's ``betaln``) loses up to 1e-10 for a ~ 1e5; for a >= 10 the
+    difference of the two Stirling series is taken term by term instead (truncation error < 1e-17).
+    """
+    if a < 10.0:
+        return float(sc.gammaln(a + 0.5) - sc.gammaln(a))
+    b = a + 0.5
+    stirling = sum(c * (b ** -(2 * k - 1) - a ** -(2 * k - 1)) for k, c in enumerate((1 / 12, -1 / 360, 1 / 1260, -1 / 1680), 1))
+    return 0.5 * math.log(a) + (a * math.log1p(0.5 / a) - 0.5) + stirling
+
+
+def _t_logpdf(t: NDArray, dof: float) -> NDArray[np.float64]:
+    return _log_gamma_ratio_half(dof / 2.0) - 0.5 * math.log(dof * math.pi) - (dof + 1.0) / 2.0 * np.log1p(t * t / dof)
+
+
+@functools.lru_cache(maxsize=64)
+def _t_to_z_table(dof: float) -> tuple[float, NDArray[np.float64]]:
+    """Cubic Hermite coefficients of g(s) = z(t) / t on s = log1p(t), t >= 0, uniform in s.
+
+    Returns ``(1/h, coef)`` with ``coef[i] = (c0, c1, c2, c3)`` for the interval ``[i*h, (i+1)*h]``.
+    """
+    h = 1.0 / _NODES_PER_UNIT
+    n_int = int(math.ceil(math.log1p(_T_TABLE_MAX) / h))
+    s = np.arange(n_int + 1) * h
+    t = np.expm1(s)
+    z = _t_to_z_exact(t, dof)
+    # dz/dt = f_T(t) / phi(z), in log space so that neither density underflows.
+    dz_dt = np.exp(_t_logpdf(t, dof) - (-0.5 * z * z - 0.5 * math.log(2 * math.pi)))
+    g = np.empty_like(t)
+    dg_ds = np.empty_like(t)
+    g[0] = math.exp(_t_logpdf(np.zeros(1), dof)[0] + 0.5 * math.log(2 * math.pi))  # ratio of densities at 0
+    dg_ds[0] = 0.0  # g is even in t
+    tt = t[1:]
+    g[1:] = z[1:] / tt
+    dg_ds[1:] = (1.0 + tt) * (dz_dt[1:] * tt - z[1:]) / (tt * tt)
+    y0, y1 = g[:-1], g[1:]
+    m0, m1 = h * dg_ds[:-1], h * dg_ds[1:]
+    coef = np.stack([y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1], axis=1)
+    return 1.0 / h, np.ascontiguousarray(coef)
+
+
+def t_to_z(t: ArrayLike, dof: float) -> NDArray[np.float64]:
+    """z-scores of t statistics: the signed normal value with the same upper-tail probability.
+
+    Relative error below 1e-12 for every t and dof >= 1 (checked against mpmath); NaN stays NaN.
+    """
+    t = np.asarray(t, dtype=float)
+    dof = float(dof)
+    if not dof > 0:
+        raise ValueError(f"`dof` must be positive; got {dof}.")
+    if math.isinf(dof):
+        return t.copy()
+    inv_h, coef = _t_to_z_table(dof)
+    flat = np.ascontiguousarray(t).reshape(-1)
+    z = np.empty_like(flat)
+    if hermite_z(flat, inv_h, coef, z):
+        beyond = np.isnan(z) & ~np.isnan(flat)  # left NaN by the kernel
+        z[beyond] = _t_to_z_exact(flat[beyond], dof)
+    return z.reshape(t.shape)
+
+
+def f_logsf(F: ArrayLike, df1: float, df2: float) -> NDArray[np.float64]:
+    """Natural log of the upper tail ``P(F' > F)`` of the F distribution, finite for any finite F."""
+    F = np.asarray(F, dtype=float)
+    sf = sc.fdtrc(df1, df2, F)
+    with np.errstate(divide="ignore"):
+        out = np.where(sf > 0.5, np.log1p(-sc.fdtr(df1, df2, F)), np.log(sf))
+    tiny = sf < _TINY
+    if np.any(tiny):
+        ff = F[tiny]
+        # P(F' > F) = I_x(df2/2, df1/2) with x = df2 / (df2 + df1 F)
+        log_x, log1m_x = _log_x_pair(np.log(ff) + math.log(df1) - math.log(df2))
+        out[tiny] = _log_betainc_small_x(df2 / 2.0, df1 / 2.0, log_x, log1m_x)
+    return out
+
+
+def f_to_z(F: ArrayLike, df1: float, df2: float) -> NDArray[np.float64]:
+    """z-scores of F statistics: the normal value whose upper-tail probability is the F's p-value.
+
+    Computed from whichever tail of F is smaller, so that z is accurate for p near 0 and near 1.
+    """
+    F = np.asarray(F, dtype=float)
+    logsf = f_logsf(F, df1, df2)
+    with np.errstate(divide="ignore"):
+        logcdf = np.log(sc.fdtr(df1, df2, F))
+    upper = logsf < math.log(0.5)
+    return np.where(upper, _z_from_logsf(logsf), -_z_from_logsf(np.where(upper, -1.0, logcdf)))
+
+
+def z_to_p(z: ArrayLike) -> NDArray[np.float64]:
+    """Upper-tail probability ``P(Z > z)`` of the standard normal."""
+    return sc.ndtr(-np.asarray(z, dtype=float))
+
+
+def z_to_logp(z: ArrayLike) -> NDArray[np.float64]:
+    """``-log10 P(Z > z)``, finite however large z is."""
+    return sc.log_ndtr(-np.asarray(z, dtype=float)) / -_LN10

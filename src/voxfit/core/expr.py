@@ -1,0 +1,157 @@
+"""Contrast expressions over design column names, parsed by a small recursive-descent parser (no eval).
+
+Grammar::
+
+    contrast := row (";" row)*              several rows make an F contrast
+    row      := sum
+    sum      := product (("+" | "-") product)*
+    product  := unary (("*" | "/") unary)*
+    unary    := ("+" | "-") unary | atom
+    atom     := NUMBER | NAME | "`" any text "`" | "(" sum ")"
+
+A NAME is a design column name made of letters, digits, ``_`` and ``.`` (not starting with a digit); any
+other column name can be written between backticks. Every row must be linear in the columns: a number may
+multiply or divide a column, two columns may not be multiplied, and a row may not contain a bare constant.
+Examples: ``A - B``, ``0.5*A + 0.5*B``, ``(A + B)/2 - C``, ``A; B`` (F test of A and B).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..exceptions import ContrastError
+
+__all__ = ["parse_contrast"]
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
+    r"|`(?P<quoted>[^`]+)`|(?P<op>[-+*/();]))"
+)
+
+
+def _tokenize(text: str) -> list[tuple[str, str | float, int]]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise ContrastError(f"cannot read contrast {text!r}: unexpected {text[pos:].strip()[:10]!r} at position {pos}.")
+        kind = m.lastgroup
+        value = float(m.group(kind)) if kind == "number" else m.group(kind)
+        tokens.append(("name" if kind == "quoted" else kind, value, m.start(kind)))
+        pos = m.end()
+    return tokens
+
+
+class _Parser:
+    """Each rule returns a linear form: (constant, {column: coefficient})."""
+
+    def __init__(self, text: str, names: tuple[str, ...]):
+        self.text, self.names = text, names
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    def error(self, what: str) -> ContrastError:
+        return ContrastError(f"cannot read contrast {self.text!r}: {what}.")
+
+    def peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else ("end", None, len(self.text))
+
+    def take(self):
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def rows(self) -> list[dict[str, float]]:
+        rows = [self.row()]
+        while self.peek()[1] == ";":
+            self.take()
+            rows.append(self.row())
+        kind, value, pos = self.peek()
+        if kind != "end":
+            raise self.error(f"unexpected {value!r} at position {pos}")
+        return rows
+
+    def row(self) -> dict[str, float]:
+        start = self.peek()[2]
+        const, coefs = self.sum()
+        if const != 0:
+            raise self.error("a bare number is not a contrast weight; write it as a multiple of a column (e.g. 2*A)")
+        coefs = {k: v for k, v in coefs.items() if v != 0}
+        if not coefs:
+            raise self.error(f"the row starting at position {start} has no non-zero column weight")
+        return coefs
+
+    def sum(self):
+        const, coefs = self.product()
+        while self.peek()[1] in ("+", "-"):
+            sign = 1.0 if self.take()[1] == "+" else -1.0
+            c2, k2 = self.product()
+            const += sign * c2
+            for k, v in k2.items():
+                coefs[k] = coefs.get(k, 0.0) + sign * v
+        return const, coefs
+
+    def product(self):
+        left = self.unary()
+        while self.peek()[1] in ("*", "/"):
+            op = self.take()[1]
+            right = self.unary()
+            if op == "/":
+                if right[1]:
+                    raise self.error("cannot divide by a column; contrasts must be linear")
+                if right[0] == 0:
+                    raise self.error("division by zero")
+                left = (left[0] / right[0], {k: v / right[0] for k, v in left[1].items()})
+            elif left[1] and right[1]:
+                raise self.error("cannot multiply two columns; contrasts must be linear")
+            else:
+                (num, _), (c, lin) = (left, right) if not left[1] else (right, left)
+                left = (num * c, {k: num * v for k, v in lin.items()})
+        return left
+
+    def unary(self):
+        if self.peek()[1] in ("+", "-"):
+            sign = 1.0 if self.take()[1] == "+" else -1.0
+            c, k = self.unary()
+            return sign * c, {n: sign * v for n, v in k.items()}
+        return self.atom()
+
+    def atom(self):
+        kind, value, pos = self.take()
+        if kind == "number":
+            return value, {}
+        if kind == "name":
+            if value not in self.names:
+                close = difflib.get_close_matches(value, self.names, n=3)
+                hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"columns are {', '.join(self.names)}"
+                raise self.error(f"unknown column {value!r} ({hint})")
+            return 0.0, {value: 1.0}
+        if value == "(":
+            inner = self.sum()
+            if self.take()[1] != ")":
+                raise self.error(f"missing ')' for the '(' at position {pos}")
+            return inner
+        raise self.error("unexpected end" if kind == "end" else f"unexpected {value!r} at position {pos}")
+
+
+def parse_contrast(text: str, names: tuple[str, ...]) -> NDArray[np.float64]:
+    """Parse a contrast expression into a (rows, len(names)) weight matrix.
+
+    >>> parse_contrast("0.5*A + 0.5*B - C", ("A", "B", "C"))
+    array([[ 0.5,  0.5, -1. ]])
+    """
+    if not text.strip():
+        raise ContrastError("cannot read contrast '': it is empty; write e.g. 'A - B'.")
+    rows = _Parser(text, tuple(names)).rows()
+    out = np.zeros((len(rows), len(names)))
+    index = {name: j for j, name in enumerate(names)}
+    for r, coefs in enumerate(rows):
+        for name, value in coefs.items():
+            out[r, index[name]] = value
+    return out

@@ -1,0 +1,84 @@
+"""Memory sizes as users write them, and the block size that fits a budget."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..exceptions import InputError
+
+__all__ = ["parse_memory", "plan_blocks"]
+
+# A tile (the shifted data of a few hundred voxels) stays in a core's L2 cache while its matrix product runs;
+# a block (the float64 arithmetic on betas and sums of squares) is large enough to amortise Python overhead.
+DEFAULT_TILE_BYTES = 512 << 10
+DEFAULT_BLOCK_VOXELS = 8192
+DEFAULT_MAX_MEMORY = 64 << 20
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(value: str | int | float) -> int:
+    """Bytes in a memory size: an integer number of bytes or a string like ``64K``, ``500M``, ``2G``, ``1.5GB``.
+
+    Units are binary (1K = 1024 bytes), as in ``ulimit`` and SLURM.
+    """
+    if isinstance(value, bool):
+        raise InputError(f"`max_memory` must be a size like '500M' or '2G'; got {value!r}.")
+    if isinstance(value, (int, float)):
+        size = value
+    else:
+        m = _SIZE.match(str(value))
+        if m is None:
+            raise InputError(f"`max_memory` must be a size like '64K', '500M' or '2G'; got {value!r}.")
+        size = float(m.group(1)) * _UNITS[m.group(2).upper()]
+    if not size > 0 or size != size or size == float("inf"):
+        raise InputError(f"`max_memory` must be a positive size; got {value!r}.")
+    return int(size)
+
+
+def _tile_bytes(n_scans: int, work_itemsize: int) -> int:
+    """Working memory per voxel of a tile: the shifted tile, and a float64 copy and residuals if refitted."""
+    return n_scans * (work_itemsize + 16)
+
+
+def _block_bytes(n_columns: int, work_itemsize: int) -> int:
+    """Working memory per voxel of a block: GEMM output and a dozen float64 vectors of length ~p."""
+    return (n_columns + 2) * work_itemsize + 8 * (3 * n_columns + 12)
+
+
+def plan_blocks(
+    n_scans: int,
+    n_columns: int,
+    work_itemsize: int,
+    max_memory: str | int | None = None,
+    block_size: int | None = None,
+    workers: int = 1,
+) -> tuple[int, int]:
+    """``(block, tile)`` voxel counts for ``core.BlockFitter``: what fits the budget, split among workers.
+
+    `block_size` fixes the block (and caps the tile); otherwise `max_memory` (default 64 MiB) bounds the
+    working memory of all workers together: each gets ``budget / workers`` for a tile of at most
+    ``DEFAULT_TILE_BYTES`` and the largest block, up to ``DEFAULT_BLOCK_VOXELS``, that fits the rest.
+    """
+    if block_size is not None and max_memory is not None:
+        raise InputError("give either `max_memory` or `block_size`, not both.")
+    tile_cost = _tile_bytes(n_scans, work_itemsize)
+    block_cost = _block_bytes(n_columns, work_itemsize)
+    default_tile = max(16, DEFAULT_TILE_BYTES // (n_scans * work_itemsize))
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+            raise InputError(f"`block_size` must be a positive number of voxels; got {block_size!r}.")
+        return int(block_size), int(min(block_size, default_tile))
+    budget = (DEFAULT_MAX_MEMORY if max_memory is None else parse_memory(max_memory)) // max(1, workers)
+    tile = min(default_tile, budget // (tile_cost + block_cost))
+    if tile < 1:
+        need = (tile_cost + block_cost) * max(1, workers)
+        raise InputError(
+            f"`max_memory`={max_memory!r} is too small: one voxel of {n_scans} scans needs {need} bytes of "
+            f"working memory ({workers} worker(s)); give at least {need}."
+        )
+    block = min(DEFAULT_BLOCK_VOXELS, (budget - tile * tile_cost) // block_cost)
+    return int(max(block, tile)), int(tile)

@@ -1,0 +1,46 @@
+"""Reference data and generators shared by the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).parent / "data"
+
+
+def load_nist(name: str):
+    """Design, response and certified values of one NIST StRD linear-regression dataset."""
+    d = json.loads((DATA / f"nist_{name}.json").read_text())
+    y = np.array(d["y"], dtype=float)
+    x = np.array(d["x"], dtype=float)
+    if d.get("x_columns"):
+        X = np.column_stack([np.ones(len(y)), x])
+    else:
+        first = 0 if d["intercept"] else 1
+        X = np.column_stack([x**k for k in range(first, d["polynomial_degree"] + 1)])
+    return X, y, d["certified"]
+
+
+def fmri_like(rng, n=200, p=6, V=500, mean=1000.0, noise=10.0, dtype=np.float64):
+    """A design with an intercept and data with a large mean level, as BOLD data have."""
+    X = np.column_stack([rng.standard_normal((n, p - 1)), np.ones(n)])
+    beta = rng.standard_normal((p, V))
+    beta[-1] = mean
+    Y = X @ beta + noise * rng.standard_normal((n, V))
+    return X, Y.astype(dtype)
+
+
+def assert_betas_close(actual, desired, stderr, rtol):
+    """|actual - desired| <= rtol * (|desired| + stderr), elementwise; NaN where and only where desired is.
+
+    Betas near zero are compared at the scale of their standard error: relative error alone is meaningless
+    for an estimate of 1e-4 +- 1.
+    """
+    actual, desired, stderr = np.asarray(actual), np.asarray(desired), np.asarray(stderr)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(desired))
+    ok = np.isnan(desired) | (np.abs(actual - desired) <= rtol * (np.abs(desired) + stderr))
+    if not ok.all():
+        worst = np.nanmax(np.abs(actual - desired) / (np.abs(desired) + stderr))
+        raise AssertionError(f"{np.count_nonzero(~ok)} betas differ; worst error {worst:.3g} of |beta| + se > {rtol}")

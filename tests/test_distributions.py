@@ -1,0 +1,130 @@
+"""p-values and z-scores against high-precision references (mpmath, 60 digits)."""
+
+import math
+
+import mpmath as mp
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from voxfit.core import f_to_z, t_logsf, t_to_z, z_to_logp, z_to_p
+from voxfit.core.distributions import _t_to_z_table
+
+mp.mp.dps = 60
+HALF = mp.mpf(1) / 2
+
+
+def ref_t_tail(t, dof):
+    """P(T > |t|) at 60 digits, from whichever incomplete-beta form converges."""
+    t, dof = mp.mpf(abs(t)), mp.mpf(dof)
+    x = dof / (dof + t * t)
+    if x < 0.5:
+        return mp.betainc(dof / 2, HALF, 0, x, regularized=True) / 2
+    with mp.workdps(800):  # 1/2 - I/2 cancels: enough digits for tails down to 1e-700
+        return +(HALF - mp.betainc(HALF, dof / 2, 0, 1 - x, regularized=True) / 2)
+
+
+def ref_z_from_log_tail(log_tail):
+    """z > 0 with log P(Z > z) = log_tail."""
+    f = lambda z: mp.log(mp.erfc(z / mp.sqrt(2)) / 2) - log_tail  # noqa: E731
+    start = mp.sqrt(-2 * log_tail) if log_tail < -1 else mp.mpf("0.5")
+    return mp.findroot(f, start)
+
+
+def ref_t_z(t, dof):
+    tail = ref_t_tail(t, dof)
+    if tail == HALF:
+        return 0.0
+    z = ref_z_from_log_tail(mp.log(tail)) if tail < 0.25 else -mp.sqrt(2) * mp.erfinv(2 * tail - 1)
+    return float(z if t > 0 else -z)
+
+
+DOFS = [1, 2, 3, 7, 30, 100, 285, 1000, 1e5]
+TS = [1e-8, 1e-3, 0.2, 1.0, 1.96, 4.5, 12.0, 40.0, 333.0, 1e3, 9e3, 2e4, 1e7]
+
+
+@pytest.mark.parametrize("dof", DOFS)
+def test_t_to_z_relative_error_below_1e12(dof):
+    t = np.array(TS + [-x for x in TS])
+    z = t_to_z(t, dof)
+    ref = np.array([ref_t_z(x, dof) for x in t])
+    npt.assert_allclose(z, ref, rtol=1e-12, atol=0)
+
+
+def test_t_40_with_100_dof():
+    """The issue's example: a finite, accurate p about 1e-63."""
+    t, dof = np.array([40.0]), 100
+    ref_p = float(ref_t_tail(40.0, dof))
+    assert 1e-64 < ref_p < 1e-62
+    z = t_to_z(t, dof)
+    npt.assert_allclose(z_to_p(z), ref_p, rtol=1e-9)
+    npt.assert_allclose(z_to_logp(z), -math.log10(ref_p), rtol=1e-12)
+    npt.assert_allclose(t_logsf(t, dof), float(mp.log(ref_t_tail(40.0, dof))), rtol=1e-13)
+
+
+def test_extreme_t_gives_finite_monotonic_z_and_logp():
+    t = np.concatenate([-np.logspace(300, -3, 400), [0.0], np.logspace(-3, 300, 400)])
+    for dof in (1, 10, 100, 1e4):
+        z = t_to_z(t, dof)
+        assert np.isfinite(z).all()
+        assert np.all(np.diff(z) > 0)
+        logp = z_to_logp(z)
+        assert np.isfinite(logp).all() and np.all(np.diff(logp) >= 0)
+    # p underflows to 0 for t = 1e5 with 100 dof (p ~ 1e-450), but log p does not
+    assert z_to_p(t_to_z(np.array([1e5]), 100))[0] == 0.0
+    npt.assert_allclose(t_logsf(np.array([1e5]), 100), float(mp.log(ref_t_tail(1e5, 100))), rtol=1e-13)
+    npt.assert_allclose(z_to_logp(t_to_z(np.array([1e5]), 100)), float(-mp.log10(ref_t_tail(1e5, 100))), rtol=1e-12)
+
+
+def test_negative_tail_is_accurate():
+    """p near 1 for very negative t: z from the lower tail, so it does not saturate at -8."""
+    z = t_to_z(np.array([-40.0]), 100)
+    assert z[0] < -16
+    npt.assert_allclose(z, -t_to_z(np.array([40.0]), 100), rtol=0, atol=0)
+    npt.assert_allclose(t_logsf(np.array([-40.0]), 100), math.log1p(-float(ref_t_tail(40.0, 100))), rtol=1e-15)
+
+
+def test_table_edge_is_continuous():
+    """Where the tabulated interpolant hands over to the exact computation, z is continuous and increasing."""
+    for dof in (3, 300):
+        inv_h, coef = _t_to_z_table(float(dof))
+        edge = math.expm1(coef.shape[0] / inv_h)
+        t = edge * np.array([1 - 1e-6, 1 - 1e-9, 1 + 1e-9, 1 + 1e-6])
+        z = t_to_z(t, dof)
+        assert np.all(np.diff(z) >= 0)
+        npt.assert_allclose(z, [ref_t_z(x, dof) for x in t], rtol=1e-12)
+
+
+def test_nan_and_infinite_inputs():
+    z = t_to_z(np.array([np.nan, np.inf, -np.inf]), 10)
+    assert np.isnan(z[0]) and z[1] == np.inf and z[2] == -np.inf
+
+
+def test_infinite_dof_is_the_normal():
+    t = np.linspace(-5, 5, 11)
+    npt.assert_array_equal(t_to_z(t, np.inf), t)
+
+
+@pytest.mark.parametrize("df1,df2", [(1, 10), (2, 30), (5, 285), (20, 3)])
+def test_f_to_z_both_tails(df1, df2):
+    F = np.array([1e-6, 0.05, 0.5, 1.0, 3.0, 20.0, 500.0, 1e5])
+    z = f_to_z(F, df1, df2)
+    for f_val, z_val in zip(F, z):
+        x = mp.mpf(df2) / (df2 + df1 * mp.mpf(f_val))
+        sf = mp.betainc(mp.mpf(df2) / 2, mp.mpf(df1) / 2, 0, x, regularized=True)
+        ref = ref_z_from_log_tail(mp.log(sf)) if sf < 0.25 else -mp.sqrt(2) * mp.erfinv(2 * sf - 1)
+        npt.assert_allclose(z_val, float(ref), rtol=1e-11)
+    assert np.all(np.diff(z) > 0)
+
+
+def test_f_extreme_is_finite():
+    z = f_to_z(np.array([1e10, 1e100, 1e300]), 3, 50)
+    assert np.isfinite(z).all() and np.all(np.diff(z) > 0)
+
+
+def test_t_squared_is_f_with_one_numerator_dof():
+    """Two-sided t and F(1, dof) agree: P(F > t^2) = 2 P(T > |t|)."""
+    t = np.array([0.5, 2.0, 7.0, 60.0])
+    dof = 40
+    log_f = np.log(z_to_p(f_to_z(t**2, 1, dof)))
+    npt.assert_allclose(log_f, np.log(2) + t_logsf(t, dof), rtol=1e-10)

@@ -1,0 +1,73 @@
+"""Voxels with NaN or infinite data, constant voxels and exact fits."""
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+import voxfit
+
+from .helpers import assert_betas_close, fmri_like
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nan_and_inf_voxels_are_nan_and_counted(rng, dtype):
+    X, Y = fmri_like(rng, n=80, p=4, V=400, dtype=dtype)
+    clean = voxfit.fit(X, Y)
+    bad = Y.copy()
+    bad[3, 10] = np.nan
+    bad[0, 11] = np.inf
+    bad[79, 12] = -np.inf
+    bad[:, 13] = np.nan
+    bad[[5, 6], 300] = [np.inf, -np.inf]
+    fit = voxfit.fit(X, bad, block_size=50)
+    invalid = [10, 11, 12, 13, 300]
+    assert fit.n_invalid == 5
+    npt.assert_array_equal(np.flatnonzero(~fit.valid), invalid)
+    stats = fit.contrast([1, 0, 0, 0])
+    for arr in (fit.betas[:, invalid], fit.residual_variance[invalid], fit.r2[invalid], stats.t[invalid], stats.z[invalid]):
+        assert np.isnan(arr).all()
+    ok = np.setdiff1d(np.arange(400), invalid)
+    assert_betas_close(fit.betas[:, ok], clean.betas[:, ok], clean.stderr[:, ok], 1e-12)
+    npt.assert_array_equal(fit.residual_variance[ok], clean.residual_variance[ok])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_constant_voxels_give_nan_statistics(rng, dtype):
+    X, Y = fmri_like(rng, n=50, p=3, V=20, dtype=dtype)
+    Y[:, 4] = 1234.5
+    Y[:, 5] = 0.0
+    fit = voxfit.fit(X, Y)
+    stats = fit.contrast([1, 0, 0])
+    for j in (4, 5):
+        assert fit.valid[j]
+        assert fit.residual_variance[j] == 0.0
+        assert np.isnan(fit.r2[j])  # 0 / 0
+        assert np.isnan(stats.t[j]) and np.isnan(stats.z[j]) and np.isnan(stats.p[j])
+        npt.assert_allclose(fit.betas[:, j], [0, 0, Y[0, j]], atol=1e-9 * max(1, abs(Y[0, j])))
+    assert np.isfinite(stats.t[[0, 1, 2, 3, 6]]).all()
+
+
+def test_exact_fit_has_zero_residual_variance(rng):
+    X, _ = fmri_like(rng, n=30, p=4, V=1)
+    Y = X @ rng.standard_normal((4, 10)) * 100 + 50
+    fit = voxfit.fit(X, Y)
+    npt.assert_array_equal(fit.residual_variance, 0.0)
+    npt.assert_allclose(fit.r2, 1.0)
+    assert np.isnan(fit.contrast([0, 1, 0, 0]).t).all()
+    npt.assert_allclose(fit.betas, np.linalg.lstsq(X, Y, rcond=None)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_huge_finite_values_are_not_invalid():
+    """float32 values near the top of the range: shifted values overflow float32, the voxel is still fitted."""
+    n = 20
+    X = np.column_stack([np.arange(n, dtype=float), np.ones(n)])
+    y = np.linspace(-3e38, 3e38, n).astype(np.float32)
+    fit = voxfit.fit(X, y[:, None])
+    assert fit.valid.all()
+    npt.assert_allclose(fit.betas[:, 0], np.linalg.lstsq(X, y.astype(float), rcond=None)[0], rtol=1e-9)
+
+
+def test_all_voxels_invalid():
+    fit = voxfit.fit(np.ones((5, 1)), np.full((5, 3), np.nan))
+    assert fit.n_invalid == 3
+    assert np.isnan(fit.betas).all()

@@ -99,6 +99,9 @@ class _Parser:
 
     def product(self):
         left = self.unary()
+        kind, value, pos = self.peek()
+        if kind in ("name", "number") or value == "(":
+            raise self.error(f"expected an operator before {value!r} at position {pos} (write 2*A for a multiple)")
         while self.peek()[1] in ("*", "/"):
             op = self.take()[1]
             right = self.unary()

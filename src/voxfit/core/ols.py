@@ -60,13 +60,14 @@ def working_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def _operator(design: DesignFactor, dtype: np.dtype) -> NDArray:
-    """Rows of the single GEMM: an orthonormal basis of the design's column space, a row of ones (sums)
-    and, without intercept, (I - H) 1.
+    """Rows of the single GEMM: an orthonormal basis Q of the design's column space and, when the constant
+    is not in that space, ``(I - H) 1``.
 
     Coordinates in an orthonormal basis give the fitted sum of squares without the condition number of X
-    amplifying the rounding of the product; betas follow from them through a small (p x rank) product.
+    amplifying the rounding of the product; betas follow from them through a small (p x rank) product, and
+    so does the sum of the data, ``1'y = (Q'1)'(Q'y) + ((I - H) 1)'y``.
     """
-    rows = [design.basis.T, np.ones((1, design.n_scans))]
+    rows = [design.basis.T]
     if not design.has_intercept:
         rows.append(design.ones_residual[None, :])
     return np.ascontiguousarray(np.vstack(rows), dtype=dtype)
@@ -90,7 +91,8 @@ class BlockFitter:
         self.wdt = working_dtype(dtype)
         self.op_t = _operator(design, self.wdt).T  # (n, m), F-ordered: tile.T @ op_t is one GEMM
         self.rows = _offset_rows(design.n_scans)
-        self.pinv_sums = design.pinv.sum(axis=1)
+        self.beta_op = np.column_stack([design.basis_pinv, design.pinv.sum(axis=1)])  # [pinv Q, pinv 1]
+        self.basis_sums = design.basis.sum(axis=0)
         self.tile = int(tile)
         self._buf = np.empty((design.n_scans, self.tile), dtype=self.wdt)
 
@@ -100,58 +102,69 @@ class BlockFitter:
         Results are written into `out`, whose arrays have ``stop - start`` voxels (views of the caller's
         full-size outputs, so that nothing is copied twice).
         """
-        design, wdt = self.design, self.wdt
-        n, p = design.X.shape
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf in invalid voxels propagate quietly
+            offset, ssq, g_t = self._shifted_products(Y, start, stop)
+            valid = out.valid
+            np.isfinite(ssq, out=valid)
+            overflowed = np.zeros_like(valid)
+            if not valid.all():  # non-finite data, or finite values whose shifted values overflow the working dtype
+                suspect = np.flatnonzero(~valid)
+                overflowed[suspect] = np.isfinite(Y[:, start + suspect]).all(axis=0)
+                valid |= overflowed
+            scale = self._sums(offset, ssq, g_t, out)
+            redo = np.flatnonzero(valid & ((out.rss * _KAPPA[self.wdt] <= scale) | overflowed))
+        for a in range(0, redo.size, self.tile):
+            idx = redo[a : a + self.tile]
+            exact = _fit_exact(self.design, np.asarray(Y[:, start + idx], dtype=np.float64))
+            out.betas[:, idx], out.rss[idx], out.tss[idx] = exact
+        invalid = ~valid
+        out.betas[:, invalid] = np.nan
+        out.rss[invalid] = np.nan
+        out.tss[invalid] = np.nan
+
+    def _shifted_products(self, Y: NDArray, start: int, stop: int):
+        """Tile by tile: shift, sum squares (compiled, one pass over Y) and multiply by the operator (GEMM)."""
         v = stop - start
-        g_t = np.empty((v, self.op_t.shape[1]), dtype=wdt)
-        offset = np.empty(v, dtype=wdt)
+        g_t = np.empty((v, self.op_t.shape[1]), dtype=self.wdt)
+        offset = np.empty(v, dtype=self.wdt)
         ssq = np.empty(v)
-        direct = Y.dtype.isnative and Y.dtype.kind in "iuf" and Y.dtype != np.float16  # compiled kernel reads Y
+        direct = Y.dtype.isnative and Y.dtype.kind in "iuf" and Y.dtype != np.float16  # the kernel reads Y as is
         for a in range(0, v, self.tile):
             b = min(v, a + self.tile)
             buf = self._buf[:, : b - a]
             if direct:
                 shift_and_square(Y, start + a, start + b, self.rows, buf, offset[a:b], ssq[a:b])
             else:  # float16, booleans, byte-swapped: convert the tile first
-                tile = np.asarray(Y[:, start + a : start + b], dtype=wdt)
+                tile = np.asarray(Y[:, start + a : start + b], dtype=self.wdt)
                 shift_and_square(tile, 0, b - a, self.rows, buf, offset[a:b], ssq[a:b])
-            with np.errstate(invalid="ignore", over="ignore"):  # inf in invalid voxels
-                np.matmul(buf.T, self.op_t, out=g_t[a:b])
+            np.matmul(buf.T, self.op_t, out=g_t[a:b])
+        return offset, ssq, g_t
 
-        betas, rss, tss, valid = out.betas, out.rss, out.tss, out.valid
+    def _sums(self, offset, ssq, g_t, out: BlockResult) -> NDArray[np.float64]:
+        """Betas, RSS and TSS of the block from the shifted products, in float64; returns the RSS's scale.
+
+        With y = y_c + o (o the offset) and Q the orthonormal basis: betas = [pinv Q, pinv 1] [Q'y_c; o],
+        RSS = ||y_c||^2 - ||Q'y_c||^2, plus terms in o when the constant is not in the span of Q.
+        """
+        design = self.design
+        n = design.n_scans
         r = design.rank
-        coords = g_t[:, :r].T.astype(np.float64)
-        sum_c = g_t[:, r].astype(np.float64)
-        off = offset.astype(np.float64)
-        np.isfinite(ssq, out=valid)
-        overflowed = np.zeros_like(valid)
-        if not valid.all():  # non-finite data, or finite values whose shifted values overflow the working dtype
-            suspect = np.flatnonzero(~valid)
-            overflowed[suspect] = np.isfinite(Y[:, start + suspect]).all(axis=0)
-            valid |= overflowed
-
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.multiply.outer(self.pinv_sums, off, out=betas)
-            betas += design.basis_pinv @ coords
-            np.subtract(ssq, np.einsum("ij,ij->j", coords, coords), out=rss)
-            scale = ssq
-            if design.has_intercept:
-                np.subtract(ssq, sum_c * sum_c / n, out=tss)
-            else:
-                r1 = design.ones_residual
-                rss += off * (2.0 * g_t[:, r + 1].astype(np.float64) + off * (r1 @ r1))
-                scale = ssq + n * off * off
-                np.add(ssq, off * (2.0 * sum_c + n * off), out=tss)
-
-        redo = np.flatnonzero(valid & ((rss * _KAPPA[wdt] <= scale) | overflowed))
-        for a in range(0, redo.size, self.tile):
-            idx = redo[a : a + self.tile]
-            betas[:, idx], rss[idx], tss[idx] = _fit_exact(design, np.asarray(Y[:, start + idx], dtype=np.float64))
-
-        invalid = ~valid
-        betas[:, invalid] = np.nan
-        rss[invalid] = np.nan
-        tss[invalid] = np.nan
+        aug = np.empty((r + 1, g_t.shape[0]))  # [Q'y_c; o]: betas in one product
+        aug[:r] = g_t[:, :r].T
+        aug[r] = offset
+        coords, off = aug[:r], aug[r]
+        np.matmul(self.beta_op, aug, out=out.betas)
+        np.subtract(ssq, np.einsum("ij,ij->j", coords, coords), out=out.rss)
+        sum_c = self.basis_sums @ coords  # 1'y_c, exact when 1 is in the span of Q
+        if design.has_intercept:
+            np.subtract(ssq, sum_c * sum_c / n, out=out.tss)
+            return ssq
+        r1 = design.ones_residual
+        r1y = g_t[:, r].astype(np.float64)
+        sum_c += r1y
+        np.add(out.rss, off * (2.0 * r1y + off * (r1 @ r1)), out=out.rss)
+        np.add(ssq, off * (2.0 * sum_c + n * off), out=out.tss)
+        return ssq + n * off * off
 
 
 def empty_result(n_columns: int, n_voxels: int) -> BlockResult:

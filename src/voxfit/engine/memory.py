@@ -12,7 +12,7 @@ __all__ = ["parse_memory", "plan_blocks"]
 
 # A tile (the shifted data of a few hundred voxels) stays in a core's L2 cache while its matrix product runs;
 # a block (the float64 arithmetic on betas and sums of squares) is large enough to amortise Python overhead.
-DEFAULT_TILE_BYTES = 512 << 10
+DEFAULT_TILE_BYTES = 256 << 10
 DEFAULT_BLOCK_VOXELS = 8192
 DEFAULT_MAX_MEMORY = 64 << 20
 

@@ -1,0 +1,147 @@
+"""Contrasts: expressions over column names, weights, t and F, estimability on deficient designs."""
+
+import numpy as np
+import numpy.testing as npt
+import pandas as pd
+import pytest
+
+import voxfit
+from voxfit.core import parse_contrast
+from voxfit.exceptions import ContrastError, RankDeficiencyWarning
+
+NAMES = ("slope", "intercept", "trans_x", "faces.2")
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("slope", [[1, 0, 0, 0]]),
+        ("slope - intercept", [[1, -1, 0, 0]]),
+        ("0.5*slope + 0.5*intercept", [[0.5, 0.5, 0, 0]]),
+        ("(slope + intercept)/2 - trans_x", [[0.5, 0.5, -1, 0]]),
+        ("-slope + 2 * trans_x - -intercept", [[-1, 1, 2, 0]]),
+        ("slope*3", [[3, 0, 0, 0]]),
+        ("1e-1*slope + .5*faces.2", [[0.1, 0, 0, 0.5]]),
+        ("slope; intercept", [[1, 0, 0, 0], [0, 1, 0, 0]]),
+        ("slope - intercept; trans_x", [[1, -1, 0, 0], [0, 0, 1, 0]]),
+        ("slope + slope - intercept", [[2, -1, 0, 0]]),
+        ("`faces.2` - slope", [[-1, 0, 0, 1]]),
+    ],
+)
+def test_parse(text, expected):
+    npt.assert_array_equal(parse_contrast(text, NAMES), expected)
+
+
+def test_backticks_allow_any_name():
+    npt.assert_array_equal(parse_contrast("`a-b` - `c d`", ("a-b", "c d")), [[1, -1]])
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("slope - slop", "unknown column 'slop' \\(did you mean 'slope'"),
+        ("zebra", "unknown column 'zebra' \\(columns are slope, intercept"),
+        ("slope * intercept", "cannot multiply two columns"),
+        ("slope / intercept", "cannot divide by a column"),
+        ("slope / 0", "division by zero"),
+        ("slope + 1", "bare number"),
+        ("slope - slope", "no non-zero column weight"),
+        ("slope;", "unexpected end"),
+        ("(slope", "missing '\\)'"),
+        ("slope)", "unexpected '\\)'"),
+        ("slope $ intercept", "unexpected '\\$"),
+        ("2 slope", "expected an operator before 'slope' at position 2 \\(write 2\\*A"),
+        ("slope intercept", "expected an operator before 'intercept'"),
+        ("__import__('os')", "unexpected \"'os'\\)\" at position 11"),
+        ("__import__", "unknown column '__import__'"),
+    ],
+)
+def test_parse_errors_are_one_clear_sentence(text, message):
+    with pytest.raises(ContrastError, match=message) as err:
+        parse_contrast(text, NAMES)
+    assert "\n" not in str(err.value)
+
+
+def test_dataframe_names_and_expressions(rng):
+    n = 30
+    X = pd.DataFrame({"slope": np.linspace(-1, 1, n), "intercept": np.ones(n)})
+    Y = rng.standard_normal((n, 10)) + 2 * X["slope"].to_numpy()[:, None]
+    fit = voxfit.fit(X, Y)
+    assert fit.names == ("slope", "intercept")
+    by_name = fit.contrast("slope - intercept")
+    by_weights = fit.contrast([1, -1])
+    npt.assert_array_equal(by_name.t, by_weights.t)
+    assert by_name.name == "slope - intercept"
+    assert fit.contrast([1, -1], name="diff").name == "diff"
+
+
+def test_t_contrast_fields(rng):
+    X = np.column_stack([rng.standard_normal(40), np.ones(40)])
+    fit = voxfit.fit(X, rng.standard_normal((40, 25)))
+    s = fit.contrast([1, 0])
+    assert s.kind == "t" and s.dof == 38.0
+    assert s.effect.shape == s.variance.shape == s.t.shape == s.p.shape == s.z.shape == s.logp.shape == (25,)
+    npt.assert_allclose(s.effect, fit.betas[0])
+    npt.assert_allclose(s.variance, fit.stderr[0] ** 2)
+    npt.assert_allclose(s.t, s.effect / np.sqrt(s.variance))
+    npt.assert_allclose(s.logp, -np.log10(s.p))
+    with pytest.raises(AttributeError, match="t contrast; use `.t`"):
+        s.F
+    with pytest.raises(ValueError):
+        s.t[0] = 1.0  # results are read-only
+
+
+def test_f_contrast_fields_and_redundant_rows(rng):
+    X = np.column_stack([rng.standard_normal((50, 2)), np.ones(50)])
+    fit = voxfit.fit(X, rng.standard_normal((50, 8)))
+    f = fit.contrast([[1, 0, 0], [0, 1, 0]])
+    assert f.kind == "F" and f.dof == (2.0, 47.0)
+    assert f.effect.shape == f.variance.shape == (2, 8)
+    with pytest.raises(AttributeError, match="F contrast; use `.F`"):
+        f.t
+    redundant = fit.contrast([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    assert redundant.dof == (2.0, 47.0)
+    npt.assert_allclose(redundant.F, f.F, rtol=1e-10)
+    # one-row F equals t squared
+    npt.assert_allclose(fit.contrast([[1, 0, 0], [2, 0, 0]]).F, fit.contrast([1, 0, 0]).t ** 2, rtol=1e-10)
+
+
+def test_non_estimable_contrast_names_the_confounded_columns(rng):
+    n = 24
+    cond = np.repeat([0.0, 1.0], n // 2)
+    X = pd.DataFrame({"A": cond, "B": 1 - cond, "constant": np.ones(n), "motion": rng.standard_normal(n)})
+    with pytest.warns(RankDeficiencyWarning, match=r"rank 3 for 4 columns.*A, B, constant.*linearly dependent"):
+        fit = voxfit.fit(X, rng.standard_normal((n, 5)))
+    assert fit.rank == 3 and fit.dof == n - 3
+    with pytest.raises(ContrastError) as err:
+        fit.contrast("A")
+    msg = str(err.value)
+    assert "'A' is not estimable" in msg and "A, B, constant" in msg and "motion" not in msg
+    assert "\n" not in msg
+    # estimable: the difference of the two conditions, and the motion regressor
+    good = fit.contrast("A - B")
+    assert np.isfinite(good.t).all()
+    assert np.isfinite(fit.contrast("motion").t).all()
+    with pytest.raises(ContrastError, match="not estimable"):
+        fit.contrast("A; motion")  # one bad row makes the F contrast non-estimable
+
+
+@pytest.mark.parametrize(
+    "contrast,message",
+    [
+        ([1, 0, 0], "has shape \\(3,\\) but the design has 2 columns \\(x0, x1\\)"),
+        ([[1, 0, 0]], "has shape \\(1, 3\\)"),
+        ([0, 0], "row of all zeros"),
+        ([np.nan, 1], "only finite weights"),
+        (np.zeros((0, 2)), "at least one row"),
+        ("x0 -", "unexpected end"),
+        (["a", "b"], "must be numeric weights"),
+        (np.ones((2, 2, 2)), "has shape \\(2, 2, 2\\)"),
+    ],
+)
+def test_contrast_errors(contrast, message):
+    fit = voxfit.fit(np.column_stack([np.arange(5.0), np.ones(5)]), np.arange(10.0).reshape(5, 2) ** 2)
+    with pytest.raises(ContrastError, match=message):
+        fit.contrast(contrast)

@@ -1,20 +1,27 @@
-"""Ordinary least squares for one block of voxels: betas and sums of squares in one pass.
+"""Ordinary least squares for blocks of voxels: betas and sums of squares in one pass over the data.
+
+How a block is fitted
+---------------------
+1. One compiled pass over the block: each voxel is shifted by an offset (the mean of 8 evenly spaced scans,
+   rounded to the working dtype, so that it is exact from then on) and its sum of squares is accumulated
+   in float64. The shift keeps the large common level of imaging data (a BOLD mean of ~1000 against
+   fluctuations of ~10) out of the rounding of the product that follows.
+2. One matrix product per cache-sized tile, in the working dtype, with an orthonormal basis Q of the
+   design's column space: ``c = Q' y_c``. Then, in float64: ``RSS = ||y_c||^2 - ||c||^2`` (no condition
+   number amplifies the rounding here), ``betas = (pinv Q) c + (pinv 1) offset``, and the total sum of
+   squares for R^2.
+3. Where the subtraction in the RSS would lose digits (in float32: the fit explains more than 7/8 of a
+   voxel's variance about its offset; in float64: more than 1 - 1e-5), those voxels are refitted in float64
+   from explicit residuals, with one step of iterative refinement of the betas. Residual sums of squares
+   at the level of rounding, ``(n eps ||y||)^2``, are set to exactly 0.
 
 Precision policy
 ----------------
-Data stay in their stored dtype; only a block (a few MB) is ever converted. Each block is shifted by a
-per-voxel offset (the mean of 8 evenly spaced scans, rounded to the working dtype) so that the large common level of
-imaging data (a BOLD mean of ~1000 against fluctuations of ~10) does not enter the rounding of the matrix
-product; the offset's contribution is added back exactly, in float64.
-
-* float64 data (and integers too large for float32) are processed in float64.
-* float32, float16 and small integer data are processed in float32 after the shift: one float32 GEMM per
-  block, sums of squares accumulated in float64. Against a float64 fit of the same numbers the betas differ
-  by about 1e-6 of their standard error and residual variances by about 1e-6 relative.
-* The residual sum of squares is taken as ``||y_c||^2 - ||X b_c||^2``. Where that subtraction would lose
-  too many digits (R^2 close to 1, or a fit that is exact), the block's affected voxels are refitted in
-  float64 from explicit residuals, which are exact to rounding. Residual sums of squares at the level of
-  rounding, ``(n eps ||y||)^2``, are set to exactly 0.
+Data stay in their stored dtype; only a tile (256 KiB) is ever converted. float64 data (and integers
+wider than 16 bits) are processed in float64. float32, float16 and 8/16-bit integer data are processed in
+float32 as above; against a float64 fit of the same numbers, betas differ by at most ~1e-5 of
+``|beta| + se`` (typically 1e-7), residual variances by at most ~1e-5 relative and t by ~1e-5 (1 + |t|)
+(``tests/test_precision.py``).
 
 Voxels whose data contain NaN or infinity get NaN outputs and are reported as invalid; the others are
 unaffected.
@@ -32,9 +39,8 @@ from .design import DesignFactor
 
 __all__ = ["BlockFitter", "BlockResult", "empty_result", "fit_block", "working_dtype"]
 
-# Refit from explicit residuals where ||y_c||^2 exceeds this multiple of the RSS (digits lost to cancellation)
-# (the error of the fast RSS grows with ||y_c||^2 / RSS; in float32, data whose fit explains more than 7/8 of
-# their variance about the offset are refitted, which keeps float32 results within ~1e-5 of float64)
+# Refit from explicit residuals where ||y_c||^2 exceeds this multiple of the RSS: the error of the fast RSS
+# grows with that ratio, and these bounds keep it below ~1e-5 (float32) and ~1e-11 (float64) relative.
 _KAPPA = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 1e5}
 _OFFSET_ROWS = 8  # scans averaged for each voxel's offset
 
@@ -177,10 +183,10 @@ def empty_result(n_columns: int, n_voxels: int) -> BlockResult:
     )
 
 
-def fit_block(design: DesignFactor, Y: NDArray) -> BlockResult:
+def fit_block(design: DesignFactor, Y: NDArray, tile: int = 256) -> BlockResult:
     """Fit the design to one block of voxels ``Y`` (n, v); see :class:`BlockFitter` to loop over blocks."""
     out = empty_result(design.n_columns, Y.shape[1])
-    BlockFitter(design, Y.dtype, max(1, min(Y.shape[1], 512)))(Y, 0, Y.shape[1], out)
+    BlockFitter(design, Y.dtype, max(1, min(Y.shape[1], tile)))(Y, 0, Y.shape[1], out)
     return out
 
 

@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     rows = []
     read = best(lambda: Y.sum(), args.repeat)
     rows.append(("one read pass over Y (Y.sum())", read))
+    pinv32 = np.linalg.pinv(X).astype(np.float32)
+    rows.append(("for scale: the single GEMM pinv(X) @ Y, float32, BLAS threads", best(lambda: pinv32 @ Y, args.repeat)))
     rows.append(("voxfit: fit + residual variance + t contrast with z", best(lambda: voxfit_job(X, Y, c), args.repeat)))
     rows.append(("  same, with p and -log10 p", best(lambda: voxfit_job(X, Y, c, with_p=True), args.repeat)))
     rows.append(("  same, one thread (n_jobs=1)", best(lambda: voxfit_job(X, Y, c, n_jobs=1), args.repeat)))

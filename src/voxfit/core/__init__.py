@@ -4,7 +4,7 @@ Nothing here reads files, prints, or imports optional packages; every function w
 voxels, so that a block on one machine gives the same numbers as the whole.
 """
 
-from .contrast import Stats, compute_contrast, contrast_matrix
+from .contrast import Stats, check_contrast, compute_contrast, contrast_matrix
 from .design import DesignFactor, as_design_matrix, factorize
 from .distributions import f_logsf, f_to_z, t_logsf, t_to_z, z_to_logp, z_to_p
 from .expr import parse_contrast
@@ -18,6 +18,7 @@ __all__ = [
     "Fit",
     "Stats",
     "as_design_matrix",
+    "check_contrast",
     "compute_contrast",
     "contrast_matrix",
     "empty_result",

@@ -20,7 +20,7 @@ from .design import DesignFactor
 from .distributions import f_to_z, t_to_z, z_to_logp, z_to_p
 from .expr import parse_contrast
 
-__all__ = ["Stats", "contrast_matrix", "compute_contrast"]
+__all__ = ["Stats", "check_contrast", "contrast_matrix", "compute_contrast"]
 
 _ESTIMABLE_RTOL = 1e-8
 
@@ -121,6 +121,13 @@ def _check_estimable(w: NDArray, label: str, design: DesignFactor) -> None:
             f"{', '.join(cols)} are confounded ({'; '.join(design.dependencies())}); "
             "weight them only in combinations the design can separate."
         )
+
+
+def check_contrast(contrast: str | ArrayLike, design: DesignFactor, name: str | None = None) -> NDArray[np.float64]:
+    """The (q, p) weights of a contrast after every check (syntax, length, estimability), without data."""
+    w, label = contrast_matrix(contrast, design)
+    _check_estimable(w, label if name is None else name, design)
+    return w
 
 
 def compute_contrast(

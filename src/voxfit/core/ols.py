@@ -134,13 +134,14 @@ class BlockFitter:
         g_t = np.empty((v, self.op_t.shape[1]), dtype=self.wdt)
         offset = np.empty(v, dtype=self.wdt)
         ssq = np.empty(v)
-        direct = Y.dtype.isnative and Y.dtype.kind in "iuf" and Y.dtype != np.float16  # the kernel reads Y as is
+        # the kernel reads numpy arrays as they are; other dtypes and array-likes are converted tile by tile
+        direct = isinstance(Y, np.ndarray) and Y.dtype.isnative and Y.dtype.kind in "iuf" and Y.dtype != np.float16
         for a in range(0, v, self.tile):
             b = min(v, a + self.tile)
             buf = self._buf[:, : b - a]
             if direct:
                 shift_and_square(Y, start + a, start + b, self.rows, buf, offset[a:b], ssq[a:b])
-            else:  # float16, booleans, byte-swapped: convert the tile first
+            else:
                 tile = np.asarray(Y[:, start + a : start + b], dtype=self.wdt)
                 shift_and_square(tile, 0, b - a, self.rows, buf, offset[a:b], ssq[a:b])
             np.matmul(buf.T, self.op_t, out=g_t[a:b])

@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike
 
 from threadpoolctl import ThreadpoolController
 
+from .._progress import Progress
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core.ols import BlockFitter, BlockResult, empty_result
 from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
@@ -37,7 +38,7 @@ def default_workers() -> int:
 
 def _fit_iv(Y, n_scans: int, n_jobs):
     """Check the data (numeric, (n, V), n matching the design; a 1-D y is one voxel) and `n_jobs`."""
-    if not hasattr(Y, "dtype"):  # lists, pandas objects; arrays and memory maps pass through uncopied
+    if not hasattr(Y, "dtype"):  # lists, pandas objects; arrays, memory maps and array-likes pass uncopied
         Y = np.asarray(getattr(Y, "values", Y))
     if Y.dtype.kind not in "biuf":
         raise DataTypeError(f"`Y` must be numeric (float or integer); got dtype {Y.dtype}.")
@@ -67,6 +68,7 @@ def fit(
     max_memory: str | int | None = None,
     block_size: int | None = None,
     n_jobs: int | None = None,
+    progress: bool | None = None,
 ) -> Fit:
     """Fit one linear model to every voxel at once: ``betas = pinv(X) @ Y``, block by block.
 
@@ -89,6 +91,8 @@ def fit(
     n_jobs : int, optional
         Threads to use (default: every CPU this process may run on). BLAS is held to one thread per worker
         while they run, so that the two do not oversubscribe the cores.
+    progress : bool, optional
+        Show a progress bar on stderr (default: only when stderr is a terminal and the fit is large).
 
     Returns
     -------
@@ -128,13 +132,18 @@ def fit(
 
     starts = range(0, V, block)
     workers = min(n_jobs, len(starts))
+    auto = None if len(starts) > 8 else False  # None: shown when stderr is a terminal
+    bar = Progress("fitting", len(starts), enabled=auto if progress is None else progress)
     # One BLAS thread per worker, even for a single worker: BLAS threads that spin between the many small
     # products slow the compiled pass that runs in between by up to 3x (measured on 2 cores).
     with _threadpools().limit(limits=1, user_api="blas"):
         if workers == 1:
-            for start in starts:
+            for done, start in enumerate(starts, 1):
                 run(start)
+                bar.update(done)
         else:
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, starts))
+                for done, _ in enumerate(pool.map(run, starts), 1):
+                    bar.update(done)
+    bar.close()
     return make_fit(design, out.betas, out.rss, out.tss, out.valid)

@@ -1,0 +1,88 @@
+"""``voxfit.load``: image files in, an (n_scans x n_voxels) data matrix and the masker that maps it back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..exceptions import InputError
+from .masking import Masker, gather, gather_auto, load_mask
+from .readers import open_reader
+
+__all__ = ["Dataset", "ScaledArray", "load"]
+
+
+class ScaledArray:
+    """Integer data kept compact, seen as float32 ``slope * raw + inter`` one block at a time.
+
+    Indexing returns float32 arrays; ``voxfit.fit`` reads it block by block, so the scaled copy of the whole
+    never exists.
+    """
+
+    def __init__(self, raw: NDArray, slope: float, inter: float):
+        self.raw, self.slope, self.inter = raw, float(slope), float(inter)
+        self.dtype = np.dtype(np.float32)
+        self.shape = raw.shape
+        self.ndim = raw.ndim
+
+    def __getitem__(self, key) -> NDArray[np.float32]:
+        return (self.raw[key] * self.slope + self.inter).astype(np.float32)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Loaded data: `data` (n_scans, n_voxels), `masker` (maps back to files), `paths`, and the raw dtype."""
+
+    data: NDArray | ScaledArray
+    masker: Masker
+    paths: tuple[Path, ...]
+
+    @property
+    def n_scans(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def n_voxels(self) -> int:
+        return self.data.shape[1]
+
+
+def load(paths, mask=None, *, mask_threshold: float | None = None, progress: bool | None = None) -> Dataset:
+    """Read image files into an (n_scans, n_voxels) matrix, in one sequential pass over the data.
+
+    Parameters
+    ----------
+    paths : path or list of paths
+        A 4-D NIfTI (.nii, .nii.gz, .hdr/.img), several 3-D NIfTI/Analyze files (one per scan), GIFTI
+        (.func.gii, .shape.gii), CIFTI-2 (.dtseries.nii, .dscalar.nii) or .npy (scans, columns).
+    mask : path or boolean array, optional
+        Elements to fit (a file of the data's geometry: non-zero finite values are in). Default: the
+        automatic mask (finite in every scan and not constant over time).
+    mask_threshold : float, optional
+        With the automatic mask, SPM's relative intensity threshold (e.g. 0.8).
+    progress : bool, optional
+        Show a progress bar on stderr (default: when stderr is a terminal).
+    """
+    reader = open_reader(paths)
+    if mask is None:
+        raw, mask_array = gather_auto(reader, mask_threshold, progress)
+    else:
+        if mask_threshold is not None:
+            raise InputError("`mask_threshold` applies to the automatic mask only; it cannot be combined with `mask`.")
+        if isinstance(mask, np.ndarray):
+            mask_array = np.asarray(mask, dtype=bool).reshape(-1, order="F")
+            if mask_array.size != reader.geometry.n_elements:
+                raise InputError(f"`mask` has {mask_array.size} elements but each scan has {reader.geometry.n_elements}.")
+            if not mask_array.any():
+                raise InputError("`mask` selects no voxel.")
+        else:
+            mask_array = load_mask(mask, reader.geometry)
+        raw = gather(reader, np.flatnonzero(mask_array), progress)
+    data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
+    return Dataset(data=data, masker=Masker(reader.geometry, mask_array), paths=tuple(reader.paths))

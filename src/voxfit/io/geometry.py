@@ -1,0 +1,162 @@
+"""Where the values of a data set live, and how maps go back there: volumes, surfaces, CIFTI, plain arrays.
+
+A geometry knows how many elements one scan has (voxels of the whole volume in NIfTI's on-disk order,
+x fastest; vertices; grayordinates; columns), how to check that a mask or another file has the same
+geometry, and how to write maps (k x n_elements) in the input's format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from numpy.typing import NDArray
+
+from ..exceptions import InputError
+
+__all__ = ["Geometry", "VolumeGeometry", "SurfaceGeometry", "CiftiGeometry", "ArrayGeometry"]
+
+AFFINE_ATOL = 1e-3  # mm: affines that differ by less are the same grid
+
+
+class Geometry:
+    """Base class; see the subclasses."""
+
+    kind: str
+    extension: str
+
+    @property
+    def n_elements(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check_same(self, other: Geometry, what: str) -> None:
+        if type(other) is not type(self):
+            raise InputError(f"{what} is a {other.kind} but the data are a {self.kind}; they must share one geometry.")
+        self._check_same(other, what)
+
+    def _check_same(self, other, what: str) -> None:
+        if other.n_elements != self.n_elements:
+            raise InputError(f"{what} has {other.n_elements} elements but the data have {self.n_elements}.")
+
+    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "n_elements": self.n_elements}
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeGeometry(Geometry):
+    """A 3-D voxel grid: shape, affine and the input's header (NIfTI-1, NIfTI-2 or Analyze)."""
+
+    shape: tuple[int, int, int]
+    affine: NDArray[np.float64]
+    header: nib.Nifti1Header | None = field(default=None, repr=False)
+    kind = "volume"
+    extension = ".nii.gz"
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape))
+
+    def _check_same(self, other: VolumeGeometry, what: str) -> None:
+        if tuple(other.shape) != tuple(self.shape):
+            raise InputError(f"{what} has shape {tuple(other.shape)} but the data have {tuple(self.shape)}; resample it to the data's grid.")
+        if not np.allclose(other.affine, self.affine, atol=AFFINE_ATOL, rtol=0):
+            diff = np.abs(other.affine - self.affine).max()
+            raise InputError(f"{what} has a different affine from the data (largest difference {diff:.3g} mm); resample it to the data's grid.")
+
+    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
+        vols = np.asarray(maps).reshape((-1,) + tuple(self.shape[::-1]))  # (k, z, y, x): rows are x-fastest
+        data = vols.transpose(3, 2, 1, 0)  # (x, y, z, k)
+        if data.shape[3] == 1:
+            data = data[..., 0]
+        klass = nib.Nifti2Image if isinstance(self.header, nib.Nifti2Header) else nib.Nifti1Image
+        header = None
+        if isinstance(self.header, nib.Nifti1Header):  # keeps qform/sform codes, units and description
+            header = self.header.copy()
+            header.set_slope_inter(1.0, 0.0)
+        img = klass(data, self.affine, header=header)
+        img.set_data_dtype(data.dtype)
+        if header is not None:
+            img.set_qform(self.affine, int(self.header["qform_code"]) or 1)
+            img.set_sform(self.affine, int(self.header["sform_code"]) or 1)
+        img.header["descrip"] = b"voxfit: " + ", ".join(names).encode()[:70]
+        nib.save(img, str(path))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "shape": list(self.shape), "affine": self.affine.round(6).tolist()}
+
+
+@dataclass(frozen=True, eq=False)
+class SurfaceGeometry(Geometry):
+    """Vertices of a surface mesh (GIFTI); `meta` keeps the input's anatomical structure."""
+
+    n_vertices: int
+    meta: dict = field(default_factory=dict)
+    kind = "surface"
+    extension = ".func.gii"
+
+    @property
+    def n_elements(self) -> int:
+        return self.n_vertices
+
+    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
+        maps = np.atleast_2d(maps)
+        dtype = np.float32 if maps.dtype.kind == "f" else np.int32
+        arrays = [
+            nib.gifti.GiftiDataArray(
+                np.ascontiguousarray(m, dtype=dtype), intent="NIFTI_INTENT_NONE",
+                datatype="NIFTI_TYPE_FLOAT32" if dtype == np.float32 else "NIFTI_TYPE_INT32",
+                meta={"Name": name},
+            )
+            for m, name in zip(maps, names)
+        ]  # fmt: skip
+        nib.save(nib.gifti.GiftiImage(darrays=arrays, meta=nib.gifti.GiftiMetaData(self.meta)), str(path))
+
+
+@dataclass(frozen=True, eq=False)
+class CiftiGeometry(Geometry):
+    """CIFTI-2 grayordinates: surface vertices and volume voxels, described by a BrainModelAxis."""
+
+    brain_models: nib.cifti2.BrainModelAxis
+    kind = "CIFTI file"
+    extension = ".dscalar.nii"
+
+    @property
+    def n_elements(self) -> int:
+        return len(self.brain_models)
+
+    def _check_same(self, other: CiftiGeometry, what: str) -> None:
+        if other.brain_models != self.brain_models:
+            raise InputError(f"{what} has different CIFTI brain models (structures, vertices or voxels) from the data.")
+
+    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
+        maps = np.atleast_2d(maps)
+        maps = maps.astype(np.float32) if maps.dtype.kind == "f" else maps.astype(np.float32)
+        axes = (nib.cifti2.ScalarAxis(names), self.brain_models)
+        nib.save(nib.cifti2.Cifti2Image(maps, header=axes), str(path))
+
+    def describe(self) -> dict:
+        structures = sorted({str(s) for s in self.brain_models.name})
+        return {**super().describe(), "structures": structures}
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayGeometry(Geometry):
+    """Plain columns (a .npy file of shape (scans, columns))."""
+
+    n_columns: int
+    kind = "plain array"
+    extension = ".npy"
+
+    @property
+    def n_elements(self) -> int:
+        return self.n_columns
+
+    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
+        maps = np.asarray(maps)
+        with open(path, "wb") as fh:  # np.save would append .npy to a temporary name
+            np.save(fh, maps[0] if maps.shape[0] == 1 else maps)

@@ -1,0 +1,138 @@
+"""Masks: which elements of each scan are fitted, and the data of those elements gathered in one pass.
+
+Explicit masks may come from any readable file of the data's geometry (non-zero, finite values are in).
+The automatic mask keeps elements that are finite in every scan and not constant over time; with
+`threshold` (SPM's relative threshold, e.g. 0.8) it also requires, in every scan, a value above
+``threshold`` times that scan's global mean (SPM's global: the mean of values above 1/8 of the scan's mean).
+
+For compressed files the data can only be read front to back, so the automatic mask is found in the same
+pass that gathers the data: elements that are finite, non-zero (and above the threshold) in the first
+scan are gathered, and the final mask is taken from them after the last scan. Elements that are zero in
+the first scan but vary later, rare outside zero-filled background, are read in a second pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._progress import Progress
+from ..exceptions import InputError
+from .geometry import Geometry
+from .readers import NiftiReader, _kind, open_reader
+
+__all__ = ["Masker", "load_mask", "gather", "gather_auto"]
+
+
+@dataclass(frozen=True, eq=False)
+class Masker:
+    """Maps between a geometry's elements and the fitted voxels: ``(n, V)`` data <-> maps in the input's format."""
+
+    geometry: Geometry
+    mask: NDArray[np.bool_]
+
+    @property
+    def index(self) -> NDArray[np.intp]:
+        """Element index of each voxel (column of the data)."""
+        return np.flatnonzero(self.mask)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+    def inverse(self, values: NDArray, fill=np.nan) -> NDArray:
+        """(k, n_elements) maps from (V,) or (k, V) values, `fill` outside the mask (NaN for float maps)."""
+        values = np.atleast_2d(np.asarray(values))
+        if values.shape[1] != self.n_voxels:
+            raise InputError(f"`values` have {values.shape[1]} voxels but the mask has {self.n_voxels}.")
+        dtype = np.float32 if values.dtype.kind == "f" else values.dtype
+        out = np.full((values.shape[0], self.geometry.n_elements), fill, dtype=dtype)
+        out[:, self.mask] = values
+        return out
+
+    def write(self, path, values: NDArray, names: list[str]) -> None:
+        """Write (V,) or (k, V) values as maps in the input's format and geometry."""
+        self.geometry.write(path, self.inverse(values), names)
+
+    def write_mask(self, path) -> None:
+        self.geometry.write(path, self.mask[None, :].astype(np.uint8), ["mask"])
+
+
+def load_mask(path, geometry: Geometry) -> NDArray[np.bool_]:
+    """A boolean mask (n_elements,) from a file of the data's geometry; refuses another geometry or an empty mask."""
+    reader = NiftiReader(path, allow_3d=True) if _kind(Path(path)) == "nifti" else open_reader([path])
+    geometry.check_same(reader.geometry, f"mask {path}")
+    if reader.n_scans != 1:
+        raise InputError(f"mask {path} has {reader.n_scans} volumes; a mask is a single 3-D image or map.")
+    values = next(iter(reader.iter_scans()))[1][0]
+    mask = np.isfinite(values) & (values != 0)
+    if not mask.any():
+        raise InputError(f"mask {path} selects no voxel (every value is zero or not finite).")
+    return mask
+
+
+def gather(reader, index: NDArray[np.intp], progress: bool | None = None) -> NDArray:
+    """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass."""
+    out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
+    bar = Progress("reading", reader.n_scans, enabled=progress)
+    for start, block in reader.iter_scans():
+        out[start : start + block.shape[0]] = block[:, index]
+        bar.update(start + block.shape[0])
+    bar.close()
+    return out
+
+
+def _scaled(block: NDArray, scale) -> NDArray:
+    if scale is None:
+        return block
+    return block * np.float32(scale[0]) + np.float32(scale[1])
+
+
+def _globals(scans: NDArray) -> NDArray[np.float64]:
+    """SPM's global mean of each scan: the mean of the values above 1/8 of the scan's mean."""
+    scans = np.where(np.isfinite(scans), scans, np.nan).astype(np.float64)
+    first = np.nanmean(scans, axis=1, keepdims=True) / 8
+    above = np.where(scans > first, scans, np.nan)
+    return np.nanmean(above, axis=1)
+
+
+def gather_auto(reader, threshold: float | None = None, progress: bool | None = None):
+    """Automatic mask and the masked data in one pass (see the module docstring). Returns ``(data, mask)``."""
+    nel = reader.geometry.n_elements
+    floats = reader.dtype.kind == "f"
+    bar = Progress("reading", reader.n_scans, enabled=progress)
+    out = first = candidates = None
+    finite = np.ones(nel, dtype=bool)
+    varies = np.zeros(nel, dtype=bool)
+    above = np.ones(nel, dtype=bool)
+    for start, block in reader.iter_scans():
+        if first is None:
+            first = np.array(block[0])
+            candidates = np.isfinite(first) & (first != 0) if floats else first != 0
+            if threshold is not None:
+                candidates &= _scaled(first, reader.scale) > threshold * _globals(_scaled(first[None], reader.scale))[0]
+            cand_index = np.flatnonzero(candidates)
+            out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
+        out[start : start + block.shape[0]] = block[:, cand_index]
+        if floats:
+            finite &= np.isfinite(block).all(axis=0)
+        varies |= (block != first).any(axis=0)
+        if threshold is not None:
+            values = _scaled(block, reader.scale)
+            above &= (values > threshold * _globals(values)[:, None]).all(axis=0)
+        bar.update(start + block.shape[0])
+    bar.close()
+    mask = finite & varies & above
+    if not mask.any():
+        why = "above the intensity threshold, " if threshold is not None else ""
+        raise InputError(f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan.")
+    data = out[:, mask[candidates]]
+    missed = np.flatnonzero(mask & ~candidates)
+    if missed.size:  # zero in the first scan but varying later: a second pass for those only
+        extra = gather(reader, missed, progress)
+        order = np.argsort(np.concatenate([np.flatnonzero(mask & candidates), missed]), kind="stable")
+        data = np.concatenate([data, extra], axis=1)[:, order]
+    return data, mask

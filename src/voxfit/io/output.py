@@ -1,0 +1,88 @@
+"""Output folders that never hold half a result: files are written under a hidden folder and moved in at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..exceptions import InputError
+
+__all__ = ["OutputFolder", "sanitize_label", "statmap_name"]
+
+
+def sanitize_label(name: str, what: str = "contrast") -> str:
+    """Letters and digits only (BIDS labels): a name like ``../../x`` cannot leave the output folder."""
+    label = re.sub(r"[^A-Za-z0-9]", "", str(name))
+    if not label:
+        raise InputError(f"{what} name {name!r} has no letter or digit; name it with letters and digits.")
+    return label
+
+
+def statmap_name(stat: str, extension: str, contrast: str | None = None, entity: str = "contrast") -> str:
+    """BIDS-derivatives style: ``contrast-<label>_stat-<stat>_statmap<ext>`` (or without the contrast)."""
+    prefix = f"{entity}-{contrast}_" if contrast is not None else ""
+    return f"{prefix}stat-{stat}_statmap{extension}"
+
+
+class OutputFolder:
+    """``with OutputFolder(path, force) as out: out.path(name) ...; out.commit()``.
+
+    Refuses a non-empty folder unless `force` (then same-named files are replaced, others left alone).
+    Until ``commit()`` every file lives in a hidden folder inside `path`; leaving the block without
+    committing (an error, Ctrl-C) removes it, and removes `path` too if this created it.
+    """
+
+    def __init__(self, path, force: bool = False):
+        self.final = Path(path)
+        if self.final.exists() and not self.final.is_dir():
+            raise InputError(f"output {self.final} exists and is not a folder.")
+        if self.final.is_dir() and any(self.final.iterdir()) and not force:
+            raise InputError(f"output folder {self.final} is not empty; choose another or pass --force to overwrite.")
+        self.force = force
+        self._created = not self.final.exists()
+        self._tmp: Path | None = None
+        self._names: list[str] = []
+
+    def __enter__(self) -> OutputFolder:
+        try:
+            self.final.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.final / f".voxfit-partial-{os.getpid()}"
+            self._tmp.mkdir(exist_ok=True)
+        except OSError as exc:
+            self._cleanup()
+            raise InputError(f"cannot write to output folder {self.final}: {exc.strerror or exc}.") from None
+        return self
+
+    def path(self, name: str) -> Path:
+        """Where to write `name` now (inside the hidden folder); it appears in the output on commit."""
+        if Path(name).name != name or name.startswith("."):
+            raise InputError(f"invalid output file name {name!r}.")
+        self._names.append(name)
+        return self._tmp / name
+
+    def write_json(self, name: str, obj) -> None:
+        self.path(name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+    def commit(self) -> list[Path]:
+        """Move every file into the output folder (same file system: each move is an atomic rename)."""
+        done = []
+        for name in self._names:
+            os.replace(self._tmp / name, self.final / name)
+            done.append(self.final / name)
+        self._tmp.rmdir()
+        self._tmp = None
+        return done
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tmp is not None:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None and self._tmp.exists():
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp = None
+        if self._created and self.final.is_dir() and not any(self.final.iterdir()):
+            self.final.rmdir()

@@ -1,0 +1,153 @@
+"""One design fitted to image files, with maps written back in the input's format (``voxfit fit``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..core import Fit, Stats, check_contrast, factorize
+from ..design import read_design
+from ..engine import fit as fit_engine
+from ..exceptions import InputError
+from ..io import Masker, OutputFolder, load, sanitize_label, statmap_name
+
+__all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFit:
+    """The result of :func:`fit_images`: the fit, the masker, each contrast's statistics, the files written."""
+
+    fit: Fit
+    masker: Masker
+    contrasts: dict[str, Stats]
+    design: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def parse_contrast_option(text: str) -> tuple[str, str]:
+    """``"NAME=EXPR"`` -> (label, expression); without ``=``, the label is the expression's letters and digits."""
+    name, sep, expr = text.partition("=")
+    if not sep:
+        name, expr = text, text
+    if not expr.strip():
+        raise InputError(f"contrast {text!r} has no expression after '='; write NAME=EXPR, e.g. task=A - B.")
+    return sanitize_label(name), expr.strip()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _column_labels(names) -> list[str]:
+    labels = [sanitize_label(n, "design column") for n in names]
+    return [f"{lab}{j + 1}" if labels.count(lab) > 1 else lab for j, lab in enumerate(labels)]
+
+
+def fit_images(
+    inputs,
+    design,
+    contrasts,
+    *,
+    mask=None,
+    mask_threshold: float | None = None,
+    max_memory=None,
+    n_jobs: int | None = None,
+    out_dir=None,
+    force: bool = False,
+    progress: bool | None = None,
+    command: list[str] | None = None,
+) -> ImageFit:
+    """Fit a design to image files and (with `out_dir`) write every map in the input's format.
+
+    Parameters
+    ----------
+    inputs : path or list of paths
+        Data files (see :func:`voxfit.load`).
+    design : path or pandas.DataFrame
+        One row per scan, one named column per regressor (TSV/CSV with a header, or FSL ``design.mat``).
+    contrasts : dict or list
+        ``{label: expression or weights}``, or ``["label=expression", ...]``.
+    mask, mask_threshold :
+        As in :func:`voxfit.load`.
+    out_dir : path, optional
+        Folder for the maps, ``design.tsv`` and ``model.json``; refused if not empty unless `force`.
+        Files appear only when everything succeeded.
+    """
+    start = time.perf_counter()
+    table = design if isinstance(design, pd.DataFrame) else read_design(design)
+    if isinstance(contrasts, dict):
+        items = [(sanitize_label(k), v) for k, v in contrasts.items()]
+    else:
+        items = [parse_contrast_option(c) for c in contrasts]
+    labels = [k for k, _ in items]
+    dup = sorted({k for k in labels if labels.count(k) > 1})
+    if dup:
+        raise InputError(f"contrast names must be unique after keeping letters and digits; {', '.join(dup)} repeat.")
+    factor = factorize(table, warn=False)
+    for label, expr in items:  # every contrast checked before the data are read
+        check_contrast(expr, factor, label)
+
+    out = OutputFolder(out_dir, force) if out_dir is not None else None
+    with out if out is not None else contextlib.nullcontext():
+        dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress)
+        t_load = time.perf_counter()
+        if len(table) != dataset.n_scans:
+            raise InputError(f"the design has {len(table)} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
+        fit = fit_engine(table, dataset.data, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
+        if fit.n_invalid == fit.valid.size:
+            raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")
+        stats = {label: fit.contrast(expr, name=label) for label, expr in items}
+        t_fit = time.perf_counter()
+        files: list[Path] = []
+        if out is not None:
+            _write_outputs(out, fit, dataset, table, stats, items, mask, mask_threshold, max_memory, n_jobs, command)
+            files = out.commit()
+        timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
+    return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, design=table, files=files, timing=timing)
+
+
+def _write_outputs(out, fit, dataset, table, stats, items, mask, mask_threshold, max_memory, n_jobs, command):
+    masker = dataset.masker
+    ext = masker.geometry.extension
+    masker.write_mask(out.path(f"mask{ext}"))
+    table.to_csv(out.path("design.tsv"), sep="\t", index=False, float_format="%.10g")
+    for label, name, beta in zip(_column_labels(table.columns), table.columns, fit.betas):
+        masker.write(out.path(statmap_name("effect", ext, label, entity="regressor")), beta, [str(name)])
+    masker.write(out.path(statmap_name("rsquared", ext)), fit.r2, ["rsquared"])
+    masker.write(out.path(statmap_name("residualvariance", ext)), fit.residual_variance, ["residualvariance"])
+    for label, s in stats.items():
+        rows = [f"{label}[{i}]" for i in range(s.weights.shape[0])] if s.kind == "F" else [label]
+        masker.write(out.path(statmap_name("effect", ext, label)), s.effect, rows)
+        masker.write(out.path(statmap_name("variance", ext, label)), s.variance, rows)
+        masker.write(out.path(statmap_name(s.kind, ext, label)), s.stat, [f"{label} {s.kind}"])
+        masker.write(out.path(statmap_name("p", ext, label)), s.p, [f"{label} p"])
+        masker.write(out.path(statmap_name("z", ext, label)), s.z, [f"{label} z"])
+    model = {
+        "voxfit_version": __version__,
+        "command": command,
+        "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in dataset.paths],
+        "data": {"n_scans": dataset.n_scans, "n_voxels": dataset.n_voxels, "n_invalid_voxels": fit.n_invalid,
+                 "dtype": str(getattr(dataset.data, "dtype", "")), "geometry": masker.geometry.describe()},
+        "mask": {"source": "automatic" if mask is None else str(mask), "threshold": mask_threshold},
+        "design": {"columns": list(map(str, table.columns)), "n_rows": len(table), "rank": fit.rank, "dof": fit.dof,
+                   "condition_number_scaled": fit.design.condition},
+        "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
+                              "weights": stats[label].weights.tolist(), "kind": stats[label].kind,
+                              "dof": stats[label].dof} for label, expr in items},
+        "settings": {"max_memory": max_memory, "n_jobs": n_jobs, "noise_model": "ols",
+                     "p": "one-sided upper tail for t; z has the same upper-tail probability"},
+    }  # fmt: skip
+    out.write_json("model.json", model)

@@ -11,9 +11,20 @@
 """
 
 from . import exceptions
+from ._version import __version__
 from .core import Fit, Stats
 from .engine import fit
 
-__version__ = "0.1.0"
+__all__ = ["Fit", "Stats", "exceptions", "fit", "fit_images", "load", "__version__"]
 
-__all__ = ["Fit", "Stats", "exceptions", "fit", "__version__"]
+_LAZY = {"load": ("io", "load"), "fit_images": ("models", "fit_images")}
+
+
+def __getattr__(name: str):
+    """Image I/O (nibabel, pandas) is imported on first use, so that ``import voxfit`` stays light."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'voxfit' has no attribute {name!r}")

@@ -11,7 +11,7 @@ import sys
 import traceback
 import warnings
 
-from . import __version__
+from ._version import __version__
 from .exceptions import VoxfitError
 
 EXAMPLES_FIT = """examples:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _get_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
+        print("voxfit: error: give a command: fit or demo (see --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False)
     try:

@@ -56,11 +56,9 @@ def _load(path: Path):
         raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}).") from None
 
 
-def _scale(header) -> tuple[float, float] | None:
-    try:
-        slope, inter = header.get_slope_inter()
-    except (AttributeError, TypeError):
-        return None
+def _scale(proxy) -> tuple[float, float] | None:
+    """(slope, inter) of an image's data (nibabel moves scl_slope/inter, or SPM's funused1, to the proxy)."""
+    slope, inter = getattr(proxy, "slope", None), getattr(proxy, "inter", None)
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     return None if (slope, inter) == (1.0, 0.0) else (slope, inter)
@@ -94,7 +92,7 @@ class NiftiReader:
         self.n_scans = int(n_scans)
         self._file_dtype = np.dtype(proxy.dtype)
         self.dtype = self._file_dtype.newbyteorder("=")
-        self.scale = _scale(img.header)
+        self.scale = _scale(proxy)
         self._offset = int(proxy.offset)
         self._image_file = Path(img.file_map["image"].filename)
         self.paths = [self.path] if self._image_file == self.path else [self.path, self._image_file]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import __version__
+from .._version import __version__
 from ..core import Fit, Stats, check_contrast, factorize
 from ..design import read_design
 from ..engine import fit as fit_engine

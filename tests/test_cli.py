@@ -1,0 +1,222 @@
+"""The command line: maps equal to the array API, exit codes, one-line errors, no partial output."""
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pandas as pd
+import pytest
+
+import voxfit
+from voxfit.cli import main
+from voxfit.models import glm
+
+from .imaging import AFFINE, N_SCANS, SHAPE, volume_data, write_cifti, write_gifti, write_nifti, write_volume_list
+
+
+@pytest.fixture
+def study(tmp_path, rng):
+    """A 4-D .nii.gz, a design.tsv with columns A, B, constant, and paths for outputs."""
+    data = volume_data(rng)
+    t = np.arange(N_SCANS)
+    design = pd.DataFrame({"A": (t % 4 < 2).astype(float), "B": np.cos(t / 3.0), "constant": 1.0})
+    bold = write_nifti(tmp_path / "bold.nii.gz", data)
+    design_path = tmp_path / "design.tsv"
+    design.to_csv(design_path, sep="\t", index=False)
+    return {"dir": tmp_path, "bold": bold, "design": design_path, "table": design, "data": data, "out": tmp_path / "res"}
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def fit_args(s, *extra, out=None, contrast=("task=A - B", "eoi=A; B")):
+    args = ["fit", s["bold"], "--design", s["design"], "-o", out or s["out"], "--quiet"]
+    for c in contrast:
+        args += ["--contrast", c]
+    return args + list(extra)
+
+
+def test_fit_writes_maps_equal_to_the_array_api(study, capsys):
+    code, out, err = run(capsys, *fit_args(study))
+    assert code == 0 and err == "" and out == ""
+    res = study["out"]
+    names = sorted(p.name for p in res.iterdir())
+    for stat in ("effect", "variance", "t", "p", "z"):
+        assert f"contrast-task_stat-{stat}_statmap.nii.gz" in names
+    for stat in ("effect", "variance", "F", "p", "z"):
+        assert f"contrast-eoi_stat-{stat}_statmap.nii.gz" in names
+    for col in ("A", "B", "constant"):
+        assert f"regressor-{col}_stat-effect_statmap.nii.gz" in names
+    assert {"stat-rsquared_statmap.nii.gz", "stat-residualvariance_statmap.nii.gz", "mask.nii.gz", "design.tsv", "model.json"} <= set(names)
+    assert not [n for n in names if n.startswith(".")]
+
+    ds = voxfit.load(study["bold"])
+    fit = voxfit.fit(study["table"], ds.data)
+    t = fit.contrast("A - B")
+    img = nib.load(res / "contrast-task_stat-t_statmap.nii.gz")
+    npt.assert_allclose(img.affine, AFFINE)
+    assert img.shape == SHAPE
+    values = np.asarray(img.dataobj).reshape(-1, order="F")
+    npt.assert_allclose(values[ds.masker.mask], t.t, rtol=1e-6)
+    assert np.isnan(values[~ds.masker.mask]).all()
+    f_eff = nib.load(res / "contrast-eoi_stat-effect_statmap.nii.gz")
+    assert f_eff.shape == SHAPE + (2,)
+    model = json.loads((res / "model.json").read_text())
+    assert model["voxfit_version"] == voxfit.__version__
+    assert model["inputs"][0]["sha256"] and model["inputs"][0]["bytes"] == study["bold"].stat().st_size
+    assert model["contrasts"]["task"]["expression"] == "A - B" and model["contrasts"]["eoi"]["kind"] == "F"
+    assert model["design"]["columns"] == ["A", "B", "constant"]
+
+
+def test_volume_list_gifti_cifti_and_fsl_design(study, capsys, rng):
+    d = study["dir"]
+    (d / "spm").mkdir()
+    paths = write_volume_list(d / "spm", study["data"], ".img", stored_dtype=np.int16)
+    mat = d / "design.mat"
+    X = study["table"].to_numpy()
+    mat.write_text("/NumWaves 3\n/NumPoints 12\n/Matrix\n" + "\n".join(" ".join(f"{v:.8f}" for v in row) for row in X) + "\n")
+    code, _, err = run(capsys, "fit", *paths, "--design", mat, "--contrast", "c1=EV1 - EV2", "-o", d / "r1", "--quiet")
+    assert code == 0, err
+    assert (d / "r1" / "contrast-c1_stat-t_statmap.nii.gz").exists()
+    matrix = (50 + rng.standard_normal((N_SCANS, 40))).astype(np.float32)
+    gii = write_gifti(d / "lh.func.gii", matrix)
+    assert run(capsys, "fit", gii, "--design", study["design"], "--contrast", "A=A", "-o", d / "r2", "--quiet")[0] == 0
+    assert nib.load(d / "r2" / "contrast-A_stat-z_statmap.func.gii").darrays[0].data.shape == (40,)
+    from .imaging import cifti_axes
+
+    n = len(cifti_axes()[1])
+    cii = write_cifti(d / "x_bold.dtseries.nii", (50 + rng.standard_normal((N_SCANS, n))).astype(np.float32))
+    assert run(capsys, "fit", cii, "--design", study["design"], "--contrast", "A=A", "-o", d / "r3", "--quiet")[0] == 0
+    out = nib.load(d / "r3" / "contrast-A_stat-t_statmap.dscalar.nii")
+    assert out.header.get_axis(1) == cifti_axes()[1]
+
+
+def test_version_help_and_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and voxfit.__version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "-h"])
+    assert e.value.code == 0 and "examples:" in capsys.readouterr().out
+    assert main([]) == 2
+    assert capsys.readouterr().err == "voxfit: error: give a command: fit or demo (see --help)\n"
+    for argv in (["fit"], ["fit", "x.nii", "--design"], ["bogus"], ["fit", "x", "--design", "d", "-o", "o", "--max-memory"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("voxfit")
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+BAD = {
+    "missing file": (lambda s: fit_args(s)[:1] + [s["dir"] / "nope.nii.gz"] + fit_args(s)[2:], "no such file"),
+    "not an image": (lambda s: ["fit", _write(s["dir"] / "x.nii", "hello" * 100)] + fit_args(s)[2:], "not a readable image"),
+    "truncated gz": (lambda s: ["fit", _cut(s)] + fit_args(s)[2:], "truncated|corrupt"),
+    "3-D image": (lambda s: ["fit", write_nifti(s["dir"] / "v.nii", np.ones(SHAPE, np.float32))] + fit_args(s)[2:], "3-D image"),
+    "design rows": (lambda s: fit_args(s, "--design", _design(s, rows=10)), "the design has 10 rows but the data have 12 scans"),
+    "design NaN": (lambda s: fit_args(s, "--design", _design(s, nan=True)), "missing or non-finite value in column 'B', row 3"),
+    "duplicate columns": (lambda s: fit_args(s, "--design", _write(s["dir"] / "dup.tsv", "A\tA\n" + "1\t2\n" * 12)), "'A' appear more than once"),
+    "unknown column": (lambda s: fit_args(s, contrast=["c=A - Z"]), "unknown column 'Z'"),
+    "malformed contrast": (lambda s: fit_args(s, contrast=["c=A -* B"]), "cannot read contrast"),
+    "non-estimable": (lambda s: fit_args(s, "--design", _design(s, deficient=True), contrast=["c=A"]), "not estimable.*A, A2, constant"),
+    "empty mask": (lambda s: fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.zeros(SHAPE, np.uint8))), "selects no voxel"),
+    "mask geometry": (lambda s: fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.ones((2, 2, 2), np.uint8))), "has shape \\(2, 2, 2\\)"),
+    "all-NaN data": (lambda s: ["fit", write_nifti(s["dir"] / "nan.nii", np.full(SHAPE + (12,), np.nan, np.float32))] + fit_args(s)[2:], "automatic mask is empty"),
+    "all-NaN in mask": (lambda s: ["fit", write_nifti(s["dir"] / "nan.nii", np.full(SHAPE + (12,), np.nan, np.float32))] + fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.ones(SHAPE, np.uint8)))[2:], "all 120 voxels in the mask have NaN"),
+    "unwritable output": (lambda s: fit_args(s, out=_write(s["dir"] / "afile", "x") / "sub"), "cannot write to output folder"),
+    "contrast name": (lambda s: fit_args(s, contrast=["../..=A"]), "has no letter or digit"),
+    "bad max memory": (lambda s: fit_args(s, "--max-memory", "lots"), "`max_memory` must be a size"),
+}  # fmt: skip
+
+
+def _cut(s):
+    raw = s["bold"].read_bytes()
+    return _write_bytes(s["dir"] / "cut.nii.gz", raw[: len(raw) // 2])
+
+
+def _write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _design(s, rows=None, nan=False, deficient=False):
+    table = s["table"].copy()
+    if rows:
+        table = table.iloc[:rows]
+    if nan:
+        table.loc[2, "B"] = np.nan
+    if deficient:
+        table.insert(1, "A2", 1.0 - table["A"])
+    path = s["dir"] / "bad_design.tsv"
+    table.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_inputs_exit_2_with_one_line_and_no_output(case, study, capsys):
+    make_args, message = BAD[case]
+    args = make_args(study)
+    out_dir = args[args.index("-o") + 1]
+    code, out, err = run(capsys, *args)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("voxfit: error: "), err
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(message, err), err
+    assert not os.path.exists(out_dir) or not any(p.is_file() for p in __import__("pathlib").Path(out_dir).rglob("*"))
+
+
+def test_existing_output_needs_force(study, capsys):
+    study["out"].mkdir()
+    (study["out"] / "mine.txt").write_text("keep me")
+    code, _, err = run(capsys, *fit_args(study))
+    assert code == 2 and "is not empty" in err and "--force" in err
+    assert sorted(p.name for p in study["out"].iterdir()) == ["mine.txt"]
+    code, _, err = run(capsys, *fit_args(study, "--force"))
+    assert code == 0, err
+    assert (study["out"] / "mine.txt").read_text() == "keep me"
+    assert (study["out"] / "contrast-task_stat-t_statmap.nii.gz").exists()
+
+
+def test_interrupted_or_failing_runs_leave_no_partial_maps(study, capsys, monkeypatch):
+    calls = []
+    original = glm.Masker.write
+
+    def flaky(self, path, values, names):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return original(self, path, values, names)
+
+    monkeypatch.setattr(glm.Masker, "write", flaky)
+    code, _, err = run(capsys, *fit_args(study))
+    assert code == 130 and "interrupted" in err
+    assert not study["out"].exists()
+
+    def broken(self, path, values, names):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(glm.Masker, "write", broken)
+    code, _, err = run(capsys, *fit_args(study))
+    assert code == 1 and err.count("\n") == 1 and "internal error: RuntimeError: disk on fire" in err and "--debug" in err
+    assert not study["out"].exists()
+    code, _, err = run(capsys, "--debug", *fit_args(study))
+    assert code == 1 and "Traceback" in err
+
+
+def test_warnings_are_one_line(study, capsys):
+    args = fit_args(study, "--design", _design(study, deficient=True), contrast=["c=A - A2"])
+    args.remove("--quiet")
+    code, out, err = run(capsys, *args)
+    assert code == 0
+    assert err.startswith("voxfit: warning: The design is rank deficient") and err.count("\n") == 1

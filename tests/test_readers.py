@@ -1,0 +1,211 @@
+"""The reader protocol, checked on every reader; loading, masking and writing maps back (round trips)."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+import voxfit
+from voxfit.exceptions import InputError
+from voxfit.io import CiftiGeometry, Masker, ScaledArray, SurfaceGeometry, VolumeGeometry, open_reader
+from voxfit.io.readers import reader_geometry
+
+from .imaging import (AFFINE, N_SCANS, SHAPE, as_matrix, cifti_axes, read_back, volume_data, write_cifti,
+                      write_gifti, write_nifti, write_volume_list)  # fmt: skip
+
+
+def _make(kind, tmp_path, rng):
+    """(paths, expected float64 matrix (n, n_elements))."""
+    if kind in ("nii", "nii.gz", "nifti2", "int16-scaled.nii.gz", "analyze-4d"):
+        data = volume_data(rng)
+        name = {"nii": "bold.nii", "nii.gz": "bold.nii.gz", "nifti2": "bold2.nii", "int16-scaled.nii.gz": "bold.nii.gz",
+                "analyze-4d": "bold.hdr"}[kind]  # fmt: skip
+        klass = {"nifti2": nib.Nifti2Image, "analyze-4d": nib.Spm2AnalyzeImage}.get(kind, nib.Nifti1Image)
+        path = write_nifti(tmp_path / name, data, klass, stored_dtype=np.int16 if "int16" in kind else None)
+        return [path], read_back(path)
+    if kind in ("3d-list", "analyze-list-scaled"):
+        data = volume_data(rng)
+        scaled = "scaled" in kind
+        paths = write_volume_list(tmp_path, data, ".img" if "analyze" in kind else ".nii", np.int16 if scaled else None)
+        return paths, np.vstack([read_back(p) for p in paths])
+    if kind in ("gifti", "gifti-2d"):
+        matrix = (50 + rng.standard_normal((N_SCANS, 40))).astype(np.float32)
+        return [write_gifti(tmp_path / "lh.func.gii", matrix, two_d=kind == "gifti-2d")], matrix.astype(np.float64)
+    if kind == "cifti":
+        n = len(cifti_axes()[1])
+        matrix = (50 + rng.standard_normal((N_SCANS, n))).astype(np.float32)
+        return [write_cifti(tmp_path / "sub_bold.dtseries.nii", matrix)], matrix.astype(np.float64)
+    if kind == "npy":
+        matrix = rng.standard_normal((N_SCANS, 25))
+        np.save(tmp_path / "data.npy", matrix)
+        return [tmp_path / "data.npy"], matrix
+    raise AssertionError(kind)
+
+
+KINDS = ["nii", "nii.gz", "nifti2", "int16-scaled.nii.gz", "analyze-4d", "3d-list", "analyze-list-scaled",
+         "gifti", "gifti-2d", "cifti", "npy"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reader_protocol(kind, tmp_path, rng):
+    paths, expected = _make(kind, tmp_path, rng)
+    reader = open_reader(paths if len(paths) > 1 else paths[0])
+    assert reader.n_scans == expected.shape[0] == N_SCANS
+    assert reader.geometry.n_elements == expected.shape[1]
+    assert reader.dtype.isnative
+    assert all(p.exists() for p in reader.paths)
+    for max_bytes in (1, 10**9):  # one scan per slab, and everything in one
+        seen = 0
+        for start, block in reader.iter_scans(max_bytes):
+            assert start == seen and block.ndim == 2 and block.shape[1] == expected.shape[1]
+            assert block.dtype == reader.dtype
+            values = block.astype(np.float64)
+            if reader.scale is not None:
+                values = values * reader.scale[0] + reader.scale[1]
+            npt.assert_allclose(values, expected[start : start + block.shape[0]], rtol=1e-6)
+            seen += block.shape[0]
+        assert seen == reader.n_scans
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_and_write_round_trip(kind, tmp_path, rng):
+    paths, expected = _make(kind, tmp_path, rng)
+    ds = voxfit.load(paths if len(paths) > 1 else paths[0])
+    auto = np.isfinite(expected).all(0) & (expected != expected[0]).any(0)
+    npt.assert_array_equal(ds.masker.mask, auto)
+    npt.assert_allclose(np.asarray(ds.data, dtype=np.float64), expected[:, auto], rtol=1e-6)
+    # maps back to the input's format and geometry
+    geom = ds.masker.geometry
+    out = tmp_path / f"map{geom.extension}"
+    values = np.arange(ds.n_voxels, dtype=np.float64)
+    ds.masker.write(out, values, ["index"])
+    back = reader_geometry(out)
+    geom.check_same(back, "written map")
+    read_back = next(iter(open_reader(out).iter_scans()))[1][0] if geom.kind != "volume" else np.asarray(nib.load(out).dataobj).reshape(-1, order="F")
+    npt.assert_array_equal(read_back[auto], values)
+    assert np.isnan(read_back[~auto]).all()
+    if isinstance(geom, VolumeGeometry):
+        npt.assert_allclose(nib.load(out).affine, AFFINE)
+        assert nib.load(out).shape == SHAPE
+
+
+def test_integer_data_stay_compact_and_scaled_per_block(tmp_path, rng):
+    paths, expected = _make("int16-scaled.nii.gz", tmp_path, rng)
+    ds = voxfit.load(paths[0])
+    assert isinstance(ds.data, ScaledArray) and ds.data.raw.dtype == np.int16
+    X = np.column_stack([np.arange(N_SCANS, dtype=float), np.ones(N_SCANS)])
+    ref = voxfit.fit(X, expected[:, ds.masker.mask])
+    fit = voxfit.fit(X, ds.data, block_size=7)
+    npt.assert_allclose(fit.betas, ref.betas, rtol=1e-5, atol=1e-5 * np.abs(ref.betas).max())
+    npt.assert_allclose(fit.residual_variance, ref.residual_variance, rtol=1e-5)
+
+
+def test_explicit_mask_and_threshold(tmp_path, rng):
+    paths, expected = _make("nii.gz", tmp_path, rng)
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[2:5, 1:4, 1:3] = 1
+    mpath = write_nifti(tmp_path / "mask.nii", mask)
+    ds = voxfit.load(paths[0], mask=mpath)
+    flat = mask.reshape(-1, order="F").astype(bool)
+    npt.assert_array_equal(ds.masker.mask, flat)
+    npt.assert_allclose(ds.data, expected[:, flat], rtol=1e-6)
+    same = voxfit.load(paths[0], mask=mask.astype(bool))
+    npt.assert_array_equal(same.data, ds.data)
+    # SPM's relative threshold drops the zero background and keeps bright voxels
+    thr = voxfit.load(paths[0], mask_threshold=0.8)
+    assert thr.masker.mask.sum() <= ds.masker.mask.size and not thr.masker.mask[0]
+
+
+def test_zero_in_first_scan_but_varying_is_kept(tmp_path, rng):
+    data = volume_data(rng)
+    data[3, 3, 3, 0] = 0.0  # zero only in the first scan: gathered in a second pass
+    path = write_nifti(tmp_path / "b.nii.gz", data)
+    ds = voxfit.load(path)
+    flat = as_matrix(data)
+    j = np.ravel_multi_index((3, 3, 3), SHAPE, order="F")
+    assert ds.masker.mask[j]
+    npt.assert_array_equal(ds.data[:, np.searchsorted(ds.masker.index, j)], flat[:, j])
+    npt.assert_array_equal(ds.data, flat[:, ds.masker.mask])
+
+
+def test_masker_inverse_checks_sizes():
+    m = Masker(SurfaceGeometry(5), np.array([1, 0, 1, 1, 0], bool))
+    npt.assert_array_equal(m.inverse([1.0, 2.0, 3.0])[0, [0, 2, 3]], [1, 2, 3])
+    with pytest.raises(InputError, match="`values` have 2 voxels but the mask has 3"):
+        m.inverse([1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda d: d / "missing.nii.gz", "no such file"),
+        (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "not an image voxfit can read"),
+        (lambda d: (d / "fake.nii").write_bytes(b"not a nifti header at all" * 20) and d / "fake.nii", "not a readable image"),
+        (lambda d: write_nifti(d / "three.nii.gz", np.ones(SHAPE, np.float32)), "is a 3-D image \\(one scan\\)"),
+    ],
+)
+def test_unreadable_inputs(setup, message, tmp_path):
+    with pytest.raises(InputError, match=message):
+        voxfit.load(setup(tmp_path))
+
+
+def test_truncated_files(tmp_path, rng):
+    data = volume_data(rng)
+    gz = write_nifti(tmp_path / "t.nii.gz", data)
+    raw = gzip.decompress(gz.read_bytes())
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    with pytest.raises(InputError, match="truncated"):
+        voxfit.load(tmp_path / "cut.nii.gz")
+    (tmp_path / "corrupt.nii.gz").write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])
+    with pytest.raises(InputError, match="truncated|corrupt|not a readable"):
+        voxfit.load(tmp_path / "corrupt.nii.gz")
+    nii = write_nifti(tmp_path / "t.nii", data)
+    (tmp_path / "short.nii").write_bytes(nii.read_bytes()[:-100])
+    with pytest.raises(InputError, match="truncated"):
+        voxfit.load(tmp_path / "short.nii")
+
+
+def test_mask_geometry_mismatch(tmp_path, rng):
+    path = write_nifti(tmp_path / "b.nii.gz", volume_data(rng))
+    small = write_nifti(tmp_path / "m1.nii", np.ones((3, 3, 3), np.uint8))
+    with pytest.raises(InputError, match="has shape \\(3, 3, 3\\) but the data have \\(6, 5, 4\\)"):
+        voxfit.load(path, mask=small)
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.uint8), AFFINE + _translate(5)), tmp_path / "m2.nii")
+    with pytest.raises(InputError, match="different affine"):
+        voxfit.load(path, mask=tmp_path / "m2.nii")
+    empty = write_nifti(tmp_path / "m3.nii", np.zeros(SHAPE, np.uint8))
+    with pytest.raises(InputError, match="selects no voxel"):
+        voxfit.load(path, mask=empty)
+    gii = write_gifti(tmp_path / "m.shape.gii", np.ones((1, 40), np.float32))
+    with pytest.raises(InputError, match="is a surface but the data are a volume"):
+        voxfit.load(path, mask=gii)
+
+
+def _translate(mm):
+    t = np.zeros((4, 4))
+    t[0, 3] = mm
+    return t
+
+
+def test_all_nan_data_give_an_empty_automatic_mask(tmp_path):
+    path = write_nifti(tmp_path / "nan.nii", np.full(SHAPE + (N_SCANS,), np.nan, np.float32))
+    with pytest.raises(InputError, match="automatic mask is empty"):
+        voxfit.load(path)
+
+
+def test_volume_list_geometry_must_agree(tmp_path, rng):
+    paths = write_volume_list(tmp_path, volume_data(rng, n=3))
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 3), np.float32), AFFINE), tmp_path / "odd.nii")
+    with pytest.raises(InputError, match="odd.nii has shape \\(6, 5, 3\\)"):
+        voxfit.load(paths + [tmp_path / "odd.nii"])
+
+
+def test_cifti_and_gifti_geometries(tmp_path, rng):
+    paths, _ = _make("cifti", tmp_path, rng)
+    geom = open_reader(paths[0]).geometry
+    assert isinstance(geom, CiftiGeometry) and geom.describe()["structures"] == ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_THALAMUS_LEFT"]
+    other = nib.cifti2.BrainModelAxis.from_surface(np.arange(5), 10, name="CortexRight")
+    with pytest.raises(InputError, match="different CIFTI brain models"):
+        geom.check_same(CiftiGeometry(other), "mask")

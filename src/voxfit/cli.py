@@ -64,15 +64,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args, argv) -> int:
-    from .models import fit_images  # heavy imports only once the command line is known to be valid
-    from .models.demo import run_demo
-
     progress = None if not args.quiet else False
-    if args.command == "demo":
+    if args.command == "demo":  # heavy imports only once the command line is known to be valid
+        from .models.demo import run_demo
+
         _, result, lines = run_demo(args.output, force=args.force, progress=progress)
         if not args.quiet:
             print("\n".join(lines))
         return 0
+    from .models import fit_images
+
     result = fit_images(
         args.inputs, args.design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,

@@ -9,7 +9,7 @@ from .design import DesignFactor, as_design_matrix, factorize
 from .distributions import f_logsf, f_to_z, t_logsf, t_to_z, z_to_logp, z_to_p
 from .expr import parse_contrast
 from .ols import BlockFitter, BlockResult, empty_result, fit_block, working_dtype
-from .results import Fit, make_fit
+from .results import Fit, make_fit, warm_up
 
 __all__ = [
     "BlockFitter",
@@ -30,6 +30,7 @@ __all__ = [
     "parse_contrast",
     "t_logsf",
     "t_to_z",
+    "warm_up",
     "working_dtype",
     "z_to_logp",
     "z_to_p",

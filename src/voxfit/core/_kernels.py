@@ -1,17 +1,52 @@
-"""Compiled inner loops (numba), for the passes over the data that numpy would split into several.
+"""Inner loops over the data: compiled with numba, and the same arithmetic in numpy.
 
-numba is imported on first use, not with ``import voxfit``; compiled code is cached on disk.
+The compiled pass reads each element once (~1.6 read passes for shift + squares); numpy needs several
+passes (~5). But importing numba and loading the cached kernels costs ~0.6 s and ~50 MB once per process,
+which a one-shot command on a few hundred MB of data never earns back; ``voxfit.fit`` uses the compiled
+kernels, and the command line uses them only for large data. numba is imported on first use, not with
+``import voxfit``; compiled code is cached on disk.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
-__all__ = ["shift_and_square", "hermite_z"]
+__all__ = ["compile_kernels", "hermite_z", "hermite_z_numpy", "kernels_loaded", "shift_and_square",
+           "shift_and_square_numpy", "use_compiled"]
+
+
+# the compiled kernels pay for their ~0.6 s of loading on data of this many elements (n_scans x n_voxels)
+AUTO_COMPILE_ELEMENTS = 1 << 29
+
+
+def kernels_loaded() -> bool:
+    """Whether numba and the kernels are already loaded in this process (then they cost nothing more)."""
+    return _compile_once.cache_info().currsize > 0
+
+
+def use_compiled(n_elements: int, compiled: bool | None = None) -> bool:
+    """The choice for `compiled` = None: if already loaded, or if the data are large enough to earn it."""
+    if compiled is not None:
+        return bool(compiled)
+    return kernels_loaded() or n_elements >= AUTO_COMPILE_ELEMENTS
+
+
+def compile_kernels() -> None:
+    """Import numba and load (or compile) the kernels now, e.g. in a thread while data are being read."""
+    _compile()
+
+
+_LOCK = threading.Lock()
+
+
+def _compile():
+    with _LOCK:  # a warm-up thread and the first fit may ask at once: compile once
+        return _compile_once()
 
 
 @functools.cache
-def _compile():
+def _compile_once():
     import numba
     import numpy as np
 
@@ -85,3 +120,40 @@ def shift_and_square(Y, start, stop, rows, buf, offset, ssq) -> None:
 def hermite_z(t, inv_h, coef, out) -> int:
     """See the compiled function's docstring; `out` is filled in place."""
     return _compile()[1](t, inv_h, coef, out)
+
+
+def shift_and_square_numpy(Y, start, stop, rows, buf, offset, ssq, scratch) -> None:
+    """``shift_and_square`` in numpy (same offsets, same float32 partial sums over 16 scans)."""
+    import numpy as np
+
+    block = Y[:, start:stop]
+    mean = block[rows].mean(axis=0, dtype=np.float64)
+    mean[~np.isfinite(mean)] = 0.0
+    offset[:] = mean
+    np.subtract(block, offset, out=buf, casting="unsafe")
+    sq = scratch[: buf.size].reshape(buf.shape)
+    np.multiply(buf, buf, out=sq)
+    whole = (buf.shape[0] // 16) * 16
+    partial = sq[:whole].reshape(-1, 16, buf.shape[1]).sum(axis=1)
+    np.sum(partial, axis=0, dtype=np.float64, out=ssq)
+    if whole < buf.shape[0]:
+        ssq += sq[whole:].sum(axis=0)
+
+
+def hermite_z_numpy(t, inv_h, coef, out) -> int:
+    """``hermite_z`` in numpy."""
+    import numpy as np
+
+    n_int = coef.shape[0]
+    u = np.log1p(np.abs(t))
+    u *= inv_h
+    with np.errstate(invalid="ignore"):
+        idx = u.astype(np.intp)
+    np.clip(idx, 0, n_int - 1, out=idx)
+    f = u - idx
+    c = coef[idx]
+    z = ((c[:, 3] * f + c[:, 2]) * f + c[:, 1]) * f + c[:, 0]
+    np.multiply(z, t, out=out)
+    beyond = u >= n_int  # NaN compares False
+    out[beyond] = np.nan
+    return int(np.count_nonzero(beyond))

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special as sc
 
-from ._kernels import hermite_z
+from ._kernels import hermite_z, hermite_z_numpy, kernels_loaded
 
 __all__ = ["t_logsf", "t_to_z", "f_logsf", "f_to_z", "z_to_p", "z_to_logp"]
 
@@ -166,7 +166,8 @@ def t_to_z(t: ArrayLike, dof: float) -> NDArray[np.float64]:
     inv_h, coef = _t_to_z_table(dof)
     flat = np.ascontiguousarray(t).reshape(-1)
     z = np.empty_like(flat)
-    if hermite_z(flat, inv_h, coef, z):
+    evaluate = hermite_z if kernels_loaded() else hermite_z_numpy  # never import numba just for this
+    if evaluate(flat, inv_h, coef, z):
         beyond = np.isnan(z) & ~np.isnan(flat)  # left NaN by the kernel
         z[beyond] = _t_to_z_exact(flat[beyond], dof)
     return z.reshape(t.shape)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from ._kernels import shift_and_square
+from ._kernels import shift_and_square, shift_and_square_numpy
 from .design import DesignFactor
 
 __all__ = ["BlockFitter", "BlockResult", "empty_result", "fit_block", "working_dtype"]
@@ -92,7 +92,7 @@ class BlockFitter:
     Not thread-safe: use one instance per thread. Memory: O(tile * n) plus O(block * p).
     """
 
-    def __init__(self, design: DesignFactor, dtype: np.dtype, tile: int):
+    def __init__(self, design: DesignFactor, dtype: np.dtype, tile: int, compiled: bool = True):
         self.design = design
         self.wdt = working_dtype(dtype)
         self.op_t = _operator(design, self.wdt).T  # (n, m), F-ordered: tile.T @ op_t is one GEMM
@@ -100,7 +100,9 @@ class BlockFitter:
         self.beta_op = np.column_stack([design.basis_pinv, design.pinv.sum(axis=1)])  # [pinv Q, pinv 1]
         self.basis_sums = design.basis.sum(axis=0)
         self.tile = int(tile)
-        self._buf = np.empty((design.n_scans, self.tile), dtype=self.wdt)
+        self._flat = np.empty(design.n_scans * self.tile, dtype=self.wdt)
+        self.compiled = compiled
+        self._scratch = None if compiled else np.empty_like(self._flat)
 
     def __call__(self, Y: NDArray, start: int, stop: int, out: BlockResult) -> None:
         """Fit the voxels ``start:stop`` of ``Y`` (n, V), read in its stored dtype (memory maps included).
@@ -130,7 +132,7 @@ class BlockFitter:
 
     def _shifted_products(self, Y: NDArray, start: int, stop: int):
         """Tile by tile: shift, sum squares (compiled, one pass over Y) and multiply by the operator (GEMM)."""
-        v = stop - start
+        n, v = self.design.n_scans, stop - start
         g_t = np.empty((v, self.op_t.shape[1]), dtype=self.wdt)
         offset = np.empty(v, dtype=self.wdt)
         ssq = np.empty(v)
@@ -138,12 +140,12 @@ class BlockFitter:
         direct = isinstance(Y, np.ndarray) and Y.dtype.isnative and Y.dtype.kind in "iuf" and Y.dtype != np.float16
         for a in range(0, v, self.tile):
             b = min(v, a + self.tile)
-            buf = self._buf[:, : b - a]
-            if direct:
-                shift_and_square(Y, start + a, start + b, self.rows, buf, offset[a:b], ssq[a:b])
+            buf = self._flat[: n * (b - a)].reshape(n, b - a)  # C-contiguous even for a partial tile
+            src, lo, hi = (Y, start + a, start + b) if direct else (np.asarray(Y[:, start + a : start + b], dtype=self.wdt), 0, b - a)
+            if self.compiled:
+                shift_and_square(src, lo, hi, self.rows, buf, offset[a:b], ssq[a:b])
             else:
-                tile = np.asarray(Y[:, start + a : start + b], dtype=self.wdt)
-                shift_and_square(tile, 0, b - a, self.rows, buf, offset[a:b], ssq[a:b])
+                shift_and_square_numpy(src, lo, hi, self.rows, buf, offset[a:b], ssq[a:b], self._scratch)
             np.matmul(buf.T, self.op_t, out=g_t[a:b])
         return offset, ssq, g_t
 
@@ -184,10 +186,10 @@ def empty_result(n_columns: int, n_voxels: int) -> BlockResult:
     )
 
 
-def fit_block(design: DesignFactor, Y: NDArray, tile: int = 256) -> BlockResult:
+def fit_block(design: DesignFactor, Y: NDArray, tile: int = 256, compiled: bool = True) -> BlockResult:
     """Fit the design to one block of voxels ``Y`` (n, v); see :class:`BlockFitter` to loop over blocks."""
     out = empty_result(design.n_columns, Y.shape[1])
-    BlockFitter(design, Y.dtype, max(1, min(Y.shape[1], tile)))(Y, 0, Y.shape[1], out)
+    BlockFitter(design, Y.dtype, max(1, min(Y.shape[1], tile)), compiled)(Y, 0, Y.shape[1], out)
     return out
 
 

@@ -8,9 +8,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .contrast import Stats, compute_contrast
+from .distributions import t_to_z
 from .design import DesignFactor
 
-__all__ = ["Fit", "make_fit"]
+__all__ = ["Fit", "make_fit", "warm_up"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,3 +99,15 @@ def make_fit(design: DesignFactor, betas, rss, tss, valid) -> Fit:
     for a in (betas, residual_variance, r2, valid):
         a.setflags(write=False)
     return Fit(design=design, betas=betas, residual_variance=residual_variance, r2=r2, valid=valid)
+
+
+def warm_up(dof: float | None = None, dtype=np.float32) -> None:
+    """Do now what the first fit would do once: load the compiled kernels for `dtype` data and, for `dof`,
+    the t -> z table (about half a second, worth spending in a thread while data are being read)."""
+    from .design import factorize
+    from .ols import fit_block
+
+    design = factorize(np.column_stack([np.arange(6.0), np.ones(6)]), warn=False)
+    for width in (3, 2):  # a full tile and a partial one
+        fit_block(design, np.ones((6, width), dtype=dtype) * np.arange(6.0)[:, None] ** 2, tile=3)
+    t_to_z(np.zeros(2), float(dof) if dof else 4.0)

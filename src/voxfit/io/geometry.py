@@ -15,10 +15,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..exceptions import InputError
+from ._gzip import open_gzip
 
 __all__ = ["Geometry", "VolumeGeometry", "SurfaceGeometry", "CiftiGeometry", "ArrayGeometry"]
 
 AFFINE_ATOL = 1e-3  # mm: affines that differ by less are the same grid
+
+
+def _save_nifti(img, path: Path) -> None:
+    """nibabel's bytes, compressed with the fastest gzip (ISA-L is ~4x faster than zlib at level 1)."""
+    if path.name.endswith(".gz"):
+        with open_gzip(path, "wb", compresslevel=1) as fh:
+            fh.write(img.to_bytes())
+    else:
+        nib.save(img, str(path))
 
 
 class Geometry:
@@ -84,7 +94,7 @@ class VolumeGeometry(Geometry):
             img.set_qform(self.affine, int(self.header["qform_code"]) or 1)
             img.set_sform(self.affine, int(self.header["sform_code"]) or 1)
         img.header["descrip"] = b"voxfit: " + ", ".join(names).encode()[:70]
-        nib.save(img, str(path))
+        _save_nifti(img, Path(path))
 
     def describe(self) -> dict:
         return {**super().describe(), "shape": list(self.shape), "affine": self.affine.round(6).tolist()}

@@ -79,7 +79,7 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None) -> NDA
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
     bar = Progress("reading", reader.n_scans, enabled=progress)
     for start, block in reader.iter_scans():
-        out[start : start + block.shape[0]] = block[:, index]
+        np.take(block, index, axis=1, out=out[start : start + block.shape[0]])
         bar.update(start + block.shape[0])
     bar.close()
     return out
@@ -116,7 +116,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
                 candidates &= _scaled(first, reader.scale) > threshold * _globals(_scaled(first[None], reader.scale))[0]
             cand_index = np.flatnonzero(candidates)
             out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
-        out[start : start + block.shape[0]] = block[:, cand_index]
+        np.take(block, cand_index, axis=1, out=out[start : start + block.shape[0]])
         if floats:
             finite &= np.isfinite(block).all(axis=0)
         varies |= (block != first).any(axis=0)

@@ -44,7 +44,7 @@ class OutputFolder:
         self.force = force
         self._created = not self.final.exists()
         self._tmp: Path | None = None
-        self._names: list[str] = []
+        self._names: dict[str, None] = {}  # insertion-ordered; setdefault is atomic, so threads may add names
 
     def __enter__(self) -> OutputFolder:
         try:
@@ -60,7 +60,7 @@ class OutputFolder:
         """Where to write `name` now (inside the hidden folder); it appears in the output on commit."""
         if Path(name).name != name or name.startswith("."):
             raise InputError(f"invalid output file name {name!r}.")
-        self._names.append(name)
+        self._names.setdefault(name)
         return self._tmp / name
 
     def write_json(self, name: str, obj) -> None:

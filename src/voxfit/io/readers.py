@@ -8,7 +8,8 @@ The protocol (checked by ``tests/test_readers.py`` on every reader)::
     reader.scale         None, or (slope, inter): the values are slope * raw + inter (NIfTI scl_slope/inter)
     reader.paths         the files read
     reader.iter_scans(max_bytes) -> iterator of (first_scan, array (k, n_elements)), in scan order,
-                         each array at most max_bytes (at least one scan), read sequentially once
+                         each array at most max_bytes (at least one scan), read sequentially once;
+                         an array may be overwritten by the next one (copy what you keep)
 
 Uncompressed files are read through memory maps, a slab of scans at a time; compressed NIfTI is decompressed
 with the fastest gzip available, a slab of scans at a time, so the whole 4-D image is never in memory.
@@ -16,6 +17,8 @@ with the fastest gzip available, a slab of scans at a time, so the whole 4-D ima
 
 from __future__ import annotations
 
+import queue
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +33,7 @@ from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, V
 
 __all__ = ["open_reader", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
 
-DEFAULT_SLAB_BYTES = 16 << 20
+DEFAULT_SLAB_BYTES = 4 << 20
 
 
 def _kind(path: Path) -> str:
@@ -108,31 +111,74 @@ class NiftiReader:
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         nel = self.geometry.n_elements
         k = _slab_scans(nel, self.dtype.itemsize, max_bytes)
-        if not self._compressed:
-            mm = np.memmap(self._image_file, dtype=self._file_dtype, mode="r", offset=self._offset, shape=(self.n_scans, nel))
+        if not self._compressed:  # one short-lived map per slab: its pages leave the process with it
             for start in range(0, self.n_scans, k):
-                yield start, mm[start : start + k]
+                count = min(k, self.n_scans - start)
+                offset = self._offset + start * nel * self._file_dtype.itemsize
+                yield start, np.memmap(self._image_file, dtype=self._file_dtype, mode="r", offset=offset, shape=(count, nel))
             return
         yield from self._iter_gz(nel, k)
 
     def _iter_gz(self, nel: int, k: int) -> Iterator[tuple[int, NDArray]]:
-        nbytes = nel * self._file_dtype.itemsize
+        """Decompress in a background thread, a slab of scans at a time, into three rotating buffers.
+
+        The decompressor releases the GIL, so the next slab is decompressed while the caller gathers the
+        masked voxels of this one: loading costs ~1.1x a bare decompression instead of ~1.4x. A yielded slab
+        is valid until the caller asks for the next.
+        """
+        bufs = [np.empty((min(k, self.n_scans), nel), dtype=self._file_dtype) for _ in range(3)]
+        free: queue.Queue = queue.Queue()
+        full: queue.Queue = queue.Queue()
+        for b in bufs:
+            free.put(b)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                with open_gzip(self._image_file) as fh:
+                    _read_into(fh, np.empty(self._offset, dtype=np.uint8), self._image_file)
+                    for start in range(0, self.n_scans, k):
+                        buf = free.get()
+                        if stop.is_set():
+                            return
+                        count = min(k, self.n_scans - start)
+                        _read_into(fh, buf[:count], self._image_file)
+                        full.put((start, buf, count))
+                full.put(None)
+            except InputError as exc:
+                full.put(exc)
+            except (OSError, EOFError, zlib.error) as exc:
+                full.put(InputError(f"{self._image_file}: truncated or corrupt gzip data ({exc})."))
+
+        thread = threading.Thread(target=produce, name="voxfit-gunzip", daemon=True)
+        thread.start()
+        held = None
         try:
-            with open_gzip(self._image_file) as fh:
-                _read_exact(fh, self._offset, self._image_file)
-                for start in range(0, self.n_scans, k):
-                    count = min(k, self.n_scans - start)
-                    buf = _read_exact(fh, count * nbytes, self._image_file)
-                    yield start, np.frombuffer(buf, dtype=self._file_dtype).reshape(count, nel)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"{self._image_file}: truncated or corrupt gzip data ({exc}).") from None
+            while True:
+                if held is not None:
+                    free.put(held)
+                    held = None
+                item = full.get()
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                start, held, count = item
+                yield start, held[:count]
+        finally:
+            stop.set()
+            free.put(held if held is not None else bufs[0])  # wake the producer if it waits for a buffer
+            thread.join()
 
 
-def _read_exact(fh, n: int, path: Path) -> bytes:
-    data = fh.read(n)
-    if len(data) != n:
-        raise InputError(f"{path}: file is truncated (the data end {n - len(data)} bytes early).")
-    return data
+def _read_into(fh, out: NDArray, path: Path) -> None:
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            raise InputError(f"{path}: file is truncated (the data end {len(view) - got} bytes early).")
+        got += n
 
 
 class VolumeListReader:

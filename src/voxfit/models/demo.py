@@ -8,9 +8,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 
-from ..design import spm_hrf
+from ..design import spm_hrf, write_design
 from .glm import ImageFit, fit_images
 
 __all__ = ["make_demo_run", "run_demo", "DemoRun"]
@@ -22,10 +21,11 @@ N_SCANS = 180
 
 @dataclass(frozen=True, eq=False)
 class DemoRun:
-    """The synthetic run: image, design, brain mask and the true effect maps (percent signal change)."""
+    """The synthetic run: image, design (n_scans, p) with its column names, brain mask, true effects (%)."""
 
     image: nib.Nifti1Image
-    design: pd.DataFrame
+    design: np.ndarray
+    names: list[str]
     brain: np.ndarray
     truth: dict[str, np.ndarray]
 
@@ -57,7 +57,8 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
     for k in range(1, n_cos):
         columns[f"drift{k}"] = np.sqrt(2.0 / N_SCANS) * np.cos(np.pi * (np.arange(N_SCANS) + 0.5) * k / N_SCANS)
     columns["constant"] = np.ones(N_SCANS)
-    design = pd.DataFrame(columns)
+    names = list(columns)
+    design = np.column_stack([columns[c] for c in names])
 
     truth = {
         "A": 2.0 * _blob((12, 16, 20), 3.0) + 1.0 * _blob((26, 32, 18), 3.0),
@@ -66,9 +67,9 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
     for v in truth.values():
         v *= brain
     baseline = np.where(brain, 1000.0 * (1 + 0.1 * _blob(center, 12.0)), 20.0)
-    signal = (design["A"].to_numpy()[:, None] * truth["A"].reshape(-1, order="F")
-              + design["B"].to_numpy()[:, None] * truth["B"].reshape(-1, order="F")) / 100.0  # fmt: skip
-    drift = np.outer(design["drift1"].to_numpy(), rng.normal(0, 0.02, brain.size)) * np.sqrt(N_SCANS)
+    signal = (columns["A"][:, None] * truth["A"].reshape(-1, order="F")
+              + columns["B"][:, None] * truth["B"].reshape(-1, order="F")) / 100.0  # fmt: skip
+    drift = np.outer(columns["drift1"], rng.normal(0, 0.02, brain.size)) * np.sqrt(N_SCANS)
     noise = np.empty((N_SCANS, brain.size))
     noise[0] = rng.standard_normal(brain.size)
     for i in range(1, N_SCANS):  # AR(1), phi = 0.3, unit variance
@@ -81,7 +82,7 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
     img = nib.Nifti1Image(vols, affine)
     img.header.set_xyzt_units("mm", "sec")
     img.header["pixdim"][4] = TR
-    return DemoRun(image=img, design=design, brain=brain, truth=truth)
+    return DemoRun(image=img, design=design, names=names, truth=truth, brain=brain)
 
 
 def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024):
@@ -95,7 +96,7 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
         bold = Path(tmp) / "sub-demo_task-blocks_bold.nii.gz"
         nib.save(run.image, bold)
         design_path = Path(tmp) / "design.tsv"
-        run.design.to_csv(design_path, sep="\t", index=False)
+        write_design(design_path, run.design, run.names)
         mask_path = Path(tmp) / "brain_mask.nii.gz"
         nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
         result = fit_images(bold, design_path, contrasts, mask=mask_path, out_dir=out_dir, force=force, progress=progress,
@@ -107,7 +108,7 @@ def _summary(run: DemoRun, result: ImageFit, out_dir) -> list[str]:
     idx = result.masker.index
     lines = [
         f"Fitted a synthetic run: {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} voxels of 4 mm, {N_SCANS} scans (TR {TR:g} s), "
-        f"{result.masker.n_voxels:,} in the brain mask; design of {result.design.shape[1]} columns "
+        f"{result.masker.n_voxels:,} in the brain mask; design of {len(result.fit.names)} columns "
         f"(A, B blocks convolved with SPM's HRF, cosine drift, constant), OLS.",
         f"Time: read {result.timing['load_s']:.2f} s, fit {result.timing['fit_s']:.2f} s, "
         f"write {result.timing['write_s']:.2f} s. Maps: {out_dir}/ ({len(result.files)} files).",
@@ -116,7 +117,7 @@ def _summary(run: DemoRun, result: ImageFit, out_dir) -> list[str]:
         true = run.truth[name].reshape(-1, order="F")[idx]
         z = result.contrasts[name].z
         active, quiet = true > 0.5, true == 0
-        est = result.contrasts[name].effect * 100 / result.fit.betas[list(result.design.columns).index("constant")]
+        est = result.contrasts[name].effect * 100 / result.fit.betas[result.fit.names.index("constant")]
         r = np.corrcoef(est, true)[0, 1]
         lines.append(
             f"Condition {name}: z > 3.1 in {np.mean(z[active] > 3.1):.0%} of the {active.sum()} truly active voxels "

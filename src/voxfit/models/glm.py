@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .._version import __version__
-from ..core import Fit, Stats, check_contrast, factorize
-from ..design import read_design
+from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
+from ..design import read_design, write_design
+from ..engine import default_workers
 from ..engine import fit as fit_engine
 from ..exceptions import InputError
 from ..io import Masker, OutputFolder, load, sanitize_label, statmap_name
@@ -28,7 +30,6 @@ class ImageFit:
     fit: Fit
     masker: Masker
     contrasts: dict[str, Stats]
-    design: pd.DataFrame
     files: list[Path] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
 
@@ -76,7 +77,7 @@ def fit_images(
     ----------
     inputs : path or list of paths
         Data files (see :func:`voxfit.load`).
-    design : path or pandas.DataFrame
+    design : path, pandas.DataFrame or array
         One row per scan, one named column per regressor (TSV/CSV with a header, or FSL ``design.mat``).
     contrasts : dict or list
         ``{label: expression or weights}``, or ``["label=expression", ...]``.
@@ -87,7 +88,7 @@ def fit_images(
         Files appear only when everything succeeded.
     """
     start = time.perf_counter()
-    table = design if isinstance(design, pd.DataFrame) else read_design(design)
+    X, names = read_design(design) if isinstance(design, (str, Path)) else as_design_matrix(design)
     if isinstance(contrasts, dict):
         items = [(sanitize_label(k), v) for k, v in contrasts.items()]
     else:
@@ -96,58 +97,76 @@ def fit_images(
     dup = sorted({k for k in labels if labels.count(k) > 1})
     if dup:
         raise InputError(f"contrast names must be unique after keeping letters and digits; {', '.join(dup)} repeat.")
-    factor = factorize(table, warn=False)
+    factor = factorize(X, names, warn=False)
     for label, expr in items:  # every contrast checked before the data are read
         check_contrast(expr, factor, label)
+    if factor.dof > 0:  # the t -> z table is prepared while the data are read
+        threading.Thread(target=t_to_z, args=(np.zeros(1), float(factor.dof)), daemon=True).start()
+    hashing = ThreadPoolExecutor(1) if out_dir is not None else None
 
     out = OutputFolder(out_dir, force) if out_dir is not None else None
     with out if out is not None else contextlib.nullcontext():
         dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress)
+        checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if hashing else None
         t_load = time.perf_counter()
-        if len(table) != dataset.n_scans:
-            raise InputError(f"the design has {len(table)} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
-        fit = fit_engine(table, dataset.data, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
+        if X.shape[0] != dataset.n_scans:
+            raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
+        fit = fit_engine(X, dataset.data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
         if fit.n_invalid == fit.valid.size:
             raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")
         stats = {label: fit.contrast(expr, name=label) for label, expr in items}
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
-            _write_outputs(out, fit, dataset, table, stats, items, mask, mask_threshold, max_memory, n_jobs, command)
+            settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs}
+            _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs)
             files = out.commit()
+            hashing.shutdown()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
-    return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, design=table, files=files, timing=timing)
+    return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
 
 
-def _write_outputs(out, fit, dataset, table, stats, items, mask, mask_threshold, max_memory, n_jobs, command):
+def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums, n_jobs):
     masker = dataset.masker
     ext = masker.geometry.extension
-    masker.write_mask(out.path(f"mask{ext}"))
-    table.to_csv(out.path("design.tsv"), sep="\t", index=False, float_format="%.10g")
-    for label, name, beta in zip(_column_labels(table.columns), table.columns, fit.betas):
-        masker.write(out.path(statmap_name("effect", ext, label, entity="regressor")), beta, [str(name)])
-    masker.write(out.path(statmap_name("rsquared", ext)), fit.r2, ["rsquared"])
-    masker.write(out.path(statmap_name("residualvariance", ext)), fit.residual_variance, ["residualvariance"])
+    names = list(fit.names)
+    maps = [(f"mask{ext}", None, None)]  # (file name, values, map names); None: the mask itself
+    for label, name, beta in zip(_column_labels(names), names, fit.betas):
+        maps.append((statmap_name("effect", ext, label, entity="regressor"), beta, [name]))
+    maps.append((statmap_name("rsquared", ext), fit.r2, ["rsquared"]))
+    maps.append((statmap_name("residualvariance", ext), fit.residual_variance, ["residualvariance"]))
     for label, s in stats.items():
         rows = [f"{label}[{i}]" for i in range(s.weights.shape[0])] if s.kind == "F" else [label]
-        masker.write(out.path(statmap_name("effect", ext, label)), s.effect, rows)
-        masker.write(out.path(statmap_name("variance", ext, label)), s.variance, rows)
-        masker.write(out.path(statmap_name(s.kind, ext, label)), s.stat, [f"{label} {s.kind}"])
-        masker.write(out.path(statmap_name("p", ext, label)), s.p, [f"{label} p"])
-        masker.write(out.path(statmap_name("z", ext, label)), s.z, [f"{label} z"])
+        maps += [
+            (statmap_name("effect", ext, label), s.effect, rows),
+            (statmap_name("variance", ext, label), s.variance, rows),
+            (statmap_name(s.kind, ext, label), s.stat, [f"{label} {s.kind}"]),
+            (statmap_name("p", ext, label), s.p, [f"{label} p"]),
+            (statmap_name("z", ext, label), s.z, [f"{label} z"]),
+        ]
+
+    def write(item):
+        name, values, labels = item
+        path = out.path(name)
+        masker.write_mask(path) if values is None else masker.write(path, values, labels)
+
+    with ThreadPoolExecutor(n_jobs or default_workers()) as pool:  # compression releases the GIL
+        list(pool.map(write, maps))
+    write_design(out.path("design.tsv"), fit.design.X, names)
     model = {
         "voxfit_version": __version__,
         "command": command,
-        "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in dataset.paths],
+        "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": digest} for p, digest in checksums],
         "data": {"n_scans": dataset.n_scans, "n_voxels": dataset.n_voxels, "n_invalid_voxels": fit.n_invalid,
                  "dtype": str(getattr(dataset.data, "dtype", "")), "geometry": masker.geometry.describe()},
-        "mask": {"source": "automatic" if mask is None else str(mask), "threshold": mask_threshold},
-        "design": {"columns": list(map(str, table.columns)), "n_rows": len(table), "rank": fit.rank, "dof": fit.dof,
+        "mask": {"source": "automatic" if settings["mask"] is None else str(settings["mask"]),
+                 "threshold": settings["mask_threshold"]},
+        "design": {"columns": names, "n_rows": fit.design.n_scans, "rank": fit.rank, "dof": fit.dof,
                    "condition_number_scaled": fit.design.condition},
         "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                               "weights": stats[label].weights.tolist(), "kind": stats[label].kind,
                               "dof": stats[label].dof} for label, expr in items},
-        "settings": {"max_memory": max_memory, "n_jobs": n_jobs, "noise_model": "ols",
+        "settings": {"max_memory": settings["max_memory"], "n_jobs": settings["n_jobs"], "noise_model": "ols",
                      "p": "one-sided upper tail for t; z has the same upper-tail probability"},
     }  # fmt: skip
     out.write_json("model.json", model)

@@ -209,3 +209,17 @@ def test_cifti_and_gifti_geometries(tmp_path, rng):
     other = nib.cifti2.BrainModelAxis.from_surface(np.arange(5), 10, name="CortexRight")
     with pytest.raises(InputError, match="different CIFTI brain models"):
         geom.check_same(CiftiGeometry(other), "mask")
+
+
+def test_write_stats_from_python(tmp_path, rng):
+    paths, _ = _make("nii.gz", tmp_path, rng)
+    ds = voxfit.load(paths[0])
+    X = np.column_stack([np.linspace(-1, 1, N_SCANS), np.ones(N_SCANS)])
+    stats = voxfit.fit(X, ds.data, names=["slope", "mean"]).contrast("slope", name="up/../x")
+    files = voxfit.write_stats(stats, ds.masker, tmp_path / "maps")
+    assert sorted(f.name for f in files) == sorted(f"contrast-upx_stat-{s}_statmap.nii.gz" for s in ("effect", "variance", "t", "p", "z"))
+    t = np.asarray(nib.load(tmp_path / "maps" / "contrast-upx_stat-t_statmap.nii.gz").dataobj).reshape(-1, order="F")
+    npt.assert_allclose(t[ds.masker.mask], stats.t, rtol=1e-6)
+    with pytest.raises(InputError, match="exists; pass overwrite=True"):
+        voxfit.write_stats(stats, ds.masker, tmp_path / "maps")
+    assert len(voxfit.write_stats(stats, ds.masker, tmp_path / "maps", overwrite=True)) == 5

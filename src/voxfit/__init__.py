@@ -15,9 +15,9 @@ from ._version import __version__
 from .core import Fit, Stats
 from .engine import fit
 
-__all__ = ["Fit", "Stats", "exceptions", "fit", "fit_images", "load", "__version__"]
+__all__ = ["Fit", "Stats", "exceptions", "fit", "fit_images", "load", "write_stats", "__version__"]
 
-_LAZY = {"load": ("io", "load"), "fit_images": ("models", "fit_images")}
+_LAZY = {"load": ("io", "load"), "write_stats": ("io", "write_stats"), "fit_images": ("models", "fit_images")}
 
 
 def __getattr__(name: str):

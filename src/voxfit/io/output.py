@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..exceptions import InputError
 
-__all__ = ["OutputFolder", "sanitize_label", "statmap_name"]
+__all__ = ["OutputFolder", "sanitize_label", "stat_maps", "statmap_name", "write_stats"]
 
 
 def sanitize_label(name: str, what: str = "contrast") -> str:
@@ -86,3 +86,33 @@ class OutputFolder:
         self._tmp = None
         if self._created and self.final.is_dir() and not any(self.final.iterdir()):
             self.final.rmdir()
+
+
+def stat_maps(stats, label: str, extension: str) -> list[tuple[str, object, list[str]]]:
+    """The maps of one contrast as ``(file name, values, map names)``: effect, variance, t or F, p, z."""
+    rows = [f"{label}[{i}]" for i in range(stats.weights.shape[0])] if stats.kind == "F" else [label]
+    return [
+        (statmap_name("effect", extension, label), stats.effect, rows),
+        (statmap_name("variance", extension, label), stats.variance, rows),
+        (statmap_name(stats.kind, extension, label), stats.stat, [f"{label} {stats.kind}"]),
+        (statmap_name("p", extension, label), stats.p, [f"{label} p"]),
+        (statmap_name("z", extension, label), stats.z, [f"{label} z"]),
+    ]
+
+
+def write_stats(stats, masker, folder, label: str | None = None, overwrite: bool = False) -> list[Path]:
+    """Write a contrast's maps (``Fit.contrast(...)``) into `folder` in the input's format and geometry.
+
+    Files are named ``contrast-<label>_stat-<effect|variance|t|F|p|z>_statmap<ext>``; `label` defaults to
+    the contrast's name, keeping letters and digits. Existing files are refused unless `overwrite`.
+    """
+    label = sanitize_label(stats.name if label is None else label)
+    folder = Path(folder)
+    maps = stat_maps(stats, label, masker.geometry.extension)
+    existing = [name for name, _, _ in maps if (folder / name).exists()]
+    if existing and not overwrite:
+        raise InputError(f"{folder / existing[0]} exists; pass overwrite=True to replace it.")
+    with OutputFolder(folder, force=True) as out:
+        for name, values, names in maps:
+            masker.write(out.path(name), values, names)
+        return out.commit()

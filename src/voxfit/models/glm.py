@@ -18,7 +18,7 @@ from ..design import read_design, write_design
 from ..engine import default_workers
 from ..engine import fit as fit_engine
 from ..exceptions import InputError
-from ..io import Masker, OutputFolder, load, sanitize_label, statmap_name
+from ..io import Masker, OutputFolder, load, sanitize_label, stat_maps, statmap_name
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
 
@@ -136,14 +136,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
     maps.append((statmap_name("rsquared", ext), fit.r2, ["rsquared"]))
     maps.append((statmap_name("residualvariance", ext), fit.residual_variance, ["residualvariance"]))
     for label, s in stats.items():
-        rows = [f"{label}[{i}]" for i in range(s.weights.shape[0])] if s.kind == "F" else [label]
-        maps += [
-            (statmap_name("effect", ext, label), s.effect, rows),
-            (statmap_name("variance", ext, label), s.variance, rows),
-            (statmap_name(s.kind, ext, label), s.stat, [f"{label} {s.kind}"]),
-            (statmap_name("p", ext, label), s.p, [f"{label} p"]),
-            (statmap_name("z", ext, label), s.z, [f"{label} z"]),
-        ]
+        maps += stat_maps(s, label, ext)
 
     def write(item):
         name, values, labels = item

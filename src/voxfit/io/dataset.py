@@ -53,7 +53,9 @@ class Dataset:
         return self.data.shape[1]
 
 
-def load(paths, mask=None, *, mask_threshold: float | None = None, progress: bool | None = None) -> Dataset:
+def load(
+    paths, mask=None, *, mask_threshold: float | None = None, progress: bool | None = None, n_scans: int | None = None
+) -> Dataset:
     """Read image files into an (n_scans, n_voxels) matrix, in one sequential pass over the data.
 
     Parameters
@@ -68,8 +70,13 @@ def load(paths, mask=None, *, mask_threshold: float | None = None, progress: boo
         With the automatic mask, SPM's relative intensity threshold (e.g. 0.8).
     progress : bool, optional
         Show a progress bar on stderr (default: when stderr is a terminal).
+    n_scans : int, optional
+        The number of scans the caller expects (e.g. rows of a design): checked from the headers, before
+        any data are read.
     """
     reader = open_reader(paths)
+    if n_scans is not None and n_scans != reader.n_scans:
+        raise InputError(f"the design has {n_scans} rows but the data have {reader.n_scans} scans; give one design row per scan.")
     if mask is None:
         raw, mask_array = gather_auto(reader, mask_threshold, progress)
     else:

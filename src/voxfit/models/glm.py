@@ -102,15 +102,13 @@ def fit_images(
         check_contrast(expr, factor, label)
     if factor.dof > 0:  # the t -> z table is prepared while the data are read
         threading.Thread(target=t_to_z, args=(np.zeros(1), float(factor.dof)), daemon=True).start()
-    hashing = ThreadPoolExecutor(1) if out_dir is not None else None
 
-    out = OutputFolder(out_dir, force) if out_dir is not None else None
-    with out if out is not None else contextlib.nullcontext():
-        dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress)
-        checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if hashing else None
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
+        hashing = stack.enter_context(ThreadPoolExecutor(1))  # input checksums, while the fit runs
+        dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
+        checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if out is not None else None
         t_load = time.perf_counter()
-        if X.shape[0] != dataset.n_scans:
-            raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
         fit = fit_engine(X, dataset.data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
         if fit.n_invalid == fit.valid.size:
             raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")
@@ -121,7 +119,6 @@ def fit_images(
             settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs}
             _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs)
             files = out.commit()
-            hashing.shutdown()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
 

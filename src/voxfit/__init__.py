@@ -8,23 +8,37 @@
 (2, 1000)
 >>> fit.contrast([1, 0]).z.shape
 (1000,)
+
+The package's names are imported on first use, so that ``import voxfit.io`` (nibabel) does not pay for
+scipy and ``import voxfit`` pays for nothing until a name is used; the command line reads data while the
+numerical modules load.
 """
+
+import importlib
 
 from . import exceptions
 from ._version import __version__
-from .core import Fit, Stats
-from .engine import fit
 
 __all__ = ["Fit", "Stats", "exceptions", "fit", "fit_images", "load", "write_stats", "__version__"]
 
-_LAZY = {"load": ("io", "load"), "write_stats": ("io", "write_stats"), "fit_images": ("models", "fit_images")}
+_LAZY = {
+    "fit": ("engine", "fit"),
+    "Fit": ("core", "Fit"),
+    "Stats": ("core", "Stats"),
+    "load": ("io", "load"),
+    "write_stats": ("io", "write_stats"),
+    "fit_images": ("models", "fit_images"),
+}
 
 
 def __getattr__(name: str):
-    """Image I/O (nibabel, pandas) is imported on first use, so that ``import voxfit`` stays light."""
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'voxfit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import traceback
 import warnings
+from concurrent.futures import Future
 
 from ._version import __version__
 from .exceptions import VoxfitError
@@ -72,12 +74,17 @@ def _run(args, argv) -> int:
         if not args.quiet:
             print("\n".join(lines))
         return 0
+    # Read the data while the numerical modules import: nibabel first (imports hold the GIL, so two at once
+    # only take turns), then decompression (which releases it) runs alongside scipy's import.
+    from .io import load
+
+    loading = _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
     from .models import fit_images
 
     result = fit_images(
         args.inputs, args.design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
-        progress=progress, command=["voxfit", *argv],
+        progress=progress, command=["voxfit", *argv], dataset=loading,
     )  # fmt: skip
     if not args.quiet:
         fit = result.fit
@@ -87,6 +94,20 @@ def _run(args, argv) -> int:
         if fit.n_invalid:
             print(f"{fit.n_invalid} voxel(s) had NaN or infinite values and are NaN in every map")
     return 0
+
+
+def _in_thread(fn, *args, **kwargs) -> Future:
+    """Run `fn` in a daemon thread (an error elsewhere need not wait for it); its result as a Future."""
+    future: Future = Future()
+
+    def target():
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="voxfit-load", daemon=True).start()
+    return future
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +70,7 @@ def fit_images(
     force: bool = False,
     progress: bool | None = None,
     command: list[str] | None = None,
+    dataset=None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -86,6 +87,9 @@ def fit_images(
     out_dir : path, optional
         Folder for the maps, ``design.tsv`` and ``model.json``; refused if not empty unless `force`.
         Files appear only when everything succeeded.
+    dataset : Dataset or concurrent.futures.Future, optional
+        The inputs already loaded (or being loaded, as the command line does while this module imports),
+        with `mask` and `mask_threshold` applied.
     """
     start = time.perf_counter()
     X, names = read_design(design) if isinstance(design, (str, Path)) else as_design_matrix(design)
@@ -106,7 +110,12 @@ def fit_images(
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
         hashing = stack.enter_context(ThreadPoolExecutor(1))  # input checksums, while the fit runs
-        dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
+        if dataset is None:
+            dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
+        elif isinstance(dataset, Future):
+            dataset = dataset.result()
+        if dataset.n_scans != X.shape[0]:
+            raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
         checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if out is not None else None
         t_load = time.perf_counter()
         fit = fit_engine(X, dataset.data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)

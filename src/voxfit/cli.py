@@ -14,7 +14,18 @@ import warnings
 from concurrent.futures import Future
 
 from ._version import __version__
-from .exceptions import VoxfitError
+from .exceptions import InputError, VoxfitError
+
+HRF_MODELS_CLI = ("spm", "spm+derivative", "spm+derivative+dispersion", "glover", "glover+derivative",
+                  "glover+derivative+dispersion", "fir")  # fmt: skip
+
+EXAMPLES_DESIGN = """examples:
+  voxfit design events.tsv --tr 2 --n-scans 300 --hrf spm+derivative --drift cosine --high-pass 128 -o design.tsv
+  voxfit design events.tsv --tr 2 --n-scans 300 --slice-time-ref 0.5 --confounds conf.tsv \\
+                --confounds-columns "trans_*,rot_*" -o design.tsv
+
+SPM's microtime conventions are reproduced exactly (T = --microtime-resolution, T0 = --microtime-onset).
+"""
 
 EXAMPLES_FIT = """examples:
   voxfit fit bold.nii.gz --design design.tsv --contrast "task=A - B" --contrast "eoi=A; B" -o results/
@@ -36,6 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _get_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="voxfit", description="Fit one linear model to every voxel of an imaging dataset at once.")
+    # (HRF_MODELS_CLI repeats voxfit.design.HRF_MODELS so that --help needs no scipy import; a test keeps them equal)
     parser.add_argument("--version", action="version", version=f"voxfit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -43,18 +55,69 @@ def _get_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit a design to image files and write maps", epilog=EXAMPLES_FIT,
                          formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     fit.add_argument("inputs", nargs="+", metavar="INPUT", help="a 4-D NIfTI, several 3-D NIfTI/Analyze files, GIFTI, CIFTI or .npy")
-    fit.add_argument("--design", required=True, metavar="FILE", help="TSV/CSV with a header of column names, or FSL design.mat")
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--design", metavar="FILE", help="TSV/CSV with a header of column names, or FSL design.mat")
+    source.add_argument("--events", metavar="FILE", help="BIDS events.tsv: the design is built from it (needs --tr)")
     fit.add_argument("--contrast", action="append", default=[], metavar="NAME=EXPR", help="a contrast (repeatable)")
     fit.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
     group = fit.add_mutually_exclusive_group()
     group.add_argument("--mask", metavar="FILE", help="mask in the data's geometry (default: automatic)")
     group.add_argument("--mask-threshold", type=float, metavar="REL", help="automatic mask: SPM's relative threshold, e.g. 0.8")
+    _design_options(fit, events_needed=False)
     _common(fit)
+
+    design = sub.add_parser("design", help="build a first-level design matrix from BIDS events (SPM's conventions)",
+                            epilog=EXAMPLES_DESIGN, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    design.add_argument("events", metavar="EVENTS", help="BIDS events.tsv (onset, duration, trial_type[, modulation])")
+    design.add_argument("--n-scans", type=int, required=True, metavar="N", help="number of scans in the run")
+    design.add_argument("-o", "--output", required=True, metavar="FILE", help="design.tsv to write")
+    _design_options(design, events_needed=True)
+    design.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    design.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    design.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
     demo.add_argument("-o", "--output", default="voxfit-demo", metavar="DIR", help="output folder (default: ./voxfit-demo)")
     _common(demo)
     return parser
+
+
+def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
+    g = p.add_argument_group("designs from events")
+    g.add_argument("--tr", type=float, required=events_needed, metavar="SECONDS", help="repetition time")
+    g.add_argument("--hrf", default="spm", choices=list(HRF_MODELS_CLI), help="HRF model (default: spm)")
+    g.add_argument("--drift", default="cosine", choices=["cosine", "polynomial", "none"], help="drift model (default: cosine)")
+    g.add_argument("--high-pass", default="128", metavar="CUTOFF", help="cosine cutoff: seconds (128, SPM) or Hz (0.008Hz, nilearn)")
+    g.add_argument("--drift-order", type=int, default=1, metavar="K", help="polynomial drift order (default 1)")
+    g.add_argument("--microtime-resolution", type=int, default=16, metavar="T", help="SPM's fMRI_T (default 16)")
+    t0 = g.add_mutually_exclusive_group()
+    t0.add_argument("--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default 8, SPM12's)")
+    t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref in [0, 1]")
+    g.add_argument("--fir-delays", type=int, default=1, metavar="K", help="with --hrf fir: number of one-TR windows")
+    g.add_argument("--confounds", metavar="FILE", help="fMRIPrep-style confounds TSV")
+    g.add_argument("--confounds-columns", metavar="LIST", help='columns by names or patterns, e.g. "trans_*,rot_*"')
+
+
+def _make_design(args, n_scans: int):
+    from .design import make_design, read_confounds
+
+    if args.tr is None:
+        raise InputError("--events needs --tr (the repetition time in seconds).")
+    confounds = None
+    if args.confounds:
+        if not args.confounds_columns:
+            raise InputError("--confounds needs --confounds-columns (names or patterns, e.g. \"trans_*,rot_*\").")
+        confounds = read_confounds(args.confounds, args.confounds_columns, n_scans)
+    elif args.confounds_columns:
+        raise InputError("--confounds-columns needs --confounds FILE.")
+    design = make_design(
+        args.events, args.tr, n_scans, hrf=args.hrf, drift=args.drift, high_pass=args.high_pass,
+        drift_order=args.drift_order, microtime_resolution=args.microtime_resolution,
+        microtime_onset=args.microtime_onset, slice_time_ref=args.slice_time_ref, fir_delays=args.fir_delays,
+        confounds=confounds,
+    )  # fmt: skip
+    summary = design.check()
+    return design, summary
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -67,6 +130,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _run(args, argv) -> int:
     progress = None if not args.quiet else False
+    if args.command == "design":
+        return _run_design(args)
     if args.command == "demo":  # heavy imports only once the command line is known to be valid
         from .models.demo import run_demo
 
@@ -79,10 +144,15 @@ def _run(args, argv) -> int:
     from .io import load
 
     loading = _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
+    design = args.design
+    if args.events:
+        from .io import open_reader
+
+        design, _ = _make_design(args, open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0]).n_scans)
     from .models import fit_images
 
     result = fit_images(
-        args.inputs, args.design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
+        args.inputs, design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
         progress=progress, command=["voxfit", *argv], dataset=loading,
     )  # fmt: skip
@@ -93,6 +163,27 @@ def _run(args, argv) -> int:
               f"{len(result.files)} files in {args.output}")  # fmt: skip
         if fit.n_invalid:
             print(f"{fit.n_invalid} voxel(s) had NaN or infinite values and are NaN in every map")
+    return 0
+
+
+def _run_design(args) -> int:
+    import os
+    from pathlib import Path
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise InputError(f"{out} exists; pass --force to overwrite it.")
+    design, summary = _make_design(args, args.n_scans)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        design.write(tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {out}: {exc.strerror or exc}.") from None
+    if not args.quiet:
+        print(f"{out}: {args.n_scans} scans x {summary['n_columns']} columns ({', '.join(design.names)}); "
+              f"rank {summary['rank']}, condition number {summary['condition_number']:.3g}")  # fmt: skip
     return 0
 
 
@@ -115,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _get_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        print("voxfit: error: give a command: fit or demo (see --help)", file=sys.stderr)
+        print("voxfit: error: give a command: fit, design or demo (see --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False)
     try:

@@ -14,6 +14,7 @@ __all__ = [
     "ContrastError",
     "RankDeficiencyWarning",
     "DegreesOfFreedomWarning",
+    "DesignWarning",
 ]
 
 
@@ -39,3 +40,7 @@ class RankDeficiencyWarning(UserWarning):
 
 class DegreesOfFreedomWarning(UserWarning):
     """The design leaves no residual degrees of freedom, so variances and statistics are undefined."""
+
+
+class DesignWarning(UserWarning):
+    """A design that can be fitted but estimates some regressor poorly (high variance inflation)."""

@@ -1,6 +1,10 @@
-"""Designs: reading design matrices from files, HRFs and (later) designs built from events."""
+"""Designs: design matrices from files, from events (SPM's microtime conventions), HRFs, drifts, confounds."""
 
-from .hrf import spm_hrf
+from .events import Design, cosine_drift, make_design, parse_high_pass, polynomial_drift, read_confounds, read_events
+from .hrf import HRF_MODELS, basis_set, spm_hrf, spm_orth
 from .read import read_design, write_design
 
-__all__ = ["read_design", "spm_hrf", "write_design"]
+__all__ = [
+    "Design", "HRF_MODELS", "basis_set", "cosine_drift", "make_design", "parse_high_pass", "polynomial_drift",
+    "read_confounds", "read_design", "read_events", "spm_hrf", "spm_orth", "write_design",
+]  # fmt: skip

@@ -1,4 +1,11 @@
-"""Haemodynamic response functions (pure functions of time; no state)."""
+"""Haemodynamic response functions and basis sets, on SPM's microtime grid (pure functions; no state).
+
+Everything follows SPM12 (spm_hrf.m, spm_get_bf.m, spm_orth.m) so that designs match SPM's to rounding:
+the canonical HRF is a difference of two gamma densities sampled every ``dt = TR / T`` seconds (itself
+computed on a grid T times finer and read out every T-th point), normalised to sum to 1; derivatives are
+SPM's finite differences (onset + 1 s; dispersion + 0.01), and a basis set is orthogonalised column by
+column (Gram-Schmidt without normalisation, as spm_orth).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +13,67 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special
 
-__all__ = ["spm_hrf"]
+__all__ = ["spm_hrf", "gamma_difference_hrf", "basis_set", "spm_orth", "HRF_MODELS"]
+
+SPM_PARAMS = (6.0, 16.0, 1.0, 1.0, 6.0, 0.0, 32.0)  # delay, undershoot, dispersions, ratio, onset, length
+GLOVER_PARAMS = (6.0, 12.0, 0.9, 0.9, 1 / 0.48, 0.0, 32.0)  # Glover (1999) as in nilearn: ratio 0.48
+HRF_MODELS = ("spm", "spm+derivative", "spm+derivative+dispersion",
+              "glover", "glover+derivative", "glover+derivative+dispersion", "fir")  # fmt: skip
 
 
-def _gamma_pdf(t: NDArray, shape: float) -> NDArray:
-    """Gamma density with unit scale (scipy.stats costs a second to import; the formula does not)."""
-    out = np.zeros_like(t)
-    pos = t > 0
-    out[pos] = np.exp((shape - 1) * np.log(t[pos]) - t[pos] - special.gammaln(shape))
+def _gamma_pdf(x: NDArray, shape: float, rate: float) -> NDArray:
+    """SPM's spm_Gpdf: rate^shape x^(shape-1) exp(-rate x) / Gamma(shape), 0 for x <= 0."""
+    out = np.zeros_like(x, dtype=float)
+    pos = x > 0
+    out[pos] = np.exp(shape * np.log(rate) + (shape - 1) * np.log(x[pos]) - rate * x[pos] - special.gammaln(shape))
     return out
 
 
-def spm_hrf(dt: float, length: float = 32.0) -> NDArray[np.float64]:
-    """SPM's canonical HRF sampled every `dt` seconds: a gamma of peak 6 s minus 1/6 of a gamma of peak 16 s.
+def gamma_difference_hrf(rt: float, params=SPM_PARAMS, T: int = 16) -> NDArray[np.float64]:
+    """spm_hrf(RT, P, T): the HRF sampled every `rt` seconds, from a grid T times finer; sums to 1."""
+    p1, p2, p3, p4, p5, p6, p7 = params
+    dt = rt / T
+    u = np.arange(int(np.ceil(p7 / dt)) + 1) - p6 / dt
+    hrf = _gamma_pdf(u, p1 / p3, dt / p3) - _gamma_pdf(u, p2 / p4, dt / p4) / p5
+    hrf = hrf[np.arange(int(np.floor(p7 / rt)) + 1) * T]
+    return hrf / hrf.sum()
 
-    Parameters as in SPM12's spm_hrf.m defaults (delay 6, undershoot 16, dispersions 1, ratio 6, onset 0,
-    length 32 s); normalised to sum to 1.
+
+def spm_hrf(dt: float, length: float = 32.0, T: int = 16) -> NDArray[np.float64]:
+    """SPM's canonical HRF sampled every `dt` seconds (SPM12 defaults), summing to 1."""
+    return gamma_difference_hrf(dt, SPM_PARAMS[:6] + (length,), T)
+
+
+def spm_orth(X: NDArray) -> NDArray[np.float64]:
+    """spm_orth: each column minus its projection on the columns before it; no normalisation."""
+    X = np.asarray(X, dtype=float)
+    if X.shape[1] < 2:
+        return X.copy()
+    Q, R = np.linalg.qr(X)
+    return Q * np.diag(R)  # Gram-Schmidt: column i is Q_i R_ii
+
+
+def basis_set(model: str, dt: float, T: int = 16, fir_order: int = 1, fir_length: float | None = None):
+    """Basis functions on the microtime grid for one HRF model: ``(bf (L, k), column suffixes)``.
+
+    ``fir``: `fir_order` boxcars of ``fir_length / fir_order`` seconds each (SPM's 'Finite Impulse
+    Response'); the others: canonical HRF (SPM or Glover), optionally with time and dispersion derivatives.
     """
-    t = np.arange(0.0, length + dt / 2, dt)
-    h = _gamma_pdf(t, 6.0) - _gamma_pdf(t, 16.0) / 6.0
-    return h / h.sum()
+    if model == "fir":
+        length = fir_order * dt * T if fir_length is None else fir_length
+        width = int(round(length / fir_order / dt))
+        bf = np.kron(np.eye(fir_order), np.ones((width, 1)))
+        return bf, [f"_delay{k}" for k in range(fir_order)]
+    family, _, extras = model.partition("+")
+    params = {"spm": SPM_PARAMS, "glover": GLOVER_PARAMS}[family]
+    bf = [gamma_difference_hrf(dt, params, T)]
+    suffixes = [""]
+    if "derivative" in extras:
+        shifted = params[:5] + (params[5] + 1.0, params[6])
+        bf.append((bf[0] - gamma_difference_hrf(dt, shifted, T)) / 1.0)
+        suffixes.append("_derivative")
+    if "dispersion" in extras:
+        wider = params[:2] + (params[2] + 0.01,) + params[3:]
+        bf.append((bf[0] - gamma_difference_hrf(dt, wider, T)) / 0.01)
+        suffixes.append("_dispersion")
+    return spm_orth(np.column_stack(bf)), suffixes

@@ -57,6 +57,17 @@ def _column_labels(names) -> list[str]:
     return [f"{lab}{j + 1}" if labels.count(lab) > 1 else lab for j, lab in enumerate(labels)]
 
 
+def _design_matrix(design):
+    """(X, names) from a path, a voxfit Design, a DataFrame, an array, or an (X, names) pair."""
+    if isinstance(design, (str, Path)):
+        return read_design(design)
+    if hasattr(design, "X") and hasattr(design, "names"):
+        return as_design_matrix(design.X, design.names)
+    if isinstance(design, tuple) and len(design) == 2:
+        return as_design_matrix(*design)
+    return as_design_matrix(design)
+
+
 def fit_images(
     inputs,
     design,
@@ -78,7 +89,7 @@ def fit_images(
     ----------
     inputs : path or list of paths
         Data files (see :func:`voxfit.load`).
-    design : path, pandas.DataFrame or array
+    design : path, voxfit.design.Design, pandas.DataFrame, array or (array, names)
         One row per scan, one named column per regressor (TSV/CSV with a header, or FSL ``design.mat``).
     contrasts : dict or list
         ``{label: expression or weights}``, or ``["label=expression", ...]``.
@@ -92,7 +103,7 @@ def fit_images(
         with `mask` and `mask_threshold` applied.
     """
     start = time.perf_counter()
-    X, names = read_design(design) if isinstance(design, (str, Path)) else as_design_matrix(design)
+    X, names = _design_matrix(design)
     if isinstance(contrasts, dict):
         items = [(sanitize_label(k), v) for k, v in contrasts.items()]
     else:

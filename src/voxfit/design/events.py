@@ -1,0 +1,320 @@
+"""First-level designs from events, with SPM's microtime conventions reproduced exactly.
+
+SPM12 (spm_get_ons.m, spm_fMRI_design.m) builds each condition's regressor on a grid of ``T`` bins per
+scan (``dt = TR / T``; SPM's fMRI_T, default 16): an event at onset ``o`` seconds and duration ``d``
+seconds starts at bin ``round(o / dt) + 33`` and ends ``round(d / dt) + 1`` bins later (MATLAB's
+rounding, half away from zero; a 32-bin lead-in), with height 1, or ``1 / dt`` when every event of the
+condition has zero duration; the stimulus function is convolved with the basis set and read out at bin
+``(i * T + T0 + 32)`` for scan i, T0 being SPM's fMRI_T0 (1-based: T0 = 1 reads at the start of each scan,
+T0 = T/2 + 1 in its middle). nilearn's ``slice_time_ref`` s is the same as ``T0 = 1 + s * T``.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+import warnings
+
+from ..exceptions import DesignWarning, InputError
+from .hrf import HRF_MODELS, basis_set, spm_orth
+
+__all__ = ["Design", "make_design", "read_events", "read_confounds", "cosine_drift", "polynomial_drift",
+           "parse_high_pass"]  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class Design:
+    """A first-level design: the matrix, its column names, what each column is, and how it was built."""
+
+    X: NDArray[np.float64]
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]  # "condition", "derivative", "drift", "confound", "constant"
+    tr: float
+    settings: dict = field(default_factory=dict)
+
+    def check(self, max_vif: float = 10.0) -> dict:
+        """Rank, condition number (columns scaled to unit norm) and VIFs; warns for VIF above `max_vif`."""
+        scaled = self.X / np.linalg.norm(self.X, axis=0).clip(min=1e-300)
+        sv = np.linalg.svd(scaled, compute_uv=False)
+        rank = int(np.sum(sv > sv[0] * max(self.X.shape) * np.finfo(float).eps))
+        vif = self.variance_inflation()
+        for name, value in vif.items():
+            if value > max_vif:
+                warnings.warn(
+                    f"regressor {name!r} has a variance inflation factor of {value:.1f} (> {max_vif:g}): other columns "
+                    "explain most of it, so contrasts on it are barely estimable.",
+                    DesignWarning,
+                    stacklevel=2,
+                )
+        return {"rank": rank, "n_columns": self.X.shape[1], "condition_number": float(sv[0] / sv[rank - 1]), "vif": vif}
+
+    def write(self, path) -> None:
+        """Write the design as TSV with a header of column names."""
+        from .read import write_design
+
+        write_design(path, self.X, self.names)
+
+    @property
+    def conditions(self) -> list[str]:
+        return [n for n, k in zip(self.names, self.kinds) if k == "condition"]
+
+    def variance_inflation(self) -> dict[str, float]:
+        """VIF of each regressor of interest: 1 / (1 - R^2) of that column on all the others."""
+        X = self.X
+        out = {}
+        for j, (name, kind) in enumerate(zip(self.names, self.kinds)):
+            if kind not in ("condition", "derivative"):
+                continue
+            others = np.delete(X, j, axis=1)
+            coef, *_ = np.linalg.lstsq(others, X[:, j], rcond=None)
+            resid = X[:, j] - others @ coef
+            centred = X[:, j] - X[:, j].mean()
+            denom = float(resid @ resid)
+            out[name] = float(centred @ centred) / denom if denom > 0 else math.inf
+        return out
+
+
+def _matlab_round(x: NDArray) -> NDArray[np.int64]:
+    """MATLAB's round: halves away from zero (numpy rounds them to even)."""
+    return (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int64)
+
+
+def parse_high_pass(value) -> float:
+    """High-pass cutoff as a period in seconds: ``128`` (SPM's seconds) or ``"0.008Hz"`` (nilearn's frequency)."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(hz|s)?", text, re.IGNORECASE)
+    if m is None or float(m.group(1)) <= 0:
+        raise InputError(f"`high_pass` must be a period in seconds (128) or a frequency (0.008Hz); got {value!r}.")
+    number = float(m.group(1))
+    return 1.0 / number if (m.group(2) or "").lower() == "hz" else number
+
+
+def cosine_drift(n_scans: int, tr: float, period: float) -> NDArray[np.float64]:
+    """SPM's discrete cosine high-pass set (spm_filter/spm_dctmtx) without the constant: floor(2 n TR / period) columns."""
+    order = int(math.floor(2 * n_scans * tr / period))
+    k = np.arange(1, order + 1)
+    i = np.arange(n_scans)[:, None]
+    return np.sqrt(2.0 / n_scans) * np.cos(np.pi * (2 * i + 1) * k / (2 * n_scans))
+
+
+def polynomial_drift(n_scans: int, order: int) -> NDArray[np.float64]:
+    """Powers 1..order of scan time scaled to [0, 1], each orthogonalised against the lower ones and the
+    constant (Gram-Schmidt without normalisation): the same columns as nilearn's polynomial drift."""
+    t = np.arange(n_scans) / max(n_scans - 1, 1)
+    return spm_orth(np.vander(t, order + 1, increasing=True))[:, 1:]
+
+
+def read_events(path) -> dict[str, dict[str, NDArray]]:
+    """BIDS events.tsv: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a = 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"events {path}: no such file.")
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(fh, delimiter="\t") if r]
+    if not rows:
+        raise InputError(f"events {path} is empty; it needs a header with onset and duration.")
+    header = [h.strip() for h in rows[0]]
+    for needed in ("onset", "duration"):
+        if needed not in header:
+            raise InputError(f"events {path} has no {needed!r} column (columns: {', '.join(header)}).")
+    col = {name: i for i, name in enumerate(header)}
+    conditions: dict[str, dict[str, list]] = {}
+    for r, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InputError(f"events {path}, line {r}: {len(row)} values for {len(header)} columns.")
+        trial = row[col["trial_type"]].strip() if "trial_type" in col else "trial"
+        if trial in ("", "n/a"):
+            raise InputError(f"events {path}, line {r}: trial_type is empty.")
+        values = {}
+        for key, default in (("onset", None), ("duration", None), ("modulation", 1.0)):
+            text = row[col[key]].strip() if key in col else str(default)
+            if key == "modulation" and text.lower() in ("", "n/a"):
+                text = "1"  # an unmodulated event
+            try:
+                values[key] = float(text)
+            except ValueError:
+                raise InputError(f"events {path}, line {r}: {key} {text!r} is not a number.") from None
+            if not math.isfinite(values[key]):
+                raise InputError(f"events {path}, line {r}: {key} must be finite.")
+        if values["duration"] < 0:
+            raise InputError(f"events {path}, line {r}: duration {values['duration']} is negative.")
+        cond = conditions.setdefault(trial, {"onset": [], "duration": [], "modulation": []})
+        for key in cond:
+            cond[key].append(values[key])
+    if not conditions:
+        raise InputError(f"events {path} lists no event.")
+    return {name: {k: np.array(v) for k, v in c.items()} for name, c in conditions.items()}
+
+
+def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArray[np.float64], list[str]]:
+    """Columns of an fMRIPrep-style confounds TSV, chosen by names or glob patterns (``"trans_*,rot_*"``).
+
+    Policy for ``n/a``: values missing at the start of a column (fMRIPrep's derivatives and framewise
+    displacement have no value for the first scan) are set to 0; a missing value anywhere else is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"confounds {path}: no such file.")
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(fh, delimiter="\t") if r]
+    if len(rows) < 2:
+        raise InputError(f"confounds {path} has no rows.")
+    header = [h.strip() for h in rows[0]]
+    patterns = [p.strip() for p in (columns.split(",") if isinstance(columns, str) else columns) if p.strip()]
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [h for h in header if fnmatch.fnmatchcase(h, pattern)]
+        if not hits:
+            close = difflib.get_close_matches(pattern, header, n=5, cutoff=0.6)
+            hint = f"; similar columns: {', '.join(close)}" if close else ""
+            raise InputError(f"confounds {path}: no column matches {pattern!r}{hint}.")
+        chosen += [h for h in hits if h not in chosen]
+    body = rows[1:]
+    if len(body) != n_scans:
+        raise InputError(f"confounds {path} has {len(body)} rows but the run has {n_scans} scans.")
+    X = np.empty((n_scans, len(chosen)))
+    for j, name in enumerate(chosen):
+        c = header.index(name)
+        leading = True
+        for i, row in enumerate(body):
+            text = row[c].strip() if c < len(row) else ""
+            if text.lower() in ("n/a", "na", "nan", ""):
+                if not leading:
+                    raise InputError(f"confounds {path}: column {name!r} has a missing value at row {i + 1}; only leading n/a are allowed.")
+                X[i, j] = 0.0
+                continue
+            leading = False
+            try:
+                X[i, j] = float(text)
+            except ValueError:
+                raise InputError(f"confounds {path}: column {name!r}, row {i + 1}: {text!r} is not a number.") from None
+    return X, chosen
+
+
+def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[np.float64]:
+    """spm_get_ons: the stimulus function of one condition on the microtime grid (32-bin lead-in)."""
+    u = np.asarray(amplitudes, dtype=float).copy()
+    if not np.any(durations):
+        u /= dt  # events: unit area
+    ton = _matlab_round(np.asarray(onsets) / dt) + 32  # 0-based; SPM's 1-based "+ 33"
+    tof = _matlab_round(np.asarray(durations) / dt) + ton + 1
+    ton, tof = np.maximum(ton, 0), np.maximum(tof, 0)
+    sf = np.zeros(n_bins + 96)
+    keep_on, keep_off = ton + 1 < sf.size, tof + 1 < sf.size  # MATLAB: size(sf, 1) > ton(j)
+    np.add.at(sf, ton[keep_on], u[keep_on])
+    np.add.at(sf, tof[keep_off], -u[keep_off])
+    return np.cumsum(sf)[:n_bins]
+
+
+def make_design(
+    events,
+    tr: float,
+    n_scans: int,
+    *,
+    hrf: str = "spm",
+    drift: str = "cosine",
+    high_pass=128.0,
+    drift_order: int = 1,
+    microtime_resolution: int = 16,
+    microtime_onset: int | None = None,
+    slice_time_ref: float | None = None,
+    fir_delays: int = 1,
+    confounds: tuple[NDArray, list[str]] | None = None,
+) -> Design:
+    """A first-level design from events, SPM's way (see the module docstring).
+
+    Parameters
+    ----------
+    events : path or dict
+        A BIDS events.tsv, or ``{condition: {"onset": [...], "duration": [...], "modulation": [...]}}``
+        (seconds; modulation optional, it scales each event's height).
+    tr, n_scans : float, int
+        Repetition time (seconds) and number of scans.
+    hrf : str
+        One of ``spm``, ``spm+derivative``, ``spm+derivative+dispersion``, ``glover`` (and the same
+        derivatives), ``fir`` (`fir_delays` boxcars of one TR each).
+    drift : {"cosine", "polynomial", "none"}
+        Cosine: SPM's DCT high-pass with cutoff `high_pass` (a period in seconds, or ``"0.008Hz"``).
+        Polynomial: degrees 1..`drift_order`.
+    microtime_resolution, microtime_onset : int
+        SPM's fMRI_T (default 16) and fMRI_T0 (1-based; default 8, SPM12's). Alternatively
+        `slice_time_ref` (nilearn's, 0..1): ``T0 = 1 + slice_time_ref * T``, which must be an integer.
+    confounds : (array (n_scans, c), names), optional
+        Nuisance regressors added as they are (see :func:`read_confounds`).
+
+    Columns: conditions (one per basis function, named ``<trial_type><suffix>``), confounds, drifts
+    (``drift_1``.., as nilearn names them), ``constant``.
+    """
+    T = int(microtime_resolution)
+    if T < 1:
+        raise InputError(f"`microtime_resolution` must be a positive integer; got {microtime_resolution}.")
+    if not (isinstance(tr, (int, float)) and tr > 0 and math.isfinite(tr)):
+        raise InputError(f"`tr` must be a positive number of seconds; got {tr!r}.")
+    if not (isinstance(n_scans, (int, np.integer)) and n_scans > 0):
+        raise InputError(f"`n_scans` must be a positive integer; got {n_scans!r}.")
+    if slice_time_ref is not None:
+        if microtime_onset is not None:
+            raise InputError("give either `microtime_onset` (SPM's T0) or `slice_time_ref` (nilearn's), not both.")
+        if not 0 <= slice_time_ref <= 1:
+            raise InputError(f"`slice_time_ref` must lie in [0, 1]; got {slice_time_ref}.")
+        t0 = 1 + slice_time_ref * T
+        if abs(t0 - round(t0)) > 1e-9:
+            raise InputError(f"`slice_time_ref` {slice_time_ref} times the microtime resolution {T} must be a whole number of bins; choose a resolution that makes it one.")
+        microtime_onset = int(round(t0))
+    T0 = 8 if microtime_onset is None else int(microtime_onset)
+    if not 1 <= T0 <= T:
+        raise InputError(f"`microtime_onset` (SPM's T0, 1-based) must lie in 1..{T}; got {microtime_onset}.")
+    if hrf not in HRF_MODELS:
+        raise InputError(f"`hrf` must be one of {', '.join(HRF_MODELS)}; got {hrf!r}.")
+    conditions = read_events(events) if isinstance(events, (str, Path)) else events
+
+    dt = tr / T
+    n_bins = n_scans * T + 32
+    bf, suffixes = basis_set(hrf, dt, T, fir_order=int(fir_delays), fir_length=int(fir_delays) * tr)
+    readout = np.arange(n_scans) * T + T0 + 31
+    columns, names, kinds = [], [], []
+    for name, ev in conditions.items():
+        onsets = np.asarray(ev["onset"], dtype=float)
+        durations = np.asarray(ev.get("duration", np.zeros_like(onsets)), dtype=float)
+        amplitudes = np.asarray(ev.get("modulation", np.ones_like(onsets)), dtype=float)
+        sf = _stimulus(onsets, durations, amplitudes, dt, n_bins)
+        for b, suffix in enumerate(suffixes):
+            columns.append(np.convolve(sf, bf[:, b])[:n_bins][readout])
+            names.append(f"{name}{suffix}")
+            kinds.append("condition" if b == 0 or hrf == "fir" else "derivative")
+    if confounds is not None:
+        values, cnames = confounds
+        columns += list(np.asarray(values, dtype=float).T)
+        names += list(cnames)
+        kinds += ["confound"] * len(cnames)
+    if drift == "cosine":
+        period = parse_high_pass(high_pass)
+        D = cosine_drift(n_scans, tr, period)
+    elif drift == "polynomial":
+        D = polynomial_drift(n_scans, int(drift_order))
+    elif drift in ("none", None):
+        D = np.zeros((n_scans, 0))
+    else:
+        raise InputError(f"`drift` must be cosine, polynomial or none; got {drift!r}.")
+    columns += list(D.T)
+    names += [f"drift_{k + 1}" for k in range(D.shape[1])]
+    kinds += ["drift"] * D.shape[1]
+    columns.append(np.ones(n_scans))
+    names.append("constant")
+    kinds.append("constant")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"design column names repeat ({', '.join(dup)}); rename the trial types or confounds.")
+    settings = {"hrf": hrf, "drift": drift, "high_pass_s": parse_high_pass(high_pass) if drift == "cosine" else None,
+                "drift_order": drift_order if drift == "polynomial" else None, "microtime_resolution": T,
+                "microtime_onset": T0, "tr": tr, "n_scans": n_scans}  # fmt: skip
+    return Design(X=np.column_stack(columns), names=tuple(names), kinds=tuple(kinds), tr=float(tr), settings=settings)

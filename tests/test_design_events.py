@@ -1,0 +1,187 @@
+"""Designs from events: SPM's own design matrices reproduced, nilearn's drifts matched, inputs checked."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from voxfit.cli import HRF_MODELS_CLI, main
+from voxfit.design import HRF_MODELS, make_design, read_confounds, read_events
+from voxfit.design.events import _matlab_round, _stimulus
+from voxfit.exceptions import DesignWarning, InputError
+
+DATA = Path(__file__).parent / "data"
+SPM_ONSETS = {"c0": [30, 50, 70], "c1": [10, 30, 80], "c2": [30, 40, 60]}
+
+
+@pytest.mark.parametrize("array,duration", [("arr_0", 0.0), ("arr_1", 10.0)])
+def test_spm_design_matrices_reproduced(array, duration):
+    """SPM's matrices (TR 1 s, 100 scans) are reproduced with fMRI_T = 16, fMRI_T0 = 2, to rounding."""
+    reference = np.load(DATA / "spm_dmtx.npz")[array]
+    events = {c: {"onset": np.array(o, float), "duration": np.full(3, duration)} for c, o in SPM_ONSETS.items()}
+    design = make_design(events, 1.0, 100, drift="none", microtime_resolution=16, microtime_onset=2)
+    assert design.names == ("c0", "c1", "c2", "constant")
+    npt.assert_allclose(design.X, reference, rtol=0, atol=1e-12)
+    other = make_design(events, 1.0, 100, drift="none", microtime_onset=8)
+    assert np.abs(other.X - reference).max() > 1e-3  # the microtime onset matters
+
+
+def test_matlab_rounding_and_stimulus_conventions():
+    npt.assert_array_equal(_matlab_round(np.array([0.5, 1.5, 2.5, -0.5, 2.49])), [1, 2, 3, -1, 2])
+    dt = 0.125
+    sf = _stimulus(np.array([1.0]), np.array([0.0]), np.array([1.0]), dt, 200)
+    assert np.flatnonzero(sf).tolist() == [32 + 8] and sf[40] == 1 / dt  # one bin of height 1/dt
+    block = _stimulus(np.array([1.0]), np.array([1.0]), np.array([2.0]), dt, 200)
+    assert np.flatnonzero(block).tolist() == list(range(40, 49)) and block[40] == 2.0  # d/dt + 1 bins
+    half = _stimulus(np.array([0.0625]), np.array([0.0]), np.array([1.0]), dt, 200)  # 0.5 bins: MATLAB rounds up
+    assert np.flatnonzero(half).tolist() == [33]
+
+
+def test_slice_time_ref_is_spm_t0():
+    ev = {"A": {"onset": np.array([10.0, 40.0]), "duration": np.zeros(2)}}
+    npt.assert_array_equal(make_design(ev, 2.0, 50, slice_time_ref=0.5).X, make_design(ev, 2.0, 50, microtime_onset=9).X)
+    npt.assert_array_equal(make_design(ev, 2.0, 50, slice_time_ref=0.0).X, make_design(ev, 2.0, 50, microtime_onset=1).X)
+    with pytest.raises(InputError, match="whole number of bins"):
+        make_design(ev, 2.0, 50, slice_time_ref=0.33)
+
+
+def test_basis_sets_names_and_fir():
+    ev = {"faces": {"onset": np.array([10.0, 40.0]), "duration": np.zeros(2)}, "houses": {"onset": np.array([25.0]), "duration": np.array([4.0])}}
+    d = make_design(ev, 2.0, 60, hrf="spm+derivative+dispersion", drift="none")
+    assert d.names[:3] == ("faces", "faces_derivative", "faces_dispersion")
+    assert d.kinds[:3] == ("condition", "derivative", "derivative")
+    g = make_design(ev, 2.0, 60, hrf="glover+derivative", drift="none")
+    assert g.names[:2] == ("faces", "faces_derivative") and np.corrcoef(g.X[:, 0], d.X[:, 0])[0, 1] > 0.9
+    f = make_design(ev, 2.0, 60, hrf="fir", fir_delays=3, drift="none")
+    assert f.names[:3] == ("faces_delay0", "faces_delay1", "faces_delay2")
+    # an event at 10 s (scan 5) appears in window 0 at scan 5 only (T0 = 8 reads inside that scan)
+    assert np.flatnonzero(f.X[:, 0]).tolist() == [5, 20] and np.flatnonzero(f.X[:, 1]).tolist() == [6, 21]
+    assert set(HRF_MODELS) == set(HRF_MODELS_CLI)
+
+
+def test_modulation_scales_heights():
+    base = {"A": {"onset": np.array([10.0, 60.0]), "duration": np.zeros(2)}}
+    mod = {"A": {"onset": np.array([10.0, 60.0]), "duration": np.zeros(2), "modulation": np.array([2.0, 2.0])}}
+    npt.assert_allclose(make_design(mod, 2.0, 60).X[:, 0], 2 * make_design(base, 2.0, 60).X[:, 0])
+
+
+def test_drifts_match_nilearn():
+    nilearn_dm = pytest.importorskip("nilearn.glm.first_level")
+    import pandas as pd
+
+    frame_times = np.arange(200) * 2.0
+    ev = pd.DataFrame({"onset": [10.0, 50.0], "duration": [0.0, 0.0], "trial_type": ["A", "A"]})
+    events = {"A": {"onset": np.array([10.0, 50.0]), "duration": np.zeros(2)}}
+    for ours, theirs in (
+        (dict(drift="cosine", high_pass=128), dict(drift_model="cosine", high_pass=1 / 128)),
+        (dict(drift="cosine", high_pass="0.01Hz"), dict(drift_model="cosine", high_pass=0.01)),
+        (dict(drift="polynomial", drift_order=3), dict(drift_model="polynomial", drift_order=3)),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = nilearn_dm.make_first_level_design_matrix(frame_times, ev, hrf_model="spm", **theirs)
+        d = make_design(events, 2.0, 200, **ours)
+        cols = [c for c in ref.columns if c.startswith("drift")]
+        assert [n for n in d.names if n.startswith("drift")] == cols
+        npt.assert_allclose(d.X[:, [d.names.index(c) for c in cols]], ref[cols].to_numpy(), atol=1e-12)
+
+
+def test_design_construction_is_fast():
+    import time
+
+    ev = {c: {"onset": np.arange(20.0 * k, 600, 80), "duration": np.full(len(np.arange(20.0 * k, 600, 80)), 10.0)} for k, c in enumerate("ABCD")}
+    make_design(ev, 2.0, 300)
+    start = time.perf_counter()
+    d = make_design(ev, 2.0, 300)
+    assert d.X.shape == (300, 14)
+    assert time.perf_counter() - start < 1.0  # generous bound for a shared machine; measured ~3 ms
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_events_and_confounds_files(tmp_path):
+    ev = read_events(_write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\tmodulation\n1\t0\tA\t2\n5\t3\tB\tn/a\n"))
+    assert ev["A"]["modulation"].tolist() == [2.0] and set(ev) == {"A", "B"}
+    conf = _write(tmp_path / "c.tsv", "trans_x\ttrans_y\trot_x\tframewise_displacement\tcsf\nn/a\t0.1\t0\tn/a\t5\n1\t0.2\t0.1\t0.3\t6\n2\t0.3\t0.2\t0.1\t7\n")
+    X, names = read_confounds(conf, "trans_*,rot_x,framewise_displacement", 3)
+    assert names == ["trans_x", "trans_y", "rot_x", "framewise_displacement"]
+    npt.assert_array_equal(X[:, 0], [0, 1, 2]) and npt.assert_array_equal(X[:, 3], [0, 0.3, 0.1])
+    with pytest.raises(InputError, match="no column matches 'trans_z'; similar columns: trans_y, trans_x"):
+        read_confounds(conf, "trans_z", 3)
+    with pytest.raises(InputError, match="has 3 rows but the run has 4 scans"):
+        read_confounds(conf, "csf", 4)
+    bad = _write(tmp_path / "b.tsv", "a\n1\nn/a\n3\n")
+    with pytest.raises(InputError, match="missing value at row 2; only leading n/a"):
+        read_confounds(bad, "a", 3)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("onset\ttrial_type\n1\tA\n", "no 'duration' column"),
+        ("onset\tduration\n1\tx\n", "duration 'x' is not a number"),
+        ("onset\tduration\n1\t-2\n", "is negative"),
+        ("onset\tduration\ttrial_type\n1\t0\t\n", "trial_type is empty"),
+        ("onset\tduration\n", "lists no event"),
+    ],
+)
+def test_bad_events(tmp_path, text, message):
+    with pytest.raises(InputError, match=message):
+        read_events(_write(tmp_path / "e.tsv", text))
+
+
+def test_bad_design_settings():
+    ev = {"A": {"onset": np.array([1.0]), "duration": np.zeros(1)}}
+    for kwargs, message in (
+        (dict(hrf="canonical"), "`hrf` must be one of"),
+        (dict(drift="spline"), "`drift` must be cosine, polynomial or none"),
+        (dict(high_pass="fast"), "`high_pass` must be a period"),
+        (dict(microtime_onset=17), "must lie in 1..16"),
+        (dict(microtime_onset=1, slice_time_ref=0.5), "not both"),
+    ):
+        with pytest.raises(InputError, match=message):
+            make_design(ev, 2.0, 30, **kwargs)
+    with pytest.raises(InputError, match="`tr` must be a positive"):
+        make_design(ev, 0.0, 30)
+
+
+def test_variance_inflation_warns():
+    ev = {"A": {"onset": np.array([10.0]), "duration": np.array([100.0])}, "B": {"onset": np.array([12.0]), "duration": np.array([98.0])}}
+    with pytest.warns(DesignWarning, match="variance inflation factor"):
+        summary = make_design(ev, 2.0, 80).check()
+    assert summary["vif"]["A"] > 10 and summary["rank"] == summary["n_columns"]
+
+
+def test_design_command(tmp_path, capsys):
+    ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n10\t0\tfaces\n40\t0\thouses\n70\t0\tfaces\n")
+    out = tmp_path / "design.tsv"
+    assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "--hrf", "spm+derivative", "--high-pass", "128", "-o", str(out)]) == 0
+    header = out.read_text().splitlines()[0].split("\t")
+    assert header[:4] == ["faces", "faces_derivative", "houses", "houses_derivative"] and header[-1] == "constant"
+    assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(out), "--force", "--quiet"]) == 0
+
+
+def test_fit_from_events_and_confounds(tmp_path, capsys, rng):
+    from .imaging import volume_data, write_nifti
+
+    bold = write_nifti(tmp_path / "bold.nii.gz", volume_data(rng, n=40))
+    ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n4\t6\tfaces\n30\t6\thouses\n50\t6\tfaces\n")
+    conf = _write(tmp_path / "conf.tsv", "trans_x\tcsf\n" + "".join(f"{np.sin(i)}\t{i % 3}\n" for i in range(40)))
+    out = tmp_path / "res"
+    argv = ["fit", str(bold), "--events", str(ev), "--tr", "2", "--confounds", str(conf), "--confounds-columns", "trans_*",
+            "--contrast", "fh=faces - houses", "-o", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    header = (out / "design.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:3] == ["faces", "houses", "trans_x"] and header[-1] == "constant"
+    assert (out / "contrast-fh_stat-t_statmap.nii.gz").exists()
+    assert main(["fit", str(bold), "--events", str(ev), "--contrast", "f=faces", "-o", str(tmp_path / "r2")]) == 2
+    assert "--events needs --tr" in capsys.readouterr().err
+    assert main(["fit", str(bold), "--events", str(ev), "--tr", "2", "--confounds", str(conf), "--contrast", "f=faces", "-o", str(tmp_path / "r3")]) == 2
+    assert "--confounds needs --confounds-columns" in capsys.readouterr().err

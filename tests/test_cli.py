@@ -173,7 +173,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(case, study, capsys):
     import re
 
     assert re.search(message, err), err
-    assert not os.path.exists(out_dir) or not any(p.is_file() for p in __import__("pathlib").Path(out_dir).rglob("*"))
+    assert not os.path.exists(out_dir) or not any(__import__("pathlib").Path(out_dir).iterdir())  # nothing, hidden or not
 
 
 def test_existing_output_needs_force(study, capsys):
@@ -220,3 +220,24 @@ def test_warnings_are_one_line(study, capsys):
     code, out, err = run(capsys, *args)
     assert code == 0
     assert err.startswith("voxfit: warning: The design is rank deficient") and err.count("\n") == 1
+
+
+def test_column_labels_never_collide():
+    assert glm._column_labels(["a", "a_", "a1"]) == ["a2", "a3", "a1"]
+    labels = glm._column_labels(["x-1", "x1", "x_1", "y"])
+    assert len(set(labels)) == 4 and labels[3] == "y"
+
+
+def test_stale_partial_folder_of_a_killed_run_is_ignored(study, capsys):
+    study["out"].mkdir()
+    (study["out"] / ".voxfit-partial-999999999").mkdir()  # no such process
+    code, _, err = run(capsys, *fit_args(study))
+    assert code == 0, err
+    assert not (study["out"] / ".voxfit-partial-999999999").exists()
+
+
+def test_design_with_a_byte_order_mark(study, capsys):
+    path = study["dir"] / "bom.csv"
+    study["table"].to_csv(path, index=False, encoding="utf-8-sig")
+    code, _, err = run(capsys, *fit_args(study, "--design", path, contrast=["c=A - B"]))
+    assert code == 0, err

@@ -71,3 +71,18 @@ def test_all_voxels_invalid():
     fit = voxfit.fit(np.ones((5, 1)), np.full((5, 3), np.nan))
     assert fit.n_invalid == 3
     assert np.isnan(fit.betas).all()
+
+
+def test_constant_voxel_without_an_exact_mean_has_nan_r2():
+    """0.1 has no exact binary mean: the centred sum of squares is rounding, not variance."""
+    X = np.column_stack([np.arange(7.0), np.ones(7)])
+    fit = voxfit.fit(X, np.full((7, 2), 0.1))
+    assert np.isnan(fit.r2).all() and (fit.residual_variance == 0).all()
+
+
+def test_huge_float64_values_are_not_perfect_fits(rng):
+    X = np.column_stack([rng.standard_normal(20), np.ones(20)])
+    y = rng.standard_normal(20) * 1e160
+    fit = voxfit.fit(X, y)
+    assert fit.valid.all() and fit.residual_variance[0] > 0 and not fit.r2[0] == 1  # inf variance, not a perfect fit
+    npt.assert_allclose(fit.betas[:, 0], np.linalg.lstsq(X, y / 1e160, rcond=None)[0] * 1e160, rtol=1e-9)

@@ -223,3 +223,59 @@ def test_write_stats_from_python(tmp_path, rng):
     with pytest.raises(InputError, match="exists; pass overwrite=True"):
         voxfit.write_stats(stats, ds.masker, tmp_path / "maps")
     assert len(voxfit.write_stats(stats, ds.masker, tmp_path / "maps", overwrite=True)) == 5
+
+
+def test_corrupt_gzip_data_is_an_error_not_a_hang(tmp_path, rng):
+    """Corruption inside the compressed stream (not just a cut): the decompression thread reports it."""
+    data = np.repeat(volume_data(rng, n=3), 40, axis=3)  # compressible, so a flipped byte breaks the stream
+    gz = write_nifti(tmp_path / "c.nii.gz", data)
+    raw = bytearray(gz.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 16] = bytes(16)
+    (tmp_path / "bad.nii.gz").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="truncated or corrupt|not a readable"):
+        voxfit.load(tmp_path / "bad.nii.gz")
+
+
+def test_big_endian_nifti_follows_the_protocol(tmp_path, rng):
+    data = volume_data(rng)
+    for name in ("be.nii", "be.nii.gz"):
+        img = nib.Nifti1Image(data.astype(">f4"), AFFINE)
+        nib.save(img, tmp_path / name)
+        reader = open_reader(tmp_path / name)
+        for _, block in reader.iter_scans(1):
+            assert block.dtype == reader.dtype and block.dtype.isnative
+        npt.assert_array_equal(voxfit.load(tmp_path / name).data, as_matrix(data)[:, voxfit.load(tmp_path / name).masker.mask])
+
+
+def test_scaled_integer_cifti_keeps_its_values(tmp_path, rng):
+    series, models = cifti_axes()
+    values = (50 + rng.standard_normal((N_SCANS, len(models)))).astype(np.float32)
+    img = nib.Cifti2Image(values, header=(series, models))
+    img.set_data_dtype(np.int16)  # nibabel stores integers with scale factors
+    nib.save(img, tmp_path / "s.dtseries.nii")
+    expected = nib.load(tmp_path / "s.dtseries.nii").get_fdata()
+    reader = open_reader(tmp_path / "s.dtseries.nii")
+    assert reader.dtype == np.float32
+    npt.assert_allclose(next(iter(reader.iter_scans(10**9)))[1], expected, rtol=1e-6)
+
+
+def test_written_maps_do_not_inherit_display_range_or_intent(tmp_path, rng):
+    data = volume_data(rng)
+    img = nib.Nifti1Image(data, AFFINE)
+    img.header["cal_min"], img.header["cal_max"] = 90, 110
+    img.header.set_intent("label")
+    nib.save(img, tmp_path / "b.nii")
+    ds = voxfit.load(tmp_path / "b.nii")
+    ds.masker.write(tmp_path / "t.nii.gz", np.zeros(ds.n_voxels), ["t"])
+    hdr = nib.load(tmp_path / "t.nii.gz").header
+    assert hdr["cal_min"] == hdr["cal_max"] == 0 and hdr.get_intent()[0] == "none"
+
+
+def test_mask_threshold_excludes_dim_voxels(tmp_path, rng):
+    data = volume_data(rng)
+    data[3, 2, 1, :] = 20 + rng.standard_normal(N_SCANS)  # varying but dim: below 0.8 x the global mean
+    path = write_nifti(tmp_path / "b.nii", data)
+    j = np.ravel_multi_index((3, 2, 1), SHAPE, order="F")
+    assert voxfit.load(path).masker.mask[j]
+    assert not voxfit.load(path, mask_threshold=0.8).masker.mask[j]

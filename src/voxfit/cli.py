@@ -7,6 +7,7 @@ one line on stderr (``--debug`` shows the traceback); a failed or interrupted ru
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 import traceback
@@ -201,8 +202,22 @@ def _in_thread(fn, *args, **kwargs) -> Future:
     return future
 
 
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # clean up as for Ctrl-C: no partial output
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return _main(argv)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     parser = _get_parser()
     args = parser.parse_args(argv)
     if args.command is None:

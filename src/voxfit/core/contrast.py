@@ -43,7 +43,8 @@ class Stats:
     stat : (V,) array
         The t or F statistic. NaN where the data were invalid or the residual variance is zero.
     z : (V,) array
-        Standard-normal equivalent of ``p`` (see the module docstring); finite for any finite statistic.
+        Standard-normal equivalent of ``p`` (see the module docstring); finite for any finite statistic, except
+        F = 0 exactly (p = 1), whose z is -inf.
     dof : float or (float, float)
         Residual degrees of freedom for t; ``(df1, df2)`` for F.
     """

@@ -117,7 +117,9 @@ class BlockFitter:
             overflowed = np.zeros_like(valid)
             if not valid.all():  # non-finite data, or finite values whose shifted values overflow the working dtype
                 suspect = np.flatnonzero(~valid)
-                overflowed[suspect] = np.isfinite(Y[:, start + suspect]).all(axis=0)
+                for a in range(0, suspect.size, self.tile):  # a tile at a time: memory stays within the plan
+                    idx = suspect[a : a + self.tile]
+                    overflowed[idx] = np.isfinite(Y[:, start + idx]).all(axis=0)
                 valid |= overflowed
             scale = self._sums(offset, ssq, g_t, out)
             redo = np.flatnonzero(valid & ((out.rss * _KAPPA[self.wdt] <= scale) | overflowed))
@@ -137,7 +139,8 @@ class BlockFitter:
         offset = np.empty(v, dtype=self.wdt)
         ssq = np.empty(v)
         # the kernel reads numpy arrays as they are; other dtypes and array-likes are converted tile by tile
-        direct = isinstance(Y, np.ndarray) and Y.dtype.isnative and Y.dtype.kind in "iuf" and Y.dtype != np.float16
+        direct = (isinstance(Y, np.ndarray) and Y.dtype.isnative and Y.dtype.kind in "iuf"
+                  and Y.dtype != np.float16 and Y.dtype.itemsize <= 8)  # fmt: skip
         for a in range(0, v, self.tile):
             b = min(v, a + self.tile)
             buf = self._flat[: n * (b - a)].reshape(n, b - a)  # C-contiguous even for a partial tile
@@ -201,6 +204,9 @@ def _fit_exact(design: DesignFactor, Y: NDArray[np.float64]):
     which brings the exact-fit Wampler1 problem from 8.5 to 10 correct digits. Returns ``(betas, rss, tss)``.
     """
     n = Y.shape[0]
+    scale = np.abs(Y).max(axis=0)  # work at unit scale: squares of values beyond 1e154 would overflow
+    scale[~(scale > 0) | ~np.isfinite(scale)] = 1.0
+    Y = Y / scale
     betas = design.pinv @ Y
     resid = design.X @ betas
     np.subtract(Y, resid, out=resid)
@@ -213,6 +219,8 @@ def _fit_exact(design: DesignFactor, Y: NDArray[np.float64]):
     if design.has_intercept:
         np.subtract(Y, Y.mean(axis=0), out=resid)
         tss = np.einsum("ij,ij->j", resid, resid)
+        tss[tss <= (n * np.finfo(np.float64).eps) ** 2 * ysq] = 0.0  # a constant voxel, to rounding
     else:
         tss = ysq
-    return betas, rss, tss
+    with np.errstate(over="ignore"):  # variances of values beyond 1e154 are not representable: inf
+        return betas * scale, rss * scale**2, tss * scale**2

@@ -118,7 +118,7 @@ def read_events(path) -> dict[str, dict[str, NDArray]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"events {path}: no such file.")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = [r for r in csv.reader(fh, delimiter="\t") if r]
     if not rows:
         raise InputError(f"events {path} is empty; it needs a header with onset and duration.")
@@ -164,7 +164,7 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
     path = Path(path)
     if not path.is_file():
         raise InputError(f"confounds {path}: no such file.")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = [r for r in csv.reader(fh, delimiter="\t") if r]
     if len(rows) < 2:
         raise InputError(f"confounds {path} has no rows.")

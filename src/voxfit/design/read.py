@@ -32,7 +32,7 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
         return _read_vest(path)
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = [r for r in csv.reader(fh, delimiter=sep) if r]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"design {path}: not a text table ({exc}).") from None

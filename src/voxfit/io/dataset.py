@@ -16,20 +16,21 @@ __all__ = ["Dataset", "ScaledArray", "load"]
 
 
 class ScaledArray:
-    """Integer data kept compact, seen as float32 ``slope * raw + inter`` one block at a time.
+    """Integer data kept compact, seen as ``slope * raw + inter`` one block at a time.
 
-    Indexing returns float32 arrays; ``voxfit.fit`` reads it block by block, so the scaled copy of the whole
+    Indexing returns float32 arrays (float64 for 32-bit integers and float64 data, as the precision policy); ``voxfit.fit`` reads it block by block, so the scaled copy of the whole
     never exists.
     """
 
     def __init__(self, raw: NDArray, slope: float, inter: float):
         self.raw, self.slope, self.inter = raw, float(slope), float(inter)
-        self.dtype = np.dtype(np.float32)
+        small = raw.dtype.itemsize <= 2 or raw.dtype == np.float32  # as voxfit.core.ols.working_dtype
+        self.dtype = np.dtype(np.float32 if small else np.float64)
         self.shape = raw.shape
         self.ndim = raw.ndim
 
-    def __getitem__(self, key) -> NDArray[np.float32]:
-        return (self.raw[key] * self.slope + self.inter).astype(np.float32)
+    def __getitem__(self, key) -> NDArray:
+        return (self.raw[key] * self.slope + self.inter).astype(self.dtype)
 
     def __array__(self, dtype=None, copy=None):
         out = self[...]

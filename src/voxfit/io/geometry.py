@@ -85,13 +85,15 @@ class VolumeGeometry(Geometry):
             data = data[..., 0]
         klass = nib.Nifti2Image if isinstance(self.header, nib.Nifti2Header) else nib.Nifti1Image
         header = None
-        if isinstance(self.header, nib.Nifti1Header):  # keeps qform/sform codes, units and description
+        if isinstance(self.header, nib.Nifti1Header):  # keeps units and the space codes of the input
             header = self.header.copy()
             header.set_slope_inter(1.0, 0.0)
+            header["cal_min"] = header["cal_max"] = 0  # the input's display range means nothing for a map
+            header.set_intent("none")
         img = klass(data, self.affine, header=header)
         img.set_data_dtype(data.dtype)
         if header is not None:
-            img.set_qform(self.affine, int(self.header["qform_code"]) or 1)
+            img.set_qform(self.affine, int(self.header["qform_code"]))
             img.set_sform(self.affine, int(self.header["sform_code"]) or 1)
         img.header["descrip"] = b"voxfit: " + ", ".join(names).encode()[:70]
         _save_nifti(img, Path(path))

@@ -27,6 +27,21 @@ def statmap_name(stat: str, extension: str, contrast: str | None = None, entity:
     return f"{prefix}stat-{stat}_statmap{extension}"
 
 
+_PARTIAL = ".voxfit-partial-"
+
+
+def _remove_stale_partials(folder: Path) -> None:
+    """Hidden folders left by runs that were killed (SIGKILL, power loss) before they could clean up."""
+    for entry in folder.glob(_PARTIAL + "*"):
+        try:
+            pid = int(entry.name[len(_PARTIAL) :])
+            os.kill(pid, 0)  # still running: leave it alone
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 class OutputFolder:
     """``with OutputFolder(path, force) as out: out.path(name) ...; out.commit()``.
 
@@ -39,6 +54,8 @@ class OutputFolder:
         self.final = Path(path)
         if self.final.exists() and not self.final.is_dir():
             raise InputError(f"output {self.final} exists and is not a folder.")
+        if self.final.is_dir():
+            _remove_stale_partials(self.final)
         if self.final.is_dir() and any(self.final.iterdir()) and not force:
             raise InputError(f"output folder {self.final} is not empty; choose another or pass --force to overwrite.")
         self.force = force
@@ -49,7 +66,7 @@ class OutputFolder:
     def __enter__(self) -> OutputFolder:
         try:
             self.final.mkdir(parents=True, exist_ok=True)
-            self._tmp = self.final / f".voxfit-partial-{os.getpid()}"
+            self._tmp = self.final / f"{_PARTIAL}{os.getpid()}"
             self._tmp.mkdir(exist_ok=True)
         except OSError as exc:
             self._cleanup()

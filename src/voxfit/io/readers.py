@@ -115,7 +115,8 @@ class NiftiReader:
             for start in range(0, self.n_scans, k):
                 count = min(k, self.n_scans - start)
                 offset = self._offset + start * nel * self._file_dtype.itemsize
-                yield start, np.memmap(self._image_file, dtype=self._file_dtype, mode="r", offset=offset, shape=(count, nel))
+                slab = np.memmap(self._image_file, dtype=self._file_dtype, mode="r", offset=offset, shape=(count, nel))
+                yield start, slab if self._file_dtype.isnative else slab.astype(self.dtype)
             return
         yield from self._iter_gz(nel, k)
 
@@ -147,8 +148,8 @@ class NiftiReader:
                 full.put(None)
             except InputError as exc:
                 full.put(exc)
-            except (OSError, EOFError, zlib.error) as exc:
-                full.put(InputError(f"{self._image_file}: truncated or corrupt gzip data ({exc})."))
+            except Exception as exc:  # zlib.error, EOFError, OSError, isal's IsalError...: all mean corrupt data
+                full.put(InputError(f"{self._image_file}: truncated or corrupt gzip data ({type(exc).__name__}: {exc})."))
 
         thread = threading.Thread(target=produce, name="voxfit-gunzip", daemon=True)
         thread.start()
@@ -164,7 +165,7 @@ class NiftiReader:
                 if isinstance(item, Exception):
                     raise item
                 start, held, count = item
-                yield start, held[:count]
+                yield start, held[:count] if self._file_dtype.isnative else held[:count].astype(self.dtype)
         finally:
             stop.set()
             free.put(held if held is not None else bufs[0])  # wake the producer if it waits for a buffer
@@ -266,7 +267,10 @@ class CiftiReader:
             self.paths.append(p)
         self.geometry = CiftiGeometry(models)
         self.n_scans = int(sum(img.shape[0] for img in self._imgs))
-        self.dtype = np.dtype(self._imgs[0].get_data_dtype()).newbyteorder("=")
+        stored = {np.dtype(img.get_data_dtype()).newbyteorder("=") for img in self._imgs}
+        scaled = any(_scale(img.dataobj) is not None for img in self._imgs)
+        # nibabel hands back scaled values: integers with scale factors, or mixed dtypes, become float32
+        self.dtype = stored.pop() if len(stored) == 1 and not scaled else np.dtype(np.float32)
         self.scale = None
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:

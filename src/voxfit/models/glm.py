@@ -53,8 +53,20 @@ def _sha256(path: Path) -> str:
 
 
 def _column_labels(names) -> list[str]:
+    """Letters-and-digits labels, made unique (``a``, ``a_`` and ``a1`` give a, a2, a1... never a clash)."""
     labels = [sanitize_label(n, "design column") for n in names]
-    return [f"{lab}{j + 1}" if labels.count(lab) > 1 else lab for j, lab in enumerate(labels)]
+    taken = {lab for lab in labels if labels.count(lab) == 1}
+    out = []
+    for lab in labels:
+        if lab in taken and lab not in out:
+            out.append(lab)
+            continue
+        k = 2
+        while f"{lab}{k}" in taken or f"{lab}{k}" in out:
+            k += 1
+        out.append(f"{lab}{k}")
+        taken.add(f"{lab}{k}")
+    return out
 
 
 def _design_matrix(design):

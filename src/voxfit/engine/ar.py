@@ -1,0 +1,109 @@
+"""``fit_ar``: one design with per-voxel AR(p) noise, block by block (see ``voxfit.core.ar``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core import Fit, Stats, check_contrast, factorize, make_fit
+from ..core.ar import ARBlock, fit_ar_block
+from ..core.contrast import _freeze
+from ..core.distributions import f_to_z, t_to_z
+from ..exceptions import InputError
+from .fit import _fit_iv
+from .memory import parse_memory
+
+__all__ = ["ARFit", "fit_ar"]
+
+
+@dataclass(frozen=True, eq=False)
+class ARFit:
+    """An AR(p) fit: the fit (whitened betas and residual variance; R^2 of the OLS fit), the AR coefficients
+    (p, V) and the statistics of the contrasts asked for (a whitened model's contrasts need per-voxel
+    covariances, which are not kept)."""
+
+    fit: Fit
+    ar: np.ndarray
+    contrasts: dict[str, Stats]
+    order: int
+
+
+def _block_voxels(n: int, pc: int, order: int, max_memory, block_size) -> int:
+    if block_size is not None:
+        return int(block_size)
+    per_voxel = 8 * (6 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + 8 * pc)
+    budget = (64 << 20) if max_memory is None else parse_memory(max_memory)
+    if budget < per_voxel:
+        raise InputError(f"`max_memory`={max_memory!r} is too small for an AR fit: one voxel needs {per_voxel} bytes.")
+    return int(min(4096, budget // per_voxel))
+
+
+def fit_ar(X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, block_size: int | None = None) -> ARFit:
+    """Fit a design with AR(`order`) noise estimated and removed for every voxel separately.
+
+    Parameters
+    ----------
+    X, Y, names, max_memory, block_size :
+        As in :func:`voxfit.fit` (blocks are processed in float64).
+    order : int
+        AR order, 1 or more.
+    contrasts : dict
+        ``{label: expression or weights}``; t for one row, F for several, computed on the whitened model.
+    """
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+        raise InputError(f"`order` of the AR model must be a positive integer; got {order!r}.")
+    design = factorize(X, names)
+    Y, _ = _fit_iv(Y, design.n_scans, 1)
+    n, pc = design.X.shape
+    if n <= 2 * order + design.rank:
+        raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
+    weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
+    block = ARBlock(design, int(order))
+    V = Y.shape[1]
+    step = _block_voxels(n, pc, order, max_memory, block_size)
+    betas = np.full((pc, V), np.nan)
+    rss = np.full(V, np.nan)
+    tss = np.full(V, np.nan)
+    phi = np.full((order, V), np.nan)
+    effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
+    covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
+    valid = np.zeros(V, dtype=bool)
+    for start in range(0, V, step):
+        stop = min(V, start + step)
+        Yb = np.asarray(Y[:, start:stop], dtype=np.float64)
+        ok = np.isfinite(Yb).all(axis=0)
+        valid[start:stop] = ok
+        idx = start + np.flatnonzero(ok)
+        if idx.size == 0:
+            continue
+        Yb = Yb[:, ok]
+        b, r, ph, cons = fit_ar_block(block, Yb, list(weights.values()))
+        betas[:, idx], rss[idx], phi[:, idx] = b, r, ph.T
+        centred = Yb - Yb.mean(axis=0) if design.has_intercept else Yb
+        tss[idx] = np.einsum("tv,tv->v", centred, centred)
+        for (label, _), (effect, cov) in zip(weights.items(), cons):
+            effects[label][:, idx], covs[label][idx] = effect, cov
+    fit = make_fit(design, betas, rss, tss, valid)
+    dof = design.dof
+    stats = {}
+    for label, w in weights.items():
+        stats[label] = _stats(label, w, effects[label], covs[label], fit.residual_variance, dof)
+    phi.setflags(write=False)
+    return ARFit(fit=fit, ar=phi, contrasts=stats, order=int(order))
+
+
+def _stats(label, w, effect, cov, sigma2, dof) -> Stats:
+    usable = sigma2 > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if w.shape[0] == 1:
+            variance = cov[:, 0, 0] * sigma2
+            t = np.where(usable, effect[0] / np.sqrt(variance), np.nan)
+            return _freeze(Stats(label, "t", w, effect[0], variance, t, t_to_z(t, dof), float(dof)))
+        variance = np.einsum("vqq->qv", cov) * sigma2
+        finite = np.isfinite(cov).all(axis=(1, 2))
+        inv = np.full_like(cov, np.nan)
+        inv[finite] = np.linalg.pinv(cov[finite], hermitian=True)
+        df1 = int(np.linalg.matrix_rank(w))
+        F = np.where(usable, np.einsum("qv,vqr,rv->v", effect, inv, effect) / (df1 * sigma2), np.nan)
+        return _freeze(Stats(label, "F", w, effect, variance, F, f_to_z(F, df1, dof), (float(df1), float(dof))))

@@ -30,9 +30,9 @@ SHAPE = (64, 64, 40)
 NILEARN_SCRIPT = r"""
 import sys, pandas as pd
 from nilearn.glm.first_level import FirstLevelModel
-bold, design, mask, out = sys.argv[1:5]
+bold, design, mask, out, noise = sys.argv[1:6]
 X = pd.read_csv(design, sep="\t")
-model = FirstLevelModel(mask_img=mask, noise_model="ols", signal_scaling=False, minimize_memory=True)
+model = FirstLevelModel(mask_img=mask, noise_model=noise, signal_scaling=False, minimize_memory=True)
 model.fit(bold, design_matrices=X)
 maps = model.compute_contrast("A - B", output_type="all")
 maps["stat"].to_filename(out + "/t.nii.gz")
@@ -146,22 +146,24 @@ def main(argv=None) -> int:
         nl_script = folder / "nilearn_glm.py"
         nl_script.write_text(NILEARN_SCRIPT)
         results = {}
-        for label, path in (("nii.gz", gz), ("nii", nii)):
-            out_v, out_n = folder / f"voxfit-{label}", folder / f"nilearn-{label}"
+        for label, path, noise in (("nii.gz", gz, "ols"), ("nii", nii, "ols"), ("nii.gz", gz, "ar1")):
+            out_v, out_n = folder / f"voxfit-{label}-{noise}", folder / f"nilearn-{label}-{noise}"
             out_n.mkdir(exist_ok=True)
             vox = [sys.executable, "-m", "voxfit", "fit", str(path), "--design", str(folder / "design.tsv"), "--mask",
-                   str(folder / "mask.nii.gz"), "--contrast", "c=A - B", "-o", str(out_v), "--force", "--quiet"]  # fmt: skip
-            nl = [sys.executable, str(nl_script), str(path), str(folder / "design.tsv"), str(folder / "mask.nii.gz"), str(out_n)]
-            results[label] = (best(vox, args.repeat), best(nl, args.repeat))
-            (tv, mv), (tn, mn) = results[label]
-            print(f"{label:>6} in, one t contrast's maps out: voxfit {tv:6.2f} s {mv / 2**20:7.0f} MiB | "
+                   str(folder / "mask.nii.gz"), "--contrast", "c=A - B", "-o", str(out_v), "--force", "--quiet",
+                   "--noise", noise]  # fmt: skip
+            nl = [sys.executable, str(nl_script), str(path), str(folder / "design.tsv"), str(folder / "mask.nii.gz"),
+                  str(out_n), noise]  # fmt: skip
+            results[label, noise] = (best(vox, args.repeat), best(nl, args.repeat))
+            (tv, mv), (tn, mn) = results[label, noise]
+            print(f"{label:>6} in, {noise.upper():>3}, one t contrast's maps out: voxfit {tv:6.2f} s {mv / 2**20:7.0f} MiB | "
                   f"nilearn {tn:6.2f} s {mn / 2**20:7.0f} MiB | voxfit {tn / tv:5.1f}x faster, "
                   f"{mv / mn:.2f} of nilearn's memory")  # fmt: skip
-            tv_map = np.asarray(nib.load(out_v / "contrast-c_stat-t_statmap.nii.gz").dataobj)
-            tn_map = np.asarray(nib.load(out_n / "t.nii.gz").dataobj)
-            inside = np.isfinite(tv_map)
-            print(f"        t maps: max |voxfit - nilearn| = {np.nanmax(np.abs(tv_map[inside] - tn_map[inside])):.2e} "
-                  f"(max |t| {np.nanmax(np.abs(tn_map)):.1f})")  # fmt: skip
+            zv = np.asarray(nib.load(out_v / "contrast-c_stat-z_statmap.nii.gz").dataobj)
+            zn = np.asarray(nib.load(out_n / "z.nii.gz").dataobj)
+            inside = np.isfinite(zv)
+            print(f"        z maps: max |voxfit - nilearn| = {np.nanmax(np.abs(zv[inside] - zn[inside])):.2e}, "
+                  f"correlation {np.corrcoef(zv[inside], zn[inside])[0, 1]:.6f} (max |z| {np.nanmax(np.abs(zn)):.1f})")  # fmt: skip
 
         from voxfit.io import open_gzip
 

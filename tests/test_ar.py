@@ -119,3 +119,27 @@ def test_errors():
         fit_ar(X, np.ones((10, 2)), 0, {})
     with pytest.raises(InputError, match="needs more than"):
         fit_ar(X, np.ones((10, 2)), 4, {})
+
+
+def test_cli_noise_ar1(tmp_path, capsys, rng):
+    import nibabel as nib
+
+    from voxfit.cli import main
+
+    from .imaging import AFFINE, SHAPE
+
+    n = 50
+    data = simulate(rng, n, int(np.prod(SHAPE)), [0.4]).T.reshape(SHAPE + (n,), order="F") + 100
+    nib.save(nib.Nifti1Image(data.astype(np.float32), AFFINE), tmp_path / "b.nii.gz")
+    X = block_design(n)
+    (tmp_path / "d.tsv").write_text("task\tdrift\tconstant\n" + "".join("\t".join(map(str, row)) + "\n" for row in X))
+    out = tmp_path / "res"
+    assert main(["fit", str(tmp_path / "b.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
+                 "--noise", "ar2", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    coef = nib.load(out / "stat-arcoef_statmap.nii.gz")
+    assert coef.shape == SHAPE + (2,)
+    assert abs(np.nanmean(np.asarray(coef.dataobj)[..., 0]) - 0.4) < 0.1
+    assert '"noise_model": "ar2"' in (out / "model.json").read_text()
+    assert main(["fit", str(tmp_path / "b.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
+                 "--noise", "arma", "-o", str(tmp_path / "r2"), "--quiet"]) == 2  # fmt: skip
+    assert "`noise` must be ols or ar1 .. ar8" in capsys.readouterr().err

@@ -64,6 +64,8 @@ def _get_parser() -> argparse.ArgumentParser:
     group = fit.add_mutually_exclusive_group()
     group.add_argument("--mask", metavar="FILE", help="mask in the data's geometry (default: automatic)")
     group.add_argument("--mask-threshold", type=float, metavar="REL", help="automatic mask: SPM's relative threshold, e.g. 0.8")
+    fit.add_argument("--noise", default="ols", metavar="MODEL",
+                     help="ols (default), or ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals")  # fmt: skip
     _design_options(fit, events_needed=False)
     _common(fit)
 
@@ -155,7 +157,7 @@ def _run(args, argv) -> int:
     result = fit_images(
         args.inputs, design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
-        progress=progress, command=["voxfit", *argv], dataset=loading,
+        progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise,
     )  # fmt: skip
     if not args.quiet:
         fit = result.fit

@@ -83,9 +83,11 @@ def ar_whitening(phi: NDArray, rho: NDArray, gamma0: NDArray) -> NDArray[np.floa
 def _whiten(Z: NDArray, phi: NDArray, L_inv: NDArray) -> NDArray:
     """W z for each column z of Z (n, v): the AR filter from scan p on, L^-1 on the first p scans."""
     p = phi.shape[1]
-    out = Z.copy()
-    for i in range(1, p + 1):
-        out[p:] -= phi[:, i - 1] * Z[p - i : Z.shape[0] - i]
+    out = np.empty_like(Z)
+    np.multiply(phi[:, 0], Z[p - 1 : Z.shape[0] - 1], out=out[p:])
+    for i in range(2, p + 1):
+        out[p:] += phi[:, i - 1] * Z[p - i : Z.shape[0] - i]
+    np.subtract(Z[p:], out[p:], out=out[p:])
     out[:p] = np.einsum("vab,bv->av", L_inv, Z[:p])
     return out
 
@@ -102,7 +104,13 @@ def _whiten_transpose(Z: NDArray, phi: NDArray, L_inv: NDArray) -> NDArray:
 
 
 class ARBlock:
-    """What the AR fit of one design needs, computed once: bias matrix, lagged Gram matrices of X."""
+    """What the AR fit of one design needs, computed once: bias matrix and lagged Gram matrices.
+
+    The algebra runs in the coordinates of the design's orthonormal basis Q (X = Q T): the per-voxel
+    matrices Q'V^-1 Q are as well conditioned as the noise model allows, whatever the scaling of X, and
+    rank-deficient designs need no special case (betas = T^+ (Q'V^-1 Q)^-1 Q'V^-1 y, the minimum-norm
+    solution, as for OLS).
+    """
 
     def __init__(self, design: DesignFactor, order: int):
         if order < 1:
@@ -110,44 +118,47 @@ class ARBlock:
         if design.n_scans <= 2 * order + design.rank:
             raise ValueError("too few scans for this AR order")
         self.design, self.order = design, order
-        X, n, p = design.X, design.n_scans, order
+        Q, n, p, r = design.basis, design.n_scans, order, design.rank
         self.M_inv = np.linalg.pinv(bias_matrix(design, order))
-        # interior rows t >= p: (sum_i a_i x_{t-i}) (sum_j a_j x_{t-j})' = sum_ij a_i a_j G_ij
-        self.G = np.stack([[X[p - i : n - i].T @ X[p - j : n - j] for j in range(p + 1)] for i in range(p + 1)])
-        # first p rows: sum_ab Linv_ka Linv_kb x_a x_b' (through Gamma^-1 = Linv' Linv)
-        self.H = np.einsum("ak,bl->abkl", X[:p], X[:p])
+        # rows t >= p: (sum_i a_i q_{t-i})(sum_j a_j q_{t-j})' = sum_ij a_i a_j G_ij, flattened for one GEMM
+        G = np.stack([[Q[p - i : n - i].T @ Q[p - j : n - j] for j in range(p + 1)] for i in range(p + 1)])
+        self.G = G.reshape((p + 1) ** 2, r * r)
+        # first p rows: sum_ab (Gamma^-1)_ab q_a q_b'
+        self.H = np.einsum("ak,bl->abkl", Q[:p], Q[:p]).reshape(p * p, r * r)
 
 
 def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     """AR(p) fit of one block Y (n, v) in float64: betas (pc, v), RSS (v,), phi (v, p), and for each contrast
-    weight matrix w (q, pc): (effect (q, v), unscaled covariance c (X'V^-1X)^-1 c' as (v, q, q))."""
+    weight matrix w (q, pc): (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q))."""
     design, p = block.design, block.order
-    X = design.X
+    Q, r = design.basis, design.rank
     Y = np.asarray(Y, dtype=np.float64)
-    B_ols = design.pinv @ Y
-    E = Y - X @ B_ols
-    r = _lagged_products(E, p)
-    exact = r[0] <= (Y.shape[0] * np.finfo(float).eps) ** 2 * np.einsum("tv,tv->v", Y, Y)
-    r[:, exact] = np.eye(p + 1)[:, :1]  # residuals at rounding level carry no autocorrelation: white
-    phi, rho, gamma0 = estimate_ar(r, block.M_inv)
+    E = Y - Q @ (Q.T @ Y)
+    r_lag = _lagged_products(E, p)
+    exact = r_lag[0] <= (Y.shape[0] * np.finfo(float).eps) ** 2 * np.einsum("tv,tv->v", Y, Y)
+    r_lag[:, exact] = np.eye(p + 1)[:, :1]  # residuals at rounding level carry no autocorrelation: white
+    phi, rho, gamma0 = estimate_ar(r_lag, block.M_inv)
     L_inv = ar_whitening(phi, rho, gamma0)
 
-    a = np.concatenate([np.ones((phi.shape[0], 1)), -phi], axis=1)  # filter taps (v, p+1)
-    gram = np.einsum("vi,vj,ijkl->vkl", a, a, block.G)
-    Ginv = np.einsum("vka,vkb->vab", L_inv, L_inv)  # Gamma^-1 per voxel
-    gram += np.einsum("vab,abkl->vkl", Ginv, block.H)
+    v = Y.shape[1]
+    a = np.concatenate([np.ones((v, 1)), -phi], axis=1)  # filter taps (v, p+1)
+    gram = (a[:, :, None] * a[:, None, :]).reshape(v, -1) @ block.G
+    gram += np.einsum("vka,vkb->vab", L_inv, L_inv).reshape(v, -1) @ block.H
+    gram = gram.reshape(v, r, r)
     wy = _whiten(Y, phi, L_inv)
-    rhs = (X.T @ _whiten_transpose(wy, phi, L_inv)).T  # (v, pc)
-
-    # rank-deficient designs: solve in the row space (pinv per voxel is small and batched)
-    gram_inv = np.linalg.pinv(gram, hermitian=True)
-    betas = np.einsum("vkl,vl->kv", gram_inv, rhs)
-    resid = _whiten(Y - X @ betas, phi, L_inv)
+    rhs = (Q.T @ _whiten_transpose(wy, phi, L_inv)).T  # (v, r)
+    wqs = [w @ design.basis_pinv for w in weights]  # contrasts in basis coordinates, (q, r) each
+    # one batched solve for the coefficients and every contrast: [rhs | wq'] -> gram^-1 [rhs | wq']
+    cols = np.concatenate([rhs[:, :, None]] + [np.broadcast_to(wq.T, (v,) + wq.T.shape) for wq in wqs], axis=2)
+    sol = np.linalg.solve(gram, cols)
+    coords = sol[:, :, 0].T
+    resid = _whiten(Y - Q @ coords, phi, L_inv)
     rss = np.einsum("tv,tv->v", resid, resid)
-    rss[rss <= (Y.shape[0] * np.finfo(float).eps) ** 2 * np.einsum("tv,tv->v", wy, wy)] = 0.0  # exact fit, to rounding
-    contrasts = []
-    for w in weights:
-        effect = w @ betas
-        cov = np.einsum("qk,vkl,rl->vqr", w, gram_inv, w)
-        contrasts.append((effect, cov))
+    rss[rss <= (Y.shape[0] * np.finfo(float).eps) ** 2 * np.einsum("tv,tv->v", wy, wy)] = 0.0  # exact fit
+    betas = design.basis_pinv @ coords
+    contrasts, k = [], 1
+    for w, wq in zip(weights, wqs):
+        cov = np.einsum("qk,vkr->vqr", wq, sol[:, :, k : k + wq.shape[0]])  # wq gram^-1 wq'
+        contrasts.append((w @ betas, cov))
+        k += wq.shape[0]
     return betas, rss, phi, contrasts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..core.ar import ARBlock, fit_ar_block
 from ..core.contrast import _freeze
 from ..core.distributions import f_to_z, t_to_z
 from ..exceptions import InputError
-from .fit import _fit_iv
+from .fit import _fit_iv, _threadpools
 from .memory import parse_memory
 
 __all__ = ["ARFit", "fit_ar"]
@@ -29,23 +30,26 @@ class ARFit:
     order: int
 
 
-def _block_voxels(n: int, pc: int, order: int, max_memory, block_size) -> int:
+def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: int) -> int:
     if block_size is not None:
         return int(block_size)
     per_voxel = 8 * (6 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + 8 * pc)
-    budget = (64 << 20) if max_memory is None else parse_memory(max_memory)
+    budget = ((64 << 20) if max_memory is None else parse_memory(max_memory)) // max(1, workers)
     if budget < per_voxel:
         raise InputError(f"`max_memory`={max_memory!r} is too small for an AR fit: one voxel needs {per_voxel} bytes.")
     return int(min(4096, budget // per_voxel))
 
 
-def fit_ar(X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, block_size: int | None = None) -> ARFit:
+def fit_ar(
+    X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, block_size: int | None = None,
+    n_jobs: int | None = None,
+) -> ARFit:
     """Fit a design with AR(`order`) noise estimated and removed for every voxel separately.
 
     Parameters
     ----------
-    X, Y, names, max_memory, block_size :
-        As in :func:`voxfit.fit` (blocks are processed in float64).
+    X, Y, names, max_memory, block_size, n_jobs :
+        As in :func:`voxfit.fit` (blocks are processed in float64; `max_memory` is shared by the threads).
     order : int
         AR order, 1 or more.
     contrasts : dict
@@ -54,14 +58,14 @@ def fit_ar(X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, bl
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
         raise InputError(f"`order` of the AR model must be a positive integer; got {order!r}.")
     design = factorize(X, names)
-    Y, _ = _fit_iv(Y, design.n_scans, 1)
+    Y, n_jobs = _fit_iv(Y, design.n_scans, n_jobs)
     n, pc = design.X.shape
     if n <= 2 * order + design.rank:
         raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     block = ARBlock(design, int(order))
     V = Y.shape[1]
-    step = _block_voxels(n, pc, order, max_memory, block_size)
+    step = _block_voxels(n, pc, order, max_memory, block_size, n_jobs)
     betas = np.full((pc, V), np.nan)
     rss = np.full(V, np.nan)
     tss = np.full(V, np.nan)
@@ -69,14 +73,14 @@ def fit_ar(X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, bl
     effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
     covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
     valid = np.zeros(V, dtype=bool)
-    for start in range(0, V, step):
+    def run(start: int) -> None:
         stop = min(V, start + step)
         Yb = np.asarray(Y[:, start:stop], dtype=np.float64)
         ok = np.isfinite(Yb).all(axis=0)
         valid[start:stop] = ok
         idx = start + np.flatnonzero(ok)
         if idx.size == 0:
-            continue
+            return
         Yb = Yb[:, ok]
         b, r, ph, cons = fit_ar_block(block, Yb, list(weights.values()))
         betas[:, idx], rss[idx], phi[:, idx] = b, r, ph.T
@@ -84,6 +88,10 @@ def fit_ar(X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, bl
         tss[idx] = np.einsum("tv,tv->v", centred, centred)
         for (label, _), (effect, cov) in zip(weights.items(), cons):
             effects[label][:, idx], covs[label][idx] = effect, cov
+
+    starts = range(0, V, step)
+    with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
+        list(pool.map(run, starts))
     fit = make_fit(design, betas, rss, tss, valid)
     dof = design.dof
     stats = {}

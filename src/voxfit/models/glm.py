@@ -17,6 +17,7 @@ from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to
 from ..design import read_design, write_design
 from ..engine import default_workers
 from ..engine import fit as fit_engine
+from ..engine import fit_ar
 from ..exceptions import InputError
 from ..io import Masker, OutputFolder, load, sanitize_label, stat_maps, statmap_name
 
@@ -94,6 +95,7 @@ def fit_images(
     progress: bool | None = None,
     command: list[str] | None = None,
     dataset=None,
+    noise: str = "ols",
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -113,7 +115,11 @@ def fit_images(
     dataset : Dataset or concurrent.futures.Future, optional
         The inputs already loaded (or being loaded, as the command line does while this module imports),
         with `mask` and `mask_threshold` applied.
+    noise : str
+        ``ols``, or ``ar1`` .. ``ar8``: AR(p) noise estimated and removed for every voxel (exact, no
+        binning; see ``voxfit.core.ar``); an ``ar-coef`` map then holds the coefficients.
     """
+    order = _noise_order(noise)
     start = time.perf_counter()
     X, names = _design_matrix(design)
     if isinstance(contrasts, dict):
@@ -141,21 +147,38 @@ def fit_images(
             raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
         checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if out is not None else None
         t_load = time.perf_counter()
-        fit = fit_engine(X, dataset.data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
+        ar_coef = None
+        if order:
+            ar = fit_ar(X, dataset.data, order, dict(items), names=names, max_memory=max_memory)
+            fit, stats, ar_coef = ar.fit, ar.contrasts, ar.ar
+        else:
+            fit = fit_engine(X, dataset.data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
         if fit.n_invalid == fit.valid.size:
             raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")
-        stats = {label: fit.contrast(expr, name=label) for label, expr in items}
+        if not order:
+            stats = {label: fit.contrast(expr, name=label) for label, expr in items}
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
-            settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs}
-            _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs)
+            settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
+                        "noise": noise}  # fmt: skip
+            _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs, ar_coef)
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
 
 
-def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums, n_jobs):
+def _noise_order(noise: str) -> int:
+    """0 for ``ols``, p for ``arp``."""
+    text = str(noise).lower()
+    if text == "ols":
+        return 0
+    if text.startswith("ar") and text[2:].isdigit() and 1 <= int(text[2:]) <= 8:
+        return int(text[2:])
+    raise InputError(f"`noise` must be ols or ar1 .. ar8; got {noise!r}.")
+
+
+def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums, n_jobs, ar_coef=None):
     masker = dataset.masker
     ext = masker.geometry.extension
     names = list(fit.names)
@@ -164,6 +187,8 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
         maps.append((statmap_name("effect", ext, label, entity="regressor"), beta, [name]))
     maps.append((statmap_name("rsquared", ext), fit.r2, ["rsquared"]))
     maps.append((statmap_name("residualvariance", ext), fit.residual_variance, ["residualvariance"]))
+    if ar_coef is not None:
+        maps.append((statmap_name("arcoef", ext), ar_coef, [f"ar{k + 1}" for k in range(ar_coef.shape[0])]))
     for label, s in stats.items():
         maps += stat_maps(s, label, ext)
 
@@ -188,7 +213,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
         "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                               "weights": stats[label].weights.tolist(), "kind": stats[label].kind,
                               "dof": stats[label].dof} for label, expr in items},
-        "settings": {"max_memory": settings["max_memory"], "n_jobs": settings["n_jobs"], "noise_model": "ols",
+        "settings": {"max_memory": settings["max_memory"], "n_jobs": settings["n_jobs"], "noise_model": settings["noise"],
                      "p": "one-sided upper tail for t; z has the same upper-tail probability"},
     }  # fmt: skip
     out.write_json("model.json", model)

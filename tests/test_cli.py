@@ -241,3 +241,23 @@ def test_design_with_a_byte_order_mark(study, capsys):
     study["table"].to_csv(path, index=False, encoding="utf-8-sig")
     code, _, err = run(capsys, *fit_args(study, "--design", path, contrast=["c=A - B"]))
     assert code == 0, err
+
+
+@pytest.mark.parametrize("scaling", ["mean", "global"])
+def test_signal_scaling(study, capsys, scaling):
+    code, _, err = run(capsys, *fit_args(study, "--scaling", scaling, contrast=["c=A - B"]))
+    assert code == 0, err
+    ds = voxfit.load(study["bold"])
+    Y = np.asarray(ds.data, dtype=np.float64)
+    if scaling == "mean":
+        ref_data = 100 * (Y / Y.mean(axis=0) - 1)
+    else:
+        # SPM global per scan over the mask (values above 1/8 of the scan's mean), grand mean scaled to 100
+        g = np.array([row[row > row.mean() / 8].mean() for row in Y])
+        ref_data = Y * 100 / g.mean()
+    ref = voxfit.fit(study["table"], ref_data)
+    eff = np.asarray(nib.load(study["out"] / "contrast-c_stat-effect_statmap.nii.gz").dataobj).reshape(-1, order="F")
+    expected = ref.contrast("A - B").effect
+    npt.assert_allclose(eff[ds.masker.mask], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())  # float32 maps
+    model = json.loads((study["out"] / "model.json").read_text())
+    assert model["settings"]["scaling"] == scaling

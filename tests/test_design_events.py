@@ -185,3 +185,17 @@ def test_fit_from_events_and_confounds(tmp_path, capsys, rng):
     assert "--events needs --tr" in capsys.readouterr().err
     assert main(["fit", str(bold), "--events", str(ev), "--tr", "2", "--confounds", str(conf), "--contrast", "f=faces", "-o", str(tmp_path / "r3")]) == 2
     assert "--confounds needs --confounds-columns" in capsys.readouterr().err
+
+
+def test_first_level_python_api(tmp_path, rng):
+    import voxfit
+
+    from .imaging import volume_data, write_nifti
+
+    bold = write_nifti(tmp_path / "bold.nii.gz", volume_data(rng, n=40))
+    ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n4\t6\tfaces\n30\t6\thouses\n50\t6\tfaces\n")
+    model = voxfit.FirstLevel(tr=2.0, hrf="spm+derivative", noise="ar1")
+    assert model.design(ev, 40).names[:2] == ("faces", "faces_derivative")
+    result = model.fit(bold, ev, {"fh": "faces - houses"}, out_dir=tmp_path / "out")
+    assert result.contrasts["fh"].t.shape == (result.masker.n_voxels,)
+    assert (tmp_path / "out" / "stat-arcoef_statmap.nii.gz").exists()

@@ -19,7 +19,7 @@ import importlib
 from . import exceptions
 from ._version import __version__
 
-__all__ = ["Fit", "Stats", "exceptions", "fit", "fit_images", "load", "write_stats", "__version__"]
+__all__ = ["FirstLevel", "Fit", "Stats", "exceptions", "fit", "fit_ar", "fit_images", "load", "write_stats", "__version__"]
 
 _LAZY = {
     "fit": ("engine", "fit"),
@@ -28,6 +28,8 @@ _LAZY = {
     "load": ("io", "load"),
     "write_stats": ("io", "write_stats"),
     "fit_images": ("models", "fit_images"),
+    "fit_ar": ("engine", "fit_ar"),
+    "FirstLevel": ("models", "FirstLevel"),
 }
 
 

@@ -66,6 +66,8 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument("--mask-threshold", type=float, metavar="REL", help="automatic mask: SPM's relative threshold, e.g. 0.8")
     fit.add_argument("--noise", default="ols", metavar="MODEL",
                      help="ols (default), or ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals")  # fmt: skip
+    fit.add_argument("--scaling", default="none", choices=["none", "mean", "global"],
+                     help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100")  # fmt: skip
     _design_options(fit, events_needed=False)
     _common(fit)
 
@@ -158,6 +160,7 @@ def _run(args, argv) -> int:
         args.inputs, design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
         progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise,
+        scaling=args.scaling,
     )  # fmt: skip
     if not args.quiet:
         fit = result.fit

@@ -96,6 +96,7 @@ def fit_images(
     command: list[str] | None = None,
     dataset=None,
     noise: str = "ols",
+    scaling: str = "none",
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -118,8 +119,14 @@ def fit_images(
     noise : str
         ``ols``, or ``ar1`` .. ``ar8``: AR(p) noise estimated and removed for every voxel (exact, no
         binning; see ``voxfit.core.ar``); an ``ar-coef`` map then holds the coefficients.
+    scaling : {"none", "mean", "global"}
+        ``mean``: each voxel to percent signal change, ``100 * (y / mean(y) - 1)`` (nilearn's default);
+        ``global``: SPM's session-specific grand mean scaling, all voxels times 100 / the mean over scans of
+        each scan's global (SPM's: the mean of values above 1/8 of the scan's mean), computed over the mask.
     """
     order = _noise_order(noise)
+    if scaling not in ("none", "mean", "global"):
+        raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     start = time.perf_counter()
     X, names = _design_matrix(design)
     if isinstance(contrasts, dict):
@@ -147,12 +154,13 @@ def fit_images(
             raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
         checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if out is not None else None
         t_load = time.perf_counter()
+        data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
         ar_coef = None
         if order:
-            ar = fit_ar(X, dataset.data, order, dict(items), names=names, max_memory=max_memory)
+            ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)
             fit, stats, ar_coef = ar.fit, ar.contrasts, ar.ar
         else:
-            fit = fit_engine(X, dataset.data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
+            fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
         if fit.n_invalid == fit.valid.size:
             raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")
         if not order:
@@ -161,11 +169,42 @@ def fit_images(
         files: list[Path] = []
         if out is not None:
             settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
-                        "noise": noise}  # fmt: skip
+                        "noise": noise, "scaling": scaling}  # fmt: skip
             _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs, ar_coef)
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
+
+
+def _scale(data, how: str) -> np.ndarray:
+    """Scaled float copy of the (n, V) data (see `scaling` in :func:`fit_images`); works a block at a time."""
+    n, V = data.shape
+    out = np.empty((n, V), dtype=np.float64 if np.dtype(data.dtype).itemsize > 4 else np.float32)
+    step = max(1, (8 << 20) // (8 * n))
+    if how == "global":
+        sums, counts = np.zeros(n), np.zeros(n)
+        means = np.zeros(n)
+        for a in range(0, V, step):
+            means += np.nansum(np.asarray(data[:, a : a + step], dtype=np.float64), axis=1)
+        means /= V
+        for a in range(0, V, step):
+            block = np.asarray(data[:, a : a + step], dtype=np.float64)
+            above = block > (means / 8)[:, None]
+            sums += np.where(above, block, 0).sum(axis=1)
+            counts += above.sum(axis=1)
+        grand = float(np.mean(sums / np.maximum(counts, 1)))
+        if not grand > 0:
+            raise InputError("global scaling needs data with a positive mean; use --scaling none or mean.")
+        for a in range(0, V, step):
+            out[:, a : a + step] = np.asarray(data[:, a : a + step], dtype=np.float64) * (100.0 / grand)
+        return out
+    for a in range(0, V, step):
+        block = np.asarray(data[:, a : a + step], dtype=np.float64)
+        m = block.mean(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = np.where(m > 0, 100.0 * (block / m - 1.0), np.nan)  # mean <= 0: no percent change; invalid
+        out[:, a : a + step] = scaled
+    return out
 
 
 def _noise_order(noise: str) -> int:
@@ -214,6 +253,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
                               "weights": stats[label].weights.tolist(), "kind": stats[label].kind,
                               "dof": stats[label].dof} for label, expr in items},
         "settings": {"max_memory": settings["max_memory"], "n_jobs": settings["n_jobs"], "noise_model": settings["noise"],
+                     "scaling": settings["scaling"],
                      "p": "one-sided upper tail for t; z has the same upper-tail probability"},
     }  # fmt: skip
     out.write_json("model.json", model)

@@ -199,3 +199,41 @@ def test_first_level_python_api(tmp_path, rng):
     result = model.fit(bold, ev, {"fh": "faces - houses"}, out_dir=tmp_path / "out")
     assert result.contrasts["fh"].t.shape == (result.masker.n_voxels,)
     assert (tmp_path / "out" / "stat-arcoef_statmap.nii.gz").exists()
+
+
+def test_two_runs_fixed_effects(tmp_path, capsys, rng):
+    import nibabel as nib
+
+    from voxfit.models import fit_runs
+
+    from .imaging import volume_data, write_nifti
+
+    runs, events = [], []
+    for r in range(2):
+        data = volume_data(rng, n=40)
+        if r == 1:
+            data[1, 1, 1, :] = 0.0  # outside this run's automatic mask: not in the common mask
+        runs.append(write_nifti(tmp_path / f"run{r}.nii.gz", data))
+        events.append(_write(tmp_path / f"ev{r}.tsv", f"onset\tduration\ttrial_type\n{4 + r}\t6\tfaces\n30\t6\thouses\n50\t6\tfaces\n"))
+    out = tmp_path / "ffx"
+    argv = ["fit", *map(str, runs), "--events", *map(str, events), "--tr", "2", "--contrast", "fh=faces - houses",
+            "-o", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    names = {p.name for p in out.iterdir()}
+    assert {"run-1_contrast-fh_stat-t_statmap.nii.gz", "run-2_contrast-fh_stat-t_statmap.nii.gz",
+            "contrast-fh_stat-t_statmap.nii.gz", "run-1_design.tsv", "mask.nii.gz", "model.json"} <= names  # fmt: skip
+    # the fixed-effects combination by hand from the per-run maps
+    def flat(name):
+        return np.asarray(nib.load(out / name).dataobj, dtype=float).reshape(-1, order="F")
+
+    mask = flat("mask.nii.gz") > 0
+    e1, e2 = flat("run-1_contrast-fh_stat-effect_statmap.nii.gz")[mask], flat("run-2_contrast-fh_stat-effect_statmap.nii.gz")[mask]
+    v1, v2 = flat("run-1_contrast-fh_stat-variance_statmap.nii.gz")[mask], flat("run-2_contrast-fh_stat-variance_statmap.nii.gz")[mask]
+    expected_t = ((e1 / v1 + e2 / v2) / (1 / v1 + 1 / v2)) * np.sqrt(1 / v1 + 1 / v2)
+    npt.assert_allclose(flat("contrast-fh_stat-t_statmap.nii.gz")[mask], expected_t, rtol=1e-4)
+    assert not mask[np.ravel_multi_index((1, 1, 1), (6, 5, 4), order="F")]
+    result = fit_runs(runs, [tmp_path / "ffx" / "run-1_design.tsv", tmp_path / "ffx" / "run-2_design.tsv"], {"fh": "faces - houses"})
+    assert result.combined["fh"].dof == 2 * (40 - 4)  # faces, houses, drift_1, constant
+    assert main(["fit", *map(str, runs), "--events", str(events[0]), str(events[0]), str(events[0]), "--tr", "2",
+                 "--contrast", "f=faces", "-o", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "give one per run" in capsys.readouterr().err

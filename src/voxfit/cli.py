@@ -57,8 +57,10 @@ def _get_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     fit.add_argument("inputs", nargs="+", metavar="INPUT", help="a 4-D NIfTI, several 3-D NIfTI/Analyze files, GIFTI, CIFTI or .npy")
     source = fit.add_mutually_exclusive_group(required=True)
-    source.add_argument("--design", metavar="FILE", help="TSV/CSV with a header of column names, or FSL design.mat")
-    source.add_argument("--events", metavar="FILE", help="BIDS events.tsv: the design is built from it (needs --tr)")
+    source.add_argument("--design", nargs="+", metavar="FILE",
+                        help="TSV/CSV with a header of column names, or FSL design.mat; one per run for several runs")
+    source.add_argument("--events", nargs="+", metavar="FILE",
+                        help="BIDS events.tsv: the design is built from it (needs --tr); one per run for several runs")  # fmt: skip
     fit.add_argument("--contrast", action="append", default=[], metavar="NAME=EXPR", help="a contrast (repeatable)")
     fit.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
     group = fit.add_mutually_exclusive_group()
@@ -99,11 +101,11 @@ def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
     t0.add_argument("--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default 8, SPM12's)")
     t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref in [0, 1]")
     g.add_argument("--fir-delays", type=int, default=1, metavar="K", help="with --hrf fir: number of one-TR windows")
-    g.add_argument("--confounds", metavar="FILE", help="fMRIPrep-style confounds TSV")
+    g.add_argument("--confounds", nargs="+", metavar="FILE", help="fMRIPrep-style confounds TSV (one per run)")
     g.add_argument("--confounds-columns", metavar="LIST", help='columns by names or patterns, e.g. "trans_*,rot_*"')
 
 
-def _make_design(args, n_scans: int):
+def _make_design(args, n_scans: int, run: int = 0):
     from .design import make_design, read_confounds
 
     if args.tr is None:
@@ -112,11 +114,12 @@ def _make_design(args, n_scans: int):
     if args.confounds:
         if not args.confounds_columns:
             raise InputError("--confounds needs --confounds-columns (names or patterns, e.g. \"trans_*,rot_*\").")
-        confounds = read_confounds(args.confounds, args.confounds_columns, n_scans)
+        confounds = read_confounds(args.confounds[run], args.confounds_columns, n_scans)
     elif args.confounds_columns:
         raise InputError("--confounds-columns needs --confounds FILE.")
+    events = args.events[run] if isinstance(args.events, list) else args.events
     design = make_design(
-        args.events, args.tr, n_scans, hrf=args.hrf, drift=args.drift, high_pass=args.high_pass,
+        events, args.tr, n_scans, hrf=args.hrf, drift=args.drift, high_pass=args.high_pass,
         drift_order=args.drift_order, microtime_resolution=args.microtime_resolution,
         microtime_onset=args.microtime_onset, slice_time_ref=args.slice_time_ref, fir_delays=args.fir_delays,
         confounds=confounds,
@@ -149,7 +152,10 @@ def _run(args, argv) -> int:
     from .io import load
 
     loading = _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
-    design = args.design
+    sources = args.events or args.design
+    if len(sources) > 1:
+        return _run_runs(args, argv)
+    design = args.design[0] if args.design else None
     if args.events:
         from .io import open_reader
 
@@ -169,6 +175,31 @@ def _run(args, argv) -> int:
               f"{len(result.files)} files in {args.output}")  # fmt: skip
         if fit.n_invalid:
             print(f"{fit.n_invalid} voxel(s) had NaN or infinite values and are NaN in every map")
+    return 0
+
+
+def _run_runs(args, argv) -> int:
+    """Several runs: one input and one design (or events file) each, combined by fixed effects."""
+    from .io import open_reader
+    from .models import fit_runs
+
+    sources = args.events or args.design
+    if len(args.inputs) != len(sources):
+        raise InputError(f"{len(args.inputs)} inputs for {len(sources)} designs or events files; give one per run.")
+    if args.confounds and len(args.confounds) != len(args.inputs):
+        raise InputError(f"{len(args.confounds)} confounds files for {len(args.inputs)} runs; give one per run.")
+    if args.events:
+        designs = [_make_design(args, open_reader(path).n_scans, r)[0] for r, path in enumerate(args.inputs)]
+    else:
+        designs = list(args.design)
+    result = fit_runs(
+        args.inputs, designs, args.contrast, mask=args.mask, out_dir=args.output, force=args.force,
+        noise=args.noise, scaling=args.scaling, max_memory=args.max_memory, n_jobs=args.n_jobs,
+        command=["voxfit", *argv],
+    )  # fmt: skip
+    if not args.quiet:
+        print(f"fitted {len(args.inputs)} runs on {result.masker.n_voxels:,} voxels; {len(result.combined)} contrast(s) "
+              f"combined by fixed effects; {len(result.files)} files in {args.output}")  # fmt: skip
     return 0
 
 

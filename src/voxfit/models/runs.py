@@ -1,0 +1,121 @@
+"""Several runs: one design per run, one fit per run, contrasts combined across runs by fixed effects."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._version import __version__
+from ..core import Stats, check_contrast, factorize
+from ..core.contrast import _freeze
+from ..core.distributions import t_to_z
+from ..design import write_design
+from ..engine import fit as fit_engine
+from ..engine import fit_ar
+from ..exceptions import InputError
+from ..io import Masker, OutputFolder, ScaledArray, load, sanitize_label, stat_maps
+from .glm import _design_matrix, _noise_order, _scale, _sha256, parse_contrast_option
+
+__all__ = ["RunsFit", "fit_runs", "fixed_effects"]
+
+
+@dataclass(frozen=True, eq=False)
+class RunsFit:
+    """Per-run statistics and their fixed-effects combination, on the voxels common to every run."""
+
+    masker: Masker
+    runs: list[dict[str, Stats]]
+    combined: dict[str, Stats]
+    files: list[Path] = field(default_factory=list)
+
+
+def fixed_effects(label: str, per_run: list[Stats]) -> Stats:
+    """Precision-weighted effect across runs, its variance 1 / sum(1 / variance), dof summed (t contrasts)."""
+    if any(s.kind != "t" for s in per_run):
+        raise InputError(f"contrast {label!r}: fixed effects combine t contrasts only; give F contrasts per run.")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.sum([1.0 / s.variance for s in per_run], axis=0)
+        effect = np.sum([s.effect / s.variance for s in per_run], axis=0) / precision
+        variance = 1.0 / precision
+        t = effect / np.sqrt(variance)
+    dof = float(sum(s.dof for s in per_run))
+    bad = ~np.isfinite(t)
+    t[bad], effect[bad], variance[bad] = np.nan, np.nan, np.nan
+    return _freeze(Stats(label, "t", per_run[0].weights, effect, variance, t, t_to_z(t, dof), dof))
+
+
+def _subset(data, columns: np.ndarray):
+    if isinstance(data, ScaledArray):
+        return ScaledArray(data.raw[:, columns], data.slope, data.inter)
+    return data[:, columns]
+
+
+def fit_runs(inputs, designs, contrasts, *, mask=None, out_dir=None, force=False, noise="ols", scaling="none",
+             max_memory=None, n_jobs=None, command=None) -> RunsFit:  # fmt: skip
+    """Fit each run with its own design and combine the contrasts across runs by fixed effects.
+
+    `inputs` and `designs` are lists of the same length (one 4-D image and one design per run; designs as
+    accepted by :func:`voxfit.fit_images`). Runs share one mask: the given one, or the voxels inside every
+    run's automatic mask. Each contrast is evaluated on each run's design, so the columns it names must exist
+    in every run.
+    """
+    if len(inputs) != len(designs) or len(inputs) < 2:
+        raise InputError(f"give one design (or events file) per run: {len(inputs)} runs, {len(designs)} designs.")
+    order = _noise_order(noise)
+    items = [(sanitize_label(k), v) for k, v in contrasts.items()] if isinstance(contrasts, dict) else [
+        parse_contrast_option(c) for c in contrasts]  # fmt: skip
+    matrices = [_design_matrix(d) for d in designs]
+    for r, (X, names) in enumerate(matrices, 1):
+        factor = factorize(X, names, warn=False)
+        for label, expr in items:
+            try:
+                check_contrast(expr, factor, label)
+            except InputError as exc:
+                raise InputError(f"run {r}: {exc}") from None
+    with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
+        datasets = [load(path, mask, n_scans=X.shape[0]) for path, (X, _) in zip(inputs, matrices)]
+        geometry = datasets[0].masker.geometry
+        for r, ds in enumerate(datasets[1:], 2):
+            geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0]})")
+        common = np.logical_and.reduce([ds.masker.mask for ds in datasets])
+        if not common.any():
+            raise InputError("no voxel is inside the mask of every run.")
+        masker = Masker(geometry, common)
+        runs = []
+        for ds, (X, names) in zip(datasets, matrices):
+            columns = np.flatnonzero(common[ds.masker.mask])
+            data = _subset(ds.data, columns)
+            data = data if scaling == "none" else _scale(data, scaling)
+            if order:
+                runs.append(fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs).contrasts)
+            else:
+                fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs)
+                runs.append({label: fit.contrast(expr, name=label) for label, expr in items})
+        combined = {label: fixed_effects(label, [run[label] for run in runs]) for label, _ in items}
+        files: list[Path] = []
+        if out is not None:
+            ext = geometry.extension
+            masker.write_mask(out.path(f"mask{ext}"))
+            for r, (run, (X, names)) in enumerate(zip(runs, matrices), 1):
+                write_design(out.path(f"run-{r}_design.tsv"), X, names)
+                for label, stats in run.items():
+                    for name, values, map_names in stat_maps(stats, label, ext):
+                        masker.write(out.path(f"run-{r}_{name}"), values, map_names)
+            for label, stats in combined.items():
+                for name, values, map_names in stat_maps(stats, label, ext):
+                    masker.write(out.path(name), values, map_names)
+            out.write_json("model.json", {
+                "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
+                "runs": [{"inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+                                     for p in ds.paths], "columns": list(names), "n_scans": int(X.shape[0])}
+                         for ds, (X, names) in zip(datasets, matrices)],
+                "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
+                                      "dof": combined[label].dof} for label, expr in items},
+                "settings": {"noise_model": noise, "scaling": scaling, "mask": "automatic (every run)" if mask is None else str(mask)},
+                "n_voxels": masker.n_voxels,
+            })  # fmt: skip
+            files = out.commit()
+    return RunsFit(masker=masker, runs=runs, combined=combined, files=files)

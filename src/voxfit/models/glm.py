@@ -45,6 +45,24 @@ def parse_contrast_option(text: str) -> tuple[str, str]:
     return sanitize_label(name), expr.strip()
 
 
+def contrast_items(contrasts) -> list[tuple[str, object]]:
+    """``[(label, expression or weights)]`` from a dict or ``["NAME=EXPR", ...]``; labels unique."""
+    if isinstance(contrasts, dict):
+        items = [(sanitize_label(k), v) for k, v in contrasts.items()]
+    else:
+        items = [parse_contrast_option(c) for c in contrasts]
+    labels = [k for k, _ in items]
+    dup = sorted({k for k in labels if labels.count(k) > 1})
+    if dup:
+        raise InputError(f"contrast names must be unique after keeping letters and digits; {', '.join(dup)} repeat.")
+    return items
+
+
+def input_record(path: Path, digest: str | None = None) -> dict:
+    """What model.json says of an input file: absolute path, size, SHA-256."""
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest or _sha256(path)}
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -129,14 +147,7 @@ def fit_images(
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     start = time.perf_counter()
     X, names = _design_matrix(design)
-    if isinstance(contrasts, dict):
-        items = [(sanitize_label(k), v) for k, v in contrasts.items()]
-    else:
-        items = [parse_contrast_option(c) for c in contrasts]
-    labels = [k for k, _ in items]
-    dup = sorted({k for k in labels if labels.count(k) > 1})
-    if dup:
-        raise InputError(f"contrast names must be unique after keeping letters and digits; {', '.join(dup)} repeat.")
+    items = contrast_items(contrasts)
     factor = factorize(X, names, warn=False)
     for label, expr in items:  # every contrast checked before the data are read
         check_contrast(expr, factor, label)
@@ -242,7 +253,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
     model = {
         "voxfit_version": __version__,
         "command": command,
-        "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": digest} for p, digest in checksums],
+        "inputs": [input_record(p, digest) for p, digest in checksums],
         "data": {"n_scans": dataset.n_scans, "n_voxels": dataset.n_voxels, "n_invalid_voxels": fit.n_invalid,
                  "dtype": str(getattr(dataset.data, "dtype", "")), "geometry": masker.geometry.describe()},
         "mask": {"source": "automatic" if settings["mask"] is None else str(settings["mask"]),

@@ -16,8 +16,8 @@ from ..design import write_design
 from ..engine import fit as fit_engine
 from ..engine import fit_ar
 from ..exceptions import InputError
-from ..io import Masker, OutputFolder, ScaledArray, load, sanitize_label, stat_maps
-from .glm import _design_matrix, _noise_order, _scale, _sha256, parse_contrast_option
+from ..io import Masker, OutputFolder, ScaledArray, load, stat_maps
+from .glm import _design_matrix, _noise_order, _scale, contrast_items, input_record
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -65,8 +65,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, out_dir=None, force=False
     if len(inputs) != len(designs) or len(inputs) < 2:
         raise InputError(f"give one design (or events file) per run: {len(inputs)} runs, {len(designs)} designs.")
     order = _noise_order(noise)
-    items = [(sanitize_label(k), v) for k, v in contrasts.items()] if isinstance(contrasts, dict) else [
-        parse_contrast_option(c) for c in contrasts]  # fmt: skip
+    items = contrast_items(contrasts)
     matrices = [_design_matrix(d) for d in designs]
     for r, (X, names) in enumerate(matrices, 1):
         factor = factorize(X, names, warn=False)
@@ -109,8 +108,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, out_dir=None, force=False
                     masker.write(out.path(name), values, map_names)
             out.write_json("model.json", {
                 "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
-                "runs": [{"inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": _sha256(p)}
-                                     for p in ds.paths], "columns": list(names), "n_scans": int(X.shape[0])}
+                "runs": [{"inputs": [input_record(p) for p in ds.paths], "columns": list(names), "n_scans": int(X.shape[0])}
                          for ds, (X, names) in zip(datasets, matrices)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                                       "dof": combined[label].dof} for label, expr in items},

@@ -143,3 +143,9 @@ def test_cli_noise_ar1(tmp_path, capsys, rng):
     assert main(["fit", str(tmp_path / "b.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
                  "--noise", "arma", "-o", str(tmp_path / "r2"), "--quiet"]) == 2  # fmt: skip
     assert "`noise` must be ols or ar1 .. ar8" in capsys.readouterr().err
+
+
+def test_ar_block_size_is_checked():
+    X = block_design(40)
+    with pytest.raises(InputError, match="`block_size` must be a positive number of voxels"):
+        fit_ar(X, np.ones((40, 3)), 1, {}, block_size=0)

@@ -32,6 +32,8 @@ class ARFit:
 
 def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: int) -> int:
     if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+            raise InputError(f"`block_size` must be a positive number of voxels; got {block_size!r}.")
         return int(block_size)
     per_voxel = 8 * (6 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + 8 * pc)
     budget = ((64 << 20) if max_memory is None else parse_memory(max_memory)) // max(1, workers)
@@ -73,6 +75,7 @@ def fit_ar(
     effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
     covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
     valid = np.zeros(V, dtype=bool)
+
     def run(start: int) -> None:
         stop = min(V, start + step)
         Yb = np.asarray(Y[:, start:stop], dtype=np.float64)

@@ -149,12 +149,14 @@ def _run(args, argv) -> int:
         return 0
     # Read the data while the numerical modules import: nibabel first (imports hold the GIL, so two at once
     # only take turns), then decompression (which releases it) runs alongside scipy's import.
-    from .io import load
-
-    loading = _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
     sources = args.events or args.design
     if len(sources) > 1:
         return _run_runs(args, argv)
+    if args.confounds and len(args.confounds) > 1:
+        raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
+    from .io import load
+
+    loading = _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
     design = args.design[0] if args.design else None
     if args.events:
         from .io import open_reader

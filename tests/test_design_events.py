@@ -237,3 +237,13 @@ def test_two_runs_fixed_effects(tmp_path, capsys, rng):
     assert main(["fit", *map(str, runs), "--events", str(events[0]), str(events[0]), str(events[0]), "--tr", "2",
                  "--contrast", "f=faces", "-o", str(tmp_path / "x")]) == 2  # fmt: skip
     assert "give one per run" in capsys.readouterr().err
+
+
+def test_runs_refuse_f_contrasts_and_missing_columns(tmp_path):
+    from voxfit.models import fit_runs
+
+    X1 = np.column_stack([np.arange(20.0), np.ones(20)])
+    with pytest.raises(InputError, match="fixed effects combine t contrasts only"):
+        fit_runs(["a.nii", "b.nii"], [(X1, ["A", "constant"])] * 2, {"f": "A; constant"})
+    with pytest.raises(InputError, match="run 2: .*unknown column 'A'"):
+        fit_runs(["a.nii", "b.nii"], [(X1, ["A", "constant"]), (X1, ["B", "constant"])], {"a": "A"})

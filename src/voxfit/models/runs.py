@@ -71,9 +71,11 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, out_dir=None, force=False
         factor = factorize(X, names, warn=False)
         for label, expr in items:
             try:
-                check_contrast(expr, factor, label)
+                rows = check_contrast(expr, factor, label).shape[0]
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
+            if rows > 1:  # before any data are read
+                raise InputError(f"contrast {label!r}: fixed effects combine t contrasts only; give F contrasts per run.")
     with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
         datasets = [load(path, mask, n_scans=X.shape[0]) for path, (X, _) in zip(inputs, matrices)]
         geometry = datasets[0].masker.geometry

@@ -149,3 +149,27 @@ def test_ar_block_size_is_checked():
     X = block_design(40)
     with pytest.raises(InputError, match="`block_size` must be a positive number of voxels"):
         fit_ar(X, np.ones((40, 3)), 1, {}, block_size=0)
+
+
+def test_bias_matrix_equals_its_dense_definition(rng):
+    from voxfit.core.ar import bias_matrix
+
+    n, order = 40, 3
+    X = np.column_stack([rng.standard_normal((n, 3)), np.ones(n)])
+    d = factorize(X)
+    R = np.eye(n) - X @ np.linalg.pinv(X)
+    D = [np.eye(n)] + [np.eye(n, k=j) + np.eye(n, k=-j) for j in range(1, order + 1)]
+    dense = np.array([[np.trace(R @ D[i] @ R @ D[j]) / (2.0 if i else 1.0) for j in range(order + 1)] for i in range(order + 1)])
+    npt.assert_allclose(bias_matrix(d, order), dense, rtol=1e-12, atol=1e-10)
+
+
+def test_r2_is_the_ols_r2_and_exact_voxels_are_white(rng):
+    from voxfit import fit
+
+    n = 80
+    X = block_design(n)
+    Y = simulate(rng, n, 5, [0.9], X, np.array([[1.0], [0.0], [10.0]]))
+    Y[:, 4] = 3.0
+    res = fit_ar(X, Y, 2, {})
+    npt.assert_allclose(res.fit.r2[:4], fit(X, Y[:, :4]).r2, rtol=1e-10)
+    npt.assert_array_equal(res.ar[:, 4], 0.0)

@@ -247,3 +247,39 @@ def test_runs_refuse_f_contrasts_and_missing_columns(tmp_path):
         fit_runs(["a.nii", "b.nii"], [(X1, ["A", "constant"])] * 2, {"f": "A; constant"})
     with pytest.raises(InputError, match="run 2: .*unknown column 'A'"):
         fit_runs(["a.nii", "b.nii"], [(X1, ["A", "constant"]), (X1, ["B", "constant"])], {"a": "A"})
+
+
+def test_more_design_inputs_are_checked():
+    ev = {"A": {"onset": np.array([10.0]), "duration": np.zeros(1)}}
+    assert make_design(ev, 2.0, 60, drift="cosine", high_pass=1).X.shape[1] == 1 + 59 + 1  # capped at n - 1
+    assert make_design(ev, np.float32(2.0), 60, microtime_resolution=4).settings["microtime_onset"] == 2
+    for bad, message in (
+        ({"A": {"onset": [np.nan], "duration": [0.0]}}, "must be finite"),
+        ({"A": {"onset": [1.0], "duration": [np.inf]}}, "must be finite"),
+        ({"A": {"onset": [1.0], "duration": [-1.0]}}, "must not be negative"),
+        ({"A": {"onset": [1.0, 2.0], "duration": [0.0]}}, "one value per event"),
+    ):
+        with pytest.raises(InputError, match=message):
+            make_design(bad, 2.0, 60)
+    with pytest.raises(InputError, match="`fir_delays` must be a positive number"):
+        make_design(ev, 2.0, 60, hrf="fir", fir_delays=0)
+    with pytest.raises(InputError, match="`drift_order` must be a positive integer"):
+        make_design(ev, 2.0, 60, drift="polynomial", drift_order=-1)
+    with pytest.raises(InputError, match=r"`slice_time_ref` must lie in \[0, 1\)"):
+        make_design(ev, 2.0, 60, slice_time_ref=1.0)
+
+
+def test_design_options_are_refused_with_a_design_file(tmp_path, capsys, rng):
+    from .imaging import volume_data, write_nifti
+
+    bold = write_nifti(tmp_path / "b.nii.gz", volume_data(rng, n=20))
+    d = _write(tmp_path / "d.tsv", "A\tconstant\n" + "".join(f"{i % 2}\t1\n" for i in range(20)))
+    conf = _write(tmp_path / "c.tsv", "x\n" + "1\n" * 20)
+    argv = ["fit", str(bold), "--design", str(d), "--contrast", "a=A", "-o", str(tmp_path / "o"), "--confounds", str(conf),
+            "--confounds-columns", "x"]  # fmt: skip
+    assert main(argv) == 2 and "--confounds builds a design from --events" in capsys.readouterr().err
+    assert main(argv[:8] + ["--hrf", "glover"]) == 2 and "--hrf builds a design" in capsys.readouterr().err
+    runs = [write_nifti(tmp_path / f"r{k}.nii.gz", volume_data(rng, n=20)) for k in range(2)]
+    ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n4\t6\tA\n")
+    assert main(["fit", *map(str, runs), "--events", str(ev), "--tr", "2", "--contrast", "a=A", "-o", str(tmp_path / "o2")]) == 2
+    assert "give one events file per run" in capsys.readouterr().err

@@ -89,20 +89,37 @@ def _get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DESIGN_DEFAULTS = {"hrf": "spm", "drift": "cosine", "high_pass": "128", "drift_order": 1, "microtime_resolution": 16,
+                   "fir_delays": 1}  # fmt: skip
+
+
 def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
+    """Options that build a design from events (defaults applied in _make_design, so that giving one with
+    --design can be refused instead of silently ignored)."""
     g = p.add_argument_group("designs from events")
     g.add_argument("--tr", type=float, required=events_needed, metavar="SECONDS", help="repetition time")
-    g.add_argument("--hrf", default="spm", choices=list(HRF_MODELS_CLI), help="HRF model (default: spm)")
-    g.add_argument("--drift", default="cosine", choices=["cosine", "polynomial", "none"], help="drift model (default: cosine)")
-    g.add_argument("--high-pass", default="128", metavar="CUTOFF", help="cosine cutoff: seconds (128, SPM) or Hz (0.008Hz, nilearn)")
-    g.add_argument("--drift-order", type=int, default=1, metavar="K", help="polynomial drift order (default 1)")
-    g.add_argument("--microtime-resolution", type=int, default=16, metavar="T", help="SPM's fMRI_T (default 16)")
+    g.add_argument("--hrf", choices=list(HRF_MODELS_CLI), help="HRF model (default: spm)")
+    g.add_argument("--drift", choices=["cosine", "polynomial", "none"], help="drift model (default: cosine)")
+    g.add_argument("--high-pass", metavar="CUTOFF", help="cosine cutoff: seconds (default 128, SPM) or Hz (0.008Hz, nilearn)")
+    g.add_argument("--drift-order", type=int, metavar="K", help="polynomial drift order (default 1)")
+    g.add_argument("--microtime-resolution", type=int, metavar="T", help="SPM's fMRI_T (default 16)")
     t0 = g.add_mutually_exclusive_group()
-    t0.add_argument("--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default 8, SPM12's)")
-    t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref in [0, 1]")
-    g.add_argument("--fir-delays", type=int, default=1, metavar="K", help="with --hrf fir: number of one-TR windows")
+    t0.add_argument("--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default T/2: 8, SPM12's)")
+    t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref in [0, 1)")
+    g.add_argument("--fir-delays", type=int, metavar="K", help="with --hrf fir: number of one-TR windows (default 1)")
     g.add_argument("--confounds", nargs="+", metavar="FILE", help="fMRIPrep-style confounds TSV (one per run)")
     g.add_argument("--confounds-columns", metavar="LIST", help='columns by names or patterns, e.g. "trans_*,rot_*"')
+
+
+_DESIGN_OPTIONS = ("tr", "hrf", "drift", "high_pass", "drift_order", "microtime_resolution", "microtime_onset",
+                   "slice_time_ref", "fir_delays", "confounds", "confounds_columns")  # fmt: skip
+
+
+def _refuse_design_options_with_a_design(args) -> None:
+    given = [o for o in _DESIGN_OPTIONS if getattr(args, o, None) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise InputError(f"{flag} builds a design from --events; with --design, put everything in the design file.")
 
 
 def _make_design(args, n_scans: int, run: int = 0):
@@ -118,11 +135,10 @@ def _make_design(args, n_scans: int, run: int = 0):
     elif args.confounds_columns:
         raise InputError("--confounds-columns needs --confounds FILE.")
     events = args.events[run] if isinstance(args.events, list) else args.events
+    opts = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DESIGN_DEFAULTS.items()}
     design = make_design(
-        events, args.tr, n_scans, hrf=args.hrf, drift=args.drift, high_pass=args.high_pass,
-        drift_order=args.drift_order, microtime_resolution=args.microtime_resolution,
-        microtime_onset=args.microtime_onset, slice_time_ref=args.slice_time_ref, fir_delays=args.fir_delays,
-        confounds=confounds,
+        events, args.tr, n_scans, microtime_onset=args.microtime_onset, slice_time_ref=args.slice_time_ref,
+        confounds=confounds, **opts,
     )  # fmt: skip
     summary = design.check()
     return design, summary
@@ -150,10 +166,17 @@ def _run(args, argv) -> int:
     # Read the data while the numerical modules import: nibabel first (imports hold the GIL, so two at once
     # only take turns), then decompression (which releases it) runs alongside scipy's import.
     sources = args.events or args.design
+    if args.design:
+        _refuse_design_options_with_a_design(args)
     if len(sources) > 1:
         return _run_runs(args, argv)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
+    if args.events and len(args.inputs) > 1:
+        from .io import open_reader
+
+        if open_reader(args.inputs[0]).n_scans > 1:
+            raise InputError(f"{len(args.inputs)} 4-D inputs for one events file; give one events file per run (--events ev1.tsv ev2.tsv ...).")
     from .io import load
 
     loading = _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
@@ -195,7 +218,8 @@ def _run_runs(args, argv) -> int:
     else:
         designs = list(args.design)
     result = fit_runs(
-        args.inputs, designs, args.contrast, mask=args.mask, out_dir=args.output, force=args.force,
+        args.inputs, designs, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
+        out_dir=args.output, force=args.force,
         noise=args.noise, scaling=args.scaling, max_memory=args.max_memory, n_jobs=args.n_jobs,
         command=["voxfit", *argv],
     )  # fmt: skip
@@ -210,6 +234,8 @@ def _run_design(args) -> int:
     from pathlib import Path
 
     out = Path(args.output)
+    if args.confounds and len(args.confounds) > 1:
+        raise InputError(f"{len(args.confounds)} confounds files for one design; give one.")
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it.")
     design, summary = _make_design(args, args.n_scans)

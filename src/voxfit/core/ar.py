@@ -25,19 +25,30 @@ __all__ = ["bias_matrix", "estimate_ar", "ar_whitening", "fit_ar_block", "ARBloc
 MAX_REFLECTION = 0.99
 
 
+def _shift_sum(A: NDArray, j: int) -> NDArray:
+    """D_j A for the symmetric lag-j shift D_j (identity for j = 0), without forming D_j."""
+    if j == 0:
+        return A.copy()
+    out = np.zeros_like(A)
+    out[j:] += A[:-j]
+    out[:-j] += A[j:]
+    return out
+
+
 def bias_matrix(design: DesignFactor, order: int) -> NDArray[np.float64]:
-    """Worsley's (p+1) x (p+1) matrix M: expected residual autocovariances = M @ true autocovariances."""
-    n = design.n_scans
-    R = np.eye(n) - design.X @ design.pinv
-    D = []
-    for j in range(order + 1):
-        Dj = np.eye(n, k=j) + np.eye(n, k=-j) if j else np.eye(n)
-        D.append(Dj)
-    RD = [R @ Dj for Dj in D]
+    """Worsley's (p+1) x (p+1) matrix M: expected residual autocovariances = M @ true autocovariances.
+
+    ``M_ij = trace(R D_i R D_j) / (2 if i > 0 else 1)`` with ``R = I - QQ'``, expanded into terms of the
+    design's basis Q (n x r) so that no n x n matrix is formed: O(p^2 n r) time, O(p n r) memory.
+    """
+    n, Q = design.n_scans, design.basis
+    DQ = [_shift_sum(Q, j) for j in range(order + 1)]
+    QDQ = [Q.T @ dq for dq in DQ]
     M = np.empty((order + 1, order + 1))
     for i in range(order + 1):
         for j in range(order + 1):
-            M[i, j] = np.einsum("ab,ba->", RD[i], RD[j]) / (2.0 if i > 0 else 1.0)
+            dd = 0.0 if i != j else (n if i == 0 else 2.0 * (n - i))  # trace(D_i D_j)
+            M[i, j] = (dd - 2.0 * np.sum(DQ[i] * DQ[j]) + np.sum(QDQ[i] * QDQ[j])) / (2.0 if i > 0 else 1.0)
     return M
 
 
@@ -128,16 +139,18 @@ class ARBlock:
 
 
 def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
-    """AR(p) fit of one block Y (n, v) in float64: betas (pc, v), RSS (v,), phi (v, p), and for each contrast
-    weight matrix w (q, pc): (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q))."""
+    """AR(p) fit of one block Y (n, v) in float64: betas (pc, v), whitened RSS (v,), phi (v, p), for each
+    contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q)),
+    and the OLS RSS (v,)."""
     design, p = block.design, block.order
     Q, r = design.basis, design.rank
     Y = np.asarray(Y, dtype=np.float64)
     E = Y - Q @ (Q.T @ Y)
     r_lag = _lagged_products(E, p)
-    exact = r_lag[0] <= (Y.shape[0] * np.finfo(float).eps) ** 2 * np.einsum("tv,tv->v", Y, Y)
-    r_lag[:, exact] = np.eye(p + 1)[:, :1]  # residuals at rounding level carry no autocorrelation: white
+    ols_rss = r_lag[0].copy()
     phi, rho, gamma0 = estimate_ar(r_lag, block.M_inv)
+    exact = ols_rss <= (Y.shape[0] * np.finfo(float).eps) ** 2 * np.einsum("tv,tv->v", Y, Y)
+    phi[exact], rho[exact], gamma0[exact] = 0.0, np.eye(p + 1)[0], 1.0  # rounding-level residuals: white
     L_inv = ar_whitening(phi, rho, gamma0)
 
     v = Y.shape[1]
@@ -161,4 +174,4 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
         cov = np.einsum("qk,vkr->vqr", wq, sol[:, :, k : k + wq.shape[0]])  # wq gram^-1 wq'
         contrasts.append((w @ betas, cov))
         k += wq.shape[0]
-    return betas, rss, phi, contrasts
+    return betas, rss, phi, contrasts, ols_rss

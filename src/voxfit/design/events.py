@@ -15,6 +15,7 @@ import csv
 import difflib
 import fnmatch
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +100,9 @@ def parse_high_pass(value) -> float:
 
 
 def cosine_drift(n_scans: int, tr: float, period: float) -> NDArray[np.float64]:
-    """SPM's discrete cosine high-pass set (spm_filter/spm_dctmtx) without the constant: floor(2 n TR / period) columns."""
-    order = int(math.floor(2 * n_scans * tr / period))
+    """SPM's discrete cosine high-pass set (spm_filter/spm_dctmtx) without the constant: floor(2 n TR / period)
+    columns, at most n - 1."""
+    order = min(int(math.floor(2 * n_scans * tr / period)), n_scans - 1)  # beyond n - 1 the DCT repeats itself
     k = np.arange(1, order + 1)
     i = np.arange(n_scans)[:, None]
     return np.sqrt(2.0 / n_scans) * np.cos(np.pi * (2 * i + 1) * k / (2 * n_scans))
@@ -200,6 +202,25 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
     return X, chosen
 
 
+def _check_events(events: dict) -> dict:
+    """Events given as a dict: finite onsets and modulations, finite non-negative durations, one length each."""
+    if not isinstance(events, dict) or not events:
+        raise InputError("`events` must be a path to events.tsv or a non-empty {condition: {onset, duration}} dict.")
+    checked = {}
+    for name, ev in events.items():
+        onset = np.atleast_1d(np.asarray(ev.get("onset", []), dtype=float))
+        duration = np.atleast_1d(np.asarray(ev.get("duration", np.zeros_like(onset)), dtype=float))
+        modulation = np.atleast_1d(np.asarray(ev.get("modulation", np.ones_like(onset)), dtype=float))
+        if not (onset.size and onset.size == duration.size == modulation.size):
+            raise InputError(f"events of {name!r}: onset, duration and modulation need one value per event.")
+        if not (np.isfinite(onset).all() and np.isfinite(duration).all() and np.isfinite(modulation).all()):
+            raise InputError(f"events of {name!r}: onsets, durations and modulations must be finite numbers.")
+        if (duration < 0).any():
+            raise InputError(f"events of {name!r}: durations must not be negative.")
+        checked[str(name)] = {"onset": onset, "duration": duration, "modulation": modulation}
+    return checked
+
+
 def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[np.float64]:
     """spm_get_ons: the stimulus function of one condition on the microtime grid (32-bin lead-in)."""
     u = np.asarray(amplitudes, dtype=float).copy()
@@ -246,8 +267,8 @@ def make_design(
         Cosine: SPM's DCT high-pass with cutoff `high_pass` (a period in seconds, or ``"0.008Hz"``).
         Polynomial: degrees 1..`drift_order`.
     microtime_resolution, microtime_onset : int
-        SPM's fMRI_T (default 16) and fMRI_T0 (1-based; default 8, SPM12's). Alternatively
-        `slice_time_ref` (nilearn's, 0..1): ``T0 = 1 + slice_time_ref * T``, which must be an integer.
+        SPM's fMRI_T (default 16) and fMRI_T0 (1-based; default T // 2, SPM12's 8 of 16). Alternatively
+        `slice_time_ref` (nilearn's, in [0, 1)): ``T0 = 1 + slice_time_ref * T``, which must be an integer.
     confounds : (array (n_scans, c), names), optional
         Nuisance regressors added as they are (see :func:`read_confounds`).
 
@@ -257,25 +278,30 @@ def make_design(
     T = int(microtime_resolution)
     if T < 1:
         raise InputError(f"`microtime_resolution` must be a positive integer; got {microtime_resolution}.")
-    if not (isinstance(tr, (int, float)) and tr > 0 and math.isfinite(tr)):
+    if isinstance(tr, bool) or not isinstance(tr, numbers.Real) or not (tr > 0 and math.isfinite(tr)):
         raise InputError(f"`tr` must be a positive number of seconds; got {tr!r}.")
+    tr = float(tr)
     if not (isinstance(n_scans, (int, np.integer)) and n_scans > 0):
         raise InputError(f"`n_scans` must be a positive integer; got {n_scans!r}.")
     if slice_time_ref is not None:
         if microtime_onset is not None:
             raise InputError("give either `microtime_onset` (SPM's T0) or `slice_time_ref` (nilearn's), not both.")
-        if not 0 <= slice_time_ref <= 1:
-            raise InputError(f"`slice_time_ref` must lie in [0, 1]; got {slice_time_ref}.")
+        if not 0 <= slice_time_ref < 1:
+            raise InputError(f"`slice_time_ref` must lie in [0, 1) (a fraction of the TR); got {slice_time_ref}.")
         t0 = 1 + slice_time_ref * T
         if abs(t0 - round(t0)) > 1e-9:
             raise InputError(f"`slice_time_ref` {slice_time_ref} times the microtime resolution {T} must be a whole number of bins; choose a resolution that makes it one.")
         microtime_onset = int(round(t0))
-    T0 = 8 if microtime_onset is None else int(microtime_onset)
+    T0 = max(1, T // 2) if microtime_onset is None else int(microtime_onset)  # SPM12: 8 of 16, the middle
     if not 1 <= T0 <= T:
         raise InputError(f"`microtime_onset` (SPM's T0, 1-based) must lie in 1..{T}; got {microtime_onset}.")
+    if hrf == "fir" and (isinstance(fir_delays, bool) or not isinstance(fir_delays, (int, np.integer)) or fir_delays < 1):
+        raise InputError(f"`fir_delays` must be a positive number of one-TR windows; got {fir_delays!r}.")
+    if drift == "polynomial" and (not isinstance(drift_order, (int, np.integer)) or drift_order < 1):
+        raise InputError(f"`drift_order` must be a positive integer; got {drift_order!r}.")
     if hrf not in HRF_MODELS:
         raise InputError(f"`hrf` must be one of {', '.join(HRF_MODELS)}; got {hrf!r}.")
-    conditions = read_events(events) if isinstance(events, (str, Path)) else events
+    conditions = read_events(events) if isinstance(events, (str, Path)) else _check_events(events)
 
     dt = tr / T
     n_bins = n_scans * T + 32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -70,6 +71,7 @@ def fit_ar(
     step = _block_voxels(n, pc, order, max_memory, block_size, n_jobs)
     betas = np.full((pc, V), np.nan)
     rss = np.full(V, np.nan)
+    ols_rss = np.full(V, np.nan)
     tss = np.full(V, np.nan)
     phi = np.full((order, V), np.nan)
     effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
@@ -85,8 +87,8 @@ def fit_ar(
         if idx.size == 0:
             return
         Yb = Yb[:, ok]
-        b, r, ph, cons = fit_ar_block(block, Yb, list(weights.values()))
-        betas[:, idx], rss[idx], phi[:, idx] = b, r, ph.T
+        b, r, ph, cons, r_ols = fit_ar_block(block, Yb, list(weights.values()))
+        betas[:, idx], rss[idx], phi[:, idx], ols_rss[idx] = b, r, ph.T, r_ols
         centred = Yb - Yb.mean(axis=0) if design.has_intercept else Yb
         tss[idx] = np.einsum("tv,tv->v", centred, centred)
         for (label, _), (effect, cov) in zip(weights.items(), cons):
@@ -96,6 +98,10 @@ def fit_ar(
     with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
         list(pool.map(run, starts))
     fit = make_fit(design, betas, rss, tss, valid)
+    with np.errstate(divide="ignore", invalid="ignore"):  # R^2 of the OLS fit: whitened and raw sums differ in scale
+        r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)
+    r2.setflags(write=False)
+    fit = dataclasses.replace(fit, r2=r2)
     dof = design.dof
     stats = {}
     for label, w in weights.items():

@@ -189,6 +189,8 @@ def fit_images(
 
 def _scale(data, how: str) -> np.ndarray:
     """Scaled float copy of the (n, V) data (see `scaling` in :func:`fit_images`); works a block at a time."""
+    if how not in ("mean", "global"):
+        raise InputError(f"`scaling` must be none, mean or global; got {how!r}.")
     n, V = data.shape
     out = np.empty((n, V), dtype=np.float64 if np.dtype(data.dtype).itemsize > 4 else np.float32)
     step = max(1, (8 << 20) // (8 * n))

@@ -53,8 +53,8 @@ def _subset(data, columns: np.ndarray):
     return data[:, columns]
 
 
-def fit_runs(inputs, designs, contrasts, *, mask=None, out_dir=None, force=False, noise="ols", scaling="none",
-             max_memory=None, n_jobs=None, command=None) -> RunsFit:  # fmt: skip
+def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_dir=None, force=False, noise="ols",
+             scaling="none", max_memory=None, n_jobs=None, command=None) -> RunsFit:  # fmt: skip
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
     `inputs` and `designs` are lists of the same length (one 4-D image and one design per run; designs as
@@ -65,6 +65,8 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, out_dir=None, force=False
     if len(inputs) != len(designs) or len(inputs) < 2:
         raise InputError(f"give one design (or events file) per run: {len(inputs)} runs, {len(designs)} designs.")
     order = _noise_order(noise)
+    if scaling not in ("none", "mean", "global"):
+        raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     items = contrast_items(contrasts)
     matrices = [_design_matrix(d) for d in designs]
     for r, (X, names) in enumerate(matrices, 1):
@@ -77,7 +79,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, out_dir=None, force=False
             if rows > 1:  # before any data are read
                 raise InputError(f"contrast {label!r}: fixed effects combine t contrasts only; give F contrasts per run.")
     with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
-        datasets = [load(path, mask, n_scans=X.shape[0]) for path, (X, _) in zip(inputs, matrices)]
+        datasets = [load(path, mask, mask_threshold=mask_threshold, n_scans=X.shape[0]) for path, (X, _) in zip(inputs, matrices)]
         geometry = datasets[0].masker.geometry
         for r, ds in enumerate(datasets[1:], 2):
             geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0]})")
@@ -114,7 +116,8 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, out_dir=None, force=False
                          for ds, (X, names) in zip(datasets, matrices)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                                       "dof": combined[label].dof} for label, expr in items},
-                "settings": {"noise_model": noise, "scaling": scaling, "mask": "automatic (every run)" if mask is None else str(mask)},
+                "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": mask_threshold,
+                             "mask": "automatic (every run)" if mask is None else str(mask)},
                 "n_voxels": masker.n_voxels,
             })  # fmt: skip
             files = out.commit()

@@ -156,7 +156,8 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     v = Y.shape[1]
     a = np.concatenate([np.ones((v, 1)), -phi], axis=1)  # filter taps (v, p+1)
     gram = (a[:, :, None] * a[:, None, :]).reshape(v, -1) @ block.G
-    gram += np.matmul(L_inv.transpose(0, 2, 1), L_inv).reshape(v, -1) @ block.H
+    gamma_inv = (L_inv[:, :, :, None] * L_inv[:, :, None, :]).sum(axis=1)  # L'L = Gamma^-1; p is small
+    gram += gamma_inv.reshape(v, -1) @ block.H
     gram = gram.reshape(v, r, r)
     wy = _whiten(Y, phi, L_inv)
     rhs = (Q.T @ _whiten_transpose(wy, phi, L_inv)).T  # (v, r)

@@ -20,7 +20,7 @@ from .design import DesignFactor
 from .distributions import f_to_z, t_to_z, z_to_logp, z_to_p
 from .expr import parse_contrast
 
-__all__ = ["Stats", "check_contrast", "contrast_matrix", "compute_contrast"]
+__all__ = ["Stats", "check_contrast", "contrast_matrix", "compute_contrast", "t_stats"]
 
 _ESTIMABLE_RTOL = 1e-8
 
@@ -149,9 +149,7 @@ def compute_contrast(
         m = w @ design.cov_unscaled @ w.T
         variance = np.diag(m)[:, None] * residual_variance
         if w.shape[0] == 1:
-            stat = np.where(usable, effect[0] / np.sqrt(variance[0]), np.nan)
-            z = t_to_z(stat, dof) if dof > 0 else np.full_like(stat, np.nan)
-            return _freeze(Stats(label, "t", w, effect[0], variance[0], stat, z, float(dof)))
+            return t_stats(label, w, effect[0], variance[0], usable, dof)
         evals, evecs = np.linalg.eigh(m)
         keep = evals > evals.max() * max(m.shape) * np.finfo(float).eps
         whiten = evecs[:, keep] / np.sqrt(evals[keep])  # m^+ = whiten @ whiten.T
@@ -160,6 +158,14 @@ def compute_contrast(
         stat = np.where(usable, np.einsum("ij,ij->j", proj, proj) / (df1 * residual_variance), np.nan)
         z = f_to_z(stat, df1, dof) if dof > 0 else np.full_like(stat, np.nan)
     return _freeze(Stats(label, "F", w, effect, variance, stat, z, (float(df1), float(dof))))
+
+
+def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float) -> Stats:
+    """A t contrast's Stats from its effect and variance at every voxel (NaN where not `usable`)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.where(usable, effect / np.sqrt(variance), np.nan)
+    z = t_to_z(stat, dof) if dof > 0 else np.full_like(stat, np.nan)
+    return _freeze(Stats(label, "t", w, effect, variance, stat, z, float(dof)))
 
 
 def _freeze(stats: Stats) -> Stats:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import working_dtype
 from ._kernels import shift_and_square, shift_and_square_numpy
 from .design import DesignFactor
 
@@ -53,16 +54,6 @@ class BlockResult:
     rss: NDArray[np.float64]
     tss: NDArray[np.float64]
     valid: NDArray[np.bool_]
-
-
-def working_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype a block of data of `dtype` is processed in (see the module's precision policy)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f" and dtype.itemsize <= 4:
-        return np.dtype(np.float32)
-    if dtype.kind in "iub" and dtype.itemsize <= 2:
-        return np.dtype(np.float32)  # exactly representable
-    return np.dtype(np.float64)
 
 
 def _operator(design: DesignFactor, dtype: np.dtype) -> NDArray:

@@ -10,11 +10,11 @@ import numpy as np
 
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, fit_ar_block
-from ..core.contrast import _freeze
-from ..core.distributions import f_to_z, t_to_z
+from ..core.contrast import _freeze, t_stats
+from ..core.distributions import f_to_z
 from ..exceptions import InputError
 from .fit import _fit_iv, _threadpools
-from .memory import parse_memory
+from .memory import check_block_size, parse_memory
 
 __all__ = ["ARFit", "fit_ar"]
 
@@ -32,9 +32,8 @@ class ARFit:
 
 
 def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: int) -> int:
+    check_block_size(block_size, max_memory)
     if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-            raise InputError(f"`block_size` must be a positive number of voxels; got {block_size!r}.")
         return int(block_size)
     per_voxel = 8 * (6 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + 8 * pc)
     budget = ((64 << 20) if max_memory is None else parse_memory(max_memory)) // max(1, workers)
@@ -114,9 +113,7 @@ def _stats(label, w, effect, cov, sigma2, dof) -> Stats:
     usable = sigma2 > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         if w.shape[0] == 1:
-            variance = cov[:, 0, 0] * sigma2
-            t = np.where(usable, effect[0] / np.sqrt(variance), np.nan)
-            return _freeze(Stats(label, "t", w, effect[0], variance, t, t_to_z(t, dof), float(dof)))
+            return t_stats(label, w, effect[0], cov[:, 0, 0] * sigma2, usable, dof)
         variance = np.einsum("vqq->qv", cov) * sigma2
         finite = np.isfinite(cov).all(axis=(1, 2))
         inv = np.full_like(cov, np.nan)

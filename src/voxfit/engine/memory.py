@@ -8,7 +8,7 @@ import numpy as np
 
 from ..exceptions import InputError
 
-__all__ = ["parse_memory", "plan_blocks"]
+__all__ = ["check_block_size", "parse_memory", "plan_blocks"]
 
 # A tile (the shifted data of a few hundred voxels) stays in a core's L2 cache while its matrix product runs;
 # a block (the float64 arithmetic on betas and sums of squares) is large enough to amortise Python overhead.
@@ -49,6 +49,16 @@ def _block_bytes(n_columns: int, work_itemsize: int) -> int:
     return (n_columns + 2) * work_itemsize + 8 * (3 * n_columns + 12)
 
 
+def check_block_size(block_size, max_memory) -> None:
+    """`block_size`, when given, is a positive number of voxels, and not given with `max_memory`."""
+    if block_size is not None and max_memory is not None:
+        raise InputError("give either `max_memory` or `block_size`, not both.")
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1
+    ):
+        raise InputError(f"`block_size` must be a positive number of voxels; got {block_size!r}.")
+
+
 def plan_blocks(
     n_scans: int,
     n_columns: int,
@@ -63,14 +73,11 @@ def plan_blocks(
     working memory of all workers together: each gets ``budget / workers`` for a tile of at most
     ``DEFAULT_TILE_BYTES`` and the largest block, up to ``DEFAULT_BLOCK_VOXELS``, that fits the rest.
     """
-    if block_size is not None and max_memory is not None:
-        raise InputError("give either `max_memory` or `block_size`, not both.")
+    check_block_size(block_size, max_memory)
     tile_cost = _tile_bytes(n_scans, work_itemsize)
     block_cost = _block_bytes(n_columns, work_itemsize)
     default_tile = max(16, DEFAULT_TILE_BYTES // (n_scans * work_itemsize))
     if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-            raise InputError(f"`block_size` must be a positive number of voxels; got {block_size!r}.")
         return int(block_size), int(min(block_size, default_tile))
     budget = (DEFAULT_MAX_MEMORY if max_memory is None else parse_memory(max_memory)) // max(1, workers)
     tile = min(default_tile, budget // (tile_cost + block_cost))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import working_dtype
 from ..exceptions import InputError
 from .masking import Masker, gather, gather_auto, load_mask
 from .readers import open_reader
@@ -24,8 +25,7 @@ class ScaledArray:
 
     def __init__(self, raw: NDArray, slope: float, inter: float):
         self.raw, self.slope, self.inter = raw, float(slope), float(inter)
-        small = raw.dtype.itemsize <= 2 or raw.dtype == np.float32  # as voxfit.core.ols.working_dtype
-        self.dtype = np.dtype(np.float32 if small else np.float64)
+        self.dtype = working_dtype(raw.dtype)
         self.shape = raw.shape
         self.ndim = raw.ndim
 

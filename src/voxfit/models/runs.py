@@ -10,8 +10,7 @@ import numpy as np
 
 from .._version import __version__
 from ..core import Stats, check_contrast, factorize
-from ..core.contrast import _freeze
-from ..core.distributions import t_to_z
+from ..core.contrast import t_stats
 from ..design import write_design
 from ..engine import fit as fit_engine
 from ..engine import fit_ar
@@ -40,11 +39,9 @@ def fixed_effects(label: str, per_run: list[Stats]) -> Stats:
         precision = np.sum([1.0 / s.variance for s in per_run], axis=0)
         effect = np.sum([s.effect / s.variance for s in per_run], axis=0) / precision
         variance = 1.0 / precision
-        t = effect / np.sqrt(variance)
-    dof = float(sum(s.dof for s in per_run))
-    bad = ~np.isfinite(t)
-    t[bad], effect[bad], variance[bad] = np.nan, np.nan, np.nan
-    return _freeze(Stats(label, "t", per_run[0].weights, effect, variance, t, t_to_z(t, dof), dof))
+    bad = ~(np.isfinite(effect) & (variance > 0) & np.isfinite(variance))
+    effect[bad], variance[bad] = np.nan, np.nan
+    return t_stats(label, per_run[0].weights, effect, variance, ~bad, float(sum(s.dof for s in per_run)))
 
 
 def _subset(data, columns: np.ndarray):

@@ -3,7 +3,7 @@
 from ._gzip import GZIP_BACKEND, open_gzip
 from .dataset import Dataset, ScaledArray, load
 from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
-from .masking import Masker, gather, gather_auto, load_mask
+from .masking import Masker, gather, gather_auto, load_mask, spm_globals
 from .output import OutputFolder, sanitize_label, stat_maps, statmap_name, write_stats
 from .readers import CiftiReader, GiftiReader, NiftiReader, NpyReader, VolumeListReader, open_reader
 
@@ -11,5 +11,5 @@ __all__ = [
     "ArrayGeometry", "CiftiGeometry", "CiftiReader", "Dataset", "GZIP_BACKEND", "Geometry", "GiftiReader",
     "Masker", "NiftiReader", "NpyReader", "OutputFolder", "ScaledArray", "SurfaceGeometry", "VolumeGeometry",
     "VolumeListReader", "gather", "gather_auto", "load", "load_mask", "open_gzip", "open_reader",
-    "sanitize_label", "stat_maps", "statmap_name", "write_stats",
+    "sanitize_label", "spm_globals", "stat_maps", "statmap_name", "write_stats",
 ]  # fmt: skip

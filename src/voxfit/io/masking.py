@@ -24,7 +24,7 @@ from ..exceptions import InputError
 from .geometry import Geometry
 from .readers import NiftiReader, _kind, open_reader
 
-__all__ = ["Masker", "load_mask", "gather", "gather_auto"]
+__all__ = ["Masker", "load_mask", "gather", "gather_auto", "spm_globals"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +91,7 @@ def _scaled(block: NDArray, scale) -> NDArray:
     return block * np.float32(scale[0]) + np.float32(scale[1])
 
 
-def _globals(scans: NDArray) -> NDArray[np.float64]:
+def spm_globals(scans: NDArray) -> NDArray[np.float64]:
     """SPM's global mean of each scan: the mean of the values above 1/8 of the scan's mean."""
     scans = np.where(np.isfinite(scans), scans, np.nan).astype(np.float64)
     first = np.nanmean(scans, axis=1, keepdims=True) / 8
@@ -113,7 +113,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
             first = np.array(block[0])
             candidates = np.isfinite(first) & (first != 0) if floats else first != 0
             if threshold is not None:
-                candidates &= _scaled(first, reader.scale) > threshold * _globals(_scaled(first[None], reader.scale))[0]
+                candidates &= _scaled(first, reader.scale) > threshold * spm_globals(_scaled(first[None], reader.scale))[0]
             cand_index = np.flatnonzero(candidates)
             out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
         np.take(block, cand_index, axis=1, out=out[start : start + block.shape[0]])
@@ -122,7 +122,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
         varies |= (block != first).any(axis=0)
         if threshold is not None:
             values = _scaled(block, reader.scale)
-            above &= (values > threshold * _globals(values)[:, None]).all(axis=0)
+            above &= (values > threshold * spm_globals(values)[:, None]).all(axis=0)
         bar.update(start + block.shape[0])
     bar.close()
     mask = finite & varies & above

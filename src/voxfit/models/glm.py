@@ -19,7 +19,7 @@ from ..engine import default_workers
 from ..engine import fit as fit_engine
 from ..engine import fit_ar
 from ..exceptions import InputError
-from ..io import Masker, OutputFolder, load, sanitize_label, stat_maps, statmap_name
+from ..io import Masker, OutputFolder, load, sanitize_label, spm_globals, stat_maps, statmap_name
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
 
@@ -194,18 +194,10 @@ def _scale(data, how: str) -> np.ndarray:
     n, V = data.shape
     out = np.empty((n, V), dtype=np.float64 if np.dtype(data.dtype).itemsize > 4 else np.float32)
     step = max(1, (8 << 20) // (8 * n))
-    if how == "global":
-        sums, counts = np.zeros(n), np.zeros(n)
-        means = np.zeros(n)
-        for a in range(0, V, step):
-            means += np.nansum(np.asarray(data[:, a : a + step], dtype=np.float64), axis=1)
-        means /= V
-        for a in range(0, V, step):
-            block = np.asarray(data[:, a : a + step], dtype=np.float64)
-            above = block > (means / 8)[:, None]
-            sums += np.where(above, block, 0).sum(axis=1)
-            counts += above.sum(axis=1)
-        grand = float(np.mean(sums / np.maximum(counts, 1)))
+    if how == "global":  # SPM's global of each scan (over the mask), a few scans at a time
+        rows = max(1, (8 << 20) // (8 * V))
+        grand = float(np.mean(np.concatenate([spm_globals(np.asarray(data[i : i + rows], dtype=np.float64))
+                                              for i in range(0, n, rows)])))  # fmt: skip
         if not grand > 0:
             raise InputError("global scaling needs data with a positive mean; use --scaling none or mean.")
         for a in range(0, V, step):

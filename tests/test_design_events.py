@@ -232,19 +232,59 @@ def test_two_runs_fixed_effects(tmp_path, capsys, rng):
     expected_t = ((e1 / v1 + e2 / v2) / (1 / v1 + 1 / v2)) * np.sqrt(1 / v1 + 1 / v2)
     npt.assert_allclose(flat("contrast-fh_stat-t_statmap.nii.gz")[mask], expected_t, rtol=1e-4)
     assert not mask[np.ravel_multi_index((1, 1, 1), (6, 5, 4), order="F")]
-    result = fit_runs(runs, [tmp_path / "ffx" / "run-1_design.tsv", tmp_path / "ffx" / "run-2_design.tsv"], {"fh": "faces - houses"})
+    result = fit_runs(runs, [tmp_path / "ffx" / "run-1_design.tsv", tmp_path / "ffx" / "run-2_design.tsv"],
+                      {"fh": "faces - houses", "eff": "faces; houses"}, out_dir=tmp_path / "ffx-f")  # fmt: skip
     assert result.combined["fh"].dof == 2 * (40 - 4)  # faces, houses, drift_1, constant
+    assert result.combined["eff"].dof == (2.0, 2 * (40 - 4))
+    assert (tmp_path / "ffx-f" / "contrast-eff_stat-F_statmap.nii.gz").exists()
     assert main(["fit", *map(str, runs), "--events", str(events[0]), str(events[0]), str(events[0]), "--tr", "2",
                  "--contrast", "f=faces", "-o", str(tmp_path / "x")]) == 2  # fmt: skip
     assert "give one per run" in capsys.readouterr().err
 
 
-def test_runs_refuse_f_contrasts_and_missing_columns(tmp_path):
+def test_fixed_effects_of_f_contrasts(rng):
+    from voxfit import fit, fit_ar
+    from voxfit.models import fixed_effects
+
+    n, V = 60, 40
+    fits, ar_stats = [], []
+    for _ in range(2):
+        X = np.column_stack([rng.standard_normal(n), rng.standard_normal(n), np.ones(n)])
+        Y = X @ rng.standard_normal((3, V)) + rng.standard_normal((n, V))
+        fits.append(fit(X, Y, names=["A", "B", "constant"]))
+        ar_stats.append(fit_ar(X, Y, 1, {"ab": "A; B"}, names=["A", "B", "constant"]).contrasts["ab"])
+    per_run = [f.contrast("A; B", name="ab") for f in fits]
+    combined = fixed_effects("ab", per_run)
+    assert combined.kind == "F" and combined.dof == (2.0, 2.0 * (n - 3))
+    for v in range(V):  # by hand, one voxel at a time
+        P = sum(np.linalg.inv(s.covariance[v]) for s in per_run)
+        e = np.linalg.solve(P, sum(np.linalg.inv(s.covariance[v]) @ s.effect[:, v] for s in per_run))
+        npt.assert_allclose(combined.effect[:, v], e, rtol=1e-10)
+        npt.assert_allclose(combined.F[v], e @ P @ e / 2, rtol=1e-10)
+    # a redundant F contrast is the square of the t contrast's fixed effect
+    t = fixed_effects("a", [f.contrast("A") for f in fits])
+    F = fixed_effects("aa", [f.contrast("A; 2*A") for f in fits])
+    assert F.dof == (1.0, t.dof)
+    npt.assert_allclose(F.F, t.t**2, rtol=1e-9)
+    npt.assert_allclose(F.z, t_to_z_abs(t), rtol=1e-6)
+    # AR fits carry per-voxel covariances, which combine the same way
+    ar = fixed_effects("ab", ar_stats)
+    P = sum(np.linalg.inv(s.covariance[0]) for s in ar_stats)
+    e = np.linalg.solve(P, sum(np.linalg.inv(s.covariance[0]) @ s.effect[:, 0] for s in ar_stats))
+    npt.assert_allclose(ar.F[0], e @ P @ e / 2, rtol=1e-10)
+
+
+def t_to_z_abs(t):
+    """z of F = t^2 with (1, dof): the normal value of the two-sided t p-value."""
+    from scipy import stats
+
+    return stats.norm.isf(2 * stats.t.sf(np.abs(t.t), t.dof))
+
+
+def test_runs_refuse_missing_columns():
     from voxfit.models import fit_runs
 
     X1 = np.column_stack([np.arange(20.0), np.ones(20)])
-    with pytest.raises(InputError, match="fixed effects combine t contrasts only"):
-        fit_runs(["a.nii", "b.nii"], [(X1, ["A", "constant"])] * 2, {"f": "A; constant"})
     with pytest.raises(InputError, match="run 2: .*unknown column 'A'"):
         fit_runs(["a.nii", "b.nii"], [(X1, ["A", "constant"]), (X1, ["B", "constant"])], {"a": "A"})
 

@@ -20,7 +20,7 @@ from .design import DesignFactor
 from .distributions import f_to_z, t_to_z, z_to_logp, z_to_p
 from .expr import parse_contrast
 
-__all__ = ["Stats", "check_contrast", "contrast_matrix", "compute_contrast", "t_stats"]
+__all__ = ["Stats", "check_contrast", "contrast_matrix", "compute_contrast", "f_stats", "t_stats"]
 
 _ESTIMABLE_RTOL = 1e-8
 
@@ -47,6 +47,9 @@ class Stats:
         F = 0 exactly (p = 1), whose z is -inf.
     dof : float or (float, float)
         Residual degrees of freedom for t; ``(df1, df2)`` for F.
+    covariance : (V, q, q) array or None
+        F contrasts only: the covariance matrix of the effect rows at each voxel (its diagonal is
+        `variance`); what a fixed-effects combination across runs needs.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Stats:
     stat: NDArray[np.float64]
     z: NDArray[np.float64]
     dof: float | tuple[float, float]
+    covariance: NDArray[np.float64] | None = None
 
     @property
     def t(self) -> NDArray[np.float64]:
@@ -157,7 +161,27 @@ def compute_contrast(
         proj = whiten.T @ effect
         stat = np.where(usable, np.einsum("ij,ij->j", proj, proj) / (df1 * residual_variance), np.nan)
         z = f_to_z(stat, df1, dof) if dof > 0 else np.full_like(stat, np.nan)
-    return _freeze(Stats(label, "F", w, effect, variance, stat, z, (float(df1), float(dof))))
+        covariance = np.multiply.outer(residual_variance, m)
+    return _freeze(Stats(label, "F", w, effect, variance, stat, z, (float(df1), float(dof)), covariance))
+
+
+def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable: NDArray, dof: float) -> Stats:
+    """An F contrast's Stats from its effects (q, V) and their covariance matrices (V, q, q) at every voxel.
+
+    ``F = e' C^+ e / df1`` with ``df1`` the rank of the covariance (redundant rows do no harm); NaN where not
+    `usable` or where the covariance is not finite.
+    """
+    finite = np.isfinite(covariance).all(axis=(1, 2)) & np.isfinite(effect).all(axis=0)
+    inv = np.full_like(covariance, np.nan)
+    df1 = 0
+    if finite.any():
+        inv[finite] = np.linalg.pinv(covariance[finite], hermitian=True)
+        df1 = int(np.linalg.matrix_rank(covariance[np.flatnonzero(finite)[0]], hermitian=True))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        F = np.where(usable & finite, np.einsum("qv,vqr,rv->v", effect, inv, effect) / max(df1, 1), np.nan)
+    z = f_to_z(F, df1, dof) if dof > 0 and df1 > 0 else np.full_like(F, np.nan)
+    variance = np.einsum("vqq->qv", covariance).copy()
+    return _freeze(Stats(label, "F", w, effect, variance, F, z, (float(df1), float(dof)), covariance))
 
 
 def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float) -> Stats:
@@ -169,6 +193,7 @@ def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: 
 
 
 def _freeze(stats: Stats) -> Stats:
-    for field in ("weights", "effect", "variance", "stat", "z"):
-        getattr(stats, field).setflags(write=False)
+    for field in ("weights", "effect", "variance", "stat", "z", "covariance"):
+        if getattr(stats, field) is not None:
+            getattr(stats, field).setflags(write=False)
     return stats

@@ -10,8 +10,7 @@ import numpy as np
 
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, fit_ar_block
-from ..core.contrast import _freeze, t_stats
-from ..core.distributions import f_to_z
+from ..core.contrast import f_stats, t_stats
 from ..exceptions import InputError
 from .fit import _fit_iv, _threadpools
 from .memory import check_block_size, parse_memory
@@ -111,13 +110,7 @@ def fit_ar(
 
 def _stats(label, w, effect, cov, sigma2, dof) -> Stats:
     usable = sigma2 > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):
         if w.shape[0] == 1:
             return t_stats(label, w, effect[0], cov[:, 0, 0] * sigma2, usable, dof)
-        variance = np.einsum("vqq->qv", cov) * sigma2
-        finite = np.isfinite(cov).all(axis=(1, 2))
-        inv = np.full_like(cov, np.nan)
-        inv[finite] = np.linalg.pinv(cov[finite], hermitian=True)
-        df1 = int(np.linalg.matrix_rank(w))
-        F = np.where(usable, np.einsum("qv,vqr,rv->v", effect, inv, effect) / (df1 * sigma2), np.nan)
-        return _freeze(Stats(label, "F", w, effect, variance, F, f_to_z(F, df1, dof), (float(df1), float(dof))))
+        return f_stats(label, w, effect, cov * sigma2[:, None, None], usable, dof)

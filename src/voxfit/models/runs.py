@@ -1,4 +1,4 @@
-"""Several runs: one design per run, one fit per run, contrasts combined across runs by fixed effects."""
+"""Several runs: one design per run, one fit per run, t and F contrasts combined across runs by fixed effects."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from .._version import __version__
 from ..core import Stats, check_contrast, factorize
-from ..core.contrast import t_stats
+from ..core.contrast import f_stats, t_stats
 from ..design import write_design
 from ..engine import fit as fit_engine
 from ..engine import fit_ar
@@ -32,16 +32,36 @@ class RunsFit:
 
 
 def fixed_effects(label: str, per_run: list[Stats]) -> Stats:
-    """Precision-weighted effect across runs, its variance 1 / sum(1 / variance), dof summed (t contrasts)."""
-    if any(s.kind != "t" for s in per_run):
-        raise InputError(f"contrast {label!r}: fixed effects combine t contrasts only; give F contrasts per run.")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.sum([1.0 / s.variance for s in per_run], axis=0)
-        effect = np.sum([s.effect / s.variance for s in per_run], axis=0) / precision
-        variance = 1.0 / precision
-    bad = ~(np.isfinite(effect) & (variance > 0) & np.isfinite(variance))
-    effect[bad], variance[bad] = np.nan, np.nan
-    return t_stats(label, per_run[0].weights, effect, variance, ~bad, float(sum(s.dof for s in per_run)))
+    """Combine one contrast's per-run statistics by fixed effects, voxel by voxel.
+
+    t contrasts: the precision-weighted effect, its variance ``1 / sum(1 / variance)``. F contrasts: the
+    multivariate analogue with each run's covariance matrix ``C_r`` of the effect rows: ``P = sum C_r^-1``,
+    effect ``P^-1 sum C_r^-1 e_r``, ``F = e' P e / rank``. Degrees of freedom are summed over runs.
+    """
+    dof = float(sum(np.atleast_1d(s.dof)[-1] for s in per_run))
+    weights = per_run[0].weights
+    if per_run[0].kind == "t":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            precision = np.sum([1.0 / s.variance for s in per_run], axis=0)
+            effect = np.sum([s.effect / s.variance for s in per_run], axis=0) / precision
+            variance = 1.0 / precision
+        bad = ~(np.isfinite(effect) & (variance > 0) & np.isfinite(variance))
+        effect[bad], variance[bad] = np.nan, np.nan
+        return t_stats(label, weights, effect, variance, ~bad, dof)
+    V, q = per_run[0].effect.shape[1], per_run[0].effect.shape[0]
+    ok = np.logical_and.reduce([np.isfinite(s.covariance).all(axis=(1, 2)) & np.isfinite(s.effect).all(axis=0)
+                                & (np.einsum("vqq->v", s.covariance) > 0) for s in per_run])  # fmt: skip
+    precision = np.zeros((int(ok.sum()), q, q))
+    weighted = np.zeros((int(ok.sum()), q))
+    for s in per_run:
+        inv = np.linalg.pinv(s.covariance[ok], hermitian=True)
+        precision += inv
+        weighted += np.einsum("vqr,rv->vq", inv, s.effect[:, ok])
+    covariance = np.full((V, q, q), np.nan)
+    covariance[ok] = np.linalg.pinv(precision, hermitian=True)
+    effect = np.full((q, V), np.nan)
+    effect[:, ok] = np.einsum("vqr,vr->qv", covariance[ok], weighted)
+    return f_stats(label, weights, effect, covariance, ok, dof)
 
 
 def _subset(data, columns: np.ndarray):
@@ -70,11 +90,9 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
         factor = factorize(X, names, warn=False)
         for label, expr in items:
             try:
-                rows = check_contrast(expr, factor, label).shape[0]
+                check_contrast(expr, factor, label)  # before any data are read
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
-            if rows > 1:  # before any data are read
-                raise InputError(f"contrast {label!r}: fixed effects combine t contrasts only; give F contrasts per run.")
     with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
         datasets = [load(path, mask, mask_threshold=mask_threshold, n_scans=X.shape[0]) for path, (X, _) in zip(inputs, matrices)]
         geometry = datasets[0].masker.geometry

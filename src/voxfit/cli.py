@@ -89,8 +89,8 @@ def _get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DESIGN_DEFAULTS = {"hrf": "spm", "drift": "cosine", "high_pass": "128", "drift_order": 1, "microtime_resolution": 16,
-                   "fir_delays": 1}  # fmt: skip
+DESIGN_DEFAULTS = {"hrf": "spm", "drift": "cosine", "high_pass": "128", "drift_order": 1, "fir_delays": 1,
+                   "convolution": "spm"}  # fmt: skip
 
 
 def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
@@ -102,17 +102,19 @@ def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
     g.add_argument("--drift", choices=["cosine", "polynomial", "none"], help="drift model (default: cosine)")
     g.add_argument("--high-pass", metavar="CUTOFF", help="cosine cutoff: seconds (default 128, SPM) or Hz (0.008Hz, nilearn)")
     g.add_argument("--drift-order", type=int, metavar="K", help="polynomial drift order (default 1)")
+    g.add_argument("--convolution", choices=["spm", "nilearn"],
+                   help="events to regressors on SPM's microtime grid (default) or as nilearn does")
     g.add_argument("--microtime-resolution", type=int, metavar="T", help="SPM's fMRI_T (default 16)")
     t0 = g.add_mutually_exclusive_group()
     t0.add_argument("--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default T/2: 8, SPM12's)")
-    t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref in [0, 1)")
+    t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref, a fraction of the TR")
     g.add_argument("--fir-delays", type=int, metavar="K", help="with --hrf fir: number of one-TR windows (default 1)")
     g.add_argument("--confounds", nargs="+", metavar="FILE", help="fMRIPrep-style confounds TSV (one per run)")
     g.add_argument("--confounds-columns", metavar="LIST", help='columns by names or patterns, e.g. "trans_*,rot_*"')
 
 
 _DESIGN_OPTIONS = ("tr", "hrf", "drift", "high_pass", "drift_order", "microtime_resolution", "microtime_onset",
-                   "slice_time_ref", "fir_delays", "confounds", "confounds_columns")  # fmt: skip
+                   "slice_time_ref", "fir_delays", "confounds", "confounds_columns", "convolution")  # fmt: skip
 
 
 def _refuse_design_options_with_a_design(args) -> None:
@@ -137,8 +139,8 @@ def _make_design(args, n_scans: int, run: int = 0):
     events = args.events[run] if isinstance(args.events, list) else args.events
     opts = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DESIGN_DEFAULTS.items()}
     design = make_design(
-        events, args.tr, n_scans, microtime_onset=args.microtime_onset, slice_time_ref=args.slice_time_ref,
-        confounds=confounds, **opts,
+        events, args.tr, n_scans, microtime_resolution=args.microtime_resolution,
+        microtime_onset=args.microtime_onset, slice_time_ref=args.slice_time_ref, confounds=confounds, **opts,
     )  # fmt: skip
     summary = design.check()
     return design, summary

@@ -7,6 +7,12 @@ rounding, half away from zero; a 32-bin lead-in), with height 1, or ``1 / dt`` w
 condition has zero duration; the stimulus function is convolved with the basis set and read out at bin
 ``(i * T + T0 + 32)`` for scan i, T0 being SPM's fMRI_T0 (1-based: T0 = 1 reads at the start of each scan,
 T0 = T/2 + 1 in its middle). nilearn's ``slice_time_ref`` s is the same as ``T0 = 1 + s * T``.
+
+``convolution="nilearn"`` builds the regressors nilearn's way instead (``make_first_level_design_matrix``,
+0.10-0.14): a grid 50 times finer than the TR starting 24 s before the first scan, events as boxcars of
+height `modulation` (zero durations one fine step long), nilearn's sampled HRFs, and linear interpolation
+at the scan times ``(i + slice_time_ref) * TR``. Use it to reproduce a nilearn analysis; SPM's grid is the
+default.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from numpy.typing import NDArray
 import warnings
 
 from ..exceptions import DesignWarning, InputError
-from .hrf import HRF_MODELS, basis_set, spm_orth
+from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
 
 __all__ = ["Design", "make_design", "read_events", "read_confounds", "cosine_drift", "polynomial_drift",
            "parse_high_pass"]  # fmt: skip
@@ -236,6 +242,52 @@ def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[
     return np.cumsum(sf)[:n_bins]
 
 
+def _spm_columns(conditions: dict, tr: float, n_scans: int, hrf: str, T: int, T0: int, fir_delays: int):
+    """Each condition's regressors on SPM's microtime grid: ``[(name, kind, column), ...]``."""
+    dt = tr / T
+    n_bins = n_scans * T + 32
+    bf, suffixes = basis_set(hrf, dt, T, fir_order=fir_delays, fir_length=fir_delays * tr)
+    readout = np.arange(n_scans) * T + T0 + 31
+    out = []
+    for name, ev in conditions.items():
+        sf = _stimulus(ev["onset"], ev["duration"], ev["modulation"], dt, n_bins)
+        for b, suffix in enumerate(suffixes):
+            kind = "condition" if b == 0 or hrf == "fir" else "derivative"
+            out.append((f"{name}{suffix}", kind, np.convolve(sf, bf[:, b])[:n_bins][readout]))
+    return out
+
+
+def _nilearn_columns(conditions: dict, tr: float, n_scans: int, hrf: str, slice_time_ref: float, fir_delays: int,
+                     oversampling: int = 50, min_onset: float = -24.0):  # fmt: skip
+    """Each condition's regressors as nilearn computes them: ``[(name, kind, column), ...]``."""
+    frame_times = (np.arange(n_scans) + slice_time_ref) * tr
+    first, last = frame_times[0], frame_times[-1]
+    n_fine = int(np.rint((n_scans - 1) / (last - first) * (last * (1 + 1 / (n_scans - 1)) - first - min_onset) * oversampling + 1))
+    grid = np.linspace(first + min_onset, last * (1 + 1 / (n_scans - 1)), n_fine)
+    kernels, suffixes = nilearn_kernels(hrf, tr, oversampling, range(int(fir_delays)))
+    out = []
+    for name, ev in conditions.items():
+        onsets, durations, heights = ev["onset"], ev["duration"], ev["modulation"]
+        if (onsets < first + min_onset).any():
+            warnings.warn(f"events of {name!r} before {first + min_onset:g} s are moved to that time, the start of "
+                          "nilearn's grid, as nilearn does.", DesignWarning, stacklevel=3)  # fmt: skip
+        on = np.minimum(np.searchsorted(grid, onsets), n_fine - 1)
+        off = np.minimum(np.searchsorted(grid, onsets + durations), n_fine - 1)
+        off[(off == on) & (off < n_fine - 1)] += 1  # zero duration: one fine step
+        u = np.zeros(n_fine)
+        np.add.at(u, on, heights)
+        np.subtract.at(u, off, heights)
+        u = np.cumsum(u)
+        conv = [np.convolve(u, k)[:n_fine] for k in kernels]
+        if hrf == "fir":  # nilearn reads FIR windows one fine step short of their ends
+            cols = [np.interp(frame_times, grid[: 1 - oversampling], c[oversampling - 1 :]) for c in conv]
+        else:
+            cols = list(spm_orth(np.column_stack([np.interp(frame_times, grid, c) for c in conv])).T)
+        for b, (suffix, col) in enumerate(zip(suffixes, cols)):
+            out.append((f"{name}{suffix}", "condition" if b == 0 or hrf == "fir" else "derivative", col))
+    return out
+
+
 def make_design(
     events,
     tr: float,
@@ -245,11 +297,12 @@ def make_design(
     drift: str = "cosine",
     high_pass=128.0,
     drift_order: int = 1,
-    microtime_resolution: int = 16,
+    microtime_resolution: int | None = None,
     microtime_onset: int | None = None,
     slice_time_ref: float | None = None,
     fir_delays: int = 1,
     confounds: tuple[NDArray, list[str]] | None = None,
+    convolution: str = "spm",
 ) -> Design:
     """A first-level design from events, SPM's way (see the module docstring).
 
@@ -271,11 +324,18 @@ def make_design(
         `slice_time_ref` (nilearn's, in [0, 1)): ``T0 = 1 + slice_time_ref * T``, which must be an integer.
     confounds : (array (n_scans, c), names), optional
         Nuisance regressors added as they are (see :func:`read_confounds`).
+    convolution : {"spm", "nilearn"}
+        ``spm`` (default): SPM12's microtime grid, as above. ``nilearn``: nilearn's grid and HRF sampling, to
+        reproduce its designs (`slice_time_ref` in [0, 1], default 0; no microtime settings).
 
     Columns: conditions (one per basis function, named ``<trial_type><suffix>``), confounds, drifts
     (``drift_1``.., as nilearn names them), ``constant``.
     """
-    T = int(microtime_resolution)
+    if convolution not in ("spm", "nilearn"):
+        raise InputError(f"`convolution` must be spm or nilearn; got {convolution!r}.")
+    if convolution == "nilearn" and (microtime_resolution is not None or microtime_onset is not None):
+        raise InputError("the microtime settings are SPM's; with convolution='nilearn' give `slice_time_ref` instead.")
+    T = 16 if microtime_resolution is None else int(microtime_resolution)
     if T < 1:
         raise InputError(f"`microtime_resolution` must be a positive integer; got {microtime_resolution}.")
     if isinstance(tr, bool) or not isinstance(tr, numbers.Real) or not (tr > 0 and math.isfinite(tr)):
@@ -283,7 +343,12 @@ def make_design(
     tr = float(tr)
     if not (isinstance(n_scans, (int, np.integer)) and n_scans > 0):
         raise InputError(f"`n_scans` must be a positive integer; got {n_scans!r}.")
-    if slice_time_ref is not None:
+    if convolution == "nilearn":
+        if not 0 <= (slice_time_ref or 0.0) <= 1:
+            raise InputError(f"`slice_time_ref` must lie in [0, 1] (a fraction of the TR); got {slice_time_ref}.")
+        if n_scans < 2:
+            raise InputError("nilearn's convolution needs at least 2 scans.")
+    elif slice_time_ref is not None:
         if microtime_onset is not None:
             raise InputError("give either `microtime_onset` (SPM's T0) or `slice_time_ref` (nilearn's), not both.")
         if not 0 <= slice_time_ref < 1:
@@ -303,20 +368,13 @@ def make_design(
         raise InputError(f"`hrf` must be one of {', '.join(HRF_MODELS)}; got {hrf!r}.")
     conditions = read_events(events) if isinstance(events, (str, Path)) else _check_events(events)
 
-    dt = tr / T
-    n_bins = n_scans * T + 32
-    bf, suffixes = basis_set(hrf, dt, T, fir_order=int(fir_delays), fir_length=int(fir_delays) * tr)
-    readout = np.arange(n_scans) * T + T0 + 31
-    columns, names, kinds = [], [], []
-    for name, ev in conditions.items():
-        onsets = np.asarray(ev["onset"], dtype=float)
-        durations = np.asarray(ev.get("duration", np.zeros_like(onsets)), dtype=float)
-        amplitudes = np.asarray(ev.get("modulation", np.ones_like(onsets)), dtype=float)
-        sf = _stimulus(onsets, durations, amplitudes, dt, n_bins)
-        for b, suffix in enumerate(suffixes):
-            columns.append(np.convolve(sf, bf[:, b])[:n_bins][readout])
-            names.append(f"{name}{suffix}")
-            kinds.append("condition" if b == 0 or hrf == "fir" else "derivative")
+    if convolution == "nilearn":
+        regressors = _nilearn_columns(conditions, tr, n_scans, hrf, float(slice_time_ref or 0.0), int(fir_delays))
+    else:
+        regressors = _spm_columns(conditions, tr, n_scans, hrf, T, T0, int(fir_delays))
+    names = [r[0] for r in regressors]
+    kinds = [r[1] for r in regressors]
+    columns = [r[2] for r in regressors]
     if confounds is not None:
         values, cnames = confounds
         columns += list(np.asarray(values, dtype=float).T)
@@ -342,5 +400,8 @@ def make_design(
         raise InputError(f"design column names repeat ({', '.join(dup)}); rename the trial types or confounds.")
     settings = {"hrf": hrf, "drift": drift, "high_pass_s": parse_high_pass(high_pass) if drift == "cosine" else None,
                 "drift_order": drift_order if drift == "polynomial" else None, "microtime_resolution": T,
-                "microtime_onset": T0, "tr": tr, "n_scans": n_scans}  # fmt: skip
+                "microtime_onset": T0, "tr": tr, "n_scans": n_scans, "convolution": convolution}  # fmt: skip
+    if convolution == "nilearn":
+        settings.update(microtime_resolution=None, microtime_onset=None, slice_time_ref=float(slice_time_ref or 0.0),
+                        oversampling=50)  # fmt: skip
     return Design(X=np.column_stack(columns), names=tuple(names), kinds=tuple(kinds), tr=float(tr), settings=settings)

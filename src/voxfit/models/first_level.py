@@ -24,10 +24,11 @@ class FirstLevel:
     drift: str = "cosine"
     high_pass: float | str = 128.0
     drift_order: int = 1
-    microtime_resolution: int = 16
+    microtime_resolution: int | None = None
     microtime_onset: int | None = None
     slice_time_ref: float | None = None
     fir_delays: int = 1
+    convolution: str = "spm"
     noise: str = "ols"
     scaling: str = "none"
     max_memory: str | int | None = None
@@ -40,7 +41,7 @@ class FirstLevel:
             events, self.tr, n_scans, hrf=self.hrf, drift=self.drift, high_pass=self.high_pass,
             drift_order=self.drift_order, microtime_resolution=self.microtime_resolution,
             microtime_onset=self.microtime_onset, slice_time_ref=self.slice_time_ref, fir_delays=self.fir_delays,
-            confounds=extra,
+            confounds=extra, convolution=self.convolution,
         )  # fmt: skip
 
     def fit(self, bold, events, contrasts, *, confounds=None, confounds_columns=None, mask=None, out_dir=None,

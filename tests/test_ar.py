@@ -1,5 +1,7 @@
 """AR(p) noise: exact whitening, agreement with explicit GLS, bias-corrected estimates, nominal error rates."""
 
+import json
+
 import numpy as np
 import numpy.testing as npt
 import pytest
@@ -142,7 +144,24 @@ def test_cli_noise_ar1(tmp_path, capsys, rng):
     assert '"noise_model": "ar2"' in (out / "model.json").read_text()
     assert main(["fit", str(tmp_path / "b.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
                  "--noise", "arma", "-o", str(tmp_path / "r2"), "--quiet"]) == 2  # fmt: skip
-    assert "`noise` must be ols or ar1 .. ar8" in capsys.readouterr().err
+    assert "`noise` must be ols, ar1 .. ar8 or ar1-global" in capsys.readouterr().err
+    # SPM's global AR(1): the task drives half of the voxels, which are pooled
+    signal = np.zeros(int(np.prod(SHAPE)))
+    signal[: signal.size // 2] = 3.0
+    boosted = data + (X[:, 0][:, None] * signal).T.reshape(SHAPE + (n,), order="F")
+    nib.save(nib.Nifti1Image(boosted.astype(np.float32), AFFINE), tmp_path / "g.nii.gz")
+    assert main(["fit", str(tmp_path / "g.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
+                 "--noise", "ar1-global", "-o", str(tmp_path / "glob"), "--quiet"]) == 0  # fmt: skip
+    model = json.loads((tmp_path / "glob" / "model.json").read_text())["settings"]
+    assert model["noise_model"] == "ar1-global" and model["noise_details"]["pooled_voxels"] >= signal.size // 2
+    assert (tmp_path / "glob" / "contrast-t_stat-z_statmap.nii.gz").exists()
+    Z = rng.standard_normal((n, int(np.prod(SHAPE))))
+    null = 100 + Z - X @ np.linalg.lstsq(X, Z, rcond=None)[0]  # no effect at all: F = 0 everywhere
+    nib.save(nib.Nifti1Image(null.T.reshape(SHAPE + (n,), order="F"), AFFINE), tmp_path / "w.nii.gz")
+    assert main(["fit", str(tmp_path / "w.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
+                 "--noise", "ar1-global", "-o", str(tmp_path / "none"), "--quiet"]) == 2  # fmt: skip
+    assert "no voxel passes SPM's effects-of-interest F test" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
 
 
 def test_ar_block_size_is_checked():

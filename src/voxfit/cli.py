@@ -67,7 +67,8 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument("--mask", metavar="FILE", help="mask in the data's geometry (default: automatic)")
     group.add_argument("--mask-threshold", type=float, metavar="REL", help="automatic mask: SPM's relative threshold, e.g. 0.8")
     fit.add_argument("--noise", default="ols", metavar="MODEL",
-                     help="ols (default), or ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals")  # fmt: skip
+                     help="ols (default); ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
+                          "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels")  # fmt: skip
     fit.add_argument("--scaling", default="none", choices=["none", "mean", "global"],
                      help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100")  # fmt: skip
     _design_options(fit, events_needed=False)

@@ -6,7 +6,8 @@ seconds starts at bin ``round(o / dt) + 33`` and ends ``round(d / dt) + 1`` bins
 rounding, half away from zero; a 32-bin lead-in), with height 1, or ``1 / dt`` when every event of the
 condition has zero duration; the stimulus function is convolved with the basis set and read out at bin
 ``(i * T + T0 + 32)`` for scan i, T0 being SPM's fMRI_T0 (1-based: T0 = 1 reads at the start of each scan,
-T0 = T/2 + 1 in its middle). nilearn's ``slice_time_ref`` s is the same as ``T0 = 1 + s * T``.
+T0 = T/2 + 1 in its middle); a trial type's columns are then orthogonalised in order (spm_orth), so a
+derivative is orthogonal to its HRF regressor at the scan times. nilearn's ``slice_time_ref`` s is the same as ``T0 = 1 + s * T``.
 
 ``convolution="nilearn"`` builds the regressors nilearn's way instead (``make_first_level_design_matrix``,
 0.10-0.14): a grid 50 times finer than the TR starting 24 s before the first scan, events as boxcars of
@@ -251,9 +252,9 @@ def _spm_columns(conditions: dict, tr: float, n_scans: int, hrf: str, T: int, T0
     out = []
     for name, ev in conditions.items():
         sf = _stimulus(ev["onset"], ev["duration"], ev["modulation"], dt, n_bins)
-        for b, suffix in enumerate(suffixes):
-            kind = "condition" if b == 0 or hrf == "fir" else "derivative"
-            out.append((f"{name}{suffix}", kind, np.convolve(sf, bf[:, b])[:n_bins][readout]))
+        sampled = np.column_stack([np.convolve(sf, bf[:, b])[:n_bins][readout] for b in range(bf.shape[1])])
+        for b, (suffix, col) in enumerate(zip(suffixes, spm_orth(sampled).T)):  # within trial type, as SPM12
+            out.append((f"{name}{suffix}", "condition" if b == 0 or hrf == "fir" else "derivative", col))
     return out
 
 

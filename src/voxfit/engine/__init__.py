@@ -2,6 +2,7 @@
 
 from .ar import ARFit, fit_ar
 from .fit import default_workers, fit
+from .global_ar import GlobalARFit, fit_global_ar
 from .memory import parse_memory, plan_blocks
 
-__all__ = ["ARFit", "fit_ar", "default_workers", "fit", "parse_memory", "plan_blocks"]
+__all__ = ["ARFit", "GlobalARFit", "fit_ar", "fit_global_ar", "default_workers", "fit", "parse_memory", "plan_blocks"]

@@ -34,8 +34,8 @@ def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: 
     check_block_size(block_size, max_memory)
     if block_size is not None:
         return int(block_size)
-    per_voxel = 8 * (6 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + 8 * pc)
-    budget = ((64 << 20) if max_memory is None else parse_memory(max_memory)) // max(1, workers)
+    per_voxel = 8 * (3 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + (order + 4) * pc)  # see core.ar.fit_ar_block
+    budget = ((128 << 20) if max_memory is None else parse_memory(max_memory)) // max(1, workers)
     if budget < per_voxel:
         raise InputError(f"`max_memory`={max_memory!r} is too small for an AR fit: one voxel needs {per_voxel} bytes.")
     return int(min(4096, budget // per_voxel))
@@ -78,17 +78,15 @@ def fit_ar(
 
     def run(start: int) -> None:
         stop = min(V, start + step)
-        Yb = np.asarray(Y[:, start:stop], dtype=np.float64)
+        Yb = np.asarray(Y[:, start:stop])
         ok = np.isfinite(Yb).all(axis=0)
         valid[start:stop] = ok
         idx = start + np.flatnonzero(ok)
         if idx.size == 0:
             return
-        Yb = Yb[:, ok]
-        b, r, ph, cons, r_ols = fit_ar_block(block, Yb, list(weights.values()))
+        Yb = Yb if ok.all() else Yb[:, ok]
+        b, r, ph, cons, r_ols, tss[idx] = fit_ar_block(block, Yb, list(weights.values()))
         betas[:, idx], rss[idx], phi[:, idx], ols_rss[idx] = b, r, ph.T, r_ols
-        centred = Yb - Yb.mean(axis=0) if design.has_intercept else Yb
-        tss[idx] = np.einsum("tv,tv->v", centred, centred)
         for (label, _), (effect, cov) in zip(weights.items(), cons):
             effects[label][:, idx], covs[label][idx] = effect, cov
 

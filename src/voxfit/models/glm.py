@@ -17,7 +17,7 @@ from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to
 from ..design import read_design, write_design
 from ..engine import default_workers
 from ..engine import fit as fit_engine
-from ..engine import fit_ar
+from ..engine import fit_ar, fit_global_ar
 from ..exceptions import InputError
 from ..io import Masker, OutputFolder, load, sanitize_label, spm_globals, stat_maps, statmap_name
 
@@ -136,13 +136,15 @@ def fit_images(
         with `mask` and `mask_threshold` applied.
     noise : str
         ``ols``, or ``ar1`` .. ``ar8``: AR(p) noise estimated and removed for every voxel (exact, no
-        binning; see ``voxfit.core.ar``); an ``ar-coef`` map then holds the coefficients.
+        binning; see ``voxfit.core.ar``); an ``ar-coef`` map then holds the coefficients. ``ar1-global``:
+        SPM12's AR(1), one ReML noise covariance pooled over the voxels that pass SPM's effects-of-interest
+        test (see ``voxfit.engine.global_ar``), for results that must match SPM's.
     scaling : {"none", "mean", "global"}
         ``mean``: each voxel to percent signal change, ``100 * (y / mean(y) - 1)`` (nilearn's default);
         ``global``: SPM's session-specific grand mean scaling, all voxels times 100 / the mean over scans of
         each scan's global (SPM's: the mean of values above 1/8 of the scan's mean), computed over the mask.
     """
-    order = _noise_order(noise)
+    _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     start = time.perf_counter()
@@ -166,21 +168,12 @@ def fit_images(
         checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if out is not None else None
         t_load = time.perf_counter()
         data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
-        ar_coef = None
-        if order:
-            ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)
-            fit, stats, ar_coef = ar.fit, ar.contrasts, ar.ar
-        else:
-            fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
-        if fit.n_invalid == fit.valid.size:
-            raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")
-        if not order:
-            stats = {label: fit.contrast(expr, name=label) for label, expr in items}
+        fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress)
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
             settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
-                        "noise": noise, "scaling": scaling}  # fmt: skip
+                        "noise": noise, "noise_details": noise_info, "scaling": scaling}  # fmt: skip
             _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs, ar_coef)
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
@@ -213,13 +206,36 @@ def _scale(data, how: str) -> np.ndarray:
 
 
 def _noise_order(noise: str) -> int:
-    """0 for ``ols``, p for ``arp``."""
+    """0 for ``ols``, p for ``arp``, -1 for ``ar1-global``."""
     text = str(noise).lower()
     if text == "ols":
         return 0
+    if text == "ar1-global":
+        return -1
     if text.startswith("ar") and text[2:].isdigit() and 1 <= int(text[2:]) <= 8:
         return int(text[2:])
-    raise InputError(f"`noise` must be ols or ar1 .. ar8; got {noise!r}.")
+    raise InputError(f"`noise` must be ols, ar1 .. ar8 or ar1-global; got {noise!r}.")
+
+
+def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None):
+    """Fit with the noise model asked for: ``(fit, {label: Stats}, AR coefficients or None, noise details)``."""
+    order = _noise_order(noise)
+    if order > 0:
+        ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)
+        fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
+    elif order < 0:
+        g = fit_global_ar(X, data, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)
+        fit, stats, ar_coef = g.fit, g.contrasts, None
+        info = {"model": "SPM12 AR(1): one ReML covariance for all voxels", "reml_hyperparameters": g.hyperparameters.tolist(),
+                "pooled_voxels": g.n_pooled, "pooling_F_threshold": g.threshold, "lag1_correlation": float(g.correlation[1, 0])}  # fmt: skip
+    else:
+        fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
+        stats, ar_coef, info = None, None, {"model": "OLS"}
+    if fit.n_invalid == fit.valid.size:
+        raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")
+    if stats is None:
+        stats = {label: fit.contrast(expr, name=label) for label, expr in items}
+    return fit, stats, ar_coef, info
 
 
 def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums, n_jobs, ar_coef=None):
@@ -258,7 +274,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
                               "weights": stats[label].weights.tolist(), "kind": stats[label].kind,
                               "dof": stats[label].dof} for label, expr in items},
         "settings": {"max_memory": settings["max_memory"], "n_jobs": settings["n_jobs"], "noise_model": settings["noise"],
-                     "scaling": settings["scaling"],
+                     "noise_details": settings["noise_details"], "scaling": settings["scaling"],
                      "p": "one-sided upper tail for t; z has the same upper-tail probability"},
     }  # fmt: skip
     out.write_json("model.json", model)

@@ -12,11 +12,9 @@ from .._version import __version__
 from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
 from ..design import write_design
-from ..engine import fit as fit_engine
-from ..engine import fit_ar
 from ..exceptions import InputError
 from ..io import Masker, OutputFolder, ScaledArray, load, stat_maps
-from .glm import _design_matrix, _noise_order, _scale, contrast_items, input_record
+from .glm import _design_matrix, _noise_order, _scale, contrast_items, fit_noise_model, input_record
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -81,7 +79,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
     """
     if len(inputs) != len(designs) or len(inputs) < 2:
         raise InputError(f"give one design (or events file) per run: {len(inputs)} runs, {len(designs)} designs.")
-    order = _noise_order(noise)
+    _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     items = contrast_items(contrasts)
@@ -107,11 +105,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
             columns = np.flatnonzero(common[ds.masker.mask])
             data = _subset(ds.data, columns)
             data = data if scaling == "none" else _scale(data, scaling)
-            if order:
-                runs.append(fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs).contrasts)
-            else:
-                fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs)
-                runs.append({label: fit.contrast(expr, name=label) for label, expr in items})
+            runs.append(fit_noise_model(X, data, names, items, noise, max_memory, n_jobs)[1])
         combined = {label: fixed_effects(label, [run[label] for run in runs]) for label, _ in items}
         files: list[Path] = []
         if out is not None:

@@ -1,0 +1,119 @@
+"""``fit_global_ar``: SPM12's 'AR(1)' noise model, one ReML covariance for all voxels (``--noise ar1-global``).
+
+The steps of SPM12's spm_spm / spm_est_non_sphericity, on voxfit's blocks:
+
+1. OLS fit; SPM's F test of the "effects of interest" (every column except constants and drifts) with its
+   degrees of freedom ``trMV`` and ``trRV = n - rank(KX)`` (SPM leaves the high-pass filter's out here);
+   voxels above the ``p < 0.001`` threshold are pooled.
+2. ``Cy``: the mean over pooled voxels of ``y y'`` divided by each voxel's residual mean square (the data as
+   they are: not filtered, mean included; ReML projects the design out).
+3. ReML weights of SPM's two AR(0.2) components (``voxfit.core.reml``) for the design ``[X, drifts]``;
+   V scaled to trace n; ``W = V^-1/2`` with entries below 1e-6 dropped.
+4. The whitened model: SPM filters after whitening (``K W y`` on ``K W X``, K the DCT high-pass), which is
+   the regression of ``W y`` on ``[W X, drifts]`` (drifts not whitened); residual dof ``n - rank``
+   (SPM's ``trRV^2 / trRVRV``, equal up to its thresholding of W).
+
+Drift columns are those named ``drift_<k>`` (voxfit's and nilearn's names); a design without them is a
+design without high-pass filter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from .._array import working_dtype
+from ..core import Fit, Stats, factorize
+from ..core.reml import ar_components, reml, whitening_matrix
+from ..exceptions import InputError
+from .fit import _fit_iv
+from .fit import fit as fit_ols
+
+__all__ = ["GlobalARFit", "fit_global_ar"]
+
+DRIFT = re.compile(r"drift_\d+$")
+UF_P = 0.001  # SPM12's defaults.stats.fmri.ufp
+AR_POINT = 0.2  # SPM's expansion point for the AR components
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalARFit:
+    """SPM-style global AR(1) fit: the whitened fit (its R^2 is the OLS fit's), the contrasts, the ReML
+    weights, the correlation matrix V (trace n), and how many voxels were pooled at threshold F > `threshold`."""
+
+    fit: Fit
+    contrasts: dict[str, Stats]
+    hyperparameters: np.ndarray
+    correlation: np.ndarray
+    n_pooled: int
+    threshold: float
+
+
+class _Whitened:
+    """``W @ Y`` seen one block of voxels at a time (the engine reads ``[:, columns]`` slices)."""
+
+    def __init__(self, Y, W):
+        self.Y, self.dtype = Y, working_dtype(Y.dtype)
+        self.W = W.astype(self.dtype)
+        self.shape, self.ndim = Y.shape, 2
+
+    def __getitem__(self, key):
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        return (self.W @ np.asarray(self.Y[:, cols], dtype=self.dtype))[rows]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+
+def fit_global_ar(X, Y, contrasts: dict, *, names=None, max_memory=None, n_jobs: int | None = None) -> GlobalARFit:
+    """Fit with one AR(1)-type noise covariance for all voxels, estimated by ReML as SPM12 does.
+
+    Parameters are those of :func:`voxfit.fit_ar` (without an order). Raises InputError when no voxel
+    passes SPM's effects-of-interest test (nothing to pool over): use ``ar1`` (per voxel) then.
+    """
+    design = factorize(X, names)
+    Y, n_jobs = _fit_iv(Y, design.n_scans, n_jobs)
+    X, names, n = design.X, design.names, design.n_scans
+    drift = np.array([bool(DRIFT.match(name)) for name in names])
+    constant = np.array([not d and np.ptp(col) == 0 and col[0] != 0 for d, col in zip(drift, X.T)])
+    interest = ~drift & ~constant
+    if not interest.any():
+        raise InputError("ar1-global pools the voxels that SPM's F test of the effects of interest finds, but the "
+                         "design has only constant and drift columns; use --noise ar1.")  # fmt: skip
+    ols = fit_ols(X, Y, names=names, max_memory=max_memory, n_jobs=n_jobs)
+    test = ols.contrast(np.eye(X.shape[1])[interest], name="effects of interest")  # t when one column
+    F, tr_mv = (test.stat**2, 1.0) if test.kind == "t" else (test.stat, test.dof[0])
+    X0 = X[:, drift]
+    filtered = X[:, ~drift] - X0 @ np.linalg.lstsq(X0, X[:, ~drift], rcond=None)[0] if drift.any() else X[:, ~drift]
+    tr_rv = n - np.linalg.matrix_rank(filtered)
+    threshold = float(sps.f.isf(UF_P, tr_mv, tr_rv))
+    with np.errstate(invalid="ignore"):
+        pooled = np.flatnonzero(F * (tr_rv / ols.dof) > threshold)
+    if pooled.size == 0:
+        raise InputError(f"ar1-global: no voxel passes SPM's effects-of-interest F test (p < {UF_P}), so there is "
+                         "nothing to pool the autocorrelation over; use --noise ar1 (per voxel) or check the design.")  # fmt: skip
+    rss = ols.residual_variance[pooled] * ols.dof
+    Cy = np.zeros((n, n))
+    for a in range(0, pooled.size, 4096):
+        idx = pooled[a : a + 4096]
+        block = np.asarray(Y[:, idx], dtype=np.float64) * np.sqrt(tr_rv / rss[a : a + 4096])
+        Cy += block @ block.T
+    Cy /= pooled.size
+    try:
+        V, h, _ = reml(Cy, X, ar_components(n, AR_POINT))
+        W = whitening_matrix(V)
+    except (FloatingPointError, np.linalg.LinAlgError):
+        raise InputError("ar1-global: the ReML estimate of the noise covariance did not converge to a positive "
+                         "definite matrix for these data; use --noise ar1.") from None  # fmt: skip
+    Xw = X.copy()
+    Xw[:, ~drift] = W @ X[:, ~drift]
+    fit = fit_ols(Xw, _Whitened(Y, W), names=names, max_memory=max_memory, n_jobs=n_jobs)
+    fit = dataclasses.replace(fit, r2=ols.r2)
+    results = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
+    return GlobalARFit(fit=fit, contrasts=results, hyperparameters=h, correlation=V * (n / np.trace(V)),
+                       n_pooled=int(pooled.size), threshold=threshold)  # fmt: skip

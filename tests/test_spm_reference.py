@@ -1,0 +1,82 @@
+"""SPM12's own numbers (tests/data/spm12_octave.npz, computed by SPM12's code under Octave) reproduced."""
+
+from pathlib import Path
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from voxfit.core.reml import ar_components, reml, whitening_matrix
+from voxfit.design import cosine_drift, make_design
+from voxfit.engine import fit_global_ar
+from voxfit.exceptions import InputError
+
+REF = np.load(Path(__file__).parent / "data" / "spm12_octave.npz")
+DRIFTS = [f"drift_{k}" for k in range(1, 10)]
+
+
+def test_spm12_block_design_with_middle_slice_microtime_onset():
+    """SPM12 defaults (T = 16, T0 = 8), TR 7 s, 42 s blocks: equal to SPM's matrix to rounding."""
+    events = {"listening": {"onset": REF["block_onsets"], "duration": np.full(7, 42.0)}}
+    d = make_design(events, 7.0, 84, microtime_resolution=16, microtime_onset=8, drift="none")
+    assert d.names == ("listening", "constant")
+    npt.assert_allclose(d.X, REF["block_X"], rtol=0, atol=1e-12)
+
+
+def test_spm12_events_with_time_derivatives():
+    """The derivative is orthogonalised against its HRF regressor after sampling, within the trial type."""
+    events = {"a": {"onset": REF["event_onsets_a"], "duration": np.zeros(7)},
+              "b": {"onset": REF["event_onsets_b"], "duration": np.zeros(8)}}  # fmt: skip
+    d = make_design(events, 7.0, 84, hrf="spm+derivative", microtime_resolution=16, microtime_onset=8, drift="none")
+    assert d.names == ("a", "a_derivative", "b", "b_derivative", "constant")
+    npt.assert_allclose(d.X, REF["event_X"], rtol=0, atol=1e-12)
+
+
+def test_spm12_dct_high_pass_basis():
+    npt.assert_allclose(cosine_drift(84, 7.0, 128.0), REF["dct_X0"], rtol=0, atol=1e-13)
+
+
+def _global_fit(Y=None):
+    X = np.column_stack([REF["reml_X"], REF["dct_X0"]])
+    return fit_global_ar(X, REF["reml_Y"] if Y is None else Y, {"c": [1.0] + [0.0] * 10},
+                         names=["listening", "constant", *DRIFTS])  # fmt: skip
+
+
+def test_reml_matches_spm_reml():
+    """SPM's AR(0.2) components and spm_reml's estimate (same iterations, same stopping point)."""
+    res = _global_fit()
+    assert res.n_pooled == REF["reml_pooled"].size
+    npt.assert_allclose(res.hyperparameters, REF["reml_h"], rtol=1e-9)
+    npt.assert_allclose(res.correlation, REF["reml_V"], rtol=0, atol=1e-12)
+    npt.assert_allclose(res.threshold, REF["reml_UF"], rtol=1e-7)  # SPM inverts the F cdf by bisection to 1e-8
+
+
+def test_global_ar1_fit_matches_spm():
+    """Betas to rounding; residual variance and t within 1e-6: SPM divides by trRV = 72.9999978 (its W has
+    entries below 1e-6 dropped, so W V W' is not exactly I), voxfit by the exact 73."""
+    res = _global_fit()
+    npt.assert_allclose(res.fit.betas[:2], REF["reml_betas"], rtol=1e-10, atol=1e-10)
+    npt.assert_allclose(res.fit.residual_variance, REF["reml_ResMS"], rtol=1e-6)
+    npt.assert_allclose(res.contrasts["c"].t, REF["reml_t"], rtol=1e-6, atol=1e-6)
+    assert res.fit.dof == round(float(REF["reml_erdf"])) == 73
+
+
+def test_reml_building_blocks():
+    Q = ar_components(84, 0.2)
+    assert np.count_nonzero(Q[0][0]) == 6 and abs(Q[0][0, 1]) < 1e-3  # powers of 0.2 down to 1e-4; lag 1 ~ 0
+    X = np.column_stack([REF["reml_X"], REF["dct_X0"]])
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((84, 3000))
+    V, h, iterations = reml(noise @ noise.T / 3000, X, Q)  # white noise: V close to I
+    assert iterations <= 32 and abs(V[0, 1] / V[0, 0]) < 0.05
+    W = whitening_matrix(V)
+    npt.assert_allclose(W @ (V * 84 / np.trace(V)) @ W, np.eye(84), atol=1e-5)
+
+
+def test_global_ar1_refuses_designs_and_data_without_effects():
+    Y = REF["reml_Y"][:, 200:]  # no signal: nothing passes p < 0.001 (or one voxel by chance)
+    rng = np.random.default_rng(1)
+    with pytest.raises(InputError, match="no voxel passes SPM's effects-of-interest F test"):
+        _global_fit(100 + rng.standard_normal((84, 50)))
+    with pytest.raises(InputError, match="only constant and drift columns"):
+        fit_global_ar(np.column_stack([np.ones(84), REF["dct_X0"]]), Y, {}, names=["constant", *DRIFTS])

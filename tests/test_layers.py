@@ -57,3 +57,10 @@ def test_import_voxfit_loads_no_optional_or_heavy_package():
     code = "import sys, voxfit; print(sorted(m for m in ('numba', 'pandas', 'dask', 'cupy', 'torch', 'nibabel', 'statsmodels') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_command_line_fit_path_does_not_import_scipy_stats():
+    """scipy.stats costs ~0.6 s to import, more than voxfit's whole load of a 100 MB run overlaps with."""
+    code = "import sys, voxfit.models, voxfit.cli; print('scipy.stats' in sys.modules, 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -144,6 +144,9 @@ class ARBlock:
         corners = [np.outer(e[a], e[b]) for e in (self.top, self.bottom) for a in range(p) for b in range(p)]
         self.gram_terms = np.stack([g.ravel() for g in list(self.G) + corners])  # (p+1+2p^2, r^2)
         self.ones = Q.T @ np.ones(design.n_scans) if design.has_intercept else None
+        if p == 1:  # Q'W'WQ = alpha_0 I + alpha_1 Q'S_1Q + two corner outer products: diagonal in the
+            self.eig, self.U = np.linalg.eigh(self.G[1])  # eigenbasis of Q'S_1Q plus a rank-2 update
+            self.edges = self.U.T @ np.column_stack([self.top[0], self.bottom[0]])  # (r, 2)
 
 
 def _band_and_corners(phi: NDArray, L_inv: NDArray):
@@ -181,6 +184,26 @@ def _cholesky_solve(A: NDArray, B: NDArray) -> NDArray:
     return X
 
 
+def _solve_ar1(block: ARBlock, alpha: NDArray, c_top: NDArray, c_bottom: NDArray, B: NDArray) -> NDArray:
+    """``gram^-1 B`` (B (r, k, v), its columns after the first the same for every voxel) for AR(1), gram = U (alpha_0 + alpha_1 eig) U' + E C E' (E the first and last rows of Q,
+    C their corner weights), by the Woodbury identity in U's basis: O(r) per voxel instead of O(r^3)."""
+    r, k, v = B.shape
+    d_inv = 1.0 / (alpha[:, 0] + np.multiply.outer(block.eig, alpha[:, 1]))  # (r, v)
+    C = np.stack([c_top[:, 0, 0], c_bottom[:, 0, 0]])  # (2, v)
+    E = block.edges  # (r, 2)
+    Bu = np.empty((r, k, v))  # D^-1 U'B; columns 1.. (the contrasts) are the same for every voxel
+    Bu[:, 0] = block.U.T @ B[:, 0]
+    Bu[:, 1:] = (block.U.T @ B[:, 1:, 0])[:, :, None]
+    Bu *= d_inv[:, None, :]
+    EDE = ((E[:, :, None] * E[:, None, :]).reshape(r, 4).T @ d_inv).reshape(2, 2, v)  # E'D^-1E
+    M = np.eye(2)[:, :, None] + EDE * C[None, :, :]  # I + E'D^-1E C
+    det = M[0, 0] * M[1, 1] - M[0, 1] * M[1, 0]
+    t = (E.T @ Bu.reshape(r, -1)).reshape(2, k, v)  # E'D^-1U'B
+    s = np.stack([C[0] * (M[1, 1] * t[0] - M[0, 1] * t[1]) / det, C[1] * (M[0, 0] * t[1] - M[1, 0] * t[0]) / det])
+    Bu -= (E @ s.reshape(2, -1)).reshape(r, k, v) * d_inv[:, None, :]
+    return (block.U @ Bu.reshape(r, -1)).reshape(r, k, v)
+
+
 def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64): betas (pc, v), whitened RSS (v,), phi (v, p), for each
     contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q)),
@@ -199,7 +222,8 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     s = _lagged_products(Y, p)  # sum_t y_t y_{t+k}
     ys = np.concatenate([s[:1], 2.0 * s[1:]])  # y'S_k y
     # OLS residual lagged products from the same statistics: e'S_k e = y'S_k y - 2 c'b_k + c'G_k c
-    quad = ys - 2.0 * np.einsum("kiv,iv->kv", lagged, c) + np.einsum("iv,kij,jv->kv", c, block.G, c)
+    Gc = (block.G.reshape(-1, r) @ c).reshape(p + 1, r, v)
+    quad = ys + np.einsum("kiv,iv->kv", Gc - 2.0 * lagged, c)
     r_lag = np.concatenate([quad[:1], 0.5 * quad[1:]])
     lost = np.flatnonzero(r_lag[0] * 1e5 <= s[0])  # more than 5 digits cancelled: explicit residuals
     if lost.size:
@@ -212,8 +236,6 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     L_inv = ar_whitening(phi, rho, gamma0)
 
     alpha, c_top, c_bottom = _band_and_corners(phi, L_inv)
-    coefs = np.concatenate([alpha, c_top.reshape(v, -1), c_bottom.reshape(v, -1)], axis=1)
-    gram = (block.gram_terms.T @ coefs.T).reshape(r, r, v)  # Q'W'WQ
     y_top, y_bottom = Y[:p], Y[::-1][:p]
     cy_top = np.einsum("vab,bv->av", c_top, y_top)
     cy_bottom = np.einsum("vab,bv->av", c_bottom, y_bottom)
@@ -221,7 +243,11 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     wyy = np.einsum("vk,kv->v", alpha, ys) + np.einsum("av,av->v", y_top, cy_top) + np.einsum("av,av->v", y_bottom, cy_bottom)
     wqs = [w @ design.basis_pinv for w in weights]  # contrasts in basis coordinates, (q, r) each
     rhs_all = np.concatenate([rhs[:, None, :]] + [np.broadcast_to(wq.T[:, :, None], (r, wq.shape[0], v)) for wq in wqs], axis=1)
-    sol = _cholesky_solve(gram, rhs_all)
+    coefs = np.concatenate([alpha, c_top.reshape(v, -1), c_bottom.reshape(v, -1)], axis=1)
+    if p == 1:
+        sol = _solve_ar1(block, alpha, c_top, c_bottom, rhs_all)
+    else:
+        sol = _cholesky_solve((block.gram_terms.T @ coefs.T).reshape(r, r, v), rhs_all)  # gram = Q'W'WQ
     for j in np.flatnonzero(~np.isfinite(sol).all(axis=(0, 1))):  # not numerically positive definite
         g = (block.gram_terms.T @ coefs[j]).reshape(r, r)
         sol[:, :, j] = np.linalg.pinv(g, hermitian=True) @ rhs_all[:, :, j]

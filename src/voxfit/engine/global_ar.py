@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
+from scipy import special
 
 from .._array import working_dtype
 from ..core import Fit, Stats, factorize
@@ -91,7 +91,7 @@ def fit_global_ar(X, Y, contrasts: dict, *, names=None, max_memory=None, n_jobs:
     X0 = X[:, drift]
     filtered = X[:, ~drift] - X0 @ np.linalg.lstsq(X0, X[:, ~drift], rcond=None)[0] if drift.any() else X[:, ~drift]
     tr_rv = n - np.linalg.matrix_rank(filtered)
-    threshold = float(sps.f.isf(UF_P, tr_mv, tr_rv))
+    threshold = float(special.fdtri(tr_mv, tr_rv, 1.0 - UF_P))
     with np.errstate(invalid="ignore"):
         pooled = np.flatnonzero(F * (tr_rv / ols.dof) > threshold)
     if pooled.size == 0:

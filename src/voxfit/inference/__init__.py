@@ -1,0 +1,1 @@
+"""Multiple comparisons: FDR, Bonferroni, permutations, clusters, TFCE."""

@@ -1,0 +1,44 @@
+"""Corrections for testing many voxels at once: Bonferroni and Benjamini-Hochberg FDR."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["bonferroni", "fdr", "fdr_threshold"]
+
+
+def bonferroni(p: ArrayLike) -> NDArray[np.float64]:
+    """Bonferroni-adjusted p-values, ``min(1, p * m)`` with m the number of finite p-values (NaN stays NaN)."""
+    p = np.asarray(p, dtype=np.float64)
+    m = int(np.isfinite(p).sum())
+    return np.minimum(1.0, p * m)
+
+
+def fdr(p: ArrayLike) -> NDArray[np.float64]:
+    """Benjamini-Hochberg adjusted p-values (q-values): the smallest FDR level at which each voxel is declared
+    active, ``min over k >= rank of p_(k) m / k``, capped at 1. NaN stays NaN and is not counted in m."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    values = p[finite]
+    m = values.size
+    if m == 0:
+        return out
+    order = np.argsort(values, kind="stable")
+    scaled = values[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(scaled[::-1])[::-1]
+    result = np.empty(m)
+    result[order] = np.minimum(adjusted, 1.0)
+    out[finite] = result
+    return out
+
+
+def fdr_threshold(p: ArrayLike, q: float = 0.05) -> float:
+    """The largest p-value declared active at FDR level `q` (Benjamini-Hochberg step-up), or 0 if none is."""
+    p = np.asarray(p, dtype=np.float64)
+    values = np.sort(p[np.isfinite(p)])
+    if values.size == 0:
+        return 0.0
+    below = np.flatnonzero(values <= q * np.arange(1, values.size + 1) / values.size)
+    return float(values[below[-1]]) if below.size else 0.0

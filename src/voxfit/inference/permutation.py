@@ -1,0 +1,261 @@
+"""Permutation inference for one contrast: Freedman-Lane, maximum statistic, cluster extent and mass, TFCE.
+
+The contrast C of a design X is partitioned as FSL randomise does (Smith et al., 2007; Winkler et al. 2014,
+NeuroImage 92:381): effects of interest ``X C^+`` and nuisance ``Z = X (I - C^+ C)``. Freedman and Lane's
+procedure shuffles the residuals of the nuisance model, ``E = R_Z Y``; for a shuffle P the statistic of the
+full model on ``P E + H_Z Y`` needs only ``G = [U, Q_Z]' P E`` (U an orthonormal basis of the interest
+effects after the nuisance is removed, Q_Z one of the nuisance) and ``||E||^2``:
+
+    t = U'PE / sqrt((||E||^2 - ||G||^2) / dof),    F = ||U'PE||^2 / q / ((||E||^2 - ||G||^2) / dof)
+
+so a batch of shuffles is one matrix product ``[U, Q_Z]'P`` (rows stacked over shuffles) times E, taken a tile
+of voxels at a time and reduced (maxima, exceedance counts) while the tile is in cache. The identity is
+always one of the shuffles and uses the observed statistic exactly. p-values count the shuffles whose
+statistic reaches the observed one (the identity included): ``p = #{b: s_b >= s_obs} / N``, with ties
+judged at a relative tolerance (1e-6 for float32 data, 1e-10 for float64). t contrasts are one-sided (large
+positive t); test the other tail with the negated contrast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._array import working_dtype
+from .._progress import Progress
+from ..core import check_contrast, factorize
+from ..exceptions import InputError
+from .shuffles import Shuffles, make_shuffles
+
+__all__ = ["PermutationResult", "partition", "permutation_test"]
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterInference:
+    """Clusters of the observed map above `threshold`, with FWE p-values from the null of the largest cluster."""
+
+    threshold: float
+    labels: NDArray[np.int32]  # (V,), 0 outside clusters, 1.. by decreasing size
+    sizes: NDArray[np.float64]
+    masses: NDArray[np.float64]
+    p_extent: NDArray[np.float64]  # per cluster
+    p_mass: NDArray[np.float64]
+    null_extent: NDArray[np.float64]  # (N,) largest cluster size per shuffle
+    null_mass: NDArray[np.float64]
+
+    def voxel_map(self, per_cluster: NDArray, fill: float = 1.0) -> NDArray[np.float64]:
+        """A per-cluster value spread over its voxels (`fill` outside clusters)."""
+        out = np.full(self.labels.shape, fill)
+        inside = self.labels > 0
+        out[inside] = per_cluster[self.labels[inside] - 1]
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class PermutationResult:
+    """Permutation inference for one contrast over V voxels (see the module docstring)."""
+
+    name: str
+    kind: str  # 't' or 'F'
+    stat: NDArray[np.float64]
+    dof: float
+    scheme: str  # 'flip' or 'permute'
+    n_shuffles: int
+    exhaustive: bool
+    p_uncorrected: NDArray[np.float64]
+    p_fwe: NDArray[np.float64]
+    null_max: NDArray[np.float64]
+    clusters: ClusterInference | None = None
+    tfce: NDArray[np.float64] | None = None
+    p_tfce_fwe: NDArray[np.float64] | None = None
+    null_tfce: NDArray[np.float64] | None = None
+
+
+def partition(X: NDArray, weights: NDArray) -> tuple[NDArray, NDArray, int]:
+    """``(U, Q_Z, dof)``: orthonormal bases of the interest effects (after the nuisance) and of the nuisance."""
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    C = np.asarray(weights, dtype=np.float64)
+    Cp = np.linalg.pinv(C)
+    Z = X - X @ Cp @ C
+    Qz = _basis(Z)
+    Xi = X @ Cp
+    Xi = Xi - Qz @ (Qz.T @ Xi)
+    U = _basis(Xi)
+    if U.shape[1] == 1 and np.sum(U[:, 0] * Xi[:, 0]) < 0:  # orient as the contrast: t = c'beta / se
+        U = -U
+    rank = U.shape[1] + Qz.shape[1]
+    return U, Qz, n - rank
+
+
+def _basis(A: NDArray) -> NDArray[np.float64]:
+    if A.shape[1] == 0:
+        return np.zeros((A.shape[0], 0))
+    u, s, _ = np.linalg.svd(A, full_matrices=False)
+    tol = max(A.shape) * np.finfo(float).eps * (s[0] if s.size else 0.0)
+    return u[:, s > tol]
+
+
+def _projector_rows(basis: NDArray, shuffles: Shuffles, start: int, stop: int, dtype) -> NDArray:
+    """``basis' P_b`` for the shuffles start..stop, stacked: (stop - start, r, n)."""
+    if shuffles.kind == "flip":
+        rows = shuffles.signs[start:stop, None, :] * basis.T[None, :, :]
+    else:
+        inverse = np.argsort(shuffles.order[start:stop], axis=1)  # (P E)_i = E_order[i]: column j gets basis row inv[j]
+        rows = basis.T[:, inverse].transpose(1, 0, 2)
+    return np.ascontiguousarray(rows, dtype=dtype)
+
+
+def _statistic(G: NDArray, ee: NDArray, dof: float, q: int, is_t: bool) -> NDArray[np.float64]:
+    """t or F from projections G (r, V) and ||E||^2 (float64)."""
+    G = np.asarray(G, dtype=np.float64)
+    proj = np.einsum("kv,kv->v", G[:q], G[:q])
+    rss = ee - np.einsum("kv,kv->v", G, G)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(rss > 0, rss / dof, np.nan)
+        return G[0] / np.sqrt(scale) if is_t else proj / q / scale
+
+
+def permutation_test(
+    X, Y, contrast, *, names=None, n_permutations: int = 5000, scheme: str = "auto", blocks=None,
+    whole_blocks: bool = False, seed=None, adjacency=None, cluster_threshold: float | None = None,
+    tfce: bool = False, tfce_E: float = 0.5, tfce_H: float = 2.0, weights=None, max_memory=256 << 20,
+    progress: bool | None = None, name: str | None = None,
+) -> PermutationResult:  # fmt: skip
+    """Permutation (or sign-flip) inference for one t or F contrast at every voxel.
+
+    Parameters
+    ----------
+    X : (n, p) array
+        Design (one row per subject or map).
+    Y : (n, V) array
+        Data; float32 stays float32 in the shuffled products, statistics are float64.
+    contrast : str or weights
+        A t (one row) or F (several rows) contrast, as for :meth:`voxfit.Fit.contrast`.
+    n_permutations : int
+        Shuffles to use, the identity included; all of them when there are no more than this.
+    scheme : {'auto', 'flip', 'permute'}
+        Sign-flipping (independent symmetric errors: one-sample and paired tests) or permutation
+        (exchangeable errors). ``auto``: flip when the design is a single constant column, else permute.
+    blocks, whole_blocks, seed :
+        Exchangeability blocks (FSL .grp), whole-block shuffling, random seed (see ``make_shuffles``).
+    adjacency : voxfit.inference.graph.Adjacency
+        Neighbours of each voxel; needed for clusters and TFCE.
+    cluster_threshold : float, optional
+        Cluster-forming threshold on the statistic (t or F); cluster extent and mass FWE p-values.
+    tfce, tfce_E, tfce_H, weights :
+        TFCE of the statistic (volumes: E 0.5, H 2; surfaces: E 1, H 2) with FWE p-values; `weights`
+        (e.g. vertex areas) measure extent.
+    max_memory : int
+        Bound on the working memory of one batch of shuffles (bytes).
+    """
+    Y = np.asarray(Y) if not hasattr(Y, "dtype") else Y
+    if Y.ndim != 2:
+        raise InputError(f"`Y` must be 2-D (n, V); got shape {np.shape(Y)}.")
+    design = factorize(X, names, warn=False)
+    if Y.shape[0] != design.n_scans:
+        raise InputError(f"`Y` has {Y.shape[0]} rows but the design has {design.n_scans}; give one row per map.")
+    w = check_contrast(contrast, design)
+    label = name or (contrast if isinstance(contrast, str) else "contrast")
+    U, Qz, dof = partition(design.X, w)
+    if dof < 1:
+        raise InputError(f"the design leaves {dof} degrees of freedom; permutation tests need at least 1.")
+    q = U.shape[1]
+    is_t = w.shape[0] == 1
+    if (cluster_threshold is not None or tfce) and adjacency is None:
+        raise InputError("clusters and TFCE need the neighbours of each voxel (`adjacency`).")
+    if scheme == "auto":
+        scheme = "flip" if design.rank == 1 and np.ptp(design.X[:, 0]) == 0 else "permute"
+    if scheme not in ("flip", "permute"):
+        raise InputError(f"`scheme` must be auto, flip or permute; got {scheme!r}.")
+    shuffles = make_shuffles(scheme, np.column_stack([U, Qz]), n_permutations, blocks=blocks,
+                             whole_blocks=whole_blocks, seed=seed)  # fmt: skip
+
+    dtype = working_dtype(Y.dtype)
+    Yw = np.asarray(Y, dtype=np.float64)
+    valid = np.isfinite(Yw).all(axis=0)
+    Yw[:, ~valid] = 0.0
+    E = Yw - Qz @ (Qz.T @ Yw)
+    ee = np.einsum("tv,tv->v", E, E)
+    basis = np.column_stack([U, Qz])
+    stat = _statistic(basis.T @ E, ee, dof, q, is_t)
+    stat[~valid] = np.nan
+    E = E.astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-10
+    observed = np.where(np.isfinite(stat), stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
+
+    need_maps = cluster_threshold is not None or tfce
+    V, N, r = Y.shape[1], shuffles.n, basis.shape[1]
+    per_shuffle = 4 * V * (2 if need_maps else 0) + r * 4 * 2048 + 64
+    batch = int(max(1, min(1024, max_memory // per_shuffle)))
+    tile = 2048 if not need_maps else max(256, min(V, 8192))
+    stats_tile = _load_kernel()
+    counts = np.zeros(V, dtype=np.int64)
+    null_max = np.empty(N)
+    null_max[0] = np.nanmax(stat) if np.isfinite(stat).any() else np.nan
+    null_extent, null_mass, null_tfce = np.zeros(N), np.zeros(N), np.zeros(N)
+    bar = Progress(f"permutations ({label})", N, progress)
+    for start in range(1, N, batch):  # row 0 is the identity: the observed statistic
+        stop = min(N, start + batch)
+        rows = _projector_rows(basis, shuffles, start, stop, dtype).reshape(-1, E.shape[0])
+        nb = stop - start
+        maps = np.empty((nb, V), dtype=np.float32) if need_maps else np.empty((1, 1), dtype=np.float32)
+        n_chunks = (tile + 255) // 256
+        batch_max = np.full(nb, -np.inf)
+        product = np.empty((nb * r, tile), dtype=dtype)
+        for a in range(0, V, tile):
+            b = min(V, a + tile)
+            G = np.matmul(rows, E[:, a:b], out=product[:, : b - a]).reshape(nb, r, b - a)
+            rowmax = np.full((n_chunks, nb), -np.inf)
+            stats_tile(G, ee[a:b], observed[a:b], float(dof), q, is_t, rowmax, counts[a:b], maps, a, need_maps)
+            np.maximum(batch_max, rowmax.max(axis=0), out=batch_max)
+        null_max[start:stop] = batch_max
+        if need_maps:
+            maps[:, ~valid] = np.nan
+            if cluster_threshold is not None:
+                from .clusters import cluster_max
+
+                null_extent[start:stop], null_mass[start:stop] = cluster_max(maps, adjacency, cluster_threshold, weights=weights)
+            if tfce:
+                from .tfce import tfce_max
+
+                null_tfce[start:stop] = tfce_max(maps, adjacency, E=tfce_E, H=tfce_H, weights=weights)
+        bar.update(stop)
+    bar.close()
+    counts += valid  # the identity reaches the observed statistic
+    p_unc = np.where(valid, counts / N, np.nan)
+    p_fwe = np.where(valid, _exceedance(null_max, stat, tol) / N, np.nan)
+
+    clusters = tfce_map = p_tfce = None
+    if cluster_threshold is not None:
+        from .clusters import label_clusters
+
+        labels, sizes, masses = label_clusters(np.where(valid, stat, np.nan), adjacency, cluster_threshold, weights=weights)
+        null_extent[0] = sizes.max() if sizes.size else 0.0
+        null_mass[0] = masses.max() if masses.size else 0.0
+        clusters = ClusterInference(float(cluster_threshold), labels, sizes, masses,
+                                    _exceedance(null_extent, sizes, tol) / N, _exceedance(null_mass, masses, tol) / N,
+                                    null_extent, null_mass)  # fmt: skip
+    if tfce:
+        from .tfce import tfce as tfce_fn
+
+        tfce_map = tfce_fn(np.where(valid, stat, np.nan), adjacency, E=tfce_E, H=tfce_H, weights=weights)
+        null_tfce[0] = np.nanmax(tfce_map) if tfce_map.size else 0.0
+        p_tfce = np.where(valid, _exceedance(null_tfce, tfce_map, tol) / N, np.nan)
+    return PermutationResult(label, "t" if is_t else "F", stat, float(dof), scheme, N, shuffles.exhaustive,
+                             p_unc, p_fwe, null_max, clusters, tfce_map, p_tfce, null_tfce if tfce else None)  # fmt: skip
+
+
+def _exceedance(null: NDArray, values: NDArray, tol: float) -> NDArray[np.float64]:
+    """How many null values reach each value (relative tolerance `tol`)."""
+    ordered = np.sort(np.where(np.isnan(null), -np.inf, null))
+    threshold = values - tol * np.maximum(np.abs(values), 1.0)
+    return (ordered.size - np.searchsorted(ordered, threshold, side="left")).astype(np.float64)
+
+
+def _load_kernel():
+    from ._maxstat import kernel
+
+    return kernel()

@@ -1,0 +1,155 @@
+"""Permutation inference: exact enumeration on tiny samples, Freedman-Lane, exchangeability blocks, FDR."""
+
+import itertools
+import math
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from voxfit import fit
+from voxfit.exceptions import InputError
+from voxfit.inference.corrections import bonferroni, fdr, fdr_threshold
+from voxfit.inference.permutation import permutation_test
+from voxfit.inference.shuffles import count_shuffles, make_shuffles
+
+
+def _p_values(null: np.ndarray, observed: np.ndarray):
+    """Enumerated null (N, V) with the identity in it: uncorrected and max-statistic FWE p."""
+    unc = (null >= observed - 1e-12).mean(axis=0)
+    fwe = (null.max(axis=1)[:, None] >= observed - 1e-12).mean(axis=0)
+    return unc, fwe
+
+
+def test_one_sample_sign_flips_equal_the_enumeration(rng):
+    n, V = 9, 40
+    Y = rng.standard_normal((n, V)) + 0.4
+    res = permutation_test(np.ones((n, 1)), Y, [1.0], n_permutations=10_000)
+    assert res.scheme == "flip" and res.exhaustive and res.n_shuffles == 2**n
+    null = []
+    for signs in itertools.product([1.0, -1.0], repeat=n):
+        Z = np.array(signs)[:, None] * Y
+        null.append(Z.mean(0) / (Z.std(0, ddof=1) / np.sqrt(n)))
+    null = np.array(null)
+    unc, fwe = _p_values(null, null[0])
+    npt.assert_allclose(res.stat, null[0], rtol=1e-12)
+    npt.assert_array_equal(res.p_uncorrected, unc)
+    npt.assert_array_equal(res.p_fwe, fwe)
+    npt.assert_allclose(np.sort(res.null_max), np.sort(null.max(axis=1)), rtol=1e-10)
+
+
+def test_two_sample_permutations_equal_the_enumeration(rng):
+    """5 + 5 subjects: the C(10, 5) = 252 relabellings, each once."""
+    g = np.r_[np.ones(5), np.zeros(5)]
+    X = np.column_stack([g, 1 - g])
+    Y = rng.standard_normal((10, 30)) + 0.8 * g[:, None]
+    res = permutation_test(X, Y, [1, -1], n_permutations=1000)
+    assert res.scheme == "permute" and res.exhaustive and res.n_shuffles == math.comb(10, 5)
+    null = []
+    for first in itertools.combinations(range(10), 5):
+        lab = np.zeros(10, dtype=bool)
+        lab[list(first)] = True
+        a, b = Y[lab], Y[~lab]
+        pooled = ((a.var(0, ddof=1) * 4 + b.var(0, ddof=1) * 4) / 8) * (1 / 5 + 1 / 5)
+        null.append((a.mean(0) - b.mean(0)) / np.sqrt(pooled))
+    null = np.array(null)
+    observed = fit(X, Y).contrast([1, -1]).t
+    unc, fwe = _p_values(null, observed)
+    npt.assert_allclose(res.stat, observed, rtol=1e-10)
+    npt.assert_array_equal(res.p_uncorrected, unc)
+    npt.assert_array_equal(res.p_fwe, fwe)
+
+
+def test_freedman_lane_statistics_are_the_parametric_ones(rng):
+    n = 14
+    X = np.column_stack([np.ones(n), rng.standard_normal(n), rng.standard_normal(n)])
+    Y = rng.standard_normal((n, 25)) + X[:, [1]] * 0.5
+    f = fit(X, Y)
+    t = permutation_test(X, Y, [0, 1, 0], n_permutations=200, seed=3)
+    npt.assert_allclose(t.stat, f.contrast([0, 1, 0]).t, rtol=1e-10)
+    F = permutation_test(X, Y, [[0, 1, 0], [0, 0, 1]], n_permutations=200, seed=3)
+    assert F.kind == "F"
+    npt.assert_allclose(F.stat, f.contrast([[0, 1, 0], [0, 0, 1]]).F, rtol=1e-10)
+    assert (t.p_fwe >= t.p_uncorrected).all() and t.p_uncorrected.min() >= 1 / 200
+    # float32 data: the same statistics to float32 precision, p-values from the same shuffles
+    t32 = permutation_test(X, Y.astype(np.float32), [0, 1, 0], n_permutations=200, seed=3)
+    npt.assert_allclose(t32.stat, t.stat, rtol=1e-5)
+    assert np.abs(t32.p_uncorrected - t.p_uncorrected).max() <= 2 / 200
+
+
+def test_freedman_lane_with_nuisance_enumerates_exactly(rng):
+    """Two groups plus a covariate: Freedman-Lane permutes the residuals of the nuisance model; with all
+    7! orderings of distinct rows, p equals the enumeration of that procedure written out directly."""
+    n = 7
+    g = np.r_[np.ones(4), np.zeros(3)]
+    X = np.column_stack([g, 1 - g, rng.standard_normal(n)])
+    Y = rng.standard_normal((n, 6))
+    c = np.array([1.0, -1.0, 0.0])
+    res = permutation_test(X, Y, c, n_permutations=50_000)
+    assert res.exhaustive and res.n_shuffles == math.factorial(n)
+    Z = X @ (np.eye(3) - np.linalg.pinv(c[None, :]) @ c[None, :])
+    H = Z @ np.linalg.pinv(Z)
+    E, fitted = Y - H @ Y, H @ Y
+    orders = np.array(list(itertools.permutations(range(n))))
+    Ys = E[orders] + fitted  # (N, n, V): each ordering of the residuals, the nuisance fit added back
+    beta = np.linalg.pinv(X) @ Ys
+    resid = Ys - X @ beta
+    sigma2 = np.einsum("bnv,bnv->bv", resid, resid) / (n - 3)
+    null = (c @ beta) / np.sqrt(sigma2 * (c @ np.linalg.pinv(X.T @ X) @ c))
+    unc, fwe = _p_values(null, res.stat)
+    npt.assert_allclose(res.stat, null[0], rtol=1e-10)
+    npt.assert_allclose(res.p_uncorrected, unc, atol=1e-12)
+    npt.assert_allclose(res.p_fwe, fwe, atol=1e-12)
+
+
+def test_shuffle_counts_and_blocks():
+    g = np.r_[np.ones(4), np.zeros(4)][:, None]
+    assert count_shuffles("permute", g) == math.comb(8, 4)
+    blocks = np.r_[0, 0, 1, 1, 0, 0, 1, 1]
+    # within each block two of each group: C(4, 2)^2
+    assert count_shuffles("permute", g, blocks) == math.comb(4, 2) ** 2
+    s = make_shuffles("permute", g, 1000, blocks=blocks)
+    assert s.exhaustive and s.n == 36 and (s.order[0] == np.arange(8)).all()
+    for o in s.order:
+        assert (blocks[o] == blocks).all()  # rows move only within their block
+    assert len({frozenset(o[g[:, 0] == 1]) for o in s.order}) == 36  # which rows take group 1's places: each once
+    flips = make_shuffles("flip", np.ones((6, 1)), 100, blocks=[0, 0, 1, 1, 2, 2], whole_blocks=True)
+    assert flips.exhaustive and flips.n == 8 and (flips.signs[:, ::2] == flips.signs[:, 1::2]).all()
+    whole = make_shuffles("permute", np.arange(6.0)[:, None], 100, blocks=[0, 0, 1, 1, 2, 2], whole_blocks=True)
+    assert whole.n == 6 and all(sorted(o.tolist()) == list(range(6)) for o in whole.order)
+    paired_blocks = make_shuffles("permute", np.r_[0, 1, 0, 1, 2, 3, 2, 3.0][:, None], 100, blocks=[0, 0, 1, 1, 2, 2, 3, 3],
+                                  whole_blocks=True)  # blocks 0, 1 alike and 2, 3 alike: 4! / (2! 2!)
+    assert paired_blocks.exhaustive and paired_blocks.n == 6
+    assert len({frozenset(o[[0, 2]].tolist()) for o in paired_blocks.order}) == 6
+    drawn = make_shuffles("flip", np.ones((30, 1)), 500, seed=1)
+    again = make_shuffles("flip", np.ones((30, 1)), 500, seed=1)
+    assert not drawn.exhaustive and (drawn.signs == again.signs).all() and (drawn.signs[0] == 1).all()
+    assert len({r.tobytes() for r in drawn.signs}) == 500  # no repeats
+
+
+def test_bad_inputs_are_refused(rng):
+    Y = rng.standard_normal((6, 4))
+    with pytest.raises(InputError, match="whole-block permutation needs blocks of equal size"):
+        make_shuffles("permute", np.arange(6.0)[:, None], 10, blocks=[0, 0, 0, 1, 1, 2], whole_blocks=True)
+    with pytest.raises(InputError, match="one exchangeability block per row"):
+        make_shuffles("flip", np.ones((6, 1)), 10, blocks=[0, 1])
+    with pytest.raises(InputError, match="positive integer"):
+        permutation_test(np.ones((6, 1)), Y, [1.0], n_permutations=0)
+    with pytest.raises(InputError, match="`scheme` must be"):
+        permutation_test(np.ones((6, 1)), Y, [1.0], scheme="bootstrap")
+    with pytest.raises(InputError, match="need the neighbours"):
+        permutation_test(np.ones((6, 1)), Y, [1.0], tfce=True)
+    with pytest.raises(InputError, match="rows but the design has"):
+        permutation_test(np.ones((5, 1)), Y, [1.0])
+
+
+def test_fdr_and_bonferroni_match_statsmodels(rng):
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.concatenate([rng.uniform(size=200), rng.uniform(0, 1e-3, size=20), [np.nan]])
+    ours = fdr(p)
+    ref = multitest.multipletests(p[:-1], method="fdr_bh")[1]
+    npt.assert_allclose(ours[:-1], ref, rtol=1e-12)
+    assert np.isnan(ours[-1])
+    npt.assert_allclose(bonferroni(p)[:-1], np.minimum(1, p[:-1] * 220))
+    thr = fdr_threshold(p, 0.05)
+    assert ((ours <= 0.05) == (p <= thr))[:-1].all()

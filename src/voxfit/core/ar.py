@@ -242,15 +242,27 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     rhs = np.einsum("vk,kiv->iv", alpha, lagged) + block.top.T @ cy_top + block.bottom.T @ cy_bottom  # Q'W'Wy
     wyy = np.einsum("vk,kv->v", alpha, ys) + np.einsum("av,av->v", y_top, cy_top) + np.einsum("av,av->v", y_bottom, cy_bottom)
     wqs = [w @ design.basis_pinv for w in weights]  # contrasts in basis coordinates, (q, r) each
-    rhs_all = np.concatenate([rhs[:, None, :]] + [np.broadcast_to(wq.T[:, :, None], (r, wq.shape[0], v)) for wq in wqs], axis=1)
+    rhs_all = np.concatenate([rhs[:, None, :]] + [np.repeat(wq.T[:, :, None], v, axis=2) for wq in wqs], axis=1)
     coefs = np.concatenate([alpha, c_top.reshape(v, -1), c_bottom.reshape(v, -1)], axis=1)
     if p == 1:
         sol = _solve_ar1(block, alpha, c_top, c_bottom, rhs_all)
     else:
         sol = _cholesky_solve((block.gram_terms.T @ coefs.T).reshape(r, r, v), rhs_all)  # gram = Q'W'WQ
-    for j in np.flatnonzero(~np.isfinite(sol).all(axis=(0, 1))):  # not numerically positive definite
-        g = (block.gram_terms.T @ coefs[j]).reshape(r, r)
-        sol[:, :, j] = np.linalg.pinv(g, hermitian=True) @ rhs_all[:, :, j]
+    # Where the band sums cancel too much (filters near a unit root, high orders: the Gram matrix's smallest
+    # eigenvalue, about min |A(w)|^2, far below sum |alpha_k|), or where the solve failed, the voxel is
+    # refitted from its explicitly whitened data and design instead.
+    spectrum = np.abs(np.exp(-1j * np.outer(np.arange(p + 1), np.linspace(0, np.pi, 256))).T @ np.concatenate(
+        [np.ones((v, 1)), -phi], axis=1).T) ** 2  # |A(w)|^2 on a grid, (256, v)
+    terms = np.einsum("vk,kv->v", np.abs(alpha), np.sqrt(np.einsum("kiv,kiv->kv", lagged, lagged)))
+    fragile = (np.abs(alpha).sum(axis=1) > 1e6 * spectrum.min(axis=0)) | (terms > 1e5 * np.sqrt(np.einsum("iv,iv->v", rhs, rhs)))
+    for j in np.flatnonzero(fragile | ~np.isfinite(sol).all(axis=(0, 1))):
+        WQ = _whiten(Q, np.repeat(phi[[j]], r, 0), np.repeat(L_inv[[j]], r, 0))
+        wy_j = _whiten(Y[:, [j]], phi[[j]], L_inv[[j]])[:, 0]
+        P = np.linalg.pinv(WQ)  # least squares by SVD, not the normal equations
+        rhs[:, j] = WQ.T @ wy_j
+        sol[:, 1:, j] = P @ (P.T @ rhs_all[:, 1:, j])
+        sol[:, 0, j] = P @ wy_j
+        wyy[j] = wy_j @ wy_j
     coords = sol[:, 0]
     # whitened RSS = ||Wy||^2 - coords . Q'W'Wy; where that subtraction loses more than 5 of 16 digits (a
     # near-exact fit), it is recomputed from explicit whitened residuals
@@ -259,7 +271,7 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     if redo.size:
         resid = _whiten(Y[:, redo] - Q @ coords[:, redo], phi[redo], L_inv[redo])
         rss[redo] = np.einsum("tv,tv->v", resid, resid)
-    rss[rss <= (n * np.finfo(float).eps) ** 2 * wyy] = 0.0  # exact fit, to rounding
+    rss[(rss <= (n * np.finfo(float).eps) ** 2 * wyy) | exact] = 0.0  # exact fit (of the OLS model: so GLS too)
     if mu is not None:
         coords = coords + np.multiply.outer(block.ones, mu)
     betas = design.basis_pinv @ coords

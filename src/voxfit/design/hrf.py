@@ -45,12 +45,27 @@ def spm_hrf(dt: float, length: float = 32.0, T: int = 16) -> NDArray[np.float64]
 
 
 def spm_orth(X: NDArray) -> NDArray[np.float64]:
-    """spm_orth: each column minus its projection on the columns before it; no normalisation."""
-    X = np.asarray(X, dtype=float)
-    if X.shape[1] < 2:
-        return X.copy()
-    Q, R = np.linalg.qr(X)
-    return Q * np.diag(R)  # Gram-Schmidt: column i is Q_i R_ii
+    """spm_orth: each column minus its projection on the columns before it; no normalisation.
+
+    All-zero columns stay zero and take no part (SPM drops them first); a column that is a combination of
+    earlier ones becomes zero. Modified Gram-Schmidt, twice over for full precision.
+    """
+    X = np.array(X, dtype=float)
+    kept: list[NDArray] = []
+    for i in range(X.shape[1]):
+        col = X[:, i].copy()
+        size = np.abs(col).sum()
+        if size == 0:
+            continue
+        for _ in range(2):
+            for k in kept:
+                col -= (col @ k) / (k @ k) * k
+        if np.abs(col).sum() <= 1e-12 * size:
+            col[:] = 0.0
+        else:
+            kept.append(col)
+        X[:, i] = col
+    return X
 
 
 def basis_set(model: str, dt: float, T: int = 16, fir_order: int = 1, fir_length: float | None = None):

@@ -80,3 +80,12 @@ def test_global_ar1_refuses_designs_and_data_without_effects():
         _global_fit(100 + rng.standard_normal((84, 50)))
     with pytest.raises(InputError, match="only constant and drift columns"):
         fit_global_ar(np.column_stack([np.ones(84), REF["dct_X0"]]), Y, {}, names=["constant", *DRIFTS])
+
+
+def test_global_ar1_takes_rank_deficient_designs_and_refuses_empty_data():
+    X = np.column_stack([REF["reml_X"][:, 0], REF["reml_X"], REF["dct_X0"]])  # 'listening' twice
+    with pytest.warns(Warning, match="rank deficient"):
+        res = fit_global_ar(X, REF["reml_Y"], {"c": [0.5, 0.5] + [0.0] * 10}, names=["l2", "listening", "constant", *DRIFTS])
+    npt.assert_allclose(res.contrasts["c"].t, _global_fit().contrasts["c"].t, rtol=1e-9)
+    with pytest.raises(InputError, match="nothing to fit"):
+        _global_fit(np.full((84, 5), np.nan))

@@ -47,9 +47,9 @@ class Stats:
         F = 0 exactly (p = 1), whose z is -inf.
     dof : float or (float, float)
         Residual degrees of freedom for t; ``(df1, df2)`` for F.
-    covariance : (V, q, q) array or None
-        F contrasts only: the covariance matrix of the effect rows at each voxel (its diagonal is
-        `variance`); what a fixed-effects combination across runs needs.
+    unscaled_covariance, scale : arrays or None
+        F contrasts only: the covariance of the effect rows is ``scale * unscaled_covariance`` per voxel
+        (one (q, q) matrix for all voxels, or (V, q, q)); see :attr:`covariance`.
     """
 
     name: str
@@ -60,7 +60,19 @@ class Stats:
     stat: NDArray[np.float64]
     z: NDArray[np.float64]
     dof: float | tuple[float, float]
-    covariance: NDArray[np.float64] | None = None
+    unscaled_covariance: NDArray[np.float64] | None = None
+    scale: NDArray[np.float64] | None = None
+
+    @property
+    def covariance(self) -> NDArray[np.float64] | None:
+        """F contrasts: the (V, q, q) covariance of the effect rows at each voxel (its diagonal is `variance`),
+        what a fixed-effects combination across runs needs; built on access (it is q^2 V numbers)."""
+        if self.unscaled_covariance is None:
+            return None
+        unscaled = self.unscaled_covariance
+        if unscaled.ndim == 2:
+            unscaled = unscaled[None]
+        return unscaled if self.scale is None else unscaled * self.scale[:, None, None]
 
     @property
     def t(self) -> NDArray[np.float64]:
@@ -161,16 +173,19 @@ def compute_contrast(
         proj = whiten.T @ effect
         stat = np.where(usable, np.einsum("ij,ij->j", proj, proj) / (df1 * residual_variance), np.nan)
         z = f_to_z(stat, df1, dof) if dof > 0 else np.full_like(stat, np.nan)
-        covariance = np.multiply.outer(residual_variance, m)
-    return _freeze(Stats(label, "F", w, effect, variance, stat, z, (float(df1), float(dof)), covariance))
+    return _freeze(Stats(label, "F", w, effect, variance, stat, z, (float(df1), float(dof)), m, residual_variance))
 
 
-def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable: NDArray, dof: float) -> Stats:
-    """An F contrast's Stats from its effects (q, V) and their covariance matrices (V, q, q) at every voxel.
+def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable: NDArray, dof: float,
+            scale: NDArray | None = None) -> Stats:
+    """An F contrast's Stats from its effects (q, V) and covariance matrices ``scale * covariance`` (V, q, q).
 
     ``F = e' C^+ e / df1`` with ``df1`` the rank of the covariance (redundant rows do no harm); NaN where not
     `usable` or where the covariance is not finite.
     """
+    unscaled = covariance
+    if scale is not None:
+        covariance = covariance * scale[:, None, None]
     finite = np.isfinite(covariance).all(axis=(1, 2)) & np.isfinite(effect).all(axis=0)
     inv = np.full_like(covariance, np.nan)
     df1 = 0
@@ -181,7 +196,7 @@ def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable
         F = np.where(usable & finite, np.einsum("qv,vqr,rv->v", effect, inv, effect) / max(df1, 1), np.nan)
     z = f_to_z(F, df1, dof) if dof > 0 and df1 > 0 else np.full_like(F, np.nan)
     variance = np.einsum("vqq->qv", covariance).copy()
-    return _freeze(Stats(label, "F", w, effect, variance, F, z, (float(df1), float(dof)), covariance))
+    return _freeze(Stats(label, "F", w, effect, variance, F, z, (float(df1), float(dof)), unscaled, scale))
 
 
 def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float) -> Stats:
@@ -193,7 +208,7 @@ def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: 
 
 
 def _freeze(stats: Stats) -> Stats:
-    for field in ("weights", "effect", "variance", "stat", "z", "covariance"):
+    for field in ("weights", "effect", "variance", "stat", "z", "unscaled_covariance", "scale"):
         if getattr(stats, field) is not None:
             getattr(stats, field).setflags(write=False)
     return stats

@@ -87,8 +87,10 @@ def reml(YY: NDArray, X: NDArray, Q: list[NDArray], *, max_iter: int = 32, t: fl
         h = h + step
         predicted = float(grad @ step)
         t = max(t - 1.0, -8.0) if predicted > previous else min(t + 0.25, 8.0)
-        if not np.isfinite(predicted) or np.abs(step).max() > 1e6:
-            raise FloatingPointError("ReML did not converge")
+        if not np.isfinite(predicted) or np.abs(step).max() > 1e6:  # SPM: start again, prior twice as tight
+            if prior_precision > 1e6:
+                raise FloatingPointError("ReML did not converge")
+            return reml(YY, X, Q, max_iter=max_iter, t=t, prior_precision=2 * prior_precision)
         previous = predicted
         if predicted < 0.1:
             break

@@ -12,7 +12,8 @@ derivative is orthogonal to its HRF regressor at the scan times. nilearn's ``sli
 ``convolution="nilearn"`` builds the regressors nilearn's way instead (``make_first_level_design_matrix``,
 0.10-0.14): a grid 50 times finer than the TR starting 24 s before the first scan, events as boxcars of
 height `modulation` (zero durations one fine step long), nilearn's sampled HRFs, and linear interpolation
-at the scan times ``(i + slice_time_ref) * TR``. Use it to reproduce a nilearn analysis; SPM's grid is the
+at the scan times ``(i + slice_time_ref) * TR``; conditions in sorted order and FIR columns named
+``<condition>_delay_<k>``, as nilearn has them. Use it to reproduce a nilearn analysis; SPM's grid is the
 default.
 """
 
@@ -266,8 +267,10 @@ def _nilearn_columns(conditions: dict, tr: float, n_scans: int, hrf: str, slice_
     n_fine = int(np.rint((n_scans - 1) / (last - first) * (last * (1 + 1 / (n_scans - 1)) - first - min_onset) * oversampling + 1))
     grid = np.linspace(first + min_onset, last * (1 + 1 / (n_scans - 1)), n_fine)
     kernels, suffixes = nilearn_kernels(hrf, tr, oversampling, range(int(fir_delays)))
+    if hrf == "fir":
+        suffixes = [f"_delay_{d}" for d in range(int(fir_delays))]  # nilearn's FIR names
     out = []
-    for name, ev in conditions.items():
+    for name, ev in sorted(conditions.items()):  # nilearn orders conditions by name
         onsets, durations, heights = ev["onset"], ev["duration"], ev["modulation"]
         if (onsets < first + min_onset).any():
             warnings.warn(f"events of {name!r} before {first + min_onset:g} s are moved to that time, the start of "

@@ -111,4 +111,4 @@ def _stats(label, w, effect, cov, sigma2, dof) -> Stats:
     with np.errstate(invalid="ignore"):
         if w.shape[0] == 1:
             return t_stats(label, w, effect[0], cov[:, 0, 0] * sigma2, usable, dof)
-        return f_stats(label, w, effect, cov * sigma2[:, None, None], usable, dof)
+        return f_stats(label, w, effect, cov, usable, dof, scale=sigma2)

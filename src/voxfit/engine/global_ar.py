@@ -59,6 +59,10 @@ class _Whitened:
     def __init__(self, Y, W):
         self.Y, self.dtype = Y, working_dtype(Y.dtype)
         self.W = W.astype(self.dtype)
+        if np.count_nonzero(W) < 0.25 * W.size:  # W is banded once its entries below 1e-6 are dropped
+            from scipy import sparse
+
+            self.W = sparse.csr_array(self.W)
         self.shape, self.ndim = Y.shape, 2
 
     def __getitem__(self, key):
@@ -68,6 +72,13 @@ class _Whitened:
     def __array__(self, dtype=None, copy=None):
         out = self[:, :]
         return out if dtype is None else out.astype(dtype)
+
+
+def _constant_columns(X, names, drift):
+    """SPM's session constants (iB): columns constant over the scans, or named ``constant...`` (a run's
+    intercept in a design of several runs is constant over its own scans only)."""
+    return np.array([not d and ((np.ptp(col) == 0 and col[0] != 0) or name.lower().startswith("constant"))
+                     for d, col, name in zip(drift, X.T, names)])  # fmt: skip
 
 
 def fit_global_ar(X, Y, contrasts: dict, *, names=None, max_memory=None, n_jobs: int | None = None) -> GlobalARFit:
@@ -80,33 +91,47 @@ def fit_global_ar(X, Y, contrasts: dict, *, names=None, max_memory=None, n_jobs:
     Y, n_jobs = _fit_iv(Y, design.n_scans, n_jobs)
     X, names, n = design.X, design.names, design.n_scans
     drift = np.array([bool(DRIFT.match(name)) for name in names])
-    constant = np.array([not d and np.ptp(col) == 0 and col[0] != 0 for d, col in zip(drift, X.T)])
-    interest = ~drift & ~constant
-    if not interest.any():
+    nuisance = drift | _constant_columns(X, names, drift)
+    if nuisance.all():
         raise InputError("ar1-global pools the voxels that SPM's F test of the effects of interest finds, but the "
                          "design has only constant and drift columns; use --noise ar1.")  # fmt: skip
     ols = fit_ols(X, Y, names=names, max_memory=max_memory, n_jobs=n_jobs)
-    test = ols.contrast(np.eye(X.shape[1])[interest], name="effects of interest")  # t when one column
-    F, tr_mv = (test.stat**2, 1.0) if test.kind == "t" else (test.stat, test.dof[0])
+    if ols.n_invalid == ols.valid.size:
+        raise InputError(f"all {ols.valid.size} voxels have NaN or infinite values in some scan; nothing to fit.")
+    # SPM's F of the effects of interest: extra sum of squares over the model of constants and drifts, with
+    # trMV = rank(X) - rank(X0) and trRV = n - rank(K X) (the filter's dof left out, as SPM does)
+    rss = ols.residual_variance * ols.dof
+    if nuisance.any():
+        rss0 = fit_ols(X[:, nuisance], Y, max_memory=max_memory, n_jobs=n_jobs).residual_variance * (n - np.linalg.matrix_rank(X[:, nuisance]))
+    else:
+        rss0 = np.concatenate([np.einsum("tv,tv->v", b, b) for b in
+                               (np.asarray(Y[:, a : a + 4096], dtype=np.float64) for a in range(0, Y.shape[1], 4096))])  # fmt: skip
+    tr_mv = design.rank - (np.linalg.matrix_rank(X[:, nuisance]) if nuisance.any() else 0)
     X0 = X[:, drift]
     filtered = X[:, ~drift] - X0 @ np.linalg.lstsq(X0, X[:, ~drift], rcond=None)[0] if drift.any() else X[:, ~drift]
     tr_rv = n - np.linalg.matrix_rank(filtered)
     threshold = float(special.fdtri(tr_mv, tr_rv, 1.0 - UF_P))
-    with np.errstate(invalid="ignore"):
-        pooled = np.flatnonzero(F * (tr_rv / ols.dof) > threshold)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        F = ((rss0 - rss) / tr_mv) / (rss / tr_rv)
+        pooled = np.flatnonzero(F > threshold)
     if pooled.size == 0:
         raise InputError(f"ar1-global: no voxel passes SPM's effects-of-interest F test (p < {UF_P}), so there is "
                          "nothing to pool the autocorrelation over; use --noise ar1 (per voxel) or check the design.")  # fmt: skip
-    rss = ols.residual_variance[pooled] * ols.dof
     Cy = np.zeros((n, n))
     for a in range(0, pooled.size, 4096):
         idx = pooled[a : a + 4096]
-        block = np.asarray(Y[:, idx], dtype=np.float64) * np.sqrt(tr_rv / rss[a : a + 4096])
+        block = np.asarray(Y[:, idx], dtype=np.float64) * np.sqrt(tr_rv / rss[idx])
         Cy += block @ block.T
     Cy /= pooled.size
+    Q = ar_components(n, AR_POINT)
     try:
-        V, h, _ = reml(Cy, X, ar_components(n, AR_POINT))
-        W = whitening_matrix(V)
+        try:
+            V, h, _ = reml(Cy, X, Q)
+            W = whitening_matrix(V)
+        except FloatingPointError:  # SPM reduces the model; voxfit keeps the first component (AR(0.2)-like)
+            V, h1, _ = reml(Cy, X, Q[:1])
+            h = np.array([h1[0], 0.0])
+            W = whitening_matrix(V)
     except (FloatingPointError, np.linalg.LinAlgError):
         raise InputError("ar1-global: the ReML estimate of the noise covariance did not converge to a positive "
                          "definite matrix for these data; use --noise ar1.") from None  # fmt: skip

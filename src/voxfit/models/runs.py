@@ -100,12 +100,17 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
         if not common.any():
             raise InputError("no voxel is inside the mask of every run.")
         masker = Masker(geometry, common)
-        runs = []
-        for ds, (X, names) in zip(datasets, matrices):
+        runs, noise_details = [], []
+        for r, (ds, (X, names)) in enumerate(zip(datasets, matrices), 1):
             columns = np.flatnonzero(common[ds.masker.mask])
             data = _subset(ds.data, columns)
             data = data if scaling == "none" else _scale(data, scaling)
-            runs.append(fit_noise_model(X, data, names, items, noise, max_memory, n_jobs)[1])
+            try:
+                _, stats, _, info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs)
+            except InputError as exc:
+                raise InputError(f"run {r}: {exc}") from None
+            runs.append(stats)
+            noise_details.append(info)
         combined = {label: fixed_effects(label, [run[label] for run in runs]) for label, _ in items}
         files: list[Path] = []
         if out is not None:
@@ -121,8 +126,8 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
                     masker.write(out.path(name), values, map_names)
             out.write_json("model.json", {
                 "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
-                "runs": [{"inputs": [input_record(p) for p in ds.paths], "columns": list(names), "n_scans": int(X.shape[0])}
-                         for ds, (X, names) in zip(datasets, matrices)],
+                "runs": [{"inputs": [input_record(p) for p in ds.paths], "columns": list(names), "n_scans": int(X.shape[0]),
+                          "noise_details": info} for ds, (X, names), info in zip(datasets, matrices, noise_details)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                                       "dof": combined[label].dof} for label, expr in items},
                 "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": mask_threshold,

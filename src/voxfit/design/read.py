@@ -70,22 +70,9 @@ def _number(cell: str, path: Path, row: int, column: str) -> float:
 
 
 def _read_vest(path: Path) -> tuple[NDArray[np.float64], list[str]]:
-    rows, in_matrix = [], False
-    for line in path.read_text().splitlines():
-        if line.strip().startswith("/Matrix"):
-            in_matrix = True
-        elif in_matrix and line.strip():
-            try:
-                rows.append([float(v) for v in line.split()])
-            except ValueError:
-                raise InputError(f"design {path}: non-numeric value in the /Matrix section: {line.strip()!r}.") from None
-    if not rows:
-        raise InputError(f"design {path}: no /Matrix section with values (is it an FSL design.mat?).")
-    if len({len(r) for r in rows}) > 1:
-        raise InputError(f"design {path}: the /Matrix rows have different numbers of values.")
-    X = np.array(rows)
-    if not np.isfinite(X).all():
-        raise InputError(f"design {path}: the /Matrix section holds non-finite values.")
+    from .vest import read_vest
+
+    X = read_vest(path, "design")[1]
     return X, [f"EV{j + 1}" for j in range(X.shape[1])]
 
 

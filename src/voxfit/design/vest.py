@@ -1,0 +1,102 @@
+"""FSL's VEST text files, as randomise and PALM take them: ``design.mat``, ``design.con``, ``design.fts``,
+``design.grp``.
+
+Each is a header of ``/Key value`` lines and a ``/Matrix`` section of whitespace-separated numbers. ``.con``
+files name their contrasts with ``/ContrastName<k>``; ``.fts`` rows select t contrasts (columns) that form
+an F test; ``.grp`` gives each row's exchangeability block (FSL randomise ``-e``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..exceptions import InputError
+
+__all__ = ["read_vest", "read_contrasts", "read_ftests", "read_groups", "write_vest"]
+
+
+def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np.float64]]:
+    """``(header, matrix)`` of a VEST file; the header maps keys (``NumWaves``, ``ContrastName1``...) to text."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path}: no such file.")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path}: not a text file (is it an FSL VEST file?).") from None
+    header: dict[str, str] = {}
+    rows: list[list[float]] = []
+    in_matrix = False
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/Matrix"):
+            in_matrix = True
+        elif text.startswith("/") and not in_matrix:
+            key, _, value = text[1:].partition(" ")
+            header[key.strip()] = value.strip()
+        elif in_matrix:
+            try:
+                rows.append([float(v) for v in text.split()])
+            except ValueError:
+                raise InputError(f"{what} {path}, line {number}: non-numeric value in the /Matrix section: {text!r}.") from None
+    if not rows:
+        raise InputError(f"{what} {path}: no /Matrix section with values (is it an FSL VEST file?).")
+    if len({len(r) for r in rows}) > 1:
+        raise InputError(f"{what} {path}: the /Matrix rows have different numbers of values.")
+    matrix = np.array(rows)
+    if not np.isfinite(matrix).all():
+        raise InputError(f"{what} {path}: the /Matrix section holds non-finite values.")
+    for key, axis in (("NumWaves", 1), ("NumPoints", 0), ("NumContrasts", 0)):
+        if key in header and header[key].split() and header[key].split()[0].isdigit():
+            if int(header[key].split()[0]) != matrix.shape[axis]:
+                raise InputError(f"{what} {path}: /{key} says {header[key].split()[0]} but the /Matrix has "
+                                 f"{matrix.shape[axis]} {'columns' if axis else 'rows'}.")  # fmt: skip
+    return header, matrix
+
+
+def read_contrasts(path, n_columns: int | None = None) -> list[tuple[str, NDArray[np.float64]]]:
+    """A ``design.con``: ``[(name, weights), ...]`` in file order (names from ``/ContrastName<k>``, else
+    ``C<k>``); `n_columns` checks the weights against the design."""
+    header, C = read_vest(path, "contrasts")
+    if n_columns is not None and C.shape[1] != n_columns:
+        raise InputError(f"contrasts {path}: {C.shape[1]} weights per contrast but the design has {n_columns} columns.")
+    return [(header.get(f"ContrastName{k + 1}", "").strip() or f"C{k + 1}", C[k]) for k in range(C.shape[0])]
+
+
+def read_ftests(path, n_contrasts: int) -> list[NDArray[np.intp]]:
+    """A ``design.fts``: for each F test, the indices of the t contrasts it joins."""
+    _, F = read_vest(path, "F tests")
+    if F.shape[1] != n_contrasts:
+        raise InputError(f"F tests {path}: {F.shape[1]} columns but the .con file has {n_contrasts} contrasts.")
+    if not np.isin(F, (0, 1)).all():
+        raise InputError(f"F tests {path}: entries must be 0 or 1 (whether each t contrast joins the F test).")
+    tests = [np.flatnonzero(row) for row in F]
+    if any(t.size == 0 for t in tests):
+        raise InputError(f"F tests {path}: every F test must select at least one contrast.")
+    return tests
+
+
+def read_groups(path, n_rows: int) -> NDArray[np.int64]:
+    """A ``design.grp``: one exchangeability block label per row of the design (integers)."""
+    _, G = read_vest(path, "exchangeability blocks")
+    if G.shape != (n_rows, 1):
+        raise InputError(f"exchangeability blocks {path}: need one value per row of the design ({n_rows}); got shape {G.shape}.")
+    if not np.all(G == np.round(G)):
+        raise InputError(f"exchangeability blocks {path}: block labels must be integers.")
+    return G[:, 0].astype(np.int64)
+
+
+def write_vest(path, matrix: NDArray, header: dict[str, str] | None = None, rows_key: str = "NumPoints") -> None:
+    """Write a VEST file (``/NumWaves``, ``/NumPoints`` (``/NumContrasts`` for .con and .fts) and any extra
+    header lines, then ``/Matrix``)."""
+    M = np.atleast_2d(np.asarray(matrix, dtype=float))
+    lines = [f"/NumWaves {M.shape[1]}", f"/{rows_key} {M.shape[0]}"]
+    lines += [f"/{k} {v}" for k, v in (header or {}).items()]
+    lines.append("/Matrix")
+    lines += [" ".join(repr(float(v)) for v in row) for row in M]
+    Path(path).write_text("\n".join(lines) + "\n")

@@ -19,7 +19,8 @@ import importlib
 from . import exceptions
 from ._version import __version__
 
-__all__ = ["FirstLevel", "Fit", "Stats", "exceptions", "fit", "fit_ar", "fit_images", "load", "write_stats", "__version__"]
+__all__ = ["FirstLevel", "Fit", "SecondLevel", "Stats", "exceptions", "fit", "fit_ar", "fit_images", "inference", "load",
+           "write_stats", "__version__"]  # fmt: skip
 
 _LAZY = {
     "fit": ("engine", "fit"),
@@ -30,10 +31,15 @@ _LAZY = {
     "fit_images": ("models", "fit_images"),
     "fit_ar": ("engine", "fit_ar"),
     "FirstLevel": ("models", "FirstLevel"),
+    "SecondLevel": ("models", "SecondLevel"),
 }
 
 
 def __getattr__(name: str):
+    if name == "inference":  # voxfit.inference.permutation_test and friends
+        value = importlib.import_module(".inference", __name__)
+        globals()[name] = value
+        return value
     if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(f".{module}", __name__), attr)

@@ -1,4 +1,4 @@
-"""The command line: ``voxfit fit``, ``voxfit demo``.
+"""The command line: ``voxfit fit``, ``voxfit design``, ``voxfit group``, ``voxfit demo``.
 
 Exit status: 0 on success, 2 on bad input or usage, 1 on an internal error, 130 when interrupted. Errors are
 one line on stderr (``--debug`` shows the traceback); a failed or interrupted run leaves no partial output.
@@ -36,6 +36,19 @@ EXAMPLES_FIT = """examples:
 contrasts are NAME=EXPR: EXPR is a linear combination of design column names with numeric coefficients
 (A - B, 0.5*A + 0.5*B, (A + B)/2); ';' joins rows into an F contrast (A; B). Names of maps keep the
 letters and digits of NAME: contrast-<NAME>_stat-<effect|variance|t|F|p|z>_statmap.<ext>.
+"""
+
+
+EXAMPLES_GROUP = """examples:
+  voxfit group sub-*/contrast-faces_stat-effect_statmap.nii.gz --permutations 10000 --tfce -o group/
+  voxfit group maps.nii.gz --design design.mat --con design.con --grp design.grp --permutations 5000 \\
+               --cluster-threshold 3.1 --tfce -o group/
+  voxfit group lh.*.func.gii --design participants.tsv --contrast "age=age" --permutations 5000 \\
+               --tfce --mesh lh.pial.surf.gii -o g/
+  voxfit group a_*.nii.gz b_*.nii.gz --paired --permutations 5000 -o paired/   # A maps, then B maps
+
+Without --design the model is one-sample (a column 'intercept'). Permutation p-values count the shuffles
+whose statistic reaches the observed one (the identity included); t contrasts are one-sided (large t).
 """
 
 
@@ -83,6 +96,33 @@ def _get_parser() -> argparse.ArgumentParser:
     design.add_argument("--force", action="store_true", help="overwrite an existing output file")
     design.add_argument("--quiet", action="store_true", help="print nothing but errors")
     design.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
+
+    group = sub.add_parser("group", help="group (second-level) model: parametric and permutation inference",
+                           epilog=EXAMPLES_GROUP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    group.add_argument("inputs", nargs="+", metavar="INPUT", help="one map per subject (NIfTI, GIFTI, CIFTI dscalar) or one 4-D file")
+    g = group.add_mutually_exclusive_group()
+    g.add_argument("--one-sample", action="store_true", help="one-sample test of the mean (the default without --design)")
+    g.add_argument("--design", metavar="FILE", help="participants TSV/CSV (numeric columns) or FSL design.mat")
+    group.add_argument("--two-sample", metavar="COLUMN", help="the --design table's column with two groups")
+    group.add_argument("--paired", action="store_true", help="inputs are n maps of A then n maps of B: test A - B")
+    group.add_argument("--contrast", action="append", default=[], metavar="NAME=EXPR", help="a contrast (repeatable)")
+    group.add_argument("--con", metavar="FILE", help="FSL design.con (t contrasts)")
+    group.add_argument("--fts", metavar="FILE", help="FSL design.fts (F tests of the .con contrasts)")
+    group.add_argument("--grp", metavar="FILE", help="FSL design.grp: exchangeability blocks")
+    group.add_argument("--permute-blocks", action="store_true", help="shuffle whole blocks (equal sizes) instead of within blocks")
+    group.add_argument("--mask", metavar="FILE", help="mask (default: voxels finite and non-zero in every map)")
+    group.add_argument("--permutations", type=int, default=0, metavar="N", help="shuffles, the identity included (default 0: parametric only)")
+    group.add_argument("--seed", type=int, metavar="S", help="random seed for reproducible shuffles")
+    group.add_argument("--scheme", choices=["auto", "flip", "permute"], default="auto",
+                       help="sign-flip (one-sample, paired) or permute; auto picks sign-flips for a one-sample design")  # fmt: skip
+    group.add_argument("--tfce", action="store_true", help="threshold-free cluster enhancement with FWE p-values")
+    group.add_argument("--tfce-E", type=float, metavar="E", help="TFCE extent exponent (default 0.5 volumes, 1 surfaces)")
+    group.add_argument("--tfce-H", type=float, metavar="H", help="TFCE height exponent (default 2)")
+    group.add_argument("--cluster-threshold", type=float, metavar="T", help="cluster-forming threshold on the t (or F) statistic")
+    group.add_argument("--connectivity", type=int, choices=[6, 18, 26], default=6, help="voxel neighbours for clusters and TFCE")
+    group.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) of surface inputs, for clusters and TFCE")
+    group.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
+    _common(group)
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
     demo.add_argument("-o", "--output", default="voxfit-demo", metavar="DIR", help="output folder (default: ./voxfit-demo)")
@@ -159,6 +199,8 @@ def _run(args, argv) -> int:
     progress = None if not args.quiet else False
     if args.command == "design":
         return _run_design(args)
+    if args.command == "group":
+        return _run_group(args, argv, progress)
     if args.command == "demo":  # heavy imports only once the command line is known to be valid
         from .models.demo import run_demo
 
@@ -232,6 +274,32 @@ def _run_runs(args, argv) -> int:
     return 0
 
 
+def _run_group(args, argv, progress) -> int:
+    from .engine.memory import parse_memory
+    from .models import SecondLevel
+
+    if args.two_sample and not args.design:
+        raise InputError("--two-sample COLUMN needs --design TABLE holding that column.")
+    if args.permute_blocks and not args.grp:
+        raise InputError("--permute-blocks needs --grp FILE (the exchangeability blocks).")
+    model = SecondLevel(
+        design=args.design, contrasts=args.contrast, two_sample=args.two_sample, paired=args.paired, con=args.con,
+        fts=args.fts, grp=args.grp, whole_blocks=args.permute_blocks, mask=args.mask, permutations=args.permutations,
+        seed=args.seed, scheme=args.scheme, tfce=args.tfce, tfce_E=args.tfce_E, tfce_H=args.tfce_H,
+        cluster_threshold=args.cluster_threshold, connectivity=args.connectivity, mesh=args.mesh,
+        max_memory=parse_memory(args.max_memory) if args.max_memory else 256 << 20, n_jobs=args.n_jobs,
+    )  # fmt: skip
+    result = model.fit(args.inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
+    if not args.quiet:
+        n = result.X.shape[0]
+        perm = next(iter(result.permutation.values()), None)
+        how = (f"{perm.n_shuffles} {'sign-flips' if perm.scheme == 'flip' else 'permutations'}"
+               + (" (all of them)" if perm.exhaustive else "")) if perm else "parametric only"  # fmt: skip
+        print(f"group model: {n} maps x {result.masker.n_voxels:,} voxels, columns {', '.join(result.names)}; "
+              f"{len(result.parametric)} contrast(s), {how}; {len(result.files)} files in {args.output}")  # fmt: skip
+    return 0
+
+
 def _run_design(args) -> int:
     import os
     from pathlib import Path
@@ -288,7 +356,7 @@ def _main(argv: list[str]) -> int:
     parser = _get_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        print("voxfit: error: give a command: fit, design or demo (see --help)", file=sys.stderr)
+        print("voxfit: error: give a command: fit, design, group or demo (see --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False)
     try:

@@ -1,0 +1,292 @@
+"""``voxfit.SecondLevel``: group models over subjects' maps, parametric and permutation inference, written as maps.
+
+Inputs are a list of maps (3-D NIfTI, GIFTI, CIFTI dscalar) or one 4-D file, one map per subject (or, with
+``paired``, the n maps of condition A followed by the n maps of condition B, tested as A - B). Without a
+mask, voxels are kept where every map is finite and non-zero (SPM's implicit mask for group data).
+
+Maps written per contrast ``<c>`` (in the input's format): the parametric ``effect``, ``variance``, ``t``/``F``,
+``p``, ``z``; ``stat-p_desc-fdr`` and ``desc-bonferroni`` (from the parametric p); with permutations,
+``stat-p_desc-uncorrected``, ``desc-fwe`` (maximum statistic), ``desc-fdr`` (of the permutation p),
+``desc-clusterfwe``, ``desc-clustermassfwe``, ``stat-tfce`` and ``stat-p_desc-tfcefwe``; every p map also
+as ``stat-logp`` (``-log10 p``); a cluster table ``contrast-<c>_clusters.tsv`` with a cluster threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._version import __version__
+from ..core import Stats, factorize
+from ..design import read_contrasts, read_ftests, read_groups, write_design
+from ..design.group import group_design
+from ..engine import fit as fit_engine
+from ..exceptions import InputError
+from ..inference.corrections import bonferroni, fdr
+from ..inference.permutation import PermutationResult, permutation_test
+from ..io import Masker, OutputFolder, load, stat_maps
+from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from .glm import contrast_items, input_record
+
+__all__ = ["SecondLevel", "GroupFit"]
+
+
+@dataclass(frozen=True, eq=False)
+class GroupFit:
+    """Result of :meth:`SecondLevel.fit`: per contrast the parametric Stats and the permutation result."""
+
+    masker: Masker
+    X: np.ndarray
+    names: tuple[str, ...]
+    parametric: dict[str, Stats]
+    permutation: dict[str, PermutationResult]
+    clusters: dict[str, list[dict]] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SecondLevel:
+    """Group model settings (as ``voxfit group``); :meth:`fit` does the work.
+
+    >>> model = SecondLevel(permutations=5000, tfce=True, seed=0)                     # doctest: +SKIP
+    >>> result = model.fit(["sub-01_effect.nii.gz", ...], out_dir="group")           # doctest: +SKIP
+
+    design: None (one-sample), a participants TSV/CSV, FSL design.mat, or ``(X, names)``; contrasts:
+    ``{label: expression}`` or ``["label=expr"]`` (default for one-sample: ``intercept``); con/fts/grp:
+    FSL VEST files (t contrasts, F tests of them, exchangeability blocks); permutations: 0 for parametric
+    inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
+    'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
+    neighbours of surface data; max_memory: bytes for one batch of permutations.
+    """
+
+    design: object = None
+    contrasts: object = None
+    two_sample: str | None = None
+    paired: bool = False
+    con: object = None
+    fts: object = None
+    grp: object = None
+    whole_blocks: bool = False
+    mask: object = None
+    permutations: int = 0
+    seed: int | None = None
+    scheme: str = "auto"
+    tfce: bool = False
+    tfce_E: float | None = None
+    tfce_H: float | None = None
+    cluster_threshold: float | None = None
+    connectivity: int = 6
+    mesh: object = None
+    max_memory: int = 256 << 20
+    n_jobs: int | None = None
+
+    def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
+        paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        if self.permutations < 0 or isinstance(self.permutations, bool):
+            raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
+        if (self.tfce or self.cluster_threshold is not None) and not self.permutations:
+            if self.tfce:
+                raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
+        with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
+            ds = load(paths, self.mask, progress=progress)
+            Y, masker = np.asarray(ds.data), ds.masker
+            if self.paired:
+                if Y.shape[0] % 2:
+                    raise InputError(f"--paired needs the maps of condition A then those of B (an even number); got {Y.shape[0]}.")
+                half = Y.shape[0] // 2
+                Y = Y[:half] - Y[half:]
+            if self.mask is None:  # voxels valid in every map: finite (already) and non-zero
+                keep = np.all(np.asarray(ds.data) != 0, axis=0)
+                if not keep.all():
+                    full = masker.mask.copy()
+                    full[masker.mask] = keep
+                    masker, Y = Masker(masker.geometry, full), Y[:, keep]
+                if masker.n_voxels == 0:
+                    raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
+            d = group_design(Y.shape[0], design=self.design, two_sample=self.two_sample)
+            items = self._contrast_items(d.names, d.X.shape[1])
+            blocks = read_groups(self.grp, Y.shape[0]) if self.grp is not None else None
+            factor = factorize(d.X, list(d.names))
+            if factor.dof < 1:
+                raise InputError(f"the design ({d.X.shape[1]} columns, rank {factor.rank}) leaves no degrees of freedom for {Y.shape[0]} maps.")
+            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs)
+            parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
+            adjacency = weights = None
+            E, H = self._tfce_parameters(masker.geometry)
+            if self.tfce or self.cluster_threshold is not None:
+                adjacency = self._adjacency(masker)
+            perms: dict[str, PermutationResult] = {}
+            if self.permutations:
+                for label, expr in items:
+                    perms[label] = permutation_test(
+                        d.X, Y, expr, names=list(d.names), n_permutations=int(self.permutations), scheme=self.scheme,
+                        blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
+                        cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H, weights=weights,
+                        max_memory=self.max_memory, progress=progress, name=label,
+                    )  # fmt: skip
+            tables = {}
+            if self.cluster_threshold is not None:
+                for label, _ in items:
+                    tables[label] = self._cluster_table(masker, parametric[label], perms.get(label), adjacency)
+            files: list[Path] = []
+            if out is not None:
+                self._write(out, masker, d, items, parametric, perms, tables, paths, command, (E, H), blocks)
+                files = out.commit()
+        return GroupFit(masker, d.X, d.names, parametric, perms, tables, files)
+
+    def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
+        items = contrast_items(self.contrasts) if self.contrasts else []
+        if self.con is not None:
+            tcons = read_contrasts(self.con, p)
+            items += [(label, w) for label, w in _unique_labels(tcons)]
+            if self.fts is not None:
+                for k, chosen in enumerate(read_ftests(self.fts, len(tcons)), 1):
+                    items.append((f"F{k}", np.array([tcons[i][1] for i in chosen])))
+        elif self.fts is not None:
+            raise InputError("--fts selects contrasts of a --con file; give the .con file too.")
+        if not items:
+            if list(names) == ["intercept"]:
+                return [("intercept", "intercept")]
+            raise InputError(f"give contrasts (--contrast NAME=EXPR over {', '.join(names)}, or --con design.con).")
+        labels = [k for k, _ in items]
+        if len(set(labels)) != len(labels):
+            raise InputError(f"contrast names repeat ({', '.join(labels)}); give each a distinct name.")
+        return items
+
+    def _tfce_parameters(self, geometry) -> tuple[float, float]:
+        surface = isinstance(geometry, SurfaceGeometry)
+        E = self.tfce_E if self.tfce_E is not None else (1.0 if surface else 0.5)
+        H = self.tfce_H if self.tfce_H is not None else 2.0
+        return float(E), float(H)
+
+    def _adjacency(self, masker: Masker):
+        from ..inference.graph import mesh_adjacency, volume_adjacency
+
+        geometry = masker.geometry
+        if isinstance(geometry, VolumeGeometry):
+            return volume_adjacency(masker.mask, geometry.shape, self.connectivity)
+        if isinstance(geometry, SurfaceGeometry):
+            if self.mesh is None:
+                raise InputError("clusters and TFCE on surface data need the surface's triangles: give --mesh lh.pial.surf.gii.")
+            return mesh_adjacency(_read_faces(self.mesh, geometry.n_vertices), masker.mask)
+        if isinstance(geometry, CiftiGeometry):
+            raise InputError("clusters and TFCE on CIFTI files are not supported yet; use --permutations for "
+                             "voxelwise (max-statistic) inference, or give the hemispheres as GIFTI with --mesh.")  # fmt: skip
+        raise InputError("clusters and TFCE need images (NIfTI volumes or GIFTI surfaces with --mesh), not arrays.")
+
+    def _cluster_table(self, masker, stats: Stats, perm, adjacency) -> list[dict]:
+        from ..inference.clusters import label_clusters
+
+        if perm is not None and perm.clusters is not None:
+            c = perm.clusters
+            labels, sizes, masses = c.labels, c.sizes, c.masses
+        else:
+            labels, sizes, masses = label_clusters(stats.stat, adjacency, self.cluster_threshold)
+        geometry = masker.geometry
+        index = masker.index
+        rows = []
+        for k in range(len(sizes)):
+            members = np.flatnonzero(labels == k + 1)
+            peak = members[np.nanargmax(stats.stat[members])]
+            row = {"cluster": k + 1, "size": int(sizes[k]) if float(sizes[k]).is_integer() else float(sizes[k]),
+                   "mass": float(masses[k]), "peak_stat": float(stats.stat[peak])}  # fmt: skip
+            if isinstance(geometry, VolumeGeometry):
+                xyz = np.array(np.unravel_index(index[peak], geometry.shape, order="F"), dtype=float)
+                mm = geometry.affine[:3, :3] @ xyz + geometry.affine[:3, 3]
+                row["size_mm3"] = float(sizes[k] * abs(np.linalg.det(geometry.affine[:3, :3])))
+                row.update(peak_x=float(mm[0]), peak_y=float(mm[1]), peak_z=float(mm[2]),
+                           peak_i=int(xyz[0]), peak_j=int(xyz[1]), peak_k=int(xyz[2]))  # fmt: skip
+            else:
+                row["peak_vertex"] = int(index[peak])
+            if perm is not None and perm.clusters is not None:
+                row["p_fwe_extent"] = float(perm.clusters.p_extent[k])
+                row["p_fwe_mass"] = float(perm.clusters.p_mass[k])
+            rows.append(row)
+        return rows
+
+    def _write(self, out, masker, d, items, parametric, perms, tables, paths, command, EH, blocks) -> None:
+        ext = masker.geometry.extension
+        masker.write_mask(out.path(f"mask{ext}"))
+        write_design(out.path("design.tsv"), d.X, list(d.names))
+
+        def name(label, stat, desc=None):
+            return f"contrast-{label}_stat-{stat}" + (f"_desc-{desc}" if desc else "") + f"_statmap{ext}"
+
+        def p_maps(label, desc, p):
+            masker.write(out.path(name(label, "p", desc)), p, [f"{label} p {desc}"])
+            with np.errstate(divide="ignore"):
+                masker.write(out.path(name(label, "logp", desc)), -np.log10(p), [f"{label} -log10 p {desc}"])
+
+        for label, _ in items:
+            s = parametric[label]
+            for fname, values, names in stat_maps(s, label, ext):
+                masker.write(out.path(fname), values, names)
+            p_maps(label, "fdr", fdr(s.p))
+            p_maps(label, "bonferroni", bonferroni(s.p))
+            r = perms.get(label)
+            if r is not None:
+                p_maps(label, "uncorrected", r.p_uncorrected)
+                p_maps(label, "fwe", r.p_fwe)
+                p_maps(label, "permfdr", fdr(r.p_uncorrected))
+                if r.clusters is not None:
+                    p_maps(label, "clusterfwe", r.clusters.voxel_map(r.clusters.p_extent))
+                    p_maps(label, "clustermassfwe", r.clusters.voxel_map(r.clusters.p_mass))
+                if r.tfce is not None:
+                    masker.write(out.path(name(label, "tfce")), r.tfce, [f"{label} TFCE"])
+                    p_maps(label, "tfcefwe", r.p_tfce_fwe)
+            if label in tables:
+                _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
+        out.write_json("model.json", {
+            "voxfit_version": __version__, "command": command, "model": "group (second level)",
+            "inputs": [input_record(Path(p)) for p in paths],
+            "design": {"columns": list(d.names), "n_rows": int(d.X.shape[0]), "notes": list(d.notes),
+                       "paired": self.paired},
+            "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
+                                  "kind": parametric[label].kind, "dof": parametric[label].dof,
+                                  "permutation": None if label not in perms else {
+                                      "scheme": perms[label].scheme, "shuffles": perms[label].n_shuffles,
+                                      "exhaustive": perms[label].exhaustive}} for label, expr in items},
+            "settings": {"permutations": self.permutations, "seed": self.seed, "scheme": self.scheme,
+                         "exchangeability_blocks": None if blocks is None else np.asarray(blocks).tolist(),
+                         "whole_blocks": self.whole_blocks, "tfce": self.tfce, "tfce_E": EH[0], "tfce_H": EH[1],
+                         "cluster_threshold": self.cluster_threshold, "connectivity": self.connectivity,
+                         "mask": "automatic (finite and non-zero in every map)" if self.mask is None else str(self.mask),
+                         "p": "t contrasts one-sided (large positive t); permutation p = #{shuffles reaching the observed} / shuffles"},
+            "n_voxels": masker.n_voxels,
+        })  # fmt: skip
+
+
+def _unique_labels(tcons):
+    from ..io import sanitize_label
+
+    return [(sanitize_label(label, "contrast"), w) for label, w in tcons]
+
+
+def _read_faces(path, n_vertices: int) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        coords, faces = img.agg_data(("pointset", "triangle"))
+    except Exception as exc:  # nibabel raises many kinds for a file that is not a GIFTI surface
+        raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles ({exc}).") from None
+    if coords is None or faces is None:
+        raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles.")
+    if coords.shape[0] != n_vertices:
+        raise InputError(f"mesh {path} has {coords.shape[0]} vertices but the data have {n_vertices}.")
+    return np.asarray(faces, dtype=np.int64)
+
+
+def _write_table(path, rows: list[dict]) -> None:
+    columns = ["cluster", "size", "size_mm3", "mass", "peak_stat", "peak_x", "peak_y", "peak_z", "peak_i", "peak_j",
+               "peak_k", "peak_vertex", "p_fwe_extent", "p_fwe_mass"]  # fmt: skip
+    present = [c for c in columns if any(c in r for r in rows)] or ["cluster", "size", "mass", "peak_stat"]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(present)
+        for r in rows:
+            w.writerow(["n/a" if c not in r else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in present])

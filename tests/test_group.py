@@ -1,0 +1,199 @@
+"""voxfit group / SecondLevel: designs, FSL files, outputs, permutations with clusters and TFCE, errors."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from voxfit import fit
+from voxfit.cli import main
+from voxfit.design import write_vest
+from voxfit.design.group import group_design
+from voxfit.exceptions import InputError
+from voxfit.models import SecondLevel
+
+from .imaging import AFFINE, SHAPE
+
+GRID = (8, 7, 6)
+
+
+def _maps(tmp_path, rng, n=10, effect=0.0, shape=GRID, prefix="sub"):
+    """n 3-D maps: smooth-ish noise plus `effect` in a block of voxels; a zero border outside the 'brain'."""
+    paths = []
+    for i in range(n):
+        data = rng.standard_normal(shape)
+        data[2:5, 2:5, 2:4] += effect
+        data[0] = 0.0
+        path = tmp_path / f"{prefix}-{i:02d}.nii.gz"
+        nib.save(nib.Nifti1Image(data.astype(np.float32), AFFINE), path)
+        paths.append(path)
+    return paths
+
+
+def _read(path):
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_one_sample_with_permutations_clusters_and_tfce(tmp_path, rng):
+    paths = _maps(tmp_path, rng, n=10, effect=1.5)
+    out = tmp_path / "g"
+    code = main(["group", *map(str, paths), "--permutations", "200", "--seed", "1", "--tfce",
+                 "--cluster-threshold", "2.5", "-o", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    expected = ["t", "z", "p", "effect", "variance", "tfce", "p_desc-uncorrected", "p_desc-fwe", "p_desc-permfdr",
+                "p_desc-fdr", "p_desc-bonferroni", "p_desc-clusterfwe", "p_desc-clustermassfwe", "p_desc-tfcefwe",
+                "logp_desc-fwe", "logp_desc-tfcefwe"]  # fmt: skip
+    for stat in expected:
+        assert (out / f"contrast-intercept_stat-{stat}_statmap.nii.gz").exists(), stat
+    mask = _read(out / "mask.nii.gz") > 0
+    assert not mask[0].any() and mask[3, 3, 3]  # zeros in the maps are outside the automatic mask
+    Y = np.stack([_read(p)[mask] for p in paths])
+    t = _read(out / "contrast-intercept_stat-t_statmap.nii.gz")[mask]
+    npt.assert_allclose(t, fit(np.ones((10, 1)), Y).contrast([1.0]).t, rtol=1e-5)
+    p_fwe = _read(out / "contrast-intercept_stat-p_desc-fwe_statmap.nii.gz")[mask]
+    p_unc = _read(out / "contrast-intercept_stat-p_desc-uncorrected_statmap.nii.gz")[mask]
+    assert (p_fwe >= p_unc - 1e-7).all() and p_unc.min() >= 1 / 200 - 1e-7
+    logp = _read(out / "contrast-intercept_stat-logp_desc-fwe_statmap.nii.gz")[mask]
+    npt.assert_allclose(logp, -np.log10(p_fwe), rtol=1e-5)
+    assert p_fwe[t.argmax()] <= 0.05  # the planted effect survives
+    with open(out / "contrast-intercept_clusters.tsv") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert rows and {"size", "size_mm3", "peak_stat", "peak_x", "peak_y", "peak_z", "p_fwe_extent", "p_fwe_mass"} <= set(rows[0])
+    assert float(rows[0]["p_fwe_extent"]) <= 0.05
+    peak = np.array([float(rows[0][k]) for k in ("peak_x", "peak_y", "peak_z")])
+    i, j, k = (int(rows[0][k]) for k in ("peak_i", "peak_j", "peak_k"))
+    npt.assert_allclose(peak, AFFINE[:3, :3] @ [i, j, k] + AFFINE[:3, 3])
+    assert 2 <= i <= 4 and 2 <= j <= 4 and 2 <= k <= 3
+    model = json.loads((out / "model.json").read_text())
+    perm = model["contrasts"]["intercept"]["permutation"]
+    assert perm["scheme"] == "flip" and perm["shuffles"] == 200 and model["settings"]["tfce_E"] == 0.5
+    # the same seed gives the same p-values; a non-empty output folder is refused without --force
+    again = tmp_path / "g2"
+    assert main(["group", *map(str, paths), "--permutations", "200", "--seed", "1", "-o", str(again), "--quiet"]) == 0
+    npt.assert_array_equal(_read(again / "contrast-intercept_stat-p_desc-fwe_statmap.nii.gz")[mask], p_fwe)
+    assert main(["group", *map(str, paths), "-o", str(out), "--quiet"]) == 2
+
+
+def test_fsl_vest_files_and_blocks(tmp_path, rng):
+    n = 12
+    paths = _maps(tmp_path, rng, n=n)
+    g = np.r_[np.ones(6), np.zeros(6)]
+    X = np.column_stack([g, 1 - g, rng.standard_normal(n)])
+    write_vest(tmp_path / "design.mat", X)
+    write_vest(tmp_path / "design.con", np.array([[1, -1, 0], [-1, 1, 0], [0, 0, 1.0]]),
+               {"ContrastName1": "AgtB", "ContrastName2": "BgtA", "ContrastName3": "age"}, rows_key="NumContrasts")  # fmt: skip
+    write_vest(tmp_path / "design.fts", np.array([[1, 0, 1.0]]), rows_key="NumContrasts")
+    write_vest(tmp_path / "design.grp", np.repeat([1, 2, 3], 4)[:, None])
+    out = tmp_path / "vest"
+    assert main(["group", *map(str, paths), "--design", str(tmp_path / "design.mat"), "--con", str(tmp_path / "design.con"),
+                 "--fts", str(tmp_path / "design.fts"), "--grp", str(tmp_path / "design.grp"), "--permutations", "50",
+                 "--seed", "0", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    for label, stat in (("AgtB", "t"), ("BgtA", "t"), ("age", "t"), ("F1", "F")):
+        assert (out / f"contrast-{label}_stat-{stat}_statmap.nii.gz").exists()
+    model = json.loads((out / "model.json").read_text())
+    assert model["design"]["columns"] == ["EV1", "EV2", "EV3"]
+    assert model["settings"]["exchangeability_blocks"] == np.repeat([1, 2, 3], 4).tolist()
+    mask = _read(out / "mask.nii.gz") > 0
+    t1 = _read(out / "contrast-AgtB_stat-t_statmap.nii.gz")[mask]
+    t2 = _read(out / "contrast-BgtA_stat-t_statmap.nii.gz")[mask]
+    npt.assert_allclose(t1, -t2, rtol=1e-5, atol=1e-6)
+    Y = np.stack([_read(p)[mask] for p in paths])
+    F = _read(out / "contrast-F1_stat-F_statmap.nii.gz")[mask]
+    npt.assert_allclose(F, fit(X, Y).contrast([[1, -1, 0], [0, 0, 1]]).F, rtol=1e-5)
+
+
+def test_participants_table_designs(tmp_path, rng):
+    rows = ["participant_id\tage\tsex\tgroup"] + [f"sub-{i:02d}\t{20 + 3 * i}\t{'MF'[i % 2]}\t{'patient' if i < 5 else 'control'}"
+                                                  for i in range(10)]  # fmt: skip
+    table = tmp_path / "participants.tsv"
+    table.write_text("\n".join(rows) + "\n")
+    d = group_design(10, design=table)
+    assert d.names == ("age", "intercept") and d.left_out == ("sex", "group")
+    d2 = group_design(10, design=table, two_sample="group")
+    assert d2.names == ("control", "patient", "age") and d2.X[:5, 1].all()
+    paths = _maps(tmp_path, rng, n=10)
+    out = tmp_path / "two"
+    assert main(["group", *map(str, paths), "--design", str(table), "--two-sample", "group", "--contrast",
+                 "pat=patient - control", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    assert (out / "contrast-pat_stat-p_desc-fdr_statmap.nii.gz").exists()
+    with pytest.raises(InputError, match="exactly two group values"):
+        group_design(10, design=table, two_sample="age")
+    with pytest.raises(InputError, match="has 10 rows but 9 maps"):
+        group_design(9, design=table)
+
+
+def test_paired_maps_are_tested_as_differences(tmp_path, rng):
+    a = _maps(tmp_path, rng, n=6, effect=2.0, prefix="a")
+    b = _maps(tmp_path, rng, n=6, prefix="b")
+    res = SecondLevel(paired=True, permutations=64).fit([*a, *b])
+    assert res.X.shape == (6, 1)
+    perm = res.permutation["intercept"]
+    assert perm.exhaustive and perm.n_shuffles == 64  # 2^6 sign-flips, all of them
+    flat = [_read(p).reshape(-1, order="F")[res.masker.mask] for p in (*a, *b)]  # the masker's voxel order
+    diff = np.stack(flat[:6]) - np.stack(flat[6:])
+    npt.assert_allclose(res.parametric["intercept"].t, fit(np.ones((6, 1)), diff).contrast([1.0]).t, rtol=1e-5)
+
+
+def test_surface_maps_with_a_mesh(tmp_path, rng):
+    """An icosahedron's 12 vertices: TFCE over mesh neighbours, E = 1 by default on surfaces."""
+    phi = (1 + 5**0.5) / 2
+    coords = np.array([[-1, phi, 0], [1, phi, 0], [-1, -phi, 0], [1, -phi, 0], [0, -1, phi], [0, 1, phi],
+                       [0, -1, -phi], [0, 1, -phi], [phi, 0, -1], [phi, 0, 1], [-phi, 0, -1], [-phi, 0, 1]], dtype=np.float32)  # fmt: skip
+    faces = np.array([[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
+                      [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5],
+                      [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]], dtype=np.int32)  # fmt: skip
+    mesh = nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(coords, intent="NIFTI_INTENT_POINTSET"),
+                                         nib.gifti.GiftiDataArray(faces, intent="NIFTI_INTENT_TRIANGLE")])  # fmt: skip
+    nib.save(mesh, tmp_path / "lh.surf.gii")
+    paths = []
+    for i in range(8):
+        values = (rng.standard_normal(12) + np.r_[2.0, 2.0, np.zeros(10)]).astype(np.float32)
+        img = nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(values)])
+        paths.append(tmp_path / f"s{i}.func.gii")
+        nib.save(img, paths[-1])
+    out = tmp_path / "surf"
+    assert main(["group", *map(str, paths), "--permutations", "100", "--tfce", "--mesh", str(tmp_path / "lh.surf.gii"),
+                 "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    assert (out / "contrast-intercept_stat-tfce_statmap.func.gii").exists()
+    assert json.loads((out / "model.json").read_text())["settings"]["tfce_E"] == 1.0
+    assert main(["group", *map(str, paths), "--permutations", "100", "--tfce", "-o", str(tmp_path / "nomesh"),
+                 "--quiet"]) == 2  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tfce"], "TFCE needs permutations"),
+        (["--two-sample", "group"], "--two-sample COLUMN needs --design"),
+        (["--permute-blocks"], "--permute-blocks needs --grp"),
+        (["--fts", "x.fts"], "--fts selects contrasts of a --con file"),
+        (["--permutations", "-3"], "`permutations` must be 0"),
+        (["--paired"], "an even number"),
+    ],
+)
+def test_group_errors(tmp_path, rng, capsys, extra, message):
+    paths = _maps(tmp_path, rng, n=5)
+    out = tmp_path / "bad"
+    assert main(["group", *map(str, paths), *extra, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_design_and_contrast_errors(tmp_path, rng):
+    paths = _maps(tmp_path, rng, n=6)
+    write_vest(tmp_path / "d.mat", np.ones((6, 2)))
+    write_vest(tmp_path / "d.con", np.array([[1.0, 0, 0]]), rows_key="NumContrasts")
+    with pytest.raises(InputError, match="3 weights per contrast but the design has 2 columns"):
+        SecondLevel(design=tmp_path / "d.mat", con=tmp_path / "d.con").fit(paths)
+    with pytest.raises(InputError, match="give contrasts"):
+        SecondLevel(design=(np.column_stack([np.ones(6), np.arange(6.0)]), ["a", "b"])).fit(paths)
+    (tmp_path / "bad.mat").write_text("/NumWaves 2\n/NumPoints 6\n/Matrix\n1 2\n3 x\n")
+    with pytest.raises(InputError, match="non-numeric value"):
+        SecondLevel(design=tmp_path / "bad.mat").fit(paths)
+    write_vest(tmp_path / "g.grp", np.ones((5, 1)))
+    with pytest.raises(InputError, match="one value per row of the design"):
+        SecondLevel(grp=tmp_path / "g.grp").fit(paths)

@@ -2,66 +2,141 @@
 
 For a batch of shuffles and a tile of voxels the product ``G = [U, Q_Z]' P E`` (shuffles x rank x voxels)
 holds everything: the effect projection(s) ``G[:, :q]`` and, with ``||E||^2``, the residual sum of squares
-``||E||^2 - ||G||^2``. One pass turns them into t or F, keeps each shuffle's maximum over the tile, counts per
-voxel how often the null statistic reaches the observed one, and (when clusters or TFCE need whole maps)
-stores the statistics. numba is imported on first use.
+``||E||^2 - ||G||^2``. One pass keeps each shuffle's maximum over the tile, counts per voxel how often the
+null statistic reaches the observed one, and (when clusters or TFCE need whole maps) stores the statistics.
+
+The pass works on a key that orders like the statistic without its square root: ``sign(t) t^2`` for t,
+``F`` itself for F. Comparisons and maxima need no square root, and the loop is a few multiplications and
+one division per element in the data's precision (float32 data: float32, as FSL randomise). numba is
+imported on first use; the kernel releases the GIL so that threads can share the tiles.
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
+
+
+def to_key(stat, is_t: bool):
+    """The ordering key of a statistic (``sign(t) t^2`` for t)."""
+    return np.sign(stat) * stat * stat if is_t else stat
+
+
+def from_key(key, is_t: bool):
+    return np.sign(key) * np.sqrt(np.abs(key)) if is_t else key
+
 
 @functools.cache
 def kernel():
     import numba
-    import numpy as np
 
-    @numba.njit(parallel=True, cache=True, error_model="numpy")
-    def stats_tile(G, ee, obs, dof, q, is_t, rowmax, counts, out, out_offset, store):  # pragma: no cover - compiled
-        """G (B, r, v); ee, obs (v,); updates rowmax (n_chunks, B) and counts (v,); writes out[:, offset:]."""
+    @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath=True)
+    def reduce_row(g0, ss, rs, key, b, d, dq, is_t, okey, rowmax, counts, out, out_offset, store):  # pragma: no cover
+        v = key.shape[0]
+        if is_t:
+            for j in range(v):
+                key[j] = g0[j] * abs(g0[j]) * d / rs[j]
+        else:
+            for j in range(v):
+                key[j] = ss[j] * dq / rs[j]
+        m = rowmax[b]
+        for j in range(v):
+            m = max(m, key[j])
+        rowmax[b] = m
+        for j in range(v):
+            counts[j] += key[j] >= okey[j]
+        if store:
+            for j in range(v):
+                x = key[j]
+                out[b, out_offset + j] = (np.sign(x) * np.sqrt(abs(x))) if is_t else x
+
+    # fastmath lets the max reduction vectorise; the inputs hold no NaN (invalid voxels come with E = 0 and
+    # ||E||^2 = 1, so their key is 0 and their observed key +inf) and the loops are branch-free
+    @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath=True)
+    def stats_tile(G, ee, okey, dof, q, is_t, rowmax, counts, out, out_offset, store):  # pragma: no cover - compiled
+        """G (B, r, v); ee, okey (v,) in G's dtype; rowmax (B,) keys, updated; counts (v,) updated; with
+        `store`, the statistics go to out[:, offset:offset + v]."""
         B, r, v = G.shape
-        chunk = 256
-        n_chunks = (v + chunk - 1) // chunk
-        for c in numba.prange(n_chunks):
-            lo = c * chunk
-            w = min(v, lo + chunk) - lo
-            s = np.empty(w)
-            ss = np.empty(w)
-            proj = np.empty(w)
-            hits = np.zeros(w, dtype=np.int64)
-            for b in range(B):
-                for j in range(w):  # unit-stride loops over voxels: vectorised
-                    a = np.float64(G[b, 0, lo + j])
-                    proj[j] = a * a
-                for k in range(1, q):
-                    for j in range(w):
-                        g = np.float64(G[b, k, lo + j])
-                        proj[j] += g * g
-                for j in range(w):
-                    ss[j] = proj[j]
-                for k in range(q, r):
-                    for j in range(w):
-                        g = np.float64(G[b, k, lo + j])
-                        ss[j] += g * g
-                if is_t:
-                    for j in range(w):
-                        rss = ee[lo + j] - ss[j]
-                        s[j] = np.float64(G[b, 0, lo + j]) / np.sqrt(rss / dof) if rss > 0 else np.nan
-                else:
-                    for j in range(w):
-                        rss = ee[lo + j] - ss[j]
-                        s[j] = proj[j] / q / (rss / dof) if rss > 0 else np.nan
-                m = rowmax[c, b]
-                for j in range(w):
-                    if s[j] > m:
-                        m = s[j]
-                    hits[j] += s[j] >= obs[lo + j]
-                rowmax[c, b] = m
-                if store:
-                    for j in range(w):
-                        out[b, out_offset + lo + j] = s[j]
-            for j in range(w):
-                counts[lo + j] += hits[j]
+        d = G.dtype.type(dof)
+        dq = G.dtype.type(dof / q)
+        key = np.empty(v, dtype=G.dtype)
+        ss = np.empty(v, dtype=G.dtype)
+        rs = np.empty(v, dtype=G.dtype)
+        for b in range(B):
+            g0 = G[b, 0]
+            for j in range(v):
+                ss[j] = g0[j] * g0[j]
+            for k in range(1, q):
+                gk = G[b, k]
+                for j in range(v):
+                    ss[j] += gk[j] * gk[j]
+            for j in range(v):
+                rs[j] = ee[j] - ss[j]
+            for k in range(q, r):
+                gk = G[b, k]
+                for j in range(v):
+                    rs[j] -= gk[j] * gk[j]
+            reduce_row(g0, ss, rs, key, b, d, dq, is_t, okey, rowmax, counts, out, out_offset, store)
 
-    return stats_tile
+    @numba.njit(nogil=True, cache=True, error_model="numpy", fastmath=True)
+    def flip_tile(E, basis, patterns, ee, okey, dof, q, is_t, rowmax, counts, out, out_offset, store):  # pragma: no cover
+        """Sign-flips without a matrix product ("four Russians"): subjects in groups of 8, every signed sum
+        of a group's rows ``basis[i, k] E[i, :]`` tabulated once (256 per group, by Gray code), so each shuffle
+        is ``n / 8`` table-row additions per voxel instead of n multiply-adds. `patterns` (B, groups) holds
+        each shuffle's sign bits per group (bit i set: subject 8 g + i flipped)."""
+        n, v = E.shape
+        r = basis.shape[1]
+        n_groups = patterns.shape[1]
+        B = patterns.shape[0]
+        d = E.dtype.type(dof)
+        dq = E.dtype.type(dof / q)
+        table = np.zeros((r, n_groups, 256, v), dtype=E.dtype)
+        for k in range(r):
+            for g in range(n_groups):
+                t = table[k, g]
+                for i in range(8):
+                    row = 8 * g + i
+                    if row < n:
+                        w = E.dtype.type(basis[row, k])
+                        for j in range(v):
+                            t[0, j] += w * E[row, j]
+                for p in range(1, 256):  # p is p ^ low (computed before it) with one more subject flipped
+                    low = p & -p
+                    i = 0
+                    while (1 << i) != low:
+                        i += 1
+                    row = 8 * g + i
+                    prev = t[p ^ low]
+                    cur = t[p]
+                    w = E.dtype.type(-2.0 * basis[row, k]) if row < n else E.dtype.type(0.0)
+                    for j in range(v):
+                        cur[j] = prev[j] + w * E[min(row, n - 1), j]
+        key = np.empty(v, dtype=E.dtype)
+        ss = np.empty(v, dtype=E.dtype)
+        rs = np.empty(v, dtype=E.dtype)
+        gk = np.empty((r, v), dtype=E.dtype)
+        for b in range(B):
+            for k in range(r):
+                acc = gk[k]
+                first = table[k, 0, patterns[b, 0]]
+                for j in range(v):
+                    acc[j] = first[j]
+                for g in range(1, n_groups):
+                    part = table[k, g, patterns[b, g]]
+                    for j in range(v):
+                        acc[j] += part[j]
+            g0 = gk[0]
+            for j in range(v):
+                ss[j] = g0[j] * g0[j]
+            for k in range(1, q):
+                for j in range(v):
+                    ss[j] += gk[k, j] * gk[k, j]
+            for j in range(v):
+                rs[j] = ee[j] - ss[j]
+            for k in range(q, r):
+                for j in range(v):
+                    rs[j] -= gk[k, j] * gk[k, j]
+            reduce_row(g0, ss, rs, key, b, d, dq, is_t, okey, rowmax, counts, out, out_offset, store)
+
+    return stats_tile, flip_tile

@@ -18,6 +18,10 @@ positive t); test the other tail with the negated contrast.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,7 +126,7 @@ def permutation_test(
     X, Y, contrast, *, names=None, n_permutations: int = 5000, scheme: str = "auto", blocks=None,
     whole_blocks: bool = False, seed=None, adjacency=None, cluster_threshold: float | None = None,
     tfce: bool = False, tfce_E: float = 0.5, tfce_H: float = 2.0, weights=None, max_memory=256 << 20,
-    progress: bool | None = None, name: str | None = None,
+    n_jobs: int | None = None, progress: bool | None = None, name: str | None = None,
 ) -> PermutationResult:  # fmt: skip
     """Permutation (or sign-flip) inference for one t or F contrast at every voxel.
 
@@ -150,6 +154,8 @@ def permutation_test(
         (e.g. vertex areas) measure extent.
     max_memory : int
         Bound on the working memory of one batch of shuffles (bytes).
+    n_jobs : int, optional
+        Threads sharing the voxel tiles of each batch (default: all CPUs); BLAS runs single-threaded inside.
     """
     Y = np.asarray(Y) if not hasattr(Y, "dtype") else Y
     if Y.ndim != 2:
@@ -188,41 +194,67 @@ def permutation_test(
 
     need_maps = cluster_threshold is not None or tfce
     V, N, r = Y.shape[1], shuffles.n, basis.shape[1]
-    per_shuffle = 4 * V * (2 if need_maps else 0) + r * 4 * 2048 + 64
+    tile = 2048
+    per_shuffle = (4 * V if need_maps else 0) + 4 * r * tile * 2 + 64
     batch = int(max(1, min(1024, max_memory // per_shuffle)))
-    tile = 2048 if not need_maps else max(256, min(V, 8192))
-    stats_tile = _load_kernel()
-    counts = np.zeros(V, dtype=np.int64)
+    stats_tile, flip_tile = _load_kernel()
+    flips = shuffles.kind == "flip"
+    if flips:  # no matrix product: tables of signed partial sums (see _maxstat.flip_tile)
+        tile = FLIP_TILE
+        bits = (shuffles.signs < 0).astype(np.uint8)
+        n_groups = (bits.shape[1] + 7) // 8
+        padded = np.zeros((N, 8 * n_groups), dtype=np.uint8)
+        padded[:, : bits.shape[1]] = bits
+        patterns = np.ascontiguousarray((padded.reshape(N, n_groups, 8) << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8))
+        basis_w = np.ascontiguousarray(basis, dtype=np.float64)
+    from ._maxstat import from_key, to_key
+
+    okey = to_key(observed, is_t).astype(dtype)
+    okey[~np.isfinite(observed)] = np.inf
+    ee_w = np.where(valid, ee, 1.0).astype(dtype)  # invalid voxels: E = 0 and ||E||^2 = 1 give key 0
+    counts = np.zeros(V, dtype=np.int32)
     null_max = np.empty(N)
     null_max[0] = np.nanmax(stat) if np.isfinite(stat).any() else np.nan
     null_extent, null_mass, null_tfce = np.zeros(N), np.zeros(N), np.zeros(N)
+    if flips and not need_maps:
+        batch = N  # nothing per shuffle but its maxima: every tile's table serves all shuffles at once
+    tiles = [(a, min(V, a + tile)) for a in range(0, V, tile)]
+    E_tiles = [np.ascontiguousarray(E[:, a:b]) for a, b in tiles] if flips else None
+    local = threading.local()
     bar = Progress(f"permutations ({label})", N, progress)
-    for start in range(1, N, batch):  # row 0 is the identity: the observed statistic
-        stop = min(N, start + batch)
-        rows = _projector_rows(basis, shuffles, start, stop, dtype).reshape(-1, E.shape[0])
-        nb = stop - start
-        maps = np.empty((nb, V), dtype=np.float32) if need_maps else np.empty((1, 1), dtype=np.float32)
-        n_chunks = (tile + 255) // 256
-        batch_max = np.full(nb, -np.inf)
-        product = np.empty((nb * r, tile), dtype=dtype)
-        for a in range(0, V, tile):
-            b = min(V, a + tile)
-            G = np.matmul(rows, E[:, a:b], out=product[:, : b - a]).reshape(nb, r, b - a)
-            rowmax = np.full((n_chunks, nb), -np.inf)
-            stats_tile(G, ee[a:b], observed[a:b], float(dof), q, is_t, rowmax, counts[a:b], maps, a, need_maps)
-            np.maximum(batch_max, rowmax.max(axis=0), out=batch_max)
-        null_max[start:stop] = batch_max
-        if need_maps:
-            maps[:, ~valid] = np.nan
-            if cluster_threshold is not None:
-                from .clusters import cluster_max
+    with _blas_single_threaded(), ThreadPoolExecutor(_workers(n_jobs)) as pool:  # threads share the tiles
+        for start in range(1, N, batch):  # row 0 is the identity: the observed statistic
+            stop = min(N, start + batch)
+            nb = stop - start
+            rows = None if flips else _projector_rows(basis, shuffles, start, stop, dtype).reshape(-1, E.shape[0])
+            maps = np.empty((nb, V), dtype=np.float32) if need_maps else np.empty((1, 1), dtype=np.float32)
+            rowmax = np.full((len(tiles), nb), -np.inf, dtype=dtype)
 
-                null_extent[start:stop], null_mass[start:stop] = cluster_max(maps, adjacency, cluster_threshold, weights=weights)
-            if tfce:
-                from .tfce import tfce_max
+            def work(k, rows=rows, nb=nb, maps=maps, rowmax=rowmax, start=start, stop=stop):
+                a, b = tiles[k]
+                if flips:
+                    flip_tile(E_tiles[k], basis_w, patterns[start:stop], ee_w[a:b], okey[a:b], float(dof), q, is_t,
+                              rowmax[k], counts[a:b], maps, a, need_maps)  # fmt: skip
+                    return
+                buf = getattr(local, "buf", None)
+                if buf is None or buf.shape[0] < nb * r:
+                    buf = local.buf = np.empty((batch * r, tile), dtype=dtype)
+                G = np.matmul(rows, E[:, a:b], out=buf[: nb * r, : b - a]).reshape(nb, r, b - a)
+                stats_tile(G, ee_w[a:b], okey[a:b], float(dof), q, is_t, rowmax[k], counts[a:b], maps, a, need_maps)
 
-                null_tfce[start:stop] = tfce_max(maps, adjacency, E=tfce_E, H=tfce_H, weights=weights)
-        bar.update(stop)
+            list(pool.map(work, range(len(tiles))))
+            null_max[start:stop] = from_key(rowmax.max(axis=0).astype(np.float64), is_t)
+            if need_maps:
+                maps[:, ~valid] = np.nan
+                if cluster_threshold is not None:
+                    from .clusters import cluster_max
+
+                    null_extent[start:stop], null_mass[start:stop] = cluster_max(maps, adjacency, cluster_threshold, weights=weights)
+                if tfce:
+                    from .tfce import tfce_max
+
+                    null_tfce[start:stop] = tfce_max(maps, adjacency, E=tfce_E, H=tfce_H, weights=weights)
+            bar.update(stop)
     bar.close()
     counts += valid  # the identity reaches the observed statistic
     p_unc = np.where(valid, counts / N, np.nan)
@@ -253,6 +285,25 @@ def _exceedance(null: NDArray, values: NDArray, tol: float) -> NDArray[np.float6
     ordered = np.sort(np.where(np.isnan(null), -np.inf, null))
     threshold = values - tol * np.maximum(np.abs(values), 1.0)
     return (ordered.size - np.searchsorted(ordered, threshold, side="left")).astype(np.float64)
+
+
+FLIP_TILE = 512  # voxels per tile of the sign-flip tables (r x groups x 256 x tile values; measured best 512-1024)
+
+
+def _workers(n_jobs) -> int:
+    if n_jobs is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
+        raise InputError(f"`n_jobs` must be a positive number of threads; got {n_jobs!r}.")
+    return int(n_jobs)
+
+
+@contextmanager
+def _blas_single_threaded():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _load_kernel():

@@ -43,9 +43,8 @@ def test_one_sample_with_permutations_clusters_and_tfce(tmp_path, rng):
     code = main(["group", *map(str, paths), "--permutations", "200", "--seed", "1", "--tfce",
                  "--cluster-threshold", "2.5", "-o", str(out), "--quiet"])  # fmt: skip
     assert code == 0
-    expected = ["t", "z", "p", "effect", "variance", "tfce", "p_desc-uncorrected", "p_desc-fwe", "p_desc-permfdr",
-                "p_desc-fdr", "p_desc-bonferroni", "p_desc-clusterfwe", "p_desc-clustermassfwe", "p_desc-tfcefwe",
-                "logp_desc-fwe", "logp_desc-tfcefwe"]  # fmt: skip
+    expected = ["t", "z", "p", "effect", "variance", "tfce", "p_desc-uncorrected", "p_desc-fwe", "p_desc-fdr",
+                "p_desc-clusterfwe", "p_desc-clustermassfwe", "p_desc-tfcefwe", "logp_desc-fwe", "logp_desc-tfcefwe"]  # fmt: skip
     for stat in expected:
         assert (out / f"contrast-intercept_stat-{stat}_statmap.nii.gz").exists(), stat
     mask = _read(out / "mask.nii.gz") > 0
@@ -119,6 +118,9 @@ def test_participants_table_designs(tmp_path, rng):
     assert main(["group", *map(str, paths), "--design", str(table), "--two-sample", "group", "--contrast",
                  "pat=patient - control", "-o", str(out), "--quiet"]) == 0  # fmt: skip
     assert (out / "contrast-pat_stat-p_desc-fdr_statmap.nii.gz").exists()
+    assert (out / "contrast-pat_stat-p_desc-bonferroni_statmap.nii.gz").exists()  # parametric only
+    thresholds = json.loads((out / "model.json").read_text())["contrasts"]["pat"]["p_thresholds"]
+    assert thresholds["bonferroni_0.05"] < 0.05 and 0 <= thresholds["fdr_0.05"] <= 0.05
     with pytest.raises(InputError, match="exactly two group values"):
         group_design(10, design=table, two_sample="age")
     with pytest.raises(InputError, match="has 10 rows but 9 maps"):

@@ -5,10 +5,12 @@ Inputs are a list of maps (3-D NIfTI, GIFTI, CIFTI dscalar) or one 4-D file, one
 mask, voxels are kept where every map is finite and non-zero (SPM's implicit mask for group data).
 
 Maps written per contrast ``<c>`` (in the input's format): the parametric ``effect``, ``variance``, ``t``/``F``,
-``p``, ``z``; ``stat-p_desc-fdr`` and ``desc-bonferroni`` (from the parametric p); with permutations,
-``stat-p_desc-uncorrected``, ``desc-fwe`` (maximum statistic), ``desc-fdr`` (of the permutation p),
-``desc-clusterfwe``, ``desc-clustermassfwe``, ``stat-tfce`` and ``stat-p_desc-tfcefwe``; every p map also
-as ``stat-logp`` (``-log10 p``); a cluster table ``contrast-<c>_clusters.tsv`` with a cluster threshold.
+``p``, ``z``; ``stat-p_desc-uncorrected`` and ``desc-fdr`` (Benjamini-Hochberg) from the permutation p when
+there are permutations, else from the parametric p (then also ``desc-bonferroni``); with permutations,
+``desc-fwe`` (maximum statistic), ``desc-clusterfwe``, ``desc-clustermassfwe``, ``stat-tfce`` and
+``stat-p_desc-tfcefwe``; every p map also as ``stat-logp`` (``-log10 p``); a cluster table
+``contrast-<c>_clusters.tsv`` with a cluster threshold; the p thresholds of FDR and Bonferroni at 0.05 in
+model.json.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design
 from ..engine import fit as fit_engine
 from ..exceptions import InputError
-from ..inference.corrections import bonferroni, fdr
+from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
 from ..io import Masker, OutputFolder, load, stat_maps
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
@@ -221,17 +223,20 @@ class SecondLevel:
             with np.errstate(divide="ignore"):
                 masker.write(out.path(name(label, "logp", desc)), -np.log10(p), [f"{label} -log10 p {desc}"])
 
+        thresholds = {}
         for label, _ in items:
             s = parametric[label]
             for fname, values, names in stat_maps(s, label, ext):
                 masker.write(out.path(fname), values, names)
-            p_maps(label, "fdr", fdr(s.p))
-            p_maps(label, "bonferroni", bonferroni(s.p))
             r = perms.get(label)
-            if r is not None:
-                p_maps(label, "uncorrected", r.p_uncorrected)
+            p_unc = s.p if r is None else r.p_uncorrected
+            p_maps(label, "uncorrected", p_unc)
+            p_maps(label, "fdr", fdr(p_unc))
+            thresholds[label] = {"fdr_0.05": fdr_threshold(p_unc, 0.05), "bonferroni_0.05": 0.05 / max(1, int(np.isfinite(p_unc).sum()))}
+            if r is None:
+                p_maps(label, "bonferroni", bonferroni(s.p))
+            else:
                 p_maps(label, "fwe", r.p_fwe)
-                p_maps(label, "permfdr", fdr(r.p_uncorrected))
                 if r.clusters is not None:
                     p_maps(label, "clusterfwe", r.clusters.voxel_map(r.clusters.p_extent))
                     p_maps(label, "clustermassfwe", r.clusters.voxel_map(r.clusters.p_mass))
@@ -247,6 +252,7 @@ class SecondLevel:
                        "paired": self.paired},
             "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                                   "kind": parametric[label].kind, "dof": parametric[label].dof,
+                                  "p_thresholds": thresholds[label],
                                   "permutation": None if label not in perms else {
                                       "scheme": perms[label].scheme, "shuffles": perms[label].n_shuffles,
                                       "exhaustive": perms[label].exhaustive}} for label, expr in items},

@@ -15,12 +15,14 @@ data: the n x V work stays a few matrix products, and the p x p algebra per voxe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
 from .design import DesignFactor
 
-__all__ = ["bias_matrix", "estimate_ar", "ar_whitening", "fit_ar_block", "ARBlock"]
+__all__ = ["bias_matrix", "estimate_ar", "ar_whitening", "fit_ar_block", "fit_ar_sums", "lagged_sums", "LaggedSums", "ARBlock"]
 
 MAX_REFLECTION = 0.99
 
@@ -204,39 +206,73 @@ def _solve_ar1(block: ARBlock, alpha: NDArray, c_top: NDArray, c_bottom: NDArray
     return (block.U @ Bu.reshape(r, -1)).reshape(r, k, v)
 
 
-def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
-    """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64): betas (pc, v), whitened RSS (v,), phi (v, p), for each
-    contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q)),
-    the OLS RSS (v,) and the total sum of squares (v,; centred when the design has an intercept)."""
-    design, p = block.design, block.order
-    Q, r = design.basis, design.rank
-    n, v = Y.shape
-    mu = None
+@dataclass(frozen=True, eq=False)
+class LaggedSums:
+    """What an AR(p) fit needs of a block of v voxels, accumulable scan by scan (float64):
+    ``lagged`` (p+1, r, v) = (S_k Q)' y, ``s`` (p+1, v) = sum_t y_t y_{t+k}, the first and last p scans
+    (``top``, ``bottom``: rows 0..p-1 and n-1, n-2, ..), ``total`` = sum_t y_t, all of the data shifted by
+    ``shift`` (v,) (None: not shifted); a shift is allowed only when the constant is in the design."""
+
+    lagged: NDArray
+    s: NDArray
+    top: NDArray
+    bottom: NDArray
+    total: NDArray
+    shift: NDArray | None
+
+
+def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray]:
+    """The sums of a whole block Y (n, v), shifted by each voxel's mean when the design allows; also returns
+    the shifted float64 data (for the exact fallbacks)."""
+    p, r, v = block.order, block.design.rank, Y.shape[1]
+    shift = None
     if block.ones is not None:  # shifting by the mean only moves the constant's estimate, and keeps digits
-        mu = Y.mean(axis=0, dtype=np.float64)
-        Y = np.subtract(Y, mu, dtype=np.float64)
+        shift = Y.mean(axis=0, dtype=np.float64)
+        Y = np.subtract(Y, shift, dtype=np.float64)
     else:
         Y = np.asarray(Y, dtype=np.float64)
-    lagged = (block.lagged_basis.T @ Y).reshape(p + 1, r, v)  # b_k = (S_k Q)' y; b_0 = c = Q'y
+    lagged = (block.lagged_basis.T @ Y).reshape(p + 1, r, v)
+    total = np.zeros(v) if shift is not None else Y.sum(axis=0)
+    return LaggedSums(lagged, _lagged_products(Y, p), Y[:p].copy(), Y[::-1][:p].copy(), total, shift), Y
+
+
+def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
+    """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64); see :func:`fit_ar_sums`."""
+    sums, shifted = lagged_sums(block, Y)
+    return fit_ar_sums(block, sums, weights, lambda idx: shifted[:, idx])
+
+
+def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None):
+    """AR(p) fit from a block's :class:`LaggedSums`: betas (pc, v), whitened RSS (v,), phi (v, p), for each
+    contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q)), the OLS
+    RSS (v,) and the total sum of squares (v,; centred when the design has an intercept).
+
+    `data(idx)` returns the shifted data of the voxels `idx` (n, len(idx)) for the few voxels whose sums lose
+    too many digits (near-exact fits, filters near a unit root); with `data` None those voxels keep the
+    values from the sums."""
+    design, p = block.design, block.order
+    Q, r, n = design.basis, design.rank, design.n_scans
+    lagged, s, mu = sums.lagged, sums.s, sums.shift
+    v = s.shape[1]
     c = lagged[0]
-    s = _lagged_products(Y, p)  # sum_t y_t y_{t+k}
     ys = np.concatenate([s[:1], 2.0 * s[1:]])  # y'S_k y
     # OLS residual lagged products from the same statistics: e'S_k e = y'S_k y - 2 c'b_k + c'G_k c
     Gc = (block.G.reshape(-1, r) @ c).reshape(p + 1, r, v)
     quad = ys + np.einsum("kiv,iv->kv", Gc - 2.0 * lagged, c)
     r_lag = np.concatenate([quad[:1], 0.5 * quad[1:]])
     lost = np.flatnonzero(r_lag[0] * 1e5 <= s[0])  # more than 5 digits cancelled: explicit residuals
-    if lost.size:
-        r_lag[:, lost] = _lagged_products(Y[:, lost] - Q @ c[:, lost], p)
+    if lost.size and data is not None:
+        r_lag[:, lost] = _lagged_products(data(lost) - Q @ c[:, lost], p)
     ols_rss = r_lag[0].copy()
-    raw_yy = s[0] if mu is None else s[0] + n * mu**2
+    raw_yy = s[0] if mu is None else s[0] + 2.0 * mu * sums.total + n * mu**2
+    tss = s[0] - sums.total**2 / n if design.has_intercept else raw_yy
     phi, rho, gamma0 = estimate_ar(r_lag, block.M_inv)
     exact = ols_rss <= (n * np.finfo(float).eps) ** 2 * raw_yy
     phi[exact], rho[exact], gamma0[exact] = 0.0, np.eye(p + 1)[0], 1.0  # rounding-level residuals: white
     L_inv = ar_whitening(phi, rho, gamma0)
 
     alpha, c_top, c_bottom = _band_and_corners(phi, L_inv)
-    y_top, y_bottom = Y[:p], Y[::-1][:p]
+    y_top, y_bottom = sums.top, sums.bottom
     cy_top = np.einsum("vab,bv->av", c_top, y_top)
     cy_bottom = np.einsum("vab,bv->av", c_bottom, y_bottom)
     rhs = np.einsum("vk,kiv->iv", alpha, lagged) + block.top.T @ cy_top + block.bottom.T @ cy_bottom  # Q'W'Wy
@@ -255,9 +291,16 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
         [np.ones((v, 1)), -phi], axis=1).T) ** 2  # |A(w)|^2 on a grid, (256, v)
     terms = np.einsum("vk,kv->v", np.abs(alpha), np.sqrt(np.einsum("kiv,kiv->kv", lagged, lagged)))
     fragile = (np.abs(alpha).sum(axis=1) > 1e6 * spectrum.min(axis=0)) | (terms > 1e5 * np.sqrt(np.einsum("iv,iv->v", rhs, rhs)))
-    for j in np.flatnonzero(fragile | ~np.isfinite(sol).all(axis=(0, 1))):
+    failed = ~np.isfinite(sol).all(axis=(0, 1))
+    redo_explicit = np.flatnonzero((fragile if data is not None else np.zeros(v, bool)) | failed)
+    explicit = data(redo_explicit) if (redo_explicit.size and data is not None) else None
+    for i, j in enumerate(redo_explicit):
+        if explicit is None:  # no data to fall back on: the pseudo-inverse of the Gram matrix
+            g = (block.gram_terms.T @ coefs[j]).reshape(r, r)
+            sol[:, :, j] = np.linalg.pinv(g, hermitian=True) @ rhs_all[:, :, j]
+            continue
         WQ = _whiten(Q, np.repeat(phi[[j]], r, 0), np.repeat(L_inv[[j]], r, 0))
-        wy_j = _whiten(Y[:, [j]], phi[[j]], L_inv[[j]])[:, 0]
+        wy_j = _whiten(explicit[:, [i]], phi[[j]], L_inv[[j]])[:, 0]
         P = np.linalg.pinv(WQ)  # least squares by SVD, not the normal equations
         rhs[:, j] = WQ.T @ wy_j
         sol[:, 1:, j] = P @ (P.T @ rhs_all[:, 1:, j])
@@ -268,8 +311,8 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     # near-exact fit), it is recomputed from explicit whitened residuals
     rss = wyy - np.einsum("kv,kv->v", coords, rhs)
     redo = np.flatnonzero(rss * 1e5 <= wyy)
-    if redo.size:
-        resid = _whiten(Y[:, redo] - Q @ coords[:, redo], phi[redo], L_inv[redo])
+    if redo.size and data is not None:
+        resid = _whiten(data(redo) - Q @ coords[:, redo], phi[redo], L_inv[redo])
         rss[redo] = np.einsum("tv,tv->v", resid, resid)
     rss[(rss <= (n * np.finfo(float).eps) ** 2 * wyy) | exact] = 0.0  # exact fit (of the OLS model: so GLS too)
     if mu is not None:
@@ -281,4 +324,4 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
         cov = np.einsum("kav,kbv->vab", rhs_all[:, k : k + q], sol[:, k : k + q])  # wq gram^-1 wq'
         contrasts.append((w @ betas, cov))
         k += q
-    return betas, rss, phi, contrasts, ols_rss, s[0]
+    return betas, rss, phi, contrasts, ols_rss, tss

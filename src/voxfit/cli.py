@@ -222,9 +222,14 @@ def _run(args, argv) -> int:
 
         if open_reader(args.inputs[0]).n_scans > 1:
             raise InputError(f"{len(args.inputs)} 4-D inputs for one events file; give one events file per run (--events ev1.tsv ev2.tsv ...).")
-    from .io import load
+    from ._memory import needs_streaming
+    from .io import load, open_reader
 
-    loading = _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
+    streaming = False
+    if args.max_memory:  # data larger than the cap: one pass keeping per-voxel sums, nothing loaded here
+        reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+        streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, args.max_memory)
+    loading = None if streaming else _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
     design = args.design[0] if args.design else None
     if args.events:
         from .io import open_reader
@@ -236,7 +241,7 @@ def _run(args, argv) -> int:
         args.inputs, design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
         progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise,
-        scaling=args.scaling,
+        scaling=args.scaling, streaming=streaming,
     )  # fmt: skip
     if not args.quiet:
         fit = result.fit

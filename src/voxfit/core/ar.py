@@ -242,14 +242,14 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
     return fit_ar_sums(block, sums, weights, lambda idx: shifted[:, idx])
 
 
-def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None):
+def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None, flagged: list | None = None):
     """AR(p) fit from a block's :class:`LaggedSums`: betas (pc, v), whitened RSS (v,), phi (v, p), for each
     contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q)), the OLS
     RSS (v,) and the total sum of squares (v,; centred when the design has an intercept).
 
     `data(idx)` returns the shifted data of the voxels `idx` (n, len(idx)) for the few voxels whose sums lose
     too many digits (near-exact fits, filters near a unit root); with `data` None those voxels keep the
-    values from the sums."""
+    values from the sums and their indices are appended to `flagged` (for the caller to refit them)."""
     design, p = block.design, block.order
     Q, r, n = design.basis, design.rank, design.n_scans
     lagged, s, mu = sums.lagged, sums.s, sums.shift
@@ -315,6 +315,11 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
         resid = _whiten(data(redo) - Q @ coords[:, redo], phi[redo], L_inv[redo])
         rss[redo] = np.einsum("tv,tv->v", resid, resid)
     rss[(rss <= (n * np.finfo(float).eps) ** 2 * wyy) | exact] = 0.0  # exact fit (of the OLS model: so GLS too)
+    if flagged is not None and data is None:
+        need = np.zeros(v, dtype=bool)
+        need[lost] = need[redo] = True
+        need |= fragile | failed
+        flagged.extend(np.flatnonzero(need).tolist())
     if mu is not None:
         coords = coords + np.multiply.outer(block.ones, mu)
     betas = design.basis_pinv @ coords

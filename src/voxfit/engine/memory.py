@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
+from .._memory import parse_memory
 from ..exceptions import InputError
 
 __all__ = ["check_block_size", "parse_memory", "plan_blocks"]
@@ -15,29 +14,6 @@ __all__ = ["check_block_size", "parse_memory", "plan_blocks"]
 DEFAULT_TILE_BYTES = 256 << 10
 DEFAULT_BLOCK_VOXELS = 8192
 DEFAULT_MAX_MEMORY = 64 << 20
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-
-
-def parse_memory(value: str | int | float) -> int:
-    """Bytes in a memory size: an integer number of bytes or a string like ``64K``, ``500M``, ``2G``, ``1.5GB``.
-
-    Units are binary (1K = 1024 bytes), as in ``ulimit`` and SLURM.
-    """
-    if isinstance(value, bool):
-        raise InputError(f"`max_memory` must be a size like '500M' or '2G'; got {value!r}.")
-    if isinstance(value, (int, float)):
-        size = value
-    else:
-        m = _SIZE.match(str(value))
-        if m is None:
-            raise InputError(f"`max_memory` must be a size like '64K', '500M' or '2G'; got {value!r}.")
-        size = float(m.group(1)) * _UNITS[m.group(2).upper()]
-    if not size > 0 or size != size or size == float("inf"):
-        raise InputError(f"`max_memory` must be a positive size; got {value!r}.")
-    return int(size)
-
 
 def _tile_bytes(n_scans: int, work_itemsize: int) -> int:
     """Working memory per voxel of a tile: the shifted tile, and a float64 copy and residuals if refitted."""

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .._memory import needs_streaming
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
 from ..design import read_design, write_design
 from ..engine import default_workers
 from ..engine import fit as fit_engine
 from ..engine import fit_ar, fit_global_ar
+from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
-from ..io import Masker, OutputFolder, load, sanitize_label, spm_globals, stat_maps, statmap_name
+from ..io import Dataset, Masker, OutputFolder, load, open_reader, sanitize_label, spm_globals, stat_maps, statmap_name
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
 
@@ -115,6 +117,7 @@ def fit_images(
     dataset=None,
     noise: str = "ols",
     scaling: str = "none",
+    streaming: bool | None = None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -143,6 +146,9 @@ def fit_images(
         ``mean``: each voxel to percent signal change, ``100 * (y / mean(y) - 1)`` (nilearn's default);
         ``global``: SPM's session-specific grand mean scaling, all voxels times 100 / the mean over scans of
         each scan's global (SPM's: the mean of values above 1/8 of the scan's mean), computed over the mask.
+    streaming : bool, optional
+        Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
+        default when the data, as float32, would take more than half of `max_memory`.
     """
     _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
@@ -159,6 +165,12 @@ def fit_images(
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
         hashing = stack.enter_context(ThreadPoolExecutor(1))  # input checksums, while the fit runs
+        if streaming is None and dataset is None:
+            reader = open_reader(inputs)
+            streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory)
+        if streaming:
+            return _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
+                                 out, hashing, command, n_jobs, start)  # fmt: skip
         if dataset is None:
             dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
         elif isinstance(dataset, Future):
@@ -178,6 +190,33 @@ def fit_images(
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
+
+
+def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress, out, hashing,
+                  command, n_jobs, start) -> ImageFit:  # fmt: skip
+    """fit_images for data larger than `max_memory`: one sequential read accumulating per-voxel sums."""
+    order = _noise_order(noise)
+    if order < 0 or scaling != "none":
+        raise InputError("data larger than --max-memory are fitted in one pass with --noise ols or ar1 .. ar8 and "
+                         "--scaling none; raise --max-memory for ar1-global or scaling.")  # fmt: skip
+    if max_memory is None:
+        max_memory = "2G"
+    fit, stats, ar_coef, masker = fit_streaming(inputs, X, dict(items), order=order, names=names, mask=mask,
+                                                mask_threshold=mask_threshold, max_memory=max_memory, progress=progress)  # fmt: skip
+    reader = open_reader(inputs)
+    dataset = Dataset(np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, masker.n_voxels)), masker,
+                      tuple(reader.paths))  # fmt: skip
+    t_fit = time.perf_counter()
+    files: list[Path] = []
+    if out is not None:
+        checksums = [(p, _sha256(p)) for p in dataset.paths]
+        info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
+        settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
+                    "noise": noise, "noise_details": info, "scaling": scaling}  # fmt: skip
+        _write_outputs(out, fit, dataset, stats, items, settings, command, checksums, n_jobs, ar_coef)
+        files = out.commit()
+    timing = {"load_s": 0.0, "fit_s": t_fit - start, "write_s": time.perf_counter() - t_fit}
+    return ImageFit(fit=fit, masker=masker, contrasts=stats, files=files, timing=timing)
 
 
 def _scale(data, how: str) -> np.ndarray:

@@ -1,0 +1,208 @@
+"""Fits that read the data once, front to back, keeping per-voxel sums only: for runs larger than memory.
+
+A .nii.gz can only be decompressed from its start, so the data arrive a slab of scans at a time. For each
+voxel the pass accumulates what an OLS or AR(p) fit needs (``voxfit.core.ar.LaggedSums``): the products of
+the data with the design's orthonormal basis and its lag-shifted copies, the lagged sums of squares, the
+sum, and the first and last p scans, all of the data shifted by the voxel's first value (exact in float64,
+so the sums keep their digits). The fit is then done from the sums, as the in-memory path does from a
+block. The few voxels that need their data after all (near-exact fits, filters near a unit root, or voxels
+zero in the first scan that the automatic mask keeps) are read in a second pass, for them only, and fitted
+in memory.
+
+Memory: the accumulators, ``8 (p + 1) r + 8 (p + 4)`` bytes per candidate voxel (r the design's rank), plus
+one slab of scans; :func:`fit_streaming` refuses a cap that cannot hold them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .._array import working_dtype
+from .._progress import Progress
+from ..core import check_contrast, factorize, make_fit
+from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
+from ..exceptions import InputError
+from ..io import Masker, load_mask, open_reader
+from ..io.masking import gather, spm_globals
+from .ar import _stats
+from .fit import fit as fit_in_memory
+from .memory import parse_memory
+
+__all__ = ["fit_streaming", "streaming_bytes"]
+
+
+def streaming_bytes(n_voxels: int, rank: int, order: int) -> int:
+    """Bytes the accumulators of a streamed fit hold for `n_voxels` candidate voxels."""
+    return 8 * n_voxels * ((order + 1) * rank + order + 4 + 2 * order)
+
+
+class _Sums:
+    """LaggedSums accumulated slab by slab (scans in order)."""
+
+    def __init__(self, basis, order: int, n_voxels: int, shift: bool):
+        self.basis, self.p, self.shift_allowed = basis, order, shift
+        self.products = np.zeros((basis.shape[1], n_voxels))
+        self.s = np.zeros((order + 1, n_voxels))
+        self.total = np.zeros(n_voxels)
+        self.top = np.zeros((order, n_voxels))
+        self.tail = np.zeros((0, n_voxels))  # the last p scans seen
+        self.shift = None
+        self.t = 0
+
+    def add(self, Y) -> None:
+        Y = np.asarray(Y, dtype=np.float64)
+        if self.shift is None:
+            self.shift = Y[0].copy() if self.shift_allowed else np.zeros(Y.shape[1])
+        Y = Y - self.shift
+        k, p = Y.shape[0], self.p
+        self.products += self.basis[self.t : self.t + k].T @ Y
+        self.s[0] += np.einsum("tv,tv->v", Y, Y)
+        ext = np.concatenate([self.tail, Y])
+        for lag in range(1, p + 1):
+            first = max(0, self.tail.shape[0] - lag)  # pairs whose later scan is in this slab
+            self.s[lag] += np.einsum("tv,tv->v", ext[first : ext.shape[0] - lag], ext[first + lag :])
+        self.total += Y.sum(axis=0)
+        if self.t < p:
+            take = min(p - self.t, k)
+            self.top[self.t : self.t + take] = Y[:take]
+        self.tail = ext[-p:].copy() if p else self.tail
+        self.t += k
+
+    def result(self, rank: int) -> LaggedSums:
+        lagged = self.products.reshape(self.p + 1, rank, -1)
+        shift = self.shift if self.shift_allowed else None
+        return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
+
+
+def _scaled(raw, reader):
+    """Scale factors applied as the in-memory path applies them (``io.ScaledArray``), so results agree."""
+    if reader.scale is None:
+        return raw
+    return (raw * float(reader.scale[0]) + float(reader.scale[1])).astype(working_dtype(reader.dtype))
+
+
+def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask=None, mask_threshold=None,
+                  max_memory="2G", progress: bool | None = None, scans_per_slab: int | None = None):  # fmt: skip
+    """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
+
+    Returns ``(fit, {label: Stats}, AR coefficients (order, V) or None, masker)``; the numbers equal those of
+    the in-memory fit to rounding. `order` 0 is OLS, p >= 1 AR(p) per voxel. `max_memory` bounds the
+    accumulators and the slab of scans being read (numpy and the interpreter come on top);
+    `scans_per_slab` overrides the slab size it implies (for tests and tuning).
+    """
+    reader = open_reader(paths)
+    design = factorize(X, names)
+    n, nel = design.n_scans, reader.geometry.n_elements
+    if reader.n_scans != n:
+        raise InputError(f"the design has {n} rows but the data have {reader.n_scans} scans; give one design row per scan.")
+    weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
+    if order:
+        if n <= 2 * order + design.rank:
+            raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
+        block = ARBlock(design, order)
+        basis = block.lagged_basis
+    else:
+        block, basis = None, design.basis
+    cap = parse_memory(max_memory)
+    if mask is not None:
+        if mask_threshold is not None:
+            raise InputError("`mask_threshold` applies to the automatic mask only; it cannot be combined with `mask`.")
+        candidates = load_mask(mask, reader.geometry)
+    else:
+        candidates = None  # decided on the first scan
+    held = streaming_bytes(nel if candidates is None else int(candidates.sum()), design.rank, order)
+    slab_bytes = cap - held
+    if slab_bytes < 8 * nel * 4:
+        raise InputError(f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
+                         f"({held / 2**20:.0f} MiB) and a few scans; give at least {(held + 32 * nel) / 2**20:.0f} MiB.")  # fmt: skip
+    floats = reader.dtype.kind == "f"
+    finite = np.ones(nel, dtype=bool)
+    varies = np.zeros(nel, dtype=bool)
+    above = np.ones(nel, dtype=bool)
+    first = sums = index = None
+    max_bytes = max(1, slab_bytes // 4) if scans_per_slab is None else int(scans_per_slab) * nel * reader.dtype.itemsize
+    bar = Progress("reading", n, enabled=progress)
+    for start, raw in reader.iter_scans(max_bytes=max_bytes):
+        bar.update(start + raw.shape[0])
+        values = _scaled(raw, reader)
+        if first is None:
+            first = np.array(values[0])
+            if candidates is None:
+                candidates = (np.isfinite(first) & (first != 0)) if floats else first != 0
+                if mask_threshold is not None:
+                    candidates &= first > mask_threshold * spm_globals(first[None])[0]
+            index = np.flatnonzero(candidates)
+            sums = _Sums(basis, order, index.size, shift=design.has_intercept)
+        block_values = np.take(values, index, axis=1)
+        sums.add(block_values)
+        if floats:
+            finite &= np.isfinite(values).all(axis=0)
+        varies |= (values != first).any(axis=0)
+        if mask_threshold is not None and mask is None:
+            above &= (values > mask_threshold * spm_globals(values)[:, None]).all(axis=0)
+    bar.close()
+    final = (candidates & finite) if mask is not None else (finite & varies & above)
+    if not final.any():
+        raise InputError("the automatic mask is empty: no voxel is finite and not constant over time in every scan."
+                         if mask is None else f"no voxel of mask {mask} has finite values in every scan.")  # fmt: skip
+    masker = Masker(reader.geometry, final)
+    V = masker.n_voxels
+    pos = np.full(nel, -1)
+    pos[masker.index] = np.arange(V)
+    from_sums = final & candidates
+    cols = np.flatnonzero(from_sums[index])  # candidates kept
+    targets = pos[index[cols]]
+    S = sums.result(design.rank)
+    sub = LaggedSums(S.lagged[:, :, cols], S.s[:, cols], S.top[:, cols], S.bottom[:, cols], S.total[cols],
+                     None if S.shift is None else S.shift[cols])  # fmt: skip
+    pc = design.X.shape[1]
+    betas, rss, tss = np.full((pc, V), np.nan), np.full(V, np.nan), np.full(V, np.nan)
+    phi = np.full((order, V), np.nan) if order else None
+    effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
+    covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
+    ols_rss = np.full(V, np.nan)
+    flagged: list[int] = []
+    if order:
+        b, r_, ph, cons, o_, t_ = fit_ar_sums(block, sub, list(weights.values()), flagged=flagged)
+        betas[:, targets], rss[targets], tss[targets], phi[:, targets], ols_rss[targets] = b, r_, t_, ph.T, o_
+        for (label, _), (effect, cov) in zip(weights.items(), cons):
+            effects[label][:, targets], covs[label][targets] = effect, cov
+    else:
+        c = sub.lagged[0]
+        coords = c if sub.shift is None else c + np.multiply.outer(design.basis.T @ np.ones(n), sub.shift)
+        betas[:, targets] = design.basis_pinv @ coords
+        rss[targets] = sub.s[0] - np.einsum("iv,iv->v", c, c)
+        tss[targets] = sub.s[0] - sub.total**2 / n if design.has_intercept else sub.s[0]
+        flagged = list(np.flatnonzero(rss[targets] * 1e5 <= sub.s[0]))
+    # voxels that need their data: zero in the first scan yet kept, or whose sums cancelled too many digits
+    second = np.concatenate([np.flatnonzero(final & ~candidates), masker.index[targets[np.asarray(flagged, dtype=int)]]])
+    second = np.unique(second)
+    if second.size:
+        raw = gather(reader, second)
+        data = np.asarray(_scaled(raw, reader), dtype=np.float64)  # as exact as the sums
+        at = pos[second]
+        if order:
+            b, r_, ph, cons, o_, t_ = fit_ar_block(block, data, list(weights.values()))
+            betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
+            for (label, _), (effect, cov) in zip(weights.items(), cons):
+                effects[label][:, at], covs[label][at] = effect, cov
+        else:
+            exact = fit_in_memory(design.X, data, names=list(design.names), n_jobs=1)
+            betas[:, at], rss[at] = exact.betas, exact.residual_variance * design.dof
+            centred = data - data.mean(axis=0) if design.has_intercept else data
+            tss[at] = np.einsum("tv,tv->v", centred, centred)
+    valid = np.isfinite(rss)
+    fit = make_fit(design, betas, rss, tss, valid)
+    if order:  # R^2 of the OLS fit, as fit_ar reports it
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)
+        r2.setflags(write=False)
+        fit = dataclasses.replace(fit, r2=r2)
+        stats = {label: _stats(label, w, effects[label], covs[label], fit.residual_variance, design.dof)
+                 for label, w in weights.items()}  # fmt: skip
+        phi.setflags(write=False)
+    else:
+        stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
+    return fit, stats, phi, masker

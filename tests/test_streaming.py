@@ -1,0 +1,98 @@
+"""Streamed fits (one sequential read keeping per-voxel sums) equal the in-memory fits."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from voxfit import fit, fit_ar, load
+from voxfit.cli import main
+from voxfit.engine.streaming import fit_streaming
+from voxfit.exceptions import InputError
+
+from .imaging import AFFINE
+
+
+def _run(tmp_path, rng, n=70, dtype=np.float32, scaled=False):
+    shape = (7, 6, 5)
+    e = rng.standard_normal(shape + (n,))
+    for t in range(1, n):
+        e[..., t] += 0.5 * e[..., t - 1]
+    data = 500 + 5 * e
+    data[0] = 0.0  # background
+    data[1, 1, 1] = 7.0  # constant: outside the automatic mask
+    data[2, 2, 2, 0] = 0.0  # zero in the first scan only: kept, fitted in the second pass
+    data[3, 3, 3, 20] = np.nan  # NaN later on: outside the automatic mask
+    img = nib.Nifti1Image(data.astype(dtype), AFFINE)
+    if scaled:
+        img.set_data_dtype(np.int16)
+    path = tmp_path / "bold.nii.gz"
+    nib.save(img, path)
+    t = np.arange(n)
+    X = np.column_stack([np.sin(t / 4.0), np.cos(t / 9.0), np.ones(n)])
+    return path, X
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+@pytest.mark.parametrize("scans_per_slab", [1, 3, 64])
+def test_streamed_fit_equals_the_in_memory_fit(tmp_path, rng, order, scans_per_slab):
+    path, X = _run(tmp_path, rng)
+    contrasts = {"a": [1.0, 0, 0], "ab": [[1.0, 0, 0], [0, 1.0, 0]]}
+    f, stats, phi, masker = fit_streaming(path, X, contrasts, order=order, scans_per_slab=scans_per_slab)
+    ds = load(path)
+    npt.assert_array_equal(masker.mask, ds.masker.mask)
+    Y = np.asarray(ds.data, dtype=np.float64)
+    if order:
+        ref = fit_ar(X, Y, order, contrasts)
+        rf, rs = ref.fit, ref.contrasts
+        npt.assert_allclose(phi, ref.ar, rtol=1e-9, atol=1e-12)
+    else:
+        rf = fit(X, Y)
+        rs = {k: rf.contrast(w, name=k) for k, w in contrasts.items()}
+    npt.assert_allclose(f.betas, rf.betas, rtol=1e-9, atol=1e-9)
+    npt.assert_allclose(f.residual_variance, rf.residual_variance, rtol=1e-8)
+    npt.assert_allclose(f.r2, rf.r2, rtol=1e-8, atol=1e-10)
+    npt.assert_allclose(stats["a"].t, rs["a"].t, rtol=1e-8)
+    npt.assert_allclose(stats["ab"].F, rs["ab"].F, rtol=1e-8)
+
+
+def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
+    path, X = _run(tmp_path, rng, scaled=True)
+    mask = np.zeros((7, 6, 5), dtype=np.uint8)
+    mask[2:5, 2:5, 1:4] = 1
+    nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "mask.nii.gz")
+    f, stats, _, masker = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=1, mask=tmp_path / "mask.nii.gz", scans_per_slab=5)
+    ds = load(path, tmp_path / "mask.nii.gz")
+    npt.assert_array_equal(masker.mask, ds.masker.mask)
+    ref = fit_ar(X, np.asarray(ds.data, dtype=np.float64), 1, {"a": [1.0, 0, 0]})
+    npt.assert_allclose(f.betas, ref.fit.betas, rtol=1e-9, atol=1e-9, equal_nan=True)
+    # an exact fit (data in the design's span, large mean) goes through the second pass and is exact
+    n = X.shape[0]
+    exact = (X @ np.array([2.0, -1.0, 1000.0]))[None, None, None, :] * np.ones((3, 3, 3, 1))
+    nib.save(nib.Nifti1Image(exact.astype(np.float64), AFFINE), tmp_path / "exact.nii.gz")
+    f2, s2, _, _ = fit_streaming(tmp_path / "exact.nii.gz", X, {"a": [1.0, 0, 0]}, order=1, scans_per_slab=7)
+    npt.assert_allclose(f2.betas[:, 0], [2.0, -1.0, 1000.0], rtol=1e-10)
+    assert f2.residual_variance[0] == 0 and np.isnan(s2["a"].t[0])
+    assert n == 70
+
+
+def test_command_line_streams_above_the_memory_cap(tmp_path, rng, capsys):
+    path, X = _run(tmp_path, rng)
+    (tmp_path / "d.tsv").write_text("s\tc\tconstant\n" + "".join("\t".join(str(float(v)) for v in r) + "\n" for r in X))
+    args = ["fit", str(path), "--design", str(tmp_path / "d.tsv"), "--contrast", "s=s", "--noise", "ar1", "--quiet"]
+    assert main([*args, "-o", str(tmp_path / "mem")]) == 0
+    assert main([*args, "--max-memory", "100K", "-o", str(tmp_path / "stream")]) == 0  # 70 x 210 x 4 B > 50K
+    settings = json.loads((tmp_path / "stream" / "model.json").read_text())["settings"]
+    assert settings["noise_details"]["streamed"] is True
+    for name in ("contrast-s_stat-t_statmap.nii.gz", "stat-arcoef_statmap.nii.gz", "stat-rsquared_statmap.nii.gz"):
+        a = np.asarray(nib.load(tmp_path / "mem" / name).dataobj)
+        b = np.asarray(nib.load(tmp_path / "stream" / name).dataobj)
+        npt.assert_allclose(b, a, rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)
+    assert main([*args, "--max-memory", "2K", "-o", str(tmp_path / "tiny")]) == 2
+    assert "cannot hold the per-voxel sums" in capsys.readouterr().err
+    assert main([*args, "--max-memory", "100K", "--scaling", "mean", "-o", str(tmp_path / "scaled")]) == 2
+    assert "--scaling none" in capsys.readouterr().err
+    with pytest.raises(InputError, match="design has 5 rows"):
+        fit_streaming(path, X[:5], {}, order=0)

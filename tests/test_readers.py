@@ -41,11 +41,45 @@ def _make(kind, tmp_path, rng):
         matrix = rng.standard_normal((N_SCANS, 25))
         np.save(tmp_path / "data.npy", matrix)
         return [tmp_path / "data.npy"], matrix
+    if kind == "zarr":
+        zarr = pytest.importorskip("zarr")
+        matrix = rng.standard_normal((N_SCANS, 25)).astype(np.float32)
+        z = zarr.open(str(tmp_path / "maps.zarr"), mode="w", shape=matrix.shape, chunks=(5, 10), dtype="f4")
+        z[:] = matrix
+        return [tmp_path / "maps.zarr"], matrix.astype(np.float64)
+    if kind == "hdf5":
+        h5py = pytest.importorskip("h5py")
+        matrix = rng.standard_normal((N_SCANS, 25))
+        with h5py.File(tmp_path / "maps.h5", "w") as f:
+            f.create_dataset("group/betas", data=matrix, chunks=(4, 25))
+        return [tmp_path / "maps.h5"], matrix
     raise AssertionError(kind)
 
 
 KINDS = ["nii", "nii.gz", "nifti2", "int16-scaled.nii.gz", "analyze-4d", "3d-list", "analyze-list-scaled",
-         "gifti", "gifti-2d", "cifti", "npy"]  # fmt: skip
+         "gifti", "gifti-2d", "cifti", "npy", "zarr", "hdf5"]  # fmt: skip
+
+
+def test_zarr_and_hdf5_names_and_errors(tmp_path, rng):
+    h5py = pytest.importorskip("h5py")
+    zarr = pytest.importorskip("zarr")
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"], f["b"] = np.ones((3, 4)), np.zeros((3, 5))
+    with pytest.raises(InputError, match="name the dataset to read as"):
+        open_reader(tmp_path / "two.h5")
+    assert open_reader(f"{tmp_path / 'two.h5'}::b").geometry.n_elements == 5
+    with pytest.raises(InputError, match="no dataset 'c'"):
+        open_reader(f"{tmp_path / 'two.h5'}::c")
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    g.create_array("data", shape=(3, 6), dtype="f8")[:] = 1.0
+    g.create_array("other", shape=(2, 2), dtype="f8")
+    assert open_reader(tmp_path / "g.zarr").geometry.n_elements == 6  # the array named 'data'
+    three_d = zarr.open(str(tmp_path / "cube.zarr"), mode="w", shape=(2, 3, 4), dtype="f4")
+    three_d[:] = 0
+    with pytest.raises(InputError, match="give a 2-D array"):
+        open_reader(tmp_path / "cube.zarr")
+    with pytest.raises(InputError, match="no such file or store"):
+        open_reader(tmp_path / "missing.zarr")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -6,6 +6,7 @@
 Data: 40 subjects on a 40x48x36 grid inside an ellipsoid mask (~26k voxels, semi-axes 0.45 of the grid);
 each map is white noise smoothed with a Gaussian (sigma 1.5 voxels) and rescaled to unit variance, plus a
 Gaussian blob (sigma 3 voxels, peak `--effect`) so that some voxels are significant. float64 throughout.
+Random streams: data np.random.default_rng([seed, 0]), voxfit's flips [seed, 1], nilearn random_state seed+1..3.
 
 nilearn draws `n_perm` random sign-flips and puts the observed t in the count: p = (1 + #{null >= t}) / (n_perm + 1).
 voxfit counts the identity among its N shuffles: p = #{shuffles >= t} / N. So voxfit runs with N = n_perm + 1
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     shape, n, N = tuple(args.shape), args.subjects, args.n_perm
-    mask, data = simulate(np.random.default_rng(args.seed), n, shape, args.sigma, args.effect)
+    flip_rng = lambda: np.random.default_rng([args.seed, 1])  # noqa: E731  (data: [seed, 0]; independent streams)
+    mask, data = simulate(np.random.default_rng([args.seed, 0]), n, shape, args.sigma, args.effect)
     V = int(mask.sum())
     # nilearn orders masked voxels as data[mask] (z fastest); voxfit as the x-fastest flat index
     number = np.zeros(shape, dtype=np.int64)
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
 
     timings = {}
     t0 = time.perf_counter()
-    vf = permutation_test(np.ones((n, 1)), Y, [1.0], n_permutations=N + 1, seed=args.seed, n_jobs=2)
+    vf = permutation_test(np.ones((n, 1)), Y, [1.0], n_permutations=N + 1, seed=flip_rng(), n_jobs=2)
     timings["voxfit max-t"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     nl = permuted_ols(tested_vars=np.ones((n, 1)), target_vars=Y_nl, model_intercept=False, n_perm=N,
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
     Nt = args.n_perm_tfce
     adjacency = volume_adjacency(mask, shape, 6)
     t0 = time.perf_counter()
-    vft = permutation_test(np.ones((n, 1)), Y, [1.0], n_permutations=Nt + 1, seed=args.seed, adjacency=adjacency,
+    vft = permutation_test(np.ones((n, 1)), Y, [1.0], n_permutations=Nt + 1, seed=flip_rng(), adjacency=adjacency,
                            tfce=True, tfce_E=0.5, tfce_H=2.0, n_jobs=2)
     timings["voxfit TFCE"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -169,7 +171,7 @@ def main(argv=None) -> int:
     print("\n".join(rows))
 
     # the same sign-flips as voxfit, recomputed here: voxfit's null maxima, and nilearn's TFCE statistic on them
-    signs = make_shuffles("flip", np.ones((n, 1)), Nt + 1, seed=args.seed).signs.astype(float)
+    signs = make_shuffles("flip", np.ones((n, 1)), Nt + 1, seed=flip_rng()).signs.astype(float)
     t0 = time.perf_counter()
     t_null = np.array([one_sample_t(s[:, None] * Y) for s in signs])  # row 0: identity
     exact = tfce_max(t_null, adjacency)

@@ -44,9 +44,14 @@ def _kind(path: Path) -> str:
         return "gifti"
     if name.endswith(".npy"):
         return "npy"
+    if name.endswith((".zarr", ".zarr/")) or ".zarr::" in name:
+        return "zarr"
+    if name.endswith((".h5", ".hdf5")) or ".h5::" in name or ".hdf5::" in name:
+        return "hdf5"
     if name.endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz", ".hdr.gz")):
         return "nifti"
-    raise InputError(f"{path}: not an image voxfit can read (expected .nii, .nii.gz, .hdr/.img, .gii, .dtseries.nii, .dscalar.nii or .npy).")
+    raise InputError(f"{path}: not an image voxfit can read (expected .nii, .nii.gz, .hdr/.img, .gii, .dtseries.nii, "
+                     ".dscalar.nii, .npy, .zarr or .h5).")  # fmt: skip
 
 
 def _load(path: Path):
@@ -314,6 +319,77 @@ class NpyReader:
             yield start, self._data[start : start + k]
 
 
+class ChunkedArrayReader:
+    """A 2-D array (scans or subjects, columns) in a Zarr store or an HDF5 file, read a slab of rows at a time.
+
+    ``maps.zarr`` or ``maps.h5`` holding one array (or one named ``data``); ``file.h5::group/name`` picks a
+    dataset, ``store.zarr::name`` an array of a group. zarr and h5py are optional (``voxfit[zarr]``,
+    ``voxfit[hdf5]``), imported here only.
+    """
+
+    def __init__(self, paths, kind: str):
+        if len(paths) != 1:
+            raise InputError(f"give one {kind} store holding a 2-D array (rows, columns); got {len(paths)} paths.")
+        text = str(paths[0])
+        location, _, name = text.partition("::")
+        self.paths = [Path(location)]
+        if not self.paths[0].exists():
+            raise InputError(f"{location}: no such file or store.")
+        self._data = _open_zarr(location, name) if kind == "zarr" else _open_hdf5(location, name)
+        if len(self._data.shape) != 2:
+            raise InputError(f"{text}: the array has shape {tuple(self._data.shape)}; give a 2-D array (rows, columns).")
+        self.dtype = np.dtype(self._data.dtype).newbyteorder("=")
+        if self.dtype.kind not in "iuf":
+            raise InputError(f"{text}: data must be numeric; got {self.dtype}.")
+        self.geometry = ArrayGeometry(int(self._data.shape[1]))
+        self.n_scans = int(self._data.shape[0])
+        self.scale = None
+
+    def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
+        k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
+        for start in range(0, self.n_scans, k):
+            yield start, np.asarray(self._data[start : start + k], dtype=self.dtype)
+
+
+def _open_zarr(location: str, name: str):
+    try:
+        import zarr
+    except ImportError:
+        raise InputError(f"{location}: reading Zarr needs the zarr package: pip install 'voxfit[zarr]'.") from None
+    try:
+        node = zarr.open(location, mode="r")
+    except Exception as exc:  # zarr raises several kinds for what is not a store
+        raise InputError(f"{location}: not a readable Zarr store ({type(exc).__name__}).") from None
+    if hasattr(node, "shape"):
+        return node
+    arrays = dict(node.arrays()) if hasattr(node, "arrays") else {}
+    pick = name or ("data" if "data" in arrays else (next(iter(arrays)) if len(arrays) == 1 else None))
+    if pick is None or pick not in arrays:
+        raise InputError(f"{location}: name the array to read as {location}::NAME (arrays: {', '.join(sorted(arrays)) or 'none'}).")
+    return arrays[pick]
+
+
+def _open_hdf5(location: str, name: str):
+    try:
+        import h5py
+    except ImportError:
+        raise InputError(f"{location}: reading HDF5 needs the h5py package: pip install 'voxfit[hdf5]'.") from None
+    try:
+        f = h5py.File(location, "r")
+    except OSError as exc:
+        raise InputError(f"{location}: not a readable HDF5 file ({exc}).") from None
+    if name:
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise InputError(f"{location}: no dataset {name!r}.")
+        return f[name]
+    found: list[str] = []
+    f.visititems(lambda key, obj: found.append(key) if isinstance(obj, h5py.Dataset) else None)
+    pick = "data" if "data" in found else (found[0] if len(found) == 1 else None)
+    if pick is None:
+        raise InputError(f"{location}: name the dataset to read as {location}::NAME (datasets: {', '.join(found) or 'none'}).")
+    return f[pick]
+
+
 def open_reader(paths):
     """The reader for one path or a list of paths (a list of 3-D volumes is one scan per file)."""
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
@@ -325,6 +401,8 @@ def open_reader(paths):
     kind = kinds.pop()
     if kind == "nifti":
         return NiftiReader(paths[0]) if len(paths) == 1 else VolumeListReader(paths)
+    if kind in ("zarr", "hdf5"):
+        return ChunkedArrayReader(paths, kind)
     return {"gifti": GiftiReader, "cifti": CiftiReader, "npy": NpyReader}[kind](paths)
 
 

@@ -199,3 +199,25 @@ def test_design_and_contrast_errors(tmp_path, rng):
     write_vest(tmp_path / "g.grp", np.ones((5, 1)))
     with pytest.raises(InputError, match="one value per row of the design"):
         SecondLevel(grp=tmp_path / "g.grp").fit(paths)
+
+
+def test_group_glm_streamed_from_zarr(tmp_path, rng):
+    """A parametric group model of data larger than max_memory: one pass keeping sums, equal to in memory."""
+    zarr = pytest.importorskip("zarr")
+    n, V = 300, 400
+    age = rng.uniform(20, 80, n)
+    Y = (rng.standard_normal((n, V)) + 0.02 * age[:, None]).astype(np.float32)
+    Y[:, :3] = 0.0  # columns of zeros: outside the group mask
+    z = zarr.open(str(tmp_path / "maps.zarr"), mode="w", shape=Y.shape, chunks=(64, V), dtype="f4")
+    z[:] = Y
+    table = tmp_path / "participants.tsv"
+    table.write_text("age\n" + "".join(f"{a}\n" for a in age))
+    kw = dict(design=table, contrasts=["age=age"])
+    streamed = SecondLevel(max_memory="200K", **kw).fit(tmp_path / "maps.zarr", out_dir=tmp_path / "s")
+    in_memory = SecondLevel(max_memory="1G", **kw).fit(tmp_path / "maps.zarr")
+    npt.assert_array_equal(streamed.masker.mask, in_memory.masker.mask)
+    assert streamed.masker.n_voxels == V - 3
+    npt.assert_allclose(streamed.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-5)
+    assert (tmp_path / "s" / "contrast-age_stat-t_statmap.npy").exists()
+    with pytest.raises(InputError, match="clusters and TFCE need the maps in memory"):
+        SecondLevel(max_memory="200K", cluster_threshold=3.0, **kw).fit(tmp_path / "maps.zarr")

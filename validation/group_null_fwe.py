@@ -1,6 +1,6 @@
 """Family-wise error of voxfit's permutation inference on null group studies (one-sample sign-flips).
 
-    python validation/group_null_fwe.py [--studies 200] [--subjects 20] [--shape 32 32 24] [--n-perm 1000]
+    python validation/group_null_fwe.py [--studies 400] [--subjects 20] [--shape 32 32 24] [--n-perm 1000]
                                         [--cluster-threshold 3.0] [--seed 0] [--processes 1]
 
 Each study: 20 subjects on a 32x32x24 grid inside an ellipsoid mask (semi-axes 0.45 of the grid, ~9.4k voxels);
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     from scipy import stats
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--studies", type=int, default=200)
+    ap.add_argument("--studies", type=int, default=400)
     ap.add_argument("--subjects", type=int, default=20)
     ap.add_argument("--shape", type=int, nargs=3, default=[32, 32, 24])
     ap.add_argument("--sigma", type=float, default=1.5)

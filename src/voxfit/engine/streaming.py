@@ -84,13 +84,15 @@ def _scaled(raw, reader):
 
 
 def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask=None, mask_threshold=None,
-                  max_memory="2G", progress: bool | None = None, scans_per_slab: int | None = None):  # fmt: skip
+                  max_memory="2G", progress: bool | None = None, scans_per_slab: int | None = None,
+                  nonzero: bool = False):  # fmt: skip
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
     Returns ``(fit, {label: Stats}, AR coefficients (order, V) or None, masker)``; the numbers equal those of
     the in-memory fit to rounding. `order` 0 is OLS, p >= 1 AR(p) per voxel. `max_memory` bounds the
     accumulators and the slab of scans being read (numpy and the interpreter come on top);
-    `scans_per_slab` overrides the slab size it implies (for tests and tuning).
+    `scans_per_slab` overrides the slab size it implies (for tests and tuning). With `nonzero`, the automatic
+    mask is the group-level one: voxels finite and non-zero in every row.
     """
     reader = open_reader(paths)
     design = factorize(X, names)
@@ -121,6 +123,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     finite = np.ones(nel, dtype=bool)
     varies = np.zeros(nel, dtype=bool)
     above = np.ones(nel, dtype=bool)
+    nonzero_all = np.ones(nel, dtype=bool)
     first = sums = index = None
     max_bytes = max(1, slab_bytes // 4) if scans_per_slab is None else int(scans_per_slab) * nel * reader.dtype.itemsize
     bar = Progress("reading", n, enabled=progress)
@@ -140,10 +143,15 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         if floats:
             finite &= np.isfinite(values).all(axis=0)
         varies |= (values != first).any(axis=0)
+        if nonzero:
+            nonzero_all &= (values != 0).all(axis=0)
         if mask_threshold is not None and mask is None:
             above &= (values > mask_threshold * spm_globals(values)[:, None]).all(axis=0)
     bar.close()
-    final = (candidates & finite) if mask is not None else (finite & varies & above)
+    if mask is not None:
+        final = candidates & finite
+    else:
+        final = (finite & nonzero_all) if nonzero else (finite & varies & above)
     if not final.any():
         raise InputError("the automatic mask is empty: no voxel is finite and not constant over time in every scan."
                          if mask is None else f"no voxel of mask {mask} has finite values in every scan.")  # fmt: skip

@@ -61,12 +61,20 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
 
 
 def input_record(path: Path, digest: str | None = None) -> dict:
-    """What model.json says of an input file: absolute path, size, SHA-256."""
-    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest or _sha256(path)}
+    """What model.json says of an input file: absolute path, size, SHA-256 (of a store folder such as a Zarr
+    store: over its files' relative names and contents, in sorted order)."""
+    path = Path(path)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return {"path": str(path.resolve()), "bytes": size, "sha256": digest or _sha256(path)}
 
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
+    if Path(path).is_dir():
+        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+            h.update(bytes.fromhex(_sha256(f)))
+        return h.hexdigest()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)

@@ -26,11 +26,13 @@ from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design
+from .._memory import needs_streaming, parse_memory
 from ..engine import fit as fit_engine
+from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import Masker, OutputFolder, load, stat_maps
+from ..io import Masker, OutputFolder, load, open_reader, stat_maps
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import contrast_items, input_record
 
@@ -62,7 +64,8 @@ class SecondLevel:
     FSL VEST files (t contrasts, F tests of them, exchangeability blocks); permutations: 0 for parametric
     inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
     'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
-    neighbours of surface data; max_memory: bytes for one batch of permutations.
+    neighbours of surface data; max_memory: bytes for one batch of permutations, and the cap above which a
+    parametric model (no permutations) is fitted in one pass over the data, keeping per-voxel sums only.
     """
 
     design: object = None
@@ -83,7 +86,7 @@ class SecondLevel:
     cluster_threshold: float | None = None
     connectivity: int = 6
     mesh: object = None
-    max_memory: int = 256 << 20
+    max_memory: int | str = 256 << 20
     n_jobs: int | None = None
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
@@ -94,6 +97,9 @@ class SecondLevel:
             if self.tfce:
                 raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
+            reader = open_reader(paths if len(paths) > 1 else paths[0])
+            if not self.permutations and not self.paired and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
+                return self._fit_streamed(paths, reader.n_scans, out, progress, command)
             ds = load(paths, self.mask, progress=progress)
             Y, masker = np.asarray(ds.data), ds.masker
             if self.paired:
@@ -128,7 +134,7 @@ class SecondLevel:
                         d.X, Y, expr, names=list(d.names), n_permutations=int(self.permutations), scheme=self.scheme,
                         blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
                         cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H, weights=weights,
-                        max_memory=self.max_memory, progress=progress, name=label,
+                        max_memory=parse_memory(self.max_memory), progress=progress, name=label,
                     )  # fmt: skip
             tables = {}
             if self.cluster_threshold is not None:
@@ -139,6 +145,20 @@ class SecondLevel:
                 self._write(out, masker, d, items, parametric, perms, tables, paths, command, (E, H), blocks)
                 files = out.commit()
         return GroupFit(masker, d.X, d.names, parametric, perms, tables, files)
+
+    def _fit_streamed(self, paths, n_maps: int, out, progress, command) -> GroupFit:
+        """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
+        if self.tfce or self.cluster_threshold is not None:
+            raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
+        d = group_design(n_maps, design=self.design, two_sample=self.two_sample)
+        items = self._contrast_items(d.names, d.X.shape[1])
+        fit, stats, _, masker = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
+                                              max_memory=self.max_memory, progress=progress, nonzero=True)  # fmt: skip
+        files: list[Path] = []
+        if out is not None:
+            self._write(out, masker, d, items, stats, {}, {}, paths, command, self._tfce_parameters(masker.geometry), None)
+            files = out.commit()
+        return GroupFit(masker, d.X, d.names, stats, {}, {}, files)
 
     def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
         items = contrast_items(self.contrasts) if self.contrasts else []

@@ -85,6 +85,7 @@ def _get_parser() -> argparse.ArgumentParser:
     fit.add_argument("--scaling", default="none", choices=["none", "mean", "global"],
                      help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100")  # fmt: skip
     _design_options(fit, events_needed=False)
+    fit.add_argument("--scheduler", metavar="ADDRESS", help="run the voxel blocks on a Dask cluster, e.g. tcp://host:8786")
     _common(fit)
 
     design = sub.add_parser("design", help="build a first-level design matrix from BIDS events (SPM's conventions)",
@@ -122,6 +123,7 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument("--connectivity", type=int, choices=[6, 18, 26], default=6, help="voxel neighbours for clusters and TFCE")
     group.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) of surface inputs, for clusters and TFCE")
     group.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="run the fit and the shuffles on a Dask cluster, e.g. tcp://host:8786")
     _common(group)
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
@@ -241,7 +243,7 @@ def _run(args, argv) -> int:
         args.inputs, design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
         progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise,
-        scaling=args.scaling, streaming=streaming,
+        scaling=args.scaling, streaming=streaming, scheduler=args.scheduler,
     )  # fmt: skip
     if not args.quiet:
         fit = result.fit
@@ -271,7 +273,7 @@ def _run_runs(args, argv) -> int:
         args.inputs, designs, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         out_dir=args.output, force=args.force,
         noise=args.noise, scaling=args.scaling, max_memory=args.max_memory, n_jobs=args.n_jobs,
-        command=["voxfit", *argv],
+        command=["voxfit", *argv], scheduler=args.scheduler,
     )  # fmt: skip
     if not args.quiet:
         print(f"fitted {len(args.inputs)} runs on {result.masker.n_voxels:,} voxels; {len(result.combined)} contrast(s) "
@@ -280,7 +282,7 @@ def _run_runs(args, argv) -> int:
 
 
 def _run_group(args, argv, progress) -> int:
-    from .engine.memory import parse_memory
+    from ._memory import parse_memory
     from .models import SecondLevel
 
     if args.two_sample and not args.design:
@@ -293,6 +295,7 @@ def _run_group(args, argv, progress) -> int:
         seed=args.seed, scheme=args.scheme, tfce=args.tfce, tfce_E=args.tfce_E, tfce_H=args.tfce_H,
         cluster_threshold=args.cluster_threshold, connectivity=args.connectivity, mesh=args.mesh,
         max_memory=parse_memory(args.max_memory) if args.max_memory else 256 << 20, n_jobs=args.n_jobs,
+        scheduler=args.scheduler,
     )  # fmt: skip
     result = model.fit(args.inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
     if not args.quiet:

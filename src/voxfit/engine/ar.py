@@ -12,7 +12,7 @@ from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, fit_ar_block
 from ..core.contrast import f_stats, t_stats
 from ..exceptions import InputError
-from .fit import _fit_iv, _threadpools
+from .fit import _fit_iv, _threadpools, map_blocks
 from .memory import check_block_size, parse_memory
 
 __all__ = ["ARFit", "fit_ar"]
@@ -43,7 +43,7 @@ def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: 
 
 def fit_ar(
     X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, block_size: int | None = None,
-    n_jobs: int | None = None,
+    n_jobs: int | None = None, scheduler=None,
 ) -> ARFit:
     """Fit a design with AR(`order`) noise estimated and removed for every voxel separately.
 
@@ -55,6 +55,8 @@ def fit_ar(
         AR order, 1 or more.
     contrasts : dict
         ``{label: expression or weights}``; t for one row, F for several, computed on the whitened model.
+    scheduler : dask.distributed.Client or str, optional
+        Run the blocks as tasks on a Dask cluster; identical numbers.
     """
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
         raise InputError(f"`order` of the AR model must be a positive integer; got {order!r}.")
@@ -76,23 +78,27 @@ def fit_ar(
     covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
     valid = np.zeros(V, dtype=bool)
 
-    def run(start: int) -> None:
-        stop = min(V, start + step)
-        Yb = np.asarray(Y[:, start:stop])
-        ok = np.isfinite(Yb).all(axis=0)
-        valid[start:stop] = ok
-        idx = start + np.flatnonzero(ok)
-        if idx.size == 0:
+    def _place(start: int, ok, res) -> None:
+        valid[start : start + ok.size] = ok
+        if res is None:
             return
-        Yb = Yb if ok.all() else Yb[:, ok]
-        b, r, ph, cons, r_ols, tss[idx] = fit_ar_block(block, Yb, list(weights.values()))
+        idx = start + np.flatnonzero(ok)
+        b, r, ph, cons, r_ols, tss[idx] = res
         betas[:, idx], rss[idx], phi[:, idx], ols_rss[idx] = b, r, ph.T, r_ols
         for (label, _), (effect, cov) in zip(weights.items(), cons):
             effects[label][:, idx], covs[label][idx] = effect, cov
 
+    def run(start: int) -> None:
+        _place(start, *_ar_task(block, list(weights.values()), Y[:, start : min(V, start + step)]))
+
     starts = range(0, V, step)
-    with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
-        list(pool.map(run, starts))
+    if scheduler is not None:  # the same blocks as Dask tasks
+        spans = [(a, min(V, a + step)) for a in starts]
+        for (a, b), (ok, res) in zip(spans, map_blocks(scheduler, _ar_task, (block, list(weights.values())), Y, spans)):
+            _place(a, ok, res)
+    else:
+        with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
+            list(pool.map(run, starts))
     fit = make_fit(design, betas, rss, tss, valid)
     with np.errstate(divide="ignore", invalid="ignore"):  # R^2 of the OLS fit: whitened and raw sums differ in scale
         r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)
@@ -104,6 +110,15 @@ def fit_ar(
         stats[label] = _stats(label, w, effects[label], covs[label], fit.residual_variance, dof)
     phi.setflags(write=False)
     return ARFit(fit=fit, ar=phi, contrasts=stats, order=int(order))
+
+
+def _ar_task(block: ARBlock, weights: list, Yb):
+    """One block: which voxels are finite, and the fit of those (None if none is)."""
+    Yb = np.asarray(Yb)
+    ok = np.isfinite(Yb).all(axis=0)
+    if not ok.any():
+        return ok, None
+    return ok, fit_ar_block(block, Yb if ok.all() else Yb[:, ok], weights)
 
 
 def _stats(label, w, effect, cov, sigma2, dof) -> Stats:

@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike
 
 from threadpoolctl import ThreadpoolController
 
+from .._dask import dask_client
 from .._progress import Progress
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
@@ -71,6 +72,7 @@ def fit(
     n_jobs: int | None = None,
     progress: bool | None = None,
     compiled: bool | None = None,
+    scheduler=None,
 ) -> Fit:
     """Fit one linear model to every voxel at once: ``betas = pinv(X) @ Y``, block by block.
 
@@ -99,6 +101,9 @@ def fit(
         Use the numba-compiled pass over the data (~3x faster than numpy's; loading it costs ~0.6 s once
         per process). Default: when already loaded, or for data of 2**29 elements or more. Results agree
         to rounding either way. ``voxfit.core.warm_up()`` loads it ahead of time.
+    scheduler : dask.distributed.Client or str, optional
+        Fit the blocks as tasks on a Dask cluster (a client or a scheduler address); the blocks are those
+        of the local run, so the numbers are identical.
 
     Returns
     -------
@@ -126,6 +131,12 @@ def fit(
         )
 
     out = empty_result(p, V)
+    if scheduler is not None:  # the same blocks, each a task on a Dask cluster
+        spans = [(a, min(a + block, V)) for a in range(0, V, block)]
+        args = (design, tile, use_compiled(n * V, compiled))
+        for (a, b), (betas, rss, tss, valid) in zip(spans, map_blocks(scheduler, _fit_block, args, Y, spans)):
+            out.betas[:, a:b], out.rss[a:b], out.tss[a:b], out.valid[a:b] = betas, rss, tss, valid
+        return make_fit(design, out.betas, out.rss, out.tss, out.valid)
     local = threading.local()
 
     def run(start: int) -> None:
@@ -153,3 +164,24 @@ def fit(
                     bar.update(done)
     bar.close()
     return make_fit(design, out.betas, out.rss, out.tss, out.valid)
+
+
+def _fit_block(design, tile: int, compiled: bool, Yb):
+    """One block fitted on its own (a Dask task): betas, rss, tss, valid."""
+    out = empty_result(design.X.shape[1], Yb.shape[1])
+    with _threadpools().limit(limits=1, user_api="blas"):
+        BlockFitter(design, Yb.dtype, min(tile, Yb.shape[1]), compiled)(Yb, 0, Yb.shape[1], BlockResult(out.betas, out.rss, out.tss, out.valid))
+    return out.betas, out.rss, out.tss, out.valid
+
+
+def map_blocks(scheduler, fn, args, Y, spans):
+    """``fn(*args, Y[:, a:b])`` for each span as Dask tasks (`args` sent once to every worker); results in
+    span order. `scheduler` is a dask.distributed Client or a scheduler address."""
+    with dask_client(scheduler) as client:
+        shared = client.scatter(list(args), broadcast=True)
+        futures = [client.submit(_apply, fn, shared, np.asarray(Y[:, a:b]), pure=False) for a, b in spans]
+        return [future.result() for future in futures]
+
+
+def _apply(fn, args, block):
+    return fn(*args, block)

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import working_dtype
+from .._dask import dask_client
 from .._progress import Progress
 from ..core import check_contrast, factorize
 from ..exceptions import InputError
@@ -126,7 +127,7 @@ def permutation_test(
     X, Y, contrast, *, names=None, n_permutations: int = 5000, scheme: str = "auto", blocks=None,
     whole_blocks: bool = False, seed=None, adjacency=None, cluster_threshold: float | None = None,
     tfce: bool = False, tfce_E: float = 0.5, tfce_H: float = 2.0, weights=None, max_memory=256 << 20,
-    n_jobs: int | None = None, progress: bool | None = None, name: str | None = None,
+    n_jobs: int | None = None, progress: bool | None = None, name: str | None = None, scheduler=None,
 ) -> PermutationResult:  # fmt: skip
     """Permutation (or sign-flip) inference for one t or F contrast at every voxel.
 
@@ -156,6 +157,9 @@ def permutation_test(
         Bound on the working memory of one batch of shuffles (bytes).
     n_jobs : int, optional
         Threads sharing the voxel tiles of each batch (default: all CPUs); BLAS runs single-threaded inside.
+    scheduler : dask.distributed.Client or str, optional
+        Run the batches of shuffles on a Dask cluster (a client, or a scheduler address such as
+        ``tcp://host:8786``); the numbers are those of the local run.
     """
     Y = np.asarray(Y) if not hasattr(Y, "dtype") else Y
     if Y.ndim != 2:
@@ -194,67 +198,30 @@ def permutation_test(
 
     need_maps = cluster_threshold is not None or tfce
     V, N, r = Y.shape[1], shuffles.n, basis.shape[1]
-    tile = 2048
-    per_shuffle = (4 * V if need_maps else 0) + 4 * r * tile * 2 + 64
-    batch = int(max(1, min(1024, max_memory // per_shuffle)))
-    stats_tile, flip_tile = _load_kernel()
-    flips = shuffles.kind == "flip"
-    if flips:  # no matrix product: tables of signed partial sums (see _maxstat.flip_tile)
-        tile = FLIP_TILE
-        bits = (shuffles.signs < 0).astype(np.uint8)
-        n_groups = (bits.shape[1] + 7) // 8
-        padded = np.zeros((N, 8 * n_groups), dtype=np.uint8)
-        padded[:, : bits.shape[1]] = bits
-        patterns = np.ascontiguousarray((padded.reshape(N, n_groups, 8) << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8))
-        basis_w = np.ascontiguousarray(basis, dtype=np.float64)
     from ._maxstat import from_key, to_key
 
     okey = to_key(observed, is_t).astype(dtype)
     okey[~np.isfinite(observed)] = np.inf
-    ee_w = np.where(valid, ee, 1.0).astype(dtype)  # invalid voxels: E = 0 and ||E||^2 = 1 give key 0
-    counts = np.zeros(V, dtype=np.int32)
+    runner = _NullRunner(E, basis, shuffles, np.where(valid, ee, 1.0).astype(dtype), okey, float(dof), q, is_t, valid,
+                         adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs)  # fmt: skip
+    per_shuffle = (4 * V if need_maps else 0) + 4 * r * runner.tile * 2 + 64
+    batch = N if (runner.flips and not need_maps) else int(max(1, min(1024, max_memory // per_shuffle)))
+    counts = np.zeros(V, dtype=np.int64)
     null_max = np.empty(N)
     null_max[0] = np.nanmax(stat) if np.isfinite(stat).any() else np.nan
     null_extent, null_mass, null_tfce = np.zeros(N), np.zeros(N), np.zeros(N)
-    if flips and not need_maps:
-        batch = N  # nothing per shuffle but its maxima: every tile's table serves all shuffles at once
-    tiles = [(a, min(V, a + tile)) for a in range(0, V, tile)]
-    E_tiles = [np.ascontiguousarray(E[:, a:b]) for a, b in tiles] if flips else None
-    local = threading.local()
     bar = Progress(f"permutations ({label})", N, progress)
-    with _blas_single_threaded(), ThreadPoolExecutor(_workers(n_jobs)) as pool:  # threads share the tiles
-        for start in range(1, N, batch):  # row 0 is the identity: the observed statistic
-            stop = min(N, start + batch)
-            nb = stop - start
-            rows = None if flips else _projector_rows(basis, shuffles, start, stop, dtype).reshape(-1, E.shape[0])
-            maps = np.empty((nb, V), dtype=np.float32) if need_maps else np.empty((1, 1), dtype=np.float32)
-            rowmax = np.full((len(tiles), nb), -np.inf, dtype=dtype)
-
-            def work(k, rows=rows, nb=nb, maps=maps, rowmax=rowmax, start=start, stop=stop):
-                a, b = tiles[k]
-                if flips:
-                    flip_tile(E_tiles[k], basis_w, patterns[start:stop], ee_w[a:b], okey[a:b], float(dof), q, is_t,
-                              rowmax[k], counts[a:b], maps, a, need_maps)  # fmt: skip
-                    return
-                buf = getattr(local, "buf", None)
-                if buf is None or buf.shape[0] < nb * r:
-                    buf = local.buf = np.empty((batch * r, tile), dtype=dtype)
-                G = np.matmul(rows, E[:, a:b], out=buf[: nb * r, : b - a]).reshape(nb, r, b - a)
-                stats_tile(G, ee_w[a:b], okey[a:b], float(dof), q, is_t, rowmax[k], counts[a:b], maps, a, need_maps)
-
-            list(pool.map(work, range(len(tiles))))
-            null_max[start:stop] = from_key(rowmax.max(axis=0).astype(np.float64), is_t)
-            if need_maps:
-                maps[:, ~valid] = np.nan
-                if cluster_threshold is not None:
-                    from .clusters import cluster_max
-
-                    null_extent[start:stop], null_mass[start:stop] = cluster_max(maps, adjacency, cluster_threshold, weights=weights)
-                if tfce:
-                    from .tfce import tfce_max
-
-                    null_tfce[start:stop] = tfce_max(maps, adjacency, E=tfce_E, H=tfce_H, weights=weights)
-            bar.update(stop)
+    spans = [(a, min(N, a + batch)) for a in range(1, N, batch)]  # row 0 is the identity: the observed statistic
+    if scheduler is not None:  # a Dask cluster: the runner (data included) is sent once, then batches
+        spans = [(a, min(N, a + min(batch, 1024))) for a in range(1, N, min(batch, 1024))]
+        results = _dask_batches(scheduler, runner, spans)
+    else:
+        results = (runner.run(a, b) for a, b in spans)
+    for (a, b), (maxima, hits, extent, mass, tfce_maxima) in zip(spans, results):
+        null_max[a:b] = from_key(maxima, is_t)
+        counts += hits
+        null_extent[a:b], null_mass[a:b], null_tfce[a:b] = extent, mass, tfce_maxima
+        bar.update(b)
     bar.close()
     counts += valid  # the identity reaches the observed statistic
     p_unc = np.where(valid, counts / N, np.nan)
@@ -278,6 +245,85 @@ def permutation_test(
         p_tfce = np.where(valid, _exceedance(null_tfce, tfce_map, tol) / N, np.nan)
     return PermutationResult(label, "t" if is_t else "F", stat, float(dof), scheme, N, shuffles.exhaustive,
                              p_unc, p_fwe, null_max, clusters, tfce_map, p_tfce, null_tfce if tfce else None)  # fmt: skip
+
+
+class _NullRunner:
+    """Everything a batch of shuffles needs, in one picklable object: ``run(start, stop)`` returns the batch's
+    maxima (keys), per-voxel exceedance counts, and cluster and TFCE maxima. Local runs call it in a loop;
+    a Dask cluster receives it once and runs batches on its workers."""
+
+    def __init__(self, E, basis, shuffles: Shuffles, ee_w, okey, dof, q, is_t, valid, adjacency, cluster_threshold,
+                 tfce, tfce_E, tfce_H, weights, n_jobs):  # fmt: skip
+        self.dtype = E.dtype
+        self.basis, self.ee_w, self.okey, self.dof, self.q, self.is_t = basis, ee_w, okey, dof, q, is_t
+        self.valid, self.adjacency, self.cluster_threshold = valid, adjacency, cluster_threshold
+        self.tfce, self.tfce_E, self.tfce_H, self.weights, self.n_jobs = tfce, tfce_E, tfce_H, weights, n_jobs
+        self.need_maps = cluster_threshold is not None or tfce
+        self.flips = shuffles.kind == "flip"
+        self.shuffles = shuffles
+        V = E.shape[1]
+        self.tile = FLIP_TILE if self.flips else 2048
+        self.tiles = [(a, min(V, a + self.tile)) for a in range(0, V, self.tile)]
+        if self.flips:  # no matrix product: tables of signed partial sums (see _maxstat.flip_tile)
+            bits = (shuffles.signs < 0).astype(np.uint8)
+            groups = (bits.shape[1] + 7) // 8
+            padded = np.zeros((bits.shape[0], 8 * groups), dtype=np.uint8)
+            padded[:, : bits.shape[1]] = bits
+            self.patterns = np.ascontiguousarray((padded.reshape(-1, groups, 8) << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8))
+            self.E_tiles = [np.ascontiguousarray(E[:, a:b]) for a, b in self.tiles]
+            self.basis_w = np.ascontiguousarray(basis, dtype=np.float64)
+            self.E = None
+        else:
+            self.E = E
+
+    def run(self, start: int, stop: int):
+        stats_tile, flip_tile = _load_kernel()
+        nb, V, r = stop - start, self.valid.size, self.basis.shape[1]
+        maps = np.empty((nb, V), dtype=np.float32) if self.need_maps else np.empty((1, 1), dtype=np.float32)
+        rowmax = np.full((len(self.tiles), nb), -np.inf, dtype=self.dtype)
+        counts = np.zeros(V, dtype=np.int32)
+        rows = None if self.flips else _projector_rows(self.basis, self.shuffles, start, stop, self.dtype).reshape(nb * r, -1)
+        local = threading.local()
+
+        def work(k):
+            a, b = self.tiles[k]
+            if self.flips:
+                flip_tile(self.E_tiles[k], self.basis_w, self.patterns[start:stop], self.ee_w[a:b], self.okey[a:b],
+                          self.dof, self.q, self.is_t, rowmax[k], counts[a:b], maps, a, self.need_maps)  # fmt: skip
+                return
+            buf = getattr(local, "buf", None)
+            if buf is None or buf.shape[0] < nb * r:
+                buf = local.buf = np.empty((nb * r, self.tile), dtype=self.dtype)
+            G = np.matmul(rows, self.E[:, a:b], out=buf[: nb * r, : b - a]).reshape(nb, r, b - a)
+            stats_tile(G, self.ee_w[a:b], self.okey[a:b], self.dof, self.q, self.is_t, rowmax[k], counts[a:b], maps, a,
+                       self.need_maps)  # fmt: skip
+
+        with _blas_single_threaded(), ThreadPoolExecutor(_workers(self.n_jobs)) as pool:  # threads share the tiles
+            list(pool.map(work, range(len(self.tiles))))
+        extent = mass = tfce_max_values = np.zeros(nb)
+        if self.need_maps:
+            maps[:, ~self.valid] = np.nan
+            if self.cluster_threshold is not None:
+                from .clusters import cluster_max
+
+                extent, mass = cluster_max(maps, self.adjacency, self.cluster_threshold, weights=self.weights)
+            if self.tfce:
+                from .tfce import tfce_max
+
+                tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
+        return rowmax.max(axis=0).astype(np.float64), counts, extent, mass, tfce_max_values
+
+
+def _dask_batches(scheduler, runner: _NullRunner, spans):
+    """Each batch as a Dask task on the cluster, results in batch order (the runner is sent once)."""
+    with dask_client(scheduler) as client:
+        shared = client.scatter(runner, broadcast=True)
+        futures = [client.submit(_run_batch, shared, a, b, pure=False) for a, b in spans]
+        return [future.result() for future in futures]
+
+
+def _run_batch(runner: _NullRunner, start: int, stop: int):
+    return runner.run(start, stop)
 
 
 def _exceedance(null: NDArray, values: NDArray, tol: float) -> NDArray[np.float64]:

@@ -126,6 +126,7 @@ def fit_images(
     noise: str = "ols",
     scaling: str = "none",
     streaming: bool | None = None,
+    scheduler=None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -157,6 +158,8 @@ def fit_images(
     streaming : bool, optional
         Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
         default when the data, as float32, would take more than half of `max_memory`.
+    scheduler : dask.distributed.Client or str, optional
+        Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers.
     """
     _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
@@ -177,6 +180,9 @@ def fit_images(
             reader = open_reader(inputs)
             streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory)
         if streaming:
+            if scheduler is not None:
+                raise InputError("data larger than --max-memory are read in one sequential pass, which a Dask "
+                                 "cluster cannot share; drop --scheduler or raise --max-memory.")  # fmt: skip
             return _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
                                  out, hashing, command, n_jobs, start)  # fmt: skip
         if dataset is None:
@@ -188,7 +194,7 @@ def fit_images(
         checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if out is not None else None
         t_load = time.perf_counter()
         data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
-        fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress)
+        fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress, scheduler)
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
@@ -264,11 +270,11 @@ def _noise_order(noise: str) -> int:
     raise InputError(f"`noise` must be ols, ar1 .. ar8 or ar1-global; got {noise!r}.")
 
 
-def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None):
+def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None, scheduler=None):
     """Fit with the noise model asked for: ``(fit, {label: Stats}, AR coefficients or None, noise details)``."""
     order = _noise_order(noise)
     if order > 0:
-        ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)
+        ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
         g = fit_global_ar(X, data, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)
@@ -276,7 +282,7 @@ def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, 
         info = {"model": "SPM12 AR(1): one ReML covariance for all voxels", "reml_hyperparameters": g.hyperparameters.tolist(),
                 "pooled_voxels": g.n_pooled, "pooling_F_threshold": g.threshold, "lag1_correlation": float(g.correlation[1, 0])}  # fmt: skip
     else:
-        fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
+        fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler)
         stats, ar_coef, info = None, None, {"model": "OLS"}
     if fit.n_invalid == fit.valid.size:
         raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")

@@ -69,7 +69,7 @@ def _subset(data, columns: np.ndarray):
 
 
 def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_dir=None, force=False, noise="ols",
-             scaling="none", max_memory=None, n_jobs=None, command=None) -> RunsFit:  # fmt: skip
+             scaling="none", max_memory=None, n_jobs=None, command=None, scheduler=None) -> RunsFit:  # fmt: skip
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
     `inputs` and `designs` are lists of the same length (one 4-D image and one design per run; designs as
@@ -106,7 +106,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
             data = _subset(ds.data, columns)
             data = data if scaling == "none" else _scale(data, scaling)
             try:
-                _, stats, _, info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs)
+                _, stats, _, info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler)
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
             runs.append(stats)

@@ -65,7 +65,8 @@ class SecondLevel:
     inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
     'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
     neighbours of surface data; max_memory: bytes for one batch of permutations, and the cap above which a
-    parametric model (no permutations) is fitted in one pass over the data, keeping per-voxel sums only.
+    parametric model (no permutations) is fitted in one pass over the data, keeping per-voxel sums only;
+    scheduler: a dask.distributed Client or scheduler address to run the fit and the shuffles on a cluster.
     """
 
     design: object = None
@@ -88,6 +89,7 @@ class SecondLevel:
     mesh: object = None
     max_memory: int | str = 256 << 20
     n_jobs: int | None = None
+    scheduler: object = None
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -121,7 +123,7 @@ class SecondLevel:
             factor = factorize(d.X, list(d.names))
             if factor.dof < 1:
                 raise InputError(f"the design ({d.X.shape[1]} columns, rank {factor.rank}) leaves no degrees of freedom for {Y.shape[0]} maps.")
-            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs)
+            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=self.scheduler)
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
             adjacency = weights = None
             E, H = self._tfce_parameters(masker.geometry)
@@ -134,7 +136,8 @@ class SecondLevel:
                         d.X, Y, expr, names=list(d.names), n_permutations=int(self.permutations), scheme=self.scheme,
                         blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
                         cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H, weights=weights,
-                        max_memory=parse_memory(self.max_memory), progress=progress, name=label,
+                        max_memory=parse_memory(self.max_memory), progress=progress, name=label, n_jobs=self.n_jobs,
+                        scheduler=self.scheduler,
                     )  # fmt: skip
             tables = {}
             if self.cluster_threshold is not None:

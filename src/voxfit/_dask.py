@@ -1,0 +1,29 @@
+"""A Dask client for a `scheduler` argument (a client, or a scheduler address); dask is imported only here."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from .exceptions import InputError
+
+__all__ = ["dask_client"]
+
+
+@contextmanager
+def dask_client(scheduler):
+    """Yield a dask.distributed Client: `scheduler` itself, or one connected to the address (closed after)."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise InputError("a Dask scheduler needs dask.distributed: pip install 'voxfit[dask]'.") from None
+    if isinstance(scheduler, Client):
+        yield scheduler
+        return
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InputError(f"cannot reach the Dask scheduler {scheduler!r} ({type(exc).__name__}: {exc}).") from None
+    try:
+        yield client
+    finally:
+        client.close()

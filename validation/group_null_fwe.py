@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     for j, name in enumerate(METHODS):
         k = int(hits[:, j].sum())
         ci = stats.binomtest(k, K).proportion_ci(0.95, method="exact")
-        print(f"{name:<16}{k:>9d}{k / K:>8.3f}{f'[{ci.low:.3f}, {ci.high:.3f}]':>22}{'yes' if lo <= k <= hi else 'NO':>8}")
+        inside = "yes" if lo <= k <= hi else "NO"
+        print(f"{name:<16}{k:>9d}{k / K:>8.3f}{f'[{ci.low:.3f}, {ci.high:.3f}]':>22}{inside:>8}")
     unc = np.array([r[1] for r in results])
     q95 = np.array([r[2] for r in results])
     print(f"\nmean fraction of voxels with uncorrected p < 0.05: {unc.mean():.4f} (expected ~0.05)")

@@ -187,7 +187,8 @@ def main(argv=None) -> int:
     print(f"  max rel |null_tfce - recomputed max TFCE| = {rel_null(vft.null_tfce, exact):.3g}")
     print("TFCE FWE p over those same flips, observed map and null maxima from one definition of TFCE:")
     rows = [f"{'A vs B':<38}{'max|dp|':>10}{'>4se':>10}{'A p<.05':>9}{'B p<.05':>9}"]
-    for label, null, obs in (("nilearn 100 steps, no dh", nl_raw, tf_nl), ("nilearn 100 steps x dh", nl_dh, tf_nl * dh)):
+    for label, null, obs in (("nilearn 100 steps, no dh", nl_raw, tf_nl),
+                             ("nilearn 100 steps x dh", nl_dh, tf_nl * dh)):
         p = (np.sum(null[1:, None] >= obs[None, :] * (1 - 1e-10), axis=0) + 1) / (Nt + 1)
         p_compare(f"voxfit vs {label}", vft.p_tfce_fwe, p, Nt + 1, rows)
     print("\n".join(rows))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["working_dtype"]
+__all__ = ["device_namespace", "to_numpy", "working_dtype"]
 
 
 def working_dtype(dtype) -> np.dtype:
@@ -18,3 +18,58 @@ def working_dtype(dtype) -> np.dtype:
     if dtype.kind in "iub" and dtype.itemsize <= 2:
         return np.dtype(np.float32)
     return np.dtype(np.float64)
+
+
+def device_namespace(device: str | None):
+    """``(xp, device)`` for a `device` argument: None or ``cpu``: numpy (``xp`` None); ``cuda``, ``cuda:N``:
+    CuPy when installed, else PyTorch; ``torch`` or ``torch:cpu``: PyTorch on the CPU; ``strict``: the
+    array-api-strict reference library (to test the array-API code path without a GPU). Libraries are
+    imported here only, and wrapped by array-api-compat into the array API standard."""
+    from .exceptions import InputError
+
+    if device in (None, "cpu"):
+        return None, None
+    text = str(device)
+    try:
+        if text == "strict":
+            import array_api_strict as xp
+
+            return xp, None
+        import array_api_compat
+    except ImportError:
+        raise InputError(f"`device`={text!r} needs array-api-compat (and a GPU array library): pip install 'voxfit[gpu]'.") from None
+    if text.startswith("cuda"):
+        index = int(text.partition(":")[2] or 0)
+        try:
+            import cupy
+
+            with cupy.cuda.Device(index):
+                cupy.zeros(1)
+            return array_api_compat.array_namespace(cupy.zeros(1)), cupy.cuda.Device(index)
+        except Exception:  # no CuPy, or no GPU for it: try torch
+            pass
+        try:
+            import torch
+        except ImportError:
+            raise InputError(f"`device`={text!r}: neither CuPy nor PyTorch is installed; pip install 'voxfit[gpu]'.") from None
+        if not torch.cuda.is_available():
+            raise InputError(f"`device`={text!r}: no CUDA GPU is visible here; use the CPU (no --device).")
+        return array_api_compat.array_namespace(torch.zeros(1)), torch.device(f"cuda:{index}")
+    if text in ("torch", "torch:cpu"):
+        try:
+            import torch
+        except ImportError:
+            raise InputError("`device`='torch' needs PyTorch installed.") from None
+        return array_api_compat.array_namespace(torch.zeros(1)), torch.device("cpu")
+    raise InputError(f"`device` must be cpu, cuda, cuda:N, torch or strict; got {text!r}.")
+
+
+def to_numpy(xp, array) -> np.ndarray:
+    """An array of namespace `xp` back on the host as numpy."""
+    if xp is None or isinstance(array, np.ndarray):
+        return np.asarray(array)
+    if hasattr(array, "get"):  # CuPy
+        return array.get()
+    if hasattr(array, "cpu"):  # torch
+        return array.cpu().numpy()
+    return np.asarray(array)  # array-api-strict

@@ -86,6 +86,7 @@ def _get_parser() -> argparse.ArgumentParser:
                      help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100")  # fmt: skip
     _design_options(fit, events_needed=False)
     fit.add_argument("--scheduler", metavar="ADDRESS", help="run the voxel blocks on a Dask cluster, e.g. tcp://host:8786")
+    fit.add_argument("--device", metavar="DEVICE", help="cuda or cuda:N: fit an OLS model on a GPU (CuPy or PyTorch)")
     _common(fit)
 
     design = sub.add_parser("design", help="build a first-level design matrix from BIDS events (SPM's conventions)",
@@ -124,6 +125,7 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) of surface inputs, for clusters and TFCE")
     group.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
     group.add_argument("--scheduler", metavar="ADDRESS", help="run the fit and the shuffles on a Dask cluster, e.g. tcp://host:8786")
+    group.add_argument("--device", metavar="DEVICE", help="cuda or cuda:N: the fit and the shuffles on a GPU (CuPy or PyTorch)")
     _common(group)
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
@@ -243,7 +245,7 @@ def _run(args, argv) -> int:
         args.inputs, design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
         progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise,
-        scaling=args.scaling, streaming=streaming, scheduler=args.scheduler,
+        scaling=args.scaling, streaming=streaming, scheduler=args.scheduler, device=args.device,
     )  # fmt: skip
     if not args.quiet:
         fit = result.fit
@@ -295,7 +297,7 @@ def _run_group(args, argv, progress) -> int:
         seed=args.seed, scheme=args.scheme, tfce=args.tfce, tfce_E=args.tfce_E, tfce_H=args.tfce_H,
         cluster_threshold=args.cluster_threshold, connectivity=args.connectivity, mesh=args.mesh,
         max_memory=parse_memory(args.max_memory) if args.max_memory else 256 << 20, n_jobs=args.n_jobs,
-        scheduler=args.scheduler,
+        scheduler=args.scheduler, device=args.device,
     )  # fmt: skip
     result = model.fit(args.inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
     if not args.quiet:

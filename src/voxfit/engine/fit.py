@@ -73,6 +73,7 @@ def fit(
     progress: bool | None = None,
     compiled: bool | None = None,
     scheduler=None,
+    device: str | None = None,
 ) -> Fit:
     """Fit one linear model to every voxel at once: ``betas = pinv(X) @ Y``, block by block.
 
@@ -104,6 +105,11 @@ def fit(
     scheduler : dask.distributed.Client or str, optional
         Fit the blocks as tasks on a Dask cluster (a client or a scheduler address); the blocks are those
         of the local run, so the numbers are identical.
+    device : str, optional
+        ``cuda`` (``cuda:N``) to fit on a GPU through CuPy or PyTorch (``strict``: the array-API reference
+        library, for tests). The design is factorised on the CPU in float64; the data go to the device a
+        block at a time, shifted by their first scan, and are multiplied in float32; voxels where the sums
+        lose digits are refitted on the CPU in float64.
 
     Returns
     -------
@@ -131,6 +137,8 @@ def fit(
         )
 
     out = empty_result(p, V)
+    if device not in (None, "cpu"):
+        return _fit_on_device(design, Y, device, block)
     if scheduler is not None:  # the same blocks, each a task on a Dask cluster
         spans = [(a, min(a + block, V)) for a in range(0, V, block)]
         args = (design, tile, use_compiled(n * V, compiled))
@@ -163,6 +171,42 @@ def fit(
                 for done, _ in enumerate(pool.map(run, starts), 1):
                     bar.update(done)
     bar.close()
+    return make_fit(design, out.betas, out.rss, out.tss, out.valid)
+
+
+def _fit_on_device(design, Y, device: str, block: int) -> Fit:
+    """OLS on an array-API device: per block, Q'Y and the sums of squares on the device, in float32 after a
+    shift by the first scan (exact on the host); the rest on the host in float64."""
+    from .._array import device_namespace, to_numpy
+
+    xp, dev = device_namespace(device)
+    kw = {} if dev is None else {"device": dev}
+    n, V = Y.shape
+    Qd = xp.asarray(np.ascontiguousarray(design.basis.T, dtype=np.float32), **kw)
+    q1 = design.basis.T @ np.ones(n)
+    out = empty_result(design.X.shape[1], V)
+    step = max(block, 8192)
+    for a in range(0, V, step):
+        Yb = np.asarray(Y[:, a : a + step], dtype=np.float64)
+        valid = np.isfinite(Yb).all(axis=0)
+        Yb = np.where(valid, Yb, 0.0)
+        shift = Yb[0].copy()
+        Yd = xp.asarray(np.ascontiguousarray(Yb - shift, dtype=np.float32), **kw)
+        c = to_numpy(xp, xp.matmul(Qd, Yd)).astype(np.float64)
+        ss = to_numpy(xp, xp.sum(Yd * Yd, axis=0)).astype(np.float64)
+        total = to_numpy(xp, xp.sum(Yd, axis=0)).astype(np.float64)
+        b = slice(a, a + Yb.shape[1])
+        out.betas[:, b] = design.basis_pinv @ (c + np.multiply.outer(q1, shift))
+        out.rss[b] = np.maximum(ss - np.einsum("iv,iv->v", c, c), 0.0)
+        out.tss[b] = ss - total**2 / n if design.has_intercept else ss + 2 * shift * total + n * shift**2
+        out.valid[b] = valid
+        redo = np.flatnonzero(valid & (out.rss[b] * 1e4 <= ss))  # float32 sums lost too many digits
+        if redo.size:
+            exact = fit(design.X, Yb[:, redo], n_jobs=1)
+            idx = a + redo
+            out.betas[:, idx], out.rss[idx] = exact.betas, exact.residual_variance * design.dof
+        out.betas[:, b][:, ~valid] = np.nan
+        out.rss[b][~valid] = out.tss[b][~valid] = np.nan
     return make_fit(design, out.betas, out.rss, out.tss, out.valid)
 
 

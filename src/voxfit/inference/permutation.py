@@ -128,6 +128,7 @@ def permutation_test(
     whole_blocks: bool = False, seed=None, adjacency=None, cluster_threshold: float | None = None,
     tfce: bool = False, tfce_E: float = 0.5, tfce_H: float = 2.0, weights=None, max_memory=256 << 20,
     n_jobs: int | None = None, progress: bool | None = None, name: str | None = None, scheduler=None,
+    device: str | None = None,
 ) -> PermutationResult:  # fmt: skip
     """Permutation (or sign-flip) inference for one t or F contrast at every voxel.
 
@@ -160,6 +161,9 @@ def permutation_test(
     scheduler : dask.distributed.Client or str, optional
         Run the batches of shuffles on a Dask cluster (a client, or a scheduler address such as
         ``tcp://host:8786``); the numbers are those of the local run.
+    device : str, optional
+        ``cuda`` (or ``cuda:N``) to run the shuffles on a GPU through CuPy or PyTorch (``strict``: the
+        array-API reference library, for tests); float32 on the device, clusters and TFCE on the host.
     """
     Y = np.asarray(Y) if not hasattr(Y, "dtype") else Y
     if Y.ndim != 2:
@@ -198,14 +202,20 @@ def permutation_test(
 
     need_maps = cluster_threshold is not None or tfce
     V, N, r = Y.shape[1], shuffles.n, basis.shape[1]
+    if device not in (None, "cpu"):
+        from .._array import device_namespace
+
+        device_namespace(device)  # a clear error now for a device that is not there
     from ._maxstat import from_key, to_key
 
     okey = to_key(observed, is_t).astype(dtype)
     okey[~np.isfinite(observed)] = np.inf
     runner = _NullRunner(E, basis, shuffles, np.where(valid, ee, 1.0).astype(dtype), okey, float(dof), q, is_t, valid,
-                         adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs)  # fmt: skip
+                         adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device)  # fmt: skip
     per_shuffle = (4 * V if need_maps else 0) + 4 * r * runner.tile * 2 + 64
     batch = N if (runner.flips and not need_maps) else int(max(1, min(1024, max_memory // per_shuffle)))
+    if runner.on_device:  # one product per batch, the (batch, V) keys on the device
+        batch = int(max(1, min(4096, max_memory // (4 * V * (r + 3)))))
     counts = np.zeros(V, dtype=np.int64)
     null_max = np.empty(N)
     null_max[0] = np.nanmax(stat) if np.isfinite(stat).any() else np.nan
@@ -253,13 +263,15 @@ class _NullRunner:
     a Dask cluster receives it once and runs batches on its workers."""
 
     def __init__(self, E, basis, shuffles: Shuffles, ee_w, okey, dof, q, is_t, valid, adjacency, cluster_threshold,
-                 tfce, tfce_E, tfce_H, weights, n_jobs):  # fmt: skip
+                 tfce, tfce_E, tfce_H, weights, n_jobs, device=None):  # fmt: skip
         self.dtype = E.dtype
         self.basis, self.ee_w, self.okey, self.dof, self.q, self.is_t = basis, ee_w, okey, dof, q, is_t
         self.valid, self.adjacency, self.cluster_threshold = valid, adjacency, cluster_threshold
         self.tfce, self.tfce_E, self.tfce_H, self.weights, self.n_jobs = tfce, tfce_E, tfce_H, weights, n_jobs
         self.need_maps = cluster_threshold is not None or tfce
-        self.flips = shuffles.kind == "flip"
+        self.device_name = device
+        self.on_device = device not in (None, "cpu")
+        self.flips = shuffles.kind == "flip" and not self.on_device
         self.shuffles = shuffles
         V = E.shape[1]
         self.tile = FLIP_TILE if self.flips else 2048
@@ -277,8 +289,10 @@ class _NullRunner:
             self.E = E
 
     def run(self, start: int, stop: int):
-        stats_tile, flip_tile = _load_kernel()
         nb, V, r = stop - start, self.valid.size, self.basis.shape[1]
+        if self.on_device:
+            return self._run_on_device(start, stop)
+        stats_tile, flip_tile = _load_kernel()
         maps = np.empty((nb, V), dtype=np.float32) if self.need_maps else np.empty((1, 1), dtype=np.float32)
         rowmax = np.full((len(self.tiles), nb), -np.inf, dtype=self.dtype)
         counts = np.zeros(V, dtype=np.int32)
@@ -300,6 +314,9 @@ class _NullRunner:
 
         with _blas_single_threaded(), ThreadPoolExecutor(_workers(self.n_jobs)) as pool:  # threads share the tiles
             list(pool.map(work, range(len(self.tiles))))
+        return rowmax.max(axis=0).astype(np.float64), counts, *self._map_maxima(maps, nb)
+
+    def _map_maxima(self, maps, nb):
         extent = mass = tfce_max_values = np.zeros(nb)
         if self.need_maps:
             maps[:, ~self.valid] = np.nan
@@ -311,7 +328,19 @@ class _NullRunner:
                 from .tfce import tfce_max
 
                 tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
-        return rowmax.max(axis=0).astype(np.float64), counts, extent, mass, tfce_max_values
+        return extent, mass, tfce_max_values
+
+    def _run_on_device(self, start: int, stop: int):
+        if getattr(self, "_device", None) is None:
+            from .._array import device_namespace
+            from .device import DeviceNull
+
+            xp, dev = device_namespace(self.device_name)
+            self._device = DeviceNull(xp, dev, self.E, self.ee_w, self.okey, self.dof, self.q, self.is_t)
+        nb = stop - start
+        rows = _projector_rows(self.basis, self.shuffles, start, stop, np.float32).reshape(nb * self.basis.shape[1], -1)
+        maxima, counts, maps = self._device.run(rows, nb, self.need_maps)
+        return maxima, counts, *self._map_maxima(maps, nb)
 
 
 def _dask_batches(scheduler, runner: _NullRunner, spans):

@@ -127,6 +127,7 @@ def fit_images(
     scaling: str = "none",
     streaming: bool | None = None,
     scheduler=None,
+    device: str | None = None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -160,6 +161,8 @@ def fit_images(
         default when the data, as float32, would take more than half of `max_memory`.
     scheduler : dask.distributed.Client or str, optional
         Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers.
+    device : str, optional
+        ``cuda`` to fit an OLS model on a GPU (see :func:`voxfit.fit`).
     """
     _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
@@ -194,7 +197,8 @@ def fit_images(
         checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if out is not None else None
         t_load = time.perf_counter()
         data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
-        fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress, scheduler)
+        fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress, scheduler,
+                                                          device)  # fmt: skip
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
@@ -270,9 +274,12 @@ def _noise_order(noise: str) -> int:
     raise InputError(f"`noise` must be ols, ar1 .. ar8 or ar1-global; got {noise!r}.")
 
 
-def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None, scheduler=None):
+def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None, scheduler=None,
+                    device=None):  # fmt: skip
     """Fit with the noise model asked for: ``(fit, {label: Stats}, AR coefficients or None, noise details)``."""
     order = _noise_order(noise)
+    if order and device not in (None, "cpu"):
+        raise InputError("the GPU path fits OLS models; AR noise models run on the CPU (drop --device).")
     if order > 0:
         ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
@@ -282,7 +289,8 @@ def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, 
         info = {"model": "SPM12 AR(1): one ReML covariance for all voxels", "reml_hyperparameters": g.hyperparameters.tolist(),
                 "pooled_voxels": g.n_pooled, "pooling_F_threshold": g.threshold, "lag1_correlation": float(g.correlation[1, 0])}  # fmt: skip
     else:
-        fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler)
+        fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler,
+                         device=device)  # fmt: skip
         stats, ar_coef, info = None, None, {"model": "OLS"}
     if fit.n_invalid == fit.valid.size:
         raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")

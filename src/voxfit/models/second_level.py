@@ -66,7 +66,8 @@ class SecondLevel:
     'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
     neighbours of surface data; max_memory: bytes for one batch of permutations, and the cap above which a
     parametric model (no permutations) is fitted in one pass over the data, keeping per-voxel sums only;
-    scheduler: a dask.distributed Client or scheduler address to run the fit and the shuffles on a cluster.
+    scheduler: a dask.distributed Client or scheduler address to run the fit and the shuffles on a cluster;
+    device: ``cuda`` to run the fit and the shuffles on a GPU (CuPy or PyTorch).
     """
 
     design: object = None
@@ -90,6 +91,7 @@ class SecondLevel:
     max_memory: int | str = 256 << 20
     n_jobs: int | None = None
     scheduler: object = None
+    device: str | None = None
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -123,7 +125,7 @@ class SecondLevel:
             factor = factorize(d.X, list(d.names))
             if factor.dof < 1:
                 raise InputError(f"the design ({d.X.shape[1]} columns, rank {factor.rank}) leaves no degrees of freedom for {Y.shape[0]} maps.")
-            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=self.scheduler)
+            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=self.scheduler, device=self.device)
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
             adjacency = weights = None
             E, H = self._tfce_parameters(masker.geometry)
@@ -137,7 +139,7 @@ class SecondLevel:
                         blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
                         cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H, weights=weights,
                         max_memory=parse_memory(self.max_memory), progress=progress, name=label, n_jobs=self.n_jobs,
-                        scheduler=self.scheduler,
+                        scheduler=self.scheduler, device=self.device,
                     )  # fmt: skip
             tables = {}
             if self.cluster_threshold is not None:

@@ -9,8 +9,9 @@ block. The few voxels that need their data after all (near-exact fits, filters n
 zero in the first scan that the automatic mask keeps) are read in a second pass, for them only, and fitted
 in memory.
 
-Memory: the accumulators, ``8 (p + 1) r + 8 (p + 4)`` bytes per candidate voxel (r the design's rank), plus
-one slab of scans; :func:`fit_streaming` refuses a cap that cannot hold them.
+Memory: the cap covers the whole process: the accumulators, ``8 (p + 1) r + 8 (3p + 4)`` bytes per candidate
+voxel (r the design's rank), one slab of scans with its float64 copies, and 256 MiB (a quarter of small
+caps) left for the interpreter and the libraries; :func:`fit_streaming` refuses a cap that cannot hold them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from .fit import fit as fit_in_memory
 from .memory import parse_memory
 
 __all__ = ["fit_streaming", "streaming_bytes"]
+
+RESERVED = 256 << 20  # of the cap, for the interpreter and the libraries (measured ~150-220 MiB)
 
 
 def streaming_bytes(n_voxels: int, rank: int, order: int) -> int:
@@ -59,7 +62,7 @@ class _Sums:
         k, p = Y.shape[0], self.p
         self.products += self.basis[self.t : self.t + k].T @ Y
         self.s[0] += np.einsum("tv,tv->v", Y, Y)
-        ext = np.concatenate([self.tail, Y])
+        ext = np.concatenate([self.tail, Y]) if p else Y
         for lag in range(1, p + 1):
             first = max(0, self.tail.shape[0] - lag)  # pairs whose later scan is in this slab
             self.s[lag] += np.einsum("tv,tv->v", ext[first : ext.shape[0] - lag], ext[first + lag :])
@@ -115,7 +118,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     else:
         candidates = None  # decided on the first scan
     held = streaming_bytes(nel if candidates is None else int(candidates.sum()), design.rank, order)
-    slab_bytes = cap - held
+    slab_bytes = cap - held - min(cap // 4, RESERVED)  # the interpreter, numpy, scipy, nibabel come on top
     if slab_bytes < 8 * nel * 4:
         raise InputError(f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
                          f"({held / 2**20:.0f} MiB) and a few scans; give at least {(held + 32 * nel) / 2**20:.0f} MiB.")  # fmt: skip
@@ -125,7 +128,11 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     above = np.ones(nel, dtype=bool)
     nonzero_all = np.ones(nel, dtype=bool)
     first = sums = index = None
-    max_bytes = max(1, slab_bytes // 4) if scans_per_slab is None else int(scans_per_slab) * nel * reader.dtype.itemsize
+    # a slab of k scans costs its raw bytes plus, for the V candidates, the gathered copy and two float64 copies
+    # (converted, shifted) and the lag buffer: about nel * itemsize + 32 V bytes per scan
+    per_scan = nel * reader.dtype.itemsize + 32 * (nel if candidates is None else int(candidates.sum()))
+    k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
+    max_bytes = k * nel * reader.dtype.itemsize
     bar = Progress("reading", n, enabled=progress)
     for start, raw in reader.iter_scans(max_bytes=max_bytes):
         bar.update(start + raw.shape[0])

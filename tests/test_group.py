@@ -221,3 +221,39 @@ def test_group_glm_streamed_from_zarr(tmp_path, rng):
     assert (tmp_path / "s" / "contrast-age_stat-t_statmap.npy").exists()
     with pytest.raises(InputError, match="clusters and TFCE need the maps in memory"):
         SecondLevel(max_memory="200K", cluster_threshold=3.0, **kw).fit(tmp_path / "maps.zarr")
+
+
+def test_fsl_files_written_by_fsl_and_single_contrast_f_tests(tmp_path, rng):
+    """FSL separates header keys from values with a tab; an F test of one contrast is two-sided."""
+    n = 10
+    (tmp_path / "d.mat").write_text("/NumWaves\t2\n/NumPoints\t10\n/PPheights\t1 1\n\n/Matrix\n"
+                                    + "".join(f"1\t{v:.4f}\n" for v in rng.standard_normal(n)))  # fmt: skip
+    (tmp_path / "d.con").write_text("/ContrastName1\tmean\n/ContrastName2\tslope\n/NumWaves\t2\n/NumContrasts\t2\n"
+                                    "/Matrix\n1 0\n0 1\n")  # fmt: skip
+    (tmp_path / "d.fts").write_text("/NumWaves\t2\n/NumContrasts\t1\n/Matrix\n0 1\n")
+    paths = _maps(tmp_path, rng, n=n)
+    res = SecondLevel(design=tmp_path / "d.mat", con=tmp_path / "d.con", fts=tmp_path / "d.fts").fit(paths)
+    assert set(res.parametric) == {"mean", "slope", "F1"}
+    F, t = res.parametric["F1"], res.parametric["slope"]
+    assert F.kind == "F" and F.dof[0] == 1
+    npt.assert_allclose(F.F, t.t**2, rtol=1e-9)
+
+
+def test_participants_tables_with_gaps_and_numeric_groups(tmp_path):
+    table = tmp_path / "p.tsv"
+    table.write_text("age\tgroup\n30\t1\nn/a\t2\n50\t1\n60\t2\n")
+    with pytest.raises(InputError, match="column 'age' has missing values"):
+        group_design(4, design=table)
+    table.write_text("age\tgroup\n30\t1\n40\t2\n50\t1\n60\t2\n")
+    assert group_design(4, design=table, two_sample="group").names == ("group_1", "group_2", "age")
+
+
+def test_device_fit_without_an_intercept(rng):
+    pytest.importorskip("array_api_strict")
+    n = 40
+    X = np.column_stack([np.arange(n) / n, np.sin(np.arange(n))])
+    Y = (X @ rng.standard_normal((2, 200)) + 0.5 + rng.standard_normal((n, 200))).astype(np.float32)
+    ref = fit(X, Y.astype(np.float64))
+    dev = fit(X, Y, device="strict")
+    npt.assert_allclose(dev.residual_variance, ref.residual_variance, rtol=1e-4)
+    npt.assert_allclose(dev.contrast([1, 0]).t, ref.contrast([1, 0]).t, rtol=1e-3, atol=1e-4)

@@ -153,3 +153,43 @@ def test_fdr_and_bonferroni_match_statsmodels(rng):
     npt.assert_allclose(bonferroni(p)[:-1], np.minimum(1, p[:-1] * 220))
     thr = fdr_threshold(p, 0.05)
     assert ((ours <= 0.05) == (p <= thr))[:-1].all()
+
+
+def test_the_mean_with_covariates_is_tested_by_sign_flips(rng):
+    """X = [1, age], contrast on the intercept: the mean is part of the effect, only flips can move it."""
+    n = 20
+    age = rng.standard_normal(n)
+    X = np.column_stack([np.ones(n), age])
+    Y = rng.standard_normal((n, 300))
+    res = permutation_test(X, Y, [1.0, 0.0], n_permutations=400, seed=0)
+    assert res.scheme == "flip"
+    assert 0.01 < np.mean(res.p_uncorrected <= 0.05) < 0.10  # null data: about 5%, not half of the voxels
+    with pytest.raises(InputError, match="tests the mean"):
+        permutation_test(X, Y, [1.0, 0.0], scheme="permute")
+    assert permutation_test(X, Y, [0.0, 1.0], n_permutations=50).scheme == "permute"
+
+
+def test_voxels_without_residual_variance_get_no_p_value(rng):
+    Y = rng.standard_normal((10, 6))
+    Y[:, 2] = 0.0  # all zero
+    Y[:, 4] = 3.0  # constant: fitted exactly by the mean
+    res = permutation_test(np.ones((10, 1)), Y, [1.0], n_permutations=100, seed=1)
+    for p in (res.p_uncorrected, res.p_fwe):
+        assert np.isnan(p[[2, 4]]).all() and np.isfinite(p[[0, 1, 3, 5]]).all()
+    assert np.isfinite(res.null_max).all()
+
+
+def test_f_ties_under_sign_flips_are_counted(rng):
+    """All 2^9 sign-flips: an F map equals its negated shuffle's, so the smallest p is 2/N, also in float32
+    with a high R^2 (R^2 ~ 0.99, where the null statistics lose digits) and for TFCE and cluster mass."""
+    from voxfit.inference.graph import volume_adjacency
+
+    n = 9
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    Y = (5 * X[:, [1]] + 0.5 * rng.standard_normal((n, 60)) + 3).astype(np.float32)
+    adjacency = volume_adjacency(np.ones(60, dtype=bool), (60, 1, 1))
+    res = permutation_test(X, Y, [[1.0, 0], [0, 1.0]], scheme="flip", n_permutations=10_000, adjacency=adjacency,
+                           tfce=True, cluster_threshold=1.0)  # fmt: skip
+    assert res.kind == "F" and res.exhaustive and res.n_shuffles == 2**n
+    assert res.p_uncorrected.min() >= 2 / 2**n - 1e-12 and res.p_fwe.min() >= 2 / 2**n - 1e-12
+    assert res.p_tfce_fwe.min() >= 2 / 2**n - 1e-12 and res.clusters.p_mass.min() >= 2 / 2**n - 1e-12

@@ -146,6 +146,8 @@ class ARBlock:
         corners = [np.outer(e[a], e[b]) for e in (self.top, self.bottom) for a in range(p) for b in range(p)]
         self.gram_terms = np.stack([g.ravel() for g in list(self.G) + corners])  # (p+1+2p^2, r^2)
         self.ones = Q.T @ np.ones(design.n_scans) if design.has_intercept else None
+        w = np.linspace(0, np.pi, 256)
+        self.cosines = np.cos(np.outer(w, np.arange(p + 1))) * np.r_[1.0, 2.0 * np.ones(p)]  # for |A(w)|^2
         if p == 1:  # Q'W'WQ = alpha_0 I + alpha_1 Q'S_1Q + two corner outer products: diagonal in the
             self.eig, self.U = np.linalg.eigh(self.G[1])  # eigenbasis of Q'S_1Q plus a rank-2 update
             self.edges = self.U.T @ np.column_stack([self.top[0], self.bottom[0]])  # (r, 2)
@@ -287,8 +289,7 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     # Where the band sums cancel too much (filters near a unit root, high orders: the Gram matrix's smallest
     # eigenvalue, about min |A(w)|^2, far below sum |alpha_k|), or where the solve failed, the voxel is
     # refitted from its explicitly whitened data and design instead.
-    spectrum = np.abs(np.exp(-1j * np.outer(np.arange(p + 1), np.linspace(0, np.pi, 256))).T @ np.concatenate(
-        [np.ones((v, 1)), -phi], axis=1).T) ** 2  # |A(w)|^2 on a grid, (256, v)
+    spectrum = block.cosines @ alpha.T  # |A(w)|^2 = alpha_0 + 2 sum_k alpha_k cos(k w) on a grid, (256, v)
     terms = np.einsum("vk,kv->v", np.abs(alpha), np.sqrt(np.einsum("kiv,kiv->kv", lagged, lagged)))
     fragile = (np.abs(alpha).sum(axis=1) > 1e6 * spectrum.min(axis=0)) | (terms > 1e5 * np.sqrt(np.einsum("iv,iv->v", rhs, rhs)))
     failed = ~np.isfinite(sol).all(axis=(0, 1))

@@ -98,13 +98,18 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None) -> 
         levels = sorted(set(columns[two_sample]))
         if len(levels) != 2 or "" in levels or "n/a" in levels:
             raise InputError(f"--two-sample column {two_sample!r} must hold exactly two group values; it holds {levels}.")
-        for level in levels:
-            regressors.append((level, np.array([c == level for c in columns[two_sample]], dtype=float)))
+        for level in levels:  # numeric codes (1, 2) get the column's name: group_1, group_2
+            label = f"{two_sample}_{level}" if _numeric([level]) is not None else level
+            regressors.append((label, np.array([c == level for c in columns[two_sample]], dtype=float)))
     for name in names:
         if name == two_sample or name == "participant_id":
             continue
         values = _numeric(columns[name])
         if values is None:
+            cells = [c for c in columns[name] if c.lower() not in ("n/a", "na", "nan", "")]
+            if cells and _numeric(cells) is not None:  # numbers with gaps: a design must be complete
+                raise InputError(f"design {path}: column {name!r} has missing values (n/a); fill them or remove the "
+                                 "rows (and their maps), or drop the column.")  # fmt: skip
             left_out.append(name)
             continue
         if not np.isfinite(values).all():

@@ -37,8 +37,8 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
         if text.startswith("/Matrix"):
             in_matrix = True
         elif text.startswith("/") and not in_matrix:
-            key, _, value = text[1:].partition(" ")
-            header[key.strip()] = value.strip()
+            key, *value = text[1:].split(None, 1)  # FSL separates with a tab, others with spaces
+            header[key.strip()] = value[0].strip() if value else ""
         elif in_matrix:
             try:
                 rows.append([float(v) for v in text.split()])

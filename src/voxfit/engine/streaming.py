@@ -158,7 +158,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     if mask is not None:
         final = candidates & finite
     else:
-        final = (finite & nonzero_all) if nonzero else (finite & varies & above)
+        final = (finite & nonzero_all & varies) if nonzero else (finite & varies & above)
     if not final.any():
         raise InputError("the automatic mask is empty: no voxel is finite and not constant over time in every scan."
                          if mask is None else f"no voxel of mask {mask} has finite values in every scan.")  # fmt: skip
@@ -179,11 +179,18 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
     ols_rss = np.full(V, np.nan)
     flagged: list[int] = []
-    if order:
-        b, r_, ph, cons, o_, t_ = fit_ar_sums(block, sub, list(weights.values()), flagged=flagged)
-        betas[:, targets], rss[targets], tss[targets], phi[:, targets], ols_rss[targets] = b, r_, t_, ph.T, o_
-        for (label, _), (effect, cov) in zip(weights.items(), cons):
-            effects[label][:, targets], covs[label][targets] = effect, cov
+    if order:  # from the sums, a block of voxels at a time (the per-voxel algebra holds a few hundred values each)
+        for a in range(0, targets.size, 8192):
+            part = slice(a, a + 8192)
+            piece = LaggedSums(sub.lagged[:, :, part], sub.s[:, part], sub.top[:, part], sub.bottom[:, part],
+                               sub.total[part], None if sub.shift is None else sub.shift[part])  # fmt: skip
+            found: list[int] = []
+            b, r_, ph, cons, o_, t_ = fit_ar_sums(block, piece, list(weights.values()), flagged=found)
+            flagged.extend(a + i for i in found)
+            at = targets[part]
+            betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
+            for (label, _), (effect, cov) in zip(weights.items(), cons):
+                effects[label][:, at], covs[label][at] = effect, cov
     else:
         c = sub.lagged[0]
         coords = c if sub.shift is None else c + np.multiply.outer(design.basis.T @ np.ones(n), sub.shift)

@@ -101,7 +101,7 @@ def kernel():
                         w = E.dtype.type(basis[row, k])
                         for j in range(v):
                             t[0, j] += w * E[row, j]
-                for p in range(1, 256):  # p is p ^ low (computed before it) with one more subject flipped
+                for p in range(1, 128):  # p is p ^ low (computed before it) with one more subject flipped
                     low = p & -p
                     i = 0
                     while (1 << i) != low:
@@ -112,6 +112,11 @@ def kernel():
                     w = E.dtype.type(-2.0 * basis[row, k]) if row < n else E.dtype.type(0.0)
                     for j in range(v):
                         cur[j] = prev[j] + w * E[min(row, n - 1), j]
+                for p in range(128, 256):  # all signs flipped: exactly the negation, so F maps of s and -s tie
+                    cur = t[p]
+                    opposite = t[p ^ 255]
+                    for j in range(v):
+                        cur[j] = -opposite[j]
         key = np.empty(v, dtype=E.dtype)
         ss = np.empty(v, dtype=E.dtype)
         rs = np.empty(v, dtype=E.dtype)

@@ -12,7 +12,9 @@ so a batch of shuffles is one matrix product ``[U, Q_Z]'P`` (rows stacked over s
 of voxels at a time and reduced (maxima, exceedance counts) while the tile is in cache. The identity is
 always one of the shuffles and uses the observed statistic exactly. p-values count the shuffles whose
 statistic reaches the observed one (the identity included): ``p = #{b: s_b >= s_obs} / N``, with ties
-judged at a relative tolerance (1e-6 for float32 data, 1e-10 for float64). t contrasts are one-sided (large
+judged at a relative tolerance of 1e-6 for float32 data (1e-10 for float64), widened where the residual sum
+of squares is a small part of ``||E||^2`` (the null statistics lose those digits), and 1e-5 for TFCE and
+cluster values (their null maps are float32). Voxels without residual variance get no statistic and NaN p. t contrasts are one-sided (large
 positive t); test the other tail with the negated contrast.
 """
 
@@ -180,10 +182,15 @@ def permutation_test(
     is_t = w.shape[0] == 1
     if (cluster_threshold is not None or tfce) and adjacency is None:
         raise InputError("clusters and TFCE need the neighbours of each voxel (`adjacency`).")
-    if scheme == "auto":
-        scheme = "flip" if design.rank == 1 and np.ptp(design.X[:, 0]) == 0 else "permute"
+    ones = np.ones(design.n_scans)
+    tests_mean = design.has_intercept and np.linalg.norm(ones - Qz @ (Qz.T @ ones)) > 1e-8 * np.sqrt(design.n_scans)
+    if scheme == "auto":  # the mean is part of the effect tested: only sign-flips can move it (as PALM's -ise)
+        scheme = "flip" if tests_mean else "permute"
     if scheme not in ("flip", "permute"):
         raise InputError(f"`scheme` must be auto, flip or permute; got {scheme!r}.")
+    if scheme == "permute" and tests_mean:
+        raise InputError(f"contrast {label!r} tests the mean (the constant is part of the effect), which permuting "
+                         "rows cannot change; use sign-flips (scheme 'flip' or 'auto').")  # fmt: skip
     shuffles = make_shuffles(scheme, np.column_stack([U, Qz]), n_permutations, blocks=blocks,
                              whole_blocks=whole_blocks, seed=seed)  # fmt: skip
 
@@ -194,11 +201,20 @@ def permutation_test(
     E = Yw - Qz @ (Qz.T @ Yw)
     ee = np.einsum("tv,tv->v", E, E)
     basis = np.column_stack([U, Qz])
-    stat = _statistic(basis.T @ E, ee, dof, q, is_t)
+    G_obs = basis.T @ E
+    rss_obs = ee - np.einsum("kv,kv->v", G_obs, G_obs)
+    valid &= (ee > 0) & (rss_obs > 1e-10 * ee)  # no residual variance (e.g. all zero): no statistic, no p
+    E[:, ~valid] = 0.0
+    ee[~valid] = 0.0
+    stat = _statistic(G_obs, ee, dof, q, is_t)
     stat[~valid] = np.nan
     E = E.astype(dtype)
-    tol = 1e-6 if dtype == np.float32 else 1e-10
+    # ties: null statistics in the working precision lose about eps * ||E||^2 / rss relative to the observed one
+    eps = np.finfo(dtype).eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tol = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee / np.where(valid, rss_obs, 1.0))
     observed = np.where(np.isfinite(stat), stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
+    map_tol = 1e-5  # TFCE and cluster values come from float32 maps
 
     need_maps = cluster_threshold is not None or tfce
     V, N, r = Y.shape[1], shuffles.n, basis.shape[1]
@@ -211,11 +227,11 @@ def permutation_test(
     okey = to_key(observed, is_t).astype(dtype)
     okey[~np.isfinite(observed)] = np.inf
     runner = _NullRunner(E, basis, shuffles, np.where(valid, ee, 1.0).astype(dtype), okey, float(dof), q, is_t, valid,
-                         adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device)  # fmt: skip
+                         adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device, max_memory)  # fmt: skip
     per_shuffle = (4 * V if need_maps else 0) + 4 * r * runner.tile * 2 + 64
     batch = N if (runner.flips and not need_maps) else int(max(1, min(1024, max_memory // per_shuffle)))
     if runner.on_device:  # one product per batch, the (batch, V) keys on the device
-        batch = int(max(1, min(4096, max_memory // (4 * V * (r + 3)))))
+        batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
     counts = np.zeros(V, dtype=np.int64)
     null_max = np.empty(N)
     null_max[0] = np.nanmax(stat) if np.isfinite(stat).any() else np.nan
@@ -223,6 +239,7 @@ def permutation_test(
     bar = Progress(f"permutations ({label})", N, progress)
     spans = [(a, min(N, a + batch)) for a in range(1, N, batch)]  # row 0 is the identity: the observed statistic
     if scheduler is not None:  # a Dask cluster: the runner (data included) is sent once, then batches
+        runner.n_jobs = 1  # the workers' own threads run the tasks
         spans = [(a, min(N, a + min(batch, 1024))) for a in range(1, N, min(batch, 1024))]
         results = _dask_batches(scheduler, runner, spans)
     else:
@@ -238,21 +255,24 @@ def permutation_test(
     p_fwe = np.where(valid, _exceedance(null_max, stat, tol) / N, np.nan)
 
     clusters = tfce_map = p_tfce = None
+    # TFCE and clusters of the observed map as the null maps are made (the identity through the same path), so
+    # that a shuffle giving the same map (the negated flips of an F test) ties exactly
+    identity = runner.run(0, 1, return_maps=True)[0] if need_maps else None
     if cluster_threshold is not None:
         from .clusters import label_clusters
 
-        labels, sizes, masses = label_clusters(np.where(valid, stat, np.nan), adjacency, cluster_threshold, weights=weights)
+        labels, sizes, masses = label_clusters(identity, adjacency, cluster_threshold, weights=weights)
         null_extent[0] = sizes.max() if sizes.size else 0.0
         null_mass[0] = masses.max() if masses.size else 0.0
         clusters = ClusterInference(float(cluster_threshold), labels, sizes, masses,
-                                    _exceedance(null_extent, sizes, tol) / N, _exceedance(null_mass, masses, tol) / N,
+                                    _exceedance(null_extent, sizes, map_tol) / N, _exceedance(null_mass, masses, map_tol) / N,
                                     null_extent, null_mass)  # fmt: skip
     if tfce:
         from .tfce import tfce as tfce_fn
 
-        tfce_map = tfce_fn(np.where(valid, stat, np.nan), adjacency, E=tfce_E, H=tfce_H, weights=weights)
+        tfce_map = tfce_fn(identity, adjacency, E=tfce_E, H=tfce_H, weights=weights).astype(np.float64)
         null_tfce[0] = np.nanmax(tfce_map) if tfce_map.size else 0.0
-        p_tfce = np.where(valid, _exceedance(null_tfce, tfce_map, tol) / N, np.nan)
+        p_tfce = np.where(valid, _exceedance(null_tfce, tfce_map, map_tol) / N, np.nan)
     return PermutationResult(label, "t" if is_t else "F", stat, float(dof), scheme, N, shuffles.exhaustive,
                              p_unc, p_fwe, null_max, clusters, tfce_map, p_tfce, null_tfce if tfce else None)  # fmt: skip
 
@@ -263,7 +283,7 @@ class _NullRunner:
     a Dask cluster receives it once and runs batches on its workers."""
 
     def __init__(self, E, basis, shuffles: Shuffles, ee_w, okey, dof, q, is_t, valid, adjacency, cluster_threshold,
-                 tfce, tfce_E, tfce_H, weights, n_jobs, device=None):  # fmt: skip
+                 tfce, tfce_E, tfce_H, weights, n_jobs, device=None, max_memory=256 << 20):  # fmt: skip
         self.dtype = E.dtype
         self.basis, self.ee_w, self.okey, self.dof, self.q, self.is_t = basis, ee_w, okey, dof, q, is_t
         self.valid, self.adjacency, self.cluster_threshold = valid, adjacency, cluster_threshold
@@ -275,6 +295,9 @@ class _NullRunner:
         self.shuffles = shuffles
         V = E.shape[1]
         self.tile = FLIP_TILE if self.flips else 2048
+        if self.flips:  # each thread holds a table of r x groups x 256 x tile values: keep them in the budget
+            table = basis.shape[1] * ((basis.shape[0] + 7) // 8) * 256 * E.dtype.itemsize * _workers(n_jobs)
+            self.tile = int(max(32, min(FLIP_TILE, (max_memory // 2) // max(table, 1))))
         self.tiles = [(a, min(V, a + self.tile)) for a in range(0, V, self.tile)]
         if self.flips:  # no matrix product: tables of signed partial sums (see _maxstat.flip_tile)
             bits = (shuffles.signs < 0).astype(np.uint8)
@@ -288,10 +311,10 @@ class _NullRunner:
         else:
             self.E = E
 
-    def run(self, start: int, stop: int):
+    def run(self, start: int, stop: int, return_maps: bool = False):
         nb, V, r = stop - start, self.valid.size, self.basis.shape[1]
         if self.on_device:
-            return self._run_on_device(start, stop)
+            return self._run_on_device(start, stop, return_maps)
         stats_tile, flip_tile = _load_kernel()
         maps = np.empty((nb, V), dtype=np.float32) if self.need_maps else np.empty((1, 1), dtype=np.float32)
         rowmax = np.full((len(self.tiles), nb), -np.inf, dtype=self.dtype)
@@ -314,6 +337,9 @@ class _NullRunner:
 
         with _blas_single_threaded(), ThreadPoolExecutor(_workers(self.n_jobs)) as pool:  # threads share the tiles
             list(pool.map(work, range(len(self.tiles))))
+        if return_maps:
+            maps[:, ~self.valid] = np.nan
+            return maps
         return rowmax.max(axis=0).astype(np.float64), counts, *self._map_maxima(maps, nb)
 
     def _map_maxima(self, maps, nb):
@@ -330,7 +356,7 @@ class _NullRunner:
                 tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
         return extent, mass, tfce_max_values
 
-    def _run_on_device(self, start: int, stop: int):
+    def _run_on_device(self, start: int, stop: int, return_maps: bool = False):
         if getattr(self, "_device", None) is None:
             from .._array import device_namespace
             from .device import DeviceNull
@@ -339,7 +365,10 @@ class _NullRunner:
             self._device = DeviceNull(xp, dev, self.E, self.ee_w, self.okey, self.dof, self.q, self.is_t)
         nb = stop - start
         rows = _projector_rows(self.basis, self.shuffles, start, stop, np.float32).reshape(nb * self.basis.shape[1], -1)
-        maxima, counts, maps = self._device.run(rows, nb, self.need_maps)
+        maxima, counts, maps = self._device.run(rows, nb, self.need_maps or return_maps)
+        if return_maps:
+            maps[:, ~self.valid] = np.nan
+            return maps
         return maxima, counts, *self._map_maxima(maps, nb)
 
 
@@ -355,11 +384,12 @@ def _run_batch(runner: _NullRunner, start: int, stop: int):
     return runner.run(start, stop)
 
 
-def _exceedance(null: NDArray, values: NDArray, tol: float) -> NDArray[np.float64]:
-    """How many null values reach each value (relative tolerance `tol`)."""
+def _exceedance(null: NDArray, values: NDArray, tol) -> NDArray[np.float64]:
+    """How many null values reach each value (relative tolerance `tol`); NaN for a NaN value."""
     ordered = np.sort(np.where(np.isnan(null), -np.inf, null))
     threshold = values - tol * np.maximum(np.abs(values), 1.0)
-    return (ordered.size - np.searchsorted(ordered, threshold, side="left")).astype(np.float64)
+    count = (ordered.size - np.searchsorted(ordered, np.nan_to_num(threshold, nan=np.inf), side="left")).astype(np.float64)
+    return np.where(np.isnan(values), np.nan, count)
 
 
 FLIP_TILE = 512  # voxels per tile of the sign-flip tables (r x groups x 256 x tile values; measured best 512-1024)

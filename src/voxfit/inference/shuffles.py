@@ -6,7 +6,8 @@ symmetric errors (ISE) each row's sign is flipped, or each block's as one with `
 distinct rearrangements are counted: permuting rows whose design rows are equal changes nothing, so a
 two-sample design of 5 + 5 subjects has C(10, 5) = 252 permutations, not 10!. When the number asked for
 reaches that count, every rearrangement is enumerated once (the test is then exact); otherwise the identity
-comes first and the rest are drawn at random (without repetition when the count is small enough to index).
+comes first and the rest are drawn at random: sign-flips without repetition when their count is small
+enough to index, permutations independently (a repeat is possible, as in randomise).
 """
 
 from __future__ import annotations

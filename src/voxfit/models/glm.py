@@ -183,9 +183,9 @@ def fit_images(
             reader = open_reader(inputs)
             streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory)
         if streaming:
-            if scheduler is not None:
-                raise InputError("data larger than --max-memory are read in one sequential pass, which a Dask "
-                                 "cluster cannot share; drop --scheduler or raise --max-memory.")  # fmt: skip
+            if scheduler is not None or device not in (None, "cpu"):
+                raise InputError("data larger than --max-memory are read in one sequential pass on the CPU; drop "
+                                 "--scheduler and --device, or raise --max-memory.")  # fmt: skip
             return _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
                                  out, hashing, command, n_jobs, start)  # fmt: skip
         if dataset is None:

@@ -172,7 +172,10 @@ class SecondLevel:
             items += [(label, w) for label, w in _unique_labels(tcons)]
             if self.fts is not None:
                 for k, chosen in enumerate(read_ftests(self.fts, len(tcons)), 1):
-                    items.append((f"F{k}", np.array([tcons[i][1] for i in chosen])))
+                    rows = np.array([tcons[i][1] for i in chosen])
+                    if rows.shape[0] == 1:  # an F of one contrast is two-sided (F = t^2), as randomise reports it
+                        rows = np.vstack([rows, rows])
+                    items.append((f"F{k}", rows))
         elif self.fts is not None:
             raise InputError("--fts selects contrasts of a --con file; give the .con file too.")
         if not items:

@@ -10,8 +10,8 @@ zero in the first scan that the automatic mask keeps) are read in a second pass,
 in memory.
 
 Memory: the cap covers the whole process: the accumulators, ``8 (p + 1) r + 8 (3p + 4)`` bytes per candidate
-voxel (r the design's rank), one slab of scans with its float64 copies, and 256 MiB (a quarter of small
-caps) left for the interpreter and the libraries; :func:`fit_streaming` refuses a cap that cannot hold them.
+voxel (r the design's rank), one slab of scans with its float64 copies, and 256 MiB (half of small caps)
+left for the interpreter and the libraries; :func:`fit_streaming` refuses a cap that cannot hold them.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     else:
         candidates = None  # decided on the first scan
     held = streaming_bytes(nel if candidates is None else int(candidates.sum()), design.rank, order)
-    slab_bytes = cap - held - min(cap // 4, RESERVED)  # the interpreter, numpy, scipy, nibabel come on top
+    slab_bytes = cap - held - min(cap // 2, RESERVED)  # the interpreter, numpy, scipy, nibabel come on top
     if slab_bytes < 8 * nel * 4:
         raise InputError(f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
                          f"({held / 2**20:.0f} MiB) and a few scans; give at least {(held + 32 * nel) / 2**20:.0f} MiB.")  # fmt: skip
@@ -145,7 +145,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
                     candidates &= first > mask_threshold * spm_globals(first[None])[0]
             index = np.flatnonzero(candidates)
             sums = _Sums(basis, order, index.size, shift=design.has_intercept)
-        block_values = np.take(values, index, axis=1)
+        block_values = values if index.size == nel else np.take(values, index, axis=1)
         sums.add(block_values)
         if floats:
             finite &= np.isfinite(values).all(axis=0)

@@ -47,7 +47,7 @@ def make_maps(folder: Path, n_subjects: int, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     grid = np.indices(SHAPE).astype(np.float32)
     c = (np.array(SHAPE) - 1) / 2
-    mask = sum(((g - ci) / r) ** 2 for g, ci, r in zip(grid, c, (31.0, 31.0, 21.0))) <= 1.0
+    mask = sum(((g - ci) / r) ** 2 for g, ci, r in zip(grid, c, (32.5, 32.5, 22.0))) <= 1.0
     affine = np.diag([3.0, 3.0, 3.0, 1.0])
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), folder / "mask.nii.gz")
     blob = np.exp(-sum((g - p) ** 2 for g, p in zip(grid, (40, 30, 20))) / (2 * 3.0**2))

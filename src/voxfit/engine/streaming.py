@@ -55,28 +55,31 @@ class _Sums:
         self.t = 0
 
     def add(self, Y) -> None:
-        Y = np.asarray(Y, dtype=np.float64)
         if self.shift is None:
-            self.shift = Y[0].copy() if self.shift_allowed else np.zeros(Y.shape[1])
-        Y = Y - self.shift
+            self.shift = np.asarray(Y[0], dtype=np.float64).copy() if self.shift_allowed else np.zeros(Y.shape[1])
         k, p = Y.shape[0], self.p
-        self.products += self.basis[self.t : self.t + k].T @ Y
-        self.s[0] += np.einsum("tv,tv->v", Y, Y)
-        ext = np.concatenate([self.tail, Y]) if p else Y
-        for lag in range(1, p + 1):
-            first = max(0, self.tail.shape[0] - lag)  # pairs whose later scan is in this slab
-            self.s[lag] += np.einsum("tv,tv->v", ext[first : ext.shape[0] - lag], ext[first + lag :])
-        self.total += Y.sum(axis=0)
+        shifted = np.empty((k, Y.shape[1]))
+        # one compiled pass: convert, shift, and the sums of squares, lagged products and totals
+        _accumulate()(np.ascontiguousarray(Y), self.shift, self.tail, shifted, self.s, self.total)
+        self.products += self.basis[self.t : self.t + k].T @ shifted
         if self.t < p:
             take = min(p - self.t, k)
-            self.top[self.t : self.t + take] = Y[:take]
-        self.tail = ext[-p:].copy() if p else self.tail
+            self.top[self.t : self.t + take] = shifted[:take]
+        if p:
+            self.tail = np.concatenate([self.tail, shifted[-p:]])[-p:]
         self.t += k
 
     def result(self, rank: int) -> LaggedSums:
         lagged = self.products.reshape(self.p + 1, rank, -1)
         shift = self.shift if self.shift_allowed else None
         return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
+
+
+def _accumulate():
+    """The compiled pass of `_Sums.add` (numba is imported on first use)."""
+    from ._stream_numba import accumulate
+
+    return accumulate
 
 
 def _scaled(raw, reader):

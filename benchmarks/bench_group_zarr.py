@@ -7,7 +7,7 @@ participants table (age, sex as 0/1); the model is age + sex + intercept, contra
 model runs in its own process (``voxfit group maps.zarr --design participants.tsv --contrast age=age
 --max-memory CAP``), which streams the rows once keeping per-voxel sums. Reported: wall time, peak
 resident memory (GNU time's %M) against the cap, and the largest difference between the streamed t map and
-a float64 fit of the same data done here in blocks of voxels.
+a float64 fit of the same data for the first 2,000 voxels (the ones with an effect, and some without).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
         n, V = args.subjects, args.voxels
         rng = np.random.default_rng(0)
-        age = rng.uniform(40, 80, n)
+        age = np.round(rng.uniform(40, 80, n), 3)  # as written to the table
         sex = rng.integers(0, 2, n).astype(float)
         (folder / "participants.tsv").write_text("age\tsex\n" + "".join(f"{a:.3f}\t{s:g}\n" for a, s in zip(age, sex)))
         store = folder / "maps.zarr"
@@ -68,9 +68,8 @@ def main(argv=None) -> int:
         print(f"voxfit group, streamed: {wall:.1f} s, peak memory {peak / 2**30:.2f} GiB = {peak / cap:.2f} of the cap")
         X = np.column_stack([age, sex, np.ones(n)])
         z = zarr.open(str(store), mode="r")
-        t_ref = np.concatenate([fit(X, np.asarray(z[:, a : a + 2000], dtype=np.float64)).contrast([1, 0, 0]).t
-                                for a in range(0, V, 2000)])  # fmt: skip
-        t = np.load(out / "contrast-age_stat-t_statmap.npy")
+        t_ref = fit(X, np.asarray(z[:, :2000], dtype=np.float64)).contrast([1, 0, 0]).t
+        t = np.load(out / "contrast-age_stat-t_statmap.npy")[:2000]
         print(f"t map: max |streamed - float64 in blocks| = {np.nanmax(np.abs(t - t_ref)):.2e} (max |t| {np.nanmax(np.abs(t_ref)):.1f})")
     finally:
         if args.keep is None:

@@ -173,6 +173,12 @@ def test_voxels_without_residual_variance_get_no_p_value(rng):
     Y = rng.standard_normal((10, 6))
     Y[:, 2] = 0.0  # all zero
     Y[:, 4] = 3.0  # constant: fitted exactly by the mean
+    Y[0, 5] = np.nan
+    before = Y.copy()
+    res = permutation_test(np.ones((10, 1)), Y, [1.0], n_permutations=100, seed=1)
+    npt.assert_array_equal(Y, before)  # the caller's data untouched
+    assert np.isnan(res.p_fwe[5])
+    Y[0, 5] = 1.0
     res = permutation_test(np.ones((10, 1)), Y, [1.0], n_permutations=100, seed=1)
     for p in (res.p_uncorrected, res.p_fwe):
         assert np.isnan(p[[2, 4]]).all() and np.isfinite(p[[0, 1, 3, 5]]).all()

@@ -195,7 +195,7 @@ def permutation_test(
                              whole_blocks=whole_blocks, seed=seed)  # fmt: skip
 
     dtype = working_dtype(Y.dtype)
-    Yw = np.asarray(Y, dtype=np.float64)
+    Yw = np.array(Y, dtype=np.float64)  # a copy: the caller's data stay as they are
     valid = np.isfinite(Yw).all(axis=0)
     Yw[:, ~valid] = 0.0
     E = Yw - Qz @ (Qz.T @ Yw)

@@ -289,9 +289,11 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     # Where the band sums cancel too much (filters near a unit root, high orders: the Gram matrix's smallest
     # eigenvalue, about min |A(w)|^2, far below sum |alpha_k|), or where the solve failed, the voxel is
     # refitted from its explicitly whitened data and design instead.
-    spectrum = block.cosines @ alpha.T  # |A(w)|^2 = alpha_0 + 2 sum_k alpha_k cos(k w) on a grid, (256, v)
     terms = np.einsum("vk,kv->v", np.abs(alpha), np.sqrt(np.einsum("kiv,kiv->kv", lagged, lagged)))
-    fragile = (np.abs(alpha).sum(axis=1) > 1e6 * spectrum.min(axis=0)) | (terms > 1e5 * np.sqrt(np.einsum("iv,iv->v", rhs, rhs)))
+    fragile = terms > 1e5 * np.sqrt(np.einsum("iv,iv->v", rhs, rhs))
+    if p > 1:  # for AR(1), sum |alpha| / min |A|^2 = ((1 + |phi|) / (1 - |phi|))^2 <= 4e4 with |phi| <= 0.99
+        spectrum = block.cosines @ alpha.T  # |A(w)|^2 = alpha_0 + 2 sum_k alpha_k cos(k w) on a grid, (256, v)
+        fragile |= np.abs(alpha).sum(axis=1) > 1e6 * spectrum.min(axis=0)
     failed = ~np.isfinite(sol).all(axis=(0, 1))
     redo_explicit = np.flatnonzero((fragile if data is not None else np.zeros(v, bool)) | failed)
     explicit = data(redo_explicit) if (redo_explicit.size and data is not None) else None

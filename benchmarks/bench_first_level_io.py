@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _util import best, work_folder
 
 SHAPE = (64, 64, 40)
 
@@ -88,34 +86,6 @@ def make_study(folder: Path, n_scans: int, seed: int = 0):
     return n_vox
 
 
-def timed_process(argv) -> tuple[float, int]:
-    """Wall time and peak resident memory (bytes) of one child process.
-
-    Memory from GNU time's %M where available: the rusage of a child forked from this (large) process
-    would count the parent's pages the child held before exec.
-    """
-    gnu_time = shutil.which("time") if os.path.exists("/usr/bin/time") else None
-    start = time.perf_counter()
-    if gnu_time:
-        proc = subprocess.run(["/usr/bin/time", "-f", "VOXFIT_MAXRSS %M", *argv], capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{argv[:3]} failed: {proc.stderr}")
-        line = [ln for ln in proc.stderr.splitlines() if ln.startswith("VOXFIT_MAXRSS")][-1]
-        return wall, int(line.split()[1]) * 1024
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{argv[:3]} failed: {proc.stderr.read().decode()}")
-    return wall, usage.ru_maxrss * 1024
-
-
-def best(argv, repeat):
-    runs = [timed_process(argv) for _ in range(repeat)]
-    return min(r[0] for r in runs), max(r[1] for r in runs)
-
-
 def decompress_time(path: Path, opener) -> float:
     start = time.perf_counter()
     with opener(path, "rb") as fh:
@@ -130,9 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--keep", type=Path, help="keep the generated data and outputs in this folder")
     args = ap.parse_args(argv)
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="voxfit-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.keep, "voxfit-bench-") as folder:
         import nibabel as nib
 
         import voxfit
@@ -176,9 +144,6 @@ def main(argv=None) -> int:
             loads.append(time.perf_counter() - t0)
         print(f"load .nii.gz (decompress + mask): {min(loads):.2f} s; bare decompression {raw_fast:.2f} s ({GZIP_BACKEND}), "
               f"{raw_zlib:.2f} s (zlib): load / fastest decompression = {min(loads) / raw_fast:.2f}")  # fmt: skip
-    finally:
-        if args.keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

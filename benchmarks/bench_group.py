@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _util import best, work_folder
 
 SHAPE = (64, 64, 40)
 
@@ -59,32 +57,6 @@ def make_maps(folder: Path, n_subjects: int, seed: int = 0) -> int:
     return int(mask.sum())
 
 
-def timed(argv) -> tuple[float, int]:
-    """Wall seconds and peak resident KiB of a process (GNU time when present, else getrusage)."""
-    gnu = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
-    start = time.perf_counter()
-    if gnu:
-        res = subprocess.run([gnu, "-f", "%M", *argv], capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if res.returncode != 0:
-            raise RuntimeError(f"{argv[:3]} failed: {res.stderr[-2000:]}")
-        return wall, int(res.stderr.strip().splitlines()[-1])
-    import resource
-
-    subprocess.run(argv, check=True, capture_output=True)
-    wall = time.perf_counter() - start
-    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-
-
-def best(argv, repeat: int, before=None) -> tuple[float, int]:
-    runs = []
-    for _ in range(repeat):
-        if before:
-            before()
-        runs.append(timed(argv))
-    return min(r[0] for r in runs), max(r[1] for r in runs)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, default=40)
@@ -93,9 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--keep", type=Path, help="keep the generated maps and outputs in this folder")
     args = ap.parse_args(argv)
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="voxfit-bench-group-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.keep, "voxfit-bench-group-") as folder:
         import voxfit
 
         n_vox = make_maps(folder, args.subjects)
@@ -113,16 +83,13 @@ def main(argv=None) -> int:
         (t1, m1), (t2, m2) = (best([sys.executable, str(script), str(folder), str(n), "0"], args.repeat) for n in (1000, 2000))
         per_perm = (t2 - t1) / 1000
         tn = t1 + per_perm * (args.perms - 1000)
-        print(f"max-T, {args.perms:,} sign-flips: voxfit {tv:6.2f} s {mv / 1024:6.0f} MiB | nilearn (n_jobs=2) "
+        print(f"max-T, {args.perms:,} sign-flips: voxfit {tv:6.2f} s {mv / 2**20:6.0f} MiB | nilearn (n_jobs=2) "
               f"{t1:.1f} s at 1,000 and {t2:.1f} s at 2,000 -> {tn:.1f} s extrapolated to {args.perms:,}, "
-              f"{max(m1, m2) / 1024:.0f} MiB | voxfit {tn / tv:.1f}x faster, {mv / max(m1, m2):.2f} of the memory")  # fmt: skip
+              f"{max(m1, m2) / 2**20:.0f} MiB | voxfit {tn / tv:.1f}x faster, {mv / max(m1, m2):.2f} of the memory")  # fmt: skip
         tvt, mvt = best(vox_cmd + ["--permutations", str(args.tfce_perms), "--tfce"], args.repeat, clear)
         tnt, mnt = best([sys.executable, str(script), str(folder), str(args.tfce_perms), "1"], args.repeat)
-        print(f"TFCE, {args.tfce_perms:,} sign-flips: voxfit {tvt:6.2f} s {mvt / 1024:6.0f} MiB | nilearn tfce=True "
-              f"{tnt:.1f} s {mnt / 1024:.0f} MiB | voxfit {tnt / tvt:.1f}x faster")  # fmt: skip
-    finally:
-        if args.keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
+        print(f"TFCE, {args.tfce_perms:,} sign-flips: voxfit {tvt:6.2f} s {mvt / 2**20:6.0f} MiB | nilearn tfce=True "
+              f"{tnt:.1f} s {mnt / 2**20:.0f} MiB | voxfit {tnt / tvt:.1f}x faster")  # fmt: skip
     return 0
 
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _util import timed_process, work_folder
 
 
 def main(argv=None) -> int:
@@ -30,9 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cap", default="2G")
     ap.add_argument("--keep", type=Path)
     args = ap.parse_args(argv)
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="voxfit-bench-zarr-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.keep, "voxfit-bench-zarr-") as folder:
         import zarr
 
         from voxfit import fit
@@ -56,24 +52,15 @@ def main(argv=None) -> int:
               f"(data / cap = {4 * n * V / cap:.1f})")  # fmt: skip
         out = folder / "out"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "voxfit", "group", str(store), "--design",
-               str(folder / "participants.tsv"), "--contrast", "age=age", "--max-memory", args.cap, "-o", str(out), "--quiet"]  # fmt: skip
-        start = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if res.returncode != 0:
-            print(res.stderr[-3000:])
-            return 1
-        peak = int(res.stderr.strip().splitlines()[-1]) * 1024
+        cmd = [sys.executable, "-m", "voxfit", "group", str(store), "--design", str(folder / "participants.tsv"),
+               "--contrast", "age=age", "--max-memory", args.cap, "-o", str(out), "--quiet"]  # fmt: skip
+        wall, peak = timed_process(cmd)
         print(f"voxfit group, streamed: {wall:.1f} s, peak memory {peak / 2**30:.2f} GiB = {peak / cap:.2f} of the cap")
         X = np.column_stack([age, sex, np.ones(n)])
         z = zarr.open(str(store), mode="r")
         t_ref = fit(X, np.asarray(z[:, :2000], dtype=np.float64)).contrast([1, 0, 0]).t
         t = np.load(out / "contrast-age_stat-t_statmap.npy")[:2000]
         print(f"t map: max |streamed - float64 in blocks| = {np.nanmax(np.abs(t - t_ref)):.2e} (max |t| {np.nanmax(np.abs(t_ref)):.1f})")
-    finally:
-        if args.keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _util import timed_process, work_folder
 
 DECOMPRESS = "import sys; from isal import igzip\nwith igzip.open(sys.argv[1], 'rb') as f:\n    while f.read(1 << 24): pass\n"
 
@@ -54,14 +52,6 @@ def make_run(folder: Path, shape, n: int, seed: int = 0) -> Path:
     return gz
 
 
-def timed(argv) -> tuple[float, int]:
-    start = time.perf_counter()
-    res = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr[-2000:])
-    return time.perf_counter() - start, int(res.stderr.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64])
@@ -69,9 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cap", default="448M")
     ap.add_argument("--keep", type=Path)
     args = ap.parse_args(argv)
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="voxfit-bench-stream-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.keep, "voxfit-bench-stream-") as folder:
         import nibabel as nib
 
         from voxfit._memory import parse_memory
@@ -83,21 +71,18 @@ def main(argv=None) -> int:
         cap = parse_memory(args.cap)
         print(f"{tuple(args.shape)} x {args.scans} scans: {data_bytes / 2**30:.2f} GiB of float32 data "
               f"({gz.stat().st_size / 2**30:.2f} GiB .nii.gz), cap {cap / 2**20:.0f} MiB = data / {data_bytes / cap:.1f}")  # fmt: skip
-        td, md = timed([sys.executable, "-c", DECOMPRESS, str(gz)])
+        td, md = timed_process([sys.executable, "-c", DECOMPRESS, str(gz)])
         base = [sys.executable, "-m", "voxfit", "fit", str(gz), "--design", str(folder / "design.tsv"),
                 "--contrast", "task=task", "--noise", "ar1", "--quiet", "--force"]  # fmt: skip
-        ts, ms = timed(base + ["--max-memory", args.cap, "-o", str(folder / "streamed")])
-        print(f"bare decompression (ISA-L): {td:.1f} s, {md / 1024:.0f} MiB")
+        ts, ms = timed_process(base + ["--max-memory", args.cap, "-o", str(folder / "streamed")])
+        print(f"bare decompression (ISA-L): {td:.1f} s, {md / 2**20:.0f} MiB")
         print(f"voxfit AR(1), streamed under the cap: {ts:.1f} s = {ts / td:.2f} x the decompression; peak memory "
-              f"{ms / 1024:.0f} MiB = {ms * 1024 / cap:.2f} of the cap")  # fmt: skip
-        tm, mm = timed(base + ["-o", str(folder / "memory")])
+              f"{ms / 2**20:.0f} MiB = {ms / cap:.2f} of the cap")  # fmt: skip
+        tm, mm = timed_process(base + ["-o", str(folder / "memory")])
         a = np.asarray(nib.load(folder / "streamed" / "contrast-task_stat-t_statmap.nii.gz").dataobj)
         b = np.asarray(nib.load(folder / "memory" / "contrast-task_stat-t_statmap.nii.gz").dataobj)
-        print(f"voxfit AR(1) in memory: {tm:.1f} s, {mm / 1024:.0f} MiB; t maps: max |streamed - in memory| = "
+        print(f"voxfit AR(1) in memory: {tm:.1f} s, {mm / 2**20:.0f} MiB; t maps: max |streamed - in memory| = "
               f"{np.nanmax(np.abs(a - b)):.2e} (max |t| {np.nanmax(np.abs(b)):.1f})")  # fmt: skip
-    finally:
-        if args.keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -15,7 +15,7 @@ from voxfit.design.group import group_design
 from voxfit.exceptions import InputError
 from voxfit.models import SecondLevel
 
-from .imaging import AFFINE, SHAPE
+from .imaging import AFFINE
 
 GRID = (8, 7, 6)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -58,15 +58,16 @@ class _Sums:
         if self.shift is None:
             self.shift = np.asarray(Y[0], dtype=np.float64).copy() if self.shift_allowed else np.zeros(Y.shape[1])
         k, p = Y.shape[0], self.p
-        shifted = np.empty((k, Y.shape[1]))
-        # one compiled pass: convert, shift, and the sums of squares, lagged products and totals
-        _accumulate()(np.ascontiguousarray(Y), self.shift, self.tail, shifted, self.s, self.total)
-        self.products += self.basis[self.t : self.t + k].T @ shifted
+        Y = np.ascontiguousarray(Y)
+        rows = np.ascontiguousarray(self.basis[self.t : self.t + k])
+        # one compiled pass, a tile of voxels at a time: products with the lagged basis, squares, lags, totals
+        _accumulate()(Y, self.shift, rows, self.tail, self.products, self.s, self.total)
         if self.t < p:
             take = min(p - self.t, k)
-            self.top[self.t : self.t + take] = shifted[:take]
+            self.top[self.t : self.t + take] = Y[:take] - self.shift
         if p:
-            self.tail = np.concatenate([self.tail, shifted[-p:]])[-p:]
+            last = np.asarray(Y[-p:], dtype=np.float64) - self.shift
+            self.tail = np.concatenate([self.tail, last])[-p:]
         self.t += k
 
     def result(self, rank: int) -> LaggedSums:

@@ -68,6 +68,11 @@ def input_record(path: Path, digest: str | None = None) -> dict:
     return {"path": str(path.resolve()), "bytes": size, "sha256": digest or _sha256(path)}
 
 
+def _checksums(paths) -> dict:
+    """``{path: sha256}`` of the input files (run in a thread while the data are read)."""
+    return {Path(p): _sha256(Path(p)) for p in paths}
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     if Path(path).is_dir():
@@ -219,15 +224,16 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
                          "--scaling none; raise --max-memory for ar1-global or scaling.")  # fmt: skip
     if max_memory is None:
         max_memory = "2G"
+    reader = open_reader(inputs)
+    digests = hashing.submit(_checksums, reader.paths) if out is not None else None  # while the data stream
     fit, stats, ar_coef, masker = fit_streaming(inputs, X, dict(items), order=order, names=names, mask=mask,
                                                 mask_threshold=mask_threshold, max_memory=max_memory, progress=progress)  # fmt: skip
-    reader = open_reader(inputs)
     dataset = Dataset(np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, masker.n_voxels)), masker,
                       tuple(reader.paths))  # fmt: skip
     t_fit = time.perf_counter()
     files: list[Path] = []
     if out is not None:
-        checksums = [(p, _sha256(p)) for p in dataset.paths]
+        checksums = list(digests.result().items())
         info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
         settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
                     "noise": noise, "noise_details": info, "scaling": scaling}  # fmt: skip

@@ -10,8 +10,8 @@ zero in the first scan that the automatic mask keeps) are read in a second pass,
 in memory.
 
 Memory: the cap covers the whole process: the accumulators, ``8 (p + 1) r + 8 (3p + 4)`` bytes per candidate
-voxel (r the design's rank), one slab of scans with its float64 copies, and 256 MiB (half of small caps)
-left for the interpreter and the libraries; :func:`fit_streaming` refuses a cap that cannot hold them.
+voxel (r the design's rank), one slab of scans with its copies, and 256 MiB (half of small caps) left for
+the interpreter and the libraries; :func:`fit_streaming` refuses a cap that cannot hold them.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
     Returns ``(fit, {label: Stats}, AR coefficients (order, V) or None, masker)``; the numbers equal those of
-    the in-memory fit to rounding. `order` 0 is OLS, p >= 1 AR(p) per voxel. `max_memory` bounds the
-    accumulators and the slab of scans being read (numpy and the interpreter come on top);
+    the in-memory fit to rounding. `order` 0 is OLS, p >= 1 AR(p) per voxel. `max_memory` bounds the whole
+    process (see the module docstring);
     `scans_per_slab` overrides the slab size it implies (for tests and tuning). With `nonzero`, the automatic
     mask is the group-level one: voxels finite and non-zero in every row.
     """
@@ -132,8 +132,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     above = np.ones(nel, dtype=bool)
     nonzero_all = np.ones(nel, dtype=bool)
     first = sums = index = None
-    # a slab of k scans costs its raw bytes plus, for the V candidates, the gathered copy and two float64 copies
-    # (converted, shifted) and the lag buffer: about nel * itemsize + 32 V bytes per scan
+    # a slab of k scans costs its raw bytes (and the reader's buffers) plus, for the V candidates, the gathered
+    # copy and the scaled values: 32 V bytes per scan is a safe bound
     per_scan = nel * reader.dtype.itemsize + 32 * (nel if candidates is None else int(candidates.sum()))
     k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
     max_bytes = k * nel * reader.dtype.itemsize

@@ -104,7 +104,7 @@ def test_fsl_vest_files_and_blocks(tmp_path, rng):
     npt.assert_allclose(F, fit(X, Y).contrast([[1, -1, 0], [0, 0, 1]]).F, rtol=1e-5)
 
 
-def test_participants_table_designs(tmp_path, rng):
+def test_participants_table_designs(tmp_path, rng, capsys):
     rows = ["participant_id\tage\tsex\tgroup"] + [f"sub-{i:02d}\t{20 + 3 * i}\t{'MF'[i % 2]}\t{'patient' if i < 5 else 'control'}"
                                                   for i in range(10)]  # fmt: skip
     table = tmp_path / "participants.tsv"
@@ -116,7 +116,8 @@ def test_participants_table_designs(tmp_path, rng):
     paths = _maps(tmp_path, rng, n=10)
     out = tmp_path / "two"
     assert main(["group", *map(str, paths), "--design", str(table), "--two-sample", "group", "--contrast",
-                 "pat=patient - control", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+                 "pat=patient - control", "-o", str(out)]) == 0  # fmt: skip
+    assert "text columns left out of the design: sex" in capsys.readouterr().err
     assert (out / "contrast-pat_stat-p_desc-fdr_statmap.nii.gz").exists()
     assert (out / "contrast-pat_stat-p_desc-bonferroni_statmap.nii.gz").exists()  # parametric only
     thresholds = json.loads((out / "model.json").read_text())["contrasts"]["pat"]["p_thresholds"]

@@ -301,6 +301,8 @@ def _run_group(args, argv, progress) -> int:
     )  # fmt: skip
     result = model.fit(args.inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
     if not args.quiet:
+        for note in result.notes:
+            print(f"voxfit: note: {note}", file=sys.stderr)
         n = result.X.shape[0]
         perm = next(iter(result.permutation.values()), None)
         how = (f"{perm.n_shuffles} {'sign-flips' if perm.scheme == 'flip' else 'permutations'}"

@@ -50,6 +50,7 @@ class GroupFit:
     permutation: dict[str, PermutationResult]
     clusters: dict[str, list[dict]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    notes: tuple[str, ...] = ()  # what the design builder did that the user should know
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class SecondLevel:
             if out is not None:
                 self._write(out, masker, d, items, parametric, perms, tables, paths, command, (E, H), blocks)
                 files = out.commit()
-        return GroupFit(masker, d.X, d.names, parametric, perms, tables, files)
+        return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes)
 
     def _fit_streamed(self, paths, n_maps: int, out, progress, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
@@ -163,7 +164,7 @@ class SecondLevel:
         if out is not None:
             self._write(out, masker, d, items, stats, {}, {}, paths, command, self._tfce_parameters(masker.geometry), None)
             files = out.commit()
-        return GroupFit(masker, d.X, d.names, stats, {}, {}, files)
+        return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes)
 
     def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
         items = contrast_items(self.contrasts) if self.contrasts else []

@@ -98,9 +98,8 @@ class SecondLevel:
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         if self.permutations < 0 or isinstance(self.permutations, bool):
             raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
-        if (self.tfce or self.cluster_threshold is not None) and not self.permutations:
-            if self.tfce:
-                raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
+        if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
+            raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
             reader = open_reader(paths if len(paths) > 1 else paths[0])
             if not self.permutations and not self.paired and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
@@ -128,7 +127,7 @@ class SecondLevel:
                 raise InputError(f"the design ({d.X.shape[1]} columns, rank {factor.rank}) leaves no degrees of freedom for {Y.shape[0]} maps.")
             fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=self.scheduler, device=self.device)
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
-            adjacency = weights = None
+            adjacency = None  # extents count voxels or vertices (no vertex areas)
             E, H = self._tfce_parameters(masker.geometry)
             if self.tfce or self.cluster_threshold is not None:
                 adjacency = self._adjacency(masker)
@@ -138,7 +137,7 @@ class SecondLevel:
                     perms[label] = permutation_test(
                         d.X, Y, expr, names=list(d.names), n_permutations=int(self.permutations), scheme=self.scheme,
                         blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
-                        cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H, weights=weights,
+                        cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H,
                         max_memory=parse_memory(self.max_memory), progress=progress, name=label, n_jobs=self.n_jobs,
                         scheduler=self.scheduler, device=self.device,
                     )  # fmt: skip

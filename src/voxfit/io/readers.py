@@ -215,7 +215,16 @@ class VolumeListReader:
                 yield i, vol
 
 
-class GiftiReader:
+class _RowsReader:
+    """Readers whose data are one (scans, elements) array-like in ``_data``: slabs of rows, in ``dtype``."""
+
+    def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
+        k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
+        for start in range(0, self.n_scans, k):
+            yield start, np.asarray(self._data[start : start + k], dtype=self.dtype)
+
+
+class GiftiReader(_RowsReader):
     """GIFTI surface data: one data array per scan, or one 2-D array (vertices x scans); several files allowed."""
 
     def __init__(self, paths):
@@ -245,10 +254,6 @@ class GiftiReader:
         self.dtype = self._data.dtype
         self.scale = None
 
-    def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
-        k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
-        for start in range(0, self.n_scans, k):
-            yield start, self._data[start : start + k]
 
 
 class CiftiReader:
@@ -286,7 +291,7 @@ class CiftiReader:
             first += img.shape[0]
 
 
-class NpyReader:
+class NpyReader(_RowsReader):
     """A .npy array of shape (scans, columns), memory-mapped; or several 1-D .npy files, one per scan."""
 
     def __init__(self, paths):
@@ -312,13 +317,9 @@ class NpyReader:
         self.dtype = self._data.dtype.newbyteorder("=")
         self.scale = None
 
-    def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
-        k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
-        for start in range(0, self.n_scans, k):
-            yield start, self._data[start : start + k]
 
 
-class ChunkedArrayReader:
+class ChunkedArrayReader(_RowsReader):
     """A 2-D array (scans or subjects, columns) in a Zarr store or an HDF5 file, read a slab of rows at a time.
 
     ``maps.zarr`` or ``maps.h5`` holding one array (or one named ``data``); ``file.h5::group/name`` picks a
@@ -344,10 +345,6 @@ class ChunkedArrayReader:
         self.n_scans = int(self._data.shape[0])
         self.scale = None
 
-    def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
-        k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
-        for start in range(0, self.n_scans, k):
-            yield start, np.asarray(self._data[start : start + k], dtype=self.dtype)
 
 
 def _open_zarr(location: str, name: str):

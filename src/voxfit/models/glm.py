@@ -69,7 +69,7 @@ def input_record(path: Path, digest: str | None = None) -> dict:
 
 
 def _checksums(paths) -> dict:
-    """``{path: sha256}`` of the input files (run in a thread while the data are read)."""
+    """``{path: sha256}`` of the input files (run in a thread while the data are read or fitted)."""
     return {Path(p): _sha256(Path(p)) for p in paths}
 
 
@@ -199,7 +199,7 @@ def fit_images(
             dataset = dataset.result()
         if dataset.n_scans != X.shape[0]:
             raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
-        checksums = hashing.submit(lambda: [(p, _sha256(p)) for p in dataset.paths]) if out is not None else None
+        checksums = hashing.submit(_checksums, dataset.paths) if out is not None else None
         t_load = time.perf_counter()
         data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
         fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress, scheduler,
@@ -233,11 +233,10 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
     t_fit = time.perf_counter()
     files: list[Path] = []
     if out is not None:
-        checksums = list(digests.result().items())
         info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
         settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
                     "noise": noise, "noise_details": info, "scaling": scaling}  # fmt: skip
-        _write_outputs(out, fit, dataset, stats, items, settings, command, checksums, n_jobs, ar_coef)
+        _write_outputs(out, fit, dataset, stats, items, settings, command, digests.result(), n_jobs, ar_coef)
         files = out.commit()
     timing = {"load_s": 0.0, "fit_s": t_fit - start, "write_s": time.perf_counter() - t_fit}
     return ImageFit(fit=fit, masker=masker, contrasts=stats, files=files, timing=timing)
@@ -330,7 +329,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
     model = {
         "voxfit_version": __version__,
         "command": command,
-        "inputs": [input_record(p, digest) for p, digest in checksums],
+        "inputs": [input_record(p, checksums[Path(p)]) for p in dataset.paths],
         "data": {"n_scans": dataset.n_scans, "n_voxels": dataset.n_voxels, "n_invalid_voxels": fit.n_invalid,
                  "dtype": str(getattr(dataset.data, "dtype", "")), "geometry": masker.geometry.describe()},
         "mask": {"source": "automatic" if settings["mask"] is None else str(settings["mask"]),

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 from .exceptions import InputError
 
-__all__ = ["dask_client"]
+__all__ = ["dask_client", "run_tasks"]
 
 
 @contextmanager
@@ -27,3 +27,12 @@ def dask_client(scheduler):
         yield client
     finally:
         client.close()
+
+
+def run_tasks(scheduler, fn, shared, calls) -> list:
+    """``fn(shared, *call)`` for each call as a task on a Dask cluster, `shared` sent once to every worker;
+    the results in call order."""
+    with dask_client(scheduler) as client:
+        handle = client.scatter(shared, broadcast=True)
+        futures = [client.submit(fn, handle, *call, pure=False) for call in calls]
+        return [future.result() for future in futures]

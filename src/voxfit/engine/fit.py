@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike
 
 from threadpoolctl import ThreadpoolController
 
-from .._dask import dask_client
+from .._dask import run_tasks
 from .._progress import Progress
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
@@ -221,11 +221,9 @@ def _fit_block(design, tile: int, compiled: bool, Yb):
 def map_blocks(scheduler, fn, args, Y, spans):
     """``fn(*args, Y[:, a:b])`` for each span as Dask tasks (`args` sent once to every worker); results in
     span order. `scheduler` is a dask.distributed Client or a scheduler address."""
-    with dask_client(scheduler) as client:
-        shared = client.scatter(list(args), broadcast=True)
-        futures = [client.submit(_apply, fn, shared, np.asarray(Y[:, a:b]), pure=False) for a, b in spans]
-        return [future.result() for future in futures]
+    return run_tasks(scheduler, _apply, (fn, list(args)), ((np.asarray(Y[:, a:b]),) for a, b in spans))
 
 
-def _apply(fn, args, block):
+def _apply(shared, block):
+    fn, args = shared
     return fn(*args, block)

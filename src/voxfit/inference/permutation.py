@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import working_dtype
-from .._dask import dask_client
+from .._dask import run_tasks
 from .._progress import Progress
 from ..core import check_contrast, factorize
 from ..exceptions import InputError
@@ -241,7 +241,7 @@ def permutation_test(
     if scheduler is not None:  # a Dask cluster: the runner (data included) is sent once, then batches
         runner.n_jobs = 1  # the workers' own threads run the tasks
         spans = [(a, min(N, a + min(batch, 1024))) for a in range(1, N, min(batch, 1024))]
-        results = _dask_batches(scheduler, runner, spans)
+        results = run_tasks(scheduler, _run_batch, runner, spans)
     else:
         results = (runner.run(a, b) for a, b in spans)
     for (a, b), (maxima, hits, extent, mass, tfce_maxima) in zip(spans, results):
@@ -370,14 +370,6 @@ class _NullRunner:
             maps[:, ~self.valid] = np.nan
             return maps
         return maxima, counts, *self._map_maxima(maps, nb)
-
-
-def _dask_batches(scheduler, runner: _NullRunner, spans):
-    """Each batch as a Dask task on the cluster, results in batch order (the runner is sent once)."""
-    with dask_client(scheduler) as client:
-        shared = client.scatter(runner, broadcast=True)
-        futures = [client.submit(_run_batch, shared, a, b, pure=False) for a, b in spans]
-        return [future.result() for future in futures]
 
 
 def _run_batch(runner: _NullRunner, start: int, stop: int):

@@ -20,12 +20,11 @@ import dataclasses
 
 import numpy as np
 
-from .._array import working_dtype
 from .._progress import Progress
 from ..core import check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..exceptions import InputError
-from ..io import Masker, load_mask, open_reader
+from ..io import Masker, ScaledArray, load_mask, open_reader
 from ..io.masking import gather, spm_globals
 from .ar import _stats
 from .fit import fit as fit_in_memory
@@ -84,10 +83,8 @@ def _accumulate():
 
 
 def _scaled(raw, reader):
-    """Scale factors applied as the in-memory path applies them (``io.ScaledArray``), so results agree."""
-    if reader.scale is None:
-        return raw
-    return (raw * float(reader.scale[0]) + float(reader.scale[1])).astype(working_dtype(reader.dtype))
+    """Scale factors applied by ``io.ScaledArray``, as the in-memory path applies them, so results agree."""
+    return raw if reader.scale is None else ScaledArray(raw, *reader.scale)[...]
 
 
 def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask=None, mask_threshold=None,

@@ -38,7 +38,7 @@ from .._array import working_dtype
 from ._kernels import shift_and_square, shift_and_square_numpy
 from .design import DesignFactor
 
-__all__ = ["BlockFitter", "BlockResult", "empty_result", "fit_block", "working_dtype"]
+__all__ = ["BlockFitter", "BlockResult", "empty_result", "fit_block", "fit_from_sums", "working_dtype"]
 
 # Refit from explicit residuals where ||y_c||^2 exceeds this multiple of the RSS: the error of the fast RSS
 # grows with that ratio, and these bounds keep it below ~1e-5 (float32) and ~1e-11 (float64) relative.
@@ -178,6 +178,18 @@ def empty_result(n_columns: int, n_voxels: int) -> BlockResult:
         tss=np.empty(n_voxels),
         valid=np.empty(n_voxels, dtype=bool),
     )
+
+
+def fit_from_sums(design: DesignFactor, c: NDArray, ss: NDArray, total: NDArray, shift: NDArray | None):
+    """OLS from per-voxel sums of data shifted by `shift` (v,) (None: not shifted; a shift needs the constant
+    in the design): ``c = Q'y`` (r, v), ``ss = sum y^2``, ``total = sum y``. Returns ``(betas, rss, tss)``,
+    tss centred when the design has an intercept; rss is clipped at 0. Where ``rss`` is a small part of ``ss``
+    the subtraction has lost digits: callers refit those voxels from their data."""
+    n = design.n_scans
+    coords = c if shift is None else c + np.multiply.outer(design.basis.T @ np.ones(n), shift)
+    rss = np.maximum(ss - np.einsum("iv,iv->v", c, c), 0.0)
+    tss = ss - total**2 / n if design.has_intercept else ss
+    return design.basis_pinv @ coords, rss, tss
 
 
 def fit_block(design: DesignFactor, Y: NDArray, tile: int = 256, compiled: bool = True) -> BlockResult:

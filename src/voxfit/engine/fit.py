@@ -17,7 +17,7 @@ from .._dask import run_tasks
 from .._progress import Progress
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
-from ..core.ols import BlockFitter, BlockResult, empty_result
+from ..core.ols import BlockFitter, BlockResult, empty_result, fit_from_sums
 from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
 from .memory import plan_blocks
 
@@ -181,24 +181,21 @@ def _fit_on_device(design, Y, device: str, block: int) -> Fit:
 
     xp, dev = device_namespace(device)
     kw = {} if dev is None else {"device": dev}
-    n, V = Y.shape
+    V = Y.shape[1]
     Qd = xp.asarray(np.ascontiguousarray(design.basis.T, dtype=np.float32), **kw)
-    q1 = design.basis.T @ np.ones(n)
     out = empty_result(design.X.shape[1], V)
     step = max(block, 8192)
     for a in range(0, V, step):
         Yb = np.asarray(Y[:, a : a + step], dtype=np.float64)
         valid = np.isfinite(Yb).all(axis=0)
         Yb = np.where(valid, Yb, 0.0)
-        shift = Yb[0].copy() if design.has_intercept else np.zeros(Yb.shape[1])  # a shift needs 1 in span(X)
-        Yd = xp.asarray(np.ascontiguousarray(Yb - shift, dtype=np.float32), **kw)
+        shift = Yb[0].copy() if design.has_intercept else None  # a shift needs 1 in span(X)
+        Yd = xp.asarray(np.ascontiguousarray(Yb if shift is None else Yb - shift, dtype=np.float32), **kw)
         c = to_numpy(xp, xp.matmul(Qd, Yd)).astype(np.float64)
         ss = to_numpy(xp, xp.sum(Yd * Yd, axis=0)).astype(np.float64)
         total = to_numpy(xp, xp.sum(Yd, axis=0)).astype(np.float64)
         b = slice(a, a + Yb.shape[1])
-        out.betas[:, b] = design.basis_pinv @ (c + np.multiply.outer(q1, shift))
-        out.rss[b] = np.maximum(ss - np.einsum("iv,iv->v", c, c), 0.0)
-        out.tss[b] = ss - total**2 / n if design.has_intercept else ss + 2 * shift * total + n * shift**2
+        out.betas[:, b], out.rss[b], out.tss[b] = fit_from_sums(design, c, ss, total, shift)
         out.valid[b] = valid
         redo = np.flatnonzero(valid & (out.rss[b] * 1e4 <= ss))  # float32 sums lost too many digits
         if redo.size:

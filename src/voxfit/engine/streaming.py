@@ -23,6 +23,7 @@ import numpy as np
 from .._progress import Progress
 from ..core import check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
+from ..core.ols import fit_from_sums
 from ..exceptions import InputError
 from ..io import Masker, ScaledArray, load_mask, open_reader
 from ..io.masking import gather, spm_globals
@@ -193,11 +194,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
             for (label, _), (effect, cov) in zip(weights.items(), cons):
                 effects[label][:, at], covs[label][at] = effect, cov
     else:
-        c = sub.lagged[0]
-        coords = c if sub.shift is None else c + np.multiply.outer(design.basis.T @ np.ones(n), sub.shift)
-        betas[:, targets] = design.basis_pinv @ coords
-        rss[targets] = sub.s[0] - np.einsum("iv,iv->v", c, c)
-        tss[targets] = sub.s[0] - sub.total**2 / n if design.has_intercept else sub.s[0]
+        betas[:, targets], rss[targets], tss[targets] = fit_from_sums(design, sub.lagged[0], sub.s[0], sub.total, sub.shift)
         flagged = list(np.flatnonzero(rss[targets] * 1e5 <= sub.s[0]))
     # voxels that need their data: zero in the first scan yet kept, or whose sums cancelled too many digits
     second = np.concatenate([np.flatnonzero(final & ~candidates), masker.index[targets[np.asarray(flagged, dtype=int)]]])

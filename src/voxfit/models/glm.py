@@ -191,19 +191,24 @@ def fit_images(
             if scheduler is not None or device not in (None, "cpu"):
                 raise InputError("data larger than --max-memory are read in one sequential pass on the CPU; drop "
                                  "--scheduler and --device, or raise --max-memory.")  # fmt: skip
-            return _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
-                                 out, hashing, command, n_jobs, start)  # fmt: skip
-        if dataset is None:
-            dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
-        elif isinstance(dataset, Future):
-            dataset = dataset.result()
-        if dataset.n_scans != X.shape[0]:
-            raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
-        checksums = hashing.submit(_checksums, dataset.paths) if out is not None else None
-        t_load = time.perf_counter()
-        data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
-        fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress, scheduler,
-                                                          device)  # fmt: skip
+            max_memory = max_memory or "2G"
+            fit, stats, ar_coef, noise_info, dataset, checksums = _fit_streamed(
+                inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
+                hashing if out is not None else None,
+            )  # fmt: skip
+            t_load = start
+        else:
+            if dataset is None:
+                dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
+            elif isinstance(dataset, Future):
+                dataset = dataset.result()
+            if dataset.n_scans != X.shape[0]:
+                raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
+            checksums = hashing.submit(_checksums, dataset.paths) if out is not None else None
+            t_load = time.perf_counter()
+            data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
+            fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress,
+                                                              scheduler, device)  # fmt: skip
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
@@ -215,31 +220,22 @@ def fit_images(
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
 
 
-def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress, out, hashing,
-                  command, n_jobs, start) -> ImageFit:  # fmt: skip
-    """fit_images for data larger than `max_memory`: one sequential read accumulating per-voxel sums."""
+def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress, hashing):
+    """The fit of fit_images for data larger than `max_memory`: one sequential read accumulating per-voxel
+    sums. Returns what the in-memory path has for writing: fit, stats, AR coefficients, noise details, a
+    Dataset standing for the data (no values), and the future of the input checksums (None without `hashing`)."""
     order = _noise_order(noise)
     if order < 0 or scaling != "none":
         raise InputError("data larger than --max-memory are fitted in one pass with --noise ols or ar1 .. ar8 and "
                          "--scaling none; raise --max-memory for ar1-global or scaling.")  # fmt: skip
-    if max_memory is None:
-        max_memory = "2G"
     reader = open_reader(inputs)
-    digests = hashing.submit(_checksums, reader.paths) if out is not None else None  # while the data stream
+    checksums = hashing.submit(_checksums, reader.paths) if hashing is not None else None  # while the data stream
     fit, stats, ar_coef, masker = fit_streaming(inputs, X, dict(items), order=order, names=names, mask=mask,
                                                 mask_threshold=mask_threshold, max_memory=max_memory, progress=progress)  # fmt: skip
     dataset = Dataset(np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, masker.n_voxels)), masker,
                       tuple(reader.paths))  # fmt: skip
-    t_fit = time.perf_counter()
-    files: list[Path] = []
-    if out is not None:
-        info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
-        settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
-                    "noise": noise, "noise_details": info, "scaling": scaling}  # fmt: skip
-        _write_outputs(out, fit, dataset, stats, items, settings, command, digests.result(), n_jobs, ar_coef)
-        files = out.commit()
-    timing = {"load_s": 0.0, "fit_s": t_fit - start, "write_s": time.perf_counter() - t_fit}
-    return ImageFit(fit=fit, masker=masker, contrasts=stats, files=files, timing=timing)
+    info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
+    return fit, stats, ar_coef, info, dataset, checksums
 
 
 def _scale(data, how: str) -> np.ndarray:

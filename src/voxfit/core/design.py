@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from ..exceptions import DataTypeError, InputError, RankDeficiencyWarning
 
-__all__ = ["DesignFactor", "factorize", "as_design_matrix"]
+__all__ = ["DesignFactor", "factorize", "as_design_matrix", "orthonormal_basis"]
 
 _NULL_ENTRY_RTOL = 1e-8  # entries of a null vector below this (relative) are not "involved"
 
@@ -228,3 +228,12 @@ def _frozen(a: NDArray) -> NDArray:
     a = np.ascontiguousarray(a)
     a.setflags(write=False)
     return a
+
+
+def orthonormal_basis(A) -> NDArray[np.float64]:
+    """An orthonormal basis (n, rank) of the column space of A (n, k), by SVD; (n, 0) for no or zero columns."""
+    A = np.asarray(A, dtype=np.float64)
+    if A.shape[1] == 0:
+        return np.zeros((A.shape[0], 0))
+    u, s, _ = np.linalg.svd(A, full_matrices=False)
+    return u[:, s > max(A.shape) * np.finfo(float).eps * s[0]]

@@ -16,6 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import linalg
 
+from .design import orthonormal_basis
+
 __all__ = ["ar_components", "reml", "whitening_matrix"]
 
 _DIFF_STEP = np.exp(-8.0)  # spm_diff's step
@@ -33,12 +35,6 @@ def ar_components(n: int, a: float = 0.2) -> list[NDArray[np.float64]]:
     Q = _ar_correlation(a, n)
     dQ = (_ar_correlation(a + _DIFF_STEP, n) - Q) / _DIFF_STEP
     return [Q - a * dQ, Q + a * dQ]
-
-
-def _orthonormal(X: NDArray) -> NDArray[np.float64]:
-    U, s, _ = np.linalg.svd(X, full_matrices=False)
-    keep = s > s.max() * max(X.shape) * np.finfo(float).eps if s.size else s > 0
-    return U[:, keep]
 
 
 def _regularised_step(J: NDArray, g: NDArray, t: float) -> NDArray[np.float64]:
@@ -64,7 +60,7 @@ def reml(YY: NDArray, X: NDArray, Q: list[NDArray], *, max_iter: int = 32, t: fl
     when the predicted improvement of the objective falls below 0.1.
     """
     n, m = YY.shape[0], len(Q)
-    Xo = _orthonormal(np.asarray(X, dtype=float))
+    Xo = orthonormal_basis(X)
     h = np.zeros(m)
     covered = np.zeros(n, dtype=bool)
     for i, q in enumerate(Q):

@@ -33,6 +33,7 @@ from .._array import working_dtype
 from .._dask import run_tasks
 from .._progress import Progress
 from ..core import check_contrast, factorize
+from ..core.design import orthonormal_basis
 from ..exceptions import InputError
 from .shuffles import Shuffles, make_shuffles
 
@@ -87,22 +88,14 @@ def partition(X: NDArray, weights: NDArray) -> tuple[NDArray, NDArray, int]:
     C = np.asarray(weights, dtype=np.float64)
     Cp = np.linalg.pinv(C)
     Z = X - X @ Cp @ C
-    Qz = _basis(Z)
+    Qz = orthonormal_basis(Z)
     Xi = X @ Cp
     Xi = Xi - Qz @ (Qz.T @ Xi)
-    U = _basis(Xi)
+    U = orthonormal_basis(Xi)
     if U.shape[1] == 1 and np.sum(U[:, 0] * Xi[:, 0]) < 0:  # orient as the contrast: t = c'beta / se
         U = -U
     rank = U.shape[1] + Qz.shape[1]
     return U, Qz, n - rank
-
-
-def _basis(A: NDArray) -> NDArray[np.float64]:
-    if A.shape[1] == 0:
-        return np.zeros((A.shape[0], 0))
-    u, s, _ = np.linalg.svd(A, full_matrices=False)
-    tol = max(A.shape) * np.finfo(float).eps * (s[0] if s.size else 0.0)
-    return u[:, s > tol]
 
 
 def _projector_rows(basis: NDArray, shuffles: Shuffles, start: int, stop: int, dtype) -> NDArray:

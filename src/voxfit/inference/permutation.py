@@ -305,9 +305,9 @@ class _NullRunner:
             self.E = E
 
     def run(self, start: int, stop: int, return_maps: bool = False):
-        nb, V, r = stop - start, self.valid.size, self.basis.shape[1]
         if self.on_device:
             return self._run_on_device(start, stop, return_maps)
+        nb, V, r = stop - start, self.valid.size, self.basis.shape[1]
         stats_tile, flip_tile = _load_kernel()
         maps = np.empty((nb, V), dtype=np.float32) if self.need_maps else np.empty((1, 1), dtype=np.float32)
         rowmax = np.full((len(self.tiles), nb), -np.inf, dtype=self.dtype)
@@ -330,15 +330,16 @@ class _NullRunner:
 
         with _blas_single_threaded(), ThreadPoolExecutor(_workers(self.n_jobs)) as pool:  # threads share the tiles
             list(pool.map(work, range(len(self.tiles))))
-        if return_maps:
-            maps[:, ~self.valid] = np.nan
-            return maps
-        return rowmax.max(axis=0).astype(np.float64), counts, *self._map_maxima(maps, nb)
+        return self._finish(rowmax.max(axis=0).astype(np.float64), counts, maps, nb, return_maps)
 
-    def _map_maxima(self, maps, nb):
+    def _finish(self, maxima, counts, maps, nb, return_maps):
+        """The batch's result: its maps alone (`return_maps`), or maxima, counts and map maxima."""
+        if self.need_maps or return_maps:
+            maps[:, ~self.valid] = np.nan
+        if return_maps:
+            return maps
         extent = mass = tfce_max_values = np.zeros(nb)
         if self.need_maps:
-            maps[:, ~self.valid] = np.nan
             if self.cluster_threshold is not None:
                 from .clusters import cluster_max
 
@@ -347,7 +348,7 @@ class _NullRunner:
                 from .tfce import tfce_max
 
                 tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
-        return extent, mass, tfce_max_values
+        return maxima, counts, extent, mass, tfce_max_values
 
     def _run_on_device(self, start: int, stop: int, return_maps: bool = False):
         if getattr(self, "_device", None) is None:
@@ -359,10 +360,7 @@ class _NullRunner:
         nb = stop - start
         rows = _projector_rows(self.basis, self.shuffles, start, stop, np.float32).reshape(nb * self.basis.shape[1], -1)
         maxima, counts, maps = self._device.run(rows, nb, self.need_maps or return_maps)
-        if return_maps:
-            maps[:, ~self.valid] = np.nan
-            return maps
-        return maxima, counts, *self._map_maxima(maps, nb)
+        return self._finish(maxima, counts, maps, nb, return_maps)
 
 
 def _run_batch(runner: _NullRunner, start: int, stop: int):

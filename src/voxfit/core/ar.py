@@ -105,17 +105,6 @@ def _whiten(Z: NDArray, phi: NDArray, L_inv: NDArray) -> NDArray:
     return out
 
 
-def _whiten_transpose(Z: NDArray, phi: NDArray, L_inv: NDArray) -> NDArray:
-    """W' z for each column (the adjoint of :func:`_whiten`)."""
-    p = phi.shape[1]
-    out = np.zeros_like(Z)
-    out[p:] = Z[p:]
-    for i in range(1, p + 1):
-        out[p - i : Z.shape[0] - i] -= phi[:, i - 1] * Z[p:]
-    out[:p] += np.einsum("vba,bv->av", L_inv, Z[:p])
-    return out
-
-
 class ARBlock:
     """What the AR fit of one design needs, computed once: bias matrix, lagged bases, Gram terms.
 

@@ -102,11 +102,12 @@ def fit_global_ar(X, Y, contrasts: dict, *, names=None, max_memory=None, n_jobs:
     # trMV = rank(X) - rank(X0) and trRV = n - rank(K X) (the filter's dof left out, as SPM does)
     rss = ols.residual_variance * ols.dof
     if nuisance.any():
-        rss0 = fit_ols(X[:, nuisance], Y, max_memory=max_memory, n_jobs=n_jobs).residual_variance * (n - np.linalg.matrix_rank(X[:, nuisance]))
+        reduced = fit_ols(X[:, nuisance], Y, max_memory=max_memory, n_jobs=n_jobs)
+        rss0, tr_mv = reduced.residual_variance * reduced.dof, design.rank - reduced.rank
     else:
         rss0 = np.concatenate([np.einsum("tv,tv->v", b, b) for b in
                                (np.asarray(Y[:, a : a + 4096], dtype=np.float64) for a in range(0, Y.shape[1], 4096))])  # fmt: skip
-    tr_mv = design.rank - (np.linalg.matrix_rank(X[:, nuisance]) if nuisance.any() else 0)
+        tr_mv = design.rank
     X0 = X[:, drift]
     filtered = X[:, ~drift] - X0 @ np.linalg.lstsq(X0, X[:, ~drift], rcond=None)[0] if drift.any() else X[:, ~drift]
     tr_rv = n - np.linalg.matrix_rank(filtered)

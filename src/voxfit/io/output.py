@@ -21,10 +21,12 @@ def sanitize_label(name: str, what: str = "contrast") -> str:
     return label
 
 
-def statmap_name(stat: str, extension: str, contrast: str | None = None, entity: str = "contrast") -> str:
-    """BIDS-derivatives style: ``contrast-<label>_stat-<stat>_statmap<ext>`` (or without the contrast)."""
+def statmap_name(stat: str, extension: str, contrast: str | None = None, entity: str = "contrast",
+                 desc: str | None = None) -> str:  # fmt: skip
+    """BIDS-derivatives style: ``contrast-<label>_stat-<stat>[_desc-<desc>]_statmap<ext>`` (or without the
+    contrast)."""
     prefix = f"{entity}-{contrast}_" if contrast is not None else ""
-    return f"{prefix}stat-{stat}_statmap{extension}"
+    return f"{prefix}stat-{stat}" + (f"_desc-{desc}" if desc else "") + f"_statmap{extension}"
 
 
 _PARTIAL = ".voxfit-partial-"

@@ -32,7 +32,7 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import Masker, OutputFolder, load, open_reader, stat_maps
+from ..io import Masker, OutputFolder, load, open_reader, stat_maps, statmap_name
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import contrast_items, input_record
 
@@ -243,13 +243,10 @@ class SecondLevel:
         masker.write_mask(out.path(f"mask{ext}"))
         write_design(out.path("design.tsv"), d.X, list(d.names))
 
-        def name(label, stat, desc=None):
-            return f"contrast-{label}_stat-{stat}" + (f"_desc-{desc}" if desc else "") + f"_statmap{ext}"
-
         def p_maps(label, desc, p):
-            masker.write(out.path(name(label, "p", desc)), p, [f"{label} p {desc}"])
+            masker.write(out.path(statmap_name("p", ext, label, desc=desc)), p, [f"{label} p {desc}"])
             with np.errstate(divide="ignore"):
-                masker.write(out.path(name(label, "logp", desc)), -np.log10(p), [f"{label} -log10 p {desc}"])
+                masker.write(out.path(statmap_name("logp", ext, label, desc=desc)), -np.log10(p), [f"{label} -log10 p {desc}"])
 
         thresholds = {}
         for label, _ in items:
@@ -269,7 +266,7 @@ class SecondLevel:
                     p_maps(label, "clusterfwe", r.clusters.voxel_map(r.clusters.p_extent))
                     p_maps(label, "clustermassfwe", r.clusters.voxel_map(r.clusters.p_mass))
                 if r.tfce is not None:
-                    masker.write(out.path(name(label, "tfce")), r.tfce, [f"{label} TFCE"])
+                    masker.write(out.path(statmap_name("tfce", ext, label)), r.tfce, [f"{label} TFCE"])
                     p_maps(label, "tfcefwe", r.p_tfce_fwe)
             if label in tables:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])

@@ -26,7 +26,7 @@ from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..core.ols import fit_from_sums
 from ..exceptions import InputError
 from ..io import Masker, ScaledArray, load_mask, open_reader
-from ..io.masking import gather, spm_globals
+from ..io.masking import AutoMask, gather
 from .ar import _stats
 from .fit import fit as fit_in_memory
 from .memory import parse_memory
@@ -124,12 +124,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     if slab_bytes < 8 * nel * 4:
         raise InputError(f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
                          f"({held / 2**20:.0f} MiB) and a few scans; give at least {(held + 32 * nel) / 2**20:.0f} MiB.")  # fmt: skip
-    floats = reader.dtype.kind == "f"
-    finite = np.ones(nel, dtype=bool)
-    varies = np.zeros(nel, dtype=bool)
-    above = np.ones(nel, dtype=bool)
-    nonzero_all = np.ones(nel, dtype=bool)
-    first = sums = index = None
+    auto = AutoMask(nel, reader.dtype.kind == "f", mask_threshold if mask is None else None, nonzero=nonzero)
+    sums = index = None
     # a slab of k scans costs its raw bytes (and the reader's buffers) plus, for the V candidates, the gathered
     # copy and the scaled values: 32 V bytes per scan is a safe bound
     per_scan = nel * reader.dtype.itemsize + 32 * (nel if candidates is None else int(candidates.sum()))
@@ -139,28 +135,15 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     for start, raw in reader.iter_scans(max_bytes=max_bytes):
         bar.update(start + raw.shape[0])
         values = _scaled(raw, reader)
-        if first is None:
-            first = np.array(values[0])
+        auto.add(values)
+        if sums is None:
             if candidates is None:
-                candidates = (np.isfinite(first) & (first != 0)) if floats else first != 0
-                if mask_threshold is not None:
-                    candidates &= first > mask_threshold * spm_globals(first[None])[0]
+                candidates = auto.candidates
             index = np.flatnonzero(candidates)
             sums = _Sums(basis, order, index.size, shift=design.has_intercept)
-        block_values = values if index.size == nel else np.take(values, index, axis=1)
-        sums.add(block_values)
-        if floats:
-            finite &= np.isfinite(values).all(axis=0)
-        varies |= (values != first).any(axis=0)
-        if nonzero:
-            nonzero_all &= (values != 0).all(axis=0)
-        if mask_threshold is not None and mask is None:
-            above &= (values > mask_threshold * spm_globals(values)[:, None]).all(axis=0)
+        sums.add(values if index.size == nel else np.take(values, index, axis=1))
     bar.close()
-    if mask is not None:
-        final = candidates & finite
-    else:
-        final = (finite & nonzero_all & varies) if nonzero else (finite & varies & above)
+    final = (candidates & auto.finite) if mask is not None else auto.mask()
     if not final.any():
         raise InputError("the automatic mask is empty: no voxel is finite and not constant over time in every scan."
                          if mask is None else f"no voxel of mask {mask} has finite values in every scan.")  # fmt: skip

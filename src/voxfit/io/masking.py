@@ -24,7 +24,7 @@ from ..exceptions import InputError
 from .geometry import Geometry
 from .readers import NiftiReader, _kind, open_reader
 
-__all__ = ["Masker", "load_mask", "gather", "gather_auto", "spm_globals"]
+__all__ = ["AutoMask", "Masker", "load_mask", "gather", "gather_auto", "spm_globals"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,33 +99,53 @@ def spm_globals(scans: NDArray) -> NDArray[np.float64]:
     return np.nanmean(above, axis=1)
 
 
+class AutoMask:
+    """The automatic mask found scan by scan (see the module docstring): ``candidates`` from the first scan
+    (finite and non-zero, above `threshold` times its global), then ``mask()``: finite, varying and above the
+    threshold in every scan (and non-zero in every scan with `nonzero`, the group-level rule). `scale`
+    (slope, intercept) turns the values given to :meth:`add` into intensities for the threshold only."""
+
+    def __init__(self, n_elements: int, floats: bool, threshold: float | None = None, scale=None, nonzero: bool = False):
+        self.floats, self.threshold, self.scale, self.nonzero = floats, threshold, scale, nonzero
+        self.first = self.candidates = None
+        self.finite = np.ones(n_elements, dtype=bool)
+        self.varies = np.zeros(n_elements, dtype=bool)
+        self.above = np.ones(n_elements, dtype=bool)
+        self.nonzero_all = np.ones(n_elements, dtype=bool)
+
+    def add(self, block: NDArray) -> None:
+        if self.first is None:
+            first = self.first = np.array(block[0])
+            self.candidates = np.isfinite(first) & (first != 0) if self.floats else first != 0
+            if self.threshold is not None:
+                self.candidates &= _scaled(first, self.scale) > self.threshold * spm_globals(_scaled(first[None], self.scale))[0]
+        if self.floats:
+            self.finite &= np.isfinite(block).all(axis=0)
+        self.varies |= (block != self.first).any(axis=0)
+        if self.nonzero:
+            self.nonzero_all &= (block != 0).all(axis=0)
+        if self.threshold is not None:
+            values = _scaled(block, self.scale)
+            self.above &= (values > self.threshold * spm_globals(values)[:, None]).all(axis=0)
+
+    def mask(self) -> NDArray[np.bool_]:
+        return self.finite & self.varies & self.above & self.nonzero_all
+
+
 def gather_auto(reader, threshold: float | None = None, progress: bool | None = None):
     """Automatic mask and the masked data in one pass (see the module docstring). Returns ``(data, mask)``."""
-    nel = reader.geometry.n_elements
-    floats = reader.dtype.kind == "f"
+    auto = AutoMask(reader.geometry.n_elements, reader.dtype.kind == "f", threshold, reader.scale)
     bar = Progress("reading", reader.n_scans, enabled=progress)
-    out = first = candidates = None
-    finite = np.ones(nel, dtype=bool)
-    varies = np.zeros(nel, dtype=bool)
-    above = np.ones(nel, dtype=bool)
+    out = None
     for start, block in reader.iter_scans():
-        if first is None:
-            first = np.array(block[0])
-            candidates = np.isfinite(first) & (first != 0) if floats else first != 0
-            if threshold is not None:
-                candidates &= _scaled(first, reader.scale) > threshold * spm_globals(_scaled(first[None], reader.scale))[0]
-            cand_index = np.flatnonzero(candidates)
+        auto.add(block)
+        if out is None:
+            cand_index = np.flatnonzero(auto.candidates)
             out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
         np.take(block, cand_index, axis=1, out=out[start : start + block.shape[0]])
-        if floats:
-            finite &= np.isfinite(block).all(axis=0)
-        varies |= (block != first).any(axis=0)
-        if threshold is not None:
-            values = _scaled(block, reader.scale)
-            above &= (values > threshold * spm_globals(values)[:, None]).all(axis=0)
         bar.update(start + block.shape[0])
     bar.close()
-    mask = finite & varies & above
+    mask, candidates = auto.mask(), auto.candidates
     if not mask.any():
         why = "above the intensity threshold, " if threshold is not None else ""
         raise InputError(f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan.")

@@ -46,3 +46,76 @@ def test_unknown_device_is_refused():
         fit(np.ones((5, 1)), np.ones((5, 3)), device="tpu")
     with pytest.raises(InputError, match="`device` must be cpu, cuda"):
         permutation_test(np.ones((5, 1)), np.ones((5, 3)), [1.0], device="tpu")
+
+
+def _ar_agreement(cpu, dev, labels):
+    """Largest differences of two AR fits: betas in units of |beta| + stderr, the rest relative."""
+    npt.assert_array_equal(dev.fit.valid, cpu.fit.valid)
+    ok = cpu.fit.valid
+    scale = np.abs(cpu.fit.betas[:, ok]) + cpu.fit.stderr[:, ok]
+    assert np.max(np.abs(dev.fit.betas[:, ok] - cpu.fit.betas[:, ok]) / scale) < 1e-9
+    npt.assert_allclose(dev.fit.residual_variance, cpu.fit.residual_variance, rtol=1e-9, atol=0)
+    npt.assert_allclose(dev.ar, cpu.ar, rtol=0, atol=1e-9)
+    for label in labels:
+        a, b = cpu.contrasts[label], dev.contrasts[label]
+        npt.assert_allclose(b.t if b.kind == "t" else b.F, a.t if a.kind == "t" else a.F, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("intercept", [True, False])
+def test_ar_fit_through_the_array_api(rng, monkeypatch, order, intercept):
+    """AR(p) with the sums on the device in float64 equals the CPU fit to rounding; the voxels that need their
+    data (an exact fit, a near-exact fit, an AR(2) filter near a unit root) are refitted from the block on the host."""
+    import voxfit.engine._ar_device as on_device
+    from voxfit.engine import fit_ar
+
+    n, V = 80, 700
+    t = np.arange(n)
+    X = np.column_stack([((t // 10) % 2).astype(float), np.cos(np.pi * (t + 0.5) / n)] + ([np.ones(n)] if intercept else []))
+    E = rng.standard_normal((n, V))
+    for k in range(1, n):
+        E[k] += 0.4 * E[k - 1]
+    Y = X @ rng.standard_normal((X.shape[1], V)) + E + (1000 if intercept else 0)
+    Y[:, 5] = X @ np.arange(1.0, X.shape[1] + 1)  # exact fit
+    Y[:, 6] = 1000 * Y[:, 5] + 1e-2 * rng.standard_normal(n)  # near-exact: the sums cancel 11 digits
+    Y[:, 7] = 10 * np.sin(0.2 * t) + 1e-3 * rng.standard_normal(n)  # AR(2) at the stationarity limit: fragile
+    Y[3, 9] = np.nan
+    Y[:, 10] = np.inf
+    contrasts = {"task": [1.0, 0, 0][: X.shape[1]], "both": np.eye(X.shape[1])[:2]}
+    refitted, fit_ar_sums = [], on_device.fit_ar_sums
+
+    def spy(block, sums, weights, data):
+        return fit_ar_sums(block, sums, weights, lambda idx: refitted.extend(idx) or data(idx))
+
+    cpu = fit_ar(X, Y, order, contrasts, block_size=256)
+    monkeypatch.setattr(on_device, "fit_ar_sums", spy)
+    dev = fit_ar(X, Y, order, contrasts, block_size=256, device="strict")
+    _ar_agreement(cpu, dev, contrasts)
+    assert dev.fit.n_invalid == 2 and np.isnan(dev.ar[:, [9, 10]]).all()
+    assert dev.fit.residual_variance[5] == 0 and ({5, 6} if order == 1 else {5, 6, 7}) <= set(refitted)
+    Y32 = Y.astype(np.float32)  # float32 data go to the device as they are, and are converted there
+    _ar_agreement(fit_ar(X, Y32, order, contrasts), fit_ar(X, Y32, order, contrasts, device="strict"), contrasts)
+
+
+def test_ar_command_line_through_the_array_api(tmp_path, rng, capsys):
+    """``voxfit fit --noise ar1 --device``: the maps equal the CPU's; ar1-global is refused on a device."""
+    import nibabel as nib
+
+    from voxfit.cli import main
+    from voxfit.engine import fit_ar
+
+    from .imaging import volume_data, write_nifti
+
+    n = 40
+    write_nifti(tmp_path / "b.nii.gz", volume_data(rng, n))
+    (tmp_path / "d.tsv").write_text("task\tconstant\n" + "".join(f"{t // 5 % 2}\t1\n" for t in range(n)))
+    args = ["fit", str(tmp_path / "b.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "task", "--quiet"]
+    assert main(args + ["--noise", "ar1", "-o", str(tmp_path / "cpu")]) == 0
+    assert main(args + ["--noise", "ar1", "--device", "strict", "-o", str(tmp_path / "dev")]) == 0
+    for name in ("stat-arcoef_statmap.nii.gz", "contrast-task_stat-t_statmap.nii.gz", "stat-residualvariance_statmap.nii.gz"):
+        cpu, dev = (np.asarray(nib.load(tmp_path / d / name).dataobj, dtype=np.float64) for d in ("cpu", "dev"))
+        npt.assert_allclose(dev, cpu, rtol=1e-6, atol=1e-6)  # float32 maps
+    assert main(args + ["--noise", "ar1-global", "--device", "strict", "-o", str(tmp_path / "global")]) == 2
+    assert "ar1-global runs on the CPU only; drop --device" in capsys.readouterr().err
+    with pytest.raises(InputError, match="either `scheduler` or `device`"):
+        fit_ar(np.ones((n, 1)), np.ones((n, 3)), 1, {}, device="strict", scheduler="tcp://localhost:1")

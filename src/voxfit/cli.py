@@ -86,7 +86,7 @@ def _get_parser() -> argparse.ArgumentParser:
                      help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100")  # fmt: skip
     _design_options(fit, events_needed=False)
     fit.add_argument("--scheduler", metavar="ADDRESS", help="run the voxel blocks on a Dask cluster, e.g. tcp://host:8786")
-    fit.add_argument("--device", metavar="DEVICE", help="cuda or cuda:N: fit an OLS model on a GPU (CuPy or PyTorch)")
+    fit.add_argument("--device", metavar="DEVICE", help="cuda or cuda:N: fit on a GPU (CuPy or PyTorch); OLS and ar1 .. ar8")
     _common(fit)
 
     design = sub.add_parser("design", help="build a first-level design matrix from BIDS events (SPM's conventions)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: 
 
 def fit_ar(
     X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, block_size: int | None = None,
-    n_jobs: int | None = None, scheduler=None,
+    n_jobs: int | None = None, scheduler=None, device: str | None = None,
 ) -> ARFit:
     """Fit a design with AR(`order`) noise estimated and removed for every voxel separately.
 
@@ -57,6 +58,14 @@ def fit_ar(
         ``{label: expression or weights}``; t for one row, F for several, computed on the whitened model.
     scheduler : dask.distributed.Client or str, optional
         Run the blocks as tasks on a Dask cluster; identical numbers.
+    device : str, optional
+        ``cuda`` (``cuda:N``) to compute, per block, the sums that grow with scans x voxels on a GPU through
+        CuPy or PyTorch (``strict``: the array-API reference library, for tests): the products with the
+        lagged basis, the lagged sums of products, the totals, the first and last `order` scans, in float64
+        after the CPU path's shift. The per-voxel AR estimates, whitened fit, contrasts and exact fallbacks
+        run on the host in float64 (see ``voxfit.engine._ar_device``), so the numbers equal the CPU path's
+        to rounding. The blocks are those of the CPU path, so `max_memory` bounds the device memory too.
+        Not with `scheduler`.
     """
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
         raise InputError(f"`order` of the AR model must be a positive integer; got {order!r}.")
@@ -67,6 +76,13 @@ def fit_ar(
         raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     block = ARBlock(design, int(order))
+    fit_block = functools.partial(fit_ar_block, block)
+    if device not in (None, "cpu"):
+        if scheduler is not None:
+            raise InputError("give either `scheduler` or `device`, not both.")
+        from ._ar_device import DeviceARBlock
+
+        fit_block = DeviceARBlock(block, device)
     V = Y.shape[1]
     step = _block_voxels(n, pc, order, max_memory, block_size, n_jobs)
     betas = np.full((pc, V), np.nan)
@@ -89,12 +105,12 @@ def fit_ar(
             effects[label][:, idx], covs[label][idx] = effect, cov
 
     def run(start: int) -> None:
-        _place(start, *_ar_task(block, list(weights.values()), Y[:, start : min(V, start + step)]))
+        _place(start, *_ar_task(fit_block, list(weights.values()), Y[:, start : min(V, start + step)]))
 
     starts = range(0, V, step)
     if scheduler is not None:  # the same blocks as Dask tasks
         spans = [(a, min(V, a + step)) for a in starts]
-        for (a, b), (ok, res) in zip(spans, map_blocks(scheduler, _ar_task, (block, list(weights.values())), Y, spans)):
+        for (a, b), (ok, res) in zip(spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)):
             _place(a, ok, res)
     else:
         with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
@@ -112,13 +128,14 @@ def fit_ar(
     return ARFit(fit=fit, ar=phi, contrasts=stats, order=int(order))
 
 
-def _ar_task(block: ARBlock, weights: list, Yb):
-    """One block: which voxels are finite, and the fit of those (None if none is)."""
+def _ar_task(fit_block, weights: list, Yb):
+    """One block: which voxels are finite, and the fit of those (None if none is) by ``fit_block(Y, weights)``
+    (``fit_ar_block`` bound to the ARBlock, or a ``DeviceARBlock``)."""
     Yb = np.asarray(Yb)
     ok = np.isfinite(Yb).all(axis=0)
     if not ok.any():
         return ok, None
-    return ok, fit_ar_block(block, Yb if ok.all() else Yb[:, ok], weights)
+    return ok, fit_block(Yb if ok.all() else Yb[:, ok], weights)
 
 
 def _stats(label, w, effect, cov, sigma2, dof) -> Stats:

@@ -167,7 +167,7 @@ def fit_images(
     scheduler : dask.distributed.Client or str, optional
         Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers.
     device : str, optional
-        ``cuda`` to fit an OLS model on a GPU (see :func:`voxfit.fit`).
+        ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
     """
     _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
@@ -279,10 +279,11 @@ def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, 
                     device=None):  # fmt: skip
     """Fit with the noise model asked for: ``(fit, {label: Stats}, AR coefficients or None, noise details)``."""
     order = _noise_order(noise)
-    if order and device not in (None, "cpu"):
-        raise InputError("the GPU path fits OLS models; AR noise models run on the CPU (drop --device).")
+    if order < 0 and device not in (None, "cpu"):
+        raise InputError("ar1-global runs on the CPU only; drop --device, or use ar1 (AR(1) per voxel) on the GPU.")
     if order > 0:
-        ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler)
+        ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler,
+                    device=device)  # fmt: skip
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
         g = fit_global_ar(X, data, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)

@@ -1,14 +1,17 @@
-"""Dask: the voxel blocks and the shuffles on a LocalCluster give the local run's numbers exactly."""
+"""Dask: the voxel blocks and the shuffles on a LocalCluster give the local run's numbers exactly; inputs read
+by columns (voxfit.io.ColumnSource) are read by the workers, not by the client."""
 
 import nibabel as nib
 import numpy as np
 import numpy.testing as npt
 import pytest
 
-from voxfit import fit, fit_ar
+from voxfit import SecondLevel, fit, fit_ar, fit_images, load
 from voxfit.cli import main
 from voxfit.exceptions import InputError
 from voxfit.inference import permutation_test
+from voxfit.io import ColumnSource, open_reader
+from voxfit.io.readers import NiftiReader, _RowsReader
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -69,3 +72,118 @@ def test_group_command_with_a_scheduler_address(client, tmp_path):
 def test_unreachable_scheduler_is_an_input_error():
     with pytest.raises(InputError, match="cannot reach the Dask scheduler"):
         fit(np.ones((5, 1)), np.ones((5, 3)), scheduler="nosuch://host")
+
+
+def _group_maps(rng, n=12, V=4000):
+    """Group maps with columns the automatic group mask drops: a zero, a constant column, a NaN."""
+    Y = (rng.standard_normal((n, V)) + 0.3).astype(np.float32)
+    Y[3, :50] = 0
+    Y[:, 60:70] = 1.0
+    Y[2, 80] = np.nan
+    return Y
+
+
+def _same_outputs(a, b):
+    names = sorted(p.name for p in a.iterdir() if p.suffix == ".npy")
+    assert len(names) > 5 and names == sorted(p.name for p in b.iterdir() if p.suffix == ".npy")
+    for name in names:
+        npt.assert_array_equal(np.load(b / name), np.load(a / name), err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["zarr", "hdf5"])
+def test_group_maps_in_a_store_are_read_by_the_workers(client, tmp_path, kind):
+    Y = _group_maps(np.random.default_rng(3))
+    if kind == "zarr":
+        zarr = pytest.importorskip("zarr")
+        group = zarr.open_group(tmp_path / "maps.zarr", mode="w")
+        group.create_array("maps", shape=Y.shape, chunks=(12, 1000), dtype="f4")[:] = Y
+        path, mask = f"{tmp_path / 'maps.zarr'}::maps", []
+    else:
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp_path / "maps.h5", "w") as f:
+            f.create_dataset("grp/maps", data=Y, chunks=(12, 500))
+        np.save(tmp_path / "mask.npy", (np.arange(Y.shape[1]) % 3 > 0)[None].astype(np.uint8))
+        path, mask = f"{tmp_path / 'maps.h5'}::grp/maps", ["--mask", str(tmp_path / "mask.npy")]
+    args = ["group", path, "--one-sample", *mask, "--quiet"]
+    assert main([*args, "-o", str(tmp_path / "local")]) == 0
+    assert main([*args, "--scheduler", client.scheduler.address, "-o", str(tmp_path / "dask")]) == 0
+    _same_outputs(tmp_path / "local", tmp_path / "dask")
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the client read data values")
+
+
+@pytest.mark.parametrize("files", ["4-D int16 with scale factors", "3-D files"])
+def test_the_client_reads_no_group_data(client, tmp_path, monkeypatch, files):
+    rng = np.random.default_rng(4)
+    maps = _group_maps(rng, V=6 * 5 * 4).reshape(12, 6, 5, 4).transpose(1, 2, 3, 0)
+    if files == "3-D files":
+        paths = [tmp_path / f"s{i}.nii" for i in range(12)]
+        for i, p in enumerate(paths):
+            nib.save(nib.Nifti1Image(maps[..., i], np.eye(4)), p)
+    else:
+        img = nib.Nifti1Image(np.nan_to_num(maps * 100 + 50), np.eye(4))
+        img.set_data_dtype(np.int16)  # nibabel picks the scale factors
+        paths = [tmp_path / "maps.nii"]
+        nib.save(img, paths[0])
+    local = SecondLevel().fit(paths)
+    assert open_reader(paths if len(paths) > 1 else paths[0]).column_source() is not None
+    for cls, method in [(ColumnSource, "raw"), (ColumnSource, "__getitem__"), (NiftiReader, "iter_scans"),
+                        (_RowsReader, "iter_scans")]:  # fmt: skip
+        monkeypatch.setattr(cls, method, _refuse)  # in this process only: the workers are other processes
+    remote = SecondLevel(scheduler=client).fit(paths)
+    npt.assert_array_equal(remote.masker.mask, local.masker.mask)
+    for key in ("effect", "t", "p"):
+        npt.assert_array_equal(getattr(remote.parametric["intercept"], key), getattr(local.parametric["intercept"], key))
+
+
+@pytest.mark.parametrize("noise, dtype", [("ols", np.float32), ("ols", np.int16), ("ar1", np.int16)])
+def test_first_level_with_a_mask_is_read_by_the_workers(client, tmp_path, monkeypatch, noise, dtype):
+    rng = np.random.default_rng(5)
+    n = 40
+    data = 1000 + 20 * rng.standard_normal((6, 5, 4, n))
+    data[1, 2, 3, 7] = np.nan  # (int16: stored as a number)
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.set_data_dtype(dtype)  # int16: with scale factors
+    nib.save(img, tmp_path / "bold.nii")
+    mask = np.zeros((6, 5, 4), dtype=np.uint8)
+    mask[1:5, 1:4, :] = 1
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii")
+    X = np.column_stack([np.sin(np.arange(n) / 3), np.ones(n)])
+    args = (tmp_path / "bold.nii", (X, ["s", "c"]), ["s=s"])
+    local = fit_images(*args, mask=tmp_path / "mask.nii", noise=noise)
+    monkeypatch.setattr("voxfit.models.glm.load", _refuse)
+    remote = fit_images(*args, mask=tmp_path / "mask.nii", noise=noise, scheduler=client)
+    npt.assert_array_equal(remote.masker.mask, local.masker.mask)
+    npt.assert_array_equal(remote.fit.betas, local.fit.betas)
+    npt.assert_array_equal(remote.fit.residual_variance, local.fit.residual_variance)
+    npt.assert_array_equal(remote.contrasts["s"].t, local.contrasts["s"].t)
+    assert np.isnan(remote.contrasts["s"].t).sum() == (dtype == np.float32)
+
+
+def test_column_sources_read_what_load_reads(tmp_path):
+    rng = np.random.default_rng(6)
+    img = nib.Nifti1Image(rng.standard_normal((4, 3, 2, 7)) * 50, np.eye(4))
+    img.set_data_dtype(">i2")
+    nib.save(img, tmp_path / "big-endian.nii")
+    np.save(tmp_path / "y.npy", rng.standard_normal((7, 30)).astype(np.float32))
+    for path, index in [(tmp_path / "big-endian.nii", [1, 2, 5, 9, 23]), (tmp_path / "y.npy", None)]:
+        source = open_reader(path).column_source(index)
+        mask = None if index is None else np.isin(np.arange(24), index).reshape(4, 3, 2, order="F")
+        data = np.asarray(load(path, mask).data) if index is not None else np.load(path)
+        assert source.shape == data.shape and source.dtype == data.dtype
+        npt.assert_array_equal(source[:, 1:4], data[:, 1:4])
+        npt.assert_array_equal(source[:, [0, 3]], data[:, [0, 3]])
+        assert source[:, [0, 3]].flags.c_contiguous  # as load's: BLAS rounds alike
+    nib.save(img, tmp_path / "compressed.nii.gz")
+    assert open_reader(tmp_path / "compressed.nii.gz").column_source() is None
+
+
+def test_a_vanished_input_is_a_one_line_input_error(client, tmp_path):
+    np.save(tmp_path / "y.npy", np.random.default_rng(7).standard_normal((6, 100)))
+    source = open_reader(tmp_path / "y.npy").column_source()
+    (tmp_path / "y.npy").unlink()
+    with pytest.raises(InputError, match="y.npy: no such file") as info:
+        fit(np.ones((6, 1)), source, scheduler=client)
+    assert "\n" not in str(info.value)

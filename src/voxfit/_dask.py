@@ -33,6 +33,7 @@ def run_tasks(scheduler, fn, shared, calls) -> list:
     """``fn(shared, *call)`` for each call as a task on a Dask cluster, `shared` sent once to every worker;
     the results in call order."""
     with dask_client(scheduler) as client:
-        handle = client.scatter(shared, broadcast=True)
+        # one piece, under a key of its own: a key from its hash can be the one a previous call is releasing
+        [handle] = client.scatter([shared], broadcast=True, hash=False)
         futures = [client.submit(fn, handle, *call, pure=False) for call in calls]
         return [future.result() for future in futures]

@@ -124,7 +124,10 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument("--connectivity", type=int, choices=[6, 18, 26], default=6, help="voxel neighbours for clusters and TFCE")
     group.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) of surface inputs, for clusters and TFCE")
     group.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
-    group.add_argument("--scheduler", metavar="ADDRESS", help="run the fit and the shuffles on a Dask cluster, e.g. tcp://host:8786")
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the fit and the shuffles on a Dask cluster, e.g. tcp://host:8786; without --permutations "
+                            "and --paired, the workers read Zarr, HDF5, .npy and uncompressed NIfTI inputs themselves "
+                            "(at the same paths)")  # fmt: skip
     group.add_argument("--device", metavar="DEVICE", help="cuda or cuda:N: the fit and the shuffles on a GPU (CuPy or PyTorch)")
     _common(group)
 

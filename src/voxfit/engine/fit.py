@@ -217,10 +217,16 @@ def _fit_block(design, tile: int, compiled: bool, Yb):
 
 def map_blocks(scheduler, fn, args, Y, spans):
     """``fn(*args, Y[:, a:b])`` for each span as Dask tasks (`args` sent once to every worker); results in
-    span order. `scheduler` is a dask.distributed Client or a scheduler address."""
-    return run_tasks(scheduler, _apply, (fn, list(args)), ((np.asarray(Y[:, a:b]),) for a, b in spans))
+    span order. `scheduler` is a dask.distributed Client or a scheduler address.
+
+    When Y is a :class:`voxfit.io.ColumnSource` (``Y.worker_reads``), it is sent once with `args` and each
+    task reads its own ``Y[:, a:b]`` on its worker; otherwise the client reads each block and sends it."""
+    if getattr(Y, "worker_reads", False):
+        return run_tasks(scheduler, _apply, (fn, list(args), Y), spans)
+    return run_tasks(scheduler, _apply, (fn, list(args), None), ((np.asarray(Y[:, a:b]),) for a, b in spans))
 
 
-def _apply(shared, block):
-    fn, args = shared
-    return fn(*args, block)
+def _apply(shared, *call):
+    """One task: `call` is a block of data, or the span (a, b) of the source in `shared` to read here."""
+    fn, args, source = shared
+    return fn(*args, call[0] if source is None else source[:, call[0] : call[1]])

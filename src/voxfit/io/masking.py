@@ -24,7 +24,8 @@ from ..exceptions import InputError
 from .geometry import Geometry
 from .readers import NiftiReader, _kind, open_reader
 
-__all__ = ["AutoMask", "Masker", "load_mask", "gather", "gather_auto", "spm_globals"]
+__all__ = ["AutoMask", "Masker", "explicit_mask", "gather", "gather_auto", "group_mask_block", "load_mask",
+           "spm_globals"]  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +73,19 @@ def load_mask(path, geometry: Geometry) -> NDArray[np.bool_]:
     if not mask.any():
         raise InputError(f"mask {path} selects no voxel (every value is zero or not finite).")
     return mask
+
+
+def explicit_mask(mask, geometry: Geometry) -> NDArray[np.bool_]:
+    """The elements an explicit `mask` selects: a file of the data's geometry (see :func:`load_mask`) or a
+    boolean array of the elements (a volume in its 3-D shape)."""
+    if not isinstance(mask, np.ndarray):
+        return load_mask(mask, geometry)
+    out = np.asarray(mask, dtype=bool).reshape(-1, order="F")
+    if out.size != geometry.n_elements:
+        raise InputError(f"`mask` has {out.size} elements but each scan has {geometry.n_elements}.")
+    if not out.any():
+        raise InputError("`mask` selects no voxel.")
+    return out
 
 
 def gather(reader, index: NDArray[np.intp], progress: bool | None = None) -> NDArray:
@@ -130,6 +144,16 @@ class AutoMask:
 
     def mask(self) -> NDArray[np.bool_]:
         return self.finite & self.varies & self.above & self.nonzero_all
+
+
+def group_mask_block(source, a: int, b: int) -> NDArray[np.bool_]:
+    """Which columns a:b of a :class:`~voxfit.io.ColumnSource` the group's automatic mask keeps (as the
+    in-memory group model does): finite and not constant in the stored values, and non-zero as the fit sees
+    them (scale factors applied), in every map. Run where the data are (a Dask task)."""
+    raw = source.raw(slice(a, b))
+    auto = AutoMask(b - a, raw.dtype.kind == "f")
+    auto.add(raw)
+    return auto.mask() & (source.scaled(raw) != 0).all(axis=0)
 
 
 def gather_auto(reader, threshold: float | None = None, progress: bool | None = None):

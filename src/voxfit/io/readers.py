@@ -10,6 +10,9 @@ The protocol (checked by ``tests/test_readers.py`` on every reader)::
     reader.iter_scans(max_bytes) -> iterator of (first_scan, array (k, n_elements)), in scan order,
                          each array at most max_bytes (at least one scan), read sequentially once;
                          an array may be overwritten by the next one (copy what you keep)
+    reader.column_source(index=None) -> ColumnSource of the elements `index` (None: all), for a Dask
+                         worker to read columns itself; None where the files cannot be read by columns
+                         (compressed NIfTI, GIFTI, CIFTI, lists of .npy files)
 
 Uncompressed files are read through memory maps, a slab of scans at a time; compressed NIfTI is decompressed
 with the fastest gzip available, a slab of scans at a time, so the whole 4-D image is never in memory.
@@ -26,11 +29,12 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import working_dtype
 from ..exceptions import InputError
 from ._gzip import open_gzip
 from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
 
-__all__ = ["open_reader", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
+__all__ = ["open_reader", "ColumnSource", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -43,9 +47,10 @@ def _kind(path: Path) -> str:
         return "gifti"
     if name.endswith(".npy"):
         return "npy"
-    if name.endswith((".zarr", ".zarr/")) or ".zarr::" in name:
+    text = str(path).lower()  # (path::group/array: the name is after the last "/")
+    if name.endswith((".zarr", ".zarr/")) or ".zarr::" in text:
         return "zarr"
-    if name.endswith((".h5", ".hdf5")) or ".h5::" in name or ".hdf5::" in name:
+    if name.endswith((".h5", ".hdf5")) or ".h5::" in text or ".hdf5::" in text:
         return "hdf5"
     if name.endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz", ".hdr.gz")):
         return "nifti"
@@ -111,6 +116,13 @@ class NiftiReader:
             have = self._image_file.stat().st_size
             if have < need:
                 raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
+
+    def column_source(self, index=None) -> ColumnSource | None:
+        """The data by columns (None for a compressed file: it can only be read front to back)."""
+        if self._compressed:
+            return None
+        return ColumnSource("nifti", [(self._image_file, self._offset)], self._file_dtype, self.n_scans,
+                            self.geometry.n_elements, scale=self.scale, index=index)  # fmt: skip
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         nel = self.geometry.n_elements
@@ -206,6 +218,16 @@ class VolumeListReader:
         self.dtype = first.dtype if same else np.dtype(np.float32)
         self._convert = not same
 
+    def column_source(self, index=None) -> ColumnSource | None:
+        """The data by columns, one scan per file (None if a file is compressed, or the files differ in
+        dtype or scale factors)."""
+        r0 = self._readers[0]
+        if self._convert or any(r._compressed or r._file_dtype != r0._file_dtype for r in self._readers):
+            return None
+        files = [(r._image_file, r._offset) for r in self._readers]
+        nel = self.geometry.n_elements
+        return ColumnSource("nifti", files, r0._file_dtype, self.n_scans, nel, scale=self.scale, index=index)
+
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         for i, r in enumerate(self._readers):
             for _, vol in r.iter_scans(max_bytes):
@@ -217,6 +239,9 @@ class VolumeListReader:
 
 class _RowsReader:
     """Readers whose data are one (scans, elements) array-like in ``_data``: slabs of rows, in ``dtype``."""
+
+    def column_source(self, index=None) -> ColumnSource | None:
+        return None
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
@@ -282,6 +307,9 @@ class CiftiReader:
         self.dtype = stored.pop() if len(stored) == 1 and not scaled else np.dtype(np.float32)
         self.scale = None
 
+    def column_source(self, index=None) -> ColumnSource | None:
+        return None
+
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
         first = 0
@@ -317,6 +345,13 @@ class NpyReader(_RowsReader):
         self.dtype = self._data.dtype.newbyteorder("=")
         self.scale = None
 
+    def column_source(self, index=None) -> ColumnSource | None:
+        """The data by columns (None for several 1-D files)."""
+        if len(self.paths) > 1:
+            return None
+        nel = self.geometry.n_elements
+        return ColumnSource("npy", [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, index=index)
+
 
 
 class ChunkedArrayReader(_RowsReader):
@@ -344,6 +379,13 @@ class ChunkedArrayReader(_RowsReader):
         self.geometry = ArrayGeometry(int(self._data.shape[1]))
         self.n_scans = int(self._data.shape[0])
         self.scale = None
+        self._kind = kind
+
+    def column_source(self, index=None) -> ColumnSource:
+        """The data by columns: the array is found again by its path in the store (HDF5: its full name)."""
+        name = self._data.path if self._kind == "zarr" else self._data.name
+        nel = self.geometry.n_elements
+        return ColumnSource(self._kind, [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, name=name, index=index)
 
 
 
@@ -384,6 +426,87 @@ def _open_hdf5(location: str, name: str):
     if pick is None:
         raise InputError(f"{location}: name the dataset to read as {location}::NAME (datasets: {', '.join(found) or 'none'}).")
     return f[pick]
+
+
+class ColumnSource:
+    """Where the columns of a reader's data are, for a Dask worker to read its own blocks: picklable, no data.
+
+    ``source[:, a:b]`` (shape ``(n_scans, len(index))``; columns are the elements `index` of each scan, all
+    of them when None) opens the file where it is called and reads only the elements from the block's first
+    column to its last, as the fit sees them: NIfTI scale factors applied as :class:`voxfit.io.ScaledArray`
+    does. Uncompressed NIfTI (one 4-D file, or 3-D files one per scan) and .npy are memory-mapped, a
+    short-lived map per read, and read scan by scan over that contiguous range of elements; a Zarr or HDF5
+    array (`name` in the store) as the slab ``[:, first:last + 1]``. :meth:`raw` gives the stored values.
+    """
+
+    worker_reads = True  # voxfit.engine.fit.map_blocks sends the source, not blocks of data
+
+    def __init__(self, kind: str, files, file_dtype, n_scans: int, n_elements: int, *, name: str = "", scale=None,
+                 index=None):  # fmt: skip
+        self.kind, self.name, self.scale = kind, name, scale
+        self.files = [(str(path), int(offset)) for path, offset in files]  # (path, byte offset of the data)
+        self.file_dtype = np.dtype(file_dtype)
+        self.raw_dtype = self.file_dtype.newbyteorder("=")
+        self.dtype = self.raw_dtype if scale is None else working_dtype(self.raw_dtype)
+        self.n_elements = int(n_elements)
+        self.index = None if index is None else np.asarray(index, dtype=np.intp)
+        self.shape = (int(n_scans), self.n_elements if index is None else self.index.size)
+        self.ndim = 2
+
+    def __getitem__(self, key) -> NDArray:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        values = self.scaled(self.raw(cols))
+        return values if rows == slice(None) else values[rows]
+
+    def scaled(self, raw: NDArray) -> NDArray:
+        """Stored values as the fit sees them: ``slope * raw + inter`` in `dtype`, as ScaledArray computes it."""
+        return raw if self.scale is None else (raw * self.scale[0] + self.scale[1]).astype(self.dtype)
+
+    def raw(self, cols=slice(None)) -> NDArray:
+        """The stored values of columns `cols` (a slice or integers), (n_scans, k), in native byte order and
+        C order (as :func:`voxfit.io.gather`'s: the products of the fits then round alike)."""
+        if isinstance(cols, slice) and cols.step in (None, 1):
+            a, b, _ = cols.indices(self.shape[1])
+            elements = np.arange(a, max(a, b)) if self.index is None else self.index[a:b]
+        else:
+            elements = np.arange(self.shape[1])[cols] if self.index is None else self.index[cols]
+        if elements.size == 0:
+            return np.empty((self.shape[0], 0), dtype=self.raw_dtype)
+        lo, hi = int(elements.min()), int(elements.max()) + 1
+        slab = self._read(lo, hi)
+        return slab if elements.size == hi - lo and elements[0] == lo else np.take(slab, elements - lo, axis=1)
+
+    def _read(self, lo: int, hi: int) -> NDArray:
+        """Elements lo:hi of every scan, (n_scans, hi - lo)."""
+        path = self.files[0][0]
+        try:
+            if self.kind in ("zarr", "hdf5"):
+                if not Path(path).exists():
+                    raise FileNotFoundError(path)
+                array = _open_zarr(path, self.name) if self.kind == "zarr" else _open_hdf5(path, self.name)
+                try:
+                    return np.asarray(array[:, lo:hi], dtype=self.raw_dtype)
+                finally:
+                    if self.kind == "hdf5":
+                        array.file.close()
+            out = np.empty((self.shape[0], hi - lo), dtype=self.raw_dtype)
+            rows = self.shape[0] // len(self.files)  # a 4-D file, or 3-D files one scan each
+            for k, (path, offset) in enumerate(self.files):
+                if self.kind == "npy":
+                    data = np.load(path, mmap_mode="r", allow_pickle=False)
+                else:
+                    shape = (rows, self.n_elements)
+                    data = np.memmap(path, dtype=self.file_dtype, mode="r", offset=offset, shape=shape)
+                out[k * rows : (k + 1) * rows] = data[:, lo:hi]
+                del data  # the map goes, and its pages with it
+            return out
+        except InputError:
+            raise
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file where the data are read (Dask workers must see the inputs at "
+                             "the client's paths).") from None  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read the data ({type(exc).__name__}: {exc}).") from None
 
 
 def open_reader(paths):

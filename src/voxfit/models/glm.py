@@ -21,7 +21,8 @@ from ..engine import fit as fit_engine
 from ..engine import fit_ar, fit_global_ar
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
-from ..io import Dataset, Masker, OutputFolder, load, open_reader, sanitize_label, spm_globals, stat_maps, statmap_name
+from ..io import (Dataset, Masker, OutputFolder, explicit_mask, load, open_reader, sanitize_label, spm_globals,
+                  stat_maps, statmap_name)  # fmt: skip
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
 
@@ -165,7 +166,10 @@ def fit_images(
         Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
         default when the data, as float32, would take more than half of `max_memory`.
     scheduler : dask.distributed.Client or str, optional
-        Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers.
+        Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers. With an explicit `mask`,
+        ``scaling="none"`` and an uncompressed NIfTI, .npy, Zarr or HDF5 input, each worker reads its own
+        blocks from the files and the client reads none of the data; otherwise (the automatic mask needs
+        every value, as do scaling and ar1-global) the client reads the data and sends each block.
     device : str, optional
         ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
     """
@@ -198,6 +202,9 @@ def fit_images(
             )  # fmt: skip
             t_load = start
         else:
+            by_columns = scheduler is not None and mask is not None and mask_threshold is None and scaling == "none"
+            if dataset is None and by_columns and _noise_order(noise) >= 0 and device in (None, "cpu"):
+                dataset = _column_dataset(inputs, mask)  # the Dask workers read the data (None: they cannot)
             if dataset is None:
                 dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
             elif isinstance(dataset, Future):
@@ -218,6 +225,16 @@ def fit_images(
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
+
+
+def _column_dataset(inputs, mask) -> Dataset | None:
+    """The masked inputs as a Dataset whose data are a column source (see ``voxfit.io.ColumnSource``), for the
+    Dask workers to read a block each; None when the files cannot be read by columns (e.g. .nii.gz)."""
+    reader = open_reader(inputs)
+    if reader.column_source() is None:
+        return None
+    mask = explicit_mask(mask, reader.geometry)
+    return Dataset(reader.column_source(np.flatnonzero(mask)), Masker(reader.geometry, mask), tuple(reader.paths))
 
 
 def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress, hashing):

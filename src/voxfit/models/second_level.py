@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._dask import run_tasks
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
@@ -32,11 +33,13 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import Masker, OutputFolder, load, open_reader, stat_maps, statmap_name
+from ..io import Masker, OutputFolder, explicit_mask, group_mask_block, load, open_reader, stat_maps, statmap_name
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import contrast_items, input_record
 
 __all__ = ["SecondLevel", "GroupFit"]
+
+_TASK_BYTES = 64 << 20  # data read by one task of the group mask on a Dask cluster
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +70,12 @@ class SecondLevel:
     'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
     neighbours of surface data; max_memory: bytes for one batch of permutations, and the cap above which a
     parametric model (no permutations) is fitted in one pass over the data, keeping per-voxel sums only;
-    scheduler: a dask.distributed Client or scheduler address to run the fit and the shuffles on a cluster;
+    scheduler: a dask.distributed Client or scheduler address to run the fit and the shuffles on a cluster.
+    Without permutations and `paired`, maps in a Zarr or HDF5 array, a .npy or uncompressed NIfTI (one 4-D
+    file or 3-D files) are read by the workers, a block of voxels per task, for the group mask and for the
+    fit: the client reads no data values (only headers and a --mask file; at any size, no one-pass streaming).
+    Otherwise (permutations need the maps in memory: the permutation runner, data included, is sent to
+    the workers; compressed NIfTI, GIFTI, CIFTI) the client reads the maps and sends them;
     device: ``cuda`` to run the fit and the shuffles on a GPU (CuPy or PyTorch).
     """
 
@@ -102,23 +110,14 @@ class SecondLevel:
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
             reader = open_reader(paths if len(paths) > 1 else paths[0])
-            if not self.permutations and not self.paired and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
+            parametric = not self.permutations and not self.paired
+            source = reader.column_source() if parametric and self.scheduler is not None else None
+            if source is not None:  # Y: a column source, read a block per task by the Dask workers
+                Y, masker = self._mask_on_workers(reader, source)
+            elif parametric and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
                 return self._fit_streamed(paths, reader.n_scans, out, progress, command)
-            ds = load(paths, self.mask, progress=progress)
-            Y, masker = np.asarray(ds.data), ds.masker
-            if self.paired:
-                if Y.shape[0] % 2:
-                    raise InputError(f"--paired needs the maps of condition A then those of B (an even number); got {Y.shape[0]}.")
-                half = Y.shape[0] // 2
-                Y = Y[:half] - Y[half:]
-            if self.mask is None:  # voxels valid in every map: finite (already) and non-zero
-                keep = np.all(np.asarray(ds.data) != 0, axis=0)
-                if not keep.all():
-                    full = masker.mask.copy()
-                    full[masker.mask] = keep
-                    masker, Y = Masker(masker.geometry, full), Y[:, keep]
-                if masker.n_voxels == 0:
-                    raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
+            else:
+                Y, masker = self._load(paths, progress)
             d = group_design(Y.shape[0], design=self.design, two_sample=self.two_sample)
             items = self._contrast_items(d.names, d.X.shape[1])
             blocks = read_groups(self.grp, Y.shape[0]) if self.grp is not None else None
@@ -150,6 +149,41 @@ class SecondLevel:
                 self._write(out, masker, d, items, parametric, perms, tables, paths, command, (E, H), blocks)
                 files = out.commit()
         return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes)
+
+    def _load(self, paths, progress):
+        """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
+        ds = load(paths, self.mask, progress=progress)
+        Y, masker = np.asarray(ds.data), ds.masker
+        if self.paired:
+            if Y.shape[0] % 2:
+                raise InputError(f"--paired needs the maps of condition A then those of B (an even number); got {Y.shape[0]}.")
+            half = Y.shape[0] // 2
+            Y = Y[:half] - Y[half:]
+        if self.mask is None:  # voxels valid in every map: finite (already) and non-zero
+            keep = np.all(np.asarray(ds.data) != 0, axis=0)
+            if not keep.all():
+                full = masker.mask.copy()
+                full[masker.mask] = keep
+                masker, Y = Masker(masker.geometry, full), Y[:, keep]
+            if masker.n_voxels == 0:
+                raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
+        return Y, masker
+
+    def _mask_on_workers(self, reader, source):
+        """The group mask and the masked maps as a column source, for a fit on the Dask cluster: without
+        --mask, the workers find the voxels that :meth:`_load` keeps, a block of columns per task; the
+        client reads no data values (the explicit mask file only). The workers read the maps twice, for the
+        mask and then for the fit, whose blocks are thus those of the local fit: identical numbers."""
+        if self.mask is not None:
+            mask = explicit_mask(self.mask, reader.geometry)
+        else:
+            n, V = source.shape
+            step = max(1, _TASK_BYTES // (n * source.raw_dtype.itemsize))
+            spans = [(a, min(V, a + step)) for a in range(0, V, step)]
+            mask = np.concatenate(run_tasks(self.scheduler, group_mask_block, source, spans))
+            if not mask.any():
+                raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
+        return reader.column_source(np.flatnonzero(mask)), Masker(reader.geometry, mask)
 
     def _fit_streamed(self, paths, n_maps: int, out, progress, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
@@ -272,7 +306,7 @@ class SecondLevel:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
         out.write_json("model.json", {
             "voxfit_version": __version__, "command": command, "model": "group (second level)",
-            "inputs": [input_record(Path(p)) for p in paths],
+            "inputs": [input_record(Path(str(p).partition("::")[0])) for p in paths],  # (a store, not its array)
             "design": {"columns": list(d.names), "n_rows": int(d.X.shape[0]), "notes": list(d.notes),
                        "paired": self.paired},
             "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),

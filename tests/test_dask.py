@@ -187,3 +187,24 @@ def test_a_vanished_input_is_a_one_line_input_error(client, tmp_path):
     with pytest.raises(InputError, match="y.npy: no such file") as info:
         fit(np.ones((6, 1)), source, scheduler=client)
     assert "\n" not in str(info.value)
+
+
+def test_fit_command_with_a_mask_and_a_small_cap_is_read_by_the_workers(client, tmp_path, monkeypatch):
+    """Data over --max-memory with --scheduler and --mask: no one-pass streaming and no read in the client."""
+    rng = np.random.default_rng(7)
+    n = 60  # 57.6 kB of float32 in the volume: over half of a 40K cap
+    nib.save(nib.Nifti1Image((500 + rng.standard_normal((8, 6, 5, n))).astype(np.float32), np.eye(4)), tmp_path / "bold.nii")
+    mask = np.zeros((8, 6, 5), dtype=np.uint8)
+    mask[1:7, 1:5, 1:4] = 1
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii")
+    (tmp_path / "d.tsv").write_text("s\tc\n" + "".join(f"{np.sin(i / 3):.6f}\t1\n" for i in range(n)))
+    args = ["fit", str(tmp_path / "bold.nii"), "--design", str(tmp_path / "d.tsv"), "--mask", str(tmp_path / "mask.nii"),
+            "--contrast", "s=s", "--noise", "ar1", "--quiet"]  # fmt: skip
+    assert main([*args, "-o", str(tmp_path / "local")]) == 0
+    for name in ("voxfit.models.glm.load", "voxfit.cli._in_thread", "voxfit.models.glm._fit_streamed"):
+        monkeypatch.setattr(name, _refuse)
+    monkeypatch.setattr(ColumnSource, "__getitem__", _refuse)  # in this process; the workers are others
+    assert main([*args, "--max-memory", "40K", "--scheduler", client.scheduler.address, "-o", str(tmp_path / "dask")]) == 0
+    for name in ("contrast-s_stat-t_statmap.nii.gz", "stat-arcoef_statmap.nii.gz"):
+        npt.assert_array_equal(np.asarray(nib.load(tmp_path / "dask" / name).dataobj),
+                               np.asarray(nib.load(tmp_path / "local" / name).dataobj))  # fmt: skip

@@ -233,10 +233,12 @@ def _run(args, argv) -> int:
     from .io import load, open_reader
 
     streaming = False
-    if args.max_memory:  # data larger than the cap: one pass keeping per-voxel sums, nothing loaded here
+    if args.scheduler and args.mask:  # fit_images lets the Dask workers read the data where the format allows
+        streaming = None
+    elif args.max_memory:  # data larger than the cap: one pass keeping per-voxel sums, nothing loaded here
         reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
         streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, args.max_memory)
-    loading = None if streaming else _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
+    loading = None if streaming is not False else _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
     design = args.design[0] if args.design else None
     if args.events:
         from .io import open_reader

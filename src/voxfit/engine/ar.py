@@ -57,7 +57,10 @@ def fit_ar(
     contrasts : dict
         ``{label: expression or weights}``; t for one row, F for several, computed on the whitened model.
     scheduler : dask.distributed.Client or str, optional
-        Run the blocks as tasks on a Dask cluster; identical numbers.
+        Run the blocks as tasks on a Dask cluster; identical numbers. A ``voxfit.io.ColumnSource`` `Y` is
+        read by the workers, a block each; other data are sent by this process.
+    progress : bool, optional
+        Show a progress bar on stderr (default: when stderr is a terminal and there are more than 8 blocks).
     device : str, optional
         ``cuda`` (``cuda:N``) to compute, per block, the sums that grow with scans x voxels on a GPU through
         CuPy or PyTorch (``strict``: the array-API reference library, for tests): the products with the

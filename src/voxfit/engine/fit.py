@@ -104,7 +104,8 @@ def fit(
         to rounding either way. ``voxfit.core.warm_up()`` loads it ahead of time.
     scheduler : dask.distributed.Client or str, optional
         Fit the blocks as tasks on a Dask cluster (a client or a scheduler address); the blocks are those
-        of the local run, so the numbers are identical.
+        of the local run, so the numbers are identical. When `Y` is a ``voxfit.io.ColumnSource`` each worker
+        reads its own block from the file (at the same path); otherwise this process sends each block.
     device : str, optional
         ``cuda`` (``cuda:N``) to fit on a GPU through CuPy or PyTorch (``strict``: the array-API reference
         library, for tests). The design is factorised on the CPU in float64; the data go to the device a

@@ -188,6 +188,11 @@ def fit_images(
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
         hashing = stack.enter_context(ThreadPoolExecutor(1))  # input checksums, while the fit runs
+        by_columns = (dataset is None and scheduler is not None and mask is not None and mask_threshold is None
+                      and scaling == "none" and _noise_order(noise) >= 0 and device in (None, "cpu"))  # fmt: skip
+        if by_columns:  # the Dask workers read the data, at any size (None: the files cannot be read by columns)
+            dataset = _column_dataset(inputs, mask)
+            streaming = False if dataset is not None else streaming
         if streaming is None and dataset is None:
             reader = open_reader(inputs)
             streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory)
@@ -202,9 +207,6 @@ def fit_images(
             )  # fmt: skip
             t_load = start
         else:
-            by_columns = scheduler is not None and mask is not None and mask_threshold is None and scaling == "none"
-            if dataset is None and by_columns and _noise_order(noise) >= 0 and device in (None, "cpu"):
-                dataset = _column_dataset(inputs, mask)  # the Dask workers read the data (None: they cannot)
             if dataset is None:
                 dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
             elif isinstance(dataset, Future):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._progress import Progress
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, fit_ar_block
 from ..core.contrast import f_stats, t_stats
@@ -44,7 +45,7 @@ def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: 
 
 def fit_ar(
     X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, block_size: int | None = None,
-    n_jobs: int | None = None, scheduler=None, device: str | None = None,
+    n_jobs: int | None = None, scheduler=None, device: str | None = None, progress: bool | None = None,
 ) -> ARFit:
     """Fit a design with AR(`order`) noise estimated and removed for every voxel separately.
 
@@ -116,8 +117,11 @@ def fit_ar(
         for (a, b), (ok, res) in zip(spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)):
             _place(a, ok, res)
     else:
+        bar = Progress("AR fit", len(starts), enabled=(None if len(starts) > 8 else False) if progress is None else progress)
         with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
-            list(pool.map(run, starts))
+            for done, _ in enumerate(pool.map(run, starts), 1):
+                bar.update(done)
+        bar.close()
     fit = make_fit(design, betas, rss, tss, valid)
     with np.errstate(divide="ignore", invalid="ignore"):  # R^2 of the OLS fit: whitened and raw sums differ in scale
         r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
 import shutil
+import sys
+import time
 from pathlib import Path
 
 from ..exceptions import InputError
@@ -61,6 +64,8 @@ class OutputFolder:
         if self.final.is_dir() and any(self.final.iterdir()) and not force:
             raise InputError(f"output folder {self.final} is not empty; choose another or pass --force to overwrite.")
         self.force = force
+        self.started = datetime.datetime.now().astimezone()
+        self._clock = time.perf_counter()
         self._created = not self.final.exists()
         self._tmp: Path | None = None
         self._names: dict[str, None] = {}  # insertion-ordered; setdefault is atomic, so threads may add names
@@ -81,6 +86,12 @@ class OutputFolder:
             raise InputError(f"invalid output file name {name!r}.")
         self._names.setdefault(name)
         return self._tmp / name
+
+    def run_record(self, **steps: float) -> dict:
+        """What model.json says of the run so far: start time, `steps` (seconds), seconds since this folder
+        was opened, and the peak resident memory of the process (None where the system does not tell)."""
+        return {"started": self.started.isoformat(timespec="seconds"), **{k: round(v, 3) for k, v in steps.items()},
+                "elapsed_s": round(time.perf_counter() - self._clock, 3), "peak_memory_mib": peak_memory_mib()}  # fmt: skip
 
     def write_json(self, name: str, obj) -> None:
         self.path(name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -105,6 +116,16 @@ class OutputFolder:
         self._tmp = None
         if self._created and self.final.is_dir() and not any(self.final.iterdir()):
             self.final.rmdir()
+
+
+def peak_memory_mib() -> float | None:
+    """Peak resident memory of this process so far, in MiB (getrusage: KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
 def stat_maps(stats, label: str, extension: str) -> list[tuple[str, object, list[str]]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..design import spm_hrf, write_design
+from ..design import Design, spm_hrf
 from .glm import ImageFit, fit_images
 
 __all__ = ["make_demo_run", "run_demo", "DemoRun"]
@@ -86,7 +86,7 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
 
 
 def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024):
-    """Make the run, save it as NIfTI + design.tsv in a temporary folder, fit it as ``voxfit fit --noise ar1`` would.
+    """Make the run, save it as NIfTI in a temporary folder, fit it as ``voxfit fit --noise ar1`` would.
 
     Returns ``(run, result, summary_lines)``.
     """
@@ -95,11 +95,11 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
     with tempfile.TemporaryDirectory(prefix="voxfit-demo-") as tmp:
         bold = Path(tmp) / "sub-demo_task-blocks_bold.nii.gz"
         nib.save(run.image, bold)
-        design_path = Path(tmp) / "design.tsv"
-        write_design(design_path, run.design, run.names)
+        kinds = tuple("constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names)
+        design = Design(run.design, tuple(run.names), kinds, TR)
         mask_path = Path(tmp) / "brain_mask.nii.gz"
         nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
-        result = fit_images(bold, design_path, contrasts, mask=mask_path, out_dir=out_dir, force=force, progress=progress,
+        result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out_dir, force=force, progress=progress,
                             command=["voxfit", "demo"], noise="ar1")  # fmt: skip
     return run, result, _summary(run, result, out_dir)
 

@@ -222,7 +222,9 @@ def fit_images(
         files: list[Path] = []
         if out is not None:
             settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
-                        "noise": noise, "noise_details": noise_info, "scaling": scaling}  # fmt: skip
+                        "noise": noise, "noise_details": noise_info, "scaling": scaling,
+                        "design": {k: getattr(design, k) for k in ("kinds", "tr") if hasattr(design, k)},
+                        "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load}}  # fmt: skip
             _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs, ar_coef)
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
@@ -302,7 +304,7 @@ def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, 
         raise InputError("ar1-global runs on the CPU only; drop --device, or use ar1 (AR(1) per voxel) on the GPU.")
     if order > 0:
         ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler,
-                    device=device)  # fmt: skip
+                    device=device, progress=progress)  # fmt: skip
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
         g = fit_global_ar(X, data, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)
@@ -351,12 +353,13 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
         "mask": {"source": "automatic" if settings["mask"] is None else str(settings["mask"]),
                  "threshold": settings["mask_threshold"]},
         "design": {"columns": names, "n_rows": fit.design.n_scans, "rank": fit.rank, "dof": fit.dof,
-                   "condition_number_scaled": fit.design.condition},
+                   "condition_number_scaled": fit.design.condition, **settings["design"]},
         "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                               "weights": stats[label].weights.tolist(), "kind": stats[label].kind,
                               "dof": stats[label].dof} for label, expr in items},
         "settings": {"max_memory": settings["max_memory"], "n_jobs": settings["n_jobs"], "noise_model": settings["noise"],
                      "noise_details": settings["noise_details"], "scaling": settings["scaling"],
                      "p": "one-sided upper tail for t; z has the same upper-tail probability"},
+        "run": out.run_record(**settings["timing"]),
     }  # fmt: skip
     out.write_json("model.json", model)

@@ -133,6 +133,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
                 "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": mask_threshold,
                              "mask": "automatic (every run)" if mask is None else str(mask)},
                 "n_voxels": masker.n_voxels,
+                "run": out.run_record(),
             })  # fmt: skip
             files = out.commit()
     return RunsFit(masker=masker, runs=runs, combined=combined, files=files)

@@ -310,6 +310,7 @@ class SecondLevel:
             "design": {"columns": list(d.names), "n_rows": int(d.X.shape[0]), "notes": list(d.notes),
                        "paired": self.paired},
             "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
+                                  "weights": parametric[label].weights.tolist(),
                                   "kind": parametric[label].kind, "dof": parametric[label].dof,
                                   "p_thresholds": thresholds[label],
                                   "permutation": None if label not in perms else {
@@ -319,9 +320,11 @@ class SecondLevel:
                          "exchangeability_blocks": None if blocks is None else np.asarray(blocks).tolist(),
                          "whole_blocks": self.whole_blocks, "tfce": self.tfce, "tfce_E": EH[0], "tfce_H": EH[1],
                          "cluster_threshold": self.cluster_threshold, "connectivity": self.connectivity,
+                         "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
                          "mask": "automatic (finite and non-zero in every map)" if self.mask is None else str(self.mask),
                          "p": "t contrasts one-sided (large positive t); permutation p = #{shuffles reaching the observed} / shuffles"},
             "n_voxels": masker.n_voxels,
+            "run": out.run_record(),
         })  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from voxfit.design.group import group_design
 from voxfit.exceptions import InputError
 from voxfit.models import SecondLevel
 
-from .imaging import AFFINE
+from .imaging import AFFINE, write_icosahedron
 
 GRID = (8, 7, 6)
 
@@ -142,15 +142,7 @@ def test_paired_maps_are_tested_as_differences(tmp_path, rng):
 
 def test_surface_maps_with_a_mesh(tmp_path, rng):
     """An icosahedron's 12 vertices: TFCE over mesh neighbours, E = 1 by default on surfaces."""
-    phi = (1 + 5**0.5) / 2
-    coords = np.array([[-1, phi, 0], [1, phi, 0], [-1, -phi, 0], [1, -phi, 0], [0, -1, phi], [0, 1, phi],
-                       [0, -1, -phi], [0, 1, -phi], [phi, 0, -1], [phi, 0, 1], [-phi, 0, -1], [-phi, 0, 1]], dtype=np.float32)  # fmt: skip
-    faces = np.array([[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
-                      [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5],
-                      [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]], dtype=np.int32)  # fmt: skip
-    mesh = nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(coords, intent="NIFTI_INTENT_POINTSET"),
-                                         nib.gifti.GiftiDataArray(faces, intent="NIFTI_INTENT_TRIANGLE")])  # fmt: skip
-    nib.save(mesh, tmp_path / "lh.surf.gii")
+    write_icosahedron(tmp_path / "lh.surf.gii")
     paths = []
     for i in range(8):
         values = (rng.standard_normal(12) + np.r_[2.0, 2.0, np.zeros(10)]).astype(np.float32)

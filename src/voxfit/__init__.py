@@ -20,7 +20,7 @@ from . import exceptions
 from ._version import __version__
 
 __all__ = ["FirstLevel", "Fit", "SecondLevel", "Stats", "exceptions", "fit", "fit_ar", "fit_images", "inference", "load",
-           "write_stats", "__version__"]  # fmt: skip
+           "write_report", "write_stats", "__version__"]  # fmt: skip
 
 _LAZY = {
     "fit": ("engine", "fit"),
@@ -32,6 +32,7 @@ _LAZY = {
     "fit_ar": ("engine", "fit_ar"),
     "FirstLevel": ("models", "FirstLevel"),
     "SecondLevel": ("models", "SecondLevel"),
+    "write_report": ("report", "write_report"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The command line: ``voxfit fit``, ``voxfit design``, ``voxfit group``, ``voxfit demo``.
+"""The command line: ``voxfit fit``, ``voxfit design``, ``voxfit group``, ``voxfit report``, ``voxfit demo``.
 
 Exit status: 0 on success, 2 on bad input or usage, 1 on an internal error, 130 when interrupted. Errors are
 one line on stderr (``--debug`` shows the traceback); a failed or interrupted run leaves no partial output.
@@ -49,6 +49,17 @@ EXAMPLES_GROUP = """examples:
 
 Without --design the model is one-sample (a column 'intercept'). Permutation p-values count the shuffles
 whose statistic reaches the observed one (the identity included); t contrasts are one-sided (large t).
+"""
+
+
+EXAMPLES_REPORT = """examples:
+  voxfit report results/                               # results/report.html, from model.json and the maps
+  voxfit report results/ --background sub-01_T1w.nii.gz --force
+  voxfit report group/ --mesh lh.inflated.surf.gii --p-threshold 0.001
+
+First-level maps are shown at p < 0.001 uncorrected unless --p-threshold says otherwise; group maps at the
+strongest inference the run computed (TFCE, cluster or voxel FWE, else FDR) at 0.05. The page embeds every
+image and needs no network; it needs matplotlib (pip install 'voxfit[report]').
 """
 
 
@@ -131,6 +142,16 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument("--device", metavar="DEVICE", help="cuda or cuda:N: the fit and the shuffles on a GPU (CuPy or PyTorch)")
     _common(group)
 
+    report = sub.add_parser("report", help="write report.html for a finished output folder (no refitting)",
+                            epilog=EXAMPLES_REPORT, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    report.add_argument("folder", metavar="OUTDIR", help="output folder of voxfit fit or voxfit group")
+    report.add_argument("--background", metavar="FILE", help="anatomical image under volume maps (default: the run's baseline)")
+    report.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) to draw surface maps on")
+    report.add_argument("--p-threshold", type=float, metavar="P", help="show elements at this uncorrected p instead")
+    report.add_argument("--force", action="store_true", help="replace an existing report.html")
+    report.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
+
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
     demo.add_argument("-o", "--output", default="voxfit-demo", metavar="DIR", help="output folder (default: ./voxfit-demo)")
     _common(demo)
@@ -195,6 +216,7 @@ def _make_design(args, n_scans: int, run: int = 0):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", action="store_true", help="also write report.html (needs matplotlib: pip install 'voxfit[report]')")
     p.add_argument("--max-memory", metavar="SIZE", help="bound on working memory, e.g. 500M or 2G")
     p.add_argument("--n-jobs", type=int, metavar="N", help="threads (default: all CPUs)")
     p.add_argument("--force", action="store_true", help="write into a non-empty output folder, replacing same-named files")
@@ -206,6 +228,39 @@ def _run(args, argv) -> int:
     progress = None if not args.quiet else False
     if args.command == "design":
         return _run_design(args)
+    if args.command == "report":
+        return _run_report(args, progress)
+    if args.report:  # known before the fit, not after it
+        _check_matplotlib()
+    code = _run_fit_group_demo(args, argv, progress)
+    if args.report:
+        from .report import write_report
+
+        path = write_report(args.output, force=True, progress=progress)
+        if not args.quiet:
+            print(f"report: {path}")
+    return code
+
+
+def _check_matplotlib() -> None:
+    from importlib.util import find_spec
+
+    if find_spec("matplotlib") is None:
+        raise InputError("reports need matplotlib: pip install 'voxfit[report]'.")
+
+
+def _run_report(args, progress) -> int:
+    _check_matplotlib()
+    from .report import write_report
+
+    path = write_report(args.folder, background=args.background, mesh=args.mesh, p_threshold=args.p_threshold,
+                        force=args.force, progress=progress)  # fmt: skip
+    if not args.quiet:
+        print(f"report: {path}")
+    return 0
+
+
+def _run_fit_group_demo(args, argv, progress) -> int:
     if args.command == "group":
         return _run_group(args, argv, progress)
     if args.command == "demo":  # heavy imports only once the command line is known to be valid
@@ -373,7 +428,7 @@ def _main(argv: list[str]) -> int:
     parser = _get_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        print("voxfit: error: give a command: fit, design, group or demo (see --help)", file=sys.stderr)
+        print("voxfit: error: give a command: fit, design, group, report or demo (see --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False)
     try:

@@ -36,7 +36,7 @@ import warnings
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
 
-__all__ = ["Design", "make_design", "read_events", "read_confounds", "cosine_drift", "polynomial_drift",
+__all__ = ["Design", "make_design", "variance_inflation", "read_events", "read_confounds", "cosine_drift", "polynomial_drift",
            "parse_high_pass"]  # fmt: skip
 
 
@@ -77,19 +77,23 @@ class Design:
         return [n for n, k in zip(self.names, self.kinds) if k == "condition"]
 
     def variance_inflation(self) -> dict[str, float]:
-        """VIF of each regressor of interest: 1 / (1 - R^2) of that column on all the others."""
-        X = self.X
-        out = {}
-        for j, (name, kind) in enumerate(zip(self.names, self.kinds)):
-            if kind not in ("condition", "derivative"):
-                continue
-            others = np.delete(X, j, axis=1)
-            coef, *_ = np.linalg.lstsq(others, X[:, j], rcond=None)
-            resid = X[:, j] - others @ coef
-            centred = X[:, j] - X[:, j].mean()
-            denom = float(resid @ resid)
-            out[name] = float(centred @ centred) / denom if denom > 0 else math.inf
-        return out
+        """VIF of each regressor of interest (conditions and their derivatives); see :func:`variance_inflation`."""
+        columns = [j for j, kind in enumerate(self.kinds) if kind in ("condition", "derivative")]
+        return variance_inflation(self.X, self.names, columns)
+
+
+def variance_inflation(X: NDArray, names, columns) -> dict[str, float]:
+    """VIF of each column j in `columns`: 1 / (1 - R^2) of column j regressed on all the others, R^2 about
+    the column's mean (inf when the others explain it entirely)."""
+    out = {}
+    for j in columns:
+        others = np.delete(X, j, axis=1)
+        coef, *_ = np.linalg.lstsq(others, X[:, j], rcond=None)
+        resid = X[:, j] - others @ coef
+        centred = X[:, j] - X[:, j].mean()
+        denom = float(resid @ resid)
+        out[names[j]] = float(centred @ centred) / denom if denom > 0 else math.inf
+    return out
 
 
 def _matlab_round(x: NDArray) -> NDArray[np.int64]:

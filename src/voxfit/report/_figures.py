@@ -1,0 +1,269 @@
+"""The report's figures, drawn with matplotlib's object interface (no pyplot, no global state) as PNG bytes.
+
+Volumes are drawn in RAS orientation (left of the brain on the left of each panel, "neurological"), with
+the statistic over a grey background, voxels below the threshold transparent.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "colour_scale", "contrast_vector", "correlation_matrix", "design_matrix", "histogram", "mosaic", "orthogonal_slices",
+    "regressors", "surface_views",
+]  # fmt: skip
+
+DPI = 96
+
+
+def colour_scale(vmax: float, signed: bool):
+    """(colormap, normalisation) of statistic overlays: RdBu_r without its pale middle over [-vmax, vmax]
+    (thresholded values stay visible on a light background), or its red half over [0, vmax] when only
+    positive values are shown."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap, Normalize
+
+    base = colormaps["RdBu_r"]
+    high = base(np.linspace(0.67, 1.0, 128))
+    if not signed:
+        return ListedColormap(high, "voxfit_positive"), Normalize(0.0, vmax)
+    return ListedColormap(np.vstack([base(np.linspace(0.0, 0.33, 128)), high]), "voxfit_signed"), Normalize(-vmax, vmax)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    return buffer.getvalue()
+
+
+def _column_ticks(ax, names, axis: str = "x") -> None:
+    """Every column named when they fit, else every k-th."""
+    step = max(1, int(np.ceil(len(names) / 40)))
+    ticks = np.arange(0, len(names), step)
+    labels = [names[i] for i in ticks]
+    if axis == "x":
+        ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=8)
+    else:
+        ax.set_yticks(ticks, labels, fontsize=8)
+
+
+def design_matrix(X: NDArray, names, tr: float | None = None) -> bytes:
+    """Grey-scale image, one row per scan (time down), one column per regressor, each scaled to its largest
+    absolute value (SPM's and nilearn's convention), with the column names below."""
+    n, p = X.shape
+    peak = np.abs(X).max(axis=0)
+    shown = X / np.where(peak > 0, peak, 1.0)
+    fig = _figure(min(2.0 + 0.35 * p, 14.0), 6.0)
+    ax = fig.add_subplot()
+    ax.imshow(shown, aspect="auto", cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    _column_ticks(ax, names)
+    ax.set_ylabel("scan" if tr is None else f"scan (TR {tr:g} s)")
+    return _png(fig)
+
+
+def correlation_matrix(X: NDArray, names) -> bytes:
+    """Pearson correlation of the regressors (constant columns have none: grey)."""
+    p = X.shape[1]
+    centred = X - X.mean(axis=0)
+    norms = np.linalg.norm(centred, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = centred / np.where(norms > 1e-12 * np.abs(X).max(initial=1.0), norms, np.nan)
+    corr = unit.T @ unit
+    size = min(3.0 + 0.4 * p, 12.0)
+    fig = _figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(corr), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_facecolor("0.85")
+    _column_ticks(ax, names)
+    _column_ticks(ax, names, axis="y")
+    if p <= 14:
+        for i in range(p):
+            for j in range(p):
+                if np.isfinite(corr[i, j]):
+                    ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(corr[i, j]) > 0.6 else "black")  # fmt: skip
+    fig.colorbar(image, ax=ax, shrink=0.8, label="correlation")
+    return _png(fig)
+
+
+def regressors(X: NDArray, names, columns, tr: float | None) -> bytes:
+    """The regressors of interest over time, one panel each (shared time axis)."""
+    k = len(columns)
+    fig = _figure(10.0, 0.4 + 1.1 * k)
+    t = np.arange(X.shape[0]) * (tr or 1.0)
+    axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
+    for ax, j in zip(axes, columns):
+        ax.plot(t, X[:, j], lw=1.2, color="tab:blue")
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.set_ylabel(names[j], rotation=0, ha="right", va="center", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1].set_xlabel("time (s)" if tr else "scan")
+    return _png(fig)
+
+
+def contrast_vector(weights: NDArray, names) -> bytes:
+    """The contrast's rows over the design columns, weights written in the cells."""
+    q, p = weights.shape
+    vmax = np.abs(weights).max() or 1.0
+    fig = _figure(min(2.0 + 0.45 * p, 14.0), 0.9 + 0.35 * q)
+    ax = fig.add_subplot()
+    ax.imshow(weights, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    for i in range(q):
+        for j in range(p):
+            if weights[i, j] != 0:
+                ax.text(j, i, f"{weights[i, j]:.3g}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(weights[i, j]) > 0.5 * vmax else "black")  # fmt: skip
+    _column_ticks(ax, names)
+    ax.set_yticks(range(q), [str(i + 1) for i in range(q)] if q > 1 else [""], fontsize=8)
+    return _png(fig)
+
+
+def _rgba(background: NDArray, stat: NDArray, shown: NDArray, scale, grey: tuple[float, float]) -> NDArray:
+    """One slice as RGBA (rows up, RAS: transposed and flipped for display): the background in grey between
+    `grey` = (low, high), the statistic where `shown` in a diverging map."""
+    low, high = grey
+    level = np.clip((np.nan_to_num(background) - low) / ((high - low) or 1.0), 0.0, 1.0)
+    rgba = np.stack([level, level, level, np.ones_like(level)], axis=-1)
+    cmap, norm = scale
+    colour = cmap(np.clip(norm(np.nan_to_num(stat)), 0.0, 1.0))
+    rgba[shown] = colour[shown]
+    return rgba.transpose(1, 0, 2)[::-1]
+
+
+def _grey_range(background: NDArray) -> tuple[float, float]:
+    inside = background[np.isfinite(background) & (background != 0)]
+    return (0.0, 1.0) if inside.size == 0 else (0.0, float(np.percentile(inside, 98)) or 1.0)
+
+
+def _colorbar(fig, rect, scale, label: str) -> None:
+    from matplotlib.cm import ScalarMappable
+
+    cmap, norm = scale
+    fig.colorbar(ScalarMappable(norm, cmap), cax=fig.add_axes(rect), label=label)
+
+
+def _tile(grid: list[list[NDArray]], gap: int = 2, title_rows: int = 6):
+    """Panels in rows (each panel bottom-aligned in its row, black around), with `title_rows` blank pixel
+    rows above each row for titles; the image and the (x centre, y top) of each panel."""
+    widths = [sum(p.shape[1] for p in row) + gap * (len(row) - 1) for row in grid]
+    heights = [max(p.shape[0] for p in row) + title_rows for row in grid]
+    image = np.zeros((sum(heights), max(widths), 4))
+    image[..., 3] = 1.0
+    anchors, y = [], 0
+    for row, height in zip(grid, heights):
+        x = 0
+        for panel in row:
+            image[y + height - panel.shape[0] : y + height, x : x + panel.shape[1]] = panel
+            anchors.append((x + panel.shape[1] / 2, y + title_rows - 1))
+            x += panel.shape[1] + gap
+        y += height
+    return image, anchors
+
+
+def _slice_image(grid, titles, aspect_grid, scale, label: str, width: float) -> bytes:
+    """Rows of slices, each resampled to square pixels by its voxel aspect, drawn as one image with white
+    titles over each slice and a colour bar."""
+    from scipy.ndimage import zoom
+
+    def square(panel, a):
+        return zoom(panel, (max(a, 1.0), max(1.0 / a, 1.0), 1), order=0) if abs(a - 1.0) > 1e-6 else panel
+
+    grid = [[square(p, a) for p, a in zip(row, aspects)] for row, aspects in zip(grid, aspect_grid)]
+    title_rows = max(6, max(p.shape[0] for row in grid for p in row) // 8)
+    image, anchors = _tile(grid, title_rows=title_rows)
+    height = width * 0.9 * image.shape[0] / image.shape[1]
+    fig = _figure(width, height)
+    fig.set_layout_engine(None)
+    ax = fig.add_axes((0.0, 0.0, 0.9, 1.0))
+    ax.imshow(image, interpolation="nearest")
+    for (x, y), title in zip(anchors, titles):
+        ax.text(x, y, title, ha="center", va="bottom", fontsize=8, color="white")
+    ax.set_axis_off()
+    _colorbar(fig, (0.92, 0.12, 0.015, 0.76), scale, label)
+    return _png(fig)
+
+
+def orthogonal_slices(background: NDArray, stat: NDArray, shown: NDArray, zooms, ijk, mm, scale, label: str = "") -> bytes:
+    """Sagittal, coronal and axial slices through voxel `ijk` (RAS arrays), labelled with its mm position."""
+    i, j, k = ijk
+    grey = _grey_range(background)
+    cuts = [np.s_[i, :, :], np.s_[:, j, :], np.s_[:, :, k]]
+    panels = [_rgba(background[c], stat[c], shown[c], scale, grey) for c in cuts]
+    aspects = [zooms[2] / zooms[1], zooms[2] / zooms[0], zooms[1] / zooms[0]]
+    titles = [f"x = {mm[0]:.0f} mm", f"y = {mm[1]:.0f} mm", f"z = {mm[2]:.0f} mm"]
+    return _slice_image([panels], titles, [aspects], scale, label, 10.0)
+
+
+def mosaic(background: NDArray, stat: NDArray, shown: NDArray, zooms, slices, z_mm, scale, label: str = "") -> bytes:
+    """Axial slices `slices` (RAS arrays), six to a row, each labelled with its z in mm."""
+    grey = _grey_range(background)
+    panels = [_rgba(background[:, :, k], stat[:, :, k], shown[:, :, k], scale, grey) for k in slices]
+    grid = [panels[a : a + 6] for a in range(0, len(panels), 6)]
+    aspects = [[zooms[1] / zooms[0]] * len(row) for row in grid]
+    return _slice_image(grid, [f"z = {z:.0f}" for z in z_mm], aspects, scale, label, 12.0)
+
+
+def surface_views(coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray, scale, label: str = "") -> bytes:
+    """Lateral and medial views of a hemisphere: grey shading by the surface's orientation, the statistic
+    where `shown` (a triangle takes the mean of its vertices, shown when all three are). Triangles facing
+    away from the viewer are not drawn, so the far side never shows through."""
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    tri = coords[faces]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(min=1e-12)
+    centroids = tri.mean(axis=1)
+    if np.sum(normals * (centroids - coords.mean(axis=0))) < 0:  # triangles wound inwards: normals point in
+        normals = -normals
+    values = np.nan_to_num(stat[faces].mean(axis=1))
+    on = shown[faces].all(axis=1)
+    cmap, norm = scale
+    colour = cmap(np.clip(norm(values), 0.0, 1.0))
+    left = coords[:, 0].mean() < 0  # a left hemisphere's lateral side faces -x
+    fig = _figure(10.0, 3.6)
+    fig.set_layout_engine(None)
+    low, high = coords.min(axis=0), coords.max(axis=0)
+    for n, (title, azim) in enumerate([("lateral", 180 if left else 0), ("medial", 0 if left else 180)]):
+        ax = fig.add_axes((0.45 * n, 0.0, 0.45, 0.92), projection="3d")
+        view = np.array([np.cos(np.radians(azim)), np.sin(np.radians(azim)), 0.0])
+        facing = normals @ view > 0
+        light = 0.35 + 0.55 * np.abs(normals[facing] @ view)
+        rgba = np.where(on[facing, None], colour[facing], np.column_stack([light, light, light, np.ones_like(light)]))
+        ax.add_collection3d(Poly3DCollection(tri[facing], facecolors=rgba, edgecolor="none"))
+        ax.set_xlim(low[0], high[0])
+        ax.set_ylim(low[1], high[1])
+        ax.set_zlim(low[2], high[2])
+        ax.view_init(elev=0, azim=azim)
+        ax.set_box_aspect(tuple(np.maximum(high - low, 1e-6)), zoom=1.2)
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9)
+    _colorbar(fig, (0.92, 0.15, 0.015, 0.7), scale, label)
+    return _png(fig)
+
+
+def histogram(values: NDArray, threshold: float | None, label: str, two_sided: bool = False) -> bytes:
+    """Distribution of a statistic over the mask, with the threshold marked (both signs when `two_sided`)."""
+    finite = values[np.isfinite(values)]
+    fig = _figure(6.0, 2.8)
+    ax = fig.add_subplot()
+    ax.hist(finite, bins=min(100, max(10, finite.size // 20)), color="0.45")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="tab:red", lw=1.2, label=f"threshold {'±' if two_sided else ''}{threshold:.3g}")
+        if two_sided:
+            ax.axvline(-threshold, color="tab:red", lw=1.2)
+        ax.legend(fontsize=8)
+    ax.set_xlabel(label)
+    ax.set_ylabel("elements")
+    return _png(fig)

@@ -1,0 +1,439 @@
+"""``write_report``: one self-contained HTML page (images embedded as PNG data, no script, no network) from
+a finished output folder."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import html
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._progress import Progress
+from ..exceptions import InputError
+from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from . import _figures as fig
+from ._results import Contrast, Results, Threshold, read_results
+
+__all__ = ["write_report"]
+
+MOSAIC_SLICES = 12
+TOP_PEAKS = 10
+TABLE_ROWS = 25
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
+header{background:#24324a;color:#fff;padding:18px 32px}header h1{margin:0 0 4px;font-size:22px}
+header p{margin:2px 0;color:#d6deea}nav{margin-top:8px}nav a{color:#fff;margin-right:14px}
+main{padding:8px 32px 40px;max-width:1200px}section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;
+padding:12px 20px;margin:16px 0}h2{font-size:18px;margin:6px 0 10px}h3{font-size:15px;margin:16px 0 6px}
+img{max-width:100%;height:auto;display:block;margin:6px 0}table{border-collapse:collapse;margin:6px 0;font-size:13px}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f1f3f6}
+td.n{text-align:right;font-variant-numeric:tabular-nums}.why{background:#f6f8fb;border-left:3px solid #24324a;
+padding:6px 10px}.warn{color:#a4262c}code{font-size:12px;word-break:break-all}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if np.isfinite(value) else str(value)
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _table(rows: list[dict], limit: int | None = None) -> str:
+    if not rows:
+        return "<p>None.</p>"
+    more = ""
+    if limit is not None and len(rows) > limit:
+        more = f"<p>{len(rows) - limit:,} more not listed (smaller).</p>"
+        rows = rows[:limit]
+    keys = list(dict.fromkeys(k for row in rows for k in row))  # rows may lack some columns: blank cells
+    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"n" if isinstance(row.get(k), (int, float)) else ""}">{_e(_number(row.get(k, "")))}</td>'
+                         for k in keys) + "</tr>"
+        for row in rows
+    )  # fmt: skip
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    import csv
+
+    def cell(text: str):
+        try:
+            value = float(text)
+        except ValueError:
+            return text
+        return int(value) if value.is_integer() and "." not in text else round(value, 4)
+
+    with path.open(newline="") as fh:
+        return [{k: cell(v) for k, v in row.items()} for row in csv.DictReader(fh, delimiter="\t")]
+
+
+def _definitions(mapping: dict) -> str:
+    """A dict as a two-column table; nested values as compact JSON."""
+    rows = "".join(
+        f"<tr><th>{_e(k)}</th><td>{_e(v if isinstance(v, str) else json.dumps(v))}</td></tr>" for k, v in mapping.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+# ---------------------------------------------------------------- volumes
+
+
+class _Volume:
+    """A volume geometry reoriented to RAS for drawing; element values map to (RAS) 3-D arrays."""
+
+    def __init__(self, geometry: VolumeGeometry):
+        import nibabel as nib
+
+        self.geometry = geometry
+        self.shape, self.affine = tuple(geometry.shape), np.asarray(geometry.affine, dtype=float)
+        self.ornt = nib.orientations.io_orientation(self.affine)
+        self.ras_affine = self.affine @ nib.orientations.inv_ornt_aff(self.ornt, self.shape)
+        self.zooms = np.sqrt((self.ras_affine[:3, :3] ** 2).sum(axis=0))
+
+    def grid(self, values: NDArray) -> NDArray:
+        import nibabel as nib
+
+        return nib.orientations.apply_orientation(np.asarray(values).reshape(self.shape, order="F"), self.ornt)
+
+    def mm(self, ijk_ras) -> NDArray:
+        return self.ras_affine[:3, :3] @ np.asarray(ijk_ras, dtype=float) + self.ras_affine[:3, 3]
+
+    def background(self, res: Results, anatomy) -> tuple[NDArray, str]:
+        """An anatomical image resampled to the maps' grid, else the first level's constant (the baseline
+        signal), else the mask; with what it is."""
+        if anatomy is not None:
+            import nibabel as nib
+            from nibabel.processing import resample_from_to
+
+            try:
+                img = nib.load(str(anatomy))
+                data = np.asarray(resample_from_to(img.slicer[..., 0] if img.ndim == 4 else img, (self.shape, self.affine), order=1).dataobj)
+            except Exception as exc:  # nibabel raises many types for unreadable images
+                raise InputError(f"background image {anatomy}: cannot read or resample it ({exc}).") from None
+            return self.grid(data.reshape(-1, order="F")), f"{Path(anatomy).name}, resampled to the maps' grid"
+        for design in res.designs[:1]:
+            for name, kind in zip(design.names, design.kinds):
+                if kind == "constant":
+                    from ..io import sanitize_label, statmap_name
+
+                    values = res.read_map(statmap_name("effect", res.extension, sanitize_label(name, "regressor"), entity="regressor"))
+                    if values is not None:
+                        return self.grid(np.nan_to_num(values)), f"the estimate of {name!r} (the baseline signal of the run)"
+        return self.grid(res.mask.astype(float)), "the analysis mask"
+
+
+def _scale(th: Threshold):
+    """The overlay's colour scale: up to the largest shown value (or the largest value when none is shown)."""
+    values = np.abs(th.stat[th.shown] if th.shown.any() else th.stat[np.isfinite(th.stat)])
+    return fig.colour_scale(float(values.max(initial=0.0)) or 1.0, th.two_sided)
+
+
+def _peak(th: Threshold) -> int:
+    magnitude = np.abs(np.nan_to_num(th.stat, nan=0.0))
+    pool = np.where(th.shown, magnitude, -1.0) if th.shown.any() else magnitude
+    return int(np.argmax(pool))
+
+
+def _volume_figures(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray) -> str:
+    stat = vol.grid(np.nan_to_num(th.stat))
+    shown = vol.grid(th.shown)
+    scale = _scale(th)
+    flat_peak = _peak(th)
+    peak_ijk = np.argwhere(vol.grid(np.arange(len(th.stat))) == flat_peak)[0]
+    mm = vol.mm(peak_ijk)
+    out = [_img(fig.orthogonal_slices(background, stat, shown, vol.zooms, peak_ijk, mm, scale, th.stat_name),
+                f"orthogonal slices through ({mm[0]:.0f}, {mm[1]:.0f}, {mm[2]:.0f}) mm")]  # fmt: skip
+    z_extent = np.flatnonzero(vol.grid(mask).any(axis=(0, 1)))
+    if z_extent.size:
+        slices = np.unique(np.linspace(z_extent[0], z_extent[-1], MOSAIC_SLICES + 2).round().astype(int)[1:-1])
+        z_mm = [vol.mm((0, 0, k))[2] for k in slices]
+        out.append(_img(fig.mosaic(background, stat, shown, vol.zooms, slices, z_mm, scale, th.stat_name), "axial mosaic"))
+    return "".join(out)
+
+
+def _volume_clusters(vol: _Volume, th: Threshold) -> list[dict]:
+    """Clusters of the shown voxels (26-connected), positive and negative apart, largest first."""
+    from ..inference.clusters import label_clusters
+    from ..inference.graph import volume_adjacency
+
+    rows = []
+    voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
+    for sign in (1, -1):
+        members = th.shown & (sign * np.nan_to_num(th.stat) > 0)
+        if not members.any():
+            continue
+        index = np.flatnonzero(members)
+        labels, sizes, _ = label_clusters(np.ones(index.size), volume_adjacency(members, vol.shape, 26), 0.0)
+        for k, size in enumerate(sizes):
+            part = index[labels == k + 1]
+            peak = part[np.argmax(sign * th.stat[part])]
+            ijk = np.array(np.unravel_index(peak, vol.shape, order="F"), dtype=float)
+            x, y, z = vol.affine[:3, :3] @ ijk + vol.affine[:3, 3]
+            rows.append({"sign": "+" if sign > 0 else "−", "voxels": int(size), "mm³": round(size * voxel_mm3, 1),
+                         f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "x mm": round(float(x), 1),
+                         "y mm": round(float(y), 1), "z mm": round(float(z), 1),
+                         "i j k": " ".join(str(int(v)) for v in ijk)})  # fmt: skip
+    rows.sort(key=lambda r: -r["voxels"])
+    return [{"cluster": n, **r} for n, r in enumerate(rows, 1)]
+
+
+# ---------------------------------------------------------------- surfaces, CIFTI, arrays
+
+
+def _read_mesh(path, n_vertices: int):
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        coords = next(d.data for d in img.darrays if d.intent == nib.nifti1.intent_codes["NIFTI_INTENT_POINTSET"])
+        faces = next(d.data for d in img.darrays if d.intent == nib.nifti1.intent_codes["NIFTI_INTENT_TRIANGLE"])
+    except (StopIteration, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles ({exc}).") from None
+    if coords.shape[0] != n_vertices:
+        raise InputError(f"mesh {path} has {coords.shape[0]} vertices but the maps have {n_vertices}; give the maps' surface.")
+    return np.asarray(coords, dtype=float), np.asarray(faces, dtype=np.int64)
+
+
+def _top_elements(th: Threshold, what: str, describe) -> list[dict]:
+    index = np.flatnonzero(th.shown)
+    order = index[np.argsort(-np.abs(th.stat[index]))][:TOP_PEAKS]
+    return [{what: describe(i), th.stat_name: round(float(th.stat[i]), 3)} for i in order]
+
+
+def _surface_clusters(faces, th: Threshold) -> list[dict]:
+    from ..inference.clusters import label_clusters
+    from ..inference.graph import mesh_adjacency
+
+    rows = []
+    for sign in (1, -1):
+        members = th.shown & (sign * np.nan_to_num(th.stat) > 0)
+        if not members.any():
+            continue
+        index = np.flatnonzero(members)
+        labels, sizes, _ = label_clusters(np.ones(index.size), mesh_adjacency(faces, members), 0.0)
+        for k, size in enumerate(sizes):
+            part = index[labels == k + 1]
+            peak = part[np.argmax(sign * th.stat[part])]
+            rows.append({"sign": "+" if sign > 0 else "−", "vertices": int(size),
+                         f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "peak vertex": int(peak)})  # fmt: skip
+    rows.sort(key=lambda r: -r["vertices"])
+    return [{"cluster": n, **r} for n, r in enumerate(rows, 1)]
+
+
+def _cifti_voxels(geometry: CiftiGeometry):
+    """The voxels of a CIFTI file: (volume of their grid, their grayordinate indices, their flat indices in the
+    grid), or None when it has none."""
+    models = geometry.brain_models
+    index = np.flatnonzero(models.volume_mask)
+    if not index.size:
+        return None
+    shape = tuple(int(n) for n in models.volume_shape)
+    flat = np.ravel_multi_index(tuple(models.voxel[index].T), shape, order="F")
+    return _Volume(VolumeGeometry(shape, np.asarray(models.affine, dtype=float))), index, flat
+
+
+def _scatter(flat: NDArray, values: NDArray, vol: _Volume, fill) -> NDArray:
+    out = np.full(int(np.prod(vol.shape)), fill, dtype=np.asarray(values).dtype)
+    out[flat] = values
+    return out
+
+
+def _cifti_structures(geometry: CiftiGeometry, th: Threshold) -> list[dict]:
+    """Per CIFTI structure: elements shown and the peak (vertex index, or voxel position in mm)."""
+    models = geometry.brain_models
+    rows = []
+    for name, part, model in models.iter_structures():
+        index = np.arange(len(models))[part]
+        shown = index[th.shown[index]]
+        row = {"structure": name.replace("CIFTI_STRUCTURE_", ""), "elements": int(index.size), "shown": int(shown.size)}
+        if shown.size:
+            peak = shown[np.argmax(np.abs(th.stat[shown]))]
+            row[f"peak {th.stat_name}"] = round(float(th.stat[peak]), 3)
+            if models.volume_mask[peak]:
+                x, y, z = models.affine[:3, :3] @ models.voxel[peak] + models.affine[:3, 3]
+                row["peak"] = f"({x:.1f}, {y:.1f}, {z:.1f}) mm"
+            else:
+                row["peak"] = f"vertex {int(models.vertex[peak])}"
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- the page
+
+
+def _design_section(res: Results) -> str:
+    parts = ["<section id='design'><h2>Design</h2>"]
+    for d in res.designs:
+        n, p = d.X.shape
+        parts.append(f"<h3>{_e(d.title)}: {n} rows × {p} columns</h3>")
+        parts.append(_img(fig.design_matrix(d.X, d.names, d.tr), f"{d.title} matrix"))
+        parts.append("<h3>Correlation of the regressors</h3>" + _img(fig.correlation_matrix(d.X, d.names), "correlation matrix"))
+        vif = d.vif()
+        if vif:
+            rows = [{"regressor": k, "VIF": round(v, 2) if np.isfinite(v) else "inf",
+                     "note": "" if v <= 10 else "high: other columns explain most of it"} for k, v in vif.items()]  # fmt: skip
+            parts.append("<h3>Variance inflation of the regressors of interest</h3>" + _table(rows))
+        if res.level != "group" and d.of_interest:
+            parts.append("<h3>Regressors of interest over time</h3>"
+                         + _img(fig.regressors(d.X, d.names, d.of_interest, d.tr), "regressors over time"))  # fmt: skip
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _contrast_section(res: Results, c: Contrast, th: Threshold, draw) -> str:
+    parts = [f"<section id='contrast-{_e(c.file_label)}'><h2>Contrast {_e(c.label)} ({_e(c.kind)})</h2>",
+             f"<p>Expression: <code>{_e(c.expression)}</code></p>"]  # fmt: skip
+    if c.weights is not None and res.designs and c.weights.shape[1] == len(res.designs[0].names):
+        parts.append(_img(fig.contrast_vector(c.weights, res.designs[0].names), f"contrast {c.label} weights"))
+    parts.append(f"<p class='why'>Threshold: {_e(th.reason)}</p>")
+    parts += [f"<p>{_e(note)}.</p>" for note in th.notes]
+    if not th.shown.any():
+        parts.append("<p class='warn'>No element passes the threshold; the figures show where it would be.</p>")
+    parts.append(draw(th))
+    table = res.folder / f"contrast-{c.file_label}_clusters.tsv"
+    if table.is_file():  # the run's own clusters, with their FWE p-values
+        threshold = res.model.get("settings", {}).get("cluster_threshold")
+        parts.append(f"<h3>Clusters of the run at {_e(c.kind)} > {_e(threshold)} ({_e(table.name)})</h3>"
+                     + _table(_read_tsv(table), TABLE_ROWS))  # fmt: skip
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _settings_section(res: Results, generated: str) -> str:
+    m = res.model
+    parts = ["<section id='settings'><h2>Settings and provenance</h2>"]
+    about = {"voxfit version": m.get("voxfit_version", "unknown"), "report made": generated,
+             "command": " ".join(m.get("command") or []) or "(Python API)", "output folder": str(res.folder.resolve())}  # fmt: skip
+    parts.append(_definitions(about))
+    run = m.get("run")
+    parts.append("<h3>Timing and memory</h3>")
+    parts.append(_definitions(run) if run else "<p>Not recorded (a folder written before voxfit recorded them).</p>")
+    inputs = [i for r in m.get("runs", []) for i in r.get("inputs", [])] or m.get("inputs", [])
+    parts.append("<h3>Inputs</h3>" + _table([{"path": i.get("path"), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")} for i in inputs]))
+    for key in ("data", "mask", "design", "settings"):
+        if isinstance(m.get(key), dict):
+            parts.append(f"<h3>{key.capitalize()}</h3>" + _definitions(m[key]))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def build_report(folder, *, background=None, mesh=None, p_threshold: float | None = None, progress: bool | None = None) -> str:
+    """The HTML of the report on the output folder `folder` (see :func:`write_report`)."""
+    res = read_results(folder)
+    if p_threshold is not None and not 0 < p_threshold < 1:
+        raise InputError(f"the report's p threshold must lie between 0 and 1; got {p_threshold!r}.")
+    geometry = res.geometry
+    mesh = mesh if mesh is not None else res.model.get("settings", {}).get("mesh")
+    bar = Progress("report", 2 + len(res.contrasts), enabled=progress)
+    notes = []
+    if isinstance(geometry, VolumeGeometry):
+        vol = _Volume(geometry)
+        bg, bg_name = vol.background(res, background)
+        notes.append(f"Volumes are drawn in RAS orientation (the brain's left on the left), over {bg_name}.")
+
+        def draw(th):
+            return _volume_figures(vol, bg, th, res.mask) + "<h3>Clusters (26-connected)</h3>" + _table(_volume_clusters(vol, th), TABLE_ROWS)
+    elif isinstance(geometry, SurfaceGeometry) and mesh is not None and Path(mesh).is_file():
+        coords, faces = _read_mesh(mesh, geometry.n_vertices)
+        notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
+
+        def draw(th):
+            return (_img(fig.surface_views(coords, faces, np.nan_to_num(th.stat), th.shown, _scale(th), th.stat_name), "lateral and medial views")
+                    + "<h3>Clusters (along the mesh's edges)</h3>" + _table(_surface_clusters(faces, th), TABLE_ROWS))  # fmt: skip
+    else:
+        if isinstance(geometry, SurfaceGeometry):
+            notes.append("No surface mesh was given (voxfit report --mesh lh.pial.surf.gii), so surface maps are shown "
+                         "as distributions with their largest values by vertex.")  # fmt: skip
+        what = "vertex" if isinstance(geometry, SurfaceGeometry) else "element"
+
+        voxels = _cifti_voxels(geometry) if isinstance(geometry, CiftiGeometry) else None
+        if voxels is not None:
+            notes.append("The CIFTI file's voxels are drawn in RAS orientation over their mask; its surface vertices as distributions.")
+
+        def draw(th):
+            out = _img(fig.histogram(th.stat[res.mask], th.level, th.stat_name, th.two_sided), f"distribution of {th.stat_name}")
+            if isinstance(geometry, CiftiGeometry):
+                out += "<h3>Structures</h3>" + _table(_cifti_structures(geometry, th))
+                if voxels is not None:  # the volume part: slices and clusters as for a volume
+                    vol, index, flat = voxels
+                    grid = dataclasses.replace(th, stat=_scatter(flat, th.stat[index], vol, np.nan),
+                                               shown=_scatter(flat, th.shown[index], vol, False))  # fmt: skip
+                    mask = _scatter(flat, res.mask[index], vol, False)
+                    out += (_volume_figures(vol, vol.grid(mask.astype(float)), grid, mask) + "<h3>Clusters of the voxels "
+                            "(26-connected)</h3>" + _table(_volume_clusters(vol, grid), TABLE_ROWS))  # fmt: skip
+                return out
+            return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + _table(_top_elements(th, what, int))
+    generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    title = f"voxfit report: {res.level}, {res.folder.resolve().name}"
+    sections = [_design_section(res)] if res.designs else []
+    bar.update(1)
+    for n, c in enumerate(res.contrasts, 2):
+        sections.append(_contrast_section(res, c, res.threshold(c, p_threshold), draw))
+        bar.update(n)
+    sections.append(_settings_section(res, generated))
+    bar.update(len(res.contrasts) + 2)
+    bar.close()
+    links = ["<a href='#design'>design</a>"] if res.designs else []
+    links += [f"<a href='#contrast-{_e(c.file_label)}'>{_e(c.label)}</a>" for c in res.contrasts]
+    links.append("<a href='#settings'>settings</a>")
+    data = res.model.get("data", {})
+    summary = (f"{data.get('n_scans', '?')} scans × {data.get('n_voxels', res.model.get('n_voxels', int(res.mask.sum()))):,} "
+               f"elements ({geometry.kind})")  # fmt: skip
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width'><title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{_e(title)}</h1><p>{_e(summary)}; {len(res.contrasts)} contrast(s).</p>"
+        + "".join(f"<p>{_e(n)}</p>" for n in notes)
+        + f"<nav>{''.join(links)}</nav></header><main>{''.join(sections)}</main></body></html>"
+    )
+
+
+def write_report(folder, *, background=None, mesh=None, p_threshold: float | None = None, force: bool = False,
+                 progress: bool | None = None) -> Path:  # fmt: skip
+    """Write ``report.html`` into the finished output folder `folder`, from its model.json and maps.
+
+    Parameters
+    ----------
+    folder : path
+        The output folder of ``voxfit fit`` or ``voxfit group``.
+    background : path, optional
+        An anatomical image drawn under volume maps (resampled to their grid); default the first level's
+        constant (the run's baseline signal), else the mask.
+    mesh : path, optional
+        A GIFTI surface (vertices and triangles) for surface maps; default the group run's ``--mesh``.
+    p_threshold : float, optional
+        Show elements at this uncorrected p instead of the default: p < 0.001 uncorrected for first-level
+        maps, the strongest inference computed at 0.05 for group maps (TFCE, cluster or voxel FWE, FDR).
+    force : bool
+        Replace an existing report.html.
+    """
+    target = Path(folder) / "report.html"
+    if target.exists() and not force:
+        raise InputError(f"{target} exists; pass --force to replace it.")
+    page = build_report(folder, background=background, mesh=mesh, p_threshold=p_threshold, progress=progress)
+    partial = target.with_name(f".report.html.partial-{os.getpid()}")
+    try:
+        partial.write_text(page, encoding="utf-8")
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}.") from None
+    return target
+

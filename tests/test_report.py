@@ -1,0 +1,254 @@
+"""HTML reports: built from finished output folders of volumes, surfaces, CIFTI, arrays, runs and groups;
+every embedded image decodes; the page renders in headless Chromium; bad inputs are refused cleanly."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from voxfit.cli import main
+
+from .imaging import AFFINE, write_cifti, write_gifti, write_icosahedron
+
+pytest.importorskip("matplotlib")
+from PIL import Image  # noqa: E402  (Pillow comes with matplotlib)
+
+N = 40
+SHAPE = (10, 9, 8)
+
+
+def _design(folder, n=N):
+    t = np.arange(n)
+    rows = ["A\tB\tdrift1\tconstant"]
+    for i in t:
+        rows.append(f"{float(i % 10 < 5)}\t{float((i + 5) % 10 < 5) * 0.5 + 0.1 * np.sin(i)}\t{np.cos(np.pi * (i + 0.5) / n)}\t1")
+    path = folder / "design.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path, np.loadtxt(path, skiprows=1)
+
+
+def _volume(folder, rng):
+    """A 4-D .nii.gz with an A effect in one corner (positive) and another (negative)."""
+    _, X = _design(folder)
+    data = 100 + rng.standard_normal(SHAPE + (N,))
+    data[1:4, 1:4, 1:4] += 6 * X[:, 0]
+    data[6:9, 5:8, 4:7] -= 6 * X[:, 0]
+    data[0] = 0.0  # outside the brain
+    nib.save(nib.Nifti1Image(data.astype(np.float32), AFFINE), folder / "bold.nii.gz")
+    return folder / "bold.nii.gz"
+
+
+def _images(page: str) -> list[tuple[str, Image.Image]]:
+    found = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', page)
+    out = []
+    for alt, data in found:
+        img = Image.open(io.BytesIO(base64.b64decode(data)))
+        img.load()  # decodes every pixel: raises on a damaged PNG
+        out.append((alt, img))
+    return out
+
+
+def _check_page(path, *expected_alts):
+    page = path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # offline, nothing fetched
+    images = _images(page)
+    assert len(images) == page.count("<img ")
+    for alt, img in images:
+        assert img.size[0] > 50 and img.size[1] > 20, alt
+        assert len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)) > 2, f"{alt} is blank"
+    alts = " | ".join(alt for alt, _ in images)
+    for want in expected_alts:
+        assert want in alts, (want, alts)
+    return page
+
+
+@pytest.fixture(scope="module")
+def volume_run(tmp_path_factory):
+    """One first-level run with its report, shared by the tests (each rewrites report.html only with --force)."""
+    folder = tmp_path_factory.mktemp("volume")
+    rng = np.random.default_rng(0)
+    bold = _volume(folder, rng)
+    design, _ = _design(folder)
+    out = folder / "res"
+    assert main(["fit", str(bold), "--design", str(design), "--contrast", "a=A", "--contrast", "eoi=A; B",
+                 "--noise", "ar1", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+    return out
+
+
+def test_volume_report(volume_run):
+    page = _check_page(volume_run / "report.html", "Design matrix", "correlation matrix", "contrast a weights",
+                       "orthogonal slices", "axial mosaic", "contrast eoi weights")  # fmt: skip
+    assert "p &lt; 0.001 uncorrected (|z| &gt; 3.09)" in page
+    assert "Variance inflation" in page and "Clusters (26-connected)" in page
+    # the two planted effects are the two largest clusters, of opposite signs, 27 voxels each at most
+    rows = re.findall(r"<tr><td class=\"n\">(\d+)</td><td class=\"\">([+−])</td><td class=\"n\">(\d+)</td>", page)
+    top = sorted(rows[:2], key=lambda r: r[1])
+    assert [r[1] for r in top] == ["+", "−"] and all(20 <= int(r[2]) <= 27 for r in top)
+    model = json.loads((volume_run / "model.json").read_text())
+    assert model["run"]["peak_memory_mib"] > 0 and model["run"]["fit_s"] >= 0
+    assert "peak_memory_mib" in page and "voxfit version" in page
+
+
+def test_rebuilt_from_the_folder_without_refitting(volume_run, capsys, monkeypatch):
+    import sys
+
+    assert main(["report", str(volume_run)]) == 2  # exists: needs --force
+    assert "pass --force" in capsys.readouterr().err
+    for module, name in (("voxfit.engine.fit", "fit"), ("voxfit.engine.ar", "fit_ar")):
+        monkeypatch.setattr(sys.modules[module], name, lambda *a, **k: pytest.fail("refitted"))
+    assert main(["report", str(volume_run), "--force", "--quiet"]) == 0
+    first = (volume_run / "report.html").read_text()
+    assert main(["report", str(volume_run), "--force", "--quiet"]) == 0
+    again = (volume_run / "report.html").read_text()
+    strip = re.compile(r"report made</th><td>[^<]*")
+    assert strip.sub("", first) == strip.sub("", again)
+
+
+def test_background_and_threshold_options(volume_run, tmp_path):
+    t1 = np.zeros((20, 18, 16), dtype=np.float32)
+    t1[2:18, 2:16, 2:14] = 500.0
+    fine = AFFINE.copy()
+    fine[:3, :3] /= 2
+    nib.save(nib.Nifti1Image(t1, fine), tmp_path / "t1.nii.gz")
+    assert main(["report", str(volume_run), "--background", str(tmp_path / "t1.nii.gz"), "--p-threshold", "0.05",
+                 "--force", "--quiet"]) == 0  # fmt: skip
+    page = _check_page(volume_run / "report.html", "orthogonal slices")
+    assert "t1.nii.gz, resampled" in page and "p &lt; 0.05 uncorrected" in page
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--p-threshold", "1.5"], "between 0 and 1"),
+        (["--background", "missing.nii.gz"], "background image"),
+        (["--mesh", "missing.surf.gii"], None),  # a volume report ignores a mesh
+    ],
+)
+def test_bad_report_options(volume_run, capsys, extra, message):
+    before = (volume_run / "report.html").read_bytes()
+    code = main(["report", str(volume_run), "--force", "--quiet", *extra])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0
+        return
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert (volume_run / "report.html").read_bytes() == before  # untouched
+    assert not list(volume_run.glob(".report*"))
+
+
+def test_not_an_output_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no model.json" in capsys.readouterr().err
+    (tmp_path / "model.json").write_text("{not json")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not readable JSON" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_without_matplotlib_the_fit_is_not_run(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    rng = np.random.default_rng(1)
+    bold = _volume(tmp_path, rng)
+    design, _ = _design(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    code = main(["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(tmp_path / "o"), "--report"])
+    assert code == 2 and "pip install 'voxfit[report]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_surface_group_report_with_mesh(tmp_path):
+    rng = np.random.default_rng(2)
+    mesh = write_icosahedron(tmp_path / "lh.surf.gii")
+    paths = []
+    for i in range(8):
+        values = (rng.standard_normal(12) + np.r_[3.0, 3.0, 3.0, np.zeros(9)]).astype(np.float32)
+        paths.append(write_gifti(tmp_path / f"s{i}.func.gii", values[None]))
+    out = tmp_path / "g"
+    assert main(["group", *map(str, paths), "--permutations", "100", "--tfce", "--mesh", str(mesh),
+                 "--cluster-threshold", "2", "--seed", "1", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+    page = _check_page(out / "report.html", "lateral and medial views", "contrast intercept weights")
+    assert "TFCE family-wise error p &lt; 0.05" in page and "from 100 sign-flips" in page
+    assert "Clusters (along the mesh" in page and "peak vertex" in page
+    assert "contrast-intercept_clusters.tsv" in page  # the run's own cluster table, with FWE p
+    # without a mesh the same folder still gives a report (distributions and top vertices)
+    assert main(["report", str(out), "--mesh", str(tmp_path / "s0.func.gii"), "--force"]) == 2  # not a surface
+    settings = json.loads((out / "model.json").read_text())["settings"]
+    (out / "model.json").write_text(json.dumps({**json.loads((out / "model.json").read_text()),
+                                                "settings": {**settings, "mesh": None}}))  # fmt: skip
+    assert main(["report", str(out), "--force", "--quiet"]) == 0
+    page = _check_page(out / "report.html", "distribution of t")
+    assert "No surface mesh was given" in page and "Largest values shown" in page
+
+
+def test_cifti_report(tmp_path):
+    rng = np.random.default_rng(3)
+    _, X = _design(tmp_path, n=12)
+    design = tmp_path / "d12.tsv"
+    design.write_text("A\tconstant\n" + "".join(f"{a}\t1\n" for a in X[:, 0]))
+    matrix = 50 + rng.standard_normal((12, 15 + 12))
+    matrix[:, :4] += 4 * X[:, :1]
+    bold = write_cifti(tmp_path / "bold.dtseries.nii", matrix)
+    out = tmp_path / "c"
+    assert main(["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(out), "--report", "--quiet"]) == 0
+    page = _check_page(out / "report.html", "Design matrix", "distribution of z", "orthogonal slices", "axial mosaic")
+    assert "CORTEX_LEFT" in page and "THALAMUS_LEFT" in page and "Clusters of the voxels" in page
+    # the structure table: the planted vertices found, none of the voxels
+    cortex = re.search(r"CORTEX_LEFT</td><td class=\"n\">15</td><td class=\"n\">(\d+)</td>", page)
+    assert cortex and 3 <= int(cortex.group(1)) <= 4
+
+
+def test_array_group_and_fixed_effects_runs(tmp_path):
+    rng = np.random.default_rng(4)
+    maps = rng.standard_normal((10, 50)) + np.r_[np.full(5, 2.0), np.zeros(45)]
+    np.save(tmp_path / "maps.npy", maps.astype(np.float32))
+    out = tmp_path / "g"
+    assert main(["group", str(tmp_path / "maps.npy"), "-o", str(out), "--report", "--quiet"]) == 0
+    page = _check_page(out / "report.html", "distribution of t")
+    assert "FDR q &lt; 0.05" in page and "parametric inference" in page
+
+    bolds = [_volume(tmp_path, rng)]
+    shutil.copy(bolds[0], tmp_path / "run2.nii.gz")
+    design, _ = _design(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["fit", str(bolds[0]), str(tmp_path / "run2.nii.gz"), "--design", str(design), str(design),
+                 "--contrast", "a=A", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+    page = _check_page(out / "report.html", "Run 1 matrix", "Run 2 matrix", "orthogonal slices")
+    assert "fixed effects across runs" in page
+
+
+def test_progress_bar_when_asked(volume_run, capsys):
+    from voxfit.report import write_report
+
+    write_report(volume_run, force=True, progress=True)
+    assert "report [" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_renders_in_headless_chromium(volume_run, tmp_path):
+    shot = tmp_path / "shot.png"
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400", f"--screenshot={shot}",
+           (volume_run / "report.html").resolve().as_uri()]  # fmt: skip
+    subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1200, 2400)
+    pixels = np.asarray(img, dtype=float)
+    assert pixels.std() > 20  # not blank: text, figures and the header's dark band
+    dark = (pixels.sum(axis=2) < 150).mean()
+    assert 0.01 < dark < 0.6

@@ -106,9 +106,7 @@ def _get_parser() -> argparse.ArgumentParser:
     design.add_argument("--n-scans", type=int, required=True, metavar="N", help="number of scans in the run")
     design.add_argument("-o", "--output", required=True, metavar="FILE", help="design.tsv to write")
     _design_options(design, events_needed=True)
-    design.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    design.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    design.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
+    _flags(design, "overwrite an existing output file")
 
     group = sub.add_parser("group", help="group (second-level) model: parametric and permutation inference",
                            epilog=EXAMPLES_GROUP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -148,9 +146,7 @@ def _get_parser() -> argparse.ArgumentParser:
     report.add_argument("--background", metavar="FILE", help="anatomical image under volume maps (default: the run's baseline)")
     report.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) to draw surface maps on")
     report.add_argument("--p-threshold", type=float, metavar="P", help="show elements at this uncorrected p instead")
-    report.add_argument("--force", action="store_true", help="replace an existing report.html")
-    report.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    report.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
+    _flags(report, "replace an existing report.html")
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
     demo.add_argument("-o", "--output", default="voxfit-demo", metavar="DIR", help="output folder (default: ./voxfit-demo)")
@@ -219,7 +215,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="also write report.html (needs matplotlib: pip install 'voxfit[report]')")
     p.add_argument("--max-memory", metavar="SIZE", help="bound on working memory, e.g. 500M or 2G")
     p.add_argument("--n-jobs", type=int, metavar="N", help="threads (default: all CPUs)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty output folder, replacing same-named files")
+    _flags(p, "write into a non-empty output folder, replacing same-named files")
+
+
+def _flags(p: argparse.ArgumentParser, force_help: str) -> None:
+    p.add_argument("--force", action="store_true", help=force_help)
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
 

@@ -85,17 +85,27 @@ def volume_run(tmp_path_factory):
 
 
 def test_volume_report(volume_run):
+    from scipy.special import ndtr, ndtri
+
     page = _check_page(volume_run / "report.html", "Design matrix", "correlation matrix", "contrast a weights",
                        "orthogonal slices", "axial mosaic", "contrast eoi weights")  # fmt: skip
-    assert "p &lt; 0.001 uncorrected (|z| &gt; 3.09)" in page
+    # t contrasts at two-sided p < 0.001 (nilearn's default), F contrasts one-sided; counts from the z map
+    assert "p &lt; 0.001 uncorrected (two-sided, |z| &gt; 3.29)" in page and "p &lt; 0.001 uncorrected (z &gt; 3.09)" in page
+    mask = nib.load(volume_run / "mask.nii.gz").get_fdata() > 0
+    z = nib.load(volume_run / "contrast-a_stat-z_statmap.nii.gz").get_fdata()[mask]
+    assert f"{np.sum(np.abs(z) > -ndtri(0.0005)):,} of {mask.sum():,} elements shown (positive and negative effects)" in page
+    bonferroni = 0.05 / mask.sum()
+    assert np.sum(2 * ndtr(-np.abs(z)) < bonferroni) > np.sum(ndtr(-z) < bonferroni)  # the negative effect counts
+    assert f"{np.sum(2 * ndtr(-np.abs(z)) < bonferroni):,} reach Bonferroni p &lt; 0.05, both two-sided" in page
     assert "Variance inflation" in page and "Clusters (26-connected)" in page
+    assert f"{N} scans × {mask.sum():,} elements" in page and "&#x27;eoi=A; B&#x27;" in page  # the command, quoted
     # the two planted effects are the two largest clusters, of opposite signs, 27 voxels each at most
-    rows = re.findall(r"<tr><td class=\"n\">(\d+)</td><td class=\"\">([+−])</td><td class=\"n\">(\d+)</td>", page)
+    rows = re.findall(r"<tr><td class=n>(\d+)</td><td>([+−])</td><td class=n>(\d+)</td>", page)
     top = sorted(rows[:2], key=lambda r: r[1])
     assert [r[1] for r in top] == ["+", "−"] and all(20 <= int(r[2]) <= 27 for r in top)
     model = json.loads((volume_run / "model.json").read_text())
     assert model["run"]["peak_memory_mib"] > 0 and model["run"]["fit_s"] >= 0
-    assert "peak_memory_mib" in page and "voxfit version" in page
+    assert "peak memory (MiB)" in page and "voxfit version" in page
 
 
 def test_rebuilt_from_the_folder_without_refitting(volume_run, capsys, monkeypatch):
@@ -123,6 +133,21 @@ def test_background_and_threshold_options(volume_run, tmp_path):
                  "--force", "--quiet"]) == 0  # fmt: skip
     page = _check_page(volume_run / "report.html", "orthogonal slices")
     assert "t1.nii.gz, resampled" in page and "p &lt; 0.05 uncorrected" in page
+
+
+def test_nothing_to_show(volume_run, tmp_path):
+    """No element past the threshold, or a map without a finite value: said, and no empty figures."""
+    assert main(["report", str(volume_run), "--p-threshold", "1e-300", "--force", "--quiet"]) == 0
+    page = _check_page(volume_run / "report.html", "Design matrix")
+    assert page.count("No element passes the threshold (largest |z|: ") == 1 and "(largest z: " in page
+    assert "orthogonal slices" not in page and "Clusters (26" not in page
+    folder = shutil.copytree(volume_run, tmp_path / "nan")
+    z = nib.load(folder / "contrast-a_stat-z_statmap.nii.gz")
+    nib.save(nib.Nifti1Image(np.full(z.shape, np.nan, np.float32), z.affine), folder / "contrast-a_stat-z_statmap.nii.gz")
+    assert main(["report", str(folder), "--force", "--quiet"]) == 0
+    page = _check_page(folder / "report.html", "contrast a weights", "orthogonal slices")
+    assert "The z map holds no finite value in the mask: nothing to show." in page
+    assert page.count("orthogonal slices") == 1  # the F contrast's only
 
 
 @pytest.mark.parametrize(
@@ -167,6 +192,56 @@ def test_without_matplotlib_the_fit_is_not_run(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+def test_volume_group_with_covariates_in_ras_and_las(tmp_path):
+    """Two blobs touching at a corner: the report's clusters are formed as the run's (6-connectivity, not
+    one 26-connected cluster); the same figures and mm from a RAS and a LAS copy of the maps; covariates as
+    regressors of interest; parametric inference shown at Bonferroni (FWE), the strongest computed."""
+    rng = np.random.default_rng(5)
+    maps = rng.standard_normal((10,) + SHAPE)
+    maps[:, 2:4, 2:4, 2:4] += 4.0
+    maps[:, 4:6, 4:6, 4:6] += 4.0
+    las = AFFINE @ np.array([[-1, 0, 0, SHAPE[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    table = tmp_path / "participants.tsv"
+    table.write_text("intercept\tage\tiq\n" + "".join(f"1\t{a:.3f}\t{b:.3f}\n" for a, b in rng.standard_normal((10, 2))))
+    pages = []
+    for name, affine, flip in (("ras", AFFINE, slice(None)), ("las", las, slice(None, None, -1))):
+        paths = [tmp_path / f"{name}{i}.nii.gz" for i in range(10)]
+        for path, m in zip(paths, maps):
+            nib.save(nib.Nifti1Image(m[flip].astype(np.float32), affine), path)
+        out = tmp_path / name
+        assert main(["group", *map(str, paths), "--design", str(table), "--contrast", "mean=intercept", "--contrast", "age=age",
+                     "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+        pages.append(_check_page(out / "report.html", "correlation matrix", "orthogonal slices"))
+    ras, las_page = pages
+    assert "10 maps × " in ras and "Clusters (6-connected)" in ras and "<td>age</td><td class=n>" in ras and "<td>iq</td>" in ras
+    assert "family-wise error p &lt; 0.05 (Bonferroni)" in ras and "No element passes the threshold (largest t: " in ras
+    sizes = re.findall(r"<tr><td class=n>\d+</td><td>\+</td><td class=n>(\d+)</td>", ras)
+    assert sizes[:2] == ["8", "8"]
+    assert [img.tobytes() for _, img in _images(ras)] == [img.tobytes() for _, img in _images(las_page)]
+    mm = re.compile(r"x mm</th><th>y mm</th><th>z mm</th>.*?</tr><tr>(.*?)</tr>")
+    assert re.sub(r"\d+ \d+ \d+", "", mm.search(ras).group(1)) == re.sub(r"\d+ \d+ \d+", "", mm.search(las_page).group(1))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_oblique_grid_drawn_along_it_with_exact_mm(flip):
+    from voxfit.io.geometry import VolumeGeometry
+    from voxfit.report._page import _Volume
+
+    angle = np.radians(25)
+    affine = AFFINE.copy()
+    affine[:3, :3] = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]) @ AFFINE[:3, :3]
+    if flip:  # x stored right to left
+        affine = affine @ np.array([[-1, 0, 0, SHAPE[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    vol = _Volume(VolumeGeometry(SHAPE, affine))
+    assert vol.obliquity == pytest.approx(25.0)
+    values = np.arange(np.prod(SHAPE))  # element e sits at voxel unravel(e) of the stored grid
+    grid = vol.grid(values)
+    for ijk in [(0, 0, 0), (7, 2, 5), (9, 8, 7)]:
+        stored = np.unravel_index(grid[ijk], SHAPE, order="F")
+        assert np.allclose(vol.mm(ijk), affine[:3, :3] @ stored + affine[:3, 3])
+    assert vol.mm((9, 0, 0))[0] > vol.mm((0, 0, 0))[0]  # left to right along the first axis
+
+
 def test_surface_group_report_with_mesh(tmp_path):
     rng = np.random.default_rng(2)
     mesh = write_icosahedron(tmp_path / "lh.surf.gii")
@@ -179,7 +254,8 @@ def test_surface_group_report_with_mesh(tmp_path):
                  "--cluster-threshold", "2", "--seed", "1", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
     page = _check_page(out / "report.html", "lateral and medial views", "contrast intercept weights")
     assert "TFCE family-wise error p &lt; 0.05" in page and "from 100 sign-flips" in page
-    assert "Clusters (along the mesh" in page and "peak vertex" in page
+    assert "Clusters (along the mesh" in page and "peak vertex" in page and "x mm" in page
+    assert "correlation matrix" not in page  # one column, the intercept: nothing to correlate
     assert "contrast-intercept_clusters.tsv" in page  # the run's own cluster table, with FWE p
     # without a mesh the same folder still gives a report (distributions and top vertices)
     assert main(["report", str(out), "--mesh", str(tmp_path / "s0.func.gii"), "--force"]) == 2  # not a surface
@@ -198,14 +274,18 @@ def test_cifti_report(tmp_path):
     design.write_text("A\tconstant\n" + "".join(f"{a}\t1\n" for a in X[:, 0]))
     matrix = 50 + rng.standard_normal((12, 15 + 12))
     matrix[:, :4] += 4 * X[:, :1]
+    matrix[:, 15:17] -= 4 * X[:, :1]  # two voxels, (1, 1, 0) and (1, 1, 1)
     bold = write_cifti(tmp_path / "bold.dtseries.nii", matrix)
     out = tmp_path / "c"
     assert main(["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(out), "--report", "--quiet"]) == 0
     page = _check_page(out / "report.html", "Design matrix", "distribution of z", "orthogonal slices", "axial mosaic")
     assert "CORTEX_LEFT" in page and "THALAMUS_LEFT" in page and "Clusters of the voxels" in page
-    # the structure table: the planted vertices found, none of the voxels
-    cortex = re.search(r"CORTEX_LEFT</td><td class=\"n\">15</td><td class=\"n\">(\d+)</td>", page)
+    # the structure table and the voxels' clusters: the planted effects found
+    cortex = re.search(r"CORTEX_LEFT</td><td class=n>15</td><td class=n>(\d+)</td>", page)
     assert cortex and 3 <= int(cortex.group(1)) <= 4
+    assert re.search(r"THALAMUS_LEFT</td><td class=n>12</td><td class=n>2</td><td class=n>-\d", page)
+    x, y, z = AFFINE[:3, :3] @ [1, 1, 0] + AFFINE[:3, 3]
+    assert "<td>−</td><td class=n>2</td><td class=n>20</td><td class=n>-" in page and f"<td class=n>{x:g}</td><td class=n>{y:g}</td>" in page
 
 
 def test_array_group_and_fixed_effects_runs(tmp_path):
@@ -215,7 +295,7 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
     out = tmp_path / "g"
     assert main(["group", str(tmp_path / "maps.npy"), "-o", str(out), "--report", "--quiet"]) == 0
     page = _check_page(out / "report.html", "distribution of t")
-    assert "FDR q &lt; 0.05" in page and "parametric inference" in page
+    assert "family-wise error p &lt; 0.05 (Bonferroni), from parametric inference" in page and "10 maps × 50 elements" in page
 
     bolds = [_volume(tmp_path, rng)]
     shutil.copy(bolds[0], tmp_path / "run2.nii.gz")
@@ -224,7 +304,7 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
     assert main(["fit", str(bolds[0]), str(tmp_path / "run2.nii.gz"), "--design", str(design), str(design),
                  "--contrast", "a=A", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
     page = _check_page(out / "report.html", "Run 1 matrix", "Run 2 matrix", "orthogonal slices")
-    assert "fixed effects across runs" in page
+    assert "fixed effects across runs" in page and f"2 runs of {N} + {N} scans × " in page
 
 
 def test_progress_bar_when_asked(volume_run, capsys):
@@ -232,6 +312,41 @@ def test_progress_bar_when_asked(volume_run, capsys):
 
     write_report(volume_run, force=True, progress=True)
     assert "report [" in capsys.readouterr().err
+
+
+def test_figures_of_a_large_design_keep_every_name(tmp_path):
+    """300 scans x 60 columns with long names: every column named (long names cut in the middle), no
+    layout warning; mm³ in plain digits; a surface cluster of two vertices of a triangle is drawn."""
+    import warnings
+
+    from matplotlib.figure import Figure
+
+    from voxfit.report import _figures as figures
+    from voxfit.report._page import _number
+
+    rng = np.random.default_rng(6)
+    names = [f"condition_with_a_rather_long_name_{j}" if j < 10 else f"confound{j}" for j in range(59)] + ["constant"]
+    X = np.column_stack([rng.standard_normal((300, 59)), np.ones(300)])
+    kinds = ["condition", "derivative"] * 5 + ["confound"] * 49 + ["constant"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for png in (figures.design_matrix(X, names, tr=2.0), figures.contrast_vector(np.eye(2, 60), names),
+                    figures.regressors(X, names, kinds, 2.0)):  # fmt: skip
+            Image.open(io.BytesIO(png)).load()
+    ax = Figure().add_subplot()
+    figures._column_ticks(ax, names)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == 60 and labels[-1] == "constant" and max(map(len, labels)) <= 30
+    assert labels[3].startswith("condition_with") and labels[3].endswith("name_3") and "…" in labels[3]
+    assert _number(17728.0) == "17,728" and _number(3.375) == "3.375"
+
+    coords = nib.load(write_icosahedron(tmp_path / "m.surf.gii")).darrays[0].data
+    faces = nib.load(tmp_path / "m.surf.gii").darrays[1].data
+    shown = np.isin(np.arange(12), [0, 11])  # one edge: no triangle has all three vertices shown
+    png = figures.surface_views(coords, faces, np.where(shown, 5.0, 0.0), shown, figures.colour_scale(5.0, False))
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int)
+    views = rgb[:, : int(0.85 * rgb.shape[1])]  # not the colour bar
+    assert np.sum((views[..., 0] - views[..., 2] > 40) & (views[..., 1] < 60)) > 50  # red triangles
 
 
 def _chromium() -> str | None:

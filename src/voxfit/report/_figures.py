@@ -34,9 +34,10 @@ def colour_scale(vmax: float, signed: bool):
 
 
 def _figure(width: float, height: float):
+    """A figure without layout engine: axes keep their size and the PNG grows to hold the labels."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    return Figure(figsize=(width, height), dpi=DPI)
 
 
 def _png(fig) -> bytes:
@@ -44,70 +45,77 @@ def _png(fig) -> bytes:
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.05)
     return buffer.getvalue()
 
 
+def _short(name: str, most: int = 30) -> str:
+    """`name` cut in the middle to `most` characters (the end tells derivatives and confounds apart)."""
+    return name if len(name) <= most else f"{name[: most // 2 - 1]}…{name[-(most - most // 2):]}"
+
+
 def _column_ticks(ax, names, axis: str = "x") -> None:
-    """Every column named when they fit, else every k-th."""
-    step = max(1, int(np.ceil(len(names) / 40)))
+    """Every column named (smaller type past 50 columns, every k-th past 100), long names shortened."""
+    step = max(1, int(np.ceil(len(names) / 100)))
     ticks = np.arange(0, len(names), step)
-    labels = [names[i] for i in ticks]
+    labels = [_short(names[i]) for i in ticks]
+    size = 8 if len(names) <= 50 else 6
     if axis == "x":
-        ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(ticks, labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=size)
     else:
-        ax.set_yticks(ticks, labels, fontsize=8)
+        ax.set_yticks(ticks, labels, fontsize=size)
 
 
-def design_matrix(X: NDArray, names, tr: float | None = None) -> bytes:
-    """Grey-scale image, one row per scan (time down), one column per regressor, each scaled to its largest
+def design_matrix(X: NDArray, names, rows: str = "scan", tr: float | None = None) -> bytes:
+    """Grey-scale image, one row per scan or map (down), one column per regressor, each scaled to its largest
     absolute value (SPM's and nilearn's convention), with the column names below."""
     n, p = X.shape
     peak = np.abs(X).max(axis=0)
     shown = X / np.where(peak > 0, peak, 1.0)
-    fig = _figure(min(2.0 + 0.35 * p, 14.0), 6.0)
+    fig = _figure(min(1.0 + 0.3 * p, 13.0), 5.0)
     ax = fig.add_subplot()
     ax.imshow(shown, aspect="auto", cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
     _column_ticks(ax, names)
-    ax.set_ylabel("scan" if tr is None else f"scan (TR {tr:g} s)")
+    ax.set_ylabel(rows if tr is None else f"{rows} (TR {tr:g} s)")
     return _png(fig)
 
 
 def correlation_matrix(X: NDArray, names) -> bytes:
-    """Pearson correlation of the regressors (constant columns have none: grey)."""
+    """Pearson correlation of the regressors (give columns that vary), the values written when they fit."""
     p = X.shape[1]
-    centred = X - X.mean(axis=0)
-    norms = np.linalg.norm(centred, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unit = centred / np.where(norms > 1e-12 * np.abs(X).max(initial=1.0), norms, np.nan)
-    corr = unit.T @ unit
-    size = min(3.0 + 0.4 * p, 12.0)
+    corr = np.corrcoef(X, rowvar=False)
+    size = min(2.0 + 0.35 * p, 11.0)
     fig = _figure(size + 1.0, size)
     ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(corr), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_facecolor("0.85")
+    image = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     _column_ticks(ax, names)
     _column_ticks(ax, names, axis="y")
     if p <= 14:
         for i in range(p):
             for j in range(p):
-                if np.isfinite(corr[i, j]):
-                    ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(corr[i, j]) > 0.6 else "black")  # fmt: skip
+                ax.text(j, i, f"{round(corr[i, j], 2) + 0.0:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(corr[i, j]) > 0.6 else "black")  # fmt: skip
     fig.colorbar(image, ax=ax, shrink=0.8, label="correlation")
     return _png(fig)
 
 
-def regressors(X: NDArray, names, columns, tr: float | None) -> bytes:
-    """The regressors of interest over time, one panel each (shared time axis)."""
-    k = len(columns)
-    fig = _figure(10.0, 0.4 + 1.1 * k)
+def regressors(X: NDArray, names, kinds, tr: float | None) -> bytes:
+    """The regressors of interest over time (shared time axis): one panel per condition or other regressor
+    of interest, with the HRF derivatives that follow a condition drawn in its panel, named on the right."""
+    panels: list[list[int]] = []
+    for j, kind in enumerate(kinds):
+        if kind == "derivative" and panels:
+            panels[-1].append(j)
+        elif kind in ("condition", "derivative", "regressor"):
+            panels.append([j])
+    fig = _figure(9.0, 0.3 + 1.0 * len(panels))
     t = np.arange(X.shape[0]) * (tr or 1.0)
-    axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
-    for ax, j in zip(axes, columns):
-        ax.plot(t, X[:, j], lw=1.2, color="tab:blue")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, columns in zip(axes, panels):
         ax.axhline(0, color="0.6", lw=0.6)
-        ax.set_ylabel(names[j], rotation=0, ha="right", va="center", fontsize=8)
+        for n, j in enumerate(columns):
+            ax.plot(t, X[:, j], lw=1.4 if n == 0 else 0.9, label=_short(names[j]))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
         ax.tick_params(labelsize=7)
     axes[-1].set_xlabel("time (s)" if tr else "scan")
     return _png(fig)
@@ -117,7 +125,7 @@ def contrast_vector(weights: NDArray, names) -> bytes:
     """The contrast's rows over the design columns, weights written in the cells."""
     q, p = weights.shape
     vmax = np.abs(weights).max() or 1.0
-    fig = _figure(min(2.0 + 0.45 * p, 14.0), 0.9 + 0.35 * q)
+    fig = _figure(min(1.0 + 0.3 * p, 13.0), 0.3 + 0.3 * q)
     ax = fig.add_subplot()
     ax.imshow(weights, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
     for i in range(q):
@@ -131,10 +139,10 @@ def contrast_vector(weights: NDArray, names) -> bytes:
 
 
 def _rgba(background: NDArray, stat: NDArray, shown: NDArray, scale, grey: tuple[float, float]) -> NDArray:
-    """One slice as RGBA (rows up, RAS: transposed and flipped for display): the background in grey between
-    `grey` = (low, high), the statistic where `shown` in a diverging map."""
+    """One slice as RGBA (rows up, RAS: transposed and flipped for display): the background from black to
+    light grey between `grey` = (low, high), the statistic where `shown` in a diverging map."""
     low, high = grey
-    level = np.clip((np.nan_to_num(background) - low) / ((high - low) or 1.0), 0.0, 1.0)
+    level = 0.8 * np.clip((np.nan_to_num(background) - low) / ((high - low) or 1.0), 0.0, 1.0)
     rgba = np.stack([level, level, level, np.ones_like(level)], axis=-1)
     cmap, norm = scale
     colour = cmap(np.clip(norm(np.nan_to_num(stat)), 0.0, 1.0))
@@ -185,7 +193,6 @@ def _slice_image(grid, titles, aspect_grid, scale, label: str, width: float) -> 
     image, anchors = _tile(grid, title_rows=title_rows)
     height = width * 0.9 * image.shape[0] / image.shape[1]
     fig = _figure(width, height)
-    fig.set_layout_engine(None)
     ax = fig.add_axes((0.0, 0.0, 0.9, 1.0))
     ax.imshow(image, interpolation="nearest")
     for (x, y), title in zip(anchors, titles):
@@ -216,9 +223,9 @@ def mosaic(background: NDArray, stat: NDArray, shown: NDArray, zooms, slices, z_
 
 
 def surface_views(coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray, scale, label: str = "") -> bytes:
-    """Lateral and medial views of a hemisphere: grey shading by the surface's orientation, the statistic
-    where `shown` (a triangle takes the mean of its vertices, shown when all three are). Triangles facing
-    away from the viewer are not drawn, so the far side never shows through."""
+    """Lateral and medial views of a hemisphere (orthographic): grey shading by the surface's orientation,
+    the statistic where `shown` (a triangle is coloured when two or three of its vertices are, by the mean
+    of those). Triangles facing away from the viewer are not drawn, so the far side never shows through."""
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     tri = coords[faces]
@@ -227,13 +234,13 @@ def surface_views(coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray
     centroids = tri.mean(axis=1)
     if np.sum(normals * (centroids - coords.mean(axis=0))) < 0:  # triangles wound inwards: normals point in
         normals = -normals
-    values = np.nan_to_num(stat[faces].mean(axis=1))
-    on = shown[faces].all(axis=1)
+    count = shown[faces].sum(axis=1)
+    on = count >= 2
+    values = np.where(shown[faces], np.nan_to_num(stat[faces]), 0.0).sum(axis=1) / np.maximum(count, 1)
     cmap, norm = scale
     colour = cmap(np.clip(norm(values), 0.0, 1.0))
     left = coords[:, 0].mean() < 0  # a left hemisphere's lateral side faces -x
     fig = _figure(10.0, 3.6)
-    fig.set_layout_engine(None)
     low, high = coords.min(axis=0), coords.max(axis=0)
     for n, (title, azim) in enumerate([("lateral", 180 if left else 0), ("medial", 0 if left else 180)]):
         ax = fig.add_axes((0.45 * n, 0.0, 0.45, 0.92), projection="3d")
@@ -246,6 +253,7 @@ def surface_views(coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray
         ax.set_ylim(low[1], high[1])
         ax.set_zlim(low[2], high[2])
         ax.view_init(elev=0, azim=azim)
+        ax.set_proj_type("ortho")
         ax.set_box_aspect(tuple(np.maximum(high - low, 1e-6)), zoom=1.2)
         ax.set_axis_off()
         ax.set_title(title, fontsize=9)
@@ -253,17 +261,20 @@ def surface_views(coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray
     return _png(fig)
 
 
-def histogram(values: NDArray, threshold: float | None, label: str, two_sided: bool = False) -> bytes:
-    """Distribution of a statistic over the mask, with the threshold marked (both signs when `two_sided`)."""
-    finite = values[np.isfinite(values)]
+def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: str, two_sided: bool = False) -> bytes:
+    """Distribution of a statistic over the mask, the elements `shown` in red, with the threshold marked
+    (both signs when `two_sided`)."""
+    finite = np.isfinite(values)
     fig = _figure(6.0, 2.8)
     ax = fig.add_subplot()
-    ax.hist(finite, bins=min(100, max(10, finite.size // 20)), color="0.45")
+    bins = np.histogram_bin_edges(values[finite], bins=min(100, max(20, int(finite.sum()) // 20)))
+    ax.hist([values[finite & ~shown], values[finite & shown]], bins=bins, stacked=True, color=["0.6", "tab:red"],
+            label=["not shown", "shown"])
     if threshold is not None and np.isfinite(threshold):
-        ax.axvline(threshold, color="tab:red", lw=1.2, label=f"threshold {'±' if two_sided else ''}{threshold:.3g}")
+        ax.axvline(threshold, color="k", lw=1.0, ls="--", label=f"threshold {'±' if two_sided else ''}{threshold:.3g}")
         if two_sided:
-            ax.axvline(-threshold, color="tab:red", lw=1.2)
-        ax.legend(fontsize=8)
+            ax.axvline(-threshold, color="k", lw=1.0, ls="--")
+    ax.legend(fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel("elements")
     return _png(fig)

@@ -9,6 +9,7 @@ import datetime
 import html
 import json
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ img{max-width:100%;height:auto;display:block;margin:6px 0}table{border-collapse:
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f1f3f6}
 td.n{text-align:right;font-variant-numeric:tabular-nums}.why{background:#f6f8fb;border-left:3px solid #24324a;
 padding:6px 10px}.warn{color:#a4262c}code{font-size:12px;word-break:break-all}
+.row{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}
 """
 
 
@@ -49,7 +51,9 @@ def _img(png: bytes, alt: str) -> str:
 
 def _number(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}" if np.isfinite(value) else str(value)
+        if not np.isfinite(value):
+            return str(value)
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
@@ -63,7 +67,7 @@ def _table(rows: list[dict], limit: int | None = None) -> str:
     keys = list(dict.fromkeys(k for row in rows for k in row))  # rows may lack some columns: blank cells
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"n" if isinstance(row.get(k), (int, float)) else ""}">{_e(_number(row.get(k, "")))}</td>'
+        "<tr>" + "".join(f'<td{" class=n" if isinstance(row.get(k), (int, float)) else ""}>{_e(_number(row.get(k, "")))}</td>'
                          for k in keys) + "</tr>"
         for row in rows
     )  # fmt: skip
@@ -87,7 +91,8 @@ def _read_tsv(path: Path) -> list[dict]:
 def _definitions(mapping: dict) -> str:
     """A dict as a two-column table; nested values as compact JSON."""
     rows = "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(v if isinstance(v, str) else json.dumps(v))}</td></tr>" for k, v in mapping.items()
+        f"<tr><th>{_e(k)}</th><td>{_e(v if isinstance(v, str) else '—' if v is None else json.dumps(v))}</td></tr>"
+        for k, v in mapping.items()
     )
     return f"<table>{rows}</table>"
 
@@ -106,6 +111,7 @@ class _Volume:
         self.ornt = nib.orientations.io_orientation(self.affine)
         self.ras_affine = self.affine @ nib.orientations.inv_ornt_aff(self.ornt, self.shape)
         self.zooms = np.sqrt((self.ras_affine[:3, :3] ** 2).sum(axis=0))
+        self.obliquity = float(np.degrees(nib.affines.obliquity(self.affine).max()))
 
     def grid(self, values: NDArray) -> NDArray:
         import nibabel as nib
@@ -146,30 +152,30 @@ def _scale(th: Threshold):
 
 
 def _peak(th: Threshold) -> int:
-    magnitude = np.abs(np.nan_to_num(th.stat, nan=0.0))
-    pool = np.where(th.shown, magnitude, -1.0) if th.shown.any() else magnitude
-    return int(np.argmax(pool))
+    """The shown element of largest statistic (largest magnitude when both signs are shown)."""
+    stat = np.abs(th.stat) if th.two_sided else th.stat
+    return int(np.argmax(np.where(th.shown, np.nan_to_num(stat, nan=-np.inf), -np.inf)))
 
 
 def _volume_figures(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray) -> str:
+    """Orthogonal slices through the peak shown and an axial mosaic over the mask's extent."""
     stat = vol.grid(np.nan_to_num(th.stat))
     shown = vol.grid(th.shown)
     scale = _scale(th)
-    flat_peak = _peak(th)
-    peak_ijk = np.argwhere(vol.grid(np.arange(len(th.stat))) == flat_peak)[0]
+    peak_ijk = np.argwhere(vol.grid(np.arange(len(th.stat))) == _peak(th))[0]
     mm = vol.mm(peak_ijk)
     out = [_img(fig.orthogonal_slices(background, stat, shown, vol.zooms, peak_ijk, mm, scale, th.stat_name),
                 f"orthogonal slices through ({mm[0]:.0f}, {mm[1]:.0f}, {mm[2]:.0f}) mm")]  # fmt: skip
     z_extent = np.flatnonzero(vol.grid(mask).any(axis=(0, 1)))
-    if z_extent.size:
-        slices = np.unique(np.linspace(z_extent[0], z_extent[-1], MOSAIC_SLICES + 2).round().astype(int)[1:-1])
-        z_mm = [vol.mm((0, 0, k))[2] for k in slices]
-        out.append(_img(fig.mosaic(background, stat, shown, vol.zooms, slices, z_mm, scale, th.stat_name), "axial mosaic"))
+    slices = np.unique(np.linspace(z_extent[0], z_extent[-1], MOSAIC_SLICES + 2).round().astype(int)[1:-1])
+    centre = (np.array(stat.shape[:2]) - 1) / 2
+    z_mm = [vol.mm((*centre, k))[2] for k in slices]  # at the slice's centre (the slices of oblique grids tilt)
+    out.append(_img(fig.mosaic(background, stat, shown, vol.zooms, slices, z_mm, scale, th.stat_name), "axial mosaic"))
     return "".join(out)
 
 
-def _volume_clusters(vol: _Volume, th: Threshold) -> list[dict]:
-    """Clusters of the shown voxels (26-connected), positive and negative apart, largest first."""
+def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> list[dict]:
+    """Clusters of the shown voxels, positive and negative apart, largest first."""
     from ..inference.clusters import label_clusters
     from ..inference.graph import volume_adjacency
 
@@ -180,17 +186,17 @@ def _volume_clusters(vol: _Volume, th: Threshold) -> list[dict]:
         if not members.any():
             continue
         index = np.flatnonzero(members)
-        labels, sizes, _ = label_clusters(np.ones(index.size), volume_adjacency(members, vol.shape, 26), 0.0)
+        labels, sizes, _ = label_clusters(np.ones(index.size), volume_adjacency(members, vol.shape, connectivity), 0.0)
         for k, size in enumerate(sizes):
             part = index[labels == k + 1]
             peak = part[np.argmax(sign * th.stat[part])]
             ijk = np.array(np.unravel_index(peak, vol.shape, order="F"), dtype=float)
             x, y, z = vol.affine[:3, :3] @ ijk + vol.affine[:3, 3]
-            rows.append({"sign": "+" if sign > 0 else "−", "voxels": int(size), "mm³": round(size * voxel_mm3, 1),
+            rows.append({"sign": "+" if sign > 0 else "−", "voxels": int(size), "mm³": size * voxel_mm3,
                          f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "x mm": round(float(x), 1),
                          "y mm": round(float(y), 1), "z mm": round(float(z), 1),
                          "i j k": " ".join(str(int(v)) for v in ijk)})  # fmt: skip
-    rows.sort(key=lambda r: -r["voxels"])
+    rows.sort(key=lambda r: (-r["voxels"], -abs(r[f"peak {th.stat_name}"])))
     return [{"cluster": n, **r} for n, r in enumerate(rows, 1)]
 
 
@@ -211,13 +217,15 @@ def _read_mesh(path, n_vertices: int):
     return np.asarray(coords, dtype=float), np.asarray(faces, dtype=np.int64)
 
 
-def _top_elements(th: Threshold, what: str, describe) -> list[dict]:
+def _top_elements(th: Threshold, what: str) -> list[dict]:
     index = np.flatnonzero(th.shown)
     order = index[np.argsort(-np.abs(th.stat[index]))][:TOP_PEAKS]
-    return [{what: describe(i), th.stat_name: round(float(th.stat[i]), 3)} for i in order]
+    return [{what: str(i), th.stat_name: round(float(th.stat[i]), 3)} for i in order]
 
 
-def _surface_clusters(faces, th: Threshold) -> list[dict]:
+def _surface_clusters(coords, faces, th: Threshold) -> list[dict]:
+    """Clusters of the shown vertices along the mesh's edges, positive and negative apart, largest first;
+    their peaks by vertex index and position on the mesh."""
     from ..inference.clusters import label_clusters
     from ..inference.graph import mesh_adjacency
 
@@ -231,9 +239,11 @@ def _surface_clusters(faces, th: Threshold) -> list[dict]:
         for k, size in enumerate(sizes):
             part = index[labels == k + 1]
             peak = part[np.argmax(sign * th.stat[part])]
+            x, y, z = coords[peak]
             rows.append({"sign": "+" if sign > 0 else "−", "vertices": int(size),
-                         f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "peak vertex": int(peak)})  # fmt: skip
-    rows.sort(key=lambda r: -r["vertices"])
+                         f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "peak vertex": str(peak),
+                         "x mm": round(float(x), 1), "y mm": round(float(y), 1), "z mm": round(float(z), 1)})  # fmt: skip
+    rows.sort(key=lambda r: (-r["vertices"], -abs(r[f"peak {th.stat_name}"])))
     return [{"cluster": n, **r} for n, r in enumerate(rows, 1)]
 
 
@@ -282,9 +292,14 @@ def _design_section(res: Results) -> str:
     parts = ["<section id='design'><h2>Design</h2>"]
     for d in res.designs:
         n, p = d.X.shape
-        parts.append(f"<h3>{_e(d.title)}: {n} rows × {p} columns</h3>")
-        parts.append(_img(fig.design_matrix(d.X, d.names, d.tr), f"{d.title} matrix"))
-        parts.append("<h3>Correlation of the regressors</h3>" + _img(fig.correlation_matrix(d.X, d.names), "correlation matrix"))
+        unit = "map" if res.level == "group" else "scan"
+        parts.append(f"<div class='row'><div><h3>{_e(d.title)}: {n} rows × {p} column{'s' * (p != 1)}</h3>"
+                     + _img(fig.design_matrix(d.X, d.names, unit, d.tr), f"{d.title} matrix") + "</div>")  # fmt: skip
+        varying = np.flatnonzero(np.ptp(d.X, axis=0) > 0)
+        if varying.size > 1:  # constant columns correlate with nothing
+            png = fig.correlation_matrix(d.X[:, varying], [d.names[j] for j in varying])
+            parts.append(f"<div><h3>Correlation of the regressors (constant columns left out)</h3>{_img(png, 'correlation matrix')}</div>")
+        parts.append("</div>")
         vif = d.vif()
         if vif:
             rows = [{"regressor": k, "VIF": round(v, 2) if np.isfinite(v) else "inf",
@@ -292,7 +307,7 @@ def _design_section(res: Results) -> str:
             parts.append("<h3>Variance inflation of the regressors of interest</h3>" + _table(rows))
         if res.level != "group" and d.of_interest:
             parts.append("<h3>Regressors of interest over time</h3>"
-                         + _img(fig.regressors(d.X, d.names, d.of_interest, d.tr), "regressors over time"))  # fmt: skip
+                         + _img(fig.regressors(d.X, d.names, d.kinds, d.tr), "regressors over time"))  # fmt: skip
     parts.append("</section>")
     return "".join(parts)
 
@@ -303,10 +318,16 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw) -> str:
     if c.weights is not None and res.designs and c.weights.shape[1] == len(res.designs[0].names):
         parts.append(_img(fig.contrast_vector(c.weights, res.designs[0].names), f"contrast {c.label} weights"))
     parts.append(f"<p class='why'>Threshold: {_e(th.reason)}</p>")
-    parts += [f"<p>{_e(note)}.</p>" for note in th.notes]
-    if not th.shown.any():
-        parts.append("<p class='warn'>No element passes the threshold; the figures show where it would be.</p>")
-    parts.append(draw(th))
+    finite = th.stat[res.mask & np.isfinite(th.stat)]
+    if not finite.size:
+        parts.append(f"<p class='warn'>The {_e(th.stat_name)} map holds no finite value in the mask: nothing to show.</p>")
+    else:
+        parts += [f"<p>{_e(note)}.</p>" for note in th.notes]
+        if not th.shown.any():
+            largest = f"|{th.stat_name}|" if th.two_sided else th.stat_name
+            value = np.abs(finite).max() if th.two_sided else finite.max()
+            parts.append(f"<p class='warn'>No element passes the threshold (largest {_e(largest)}: {value:.3g}).</p>")
+        parts.append(draw(th))
     table = res.folder / f"contrast-{c.file_label}_clusters.tsv"
     if table.is_file():  # the run's own clusters, with their FWE p-values
         threshold = res.model.get("settings", {}).get("cluster_threshold")
@@ -320,11 +341,14 @@ def _settings_section(res: Results, generated: str) -> str:
     m = res.model
     parts = ["<section id='settings'><h2>Settings and provenance</h2>"]
     about = {"voxfit version": m.get("voxfit_version", "unknown"), "report made": generated,
-             "command": " ".join(m.get("command") or []) or "(Python API)", "output folder": str(res.folder.resolve())}  # fmt: skip
+             "command": shlex.join(m.get("command") or []) or "(Python API)", "output folder": str(res.folder.resolve())}  # fmt: skip
     parts.append(_definitions(about))
     run = m.get("run")
     parts.append("<h3>Timing and memory</h3>")
-    parts.append(_definitions(run) if run else "<p>Not recorded (a folder written before voxfit recorded them).</p>")
+    units = {"started": "started", "load_s": "reading the data (s)", "fit_s": "fitting (s)", "elapsed_s": "elapsed (s)",
+             "peak_memory_mib": "peak memory (MiB)"}  # fmt: skip
+    parts.append(_definitions({units.get(k, k): v for k, v in run.items()}) if run
+                 else "<p>Not recorded (a folder written before voxfit recorded them).</p>")  # fmt: skip
     inputs = [i for r in m.get("runs", []) for i in r.get("inputs", [])] or m.get("inputs", [])
     parts.append("<h3>Inputs</h3>" + _table([{"path": i.get("path"), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")} for i in inputs]))
     for key in ("data", "mask", "design", "settings"):
@@ -332,6 +356,14 @@ def _settings_section(res: Results, generated: str) -> str:
             parts.append(f"<h3>{key.capitalize()}</h3>" + _definitions(m[key]))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _rows(res: Results) -> str:
+    """What the model was fitted to: scans, runs of scans, or maps."""
+    n = [d.X.shape[0] for d in res.designs] or [res.model.get("data", {}).get("n_scans", "?")]
+    if res.level == "group":
+        return f"{n[0]} maps"
+    return f"{len(n)} runs of {' + '.join(map(str, n))} scans" if len(n) > 1 else f"{n[0]} scans"
 
 
 def build_report(folder, *, background=None, mesh=None, p_threshold: float | None = None, progress: bool | None = None) -> str:
@@ -343,20 +375,30 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
     mesh = mesh if mesh is not None else res.model.get("settings", {}).get("mesh")
     bar = Progress("report", 2 + len(res.contrasts), enabled=progress)
     notes = []
+    # group clusters as the run formed them; first-level ones with corner neighbours (as FSL's cluster)
+    connectivity = int(res.model.get("settings", {}).get("connectivity") or 26) if res.level == "group" else 26
     if isinstance(geometry, VolumeGeometry):
         vol = _Volume(geometry)
         bg, bg_name = vol.background(res, background)
         notes.append(f"Volumes are drawn in RAS orientation (the brain's left on the left), over {bg_name}.")
+        if vol.obliquity > 0.5:
+            notes.append(f"The voxel grid is oblique ({vol.obliquity:.0f}° off the axes): slices follow the grid, not "
+                         "the scanner's axes; positions in mm are exact.")  # fmt: skip
 
         def draw(th):
-            return _volume_figures(vol, bg, th, res.mask) + "<h3>Clusters (26-connected)</h3>" + _table(_volume_clusters(vol, th), TABLE_ROWS)
+            if not th.shown.any():
+                return ""
+            return (_volume_figures(vol, bg, th, res.mask) + f"<h3>Clusters ({connectivity}-connected)</h3>"
+                    + _table(_volume_clusters(vol, th, connectivity), TABLE_ROWS))  # fmt: skip
     elif isinstance(geometry, SurfaceGeometry) and mesh is not None and Path(mesh).is_file():
         coords, faces = _read_mesh(mesh, geometry.n_vertices)
         notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
 
         def draw(th):
+            if not th.shown.any():
+                return ""
             return (_img(fig.surface_views(coords, faces, np.nan_to_num(th.stat), th.shown, _scale(th), th.stat_name), "lateral and medial views")
-                    + "<h3>Clusters (along the mesh's edges)</h3>" + _table(_surface_clusters(faces, th), TABLE_ROWS))  # fmt: skip
+                    + "<h3>Clusters (along the mesh's edges)</h3>" + _table(_surface_clusters(coords, faces, th), TABLE_ROWS))  # fmt: skip
     else:
         if isinstance(geometry, SurfaceGeometry):
             notes.append("No surface mesh was given (voxfit report --mesh lh.pial.surf.gii), so surface maps are shown "
@@ -368,7 +410,8 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
             notes.append("The CIFTI file's voxels are drawn in RAS orientation over their mask; its surface vertices as distributions.")
 
         def draw(th):
-            out = _img(fig.histogram(th.stat[res.mask], th.level, th.stat_name, th.two_sided), f"distribution of {th.stat_name}")
+            out = _img(fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name, th.two_sided),
+                       f"distribution of {th.stat_name}")  # fmt: skip
             if isinstance(geometry, CiftiGeometry):
                 out += "<h3>Structures</h3>" + _table(_cifti_structures(geometry, th))
                 if voxels is not None:  # the volume part: slices and clusters as for a volume
@@ -376,10 +419,11 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
                     grid = dataclasses.replace(th, stat=_scatter(flat, th.stat[index], vol, np.nan),
                                                shown=_scatter(flat, th.shown[index], vol, False))  # fmt: skip
                     mask = _scatter(flat, res.mask[index], vol, False)
-                    out += (_volume_figures(vol, vol.grid(mask.astype(float)), grid, mask) + "<h3>Clusters of the voxels "
-                            "(26-connected)</h3>" + _table(_volume_clusters(vol, grid), TABLE_ROWS))  # fmt: skip
+                    if grid.shown.any():
+                        out += (_volume_figures(vol, vol.grid(mask.astype(float)), grid, mask) + "<h3>Clusters of the "
+                                "voxels (26-connected)</h3>" + _table(_volume_clusters(vol, grid, 26), TABLE_ROWS))  # fmt: skip
                 return out
-            return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + _table(_top_elements(th, what, int))
+            return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + _table(_top_elements(th, what))
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     title = f"voxfit report: {res.level}, {res.folder.resolve().name}"
     sections = [_design_section(res)] if res.designs else []
@@ -393,9 +437,7 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
     links = ["<a href='#design'>design</a>"] if res.designs else []
     links += [f"<a href='#contrast-{_e(c.file_label)}'>{_e(c.label)}</a>" for c in res.contrasts]
     links.append("<a href='#settings'>settings</a>")
-    data = res.model.get("data", {})
-    summary = (f"{data.get('n_scans', '?')} scans × {data.get('n_voxels', res.model.get('n_voxels', int(res.mask.sum()))):,} "
-               f"elements ({geometry.kind})")  # fmt: skip
+    summary = f"{_rows(res)} × {int(res.mask.sum()):,} elements ({geometry.kind})"
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width'><title>{_e(title)}</title><style>{CSS}</style></head><body>"

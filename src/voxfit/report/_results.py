@@ -23,8 +23,6 @@ from ..io.readers import NiftiReader, open_reader
 
 __all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_results"]
 
-Z_001 = 3.090232306167813  # the standard normal's upper 0.001 quantile
-
 
 @dataclass
 class DesignView:
@@ -159,8 +157,9 @@ def read_results(folder) -> Results:
 
 
 def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Threshold:
-    """z maps at p < 0.001 uncorrected unless told otherwise; t maps both signs, F (z of F) positive only."""
-    from scipy.special import ndtri
+    """z maps at p < 0.001 uncorrected unless told otherwise: t contrasts two-sided (|z|, both signs, as
+    nilearn), F contrasts (z of F) one-sided."""
+    from scipy.special import ndtr, ndtri
 
     from ..inference.corrections import fdr_threshold
 
@@ -169,21 +168,24 @@ def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None)
     if z is None or p is None:
         raise InputError(f"{res.folder} lacks the z or p map of contrast {c.label!r}; the folder is incomplete.")
     alpha = 0.001 if p_threshold is None else p_threshold
-    level = Z_001 if p_threshold is None else float(-ndtri(alpha))
     two_sided = c.kind == "t"
+    if two_sided:  # the folder's p maps are one-sided (large t)
+        p = 2.0 * ndtr(-np.abs(z))
+    level = float(-ndtri(alpha / 2 if two_sided else alpha))
     shown = np.abs(z) > level if two_sided else z > level
     shown &= res.mask & np.isfinite(z)
     valid = np.isfinite(p) & res.mask
     q = fdr_threshold(p[valid], 0.05)
     n_fdr = int(np.sum(p[valid] <= q)) if q > 0 else 0
     n_bonf = int(np.sum(p[valid] < 0.05 / max(1, valid.sum())))
-    why = ("the customary height threshold of single-subject maps (SPM's and nilearn's default)" if p_threshold is None
-           else "the threshold asked for")  # fmt: skip
-    sides = "|z|" if two_sided else "z"
+    why = ("the customary height threshold of single-subject maps (nilearn's default; SPM's for each sign)"
+           if p_threshold is None else "the threshold asked for")  # fmt: skip
+    sides = "two-sided, |z|" if two_sided else "z"
     reason = f"p < {alpha:g} uncorrected ({sides} > {level:.2f}): {why}."
     notes = [f"{int(shown.sum()):,} of {int(valid.sum()):,} elements shown"
-             + (" (positive and negative effects, each one-sided)" if two_sided else ""),
-             f"{n_fdr:,} elements reach FDR q < 0.05 (Benjamini–Hochberg), {n_bonf:,} reach Bonferroni p < 0.05"]  # fmt: skip
+             + (" (positive and negative effects)" if two_sided else ""),
+             f"{n_fdr:,} elements reach FDR q < 0.05 (Benjamini–Hochberg), {n_bonf:,} reach Bonferroni p < 0.05"
+             + (", both two-sided" if two_sided else "")]  # fmt: skip
     return Threshold(shown, np.where(res.mask, z, np.nan), "z", level, two_sided, reason, notes)
 
 
@@ -191,6 +193,7 @@ _GROUP_P = [  # (desc of the p map, what it is) strongest first
     ("tfcefwe", "TFCE family-wise error p < 0.05"),
     ("clusterfwe", "cluster-extent family-wise error p < 0.05"),
     ("fwe", "voxelwise family-wise error p < 0.05 (max statistic)"),
+    ("bonferroni", "voxelwise family-wise error p < 0.05 (Bonferroni)"),
     ("fdr", "FDR q < 0.05 (Benjamini–Hochberg)"),
 ]
 

@@ -222,6 +222,23 @@ def test_volume_group_with_covariates_in_ras_and_las(tmp_path):
     assert re.sub(r"\d+ \d+ \d+", "", mm.search(ras).group(1)) == re.sub(r"\d+ \d+ \d+", "", mm.search(las_page).group(1))
 
 
+def test_slices_cut_through_the_largest_cluster_not_a_lone_voxel():
+    from voxfit.io.geometry import VolumeGeometry
+    from voxfit.report._page import _Volume, _volume_part
+    from voxfit.report._results import Threshold
+
+    stat = np.zeros(SHAPE)
+    stat[1:4, 1:4, 1:4] = 5.0
+    stat[2, 2, 2] = 6.0
+    stat[8, 7, 6] = 9.0  # stronger, alone
+    flat = stat.reshape(-1, order="F")
+    th = Threshold(flat > 3, flat, "z", 3.0, True, "test")
+    page = _volume_part(_Volume(VolumeGeometry(SHAPE, AFFINE)), np.ones(SHAPE), th, np.ones(flat.size, bool), 26)
+    x, y, z = AFFINE[:3, :3] @ [2, 2, 2] + AFFINE[:3, 3]
+    assert f"orthogonal slices through ({x:.0f}, {y:.0f}, {z:.0f}) mm" in page
+    assert re.findall(r"<tr><td class=n>\d</td><td>\+</td><td class=n>(\d+)</td>", page) == ["27", "1"]
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_oblique_grid_drawn_along_it_with_exact_mm(flip):
     from voxfit.io.geometry import VolumeGeometry

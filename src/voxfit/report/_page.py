@@ -151,18 +151,15 @@ def _scale(th: Threshold):
     return fig.colour_scale(float(values.max(initial=0.0)) or 1.0, th.two_sided)
 
 
-def _peak(th: Threshold) -> int:
-    """The shown element of largest statistic (largest magnitude when both signs are shown)."""
-    stat = np.abs(th.stat) if th.two_sided else th.stat
-    return int(np.argmax(np.where(th.shown, np.nan_to_num(stat, nan=-np.inf), -np.inf)))
-
-
-def _volume_figures(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray) -> str:
-    """Orthogonal slices through the peak shown and an axial mosaic over the mask's extent."""
+def _volume_part(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray, connectivity: int,
+                 heading: str = "Clusters") -> str:  # fmt: skip
+    """Orthogonal slices through the peak of the largest cluster (not a lone voxel: nilearn too cuts through
+    the largest component), an axial mosaic over the mask's extent, and the table of clusters."""
+    rows, peaks = _volume_clusters(vol, th, connectivity)
     stat = vol.grid(np.nan_to_num(th.stat))
     shown = vol.grid(th.shown)
     scale = _scale(th)
-    peak_ijk = np.argwhere(vol.grid(np.arange(len(th.stat))) == _peak(th))[0]
+    peak_ijk = np.argwhere(vol.grid(np.arange(len(th.stat))) == peaks[0])[0]
     mm = vol.mm(peak_ijk)
     out = [_img(fig.orthogonal_slices(background, stat, shown, vol.zooms, peak_ijk, mm, scale, th.stat_name),
                 f"orthogonal slices through ({mm[0]:.0f}, {mm[1]:.0f}, {mm[2]:.0f}) mm")]  # fmt: skip
@@ -171,11 +168,13 @@ def _volume_figures(vol: _Volume, background: NDArray, th: Threshold, mask: NDAr
     centre = (np.array(stat.shape[:2]) - 1) / 2
     z_mm = [vol.mm((*centre, k))[2] for k in slices]  # at the slice's centre (the slices of oblique grids tilt)
     out.append(_img(fig.mosaic(background, stat, shown, vol.zooms, slices, z_mm, scale, th.stat_name), "axial mosaic"))
+    out.append(f"<h3>{heading} ({connectivity}-connected)</h3>" + _table(rows, TABLE_ROWS))
     return "".join(out)
 
 
-def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> list[dict]:
-    """Clusters of the shown voxels, positive and negative apart, largest first."""
+def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> tuple[list[dict], list[int]]:
+    """Clusters of the shown voxels, positive and negative apart, largest first (then strongest); their
+    table rows and their peaks' element indices."""
     from ..inference.clusters import label_clusters
     from ..inference.graph import volume_adjacency
 
@@ -192,12 +191,12 @@ def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> list[dic
             peak = part[np.argmax(sign * th.stat[part])]
             ijk = np.array(np.unravel_index(peak, vol.shape, order="F"), dtype=float)
             x, y, z = vol.affine[:3, :3] @ ijk + vol.affine[:3, 3]
-            rows.append({"sign": "+" if sign > 0 else "−", "voxels": int(size), "mm³": size * voxel_mm3,
-                         f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "x mm": round(float(x), 1),
-                         "y mm": round(float(y), 1), "z mm": round(float(z), 1),
-                         "i j k": " ".join(str(int(v)) for v in ijk)})  # fmt: skip
-    rows.sort(key=lambda r: (-r["voxels"], -abs(r[f"peak {th.stat_name}"])))
-    return [{"cluster": n, **r} for n, r in enumerate(rows, 1)]
+            rows.append(({"sign": "+" if sign > 0 else "−", "voxels": int(size), "mm³": size * voxel_mm3,
+                          f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "x mm": round(float(x), 1),
+                          "y mm": round(float(y), 1), "z mm": round(float(z), 1),
+                          "i j k": " ".join(str(int(v)) for v in ijk)}, int(peak)))  # fmt: skip
+    rows.sort(key=lambda r: (-r[0]["voxels"], -abs(r[0][f"peak {th.stat_name}"])))
+    return [{"cluster": n, **r} for n, (r, _) in enumerate(rows, 1)], [peak for _, peak in rows]
 
 
 # ---------------------------------------------------------------- surfaces, CIFTI, arrays
@@ -386,10 +385,7 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
                          "the scanner's axes; positions in mm are exact.")  # fmt: skip
 
         def draw(th):
-            if not th.shown.any():
-                return ""
-            return (_volume_figures(vol, bg, th, res.mask) + f"<h3>Clusters ({connectivity}-connected)</h3>"
-                    + _table(_volume_clusters(vol, th, connectivity), TABLE_ROWS))  # fmt: skip
+            return _volume_part(vol, bg, th, res.mask, connectivity) if th.shown.any() else ""
     elif isinstance(geometry, SurfaceGeometry) and mesh is not None and Path(mesh).is_file():
         coords, faces = _read_mesh(mesh, geometry.n_vertices)
         notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
@@ -420,8 +416,7 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
                                                shown=_scatter(flat, th.shown[index], vol, False))  # fmt: skip
                     mask = _scatter(flat, res.mask[index], vol, False)
                     if grid.shown.any():
-                        out += (_volume_figures(vol, vol.grid(mask.astype(float)), grid, mask) + "<h3>Clusters of the "
-                                "voxels (26-connected)</h3>" + _table(_volume_clusters(vol, grid, 26), TABLE_ROWS))  # fmt: skip
+                        out += _volume_part(vol, vol.grid(mask.astype(float)), grid, mask, 26, "Clusters of the voxels")
                 return out
             return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + _table(_top_elements(th, what))
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -462,7 +457,8 @@ def write_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         A GIFTI surface (vertices and triangles) for surface maps; default the group run's ``--mesh``.
     p_threshold : float, optional
         Show elements at this uncorrected p instead of the default: p < 0.001 uncorrected for first-level
-        maps, the strongest inference computed at 0.05 for group maps (TFCE, cluster or voxel FWE, FDR).
+        maps (two-sided for t contrasts), the strongest inference computed at 0.05 for group maps (TFCE,
+        cluster or voxel FWE, Bonferroni, else FDR).
     force : bool
         Replace an existing report.html.
     """

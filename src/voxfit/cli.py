@@ -57,9 +57,10 @@ EXAMPLES_REPORT = """examples:
   voxfit report results/ --background sub-01_T1w.nii.gz --force
   voxfit report group/ --mesh lh.inflated.surf.gii --p-threshold 0.001
 
-First-level maps are shown at p < 0.001 uncorrected unless --p-threshold says otherwise; group maps at the
-strongest inference the run computed (TFCE, cluster or voxel FWE, else FDR) at 0.05. The page embeds every
-image and needs no network; it needs matplotlib (pip install 'voxfit[report]').
+First-level maps are shown at p < 0.001 uncorrected (two-sided for t contrasts: |z| > 3.29; z > 3.09 for F)
+unless --p-threshold says otherwise; group maps at the strongest inference the run computed at 0.05 (TFCE,
+cluster or voxel FWE from permutations, else Bonferroni). The page embeds every image and needs no network;
+it needs matplotlib (pip install 'voxfit[report]').
 """
 
 

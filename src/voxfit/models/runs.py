@@ -127,9 +127,11 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
             out.write_json("model.json", {
                 "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
                 "runs": [{"inputs": [input_record(p) for p in ds.paths], "columns": list(names), "n_scans": int(X.shape[0]),
-                          "noise_details": info} for ds, (X, names), info in zip(datasets, matrices, noise_details)],
+                          **{k: getattr(design, k) for k in ("kinds", "tr") if hasattr(design, k)},
+                          "noise_details": info}
+                         for ds, (X, names), design, info in zip(datasets, matrices, designs, noise_details)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
-                                      "dof": combined[label].dof} for label, expr in items},
+                                      "kind": combined[label].kind, "dof": combined[label].dof} for label, expr in items},
                 "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": mask_threshold,
                              "mask": "automatic (every run)" if mask is None else str(mask)},
                 "n_voxels": masker.n_voxels,

@@ -322,6 +322,26 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
                  "--contrast", "a=A", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
     page = _check_page(out / "report.html", "Run 1 matrix", "Run 2 matrix", "orthogonal slices")
     assert "fixed effects across runs" in page and f"2 runs of {N} + {N} scans × " in page
+    assert "over the mean image of the data" in page  # the mean over both runs' scans (here the same run twice)
+    mask = nib.load(out / "mask.nii.gz").get_fdata() > 0
+    data = nib.load(bolds[0]).get_fdata()
+    np.testing.assert_allclose(nib.load(out / "stat-mean_statmap.nii.gz").get_fdata()[mask], data.mean(axis=3)[mask], rtol=1e-6)
+
+
+def test_mean_image_or_the_baseline_under_the_maps(volume_run, tmp_path):
+    """In-memory fits write the run's mean image and draw over it; streamed fits (no mean image) draw over
+    the constant's estimate, the run's baseline."""
+    mask = nib.load(volume_run / "mask.nii.gz").get_fdata() > 0
+    data = nib.load(volume_run.parent / "bold.nii.gz").get_fdata()
+    np.testing.assert_allclose(nib.load(volume_run / "stat-mean_statmap.nii.gz").get_fdata()[mask],
+                               data.mean(axis=3)[mask], rtol=1e-6)  # fmt: skip
+    assert "over the mean image of the data" in (volume_run / "report.html").read_text()
+    design, _ = _design(volume_run.parent)
+    out = tmp_path / "streamed"
+    assert main(["fit", str(volume_run.parent / "bold.nii.gz"), "--design", str(design), "--contrast", "a=A",
+                 "--max-memory", "200K", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+    assert not (out / "stat-mean_statmap.nii.gz").exists()
+    assert "over the estimate of &#x27;constant&#x27; (the baseline signal of the run)" in (out / "report.html").read_text()
 
 
 def test_progress_bar_when_asked(volume_run, capsys):

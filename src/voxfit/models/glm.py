@@ -21,7 +21,7 @@ from ..engine import fit as fit_engine
 from ..engine import fit_ar, fit_global_ar
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
-from ..io import (Dataset, Masker, OutputFolder, explicit_mask, load, open_reader, sanitize_label, spm_globals,
+from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, load, open_reader, sanitize_label, spm_globals,
                   stat_maps, statmap_name)  # fmt: skip
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
@@ -201,6 +201,7 @@ def fit_images(
                 raise InputError("data larger than --max-memory are read in one sequential pass on the CPU; drop "
                                  "--scheduler and --device, or raise --max-memory.")  # fmt: skip
             max_memory = max_memory or "2G"
+            mean = None  # (the data pass through once, as sums)
             fit, stats, ar_coef, noise_info, dataset, checksums = _fit_streamed(
                 inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
                 hashing if out is not None else None,
@@ -216,6 +217,8 @@ def fit_images(
             checksums = hashing.submit(_checksums, dataset.paths) if out is not None else None
             t_load = time.perf_counter()
             data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
+            held = out is not None and not isinstance(dataset.data, ColumnSource)  # (a column source: on the workers)
+            mean = mean_over_scans(dataset.data) if held else None
             fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress,
                                                               scheduler, device)  # fmt: skip
         t_fit = time.perf_counter()
@@ -224,7 +227,7 @@ def fit_images(
             settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
                         "noise": noise, "noise_details": noise_info, "scaling": scaling,
                         "design": {k: getattr(design, k) for k in ("kinds", "tr") if hasattr(design, k)},
-                        "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load}}  # fmt: skip
+                        "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load}, "mean": mean}  # fmt: skip
             _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs, ar_coef)
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
@@ -257,6 +260,14 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
                       tuple(reader.paths))  # fmt: skip
     info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
     return fit, stats, ar_coef, info, dataset, checksums
+
+
+def mean_over_scans(data) -> np.ndarray:
+    """Each voxel's mean over the scans of (n, V) data (arrays, memory maps, scaled arrays), in float64, a block
+    of voxels at a time: the run's mean image, which reports draw maps over."""
+    n, V = data.shape
+    step = max(1, (8 << 20) // (8 * n))
+    return np.concatenate([np.asarray(data[:, a : a + step], dtype=np.float64).mean(axis=0) for a in range(0, V, step)])
 
 
 def _scale(data, how: str) -> np.ndarray:
@@ -333,6 +344,8 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
     maps.append((statmap_name("residualvariance", ext), fit.residual_variance, ["residualvariance"]))
     if ar_coef is not None:
         maps.append((statmap_name("arcoef", ext), ar_coef, [f"ar{k + 1}" for k in range(ar_coef.shape[0])]))
+    if settings["mean"] is not None:
+        maps.append((statmap_name("mean", ext), settings["mean"], ["mean"]))
     for label, s in stats.items():
         maps += stat_maps(s, label, ext)
 

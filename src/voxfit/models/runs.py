@@ -13,8 +13,8 @@ from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
 from ..design import write_design
 from ..exceptions import InputError
-from ..io import Masker, OutputFolder, ScaledArray, load, stat_maps
-from .glm import _design_matrix, _noise_order, _scale, contrast_items, fit_noise_model, input_record
+from ..io import Masker, OutputFolder, ScaledArray, load, stat_maps, statmap_name
+from .glm import _design_matrix, _noise_order, _scale, contrast_items, fit_noise_model, input_record, mean_over_scans
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -115,7 +115,10 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
         files: list[Path] = []
         if out is not None:
             ext = geometry.extension
-            masker.write_mask(out.path(f"mask{ext}"))
+            masker.write_mask(out.path(f"mask{ext}"))  # and the mean image over every run's scans
+            means = [mean_over_scans(_subset(ds.data, np.flatnonzero(common[ds.masker.mask]))) for ds in datasets]
+            scans = np.array([ds.n_scans for ds in datasets], dtype=float)
+            masker.write(out.path(statmap_name("mean", ext)), np.average(means, axis=0, weights=scans), ["mean"])
             for r, (run, (X, names)) in enumerate(zip(runs, matrices), 1):
                 write_design(out.path(f"run-{r}_design.tsv"), X, names)
                 for label, stats in run.items():

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from .._progress import Progress
 from ..exceptions import InputError
+from ..io import sanitize_label, statmap_name
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from . import _figures as fig
 from ._results import Contrast, Results, Threshold, read_results
@@ -122,8 +123,9 @@ class _Volume:
         return self.ras_affine[:3, :3] @ np.asarray(ijk_ras, dtype=float) + self.ras_affine[:3, 3]
 
     def background(self, res: Results, anatomy) -> tuple[NDArray, str]:
-        """An anatomical image resampled to the maps' grid, else the first level's constant (the baseline
-        signal), else the mask; with what it is."""
+        """An anatomical image resampled to the maps' grid, else the run's mean image, else the first
+        level's constant (the baseline signal: folders of streamed fits have no mean image), else the mask;
+        with what it is."""
         if anatomy is not None:
             import nibabel as nib
             from nibabel.processing import resample_from_to
@@ -134,11 +136,12 @@ class _Volume:
             except Exception as exc:  # nibabel raises many types for unreadable images
                 raise InputError(f"background image {anatomy}: cannot read or resample it ({exc}).") from None
             return self.grid(data.reshape(-1, order="F")), f"{Path(anatomy).name}, resampled to the maps' grid"
+        mean = res.read_map(statmap_name("mean", res.extension))
+        if mean is not None:
+            return self.grid(np.nan_to_num(mean)), "the mean image of the data"
         for design in res.designs[:1]:
             for name, kind in zip(design.names, design.kinds):
                 if kind == "constant":
-                    from ..io import sanitize_label, statmap_name
-
                     values = res.read_map(statmap_name("effect", res.extension, sanitize_label(name, "regressor"), entity="regressor"))
                     if values is not None:
                         return self.grid(np.nan_to_num(values)), f"the estimate of {name!r} (the baseline signal of the run)"

@@ -329,18 +329,21 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
 
 
 def test_mean_image_or_the_baseline_under_the_maps(volume_run, tmp_path):
-    """In-memory fits write the run's mean image and draw over it; streamed fits (no mean image) draw over
-    the constant's estimate, the run's baseline."""
+    """Fits write the run's mean image (in memory or from a streamed pass's sums) and reports draw over it;
+    a folder without one (written by an older voxfit) is drawn over the constant's estimate, the baseline."""
     mask = nib.load(volume_run / "mask.nii.gz").get_fdata() > 0
-    data = nib.load(volume_run.parent / "bold.nii.gz").get_fdata()
-    np.testing.assert_allclose(nib.load(volume_run / "stat-mean_statmap.nii.gz").get_fdata()[mask],
-                               data.mean(axis=3)[mask], rtol=1e-6)  # fmt: skip
+    expected = nib.load(volume_run.parent / "bold.nii.gz").get_fdata().mean(axis=3)[mask]
+    np.testing.assert_allclose(nib.load(volume_run / "stat-mean_statmap.nii.gz").get_fdata()[mask], expected, rtol=1e-6)
     assert "over the mean image of the data" in (volume_run / "report.html").read_text()
     design, _ = _design(volume_run.parent)
     out = tmp_path / "streamed"
     assert main(["fit", str(volume_run.parent / "bold.nii.gz"), "--design", str(design), "--contrast", "a=A",
                  "--max-memory", "200K", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
-    assert not (out / "stat-mean_statmap.nii.gz").exists()
+    assert json.loads((out / "model.json").read_text())["settings"]["noise_details"]["streamed"]
+    np.testing.assert_allclose(nib.load(out / "stat-mean_statmap.nii.gz").get_fdata()[mask], expected, rtol=1e-6)
+    assert "over the mean image of the data" in (out / "report.html").read_text()
+    (out / "stat-mean_statmap.nii.gz").unlink()
+    assert main(["report", str(out), "--force", "--quiet"]) == 0
     assert "over the estimate of &#x27;constant&#x27; (the baseline signal of the run)" in (out / "report.html").read_text()
 
 

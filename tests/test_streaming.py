@@ -40,7 +40,7 @@ def _run(tmp_path, rng, n=70, dtype=np.float32, scaled=False):
 def test_streamed_fit_equals_the_in_memory_fit(tmp_path, rng, order, scans_per_slab):
     path, X = _run(tmp_path, rng)
     contrasts = {"a": [1.0, 0, 0], "ab": [[1.0, 0, 0], [0, 1.0, 0]]}
-    f, stats, phi, masker = fit_streaming(path, X, contrasts, order=order, scans_per_slab=scans_per_slab)
+    f, stats, phi, masker, mean = fit_streaming(path, X, contrasts, order=order, scans_per_slab=scans_per_slab)
     ds = load(path)
     npt.assert_array_equal(masker.mask, ds.masker.mask)
     Y = np.asarray(ds.data, dtype=np.float64)
@@ -56,6 +56,7 @@ def test_streamed_fit_equals_the_in_memory_fit(tmp_path, rng, order, scans_per_s
     npt.assert_allclose(f.r2, rf.r2, rtol=1e-8, atol=1e-10)
     npt.assert_allclose(stats["a"].t, rs["a"].t, rtol=1e-8)
     npt.assert_allclose(stats["ab"].F, rs["ab"].F, rtol=1e-8)
+    npt.assert_allclose(mean, Y.mean(axis=0), rtol=1e-12)
 
 
 def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
@@ -63,7 +64,7 @@ def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
     mask = np.zeros((7, 6, 5), dtype=np.uint8)
     mask[2:5, 2:5, 1:4] = 1
     nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "mask.nii.gz")
-    f, stats, _, masker = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=1, mask=tmp_path / "mask.nii.gz", scans_per_slab=5)
+    f, stats, _, masker, _ = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=1, mask=tmp_path / "mask.nii.gz", scans_per_slab=5)
     ds = load(path, tmp_path / "mask.nii.gz")
     npt.assert_array_equal(masker.mask, ds.masker.mask)
     ref = fit_ar(X, np.asarray(ds.data, dtype=np.float64), 1, {"a": [1.0, 0, 0]})
@@ -72,7 +73,7 @@ def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
     n = X.shape[0]
     exact = (X @ np.array([2.0, -1.0, 1000.0]))[None, None, None, :] * np.ones((3, 3, 3, 1))
     nib.save(nib.Nifti1Image(exact.astype(np.float64), AFFINE), tmp_path / "exact.nii.gz")
-    f2, s2, _, _ = fit_streaming(tmp_path / "exact.nii.gz", X, {"a": [1.0, 0, 0]}, order=1, scans_per_slab=7)
+    f2, s2, _, _, _ = fit_streaming(tmp_path / "exact.nii.gz", X, {"a": [1.0, 0, 0]}, order=1, scans_per_slab=7)
     npt.assert_allclose(f2.betas[:, 0], [2.0, -1.0, 1000.0], rtol=1e-10)
     assert f2.residual_variance[0] == 0 and np.isnan(s2["a"].t[0])
     assert n == 70

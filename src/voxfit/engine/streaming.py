@@ -93,7 +93,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
                   nonzero: bool = False):  # fmt: skip
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
-    Returns ``(fit, {label: Stats}, AR coefficients (order, V) or None, masker)``; the numbers equal those of
+    Returns ``(fit, {label: Stats}, AR coefficients (order, V) or None, masker, mean image (V,))``; the
+    numbers equal those of
     the in-memory fit to rounding. `order` 0 is OLS, p >= 1 AR(p) per voxel. `max_memory` bounds the whole
     process (see the module docstring);
     `scans_per_slab` overrides the slab size it implies (for tests and tuning). With `nonzero`, the automatic
@@ -155,6 +156,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     cols = np.flatnonzero(from_sums[index])  # candidates kept
     targets = pos[index[cols]]
     S = sums.result(design.rank)
+    mean = np.full(V, np.nan)  # each voxel's mean over the scans: its shift plus the mean of the shifted data
+    mean[targets] = S.total[cols] / n + (0.0 if S.shift is None else S.shift[cols])
     sub = LaggedSums(S.lagged[:, :, cols], S.s[:, cols], S.top[:, cols], S.bottom[:, cols], S.total[cols],
                      None if S.shift is None else S.shift[cols])  # fmt: skip
     pc = design.X.shape[1]
@@ -186,6 +189,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         raw = gather(reader, second)
         data = np.asarray(_scaled(raw, reader), dtype=np.float64)  # as exact as the sums
         at = pos[second]
+        mean[at] = data.mean(axis=0)
         if order:
             b, r_, ph, cons, o_, t_ = fit_ar_block(block, data, list(weights.values()))
             betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
@@ -208,4 +212,4 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         phi.setflags(write=False)
     else:
         stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
-    return fit, stats, phi, masker
+    return fit, stats, phi, masker, mean

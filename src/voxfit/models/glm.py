@@ -201,8 +201,7 @@ def fit_images(
                 raise InputError("data larger than --max-memory are read in one sequential pass on the CPU; drop "
                                  "--scheduler and --device, or raise --max-memory.")  # fmt: skip
             max_memory = max_memory or "2G"
-            mean = None  # (the data pass through once, as sums)
-            fit, stats, ar_coef, noise_info, dataset, checksums = _fit_streamed(
+            fit, stats, ar_coef, noise_info, dataset, checksums, mean = _fit_streamed(
                 inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
                 hashing if out is not None else None,
             )  # fmt: skip
@@ -247,19 +246,20 @@ def _column_dataset(inputs, mask) -> Dataset | None:
 def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress, hashing):
     """The fit of fit_images for data larger than `max_memory`: one sequential read accumulating per-voxel
     sums. Returns what the in-memory path has for writing: fit, stats, AR coefficients, noise details, a
-    Dataset standing for the data (no values), and the future of the input checksums (None without `hashing`)."""
+    Dataset standing for the data (no values), the future of the input checksums (None without `hashing`)
+    and the mean image."""
     order = _noise_order(noise)
     if order < 0 or scaling != "none":
         raise InputError("data larger than --max-memory are fitted in one pass with --noise ols or ar1 .. ar8 and "
                          "--scaling none; raise --max-memory for ar1-global or scaling.")  # fmt: skip
     reader = open_reader(inputs)
     checksums = hashing.submit(_checksums, reader.paths) if hashing is not None else None  # while the data stream
-    fit, stats, ar_coef, masker = fit_streaming(inputs, X, dict(items), order=order, names=names, mask=mask,
+    fit, stats, ar_coef, masker, mean = fit_streaming(inputs, X, dict(items), order=order, names=names, mask=mask,
                                                 mask_threshold=mask_threshold, max_memory=max_memory, progress=progress)  # fmt: skip
     dataset = Dataset(np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, masker.n_voxels)), masker,
                       tuple(reader.paths))  # fmt: skip
     info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
-    return fit, stats, ar_coef, info, dataset, checksums
+    return fit, stats, ar_coef, info, dataset, checksums, mean
 
 
 def mean_over_scans(data) -> np.ndarray:

@@ -191,7 +191,7 @@ class SecondLevel:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
         d = group_design(n_maps, design=self.design, two_sample=self.two_sample)
         items = self._contrast_items(d.names, d.X.shape[1])
-        fit, stats, _, masker = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
+        fit, stats, _, masker, _ = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
                                               max_memory=self.max_memory, progress=progress, nonzero=True)  # fmt: skip
         files: list[Path] = []
         if out is not None:

@@ -124,8 +124,8 @@ class _Volume:
 
     def background(self, res: Results, anatomy) -> tuple[NDArray, str]:
         """An anatomical image resampled to the maps' grid, else the run's mean image, else the first
-        level's constant (the baseline signal: folders of streamed fits have no mean image), else the mask;
-        with what it is."""
+        level's constant (the baseline signal, for folders written before fits saved a mean image), else the
+        mask; with what it is."""
         if anatomy is not None:
             import nibabel as nib
             from nibabel.processing import resample_from_to

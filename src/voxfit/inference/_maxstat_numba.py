@@ -32,9 +32,10 @@ def reduce_row(g0, ss, rs, key, b, d, dq, is_t, okey, rowmax, counts, out, out_o
     for j in range(v):
         counts[j] += key[j] >= okey[j]
     if store:
+        dst = out[b, out_offset : out_offset + v]  # a slice indexed from 0: no negative-index handling
         for j in range(v):
             x = key[j]
-            out[b, out_offset + j] = (np.sign(x) * np.sqrt(abs(x))) if is_t else x
+            dst[j] = (np.sign(x) * np.sqrt(abs(x))) if is_t else x
 
 @numba.njit(**_JIT)
 def stats_tile(G, ee, okey, dof, q, is_t, rowmax, counts, out, out_offset, store):  # pragma: no cover - compiled

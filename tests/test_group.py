@@ -250,3 +250,15 @@ def test_device_fit_without_an_intercept(rng):
     dev = fit(X, Y, device="strict")
     npt.assert_allclose(dev.residual_variance, ref.residual_variance, rtol=1e-4)
     npt.assert_allclose(dev.contrast([1, 0]).t, ref.contrast([1, 0]).t, rtol=1e-3, atol=1e-4)
+
+
+def test_a_mesh_that_is_not_a_surface_is_an_input_error(tmp_path, capsys):
+    """A functional GIFTI given as --mesh (no vertices or triangles): one line and exit 2, not a crash."""
+    paths = []
+    for i in range(6):
+        nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(np.full(12, i + 1.0, dtype=np.float32))]),
+                 tmp_path / f"s{i}.func.gii")  # fmt: skip
+        paths.append(str(tmp_path / f"s{i}.func.gii"))
+    assert main(["group", *paths, "--permutations", "20", "--tfce", "--mesh", paths[0], "-o", str(tmp_path / "o")]) == 2
+    assert "not a GIFTI surface with vertices and triangles" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

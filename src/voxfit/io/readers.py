@@ -34,7 +34,7 @@ from ..exceptions import InputError
 from ._gzip import open_gzip
 from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
 
-__all__ = ["open_reader", "ColumnSource", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
+__all__ = ["open_reader", "read_mesh", "ColumnSource", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -507,6 +507,19 @@ class ColumnSource:
                              "the client's paths).") from None  # fmt: skip
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: cannot read the data ({type(exc).__name__}: {exc}).") from None
+
+
+def read_mesh(path, n_vertices: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """The vertices (n_vertices, 3) and triangles (k, 3) of a GIFTI surface for data on `n_vertices` vertices."""
+    try:
+        coords, faces = nib.load(str(path)).agg_data(("pointset", "triangle"))
+    except Exception as exc:  # nibabel raises many kinds for a file that is not a GIFTI surface
+        raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles ({exc}).") from None
+    if np.ndim(coords) != 2 or np.ndim(faces) != 2:  # (nibabel gives () for an intent the file lacks)
+        raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles.")
+    if coords.shape[0] != n_vertices:
+        raise InputError(f"mesh {path} has {coords.shape[0]} vertices but the data have {n_vertices}; give the data's surface.")
+    return np.asarray(coords, dtype=np.float64), np.asarray(faces, dtype=np.int64)
 
 
 def open_reader(paths):

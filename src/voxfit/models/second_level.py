@@ -33,7 +33,8 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import Masker, OutputFolder, explicit_mask, group_mask_block, load, open_reader, stat_maps, statmap_name
+from ..io import (Masker, OutputFolder, explicit_mask, group_mask_block, load, open_reader, read_mesh, stat_maps,
+                  statmap_name)  # fmt: skip
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import contrast_items, input_record
 
@@ -236,7 +237,7 @@ class SecondLevel:
         if isinstance(geometry, SurfaceGeometry):
             if self.mesh is None:
                 raise InputError("clusters and TFCE on surface data need the surface's triangles: give --mesh lh.pial.surf.gii.")
-            return mesh_adjacency(_read_faces(self.mesh, geometry.n_vertices), masker.mask)
+            return mesh_adjacency(read_mesh(self.mesh, geometry.n_vertices)[1], masker.mask)
         if isinstance(geometry, CiftiGeometry):
             raise InputError("clusters and TFCE on CIFTI files are not supported yet; use --permutations for "
                              "voxelwise (max-statistic) inference, or give the hemispheres as GIFTI with --mesh.")  # fmt: skip
@@ -332,21 +333,6 @@ def _unique_labels(tcons):
     from ..io import sanitize_label
 
     return [(sanitize_label(label, "contrast"), w) for label, w in tcons]
-
-
-def _read_faces(path, n_vertices: int) -> np.ndarray:
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        coords, faces = img.agg_data(("pointset", "triangle"))
-    except Exception as exc:  # nibabel raises many kinds for a file that is not a GIFTI surface
-        raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles ({exc}).") from None
-    if coords is None or faces is None:
-        raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles.")
-    if coords.shape[0] != n_vertices:
-        raise InputError(f"mesh {path} has {coords.shape[0]} vertices but the data have {n_vertices}.")
-    return np.asarray(faces, dtype=np.int64)
 
 
 def _write_table(path, rows: list[dict]) -> None:

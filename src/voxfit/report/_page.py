@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from .._progress import Progress
 from ..exceptions import InputError
-from ..io import sanitize_label, statmap_name
+from ..io import read_mesh, sanitize_label, statmap_name
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from . import _figures as fig
 from ._results import Contrast, Results, Threshold, read_results
@@ -205,20 +205,6 @@ def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> tuple[li
 # ---------------------------------------------------------------- surfaces, CIFTI, arrays
 
 
-def _read_mesh(path, n_vertices: int):
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        coords = next(d.data for d in img.darrays if d.intent == nib.nifti1.intent_codes["NIFTI_INTENT_POINTSET"])
-        faces = next(d.data for d in img.darrays if d.intent == nib.nifti1.intent_codes["NIFTI_INTENT_TRIANGLE"])
-    except (StopIteration, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles ({exc}).") from None
-    if coords.shape[0] != n_vertices:
-        raise InputError(f"mesh {path} has {coords.shape[0]} vertices but the maps have {n_vertices}; give the maps' surface.")
-    return np.asarray(coords, dtype=float), np.asarray(faces, dtype=np.int64)
-
-
 def _top_elements(th: Threshold, what: str) -> list[dict]:
     index = np.flatnonzero(th.shown)
     order = index[np.argsort(-np.abs(th.stat[index]))][:TOP_PEAKS]
@@ -390,7 +376,7 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         def draw(th):
             return _volume_part(vol, bg, th, res.mask, connectivity) if th.shown.any() else ""
     elif isinstance(geometry, SurfaceGeometry) and mesh is not None and Path(mesh).is_file():
-        coords, faces = _read_mesh(mesh, geometry.n_vertices)
+        coords, faces = read_mesh(mesh, geometry.n_vertices)
         notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
 
         def draw(th):

@@ -175,31 +175,41 @@ def _volume_part(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray
     return "".join(out)
 
 
-def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> tuple[list[dict], list[int]]:
-    """Clusters of the shown voxels, positive and negative apart, largest first (then strongest); their
-    table rows and their peaks' element indices."""
+def _signed_clusters(th: Threshold, adjacency) -> list[tuple[int, int, int]]:
+    """Clusters of the shown elements, positive and negative apart (``adjacency(members)``: the neighbours
+    among the elements `members`), as ``(sign, size, peak element)``, largest first, then strongest peak."""
     from ..inference.clusters import label_clusters
-    from ..inference.graph import volume_adjacency
 
-    rows = []
-    voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
+    found = []
     for sign in (1, -1):
         members = th.shown & (sign * np.nan_to_num(th.stat) > 0)
         if not members.any():
             continue
         index = np.flatnonzero(members)
-        labels, sizes, _ = label_clusters(np.ones(index.size), volume_adjacency(members, vol.shape, connectivity), 0.0)
+        labels, sizes, _ = label_clusters(np.ones(index.size), adjacency(members), 0.0)
         for k, size in enumerate(sizes):
             part = index[labels == k + 1]
-            peak = part[np.argmax(sign * th.stat[part])]
-            ijk = np.array(np.unravel_index(peak, vol.shape, order="F"), dtype=float)
-            x, y, z = vol.affine[:3, :3] @ ijk + vol.affine[:3, 3]
-            rows.append(({"sign": "+" if sign > 0 else "−", "voxels": int(size), "mm³": size * voxel_mm3,
-                          f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "x mm": round(float(x), 1),
-                          "y mm": round(float(y), 1), "z mm": round(float(z), 1),
-                          "i j k": " ".join(str(int(v)) for v in ijk)}, int(peak)))  # fmt: skip
-    rows.sort(key=lambda r: (-r[0]["voxels"], -abs(r[0][f"peak {th.stat_name}"])))
-    return [{"cluster": n, **r} for n, (r, _) in enumerate(rows, 1)], [peak for _, peak in rows]
+            found.append((sign, int(size), int(part[np.argmax(sign * th.stat[part])])))
+    found.sort(key=lambda c: (-c[1], -abs(round(float(th.stat[c[2]]), 3))))
+    return found
+
+
+def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> tuple[list[dict], list[int]]:
+    """Clusters of the shown voxels (see :func:`_signed_clusters`): their table rows and their peaks' element
+    indices."""
+    from ..inference.graph import volume_adjacency
+
+    clusters = _signed_clusters(th, lambda members: volume_adjacency(members, vol.shape, connectivity))
+    voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
+    rows = []
+    for n, (sign, size, peak) in enumerate(clusters, 1):
+        ijk = np.array(np.unravel_index(peak, vol.shape, order="F"), dtype=float)
+        x, y, z = vol.affine[:3, :3] @ ijk + vol.affine[:3, 3]
+        rows.append({"cluster": n, "sign": "+" if sign > 0 else "−", "voxels": size, "mm³": size * voxel_mm3,
+                     f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "x mm": round(float(x), 1),
+                     "y mm": round(float(y), 1), "z mm": round(float(z), 1),
+                     "i j k": " ".join(str(int(v)) for v in ijk)})  # fmt: skip
+    return rows, [peak for _, _, peak in clusters]
 
 
 # ---------------------------------------------------------------- surfaces, CIFTI, arrays
@@ -212,27 +222,17 @@ def _top_elements(th: Threshold, what: str) -> list[dict]:
 
 
 def _surface_clusters(coords, faces, th: Threshold) -> list[dict]:
-    """Clusters of the shown vertices along the mesh's edges, positive and negative apart, largest first;
-    their peaks by vertex index and position on the mesh."""
-    from ..inference.clusters import label_clusters
+    """Clusters of the shown vertices along the mesh's edges (see :func:`_signed_clusters`); their peaks by
+    vertex index and position on the mesh."""
     from ..inference.graph import mesh_adjacency
 
     rows = []
-    for sign in (1, -1):
-        members = th.shown & (sign * np.nan_to_num(th.stat) > 0)
-        if not members.any():
-            continue
-        index = np.flatnonzero(members)
-        labels, sizes, _ = label_clusters(np.ones(index.size), mesh_adjacency(faces, members), 0.0)
-        for k, size in enumerate(sizes):
-            part = index[labels == k + 1]
-            peak = part[np.argmax(sign * th.stat[part])]
-            x, y, z = coords[peak]
-            rows.append({"sign": "+" if sign > 0 else "−", "vertices": int(size),
-                         f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "peak vertex": str(peak),
-                         "x mm": round(float(x), 1), "y mm": round(float(y), 1), "z mm": round(float(z), 1)})  # fmt: skip
-    rows.sort(key=lambda r: (-r["vertices"], -abs(r[f"peak {th.stat_name}"])))
-    return [{"cluster": n, **r} for n, r in enumerate(rows, 1)]
+    for n, (sign, size, peak) in enumerate(_signed_clusters(th, lambda members: mesh_adjacency(faces, members)), 1):
+        x, y, z = coords[peak]
+        rows.append({"cluster": n, "sign": "+" if sign > 0 else "−", "vertices": size,
+                     f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "peak vertex": str(peak),
+                     "x mm": round(float(x), 1), "y mm": round(float(y), 1), "z mm": round(float(z), 1)})  # fmt: skip
+    return rows
 
 
 def _cifti_voxels(geometry: CiftiGeometry):

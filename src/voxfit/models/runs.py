@@ -100,10 +100,12 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
         if not common.any():
             raise InputError("no voxel is inside the mask of every run.")
         masker = Masker(geometry, common)
-        runs, noise_details = [], []
+        runs, noise_details, sums = [], [], 0.0
         for r, (ds, (X, names)) in enumerate(zip(datasets, matrices), 1):
             columns = np.flatnonzero(common[ds.masker.mask])
             data = _subset(ds.data, columns)
+            if out is not None:  # for the mean image over every run's scans
+                sums = sums + mean_over_scans(data) * ds.n_scans
             data = data if scaling == "none" else _scale(data, scaling)
             try:
                 _, stats, _, info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler)
@@ -115,10 +117,8 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
         files: list[Path] = []
         if out is not None:
             ext = geometry.extension
-            masker.write_mask(out.path(f"mask{ext}"))  # and the mean image over every run's scans
-            means = [mean_over_scans(_subset(ds.data, np.flatnonzero(common[ds.masker.mask]))) for ds in datasets]
-            scans = np.array([ds.n_scans for ds in datasets], dtype=float)
-            masker.write(out.path(statmap_name("mean", ext)), np.average(means, axis=0, weights=scans), ["mean"])
+            masker.write_mask(out.path(f"mask{ext}"))
+            masker.write(out.path(statmap_name("mean", ext)), sums / sum(ds.n_scans for ds in datasets), ["mean"])
             for r, (run, (X, names)) in enumerate(zip(runs, matrices), 1):
                 write_design(out.path(f"run-{r}_design.tsv"), X, names)
                 for label, stats in run.items():

@@ -9,11 +9,14 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    """``Progress(label, total)``; call ``update(done)``; ``close()`` clears the line. Silent unless enabled."""
+    """``Progress(label, total)``; call ``update(done)``; ``close()`` clears the line. Silent unless enabled;
+    `enabled` None: when the stream is a terminal and `total` exceeds `min_total` (short jobs need no bar)."""
 
-    def __init__(self, label: str, total: int, enabled: bool | None = None, stream=None):
+    def __init__(self, label: str, total: int, enabled: bool | None = None, stream=None, min_total: int = 0):
         self.stream = sys.stderr if stream is None else stream
-        self.enabled = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) if enabled is None else enabled
+        if enabled is None:
+            enabled = total > min_total and (self.stream.isatty() if hasattr(self.stream, "isatty") else False)
+        self.enabled = enabled
         self.label, self.total = label, max(1, int(total))
         self._last = 0.0
         self._start = time.perf_counter()

@@ -117,7 +117,7 @@ def fit_ar(
         for (a, b), (ok, res) in zip(spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)):
             _place(a, ok, res)
     else:
-        bar = Progress("AR fit", len(starts), enabled=(None if len(starts) > 8 else False) if progress is None else progress)
+        bar = Progress("AR fit", len(starts), enabled=progress, min_total=8)
         with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
             for done, _ in enumerate(pool.map(run, starts), 1):
                 bar.update(done)

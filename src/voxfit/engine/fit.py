@@ -158,8 +158,7 @@ def fit(
 
     starts = range(0, V, block)
     workers = min(n_jobs, len(starts))
-    auto = None if len(starts) > 8 else False  # None: shown when stderr is a terminal
-    bar = Progress("fitting", len(starts), enabled=auto if progress is None else progress)
+    bar = Progress("fitting", len(starts), enabled=progress, min_total=8)  # (None: when stderr is a terminal)
     # One BLAS thread per worker, even for a single worker: BLAS threads that spin between the many small
     # products slow the compiled pass that runs in between by up to 3x (measured on 2 cores).
     with _threadpools().limit(limits=1, user_api="blas"):

@@ -10,7 +10,7 @@ import pytest
 import voxfit
 from voxfit.exceptions import InputError
 from voxfit.io import CiftiGeometry, Masker, ScaledArray, SurfaceGeometry, VolumeGeometry, open_reader
-from voxfit.io.readers import reader_geometry
+from voxfit.io.readers import open_map
 
 from .imaging import (AFFINE, N_SCANS, SHAPE, as_matrix, cifti_axes, read_back, volume_data, write_cifti,
                       write_gifti, write_nifti, write_volume_list)  # fmt: skip
@@ -115,7 +115,7 @@ def test_load_and_write_round_trip(kind, tmp_path, rng):
     out = tmp_path / f"map{geom.extension}"
     values = np.arange(ds.n_voxels, dtype=np.float64)
     ds.masker.write(out, values, ["index"])
-    back = reader_geometry(out)
+    back = open_map(out).geometry
     geom.check_same(back, "written map")
     read_back = next(iter(open_reader(out).iter_scans()))[1][0] if geom.kind != "volume" else np.asarray(nib.load(out).dataobj).reshape(-1, order="F")
     npt.assert_array_equal(read_back[auto], values)

@@ -14,7 +14,6 @@ the first scan but vary later, rare outside zero-filled background, are read in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,7 +21,7 @@ from numpy.typing import NDArray
 from .._progress import Progress
 from ..exceptions import InputError
 from .geometry import Geometry
-from .readers import NiftiReader, _kind, open_reader
+from .readers import open_map
 
 __all__ = ["AutoMask", "Masker", "explicit_mask", "gather", "gather_auto", "group_mask_block", "load_mask",
            "spm_globals"]  # fmt: skip
@@ -64,7 +63,7 @@ class Masker:
 
 def load_mask(path, geometry: Geometry) -> NDArray[np.bool_]:
     """A boolean mask (n_elements,) from a file of the data's geometry; refuses another geometry or an empty mask."""
-    reader = NiftiReader(path, allow_3d=True) if _kind(Path(path)) == "nifti" else open_reader([path])
+    reader = open_map(path)
     geometry.check_same(reader.geometry, f"mask {path}")
     if reader.n_scans != 1:
         raise InputError(f"mask {path} has {reader.n_scans} volumes; a mask is a single 3-D image or map.")

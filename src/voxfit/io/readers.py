@@ -32,9 +32,9 @@ from numpy.typing import NDArray
 from .._array import working_dtype
 from ..exceptions import InputError
 from ._gzip import open_gzip
-from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
+from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
 
-__all__ = ["open_reader", "read_mesh", "ColumnSource", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
+__all__ = ["open_map", "open_reader", "read_mesh", "ColumnSource", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -538,9 +538,7 @@ def open_reader(paths):
     return {"gifti": GiftiReader, "cifti": CiftiReader, "npy": NpyReader}[kind](paths)
 
 
-def reader_geometry(path) -> Geometry:
-    """Geometry of any readable file (for masks): its reader's, with 3-D volumes allowed."""
+def open_map(path):
+    """The reader of one file of any kind, a 3-D volume allowed: a mask or a statistic map."""
     path = Path(path)
-    if _kind(path) == "nifti":
-        return NiftiReader(path, allow_3d=True).geometry
-    return open_reader([path]).geometry
+    return NiftiReader(path, allow_3d=True) if _kind(path) == "nifti" else open_reader([path])

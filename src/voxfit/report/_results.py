@@ -19,7 +19,7 @@ from ..design.read import read_design
 from ..exceptions import InputError
 from ..io import sanitize_label, statmap_name
 from ..io.geometry import Geometry
-from ..io.readers import NiftiReader, open_reader
+from ..io.readers import open_map
 
 __all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_results"]
 
@@ -88,8 +88,7 @@ class Results:
 def read_map(path: Path) -> tuple[Geometry, NDArray]:
     """Geometry and values (maps, elements) of any map file voxfit writes, in float64."""
     try:
-        reader = NiftiReader(path, allow_3d=True) if path.name.endswith((".nii", ".nii.gz")) and not path.name.endswith(
-            ".dscalar.nii") else open_reader([path])  # fmt: skip
+        reader = open_map(path)
         rows = np.concatenate([np.asarray(block, dtype=np.float64) for _, block in reader.iter_scans()])
     except InputError as exc:
         raise InputError(f"cannot read {path} for the report: {exc}") from None
@@ -163,14 +162,14 @@ def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None)
 
     from ..inference.corrections import fdr_threshold
 
+    p_name = statmap_name("p", res.extension, c.file_label)
     z = res.read_map(statmap_name("z", res.extension, c.file_label))
-    p = res.read_map(statmap_name("p", res.extension, c.file_label))
-    if z is None or p is None:
+    if z is None or not (res.folder / p_name).exists():
         raise InputError(f"{res.folder} lacks the z or p map of contrast {c.label!r}; the folder is incomplete.")
     alpha = 0.001 if p_threshold is None else p_threshold
     two_sided = c.kind == "t"
-    if two_sided:  # the folder's p maps are one-sided (large t)
-        p = 2.0 * ndtr(-np.abs(z))
+    # the folder's p maps are one-sided (large t): two-sided p of t contrasts come from z, not from the file
+    p = 2.0 * ndtr(-np.abs(z)) if two_sided else res.read_map(p_name)
     level = float(-ndtri(alpha / 2 if two_sided else alpha))
     shown = np.abs(z) > level if two_sided else z > level
     shown &= res.mask & np.isfinite(z)

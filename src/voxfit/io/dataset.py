@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from .._array import working_dtype
 from ..exceptions import InputError
-from .masking import Masker, gather, gather_auto, load_mask
+from .masking import Masker, explicit_mask, gather, gather_auto
 from .readers import open_reader
 
 __all__ = ["Dataset", "ScaledArray", "load"]
@@ -83,14 +83,7 @@ def load(
     else:
         if mask_threshold is not None:
             raise InputError("`mask_threshold` applies to the automatic mask only; it cannot be combined with `mask`.")
-        if isinstance(mask, np.ndarray):
-            mask_array = np.asarray(mask, dtype=bool).reshape(-1, order="F")
-            if mask_array.size != reader.geometry.n_elements:
-                raise InputError(f"`mask` has {mask_array.size} elements but each scan has {reader.geometry.n_elements}.")
-            if not mask_array.any():
-                raise InputError("`mask` selects no voxel.")
-        else:
-            mask_array = load_mask(mask, reader.geometry)
+        mask_array = explicit_mask(mask, reader.geometry)
         raw = gather(reader, np.flatnonzero(mask_array), progress)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
     return Dataset(data=data, masker=Masker(reader.geometry, mask_array), paths=tuple(reader.paths))

@@ -158,8 +158,9 @@ def _grey_range(background: NDArray) -> tuple[float, float]:
 def _colorbar(fig, rect, scale, label: str) -> None:
     from matplotlib.cm import ScalarMappable
 
-    cmap, norm = scale
-    fig.colorbar(ScalarMappable(norm, cmap), cax=fig.add_axes(rect), label=label)
+    cmap, norm = scale  # a Normalize of its own per bar: one shared by several figures' mappables trips
+    # matplotlib's callback clean-up when they are collected (KeyError 'changed', printed as a warning)
+    fig.colorbar(ScalarMappable(type(norm)(norm.vmin, norm.vmax), cmap), cax=fig.add_axes(rect), label=label)
 
 
 def _tile(grid: list[list[NDArray]], gap: int = 2, title_rows: int = 6):

@@ -25,6 +25,7 @@ def _run(tmp_path, rng, n=70, dtype=np.float32, scaled=False):
     data[1, 1, 1] = 7.0  # constant: outside the automatic mask
     data[2, 2, 2, 0] = 0.0  # zero in the first scan only: kept, fitted in the second pass
     data[3, 3, 3, 20] = np.nan  # NaN later on: outside the automatic mask
+    data[4, 4, 4, 30] = -np.inf  # so is an infinity
     img = nib.Nifti1Image(data.astype(dtype), AFFINE)
     if scaled:
         img.set_data_dtype(np.int16)
@@ -56,6 +57,22 @@ def test_streamed_fit_equals_the_in_memory_fit(tmp_path, rng, order, scans_per_s
     npt.assert_allclose(f.r2, rf.r2, rtol=1e-8, atol=1e-10)
     npt.assert_allclose(stats["a"].t, rs["a"].t, rtol=1e-8)
     npt.assert_allclose(stats["ab"].F, rs["ab"].F, rtol=1e-8)
+    npt.assert_allclose(mean, Y.mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_streamed_fit_of_data_all_zero_in_the_first_scan(tmp_path, rng, order):
+    # no voxel is a candidate of the first scan: every one of the mask comes from the second pass
+    path, X = _run(tmp_path, rng)
+    data = np.asarray(nib.load(path).dataobj).copy()
+    data[..., 0] = 0.0
+    nib.save(nib.Nifti1Image(data, AFFINE), path)
+    f, stats, _, masker, mean = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=order, scans_per_slab=4)
+    ds = load(path)
+    npt.assert_array_equal(masker.mask, ds.masker.mask)
+    Y = np.asarray(ds.data, dtype=np.float64)
+    ref = fit_ar(X, Y, order, {"a": [1.0, 0, 0]}).fit if order else fit(X, Y)
+    npt.assert_allclose(f.betas, ref.betas, rtol=1e-9, atol=1e-9)
     npt.assert_allclose(mean, Y.mean(axis=0), rtol=1e-12)
 
 

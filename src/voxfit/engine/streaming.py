@@ -17,9 +17,11 @@ the interpreter and the libraries; :func:`fit_streaming` refuses a cap that cann
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .._array import working_dtype
 from .._progress import Progress
 from ..core import check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
@@ -28,12 +30,15 @@ from ..exceptions import InputError
 from ..io import Masker, ScaledArray, load_mask, open_reader
 from ..io.masking import AutoMask, gather
 from .ar import _stats
+from .fit import _threadpools, default_workers
 from .fit import fit as fit_in_memory
 from .memory import parse_memory
 
 __all__ = ["fit_streaming", "streaming_bytes"]
 
 RESERVED = 256 << 20  # of the cap, for the interpreter and the libraries (measured ~150-220 MiB)
+AR_BLOCK = 8192  # voxels per AR fit from sums
+TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
 
 
 def streaming_bytes(n_voxels: int, rank: int, order: int) -> int:
@@ -58,10 +63,28 @@ class _Sums:
         if self.shift is None:
             self.shift = np.asarray(Y[0], dtype=np.float64).copy() if self.shift_allowed else np.zeros(Y.shape[1])
         k, p = Y.shape[0], self.p
-        Y = np.ascontiguousarray(Y)
-        rows = np.ascontiguousarray(self.basis[self.t : self.t + k])
-        # one compiled pass, a tile of voxels at a time: products with the lagged basis, squares, lags, totals
-        _accumulate()(Y, self.shift, rows, self.tail, self.products, self.s, self.total)
+        held = self.tail.shape[0]
+        m = self.products.shape[0]
+        # the slab's rows of the lagged basis, and a row of ones for the totals: one product per tile
+        rows = np.ascontiguousarray(np.column_stack([self.basis[self.t : self.t + k], np.ones(k)]).T)
+        width = max(256, min(Y.shape[1], TILE_BYTES // (8 * (held + k))))
+        z_buf, out_buf = np.empty((held + k, width)), np.empty((m + 1, width))
+        with np.errstate(invalid="ignore", over="ignore"):  # voxels with NaN or inf: left out of the mask
+            for j0 in range(0, Y.shape[1], width):
+                cols = slice(j0, j0 + width)
+                z = z_buf[:, : min(width, Y.shape[1] - j0)]  # the held scans, then this slab's, shifted, float64
+                z[:held] = self.tail[:, cols]
+                y = z[held:]
+                np.subtract(Y[:, cols], self.shift[cols], out=y)
+                out = out_buf[:, : z.shape[1]]
+                np.matmul(rows, y, out=out)
+                self.products[:, cols] += out[:m]
+                self.total[cols] += out[m]
+                self.s[0, cols] += np.einsum("tv,tv->v", y, y)
+                for lag in range(1, p + 1):  # pairs whose later scan is in this slab
+                    first = max(lag, held)
+                    if first < z.shape[0]:
+                        self.s[lag, cols] += np.einsum("tv,tv->v", z[first:], z[first - lag : z.shape[0] - lag])
         if self.t < p:
             take = min(p - self.t, k)
             self.top[self.t : self.t + take] = Y[:take] - self.shift
@@ -76,11 +99,10 @@ class _Sums:
         return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
 
 
-def _accumulate():
-    """The compiled pass of `_Sums.add` (numba is imported on first use)."""
-    from ._stream_numba import accumulate
-
-    return accumulate
+def _columns(sums: LaggedSums, cols) -> LaggedSums:
+    """The sums of some voxels (a view for a slice, a copy for an index array)."""
+    return LaggedSums(sums.lagged[:, :, cols], sums.s[:, cols], sums.top[:, cols], sums.bottom[:, cols],
+                      sums.total[cols], None if sums.shift is None else sums.shift[cols])  # fmt: skip
 
 
 def _scaled(raw, reader):
@@ -127,23 +149,41 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
                          f"({held / 2**20:.0f} MiB) and a few scans; give at least {(held + 32 * nel) / 2**20:.0f} MiB.")  # fmt: skip
     auto = AutoMask(nel, reader.dtype.kind == "f", mask_threshold if mask is None else None, nonzero=nonzero)
     sums = index = None
-    # a slab of k scans costs its raw bytes (and the reader's buffers) plus, for the V candidates, the gathered
-    # copy and the scaled values: 32 V bytes per scan is a safe bound
-    per_scan = nel * reader.dtype.itemsize + 32 * (nel if candidates is None else int(candidates.sum()))
+    # a scan of the slab costs: the reader's buffers (up to three slabs: one in use, two read ahead), the
+    # scaled values (a float64 product, then the working copy), the candidates' gathered copy and the mask
+    # checks' boolean temporaries; the tiles of the sums are a few MiB
+    work = working_dtype(reader.dtype).itemsize
+    gathered = nel if candidates is None else int(candidates.sum())
+    per_scan = 3 * nel * reader.dtype.itemsize + (nel * (8 + work) if reader.scale else 0) + gathered * work + 2 * nel
     k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
     max_bytes = k * nel * reader.dtype.itemsize
     bar = Progress("reading", n, enabled=progress)
-    for start, raw in reader.iter_scans(max_bytes=max_bytes):
-        bar.update(start + raw.shape[0])
-        values = _scaled(raw, reader)
-        auto.add(values)
-        if sums is None:
-            if candidates is None:
-                candidates = auto.candidates
-            index = np.flatnonzero(candidates)
-            sums = _Sums(basis, order, index.size, shift=design.has_intercept)
-        sums.add(values if index.size == nel else np.take(values, index, axis=1))
+    # after the first slab, the candidates' mask checks come from their sums of squares when those are taken
+    # about the first scan's float32 values; the others (all of them with an explicit mask: only its
+    # voxels are kept) are checked scan by scan
+    by_sums = design.has_intercept and work == 4 and mask_threshold is None and not nonzero
+    rest = None
+    # one BLAS thread: the products are small, and the other core decompresses
+    with _threadpools().limit(limits=1, user_api="blas"):
+        for start, raw in reader.iter_scans(max_bytes=max_bytes):
+            bar.update(start + raw.shape[0])
+            values = _scaled(raw, reader)
+            if sums is None:
+                auto.add(values)
+                if candidates is None:
+                    candidates = auto.candidates
+                index = np.flatnonzero(candidates)
+                sums = _Sums(basis, order, index.size, shift=design.has_intercept)
+                if by_sums:
+                    rest = np.flatnonzero(~candidates) if mask is None else np.zeros(0, dtype=int)
+            elif rest is None:
+                auto.add(values)
+            elif rest.size:
+                auto.add(np.take(values, rest, axis=1), rest)
+            sums.add(values if index.size == nel else np.take(values, index, axis=1))
     bar.close()
+    if rest is not None:
+        auto.add_squares(index, sums.s[0])
     final = (candidates & auto.finite) if mask is not None else auto.mask()
     if not final.any():
         raise InputError("the automatic mask is empty: no voxel is finite and not constant over time in every scan."
@@ -158,8 +198,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     S = sums.result(design.rank)
     mean = np.full(V, np.nan)  # each voxel's mean over the scans: its shift plus the mean of the shifted data
     mean[targets] = S.total[cols] / n + (0.0 if S.shift is None else S.shift[cols])
-    sub = LaggedSums(S.lagged[:, :, cols], S.s[:, cols], S.top[:, cols], S.bottom[:, cols], S.total[cols],
-                     None if S.shift is None else S.shift[cols])  # fmt: skip
+    sub = S if cols.size == index.size else _columns(S, cols)  # (a copy only when the mask dropped some)
     pc = design.X.shape[1]
     betas, rss, tss = np.full((pc, V), np.nan), np.full(V, np.nan), np.full(V, np.nan)
     phi = np.full((order, V), np.nan) if order else None
@@ -167,18 +206,23 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
     ols_rss = np.full(V, np.nan)
     flagged: list[int] = []
-    if order:  # from the sums, a block of voxels at a time (the per-voxel algebra holds a few hundred values each)
-        for a in range(0, targets.size, 8192):
-            part = slice(a, a + 8192)
-            piece = LaggedSums(sub.lagged[:, :, part], sub.s[:, part], sub.top[:, part], sub.bottom[:, part],
-                               sub.total[part], None if sub.shift is None else sub.shift[part])  # fmt: skip
+    if order:  # from the sums, a block of voxels at a time (the per-voxel algebra holds a few hundred values
+        # each), the blocks in threads: numpy's batched algebra releases the GIL
+
+        def fit_part(a: int) -> None:
+            part = slice(a, a + AR_BLOCK)
             found: list[int] = []
-            b, r_, ph, cons, o_, t_ = fit_ar_sums(block, piece, list(weights.values()), flagged=found)
+            b, r_, ph, cons, o_, t_ = fit_ar_sums(block, _columns(sub, part), list(weights.values()), flagged=found)
             flagged.extend(a + i for i in found)
             at = targets[part]
             betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
             for (label, _), (effect, cov) in zip(weights.items(), cons):
                 effects[label][:, at], covs[label][at] = effect, cov
+
+        starts = range(0, targets.size, AR_BLOCK)
+        with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(max(1, min(default_workers(), len(starts)))) as pool:
+            list(pool.map(fit_part, starts))
+        flagged.sort()
     else:
         betas[:, targets], rss[targets], tss[targets] = fit_from_sums(design, sub.lagged[0], sub.s[0], sub.total, sub.shift)
         flagged = list(np.flatnonzero(rss[targets] * 1e5 <= sub.s[0]))

@@ -126,12 +126,20 @@ class AutoMask:
         self.above = np.ones(n_elements, dtype=bool)
         self.nonzero_all = np.ones(n_elements, dtype=bool)
 
-    def add(self, block: NDArray) -> None:
+    def add(self, block: NDArray, columns: NDArray | None = None) -> None:
+        """Check the next scans: `block` (k, n_elements), or (k, len(columns)) holding those elements only
+        (after the first scans; not with a threshold or `nonzero`, which look at whole scans)."""
         if self.first is None:
             first = self.first = np.array(block[0])
             self.candidates = np.isfinite(first) & (first != 0) if self.floats else first != 0
             if self.threshold is not None:
                 self.candidates &= _scaled(first, self.scale) > self.threshold * spm_globals(_scaled(first[None], self.scale))[0]
+        if columns is not None:
+            assert self.threshold is None and not self.nonzero
+            if self.floats:
+                self.finite[columns] &= np.isfinite(block).all(axis=0)
+            self.varies[columns] |= (block != self.first[columns]).any(axis=0)
+            return
         if self.floats:
             self.finite &= np.isfinite(block).all(axis=0)
         self.varies |= (block != self.first).any(axis=0)
@@ -140,6 +148,12 @@ class AutoMask:
         if self.threshold is not None:
             values = _scaled(block, self.scale)
             self.above &= (values > self.threshold * spm_globals(values)[:, None]).all(axis=0)
+
+    def add_squares(self, columns: NDArray, squares: NDArray) -> None:
+        """Check `columns` from their sums over all scans of ``(value - first scan's value)^2`` in float64
+        (float32 values: no finite value overflows): finite where the sum is, varying where it is positive."""
+        self.finite[columns] &= np.isfinite(squares)
+        self.varies[columns] |= squares > 0
 
     def mask(self) -> NDArray[np.bool_]:
         return self.finite & self.varies & self.above & self.nonzero_all

@@ -78,23 +78,24 @@ def _checksums(paths) -> dict:
 
 
 def _yield_cpu() -> None:
-    """Run the calling thread at the lowest CPU priority where the system allows it (Linux: per thread), so
-    that work it does on the side takes only cores the fit leaves idle."""
+    """Run the calling thread at a low CPU priority where the system allows it (Linux: per thread), so that
+    work it does on the side takes mostly cores the fit leaves idle (nice 10, not 19: on a busy machine the
+    fit still waits for it at the end)."""
     if sys.platform.startswith("linux"):  # elsewhere a thread id is not a process id for setpriority
         with contextlib.suppress(OSError):  # not permitted: the thread keeps its priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, buf: memoryview | None = None) -> str:
     h = hashlib.sha256()
+    # read into one buffer: a new 4 MiB bytes object per chunk faults its pages in each time, which slowed the
+    # thread decompressing the same file beside it by 10%
+    buf = buf if buf is not None else memoryview(bytearray(1 << 22))
     if Path(path).is_dir():
         for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
             h.update(str(f.relative_to(path)).encode() + b"\0")
-            h.update(bytes.fromhex(_sha256(f)))
+            h.update(bytes.fromhex(_sha256(f, buf)))
         return h.hexdigest()
-    # into one buffer: a new 4 MiB bytes object per chunk faults its pages in each time, which slowed the
-    # thread decompressing the same file beside it by 10%
-    buf = memoryview(bytearray(1 << 22))
     with open(path, "rb", buffering=0) as fh:
         while got := fh.readinto(buf):
             h.update(buf[:got])

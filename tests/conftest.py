@@ -12,3 +12,10 @@ import pytest
 def rng(request):
     """A random generator; VOXFIT_TEST_SEED shifts the seeds so a run can explore others."""
     return np.random.default_rng(request.param + int(os.environ.get("VOXFIT_TEST_SEED", "0")))
+
+
+@pytest.fixture
+def no_reserve(monkeypatch):
+    """Streamed fits keep none of the memory cap for the interpreter, so that tests can stream kilobytes of
+    data under kilobyte caps (outside tests, 256 MiB of the cap are kept for it)."""
+    monkeypatch.setattr("voxfit.engine.streaming.RESERVED", 0)

@@ -194,6 +194,7 @@ def test_design_and_contrast_errors(tmp_path, rng):
         SecondLevel(grp=tmp_path / "g.grp").fit(paths)
 
 
+@pytest.mark.usefixtures("no_reserve")
 def test_group_glm_streamed_from_zarr(tmp_path, rng):
     """A parametric group model of data larger than max_memory: one pass keeping sums, equal to in memory."""
     zarr = pytest.importorskip("zarr")

@@ -328,6 +328,7 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
     np.testing.assert_allclose(nib.load(out / "stat-mean_statmap.nii.gz").get_fdata()[mask], data.mean(axis=3)[mask], rtol=1e-6)
 
 
+@pytest.mark.usefixtures("no_reserve")
 def test_mean_image_or_the_baseline_under_the_maps(volume_run, tmp_path):
     """Fits write the run's mean image (in memory or from a streamed pass's sums) and reports draw over it;
     a folder without one (written by an older voxfit) is drawn over the constant's estimate, the baseline."""

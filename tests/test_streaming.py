@@ -1,6 +1,7 @@
 """Streamed fits (one sequential read keeping per-voxel sums) equal the in-memory fits."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -11,6 +12,7 @@ from voxfit import fit, fit_ar, load
 from voxfit.cli import main
 from voxfit.engine.streaming import fit_streaming
 from voxfit.exceptions import InputError
+from voxfit.io.masking import AutoMask
 
 from .imaging import AFFINE
 
@@ -76,6 +78,63 @@ def test_streamed_fit_of_data_all_zero_in_the_first_scan(tmp_path, rng, order):
     npt.assert_allclose(mean, Y.mean(axis=0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["threshold", "nonzero", "no intercept", "float64", "mask with NaN", "AR blocks"])
+def test_streamed_masks_and_fits_in_other_settings(tmp_path, rng, monkeypatch, case):
+    path, X = _run(tmp_path, rng, dtype=np.float64 if case == "float64" else np.float32)
+    n = X.shape[0]  # elements in the file's order (x fastest), as the masker numbers them
+    Y_all = np.asarray(nib.load(path).dataobj, dtype=np.float64).reshape((-1, n), order="F").T
+    kwargs, mask_file = {}, None
+    if case == "threshold":
+        kwargs["mask_threshold"] = 0.8
+    elif case == "nonzero":
+        kwargs["nonzero"] = True
+        Y_all[40, 100] = 0.0  # zero in one later scan: out
+        nib.save(nib.Nifti1Image(Y_all.T.reshape((7, 6, 5, n), order="F").astype(np.float32), AFFINE), path)
+    elif case == "no intercept":
+        X = X[:, :2]
+    elif case == "mask with NaN":  # an explicit mask keeps only the voxels finite in every scan
+        m = np.zeros((7, 6, 5), dtype=np.uint8)
+        m[3:5, 3:5, 3:5] = 1  # holds the voxels NaN and -inf later on
+        nib.save(nib.Nifti1Image(m, AFFINE), tmp_path / "mask.nii.gz")
+        kwargs["mask"] = mask_file = tmp_path / "mask.nii.gz"
+    elif case == "AR blocks":  # several blocks of voxels fitted from the sums in threads
+        monkeypatch.setattr("voxfit.engine.streaming.AR_BLOCK", 16)
+    order = 0 if case == "no intercept" else 1
+    f, _, phi, masker, _ = fit_streaming(path, X, {"a": [1.0, 0]} if X.shape[1] == 2 else {"a": [1.0, 0, 0]},
+                                         order=order, scans_per_slab=6, **kwargs)  # fmt: skip
+    if case == "nonzero":
+        keep = np.isfinite(Y_all).all(0) & (Y_all != Y_all[0]).any(0) & (Y_all != 0).all(0)
+    elif case == "mask with NaN":
+        keep = (np.asarray(nib.load(mask_file).dataobj).reshape(-1, order="F") > 0) & np.isfinite(Y_all).all(0)
+    else:
+        keep = load(path, mask_threshold=kwargs.get("mask_threshold")).masker.mask.reshape(-1)
+    npt.assert_array_equal(masker.mask.reshape(-1), keep)
+    if case == "threshold":
+        assert keep.sum() < load(path).masker.mask.sum()  # the threshold removed some
+    Y = Y_all[:, keep]
+    ref = fit_ar(X, Y, 1, {}).fit if order else fit(X, Y)
+    npt.assert_allclose(f.betas, ref.betas, rtol=1e-9, atol=1e-9)
+    npt.assert_allclose(f.residual_variance, ref.residual_variance, rtol=1e-8)
+
+
+def test_streaming_keeps_room_for_the_interpreter(tmp_path, rng):
+    # a cap the interpreter and libraries alone would nearly fill cannot be honoured: refused, saying what can
+    path, X = _run(tmp_path, rng)
+    with pytest.raises(InputError, match=r"give at least 25[67]M"):
+        fit_streaming(path, X, {}, max_memory="200M")
+
+
+def test_automask_checks_columns_only_after_whole_scans():
+    auto = AutoMask(4, True)
+    with pytest.raises(ValueError, match="whole scans first"):
+        auto.add(np.ones((2, 2), dtype=np.float32), np.array([0, 1]))
+    auto.add(np.array([[1, 0, 2, 3]], dtype=np.float32))
+    auto.add(np.array([[1, 5], [np.nan, 5]], dtype=np.float32), np.array([0, 1]))
+    npt.assert_array_equal(auto.candidates, [True, False, True, True])
+    auto.add_squares(np.array([2, 3]), np.array([0.0, 4.0]))
+    npt.assert_array_equal(auto.mask(), [False, True, False, True])
+
+
 def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
     path, X = _run(tmp_path, rng, scaled=True)
     mask = np.zeros((7, 6, 5), dtype=np.uint8)
@@ -96,6 +155,7 @@ def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
     assert n == 70
 
 
+@pytest.mark.usefixtures("no_reserve")
 def test_command_line_streams_above_the_memory_cap(tmp_path, rng, capsys):
     path, X = _run(tmp_path, rng)
     (tmp_path / "d.tsv").write_text("s\tc\tconstant\n" + "".join("\t".join(str(float(v)) for v in r) + "\n" for r in X))
@@ -109,7 +169,10 @@ def test_command_line_streams_above_the_memory_cap(tmp_path, rng, capsys):
         b = np.asarray(nib.load(tmp_path / "stream" / name).dataobj)
         npt.assert_allclose(b, a, rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=name)
     assert main([*args, "--max-memory", "2K", "-o", str(tmp_path / "tiny")]) == 2
-    assert "cannot hold the per-voxel sums" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot hold the per-voxel sums" in err
+    need = re.search(r"give at least (\d+[KM])", err).group(1)  # and that much is enough
+    assert main([*args, "--max-memory", need, "-o", str(tmp_path / "tiny")]) == 0
     assert main([*args, "--max-memory", "100K", "--scaling", "mean", "-o", str(tmp_path / "scaled")]) == 2
     assert "--scaling none" in capsys.readouterr().err
     with pytest.raises(InputError, match="design has 5 rows"):

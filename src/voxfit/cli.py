@@ -214,7 +214,8 @@ def _make_design(args, n_scans: int, run: int = 0):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="also write report.html (needs matplotlib: pip install 'voxfit[report]')")
-    p.add_argument("--max-memory", metavar="SIZE", help="bound on working memory, e.g. 500M or 2G")
+    p.add_argument("--max-memory", metavar="SIZE", help="bound on working memory, e.g. 500M or 2G; data over half "
+                   "of it are streamed (fits, parametric group models) and the whole process stays under it")
     p.add_argument("--n-jobs", type=int, metavar="N", help="threads (default: all CPUs)")
     _flags(p, "write into a non-empty output folder, replacing same-named files")
 

@@ -10,8 +10,9 @@ zero in the first scan that the automatic mask keeps) are read in a second pass,
 in memory.
 
 Memory: the cap covers the whole process: the accumulators, ``8 (p + 1) r + 8 (3p + 4)`` bytes per candidate
-voxel (r the design's rank), one slab of scans with its copies, and 256 MiB (half of small caps) left for
-the interpreter and the libraries; :func:`fit_streaming` refuses a cap that cannot hold them.
+voxel (r the design's rank), slabs of scans with their copies (the results of the fit and its working
+blocks use that room after the pass), and 256 MiB for the interpreter and the libraries (they take 70 to
+150 MiB); :func:`fit_streaming` refuses a cap that cannot hold the sums, two scans and that reserve.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .memory import parse_memory
 
 __all__ = ["fit_streaming", "streaming_bytes"]
 
-RESERVED = 256 << 20  # of the cap, for the interpreter and the libraries (measured ~150-220 MiB)
+RESERVED = 256 << 20  # of the cap, for the interpreter and the libraries (see the module docstring)
 AR_BLOCK = 8192  # voxels per AR fit from sums
 TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
 
@@ -99,6 +100,20 @@ class _Sums:
         return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
 
 
+def _ceil_size(nbytes: int) -> str:
+    """`nbytes` rounded up, in the units ``--max-memory`` takes: ``"740M"``, ``"96K"``."""
+    return f"{-(-nbytes // 2**20)}M" if nbytes >= 2**20 else f"{-(-nbytes // 2**10)}K"
+
+
+def ar_block_bytes(rank: int, order: int, weights) -> int:
+    """A bound on the memory of one AR fit from the sums of `AR_BLOCK` voxels (``fit_ar_sums``): per voxel,
+    a few copies of the lagged products, the Gram matrix and its factor, and the contrasts' right-hand
+    sides and solutions (measured peaks: 5 MiB for AR(1), rank 3 and a t contrast; 109 MiB for AR(8), rank 20
+    and a t and a 10-row F contrast; about half the bound)."""
+    r, p, q = rank, order, sum(w.shape[0] for w in weights)
+    return 8 * AR_BLOCK * (4 * (p + 1) * (r + 1) + 4 * r * r + 4 * p * p + 4 * r * (q + 1) + 64)
+
+
 def _columns(sums: LaggedSums, cols) -> LaggedSums:
     """The sums of some voxels (a view for a slice, a copy for an index array)."""
     return LaggedSums(sums.lagged[:, :, cols], sums.s[:, cols], sums.top[:, cols], sums.bottom[:, cols],
@@ -142,28 +157,29 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         candidates = load_mask(mask, reader.geometry)
     else:
         candidates = None  # decided on the first scan
-    held = streaming_bytes(nel if candidates is None else int(candidates.sum()), design.rank, order)
-    slab_bytes = cap - held - min(cap // 2, RESERVED)  # the interpreter, numpy, scipy, nibabel come on top
-    if slab_bytes < 8 * nel * 4:
-        raise InputError(f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
-                         f"({held / 2**20:.0f} MiB) and a few scans; give at least {(held + 32 * nel) / 2**20:.0f} MiB.")  # fmt: skip
-    auto = AutoMask(nel, reader.dtype.kind == "f", mask_threshold if mask is None else None, nonzero=nonzero)
-    sums = index = None
+    V0 = nel if candidates is None else int(candidates.sum())
+    held = streaming_bytes(V0, design.rank, order)
     # a scan of the slab costs: the reader's buffers (up to three slabs: one in use, two read ahead), the
     # scaled values (a float64 product, then the working copy), the candidates' gathered copy and the mask
     # checks' boolean temporaries; the tiles of the sums are a few MiB
     work = working_dtype(reader.dtype).itemsize
-    gathered = nel if candidates is None else int(candidates.sum())
-    per_scan = 3 * nel * reader.dtype.itemsize + (nel * (8 + work) if reader.scale else 0) + gathered * work + 2 * nel
+    per_scan = 3 * nel * reader.dtype.itemsize + (nel * (8 + work) if reader.scale else 0) + V0 * work + 2 * nel
+    slab_bytes = cap - held - RESERVED
+    if slab_bytes < 2 * per_scan:
+        need = held + 2 * per_scan + RESERVED
+        raise InputError(f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
+                         f"({held / 2**20:.1f} MiB) and two scans; give at least {_ceil_size(need)}.")  # fmt: skip
+    auto = AutoMask(nel, reader.dtype.kind == "f", mask_threshold if mask is None else None, nonzero=nonzero)
+    sums = index = None
     k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
     max_bytes = k * nel * reader.dtype.itemsize
     bar = Progress("reading", n, enabled=progress)
     # after the first slab, the candidates' mask checks come from their sums of squares when those are taken
-    # about the first scan's float32 values; the others (all of them with an explicit mask: only its
-    # voxels are kept) are checked scan by scan
+    # about the first scan's values and the data are worked in float32 (the squares cannot overflow); the
+    # other voxels are checked scan by scan (none with an explicit mask: only its voxels are kept)
     by_sums = design.has_intercept and work == 4 and mask_threshold is None and not nonzero
     rest = None
-    # one BLAS thread: the products are small, and the other core decompresses
+    # one BLAS thread: the products are small, and another core decompresses
     with _threadpools().limit(limits=1, user_api="blas"):
         for start, raw in reader.iter_scans(max_bytes=max_bytes):
             bar.update(start + raw.shape[0])
@@ -182,6 +198,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
                 auto.add(np.take(values, rest, axis=1), rest)
             sums.add(values if index.size == nel else np.take(values, index, axis=1))
     bar.close()
+    del raw, values  # the last slab's buffer
     if rest is not None:
         auto.add_squares(index, sums.s[0])
     final = (candidates & auto.finite) if mask is not None else auto.mask()
@@ -220,7 +237,11 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
                 effects[label][:, at], covs[label][at] = effect, cov
 
         starts = range(0, targets.size, AR_BLOCK)
-        with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(max(1, min(default_workers(), len(starts)))) as pool:
+        # as many blocks at once as the slabs' share of the cap holds beside the results (see ar_block_bytes)
+        results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
+        fits = (slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
+        workers = max(1, min(default_workers(), len(starts), fits))
+        with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
             list(pool.map(fit_part, starts))
         flagged.sort()
     else:

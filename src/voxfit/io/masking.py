@@ -129,13 +129,14 @@ class AutoMask:
     def add(self, block: NDArray, columns: NDArray | None = None) -> None:
         """Check the next scans: `block` (k, n_elements), or (k, len(columns)) holding those elements only
         (after the first scans; not with a threshold or `nonzero`, which look at whole scans)."""
+        if columns is not None and (self.first is None or self.threshold is not None or self.nonzero):
+            raise ValueError("AutoMask.add(columns=...) needs whole scans first, and no threshold or `nonzero`.")
         if self.first is None:
             first = self.first = np.array(block[0])
             self.candidates = np.isfinite(first) & (first != 0) if self.floats else first != 0
             if self.threshold is not None:
                 self.candidates &= _scaled(first, self.scale) > self.threshold * spm_globals(_scaled(first[None], self.scale))[0]
         if columns is not None:
-            assert self.threshold is None and not self.nonzero
             if self.floats:
                 self.finite[columns] &= np.isfinite(block).all(axis=0)
             self.varies[columns] |= (block != self.first[columns]).any(axis=0)
@@ -146,8 +147,9 @@ class AutoMask:
         if self.nonzero:
             self.nonzero_all &= (block != 0).all(axis=0)
         if self.threshold is not None:
-            values = _scaled(block, self.scale)
-            self.above &= (values > self.threshold * spm_globals(values)[:, None]).all(axis=0)
+            for scan in block:  # one at a time: spm_globals makes float64 copies of what it is given
+                values = _scaled(scan[None], self.scale)
+                self.above &= values[0] > self.threshold * spm_globals(values)[0]
 
     def add_squares(self, columns: NDArray, squares: NDArray) -> None:
         """Check `columns` from their sums over all scans of ``(value - first scan's value)^2`` in float64

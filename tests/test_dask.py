@@ -205,6 +205,6 @@ def test_fit_command_with_a_mask_and_a_small_cap_is_read_by_the_workers(client, 
         monkeypatch.setattr(name, _refuse)
     monkeypatch.setattr(ColumnSource, "__getitem__", _refuse)  # in this process; the workers are others
     assert main([*args, "--max-memory", "40K", "--scheduler", client.scheduler.address, "-o", str(tmp_path / "dask")]) == 0
-    for name in ("contrast-s_stat-t_statmap.nii.gz", "stat-arcoef_statmap.nii.gz"):
+    for name in ("contrast-s_stat-t_statmap.nii.gz", "stat-arcoef_statmap.nii.gz", "stat-mean_statmap.nii.gz"):
         npt.assert_array_equal(np.asarray(nib.load(tmp_path / "dask" / name).dataobj),
                                np.asarray(nib.load(tmp_path / "local" / name).dataobj))  # fmt: skip

@@ -473,6 +473,13 @@ class ColumnSource:
         values = self.scaled(self.raw(cols))
         return values if rows == slice(None) else values[rows]
 
+    def spans(self, max_bytes: int = 64 << 20) -> list[tuple[int, int]]:
+        """Column ranges ``(a, b)`` covering the columns, each holding at most `max_bytes` of stored values
+        (at least one column): one task each on a Dask cluster."""
+        n, V = self.shape
+        step = max(1, int(max_bytes) // (n * self.raw_dtype.itemsize))
+        return [(a, min(V, a + step)) for a in range(0, V, step)]
+
     def scaled(self, raw: NDArray) -> NDArray:
         """Stored values as the fit sees them: ``slope * raw + inter`` in `dtype`, as ScaledArray computes it."""
         return raw if self.scale is None else (raw * self.scale[0] + self.scale[1]).astype(self.dtype)

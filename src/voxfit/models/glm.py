@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._dask import run_tasks
 from .._memory import needs_streaming
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
@@ -231,8 +232,13 @@ def fit_images(
             checksums = hashing.submit(_checksums, dataset.paths) if out is not None else None
             t_load = time.perf_counter()
             data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
-            held = out is not None and not isinstance(dataset.data, ColumnSource)  # (a column source: on the workers)
-            mean = mean_over_scans(dataset.data) if held else None
+            if out is None:
+                mean = None
+            elif isinstance(dataset.data, ColumnSource):  # the data are on the workers: so is their mean
+                source = dataset.data
+                mean = np.concatenate(run_tasks(scheduler, _mean_of_columns, source, source.spans()))
+            else:
+                mean = mean_over_scans(dataset.data)
             fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress,
                                                               scheduler, device)  # fmt: skip
         t_fit = time.perf_counter()
@@ -283,6 +289,11 @@ def mean_over_scans(data) -> np.ndarray:
     n, V = data.shape
     step = max(1, (8 << 20) // (8 * n))
     return np.concatenate([np.asarray(data[:, a : a + step], dtype=np.float64).mean(axis=0) for a in range(0, V, step)])
+
+
+def _mean_of_columns(source: ColumnSource, a: int, b: int) -> np.ndarray:
+    """The mean over the scans of columns a:b of a column source (a Dask task, where the data are)."""
+    return mean_over_scans(source[:, a:b])
 
 
 def _scale(data, how: str) -> np.ndarray:

@@ -40,7 +40,6 @@ from .glm import contrast_items, input_record
 
 __all__ = ["SecondLevel", "GroupFit"]
 
-_TASK_BYTES = 64 << 20  # data read by one task of the group mask on a Dask cluster
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,10 +177,7 @@ class SecondLevel:
         if self.mask is not None:
             mask = explicit_mask(self.mask, reader.geometry)
         else:
-            n, V = source.shape
-            step = max(1, _TASK_BYTES // (n * source.raw_dtype.itemsize))
-            spans = [(a, min(V, a + step)) for a in range(0, V, step)]
-            mask = np.concatenate(run_tasks(self.scheduler, group_mask_block, source, spans))
+            mask = np.concatenate(run_tasks(self.scheduler, group_mask_block, source, source.spans()))
             if not mask.any():
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return reader.column_source(np.flatnonzero(mask)), Masker(reader.geometry, mask)

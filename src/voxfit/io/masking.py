@@ -188,10 +188,10 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
     if not mask.any():
         why = "above the intensity threshold, " if threshold is not None else ""
         raise InputError(f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan.")
-    data = out[:, mask[candidates]]
+    data = np.take(out, np.flatnonzero(mask[candidates]), axis=1)  # C order, as gather and column sources give
     missed = np.flatnonzero(mask & ~candidates)
     if missed.size:  # zero in the first scan but varying later: a second pass for those only
         extra = gather(reader, missed, progress)
         order = np.argsort(np.concatenate([np.flatnonzero(mask & candidates), missed]), kind="stable")
-        data = np.concatenate([data, extra], axis=1)[:, order]
+        data = np.take(np.concatenate([data, extra], axis=1), order, axis=1)
     return data, mask

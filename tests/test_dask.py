@@ -138,12 +138,14 @@ def test_the_client_reads_no_group_data(client, tmp_path, monkeypatch, files):
         npt.assert_array_equal(getattr(remote.parametric["intercept"], key), getattr(local.parametric["intercept"], key))
 
 
-@pytest.mark.parametrize("noise, dtype", [("ols", np.float32), ("ols", np.int16), ("ar1", np.int16)])
-def test_first_level_with_a_mask_is_read_by_the_workers(client, tmp_path, monkeypatch, noise, dtype):
+@pytest.mark.parametrize("noise, dtype, masked", [("ols", np.float32, True), ("ols", np.int16, True), ("ar1", np.int16, True),
+                                                  ("ols", np.float32, False), ("ar1", np.int16, False)])  # fmt: skip
+def test_first_level_is_read_by_the_workers(client, tmp_path, monkeypatch, noise, dtype, masked):
     rng = np.random.default_rng(5)
     n = 40
     data = 1000 + 20 * rng.standard_normal((6, 5, 4, n))
     data[1, 2, 3, 7] = np.nan  # (int16: stored as a number)
+    data[0] = 0.0  # background: out of the automatic mask
     img = nib.Nifti1Image(data, np.eye(4))
     img.set_data_dtype(dtype)  # int16: with scale factors
     nib.save(img, tmp_path / "bold.nii")
@@ -152,14 +154,16 @@ def test_first_level_with_a_mask_is_read_by_the_workers(client, tmp_path, monkey
     nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii")
     X = np.column_stack([np.sin(np.arange(n) / 3), np.ones(n)])
     args = (tmp_path / "bold.nii", (X, ["s", "c"]), ["s=s"])
-    local = fit_images(*args, mask=tmp_path / "mask.nii", noise=noise)
+    m = tmp_path / "mask.nii" if masked else None  # else the automatic mask, found by the workers
+    local = fit_images(*args, mask=m, noise=noise)
     monkeypatch.setattr("voxfit.models.glm.load", _refuse)
-    remote = fit_images(*args, mask=tmp_path / "mask.nii", noise=noise, scheduler=client)
+    remote = fit_images(*args, mask=m, noise=noise, scheduler=client)
     npt.assert_array_equal(remote.masker.mask, local.masker.mask)
+    assert masked or local.masker.n_voxels == data[..., 0].size - 20 - (dtype == np.float32)  # (the NaN voxel)
     npt.assert_array_equal(remote.fit.betas, local.fit.betas)
     npt.assert_array_equal(remote.fit.residual_variance, local.fit.residual_variance)
     npt.assert_array_equal(remote.contrasts["s"].t, local.contrasts["s"].t)
-    assert np.isnan(remote.contrasts["s"].t).sum() == (dtype == np.float32)
+    assert np.isnan(remote.contrasts["s"].t).sum() == (dtype == np.float32 and masked)
 
 
 def test_column_sources_read_what_load_reads(tmp_path):
@@ -189,8 +193,10 @@ def test_a_vanished_input_is_a_one_line_input_error(client, tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_fit_command_with_a_mask_and_a_small_cap_is_read_by_the_workers(client, tmp_path, monkeypatch):
-    """Data over --max-memory with --scheduler and --mask: no one-pass streaming and no read in the client."""
+@pytest.mark.parametrize("masked", [True, False])
+def test_fit_command_with_a_small_cap_is_read_by_the_workers(client, tmp_path, monkeypatch, masked):
+    """Data over --max-memory with --scheduler (and --mask, or the automatic mask): no one-pass streaming and
+    no read in the client."""
     rng = np.random.default_rng(7)
     n = 60  # 57.6 kB of float32 in the volume: over half of a 40K cap
     nib.save(nib.Nifti1Image((500 + rng.standard_normal((8, 6, 5, n))).astype(np.float32), np.eye(4)), tmp_path / "bold.nii")
@@ -198,12 +204,13 @@ def test_fit_command_with_a_mask_and_a_small_cap_is_read_by_the_workers(client, 
     mask[1:7, 1:5, 1:4] = 1
     nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii")
     (tmp_path / "d.tsv").write_text("s\tc\n" + "".join(f"{np.sin(i / 3):.6f}\t1\n" for i in range(n)))
-    args = ["fit", str(tmp_path / "bold.nii"), "--design", str(tmp_path / "d.tsv"), "--mask", str(tmp_path / "mask.nii"),
-            "--contrast", "s=s", "--noise", "ar1", "--quiet"]  # fmt: skip
+    args = ["fit", str(tmp_path / "bold.nii"), "--design", str(tmp_path / "d.tsv"), "--contrast", "s=s", "--noise", "ar1",
+            "--quiet"] + (["--mask", str(tmp_path / "mask.nii")] if masked else [])  # fmt: skip
     assert main([*args, "-o", str(tmp_path / "local")]) == 0
     for name in ("voxfit.models.glm.load", "voxfit.cli._in_thread", "voxfit.models.glm._fit_streamed"):
         monkeypatch.setattr(name, _refuse)
     monkeypatch.setattr(ColumnSource, "__getitem__", _refuse)  # in this process; the workers are others
+    monkeypatch.setattr(ColumnSource, "raw", _refuse)
     assert main([*args, "--max-memory", "40K", "--scheduler", client.scheduler.address, "-o", str(tmp_path / "dask")]) == 0
     for name in ("contrast-s_stat-t_statmap.nii.gz", "stat-arcoef_statmap.nii.gz", "stat-mean_statmap.nii.gz"):
         npt.assert_array_equal(np.asarray(nib.load(tmp_path / "dask" / name).dataobj),

@@ -290,7 +290,8 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     from .io import load, open_reader
 
     streaming = False
-    if args.scheduler and args.mask:  # fit_images lets the Dask workers read the data where the format allows
+    if args.scheduler and args.mask_threshold is None and args.scaling == "none":  # fit_images lets the Dask
+        # workers read the data where the format allows
         streaming = None
     elif args.max_memory:  # data larger than the cap: one pass keeping per-voxel sums, nothing loaded here
         reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])

@@ -3,7 +3,7 @@
 from ._gzip import GZIP_BACKEND, open_gzip
 from .dataset import Dataset, ScaledArray, load
 from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
-from .masking import Masker, explicit_mask, gather, gather_auto, group_mask_block, load_mask, spm_globals
+from .masking import Masker, explicit_mask, gather, gather_auto, load_mask, mask_block, spm_globals
 from .output import OutputFolder, sanitize_label, stat_maps, statmap_name, write_stats
 from .readers import (CiftiReader, ColumnSource, GiftiReader, NiftiReader, NpyReader, VolumeListReader, open_reader,
                       read_mesh)
@@ -11,7 +11,7 @@ from .readers import (CiftiReader, ColumnSource, GiftiReader, NiftiReader, NpyRe
 __all__ = [
     "ArrayGeometry", "CiftiGeometry", "CiftiReader", "ColumnSource", "Dataset", "GZIP_BACKEND", "Geometry",
     "GiftiReader", "Masker", "NiftiReader", "NpyReader", "OutputFolder", "ScaledArray", "SurfaceGeometry",
-    "VolumeGeometry", "VolumeListReader", "explicit_mask", "gather", "gather_auto", "group_mask_block", "load",
-    "load_mask", "open_gzip", "open_reader", "read_mesh", "sanitize_label", "spm_globals", "stat_maps", "statmap_name",
+    "VolumeGeometry", "VolumeListReader", "explicit_mask", "gather", "gather_auto", "load",
+    "load_mask", "mask_block", "open_gzip", "open_reader", "read_mesh", "sanitize_label", "spm_globals", "stat_maps", "statmap_name",
     "write_stats",
 ]  # fmt: skip

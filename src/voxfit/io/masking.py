@@ -23,7 +23,7 @@ from ..exceptions import InputError
 from .geometry import Geometry
 from .readers import open_map
 
-__all__ = ["AutoMask", "Masker", "explicit_mask", "gather", "gather_auto", "group_mask_block", "load_mask",
+__all__ = ["AutoMask", "Masker", "explicit_mask", "gather", "gather_auto", "mask_block", "load_mask",
            "spm_globals"]  # fmt: skip
 
 
@@ -161,14 +161,14 @@ class AutoMask:
         return self.finite & self.varies & self.above & self.nonzero_all
 
 
-def group_mask_block(source, a: int, b: int) -> NDArray[np.bool_]:
-    """Which columns a:b of a :class:`~voxfit.io.ColumnSource` the group's automatic mask keeps (as the
-    in-memory group model does): finite and not constant in the stored values, and non-zero as the fit sees
-    them (scale factors applied), in every map. Run where the data are (a Dask task)."""
+def mask_block(source, a: int, b: int, nonzero: bool = False) -> NDArray[np.bool_]:
+    """Which columns a:b of a :class:`~voxfit.io.ColumnSource` the automatic mask keeps, as the in-memory
+    path does: finite and not constant in the stored values, and with `nonzero` (the group rule) non-zero
+    as the fit sees them (scale factors applied), in every scan or map. Run where the data are (a Dask task)."""
     raw = source.raw(slice(a, b))
     auto = AutoMask(b - a, raw.dtype.kind == "f")
     auto.add(raw)
-    return auto.mask() & (source.scaled(raw) != 0).all(axis=0)
+    return auto.mask() & (source.scaled(raw) != 0).all(axis=0) if nonzero else auto.mask()
 
 
 def gather_auto(reader, threshold: float | None = None, progress: bool | None = None):

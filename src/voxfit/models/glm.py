@@ -24,7 +24,7 @@ from ..engine import fit as fit_engine
 from ..engine import fit_ar, fit_global_ar
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
-from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, load, open_reader, sanitize_label, spm_globals,
+from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, load, mask_block, open_reader, sanitize_label, spm_globals,
                   stat_maps, statmap_name)  # fmt: skip
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
@@ -182,10 +182,11 @@ def fit_images(
         Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
         default when the data, as float32, would take more than half of `max_memory`.
     scheduler : dask.distributed.Client or str, optional
-        Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers. With an explicit `mask`,
-        ``scaling="none"`` and an uncompressed NIfTI, .npy, Zarr or HDF5 input, each worker reads its own
-        blocks from the files and the client reads none of the data; otherwise (the automatic mask needs
-        every value, as do scaling and ar1-global) the client reads the data and sends each block.
+        Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers. With ``scaling="none"``,
+        no `mask_threshold` and an uncompressed NIfTI, .npy, Zarr or HDF5 input, each worker reads its own
+        blocks from the files (and finds the automatic mask of its columns when there is no `mask`) and the
+        client reads none of the data; otherwise (a threshold, scaling and ar1-global need whole scans) the
+        client reads the data and sends each block.
     device : str, optional
         ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
     """
@@ -204,10 +205,10 @@ def fit_images(
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
         hashing = stack.enter_context(ThreadPoolExecutor(1))  # input checksums, while the fit runs
-        by_columns = (dataset is None and scheduler is not None and mask is not None and mask_threshold is None
-                      and scaling == "none" and _noise_order(noise) >= 0 and device in (None, "cpu"))  # fmt: skip
+        by_columns = (dataset is None and scheduler is not None and mask_threshold is None and scaling == "none"
+                      and _noise_order(noise) >= 0 and device in (None, "cpu"))  # fmt: skip
         if by_columns:  # the Dask workers read the data, at any size (None: the files cannot be read by columns)
-            dataset = _column_dataset(inputs, mask)
+            dataset = _column_dataset(inputs, mask, scheduler)
             streaming = False if dataset is not None else streaming
         if streaming is None and dataset is None:
             reader = open_reader(inputs)
@@ -254,13 +255,20 @@ def fit_images(
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
 
 
-def _column_dataset(inputs, mask) -> Dataset | None:
+def _column_dataset(inputs, mask, scheduler) -> Dataset | None:
     """The masked inputs as a Dataset whose data are a column source (see ``voxfit.io.ColumnSource``), for the
-    Dask workers to read a block each; None when the files cannot be read by columns (e.g. .nii.gz)."""
+    Dask workers to read a block each; None when the files cannot be read by columns (e.g. .nii.gz). Without
+    `mask` the workers find the automatic mask, a block of columns per task, as ``load`` would."""
     reader = open_reader(inputs)
-    if reader.column_source() is None:
+    source = reader.column_source()
+    if source is None:
         return None
-    mask = explicit_mask(mask, reader.geometry)
+    if mask is not None:
+        mask = explicit_mask(mask, reader.geometry)
+    else:
+        mask = np.concatenate(run_tasks(scheduler, mask_block, source, source.spans()))
+        if not mask.any():
+            raise InputError("the automatic mask is empty: no voxel is finite and not constant over time in every scan.")
     return Dataset(reader.column_source(np.flatnonzero(mask)), Masker(reader.geometry, mask), tuple(reader.paths))
 
 

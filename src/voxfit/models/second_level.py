@@ -33,7 +33,7 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import (Masker, OutputFolder, explicit_mask, group_mask_block, load, open_reader, read_mesh, stat_maps,
+from ..io import (Masker, OutputFolder, explicit_mask, load, mask_block, open_reader, read_mesh, stat_maps,
                   statmap_name)  # fmt: skip
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import contrast_items, input_record
@@ -177,7 +177,7 @@ class SecondLevel:
         if self.mask is not None:
             mask = explicit_mask(self.mask, reader.geometry)
         else:
-            mask = np.concatenate(run_tasks(self.scheduler, group_mask_block, source, source.spans()))
+            mask = np.concatenate(run_tasks(self.scheduler, mask_block, source, [(a, b, True) for a, b in source.spans()]))
             if not mask.any():
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return reader.column_source(np.flatnonzero(mask)), Masker(reader.geometry, mask)

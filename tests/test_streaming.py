@@ -78,7 +78,8 @@ def test_streamed_fit_of_data_all_zero_in_the_first_scan(tmp_path, rng, order):
     npt.assert_allclose(mean, Y.mean(axis=0), rtol=1e-12)
 
 
-@pytest.mark.parametrize("case", ["threshold", "nonzero", "no intercept", "float64", "mask with NaN", "AR blocks"])
+@pytest.mark.parametrize("case", ["threshold", "nonzero", "no intercept", "float64", "mask with NaN", "AR blocks",
+                                  "OLS blocks"])  # fmt: skip
 def test_streamed_masks_and_fits_in_other_settings(tmp_path, rng, monkeypatch, case):
     path, X = _run(tmp_path, rng, dtype=np.float64 if case == "float64" else np.float32)
     n = X.shape[0]  # elements in the file's order (x fastest), as the masker numbers them
@@ -97,9 +98,9 @@ def test_streamed_masks_and_fits_in_other_settings(tmp_path, rng, monkeypatch, c
         m[3:5, 3:5, 3:5] = 1  # holds the voxels NaN and -inf later on
         nib.save(nib.Nifti1Image(m, AFFINE), tmp_path / "mask.nii.gz")
         kwargs["mask"] = mask_file = tmp_path / "mask.nii.gz"
-    elif case == "AR blocks":  # several blocks of voxels fitted from the sums in threads
-        monkeypatch.setattr("voxfit.engine.streaming.AR_BLOCK", 16)
-    order = 0 if case == "no intercept" else 1
+    elif case.endswith("blocks"):  # several blocks of voxels fitted from the sums (AR: in threads)
+        monkeypatch.setattr("voxfit.engine.streaming.SUMS_BLOCK", 16)
+    order = 0 if case in ("no intercept", "OLS blocks") else 1
     f, _, phi, masker, _ = fit_streaming(path, X, {"a": [1.0, 0]} if X.shape[1] == 2 else {"a": [1.0, 0, 0]},
                                          order=order, scans_per_slab=6, **kwargs)  # fmt: skip
     if case == "nonzero":

@@ -38,7 +38,7 @@ from .memory import parse_memory
 __all__ = ["fit_streaming", "streaming_bytes"]
 
 RESERVED = 256 << 20  # of the cap, for the interpreter and the libraries (see the module docstring)
-AR_BLOCK = 8192  # voxels per AR fit from sums
+SUMS_BLOCK = 8192  # voxels per fit from the sums
 TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
 
 
@@ -106,12 +106,12 @@ def _ceil_size(nbytes: int) -> str:
 
 
 def ar_block_bytes(rank: int, order: int, weights) -> int:
-    """A bound on the memory of one AR fit from the sums of `AR_BLOCK` voxels (``fit_ar_sums``): per voxel,
+    """A bound on the memory of one AR fit from the sums of `SUMS_BLOCK` voxels (``fit_ar_sums``): per voxel,
     a few copies of the lagged products, the Gram matrix and its factor, and the contrasts' right-hand
     sides and solutions (measured peaks: 5 MiB for AR(1), rank 3 and a t contrast; 109 MiB for AR(8), rank 20
     and a t and a 10-row F contrast; about half the bound)."""
     r, p, q = rank, order, sum(w.shape[0] for w in weights)
-    return 8 * AR_BLOCK * (4 * (p + 1) * (r + 1) + 4 * r * r + 4 * p * p + 4 * r * (q + 1) + 64)
+    return 8 * SUMS_BLOCK * (4 * (p + 1) * (r + 1) + 4 * r * r + 4 * p * p + 4 * r * (q + 1) + 64)
 
 
 def _columns(sums: LaggedSums, cols) -> LaggedSums:
@@ -215,7 +215,11 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     S = sums.result(design.rank)
     mean = np.full(V, np.nan)  # each voxel's mean over the scans: its shift plus the mean of the shifted data
     mean[targets] = S.total[cols] / n + (0.0 if S.shift is None else S.shift[cols])
-    sub = S if cols.size == index.size else _columns(S, cols)  # (a copy only when the mask dropped some)
+    kept_all = cols.size == index.size
+
+    def sums_of(part: slice) -> LaggedSums:  # the sums of targets[part]: a view, or a copy of the block only
+        return _columns(S, part if kept_all else cols[part])
+
     pc = design.X.shape[1]
     betas, rss, tss = np.full((pc, V), np.nan), np.full(V, np.nan), np.full(V, np.nan)
     phi = np.full((order, V), np.nan) if order else None
@@ -227,16 +231,16 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         # each), the blocks in threads: numpy's batched algebra releases the GIL
 
         def fit_part(a: int) -> None:
-            part = slice(a, a + AR_BLOCK)
+            part = slice(a, a + SUMS_BLOCK)
             found: list[int] = []
-            b, r_, ph, cons, o_, t_ = fit_ar_sums(block, _columns(sub, part), list(weights.values()), flagged=found)
+            b, r_, ph, cons, o_, t_ = fit_ar_sums(block, sums_of(part), list(weights.values()), flagged=found)
             flagged.extend(a + i for i in found)
             at = targets[part]
             betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
             for (label, _), (effect, cov) in zip(weights.items(), cons):
                 effects[label][:, at], covs[label][at] = effect, cov
 
-        starts = range(0, targets.size, AR_BLOCK)
+        starts = range(0, targets.size, SUMS_BLOCK)
         # as many blocks at once as the slabs' share of the cap holds beside the results (see ar_block_bytes)
         results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
         fits = (slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
@@ -245,8 +249,11 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
             list(pool.map(fit_part, starts))
         flagged.sort()
     else:
-        betas[:, targets], rss[targets], tss[targets] = fit_from_sums(design, sub.lagged[0], sub.s[0], sub.total, sub.shift)
-        flagged = list(np.flatnonzero(rss[targets] * 1e5 <= sub.s[0]))
+        for a in range(0, targets.size, SUMS_BLOCK):
+            part = slice(a, a + SUMS_BLOCK)
+            piece, at = sums_of(part), targets[part]
+            betas[:, at], rss[at], tss[at] = fit_from_sums(design, piece.lagged[0], piece.s[0], piece.total, piece.shift)
+            flagged.extend(a + np.flatnonzero(rss[at] * 1e5 <= piece.s[0]))
     # voxels that need their data: zero in the first scan yet kept, or whose sums cancelled too many digits
     second = np.concatenate([np.flatnonzero(final & ~candidates), masker.index[targets[np.asarray(flagged, dtype=int)]]])
     second = np.unique(second)

@@ -11,7 +11,7 @@ from .readers import (CiftiReader, ColumnSource, GiftiReader, NiftiReader, NpyRe
 __all__ = [
     "ArrayGeometry", "CiftiGeometry", "CiftiReader", "ColumnSource", "Dataset", "GZIP_BACKEND", "Geometry",
     "GiftiReader", "Masker", "NiftiReader", "NpyReader", "OutputFolder", "ScaledArray", "SurfaceGeometry",
-    "VolumeGeometry", "VolumeListReader", "explicit_mask", "gather", "gather_auto", "load",
-    "load_mask", "mask_block", "open_gzip", "open_reader", "read_mesh", "sanitize_label", "spm_globals", "stat_maps", "statmap_name",
-    "write_stats",
+    "VolumeGeometry", "VolumeListReader", "explicit_mask", "gather", "gather_auto", "load", "load_mask",
+    "mask_block", "open_gzip", "open_reader", "read_mesh", "sanitize_label", "spm_globals", "stat_maps",
+    "statmap_name", "write_stats",
 ]  # fmt: skip

@@ -23,7 +23,7 @@ from ..exceptions import InputError
 from .geometry import Geometry
 from .readers import open_map
 
-__all__ = ["AutoMask", "Masker", "explicit_mask", "gather", "gather_auto", "mask_block", "load_mask",
+__all__ = ["AutoMask", "Masker", "explicit_mask", "gather", "gather_auto", "load_mask", "mask_block",
            "spm_globals"]  # fmt: skip
 
 

@@ -24,8 +24,8 @@ from ..engine import fit as fit_engine
 from ..engine import fit_ar, fit_global_ar
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
-from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, load, mask_block, open_reader, sanitize_label, spm_globals,
-                  stat_maps, statmap_name)  # fmt: skip
+from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, load, mask_block, open_reader,
+                  sanitize_label, spm_globals, stat_maps, statmap_name)  # fmt: skip
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
 

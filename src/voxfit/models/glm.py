@@ -247,7 +247,7 @@ def fit_images(
         if out is not None:
             settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
                         "noise": noise, "noise_details": noise_info, "scaling": scaling,
-                        "design": {k: getattr(design, k) for k in ("kinds", "tr") if hasattr(design, k)},
+                        "design": design_record(design),
                         "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load}, "mean": mean}  # fmt: skip
             _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs, ar_coef)
             files = out.commit()
@@ -255,21 +255,37 @@ def fit_images(
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
 
 
+def design_record(design) -> dict:
+    """What model.json records of a design built from events (a ``voxfit.design.Design``): its columns' kinds
+    and the TR; nothing for a matrix or a design file."""
+    return {k: getattr(design, k) for k in ("kinds", "tr") if hasattr(design, k)}
+
+
 def _column_dataset(inputs, mask, scheduler) -> Dataset | None:
-    """The masked inputs as a Dataset whose data are a column source (see ``voxfit.io.ColumnSource``), for the
-    Dask workers to read a block each; None when the files cannot be read by columns (e.g. .nii.gz). Without
-    `mask` the workers find the automatic mask, a block of columns per task, as ``load`` would."""
+    """The masked inputs as a Dataset whose data are a column source (see :func:`columns_on_workers`); None
+    when the files cannot be read by columns (e.g. .nii.gz)."""
     reader = open_reader(inputs)
+    found = columns_on_workers(reader, mask, scheduler)
+    return None if found is None else Dataset(*found, tuple(reader.paths))
+
+
+def columns_on_workers(reader, mask, scheduler, nonzero: bool = False) -> tuple[ColumnSource, Masker] | None:
+    """The elements to fit as a column source of `reader`, for the Dask workers to read a block each, and
+    their masker; None when the files cannot be read by columns. The elements are those of an explicit `mask`,
+    or of the automatic mask, which the workers find a block of columns per task (with `nonzero`, the group
+    rule: non-zero in every map), as the in-memory path would: the client reads no data values."""
     source = reader.column_source()
     if source is None:
         return None
     if mask is not None:
-        mask = explicit_mask(mask, reader.geometry)
+        keep = explicit_mask(mask, reader.geometry)
     else:
-        mask = np.concatenate(run_tasks(scheduler, mask_block, source, source.spans()))
-        if not mask.any():
-            raise InputError("the automatic mask is empty: no voxel is finite and not constant over time in every scan.")
-    return Dataset(reader.column_source(np.flatnonzero(mask)), Masker(reader.geometry, mask), tuple(reader.paths))
+        keep = np.concatenate(run_tasks(scheduler, mask_block, source, [(a, b, nonzero) for a, b in source.spans()]))
+        if not keep.any():
+            raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask."
+                             if nonzero else  # fmt: skip
+                             "the automatic mask is empty: no voxel is finite and not constant over time in every scan.")
+    return reader.column_source(np.flatnonzero(keep)), Masker(reader.geometry, keep)
 
 
 def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress, hashing):

@@ -14,7 +14,8 @@ from ..core.contrast import f_stats, t_stats
 from ..design import write_design
 from ..exceptions import InputError
 from ..io import Masker, OutputFolder, ScaledArray, load, stat_maps, statmap_name
-from .glm import _design_matrix, _noise_order, _scale, contrast_items, fit_noise_model, input_record, mean_over_scans
+from .glm import (_design_matrix, _noise_order, _scale, contrast_items, design_record, fit_noise_model, input_record,
+                  mean_over_scans)
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -130,7 +131,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
             out.write_json("model.json", {
                 "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
                 "runs": [{"inputs": [input_record(p) for p in ds.paths], "columns": list(names), "n_scans": int(X.shape[0]),
-                          **{k: getattr(design, k) for k in ("kinds", "tr") if hasattr(design, k)},
+                          **design_record(design),
                           "noise_details": info}
                          for ds, (X, names), design, info in zip(datasets, matrices, designs, noise_details)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .._dask import run_tasks
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
@@ -33,13 +32,11 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import (Masker, OutputFolder, explicit_mask, load, mask_block, open_reader, read_mesh, stat_maps,
-                  statmap_name)  # fmt: skip
+from ..io import Masker, OutputFolder, load, open_reader, read_mesh, stat_maps, statmap_name
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
-from .glm import contrast_items, input_record
+from .glm import columns_on_workers, contrast_items, input_record
 
 __all__ = ["SecondLevel", "GroupFit"]
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,9 +108,12 @@ class SecondLevel:
         with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
             reader = open_reader(paths if len(paths) > 1 else paths[0])
             parametric = not self.permutations and not self.paired
-            source = reader.column_source() if parametric and self.scheduler is not None else None
-            if source is not None:  # Y: a column source, read a block per task by the Dask workers
-                Y, masker = self._mask_on_workers(reader, source)
+            on_workers = None
+            if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
+                # task, twice (for the mask, then for the fit, in the local fit's blocks: identical numbers)
+                on_workers = columns_on_workers(reader, self.mask, self.scheduler, nonzero=True)
+            if on_workers is not None:
+                Y, masker = on_workers
             elif parametric and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
                 return self._fit_streamed(paths, reader.n_scans, out, progress, command)
             else:
@@ -168,19 +168,6 @@ class SecondLevel:
             if masker.n_voxels == 0:
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return Y, masker
-
-    def _mask_on_workers(self, reader, source):
-        """The group mask and the masked maps as a column source, for a fit on the Dask cluster: without
-        --mask, the workers find the voxels that :meth:`_load` keeps, a block of columns per task; the
-        client reads no data values (the explicit mask file only). The workers read the maps twice, for the
-        mask and then for the fit, whose blocks are thus those of the local fit: identical numbers."""
-        if self.mask is not None:
-            mask = explicit_mask(self.mask, reader.geometry)
-        else:
-            mask = np.concatenate(run_tasks(self.scheduler, mask_block, source, [(a, b, True) for a, b in source.spans()]))
-            if not mask.any():
-                raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
-        return reader.column_source(np.flatnonzero(mask)), Masker(reader.geometry, mask)
 
     def _fit_streamed(self, paths, n_maps: int, out, progress, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""

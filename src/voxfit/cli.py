@@ -144,7 +144,7 @@ def _get_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write report.html for a finished output folder (no refitting)",
                             epilog=EXAMPLES_REPORT, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     report.add_argument("folder", metavar="OUTDIR", help="output folder of voxfit fit or voxfit group")
-    report.add_argument("--background", metavar="FILE", help="anatomical image under volume maps (default: the run's baseline)")
+    report.add_argument("--background", metavar="FILE", help="anatomical image under volume maps (default: the run's mean image)")
     report.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) to draw surface maps on")
     report.add_argument("--p-threshold", type=float, metavar="P", help="show elements at this uncorrected p instead")
     _flags(report, "replace an existing report.html")
@@ -236,11 +236,7 @@ def _run(args, argv) -> int:
         _check_matplotlib()
     code = _run_fit_group_demo(args, argv, progress)
     if args.report:
-        from .report import write_report
-
-        path = write_report(args.output, force=True, progress=progress)
-        if not args.quiet:
-            print(f"report: {path}")
+        _write_report(args.output, args.quiet, progress, force=True)
     return code
 
 
@@ -253,13 +249,17 @@ def _check_matplotlib() -> None:
 
 def _run_report(args, progress) -> int:
     _check_matplotlib()
+    _write_report(args.folder, args.quiet, progress, background=args.background, mesh=args.mesh,
+                  p_threshold=args.p_threshold, force=args.force)  # fmt: skip
+    return 0
+
+
+def _write_report(folder, quiet: bool, progress, **options) -> None:
     from .report import write_report
 
-    path = write_report(args.folder, background=args.background, mesh=args.mesh, p_threshold=args.p_threshold,
-                        force=args.force, progress=progress)  # fmt: skip
-    if not args.quiet:
+    path = write_report(folder, progress=progress, **options)
+    if not quiet:
         print(f"report: {path}")
-    return 0
 
 
 def _run_fit_group_demo(args, argv, progress) -> int:

@@ -295,7 +295,6 @@ class GiftiReader(_RowsReader):
         self.scale = None
 
 
-
 class CiftiReader:
     """CIFTI-2 dense time series or scalars (.dtseries.nii, .dscalar.nii): rows are scans, columns grayordinates."""
 
@@ -368,7 +367,6 @@ class NpyReader(_RowsReader):
         return ColumnSource("npy", [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, index=index)
 
 
-
 class ChunkedArrayReader(_RowsReader):
     """A 2-D array (scans or subjects, columns) in a Zarr store or an HDF5 file, read a slab of rows at a time.
 
@@ -401,7 +399,6 @@ class ChunkedArrayReader(_RowsReader):
         name = self._data.path if self._kind == "zarr" else self._data.name
         nel = self.geometry.n_elements
         return ColumnSource(self._kind, [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, name=name, index=index)
-
 
 
 def _open_zarr(location: str, name: str):

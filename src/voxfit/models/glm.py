@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._dask import run_tasks
+from .._dask import dask_client, run_tasks
 from .._memory import needs_streaming
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
@@ -224,6 +224,8 @@ def fit_images(
             )  # fmt: skip
             t_load = start
         else:
+            if scheduler is not None:  # one connection to the cluster for the mean image and the fit
+                scheduler = stack.enter_context(dask_client(scheduler))
             if dataset is None:
                 dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
             elif isinstance(dataset, Future):

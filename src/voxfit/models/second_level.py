@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._dask import dask_client
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
@@ -105,7 +106,8 @@ class SecondLevel:
             raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
-        with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
             reader = open_reader(paths if len(paths) > 1 else paths[0])
             parametric = not self.permutations and not self.paired
             on_workers = None
@@ -118,13 +120,15 @@ class SecondLevel:
                 return self._fit_streamed(paths, reader.n_scans, out, progress, command)
             else:
                 Y, masker = self._load(paths, progress)
+            # one connection to the cluster for the fit and every contrast's shuffles
+            scheduler = None if self.scheduler is None else stack.enter_context(dask_client(self.scheduler))
             d = group_design(Y.shape[0], design=self.design, two_sample=self.two_sample)
             items = self._contrast_items(d.names, d.X.shape[1])
             blocks = read_groups(self.grp, Y.shape[0]) if self.grp is not None else None
             factor = factorize(d.X, list(d.names))
             if factor.dof < 1:
                 raise InputError(f"the design ({d.X.shape[1]} columns, rank {factor.rank}) leaves no degrees of freedom for {Y.shape[0]} maps.")
-            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=self.scheduler, device=self.device)
+            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=scheduler, device=self.device)
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
             adjacency = None  # extents count voxels or vertices (no vertex areas)
             E, H = self._tfce_parameters(masker.geometry)
@@ -138,7 +142,7 @@ class SecondLevel:
                         blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
                         cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H,
                         max_memory=parse_memory(self.max_memory), progress=progress, name=label, n_jobs=self.n_jobs,
-                        scheduler=self.scheduler, device=self.device,
+                        scheduler=scheduler, device=self.device,
                     )  # fmt: skip
             tables = {}
             if self.cluster_threshold is not None:

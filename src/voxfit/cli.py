@@ -32,6 +32,13 @@ EXAMPLES_FIT = """examples:
   voxfit fit bold.nii.gz --design design.tsv --contrast "task=A - B" --contrast "eoi=A; B" -o results/
   voxfit fit sub-01_task-x_space-fsLR_den-91k_bold.dtseries.nii --design design.tsv --contrast "A=A" -o res/
   voxfit fit scans/*.img --design design.tsv --mask mask.nii --contrast "c1=A" -o res/
+  voxfit fit scans/sw*.img --events ev.tsv --tr 7 --contrast "listen=listening" -o res/      # 3-D scans
+  voxfit fit 'run1/sw*.img' 'run2/sw*.img' --events ev1.tsv ev2.tsv --tr 2 --contrast "f=faces" -o res/
+  voxfit fit run1/ run2.txt --events ev1.tsv ev2.tsv --tr 2 --contrast "f=faces" -o res/
+
+several runs of 3-D scans: each run is a folder holding one series of scans, a quoted pattern (expanded by
+voxfit, so one pattern is one run) or a .txt file listing the scans (one path per line, relative to the
+list's folder); scans are taken in natural order (scan_2 before scan_10).
 
 contrasts are NAME=EXPR: EXPR is a linear combination of design column names with numeric coefficients
 (A - B, 0.5*A + 0.5*B, (A + B)/2); ';' joins rows into an F contrast (A; B). Names of maps keep the
@@ -80,7 +87,10 @@ def _get_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fit a design to image files and write maps", epilog=EXAMPLES_FIT,
                          formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    fit.add_argument("inputs", nargs="+", metavar="INPUT", help="a 4-D NIfTI, several 3-D NIfTI/Analyze files, GIFTI, CIFTI or .npy")
+    fit.add_argument("inputs", nargs="+", metavar="INPUT",
+                     help="a 4-D NIfTI, several 3-D NIfTI/Analyze files (one per scan), GIFTI, CIFTI or .npy; with one "
+                          "design per run, one run each: a 4-D file, a folder of 3-D scans, a quoted pattern "
+                          "('run1/sw*.img') or a .txt list of scans")  # fmt: skip
     source = fit.add_mutually_exclusive_group(required=True)
     source.add_argument("--design", nargs="+", metavar="FILE",
                         help="TSV/CSV with a header of column names, or FSL design.mat; one per run for several runs")
@@ -281,11 +291,14 @@ def _run_fit_group_demo(args, argv, progress) -> int:
         return _run_runs(args, argv)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
-    if args.events and len(args.inputs) > 1:
-        from .io import open_reader
+    if len(args.inputs) > 1:
+        from .io import open_map
 
-        if open_reader(args.inputs[0]).n_scans > 1:
-            raise InputError(f"{len(args.inputs)} 4-D inputs for one events file; give one events file per run (--events ev1.tsv ev2.tsv ...).")
+        if open_map(args.inputs[0]).n_scans > 1:  # headers only: 3-D files are one run, 4-D files several
+            raise InputError(f"{len(args.inputs)} 4-D inputs for one {'events file' if args.events else 'design'}; "
+                             f"give one per run ({'--events ev1.tsv ev2.tsv' if args.events else '--design d1.tsv d2.tsv'}"
+                             " ...).")  # fmt: skip
+        _warn_out_of_order(args.inputs)
     from ._memory import needs_streaming
     from .io import load, open_reader
 
@@ -320,6 +333,20 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     return 0
 
 
+def _warn_out_of_order(paths) -> None:
+    """A shell's list of scans is in text order (scan_10 before scan_2): fitted as given, but said."""
+    from pathlib import Path
+
+    from .io import natural_key
+
+    keys = [natural_key(Path(p)) for p in paths]
+    for a, b, ka, kb in zip(paths, paths[1:], keys, keys[1:]):
+        if kb < ka:
+            warnings.warn(f"the scans are not in the order of their numbers ({Path(a).name} comes before "
+                          f"{Path(b).name}); they are fitted in the order given.", stacklevel=2)  # fmt: skip
+            return
+
+
 def _run_runs(args, argv) -> int:
     """Several runs: one input and one design (or events file) each, combined by fixed effects."""
     from .io import open_reader
@@ -327,7 +354,9 @@ def _run_runs(args, argv) -> int:
 
     sources = args.events or args.design
     if len(args.inputs) != len(sources):
-        raise InputError(f"{len(args.inputs)} inputs for {len(sources)} designs or events files; give one per run.")
+        raise InputError(f"{len(args.inputs)} inputs for {len(sources)} designs or events files; give one run per "
+                         "design: a 4-D file, a folder of 3-D scans, a quoted pattern such as 'run1/sw*.img', or a "
+                         ".txt list of scans.")  # fmt: skip
     if args.confounds and len(args.confounds) != len(args.inputs):
         raise InputError(f"{len(args.confounds)} confounds files for {len(args.inputs)} runs; give one per run.")
     if args.events:

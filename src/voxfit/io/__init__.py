@@ -5,13 +5,14 @@ from .dataset import Dataset, ScaledArray, load
 from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
 from .masking import Masker, explicit_mask, gather, gather_auto, load_mask, mask_block, spm_globals
 from .output import OutputFolder, sanitize_label, stat_maps, statmap_name, write_stats
-from .readers import (CiftiReader, ColumnSource, GiftiReader, NiftiReader, NpyReader, VolumeListReader, open_reader,
-                      read_mesh)
+from .readers import (CiftiReader, ColumnSource, GiftiReader, NiftiReader, NpyReader, VolumeListReader, open_map,
+                      open_reader, read_mesh)
+from .scans import expand_run, natural_key
 
 __all__ = [
     "ArrayGeometry", "CiftiGeometry", "CiftiReader", "ColumnSource", "Dataset", "GZIP_BACKEND", "Geometry",
     "GiftiReader", "Masker", "NiftiReader", "NpyReader", "OutputFolder", "ScaledArray", "SurfaceGeometry",
     "VolumeGeometry", "VolumeListReader", "explicit_mask", "gather", "gather_auto", "load", "load_mask",
-    "mask_block", "open_gzip", "open_reader", "read_mesh", "sanitize_label", "spm_globals", "stat_maps",
+    "mask_block", "open_gzip", "open_map", "open_reader", "expand_run", "natural_key", "read_mesh", "sanitize_label", "spm_globals", "stat_maps",
     "statmap_name", "write_stats",
 ]  # fmt: skip

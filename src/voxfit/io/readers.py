@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from .._array import working_dtype
 from ..exceptions import InputError
 from ._gzip import open_gzip
+from .scans import expand_run
 from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
 
 __all__ = ["open_map", "open_reader", "read_mesh", "ColumnSource", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
@@ -542,8 +543,16 @@ def read_mesh(path, n_vertices: int) -> tuple[NDArray[np.float64], NDArray[np.in
 
 
 def open_reader(paths):
-    """The reader for one path or a list of paths (a list of 3-D volumes is one scan per file)."""
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    """The reader for one path or a list of paths (a list of 3-D volumes is one scan per file); a run may be
+    named by a folder of scans, a quoted pattern or a .txt list of them (see :mod:`voxfit.io.scans`)."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    runs = [expand_run(p) for p in items]
+    if any(r is not None for r in runs):
+        if len(items) > 1:
+            raise InputError(f"{len(items)} inputs name runs (folders, patterns or lists of scans); give one run here, "
+                             "or several runs to `voxfit fit` / fit_runs with one design each.")  # fmt: skip
+        items = runs[0]
+    paths = [Path(p) for p in items]
     if not paths:
         raise InputError("no input file given.")
     kinds = {_kind(p) for p in paths}

@@ -1,0 +1,99 @@
+"""A run given as one name: a folder of 3-D scans, a quoted pattern, or a text file listing the scans.
+
+SPM users hold a run as one 3-D file per scan, in a folder that usually also holds the other steps' files
+(SPM's realignment writes ``mean*.img`` and ``rp_*.txt`` beside ``fM*.img``; smoothing adds ``sw*.img``).
+So a run can be named three ways, each read in natural order (``scan_2`` before ``scan_10``):
+
+- a folder whose image files form one series: the same name apart from their numbers
+  (``fM00223_004.img``, ``fM00223_005.img``, ...); a folder holding several series is refused with their
+  names, since which one is the run cannot be guessed;
+- a quoted pattern, e.g. ``'run1/sw*.img'`` (expanded here, not by the shell, so that one pattern is one run);
+- a text file (``.txt``) listing the scans, one path per line, relative to the list's folder; blank lines
+  and lines starting with ``#`` are skipped.
+
+Zarr stores (folders named ``*.zarr``) are data sets, not folders of scans.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+from ..exceptions import InputError
+
+__all__ = ["expand_run", "natural_key"]
+
+_SCAN_SUFFIXES = (".nii", ".nii.gz", ".img", ".img.gz")
+_PATTERN = re.compile(r"[*?\[]")
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that orders the numbers in a name by value: ``scan_2`` before ``scan_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def _is_scan(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and not name.startswith(".") and name.endswith(_SCAN_SUFFIXES)
+
+
+def _series(name: str) -> str:
+    return re.sub(r"\d+", "#", name)
+
+
+def _from_folder(folder: Path) -> list[Path]:
+    scans = sorted((p for p in folder.iterdir() if _is_scan(p)), key=natural_key)
+    if not scans:
+        raise InputError(f"{folder}: a folder given as a run holds no image files (.nii, .nii.gz, .img).")
+    series: dict[str, list[Path]] = {}
+    for p in scans:
+        series.setdefault(_series(p.name), []).append(p)
+    if len(series) > 1:
+        found = ", ".join(f"{v[0].name} ({len(v)} files)" for v in sorted(series.values(), key=len, reverse=True))
+        first = next(iter(sorted(series.values(), key=len, reverse=True)))[0].name
+        prefix = re.match(r"\D*", first).group(0) or first
+        raise InputError(f"{folder} holds several series of images: {found}; name the run's scans with a quoted "
+                         f"pattern such as '{folder / prefix}*{''.join(Path(first).suffixes)}', or a .txt list.")  # fmt: skip
+    return scans
+
+
+def _from_pattern(pattern: str) -> list[Path]:
+    scans = sorted((Path(p) for p in glob.glob(pattern) if _is_scan(Path(p))), key=natural_key)
+    if not scans:
+        raise InputError(f"{pattern}: no image file matches this pattern.")
+    return scans
+
+
+def _from_list(path: Path) -> list[Path]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read this list of scans ({type(exc).__name__}).") from None
+    scans = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        scan = Path(text) if Path(text).is_absolute() else path.parent / text
+        if not scan.is_file():
+            raise InputError(f"{path}, line {number}: {text} is not a file (paths are relative to the list's folder).")
+        scans.append(scan)
+    if not scans:
+        raise InputError(f"{path}: the list of scans is empty.")
+    return scans
+
+
+def expand_run(item) -> list[Path] | None:
+    """The scans of a run named by a folder, a pattern or a .txt list (see the module docstring); None when
+    `item` is none of these (a file, or a Zarr store, read as it is)."""
+    if not isinstance(item, (str, Path)):
+        return None
+    path = Path(item)
+    if path.is_dir() and not path.name.lower().endswith(".zarr"):
+        return _from_folder(path)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        return _from_list(path)
+    if not path.exists() and _PATTERN.search(str(item)) and "::" not in str(item):
+        return _from_pattern(str(item))
+    return None

@@ -1,0 +1,143 @@
+"""Runs held as SPM users hold them: one 3-D Analyze/NIfTI file per scan, in folders beside other steps' files,
+given as the shell's list, a folder, a quoted pattern or a .txt list; fitted with events, one or several runs."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from voxfit.cli import main
+
+from .imaging import AFFINE, SHAPE
+
+TR = 2.0
+N = 24
+
+
+def _bold(rng, n=N):
+    level = 100 + 10 * rng.standard_normal(SHAPE)
+    t = np.arange(n)
+    signal = 3.0 * ((t // 4) % 2)  # a block design: 4 scans on, 4 off
+    data = level[..., None] + rng.standard_normal(SHAPE + (n,)) + signal * (level[..., None] > 100)
+    return data.astype(np.float32)
+
+
+def _spm_folder(folder, data, prefix="swfM00223_"):
+    """A run as SPM leaves it: 3-D Analyze pairs (int16 with SPM's scale factor) with numbers that do not sort
+    as text, plus the realignment's mean image and motion parameters in the same folder."""
+    folder.mkdir(parents=True)
+    for i in range(data.shape[-1]):
+        img = nib.Spm2AnalyzeImage(data[..., i], AFFINE)
+        img.set_data_dtype(np.int16)
+        nib.save(img, str(folder / f"{prefix}{i + 1}.img"))  # 1, 2, ... 10: natural order is not text order
+    return folder
+
+
+def _events(path, onsets):
+    path.write_text("onset\tduration\ttrial_type\n" + "".join(f"{o}\t8\tlisten\n" for o in onsets))
+    return path
+
+
+def _four_d(path, folder, prefix="swfM00223_"):
+    """The 4-D file of the scans as stored (scale factors applied), for the reference fit."""
+    files = sorted(folder.glob(f"{prefix}*.img"), key=lambda p: int(p.stem[len(prefix):]))
+    data = np.stack([np.asarray(nib.load(str(f)).dataobj, dtype=np.float32) for f in files], axis=-1)
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+    return path
+
+
+def _fit(capsys, inputs, events, out, *extra):
+    argv = ["fit", *map(str, inputs), "--events", *map(str, events), "--tr", str(TR), "--contrast", "listen=listen",
+            "-o", str(out), "--quiet", *extra]  # fmt: skip
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _t(out):
+    return np.asarray(nib.load(str(out / "contrast-listen_stat-t_statmap.nii.gz")).dataobj)
+
+
+@pytest.fixture
+def spm_runs(tmp_path, rng):
+    runs = []
+    for r in (1, 2):
+        folder = _spm_folder(tmp_path / f"run{r}", _bold(rng))
+        nib.save(nib.Spm2AnalyzeImage(np.ones(SHAPE, np.float32), AFFINE), str(folder / "meanfM00223_1.img"))
+        (folder / "rp_fM00223_1.txt").write_text("0 0 0 0 0 0\n" * N)
+        runs.append(folder)
+    ev = [_events(tmp_path / f"ev{r}.tsv", [0, 16, 32]) for r in (1, 2)]
+    return tmp_path, runs, ev
+
+
+def test_one_run_of_3d_scans_with_events_equals_its_4d_file(spm_runs, capsys):
+    root, (run1, _), (ev1, _) = spm_runs
+    scans = sorted(run1.glob("sw*.img"), key=lambda p: int(p.stem.split("_")[-1]))  # as the user lists them
+    code, err = _fit(capsys, scans, [ev1], root / "list")
+    assert code == 0, err
+    code, err = _fit(capsys, [_four_d(root / "run1.nii", run1)], [ev1], root / "4d")
+    assert code == 0, err
+    npt.assert_allclose(_t(root / "list"), _t(root / "4d"), rtol=1e-6, equal_nan=True)
+    model = json.loads((root / "list" / "model.json").read_text())
+    assert [p["path"].rsplit("/", 1)[-1] for p in model["inputs"][:2]] == ["swfM00223_1.img", "swfM00223_2.img"]
+
+
+def test_scans_given_out_of_their_numbers_order_are_named(spm_runs, capsys):
+    root, (run1, _), (ev1, _) = spm_runs
+    scans = sorted(run1.glob("sw*.img"))  # text order: _1, _10, _11 ... _2
+    code = main(["fit", *map(str, scans), "--events", str(ev1), "--tr", str(TR), "--contrast", "l=listen",
+                 "-o", str(root / "o")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "not in the order of their numbers" in err and "swfM00223_19.img comes before swfM00223_2.img" in err
+
+
+@pytest.mark.parametrize("form", ["folder", "pattern", "list"])
+def test_several_runs_of_3d_scans(spm_runs, capsys, form):
+    root, runs, ev = spm_runs
+    ref = [_four_d(root / f"run{r}.nii.gz", folder) for r, folder in enumerate(runs, 1)]
+    code, err = _fit(capsys, ref, ev, root / "ref")
+    assert code == 0, err
+    if form == "folder":  # the runs' folders hold the mean image and rp_*.txt too: refused, with a way out
+        code, err = _fit(capsys, runs, ev, root / "x")
+        assert code == 2 and "several series" in err and "sw" in err and "meanfM" in err
+        for folder in runs:
+            for extra in folder.glob("mean*"):
+                extra.unlink()
+        inputs = runs
+    elif form == "pattern":
+        inputs = [f"{folder}/sw*.img" for folder in runs]
+    else:
+        inputs = []
+        for r, folder in enumerate(runs, 1):
+            names = sorted((p.name for p in folder.glob("sw*.img")), key=lambda n: int(n[10:-4]))
+            lst = root / f"run{r}.txt"
+            lst.write_text("# scans of run %d\n" % r + "".join(f"run{r}/{n}\n" for n in names) + "\n")
+            inputs.append(lst)
+    code, err = _fit(capsys, inputs, ev, root / form)
+    assert code == 0, err
+    for name in ("contrast-listen_stat-t_statmap.nii.gz", "run-2_contrast-listen_stat-effect_statmap.nii.gz"):
+        a = np.asarray(nib.load(str(root / form / name)).dataobj)
+        b = np.asarray(nib.load(str(root / "ref" / name)).dataobj)
+        npt.assert_allclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
+    model = json.loads((root / form / "model.json").read_text())
+    assert [len(r["inputs"]) for r in model["runs"]] == [N, N]  # every scan file
+
+
+def test_run_forms_refuse_what_cannot_be_a_run(spm_runs, capsys):
+    root, runs, ev = spm_runs
+    cases = {
+        "count": ([runs[0]], ev, "1 inputs for 2 designs or events files; give one run per design"),
+        "empty pattern": ([f"{runs[0]}/nothing*.img", runs[1]], ev, "no image file matches"),
+        "bad list line": ([root / "l.txt", runs[1]], ev, "l.txt, line 2: run1/missing.img is not a file"),
+        "empty folder": ([root / "empty", runs[1]], ev, "holds no image files"),
+        "4-D files for one events file": ([root / "a.nii", root / "a.nii"], ev[:1], "2 4-D inputs for one events file"),
+    }
+    (root / "l.txt").write_text(f"run1/{next(runs[0].glob('sw*.img')).name}\nrun1/missing.img\n")
+    (root / "empty").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE + (N,), np.float32), AFFINE), str(root / "a.nii"))
+    for name, (inputs, events, message) in cases.items():
+        code, err = _fit(capsys, inputs, events, root / name.replace(" ", "_"))
+        assert code == 2 and message in err and err.count("\n") == 1, (name, err)
+        assert not (root / name.replace(" ", "_")).exists()

@@ -113,7 +113,7 @@ def test_several_runs_of_3d_scans(spm_runs, capsys, form):
         for r, folder in enumerate(runs, 1):
             names = sorted((p.name for p in folder.glob("sw*.img")), key=lambda n: int(n[10:-4]))
             lst = root / f"run{r}.txt"
-            lst.write_text("# scans of run %d\n" % r + "".join(f"run{r}/{n}\n" for n in names) + "\n")
+            lst.write_text(f"# scans of run {r}\n" + "".join(f"run{r}/{n}\n" for n in names) + "\n")
             inputs.append(lst)
     code, err = _fit(capsys, inputs, ev, root / form)
     assert code == 0, err

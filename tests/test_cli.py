@@ -252,8 +252,10 @@ def test_signal_scaling(study, capsys, scaling):
     if scaling == "mean":
         ref_data = 100 * (Y / Y.mean(axis=0) - 1)
     else:
-        # SPM global per scan over the mask (values above 1/8 of the scan's mean), grand mean scaled to 100
-        g = np.array([row[row > row.mean() / 8].mean() for row in Y])
+        # spm_global.c of each whole scan, background included whatever the mask: the mean of the finite values
+        # above 1/8 of the mean of the finite values; session-specific grand mean scaled to 100
+        whole = np.asarray(nib.load(study["bold"]).dataobj, dtype=np.float64).reshape(-1, Y.shape[0], order="F").T
+        g = np.array([row[row > row[np.isfinite(row)].mean() / 8].mean() for row in whole])
         ref_data = Y * 100 / g.mean()
     ref = voxfit.fit(study["table"], ref_data)
     eff = np.asarray(nib.load(study["out"] / "contrast-c_stat-effect_statmap.nii.gz").dataobj).reshape(-1, order="F")
@@ -261,3 +263,22 @@ def test_signal_scaling(study, capsys, scaling):
     npt.assert_allclose(eff[ds.masker.mask], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())  # float32 maps
     model = json.loads((study["out"] / "model.json").read_text())
     assert model["settings"]["scaling"] == scaling
+
+
+def test_global_scaling_does_not_depend_on_the_mask(study, capsys):
+    """SPM scales by the globals of whole scans: an explicit mask (here half the brain) changes which voxels
+    are fitted, not their betas (it made them 0.636 x SPM's when the globals were taken over the mask)."""
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3:, 1:, :] = 1
+    nib.save(nib.Nifti1Image(mask, AFFINE), str(study["dir"] / "half.nii.gz"))
+    out = study["dir"] / "masked"
+    code, _, err = run(capsys, *fit_args(study, "--scaling", "global", "--mask", study["dir"] / "half.nii.gz",
+                                         out=out, contrast=["c=A - B"]))  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(capsys, *fit_args(study, "--scaling", "global", contrast=["c=A - B"]))
+    assert code == 0, err
+    masked = nib.load(out / "regressor-A_stat-effect_statmap.nii.gz").get_fdata()
+    whole = nib.load(study["out"] / "regressor-A_stat-effect_statmap.nii.gz").get_fdata()
+    inside = (mask > 0) & np.isfinite(whole)
+    assert inside.sum() > 20
+    npt.assert_allclose(masked[inside], whole[inside], rtol=1e-6)

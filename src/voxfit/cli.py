@@ -309,7 +309,8 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     elif args.max_memory:  # data larger than the cap: one pass keeping per-voxel sums, nothing loaded here
         reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
         streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, args.max_memory)
-    loading = None if streaming is not False else _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress)
+    loading = None if streaming is not False else _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress,
+                                                             scan_globals=args.scaling == "global")
     design = args.design[0] if args.design else None
     if args.events:
         from .io import open_reader

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from .._array import working_dtype
 from ..exceptions import InputError
-from .masking import Masker, explicit_mask, gather, gather_auto
+from .masking import Masker, ScanGlobals, explicit_mask, gather, gather_auto
 from .readers import open_reader
 
 __all__ = ["Dataset", "ScaledArray", "load"]
@@ -44,6 +44,7 @@ class Dataset:
     data: NDArray | ScaledArray
     masker: Masker
     paths: tuple[Path, ...]
+    globals: NDArray[np.float64] | None = None  # SPM's global of each whole scan, when asked for (`scan_globals`)
 
     @property
     def n_scans(self) -> int:
@@ -55,7 +56,8 @@ class Dataset:
 
 
 def load(
-    paths, mask=None, *, mask_threshold: float | None = None, progress: bool | None = None, n_scans: int | None = None
+    paths, mask=None, *, mask_threshold: float | None = None, progress: bool | None = None, n_scans: int | None = None,
+    scan_globals: bool = False,
 ) -> Dataset:
     """Read image files into an (n_scans, n_voxels) matrix, in one sequential pass over the data.
 
@@ -74,16 +76,21 @@ def load(
     n_scans : int, optional
         The number of scans the caller expects (e.g. rows of a design): checked from the headers, before
         any data are read.
+    scan_globals : bool
+        Also compute SPM's global of each whole scan in the same pass (``Dataset.globals``; for SPM's global
+        scaling, which does not depend on the mask).
     """
     reader = open_reader(paths)
     if n_scans is not None and n_scans != reader.n_scans:
         raise InputError(f"the design has {n_scans} rows but the data have {reader.n_scans} scans; give one design row per scan.")
+    globals_ = ScanGlobals(reader.n_scans, reader.scale) if scan_globals else None
     if mask is None:
-        raw, mask_array = gather_auto(reader, mask_threshold, progress)
+        raw, mask_array = gather_auto(reader, mask_threshold, progress, globals_)
     else:
         if mask_threshold is not None:
             raise InputError("`mask_threshold` applies to the automatic mask only; it cannot be combined with `mask`.")
         mask_array = explicit_mask(mask, reader.geometry)
-        raw = gather(reader, np.flatnonzero(mask_array), progress)
+        raw = gather(reader, np.flatnonzero(mask_array), progress, globals_)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
-    return Dataset(data=data, masker=Masker(reader.geometry, mask_array), paths=tuple(reader.paths))
+    return Dataset(data=data, masker=Masker(reader.geometry, mask_array), paths=tuple(reader.paths),
+                   globals=None if globals_ is None else globals_.values)  # fmt: skip

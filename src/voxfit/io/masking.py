@@ -23,7 +23,7 @@ from ..exceptions import InputError
 from .geometry import Geometry
 from .readers import open_map
 
-__all__ = ["AutoMask", "Masker", "explicit_mask", "gather", "gather_auto", "load_mask", "mask_block",
+__all__ = ["AutoMask", "Masker", "ScanGlobals", "explicit_mask", "gather", "gather_auto", "load_mask", "mask_block",
            "spm_globals"]  # fmt: skip
 
 
@@ -87,11 +87,14 @@ def explicit_mask(mask, geometry: Geometry) -> NDArray[np.bool_]:
     return out
 
 
-def gather(reader, index: NDArray[np.intp], progress: bool | None = None) -> NDArray:
-    """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass."""
+def gather(reader, index: NDArray[np.intp], progress: bool | None = None, globals_=None) -> NDArray:
+    """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass
+    (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, when given)."""
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
     bar = Progress("reading", reader.n_scans, enabled=progress)
     for start, block in reader.iter_scans():
+        if globals_ is not None:
+            globals_.add(start, block)
         np.take(block, index, axis=1, out=out[start : start + block.shape[0]])
         bar.update(start + block.shape[0])
     bar.close()
@@ -110,6 +113,21 @@ def spm_globals(scans: NDArray) -> NDArray[np.float64]:
     first = np.nanmean(scans, axis=1, keepdims=True) / 8
     above = np.where(scans > first, scans, np.nan)
     return np.nanmean(above, axis=1)
+
+
+class ScanGlobals:
+    """SPM's global of every scan (``spm_global``: the mean of the finite values above 1/8 of the scan's mean),
+    over the whole scan whatever the mask, collected as the scans are read; `scale` (slope, intercept) turns
+    raw values into intensities. SPM's global scaling divides by these, so betas and contrast estimates do
+    not depend on the analysis mask."""
+
+    def __init__(self, n_scans: int, scale=None):
+        self.scale = scale
+        self.values = np.full(n_scans, np.nan)
+
+    def add(self, start: int, block: NDArray) -> None:
+        for i, scan in enumerate(block, start):  # one at a time: spm_globals makes float64 copies
+            self.values[i] = spm_globals(_scaled(scan[None], self.scale))[0]
 
 
 class AutoMask:
@@ -171,12 +189,15 @@ def mask_block(source, a: int, b: int, nonzero: bool = False) -> NDArray[np.bool
     return auto.mask() & (source.scaled(raw) != 0).all(axis=0) if nonzero else auto.mask()
 
 
-def gather_auto(reader, threshold: float | None = None, progress: bool | None = None):
-    """Automatic mask and the masked data in one pass (see the module docstring). Returns ``(data, mask)``."""
+def gather_auto(reader, threshold: float | None = None, progress: bool | None = None, globals_=None):
+    """Automatic mask and the masked data in one pass (see the module docstring), each whole scan also given to
+    `globals_` (a :class:`ScanGlobals`) when given. Returns ``(data, mask)``."""
     auto = AutoMask(reader.geometry.n_elements, reader.dtype.kind == "f", threshold, reader.scale)
     bar = Progress("reading", reader.n_scans, enabled=progress)
     out = None
     for start, block in reader.iter_scans():
+        if globals_ is not None:
+            globals_.add(start, block)
         auto.add(block)
         if out is None:
             cand_index = np.flatnonzero(auto.candidates)

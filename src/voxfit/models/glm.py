@@ -25,7 +25,7 @@ from ..engine import fit_ar, fit_global_ar
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, load, mask_block, open_reader,
-                  sanitize_label, spm_globals, stat_maps, statmap_name)  # fmt: skip
+                  sanitize_label, stat_maps, statmap_name)  # fmt: skip
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
 
@@ -177,7 +177,8 @@ def fit_images(
     scaling : {"none", "mean", "global"}
         ``mean``: each voxel to percent signal change, ``100 * (y / mean(y) - 1)`` (nilearn's default);
         ``global``: SPM's session-specific grand mean scaling, all voxels times 100 / the mean over scans of
-        each scan's global (SPM's: the mean of values above 1/8 of the scan's mean), computed over the mask.
+        each scan's global (SPM's ``spm_global``: the mean of the values above 1/8 of the scan's mean), taken
+        over the whole scan as SPM does, whatever the mask.
     streaming : bool, optional
         Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
         default when the data, as float32, would take more than half of `max_memory`.
@@ -227,14 +228,15 @@ def fit_images(
             if scheduler is not None:  # one connection to the cluster for the mean image and the fit
                 scheduler = stack.enter_context(dask_client(scheduler))
             if dataset is None:
-                dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0])
+                dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0],
+                               scan_globals=scaling == "global")  # fmt: skip
             elif isinstance(dataset, Future):
                 dataset = dataset.result()
             if dataset.n_scans != X.shape[0]:
                 raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
             checksums = hashing.submit(_checksums, dataset.paths) if out is not None else None
             t_load = time.perf_counter()
-            data = dataset.data if scaling == "none" else _scale(dataset.data, scaling)
+            data = dataset.data if scaling == "none" else _scale(dataset.data, scaling, dataset.globals)
             if out is None:
                 mean = None
             elif isinstance(dataset.data, ColumnSource):  # the data are on the workers: so is their mean
@@ -322,17 +324,18 @@ def _mean_of_columns(source: ColumnSource, a: int, b: int) -> np.ndarray:
     return mean_over_scans(source[:, a:b])
 
 
-def _scale(data, how: str) -> np.ndarray:
-    """Scaled float copy of the (n, V) data (see `scaling` in :func:`fit_images`); works a block at a time."""
+def _scale(data, how: str, scan_globals=None) -> np.ndarray:
+    """Scaled float copy of the (n, V) data (see `scaling` in :func:`fit_images`; `scan_globals`: SPM's global
+    of each whole scan, for ``global``); works a block at a time."""
     if how not in ("mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {how!r}.")
     n, V = data.shape
     out = np.empty((n, V), dtype=np.float64 if np.dtype(data.dtype).itemsize > 4 else np.float32)
     step = max(1, (8 << 20) // (8 * n))
-    if how == "global":  # SPM's global of each scan (over the mask), a few scans at a time
-        rows = max(1, (8 << 20) // (8 * V))
-        grand = float(np.mean(np.concatenate([spm_globals(np.asarray(data[i : i + rows], dtype=np.float64))
-                                              for i in range(0, n, rows)])))  # fmt: skip
+    if how == "global":  # SPM's session-specific grand mean scaling: 100 / the mean of the scans' globals
+        if scan_globals is None:
+            raise InputError("global scaling needs each whole scan's global: load the data with scan_globals=True.")
+        grand = float(np.mean(scan_globals))
         if not grand > 0:
             raise InputError("global scaling needs data with a positive mean; use --scaling none or mean.")
         for a in range(0, V, step):

@@ -93,7 +93,8 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
     with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
-        datasets = [load(path, mask, mask_threshold=mask_threshold, n_scans=X.shape[0]) for path, (X, _) in zip(inputs, matrices)]
+        datasets = [load(path, mask, mask_threshold=mask_threshold, n_scans=X.shape[0], scan_globals=scaling == "global")
+                    for path, (X, _) in zip(inputs, matrices)]  # fmt: skip
         geometry = datasets[0].masker.geometry
         for r, ds in enumerate(datasets[1:], 2):
             geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0]})")
@@ -107,7 +108,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
             data = _subset(ds.data, columns)
             if out is not None:  # for the mean image over every run's scans
                 sums = sums + mean_over_scans(data) * ds.n_scans
-            data = data if scaling == "none" else _scale(data, scaling)
+            data = data if scaling == "none" else _scale(data, scaling, ds.globals)
             try:
                 _, stats, _, info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler)
             except InputError as exc:

@@ -108,6 +108,9 @@ def test_load_and_write_round_trip(kind, tmp_path, rng):
     paths, expected = _make(kind, tmp_path, rng)
     ds = voxfit.load(paths if len(paths) > 1 else paths[0])
     auto = np.isfinite(expected).all(0) & (expected != expected[0]).any(0)
+    if ds.masker.geometry.kind == "volume":  # and SPM's brain mask: above 0.8 x each scan's spm_global
+        g = np.array([row[row > row[np.isfinite(row)].mean() / 8].mean() for row in expected])
+        auto &= (expected > 0.8 * g[:, None]).all(0)
     npt.assert_array_equal(ds.masker.mask, auto)
     npt.assert_allclose(np.asarray(ds.data, dtype=np.float64), expected[:, auto], rtol=1e-6)
     # maps back to the input's format and geometry
@@ -156,7 +159,7 @@ def test_zero_in_first_scan_but_varying_is_kept(tmp_path, rng):
     data = volume_data(rng)
     data[3, 3, 3, 0] = 0.0  # zero only in the first scan: gathered in a second pass
     path = write_nifti(tmp_path / "b.nii.gz", data)
-    ds = voxfit.load(path)
+    ds = voxfit.load(path, mask_threshold=None)  # (a brain mask would drop a voxel dark in a scan)
     flat = as_matrix(data)
     j = np.ravel_multi_index((3, 3, 3), SHAPE, order="F")
     assert ds.masker.mask[j]
@@ -175,7 +178,8 @@ def test_masker_inverse_checks_sizes():
     "setup,message",
     [
         (lambda d: d / "missing.nii.gz", "no such file"),
-        (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "not an image voxfit can read"),
+        (lambda d: (d / "notes.csv").write_text("hi") and d / "notes.csv", "not an image voxfit can read"),
+        (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "not a list of scans .* line 1 is 'hi'"),
         (lambda d: (d / "fake.nii").write_bytes(b"not a nifti header at all" * 20) and d / "fake.nii", "not a readable image"),
         (lambda d: write_nifti(d / "three.nii.gz", np.ones(SHAPE, np.float32)), "is a 3-D image \\(one scan\\)"),
     ],
@@ -225,8 +229,9 @@ def _translate(mm):
 
 def test_all_nan_data_give_an_empty_automatic_mask(tmp_path):
     path = write_nifti(tmp_path / "nan.nii", np.full(SHAPE + (N_SCANS,), np.nan, np.float32))
-    with pytest.raises(InputError, match="automatic mask is empty"):
-        voxfit.load(path)
+    for threshold in ("auto", None):
+        with pytest.raises(InputError, match="automatic mask is empty"):
+            voxfit.load(path, mask_threshold=threshold)
 
 
 def test_volume_list_geometry_must_agree(tmp_path, rng):
@@ -311,5 +316,7 @@ def test_mask_threshold_excludes_dim_voxels(tmp_path, rng):
     data[3, 2, 1, :] = 20 + rng.standard_normal(N_SCANS)  # varying but dim: below 0.8 x the global mean
     path = write_nifti(tmp_path / "b.nii", data)
     j = np.ravel_multi_index((3, 2, 1), SHAPE, order="F")
-    assert voxfit.load(path).masker.mask[j]
+    assert voxfit.load(path, mask_threshold=0).masker.mask[j]
+    assert voxfit.load(path, mask_threshold=None).masker.mask[j]
     assert not voxfit.load(path, mask_threshold=0.8).masker.mask[j]
+    assert not voxfit.load(path).masker.mask[j]  # the default for volumes: SPM's 0.8

@@ -128,7 +128,7 @@ def test_several_runs_of_3d_scans(spm_runs, capsys, form):
 def test_run_forms_refuse_what_cannot_be_a_run(spm_runs, capsys):
     root, runs, ev = spm_runs
     cases = {
-        "count": ([runs[0]], ev, "1 inputs for 2 designs or events files; give one run per design"),
+        "count": ([runs[0]], ev, "1 inputs for 2 designs or events files; give one per run, each a 4-D file"),
         "empty pattern": ([f"{runs[0]}/nothing*.img", runs[1]], ev, "no image file matches"),
         "bad list line": ([root / "l.txt", runs[1]], ev, "l.txt, line 2: run1/missing.img is not a file"),
         "empty folder": ([root / "empty", runs[1]], ev, "holds no image files"),

@@ -44,7 +44,7 @@ def test_streamed_fit_equals_the_in_memory_fit(tmp_path, rng, order, scans_per_s
     path, X = _run(tmp_path, rng)
     contrasts = {"a": [1.0, 0, 0], "ab": [[1.0, 0, 0], [0, 1.0, 0]]}
     f, stats, phi, masker, mean = fit_streaming(path, X, contrasts, order=order, scans_per_slab=scans_per_slab)
-    ds = load(path)
+    ds = load(path, mask_threshold=None)  # the engine's default: no intensity threshold
     npt.assert_array_equal(masker.mask, ds.masker.mask)
     Y = np.asarray(ds.data, dtype=np.float64)
     if order:
@@ -70,7 +70,7 @@ def test_streamed_fit_of_data_all_zero_in_the_first_scan(tmp_path, rng, order):
     data[..., 0] = 0.0
     nib.save(nib.Nifti1Image(data, AFFINE), path)
     f, stats, _, masker, mean = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=order, scans_per_slab=4)
-    ds = load(path)
+    ds = load(path, mask_threshold=None)  # the engine's default: no intensity threshold
     npt.assert_array_equal(masker.mask, ds.masker.mask)
     Y = np.asarray(ds.data, dtype=np.float64)
     ref = fit_ar(X, Y, order, {"a": [1.0, 0, 0]}).fit if order else fit(X, Y)
@@ -108,10 +108,10 @@ def test_streamed_masks_and_fits_in_other_settings(tmp_path, rng, monkeypatch, c
     elif case == "mask with NaN":
         keep = (np.asarray(nib.load(mask_file).dataobj).reshape(-1, order="F") > 0) & np.isfinite(Y_all).all(0)
     else:
-        keep = load(path, mask_threshold=kwargs.get("mask_threshold")).masker.mask.reshape(-1)
+        keep = load(path, mask_threshold=kwargs.get("mask_threshold", None)).masker.mask.reshape(-1)
     npt.assert_array_equal(masker.mask.reshape(-1), keep)
     if case == "threshold":
-        assert keep.sum() < load(path).masker.mask.sum()  # the threshold removed some
+        assert keep.sum() < load(path, mask_threshold=None).masker.mask.sum()  # the threshold removed some
     Y = Y_all[:, keep]
     ref = fit_ar(X, Y, 1, {}).fit if order else fit(X, Y)
     npt.assert_allclose(f.betas, ref.betas, rtol=1e-9, atol=1e-9)

@@ -100,7 +100,11 @@ def _get_parser() -> argparse.ArgumentParser:
     fit.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
     group = fit.add_mutually_exclusive_group()
     group.add_argument("--mask", metavar="FILE", help="mask in the data's geometry (default: automatic)")
-    group.add_argument("--mask-threshold", type=float, metavar="REL", help="automatic mask: SPM's relative threshold, e.g. 0.8")
+    group.add_argument("--mask-threshold", type=float, metavar="REL",
+                       help="the automatic mask of volumes keeps voxels above REL x each scan's global (SPM's "
+                            "spm_global) in every scan, finite and not constant: a brain mask, SPM's for fMRI "
+                            "(default 0.8); 0 keeps every finite, varying voxel; surfaces, CIFTI and arrays: no "
+                            "threshold unless given")  # fmt: skip
     fit.add_argument("--noise", default="ols", metavar="MODEL",
                      help="ols (default); ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
                           "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels")  # fmt: skip
@@ -295,21 +299,21 @@ def _run_fit_group_demo(args, argv, progress) -> int:
         from .io import open_map
 
         if open_map(args.inputs[0]).n_scans > 1:  # headers only: 3-D files are one run, 4-D files several
-            raise InputError(f"{len(args.inputs)} 4-D inputs for one {'events file' if args.events else 'design'}; "
-                             f"give one per run ({'--events ev1.tsv ev2.tsv' if args.events else '--design d1.tsv d2.tsv'}"
-                             " ...).")  # fmt: skip
+            kind, example = ("events file", "--events ev1.tsv ev2.tsv") if args.events else ("design", "--design d1 d2")
+            raise InputError(f"{len(args.inputs)} 4-D inputs for one {kind}; give one {kind} per run ({example} ...).")
         _warn_out_of_order(args.inputs)
     from ._memory import needs_streaming
     from .io import load, open_reader
 
     streaming = False
-    if args.scheduler and args.mask_threshold is None and args.scaling == "none":  # fit_images lets the Dask
+    threshold = "auto" if args.mask_threshold is None else args.mask_threshold
+    if args.scheduler and args.scaling == "none":  # fit_images lets the Dask
         # workers read the data where the format allows
         streaming = None
     elif args.max_memory:  # data larger than the cap: one pass keeping per-voxel sums, nothing loaded here
         reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
         streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, args.max_memory)
-    loading = None if streaming is not False else _in_thread(load, args.inputs, args.mask, mask_threshold=args.mask_threshold, progress=progress,
+    loading = None if streaming is not False else _in_thread(load, args.inputs, args.mask, mask_threshold=threshold, progress=progress,
                                                              scan_globals=args.scaling == "global")
     design = args.design[0] if args.design else None
     if args.events:
@@ -319,7 +323,7 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     from .models import fit_images
 
     result = fit_images(
-        args.inputs, design, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
+        args.inputs, design, args.contrast, mask=args.mask, mask_threshold=threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
         progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise,
         scaling=args.scaling, streaming=streaming, scheduler=args.scheduler, device=args.device,
@@ -355,8 +359,8 @@ def _run_runs(args, argv) -> int:
 
     sources = args.events or args.design
     if len(args.inputs) != len(sources):
-        raise InputError(f"{len(args.inputs)} inputs for {len(sources)} designs or events files; give one run per "
-                         "design: a 4-D file, a folder of 3-D scans, a quoted pattern such as 'run1/sw*.img', or a "
+        raise InputError(f"{len(args.inputs)} inputs for {len(sources)} designs or events files; give one per run, "
+                         "each a 4-D file, a folder of 3-D scans, a quoted pattern such as 'run1/sw*.img', or a "
                          ".txt list of scans.")  # fmt: skip
     if args.confounds and len(args.confounds) != len(args.inputs):
         raise InputError(f"{len(args.confounds)} confounds files for {len(args.inputs)} runs; give one per run.")
@@ -365,7 +369,8 @@ def _run_runs(args, argv) -> int:
     else:
         designs = list(args.design)
     result = fit_runs(
-        args.inputs, designs, args.contrast, mask=args.mask, mask_threshold=args.mask_threshold,
+        args.inputs, designs, args.contrast, mask=args.mask,
+        mask_threshold="auto" if args.mask_threshold is None else args.mask_threshold,
         out_dir=args.output, force=args.force,
         noise=args.noise, scaling=args.scaling, max_memory=args.max_memory, n_jobs=args.n_jobs,
         command=["voxfit", *argv], scheduler=args.scheduler,

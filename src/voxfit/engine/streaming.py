@@ -29,7 +29,7 @@ from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..core.ols import fit_from_sums
 from ..exceptions import InputError
 from ..io import Masker, ScaledArray, load_mask, open_reader
-from ..io.masking import AutoMask, gather
+from ..io.masking import AutoMask, gather, resolve_mask_threshold
 from .ar import _stats
 from .fit import _threadpools, default_workers
 from .fit import fit as fit_in_memory
@@ -151,9 +151,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     else:
         block, basis = None, design.basis
     cap = parse_memory(max_memory)
+    threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is not None:
-        if mask_threshold is not None:
-            raise InputError("`mask_threshold` applies to the automatic mask only; it cannot be combined with `mask`.")
         candidates = load_mask(mask, reader.geometry)
     else:
         candidates = None  # decided on the first scan
@@ -169,7 +168,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         need = held + 2 * per_scan + RESERVED
         raise InputError(f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
                          f"({held / 2**20:.1f} MiB) and two scans; give at least {_ceil_size(need)}.")  # fmt: skip
-    auto = AutoMask(nel, reader.dtype.kind == "f", mask_threshold if mask is None else None, nonzero=nonzero)
+    auto = AutoMask(nel, reader.dtype.kind == "f", threshold, nonzero=nonzero)
     sums = index = None
     k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
     max_bytes = k * nel * reader.dtype.itemsize
@@ -177,7 +176,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     # after the first slab, the candidates' mask checks come from their sums of squares when those are taken
     # about the first scan's values and the data are worked in float32 (the squares cannot overflow); the
     # other voxels are checked scan by scan (none with an explicit mask: only its voxels are kept)
-    by_sums = design.has_intercept and work == 4 and mask_threshold is None and not nonzero
+    by_sums = design.has_intercept and work == 4 and threshold is None and not nonzero
     rest = None
     # one BLAS thread: the products are small, and another core decompresses
     with _threadpools().limit(limits=1, user_api="blas"):

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from .._array import working_dtype
 from ..exceptions import InputError
-from .masking import Masker, ScanGlobals, explicit_mask, gather, gather_auto
+from .masking import Masker, ScanGlobals, explicit_mask, gather, gather_auto, resolve_mask_threshold
 from .readers import open_reader
 
 __all__ = ["Dataset", "ScaledArray", "load"]
@@ -56,7 +56,7 @@ class Dataset:
 
 
 def load(
-    paths, mask=None, *, mask_threshold: float | None = None, progress: bool | None = None, n_scans: int | None = None,
+    paths, mask=None, *, mask_threshold: float | str | None = "auto", progress: bool | None = None, n_scans: int | None = None,
     scan_globals: bool = False,
 ) -> Dataset:
     """Read image files into an (n_scans, n_voxels) matrix, in one sequential pass over the data.
@@ -68,9 +68,12 @@ def load(
         (.func.gii, .shape.gii), CIFTI-2 (.dtseries.nii, .dscalar.nii) or .npy (scans, columns).
     mask : path or boolean array, optional
         Elements to fit (a file of the data's geometry: non-zero finite values are in). Default: the
-        automatic mask (finite in every scan and not constant over time).
-    mask_threshold : float, optional
-        With the automatic mask, SPM's relative intensity threshold (e.g. 0.8).
+        automatic mask (finite in every scan and not constant over time, and for volumes above SPM's
+        relative threshold: see `mask_threshold`).
+    mask_threshold : float, "auto" or None, optional
+        With the automatic mask, SPM's relative intensity threshold: a voxel is kept when it is above this
+        fraction of each scan's global in every scan (SPM's 0.8 for fMRI). ``"auto"`` (the default, as
+        for first-level fits) is 0.8 for volumes and none for surfaces, CIFTI and arrays; None or 0: none.
     progress : bool, optional
         Show a progress bar on stderr (default: when stderr is a terminal).
     n_scans : int, optional
@@ -84,11 +87,10 @@ def load(
     if n_scans is not None and n_scans != reader.n_scans:
         raise InputError(f"the design has {n_scans} rows but the data have {reader.n_scans} scans; give one design row per scan.")
     globals_ = ScanGlobals(reader.n_scans, reader.scale) if scan_globals else None
+    threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is None:
-        raw, mask_array = gather_auto(reader, mask_threshold, progress, globals_)
+        raw, mask_array = gather_auto(reader, threshold, progress, globals_)
     else:
-        if mask_threshold is not None:
-            raise InputError("`mask_threshold` applies to the automatic mask only; it cannot be combined with `mask`.")
         mask_array = explicit_mask(mask, reader.geometry)
         raw = gather(reader, np.flatnonzero(mask_array), progress, globals_)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)

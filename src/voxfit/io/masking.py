@@ -23,7 +23,7 @@ from ..exceptions import InputError
 from .geometry import Geometry
 from .readers import open_map
 
-__all__ = ["AutoMask", "Masker", "ScanGlobals", "explicit_mask", "gather", "gather_auto", "load_mask", "mask_block",
+__all__ = ["SPM_MASK_THRESHOLD", "AutoMask", "Masker", "ScanGlobals", "explicit_mask", "global_sums_block", "resolve_mask_threshold", "gather", "gather_auto", "load_mask", "mask_block",
            "spm_globals"]  # fmt: skip
 
 
@@ -108,11 +108,39 @@ def _scaled(block: NDArray, scale) -> NDArray:
 
 
 def spm_globals(scans: NDArray) -> NDArray[np.float64]:
-    """SPM's global mean of each scan: the mean of the values above 1/8 of the scan's mean."""
-    scans = np.where(np.isfinite(scans), scans, np.nan).astype(np.float64)
-    first = np.nanmean(scans, axis=1, keepdims=True) / 8
-    above = np.where(scans > first, scans, np.nan)
-    return np.nanmean(above, axis=1)
+    """SPM's global mean of each scan (``spm_global``): the mean of the values above 1/8 of the mean of the
+    scan's finite values. Sums in float64 without a float64 copy of the scans."""
+    out = np.empty(len(scans))
+    for i, scan in enumerate(scans):
+        finite = np.isfinite(scan)
+        if not finite.any():
+            out[i] = np.nan
+            continue
+        mean = scan.mean(dtype=np.float64) if finite.all() else scan[finite].mean(dtype=np.float64)
+        above = scan[scan > mean / 8]
+        out[i] = above.mean(dtype=np.float64) if above.size else np.nan
+    return out
+
+
+SPM_MASK_THRESHOLD = 0.8  # spm_defaults: defaults.mask.thresh, SPM's relative threshold for fMRI
+
+
+def resolve_mask_threshold(value, geometry: Geometry, explicit: bool = False) -> float | None:
+    """The automatic mask's relative threshold: ``"auto"`` (the default of first-level fits) is SPM's 0.8 for
+    volumes and none for surfaces, CIFTI and arrays; 0 or None is none; an explicit mask takes none."""
+    if isinstance(value, str) and value == "auto":
+        return SPM_MASK_THRESHOLD if geometry.kind == "volume" and not explicit else None
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = np.nan
+    if not (np.isfinite(number) and number >= 0):
+        raise InputError(f"`mask_threshold` must be 'auto', a number >= 0 or None; got {value!r}.")
+    if number and explicit:
+        raise InputError("`mask_threshold` applies to the automatic mask only; it cannot be combined with `mask`.")
+    return number or None
 
 
 class ScanGlobals:
@@ -179,14 +207,28 @@ class AutoMask:
         return self.finite & self.varies & self.above & self.nonzero_all
 
 
-def mask_block(source, a: int, b: int, nonzero: bool = False) -> NDArray[np.bool_]:
+def mask_block(source, a: int, b: int, nonzero: bool = False, cut: NDArray | None = None) -> NDArray[np.bool_]:
     """Which columns a:b of a :class:`~voxfit.io.ColumnSource` the automatic mask keeps, as the in-memory
-    path does: finite and not constant in the stored values, and with `nonzero` (the group rule) non-zero
-    as the fit sees them (scale factors applied), in every scan or map. Run where the data are (a Dask task)."""
+    path does: finite and not constant in the stored values, with `nonzero` (the group rule) non-zero as the
+    fit sees them (scale factors applied), and with `cut` (one value per scan: the relative threshold times
+    the scan's global) above it, in every scan or map. Run where the data are (a Dask task)."""
     raw = source.raw(slice(a, b))
     auto = AutoMask(b - a, raw.dtype.kind == "f")
     auto.add(raw)
-    return auto.mask() & (source.scaled(raw) != 0).all(axis=0) if nonzero else auto.mask()
+    keep = auto.mask()
+    if nonzero or cut is not None:
+        values = source.scaled(raw)
+        keep &= (values != 0).all(axis=0) if nonzero else (values > cut[:, None]).all(axis=0)
+    return keep
+
+
+def global_sums_block(source, a: int, b: int, cut: NDArray | None = None) -> NDArray[np.float64]:
+    """Per scan, the sum and count of the finite values of columns a:b as the fit sees them (with `cut`, one
+    value per scan: of the values above it), (n_scans, 2): the parts of SPM's globals (see
+    :func:`spm_globals`) that Dask tasks compute where the data are, added up by the client."""
+    values = source.scaled(source.raw(slice(a, b)))
+    keep = np.isfinite(values) if cut is None else values > cut[:, None]
+    return np.stack([np.where(keep, values, 0).sum(axis=1, dtype=np.float64), keep.sum(axis=1)], axis=1)
 
 
 def gather_auto(reader, threshold: float | None = None, progress: bool | None = None, globals_=None):

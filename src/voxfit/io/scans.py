@@ -75,6 +75,9 @@ def _from_list(path: Path) -> list[Path]:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
+        if not text.lower().endswith(_SCAN_SUFFIXES):
+            raise InputError(f"{path}: not a list of scans (a .txt input lists image files, one per line); line "
+                             f"{number} is {text[:60]!r}.")  # fmt: skip
         scan = Path(text) if Path(text).is_absolute() else path.parent / text
         if not scan.is_file():
             raise InputError(f"{path}, line {number}: {text} is not a file (paths are relative to the list's folder).")

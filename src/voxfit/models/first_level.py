@@ -31,6 +31,7 @@ class FirstLevel:
     convolution: str = "spm"
     noise: str = "ols"
     scaling: str = "none"
+    mask_threshold: float | str | None = "auto"  # as `voxfit fit`: SPM's brain mask (0.8) for volumes
     max_memory: str | int | None = None
     n_jobs: int | None = None
 
@@ -50,4 +51,5 @@ class FirstLevel:
         n_scans = open_reader(bold).n_scans
         design = self.design(events, n_scans, confounds, confounds_columns)
         return fit_images(bold, design, contrasts, mask=mask, max_memory=self.max_memory, n_jobs=self.n_jobs,
-                          out_dir=out_dir, force=force, noise=self.noise, scaling=self.scaling)  # fmt: skip
+                          out_dir=out_dir, force=force, noise=self.noise, scaling=self.scaling,
+                          mask_threshold=None if mask is not None else self.mask_threshold)  # fmt: skip

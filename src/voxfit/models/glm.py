@@ -24,7 +24,8 @@ from ..engine import fit as fit_engine
 from ..engine import fit_ar, fit_global_ar
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
-from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, load, mask_block, open_reader,
+from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, global_sums_block, load, mask_block,
+                  open_reader, resolve_mask_threshold,
                   sanitize_label, stat_maps, statmap_name)  # fmt: skip
 
 __all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
@@ -137,7 +138,7 @@ def fit_images(
     contrasts,
     *,
     mask=None,
-    mask_threshold: float | None = None,
+    mask_threshold: float | str | None = "auto",
     max_memory=None,
     n_jobs: int | None = None,
     out_dir=None,
@@ -162,7 +163,8 @@ def fit_images(
     contrasts : dict or list
         ``{label: expression or weights}``, or ``["label=expression", ...]``.
     mask, mask_threshold :
-        As in :func:`voxfit.load`.
+        As in :func:`voxfit.load`; by default a brain mask for volumes (SPM's: above 0.8 of each scan's
+        global in every scan), every finite, varying element for surfaces, CIFTI and arrays.
     out_dir : path, optional
         Folder for the maps, ``design.tsv`` and ``model.json``; refused if not empty unless `force`.
         Files appear only when everything succeeded.
@@ -183,11 +185,11 @@ def fit_images(
         Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
         default when the data, as float32, would take more than half of `max_memory`.
     scheduler : dask.distributed.Client or str, optional
-        Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers. With ``scaling="none"``,
-        no `mask_threshold` and an uncompressed NIfTI, .npy, Zarr or HDF5 input, each worker reads its own
-        blocks from the files (and finds the automatic mask of its columns when there is no `mask`) and the
-        client reads none of the data; otherwise (a threshold, scaling and ar1-global need whole scans) the
-        client reads the data and sends each block.
+        Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers. With ``scaling="none"``
+        and an uncompressed NIfTI, .npy, Zarr or HDF5 input, each worker reads its own blocks from the files
+        (and finds the automatic mask of its columns when there is no `mask`: the scans' globals for the
+        threshold are added up from the workers' sums) and the client reads none of the data; otherwise
+        (scaling and ar1-global need whole scans) the client reads the data and sends each block.
     device : str, optional
         ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
     """
@@ -206,10 +208,10 @@ def fit_images(
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
         hashing = stack.enter_context(ThreadPoolExecutor(1))  # input checksums, while the fit runs
-        by_columns = (dataset is None and scheduler is not None and mask_threshold is None and scaling == "none"
-                      and _noise_order(noise) >= 0 and device in (None, "cpu"))  # fmt: skip
+        by_columns = (dataset is None and scheduler is not None and scaling == "none" and _noise_order(noise) >= 0
+                      and device in (None, "cpu"))  # fmt: skip
         if by_columns:  # the Dask workers read the data, at any size (None: the files cannot be read by columns)
-            dataset = _column_dataset(inputs, mask, scheduler)
+            dataset = _column_dataset(inputs, mask, mask_threshold, scheduler)
             streaming = False if dataset is not None else streaming
         if streaming is None and dataset is None:
             reader = open_reader(inputs)
@@ -249,7 +251,8 @@ def fit_images(
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
-            settings = {"mask": mask, "mask_threshold": mask_threshold, "max_memory": max_memory, "n_jobs": n_jobs,
+            threshold = resolve_mask_threshold(mask_threshold, dataset.masker.geometry, explicit=mask is not None)
+            settings = {"mask": mask, "mask_threshold": threshold, "max_memory": max_memory, "n_jobs": n_jobs,
                         "noise": noise, "noise_details": noise_info, "scaling": scaling,
                         "design": design_record(design),
                         "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load}, "mean": mean}  # fmt: skip
@@ -259,32 +262,55 @@ def fit_images(
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
 
 
+def mask_record(mask, threshold, n_voxels: int, n_elements: int) -> dict:
+    """What model.json says of the mask: its source, the rule of the automatic mask, and how much it kept."""
+    if mask is not None:
+        source, rule = (str(mask) if isinstance(mask, (str, Path)) else "array given"), "explicit: non-zero, finite values"
+    elif threshold is not None:
+        source, rule = "automatic", (f"SPM's: above {threshold:g} x each scan's global (spm_global) in every scan, "
+                                     "finite and not constant")  # fmt: skip
+    else:
+        source, rule = "automatic", "finite and not constant over the scans"
+    return {"source": source, "threshold": threshold, "rule": rule, "n_voxels": int(n_voxels),
+            "fraction_of_grid": round(n_voxels / max(1, n_elements), 6)}  # fmt: skip
+
+
 def design_record(design) -> dict:
     """What model.json records of a design built from events (a ``voxfit.design.Design``): its columns' kinds
     and the TR; nothing for a matrix or a design file."""
     return {k: getattr(design, k) for k in ("kinds", "tr") if hasattr(design, k)}
 
 
-def _column_dataset(inputs, mask, scheduler) -> Dataset | None:
+def _column_dataset(inputs, mask, mask_threshold, scheduler) -> Dataset | None:
     """The masked inputs as a Dataset whose data are a column source (see :func:`columns_on_workers`); None
     when the files cannot be read by columns (e.g. .nii.gz)."""
     reader = open_reader(inputs)
-    found = columns_on_workers(reader, mask, scheduler)
+    found = columns_on_workers(reader, mask, scheduler, threshold=mask_threshold)
     return None if found is None else Dataset(*found, tuple(reader.paths))
 
 
-def columns_on_workers(reader, mask, scheduler, nonzero: bool = False) -> tuple[ColumnSource, Masker] | None:
+def columns_on_workers(reader, mask, scheduler, nonzero: bool = False, threshold=None) -> tuple[ColumnSource, Masker] | None:
     """The elements to fit as a column source of `reader`, for the Dask workers to read a block each, and
     their masker; None when the files cannot be read by columns. The elements are those of an explicit `mask`,
     or of the automatic mask, which the workers find a block of columns per task (with `nonzero`, the group
-    rule: non-zero in every map), as the in-memory path would: the client reads no data values."""
+    rule: non-zero in every map; with a relative `threshold`, see :func:`voxfit.load`, above it times each
+    scan's global, whose sums the workers compute in two rounds), as the in-memory path would: the client
+    reads no data values."""
     source = reader.column_source()
     if source is None:
         return None
+    threshold = resolve_mask_threshold(threshold, reader.geometry, explicit=mask is not None)
     if mask is not None:
         keep = explicit_mask(mask, reader.geometry)
     else:
-        keep = np.concatenate(run_tasks(scheduler, mask_block, source, [(a, b, nonzero) for a, b in source.spans()]))
+        spans = source.spans()
+        cut = None
+        if threshold is not None:  # SPM's globals: the mean of the finite values, then of those above 1/8 of it
+            for step in range(2):
+                sums = np.sum(run_tasks(scheduler, global_sums_block, source, [(a, b, cut) for a, b in spans]), axis=0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cut = sums[:, 0] / sums[:, 1] / 8 if step == 0 else threshold * sums[:, 0] / sums[:, 1]
+        keep = np.concatenate(run_tasks(scheduler, mask_block, source, [(a, b, nonzero, cut) for a, b in spans]))
         if not keep.any():
             raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask."
                              if nonzero else  # fmt: skip
@@ -418,8 +444,8 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
         "inputs": [input_record(p, checksums[Path(p)]) for p in dataset.paths],
         "data": {"n_scans": dataset.n_scans, "n_voxels": dataset.n_voxels, "n_invalid_voxels": fit.n_invalid,
                  "dtype": str(getattr(dataset.data, "dtype", "")), "geometry": masker.geometry.describe()},
-        "mask": {"source": "automatic" if settings["mask"] is None else str(settings["mask"]),
-                 "threshold": settings["mask_threshold"]},
+        "mask": mask_record(settings["mask"], settings["mask_threshold"], dataset.n_voxels,
+                            masker.geometry.n_elements),
         "design": {"columns": names, "n_rows": fit.design.n_scans, "rank": fit.rank, "dof": fit.dof,
                    "condition_number_scaled": fit.design.condition, **settings["design"]},
         "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),

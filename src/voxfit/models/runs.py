@@ -13,9 +13,9 @@ from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
 from ..design import write_design
 from ..exceptions import InputError
-from ..io import Masker, OutputFolder, ScaledArray, load, stat_maps, statmap_name
+from ..io import Masker, OutputFolder, ScaledArray, load, resolve_mask_threshold, stat_maps, statmap_name
 from .glm import (_design_matrix, _noise_order, _scale, contrast_items, design_record, fit_noise_model, input_record,
-                  mean_over_scans)
+                  mask_record, mean_over_scans)
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -69,13 +69,14 @@ def _subset(data, columns: np.ndarray):
     return data[:, columns]
 
 
-def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_dir=None, force=False, noise="ols",
+def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", out_dir=None, force=False, noise="ols",
              scaling="none", max_memory=None, n_jobs=None, command=None, scheduler=None) -> RunsFit:  # fmt: skip
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
     `inputs` and `designs` are lists of the same length (one 4-D image and one design per run; designs as
     accepted by :func:`voxfit.fit_images`). Runs share one mask: the given one, or the voxels inside every
-    run's automatic mask. Each contrast is evaluated on each run's design, so the columns it names must exist
+    run's automatic mask (see `mask_threshold` in :func:`voxfit.load`: by default SPM's 0.8 for volumes).
+    Each contrast is evaluated on each run's design, so the columns it names must exist
     in every run.
     """
     if len(inputs) != len(designs) or len(inputs) < 2:
@@ -119,6 +120,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
         files: list[Path] = []
         if out is not None:
             ext = geometry.extension
+            threshold = resolve_mask_threshold(mask_threshold, geometry, explicit=mask is not None)
             masker.write_mask(out.path(f"mask{ext}"))
             masker.write(out.path(statmap_name("mean", ext)), sums / sum(ds.n_scans for ds in datasets), ["mean"])
             for r, (run, (X, names)) in enumerate(zip(runs, matrices), 1):
@@ -137,8 +139,9 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
                          for ds, (X, names), design, info in zip(datasets, matrices, designs, noise_details)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                                       "kind": combined[label].kind, "dof": combined[label].dof} for label, expr in items},
-                "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": mask_threshold,
+                "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": threshold,
                              "mask": "automatic (every run)" if mask is None else str(mask)},
+                "mask": mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),
                 "n_voxels": masker.n_voxels,
                 "run": out.run_record(),
             })  # fmt: skip

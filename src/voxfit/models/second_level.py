@@ -156,7 +156,7 @@ class SecondLevel:
 
     def _load(self, paths, progress):
         """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
-        ds = load(paths, self.mask, progress=progress)
+        ds = load(paths, self.mask, mask_threshold=None, progress=progress)  # maps of effects: no intensity rule
         Y, masker = np.asarray(ds.data), ds.masker
         if self.paired:
             if Y.shape[0] % 2:

@@ -35,19 +35,27 @@ import io
 import math
 import numbers
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-import warnings
-
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
 
-__all__ = ["Design", "make_design", "variance_inflation", "read_events", "read_confounds", "cosine_drift", "polynomial_drift",
-           "parse_high_pass", "parse_modulators"]  # fmt: skip
+__all__ = [
+    "Design",
+    "cosine_drift",
+    "make_design",
+    "parse_high_pass",
+    "parse_modulators",
+    "polynomial_drift",
+    "read_confounds",
+    "read_events",
+    "variance_inflation",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,7 +213,7 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
             raise InputError(f"events {path} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")
     for name in wanted:
         if name not in header:
-            close = difflib.get_close_matches(name, header, n=3, cutoff=0.6)
+            close = [h for h in header if h.lower() == name.lower()] or difflib.get_close_matches(name, header, n=3, cutoff=0.6)
             hint = f"; similar columns: {', '.join(close)}" if close else f" (columns: {', '.join(header)})"
             raise InputError(f"events {path} has no column {name!r} for the modulator{hint}.")
     col = {name: i for i, name in enumerate(header)}

@@ -180,11 +180,13 @@ def _xlsx(path):
 @pytest.mark.parametrize(
     "name,make,message",
     [
-        ("events.csv", lambda p: _write(p, "onset,duration,trial_type\n1,0,A\n"), "is not tab-separated .a CSV.."),
+        ("events.csv", lambda p: _write(p, "onset,duration,trial_type\n1,0,A\n"), "is not tab-separated .a CSV, or spaces.."),
         ("SPM.mat", lambda p: _bytes(p, b"MATLAB 5.0 MAT-file, Platform: GLNXA64\x00\x00\x01IM\x0f\x00\x00"),
          "is not a text table .a binary file such as .mat or .xlsx.."),
         ("events.xlsx", _xlsx, "is not a text table"),
-        ("latin1.tsv", lambda p: _bytes(p, "onset\tduration\tr\xe9ponse\n".encode("latin-1")), "is not a text table"),
+        ("latin1.tsv", lambda p: _bytes(p, "onset\tduration\tr\xe9ponse\n".encode("latin-1")),
+         "is not UTF-8 text .byte 17: a binary file, or a table saved in another encoding.."),
+        ("spaces.tsv", lambda p: _write(p, "onset duration trial_type\n1 0 A\n"), "is not tab-separated"),
         ("cols.tsv", lambda p: _write(p, "time\tlength\tcondition\n1\t0\tA\n"), "has no 'onset' column .columns: time, length"),
         ("empty.tsv", lambda p: _write(p, ""), "is empty"),
     ],

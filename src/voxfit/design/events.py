@@ -196,20 +196,27 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     wanted = list(parse_modulators(modulators))
     try:
         raw = path.read_bytes()
-        if b"\0" in raw[:65536]:
-            raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "NUL byte")
+    except OSError as exc:
+        raise InputError(f"events {path}: cannot read it ({exc.strerror or exc}).") from None
+    binary = f"events {path} is not a text table (a binary file such as .mat or .xlsx?); {_EVENTS_EXPECTED}."
+    if b"\0" in raw[:65536]:
+        raise InputError(binary)
+    try:
         text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"events {path} is not UTF-8 text (byte {exc.start + 1}: a binary file, or a table saved "
+                         f"in another encoding?); {_EVENTS_EXPECTED}.") from None  # fmt: skip
+    try:
         rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t") if r]
-    except (UnicodeDecodeError, csv.Error):
-        raise InputError(f"events {path} is not a text table (a binary file such as .mat or .xlsx?); "
-                         f"{_EVENTS_EXPECTED}.") from None  # fmt: skip
+    except csv.Error as exc:
+        raise InputError(f"events {path} is not a readable table ({exc}); {_EVENTS_EXPECTED}.") from None
     if not rows:
         raise InputError(f"events {path} is empty; {_EVENTS_EXPECTED}.")
     header = [h.strip() for h in rows[0]]
     for needed in ("onset", "duration"):
         if needed not in header:
-            if len(header) == 1 and any(sep in header[0] for sep in (",", ";")):
-                raise InputError(f"events {path} is not tab-separated (a CSV?); {_EVENTS_EXPECTED}.")
+            if len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
+                raise InputError(f"events {path} is not tab-separated (a CSV, or spaces?); {_EVENTS_EXPECTED}.")
             raise InputError(f"events {path} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")
     for name in wanted:
         if name not in header:

@@ -393,8 +393,10 @@ def _check_timing(conditions: dict, run_end: float, n_scans: int, tr: float) -> 
 
 def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[np.float64]:
     """spm_get_ons: the stimulus functions (n_bins, k) of one condition's inputs `amplitudes` (n_events, k) on the
-    microtime grid (32-bin lead-in)."""
-    u = np.asarray(amplitudes, dtype=float).reshape(len(onsets), -1).copy()
+    microtime grid (32-bin lead-in); one function (n_bins,) for heights (n_events,)."""
+    if np.ndim(amplitudes) == 1:
+        return _stimulus(onsets, durations, np.asarray(amplitudes)[:, None], dt, n_bins)[:, 0]
+    u = np.array(amplitudes, dtype=float)
     if not np.any(durations):
         u /= dt  # events: unit area
     ton = _matlab_round(np.asarray(onsets) / dt) + 32  # 0-based; SPM's 1-based "+ 33"

@@ -132,7 +132,8 @@ def test_events_and_confounds_files(tmp_path):
     conf = _write(tmp_path / "c.tsv", "trans_x\ttrans_y\trot_x\tframewise_displacement\tcsf\nn/a\t0.1\t0\tn/a\t5\n1\t0.2\t0.1\t0.3\t6\n2\t0.3\t0.2\t0.1\t7\n")
     X, names = read_confounds(conf, "trans_*,rot_x,framewise_displacement", 3)
     assert names == ["trans_x", "trans_y", "rot_x", "framewise_displacement"]
-    npt.assert_array_equal(X[:, 0], [0, 1, 2]) and npt.assert_array_equal(X[:, 3], [0, 0.3, 0.1])
+    npt.assert_array_equal(X[:, 0], [0, 1, 2])
+    npt.assert_array_equal(X[:, 3], [0, 0.3, 0.1])
     with pytest.raises(InputError, match="no column matches 'trans_z'; similar columns: trans_y, trans_x"):
         read_confounds(conf, "trans_z", 3)
     with pytest.raises(InputError, match="has 3 rows but the run has 4 scans"):

@@ -1,5 +1,6 @@
 """SPM12's own numbers (tests/data/spm12_octave.npz, computed by SPM12's code under Octave) reproduced."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,40 @@ def test_global_ar1_takes_rank_deficient_designs_and_refuses_empty_data():
     npt.assert_allclose(res.contrasts["c"].t, _global_fit().contrasts["c"].t, rtol=1e-9)
     with pytest.raises(InputError, match="nothing to fit"):
         _global_fit(np.full((84, 5), np.nan))
+
+
+MOD = np.load(Path(__file__).parent / "data" / "spm12_modulators.npz")
+
+
+def _spm_name(name: str, hrf: str) -> str:
+    """SPM's 'Axrt^1*bf(2)' as voxfit names it: 'Axrt^1_derivative' (FIR: 'Axrt^1_delay1')."""
+    if name == "constant":
+        return name
+    base, b = re.fullmatch(r"(.*)\*bf\((\d+)\)", name).groups()
+    return base + (f"_delay{int(b) - 1}" if hrf == "fir" else ["", "_derivative"][int(b) - 1])
+
+
+@pytest.mark.parametrize("key,hrf", [("pm", "spm"), ("pm_deriv", "spm+derivative"), ("pm_fir", "fir")])
+def test_spm12_parametric_modulators(key, hrf):
+    """SPM12's spm_fMRI_design with two conditions: A modulated by rt (order 1) and difficulty (order 2), B by
+    rt (order 1); zero durations, TR 2 s, 100 scans (tests/data/README.md)."""
+    events = {"A": {"onset": MOD["pm_a_onsets"], "duration": np.zeros(10), "rt": MOD["pm_a_rt"],
+                    "difficulty": MOD["pm_a_difficulty"]},
+              "B": {"onset": MOD["pm_b_onsets"], "duration": np.zeros(8), "rt": MOD["pm_b_rt"]}}  # fmt: skip
+    d = make_design(events, 2.0, 100, hrf=hrf, fir_delays=4, modulators="rt:1,difficulty:2", drift="none")
+    assert d.names == tuple(_spm_name(n, hrf) for n in MOD[f"{key}_names"])
+    npt.assert_allclose(d.X, MOD[f"{key}_X"], rtol=0, atol=1e-12 * max(1.0, np.abs(MOD[f"{key}_X"]).max()))
+    for name, kind in zip(d.names, d.kinds):
+        assert kind == ("constant" if name == "constant" else "derivative" if name.endswith("_derivative")
+                        else "modulator" if "x" in name else "condition")  # fmt: skip
+
+
+def test_spm12_modulators_with_onsets_in_scans():
+    """SPM's UNITS 'scans' (TR 2.5 s, 90 scans): A in 1.5-scan blocks with rt and difficulty (order 1), B events
+    without modulators, HRF with time derivative."""
+    events = {"A": {"onset": MOD["sc_a_onsets"], "duration": MOD["sc_a_durations"], "rt": MOD["sc_a_rt"],
+                    "difficulty": MOD["sc_a_difficulty"]},
+              "B": {"onset": MOD["sc_b_onsets"], "duration": np.zeros(7)}}  # fmt: skip
+    d = make_design(events, 2.5, 90, hrf="spm+derivative", modulators=["rt", "difficulty"], units="scans", drift="none")
+    assert d.names == tuple(_spm_name(n, "spm") for n in MOD["sc_names"])
+    npt.assert_allclose(d.X, MOD["sc_X"], rtol=0, atol=1e-12)

@@ -24,8 +24,12 @@ EXAMPLES_DESIGN = """examples:
   voxfit design events.tsv --tr 2 --n-scans 300 --hrf spm+derivative --drift cosine --high-pass 128 -o design.tsv
   voxfit design events.tsv --tr 2 --n-scans 300 --slice-time-ref 0.5 --confounds conf.tsv \\
                 --confounds-columns "trans_*,rot_*" -o design.tsv
+  voxfit design events.tsv --tr 2 --n-scans 300 --modulators "rt:1,difficulty:2" -o design.tsv
+  voxfit design onsets_in_scans.tsv --units scans --tr 2 --n-scans 300 -o design.tsv
 
-SPM's microtime conventions are reproduced exactly (T = --microtime-resolution, T0 = --microtime-onset).
+SPM's microtime conventions are reproduced exactly (T = --microtime-resolution, T0 = --microtime-onset), and so
+are its parametric modulators: columns <trial_type>x<column>^<order>, orthogonalised as SPM12 does (a
+contrast names them as they are: --contrast "rt=facesxrt^1").
 """
 
 EXAMPLES_FIT = """examples:
@@ -117,7 +121,8 @@ def _get_parser() -> argparse.ArgumentParser:
 
     design = sub.add_parser("design", help="build a first-level design matrix from BIDS events (SPM's conventions)",
                             epilog=EXAMPLES_DESIGN, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    design.add_argument("events", metavar="EVENTS", help="BIDS events.tsv (onset, duration, trial_type[, modulation])")
+    design.add_argument("events", metavar="EVENTS",
+                        help="BIDS events.tsv (onset, duration, trial_type[, modulation, modulator columns])")  # fmt: skip
     design.add_argument("--n-scans", type=int, required=True, metavar="N", help="number of scans in the run")
     design.add_argument("-o", "--output", required=True, metavar="FILE", help="design.tsv to write")
     _design_options(design, events_needed=True)
@@ -170,7 +175,7 @@ def _get_parser() -> argparse.ArgumentParser:
 
 
 DESIGN_DEFAULTS = {"hrf": "spm", "drift": "cosine", "high_pass": "128", "drift_order": 1, "fir_delays": 1,
-                   "convolution": "spm"}  # fmt: skip
+                   "convolution": "spm", "units": "secs", "modulators": None}  # fmt: skip
 
 
 def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
@@ -189,12 +194,20 @@ def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
     t0.add_argument("--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default T/2: 8, SPM12's)")
     t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref, a fraction of the TR")
     g.add_argument("--fir-delays", type=int, metavar="K", help="with --hrf fir: number of one-TR windows (default 1)")
+    g.add_argument("--units", choices=["secs", "scans"],
+                   help="unit of the events' onsets and durations (SPM's UNITS): secs (default, BIDS) or scans "
+                        "(onsets are 0-based scan indices, onset x TR seconds)")  # fmt: skip
+    g.add_argument("--modulators", metavar="LIST",
+                   help='SPM parametric modulators: numeric events columns with polynomial orders, e.g. '
+                        '"rt:1,difficulty:2"; columns <trial_type>x<column>^<order> (the modulation column stays '
+                        "an amplitude unless listed here)")  # fmt: skip
     g.add_argument("--confounds", nargs="+", metavar="FILE", help="fMRIPrep-style confounds TSV (one per run)")
     g.add_argument("--confounds-columns", metavar="LIST", help='columns by names or patterns, e.g. "trans_*,rot_*"')
 
 
 _DESIGN_OPTIONS = ("tr", "hrf", "drift", "high_pass", "drift_order", "microtime_resolution", "microtime_onset",
-                   "slice_time_ref", "fir_delays", "confounds", "confounds_columns", "convolution")  # fmt: skip
+                   "slice_time_ref", "fir_delays", "confounds", "confounds_columns", "convolution", "units",
+                   "modulators")  # fmt: skip
 
 
 def _refuse_design_options_with_a_design(args) -> None:

@@ -9,8 +9,9 @@ Grammar::
     unary    := ("+" | "-") unary | atom
     atom     := NUMBER | NAME | "`" any text "`" | "(" sum ")"
 
-A NAME is a design column name made of letters, digits, ``_`` and ``.`` (not starting with a digit); any
-other column name can be written between backticks. Every row must be linear in the columns: a number may
+A NAME is a design column name made of letters, digits, ``_``, ``.`` and ``^`` (not starting with a digit;
+``^`` is no operator here, so SPM's modulator columns such as ``facesxrt^1`` need no quoting); any other
+column name can be written between backticks. Every row must be linear in the columns: a number may
 multiply or divide a column, two columns may not be multiplied, and a row may not contain a bare constant.
 Examples: ``A - B``, ``0.5*A + 0.5*B``, ``(A + B)/2 - C``, ``A; B`` (F test of A and B).
 """
@@ -28,7 +29,7 @@ from ..exceptions import ContrastError
 __all__ = ["parse_contrast"]
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)"
+    r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.^]*)"
     r"|`(?P<quoted>[^`]+)`|(?P<op>[-+*/();]))"
 )
 

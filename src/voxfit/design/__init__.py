@@ -1,12 +1,21 @@
 """Designs: design matrices from files, from events (SPM's microtime conventions), HRFs, drifts, confounds."""
 
-from .events import Design, cosine_drift, make_design, parse_high_pass, polynomial_drift, read_confounds, read_events
+from .events import (
+    Design,
+    cosine_drift,
+    make_design,
+    parse_high_pass,
+    parse_modulators,
+    polynomial_drift,
+    read_confounds,
+    read_events,
+)
 from .hrf import HRF_MODELS, basis_set, spm_hrf, spm_orth
 from .read import read_design, write_design
 from .vest import read_contrasts, read_ftests, read_groups, read_vest, write_vest
 
 __all__ = [
-    "Design", "HRF_MODELS", "basis_set", "cosine_drift", "make_design", "parse_high_pass", "polynomial_drift",
-    "read_confounds", "read_contrasts", "read_design", "read_events", "read_ftests", "read_groups", "read_vest",
-    "spm_hrf", "spm_orth", "write_design", "write_vest",
+    "Design", "HRF_MODELS", "basis_set", "cosine_drift", "make_design", "parse_high_pass", "parse_modulators",
+    "polynomial_drift", "read_confounds", "read_contrasts", "read_design", "read_events", "read_ftests",
+    "read_groups", "read_vest", "spm_hrf", "spm_orth", "write_design", "write_vest",
 ]  # fmt: skip

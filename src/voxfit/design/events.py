@@ -9,6 +9,15 @@ condition has zero duration; the stimulus function is convolved with the basis s
 T0 = T/2 + 1 in its middle); a trial type's columns are then orthogonalised in order (spm_orth), so a
 derivative is orthogonal to its HRF regressor at the scan times. nilearn's ``slice_time_ref`` s is the same as ``T0 = 1 + s * T``.
 
+Parametric modulators are SPM's (spm_get_ons.m, spm_fMRI_design.m): a condition with modulator values P and
+polynomial order h has the event-by-event inputs ``[1, P, P^2, ..., P^h]`` (one row per event, several
+modulators one after another), serially orthogonalised across its events (spm_orth: P^1 is centred, P^2
+orthogonal to 1 and P, ...), each column made into a stimulus function and convolved with every basis
+function; all the condition's columns (condition and modulators, every basis function, in that order) are
+then orthogonalised in order at the scan times. The columns are named ``<condition>x<modulator>^<order>``,
+as SPM names them, with the basis function's suffix. Onsets and durations are in seconds, or in scans with
+``units="scans"`` (SPM's UNITS: 0-based scan indices, ``onset * TR`` seconds).
+
 ``convolution="nilearn"`` builds the regressors nilearn's way instead (``make_first_level_design_matrix``,
 0.10-0.14): a grid 50 times finer than the TR starting 24 s before the first scan, events as boxcars of
 height `modulation` (zero durations one fine step long), nilearn's sampled HRFs, and linear interpolation
@@ -22,22 +31,31 @@ from __future__ import annotations
 import csv
 import difflib
 import fnmatch
+import io
 import math
 import numbers
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-import warnings
-
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
 
-__all__ = ["Design", "make_design", "variance_inflation", "read_events", "read_confounds", "cosine_drift", "polynomial_drift",
-           "parse_high_pass"]  # fmt: skip
+__all__ = [
+    "Design",
+    "cosine_drift",
+    "make_design",
+    "parse_high_pass",
+    "parse_modulators",
+    "polynomial_drift",
+    "read_confounds",
+    "read_events",
+    "variance_inflation",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +64,7 @@ class Design:
 
     X: NDArray[np.float64]
     names: tuple[str, ...]
-    kinds: tuple[str, ...]  # "condition", "derivative", "drift", "confound", "constant"
+    kinds: tuple[str, ...]  # "condition", "modulator", "derivative", "drift", "confound", "constant"
     tr: float
     settings: dict = field(default_factory=dict)
 
@@ -77,8 +95,8 @@ class Design:
         return [n for n, k in zip(self.names, self.kinds) if k == "condition"]
 
     def variance_inflation(self) -> dict[str, float]:
-        """VIF of each regressor of interest (conditions and their derivatives); see :func:`variance_inflation`."""
-        columns = [j for j, kind in enumerate(self.kinds) if kind in ("condition", "derivative")]
+        """VIF of each regressor of interest (conditions, modulators, derivatives); see :func:`variance_inflation`."""
+        columns = [j for j, kind in enumerate(self.kinds) if kind in ("condition", "modulator", "derivative")]
         return variance_inflation(self.X, self.names, columns)
 
 
@@ -127,19 +145,84 @@ def polynomial_drift(n_scans: int, order: int) -> NDArray[np.float64]:
     return spm_orth(np.vander(t, order + 1, increasing=True))[:, 1:]
 
 
-def read_events(path) -> dict[str, dict[str, NDArray]]:
-    """BIDS events.tsv: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a = 1)."""
+_EVENTS_EXPECTED = ("voxfit reads a BIDS events file: tab-separated text with a header line naming onset and duration "
+                    "(and optionally trial_type, modulation and numeric modulator columns), one event a line")
+_RESERVED = ("onset", "duration", "trial_type")
+
+
+def parse_modulators(value) -> dict[str, int]:
+    """Parametric modulators as ``{column: polynomial order}`` from ``"rt:1,difficulty:2"`` (an order may be left
+    out: ``"rt"`` is ``rt:1``), a mapping, or a list of column names; None or empty: none."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        items = []
+        for part in (x.strip() for x in value.split(",")):
+            if not part:
+                continue
+            name, _, order = part.partition(":")
+            items.append((name.strip(), order.strip() or "1"))
+    elif isinstance(value, dict):
+        items = list(value.items())
+    else:
+        items = [(name, 1) for name in value]
+    out: dict[str, int] = {}
+    for name, order in items:
+        try:
+            k = int(order) if not isinstance(order, (bool, float)) else None
+        except (TypeError, ValueError):
+            k = None
+        if not isinstance(name, str) or not name or k is None or k < 1:
+            raise InputError(f"`modulators` must name events columns with polynomial orders 1, 2, ..., as "
+                             f"\"rt:1,difficulty:2\"; got {name!s}:{order!s}.")  # fmt: skip
+        if name in _RESERVED:
+            raise InputError(f"`modulators`: {name!r} is an events column of its own, not a modulator.")
+        if name in out:
+            raise InputError(f"`modulators` names {name!r} twice.")
+        out[name] = k
+    return out
+
+
+def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
+    """BIDS events.tsv: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a = 1)
+    and the numeric columns named in `modulators` (n/a or empty cells are NaN: an event without a value).
+
+    Anything else (a CSV, a spreadsheet, an SPM.mat, a table without onset and duration) is refused with an
+    :class:`InputError` saying what is expected.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"events {path}: no such file.")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh, delimiter="\t") if r]
+    wanted = list(parse_modulators(modulators))
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"events {path}: cannot read it ({exc.strerror or exc}).") from None
+    binary = f"events {path} is not a text table (a binary file such as .mat or .xlsx?); {_EVENTS_EXPECTED}."
+    if b"\0" in raw[:65536]:
+        raise InputError(binary)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"events {path} is not UTF-8 text (byte {exc.start + 1}: a binary file, or a table saved "
+                         f"in another encoding?); {_EVENTS_EXPECTED}.") from None  # fmt: skip
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t") if r]
+    except csv.Error as exc:
+        raise InputError(f"events {path} is not a readable table ({exc}); {_EVENTS_EXPECTED}.") from None
     if not rows:
-        raise InputError(f"events {path} is empty; it needs a header with onset and duration.")
+        raise InputError(f"events {path} is empty; {_EVENTS_EXPECTED}.")
     header = [h.strip() for h in rows[0]]
     for needed in ("onset", "duration"):
         if needed not in header:
-            raise InputError(f"events {path} has no {needed!r} column (columns: {', '.join(header)}).")
+            if len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
+                raise InputError(f"events {path} is not tab-separated (a CSV, or spaces?); {_EVENTS_EXPECTED}.")
+            raise InputError(f"events {path} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")
+    for name in wanted:
+        if name not in header:
+            close = [h for h in header if h.lower() == name.lower()] or difflib.get_close_matches(name, header, n=3, cutoff=0.6)
+            hint = f"; similar columns: {', '.join(close)}" if close else f" (columns: {', '.join(header)})"
+            raise InputError(f"events {path} has no column {name!r} for the modulator{hint}.")
     col = {name: i for i, name in enumerate(header)}
     conditions: dict[str, dict[str, list]] = {}
     for r, row in enumerate(rows[1:], start=2):
@@ -161,7 +244,15 @@ def read_events(path) -> dict[str, dict[str, NDArray]]:
                 raise InputError(f"events {path}, line {r}: {key} must be finite.")
         if values["duration"] < 0:
             raise InputError(f"events {path}, line {r}: duration {values['duration']} is negative.")
-        cond = conditions.setdefault(trial, {"onset": [], "duration": [], "modulation": []})
+        for name in wanted:
+            text = row[col[name]].strip()
+            try:
+                values[name] = math.nan if text.lower() in ("", "n/a") else float(text)
+            except ValueError:
+                raise InputError(f"events {path}, line {r}: modulator {name} {text!r} is not a number.") from None
+            if math.isinf(values[name]) or (math.isnan(values[name]) and text.lower() not in ("", "n/a")):
+                raise InputError(f"events {path}, line {r}: modulator {name} must be a finite number or n/a.")
+        cond = conditions.setdefault(trial, {k: [] for k in ("onset", "duration", "modulation", *wanted)})
         for key in cond:
             cond[key].append(values[key])
     if not conditions:
@@ -214,8 +305,9 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
     return X, chosen
 
 
-def _check_events(events: dict) -> dict:
-    """Events given as a dict: finite onsets and modulations, finite non-negative durations, one length each."""
+def _check_events(events: dict, modulators=()) -> dict:
+    """Events given as a dict: finite onsets and modulations, finite non-negative durations, one length each;
+    the arrays of the modulators named in `modulators` (NaN: no value) where a condition has them."""
     if not isinstance(events, dict) or not events:
         raise InputError("`events` must be a path to events.tsv or a non-empty {condition: {onset, duration}} dict.")
     checked = {}
@@ -225,41 +317,115 @@ def _check_events(events: dict) -> dict:
         modulation = np.atleast_1d(np.asarray(ev.get("modulation", np.ones_like(onset)), dtype=float))
         if not (onset.size and onset.size == duration.size == modulation.size):
             raise InputError(f"events of {name!r}: onset, duration and modulation need one value per event.")
-        if not (np.isfinite(onset).all() and np.isfinite(duration).all() and np.isfinite(modulation).all()):
-            raise InputError(f"events of {name!r}: onsets, durations and modulations must be finite numbers.")
+        if not (np.isfinite(onset).all() and np.isfinite(duration).all()):
+            raise InputError(f"events of {name!r}: onsets and durations must be finite numbers.")
         if (duration < 0).any():
             raise InputError(f"events of {name!r}: durations must not be negative.")
         checked[str(name)] = {"onset": onset, "duration": duration, "modulation": modulation}
+        for mod in modulators:
+            if mod in ev:
+                try:
+                    values = np.atleast_1d(np.asarray(ev[mod], dtype=float))
+                except (TypeError, ValueError):
+                    raise InputError(f"events of {name!r}: modulator {mod!r} must be numbers.") from None
+                if values.shape != onset.shape or np.isinf(values).any():
+                    raise InputError(f"events of {name!r}: modulator {mod!r} needs one finite value (or NaN) per event.")
+                checked[str(name)][mod] = values
+        if "modulation" not in modulators and not np.isfinite(modulation).all():
+            raise InputError(f"events of {name!r}: modulations must be finite numbers.")
     return checked
 
 
+def _parametric(conditions: dict, modulators: dict[str, int]) -> dict:
+    """Each condition's event-by-event inputs, SPM's ``u`` (spm_get_ons): ``(u (n_events, k), name suffixes)``.
+
+    Without modulators u is the events' heights (`modulation`, nilearn's amplitude modulation). With them it is
+    ``[1, P1, P1^2, .., P2, ..]``, serially orthogonalised across the events (spm_orth), names ``x<mod>^<order>``.
+    A condition whose events all lack a modulator (n/a) has no column for it; some lacking it is an error.
+    """
+    found = dict.fromkeys(modulators, False)
+    out = {}
+    for name, ev in conditions.items():
+        columns, suffixes = [], []
+        for mod, order in modulators.items():
+            values = ev.get(mod)
+            if values is None or np.isnan(values).all():
+                continue
+            if np.isnan(values).any():
+                raise InputError(f"events of {name!r}: modulator {mod!r} has values for {int(np.isfinite(values).sum())} of "
+                                 f"{values.size} events; give it for every event of the condition, or for none (n/a).")  # fmt: skip
+            found[mod] = True
+            for j in range(1, order + 1):
+                columns.append(values**j)
+                suffixes.append(f"x{mod}^{j}")
+        if not columns:  # heights: the modulation column, unless it is a parametric modulator
+            out[name] = ((np.ones_like(ev["onset"]) if "modulation" in modulators else ev["modulation"])[:, None], [""])
+            continue
+        if "modulation" not in modulators and (ev["modulation"] != 1).any():
+            raise InputError(f"events of {name!r}: a modulation column (amplitudes, nilearn's) and parametric modulators "
+                             "(SPM's) cannot be combined; use one, or name modulation as a modulator.")  # fmt: skip
+        u = spm_orth(np.column_stack([np.ones(ev["onset"].size), *columns]))
+        for j, suffix in enumerate(suffixes, start=1):
+            if not np.any(u[:, j]):
+                mod, _, order = suffix[1:].rpartition("^")
+                raise InputError(f"events of {name!r}: modulator {mod!r} {'is the same for every event' if order == '1' else f'to the power {order} is a combination of its lower powers'} "
+                                 f"({len(set(ev[mod].tolist()))} distinct values), so its column {name}{suffix} would be "
+                                 f"empty; use order {int(order) - 1 if order != '1' else 0} or drop it for this condition.")  # fmt: skip
+        out[name] = (u, ["", *suffixes])
+    missing = [mod for mod, seen in found.items() if not seen]
+    if missing:
+        raise InputError(f"modulator {missing[0]!r} has no values in any condition (every event n/a).")
+    return out
+
+
+def _check_timing(conditions: dict, run_end: float, n_scans: int, tr: float) -> None:
+    """Refuse a condition whose events all start after the run; warn for some that do."""
+    for name, ev in conditions.items():
+        late = int(np.count_nonzero(ev["onset"] >= run_end))
+        where = f"the end of the run ({n_scans} scans x {tr:g} s = {run_end:g} s)"
+        if late == ev["onset"].size:
+            raise InputError(f"every event of {name!r} starts at or after {where}, so its regressor would be empty; "
+                             "check the events file belongs to this run, and the units of its onsets (--units).")  # fmt: skip
+        if late:
+            warnings.warn(f"{late} of {ev['onset'].size} events of {name!r} start at or after {where}; they are left "
+                          "out of the design.", DesignWarning, stacklevel=3)  # fmt: skip
+
+
 def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[np.float64]:
-    """spm_get_ons: the stimulus function of one condition on the microtime grid (32-bin lead-in)."""
-    u = np.asarray(amplitudes, dtype=float).copy()
+    """spm_get_ons: the stimulus functions (n_bins, k) of one condition's inputs `amplitudes` (n_events, k) on the
+    microtime grid (32-bin lead-in); one function (n_bins,) for heights (n_events,)."""
+    if np.ndim(amplitudes) == 1:
+        return _stimulus(onsets, durations, np.asarray(amplitudes)[:, None], dt, n_bins)[:, 0]
+    u = np.array(amplitudes, dtype=float)
     if not np.any(durations):
         u /= dt  # events: unit area
     ton = _matlab_round(np.asarray(onsets) / dt) + 32  # 0-based; SPM's 1-based "+ 33"
     tof = _matlab_round(np.asarray(durations) / dt) + ton + 1
     ton, tof = np.maximum(ton, 0), np.maximum(tof, 0)
-    sf = np.zeros(n_bins + 96)
-    keep_on, keep_off = ton + 1 < sf.size, tof + 1 < sf.size  # MATLAB: size(sf, 1) > ton(j)
+    sf = np.zeros((n_bins + 96, u.shape[1]))
+    keep_on, keep_off = ton + 1 < sf.shape[0], tof + 1 < sf.shape[0]  # MATLAB: size(sf, 1) > ton(j)
     np.add.at(sf, ton[keep_on], u[keep_on])
     np.add.at(sf, tof[keep_off], -u[keep_off])
-    return np.cumsum(sf)[:n_bins]
+    return np.cumsum(sf, axis=0)[:n_bins]
 
 
-def _spm_columns(conditions: dict, tr: float, n_scans: int, hrf: str, T: int, T0: int, fir_delays: int):
-    """Each condition's regressors on SPM's microtime grid: ``[(name, kind, column), ...]``."""
+def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: str, T: int, T0: int, fir_delays: int):
+    """Each condition's regressors on SPM's microtime grid: ``[(name, kind, column), ...]``, in SPM's order
+    (each input of the condition, see :func:`_parametric`, convolved with each basis function)."""
     dt = tr / T
     n_bins = n_scans * T + 32
     bf, suffixes = basis_set(hrf, dt, T, fir_order=fir_delays, fir_length=fir_delays * tr)
     readout = np.arange(n_scans) * T + T0 + 31
     out = []
     for name, ev in conditions.items():
-        sf = _stimulus(ev["onset"], ev["duration"], ev["modulation"], dt, n_bins)
-        sampled = np.column_stack([np.convolve(sf, bf[:, b])[:n_bins][readout] for b in range(bf.shape[1])])
-        for b, (suffix, col) in enumerate(zip(suffixes, spm_orth(sampled).T)):  # within trial type, as SPM12
-            out.append((f"{name}{suffix}", "condition" if b == 0 or hrf == "fir" else "derivative", col))
+        u, input_names = inputs[name]
+        sf = _stimulus(ev["onset"], ev["duration"], u, dt, n_bins)
+        sampled = np.column_stack([np.convolve(sf[:, k], bf[:, b])[:n_bins][readout]
+                                   for k in range(sf.shape[1]) for b in range(bf.shape[1])])  # fmt: skip
+        labels = [(k, b) for k in range(sf.shape[1]) for b in range(bf.shape[1])]
+        for (k, b), col in zip(labels, spm_orth(sampled).T):  # within trial type, all inputs together, as SPM12
+            kind = ("condition" if k == 0 else "modulator") if b == 0 or hrf == "fir" else "derivative"
+            out.append((f"{name}{input_names[k]}{suffixes[b]}", kind, col))
     return out
 
 
@@ -311,6 +477,8 @@ def make_design(
     fir_delays: int = 1,
     confounds: tuple[NDArray, list[str]] | None = None,
     convolution: str = "spm",
+    units: str = "secs",
+    modulators=None,
 ) -> Design:
     """A first-level design from events, SPM's way (see the module docstring).
 
@@ -318,7 +486,7 @@ def make_design(
     ----------
     events : path or dict
         A BIDS events.tsv, or ``{condition: {"onset": [...], "duration": [...], "modulation": [...]}}``
-        (seconds; modulation optional, it scales each event's height).
+        (modulation optional, it scales each event's height; modulators' values under their names).
     tr, n_scans : float, int
         Repetition time (seconds) and number of scans.
     hrf : str
@@ -335,9 +503,22 @@ def make_design(
     convolution : {"spm", "nilearn"}
         ``spm`` (default): SPM12's microtime grid, as above. ``nilearn``: nilearn's grid and HRF sampling, to
         reproduce its designs (`slice_time_ref` in [0, 1], default 0; no microtime settings).
+    units : {"secs", "scans"}
+        Unit of onsets and durations (SPM's UNITS): seconds (default, as BIDS), or scans, onsets being 0-based
+        scan indices (an onset of 10 is the start of the 11th scan, ``10 * tr`` seconds).
+    modulators : str, dict or list, optional
+        SPM's parametric modulators: events columns (dict keys) with polynomial orders, ``"rt:1,difficulty:2"``
+        or ``{"rt": 1, "difficulty": 2}`` (a list of names: order 1). Each condition whose events have values
+        gets columns ``<condition>x<modulator>^<order>`` (kind ``modulator``, effects of interest), built and
+        orthogonalised as SPM12 does (see the module docstring); events with n/a for all of them get none.
+        Modulators and amplitudes other than 1 in `modulation` cannot be combined (unless `modulation` is
+        named as a modulator: it is then a parametric modulator and the heights are 1). SPM's grid only.
 
-    Columns: conditions (one per basis function, named ``<trial_type><suffix>``), confounds, drifts
-    (``drift_1``.., as nilearn names them), ``constant``.
+    Columns: conditions (one per basis function, named ``<trial_type><suffix>``), each followed by its
+    modulators' columns, confounds, drifts (``drift_1``.., as nilearn names them), ``constant``.
+
+    A condition whose events all start at or after the end of the run (``n_scans * tr`` seconds) is refused;
+    events partly after it are left out with a :class:`DesignWarning`.
     """
     if convolution not in ("spm", "nilearn"):
         raise InputError(f"`convolution` must be spm or nilearn; got {convolution!r}.")
@@ -374,12 +555,26 @@ def make_design(
         raise InputError(f"`drift_order` must be a positive integer; got {drift_order!r}.")
     if hrf not in HRF_MODELS:
         raise InputError(f"`hrf` must be one of {', '.join(HRF_MODELS)}; got {hrf!r}.")
-    conditions = read_events(events) if isinstance(events, (str, Path)) else _check_events(events)
+    if units not in ("secs", "scans"):
+        raise InputError(f"`units` (of onsets and durations) must be secs or scans, as SPM's UNITS; got {units!r}.")
+    modulators = parse_modulators(modulators)
+    if modulators and convolution == "nilearn":
+        raise InputError("parametric modulators are built as SPM builds them; they need convolution='spm'.")
+    if isinstance(events, (str, Path)):
+        conditions = read_events(events, modulators)
+    else:
+        conditions = _check_events(events, modulators)
+    if units == "scans":  # seconds as SPM computes them: ons * (T * dt), then / dt on the grid
+        scan = T * (tr / T) if convolution == "spm" else tr
+        conditions = {name: {**ev, "onset": ev["onset"] * scan, "duration": ev["duration"] * scan}
+                      for name, ev in conditions.items()}  # fmt: skip
+    _check_timing(conditions, n_scans * tr, n_scans, tr)
+    inputs = _parametric(conditions, modulators)
 
     if convolution == "nilearn":
         regressors = _nilearn_columns(conditions, tr, n_scans, hrf, float(slice_time_ref or 0.0), int(fir_delays))
     else:
-        regressors = _spm_columns(conditions, tr, n_scans, hrf, T, T0, int(fir_delays))
+        regressors = _spm_columns(conditions, inputs, tr, n_scans, hrf, T, T0, int(fir_delays))
     names = [r[0] for r in regressors]
     kinds = [r[1] for r in regressors]
     columns = [r[2] for r in regressors]
@@ -408,7 +603,8 @@ def make_design(
         raise InputError(f"design column names repeat ({', '.join(dup)}); rename the trial types or confounds.")
     settings = {"hrf": hrf, "drift": drift, "high_pass_s": parse_high_pass(high_pass) if drift == "cosine" else None,
                 "drift_order": drift_order if drift == "polynomial" else None, "microtime_resolution": T,
-                "microtime_onset": T0, "tr": tr, "n_scans": n_scans, "convolution": convolution}  # fmt: skip
+                "microtime_onset": T0, "tr": tr, "n_scans": n_scans, "convolution": convolution, "units": units,
+                "modulators": modulators}  # fmt: skip
     if convolution == "nilearn":
         settings.update(microtime_resolution=None, microtime_onset=None, slice_time_ref=float(slice_time_ref or 0.0),
                         oversampling=50)  # fmt: skip

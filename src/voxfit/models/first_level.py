@@ -17,6 +17,9 @@ class FirstLevel:
 
     >>> model = FirstLevel(tr=2.0, hrf="spm+derivative", noise="ar1")              # doctest: +SKIP
     >>> result = model.fit("bold.nii.gz", "events.tsv", {"fh": "faces - houses"})  # doctest: +SKIP
+
+    `units` ("secs" or "scans") and `modulators` (SPM's parametric modulators, ``"rt:1,difficulty:2"``) are
+    those of :func:`voxfit.design.make_design`.
     """
 
     tr: float
@@ -29,6 +32,8 @@ class FirstLevel:
     slice_time_ref: float | None = None
     fir_delays: int = 1
     convolution: str = "spm"
+    units: str = "secs"
+    modulators: str | dict | tuple | None = None
     noise: str = "ols"
     scaling: str = "none"
     mask_threshold: float | str | None = "auto"  # as `voxfit fit`: SPM's brain mask (0.8) for volumes
@@ -42,7 +47,7 @@ class FirstLevel:
             events, self.tr, n_scans, hrf=self.hrf, drift=self.drift, high_pass=self.high_pass,
             drift_order=self.drift_order, microtime_resolution=self.microtime_resolution,
             microtime_onset=self.microtime_onset, slice_time_ref=self.slice_time_ref, fir_delays=self.fir_delays,
-            confounds=extra, convolution=self.convolution,
+            confounds=extra, convolution=self.convolution, units=self.units, modulators=self.modulators,
         )  # fmt: skip
 
     def fit(self, bold, events, contrasts, *, confounds=None, confounds_columns=None, mask=None, out_dir=None,

@@ -106,7 +106,7 @@ def regressors(X: NDArray, names, kinds, tr: float | None) -> bytes:
     for j, kind in enumerate(kinds):
         if kind == "derivative" and panels:
             panels[-1].append(j)
-        elif kind in ("condition", "derivative", "regressor"):
+        elif kind in ("condition", "modulator", "derivative", "regressor"):
             panels.append([j])
     fig = _figure(9.0, 0.3 + 1.0 * len(panels))
     t = np.arange(X.shape[0]) * (tr or 1.0)

@@ -36,7 +36,7 @@ class DesignView:
 
     @property
     def of_interest(self) -> list[int]:
-        return [j for j, k in enumerate(self.kinds) if k in ("condition", "derivative", "regressor")]
+        return [j for j, k in enumerate(self.kinds) if k in ("condition", "modulator", "derivative", "regressor")]
 
     def vif(self) -> dict[str, float]:
         return variance_inflation(self.X, self.names, self.of_interest)

@@ -46,7 +46,7 @@ EXAMPLES_GROUP = """examples:
   voxfit group lh.*.func.gii --design participants.tsv --contrast "age=age" --permutations 5000 \\
                --tfce --mesh lh.pial.surf.gii -o g/
   voxfit group a_*.nii.gz b_*.nii.gz --paired --permutations 5000 -o paired/   # A maps, then B maps
-  voxfit group derivatives/voxfit/sub-*/contrast-faces_stat-effect_statmap.nii.gz --design participants.tsv \
+  voxfit group derivatives/voxfit/sub-*/contrast-faces_stat-effect_statmap.nii.gz --design participants.tsv \\
                --two-sample group --contrast "pvc=patient - control" -o g2/
 
 Without --design the model is one-sample (a column 'intercept'). Permutation p-values count the shuffles

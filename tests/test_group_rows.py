@@ -351,3 +351,17 @@ def test_subject_labels_from_file_names_and_folders(tmp_path):
     assert subject_labels(["sub-01/a.nii.gz", "sub-01/b.nii.gz"]) == [None, None]
     assert subject_labels(["sub-01/sub-02_x.nii.gz", "sub-03/y.nii.gz"]) == ["02", "03"]
     assert subject_labels(["mysub-01.nii.gz", "sub-01x-2.nii.gz", "s.zarr::sub-04"]) == [None, None, None]
+
+
+def test_exchangeability_blocks_follow_their_maps_into_the_table_order(study):
+    """design.grp is positional (FSL's convention: a row per map, as given); when the design is matched by ids
+    and fitted in the table's order, each block label goes with its map."""
+    s = study
+    maps = s["maps"][::-1]
+    block = {label: 1 + (int(label) % 2) for label in s["labels"]}
+    write_vest(s["dir"] / "design.grp", np.array([[block[label]] for label in s["labels"][::-1]]))
+    out = s["dir"] / "blocks"
+    SecondLevel(design=s["table"], contrasts=["age=age"], grp=s["dir"] / "design.grp", permutations=20, seed=0).fit(maps, out)
+    model = json.loads((out / "model.json").read_text())
+    assert model["settings"]["exchangeability_blocks"] == [block[label] for label in s["order"]]
+    assert [r["participant_id"].removeprefix("sub-") for r in model["design"]["rows"]] == s["order"]

@@ -206,7 +206,7 @@ def test_group_glm_streamed_from_zarr(tmp_path, rng):
     z[:] = Y
     table = tmp_path / "participants.tsv"
     table.write_text("age\n" + "".join(f"{a}\n" for a in age))
-    kw = dict(design=table, contrasts=["age=age"])
+    kw = {"design": table, "contrasts": ["age=age"]}
     streamed = SecondLevel(max_memory="200K", **kw).fit(tmp_path / "maps.zarr", out_dir=tmp_path / "s")
     in_memory = SecondLevel(max_memory="1G", **kw).fit(tmp_path / "maps.zarr")
     npt.assert_array_equal(streamed.masker.mask, in_memory.masker.mask)

@@ -365,3 +365,11 @@ def test_exchangeability_blocks_follow_their_maps_into_the_table_order(study):
     model = json.loads((out / "model.json").read_text())
     assert model["settings"]["exchangeability_blocks"] == [block[label] for label in s["order"]]
     assert [r["participant_id"].removeprefix("sub-") for r in model["design"]["rows"]] == s["order"]
+
+
+def test_result_names_the_map_and_id_of_each_design_row(study):
+    s = study
+    res = SecondLevel(design=s["table"], contrasts=["age=age"]).fit(s["maps"][::-1])
+    assert [m.split("sub-")[1][:2] for m in res.maps] == s["order"]
+    assert [i.removeprefix("sub-") for i in res.ids] == s["order"]
+    npt.assert_allclose(res.X[:, 0], [s["age"][label] for label in s["order"]])

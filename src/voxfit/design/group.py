@@ -86,13 +86,13 @@ def table_from_frame(frame, id_column: str | None = None) -> tuple[list[str], li
     ``participant_id`` (or `id_column`) is read as that column (``pd.read_csv(..., index_col="participant_id")``).
     """
     names = [str(c) for c in frame.columns]
-    columns = [frame[c].tolist() for c in frame.columns]
+    if len(set(names)) != len(names):
+        raise InputError(f"the design DataFrame must name every column once; got {names}.")
+    columns = [frame.iloc[:, j].tolist() for j in range(len(names))]
     index_name = getattr(frame.index, "name", None)
     if index_name is not None and str(index_name) in {ID_COLUMN, id_column} and str(index_name) not in names:
         names.insert(0, str(index_name))
         columns.insert(0, list(frame.index))
-    if len(set(names)) != len(names):
-        raise InputError(f"the design DataFrame must name every column once; got {names}.")
     return names, [[_cell(v) for v in row] for row in zip(*columns)] if columns else []
 
 

@@ -105,7 +105,8 @@ def match_rows(ids, maps, labels, *, what: str, column: str, drop_unmatched: boo
         bare = {key.lstrip("0"): key for key in keys}
         close = [f"sub-{m} ~ {ids[where[bare[m.lstrip('0')]]]!r}" for m in missing if m.lstrip("0") in bare]
         if close:
-            hint = f" (ids differ only in leading zeros: {_some(close, 3)}; labels must be equal)"
+            hint = (f" (ids differ only in leading zeros: {_some(close, 3)}; labels must be equal, and pandas reads "
+                    "01 as 1 unless told dtype={'participant_id': str})")  # fmt: skip
         raise InputError(f"{what} has no row for {len(missing)} map(s): {_some(f'sub-{m}' for m in missing)} (matched "
                          f"by {column!r}){hint}; add their rows or leave those maps out.")  # fmt: skip
     rows = tuple(where[label] for label in labels)

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from .._dask import dask_client
+from .._memory import needs_streaming, parse_memory
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design
 from ..design.subjects import pair_by_subject
-from .._memory import needs_streaming, parse_memory
 from ..engine import fit as fit_engine
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
@@ -38,12 +38,17 @@ from ..io import Masker, OutputFolder, load, open_reader, read_mesh, stat_maps, 
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import columns_on_workers, contrast_items, input_record
 
-__all__ = ["SecondLevel", "GroupFit"]
+__all__ = ["GroupFit", "SecondLevel"]
 
 
 @dataclass(frozen=True, eq=False)
 class GroupFit:
-    """Result of :meth:`SecondLevel.fit`: per contrast the parametric Stats and the permutation result."""
+    """Result of :meth:`SecondLevel.fit`: per contrast the parametric Stats and the permutation result.
+
+    maps: the map of each row of `X` (with `paired`, the A map), when the maps are one per file: a design
+    matched by participant ids has its rows in the table's order, not the order the maps were given in;
+    ids: each row's participant id (empty unless matched by ids).
+    """
 
     masker: Masker
     X: np.ndarray
@@ -53,6 +58,8 @@ class GroupFit:
     clusters: dict[str, list[dict]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     notes: tuple[str, ...] = ()  # what the design builder did that the user should know
+    maps: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ class SecondLevel:
             if out is not None:
                 self._write(out, masker, d, items, parametric, perms, tables, paths, command, (E, H), blocks)
                 files = out.commit()
-        return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes)
+        return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
 
     def _design(self, paths, n_scans: int):
         """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
@@ -233,13 +240,13 @@ class SecondLevel:
         if self.tfce or self.cluster_threshold is not None:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
         items = self._contrast_items(d.names, d.X.shape[1])
-        fit, stats, _, masker, _ = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
+        _, stats, _, masker, _ = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
                                               max_memory=self.max_memory, progress=progress, nonzero=True)  # fmt: skip
         files: list[Path] = []
         if out is not None:
             self._write(out, masker, d, items, stats, {}, {}, paths, command, self._tfce_parameters(masker.geometry), None)
             files = out.commit()
-        return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes)
+        return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
 
     def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
         items = contrast_items(self.contrasts) if self.contrasts else []
@@ -392,6 +399,11 @@ def design_rows_record(d, paths, paired: bool) -> dict:
             row["table_row"] = int(d.rows[k]) + 1
         rows.append(row)
     return {**record, "rows": rows, "dropped_rows": [{"participant_id": i, "table_row": r + 1} for r, i in d.dropped]}
+
+
+def _row_maps(d, paths, paired: bool) -> tuple[str, ...]:
+    n = d.X.shape[0]
+    return tuple(str(p) for p in paths[:n]) if len(paths) == (2 * n if paired else n) else ()
 
 
 def _unique_labels(tcons):

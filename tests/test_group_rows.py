@@ -373,3 +373,36 @@ def test_result_names_the_map_and_id_of_each_design_row(study):
     assert [m.split("sub-")[1][:2] for m in res.maps] == s["order"]
     assert [i.removeprefix("sub-") for i in res.ids] == s["order"]
     npt.assert_allclose(res.X[:, 0], [s["age"][label] for label in s["order"]])
+
+
+@pytest.mark.usefixtures("no_reserve")
+def test_streamed_fit_reads_the_maps_in_the_table_order(study, monkeypatch):
+    """Data over max_memory: the one-pass fit takes the files in the table's order too (same t as in memory)."""
+    s = study
+    kw = {"design": s["table"], "two_sample": "group", "contrasts": ["pvc=patient - control"]}
+    in_memory = SecondLevel(**kw).fit(s["maps"])
+    monkeypatch.setattr("voxfit.models.second_level.needs_streaming", lambda *args: True)  # (the maps are tiny)
+    from voxfit.models import second_level
+
+    read = []
+    original = second_level.fit_streaming
+    monkeypatch.setattr(second_level, "fit_streaming", lambda paths, *a, **k: read.append(list(paths)) or original(paths, *a, **k))
+    streamed = SecondLevel(max_memory="64K", **kw).fit(s["maps"][::-1], out_dir=s["dir"] / "streamed")
+    npt.assert_allclose(streamed.parametric["pvc"].t, in_memory.parametric["pvc"].t, rtol=1e-5, atol=1e-6)
+    rows = json.loads((s["dir"] / "streamed" / "model.json").read_text())["design"]["rows"]
+    assert [r["participant_id"].removeprefix("sub-") for r in rows] == s["order"]
+    assert [str(p).split("sub-")[-1][:2] for p in read[0]] == s["order"]  # streamed, the files in the table's order
+
+
+def test_rows_dropped_before_the_design_is_built(tmp_path):
+    """A dropped row may have gaps (n/a) or a third group: only the matched rows make the design."""
+    from voxfit.design.group import group_design
+
+    table = tmp_path / "participants.tsv"
+    table.write_text("participant_id\tage\tgroup\nsub-01\t30\tA\nsub-02\t40\tB\nsub-03\tn/a\tC\nsub-04\t50\tA\n")
+    maps = [tmp_path / f"sub-{i:02d}_x.nii.gz" for i in (4, 2, 1)]
+    d = group_design(3, design=table, two_sample="group", maps=maps, drop_unmatched_rows=True)
+    assert d.names == ("A", "B", "age") and d.rows == (3, 1, 0) and d.dropped == ((2, "sub-03"),)
+    npt.assert_array_equal(d.X, [[1, 0, 50], [0, 1, 40], [1, 0, 30]])
+    with pytest.raises(InputError, match="1 row\\(s\\) without a map: sub-03"):
+        group_design(3, design=table, two_sample="group", maps=maps)

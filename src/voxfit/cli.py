@@ -57,9 +57,20 @@ EXAMPLES_GROUP = """examples:
   voxfit group lh.*.func.gii --design participants.tsv --contrast "age=age" --permutations 5000 \\
                --tfce --mesh lh.pial.surf.gii -o g/
   voxfit group a_*.nii.gz b_*.nii.gz --paired --permutations 5000 -o paired/   # A maps, then B maps
+  voxfit group derivatives/voxfit/sub-*/contrast-faces_stat-effect_statmap.nii.gz --design participants.tsv \\
+               --two-sample group --contrast "pvc=patient - control" -o g2/
 
 Without --design the model is one-sample (a column 'intercept'). Permutation p-values count the shuffles
 whose statistic reaches the observed one (the identity included); t contrasts are one-sided (large t).
+
+Rows of a participants table are matched to the maps by subject, never by the order of the inputs: its
+participant_id column (sub-01 or 01; or the column named by --id-column) against the BIDS label sub-<label>
+in each map's file name, or else in its folders (sub-01/...). A map without a row, repeated ids, two maps of
+one subject, maps without a sub- label and rows without a map (unless --drop-unmatched-rows) are refused.
+A table without an id column, and FSL's design.mat, are matched by position (row 1 = the first map given;
+FSL's convention): the order used is printed, and a warning says so when the maps carry sub- labels.
+With --paired, A and B maps that carry sub- labels pair by subject; the table's rows match the pairs.
+The mapping (map, participant id, table row) is recorded in model.json.
 """
 
 
@@ -133,8 +144,13 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument("inputs", nargs="+", metavar="INPUT", help="one map per subject (NIfTI, GIFTI, CIFTI dscalar) or one 4-D file")
     g = group.add_mutually_exclusive_group()
     g.add_argument("--one-sample", action="store_true", help="one-sample test of the mean (the default without --design)")
-    g.add_argument("--design", metavar="FILE", help="participants TSV/CSV (numeric columns) or FSL design.mat")
+    g.add_argument("--design", metavar="FILE", help="participants TSV/CSV (numeric columns; rows matched to the maps by "
+                   "participant_id, see below) or FSL design.mat (rows in the order of the maps)")  # fmt: skip
     group.add_argument("--two-sample", metavar="COLUMN", help="the --design table's column with two groups")
+    group.add_argument("--id-column", metavar="COLUMN", help="the --design table's column of participant ids (sub-01 "
+                       "or 01), matched to the maps' sub-<label> (default: participant_id, when the table has it)")  # fmt: skip
+    group.add_argument("--drop-unmatched-rows", action="store_true",
+                       help="leave out the table's rows that match no map (a note names them) instead of refusing")  # fmt: skip
     group.add_argument("--paired", action="store_true", help="inputs are n maps of A then n maps of B: test A - B")
     group.add_argument("--contrast", action="append", default=[], metavar="NAME=EXPR", help="a contrast (repeatable)")
     group.add_argument("--con", metavar="FILE", help="FSL design.con (t contrasts)")
@@ -403,7 +419,8 @@ def _run_group(args, argv, progress) -> int:
     if args.permute_blocks and not args.grp:
         raise InputError("--permute-blocks needs --grp FILE (the exchangeability blocks).")
     model = SecondLevel(
-        design=args.design, contrasts=args.contrast, two_sample=args.two_sample, paired=args.paired, con=args.con,
+        design=args.design, contrasts=args.contrast, two_sample=args.two_sample, id_column=args.id_column,
+        drop_unmatched_rows=args.drop_unmatched_rows, paired=args.paired, con=args.con,
         fts=args.fts, grp=args.grp, whole_blocks=args.permute_blocks, mask=args.mask, permutations=args.permutations,
         seed=args.seed, scheme=args.scheme, tfce=args.tfce, tfce_E=args.tfce_E, tfce_H=args.tfce_H,
         cluster_threshold=args.cluster_threshold, connectivity=args.connectivity, mesh=args.mesh,

@@ -1,8 +1,14 @@
 """Group (second-level) designs: one-sample, two-sample, participants tables, FSL VEST files.
 
-A participants table (TSV/CSV with a header) is one row per input map, in the order the maps are given.
-Its numeric columns become regressors; text columns are left out (and reported), except the column named by
-``two_sample``, whose two values become one indicator column each; ``participant_id`` is never a regressor.
+A participants table (TSV/CSV with a header, or a pandas DataFrame) has one row per participant. Its rows
+are matched to the maps by identity: the ``participant_id`` column (BIDS ``participants.tsv``; ``sub-01`` or
+``01``), or the column named by `id_column`, against each map's ``sub-<label>`` (see :mod:`.subjects`); the
+design's rows follow the maps' order, whatever the order of the table. A table without an id column is matched
+by position (row k is map k), and says so in a note (and a warning when the maps carry subject labels that
+could have been matched). FSL's ``design.mat`` is positional, as in FSL; the order used is in a note.
+
+Numeric columns become regressors; text columns are left out (and reported), except the column named by
+``two_sample``, whose two values become one indicator column each; the id column is never a regressor.
 An ``intercept`` column is added when the columns do not already span the constant, so that a design of
 ``age`` alone models the mean as well (as nilearn and most users expect).
 """
@@ -10,26 +16,44 @@ An ``intercept`` column is added when the columns do not already span the consta
 from __future__ import annotations
 
 import csv
+import math
+import numbers
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..exceptions import InputError
+from ..exceptions import DesignWarning, InputError
+from .subjects import match_rows, subject_labels
 from .vest import read_vest
 
-__all__ = ["GroupDesign", "group_design", "read_table"]
+__all__ = ["GroupDesign", "group_design", "read_table", "table_from_frame"]
+
+ID_COLUMN = "participant_id"
 
 
 @dataclass(frozen=True, eq=False)
 class GroupDesign:
-    """A group design: matrix (one row per map), column names, and the table columns left out."""
+    """A group design: matrix (one row per map), column names, the table columns left out, and which table
+    row each map got.
+
+    matched_by: the table column whose ids were matched to the maps' subject labels, ``"position"`` (row k is
+    map k: FSL's design.mat, tables without ids, arrays) or None (one-sample, no table); rows: the table's
+    data row (0-based) of each map; ids: each map's id cell (empty unless matched by a column); dropped: the
+    table rows left without a map (``drop_unmatched_rows``); source: the table's path, or ``"DataFrame"``.
+    """
 
     X: NDArray[np.float64]
     names: tuple[str, ...]
     left_out: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    matched_by: str | None = None
+    rows: tuple[int, ...] = ()
+    ids: tuple[str, ...] = ()
+    dropped: tuple[tuple[int, str], ...] = ()
+    source: str | None = None
 
 
 def read_table(path) -> tuple[list[str], list[list[str]]]:
@@ -55,6 +79,36 @@ def read_table(path) -> tuple[list[str], list[list[str]]]:
     return names, [[c.strip() for c in r] for r in body]
 
 
+def table_from_frame(frame, id_column: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """A pandas DataFrame as :func:`read_table` returns a file: ``(column names, rows of text cells)``.
+
+    Numbers are written exactly (``repr``), missing values as ``n/a``, booleans as text; an index named
+    ``participant_id`` (or `id_column`) is read as that column (``pd.read_csv(..., index_col="participant_id")``).
+    """
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) != len(names):
+        raise InputError(f"the design DataFrame must name every column once; got {names}.")
+    columns = [frame.iloc[:, j].tolist() for j in range(len(names))]
+    index_name = getattr(frame.index, "name", None)
+    if index_name is not None and str(index_name) in {ID_COLUMN, id_column} and str(index_name) not in names:
+        names.insert(0, str(index_name))
+        columns.insert(0, list(frame.index))
+    return names, [[_cell(v) for v in row] for row in zip(*columns)] if columns else []
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return "n/a" if math.isnan(float(value)) else repr(float(value))
+    text = str(value).strip()
+    return "n/a" if text in ("<NA>", "NaT") else text
+
+
 def _numeric(cells: list[str]) -> NDArray[np.float64] | None:
     try:
         values = np.array([float(c) for c in cells])
@@ -70,31 +124,90 @@ def _spans_constant(X: NDArray) -> bool:
     return bool(np.linalg.norm(X @ np.linalg.lstsq(X, ones, rcond=None)[0] - ones) <= 1e-8 * np.sqrt(X.shape[0]))
 
 
-def group_design(n_maps: int, *, design=None, two_sample: str | None = None) -> GroupDesign:
-    """The design for `n_maps` maps: one-sample (``design=None``), a participants table or FSL design.mat
-    (``design=path``), or ``(X, names)``; `two_sample` names the table's group column."""
+def group_design(n_maps: int, *, design=None, two_sample: str | None = None, maps=None, id_column: str | None = None,
+                 drop_unmatched_rows: bool = False) -> GroupDesign:
+    """The design for `n_maps` maps: one-sample (``design=None``), a participants table (a TSV/CSV path or a
+    pandas DataFrame), FSL design.mat (``design=path``), or ``(X, names)``; `two_sample` names the table's
+    group column.
+
+    maps: the name (path) of each map, for matching table rows to the maps' ``sub-<label>``; None when the maps
+    are not one per file (volumes of a 4-D file, rows of an array): then only a table without ids (matched
+    by position) can be used. id_column: the table's column of participant ids (default ``participant_id``
+    when there is one). drop_unmatched_rows: leave out the table's rows that match no map instead of refusing.
+    """
+    if maps is not None:
+        maps = [str(m) for m in maps]
+        if len(maps) != n_maps:
+            raise ValueError(f"{len(maps)} map names for {n_maps} maps")  # a caller's bug, not the user's
     if design is None:
         if two_sample is not None:
             raise InputError("--two-sample needs --design TABLE with that column.")
+        _no_id_options(id_column, drop_unmatched_rows, "there is no participants table (give --design TABLE)")
         return GroupDesign(np.ones((n_maps, 1)), ("intercept",))
     if isinstance(design, tuple):
+        _no_id_options(id_column, drop_unmatched_rows, "an (X, names) design has no ids: its rows are the maps' in order")
         X, names = np.asarray(design[0], dtype=float), tuple(design[1])
-        return _checked(GroupDesign(X, names), n_maps, "the design")
-    path = Path(design)
-    if path.suffix.lower() == ".mat":
-        if two_sample is not None:
-            raise InputError("--two-sample reads a column of a participants table; FSL's design.mat has no column names.")
-        X = read_vest(path, "design")[1]
-        return _checked(GroupDesign(X, tuple(f"EV{j + 1}" for j in range(X.shape[1]))), n_maps, f"design {path}")
-    names, rows = read_table(path)
+        return _checked(GroupDesign(X, names, matched_by="position", rows=tuple(range(X.shape[0]))), n_maps, "the design")
+    if _is_frame(design):
+        names, rows = table_from_frame(design, id_column)
+        what, source = "the design DataFrame", "DataFrame"
+    else:
+        path = Path(design)
+        if path.suffix.lower() == ".mat":
+            if two_sample is not None:
+                raise InputError("--two-sample reads a column of a participants table; FSL's design.mat has no column names.")
+            _no_id_options(id_column, drop_unmatched_rows, "FSL's design.mat has no ids: its rows are the maps in the order "
+                           "given (FSL's convention)")  # fmt: skip
+            X = read_vest(path, "design")[1]
+            d = _checked(GroupDesign(X, tuple(f"EV{j + 1}" for j in range(X.shape[1]))), n_maps, f"design {path}")
+            return GroupDesign(d.X, d.names, notes=(_order_note(f"design {path}", maps, n_maps, "FSL's convention"),),
+                               matched_by="position", rows=tuple(range(n_maps)), source=str(path))  # fmt: skip
+        names, rows = read_table(path)
+        what, source = f"design {path}", str(path)
+    if id_column is not None and id_column not in names:
+        raise InputError(f"{what} has no column {id_column!r} for --id-column; its columns are {', '.join(names)}.")
+    column = id_column if id_column is not None else (ID_COLUMN if ID_COLUMN in names else None)
+    notes: list[str] = []
+    ids: tuple[str, ...] = ()
+    dropped: tuple[tuple[int, str], ...] = ()
+    if column is None:
+        if drop_unmatched_rows:
+            raise InputError(f"--drop-unmatched-rows drops rows whose id matches no map, but {what} has no "
+                             f"{ID_COLUMN} column; name its id column with --id-column COLUMN.")  # fmt: skip
+        if len(rows) != n_maps:
+            raise InputError(f"{what} has {len(rows)} rows but {n_maps} maps were given; give one row per map, in the "
+                             f"same order, or a {ID_COLUMN} column to match rows to the maps' sub-<label>.")  # fmt: skip
+        order = tuple(range(n_maps))
+        if maps is not None and any(label is not None for label in subject_labels(maps)):
+            warnings.warn(f"{what} has no {ID_COLUMN} column, so its rows are matched to the maps by position (row 1 "
+                          f"to the first map given, ...), not by subject; add a {ID_COLUMN} column (or name the id "
+                          "column with --id-column) to match them by the maps' sub-<label>.", DesignWarning,
+                          stacklevel=2)  # fmt: skip
+        notes.append(_order_note(what, maps, n_maps, f"the table has no {ID_COLUMN} column"))
+    else:
+        cells = [r[names.index(column)] for r in rows]
+        if maps is None:
+            raise InputError(f"{what} matches rows by {column!r}, but the {n_maps} maps are volumes of one file (or rows "
+                             "of an array) and carry no sub-<label> each; give one file per subject (named, or in a "
+                             "folder named, sub-<label>), or a table without ids (rows then match the maps by position).")  # fmt: skip
+        matching = match_rows(cells, maps, subject_labels(maps), what=what, column=column, drop_unmatched=drop_unmatched_rows)
+        order = matching.rows
+        ids = tuple(cells[r] for r in order)
+        dropped = tuple((r, cells[r]) for r in matching.dropped)
+        rows = [rows[r] for r in order]
+        notes.append(f"rows of {what} matched to the {n_maps} maps by {column!r} (the maps' sub-<label>), whatever "
+                     "the order of the maps and of the table")  # fmt: skip
+        if dropped:
+            notes.append(f"{len(dropped)} row(s) of {what} without a map dropped (--drop-unmatched-rows): "
+                         + ", ".join(f"{i} (row {r + 1})" for r, i in dropped))  # fmt: skip
     columns = {name: [r[j] for r in rows] for j, name in enumerate(names)}
-    if len(rows) != n_maps:
-        raise InputError(f"design {path} has {len(rows)} rows but {n_maps} maps were given; give one row per map, in the same order.")
     regressors: list[tuple[str, NDArray]] = []
-    left_out, notes = [], []
+    left_out = []
     if two_sample is not None:
         if two_sample not in columns:
-            raise InputError(f"design {path} has no column {two_sample!r} for --two-sample; its columns are {', '.join(names)}.")
+            raise InputError(f"{what} has no column {two_sample!r} for --two-sample; its columns are {', '.join(names)}.")
+        if two_sample in (column, ID_COLUMN):
+            raise InputError(f"--two-sample {two_sample!r} is the id column; name the column of the two groups.")
         levels = sorted(set(columns[two_sample]))
         if len(levels) != 2 or "" in levels or "n/a" in levels:
             raise InputError(f"--two-sample column {two_sample!r} must hold exactly two group values; it holds {levels}.")
@@ -102,21 +215,21 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None) -> 
             label = f"{two_sample}_{level}" if _numeric([level]) is not None else level
             regressors.append((label, np.array([c == level for c in columns[two_sample]], dtype=float)))
     for name in names:
-        if name == two_sample or name == "participant_id":
+        if name in (two_sample, column, ID_COLUMN):  # ids are never regressors, even numeric ones
             continue
         values = _numeric(columns[name])
         if values is None:
             cells = [c for c in columns[name] if c.lower() not in ("n/a", "na", "nan", "")]
             if cells and _numeric(cells) is not None:  # numbers with gaps: a design must be complete
-                raise InputError(f"design {path}: column {name!r} has missing values (n/a); fill them or remove the "
+                raise InputError(f"{what}: column {name!r} has missing values (n/a); fill them or remove the "
                                  "rows (and their maps), or drop the column.")  # fmt: skip
             left_out.append(name)
             continue
         if not np.isfinite(values).all():
-            raise InputError(f"design {path}: column {name!r} has missing or non-finite values; a design must be complete.")
+            raise InputError(f"{what}: column {name!r} has missing or non-finite values; a design must be complete.")
         regressors.append((name, values))
     if not regressors:
-        raise InputError(f"design {path} has no numeric column to use as a regressor.")
+        raise InputError(f"{what} has no numeric column to use as a regressor.")
     X = np.column_stack([v for _, v in regressors])
     out_names = [n for n, _ in regressors]
     if not _spans_constant(X):
@@ -125,7 +238,31 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None) -> 
         notes.append("an intercept column was added (the table's columns do not model the mean)")
     if left_out:
         notes.append(f"text columns left out of the design: {', '.join(left_out)}")
-    return _checked(GroupDesign(X, tuple(out_names), tuple(left_out), tuple(notes)), n_maps, f"design {path}")
+    d = GroupDesign(X, tuple(out_names), tuple(left_out), tuple(notes), column or "position", order, ids, dropped, source)
+    return _checked(d, n_maps, what)
+
+
+def _is_frame(design) -> bool:
+    """A pandas DataFrame (recognised without importing pandas, which costs half a second)."""
+    return hasattr(design, "columns") and hasattr(design, "iloc") and hasattr(design, "index")
+
+
+def _no_id_options(id_column, drop_unmatched_rows: bool, why: str) -> None:
+    if id_column is not None:
+        raise InputError(f"--id-column {id_column!r} names the id column of a participants table, but {why}.")
+    if drop_unmatched_rows:
+        raise InputError(f"--drop-unmatched-rows drops the rows of a participants table that match no map, but {why}.")
+
+
+def _order_note(what: str, maps, n_maps: int, why: str) -> str:
+    """Which map each row of a positional design goes with, one line each (long lists shortened)."""
+    head = f"rows of {what} matched to the {n_maps} maps by position ({why})"
+    if maps is None:
+        return f"{head}: row k is map k of the input"
+    lines = [f"row {k + 1}: {m}" for k, m in enumerate(maps)]
+    if len(lines) > 30:
+        lines = [*lines[:20], f"... ({len(lines) - 25} rows more; all of them in model.json)", *lines[-5:]]
+    return head + ":\n  " + "\n  ".join(lines)
 
 
 def _checked(d: GroupDesign, n_maps: int, what: str) -> GroupDesign:

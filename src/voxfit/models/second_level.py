@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .._dask import dask_client
+from .._memory import needs_streaming, parse_memory
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design
-from .._memory import needs_streaming, parse_memory
+from ..design.subjects import pair_by_subject
 from ..engine import fit as fit_engine
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
@@ -37,12 +38,17 @@ from ..io import Masker, OutputFolder, load, open_reader, read_mesh, stat_maps, 
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import columns_on_workers, contrast_items, input_record
 
-__all__ = ["SecondLevel", "GroupFit"]
+__all__ = ["GroupFit", "SecondLevel"]
 
 
 @dataclass(frozen=True, eq=False)
 class GroupFit:
-    """Result of :meth:`SecondLevel.fit`: per contrast the parametric Stats and the permutation result."""
+    """Result of :meth:`SecondLevel.fit`: per contrast the parametric Stats and the permutation result.
+
+    maps: the map of each row of `X` (with `paired`, the A map), when the maps are one per file: a design
+    matched by participant ids has its rows in the table's order, not the order the maps were given in;
+    ids: each row's participant id (empty unless matched by ids).
+    """
 
     masker: Masker
     X: np.ndarray
@@ -52,6 +58,8 @@ class GroupFit:
     clusters: dict[str, list[dict]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     notes: tuple[str, ...] = ()  # what the design builder did that the user should know
+    maps: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,13 @@ class SecondLevel:
     >>> model = SecondLevel(permutations=5000, tfce=True, seed=0)                     # doctest: +SKIP
     >>> result = model.fit(["sub-01_effect.nii.gz", ...], out_dir="group")           # doctest: +SKIP
 
-    design: None (one-sample), a participants TSV/CSV, FSL design.mat, or ``(X, names)``; contrasts:
+    design: None (one-sample), a participants table (TSV/CSV path or pandas DataFrame), FSL design.mat, or
+    ``(X, names)``. A table's rows are matched to the maps by subject: its ``participant_id`` column (or
+    `id_column`; ``sub-01`` or ``01``) against each map's ``sub-<label>`` (file name, else folder), whatever
+    the order of either; a map without a row, a row without a map (unless `drop_unmatched_rows`), repeated
+    ids and maps without a label are refused. Tables without ids, design.mat and arrays are matched by
+    position (a note says the order used). With `paired`, A and B maps that carry labels pair by subject,
+    and the table's rows match the pairs. The mapping is recorded in model.json; contrasts:
     ``{label: expression}`` or ``["label=expr"]`` (default for one-sample: ``intercept``); con/fts/grp:
     FSL VEST files (t contrasts, F tests of them, exchangeability blocks); permutations: 0 for parametric
     inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
@@ -80,6 +94,8 @@ class SecondLevel:
     design: object = None
     contrasts: object = None
     two_sample: str | None = None
+    id_column: str | None = None
+    drop_unmatched_rows: bool = False
     paired: bool = False
     con: object = None
     fts: object = None
@@ -109,6 +125,9 @@ class SecondLevel:
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
             reader = open_reader(paths if len(paths) > 1 else paths[0])
+            d, ordered, order = self._design(paths, reader.n_scans)  # before reading any data: a mismatch stops here
+            if ordered != paths:  # the maps in the table's order (a design matched by ids)
+                paths, reader = ordered, open_reader(ordered)
             parametric = not self.permutations and not self.paired
             on_workers = None
             if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
@@ -117,14 +136,13 @@ class SecondLevel:
             if on_workers is not None:
                 Y, masker = on_workers
             elif parametric and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
-                return self._fit_streamed(paths, reader.n_scans, out, progress, command)
+                return self._fit_streamed(paths, d, out, progress, command)
             else:
                 Y, masker = self._load(paths, progress)
             # one connection to the cluster for the fit and every contrast's shuffles
             scheduler = None if self.scheduler is None else stack.enter_context(dask_client(self.scheduler))
-            d = group_design(Y.shape[0], design=self.design, two_sample=self.two_sample)
             items = self._contrast_items(d.names, d.X.shape[1])
-            blocks = read_groups(self.grp, Y.shape[0]) if self.grp is not None else None
+            blocks = read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None  # (as the inputs were given)
             factor = factorize(d.X, list(d.names))
             if factor.dof < 1:
                 raise InputError(f"the design ({d.X.shape[1]} columns, rank {factor.rank}) leaves no degrees of freedom for {Y.shape[0]} maps.")
@@ -152,15 +170,59 @@ class SecondLevel:
             if out is not None:
                 self._write(out, masker, d, items, parametric, perms, tables, paths, command, (E, H), blocks)
                 files = out.commit()
-        return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes)
+        return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
+
+    def _design(self, paths, n_scans: int):
+        """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
+        the design's rows (with `paired`: the A maps, then each one's partner among the B maps, in the same
+        order), and the input position (among the maps, or the A maps) of each design row.
+
+        A design matched by ids is fitted in the table's order of rows, the maps taken in that order, so that
+        the results do not depend on the order of the inputs, not even by rounding or by the shuffles drawn
+        from a seed."""
+        maps = [str(p) for p in paths] if len(paths) == n_scans else None  # one map per file: names to match
+        pairs = None
+        if self.paired:
+            if n_scans % 2:
+                raise InputError(f"--paired needs the maps of condition A then those of B (an even number); got {n_scans}.")
+            half = n_scans // 2
+            how = "by position (the maps carry no sub-<label>)"
+            if maps is None:
+                pairs = list(range(half))
+            else:
+                pairs, labels = pair_by_subject(maps)
+                maps = maps[:half]
+                if labels and labels[0] is not None:
+                    how = "by subject (sub-<label>)"
+            n_scans = half
+        d = group_design(n_scans, design=self.design, two_sample=self.two_sample, maps=maps, id_column=self.id_column,
+                         drop_unmatched_rows=self.drop_unmatched_rows)  # fmt: skip
+        if pairs is not None:
+            note = (f"--paired: each of the {len(pairs)} maps of condition A (the first half) minus its partner among "
+                    f"those of B (the second half), paired {how}")  # fmt: skip
+            if how.startswith("by position") and maps is not None:  # the order is all there is: show it
+                lines = [f"pair {k + 1}: {a} - {paths[half + k]}" for k, a in enumerate(maps)]
+                if len(lines) > 30:
+                    lines = [*lines[:20], f"... ({len(lines) - 25} pairs more; all of them in model.json)", *lines[-5:]]
+                note += ":\n  " + "\n  ".join(lines)
+            d = replace(d, notes=(note, *d.notes))
+        n = d.X.shape[0]
+        order = np.arange(n)
+        if d.matched_by not in (None, "position"):  # matched by ids: the table's order
+            order = np.argsort(np.asarray(d.rows), kind="stable")
+            d = replace(d, X=d.X[order], rows=tuple(d.rows[k] for k in order), ids=tuple(d.ids[k] for k in order))
+        if len(paths) == (2 * n if pairs is not None else n):  # one map per file: reorder the files (no data copied)
+            ordered = [paths[k] for k in order]
+            if pairs is not None:
+                ordered += [paths[n + pairs[k]] for k in order]
+            paths = ordered
+        return d, list(paths), order
 
     def _load(self, paths, progress):
         """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
         ds = load(paths, self.mask, mask_threshold=None, progress=progress)  # maps of effects: no intensity rule
         Y, masker = np.asarray(ds.data), ds.masker
         if self.paired:
-            if Y.shape[0] % 2:
-                raise InputError(f"--paired needs the maps of condition A then those of B (an even number); got {Y.shape[0]}.")
             half = Y.shape[0] // 2
             Y = Y[:half] - Y[half:]
         if self.mask is None:  # voxels valid in every map: finite (already) and non-zero
@@ -173,19 +235,18 @@ class SecondLevel:
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return Y, masker
 
-    def _fit_streamed(self, paths, n_maps: int, out, progress, command) -> GroupFit:
+    def _fit_streamed(self, paths, d, out, progress, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
         if self.tfce or self.cluster_threshold is not None:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
-        d = group_design(n_maps, design=self.design, two_sample=self.two_sample)
         items = self._contrast_items(d.names, d.X.shape[1])
-        fit, stats, _, masker, _ = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
+        _, stats, _, masker, _ = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
                                               max_memory=self.max_memory, progress=progress, nonzero=True)  # fmt: skip
         files: list[Path] = []
         if out is not None:
             self._write(out, masker, d, items, stats, {}, {}, paths, command, self._tfce_parameters(masker.geometry), None)
             files = out.commit()
-        return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes)
+        return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
 
     def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
         items = contrast_items(self.contrasts) if self.contrasts else []
@@ -296,7 +357,7 @@ class SecondLevel:
             "voxfit_version": __version__, "command": command, "model": "group (second level)",
             "inputs": [input_record(Path(str(p).partition("::")[0])) for p in paths],  # (a store, not its array)
             "design": {"columns": list(d.names), "n_rows": int(d.X.shape[0]), "notes": list(d.notes),
-                       "paired": self.paired},
+                       "paired": self.paired, **design_rows_record(d, paths, self.paired)},
             "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                                   "weights": parametric[label].weights.tolist(),
                                   "kind": parametric[label].kind, "dof": parametric[label].dof,
@@ -314,6 +375,35 @@ class SecondLevel:
             "n_voxels": masker.n_voxels,
             "run": out.run_record(),
         })  # fmt: skip
+
+
+def design_rows_record(d, paths, paired: bool) -> dict:
+    """model.json's record of which table row each map got: ``table`` (path, ``DataFrame`` or None),
+    ``matched_by`` (the id column, ``position``, or None for a one-sample design) and ``rows``: per design row,
+    the map (with `paired`, the A map and the B map subtracted from it), its participant id and its row in the
+    table (1-based, counting data rows, the header excluded); ``dropped_rows`` likewise for rows without a map.
+    When the maps are the volumes of one file, ``rows`` is None: design row k is volume k."""
+    n = d.X.shape[0]
+    record = {"table": d.source, "matched_by": d.matched_by}
+    if len(paths) != (2 * n if paired else n):  # volumes of one file (or a few): in the file's order
+        return {**record, "rows": None, "order": "design row k is map k of the input, in the order of its volumes"}
+    names = [str(p) for p in paths]
+    rows = []
+    for k in range(n):
+        row = {"map": names[k]}
+        if paired:
+            row["minus"] = names[n + k]
+        if d.ids:
+            row["participant_id"] = d.ids[k]
+        if d.matched_by is not None:
+            row["table_row"] = int(d.rows[k]) + 1
+        rows.append(row)
+    return {**record, "rows": rows, "dropped_rows": [{"participant_id": i, "table_row": r + 1} for r, i in d.dropped]}
+
+
+def _row_maps(d, paths, paired: bool) -> tuple[str, ...]:
+    n = d.X.shape[0]
+    return tuple(str(p) for p in paths[:n]) if len(paths) == (2 * n if paired else n) else ()
 
 
 def _unique_labels(tcons):

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-__all__ = ["device_namespace", "to_numpy", "working_dtype"]
+__all__ = ["device_namespace", "is_dataframe", "to_numpy", "type_name", "working_dtype"]
+
+
+def type_name(obj) -> str:
+    """The type of `obj` as an error message names it: ``dict``, ``numpy.ndarray``, ``torch.Tensor``,
+    ``nibabel.Nifti1Image`` (builtins bare, others prefixed with their top-level package)."""
+    kind = type(obj)
+    package = kind.__module__.split(".")[0]
+    return kind.__qualname__ if package == "builtins" else f"{package}.{kind.__qualname__}"
+
+
+def is_dataframe(obj) -> bool:
+    """Whether `obj` is a pandas DataFrame, without importing pandas (it costs half a second at the command
+    line): a DataFrame exists only if pandas was imported by whoever made it."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(obj, pandas.DataFrame)
 
 
 def working_dtype(dtype) -> np.dtype:

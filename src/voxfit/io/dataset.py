@@ -39,11 +39,13 @@ class ScaledArray:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Loaded data: `data` (n_scans, n_voxels), `masker` (maps back to files), `paths`, and the raw dtype."""
+    """Loaded data: `data` (n_scans, n_voxels), `masker` (maps back to files), the files read (`paths`) and the
+    inputs held in memory (`memory`: :class:`~voxfit.io.readers.MemoryInput`, for model.json)."""
 
     data: NDArray | ScaledArray
     masker: Masker
     paths: tuple[Path, ...]
+    memory: tuple = ()
 
     @property
     def n_scans(self) -> int:
@@ -55,17 +57,21 @@ class Dataset:
 
 
 def load(
-    paths, mask=None, *, mask_threshold: float | None = None, progress: bool | None = None, n_scans: int | None = None
+    paths, mask=None, *, mask_threshold: float | None = None, progress: bool | None = None, n_scans: int | None = None,
+    name: str = "paths",
 ) -> Dataset:
-    """Read image files into an (n_scans, n_voxels) matrix, in one sequential pass over the data.
+    """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
     Parameters
     ----------
-    paths : path or list of paths
+    paths : path, list of paths, nibabel image, list of nibabel images, or numpy array
         A 4-D NIfTI (.nii, .nii.gz, .hdr/.img), several 3-D NIfTI/Analyze files (one per scan), GIFTI
-        (.func.gii, .shape.gii), CIFTI-2 (.dtseries.nii, .dscalar.nii) or .npy (scans, columns).
-    mask : path or boolean array, optional
-        Elements to fit (a file of the data's geometry: non-zero finite values are in). Default: the
+        (.func.gii, .shape.gii), CIFTI-2 (.dtseries.nii, .dscalar.nii) or .npy (scans, columns); or the same
+        in memory: a nibabel image (4-D volume, a 3-D volume as one scan, GiftiImage, Cifti2Image), a list
+        of 3-D nibabel volumes (one per scan) or a 2-D array (scans, columns). Maps of a volume in memory
+        are written as NIfTI with its affine and shape; of an array, as .npy.
+    mask : path, nibabel image or boolean array, optional
+        Elements to fit (an image of the data's geometry: non-zero finite values are in). Default: the
         automatic mask (finite in every scan and not constant over time).
     mask_threshold : float, optional
         With the automatic mask, SPM's relative intensity threshold (e.g. 0.8).
@@ -74,8 +80,10 @@ def load(
     n_scans : int, optional
         The number of scans the caller expects (e.g. rows of a design): checked from the headers, before
         any data are read.
+    name : str
+        The argument's name in error messages (callers pass their own: ``inputs``, ``bold``).
     """
-    reader = open_reader(paths)
+    reader = open_reader(paths, name)
     if n_scans is not None and n_scans != reader.n_scans:
         raise InputError(f"the design has {n_scans} rows but the data have {reader.n_scans} scans; give one design row per scan.")
     if mask is None:
@@ -86,4 +94,5 @@ def load(
         mask_array = explicit_mask(mask, reader.geometry)
         raw = gather(reader, np.flatnonzero(mask_array), progress)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
-    return Dataset(data=data, masker=Masker(reader.geometry, mask_array), paths=tuple(reader.paths))
+    return Dataset(data=data, masker=Masker(reader.geometry, mask_array), paths=tuple(reader.paths),
+                   memory=tuple(reader.in_memory))  # fmt: skip

@@ -33,8 +33,10 @@ from numpy.typing import NDArray
 
 import warnings
 
+from .._array import is_dataframe, type_name
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
+from .read import frame_table
 
 __all__ = ["Design", "make_design", "variance_inflation", "read_events", "read_confounds", "cosine_drift", "polynomial_drift",
            "parse_high_pass"]  # fmt: skip
@@ -127,97 +129,138 @@ def polynomial_drift(n_scans: int, order: int) -> NDArray[np.float64]:
     return spm_orth(np.vander(t, order + 1, increasing=True))[:, 1:]
 
 
+EVENTS_FRAME = "a pandas DataFrame (onset, duration[, trial_type, modulation])"
+EVENTS_ACCEPTED = f"a path to a BIDS events.tsv, {EVENTS_FRAME} or a {{condition: {{onset, duration}}}} dict"
+
+
+def _value(cell) -> float:
+    """A table cell as a float: a number as it is, text parsed (ValueError if it is not a number)."""
+    if isinstance(cell, numbers.Real) and not isinstance(cell, bool):
+        return float(cell)
+    if isinstance(cell, str):
+        return float(cell.strip())
+    raise ValueError(cell)
+
+
+def _text(cell) -> str:
+    return cell.strip() if isinstance(cell, str) else str(cell)
+
+
 def read_events(path) -> dict[str, dict[str, NDArray]]:
-    """BIDS events.tsv: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a = 1)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"events {path}: no such file.")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh, delimiter="\t") if r]
-    if not rows:
-        raise InputError(f"events {path} is empty; it needs a header with onset and duration.")
-    header = [h.strip() for h in rows[0]]
+    """BIDS events: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a = 1),
+    from an events.tsv or a pandas DataFrame with those columns (the same rules for both)."""
+    if is_dataframe(path):
+        where, first_line, what = "events DataFrame", 0, "row"
+        header, body = frame_table(path)
+    elif isinstance(path, (str, Path)):
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"events {path}: no such file.")
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh, delimiter="\t") if r]
+        if not rows:
+            raise InputError(f"events {path} is empty; it needs a header with onset and duration.")
+        where, first_line, what = f"events {path}", 2, "line"
+        header, body = [h.strip() for h in rows[0]], rows[1:]
+    else:
+        raise InputError(f"`events` must be a path to a BIDS events.tsv or {EVENTS_FRAME}; got {type_name(path)}.")
     for needed in ("onset", "duration"):
         if needed not in header:
-            raise InputError(f"events {path} has no {needed!r} column (columns: {', '.join(header)}).")
+            raise InputError(f"{where} has no {needed!r} column (columns: {', '.join(header)}).")
     col = {name: i for i, name in enumerate(header)}
     conditions: dict[str, dict[str, list]] = {}
-    for r, row in enumerate(rows[1:], start=2):
+    for r, row in enumerate(body, start=first_line):
         if len(row) != len(header):
-            raise InputError(f"events {path}, line {r}: {len(row)} values for {len(header)} columns.")
-        trial = row[col["trial_type"]].strip() if "trial_type" in col else "trial"
+            raise InputError(f"{where}, {what} {r}: {len(row)} values for {len(header)} columns.")
+        trial = _text(row[col["trial_type"]]) if "trial_type" in col else "trial"
         if trial in ("", "n/a"):
-            raise InputError(f"events {path}, line {r}: trial_type is empty.")
+            raise InputError(f"{where}, {what} {r}: trial_type is empty.")
         values = {}
         for key, default in (("onset", None), ("duration", None), ("modulation", 1.0)):
-            text = row[col[key]].strip() if key in col else str(default)
-            if key == "modulation" and text.lower() in ("", "n/a"):
-                text = "1"  # an unmodulated event
+            cell = row[col[key]] if key in col else default
+            if key == "modulation" and isinstance(cell, str) and cell.strip().lower() in ("", "n/a"):
+                cell = 1.0  # an unmodulated event
             try:
-                values[key] = float(text)
+                values[key] = _value(cell)
             except ValueError:
-                raise InputError(f"events {path}, line {r}: {key} {text!r} is not a number.") from None
+                raise InputError(f"{where}, {what} {r}: {key} {_text(cell)!r} is not a number.") from None
             if not math.isfinite(values[key]):
-                raise InputError(f"events {path}, line {r}: {key} must be finite.")
+                raise InputError(f"{where}, {what} {r}: {key} must be finite.")
         if values["duration"] < 0:
-            raise InputError(f"events {path}, line {r}: duration {values['duration']} is negative.")
+            raise InputError(f"{where}, {what} {r}: duration {values['duration']} is negative.")
         cond = conditions.setdefault(trial, {"onset": [], "duration": [], "modulation": []})
         for key in cond:
             cond[key].append(values[key])
     if not conditions:
-        raise InputError(f"events {path} lists no event.")
+        raise InputError(f"{where} lists no event.")
     return {name: {k: np.array(v) for k, v in c.items()} for name, c in conditions.items()}
 
 
 def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArray[np.float64], list[str]]:
-    """Columns of an fMRIPrep-style confounds TSV, chosen by names or glob patterns (``"trans_*,rot_*"``).
+    """Columns of an fMRIPrep-style confounds TSV (or a pandas DataFrame of one), chosen by names or glob
+    patterns (``"trans_*,rot_*"``).
 
-    Policy for ``n/a``: values missing at the start of a column (fMRIPrep's derivatives and framewise
-    displacement have no value for the first scan) are set to 0; a missing value anywhere else is an error.
+    Policy for ``n/a`` (in a DataFrame: NaN or None): values missing at the start of a column (fMRIPrep's
+    derivatives and framewise displacement have no value for the first scan) are set to 0; a missing value
+    anywhere else is an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"confounds {path}: no such file.")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh, delimiter="\t") if r]
-    if len(rows) < 2:
-        raise InputError(f"confounds {path} has no rows.")
-    header = [h.strip() for h in rows[0]]
-    patterns = [p.strip() for p in (columns.split(",") if isinstance(columns, str) else columns) if p.strip()]
+    if is_dataframe(path):
+        where = "confounds DataFrame"
+        header, body = frame_table(path)
+    elif isinstance(path, (str, Path)):
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"confounds {path}: no such file.")
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh, delimiter="\t") if r]
+        if len(rows) < 2:
+            raise InputError(f"confounds {path} has no rows.")
+        where = f"confounds {path}"
+        header, body = [h.strip() for h in rows[0]], rows[1:]
+    else:
+        raise InputError(f"`confounds` must be a path to a confounds TSV or a pandas DataFrame; got {type_name(path)}.")
+    if not body:
+        raise InputError(f"{where} has no rows.")
+    if isinstance(columns, str):
+        patterns = [p.strip() for p in columns.split(",") if p.strip()]
+    elif isinstance(columns, (list, tuple)) and all(isinstance(c, str) for c in columns):
+        patterns = [p.strip() for p in columns if p.strip()]
+    else:
+        raise InputError(f"`confounds_columns` must be names or patterns (a string or a list of strings); got {type_name(columns)}.")
     chosen: list[str] = []
     for pattern in patterns:
         hits = [h for h in header if fnmatch.fnmatchcase(h, pattern)]
         if not hits:
             close = difflib.get_close_matches(pattern, header, n=5, cutoff=0.6)
             hint = f"; similar columns: {', '.join(close)}" if close else ""
-            raise InputError(f"confounds {path}: no column matches {pattern!r}{hint}.")
+            raise InputError(f"{where}: no column matches {pattern!r}{hint}.")
         chosen += [h for h in hits if h not in chosen]
-    body = rows[1:]
     if len(body) != n_scans:
-        raise InputError(f"confounds {path} has {len(body)} rows but the run has {n_scans} scans.")
+        raise InputError(f"{where} has {len(body)} rows but the run has {n_scans} scans.")
     X = np.empty((n_scans, len(chosen)))
     for j, name in enumerate(chosen):
         c = header.index(name)
         leading = True
         for i, row in enumerate(body):
-            text = row[c].strip() if c < len(row) else ""
-            if text.lower() in ("n/a", "na", "nan", ""):
+            cell = row[c] if c < len(row) else ""
+            if isinstance(cell, str) and cell.strip().lower() in ("n/a", "na", "nan", ""):
                 if not leading:
-                    raise InputError(f"confounds {path}: column {name!r} has a missing value at row {i + 1}; only leading n/a are allowed.")
+                    raise InputError(f"{where}: column {name!r} has a missing value at row {i + 1}; only leading n/a are allowed.")
                 X[i, j] = 0.0
                 continue
             leading = False
             try:
-                X[i, j] = float(text)
+                X[i, j] = _value(cell)
             except ValueError:
-                raise InputError(f"confounds {path}: column {name!r}, row {i + 1}: {text!r} is not a number.") from None
+                raise InputError(f"{where}: column {name!r}, row {i + 1}: {_text(cell)!r} is not a number.") from None
     return X, chosen
 
 
 def _check_events(events: dict) -> dict:
     """Events given as a dict: finite onsets and modulations, finite non-negative durations, one length each."""
-    if not isinstance(events, dict) or not events:
-        raise InputError("`events` must be a path to events.tsv or a non-empty {condition: {onset, duration}} dict.")
+    if not isinstance(events, dict) or not events or not all(isinstance(ev, dict) for ev in events.values()):
+        got = type_name(events) if not isinstance(events, dict) else "a dict that is not {condition: {onset, duration}}"
+        raise InputError(f"`events` must be {EVENTS_ACCEPTED}; got {got}.")
     checked = {}
     for name, ev in events.items():
         onset = np.atleast_1d(np.asarray(ev.get("onset", []), dtype=float))
@@ -316,9 +359,10 @@ def make_design(
 
     Parameters
     ----------
-    events : path or dict
-        A BIDS events.tsv, or ``{condition: {"onset": [...], "duration": [...], "modulation": [...]}}``
-        (seconds; modulation optional, it scales each event's height).
+    events : path, pandas.DataFrame or dict
+        A BIDS events.tsv, a DataFrame with its columns (onset, duration[, trial_type, modulation]), or
+        ``{condition: {"onset": [...], "duration": [...], "modulation": [...]}}`` (seconds; modulation
+        optional, it scales each event's height).
     tr, n_scans : float, int
         Repetition time (seconds) and number of scans.
     hrf : str
@@ -331,7 +375,7 @@ def make_design(
         SPM's fMRI_T (default 16) and fMRI_T0 (1-based; default T // 2, SPM12's 8 of 16). Alternatively
         `slice_time_ref` (nilearn's, in [0, 1)): ``T0 = 1 + slice_time_ref * T``, which must be an integer.
     confounds : (array (n_scans, c), names), optional
-        Nuisance regressors added as they are (see :func:`read_confounds`).
+        Nuisance regressors added as they are (see :func:`read_confounds` for files and DataFrames).
     convolution : {"spm", "nilearn"}
         ``spm`` (default): SPM12's microtime grid, as above. ``nilearn``: nilearn's grid and HRF sampling, to
         reproduce its designs (`slice_time_ref` in [0, 1], default 0; no microtime settings).
@@ -374,7 +418,10 @@ def make_design(
         raise InputError(f"`drift_order` must be a positive integer; got {drift_order!r}.")
     if hrf not in HRF_MODELS:
         raise InputError(f"`hrf` must be one of {', '.join(HRF_MODELS)}; got {hrf!r}.")
-    conditions = read_events(events) if isinstance(events, (str, Path)) else _check_events(events)
+    if isinstance(events, (str, Path)) or is_dataframe(events):
+        conditions = read_events(events)
+    else:
+        conditions = _check_events(events)
 
     if convolution == "nilearn":
         regressors = _nilearn_columns(conditions, tr, n_scans, hrf, float(slice_time_ref or 0.0), int(fir_delays))

@@ -10,13 +10,16 @@ An ``intercept`` column is added when the columns do not already span the consta
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import is_dataframe, type_name
 from ..exceptions import InputError
+from .read import frame_table
 from .vest import read_vest
 
 __all__ = ["GroupDesign", "group_design", "read_table"]
@@ -72,21 +75,31 @@ def _spans_constant(X: NDArray) -> bool:
 
 def group_design(n_maps: int, *, design=None, two_sample: str | None = None) -> GroupDesign:
     """The design for `n_maps` maps: one-sample (``design=None``), a participants table or FSL design.mat
-    (``design=path``), or ``(X, names)``; `two_sample` names the table's group column."""
+    (``design=path``), a participants table as a pandas DataFrame (the same rules), or ``(X, names)``;
+    `two_sample` names the table's group column."""
     if design is None:
         if two_sample is not None:
             raise InputError("--two-sample needs --design TABLE with that column.")
         return GroupDesign(np.ones((n_maps, 1)), ("intercept",))
-    if isinstance(design, tuple):
+    if isinstance(design, tuple) and len(design) == 2:
         X, names = np.asarray(design[0], dtype=float), tuple(design[1])
         return _checked(GroupDesign(X, names), n_maps, "the design")
-    path = Path(design)
-    if path.suffix.lower() == ".mat":
-        if two_sample is not None:
-            raise InputError("--two-sample reads a column of a participants table; FSL's design.mat has no column names.")
-        X = read_vest(path, "design")[1]
-        return _checked(GroupDesign(X, tuple(f"EV{j + 1}" for j in range(X.shape[1]))), n_maps, f"design {path}")
-    names, rows = read_table(path)
+    if is_dataframe(design):  # a participants table in memory: "design DataFrame" in messages
+        path: Path | str = "DataFrame"
+        names, rows = frame_table(design)
+        names = [str(n) for n in names]
+        rows = [["n/a" if c == "n/a" else (c.strip() if isinstance(c, str) else str(c)) for c in r] for r in rows]
+    elif isinstance(design, (str, os.PathLike)):
+        path = Path(design)
+        if path.suffix.lower() == ".mat":
+            if two_sample is not None:
+                raise InputError("--two-sample reads a column of a participants table; FSL's design.mat has no column names.")
+            X = read_vest(path, "design")[1]
+            return _checked(GroupDesign(X, tuple(f"EV{j + 1}" for j in range(X.shape[1]))), n_maps, f"design {path}")
+        names, rows = read_table(path)
+    else:
+        raise InputError("`design` must be None (one-sample), a path to a participants TSV/CSV or FSL design.mat, a pandas "
+                         f"DataFrame (one row per map) or an (array, names) pair; got {type_name(design)}.")  # fmt: skip
     columns = {name: [r[j] for r in rows] for j, name in enumerate(names)}
     if len(rows) != n_maps:
         raise InputError(f"design {path} has {len(rows)} rows but {n_maps} maps were given; give one row per map, in the same order.")

@@ -28,7 +28,7 @@ from ..core import check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..core.ols import fit_from_sums
 from ..exceptions import InputError
-from ..io import Masker, ScaledArray, load_mask, open_reader
+from ..io import Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather
 from .ar import _stats
 from .fit import _threadpools, default_workers
@@ -154,7 +154,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     if mask is not None:
         if mask_threshold is not None:
             raise InputError("`mask_threshold` applies to the automatic mask only; it cannot be combined with `mask`.")
-        candidates = load_mask(mask, reader.geometry)
+        candidates = explicit_mask(mask, reader.geometry)  # a file, a nibabel image or a boolean array
     else:
         candidates = None  # decided on the first scan
     V0 = nel if candidates is None else int(candidates.sum())

@@ -1,7 +1,8 @@
 """``voxfit.SecondLevel``: group models over subjects' maps, parametric and permutation inference, written as maps.
 
 Inputs are a list of maps (3-D NIfTI, GIFTI, CIFTI dscalar) or one 4-D file, one map per subject (or, with
-``paired``, the n maps of condition A followed by the n maps of condition B, tested as A - B). Without a
+``paired``, the n maps of condition A followed by the n maps of condition B, tested as A - B); or the same in
+memory: a list of 3-D nibabel images, one 4-D nibabel image, or a 2-D array (subjects, voxels). Without a
 mask, voxels are kept where every map is finite and non-zero (SPM's implicit mask for group data).
 
 Maps written per contrast ``<c>`` (in the input's format): the parametric ``effect``, ``variance``, ``t``/``F``,
@@ -33,9 +34,9 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import Masker, OutputFolder, load, open_reader, read_mesh, stat_maps, statmap_name
+from ..io import Masker, OutputFolder, check_data, check_mask, load, open_reader, read_mesh, source_label, stat_maps, statmap_name
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
-from .glm import columns_on_workers, contrast_items, input_record
+from .glm import columns_on_workers, contrast_items, input_records
 
 __all__ = ["SecondLevel", "GroupFit"]
 
@@ -101,14 +102,19 @@ class SecondLevel:
     device: str | None = None
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
-        paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        """Fit the group model to `inputs` (a path or list of paths, a list of 3-D nibabel images or one 4-D
+        image, one map per subject, or a 2-D array (subjects, voxels)) and write the maps to `out_dir`."""
+        data = check_data(inputs, "inputs")  # every argument's type checked before a file or folder is touched
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        check_mask(self.mask)
         if self.permutations < 0 or isinstance(self.permutations, bool):
             raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
-            reader = open_reader(paths if len(paths) > 1 else paths[0])
+            reader = open_reader(data, "inputs")
             parametric = not self.permutations and not self.paired
             on_workers = None
             if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
@@ -117,9 +123,9 @@ class SecondLevel:
             if on_workers is not None:
                 Y, masker = on_workers
             elif parametric and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
-                return self._fit_streamed(paths, reader.n_scans, out, progress, command)
+                return self._fit_streamed(data, reader, out, progress, command)
             else:
-                Y, masker = self._load(paths, progress)
+                Y, masker = self._load(data, progress)
             # one connection to the cluster for the fit and every contrast's shuffles
             scheduler = None if self.scheduler is None else stack.enter_context(dask_client(self.scheduler))
             d = group_design(Y.shape[0], design=self.design, two_sample=self.two_sample)
@@ -150,13 +156,13 @@ class SecondLevel:
                     tables[label] = self._cluster_table(masker, parametric[label], perms.get(label), adjacency)
             files: list[Path] = []
             if out is not None:
-                self._write(out, masker, d, items, parametric, perms, tables, paths, command, (E, H), blocks)
+                self._write(out, masker, d, items, parametric, perms, tables, reader, command, (E, H), blocks)
                 files = out.commit()
         return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes)
 
     def _load(self, paths, progress):
         """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
-        ds = load(paths, self.mask, progress=progress)
+        ds = load(paths, self.mask, progress=progress, name="inputs")
         Y, masker = np.asarray(ds.data), ds.masker
         if self.paired:
             if Y.shape[0] % 2:
@@ -173,17 +179,17 @@ class SecondLevel:
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return Y, masker
 
-    def _fit_streamed(self, paths, n_maps: int, out, progress, command) -> GroupFit:
+    def _fit_streamed(self, paths, reader, out, progress, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
         if self.tfce or self.cluster_threshold is not None:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
-        d = group_design(n_maps, design=self.design, two_sample=self.two_sample)
+        d = group_design(reader.n_scans, design=self.design, two_sample=self.two_sample)
         items = self._contrast_items(d.names, d.X.shape[1])
         fit, stats, _, masker, _ = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
                                               max_memory=self.max_memory, progress=progress, nonzero=True)  # fmt: skip
         files: list[Path] = []
         if out is not None:
-            self._write(out, masker, d, items, stats, {}, {}, paths, command, self._tfce_parameters(masker.geometry), None)
+            self._write(out, masker, d, items, stats, {}, {}, reader, command, self._tfce_parameters(masker.geometry), None)
             files = out.commit()
         return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes)
 
@@ -260,7 +266,7 @@ class SecondLevel:
             rows.append(row)
         return rows
 
-    def _write(self, out, masker, d, items, parametric, perms, tables, paths, command, EH, blocks) -> None:
+    def _write(self, out, masker, d, items, parametric, perms, tables, reader, command, EH, blocks) -> None:
         ext = masker.geometry.extension
         masker.write_mask(out.path(f"mask{ext}"))
         write_design(out.path("design.tsv"), d.X, list(d.names))
@@ -294,7 +300,7 @@ class SecondLevel:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
         out.write_json("model.json", {
             "voxfit_version": __version__, "command": command, "model": "group (second level)",
-            "inputs": [input_record(Path(str(p).partition("::")[0])) for p in paths],  # (a store, not its array)
+            "inputs": input_records(reader.paths, reader.in_memory),  # (a store's path, not its array's)
             "design": {"columns": list(d.names), "n_rows": int(d.X.shape[0]), "notes": list(d.notes),
                        "paired": self.paired},
             "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
@@ -309,7 +315,7 @@ class SecondLevel:
                          "whole_blocks": self.whole_blocks, "tfce": self.tfce, "tfce_E": EH[0], "tfce_H": EH[1],
                          "cluster_threshold": self.cluster_threshold, "connectivity": self.connectivity,
                          "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
-                         "mask": "automatic (finite and non-zero in every map)" if self.mask is None else str(self.mask),
+                         "mask": "automatic (finite and non-zero in every map)" if self.mask is None else source_label(self.mask),
                          "p": "t contrasts one-sided (large positive t); permutation p = #{shuffles reaching the observed} / shuffles"},
             "n_voxels": masker.n_voxels,
             "run": out.run_record(),

@@ -222,3 +222,20 @@ def test_wrong_types_are_one_line_input_errors_and_write_nothing(entry, argument
     text = str(err.value)
     assert "\n" not in text and text.endswith(".") and len(text) < 400
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda X, Y: voxfit.fit({"a": [1.0]}, Y), "`X` must be a 2-D .* or a pandas DataFrame; got dict"),
+        (lambda X, Y: voxfit.fit(None, Y), "`X` must be .*; got NoneType"),
+        (lambda X, Y: voxfit.fit(X, "bold.nii.gz"), "`Y` must be an \\(n_scans, n_voxels\\) array .*voxfit.fit_images\\); got str"),
+        (lambda X, Y: voxfit.fit(X, {"v": Y}), "`Y` must be .*; got dict"),
+        (lambda X, Y: voxfit.fit_ar(X, 3, 1, {"c": [1, 0]}), "`Y` must be .*; got int"),
+        (lambda X, Y: voxfit.inference.permutation_test(X, {"a": 1}, [1, 0]), "`Y` must be an \\(n, V\\) array .*; got dict"),
+    ],
+)  # fmt: skip
+def test_array_entry_points_name_the_type_they_refuse(call, message):
+    X = np.column_stack([np.arange(6.0), np.ones(6)])
+    with pytest.raises(InputError, match=message):
+        call(X, np.arange(18.0).reshape(6, 3) ** 1.5)

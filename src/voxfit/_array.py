@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["device_namespace", "is_dataframe", "to_numpy", "type_name", "working_dtype"]
+__all__ = ["check_array_like", "device_namespace", "is_dataframe", "to_numpy", "type_name", "working_dtype"]
 
 
 def type_name(obj) -> str:
@@ -15,6 +15,18 @@ def type_name(obj) -> str:
     kind = type(obj)
     package = kind.__module__.split(".")[0]
     return kind.__qualname__ if package == "builtins" else f"{package}.{kind.__qualname__}"
+
+
+def check_array_like(obj, name: str, expected: str) -> None:
+    """Refuse, naming `name` and the type received, what no array can be made of: text and paths, mappings,
+    sets, None and single numbers (numpy would make a 0-d or object array of them and fail later, obscurely)."""
+    import numbers
+    import os
+
+    from .exceptions import InputError
+
+    if isinstance(obj, (str, bytes, os.PathLike, dict, set, frozenset, numbers.Number)) or obj is None:
+        raise InputError(f"`{name}` must be {expected}; got {type_name(obj)}.")
 
 
 def is_dataframe(obj) -> bool:

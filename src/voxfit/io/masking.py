@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import type_name
 from .._progress import Progress
 from ..exceptions import InputError
 from .geometry import Geometry
-from .._array import type_name
 from .readers import is_image, open_map, source_label
 
 __all__ = ["AutoMask", "Masker", "check_mask", "explicit_mask", "gather", "gather_auto", "load_mask", "mask_block",

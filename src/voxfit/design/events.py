@@ -226,7 +226,8 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
     elif isinstance(columns, (list, tuple)) and all(isinstance(c, str) for c in columns):
         patterns = [p.strip() for p in columns if p.strip()]
     else:
-        raise InputError(f"`confounds_columns` must be names or patterns (a string or a list of strings); got {type_name(columns)}.")
+        raise InputError("`confounds_columns` must be names or patterns (a string or a list of strings); got "
+                         f"{type_name(columns)}.")  # fmt: skip
     chosen: list[str] = []
     for pattern in patterns:
         hits = [h for h in header if fnmatch.fnmatchcase(h, pattern)]
@@ -245,7 +246,8 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
             cell = row[c] if c < len(row) else ""
             if isinstance(cell, str) and cell.strip().lower() in ("n/a", "na", "nan", ""):
                 if not leading:
-                    raise InputError(f"{where}: column {name!r} has a missing value at row {i + 1}; only leading n/a are allowed.")
+                    raise InputError(f"{where}: column {name!r} has a missing value at row {i + 1}; only leading n/a "
+                                     "are allowed.")  # fmt: skip
                 X[i, j] = 0.0
                 continue
             leading = False

@@ -93,13 +93,15 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None) -> 
         path = Path(design)
         if path.suffix.lower() == ".mat":
             if two_sample is not None:
-                raise InputError("--two-sample reads a column of a participants table; FSL's design.mat has no column names.")
+                raise InputError("--two-sample reads a column of a participants table; FSL's design.mat has no "
+                                 "column names.")  # fmt: skip
             X = read_vest(path, "design")[1]
             return _checked(GroupDesign(X, tuple(f"EV{j + 1}" for j in range(X.shape[1]))), n_maps, f"design {path}")
         names, rows = read_table(path)
     else:
-        raise InputError("`design` must be None (one-sample), a path to a participants TSV/CSV or FSL design.mat, a pandas "
-                         f"DataFrame (one row per map) or an (array, names) pair; got {type_name(design)}.")  # fmt: skip
+        raise InputError("`design` must be None (one-sample), a path to a participants TSV/CSV or FSL design.mat, a "
+                         "pandas DataFrame (one row per map) or an (array, names) pair; got "
+                         f"{type_name(design)}.")  # fmt: skip
     columns = {name: [r[j] for r in rows] for j, name in enumerate(names)}
     if len(rows) != n_maps:
         raise InputError(f"design {path} has {len(rows)} rows but {n_maps} maps were given; give one row per map, in the same order.")

@@ -9,9 +9,9 @@ from .readers import (ArrayReader, CiftiReader, ColumnSource, GiftiReader, Memor
                       VolumeImageReader, VolumeListReader, check_data, is_image, open_reader, read_mesh, source_label)
 
 __all__ = [
-    "ArrayGeometry", "ArrayReader", "CiftiGeometry", "CiftiReader", "ColumnSource", "Dataset", "GZIP_BACKEND", "Geometry",
-    "GiftiReader", "Masker", "MemoryInput", "NiftiReader", "NpyReader", "OutputFolder", "ScaledArray", "SurfaceGeometry",
-    "VolumeGeometry", "VolumeImageReader", "VolumeListReader", "check_data", "check_mask", "explicit_mask", "gather",
-    "gather_auto", "is_image", "load", "load_mask", "mask_block", "open_gzip", "open_reader", "read_mesh",
-    "sanitize_label", "source_label", "spm_globals", "stat_maps", "statmap_name", "write_stats",
+    "ArrayGeometry", "ArrayReader", "CiftiGeometry", "CiftiReader", "ColumnSource", "Dataset", "GZIP_BACKEND",
+    "Geometry", "GiftiReader", "Masker", "MemoryInput", "NiftiReader", "NpyReader", "OutputFolder", "ScaledArray",
+    "SurfaceGeometry", "VolumeGeometry", "VolumeImageReader", "VolumeListReader", "check_data", "check_mask",
+    "explicit_mask", "gather", "gather_auto", "is_image", "load", "load_mask", "mask_block", "open_gzip", "open_reader",
+    "read_mesh", "sanitize_label", "source_label", "spm_globals", "stat_maps", "statmap_name", "write_stats",
 ]  # fmt: skip

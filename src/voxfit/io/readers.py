@@ -45,7 +45,8 @@ from ._gzip import open_gzip
 from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
 
 __all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "MemoryInput", "NiftiReader", "NpyReader",
-           "VolumeImageReader", "VolumeListReader", "check_data", "is_image", "open_map", "open_reader", "read_mesh", "source_label"]  # fmt: skip
+           "VolumeImageReader", "VolumeListReader", "check_data", "is_image", "open_map", "open_reader", "read_mesh",
+           "source_label"]  # fmt: skip
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -375,7 +376,8 @@ class GiftiReader(_RowsReader):
             raise InputError(f"the GIFTI files have different numbers of vertices ({sorted(n_vertices)}).")
         self._data = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
         if self._data.dtype.kind not in "iuf":
-            raise InputError(f"{(self.paths or ['in-memory GiftiImage'])[0]}: GIFTI data must be numeric; got {self._data.dtype}.")
+            first = self.paths[0] if self.paths else "in-memory GiftiImage"
+            raise InputError(f"{first}: GIFTI data must be numeric; got {self._data.dtype}.")
         self._data = self._data.astype(self._data.dtype.newbyteorder("="), copy=False)
         self.geometry = SurfaceGeometry(int(self._data.shape[1]), meta)
         self.n_scans = int(self._data.shape[0])
@@ -412,8 +414,9 @@ class CiftiReader:
         self.in_memory = tuple(memory)
         self.geometry = CiftiGeometry(models)
         self.n_scans = int(sum(img.shape[0] for img in self._imgs))
-        stored = {np.dtype(img.dataobj.dtype if isinstance(img.dataobj, np.ndarray) else img.get_data_dtype()).newbyteorder("=")
-                  for img in self._imgs}  # fmt: skip
+        # (an image made in memory holds its array; one from a file, the file's stored type)
+        stored = {np.dtype(img.dataobj.dtype if isinstance(img.dataobj, np.ndarray) else img.get_data_dtype())
+                  .newbyteorder("=") for img in self._imgs}  # fmt: skip
         scaled = any(_scale(img.dataobj) is not None for img in self._imgs)
         # nibabel hands back scaled values: integers with scale factors, or mixed dtypes, become float32
         self.dtype = stored.pop() if len(stored) == 1 and not scaled else np.dtype(np.float32)
@@ -477,7 +480,8 @@ class ArrayReader(_RowsReader):
                              f"{array.dtype} of shape {array.shape}.")  # fmt: skip
         self._data = array
         self.paths = []
-        self.in_memory = (MemoryInput("in-memory numpy array", type_name(array), array.shape, str(array.dtype), (array,)),)
+        self.in_memory = (MemoryInput("in-memory numpy array", type_name(array), array.shape, str(array.dtype),
+                                      (array,)),)  # fmt: skip
         self.geometry = ArrayGeometry(int(array.shape[1]))
         self.n_scans = int(array.shape[0])
         self.dtype = array.dtype.newbyteorder("=")
@@ -504,8 +508,9 @@ class VolumeImageReader:
                 raise InputError(f"{what} must be {need}; got an image of shape {shape}.")
             if values.dtype.kind not in "iuf":
                 raise InputError(f"`{name}`: image data must be numeric; got {values.dtype}.")
-            geometry = VolumeGeometry(tuple(int(n) for n in shape[:3]), np.asarray(img.affine, dtype=np.float64),
-                                      img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None)  # fmt: skip
+            header = img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None  # (NIfTI-2 included)
+            affine = np.asarray(img.affine, dtype=np.float64)
+            geometry = VolumeGeometry(tuple(int(n) for n in shape[:3]), affine, header)
             if k == 0:
                 self.geometry = geometry
             else:
@@ -515,8 +520,12 @@ class VolumeImageReader:
         self.in_memory = tuple(memory)
         self.paths = []
         dtypes = {a.dtype.newbyteorder("=") for a in self._arrays}
-        self.dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float64 if any(d.itemsize > 4 for d in dtypes) else np.float32)
-        self.n_scans = len(self._arrays) if len(self._arrays) > 1 or self._arrays[0].ndim == 3 else int(self._arrays[0].shape[3])
+        if len(dtypes) == 1:
+            self.dtype = dtypes.pop()
+        else:  # images of several types: their values in a float type that holds them all
+            self.dtype = np.dtype(np.float64 if any(d.itemsize > 4 for d in dtypes) else np.float32)
+        self._one_per_scan = len(self._arrays) > 1 or self._arrays[0].ndim == 3
+        self.n_scans = len(self._arrays) if self._one_per_scan else int(self._arrays[0].shape[3])
         self.scale = None
 
     def column_source(self, index=None) -> ColumnSource | None:
@@ -524,7 +533,7 @@ class VolumeImageReader:
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         nel = self.geometry.n_elements
-        if len(self._arrays) > 1 or self._arrays[0].ndim == 3:  # one scan per image
+        if self._one_per_scan:
             for i, a in enumerate(self._arrays):
                 yield i, np.ascontiguousarray(a.reshape(1, nel, order="F"), dtype=self.dtype)
             return
@@ -744,7 +753,8 @@ def _image_reader(images, name: str):
     files = [_file_of(img) for img in images]
     if all(f is not None for f in files):
         try:
-            reader = NiftiReader(files[0], allow_3d=True) if len(files) == 1 and _kind(files[0]) == "nifti" else open_reader(files)
+            one_volume = len(files) == 1 and _kind(files[0]) == "nifti"  # a 3-D image is one scan, as in memory
+            reader = NiftiReader(files[0], allow_3d=True) if one_volume else open_reader(files)
         except InputError:
             reader = None
         same = reader is not None and all(

@@ -68,13 +68,16 @@ class FirstLevel:
         design = self.design(events, n_scans, confounds, confounds_columns)
         return fit_images(bold, design, contrasts, mask=mask, mask_threshold=self.mask_threshold,
                           max_memory=self.max_memory, n_jobs=self.n_jobs, out_dir=out_dir, force=force,
-                          noise=self.noise, scaling=self.scaling, scheduler=self.scheduler, device=self.device)  # fmt: skip
+                          noise=self.noise, scaling=self.scaling, scheduler=self.scheduler,
+                          device=self.device)  # fmt: skip
 
 
 def _check_tables(events, confounds) -> None:
     """Refuse `events` or `confounds` of a type the design cannot read, naming the type received."""
     if not (isinstance(events, (str, os.PathLike, dict)) or is_dataframe(events)):
         raise InputError("`events` must be a path to a BIDS events.tsv, a pandas DataFrame (onset, duration[, "
-                         f"trial_type, modulation]) or a {{condition: {{onset, duration}}}} dict; got {type_name(events)}.")  # fmt: skip
+                         "trial_type, modulation]) or a {condition: {onset, duration}} dict; got "
+                         f"{type_name(events)}.")  # fmt: skip
     if not (confounds is None or isinstance(confounds, (str, os.PathLike)) or is_dataframe(confounds)):
-        raise InputError(f"`confounds` must be a path to a confounds TSV or a pandas DataFrame; got {type_name(confounds)}.")
+        raise InputError("`confounds` must be a path to a confounds TSV or a pandas DataFrame; got "
+                         f"{type_name(confounds)}.")  # fmt: skip

@@ -138,7 +138,8 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold=None, out_
                     masker.write(out.path(name), values, map_names)
             out.write_json("model.json", {
                 "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
-                "runs": [{"inputs": input_records(ds.paths, ds.memory), "columns": list(names), "n_scans": int(X.shape[0]),
+                "runs": [{"inputs": input_records(ds.paths, ds.memory), "columns": list(names),
+                          "n_scans": int(X.shape[0]),
                           **design_record(design),
                           "noise_details": info}
                          for ds, (X, names), design, info in zip(datasets, matrices, designs, noise_details)],

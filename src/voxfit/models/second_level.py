@@ -34,7 +34,8 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import Masker, OutputFolder, check_data, check_mask, load, open_reader, read_mesh, source_label, stat_maps, statmap_name
+from ..io import (Masker, OutputFolder, check_data, check_mask, load, open_reader, read_mesh, source_label, stat_maps,
+                  statmap_name)  # fmt: skip
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import columns_on_workers, contrast_items, input_records
 
@@ -189,7 +190,8 @@ class SecondLevel:
                                               max_memory=self.max_memory, progress=progress, nonzero=True)  # fmt: skip
         files: list[Path] = []
         if out is not None:
-            self._write(out, masker, d, items, stats, {}, {}, reader, command, self._tfce_parameters(masker.geometry), None)
+            EH = self._tfce_parameters(masker.geometry)
+            self._write(out, masker, d, items, stats, {}, {}, reader, command, EH, None)
             files = out.commit()
         return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes)
 
@@ -315,7 +317,8 @@ class SecondLevel:
                          "whole_blocks": self.whole_blocks, "tfce": self.tfce, "tfce_E": EH[0], "tfce_H": EH[1],
                          "cluster_threshold": self.cluster_threshold, "connectivity": self.connectivity,
                          "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
-                         "mask": "automatic (finite and non-zero in every map)" if self.mask is None else source_label(self.mask),
+                         "mask": ("automatic (finite and non-zero in every map)" if self.mask is None
+                                  else source_label(self.mask)),
                          "p": "t contrasts one-sided (large positive t); permutation p = #{shuffles reaching the observed} / shuffles"},
             "n_voxels": masker.n_voxels,
             "run": out.run_record(),

@@ -242,3 +242,18 @@ def test_array_entry_points_name_the_type_they_refuse(call, message):
     X = np.column_stack([np.arange(6.0), np.ones(6)])
     with pytest.raises(InputError, match=message):
         call(X, np.arange(18.0).reshape(6, 3) ** 1.5)
+
+
+def test_images_and_array_masks_stream_too(tmp_path, rng, no_reserve):
+    """Data over the memory cap are read once, in slabs, from an image in memory as from a file."""
+    data = volume_data(rng, n=N)
+    mask = np.zeros(SHAPE, bool)
+    mask[1:5, 1:4, 1:3] = True
+    img = nib.Nifti1Image(data, AFFINE)
+    streamed = voxfit.fit_images(img, _design(), {"up": "slope"}, mask=mask, streaming=True, max_memory="64K",
+                                 out_dir=tmp_path / "s")  # fmt: skip
+    whole = voxfit.fit_images(img, _design(), {"up": "slope"}, mask=mask)
+    npt.assert_array_equal(streamed.masker.mask, mask.reshape(-1, order="F"))
+    npt.assert_allclose(streamed.contrasts["up"].t, whole.contrasts["up"].t, rtol=1e-4, atol=1e-5)
+    model = json.loads((tmp_path / "s" / "model.json").read_text())
+    assert model["inputs"][0]["source"] == "in-memory nibabel image" and model["settings"]["noise_details"]["streamed"]

@@ -17,7 +17,26 @@ from .imaging import (AFFINE, N_SCANS, SHAPE, as_matrix, cifti_axes, read_back, 
 
 
 def _make(kind, tmp_path, rng):
-    """(paths, expected float64 matrix (n, n_elements))."""
+    """(paths, expected float64 matrix (n, n_elements)); "paths" are nibabel images or an array for the kinds
+    held in memory."""
+    if kind in ("nifti1-image", "nifti2-image", "analyze-image", "image-list", "loaded-image"):
+        data = volume_data(rng)
+        if kind == "loaded-image":  # read from its file (which it still reads its data from)
+            return [nib.load(write_nifti(tmp_path / "bold.nii.gz", data))], as_matrix(data).astype(np.float64)
+        if kind == "image-list":  # one 3-D image per scan, as SPM users hold them
+            return [nib.Nifti1Image(data[..., i], AFFINE) for i in range(N_SCANS)], as_matrix(data).astype(np.float64)
+        klass = {"nifti2-image": nib.Nifti2Image, "analyze-image": nib.Spm2AnalyzeImage}.get(kind, nib.Nifti1Image)
+        return [klass(data, AFFINE)], as_matrix(data).astype(np.float64)
+    if kind == "gifti-image":
+        matrix = (50 + rng.standard_normal((N_SCANS, 40))).astype(np.float32)
+        return [nib.load(write_gifti(tmp_path / "lh.func.gii", matrix))], matrix.astype(np.float64)
+    if kind == "cifti-image":
+        series, models = cifti_axes()
+        matrix = (50 + rng.standard_normal((N_SCANS, len(models)))).astype(np.float32)
+        return [nib.Cifti2Image(matrix, header=(series, models))], matrix.astype(np.float64)
+    if kind == "array":
+        matrix = rng.standard_normal((N_SCANS, 25))
+        return [matrix], matrix
     if kind in ("nii", "nii.gz", "nifti2", "int16-scaled.nii.gz", "analyze-4d"):
         data = volume_data(rng)
         name = {"nii": "bold.nii", "nii.gz": "bold.nii.gz", "nifti2": "bold2.nii", "int16-scaled.nii.gz": "bold.nii.gz",
@@ -57,7 +76,10 @@ def _make(kind, tmp_path, rng):
 
 
 KINDS = ["nii", "nii.gz", "nifti2", "int16-scaled.nii.gz", "analyze-4d", "3d-list", "analyze-list-scaled",
-         "gifti", "gifti-2d", "cifti", "npy", "zarr", "hdf5"]  # fmt: skip
+         "gifti", "gifti-2d", "cifti", "npy", "zarr", "hdf5",
+         "nifti1-image", "nifti2-image", "analyze-image", "image-list", "loaded-image", "gifti-image", "cifti-image",
+         "array"]  # fmt: skip
+IN_MEMORY = {"nifti1-image", "nifti2-image", "analyze-image", "image-list", "gifti-image", "cifti-image", "array"}
 
 
 def test_zarr_and_hdf5_names_and_errors(tmp_path, rng):
@@ -90,6 +112,12 @@ def test_reader_protocol(kind, tmp_path, rng):
     assert reader.geometry.n_elements == expected.shape[1]
     assert reader.dtype.isnative
     assert all(p.exists() for p in reader.paths)
+    # files are named by path; data in memory by what they are, their shape and a checksum of their values
+    assert bool(reader.paths) == (kind not in IN_MEMORY) and bool(reader.in_memory) == (kind in IN_MEMORY)
+    for item in reader.in_memory:
+        record = item.record()
+        assert record["source"].startswith("in-memory") and "path" not in record and len(record["sha256"]) == 64
+        assert record == item.record()  # the same data, the same record
     for max_bytes in (1, 10**9):  # one scan per slab, and everything in one
         seen = 0
         for start, block in reader.iter_scans(max_bytes):

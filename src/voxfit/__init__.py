@@ -19,8 +19,8 @@ import importlib
 from . import exceptions
 from ._version import __version__
 
-__all__ = ["FirstLevel", "Fit", "SecondLevel", "Stats", "exceptions", "fit", "fit_ar", "fit_images", "inference", "load",
-           "write_report", "write_stats", "__version__"]  # fmt: skip
+__all__ = ["FirstLevel", "Fit", "SecondLevel", "Stats", "exceptions", "fit", "fit_ar", "fit_images", "fit_runs",
+           "inference", "load", "write_report", "write_stats", "__version__"]  # fmt: skip
 
 _LAZY = {
     "fit": ("engine", "fit"),
@@ -29,6 +29,7 @@ _LAZY = {
     "load": ("io", "load"),
     "write_stats": ("io", "write_stats"),
     "fit_images": ("models", "fit_images"),
+    "fit_runs": ("models", "fit_runs"),
     "fit_ar": ("engine", "fit_ar"),
     "FirstLevel": ("models", "FirstLevel"),
     "SecondLevel": ("models", "SecondLevel"),

@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-__all__ = ["device_namespace", "to_numpy", "working_dtype"]
+__all__ = ["check_array_like", "device_namespace", "is_dataframe", "to_numpy", "type_name", "working_dtype"]
+
+
+def type_name(obj) -> str:
+    """The type of `obj` as an error message names it: ``dict``, ``numpy.ndarray``, ``torch.Tensor``,
+    ``nibabel.Nifti1Image`` (builtins bare, others prefixed with their top-level package)."""
+    kind = type(obj)
+    package = kind.__module__.split(".")[0]
+    return kind.__qualname__ if package == "builtins" else f"{package}.{kind.__qualname__}"
+
+
+def check_array_like(obj, name: str, expected: str) -> None:
+    """Refuse, naming `name` and the type received, what no array can be made of: text and paths, mappings,
+    sets, None and single numbers (numpy would make a 0-d or object array of them and fail later, obscurely)."""
+    import numbers
+    import os
+
+    from .exceptions import InputError
+
+    if isinstance(obj, (str, bytes, os.PathLike, dict, set, frozenset, numbers.Number)) or obj is None:
+        raise InputError(f"`{name}` must be {expected}; got {type_name(obj)}.")
+
+
+def is_dataframe(obj) -> bool:
+    """Whether `obj` is a pandas DataFrame, without importing pandas (it costs half a second at the command
+    line): a DataFrame exists only if pandas was imported by whoever made it."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(obj, pandas.DataFrame)
 
 
 def working_dtype(dtype) -> np.dtype:

@@ -19,6 +19,7 @@ import numpy as np
 import scipy.linalg as sl
 from numpy.typing import NDArray
 
+from .._array import check_array_like
 from ..exceptions import DataTypeError, InputError, RankDeficiencyWarning
 
 __all__ = ["DesignFactor", "factorize", "as_design_matrix", "orthonormal_basis"]
@@ -117,6 +118,7 @@ def as_design_matrix(X, names=None) -> tuple[NDArray[np.float64], tuple[str, ...
 
     `X` may be a 2-D array or a pandas DataFrame (column names are taken from it); `names` overrides them.
     """
+    check_array_like(X, "X", "a 2-D (n_scans, n_regressors) array or a pandas DataFrame")
     columns = getattr(X, "columns", None)
     if columns is not None and hasattr(X, "dtypes"):  # a DataFrame, without importing pandas
         bad = [str(c) for c, dt in zip(columns, X.dtypes) if getattr(dt, "kind", "O") not in "biuf"]

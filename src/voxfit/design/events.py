@@ -42,8 +42,10 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import is_dataframe, type_name
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
+from .read import frame_table
 
 __all__ = [
     "Design",
@@ -183,24 +185,38 @@ def parse_modulators(value) -> dict[str, int]:
     return out
 
 
-def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
-    """BIDS events.tsv: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a = 1)
-    and the numeric columns named in `modulators` (n/a or empty cells are NaN: an event without a value).
+EVENTS_FRAME = "a pandas DataFrame (onset, duration[, trial_type, modulation, modulators])"
+EVENTS_ACCEPTED = f"a path to a BIDS events.tsv, {EVENTS_FRAME} or a {{condition: {{onset, duration}}}} dict"
 
-    Anything else (a CSV, a spreadsheet, an SPM.mat, a table without onset and duration) is refused with an
-    :class:`InputError` saying what is expected.
-    """
-    path = Path(path)
+
+def _value(cell) -> float:
+    """A table cell as a float: a number as it is, text parsed (ValueError if it is not a number)."""
+    if isinstance(cell, numbers.Real) and not isinstance(cell, bool):
+        return float(cell)
+    if isinstance(cell, str):
+        return float(cell.strip())
+    raise ValueError(cell)
+
+
+def _text(cell) -> str:
+    return cell.strip() if isinstance(cell, str) else str(cell)
+
+
+def _missing(cell) -> bool:
+    return isinstance(cell, str) and cell.strip().lower() in ("", "n/a")
+
+
+def _events_file(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of an events TSV; anything else (a CSV, a spreadsheet, an SPM.mat) refused in one line
+    saying what is expected."""
     if not path.is_file():
         raise InputError(f"events {path}: no such file.")
-    wanted = list(parse_modulators(modulators))
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"events {path}: cannot read it ({exc.strerror or exc}).") from None
-    binary = f"events {path} is not a text table (a binary file such as .mat or .xlsx?); {_EVENTS_EXPECTED}."
     if b"\0" in raw[:65536]:
-        raise InputError(binary)
+        raise InputError(f"events {path} is not a text table (a binary file such as .mat or .xlsx?); {_EVENTS_EXPECTED}.")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -213,103 +229,142 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     if not rows:
         raise InputError(f"events {path} is empty; {_EVENTS_EXPECTED}.")
     header = [h.strip() for h in rows[0]]
+    if "onset" not in header and len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
+        raise InputError(f"events {path} is not tab-separated (a CSV, or spaces?); {_EVENTS_EXPECTED}.")
+    return header, rows[1:]
+
+
+def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
+    """BIDS events: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a = 1)
+    and the numeric columns named in `modulators` (n/a or empty cells are NaN: an event without a value), from
+    an events.tsv or a pandas DataFrame with those columns (the same rules for both).
+
+    Anything else (a CSV, a spreadsheet, an SPM.mat, a table without onset and duration) is refused with an
+    :class:`InputError` saying what is expected.
+    """
+    wanted = list(parse_modulators(modulators))
+    if is_dataframe(path):
+        where, first_line, what = "events DataFrame", 0, "row"
+        header, body = frame_table(path)
+    elif isinstance(path, (str, Path)):
+        path = Path(path)
+        where, first_line, what = f"events {path}", 2, "line"
+        header, body = _events_file(path)
+    else:
+        raise InputError(f"`events` must be a path to a BIDS events.tsv or {EVENTS_FRAME}; got {type_name(path)}.")
     for needed in ("onset", "duration"):
         if needed not in header:
-            if len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
-                raise InputError(f"events {path} is not tab-separated (a CSV, or spaces?); {_EVENTS_EXPECTED}.")
-            raise InputError(f"events {path} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")
+            raise InputError(f"{where} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")
     for name in wanted:
         if name not in header:
             close = [h for h in header if h.lower() == name.lower()] or difflib.get_close_matches(name, header, n=3, cutoff=0.6)
             hint = f"; similar columns: {', '.join(close)}" if close else f" (columns: {', '.join(header)})"
-            raise InputError(f"events {path} has no column {name!r} for the modulator{hint}.")
+            raise InputError(f"{where} has no column {name!r} for the modulator{hint}.")
     col = {name: i for i, name in enumerate(header)}
     conditions: dict[str, dict[str, list]] = {}
-    for r, row in enumerate(rows[1:], start=2):
+    for r, row in enumerate(body, start=first_line):
         if len(row) != len(header):
-            raise InputError(f"events {path}, line {r}: {len(row)} values for {len(header)} columns.")
-        trial = row[col["trial_type"]].strip() if "trial_type" in col else "trial"
+            raise InputError(f"{where}, {what} {r}: {len(row)} values for {len(header)} columns.")
+        trial = _text(row[col["trial_type"]]) if "trial_type" in col else "trial"
         if trial in ("", "n/a"):
-            raise InputError(f"events {path}, line {r}: trial_type is empty.")
+            raise InputError(f"{where}, {what} {r}: trial_type is empty.")
         values = {}
         for key, default in (("onset", None), ("duration", None), ("modulation", 1.0)):
-            text = row[col[key]].strip() if key in col else str(default)
-            if key == "modulation" and text.lower() in ("", "n/a"):
-                text = "1"  # an unmodulated event
+            cell = row[col[key]] if key in col else default
+            if key == "modulation" and isinstance(cell, str) and cell.strip().lower() in ("", "n/a"):
+                cell = 1.0  # an unmodulated event
             try:
-                values[key] = float(text)
+                values[key] = _value(cell)
             except ValueError:
-                raise InputError(f"events {path}, line {r}: {key} {text!r} is not a number.") from None
+                raise InputError(f"{where}, {what} {r}: {key} {_text(cell)!r} is not a number.") from None
             if not math.isfinite(values[key]):
-                raise InputError(f"events {path}, line {r}: {key} must be finite.")
+                raise InputError(f"{where}, {what} {r}: {key} must be finite.")
         if values["duration"] < 0:
-            raise InputError(f"events {path}, line {r}: duration {values['duration']} is negative.")
+            raise InputError(f"{where}, {what} {r}: duration {values['duration']} is negative.")
         for name in wanted:
-            text = row[col[name]].strip()
+            cell = row[col[name]]
             try:
-                values[name] = math.nan if text.lower() in ("", "n/a") else float(text)
+                values[name] = math.nan if _missing(cell) else _value(cell)
             except ValueError:
-                raise InputError(f"events {path}, line {r}: modulator {name} {text!r} is not a number.") from None
-            if math.isinf(values[name]) or (math.isnan(values[name]) and text.lower() not in ("", "n/a")):
-                raise InputError(f"events {path}, line {r}: modulator {name} must be a finite number or n/a.")
+                raise InputError(f"{where}, {what} {r}: modulator {name} {_text(cell)!r} is not a number.") from None
+            if not (math.isfinite(values[name]) or _missing(cell)):
+                raise InputError(f"{where}, {what} {r}: modulator {name} must be a finite number or n/a.")
         cond = conditions.setdefault(trial, {k: [] for k in ("onset", "duration", "modulation", *wanted)})
         for key in cond:
             cond[key].append(values[key])
     if not conditions:
-        raise InputError(f"events {path} lists no event.")
+        raise InputError(f"{where} lists no event.")
     return {name: {k: np.array(v) for k, v in c.items()} for name, c in conditions.items()}
 
 
 def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArray[np.float64], list[str]]:
-    """Columns of an fMRIPrep-style confounds TSV, chosen by names or glob patterns (``"trans_*,rot_*"``).
+    """Columns of an fMRIPrep-style confounds TSV (or a pandas DataFrame of one), chosen by names or glob
+    patterns (``"trans_*,rot_*"``).
 
-    Policy for ``n/a``: values missing at the start of a column (fMRIPrep's derivatives and framewise
-    displacement have no value for the first scan) are set to 0; a missing value anywhere else is an error.
+    Policy for ``n/a`` (in a DataFrame: NaN or None): values missing at the start of a column (fMRIPrep's
+    derivatives and framewise displacement have no value for the first scan) are set to 0; a missing value
+    anywhere else is an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"confounds {path}: no such file.")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh, delimiter="\t") if r]
-    if len(rows) < 2:
-        raise InputError(f"confounds {path} has no rows.")
-    header = [h.strip() for h in rows[0]]
-    patterns = [p.strip() for p in (columns.split(",") if isinstance(columns, str) else columns) if p.strip()]
+    if is_dataframe(path):
+        where = "confounds DataFrame"
+        header, body = frame_table(path)
+    elif isinstance(path, (str, Path)):
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"confounds {path}: no such file.")
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh, delimiter="\t") if r]
+        if len(rows) < 2:
+            raise InputError(f"confounds {path} has no rows.")
+        where = f"confounds {path}"
+        header, body = [h.strip() for h in rows[0]], rows[1:]
+    else:
+        raise InputError(f"`confounds` must be a path to a confounds TSV or a pandas DataFrame; got {type_name(path)}.")
+    if not body:
+        raise InputError(f"{where} has no rows.")
+    if isinstance(columns, str):
+        patterns = [p.strip() for p in columns.split(",") if p.strip()]
+    elif isinstance(columns, (list, tuple)) and all(isinstance(c, str) for c in columns):
+        patterns = [p.strip() for p in columns if p.strip()]
+    else:
+        raise InputError("`confounds_columns` must be names or patterns (a string or a list of strings); got "
+                         f"{type_name(columns)}.")  # fmt: skip
     chosen: list[str] = []
     for pattern in patterns:
         hits = [h for h in header if fnmatch.fnmatchcase(h, pattern)]
         if not hits:
             close = difflib.get_close_matches(pattern, header, n=5, cutoff=0.6)
             hint = f"; similar columns: {', '.join(close)}" if close else ""
-            raise InputError(f"confounds {path}: no column matches {pattern!r}{hint}.")
+            raise InputError(f"{where}: no column matches {pattern!r}{hint}.")
         chosen += [h for h in hits if h not in chosen]
-    body = rows[1:]
     if len(body) != n_scans:
-        raise InputError(f"confounds {path} has {len(body)} rows but the run has {n_scans} scans.")
+        raise InputError(f"{where} has {len(body)} rows but the run has {n_scans} scans.")
     X = np.empty((n_scans, len(chosen)))
     for j, name in enumerate(chosen):
         c = header.index(name)
         leading = True
         for i, row in enumerate(body):
-            text = row[c].strip() if c < len(row) else ""
-            if text.lower() in ("n/a", "na", "nan", ""):
+            cell = row[c] if c < len(row) else ""
+            if isinstance(cell, str) and cell.strip().lower() in ("n/a", "na", "nan", ""):
                 if not leading:
-                    raise InputError(f"confounds {path}: column {name!r} has a missing value at row {i + 1}; only leading n/a are allowed.")
+                    raise InputError(f"{where}: column {name!r} has a missing value at row {i + 1}; only leading n/a "
+                                     "are allowed.")  # fmt: skip
                 X[i, j] = 0.0
                 continue
             leading = False
             try:
-                X[i, j] = float(text)
+                X[i, j] = _value(cell)
             except ValueError:
-                raise InputError(f"confounds {path}: column {name!r}, row {i + 1}: {text!r} is not a number.") from None
+                raise InputError(f"{where}: column {name!r}, row {i + 1}: {_text(cell)!r} is not a number.") from None
     return X, chosen
 
 
 def _check_events(events: dict, modulators=()) -> dict:
     """Events given as a dict: finite onsets and modulations, finite non-negative durations, one length each;
     the arrays of the modulators named in `modulators` (NaN: no value) where a condition has them."""
-    if not isinstance(events, dict) or not events:
-        raise InputError("`events` must be a path to events.tsv or a non-empty {condition: {onset, duration}} dict.")
+    if not isinstance(events, dict) or not events or not all(isinstance(ev, dict) for ev in events.values()):
+        got = type_name(events) if not isinstance(events, dict) else "a dict that is not {condition: {onset, duration}}"
+        raise InputError(f"`events` must be {EVENTS_ACCEPTED}; got {got}.")
     checked = {}
     for name, ev in events.items():
         onset = np.atleast_1d(np.asarray(ev.get("onset", []), dtype=float))
@@ -484,9 +539,10 @@ def make_design(
 
     Parameters
     ----------
-    events : path or dict
-        A BIDS events.tsv, or ``{condition: {"onset": [...], "duration": [...], "modulation": [...]}}``
-        (modulation optional, it scales each event's height; modulators' values under their names).
+    events : path, pandas.DataFrame or dict
+        A BIDS events.tsv, a DataFrame with its columns (onset, duration[, trial_type, modulation, modulators]),
+        or ``{condition: {"onset": [...], "duration": [...], "modulation": [...]}}`` (modulation optional, it
+        scales each event's height; modulators' values under their names).
     tr, n_scans : float, int
         Repetition time (seconds) and number of scans.
     hrf : str
@@ -499,7 +555,7 @@ def make_design(
         SPM's fMRI_T (default 16) and fMRI_T0 (1-based; default T // 2, SPM12's 8 of 16). Alternatively
         `slice_time_ref` (nilearn's, in [0, 1)): ``T0 = 1 + slice_time_ref * T``, which must be an integer.
     confounds : (array (n_scans, c), names), optional
-        Nuisance regressors added as they are (see :func:`read_confounds`).
+        Nuisance regressors added as they are (see :func:`read_confounds` for files and DataFrames).
     convolution : {"spm", "nilearn"}
         ``spm`` (default): SPM12's microtime grid, as above. ``nilearn``: nilearn's grid and HRF sampling, to
         reproduce its designs (`slice_time_ref` in [0, 1], default 0; no microtime settings).
@@ -560,7 +616,7 @@ def make_design(
     modulators = parse_modulators(modulators)
     if modulators and convolution == "nilearn":
         raise InputError("parametric modulators are built as SPM builds them; they need convolution='spm'.")
-    if isinstance(events, (str, Path)):
+    if isinstance(events, (str, Path)) or is_dataframe(events):
         conditions = read_events(events, modulators)
     else:
         conditions = _check_events(events, modulators)

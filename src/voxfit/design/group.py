@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import numbers
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import is_dataframe, type_name
 from ..exceptions import DesignWarning, InputError
 from .subjects import match_rows, subject_labels
 from .vest import read_vest
@@ -148,9 +150,13 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None, map
         _no_id_options(id_column, drop_unmatched_rows, "an (X, names) design has no ids: its rows are the maps' in order")
         X, names = np.asarray(design[0], dtype=float), tuple(design[1])
         return _checked(GroupDesign(X, names, matched_by="position", rows=tuple(range(X.shape[0]))), n_maps, "the design")
-    if _is_frame(design):
+    if is_dataframe(design):
         names, rows = table_from_frame(design, id_column)
         what, source = "the design DataFrame", "DataFrame"
+    elif not isinstance(design, (str, os.PathLike)):
+        raise InputError("`design` must be None (one-sample), a path to a participants TSV/CSV or FSL design.mat, a "
+                         "pandas DataFrame (one row per map) or an (array, names) pair; got "
+                         f"{type_name(design)}.")  # fmt: skip
     else:
         path = Path(design)
         if path.suffix.lower() == ".mat":
@@ -240,11 +246,6 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None, map
         notes.append(f"text columns left out of the design: {', '.join(left_out)}")
     d = GroupDesign(X, tuple(out_names), tuple(left_out), tuple(notes), column or "position", order, ids, dropped, source)
     return _checked(d, n_maps, what)
-
-
-def _is_frame(design) -> bool:
-    """A pandas DataFrame (recognised without importing pandas, which costs half a second)."""
-    return hasattr(design, "columns") and hasattr(design, "iloc") and hasattr(design, "index")
 
 
 def _no_id_options(id_column, drop_unmatched_rows: bool, why: str) -> None:

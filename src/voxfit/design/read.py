@@ -6,6 +6,7 @@ Read with the standard library and numpy (pandas costs half a second to import a
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from numpy.typing import NDArray
 
 from ..exceptions import InputError
 
-__all__ = ["read_design", "write_design"]
+__all__ = ["frame_table", "read_design", "write_design"]
 
 _MISSING = {"", "n/a", "na", "nan"}
 
@@ -54,6 +55,20 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
         for j, cell in enumerate(row):
             X[i, j] = _number(cell, path, i, names[j])
     return X, names
+
+
+def frame_table(frame) -> tuple[list[str], list[list]]:
+    """A DataFrame as ``(column names, rows of cells)``; missing cells (NaN, None, pd.NA) become ``"n/a"``, as
+    a BIDS file writes them, and numbers stay numbers (no round trip through text)."""
+    header = [str(c).strip() for c in frame.columns]
+    rows = []
+    for row in frame.itertuples(index=False, name=None):
+        cells = []
+        for v in row:
+            missing = v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ in ("NAType", "NaTType")
+            cells.append("n/a" if missing else v)
+        rows.append(cells)
+    return header, rows
 
 
 def _number(cell: str, path: Path, row: int, column: str) -> float:

@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike
 
 from threadpoolctl import ThreadpoolController
 
+from .._array import check_array_like
 from .._dask import run_tasks
 from .._progress import Progress
 from ..core import Fit, factorize, make_fit, working_dtype
@@ -40,6 +41,8 @@ def default_workers() -> int:
 
 def _fit_iv(Y, n_scans: int, n_jobs):
     """Check the data (numeric, (n, V), n matching the design; a 1-D y is one voxel) and `n_jobs`."""
+    check_array_like(Y, "Y", "an (n_scans, n_voxels) array (for image files or nibabel images: voxfit.load or "
+                     "voxfit.fit_images)")  # fmt: skip
     if not hasattr(Y, "dtype"):  # lists, pandas objects; arrays, memory maps and array-likes pass uncopied
         Y = np.asarray(getattr(Y, "values", Y))
     if Y.dtype.kind not in "biuf":

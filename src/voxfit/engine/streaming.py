@@ -28,7 +28,7 @@ from ..core import check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..core.ols import fit_from_sums
 from ..exceptions import InputError
-from ..io import Masker, ScaledArray, load_mask, open_reader
+from ..io import Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
 from .ar import _stats
 from .fit import _threadpools, default_workers
@@ -153,7 +153,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     cap = parse_memory(max_memory)
     threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is not None:
-        candidates = load_mask(mask, reader.geometry)
+        candidates = explicit_mask(mask, reader.geometry)  # a file, a nibabel image or a boolean array
     else:
         candidates = None  # decided on the first scan
     V0 = nel if candidates is None else int(candidates.sum())

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .._array import working_dtype
+from .._array import check_array_like, working_dtype
 from .._dask import run_tasks
 from .._progress import Progress
 from ..core import check_contrast, factorize
@@ -160,6 +160,7 @@ def permutation_test(
         ``cuda`` (or ``cuda:N``) to run the shuffles on a GPU through CuPy or PyTorch (``strict``: the
         array-API reference library, for tests); float32 on the device, clusters and TFCE on the host.
     """
+    check_array_like(Y, "Y", "an (n, V) array of maps (for image files: voxfit.SecondLevel)")
     Y = np.asarray(Y) if not hasattr(Y, "dtype") else Y
     if Y.ndim != 2:
         raise InputError(f"`Y` must be 2-D (n, V); got shape {np.shape(Y)}.")

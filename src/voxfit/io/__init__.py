@@ -3,17 +3,20 @@
 from ._gzip import GZIP_BACKEND, open_gzip
 from .dataset import Dataset, ScaledArray, load
 from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
-from .masking import (SPM_MASK_THRESHOLD, Masker, explicit_mask, gather, gather_auto, global_sums_block, load_mask,
-                      mask_block, resolve_mask_threshold, spm_globals)
+from .masking import (SPM_MASK_THRESHOLD, Masker, check_mask, explicit_mask, gather, gather_auto, global_sums_block,
+                      load_mask, mask_block, resolve_mask_threshold, spm_globals)
 from .output import OutputFolder, sanitize_label, stat_maps, statmap_name, write_stats
-from .readers import (CiftiReader, ColumnSource, GiftiReader, NiftiReader, NpyReader, VolumeListReader, open_map,
-                      open_reader, read_mesh)
+from .readers import (ArrayReader, CiftiReader, ColumnSource, GiftiReader, MemoryInput, NiftiReader, NpyReader,
+                      VolumeImageReader, VolumeListReader, check_data, is_image, open_map, open_reader, read_mesh,
+                      source_label)
 from .scans import expand_run, natural_key
 
 __all__ = [
-    "ArrayGeometry", "CiftiGeometry", "CiftiReader", "ColumnSource", "Dataset", "GZIP_BACKEND", "Geometry",
-    "GiftiReader", "Masker", "NiftiReader", "NpyReader", "OutputFolder", "ScaledArray", "SurfaceGeometry",
-    "VolumeGeometry", "VolumeListReader", "explicit_mask", "gather", "gather_auto", "load", "load_mask",
-    "mask_block", "global_sums_block", "resolve_mask_threshold", "SPM_MASK_THRESHOLD", "open_gzip", "open_map", "open_reader", "expand_run", "natural_key", "read_mesh", "sanitize_label", "spm_globals", "stat_maps",
-    "statmap_name", "write_stats",
+    "SPM_MASK_THRESHOLD", "ArrayGeometry", "ArrayReader", "CiftiGeometry", "CiftiReader", "ColumnSource", "Dataset",
+    "GZIP_BACKEND", "Geometry", "GiftiReader", "Masker", "MemoryInput", "NiftiReader", "NpyReader", "OutputFolder",
+    "ScaledArray", "SurfaceGeometry", "VolumeGeometry", "VolumeImageReader", "VolumeListReader", "check_data",
+    "check_mask", "expand_run", "explicit_mask", "gather", "gather_auto", "global_sums_block", "is_image", "load",
+    "load_mask", "mask_block", "natural_key", "open_gzip", "open_map", "open_reader", "read_mesh",
+    "resolve_mask_threshold", "sanitize_label", "source_label", "spm_globals", "stat_maps", "statmap_name",
+    "write_stats",
 ]  # fmt: skip

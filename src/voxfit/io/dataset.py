@@ -39,11 +39,13 @@ class ScaledArray:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Loaded data: `data` (n_scans, n_voxels), `masker` (maps back to files), `paths`, and the raw dtype."""
+    """Loaded data: `data` (n_scans, n_voxels), `masker` (maps back to files), the files read (`paths`) and the
+    inputs held in memory (`memory`: :class:`~voxfit.io.readers.MemoryInput`, for model.json)."""
 
     data: NDArray | ScaledArray
     masker: Masker
     paths: tuple[Path, ...]
+    memory: tuple = ()
     globals: NDArray[np.float64] | None = None  # SPM's global of each whole scan, when asked for (`scan_globals`)
 
     @property
@@ -57,17 +59,21 @@ class Dataset:
 
 def load(
     paths, mask=None, *, mask_threshold: float | str | None = "auto", progress: bool | None = None, n_scans: int | None = None,
-    scan_globals: bool = False,
+    scan_globals: bool = False, name: str = "paths",
 ) -> Dataset:
-    """Read image files into an (n_scans, n_voxels) matrix, in one sequential pass over the data.
+    """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
     Parameters
     ----------
-    paths : path or list of paths
+    paths : path, list of paths, nibabel image, list of nibabel images, or numpy array
         A 4-D NIfTI (.nii, .nii.gz, .hdr/.img), several 3-D NIfTI/Analyze files (one per scan), GIFTI
-        (.func.gii, .shape.gii), CIFTI-2 (.dtseries.nii, .dscalar.nii) or .npy (scans, columns).
-    mask : path or boolean array, optional
-        Elements to fit (a file of the data's geometry: non-zero finite values are in). Default: the
+        (.func.gii, .shape.gii), CIFTI-2 (.dtseries.nii, .dscalar.nii) or .npy (scans, columns); or the same
+        in memory: a nibabel image (4-D volume, a 3-D volume as one scan, GiftiImage, Cifti2Image), a list
+        of 3-D nibabel volumes (one per scan) or a 2-D array (scans, columns). Maps of a volume in memory
+        are written as NIfTI with its affine and shape; of an array, as .npy. A run of 3-D files may be
+        named by a folder, a quoted pattern or a .txt list of them (see :mod:`voxfit.io.scans`).
+    mask : path, nibabel image or boolean array, optional
+        Elements to fit (an image of the data's geometry: non-zero finite values are in). Default: the
         automatic mask (finite in every scan and not constant over time, and for volumes above SPM's
         relative threshold: see `mask_threshold`).
     mask_threshold : float, "auto" or None, optional
@@ -82,8 +88,10 @@ def load(
     scan_globals : bool
         Also compute SPM's global of each whole scan in the same pass (``Dataset.globals``; for SPM's global
         scaling, which does not depend on the mask).
+    name : str
+        The argument's name in error messages (callers pass their own: ``inputs``, ``bold``).
     """
-    reader = open_reader(paths)
+    reader = open_reader(paths, name)
     if n_scans is not None and n_scans != reader.n_scans:
         raise InputError(f"the design has {n_scans} rows but the data have {reader.n_scans} scans; give one design row per scan.")
     globals_ = ScanGlobals(reader.n_scans, reader.scale) if scan_globals else None
@@ -95,4 +103,4 @@ def load(
         raw = gather(reader, np.flatnonzero(mask_array), progress, globals_)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
     return Dataset(data=data, masker=Masker(reader.geometry, mask_array), paths=tuple(reader.paths),
-                   globals=None if globals_ is None else globals_.values)  # fmt: skip
+                   globals=None if globals_ is None else globals_.values, memory=tuple(reader.in_memory))  # fmt: skip

@@ -13,17 +13,20 @@ the first scan but vary later, rare outside zero-filled background, are read in 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import type_name
 from .._progress import Progress
 from ..exceptions import InputError
 from .geometry import Geometry
-from .readers import open_map
+from .readers import is_image, open_map, source_label
 
-__all__ = ["SPM_MASK_THRESHOLD", "AutoMask", "Masker", "ScanGlobals", "explicit_mask", "global_sums_block", "resolve_mask_threshold", "gather", "gather_auto", "load_mask", "mask_block",
+__all__ = ["SPM_MASK_THRESHOLD", "AutoMask", "Masker", "ScanGlobals", "check_mask", "explicit_mask", "gather", "gather_auto",
+           "global_sums_block", "load_mask", "mask_block", "resolve_mask_threshold",
            "spm_globals"]  # fmt: skip
 
 
@@ -62,22 +65,25 @@ class Masker:
 
 
 def load_mask(path, geometry: Geometry) -> NDArray[np.bool_]:
-    """A boolean mask (n_elements,) from a file of the data's geometry; refuses another geometry or an empty mask."""
+    """A boolean mask (n_elements,) from a file (or a nibabel image in memory) of the data's geometry; refuses
+    another geometry or an empty mask."""
     reader = open_map(path)
-    geometry.check_same(reader.geometry, f"mask {path}")
+    label = source_label(path)
+    geometry.check_same(reader.geometry, f"mask {label}")
     if reader.n_scans != 1:
-        raise InputError(f"mask {path} has {reader.n_scans} volumes; a mask is a single 3-D image or map.")
+        raise InputError(f"mask {label} has {reader.n_scans} volumes; a mask is a single 3-D image or map.")
     values = next(iter(reader.iter_scans()))[1][0]
     mask = np.isfinite(values) & (values != 0)
     if not mask.any():
-        raise InputError(f"mask {path} selects no voxel (every value is zero or not finite).")
+        raise InputError(f"mask {label} selects no voxel (every value is zero or not finite).")
     return mask
 
 
 def explicit_mask(mask, geometry: Geometry) -> NDArray[np.bool_]:
-    """The elements an explicit `mask` selects: a file of the data's geometry (see :func:`load_mask`) or a
-    boolean array of the elements (a volume in its 3-D shape)."""
+    """The elements an explicit `mask` selects: a file or nibabel image of the data's geometry (see
+    :func:`load_mask`) or a boolean array of the elements (a volume in its 3-D shape)."""
     if not isinstance(mask, np.ndarray):
+        check_mask(mask)
         return load_mask(mask, geometry)
     out = np.asarray(mask, dtype=bool).reshape(-1, order="F")
     if out.size != geometry.n_elements:
@@ -85,6 +91,13 @@ def explicit_mask(mask, geometry: Geometry) -> NDArray[np.bool_]:
     if not out.any():
         raise InputError("`mask` selects no voxel.")
     return out
+
+
+def check_mask(mask, name: str = "mask") -> None:
+    """Refuse a `mask` that is not None, a path, a nibabel image or a numpy array, naming the type received."""
+    if mask is None or isinstance(mask, (str, os.PathLike, np.ndarray)) or is_image(mask):
+        return
+    raise InputError(f"`{name}` must be a path to an image, a nibabel image or a boolean array; got {type_name(mask)}.")
 
 
 def gather(reader, index: NDArray[np.intp], progress: bool | None = None, globals_=None) -> NDArray:

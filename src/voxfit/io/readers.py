@@ -6,7 +6,9 @@ The protocol (checked by ``tests/test_readers.py`` on every reader)::
     reader.n_scans       number of scans
     reader.dtype         native dtype of the raw values that iter_scans yields (integers stay integers)
     reader.scale         None, or (slope, inter): the values are slope * raw + inter (NIfTI scl_slope/inter)
-    reader.paths         the files read
+    reader.paths         the files read ([] for data in memory)
+    reader.in_memory     () for files; for data in memory (nibabel images, numpy arrays), one MemoryInput
+                         per object: what it is, shape, dtype, and ``record()`` with a SHA-256 of its values
     reader.iter_scans(max_bytes) -> iterator of (first_scan, array (k, n_elements)), in scan order,
                          each array at most max_bytes (at least one scan), read sequentially once;
                          an array may be overwritten by the next one (copy what you keep)
@@ -14,28 +16,38 @@ The protocol (checked by ``tests/test_readers.py`` on every reader)::
                          worker to read columns itself; None where the files cannot be read by columns
                          (compressed NIfTI, GIFTI, CIFTI, lists of .npy files)
 
+Data already in memory take the same protocol: ``open_reader`` accepts a nibabel image (a 4-D or 3-D
+volume, GIFTI, CIFTI-2), a list of 3-D nibabel volumes (one per scan) and a 2-D numpy array (scans,
+columns); an image loaded from a file that still holds its data there is read from that file. Anything else
+is refused by :func:`check_data` with one sentence naming the argument and the type received.
+
 Uncompressed files are read through memory maps, a slab of scans at a time; compressed NIfTI is decompressed
 with the fastest gzip available, a slab of scans at a time, so the whole 4-D image is never in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
-from .._array import working_dtype
+from .._array import type_name, working_dtype
 from ..exceptions import InputError
 from ._gzip import open_gzip
 from .scans import expand_run
 from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
 
-__all__ = ["open_map", "open_reader", "read_mesh", "ColumnSource", "NiftiReader", "VolumeListReader", "GiftiReader", "CiftiReader", "NpyReader"]
+__all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "MemoryInput", "NiftiReader", "NpyReader",
+           "VolumeImageReader", "VolumeListReader", "check_data", "is_image", "open_map", "open_reader", "read_mesh",
+           "source_label"]  # fmt: skip
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -93,8 +105,74 @@ def _slab_scans(n_elements: int, itemsize: int, max_bytes: int) -> int:
     return max(1, int(max_bytes) // max(1, n_elements * itemsize))
 
 
+DATA_ACCEPTED = ("a path to an image file (or a list of them), a nibabel image, a list of 3-D nibabel images (one "
+                 "per scan) or a 2-D numpy array (scans, voxels)")
+
+
+def is_image(obj) -> bool:
+    """A nibabel image voxfit reads: any volume (NIfTI, Analyze, MGH...), GIFTI or CIFTI-2."""
+    return isinstance(obj, (nib.spatialimages.SpatialImage, nib.gifti.GiftiImage, nib.Cifti2Image))
+
+
+def check_data(data, name: str = "inputs"):
+    """`data` in the form :func:`open_reader` takes: a Path, a list of Paths, a nibabel image, a list of nibabel
+    images or a numpy array; anything else is an InputError naming `name` and the type received."""
+    if isinstance(data, (str, os.PathLike)):
+        return Path(data)
+    if is_image(data) or isinstance(data, np.ndarray):
+        return data
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise InputError(f"`{name}` is empty; give {DATA_ACCEPTED}.")
+        if all(isinstance(x, (str, os.PathLike)) for x in data):
+            return [Path(x) for x in data]
+        if all(is_image(x) for x in data):
+            return list(data)
+        kinds = ", ".join(dict.fromkeys(type_name(x) for x in data))
+        raise InputError(f"`{name}` must be {DATA_ACCEPTED}; got a {type_name(data)} of {kinds}.")
+    raise InputError(f"`{name}` must be {DATA_ACCEPTED}; got {type_name(data)}.")
+
+
+def source_label(obj) -> str:
+    """How messages and model.json name an input, a mask or a map: its path, or what it is in memory."""
+    if is_image(obj):
+        return f"in-memory nibabel image ({type(obj).__name__}, shape {tuple(obj.shape)})"
+    if isinstance(obj, np.ndarray):
+        return f"in-memory array (shape {obj.shape}, {int(np.count_nonzero(obj))} non-zero)"
+    return str(obj)
+
+
+@dataclass(frozen=True, eq=False)
+class MemoryInput:
+    """An input held in memory, as model.json records it: no path, but what it was, its shape and dtype, and a
+    SHA-256 of its values (each array's elements in C order, in its dtype), so a run stays describable."""
+
+    source: str  # "in-memory nibabel image" or "in-memory numpy array"
+    type: str
+    shape: tuple[int, ...]
+    dtype: str
+    arrays: tuple = field(repr=False, default=())
+
+    def record(self) -> dict:
+        h = hashlib.sha256()
+        for a in self.arrays:
+            a = np.asanyarray(a)
+            rows = max(1, (4 << 20) // max(1, a[:1].nbytes)) if a.ndim else 1
+            for i in range(0, max(1, a.shape[0] if a.ndim else 1), rows):  # bounded copies of non-contiguous data
+                h.update(np.ascontiguousarray(a[i : i + rows] if a.ndim else a).data)
+        return {"source": self.source, "type": self.type, "shape": list(self.shape), "dtype": self.dtype,
+                "sha256": h.hexdigest()}  # fmt: skip
+
+
+def _memory_input(img, values: NDArray) -> MemoryInput:
+    shape = tuple(int(n) for n in img.shape)
+    return MemoryInput("in-memory nibabel image", type(img).__name__, shape, str(values.dtype), (values,))
+
+
 class NiftiReader:
     """A NIfTI-1/NIfTI-2 or Analyze image, 4-D (or 3-D as one scan when `allow_3d`), .nii, .nii.gz or .hdr/.img."""
+
+    in_memory = ()
 
     def __init__(self, path, allow_3d: bool = False):
         self.path = Path(path)
@@ -217,6 +295,8 @@ def _read_into(fh, out: NDArray, path: Path) -> None:
 class VolumeListReader:
     """Several 3-D volumes, one per scan (as SPM writes them); all on one grid."""
 
+    in_memory = ()
+
     def __init__(self, paths):
         self._readers = [NiftiReader(p, allow_3d=True) for p in paths]
         first = self._readers[0]
@@ -256,6 +336,8 @@ class VolumeListReader:
 class _RowsReader:
     """Readers whose data are one (scans, elements) array-like in ``_data``: slabs of rows, in ``dtype``."""
 
+    in_memory: tuple = ()
+
     def column_source(self, index=None) -> ColumnSource | None:
         return None
 
@@ -269,26 +351,34 @@ class GiftiReader(_RowsReader):
     """GIFTI surface data: one data array per scan, or one 2-D array (vertices x scans); several files allowed."""
 
     def __init__(self, paths):
-        arrays, meta, self.paths = [], {}, []
+        """`paths`: GIFTI files, or GiftiImages in memory."""
+        arrays, meta, self.paths, memory = [], {}, [], []
         for p in paths:
-            p = Path(p)
-            img = _load(p)
+            in_memory = isinstance(p, nib.gifti.GiftiImage)
+            img = p if in_memory else _load(Path(p))
+            p = "in-memory GiftiImage" if in_memory else Path(p)
             if not isinstance(img, nib.gifti.GiftiImage):
                 raise InputError(f"{p}: not a GIFTI image.")
             if not img.darrays:
-                raise InputError(f"{p}: the GIFTI file holds no data array.")
+                raise InputError(f"{p}: the GIFTI image holds no data array.")
             if len(img.darrays) == 1 and img.darrays[0].data.ndim == 2:
                 arrays.append(np.asarray(img.darrays[0].data).T)  # GIFTI's first dimension is the vertices
             else:
                 arrays.append(np.stack([np.asarray(d.data).reshape(-1) for d in img.darrays]))
             meta = meta or dict(img.meta or {})
-            self.paths.append(p)
+            if in_memory:
+                memory.append(MemoryInput("in-memory nibabel image", "GiftiImage", tuple(arrays[-1].shape),
+                                          str(arrays[-1].dtype), (arrays[-1],)))  # fmt: skip
+            else:
+                self.paths.append(p)
+        self.in_memory = tuple(memory)
         n_vertices = {a.shape[1] for a in arrays}
         if len(n_vertices) > 1:
             raise InputError(f"the GIFTI files have different numbers of vertices ({sorted(n_vertices)}).")
         self._data = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
         if self._data.dtype.kind not in "iuf":
-            raise InputError(f"{self.paths[0]}: GIFTI data must be numeric; got {self._data.dtype}.")
+            first = self.paths[0] if self.paths else "in-memory GiftiImage"
+            raise InputError(f"{first}: GIFTI data must be numeric; got {self._data.dtype}.")
         self._data = self._data.astype(self._data.dtype.newbyteorder("="), copy=False)
         self.geometry = SurfaceGeometry(int(self._data.shape[1]), meta)
         self.n_scans = int(self._data.shape[0])
@@ -297,26 +387,37 @@ class GiftiReader(_RowsReader):
 
 
 class CiftiReader:
-    """CIFTI-2 dense time series or scalars (.dtseries.nii, .dscalar.nii): rows are scans, columns grayordinates."""
+    """CIFTI-2 dense time series or scalars (.dtseries.nii, .dscalar.nii): rows are scans, columns grayordinates.
+
+    `paths` may hold Cifti2Images in memory as well as files."""
+
+    in_memory: tuple = ()
 
     def __init__(self, paths):
-        self._imgs, self.paths, models = [], [], None
+        self._imgs, self.paths, models, memory = [], [], None, []
         for p in paths:
-            p = Path(p)
-            img = _load(p)
+            in_memory = isinstance(p, nib.Cifti2Image)
+            img = p if in_memory else _load(Path(p))
+            p = "in-memory Cifti2Image" if in_memory else Path(p)
             if not isinstance(img, nib.Cifti2Image):
                 raise InputError(f"{p}: not a CIFTI-2 image.")
             axis = img.header.get_axis(1)
             if not isinstance(axis, nib.cifti2.BrainModelAxis):
                 raise InputError(f"{p}: only dense CIFTI files (brain models: vertices and voxels) are supported.")
             if models is not None and axis != models:
-                raise InputError(f"{p} has different CIFTI brain models from {self.paths[0]}.")
+                raise InputError(f"{p} has different CIFTI brain models from the first input.")
             models = axis
             self._imgs.append(img)
-            self.paths.append(p)
+            if in_memory:
+                memory.append(_memory_input(img, np.asanyarray(img.dataobj)))
+            else:
+                self.paths.append(p)
+        self.in_memory = tuple(memory)
         self.geometry = CiftiGeometry(models)
         self.n_scans = int(sum(img.shape[0] for img in self._imgs))
-        stored = {np.dtype(img.get_data_dtype()).newbyteorder("=") for img in self._imgs}
+        # (an image made in memory holds its array; one from a file, the file's stored type)
+        stored = {np.dtype(img.dataobj.dtype if isinstance(img.dataobj, np.ndarray) else img.get_data_dtype())
+                  .newbyteorder("=") for img in self._imgs}  # fmt: skip
         scaled = any(_scale(img.dataobj) is not None for img in self._imgs)
         # nibabel hands back scaled values: integers with scale factors, or mixed dtypes, become float32
         self.dtype = stored.pop() if len(stored) == 1 and not scaled else np.dtype(np.float32)
@@ -366,6 +467,82 @@ class NpyReader(_RowsReader):
             return None
         nel = self.geometry.n_elements
         return ColumnSource("npy", [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, index=index)
+
+
+class ArrayReader(_RowsReader):
+    """A numpy array in memory, (scans, columns): maps go back as .npy files."""
+
+    def __init__(self, array: np.ndarray, name: str = "inputs"):
+        if array.ndim != 2:
+            raise InputError(f"`{name}` as a numpy array must be 2-D (scans, voxels); got shape {array.shape} (wrap "
+                             "a volume in a nibabel image: nib.Nifti1Image(data, affine)).")  # fmt: skip
+        if array.dtype.kind not in "iuf" or 0 in array.shape:
+            raise InputError(f"`{name}` must be a numeric array with at least one scan and one column; got "
+                             f"{array.dtype} of shape {array.shape}.")  # fmt: skip
+        self._data = array
+        self.paths = []
+        self.in_memory = (MemoryInput("in-memory numpy array", type_name(array), array.shape, str(array.dtype),
+                                      (array,)),)  # fmt: skip
+        self.geometry = ArrayGeometry(int(array.shape[1]))
+        self.n_scans = int(array.shape[0])
+        self.dtype = array.dtype.newbyteorder("=")
+        self.scale = None
+
+
+class VolumeImageReader:
+    """Volumes in memory (nibabel NIfTI, Analyze, MGH... images): one 4-D image, one 3-D image (one scan), or
+    a list of 3-D images, one per scan, on one grid. The geometry (shape, affine, header) is the first
+    image's, so maps are written as NIfTI on the same grid; values are the images' own (no scale factors)."""
+
+    def __init__(self, images, name: str = "inputs"):
+        self._arrays, memory = [], []
+        for k, img in enumerate(images):
+            values = np.asanyarray(img.dataobj)  # (an image whose file is gone: read once, scaled by nibabel)
+            if values.dtype.kind == "b":
+                values = values.view(np.uint8)
+            shape = values.shape
+            if len(images) == 1 and len(shape) == 4:
+                pass
+            elif not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+                what = f"`{name}[{k}]`" if len(images) > 1 else f"`{name}`"
+                need = "a 3-D volume (one scan per image)" if len(images) > 1 else "a 3-D or 4-D volume"
+                raise InputError(f"{what} must be {need}; got an image of shape {shape}.")
+            if values.dtype.kind not in "iuf":
+                raise InputError(f"`{name}`: image data must be numeric; got {values.dtype}.")
+            header = img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None  # (NIfTI-2 included)
+            affine = np.asarray(img.affine, dtype=np.float64)
+            geometry = VolumeGeometry(tuple(int(n) for n in shape[:3]), affine, header)
+            if k == 0:
+                self.geometry = geometry
+            else:
+                self.geometry.check_same(geometry, f"`{name}[{k}]`")
+            self._arrays.append(values)
+            memory.append(_memory_input(img, values))
+        self.in_memory = tuple(memory)
+        self.paths = []
+        dtypes = {a.dtype.newbyteorder("=") for a in self._arrays}
+        if len(dtypes) == 1:
+            self.dtype = dtypes.pop()
+        else:  # images of several types: their values in a float type that holds them all
+            self.dtype = np.dtype(np.float64 if any(d.itemsize > 4 for d in dtypes) else np.float32)
+        self._one_per_scan = len(self._arrays) > 1 or self._arrays[0].ndim == 3
+        self.n_scans = len(self._arrays) if self._one_per_scan else int(self._arrays[0].shape[3])
+        self.scale = None
+
+    def column_source(self, index=None) -> ColumnSource | None:
+        return None
+
+    def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
+        nel = self.geometry.n_elements
+        if self._one_per_scan:
+            for i, a in enumerate(self._arrays):
+                yield i, np.ascontiguousarray(a.reshape(1, nel, order="F"), dtype=self.dtype)
+            return
+        data = self._arrays[0]
+        k = _slab_scans(nel, self.dtype.itemsize, max_bytes)
+        for start in range(0, self.n_scans, k):
+            slab = data[..., start : start + k]  # (x, y, z, c): elements x fastest, as in the files
+            yield start, np.ascontiguousarray(slab.reshape(nel, -1, order="F").T, dtype=self.dtype)
 
 
 class ChunkedArrayReader(_RowsReader):
@@ -542,10 +719,17 @@ def read_mesh(path, n_vertices: int) -> tuple[NDArray[np.float64], NDArray[np.in
     return np.asarray(coords, dtype=np.float64), np.asarray(faces, dtype=np.int64)
 
 
-def open_reader(paths):
-    """The reader for one path or a list of paths (a list of 3-D volumes is one scan per file); a run may be
-    named by a folder of scans, a quoted pattern or a .txt list of them (see :mod:`voxfit.io.scans`)."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+def open_reader(paths, name: str = "inputs"):
+    """The reader for one path or a list of paths (a list of 3-D volumes is one scan per file), a nibabel image,
+    a list of 3-D nibabel images (one per scan) or a 2-D numpy array (see :func:`check_data`; `name` is the
+    argument's name in messages); a run may be named by a folder of scans, a quoted pattern or a .txt list of
+    them (see :mod:`voxfit.io.scans`)."""
+    data = check_data(paths, name)
+    if isinstance(data, np.ndarray):
+        return ArrayReader(data, name)
+    if is_image(data) or (isinstance(data, list) and is_image(data[0])):
+        return _image_reader([data] if is_image(data) else data, name)
+    items = [data] if isinstance(data, Path) else data
     runs = [expand_run(p) for p in items]
     if any(r is not None for r in runs):
         if len(items) > 1:
@@ -553,8 +737,6 @@ def open_reader(paths):
                              "or several runs to `voxfit fit` / fit_runs with one design each.")  # fmt: skip
         items = runs[0]
     paths = [Path(p) for p in items]
-    if not paths:
-        raise InputError("no input file given.")
     kinds = {_kind(p) for p in paths}
     if len(kinds) > 1:
         raise InputError(f"the inputs mix file types ({', '.join(sorted(kinds))}); give files of one type.")
@@ -566,7 +748,45 @@ def open_reader(paths):
     return {"gifti": GiftiReader, "cifti": CiftiReader, "npy": NpyReader}[kind](paths)
 
 
+def _file_of(img) -> Path | None:
+    """The file an image loaded with nibabel still reads its data from (None for data in memory)."""
+    name = img.get_filename() if hasattr(img, "get_filename") else None
+    if name is None or not nib.is_proxy(getattr(img, "dataobj", None)) or not Path(name).is_file():
+        return None
+    return Path(name)
+
+
+def _image_reader(images, name: str):
+    """The reader of nibabel images: their files when they were loaded from files that still hold the data on
+    the same grid (read in slabs, checksummed as files), else the values in memory."""
+    files = [_file_of(img) for img in images]
+    if all(f is not None for f in files):
+        try:
+            one_volume = len(files) == 1 and _kind(files[0]) == "nifti"  # a 3-D image is one scan, as in memory
+            reader = NiftiReader(files[0], allow_3d=True) if one_volume else open_reader(files)
+        except InputError:
+            reader = None
+        same = reader is not None and all(
+            not isinstance(reader.geometry, VolumeGeometry)
+            or (tuple(img.shape[:3]) == reader.geometry.shape and np.allclose(img.affine, reader.geometry.affine))
+            for img in images
+        )  # fmt: skip
+        if same:
+            return reader
+    kinds = {"volume" if isinstance(img, nib.spatialimages.SpatialImage) else type(img).__name__ for img in images}
+    if len(kinds) > 1:
+        found = ", ".join(dict.fromkeys(type_name(img) for img in images))
+        raise InputError(f"`{name}` mixes kinds of image ({found}); give images of one kind.")
+    kind = kinds.pop()
+    if kind == "volume":
+        return VolumeImageReader(images, name)
+    return GiftiReader(images) if kind == "GiftiImage" else CiftiReader(images)
+
+
 def open_map(path):
-    """The reader of one file of any kind, a 3-D volume allowed: a mask or a statistic map."""
+    """The reader of one file of any kind, a 3-D volume allowed: a mask or a statistic map (or such an image
+    in memory)."""
+    if is_image(path):
+        return _image_reader([path], "mask")
     path = Path(path)
     return NiftiReader(path, allow_3d=True) if _kind(path) == "nifti" else open_reader([path])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from .._array import is_dataframe, type_name
 from ..design import make_design, read_confounds
-from ..io import open_reader
+from ..exceptions import InputError
+from ..io import check_data, check_mask, open_reader
 from .glm import ImageFit, fit_images
 
 __all__ = ["FirstLevel"]
@@ -20,6 +23,10 @@ class FirstLevel:
 
     `units` ("secs" or "scans") and `modulators` (SPM's parametric modulators, ``"rt:1,difficulty:2"``) are
     those of :func:`voxfit.design.make_design`.
+    `bold` may also be a nibabel image (4-D, or a list of 3-D images, one per scan) or a 2-D array (scans,
+    voxels); `events` and `confounds` pandas DataFrames with the files' columns. `mask_threshold` (SPM's
+    relative threshold for the automatic mask: "auto" is SPM's 0.8 for volumes, as on the command line),
+    `scheduler` and `device` are passed to :func:`voxfit.fit_images`.
     """
 
     tr: float
@@ -39,9 +46,14 @@ class FirstLevel:
     mask_threshold: float | str | None = "auto"  # as `voxfit fit`: SPM's brain mask (0.8) for volumes
     max_memory: str | int | None = None
     n_jobs: int | None = None
+    scheduler: object = None
+    device: str | None = None
 
     def design(self, events, n_scans: int, confounds=None, confounds_columns=None):
-        """The design this model would fit for `events` and `n_scans` scans (optionally with confounds)."""
+        """The design this model would fit for `events` (a BIDS events.tsv, a DataFrame with its columns, or a
+        ``{condition: {onset, duration}}`` dict) and `n_scans` scans (optionally with confounds: a TSV or a
+        DataFrame, columns chosen by names or patterns)."""
+        _check_tables(events, confounds)
         extra = read_confounds(confounds, confounds_columns or "*", n_scans) if confounds is not None else None
         return make_design(
             events, self.tr, n_scans, hrf=self.hrf, drift=self.drift, high_pass=self.high_pass,
@@ -53,8 +65,23 @@ class FirstLevel:
     def fit(self, bold, events, contrasts, *, confounds=None, confounds_columns=None, mask=None, out_dir=None,
             force: bool = False) -> ImageFit:  # fmt: skip
         """Build the design from `events` for the run `bold`, fit it, compute `contrasts`, write to `out_dir`."""
-        n_scans = open_reader(bold).n_scans
+        bold = check_data(bold, "bold")  # every argument's type checked before any file is read
+        _check_tables(events, confounds)
+        check_mask(mask)
+        n_scans = open_reader(bold, "bold").n_scans
         design = self.design(events, n_scans, confounds, confounds_columns)
-        return fit_images(bold, design, contrasts, mask=mask, max_memory=self.max_memory, n_jobs=self.n_jobs,
-                          out_dir=out_dir, force=force, noise=self.noise, scaling=self.scaling,
-                          mask_threshold=None if mask is not None else self.mask_threshold)  # fmt: skip
+        return fit_images(bold, design, contrasts, mask=mask, mask_threshold=self.mask_threshold,
+                          max_memory=self.max_memory, n_jobs=self.n_jobs, out_dir=out_dir, force=force,
+                          noise=self.noise, scaling=self.scaling, scheduler=self.scheduler,
+                          device=self.device)  # fmt: skip
+
+
+def _check_tables(events, confounds) -> None:
+    """Refuse `events` or `confounds` of a type the design cannot read, naming the type received."""
+    if not (isinstance(events, (str, os.PathLike, dict)) or is_dataframe(events)):
+        raise InputError("`events` must be a path to a BIDS events.tsv, a pandas DataFrame (onset, duration[, "
+                         "trial_type, modulation]) or a {condition: {onset, duration}} dict; got "
+                         f"{type_name(events)}.")  # fmt: skip
+    if not (confounds is None or isinstance(confounds, (str, os.PathLike)) or is_dataframe(confounds)):
+        raise InputError("`confounds` must be a path to a confounds TSV or a pandas DataFrame; got "
+                         f"{type_name(confounds)}.")  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._array import is_dataframe, type_name
 from .._dask import dask_client, run_tasks
 from .._memory import needs_streaming
 from .._version import __version__
@@ -24,11 +25,11 @@ from ..engine import fit as fit_engine
 from ..engine import fit_ar, fit_global_ar
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
-from ..io import (ColumnSource, Dataset, Masker, OutputFolder, explicit_mask, global_sums_block, load, mask_block,
-                  open_reader, resolve_mask_threshold,
-                  sanitize_label, stat_maps, statmap_name)  # fmt: skip
+from ..io import (ColumnSource, Dataset, Masker, OutputFolder, check_data, check_mask, explicit_mask, global_sums_block,
+                  load, mask_block, open_reader, resolve_mask_threshold, sanitize_label, source_label, stat_maps,
+                  statmap_name)  # fmt: skip
 
-__all__ = ["ImageFit", "fit_images", "parse_contrast_option"]
+__all__ = ["ImageFit", "design_matrix", "fit_images", "input_records", "parse_contrast_option"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,10 +74,12 @@ def input_record(path: Path, digest: str | None = None) -> dict:
     return {"path": str(path.resolve()), "bytes": size, "sha256": digest or _sha256(path)}
 
 
-def _checksums(paths) -> dict:
-    """``{path: sha256}`` of the input files (run in a thread while the data are read or fitted)."""
+def input_records(paths, memory=()) -> list[dict]:
+    """What model.json says of the inputs: each file's :func:`input_record`, and for data given in memory
+    (nibabel images, arrays: :class:`voxfit.io.MemoryInput`) what they were, their shape and a SHA-256 of
+    their values (run in a thread while the data are read or fitted)."""
     _yield_cpu()
-    return {Path(p): _sha256(Path(p)) for p in paths}
+    return [input_record(p) for p in paths] + [m.record() for m in memory]
 
 
 def _yield_cpu() -> None:
@@ -121,15 +124,22 @@ def _column_labels(names) -> list[str]:
     return out
 
 
-def _design_matrix(design):
-    """(X, names) from a path, a voxfit Design, a DataFrame, an array, or an (X, names) pair."""
-    if isinstance(design, (str, Path)):
+DESIGN_ACCEPTED = ("a path to a design TSV/CSV or FSL design.mat, a pandas DataFrame (columns = names), a 2-D numpy "
+                   "array, a voxfit Design or an (array, names) pair")
+
+
+def design_matrix(design, name: str = "design"):
+    """(X, names) from a path, a voxfit Design, a DataFrame, an array, or an (X, names) pair; anything else is
+    an InputError naming `name` and the type received."""
+    if isinstance(design, (str, os.PathLike)):
         return read_design(design)
     if hasattr(design, "X") and hasattr(design, "names"):
         return as_design_matrix(design.X, design.names)
     if isinstance(design, tuple) and len(design) == 2:
         return as_design_matrix(*design)
-    return as_design_matrix(design)
+    if isinstance(design, np.ndarray) or is_dataframe(design):
+        return as_design_matrix(design)
+    raise InputError(f"`{name}` must be {DESIGN_ACCEPTED}; got {type_name(design)}.")
 
 
 def fit_images(
@@ -156,15 +166,17 @@ def fit_images(
 
     Parameters
     ----------
-    inputs : path or list of paths
-        Data files (see :func:`voxfit.load`).
+    inputs : path, list of paths, nibabel image, list of 3-D nibabel images, or 2-D numpy array
+        The data (see :func:`voxfit.load`). Maps of images in memory are written as NIfTI (GIFTI, CIFTI) with
+        their geometry; model.json records them by shape and checksum instead of a path.
     design : path, voxfit.design.Design, pandas.DataFrame, array or (array, names)
         One row per scan, one named column per regressor (TSV/CSV with a header, or FSL ``design.mat``).
     contrasts : dict or list
         ``{label: expression or weights}``, or ``["label=expression", ...]``.
     mask, mask_threshold :
-        As in :func:`voxfit.load`; by default a brain mask for volumes (SPM's: above 0.8 of each scan's
-        global in every scan), every finite, varying element for surfaces, CIFTI and arrays.
+        As in :func:`voxfit.load` (`mask`: a path, a nibabel image or a boolean array); by default a brain
+        mask for volumes (SPM's: above 0.8 of each scan's global in every scan), every finite, varying element
+        for surfaces, CIFTI and arrays.
     out_dir : path, optional
         Folder for the maps, ``design.tsv`` and ``model.json``; refused if not empty unless `force`.
         Files appear only when everything succeeded.
@@ -197,7 +209,10 @@ def fit_images(
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     start = time.perf_counter()
-    X, names = _design_matrix(design)
+    if dataset is None:  # every argument's type checked before a file or folder is touched
+        inputs = check_data(inputs, "inputs")
+    check_mask(mask)
+    X, names = design_matrix(design)
     items = contrast_items(contrasts)
     factor = factorize(X, names, warn=False)
     for label, expr in items:  # every contrast checked before the data are read
@@ -214,14 +229,14 @@ def fit_images(
             dataset = _column_dataset(inputs, mask, mask_threshold, scheduler)
             streaming = False if dataset is not None else streaming
         if streaming is None and dataset is None:
-            reader = open_reader(inputs)
+            reader = open_reader(inputs, "inputs")
             streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory)
         if streaming:
             if scheduler is not None or device not in (None, "cpu"):
                 raise InputError("data larger than --max-memory are read in one sequential pass on the CPU; drop "
                                  "--scheduler and --device, or raise --max-memory.")  # fmt: skip
             max_memory = max_memory or "2G"
-            fit, stats, ar_coef, noise_info, dataset, checksums, mean = _fit_streamed(
+            fit, stats, ar_coef, noise_info, dataset, records, mean = _fit_streamed(
                 inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
                 hashing if out is not None else None,
             )  # fmt: skip
@@ -231,12 +246,12 @@ def fit_images(
                 scheduler = stack.enter_context(dask_client(scheduler))
             if dataset is None:
                 dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0],
-                               scan_globals=scaling == "global")  # fmt: skip
+                               scan_globals=scaling == "global", name="inputs")  # fmt: skip
             elif isinstance(dataset, Future):
                 dataset = dataset.result()
             if dataset.n_scans != X.shape[0]:
                 raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
-            checksums = hashing.submit(_checksums, dataset.paths) if out is not None else None
+            records = hashing.submit(input_records, dataset.paths, dataset.memory) if out is not None else None
             t_load = time.perf_counter()
             data = dataset.data if scaling == "none" else _scale(dataset.data, scaling, dataset.globals)
             if out is None:
@@ -256,7 +271,7 @@ def fit_images(
                         "noise": noise, "noise_details": noise_info, "scaling": scaling,
                         "design": design_record(design),
                         "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load}, "mean": mean}  # fmt: skip
-            _write_outputs(out, fit, dataset, stats, items, settings, command, checksums.result(), n_jobs, ar_coef)
+            _write_outputs(out, fit, dataset, stats, items, settings, command, records.result(), n_jobs, ar_coef)
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
@@ -265,7 +280,7 @@ def fit_images(
 def mask_record(mask, threshold, n_voxels: int, n_elements: int) -> dict:
     """What model.json says of the mask: its source, the rule of the automatic mask, and how much it kept."""
     if mask is not None:
-        source, rule = (str(mask) if isinstance(mask, (str, Path)) else "array given"), "explicit: non-zero, finite values"
+        source, rule = source_label(mask), "explicit: non-zero, finite values"
     elif threshold is not None:
         source, rule = "automatic", (f"SPM's: above {threshold:g} x each scan's global (spm_global) in every scan, "
                                      "finite and not constant")  # fmt: skip
@@ -284,9 +299,9 @@ def design_record(design) -> dict:
 def _column_dataset(inputs, mask, mask_threshold, scheduler) -> Dataset | None:
     """The masked inputs as a Dataset whose data are a column source (see :func:`columns_on_workers`); None
     when the files cannot be read by columns (e.g. .nii.gz)."""
-    reader = open_reader(inputs)
+    reader = open_reader(inputs, "inputs")
     found = columns_on_workers(reader, mask, scheduler, threshold=mask_threshold)
-    return None if found is None else Dataset(*found, tuple(reader.paths))
+    return None if found is None else Dataset(*found, tuple(reader.paths), memory=tuple(reader.in_memory))
 
 
 def columns_on_workers(reader, mask, scheduler, nonzero: bool = False, threshold=None) -> tuple[ColumnSource, Masker] | None:
@@ -321,20 +336,20 @@ def columns_on_workers(reader, mask, scheduler, nonzero: bool = False, threshold
 def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress, hashing):
     """The fit of fit_images for data larger than `max_memory`: one sequential read accumulating per-voxel
     sums. Returns what the in-memory path has for writing: fit, stats, AR coefficients, noise details, a
-    Dataset standing for the data (no values), the future of the input checksums (None without `hashing`)
-    and the mean image."""
+    Dataset standing for the data (no values), the future of the inputs' records for model.json (None without
+    `hashing`) and the mean image."""
     order = _noise_order(noise)
     if order < 0 or scaling != "none":
         raise InputError("data larger than --max-memory are fitted in one pass with --noise ols or ar1 .. ar8 and "
                          "--scaling none; raise --max-memory for ar1-global or scaling.")  # fmt: skip
-    reader = open_reader(inputs)
-    checksums = hashing.submit(_checksums, reader.paths) if hashing is not None else None  # while the data stream
+    reader = open_reader(inputs, "inputs")
+    records = hashing.submit(input_records, reader.paths, reader.in_memory) if hashing is not None else None
     fit, stats, ar_coef, masker, mean = fit_streaming(inputs, X, dict(items), order=order, names=names, mask=mask,
                                                 mask_threshold=mask_threshold, max_memory=max_memory, progress=progress)  # fmt: skip
     dataset = Dataset(np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, masker.n_voxels)), masker,
-                      tuple(reader.paths))  # fmt: skip
+                      tuple(reader.paths), tuple(reader.in_memory))  # fmt: skip
     info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
-    return fit, stats, ar_coef, info, dataset, checksums, mean
+    return fit, stats, ar_coef, info, dataset, records, mean
 
 
 def mean_over_scans(data) -> np.ndarray:
@@ -414,7 +429,7 @@ def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, 
     return fit, stats, ar_coef, info
 
 
-def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums, n_jobs, ar_coef=None):
+def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n_jobs, ar_coef=None):
     masker = dataset.masker
     ext = masker.geometry.extension
     names = list(fit.names)
@@ -441,7 +456,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, checksums
     model = {
         "voxfit_version": __version__,
         "command": command,
-        "inputs": [input_record(p, checksums[Path(p)]) for p in dataset.paths],
+        "inputs": inputs,
         "data": {"n_scans": dataset.n_scans, "n_voxels": dataset.n_voxels, "n_invalid_voxels": fit.n_invalid,
                  "dtype": str(getattr(dataset.data, "dtype", "")), "geometry": masker.geometry.describe()},
         "mask": mask_record(settings["mask"], settings["mask_threshold"], dataset.n_voxels,

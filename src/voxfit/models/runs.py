@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .._array import type_name
 from .._version import __version__
 from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
 from ..design import write_design
 from ..exceptions import InputError
-from ..io import Masker, OutputFolder, ScaledArray, load, resolve_mask_threshold, stat_maps, statmap_name
-from .glm import (_design_matrix, _noise_order, _scale, contrast_items, design_record, fit_noise_model, input_record,
+from ..io import (Masker, OutputFolder, ScaledArray, check_data, check_mask, load, resolve_mask_threshold, source_label,
+                  stat_maps, statmap_name)
+from .glm import (_noise_order, _scale, contrast_items, design_matrix, design_record, fit_noise_model, input_records,
                   mask_record, mean_over_scans)
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
@@ -73,19 +75,25 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
              scaling="none", max_memory=None, n_jobs=None, command=None, scheduler=None) -> RunsFit:  # fmt: skip
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
-    `inputs` and `designs` are lists of the same length (one 4-D image and one design per run; designs as
-    accepted by :func:`voxfit.fit_images`). Runs share one mask: the given one, or the voxels inside every
-    run's automatic mask (see `mask_threshold` in :func:`voxfit.load`: by default SPM's 0.8 for volumes).
-    Each contrast is evaluated on each run's design, so the columns it names must exist
-    in every run.
+    `inputs` and `designs` are lists of the same length (one run and one design per run; each run a path (a
+    4-D file, or a folder, pattern or .txt list of 3-D scans), a 4-D nibabel image, a list of 3-D nibabel
+    images or a 2-D array, and each design as accepted by :func:`voxfit.fit_images`). Runs share one mask (a
+    path, nibabel image or boolean array): the given one, or the voxels inside every run's automatic mask (see
+    `mask_threshold` in :func:`voxfit.load`: by default SPM's 0.8 for volumes). Each contrast is evaluated on
+    each run's design, so the columns it names must exist in every run.
     """
+    for what, value in (("inputs", inputs), ("designs", designs)):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"`{what}` must be a list with one entry per run; got {type_name(value)}.")
+    inputs = [check_data(run, f"inputs[{r}]") for r, run in enumerate(inputs)]
+    check_mask(mask)
     if len(inputs) != len(designs) or len(inputs) < 2:
         raise InputError(f"give one design (or events file) per run: {len(inputs)} runs, {len(designs)} designs.")
     _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     items = contrast_items(contrasts)
-    matrices = [_design_matrix(d) for d in designs]
+    matrices = [design_matrix(d, f"designs[{r}]") for r, d in enumerate(designs)]
     for r, (X, names) in enumerate(matrices, 1):
         factor = factorize(X, names, warn=False)
         for label, expr in items:
@@ -94,11 +102,11 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
     with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
-        datasets = [load(path, mask, mask_threshold=mask_threshold, n_scans=X.shape[0], scan_globals=scaling == "global")
-                    for path, (X, _) in zip(inputs, matrices)]  # fmt: skip
+        datasets = [load(path, mask, mask_threshold=mask_threshold, n_scans=X.shape[0], scan_globals=scaling == "global",
+                         name=f"inputs[{r}]") for r, (path, (X, _)) in enumerate(zip(inputs, matrices))]  # fmt: skip
         geometry = datasets[0].masker.geometry
         for r, ds in enumerate(datasets[1:], 2):
-            geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0]})")
+            geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0] if ds.paths else 'in memory'})")
         common = np.logical_and.reduce([ds.masker.mask for ds in datasets])
         if not common.any():
             raise InputError("no voxel is inside the mask of every run.")
@@ -133,14 +141,15 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
                     masker.write(out.path(name), values, map_names)
             out.write_json("model.json", {
                 "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
-                "runs": [{"inputs": [input_record(p) for p in ds.paths], "columns": list(names), "n_scans": int(X.shape[0]),
+                "runs": [{"inputs": input_records(ds.paths, ds.memory), "columns": list(names),
+                          "n_scans": int(X.shape[0]),
                           **design_record(design),
                           "noise_details": info}
                          for ds, (X, names), design, info in zip(datasets, matrices, designs, noise_details)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                                       "kind": combined[label].kind, "dof": combined[label].dof} for label, expr in items},
                 "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": threshold,
-                             "mask": "automatic (every run)" if mask is None else str(mask)},
+                             "mask": "automatic (every run)" if mask is None else source_label(mask)},
                 "mask": mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),
                 "n_voxels": masker.n_voxels,
                 "run": out.run_record(),

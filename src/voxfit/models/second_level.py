@@ -1,7 +1,8 @@
 """``voxfit.SecondLevel``: group models over subjects' maps, parametric and permutation inference, written as maps.
 
 Inputs are a list of maps (3-D NIfTI, GIFTI, CIFTI dscalar) or one 4-D file, one map per subject (or, with
-``paired``, the n maps of condition A followed by the n maps of condition B, tested as A - B). Without a
+``paired``, the n maps of condition A followed by the n maps of condition B, tested as A - B); or the same in
+memory: a list of 3-D nibabel images, one 4-D nibabel image, or a 2-D array (subjects, voxels). Without a
 mask, voxels are kept where every map is finite and non-zero (SPM's implicit mask for group data).
 
 Maps written per contrast ``<c>`` (in the input's format): the parametric ``effect``, ``variance``, ``t``/``F``,
@@ -34,9 +35,10 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import Masker, OutputFolder, load, open_reader, read_mesh, stat_maps, statmap_name
+from ..io import (Masker, OutputFolder, check_data, check_mask, load, open_reader, read_mesh, source_label, stat_maps,
+                  statmap_name)  # fmt: skip
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
-from .glm import columns_on_workers, contrast_items, input_record
+from .glm import columns_on_workers, contrast_items, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
 
@@ -117,17 +119,24 @@ class SecondLevel:
     device: str | None = None
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
-        paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        """Fit the group model to `inputs` (a path or list of paths, a list of 3-D nibabel images or one 4-D
+        image, one map per subject, or a 2-D array (subjects, voxels)) and write the maps to `out_dir`."""
+        data = check_data(inputs, "inputs")  # every argument's type checked before a file or folder is touched
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        check_mask(self.mask)
         if self.permutations < 0 or isinstance(self.permutations, bool):
             raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
-            reader = open_reader(paths if len(paths) > 1 else paths[0])
+            reader = open_reader(data, "inputs")
+            paths = data if isinstance(data, list) else [data]
             d, ordered, order = self._design(paths, reader.n_scans)  # before reading any data: a mismatch stops here
             if ordered != paths:  # the maps in the table's order (a design matched by ids)
-                paths, reader = ordered, open_reader(ordered)
+                paths = data = ordered
+                reader = open_reader(data, "inputs")
             parametric = not self.permutations and not self.paired
             on_workers = None
             if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
@@ -136,9 +145,9 @@ class SecondLevel:
             if on_workers is not None:
                 Y, masker = on_workers
             elif parametric and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
-                return self._fit_streamed(paths, d, out, progress, command)
+                return self._fit_streamed(data, paths, d, reader, out, progress, command)
             else:
-                Y, masker = self._load(paths, progress)
+                Y, masker = self._load(data, progress)
             # one connection to the cluster for the fit and every contrast's shuffles
             scheduler = None if self.scheduler is None else stack.enter_context(dask_client(self.scheduler))
             items = self._contrast_items(d.names, d.X.shape[1])
@@ -168,7 +177,8 @@ class SecondLevel:
                     tables[label] = self._cluster_table(masker, parametric[label], perms.get(label), adjacency)
             files: list[Path] = []
             if out is not None:
-                self._write(out, masker, d, items, parametric, perms, tables, paths, command, (E, H), blocks)
+                self._write(out, masker, d, items, parametric, perms, tables, reader, paths, command, (E, H),
+                            blocks)
                 files = out.commit()
         return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
 
@@ -180,7 +190,7 @@ class SecondLevel:
         A design matched by ids is fitted in the table's order of rows, the maps taken in that order, so that
         the results do not depend on the order of the inputs, not even by rounding or by the shuffles drawn
         from a seed."""
-        maps = [str(p) for p in paths] if len(paths) == n_scans else None  # one map per file: names to match
+        maps = [source_label(p) for p in paths] if len(paths) == n_scans else None  # one map per file: names to match
         pairs = None
         if self.paired:
             if n_scans % 2:
@@ -220,7 +230,7 @@ class SecondLevel:
 
     def _load(self, paths, progress):
         """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
-        ds = load(paths, self.mask, mask_threshold=None, progress=progress)  # maps of effects: no intensity rule
+        ds = load(paths, self.mask, mask_threshold=None, progress=progress, name="inputs")  # maps of effects: no intensity rule
         Y, masker = np.asarray(ds.data), ds.masker
         if self.paired:
             half = Y.shape[0] // 2
@@ -235,16 +245,17 @@ class SecondLevel:
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return Y, masker
 
-    def _fit_streamed(self, paths, d, out, progress, command) -> GroupFit:
+    def _fit_streamed(self, data, paths, d, reader, out, progress, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
         if self.tfce or self.cluster_threshold is not None:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
         items = self._contrast_items(d.names, d.X.shape[1])
-        _, stats, _, masker, _ = fit_streaming(paths, d.X, dict(items), names=list(d.names), mask=self.mask,
+        _, stats, _, masker, _ = fit_streaming(data, d.X, dict(items), names=list(d.names), mask=self.mask,
                                               max_memory=self.max_memory, progress=progress, nonzero=True)  # fmt: skip
         files: list[Path] = []
         if out is not None:
-            self._write(out, masker, d, items, stats, {}, {}, paths, command, self._tfce_parameters(masker.geometry), None)
+            EH = self._tfce_parameters(masker.geometry)
+            self._write(out, masker, d, items, stats, {}, {}, reader, paths, command, EH, None)
             files = out.commit()
         return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
 
@@ -321,7 +332,7 @@ class SecondLevel:
             rows.append(row)
         return rows
 
-    def _write(self, out, masker, d, items, parametric, perms, tables, paths, command, EH, blocks) -> None:
+    def _write(self, out, masker, d, items, parametric, perms, tables, reader, paths, command, EH, blocks) -> None:
         ext = masker.geometry.extension
         masker.write_mask(out.path(f"mask{ext}"))
         write_design(out.path("design.tsv"), d.X, list(d.names))
@@ -355,7 +366,7 @@ class SecondLevel:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
         out.write_json("model.json", {
             "voxfit_version": __version__, "command": command, "model": "group (second level)",
-            "inputs": [input_record(Path(str(p).partition("::")[0])) for p in paths],  # (a store, not its array)
+            "inputs": input_records(reader.paths, reader.in_memory),  # (a store's path, not its array's)
             "design": {"columns": list(d.names), "n_rows": int(d.X.shape[0]), "notes": list(d.notes),
                        "paired": self.paired, **design_rows_record(d, paths, self.paired)},
             "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
@@ -370,7 +381,8 @@ class SecondLevel:
                          "whole_blocks": self.whole_blocks, "tfce": self.tfce, "tfce_E": EH[0], "tfce_H": EH[1],
                          "cluster_threshold": self.cluster_threshold, "connectivity": self.connectivity,
                          "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
-                         "mask": "automatic (finite and non-zero in every map)" if self.mask is None else str(self.mask),
+                         "mask": ("automatic (finite and non-zero in every map)" if self.mask is None
+                                  else source_label(self.mask)),
                          "p": "t contrasts one-sided (large positive t); permutation p = #{shuffles reaching the observed} / shuffles"},
             "n_voxels": masker.n_voxels,
             "run": out.run_record(),

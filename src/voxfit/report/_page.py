@@ -58,6 +58,11 @@ def _number(value) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
+def _in_memory(record: dict) -> str:
+    """How the inputs table names data given in memory (model.json has no path for them)."""
+    return f"{record.get('source', '')} ({record.get('type', '')}, shape {tuple(record.get('shape', ()))})"
+
+
 def _table(rows: list[dict], limit: int | None = None) -> str:
     if not rows:
         return "<p>None.</p>"
@@ -338,7 +343,9 @@ def _settings_section(res: Results, generated: str) -> str:
     parts.append(_definitions({units.get(k, k): v for k, v in run.items()}) if run
                  else "<p>Not recorded (a folder written before voxfit recorded them).</p>")  # fmt: skip
     inputs = [i for r in m.get("runs", []) for i in r.get("inputs", [])] or m.get("inputs", [])
-    parts.append("<h3>Inputs</h3>" + _table([{"path": i.get("path"), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")} for i in inputs]))
+    rows = [{"path": i.get("path") or _in_memory(i), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")}
+            for i in inputs]  # fmt: skip
+    parts.append("<h3>Inputs</h3>" + _table(rows))
     for key in ("data", "mask", "design", "settings"):
         if isinstance(m.get(key), dict):
             parts.append(f"<h3>{key.capitalize()}</h3>" + _definitions(m[key]))

@@ -1,0 +1,260 @@
+"""The Python API takes what users hold: nibabel images and lists of them, arrays, DataFrames; the same numbers
+as from files, and one clear InputError for anything else, before anything is written."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pandas as pd
+import pytest
+
+import voxfit
+from voxfit.design import make_design, read_confounds
+from voxfit.exceptions import DesignWarning, InputError
+from voxfit.models import fit_runs
+
+from .imaging import AFFINE, SHAPE, volume_data, write_nifti
+
+N = 40
+EVENTS = pd.DataFrame({"onset": [4.0, 30.0, 50.0, 61.5], "duration": [6.0, 6.0, 6.0, 0.0],
+                       "trial_type": ["faces", "houses", "faces", "houses"], "modulation": [1.0, np.nan, 2.0, 1.0]})  # fmt: skip
+
+
+def _design(n=N):
+    return pd.DataFrame({"slope": np.linspace(-1, 1, n), "constant": np.ones(n)})
+
+
+def _maps(folder):
+    """{file name: (values, affine, shape)} of every NIfTI map in `folder`."""
+    out = {}
+    for p in sorted(folder.glob("*.nii.gz")):
+        img = nib.load(p)
+        out[p.name] = (np.asarray(img.dataobj), img.affine, img.shape)
+    return out
+
+
+def _assert_same_maps(a, b):
+    maps_a, maps_b = _maps(a), _maps(b)
+    assert maps_a.keys() == maps_b.keys() and len(maps_a) > 5
+    for name, (values, affine, shape) in maps_a.items():
+        npt.assert_array_equal(values, maps_b[name][0], err_msg=name)
+        npt.assert_array_equal(affine, maps_b[name][1])
+        assert shape == maps_b[name][2] == SHAPE
+
+
+def test_a_4d_image_fits_as_its_file(tmp_path, rng):
+    data = volume_data(rng, n=N)
+    path = write_nifti(tmp_path / "bold.nii.gz", data)
+    img = nib.Nifti1Image(data, AFFINE)
+    from_file = voxfit.fit_images(path, _design(), {"up": "slope"}, out_dir=tmp_path / "file")
+    in_memory = voxfit.fit_images(img, _design(), {"up": "slope"}, out_dir=tmp_path / "memory")
+    npt.assert_array_equal(in_memory.fit.betas, from_file.fit.betas)
+    _assert_same_maps(tmp_path / "file", tmp_path / "memory")
+    record = json.loads((tmp_path / "memory" / "model.json").read_text())["inputs"]
+    assert len(record) == 1 and "path" not in record[0]
+    assert record[0]["source"] == "in-memory nibabel image" and record[0]["shape"] == [*SHAPE, N]
+    again = voxfit.fit_images(nib.Nifti1Image(data.copy(), AFFINE), _design(), {"up": "slope"}, out_dir=tmp_path / "m2")
+    assert again.files and json.loads((tmp_path / "m2" / "model.json").read_text())["inputs"] == record
+    pytest.importorskip("matplotlib")
+    page = voxfit.write_report(tmp_path / "memory").read_text()
+    assert "in-memory nibabel image (Nifti1Image, shape (6, 5, 4, 40))" in page and record[0]["sha256"] in page
+    # an image loaded from a file is read from that file, and recorded by its path
+    loaded = voxfit.fit_images(nib.load(path), _design(), {"up": "slope"}, out_dir=tmp_path / "loaded")
+    assert json.loads((tmp_path / "loaded" / "model.json").read_text())["inputs"][0]["path"] == str(path.resolve())
+    npt.assert_array_equal(loaded.fit.betas, from_file.fit.betas)
+
+
+def test_a_list_of_3d_images_fits_as_the_4d_file(tmp_path, rng):
+    data = volume_data(rng, n=N)
+    path = write_nifti(tmp_path / "bold.nii.gz", data)
+    scans = [nib.Nifti1Image(data[..., i], AFFINE) for i in range(N)]
+    voxfit.fit_images(path, _design(), ["up=slope"], out_dir=tmp_path / "file")
+    voxfit.fit_images(scans, _design(), ["up=slope"], out_dir=tmp_path / "list")
+    _assert_same_maps(tmp_path / "file", tmp_path / "list")
+    assert len(json.loads((tmp_path / "list" / "model.json").read_text())["inputs"]) == N
+
+
+def test_arrays_and_image_masks(tmp_path, rng):
+    Y = rng.standard_normal((N, 30))
+    np.save(tmp_path / "y.npy", Y)
+    a = voxfit.fit_images(Y, _design(), {"up": "slope"}, out_dir=tmp_path / "array")
+    b = voxfit.fit_images(tmp_path / "y.npy", _design(), {"up": "slope"})
+    npt.assert_array_equal(a.fit.betas, b.fit.betas)
+    assert (tmp_path / "array" / "contrast-up_stat-t_statmap.npy").exists()
+    # a mask as a nibabel image selects what its file selects
+    data = volume_data(rng, n=N)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[2:5, 1:4, 1:3] = 1
+    m_path = write_nifti(tmp_path / "mask.nii", mask)
+    by_file = voxfit.fit_images(nib.Nifti1Image(data, AFFINE), _design(), {"up": "slope"}, mask=m_path)
+    by_image = voxfit.fit_images(nib.Nifti1Image(data, AFFINE), _design(), {"up": "slope"},
+                                 mask=nib.Nifti1Image(mask, AFFINE), out_dir=tmp_path / "masked")  # fmt: skip
+    npt.assert_array_equal(by_image.masker.mask, by_file.masker.mask)
+    npt.assert_array_equal(by_image.fit.betas, by_file.fit.betas)
+    source = json.loads((tmp_path / "masked" / "model.json").read_text())["mask"]["source"]
+    assert source.startswith("in-memory nibabel image") and "\n" not in source
+
+
+def test_dataframe_events_and_confounds_give_the_files_design(tmp_path, rng):
+    EVENTS.to_csv(tmp_path / "events.tsv", sep="\t", index=False, na_rep="n/a")
+    confounds = pd.DataFrame({"trans_x": [np.nan, *rng.standard_normal(N - 1)], "trans_y": rng.standard_normal(N),
+                              "csf": rng.standard_normal(N), "framewise_displacement": [np.nan, *rng.random(N - 1)]})  # fmt: skip
+    confounds.to_csv(tmp_path / "confounds.tsv", sep="\t", index=False, na_rep="n/a")
+    model = voxfit.FirstLevel(tr=2.0, hrf="spm+derivative")
+    from_files = model.design(tmp_path / "events.tsv", N, tmp_path / "confounds.tsv", "trans_*,framewise*")
+    from_frames = model.design(EVENTS, N, confounds, ["trans_*", "framewise*"])
+    assert from_frames.names == from_files.names and "trans_y" in from_frames.names
+    npt.assert_array_equal(from_frames.X, from_files.X)
+    npt.assert_array_equal(make_design(EVENTS, 2.0, N).X, make_design(tmp_path / "events.tsv", 2.0, N).X)
+    values, names = read_confounds(confounds, "framewise_displacement", N)
+    assert names == ["framewise_displacement"] and values[0, 0] == 0.0  # leading n/a: 0, as in a file
+    gap = confounds.copy()
+    gap.loc[5, "csf"] = np.nan
+    with pytest.raises(InputError, match="confounds DataFrame: column 'csf' has a missing value at row 6"):
+        read_confounds(gap, "csf", N)
+    with pytest.raises(InputError, match="no column matches 'rot_\\*'"):
+        read_confounds(confounds, "rot_*", N)
+    with pytest.raises(InputError, match="events DataFrame has no 'onset' column"):
+        make_design(EVENTS.drop(columns="onset"), 2.0, N)
+    # and the fit: DataFrames and an image give the files' maps
+    data = volume_data(rng, n=N)
+    bold = write_nifti(tmp_path / "bold.nii.gz", data)
+    model.fit(bold, tmp_path / "events.tsv", {"fh": "faces - houses"}, confounds=tmp_path / "confounds.tsv",
+              confounds_columns="trans_*", out_dir=tmp_path / "files")  # fmt: skip
+    model.fit(nib.Nifti1Image(data, AFFINE), EVENTS, {"fh": "faces - houses"}, confounds=confounds,
+              confounds_columns="trans_*", out_dir=tmp_path / "frames")  # fmt: skip
+    _assert_same_maps(tmp_path / "files", tmp_path / "frames")
+
+
+def test_first_level_passes_mask_threshold_scheduler_and_device(tmp_path, rng, monkeypatch):
+    data = volume_data(rng, n=N)
+    data[3, 2, 1, :] = 20 + rng.standard_normal(N)  # varying but dim: dropped by SPM's 0.8 threshold
+    bold = write_nifti(tmp_path / "bold.nii", data)
+    res = voxfit.FirstLevel(tr=2.0, mask_threshold=0.8).fit(bold, EVENTS, {"f": "faces"}, out_dir=tmp_path / "o")
+    assert not res.masker.mask[np.ravel_multi_index((3, 2, 1), SHAPE, order="F")]
+    assert json.loads((tmp_path / "o" / "model.json").read_text())["mask"]["threshold"] == 0.8
+    seen = {}
+    monkeypatch.setattr("voxfit.models.first_level.fit_images", lambda *a, **kw: seen.update(kw))
+    voxfit.FirstLevel(tr=2.0, scheduler="tcp://x:1", device="cuda", mask_threshold=0.5).fit(bold, EVENTS, {"f": "faces"})
+    assert (seen["scheduler"], seen["device"], seen["mask_threshold"]) == ("tcp://x:1", "cuda", 0.5)
+
+
+def test_group_and_runs_from_images(tmp_path, rng):
+    maps = [(5 + rng.standard_normal(SHAPE)).astype(np.float32) for _ in range(8)]
+    paths = [write_nifti(tmp_path / f"sub-{i}.nii", m) for i, m in enumerate(maps)]
+    images = [nib.Nifti1Image(m, AFFINE) for m in maps]
+    model = voxfit.SecondLevel(design=pd.DataFrame({"age": np.arange(8.0)}), contrasts=["age=age"])
+    with pytest.warns(DesignWarning, match="matched to the maps by position"):  # the files carry sub-<label>s
+        model.fit(paths, tmp_path / "files")
+    res = model.fit(images, tmp_path / "images")
+    _assert_same_maps(tmp_path / "files", tmp_path / "images")
+    assert res.names == ("age", "intercept")
+    stacked = voxfit.SecondLevel().fit(nib.Nifti1Image(np.stack(maps, axis=-1), AFFINE))  # one 4-D image
+    npt.assert_array_equal(stacked.parametric["intercept"].t, voxfit.SecondLevel().fit(paths).parametric["intercept"].t)
+    record = json.loads((tmp_path / "images" / "model.json").read_text())["inputs"]
+    assert len(record) == 8 and all(r["source"] == "in-memory nibabel image" for r in record)
+    # runs: a 4-D image and a file, each with its design
+    runs = [volume_data(rng, n=N) for _ in range(2)]
+    run_file = write_nifti(tmp_path / "run2.nii.gz", runs[1])
+    designs = [make_design(EVENTS, 2.0, N), make_design(EVENTS.iloc[:3], 2.0, N)]
+    both = fit_runs([nib.Nifti1Image(runs[0], AFFINE), run_file], designs, {"fh": "faces - houses"}, out_dir=tmp_path / "r")
+    files = fit_runs([write_nifti(tmp_path / "run1.nii", runs[0]), run_file], designs, {"fh": "faces - houses"})
+    npt.assert_array_equal(both.combined["fh"].t, files.combined["fh"].t)
+    assert "in-memory" in json.loads((tmp_path / "r" / "model.json").read_text())["runs"][0]["inputs"][0]["source"]
+
+
+def _bold(tmp_path):
+    return write_nifti(tmp_path / "bold.nii", volume_data(np.random.default_rng(0), n=N))
+
+
+# (entry point, argument, value, expected name and type in the message)
+WRONG = [
+    ("load", "paths", {"a": 1}, "`paths` .*; got dict"),
+    ("load", "paths", 3, "`paths` .*; got int"),
+    ("load", "mask", [1, 2], "`mask` must be a path to an image, a nibabel image or a boolean array; got list"),
+    ("fit_images", "inputs", {"bold": 1}, "`inputs` must be a path to an image file .*; got dict"),
+    ("fit_images", "inputs", "mixed", "`inputs` must be .*; got a list of pathlib.PosixPath, nibabel.Nifti1Image"),
+    ("fit_images", "inputs", np.zeros((2, 3, 4)), "`inputs` as a numpy array must be 2-D"),
+    ("fit_images", "design", {"a": [1, 2]}, "`design` must be a path to a design TSV/CSV .*; got dict"),
+    ("fit_images", "design", 7, "`design` must be .*; got int"),
+    ("fit_images", "mask", 1.5, "`mask` must be .*; got float"),
+    ("first_level", "bold", 12, "`bold` must be a path to an image file .*; got int"),
+    ("first_level", "events", [1, 2], "`events` must be a path to a BIDS events.tsv, a pandas DataFrame .*; got list"),
+    ("first_level", "events", {"onset": [1.0]}, "`events` must be .*; got a dict that is not"),
+    ("first_level", "events", np.zeros((3, 3)), "`events` must be .*; got numpy.ndarray"),
+    ("first_level", "confounds", np.zeros((N, 2)), "`confounds` must be a path to a confounds TSV or a pandas DataFrame; got numpy.ndarray"),
+    ("first_level", "confounds", {"x": 1}, "`confounds` must be .*; got dict"),
+    ("first_level", "mask", {"m": 1}, "`mask` must be .*; got dict"),
+    ("fit_runs", "inputs", "bold", "`inputs` must be a list with one entry per run; got str"),
+    ("fit_runs", "inputs", [None, None], "`inputs\\[0\\]` must be .*; got NoneType"),
+    ("fit_runs", "designs", [{"a": 1}, {"a": 1}], "`designs\\[0\\]` must be .*; got dict"),
+    ("second_level", "inputs", 5, "`inputs` must be .*; got int"),
+    ("second_level", "inputs", [1, 2], "`inputs` must be .*; got a list of int"),
+    ("second_level", "design", {"age": [1, 2]}, "`design` must be None \\(one-sample\\), .*; got dict"),
+    ("second_level", "mask", 3, "`mask` must be .*; got int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("entry,argument,value,message", WRONG)
+def test_wrong_types_are_one_line_input_errors_and_write_nothing(entry, argument, value, message, tmp_path):
+    bold = _bold(tmp_path)
+    if isinstance(value, str) and value == "mixed":
+        value = [bold, nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE)]
+    out = tmp_path / "out"
+    n = N if entry != "second_level" else 8
+    args = {"paths": bold, "inputs": bold, "bold": bold, "design": _design(n), "events": EVENTS, "mask": None,
+            "confounds": None}  # fmt: skip
+    args[argument] = value
+    with pytest.raises(InputError, match=message) as err:
+        if entry == "load":
+            voxfit.load(args["paths"], args["mask"])
+        elif entry == "fit_images":
+            voxfit.fit_images(args["inputs"], args["design"], {"up": "slope"}, mask=args["mask"], out_dir=out)
+        elif entry == "first_level":
+            voxfit.FirstLevel(tr=2.0).fit(args["bold"], args["events"], {"f": "faces"}, confounds=args["confounds"],
+                                          mask=args["mask"], out_dir=out)  # fmt: skip
+        elif entry == "fit_runs":
+            inputs = value if argument == "inputs" else [bold, bold]
+            designs = value if argument == "designs" else [_design(), _design()]
+            voxfit.fit_runs(inputs, designs, {"up": "slope"}, out_dir=out)
+        else:
+            maps = [write_nifti(tmp_path / f"m{i}.nii", np.full(SHAPE, i + 1.0, np.float32)) for i in range(n)]
+            inputs = args["inputs"] if argument == "inputs" else maps
+            design = value if argument == "design" else None
+            voxfit.SecondLevel(design=design, mask=args["mask"]).fit(inputs, out)
+    text = str(err.value)
+    assert "\n" not in text and text.endswith(".") and len(text) < 400
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda X, Y: voxfit.fit({"a": [1.0]}, Y), "`X` must be a 2-D .* or a pandas DataFrame; got dict"),
+        (lambda X, Y: voxfit.fit(None, Y), "`X` must be .*; got NoneType"),
+        (lambda X, Y: voxfit.fit(X, "bold.nii.gz"), "`Y` must be an \\(n_scans, n_voxels\\) array .*voxfit.fit_images\\); got str"),
+        (lambda X, Y: voxfit.fit(X, {"v": Y}), "`Y` must be .*; got dict"),
+        (lambda X, Y: voxfit.fit_ar(X, 3, 1, {"c": [1, 0]}), "`Y` must be .*; got int"),
+        (lambda X, Y: voxfit.inference.permutation_test(X, {"a": 1}, [1, 0]), "`Y` must be an \\(n, V\\) array .*; got dict"),
+    ],
+)  # fmt: skip
+def test_array_entry_points_name_the_type_they_refuse(call, message):
+    X = np.column_stack([np.arange(6.0), np.ones(6)])
+    with pytest.raises(InputError, match=message):
+        call(X, np.arange(18.0).reshape(6, 3) ** 1.5)
+
+
+def test_images_and_array_masks_stream_too(tmp_path, rng, no_reserve):
+    """Data over the memory cap are read once, in slabs, from an image in memory as from a file."""
+    data = volume_data(rng, n=N)
+    mask = np.zeros(SHAPE, bool)
+    mask[1:5, 1:4, 1:3] = True
+    img = nib.Nifti1Image(data, AFFINE)
+    streamed = voxfit.fit_images(img, _design(), {"up": "slope"}, mask=mask, streaming=True, max_memory="64K",
+                                 out_dir=tmp_path / "s")  # fmt: skip
+    whole = voxfit.fit_images(img, _design(), {"up": "slope"}, mask=mask)
+    npt.assert_array_equal(streamed.masker.mask, mask.reshape(-1, order="F"))
+    npt.assert_allclose(streamed.contrasts["up"].t, whole.contrasts["up"].t, rtol=1e-4, atol=1e-5)
+    model = json.loads((tmp_path / "s" / "model.json").read_text())
+    assert model["inputs"][0]["source"] == "in-memory nibabel image" and model["settings"]["noise_details"]["streamed"]

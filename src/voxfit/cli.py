@@ -123,6 +123,11 @@ def _get_parser() -> argparse.ArgumentParser:
     fit.add_argument("--noise", default="ols", metavar="MODEL",
                      help="ols (default); ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
                           "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels")  # fmt: skip
+    fit.add_argument("--nuisance-columns", metavar="PATTERNS",
+                     help='design columns that are nuisance regressors, e.g. "hp_*,cosine*": with ar1-global they '
+                          "act, with the drift columns, as SPM's high-pass filter (drift_<k>, nilearn's cosine<k> and "
+                          "events designs' drifts are known; design.json beside a design file can say each column's "
+                          "kind)")  # fmt: skip
     fit.add_argument("--scaling", default="none", choices=["none", "mean", "global"],
                      help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100")  # fmt: skip
     _design_options(fit, events_needed=False)
@@ -354,7 +359,7 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     result = fit_images(
         args.inputs, design, args.contrast, mask=args.mask, mask_threshold=threshold,
         max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
-        progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise,
+        progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise, nuisance=args.nuisance_columns,
         scaling=args.scaling, streaming=streaming, scheduler=args.scheduler, device=args.device,
     )  # fmt: skip
     if not args.quiet:
@@ -401,7 +406,8 @@ def _run_runs(args, argv) -> int:
         args.inputs, designs, args.contrast, mask=args.mask,
         mask_threshold="auto" if args.mask_threshold is None else args.mask_threshold,
         out_dir=args.output, force=args.force,
-        noise=args.noise, scaling=args.scaling, max_memory=args.max_memory, n_jobs=args.n_jobs,
+        noise=args.noise, scaling=args.scaling, nuisance=args.nuisance_columns, max_memory=args.max_memory,
+        n_jobs=args.n_jobs,
         command=["voxfit", *argv], scheduler=args.scheduler,
     )  # fmt: skip
     if not args.quiet:

@@ -13,14 +13,17 @@ The steps of SPM12's spm_spm / spm_est_non_sphericity, on voxfit's blocks:
    the regression of ``W y`` on ``[W X, drifts]`` (drifts not whitened); residual dof ``n - rank``
    (SPM's ``trRV^2 / trRVRV``, equal up to its thresholding of W).
 
-Drift columns are those named ``drift_<k>`` (voxfit's and nilearn's names); a design without them is a
-design without high-pass filter.
+The high-pass filter's columns are those of kind ``drift`` or ``nuisance`` (see ``voxfit.design.kinds``:
+a design built from events knows them, a design file says them in its JSON sidecar or by the user's
+``--nuisance-columns``, else ``drift_<k>`` and nilearn's ``cosine<k>`` are recognised by name); a design
+without them is a design without high-pass filter, which is said in a warning, since every other column then
+counts as an effect of interest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +32,13 @@ from scipy import special
 from .._array import working_dtype
 from ..core import Fit, Stats, factorize
 from ..core.reml import ar_components, reml, whitening_matrix
-from ..exceptions import InputError
+from ..design.kinds import FILTER_KINDS, guess_kind
+from ..exceptions import DesignWarning, InputError
 from .fit import _fit_iv
 from .fit import fit as fit_ols
 
 __all__ = ["GlobalARFit", "fit_global_ar"]
 
-DRIFT = re.compile(r"drift_\d+$")
 UF_P = 0.001  # SPM12's defaults.stats.fmri.ufp
 AR_POINT = 0.2  # SPM's expansion point for the AR components
 
@@ -74,24 +77,32 @@ class _Whitened:
         return out if dtype is None else out.astype(dtype)
 
 
-def _constant_columns(X, names, drift):
+def _constant_columns(X, names, drift, kinds):
     """SPM's session constants (iB): columns constant over the scans, or named ``constant...`` (a run's
     intercept in a design of several runs is constant over its own scans only)."""
-    return np.array([not d and ((np.ptp(col) == 0 and col[0] != 0) or name.lower().startswith("constant"))
-                     for d, col, name in zip(drift, X.T, names)])  # fmt: skip
+    return np.array([not d and (k == "constant" or (np.ptp(col) == 0 and col[0] != 0) or name.lower().startswith("constant"))
+                     for d, col, name, k in zip(drift, X.T, names, kinds)])  # fmt: skip
 
 
-def fit_global_ar(X, Y, contrasts: dict, *, names=None, max_memory=None, n_jobs: int | None = None) -> GlobalARFit:
+def fit_global_ar(X, Y, contrasts: dict, *, names=None, kinds=None, max_memory=None, n_jobs: int | None = None) -> GlobalARFit:
     """Fit with one AR(1)-type noise covariance for all voxels, estimated by ReML as SPM12 does.
 
-    Parameters are those of :func:`voxfit.fit_ar` (without an order). Raises InputError when no voxel
-    passes SPM's effects-of-interest test (nothing to pool over): use ``ar1`` (per voxel) then.
+    Parameters are those of :func:`voxfit.fit_ar` (without an order), and `kinds`, each column's kind (see
+    ``voxfit.design.kinds``; by default guessed from the names): ``drift`` and ``nuisance`` columns are SPM's
+    high-pass filter. Raises InputError when no voxel passes SPM's effects-of-interest test (nothing to pool
+    over): use ``ar1`` (per voxel) then.
     """
     design = factorize(X, names)
     Y, n_jobs = _fit_iv(Y, design.n_scans, n_jobs)
     X, names, n = design.X, design.names, design.n_scans
-    drift = np.array([bool(DRIFT.match(name)) for name in names])
-    nuisance = drift | _constant_columns(X, names, drift)
+    kinds = tuple(kinds) if kinds is not None else tuple(guess_kind(name, X[:, j]) for j, name in enumerate(names))
+    drift = np.array([k in FILTER_KINDS for k in kinds])
+    if not drift.any():
+        warnings.warn("ar1-global found no drift column (kind drift or nuisance) in the design, so SPM's high-pass "
+                      "filter is none and every non-constant column counts as an effect of interest; name the "
+                      "design's drift columns with --nuisance-columns (e.g. \"hp_*\") if it has some.",
+                      DesignWarning, stacklevel=2)  # fmt: skip
+    nuisance = drift | _constant_columns(X, names, drift, kinds)
     if nuisance.all():
         raise InputError("ar1-global pools the voxels that SPM's F test of the effects of interest finds, but the "
                          "design has only constant and drift columns; use --noise ar1.")  # fmt: skip

@@ -20,14 +20,29 @@ from .._memory import needs_streaming
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
 from ..design import read_design, write_design
-from ..engine import default_workers
+from ..design.kinds import column_kinds, write_sidecar
+from ..engine import default_workers, fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
-from ..engine import fit_ar, fit_global_ar
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
-from ..io import (ColumnSource, Dataset, Masker, OutputFolder, check_data, check_mask, explicit_mask, global_sums_block,
-                  load, mask_block, open_reader, resolve_mask_threshold, sanitize_label, source_label, stat_maps,
-                  statmap_name)  # fmt: skip
+from ..io import (
+    ColumnSource,
+    Dataset,
+    Masker,
+    OutputFolder,
+    check_data,
+    check_mask,
+    explicit_mask,
+    global_sums_block,
+    load,
+    mask_block,
+    open_reader,
+    resolve_mask_threshold,
+    sanitize_label,
+    source_label,
+    stat_maps,
+    statmap_name,  # fmt: skip
+)
 
 __all__ = ["ImageFit", "design_matrix", "fit_images", "input_records", "parse_contrast_option"]
 
@@ -158,6 +173,7 @@ def fit_images(
     dataset=None,
     noise: str = "ols",
     scaling: str = "none",
+    nuisance=None,
     streaming: bool | None = None,
     scheduler=None,
     device: str | None = None,
@@ -193,6 +209,10 @@ def fit_images(
         ``global``: SPM's session-specific grand mean scaling, all voxels times 100 / the mean over scans of
         each scan's global (SPM's ``spm_global``: the mean of the values above 1/8 of the scan's mean), taken
         over the whole scan as SPM does, whatever the mask.
+    nuisance : str or list of str, optional
+        Design columns (names or patterns, ``"hp_*,motion*"``) that are nuisance regressors: with
+        ``ar1-global`` they act, with the drift columns, as SPM's high-pass filter (not whitened, left out of
+        the effects-of-interest test). Each column's kind is written to ``design.json`` beside ``design.tsv``.
     streaming : bool, optional
         Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
         default when the data, as float32, would take more than half of `max_memory`.
@@ -213,6 +233,7 @@ def fit_images(
         inputs = check_data(inputs, "inputs")
     check_mask(mask)
     X, names = design_matrix(design)
+    kinds = column_kinds(design, names, X, nuisance)
     items = contrast_items(contrasts)
     factor = factorize(X, names, warn=False)
     for label, expr in items:  # every contrast checked before the data are read
@@ -262,14 +283,14 @@ def fit_images(
             else:
                 mean = mean_over_scans(dataset.data)
             fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress,
-                                                              scheduler, device)  # fmt: skip
+                                                              scheduler, device, kinds)  # fmt: skip
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
             threshold = resolve_mask_threshold(mask_threshold, dataset.masker.geometry, explicit=mask is not None)
             settings = {"mask": mask, "mask_threshold": threshold, "max_memory": max_memory, "n_jobs": n_jobs,
                         "noise": noise, "noise_details": noise_info, "scaling": scaling,
-                        "design": design_record(design),
+                        "design": design_record(design, kinds), "X": X,
                         "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load}, "mean": mean}  # fmt: skip
             _write_outputs(out, fit, dataset, stats, items, settings, command, records.result(), n_jobs, ar_coef)
             files = out.commit()
@@ -290,10 +311,17 @@ def mask_record(mask, threshold, n_voxels: int, n_elements: int) -> dict:
             "fraction_of_grid": round(n_voxels / max(1, n_elements), 6)}  # fmt: skip
 
 
-def design_record(design) -> dict:
-    """What model.json records of a design built from events (a ``voxfit.design.Design``): its columns' kinds
-    and the TR; nothing for a matrix or a design file."""
-    return {k: getattr(design, k) for k in ("kinds", "tr") if hasattr(design, k)}
+def design_record(design, kinds) -> dict:
+    """What model.json records of a design beside its columns: each column's kind (see
+    ``voxfit.design.kinds``) and, for a design built from events, the TR."""
+    return {"kinds": list(kinds), **({"tr": design.tr} if hasattr(design, "tr") else {})}
+
+
+def write_design_files(out, prefix: str, X, names, kinds, tr=None) -> None:
+    """``<prefix>design.tsv``, the model's design (what ``--design`` reads back), and its sidecar
+    ``<prefix>design.json`` with each column's kind, into the output folder `out`."""
+    write_design(out.path(f"{prefix}design.tsv"), X, names)
+    write_sidecar(out.path(f"{prefix}design.json"), names, kinds, tr)
 
 
 def _column_dataset(inputs, mask, mask_threshold, scheduler) -> Dataset | None:
@@ -404,7 +432,7 @@ def _noise_order(noise: str) -> int:
 
 
 def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None, scheduler=None,
-                    device=None):  # fmt: skip
+                    device=None, kinds=None):  # fmt: skip
     """Fit with the noise model asked for: ``(fit, {label: Stats}, AR coefficients or None, noise details)``."""
     order = _noise_order(noise)
     if order < 0 and device not in (None, "cpu"):
@@ -414,7 +442,7 @@ def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, 
                     device=device, progress=progress)  # fmt: skip
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
-        g = fit_global_ar(X, data, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs)
+        g = fit_global_ar(X, data, dict(items), names=names, kinds=kinds, max_memory=max_memory, n_jobs=n_jobs)
         fit, stats, ar_coef = g.fit, g.contrasts, None
         info = {"model": "SPM12 AR(1): one ReML covariance for all voxels", "reml_hyperparameters": g.hyperparameters.tolist(),
                 "pooled_voxels": g.n_pooled, "pooling_F_threshold": g.threshold, "lag1_correlation": float(g.correlation[1, 0])}  # fmt: skip
@@ -452,7 +480,9 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
 
     with ThreadPoolExecutor(n_jobs or default_workers()) as pool:  # compression releases the GIL
         list(pool.map(write, maps))
-    write_design(out.path("design.tsv"), fit.design.X, names)
+    write_design_files(out, "", settings["X"], names, settings["design"]["kinds"], settings["design"].get("tr"))
+    if fit.design.X is not settings["X"] and not np.array_equal(fit.design.X, settings["X"]):  # ar1-global: whitened
+        write_design(out.path("design_desc-whitened.tsv"), fit.design.X, names)
     model = {
         "voxfit_version": __version__,
         "command": command,

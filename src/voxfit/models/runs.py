@@ -12,12 +12,32 @@ from .._array import type_name
 from .._version import __version__
 from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
-from ..design import write_design
+from ..design.kinds import column_kinds
 from ..exceptions import InputError
-from ..io import (Masker, OutputFolder, ScaledArray, check_data, check_mask, load, resolve_mask_threshold, source_label,
-                  stat_maps, statmap_name)
-from .glm import (_noise_order, _scale, contrast_items, design_matrix, design_record, fit_noise_model, input_records,
-                  mask_record, mean_over_scans)
+from ..io import (
+    Masker,
+    OutputFolder,
+    ScaledArray,
+    check_data,
+    check_mask,
+    load,
+    resolve_mask_threshold,
+    source_label,
+    stat_maps,
+    statmap_name,
+)
+from .glm import (
+    _noise_order,
+    _scale,
+    contrast_items,
+    design_matrix,
+    design_record,
+    fit_noise_model,
+    input_records,
+    mask_record,
+    mean_over_scans,
+    write_design_files,
+)
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -72,7 +92,7 @@ def _subset(data, columns: np.ndarray):
 
 
 def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", out_dir=None, force=False, noise="ols",
-             scaling="none", max_memory=None, n_jobs=None, command=None, scheduler=None) -> RunsFit:  # fmt: skip
+             scaling="none", nuisance=None, max_memory=None, n_jobs=None, command=None, scheduler=None) -> RunsFit:  # fmt: skip
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
     `inputs` and `designs` are lists of the same length (one run and one design per run; each run a path (a
@@ -94,6 +114,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     items = contrast_items(contrasts)
     matrices = [design_matrix(d, f"designs[{r}]") for r, d in enumerate(designs)]
+    kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]
     for r, (X, names) in enumerate(matrices, 1):
         factor = factorize(X, names, warn=False)
         for label, expr in items:
@@ -119,7 +140,8 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
                 sums = sums + mean_over_scans(data) * ds.n_scans
             data = data if scaling == "none" else _scale(data, scaling, ds.globals)
             try:
-                _, stats, _, info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler)
+                _, stats, _, info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler,
+                                                    kinds=kinds[r - 1])  # fmt: skip
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
             runs.append(stats)
@@ -131,8 +153,8 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
             threshold = resolve_mask_threshold(mask_threshold, geometry, explicit=mask is not None)
             masker.write_mask(out.path(f"mask{ext}"))
             masker.write(out.path(statmap_name("mean", ext)), sums / sum(ds.n_scans for ds in datasets), ["mean"])
-            for r, (run, (X, names)) in enumerate(zip(runs, matrices), 1):
-                write_design(out.path(f"run-{r}_design.tsv"), X, names)
+            for r, (run, (X, names), design) in enumerate(zip(runs, matrices, designs), 1):
+                write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], getattr(design, "tr", None))
                 for label, stats in run.items():
                     for name, values, map_names in stat_maps(stats, label, ext):
                         masker.write(out.path(f"run-{r}_{name}"), values, map_names)
@@ -143,9 +165,9 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
                 "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
                 "runs": [{"inputs": input_records(ds.paths, ds.memory), "columns": list(names),
                           "n_scans": int(X.shape[0]),
-                          **design_record(design),
+                          **design_record(design, kind),
                           "noise_details": info}
-                         for ds, (X, names), design, info in zip(datasets, matrices, designs, noise_details)],
+                         for ds, (X, names), design, kind, info in zip(datasets, matrices, designs, kinds, noise_details)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                                       "kind": combined[label].kind, "dof": combined[label].dof} for label, expr in items},
                 "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": threshold,

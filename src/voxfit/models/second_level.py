@@ -35,8 +35,18 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import (Masker, OutputFolder, check_data, check_mask, load, open_reader, read_mesh, source_label, stat_maps,
-                  statmap_name)  # fmt: skip
+from ..io import (
+    Masker,
+    OutputFolder,
+    check_data,
+    check_mask,
+    load,
+    open_reader,
+    read_mesh,
+    source_label,
+    stat_maps,
+    statmap_name,  # fmt: skip
+)
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import columns_on_workers, contrast_items, input_records
 

@@ -408,3 +408,15 @@ def test_renders_in_headless_chromium(volume_run, tmp_path):
     assert pixels.std() > 20  # not blank: text, figures and the header's dark band
     dark = (pixels.sum(axis=2) < 150).mean()
     assert 0.01 < dark < 0.6
+
+
+def test_design_of_a_one_sample_model_is_not_blank():
+    """A single constant column (the one-sample group design) is drawn mid-grey and framed, not white on white;
+    so is a constant column among others."""
+    from voxfit.report import _figures as figures
+
+    for X, names in ((np.ones((60, 1)), ["intercept"]),
+                     (np.column_stack([np.arange(40) % 10 < 5, np.ones(40)]).astype(float), ["A", "constant"])):  # fmt: skip
+        grey = np.asarray(Image.open(io.BytesIO(figures.design_matrix(X, names, "map"))).convert("L"), dtype=float)
+        assert grey.var() > 2000  # a white box on white would be nearly uniform
+        assert np.mean((grey > 100) & (grey < 160)) > 0.15  # the constant column's mid-grey

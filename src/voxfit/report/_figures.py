@@ -68,16 +68,32 @@ def _column_ticks(ax, names, axis: str = "x") -> None:
 
 def design_matrix(X: NDArray, names, rows: str = "scan", tr: float | None = None) -> bytes:
     """Grey-scale image, one row per scan or map (down), one column per regressor, each scaled to its largest
-    absolute value (SPM's and nilearn's convention), with the column names below."""
-    n, p = X.shape
+    absolute value (SPM's and nilearn's convention: -1 black, 0 mid-grey, 1 white), with the column names
+    below. A constant column (an intercept, a run's constant, an empty regressor) would be a plain white or
+    grey bar, and a one-sample design's only column a white box on the white page: constant columns are
+    drawn mid-grey, framed, with their value written along them."""
+    p = X.shape[1]
     peak = np.abs(X).max(axis=0)
     shown = X / np.where(peak > 0, peak, 1.0)
+    constant = np.ptp(X, axis=0) == 0
+    shown[:, constant] = 0.0
     fig = _figure(min(1.0 + 0.3 * p, 13.0), 5.0)
     ax = fig.add_subplot()
     ax.imshow(shown, aspect="auto", cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    n = X.shape[0]
+    for j in np.flatnonzero(constant):
+        ax.add_patch(_rectangle(j, n))
+        ax.text(j, (n - 1) / 2, f"constant {X[0, j]:.3g}", rotation=90, ha="center", va="center",
+                fontsize=8 if p <= 50 else 6, color="black", clip_on=True)  # fmt: skip
     _column_ticks(ax, names)
     ax.set_ylabel(rows if tr is None else f"{rows} (TR {tr:g} s)")
     return _png(fig)
+
+
+def _rectangle(j: int, n: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((j - 0.5, -0.5), 1.0, n, fill=False, edgecolor="0.2", lw=0.8)
 
 
 def correlation_matrix(X: NDArray, names) -> bytes:

@@ -106,6 +106,10 @@ def test_volume_report(volume_run):
     model = json.loads((volume_run / "model.json").read_text())
     assert model["run"]["peak_memory_mib"] > 0 and model["run"]["fit_s"] >= 0
     assert "peak memory (MiB)" in page and "voxfit version" in page
+    # settings as tables: nested settings in a table of their own, no JSON
+    settings = page[page.index("id='settings'") :]
+    assert "<th>noise_details</th><td><table class='settings'><tr><th>model</th><td>AR(1) per voxel</td>" in settings
+    assert "<th>affine</th><td>2, 0, 0, -6<br>" in settings and "&quot;" not in settings
 
 
 def test_rebuilt_from_the_folder_without_refitting(volume_run, capsys, monkeypatch):
@@ -420,3 +424,32 @@ def test_design_of_a_one_sample_model_is_not_blank():
         grey = np.asarray(Image.open(io.BytesIO(figures.design_matrix(X, names, "map"))).convert("L"), dtype=float)
         assert grey.var() > 2000  # a white box on white would be nearly uniform
         assert np.mean((grey > 100) & (grey < 160)) > 0.15  # the constant column's mid-grey
+
+
+def test_many_inputs_folded_and_settings_as_a_table(tmp_path):
+    """60 group maps: the inputs show the first, the last and the count, the whole list folded in <details>
+    (no script); so does the long command line; settings are tables, not JSON."""
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(60):
+        paths.append(tmp_path / f"sub-{i:02d}_effect.nii.gz")
+        nib.save(nib.Nifti1Image(rng.standard_normal((4, 4, 3)).astype(np.float32) + 1.0, AFFINE), paths[-1])
+    out = tmp_path / "g"
+    assert main(["group", *map(str, paths), "-o", str(out), "--report", "--quiet"]) == 0
+    page = _check_page(out / "report.html", "Design matrix")
+    inputs = page[page.index("<h3>Inputs</h3>") :]
+    shown, folded = inputs.split("<details><summary>all 60 input files</summary>", 1)
+    assert "60 files, " in shown and "… 58 more …" in shown
+    assert str(paths[0]) in shown and str(paths[-1]) in shown and str(paths[30]) not in shown
+    assert all(str(p) in folded.split("</details>")[0] for p in paths)
+    command = page[page.index("<th>command</th>") : page.index("<th>output folder</th>")]
+    assert "(60 arguments)" in command and "<summary>the whole command" in command and command.count(str(paths[30])) == 1
+    settings = page[page.index("<h3>Settings</h3>") :]
+    assert "<th>permutations</th><td>0</td>" in settings and "<th>tfce</th><td>no</td>" in settings
+    assert "<th>seed</th><td>—</td>" in settings and "&quot;" not in settings and "[" not in settings and "null" not in settings
+
+    from voxfit.report._page import _value
+
+    folded_list = _value(list(range(60)))
+    assert folded_list.startswith("60 values: 0, 1, 2, …, 59<details>") and "58, 59</details>" in folded_list
+    assert _value([1, 2]) == "1, 2" and _value(None) == "—" and _value(True) == "yes" and _value({}) == "—"

@@ -7,7 +7,6 @@ import base64
 import dataclasses
 import datetime
 import html
-import json
 import os
 import shlex
 from pathlib import Path
@@ -27,6 +26,7 @@ __all__ = ["write_report"]
 MOSAIC_SLICES = 12
 TOP_PEAKS = 10
 TABLE_ROWS = 25
+LIST_ITEMS = 8  # lists longer than this show their ends, the whole folded
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
@@ -39,6 +39,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}t
 td.n{text-align:right;font-variant-numeric:tabular-nums}.why{background:#f6f8fb;border-left:3px solid #24324a;
 padding:6px 10px}.warn{color:#a4262c}code{font-size:12px;word-break:break-all}
 .row{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}
+details{margin:4px 0}summary{cursor:pointer;color:#24324a}table.settings table{margin:0}
 """
 
 
@@ -89,13 +90,30 @@ def _read_tsv(path: Path) -> list[dict]:
         return [{k: cell(v) for k, v in row.items()} for row in csv.DictReader(fh, delimiter="\t")]
 
 
+def _value(value) -> str:
+    """One setting as HTML: nested mappings as tables, lists as text (rows of a matrix on their own lines,
+    long lists folded), never JSON."""
+    if isinstance(value, dict):
+        return _definitions(value) if value else "—"
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (list, tuple)) for v in value):  # a matrix: one row a line
+            return "<br>".join(_e(", ".join(_number(x) for x in row)) for row in value)
+        if any(isinstance(v, dict) for v in value):
+            return "".join(_value(v) for v in value)
+        text = [_number(v) for v in value]
+        if len(text) <= LIST_ITEMS:
+            return _e(", ".join(text)) if text else "—"
+        return (f"{len(text):,} values: {_e(', '.join(text[:3]))}, …, {_e(text[-1])}"
+                f"<details><summary>all {len(text):,}</summary>{_e(', '.join(text))}</details>")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "—" if value is None else _e(_number(value))
+
+
 def _definitions(mapping: dict) -> str:
-    """A dict as a two-column table; nested values as compact JSON."""
-    rows = "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(v if isinstance(v, str) else '—' if v is None else json.dumps(v))}</td></tr>"
-        for k, v in mapping.items()
-    )
-    return f"<table>{rows}</table>"
+    """A dict as a two-column table of settings and their values (see :func:`_value`)."""
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_value(v)}</td></tr>" for k, v in mapping.items())
+    return f"<table class='settings'>{rows}</table>"
 
 
 # ---------------------------------------------------------------- volumes
@@ -325,12 +343,52 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw) -> str:
     return "".join(parts)
 
 
+def _command(words: list[str]) -> str:
+    """The command line, quoted for a shell; when it is long (hundreds of input files), runs of more than
+    LIST_ITEMS arguments without a dash shown by their first and last, the whole command folded below."""
+    if not words:
+        return "(Python API)"
+    full = shlex.join(words)
+    if len(full) <= 300:
+        return f"<code>{_e(full)}</code>"
+    parts, run = [], []
+
+    def flush():
+        if len(run) > LIST_ITEMS:
+            parts.append(f"{shlex.quote(run[0])} … {shlex.quote(run[-1])} ({len(run):,} arguments)")
+        else:
+            parts.extend(shlex.quote(w) for w in run)
+        run.clear()
+
+    for n, word in enumerate(words):
+        if n >= 2 and not word.startswith("-"):
+            run.append(word)
+            continue
+        flush()
+        parts.append(shlex.quote(word))
+    flush()
+    return (f"<code>{_e(' '.join(parts))}</code><details><summary>the whole command ({len(words):,} words)</summary>"
+            f"<code>{_e(full)}</code></details>")
+
+
+def _inputs(inputs: list[dict]) -> str:
+    """The input files: all of them when few; else the first, the last and the count, the whole list folded."""
+    rows = [{"path": i.get("path"), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")} for i in inputs]
+    if len(rows) <= LIST_ITEMS:
+        return _table(rows)
+    total = sum(r["bytes"] for r in rows if isinstance(r["bytes"], int))
+    return (f"<p>{len(rows):,} files, {total:,} bytes in all; the first and the last:</p>"
+            + _table([rows[0], {"path": f"… {len(rows) - 2:,} more …"}, rows[-1]])
+            + f"<details><summary>all {len(rows):,} input files</summary>{_table(rows)}</details>")
+
+
 def _settings_section(res: Results, generated: str) -> str:
     m = res.model
     parts = ["<section id='settings'><h2>Settings and provenance</h2>"]
-    about = {"voxfit version": m.get("voxfit_version", "unknown"), "report made": generated,
-             "command": shlex.join(m.get("command") or []) or "(Python API)", "output folder": str(res.folder.resolve())}  # fmt: skip
-    parts.append(_definitions(about))
+    about = {"voxfit version": _e(m.get("voxfit_version", "unknown")), "report made": _e(generated),
+             "command": _command(m.get("command") or []), "output folder": _e(str(res.folder.resolve()))}  # fmt: skip
+    parts.append("<table class='settings'>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in about.items())
+                 + "</table>")  # fmt: skip
     run = m.get("run")
     parts.append("<h3>Timing and memory</h3>")
     units = {"started": "started", "load_s": "reading the data (s)", "fit_s": "fitting (s)", "elapsed_s": "elapsed (s)",
@@ -338,7 +396,7 @@ def _settings_section(res: Results, generated: str) -> str:
     parts.append(_definitions({units.get(k, k): v for k, v in run.items()}) if run
                  else "<p>Not recorded (a folder written before voxfit recorded them).</p>")  # fmt: skip
     inputs = [i for r in m.get("runs", []) for i in r.get("inputs", [])] or m.get("inputs", [])
-    parts.append("<h3>Inputs</h3>" + _table([{"path": i.get("path"), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")} for i in inputs]))
+    parts.append("<h3>Inputs</h3>" + _inputs(inputs))
     for key in ("data", "mask", "design", "settings"):
         if isinstance(m.get(key), dict):
             parts.append(f"<h3>{key.capitalize()}</h3>" + _definitions(m[key]))

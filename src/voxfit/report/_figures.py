@@ -278,9 +278,8 @@ def surface_views(coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray
     return _png(fig)
 
 
-def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: str, two_sided: bool = False) -> bytes:
-    """Distribution of a statistic over the mask, the elements `shown` in red, with the threshold marked
-    (both signs when `two_sided`)."""
+def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: str) -> bytes:
+    """Distribution of a statistic over the mask, the elements `shown` in red, with the threshold marked."""
     finite = np.isfinite(values)
     fig = _figure(6.0, 2.8)
     ax = fig.add_subplot()
@@ -288,9 +287,7 @@ def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: s
     ax.hist([values[finite & ~shown], values[finite & shown]], bins=bins, stacked=True, color=["0.6", "tab:red"],
             label=["not shown", "shown"])
     if threshold is not None and np.isfinite(threshold):
-        ax.axvline(threshold, color="k", lw=1.0, ls="--", label=f"threshold {'±' if two_sided else ''}{threshold:.3g}")
-        if two_sided:
-            ax.axvline(-threshold, color="k", lw=1.0, ls="--")
+        ax.axvline(threshold, color="k", lw=1.0, ls="--", label=f"threshold {threshold:.3g}")
     ax.legend(fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel("elements")

@@ -325,7 +325,7 @@ def test_surface_group_report_with_mesh(tmp_path):
                                                 "settings": {**settings, "mesh": None}}))  # fmt: skip
     assert main(["report", str(out), "--force", "--quiet"]) == 0
     page = _check_page(out / "report.html", "distribution of t")
-    assert "No surface mesh was given" in page and "Largest values shown" in page
+    assert "No surface mesh was given" in page and "Largest values shown" in page and "No slices or views" in page
 
 
 def test_cifti_report(tmp_path):
@@ -357,6 +357,7 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
     assert main(["group", str(tmp_path / "maps.npy"), "-o", str(out), "--report", "--quiet"]) == 0
     page = _check_page(out / "report.html", "distribution of t")
     assert "family-wise error p &lt; 0.05 (Bonferroni), from parametric inference" in page and "10 maps × 50 elements" in page
+    assert "No slices: the data have no voxel grid." in page and "<th>element</th><th>t</th><th>z</th><th>p unc.</th>" in page
 
     bolds = [_volume(tmp_path, rng)]
     shutil.copy(bolds[0], tmp_path / "run2.nii.gz")

@@ -511,8 +511,16 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         if voxels is not None:
             notes.append("The CIFTI file's voxels are drawn in RAS orientation over their mask; its surface vertices as distributions.")
 
+        if isinstance(geometry, SurfaceGeometry):
+            no_slices = "No slices or views: surface maps are drawn on a mesh (--mesh)."
+        elif isinstance(geometry, CiftiGeometry):
+            no_slices = "" if voxels is not None else "No slices: the CIFTI file holds surface vertices only."
+        else:
+            no_slices = "No slices: the data have no voxel grid."
+
         def draw(th):
-            out = _img(fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name), f"distribution of {th.stat_name}")
+            out = f"<p>{_e(no_slices)}</p>" if no_slices and th.shown.any() else ""
+            out += _img(fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name), f"distribution of {th.stat_name}")
             if isinstance(geometry, CiftiGeometry):
                 out += "<h3>Structures</h3>" + _table(_cifti_structures(geometry, th))
                 if voxels is not None:  # the volume part: slices and clusters as for a volume

@@ -549,6 +549,14 @@ def test_eight_mm_rule_in_mm_not_voxels():
     rows, voxels = _page_maxima(stat, shown, thick)
     assert voxels == [(2, 0, 0), (2, 0, 2), (11, 0, 0)] and [r["t"] for r in rows] == [9, 7, 6]
     assert rows[0]["voxels"] == 21 and {r["cluster"] for r in rows} == {1}
+    # on the page, SPM's layout: the cluster's number and size on its first maximum's row only
+    from voxfit.report._page import _maxima_table
+    from voxfit.report._results import Threshold
+
+    th = Threshold(shown.ravel(order="F"), stat.ravel(order="F"), "t", None, "test", contrast="c")
+    html = _maxima_table("Clusters", rows, th, "neighbours", "voxels")
+    assert re.findall(r"<tr><td( class=n)?>(\d*)</td><td( class=n)?>(\d*)</td><td class=n>([\d.]+)</td>", html) == [
+        (" class=n", "1", " class=n", "21", "9"), ("", "", "", "", "7"), ("", "", "", "", "6")]
     cubic = np.diag([2.0, 2.0, 2.0, 1.0])
     assert _page_maxima(stat, shown, cubic)[1] == [(2, 0, 0), (11, 0, 0), (16, 0, 0)]
     for affine in (thick, cubic):
@@ -604,3 +612,23 @@ def test_many_inputs_folded_and_settings_as_a_table(tmp_path):
     folded_list = _value(list(range(60)))
     assert folded_list.startswith("60 values: 0, 1, 2, …, 59<details>") and "58, 59</details>" in folded_list
     assert _value([1, 2]) == "1, 2" and _value(None) == "—" and _value(True) == "yes" and _value({}) == "—"
+
+
+def test_many_clusters_listed_in_part_all_in_the_tsv():
+    """30 lone voxels: the page lists the first 25 clusters and says how many more; the TSV holds all 30."""
+    from voxfit.io.geometry import VolumeGeometry
+    from voxfit.report._page import _Volume, _volume_part
+    from voxfit.report._results import Threshold
+
+    shape = (20, 12, 12)
+    stat = np.zeros(shape)
+    points = [(i, j, k) for i in range(0, 20, 4) for j in range(0, 12, 4) for k in range(0, 12, 4)][:30]
+    for n, p in enumerate(points):
+        stat[p] = 4.0 + n / 10
+    flat = stat.reshape(-1, order="F")
+    th = Threshold(flat > 3, flat, "z", 3.0, "test", columns={"z": flat}, contrast="c")
+    page = _volume_part(_Volume(VolumeGeometry(shape, AFFINE)), np.ones(shape), th, np.ones(flat.size, bool), 26)
+    assert page.count("<tr><td class=n>") == 25 and "5 more clusters not listed" in page
+    rows = _embedded_tsv(page)
+    assert len(rows) == 30 and all(r["voxels"] == "1" and r["cluster"] for r in rows)
+    assert float(rows[0]["z"]) == pytest.approx(4.0 + 29 / 10)  # equal sizes: the strongest first

@@ -19,7 +19,7 @@ from voxfit.cli import main
 from .imaging import AFFINE, write_cifti, write_gifti, write_icosahedron
 
 pytest.importorskip("matplotlib")
-from PIL import Image  # noqa: E402  (Pillow comes with matplotlib)
+from PIL import Image  # Pillow comes with matplotlib
 
 N = 40
 SHAPE = (10, 9, 8)
@@ -85,27 +85,65 @@ def volume_run(tmp_path_factory):
 
 
 def test_volume_report(volume_run):
-    from scipy.special import ndtr, ndtri
+    from scipy.special import ndtri
 
     page = _check_page(volume_run / "report.html", "Design matrix", "correlation matrix", "contrast a weights",
                        "orthogonal slices", "axial mosaic", "contrast eoi weights")  # fmt: skip
-    # t contrasts at two-sided p < 0.001 (nilearn's default), F contrasts one-sided; counts from the z map
-    assert "p &lt; 0.001 uncorrected (two-sided, |z| &gt; 3.29)" in page and "p &lt; 0.001 uncorrected (z &gt; 3.09)" in page
+    # SPM's default for every contrast, t and F: one-sided p < 0.001 uncorrected (z > 3.09); t contrasts show
+    # their positive tail; the counts are those of the z maps
+    level = -ndtri(0.001)
+    assert "p &lt; 0.001 uncorrected, one-sided (the positive tail of the t contrast, as SPM shows it: z &gt; 3.09)" in page
+    assert "p &lt; 0.001 uncorrected, one-sided (z &gt; 3.09): SPM&#x27;s default height threshold for each contrast" in page
+    assert "|z| &gt; 3.29" not in page and "two-sided" not in page
     mask = nib.load(volume_run / "mask.nii.gz").get_fdata() > 0
+    for label in ("a", "eoi"):
+        z = nib.load(volume_run / f"contrast-{label}_stat-z_statmap.nii.gz").get_fdata()[mask]
+        p = nib.load(volume_run / f"contrast-{label}_stat-p_statmap.nii.gz").get_fdata()[mask]
+        assert np.sum(z > level) > 0
+        assert f"{np.sum(z > level):,} of {mask.sum():,} elements shown." in page
+        assert f"{np.sum(p < 0.05 / mask.sum()):,} reach Bonferroni p &lt; 0.05, both one-sided" in page
     z = nib.load(volume_run / "contrast-a_stat-z_statmap.nii.gz").get_fdata()[mask]
-    assert f"{np.sum(np.abs(z) > -ndtri(0.0005)):,} of {mask.sum():,} elements shown (positive and negative effects)" in page
-    bonferroni = 0.05 / mask.sum()
-    assert np.sum(2 * ndtr(-np.abs(z)) < bonferroni) > np.sum(ndtr(-z) < bonferroni)  # the negative effect counts
-    assert f"{np.sum(2 * ndtr(-np.abs(z)) < bonferroni):,} reach Bonferroni p &lt; 0.05, both two-sided" in page
+    assert np.sum(z < -level) > 0  # the planted negative effect: counted, not shown
+    assert f"{np.sum(z < -level):,} elements have z &lt; −3.09 (the negative tail, not shown" in page
     assert "Variance inflation" in page and "Clusters (26-connected)" in page
     assert f"{N} scans × {mask.sum():,} elements" in page and "&#x27;eoi=A; B&#x27;" in page  # the command, quoted
-    # the two planted effects are the two largest clusters, of opposite signs, 27 voxels each at most
-    rows = re.findall(r"<tr><td class=n>(\d+)</td><td>([+−])</td><td class=n>(\d+)</td>", page)
-    top = sorted(rows[:2], key=lambda r: r[1])
-    assert [r[1] for r in top] == ["+", "−"] and all(20 <= int(r[2]) <= 27 for r in top)
+    # the planted positive effect is the largest cluster of contrast a, 27 voxels at most; its peak's t, z, p
+    a = page[page.index("id='contrast-a'") : page.index("id='contrast-eoi'")]
+    first = re.search(r"<tr><td class=n>1</td><td class=n>(\d+)</td><td class=n>[\d.]+</td>"
+                      r"<td class=n>([\d.]+)</td><td class=n>([\d.]+)</td>", a)  # fmt: skip
+    assert first and 20 <= int(first.group(1)) <= 27
+    t = nib.load(volume_run / "contrast-a_stat-t_statmap.nii.gz").get_fdata()[mask]
+    assert float(first.group(2)) == pytest.approx(t.max(), abs=1e-3) and float(first.group(3)) == pytest.approx(z.max(), abs=1e-3)
+    # the slices go through the global maximum of the shown z map
+    where = re.search(r"global maximum of the shown map: z = ([\d.]+) at \((-?\d+), (-?\d+), (-?\d+)\) mm", a)
+    z_grid = nib.load(volume_run / "contrast-a_stat-z_statmap.nii.gz").get_fdata()
+    top = np.unravel_index(np.argmax(np.where(mask, z_grid, -np.inf)), mask.shape)
+    assert float(where.group(1)) == pytest.approx(z_grid[top], abs=5e-3)
+    assert [int(v) for v in where.groups()[1:]] == [round(v) for v in AFFINE[:3, :3] @ top + AFFINE[:3, 3]]
+    # the table as TSV (embedded): every maximum's t, z and p are the maps' values at its voxel
+    assert "download='contrast-a_maxima.tsv'" in a
+    rows = _embedded_tsv(a)
+    assert rows and [r["cluster"] for r in rows] == sorted(r["cluster"] for r in rows)
+    maps = {k: nib.load(volume_run / f"contrast-a_stat-{k}_statmap.nii.gz").get_fdata() for k in ("t", "z", "p")}
+    for r in rows:
+        ijk = tuple(int(v) for v in r["i j k"].split())
+        assert float(r["t"]) == pytest.approx(maps["t"][ijk], abs=1e-3) and float(r["z"]) == pytest.approx(maps["z"][ijk], abs=1e-3)
+        assert float(r["p unc."]) == pytest.approx(maps["p"][ijk], rel=1e-5) and 0 < float(r["q FDR"]) <= 1
     model = json.loads((volume_run / "model.json").read_text())
     assert model["run"]["peak_memory_mib"] > 0 and model["run"]["fit_s"] >= 0
     assert "peak memory (MiB)" in page and "voxfit version" in page
+    # settings as tables: nested settings in a table of their own, no JSON
+    settings = page[page.index("id='settings'") :]
+    assert "<th>noise_details</th><td><table class='settings'><tr><th>model</th><td>AR(1) per voxel</td>" in settings
+    assert "<th>affine</th><td>2, 0, 0, -6<br>" in settings
+    assert not re.search(r"[{\[]\s*&quot;|&quot;\s*:|\[\[|\{&#x27;", settings) and "{&quot;" not in settings
+
+
+def _embedded_tsv(page: str) -> list[dict]:
+    import csv
+
+    data = re.search(r"href='data:text/tab-separated-values;base64,([^']+)'", page).group(1)
+    return list(csv.DictReader(io.StringIO(base64.b64decode(data).decode()), delimiter="\t"))
 
 
 def test_rebuilt_from_the_folder_without_refitting(volume_run, capsys, monkeypatch):
@@ -139,7 +177,7 @@ def test_nothing_to_show(volume_run, tmp_path):
     """No element past the threshold, or a map without a finite value: said, and no empty figures."""
     assert main(["report", str(volume_run), "--p-threshold", "1e-300", "--force", "--quiet"]) == 0
     page = _check_page(volume_run / "report.html", "Design matrix")
-    assert page.count("No element passes the threshold (largest |z|: ") == 1 and "(largest z: " in page
+    assert page.count("No element passes the threshold (largest z: ") == 2 and "no slices, views or table of maxima" in page
     assert "orthogonal slices" not in page and "Clusters (26" not in page
     folder = shutil.copytree(volume_run, tmp_path / "nan")
     z = nib.load(folder / "contrast-a_stat-z_statmap.nii.gz")
@@ -215,14 +253,16 @@ def test_volume_group_with_covariates_in_ras_and_las(tmp_path):
     ras, las_page = pages
     assert "10 maps × " in ras and "Clusters (6-connected)" in ras and "<td>age</td><td class=n>" in ras and "<td>iq</td>" in ras
     assert "family-wise error p &lt; 0.05 (Bonferroni)" in ras and "No element passes the threshold (largest t: " in ras
-    sizes = re.findall(r"<tr><td class=n>\d+</td><td>\+</td><td class=n>(\d+)</td>", ras)
+    sizes = re.findall(r"<tr><td class=n>\d+</td><td class=n>(\d+)</td>", ras)
     assert sizes[:2] == ["8", "8"]
     assert [img.tobytes() for _, img in _images(ras)] == [img.tobytes() for _, img in _images(las_page)]
     mm = re.compile(r"x mm</th><th>y mm</th><th>z mm</th>.*?</tr><tr>(.*?)</tr>")
     assert re.sub(r"\d+ \d+ \d+", "", mm.search(ras).group(1)) == re.sub(r"\d+ \d+ \d+", "", mm.search(las_page).group(1))
 
 
-def test_slices_cut_through_the_largest_cluster_not_a_lone_voxel():
+def test_slices_cut_through_the_global_maximum():
+    """The slices go through the shown map's largest value, here a lone voxel, not the largest cluster's peak;
+    the page says so and names its cluster."""
     from voxfit.io.geometry import VolumeGeometry
     from voxfit.report._page import _Volume, _volume_part
     from voxfit.report._results import Threshold
@@ -232,11 +272,12 @@ def test_slices_cut_through_the_largest_cluster_not_a_lone_voxel():
     stat[2, 2, 2] = 6.0
     stat[8, 7, 6] = 9.0  # stronger, alone
     flat = stat.reshape(-1, order="F")
-    th = Threshold(flat > 3, flat, "z", 3.0, True, "test")
+    th = Threshold(flat > 3, flat, "z", 3.0, "test", columns={"z": flat})
     page = _volume_part(_Volume(VolumeGeometry(SHAPE, AFFINE)), np.ones(SHAPE), th, np.ones(flat.size, bool), 26)
-    x, y, z = AFFINE[:3, :3] @ [2, 2, 2] + AFFINE[:3, 3]
+    x, y, z = AFFINE[:3, :3] @ [8, 7, 6] + AFFINE[:3, 3]
     assert f"orthogonal slices through ({x:.0f}, {y:.0f}, {z:.0f}) mm" in page
-    assert re.findall(r"<tr><td class=n>\d</td><td>\+</td><td class=n>(\d+)</td>", page) == ["27", "1"]
+    assert f"through the global maximum of the shown map: z = 9 at ({x:.0f}, {y:.0f}, {z:.0f}) mm, in cluster 2." in page
+    assert re.findall(r"<tr><td class=n>(\d)</td><td class=n>(\d+)</td>", page) == [("1", "27"), ("2", "1")]
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -271,7 +312,10 @@ def test_surface_group_report_with_mesh(tmp_path):
                  "--cluster-threshold", "2", "--seed", "1", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
     page = _check_page(out / "report.html", "lateral and medial views", "contrast intercept weights")
     assert "TFCE family-wise error p &lt; 0.05" in page and "from 100 sign-flips" in page
-    assert "Clusters (along the mesh" in page and "peak vertex" in page and "x mm" in page
+    assert "Clusters (along the mesh" in page and "<th>vertex</th>" in page and "x mm" in page
+    assert "Views of the whole surface (no slices); the global maximum of the shown map: t = " in page
+    # the maxima's family-wise error p from the run's maps (max statistic and TFCE), their uncorrected p from the shuffles
+    assert "<th>p FWE</th><th>p FWE TFCE</th>" in page and "p: uncorrected, one-sided, from 100 sign-flips" in page
     assert "correlation matrix" not in page  # one column, the intercept: nothing to correlate
     assert "contrast-intercept_clusters.tsv" in page  # the run's own cluster table, with FWE p
     # without a mesh the same folder still gives a report (distributions and top vertices)
@@ -281,7 +325,7 @@ def test_surface_group_report_with_mesh(tmp_path):
                                                 "settings": {**settings, "mesh": None}}))  # fmt: skip
     assert main(["report", str(out), "--force", "--quiet"]) == 0
     page = _check_page(out / "report.html", "distribution of t")
-    assert "No surface mesh was given" in page and "Largest values shown" in page
+    assert "No surface mesh was given" in page and "Largest values shown" in page and "No slices or views" in page
 
 
 def test_cifti_report(tmp_path):
@@ -291,7 +335,7 @@ def test_cifti_report(tmp_path):
     design.write_text("A\tconstant\n" + "".join(f"{a}\t1\n" for a in X[:, 0]))
     matrix = 50 + rng.standard_normal((12, 15 + 12))
     matrix[:, :4] += 4 * X[:, :1]
-    matrix[:, 15:17] -= 4 * X[:, :1]  # two voxels, (1, 1, 0) and (1, 1, 1)
+    matrix[:, 15:17] += 4 * X[:, :1]  # two voxels, (1, 1, 0) and (1, 1, 1)
     bold = write_cifti(tmp_path / "bold.dtseries.nii", matrix)
     out = tmp_path / "c"
     assert main(["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(out), "--report", "--quiet"]) == 0
@@ -300,9 +344,9 @@ def test_cifti_report(tmp_path):
     # the structure table and the voxels' clusters: the planted effects found
     cortex = re.search(r"CORTEX_LEFT</td><td class=n>15</td><td class=n>(\d+)</td>", page)
     assert cortex and 3 <= int(cortex.group(1)) <= 4
-    assert re.search(r"THALAMUS_LEFT</td><td class=n>12</td><td class=n>2</td><td class=n>-\d", page)
-    x, y, z = AFFINE[:3, :3] @ [1, 1, 0] + AFFINE[:3, 3]
-    assert "<td>−</td><td class=n>2</td><td class=n>20</td><td class=n>-" in page and f"<td class=n>{x:g}</td><td class=n>{y:g}</td>" in page
+    assert re.search(r"THALAMUS_LEFT</td><td class=n>12</td><td class=n>2</td><td class=n>\d", page)
+    x, y, _ = AFFINE[:3, :3] @ [1, 1, 0] + AFFINE[:3, 3]
+    assert "<tr><td class=n>1</td><td class=n>2</td><td class=n>20</td><td class=n>" in page and f"<td class=n>{x:g}</td><td class=n>{y:g}</td>" in page
 
 
 def test_array_group_and_fixed_effects_runs(tmp_path):
@@ -313,6 +357,7 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
     assert main(["group", str(tmp_path / "maps.npy"), "-o", str(out), "--report", "--quiet"]) == 0
     page = _check_page(out / "report.html", "distribution of t")
     assert "family-wise error p &lt; 0.05 (Bonferroni), from parametric inference" in page and "10 maps × 50 elements" in page
+    assert "No slices: the data have no voxel grid." in page and "<th>element</th><th>t</th><th>z</th><th>p unc.</th>" in page
 
     bolds = [_volume(tmp_path, rng)]
     shutil.copy(bolds[0], tmp_path / "run2.nii.gz")
@@ -408,3 +453,182 @@ def test_renders_in_headless_chromium(volume_run, tmp_path):
     assert pixels.std() > 20  # not blank: text, figures and the header's dark band
     dark = (pixels.sum(axis=2) < 150).mean()
     assert 0.01 < dark < 0.6
+
+
+def _brute_force_maxima(stat, shown, affine, most=3, apart=8.0):
+    """SPM's table of maxima written out plainly: clusters by scipy.ndimage.label with corner neighbours, a
+    voxel a local maximum when no 26-neighbour in the set is larger (loops), then per cluster the maxima by
+    decreasing value (ties: lower F-order index first), each kept when more than `apart` mm from every kept one
+    (spm_list), up to `most`. {cluster's voxels: [kept voxels in order]}."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(shown, structure=np.ones((3, 3, 3)))
+    offsets = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)]
+    out = {}
+    for c in range(1, n + 1):
+        voxels = [tuple(int(x) for x in v) for v in np.argwhere(labels == c)]
+        maxima = []
+        for v in voxels:
+            larger = False
+            for d in offsets:
+                w = tuple(v[i] + d[i] for i in range(3))
+                if all(0 <= w[i] < shown.shape[i] for i in range(3)) and shown[w] and stat[w] > stat[v]:
+                    larger = True
+            if not larger:
+                maxima.append(v)
+        maxima.sort(key=lambda v: (-stat[v], np.ravel_multi_index(v, shown.shape, order="F")))
+        kept = []
+        for v in maxima:
+            mm = affine[:3, :3] @ v + affine[:3, 3]
+            if len(kept) < most and all(np.linalg.norm(mm - (affine[:3, :3] @ k + affine[:3, 3])) > apart for k in kept):
+                kept.append(v)
+        out[frozenset(voxels)] = kept
+    return out
+
+
+def _page_maxima(stat, shown, affine, connectivity=26):
+    """The report's maxima rows of a 3-D map, with their voxels."""
+    from voxfit.inference.graph import volume_adjacency
+    from voxfit.report._page import _maxima_rows
+    from voxfit.report._results import Threshold
+
+    shape = stat.shape
+    flat, flat_shown = stat.reshape(-1, order="F"), shown.reshape(-1, order="F")
+    th = Threshold(flat_shown, flat, "t", None, "test", columns={"t": flat})
+
+    def positions(elements):
+        ijk = np.array(np.unravel_index(elements, shape, order="F"), dtype=float)
+        return (affine[:3, :3] @ ijk + affine[:3, 3][:, None]).T
+
+    rows, elements = _maxima_rows(th, lambda m: volume_adjacency(m, shape, connectivity), positions,
+                                  lambda e, xyz: {}, "voxels")  # fmt: skip
+    return rows, [tuple(int(v) for v in np.unravel_index(e, shape, order="F")) for e in elements]
+
+
+def test_local_maxima_match_a_brute_force_table(rng):
+    """Smooth noise on an anisotropic grid (2 x 3 x 4.5 mm), rounded so that plateaus tie: the same clusters,
+    maxima and order as the loops, and SPM's 8 mm rule thinning large clusters."""
+    from scipy import ndimage
+
+    shape = (16, 13, 9)
+    affine = np.diag([2.0, 3.0, 4.5, 1.0])
+    affine[:3, 3] = [-10, 4, 7]
+    stat = np.round(ndimage.gaussian_filter(rng.standard_normal(shape), 1.2) * 10, 1)
+    shown = stat > np.percentile(stat, 70)
+    rows, voxels = _page_maxima(stat, shown, affine)
+    expected = _brute_force_maxima(stat, shown, affine)
+    assert len({r["cluster"] for r in rows}) == len(expected)
+    found = {}
+    for row, v in zip(rows, voxels):
+        cluster = next(c for c in expected if v in c)
+        found.setdefault(cluster, []).append(v)
+        assert row["voxels"] == len(cluster) and row["t"] == pytest.approx(stat[v], abs=1e-9)
+    assert found == {c: kept for c, kept in expected.items()}
+    assert any(len(kept) == 3 for kept in expected.values())  # the rule had something to thin
+    # clusters numbered by size (ties: stronger peak first), maxima by decreasing value within each
+    sizes = [r["voxels"] for r in rows]
+    assert sizes == sorted(sizes, reverse=True)
+    for c in {r["cluster"] for r in rows}:
+        values = [r["t"] for r in rows if r["cluster"] == c]
+        assert values == sorted(values, reverse=True)
+
+
+def test_eight_mm_rule_in_mm_not_voxels():
+    """One cluster: a line along x (2 mm voxels) with maxima 8 mm apart (dropped: SPM keeps those *more* than
+    8 mm away) and 18 mm apart, and a branch up z to a maximum two voxels up: 10 mm with 5 mm slices (kept),
+    4 mm with 2 mm slices (dropped, so a fourth maximum along x takes its place)."""
+    shape = (18, 1, 4)
+    stat = np.zeros(shape)
+    shown = np.zeros(shape, bool)
+    line = [3, 5, 9, 5, 4, 6, 8, 6, 4, 3, 4, 6, 5, 4, 4.5, 5, 5.5, 3]  # maxima at x = 2 (9), 6 (8), 11 (6), 16 (5.5)
+    stat[:, 0, 0] = line
+    stat[2, 0, 1:4] = [4, 7, 2]  # a maximum at (2, 0, 2), value 7
+    shown[:, 0, 0] = True
+    shown[2, 0, 1:4] = True
+    thick = np.diag([2.0, 2.0, 5.0, 1.0])
+    rows, voxels = _page_maxima(stat, shown, thick)
+    assert voxels == [(2, 0, 0), (2, 0, 2), (11, 0, 0)] and [r["t"] for r in rows] == [9, 7, 6]
+    assert rows[0]["voxels"] == 21 and {r["cluster"] for r in rows} == {1}
+    # on the page, SPM's layout: the cluster's number and size on its first maximum's row only
+    from voxfit.report._page import _maxima_table
+    from voxfit.report._results import Threshold
+
+    th = Threshold(shown.ravel(order="F"), stat.ravel(order="F"), "t", None, "test", contrast="c")
+    html = _maxima_table("Clusters", rows, th, "neighbours", "voxels")
+    assert re.findall(r"<tr><td( class=n)?>(\d*)</td><td( class=n)?>(\d*)</td><td class=n>([\d.]+)</td>", html) == [
+        (" class=n", "1", " class=n", "21", "9"), ("", "", "", "", "7"), ("", "", "", "", "6")]
+    cubic = np.diag([2.0, 2.0, 2.0, 1.0])
+    assert _page_maxima(stat, shown, cubic)[1] == [(2, 0, 0), (11, 0, 0), (16, 0, 0)]
+    for affine in (thick, cubic):
+        assert _page_maxima(stat, shown, affine)[1] == next(iter(_brute_force_maxima(stat, shown, affine).values()))
+
+
+def test_local_maxima_by_mesh_neighbours():
+    """On a mesh a vertex is a maximum when no neighbour along an edge is larger; isolated vertices are maxima."""
+    from voxfit.inference.graph import mesh_adjacency
+    from voxfit.report._peaks import local_maxima
+
+    faces = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 4]])
+    values = np.array([1.0, 3.0, 2.0, 3.0, 0.5, 7.0])  # vertex 5 is on no triangle
+    assert local_maxima(values, mesh_adjacency(faces, np.ones(6, bool))).tolist() == [False, True, False, True, False, True]
+
+
+def test_design_of_a_one_sample_model_is_not_blank():
+    """A single constant column (the one-sample group design) is drawn mid-grey and framed, not white on white;
+    so is a constant column among others."""
+    from voxfit.report import _figures as figures
+
+    for X, names in ((np.ones((60, 1)), ["intercept"]),
+                     (np.column_stack([np.arange(40) % 10 < 5, np.ones(40)]).astype(float), ["A", "constant"])):  # fmt: skip
+        grey = np.asarray(Image.open(io.BytesIO(figures.design_matrix(X, names, "map"))).convert("L"), dtype=float)
+        assert grey.var() > 2000  # a white box on white would be nearly uniform
+        assert np.mean((grey > 100) & (grey < 160)) > 0.15  # the constant column's mid-grey
+
+
+def test_many_inputs_folded_and_settings_as_a_table(tmp_path):
+    """60 group maps: the inputs show the first, the last and the count, the whole list folded in <details>
+    (no script); so does the long command line; settings are tables, not JSON."""
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(60):
+        paths.append(tmp_path / f"sub-{i:02d}_effect.nii.gz")
+        nib.save(nib.Nifti1Image(rng.standard_normal((4, 4, 3)).astype(np.float32) + 1.0, AFFINE), paths[-1])
+    out = tmp_path / "g"
+    assert main(["group", *map(str, paths), "-o", str(out), "--report", "--quiet"]) == 0
+    page = _check_page(out / "report.html", "Design matrix")
+    inputs = page[page.index("<h3>Inputs</h3>") :]
+    shown, folded = inputs.split("<details><summary>all 60 input files</summary>", 1)
+    assert "60 files, " in shown and "… 58 more …" in shown
+    assert str(paths[0]) in shown and str(paths[-1]) in shown and str(paths[30]) not in shown
+    assert all(str(p) in folded.split("</details>")[0] for p in paths)
+    command = page[page.index("<th>command</th>") : page.index("<th>output folder</th>")]
+    assert "(60 arguments)" in command and "<summary>the whole command" in command and command.count(str(paths[30])) == 1
+    settings = page[page.index("<h3>Settings</h3>") :]
+    assert "<th>permutations</th><td>0</td>" in settings and "<th>tfce</th><td>no</td>" in settings
+    assert "<th>seed</th><td>—</td>" in settings and "&quot;" not in settings and "[" not in settings and "null" not in settings
+
+    from voxfit.report._page import _value
+
+    folded_list = _value(list(range(60)))
+    assert folded_list.startswith("60 values: 0, 1, 2, …, 59<details>") and "58, 59</details>" in folded_list
+    assert _value([1, 2]) == "1, 2" and _value(None) == "—" and _value(True) == "yes" and _value({}) == "—"
+
+
+def test_many_clusters_listed_in_part_all_in_the_tsv():
+    """30 lone voxels: the page lists the first 25 clusters and says how many more; the TSV holds all 30."""
+    from voxfit.io.geometry import VolumeGeometry
+    from voxfit.report._page import _Volume, _volume_part
+    from voxfit.report._results import Threshold
+
+    shape = (20, 12, 12)
+    stat = np.zeros(shape)
+    points = [(i, j, k) for i in range(0, 20, 4) for j in range(0, 12, 4) for k in range(0, 12, 4)][:30]
+    for n, p in enumerate(points):
+        stat[p] = 4.0 + n / 10
+    flat = stat.reshape(-1, order="F")
+    th = Threshold(flat > 3, flat, "z", 3.0, "test", columns={"z": flat}, contrast="c")
+    page = _volume_part(_Volume(VolumeGeometry(shape, AFFINE)), np.ones(shape), th, np.ones(flat.size, bool), 26)
+    assert page.count("<tr><td class=n>") == 25 and "5 more clusters not listed" in page
+    rows = _embedded_tsv(page)
+    assert len(rows) == 30 and all(r["voxels"] == "1" and r["cluster"] for r in rows)
+    assert float(rows[0]["z"]) == pytest.approx(4.0 + 29 / 10)  # equal sizes: the strongest first

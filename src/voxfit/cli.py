@@ -79,10 +79,12 @@ EXAMPLES_REPORT = """examples:
   voxfit report results/ --background sub-01_T1w.nii.gz --force
   voxfit report group/ --mesh lh.inflated.surf.gii --p-threshold 0.001
 
-First-level maps are shown at p < 0.001 uncorrected (two-sided for t contrasts: |z| > 3.29; z > 3.09 for F)
-unless --p-threshold says otherwise; group maps at the strongest inference the run computed at 0.05 (TFCE,
-cluster or voxel FWE from permutations, else Bonferroni). The page embeds every image and needs no network;
-it needs matplotlib (pip install 'voxfit[report]').
+First-level maps are shown at SPM's default, p < 0.001 uncorrected, one-sided, for every contrast (z > 3.09;
+a t contrast's positive tail, as SPM shows it, its negative tail counted) unless --p-threshold says
+otherwise; group maps at the strongest inference the run computed at 0.05 (TFCE, cluster or voxel FWE from
+permutations, else Bonferroni). Slices go through the global maximum; cluster tables list up to 3 local
+maxima per cluster more than 8 mm apart (SPM's rule) with t or F, z, p, FDR q and any FWE p. The page embeds
+every image and needs no network; it needs matplotlib (pip install 'voxfit[report]').
 """
 
 
@@ -186,7 +188,7 @@ def _get_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", metavar="OUTDIR", help="output folder of voxfit fit or voxfit group")
     report.add_argument("--background", metavar="FILE", help="anatomical image under volume maps (default: the run's mean image)")
     report.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) to draw surface maps on")
-    report.add_argument("--p-threshold", type=float, metavar="P", help="show elements at this uncorrected p instead")
+    report.add_argument("--p-threshold", type=float, metavar="P", help="show elements at this uncorrected one-sided p instead")
     _flags(report, "replace an existing report.html")
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")

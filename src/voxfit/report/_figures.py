@@ -11,6 +11,8 @@ import io
 import numpy as np
 from numpy.typing import NDArray
 
+from ..design.kinds import INTEREST_KINDS
+
 __all__ = [
     "colour_scale", "contrast_vector", "correlation_matrix", "design_matrix", "histogram", "mosaic", "orthogonal_slices",
     "regressors", "surface_views",
@@ -68,16 +70,32 @@ def _column_ticks(ax, names, axis: str = "x") -> None:
 
 def design_matrix(X: NDArray, names, rows: str = "scan", tr: float | None = None) -> bytes:
     """Grey-scale image, one row per scan or map (down), one column per regressor, each scaled to its largest
-    absolute value (SPM's and nilearn's convention), with the column names below."""
-    n, p = X.shape
+    absolute value (SPM's and nilearn's convention: -1 black, 0 mid-grey, 1 white), with the column names
+    below. A constant column (an intercept, a run's constant, an empty regressor) would be a plain white or
+    grey bar, and a one-sample design's only column a white box on the white page: constant columns are
+    drawn mid-grey, framed, with their value written along them."""
+    p = X.shape[1]
     peak = np.abs(X).max(axis=0)
     shown = X / np.where(peak > 0, peak, 1.0)
+    constant = np.ptp(X, axis=0) == 0
+    shown[:, constant] = 0.0
     fig = _figure(min(1.0 + 0.3 * p, 13.0), 5.0)
     ax = fig.add_subplot()
     ax.imshow(shown, aspect="auto", cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    n = X.shape[0]
+    for j in np.flatnonzero(constant):
+        ax.add_patch(_rectangle(j, n))
+        ax.text(j, (n - 1) / 2, f"constant {X[0, j]:.3g}", rotation=90, ha="center", va="center",
+                fontsize=8 if p <= 50 else 6, color="black", clip_on=True)  # fmt: skip
     _column_ticks(ax, names)
     ax.set_ylabel(rows if tr is None else f"{rows} (TR {tr:g} s)")
     return _png(fig)
+
+
+def _rectangle(j: int, n: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((j - 0.5, -0.5), 1.0, n, fill=False, edgecolor="0.2", lw=0.8)
 
 
 def correlation_matrix(X: NDArray, names) -> bytes:
@@ -106,7 +124,7 @@ def regressors(X: NDArray, names, kinds, tr: float | None) -> bytes:
     for j, kind in enumerate(kinds):
         if kind == "derivative" and panels:
             panels[-1].append(j)
-        elif kind in ("condition", "modulator", "derivative", "regressor"):
+        elif kind in INTEREST_KINDS:
             panels.append([j])
     fig = _figure(9.0, 0.3 + 1.0 * len(panels))
     t = np.arange(X.shape[0]) * (tr or 1.0)
@@ -262,9 +280,8 @@ def surface_views(coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray
     return _png(fig)
 
 
-def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: str, two_sided: bool = False) -> bytes:
-    """Distribution of a statistic over the mask, the elements `shown` in red, with the threshold marked
-    (both signs when `two_sided`)."""
+def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: str) -> bytes:
+    """Distribution of a statistic over the mask, the elements `shown` in red, with the threshold marked."""
     finite = np.isfinite(values)
     fig = _figure(6.0, 2.8)
     ax = fig.add_subplot()
@@ -272,9 +289,7 @@ def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: s
     ax.hist([values[finite & ~shown], values[finite & shown]], bins=bins, stacked=True, color=["0.6", "tab:red"],
             label=["not shown", "shown"])
     if threshold is not None and np.isfinite(threshold):
-        ax.axvline(threshold, color="k", lw=1.0, ls="--", label=f"threshold {'±' if two_sided else ''}{threshold:.3g}")
-        if two_sided:
-            ax.axvline(-threshold, color="k", lw=1.0, ls="--")
+        ax.axvline(threshold, color="k", lw=1.0, ls="--", label=f"threshold {threshold:.3g}")
     ax.legend(fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel("elements")

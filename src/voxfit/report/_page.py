@@ -7,7 +7,6 @@ import base64
 import dataclasses
 import datetime
 import html
-import json
 import os
 import shlex
 from pathlib import Path
@@ -20,13 +19,15 @@ from ..exceptions import InputError
 from ..io import read_mesh, sanitize_label, statmap_name
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from . import _figures as fig
+from ._peaks import MAXIMA_PER_CLUSTER, MIN_DISTANCE_MM, local_maxima, spaced_maxima
 from ._results import Contrast, Results, Threshold, read_results
 
 __all__ = ["write_report"]
 
 MOSAIC_SLICES = 12
 TOP_PEAKS = 10
-TABLE_ROWS = 25
+TABLE_ROWS = 25  # clusters listed on the page (all of them in the TSV)
+LIST_ITEMS = 8  # lists longer than this show their ends, the whole folded
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
@@ -38,7 +39,8 @@ img{max-width:100%;height:auto;display:block;margin:6px 0}table{border-collapse:
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f1f3f6}
 td.n{text-align:right;font-variant-numeric:tabular-nums}.why{background:#f6f8fb;border-left:3px solid #24324a;
 padding:6px 10px}.warn{color:#a4262c}code{font-size:12px;word-break:break-all}
-.row{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}
+.row{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}.small{font-size:12px;color:#444;max-width:1000px}
+details{margin:4px 0}summary{cursor:pointer;color:#24324a}table.settings table{margin:0}
 """
 
 
@@ -94,13 +96,30 @@ def _read_tsv(path: Path) -> list[dict]:
         return [{k: cell(v) for k, v in row.items()} for row in csv.DictReader(fh, delimiter="\t")]
 
 
+def _value(value) -> str:
+    """One setting as HTML: nested mappings as tables, lists as text (rows of a matrix on their own lines,
+    long lists folded), never JSON."""
+    if isinstance(value, dict):
+        return _definitions(value) if value else "—"
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (list, tuple)) for v in value):  # a matrix: one row a line
+            return "<br>".join(_e(", ".join(_number(x) for x in row)) for row in value)
+        if any(isinstance(v, dict) for v in value):
+            return "".join(_value(v) for v in value)
+        text = [_number(v) for v in value]
+        if len(text) <= LIST_ITEMS:
+            return _e(", ".join(text)) if text else "—"
+        return (f"{len(text):,} values: {_e(', '.join(text[:3]))}, …, {_e(text[-1])}"
+                f"<details><summary>all {len(text):,}</summary>{_e(', '.join(text))}</details>")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "—" if value is None else _e(_number(value))
+
+
 def _definitions(mapping: dict) -> str:
-    """A dict as a two-column table; nested values as compact JSON."""
-    rows = "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(v if isinstance(v, str) else '—' if v is None else json.dumps(v))}</td></tr>"
-        for k, v in mapping.items()
-    )
-    return f"<table>{rows}</table>"
+    """A dict as a two-column table of settings and their values (see :func:`_value`)."""
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_value(v)}</td></tr>" for k, v in mapping.items())
+    return f"<table class='settings'>{rows}</table>"
 
 
 # ---------------------------------------------------------------- volumes
@@ -138,7 +157,7 @@ class _Volume:
             try:
                 img = nib.load(str(anatomy))
                 data = np.asarray(resample_from_to(img.slicer[..., 0] if img.ndim == 4 else img, (self.shape, self.affine), order=1).dataobj)
-            except Exception as exc:  # nibabel raises many types for unreadable images
+            except Exception as exc:  # noqa: BLE001  (nibabel raises many types for unreadable images)
                 raise InputError(f"background image {anatomy}: cannot read or resample it ({exc}).") from None
             return self.grid(data.reshape(-1, order="F")), f"{Path(anatomy).name}, resampled to the maps' grid"
         mean = res.read_map(statmap_name("mean", res.extension))
@@ -155,66 +174,125 @@ class _Volume:
 
 def _scale(th: Threshold):
     """The overlay's colour scale: up to the largest shown value (or the largest value when none is shown)."""
-    values = np.abs(th.stat[th.shown] if th.shown.any() else th.stat[np.isfinite(th.stat)])
-    return fig.colour_scale(float(values.max(initial=0.0)) or 1.0, th.two_sided)
+    values = th.stat[th.shown] if th.shown.any() else th.stat[np.isfinite(th.stat)]
+    return fig.colour_scale(float(np.abs(values).max(initial=0.0)) or 1.0, False)
+
+
+def _global_maximum(th: Threshold) -> int:
+    """The shown element of largest statistic (the first of ties)."""
+    index = np.flatnonzero(th.shown)
+    return int(index[np.argmax(th.stat[index])])
 
 
 def _volume_part(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray, connectivity: int,
-                 heading: str = "Clusters") -> str:  # fmt: skip
-    """Orthogonal slices through the peak of the largest cluster (not a lone voxel: nilearn too cuts through
-    the largest component), an axial mosaic over the mask's extent, and the table of clusters."""
-    rows, peaks = _volume_clusters(vol, th, connectivity)
+                 heading: str = "Clusters", what: str = "map") -> str:  # fmt: skip
+    """Orthogonal slices through the global maximum of the shown map, an axial mosaic over the mask's extent,
+    and the table of clusters with their local maxima."""
+    from ..inference.graph import volume_adjacency
+
+    def positions(elements):
+        ijk = np.array(np.unravel_index(elements, vol.shape, order="F"), dtype=float)
+        return (vol.affine[:3, :3] @ ijk + vol.affine[:3, 3][:, None]).T
+
+    def describe(element, xyz):
+        ijk = np.unravel_index(element, vol.shape, order="F")
+        return {**_mm_columns(xyz), "i j k": " ".join(str(int(v)) for v in ijk)}
+
+    voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
+    rows, elements = _maxima_rows(th, lambda members: volume_adjacency(members, vol.shape, connectivity), positions,
+                                  describe, "voxels", voxel_mm3)  # fmt: skip
     stat = vol.grid(np.nan_to_num(th.stat))
     shown = vol.grid(th.shown)
     scale = _scale(th)
-    peak_ijk = np.argwhere(vol.grid(np.arange(len(th.stat))) == peaks[0])[0]
+    top = _global_maximum(th)
+    peak_ijk = np.argwhere(vol.grid(np.arange(len(th.stat))) == top)[0]
     mm = vol.mm(peak_ijk)
-    out = [_img(fig.orthogonal_slices(background, stat, shown, vol.zooms, peak_ijk, mm, scale, th.stat_name),
-                f"orthogonal slices through ({mm[0]:.0f}, {mm[1]:.0f}, {mm[2]:.0f}) mm")]  # fmt: skip
+    where = f"({mm[0]:.0f}, {mm[1]:.0f}, {mm[2]:.0f}) mm"
+    cluster = next((r["cluster"] for r, e in zip(rows, elements) if e == top), None)
+    out = [f"<p>Orthogonal slices through the global maximum of the shown {what}: {_e(th.stat_name)} = "
+           f"{th.stat[top]:.3g} at {where}" + (f", in cluster {cluster}" if cluster is not None else "") + ".</p>",
+           _img(fig.orthogonal_slices(background, stat, shown, vol.zooms, peak_ijk, mm, scale, th.stat_name),
+                f"orthogonal slices through {where}")]  # fmt: skip
     z_extent = np.flatnonzero(vol.grid(mask).any(axis=(0, 1)))
     slices = np.unique(np.linspace(z_extent[0], z_extent[-1], MOSAIC_SLICES + 2).round().astype(int)[1:-1])
     centre = (np.array(stat.shape[:2]) - 1) / 2
     z_mm = [vol.mm((*centre, k))[2] for k in slices]  # at the slice's centre (the slices of oblique grids tilt)
     out.append(_img(fig.mosaic(background, stat, shown, vol.zooms, slices, z_mm, scale, th.stat_name), "axial mosaic"))
-    out.append(f"<h3>{heading} ({connectivity}-connected)</h3>" + _table(rows, TABLE_ROWS))
+    neighbours = f"{connectivity}-connected neighbours (SPM's spm_max uses 18)"
+    out.append(_maxima_table(f"{heading} ({connectivity}-connected)", rows, th, neighbours, "voxels"))
     return "".join(out)
 
 
-def _signed_clusters(th: Threshold, adjacency) -> list[tuple[int, int, int]]:
-    """Clusters of the shown elements, positive and negative apart (``adjacency(members)``: the neighbours
-    among the elements `members`), as ``(sign, size, peak element)``, largest first, then strongest peak."""
+def _mm_columns(xyz) -> dict:
+    return {"x mm": round(float(xyz[0]), 1), "y mm": round(float(xyz[1]), 1), "z mm": round(float(xyz[2]), 1)}
+
+
+def _maxima_rows(th: Threshold, adjacency_of, positions, describe, unit: str, element_mm3: float | None = None):
+    """Clusters of the shown elements (``adjacency_of(members)``: the neighbours among the elements
+    `members`), numbered by size, then by their peak, each with up to three local maxima more than 8 mm apart
+    (SPM's rule, :mod:`._peaks`): one row per maximum, every column filled, and the maxima's element numbers.
+    ``positions(elements)`` gives their (m, 3) positions in mm, ``describe(element, xyz)`` their position
+    columns."""
     from ..inference.clusters import label_clusters
 
-    found = []
-    for sign in (1, -1):
-        members = th.shown & (sign * np.nan_to_num(th.stat) > 0)
-        if not members.any():
-            continue
-        index = np.flatnonzero(members)
-        labels, sizes, _ = label_clusters(np.ones(index.size), adjacency(members), 0.0)
-        for k, size in enumerate(sizes):
-            part = index[labels == k + 1]
-            found.append((sign, int(size), int(part[np.argmax(sign * th.stat[part])])))
-    found.sort(key=lambda c: (-c[1], -abs(round(float(th.stat[c[2]]), 3))))
-    return found
-
-
-def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> tuple[list[dict], list[int]]:
-    """Clusters of the shown voxels (see :func:`_signed_clusters`): their table rows and their peaks' element
-    indices."""
-    from ..inference.graph import volume_adjacency
-
-    clusters = _signed_clusters(th, lambda members: volume_adjacency(members, vol.shape, connectivity))
-    voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
+    index = np.flatnonzero(th.shown)
+    adjacency = adjacency_of(th.shown)
+    labels, sizes, _ = label_clusters(np.ones(index.size), adjacency, 0.0)
+    values = th.stat[index]
+    peak = np.full(sizes.size, -np.inf)
+    np.maximum.at(peak, labels - 1, values)
+    order = np.lexsort((-peak, -sizes))
+    rank = np.empty(sizes.size, dtype=int)
+    rank[order] = np.arange(1, sizes.size + 1)
+    cluster = rank[labels - 1]
+    xyz = positions(index)
+    kept = spaced_maxima(cluster, values, xyz, local_maxima(values, adjacency))
     rows = []
-    for n, (sign, size, peak) in enumerate(clusters, 1):
-        ijk = np.array(np.unravel_index(peak, vol.shape, order="F"), dtype=float)
-        x, y, z = vol.affine[:3, :3] @ ijk + vol.affine[:3, 3]
-        rows.append({"cluster": n, "sign": "+" if sign > 0 else "−", "voxels": size, "mm³": size * voxel_mm3,
-                     f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "x mm": round(float(x), 1),
-                     "y mm": round(float(y), 1), "z mm": round(float(z), 1),
-                     "i j k": " ".join(str(int(v)) for v in ijk)})  # fmt: skip
-    return rows, [peak for _, _, peak in clusters]
+    for k in kept:
+        size = int(sizes[labels[k] - 1])
+        row = {"cluster": int(cluster[k]), unit: size}
+        if element_mm3 is not None:
+            row["mm³"] = size * element_mm3
+        for name, values_of in th.columns.items():
+            v = float(values_of[index[k]])
+            row[name] = round(v, 3) if name in ("t", "F", "z") else v
+        rows.append({**row, **describe(int(index[k]), xyz[k])})
+    return rows, [int(index[k]) for k in kept]
+
+
+def _tsv(rows: list[dict]) -> str:
+    """Rows as tab-separated text, every row every column; NaN and missing as n/a (BIDS)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value):
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            return "n/a"
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    return "\n".join(["\t".join(keys)] + ["\t".join(cell(row.get(k)) for k in keys) for row in rows]) + "\n"
+
+
+def _maxima_table(heading: str, rows: list[dict], th: Threshold, neighbours: str, unit: str) -> str:
+    """The clusters' table in SPM's layout (cluster columns on the first row of each cluster, blank on the
+    others), the first TABLE_ROWS clusters, what its columns are, and the whole table as a TSV to download."""
+    listed, previous = [], None
+    for row in rows:
+        if row["cluster"] <= TABLE_ROWS:
+            again = row["cluster"] == previous
+            listed.append({k: "" if again and k in ("cluster", unit, "mm³") else v for k, v in row.items()})
+            previous = row["cluster"]
+    table = _table(listed)
+    more = (rows[-1]["cluster"] if rows else 0) - TABLE_ROWS  # every cluster has a maximum: the last is the count
+    if more > 0:
+        table += f"<p>{more:,} more clusters not listed (smaller).</p>"
+    name = f"contrast-{th.contrast}_maxima.tsv" if th.contrast else "maxima.tsv"
+    data = base64.b64encode(_tsv(rows).encode()).decode("ascii")
+    return (f"<h3>{_e(heading)}</h3>" + table
+            + f"<p class='small'>Up to {MAXIMA_PER_CLUSTER} local maxima per cluster, more than {MIN_DISTANCE_MM:g} mm apart "
+            f"(SPM's rule): a local maximum is at least as large as each of its {_e(neighbours)}. {_e(th.p_note)}. "
+            f"<a download='{_e(name)}' href='data:text/tab-separated-values;base64,{data}'>The table as TSV</a> "
+            f"({len(rows):,} row{'s' * (len(rows) != 1)}, every cluster)."
+            "</p>")  # fmt: skip
 
 
 # ---------------------------------------------------------------- surfaces, CIFTI, arrays
@@ -222,22 +300,25 @@ def _volume_clusters(vol: _Volume, th: Threshold, connectivity: int) -> tuple[li
 
 def _top_elements(th: Threshold, what: str) -> list[dict]:
     index = np.flatnonzero(th.shown)
-    order = index[np.argsort(-np.abs(th.stat[index]))][:TOP_PEAKS]
-    return [{what: str(i), th.stat_name: round(float(th.stat[i]), 3)} for i in order]
+    order = index[np.argsort(-th.stat[index], kind="stable")][:TOP_PEAKS]
+    return [{what: str(i), **{name: (round(float(v[i]), 3) if name in ("t", "F", "z") else float(v[i]))
+                              for name, v in th.columns.items()}} for i in order]  # fmt: skip
 
 
-def _surface_clusters(coords, faces, th: Threshold) -> list[dict]:
-    """Clusters of the shown vertices along the mesh's edges (see :func:`_signed_clusters`); their peaks by
-    vertex index and position on the mesh."""
+def _surface_part(coords, faces, th: Threshold) -> str:
+    """Lateral and medial views, and the clusters along the mesh's edges with their local maxima (by mesh
+    neighbours, 8 mm apart in the mesh's coordinates)."""
     from ..inference.graph import mesh_adjacency
 
-    rows = []
-    for n, (sign, size, peak) in enumerate(_signed_clusters(th, lambda members: mesh_adjacency(faces, members)), 1):
-        x, y, z = coords[peak]
-        rows.append({"cluster": n, "sign": "+" if sign > 0 else "−", "vertices": size,
-                     f"peak {th.stat_name}": round(float(th.stat[peak]), 3), "peak vertex": str(peak),
-                     "x mm": round(float(x), 1), "y mm": round(float(y), 1), "z mm": round(float(z), 1)})  # fmt: skip
-    return rows
+    rows, _ = _maxima_rows(th, lambda members: mesh_adjacency(faces, members), lambda e: coords[e],
+                           lambda e, xyz: {"vertex": str(e), **_mm_columns(xyz)}, "vertices")  # fmt: skip
+    top = _global_maximum(th)
+    x, y, z = coords[top]
+    return (f"<p>Views of the whole surface (no slices); the global maximum of the shown map: {_e(th.stat_name)} = "
+            f"{th.stat[top]:.3g} at vertex {top}, ({x:.0f}, {y:.0f}, {z:.0f}) mm.</p>"
+            + _img(fig.surface_views(coords, faces, np.nan_to_num(th.stat), th.shown, _scale(th), th.stat_name),
+                   "lateral and medial views")
+            + _maxima_table("Clusters (along the mesh's edges)", rows, th, "neighbours along the mesh's edges", "vertices"))  # fmt: skip
 
 
 def _cifti_voxels(geometry: CiftiGeometry):
@@ -267,7 +348,7 @@ def _cifti_structures(geometry: CiftiGeometry, th: Threshold) -> list[dict]:
         shown = index[th.shown[index]]
         row = {"structure": name.replace("CIFTI_STRUCTURE_", ""), "elements": int(index.size), "shown": int(shown.size)}
         if shown.size:
-            peak = shown[np.argmax(np.abs(th.stat[shown]))]
+            peak = shown[np.argmax(th.stat[shown])]
             row[f"peak {th.stat_name}"] = round(float(th.stat[peak]), 3)
             if models.volume_mask[peak]:
                 x, y, z = models.affine[:3, :3] @ models.voxel[peak] + models.affine[:3, 3]
@@ -317,9 +398,8 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw) -> str:
     else:
         parts += [f"<p>{_e(note)}.</p>" for note in th.notes]
         if not th.shown.any():
-            largest = f"|{th.stat_name}|" if th.two_sided else th.stat_name
-            value = np.abs(finite).max() if th.two_sided else finite.max()
-            parts.append(f"<p class='warn'>No element passes the threshold (largest {_e(largest)}: {value:.3g}).</p>")
+            parts.append(f"<p class='warn'>No element passes the threshold (largest {_e(th.stat_name)}: {finite.max():.3g}): "
+                         "no slices, views or table of maxima.</p>")
         parts.append(draw(th))
     table = res.folder / f"contrast-{c.file_label}_clusters.tsv"
     if table.is_file():  # the run's own clusters, with their FWE p-values
@@ -330,12 +410,53 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw) -> str:
     return "".join(parts)
 
 
+def _command(words: list[str]) -> str:
+    """The command line, quoted for a shell; when it is long (hundreds of input files), runs of more than
+    LIST_ITEMS arguments without a dash shown by their first and last, the whole command folded below."""
+    if not words:
+        return "(Python API)"
+    full = shlex.join(words)
+    if len(full) <= 300:
+        return f"<code>{_e(full)}</code>"
+    parts, run = [], []
+
+    def flush():
+        if len(run) > LIST_ITEMS:
+            parts.append(f"{shlex.quote(run[0])} … {shlex.quote(run[-1])} ({len(run):,} arguments)")
+        else:
+            parts.extend(shlex.quote(w) for w in run)
+        run.clear()
+
+    for n, word in enumerate(words):
+        if n >= 2 and not word.startswith("-"):
+            run.append(word)
+            continue
+        flush()
+        parts.append(shlex.quote(word))
+    flush()
+    return (f"<code>{_e(' '.join(parts))}</code><details><summary>the whole command ({len(words):,} words)</summary>"
+            f"<code>{_e(full)}</code></details>")
+
+
+def _inputs(inputs: list[dict]) -> str:
+    """The input files: all of them when few; else the first, the last and the count, the whole list folded."""
+    rows = [{"path": i.get("path") or _in_memory(i), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")}
+            for i in inputs]  # fmt: skip
+    if len(rows) <= LIST_ITEMS:
+        return _table(rows)
+    total = sum(r["bytes"] for r in rows if isinstance(r["bytes"], int))
+    return (f"<p>{len(rows):,} files, {total:,} bytes in all; the first and the last:</p>"
+            + _table([rows[0], {"path": f"… {len(rows) - 2:,} more …"}, rows[-1]])
+            + f"<details><summary>all {len(rows):,} input files</summary>{_table(rows)}</details>")
+
+
 def _settings_section(res: Results, generated: str) -> str:
     m = res.model
     parts = ["<section id='settings'><h2>Settings and provenance</h2>"]
-    about = {"voxfit version": m.get("voxfit_version", "unknown"), "report made": generated,
-             "command": shlex.join(m.get("command") or []) or "(Python API)", "output folder": str(res.folder.resolve())}  # fmt: skip
-    parts.append(_definitions(about))
+    about = {"voxfit version": _e(m.get("voxfit_version", "unknown")), "report made": _e(generated),
+             "command": _command(m.get("command") or []), "output folder": _e(str(res.folder.resolve()))}  # fmt: skip
+    parts.append("<table class='settings'>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in about.items())
+                 + "</table>")  # fmt: skip
     run = m.get("run")
     parts.append("<h3>Timing and memory</h3>")
     units = {"started": "started", "load_s": "reading the data (s)", "fit_s": "fitting (s)", "elapsed_s": "elapsed (s)",
@@ -343,9 +464,7 @@ def _settings_section(res: Results, generated: str) -> str:
     parts.append(_definitions({units.get(k, k): v for k, v in run.items()}) if run
                  else "<p>Not recorded (a folder written before voxfit recorded them).</p>")  # fmt: skip
     inputs = [i for r in m.get("runs", []) for i in r.get("inputs", [])] or m.get("inputs", [])
-    rows = [{"path": i.get("path") or _in_memory(i), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")}
-            for i in inputs]  # fmt: skip
-    parts.append("<h3>Inputs</h3>" + _table(rows))
+    parts.append("<h3>Inputs</h3>" + _inputs(inputs))
     for key in ("data", "mask", "design", "settings"):
         if isinstance(m.get(key), dict):
             parts.append(f"<h3>{key.capitalize()}</h3>" + _definitions(m[key]))
@@ -387,10 +506,7 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
 
         def draw(th):
-            if not th.shown.any():
-                return ""
-            return (_img(fig.surface_views(coords, faces, np.nan_to_num(th.stat), th.shown, _scale(th), th.stat_name), "lateral and medial views")
-                    + "<h3>Clusters (along the mesh's edges)</h3>" + _table(_surface_clusters(coords, faces, th), TABLE_ROWS))  # fmt: skip
+            return _surface_part(coords, faces, th) if th.shown.any() else ""
     else:
         if isinstance(geometry, SurfaceGeometry):
             notes.append("No surface mesh was given (voxfit report --mesh lh.pial.surf.gii), so surface maps are shown "
@@ -401,18 +517,26 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         if voxels is not None:
             notes.append("The CIFTI file's voxels are drawn in RAS orientation over their mask; its surface vertices as distributions.")
 
+        if isinstance(geometry, SurfaceGeometry):
+            no_slices = "No slices or views: surface maps are drawn on a mesh (--mesh)."
+        elif isinstance(geometry, CiftiGeometry):
+            no_slices = "" if voxels is not None else "No slices: the CIFTI file holds surface vertices only."
+        else:
+            no_slices = "No slices: the data have no voxel grid."
+
         def draw(th):
-            out = _img(fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name, th.two_sided),
-                       f"distribution of {th.stat_name}")  # fmt: skip
+            out = f"<p>{_e(no_slices)}</p>" if no_slices and th.shown.any() else ""
+            out += _img(fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name), f"distribution of {th.stat_name}")
             if isinstance(geometry, CiftiGeometry):
                 out += "<h3>Structures</h3>" + _table(_cifti_structures(geometry, th))
                 if voxels is not None:  # the volume part: slices and clusters as for a volume
                     vol, index, flat = voxels
                     grid = dataclasses.replace(th, stat=_scatter(flat, th.stat[index], vol, np.nan),
-                                               shown=_scatter(flat, th.shown[index], vol, False))  # fmt: skip
+                                               shown=_scatter(flat, th.shown[index], vol, False),
+                                               columns={k: _scatter(flat, v[index], vol, np.nan) for k, v in th.columns.items()})  # fmt: skip
                     mask = _scatter(flat, res.mask[index], vol, False)
                     if grid.shown.any():
-                        out += _volume_part(vol, vol.grid(mask.astype(float)), grid, mask, 26, "Clusters of the voxels")
+                        out += _volume_part(vol, vol.grid(mask.astype(float)), grid, mask, 26, "Clusters of the voxels", "voxels")
                 return out
             return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + _table(_top_elements(th, what))
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -452,9 +576,9 @@ def write_report(folder, *, background=None, mesh=None, p_threshold: float | Non
     mesh : path, optional
         A GIFTI surface (vertices and triangles) for surface maps; default the group run's ``--mesh``.
     p_threshold : float, optional
-        Show elements at this uncorrected p instead of the default: p < 0.001 uncorrected for first-level
-        maps (two-sided for t contrasts), the strongest inference computed at 0.05 for group maps (TFCE,
-        cluster or voxel FWE, Bonferroni, else FDR).
+        Show elements at this uncorrected one-sided p instead of the default: SPM's p < 0.001 uncorrected,
+        one-sided, for first-level maps (z > 3.09; a t contrast's positive tail), the strongest inference
+        computed at 0.05 for group maps (TFCE, cluster or voxel FWE, Bonferroni, else FDR).
     force : bool
         Replace an existing report.html.
     """

@@ -6,7 +6,6 @@ Nothing is refitted: every number comes from the files the fit wrote.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from numpy.typing import NDArray
 
 from ..core import check_contrast, factorize
 from ..design.events import variance_inflation
+from ..design.kinds import INTEREST_KINDS, column_kinds
 from ..design.read import read_design
 from ..exceptions import InputError
 from ..io import sanitize_label, statmap_name
@@ -36,7 +36,7 @@ class DesignView:
 
     @property
     def of_interest(self) -> list[int]:
-        return [j for j, k in enumerate(self.kinds) if k in ("condition", "modulator", "derivative", "regressor")]
+        return [j for j, k in enumerate(self.kinds) if k in INTEREST_KINDS]
 
     def vif(self) -> dict[str, float]:
         return variance_inflation(self.X, self.names, self.of_interest)
@@ -44,15 +44,19 @@ class DesignView:
 
 @dataclass
 class Threshold:
-    """Which elements a contrast's figure shows, and why."""
+    """Which elements a contrast's figure shows, and why; the maps its table of maxima lists."""
 
-    shown: NDArray[np.bool_]  # (n_elements,)
+    shown: NDArray[np.bool_]  # (n_elements,) where the statistic passes: one-sided, large positive values
     stat: NDArray  # (n_elements,) the statistic drawn (NaN outside the mask)
     stat_name: str
     level: float | None  # on the statistic's scale, where one applies to every element
-    two_sided: bool  # shown where |stat| > level (t contrasts at the first level), else stat > level
     reason: str
     notes: list[str] = field(default_factory=list)
+    # per element, what the table of maxima lists: the t or F, z, uncorrected p, FDR q and any FWE p,
+    # named as the table's columns (NaN outside the mask)
+    columns: dict[str, NDArray] = field(default_factory=dict)
+    p_note: str = ""  # where the table's p-values come from
+    contrast: str = ""  # the contrast's label in file names
 
 
 @dataclass
@@ -95,19 +99,9 @@ def read_map(path: Path) -> tuple[Geometry, NDArray]:
     return reader.geometry, rows
 
 
-def _kind_of(name: str) -> str:
-    """What a column is, guessed from its name, for folders whose model.json does not say."""
-    lowered = name.lower()
-    if lowered in ("constant", "intercept", "mean") or lowered.startswith("constant"):
-        return "constant"
-    if re.fullmatch(r"(drift|cosine|poly(nomial)?)_?\d+", lowered):
-        return "drift"
-    return "regressor"
-
-
 def _design_view(title: str, path: Path, info: dict) -> DesignView:
     X, names = read_design(path)
-    kinds = list(info.get("kinds") or [_kind_of(n) for n in names])
+    kinds = list(info.get("kinds") or column_kinds(path, names, X))  # (model.json, else design.json or names)
     return DesignView(title, X, list(names), kinds, info.get("tr"))
 
 
@@ -156,36 +150,44 @@ def read_results(folder) -> Results:
 
 
 def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Threshold:
-    """z maps at p < 0.001 uncorrected unless told otherwise: t contrasts two-sided (|z|, both signs, as
-    nilearn), F contrasts (z of F) one-sided."""
-    from scipy.special import ndtr, ndtri
+    """z maps at p < 0.001 uncorrected, one-sided, unless told otherwise: SPM's default height threshold for
+    each contrast. A t contrast shows its positive tail (large positive t), as SPM shows it; the elements of its
+    negative tail are counted in a note (SPM maps them with the negated contrast)."""
+    from scipy.special import ndtri
 
-    from ..inference.corrections import fdr_threshold
-
-    p_name = statmap_name("p", res.extension, c.file_label)
     z = res.read_map(statmap_name("z", res.extension, c.file_label))
-    if z is None or not (res.folder / p_name).exists():
-        raise InputError(f"{res.folder} lacks the z or p map of contrast {c.label!r}; the folder is incomplete.")
+    p = res.read_map(statmap_name("p", res.extension, c.file_label))
+    stat = res.read_map(statmap_name(c.kind, res.extension, c.file_label))
+    if z is None or p is None or stat is None:
+        raise InputError(f"{res.folder} lacks the {c.kind}, z or p map of contrast {c.label!r}; the folder is incomplete.")
     alpha = 0.001 if p_threshold is None else p_threshold
-    two_sided = c.kind == "t"
-    # the folder's p maps are one-sided (large t): two-sided p of t contrasts come from z, not from the file
-    p = 2.0 * ndtr(-np.abs(z)) if two_sided else res.read_map(p_name)
-    level = float(-ndtri(alpha / 2 if two_sided else alpha))
-    shown = np.abs(z) > level if two_sided else z > level
-    shown &= res.mask & np.isfinite(z)
-    valid = np.isfinite(p) & res.mask
-    q = fdr_threshold(p[valid], 0.05)
-    n_fdr = int(np.sum(p[valid] <= q)) if q > 0 else 0
-    n_bonf = int(np.sum(p[valid] < 0.05 / max(1, valid.sum())))
-    why = ("the customary height threshold of single-subject maps (nilearn's default; SPM's for each sign)"
-           if p_threshold is None else "the threshold asked for")  # fmt: skip
-    sides = "two-sided, |z|" if two_sided else "z"
-    reason = f"p < {alpha:g} uncorrected ({sides} > {level:.2f}): {why}."
-    notes = [f"{int(shown.sum()):,} of {int(valid.sum()):,} elements shown"
-             + (" (positive and negative effects)" if two_sided else ""),
-             f"{n_fdr:,} elements reach FDR q < 0.05 (Benjamini–Hochberg), {n_bonf:,} reach Bonferroni p < 0.05"
-             + (", both two-sided" if two_sided else "")]  # fmt: skip
-    return Threshold(shown, np.where(res.mask, z, np.nan), "z", level, two_sided, reason, notes)
+    level = float(-ndtri(alpha))  # z of the one-sided p; the folder's p maps are one-sided (large t, or F)
+    valid = res.mask & np.isfinite(z)
+    shown = valid & (z > level)
+    q = _fdr_in_mask(p, res.mask)
+    n_fdr, n_bonf = int(np.sum(q <= 0.05)), int(np.sum(p[res.mask] < 0.05 / max(1, int(np.isfinite(p[res.mask]).sum()))))
+    why = "SPM's default height threshold for each contrast" if p_threshold is None else "the threshold asked for"
+    tail = "the positive tail of the t contrast, as SPM shows it: " if c.kind == "t" else ""
+    reason = f"p < {alpha:g} uncorrected, one-sided ({tail}z > {level:.2f}): {why}."
+    notes = [f"{int(shown.sum()):,} of {int(valid.sum()):,} elements shown",
+             f"{n_fdr:,} elements reach FDR q < 0.05 (Benjamini–Hochberg), {n_bonf:,} reach Bonferroni p < 0.05, both one-sided"]
+    if c.kind == "t":
+        negative = int(np.sum(valid & (z < -level)))
+        notes.append(f"{negative:,} elements have z < −{level:.2f} (the negative tail, not shown; as in SPM, the "
+                     "negated contrast maps them)")  # fmt: skip
+    columns = {c.kind: stat, "z": z, "p unc.": p, "q FDR": q}
+    p_note = (f"p: the one-sided uncorrected p of the {c.kind}; q: Benjamini–Hochberg FDR over the "
+              f"{int(res.mask.sum()):,} elements of the mask")  # fmt: skip
+    return Threshold(shown, np.where(res.mask, z, np.nan), "z", level, reason, notes, columns, p_note, c.file_label)
+
+
+def _fdr_in_mask(p: NDArray, mask: NDArray) -> NDArray:
+    """Benjamini–Hochberg q of every element of the mask (NaN elsewhere)."""
+    from ..inference.corrections import fdr
+
+    q = np.full(p.shape, np.nan)
+    q[mask] = fdr(p[mask])
+    return q
 
 
 _GROUP_P = [  # (desc of the p map, what it is) strongest first
@@ -216,5 +218,30 @@ def _group_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Th
         shown = res.mask & np.isfinite(p) & (p < alpha)
         reason = f"{text}, from {how}: {why}."
         notes = [f"{int(shown.sum()):,} of {int(res.mask.sum()):,} elements shown (large positive {c.kind})"]
-        return Threshold(shown, np.where(res.mask, stat, np.nan), c.kind, None, False, reason, notes)
+        columns, p_note = _group_columns(res, c, stat, how if perm else "")
+        return Threshold(shown, np.where(res.mask, stat, np.nan), c.kind, None, reason, notes, columns, p_note, c.file_label)
     raise InputError(f"{res.folder} holds no p map of contrast {c.label!r}; the folder is incomplete.")
+
+
+def _group_columns(res: Results, c: Contrast, stat: NDArray, permutations: str) -> tuple[dict[str, NDArray], str]:
+    """The group table's columns: the statistic, its parametric z, the run's uncorrected p (from the shuffles
+    when there were any) with its FDR q over the mask, and the family-wise error p the run computed."""
+    columns = {c.kind: stat}
+    z = res.read_map(statmap_name("z", res.extension, c.file_label))
+    if z is not None:
+        columns["z"] = z
+    p = res.read_map(statmap_name("p", res.extension, c.file_label, desc="uncorrected"))
+    if p is None:
+        p = res.read_map(statmap_name("p", res.extension, c.file_label))
+    if p is not None:
+        columns["p unc."] = p
+        columns["q FDR"] = _fdr_in_mask(p, res.mask)
+    source = f"from {permutations}" if permutations else "parametric"
+    note = (f"z: parametric; p: uncorrected, one-sided, {source}; q: Benjamini–Hochberg FDR over the "
+            f"{int(res.mask.sum()):,} elements of the mask")  # fmt: skip
+    for desc, name, what in (("fwe", "p FWE", "the maximum statistic"), ("tfcefwe", "p FWE TFCE", "the maximum TFCE")):
+        fwe = res.read_map(statmap_name("p", res.extension, c.file_label, desc=desc))
+        if fwe is not None:
+            columns[name] = fwe
+            note += f"; {name}: family-wise error p of {what} {source}"
+    return columns, note

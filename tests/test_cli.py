@@ -282,3 +282,15 @@ def test_global_scaling_does_not_depend_on_the_mask(study, capsys):
     inside = (mask > 0) & np.isfinite(whole)
     assert inside.sum() > 20
     npt.assert_allclose(masked[inside], whole[inside], rtol=1e-6)
+
+
+def test_contrast_names_are_never_changed_silently(study, capsys):
+    code, _, err = run(capsys, *fit_args(study, contrast=["Sound > Rest=A - B"]))
+    assert code == 2 and "contrast name 'Sound > Rest' is not a label" in err and "'SoundRest'" in err
+    assert err.count("\n") == 1 and not study["out"].exists()
+    args = [a for a in fit_args(study, contrast=["A - B"]) if a != "--quiet"]  # (the warning shows)
+    code, _, err = run(capsys, *args)
+    assert code == 0 and "contrast 'A - B' has no name, so its maps are named contrast-AB_" in err
+    assert (study["out"] / "contrast-AB_stat-t_statmap.nii.gz").exists()
+    with pytest.raises(voxfit.exceptions.InputError, match="contrast name 'a-b' is not a label"):
+        voxfit.fit_images(study["bold"], study["table"], {"a-b": "A - B"})

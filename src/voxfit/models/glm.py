@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,26 +59,43 @@ class ImageFit:
     timing: dict[str, float] = field(default_factory=dict)
 
 
+def contrast_label(name, expr=None) -> str:
+    """A contrast's name as given when it is a label (letters and digits, as BIDS labels: the maps are named
+    ``contrast-<label>_...``); any other name is refused with the label it could be, never changed silently."""
+    text = str(name).strip()
+    label = sanitize_label(text)
+    if label != text:
+        example = f' (--contrast "{label}={expr}")' if isinstance(expr, str) else ""
+        raise InputError(f"contrast name {text!r} is not a label: maps are named contrast-<label>_..., letters and "
+                         f"digits only; name it {label!r}{example}.")  # fmt: skip
+    return label
+
+
 def parse_contrast_option(text: str) -> tuple[str, str]:
-    """``"NAME=EXPR"`` -> (label, expression); without ``=``, the label is the expression's letters and digits."""
+    """``"NAME=EXPR"`` -> (label, expression), NAME a label (see :func:`contrast_label`); without ``=``, the
+    label is the expression's letters and digits, said in a warning when it differs from the expression."""
     name, sep, expr = text.partition("=")
     if not sep:
-        name, expr = text, text
+        label = sanitize_label(text)
+        if label != text.strip():
+            warnings.warn(f"contrast {text.strip()!r} has no name, so its maps are named contrast-{label}_...; give "
+                          f'NAME=EXPR to name it (e.g. "{label}={text.strip()}").', stacklevel=2)  # fmt: skip
+        return label, text.strip()
     if not expr.strip():
         raise InputError(f"contrast {text!r} has no expression after '='; write NAME=EXPR, e.g. task=A - B.")
-    return sanitize_label(name), expr.strip()
+    return contrast_label(name, expr.strip()), expr.strip()
 
 
 def contrast_items(contrasts) -> list[tuple[str, object]]:
     """``[(label, expression or weights)]`` from a dict or ``["NAME=EXPR", ...]``; labels unique."""
     if isinstance(contrasts, dict):
-        items = [(sanitize_label(k), v) for k, v in contrasts.items()]
+        items = [(contrast_label(k, v), v) for k, v in contrasts.items()]
     else:
         items = [parse_contrast_option(c) for c in contrasts]
     labels = [k for k, _ in items]
     dup = sorted({k for k in labels if labels.count(k) > 1})
     if dup:
-        raise InputError(f"contrast names must be unique after keeping letters and digits; {', '.join(dup)} repeat.")
+        raise InputError(f"contrast names must be unique; {', '.join(dup)} repeat.")
     return items
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -429,9 +430,17 @@ def _row_maps(d, paths, paired: bool) -> tuple[str, ...]:
 
 
 def _unique_labels(tcons):
+    """FSL's contrast names are free text: their labels keep letters and digits, and a changed name is said."""
     from ..io import sanitize_label
 
-    return [(sanitize_label(label, "contrast"), w) for label, w in tcons]
+    out = []
+    for label, w in tcons:
+        new = sanitize_label(label, "contrast")
+        if new != str(label).strip():
+            warnings.warn(f"contrast {str(label).strip()!r} of the .con file is named {new!r} (maps keep letters and "
+                          "digits: contrast-<label>_...).", stacklevel=3)  # fmt: skip
+        out.append((new, w))
+    return out
 
 
 def _write_table(path, rows: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""The architecture of ../shared/DESIGN.md, checked: layers import only from below, optional packages lazily."""
+"""The architecture of DESIGN.md (at the repository's root), checked: layers import only from below, optional packages lazily."""
 
 import ast
 import subprocess

@@ -1,4 +1,5 @@
-"""The worked example of ../shared/seed-estimation-for-many-voxels.txt, with the numbers it prints."""
+"""The worked example of tests/data/seed-estimation-for-many-voxels.txt (the text that started the project), with
+the numbers it prints."""
 
 import numpy as np
 import numpy.testing as npt

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,22 +89,52 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
 
 
 def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024):
-    """Make the run, save it as NIfTI in a temporary folder, fit it as ``voxfit fit --noise ar1`` would.
+    """Make the run, save it as NIfTI, fit it as ``voxfit fit --noise ar1`` would, and keep the data in
+    ``<out_dir>/data/`` (model.json names them there, with the command that repeats the fit).
 
     Returns ``(run, result, summary_lines)``.
     """
     run = make_demo_run(seed)
     contrasts = ["AvsB=A - B", "A=A", "B=B", "effects=A; B"]
-    with tempfile.TemporaryDirectory(prefix="voxfit-demo-") as tmp:
+    out = Path(out_dir)
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    # written beside the output folder (same file system), moved into it once the fit has committed
+    with tempfile.TemporaryDirectory(prefix=".voxfit-demo-", dir=out.resolve().parent) as tmp:
         bold = Path(tmp) / "sub-demo_task-blocks_bold.nii.gz"
         nib.save(run.image, bold)
         kinds = tuple("constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names)
         design = Design(run.design, tuple(run.names), kinds, TR)
         mask_path = Path(tmp) / "brain_mask.nii.gz"
         nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
-        result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out_dir, force=force, progress=progress,
+        result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out, force=force, progress=progress,
                             command=["voxfit", "demo"], noise="ar1")  # fmt: skip
+        _keep_data(out, Path(tmp), contrasts, seed)
     return run, result, _summary(run, result, out_dir)
+
+
+def _keep_data(out: Path, tmp: Path, contrasts, seed: int) -> None:
+    """Move the demo's data into ``out/data/`` and point model.json at them, with the command that repeats the
+    fit from the folder (the checksums stay those of the same bytes)."""
+    data = out / "data"
+    if data.exists():  # (--force over an earlier demo)
+        shutil.rmtree(data)
+    os.replace(tmp, data)
+    tmp.mkdir()  # (for TemporaryDirectory's clean-up)
+    model = json.loads((out / "model.json").read_text())
+    moved = {str((tmp / f.name).resolve()): str((data / f.name).resolve()) for f in data.iterdir()}
+    for record in model["inputs"]:
+        record["path"] = moved.get(record["path"], record["path"])
+    model["mask"]["source"] = moved.get(str(Path(model["mask"]["source"]).resolve()), model["mask"]["source"])
+    model["demo"] = {
+        "seed": seed,
+        "data": "data/: the synthetic run and its brain mask, made by voxfit.models.demo.make_demo_run(seed)",
+        "repeat": ["voxfit", "fit", "data/sub-demo_task-blocks_bold.nii.gz", "--design", "design.tsv", "--mask",
+                   "data/brain_mask.nii.gz", "--noise", "ar1", *[a for c in contrasts for a in ("--contrast", c)],
+                   "-o", "refit"],
+    }  # fmt: skip
+    partial = out / f".model.json.partial-{os.getpid()}"
+    partial.write_text(json.dumps(model, indent=2, default=str) + "\n")
+    os.replace(partial, out / "model.json")
 
 
 def _summary(run: DemoRun, result: ImageFit, out_dir) -> list[str]:

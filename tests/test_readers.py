@@ -12,8 +12,19 @@ from voxfit.exceptions import InputError
 from voxfit.io import CiftiGeometry, Masker, ScaledArray, SurfaceGeometry, VolumeGeometry, open_reader
 from voxfit.io.readers import open_map
 
-from .imaging import (AFFINE, N_SCANS, SHAPE, as_matrix, cifti_axes, read_back, volume_data, write_cifti,
-                      write_gifti, write_nifti, write_volume_list)  # fmt: skip
+from .imaging import (
+    AFFINE,
+    N_SCANS,
+    SHAPE,
+    as_matrix,
+    cifti_axes,
+    read_back,
+    volume_data,
+    write_cifti,
+    write_gifti,  # fmt: skip
+    write_nifti,
+    write_volume_list,
+)
 
 
 def _make(kind, tmp_path, rng):

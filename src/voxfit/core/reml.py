@@ -68,7 +68,7 @@ def reml(YY: NDArray, X: NDArray, Q: list[NDArray], *, max_iter: int = 32, t: fl
         h[i] = float(np.any(diag & ~covered))
         covered |= diag
     previous = np.inf
-    for k in range(1, max_iter + 1):
+    for k in range(1, max_iter + 1):  # noqa: B007 (k is the count reported)
         C = sum(hi * q for hi, q in zip(h, Q))
         iC = np.linalg.inv(C)
         iCX = iC @ Xo

@@ -8,8 +8,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .contrast import Stats, compute_contrast
-from .distributions import t_to_z
 from .design import DesignFactor
+from .distributions import t_to_z
 
 __all__ = ["Fit", "make_fit", "warm_up"]
 

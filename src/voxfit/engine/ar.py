@@ -114,7 +114,7 @@ def fit_ar(
     starts = range(0, V, step)
     if scheduler is not None:  # the same blocks as Dask tasks
         spans = [(a, min(V, a + step)) for a in starts]
-        for (a, b), (ok, res) in zip(spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)):
+        for (a, _), (ok, res) in zip(spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)):
             _place(a, ok, res)
     else:
         bar = Progress("AR fit", len(starts), enabled=progress, min_total=8)

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import ArrayLike
-
 from threadpoolctl import ThreadpoolController
 
 from .._array import check_array_like

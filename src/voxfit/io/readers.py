@@ -42,8 +42,8 @@ from numpy.typing import NDArray
 from .._array import type_name, working_dtype
 from ..exceptions import InputError
 from ._gzip import open_gzip
-from .scans import expand_run
 from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from .scans import expand_run
 
 __all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "MemoryInput", "NiftiReader", "NpyReader",
            "VolumeImageReader", "VolumeListReader", "check_data", "is_image", "open_map", "open_reader", "read_mesh",

@@ -343,7 +343,7 @@ def _cifti_structures(geometry: CiftiGeometry, th: Threshold) -> list[dict]:
     """Per CIFTI structure: elements shown and the peak (vertex index, or voxel position in mm)."""
     models = geometry.brain_models
     rows = []
-    for name, part, model in models.iter_structures():
+    for name, part, _ in models.iter_structures():
         index = np.arange(len(models))[part]
         shown = index[th.shown[index]]
         row = {"structure": name.replace("CIFTI_STRUCTURE_", ""), "elements": int(index.size), "shown": int(shown.size)}

@@ -50,7 +50,7 @@ def _from_folder(folder: Path) -> list[Path]:
     for p in scans:
         series.setdefault(_series(p.name), []).append(p)
     if len(series) > 1:
-        found = ", ".join(f"{v[0].name} ({len(v)} files)" for v in sorted(series.values(), key=len, reverse=True))
+        found = ", ".join(f"{v[0].name} ({len(v)} file{'s' if len(v) > 1 else ''})" for v in sorted(series.values(), key=len, reverse=True))
         first = next(iter(sorted(series.values(), key=len, reverse=True)))[0].name
         prefix = re.match(r"\D*", first).group(0) or first
         raise InputError(f"{folder} holds several series of images: {found}; name the run's scans with a quoted "

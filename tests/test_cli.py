@@ -55,7 +55,7 @@ def test_fit_writes_maps_equal_to_the_array_api(study, capsys):
     assert {"stat-rsquared_statmap.nii.gz", "stat-residualvariance_statmap.nii.gz", "mask.nii.gz", "design.tsv", "model.json"} <= set(names)
     assert not [n for n in names if n.startswith(".")]
 
-    ds = voxfit.load(study["bold"])
+    ds = voxfit.load(study["bold"], mask_threshold="auto")  # as voxfit fit
     fit = voxfit.fit(study["table"], ds.data)
     t = fit.contrast("A - B")
     img = nib.load(res / "contrast-task_stat-t_statmap.nii.gz")
@@ -247,7 +247,7 @@ def test_design_with_a_byte_order_mark(study, capsys):
 def test_signal_scaling(study, capsys, scaling):
     code, _, err = run(capsys, *fit_args(study, "--scaling", scaling, contrast=["c=A - B"]))
     assert code == 0, err
-    ds = voxfit.load(study["bold"])
+    ds = voxfit.load(study["bold"], mask_threshold="auto")  # as voxfit fit
     Y = np.asarray(ds.data, dtype=np.float64)
     if scaling == "mean":
         ref_data = 100 * (Y / Y.mean(axis=0) - 1)
@@ -294,3 +294,21 @@ def test_contrast_names_are_never_changed_silently(study, capsys):
     assert (study["out"] / "contrast-AB_stat-t_statmap.nii.gz").exists()
     with pytest.raises(voxfit.exceptions.InputError, match="contrast name 'a-b' is not a label"):
         voxfit.fit_images(study["bold"], study["table"], {"a-b": "A - B"})
+
+
+def test_an_infinite_background_value_does_not_reach_the_globals(study, capsys):
+    """spm_global averages finite values: one +inf outside the brain must not make a scan's global infinite
+    (which zeroed every beta with --scaling global and emptied SPM's 0.8 mask)."""
+    data = study["data"].copy()
+    data[0, 0, 0, 3] = np.inf  # the background corner, one scan
+    write_nifti(study["dir"] / "inf.nii", data)
+    args = ["fit", study["dir"] / "inf.nii", "--design", study["design"], "--scaling", "global", "--contrast", "c=A",
+            "-o", study["dir"] / "inf", "--quiet"]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    code, _, err = run(capsys, *fit_args(study, "--scaling", "global", contrast=["c=A"]))
+    assert code == 0, err
+    with_inf = nib.load(study["dir"] / "inf" / "contrast-c_stat-effect_statmap.nii.gz").get_fdata()
+    without = nib.load(study["out"] / "contrast-c_stat-effect_statmap.nii.gz").get_fdata()
+    npt.assert_array_equal(np.isfinite(with_inf), np.isfinite(without))
+    npt.assert_allclose(with_inf[np.isfinite(without)], without[np.isfinite(without)], rtol=1e-6)

@@ -58,7 +58,7 @@ class Dataset:
 
 
 def load(
-    paths, mask=None, *, mask_threshold: float | str | None = "auto", progress: bool | None = None, n_scans: int | None = None,
+    paths, mask=None, *, mask_threshold: float | str | None = None, progress: bool | None = None, n_scans: int | None = None,
     scan_globals: bool = False, name: str = "paths",
 ) -> Dataset:
     """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
@@ -74,12 +74,13 @@ def load(
         named by a folder, a quoted pattern or a .txt list of them (see :mod:`voxfit.io.scans`).
     mask : path, nibabel image or boolean array, optional
         Elements to fit (an image of the data's geometry: non-zero finite values are in). Default: the
-        automatic mask (finite in every scan and not constant over time, and for volumes above SPM's
-        relative threshold: see `mask_threshold`).
+        automatic mask (finite in every scan and not constant over time; with `mask_threshold`, also above
+        SPM's relative intensity threshold).
     mask_threshold : float, "auto" or None, optional
         With the automatic mask, SPM's relative intensity threshold: a voxel is kept when it is above this
-        fraction of each scan's global in every scan (SPM's 0.8 for fMRI). ``"auto"`` (the default, as
-        for first-level fits) is 0.8 for volumes and none for surfaces, CIFTI and arrays; None or 0: none.
+        fraction of each scan's global in every scan (SPM's 0.8 for fMRI). ``"auto"`` (the default of
+        first-level fits: ``fit_images``, ``FirstLevel``, ``fit_runs``, ``voxfit fit``) is 0.8 for volumes and
+        none for surfaces, CIFTI and arrays; None (the default here: a loader of any maps) or 0: none.
     progress : bool, optional
         Show a progress bar on stderr (default: when stderr is a terminal).
     n_scans : int, optional

@@ -130,7 +130,7 @@ def spm_globals(scans: NDArray) -> NDArray[np.float64]:
             out[i] = np.nan
             continue
         mean = scan.mean(dtype=np.float64) if finite.all() else scan[finite].mean(dtype=np.float64)
-        above = scan[scan > mean / 8]
+        above = scan[(scan > mean / 8) & finite]
         out[i] = above.mean(dtype=np.float64) if above.size else np.nan
     return out
 
@@ -166,9 +166,11 @@ class ScanGlobals:
         self.scale = scale
         self.values = np.full(n_scans, np.nan)
 
-    def add(self, start: int, block: NDArray) -> None:
-        for i, scan in enumerate(block, start):  # one at a time: spm_globals makes float64 copies
+    def add(self, start: int, block: NDArray) -> NDArray[np.float64]:
+        """Record the globals of the scans `block` (k, n_elements) from scan `start` on; returns them."""
+        for i, scan in enumerate(block, start):  # one at a time: scaled copies of one scan only
             self.values[i] = spm_globals(_scaled(scan[None], self.scale))[0]
+        return self.values[start : start + len(block)]
 
 
 class AutoMask:
@@ -185,16 +187,19 @@ class AutoMask:
         self.above = np.ones(n_elements, dtype=bool)
         self.nonzero_all = np.ones(n_elements, dtype=bool)
 
-    def add(self, block: NDArray, columns: NDArray | None = None) -> None:
+    def add(self, block: NDArray, columns: NDArray | None = None, globals_: NDArray | None = None) -> None:
         """Check the next scans: `block` (k, n_elements), or (k, len(columns)) holding those elements only
-        (after the first scans; not with a threshold or `nonzero`, which look at whole scans)."""
+        (after the first scans; not with a threshold or `nonzero`, which look at whole scans). `globals_`: the
+        scans' globals when the caller has them (see :class:`ScanGlobals`), not computed again."""
+        if self.threshold is not None and globals_ is None:
+            globals_ = [spm_globals(_scaled(scan[None], self.scale))[0] for scan in block]
         if columns is not None and (self.first is None or self.threshold is not None or self.nonzero):
             raise ValueError("AutoMask.add(columns=...) needs whole scans first, and no threshold or `nonzero`.")
         if self.first is None:
             first = self.first = np.array(block[0])
             self.candidates = np.isfinite(first) & (first != 0) if self.floats else first != 0
             if self.threshold is not None:
-                self.candidates &= _scaled(first, self.scale) > self.threshold * spm_globals(_scaled(first[None], self.scale))[0]
+                self.candidates &= _scaled(first, self.scale) > self.threshold * globals_[0]
         if columns is not None:
             if self.floats:
                 self.finite[columns] &= np.isfinite(block).all(axis=0)
@@ -206,9 +211,8 @@ class AutoMask:
         if self.nonzero:
             self.nonzero_all &= (block != 0).all(axis=0)
         if self.threshold is not None:
-            for scan in block:  # one at a time: spm_globals makes float64 copies of what it is given
-                values = _scaled(scan[None], self.scale)
-                self.above &= values[0] > self.threshold * spm_globals(values)[0]
+            for scan, g in zip(block, globals_):  # one at a time: scaled copies of one scan only
+                self.above &= _scaled(scan, self.scale) > self.threshold * g
 
     def add_squares(self, columns: NDArray, squares: NDArray) -> None:
         """Check `columns` from their sums over all scans of ``(value - first scan's value)^2`` in float64
@@ -240,7 +244,7 @@ def global_sums_block(source, a: int, b: int, cut: NDArray | None = None) -> NDA
     value per scan: of the values above it), (n_scans, 2): the parts of SPM's globals (see
     :func:`spm_globals`) that Dask tasks compute where the data are, added up by the client."""
     values = source.scaled(source.raw(slice(a, b)))
-    keep = np.isfinite(values) if cut is None else values > cut[:, None]
+    keep = np.isfinite(values) if cut is None else np.isfinite(values) & (values > cut[:, None])
     return np.stack([np.where(keep, values, 0).sum(axis=1, dtype=np.float64), keep.sum(axis=1)], axis=1)
 
 
@@ -251,9 +255,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
     bar = Progress("reading", reader.n_scans, enabled=progress)
     out = None
     for start, block in reader.iter_scans():
-        if globals_ is not None:
-            globals_.add(start, block)
-        auto.add(block)
+        auto.add(block, globals_=None if globals_ is None else globals_.add(start, block))
         if out is None:
             cand_index = np.flatnonzero(auto.candidates)
             out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)

@@ -423,7 +423,7 @@ def _scale(data, how: str, scan_globals=None) -> np.ndarray:
         if scan_globals is None:
             raise InputError("global scaling needs each whole scan's global: load the data with scan_globals=True.")
         grand = float(np.mean(scan_globals))
-        if not grand > 0:
+        if not (np.isfinite(grand) and grand > 0):
             raise InputError("global scaling needs data with a positive mean; use --scaling none or mean.")
         for a in range(0, V, step):
             out[:, a : a + step] = np.asarray(data[:, a : a + step], dtype=np.float64) * (100.0 / grand)

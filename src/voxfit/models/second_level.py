@@ -241,7 +241,7 @@ class SecondLevel:
 
     def _load(self, paths, progress):
         """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
-        ds = load(paths, self.mask, mask_threshold=None, progress=progress, name="inputs")  # maps of effects: no intensity rule
+        ds = load(paths, self.mask, progress=progress, name="inputs")
         Y, masker = np.asarray(ds.data), ds.masker
         if self.paired:
             half = Y.shape[0] // 2

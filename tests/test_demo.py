@@ -41,3 +41,21 @@ def test_the_demo_can_be_repeated_from_its_record(tmp_path, capsys, monkeypatch)
     assert main([*model["demo"]["repeat"][1:], "--quiet"]) == 0
     for name in ("contrast-AvsB_stat-t_statmap.nii.gz", "contrast-effects_stat-F_statmap.nii.gz"):
         np.testing.assert_array_equal(nib.load(out / "refit" / name).get_fdata(), nib.load(out / name).get_fdata())
+
+
+def test_the_demo_keeps_the_users_files(tmp_path, capsys):
+    out = tmp_path / "proj"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "important.txt").write_text("precious")
+    assert main(["demo", "-o", str(out), "--quiet", "--force"]) == 0
+    assert (out / "data" / "important.txt").read_text() == "precious"
+    assert {p.name for p in (out / "data").iterdir()} == {"important.txt", "brain_mask.nii.gz",
+                                                          "sub-demo_task-blocks_bold.nii.gz"}  # fmt: skip
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data").write_text("a file")
+    assert main(["demo", "-o", str(other), "--quiet", "--force"]) == 2
+    assert "is a file" in capsys.readouterr().err and (other / "data").read_text() == "a file"
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "-o", str(tmp_path / "afile" / "out"), "--quiet"]) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from ..design import Design, spm_hrf
+from ..exceptions import InputError
 from .glm import ImageFit, fit_images
 
 __all__ = ["make_demo_run", "run_demo", "DemoRun"]
@@ -88,18 +88,26 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
     return DemoRun(image=img, design=design, names=names, truth=truth, brain=brain)
 
 
-def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024):
+def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024, max_memory=None,
+             n_jobs: int | None = None):  # fmt: skip
     """Make the run, save it as NIfTI, fit it as ``voxfit fit --noise ar1`` would, and keep the data in
     ``<out_dir>/data/`` (model.json names them there, with the command that repeats the fit).
 
     Returns ``(run, result, summary_lines)``.
     """
+    out = Path(out_dir)
+    data = out / "data"
+    if data.exists() and not data.is_dir():
+        raise InputError(f"{data} is a file; the demo keeps its data in a folder of that name: choose another -o.")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the folder {parent} for -o {out_dir} ({exc.strerror or exc}).") from None
     run = make_demo_run(seed)
     contrasts = ["AvsB=A - B", "A=A", "B=B", "effects=A; B"]
-    out = Path(out_dir)
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    # written beside the output folder (same file system), moved into it once the fit has committed
-    with tempfile.TemporaryDirectory(prefix=".voxfit-demo-", dir=out.resolve().parent) as tmp:
+    # written beside the output folder (its file system), moved into it once the fit has committed
+    with tempfile.TemporaryDirectory(prefix=".voxfit-demo-", dir=parent) as tmp:
         bold = Path(tmp) / "sub-demo_task-blocks_bold.nii.gz"
         nib.save(run.image, bold)
         kinds = tuple("constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names)
@@ -107,21 +115,21 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
         mask_path = Path(tmp) / "brain_mask.nii.gz"
         nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
         result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out, force=force, progress=progress,
-                            command=["voxfit", "demo"], noise="ar1")  # fmt: skip
+                            command=["voxfit", "demo"], noise="ar1", max_memory=max_memory, n_jobs=n_jobs)  # fmt: skip
         _keep_data(out, Path(tmp), contrasts, seed)
     return run, result, _summary(run, result, out_dir)
 
 
 def _keep_data(out: Path, tmp: Path, contrasts, seed: int) -> None:
-    """Move the demo's data into ``out/data/`` and point model.json at them, with the command that repeats the
-    fit from the folder (the checksums stay those of the same bytes)."""
+    """Move the demo's two data files into ``out/data/`` (replacing only files of the same names) and point
+    model.json at them, with the command that repeats the fit (the checksums stay those of the same bytes)."""
     data = out / "data"
-    if data.exists():  # (--force over an earlier demo)
-        shutil.rmtree(data)
-    os.replace(tmp, data)
-    tmp.mkdir()  # (for TemporaryDirectory's clean-up)
+    data.mkdir(exist_ok=True)
+    moved = {}
+    for f in sorted(tmp.iterdir()):
+        os.replace(f, data / f.name)
+        moved[str(f.resolve())] = str((data / f.name).resolve())
     model = json.loads((out / "model.json").read_text())
-    moved = {str((tmp / f.name).resolve()): str((data / f.name).resolve()) for f in data.iterdir()}
     for record in model["inputs"]:
         record["path"] = moved.get(record["path"], record["path"])
     model["mask"]["source"] = moved.get(str(Path(model["mask"]["source"]).resolve()), model["mask"]["source"])
@@ -132,8 +140,9 @@ def _keep_data(out: Path, tmp: Path, contrasts, seed: int) -> None:
                    "data/brain_mask.nii.gz", "--noise", "ar1", *[a for c in contrasts for a in ("--contrast", c)],
                    "-o", "refit"],
     }  # fmt: skip
-    partial = out / f".model.json.partial-{os.getpid()}"
-    partial.write_text(json.dumps(model, indent=2, default=str) + "\n")
+    fd, partial = tempfile.mkstemp(prefix=".model.json.", dir=out)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(model, indent=2, default=str) + "\n")
     os.replace(partial, out / "model.json")
 
 

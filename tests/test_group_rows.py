@@ -406,3 +406,22 @@ def test_rows_dropped_before_the_design_is_built(tmp_path):
     npt.assert_array_equal(d.X, [[1, 0, 50], [0, 1, 40], [1, 0, 30]])
     with pytest.raises(InputError, match="1 row\\(s\\) without a map: sub-03"):
         group_design(3, design=table, two_sample="group", maps=maps)
+
+
+def test_maps_named_by_a_pattern_a_list_or_loaded_images_are_matched_by_subject(study, capsys):
+    """A group's maps given as a quoted pattern, a .txt list or nibabel images loaded from their files keep the
+    names their sub-<label>s are read from."""
+    root = study["dir"]
+    args = ["--design", str(study["table"]), "--two-sample", "group", "--contrast", "pc=patient - control", "--quiet"]
+    assert main(["group", *map(str, study["maps"]), *args, "-o", str(root / "files")]) == 0
+    pattern = str(root / "derivatives" / "voxfit" / "sub-*" / "contrast-faces_stat-effect_statmap.nii.gz")
+    assert main(["group", pattern, *args, "-o", str(root / "pattern")]) == 0
+    listing = root / "maps.txt"
+    listing.write_text("".join(f"{p.relative_to(root)}\n" for p in reversed(study["maps"])))
+    assert main(["group", str(listing), *args, "-o", str(root / "listed")]) == 0
+    for name in ("pattern", "listed"):
+        npt.assert_array_equal(_t(root / name, "pc"), _t(root / "files", "pc"))
+    model = SecondLevel(design=str(study["table"]), two_sample="group", contrasts=["pc=patient - control"])
+    images = model.fit([nib.load(str(p)) for p in reversed(study["maps"])])
+    npt.assert_array_equal(images.parametric["pc"].t, SecondLevel(design=str(study["table"]), two_sample="group",
+                           contrasts=["pc=patient - control"]).fit(study["maps"]).parametric["pc"].t)  # fmt: skip

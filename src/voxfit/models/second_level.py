@@ -36,18 +36,8 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import (
-    Masker,
-    OutputFolder,
-    check_data,
-    check_mask,
-    load,
-    open_reader,
-    read_mesh,
-    source_label,
-    stat_maps,
-    statmap_name,  # fmt: skip
-)
+from ..io import (Masker, OutputFolder, check_data, check_mask, expand_run, is_image, load, open_reader, read_mesh,
+                  source_label, stat_maps, statmap_name)  # fmt: skip
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .glm import columns_on_workers, contrast_items, input_records
 
@@ -135,6 +125,8 @@ class SecondLevel:
         data = check_data(inputs, "inputs")  # every argument's type checked before a file or folder is touched
         if isinstance(data, list) and len(data) == 1:
             data = data[0]
+        if isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern or list: the
+            data = files if len(files) > 1 else files[0]  # maps one by one, so that each is matched by its name
         check_mask(self.mask)
         if self.permutations < 0 or isinstance(self.permutations, bool):
             raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
@@ -201,7 +193,7 @@ class SecondLevel:
         A design matched by ids is fitted in the table's order of rows, the maps taken in that order, so that
         the results do not depend on the order of the inputs, not even by rounding or by the shuffles drawn
         from a seed."""
-        maps = [source_label(p) for p in paths] if len(paths) == n_scans else None  # one map per file: names to match
+        maps = [_map_name(p) for p in paths] if len(paths) == n_scans else None  # one map per file: names to match
         pairs = None
         if self.paired:
             if n_scans % 2:
@@ -422,6 +414,12 @@ def design_rows_record(d, paths, paired: bool) -> dict:
             row["table_row"] = int(d.rows[k]) + 1
         rows.append(row)
     return {**record, "rows": rows, "dropped_rows": [{"participant_id": i, "table_row": r + 1} for r, i in d.dropped]}
+
+
+def _map_name(item) -> str:
+    """The name a map is matched by (its sub-<label>): its path, or the file an image was loaded from."""
+    filename = item.get_filename() if is_image(item) else None
+    return str(filename) if filename else source_label(item)
 
 
 def _row_maps(d, paths, paired: bool) -> tuple[str, ...]:

@@ -96,12 +96,30 @@ def test_bad_kinds_are_refused_in_one_line(study, capsys):
     stale.write_text(json.dumps({"columns": [{"name": "task", "kind": "condition"}]}))
     code, err = _fit(capsys, root, root / "own_names.tsv", "stale")
     assert code == 2 and "update or remove the sidecar" in err and err.count("\n") == 1
-    stale.write_text("{not json")
+    stale.write_text(json.dumps({"columns": "task"}))
     code, err = _fit(capsys, root, root / "own_names.tsv", "broken")
-    assert code == 2 and "not a design sidecar" in err
+    assert code == 2 and "must be a list of" in err
+    stale.write_text(json.dumps({"Description": "a BIDS sidecar of the same name"}))  # not voxfit's: kinds guessed
+    code, err = _fit(capsys, root, root / "own_names.tsv", "other", "--nuisance-columns", "hp_*")
+    assert code == 0 and "is not voxfit's design sidecar" in err and (root / "other" / "design.json").exists()
     stale.unlink()
     code, err = _fit(capsys, root, root / "own_names.tsv", "typo", "--nuisance-columns", "hq_*")
     assert code == 2 and "no design column matches 'hq_*'" in err
     code, err = _fit(capsys, root, root / "own_names.tsv", "const", "--nuisance-columns", "constant")
     assert code == 2 and "is a constant column" in err
     assert not any((root / name).exists() for name in ("stale", "broken", "typo", "const"))
+
+
+def test_voxfit_design_writes_the_kinds_that_voxfit_fit_reads(study, capsys, tmp_path):
+    root, design = study
+    events = root / "events.tsv"
+    pd.DataFrame({"onset": np.arange(10, 220, 30.0), "duration": 10.0, "trial_type": "task"}).to_csv(
+        events, sep="\t", index=False)  # fmt: skip
+    assert main(["design", str(events), "--tr", str(TR), "--n-scans", str(N), "-o", str(root / "d.tsv"), "--quiet"]) == 0
+    side = json.loads((root / "d.json").read_text())
+    assert [c["kind"] for c in side["columns"]] == list(design.kinds)
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+    code, err = _fit(capsys, root, root / "d.tsv", "fromfile")
+    assert code == 0 and "no drift column" not in err
+    model = json.loads((root / "fromfile" / "model.json").read_text())
+    assert model["design"]["kinds"] == list(design.kinds)

@@ -458,12 +458,17 @@ def _run_design(args) -> int:
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it.")
     design, summary = _make_design(args, args.n_scans)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    from .design.kinds import sidecar_path
+
+    side = sidecar_path(out)  # each column's kind, read back by voxfit fit --design
+    tmp, tmp_side = (p.with_name(f".{p.name}.partial-{os.getpid()}") for p in (out, side))
     try:
-        design.write(tmp)
+        design.write(tmp, sidecar=tmp_side)
         os.replace(tmp, out)
+        os.replace(tmp_side, side)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        tmp_side.unlink(missing_ok=True)
         raise InputError(f"cannot write {out}: {exc.strerror or exc}.") from None
     if not args.quiet:
         print(f"{out}: {args.n_scans} scans x {summary['n_columns']} columns ({', '.join(design.names)}); "

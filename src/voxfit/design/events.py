@@ -86,11 +86,16 @@ class Design:
                 )
         return {"rank": rank, "n_columns": self.X.shape[1], "condition_number": float(sv[0] / sv[rank - 1]), "vif": vif}
 
-    def write(self, path) -> None:
-        """Write the design as TSV with a header of column names."""
+    def write(self, path, sidecar=True) -> None:
+        """Write the design as TSV with a header of column names, and beside it (``design.tsv`` ->
+        ``design.json``; or at `sidecar`, a path) each column's kind and the TR (see ``voxfit.design.kinds``),
+        so that the kinds survive a design file."""
+        from .kinds import sidecar_path, write_sidecar
         from .read import write_design
 
         write_design(path, self.X, self.names)
+        if sidecar:
+            write_sidecar(sidecar_path(path) if sidecar is True else sidecar, self.names, self.kinds, self.tr)
 
     @property
     def conditions(self) -> list[str]:

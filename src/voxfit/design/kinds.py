@@ -18,11 +18,12 @@ import difflib
 import fnmatch
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import InputError
+from ..exceptions import DesignWarning, InputError
 
 __all__ = ["FILTER_KINDS", "INTEREST_KINDS", "column_kinds", "guess_kind", "sidecar_path", "write_sidecar"]
 
@@ -58,12 +59,19 @@ def _read_sidecar(path: Path, names) -> list[str] | None:
     if path.suffix.lower() == ".json" or not side.is_file():
         return None
     try:
-        columns = json.loads(side.read_text())["columns"]
-        listed = [c["name"] for c in columns]
-        kinds = [c["kind"] for c in columns]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise InputError(f"{side}: not a design sidecar (expected {{\"columns\": [{{\"name\": ..., \"kind\": ...}}]}}); "
-                         "fix or remove it.") from None  # fmt: skip
+        record = json.loads(side.read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or "columns" not in record:  # another JSON beside it (a BIDS sidecar...)
+        warnings.warn(f"{side} is not voxfit's design sidecar (no \"columns\"), so the kinds of the design's "
+                      "columns are guessed from their names.", DesignWarning, stacklevel=3)  # fmt: skip
+        return None
+    try:
+        listed = [c["name"] for c in record["columns"]]
+        kinds = [c["kind"] for c in record["columns"]]
+    except (KeyError, TypeError):
+        raise InputError(f"{side}: its \"columns\" must be a list of {{\"name\": ..., \"kind\": ...}}; fix or "
+                         "remove it.") from None  # fmt: skip
     if listed != list(names):
         raise InputError(f"{side} describes columns {', '.join(listed)} but {path.name} has {', '.join(names)}; "
                          "update or remove the sidecar.")  # fmt: skip

@@ -351,3 +351,21 @@ def test_design_options_are_refused_with_a_design_file(tmp_path, capsys, rng):
     ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n4\t6\tA\n")
     assert main(["fit", *map(str, runs), "--events", str(ev), "--tr", "2", "--contrast", "a=A", "-o", str(tmp_path / "o2")]) == 2
     assert "give one events file per run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("trans_x\ttrans_y\n0.1\t0.2\n".encode("utf-8") + "caf\u00e9\t1\n".encode("latin-1") + b"0\t0\n", "is not UTF-8 text"),
+    (b"\x5c\x01\x00\x00" + bytes(400), "is not a text table"),  # a NIfTI header given by mistake
+    (b"trans_x,trans_y\n0,0\n0,0\n0,0\n", "is not tab-separated"),
+    (b"", "is empty"),
+])  # fmt: skip
+def test_confounds_files_that_are_not_tsvs_exit_2(tmp_path, capsys, content, message):
+    from voxfit.cli import main
+
+    events = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n0\t2\tA\n")
+    conf = tmp_path / "conf.tsv"
+    conf.write_bytes(content)
+    code = main(["design", str(events), "--tr", "2", "--n-scans", "3", "--confounds", str(conf),
+                 "--confounds-columns", "trans_x", "-o", str(tmp_path / "d.tsv")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "confounds" in err and err.count("\n") == 1

@@ -141,3 +141,12 @@ def test_run_forms_refuse_what_cannot_be_a_run(spm_runs, capsys):
         code, err = _fit(capsys, inputs, events, root / name.replace(" ", "_"))
         assert code == 2 and message in err and err.count("\n") == 1, (name, err)
         assert not (root / name.replace(" ", "_")).exists()
+
+
+def test_several_runs_for_one_design_are_named_as_runs(spm_runs, capsys):
+    root, runs, ev = spm_runs
+    for extra in (f for folder in runs for f in folder.glob("mean*")):
+        extra.unlink()
+    for inputs in (runs, [f"{runs[0]}/sw*.img", f"{runs[1]}/sw*.img"]):
+        code, err = _fit(capsys, inputs, ev[:1], root / "one")
+        assert code == 2 and "2 runs (folders, patterns or lists of scans) for one events file" in err

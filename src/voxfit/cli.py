@@ -332,11 +332,13 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
     if len(args.inputs) > 1:
-        from .io import open_map
+        from .io import expand_run, open_map
 
-        if open_map(args.inputs[0]).n_scans > 1:  # headers only: 3-D files are one run, 4-D files several
+        runs = [x for x in args.inputs if expand_run(x) is not None]  # folders, patterns, lists: a run each
+        if runs or open_map(args.inputs[0]).n_scans > 1:  # (headers only: 3-D files are one run, 4-D files several)
             kind, example = ("events file", "--events ev1.tsv ev2.tsv") if args.events else ("design", "--design d1 d2")
-            raise InputError(f"{len(args.inputs)} 4-D inputs for one {kind}; give one {kind} per run ({example} ...).")
+            what = "runs (folders, patterns or lists of scans)" if runs else "4-D inputs"
+            raise InputError(f"{len(args.inputs)} {what} for one {kind}; give one {kind} per run ({example} ...).")
         _warn_out_of_order(args.inputs)
     from ._memory import needs_streaming
     from .io import load, open_reader

@@ -211,32 +211,36 @@ def _missing(cell) -> bool:
     return isinstance(cell, str) and cell.strip().lower() in ("", "n/a")
 
 
-def _events_file(path: Path) -> tuple[list[str], list[list[str]]]:
-    """The header and rows of an events TSV; anything else (a CSV, a spreadsheet, an SPM.mat) refused in one line
-    saying what is expected."""
+def _tsv_file(path: Path, what: str, expected: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a TSV (`what`: "events", "confounds"); anything else (a CSV, a spreadsheet, an
+    SPM.mat, an image) refused in one line saying what is `expected`."""
     if not path.is_file():
-        raise InputError(f"events {path}: no such file.")
+        raise InputError(f"{what} {path}: no such file.")
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"events {path}: cannot read it ({exc.strerror or exc}).") from None
+        raise InputError(f"{what} {path}: cannot read it ({exc.strerror or exc}).") from None
     if b"\0" in raw[:65536]:
-        raise InputError(f"events {path} is not a text table (a binary file such as .mat or .xlsx?); {_EVENTS_EXPECTED}.")
+        raise InputError(f"{what} {path} is not a text table (a binary file such as .mat or .xlsx?); {expected}.")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"events {path} is not UTF-8 text (byte {exc.start + 1}: a binary file, or a table saved "
-                         f"in another encoding?); {_EVENTS_EXPECTED}.") from None  # fmt: skip
+        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start + 1}: a binary file, or a table saved "
+                         f"in another encoding?); {expected}.") from None  # fmt: skip
     try:
         rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t") if r]
     except csv.Error as exc:
-        raise InputError(f"events {path} is not a readable table ({exc}); {_EVENTS_EXPECTED}.") from None
+        raise InputError(f"{what} {path} is not a readable table ({exc}); {expected}.") from None
     if not rows:
-        raise InputError(f"events {path} is empty; {_EVENTS_EXPECTED}.")
+        raise InputError(f"{what} {path} is empty; {expected}.")
     header = [h.strip() for h in rows[0]]
-    if "onset" not in header and len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
-        raise InputError(f"events {path} is not tab-separated (a CSV, or spaces?); {_EVENTS_EXPECTED}.")
+    if len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
+        raise InputError(f"{what} {path} is not tab-separated (a CSV, or spaces?); {expected}.")
     return header, rows[1:]
+
+
+_CONFOUNDS_EXPECTED = ("voxfit reads an fMRIPrep-style confounds file: tab-separated text with a header line of "
+                       "column names and one row per scan")  # fmt: skip
 
 
 def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
@@ -254,7 +258,7 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     elif isinstance(path, (str, Path)):
         path = Path(path)
         where, first_line, what = f"events {path}", 2, "line"
-        header, body = _events_file(path)
+        header, body = _tsv_file(path, "events", _EVENTS_EXPECTED)
     else:
         raise InputError(f"`events` must be a path to a BIDS events.tsv or {EVENTS_FRAME}; got {type_name(path)}.")
     for needed in ("onset", "duration"):
@@ -315,14 +319,8 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
         header, body = frame_table(path)
     elif isinstance(path, (str, Path)):
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"confounds {path}: no such file.")
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.reader(fh, delimiter="\t") if r]
-        if len(rows) < 2:
-            raise InputError(f"confounds {path} has no rows.")
+        header, body = _tsv_file(path, "confounds", _CONFOUNDS_EXPECTED)
         where = f"confounds {path}"
-        header, body = [h.strip() for h in rows[0]], rows[1:]
     else:
         raise InputError(f"`confounds` must be a path to a confounds TSV or a pandas DataFrame; got {type_name(path)}.")
     if not body:
@@ -428,9 +426,12 @@ def _parametric(conditions: dict, modulators: dict[str, int]) -> dict:
         for j, suffix in enumerate(suffixes, start=1):
             if not np.any(u[:, j]):
                 mod, _, order = suffix[1:].rpartition("^")
-                raise InputError(f"events of {name!r}: modulator {mod!r} {'is the same for every event' if order == '1' else f'to the power {order} is a combination of its lower powers'} "
-                                 f"({len(set(ev[mod].tolist()))} distinct values), so its column {name}{suffix} would be "
-                                 f"empty; use order {int(order) - 1 if order != '1' else 0} or drop it for this condition.")  # fmt: skip
+                why = ("is the same for every event" if order == "1"
+                       else f"to the power {order} is a combination of its lower powers")  # fmt: skip
+                fix = ("give n/a for every event of this condition (no modulator there) or drop the modulator"
+                       if order == "1" else f"use order {int(order) - 1}")  # fmt: skip
+                raise InputError(f"events of {name!r}: modulator {mod!r} {why} ({len(set(ev[mod].tolist()))} distinct "
+                                 f"values), so its column {name}{suffix} would be empty; {fix}.")  # fmt: skip
         out[name] = (u, ["", *suffixes])
     missing = [mod for mod, seen in found.items() if not seen]
     if missing:

@@ -170,7 +170,7 @@ def design_matrix(design, name: str = "design"):
         return as_design_matrix(design.X, design.names)
     if isinstance(design, tuple) and len(design) == 2:
         return as_design_matrix(*design)
-    if isinstance(design, np.ndarray) or is_dataframe(design):
+    if isinstance(design, (np.ndarray, list)) or is_dataframe(design):  # (a list of rows, as voxfit.fit takes)
         return as_design_matrix(design)
     raise InputError(f"`{name}` must be {DESIGN_ACCEPTED}; got {type_name(design)}.")
 

@@ -6,6 +6,7 @@ import numpy as np
 import numpy.testing as npt
 import pytest
 import statsmodels.api as sm
+from scipy import stats
 from scipy.linalg import toeplitz
 
 from voxfit.core import factorize
@@ -63,9 +64,14 @@ def test_matches_explicit_gls(rng, order):
     block = ARBlock(factorize(X), order)
     E = Y - X @ np.linalg.pinv(X) @ Y
     r = np.stack([np.einsum("tv,tv->v", E[: n - k], E[k:]) for k in range(order + 1)])
-    phi, rho, g0 = estimate_ar(r, block.M_inv)
+    phi, rho, g0 = block.estimate(r)
     L_inv = ar_whitening(phi, rho, g0)
     npt.assert_allclose(res.ar, phi.T, rtol=1e-9, atol=1e-12)
+    dof = res.contrasts["task"].dof
+    assert dof.shape == (V,) and np.all((dof > 10) & (dof <= n - 3))
+    npt.assert_allclose(res.contrasts["task"].p, stats.t.sf(res.contrasts["task"].t, dof), rtol=1e-9)
+    npt.assert_allclose(res.contrasts["both"].p, stats.f.sf(res.contrasts["both"].F, 2, res.contrasts["both"].dof[1]),
+                        rtol=1e-8)
     for j in range(0, V, 7):
         W = _whiten(np.eye(n), np.repeat(phi[[j]], n, 0), np.repeat(L_inv[[j]], n, 0))
         ref = sm.OLS(W @ Y[:, j], W @ X).fit()

@@ -22,9 +22,13 @@ from numpy.typing import NDArray
 
 from .design import DesignFactor
 
-__all__ = ["bias_matrix", "estimate_ar", "ar_whitening", "fit_ar_block", "fit_ar_sums", "lagged_sums", "LaggedSums", "ARBlock"]
+__all__ = [
+    "ARBlock", "LaggedSums", "ar_whitening", "bias_matrix", "effective_dof",
+    "estimate_ar", "fit_ar_block", "fit_ar_sums", "lag_traces", "lagged_sums",
+]
 
 MAX_REFLECTION = 0.99
+AR_ITERATIONS = 4  # of the bias correction (see ARBlock.estimate)
 
 
 def _shift_sum(A: NDArray, j: int) -> NDArray:
@@ -54,23 +58,41 @@ def bias_matrix(design: DesignFactor, order: int) -> NDArray[np.float64]:
     return M
 
 
+def lag_traces(design: DesignFactor, order: int) -> NDArray[np.float64]:
+    """(p+1, n): ``T_ik = trace(R D_i R D_k) / (2 if i > 0 else 1)`` for every lag k = 0..n-1.
+
+    Expected residual lagged products are ``T @ gamma`` for the noise's autocovariances gamma at all lags
+    (``bias_matrix`` is the first p+1 columns). ``trace(Q'D_i D_k Q)`` and ``trace(Q'D_i Q Q'D_k Q)`` are
+    cross-correlations of columns, at every lag at once by FFT: O(p r n log n), no n x n matrix.
+    """
+    n, Q = design.n_scans, design.basis
+    size = 1 << int(np.ceil(np.log2(2 * n)))
+    FQ = np.fft.rfft(Q, size, axis=0)
+
+    def against_shifted_q(A):  # sum_t sum_a A[t, a] (D_k Q)[t, a] for k = 0..n-1
+        c = np.fft.irfft((np.conj(np.fft.rfft(A, size, axis=0)) * FQ).sum(axis=1), size)
+        out = c[:n].copy()  # c[k] = sum_t A[t] Q[t + k]; c[size - k] = sum_t A[t] Q[t - k]
+        out[1:] += c[size - 1 : size - n : -1]
+        return out
+
+    T = np.empty((order + 1, n))
+    for i in range(order + 1):
+        DQ = _shift_sum(Q, i)
+        T[i] = against_shifted_q(Q @ (Q.T @ DQ)) - 2.0 * against_shifted_q(DQ)
+        T[i, i] += n if i == 0 else 2.0 * (n - i)  # trace(D_i D_k): only k = i
+        T[i] /= 2.0 if i > 0 else 1.0
+    return T
+
+
 def _lagged_products(E: NDArray, order: int) -> NDArray[np.float64]:
     """(order+1, v): sum_t e_t e_{t+k} for k = 0..order."""
     return np.stack([np.einsum("tv,tv->v", E[: E.shape[0] - k], E[k:]) for k in range(order + 1)])
 
 
-def estimate_ar(residual_autocov: NDArray, M_inv: NDArray) -> tuple[NDArray, NDArray, NDArray]:  # noqa: D417
-    """Bias-corrected Yule-Walker for each voxel.
-
-    Returns ``(phi (v, p), rho (v, p+1) model autocorrelations, gamma0 (v,))`` where gamma0 is the variance
-    of the AR process for unit innovation variance.
-    """
-    v = M_inv @ residual_autocov  # (p+1, v) corrected autocovariances
-    p = v.shape[0] - 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho_in = (v / v[0]).T  # (V, p+1)
-    rho_in = np.where(np.isfinite(rho_in), rho_in, 0.0)
-    n_vox = rho_in.shape[0]
+def _levinson(rho_in: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+    """Yule-Walker by Levinson-Durbin for autocorrelations `rho_in` (v, p+1), reflection coefficients held in
+    (-MAX_REFLECTION, MAX_REFLECTION). Returns ``(phi (v, p), model autocorrelations (v, p+1), gamma0 (v,))``."""
+    n_vox, p = rho_in.shape[0], rho_in.shape[1] - 1
     phi = np.zeros((n_vox, p))  # phi[:, j - 1] is the lag-j coefficient
     rho = np.ones((n_vox, p + 1))  # the fitted model's autocorrelations
     err = np.ones(n_vox)
@@ -83,6 +105,22 @@ def estimate_ar(residual_autocov: NDArray, M_inv: NDArray) -> tuple[NDArray, NDA
         phi[:, k - 1] = kappa
         err = err * (1.0 - kappa**2)
     return phi, rho, 1.0 / err
+
+
+def _correlations(v: NDArray) -> NDArray:
+    """(v, p+1) autocorrelations from autocovariances (p+1, v); 0 where the variance is not positive."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho_in = (v / v[0]).T
+    return np.where(np.isfinite(rho_in), rho_in, 0.0)
+
+
+def estimate_ar(residual_autocov: NDArray, M_inv: NDArray) -> tuple[NDArray, NDArray, NDArray]:  # noqa: D417
+    """Yule-Walker for each voxel from autocovariances corrected by ``M_inv`` (Worsley's lags 0..p only).
+
+    Returns ``(phi (v, p), rho (v, p+1) model autocorrelations, gamma0 (v,))`` where gamma0 is the variance
+    of the AR process for unit innovation variance. :meth:`ARBlock.estimate` is the estimator the fits use.
+    """
+    return _levinson(_correlations(M_inv @ residual_autocov))
 
 
 def ar_whitening(phi: NDArray, rho: NDArray, gamma0: NDArray) -> NDArray[np.float64]:
@@ -127,7 +165,10 @@ class ARBlock:
             raise ValueError("too few scans for this AR order")
         self.design, self.order = design, order
         Q, p = design.basis, order
-        self.M_inv = np.linalg.pinv(bias_matrix(design, order))
+        self.M = bias_matrix(design, order)
+        self.M_inv = np.linalg.pinv(self.M)
+        self.beyond = lag_traces(design, order)[:, p + 1 :]  # (p+1, n-p-1): what lags > p add to the products
+        self.nu = design.n_scans - design.rank
         shifted = [_shift_sum(Q, k) for k in range(p + 1)]
         self.lagged_basis = np.concatenate(shifted, axis=1)  # (n, (p+1) r)
         self.G = np.stack([Q.T @ sq for sq in shifted])  # (p+1, r, r): Q'S_k Q
@@ -141,6 +182,56 @@ class ARBlock:
             self.eig, self.U = np.linalg.eigh(self.G[1])  # eigenbasis of Q'S_1Q plus a rank-2 update
             self.edges = self.U.T @ np.column_stack([self.top[0], self.bottom[0]])  # (r, 2)
 
+
+    def estimate(self, residual_lagged: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+        """AR(p) per voxel from its OLS residual lagged products ``sum_t e_t e_{t+k}`` (p+1, v), unbiased for
+        the design and to first order in 1/n; returns what :func:`estimate_ar` does.
+
+        Worsley's correction ``M^-1 r`` assumes no autocovariance beyond lag p, but an AR(p) process has
+        some at every lag, and a smooth design turns them into a bias (0.474 for an AR(1) of 0.5 with a block
+        design and cosine drifts over 200 scans). So the correction is solved with the current model's
+        autocovariances beyond lag p added, ``r = M gamma_0..p + T_>p gamma_>p(phi)``, and iterated. The
+        autocorrelations of those unbiased autocovariances, a ratio, are still biased by
+        ``(2/nu) (rho_k S_0 - S_k)`` with ``S_k = sum_m rho_m rho_m+k`` (Bartlett's variance and covariance of
+        the autocovariances; -2 rho / n for an AR(1), nu = n - rank); that is subtracted too, at the model's
+        rho. A fixed number of iterations: the same numbers whatever the block.
+        """
+        u = self.M_inv @ residual_lagged
+        phi, rho, gamma0 = _levinson(_correlations(u))
+        for _ in range(AR_ITERATIONS):
+            tail, S = self._beyond_p(phi, rho)
+            w = self.M_inv @ tail  # r = (M + tail e_0') gamma: solved by Sherman-Morrison
+            with np.errstate(invalid="ignore", divide="ignore"):
+                v = u - w * (u[0] / (1.0 + w[0]))
+            rho_in = _correlations(v)
+            rho_in[:, 1:] -= (2.0 / self.nu) * (rho[:, 1:] * S[:1].T - S[1:].T)
+            phi, rho, gamma0 = _levinson(rho_in)
+        return phi, rho, gamma0
+
+    def _beyond_p(self, phi: NDArray, rho: NDArray) -> tuple[NDArray, NDArray]:
+        """For the AR models (phi, rho): ``T_>p @ rho_>p`` (p+1, v), what their autocorrelations beyond lag p
+        add to the expected residual products per unit variance, and Bartlett's sums ``S_k`` (p+1, v) =
+        ``sum over all integers m of rho_m rho_m+k`` (rho_-m = rho_m, lags up to n-1)."""
+        p, v = self.order, phi.shape[0]
+        a = rho.T  # (p+1, v): a_0 .. a_p
+        pairs = np.stack([np.einsum("jv,jv->v", a[1 : p + 1 - k], a[1 + k :]) for k in range(p + 1)])  # j >= 1
+        recent = np.array(a[:0:-1])  # a copy; recent[j - 1] = a_{k-j} for the next lag k
+        tail = np.zeros((p + 1, v))
+        phi_t = np.ascontiguousarray(phi.T)
+        for i in range(self.beyond.shape[1]):  # lag k = p + 1 + i
+            if i % 16 == 0 and not (np.abs(recent) > 1e-20).any():
+                break  # every later term is below rounding (voxels with NaN, left out later, do not count)
+            new = np.einsum("jv,jv->v", phi_t, recent)
+            tail += np.multiply.outer(self.beyond[:, i], new)
+            pairs[0] += new * new
+            pairs[1:] += recent * new
+            recent[1:] = recent[:-1].copy()
+            recent[0] = new
+        S = np.empty((p + 1, v))
+        S[0] = 1.0 + 2.0 * pairs[0]
+        for k in range(1, p + 1):
+            S[k] = a[k] + 2.0 * pairs[k] + np.einsum("mv,mv->v", a[1 : k + 1], a[k - 1 :: -1][:k])
+        return tail, S
 
 def _band_and_corners(phi: NDArray, L_inv: NDArray):
     """For each voxel: alpha (v, p+1) of the band of W'W, and the corrections (v, p, p) of its top-left
@@ -197,6 +288,63 @@ def _solve_ar1(block: ARBlock, alpha: NDArray, c_top: NDArray, c_bottom: NDArray
     return (block.U @ Bu.reshape(r, -1)).reshape(r, k, v)
 
 
+def _model_autocorrelations(phi: NDArray) -> tuple[NDArray, NDArray]:
+    """The autocorrelations (v, p+1) and variance (v,) (unit innovations) of AR models phi (v, p)."""
+    v, p = phi.shape
+    A = np.broadcast_to(np.eye(p + 1), (v, p + 1, p + 1)).copy()
+    for k in range(p + 1):
+        for i in range(1, p + 1):
+            A[:, k, abs(k - i)] -= phi[:, i - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        g = np.linalg.solve(A, np.broadcast_to(np.eye(p + 1)[:, :1], (v, p + 1, 1)))[:, :, 0]
+        return g / g[:, :1], g[:, 0]
+
+
+def _gram_coefs(phi: NDArray) -> NDArray:
+    """(v, p+1+2p^2): the weights of ``block.gram_terms`` that make ``Q'W'WQ`` for AR models phi (v, p)."""
+    rho, gamma0 = _model_autocorrelations(phi)
+    L_inv = ar_whitening(phi, rho, gamma0)
+    alpha, c_top, c_bottom = _band_and_corners(phi, L_inv)
+    return np.concatenate([alpha, c_top.reshape(len(phi), -1), c_bottom.reshape(len(phi), -1)], axis=1)
+
+
+def _gram_slopes(block: ARBlock, phi: NDArray, coefs: NDArray, h: float = 1e-6) -> NDArray:
+    """(p, v, terms): d coefs / d phi_j by central differences (the Gram matrix is linear in the coefs)."""
+    v, p = phi.shape
+    slopes = np.empty((p, v, coefs.shape[1]))
+    with np.errstate(invalid="ignore"):
+        for j in range(p):
+            step = np.zeros(p)
+            step[j] = h
+            slopes[j] = (_gram_coefs(phi + step) - _gram_coefs(phi - step)) / (2.0 * h)
+    return np.nan_to_num(slopes, nan=0.0, posinf=0.0, neginf=0.0)  # at the stationarity bound: no slope
+
+
+def effective_dof(block: ARBlock, L_inv: NDArray, slopes: NDArray, U: NDArray, cov: NDArray) -> NDArray:
+    """Satterthwaite's degrees of freedom (v,) of a contrast's estimated variance under estimated AR(p) noise.
+
+    The variance ``sigma^2 C(phi)``, ``C = w (X'V^-1X)^-1 w'``, is estimated with phi estimated from the same
+    residuals. To first order, ``var(log sigma^2) = 2 / nu`` (nu = n - rank) and ``var(log C) = g' cov(phi) g``
+    with ``g_j = d log C / d phi_j`` (for q rows: ``tr(C^-1 dC) / q``) and ``cov(phi) = Gamma_p^-1 / nu``
+    (Yule-Walker, unit innovations; ``Gamma_p^-1 = L_inv' L_inv``, L_inv from :func:`ar_whitening`). Matching a scaled chi-square's
+    ``var(log) = 2 / dof`` gives ``dof = nu / (1 + g' Gamma_p^-1 g / 2)``: 190 for white noise, about 60 for
+    an AR(1) of 0.5 and a block design over 200 scans, where the AR estimate is most of the uncertainty.
+
+    `U` (r, q, v) is ``gram^-1 wq'`` (wq the contrast in basis coordinates), `cov` (v, q, q) its ``wq U``,
+    `slopes` (p, v, terms) the derivatives of the Gram matrix's weights (``dC = -U' dgram U``).
+    """
+    r, q, v = U.shape
+    if q == 1:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            K = U[:, 0] / cov[:, 0, 0]  # C^-1 U' for q = 1, (r, v)
+        K = np.einsum("av,bv->abv", U[:, 0], K)
+    else:
+        K = np.einsum("aqv,vqs,bsv->abv", U, np.linalg.pinv(cov, hermitian=True), U)  # U C^+ U'
+    g = -np.einsum("jvt,tv->jv", slopes, block.gram_terms @ K.reshape(r * r, v)) / q  # d log C / d phi_j
+    spread = np.einsum("vab,bv->av", L_inv, g)
+    with np.errstate(invalid="ignore"):
+        return block.nu / (1.0 + 0.5 * np.einsum("av,av->v", spread, spread))
+
 @dataclass(frozen=True, eq=False)
 class LaggedSums:
     """What an AR(p) fit needs of a block of v voxels, accumulable scan by scan (float64):
@@ -235,7 +383,8 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
 
 def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None, flagged: list | None = None):
     """AR(p) fit from a block's :class:`LaggedSums`: betas (pc, v), whitened RSS (v,), phi (v, p), for each
-    contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q)), the OLS
+    contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q), effective
+    degrees of freedom (v,), see :func:`effective_dof`), the OLS
     RSS (v,) and the total sum of squares (v,; centred when the design has an intercept).
 
     `data(idx)` returns the shifted data of the voxels `idx` (n, len(idx)) for the few voxels whose sums lose
@@ -257,7 +406,7 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     ols_rss = r_lag[0].copy()
     raw_yy = s[0] if mu is None else s[0] + 2.0 * mu * sums.total + n * mu**2
     tss = s[0] - sums.total**2 / n if design.has_intercept else raw_yy
-    phi, rho, gamma0 = estimate_ar(r_lag, block.M_inv)
+    phi, rho, gamma0 = block.estimate(r_lag)
     exact = ols_rss <= (n * np.finfo(float).eps) ** 2 * raw_yy
     phi[exact], rho[exact], gamma0[exact] = 0.0, np.eye(p + 1)[0], 1.0  # rounding-level residuals: white
     L_inv = ar_whitening(phi, rho, gamma0)
@@ -316,9 +465,12 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
         coords = coords + np.multiply.outer(block.ones, mu)
     betas = design.basis_pinv @ coords
     contrasts, k = [], 1
+    slopes = _gram_slopes(block, phi, coefs)
     for w, wq in zip(weights, wqs):
         q = wq.shape[0]
         cov = np.einsum("kav,kbv->vab", rhs_all[:, k : k + q], sol[:, k : k + q])  # wq gram^-1 wq'
-        contrasts.append((w @ betas, cov))
+        dof = effective_dof(block, L_inv, slopes, sol[:, k : k + q], cov)
+        dof[exact] = block.nu
+        contrasts.append((w @ betas, cov, dof))
         k += q
     return betas, rss, phi, contrasts, ols_rss, tss

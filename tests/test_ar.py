@@ -10,7 +10,7 @@ from scipy import stats
 from scipy.linalg import toeplitz
 
 from voxfit.core import factorize
-from voxfit.core.ar import ARBlock, _whiten, ar_whitening, estimate_ar
+from voxfit.core.ar import ARBlock, _whiten, ar_whitening, estimate_ar, estimation_terms
 from voxfit.engine import fit_ar
 from voxfit.exceptions import InputError
 
@@ -72,13 +72,20 @@ def test_matches_explicit_gls(rng, order):
     npt.assert_allclose(res.contrasts["task"].p, stats.t.sf(res.contrasts["task"].t, dof), rtol=1e-9)
     npt.assert_allclose(res.contrasts["both"].p, stats.f.sf(res.contrasts["both"].F, 2, res.contrasts["both"].dof[1]),
                         rtol=1e-8)
+    # the variances are GLS's divided by 1 + kappa, the bias of C(phi_hat) (see test_estimation_terms_*)
+    d = factorize(X)
+    B = np.repeat((np.eye(3)[[0, 0, 1]] @ d.basis_pinv).T[:, :, None], V, axis=2)  # task, then both
+    (k_task, dof_task), (k_both, dof_both) = estimation_terms(block, phi, B, [1, 2])
+    npt.assert_allclose(dof_task, dof, rtol=1e-9)
+    assert np.all(np.abs(k_task) < 0.2)
     for j in range(0, V, 7):
         W = _whiten(np.eye(n), np.repeat(phi[[j]], n, 0), np.repeat(L_inv[[j]], n, 0))
         ref = sm.OLS(W @ Y[:, j], W @ X).fit()
         npt.assert_allclose(res.fit.betas[:, j], ref.params, rtol=1e-9)
         npt.assert_allclose(res.fit.residual_variance[j], ref.scale, rtol=1e-9)
-        npt.assert_allclose(res.contrasts["task"].t[j], ref.tvalues[0], rtol=1e-9)
-        npt.assert_allclose(res.contrasts["both"].F[j], ref.f_test(np.eye(3)[:2]).fvalue, rtol=1e-8)
+        npt.assert_allclose(res.contrasts["task"].t[j], ref.tvalues[0] * np.sqrt(1 + k_task[j]), rtol=1e-9)
+        F_ref = ref.f_test(np.eye(3)[:2]).fvalue * (1 + k_both[j])
+        npt.assert_allclose(res.contrasts["both"].F[j], F_ref, rtol=1e-8)
 
 
 def test_bias_correction_removes_the_fit_bias(rng):
@@ -197,3 +204,39 @@ def test_r2_is_the_ols_r2_and_exact_voxels_are_white(rng):
     res = fit_ar(X, Y, 2, {})
     npt.assert_allclose(res.fit.r2[:4], fit(X, Y[:, :4]).r2, rtol=1e-10)
     npt.assert_array_equal(res.ar[:, 4], 0.0)
+
+
+@pytest.mark.parametrize("phi", [[0.4], [0.5, -0.2]])
+def test_estimation_terms_match_a_dense_computation(phi):
+    """kappa and the effective dof from dense GLS algebra: C(phi) = w (X'V^-1 X)^-1 w' with V the AR(p)
+    covariance (Toeplitz), Whittle's information about phi from the residual-forming matrix's share of each
+    Fourier frequency, derivatives by differences in phi's coordinates."""
+    n, p = 60, len(phi)
+    X = block_design(n)
+    w = np.array([1.0, 0.0, 0.0])
+    R = np.eye(n) - X @ np.linalg.pinv(X)
+
+    def C(ph):
+        V_inv = np.linalg.inv(toeplitz(ar_autocov(ph, n)))
+        return w @ np.linalg.inv(X.T @ V_inv @ X) @ w
+
+    omega = 2 * np.pi * np.arange(n) / n
+    E = np.exp(1j * np.outer(np.arange(n), omega)) / np.sqrt(n)
+    share = np.real(np.einsum("tm,ts,sm->m", E.conj(), R, E))
+    A = 1 - sum(f * np.exp(1j * (j + 1) * omega) for j, f in enumerate(phi))
+    d = np.array([2 * np.real(np.exp(1j * (j + 1) * omega) * A.conj()) / np.abs(A) ** 2 for j in range(p)])
+    cov_phi = np.linalg.inv(0.5 * (d * share) @ d.T)
+    h, c0 = 1e-4, C(phi)
+    grad, hess = np.zeros(p), np.zeros((p, p))
+    for j in range(p):
+        ej = h * np.eye(p)[j]
+        grad[j] = (C(phi + ej) - C(phi - ej)) / (2 * h * c0)
+        for k in range(p):
+            ek = h * np.eye(p)[k]
+            hess[j, k] = (C(phi + ej + ek) - C(phi + ej - ek) - C(phi - ej + ek) + C(phi - ej - ek)) / (4 * h * h * c0)
+    kappa_ref = 0.5 * np.sum(hess * cov_phi)
+    dof_ref = 2 / (2 / (n - 3) + grad @ cov_phi @ grad)
+    d_ = factorize(X)
+    (kappa, dof), = estimation_terms(ARBlock(d_, p), np.array([phi]), (w @ d_.basis_pinv)[:, None, None], [1])
+    npt.assert_allclose(kappa, kappa_ref, rtol=1e-3)
+    npt.assert_allclose(dof, dof_ref, rtol=1e-3)

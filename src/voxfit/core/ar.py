@@ -212,7 +212,38 @@ class ARBlock:
             rho_in = _correlations(v)
             rho_in[:, 1:] -= (2.0 / self.nu) * (rho[:, 1:] * S[:1].T - S[1:].T)
             phi, rho, gamma0 = _levinson(rho_in)
+        if self.order > 1:  # unbiased autocorrelations still give phi biased by Levinson's curvature (-1/nu for phi_2)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                rho_new, _ = _model_autocorrelations(phi - self._levinson_bias(rho_in, phi))
+            ok = np.isfinite(rho_new).all(axis=1) & (np.abs(rho_new[:, 1:]) < 1.0).all(axis=1)
+            phi_new, rho_new, gamma0_new = _levinson(np.where(ok[:, None], rho_new, rho_in))
+            phi, rho, gamma0 = phi_new, rho_new, gamma0_new
         return phi, rho, gamma0
+
+    def _levinson_bias(self, rho_in: NDArray, phi: NDArray, h: float = 0.05) -> NDArray:
+        """(v, p): ``E[L(rho_hat)] - L(rho)`` to second order for Levinson's map L from autocorrelations to
+        phi: ``tr(Hess L cov(rho_hat)) / 2``, with ``cov(rho_hat) = J^-1 cov(phi) J^-T`` (J = dL/drho, cov(phi)
+        the inverse of :func:`ar_information`); by second differences along the principal axes of cov(rho_hat),
+        steps of `h` standard deviations."""
+        v, p = phi.shape
+
+        def L(r):
+            return _levinson(np.concatenate([np.ones((v, 1)), r], axis=1))[0]
+
+        r0 = rho_in[:, 1:]
+        J = np.empty((v, p, p))
+        for j in range(p):
+            e = np.zeros(p)
+            e[j] = 1e-4  # J only scales an O(1/n) term: its step's error matters less than rounding's
+            J[:, :, j] = (L(r0 + e) - L(r0 - e)) / 2e-4
+        J_inv = np.linalg.pinv(J)
+        cov_rho = J_inv @ np.linalg.pinv(ar_information(self, phi), hermitian=True) @ np.swapaxes(J_inv, 1, 2)
+        lam, axes = np.linalg.eigh(0.5 * (cov_rho + np.swapaxes(cov_rho, 1, 2)))
+        base, bias = L(r0), np.zeros((v, p))
+        for k in range(p):
+            step = h * np.sqrt(np.clip(lam[:, k], 0.0, None))[:, None] * axes[:, :, k]
+            bias += (L(r0 + step) + L(r0 - step) - 2.0 * base) / (2.0 * h * h)
+        return np.where(np.isfinite(bias), bias, 0.0)
 
     def _beyond_p(self, phi: NDArray, rho: NDArray) -> tuple[NDArray, NDArray]:
         """For the AR models (phi, rho): ``T_>p @ rho_>p`` (p+1, v), what their autocorrelations beyond lag p
@@ -324,7 +355,7 @@ def _gram_coefs(phi: NDArray) -> NDArray:
     return np.concatenate([alpha, c_top.reshape(len(phi), -1), c_bottom.reshape(len(phi), -1)], axis=1)
 
 
-def ar_information(block: ARBlock, phi: NDArray, chunk: int = 64) -> NDArray:
+def ar_information(block: ARBlock, phi: NDArray) -> NDArray:
     """(v, p, p) Fisher information about phi in the OLS residuals, in Whittle's frequency-domain form:
     ``I_jk = 1/2 sum_w s(w) d_j(w) d_k(w)`` over the Fourier frequencies w, ``d_j = d log f / d phi_j =
     2 Re(e^{ijw} conj(A(w))) / |A(w)|^2`` (A the AR polynomial), ``s(w)`` the share of frequency w that the
@@ -334,6 +365,7 @@ def ar_information(block: ARBlock, phi: NDArray, chunk: int = 64) -> NDArray:
     v, p = phi.shape
     info = np.zeros((v, p, p))
     lags = np.arange(1, p + 1)
+    chunk = max(1, (1 << 20) // max(1, v * p))  # frequencies at a time: 16 MiB of complex work arrays
     for a in range(0, block.freqs.size, chunk):
         w = block.freqs[a : a + chunk]
         z = np.exp(1j * np.multiply.outer(lags, w))  # (p, f): e^{ijw}
@@ -347,7 +379,7 @@ def ar_information(block: ARBlock, phi: NDArray, chunk: int = 64) -> NDArray:
 def _contrast_grams(block: ARBlock, phi: NDArray, B: NDArray) -> NDArray:
     """``gram(phi)^-1 B`` (r, k, v) for AR models phi (v, p) and right-hand sides B (r, k, v) the same for
     every voxel (B[:, :, 0] is used); NaN where a model is not stationary."""
-    r, k, v = B.shape
+    r, _, v = B.shape
     coefs = _gram_coefs(phi)
     if block.order == 1:
         rhs = np.concatenate([np.zeros((r, 1, v)), B], axis=1)  # _solve_ar1 takes a per-voxel first column
@@ -372,33 +404,32 @@ def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int],
     most of the uncertainty. Derivatives by differences of `h` standard deviations along each axis.
     """
     v, p = phi.shape
+    spans, a = [], 0
+    for q in sizes:
+        spans.append(slice(a, a + q))
+        a += q
+
+    def quad(X, cols):  # wq X[cols] as (v, q, q)
+        return np.einsum("kav,kbv->vab", B[:, cols], X[:, cols])
+
     with np.errstate(invalid="ignore", divide="ignore"):
         lam, axes = np.linalg.eigh(np.linalg.pinv(ar_information(block, phi), hermitian=True))
         base = _contrast_grams(block, phi, B)
-        ups, downs = [], []
-        for k in range(p):
+        Cs = [quad(base, cols) for cols in spans]
+        C_invs = [1.0 / C if C.shape[1] == 1 else np.linalg.pinv(C, hermitian=True) for C in Cs]
+        spread = [np.zeros(v) for _ in sizes]
+        kappa = [np.zeros(v) for _ in sizes]
+        for k in range(p):  # one axis at a time: memory of two solutions
             step = h * np.sqrt(np.clip(lam[:, k], 0.0, None))[:, None] * axes[:, :, k]
-            ups.append(_contrast_grams(block, phi + step, B))
-            downs.append(_contrast_grams(block, phi - step, B))
-    out, a = [], 0
-    for q in sizes:
-        cols = slice(a, a + q)
-
-        def quad(X, cols=cols):  # wq X[cols] as (v, q, q)
-            return np.einsum("kav,kbv->vab", B[:, cols], X[:, cols])
-
-        with np.errstate(invalid="ignore", divide="ignore"):
-            C = quad(base)
-            C_inv = 1.0 / C if q == 1 else np.linalg.pinv(C, hermitian=True)
-            spread, kappa = np.zeros(v), np.zeros(v)
-            for up, down in zip(ups, downs):
-                Cu, Cd = quad(up), quad(down)
-                g = np.einsum("vab,vba->v", C_inv, Cu - Cd) / (2.0 * h * q)
-                spread += np.where(np.isfinite(g), g * g, 0.0)
-                curve = np.einsum("vab,vba->v", C_inv, Cu + Cd - 2.0 * C) / (2.0 * h * h * q)
-                kappa += np.where(np.isfinite(curve), curve, 0.0)
-        out.append((kappa, 2.0 / (2.0 / block.nu + spread)))
-        a += q
+            up, down = _contrast_grams(block, phi + step, B), _contrast_grams(block, phi - step, B)
+            for i, cols in enumerate(spans):
+                q = sizes[i]
+                Cu, Cd = quad(up, cols), quad(down, cols)
+                g = np.einsum("vab,vba->v", C_invs[i], Cu - Cd) / (2.0 * h * q)
+                spread[i] += np.where(np.isfinite(g), g * g, 0.0)
+                curve = np.einsum("vab,vba->v", C_invs[i], Cu + Cd - 2.0 * Cs[i]) / (2.0 * h * h * q)
+                kappa[i] += np.where(np.isfinite(curve), curve, 0.0)
+    out = [(kap, 2.0 / (2.0 / block.nu + sp)) for kap, sp in zip(kappa, spread)]
     return out
 
 

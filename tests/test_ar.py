@@ -73,19 +73,19 @@ def test_matches_explicit_gls(rng, order):
     npt.assert_allclose(res.contrasts["task"].p, stats.t.sf(res.contrasts["task"].t, dof), rtol=1e-9)
     npt.assert_allclose(res.contrasts["both"].p, stats.f.sf(res.contrasts["both"].F, 2, res.contrasts["both"].dof[1]),
                         rtol=1e-8)
-    # the variances are GLS's divided by 1 + kappa, the bias of C(phi_hat) (see test_estimation_terms_*)
+    # the variances are GLS's times (1 + lambda) / (1 + kappa) (see test_estimation_terms_*)
     d = factorize(X)
     B = np.repeat((np.eye(3)[[0, 0, 1]] @ d.basis_pinv).T[:, :, None], V, axis=2)  # task, then both
-    (k_task, dof_task), (k_both, _) = estimation_terms(block, phi, B, [1, 2])
+    (s_task, dof_task, _, _), (s_both, _, _, _) = estimation_terms(block, phi, B, [1, 2])
     npt.assert_allclose(dof_task, dof, rtol=1e-9)
-    assert np.all(np.abs(k_task) < 0.2)
+    assert np.all(np.abs(s_task - 1) < 0.2)
     for j in range(0, V, 7):
         W = _whiten(np.eye(n), np.repeat(phi[[j]], n, 0), np.repeat(L_inv[[j]], n, 0))
         ref = sm.OLS(W @ Y[:, j], W @ X).fit()
         npt.assert_allclose(res.fit.betas[:, j], ref.params, rtol=1e-9)
         npt.assert_allclose(res.fit.residual_variance[j], ref.scale, rtol=1e-9)
-        npt.assert_allclose(res.contrasts["task"].t[j], ref.tvalues[0] * np.sqrt(1 + k_task[j]), rtol=1e-9)
-        F_ref = ref.f_test(np.eye(3)[:2]).fvalue * (1 + k_both[j])
+        npt.assert_allclose(res.contrasts["task"].t[j], ref.tvalues[0] / np.sqrt(s_task[j]), rtol=1e-9)
+        F_ref = ref.f_test(np.eye(3)[:2]).fvalue / s_both[j]
         npt.assert_allclose(res.contrasts["both"].F[j], F_ref, rtol=1e-8)
 
 
@@ -273,6 +273,19 @@ def test_estimation_terms_match_a_dense_computation(phi):
     kappa_ref = 0.5 * np.sum(hess * cov_phi)
     dof_ref = 2 / (2 / (n - 3) + grad @ cov_phi @ grad)
     d_ = factorize(X)
-    (kappa, dof), = estimation_terms(ARBlock(d_, p), np.array([phi]), (w @ d_.basis_pinv)[:, None, None], [1])
+    (_, dof, kappa, lam), = estimation_terms(ARBlock(d_, p), np.array([phi]), (w @ d_.basis_pinv)[:, None, None], [1])
     npt.assert_allclose(kappa, kappa_ref, rtol=1e-3)
     npt.assert_allclose(dof, dof_ref, rtol=1e-3)
+    # Kackar-Harville: the extra variance of w beta_hat(phi_hat), dense and exact; the code's Whittle form of
+    # P_j and Q_jk is good to O(1/n): 25% over 60 scans
+    V = toeplitz(ar_autocov(phi, n))
+    V_inv = np.linalg.inv(V)
+    dV_inv = [(np.linalg.inv(toeplitz(ar_autocov(phi + h * np.eye(p)[j], n)))
+               - np.linalg.inv(toeplitz(ar_autocov(phi - h * np.eye(p)[j], n)))) / (2 * h) for j in range(p)]
+    G_inv = np.linalg.inv(X.T @ V_inv @ X)
+    u = G_inv @ w
+    lam_ref = sum(cov_phi[j, k] * (u @ X.T @ dV_inv[j] @ V @ dV_inv[k] @ X @ u
+                                   - u @ X.T @ dV_inv[j] @ X @ G_inv @ X.T @ dV_inv[k] @ X @ u)
+                  for j in range(p) for k in range(p)) / c0
+    assert lam_ref > 0
+    npt.assert_allclose(lam, lam_ref, rtol=0.25)

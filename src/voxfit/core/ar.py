@@ -24,7 +24,7 @@ from .design import DesignFactor
 
 __all__ = [
     "ARBlock", "LaggedSums", "ar_information", "ar_whitening", "bias_matrix", "estimate_ar",
-    "estimation_terms", "fit_ar_block", "fit_ar_sums", "lag_traces", "lagged_sums",
+    "efficiency_loss", "estimation_terms", "fit_ar_block", "fit_ar_sums", "lag_traces", "lagged_sums",
 ]
 
 MAX_REFLECTION = 0.99
@@ -174,7 +174,8 @@ class ARBlock:
         n = design.n_scans
         self.freqs = 2.0 * np.pi * np.arange(n // 2 + 1) / n
         self.freq_weights = np.where((np.arange(n // 2 + 1) == 0) | (2 * np.arange(n // 2 + 1) == n), 1.0, 2.0)
-        self.residual_share = 1.0 - np.sum(np.abs(np.fft.rfft(Q, axis=0)) ** 2, axis=1) / n
+        self.basis_fft = np.fft.rfft(Q, axis=0)  # (f, r)
+        self.residual_share = 1.0 - np.sum(np.abs(self.basis_fft) ** 2, axis=1) / n
         shifted = [_shift_sum(Q, k) for k in range(p + 1)]
         self.lagged_basis = np.concatenate(shifted, axis=1)  # (n, (p+1) r)
         self.G = np.stack([Q.T @ sq for sq in shifted])  # (p+1, r, r): Q'S_k Q
@@ -387,8 +388,43 @@ def _contrast_grams(block: ARBlock, phi: NDArray, B: NDArray) -> NDArray:
     return _cholesky_solve((block.gram_terms.T @ coefs.T).reshape(r, r, v), np.array(B))
 
 
+def efficiency_loss(block: ARBlock, phi: NDArray, phi_cov: NDArray, coefs: NDArray, U: NDArray) -> NDArray:
+    """(v, q, q): Kackar and Harville's extra covariance of ``wq beta_hat`` from whitening with phi_hat instead of
+    phi, per unit innovation variance: ``U' (Q_jk - P_j gram^-1 P_k) U`` weighted by cov(phi)_jk, with ``U =
+    gram^-1 wq'`` (r, q, v), ``P_j = Q' dV^-1/dphi_j Q`` and ``Q_jk = Q' dV^-1/dphi_j V dV^-1/dphi_k Q`` in
+    Whittle's frequency-domain form (``dV^-1/dphi_j ~ -d_j / f``, ``1/f = |A|^2``; see :func:`ar_information`),
+    gram^-1 exactly. The variance of an event design's contrast is 1-3% more than GLS's for AR(1) or AR(2)
+    noise of 0.4 over 200 scans."""
+    r, q, v = U.shape
+    p, n = phi.shape[1], block.design.n_scans
+    lags = np.arange(1, p + 1)
+    quad = np.zeros((v, p, p, q, q))  # sum_w c |A|^2 d_j d_k Re(z_a* z_b) / n
+    proj = np.zeros((v, p, q, r))  # P_j u_a
+    chunk = max(1, (1 << 20) // max(1, v * max(p, r, q)))
+    for a in range(0, block.freqs.size, chunk):
+        w = block.freqs[a : a + chunk]
+        c = block.freq_weights[a : a + chunk] / n
+        z = np.exp(1j * np.multiply.outer(lags, w))  # (p, f)
+        A = 1.0 - phi @ z  # (v, f)
+        inv_f = np.abs(A) ** 2
+        d = 2.0 * np.real(z[None] * np.conj(A)[:, None, :]) / inv_f[:, None, :]  # (v, p, f)
+        qf = block.basis_fft[a : a + chunk]  # (f, r)
+        zu = np.einsum("fr,rqv->vqf", qf, U)  # Fourier transforms of Q u, (v, q, f)
+        cross = np.real(np.einsum("vaf,vbf->vabf", np.conj(zu), zu))
+        quad += np.einsum("vjf,vkf,vabf,vf,f->vjkab", d, d, cross, inv_f, c)
+        proj -= np.real(np.einsum("fr,vaf,vjf,vf,f->vjar", np.conj(qf), zu, d, inv_f, c))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gram = (block.gram_terms.T @ coefs.T).reshape(r, r, v)
+        solved = _cholesky_solve(gram, np.ascontiguousarray(proj.reshape(v, p * q, r).transpose(2, 1, 0)))
+        inner = np.einsum("rjv,rkv->vjk", proj.reshape(v, p * q, r).transpose(2, 1, 0), solved).reshape(v, p, q, p, q)
+        loss = np.einsum("vjk,vjkab->vab", phi_cov, quad - inner.transpose(0, 1, 3, 2, 4))
+    return np.where(np.isfinite(loss), loss, 0.0)
+
+
 def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int], h: float = 0.05):
-    """What estimating phi does to each contrast's variance: ``(kappa, dof)`` per contrast, each (v,).
+    """What estimating phi does to each contrast's variance: ``(scale, dof, kappa, lambda)`` per contrast, each
+    (v,): the GLS covariance is multiplied by ``scale = (1 + lambda) / (1 + kappa)`` and has `dof` degrees of
+    freedom.
 
     A contrast's variance is ``sigma^2 C(phi)`` with ``C = wq gram^-1 wq'`` (wq: `sizes` rows of the shared
     right-hand sides ``B = wq'`` (r, sum(sizes), v)), estimated at phi_hat, whose covariance ``cov(phi)`` is
@@ -398,6 +434,9 @@ def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int],
     * ``var(log C) = sum_k g_k^2``, ``g_k = tr(C^-1 dC/ds_k) / q`` (for t, d log C / ds_k);
     * ``kappa = E[C(phi_hat)] / C(phi) - 1 = sum_k tr(C^-1 d2C/ds_k2) / (2 q)``: C is convex in phi (2.5% for
       an AR(1) of 0.5 and a block design over 200 scans), so the variance is divided by ``1 + kappa``;
+
+    * ``lambda = tr(C^-1 Lambda) / q``, Kackar and Harville's extra variance of the estimate itself from the
+      weights' error (:func:`efficiency_loss`), which the covariance should include;
 
     and Satterthwaite's degrees of freedom match ``var(log sigma^2 C) = 2 / nu + sum_k g_k^2`` to a scaled
     chi-square's ``2 / dof`` (nu = n - rank): about 44 instead of 192 for that AR(1), where the AR estimate is
@@ -429,7 +468,14 @@ def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int],
                 spread[i] += np.where(np.isfinite(g), g * g, 0.0)
                 curve = np.einsum("vab,vba->v", C_invs[i], Cu + Cd - 2.0 * Cs[i]) / (2.0 * h * h * q)
                 kappa[i] += np.where(np.isfinite(curve), curve, 0.0)
-    out = [(kap, 2.0 / (2.0 / block.nu + sp)) for kap, sp in zip(kappa, spread)]
+        phi_cov = np.linalg.pinv(ar_information(block, phi), hermitian=True)
+        coefs = _gram_coefs(phi)
+        out = []
+        for i, cols in enumerate(spans):
+            loss = efficiency_loss(block, phi, phi_cov, coefs, base[:, cols])
+            lam_ = np.einsum("vab,vba->v", C_invs[i], loss) / sizes[i]
+            lam_ = np.where(np.isfinite(lam_), lam_, 0.0)
+            out.append(((1.0 + lam_) / (1.0 + kappa[i]), 2.0 / (2.0 / block.nu + spread[i]), kappa[i], lam_))
     return out
 
 
@@ -472,7 +518,7 @@ def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
 def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None, flagged: list | None = None):
     """AR(p) fit from a block's :class:`LaggedSums`: betas (pc, v), whitened RSS (v,), phi (v, p), for each
     contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q), effective
-    degrees of freedom (v,), see :func:`estimation_terms`; the covariance already divided by its 1 + kappa), the OLS
+    degrees of freedom (v,), see :func:`estimation_terms`, which also scales the covariance), the OLS
     RSS (v,) and the total sum of squares (v,; centred when the design has an intercept).
 
     `data(idx)` returns the shifted data of the voxels `idx` (n, len(idx)) for the few voxels whose sums lose
@@ -554,10 +600,10 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     betas = design.basis_pinv @ coords
     contrasts, k = [], 1
     terms = estimation_terms(block, phi, rhs_all[:, 1:], [wq.shape[0] for wq in wqs]) if wqs else []
-    for w, wq, (kappa, dof) in zip(weights, wqs, terms):
+    for w, wq, (scale, dof, _, _) in zip(weights, wqs, terms):
         q = wq.shape[0]
         cov = np.einsum("kav,kbv->vab", rhs_all[:, k : k + q], sol[:, k : k + q])  # wq gram^-1 wq'
-        kappa[exact], dof[exact] = 0.0, block.nu  # white by decision: nothing estimated
-        contrasts.append((w @ betas, cov / (1.0 + kappa)[:, None, None], dof))
+        scale[exact], dof[exact] = 1.0, block.nu  # white by decision: nothing estimated
+        contrasts.append((w @ betas, cov * scale[:, None, None], dof))
         k += q
     return betas, rss, phi, contrasts, ols_rss, tss

@@ -90,8 +90,8 @@ def null_rates(n_voxels=40000, n_scans=200, seed=0, noises=NOISES, models=MODELS
 def nilearn_ar1_p(X, names, Y):
     """nilearn's one-sided p of the task column under its AR(1) model (binned AR coefficients), for comparison."""
     import pandas as pd
-    from nilearn.glm.first_level import run_glm
     from nilearn.glm.contrasts import compute_contrast
+    from nilearn.glm.first_level import run_glm
 
     labels, results = run_glm(Y, X, noise_model="ar1", n_jobs=1)
     c = np.zeros(X.shape[1])

@@ -23,8 +23,18 @@ from numpy.typing import NDArray
 from .design import DesignFactor
 
 __all__ = [
-    "ARBlock", "LaggedSums", "ar_information", "ar_whitening", "bias_matrix", "estimate_ar",
-    "efficiency_loss", "estimation_terms", "fit_ar_block", "fit_ar_sums", "lag_traces", "lagged_sums",
+    "ARBlock",
+    "LaggedSums",
+    "ar_information",
+    "ar_whitening",
+    "bias_matrix",
+    "efficiency_loss",
+    "estimate_ar",
+    "estimation_terms",
+    "fit_ar_block",
+    "fit_ar_sums",
+    "lag_traces",
+    "lagged_sums",
 ]
 
 MAX_REFLECTION = 0.99
@@ -114,7 +124,7 @@ def _correlations(v: NDArray) -> NDArray:
     return np.where(np.isfinite(rho_in), rho_in, 0.0)
 
 
-def estimate_ar(residual_autocov: NDArray, M_inv: NDArray) -> tuple[NDArray, NDArray, NDArray]:  # noqa: D417
+def estimate_ar(residual_autocov: NDArray, M_inv: NDArray) -> tuple[NDArray, NDArray, NDArray]:
     """Yule-Walker for each voxel from autocovariances corrected by ``M_inv`` (Worsley's lags 0..p only).
 
     Returns ``(phi (v, p), rho (v, p+1) model autocorrelations, gamma0 (v,))`` where gamma0 is the variance

@@ -9,11 +9,12 @@ with no effect. voxfit.inference.permutation_test(ones, Y, [1]) with 1000 sign-f
 6-connectivity, cluster-forming threshold t > 3.0 (df 19: one-sided p ~ 0.0037), TFCE with E 0.5, H 2. Study k
 draws its data from np.random.default_rng([seed + k, 0]) and its flips from default_rng([seed + k, 1]). A study
 is a family-wise false positive for a method when any voxel (max-t, TFCE) or any cluster (extent, mass) has
-FWE p < 0.05. The rate over the studies should lie in the central 95% range of Binomial(studies, 0.05) / studies
+FWE p <= 0.05 (p is a multiple of 1/N with N shuffles: "< 0.05" would test the level 0.05 - 1/N, 0.04 for
+N = 100). The rate over the studies should lie in the central 95% range of Binomial(studies, 0.05) / studies
 (exact binomial quantiles); the Clopper-Pearson interval of each observed rate is printed too.
 
 Runs the studies one after another, voxfit using both CPUs (threads); with --processes P, P studies run at once,
-each single-threaded.
+each single-threaded. ``run_studies`` returns the numbers, for tests (tests/test_validation.py).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def setup(shape, n, sigma, n_perm, threshold, n_jobs):
 
 
 def study(seed):
-    """One null study: (any FWE p < 0.05 per method, voxel-wise fraction of uncorrected p < 0.05)."""
+    """One null study: (any FWE p <= 0.05 per method, voxel-wise fraction of uncorrected p <= 0.05)."""
     from scipy.ndimage import gaussian_filter
 
     from voxfit.inference import permutation_test
@@ -72,12 +73,37 @@ def study(seed):
                          tfce_H=2.0, n_jobs=S["n_jobs"])
     c = r.clusters
     hits = (
-        bool(np.nanmin(r.p_fwe) < 0.05),
-        bool(c.p_extent.size and c.p_extent.min() < 0.05),
-        bool(c.p_mass.size and c.p_mass.min() < 0.05),
-        bool(np.nanmin(r.p_tfce_fwe) < 0.05),
+        bool(np.nanmin(r.p_fwe) <= 0.05),
+        bool(c.p_extent.size and c.p_extent.min() <= 0.05),
+        bool(c.p_mass.size and c.p_mass.min() <= 0.05),
+        bool(np.nanmin(r.p_tfce_fwe) <= 0.05),
     )
-    return hits, float(np.mean(r.p_uncorrected < 0.05)), float(np.quantile(r.null_max, 0.95))
+    return hits, float(np.mean(r.p_uncorrected <= 0.05)), float(np.quantile(r.null_max, 0.95))
+
+
+def run_studies(studies=400, subjects=20, shape=(32, 32, 24), sigma=1.5, n_perm=1000, threshold=3.0, seed=0,
+                processes=1, progress=False, n_jobs=None):
+    """Run `studies` null studies; returns ``{"hits": (studies, 4) bool array (any FWE p <= 0.05 per method in
+    METHODS), "uncorrected": fraction of voxels with p <= 0.05 per study, "q95": 95th percentile of each study's
+    null max t, "seconds": run time}`` (study k uses seed + k, see the module docstring). `n_jobs`: voxfit's
+    threads per study (default: every CPU when one process runs the studies, else 1)."""
+    if n_jobs is None:
+        n_jobs = 1 if processes > 1 else len(os.sched_getaffinity(0))
+    init = (tuple(shape), subjects, sigma, n_perm, threshold, n_jobs)
+    t0 = time.perf_counter()
+    seeds = [seed + k for k in range(studies)]
+    if processes > 1:
+        with ProcessPoolExecutor(processes, initializer=setup, initargs=init) as pool:
+            results = list(pool.map(study, seeds))
+    else:
+        setup(*init)
+        results = []
+        for k, s in enumerate(seeds):
+            results.append(study(s))
+            if progress and (k + 1) % max(1, studies // 10) == 0:
+                print(f"  {k + 1}/{studies} studies, {time.perf_counter() - t0:.0f} s", flush=True)
+    return {"hits": np.array([r[0] for r in results]), "uncorrected": np.array([r[1] for r in results]),
+            "q95": np.array([r[2] for r in results]), "seconds": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:
@@ -96,28 +122,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     shape, n, K, alpha = tuple(args.shape), args.subjects, args.studies, args.alpha
     n_jobs = 1 if args.processes > 1 else len(os.sched_getaffinity(0))
-    init = (shape, n, args.sigma, args.n_perm, args.cluster_threshold, n_jobs)
     V = int(make_mask(shape).sum())
     p_thr = stats.t.sf(args.cluster_threshold, n - 1)
     print(f"{K} null studies: {n} subjects, grid {shape}, {V} voxels, sigma {args.sigma}; {args.n_perm} sign-flips; "
           f"cluster threshold t > {args.cluster_threshold} (df {n - 1}, one-sided p {p_thr:.4f}); TFCE E 0.5 H 2; "
           f"6-connectivity; seeds {args.seed}..{args.seed + K - 1}; {args.processes} process(es) x {n_jobs} thread(s)")
-    t0 = time.perf_counter()
-    seeds = [args.seed + k for k in range(K)]
-    if args.processes > 1:
-        with ProcessPoolExecutor(args.processes, initializer=setup, initargs=init) as pool:
-            results = list(pool.map(study, seeds))
-    else:
-        setup(*init)
-        results = []
-        for k, s in enumerate(seeds):
-            results.append(study(s))
-            if (k + 1) % max(1, K // 10) == 0:
-                print(f"  {k + 1}/{K} studies, {time.perf_counter() - t0:.0f} s", flush=True)
-    elapsed = time.perf_counter() - t0
-    hits = np.array([r[0] for r in results])
+    res = run_studies(K, n, shape, args.sigma, args.n_perm, args.cluster_threshold, args.seed, args.processes,
+                      progress=True)
+    hits, elapsed = res["hits"], res["seconds"]
     lo, hi = stats.binom.ppf(0.025, K, alpha), stats.binom.ppf(0.975, K, alpha)
-    print(f"\nrate of studies with any FWE p < {alpha}; nominal {alpha}, central 95% of Binomial({K}, {alpha}) / {K}: "
+    print(f"\nrate of studies with any FWE p <= {alpha}; nominal {alpha}, central 95% of Binomial({K}, {alpha}) / {K}: "
           f"[{lo / K:.3f}, {hi / K:.3f}] ({int(lo)}..{int(hi)} studies)")
     print(f"{'method':<16}{'studies':>9}{'rate':>8}{'Clopper-Pearson 95%':>22}{'inside':>8}")
     for j, name in enumerate(METHODS):
@@ -125,9 +139,8 @@ def main(argv=None) -> int:
         ci = stats.binomtest(k, K).proportion_ci(0.95, method="exact")
         inside = "yes" if lo <= k <= hi else "NO"
         print(f"{name:<16}{k:>9d}{k / K:>8.3f}{f'[{ci.low:.3f}, {ci.high:.3f}]':>22}{inside:>8}")
-    unc = np.array([r[1] for r in results])
-    q95 = np.array([r[2] for r in results])
-    print(f"\nmean fraction of voxels with uncorrected p < 0.05: {unc.mean():.4f} (expected ~0.05)")
+    unc, q95 = res["uncorrected"], res["q95"]
+    print(f"\nmean fraction of voxels with uncorrected p <= 0.05: {unc.mean():.4f} (expected ~0.05)")
     print(f"max-t FWE threshold (95th percentile of null max t), mean over studies: {q95.mean():.3f} "
           f"(range {q95.min():.3f}..{q95.max():.3f})")
     print(f"any-method overlap: {int(hits.any(axis=1).sum())} studies with at least one method positive")

@@ -20,7 +20,8 @@ of voxfit's exact integral, with nilearn's calculate_tfce at 1000 heights times 
 
 Reported: max |t difference|; quantiles and a KS test of the null max-t distributions; FWE p maps of
 voxfit, nilearn permuted_ols and nilearn non_parametric_inference (the last two are independent nilearn runs,
-whose difference shows the Monte-Carlo spread); the same for TFCE.
+whose difference shows the Monte-Carlo spread); the same for TFCE. ``max_t_nulls`` returns the max-t part's
+numbers, for tests (tests/test_validation.py).
 """
 
 from __future__ import annotations
@@ -62,6 +63,32 @@ def p_compare(name, pa, pb, n_null, rows):
     diff = np.abs(pa - pb)
     big = int(np.sum(diff > 4 * np.maximum(se, 1e-300)))
     rows.append(f"{name:<38}{diff.max():>10.4f}{big:>10d}{int((pa < 0.05).sum()):>9d}{int((pb < 0.05).sum()):>9d}")
+
+
+def max_t_nulls(subjects=20, shape=(12, 12, 10), sigma=1.5, effect=0.0, n_perm=20000, seed=0, n_jobs=1):
+    """One-sample max-t sign-flip test by voxfit and by nilearn's permuted_ols on the same data (as in main):
+    ``{"t_voxfit", "t_nilearn" (voxfit's voxel order), "null_voxfit", "null_nilearn" (n_perm random flips
+    each; voxfit's identity left out), "p_voxfit", "p_nilearn" (FWE p maps)}``."""
+    from nilearn.mass_univariate import permuted_ols
+
+    from voxfit.inference import permutation_test
+
+    mask, data = simulate(np.random.default_rng([seed, 0]), subjects, tuple(shape), sigma, effect)
+    number = np.zeros(shape, dtype=np.int64)
+    number[mask] = np.arange(int(mask.sum()))
+    to_vf = number.ravel(order="F")[mask.ravel(order="F")]
+    Y_nl = data[mask].T
+    Y = np.ascontiguousarray(Y_nl[:, to_vf])
+    ones = np.ones((subjects, 1))
+    vf = permutation_test(ones, Y, [1.0], n_permutations=n_perm + 1, seed=np.random.default_rng([seed, 1]),
+                          n_jobs=n_jobs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nl = permuted_ols(tested_vars=ones, target_vars=Y_nl, model_intercept=False, n_perm=n_perm,
+                          two_sided_test=False, output_type="dict", random_state=seed + 1, n_jobs=n_jobs)
+    return {"t_voxfit": vf.stat, "t_nilearn": nl["t"].ravel()[to_vf], "null_voxfit": vf.null_max[1:],
+            "null_nilearn": np.ravel(nl["h0_max_t"]), "p_voxfit": vf.p_fwe,
+            "p_nilearn": 10.0 ** -nl["logp_max_t"].ravel()[to_vf]}
 
 
 def main(argv=None) -> int:

@@ -45,8 +45,10 @@ class Stats:
     z : (V,) array
         Standard-normal equivalent of ``p`` (see the module docstring); finite for any finite statistic, except
         F = 0 exactly (p = 1), whose z is -inf.
-    dof : float or (float, float)
-        Residual degrees of freedom for t; ``(df1, df2)`` for F.
+    dof : float or (V,) array, or (float, float or (V,) array)
+        Residual degrees of freedom for t; ``(df1, df2)`` for F. Per voxel (an array) for models whose
+        variance comes with estimated noise parameters: the effective (Satterthwaite) degrees of freedom of
+        the AR(p) models, used for that voxel's p and z.
     unscaled_covariance, scale : arrays or None
         F contrasts only: the covariance of the effect rows is ``scale * unscaled_covariance`` per voxel
         (one (q, q) matrix for all voxels, or (V, q, q)); see :attr:`covariance`.
@@ -194,21 +196,35 @@ def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable
         df1 = int(np.linalg.matrix_rank(covariance[np.flatnonzero(finite)[0]], hermitian=True))
     with np.errstate(divide="ignore", invalid="ignore"):
         F = np.where(usable & finite, np.einsum("qv,vqr,rv->v", effect, inv, effect) / max(df1, 1), np.nan)
-    z = f_to_z(F, df1, dof) if dof > 0 and df1 > 0 else np.full_like(F, np.nan)
+    if np.ndim(dof) > 0:  # a dof per voxel
+        dof = np.array(dof, dtype=float)
+        with np.errstate(invalid="ignore"):
+            z = f_to_z(F, df1, dof) if df1 > 0 else np.full_like(F, np.nan)
+    else:
+        dof = float(dof)
+        z = f_to_z(F, df1, dof) if dof > 0 and df1 > 0 else np.full_like(F, np.nan)
     variance = np.einsum("vqq->qv", covariance).copy()
-    return _freeze(Stats(label, "F", w, effect, variance, F, z, (float(df1), float(dof)), unscaled, scale))
+    return _freeze(Stats(label, "F", w, effect, variance, F, z, (float(df1), dof), unscaled, scale))
 
 
 def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float) -> Stats:
     """A t contrast's Stats from its effect and variance at every voxel (NaN where not `usable`)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         stat = np.where(usable, effect / np.sqrt(variance), np.nan)
-    z = t_to_z(stat, dof) if dof > 0 else np.full_like(stat, np.nan)
-    return _freeze(Stats(label, "t", w, effect, variance, stat, z, float(dof)))
+    if np.ndim(dof) > 0:  # a dof per voxel
+        dof = np.array(dof, dtype=float)
+        z = t_to_z(stat, dof)
+    else:
+        dof = float(dof)
+        z = t_to_z(stat, dof) if dof > 0 else np.full_like(stat, np.nan)
+    return _freeze(Stats(label, "t", w, effect, variance, stat, z, dof))
 
 
 def _freeze(stats: Stats) -> Stats:
     for field in ("weights", "effect", "variance", "stat", "z", "unscaled_covariance", "scale"):
         if getattr(stats, field) is not None:
             getattr(stats, field).setflags(write=False)
+    for dof in stats.dof if isinstance(stats.dof, tuple) else (stats.dof,):
+        if isinstance(dof, np.ndarray):
+            dof.setflags(write=False)
     return stats

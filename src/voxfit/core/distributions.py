@@ -69,7 +69,8 @@ def t_logsf(t: ArrayLike, dof: float) -> NDArray[np.float64]:
     asymptotic series instead of underflowing to ``log(0)``.
     """
     t = np.asarray(t, dtype=float)
-    if math.isinf(dof):
+    each = np.ndim(dof) > 0  # one dof per value of t
+    if not each and math.isinf(dof):
         return sc.log_ndtr(-t)
     sf = sc.stdtr(dof, -t)
     with np.errstate(divide="ignore"):
@@ -77,8 +78,9 @@ def t_logsf(t: ArrayLike, dof: float) -> NDArray[np.float64]:
     tiny = sf < _TINY
     if np.any(tiny):
         tt = np.abs(t[tiny])
-        log_x, log1m_x = _log_x_pair(2.0 * (np.log(tt) - 0.5 * math.log(dof)))  # x = dof / (dof + t^2)
-        out[tiny] = math.log(0.5) + _log_betainc_small_x(dof / 2.0, 0.5, log_x, log1m_x)
+        d = np.broadcast_to(np.asarray(dof, dtype=float), t.shape)[tiny] if each else float(dof)
+        log_x, log1m_x = _log_x_pair(2.0 * (np.log(tt) - 0.5 * np.log(d)))  # x = dof / (dof + t^2)
+        out[tiny] = math.log(0.5) + _log_betainc_small_x(d / 2.0, 0.5, log_x, log1m_x)
     return out
 
 
@@ -94,18 +96,20 @@ def _z_from_logsf(logsf: NDArray) -> NDArray[np.float64]:
     return np.where(np.isfinite(step), z + step, z)
 
 
-def _t_to_z_exact(t: NDArray, dof: float) -> NDArray[np.float64]:
-    """z with ``P(Z > z) = P(T > t)``, accurate to rounding in relative terms for every t.
+def _t_to_z_exact(t: NDArray, dof) -> NDArray[np.float64]:
+    """z with ``P(Z > z) = P(T > t)``, accurate to rounding in relative terms for every t; `dof` a number or
+    an array of t's shape.
 
     Tails from log p; the centre (|z| < 0.67) from ``P(|T| < |t|) = I_y(1/2, dof/2)``, y = t^2/(dof + t^2),
     since 1/2 - p has already lost its relative accuracy there: ``z = sqrt(2) erfinv(P(|T| < |t|))``.
     """
     t = np.asarray(t, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        central = sc.betainc(0.5, dof / 2.0, 1.0 / (1.0 + dof / (t * t)))
+        central = sc.betainc(0.5, np.divide(dof, 2.0), 1.0 / (1.0 + dof / (t * t)))
     z = np.sign(t) * np.where(central < 0.5, math.sqrt(2.0) * sc.erfinv(central), np.nan)
-    tail = ~(central < 0.5)
-    z[tail] = np.sign(t[tail]) * _z_from_logsf(t_logsf(np.abs(t[tail]), dof))
+    tail = ~(central < 0.5) & ~np.isnan(t)
+    d = dof[tail] if np.ndim(dof) > 0 else dof
+    z[tail] = np.sign(t[tail]) * _z_from_logsf(t_logsf(np.abs(t[tail]), d))
     return z
 
 
@@ -152,12 +156,20 @@ def _t_to_z_table(dof: float) -> tuple[float, NDArray[np.float64]]:
     return 1.0 / h, np.ascontiguousarray(coef)
 
 
-def t_to_z(t: ArrayLike, dof: float) -> NDArray[np.float64]:
+def t_to_z(t: ArrayLike, dof) -> NDArray[np.float64]:
     """z-scores of t statistics: the signed normal value with the same upper-tail probability.
+
+    `dof` is a number, or an array of t's shape (a dof per value: computed exactly, NaN where dof <= 0).
 
     Relative error below 1e-12 for every t and dof >= 1 (checked against mpmath); NaN stays NaN.
     """
     t = np.asarray(t, dtype=float)
+    if np.ndim(dof) > 0:  # a dof per value (effective dof of AR models): exact, no table
+        dof = np.broadcast_to(np.asarray(dof, dtype=float), t.shape)
+        z = np.full(t.shape, np.nan)
+        ok = ~np.isnan(t) & (dof > 0)
+        z[ok] = _t_to_z_exact(t[ok], dof[ok])
+        return z
     dof = float(dof)
     if not dof > 0:
         raise ValueError(f"`dof` must be positive; got {dof}.")
@@ -183,8 +195,9 @@ def f_logsf(F: ArrayLike, df1: float, df2: float) -> NDArray[np.float64]:
     if np.any(tiny):
         ff = F[tiny]
         # P(F' > F) = I_x(df2/2, df1/2) with x = df2 / (df2 + df1 F)
-        log_x, log1m_x = _log_x_pair(np.log(ff) + math.log(df1) - math.log(df2))
-        out[tiny] = _log_betainc_small_x(df2 / 2.0, df1 / 2.0, log_x, log1m_x)
+        d2 = np.broadcast_to(np.asarray(df2, dtype=float), F.shape)[tiny] if np.ndim(df2) > 0 else float(df2)
+        log_x, log1m_x = _log_x_pair(np.log(ff) + math.log(df1) - np.log(d2))
+        out[tiny] = _log_betainc_small_x(d2 / 2.0, df1 / 2.0, log_x, log1m_x)
     return out
 
 

@@ -96,6 +96,7 @@ def fit_ar(
     phi = np.full((order, V), np.nan)
     effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
     covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
+    dofs = {k: np.full(V, np.nan) for k in weights}
     valid = np.zeros(V, dtype=bool)
 
     def _place(start: int, ok, res) -> None:
@@ -105,8 +106,8 @@ def fit_ar(
         idx = start + np.flatnonzero(ok)
         b, r, ph, cons, r_ols, tss[idx] = res
         betas[:, idx], rss[idx], phi[:, idx], ols_rss[idx] = b, r, ph.T, r_ols
-        for (label, _), (effect, cov) in zip(weights.items(), cons):
-            effects[label][:, idx], covs[label][idx] = effect, cov
+        for (label, _), (effect, cov, dof) in zip(weights.items(), cons):
+            effects[label][:, idx], covs[label][idx], dofs[label][idx] = effect, cov, dof
 
     def run(start: int) -> None:
         _place(start, *_ar_task(fit_block, list(weights.values()), Y[:, start : min(V, start + step)]))
@@ -127,10 +128,9 @@ def fit_ar(
         r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)
     r2.setflags(write=False)
     fit = dataclasses.replace(fit, r2=r2)
-    dof = design.dof
     stats = {}
     for label, w in weights.items():
-        stats[label] = _stats(label, w, effects[label], covs[label], fit.residual_variance, dof)
+        stats[label] = _stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
     phi.setflags(write=False)
     return ARFit(fit=fit, ar=phi, contrasts=stats, order=int(order))
 
@@ -146,7 +146,9 @@ def _ar_task(fit_block, weights: list, Yb):
 
 
 def _stats(label, w, effect, cov, sigma2, dof) -> Stats:
-    usable = sigma2 > 0
+    """t or F from the whitened fit, with each voxel's effective degrees of freedom `dof` (V,) (see
+    ``voxfit.core.ar.effective_dof``)."""
+    usable = (sigma2 > 0) & (dof > 0)
     with np.errstate(invalid="ignore"):
         if w.shape[0] == 1:
             return t_stats(label, w, effect[0], cov[:, 0, 0] * sigma2, usable, dof)

@@ -224,6 +224,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     phi = np.full((order, V), np.nan) if order else None
     effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
     covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
+    dofs = {k: np.full(V, np.nan) for k in weights}
     ols_rss = np.full(V, np.nan)
     flagged: list[int] = []
     if order:  # from the sums, a block of voxels at a time (the per-voxel algebra holds a few hundred values
@@ -236,8 +237,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
             flagged.extend(a + i for i in found)
             at = targets[part]
             betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
-            for (label, _), (effect, cov) in zip(weights.items(), cons):
-                effects[label][:, at], covs[label][at] = effect, cov
+            for (label, _), (effect, cov, dof) in zip(weights.items(), cons):
+                effects[label][:, at], covs[label][at], dofs[label][at] = effect, cov, dof
 
         starts = range(0, targets.size, SUMS_BLOCK)
         # as many blocks at once as the slabs' share of the cap holds beside the results (see ar_block_bytes)
@@ -264,8 +265,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         if order:
             b, r_, ph, cons, o_, t_ = fit_ar_block(block, data, list(weights.values()))
             betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
-            for (label, _), (effect, cov) in zip(weights.items(), cons):
-                effects[label][:, at], covs[label][at] = effect, cov
+            for (label, _), (effect, cov, dof) in zip(weights.items(), cons):
+                effects[label][:, at], covs[label][at], dofs[label][at] = effect, cov, dof
         else:
             exact = fit_in_memory(design.X, data, names=list(design.names), n_jobs=1)
             betas[:, at], rss[at] = exact.betas, exact.residual_variance * design.dof
@@ -278,7 +279,7 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
             r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)
         r2.setflags(write=False)
         fit = dataclasses.replace(fit, r2=r2)
-        stats = {label: _stats(label, w, effects[label], covs[label], fit.residual_variance, design.dof)
+        stats = {label: _stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
                  for label, w in weights.items()}  # fmt: skip
         phi.setflags(write=False)
     else:

@@ -99,6 +99,20 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
     return items
 
 
+def dof_record(dof):
+    """A contrast's degrees of freedom for model.json: the number, ``[df1, df2]`` for F, and for per-voxel
+    (effective) degrees of freedom their range and median over the voxels that have them."""
+    if isinstance(dof, tuple):
+        return [dof_record(d) for d in dof]
+    if np.ndim(dof) == 0:
+        return float(dof)
+    finite = np.asarray(dof)[np.isfinite(dof)]
+    summary = {"per_voxel": "effective (Satterthwaite) degrees of freedom of the AR model; see voxfit.core.ar"}
+    if finite.size:
+        summary.update(min=float(finite.min()), median=float(np.median(finite)), max=float(finite.max()))
+    return summary
+
+
 def input_record(path: Path, digest: str | None = None) -> dict:
     """What model.json says of an input file: absolute path, size, SHA-256 (of a store folder such as a Zarr
     store: over its files' relative names and contents, in sorted order)."""
@@ -513,7 +527,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
                    "condition_number_scaled": fit.design.condition, **settings["design"]},
         "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
                               "weights": stats[label].weights.tolist(), "kind": stats[label].kind,
-                              "dof": stats[label].dof} for label, expr in items},
+                              "dof": dof_record(stats[label].dof)} for label, expr in items},
         "settings": {"max_memory": settings["max_memory"], "n_jobs": settings["n_jobs"], "noise_model": settings["noise"],
                      "noise_details": settings["noise_details"], "scaling": settings["scaling"],
                      "p": "one-sided upper tail for t; z has the same upper-tail probability"},

@@ -14,30 +14,10 @@ from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
 from ..design.kinds import column_kinds
 from ..exceptions import InputError
-from ..io import (
-    Masker,
-    OutputFolder,
-    ScaledArray,
-    check_data,
-    check_mask,
-    load,
-    resolve_mask_threshold,
-    source_label,
-    stat_maps,
-    statmap_name,
-)
-from .glm import (
-    _noise_order,
-    _scale,
-    contrast_items,
-    design_matrix,
-    design_record,
-    fit_noise_model,
-    input_records,
-    mask_record,
-    mean_over_scans,
-    write_design_files,
-)
+from ..io import (Masker, OutputFolder, ScaledArray, check_data, check_mask, load, resolve_mask_threshold, source_label,
+                  stat_maps, statmap_name)
+from .glm import (_noise_order, _scale, contrast_items, design_matrix, design_record, dof_record, fit_noise_model,
+                  input_records, mask_record, mean_over_scans, write_design_files)
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -57,9 +37,11 @@ def fixed_effects(label: str, per_run: list[Stats]) -> Stats:
 
     t contrasts: the precision-weighted effect, its variance ``1 / sum(1 / variance)``. F contrasts: the
     multivariate analogue with each run's covariance matrix ``C_r`` of the effect rows: ``P = sum C_r^-1``,
-    effect ``P^-1 sum C_r^-1 e_r``, ``F = e' P e / rank``. Degrees of freedom are summed over runs.
+    effect ``P^-1 sum C_r^-1 e_r``, ``F = e' P e / rank``. Degrees of freedom are summed over runs (voxel by
+    voxel where they are per voxel, as for AR models).
     """
-    dof = float(sum(np.atleast_1d(s.dof)[-1] for s in per_run))
+    dof = sum(s.dof[1] if s.kind == "F" else s.dof for s in per_run)  # per voxel for AR models
+    dof = float(dof) if np.ndim(dof) == 0 else dof
     weights = per_run[0].weights
     if per_run[0].kind == "t":
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -169,7 +151,7 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
                           "noise_details": info}
                          for ds, (X, names), design, kind, info in zip(datasets, matrices, designs, kinds, noise_details)],
                 "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
-                                      "kind": combined[label].kind, "dof": combined[label].dof} for label, expr in items},
+                                      "kind": combined[label].kind, "dof": dof_record(combined[label].dof)} for label, expr in items},
                 "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": threshold,
                              "mask": "automatic (every run)" if mask is None else source_label(mask)},
                 "mask": mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),

@@ -282,12 +282,27 @@ def _run(args, argv) -> int:
         return _run_design(args)
     if args.command == "report":
         return _run_report(args, progress)
-    if args.report:  # known before the fit, not after it
-        _check_matplotlib()
-    code = _run_fit_group_demo(args, argv, progress)
-    if args.report:
-        _write_report(args.output, args.quiet, progress, force=True)
+    if not args.report:
+        return _run_fit_group_demo(args, argv, progress)
+    _check_matplotlib()  # known before the fit, not after it
+    from .io import before_commit
+
+    # the report is written into the run's hidden folder before the commit: maps, tables, model.json and
+    # report.html appear together, or (a failed report, Ctrl-C) none of them
+    with before_commit(lambda out: _report_into(out, progress)):
+        code = _run_fit_group_demo(args, argv, progress)
+    if not args.quiet:
+        from pathlib import Path
+
+        print(f"report: {Path(args.output) / 'report.html'}")
     return code
+
+
+def _report_into(out, progress) -> None:
+    from .report import build_report
+
+    target = out.path("report.html")
+    target.write_text(build_report(out.staging, progress=progress), encoding="utf-8")
 
 
 def _check_matplotlib() -> None:
@@ -449,7 +464,6 @@ def _run_group(args, argv, progress) -> int:
 
 
 def _run_design(args) -> int:
-    import os
     from pathlib import Path
 
     out = Path(args.output)
@@ -458,12 +472,11 @@ def _run_design(args) -> int:
     if out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it.")
     design, summary = _make_design(args, args.n_scans)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        design.write(tmp)
-        os.replace(tmp, out)
+    from .io import write_file_atomically
+
+    try:  # an exclusive temporary with a random name beside `out`, renamed onto it (a link there is replaced)
+        write_file_atomically(out, design.write)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"cannot write {out}: {exc.strerror or exc}.") from None
     if not args.quiet:
         print(f"{out}: {args.n_scans} scans x {summary['n_columns']} columns ({', '.join(design.names)}); "
@@ -507,6 +520,8 @@ def _main(argv: list[str]) -> int:
         print("voxfit: error: give a command: fit, design, group, report or demo (see --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False)
+    output = sys.modules.get("voxfit.io.output")
+    commits = len(output.COMMITTED) if output is not None else 0
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -521,7 +536,12 @@ def _main(argv: list[str]) -> int:
         print(f"voxfit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("voxfit: interrupted; no output was written.", file=sys.stderr)
+        output = sys.modules.get("voxfit.io.output")
+        done = output.COMMITTED[commits:] if output is not None else []
+        if done:  # (a Ctrl-C held during the commit arrives after it)
+            print(f"voxfit: interrupted after the output was written to {done[-1]}.", file=sys.stderr)
+        else:
+            print("voxfit: interrupted; no output was written.", file=sys.stderr)
         return 130
     except Exception as exc:  # an internal error: one line, the traceback on request
         if debug:

@@ -23,7 +23,7 @@ from voxfit.io import OutputFolder, before_commit
 from voxfit.io import output as output_module
 from voxfit.models import glm
 
-from .imaging import AFFINE, N_SCANS, volume_data, write_nifti
+from .imaging import AFFINE, N_SCANS, volume_data, write_gifti, write_nifti
 
 requires_matplotlib = pytest.mark.skipif(
     __import__("importlib").util.find_spec("matplotlib") is None, reason="reports need matplotlib"
@@ -432,3 +432,47 @@ def test_failing_demo_leaves_nothing(tmp_path, capsys, monkeypatch, where):
     code, _, err = run(capsys, "demo", "-o", out, "--quiet")
     assert code == 2 and "no space left on device while writing" in err, err
     assert listing(tmp_path) == []
+
+
+def test_full_disk_with_several_runs_leaves_nothing(study, capsys, monkeypatch):
+    bold2 = write_nifti(study["dir"] / "bold2.nii.gz", volume_data(np.random.default_rng(1)))
+    args = ["fit", study["bold"], bold2, "--design", study["design"], study["design"], "--contrast", "task=A - B",
+            "-o", study["out"], "--quiet"]  # fmt: skip
+    assert run(capsys, *args[:-3], "-o", study["dir"] / "ok", "--quiet")[0] == 0  # the runs are fine
+    monkeypatch.setattr(voxfit.io.geometry, "_save_nifti", fail_on_call(4, voxfit.io.geometry._save_nifti))
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "no space left on device while writing" in err, err
+    assert not study["out"].exists()
+
+
+def test_full_disk_in_nibabels_save_leaves_nothing(study, capsys, monkeypatch):
+    """Surface (GIFTI) maps are written by nibabel itself."""
+    matrix = 100 + np.random.default_rng(0).standard_normal((N_SCANS, 30)).astype(np.float32)
+    bold = write_gifti(study["dir"] / "lh.func.gii", matrix)
+    monkeypatch.setattr(nib, "save", fail_on_call(2, nib.save))
+    code, _, err = run(capsys, "fit", bold, "--design", study["design"], "--contrast", "t=A", "-o", study["out"])
+    assert code == 2 and "no space left on device while writing" in err, err
+    assert not study["out"].exists()
+
+
+@requires_matplotlib
+def test_report_command_replaces_planted_links_not_their_targets(study, capsys):
+    assert run(capsys, *fit_args(study))[0] == 0
+    (study["out"] / "report.html").symlink_to(study["victim"])
+    for pid in {os.getpid(), os.getppid()}:
+        (study["out"] / f".report.html.partial-{pid}").symlink_to(study["dir"] / f"planted-{pid}")
+    code, _, err = run(capsys, "report", study["out"], "--force", "--quiet")
+    assert code == 0, err
+    assert study["victim"].read_text() == "precious" and not list(study["dir"].glob("planted-*"))
+    page = study["out"] / "report.html"
+    assert not page.is_symlink() and page.read_text().startswith("<!DOCTYPE")
+    assert not [p for p in study["out"].iterdir() if p.name.startswith(".") and not p.is_symlink()]
+
+
+def test_a_folder_named_like_an_output_is_refused_not_replaced(study, capsys):
+    study["out"].mkdir()
+    (study["out"] / "model.json").mkdir()
+    (study["out"] / "model.json" / "mine.txt").write_text("keep")
+    code, _, err = run(capsys, *fit_args(study, "--force"))
+    assert code == 2 and "model.json is a folder" in err, err
+    assert listing(study["out"]) == ["model.json", "model.json/mine.txt"]

@@ -225,6 +225,11 @@ class OutputFolder:
         missing = [n for n in self._names if not os.path.lexists(self.staging / n)]
         if missing:
             raise RuntimeError(f"{missing[0]} was named but not written")
+        for name in self._names:  # a folder of the user's is never replaced by a file (nor removed)
+            dest = self.final / name
+            if dest.is_dir() and not dest.is_symlink() and not (self.staging / name).is_dir():
+                raise InputError(f"{dest} is a folder; voxfit writes a file of that name there. Move it, or "
+                                 "choose another output folder.")  # fmt: skip
         with _signals_held():
             done = self._move_all()
         shutil.rmtree(self._tmp, ignore_errors=True)  # (the marker, and what was replaced)

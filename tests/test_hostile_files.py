@@ -112,9 +112,14 @@ def test_design_ignores_planted_links_at_the_old_temporary_names(study, capsys):
 
 def test_design_replaces_a_link_at_the_output_not_its_target(study, capsys):
     out = study["dir"] / "d.tsv"
+    out.symlink_to(study["dir"] / "nowhere")
+    code, _, err = run(capsys, *design_args(study))
+    assert code == 2 and "exists" in err  # a dangling link too: without --force, refused
+    assert not (study["dir"] / "nowhere").exists()
+    out.unlink()
     out.symlink_to(study["victim"])
     code, _, err = run(capsys, *design_args(study))
-    assert code == 2 and "exists" in err  # without --force: refused
+    assert code == 2 and "exists" in err
     code, _, err = run(capsys, *design_args(study, "--force"))
     assert code == 0, err
     assert study["victim"].read_text() == "precious"

@@ -469,7 +469,7 @@ def _run_design(args) -> int:
     out = Path(args.output)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one design; give one.")
-    if out.exists() and not args.force:
+    if (out.exists() or out.is_symlink()) and not args.force:  # (a dangling link too)
         raise InputError(f"{out} exists; pass --force to overwrite it.")
     design, summary = _make_design(args, args.n_scans)
     from .io import write_file_atomically

@@ -582,7 +582,7 @@ def write_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         Replace an existing report.html.
     """
     target = Path(folder) / "report.html"
-    if target.exists() and not force:
+    if (target.exists() or target.is_symlink()) and not force:  # (a dangling link too)
         raise InputError(f"{target} exists; pass --force to replace it.")
     page = build_report(folder, background=background, mesh=mesh, p_threshold=p_threshold, progress=progress)
     try:  # an exclusive temporary with a random name, renamed onto report.html (a link there is replaced)

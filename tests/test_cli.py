@@ -229,11 +229,15 @@ def test_column_labels_never_collide():
 
 
 def test_stale_partial_folder_of_a_killed_run_is_ignored(study, capsys):
+    import socket
+
     study["out"].mkdir()
-    (study["out"] / ".voxfit-partial-999999999").mkdir()  # no such process
+    stale = study["out"] / ".voxfit-partial-k1ll3d"
+    stale.mkdir()  # its marker: this host, no such process (a folder without one is the user's: see test_hostile_files)
+    (stale / "voxfit-run.json").write_text(json.dumps({"host": socket.gethostname(), "pid": 999999999}))
     code, _, err = run(capsys, *fit_args(study))
     assert code == 0, err
-    assert not (study["out"] / ".voxfit-partial-999999999").exists()
+    assert not stale.exists()
 
 
 def test_design_with_a_byte_order_mark(study, capsys):

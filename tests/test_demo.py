@@ -47,10 +47,13 @@ def test_the_demo_keeps_the_users_files(tmp_path, capsys):
     out = tmp_path / "proj"
     (out / "data").mkdir(parents=True)
     (out / "data" / "important.txt").write_text("precious")
+    assert main(["demo", "-o", str(out), "--quiet", "--force"]) == 2  # refused: data/ would be replaced whole
+    assert "holds other files (important.txt)" in capsys.readouterr().err
+    assert [p.name for p in (out / "data").iterdir()] == ["important.txt"]
+    (out / "data" / "important.txt").unlink()
     assert main(["demo", "-o", str(out), "--quiet", "--force"]) == 0
-    assert (out / "data" / "important.txt").read_text() == "precious"
-    assert {p.name for p in (out / "data").iterdir()} == {"important.txt", "brain_mask.nii.gz",
-                                                          "sub-demo_task-blocks_bold.nii.gz"}  # fmt: skip
+    assert main(["demo", "-o", str(out), "--quiet", "--force"]) == 0  # over an earlier demo's data/
+    assert {p.name for p in (out / "data").iterdir()} == {"brain_mask.nii.gz", "sub-demo_task-blocks_bold.nii.gz"}
     other = tmp_path / "other"
     other.mkdir()
     (other / "data").write_text("a file")

@@ -282,12 +282,27 @@ def _run(args, argv) -> int:
         return _run_design(args)
     if args.command == "report":
         return _run_report(args, progress)
-    if args.report:  # known before the fit, not after it
-        _check_matplotlib()
-    code = _run_fit_group_demo(args, argv, progress)
-    if args.report:
-        _write_report(args.output, args.quiet, progress, force=True)
+    if not args.report:
+        return _run_fit_group_demo(args, argv, progress)
+    _check_matplotlib()  # known before the fit, not after it
+    from .io import before_commit
+
+    # the report is written into the run's hidden folder before the commit: maps, tables, model.json and
+    # report.html appear together, or (a failed report, Ctrl-C) none of them
+    with before_commit(lambda out: _report_into(out, progress)):
+        code = _run_fit_group_demo(args, argv, progress)
+    if not args.quiet:
+        from pathlib import Path
+
+        print(f"report: {Path(args.output) / 'report.html'}")
     return code
+
+
+def _report_into(out, progress) -> None:
+    from .report import build_report
+
+    target = out.path("report.html")
+    target.write_text(build_report(out.staging, progress=progress), encoding="utf-8")
 
 
 def _check_matplotlib() -> None:
@@ -451,26 +466,22 @@ def _run_group(args, argv, progress) -> int:
 
 
 def _run_design(args) -> int:
-    import os
     from pathlib import Path
 
     out = Path(args.output)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one design; give one.")
-    if out.exists() and not args.force:
+    if (out.exists() or out.is_symlink()) and not args.force:  # (a dangling link too)
         raise InputError(f"{out} exists; pass --force to overwrite it.")
     design, summary = _make_design(args, args.n_scans)
-    from .design.kinds import sidecar_path
+    from .design.kinds import sidecar_path, write_sidecar
+    from .io import write_file_atomically
 
-    side = sidecar_path(out)  # each column's kind, read back by voxfit fit --design
-    tmp, tmp_side = (p.with_name(f".{p.name}.partial-{os.getpid()}") for p in (out, side))
-    try:
-        design.write(tmp, sidecar=tmp_side)
-        os.replace(tmp, out)
-        os.replace(tmp_side, side)
+    try:  # an exclusive temporary with a random name beside `out`, renamed onto it (a link there is replaced)
+        write_file_atomically(out, lambda tmp: design.write(tmp, sidecar=False))
+        # each column's kind beside it, read back by voxfit fit --design
+        write_file_atomically(sidecar_path(out), lambda tmp: write_sidecar(tmp, design.names, design.kinds, design.tr))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        tmp_side.unlink(missing_ok=True)
         raise InputError(f"cannot write {out}: {exc.strerror or exc}.") from None
     if not args.quiet:
         print(f"{out}: {args.n_scans} scans x {summary['n_columns']} columns ({', '.join(design.names)}); "
@@ -514,6 +525,8 @@ def _main(argv: list[str]) -> int:
         print("voxfit: error: give a command: fit, design, group, report or demo (see --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False)
+    output = sys.modules.get("voxfit.io.output")
+    commits = len(output.COMMITTED) if output is not None else 0
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -528,7 +541,12 @@ def _main(argv: list[str]) -> int:
         print(f"voxfit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("voxfit: interrupted; no output was written.", file=sys.stderr)
+        output = sys.modules.get("voxfit.io.output")
+        done = output.COMMITTED[commits:] if output is not None else []
+        if done:  # (a Ctrl-C held during the commit arrives after it)
+            print(f"voxfit: interrupted after the output was written to {done[-1]}.", file=sys.stderr)
+        else:
+            print("voxfit: interrupted; no output was written.", file=sys.stderr)
         return 130
     except Exception as exc:  # an internal error: one line, the traceback on request
         if debug:

@@ -16,7 +16,18 @@ from .masking import (
                       resolve_mask_threshold,
                       spm_globals,
 )
-from .output import OutputFolder, sanitize_label, stat_maps, statmap_name, write_stats
+from .output import (
+                     OutputFolder,
+                     before_commit,
+                     disk_error,
+                     make_folder,
+                     remove_made_folders,
+                     sanitize_label,
+                     stat_maps,
+                     statmap_name,
+                     write_file_atomically,
+                     write_stats,
+)
 from .readers import (
                       ArrayReader,
                       CiftiReader,
@@ -43,5 +54,5 @@ __all__ = [
     "check_mask", "expand_run", "explicit_mask", "gather", "gather_auto", "global_sums_block", "is_image", "load",
     "load_mask", "mask_block", "natural_key", "open_gzip", "open_map", "open_reader", "read_mesh",
     "resolve_mask_threshold", "sanitize_label", "source_label", "spm_globals", "stat_maps", "statmap_name",
-    "write_stats",
+    "write_stats", "before_commit", "disk_error", "make_folder", "remove_made_folders", "write_file_atomically",
 ]  # fmt: skip

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
+import errno
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from ..exceptions import InputError
 
-__all__ = ["OutputFolder", "sanitize_label", "stat_maps", "statmap_name", "write_stats"]
+__all__ = ["OutputFolder", "before_commit", "disk_error", "exclusive_file", "make_folder", "remove_made_folders",
+           "sanitize_label", "stat_maps", "statmap_name", "write_file_atomically", "write_stats"]
 
 
 def sanitize_label(name: str, what: str = "contrast") -> str:
@@ -33,30 +40,136 @@ def statmap_name(stat: str, extension: str, contrast: str | None = None, entity:
 
 
 _PARTIAL = ".voxfit-partial-"
+_MARKER = "voxfit-run.json"  # inside a hidden folder: the host and process that made it
+_BACKUP = ".replaced"  # inside a hidden folder: what the commit replaced, until it has succeeded
+_BEFORE_COMMIT: contextvars.ContextVar[tuple] = contextvars.ContextVar("voxfit_before_commit", default=())
+COMMITTED: list[Path] = []  # every folder committed in this process (the CLI tells an interrupt after one)
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+@contextlib.contextmanager
+def before_commit(fn):
+    """``with before_commit(fn):`` every :class:`OutputFolder` committed in the block first calls ``fn(out)``,
+    which may add files with ``out.path(name)`` (the report of a run is written this way, so that maps and
+    report appear together or not at all). Hooks of nested blocks run first."""
+    token = _BEFORE_COMMIT.set(_BEFORE_COMMIT.get() + (fn,))
+    try:
+        yield
+    finally:
+        _BEFORE_COMMIT.reset(token)
+
+
+def disk_error(exc: BaseException, path) -> InputError | None:
+    """A full disk (or quota) is bad input: the one-line error naming the device and the file being written."""
+    if not isinstance(exc, OSError) or exc.errno not in _DISK_FULL:
+        return None
+    what = "no space left on device" if exc.errno == errno.ENOSPC else os.strerror(exc.errno).lower()
+    return InputError(f"{what} while writing {path}; free some space or choose another output.")
+
+
+def exclusive_file(folder, name: str) -> tuple[int, Path]:
+    """A new hidden file ``.<name>.<random>.partial`` in `folder`, created exclusively and never through a
+    link (O_EXCL | O_NOFOLLOW; mode 0666 less the umask, as an ordinary file): ``(descriptor, path)``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        path = Path(folder) / f".{name}.{secrets.token_hex(6)}.partial"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def write_file_atomically(target, write) -> Path:
+    """``write(tmp_path)`` into an exclusive temporary beside `target`, then rename it onto `target` (which
+    replaces a link named `target`, never the file it points to). Removes the temporary on any failure;
+    a full disk becomes an :class:`InputError`."""
+    target = Path(target)
+    fd, tmp = exclusive_file(target.parent, target.name)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        error = disk_error(exc, target)
+        if error is not None:
+            raise error from None
+        raise
+    return target
+
+
+def _is_stale_partial(entry: Path) -> bool:
+    """Only a hidden folder that voxfit made, on this host, by a process that no longer runs."""
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    try:
+        marker = json.loads((entry / _MARKER).read_text())
+        if marker.get("host") != socket.gethostname():
+            return False
+        os.kill(int(marker["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # no marker, another host's, unreadable, or the process runs (or is not ours to signal)
+    return False
 
 
 def _remove_stale_partials(folder: Path) -> None:
     """Hidden folders left by runs that were killed (SIGKILL, power loss) before they could clean up."""
     for entry in folder.glob(_PARTIAL + "*"):
-        try:
-            pid = int(entry.name[len(_PARTIAL) :])
-            os.kill(pid, 0)  # still running: leave it alone
-        except ProcessLookupError:
+        if _is_stale_partial(entry):
             shutil.rmtree(entry, ignore_errors=True)
-        except (ValueError, PermissionError, OSError):
-            continue
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders from `path` up that do not exist yet (deepest first): what creating `path` would make."""
+    missing = []
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            break
+        missing.append(p)
+    return missing
+
+
+def make_folder(path) -> list[Path]:
+    """Create folder `path` with its parents; returns the folders this made (deepest first), for
+    :func:`remove_made_folders`."""
+    path = Path(path)
+    made = _missing_parents(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, no permission, a full disk...
+        remove_made_folders(made)
+        raise disk_error(exc, path) or InputError(f"cannot create the folder {path}: {exc.strerror or exc}.") from None
+    return made
+
+
+def remove_made_folders(made) -> None:
+    """Remove folders :func:`make_folder` made, deepest first, while they are empty."""
+    for p in made:
+        try:
+            p.rmdir()
+        except OSError:
+            return
 
 
 class OutputFolder:
     """``with OutputFolder(path, force) as out: out.path(name) ...; out.commit()``.
 
-    Refuses a non-empty folder unless `force` (then same-named files are replaced, others left alone).
-    Until ``commit()`` every file lives in a hidden folder inside `path`; leaving the block without
-    committing (an error, Ctrl-C) removes it, and removes `path` too if this created it.
+    Refuses a non-empty folder unless `force` (then same-named files are replaced, each by an atomic rename,
+    and the folder's other files left alone), and a folder that is a symbolic link. Until ``commit()`` every
+    file lives in a hidden folder inside `path`, made with a random name (``mkdtemp``: exclusively, mode 0700)
+    and holding a marker of this host and process; leaving the block without committing (an error, Ctrl-C)
+    removes it, and the folders this created for `path`. A later run removes such a hidden folder only when
+    its marker shows a process of this host that no longer runs. A full disk becomes an :class:`InputError`.
     """
 
     def __init__(self, path, force: bool = False):
         self.final = Path(path)
+        if self.final.is_symlink():
+            raise InputError(f"output folder {self.final} is a symbolic link (to {os.readlink(self.final)}); give "
+                             f"the folder itself ({self.final.resolve()}), so that nothing is written elsewhere.")  # fmt: skip
         if self.final.exists() and not self.final.is_dir():
             raise InputError(f"output {self.final} exists and is not a folder.")
         if self.final.is_dir():
@@ -66,26 +179,37 @@ class OutputFolder:
         self.force = force
         self.started = datetime.datetime.now().astimezone()
         self._clock = time.perf_counter()
-        self._created = not self.final.exists()
+        self._made: list[Path] = []
         self._tmp: Path | None = None
+        self._last: str | None = None
         self._names: dict[str, None] = {}  # insertion-ordered; setdefault is atomic, so threads may add names
+
+    @property
+    def staging(self) -> Path:
+        """The hidden folder that holds the files until the commit."""
+        if self._tmp is None:
+            raise RuntimeError("the output folder is not open")
+        return self._tmp
 
     def __enter__(self) -> OutputFolder:
         try:
-            self.final.mkdir(parents=True, exist_ok=True)
-            self._tmp = self.final / f"{_PARTIAL}{os.getpid()}"
-            self._tmp.mkdir(exist_ok=True)
+            self._made = make_folder(self.final)
+            self._tmp = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=self.final))
+            marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started.isoformat()}
+            (self._tmp / _MARKER).write_text(json.dumps(marker) + "\n")
         except OSError as exc:
             self._cleanup()
-            raise InputError(f"cannot write to output folder {self.final}: {exc.strerror or exc}.") from None
+            raise disk_error(exc, self.final) or InputError(
+                f"cannot write to output folder {self.final}: {exc.strerror or exc}.") from None  # fmt: skip
         return self
 
     def path(self, name: str) -> Path:
         """Where to write `name` now (inside the hidden folder); it appears in the output on commit."""
-        if Path(name).name != name or name.startswith("."):
+        if Path(name).name != name or name.startswith(".") or name == _MARKER:
             raise InputError(f"invalid output file name {name!r}.")
         self._names.setdefault(name)
-        return self._tmp / name
+        self._last = name
+        return self.staging / name
 
     def run_record(self, **steps: float) -> dict:
         """What model.json says of the run so far: start time, `steps` (seconds), seconds since this folder
@@ -97,25 +221,96 @@ class OutputFolder:
         self.path(name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
     def commit(self) -> list[Path]:
-        """Move every file into the output folder (same file system: each move is an atomic rename)."""
-        done = []
-        for name in self._names:
-            os.replace(self._tmp / name, self.final / name)
-            done.append(self.final / name)
-        self._tmp.rmdir()
+        """Run the :func:`before_commit` hooks, then move every file into the output folder: all of them or,
+        if a move fails, none (the moved ones go back, the replaced ones are restored). Same file system:
+        each move is an atomic rename; Ctrl-C waits until the moves are done or undone."""
+        for hook in reversed(_BEFORE_COMMIT.get()):
+            hook(self)
+        missing = [n for n in self._names if not os.path.lexists(self.staging / n)]
+        if missing:
+            raise RuntimeError(f"{missing[0]} was named but not written")
+        for name in self._names:  # a folder of the user's is never replaced by a file (nor removed)
+            dest = self.final / name
+            if dest.is_dir() and not dest.is_symlink() and not (self.staging / name).is_dir():
+                raise InputError(f"{dest} is a folder; voxfit writes a file of that name there. Move it, or "
+                                 "choose another output folder.")  # fmt: skip
+        with _signals_held():
+            done = self._move_all()
+        shutil.rmtree(self._tmp, ignore_errors=True)  # (the marker, and what was replaced)
         self._tmp = None
         return done
+
+    def _move_all(self) -> list[Path]:
+        backup = self.staging / _BACKUP
+        backup.mkdir()
+        moved: list[str] = []
+        kept: dict[str, bool] = {}  # name -> the old entry was moved aside (True) or hard-linked (False)
+        current = ""
+        try:
+            for current in self._names:
+                name = current
+                src, dest = self.staging / name, self.final / name
+                if os.path.lexists(dest):
+                    if dest.is_symlink() or dest.is_dir() or src.is_dir():
+                        os.rename(dest, backup / name)  # (a link is moved, never followed)
+                        kept[name] = True
+                    else:
+                        try:  # the old file stays reachable for the undo, and is replaced in one rename
+                            os.link(dest, backup / name)
+                            kept[name] = False
+                        except OSError:
+                            pass
+                os.replace(src, dest)
+                moved.append(name)
+        except BaseException as exc:
+            for name in reversed(moved):
+                try:
+                    os.replace(self.final / name, self.staging / name)
+                except OSError:
+                    pass
+            for name, aside in kept.items():
+                try:
+                    if aside or name in moved:
+                        os.replace(backup / name, self.final / name)
+                except OSError:
+                    pass
+            error = disk_error(exc, self.final / current)
+            if error is not None:
+                raise error from None
+            raise
+        COMMITTED.append(self.final)
+        return [self.final / name for name in self._names]
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._tmp is not None:
             self._cleanup()
+        error = disk_error(exc, self.final / self._last if self._last else self.final) if exc is not None else None
+        if error is not None:
+            raise error from None
 
     def _cleanup(self) -> None:
         if self._tmp is not None and self._tmp.exists():
             shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp = None
-        if self._created and self.final.is_dir() and not any(self.final.iterdir()):
-            self.final.rmdir()
+        remove_made_folders(self._made)
+        self._made = []
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM (main thread, POSIX) for the few renames of a commit."""
+    import signal
+    import threading
+
+    hold = (hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread())
+    if not hold:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def peak_memory_mib() -> float | None:

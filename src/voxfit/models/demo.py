@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,13 @@ import numpy as np
 
 from ..design import Design, spm_hrf
 from ..exceptions import InputError
+from ..io import OutputFolder, before_commit, disk_error, make_folder, remove_made_folders
 from .glm import ImageFit, fit_images
 
 __all__ = ["make_demo_run", "run_demo", "DemoRun"]
 
 TR = 2.0
+DATA_FILES = ("sub-demo_task-blocks_bold.nii.gz", "brain_mask.nii.gz")  # the demo's data/
 SHAPE = (40, 48, 40)  # 4 mm voxels
 N_SCANS = 180
 
@@ -99,37 +102,50 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
     data = out / "data"
     if data.exists() and not data.is_dir():
         raise InputError(f"{data} is a file; the demo keeps its data in a folder of that name: choose another -o.")
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the folder {parent} for -o {out_dir} ({exc.strerror or exc}).") from None
+    others = sorted(p.name for p in data.iterdir() if p.name not in DATA_FILES) if data.is_dir() else []
+    if others:  # the commit replaces data/ whole: never a folder holding the user's files
+        raise InputError(f"{data} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); the "
+                         "demo writes its data there: move them, or choose another -o.")  # fmt: skip
     run = make_demo_run(seed)
     contrasts = ["AvsB=A - B", "A=A", "B=B", "effects=A; B"]
-    # written beside the output folder (its file system), moved into it once the fit has committed
-    with tempfile.TemporaryDirectory(prefix=".voxfit-demo-", dir=parent) as tmp:
-        bold = Path(tmp) / "sub-demo_task-blocks_bold.nii.gz"
-        nib.save(run.image, bold)
-        kinds = tuple("constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names)
-        design = Design(run.design, tuple(run.names), kinds, TR)
-        mask_path = Path(tmp) / "brain_mask.nii.gz"
-        nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
-        result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out, force=force, progress=progress,
-                            command=["voxfit", "demo"], noise="ar1", max_memory=max_memory, n_jobs=n_jobs)  # fmt: skip
-        _keep_data(out, Path(tmp), contrasts, seed)
+    made = make_folder(out.absolute().parent)
+    try:
+        # written beside the output folder (same file system), moved into the run's hidden folder before its
+        # commit: the data, the maps and model.json appear together or not at all
+        tmp = Path(tempfile.mkdtemp(prefix=".voxfit-demo-", dir=out.absolute().parent))
+        try:
+            bold = tmp / "sub-demo_task-blocks_bold.nii.gz"
+            nib.save(run.image, bold)
+            kinds = tuple("constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names)
+            design = Design(run.design, tuple(run.names), kinds, TR)
+            mask_path = tmp / "brain_mask.nii.gz"
+            nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
+            with before_commit(lambda folder: _keep_data(folder, tmp, contrasts, seed)):
+                result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out, force=force,
+                                    progress=progress, command=["voxfit", "demo"], noise="ar1",
+                                    max_memory=max_memory, n_jobs=n_jobs)  # fmt: skip
+        except BaseException as exc:
+            error = disk_error(exc, tmp)
+            if error is not None:
+                raise error from None
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # (gone already once the commit has moved it)
+    except BaseException:
+        remove_made_folders(made)
+        raise
     return run, result, _summary(run, result, out_dir)
 
 
-def _keep_data(out: Path, tmp: Path, contrasts, seed: int) -> None:
-    """Move the demo's two data files into ``out/data/`` (replacing only files of the same names) and point
-    model.json at them, with the command that repeats the fit (the checksums stay those of the same bytes)."""
-    data = out / "data"
-    data.mkdir(exist_ok=True)
-    moved = {}
-    for f in sorted(tmp.iterdir()):
-        os.replace(f, data / f.name)
-        moved[str(f.resolve())] = str((data / f.name).resolve())
-    model = json.loads((out / "model.json").read_text())
+def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int) -> None:
+    """Move the demo's data into ``data/`` of the run's hidden folder and point model.json at them (at their
+    place once committed), with the command that repeats the fit from the folder (the checksums stay those
+    of the same bytes). An earlier demo's data/ (--force) is replaced by the commit."""
+    data = folder.path("data")
+    os.replace(tmp, data)
+    final = folder.final / "data"
+    model = json.loads(folder.path("model.json").read_text())
+    moved = {str((tmp / f.name).resolve()): str((final / f.name).resolve()) for f in data.iterdir()}
     for record in model["inputs"]:
         record["path"] = moved.get(record["path"], record["path"])
     model["mask"]["source"] = moved.get(str(Path(model["mask"]["source"]).resolve()), model["mask"]["source"])
@@ -140,10 +156,7 @@ def _keep_data(out: Path, tmp: Path, contrasts, seed: int) -> None:
                    "data/brain_mask.nii.gz", "--noise", "ar1", *[a for c in contrasts for a in ("--contrast", c)],
                    "-o", "refit"],
     }  # fmt: skip
-    fd, partial = tempfile.mkstemp(prefix=".model.json.", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(model, indent=2, default=str) + "\n")
-    os.replace(partial, out / "model.json")
+    folder.write_json("model.json", model)
 
 
 def _summary(run: DemoRun, result: ImageFit, out_dir) -> list[str]:

@@ -7,7 +7,6 @@ import base64
 import dataclasses
 import datetime
 import html
-import os
 import shlex
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from numpy.typing import NDArray
 
 from .._progress import Progress
 from ..exceptions import InputError
-from ..io import read_mesh, sanitize_label, statmap_name
+from ..io import read_mesh, sanitize_label, statmap_name, write_file_atomically
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from . import _figures as fig
 from ._peaks import MAXIMA_PER_CLUSTER, MIN_DISTANCE_MM, local_maxima, spaced_maxima
@@ -583,15 +582,11 @@ def write_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         Replace an existing report.html.
     """
     target = Path(folder) / "report.html"
-    if target.exists() and not force:
+    if (target.exists() or target.is_symlink()) and not force:  # (a dangling link too)
         raise InputError(f"{target} exists; pass --force to replace it.")
     page = build_report(folder, background=background, mesh=mesh, p_threshold=p_threshold, progress=progress)
-    partial = target.with_name(f".report.html.partial-{os.getpid()}")
-    try:
-        partial.write_text(page, encoding="utf-8")
-        os.replace(partial, target)
+    try:  # an exclusive temporary with a random name, renamed onto report.html (a link there is replaced)
+        return write_file_atomically(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         raise InputError(f"cannot write {target}: {exc.strerror or exc}.") from None
-    return target
 

@@ -1,0 +1,194 @@
+"""Hostile and broken sources (issue 14): network waits that end, inputs that read only themselves, and demo
+options that do what they say.
+
+- class 7: a Dask scheduler address that accepts and never answers, a port nothing listens on, a malformed
+  address, a scheduler that dies or freezes mid-run: each an exit 2 (InputError) naming the address, within
+  seconds, never a hang.
+- class 9: HDF5 datasets with external raw storage or virtual sources in other files, and Zarr stores whose
+  chunks are symbolic links leading out of the store, are refused (naming the dataset and the file it points
+  to): model.json hashes only the input file, so nothing else may be read into the maps.
+- class 10: ``voxfit demo --max-memory --n-jobs`` are honoured and recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxfit import fit
+from voxfit.cli import main
+from voxfit.exceptions import InputError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# class 7: no endless waits
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte; closed at the end."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:  # (a timeout too: socket.timeout is an OSError)
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+def _closed_port() -> str:
+    """An address on 127.0.0.1 where nothing listens (a port just released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def short_deadlines(monkeypatch):
+    pytest.importorskip("dask.distributed")
+    monkeypatch.setattr("voxfit._dask.CONNECT_TIMEOUT_S", 2.0)
+
+
+@pytest.fixture
+def group_maps(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"s{i}.nii")
+        nib.save(nib.Nifti1Image(rng.standard_normal((4, 3, 2)).astype(np.float32) + 0.5, np.eye(4)), paths[-1])
+    return [str(p) for p in paths]
+
+
+def _cli_refuses(args, address, capsys, limit=10.0):
+    start = time.monotonic()
+    code = main(args)
+    took = time.monotonic() - start
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("voxfit:")]
+    assert code == 2, err
+    assert took < limit, f"{took:.1f} s"
+    assert len(lines) == 1 and address in lines[0] and lines[0].startswith("voxfit: error:"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("where", ["silent", "closed port", "unknown scheme", "bad port", "bad host"])
+def test_a_scheduler_that_cannot_answer_is_exit_2_within_seconds(silent_server, short_deadlines, group_maps,
+                                                                  tmp_path, capsys, where):  # fmt: skip
+    address = {"silent": silent_server, "closed port": _closed_port(), "unknown scheme": "nosuch://host:8786",
+               "bad port": "tcp://127.0.0.1:notaport", "bad host": "tcp://[::1"}[where]  # fmt: skip
+    line = _cli_refuses(["group", *group_maps, "--scheduler", address, "-o", str(tmp_path / "out"), "--quiet"],
+                        address, capsys)  # fmt: skip
+    if where == "silent":
+        assert "no answer within 2 s" in line
+    elif where == "closed port":
+        assert "refused" in line.lower()
+    else:
+        assert "malformed" in line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_fit_command_with_a_silent_scheduler(silent_server, short_deadlines, tmp_path, capsys):
+    np.save(tmp_path / "y.npy", np.random.default_rng(1).standard_normal((20, 50)).astype(np.float32))
+    (tmp_path / "design.tsv").write_text("a\tc\n" + "".join(f"{np.sin(i)}\t1\n" for i in range(20)))
+    _cli_refuses(["fit", str(tmp_path / "y.npy"), "--design", str(tmp_path / "design.tsv"), "--contrast", "a=a",
+                  "--scheduler", silent_server, "-o", str(tmp_path / "out"), "--quiet"], silent_server, capsys)  # fmt: skip
+
+
+def test_python_api_with_a_silent_scheduler_is_an_input_error(silent_server, short_deadlines):
+    start = time.monotonic()
+    with pytest.raises(InputError, match="no answer within 2 s") as info:
+        fit(np.ones((5, 1)), np.ones((5, 3)), scheduler=silent_server)
+    assert time.monotonic() - start < 10 and silent_server in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(InputError, match="`scheduler` must be"):
+        fit(np.ones((5, 1)), np.ones((5, 3)), scheduler=8786)
+
+
+def test_the_command_line_process_ends_with_a_silent_scheduler(silent_server, group_maps, tmp_path):
+    """In a process of its own: nothing (a thread, distributed's event loop) keeps it alive after the error."""
+    pytest.importorskip("dask.distributed")
+    code = ("import sys, voxfit._dask as d; d.CONNECT_TIMEOUT_S = 2.0; from voxfit.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": SRC}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code, "group", *group_maps, "--scheduler", silent_server, "-o",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - start < 30
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"voxfit: error: cannot reach the Dask scheduler '{silent_server}'")
+
+
+def _slow(shared, i):
+    time.sleep(0.5)
+    return i
+
+
+def test_a_scheduler_that_dies_mid_run_is_an_input_error(short_deadlines):
+    from dask.distributed import LocalCluster
+
+    from voxfit._dask import run_tasks
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    address = cluster.scheduler_address
+    killer = threading.Timer(1.0, cluster.close)
+    killer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(InputError, match="was lost") as info:
+            run_tasks(address, _slow, None, [(i,) for i in range(40)])
+    finally:
+        killer.join()
+        cluster.close()
+    assert time.monotonic() - start < 20
+    assert address in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_frozen_scheduler_is_an_input_error(short_deadlines, monkeypatch):
+    """A scheduler that keeps the connection but stops answering (here: its identity handler never returns)."""
+    import asyncio
+
+    from dask.distributed import Client, LocalCluster
+
+    from voxfit._dask import run_tasks
+
+    monkeypatch.setattr("voxfit._dask.PING_INTERVAL_S", 0.3)
+    monkeypatch.setattr("voxfit._dask.ANSWER_TIMEOUT_S", 1.0)
+
+    async def never(*args, **kwargs):
+        await asyncio.sleep(3600)
+
+    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+          Client(cluster) as client):  # fmt: skip
+        cluster.scheduler.handlers["identity"] = never
+        start = time.monotonic()
+        with pytest.raises(InputError, match="did not answer within 1 s") as info:
+            run_tasks(client, _slow, None, [(i,) for i in range(40)])
+        assert time.monotonic() - start < 15
+        assert cluster.scheduler_address in str(info.value)

@@ -13,6 +13,7 @@ options that do what they say.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -192,3 +193,153 @@ def test_a_frozen_scheduler_is_an_input_error(short_deadlines, monkeypatch):
             run_tasks(client, _slow, None, [(i,) for i in range(40)])
         assert time.monotonic() - start < 15
         assert cluster.scheduler_address in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# class 9: only the input is read
+
+
+def _group_cli(path, out, capsys):
+    code = main(["group", str(path), "--one-sample", "--quiet", "-o", str(out)])
+    return code, capsys.readouterr().err
+
+
+def _maps(seed=0, n=8, V=60):
+    return (np.random.default_rng(seed).standard_normal((n, V)) + 0.5).astype(np.float32)
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """Values that are not the input's: the file a hostile input points to."""
+    path = tmp_path / "elsewhere" / "secret.bin"
+    path.parent.mkdir()
+    _maps(seed=99).tofile(path)
+    return path
+
+
+def test_hdf5_external_storage_is_refused(tmp_path, outside, capsys):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "maps.h5", "w") as f:
+        f.create_dataset("grp/maps", shape=(8, 60), dtype="<f4", external=[(str(outside), 0, outside.stat().st_size)])
+    with h5py.File(tmp_path / "maps.h5", "r") as f:  # (h5py would read the other file's values)
+        np.testing.assert_array_equal(f["grp/maps"][()], _maps(seed=99))
+    code, err = _group_cli(f"{tmp_path / 'maps.h5'}::grp/maps", tmp_path / "out", capsys)
+    assert code == 2
+    assert f"maps.h5::grp/maps keeps its values outside the file, in {outside}" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "model.json").exists()
+
+
+@pytest.mark.parametrize("how", ["virtual dataset", "external link"])
+def test_hdf5_datasets_in_other_files_are_refused(tmp_path, capsys, how):
+    h5py = pytest.importorskip("h5py")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = _maps(seed=99)
+    with h5py.File(tmp_path / "maps.h5", "w") as f:
+        if how == "virtual dataset":
+            layout = h5py.VirtualLayout(shape=(8, 60), dtype="f4")
+            layout[:] = h5py.VirtualSource(str(other), "x", shape=(8, 60))
+            f.create_virtual_dataset("data", layout)
+        else:
+            f["data"] = h5py.ExternalLink(str(other), "x")
+    for given in (tmp_path / "maps.h5", f"{tmp_path / 'maps.h5'}::data"):  # found by voxfit, or named
+        code, err = _group_cli(given, tmp_path / "out", capsys)
+        assert code == 2 and "maps.h5::data" in err and str(other) in err, err
+        assert ("virtual dataset reading" if how == "virtual dataset" else "external link to") in err
+
+
+def test_hdf5_virtual_dataset_within_the_file_is_read(tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    Y = _maps()
+    with h5py.File(tmp_path / "maps.h5", "w") as f:
+        f["parts/a"], f["parts/b"] = Y[:4], Y[4:]
+        layout = h5py.VirtualLayout(shape=(8, 60), dtype="f4")
+        layout[:4] = h5py.VirtualSource(".", "parts/a", shape=(4, 60))
+        layout[4:] = h5py.VirtualSource(".", "parts/b", shape=(4, 60))
+        f.create_virtual_dataset("data", layout)
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["data"] = Y
+    for name in ("maps", "plain"):
+        code, err = _group_cli(f"{tmp_path / name}.h5::data", tmp_path / name, capsys)
+        assert code == 0, err
+    stat = "contrast-intercept_stat-t_statmap.npy"
+    np.testing.assert_array_equal(np.load(tmp_path / "maps" / stat), np.load(tmp_path / "plain" / stat))
+
+
+def test_workers_refuse_external_hdf5_storage_too(tmp_path, outside):
+    """A Dask worker opens the file again (ColumnSource): the same refusal there, not the other file's values."""
+    h5py = pytest.importorskip("h5py")
+    from voxfit.io import ColumnSource
+
+    with h5py.File(tmp_path / "maps.h5", "w") as f:
+        f.create_dataset("data", shape=(8, 60), dtype="<f4", external=[(str(outside), 0, outside.stat().st_size)])
+    source = ColumnSource("hdf5", [(tmp_path / "maps.h5", 0)], np.float32, 8, 60, name="/data")
+    with pytest.raises(InputError, match="keeps its values outside the file"):
+        source[:, 0:10]
+
+
+def _zarr_store(path, Y, zarr_format):
+    """A store holding the array ``maps``, its chunks in folders (v3: c/0/1; v2: 0/1, as dimension_separator /)."""
+    zarr = pytest.importorskip("zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=zarr_format)
+    keys = {"name": "v2", "separator": "/"} if zarr_format == 2 else None
+    array = group.create_array("maps", shape=Y.shape, chunks=(8, 20), dtype="f4", compressors=None,
+                               chunk_key_encoding=keys)  # fmt: skip
+    array[:] = Y
+    return path
+
+
+def _chunk_files(store):
+    return sorted(p for p in (store / "maps").rglob("*") if p.is_file() and not p.name.startswith((".z", "zarr.json")))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("link", ["chunk file", "chunk folder"])
+def test_zarr_chunks_linked_from_outside_the_store_are_refused(tmp_path, capsys, zarr_format, link):
+    store = _zarr_store(tmp_path / "maps.zarr", _maps(), zarr_format)
+    other = _zarr_store(tmp_path / "elsewhere" / "other.zarr", _maps(seed=99), zarr_format)
+    mine, theirs = _chunk_files(store)[1], _chunk_files(other)[1]
+    if link == "chunk file":
+        mine.unlink()
+        mine.symlink_to(theirs)
+        linked = mine
+    else:  # the folder of the chunks (v3: c/0, v2: 0) -> the other store's
+        linked = mine.parent
+        shutil.rmtree(linked)
+        linked.symlink_to(other / linked.relative_to(store), target_is_directory=True)
+    code, err = _group_cli(f"{store}::maps", tmp_path / "out", capsys)
+    assert code == 2, err
+    target = theirs if linked == mine else linked.resolve()
+    assert f"{linked.relative_to(store)} in the Zarr store is a link to {target}" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_zarr_store_that_is_a_link_and_links_inside_it_are_read(tmp_path, capsys):
+    Y = _maps()
+    store = _zarr_store(tmp_path / "real" / "maps.zarr", Y, 3)
+    (tmp_path / "linked.zarr").symlink_to(store, target_is_directory=True)  # the store itself: a link
+    chunks = _chunk_files(store)
+    copy = chunks[0].with_name("9")  # a chunk key outside the array's grid: a file zarr never reads itself
+    copy.write_bytes(chunks[0].read_bytes())
+    chunks[0].unlink()
+    chunks[0].symlink_to(copy)  # a chunk linked to a file inside the store
+    code, err = _group_cli(f"{tmp_path / 'linked.zarr'}::maps", tmp_path / "out", capsys)
+    assert code == 0, err
+    from voxfit.io import open_reader
+
+    source = open_reader(f"{tmp_path / 'linked.zarr'}::maps").column_source()
+    np.testing.assert_array_equal(source[:, :], Y)
+
+
+def test_workers_refuse_zarr_links_too(tmp_path):
+    store = _zarr_store(tmp_path / "maps.zarr", _maps(), 3)
+    other = _zarr_store(tmp_path / "elsewhere" / "other.zarr", _maps(seed=99), 3)
+    from voxfit.io import open_reader
+
+    source = open_reader(f"{store}::maps").column_source()  # made while the store was clean
+    mine = _chunk_files(store)[0]
+    mine.unlink()
+    mine.symlink_to(_chunk_files(other)[0])
+    with pytest.raises(InputError, match="is a link to .*outside the store"):
+        source[:, 0:10]

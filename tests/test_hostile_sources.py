@@ -12,6 +12,7 @@ options that do what they say.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -343,3 +344,54 @@ def test_workers_refuse_zarr_links_too(tmp_path):
     mine.symlink_to(_chunk_files(other)[0])
     with pytest.raises(InputError, match="is a link to .*outside the store"):
         source[:, 0:10]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# class 10: voxfit demo honours --max-memory and --n-jobs
+
+
+@pytest.fixture(scope="module")
+def demo_in_memory(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "in-memory"
+    assert main(["demo", "-o", str(out), "--n-jobs", "1", "--max-memory", "1G", "--quiet"]) == 0
+    return out
+
+
+def test_demo_records_n_jobs_and_max_memory(demo_in_memory):
+    model = json.loads((demo_in_memory / "model.json").read_text())
+    settings = model["settings"]
+    assert (settings["n_jobs"], settings["max_memory"]) == (1, "1G")
+    assert not settings["noise_details"].get("streamed")  # 55 MB of data under a 1G cap: in memory
+    repeat = model["demo"]["repeat"]
+    assert repeat[repeat.index("--n-jobs") + 1] == "1" and repeat[repeat.index("--max-memory") + 1] == "1G"
+    assert model["command"][:2] == ["voxfit", "demo"] and "--n-jobs" in model["command"]  # as it was run
+
+
+def test_demo_streams_under_a_small_cap(demo_in_memory, tmp_path, no_reserve):
+    import nibabel as nib
+
+    out = tmp_path / "streamed"
+    assert main(["demo", "-o", str(out), "--max-memory", "64M", "--quiet"]) == 0  # the run takes 55 MB as float32
+    model = json.loads((out / "model.json").read_text())
+    assert model["settings"]["max_memory"] == "64M" and model["settings"]["noise_details"]["streamed"] is True
+    for name in ("contrast-AvsB_stat-t_statmap.nii.gz", "contrast-effects_stat-F_statmap.nii.gz"):
+        streamed = np.asarray(nib.load(out / name).dataobj)
+        loaded = np.asarray(nib.load(demo_in_memory / name).dataobj)
+        np.testing.assert_allclose(streamed, loaded, rtol=1e-3, atol=1e-3, err_msg=name)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--n-jobs", "0", "`n_jobs` must be a positive number of threads; got 0"),
+    ("--n-jobs", "-2", "`n_jobs` must be a positive number of threads; got -2"),
+    ("--max-memory", "lots", "`max_memory` must be a size"),
+    ("--max-memory", "64M", "cannot hold the per-voxel sums"),  # streamed, but under the interpreter's reserve
+])  # fmt: skip
+def test_demo_refuses_what_it_cannot_honour(tmp_path, capsys, option, value, message):
+    start = time.monotonic()
+    assert main(["demo", "-o", str(tmp_path / "out"), option, value, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no data left beside the folder
+    if option == "--n-jobs" or value == "lots":
+        assert time.monotonic() - start < 5  # checked before the synthetic run is made

@@ -12,7 +12,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .._memory import parse_memory
 from ..design import Design, spm_hrf
+from ..exceptions import InputError
 from .glm import ImageFit, fit_images
 
 __all__ = ["make_demo_run", "run_demo", "DemoRun"]
@@ -88,12 +90,18 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
     return DemoRun(image=img, design=design, names=names, truth=truth, brain=brain)
 
 
-def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024):
+def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024, max_memory=None,
+             n_jobs: int | None = None, command: list[str] | None = None):  # fmt: skip
     """Make the run, save it as NIfTI, fit it as ``voxfit fit --noise ar1`` would, and keep the data in
     ``<out_dir>/data/`` (model.json names them there, with the command that repeats the fit).
 
+    `max_memory` and `n_jobs` are those of :func:`voxfit.fit_images` (the run, 55 MB as float32, is streamed
+    under a cap below twice that) and are recorded in model.json and in the command that repeats the fit;
+    `command` is the command line recorded (default ``voxfit demo``).
+
     Returns ``(run, result, summary_lines)``.
     """
+    options = _demo_options(max_memory, n_jobs)  # checked before the run is made
     run = make_demo_run(seed)
     contrasts = ["AvsB=A - B", "A=A", "B=B", "effects=A; B"]
     out = Path(out_dir)
@@ -107,12 +115,26 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
         mask_path = Path(tmp) / "brain_mask.nii.gz"
         nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
         result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out, force=force, progress=progress,
-                            command=["voxfit", "demo"], noise="ar1")  # fmt: skip
-        _keep_data(out, Path(tmp), contrasts, seed)
+                            command=list(command or ["voxfit", "demo"]), noise="ar1", max_memory=max_memory,
+                            n_jobs=n_jobs)  # fmt: skip
+        _keep_data(out, Path(tmp), contrasts, seed, options)
     return run, result, _summary(run, result, out_dir)
 
 
-def _keep_data(out: Path, tmp: Path, contrasts, seed: int) -> None:
+def _demo_options(max_memory, n_jobs) -> list[str]:
+    """`max_memory` and `n_jobs` checked, as the options of ``voxfit fit`` that repeat them."""
+    options = []
+    if max_memory is not None:
+        parse_memory(max_memory)
+        options += ["--max-memory", str(max_memory)]
+    if n_jobs is not None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
+            raise InputError(f"`n_jobs` must be a positive number of threads; got {n_jobs!r}.")
+        options += ["--n-jobs", str(int(n_jobs))]
+    return options
+
+
+def _keep_data(out: Path, tmp: Path, contrasts, seed: int, options=()) -> None:
     """Move the demo's data into ``out/data/`` and point model.json at them, with the command that repeats the
     fit from the folder (the checksums stay those of the same bytes)."""
     data = out / "data"
@@ -130,7 +152,7 @@ def _keep_data(out: Path, tmp: Path, contrasts, seed: int) -> None:
         "data": "data/: the synthetic run and its brain mask, made by voxfit.models.demo.make_demo_run(seed)",
         "repeat": ["voxfit", "fit", "data/sub-demo_task-blocks_bold.nii.gz", "--design", "design.tsv", "--mask",
                    "data/brain_mask.nii.gz", "--noise", "ar1", *[a for c in contrasts for a in ("--contrast", c)],
-                   "-o", "refit"],
+                   *options, "-o", "refit"],
     }  # fmt: skip
     partial = out / f".model.json.partial-{os.getpid()}"
     partial.write_text(json.dumps(model, indent=2, default=str) + "\n")

@@ -108,8 +108,8 @@ def test_a_scheduler_that_cannot_answer_is_exit_2_within_seconds(silent_server, 
                         address, capsys)  # fmt: skip
     if where == "silent":
         assert "no answer within 2 s" in line
-    elif where == "closed port":
-        assert "refused" in line.lower()
+    elif where == "closed port":  # (distributed retries a refused connection until its timeout; on a busy
+        assert "refused" in line.lower() or "no answer within 2 s" in line  # machine ours may come first)
     else:
         assert "malformed" in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -163,7 +163,7 @@ def test_a_scheduler_that_dies_mid_run_is_an_input_error(short_deadlines):
     killer.start()
     start = time.monotonic()
     try:
-        with pytest.raises(InputError, match="was lost") as info:
+        with pytest.raises(InputError, match="was lost|or its workers went away") as info:
             run_tasks(address, _slow, None, [(i,) for i in range(40)])
     finally:
         killer.join()
@@ -194,6 +194,33 @@ def test_a_frozen_scheduler_is_an_input_error(short_deadlines, monkeypatch):
             run_tasks(client, _slow, None, [(i,) for i in range(40)])
         assert time.monotonic() - start < 15
         assert cluster.scheduler_address in str(info.value)
+
+
+def test_workers_that_all_leave_mid_run_are_an_input_error(short_deadlines):
+    """The workers go, and the data sent to them with them: distributed cancels the tasks; no hang either."""
+    from dask.distributed import Client, LocalCluster
+
+    from voxfit._dask import run_tasks
+
+    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+          Client(cluster) as client):  # fmt: skip
+        killer = threading.Timer(1.0, cluster.scale, args=(0,))
+        killer.start()
+        start = time.monotonic()
+        with pytest.raises(InputError, match="or its workers went away") as info:
+            run_tasks(client, _slow, None, [(i,) for i in range(40)])
+        killer.join()
+        assert time.monotonic() - start < 20 and cluster.scheduler_address in str(info.value)
+
+
+def test_a_closed_client_is_an_input_error():
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        client = Client(cluster)
+        client.close()
+        with pytest.raises(InputError, match="client given as `scheduler` is closed"):
+            fit(np.ones((5, 1)), np.ones((5, 3)), scheduler=client)
 
 
 # ---------------------------------------------------------------------------------------------------------------

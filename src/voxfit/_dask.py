@@ -7,7 +7,9 @@ of our own, where the connect, the handshake and the scheduler's answer to ``ide
 (:data:`CONNECT_TIMEOUT_S`) and a late answer is cancelled cleanly; the Client is then made in a thread
 that is waited for no longer than that. While tasks run, the scheduler is asked for its identity every
 :data:`PING_INTERVAL_S` and must answer within :data:`ANSWER_TIMEOUT_S`; a scheduler that dies or stops
-answering mid-run is an :class:`InputError` naming its address (the command line exits 2), not a hang.
+answering mid-run is an :class:`InputError` naming its address (the command line exits 2), not a hang. So are
+workers that all leave (the data sent to them are lost: distributed cancels the tasks) and tasks that kill
+their workers (KilledWorker).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _probe(address: str, seconds: float) -> None:
 
     async def ask():
         try:  # (connect retries until its timeout: a scheduler may be starting; its error names the last cause)
-            comm = await connect(address, timeout=0.9 * seconds, **args)
+            comm = await connect(address, timeout=0.75 * seconds, **args)
         except OSError as exc:
             while exc.__cause__ is not None:  # the first cause: connection refused...
                 exc = exc.__cause__
@@ -134,6 +136,9 @@ def dask_client(scheduler):
     except ImportError:
         raise InputError("a Dask scheduler needs dask.distributed: pip install 'voxfit[dask]'.") from None
     if isinstance(scheduler, Client):
+        if scheduler.status != "running":
+            raise InputError(f"the Dask client given as `scheduler` is {scheduler.status}, not running; give a "
+                             "connected client or the scheduler's address.")  # fmt: skip
         yield scheduler
         return
     if not isinstance(scheduler, str):
@@ -148,7 +153,8 @@ def dask_client(scheduler):
 
 
 def _address(client) -> str:
-    return str(getattr(client.scheduler, "address", None) or client)
+    """The scheduler's address (a closed client no longer knows it)."""
+    return str(getattr(client.scheduler, "address", None) or "unknown: the client is closed")
 
 
 def _lost(client, why: str) -> InputError:
@@ -169,6 +175,8 @@ def _ping(client) -> None:
 
 def _result(client, future):
     """The future's result; waiting for it, the scheduler is pinged every PING_INTERVAL_S."""
+    from distributed import KilledWorker
+
     while True:
         try:
             return future.result(timeout=PING_INTERVAL_S)
@@ -176,8 +184,11 @@ def _result(client, future):
             if future.done():  # the task itself raised it
                 raise
             _ping(client)
-        except CancelledError as exc:  # distributed cancels every future when the scheduler goes away
-            raise _lost(client, f"was lost ({_one_line(exc)})") from None
+        except CancelledError as exc:  # the scheduler went away, or the workers holding the data did
+            why = "was lost" if client.status != "running" else "or its workers went away"  # (which, is a race)
+            raise _lost(client, f"{why} ({_one_line(exc)})") from None
+        except KilledWorker as exc:
+            raise _lost(client, f"lost the workers running a task, several times ({_one_line(exc)})") from None
 
 
 def run_tasks(scheduler, fn, shared, calls) -> list:

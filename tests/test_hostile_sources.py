@@ -172,6 +172,38 @@ def test_a_scheduler_that_dies_mid_run_is_an_input_error(short_deadlines):
     assert address in str(info.value) and "\n" not in str(info.value)
 
 
+_APPLY = {}
+
+
+def _slow_apply(shared, *call):
+    time.sleep(3.0)
+    return _APPLY["fn"](shared, *call)
+
+
+def test_fit_command_whose_scheduler_dies_mid_run_exits_2(short_deadlines, tmp_path, capsys, monkeypatch):
+    """`voxfit fit --scheduler` on a LocalCluster closed while the fit's task runs: exit 2, one line, no maps."""
+    import importlib
+
+    from dask.distributed import LocalCluster
+
+    engine = importlib.import_module("voxfit.engine.fit")
+    _APPLY["fn"] = engine._apply
+    monkeypatch.setattr(engine, "_apply", _slow_apply)  # (threads, not processes: the workers see the patch)
+    np.save(tmp_path / "y.npy", np.random.default_rng(1).standard_normal((20, 50)).astype(np.float32))
+    (tmp_path / "design.tsv").write_text("a\tc\n" + "".join(f"{np.sin(i)}\t1\n" for i in range(20)))
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    address = cluster.scheduler_address
+    killer = threading.Timer(1.5, cluster.close)
+    killer.start()
+    try:
+        _cli_refuses(["fit", str(tmp_path / "y.npy"), "--design", str(tmp_path / "design.tsv"), "--contrast", "a=a",
+                      "--scheduler", address, "-o", str(tmp_path / "out"), "--quiet"], address, capsys, limit=30)  # fmt: skip
+    finally:
+        killer.join()
+        cluster.close()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_a_frozen_scheduler_is_an_input_error(short_deadlines, monkeypatch):
     """A scheduler that keeps the connection but stops answering (here: its identity handler never returns)."""
     import asyncio

@@ -309,6 +309,18 @@ def test_hdf5_datasets_in_other_files_are_refused(tmp_path, capsys, how):
         assert ("virtual dataset reading" if how == "virtual dataset" else "external link to") in err
 
 
+def test_hdf5_virtual_dataset_over_external_storage_in_the_file_is_refused(tmp_path, outside, capsys):
+    """A virtual dataset whose source is in the file but keeps its own values elsewhere."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "maps.h5", "w") as f:
+        f.create_dataset("hidden", shape=(8, 60), dtype="<f4", external=[(str(outside), 0, outside.stat().st_size)])
+        layout = h5py.VirtualLayout(shape=(8, 60), dtype="f4")
+        layout[:] = h5py.VirtualSource(".", "hidden", shape=(8, 60))
+        f.create_virtual_dataset("data", layout)
+    code, err = _group_cli(f"{tmp_path / 'maps.h5'}::data", tmp_path / "out", capsys)
+    assert code == 2 and f"maps.h5::hidden keeps its values outside the file, in {outside}" in err, err
+
+
 def test_hdf5_virtual_dataset_within_the_file_is_read(tmp_path, capsys):
     h5py = pytest.importorskip("h5py")
     Y = _maps()

@@ -620,7 +620,8 @@ def _open_hdf5(location: str, name: str):
         f.visititems(lambda key, obj: found.append(key) if isinstance(obj, h5py.Dataset) else None)
         pick = "data" if "data" in found else (found[0] if len(found) == 1 else None)
         if pick is None:
-            raise InputError(f"{location}: name the dataset to read as {location}::NAME (datasets: {', '.join(found) or 'none'}).")
+            raise InputError(f"{location}: name the dataset to read as {location}::NAME (datasets: "
+                             f"{', '.join(found) or 'none'}).")  # fmt: skip
         return _check_hdf5_inside(location, pick, f[pick])
     except InputError:
         f.close()
@@ -634,9 +635,10 @@ def _open_hdf5(location: str, name: str):
 _COPY_HINT = "voxfit reads only the input file; copy the values into it"
 
 
-def _check_hdf5_inside(location: str, name: str, ds):
-    """`ds`, the dataset `name` of the HDF5 file `location`, if its values are all stored in that file; else an
-    InputError naming the dataset and the file it points to."""
+def _check_hdf5_inside(location: str, name: str, ds, seen=()):
+    """`ds`, the dataset `name` of the HDF5 file `location`, if its values are all stored in that file (a virtual
+    dataset's sources in the file too, checked in turn); else an InputError naming the dataset and the file it
+    points to."""
     where = f"{location}::{name.lstrip('/')}"
     other = ds.file.filename
     if not _same_file(other, location):
@@ -647,10 +649,15 @@ def _check_hdf5_inside(location: str, name: str, ds):
         raise InputError(f"{where} keeps its values outside the file, in {files} (HDF5 external storage); "
                          f"{_COPY_HINT} (h5repack -l CONTI).")  # fmt: skip
     if ds.is_virtual:
-        outside = [m.file_name for m in ds.virtual_sources() if m.file_name != "." and not _same_file(m.file_name, location)]
+        sources = ds.virtual_sources()
+        outside = [m.file_name for m in sources if m.file_name != "." and not _same_file(m.file_name, location)]
         if outside:
             raise InputError(f"{where} is a virtual dataset reading {', '.join(dict.fromkeys(outside))}; "
                              f"{_COPY_HINT} (h5repack, or write the dataset's values with h5py).")  # fmt: skip
+        for source in dict.fromkeys(m.dset_name for m in sources):  # (in this file: they may be
+            inner = ds.file.get(source)  # external storage or links themselves; a missing one reads as fill)
+            if inner is not None and hasattr(inner, "is_virtual") and source not in seen:
+                _check_hdf5_inside(location, source, inner, (*seen, name, source))
     return ds
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .._memory import parse_memory
 from ..design import Design, spm_hrf
 from ..exceptions import InputError
 from ..io import OutputFolder, before_commit, disk_error, make_folder, remove_made_folders
@@ -92,9 +93,13 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
 
 
 def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024, max_memory=None,
-             n_jobs: int | None = None):  # fmt: skip
+             n_jobs: int | None = None, command: list[str] | None = None):  # fmt: skip
     """Make the run, save it as NIfTI, fit it as ``voxfit fit --noise ar1`` would, and keep the data in
     ``<out_dir>/data/`` (model.json names them there, with the command that repeats the fit).
+
+    `max_memory` and `n_jobs` are those of :func:`voxfit.fit_images` (the run, 55 MB as float32, is streamed
+    under a cap below twice that) and are recorded in model.json and in the command that repeats the fit;
+    `command` is the command line recorded (default ``voxfit demo``).
 
     Returns ``(run, result, summary_lines)``.
     """
@@ -106,6 +111,7 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
     if others:  # the commit replaces data/ whole: never a folder holding the user's files
         raise InputError(f"{data} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); the "
                          "demo writes its data there: move them, or choose another -o.")  # fmt: skip
+    options = _demo_options(max_memory, n_jobs)  # checked before the run is made
     run = make_demo_run(seed)
     contrasts = ["AvsB=A - B", "A=A", "B=B", "effects=A; B"]
     made = make_folder(out.absolute().parent)
@@ -120,9 +126,9 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
             design = Design(run.design, tuple(run.names), kinds, TR)
             mask_path = tmp / "brain_mask.nii.gz"
             nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
-            with before_commit(lambda folder: _keep_data(folder, tmp, contrasts, seed)):
+            with before_commit(lambda folder: _keep_data(folder, tmp, contrasts, seed, options)):
                 result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out, force=force,
-                                    progress=progress, command=["voxfit", "demo"], noise="ar1",
+                                    progress=progress, command=list(command or ["voxfit", "demo"]), noise="ar1",
                                     max_memory=max_memory, n_jobs=n_jobs)  # fmt: skip
         except BaseException as exc:
             error = disk_error(exc, tmp)
@@ -137,7 +143,20 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
     return run, result, _summary(run, result, out_dir)
 
 
-def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int) -> None:
+def _demo_options(max_memory, n_jobs) -> list[str]:
+    """`max_memory` and `n_jobs` checked, as the options of ``voxfit fit`` that repeat them."""
+    options = []
+    if max_memory is not None:
+        parse_memory(max_memory)
+        options += ["--max-memory", str(max_memory)]
+    if n_jobs is not None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
+            raise InputError(f"`n_jobs` must be a positive number of threads; got {n_jobs!r}.")
+        options += ["--n-jobs", str(int(n_jobs))]
+    return options
+
+
+def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int, options=()) -> None:
     """Move the demo's data into ``data/`` of the run's hidden folder and point model.json at them (at their
     place once committed), with the command that repeats the fit from the folder (the checksums stay those
     of the same bytes). An earlier demo's data/ (--force) is replaced by the commit."""
@@ -154,7 +173,7 @@ def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int) -> None:
         "data": "data/: the synthetic run and its brain mask, made by voxfit.models.demo.make_demo_run(seed)",
         "repeat": ["voxfit", "fit", "data/sub-demo_task-blocks_bold.nii.gz", "--design", "design.tsv", "--mask",
                    "data/brain_mask.nii.gz", "--noise", "ar1", *[a for c in contrasts for a in ("--contrast", c)],
-                   "-o", "refit"],
+                   *options, "-o", "refit"],
     }  # fmt: skip
     folder.write_json("model.json", model)
 

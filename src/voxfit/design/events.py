@@ -43,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
+from .._memory import check_memory
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
 from .read import frame_table
@@ -214,7 +215,7 @@ def _events_file(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"events {path}: cannot read it ({exc.strerror or exc}).") from None
+        raise InputError.from_os_error(exc, path, "events") from None
     if b"\0" in raw[:65536]:
         raise InputError(f"events {path} is not a text table (a binary file such as .mat or .xlsx?); {_EVENTS_EXPECTED}.")
     try:
@@ -312,8 +313,13 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
         path = Path(path)
         if not path.is_file():
             raise InputError(f"confounds {path}: no such file.")
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.reader(fh, delimiter="\t") if r]
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                rows = [r for r in csv.reader(fh, delimiter="\t") if r]
+        except OSError as exc:
+            raise InputError.from_os_error(exc, path, "confounds") from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(f"confounds {path}: not a text table ({exc}).") from None
         if len(rows) < 2:
             raise InputError(f"confounds {path} has no rows.")
         where = f"confounds {path}"
@@ -464,6 +470,22 @@ def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[
     return np.cumsum(sf, axis=0)[:n_bins]
 
 
+def _check_design_memory(conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_other) -> None:
+    """Refuse, before building anything, a design whose microtime grid, kernels or matrix cannot fit the memory
+    there is: `n_scans`, `tr`, the microtime resolution `T` (nilearn: its oversampling) and `fir_delays` are
+    options, and their products (a 32 s HRF at tr / T seconds a bin, FIR kernels of fir_delays x T bins for
+    each of fir_delays columns) grow faster than any one of them."""
+    n_basis = fir_delays if hrf == "fir" else 1 + hrf.count("+")
+    n_inputs = sum(len(inputs[name][1]) if name in inputs else 1 for name in conditions) or 1
+    kernel = max(32.0 * T / tr, (fir_delays * T) if hrf == "fir" else 0) + T  # bins of one basis function
+    grid = n_scans * T + 32 + 24.0 * T / tr  # bins of one regressor before sampling (nilearn starts 24 s early)
+    n_columns = n_inputs * n_basis + n_other + 1  # (n_other: confounds and drifts)
+    nbytes = 8 * (kernel * n_basis + 2 * (grid + kernel) + grid * n_inputs + 2 * n_scans * n_columns)
+    check_memory(nbytes, f"the design ({n_scans:,} scans x {n_columns:,} columns at most, TR {tr:g} s, "
+                 f"{T} microtime bins a scan, {n_basis} basis function(s))", None,
+                 "Check the number of scans, the TR, the microtime resolution and the FIR delays.")  # fmt: skip
+
+
 def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: str, T: int, T0: int, fir_delays: int):
     """Each condition's regressors on SPM's microtime grid: ``[(name, kind, column), ...]``, in SPM's order
     (each input of the condition, see :func:`_parametric`, convolved with each basis function)."""
@@ -607,8 +629,13 @@ def make_design(
         raise InputError(f"`microtime_onset` (SPM's T0, 1-based) must lie in 1..{T}; got {microtime_onset}.")
     if hrf == "fir" and (isinstance(fir_delays, bool) or not isinstance(fir_delays, (int, np.integer)) or fir_delays < 1):
         raise InputError(f"`fir_delays` must be a positive number of one-TR windows; got {fir_delays!r}.")
+    if hrf == "fir" and fir_delays > n_scans:
+        raise InputError(f"`fir_delays` ({fir_delays}) must be at most the number of scans ({n_scans}): each delay "
+                         "is a one-TR window of the run.")  # fmt: skip
     if drift == "polynomial" and (not isinstance(drift_order, (int, np.integer)) or drift_order < 1):
         raise InputError(f"`drift_order` must be a positive integer; got {drift_order!r}.")
+    if drift == "polynomial" and drift_order >= n_scans:
+        raise InputError(f"`drift_order` ({drift_order}) must be less than the number of scans ({n_scans}).")
     if hrf not in HRF_MODELS:
         raise InputError(f"`hrf` must be one of {', '.join(HRF_MODELS)}; got {hrf!r}.")
     if units not in ("secs", "scans"):
@@ -626,6 +653,13 @@ def make_design(
                       for name, ev in conditions.items()}  # fmt: skip
     _check_timing(conditions, n_scans * tr, n_scans, tr)
     inputs = _parametric(conditions, modulators)
+    if drift == "cosine":
+        n_drifts = min(math.floor(2 * n_scans * tr / parse_high_pass(high_pass)), n_scans - 1)
+    else:
+        n_drifts = int(drift_order) if drift == "polynomial" else 0
+    n_confounds = 0 if confounds is None else len(confounds[1])
+    _check_design_memory(conditions, inputs, tr, n_scans, hrf, 50 if convolution == "nilearn" else T, int(fir_delays),
+                         n_confounds + n_drifts)  # fmt: skip
 
     if convolution == "nilearn":
         regressors = _nilearn_columns(conditions, tr, n_scans, hrf, float(slice_time_ref or 0.0), int(fir_delays))

@@ -108,6 +108,7 @@ def _number(kind, flag: str, lo=None, hi=None, lo_open: bool = False, accepted: 
 
 
 # Ranges of the numeric options (by argparse's dest): anything outside is refused before any work (exit 2).
+# (--permutations is checked by SecondLevel itself, before any file is touched, as for callers in Python.)
 OPTION_RANGES = {
     "tr": _number(float, "--tr", 1e-3, 1e4, accepted="a repetition time in seconds, from 0.001 to 10000"),
     "n_scans": _number(int, "--n-scans", 1, 10**6, accepted="a whole number of scans from 1 to 1000000"),
@@ -119,7 +120,6 @@ OPTION_RANGES = {
     "drift_order": _number(int, "--drift-order", 1, 10**4, accepted="a whole number from 1 to 10000, less than the scans"),
     "mask_threshold": _number(float, "--mask-threshold", 0, accepted="a number >= 0 (a fraction of each scan's global)"),
     "n_jobs": _number(int, "--n-jobs", 1, 1 << 16, accepted="a positive whole number of threads"),
-    "permutations": _number(int, "--permutations", 0, accepted="0 (parametric only) or a positive whole number"),
     "seed": _number(int, "--seed", 0, 2**32 - 1, accepted="a whole number from 0 to 4294967295 (2**32 - 1)"),
     "tfce_E": _number(float, "--tfce-E", 0, 100, lo_open=True, accepted="a positive number up to 100 (0.5 for volumes)"),
     "tfce_H": _number(float, "--tfce-H", 0, 100, lo_open=True, accepted="a positive number up to 100 (default 2)"),

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import queue
 import threading
 from collections.abc import Iterator
@@ -145,6 +146,27 @@ def _check_file_holds(path: Path, img) -> None:
     limit = GZIP_MAX_RATIO * have + GZIP_MARGIN if path.name.lower().endswith(".gz") else have
     if need > limit:
         raise InputError(f"{path}: file is truncated ({have:,} bytes; the header promises {need:,}).")
+
+
+_GIFTI_ARRAY = re.compile(rb"<DataArray\b([^>]*)>")
+_GIFTI_DIM = re.compile(rb'\bDim\d+\s*=\s*"\s*(-?\d+)\s*"')
+
+
+def _check_gifti_sizes(path: Path) -> None:
+    """The data arrays a GIFTI file declares (its DataArray tags' Dim0, Dim1...) fit the memory there is, before
+    nibabel decodes them (a compressed array expands up to GZIP_MAX_RATIO times its text); dimensions must be
+    positive. Bounded by the file: the tags are read, not the data."""
+    if not path.is_file():
+        return
+    check_readable(path)
+    total = 0
+    with open(path, "rb") as fh:
+        for tag in _GIFTI_ARRAY.finditer(fh.read()):
+            dims = [int(d) for d in _GIFTI_DIM.findall(tag.group(1))]
+            _check_dimensions(path, dims)
+            total += int(np.prod(dims, dtype=object)) * 8 if dims else 0  # (decoded, then as float64 at most)
+    check_memory(total, f"{path}: the data arrays its header declares", None,
+                 "Check the file's dimensions (DataArray Dim0, Dim1).")  # fmt: skip
 
 
 def _check_dimensions(path, shape) -> None:
@@ -441,6 +463,8 @@ class GiftiReader(_RowsReader):
         arrays, meta, self.paths, memory = [], {}, [], []
         for p in paths:
             in_memory = isinstance(p, nib.gifti.GiftiImage)
+            if not in_memory:
+                _check_gifti_sizes(Path(p))
             img = p if in_memory else _load(Path(p))
             p = "in-memory GiftiImage" if in_memory else Path(p)
             if not isinstance(img, nib.gifti.GiftiImage):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import signal
 import sys
 import threading
@@ -594,7 +595,8 @@ def _main(argv: list[str]) -> int:
             return _internal_error(exc, debug)
         if debug:
             traceback.print_exc()
-        print(f"voxfit: error: {InputError.from_os_error(exc)}", file=sys.stderr)
+        name = exc.filename if exc.filename is None else re.sub(r"[/\\]\.voxfit-partial-\d+(?=[/\\])", "", str(exc.filename))
+        print(f"voxfit: error: {InputError.from_os_error(exc, name)}", file=sys.stderr)  # (the map's final name)
         return 2
     except Exception as exc:  # an internal error: one line, the traceback on request
         return _internal_error(exc, debug)

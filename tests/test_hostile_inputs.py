@@ -251,6 +251,14 @@ def test_options_whose_products_grow_are_bounded_before_the_design_is_built(stud
         voxfit.fit(np.random.default_rng(0).standard_normal((400, 300)), np.ones((400, 1000)))
 
 
+def test_available_memory_sees_the_address_space_limit():
+    """``ulimit -v`` (set by this file's fixture) bounds what the checks allow, as MemAvailable and a cgroup do."""
+    from voxfit._memory import available_memory, format_bytes
+
+    assert 0 < available_memory() <= LIMIT
+    assert format_bytes(81) == "81 bytes" and format_bytes(4 * 10**13) == "36.4 TiB"
+
+
 def test_max_memory_bounds_the_check_when_given():
     from voxfit._memory import check_memory
 

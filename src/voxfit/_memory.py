@@ -15,7 +15,7 @@ import re
 
 from .exceptions import InputError
 
-__all__ = ["available_memory", "check_memory", "format_bytes", "parse_memory", "needs_streaming"]
+__all__ = ["available_memory", "check_memory", "format_bytes", "needs_streaming", "parse_memory"]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -70,18 +70,26 @@ def _meminfo_available() -> int | None:
 
 
 def _cgroup_available() -> int | None:
-    """What the process's cgroup (v2, or v1) still allows, when it sets a limit."""
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):  # fmt: skip
+    """What the process's cgroup (v2, or v1) still allows, when it sets a limit: the limit less the usage, the
+    usage less the inactive file cache that the kernel reclaims before it kills anything."""
+    for folder, limit, usage, cache in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+                                        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                         "total_inactive_file")):  # fmt: skip
         try:
-            with open(limit) as fh:
+            with open(os.path.join(folder, limit)) as fh:
                 text = fh.read().strip()
             if text == "max" or int(text) >= 1 << 60:
                 return None
-            with open(usage) as fh:
-                return max(0, int(text) - int(fh.read().strip()))
+            with open(os.path.join(folder, usage)) as fh:
+                used = int(fh.read().strip())
         except (OSError, ValueError):
             continue
+        try:
+            with open(os.path.join(folder, "memory.stat")) as fh:
+                used -= next((int(line.split()[1]) for line in fh if line.split()[0] == cache), 0)
+        except (OSError, ValueError, IndexError):
+            pass
+        return max(0, int(text) - max(0, used))
     return None
 
 

@@ -2,6 +2,9 @@
 
 Exit status: 0 on success, 2 on bad input or usage, 1 on an internal error, 130 when interrupted. Errors are
 one line on stderr (``--debug`` shows the traceback); a failed or interrupted run leaves no partial output.
+Bad input includes what the system refuses (an OSError with an error code: no space left, permission denied,
+a name too long) and every numeric option out of its range (``OPTION_RANGES``, checked before any work);
+exit status 1 is kept for voxfit's own bugs.
 """
 
 from __future__ import annotations

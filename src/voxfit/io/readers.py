@@ -718,6 +718,7 @@ def _open_hdf5(location: str, name: str):
         import h5py
     except ImportError:
         raise InputError(f"{location}: reading HDF5 needs the h5py package: pip install 'voxfit[hdf5]'.") from None
+    check_readable(Path(location))
     try:
         f = h5py.File(location, "r")
     except OSError as exc:

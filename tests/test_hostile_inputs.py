@@ -122,6 +122,39 @@ def test_gzip_bomb_of_the_issue_is_refused_from_its_size(study, capsys):
             r"10000 x 10000 x 100 x 100.* can hold at most")  # fmt: skip
 
 
+def test_the_issue_bomb_in_its_own_process_exits_2_fast_and_leaves_nothing(study):
+    """As the issue ran it: a separate process (imports included) under ``ulimit -v`` 4 GiB: exit 2 within 5 s,
+    one line, no output folder and no .voxfit-partial-* (the run was killed by the kernel before the fix)."""
+    import subprocess
+    import sys
+
+    path = study["dir"] / "bomb.nii.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(bomb_header())
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    cap = 4 << 30 if hard == resource.RLIM_INFINITY else min(hard, 4 << 30)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "voxfit", *map(str, fit(study, path))], capture_output=True, text=True,
+                          timeout=60, check=False, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, hard)))  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    assert proc.stderr.count("\n") == 1 and "bomb.nii.gz: the header promises" in proc.stderr
+    assert not study["out"].exists() and not list(study["dir"].rglob(".voxfit-partial-*"))
+
+
+def test_a_huge_data_offset_is_skipped_not_allocated(study, capsys):
+    """vox_offset is a header's number too: a .nii.gz's data offset is read past in 1 MiB pieces."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((4, 4, 3, 5))
+    header["vox_offset"] = 4_000_000_000  # more than this test's address space, less than 1032 x the file's size
+    path = study["dir"] / "offset.nii.gz"
+    with gzip.open(path, "wb", compresslevel=1) as fh:  # 4 MB of noise: the gzip bound cannot refuse it
+        fh.write(header.binaryblock + b"\0" * 4 + np.random.default_rng(0).bytes(4_000_000))
+    refused(capsys, *fit(study, path), message=r"offset\.nii\.gz: file is truncated \(the data end \d+ bytes early\)")
+
+
 def test_uncompressed_nifti_and_analyze_bombs_are_refused_by_file_size(study, capsys):
     nii = study["dir"] / "bomb.nii"
     nii.write_bytes(bomb_header())

@@ -349,7 +349,9 @@ class NiftiReader:
         def produce():
             try:
                 with open_gzip(self._image_file) as fh:
-                    _read_into(fh, np.empty(self._offset, dtype=np.uint8), self._image_file)
+                    skip = np.empty(min(self._offset, READ_CHUNK), dtype=np.uint8)
+                    for done in range(0, self._offset, READ_CHUNK):  # (a header's offset: skipped, never allocated)
+                        _read_into(fh, skip[: min(READ_CHUNK, self._offset - done)], self._image_file)
                     for start, count in _ramped(self.n_scans, k):
                         buf = free.get()
                         if stop.is_set():

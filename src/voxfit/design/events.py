@@ -470,17 +470,20 @@ def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[
     return np.cumsum(sf, axis=0)[:n_bins]
 
 
-def _check_design_memory(conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_other) -> None:
+def _check_design_memory(conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_other, spm_grid=True) -> None:
     """Refuse, before building anything, a design whose microtime grid, kernels or matrix cannot fit the memory
     there is: `n_scans`, `tr`, the microtime resolution `T` (nilearn: its oversampling) and `fir_delays` are
     options, and their products (a 32 s HRF at tr / T seconds a bin, FIR kernels of fir_delays x T bins for
-    each of fir_delays columns) grow faster than any one of them."""
+    each of fir_delays columns; SPM's spm_hrf samples its gammas on a grid T times finer still, 32 T^2 / tr
+    points) grow faster than any one of them."""
     n_basis = fir_delays if hrf == "fir" else 1 + hrf.count("+")
     n_inputs = sum(len(inputs[name][1]) if name in inputs else 1 for name in conditions) or 1
     kernel = max(32.0 * T / tr, (fir_delays * T) if hrf == "fir" else 0) + T  # bins of one basis function
     grid = n_scans * T + 32 + 24.0 * T / tr  # bins of one regressor before sampling (nilearn starts 24 s early)
     n_columns = n_inputs * n_basis + n_other + 1  # (n_other: confounds and drifts)
     nbytes = 8 * (kernel * n_basis + 2 * (grid + kernel) + grid * n_inputs + 2 * n_scans * n_columns)
+    if spm_grid and hrf != "fir":  # spm_hrf's fine grid: a few float64 temporaries of 32 T^2 / tr points
+        nbytes = max(nbytes, 8 * 5 * (32.0 * T * T / tr + 1))
     check_memory(nbytes, f"the design ({n_scans:,} scans x {n_columns:,} columns at most, TR {tr:g} s, "
                  f"{T} microtime bins a scan, {n_basis} basis function(s))", None,
                  "Check the number of scans, the TR, the microtime resolution and the FIR delays.")  # fmt: skip
@@ -659,7 +662,7 @@ def make_design(
         n_drifts = int(drift_order) if drift == "polynomial" else 0
     n_confounds = 0 if confounds is None else len(confounds[1])
     _check_design_memory(conditions, inputs, tr, n_scans, hrf, 50 if convolution == "nilearn" else T, int(fir_delays),
-                         n_confounds + n_drifts)  # fmt: skip
+                         n_confounds + n_drifts, spm_grid=convolution == "spm")  # fmt: skip
 
     if convolution == "nilearn":
         regressors = _nilearn_columns(conditions, tr, n_scans, hrf, float(slice_time_ref or 0.0), int(fir_delays))

@@ -269,6 +269,18 @@ def test_group_path_refuses_a_bomb_and_too_many_permutations(study, rng, capsys,
         permutation_test(X, Y, "x0", n_permutations=10**9)
 
 
+def test_report_background_bomb_is_refused_before_nibabel_reads_it(study, capsys):
+    pytest.importorskip("matplotlib")
+    assert main([str(a) for a in fit(study, study["bold"])]) == 0
+    bomb = study["dir"] / "t1.nii.gz"
+    with gzip.open(bomb, "wb") as fh:
+        fh.write(bomb_header((2000, 2000, 2000)))
+    capsys.readouterr()
+    refused(capsys, "report", study["out"], "--background", bomb, "--force",
+            message=r"t1\.nii\.gz: the header promises 32,000,000,\d+ bytes", out=False)  # fmt: skip
+    assert not (study["out"] / "report.html").exists()
+
+
 def test_options_whose_products_grow_are_bounded_before_the_design_is_built(study, capsys, monkeypatch):
     out = study["dir"] / "design.out.tsv"
     # each option in range, their product (a 32 s HRF at 1 ms / 4096 bins, a million scans) is not

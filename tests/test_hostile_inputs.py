@@ -189,6 +189,20 @@ def test_gzip_stream_must_end_exactly_where_the_header_says(study, capsys):
     refused(capsys, *fit(study, long), message=r"long\.nii\.gz: the gzip stream holds more data than the header")
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti2_dimensions_whose_product_wraps_in_int64_are_refused(study, capsys, suffix):
+    """2^21 x 2^21 x 2^22 voxels: 2^64, which numpy's int64 product wraps to 0 (an empty image whose scans were
+    then read forever); sizes are Python integers, exact at any size."""
+    header = nib.Nifti2Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((2**21, 2**21, 2**22, 2**40))
+    path = study["dir"] / f"wrap{suffix}"
+    with (gzip.open(path, "wb") if suffix.endswith(".gz") else open(path, "wb")) as fh:
+        fh.write(header.binaryblock + b"\0" * 4)
+    refused(capsys, *fit(study, path), message=r"wrap\.nii(\.gz)?: (file is truncated|the header promises) "
+            r".*\b[\d,]{30,}")  # fmt: skip
+
+
 def test_list_of_3d_files_with_one_bomb_is_refused(study, capsys):
     good = [write_nifti(study["dir"] / f"scan{i}.nii", study["data"][..., i]) for i in range(N_SCANS - 1)]
     bomb = study["dir"] / f"scan{N_SCANS - 1}.nii.gz"

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -121,7 +121,8 @@ GZIP_MAX_RATIO = 1032
 GZIP_MARGIN = 1 << 16
 
 # Working memory per element of one scan while reading (io.masking.gather_auto, AutoMask): three rotating slab
-# buffers and the first scan in the stored type, six boolean vectors and an index (8 bytes) per element.
+# buffers (compressed files; else one slab) and the first scan in the stored type, six boolean vectors and an
+# index (8 bytes) per element.
 SCAN_BUFFERS = 4
 SCAN_OVERHEAD = 14
 
@@ -130,7 +131,9 @@ def check_scan_memory(reader, source: str, max_memory=None) -> None:
     """Refuse a reader whose single scan (with the per-element arrays of the automatic mask) cannot fit the
     memory there is (or `max_memory`), before any of it is allocated: a header's dimensions are only claims."""
     nel = int(reader.geometry.n_elements)
-    need = nel * (SCAN_BUFFERS * np.dtype(reader.dtype).itemsize + SCAN_OVERHEAD)
+    parts = [reader, *getattr(reader, "_readers", ())]  # (a list of 3-D files: any compressed one)
+    buffers = SCAN_BUFFERS if any(getattr(r, "_compressed", False) for r in parts) else 2  # else: a slab and a copy
+    need = nel * (buffers * np.dtype(reader.dtype).itemsize + SCAN_OVERHEAD)
     check_memory(need, f"{source}: one scan of {nel:,} elements (as its header says)", max_memory,
                  "Check the file's dimensions; voxfit reads one scan at a time, so a single scan must fit.")  # fmt: skip
 

@@ -375,14 +375,25 @@ def _unreadable(monkeypatch, path: Path) -> None:
     monkeypatch.setattr("io.open", guarded)
 
 
-@pytest.mark.parametrize("which", ["design", "events", "bold"])
+@pytest.mark.parametrize("which", ["design", "events", "bold", "confounds", "mask", "participants"])
 def test_unreadable_files_say_permission_denied(study, capsys, monkeypatch, which):
-    _unreadable(monkeypatch, study[which])
-    if which == "events":
-        args = fit(study, study["bold"], "--events", study["events"], "--tr", "2", design=False)
+    d = study["dir"]
+    pd.DataFrame({"motion": np.linspace(0, 1, N_SCANS)}).to_csv(d / "confounds.tsv", sep="\t", index=False)
+    write_nifti(d / "mask.nii", (study["data"][..., 0] != 0).astype(np.uint8))
+    maps = [write_nifti(d / f"sub-{i:02d}_effect.nii.gz", study["data"][..., i]) for i in range(4)]
+    pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(4)], "age": [20.0, 30, 25, 41]}).to_csv(
+        d / "participants.tsv", sep="\t", index=False)
+    target = {"confounds": d / "confounds.tsv", "mask": d / "mask.nii", "participants": d / "participants.tsv"}
+    path = target.get(which) or study[which]
+    _unreadable(monkeypatch, path)
+    if which in ("events", "confounds"):
+        args = fit(study, study["bold"], "--events", study["events"], "--tr", "2", "--confounds", d / "confounds.tsv",
+                   "--confounds-columns", "motion", design=False)  # fmt: skip
+    elif which == "participants":
+        args = ["group", *maps, "--design", path, "--contrast", "age=age", "-o", study["out"]]
     else:
-        args = fit(study, study["bold"])
-    err = refused(capsys, *args, message=rf"{study[which].name}: permission denied; make it readable")
+        args = fit(study, study["bold"], *(["--mask", path] if which == "mask" else []))
+    err = refused(capsys, *args, message=rf"{path.name}: permission denied; make it readable")
     assert "Cannot work out file type" not in err
 
 

@@ -189,8 +189,10 @@ def permutation_test(
     if not isinstance(n_permutations, bool) and isinstance(n_permutations, (int, np.integer)) and n_permutations > 0:
         # the table of shuffles (N x n) and the null distributions (N each) are whole-run: they must fit memory
         N = min(int(n_permutations), count_shuffles(scheme, np.column_stack([U, Qz]), blocks, whole_blocks))
-        check_memory(N * (design.n_scans * (8 if scheme == "permute" else 3) + 64),
-                     f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {design.n_scans} maps", None,
+        # with the maps' float64 working copies (the data and their residuals, n x V each)
+        check_memory(N * (design.n_scans * (8 if scheme == "permute" else 3) + 64) + 16 * Y.shape[0] * Y.shape[1],
+                     f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {design.n_scans} maps "
+                     f"({Y.shape[1]:,} voxels)", None,
                      "Ask for fewer permutations (5000 to 10000 are usual).")  # fmt: skip
     shuffles = make_shuffles(scheme, np.column_stack([U, Qz]), n_permutations, blocks=blocks,
                              whole_blocks=whole_blocks, seed=seed)  # fmt: skip

@@ -279,7 +279,8 @@ def test_group_path_refuses_a_bomb_and_too_many_permutations(study, rng, capsys,
     X = np.ones((20, 1))
     Y = rng.standard_normal((20, 50))
     monkeypatch.setattr("voxfit._memory.available_memory", lambda: 1 << 20)
-    with pytest.raises(InputError, match=r"1,048,576 sign-flips of 20 maps would take [\d.]+ MiB .*fewer permutations"):
+    with pytest.raises(InputError, match=r"1,048,576 sign-flips of 20 maps \(50 voxels\) would take [\d.]+ MiB .*fewer "
+                       r"permutations"):
         permutation_test(X, Y, "x0", n_permutations=10**9)
 
 

@@ -121,11 +121,14 @@ OPTION_RANGES = {
                                     accepted="a whole number of bins per scan from 1 to 4096 (SPM's default: 16)"),
     "microtime_onset": _number(int, "--microtime-onset", 1, 4096, accepted="a bin from 1 to the microtime resolution"),
     "slice_time_ref": _number(float, "--slice-time-ref", 0, 1, accepted="a fraction of the TR from 0 to 1"),
-    "drift_order": _number(int, "--drift-order", 1, 10**4, accepted="a whole number from 1 to 10000, less than the scans"),
-    "mask_threshold": _number(float, "--mask-threshold", 0, accepted="a number >= 0 (a fraction of each scan's global)"),
+    "drift_order": _number(int, "--drift-order", 1, 10**4,
+                           accepted="a whole number from 1 to 10000, less than the scans"),
+    "mask_threshold": _number(float, "--mask-threshold", 0,
+                              accepted="a number >= 0 (a fraction of each scan's global)"),
     "n_jobs": _number(int, "--n-jobs", 1, 1 << 16, accepted="a positive whole number of threads"),
     "seed": _number(int, "--seed", 0, 2**32 - 1, accepted="a whole number from 0 to 4294967295 (2**32 - 1)"),
-    "tfce_E": _number(float, "--tfce-E", 0, 100, lo_open=True, accepted="a positive number up to 100 (0.5 for volumes)"),
+    "tfce_E": _number(float, "--tfce-E", 0, 100, lo_open=True,
+                      accepted="a positive number up to 100 (0.5 for volumes)"),
     "tfce_H": _number(float, "--tfce-H", 0, 100, lo_open=True, accepted="a positive number up to 100 (default 2)"),
     "cluster_threshold": _number(float, "--cluster-threshold", 0, lo_open=True,
                                  accepted="a positive t or F value, e.g. 3.1"),
@@ -598,8 +601,10 @@ def _main(argv: list[str]) -> int:
             return _internal_error(exc, debug)
         if debug:
             traceback.print_exc()
-        name = exc.filename if exc.filename is None else re.sub(r"[/\\]\.voxfit-partial-\d+(?=[/\\])", "", str(exc.filename))
-        print(f"voxfit: error: {InputError.from_os_error(exc, name)}", file=sys.stderr)  # (the map's final name)
+        name = exc.filename  # a map's final name, not the temporary folder it was being written into
+        if name is not None:
+            name = re.sub(r"[/\\]\.voxfit-partial-\d+(?=[/\\])", "", str(name))
+        print(f"voxfit: error: {InputError.from_os_error(exc, name)}", file=sys.stderr)
         return 2
     except Exception as exc:  # an internal error: one line, the traceback on request
         return _internal_error(exc, debug)

@@ -55,8 +55,8 @@ from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeome
 from .scans import expand_run
 
 __all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "MemoryInput", "NiftiReader", "NpyReader",
-           "VolumeImageReader", "VolumeListReader", "check_data", "check_readable", "check_scan_memory", "is_image", "open_map", "open_reader", "read_mesh",
-           "source_label"]  # fmt: skip
+           "VolumeImageReader", "VolumeListReader", "check_data", "check_readable", "check_scan_memory", "is_image",
+           "open_map", "open_reader", "read_mesh", "source_label"]  # fmt: skip
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -99,11 +99,16 @@ def _load(path: Path):
     try:
         return nib.load(str(path))
     except OSError as exc:
-        if exc.errno is not None:
+        if exc.errno is not None:  # the system's refusal (permissions, I/O): its reason
             raise InputError.from_os_error(exc, path) from None
-        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}).") from None
+        raise _unreadable(path, exc) from None
     except Exception as exc:  # nibabel raises many types for unreadable files
-        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}).") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    first = str(exc).splitlines()[0] if str(exc) else "corrupt"
+    return InputError(f"{path}: not a readable image ({type(exc).__name__}: {first}).")
 
 
 def _scale(proxy) -> tuple[float, float] | None:
@@ -136,7 +141,7 @@ def check_scan_memory(reader, source: str, max_memory=None) -> None:
     buffers = SCAN_BUFFERS if any(getattr(r, "_compressed", False) for r in parts) else 2  # else: a slab and a copy
     need = nel * (buffers * np.dtype(reader.dtype).itemsize + SCAN_OVERHEAD)
     check_memory(need, f"{source}: one scan of {nel:,} elements (as its header says)", max_memory,
-                 "Check the file's dimensions; voxfit reads one scan at a time, so a single scan must fit.")  # fmt: skip
+                 "Check the file's dimensions; voxfit reads one scan at a time, so one scan must fit.")  # fmt: skip
 
 
 def _check_file_holds(path: Path, img) -> None:
@@ -314,9 +319,10 @@ class NiftiReader:
         if not self._compressed and have < need:
             raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
         if self._compressed and need > GZIP_MAX_RATIO * have + GZIP_MARGIN:
+            most = GZIP_MAX_RATIO * have + GZIP_MARGIN
             raise InputError(f"{self._image_file}: the header promises {need:,} bytes ({' x '.join(map(str, shape))} "
-                             f"{self._file_dtype}) but {have:,} bytes of gzip can hold at most "
-                             f"{GZIP_MAX_RATIO * have + GZIP_MARGIN:,}; the file is truncated or its header is wrong.")  # fmt: skip
+                             f"{self._file_dtype}) but {have:,} bytes of gzip can hold at most {most:,}; the file is "
+                             "truncated or its header is wrong.")  # fmt: skip
 
     def column_source(self, index=None) -> ColumnSource | None:
         """The data by columns (None for a compressed file: it can only be read front to back)."""

@@ -400,6 +400,12 @@ def test_unreadable_files_say_permission_denied(study, capsys, monkeypatch, whic
     assert "Cannot work out file type" not in err
 
 
+def test_a_pipe_named_like_an_image_is_refused_without_waiting(study, capsys):
+    fifo = study["dir"] / "bold.nii"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    refused(capsys, *fit(study, fifo), message=r"bold\.nii: not a regular file \(a pipe, socket or device\)")
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [

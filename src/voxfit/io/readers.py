@@ -38,6 +38,7 @@ import mmap
 import os
 import queue
 import re
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,8 +84,14 @@ def _kind(path: Path) -> str:
 def check_readable(path: Path, what: str = "") -> None:
     """Open `path` once for reading, so that a file that is missing, unreadable (permissions) or a folder is
     refused with the system's reason, not reported later as some other fault (nibabel calls an unreadable
-    file "Cannot work out file type")."""
+    file "Cannot work out file type"). A pipe or a device is refused unopened: opening a pipe waits forever."""
+    label = f"{what} {path}" if what else str(path)
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{label}: is a folder, where a file is expected.")
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{label}: not a regular file (a pipe, socket or device); give an image file.")
         with open(path, "rb"):
             pass
     except OSError as exc:

@@ -452,8 +452,8 @@ def test_demo_streams_under_a_small_cap(demo_in_memory, tmp_path, no_reserve):
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--n-jobs", "0", "`n_jobs` must be a positive number of threads; got 0"),
-    ("--n-jobs", "-2", "`n_jobs` must be a positive number of threads; got -2"),
+    ("--n-jobs", "0", "--n-jobs must be a positive whole number of threads; got 0"),
+    ("--n-jobs", "-2", "--n-jobs must be a positive whole number of threads; got -2"),
     ("--max-memory", "lots", "`max_memory` must be a size"),
     ("--max-memory", "64M", "cannot hold the per-voxel sums"),  # streamed, but under the interpreter's reserve
 ])  # fmt: skip

@@ -1,13 +1,21 @@
-"""Memory sizes as users write them, and the rule that sends a fit to the streaming path (no heavy imports:
-the command line decides before it starts reading)."""
+"""Memory sizes as users write them, the rule that sends a fit to the streaming path, and the check that every
+size read from a header or an option fits the memory there is before anything of that size is allocated (no
+heavy imports: the command line decides before it starts reading).
+
+Sizes come from headers (image dimensions), options (``--n-scans``, ``--microtime-resolution``...) or both
+multiplied (permutations x voxels); a header can claim 10^13 voxels in 81 bytes. :func:`check_memory` refuses
+such a size with an :class:`~voxfit.exceptions.InputError` naming it, so a bad input exits with status 2 in
+milliseconds instead of being killed by the kernel half-way through a run.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 
 from .exceptions import InputError
 
-__all__ = ["parse_memory", "needs_streaming"]
+__all__ = ["available_memory", "check_memory", "format_bytes", "needs_streaming", "parse_memory"]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -35,3 +43,95 @@ def parse_memory(value: str | int | float) -> int:
 def needs_streaming(n_scans: int, n_elements: int, max_memory) -> bool:
     """Whether the data, as float32, would take more than half of `max_memory` (None: never stream)."""
     return max_memory is not None and 4 * n_scans * n_elements > parse_memory(max_memory) // 2
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as people read them: ``512 bytes``, ``3.2 MiB``, ``9.3 GiB``, ``7 EiB``."""
+    n = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"  # pragma: no cover
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_available() -> int | None:
+    """What the process's cgroup (v2, or v1) still allows, when it sets a limit: the limit less the usage, the
+    usage less the inactive file cache that the kernel reclaims before it kills anything."""
+    for folder, limit, usage, cache in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+                                        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                                         "total_inactive_file")):  # fmt: skip
+        try:
+            with open(os.path.join(folder, limit)) as fh:
+                text = fh.read().strip()
+            if text == "max" or int(text) >= 1 << 60:
+                return None
+            with open(os.path.join(folder, usage)) as fh:
+                used = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            with open(os.path.join(folder, "memory.stat")) as fh:
+                used -= next((int(line.split()[1]) for line in fh if line.split()[0] == cache), 0)
+        except (OSError, ValueError, IndexError):
+            pass
+        return max(0, int(text) - max(0, used))
+    return None
+
+
+def _address_space_available() -> int | None:
+    """What ``ulimit -v`` (RLIMIT_AS) leaves of the address space, when it is set."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - platforms without resource
+        return None
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status") as fh:
+            used = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+    except (OSError, ValueError, StopIteration):
+        used = 0
+    return max(0, soft - used)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the least of the memory the system has available, what its cgroup
+    allows and what ``ulimit -v`` leaves (None when none of them can be read)."""
+    known = [v for v in (_meminfo_available(), _cgroup_available(), _address_space_available()) if v is not None]
+    return min(known) if known else None
+
+
+def check_memory(nbytes: float, what: str, max_memory=None, fix: str = "") -> None:
+    """Refuse, before anything is allocated, a size that cannot fit: `nbytes` (what `what` would take) against
+    `max_memory` when given (as :func:`parse_memory` reads it), else against :func:`available_memory`.
+
+    `what` names the size and where it came from ("data of 10000 x 10000 x 100 voxels (the header of
+    bold.nii.gz)"); `fix` is what the user can do (a sentence ending in a full stop), appended.
+    """
+    if max_memory is not None:
+        limit, source = parse_memory(max_memory), f"--max-memory/`max_memory` {max_memory}"
+    else:
+        limit, source = available_memory(), "the memory available"
+        if limit is None:
+            return
+    if nbytes > limit:
+        tail = f" {fix}" if fix else ""
+        raise InputError(f"{what} would take {format_bytes(nbytes)} of memory, more than {source} "
+                         f"({format_bytes(limit)}).{tail}")  # fmt: skip

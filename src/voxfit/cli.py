@@ -2,11 +2,16 @@
 
 Exit status: 0 on success, 2 on bad input or usage, 1 on an internal error, 130 when interrupted. Errors are
 one line on stderr (``--debug`` shows the traceback); a failed or interrupted run leaves no partial output.
+Bad input includes what the system refuses (an OSError with an error code: no space left, permission denied,
+a name too long) and every numeric option out of its range (``OPTION_RANGES``, checked before any work);
+exit status 1 is kept for voxfit's own bugs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import signal
 import sys
 import threading
@@ -86,6 +91,73 @@ permutations, else Bonferroni). Slices go through the global maximum; cluster ta
 maxima per cluster more than 8 mm apart (SPM's rule) with t or F, z, p, FDR q and any FWE p. The page embeds
 every image and needs no network; it needs matplotlib (pip install 'voxfit[report]').
 """
+
+
+def _number(kind, flag: str, lo=None, hi=None, lo_open: bool = False, accepted: str = ""):
+    """A check of a numeric option: a finite `kind` (int or float) within [lo, hi] (lo excluded with
+    `lo_open`). Every option is checked once parsed, before anything is read or allocated, so that a value out
+    of range is bad input (exit status 2) naming the option and what it accepts, never a failure (or an
+    allocation of its size) deep inside a run."""
+
+    def check(value) -> None:
+        ok = not (isinstance(value, float) and not math.isfinite(value))
+        if ok and lo is not None:
+            ok = value > lo if lo_open else value >= lo
+        if ok and hi is not None:
+            ok = value <= hi
+        if not ok:
+            raise InputError(f"{flag} must be {accepted}; got {value!r}.")
+
+    return check
+
+
+# Ranges of the numeric options (by argparse's dest): anything outside is refused before any work (exit 2).
+# (--permutations is checked by SecondLevel itself, before any file is touched, as for callers in Python.)
+OPTION_RANGES = {
+    "tr": _number(float, "--tr", 1e-3, 1e4, accepted="a repetition time in seconds, from 0.001 to 10000"),
+    "n_scans": _number(int, "--n-scans", 1, 10**6, accepted="a whole number of scans from 1 to 1000000"),
+    "fir_delays": _number(int, "--fir-delays", 1, 10**4, accepted="a whole number of one-TR windows from 1 to 10000"),
+    "microtime_resolution": _number(int, "--microtime-resolution", 1, 4096,
+                                    accepted="a whole number of bins per scan from 1 to 4096 (SPM's default: 16)"),
+    "microtime_onset": _number(int, "--microtime-onset", 1, 4096, accepted="a bin from 1 to the microtime resolution"),
+    "slice_time_ref": _number(float, "--slice-time-ref", 0, 1, accepted="a fraction of the TR from 0 to 1"),
+    "drift_order": _number(int, "--drift-order", 1, 10**4,
+                           accepted="a whole number from 1 to 10000, less than the scans"),
+    "mask_threshold": _number(float, "--mask-threshold", 0,
+                              accepted="a number >= 0 (a fraction of each scan's global)"),
+    "n_jobs": _number(int, "--n-jobs", 1, 1 << 16, accepted="a positive whole number of threads"),
+    "seed": _number(int, "--seed", 0, 2**32 - 1, accepted="a whole number from 0 to 4294967295 (2**32 - 1)"),
+    "tfce_E": _number(float, "--tfce-E", 0, 100, lo_open=True,
+                      accepted="a positive number up to 100 (0.5 for volumes)"),
+    "tfce_H": _number(float, "--tfce-H", 0, 100, lo_open=True, accepted="a positive number up to 100 (default 2)"),
+    "cluster_threshold": _number(float, "--cluster-threshold", 0, lo_open=True,
+                                 accepted="a positive t or F value, e.g. 3.1"),
+    "p_threshold": _number(float, "--p-threshold", 0, 1, lo_open=True,
+                           accepted="a probability between 0 and 1, e.g. 0.001"),
+}  # fmt: skip
+
+
+def _check_options(args) -> None:
+    """Every numeric option within its range (OPTION_RANGES), `--max-memory` a size, and output names that a file
+    system can hold: checked before any file is read or written."""
+    for dest, check in OPTION_RANGES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check(value)
+    if getattr(args, "max_memory", None) is not None:
+        from ._memory import parse_memory
+
+        parse_memory(args.max_memory)
+    output = getattr(args, "output", None)
+    if output is not None:
+        from pathlib import PurePath
+
+        if not str(output).strip():
+            raise InputError("-o/--output is empty; give a folder (or file) to write.")
+        for part in PurePath(output).parts:
+            if len(part.encode("utf-8", "surrogateescape")) > 255:
+                raise InputError(f"-o/--output: the name {part[:24]}... is {len(part)} characters long; file systems "
+                                 "accept names of at most 255 bytes: choose a shorter one.")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -277,6 +349,7 @@ def _flags(p: argparse.ArgumentParser, force_help: str) -> None:
 
 
 def _run(args, argv) -> int:
+    _check_options(args)
     progress = None if not args.quiet else False
     if args.command == "design":
         return _run_design(args)
@@ -549,11 +622,25 @@ def _main(argv: list[str]) -> int:
         else:
             print("voxfit: interrupted; no output was written.", file=sys.stderr)
         return 130
-    except Exception as exc:  # an internal error: one line, the traceback on request
+    except OSError as exc:  # the system refused a file (no space, permissions, a name too long): the user's to fix
+        if exc.errno is None:
+            return _internal_error(exc, debug)
         if debug:
             traceback.print_exc()
-        print(f"voxfit: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        name = exc.filename  # a map's final name, not the temporary folder it was being written into
+        if name is not None:
+            name = re.sub(r"[/\\]\.voxfit-partial-\d+(?=[/\\])", "", str(name))
+        print(f"voxfit: error: {InputError.from_os_error(exc, name)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an internal error: one line, the traceback on request
+        return _internal_error(exc, debug)
+
+
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"voxfit: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
+from .._memory import check_memory
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
 from .read import frame_table
@@ -219,7 +220,7 @@ def _tsv_file(path: Path, what: str, expected: str) -> tuple[list[str], list[lis
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"{what} {path}: cannot read it ({exc.strerror or exc}).") from None
+        raise InputError.from_os_error(exc, path, what) from None
     if b"\0" in raw[:65536]:
         raise InputError(f"{what} {path} is not a text table (a binary file such as .mat or .xlsx?); {expected}.")
     try:
@@ -470,6 +471,25 @@ def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[
     return np.cumsum(sf, axis=0)[:n_bins]
 
 
+def _check_design_memory(conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_other, spm_grid=True) -> None:
+    """Refuse, before building anything, a design whose microtime grid, kernels or matrix cannot fit the memory
+    there is: `n_scans`, `tr`, the microtime resolution `T` (nilearn: its oversampling) and `fir_delays` are
+    options, and their products (a 32 s HRF at tr / T seconds a bin, FIR kernels of fir_delays x T bins for
+    each of fir_delays columns; SPM's spm_hrf samples its gammas on a grid T times finer still, 32 T^2 / tr
+    points) grow faster than any one of them."""
+    n_basis = fir_delays if hrf == "fir" else 1 + hrf.count("+")
+    n_inputs = sum(len(inputs[name][1]) if name in inputs else 1 for name in conditions) or 1
+    kernel = max(32.0 * T / tr, (fir_delays * T) if hrf == "fir" else 0) + T  # bins of one basis function
+    grid = n_scans * T + 32 + 24.0 * T / tr  # bins of one regressor before sampling (nilearn starts 24 s early)
+    n_columns = n_inputs * n_basis + n_other + 1  # (n_other: confounds and drifts)
+    nbytes = 8 * (kernel * n_basis + 2 * (grid + kernel) + grid * n_inputs + 2 * n_scans * n_columns)
+    if spm_grid and hrf != "fir":  # spm_hrf's fine grid: a few float64 temporaries of 32 T^2 / tr points
+        nbytes = max(nbytes, 8 * 5 * (32.0 * T * T / tr + 1))
+    check_memory(nbytes, f"the design ({n_scans:,} scans x {n_columns:,} columns at most, TR {tr:g} s, "
+                 f"{T} microtime bins a scan, {n_basis} basis function(s))", None,
+                 "Check the number of scans, the TR, the microtime resolution and the FIR delays.")  # fmt: skip
+
+
 def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: str, T: int, T0: int, fir_delays: int):
     """Each condition's regressors on SPM's microtime grid: ``[(name, kind, column), ...]``, in SPM's order
     (each input of the condition, see :func:`_parametric`, convolved with each basis function)."""
@@ -613,8 +633,13 @@ def make_design(
         raise InputError(f"`microtime_onset` (SPM's T0, 1-based) must lie in 1..{T}; got {microtime_onset}.")
     if hrf == "fir" and (isinstance(fir_delays, bool) or not isinstance(fir_delays, (int, np.integer)) or fir_delays < 1):
         raise InputError(f"`fir_delays` must be a positive number of one-TR windows; got {fir_delays!r}.")
+    if hrf == "fir" and fir_delays > n_scans:
+        raise InputError(f"`fir_delays` ({fir_delays}) must be at most the number of scans ({n_scans}): each delay "
+                         "is a one-TR window of the run.")  # fmt: skip
     if drift == "polynomial" and (not isinstance(drift_order, (int, np.integer)) or drift_order < 1):
         raise InputError(f"`drift_order` must be a positive integer; got {drift_order!r}.")
+    if drift == "polynomial" and drift_order >= n_scans:
+        raise InputError(f"`drift_order` ({drift_order}) must be less than the number of scans ({n_scans}).")
     if hrf not in HRF_MODELS:
         raise InputError(f"`hrf` must be one of {', '.join(HRF_MODELS)}; got {hrf!r}.")
     if units not in ("secs", "scans"):
@@ -632,6 +657,13 @@ def make_design(
                       for name, ev in conditions.items()}  # fmt: skip
     _check_timing(conditions, n_scans * tr, n_scans, tr)
     inputs = _parametric(conditions, modulators)
+    if drift == "cosine":
+        n_drifts = min(math.floor(2 * n_scans * tr / parse_high_pass(high_pass)), n_scans - 1)
+    else:
+        n_drifts = int(drift_order) if drift == "polynomial" else 0
+    n_confounds = 0 if confounds is None else len(confounds[1])
+    _check_design_memory(conditions, inputs, tr, n_scans, hrf, 50 if convolution == "nilearn" else T, int(fir_delays),
+                         n_confounds + n_drifts, spm_grid=convolution == "spm")  # fmt: skip
 
     if convolution == "nilearn":
         regressors = _nilearn_columns(conditions, tr, n_scans, hrf, float(slice_time_ref or 0.0), int(fir_delays))

@@ -69,6 +69,8 @@ def read_table(path) -> tuple[list[str], list[list[str]]]:
             rows = [r for r in csv.reader(fh, delimiter=sep) if any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"design {path}: not a text table ({exc}).") from None
+    except OSError as exc:
+        raise InputError.from_os_error(exc, path, "design") from None
     if not rows:
         raise InputError(f"design {path} is empty; it needs a header line and one row per input map.")
     names = [h.strip() for h in rows[0]]

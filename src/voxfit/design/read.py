@@ -37,6 +37,8 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
             rows = [r for r in csv.reader(fh, delimiter=sep) if r]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"design {path}: not a text table ({exc}).") from None
+    except OSError as exc:  # unreadable (permissions), a folder...: the system's reason, exit status 2
+        raise InputError.from_os_error(exc, path, "design") from None
     if not rows or not any(h.strip() for h in rows[0]):
         raise InputError(f"design {path} is empty; it needs a header line of column names and one row per scan.")
     names = [h.strip() for h in rows[0]]

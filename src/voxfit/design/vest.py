@@ -27,6 +27,8 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
         raise InputError(f"{what} {path}: not a text file (is it an FSL VEST file?).") from None
+    except OSError as exc:
+        raise InputError.from_os_error(exc, path, what) from None
     header: dict[str, str] = {}
     rows: list[list[float]] = []
     in_matrix = False

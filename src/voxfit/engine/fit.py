@@ -14,6 +14,7 @@ from threadpoolctl import ThreadpoolController
 
 from .._array import check_array_like
 from .._dask import run_tasks
+from .._memory import check_memory
 from .._progress import Progress
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
@@ -139,6 +140,9 @@ def fit(
             stacklevel=2,
         )
 
+    # the results (betas p x V and per-voxel sums) exist whole, whatever the blocks: p comes from a design file
+    check_memory(8 * V * (p + 3), f"the fit's results ({p:,} design columns x {V:,} voxels)", None,
+                 "Give a design with fewer columns, or a smaller mask.")  # fmt: skip
     out = empty_result(p, V)
     if device not in (None, "cpu"):
         return _fit_on_device(design, Y, device, block)

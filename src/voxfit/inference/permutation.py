@@ -31,11 +31,12 @@ from numpy.typing import NDArray
 
 from .._array import check_array_like, working_dtype
 from .._dask import run_tasks
+from .._memory import check_memory
 from .._progress import Progress
 from ..core import check_contrast, factorize
 from ..core.design import orthonormal_basis
 from ..exceptions import InputError
-from .shuffles import Shuffles, make_shuffles
+from .shuffles import Shuffles, count_shuffles, make_shuffles
 
 __all__ = ["PermutationResult", "partition", "permutation_test"]
 
@@ -185,6 +186,14 @@ def permutation_test(
     if scheme == "permute" and tests_mean:
         raise InputError(f"contrast {label!r} tests the mean (the constant is part of the effect), which permuting "
                          "rows cannot change; use sign-flips (scheme 'flip' or 'auto').")  # fmt: skip
+    if not isinstance(n_permutations, bool) and isinstance(n_permutations, (int, np.integer)) and n_permutations > 0:
+        # the table of shuffles (N x n) and the null distributions (N each) are whole-run: they must fit memory
+        N = min(int(n_permutations), count_shuffles(scheme, np.column_stack([U, Qz]), blocks, whole_blocks))
+        # with the maps' float64 working copies (the data and their residuals, n x V each)
+        check_memory(N * (design.n_scans * (8 if scheme == "permute" else 3) + 64) + 16 * Y.shape[0] * Y.shape[1],
+                     f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {design.n_scans} maps "
+                     f"({Y.shape[1]:,} voxels)", None,
+                     "Ask for fewer permutations (5000 to 10000 are usual).")  # fmt: skip
     shuffles = make_shuffles(scheme, np.column_stack([U, Qz]), n_permutations, blocks=blocks,
                              whole_blocks=whole_blocks, seed=seed)  # fmt: skip
 
@@ -226,6 +235,10 @@ def permutation_test(
     batch = N if (runner.flips and not need_maps) else int(max(1, min(1024, max_memory // per_shuffle)))
     if runner.on_device:  # one product per batch, the (batch, V) keys on the device
         batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
+    # each batch holds the maxima of every tile of voxels for every shuffle (and maps of batch x V with clusters)
+    check_memory(batch * (len(runner.tiles) * np.dtype(dtype).itemsize + (4 * V if need_maps else 0) + 64),
+                 f"a batch of {batch:,} shuffles x {V:,} voxels", None,
+                 "Ask for fewer permutations, or give a smaller mask.")  # fmt: skip
     counts = np.zeros(V, dtype=np.int64)
     null_max = np.empty(N)
     null_max[0] = np.nanmax(stat) if np.isfinite(stat).any() else np.nan

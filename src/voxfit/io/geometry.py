@@ -7,6 +7,7 @@ geometry, and how to write maps (k x n_elements) in the input's format.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class VolumeGeometry(Geometry):
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(int(n) for n in self.shape)  # Python integers: a NIfTI-2 header's 2^31-cubed does not wrap
 
     def _check_same(self, other: VolumeGeometry, what: str) -> None:
         if tuple(other.shape) != tuple(self.shape):

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import type_name
+from .._memory import check_memory
 from .._progress import Progress
 from ..exceptions import InputError
 from .geometry import Geometry
@@ -103,6 +104,7 @@ def check_mask(mask, name: str = "mask") -> None:
 def gather(reader, index: NDArray[np.intp], progress: bool | None = None, globals_=None) -> NDArray:
     """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass
     (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, when given)."""
+    _check_gathered(reader, index.size)
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
     bar = Progress("reading", reader.n_scans, enabled=progress)
     for start, block in reader.iter_scans():
@@ -112,6 +114,15 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
         bar.update(start + block.shape[0])
     bar.close()
     return out
+
+
+def _check_gathered(reader, n_columns: int) -> None:
+    """The data of `n_columns` elements of every scan, gathered in memory, fit the memory there is (the number
+    of scans is a header's claim until the data are read)."""
+    nbytes = int(reader.n_scans) * int(n_columns) * np.dtype(reader.dtype).itemsize
+    source = reader.paths[0] if reader.paths else "the data in memory"
+    check_memory(nbytes, f"{source}: {reader.n_scans:,} scans x {n_columns:,} voxels in memory", None,
+                 "Give --max-memory (`max_memory`) to stream the data from disk, or a smaller mask.")  # fmt: skip
 
 
 def _scaled(block: NDArray, scale) -> NDArray:
@@ -258,6 +269,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
         auto.add(block, globals_=None if globals_ is None else globals_.add(start, block))
         if out is None:
             cand_index = np.flatnonzero(auto.candidates)
+            _check_gathered(reader, cand_index.size)
             out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
         np.take(block, cand_index, axis=1, out=out[start : start + block.shape[0]])
         bar.update(start + block.shape[0])

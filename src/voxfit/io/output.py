@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..exceptions import InputError
+from ..exceptions import DISK_FULL, InputError
 
 __all__ = ["OutputFolder", "before_commit", "disk_error", "exclusive_file", "make_folder", "remove_made_folders",
            "sanitize_label", "stat_maps", "statmap_name", "write_file_atomically", "write_stats"]
@@ -44,7 +44,6 @@ _MARKER = "voxfit-run.json"  # inside a hidden folder: the host and process that
 _BACKUP = ".replaced"  # inside a hidden folder: what the commit replaced, until it has succeeded
 _BEFORE_COMMIT: contextvars.ContextVar[tuple] = contextvars.ContextVar("voxfit_before_commit", default=())
 COMMITTED: list[Path] = []  # every folder committed in this process (the CLI tells an interrupt after one)
-_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 
 
 @contextlib.contextmanager
@@ -61,10 +60,9 @@ def before_commit(fn):
 
 def disk_error(exc: BaseException, path) -> InputError | None:
     """A full disk (or quota) is bad input: the one-line error naming the device and the file being written."""
-    if not isinstance(exc, OSError) or exc.errno not in _DISK_FULL:
+    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL:
         return None
-    what = "no space left on device" if exc.errno == errno.ENOSPC else os.strerror(exc.errno).lower()
-    return InputError(f"{what} while writing {path}; free some space or choose another output.")
+    return InputError.from_os_error(exc, path)
 
 
 def exclusive_file(folder, name: str) -> tuple[int, Path]:
@@ -141,7 +139,7 @@ def make_folder(path) -> list[Path]:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, no permission, a full disk...
         remove_made_folders(made)
-        raise disk_error(exc, path) or InputError(f"cannot create the folder {path}: {exc.strerror or exc}.") from None
+        raise disk_error(exc, path) or InputError(f"cannot write to output folder {path}: {exc.strerror or exc}.") from None
     return made
 
 

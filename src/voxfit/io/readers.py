@@ -23,13 +23,22 @@ is refused by :func:`check_data` with one sentence naming the argument and the t
 
 Uncompressed files are read through memory maps, a slab of scans at a time; compressed NIfTI is decompressed
 with the fastest gzip available, a slab of scans at a time, so the whole 4-D image is never in memory.
+
+Sizes in headers are never trusted (hostile or broken files): every reader checks, before it allocates
+anything of that size, that its dimensions are positive, that the file can hold what the header promises
+(an uncompressed file by its size; a gzip stream can expand at most ``GZIP_MAX_RATIO`` times, and is checked
+as it is read: it must end exactly where the header says) and that one scan's working arrays fit the memory
+there is (:func:`check_scan_memory`); the data gathered in memory are checked in :mod:`voxfit.io.masking`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import queue
+import re
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,14 +49,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import type_name, working_dtype
+from .._memory import check_memory
 from ..exceptions import InputError
 from ._gzip import open_gzip
 from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .scans import expand_run
 
 __all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "MemoryInput", "NiftiReader", "NpyReader",
-           "VolumeImageReader", "VolumeListReader", "check_data", "is_image", "open_map", "open_reader", "read_mesh",
-           "source_label"]  # fmt: skip
+           "VolumeImageReader", "VolumeListReader", "check_data", "check_readable", "check_scan_memory", "is_image",
+           "open_map", "open_reader", "read_mesh", "source_label"]  # fmt: skip
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -71,14 +81,41 @@ def _kind(path: Path) -> str:
                      ".dscalar.nii, .npy, .zarr or .h5).")  # fmt: skip
 
 
+def check_readable(path: Path, what: str = "") -> None:
+    """Open `path` once for reading, so that a file that is missing, unreadable (permissions) or a folder is
+    refused with the system's reason, not reported later as some other fault (nibabel calls an unreadable
+    file "Cannot work out file type"). A pipe or a device is refused unopened: opening a pipe waits forever."""
+    label = f"{what} {path}" if what else str(path)
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{label}: is a folder, where a file is expected.")
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{label}: not a regular file (a pipe, socket or device); give an image file.")
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError.from_os_error(exc, path, what) from None
+
+
 def _load(path: Path):
     """nibabel's image object for `path`, with its errors turned into one-line InputErrors."""
     if not path.exists():
         raise InputError(f"{path}: no such file.")
+    check_readable(path)
     try:
         return nib.load(str(path))
+    except OSError as exc:
+        if exc.errno is not None:  # the system's refusal (permissions, I/O): its reason
+            raise InputError.from_os_error(exc, path) from None
+        raise _unreadable(path, exc) from None
     except Exception as exc:  # nibabel raises many types for unreadable files
-        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}).") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    first = str(exc).splitlines()[0] if str(exc) else "corrupt"
+    return InputError(f"{path}: not a readable image ({type(exc).__name__}: {first}).")
 
 
 def _scale(proxy) -> tuple[float, float] | None:
@@ -90,6 +127,80 @@ def _scale(proxy) -> tuple[float, float] | None:
 
 
 READ_CHUNK = 1 << 20  # bytes per read call (see _read_into)
+
+# Deflate expands at most 1032:1 (258 bytes from a 2-bit code, plus block overhead; Mark Adler, zlib FAQ), so a
+# gzip file of n bytes holds at most ~1032 n bytes of data, whatever its header says; a margin for small files.
+GZIP_MAX_RATIO = 1032
+GZIP_MARGIN = 1 << 16
+
+# Working memory per element of one scan while reading (io.masking.gather_auto, AutoMask): three rotating slab
+# buffers (compressed files; else one slab) and the first scan in the stored type, six boolean vectors and an
+# index (8 bytes) per element.
+SCAN_BUFFERS = 4
+SCAN_OVERHEAD = 14
+
+
+def check_scan_memory(reader, source: str, max_memory=None) -> None:
+    """Refuse a reader whose single scan (with the per-element arrays of the automatic mask) cannot fit the
+    memory there is (or `max_memory`), before any of it is allocated: a header's dimensions are only claims."""
+    nel = int(reader.geometry.n_elements)
+    parts = [reader, *getattr(reader, "_readers", ())]  # (a list of 3-D files: any compressed one)
+    buffers = SCAN_BUFFERS if any(getattr(r, "_compressed", False) for r in parts) else 2  # else: a slab and a copy
+    need = nel * (buffers * np.dtype(reader.dtype).itemsize + SCAN_OVERHEAD)
+    check_memory(need, f"{source}: one scan of {nel:,} elements (as its header says)", max_memory,
+                 "Check the file's dimensions; voxfit reads one scan at a time, so one scan must fit.")  # fmt: skip
+
+
+def _check_file_holds(path: Path, img) -> None:
+    """An uncompressed image file holds at least what its header promises (a gzip file at most expands
+    GZIP_MAX_RATIO times)."""
+    proxy = img.dataobj
+    if not hasattr(proxy, "offset"):
+        return
+    need = int(proxy.offset) + int(np.prod([int(n) for n in img.shape], dtype=object)) * np.dtype(proxy.dtype).itemsize
+    have = path.stat().st_size
+    limit = GZIP_MAX_RATIO * have + GZIP_MARGIN if path.name.lower().endswith(".gz") else have
+    if need > limit:
+        raise InputError(f"{path}: file is truncated ({have:,} bytes; the header promises {need:,}).")
+
+
+_GIFTI_ARRAY = re.compile(rb"<DataArray\b([^>]*)>")
+_GIFTI_DIM = re.compile(rb'\bDim\d+\s*=\s*"\s*(-?\d+)\s*"')
+
+
+def _check_gifti_sizes(path: Path) -> None:
+    """The data arrays a GIFTI file declares (its DataArray tags' Dim0, Dim1...) fit the memory there is, before
+    nibabel decodes them (a compressed array expands up to GZIP_MAX_RATIO times its text); dimensions must be
+    positive. Bounded by the file: the tags are read, not the data."""
+    if not path.is_file():
+        return
+    check_readable(path)
+    total = 0
+    if path.stat().st_size == 0:
+        return  # (nibabel refuses it)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as text:  # no copy of the file
+        for tag in _GIFTI_ARRAY.finditer(text):
+            dims = [int(d) for d in _GIFTI_DIM.findall(tag.group(1))]
+            _check_dimensions(path, dims)
+            total += int(np.prod(dims, dtype=object)) * 8 if dims else 0  # (decoded, then as float64 at most)
+    check_memory(total, f"{path}: the data arrays its header declares", None,
+                 "Check the file's dimensions (DataArray Dim0, Dim1).")  # fmt: skip
+
+
+def _check_dimensions(path, shape) -> None:
+    if any(int(n) < 1 for n in shape):
+        raise InputError(f"{path}: the header gives dimensions {tuple(int(n) for n in shape)}; every dimension must be "
+                         "a positive whole number (a broken or hostile header).")  # fmt: skip
+
+
+def _check_numeric(path, dtype, header=None) -> None:
+    """Refuse stored types that are not real numbers: RGB, complex, structured."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf" or dtype.fields is not None:
+        # NIfTI's name for it (RGB, complex64...), else numpy's
+        label = header.get_value_label("datatype") if isinstance(header, nib.analyze.AnalyzeHeader) else str(dtype)
+        raise InputError(f"{path}: the data type is {label}; voxfit fits real numbers (integer or float data; "
+                         "convert RGB or complex images to one real value per voxel first).")  # fmt: skip
 
 
 def _ramped(n: int, k: int) -> Iterator[tuple[int, int]]:
@@ -180,6 +291,7 @@ class NiftiReader:
         if not isinstance(img, nib.analyze.AnalyzeImage) or isinstance(img, nib.Cifti2Image):
             raise InputError(f"{self.path}: not a NIfTI or Analyze volume image.")
         shape = img.shape
+        _check_dimensions(self.path, shape)
         if len(shape) == 3 or (len(shape) == 4 and allow_3d and shape[3] == 1):
             if not allow_3d:
                 raise InputError(
@@ -191,6 +303,7 @@ class NiftiReader:
         else:
             raise InputError(f"{self.path}: expected a 4-D image (x, y, z, scans); got shape {shape}.")
         proxy = img.dataobj
+        _check_numeric(self.path, proxy.dtype, img.header)
         self.geometry = VolumeGeometry(tuple(int(s) for s in shape[:3]), img.affine.astype(np.float64), img.header)
         self.n_scans = int(n_scans)
         self._file_dtype = np.dtype(proxy.dtype)
@@ -202,11 +315,21 @@ class NiftiReader:
         self._compressed = self._image_file.name.lower().endswith(".gz")
         if proxy.order != "F":
             raise InputError(f"{self.path}: unsupported data layout (order {proxy.order}).")
-        if not self._compressed:
-            need = self._offset + self.n_scans * self.geometry.n_elements * self._file_dtype.itemsize
-            have = self._image_file.stat().st_size
-            if have < need:
-                raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
+        if self._image_file != self.path:  # an Analyze/NIfTI pair: the .img must be there and readable
+            if not self._image_file.exists():
+                raise InputError(f"{self._image_file}: no such file (the data of {self.path}); keep the .img beside "
+                                 "its .hdr, with the same name.")  # fmt: skip
+            check_readable(self._image_file, "image data")
+        self._data_bytes = self.n_scans * self.geometry.n_elements * self._file_dtype.itemsize
+        need = self._offset + self._data_bytes
+        have = self._image_file.stat().st_size
+        if not self._compressed and have < need:
+            raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
+        if self._compressed and need > GZIP_MAX_RATIO * have + GZIP_MARGIN:
+            most = GZIP_MAX_RATIO * have + GZIP_MARGIN
+            raise InputError(f"{self._image_file}: the header promises {need:,} bytes ({' x '.join(map(str, shape))} "
+                             f"{self._file_dtype}) but {have:,} bytes of gzip can hold at most {most:,}; the file is "
+                             "truncated or its header is wrong.")  # fmt: skip
 
     def column_source(self, index=None) -> ColumnSource | None:
         """The data by columns (None for a compressed file: it can only be read front to back)."""
@@ -245,13 +368,19 @@ class NiftiReader:
         def produce():
             try:
                 with open_gzip(self._image_file) as fh:
-                    _read_into(fh, np.empty(self._offset, dtype=np.uint8), self._image_file)
+                    skip = np.empty(min(self._offset, READ_CHUNK), dtype=np.uint8)
+                    for done in range(0, self._offset, READ_CHUNK):  # (a header's offset: skipped, never allocated)
+                        _read_into(fh, skip[: min(READ_CHUNK, self._offset - done)], self._image_file)
                     for start, count in _ramped(self.n_scans, k):
                         buf = free.get()
                         if stop.is_set():
                             return
                         _read_into(fh, buf[:count], self._image_file)
                         full.put((start, buf, count))
+                    if fh.read(1):  # (reading on to the end also checks the gzip trailer: CRC and length)
+                        raise InputError(f"{self._image_file}: the gzip stream holds more data than the header "
+                                         f"describes ({self._offset + self._data_bytes:,} bytes); the header is wrong "
+                                         "or the file is corrupt.")  # fmt: skip
                 full.put(None)
             except InputError as exc:
                 full.put(exc)
@@ -355,6 +484,8 @@ class GiftiReader(_RowsReader):
         arrays, meta, self.paths, memory = [], {}, [], []
         for p in paths:
             in_memory = isinstance(p, nib.gifti.GiftiImage)
+            if not in_memory:
+                _check_gifti_sizes(Path(p))
             img = p if in_memory else _load(Path(p))
             p = "in-memory GiftiImage" if in_memory else Path(p)
             if not isinstance(img, nib.gifti.GiftiImage):
@@ -407,6 +538,10 @@ class CiftiReader:
             if models is not None and axis != models:
                 raise InputError(f"{p} has different CIFTI brain models from the first input.")
             models = axis
+            if not in_memory:
+                _check_dimensions(p, img.shape)
+                _check_numeric(p, img.get_data_dtype())
+                _check_file_holds(p, img)
             self._imgs.append(img)
             if in_memory:
                 memory.append(_memory_input(img, np.asanyarray(img.dataobj)))
@@ -444,9 +579,10 @@ class NpyReader(_RowsReader):
         for p in self.paths:
             if not p.exists():
                 raise InputError(f"{p}: no such file.")
+            check_readable(p)
             try:
                 arrays.append(np.load(p, mmap_mode="r", allow_pickle=False))
-            except (ValueError, OSError) as exc:
+            except (ValueError, OSError, EOFError) as exc:
                 raise InputError(f"{p}: not a readable .npy array ({exc}).") from None
         if len(arrays) == 1 and arrays[0].ndim == 2:
             self._data = arrays[0]
@@ -566,6 +702,7 @@ class ChunkedArrayReader(_RowsReader):
         self._data = _open_zarr(location, name) if kind == "zarr" else _open_hdf5(location, name)
         if len(self._data.shape) != 2:
             raise InputError(f"{text}: the array has shape {tuple(self._data.shape)}; give a 2-D array (rows, columns).")
+        _check_dimensions(text, self._data.shape)
         self.dtype = np.dtype(self._data.dtype).newbyteorder("=")
         if self.dtype.kind not in "iuf":
             raise InputError(f"{text}: data must be numeric; got {self.dtype}.")
@@ -605,6 +742,7 @@ def _open_hdf5(location: str, name: str):
         import h5py
     except ImportError:
         raise InputError(f"{location}: reading HDF5 needs the h5py package: pip install 'voxfit[hdf5]'.") from None
+    check_readable(Path(location))
     try:
         f = h5py.File(location, "r")
     except OSError as exc:
@@ -807,10 +945,13 @@ def open_reader(paths, name: str = "inputs"):
         raise InputError(f"the inputs mix file types ({', '.join(sorted(kinds))}); give files of one type.")
     kind = kinds.pop()
     if kind == "nifti":
-        return NiftiReader(paths[0]) if len(paths) == 1 else VolumeListReader(paths)
-    if kind in ("zarr", "hdf5"):
-        return ChunkedArrayReader(paths, kind)
-    return {"gifti": GiftiReader, "cifti": CiftiReader, "npy": NpyReader}[kind](paths)
+        reader = NiftiReader(paths[0]) if len(paths) == 1 else VolumeListReader(paths)
+    elif kind in ("zarr", "hdf5"):
+        reader = ChunkedArrayReader(paths, kind)
+    else:
+        reader = {"gifti": GiftiReader, "cifti": CiftiReader, "npy": NpyReader}[kind](paths)
+    check_scan_memory(reader, str(paths[0]))
+    return reader
 
 
 def _file_of(img) -> Path | None:
@@ -854,4 +995,8 @@ def open_map(path):
     if is_image(path):
         return _image_reader([path], "mask")
     path = Path(path)
-    return NiftiReader(path, allow_3d=True) if _kind(path) == "nifti" else open_reader([path])
+    if _kind(path) != "nifti":
+        return open_reader([path])
+    reader = NiftiReader(path, allow_3d=True)
+    check_scan_memory(reader, str(path))
+    return reader

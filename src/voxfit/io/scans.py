@@ -68,7 +68,9 @@ def _from_pattern(pattern: str) -> list[Path]:
 def _from_list(path: Path) -> list[Path]:
     try:
         lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise InputError.from_os_error(exc, path, "list of scans") from None
+    except UnicodeDecodeError as exc:
         raise InputError(f"{path}: cannot read this list of scans ({type(exc).__name__}).") from None
     scans = []
     for number, line in enumerate(lines, 1):

@@ -153,6 +153,13 @@ class _Volume:
             import nibabel as nib
             from nibabel.processing import resample_from_to
 
+            if str(anatomy).lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz")):
+                from ..io.readers import open_map
+
+                try:  # its header's sizes checked against the file and memory before nibabel reads it
+                    open_map(anatomy)
+                except InputError as exc:
+                    raise InputError(f"background image {exc}") from None
             try:
                 img = nib.load(str(anatomy))
                 data = np.asarray(resample_from_to(img.slicer[..., 0] if img.ndim == 4 else img, (self.shape, self.affine), order=1).dataobj)

@@ -49,6 +49,7 @@ from ..io import (
     statmap_name,  # fmt: skip
 )
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from ..io.masking import keep_columns
 from .glm import columns_on_workers, contrast_items, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
@@ -242,16 +243,21 @@ class SecondLevel:
     def _load(self, paths, progress):
         """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
         ds = load(paths, self.mask, mask_threshold=None, progress=progress, name="inputs")  # maps of effects: no intensity rule
-        Y, masker = np.asarray(ds.data), ds.masker
+        Y = maps = np.asarray(ds.data)
+        masker = ds.masker
         if self.paired:
             half = Y.shape[0] // 2
             Y = Y[:half] - Y[half:]
         if self.mask is None:  # voxels valid in every map: finite (already) and non-zero
-            keep = np.all(np.asarray(ds.data) != 0, axis=0)
+            keep = np.ones(Y.shape[1], dtype=bool)
+            for row in maps:  # a map at a time: no (n, V) boolean temporary
+                keep &= row != 0
             if not keep.all():
                 full = masker.mask.copy()
                 full[masker.mask] = keep
-                masker, Y = Masker(masker.geometry, full), Y[:, keep]
+                # the kept columns moved within Y's own buffer (Y is ours: no second copy of the maps)
+                Y = keep_columns(Y, np.flatnonzero(keep))
+                masker = Masker(masker.geometry, full)
             if masker.n_voxels == 0:
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return Y, masker

@@ -419,7 +419,6 @@ def _run_runs(args, argv) -> int:
 
 
 def _run_group(args, argv, progress) -> int:
-    from ._memory import parse_memory
     from .models import SecondLevel
 
     if args.two_sample and not args.design:
@@ -432,7 +431,7 @@ def _run_group(args, argv, progress) -> int:
         fts=args.fts, grp=args.grp, whole_blocks=args.permute_blocks, mask=args.mask, permutations=args.permutations,
         seed=args.seed, scheme=args.scheme, tfce=args.tfce, tfce_E=args.tfce_E, tfce_H=args.tfce_H,
         cluster_threshold=args.cluster_threshold, connectivity=args.connectivity, mesh=args.mesh,
-        max_memory=parse_memory(args.max_memory) if args.max_memory else 256 << 20, n_jobs=args.n_jobs,
+        max_memory=args.max_memory, n_jobs=args.n_jobs,
         scheduler=args.scheduler, device=args.device,
     )  # fmt: skip
     result = model.fit(args.inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import _memory
 from .._array import working_dtype
 from .._progress import Progress
 from ..core import check_contrast, factorize, make_fit
@@ -37,7 +38,7 @@ from .memory import parse_memory
 
 __all__ = ["fit_streaming", "streaming_bytes"]
 
-RESERVED = 256 << 20  # of the cap, for the interpreter and the libraries (see the module docstring)
+RESERVED = _memory.RESERVED  # of the cap, for the interpreter and the libraries (see the module docstring)
 SUMS_BLOCK = 8192  # voxels per fit from the sums
 TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
 

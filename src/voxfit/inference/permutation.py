@@ -226,7 +226,8 @@ def permutation_test(
     runner = _NullRunner(E, tiles, basis, shuffles, np.where(valid, ee, 1.0).astype(dtype), okey, float(dof), q, is_t,
                          valid, adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device)  # fmt: skip
     del E, ee
-    batch = batch_size(V, N, r, tile, need_maps, flips, max_memory, np.dtype(dtype).itemsize, n_jobs)
+    # (half of the budget for the batch when the sign-flip tables may take the other half)
+    batch = batch_size(V, N, r, tile, need_maps, flips, max_memory // 2 if flips else max_memory, np.dtype(dtype).itemsize, n_jobs)
     if runner.on_device:  # one product per batch, the (batch, V) keys on the device
         batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
     counts = np.zeros(V, dtype=np.int64)

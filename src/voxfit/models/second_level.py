@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .._dask import dask_client
-from .._memory import needs_streaming, parse_memory
+from .._memory import RESERVED, needs_streaming, parse_memory, size_text
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
@@ -94,8 +94,11 @@ class SecondLevel:
     FSL VEST files (t contrasts, F tests of them, exchangeability blocks); permutations: 0 for parametric
     inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
     'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
-    neighbours of surface data; max_memory: bytes for one batch of permutations, and the cap above which a
-    parametric model (no permutations) is fitted in one pass over the data, keeping per-voxel sums only;
+    neighbours of surface data; max_memory: a cap on the whole process (see :func:`group_memory` for how it
+    is split): a parametric model (no permutations) of maps over half of what it leaves beside the
+    interpreter is fitted in one pass over the data, keeping per-voxel sums only; a model with permutations,
+    clusters or TFCE that it cannot hold is refused before the maps are read, naming the size that would
+    (None: no cap; batches of shuffles of 256 MiB);
     scheduler: a dask.distributed Client or scheduler address to run the fit and the shuffles on a cluster.
     Without permutations and `paired`, maps in a Zarr or HDF5 array, a .npy or uncompressed NIfTI (one 4-D
     file or 3-D files) are read by the workers, a block of voxels per task, for the group mask and for the
@@ -125,7 +128,7 @@ class SecondLevel:
     cluster_threshold: float | None = None
     connectivity: int = 6
     mesh: object = None
-    max_memory: int | str = 256 << 20
+    max_memory: int | str | None = None
     n_jobs: int | None = None
     scheduler: object = None
     device: str | None = None
@@ -137,6 +140,8 @@ class SecondLevel:
         if isinstance(data, list) and len(data) == 1:
             data = data[0]
         check_mask(self.mask)
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)
         if self.permutations < 0 or isinstance(self.permutations, bool):
             raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
@@ -150,13 +155,19 @@ class SecondLevel:
                 paths = data = ordered
                 reader = open_reader(data, "inputs")
             parametric = not self.permutations and not self.paired
+            batch_bytes = DEFAULT_BATCH_BYTES
+            # without permutations, maps over half the cap are streamed, unless clusters need them in memory
+            streamed = (parametric and self.cluster_threshold is None
+                        and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory))  # fmt: skip
+            if self.max_memory is not None and not streamed and self.scheduler is None and self.device in (None, "cpu"):
+                batch_bytes = self._plan(reader, d)
             on_workers = None
             if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
                 # task, twice (for the mask, then for the fit, in the local fit's blocks: identical numbers)
                 on_workers = columns_on_workers(reader, self.mask, self.scheduler, nonzero=True)
             if on_workers is not None:
                 Y, masker = on_workers
-            elif parametric and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
+            elif streamed:
                 return self._fit_streamed(data, paths, d, reader, out, progress, command)
             else:
                 Y, masker = self._load(data, progress)
@@ -180,7 +191,7 @@ class SecondLevel:
                         d.X, Y, expr, names=list(d.names), n_permutations=int(self.permutations), scheme=self.scheme,
                         blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
                         cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H,
-                        max_memory=parse_memory(self.max_memory), progress=progress, name=label, n_jobs=self.n_jobs,
+                        max_memory=batch_bytes, progress=progress, name=label, n_jobs=self.n_jobs,
                         scheduler=scheduler, device=self.device,
                     )  # fmt: skip
             tables = {}
@@ -193,6 +204,35 @@ class SecondLevel:
                             blocks)
                 files = out.commit()
         return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
+
+    def _plan(self, reader, d) -> int:
+        """The bytes a batch of shuffles may take under `max_memory`, or an InputError naming the cap that
+        would hold the run (see :func:`group_memory`), decided before the maps are read: the voxels are
+        those of the --mask, or at most those finite and non-zero in the first map."""
+        if self.mask is not None:
+            from ..io import explicit_mask
+
+            voxels = int(explicit_mask(self.mask, reader.geometry).sum())
+        else:
+            _, first = next(iter(reader.iter_scans(max_bytes=1)))
+            first = np.asarray(first[0])
+            voxels = int(np.count_nonzero(np.isfinite(first) & (first != 0)))
+        items = self._contrast_items(d.names, d.X.shape[1])
+        plan = group_memory(parse_memory(self.max_memory), reader.n_scans, voxels, np.dtype(reader.dtype).itemsize,
+                            n_columns=d.X.shape[1], n_contrasts=len(items), permutations=int(self.permutations),
+                            paired=self.paired, maps=self.tfce or self.cluster_threshold is not None,
+                            connectivity=self.connectivity, n_elements=reader.geometry.n_elements)  # fmt: skip
+        if plan["batch"] < plan["one_shuffle"]:
+            parts = (f"{size_text(RESERVED)} for the interpreter, {size_text(plan['maps'])} for the maps"
+                     + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
+                     + f", {size_text(plan['results'])} for per-voxel results"
+                     + (f", {size_text(plan['neighbours'])} for clusters and TFCE" if plan["neighbours"] else "")
+                     + (f" and {size_text(plan['one_shuffle'])} for a batch of shuffles" if self.permutations else ""))  # fmt: skip
+            what = "permutations" if self.permutations else "clusters" if self.cluster_threshold is not None else "this model"
+            raise InputError(f"`max_memory`={self.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
+                             f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
+                             "voxels (--mask).")  # fmt: skip
+        return plan["batch"]
 
     def _design(self, paths, n_scans: int):
         """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
@@ -404,6 +444,46 @@ class SecondLevel:
             "n_voxels": masker.n_voxels,
             "run": out.run_record(),
         })  # fmt: skip
+
+
+DEFAULT_BATCH_BYTES = 256 << 20  # a batch of shuffles without --max-memory
+# float64 values per voxel held beside the maps: the fit (betas, rss and the like, 2 per column + 8), each
+# contrast's statistics (6) and, with permutations, its results and the engine's working vectors (16), and the
+# maps being written (the inverse of one map over the grid and its -log10 p, per element of the grid)
+RESULT_VALUES = 8
+CONTRAST_VALUES = 6
+PERMUTATION_VALUES = 16
+MAP_SCRATCH = 96  # bytes per voxel per thread of the TFCE and cluster kernels (union-find, order, extents)
+
+
+def group_memory(cap: int, n_maps: int, n_voxels: int, itemsize: int, *, n_columns: int, n_contrasts: int,
+                 permutations: int, paired: bool, maps: bool, connectivity: int, n_elements: int) -> dict:
+    """How a group model splits the cap `cap` (bytes) over `n_voxels` voxels of `n_maps` maps:
+
+    - ``RESERVED`` (256 MiB) for the interpreter and the libraries;
+    - ``maps``: the maps as stored, read once into one (n, V) buffer (with `paired`, also the A - B maps);
+    - ``residuals``: with permutations, the nuisance model's residuals in the working dtype (as big again);
+    - ``results``: per voxel, 8 bytes per value of the fit (2 per design column + 8), of each contrast (6,
+      16 more with permutations) and of the maps being written (8 bytes per element of the grid);
+    - ``neighbours``: with clusters or TFCE, the voxels' neighbours (4 bytes per neighbour, built from
+      pairs of 8-byte indices) and the kernels' scratch (96 bytes per voxel per thread);
+    - ``batch``: the rest, for one batch of shuffles (see ``voxfit.inference.permutation.batch_size``:
+      memory O(batch V)), at least ``one_shuffle``; ``total`` is the cap that holds the run with one.
+    """
+    from ..inference.permutation import _workers
+
+    rows = n_maps + (n_maps // 2 if paired else 0)
+    data = rows * n_voxels * itemsize
+    residuals = (n_maps // (2 if paired else 1)) * n_voxels * max(4, itemsize) if permutations else 0
+    per_voxel = RESULT_VALUES + 2 * n_columns + n_contrasts * (CONTRAST_VALUES + (PERMUTATION_VALUES if permutations else 0))
+    results = 8 * per_voxel * n_voxels + 8 * n_elements
+    neighbours = (4 * connectivity + 16 * connectivity + MAP_SCRATCH * _workers(None)) * n_voxels if maps else 0
+    one = 0
+    if permutations:
+        one = (4 * n_voxels if maps else 0) + 4 * (n_voxels // 32 + 1) + 4 * 64 * 2048 * _workers(None) + (1 << 20)
+    fixed = RESERVED + data + residuals + results + neighbours
+    return {"maps": data, "residuals": residuals, "results": results, "neighbours": neighbours, "one_shuffle": one,
+            "batch": cap - fixed, "total": fixed + one}
 
 
 def design_rows_record(d, paths, paired: bool) -> dict:

@@ -189,6 +189,8 @@ def _get_parser() -> argparse.ArgumentParser:
     report.add_argument("--background", metavar="FILE", help="anatomical image under volume maps (default: the run's mean image)")
     report.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) to draw surface maps on")
     report.add_argument("--p-threshold", type=float, metavar="P", help="show elements at this uncorrected one-sided p instead")
+    report.add_argument("--max-memory", metavar="SIZE", help="bound on the whole process, e.g. 2G: a report it cannot "
+                        "hold is refused before the maps are read, naming the size that would")  # fmt: skip
     _flags(report, "replace an existing report.html")
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
@@ -286,7 +288,7 @@ def _run(args, argv) -> int:
         _check_matplotlib()
     code = _run_fit_group_demo(args, argv, progress)
     if args.report:
-        _write_report(args.output, args.quiet, progress, force=True)
+        _write_report(args.output, args.quiet, progress, force=True, max_memory=args.max_memory)
     return code
 
 
@@ -300,7 +302,7 @@ def _check_matplotlib() -> None:
 def _run_report(args, progress) -> int:
     _check_matplotlib()
     _write_report(args.folder, args.quiet, progress, background=args.background, mesh=args.mesh,
-                  p_threshold=args.p_threshold, force=args.force)  # fmt: skip
+                  p_threshold=args.p_threshold, force=args.force, max_memory=args.max_memory)  # fmt: skip
     return 0
 
 

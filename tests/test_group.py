@@ -214,7 +214,7 @@ def test_group_glm_streamed_from_zarr(tmp_path, rng):
     npt.assert_allclose(streamed.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-5)
     assert (tmp_path / "s" / "contrast-age_stat-t_statmap.npy").exists()
     # clusters need the maps in memory (no streaming): a cap that cannot hold them is refused, naming one that can
-    with pytest.raises(InputError, match=r"`max_memory`='200K' cannot hold clusters .*; give at least 25\dM"):
+    with pytest.raises(InputError, match=r"`max_memory`='200K' cannot hold clusters .*; give at least 6\d\dK"):
         SecondLevel(max_memory="200K", cluster_threshold=3.0, **kw).fit(tmp_path / "maps.zarr")
 
 

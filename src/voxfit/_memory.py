@@ -8,7 +8,7 @@ import re
 
 from .exceptions import InputError
 
-__all__ = ["RESERVED", "needs_streaming", "parse_memory", "size_text"]
+__all__ = ["RESERVED", "needs_streaming", "parse_memory", "reserved_bytes", "size_text"]
 
 # Of a --max-memory cap, kept for the interpreter and the libraries: Python, numpy, scipy, nibabel, numba and
 # its compiled kernels take 170 to 250 MiB resident (measured: 12 MiB for `import voxfit.cli`, 170 MiB once a
@@ -37,6 +37,11 @@ def parse_memory(value: str | float) -> int:
     if not (size > 0 and math.isfinite(size)):
         raise InputError(f"`max_memory` must be a positive size; got {value!r}.")
     return int(size)
+
+
+def reserved_bytes() -> int:
+    """:data:`RESERVED`, read when called (tests set it to 0 to plan kilobyte caps)."""
+    return RESERVED
 
 
 def needs_streaming(n_scans: int, n_elements: int, max_memory) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .._dask import dask_client
-from .._memory import RESERVED, needs_streaming, parse_memory, size_text
+from .._memory import needs_streaming, parse_memory, reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
@@ -223,7 +223,7 @@ class SecondLevel:
                             paired=self.paired, maps=self.tfce or self.cluster_threshold is not None,
                             connectivity=self.connectivity, n_elements=reader.geometry.n_elements)  # fmt: skip
         if plan["batch"] < plan["one_shuffle"]:
-            parts = (f"{size_text(RESERVED)} for the interpreter, {size_text(plan['maps'])} for the maps"
+            parts = (f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan['maps'])} for the maps"
                      + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
                      + f", {size_text(plan['results'])} for per-voxel results"
                      + (f", {size_text(plan['neighbours'])} for clusters and TFCE" if plan["neighbours"] else "")
@@ -481,7 +481,7 @@ def group_memory(cap: int, n_maps: int, n_voxels: int, itemsize: int, *, n_colum
     one = 0
     if permutations:
         one = (4 * n_voxels if maps else 0) + 4 * (n_voxels // 32 + 1) + 4 * 64 * 2048 * _workers(None) + (1 << 20)
-    fixed = RESERVED + data + residuals + results + neighbours
+    fixed = reserved_bytes() + data + residuals + results + neighbours
     return {"maps": data, "residuals": residuals, "results": results, "neighbours": neighbours, "one_shuffle": one,
             "batch": cap - fixed, "total": fixed + one}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .._memory import RESERVED, parse_memory, size_text
+from .._memory import parse_memory, reserved_bytes, size_text
 from .._progress import Progress
 from ..exceptions import InputError
 from ..io import read_mesh, sanitize_label, statmap_name
@@ -492,7 +492,7 @@ REPORT_VOXEL_BYTES = 24 + 12 * 8 + 8
 
 def report_memory(n_elements: int, n_voxels: int, connectivity: int) -> int:
     """A bound on the memory of a report (bytes, the interpreter's reserve included)."""
-    return (RESERVED + REPORT_ELEMENT_BYTES * n_elements
+    return (reserved_bytes() + REPORT_ELEMENT_BYTES * n_elements
             + (REPORT_VOXEL_BYTES + 20 * connectivity) * n_voxels)  # fmt: skip
 
 
@@ -514,8 +514,8 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         need = report_memory(geometry.n_elements, voxels, connectivity if isinstance(geometry, VolumeGeometry) else 6)
         if need > cap:
             raise InputError(f"`max_memory`={max_memory!r} cannot hold the report of {voxels:,} voxels on a grid of "
-                             f"{geometry.n_elements:,} elements ({size_text(RESERVED)} for the interpreter, "
-                             f"{size_text(need - RESERVED)} for the maps, their positions and neighbours); give at "
+                             f"{geometry.n_elements:,} elements ({size_text(reserved_bytes())} for the interpreter, "
+                             f"{size_text(need - reserved_bytes())} for the maps, their positions and neighbours); give at "
                              f"least {size_text(need)}.")  # fmt: skip
     if isinstance(geometry, VolumeGeometry):
         vol = _Volume(geometry)

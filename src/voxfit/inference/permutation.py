@@ -340,11 +340,13 @@ class _NullRunner:
             if self.cluster_threshold is not None:
                 from .clusters import cluster_max
 
-                extent, mass = cluster_max(maps, self.adjacency, self.cluster_threshold, weights=self.weights)
+                with _numba_threads(self.n_jobs):
+                    extent, mass = cluster_max(maps, self.adjacency, self.cluster_threshold, weights=self.weights)
             if self.tfce:
                 from .tfce import tfce_max
 
-                tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
+                with _numba_threads(self.n_jobs):
+                    tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
         return maxima, counts, extent, mass, tfce_max_values
 
     def _run_on_device(self, start: int, stop: int, return_maps: bool = False):
@@ -429,6 +431,23 @@ def _workers(n_jobs) -> int:
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
         raise InputError(f"`n_jobs` must be a positive number of threads; got {n_jobs!r}.")
     return int(n_jobs)
+
+
+@contextmanager
+def _numba_threads(n_jobs):
+    """At most `n_jobs` threads for the TFCE and cluster kernels (each holds O(V) scratch: the memory plans
+    of ``voxfit.SecondLevel`` count them); numba's own default (every CPU) without `n_jobs`."""
+    if n_jobs is None:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(_workers(n_jobs), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design
 from ..design.subjects import pair_by_subject
+from ..engine import default_workers
 from ..engine import fit as fit_engine
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
@@ -155,12 +156,12 @@ class SecondLevel:
                 paths = data = ordered
                 reader = open_reader(data, "inputs")
             parametric = not self.permutations and not self.paired
-            batch_bytes = DEFAULT_BATCH_BYTES
+            batch_bytes, threads = DEFAULT_BATCH_BYTES, self.n_jobs
             # without permutations, maps over half the cap are streamed, unless clusters need them in memory
             streamed = (parametric and self.cluster_threshold is None
                         and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory))  # fmt: skip
             if self.max_memory is not None and not streamed and self.scheduler is None and self.device in (None, "cpu"):
-                batch_bytes = self._plan(reader, d)
+                batch_bytes, threads = self._plan(reader, d)
             on_workers = None
             if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
                 # task, twice (for the mask, then for the fit, in the local fit's blocks: identical numbers)
@@ -191,7 +192,7 @@ class SecondLevel:
                         d.X, Y, expr, names=list(d.names), n_permutations=int(self.permutations), scheme=self.scheme,
                         blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
                         cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H,
-                        max_memory=batch_bytes, progress=progress, name=label, n_jobs=self.n_jobs,
+                        max_memory=batch_bytes, progress=progress, name=label, n_jobs=threads,
                         scheduler=scheduler, device=self.device,
                     )  # fmt: skip
             tables = {}
@@ -205,8 +206,9 @@ class SecondLevel:
                 files = out.commit()
         return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
 
-    def _plan(self, reader, d) -> int:
-        """The bytes a batch of shuffles may take under `max_memory`, or an InputError naming the cap that
+    def _plan(self, reader, d) -> tuple[int, int]:
+        """The bytes a batch of shuffles may take under `max_memory` and the threads of the TFCE and cluster
+        kernels, or an InputError naming the cap that
         would hold the run (see :func:`group_memory`), decided before the maps are read: the voxels are
         those of the --mask, or at most those finite and non-zero in the first map."""
         if self.mask is not None:
@@ -221,7 +223,8 @@ class SecondLevel:
         plan = group_memory(parse_memory(self.max_memory), reader.n_scans, voxels, np.dtype(reader.dtype).itemsize,
                             n_columns=d.X.shape[1], n_contrasts=len(items), permutations=int(self.permutations),
                             paired=self.paired, maps=self.tfce or self.cluster_threshold is not None,
-                            connectivity=self.connectivity, n_elements=reader.geometry.n_elements)  # fmt: skip
+                            connectivity=self.connectivity, n_elements=reader.geometry.n_elements,
+                            n_jobs=self.n_jobs)  # fmt: skip
         if plan["batch"] < plan["one_shuffle"]:
             parts = (f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan['maps'])} for the maps"
                      + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
@@ -232,7 +235,7 @@ class SecondLevel:
             raise InputError(f"`max_memory`={self.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
                              f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
                              "voxels (--mask).")  # fmt: skip
-        return plan["batch"]
+        return plan["batch"], plan["threads"]
 
     def _design(self, paths, n_scans: int):
         """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
@@ -457,7 +460,8 @@ MAP_SCRATCH = 96  # bytes per voxel per thread of the TFCE and cluster kernels (
 
 
 def group_memory(cap: int, n_maps: int, n_voxels: int, itemsize: int, *, n_columns: int, n_contrasts: int,
-                 permutations: int, paired: bool, maps: bool, connectivity: int, n_elements: int) -> dict:
+                 permutations: int, paired: bool, maps: bool, connectivity: int, n_elements: int,
+                 n_jobs: int | None = None) -> dict:
     """How a group model splits the cap `cap` (bytes) over `n_voxels` voxels of `n_maps` maps:
 
     - ``RESERVED`` (256 MiB) for the interpreter and the libraries;
@@ -466,24 +470,30 @@ def group_memory(cap: int, n_maps: int, n_voxels: int, itemsize: int, *, n_colum
     - ``results``: per voxel, 8 bytes per value of the fit (2 per design column + 8), of each contrast (6,
       16 more with permutations) and of the maps being written (8 bytes per element of the grid);
     - ``neighbours``: with clusters or TFCE, the voxels' neighbours (4 bytes per neighbour, built from
-      pairs of 8-byte indices) and the kernels' scratch (96 bytes per voxel per thread);
+      pairs of 8-byte indices) and the kernels' scratch (96 bytes per voxel per thread: ``threads``, up to
+      `n_jobs`, as many as half of what is left holds, at least one);
     - ``batch``: the rest, for one batch of shuffles (see ``voxfit.inference.permutation.batch_size``:
       memory O(batch V)), at least ``one_shuffle``; ``total`` is the cap that holds the run with one.
     """
-    from ..inference.permutation import _workers
-
     rows = n_maps + (n_maps // 2 if paired else 0)
     data = rows * n_voxels * itemsize
     residuals = (n_maps // (2 if paired else 1)) * n_voxels * max(4, itemsize) if permutations else 0
     per_voxel = RESULT_VALUES + 2 * n_columns + n_contrasts * (CONTRAST_VALUES + (PERMUTATION_VALUES if permutations else 0))
     results = 8 * per_voxel * n_voxels + 8 * n_elements
-    neighbours = (4 * connectivity + 16 * connectivity + MAP_SCRATCH * _workers(None)) * n_voxels if maps else 0
+    workers = n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else default_workers()  # (n_jobs checked later)
     one = 0
     if permutations:
-        one = (4 * n_voxels if maps else 0) + 4 * (n_voxels // 32 + 1) + 4 * 64 * 2048 * _workers(None) + (1 << 20)
-    fixed = reserved_bytes() + data + residuals + results + neighbours
+        one = (4 * n_voxels if maps else 0) + 4 * (n_voxels // 32 + 1) + 4 * 64 * 2048 * workers + (1 << 20)
+    fixed = reserved_bytes() + data + residuals + results
+    threads, neighbours = workers, 0
+    if maps:  # the neighbours, and as many kernel threads (up to the workers) as half of what is left holds
+        neighbours = 20 * connectivity * n_voxels
+        scratch = MAP_SCRATCH * n_voxels
+        threads = int(max(1, min(workers, (cap - fixed - neighbours - one) // 2 // scratch)))
+        neighbours += threads * scratch
+    fixed += neighbours
     return {"maps": data, "residuals": residuals, "results": results, "neighbours": neighbours, "one_shuffle": one,
-            "batch": cap - fixed, "total": fixed + one}
+            "batch": cap - fixed, "total": fixed + one, "threads": threads}
 
 
 def design_rows_record(d, paths, paired: bool) -> dict:

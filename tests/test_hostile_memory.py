@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 
 import voxfit
+from voxfit._memory import parse_memory
 
 MiB = 1 << 20
 SRC = str(Path(voxfit.__file__).resolve().parents[1])
@@ -125,7 +126,7 @@ def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
     assert rc == 0, err
     model = json.loads((out / "model.json").read_text())
     assert bool(model["settings"]["noise_details"].get("streamed")) is streamed
-    cap_bytes = voxfit._memory.parse_memory(cap)
+    cap_bytes = parse_memory(cap)
     print(f"fit {which} ({path.stat().st_size / MiB:.0f} MiB) under {cap}: peak {peak / MiB:.0f} MiB")
     assert peak <= cap_bytes
     if streamed:  # the data are larger than the cap itself: only one pass over them fits
@@ -148,7 +149,7 @@ def test_group_parametric_stays_under_the_cap(data, tmp_path, which, cap):
                             tmp_path)  # fmt: skip
     assert rc == 0, err
     print(f"group parametric {which} under {cap}: peak {peak / MiB:.0f} MiB")
-    assert peak <= voxfit._memory.parse_memory(cap)
+    assert peak <= parse_memory(cap)
     assert (tmp_path / "g" / "contrast-intercept_stat-t_statmap.nii.gz").exists()
 
 
@@ -196,7 +197,23 @@ def test_group_refuses_a_cap_that_cannot_hold_the_permutations(data, tmp_path):
                              "--max-memory", "512M", "--quiet"], tmp_path)  # fmt: skip
     assert rc == 2, err
     assert err.count("\n") == 1 and err.startswith("voxfit: error: `max_memory`='512M' cannot hold permutations")
-    need = voxfit._memory.parse_memory(err.split("give at least ")[1].split(",")[0])
+    need = parse_memory(err.split("give at least ")[1].split(",")[0])
     assert need > 512 * MiB
     assert peak < 256 * MiB  # refused before the maps were read
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_runs_fitted_together_are_refused_or_held(data, tmp_path):
+    """Several runs are held in memory at once: a cap too small is refused before reading, naming a size,
+    and that size holds the fit."""
+    design = _design(tmp_path / "design.tsv", 200)
+    args = ["fit", str(data["small"]), str(data["small"]), "--design", str(design), str(design), "--contrast",
+            "t=task", "-o", str(tmp_path / "out"), "--quiet", "--max-memory"]  # fmt: skip
+    rc, peak, err = _voxfit([*args, "512M"], tmp_path, "refused")
+    assert rc == 2 and err.count("\n") == 1 and "cannot hold 2 runs fitted together" in err, err
+    assert peak < 256 * MiB
+    need = err.split("give at least ")[1].split(",")[0]
+    rc, peak, err = _voxfit([*args, need], tmp_path, "held")
+    assert rc == 0, err
+    print(f"2 runs under {need}: peak {peak / MiB:.0f} MiB")
+    assert peak <= parse_memory(need)

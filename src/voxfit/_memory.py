@@ -44,11 +44,13 @@ def reserved_bytes() -> int:
     return RESERVED
 
 
-def needs_streaming(n_scans: int, n_elements: int, max_memory) -> bool:
-    """Whether the data, as float32, would take more than half of what `max_memory` leaves beside
-    :data:`RESERVED` (None: never stream). The other half holds what the in-memory path adds to the data:
-    a scaled copy (``--scaling``), the per-voxel results, the working blocks of the fit and the maps written."""
-    return max_memory is not None and 4 * n_scans * n_elements > (parse_memory(max_memory) - RESERVED) // 2
+def needs_streaming(n_scans: int, n_elements: int, max_memory, itemsize: int = 4) -> bool:
+    """Whether the data, as float32 (or `itemsize` bytes a value, for float64 data), would take more than half
+    of what `max_memory` leaves beside :data:`RESERVED` (None: never stream). The other half holds what the
+    in-memory path adds to the data: a scaled copy (``--scaling``), the per-voxel results, the working blocks
+    of the fit and the maps written."""
+    size = max(4, itemsize) * n_scans * n_elements
+    return max_memory is not None and size > (parse_memory(max_memory) - RESERVED) // 2
 
 
 def size_text(nbytes: int) -> str:

@@ -269,7 +269,7 @@ def fit_images(
             streaming = False if dataset is not None else streaming
         if streaming is None and dataset is None:
             reader = open_reader(inputs, "inputs")
-            streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory)
+            streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory, reader.dtype.itemsize)
         if streaming:
             if scheduler is not None or device not in (None, "cpu"):
                 raise InputError("data larger than --max-memory are read in one sequential pass on the CPU; drop "

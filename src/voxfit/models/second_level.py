@@ -159,7 +159,8 @@ class SecondLevel:
             batch_bytes, threads = DEFAULT_BATCH_BYTES, self.n_jobs
             # without permutations, maps over half the cap are streamed, unless clusters need them in memory
             streamed = (parametric and self.cluster_threshold is None
-                        and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory))  # fmt: skip
+                        and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory,
+                                            reader.dtype.itemsize))  # fmt: skip
             if self.max_memory is not None and not streamed and self.scheduler is None and self.device in (None, "cpu"):
                 batch_bytes, threads = self._plan(reader, d)
             on_workers = None

@@ -496,6 +496,16 @@ def report_memory(n_elements: int, n_voxels: int, connectivity: int) -> int:
             + (REPORT_VOXEL_BYTES + 20 * connectivity) * n_voxels)  # fmt: skip
 
 
+def _image_elements(path) -> int:
+    """Values in an image file, from its header (0 when it cannot be read: the background's own check says why)."""
+    try:
+        import nibabel as nib
+
+        return int(np.prod(nib.load(str(path)).shape[:3], dtype=np.int64))  # (a 4-D image: its first volume)
+    except Exception:  # noqa: BLE001 - an unreadable background is reported where it is read
+        return 0
+
+
 def build_report(folder, *, background=None, mesh=None, p_threshold: float | None = None, progress: bool | None = None,
                  max_memory=None) -> str:  # fmt: skip
     """The HTML of the report on the output folder `folder` (see :func:`write_report`)."""
@@ -512,10 +522,13 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
     if cap is not None:
         voxels = int(np.count_nonzero(res.mask))
         need = report_memory(geometry.n_elements, voxels, connectivity if isinstance(geometry, VolumeGeometry) else 6)
+        if background is not None and isinstance(geometry, VolumeGeometry):  # read whole, as float64, then resampled
+            need += 16 * _image_elements(background)
         if need > cap:
             raise InputError(f"`max_memory`={max_memory!r} cannot hold the report of {voxels:,} voxels on a grid of "
                              f"{geometry.n_elements:,} elements ({size_text(reserved_bytes())} for the interpreter, "
-                             f"{size_text(need - reserved_bytes())} for the maps, their positions and neighbours); give at "
+                             f"{size_text(need - reserved_bytes())} for the maps, their positions and neighbours and "
+                             "the background); give at "
                              f"least {size_text(need)}.")  # fmt: skip
     if isinstance(geometry, VolumeGeometry):
         vol = _Volume(geometry)

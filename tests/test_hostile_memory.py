@@ -217,3 +217,15 @@ def test_runs_fitted_together_are_refused_or_held(data, tmp_path):
     assert rc == 0, err
     print(f"2 runs under {need}: peak {peak / MiB:.0f} MiB")
     assert peak <= parse_memory(need)
+
+
+def test_demo_stays_under_the_cap_or_refuses_it(tmp_path):
+    """The demo's size is fixed: under DEMO_BYTES it is refused, naming it; at DEMO_BYTES it fits."""
+    from voxfit.models.demo import DEMO_BYTES
+
+    rc, peak, err = _voxfit(["demo", "-o", str(tmp_path / "d"), "--quiet", "--max-memory", "300M"], tmp_path, "refused")
+    assert rc == 2 and err.count("\n") == 1 and "cannot hold the demo" in err and "give at least 700M" in err, err
+    rc, peak, err = _voxfit(["demo", "-o", str(tmp_path / "d"), "--quiet", "--max-memory", str(DEMO_BYTES)], tmp_path)
+    assert rc == 0, err
+    print(f"demo under {DEMO_BYTES / MiB:.0f} MiB: peak {peak / MiB:.0f} MiB")
+    assert peak <= DEMO_BYTES

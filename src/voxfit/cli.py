@@ -320,7 +320,7 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     if args.command == "demo":  # heavy imports only once the command line is known to be valid
         from .models.demo import run_demo
 
-        _, result, lines = run_demo(args.output, force=args.force, progress=progress)
+        _, result, lines = run_demo(args.output, force=args.force, progress=progress, max_memory=args.max_memory)
         if not args.quiet:
             print("\n".join(lines))
         return 0

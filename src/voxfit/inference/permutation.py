@@ -282,7 +282,7 @@ class _NullRunner:
 
     def __init__(self, E_tiles, tiles, basis, shuffles: Shuffles, ee_w, okey, dof, q, is_t, valid, adjacency,
                  cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device=None):  # fmt: skip
-        self.dtype = E_tiles[0].dtype
+        self.dtype = E_tiles[0].dtype if E_tiles else np.dtype(np.float32)
         self.basis, self.ee_w, self.okey, self.dof, self.q, self.is_t = basis, ee_w, okey, dof, q, is_t
         self.valid, self.adjacency, self.cluster_threshold = valid, adjacency, cluster_threshold
         self.tfce, self.tfce_E, self.tfce_H, self.weights, self.n_jobs = tfce, tfce_E, tfce_H, weights, n_jobs
@@ -292,7 +292,7 @@ class _NullRunner:
         self.flips = shuffles.kind == "flip" and not self.on_device
         self.shuffles = shuffles
         self.tiles, self.E_tiles = tiles, E_tiles  # E (n, V) as contiguous tiles of voxels (see _tile_width)
-        self.tile = max(b - a for a, b in tiles)
+        self.tile = max((b - a for a, b in tiles), default=1)
         if self.flips:  # no matrix product: tables of signed partial sums (see _maxstat.flip_tile)
             bits = (shuffles.signs < 0).astype(np.uint8)
             groups = (bits.shape[1] + 7) // 8

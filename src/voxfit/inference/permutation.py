@@ -223,11 +223,13 @@ def permutation_test(
     okey = to_key(observed, is_t).astype(dtype)
     okey[~np.isfinite(observed)] = np.inf
     del observed
-    runner = _NullRunner(E, tiles, basis, shuffles, np.where(valid, ee, 1.0).astype(dtype), okey, float(dof), q, is_t,
-                         valid, adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device)  # fmt: skip
+    ee_w = np.where(valid, ee, 1.0).astype(dtype)
+    runner = _NullRunner(E, tiles, basis, shuffles, ee_w, okey, float(dof), q, is_t, valid, adjacency,
+                         cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device)  # fmt: skip
     del E, ee
     # (half of the budget for the batch when the sign-flip tables may take the other half)
-    batch = batch_size(V, N, r, tile, need_maps, flips, max_memory // 2 if flips else max_memory, np.dtype(dtype).itemsize, n_jobs)
+    budget = max_memory // 2 if flips else max_memory
+    batch = batch_size(V, N, r, tile, need_maps, flips, budget, np.dtype(dtype).itemsize, n_jobs)
     if runner.on_device:  # one product per batch, the (batch, V) keys on the device
         batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
     counts = np.zeros(V, dtype=np.int64)
@@ -355,7 +357,8 @@ class _NullRunner:
             from .device import DeviceNull
 
             xp, dev = device_namespace(self.device_name)
-            self._device = DeviceNull(xp, dev, np.concatenate(self.E_tiles, axis=1), self.ee_w, self.okey, self.dof, self.q, self.is_t)
+            E = np.concatenate(self.E_tiles, axis=1)  # (a host copy while the device takes its own)
+            self._device = DeviceNull(xp, dev, E, self.ee_w, self.okey, self.dof, self.q, self.is_t)
         nb = stop - start
         rows = _projector_rows(self.basis, self.shuffles, start, stop, np.float32).reshape(nb * self.basis.shape[1], -1)
         maxima, counts, maps = self._device.run(rows, nb, self.need_maps or return_maps)

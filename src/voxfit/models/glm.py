@@ -388,7 +388,8 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
     reader = open_reader(inputs, "inputs")
     if order < 0 or scaling != "none":  # the cap that holds them in memory (see needs_streaming)
         need = reserved_bytes() + 2 * 4 * reader.n_scans * reader.geometry.n_elements
-        raise InputError(f"data larger than half of --max-memory (beside the interpreter's {size_text(reserved_bytes())}) "
+        reserve = size_text(reserved_bytes())
+        raise InputError(f"data larger than half of --max-memory (beside the interpreter's {reserve}) "
                          "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or "
                          f"scaling give --max-memory {size_text(need)} or more.")  # fmt: skip
     records = hashing.submit(input_records, reader.paths, reader.in_memory) if hashing is not None else None

@@ -231,8 +231,10 @@ class SecondLevel:
                      + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
                      + f", {size_text(plan['results'])} for per-voxel results"
                      + (f", {size_text(plan['neighbours'])} for clusters and TFCE" if plan["neighbours"] else "")
-                     + (f" and {size_text(plan['one_shuffle'])} for a batch of shuffles" if self.permutations else ""))  # fmt: skip
-            what = "permutations" if self.permutations else "clusters" if self.cluster_threshold is not None else "this model"
+                     + (f" and {size_text(plan['one_shuffle'])} for a batch of shuffles"
+                        if self.permutations else ""))  # fmt: skip
+            what = ("permutations" if self.permutations
+                    else "clusters" if self.cluster_threshold is not None else "this model")  # fmt: skip
             raise InputError(f"`max_memory`={self.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
                              f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
                              "voxels (--mask).")  # fmt: skip
@@ -479,7 +481,8 @@ def group_memory(cap: int, n_maps: int, n_voxels: int, itemsize: int, *, n_colum
     rows = n_maps + (n_maps // 2 if paired else 0)
     data = rows * n_voxels * itemsize
     residuals = (n_maps // (2 if paired else 1)) * n_voxels * max(4, itemsize) if permutations else 0
-    per_voxel = RESULT_VALUES + 2 * n_columns + n_contrasts * (CONTRAST_VALUES + (PERMUTATION_VALUES if permutations else 0))
+    per_contrast = CONTRAST_VALUES + (PERMUTATION_VALUES if permutations else 0)
+    per_voxel = RESULT_VALUES + 2 * n_columns + n_contrasts * per_contrast
     results = 8 * per_voxel * n_voxels + 8 * n_elements
     workers = n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else default_workers()  # (n_jobs checked later)
     one = 0

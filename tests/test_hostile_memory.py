@@ -231,3 +231,28 @@ def test_demo_stays_under_the_cap_or_refuses_it(tmp_path):
     assert rc == 0, err
     print(f"demo under {DEMO_BYTES / MiB:.0f} MiB: peak {peak / MiB:.0f} MiB")
     assert peak <= DEMO_BYTES
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_keep_columns_moves_the_kept_columns_within_the_buffer(seed):
+    """The masks' compaction equals data[:, index] and reuses the array's buffer (no second copy)."""
+    from voxfit.io.masking import keep_columns
+
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((int(rng.integers(1, 9)), int(rng.integers(1, 50)))).astype(np.float32)
+    index = np.flatnonzero(rng.random(data.shape[1]) < 0.6)
+    expected = data[:, index].copy()
+    out = keep_columns(data, index)
+    np.testing.assert_array_equal(out, expected)
+    assert out.flags.c_contiguous and (out.size == 0 or np.shares_memory(out, data))
+
+
+def test_a_batch_of_shuffles_fits_its_budget():
+    """batch_size keeps a batch's null maps, maxima and products within the bytes it is given (O(batch V))."""
+    from voxfit.inference.permutation import batch_size
+
+    V, r, tile = 100_000, 2, 2048
+    for budget in (1 << 20, 64 << 20, 1 << 30):
+        b = batch_size(V, 5000, r, tile, True, False, budget, 4, 2)
+        assert b == 1 or b * (4 * V + 4 * (V // tile + 1) + 4 * r * tile * 2) <= budget
+    assert batch_size(V, 5000, r, 512, False, True, 1 << 30, 4, 2) == 5000  # sign-flips without maps: one batch

@@ -209,9 +209,9 @@ class SecondLevel:
 
     def _plan(self, reader, d) -> tuple[int, int]:
         """The bytes a batch of shuffles may take under `max_memory` and the threads of the TFCE and cluster
-        kernels, or an InputError naming the cap that
-        would hold the run (see :func:`group_memory`), decided before the maps are read: the voxels are
-        those of the --mask, or at most those finite and non-zero in the first map."""
+        kernels, or an InputError naming the cap that would hold the run (see :func:`group_memory`), decided
+        before the maps are read: the voxels are those of the --mask, or at most those finite and non-zero in
+        the first map (the group mask keeps those non-zero in every map)."""
         if self.mask is not None:
             from ..io import explicit_mask
 

@@ -213,7 +213,8 @@ def test_group_glm_streamed_from_zarr(tmp_path, rng):
     assert streamed.masker.n_voxels == V - 3
     npt.assert_allclose(streamed.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-5)
     assert (tmp_path / "s" / "contrast-age_stat-t_statmap.npy").exists()
-    with pytest.raises(InputError, match="clusters and TFCE need the maps in memory"):
+    # clusters need the maps in memory (no streaming): a cap that cannot hold them is refused, naming one that can
+    with pytest.raises(InputError, match=r"`max_memory`='200K' cannot hold clusters .*; give at least 6\d\dK"):
         SecondLevel(max_memory="200K", cluster_threshold=3.0, **kw).fit(tmp_path / "maps.zarr")
 
 

@@ -261,6 +261,8 @@ def _get_parser() -> argparse.ArgumentParser:
     report.add_argument("--background", metavar="FILE", help="anatomical image under volume maps (default: the run's mean image)")
     report.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) to draw surface maps on")
     report.add_argument("--p-threshold", type=float, metavar="P", help="show elements at this uncorrected one-sided p instead")
+    report.add_argument("--max-memory", metavar="SIZE", help="bound on the whole process, e.g. 2G: a report it cannot "
+                        "hold is refused before the maps are read, naming the size that would")  # fmt: skip
     _flags(report, "replace an existing report.html")
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
@@ -362,7 +364,7 @@ def _run(args, argv) -> int:
 
     # the report is written into the run's hidden folder before the commit: maps, tables, model.json and
     # report.html appear together, or (a failed report, Ctrl-C) none of them
-    with before_commit(lambda out: _report_into(out, progress)):
+    with before_commit(lambda out: _report_into(out, progress, args.max_memory)):
         code = _run_fit_group_demo(args, argv, progress)
     if not args.quiet:
         from pathlib import Path
@@ -371,11 +373,11 @@ def _run(args, argv) -> int:
     return code
 
 
-def _report_into(out, progress) -> None:
+def _report_into(out, progress, max_memory=None) -> None:
     from .report import build_report
 
     target = out.path("report.html")
-    target.write_text(build_report(out.staging, progress=progress), encoding="utf-8")
+    target.write_text(build_report(out.staging, progress=progress, max_memory=max_memory), encoding="utf-8")
 
 
 def _check_matplotlib() -> None:
@@ -388,7 +390,7 @@ def _check_matplotlib() -> None:
 def _run_report(args, progress) -> int:
     _check_matplotlib()
     _write_report(args.folder, args.quiet, progress, background=args.background, mesh=args.mesh,
-                  p_threshold=args.p_threshold, force=args.force)  # fmt: skip
+                  p_threshold=args.p_threshold, force=args.force, max_memory=args.max_memory)  # fmt: skip
     return 0
 
 
@@ -510,7 +512,6 @@ def _run_runs(args, argv) -> int:
 
 
 def _run_group(args, argv, progress) -> int:
-    from ._memory import parse_memory
     from .models import SecondLevel
 
     if args.two_sample and not args.design:
@@ -523,7 +524,7 @@ def _run_group(args, argv, progress) -> int:
         fts=args.fts, grp=args.grp, whole_blocks=args.permute_blocks, mask=args.mask, permutations=args.permutations,
         seed=args.seed, scheme=args.scheme, tfce=args.tfce, tfce_E=args.tfce_E, tfce_H=args.tfce_H,
         cluster_threshold=args.cluster_threshold, connectivity=args.connectivity, mesh=args.mesh,
-        max_memory=parse_memory(args.max_memory) if args.max_memory else 256 << 20, n_jobs=args.n_jobs,
+        max_memory=args.max_memory, n_jobs=args.n_jobs,
         scheduler=args.scheduler, device=args.device,
     )  # fmt: skip
     result = model.fit(args.inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])

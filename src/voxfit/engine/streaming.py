@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .._array import working_dtype
+from .._memory import RESERVED
 from .._progress import Progress
 from ..core import check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
@@ -37,7 +38,6 @@ from .memory import parse_memory
 
 __all__ = ["fit_streaming", "streaming_bytes"]
 
-RESERVED = 256 << 20  # of the cap, for the interpreter and the libraries (see the module docstring)
 SUMS_BLOCK = 8192  # voxels per fit from the sums
 TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
 

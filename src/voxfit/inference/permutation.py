@@ -151,7 +151,11 @@ def permutation_test(
         TFCE of the statistic (volumes: E 0.5, H 2; surfaces: E 1, H 2) with FWE p-values; `weights`
         (e.g. vertex areas) measure extent.
     max_memory : int
-        Bound on the working memory of one batch of shuffles (bytes).
+        Bound on the working memory of one batch of shuffles (bytes): its null maps (4 V bytes per shuffle,
+        with clusters or TFCE), per-tile maxima and products (see :func:`batch_size`), and the sign-flip
+        tables (half of it). The data's own memory is not in it: the residuals E, in the working dtype (a
+        copy of Y's size for float32), and about a dozen float64 vectors of length V; the caller plans those
+        (``voxfit.SecondLevel`` splits its cap, see :func:`voxfit.models.second_level.group_memory`).
     n_jobs : int, optional
         Threads sharing the voxel tiles of each batch (default: all CPUs); BLAS runs single-threaded inside.
     scheduler : dask.distributed.Client or str, optional
@@ -198,41 +202,43 @@ def permutation_test(
                              whole_blocks=whole_blocks, seed=seed)  # fmt: skip
 
     dtype = working_dtype(Y.dtype)
-    Yw = np.array(Y, dtype=np.float64)  # a copy: the caller's data stay as they are
-    valid = np.isfinite(Yw).all(axis=0)
-    Yw[:, ~valid] = 0.0
-    E = Yw - Qz @ (Qz.T @ Yw)
-    ee = np.einsum("tv,tv->v", E, E)
+    need_maps = cluster_threshold is not None or tfce
+    V, N = Y.shape[1], shuffles.n
     basis = np.column_stack([U, Qz])
-    G_obs = basis.T @ E
-    rss_obs = ee - np.einsum("kv,kv->v", G_obs, G_obs)
-    valid &= (ee > 0) & (rss_obs > 1e-10 * ee)  # no residual variance (e.g. all zero): no statistic, no p
-    E[:, ~valid] = 0.0
-    ee[~valid] = 0.0
+    r = basis.shape[1]
+    on_device = device not in (None, "cpu")
+    if on_device:
+        from .._array import device_namespace
+
+        device_namespace(device)  # a clear error now for a device that is not there
+    flips = shuffles.kind == "flip" and not on_device
+    tile = _tile_width(flips, basis, np.dtype(dtype).itemsize, n_jobs, max_memory)
+    tiles = [(a, min(V, a + tile)) for a in range(0, V, tile)]
+    # the residuals of the nuisance model, a tile at a time in float64 and kept in the working dtype: no
+    # float64 copy of Y, and E held once, as the tiles the shuffles read
+    E, ee, rss_obs, valid, G_obs = _residuals(Y, Qz, basis, tiles, dtype)
     stat = _statistic(G_obs, ee, dof, q, is_t)
+    del G_obs
     stat[~valid] = np.nan
-    E = E.astype(dtype)
     # ties: null statistics in the working precision lose about eps * ||E||^2 / rss relative to the observed one
     eps = np.finfo(dtype).eps
     with np.errstate(divide="ignore", invalid="ignore"):
         tol = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee / np.where(valid, rss_obs, 1.0))
+    del rss_obs
     observed = np.where(np.isfinite(stat), stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
     map_tol = 1e-5  # TFCE and cluster values come from float32 maps
-
-    need_maps = cluster_threshold is not None or tfce
-    V, N, r = Y.shape[1], shuffles.n, basis.shape[1]
-    if device not in (None, "cpu"):
-        from .._array import device_namespace
-
-        device_namespace(device)  # a clear error now for a device that is not there
     from ._maxstat import from_key, to_key
 
     okey = to_key(observed, is_t).astype(dtype)
     okey[~np.isfinite(observed)] = np.inf
-    runner = _NullRunner(E, basis, shuffles, np.where(valid, ee, 1.0).astype(dtype), okey, float(dof), q, is_t, valid,
-                         adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device, max_memory)  # fmt: skip
-    per_shuffle = (4 * V if need_maps else 0) + 4 * r * runner.tile * 2 + 64
-    batch = N if (runner.flips and not need_maps) else int(max(1, min(1024, max_memory // per_shuffle)))
+    del observed
+    ee_w = np.where(valid, ee, 1.0).astype(dtype)
+    runner = _NullRunner(E, tiles, basis, shuffles, ee_w, okey, float(dof), q, is_t, valid, adjacency,
+                         cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device)  # fmt: skip
+    del E, ee
+    # (half of the budget for the batch when the sign-flip tables may take the other half)
+    budget = max_memory // 2 if flips else max_memory
+    batch = batch_size(V, N, r, tile, need_maps, flips, budget, np.dtype(dtype).itemsize, n_jobs)
     if runner.on_device:  # one product per batch, the (batch, V) keys on the device
         batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
     # each batch holds the maxima of every tile of voxels for every shuffle (and maps of batch x V with clusters)
@@ -289,9 +295,9 @@ class _NullRunner:
     maxima (keys), per-voxel exceedance counts, and cluster and TFCE maxima. Local runs call it in a loop;
     a Dask cluster receives it once and runs batches on its workers."""
 
-    def __init__(self, E, basis, shuffles: Shuffles, ee_w, okey, dof, q, is_t, valid, adjacency, cluster_threshold,
-                 tfce, tfce_E, tfce_H, weights, n_jobs, device=None, max_memory=256 << 20):  # fmt: skip
-        self.dtype = E.dtype
+    def __init__(self, E_tiles, tiles, basis, shuffles: Shuffles, ee_w, okey, dof, q, is_t, valid, adjacency,
+                 cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device=None):  # fmt: skip
+        self.dtype = E_tiles[0].dtype if E_tiles else np.dtype(np.float32)
         self.basis, self.ee_w, self.okey, self.dof, self.q, self.is_t = basis, ee_w, okey, dof, q, is_t
         self.valid, self.adjacency, self.cluster_threshold = valid, adjacency, cluster_threshold
         self.tfce, self.tfce_E, self.tfce_H, self.weights, self.n_jobs = tfce, tfce_E, tfce_H, weights, n_jobs
@@ -300,23 +306,15 @@ class _NullRunner:
         self.on_device = device not in (None, "cpu")
         self.flips = shuffles.kind == "flip" and not self.on_device
         self.shuffles = shuffles
-        V = E.shape[1]
-        self.tile = FLIP_TILE if self.flips else 2048
-        if self.flips:  # each thread holds a table of r x groups x 256 x tile values: keep them in the budget
-            table = basis.shape[1] * ((basis.shape[0] + 7) // 8) * 256 * E.dtype.itemsize * _workers(n_jobs)
-            self.tile = int(max(32, min(FLIP_TILE, (max_memory // 2) // max(table, 1))))
-        self.tiles = [(a, min(V, a + self.tile)) for a in range(0, V, self.tile)]
+        self.tiles, self.E_tiles = tiles, E_tiles  # E (n, V) as contiguous tiles of voxels (see _tile_width)
+        self.tile = max((b - a for a, b in tiles), default=1)
         if self.flips:  # no matrix product: tables of signed partial sums (see _maxstat.flip_tile)
             bits = (shuffles.signs < 0).astype(np.uint8)
             groups = (bits.shape[1] + 7) // 8
             padded = np.zeros((bits.shape[0], 8 * groups), dtype=np.uint8)
             padded[:, : bits.shape[1]] = bits
             self.patterns = np.ascontiguousarray((padded.reshape(-1, groups, 8) << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8))
-            self.E_tiles = [np.ascontiguousarray(E[:, a:b]) for a, b in self.tiles]
             self.basis_w = np.ascontiguousarray(basis, dtype=np.float64)
-            self.E = None
-        else:
-            self.E = E
 
     def run(self, start: int, stop: int, return_maps: bool = False):
         if self.on_device:
@@ -338,7 +336,7 @@ class _NullRunner:
             buf = getattr(local, "buf", None)
             if buf is None or buf.shape[0] < nb * r:
                 buf = local.buf = np.empty((nb * r, self.tile), dtype=self.dtype)
-            G = np.matmul(rows, self.E[:, a:b], out=buf[: nb * r, : b - a]).reshape(nb, r, b - a)
+            G = np.matmul(rows, self.E_tiles[k], out=buf[: nb * r, : b - a]).reshape(nb, r, b - a)
             stats_tile(G, self.ee_w[a:b], self.okey[a:b], self.dof, self.q, self.is_t, rowmax[k], counts[a:b], maps, a,
                        self.need_maps)  # fmt: skip
 
@@ -357,11 +355,13 @@ class _NullRunner:
             if self.cluster_threshold is not None:
                 from .clusters import cluster_max
 
-                extent, mass = cluster_max(maps, self.adjacency, self.cluster_threshold, weights=self.weights)
+                with _numba_threads(self.n_jobs):
+                    extent, mass = cluster_max(maps, self.adjacency, self.cluster_threshold, weights=self.weights)
             if self.tfce:
                 from .tfce import tfce_max
 
-                tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
+                with _numba_threads(self.n_jobs):
+                    tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
         return maxima, counts, extent, mass, tfce_max_values
 
     def _run_on_device(self, start: int, stop: int, return_maps: bool = False):
@@ -370,7 +370,8 @@ class _NullRunner:
             from .device import DeviceNull
 
             xp, dev = device_namespace(self.device_name)
-            self._device = DeviceNull(xp, dev, self.E, self.ee_w, self.okey, self.dof, self.q, self.is_t)
+            E = np.concatenate(self.E_tiles, axis=1)  # (a host copy while the device takes its own)
+            self._device = DeviceNull(xp, dev, E, self.ee_w, self.okey, self.dof, self.q, self.is_t)
         nb = stop - start
         rows = _projector_rows(self.basis, self.shuffles, start, stop, np.float32).reshape(nb * self.basis.shape[1], -1)
         maxima, counts, maps = self._device.run(rows, nb, self.need_maps or return_maps)
@@ -390,6 +391,54 @@ def _exceedance(null: NDArray, values: NDArray, tol) -> NDArray[np.float64]:
 
 
 FLIP_TILE = 512  # voxels per tile of the sign-flip tables (r x groups x 256 x tile values; measured best 512-1024)
+PRODUCT_TILE = 2048  # voxels per tile of the shuffled products (permutations)
+MAX_BATCH = 1024
+
+
+def _tile_width(flips: bool, basis: NDArray, itemsize: int, n_jobs, max_memory: int) -> int:
+    """Voxels per tile: each thread of sign-flips holds a table of r x groups x 256 x tile values, kept
+    within half of `max_memory`."""
+    if not flips:
+        return PRODUCT_TILE
+    table = basis.shape[1] * ((basis.shape[0] + 7) // 8) * 256 * itemsize * _workers(n_jobs)
+    return int(max(32, min(FLIP_TILE, (max_memory // 2) // max(table, 1))))
+
+
+def batch_size(V: int, N: int, r: int, tile: int, need_maps: bool, flips: bool, max_memory: int, itemsize: int = 4,
+               n_jobs=None) -> int:
+    """Shuffles per batch: the batch's null maps, float32 (B, V) when clusters or TFCE need them, its
+    per-tile maxima and, for permutations, each thread's projected tile (B r tile values), within
+    `max_memory`: memory O(batch * V), as scipy's ``permutation_test(batch=...)``. Sign-flips without maps
+    take every shuffle in one batch when the memory allows (their tables are built once per tile and batch)."""
+    per_tile = 0 if flips else itemsize * r * tile * _workers(n_jobs)
+    per_shuffle = (4 * V if need_maps else 0) + itemsize * (V // max(1, tile) + 1) + per_tile + 64
+    limit = N if flips and not need_maps else MAX_BATCH
+    return int(max(1, min(limit, N, max_memory // per_shuffle)))
+
+
+def _residuals(Y, Qz: NDArray, basis: NDArray, tiles, dtype):
+    """The nuisance model's residuals E = Y - Q_Z Q_Z' Y as contiguous tiles of voxels in `dtype`, with
+    ||E||^2, the observed rss, the valid voxels and the observed projections ``G = basis' E`` (float64),
+    computed a tile at a time in float64 (no float64 copy of Y). Voxels with a non-finite value or without
+    residual variance are invalid, and get E = 0 and ||E||^2 = 0."""
+    V = Y.shape[1]
+    ee, rss, valid = np.empty(V), np.empty(V), np.empty(V, dtype=bool)
+    G_obs = np.empty((basis.shape[1], V))
+    out = []
+    for a, b in tiles:
+        y = np.array(Y[:, a:b], dtype=np.float64)
+        ok = np.isfinite(y).all(axis=0)
+        y[:, ~ok] = 0.0
+        e = y - Qz @ (Qz.T @ y)
+        ee[a:b] = np.einsum("tv,tv->v", e, e)
+        G = basis.T @ e
+        rss[a:b] = ee[a:b] - np.einsum("kv,kv->v", G, G)
+        ok &= (ee[a:b] > 0) & (rss[a:b] > 1e-10 * ee[a:b])  # no residual variance (e.g. all zero): no statistic, no p
+        e[:, ~ok] = 0.0
+        ee[a:b][~ok] = 0.0
+        G_obs[:, a:b], valid[a:b] = G, ok
+        out.append(np.ascontiguousarray(e, dtype=dtype))
+    return out, ee, rss, valid, G_obs
 
 
 def _workers(n_jobs) -> int:
@@ -398,6 +447,23 @@ def _workers(n_jobs) -> int:
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
         raise InputError(f"`n_jobs` must be a positive number of threads; got {n_jobs!r}.")
     return int(n_jobs)
+
+
+@contextmanager
+def _numba_threads(n_jobs):
+    """At most `n_jobs` threads for the TFCE and cluster kernels (each holds O(V) scratch: the memory plans
+    of ``voxfit.SecondLevel`` count them); numba's own default (every CPU) without `n_jobs`."""
+    if n_jobs is None:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(_workers(n_jobs), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 @contextmanager

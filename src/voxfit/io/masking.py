@@ -27,7 +27,7 @@ from .geometry import Geometry
 from .readers import is_image, open_map, source_label
 
 __all__ = ["SPM_MASK_THRESHOLD", "AutoMask", "Masker", "ScanGlobals", "check_mask", "explicit_mask", "gather", "gather_auto",
-           "global_sums_block", "load_mask", "mask_block", "resolve_mask_threshold",
+           "global_sums_block", "keep_columns", "load_mask", "mask_block", "resolve_mask_threshold",
            "spm_globals"]  # fmt: skip
 
 
@@ -259,6 +259,21 @@ def global_sums_block(source, a: int, b: int, cut: NDArray | None = None) -> NDA
     return np.stack([np.where(keep, values, 0).sum(axis=1, dtype=np.float64), keep.sum(axis=1)], axis=1)
 
 
+def keep_columns(data: NDArray, index: NDArray[np.intp]) -> NDArray:
+    """``data[:, index]`` (`index` increasing) for a C-contiguous (n, m) array that the caller gives up, without
+    a second copy of the data: each row is moved, in order, to the front of the same buffer (row t lands at
+    or before where row t was, so no row is overwritten before it is read). The result is C-contiguous and
+    shares `data`'s buffer; the peak memory is one row more, not twice the data."""
+    n, m = data.shape
+    k = index.size
+    if k == m or not data.flags.c_contiguous or not data.flags.writeable:
+        return data if k == m else np.take(data, index, axis=1)
+    flat = data.reshape(-1)
+    for t in range(n):
+        flat[t * k : (t + 1) * k] = data[t, index]  # (a copy of the row's kept values, then written)
+    return flat[: n * k].reshape(n, k)
+
+
 def gather_auto(reader, threshold: float | None = None, progress: bool | None = None, globals_=None):
     """Automatic mask and the masked data in one pass (see the module docstring), each whole scan also given to
     `globals_` (a :class:`ScanGlobals`) when given. Returns ``(data, mask)``."""
@@ -278,7 +293,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
     if not mask.any():
         why = "above the intensity threshold, " if threshold is not None else ""
         raise InputError(f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan.")
-    data = np.take(out, np.flatnonzero(mask[candidates]), axis=1)  # C order, as gather and column sources give
+    data = keep_columns(out, np.flatnonzero(mask[candidates]))  # C order, as gather and column sources give
     missed = np.flatnonzero(mask & ~candidates)
     if missed.size:  # zero in the first scan but varying later: a second pass for those only
         extra = gather(reader, missed, progress)

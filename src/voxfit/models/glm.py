@@ -17,7 +17,7 @@ import numpy as np
 
 from .._array import is_dataframe, type_name
 from .._dask import dask_client, run_tasks
-from .._memory import needs_streaming
+from .._memory import needs_streaming, reserved_bytes, size_text
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
 from ..design import read_design, write_design
@@ -283,7 +283,7 @@ def fit_images(
             streaming = False if dataset is not None else streaming
         if streaming is None and dataset is None:
             reader = open_reader(inputs, "inputs")
-            streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory)
+            streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory, reader.dtype.itemsize)
         if streaming:
             if scheduler is not None or device not in (None, "cpu"):
                 raise InputError("data larger than --max-memory are read in one sequential pass on the CPU; drop "
@@ -399,10 +399,13 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
     Dataset standing for the data (no values), the future of the inputs' records for model.json (None without
     `hashing`) and the mean image."""
     order = _noise_order(noise)
-    if order < 0 or scaling != "none":
-        raise InputError("data larger than --max-memory are fitted in one pass with --noise ols or ar1 .. ar8 and "
-                         "--scaling none; raise --max-memory for ar1-global or scaling.")  # fmt: skip
     reader = open_reader(inputs, "inputs")
+    if order < 0 or scaling != "none":  # the cap that holds them in memory (see needs_streaming)
+        need = reserved_bytes() + 2 * 4 * reader.n_scans * reader.geometry.n_elements
+        reserve = size_text(reserved_bytes())
+        raise InputError(f"data larger than half of --max-memory (beside the interpreter's {reserve}) "
+                         "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or "
+                         f"scaling give --max-memory {size_text(need)} or more.")  # fmt: skip
     records = hashing.submit(input_records, reader.paths, reader.in_memory) if hashing is not None else None
     fit, stats, ar_coef, masker, mean = fit_streaming(inputs, X, dict(items), order=order, names=names, mask=mask,
                                                 mask_threshold=mask_threshold, max_memory=max_memory, progress=progress)  # fmt: skip

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from .._array import type_name
+from .._memory import parse_memory, reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
 from ..design.kinds import column_kinds
 from ..exceptions import InputError
-from ..io import (Masker, OutputFolder, ScaledArray, check_data, check_mask, load, resolve_mask_threshold, source_label,
-                  stat_maps, statmap_name)
+from ..io import (Masker, OutputFolder, ScaledArray, check_data, check_mask, load, open_reader, resolve_mask_threshold,
+                  source_label, stat_maps, statmap_name)
 from .glm import (_noise_order, _scale, contrast_items, design_matrix, design_record, dof_record, fit_noise_model,
                   input_records, mask_record, mean_over_scans, write_design_files)
 
@@ -104,6 +105,15 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
                 check_contrast(expr, factor, label)  # before any data are read
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
+    if max_memory is not None:  # every run is held in memory at once (no streaming across runs): refuse a cap that
+        # cannot hold them by needs_streaming's rule (the data, as float32, in half of what the reserve leaves)
+        readers = [open_reader(path, f"inputs[{r}]") for r, path in enumerate(inputs)]
+        total = sum(4 * rd.n_scans * rd.geometry.n_elements for rd in readers)
+        need = reserved_bytes() + 2 * total
+        if need > parse_memory(max_memory):
+            raise InputError(f"`max_memory`={max_memory!r} cannot hold {len(inputs)} runs fitted together "
+                             f"({size_text(total)} of data, in memory at once); give at least {size_text(need)}, or "
+                             "fit the runs one at a time (each can stream).")  # fmt: skip
     with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
         datasets = [load(path, mask, mask_threshold=mask_threshold, n_scans=X.shape[0], scan_globals=scaling == "global",
                          name=f"inputs[{r}]") for r, (path, (X, _)) in enumerate(zip(inputs, matrices))]  # fmt: skip

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from .._dask import dask_client
-from .._memory import needs_streaming, parse_memory
+from .._memory import needs_streaming, parse_memory, reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design
 from ..design.subjects import pair_by_subject
+from ..engine import default_workers
 from ..engine import fit as fit_engine
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
@@ -39,6 +40,7 @@ from ..inference.permutation import PermutationResult, permutation_test
 from ..io import (Masker, OutputFolder, check_data, check_mask, expand_run, is_image, load, open_reader, read_mesh,
                   source_label, stat_maps, statmap_name)  # fmt: skip
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from ..io.masking import keep_columns
 from .glm import columns_on_workers, contrast_items, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
@@ -83,8 +85,11 @@ class SecondLevel:
     FSL VEST files (t contrasts, F tests of them, exchangeability blocks); permutations: 0 for parametric
     inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
     'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
-    neighbours of surface data; max_memory: bytes for one batch of permutations, and the cap above which a
-    parametric model (no permutations) is fitted in one pass over the data, keeping per-voxel sums only;
+    neighbours of surface data; max_memory: a cap on the whole process (see :func:`group_memory` for how it
+    is split): a parametric model (no permutations) of maps over half of what it leaves beside the
+    interpreter is fitted in one pass over the data, keeping per-voxel sums only; a model with permutations,
+    clusters or TFCE that it cannot hold is refused before the maps are read, naming the size that would
+    (None: no cap; batches of shuffles of 256 MiB);
     scheduler: a dask.distributed Client or scheduler address to run the fit and the shuffles on a cluster.
     Without permutations and `paired`, maps in a Zarr or HDF5 array, a .npy or uncompressed NIfTI (one 4-D
     file or 3-D files) are read by the workers, a block of voxels per task, for the group mask and for the
@@ -114,7 +119,7 @@ class SecondLevel:
     cluster_threshold: float | None = None
     connectivity: int = 6
     mesh: object = None
-    max_memory: int | str = 256 << 20
+    max_memory: int | str | None = None
     n_jobs: int | None = None
     scheduler: object = None
     device: str | None = None
@@ -128,6 +133,8 @@ class SecondLevel:
         if isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern or list: the
             data = files if len(files) > 1 else files[0]  # maps one by one, so that each is matched by its name
         check_mask(self.mask)
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)
         if self.permutations < 0 or isinstance(self.permutations, bool):
             raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
@@ -141,13 +148,20 @@ class SecondLevel:
                 paths = data = ordered
                 reader = open_reader(data, "inputs")
             parametric = not self.permutations and not self.paired
+            batch_bytes, threads = DEFAULT_BATCH_BYTES, self.n_jobs
+            # without permutations, maps over half the cap are streamed, unless clusters need them in memory
+            streamed = (parametric and self.cluster_threshold is None
+                        and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory,
+                                            reader.dtype.itemsize))  # fmt: skip
+            if self.max_memory is not None and not streamed and self.scheduler is None and self.device in (None, "cpu"):
+                batch_bytes, threads = self._plan(reader, d)
             on_workers = None
             if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
                 # task, twice (for the mask, then for the fit, in the local fit's blocks: identical numbers)
                 on_workers = columns_on_workers(reader, self.mask, self.scheduler, nonzero=True)
             if on_workers is not None:
                 Y, masker = on_workers
-            elif parametric and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory):
+            elif streamed:
                 return self._fit_streamed(data, paths, d, reader, out, progress, command)
             else:
                 Y, masker = self._load(data, progress)
@@ -171,7 +185,7 @@ class SecondLevel:
                         d.X, Y, expr, names=list(d.names), n_permutations=int(self.permutations), scheme=self.scheme,
                         blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
                         cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H,
-                        max_memory=parse_memory(self.max_memory), progress=progress, name=label, n_jobs=self.n_jobs,
+                        max_memory=batch_bytes, progress=progress, name=label, n_jobs=threads,
                         scheduler=scheduler, device=self.device,
                     )  # fmt: skip
             tables = {}
@@ -184,6 +198,39 @@ class SecondLevel:
                             blocks)
                 files = out.commit()
         return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
+
+    def _plan(self, reader, d) -> tuple[int, int]:
+        """The bytes a batch of shuffles may take under `max_memory` and the threads of the TFCE and cluster
+        kernels, or an InputError naming the cap that would hold the run (see :func:`group_memory`), decided
+        before the maps are read: the voxels are those of the --mask, or at most those finite and non-zero in
+        the first map (the group mask keeps those non-zero in every map)."""
+        if self.mask is not None:
+            from ..io import explicit_mask
+
+            voxels = int(explicit_mask(self.mask, reader.geometry).sum())
+        else:
+            _, first = next(iter(reader.iter_scans(max_bytes=1)))
+            first = np.asarray(first[0])
+            voxels = int(np.count_nonzero(np.isfinite(first) & (first != 0)))
+        items = self._contrast_items(d.names, d.X.shape[1])
+        plan = group_memory(parse_memory(self.max_memory), reader.n_scans, voxels, np.dtype(reader.dtype).itemsize,
+                            n_columns=d.X.shape[1], n_contrasts=len(items), permutations=int(self.permutations),
+                            paired=self.paired, maps=self.tfce or self.cluster_threshold is not None,
+                            connectivity=self.connectivity, n_elements=reader.geometry.n_elements,
+                            n_jobs=self.n_jobs)  # fmt: skip
+        if plan["batch"] < plan["one_shuffle"]:
+            parts = (f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan['maps'])} for the maps"
+                     + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
+                     + f", {size_text(plan['results'])} for per-voxel results"
+                     + (f", {size_text(plan['neighbours'])} for clusters and TFCE" if plan["neighbours"] else "")
+                     + (f" and {size_text(plan['one_shuffle'])} for a batch of shuffles"
+                        if self.permutations else ""))  # fmt: skip
+            what = ("permutations" if self.permutations
+                    else "clusters" if self.cluster_threshold is not None else "this model")  # fmt: skip
+            raise InputError(f"`max_memory`={self.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
+                             f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
+                             "voxels (--mask).")  # fmt: skip
+        return plan["batch"], plan["threads"]
 
     def _design(self, paths, n_scans: int):
         """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
@@ -234,16 +281,21 @@ class SecondLevel:
     def _load(self, paths, progress):
         """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
         ds = load(paths, self.mask, progress=progress, name="inputs")
-        Y, masker = np.asarray(ds.data), ds.masker
+        Y = maps = np.asarray(ds.data)
+        masker = ds.masker
         if self.paired:
             half = Y.shape[0] // 2
             Y = Y[:half] - Y[half:]
         if self.mask is None:  # voxels valid in every map: finite (already) and non-zero
-            keep = np.all(np.asarray(ds.data) != 0, axis=0)
+            keep = np.ones(Y.shape[1], dtype=bool)
+            for row in maps:  # a map at a time: no (n, V) boolean temporary
+                keep &= row != 0
             if not keep.all():
                 full = masker.mask.copy()
                 full[masker.mask] = keep
-                masker, Y = Masker(masker.geometry, full), Y[:, keep]
+                # the kept columns moved within Y's own buffer (Y is ours: no second copy of the maps)
+                Y = keep_columns(Y, np.flatnonzero(keep))
+                masker = Masker(masker.geometry, full)
             if masker.n_voxels == 0:
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return Y, masker
@@ -390,6 +442,54 @@ class SecondLevel:
             "n_voxels": masker.n_voxels,
             "run": out.run_record(),
         })  # fmt: skip
+
+
+DEFAULT_BATCH_BYTES = 256 << 20  # a batch of shuffles without --max-memory
+# float64 values per voxel held beside the maps: the fit (betas, rss and the like, 2 per column + 8), each
+# contrast's statistics (6) and, with permutations, its results and the engine's working vectors (16), and the
+# maps being written (the inverse of one map over the grid and its -log10 p, per element of the grid)
+RESULT_VALUES = 8
+CONTRAST_VALUES = 6
+PERMUTATION_VALUES = 16
+MAP_SCRATCH = 96  # bytes per voxel per thread of the TFCE and cluster kernels (union-find, order, extents)
+
+
+def group_memory(cap: int, n_maps: int, n_voxels: int, itemsize: int, *, n_columns: int, n_contrasts: int,
+                 permutations: int, paired: bool, maps: bool, connectivity: int, n_elements: int,
+                 n_jobs: int | None = None) -> dict:
+    """How a group model splits the cap `cap` (bytes) over `n_voxels` voxels of `n_maps` maps:
+
+    - ``RESERVED`` (256 MiB) for the interpreter and the libraries;
+    - ``maps``: the maps as stored, read once into one (n, V) buffer (with `paired`, also the A - B maps);
+    - ``residuals``: with permutations, the nuisance model's residuals in the working dtype (as big again);
+    - ``results``: per voxel, 8 bytes per value of the fit (2 per design column + 8), of each contrast (6,
+      16 more with permutations) and of the maps being written (8 bytes per element of the grid);
+    - ``neighbours``: with clusters or TFCE, the voxels' neighbours (4 bytes per neighbour, built from
+      pairs of 8-byte indices) and the kernels' scratch (96 bytes per voxel per thread: ``threads``, up to
+      `n_jobs`, as many as half of what is left holds, at least one);
+    - ``batch``: the rest, for one batch of shuffles (see ``voxfit.inference.permutation.batch_size``:
+      memory O(batch V)), at least ``one_shuffle``; ``total`` is the cap that holds the run with one.
+    """
+    rows = n_maps + (n_maps // 2 if paired else 0)
+    data = rows * n_voxels * itemsize
+    residuals = (n_maps // (2 if paired else 1)) * n_voxels * max(4, itemsize) if permutations else 0
+    per_contrast = CONTRAST_VALUES + (PERMUTATION_VALUES if permutations else 0)
+    per_voxel = RESULT_VALUES + 2 * n_columns + n_contrasts * per_contrast
+    results = 8 * per_voxel * n_voxels + 8 * n_elements
+    workers = n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else default_workers()  # (n_jobs checked later)
+    one = 0
+    if permutations:
+        one = (4 * n_voxels if maps else 0) + 4 * (n_voxels // 32 + 1) + 4 * 64 * 2048 * workers + (1 << 20)
+    fixed = reserved_bytes() + data + residuals + results
+    threads, neighbours = workers, 0
+    if maps:  # the neighbours, and as many kernel threads (up to the workers) as half of what is left holds
+        neighbours = 20 * connectivity * n_voxels
+        scratch = MAP_SCRATCH * n_voxels
+        threads = int(max(1, min(workers, (cap - fixed - neighbours - one) // 2 // scratch)))
+        neighbours += threads * scratch
+    fixed += neighbours
+    return {"maps": data, "residuals": residuals, "results": results, "neighbours": neighbours, "one_shuffle": one,
+            "batch": cap - fixed, "total": fixed + one, "threads": threads}
 
 
 def design_rows_record(d, paths, paired: bool) -> dict:

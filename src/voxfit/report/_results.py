@@ -93,7 +93,9 @@ def read_map(path: Path) -> tuple[Geometry, NDArray]:
     """Geometry and values (maps, elements) of any map file voxfit writes, in float64."""
     try:
         reader = open_map(path)
-        rows = np.concatenate([np.asarray(block, dtype=np.float64) for _, block in reader.iter_scans()])
+        rows = np.empty((reader.n_scans, reader.geometry.n_elements))  # filled a slab at a time: no second copy
+        for start, block in reader.iter_scans():
+            rows[start : start + block.shape[0]] = block
     except InputError as exc:
         raise InputError(f"cannot read {path} for the report: {exc}") from None
     return reader.geometry, rows

@@ -1,0 +1,258 @@
+"""Issue 14, class 2: ``--max-memory`` bounds every command, measured by the kernel.
+
+Each command runs in a child process; its peak resident memory comes from the kernel
+(``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` once it has exited, in a small launcher: see
+``LAUNCHER``) and is compared with the cap. How a cap is split, and the sizes chosen here:
+
+- the interpreter and the libraries: ``voxfit._memory.RESERVED`` (256 MiB) of every cap; measured below
+  (``test_interpreter_floor``): 12 MiB for ``import voxfit.cli``, about 110 MiB with numpy, scipy and
+  nibabel, 170 MiB once a group model's permutation kernels (numba) have run;
+- ``voxfit fit``: data, as float32, over half of what the cap leaves beside the reserve are streamed (one
+  pass keeping per-voxel sums: the sums, slabs of scans, the results); below that they are fitted in
+  memory, the other half holding the results, a scaled copy and the working blocks;
+- ``voxfit group``: parametric maps stream by the same rule; with permutations, clusters or TFCE the
+  maps stay in memory and ``voxfit.models.second_level.group_memory`` splits the cap into the maps, their
+  residuals, per-voxel results, neighbours and kernel scratch, and a batch of shuffles from the rest
+  (O(batch V), as scipy's ``permutation_test``); a cap that cannot hold one shuffle is refused before the
+  maps are read, exit 2, one line naming the size that would;
+- ``voxfit report``: ``voxfit.report._page.report_memory`` bounds it; refused likewise.
+
+Sizes: the streamed data (393 MB) are 1.2 times a 320 MiB cap and 6 times what it leaves beside the
+reserve; the maps of the permutation run (88 MB, 737 k voxels) take 1.4 GiB with 200 shuffles and
+clusters without a plan (measured before this test existed), against a 900 MiB cap. Every run takes a
+few seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import voxfit
+from voxfit._memory import parse_memory
+
+MiB = 1 << 20
+SRC = str(Path(voxfit.__file__).resolve().parents[1])
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the children's peak memory comes from getrusage")
+
+
+# The child is started by a small launcher that reports ``RUSAGE_CHILDREN``: Linux counts in a process's
+# ru_maxrss the resident set of the memory it had before exec, which for a child spawned by pytest itself
+# (vfork) is pytest's, holding the test data (a streamed fit measured 449 MiB that way, 124 MiB from a launcher)
+LAUNCHER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")  # fmt: skip
+
+
+def _peak(args, tmp_path, name="run"):
+    """Run ``python <args>`` (voxfit from this checkout) as a child: (exit status, peak RSS bytes, stderr)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    err = tmp_path / f"{name}.stderr"
+    with open(err, "w") as fh:
+        done = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, *args], stdout=subprocess.PIPE,
+                              stderr=fh, env=env, text=True, check=True)  # fmt: skip
+    maxrss, rc = (int(v) for v in done.stdout.split()[-2:])
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: kilobytes on Linux, bytes on macOS
+    return rc, maxrss * scale, err.read_text()
+
+
+def _voxfit(args, tmp_path, name="run"):
+    return _peak(["-m", "voxfit", *args], tmp_path, name)
+
+
+def _series(path: Path, shape, n: int, offset: float = 0.0) -> Path:
+    """A float32 4-D NIfTI, uncompressed, of values near 100 (every voxel in the masks), written a volume at
+    a time (the test process holds one copy)."""
+    rng = np.random.default_rng(0)
+    data = np.empty((*shape, n), dtype=np.float32)
+    base = 100 + rng.standard_normal(shape, dtype=np.float32)
+    for t in range(n):
+        data[..., t] = base + rng.standard_normal(shape, dtype=np.float32) + offset
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2, 2, 1])), path)
+    return path
+
+
+def _design(path: Path, n: int) -> Path:
+    x = np.sin(np.arange(n) / 5)
+    path.write_text("task\tintercept\n" + "".join(f"{v:.6f}\t1\n" for v in x))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("memory")
+    return {
+        "small": _series(folder / "small.nii", (64, 64, 40), 200),  # 131 MB: in memory under 512M
+        "large": _series(folder / "large.nii", (64, 64, 40), 600),  # 393 MB: streamed under 320M
+        "maps": _series(folder / "maps.nii", (96, 96, 80), 30, offset=0.5),  # 88 MB, 737 k voxels
+        "folder": folder,
+    }
+
+
+def test_interpreter_floor(tmp_path):
+    """The reserve kept for the interpreter holds it: the floor of a command is well under 256 MiB."""
+    from voxfit._memory import RESERVED
+
+    rc, bare, _ = _peak(["-c", "import voxfit.cli"], tmp_path, "bare")
+    assert rc == 0
+    code = ("import numpy as np, voxfit.models, voxfit.inference as vi; "
+            "vi.permutation_test(np.ones((8, 1)), np.random.default_rng(0).standard_normal((8, 50)), [[1.0]], "
+            "n_permutations=20)")  # fmt: skip
+    rc, libraries, err = _peak(["-c", code], tmp_path, "libraries")
+    assert rc == 0, err
+    print(f"interpreter floor: import voxfit.cli {bare / MiB:.0f} MiB; with the libraries and the permutation "
+          f"kernels {libraries / MiB:.0f} MiB; reserve {RESERVED / MiB:.0f} MiB")  # fmt: skip
+    assert bare < libraries < RESERVED
+
+
+@pytest.mark.parametrize(("which", "cap", "options", "streamed"), [
+    ("small", "512M", ["--scaling", "mean"], False),  # in memory, with the scaled copy
+    ("large", "320M", [], True),
+])  # fmt: skip
+def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
+    path = data[which]
+    n = nib.load(path).shape[3]
+    design = _design(tmp_path / "design.tsv", n)
+    out = tmp_path / "out"
+    rc, peak, err = _voxfit(["fit", str(path), "--design", str(design), "--contrast", "t=task", "-o", str(out),
+                             "--max-memory", cap, "--quiet", *options], tmp_path)  # fmt: skip
+    assert rc == 0, err
+    model = json.loads((out / "model.json").read_text())
+    assert bool(model["settings"]["noise_details"].get("streamed")) is streamed
+    cap_bytes = parse_memory(cap)
+    print(f"fit {which} ({path.stat().st_size / MiB:.0f} MiB) under {cap}: peak {peak / MiB:.0f} MiB")
+    assert peak <= cap_bytes
+    if streamed:  # the data are larger than the cap itself: only one pass over them fits
+        assert path.stat().st_size > cap_bytes
+
+
+def test_fit_refuses_what_it_cannot_stream(data, tmp_path):
+    """Scaling needs the data in memory: a cap too small for them is refused, naming the size that would."""
+    design = _design(tmp_path / "design.tsv", 600)
+    rc, peak, err = _voxfit(["fit", str(data["large"]), "--design", str(design), "--contrast", "t=task", "-o",
+                             str(tmp_path / "out"), "--max-memory", "320M", "--scaling", "mean", "--quiet"],
+                            tmp_path)  # fmt: skip
+    assert rc == 2 and err.count("\n") == 1 and "give --max-memory 10" in err, err
+    assert peak <= 320 * MiB
+
+
+@pytest.mark.parametrize(("which", "cap"), [("small", "512M"), ("large", "320M")])
+def test_group_parametric_stays_under_the_cap(data, tmp_path, which, cap):
+    """200 maps in memory; 600 maps (larger than the cap) streamed."""
+    rc, peak, err = _voxfit(["group", str(data[which]), "-o", str(tmp_path / "g"), "--max-memory", cap, "--quiet"],
+                            tmp_path)  # fmt: skip
+    assert rc == 0, err
+    print(f"group parametric {which} under {cap}: peak {peak / MiB:.0f} MiB")
+    assert peak <= parse_memory(cap)
+    assert (tmp_path / "g" / "contrast-intercept_stat-t_statmap.nii.gz").exists()
+
+
+def test_group_permutations_clusters_and_report_stay_under_the_cap(data, tmp_path):
+    """200 sign-flips with cluster inference on 737 k voxels: without a plan the batches of null maps alone
+    would take the cap (1.4 GiB measured); the report of the run stays under its own cap."""
+    out = tmp_path / "g"
+    rc, peak, err = _voxfit(["group", str(data["maps"]), "-o", str(out), "--permutations", "200", "--seed", "0",
+                             "--cluster-threshold", "3", "--max-memory", "900M", "--quiet"], tmp_path)  # fmt: skip
+    assert rc == 0, err
+    print(f"group, 200 sign-flips and clusters under 900M: peak {peak / MiB:.0f} MiB")
+    assert peak <= 900 * MiB
+    assert (out / "contrast-intercept_stat-p_desc-clusterfwe_statmap.nii.gz").exists()
+    rc, peak, err = _voxfit(["report", str(out), "--max-memory", "512M", "--quiet"], tmp_path, "report")
+    if rc == 2 and "matplotlib" in err:
+        pytest.skip("reports need matplotlib")
+    assert rc == 0, err
+    print(f"report under 512M: peak {peak / MiB:.0f} MiB")
+    assert peak <= 512 * MiB
+    rc, peak, err = _voxfit(["report", str(out), "--max-memory", "300M", "--force", "--quiet"], tmp_path, "refused")
+    assert rc == 2 and err.count("\n") == 1 and "cannot hold the report of 737,280 voxels" in err, err
+    assert "give at least " in err and peak <= 300 * MiB
+
+
+def test_group_permutations_tfce_and_clusters_stay_under_the_cap(data, tmp_path):
+    """Permutations (a two-sample design: shuffled products, not sign-flips) with TFCE and clusters."""
+    shape, n = (48, 48, 40), 40
+    path = _series(tmp_path / "maps.nii", shape, n, offset=0.5)
+    table = tmp_path / "participants.tsv"
+    table.write_text("group\n" + "".join(f"{'a' if k % 2 else 'b'}\n" for k in range(n)))
+    rc, peak, err = _voxfit(["group", str(path), "--design", str(table), "--two-sample", "group", "--contrast",
+                             "d=a - b", "-o", str(tmp_path / "g"), "--permutations", "20", "--seed", "0", "--tfce",
+                             "--cluster-threshold", "2", "--max-memory", "400M", "--quiet"], tmp_path)  # fmt: skip
+    assert rc == 0, err
+    print(f"group, 20 permutations, TFCE and clusters under 400M: peak {peak / MiB:.0f} MiB")
+    assert peak <= 400 * MiB
+    assert (tmp_path / "g" / "contrast-d_stat-p_desc-tfcefwe_statmap.nii.gz").exists()
+
+
+def test_group_refuses_a_cap_that_cannot_hold_the_permutations(data, tmp_path):
+    """The issue's case scaled down: maps whose permutations need more than the cap are refused before
+    they are read, in one line naming the size that would hold them; exit 2, nothing written."""
+    out = tmp_path / "g"
+    rc, peak, err = _voxfit(["group", str(data["maps"]), "-o", str(out), "--permutations", "20", "--tfce",
+                             "--max-memory", "512M", "--quiet"], tmp_path)  # fmt: skip
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith("voxfit: error: `max_memory`='512M' cannot hold permutations")
+    need = parse_memory(err.split("give at least ")[1].split(",")[0])
+    assert need > 512 * MiB
+    assert peak < 256 * MiB  # refused before the maps were read
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_runs_fitted_together_are_refused_or_held(data, tmp_path):
+    """Several runs are held in memory at once: a cap too small is refused before reading, naming a size,
+    and that size holds the fit."""
+    design = _design(tmp_path / "design.tsv", 200)
+    args = ["fit", str(data["small"]), str(data["small"]), "--design", str(design), str(design), "--contrast",
+            "t=task", "-o", str(tmp_path / "out"), "--quiet", "--max-memory"]  # fmt: skip
+    rc, peak, err = _voxfit([*args, "512M"], tmp_path, "refused")
+    assert rc == 2 and err.count("\n") == 1 and "cannot hold 2 runs fitted together" in err, err
+    assert peak < 256 * MiB
+    need = err.split("give at least ")[1].split(",")[0]
+    rc, peak, err = _voxfit([*args, need], tmp_path, "held")
+    assert rc == 0, err
+    print(f"2 runs under {need}: peak {peak / MiB:.0f} MiB")
+    assert peak <= parse_memory(need)
+
+
+def test_demo_stays_under_the_cap_or_refuses_it(tmp_path):
+    """The demo's size is fixed: under DEMO_BYTES it is refused, naming it; at DEMO_BYTES it fits."""
+    from voxfit.models.demo import DEMO_BYTES
+
+    rc, peak, err = _voxfit(["demo", "-o", str(tmp_path / "d"), "--quiet", "--max-memory", "300M"], tmp_path, "refused")
+    assert rc == 2 and err.count("\n") == 1 and "cannot hold the demo" in err, err
+    assert f"give at least {DEMO_BYTES >> 20}M" in err
+    rc, peak, err = _voxfit(["demo", "-o", str(tmp_path / "d"), "--quiet", "--max-memory", str(DEMO_BYTES)], tmp_path)
+    assert rc == 0, err
+    print(f"demo under {DEMO_BYTES / MiB:.0f} MiB: peak {peak / MiB:.0f} MiB")
+    assert peak <= DEMO_BYTES
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_keep_columns_moves_the_kept_columns_within_the_buffer(seed):
+    """The masks' compaction equals data[:, index] and reuses the array's buffer (no second copy)."""
+    from voxfit.io.masking import keep_columns
+
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((int(rng.integers(1, 9)), int(rng.integers(1, 50)))).astype(np.float32)
+    index = np.flatnonzero(rng.random(data.shape[1]) < 0.6)
+    expected = data[:, index].copy()
+    out = keep_columns(data, index)
+    np.testing.assert_array_equal(out, expected)
+    assert out.flags.c_contiguous and (out.size == 0 or np.shares_memory(out, data))
+
+
+def test_a_batch_of_shuffles_fits_its_budget():
+    """batch_size keeps a batch's null maps, maxima and products within the bytes it is given (O(batch V))."""
+    from voxfit.inference.permutation import batch_size
+
+    V, r, tile = 100_000, 2, 2048
+    for budget in (1 << 20, 64 << 20, 1 << 30):
+        b = batch_size(V, 5000, r, tile, True, False, budget, 4, 2)
+        assert b == 1 or b * (4 * V + 4 * (V // tile + 1) + 4 * r * tile * 2) <= budget
+    assert batch_size(V, 5000, r, 512, False, True, 1 << 30, 4, 2) == 5000  # sign-flips without maps: one batch

@@ -93,7 +93,8 @@ def _probe(address: str, seconds: float) -> None:
 
     # a fresh event loop in a thread of its own: the caller may itself be inside a running loop (Jupyter)
     finished, answer = _in_thread(lambda: asyncio.run(bounded()), seconds + 5.0)
-    if not finished or isinstance(answer, (asyncio.TimeoutError, TimeoutError)):
+    # (under load, the deadline's cancellation can surface as a CancelledError rather than a TimeoutError)
+    if not finished or isinstance(answer, (asyncio.TimeoutError, TimeoutError, asyncio.CancelledError, CancelledError)):
         raise _unreachable(address, f"no answer within {seconds:g} s")
     if isinstance(answer, ValueError):
         raise _malformed(address, answer) from None

@@ -354,7 +354,7 @@ def test_design_options_are_refused_with_a_design_file(tmp_path, capsys, rng):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("trans_x\ttrans_y\n0.1\t0.2\n".encode("utf-8") + "caf\u00e9\t1\n".encode("latin-1") + b"0\t0\n", "is not UTF-8 text"),
+    (b"trans_x\ttrans_y\n0.1\t0.2\n" + "caf\u00e9\t1\n".encode("latin-1") + b"0\t0\n", "is not UTF-8 text"),
     (b"\x5c\x01\x00\x00" + bytes(400), "is not a text table"),  # a NIfTI header given by mistake
     (b"trans_x,trans_y\n0,0\n0,0\n0,0\n", "is not tab-separated"),
     (b"", "is empty"),

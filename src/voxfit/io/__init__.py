@@ -3,48 +3,13 @@
 from ._gzip import GZIP_BACKEND, open_gzip
 from .dataset import Dataset, ScaledArray, load
 from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
-from .masking import (
-                      SPM_MASK_THRESHOLD,
-                      Masker,
-                      check_mask,
-                      explicit_mask,
-                      gather,
-                      gather_auto,
-                      global_sums_block,
-                      load_mask,
-                      mask_block,
-                      resolve_mask_threshold,
-                      spm_globals,
-)
-from .output import (
-                     OutputFolder,
-                     before_commit,
-                     disk_error,
-                     make_folder,
-                     remove_made_folders,
-                     sanitize_label,
-                     stat_maps,
-                     statmap_name,
-                     write_file_atomically,
-                     write_stats,
-)
-from .readers import (
-                      ArrayReader,
-                      CiftiReader,
-                      ColumnSource,
-                      GiftiReader,
-                      MemoryInput,
-                      NiftiReader,
-                      NpyReader,
-                      VolumeImageReader,
-                      VolumeListReader,
-                      check_data,
-                      is_image,
-                      open_map,
-                      open_reader,
-                      read_mesh,
-                      source_label,
-)
+from .masking import (SPM_MASK_THRESHOLD, Masker, check_mask, explicit_mask, gather, gather_auto, global_sums_block,
+                      load_mask, mask_block, resolve_mask_threshold, spm_globals)
+from .memory import MemoryInput, check_data, is_image, source_label
+from .output import (OutputFolder, before_commit, disk_error, make_folder, remove_made_folders, sanitize_label,
+                     stat_maps, statmap_name, write_file_atomically, write_stats)
+from .readers import (ArrayReader, CiftiReader, ColumnSource, GiftiReader, NiftiReader, NpyReader, VolumeImageReader,
+                      VolumeListReader, open_map, open_reader, read_mesh)
 from .scans import expand_run, natural_key
 
 __all__ = [

@@ -40,7 +40,7 @@ class ScaledArray:
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Loaded data: `data` (n_scans, n_voxels), `masker` (maps back to files), the files read (`paths`) and the
-    inputs held in memory (`memory`: :class:`~voxfit.io.readers.MemoryInput`, for model.json)."""
+    inputs held in memory (`memory`: :class:`~voxfit.io.memory.MemoryInput`, for model.json)."""
 
     data: NDArray | ScaledArray
     masker: Masker

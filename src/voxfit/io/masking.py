@@ -24,7 +24,8 @@ from .._memory import check_memory
 from .._progress import Progress
 from ..exceptions import InputError
 from .geometry import Geometry
-from .readers import is_image, open_map, source_label
+from .memory import is_image, source_label
+from .readers import open_map
 
 __all__ = ["SPM_MASK_THRESHOLD", "AutoMask", "Masker", "ScanGlobals", "check_mask", "explicit_mask", "gather", "gather_auto",
            "global_sums_block", "keep_columns", "load_mask", "mask_block", "resolve_mask_threshold",

@@ -19,7 +19,7 @@ The protocol (checked by ``tests/test_readers.py`` on every reader)::
 Data already in memory take the same protocol: ``open_reader`` accepts a nibabel image (a 4-D or 3-D
 volume, GIFTI, CIFTI-2), a list of 3-D nibabel volumes (one per scan) and a 2-D numpy array (scans,
 columns); an image loaded from a file that still holds its data there is read from that file. Anything else
-is refused by :func:`check_data` with one sentence naming the argument and the type received.
+is refused by :func:`voxfit.io.memory.check_data` with one sentence naming the argument and the type received.
 
 Uncompressed files are read through memory maps, a slab of scans at a time; compressed NIfTI is decompressed
 with the fastest gzip available, a slab of scans at a time, so the whole 4-D image is never in memory.
@@ -33,15 +33,11 @@ there is (:func:`check_scan_memory`); the data gathered in memory are checked in
 
 from __future__ import annotations
 
-import hashlib
 import mmap
-import os
 import queue
 import re
-import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -52,12 +48,14 @@ from .._array import type_name, working_dtype
 from .._memory import check_memory
 from ..exceptions import InputError
 from ._gzip import open_gzip
+from .checks import check_readable
 from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from .memory import MemoryInput, check_data, is_image, memory_input
 from .scans import expand_run
+from .stores import open_hdf5, open_zarr
 
-__all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "MemoryInput", "NiftiReader", "NpyReader",
-           "VolumeImageReader", "VolumeListReader", "check_data", "check_readable", "check_scan_memory", "is_image",
-           "open_map", "open_reader", "read_mesh", "source_label"]  # fmt: skip
+__all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "NiftiReader", "NpyReader", "VolumeImageReader",
+           "VolumeListReader", "check_scan_memory", "open_map", "open_reader", "read_mesh"]  # fmt: skip
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -79,23 +77,6 @@ def _kind(path: Path) -> str:
         return "nifti"
     raise InputError(f"{path}: not an image voxfit can read (expected .nii, .nii.gz, .hdr/.img, .gii, .dtseries.nii, "
                      ".dscalar.nii, .npy, .zarr or .h5).")  # fmt: skip
-
-
-def check_readable(path: Path, what: str = "") -> None:
-    """Open `path` once for reading, so that a file that is missing, unreadable (permissions) or a folder is
-    refused with the system's reason, not reported later as some other fault (nibabel calls an unreadable
-    file "Cannot work out file type"). A pipe or a device is refused unopened: opening a pipe waits forever."""
-    label = f"{what} {path}" if what else str(path)
-    try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise InputError(f"{label}: is a folder, where a file is expected.")
-        if not stat.S_ISREG(mode):
-            raise InputError(f"{label}: not a regular file (a pipe, socket or device); give an image file.")
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise InputError.from_os_error(exc, path, what) from None
 
 
 def _load(path: Path):
@@ -214,70 +195,6 @@ def _ramped(n: int, k: int) -> Iterator[tuple[int, int]]:
 
 def _slab_scans(n_elements: int, itemsize: int, max_bytes: int) -> int:
     return max(1, int(max_bytes) // max(1, n_elements * itemsize))
-
-
-DATA_ACCEPTED = ("a path to an image file (or a list of them), a nibabel image, a list of 3-D nibabel images (one "
-                 "per scan) or a 2-D numpy array (scans, voxels)")
-
-
-def is_image(obj) -> bool:
-    """A nibabel image voxfit reads: any volume (NIfTI, Analyze, MGH...), GIFTI or CIFTI-2."""
-    return isinstance(obj, (nib.spatialimages.SpatialImage, nib.gifti.GiftiImage, nib.Cifti2Image))
-
-
-def check_data(data, name: str = "inputs"):
-    """`data` in the form :func:`open_reader` takes: a Path, a list of Paths, a nibabel image, a list of nibabel
-    images or a numpy array; anything else is an InputError naming `name` and the type received."""
-    if isinstance(data, (str, os.PathLike)):
-        return Path(data)
-    if is_image(data) or isinstance(data, np.ndarray):
-        return data
-    if isinstance(data, (list, tuple)):
-        if not data:
-            raise InputError(f"`{name}` is empty; give {DATA_ACCEPTED}.")
-        if all(isinstance(x, (str, os.PathLike)) for x in data):
-            return [Path(x) for x in data]
-        if all(is_image(x) for x in data):
-            return list(data)
-        kinds = ", ".join(dict.fromkeys(type_name(x) for x in data))
-        raise InputError(f"`{name}` must be {DATA_ACCEPTED}; got a {type_name(data)} of {kinds}.")
-    raise InputError(f"`{name}` must be {DATA_ACCEPTED}; got {type_name(data)}.")
-
-
-def source_label(obj) -> str:
-    """How messages and model.json name an input, a mask or a map: its path, or what it is in memory."""
-    if is_image(obj):
-        return f"in-memory nibabel image ({type(obj).__name__}, shape {tuple(obj.shape)})"
-    if isinstance(obj, np.ndarray):
-        return f"in-memory array (shape {obj.shape}, {int(np.count_nonzero(obj))} non-zero)"
-    return str(obj)
-
-
-@dataclass(frozen=True, eq=False)
-class MemoryInput:
-    """An input held in memory, as model.json records it: no path, but what it was, its shape and dtype, and a
-    SHA-256 of its values (each array's elements in C order, in its dtype), so a run stays describable."""
-
-    source: str  # "in-memory nibabel image" or "in-memory numpy array"
-    type: str
-    shape: tuple[int, ...]
-    dtype: str
-    arrays: tuple = field(repr=False, default=())
-
-    def record(self) -> dict:
-        h = hashlib.sha256()
-        for a in self.arrays:
-            a = np.asanyarray(a)
-            rows = max(1, (4 << 20) // max(1, a[:1].nbytes)) if a.ndim else 1
-            for i in range(0, max(1, a.shape[0] if a.ndim else 1), rows):  # bounded copies of non-contiguous data
-                h.update(np.ascontiguousarray(a[i : i + rows] if a.ndim else a).data)
-        return {"source": self.source, "type": self.type, "shape": list(self.shape), "dtype": self.dtype,
-                "sha256": h.hexdigest()}  # fmt: skip
-
-
-def _memory_input(img, values: NDArray) -> MemoryInput:
-    shape = tuple(int(n) for n in img.shape)
-    return MemoryInput("in-memory nibabel image", type(img).__name__, shape, str(values.dtype), (values,))
 
 
 class NiftiReader:
@@ -544,7 +461,7 @@ class CiftiReader:
                 _check_file_holds(p, img)
             self._imgs.append(img)
             if in_memory:
-                memory.append(_memory_input(img, np.asanyarray(img.dataobj)))
+                memory.append(memory_input(img, np.asanyarray(img.dataobj)))
             else:
                 self.paths.append(p)
         self.in_memory = tuple(memory)
@@ -653,7 +570,7 @@ class VolumeImageReader:
             else:
                 self.geometry.check_same(geometry, f"`{name}[{k}]`")
             self._arrays.append(values)
-            memory.append(_memory_input(img, values))
+            memory.append(memory_input(img, values))
         self.in_memory = tuple(memory)
         self.paths = []
         dtypes = {a.dtype.newbyteorder("=") for a in self._arrays}
@@ -699,7 +616,7 @@ class ChunkedArrayReader(_RowsReader):
         self.paths = [Path(location)]
         if not self.paths[0].exists():
             raise InputError(f"{location}: no such file or store.")
-        self._data = _open_zarr(location, name) if kind == "zarr" else _open_hdf5(location, name)
+        self._data = open_zarr(location, name) if kind == "zarr" else open_hdf5(location, name)
         if len(self._data.shape) != 2:
             raise InputError(f"{text}: the array has shape {tuple(self._data.shape)}; give a 2-D array (rows, columns).")
         _check_dimensions(text, self._data.shape)
@@ -716,109 +633,6 @@ class ChunkedArrayReader(_RowsReader):
         name = self._data.path if self._kind == "zarr" else self._data.name
         nel = self.geometry.n_elements
         return ColumnSource(self._kind, [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, name=name, index=index)
-
-
-def _open_zarr(location: str, name: str):
-    try:
-        import zarr
-    except ImportError:
-        raise InputError(f"{location}: reading Zarr needs the zarr package: pip install 'voxfit[zarr]'.") from None
-    _check_zarr_inside(location)
-    try:
-        node = zarr.open(location, mode="r")
-    except Exception as exc:  # zarr raises several kinds for what is not a store
-        raise InputError(f"{location}: not a readable Zarr store ({type(exc).__name__}).") from None
-    if hasattr(node, "shape"):
-        return node
-    arrays = dict(node.arrays()) if hasattr(node, "arrays") else {}
-    pick = name or ("data" if "data" in arrays else (next(iter(arrays)) if len(arrays) == 1 else None))
-    if pick is None or pick not in arrays:
-        raise InputError(f"{location}: name the array to read as {location}::NAME (arrays: {', '.join(sorted(arrays)) or 'none'}).")
-    return arrays[pick]
-
-
-def _open_hdf5(location: str, name: str):
-    try:
-        import h5py
-    except ImportError:
-        raise InputError(f"{location}: reading HDF5 needs the h5py package: pip install 'voxfit[hdf5]'.") from None
-    check_readable(Path(location))
-    try:
-        f = h5py.File(location, "r")
-    except OSError as exc:
-        raise InputError(f"{location}: not a readable HDF5 file ({exc}).") from None
-    try:
-        if name:
-            if name not in f or not isinstance(f[name], h5py.Dataset):
-                raise InputError(f"{location}: no dataset {name!r}.")
-            return _check_hdf5_inside(location, name, f[name])
-        if isinstance(f.get("data", getlink=True), h5py.ExternalLink) and "data" in f:  # (visititems skips it)
-            return _check_hdf5_inside(location, "data", f["data"])
-        found: list[str] = []
-        f.visititems(lambda key, obj: found.append(key) if isinstance(obj, h5py.Dataset) else None)
-        pick = "data" if "data" in found else (found[0] if len(found) == 1 else None)
-        if pick is None:
-            raise InputError(f"{location}: name the dataset to read as {location}::NAME (datasets: "
-                             f"{', '.join(found) or 'none'}).")  # fmt: skip
-        return _check_hdf5_inside(location, pick, f[pick])
-    except InputError:
-        f.close()
-        raise
-
-
-# Only the input is read (issue 14): model.json records and hashes the input file or store, so values must not
-# come from anywhere else. HDF5 can keep a dataset's values in other files (external raw storage, virtual
-# datasets, external links) and a Zarr store's chunks can be symbolic links to files elsewhere; voxfit refuses
-# them (on the client and on every Dask worker that opens the input) rather than read files it never recorded.
-_COPY_HINT = "voxfit reads only the input file; copy the values into it"
-
-
-def _check_hdf5_inside(location: str, name: str, ds, seen=()):
-    """`ds`, the dataset `name` of the HDF5 file `location`, if its values are all stored in that file (a virtual
-    dataset's sources in the file too, checked in turn); else an InputError naming the dataset and the file it
-    points to."""
-    where = f"{location}::{name.lstrip('/')}"
-    other = ds.file.filename
-    if not _same_file(other, location):
-        ds.file.close()  # (the linked file h5py opened; the caller closes the input)
-        raise InputError(f"{where} is an external link to {other}; {_COPY_HINT} (h5copy, or h5py's copy).")
-    if ds.external:
-        files = ", ".join(dict.fromkeys(os.fsdecode(entry[0]) for entry in ds.external))
-        raise InputError(f"{where} keeps its values outside the file, in {files} (HDF5 external storage); "
-                         f"{_COPY_HINT} (h5repack -l CONTI).")  # fmt: skip
-    if ds.is_virtual:
-        sources = ds.virtual_sources()
-        outside = [m.file_name for m in sources if m.file_name != "." and not _same_file(m.file_name, location)]
-        if outside:
-            raise InputError(f"{where} is a virtual dataset reading {', '.join(dict.fromkeys(outside))}; "
-                             f"{_COPY_HINT} (h5repack, or write the dataset's values with h5py).")  # fmt: skip
-        for source in dict.fromkeys(m.dset_name for m in sources):  # (in this file: they may be
-            inner = ds.file.get(source)  # external storage or links themselves; a missing one reads as fill)
-            if inner is not None and hasattr(inner, "is_virtual") and source not in seen:
-                _check_hdf5_inside(location, source, inner, (*seen, name, source))
-    return ds
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # (a file that does not exist is not the input)
-        return False
-
-
-def _check_zarr_inside(location: str) -> None:
-    """An InputError naming the first symbolic link in the Zarr store `location` (file or folder) that leads
-    outside it. The store itself may be a link: its target is the store."""
-    root = os.path.realpath(location)
-    for folder, dirs, files in os.walk(root):  # (links to folders are listed in dirs, not followed)
-        for entry in sorted(dirs + files):
-            path = os.path.join(folder, entry)
-            if os.path.islink(path):
-                target = os.path.realpath(path)
-                if os.path.commonpath([root, target]) != root:
-                    raise InputError(f"{location}: {os.path.relpath(path, root)} in the Zarr store is a link to "
-                                     f"{target}, outside the store; voxfit reads only the store (replace the link "
-                                     "by a copy of what it points to).")  # fmt: skip
 
 
 class ColumnSource:
@@ -883,7 +697,7 @@ class ColumnSource:
             if self.kind in ("zarr", "hdf5"):
                 if not Path(path).exists():
                     raise FileNotFoundError(path)
-                array = _open_zarr(path, self.name) if self.kind == "zarr" else _open_hdf5(path, self.name)
+                array = open_zarr(path, self.name) if self.kind == "zarr" else open_hdf5(path, self.name)
                 try:
                     return np.asarray(array[:, lo:hi], dtype=self.raw_dtype)
                 finally:

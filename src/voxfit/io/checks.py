@@ -1,0 +1,28 @@
+"""Checks of an input file before any reader opens it."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from ..exceptions import InputError
+
+__all__ = ["check_readable"]
+
+
+def check_readable(path: Path, what: str = "") -> None:
+    """Open `path` once for reading, so that a file that is missing, unreadable (permissions) or a folder is
+    refused with the system's reason, not reported later as some other fault (nibabel calls an unreadable
+    file "Cannot work out file type"). A pipe or a device is refused unopened: opening a pipe waits forever."""
+    label = f"{what} {path}" if what else str(path)
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{label}: is a folder, where a file is expected.")
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{label}: not a regular file (a pipe, socket or device); give an image file.")
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError.from_os_error(exc, path, what) from None

@@ -18,6 +18,7 @@ import numpy as np
 from .._array import is_dataframe, type_name
 from .._dask import dask_client, run_tasks
 from .._memory import needs_streaming
+from .._threads import run_in_threads
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
 from ..design import read_design, write_design
@@ -496,8 +497,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
         path = out.path(name)
         masker.write_mask(path) if values is None else masker.write(path, values, labels)
 
-    with ThreadPoolExecutor(n_jobs or default_workers()) as pool:  # compression releases the GIL
-        list(pool.map(write, maps))
+    run_in_threads(write, maps, n_jobs or default_workers())  # compression releases the GIL; stoppable
     write_design_files(out, "", settings["X"], names, settings["design"]["kinds"], settings["design"].get("tr"))
     if fit.design.X is not settings["X"] and not np.array_equal(fit.design.X, settings["X"]):  # ar1-global: whitened
         write_design(out.path("design_desc-whitened.tsv"), fit.design.X, names)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-__all__ = ["CHUNK_S", "GRACE_S", "POLL_S", "in_chunks", "run_in_threads"]
+__all__ = ["CHUNK_S", "GRACE_S", "POLL_S", "in_chunks", "interruptible", "run_in_threads"]
 
 POLL_S = 0.05  # how often the waiting thread wakes up to let signal handlers run
 CHUNK_S = 0.1  # the length of one uninterruptible call in in_chunks
@@ -102,3 +102,31 @@ def in_chunks(fn: Callable[[int, int], None], n: int, first: int = 1, target_s: 
         took = time.perf_counter() - t0
         a = b
         chunk = max(1, min(4 * chunk, int(chunk * target_s / max(took, 1e-6))))
+
+
+def interruptible(fn: Callable, *args):
+    """``fn(*args)`` in a helper thread while the calling (main) thread waits with a timeout.
+
+    LAPACK and numpy's linear algebra release the GIL but hold the thread that calls them until they return,
+    so a signal handler waits for them; called from here, the handler runs at once (the abandoned thread is a
+    daemon and does not keep the process alive). Called from another thread, `fn` just runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    box: dict = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 (raised again in the calling thread)
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="voxfit-linalg", daemon=True).start()
+    while not done.wait(POLL_S):
+        pass
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

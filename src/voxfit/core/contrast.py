@@ -27,6 +27,7 @@ _ESTIMABLE_RTOL = 1e-8
 # variance (a weight squared times the covariance of the betas), for no gain: a statistic does not depend on
 # the scale of a row.
 _MAX_WEIGHT = 1e100
+_PINV_VOXELS = 1 << 18  # (q x q) matrices of f_stats pseudo-inverted per call: q^2 x this many values
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,8 +242,13 @@ def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable
     inv = np.full_like(covariance, np.nan)
     df1 = 0
     if finite.any():
-        inv[finite] = np.linalg.pinv(covariance[finite], hermitian=True)
-        df1 = int(np.linalg.matrix_rank(covariance[np.flatnonzero(finite)[0]], hermitian=True))
+        idx = np.flatnonzero(finite)
+        # a few thousand voxels per call: one batched pinv over every voxel held the main thread (and Ctrl-C)
+        # for seconds on large images
+        step = max(1, _PINV_VOXELS // max(1, covariance.shape[1]) ** 2)
+        for a in range(0, idx.size, step):
+            inv[idx[a : a + step]] = np.linalg.pinv(covariance[idx[a : a + step]], hermitian=True)
+        df1 = int(np.linalg.matrix_rank(covariance[idx[0]], hermitian=True))
     with np.errstate(divide="ignore", invalid="ignore"):
         F = np.where(usable & finite, np.einsum("qv,vqr,rv->v", effect, inv, effect) / max(df1, 1), np.nan)
     z = f_to_z(F, df1, dof) if dof > 0 and df1 > 0 else np.full_like(F, np.nan)

@@ -20,6 +20,7 @@ import scipy.linalg as sl
 from numpy.typing import NDArray
 
 from .._array import check_array_like
+from .._threads import interruptible
 from ..exceptions import DataTypeError, InputError, RankDeficiencyWarning
 
 __all__ = ["DesignFactor", "factorize", "as_design_matrix", "orthonormal_basis"]
@@ -30,6 +31,7 @@ _NULL_ENTRY_RTOL = 1e-8  # entries of a null vector below this (relative) are no
 # those (and a contrast's variance) representable in float64 for any well-posed design; beyond, the column
 # is refused with the factor that brings it back, rather than fitted into inf, 0 or NaN.
 _MAX_COLUMN_NORM = 1e100
+_LARGE_FLOPS = 1e8  # n p^2 of a design factorised in a helper thread (see factorize)
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,6 +181,42 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True) ->
     rtol = max(n, p) * eps if rtol is None else float(rtol)
 
     scale = _column_norms(X, names)
+    # a large design's LAPACK calls take seconds; in a helper thread they let Ctrl-C and SIGTERM through
+    run = interruptible if n * p * p >= _LARGE_FLOPS else (lambda fn, *args: fn(*args))
+    Qr, sv, rank, pinv, cov_unscaled, null_scaled, basis_pinv = run(_factor, X, scale, rtol)
+    ones_residual = np.ones(n) - Qr @ Qr.sum(axis=0)
+    has_intercept = bool(np.linalg.norm(ones_residual) <= 1e-8 * np.sqrt(n))
+    if has_intercept:
+        ones_residual = np.zeros(n)
+
+    factor = DesignFactor(
+        X=X,
+        names=names,
+        rank=rank,
+        pinv=_frozen(pinv),
+        cov_unscaled=_frozen(cov_unscaled),
+        null_space=_frozen(null_scaled),
+        col_scale=_frozen(scale),
+        basis=_frozen(Qr),
+        basis_pinv=_frozen(basis_pinv),
+        has_intercept=has_intercept,
+        ones_residual=_frozen(ones_residual),
+        condition=float(sv[0] / sv[rank - 1]),
+    )
+    if warn and rank < p:
+        warnings.warn(
+            f"The design is rank deficient (rank {rank} for {p} columns): columns "
+            f"{', '.join(factor.involved_columns())} are linearly dependent ({'; '.join(factor.dependencies())}); "
+            "only contrasts in the row space of the design are estimable.",
+            RankDeficiencyWarning,
+            stacklevel=3,
+        )
+    return factor
+
+
+def _factor(X: NDArray, scale: NDArray, rtol: float):
+    """The numbers of :func:`factorize`: basis, singular values, rank, pseudo-inverse, covariance, null space."""
+    n, p = X.shape
     Q, R, piv = sl.qr(X / scale, mode="economic", pivoting=True)
     sv = np.linalg.svd(R, compute_uv=False)
     if sv[0] == 0:
@@ -208,34 +246,7 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True) ->
             f"the design cannot be factorised in float64: its {', '.join(bad) or 'singular values'} came out "
             "non-finite; rescale its columns to ordinary sizes (e.g. standardise them)."
         )
-    ones_residual = np.ones(n) - Qr @ Qr.sum(axis=0)
-    has_intercept = bool(np.linalg.norm(ones_residual) <= 1e-8 * np.sqrt(n))
-    if has_intercept:
-        ones_residual = np.zeros(n)
-
-    factor = DesignFactor(
-        X=X,
-        names=names,
-        rank=rank,
-        pinv=_frozen(pinv),
-        cov_unscaled=_frozen(cov_unscaled),
-        null_space=_frozen(null_scaled),
-        col_scale=_frozen(scale),
-        basis=_frozen(Qr),
-        basis_pinv=_frozen(pinv @ Qr),
-        has_intercept=has_intercept,
-        ones_residual=_frozen(ones_residual),
-        condition=float(sv[0] / sv[rank - 1]),
-    )
-    if warn and rank < p:
-        warnings.warn(
-            f"The design is rank deficient (rank {rank} for {p} columns): columns "
-            f"{', '.join(factor.involved_columns())} are linearly dependent ({'; '.join(factor.dependencies())}); "
-            "only contrasts in the row space of the design are estimable.",
-            RankDeficiencyWarning,
-            stacklevel=3,
-        )
-    return factor
+    return Qr, sv, rank, pinv, cov_unscaled, null_scaled, pinv @ Qr
 
 
 def _column_norms(X: NDArray, names: tuple[str, ...]) -> NDArray[np.float64]:

@@ -88,12 +88,12 @@ class _Parser:
     def row(self) -> dict[str, float]:
         start = self.peek()[2]
         const, coefs = self.sum()
+        if not (np.isfinite(const) and all(np.isfinite(v) for v in coefs.values())):
+            raise self.error(f"a weight in the row starting at position {start} overflows (beyond 1.8e308); "
+                             "use weights of ordinary size (a t or F statistic does not depend on the scale of a row)")
         if const != 0:
             raise self.error("a bare number is not a contrast weight; write it as a multiple of a column (e.g. 2*A)")
         coefs = {k: v for k, v in coefs.items() if v != 0}
-        if not all(np.isfinite(v) for v in coefs.values()):
-            raise self.error(f"a weight in the row starting at position {start} overflows (beyond 1.8e308); "
-                             "use weights of ordinary size (a t or F statistic does not depend on the scale of a row)")
         if not coefs:
             raise self.error(f"the row starting at position {start} has no non-zero column weight")
         return coefs

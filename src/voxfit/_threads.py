@@ -5,8 +5,8 @@ calling thread (the KeyboardInterrupt of SIGINT, or of SIGTERM through the comma
 ``with`` block, whose ``shutdown(wait=True)`` then runs every queued item to the end, and the interpreter
 joins its threads again at exit. :func:`run_in_threads` takes items one at a time from a shared queue on
 daemon threads, waits with a timeout (so that signal handlers run), and on any exception tells the workers to
-take no further item and waits only for the items already running (each one bounded block of work), so
-that no thread writes a file after the caller has cleaned up.
+take no further item and waits (for items that write files) only for the items already running, each
+one bounded block of work, so that no thread writes a file after the caller has cleaned up.
 
 :func:`in_chunks` cuts one long compiled or LAPACK call (which holds the main thread until it returns, so no
 Python signal handler can run) into calls of bounded size.
@@ -17,19 +17,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 
-__all__ = ["CHUNK_S", "GRACE_S", "POLL_S", "in_chunks", "interruptible", "run_in_threads"]
+__all__ = ["CHUNK_S", "GRACE_S", "POLL_S", "DaemonExecutor", "in_chunks", "interruptible", "run_in_threads"]
 
 POLL_S = 0.05  # how often the waiting thread wakes up to let signal handlers run
 CHUNK_S = 0.1  # the length of one uninterruptible call in in_chunks
 GRACE_S = 1.0  # how long, after an interruption, the items already running may take to finish
 
 
-def run_in_threads(fn: Callable, items: Iterable, workers: int, on_done: Callable[[int], None] | None = None) -> list:
+def run_in_threads(fn: Callable, items: Iterable, workers: int, on_done: Callable[[int], None] | None = None,
+                   grace: float = 0.0) -> list:
     """``[fn(item) for item in items]`` on `workers` threads, in item order; ``on_done(count)`` after each item.
 
     The first exception (from an item, or raised in the calling thread by a signal) stops the work: no new
-    item starts, the running ones get up to ``GRACE_S`` seconds to finish, and the exception propagates.
+    item starts, the running ones get up to `grace` seconds to finish, and the exception propagates. Items that
+    only compute into memory need none (their daemon threads do not keep the process alive); items that write
+    files should get ``GRACE_S``, so that none writes after the caller has removed its partial output.
     """
     items = list(items)
     n = len(items)
@@ -84,7 +88,7 @@ def run_in_threads(fn: Callable, items: Iterable, workers: int, on_done: Callabl
                 return results
     except BaseException:
         stop.set()
-        deadline = time.monotonic() + GRACE_S
+        deadline = time.monotonic() + grace
         for t in threads:  # the items already running: each is one bounded block
             t.join(max(0.0, deadline - time.monotonic()))
         raise
@@ -130,3 +134,23 @@ def interruptible(fn: Callable, *args):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+class DaemonExecutor:
+    """``submit(fn, *args) -> Future``, each call on its own daemon thread: side work (input checksums) that
+    an interruption abandons. A ``ThreadPoolExecutor`` would be waited for when leaving its ``with`` block
+    and again when the interpreter exits."""
+
+    def submit(self, fn: Callable, *args, **kwargs) -> Future:
+        future: Future = Future()
+
+        def target() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 (handed to whoever asks for the result)
+                future.set_exception(exc)
+
+        threading.Thread(target=target, name="voxfit-side", daemon=True).start()
+        return future

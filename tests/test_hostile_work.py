@@ -186,6 +186,23 @@ def test_interruptible_linear_algebra_lets_ctrl_c_through():
         interruptible(lambda: 1 / 0)
 
 
+def test_large_designs_are_factorised_where_a_signal_reaches_them(monkeypatch):
+    import voxfit.core.design as design_module
+
+    calls = []
+
+    def spy(fn, *args):
+        calls.append(args[0].shape)
+        return fn(*args)
+
+    monkeypatch.setattr(design_module, "interruptible", spy)
+    rng = np.random.default_rng(0)
+    small, large = rng.standard_normal((200, 10)), rng.standard_normal((1000, 320))  # n p^2: 2e4, 1.02e8
+    npt.assert_allclose(factorize(large).pinv, np.linalg.pinv(large), atol=1e-12)
+    factorize(small)
+    assert calls == [(1000, 320)]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # class 3: commands interrupted at each phase, in child processes
 

@@ -127,8 +127,8 @@ def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[ND
         raise ContrastError(f"`contrast` {label} has a row of all zeros; every row must weight some column.")
     if w.shape[0] > p:
         raise ContrastError(
-            f"`contrast` has {w.shape[0]:,} rows but the design has only {p} columns; an F contrast tests at most "
-            "one row per column (drop the redundant rows)."
+            f"`contrast` has {w.shape[0]:,} rows but the design has only {p} column{'s' * (p != 1)}; an F contrast "
+            "tests at most one row per column (drop the redundant rows)."
         )
     return w, label
 

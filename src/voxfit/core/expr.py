@@ -173,9 +173,10 @@ def parse_contrast(text: str, names: tuple[str, ...]) -> NDArray[np.float64]:
                             f"limit of {MAX_EXPRESSION_LENGTH:,}; give the weights as numbers (e.g. an FSL .con file).")
     rows = _Parser(text, tuple(names)).rows()
     if len(rows) > len(names):
-        raise ContrastError(f"contrast {text[:40]!r}{'...' if len(text) > 40 else ''} has {len(rows):,} rows but the "
-                            f"design has only {len(names)} columns; an F contrast tests at most one row per column "
-                            "(drop the redundant rows).")
+        shown = text[:40] + ("..." if len(text) > 40 else "")
+        columns = f"{len(names)} column{'s' * (len(names) != 1)}"
+        raise ContrastError(f"contrast {shown!r} has {len(rows):,} rows but the design has only {columns}; an F "
+                            "contrast tests at most one row per column (drop the redundant rows).")
     out = np.zeros((len(rows), len(names)))
     index = {name: j for j, name in enumerate(names)}
     for r, coefs in enumerate(rows):

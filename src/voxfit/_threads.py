@@ -23,7 +23,7 @@ __all__ = ["CHUNK_S", "GRACE_S", "POLL_S", "DaemonExecutor", "in_chunks", "inter
 
 POLL_S = 0.05  # how often the waiting thread wakes up to let signal handlers run
 CHUNK_S = 0.1  # the length of one uninterruptible call in in_chunks
-GRACE_S = 1.0  # how long, after an interruption, the items already running may take to finish
+GRACE_S = 0.5  # how long, after an interruption, items that write files may take to finish theirs
 
 
 def run_in_threads(fn: Callable, items: Iterable, workers: int, on_done: Callable[[int], None] | None = None,

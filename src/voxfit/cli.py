@@ -7,6 +7,7 @@ one line on stderr (``--debug`` shows the traceback); a failed or interrupted ru
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -501,12 +502,19 @@ def main(argv: list[str] | None = None) -> int:
     handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, _on_signal) for s in handled} if in_main else {}
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         interrupted = any(signal.getsignal(s) is signal.SIG_IGN for s in previous)
         if not (as_program and interrupted):  # an interrupted program ignores signals until it has exited
             for s, handler in previous.items():
                 signal.signal(s, handler)
+    if as_program and code == 130:
+        # interrupted, and its partial output removed: end now, rather than after the interpreter's teardown
+        # behind worker threads still compressing an abandoned map (up to a second more on a busy machine)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return code
 
 
 def _main(argv: list[str]) -> int:

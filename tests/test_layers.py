@@ -10,7 +10,7 @@ import voxfit
 SRC = Path(voxfit.__file__).parent
 
 # layer of each top-level module or subpackage of voxfit; a module may import from equal or lower layers
-LAYERS = {"_array": 0, "_dask": 0, "_memory": 0, "_progress": 0, "_version": 0, "exceptions": 0, "core": 1, "io": 2, "design": 2, "engine": 3, "inference": 3,
+LAYERS = {"_array": 0, "_dask": 0, "_memory": 0, "_progress": 0, "_threads": 0, "_version": 0, "exceptions": 0, "core": 1, "io": 2, "design": 2, "engine": 3, "inference": 3,
           "models": 4, "report": 4, "cli": 5, "__init__": 6, "__main__": 6}  # fmt: skip
 # third-party imports allowed per layer (besides the standard library); numba only inside functions
 THIRD_PARTY = {0: {"numpy"}, 1: {"numpy", "scipy"}, 2: {"numpy", "scipy", "nibabel", "pandas"}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import signal
 import sys
@@ -578,19 +579,35 @@ def _in_thread(fn, *args, **kwargs) -> Future:
     return future
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # clean up as for Ctrl-C: no partial output
+def _on_signal(signum, frame):
+    """SIGINT or SIGTERM: clean up as for Ctrl-C (no partial output). Further signals are ignored until the
+    run has removed its partial output (a second Ctrl-C during the clean-up left it behind)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None  # `voxfit ...` or `python -m voxfit ...`: the process ends when this returns
     argv = sys.argv[1:] if argv is None else list(argv)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    # (a SIGINT that the parent made ignored, as for background jobs, stays ignored, as Python leaves it)
+    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, _on_signal) for s in handled} if in_main else {}
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        interrupted = any(signal.getsignal(s) is signal.SIG_IGN for s in previous)
+        if not (as_program and interrupted):  # an interrupted program ignores signals until it has exited
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    if as_program and code == 130:
+        # interrupted, and its partial output removed: end now, rather than after the interpreter's teardown
+        # behind worker threads still compressing an abandoned map (up to a second more on a busy machine)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return code
 
 
 def _main(argv: list[str]) -> int:

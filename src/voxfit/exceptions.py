@@ -18,6 +18,7 @@ __all__ = [
     "RankDeficiencyWarning",
     "DegreesOfFreedomWarning",
     "DesignWarning",
+    "DataRangeWarning",
 ]
 
 
@@ -83,3 +84,7 @@ class DegreesOfFreedomWarning(UserWarning):
 
 class DesignWarning(UserWarning):
     """A design that can be fitted but estimates some regressor poorly (high variance inflation)."""
+
+
+class DataRangeWarning(UserWarning):
+    """Some voxels' data are so large or small that their sums of squares are not representable in float64."""

@@ -20,9 +20,14 @@ from .design import DesignFactor
 from .distributions import f_to_z, t_to_z, z_to_logp, z_to_p
 from .expr import parse_contrast
 
-__all__ = ["Stats", "check_contrast", "contrast_matrix", "compute_contrast", "f_stats", "t_stats"]
+__all__ = ["Stats", "check_contrast", "compute_contrast", "contrast_matrix", "f_stats", "row_basis", "t_stats"]
 
 _ESTIMABLE_RTOL = 1e-8
+# Contrast weights beyond this size (or below its inverse) would overflow or underflow the effect and its
+# variance (a weight squared times the covariance of the betas), for no gain: a statistic does not depend on
+# the scale of a row.
+_MAX_WEIGHT = 1e100
+_PINV_VOXELS = 1 << 18  # (q x q) matrices of f_stats pseudo-inverted per call: q^2 x this many values
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,16 +127,56 @@ def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[ND
         raise ContrastError(f"`contrast` {label} must have at least one row and only finite weights.")
     if not np.any(w, axis=1).all():
         raise ContrastError(f"`contrast` {label} has a row of all zeros; every row must weight some column.")
+    if w.shape[0] > p:
+        raise ContrastError(
+            f"`contrast` has {w.shape[0]:,} rows but the design has only {p} column{'s' * (p != 1)}; an F contrast "
+            "tests at most one row per column (drop the redundant rows)."
+        )
     return w, label
+
+
+def _check_weight_sizes(w: NDArray, label: str) -> None:
+    """Refuse rows whose largest weight is beyond 1e100 or below 1e-100 (their products are not representable)."""
+    big = np.abs(w).max(axis=1)
+    bad = np.flatnonzero((big > _MAX_WEIGHT) | (big < 1 / _MAX_WEIGHT))
+    if bad.size:
+        raise ContrastError(
+            f"contrast {_short(label)!r} has weights of size {big[bad[0]]:.3g} in row {bad[0] + 1}; weights must be "
+            f"between {1 / _MAX_WEIGHT:g} and {_MAX_WEIGHT:g} in size (divide the row by a constant: a t or F "
+            "statistic does not depend on the scale of a row)."
+        )
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= 80 else label[:60] + "..."
+
+
+def _scaled_rows(w: NDArray, design: DesignFactor) -> NDArray:
+    """The weights on the column-scaled betas, each row divided by its largest entry (no overflow, no NaN)."""
+    ws = w / design.col_scale
+    return ws / np.abs(ws).max(axis=1, keepdims=True)
+
+
+def row_basis(w: NDArray, design: DesignFactor) -> NDArray[np.float64]:
+    """Rows (r, p) spanning the row space of `w` (q, p), orthonormal on the column-scaled betas: an F contrast
+    reduced to its rank before any (q x q) work (SPM's spm_FcUtil does the same)."""
+    _, s, vt = np.linalg.svd(_scaled_rows(w, design), full_matrices=False)
+    keep = s > max(w.shape) * np.finfo(float).eps * s[0]
+    return vt[keep] * design.col_scale  # back to weights on the betas: (B_s * s) @ b = B_s @ (s b)
 
 
 def _check_estimable(w: NDArray, label: str, design: DesignFactor) -> None:
     """Refuse rows that are not in the row space of X, naming the confounded columns."""
+    _check_weight_sizes(w, label)
     null = design.null_space
     if null.size == 0:
         return
-    ws = w / design.col_scale  # weights on the scaled betas
-    leak = np.abs(ws @ null).max(axis=1) > _ESTIMABLE_RTOL * np.linalg.norm(ws, axis=1)
+    ws = _scaled_rows(w, design)  # weights on the scaled betas
+    overlap = ws @ null
+    if not np.isfinite(overlap).all():  # never decide estimability from NaN
+        raise ContrastError(f"contrast {_short(label)!r}: its estimability cannot be computed (non-finite weights on "
+                            "the scaled design); rescale the design columns and the weights to ordinary sizes.")
+    leak = np.abs(overlap).max(axis=1) > _ESTIMABLE_RTOL * np.linalg.norm(ws, axis=1)
     if leak.any():
         touched = null[:, np.abs(ws[leak] @ null).max(axis=0) > _ESTIMABLE_RTOL * np.abs(ws[leak]).max()]
         cols = design.involved_columns(touched)
@@ -161,18 +206,25 @@ def compute_contrast(
     label = label if name is None else name
     _check_estimable(w, label, design)
     dof = design.dof
-    usable = residual_variance > 0  # zero or NaN variance: no statistic
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # zero, NaN or overflowed (data beyond ~1e154) variance: no statistic rather than a t of 0
+    usable = (residual_variance > 0) & np.isfinite(residual_variance)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         effect = w @ betas
-        m = w @ design.cov_unscaled @ w.T
+        m = w @ design.cov_unscaled @ w.T  # (q, q), q <= p
         variance = np.diag(m)[:, None] * residual_variance
         if w.shape[0] == 1:
-            return t_stats(label, w, effect[0], variance[0], usable, dof)
-        evals, evecs = np.linalg.eigh(m)
-        keep = evals > evals.max() * max(m.shape) * np.finfo(float).eps
-        whiten = evecs[:, keep] / np.sqrt(evals[keep])  # m^+ = whiten @ whiten.T
+            # the statistic from the row divided by its largest scaled weight: the same t, without the
+            # overflow or underflow of the raw weights' products
+            u = w / (np.abs(w / design.col_scale).max())
+            t = (u @ betas)[0] / np.sqrt((u @ design.cov_unscaled @ u.T)[0, 0] * residual_variance)
+            return t_stats(label, w, effect[0], variance[0], usable, dof, stat=t)
+        basis = row_basis(w, design)  # the rows reduced to their rank: at most p of them
+        mb = basis @ design.cov_unscaled @ basis.T
+        evals, evecs = np.linalg.eigh(mb)
+        keep = evals > evals.max() * max(mb.shape) * np.finfo(float).eps
+        whiten = evecs[:, keep] / np.sqrt(evals[keep])  # mb^+ = whiten @ whiten.T
         df1 = int(keep.sum())
-        proj = whiten.T @ effect
+        proj = whiten.T @ (basis @ betas)
         stat = np.where(usable, np.einsum("ij,ij->j", proj, proj) / (df1 * residual_variance), np.nan)
         z = f_to_z(stat, df1, dof) if dof > 0 else np.full_like(stat, np.nan)
     return _freeze(Stats(label, "F", w, effect, variance, stat, z, (float(df1), float(dof)), m, residual_variance))
@@ -192,8 +244,13 @@ def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable
     inv = np.full_like(covariance, np.nan)
     df1 = 0
     if finite.any():
-        inv[finite] = np.linalg.pinv(covariance[finite], hermitian=True)
-        df1 = int(np.linalg.matrix_rank(covariance[np.flatnonzero(finite)[0]], hermitian=True))
+        idx = np.flatnonzero(finite)
+        # a few thousand voxels per call: one batched pinv over every voxel held the main thread (and Ctrl-C)
+        # for seconds on large images
+        step = max(1, _PINV_VOXELS // max(1, covariance.shape[1]) ** 2)
+        for a in range(0, idx.size, step):
+            inv[idx[a : a + step]] = np.linalg.pinv(covariance[idx[a : a + step]], hermitian=True)
+        df1 = int(np.linalg.matrix_rank(covariance[idx[0]], hermitian=True))
     with np.errstate(divide="ignore", invalid="ignore"):
         F = np.where(usable & finite, np.einsum("qv,vqr,rv->v", effect, inv, effect) / max(df1, 1), np.nan)
     if np.ndim(dof) > 0:  # a dof per voxel
@@ -207,10 +264,12 @@ def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable
     return _freeze(Stats(label, "F", w, effect, variance, F, z, (float(df1), dof), unscaled, scale))
 
 
-def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float) -> Stats:
-    """A t contrast's Stats from its effect and variance at every voxel (NaN where not `usable`)."""
+def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float,
+            stat: NDArray | None = None) -> Stats:
+    """A t contrast's Stats from its effect and variance at every voxel (NaN where not `usable`); `stat`, when
+    given, is the t computed by the caller from a rescaled row (same value, no overflow)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        stat = np.where(usable, effect / np.sqrt(variance), np.nan)
+        stat = np.where(usable, effect / np.sqrt(variance) if stat is None else stat, np.nan)
     if np.ndim(dof) > 0:  # a dof per voxel
         dof = np.array(dof, dtype=float)
         z = t_to_z(stat, dof)

@@ -20,11 +20,18 @@ import scipy.linalg as sl
 from numpy.typing import NDArray
 
 from .._array import check_array_like
+from .._threads import interruptible
 from ..exceptions import DataTypeError, InputError, RankDeficiencyWarning
 
 __all__ = ["DesignFactor", "factorize", "as_design_matrix", "orthonormal_basis"]
 
 _NULL_ENTRY_RTOL = 1e-8  # entries of a null vector below this (relative) are not "involved"
+# Columns are scaled to unit length before the factorisation, but the pseudo-inverse and the covariance of the
+# betas are in the units of the columns: a norm s makes them ~1/s and ~1/s^2. Norms within 1e+-100 keep
+# those (and a contrast's variance) representable in float64 for any well-posed design; beyond, the column
+# is refused with the factor that brings it back, rather than fitted into inf, 0 or NaN.
+_MAX_COLUMN_NORM = 1e100
+_LARGE_FLOPS = 1e8  # n p^2 of a design factorised in a helper thread (see factorize)
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,8 +180,43 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True) ->
     eps = np.finfo(np.float64).eps
     rtol = max(n, p) * eps if rtol is None else float(rtol)
 
-    scale = np.linalg.norm(X, axis=0)
-    scale[scale == 0] = 1.0
+    scale = _column_norms(X, names)
+    # a large design's LAPACK calls take seconds; in a helper thread they let Ctrl-C and SIGTERM through
+    run = interruptible if n * p * p >= _LARGE_FLOPS else (lambda fn, *args: fn(*args))
+    Qr, sv, rank, pinv, cov_unscaled, null_scaled, basis_pinv = run(_factor, X, scale, rtol)
+    ones_residual = np.ones(n) - Qr @ Qr.sum(axis=0)
+    has_intercept = bool(np.linalg.norm(ones_residual) <= 1e-8 * np.sqrt(n))
+    if has_intercept:
+        ones_residual = np.zeros(n)
+
+    factor = DesignFactor(
+        X=X,
+        names=names,
+        rank=rank,
+        pinv=_frozen(pinv),
+        cov_unscaled=_frozen(cov_unscaled),
+        null_space=_frozen(null_scaled),
+        col_scale=_frozen(scale),
+        basis=_frozen(Qr),
+        basis_pinv=_frozen(basis_pinv),
+        has_intercept=has_intercept,
+        ones_residual=_frozen(ones_residual),
+        condition=float(sv[0] / sv[rank - 1]),
+    )
+    if warn and rank < p:
+        warnings.warn(
+            f"The design is rank deficient (rank {rank} for {p} columns): columns "
+            f"{', '.join(factor.involved_columns())} are linearly dependent ({'; '.join(factor.dependencies())}); "
+            "only contrasts in the row space of the design are estimable.",
+            RankDeficiencyWarning,
+            stacklevel=3,
+        )
+    return factor
+
+
+def _factor(X: NDArray, scale: NDArray, rtol: float):
+    """The numbers of :func:`factorize`: basis, singular values, rank, pseudo-inverse, covariance, null space."""
+    n, p = X.shape
     Q, R, piv = sl.qr(X / scale, mode="economic", pivoting=True)
     sv = np.linalg.svd(R, compute_uv=False)
     if sv[0] == 0:
@@ -196,34 +238,36 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True) ->
         null_scaled = np.zeros((p, 0))
         pinv = basic
 
-    ones_residual = np.ones(n) - Qr @ Qr.sum(axis=0)
-    has_intercept = bool(np.linalg.norm(ones_residual) <= 1e-8 * np.sqrt(n))
-    if has_intercept:
-        ones_residual = np.zeros(n)
-
-    factor = DesignFactor(
-        X=X,
-        names=names,
-        rank=rank,
-        pinv=_frozen(pinv),
-        cov_unscaled=_frozen(pinv @ pinv.T),
-        null_space=_frozen(null_scaled),
-        col_scale=_frozen(scale),
-        basis=_frozen(Qr),
-        basis_pinv=_frozen(pinv @ Qr),
-        has_intercept=has_intercept,
-        ones_residual=_frozen(ones_residual),
-        condition=float(sv[0] / sv[rank - 1]),
-    )
-    if warn and rank < p:
-        warnings.warn(
-            f"The design is rank deficient (rank {rank} for {p} columns): columns "
-            f"{', '.join(factor.involved_columns())} are linearly dependent ({'; '.join(factor.dependencies())}); "
-            "only contrasts in the row space of the design are estimable.",
-            RankDeficiencyWarning,
-            stacklevel=3,
+    cov_unscaled = pinv @ pinv.T
+    parts = {"pseudo-inverse": pinv, "covariance": cov_unscaled, "null space": null_scaled, "basis": Qr}
+    bad = [what for what, a in parts.items() if not np.isfinite(a).all()]
+    if bad or not np.isfinite(sv).all():  # estimability and rank are never decided from NaN or inf
+        raise InputError(
+            f"the design cannot be factorised in float64: its {', '.join(bad) or 'singular values'} came out "
+            "non-finite; rescale its columns to ordinary sizes (e.g. standardise them)."
         )
-    return factor
+    return Qr, sv, rank, pinv, cov_unscaled, null_scaled, pinv @ Qr
+
+
+def _column_norms(X: NDArray, names: tuple[str, ...]) -> NDArray[np.float64]:
+    """Euclidean norm of each column (1 for all-zero columns), computed without overflowing the squares;
+    refuses columns whose norm is beyond ``1e+-100`` (see ``_MAX_COLUMN_NORM``), naming the rescaling."""
+    big = np.abs(X).max(axis=0)
+    unit = np.where(big > 0, big, 1.0)
+    scale = unit * np.linalg.norm(X / unit, axis=0)  # a column of 1e308 has a finite norm up to overflow
+    zero = big == 0
+    out = ~zero & ~((scale >= 1 / _MAX_COLUMN_NORM) & (scale <= _MAX_COLUMN_NORM))
+    if out.any():
+        j = int(np.flatnonzero(out)[0])
+        factor = 10.0 ** -np.round(np.log10(big[j]))
+        raise InputError(
+            f"design column {names[j]!r} has values of size {big[j]:.3g} (norm {scale[j]:.3g}); columns must have "
+            f"norms between {1 / _MAX_COLUMN_NORM:g} and {_MAX_COLUMN_NORM:g} for the fit to be computed in float64 "
+            f"(their squares and inverses must be representable); multiply it by {factor:.0e} or standardise it."
+            + (f" ({int(out.sum()) - 1} more column(s) likewise.)" if out.sum() > 1 else "")
+        )
+    scale[zero] = 1.0
+    return scale
 
 
 def _frozen(a: NDArray) -> NDArray:

@@ -26,7 +26,12 @@ from numpy.typing import NDArray
 
 from ..exceptions import ContrastError
 
-__all__ = ["parse_contrast"]
+__all__ = ["MAX_EXPRESSION_LENGTH", "MAX_NESTING", "parse_contrast"]
+
+# Bounds on what the parser accepts, so that a hostile or mistyped expression is refused at once instead of
+# exhausting the stack (each level of parentheses costs four Python frames) or the memory.
+MAX_EXPRESSION_LENGTH = 100_000  # characters: a full F contrast of ~300 columns in words still fits
+MAX_NESTING = 50  # levels of parentheses
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_.^]*)"
@@ -56,9 +61,11 @@ class _Parser:
         self.text, self.names = text, names
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0
 
     def error(self, what: str) -> ContrastError:
-        return ContrastError(f"cannot read contrast {self.text!r}: {what}.")
+        shown = self.text if len(self.text) <= 80 else self.text[:60] + "..."
+        return ContrastError(f"cannot read contrast {shown!r}: {what}.")
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else ("end", None, len(self.text))
@@ -81,6 +88,9 @@ class _Parser:
     def row(self) -> dict[str, float]:
         start = self.peek()[2]
         const, coefs = self.sum()
+        if not (np.isfinite(const) and all(np.isfinite(v) for v in coefs.values())):
+            raise self.error(f"a weight in the row starting at position {start} overflows (beyond 1.8e308); "
+                             "use weights of ordinary size (a t or F statistic does not depend on the scale of a row)")
         if const != 0:
             raise self.error("a bare number is not a contrast weight; write it as a multiple of a column (e.g. 2*A)")
         coefs = {k: v for k, v in coefs.items() if v != 0}
@@ -120,11 +130,12 @@ class _Parser:
         return left
 
     def unary(self):
-        if self.peek()[1] in ("+", "-"):
-            sign = 1.0 if self.take()[1] == "+" else -1.0
-            c, k = self.unary()
-            return sign * c, {n: sign * v for n, v in k.items()}
-        return self.atom()
+        sign = 1.0
+        while self.peek()[1] in ("+", "-"):  # a loop, not recursion: any run of signs costs one frame
+            if self.take()[1] == "-":
+                sign = -sign
+        c, k = self.atom()
+        return (c, k) if sign > 0 else (-c, {n: -v for n, v in k.items()})
 
     def atom(self):
         kind, value, pos = self.take()
@@ -137,7 +148,12 @@ class _Parser:
                 raise self.error(f"unknown column {value!r} ({hint})")
             return 0.0, {value: 1.0}
         if value == "(":
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.error(f"parentheses are nested more than {MAX_NESTING} deep (at position {pos}); "
+                                 "simplify the expression")
             inner = self.sum()
+            self.depth -= 1
             if self.take()[1] != ")":
                 raise self.error(f"missing ')' for the '(' at position {pos}")
             return inner
@@ -152,7 +168,15 @@ def parse_contrast(text: str, names: tuple[str, ...]) -> NDArray[np.float64]:
     """
     if not text.strip():
         raise ContrastError("cannot read contrast '': it is empty; write e.g. 'A - B'.")
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise ContrastError(f"contrast expression of {len(text):,} characters ({text[:20]!r}...) is longer than the "
+                            f"limit of {MAX_EXPRESSION_LENGTH:,}; give the weights as numbers (e.g. an FSL .con file).")
     rows = _Parser(text, tuple(names)).rows()
+    if len(rows) > len(names):
+        shown = text[:40] + ("..." if len(text) > 40 else "")
+        columns = f"{len(names)} column{'s' * (len(names) != 1)}"
+        raise ContrastError(f"contrast {shown!r} has {len(rows):,} rows but the design has only {columns}; an F "
+                            "contrast tests at most one row per column (drop the redundant rows).")
     out = np.zeros((len(rows), len(names)))
     index = {name: j for j, name in enumerate(names)}
     for r, coefs in enumerate(rows):

@@ -44,6 +44,7 @@ __all__ = ["BlockFitter", "BlockResult", "empty_result", "fit_block", "fit_from_
 # grows with that ratio, and these bounds keep it below ~1e-5 (float32) and ~1e-11 (float64) relative.
 _KAPPA = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 1e5}
 _OFFSET_ROWS = 8  # scans averaged for each voxel's offset
+_TINY_SSQ = np.finfo(np.float64).tiny / np.finfo(np.float64).eps  # ~1e-292: below, squares are nearly subnormal
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,7 +114,9 @@ class BlockFitter:
                     overflowed[idx] = np.isfinite(Y[:, start + idx]).all(axis=0)
                 valid |= overflowed
             scale = self._sums(offset, ssq, g_t, out)
-            redo = np.flatnonzero(valid & ((out.rss * _KAPPA[self.wdt] <= scale) | overflowed))
+            # also refit voxels whose sums of squares are near float64's underflow (data below ~1e-146),
+            # where the fast sums keep few digits: the exact fit works at unit scale
+            redo = np.flatnonzero(valid & ((out.rss * _KAPPA[self.wdt] <= scale) | overflowed | (ssq < _TINY_SSQ)))
         for a in range(0, redo.size, self.tile):
             idx = redo[a : a + self.tile]
             exact = _fit_exact(self.design, np.asarray(Y[:, start + idx], dtype=np.float64))
@@ -225,5 +228,11 @@ def _fit_exact(design: DesignFactor, Y: NDArray[np.float64]):
         tss[tss <= (n * np.finfo(np.float64).eps) ** 2 * ysq] = 0.0  # a constant voxel, to rounding
     else:
         tss = ysq
-    with np.errstate(over="ignore"):  # variances of values beyond 1e154 are not representable: inf
-        return betas * scale, rss * scale**2, tss * scale**2
+    with np.errstate(over="ignore", under="ignore"):
+        # sums of squares of values beyond ~1e154 (or below ~1e-154) are not representable in float64: NaN
+        # (no statistic) rather than inf or 0, which would give t = 0 or an "exact fit" silently
+        rss_out, tss_out = rss * scale**2, tss * scale**2
+    tiny = np.finfo(np.float64).tiny
+    rss_out[(rss > 0) & ~((rss_out >= tiny) & np.isfinite(rss_out))] = np.nan
+    tss_out[(tss > 0) & ~((tss_out >= tiny) & np.isfinite(tss_out))] = np.nan
+    return betas * scale, rss_out, tss_out

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..exceptions import DataRangeWarning
 from .contrast import Stats, compute_contrast
 from .design import DesignFactor
 from .distributions import t_to_z
@@ -96,6 +98,16 @@ def make_fit(design: DesignFactor, betas, rss, tss, valid) -> Fit:
     with np.errstate(divide="ignore", invalid="ignore"):
         residual_variance = rss / design.dof if design.dof > 0 else np.full_like(rss, np.nan)
         r2 = np.where(tss > 0, 1.0 - rss / tss, np.nan)
+    if design.dof > 0:
+        lost = int(np.count_nonzero(valid & np.isnan(residual_variance)))
+        if lost:
+            warnings.warn(
+                f"{lost} voxel(s) have data so large or so small (beyond about 1e154 or below 1e-154) that their "
+                "residual sum of squares is not representable in float64; their variance and statistics are NaN. "
+                "Rescale the data (e.g. divide by a power of ten).",
+                DataRangeWarning,
+                stacklevel=3,
+            )
     for a in (betas, residual_variance, r2, valid):
         a.setflags(write=False)
     return Fit(design=design, betas=betas, residual_variance=residual_variance, r2=r2, valid=valid)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._progress import Progress
+from .._threads import run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, fit_ar_block
 from ..core.contrast import f_stats, t_stats
@@ -119,9 +119,8 @@ def fit_ar(
             _place(a, ok, res)
     else:
         bar = Progress("AR fit", len(starts), enabled=progress, min_total=8)
-        with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(n_jobs, len(starts))) as pool:
-            for done, _ in enumerate(pool.map(run, starts), 1):
-                bar.update(done)
+        with _threadpools().limit(limits=1, user_api="blas"):
+            run_in_threads(run, starts, min(n_jobs, len(starts)), bar.update)  # stoppable between blocks
         bar.close()
     fit = make_fit(design, betas, rss, tss, valid)
     with np.errstate(divide="ignore", invalid="ignore"):  # R^2 of the OLS fit: whitened and raw sums differ in scale
@@ -148,7 +147,7 @@ def _ar_task(fit_block, weights: list, Yb):
 def _stats(label, w, effect, cov, sigma2, dof) -> Stats:
     """t or F from the whitened fit, with each voxel's effective degrees of freedom `dof` (V,) (see
     ``voxfit.core.ar.effective_dof``)."""
-    usable = (sigma2 > 0) & (dof > 0)
+    usable = (sigma2 > 0) & np.isfinite(sigma2) & (dof > 0)
     with np.errstate(invalid="ignore"):
         if w.shape[0] == 1:
             return t_stats(label, w, effect[0], cov[:, 0, 0] * sigma2, usable, dof)

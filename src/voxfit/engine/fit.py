@@ -6,7 +6,6 @@ import functools
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -16,6 +15,7 @@ from .._array import check_array_like
 from .._dask import run_tasks
 from .._memory import check_memory
 from .._progress import Progress
+from .._threads import run_in_threads
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
 from ..core.ols import BlockFitter, BlockResult, empty_result, fit_from_sums
@@ -168,14 +168,7 @@ def fit(
     # One BLAS thread per worker, even for a single worker: BLAS threads that spin between the many small
     # products slow the compiled pass that runs in between by up to 3x (measured on 2 cores).
     with _threadpools().limit(limits=1, user_api="blas"):
-        if workers == 1:
-            for done, start in enumerate(starts, 1):
-                run(start)
-                bar.update(done)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                for done, _ in enumerate(pool.map(run, starts), 1):
-                    bar.update(done)
+        run_in_threads(run, starts, workers, bar.update)  # stops within a block of Ctrl-C or SIGTERM
     bar.close()
     return make_fit(design, out.betas, out.rss, out.tss, out.valid)
 

@@ -18,13 +18,13 @@ blocks use that room after the pass), and 256 MiB for the interpreter and the li
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .._array import working_dtype
 from .._memory import RESERVED
 from .._progress import Progress
+from .._threads import run_in_threads
 from ..core import check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..core.ols import fit_from_sums
@@ -245,8 +245,8 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
         fits = (slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
         workers = max(1, min(default_workers(), len(starts), fits))
-        with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fit_part, starts))
+        with _threadpools().limit(limits=1, user_api="blas"):
+            run_in_threads(fit_part, starts, workers)  # stoppable between blocks
         flagged.sort()
     else:
         for a in range(0, targets.size, SUMS_BLOCK):

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from voxfit._threads import in_chunks
 from voxfit.exceptions import InputError
 from voxfit.inference.graph import Adjacency, _as_rows, _as_weights, _check_adjacency
 
@@ -110,7 +111,12 @@ def cluster_max(stats, adjacency: Adjacency, threshold: float, weights=None) -> 
 
     max_size = np.empty(rows.shape[0])
     max_mass = np.empty(rows.shape[0])
-    _kernels.cluster_max_rows(rows, adjacency.indptr, adjacency.indices, threshold, weights, max_size, max_mass)
+
+    def call(a: int, b: int) -> None:
+        _kernels.cluster_max_rows(rows[a:b], adjacency.indptr, adjacency.indices, threshold, weights, max_size[a:b],
+                                  max_mass[a:b])  # fmt: skip
+
+    in_chunks(call, rows.shape[0], first=_kernels.numba.get_num_threads())  # a signal is handled between calls
     return ClusterMaxima(max_size, max_mass)
 
 

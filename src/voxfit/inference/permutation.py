@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from .._array import check_array_like, working_dtype
 from .._dask import run_tasks
 from .._memory import check_memory
 from .._progress import Progress
+from .._threads import run_in_threads
 from ..core import check_contrast, factorize
 from ..core.design import orthonormal_basis
 from ..exceptions import InputError
@@ -340,8 +340,8 @@ class _NullRunner:
             stats_tile(G, self.ee_w[a:b], self.okey[a:b], self.dof, self.q, self.is_t, rowmax[k], counts[a:b], maps, a,
                        self.need_maps)  # fmt: skip
 
-        with _blas_single_threaded(), ThreadPoolExecutor(_workers(self.n_jobs)) as pool:  # threads share the tiles
-            list(pool.map(work, range(len(self.tiles))))
+        with _blas_single_threaded():  # threads share the tiles; a signal stops them between two tiles
+            run_in_threads(work, range(len(self.tiles)), _workers(self.n_jobs))
         return self._finish(rowmax.max(axis=0).astype(np.float64), counts, maps, nb, return_maps)
 
     def _finish(self, maxima, counts, maps, nb, return_maps):

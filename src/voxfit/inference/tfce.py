@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 from numpy.typing import NDArray
 
+from voxfit._threads import in_chunks
 from voxfit.exceptions import InputError
 from voxfit.inference.graph import Adjacency, _as_rows, _as_weights, _check_adjacency
 
@@ -45,7 +46,11 @@ def tfce(stat, adjacency: Adjacency, E: float = 0.5, H: float = 2.0, weights=Non
     from voxfit.inference import _kernels
 
     out = np.empty_like(rows)
-    _kernels.tfce_rows(rows, adjacency.indptr, adjacency.indices, weights, E, H, out)
+
+    def call(a: int, b: int) -> None:
+        _kernels.tfce_rows(rows[a:b], adjacency.indptr, adjacency.indices, weights, E, H, out[a:b])
+
+    in_chunks(call, rows.shape[0], first=_kernels.numba.get_num_threads())  # a signal is handled between calls
     return out[0] if one else out
 
 
@@ -72,7 +77,12 @@ def tfce_max(stats, adjacency: Adjacency, E: float = 0.5, H: float = 2.0, weight
     from voxfit.inference import _kernels
 
     out = np.empty(rows.shape[0])
-    _kernels.tfce_max_rows(rows, adjacency.indptr, adjacency.indices, weights, E, H, out)
+
+    def call(a: int, b: int) -> None:
+        _kernels.tfce_max_rows(rows[a:b], adjacency.indptr, adjacency.indices, weights, E, H, out[a:b])
+
+    # rows a few at a time: one compiled call over a whole batch held the main thread (and Ctrl-C) for seconds
+    in_chunks(call, rows.shape[0], first=_kernels.numba.get_num_threads())
     return out
 
 

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 from .._array import is_dataframe, type_name
 from .._dask import dask_client, run_tasks
 from .._memory import needs_streaming, reserved_bytes, size_text
+from .._threads import GRACE_S, DaemonExecutor, run_in_threads
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
 from ..design import read_design, write_design
@@ -275,7 +276,9 @@ def fit_images(
 
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
-        hashing = stack.enter_context(ThreadPoolExecutor(1))  # input checksums, while the fit runs
+        # input checksums while the fit runs, on a daemon thread: an interruption abandons them (a pool's
+        # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
+        hashing = DaemonExecutor()
         by_columns = (dataset is None and scheduler is not None and scaling == "none" and _noise_order(noise) >= 0
                       and device in (None, "cpu"))  # fmt: skip
         if by_columns:  # the Dask workers read the data, at any size (None: the files cannot be read by columns)
@@ -513,8 +516,7 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
         path = out.path(name)
         masker.write_mask(path) if values is None else masker.write(path, values, labels)
 
-    with ThreadPoolExecutor(n_jobs or default_workers()) as pool:  # compression releases the GIL
-        list(pool.map(write, maps))
+    run_in_threads(write, maps, n_jobs or default_workers(), grace=GRACE_S)  # compression releases the GIL
     write_design_files(out, "", settings["X"], names, settings["design"]["kinds"], settings["design"].get("tr"))
     if fit.design.X is not settings["X"] and not np.array_equal(fit.design.X, settings["X"]):  # ar1-global: whitened
         write_design(out.path("design_desc-whitened.tsv"), fit.design.X, names)

@@ -1,0 +1,156 @@
+"""Work on several threads that Ctrl-C or SIGTERM can stop within a fraction of a second.
+
+``with ThreadPoolExecutor(n) as pool: list(pool.map(fn, items))`` cannot be stopped: an exception in the
+calling thread (the KeyboardInterrupt of SIGINT, or of SIGTERM through the command line's handler) leaves the
+``with`` block, whose ``shutdown(wait=True)`` then runs every queued item to the end, and the interpreter
+joins its threads again at exit. :func:`run_in_threads` takes items one at a time from a shared queue on
+daemon threads, waits with a timeout (so that signal handlers run), and on any exception tells the workers to
+take no further item and waits (for items that write files) only for the items already running, each
+one bounded block of work, so that no thread writes a file after the caller has cleaned up.
+
+:func:`in_chunks` cuts one long compiled or LAPACK call (which holds the main thread until it returns, so no
+Python signal handler can run) into calls of bounded size.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+
+__all__ = ["CHUNK_S", "GRACE_S", "POLL_S", "DaemonExecutor", "in_chunks", "interruptible", "run_in_threads"]
+
+POLL_S = 0.05  # how often the waiting thread wakes up to let signal handlers run
+CHUNK_S = 0.1  # the length of one uninterruptible call in in_chunks
+GRACE_S = 0.5  # how long, after an interruption, items that write files may take to finish theirs
+
+
+def run_in_threads(fn: Callable, items: Iterable, workers: int, on_done: Callable[[int], None] | None = None,
+                   grace: float = 0.0) -> list:
+    """``[fn(item) for item in items]`` on `workers` threads, in item order; ``on_done(count)`` after each item.
+
+    The first exception (from an item, or raised in the calling thread by a signal) stops the work: no new
+    item starts, the running ones get up to `grace` seconds to finish, and the exception propagates. Items that
+    only compute into memory need none (their daemon threads do not keep the process alive); items that write
+    files should get ``GRACE_S``, so that none writes after the caller has removed its partial output.
+    """
+    items = list(items)
+    n = len(items)
+    results: list = [None] * n
+    if workers <= 1 or n <= 1:
+        for k, item in enumerate(items):
+            results[k] = fn(item)
+            if on_done is not None:
+                on_done(k + 1)
+        return results
+    cond = threading.Condition()
+    state = {"next": 0, "done": 0, "error": None}
+    stop = threading.Event()
+
+    def worker() -> None:
+        while True:
+            with cond:
+                if stop.is_set() or state["next"] >= n:
+                    return
+                k = state["next"]
+                state["next"] += 1
+            try:
+                value = fn(items[k])
+            except BaseException as exc:  # noqa: BLE001 (handed to the calling thread, which raises it)
+                with cond:
+                    if state["error"] is None:
+                        state["error"] = exc
+                    stop.set()
+                    cond.notify_all()
+                return
+            with cond:
+                results[k] = value
+                state["done"] += 1
+                cond.notify_all()
+
+    threads = [threading.Thread(target=worker, name=f"voxfit-worker-{i}", daemon=True) for i in range(min(workers, n))]
+    for t in threads:
+        t.start()
+    reported = 0
+    try:
+        while True:
+            with cond:
+                if state["error"] is None and state["done"] < n:
+                    cond.wait(POLL_S)
+                done, error = state["done"], state["error"]
+            if error is not None:
+                raise error
+            if on_done is not None and done > reported:
+                on_done(done)
+                reported = done
+            if done == n:
+                return results
+    except BaseException:
+        stop.set()
+        deadline = time.monotonic() + grace
+        for t in threads:  # the items already running: each is one bounded block
+            t.join(max(0.0, deadline - time.monotonic()))
+        raise
+
+
+def in_chunks(fn: Callable[[int, int], None], n: int, first: int = 1, target_s: float = CHUNK_S) -> None:
+    """``fn(a, b)`` over consecutive spans ``[a, b)`` covering ``range(n)``, each sized to take about
+    `target_s` seconds (measured on the previous span, starting from `first` items), so that a signal is
+    handled between two calls however long the whole is. For compiled kernels over rows of maps."""
+    a, chunk = 0, max(1, int(first))
+    while a < n:
+        b = min(n, a + chunk)
+        t0 = time.perf_counter()
+        fn(a, b)
+        took = time.perf_counter() - t0
+        a = b
+        chunk = max(1, min(4 * chunk, int(chunk * target_s / max(took, 1e-6))))
+
+
+def interruptible(fn: Callable, *args):
+    """``fn(*args)`` in a helper thread while the calling (main) thread waits with a timeout.
+
+    LAPACK and numpy's linear algebra release the GIL but hold the thread that calls them until they return,
+    so a signal handler waits for them; called from here, the handler runs at once (the abandoned thread is a
+    daemon and does not keep the process alive). Called from another thread, `fn` just runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    box: dict = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 (raised again in the calling thread)
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="voxfit-linalg", daemon=True).start()
+    while not done.wait(POLL_S):
+        pass
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class DaemonExecutor:
+    """``submit(fn, *args) -> Future``, each call on its own daemon thread: side work (input checksums) that
+    an interruption abandons. A ``ThreadPoolExecutor`` would be waited for when leaving its ``with`` block
+    and again when the interpreter exits."""
+
+    def submit(self, fn: Callable, *args, **kwargs) -> Future:
+        future: Future = Future()
+
+        def target() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 (handed to whoever asks for the result)
+                future.set_exception(exc)
+
+        threading.Thread(target=target, name="voxfit-side", daemon=True).start()
+        return future

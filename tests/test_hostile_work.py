@@ -1,0 +1,462 @@
+"""Issue 14, hostile and broken input: work that cannot be stopped (class 3) and wrong numbers with exit 0 (class 5).
+
+Class 3: every command stops within 2 s of SIGINT or SIGTERM, exit 130, one line, nothing left behind; checked
+on child processes at several phases of workloads that take well over 10 s (fitting, permutations, writing, a
+streamed read). Contrast expressions and F contrasts are bounded before any work is done.
+
+Class 5: extreme but valid numbers give the numbers of an independent reference (numpy's lstsq on a rescaled
+design, mpmath at 50 digits); numbers that float64 cannot carry through the fit are refused or made NaN with
+a message, never turned into a confident wrong answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+import voxfit
+from voxfit import cli
+from voxfit._threads import in_chunks, interruptible, run_in_threads
+from voxfit.core import factorize, parse_contrast
+from voxfit.core.expr import MAX_EXPRESSION_LENGTH, MAX_NESTING
+from voxfit.exceptions import ContrastError, DataRangeWarning, InputError
+
+SRC = Path(voxfit.__file__).resolve().parents[1]
+NAMES = ("A", "B", "c")
+
+
+def small_design(rng, n=24):
+    return np.column_stack([rng.standard_normal(n), rng.standard_normal(n), np.ones(n)])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# class 3: bounded expressions and contrasts
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 250, 5000])
+def test_deep_parentheses_are_refused_with_the_limit(depth):
+    with pytest.raises(ContrastError, match=f"nested more than {MAX_NESTING} deep"):
+        parse_contrast("(" * depth + "A" + ")" * depth, NAMES)
+
+
+def test_nesting_up_to_the_limit_parses():
+    npt.assert_array_equal(parse_contrast("(" * MAX_NESTING + "A - B" + ")" * MAX_NESTING, NAMES), [[1, -1, 0]])
+    npt.assert_array_equal(parse_contrast("2*((A) - ((B)/2))", NAMES), [[2, -1, 0]])
+
+
+@pytest.mark.parametrize("count", [1, 2, 999, 10_000, 50_001])
+def test_runs_of_signs_are_a_loop_not_recursion(count):
+    sign = -1.0 if count % 2 else 1.0
+    npt.assert_array_equal(parse_contrast("-" * count + "A", NAMES), [[sign, 0, 0]])
+    if 4 * count < MAX_EXPRESSION_LENGTH:
+        npt.assert_array_equal(parse_contrast("B" + " + -" * count + "A", NAMES), [[sign, 1, 0]])
+
+
+@pytest.mark.parametrize("text", ["-" * 100_000 + "A", "A" + " + A" * 30_000, "A;" * 60_000 + "A"])
+def test_huge_expressions_are_refused_by_length(text):
+    t0 = time.perf_counter()
+    with pytest.raises(ContrastError, match=f"limit of {MAX_EXPRESSION_LENGTH:,}") as info:
+        parse_contrast(text, NAMES)
+    assert time.perf_counter() - t0 < 1.0 and len(str(info.value)) < 400  # the message does not echo it all
+
+
+@pytest.mark.parametrize("rows", [4, 100, 10_000])
+def test_more_contrast_rows_than_columns_are_refused_at_once(rng, rows):
+    fit = voxfit.fit(small_design(rng), rng.standard_normal((24, 50)), names=NAMES)
+    text = ";".join(["A - B"] * rows)  # 10,000 rows: the 60 KB argument that ran for 10 minutes
+    t0 = time.perf_counter()
+    with pytest.raises(ContrastError, match=f"{rows:,} rows but the design has only 3 columns"):
+        fit.contrast(text)
+    with pytest.raises(ContrastError, match=f"{rows:,} rows but the design has only 3 columns"):
+        fit.contrast(np.tile([1.0, -1.0, 0.0], (rows, 1)))
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_f_contrast_is_reduced_to_its_rank(rng):
+    """Redundant rows (and rows of very different sizes) give the F of an orthonormal basis of the row space."""
+    X, Y = small_design(rng), rng.standard_normal((24, 40))
+    fit = voxfit.fit(X, Y, names=NAMES)
+    ref = fit.contrast("A; B")
+    for text in ("A; B; A + B", "A - B; 2*A; 3*A - 7*B", "1e90*A; 1e-90*B; A"):
+        stats = fit.contrast(text)
+        assert stats.dof == (2.0, 21.0) and stats.effect.shape == (len(text.split(";")), 40)
+        npt.assert_allclose(stats.F, ref.F, rtol=1e-9)
+    # the textbook formula on the two independent rows
+    C = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    beta = np.linalg.lstsq(X, Y, rcond=None)[0]
+    s2 = ((Y - X @ beta) ** 2).sum(axis=0) / 21
+    e = C @ beta
+    M = C @ np.linalg.inv(X.T @ X) @ C.T
+    npt.assert_allclose(ref.F, np.einsum("iv,ij,jv->v", e, np.linalg.inv(M), e) / 2 / s2, rtol=1e-9)
+
+
+def test_cli_refuses_a_huge_f_contrast_in_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    img = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(rng.standard_normal((4, 4, 3, 24)).astype(np.float32) + 100, np.eye(4)), img)
+    design = tmp_path / "design.tsv"
+    np.savetxt(design, small_design(rng), delimiter="\t", header="A\tB\tc", comments="")
+    t0 = time.perf_counter()
+    code = cli.main(["fit", str(img), "--design", str(design), "--contrast", "f=" + ";".join(["A - B"] * 10_000),
+                     "-o", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "10,000 rows but the design has only 3 columns" in err
+    assert time.perf_counter() - t0 < 5 and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# class 3: the machinery that makes work stoppable
+
+
+def _interrupt_main_after(seconds: float) -> None:
+    """SIGINT to this process from a timer: the main thread gets KeyboardInterrupt as from Ctrl-C."""
+    threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+
+def test_run_in_threads_stops_taking_items_on_ctrl_c():
+    started, lock = [], threading.Lock()
+
+    def item(k):
+        with lock:
+            started.append(k)
+        time.sleep(0.2)  # one bounded block of work
+        return k
+
+    _interrupt_main_after(0.5)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_in_threads(item, range(200), 2)  # 20 s of work in all
+    took = time.perf_counter() - t0
+    assert took < 1.5, took
+    time.sleep(0.4)
+    assert len(started) <= 10  # nothing new started after the interruption
+
+
+def test_run_in_threads_keeps_order_progress_and_errors():
+    counts = []
+    assert run_in_threads(lambda k: k * k, range(50), 3, counts.append) == [k * k for k in range(50)]
+    assert counts[-1] == 50 and counts == sorted(counts)
+    ran = []
+
+    def failing(k):
+        ran.append(k)
+        if k == 3:
+            raise ValueError("block 3 failed")
+        time.sleep(0.05)
+
+    with pytest.raises(ValueError, match="block 3 failed"):
+        run_in_threads(failing, range(400), 2)
+    assert len(ran) < 50  # the error stopped the others
+
+
+def test_in_chunks_covers_everything_in_short_calls():
+    spans = []
+    in_chunks(lambda a, b: (spans.append((a, b)), time.sleep(0.001 * (b - a))), 1000, first=2, target_s=0.02)
+    assert spans[0] == (0, 2) and spans[-1][1] == 1000
+    assert all(b0 == a1 for (_, b0), (a1, _) in itertools.pairwise(spans))
+    assert max(b - a for a, b in spans) <= 40  # ~20 items of 1 ms per call
+
+
+def test_interruptible_linear_algebra_lets_ctrl_c_through():
+    A = np.random.default_rng(0).standard_normal((300, 300))
+
+    def slow():
+        for _ in range(10_000):  # seconds of LAPACK, which holds the thread that calls it
+            np.linalg.svd(A)
+        return "finished"
+
+    _interrupt_main_after(0.3)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        interruptible(slow)
+    assert time.perf_counter() - t0 < 1.0
+    assert interruptible(np.add, 1, 2) == 3
+    with pytest.raises(ZeroDivisionError):
+        interruptible(lambda: 1 / 0)
+
+
+def test_large_designs_are_factorised_where_a_signal_reaches_them(monkeypatch):
+    import voxfit.core.design as design_module
+
+    calls = []
+
+    def spy(fn, *args):
+        calls.append(args[0].shape)
+        return fn(*args)
+
+    monkeypatch.setattr(design_module, "interruptible", spy)
+    rng = np.random.default_rng(0)
+    small, large = rng.standard_normal((200, 10)), rng.standard_normal((1000, 320))  # n p^2: 2e4, 1.02e8
+    npt.assert_allclose(factorize(large).pinv, np.linalg.pinv(large), atol=1e-12)
+    factorize(small)
+    assert calls == [(1000, 320)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# class 3: commands interrupted at each phase, in child processes
+
+
+SHAPE = (64, 64, 30)
+N_SCANS = 60
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory):
+    """Data and designs for runs of over 10 s (measured on 2 cores, idle / busy: the AR(8) fit of 41 regressors
+    on 123k voxels -, 125 s; 10,000 sign-flips with TFCE 25 s, -; 70 contrasts on 553k voxels to compute and
+    write 11 s, -), and the AR(8) data gzipped for a streamed read (113 s busy)."""
+    folder = tmp_path_factory.mktemp("work")
+    rng = np.random.default_rng(0)
+    data = (1000 + 10 * rng.standard_normal(SHAPE + (N_SCANS,), dtype=np.float32)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), folder / "bold.nii")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), folder / "bold.nii.gz")
+    t = np.arange(N_SCANS)
+    X = np.column_stack([np.cos(np.pi * k * (t + 0.5) / N_SCANS) for k in range(1, 41)] + [np.ones(N_SCANS)])
+    names = [f"c{k}" for k in range(1, 41)] + ["const"]
+    np.savetxt(folder / "design.tsv", X, delimiter="\t", header="\t".join(names), comments="")
+    maps = (0.3 + rng.standard_normal((40, 40, 30, 20), dtype=np.float32)).astype(np.float32)
+    nib.save(nib.Nifti1Image(maps, np.eye(4)), folder / "maps.nii")
+    # many maps of a large grid to compress: 70 contrasts on 553k voxels and 16 scans (peak memory 1.6 GB)
+    wide = (1000 + 10 * rng.standard_normal((96, 96, 60, 16), dtype=np.float32)).astype(np.float32)
+    nib.save(nib.Nifti1Image(wide, np.eye(4)), folder / "wide.nii")
+    t = np.arange(16)
+    Xw = np.column_stack([np.cos(np.pi * k * (t + 0.5) / 16) for k in range(1, 5)] + [np.ones(16)])
+    np.savetxt(folder / "wide.tsv", Xw, delimiter="\t", header="c1\tc2\tc3\tc4\tconst", comments="")
+    contrasts = [f"--contrast=k{i}={i}*c1 - c2 + c3" for i in range(1, 71)]
+    return {
+        "fitting": ["fit", folder / "bold.nii", "--design", folder / "design.tsv", "--contrast", "a=c1 - c2",
+                    "--noise", "ar8"],
+        "writing": ["fit", folder / "wide.nii", "--design", folder / "wide.tsv", "--mask-threshold", "0", *contrasts],
+        "permutations": ["group", folder / "maps.nii", "--permutations", "10000", "--tfce"],
+        "reading": ["fit", folder / "bold.nii.gz", "--design", folder / "design.tsv", "--contrast", "a=c1 - c2",
+                    "--noise", "ar8", "--max-memory", "700M"],  # (at least what the sums need)
+    }  # fmt: skip
+
+
+def _interrupt(tmp_path: Path, args, sig, wait_for: str, delay: float, repeat: int = 0):
+    """Start ``python -m voxfit ARGS -o <tmp>/out``, wait until its hidden output folder (`wait_for` = "folder")
+    or a first file in it ("file") appears, then `delay` s more; send `sig`. Returns (exit code, seconds from
+    the signal to the exit, stderr)."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.Popen([sys.executable, "-m", "voxfit", *map(str, args), "--n-jobs", "2", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    pattern = ".voxfit-partial-*" + ("/*" if wait_for == "file" else "")
+    t0 = time.monotonic()
+    while proc.poll() is None and not any(out.glob(pattern)) and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
+    time.sleep(delay)
+    assert proc.poll() is None, f"finished before the signal: {proc.communicate()}"
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    for _ in range(repeat):  # impatient users: more signals while the run cleans up
+        time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, time.monotonic() - sent, err
+
+
+@pytest.mark.parametrize(
+    ("phase", "wait_for", "delay", "sig"),
+    [
+        ("fitting", "folder", 2.0, signal.SIGINT),
+        ("fitting", "folder", 4.0, signal.SIGTERM),
+        ("writing", "file", 0.1, signal.SIGINT),
+        ("writing", "file", 0.5, signal.SIGTERM),
+        ("permutations", "folder", 2.0, signal.SIGINT),
+        ("permutations", "folder", 5.0, signal.SIGTERM),
+        ("reading", "folder", 0.0, signal.SIGINT),
+        ("reading", "folder", 1.0, signal.SIGTERM),
+    ],
+)
+def test_commands_stop_within_two_seconds_of_a_signal(workload, tmp_path, phase, wait_for, delay, sig):
+    code, took, err = _interrupt(tmp_path, workload[phase], sig, wait_for, delay)
+    assert code == 130, err
+    assert err == "voxfit: interrupted; no output was written.\n"
+    assert took < 2.0, f"{phase}: {took:.2f} s from {sig.name} to the exit"
+    assert list(tmp_path.iterdir()) == []  # no output folder, no hidden partial folder, nothing beside it
+
+
+@pytest.mark.parametrize("phase", ["writing", "permutations"])
+def test_signals_during_the_clean_up_do_not_leave_it_half_done(workload, tmp_path, phase):
+    code, took, err = _interrupt(tmp_path, workload[phase], signal.SIGINT, "file" if phase == "writing" else "folder",
+                                 0.2, repeat=5)  # fmt: skip
+    assert code == 130 and err == "voxfit: interrupted; no output was written.\n" and took < 2.0
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# class 5: extreme values in the design
+
+
+def _lstsq_rescaled(X, Y):
+    """Independent reference: numpy's SVD least squares on the design with unit columns, scaled back."""
+    norms = np.sqrt(((X / np.abs(X).max(axis=0)) ** 2).sum(axis=0)) * np.abs(X).max(axis=0)
+    return np.linalg.lstsq(X / norms, Y, rcond=None)[0] / norms[:, None]
+
+
+@pytest.mark.parametrize("value", [1e308, 1e300, 1e200, 1e155, 1e-300, -1e250])
+def test_one_huge_or_tiny_design_value_is_refused_not_made_dependent(rng, value):
+    X = small_design(rng)
+    X[3, 0] = value
+    if abs(value) < 1:  # a tiny entry among values ~1 is harmless: fitted as it is
+        fit = voxfit.fit(X, rng.standard_normal((24, 5)), names=NAMES)
+        assert fit.rank == 3 and np.isfinite(fit.contrast("A - B").t).all()
+        return
+    with pytest.raises(InputError, match="design column 'A' has values of size .* multiply it by 1e-"):
+        voxfit.fit(X, rng.standard_normal((24, 5)), names=NAMES)
+
+
+@pytest.mark.parametrize("factor", [1e300, 1e160, 1e-160, 1e-300])
+def test_columns_beyond_float64_reach_are_refused_with_the_rescaling(rng, factor):
+    X = small_design(rng)
+    X[:, 1] *= factor  # its square (or its inverse's square) is not representable
+    with pytest.raises(InputError, match="design column 'B' .* norms between 1e-100 and 1e\\+100"):
+        factorize(X, NAMES)
+
+
+@pytest.mark.parametrize("factor", [1e90, 1e60, 1e-60, 1e-90])
+def test_extreme_but_valid_columns_match_an_independent_reference(rng, factor):
+    X, Y = small_design(rng), rng.standard_normal((24, 30)) + 5
+    Xs = X.copy()
+    Xs[:, 0] *= factor
+    fit = voxfit.fit(Xs, Y, names=NAMES)
+    ref = _lstsq_rescaled(Xs, Y)
+    npt.assert_allclose(fit.betas, ref, rtol=1e-10, atol=0)
+    plain = voxfit.fit(X, Y, names=NAMES)  # the statistics do not depend on the units of a column
+    for c in ("A", "B", "A; B", "A; c"):
+        npt.assert_allclose(fit.contrast(c).stat, plain.contrast(c).stat, rtol=1e-9)
+    npt.assert_allclose(fit.contrast([factor, -1, 0]).t, plain.contrast("A - B").t, rtol=1e-9)
+    assert fit.rank == 3 and not fit.design.null_space.size
+
+
+def test_extreme_design_against_mpmath():
+    """A tiny design with columns 1e80 apart, solved from the normal equations at 400 digits."""
+    mpmath = pytest.importorskip("mpmath")
+    X = np.array([[1e80, 1.0, 1.0], [2e80, -1.0, 1.0], [-1e80, 0.5, 1.0], [3e80, 2.0, 1.0], [0.5e80, -3.0, 1.0]])
+    y = np.array([1.0, 2.0, -1.0, 4.0, 0.25])
+    fit = voxfit.fit(X, y, names=NAMES)
+    with mpmath.workdps(400):  # X'X spans 1e160: the normal equations need far more than 50 digits
+        Xm, ym = mpmath.matrix(X.tolist()), mpmath.matrix(y.tolist())
+        beta = mpmath.lu_solve(Xm.T * Xm, Xm.T * ym)
+        resid = ym - Xm * beta
+        s2 = sum(r**2 for r in resid) / 2
+        cov = (Xm.T * Xm) ** -1
+        t_a = beta[0] / mpmath.sqrt(s2 * cov[0, 0])
+    npt.assert_allclose(fit.betas[:, 0], [float(b) for b in beta], rtol=1e-9)
+    npt.assert_allclose(fit.contrast("A").t, float(t_a), rtol=1e-9)
+
+
+def test_dependent_columns_at_extreme_scales_are_found_with_finite_relations(rng):
+    X = small_design(rng)
+    X = np.column_stack([X, (X[:, 0] + X[:, 1]) * 1e50])  # D = 1e50 (A + B)
+    with pytest.warns(UserWarning, match="rank deficient"):
+        design = factorize(X, (*NAMES, "D"))
+    assert design.rank == 3 and np.isfinite(design.null_space).all()
+    assert set(design.involved_columns()) == {"A", "B", "D"}
+    Y = rng.standard_normal((24, 4))
+    with pytest.warns(UserWarning, match="rank deficient"):
+        fit = voxfit.fit(X, Y, names=(*NAMES, "D"))
+    plain = voxfit.fit(X[:, :3], Y, names=NAMES)  # the same column space
+    for text in ("A", "D", "A + B"):
+        with pytest.raises(ContrastError, match="not estimable"):
+            fit.contrast(text)
+    npt.assert_allclose(fit.contrast("A - B").t, plain.contrast("A - B").t, rtol=1e-8)
+    npt.assert_allclose(fit.contrast("A + 1e50*D").t, plain.contrast("A").t, rtol=1e-8)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_designs_are_refused_from_arrays_dataframes_and_files(tmp_path, rng, bad):
+    import pandas as pd
+
+    X = small_design(rng)
+    X[5, 1] = bad
+    with pytest.raises(InputError, match="NaN or infinite values in column.*'B'"):
+        factorize(X, NAMES)
+    with pytest.raises(InputError, match="NaN or infinite values in column.*'B'"):
+        voxfit.fit(pd.DataFrame(X, columns=list(NAMES)), rng.standard_normal((24, 3)))
+    path = tmp_path / "design.tsv"
+    np.savetxt(path, X, delimiter="\t", header="\t".join(NAMES), comments="")
+    img = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(rng.standard_normal((3, 3, 2, 24)).astype(np.float32) + 100, np.eye(4)), img)
+    code = cli.main(["fit", str(img), "--design", str(path), "--contrast", "a=A", "-o", str(tmp_path / "out")])
+    assert code == 2 and not (tmp_path / "out").exists()
+
+
+def test_overflowing_design_file_is_refused_on_the_command_line(tmp_path, capsys, rng):
+    X = small_design(rng)
+    X[3, 0] = 1e308
+    path = tmp_path / "design.tsv"
+    np.savetxt(path, X, delimiter="\t", header="\t".join(NAMES), comments="")
+    img = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(rng.standard_normal((3, 3, 2, 24)).astype(np.float32) + 100, np.eye(4)), img)
+    code = cli.main(["fit", str(img), "--design", str(path), "--contrast", "d=A - B", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "design column 'A' has values of size 1e+308" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# class 5: extreme contrast weights and data
+
+
+@pytest.mark.parametrize("weights", [[1e308, 0, 0], [1e101, -1e101, 0], [1e-101, 0, 0], [np.nan, 1, 0],
+                                     [np.inf, 0, 0]])  # fmt: skip
+def test_extreme_or_non_finite_weights_are_refused(rng, weights):
+    fit = voxfit.fit(small_design(rng), rng.standard_normal((24, 5)), names=NAMES)
+    with pytest.raises(ContrastError, match="weights"):
+        fit.contrast(weights)
+
+
+@pytest.mark.parametrize("text", ["1e308*A*10", "1e308*A*10 - 1e308*A*10", "1e200*1e200*A", "1e309*A"])
+def test_expression_weights_that_overflow_are_refused(text):
+    with pytest.raises(ContrastError, match="overflows"):
+        parse_contrast(text, NAMES)
+
+
+@pytest.mark.parametrize("scale", [1e99, 1e50, 1e-50, 1e-99])
+def test_the_statistic_does_not_depend_on_the_scale_of_a_row(rng, scale):
+    fit = voxfit.fit(small_design(rng), rng.standard_normal((24, 20)), names=NAMES)
+    npt.assert_allclose(fit.contrast([scale, -scale, 0]).t, fit.contrast("A - B").t, rtol=1e-12)
+    npt.assert_allclose(fit.contrast([[scale, 0, 0], [0, 1, 0]]).F, fit.contrast("A; B").F, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("dtype", "factor"), [(np.float32, 3e37), (np.float32, 1e-37), (np.float64, 1e150),
+                                               (np.float64, 1e-145), (np.float64, 1e100)])  # fmt: skip
+def test_data_near_the_limits_of_their_dtype_give_the_reference_statistics(rng, dtype, factor):
+    X = small_design(rng)
+    base = rng.standard_normal((24, 6)) + 2 * X[:, :1]
+    ref = voxfit.fit(X, base, names=NAMES)
+    fit = voxfit.fit(X, (base * factor).astype(dtype), names=NAMES)
+    rtol = 1e-4 if dtype == np.float32 else 1e-9
+    npt.assert_allclose(fit.contrast("A - B").t, ref.contrast("A - B").t, rtol=rtol)
+    npt.assert_allclose(fit.betas / factor, ref.betas, rtol=rtol, atol=rtol * np.abs(ref.betas).max())
+
+
+@pytest.mark.parametrize("factor", [1e300, 1e200, 1e-200, 1e-300])
+def test_data_whose_squares_leave_float64_give_nan_statistics_and_a_warning(rng, factor):
+    X = small_design(rng)
+    Y = (rng.standard_normal((24, 4)) + 2 * X[:, :1]) * factor
+    Y[:, 0] = rng.standard_normal(24)  # an ordinary voxel beside them
+    with pytest.warns(DataRangeWarning, match="3 voxel\\(s\\) have data so large or so small"):
+        fit = voxfit.fit(X, Y, names=NAMES)
+    t = fit.contrast("A").t
+    assert np.isfinite(t[0]) and np.isnan(t[1:]).all()  # never a t of 0 (inf variance) or inf (zero variance)
+    assert fit.valid.all() and np.isnan(fit.residual_variance[1:]).all()
+    npt.assert_allclose(fit.betas[:, 1:] / factor, _lstsq_rescaled(X, Y[:, 1:] / factor), rtol=1e-9)

@@ -19,6 +19,7 @@ import threading
 import traceback
 import warnings
 from concurrent.futures import Future
+from pathlib import Path
 
 from ._version import __version__
 from .exceptions import InputError, VoxfitError
@@ -351,8 +352,35 @@ def _flags(p: argparse.ArgumentParser, force_help: str) -> None:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
 
 
+_INPUT_OPTIONS = ("inputs", "design", "events", "confounds", "mask", "con", "fts", "grp", "mesh", "background")
+
+
+def _input_paths(args) -> list[str]:
+    """Every file the command reads, the scans of runs named by a pattern or a .txt list included."""
+    from .io.scans import expand_run
+
+    paths: list[str] = []
+    for option in _INPUT_OPTIONS:
+        value = getattr(args, option, None)
+        for item in value if isinstance(value, list) else [value] if value is not None else []:
+            paths.append(str(item))
+            if not Path(item).is_dir():  # (a folder cannot be replaced by a file anyway)
+                try:
+                    paths += [str(p) for p in expand_run(item) or ()]
+                except InputError:
+                    pass  # said by the reader, with its context
+    return paths
+
+
 def _run(args, argv) -> int:
+    from .io.output import inputs_of_run
+
     _check_options(args)
+    with inputs_of_run(_input_paths(args)):  # no output may replace an input, even with --force
+        return _run_command(args, argv)
+
+
+def _run_command(args, argv) -> int:
     progress = None if not args.quiet else False
     if args.command == "design":
         return _run_design(args)

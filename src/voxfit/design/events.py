@@ -702,4 +702,10 @@ def make_design(
     if convolution == "nilearn":
         settings.update(microtime_resolution=None, microtime_onset=None, slice_time_ref=float(slice_time_ref or 0.0),
                         oversampling=50)  # fmt: skip
-    return Design(X=np.column_stack(columns), names=tuple(names), kinds=tuple(kinds), tr=float(tr), settings=settings)
+    X = np.column_stack(columns)
+    for j, (name, kind) in enumerate(zip(names, kinds)):  # (events before the run's start, beyond its HRF's reach)
+        if kind == "condition" and not np.any(X[:, j]):
+            raise InputError(f"the regressor {name!r} is zero at every scan: its events lie outside the run (0 to "
+                             f"{n_scans * tr:g} s, {n_scans} scans x {tr:g} s) and the HRF's reach; check the "
+                             "events file belongs to this run, and the units of its onsets (--units).")  # fmt: skip
+    return Design(X=X, names=tuple(names), kinds=tuple(kinds), tr=float(tr), settings=settings)

@@ -186,7 +186,14 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None, map
             raise InputError(f"{what} has {len(rows)} rows but {n_maps} maps were given; give one row per map, in the "
                              f"same order, or a {ID_COLUMN} column to match rows to the maps' sub-<label>.")  # fmt: skip
         order = tuple(range(n_maps))
-        if maps is not None and any(label is not None for label in subject_labels(maps)):
+        labels = set(subject_labels(maps)) - {None} if maps is not None else set()
+        for j, name in enumerate(names):  # an id column under another name (Participant_ID, subject...)
+            values = {str(r[j]).strip().removeprefix("sub-") for r in rows}
+            if labels and values == labels:
+                raise InputError(f"{what} has no {ID_COLUMN} column, but its column {name!r} holds the maps' subject "
+                                 f"labels; name it with --id-column {name} (`id_column`), so that rows are matched "
+                                 "by subject, not by position.")  # fmt: skip
+        if labels:
             warnings.warn(f"{what} has no {ID_COLUMN} column, so its rows are matched to the maps by position (row 1 "
                           f"to the first map given, ...), not by subject; add a {ID_COLUMN} column (or name the id "
                           "column with --id-column) to match them by the maps' sub-<label>.", DesignWarning,

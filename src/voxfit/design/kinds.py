@@ -60,7 +60,7 @@ def _read_sidecar(path: Path, names) -> list[str] | None:
         return None
     try:
         record = json.loads(side.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (nested beyond Python's stack: not a sidecar of voxfit's)
         record = None
     if not isinstance(record, dict) or "columns" not in record:  # another JSON beside it (a BIDS sidecar...)
         warnings.warn(f"{side} is not voxfit's design sidecar (no \"columns\"), so the kinds of the design's "
@@ -73,12 +73,17 @@ def _read_sidecar(path: Path, names) -> list[str] | None:
         raise InputError(f"{side}: its \"columns\" must be a list of {{\"name\": ..., \"kind\": ...}}; fix or "
                          "remove it.") from None  # fmt: skip
     if listed != list(names):
-        raise InputError(f"{side} describes columns {', '.join(listed)} but {path.name} has {', '.join(names)}; "
-                         "update or remove the sidecar.")  # fmt: skip
+        raise InputError(f"{side} describes columns {_few(listed)} but {path.name} has {_few(names)}; update or "
+                         "remove the sidecar.")  # fmt: skip
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise InputError(f"{side}: unknown column kind(s) {', '.join(map(repr, unknown))}; kinds are {', '.join(KINDS)}.")
     return kinds
+
+
+def _few(names, k: int = 8) -> str:
+    names = [str(n)[:40] for n in names]
+    return ", ".join(names[:k]) + (f" ... ({len(names):,} in all)" if len(names) > k else "")
 
 
 def column_kinds(design, names, X, nuisance=None) -> tuple[str, ...]:
@@ -90,13 +95,16 @@ def column_kinds(design, names, X, nuisance=None) -> tuple[str, ...]:
         kinds = _read_sidecar(Path(design), names) or []
     if not kinds:
         kinds = [guess_kind(n, X[:, j]) for j, n in enumerate(names)]
+    if len(str(nuisance or "")) > 4096:
+        raise InputError(f"--nuisance-columns is {len(str(nuisance)):,} characters long; give at most 4096 (names or "
+                         "patterns such as \"hp_*,motion*\").")  # fmt: skip
     patterns = [p.strip() for p in (nuisance.split(",") if isinstance(nuisance, str) else nuisance or []) if p.strip()]
     for pattern in patterns:
         hits = [j for j, n in enumerate(names) if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             close = difflib.get_close_matches(pattern, list(names), n=5, cutoff=0.5)
             hint = f"; similar columns: {', '.join(close)}" if close else f" (columns: {', '.join(names)})"
-            raise InputError(f"--nuisance-columns: no design column matches {pattern!r}{hint}.")
+            raise InputError(f"--nuisance-columns: no design column matches {pattern[:80]!r}{hint[:300]}.")
         for j in hits:
             if kinds[j] == "constant":
                 raise InputError(f"--nuisance-columns: {names[j]!r} is a constant column, not a nuisance regressor.")

@@ -53,7 +53,10 @@ class Masker:
         values = np.atleast_2d(np.asarray(values))
         if values.shape[1] != self.n_voxels:
             raise InputError(f"`values` have {values.shape[1]} voxels but the mask has {self.n_voxels}.")
-        dtype = np.float32 if values.dtype.kind == "f" else values.dtype
+        dtype = values.dtype
+        if values.dtype.kind == "f":  # float32 maps, unless a finite value would overflow float32 (then float64)
+            big = np.nanmax(np.abs(values), initial=0.0, where=np.isfinite(values))
+            dtype = np.float32 if big <= np.finfo(np.float32).max else np.float64
         out = np.full((values.shape[0], self.geometry.n_elements), fill, dtype=dtype)
         out[:, self.mask] = values
         return out

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import socket
 import sys
 import tempfile
@@ -58,6 +59,40 @@ def before_commit(fn):
         _BEFORE_COMMIT.reset(token)
 
 
+_INPUTS: contextvars.ContextVar[tuple] = contextvars.ContextVar("voxfit_inputs", default=())
+
+
+@contextlib.contextmanager
+def inputs_of_run(paths):
+    """``with inputs_of_run(paths):`` no output written in the block (an :class:`OutputFolder`'s files, a file of
+    :func:`write_file_atomically`) may replace one of `paths`, the run's own inputs, even with ``--force``."""
+    token = _INPUTS.set(_INPUTS.get() + tuple(str(p) for p in paths if isinstance(p, (str, os.PathLike))))
+    try:
+        yield
+    finally:
+        _INPUTS.reset(token)
+
+
+def check_replaceable(dest: Path) -> None:
+    """Refuse to replace `dest` when it is one of the run's inputs (see :func:`inputs_of_run`) or something other
+    than a regular file or a link (a device, a pipe: ``-o /dev/null --force`` must not turn it into a file)."""
+    try:
+        st = os.lstat(dest)
+    except OSError:
+        return  # nothing there: nothing replaced
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise InputError(f"{dest} is not a regular file (a device, pipe or socket); voxfit writes only files: "
+                         "choose another output.")  # fmt: skip
+    for path in _INPUTS.get():
+        try:
+            same = os.path.samefile(dest, path)
+        except OSError:
+            continue
+        if same:
+            raise InputError(f"{dest} is an input of this run; an output may not replace it, even with --force: "
+                             "choose another output folder or name.")  # fmt: skip
+
+
 def disk_error(exc: BaseException, path) -> InputError | None:
     """A full disk (or quota) is bad input: the one-line error naming the device and the file being written."""
     if not isinstance(exc, OSError) or exc.errno not in DISK_FULL:
@@ -83,6 +118,7 @@ def write_file_atomically(target, write) -> Path:
     replaces a link named `target`, never the file it points to). Removes the temporary on any failure;
     a full disk becomes an :class:`InputError`."""
     target = Path(target)
+    check_replaceable(target)
     fd, tmp = exclusive_file(target.parent, target.name)
     os.close(fd)
     try:
@@ -229,6 +265,7 @@ class OutputFolder:
             raise RuntimeError(f"{missing[0]} was named but not written")
         for name in self._names:  # a folder of the user's is never replaced by a file (nor removed)
             dest = self.final / name
+            check_replaceable(dest)
             if dest.is_dir() and not dest.is_symlink() and not (self.staging / name).is_dir():
                 raise InputError(f"{dest} is a folder; voxfit writes a file of that name there. Move it, or "
                                  "choose another output folder.")  # fmt: skip

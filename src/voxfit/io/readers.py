@@ -34,6 +34,7 @@ there is (:func:`check_scan_memory`); the data gathered in memory are checked in
 from __future__ import annotations
 
 import mmap
+import os
 import queue
 import re
 import threading
@@ -146,6 +147,8 @@ def _check_file_holds(path: Path, img) -> None:
 
 
 _GIFTI_ARRAY = re.compile(rb"<DataArray\b([^>]*)>")
+_GIFTI_EXTERNAL = re.compile(rb'\bEncoding\s*=\s*"\s*ExternalFileBinary\s*"')
+_GIFTI_EXTERNAL_NAME = re.compile(rb'\bExternalFileName\s*=\s*"([^"]{0,200})')
 _GIFTI_DIM = re.compile(rb'\bDim\d+\s*=\s*"\s*(-?\d+)\s*"')
 
 
@@ -161,6 +164,12 @@ def _check_gifti_sizes(path: Path) -> None:
         return  # (nibabel refuses it)
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as text:  # no copy of the file
         for tag in _GIFTI_ARRAY.finditer(text):
+            if _GIFTI_EXTERNAL.search(tag.group(1)):  # voxfit reads only the input it is given
+                where = _GIFTI_EXTERNAL_NAME.search(tag.group(1))
+                other = f" ({where.group(1).decode('utf-8', 'replace')})" if where else ""
+                raise InputError(f"{path} keeps its data in another file{other} (GIFTI ExternalFileBinary); voxfit "
+                                 "reads only the input file: save the data inside it (Base64Binary or "
+                                 "GZipBase64Binary).")  # fmt: skip
             dims = [int(d) for d in _GIFTI_DIM.findall(tag.group(1))]
             _check_dimensions(path, dims)
             total += int(np.prod(dims, dtype=object)) * 8 if dims else 0  # (decoded, then as float64 at most)
@@ -205,6 +214,9 @@ class NiftiReader:
     def __init__(self, path, allow_3d: bool = False):
         self.path = Path(path)
         img = _load(self.path)
+        if not np.isfinite(img.affine).all() or not np.isfinite(img.header.get_zooms()[:3]).all():
+            raise InputError(f"{self.path}: its header gives non-finite voxel sizes or orientation (pixdim, "
+                             "sform/qform); fix the header (e.g. nibabel's set_zooms) before fitting.")  # fmt: skip
         if not isinstance(img, nib.analyze.AnalyzeImage) or isinstance(img, nib.Cifti2Image):
             raise InputError(f"{self.path}: not a NIfTI or Analyze volume image.")
         shape = img.shape
@@ -412,6 +424,10 @@ class GiftiReader(_RowsReader):
             if len(img.darrays) == 1 and img.darrays[0].data.ndim == 2:
                 arrays.append(np.asarray(img.darrays[0].data).T)  # GIFTI's first dimension is the vertices
             else:
+                sizes = sorted({np.asarray(d.data).size for d in img.darrays})
+                if len(sizes) > 1:
+                    raise InputError(f"{p}: its data arrays differ in length ({', '.join(map(str, sizes[:4]))} "
+                                     "values); a GIFTI map has one value per vertex in each array.")  # fmt: skip
                 arrays.append(np.stack([np.asarray(d.data).reshape(-1) for d in img.darrays]))
             meta = meta or dict(img.meta or {})
             if in_memory:
@@ -754,6 +770,12 @@ def open_reader(paths, name: str = "inputs"):
                              "or several runs to `voxfit fit` / fit_runs with one design each.")  # fmt: skip
         items = runs[0]
     paths = [Path(p) for p in items]
+    seen: dict[str, Path] = {}
+    for p in paths:  # one scan or map counted twice would inflate the degrees of freedom
+        first = seen.setdefault(os.path.realpath(p), p)
+        if first is not p:
+            also = f" (also as {first})" if str(first) != str(p) else ""
+            raise InputError(f"{p} is given twice{also}; each scan or map is one file, given once.")
     kinds = {_kind(p) for p in paths}
     if len(kinds) > 1:
         raise InputError(f"the inputs mix file types ({', '.join(sorted(kinds))}); give files of one type.")

@@ -24,6 +24,7 @@ from ..exceptions import InputError
 
 __all__ = ["expand_run", "natural_key"]
 
+MAX_SCANS = 100_000  # scans in one run named by a folder, a pattern or a list (checked before any is opened)
 _SCAN_SUFFIXES = (".nii", ".nii.gz", ".img", ".img.gz")
 _PATTERN = re.compile(r"[*?\[]")
 
@@ -50,7 +51,9 @@ def _from_folder(folder: Path) -> list[Path]:
     for p in scans:
         series.setdefault(_series(p.name), []).append(p)
     if len(series) > 1:
-        found = ", ".join(f"{v[0].name} ({len(v)} file{'s' if len(v) > 1 else ''})" for v in sorted(series.values(), key=len, reverse=True))
+        biggest = sorted(series.values(), key=len, reverse=True)
+        found = ", ".join(f"{v[0].name} ({len(v)} file{'s' if len(v) > 1 else ''})" for v in biggest[:4])
+        found += f" and {len(biggest) - 4} more series" if len(biggest) > 4 else ""
         first = next(iter(sorted(series.values(), key=len, reverse=True)))[0].name
         prefix = re.match(r"\D*", first).group(0) or first
         raise InputError(f"{folder} holds several series of images: {found}; name the run's scans with a quoted "
@@ -59,7 +62,10 @@ def _from_folder(folder: Path) -> list[Path]:
 
 
 def _from_pattern(pattern: str) -> list[Path]:
-    scans = sorted((Path(p) for p in glob.glob(pattern) if _is_scan(Path(p))), key=natural_key)
+    names = glob.glob(pattern)
+    if len(names) > MAX_SCANS:
+        raise InputError(f"{pattern} matches {len(names):,} files; a run is at most {MAX_SCANS:,} scans.")
+    scans = sorted((Path(p) for p in names if _is_scan(Path(p))), key=natural_key)
     if not scans:
         raise InputError(f"{pattern}: no image file matches this pattern.")
     return scans
@@ -67,11 +73,13 @@ def _from_pattern(pattern: str) -> list[Path]:
 
 def _from_list(path: Path) -> list[Path]:
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # (a byte-order mark is not part of a name)
     except OSError as exc:
         raise InputError.from_os_error(exc, path, "list of scans") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: cannot read this list of scans ({type(exc).__name__}).") from None
+    if len(lines) > MAX_SCANS:
+        raise InputError(f"{path} lists {len(lines):,} lines; a run is at most {MAX_SCANS:,} scans.")
     scans = []
     for number, line in enumerate(lines, 1):
         text = line.strip()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
     _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
+    named = [os.path.realpath(x) for x in inputs if isinstance(x, (str, os.PathLike))]
+    twice = sorted({x for x in named if named.count(x) > 1})
+    if twice:
+        raise InputError(f"{twice[0]} is given as two runs; each run is fitted once.")
     items = contrast_items(contrasts)
     matrices = [design_matrix(d, f"designs[{r}]") for r, d in enumerate(designs)]
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]

@@ -126,8 +126,10 @@ def read_results(folder) -> Results:
         raise InputError(f"{folder} holds no model.json; give the output folder of a finished voxfit fit or group run.")
     try:
         model = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not readable JSON ({exc}); rerun the fit to rewrite it.") from None
+    except (OSError, ValueError, RecursionError) as exc:  # (nested beyond Python's stack: not voxfit's)
+        raise InputError(f"{path} is not readable JSON ({type(exc).__name__}); rerun the fit to rewrite it.") from None
+    if not isinstance(model, dict):
+        raise InputError(f"{path} is not a voxfit model.json (not a JSON object); rerun the fit to rewrite it.")
     kind = model.get("model", "first level")
     level = "group" if kind.startswith("group") else kind
     designs = []

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -208,7 +209,9 @@ def test_runs_fitted_together_are_refused_or_held(data, tmp_path):
     """Several runs are held in memory at once: a cap too small is refused before reading, naming a size,
     and that size holds the fit."""
     design = _design(tmp_path / "design.tsv", 200)
-    args = ["fit", str(data["small"]), str(data["small"]), "--design", str(design), str(design), "--contrast",
+    second = tmp_path / "small2.nii"  # another run of the same size (one file given twice is refused)
+    shutil.copyfile(data["small"], second)
+    args = ["fit", str(data["small"]), str(second), "--design", str(design), str(design), "--contrast",
             "t=task", "-o", str(tmp_path / "out"), "--quiet", "--max-memory"]  # fmt: skip
     rc, peak, err = _voxfit([*args, "512M"], tmp_path, "refused")
     assert rc == 2 and err.count("\n") == 1 and "cannot hold 2 runs fitted together" in err, err

@@ -34,7 +34,6 @@ there is (:func:`check_scan_memory`); the data gathered in memory are checked in
 from __future__ import annotations
 
 import mmap
-import os
 import queue
 import re
 import threading
@@ -52,7 +51,7 @@ from ._gzip import open_gzip
 from .checks import check_readable
 from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from .memory import MemoryInput, check_data, is_image, memory_input
-from .scans import expand_run
+from .scans import expand_run, file_identity
 from .stores import open_hdf5, open_zarr
 
 __all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "NiftiReader", "NpyReader", "VolumeImageReader",
@@ -770,9 +769,9 @@ def open_reader(paths, name: str = "inputs"):
                              "or several runs to `voxfit fit` / fit_runs with one design each.")  # fmt: skip
         items = runs[0]
     paths = [Path(p) for p in items]
-    seen: dict[str, Path] = {}
+    seen: dict[object, Path] = {}
     for p in paths:  # one scan or map counted twice would inflate the degrees of freedom
-        first = seen.setdefault(os.path.realpath(p), p)
+        first = seen.setdefault(file_identity(p), p)
         if first is not p:
             also = f" (also as {first})" if str(first) != str(p) else ""
             raise InputError(f"{p} is given twice{also}; each scan or map is one file, given once.")

@@ -17,16 +17,27 @@ Zarr stores (folders named ``*.zarr``) are data sets, not folders of scans.
 from __future__ import annotations
 
 import glob
+import os
 import re
 from pathlib import Path
 
 from ..exceptions import InputError
 
-__all__ = ["expand_run", "natural_key"]
+__all__ = ["expand_run", "file_identity", "natural_key"]
 
 MAX_SCANS = 100_000  # scans in one run named by a folder, a pattern or a list (checked before any is opened)
 _SCAN_SUFFIXES = (".nii", ".nii.gz", ".img", ".img.gz")
 _PATTERN = re.compile(r"[*?\[]")
+
+
+def file_identity(path) -> tuple | str:
+    """What makes two names the same file: its device and inode (links and hard links included), else its
+    resolved path (a name that does not exist yet)."""
+    try:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return os.path.realpath(path)
 
 
 def natural_key(path: Path) -> list:

@@ -18,6 +18,7 @@ from ..design.kinds import column_kinds
 from ..exceptions import InputError
 from ..io import (Masker, OutputFolder, ScaledArray, check_data, check_mask, load, open_reader, resolve_mask_threshold,
                   source_label, stat_maps, statmap_name)
+from ..io.scans import file_identity
 from .glm import (_noise_order, _scale, contrast_items, design_matrix, design_record, dof_record, fit_noise_model,
                   input_records, mask_record, mean_over_scans, write_design_files)
 
@@ -96,12 +97,13 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
     _noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
-    named = [os.path.realpath(x) for x in inputs if isinstance(x, (str, os.PathLike))]
-    twice = sorted({x for x in named if named.count(x) > 1})
-    if twice:
-        raise InputError(f"{twice[0]} is given as two runs; each run is fitted once.")
     items = contrast_items(contrasts)
     matrices = [design_matrix(d, f"designs[{r}]") for r, d in enumerate(designs)]
+    named = [x for x in inputs if isinstance(x, (str, os.PathLike))]
+    keys = [file_identity(x) for x in named]
+    twice = [x for x, k in zip(named, keys) if keys.count(k) > 1]
+    if twice:
+        raise InputError(f"{twice[0]} is given as two runs; each run is fitted once.")
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]
     for r, (X, names) in enumerate(matrices, 1):
         factor = factorize(X, names, warn=False)

@@ -124,6 +124,8 @@ def _connect(address: str, seconds: float):
     if not finished:
         abandoned.set()
         raise _unreachable(address, f"the connection was not ready within {2 * seconds + 5:g} s")
+    if isinstance(client, (asyncio.TimeoutError, TimeoutError, asyncio.CancelledError, CancelledError)):
+        raise _unreachable(address, f"no answer within {seconds:g} s")  # (a deadline's cancellation, under load)
     if isinstance(client, BaseException):
         raise _unreachable(address, _one_line(client))
     return client

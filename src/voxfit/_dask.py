@@ -98,8 +98,9 @@ def _probe(address: str, seconds: float) -> None:
         raise _unreachable(address, f"no answer within {seconds:g} s")
     if isinstance(answer, ValueError):
         raise _malformed(address, answer) from None
-    if isinstance(answer, ConnectionError):
-        raise _unreachable(address, str(answer))
+    if isinstance(answer, ConnectionError):  # (distributed words a connect cut by its deadline as "CancelledError")
+        cut = not str(answer) or "CancelledError" in str(answer)
+        raise _unreachable(address, f"no answer within {seconds:g} s" if cut else str(answer))
     if isinstance(answer, BaseException):
         raise _unreachable(address, _one_line(answer))
     kind = answer.get("type") if isinstance(answer, dict) else None

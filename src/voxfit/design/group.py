@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
 from ..exceptions import DesignWarning, InputError
+from .read import frame_table
 from .subjects import match_rows, subject_labels
 from .vest import read_vest
 
@@ -92,12 +93,12 @@ def table_from_frame(frame, id_column: str | None = None) -> tuple[list[str], li
     names = [str(c) for c in frame.columns]
     if len(set(names)) != len(names):
         raise InputError(f"the design DataFrame must name every column once; got {names}.")
-    columns = [frame.iloc[:, j].tolist() for j in range(len(names))]
+    _, rows = frame_table(frame)  # (the DataFrames' one rule for missing cells: "n/a")
     index_name = getattr(frame.index, "name", None)
     if index_name is not None and str(index_name) in {ID_COLUMN, id_column} and str(index_name) not in names:
         names.insert(0, str(index_name))
-        columns.insert(0, list(frame.index))
-    return names, [[_cell(v) for v in row] for row in zip(*columns)] if columns else []
+        rows = [[label, *row] for label, row in zip(frame.index, rows)]
+    return names, [[_cell(v) for v in row] for row in rows] if names else []
 
 
 def _cell(value) -> str:

@@ -32,7 +32,7 @@ from .read import frame_table
 from .subjects import match_rows, subject_labels
 from .vest import read_vest
 
-__all__ = ["GroupDesign", "group_design", "read_table", "table_from_frame"]
+__all__ = ["GroupDesign", "group_design", "listed_lines", "read_table", "table_from_frame"]
 
 ID_COLUMN = "participant_id"
 
@@ -270,10 +270,15 @@ def _order_note(what: str, maps, n_maps: int, why: str) -> str:
     head = f"rows of {what} matched to the {n_maps} maps by position ({why})"
     if maps is None:
         return f"{head}: row k is map k of the input"
-    lines = [f"row {k + 1}: {m}" for k, m in enumerate(maps)]
+    return head + ":" + listed_lines([f"row {k + 1}: {m}" for k, m in enumerate(maps)], "rows")
+
+
+def listed_lines(lines: list[str], what: str) -> str:
+    """`lines` indented one a line for a printed note; beyond 30, the first 20 and the last 5 (model.json has
+    them all)."""
     if len(lines) > 30:
-        lines = [*lines[:20], f"... ({len(lines) - 25} rows more; all of them in model.json)", *lines[-5:]]
-    return head + ":\n  " + "\n  ".join(lines)
+        lines = [*lines[:20], f"... ({len(lines) - 25} {what} more; all of them in model.json)", *lines[-5:]]
+    return "\n  " + "\n  ".join(lines)
 
 
 def _checked(d: GroupDesign, n_maps: int, what: str) -> GroupDesign:

@@ -29,7 +29,7 @@ from .._memory import needs_streaming, parse_memory, reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
-from ..design.group import group_design
+from ..design.group import group_design, listed_lines
 from ..design.subjects import pair_by_subject
 from ..engine import default_workers
 from ..engine import fit as fit_engine
@@ -261,10 +261,8 @@ class SecondLevel:
             note = (f"--paired: each of the {len(pairs)} maps of condition A (the first half) minus its partner among "
                     f"those of B (the second half), paired {how}")  # fmt: skip
             if how.startswith("by position") and maps is not None:  # the order is all there is: show it
-                lines = [f"pair {k + 1}: {a} - {paths[half + k]}" for k, a in enumerate(maps)]
-                if len(lines) > 30:
-                    lines = [*lines[:20], f"... ({len(lines) - 25} pairs more; all of them in model.json)", *lines[-5:]]
-                note += ":\n  " + "\n  ".join(lines)
+                note += ":" + listed_lines([f"pair {k + 1}: {a} - {paths[half + k]}" for k, a in enumerate(maps)],
+                                           "pairs")  # fmt: skip
             d = replace(d, notes=(note, *d.notes))
         n = d.X.shape[0]
         order = np.arange(n)

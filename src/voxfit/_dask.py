@@ -28,6 +28,11 @@ ANSWER_TIMEOUT_S = 60.0  # a running scheduler's answer to a ping (generous: a b
 PING_INTERVAL_S = 30.0  # how often a scheduler is pinged while the client waits for results
 
 
+# what a connection cut by its deadline raises (under load, the deadline's cancellation can surface as a
+# CancelledError rather than a TimeoutError)
+_DEADLINE = (asyncio.TimeoutError, TimeoutError, asyncio.CancelledError, CancelledError)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -93,8 +98,7 @@ def _probe(address: str, seconds: float) -> None:
 
     # a fresh event loop in a thread of its own: the caller may itself be inside a running loop (Jupyter)
     finished, answer = _in_thread(lambda: asyncio.run(bounded()), seconds + 5.0)
-    # (under load, the deadline's cancellation can surface as a CancelledError rather than a TimeoutError)
-    if not finished or isinstance(answer, (asyncio.TimeoutError, TimeoutError, asyncio.CancelledError, CancelledError)):
+    if not finished or isinstance(answer, _DEADLINE):
         raise _unreachable(address, f"no answer within {seconds:g} s")
     if isinstance(answer, ValueError):
         raise _malformed(address, answer) from None
@@ -125,8 +129,8 @@ def _connect(address: str, seconds: float):
     if not finished:
         abandoned.set()
         raise _unreachable(address, f"the connection was not ready within {2 * seconds + 5:g} s")
-    if isinstance(client, (asyncio.TimeoutError, TimeoutError, asyncio.CancelledError, CancelledError)):
-        raise _unreachable(address, f"no answer within {seconds:g} s")  # (a deadline's cancellation, under load)
+    if isinstance(client, _DEADLINE):
+        raise _unreachable(address, f"no answer within {seconds:g} s")
     if isinstance(client, BaseException):
         raise _unreachable(address, _one_line(client))
     return client

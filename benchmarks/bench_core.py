@@ -111,18 +111,27 @@ def main(argv=None) -> int:
     X, Y = make_data(n, p, V)
     c = np.eye(p)[0]
     voxfit.core.warm_up(n - p)  # a session that fits more than once: compiled kernels loaded, t -> z table built
-    print(f"voxfit {voxfit.__version__}: n = {n} scans, p = {p} regressors, V = {V:,} voxels, "
-          f"Y float32 {Y.nbytes / 2**20:.0f} MiB; best of {args.repeat}")
+    print(
+        f"voxfit {voxfit.__version__}: n = {n} scans, p = {p} regressors, V = {V:,} voxels, "
+        f"Y float32 {Y.nbytes / 2**20:.0f} MiB; best of {args.repeat}"
+    )
 
     rows = []
     read = best(lambda: Y.sum(), args.repeat)
     rows.append(("one read pass over Y (Y.sum())", read))
     pinv32 = np.linalg.pinv(X).astype(np.float32)
-    rows.append(("for scale: the single GEMM pinv(X) @ Y, float32, BLAS threads", best(lambda: pinv32 @ Y, args.repeat)))
+    rows.append(
+        ("for scale: the single GEMM pinv(X) @ Y, float32, BLAS threads", best(lambda: pinv32 @ Y, args.repeat))
+    )
     rows.append(("voxfit: fit + residual variance + t contrast with z", best(lambda: voxfit_job(X, Y, c), args.repeat)))
     rows.append(("  same, with p and -log10 p", best(lambda: voxfit_job(X, Y, c, with_p=True), args.repeat)))
     rows.append(("  same, one thread (n_jobs=1)", best(lambda: voxfit_job(X, Y, c, n_jobs=1), args.repeat)))
-    rows.append(("  same, numpy pass instead of the compiled one", best(lambda: voxfit_job(X, Y, c, compiled=False), args.repeat)))
+    rows.append(
+        (
+            "  same, numpy pass instead of the compiled one",
+            best(lambda: voxfit_job(X, Y, c, compiled=False), args.repeat),
+        )
+    )
 
     k = min(args.sample, V)
     sample = Y[:, :k].astype(np.float64)
@@ -144,8 +153,12 @@ def main(argv=None) -> int:
     except ImportError:
         print("(statsmodels not installed: pip install '.[bench]')")
     chunk = min(V, 20000)
-    rows.append((f"numpy lstsq on all voxels at once, float64 (from {chunk})",
-                 best(lambda: np.linalg.lstsq(X, Y[:, :chunk].astype(np.float64), rcond=None), 1) * V / chunk))
+    rows.append(
+        (
+            f"numpy lstsq on all voxels at once, float64 (from {chunk})",
+            best(lambda: np.linalg.lstsq(X, Y[:, :chunk].astype(np.float64), rcond=None), 1) * V / chunk,
+        )
+    )
 
     width = max(len(r[0]) for r in rows)
     for label, t in rows:
@@ -153,13 +166,17 @@ def main(argv=None) -> int:
 
     out = subprocess.run(
         [sys.executable, __file__, "--memory-child", f"--voxels={V}", f"--scans={n}", f"--regressors={p}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     mem = json.loads(out.stdout)
     extra = mem["after"] - mem["before"]
-    print(f"peak memory beyond Y (fresh process, VmHWM - VmRSS): {extra / 2**20:.1f} MiB = "
-          f"{100 * extra / mem['y_bytes']:.1f}% of Y ({mem['y_bytes'] / 2**20:.0f} MiB); "
-          f"results alone (betas + 3 maps) are {(p + 3) * 8 * V / 2**20:.1f} MiB")
+    print(
+        f"peak memory beyond Y (fresh process, VmHWM - VmRSS): {extra / 2**20:.1f} MiB = "
+        f"{100 * extra / mem['y_bytes']:.1f}% of Y ({mem['y_bytes'] / 2**20:.0f} MiB); "
+        f"results alone (betas + 3 maps) are {(p + 3) * 8 * V / 2**20:.1f} MiB"
+    )
     return 0
 
 

@@ -25,22 +25,34 @@ def best(f, repeat=20):
 
 
 def main():
-    events = {c: {"onset": np.arange(20.0 * k, 600, 80), "duration": np.full(len(np.arange(20.0 * k, 600, 80)), 10.0)}
-              for k, c in enumerate("ABCD")}  # fmt: skip
+    events = {
+        c: {"onset": np.arange(20.0 * k, 600, 80), "duration": np.full(len(np.arange(20.0 * k, 600, 80)), 10.0)}
+        for k, c in enumerate("ABCD")
+    }
     spm = best(lambda: make_design(events, 2.0, 300))
     nl = best(lambda: make_design(events, 2.0, 300, convolution="nilearn"))
-    print(f"voxfit make_design, 4 conditions x 300 scans: SPM grid {spm * 1e3:.1f} ms, nilearn convolution {nl * 1e3:.1f} ms")
+    print(
+        "voxfit make_design, 4 conditions x 300 scans: SPM grid "
+        f"{spm * 1e3:.1f} ms, nilearn convolution {nl * 1e3:.1f} ms"
+    )
     try:
         import pandas as pd
         from nilearn.glm.first_level import make_first_level_design_matrix
     except ImportError:
         return
-    df = pd.DataFrame([(o, d, c) for c, ev in events.items() for o, d in zip(ev["onset"], ev["duration"])],
-                      columns=["onset", "duration", "trial_type"])  # fmt: skip
+    df = pd.DataFrame(
+        [(o, d, c) for c, ev in events.items() for o, d in zip(ev["onset"], ev["duration"])],
+        columns=["onset", "duration", "trial_type"],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = best(lambda: make_first_level_design_matrix(np.arange(300) * 2.0, df, hrf_model="spm", high_pass=1 / 128))
-    print(f"nilearn make_first_level_design_matrix: {theirs * 1e3:.1f} ms ({theirs / nl:.1f}x voxfit's nilearn convolution)")
+        theirs = best(
+            lambda: make_first_level_design_matrix(np.arange(300) * 2.0, df, hrf_model="spm", high_pass=1 / 128)
+        )
+    print(
+        f"nilearn make_first_level_design_matrix: {theirs * 1e3:.1f} "
+        f"ms ({theirs / nl:.1f}x voxfit's nilearn convolution)"
+    )
 
 
 if __name__ == "__main__":

@@ -108,30 +108,60 @@ def main(argv=None) -> int:
 
         n_vox = make_study(folder, args.scans)
         gz, nii = folder / "bold.nii.gz", folder / "bold.nii"
-        print(f"voxfit {voxfit.__version__}: {SHAPE} grid, {n_vox:,} voxels in the mask, {args.scans} scans float32; "
-              f".nii {nii.stat().st_size / 2**20:.0f} MiB, .nii.gz {gz.stat().st_size / 2**20:.0f} MiB; 15 columns; "
-              f"best of {args.repeat}")  # fmt: skip
+        print(
+            f"voxfit {voxfit.__version__}: {SHAPE} grid, {n_vox:,} voxels in the mask, {args.scans} scans float32; "
+            f".nii {nii.stat().st_size / 2**20:.0f} MiB, .nii.gz {gz.stat().st_size / 2**20:.0f} MiB; 15 columns; "
+            f"best of {args.repeat}"
+        )
         nl_script = folder / "nilearn_glm.py"
         nl_script.write_text(NILEARN_SCRIPT)
         results = {}
         for label, path, noise in (("nii.gz", gz, "ols"), ("nii", nii, "ols"), ("nii.gz", gz, "ar1")):
             out_v, out_n = folder / f"voxfit-{label}-{noise}", folder / f"nilearn-{label}-{noise}"
             out_n.mkdir(exist_ok=True)
-            vox = [sys.executable, "-m", "voxfit", "fit", str(path), "--design", str(folder / "design.tsv"), "--mask",
-                   str(folder / "mask.nii.gz"), "--contrast", "c=A - B", "-o", str(out_v), "--force", "--quiet",
-                   "--noise", noise]  # fmt: skip
-            nl = [sys.executable, str(nl_script), str(path), str(folder / "design.tsv"), str(folder / "mask.nii.gz"),
-                  str(out_n), noise]  # fmt: skip
+            vox = [
+                sys.executable,
+                "-m",
+                "voxfit",
+                "fit",
+                str(path),
+                "--design",
+                str(folder / "design.tsv"),
+                "--mask",
+                str(folder / "mask.nii.gz"),
+                "--contrast",
+                "c=A - B",
+                "-o",
+                str(out_v),
+                "--force",
+                "--quiet",
+                "--noise",
+                noise,
+            ]
+            nl = [
+                sys.executable,
+                str(nl_script),
+                str(path),
+                str(folder / "design.tsv"),
+                str(folder / "mask.nii.gz"),
+                str(out_n),
+                noise,
+            ]
             results[label, noise] = (best(vox, args.repeat), best(nl, args.repeat))
             (tv, mv), (tn, mn) = results[label, noise]
-            print(f"{label:>6} in, {noise.upper():>3}, one t contrast's maps out: voxfit {tv:6.2f} s {mv / 2**20:7.0f} MiB | "
-                  f"nilearn {tn:6.2f} s {mn / 2**20:7.0f} MiB | voxfit {tn / tv:5.1f}x faster, "
-                  f"{mv / mn:.2f} of nilearn's memory")  # fmt: skip
+            print(
+                f"{label:>6} in, {noise.upper():>3}, one t contrast's "
+                f"maps out: voxfit {tv:6.2f} s {mv / 2**20:7.0f} MiB | "
+                f"nilearn {tn:6.2f} s {mn / 2**20:7.0f} MiB | voxfit {tn / tv:5.1f}x faster, "
+                f"{mv / mn:.2f} of nilearn's memory"
+            )
             zv = np.asarray(nib.load(out_v / "contrast-c_stat-z_statmap.nii.gz").dataobj)
             zn = np.asarray(nib.load(out_n / "z.nii.gz").dataobj)
             inside = np.isfinite(zv)
-            print(f"        z maps: max |voxfit - nilearn| = {np.nanmax(np.abs(zv[inside] - zn[inside])):.2e}, "
-                  f"correlation {np.corrcoef(zv[inside], zn[inside])[0, 1]:.6f} (max |z| {np.nanmax(np.abs(zn)):.1f})")  # fmt: skip
+            print(
+                f"        z maps: max |voxfit - nilearn| = {np.nanmax(np.abs(zv[inside] - zn[inside])):.2e}, "
+                f"correlation {np.corrcoef(zv[inside], zn[inside])[0, 1]:.6f} (max |z| {np.nanmax(np.abs(zn)):.1f})"
+            )
 
         from voxfit.io import open_gzip
 
@@ -142,8 +172,11 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             voxfit.load(gz, mask=folder / "mask.nii.gz", progress=False)
             loads.append(time.perf_counter() - t0)
-        print(f"load .nii.gz (decompress + mask): {min(loads):.2f} s; bare decompression {raw_fast:.2f} s ({GZIP_BACKEND}), "
-              f"{raw_zlib:.2f} s (zlib): load / fastest decompression = {min(loads) / raw_fast:.2f}")  # fmt: skip
+        print(
+            f"load .nii.gz (decompress + mask): {min(loads):.2f} s; "
+            f"bare decompression {raw_fast:.2f} s ({GZIP_BACKEND}), "
+            f"{raw_zlib:.2f} s (zlib): load / fastest decompression = {min(loads) / raw_fast:.2f}"
+        )
     return 0
 
 

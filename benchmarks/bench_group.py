@@ -70,26 +70,47 @@ def main(argv=None) -> int:
 
         n_vox = make_maps(folder, args.subjects)
         maps = sorted(str(p) for p in folder.glob("sub-*.nii.gz"))
-        print(f"voxfit {voxfit.__version__}: {args.subjects} subjects x {n_vox:,} voxels (float32 maps, {SHAPE} grid), "
-              f"one-sample, one-sided; best of {args.repeat}")  # fmt: skip
+        print(
+            f"voxfit {voxfit.__version__}: {args.subjects} subjects x {n_vox:,} voxels (float32 maps, {SHAPE} grid), "
+            f"one-sample, one-sided; best of {args.repeat}"
+        )
         script = folder / "nilearn_group.py"
         script.write_text(NILEARN_SCRIPT)
         out = folder / "voxfit-out"
         clear = lambda: shutil.rmtree(out, ignore_errors=True)  # noqa: E731
-        vox_cmd = [sys.executable, "-m", "voxfit", "group", *maps, "--mask", str(folder / "mask.nii.gz"), "--seed", "0",
-                   "-o", str(out), "--quiet", "--force"]  # fmt: skip
+        vox_cmd = [
+            sys.executable,
+            "-m",
+            "voxfit",
+            "group",
+            *maps,
+            "--mask",
+            str(folder / "mask.nii.gz"),
+            "--seed",
+            "0",
+            "-o",
+            str(out),
+            "--quiet",
+            "--force",
+        ]
         best(vox_cmd + ["--permutations", "100"], 1, clear)  # numba's compiled kernels into the cache
         tv, mv = best(vox_cmd + ["--permutations", str(args.perms)], args.repeat, clear)
-        (t1, m1), (t2, m2) = (best([sys.executable, str(script), str(folder), str(n), "0"], args.repeat) for n in (1000, 2000))
+        (t1, m1), (t2, m2) = (
+            best([sys.executable, str(script), str(folder), str(n), "0"], args.repeat) for n in (1000, 2000)
+        )
         per_perm = (t2 - t1) / 1000
         tn = t1 + per_perm * (args.perms - 1000)
-        print(f"max-T, {args.perms:,} sign-flips: voxfit {tv:6.2f} s {mv / 2**20:6.0f} MiB | nilearn (n_jobs=2) "
-              f"{t1:.1f} s at 1,000 and {t2:.1f} s at 2,000 -> {tn:.1f} s extrapolated to {args.perms:,}, "
-              f"{max(m1, m2) / 2**20:.0f} MiB | voxfit {tn / tv:.1f}x faster, {mv / max(m1, m2):.2f} of the memory")  # fmt: skip
+        print(
+            f"max-T, {args.perms:,} sign-flips: voxfit {tv:6.2f} s {mv / 2**20:6.0f} MiB | nilearn (n_jobs=2) "
+            f"{t1:.1f} s at 1,000 and {t2:.1f} s at 2,000 -> {tn:.1f} s extrapolated to {args.perms:,}, "
+            f"{max(m1, m2) / 2**20:.0f} MiB | voxfit {tn / tv:.1f}x faster, {mv / max(m1, m2):.2f} of the memory"
+        )
         tvt, mvt = best(vox_cmd + ["--permutations", str(args.tfce_perms), "--tfce"], args.repeat, clear)
         tnt, mnt = best([sys.executable, str(script), str(folder), str(args.tfce_perms), "1"], args.repeat)
-        print(f"TFCE, {args.tfce_perms:,} sign-flips: voxfit {tvt:6.2f} s {mvt / 2**20:6.0f} MiB | nilearn tfce=True "
-              f"{tnt:.1f} s {mnt / 2**20:.0f} MiB | voxfit {tnt / tvt:.1f}x faster")  # fmt: skip
+        print(
+            f"TFCE, {args.tfce_perms:,} sign-flips: voxfit {tvt:6.2f} s {mvt / 2**20:6.0f} MiB | nilearn tfce=True "
+            f"{tnt:.1f} s {mnt / 2**20:.0f} MiB | voxfit {tnt / tvt:.1f}x faster"
+        )
     return 0
 
 

@@ -48,19 +48,38 @@ def main(argv=None) -> int:
                 z[a : a + rows.shape[0]] = rows.astype(np.float32)
         data_gib = 4 * n * V / 2**30
         cap = parse_memory(args.cap)
-        print(f"{n:,} subjects x {V:,} voxels float32 = {data_gib:.2f} GiB in Zarr; cap {cap / 2**30:.2f} GiB "
-              f"(data / cap = {4 * n * V / cap:.1f})")  # fmt: skip
+        print(
+            f"{n:,} subjects x {V:,} voxels float32 = {data_gib:.2f} GiB in Zarr; cap {cap / 2**30:.2f} GiB "
+            f"(data / cap = {4 * n * V / cap:.1f})"
+        )
         out = folder / "out"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "voxfit", "group", str(store), "--design", str(folder / "participants.tsv"),
-               "--contrast", "age=age", "--max-memory", args.cap, "-o", str(out), "--quiet"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "voxfit",
+            "group",
+            str(store),
+            "--design",
+            str(folder / "participants.tsv"),
+            "--contrast",
+            "age=age",
+            "--max-memory",
+            args.cap,
+            "-o",
+            str(out),
+            "--quiet",
+        ]
         wall, peak = timed_process(cmd)
         print(f"voxfit group, streamed: {wall:.1f} s, peak memory {peak / 2**30:.2f} GiB = {peak / cap:.2f} of the cap")
         X = np.column_stack([age, sex, np.ones(n)])
         z = zarr.open(str(store), mode="r")
         t_ref = fit(X, np.asarray(z[:, :2000], dtype=np.float64)).contrast([1, 0, 0]).t
         t = np.load(out / "contrast-age_stat-t_statmap.npy")[:2000]
-        print(f"t map: max |streamed - float64 in blocks| = {np.nanmax(np.abs(t - t_ref)):.2e} (max |t| {np.nanmax(np.abs(t_ref)):.1f})")
+        print(
+            "t map: max |streamed - float64 in blocks| = "
+            f"{np.nanmax(np.abs(t - t_ref)):.2e} (max |t| {np.nanmax(np.abs(t_ref)):.1f})"
+        )
     return 0
 
 

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 from _util import timed_process, work_folder
 
-DECOMPRESS = "import sys; from isal import igzip\nwith igzip.open(sys.argv[1], 'rb') as f:\n    while f.read(1 << 24): pass\n"
+DECOMPRESS = (
+    "import sys; from isal import igzip\nwith igzip.open(sys.argv[1], 'rb') as f:\n    while f.read(1 << 24): pass\n"
+)
 
 
 def make_run(folder: Path, shape, n: int, seed: int = 0) -> Path:
@@ -73,10 +75,25 @@ def main(argv=None) -> int:
             make_run(folder, args.shape, args.scans)
         data_bytes = 4 * args.scans * int(np.prod(args.shape))
         cap = parse_memory(args.cap)
-        print(f"{tuple(args.shape)} x {args.scans} scans: {data_bytes / 2**30:.2f} GiB of float32 data "
-              f"({gz.stat().st_size / 2**30:.2f} GiB .nii.gz), cap {cap / 2**20:.0f} MiB = data / {data_bytes / cap:.1f}")  # fmt: skip
-        base = [sys.executable, "-m", "voxfit", "fit", str(gz), "--design", str(folder / "design.tsv"),
-                "--contrast", "task=task", "--noise", "ar1", "--quiet", "--force"]  # fmt: skip
+        print(
+            f"{tuple(args.shape)} x {args.scans} scans: {data_bytes / 2**30:.2f} GiB of float32 data "
+            f"({gz.stat().st_size / 2**30:.2f} GiB .nii.gz), cap {cap / 2**20:.0f} MiB = data / {data_bytes / cap:.1f}"
+        )
+        base = [
+            sys.executable,
+            "-m",
+            "voxfit",
+            "fit",
+            str(gz),
+            "--design",
+            str(folder / "design.tsv"),
+            "--contrast",
+            "task=task",
+            "--noise",
+            "ar1",
+            "--quiet",
+            "--force",
+        ]
         with open(gz, "rb") as f:  # into the page cache first (an earlier in-memory fit may have evicted it)
             while f.read(1 << 24):
                 pass
@@ -85,16 +102,23 @@ def main(argv=None) -> int:
             td, md = timed_process([sys.executable, "-c", DECOMPRESS, str(gz)])
             ts, ms = timed_process(base + ["--max-memory", args.cap, "-o", str(folder / "streamed")])
             runs.append((td, ts, ms))
-            print(f"bare decompression (ISA-L): {td:.1f} s, {md / 2**20:.0f} MiB; voxfit AR(1) streamed under the cap: "
-                  f"{ts:.1f} s = {ts / td:.2f} x the decompression, peak memory {ms / 2**20:.0f} MiB = {ms / cap:.2f} of the cap")  # fmt: skip
+            print(
+                f"bare decompression (ISA-L): {td:.1f} s, {md / 2**20:.0f} MiB; voxfit AR(1) streamed under the cap: "
+                f"{ts:.1f} s = {ts / td:.2f} x the decompression, peak "
+                f"memory {ms / 2**20:.0f} MiB = {ms / cap:.2f} of the cap"
+            )
         ratios = sorted(ts / td for td, ts, _ in runs)
-        print(f"streamed / decompression over {len(runs)} runs: median {np.median(ratios):.2f} (min {ratios[0]:.2f}, "
-              f"max {ratios[-1]:.2f}); largest peak {max(r[2] for r in runs) / cap:.2f} of the cap")  # fmt: skip
+        print(
+            f"streamed / decompression over {len(runs)} runs: median {np.median(ratios):.2f} (min {ratios[0]:.2f}, "
+            f"max {ratios[-1]:.2f}); largest peak {max(r[2] for r in runs) / cap:.2f} of the cap"
+        )
         tm, mm = timed_process(base + ["-o", str(folder / "memory")])
         a = np.asarray(nib.load(folder / "streamed" / "contrast-task_stat-t_statmap.nii.gz").dataobj)
         b = np.asarray(nib.load(folder / "memory" / "contrast-task_stat-t_statmap.nii.gz").dataobj)
-        print(f"voxfit AR(1) in memory: {tm:.1f} s, {mm / 2**20:.0f} MiB; t maps: max |streamed - in memory| = "
-              f"{np.nanmax(np.abs(a - b)):.2e} (max |t| {np.nanmax(np.abs(b)):.1f})")  # fmt: skip
+        print(
+            f"voxfit AR(1) in memory: {tm:.1f} s, {mm / 2**20:.0f} MiB; t maps: max |streamed - in memory| = "
+            f"{np.nanmax(np.abs(a - b)):.2e} (max |t| {np.nanmax(np.abs(b)):.1f})"
+        )
     return 0
 
 

@@ -71,8 +71,9 @@ def test_matches_explicit_gls(rng, order):
     dof = res.contrasts["task"].dof
     assert dof.shape == (V,) and np.all((dof > 10) & (dof <= n - 3))
     npt.assert_allclose(res.contrasts["task"].p, stats.t.sf(res.contrasts["task"].t, dof), rtol=1e-9)
-    npt.assert_allclose(res.contrasts["both"].p, stats.f.sf(res.contrasts["both"].F, 2, res.contrasts["both"].dof[1]),
-                        rtol=1e-8)
+    npt.assert_allclose(
+        res.contrasts["both"].p, stats.f.sf(res.contrasts["both"].F, 2, res.contrasts["both"].dof[1]), rtol=1e-8
+    )
     # the variances are GLS's times (1 + lambda) / (1 + kappa) (see test_estimation_terms_*)
     d = factorize(X)
     B = np.repeat((np.eye(3)[[0, 0, 1]] @ d.basis_pinv).T[:, :, None], V, axis=2)  # task, then both
@@ -184,30 +185,94 @@ def test_cli_noise_ar1(tmp_path, capsys, rng):
     X = block_design(n)
     (tmp_path / "d.tsv").write_text("task\tdrift\tconstant\n" + "".join("\t".join(map(str, row)) + "\n" for row in X))
     out = tmp_path / "res"
-    assert main(["fit", str(tmp_path / "b.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
-                 "--noise", "ar2", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "b.nii.gz"),
+                "--design",
+                str(tmp_path / "d.tsv"),
+                "--contrast",
+                "t=task",
+                "--noise",
+                "ar2",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     coef = nib.load(out / "stat-arcoef_statmap.nii.gz")
     assert coef.shape == SHAPE + (2,)
     assert abs(np.nanmean(np.asarray(coef.dataobj)[..., 0]) - 0.4) < 0.1
     assert '"noise_model": "ar2"' in (out / "model.json").read_text()
-    assert main(["fit", str(tmp_path / "b.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
-                 "--noise", "arma", "-o", str(tmp_path / "r2"), "--quiet"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "b.nii.gz"),
+                "--design",
+                str(tmp_path / "d.tsv"),
+                "--contrast",
+                "t=task",
+                "--noise",
+                "arma",
+                "-o",
+                str(tmp_path / "r2"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "`noise` must be ols, ar1 .. ar8 or ar1-global" in capsys.readouterr().err
     # SPM's global AR(1): the task drives half of the voxels, which are pooled
     signal = np.zeros(int(np.prod(SHAPE)))
     signal[: signal.size // 2] = 3.0
     boosted = data + (X[:, 0][:, None] * signal).T.reshape(SHAPE + (n,), order="F")
     nib.save(nib.Nifti1Image(boosted.astype(np.float32), AFFINE), tmp_path / "g.nii.gz")
-    assert main(["fit", str(tmp_path / "g.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
-                 "--noise", "ar1-global", "-o", str(tmp_path / "glob"), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "g.nii.gz"),
+                "--design",
+                str(tmp_path / "d.tsv"),
+                "--contrast",
+                "t=task",
+                "--noise",
+                "ar1-global",
+                "-o",
+                str(tmp_path / "glob"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     model = json.loads((tmp_path / "glob" / "model.json").read_text())["settings"]
     assert model["noise_model"] == "ar1-global" and model["noise_details"]["pooled_voxels"] >= signal.size // 2
     assert (tmp_path / "glob" / "contrast-t_stat-z_statmap.nii.gz").exists()
     Z = rng.standard_normal((n, int(np.prod(SHAPE))))
     null = 100 + Z - X @ np.linalg.lstsq(X, Z, rcond=None)[0]  # no effect at all: F = 0 everywhere
     nib.save(nib.Nifti1Image(null.T.reshape(SHAPE + (n,), order="F"), AFFINE), tmp_path / "w.nii.gz")
-    assert main(["fit", str(tmp_path / "w.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "t=task",
-                 "--noise", "ar1-global", "-o", str(tmp_path / "none"), "--quiet"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "w.nii.gz"),
+                "--design",
+                str(tmp_path / "d.tsv"),
+                "--contrast",
+                "t=task",
+                "--noise",
+                "ar1-global",
+                "-o",
+                str(tmp_path / "none"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "no voxel passes SPM's effects-of-interest F test" in capsys.readouterr().err
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
 
@@ -226,7 +291,9 @@ def test_bias_matrix_equals_its_dense_definition(rng):
     d = factorize(X)
     R = np.eye(n) - X @ np.linalg.pinv(X)
     D = [np.eye(n)] + [np.eye(n, k=j) + np.eye(n, k=-j) for j in range(1, order + 1)]
-    dense = np.array([[np.trace(R @ D[i] @ R @ D[j]) / (2.0 if i else 1.0) for j in range(order + 1)] for i in range(order + 1)])
+    dense = np.array(
+        [[np.trace(R @ D[i] @ R @ D[j]) / (2.0 if i else 1.0) for j in range(order + 1)] for i in range(order + 1)]
+    )
     npt.assert_allclose(bias_matrix(d, order), dense, rtol=1e-12, atol=1e-10)
 
 
@@ -273,20 +340,32 @@ def test_estimation_terms_match_a_dense_computation(phi):
     kappa_ref = 0.5 * np.sum(hess * cov_phi)
     dof_ref = 2 / (2 / (n - 3) + grad @ cov_phi @ grad)
     d_ = factorize(X)
-    (_, dof, kappa, lam), = estimation_terms(ARBlock(d_, p), np.array([phi]), (w @ d_.basis_pinv)[:, None, None], [1])
+    ((_, dof, kappa, lam),) = estimation_terms(ARBlock(d_, p), np.array([phi]), (w @ d_.basis_pinv)[:, None, None], [1])
     npt.assert_allclose(kappa, kappa_ref, rtol=1e-3)
     npt.assert_allclose(dof, dof_ref, rtol=1e-3)
     # Kackar-Harville: the extra variance of w beta_hat(phi_hat), dense and exact; the code's Whittle form of
     # P_j and Q_jk is good to O(1/n): 25% over 60 scans
     V = toeplitz(ar_autocov(phi, n))
     V_inv = np.linalg.inv(V)
-    dV_inv = [(np.linalg.inv(toeplitz(ar_autocov(phi + h * np.eye(p)[j], n)))
-               - np.linalg.inv(toeplitz(ar_autocov(phi - h * np.eye(p)[j], n)))) / (2 * h) for j in range(p)]
+    dV_inv = [
+        (
+            np.linalg.inv(toeplitz(ar_autocov(phi + h * np.eye(p)[j], n)))
+            - np.linalg.inv(toeplitz(ar_autocov(phi - h * np.eye(p)[j], n)))
+        )
+        / (2 * h)
+        for j in range(p)
+    ]
     G_inv = np.linalg.inv(X.T @ V_inv @ X)
     u = G_inv @ w
-    lam_ref = sum(cov_phi[j, k] * (u @ X.T @ dV_inv[j] @ V @ dV_inv[k] @ X @ u
-                                   - u @ X.T @ dV_inv[j] @ X @ G_inv @ X.T @ dV_inv[k] @ X @ u)
-                  for j in range(p) for k in range(p)) / c0
+    lam_ref = (
+        sum(
+            cov_phi[j, k]
+            * (u @ X.T @ dV_inv[j] @ V @ dV_inv[k] @ X @ u - u @ X.T @ dV_inv[j] @ X @ G_inv @ X.T @ dV_inv[k] @ X @ u)
+            for j in range(p)
+            for k in range(p)
+        )
+        / c0
+    )
     assert lam_ref > 0
     npt.assert_allclose(lam, lam_ref, rtol=0.25)
 

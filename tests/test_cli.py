@@ -25,7 +25,14 @@ def study(tmp_path, rng):
     bold = write_nifti(tmp_path / "bold.nii.gz", data)
     design_path = tmp_path / "design.tsv"
     design.to_csv(design_path, sep="\t", index=False)
-    return {"dir": tmp_path, "bold": bold, "design": design_path, "table": design, "data": data, "out": tmp_path / "res"}
+    return {
+        "dir": tmp_path,
+        "bold": bold,
+        "design": design_path,
+        "table": design,
+        "data": data,
+        "out": tmp_path / "res",
+    }
 
 
 def run(capsys, *argv):
@@ -52,7 +59,13 @@ def test_fit_writes_maps_equal_to_the_array_api(study, capsys):
         assert f"contrast-eoi_stat-{stat}_statmap.nii.gz" in names
     for col in ("A", "B", "constant"):
         assert f"regressor-{col}_stat-effect_statmap.nii.gz" in names
-    assert {"stat-rsquared_statmap.nii.gz", "stat-residualvariance_statmap.nii.gz", "mask.nii.gz", "design.tsv", "model.json"} <= set(names)
+    assert {
+        "stat-rsquared_statmap.nii.gz",
+        "stat-residualvariance_statmap.nii.gz",
+        "mask.nii.gz",
+        "design.tsv",
+        "model.json",
+    } <= set(names)
     assert not [n for n in names if n.startswith(".")]
 
     ds = voxfit.load(study["bold"], mask_threshold="auto")  # as voxfit fit
@@ -79,7 +92,9 @@ def test_volume_list_gifti_cifti_and_fsl_design(study, capsys, rng):
     paths = write_volume_list(d / "spm", study["data"], ".img", stored_dtype=np.int16)
     mat = d / "design.mat"
     X = study["table"].to_numpy()
-    mat.write_text("/NumWaves 3\n/NumPoints 12\n/Matrix\n" + "\n".join(" ".join(f"{v:.8f}" for v in row) for row in X) + "\n")
+    mat.write_text(
+        "/NumWaves 3\n/NumPoints 12\n/Matrix\n" + "\n".join(" ".join(f"{v:.8f}" for v in row) for row in X) + "\n"
+    )
     code, _, err = run(capsys, "fit", *paths, "--design", mat, "--contrast", "c1=EV1 - EV2", "-o", d / "r1", "--quiet")
     assert code == 0, err
     assert (d / "r1" / "contrast-c1_stat-t_statmap.nii.gz").exists()
@@ -105,7 +120,12 @@ def test_version_help_and_usage(capsys):
     assert e.value.code == 0 and "examples:" in capsys.readouterr().out
     assert main([]) == 2
     assert capsys.readouterr().err == "voxfit: error: give a command: fit, design, group, report or demo (see --help)\n"
-    for argv in (["fit"], ["fit", "x.nii", "--design"], ["bogus"], ["fit", "x", "--design", "d", "-o", "o", "--max-memory"]):
+    for argv in (
+        ["fit"],
+        ["fit", "x.nii", "--design"],
+        ["bogus"],
+        ["fit", "x", "--design", "d", "-o", "o", "--max-memory"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         err = capsys.readouterr().err
@@ -119,23 +139,61 @@ def _write(path, text):
 
 BAD = {
     "missing file": (lambda s: fit_args(s)[:1] + [s["dir"] / "nope.nii.gz"] + fit_args(s)[2:], "no such file"),
-    "not an image": (lambda s: ["fit", _write(s["dir"] / "x.nii", "hello" * 100)] + fit_args(s)[2:], "not a readable image"),
+    "not an image": (
+        lambda s: ["fit", _write(s["dir"] / "x.nii", "hello" * 100)] + fit_args(s)[2:],
+        "not a readable image",
+    ),
     "truncated gz": (lambda s: ["fit", _cut(s)] + fit_args(s)[2:], "truncated|corrupt"),
-    "3-D image": (lambda s: ["fit", write_nifti(s["dir"] / "v.nii", np.ones(SHAPE, np.float32))] + fit_args(s)[2:], "3-D image"),
-    "design rows": (lambda s: fit_args(s, "--design", _design(s, rows=10)), "the design has 10 rows but the data have 12 scans"),
-    "design NaN": (lambda s: fit_args(s, "--design", _design(s, nan=True)), "missing or non-finite value in column 'B', row 3"),
-    "duplicate columns": (lambda s: fit_args(s, "--design", _write(s["dir"] / "dup.tsv", "A\tA\n" + "1\t2\n" * 12)), "'A' appear more than once"),
+    "3-D image": (
+        lambda s: ["fit", write_nifti(s["dir"] / "v.nii", np.ones(SHAPE, np.float32))] + fit_args(s)[2:],
+        "3-D image",
+    ),
+    "design rows": (
+        lambda s: fit_args(s, "--design", _design(s, rows=10)),
+        "the design has 10 rows but the data have 12 scans",
+    ),
+    "design NaN": (
+        lambda s: fit_args(s, "--design", _design(s, nan=True)),
+        "missing or non-finite value in column 'B', row 3",
+    ),
+    "duplicate columns": (
+        lambda s: fit_args(s, "--design", _write(s["dir"] / "dup.tsv", "A\tA\n" + "1\t2\n" * 12)),
+        "'A' appear more than once",
+    ),
     "unknown column": (lambda s: fit_args(s, contrast=["c=A - Z"]), "unknown column 'Z'"),
     "malformed contrast": (lambda s: fit_args(s, contrast=["c=A -* B"]), "cannot read contrast"),
-    "non-estimable": (lambda s: fit_args(s, "--design", _design(s, deficient=True), contrast=["c=A"]), "not estimable.*A, A2, constant"),
-    "empty mask": (lambda s: fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.zeros(SHAPE, np.uint8))), "selects no voxel"),
-    "mask geometry": (lambda s: fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.ones((2, 2, 2), np.uint8))), "has shape \\(2, 2, 2\\)"),
-    "all-NaN data": (lambda s: ["fit", write_nifti(s["dir"] / "nan.nii", np.full(SHAPE + (12,), np.nan, np.float32))] + fit_args(s)[2:], "automatic mask is empty"),
-    "all-NaN in mask": (lambda s: ["fit", write_nifti(s["dir"] / "nan.nii", np.full(SHAPE + (12,), np.nan, np.float32))] + fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.ones(SHAPE, np.uint8)))[2:], "all 120 voxels in the mask have NaN"),
-    "unwritable output": (lambda s: fit_args(s, out=_write(s["dir"] / "afile", "x") / "sub"), "cannot write to output folder"),
+    "non-estimable": (
+        lambda s: fit_args(s, "--design", _design(s, deficient=True), contrast=["c=A"]),
+        "not estimable.*A, A2, constant",
+    ),
+    "empty mask": (
+        lambda s: fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.zeros(SHAPE, np.uint8))),
+        "selects no voxel",
+    ),
+    "mask geometry": (
+        lambda s: fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.ones((2, 2, 2), np.uint8))),
+        "has shape \\(2, 2, 2\\)",
+    ),
+    "all-NaN data": (
+        lambda s: (
+            ["fit", write_nifti(s["dir"] / "nan.nii", np.full(SHAPE + (12,), np.nan, np.float32))] + fit_args(s)[2:]
+        ),
+        "automatic mask is empty",
+    ),
+    "all-NaN in mask": (
+        lambda s: (
+            ["fit", write_nifti(s["dir"] / "nan.nii", np.full(SHAPE + (12,), np.nan, np.float32))]
+            + fit_args(s, "--mask", write_nifti(s["dir"] / "m.nii", np.ones(SHAPE, np.uint8)))[2:]
+        ),
+        "all 120 voxels in the mask have NaN",
+    ),
+    "unwritable output": (
+        lambda s: fit_args(s, out=_write(s["dir"] / "afile", "x") / "sub"),
+        "cannot write to output folder",
+    ),
     "contrast name": (lambda s: fit_args(s, contrast=["../..=A"]), "has no letter or digit"),
     "bad max memory": (lambda s: fit_args(s, "--max-memory", "lots"), "`max_memory` must be a size"),
-}  # fmt: skip
+}
 
 
 def _cut(s):
@@ -173,7 +231,9 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(case, study, capsys):
     import re
 
     assert re.search(message, err), err
-    assert not os.path.exists(out_dir) or not any(__import__("pathlib").Path(out_dir).iterdir())  # nothing, hidden or not
+    assert not os.path.exists(out_dir) or not any(
+        __import__("pathlib").Path(out_dir).iterdir()
+    )  # nothing, hidden or not
 
 
 def test_existing_output_needs_force(study, capsys):
@@ -208,7 +268,9 @@ def test_interrupted_or_failing_runs_leave_no_partial_maps(study, capsys, monkey
 
     monkeypatch.setattr(glm.Masker, "write", broken)
     code, _, err = run(capsys, *fit_args(study))
-    assert code == 1 and err.count("\n") == 1 and "internal error: RuntimeError: disk on fire" in err and "--debug" in err
+    assert (
+        code == 1 and err.count("\n") == 1 and "internal error: RuntimeError: disk on fire" in err and "--debug" in err
+    )
     assert not study["out"].exists()
     code, _, err = run(capsys, "--debug", *fit_args(study))
     assert code == 1 and "Traceback" in err
@@ -276,8 +338,10 @@ def test_global_scaling_does_not_depend_on_the_mask(study, capsys):
     mask[3:, 1:, :] = 1
     nib.save(nib.Nifti1Image(mask, AFFINE), str(study["dir"] / "half.nii.gz"))
     out = study["dir"] / "masked"
-    code, _, err = run(capsys, *fit_args(study, "--scaling", "global", "--mask", study["dir"] / "half.nii.gz",
-                                         out=out, contrast=["c=A - B"]))  # fmt: skip
+    code, _, err = run(
+        capsys,
+        *fit_args(study, "--scaling", "global", "--mask", study["dir"] / "half.nii.gz", out=out, contrast=["c=A - B"]),
+    )
     assert code == 0, err
     code, _, err = run(capsys, *fit_args(study, "--scaling", "global", contrast=["c=A - B"]))
     assert code == 0, err
@@ -306,8 +370,19 @@ def test_an_infinite_background_value_does_not_reach_the_globals(study, capsys):
     data = study["data"].copy()
     data[0, 0, 0, 3] = np.inf  # the background corner, one scan
     write_nifti(study["dir"] / "inf.nii", data)
-    args = ["fit", study["dir"] / "inf.nii", "--design", study["design"], "--scaling", "global", "--contrast", "c=A",
-            "-o", study["dir"] / "inf", "--quiet"]  # fmt: skip
+    args = [
+        "fit",
+        study["dir"] / "inf.nii",
+        "--design",
+        study["design"],
+        "--scaling",
+        "global",
+        "--contrast",
+        "c=A",
+        "-o",
+        study["dir"] / "inf",
+        "--quiet",
+    ]
     code, _, err = run(capsys, *args)
     assert code == 0, err
     code, _, err = run(capsys, *fit_args(study, "--scaling", "global", contrast=["c=A"]))

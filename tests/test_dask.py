@@ -64,8 +64,10 @@ def test_group_command_with_a_scheduler_address(client, tmp_path):
     assert main([*args, "-o", str(tmp_path / "local")]) == 0
     assert main([*args, "--scheduler", client.scheduler.address, "-o", str(tmp_path / "dask")]) == 0
     for name in ("contrast-intercept_stat-p_desc-fwe_statmap.nii.gz", "contrast-intercept_stat-t_statmap.nii.gz"):
-        npt.assert_array_equal(np.asarray(nib.load(tmp_path / "dask" / name).dataobj),
-                               np.asarray(nib.load(tmp_path / "local" / name).dataobj))  # fmt: skip
+        npt.assert_array_equal(
+            np.asarray(nib.load(tmp_path / "dask" / name).dataobj),
+            np.asarray(nib.load(tmp_path / "local" / name).dataobj),
+        )
     assert main([*args, "--scheduler", "nosuch://host", "-o", str(tmp_path / "nowhere")]) == 2
 
 
@@ -129,17 +131,31 @@ def test_the_client_reads_no_group_data(client, tmp_path, monkeypatch, files):
         nib.save(img, paths[0])
     local = SecondLevel().fit(paths)
     assert open_reader(paths if len(paths) > 1 else paths[0]).column_source() is not None
-    for cls, method in [(ColumnSource, "raw"), (ColumnSource, "__getitem__"), (NiftiReader, "iter_scans"),
-                        (_RowsReader, "iter_scans")]:  # fmt: skip
+    for cls, method in [
+        (ColumnSource, "raw"),
+        (ColumnSource, "__getitem__"),
+        (NiftiReader, "iter_scans"),
+        (_RowsReader, "iter_scans"),
+    ]:
         monkeypatch.setattr(cls, method, _refuse)  # in this process only: the workers are other processes
     remote = SecondLevel(scheduler=client).fit(paths)
     npt.assert_array_equal(remote.masker.mask, local.masker.mask)
     for key in ("effect", "t", "p"):
-        npt.assert_array_equal(getattr(remote.parametric["intercept"], key), getattr(local.parametric["intercept"], key))
+        npt.assert_array_equal(
+            getattr(remote.parametric["intercept"], key), getattr(local.parametric["intercept"], key)
+        )
 
 
-@pytest.mark.parametrize("noise, dtype, masked", [("ols", np.float32, True), ("ols", np.int16, True), ("ar1", np.int16, True),
-                                                  ("ols", np.float32, False), ("ar1", np.int16, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "noise, dtype, masked",
+    [
+        ("ols", np.float32, True),
+        ("ols", np.int16, True),
+        ("ar1", np.int16, True),
+        ("ols", np.float32, False),
+        ("ar1", np.int16, False),
+    ],
+)
 def test_first_level_is_read_by_the_workers(client, tmp_path, monkeypatch, noise, dtype, masked):
     rng = np.random.default_rng(5)
     n = 40
@@ -201,19 +217,34 @@ def test_fit_command_with_a_small_cap_is_read_by_the_workers(client, tmp_path, m
     no read in the client."""
     rng = np.random.default_rng(7)
     n = 60  # 57.6 kB of float32 in the volume: over half of a 40K cap
-    nib.save(nib.Nifti1Image((500 + rng.standard_normal((8, 6, 5, n))).astype(np.float32), np.eye(4)), tmp_path / "bold.nii")
+    nib.save(
+        nib.Nifti1Image((500 + rng.standard_normal((8, 6, 5, n))).astype(np.float32), np.eye(4)), tmp_path / "bold.nii"
+    )
     mask = np.zeros((8, 6, 5), dtype=np.uint8)
     mask[1:7, 1:5, 1:4] = 1
     nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii")
     (tmp_path / "d.tsv").write_text("s\tc\n" + "".join(f"{np.sin(i / 3):.6f}\t1\n" for i in range(n)))
-    args = ["fit", str(tmp_path / "bold.nii"), "--design", str(tmp_path / "d.tsv"), "--contrast", "s=s", "--noise", "ar1",
-            "--quiet"] + (["--mask", str(tmp_path / "mask.nii")] if masked else [])  # fmt: skip
+    args = [
+        "fit",
+        str(tmp_path / "bold.nii"),
+        "--design",
+        str(tmp_path / "d.tsv"),
+        "--contrast",
+        "s=s",
+        "--noise",
+        "ar1",
+        "--quiet",
+    ] + (["--mask", str(tmp_path / "mask.nii")] if masked else [])
     assert main([*args, "-o", str(tmp_path / "local")]) == 0
     for name in ("voxfit.models.glm.load", "voxfit.cli._in_thread", "voxfit.models.glm._fit_streamed"):
         monkeypatch.setattr(name, _refuse)
     monkeypatch.setattr(ColumnSource, "__getitem__", _refuse)  # in this process; the workers are others
     monkeypatch.setattr(ColumnSource, "raw", _refuse)
-    assert main([*args, "--max-memory", "40K", "--scheduler", client.scheduler.address, "-o", str(tmp_path / "dask")]) == 0
+    assert (
+        main([*args, "--max-memory", "40K", "--scheduler", client.scheduler.address, "-o", str(tmp_path / "dask")]) == 0
+    )
     for name in ("contrast-s_stat-t_statmap.nii.gz", "stat-arcoef_statmap.nii.gz", "stat-mean_statmap.nii.gz"):
-        npt.assert_array_equal(np.asarray(nib.load(tmp_path / "dask" / name).dataobj),
-                               np.asarray(nib.load(tmp_path / "local" / name).dataobj))  # fmt: skip
+        npt.assert_array_equal(
+            np.asarray(nib.load(tmp_path / "dask" / name).dataobj),
+            np.asarray(nib.load(tmp_path / "local" / name).dataobj),
+        )

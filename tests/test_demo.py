@@ -14,7 +14,12 @@ def test_demo_recovers_the_known_activation(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Fitted a synthetic run" in text and str(out) in text
     files = {p.name for p in out.iterdir()}
-    assert {"contrast-AvsB_stat-z_statmap.nii.gz", "contrast-effects_stat-F_statmap.nii.gz", "model.json", "mask.nii.gz"} <= files
+    assert {
+        "contrast-AvsB_stat-z_statmap.nii.gz",
+        "contrast-effects_stat-F_statmap.nii.gz",
+        "model.json",
+        "mask.nii.gz",
+    } <= files
     model = json.loads((out / "model.json").read_text())
     assert model["design"]["columns"][:2] == ["A", "B"]
     # the strongest A-only blob is found: z for A at its centre is large, and B there is small

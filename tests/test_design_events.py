@@ -41,14 +41,21 @@ def test_matlab_rounding_and_stimulus_conventions():
 
 def test_slice_time_ref_is_spm_t0():
     ev = {"A": {"onset": np.array([10.0, 40.0]), "duration": np.zeros(2)}}
-    npt.assert_array_equal(make_design(ev, 2.0, 50, slice_time_ref=0.5).X, make_design(ev, 2.0, 50, microtime_onset=9).X)
-    npt.assert_array_equal(make_design(ev, 2.0, 50, slice_time_ref=0.0).X, make_design(ev, 2.0, 50, microtime_onset=1).X)
+    npt.assert_array_equal(
+        make_design(ev, 2.0, 50, slice_time_ref=0.5).X, make_design(ev, 2.0, 50, microtime_onset=9).X
+    )
+    npt.assert_array_equal(
+        make_design(ev, 2.0, 50, slice_time_ref=0.0).X, make_design(ev, 2.0, 50, microtime_onset=1).X
+    )
     with pytest.raises(InputError, match="whole number of bins"):
         make_design(ev, 2.0, 50, slice_time_ref=0.33)
 
 
 def test_basis_sets_names_and_fir():
-    ev = {"faces": {"onset": np.array([10.0, 40.0]), "duration": np.zeros(2)}, "houses": {"onset": np.array([25.0]), "duration": np.array([4.0])}}
+    ev = {
+        "faces": {"onset": np.array([10.0, 40.0]), "duration": np.zeros(2)},
+        "houses": {"onset": np.array([25.0]), "duration": np.array([4.0])},
+    }
     d = make_design(ev, 2.0, 60, hrf="spm+derivative+dispersion", drift="none")
     assert d.names[:3] == ("faces", "faces_derivative", "faces_dispersion")
     assert d.kinds[:3] == ("condition", "derivative", "derivative")
@@ -67,7 +74,9 @@ def test_modulation_scales_heights():
     npt.assert_allclose(make_design(mod, 2.0, 60).X[:, 0], 2 * make_design(base, 2.0, 60).X[:, 0])
 
 
-@pytest.mark.parametrize("hrf", ["spm", "spm+derivative+dispersion", "glover+derivative", "glover+derivative+dispersion", "fir"])
+@pytest.mark.parametrize(
+    "hrf", ["spm", "spm+derivative+dispersion", "glover+derivative", "glover+derivative+dispersion", "fir"]
+)
 @pytest.mark.parametrize("slice_time_ref", [0.0, 0.5])
 @pytest.mark.filterwarnings("ignore:The following conditions contain events with null duration")
 def test_nilearn_convolution_reproduces_nilearn(hrf, slice_time_ref):
@@ -76,15 +85,29 @@ def test_nilearn_convolution_reproduces_nilearn(hrf, slice_time_ref):
     import pandas as pd
 
     tr, n = 2.5, 120
-    ev = pd.DataFrame({"onset": [0.0, 12.3, 40.0, 77.7, 150.2, 201.0, 33.3, 90.0], "duration": [0, 0, 5.5, 0, 0, 12, 0, 3],
-                       "trial_type": list("AABBAACC"), "modulation": [1, 2, 1, 1, 0.5, 1, 1, -1]})  # fmt: skip
-    events = {c: {k: g[k].to_numpy(float) for k in ("onset", "duration", "modulation")} for c, g in ev.groupby("trial_type")}
+    ev = pd.DataFrame(
+        {
+            "onset": [0.0, 12.3, 40.0, 77.7, 150.2, 201.0, 33.3, 90.0],
+            "duration": [0, 0, 5.5, 0, 0, 12, 0, 3],
+            "trial_type": list("AABBAACC"),
+            "modulation": [1, 2, 1, 1, 0.5, 1, 1, -1],
+        }
+    )
+    events = {
+        c: {k: g[k].to_numpy(float) for k in ("onset", "duration", "modulation")} for c, g in ev.groupby("trial_type")
+    }
     events = dict(reversed(list(events.items())))  # unsorted on purpose: nilearn sorts conditions
     theirs = nilearn_dm.make_first_level_design_matrix(
-        (np.arange(n) + slice_time_ref) * tr, ev, hrf_model=hrf.replace("+", " + "), drift_model="cosine",
-        high_pass=0.01, fir_delays=[0, 1, 2])  # fmt: skip
-    ours = make_design(events, tr, n, hrf=hrf, high_pass="0.01Hz", slice_time_ref=slice_time_ref,
-                       convolution="nilearn", fir_delays=3)  # fmt: skip
+        (np.arange(n) + slice_time_ref) * tr,
+        ev,
+        hrf_model=hrf.replace("+", " + "),
+        drift_model="cosine",
+        high_pass=0.01,
+        fir_delays=[0, 1, 2],
+    )
+    ours = make_design(
+        events, tr, n, hrf=hrf, high_pass="0.01Hz", slice_time_ref=slice_time_ref, convolution="nilearn", fir_delays=3
+    )
     assert ours.settings["convolution"] == "nilearn"
     assert list(ours.names) == list(theirs.columns)  # same columns in the same order
     npt.assert_allclose(ours.X, theirs.to_numpy(), atol=1e-12 * np.abs(theirs.to_numpy()).max())
@@ -129,7 +152,10 @@ def _write(path, text):
 def test_events_and_confounds_files(tmp_path):
     ev = read_events(_write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\tmodulation\n1\t0\tA\t2\n5\t3\tB\tn/a\n"))
     assert ev["A"]["modulation"].tolist() == [2.0] and set(ev) == {"A", "B"}
-    conf = _write(tmp_path / "c.tsv", "trans_x\ttrans_y\trot_x\tframewise_displacement\tcsf\nn/a\t0.1\t0\tn/a\t5\n1\t0.2\t0.1\t0.3\t6\n2\t0.3\t0.2\t0.1\t7\n")
+    conf = _write(
+        tmp_path / "c.tsv",
+        "trans_x\ttrans_y\trot_x\tframewise_displacement\tcsf\nn/a\t0.1\t0\tn/a\t5\n1\t0.2\t0.1\t0.3\t6\n2\t0.3\t0.2\t0.1\t7\n",
+    )
     X, names = read_confounds(conf, "trans_*,rot_x,framewise_displacement", 3)
     assert names == ["trans_x", "trans_y", "rot_x", "framewise_displacement"]
     npt.assert_array_equal(X[:, 0], [0, 1, 2])
@@ -174,7 +200,10 @@ def test_bad_design_settings():
 
 
 def test_variance_inflation_warns():
-    ev = {"A": {"onset": np.array([10.0]), "duration": np.array([100.0])}, "B": {"onset": np.array([12.0]), "duration": np.array([98.0])}}
+    ev = {
+        "A": {"onset": np.array([10.0]), "duration": np.array([100.0])},
+        "B": {"onset": np.array([12.0]), "duration": np.array([98.0])},
+    }
     with pytest.warns(DesignWarning, match="variance inflation factor"):
         summary = make_design(ev, 2.0, 80).check()
     assert summary["vif"]["A"] > 10 and summary["rank"] == summary["n_columns"]
@@ -183,16 +212,69 @@ def test_variance_inflation_warns():
 def test_design_command(tmp_path, capsys):
     ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n10\t0\tfaces\n40\t0\thouses\n70\t0\tfaces\n")
     out = tmp_path / "design.tsv"
-    assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "--hrf", "spm+derivative", "--high-pass", "128", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "design",
+                str(ev),
+                "--tr",
+                "2",
+                "--n-scans",
+                "60",
+                "--hrf",
+                "spm+derivative",
+                "--high-pass",
+                "128",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     header = out.read_text().splitlines()[0].split("\t")
     assert header[:4] == ["faces", "faces_derivative", "houses", "houses_derivative"] and header[-1] == "constant"
     assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(out)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(out), "--force", "--quiet"]) == 0
     nl = tmp_path / "nilearn.tsv"
-    assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "--convolution", "nilearn", "--slice-time-ref", "1", "-o", str(nl)]) == 0
-    assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "--convolution", "nilearn", "--microtime-resolution", "8",
-                 "-o", str(tmp_path / "x.tsv")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "design",
+                str(ev),
+                "--tr",
+                "2",
+                "--n-scans",
+                "60",
+                "--convolution",
+                "nilearn",
+                "--slice-time-ref",
+                "1",
+                "-o",
+                str(nl),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "design",
+                str(ev),
+                "--tr",
+                "2",
+                "--n-scans",
+                "60",
+                "--convolution",
+                "nilearn",
+                "--microtime-resolution",
+                "8",
+                "-o",
+                str(tmp_path / "x.tsv"),
+            ]
+        )
+        == 2
+    )
     assert "microtime settings are SPM's" in capsys.readouterr().err and not (tmp_path / "x.tsv").exists()
 
 
@@ -203,15 +285,48 @@ def test_fit_from_events_and_confounds(tmp_path, capsys, rng):
     ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n4\t6\tfaces\n30\t6\thouses\n50\t6\tfaces\n")
     conf = _write(tmp_path / "conf.tsv", "trans_x\tcsf\n" + "".join(f"{np.sin(i)}\t{i % 3}\n" for i in range(40)))
     out = tmp_path / "res"
-    argv = ["fit", str(bold), "--events", str(ev), "--tr", "2", "--confounds", str(conf), "--confounds-columns", "trans_*",
-            "--contrast", "fh=faces - houses", "-o", str(out), "--quiet"]  # fmt: skip
+    argv = [
+        "fit",
+        str(bold),
+        "--events",
+        str(ev),
+        "--tr",
+        "2",
+        "--confounds",
+        str(conf),
+        "--confounds-columns",
+        "trans_*",
+        "--contrast",
+        "fh=faces - houses",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     header = (out / "design.tsv").read_text().splitlines()[0].split("\t")
     assert header[:3] == ["faces", "houses", "trans_x"] and header[-1] == "constant"
     assert (out / "contrast-fh_stat-t_statmap.nii.gz").exists()
     assert main(["fit", str(bold), "--events", str(ev), "--contrast", "f=faces", "-o", str(tmp_path / "r2")]) == 2
     assert "--events needs --tr" in capsys.readouterr().err
-    assert main(["fit", str(bold), "--events", str(ev), "--tr", "2", "--confounds", str(conf), "--contrast", "f=faces", "-o", str(tmp_path / "r3")]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                str(bold),
+                "--events",
+                str(ev),
+                "--tr",
+                "2",
+                "--confounds",
+                str(conf),
+                "--contrast",
+                "f=faces",
+                "-o",
+                str(tmp_path / "r3"),
+            ]
+        )
+        == 2
+    )
     assert "--confounds needs --confounds-columns" in capsys.readouterr().err
 
 
@@ -242,31 +357,81 @@ def test_two_runs_fixed_effects(tmp_path, capsys, rng):
         if r == 1:
             data[1, 1, 1, :] = 0.0  # outside this run's automatic mask: not in the common mask
         runs.append(write_nifti(tmp_path / f"run{r}.nii.gz", data))
-        events.append(_write(tmp_path / f"ev{r}.tsv", f"onset\tduration\ttrial_type\n{4 + r}\t6\tfaces\n30\t6\thouses\n50\t6\tfaces\n"))
+        events.append(
+            _write(
+                tmp_path / f"ev{r}.tsv",
+                f"onset\tduration\ttrial_type\n{4 + r}\t6\tfaces\n30\t6\thouses\n50\t6\tfaces\n",
+            )
+        )
     out = tmp_path / "ffx"
-    argv = ["fit", *map(str, runs), "--events", *map(str, events), "--tr", "2", "--contrast", "fh=faces - houses",
-            "-o", str(out), "--quiet"]  # fmt: skip
+    argv = [
+        "fit",
+        *map(str, runs),
+        "--events",
+        *map(str, events),
+        "--tr",
+        "2",
+        "--contrast",
+        "fh=faces - houses",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     names = {p.name for p in out.iterdir()}
-    assert {"run-1_contrast-fh_stat-t_statmap.nii.gz", "run-2_contrast-fh_stat-t_statmap.nii.gz",
-            "contrast-fh_stat-t_statmap.nii.gz", "run-1_design.tsv", "mask.nii.gz", "model.json"} <= names  # fmt: skip
+    assert {
+        "run-1_contrast-fh_stat-t_statmap.nii.gz",
+        "run-2_contrast-fh_stat-t_statmap.nii.gz",
+        "contrast-fh_stat-t_statmap.nii.gz",
+        "run-1_design.tsv",
+        "mask.nii.gz",
+        "model.json",
+    } <= names
+
     # the fixed-effects combination by hand from the per-run maps
     def flat(name):
         return np.asarray(nib.load(out / name).dataobj, dtype=float).reshape(-1, order="F")
 
     mask = flat("mask.nii.gz") > 0
-    e1, e2 = flat("run-1_contrast-fh_stat-effect_statmap.nii.gz")[mask], flat("run-2_contrast-fh_stat-effect_statmap.nii.gz")[mask]
-    v1, v2 = flat("run-1_contrast-fh_stat-variance_statmap.nii.gz")[mask], flat("run-2_contrast-fh_stat-variance_statmap.nii.gz")[mask]
+    e1, e2 = (
+        flat("run-1_contrast-fh_stat-effect_statmap.nii.gz")[mask],
+        flat("run-2_contrast-fh_stat-effect_statmap.nii.gz")[mask],
+    )
+    v1, v2 = (
+        flat("run-1_contrast-fh_stat-variance_statmap.nii.gz")[mask],
+        flat("run-2_contrast-fh_stat-variance_statmap.nii.gz")[mask],
+    )
     expected_t = ((e1 / v1 + e2 / v2) / (1 / v1 + 1 / v2)) * np.sqrt(1 / v1 + 1 / v2)
     npt.assert_allclose(flat("contrast-fh_stat-t_statmap.nii.gz")[mask], expected_t, rtol=1e-4)
     assert not mask[np.ravel_multi_index((1, 1, 1), (6, 5, 4), order="F")]
-    result = fit_runs(runs, [tmp_path / "ffx" / "run-1_design.tsv", tmp_path / "ffx" / "run-2_design.tsv"],
-                      {"fh": "faces - houses", "eff": "faces; houses"}, out_dir=tmp_path / "ffx-f")  # fmt: skip
+    result = fit_runs(
+        runs,
+        [tmp_path / "ffx" / "run-1_design.tsv", tmp_path / "ffx" / "run-2_design.tsv"],
+        {"fh": "faces - houses", "eff": "faces; houses"},
+        out_dir=tmp_path / "ffx-f",
+    )
     assert result.combined["fh"].dof == 2 * (40 - 4)  # faces, houses, drift_1, constant
     assert result.combined["eff"].dof == (2.0, 2 * (40 - 4))
     assert (tmp_path / "ffx-f" / "contrast-eff_stat-F_statmap.nii.gz").exists()
-    assert main(["fit", *map(str, runs), "--events", str(events[0]), str(events[0]), str(events[0]), "--tr", "2",
-                 "--contrast", "f=faces", "-o", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                *map(str, runs),
+                "--events",
+                str(events[0]),
+                str(events[0]),
+                str(events[0]),
+                "--tr",
+                "2",
+                "--contrast",
+                "f=faces",
+                "-o",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "give one per run" in capsys.readouterr().err
 
 
@@ -343,29 +508,63 @@ def test_design_options_are_refused_with_a_design_file(tmp_path, capsys, rng):
     bold = write_nifti(tmp_path / "b.nii.gz", volume_data(rng, n=20))
     d = _write(tmp_path / "d.tsv", "A\tconstant\n" + "".join(f"{i % 2}\t1\n" for i in range(20)))
     conf = _write(tmp_path / "c.tsv", "x\n" + "1\n" * 20)
-    argv = ["fit", str(bold), "--design", str(d), "--contrast", "a=A", "-o", str(tmp_path / "o"), "--confounds", str(conf),
-            "--confounds-columns", "x"]  # fmt: skip
+    argv = [
+        "fit",
+        str(bold),
+        "--design",
+        str(d),
+        "--contrast",
+        "a=A",
+        "-o",
+        str(tmp_path / "o"),
+        "--confounds",
+        str(conf),
+        "--confounds-columns",
+        "x",
+    ]
     assert main(argv) == 2 and "--confounds builds a design from --events" in capsys.readouterr().err
     assert main(argv[:8] + ["--hrf", "glover"]) == 2 and "--hrf builds a design" in capsys.readouterr().err
     runs = [write_nifti(tmp_path / f"r{k}.nii.gz", volume_data(rng, n=20)) for k in range(2)]
     ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n4\t6\tA\n")
-    assert main(["fit", *map(str, runs), "--events", str(ev), "--tr", "2", "--contrast", "a=A", "-o", str(tmp_path / "o2")]) == 2
+    assert (
+        main(
+            ["fit", *map(str, runs), "--events", str(ev), "--tr", "2", "--contrast", "a=A", "-o", str(tmp_path / "o2")]
+        )
+        == 2
+    )
     assert "give one events file per run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"trans_x\ttrans_y\n0.1\t0.2\n" + "caf\u00e9\t1\n".encode("latin-1") + b"0\t0\n", "is not UTF-8 text"),
-    (b"\x5c\x01\x00\x00" + bytes(400), "is not a text table"),  # a NIfTI header given by mistake
-    (b"trans_x,trans_y\n0,0\n0,0\n0,0\n", "is not tab-separated"),
-    (b"", "is empty"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"trans_x\ttrans_y\n0.1\t0.2\n" + "caf\u00e9\t1\n".encode("latin-1") + b"0\t0\n", "is not UTF-8 text"),
+        (b"\x5c\x01\x00\x00" + bytes(400), "is not a text table"),  # a NIfTI header given by mistake
+        (b"trans_x,trans_y\n0,0\n0,0\n0,0\n", "is not tab-separated"),
+        (b"", "is empty"),
+    ],
+)
 def test_confounds_files_that_are_not_tsvs_exit_2(tmp_path, capsys, content, message):
     from voxfit.cli import main
 
     events = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n0\t2\tA\n")
     conf = tmp_path / "conf.tsv"
     conf.write_bytes(content)
-    code = main(["design", str(events), "--tr", "2", "--n-scans", "3", "--confounds", str(conf),
-                 "--confounds-columns", "trans_x", "-o", str(tmp_path / "d.tsv")])  # fmt: skip
+    code = main(
+        [
+            "design",
+            str(events),
+            "--tr",
+            "2",
+            "--n-scans",
+            "3",
+            "--confounds",
+            str(conf),
+            "--confounds-columns",
+            "trans_x",
+            "-o",
+            str(tmp_path / "d.tsv"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and "confounds" in err and err.count("\n") == 1

@@ -34,15 +34,30 @@ def study(tmp_path):
     frame.to_csv(tmp_path / "voxfit_names.tsv", sep="\t", index=False)
     drifts = [n for n in design.names if n.startswith("drift_")]
     frame.rename(columns={d: f"cosine{k:02d}" for k, d in enumerate(drifts)}).to_csv(
-        tmp_path / "nilearn_names.tsv", sep="\t", index=False)  # fmt: skip
+        tmp_path / "nilearn_names.tsv", sep="\t", index=False
+    )
     frame.rename(columns={d: f"hp_{k}" for k, d in enumerate(drifts)}).to_csv(
-        tmp_path / "own_names.tsv", sep="\t", index=False)  # fmt: skip
+        tmp_path / "own_names.tsv", sep="\t", index=False
+    )
     return tmp_path, design
 
 
 def _fit(capsys, root, design, out, *extra):
-    code = main(["fit", str(root / "bold.nii.gz"), "--design", str(design), "--noise", "ar1-global",
-                 "--contrast", "task=task", "-o", str(root / out), *extra])  # fmt: skip
+    code = main(
+        [
+            "fit",
+            str(root / "bold.nii.gz"),
+            "--design",
+            str(design),
+            "--noise",
+            "ar1-global",
+            "--contrast",
+            "task=task",
+            "-o",
+            str(root / out),
+            *extra,
+        ]
+    )
     return code, capsys.readouterr().err
 
 
@@ -72,9 +87,25 @@ def test_the_design_written_is_the_models_and_can_be_fitted_again(study, capsys)
     root, design = study
     events = root / "events.tsv"
     pd.DataFrame({"onset": np.arange(10, 220, 30.0), "duration": 10.0, "trial_type": "task"}).to_csv(
-        events, sep="\t", index=False)  # fmt: skip
-    code = main(["fit", str(root / "bold.nii.gz"), "--events", str(events), "--tr", str(TR), "--noise", "ar1-global",
-                 "--contrast", "task=task", "-o", str(root / "ev"), "--quiet"])  # fmt: skip
+        events, sep="\t", index=False
+    )
+    code = main(
+        [
+            "fit",
+            str(root / "bold.nii.gz"),
+            "--events",
+            str(events),
+            "--tr",
+            str(TR),
+            "--noise",
+            "ar1-global",
+            "--contrast",
+            "task=task",
+            "-o",
+            str(root / "ev"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     written = pd.read_csv(root / "ev" / "design.tsv", sep="\t")
     npt.assert_allclose(written.to_numpy(), design.X, atol=1e-12)  # not whitened, not filtered
@@ -114,8 +145,11 @@ def test_voxfit_design_writes_the_kinds_that_voxfit_fit_reads(study, capsys, tmp
     root, design = study
     events = root / "events.tsv"
     pd.DataFrame({"onset": np.arange(10, 220, 30.0), "duration": 10.0, "trial_type": "task"}).to_csv(
-        events, sep="\t", index=False)  # fmt: skip
-    assert main(["design", str(events), "--tr", str(TR), "--n-scans", str(N), "-o", str(root / "d.tsv"), "--quiet"]) == 0
+        events, sep="\t", index=False
+    )
+    assert (
+        main(["design", str(events), "--tr", str(TR), "--n-scans", str(N), "-o", str(root / "d.tsv"), "--quiet"]) == 0
+    )
     side = json.loads((root / "d.json").read_text())
     assert [c["kind"] for c in side["columns"]] == list(design.kinds)
     assert not [p for p in root.iterdir() if p.name.startswith(".")]

@@ -31,7 +31,11 @@ def test_fit_through_the_array_api(rng):
 @pytest.mark.parametrize("design", ["one-sample", "two-groups"])
 def test_permutations_through_the_array_api(rng, design):
     n, V = 14, 1500
-    X = np.ones((n, 1)) if design == "one-sample" else np.column_stack([np.r_[np.ones(7), np.zeros(7)], np.r_[np.zeros(7), np.ones(7)]])
+    X = (
+        np.ones((n, 1))
+        if design == "one-sample"
+        else np.column_stack([np.r_[np.ones(7), np.zeros(7)], np.r_[np.zeros(7), np.ones(7)]])
+    )
     c = [1.0] if design == "one-sample" else [1.0, -1.0]
     Y = (rng.standard_normal((n, V)) + 0.5).astype(np.float32)
     cpu = permutation_test(X, Y, c, n_permutations=800, seed=5)
@@ -71,7 +75,9 @@ def test_ar_fit_through_the_array_api(rng, monkeypatch, order, intercept):
 
     n, V = 80, 700
     t = np.arange(n)
-    X = np.column_stack([((t // 10) % 2).astype(float), np.cos(np.pi * (t + 0.5) / n)] + ([np.ones(n)] if intercept else []))
+    X = np.column_stack(
+        [((t // 10) % 2).astype(float), np.cos(np.pi * (t + 0.5) / n)] + ([np.ones(n)] if intercept else [])
+    )
     E = rng.standard_normal((n, V))
     for k in range(1, n):
         E[k] += 0.4 * E[k - 1]
@@ -112,7 +118,11 @@ def test_ar_command_line_through_the_array_api(tmp_path, rng, capsys):
     args = ["fit", str(tmp_path / "b.nii.gz"), "--design", str(tmp_path / "d.tsv"), "--contrast", "task", "--quiet"]
     assert main(args + ["--noise", "ar1", "-o", str(tmp_path / "cpu")]) == 0
     assert main(args + ["--noise", "ar1", "--device", "strict", "-o", str(tmp_path / "dev")]) == 0
-    for name in ("stat-arcoef_statmap.nii.gz", "contrast-task_stat-t_statmap.nii.gz", "stat-residualvariance_statmap.nii.gz"):
+    for name in (
+        "stat-arcoef_statmap.nii.gz",
+        "contrast-task_stat-t_statmap.nii.gz",
+        "stat-residualvariance_statmap.nii.gz",
+    ):
         cpu, dev = (np.asarray(nib.load(tmp_path / d / name).dataobj, dtype=np.float64) for d in ("cpu", "dev"))
         npt.assert_allclose(dev, cpu, rtol=1e-6, atol=1e-6)  # float32 maps
     assert main(args + ["--noise", "ar1-global", "--device", "strict", "-o", str(tmp_path / "global")]) == 2

@@ -31,11 +31,23 @@ Y = np.arange(18.0).reshape(6, 3) ** 1.5
         (pd.DataFrame({"a": list("abcdef"), "b": 1.0}), Y, {}, DataTypeError, r"design column\(s\) 'a' are not"),
         (X, Y, {"names": ["a"]}, InputError, r"`names` has 1 entries but `X` has 2 columns"),
         (X, Y, {"names": ["a", "a"]}, InputError, r"names must be unique; 'a' appear"),
-        (X, Y, {"max_memory": "lots"}, InputError, r"`max_memory` must be a size like '64K', '500M' or '2G'; got 'lots'"),
+        (
+            X,
+            Y,
+            {"max_memory": "lots"},
+            InputError,
+            r"`max_memory` must be a size like '64K', '500M' or '2G'; got 'lots'",
+        ),
         (X, Y, {"max_memory": "-5M"}, InputError, r"`max_memory` must be a size"),
         (X, Y, {"max_memory": 0}, InputError, r"`max_memory` must be a positive size; got 0"),
         (X, Y, {"max_memory": True}, InputError, r"`max_memory` must be a size"),
-        (X, Y, {"max_memory": "10"}, InputError, r"`max_memory`='10' is too small: one voxel of 6 scans needs \d+ bytes"),
+        (
+            X,
+            Y,
+            {"max_memory": "10"},
+            InputError,
+            r"`max_memory`='10' is too small: one voxel of 6 scans needs \d+ bytes",
+        ),
         (X, Y, {"block_size": 0}, InputError, r"`block_size` must be a positive number of voxels; got 0"),
         (X, Y, {"block_size": 2.5}, InputError, r"`block_size` must be a positive number"),
         (X, Y, {"block_size": 4, "max_memory": "1M"}, InputError, r"either `max_memory` or `block_size`, not both"),
@@ -67,9 +79,18 @@ def test_no_residual_dof_warns_and_gives_nan_statistics():
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("64K", 65536), ("500M", 500 * 2**20), ("2G", 2 * 2**30), ("1.5GB", int(1.5 * 2**30)), ("512MiB", 512 * 2**20),
-     ("2g", 2 * 2**30), (" 3 T ", 3 * 2**40), ("4096", 4096), (10**6, 10**6)],
-)  # fmt: skip
+    [
+        ("64K", 65536),
+        ("500M", 500 * 2**20),
+        ("2G", 2 * 2**30),
+        ("1.5GB", int(1.5 * 2**30)),
+        ("512MiB", 512 * 2**20),
+        ("2g", 2 * 2**30),
+        (" 3 T ", 3 * 2**40),
+        ("4096", 4096),
+        (10**6, 10**6),
+    ],
+)
 def test_memory_sizes(text, expected):
     assert parse_memory(text) == expected
 

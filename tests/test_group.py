@@ -40,11 +40,39 @@ def _read(path):
 def test_one_sample_with_permutations_clusters_and_tfce(tmp_path, rng):
     paths = _maps(tmp_path, rng, n=10, effect=1.5)
     out = tmp_path / "g"
-    code = main(["group", *map(str, paths), "--permutations", "200", "--seed", "1", "--tfce",
-                 "--cluster-threshold", "2.5", "-o", str(out), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "group",
+            *map(str, paths),
+            "--permutations",
+            "200",
+            "--seed",
+            "1",
+            "--tfce",
+            "--cluster-threshold",
+            "2.5",
+            "-o",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
-    expected = ["t", "z", "p", "effect", "variance", "tfce", "p_desc-uncorrected", "p_desc-fwe", "p_desc-fdr",
-                "p_desc-clusterfwe", "p_desc-clustermassfwe", "p_desc-tfcefwe", "logp_desc-fwe", "logp_desc-tfcefwe"]  # fmt: skip
+    expected = [
+        "t",
+        "z",
+        "p",
+        "effect",
+        "variance",
+        "tfce",
+        "p_desc-uncorrected",
+        "p_desc-fwe",
+        "p_desc-fdr",
+        "p_desc-clusterfwe",
+        "p_desc-clustermassfwe",
+        "p_desc-tfcefwe",
+        "logp_desc-fwe",
+        "logp_desc-tfcefwe",
+    ]
     for stat in expected:
         assert (out / f"contrast-intercept_stat-{stat}_statmap.nii.gz").exists(), stat
     mask = _read(out / "mask.nii.gz") > 0
@@ -60,7 +88,16 @@ def test_one_sample_with_permutations_clusters_and_tfce(tmp_path, rng):
     assert p_fwe[t.argmax()] <= 0.05  # the planted effect survives
     with open(out / "contrast-intercept_clusters.tsv") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    assert rows and {"size", "size_mm3", "peak_stat", "peak_x", "peak_y", "peak_z", "p_fwe_extent", "p_fwe_mass"} <= set(rows[0])
+    assert rows and {
+        "size",
+        "size_mm3",
+        "peak_stat",
+        "peak_x",
+        "peak_y",
+        "peak_z",
+        "p_fwe_extent",
+        "p_fwe_mass",
+    } <= set(rows[0])
     assert float(rows[0]["p_fwe_extent"]) <= 0.05
     peak = np.array([float(rows[0][k]) for k in ("peak_x", "peak_y", "peak_z")])
     i, j, k = (int(rows[0][k]) for k in ("peak_i", "peak_j", "peak_k"))
@@ -82,14 +119,39 @@ def test_fsl_vest_files_and_blocks(tmp_path, rng):
     g = np.r_[np.ones(6), np.zeros(6)]
     X = np.column_stack([g, 1 - g, rng.standard_normal(n)])
     write_vest(tmp_path / "design.mat", X)
-    write_vest(tmp_path / "design.con", np.array([[1, -1, 0], [-1, 1, 0], [0, 0, 1.0]]),
-               {"ContrastName1": "AgtB", "ContrastName2": "BgtA", "ContrastName3": "age"}, rows_key="NumContrasts")  # fmt: skip
+    write_vest(
+        tmp_path / "design.con",
+        np.array([[1, -1, 0], [-1, 1, 0], [0, 0, 1.0]]),
+        {"ContrastName1": "AgtB", "ContrastName2": "BgtA", "ContrastName3": "age"},
+        rows_key="NumContrasts",
+    )
     write_vest(tmp_path / "design.fts", np.array([[1, 0, 1.0]]), rows_key="NumContrasts")
     write_vest(tmp_path / "design.grp", np.repeat([1, 2, 3], 4)[:, None])
     out = tmp_path / "vest"
-    assert main(["group", *map(str, paths), "--design", str(tmp_path / "design.mat"), "--con", str(tmp_path / "design.con"),
-                 "--fts", str(tmp_path / "design.fts"), "--grp", str(tmp_path / "design.grp"), "--permutations", "50",
-                 "--seed", "0", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "group",
+                *map(str, paths),
+                "--design",
+                str(tmp_path / "design.mat"),
+                "--con",
+                str(tmp_path / "design.con"),
+                "--fts",
+                str(tmp_path / "design.fts"),
+                "--grp",
+                str(tmp_path / "design.grp"),
+                "--permutations",
+                "50",
+                "--seed",
+                "0",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for label, stat in (("AgtB", "t"), ("BgtA", "t"), ("age", "t"), ("F1", "F")):
         assert (out / f"contrast-{label}_stat-{stat}_statmap.nii.gz").exists()
     model = json.loads((out / "model.json").read_text())
@@ -105,8 +167,9 @@ def test_fsl_vest_files_and_blocks(tmp_path, rng):
 
 
 def test_participants_table_designs(tmp_path, rng, capsys):
-    rows = ["participant_id\tage\tsex\tgroup"] + [f"sub-{i:02d}\t{20 + 3 * i}\t{'MF'[i % 2]}\t{'patient' if i < 5 else 'control'}"
-                                                  for i in range(10)]  # fmt: skip
+    rows = ["participant_id\tage\tsex\tgroup"] + [
+        f"sub-{i:02d}\t{20 + 3 * i}\t{'MF'[i % 2]}\t{'patient' if i < 5 else 'control'}" for i in range(10)
+    ]
     table = tmp_path / "participants.tsv"
     table.write_text("\n".join(rows) + "\n")
     paths = _maps(tmp_path, rng, n=10)
@@ -115,8 +178,23 @@ def test_participants_table_designs(tmp_path, rng, capsys):
     d2 = group_design(10, design=table, two_sample="group", maps=paths)
     assert d2.names == ("control", "patient", "age") and d2.X[:5, 1].all()
     out = tmp_path / "two"
-    assert main(["group", *map(str, paths), "--design", str(table), "--two-sample", "group", "--contrast",
-                 "pat=patient - control", "-o", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "group",
+                *map(str, paths),
+                "--design",
+                str(table),
+                "--two-sample",
+                "group",
+                "--contrast",
+                "pat=patient - control",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "text columns left out of the design: sex" in capsys.readouterr().err
     assert (out / "contrast-pat_stat-p_desc-fdr_statmap.nii.gz").exists()
     assert (out / "contrast-pat_stat-p_desc-bonferroni_statmap.nii.gz").exists()  # parametric only
@@ -150,12 +228,29 @@ def test_surface_maps_with_a_mesh(tmp_path, rng):
         paths.append(tmp_path / f"s{i}.func.gii")
         nib.save(img, paths[-1])
     out = tmp_path / "surf"
-    assert main(["group", *map(str, paths), "--permutations", "100", "--tfce", "--mesh", str(tmp_path / "lh.surf.gii"),
-                 "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "group",
+                *map(str, paths),
+                "--permutations",
+                "100",
+                "--tfce",
+                "--mesh",
+                str(tmp_path / "lh.surf.gii"),
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (out / "contrast-intercept_stat-tfce_statmap.func.gii").exists()
     assert json.loads((out / "model.json").read_text())["settings"]["tfce_E"] == 1.0
-    assert main(["group", *map(str, paths), "--permutations", "100", "--tfce", "-o", str(tmp_path / "nomesh"),
-                 "--quiet"]) == 2  # fmt: skip
+    assert (
+        main(["group", *map(str, paths), "--permutations", "100", "--tfce", "-o", str(tmp_path / "nomesh"), "--quiet"])
+        == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -221,10 +316,13 @@ def test_group_glm_streamed_from_zarr(tmp_path, rng):
 def test_fsl_files_written_by_fsl_and_single_contrast_f_tests(tmp_path, rng):
     """FSL separates header keys from values with a tab; an F test of one contrast is two-sided."""
     n = 10
-    (tmp_path / "d.mat").write_text("/NumWaves\t2\n/NumPoints\t10\n/PPheights\t1 1\n\n/Matrix\n"
-                                    + "".join(f"1\t{v:.4f}\n" for v in rng.standard_normal(n)))  # fmt: skip
-    (tmp_path / "d.con").write_text("/ContrastName1\tmean\n/ContrastName2\tslope\n/NumWaves\t2\n/NumContrasts\t2\n"
-                                    "/Matrix\n1 0\n0 1\n")  # fmt: skip
+    (tmp_path / "d.mat").write_text(
+        "/NumWaves\t2\n/NumPoints\t10\n/PPheights\t1 1\n\n/Matrix\n"
+        + "".join(f"1\t{v:.4f}\n" for v in rng.standard_normal(n))
+    )
+    (tmp_path / "d.con").write_text(
+        "/ContrastName1\tmean\n/ContrastName2\tslope\n/NumWaves\t2\n/NumContrasts\t2\n/Matrix\n1 0\n0 1\n"
+    )
     (tmp_path / "d.fts").write_text("/NumWaves\t2\n/NumContrasts\t1\n/Matrix\n0 1\n")
     paths = _maps(tmp_path, rng, n=n)
     res = SecondLevel(design=tmp_path / "d.mat", con=tmp_path / "d.con", fts=tmp_path / "d.fts").fit(paths)
@@ -258,8 +356,10 @@ def test_a_mesh_that_is_not_a_surface_is_an_input_error(tmp_path, capsys):
     """A functional GIFTI given as --mesh (no vertices or triangles): one line and exit 2, not a crash."""
     paths = []
     for i in range(6):
-        nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(np.full(12, i + 1.0, dtype=np.float32))]),
-                 tmp_path / f"s{i}.func.gii")  # fmt: skip
+        nib.save(
+            nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(np.full(12, i + 1.0, dtype=np.float32))]),
+            tmp_path / f"s{i}.func.gii",
+        )
         paths.append(str(tmp_path / f"s{i}.func.gii"))
     assert main(["group", *paths, "--permutations", "20", "--tfce", "--mesh", paths[0], "-o", str(tmp_path / "o")]) == 2
     assert "not a GIFTI surface with vertices and triangles" in capsys.readouterr().err

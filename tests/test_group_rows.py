@@ -52,8 +52,16 @@ def study(tmp_path, rng):
         lines.append(f"{pid}\t{'patient' if label in PATIENTS else 'control'}\t{age[label]!r}\t{'MF'[k % 2]}")
     table = tmp_path / "participants.tsv"
     table.write_text("\n".join(lines) + "\n")
-    return {"dir": tmp_path, "maps": maps, "labels": labels, "age": age, "data": data, "table": table,
-            "order": shuffled, "lines": lines}  # fmt: skip
+    return {
+        "dir": tmp_path,
+        "maps": maps,
+        "labels": labels,
+        "age": age,
+        "data": data,
+        "table": table,
+        "order": shuffled,
+        "lines": lines,
+    }
 
 
 def _t(folder, label):
@@ -81,10 +89,25 @@ def _group(capsys, *argv):
 
 def test_two_sample_t_map_is_matched_by_subject_whatever_the_order(study, capsys):
     s = study
-    runs = {"reversed": s["maps"][::-1], "sorted": s["maps"], "shuffled": [s["maps"][k] for k in (3, 9, 0, 5, 1, 8, 2, 7, 6, 4)]}
+    runs = {
+        "reversed": s["maps"][::-1],
+        "sorted": s["maps"],
+        "shuffled": [s["maps"][k] for k in (3, 9, 0, 5, 1, 8, 2, 7, 6, 4)],
+    }
     for name, maps in runs.items():
-        code, _, err = _group(capsys, "group", *maps, "--design", s["table"], "--two-sample", "group",
-                                "--contrast", "pvc=patient - control", "-o", s["dir"] / name)  # fmt: skip
+        code, _, err = _group(
+            capsys,
+            "group",
+            *maps,
+            "--design",
+            s["table"],
+            "--two-sample",
+            "group",
+            "--contrast",
+            "pvc=patient - control",
+            "-o",
+            s["dir"] / name,
+        )
         assert code == 0, err
         assert "matched to the 10 maps by 'participant_id'" in err and "Traceback" not in err
     t = _t(s["dir"] / "reversed", "pvc")
@@ -104,11 +127,25 @@ def test_two_sample_t_map_is_matched_by_subject_whatever_the_order(study, capsys
 def test_group_only_table_agrees_with_scipy_ttest_ind(study, capsys):
     s = study
     table = s["dir"] / "groups.csv"  # a CSV, ids only with the prefix, rows reversed
-    table.write_text("participant_id,group\n" + "".join(f"sub-{label},{'patient' if label in PATIENTS else 'control'}\n"
-                                                          for label in s["labels"][::-1]))  # fmt: skip
+    table.write_text(
+        "participant_id,group\n"
+        + "".join(f"sub-{label},{'patient' if label in PATIENTS else 'control'}\n" for label in s["labels"][::-1])
+    )
     out = s["dir"] / "csv"
-    code, _, err = _group(capsys, "group", *s["maps"][::-1], "--design", table, "--two-sample", "group",
-                          "--contrast", "pvc=patient - control", "-o", out, "--quiet")  # fmt: skip
+    code, _, err = _group(
+        capsys,
+        "group",
+        *s["maps"][::-1],
+        "--design",
+        table,
+        "--two-sample",
+        "group",
+        "--contrast",
+        "pvc=patient - control",
+        "-o",
+        out,
+        "--quiet",
+    )
     assert code == 0 and err == ""
     mask = _mask(out)
     pat = np.stack([s["data"][label][mask] for label in s["labels"] if label in PATIENTS])
@@ -119,10 +156,26 @@ def test_group_only_table_agrees_with_scipy_ttest_ind(study, capsys):
 def test_model_json_records_map_participant_and_row(study, capsys):
     s = study
     out = s["dir"] / "g"
-    assert main(["group", *map(str, s["maps"][::-1]), "--design", str(s["table"]), "--contrast", "age=age", "-o", str(out),
-                 "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "group",
+                *map(str, s["maps"][::-1]),
+                "--design",
+                str(s["table"]),
+                "--contrast",
+                "age=age",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     design = json.loads((out / "model.json").read_text())["design"]
-    assert design["matched_by"] == "participant_id" and design["table"] == str(s["table"]) and design["dropped_rows"] == []
+    assert (
+        design["matched_by"] == "participant_id" and design["table"] == str(s["table"]) and design["dropped_rows"] == []
+    )
     rows = design["rows"]
     assert [r["table_row"] for r in rows] == list(range(1, N + 1))  # fitted in the table's order
     for r in rows:
@@ -184,8 +237,12 @@ def test_tables_that_cannot_be_matched_are_refused(study, capsys, case, message)
     if case == "missing row":
         _edit_table(s, lambda lines: lines.pop(3))
     elif case == "duplicate ids":  # 'sub-03' and '03': the same subject twice
-        _edit_table(s, lambda lines: lines.append(("03" if any(x.startswith("sub-03\t") for x in lines) else "sub-03")
-                                                  + "\tpatient\t40\tF"))  # fmt: skip
+        _edit_table(
+            s,
+            lambda lines: lines.append(
+                ("03" if any(x.startswith("sub-03\t") for x in lines) else "sub-03") + "\tpatient\t40\tF"
+            ),
+        )
     elif case == "map without a label":
         other = s["dir"] / "extra" / "contrast-faces_stat-effect_statmap.nii.gz"
         other.parent.mkdir()
@@ -196,10 +253,14 @@ def test_tables_that_cannot_be_matched_are_refused(study, capsys, case, message)
         other.write_bytes(maps[-2].read_bytes())
         maps.append(other)
     elif case == "empty id":
-        _edit_table(s, lambda lines: lines.__setitem__(4, "n/a" + lines[4][lines[4].index("\t"):]))
+        _edit_table(s, lambda lines: lines.__setitem__(4, "n/a" + lines[4][lines[4].index("\t") :]))
     elif case == "leading zeros":
-        _edit_table(s, lambda lines: lines.__setitem__(1, "sub-" + str(int(lines[1].removeprefix("sub-").split("\t")[0]))
-                                                       + lines[1][lines[1].index("\t"):]))  # fmt: skip
+        _edit_table(
+            s,
+            lambda lines: lines.__setitem__(
+                1, "sub-" + str(int(lines[1].removeprefix("sub-").split("\t")[0])) + lines[1][lines[1].index("\t") :]
+            ),
+        )
     elif case == "unknown id column":
         extra = ["--id-column", "subject"]
     elif case == "drop without ids":
@@ -210,7 +271,9 @@ def test_tables_that_cannot_be_matched_are_refused(study, capsys, case, message)
         s["table"] = s["table"].with_suffix(".mat")
         extra = ["--id-column", "participant_id"]
     out = s["dir"] / "bad"
-    code, stdout, err = _group(capsys, "group", *maps, "--design", s["table"], "--contrast", "age=age", *extra, "-o", out)
+    code, stdout, err = _group(
+        capsys, "group", *maps, "--design", s["table"], "--contrast", "age=age", *extra, "-o", out
+    )
     assert code == 2, err
     assert message in err and err.startswith("voxfit: error: ") and err.count("\n") == 1, err
     assert stdout == "" and (not out.exists() or not any(out.iterdir()))
@@ -222,8 +285,19 @@ def test_named_id_column_is_matched_and_never_a_regressor(study, capsys):
     table = s["dir"] / "subjects.tsv"
     table.write_text("subject\tage\n" + "".join(f"{label}\t{s['age'][label]!r}\n" for label in s["order"]))
     out = s["dir"] / "named"
-    code, _, err = _group(capsys, "group", *s["maps"][::-1], "--design", table, "--id-column", "subject",
-                          "--contrast", "age=age", "-o", out)  # fmt: skip
+    code, _, err = _group(
+        capsys,
+        "group",
+        *s["maps"][::-1],
+        "--design",
+        table,
+        "--id-column",
+        "subject",
+        "--contrast",
+        "age=age",
+        "-o",
+        out,
+    )
     assert code == 0 and "by 'subject'" in err
     model = json.loads((out / "model.json").read_text())
     assert model["design"]["columns"] == ["age", "intercept"] and model["design"]["matched_by"] == "subject"
@@ -249,7 +323,9 @@ def test_table_without_ids_is_positional_with_a_warning_and_the_order(study, cap
     Y = np.stack([s["data"][label][mask] for label in s["labels"][::-1]])
     X = np.column_stack([[s["age"][label] for label in s["labels"][::-1]], np.ones(N)])
     npt.assert_allclose(_t(out, "age")[mask], _ols_t(X, Y, [1, 0]), rtol=1e-4, atol=1e-5)
-    code, _, err = _group(capsys, "group", *maps, "--design", table, "--contrast", "age=age", "-o", s["dir"] / "q", "--quiet")
+    code, _, err = _group(
+        capsys, "group", *maps, "--design", table, "--contrast", "age=age", "-o", s["dir"] / "q", "--quiet"
+    )
     assert code == 0 and err == ""
     with pytest.warns(DesignWarning, match="no participant_id column"):
         SecondLevel(design=table, contrasts=["age=age"]).fit(maps)
@@ -262,16 +338,30 @@ def test_fsl_design_mat_is_positional_and_prints_the_order(study, capsys):
     X = np.column_stack([np.ones(N), age - age.mean()])
     write_vest(s["dir"] / "design.mat", X)
     out = s["dir"] / "fsl"
-    code, _, err = _group(capsys, "group", *maps, "--design", s["dir"] / "design.mat", "--contrast", "age=EV2", "-o", out)
+    code, _, err = _group(
+        capsys, "group", *maps, "--design", s["dir"] / "design.mat", "--contrast", "age=EV2", "-o", out
+    )
     assert code == 0 and "warning" not in err
     assert "by position (FSL's convention)" in err
-    assert [line.strip() for line in err.splitlines() if line.strip().startswith("row ")] == [f"row {k + 1}: {m}" for k, m in enumerate(maps)]
+    assert [line.strip() for line in err.splitlines() if line.strip().startswith("row ")] == [
+        f"row {k + 1}: {m}" for k, m in enumerate(maps)
+    ]
     mask = _mask(out)
     Y = np.stack([s["data"][label][mask] for label in s["labels"][::-1]])
     npt.assert_allclose(_t(out, "age")[mask], _ols_t(X, Y, [0, 1]), rtol=1e-4, atol=1e-5)
     assert json.loads((out / "model.json").read_text())["design"]["rows"][0] == {"map": str(maps[0]), "table_row": 1}
-    code, _, err = _group(capsys, "group", *maps, "--design", s["dir"] / "design.mat", "--contrast", "age=EV2", "-o",
-                          s["dir"] / "fslq", "--quiet")  # fmt: skip
+    code, _, err = _group(
+        capsys,
+        "group",
+        *maps,
+        "--design",
+        s["dir"] / "design.mat",
+        "--contrast",
+        "age=EV2",
+        "-o",
+        s["dir"] / "fslq",
+        "--quiet",
+    )
     assert code == 0 and err == ""
 
 
@@ -282,7 +372,9 @@ def test_api_takes_a_dataframe_matched_the_same_way(study):
     res_file = SecondLevel(design=s["table"], two_sample="group", contrasts=["pvc=patient - control"]).fit(s["maps"])
     res_frame = SecondLevel(design=frame, two_sample="group", contrasts=["pvc=patient - control"]).fit(s["maps"][::-1])
     npt.assert_array_equal(res_frame.parametric["pvc"].t, res_file.parametric["pvc"].t)
-    flipped = SecondLevel(design=frame.iloc[::-1], two_sample="group", contrasts=["pvc=patient - control"]).fit(s["maps"])
+    flipped = SecondLevel(design=frame.iloc[::-1], two_sample="group", contrasts=["pvc=patient - control"]).fit(
+        s["maps"]
+    )
     npt.assert_allclose(flipped.parametric["pvc"].t, res_file.parametric["pvc"].t, rtol=1e-5, atol=1e-6)
     indexed = frame.set_index("participant_id")  # pd.read_csv(..., index_col="participant_id")
     res_index = SecondLevel(design=indexed, contrasts=["age=age"]).fit(s["maps"][::-1])
@@ -304,8 +396,21 @@ def test_paired_maps_pair_by_subject_and_match_the_table(study, capsys):
         nib.save(nib.Nifti1Image(values.astype(np.float32), AFFINE), b)
         b_maps.append(b)
     out = s["dir"] / "paired"
-    code, _, err = _group(capsys, "group", *s["maps"], *b_maps[::-1], "--paired", "--design", s["table"],
-                          "--contrast", "mean=intercept", "--contrast", "age=age", "-o", out)  # fmt: skip
+    code, _, err = _group(
+        capsys,
+        "group",
+        *s["maps"],
+        *b_maps[::-1],
+        "--paired",
+        "--design",
+        s["table"],
+        "--contrast",
+        "mean=intercept",
+        "--contrast",
+        "age=age",
+        "-o",
+        out,
+    )
     assert code == 0, err
     assert "paired by subject" in err
     mask = _mask(out)
@@ -335,17 +440,26 @@ def test_one_4d_file_with_ids_is_refused_and_without_ids_is_positional(tmp_path,
     nib.save(nib.Nifti1Image(data, AFFINE), tmp_path / "all.nii.gz")
     ids = tmp_path / "participants.tsv"
     ids.write_text("participant_id\tage\n" + "".join(f"sub-{i}\t{20 + i}\n" for i in range(6)))
-    code, _, err = _group(capsys, "group", tmp_path / "all.nii.gz", "--design", ids, "--contrast", "age=age", "-o", tmp_path / "a")
+    code, _, err = _group(
+        capsys, "group", tmp_path / "all.nii.gz", "--design", ids, "--contrast", "age=age", "-o", tmp_path / "a"
+    )
     assert code == 2 and "are volumes of one file" in err
     plain = tmp_path / "ages.tsv"
     plain.write_text("age\n" + "".join(f"{20 + i}\n" for i in range(6)))
-    code, _, err = _group(capsys, "group", tmp_path / "all.nii.gz", "--design", plain, "--contrast", "age=age", "-o", tmp_path / "b")
+    code, _, err = _group(
+        capsys, "group", tmp_path / "all.nii.gz", "--design", plain, "--contrast", "age=age", "-o", tmp_path / "b"
+    )
     assert code == 0 and "row k is map k of the input" in err and "warning" not in err
     assert json.loads((tmp_path / "b" / "model.json").read_text())["design"]["rows"] is None
 
 
 def test_subject_labels_from_file_names_and_folders(tmp_path):
-    assert subject_labels(["d/sub-01/x.nii.gz", "d/sub-02/x.nii.gz", "d/y_sub-03_stat-t.nii.gz", "d/z.nii.gz"]) == ["01", "02", "03", None]
+    assert subject_labels(["d/sub-01/x.nii.gz", "d/sub-02/x.nii.gz", "d/y_sub-03_stat-t.nii.gz", "d/z.nii.gz"]) == [
+        "01",
+        "02",
+        "03",
+        None,
+    ]
     assert subject_labels(["sub-01.feat/stats/cope1.nii.gz", "sub-02.feat/stats/cope1.nii.gz"]) == ["01", "02"]
     # a folder that holds every map names no subject; the file name wins over a folder
     assert subject_labels(["sub-01/a.nii.gz", "sub-01/b.nii.gz"]) == [None, None]
@@ -361,7 +475,9 @@ def test_exchangeability_blocks_follow_their_maps_into_the_table_order(study):
     block = {label: 1 + (int(label) % 2) for label in s["labels"]}
     write_vest(s["dir"] / "design.grp", np.array([[block[label]] for label in s["labels"][::-1]]))
     out = s["dir"] / "blocks"
-    SecondLevel(design=s["table"], contrasts=["age=age"], grp=s["dir"] / "design.grp", permutations=20, seed=0).fit(maps, out)
+    SecondLevel(design=s["table"], contrasts=["age=age"], grp=s["dir"] / "design.grp", permutations=20, seed=0).fit(
+        maps, out
+    )
     model = json.loads((out / "model.json").read_text())
     assert model["settings"]["exchangeability_blocks"] == [block[label] for label in s["order"]]
     assert [r["participant_id"].removeprefix("sub-") for r in model["design"]["rows"]] == s["order"]
@@ -386,7 +502,9 @@ def test_streamed_fit_reads_the_maps_in_the_table_order(study, monkeypatch):
 
     read = []
     original = second_level.fit_streaming
-    monkeypatch.setattr(second_level, "fit_streaming", lambda paths, *a, **k: read.append(list(paths)) or original(paths, *a, **k))
+    monkeypatch.setattr(
+        second_level, "fit_streaming", lambda paths, *a, **k: read.append(list(paths)) or original(paths, *a, **k)
+    )
     streamed = SecondLevel(max_memory="64K", **kw).fit(s["maps"][::-1], out_dir=s["dir"] / "streamed")
     npt.assert_allclose(streamed.parametric["pvc"].t, in_memory.parametric["pvc"].t, rtol=1e-5, atol=1e-6)
     rows = json.loads((s["dir"] / "streamed" / "model.json").read_text())["design"]["rows"]
@@ -423,5 +541,10 @@ def test_maps_named_by_a_pattern_a_list_or_loaded_images_are_matched_by_subject(
         npt.assert_array_equal(_t(root / name, "pc"), _t(root / "files", "pc"))
     model = SecondLevel(design=str(study["table"]), two_sample="group", contrasts=["pc=patient - control"])
     images = model.fit([nib.load(str(p)) for p in reversed(study["maps"])])
-    npt.assert_array_equal(images.parametric["pc"].t, SecondLevel(design=str(study["table"]), two_sample="group",
-                           contrasts=["pc=patient - control"]).fit(study["maps"]).parametric["pc"].t)  # fmt: skip
+    npt.assert_array_equal(
+        images.parametric["pc"].t,
+        SecondLevel(design=str(study["table"]), two_sample="group", contrasts=["pc=patient - control"])
+        .fit(study["maps"])
+        .parametric["pc"]
+        .t,
+    )

@@ -40,8 +40,14 @@ def study(tmp_path):
     events.to_csv(tmp_path / "events.tsv", sep="\t", index=False)
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    return {"dir": tmp_path, "bold": write_nifti(tmp_path / "bold.nii.gz", data), "design": tmp_path / "design.tsv",
-            "events": tmp_path / "events.tsv", "out": tmp_path / "res", "victim": victim}  # fmt: skip
+    return {
+        "dir": tmp_path,
+        "bold": write_nifti(tmp_path / "bold.nii.gz", data),
+        "design": tmp_path / "design.tsv",
+        "events": tmp_path / "events.tsv",
+        "out": tmp_path / "res",
+        "victim": victim,
+    }
 
 
 def run(capsys, *argv):
@@ -51,8 +57,18 @@ def run(capsys, *argv):
 
 
 def fit_args(s, *extra, out=None):
-    return ["fit", s["bold"], "--design", s["design"], "--contrast", "task=A - B", "-o", out or s["out"], "--quiet",
-            *extra]  # fmt: skip
+    return [
+        "fit",
+        s["bold"],
+        "--design",
+        s["design"],
+        "--contrast",
+        "task=A - B",
+        "-o",
+        out or s["out"],
+        "--quiet",
+        *extra,
+    ]
 
 
 def design_args(s, *extra, out=None):
@@ -194,12 +210,15 @@ def test_a_users_folder_named_like_a_temporary_is_never_deleted(study, capsys):
     assert (mine / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("marker, stale", [
-    (lambda: {"host": socket.gethostname(), "pid": 999999999}, True),  # this host, no such process
-    (lambda: {"host": socket.gethostname() + "-other", "pid": 999999999}, False),  # another host's (NFS)
-    (lambda: {"host": socket.gethostname(), "pid": os.getpid()}, False),  # a process that runs
-    (lambda: "not json", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "marker, stale",
+    [
+        (lambda: {"host": socket.gethostname(), "pid": 999999999}, True),  # this host, no such process
+        (lambda: {"host": socket.gethostname() + "-other", "pid": 999999999}, False),  # another host's (NFS)
+        (lambda: {"host": socket.gethostname(), "pid": os.getpid()}, False),  # a process that runs
+        (lambda: "not json", False),
+    ],
+)
 def test_only_a_provably_stale_temporary_is_removed(study, capsys, marker, stale):
     study["out"].mkdir()
     folder = study["out"] / ".voxfit-partial-abc123"
@@ -236,8 +255,10 @@ def test_hidden_folder_is_random_private_and_marked(tmp_path):
 
 def test_killed_run_leaves_a_temporary_that_the_next_run_removes(study):
     """A real SIGKILL: the next run in the folder removes the hidden folder (its process is gone)."""
-    code = ("import os, sys; from voxfit.io import OutputFolder\n"
-            "out = OutputFolder(sys.argv[1]).__enter__(); out.path('a.txt').write_text('x'); os._exit(9)")  # fmt: skip
+    code = (
+        "import os, sys; from voxfit.io import OutputFolder\n"
+        "out = OutputFolder(sys.argv[1]).__enter__(); out.path('a.txt').write_text('x'); os._exit(9)"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(voxfit.io.__file__).parents[2])}
     subprocess.run([sys.executable, "-c", code, str(study["out"])], env=env, check=False)
     hidden = [p for p in study["out"].iterdir() if p.name.startswith(".voxfit-partial-")]
@@ -344,8 +365,9 @@ def test_full_disk_in_report_keeps_the_old_report(study, capsys, monkeypatch):
     assert run(capsys, *fit_args(study, "--report"))[0] == 0
     before = snapshot(study["out"])
     original = Path.write_text
-    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: enospc() if ".partial" in self.name
-                        else original(self, *a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        Path, "write_text", lambda self, *a, **k: enospc() if ".partial" in self.name else original(self, *a, **k)
+    )
     code, _, err = run(capsys, "report", study["out"], "--force", "--quiet")
     assert code == 2 and "no space left on device while writing" in err and "report.html" in err, err
     assert snapshot(study["out"]) == before and listing(study["out"]) == sorted(before)
@@ -441,8 +463,19 @@ def test_failing_demo_leaves_nothing(tmp_path, capsys, monkeypatch, where):
 
 def test_full_disk_with_several_runs_leaves_nothing(study, capsys, monkeypatch):
     bold2 = write_nifti(study["dir"] / "bold2.nii.gz", volume_data(np.random.default_rng(1)))
-    args = ["fit", study["bold"], bold2, "--design", study["design"], study["design"], "--contrast", "task=A - B",
-            "-o", study["out"], "--quiet"]  # fmt: skip
+    args = [
+        "fit",
+        study["bold"],
+        bold2,
+        "--design",
+        study["design"],
+        study["design"],
+        "--contrast",
+        "task=A - B",
+        "-o",
+        study["out"],
+        "--quiet",
+    ]
     assert run(capsys, *args[:-3], "-o", study["dir"] / "ok", "--quiet")[0] == 0  # the runs are fine
     monkeypatch.setattr(voxfit.io.geometry, "_save_nifti", fail_on_call(4, voxfit.io.geometry._save_nifti))
     code, _, err = run(capsys, *args)

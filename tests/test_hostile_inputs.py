@@ -63,8 +63,14 @@ def study(tmp_path, rng):
     design.to_csv(design_path, sep="\t", index=False)
     events = tmp_path / "events.tsv"
     events.write_text("onset\tduration\ttrial_type\n0\t4\tA\n10\t4\tA\n")
-    return {"dir": tmp_path, "bold": write_nifti(tmp_path / "bold.nii.gz", data), "design": design_path,
-            "events": events, "data": data, "out": tmp_path / "res"}  # fmt: skip
+    return {
+        "dir": tmp_path,
+        "bold": write_nifti(tmp_path / "bold.nii.gz", data),
+        "design": design_path,
+        "events": events,
+        "data": data,
+        "out": tmp_path / "res",
+    }
 
 
 def refused(capsys, *argv, message: str, out: Path | bool | None = None) -> str:
@@ -118,8 +124,12 @@ def test_gzip_bomb_of_the_issue_is_refused_from_its_size(study, capsys):
     with gzip.open(path, "wb") as fh:
         fh.write(bomb_header())
     assert path.stat().st_size < 100
-    refused(capsys, *fit(study, path), message=r"bomb\.nii\.gz: the header promises 4,000,000,000,000 bytes .*"
-            r"10000 x 10000 x 100 x 100.* can hold at most")  # fmt: skip
+    refused(
+        capsys,
+        *fit(study, path),
+        message=r"bomb\.nii\.gz: the header promises 4,000,000,000,000 bytes .*"
+        r"10000 x 10000 x 100 x 100.* can hold at most",
+    )
 
 
 def test_the_issue_bomb_in_its_own_process_exits_2_fast_and_leaves_nothing(study):
@@ -135,8 +145,14 @@ def test_the_issue_bomb_in_its_own_process_exits_2_fast_and_leaves_nothing(study
     cap = 4 << 30 if hard == resource.RLIM_INFINITY else min(hard, 4 << 30)
     start = time.perf_counter()
     command = [sys.executable, "-m", "voxfit", *map(str, fit(study, path))]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, hard)))  # fmt: skip
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, hard)),
+    )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 2, proc.stderr
     assert elapsed < 5, f"took {elapsed:.1f} s"
@@ -170,8 +186,12 @@ def test_compressed_scan_larger_than_memory_is_refused_before_the_mask_allocates
     """A .nii.gz's total size cannot be known from its header, but one scan's can: the automatic mask's
     per-voxel arrays are bounded against the memory there is (here made small) before they exist."""
     monkeypatch.setattr("voxfit._memory.available_memory", lambda: 2000)
-    refused(capsys, *fit(study, study["bold"]), message=r"bold\.nii\.gz: one scan of 120 elements \(as its header "
-            r"says\) would take 3\.52 KiB of memory, more than the memory available \(1\.95 KiB\)")  # fmt: skip
+    refused(
+        capsys,
+        *fit(study, study["bold"]),
+        message=r"bold\.nii\.gz: one scan of 120 elements \(as its header "
+        r"says\) would take 3\.52 KiB of memory, more than the memory available \(1\.95 KiB\)",
+    )
 
 
 def test_gzip_stream_must_end_exactly_where_the_header_says(study, capsys):
@@ -198,10 +218,14 @@ def test_nifti2_dimensions_whose_product_wraps_in_int64_are_refused(study, capsy
     header.set_data_dtype(np.float32)
     header.set_data_shape((2**21, 2**21, 2**22, 2**40))
     path = study["dir"] / f"wrap{suffix}"
-    with (gzip.open(path, "wb") if suffix.endswith(".gz") else open(path, "wb")) as fh:
+    with gzip.open(path, "wb") if suffix.endswith(".gz") else open(path, "wb") as fh:
         fh.write(header.binaryblock + b"\0" * 4)
-    refused(capsys, *fit(study, path), message=r"wrap\.nii(\.gz)?: (file is truncated|the header promises) "
-            r".*\b[\d,]{30,}")  # fmt: skip
+    refused(
+        capsys,
+        *fit(study, path),
+        message=r"wrap\.nii(\.gz)?: (file is truncated|the header promises) "
+        r".*\b[\d,]{30,}",
+    )
 
 
 def test_list_of_3d_files_with_one_bomb_is_refused(study, capsys):
@@ -226,8 +250,12 @@ def test_cifti_file_shorter_than_its_header_is_refused(study, rng, capsys):
     _, models = cifti_axes()
     path = write_cifti(study["dir"] / "a.dtseries.nii", rng.standard_normal((N_SCANS, len(models))))
     path.write_bytes(path.read_bytes()[:-100])
-    refused(capsys, *fit(study, path), message=r"a\.dtseries\.nii: file is truncated \([\d,]+ bytes; the header "
-            r"promises")  # fmt: skip
+    refused(
+        capsys,
+        *fit(study, path),
+        message=r"a\.dtseries\.nii: file is truncated \([\d,]+ bytes; the header "
+        r"promises",
+    )
 
 
 def test_npy_header_claiming_more_than_the_file_is_refused(study, capsys):
@@ -253,8 +281,12 @@ def test_chunked_store_claiming_a_huge_array_is_refused_from_its_metadata(study,
         path = study["dir"] / "bomb.h5"
         with h5py.File(path, "w") as f:
             f.create_dataset("data", shape=(N_SCANS, 10**12), chunks=(1, 1000), dtype="f4")
-    refused(capsys, *fit(study, path), message=rf"bomb\.{'zarr' if kind == 'zarr' else 'h5'}: one scan of "
-            r"1,000,000,000,000 elements \(as its header says\) would take [\d.]+ TiB")  # fmt: skip
+    refused(
+        capsys,
+        *fit(study, path),
+        message=rf"bomb\.{'zarr' if kind == 'zarr' else 'h5'}: one scan of "
+        r"1,000,000,000,000 elements \(as its header says\) would take [\d.]+ TiB",
+    )
 
 
 def test_chunked_store_whose_gathered_data_exceed_memory_is_refused_before_gathering(study):
@@ -265,8 +297,11 @@ def test_chunked_store_whose_gathered_data_exceed_memory_is_refused_before_gathe
     z = zarr.open_array(str(path), mode="w", shape=(10**6, 10**4), chunks=(1, 10**4), dtype="f4", fill_value=1.0)
     z[0] = 2.0  # every voxel a candidate of the automatic mask (non-zero in the first scan)
     start = time.perf_counter()
-    with pytest.raises(InputError, match=r"wide\.zarr: 1,000,000 scans x 10,000 voxels in memory would take 37\.3 GiB"
-                       r".*Give --max-memory \(`max_memory`\) to stream"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"wide\.zarr: 1,000,000 scans x 10,000 voxels in memory would take 37\.3 GiB"
+        r".*Give --max-memory \(`max_memory`\) to stream",
+    ):
         voxfit.load(path)
     assert time.perf_counter() - start < 5
 
@@ -281,8 +316,11 @@ def test_group_path_refuses_a_bomb_and_too_many_permutations(study, rng, capsys,
     X = np.ones((20, 1))
     Y = rng.standard_normal((20, 50))
     monkeypatch.setattr("voxfit._memory.available_memory", lambda: 1 << 20)
-    with pytest.raises(InputError, match=r"1,048,576 sign-flips of 20 maps \(50 voxels\) would take [\d.]+ MiB .*fewer "
-                       r"permutations"):
+    with pytest.raises(
+        InputError,
+        match=r"1,048,576 sign-flips of 20 maps \(50 voxels\) would take [\d.]+ MiB .*fewer "
+        r"permutations",
+    ):
         permutation_test(X, Y, "x0", n_permutations=10**9)
 
 
@@ -293,22 +331,68 @@ def test_report_background_bomb_is_refused_before_nibabel_reads_it(study, capsys
     with gzip.open(bomb, "wb") as fh:
         fh.write(bomb_header((2000, 2000, 2000)))
     capsys.readouterr()
-    refused(capsys, "report", study["out"], "--background", bomb, "--force",
-            message=r"t1\.nii\.gz: the header promises 32,000,000,\d+ bytes", out=False)  # fmt: skip
+    refused(
+        capsys,
+        "report",
+        study["out"],
+        "--background",
+        bomb,
+        "--force",
+        message=r"t1\.nii\.gz: the header promises 32,000,000,\d+ bytes",
+        out=False,
+    )
     assert not (study["out"] / "report.html").exists()
 
 
 def test_options_whose_products_grow_are_bounded_before_the_design_is_built(study, capsys, monkeypatch):
     out = study["dir"] / "design.out.tsv"
     # each option in range, their product (a 32 s HRF at 1 ms / 4096 bins, a million scans) is not
-    refused(capsys, "design", study["events"], "--tr", "0.001", "--n-scans", "1000000", "--microtime-resolution",
-            "4096", "-o", out, message=r"the design \(1,000,000 scans .* would take [\d.]+ [GT]iB")  # fmt: skip
+    refused(
+        capsys,
+        "design",
+        study["events"],
+        "--tr",
+        "0.001",
+        "--n-scans",
+        "1000000",
+        "--microtime-resolution",
+        "4096",
+        "-o",
+        out,
+        message=r"the design \(1,000,000 scans .* would take [\d.]+ [GT]iB",
+    )
     # SPM's spm_hrf samples its gammas T^2 times finer than the TR: 4096 bins at TR 2 s is 2^28 points a temporary
-    refused(capsys, "design", study["events"], "--tr", "2", "--n-scans", "20", "--microtime-resolution", "4096", "-o",
-            out, message=r"the design \(20 scans x 2 columns at most, TR 2 s, 4096 microtime bins a scan, 1 basis "
-            r"function\(s\)\) would take 10 GiB")  # fmt: skip
-    refused(capsys, "design", study["events"], "--tr", "2", "--n-scans", "20000", "--hrf", "fir", "--fir-delays",
-            "10000", "-o", out, message=r"the design \(20,000 scans .* 10000 basis function")  # fmt: skip
+    refused(
+        capsys,
+        "design",
+        study["events"],
+        "--tr",
+        "2",
+        "--n-scans",
+        "20",
+        "--microtime-resolution",
+        "4096",
+        "-o",
+        out,
+        message=r"the design \(20 scans x 2 columns at most, TR 2 s, 4096 microtime bins a scan, 1 basis "
+        r"function\(s\)\) would take 10 GiB",
+    )
+    refused(
+        capsys,
+        "design",
+        study["events"],
+        "--tr",
+        "2",
+        "--n-scans",
+        "20000",
+        "--hrf",
+        "fir",
+        "--fir-delays",
+        "10000",
+        "-o",
+        out,
+        message=r"the design \(20,000 scans .* 10000 basis function",
+    )
     with pytest.raises(InputError, match=r"the design \(20,000 scans x 20,001 columns"):  # in Python as well
         make_design(study["events"], 2.0, 20000, high_pass="1000Hz")
     # design columns x voxels: the fit's results (betas p x V) must fit memory before they are allocated
@@ -329,8 +413,11 @@ def test_max_memory_bounds_the_check_when_given():
     from voxfit._memory import check_memory
 
     check_memory(1 << 20, "a megabyte", "2M")
-    with pytest.raises(InputError, match=r"a megabyte would take 1 MiB of memory, more than --max-memory/`max_memory` "
-                       r"512K \(512 KiB\)\. Give less\."):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"a megabyte would take 1 MiB of memory, more than --max-memory/`max_memory` "
+        r"512K \(512 KiB\)\. Give less\.",
+    ):
         check_memory(1 << 20, "a megabyte", "512K", "Give less.")
 
 
@@ -346,8 +433,12 @@ def test_broken_headers_are_bad_input(study, capsys):
     block[44:46] = np.int16(-5).tobytes()  # dim[2] = -5 (dim[0..7] are int16 at bytes 40..55)
     negative = study["dir"] / "negative.nii"
     negative.write_bytes(bytes(block) + b"\0" * 4 + data.tobytes(order="F"))
-    refused(capsys, *fit(study, negative), message=r"negative\.nii: the header gives dimensions \(6, -5, 4, 12\); "
-            r"every dimension must be a positive")  # fmt: skip
+    refused(
+        capsys,
+        *fit(study, negative),
+        message=r"negative\.nii: the header gives dimensions \(6, -5, 4, 12\); "
+        r"every dimension must be a positive",
+    )
     rgb = np.zeros(data.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
     nib.save(nib.Nifti1Image(rgb, AFFINE), study["dir"] / "rgb.nii")
     refused(capsys, *fit(study, study["dir"] / "rgb.nii"), message=r"rgb\.nii: the data type is RGB; voxfit fits real")
@@ -355,8 +446,12 @@ def test_broken_headers_are_bad_input(study, capsys):
     refused(capsys, *fit(study, study["dir"] / "complex.nii"), message=r"complex\.nii: the data type is complex64")
     nib.save(nib.AnalyzeImage(data, AFFINE), study["dir"] / "alone.hdr")
     (study["dir"] / "alone.img").unlink()
-    refused(capsys, *fit(study, study["dir"] / "alone.hdr"), message=r"alone\.img: no such file \(the data of "
-            r".*alone\.hdr\); keep the \.img beside its \.hdr")  # fmt: skip
+    refused(
+        capsys,
+        *fit(study, study["dir"] / "alone.hdr"),
+        message=r"alone\.img: no such file \(the data of "
+        r".*alone\.hdr\); keep the \.img beside its \.hdr",
+    )
 
 
 def _unreadable(monkeypatch, path: Path) -> None:
@@ -385,13 +480,25 @@ def test_unreadable_files_say_permission_denied(study, capsys, monkeypatch, whic
     write_nifti(d / "mask.nii", (study["data"][..., 0] != 0).astype(np.uint8))
     maps = [write_nifti(d / f"sub-{i:02d}_effect.nii.gz", study["data"][..., i]) for i in range(4)]
     pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(4)], "age": [20.0, 30, 25, 41]}).to_csv(
-        d / "participants.tsv", sep="\t", index=False)
+        d / "participants.tsv", sep="\t", index=False
+    )
     target = {"confounds": d / "confounds.tsv", "mask": d / "mask.nii", "participants": d / "participants.tsv"}
     path = target.get(which) or study[which]
     _unreadable(monkeypatch, path)
     if which in ("events", "confounds"):
-        args = fit(study, study["bold"], "--events", study["events"], "--tr", "2", "--confounds", d / "confounds.tsv",
-                   "--confounds-columns", "motion", design=False)  # fmt: skip
+        args = fit(
+            study,
+            study["bold"],
+            "--events",
+            study["events"],
+            "--tr",
+            "2",
+            "--confounds",
+            d / "confounds.tsv",
+            "--confounds-columns",
+            "motion",
+            design=False,
+        )
     elif which == "participants":
         args = ["group", *maps, "--design", path, "--contrast", "age=age", "-o", study["out"]]
     else:
@@ -433,8 +540,22 @@ def test_design_options_out_of_range(study, capsys, option, value, message):
 
 
 def test_fir_delays_beyond_the_run_are_bad_input(study, capsys):
-    refused(capsys, "design", study["events"], "--tr", "2", "--n-scans", "20", "--hrf", "fir", "--fir-delays", "100",
-            "-o", study["dir"] / "d.tsv", message=r"`fir_delays` \(100\) must be at most the number")  # fmt: skip
+    refused(
+        capsys,
+        "design",
+        study["events"],
+        "--tr",
+        "2",
+        "--n-scans",
+        "20",
+        "--hrf",
+        "fir",
+        "--fir-delays",
+        "100",
+        "-o",
+        study["dir"] / "d.tsv",
+        message=r"`fir_delays` \(100\) must be at most the number",
+    )
 
 
 @pytest.mark.parametrize(
@@ -456,8 +577,13 @@ def test_group_options_out_of_range(study, capsys, extra, message):
 def test_output_name_longer_than_a_file_system_allows(study, capsys):
     out = study["dir"] / ("x" * 300)
     before = sorted(study["dir"].iterdir())
-    refused(capsys, *fit(study, study["bold"], "-o", out), message=r"-o/--output: the name x{24}\.\.\. is 300 "
-            r"characters long; file systems accept names of at most 255 bytes", out=False)  # fmt: skip
+    refused(
+        capsys,
+        *fit(study, study["bold"], "-o", out),
+        message=r"-o/--output: the name x{24}\.\.\. is 300 "
+        r"characters long; file systems accept names of at most 255 bytes",
+        out=False,
+    )
     assert sorted(study["dir"].iterdir()) == before
 
 
@@ -492,8 +618,12 @@ def _disk_full(monkeypatch):
 
 def test_full_disk_in_fit_is_bad_input_and_leaves_nothing(study, capsys, monkeypatch):
     _disk_full(monkeypatch)
-    err = refused(capsys, *fit(study, study["bold"]), message=r"no space left on device while "
-                  r"writing \S+/res/[\w-]+\.nii\.gz; free some space or choose another output\.")  # fmt: skip
+    err = refused(
+        capsys,
+        *fit(study, study["bold"]),
+        message=r"no space left on device while "
+        r"writing \S+/res/[\w-]+\.nii\.gz; free some space or choose another output\.",
+    )
     assert ".voxfit-partial" not in err  # the map is named as it would have been, not by its temporary folder
 
 

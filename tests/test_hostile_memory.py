@@ -48,8 +48,10 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the children's 
 # The child is started by a small launcher that reports ``RUSAGE_CHILDREN``: Linux counts in a process's
 # ru_maxrss the resident set of the memory it had before exec, which for a child spawned by pytest itself
 # (vfork) is pytest's, holding the test data (a streamed fit measured 449 MiB that way, 124 MiB from a launcher)
-LAUNCHER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)")  # fmt: skip
+LAUNCHER = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
+)
 
 
 def _peak(args, tmp_path, name="run"):
@@ -57,8 +59,14 @@ def _peak(args, tmp_path, name="run"):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     err = tmp_path / f"{name}.stderr"
     with open(err, "w") as fh:
-        done = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, *args], stdout=subprocess.PIPE,
-                              stderr=fh, env=env, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=fh,
+            env=env,
+            text=True,
+            check=True,
+        )
     maxrss, rc = (int(v) for v in done.stdout.split()[-2:])
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: kilobytes on Linux, bytes on macOS
     return rc, maxrss * scale, err.read_text()
@@ -103,27 +111,49 @@ def test_interpreter_floor(tmp_path):
 
     rc, bare, _ = _peak(["-c", "import voxfit.cli"], tmp_path, "bare")
     assert rc == 0
-    code = ("import numpy as np, voxfit.models, voxfit.inference as vi; "
-            "vi.permutation_test(np.ones((8, 1)), np.random.default_rng(0).standard_normal((8, 50)), [[1.0]], "
-            "n_permutations=20)")  # fmt: skip
+    code = (
+        "import numpy as np, voxfit.models, voxfit.inference as vi; "
+        "vi.permutation_test(np.ones((8, 1)), np.random.default_rng(0).standard_normal((8, 50)), [[1.0]], "
+        "n_permutations=20)"
+    )
     rc, libraries, err = _peak(["-c", code], tmp_path, "libraries")
     assert rc == 0, err
-    print(f"interpreter floor: import voxfit.cli {bare / MiB:.0f} MiB; with the libraries and the permutation "
-          f"kernels {libraries / MiB:.0f} MiB; reserve {RESERVED / MiB:.0f} MiB")  # fmt: skip
+    print(
+        f"interpreter floor: import voxfit.cli {bare / MiB:.0f} MiB; with the libraries and the permutation "
+        f"kernels {libraries / MiB:.0f} MiB; reserve {RESERVED / MiB:.0f} MiB"
+    )
     assert bare < libraries < RESERVED
 
 
-@pytest.mark.parametrize(("which", "cap", "options", "streamed"), [
-    ("small", "512M", ["--scaling", "mean"], False),  # in memory, with the scaled copy
-    ("large", "320M", [], True),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("which", "cap", "options", "streamed"),
+    [
+        ("small", "512M", ["--scaling", "mean"], False),  # in memory, with the scaled copy
+        ("large", "320M", [], True),
+    ],
+)
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
     path = data[which]
     n = nib.load(path).shape[3]
     design = _design(tmp_path / "design.tsv", n)
     out = tmp_path / "out"
-    rc, peak, err = _voxfit(["fit", str(path), "--design", str(design), "--contrast", "t=task", "-o", str(out),
-                             "--max-memory", cap, "--quiet", *options], tmp_path)  # fmt: skip
+    rc, peak, err = _voxfit(
+        [
+            "fit",
+            str(path),
+            "--design",
+            str(design),
+            "--contrast",
+            "t=task",
+            "-o",
+            str(out),
+            "--max-memory",
+            cap,
+            "--quiet",
+            *options,
+        ],
+        tmp_path,
+    )
     assert rc == 0, err
     model = json.loads((out / "model.json").read_text())
     assert bool(model["settings"]["noise_details"].get("streamed")) is streamed
@@ -137,9 +167,24 @@ def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
 def test_fit_refuses_what_it_cannot_stream(data, tmp_path):
     """Scaling needs the data in memory: a cap too small for them is refused, naming the size that would."""
     design = _design(tmp_path / "design.tsv", 600)
-    rc, peak, err = _voxfit(["fit", str(data["large"]), "--design", str(design), "--contrast", "t=task", "-o",
-                             str(tmp_path / "out"), "--max-memory", "320M", "--scaling", "mean", "--quiet"],
-                            tmp_path)  # fmt: skip
+    rc, peak, err = _voxfit(
+        [
+            "fit",
+            str(data["large"]),
+            "--design",
+            str(design),
+            "--contrast",
+            "t=task",
+            "-o",
+            str(tmp_path / "out"),
+            "--max-memory",
+            "320M",
+            "--scaling",
+            "mean",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     assert rc == 2 and err.count("\n") == 1 and "give --max-memory 10" in err, err
     assert peak <= 320 * MiB
 
@@ -147,8 +192,9 @@ def test_fit_refuses_what_it_cannot_stream(data, tmp_path):
 @pytest.mark.parametrize(("which", "cap"), [("small", "512M"), ("large", "320M")])
 def test_group_parametric_stays_under_the_cap(data, tmp_path, which, cap):
     """200 maps in memory; 600 maps (larger than the cap) streamed."""
-    rc, peak, err = _voxfit(["group", str(data[which]), "-o", str(tmp_path / "g"), "--max-memory", cap, "--quiet"],
-                            tmp_path)  # fmt: skip
+    rc, peak, err = _voxfit(
+        ["group", str(data[which]), "-o", str(tmp_path / "g"), "--max-memory", cap, "--quiet"], tmp_path
+    )
     assert rc == 0, err
     print(f"group parametric {which} under {cap}: peak {peak / MiB:.0f} MiB")
     assert peak <= parse_memory(cap)
@@ -159,8 +205,24 @@ def test_group_permutations_clusters_and_report_stay_under_the_cap(data, tmp_pat
     """200 sign-flips with cluster inference on 737 k voxels: without a plan the batches of null maps alone
     would take the cap (1.4 GiB measured); the report of the run stays under its own cap."""
     out = tmp_path / "g"
-    rc, peak, err = _voxfit(["group", str(data["maps"]), "-o", str(out), "--permutations", "200", "--seed", "0",
-                             "--cluster-threshold", "3", "--max-memory", "900M", "--quiet"], tmp_path)  # fmt: skip
+    rc, peak, err = _voxfit(
+        [
+            "group",
+            str(data["maps"]),
+            "-o",
+            str(out),
+            "--permutations",
+            "200",
+            "--seed",
+            "0",
+            "--cluster-threshold",
+            "3",
+            "--max-memory",
+            "900M",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     assert rc == 0, err
     print(f"group, 200 sign-flips and clusters under 900M: peak {peak / MiB:.0f} MiB")
     assert peak <= 900 * MiB
@@ -182,9 +244,31 @@ def test_group_permutations_tfce_and_clusters_stay_under_the_cap(data, tmp_path)
     path = _series(tmp_path / "maps.nii", shape, n, offset=0.5)
     table = tmp_path / "participants.tsv"
     table.write_text("group\n" + "".join(f"{'a' if k % 2 else 'b'}\n" for k in range(n)))
-    rc, peak, err = _voxfit(["group", str(path), "--design", str(table), "--two-sample", "group", "--contrast",
-                             "d=a - b", "-o", str(tmp_path / "g"), "--permutations", "20", "--seed", "0", "--tfce",
-                             "--cluster-threshold", "2", "--max-memory", "400M", "--quiet"], tmp_path)  # fmt: skip
+    rc, peak, err = _voxfit(
+        [
+            "group",
+            str(path),
+            "--design",
+            str(table),
+            "--two-sample",
+            "group",
+            "--contrast",
+            "d=a - b",
+            "-o",
+            str(tmp_path / "g"),
+            "--permutations",
+            "20",
+            "--seed",
+            "0",
+            "--tfce",
+            "--cluster-threshold",
+            "2",
+            "--max-memory",
+            "400M",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     assert rc == 0, err
     print(f"group, 20 permutations, TFCE and clusters under 400M: peak {peak / MiB:.0f} MiB")
     assert peak <= 400 * MiB
@@ -195,8 +279,21 @@ def test_group_refuses_a_cap_that_cannot_hold_the_permutations(data, tmp_path):
     """The issue's case scaled down: maps whose permutations need more than the cap are refused before
     they are read, in one line naming the size that would hold them; exit 2, nothing written."""
     out = tmp_path / "g"
-    rc, peak, err = _voxfit(["group", str(data["maps"]), "-o", str(out), "--permutations", "20", "--tfce",
-                             "--max-memory", "512M", "--quiet"], tmp_path)  # fmt: skip
+    rc, peak, err = _voxfit(
+        [
+            "group",
+            str(data["maps"]),
+            "-o",
+            str(out),
+            "--permutations",
+            "20",
+            "--tfce",
+            "--max-memory",
+            "512M",
+            "--quiet",
+        ],
+        tmp_path,
+    )
     assert rc == 2, err
     assert err.count("\n") == 1 and err.startswith("voxfit: error: `max_memory`='512M' cannot hold permutations")
     need = parse_memory(err.split("give at least ")[1].split(",")[0])
@@ -211,8 +308,20 @@ def test_runs_fitted_together_are_refused_or_held(data, tmp_path):
     design = _design(tmp_path / "design.tsv", 200)
     second = tmp_path / "small2.nii"  # another run of the same size (one file given twice is refused)
     shutil.copyfile(data["small"], second)
-    args = ["fit", str(data["small"]), str(second), "--design", str(design), str(design), "--contrast",
-            "t=task", "-o", str(tmp_path / "out"), "--quiet", "--max-memory"]  # fmt: skip
+    args = [
+        "fit",
+        str(data["small"]),
+        str(second),
+        "--design",
+        str(design),
+        str(design),
+        "--contrast",
+        "t=task",
+        "-o",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--max-memory",
+    ]
     rc, peak, err = _voxfit([*args, "512M"], tmp_path, "refused")
     assert rc == 2 and err.count("\n") == 1 and "cannot hold 2 runs fitted together" in err, err
     assert peak < 256 * MiB

@@ -37,31 +37,78 @@ def run(tmp_path):
 def test_outputs_never_replace_inputs_or_devices(run, capsys):
     fifo = run / "out.tsv"
     os.mkfifo(fifo)
-    _refused(capsys, "design", run / "events.tsv", "--tr", 2, "--n-scans", 20, "-o", fifo, "--force",
-             message="is not a regular file")  # fmt: skip
+    _refused(
+        capsys,
+        "design",
+        run / "events.tsv",
+        "--tr",
+        2,
+        "--n-scans",
+        20,
+        "-o",
+        fifo,
+        "--force",
+        message="is not a regular file",
+    )
     assert fifo.is_fifo() and not (run / "out.json").exists()
     before = (run / "events.tsv").read_text()
-    _refused(capsys, "design", run / "events.tsv", "--tr", 2, "--n-scans", 20, "-o", run / "events.tsv", "--force",
-             message="is an input of this run")  # fmt: skip
+    _refused(
+        capsys,
+        "design",
+        run / "events.tsv",
+        "--tr",
+        2,
+        "--n-scans",
+        20,
+        "-o",
+        run / "events.tsv",
+        "--force",
+        message="is an input of this run",
+    )
     assert (run / "events.tsv").read_text() == before
     design = (run / "design.tsv").read_text()  # -o the inputs' own folder: design.tsv would be rewritten
-    _refused(capsys, "fit", run / "bold.nii", "--design", run / "design.tsv", "--contrast", "a=A", "-o", run, "--force",
-             message="is an input of this run")  # fmt: skip
+    _refused(
+        capsys,
+        "fit",
+        run / "bold.nii",
+        "--design",
+        run / "design.tsv",
+        "--contrast",
+        "a=A",
+        "-o",
+        run,
+        "--force",
+        message="is an input of this run",
+    )
     assert (run / "design.tsv").read_text() == design and not (run / "model.json").exists()
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
 
 
 def test_data_kept_in_another_file_are_not_read(tmp_path, capsys):
     (tmp_path / "secret.bin").write_bytes(np.arange(50, dtype=np.float32).tobytes())
-    arrays = "".join(f'<DataArray Intent="NIFTI_INTENT_NONE" DataType="NIFTI_TYPE_FLOAT32" ArrayIndexingOrder="RowMajorOrder" '
-                     f'Dimensionality="1" Dim0="50" Encoding="ExternalFileBinary" Endian="LittleEndian" '
-                     f'ExternalFileName="{tmp_path / "secret.bin"}" ExternalFileOffset="0"><Data></Data></DataArray>'
-                     for _ in range(4))  # fmt: skip
+    arrays = "".join(
+        f'<DataArray Intent="NIFTI_INTENT_NONE" DataType="NIFTI_TYPE_FLOAT32" ArrayIndexingOrder="RowMajorOrder" '
+        f'Dimensionality="1" Dim0="50" Encoding="ExternalFileBinary" Endian="LittleEndian" '
+        f'ExternalFileName="{tmp_path / "secret.bin"}" ExternalFileOffset="0"><Data></Data></DataArray>'
+        for _ in range(4)
+    )
     gii = tmp_path / "ext.func.gii"
-    gii.write_text(f'<?xml version="1.0" encoding="UTF-8"?><GIFTI Version="1.0" NumberOfDataArrays="4">{arrays}</GIFTI>')
+    gii.write_text(
+        f'<?xml version="1.0" encoding="UTF-8"?><GIFTI Version="1.0" NumberOfDataArrays="4">{arrays}</GIFTI>'
+    )
     (tmp_path / "d.tsv").write_text("c\n" + "1\n" * 4)
-    _refused(capsys, "fit", gii, "--design", tmp_path / "d.tsv", "--contrast", "c=c", "-o", tmp_path / "o",
-             message="keeps its data in another file")  # fmt: skip
+    _refused(
+        capsys,
+        "fit",
+        gii,
+        "--design",
+        tmp_path / "d.tsv",
+        "--contrast",
+        "c=c",
+        "-o",
+        tmp_path / "o",
+        message="keeps its data in another file",
+    )
 
 
 def test_broken_headers_and_ragged_maps_are_bad_input(tmp_path, capsys, run):
@@ -70,13 +117,33 @@ def test_broken_headers_and_ragged_maps_are_bad_input(tmp_path, capsys, run):
     img.header.set_sform(None, 0)
     img.header.set_qform(None, 0)
     nib.save(img, str(tmp_path / "nanpix.nii"))
-    _refused(capsys, "fit", tmp_path / "nanpix.nii", "--design", run / "design.tsv", "--contrast", "a=A", "-o",
-             tmp_path / "o", message="non-finite voxel sizes")  # fmt: skip
+    _refused(
+        capsys,
+        "fit",
+        tmp_path / "nanpix.nii",
+        "--design",
+        run / "design.tsv",
+        "--contrast",
+        "a=A",
+        "-o",
+        tmp_path / "o",
+        message="non-finite voxel sizes",
+    )
     darrays = [nib.gifti.GiftiDataArray(np.ones(n, np.float32)) for n in (50, 50, 49, 50)]
     nib.save(nib.GiftiImage(darrays=darrays), str(tmp_path / "ragged.func.gii"))
     (tmp_path / "d.tsv").write_text("c\n" + "1\n" * 4)
-    _refused(capsys, "fit", tmp_path / "ragged.func.gii", "--design", tmp_path / "d.tsv", "--contrast", "c=c", "-o",
-             tmp_path / "o2", message="data arrays differ in length")  # fmt: skip
+    _refused(
+        capsys,
+        "fit",
+        tmp_path / "ragged.func.gii",
+        "--design",
+        tmp_path / "d.tsv",
+        "--contrast",
+        "c=c",
+        "-o",
+        tmp_path / "o2",
+        message="data arrays differ in length",
+    )
 
 
 def test_inputs_counted_twice_are_refused(run, capsys, tmp_path):
@@ -85,51 +152,152 @@ def test_inputs_counted_twice_are_refused(run, capsys, tmp_path):
         maps.append(tmp_path / f"sub-{i:02d}_map.nii")
         nib.save(nib.Nifti1Image(np.random.default_rng(i).standard_normal(SHAPE).astype(np.float32), AFFINE), maps[-1])
     _refused(capsys, "group", *maps, maps[0], "-o", tmp_path / "g", message="is given twice")
-    _refused(capsys, "fit", run / "bold.nii", run / "bold.nii", "--events", run / "events.tsv", run / "events.tsv",
-             "--tr", 2, "--contrast", "a=A", "-o", tmp_path / "r", message="is given as two runs")  # fmt: skip
+    _refused(
+        capsys,
+        "fit",
+        run / "bold.nii",
+        run / "bold.nii",
+        "--events",
+        run / "events.tsv",
+        run / "events.tsv",
+        "--tr",
+        2,
+        "--contrast",
+        "a=A",
+        "-o",
+        tmp_path / "r",
+        message="is given as two runs",
+    )
     table = tmp_path / "p.tsv"  # ids under another name are not matched by position
     table.write_text("Participant_ID\tage\n" + "".join(f"sub-{i:02d}\t{20 + i}\n" for i in reversed(range(4))))
-    _refused(capsys, "group", *maps, "--design", table, "--contrast", "a=age", "-o", tmp_path / "g2",
-             message="name it with --id-column Participant_ID")  # fmt: skip
+    _refused(
+        capsys,
+        "group",
+        *maps,
+        "--design",
+        table,
+        "--contrast",
+        "a=age",
+        "-o",
+        tmp_path / "g2",
+        message="name it with --id-column Participant_ID",
+    )
 
 
 def test_values_past_float32_are_written_as_they_are(tmp_path, capsys):
     Y = (np.random.default_rng(0).uniform(-1, 1, (12, 30)) * 3e38).astype(np.float32)
     np.save(tmp_path / "big.npy", Y)
     (tmp_path / "d.tsv").write_text("A\tconstant\n" + "".join(f"{k % 2}\t1\n" for k in range(12)))
-    assert main(["fit", str(tmp_path / "big.npy"), "--design", str(tmp_path / "d.tsv"), "--contrast", "c=A",
-                 "--quiet", "-o", str(tmp_path / "o")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "big.npy"),
+                "--design",
+                str(tmp_path / "d.tsv"),
+                "--contrast",
+                "c=A",
+                "--quiet",
+                "-o",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     variance = np.load(tmp_path / "o" / "stat-residualvariance_statmap.npy")
     assert np.isfinite(variance).all() and variance.max() > np.finfo(np.float32).max  # (stored as float64)
 
 
 def test_json_nested_beyond_the_stack_and_empty_regressors_are_bad_input(run, capsys, tmp_path):
     (run / "design.json").write_text("[" * 100000 + "]" * 100000)
-    assert main(["fit", str(run / "bold.nii"), "--design", str(run / "design.tsv"), "--contrast", "a=A", "--quiet",
-                 "-o", str(tmp_path / "o")]) == 0  # fmt: skip (not a sidecar of voxfit's: kinds guessed)
+    assert (
+        main(
+            [
+                "fit",
+                str(run / "bold.nii"),
+                "--design",
+                str(run / "design.tsv"),
+                "--contrast",
+                "a=A",
+                "--quiet",
+                "-o",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )  # not a sidecar of voxfit's: kinds guessed
     (tmp_path / "o" / "model.json").write_text("[" * 100000 + "]" * 100000)
     _refused(capsys, "report", tmp_path / "o", "--force", message="is not readable JSON")
     (run / "before.tsv").write_text("onset\tduration\ttrial_type\n-1e9\t5\tA\n10\t2\tB\n")
-    _refused(capsys, "design", run / "before.tsv", "--tr", 2, "--n-scans", 20, "-o", tmp_path / "d.tsv",
-             message="the regressor 'A' is zero at every scan")  # fmt: skip
+    _refused(
+        capsys,
+        "design",
+        run / "before.tsv",
+        "--tr",
+        2,
+        "--n-scans",
+        20,
+        "-o",
+        tmp_path / "d.tsv",
+        message="the regressor 'A' is zero at every scan",
+    )
 
 
 def test_oversized_lists_and_patterns_are_refused_at_once(run, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("voxfit.io.scans.MAX_SCANS", 10)
     (tmp_path / "long.txt").write_text("bold.nii\n" * 11)
-    _refused(capsys, "fit", tmp_path / "long.txt", "--design", run / "design.tsv", "--contrast", "a=A", "-o",
-             tmp_path / "o", message="a run is at most 10 scans")  # fmt: skip
-    _refused(capsys, "fit", run / "bold.nii", "--design", run / "design.tsv", "--contrast", "a=A", "-o",
-             tmp_path / "o2", "--noise", "ar1-global", "--nuisance-columns", "[" * 5000 + "A",
-             message="--nuisance-columns is 5,001 characters long")  # fmt: skip
+    _refused(
+        capsys,
+        "fit",
+        tmp_path / "long.txt",
+        "--design",
+        run / "design.tsv",
+        "--contrast",
+        "a=A",
+        "-o",
+        tmp_path / "o",
+        message="a run is at most 10 scans",
+    )
+    _refused(
+        capsys,
+        "fit",
+        run / "bold.nii",
+        "--design",
+        run / "design.tsv",
+        "--contrast",
+        "a=A",
+        "-o",
+        tmp_path / "o2",
+        "--noise",
+        "ar1-global",
+        "--nuisance-columns",
+        "[" * 5000 + "A",
+        message="--nuisance-columns is 5,001 characters long",
+    )
 
 
 def test_a_list_of_scans_saved_with_a_byte_order_mark(tmp_path, capsys):
     for i in range(6):
-        nib.save(nib.Nifti1Image(np.random.default_rng(i).standard_normal(SHAPE).astype(np.float32) + 100, AFFINE),
-                 str(tmp_path / f"s{i}.nii"))  # fmt: skip
+        nib.save(
+            nib.Nifti1Image(np.random.default_rng(i).standard_normal(SHAPE).astype(np.float32) + 100, AFFINE),
+            str(tmp_path / f"s{i}.nii"),
+        )
     (tmp_path / "run.txt").write_text("\ufeff" + "".join(f"s{i}.nii\n" for i in range(6)), encoding="utf-8")
     (tmp_path / "d.tsv").write_text("A\tconstant\n" + "".join(f"{k % 2}\t1\n" for k in range(6)))
-    assert main(["fit", str(tmp_path / "run.txt"), "--design", str(tmp_path / "d.tsv"), "--contrast", "a=A",
-                 "--quiet", "-o", str(tmp_path / "o")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "run.txt"),
+                "--design",
+                str(tmp_path / "d.tsv"),
+                "--contrast",
+                "a=A",
+                "--quiet",
+                "-o",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "o" / "model.json").read_text())["data"]["n_scans"] == 6

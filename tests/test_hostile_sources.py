@@ -100,12 +100,19 @@ def _cli_refuses(args, address, capsys, limit=10.0):
 
 
 @pytest.mark.parametrize("where", ["silent", "closed port", "unknown scheme", "bad port", "bad host"])
-def test_a_scheduler_that_cannot_answer_is_exit_2_within_seconds(silent_server, short_deadlines, group_maps,
-                                                                  tmp_path, capsys, where):  # fmt: skip
-    address = {"silent": silent_server, "closed port": _closed_port(), "unknown scheme": "nosuch://host:8786",
-               "bad port": "tcp://127.0.0.1:notaport", "bad host": "tcp://[::1"}[where]  # fmt: skip
-    line = _cli_refuses(["group", *group_maps, "--scheduler", address, "-o", str(tmp_path / "out"), "--quiet"],
-                        address, capsys)  # fmt: skip
+def test_a_scheduler_that_cannot_answer_is_exit_2_within_seconds(
+    silent_server, short_deadlines, group_maps, tmp_path, capsys, where
+):
+    address = {
+        "silent": silent_server,
+        "closed port": _closed_port(),
+        "unknown scheme": "nosuch://host:8786",
+        "bad port": "tcp://127.0.0.1:notaport",
+        "bad host": "tcp://[::1",
+    }[where]
+    line = _cli_refuses(
+        ["group", *group_maps, "--scheduler", address, "-o", str(tmp_path / "out"), "--quiet"], address, capsys
+    )
     if where == "silent":
         assert "no answer within 2 s" in line
     elif where == "closed port":  # (distributed retries a refused connection until its timeout; on a busy
@@ -118,8 +125,23 @@ def test_a_scheduler_that_cannot_answer_is_exit_2_within_seconds(silent_server, 
 def test_fit_command_with_a_silent_scheduler(silent_server, short_deadlines, tmp_path, capsys):
     np.save(tmp_path / "y.npy", np.random.default_rng(1).standard_normal((20, 50)).astype(np.float32))
     (tmp_path / "design.tsv").write_text("a\tc\n" + "".join(f"{np.sin(i)}\t1\n" for i in range(20)))
-    _cli_refuses(["fit", str(tmp_path / "y.npy"), "--design", str(tmp_path / "design.tsv"), "--contrast", "a=a",
-                  "--scheduler", silent_server, "-o", str(tmp_path / "out"), "--quiet"], silent_server, capsys)  # fmt: skip
+    _cli_refuses(
+        [
+            "fit",
+            str(tmp_path / "y.npy"),
+            "--design",
+            str(tmp_path / "design.tsv"),
+            "--contrast",
+            "a=a",
+            "--scheduler",
+            silent_server,
+            "-o",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        silent_server,
+        capsys,
+    )
 
 
 def test_python_api_with_a_silent_scheduler_is_an_input_error(silent_server, short_deadlines):
@@ -134,13 +156,20 @@ def test_python_api_with_a_silent_scheduler_is_an_input_error(silent_server, sho
 def test_the_command_line_process_ends_with_a_silent_scheduler(silent_server, group_maps, tmp_path):
     """In a process of its own: nothing (a thread, distributed's event loop) keeps it alive after the error."""
     pytest.importorskip("dask.distributed")
-    code = ("import sys, voxfit._dask as d; d.CONNECT_TIMEOUT_S = 2.0; from voxfit.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    code = (
+        "import sys, voxfit._dask as d; d.CONNECT_TIMEOUT_S = 2.0; from voxfit.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
     env = {**os.environ, "PYTHONPATH": SRC}
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", code, "group", *group_maps, "--scheduler", silent_server, "-o",
-                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, "group", *group_maps, "--scheduler", silent_server, "-o", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2, done.stderr
     assert time.monotonic() - start < 30
     last = done.stderr.strip().splitlines()[-1]
@@ -196,8 +225,24 @@ def test_fit_command_whose_scheduler_dies_mid_run_exits_2(short_deadlines, tmp_p
     killer = threading.Timer(1.5, cluster.close)
     killer.start()
     try:
-        _cli_refuses(["fit", str(tmp_path / "y.npy"), "--design", str(tmp_path / "design.tsv"), "--contrast", "a=a",
-                      "--scheduler", address, "-o", str(tmp_path / "out"), "--quiet"], address, capsys, limit=30)  # fmt: skip
+        _cli_refuses(
+            [
+                "fit",
+                str(tmp_path / "y.npy"),
+                "--design",
+                str(tmp_path / "design.tsv"),
+                "--contrast",
+                "a=a",
+                "--scheduler",
+                address,
+                "-o",
+                str(tmp_path / "out"),
+                "--quiet",
+            ],
+            address,
+            capsys,
+            limit=30,
+        )
     finally:
         killer.join()
         cluster.close()
@@ -218,8 +263,10 @@ def test_a_frozen_scheduler_is_an_input_error(short_deadlines, monkeypatch):
     async def never(*args, **kwargs):
         await asyncio.sleep(3600)
 
-    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
-          Client(cluster) as client):  # fmt: skip
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         cluster.scheduler.handlers["identity"] = never
         start = time.monotonic()
         with pytest.raises(InputError, match="did not answer within 1 s") as info:
@@ -234,8 +281,10 @@ def test_workers_that_all_leave_mid_run_are_an_input_error(short_deadlines):
 
     from voxfit._dask import run_tasks
 
-    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
-          Client(cluster) as client):  # fmt: skip
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         killer = threading.Timer(1.0, cluster.scale, args=(0,))
         killer.start()
         start = time.monotonic()
@@ -356,8 +405,9 @@ def _zarr_store(path, Y, zarr_format):
     zarr = pytest.importorskip("zarr")
     group = zarr.open_group(path, mode="w", zarr_format=zarr_format)
     keys = {"name": "v2", "separator": "/"} if zarr_format == 2 else None
-    array = group.create_array("maps", shape=Y.shape, chunks=(8, 20), dtype="f4", compressors=None,
-                               chunk_key_encoding=keys)  # fmt: skip
+    array = group.create_array(
+        "maps", shape=Y.shape, chunks=(8, 20), dtype="f4", compressors=None, chunk_key_encoding=keys
+    )
     array[:] = Y
     return path
 
@@ -438,12 +488,15 @@ def test_demo_records_n_jobs_and_max_memory(demo_in_memory):
     assert model["command"][:2] == ["voxfit", "demo"] and "--n-jobs" in model["command"]  # as it was run
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--n-jobs", "0", "--n-jobs must be a positive whole number of threads; got 0"),
-    ("--n-jobs", "-2", "--n-jobs must be a positive whole number of threads; got -2"),
-    ("--max-memory", "lots", "`max_memory` must be a size"),
-    ("--max-memory", "64M", "cannot hold the demo"),  # the synthetic run is made in memory: refused, size named
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--n-jobs", "0", "--n-jobs must be a positive whole number of threads; got 0"),
+        ("--n-jobs", "-2", "--n-jobs must be a positive whole number of threads; got -2"),
+        ("--max-memory", "lots", "`max_memory` must be a size"),
+        ("--max-memory", "64M", "cannot hold the demo"),  # the synthetic run is made in memory: refused, size named
+    ],
+)
 def test_demo_refuses_what_it_cannot_honour(tmp_path, capsys, option, value, message):
     start = time.monotonic()
     assert main(["demo", "-o", str(tmp_path / "out"), option, value, "--quiet"]) == 2

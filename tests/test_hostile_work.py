@@ -108,8 +108,18 @@ def test_cli_refuses_a_huge_f_contrast_in_one_line(tmp_path, capsys):
     design = tmp_path / "design.tsv"
     np.savetxt(design, small_design(rng), delimiter="\t", header="A\tB\tc", comments="")
     t0 = time.perf_counter()
-    code = cli.main(["fit", str(img), "--design", str(design), "--contrast", "f=" + ";".join(["A - B"] * 10_000),
-                     "-o", str(tmp_path / "out")])  # fmt: skip
+    code = cli.main(
+        [
+            "fit",
+            str(img),
+            "--design",
+            str(design),
+            "--contrast",
+            "f=" + ";".join(["A - B"] * 10_000),
+            "-o",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "10,000 rows but the design has only 3 columns" in err
     assert time.perf_counter() - t0 < 5 and not (tmp_path / "out").exists()
@@ -235,13 +245,31 @@ def workload(tmp_path_factory):
     np.savetxt(folder / "wide.tsv", Xw, delimiter="\t", header="c1\tc2\tc3\tc4\tconst", comments="")
     contrasts = [f"--contrast=k{i}={i}*c1 - c2 + c3" for i in range(1, 71)]
     return {
-        "fitting": ["fit", folder / "bold.nii", "--design", folder / "design.tsv", "--contrast", "a=c1 - c2",
-                    "--noise", "ar8"],
+        "fitting": [
+            "fit",
+            folder / "bold.nii",
+            "--design",
+            folder / "design.tsv",
+            "--contrast",
+            "a=c1 - c2",
+            "--noise",
+            "ar8",
+        ],
         "writing": ["fit", folder / "wide.nii", "--design", folder / "wide.tsv", "--mask-threshold", "0", *contrasts],
         "permutations": ["group", folder / "maps.nii", "--permutations", "10000", "--tfce"],
-        "reading": ["fit", folder / "bold.nii.gz", "--design", folder / "design.tsv", "--contrast", "a=c1 - c2",
-                    "--noise", "ar8", "--max-memory", "700M"],  # (at least what the sums need)
-    }  # fmt: skip
+        "reading": [
+            "fit",
+            folder / "bold.nii.gz",
+            "--design",
+            folder / "design.tsv",
+            "--contrast",
+            "a=c1 - c2",
+            "--noise",
+            "ar8",
+            "--max-memory",
+            "700M",
+        ],  # (at least what the sums need)
+    }
 
 
 def _interrupt(tmp_path: Path, args, sig, wait_for: str, delay: float, repeat: int = 0):
@@ -250,8 +278,13 @@ def _interrupt(tmp_path: Path, args, sig, wait_for: str, delay: float, repeat: i
     the signal to the exit, stderr)."""
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    proc = subprocess.Popen([sys.executable, "-m", "voxfit", *map(str, args), "--n-jobs", "2", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxfit", *map(str, args), "--n-jobs", "2", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     pattern = ".voxfit-partial-*" + ("/*" if wait_for == "file" else "")
     t0 = time.monotonic()
     while proc.poll() is None and not any(out.glob(pattern)) and time.monotonic() - t0 < 60:
@@ -295,8 +328,9 @@ def test_commands_stop_within_two_seconds_of_a_signal(workload, tmp_path, phase,
 
 @pytest.mark.parametrize("phase", ["writing", "permutations"])
 def test_signals_during_the_clean_up_do_not_leave_it_half_done(workload, tmp_path, phase):
-    code, took, err = _interrupt(tmp_path, workload[phase], signal.SIGINT, "file" if phase == "writing" else "folder",
-                                 0.2, repeat=5)  # fmt: skip
+    code, took, err = _interrupt(
+        tmp_path, workload[phase], signal.SIGINT, "file" if phase == "writing" else "folder", 0.2, repeat=5
+    )
     assert code == 130 and err == "voxfit: interrupted; no output was written.\n" and took < 2.0
     assert list(tmp_path.iterdir()) == []
 
@@ -416,8 +450,7 @@ def test_overflowing_design_file_is_refused_on_the_command_line(tmp_path, capsys
 # class 5: extreme contrast weights and data
 
 
-@pytest.mark.parametrize("weights", [[1e308, 0, 0], [1e101, -1e101, 0], [1e-101, 0, 0], [np.nan, 1, 0],
-                                     [np.inf, 0, 0]])  # fmt: skip
+@pytest.mark.parametrize("weights", [[1e308, 0, 0], [1e101, -1e101, 0], [1e-101, 0, 0], [np.nan, 1, 0], [np.inf, 0, 0]])
 def test_extreme_or_non_finite_weights_are_refused(rng, weights):
     fit = voxfit.fit(small_design(rng), rng.standard_normal((24, 5)), names=NAMES)
     with pytest.raises(ContrastError, match="weights"):
@@ -437,8 +470,10 @@ def test_the_statistic_does_not_depend_on_the_scale_of_a_row(rng, scale):
     npt.assert_allclose(fit.contrast([[scale, 0, 0], [0, 1, 0]]).F, fit.contrast("A; B").F, rtol=1e-9)
 
 
-@pytest.mark.parametrize(("dtype", "factor"), [(np.float32, 3e37), (np.float32, 1e-37), (np.float64, 1e150),
-                                               (np.float64, 1e-145), (np.float64, 1e100)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dtype", "factor"),
+    [(np.float32, 3e37), (np.float32, 1e-37), (np.float64, 1e150), (np.float64, 1e-145), (np.float64, 1e100)],
+)
 def test_data_near_the_limits_of_their_dtype_give_the_reference_statistics(rng, dtype, factor):
     X = small_design(rng)
     base = rng.standard_normal((24, 6)) + 2 * X[:, :1]

@@ -25,7 +25,13 @@ def test_nan_and_inf_voxels_are_nan_and_counted(rng, dtype):
     assert fit.n_invalid == 5
     npt.assert_array_equal(np.flatnonzero(~fit.valid), invalid)
     stats = fit.contrast([1, 0, 0, 0])
-    for arr in (fit.betas[:, invalid], fit.residual_variance[invalid], fit.r2[invalid], stats.t[invalid], stats.z[invalid]):
+    for arr in (
+        fit.betas[:, invalid],
+        fit.residual_variance[invalid],
+        fit.r2[invalid],
+        stats.t[invalid],
+        stats.z[invalid],
+    ):
         assert np.isnan(arr).all()
     ok = np.setdiff1d(np.arange(400), invalid)
     assert_betas_close(fit.betas[:, ok], clean.betas[:, ok], clean.stderr[:, ok], 1e-12)

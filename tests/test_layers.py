@@ -1,4 +1,5 @@
-"""The architecture of DESIGN.md (at the repository's root), checked: layers import only from below, optional packages lazily."""
+"""The architecture of DESIGN.md (at the repository's root), checked: layers import only from below, optional packages
+lazily."""
 
 import ast
 import subprocess
@@ -10,8 +11,25 @@ import voxfit
 SRC = Path(voxfit.__file__).parent
 
 # layer of each top-level module or subpackage of voxfit; a module may import from equal or lower layers
-LAYERS = {"_array": 0, "_dask": 0, "_memory": 0, "_progress": 0, "_threads": 0, "_version": 0, "exceptions": 0, "core": 1, "io": 2, "design": 2, "engine": 3, "inference": 3,
-          "models": 4, "report": 4, "cli": 5, "__init__": 6, "__main__": 6}  # fmt: skip
+LAYERS = {
+    "_array": 0,
+    "_dask": 0,
+    "_memory": 0,
+    "_progress": 0,
+    "_threads": 0,
+    "_version": 0,
+    "exceptions": 0,
+    "core": 1,
+    "io": 2,
+    "design": 2,
+    "engine": 3,
+    "inference": 3,
+    "models": 4,
+    "report": 4,
+    "cli": 5,
+    "__init__": 6,
+    "__main__": 6,
+}
 # third-party imports allowed per layer (besides the standard library); numba only inside functions
 THIRD_PARTY = {0: {"numpy"}, 1: {"numpy", "scipy"}, 2: {"numpy", "scipy", "nibabel", "pandas"}}
 
@@ -54,7 +72,8 @@ def test_layers_import_only_from_below():
 
 
 def test_import_voxfit_loads_no_optional_or_heavy_package():
-    code = "import sys, voxfit; print(sorted(m for m in ('numba', 'pandas', 'dask', 'cupy', 'torch', 'nibabel', 'statsmodels') if m in sys.modules))"
+    heavy = ("numba", "pandas", "dask", "cupy", "torch", "nibabel", "statsmodels")
+    code = f"import sys, voxfit; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -13,9 +13,18 @@ import voxfit
 from .helpers import load_nist
 
 MIN_LRE = {
-    "norris": 9, "pontius": 9, "noint1": 9, "noint2": 9, "longley": 9,
-    "wampler1": 9, "wampler2": 9, "wampler3": 9, "wampler4": 8, "wampler5": 6, "filip": 7,
-}  # fmt: skip
+    "norris": 9,
+    "pontius": 9,
+    "noint1": 9,
+    "noint2": 9,
+    "longley": 9,
+    "wampler1": 9,
+    "wampler2": 9,
+    "wampler3": 9,
+    "wampler4": 8,
+    "wampler5": 6,
+    "filip": 7,
+}
 
 
 def lre(value, certified):

@@ -117,8 +117,9 @@ def test_shuffle_counts_and_blocks():
     assert flips.exhaustive and flips.n == 8 and (flips.signs[:, ::2] == flips.signs[:, 1::2]).all()
     whole = make_shuffles("permute", np.arange(6.0)[:, None], 100, blocks=[0, 0, 1, 1, 2, 2], whole_blocks=True)
     assert whole.n == 6 and all(sorted(o.tolist()) == list(range(6)) for o in whole.order)
-    paired_blocks = make_shuffles("permute", np.r_[0, 1, 0, 1, 2, 3, 2, 3.0][:, None], 100, blocks=[0, 0, 1, 1, 2, 2, 3, 3],
-                                  whole_blocks=True)  # blocks 0, 1 alike and 2, 3 alike: 4! / (2! 2!)
+    paired_blocks = make_shuffles(
+        "permute", np.r_[0, 1, 0, 1, 2, 3, 2, 3.0][:, None], 100, blocks=[0, 0, 1, 1, 2, 2, 3, 3], whole_blocks=True
+    )  # blocks 0, 1 alike and 2, 3 alike: 4! / (2! 2!)
     assert paired_blocks.exhaustive and paired_blocks.n == 6
     assert len({frozenset(o[[0, 2]].tolist()) for o in paired_blocks.order}) == 6
     drawn = make_shuffles("flip", np.ones((30, 1)), 500, seed=1)
@@ -194,8 +195,16 @@ def test_f_ties_under_sign_flips_are_counted(rng):
     X = np.column_stack([np.ones(n), rng.standard_normal(n)])
     Y = (5 * X[:, [1]] + 0.5 * rng.standard_normal((n, 60)) + 3).astype(np.float32)
     adjacency = volume_adjacency(np.ones(60, dtype=bool), (60, 1, 1))
-    res = permutation_test(X, Y, [[1.0, 0], [0, 1.0]], scheme="flip", n_permutations=10_000, adjacency=adjacency,
-                           tfce=True, cluster_threshold=1.0)  # fmt: skip
+    res = permutation_test(
+        X,
+        Y,
+        [[1.0, 0], [0, 1.0]],
+        scheme="flip",
+        n_permutations=10_000,
+        adjacency=adjacency,
+        tfce=True,
+        cluster_threshold=1.0,
+    )
     assert res.kind == "F" and res.exhaustive and res.n_shuffles == 2**n
     assert res.p_uncorrected.min() >= 2 / 2**n - 1e-12 and res.p_fwe.min() >= 2 / 2**n - 1e-12
     assert res.p_tfce_fwe.min() >= 2 / 2**n - 1e-12 and res.clusters.p_mass.min() >= 2 / 2**n - 1e-12

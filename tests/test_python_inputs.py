@@ -17,8 +17,14 @@ from voxfit.models import fit_runs
 from .imaging import AFFINE, SHAPE, volume_data, write_nifti
 
 N = 40
-EVENTS = pd.DataFrame({"onset": [4.0, 30.0, 50.0, 61.5], "duration": [6.0, 6.0, 6.0, 0.0],
-                       "trial_type": ["faces", "houses", "faces", "houses"], "modulation": [1.0, np.nan, 2.0, 1.0]})  # fmt: skip
+EVENTS = pd.DataFrame(
+    {
+        "onset": [4.0, 30.0, 50.0, 61.5],
+        "duration": [6.0, 6.0, 6.0, 0.0],
+        "trial_type": ["faces", "houses", "faces", "houses"],
+        "modulation": [1.0, np.nan, 2.0, 1.0],
+    }
+)
 
 
 def _design(n=N):
@@ -88,8 +94,13 @@ def test_arrays_and_image_masks(tmp_path, rng):
     mask[2:5, 1:4, 1:3] = 1
     m_path = write_nifti(tmp_path / "mask.nii", mask)
     by_file = voxfit.fit_images(nib.Nifti1Image(data, AFFINE), _design(), {"up": "slope"}, mask=m_path)
-    by_image = voxfit.fit_images(nib.Nifti1Image(data, AFFINE), _design(), {"up": "slope"},
-                                 mask=nib.Nifti1Image(mask, AFFINE), out_dir=tmp_path / "masked")  # fmt: skip
+    by_image = voxfit.fit_images(
+        nib.Nifti1Image(data, AFFINE),
+        _design(),
+        {"up": "slope"},
+        mask=nib.Nifti1Image(mask, AFFINE),
+        out_dir=tmp_path / "masked",
+    )
     npt.assert_array_equal(by_image.masker.mask, by_file.masker.mask)
     npt.assert_array_equal(by_image.fit.betas, by_file.fit.betas)
     source = json.loads((tmp_path / "masked" / "model.json").read_text())["mask"]["source"]
@@ -98,8 +109,14 @@ def test_arrays_and_image_masks(tmp_path, rng):
 
 def test_dataframe_events_and_confounds_give_the_files_design(tmp_path, rng):
     EVENTS.to_csv(tmp_path / "events.tsv", sep="\t", index=False, na_rep="n/a")
-    confounds = pd.DataFrame({"trans_x": [np.nan, *rng.standard_normal(N - 1)], "trans_y": rng.standard_normal(N),
-                              "csf": rng.standard_normal(N), "framewise_displacement": [np.nan, *rng.random(N - 1)]})  # fmt: skip
+    confounds = pd.DataFrame(
+        {
+            "trans_x": [np.nan, *rng.standard_normal(N - 1)],
+            "trans_y": rng.standard_normal(N),
+            "csf": rng.standard_normal(N),
+            "framewise_displacement": [np.nan, *rng.random(N - 1)],
+        }
+    )
     confounds.to_csv(tmp_path / "confounds.tsv", sep="\t", index=False, na_rep="n/a")
     model = voxfit.FirstLevel(tr=2.0, hrf="spm+derivative")
     from_files = model.design(tmp_path / "events.tsv", N, tmp_path / "confounds.tsv", "trans_*,framewise*")
@@ -120,10 +137,22 @@ def test_dataframe_events_and_confounds_give_the_files_design(tmp_path, rng):
     # and the fit: DataFrames and an image give the files' maps
     data = volume_data(rng, n=N)
     bold = write_nifti(tmp_path / "bold.nii.gz", data)
-    model.fit(bold, tmp_path / "events.tsv", {"fh": "faces - houses"}, confounds=tmp_path / "confounds.tsv",
-              confounds_columns="trans_*", out_dir=tmp_path / "files")  # fmt: skip
-    model.fit(nib.Nifti1Image(data, AFFINE), EVENTS, {"fh": "faces - houses"}, confounds=confounds,
-              confounds_columns="trans_*", out_dir=tmp_path / "frames")  # fmt: skip
+    model.fit(
+        bold,
+        tmp_path / "events.tsv",
+        {"fh": "faces - houses"},
+        confounds=tmp_path / "confounds.tsv",
+        confounds_columns="trans_*",
+        out_dir=tmp_path / "files",
+    )
+    model.fit(
+        nib.Nifti1Image(data, AFFINE),
+        EVENTS,
+        {"fh": "faces - houses"},
+        confounds=confounds,
+        confounds_columns="trans_*",
+        out_dir=tmp_path / "frames",
+    )
     _assert_same_maps(tmp_path / "files", tmp_path / "frames")
 
 
@@ -136,7 +165,9 @@ def test_first_level_passes_mask_threshold_scheduler_and_device(tmp_path, rng, m
     assert json.loads((tmp_path / "o" / "model.json").read_text())["mask"]["threshold"] == 0.8
     seen = {}
     monkeypatch.setattr("voxfit.models.first_level.fit_images", lambda *a, **kw: seen.update(kw))
-    voxfit.FirstLevel(tr=2.0, scheduler="tcp://x:1", device="cuda", mask_threshold=0.5).fit(bold, EVENTS, {"f": "faces"})
+    voxfit.FirstLevel(tr=2.0, scheduler="tcp://x:1", device="cuda", mask_threshold=0.5).fit(
+        bold, EVENTS, {"f": "faces"}
+    )
     assert (seen["scheduler"], seen["device"], seen["mask_threshold"]) == ("tcp://x:1", "cuda", 0.5)
 
 
@@ -158,7 +189,9 @@ def test_group_and_runs_from_images(tmp_path, rng):
     runs = [volume_data(rng, n=N) for _ in range(2)]
     run_file = write_nifti(tmp_path / "run2.nii.gz", runs[1])
     designs = [make_design(EVENTS, 2.0, N), make_design(EVENTS.iloc[:3], 2.0, N)]
-    both = fit_runs([nib.Nifti1Image(runs[0], AFFINE), run_file], designs, {"fh": "faces - houses"}, out_dir=tmp_path / "r")
+    both = fit_runs(
+        [nib.Nifti1Image(runs[0], AFFINE), run_file], designs, {"fh": "faces - houses"}, out_dir=tmp_path / "r"
+    )
     files = fit_runs([write_nifti(tmp_path / "run1.nii", runs[0]), run_file], designs, {"fh": "faces - houses"})
     npt.assert_array_equal(both.combined["fh"].t, files.combined["fh"].t)
     assert "in-memory" in json.loads((tmp_path / "r" / "model.json").read_text())["runs"][0]["inputs"][0]["source"]
@@ -183,7 +216,12 @@ WRONG = [
     ("first_level", "events", [1, 2], "`events` must be a path to a BIDS events.tsv, a pandas DataFrame .*; got list"),
     ("first_level", "events", {"onset": [1.0]}, "`events` must be .*; got a dict that is not"),
     ("first_level", "events", np.zeros((3, 3)), "`events` must be .*; got numpy.ndarray"),
-    ("first_level", "confounds", np.zeros((N, 2)), "`confounds` must be a path to a confounds TSV or a pandas DataFrame; got numpy.ndarray"),
+    (
+        "first_level",
+        "confounds",
+        np.zeros((N, 2)),
+        "`confounds` must be a path to a confounds TSV or a pandas DataFrame; got numpy.ndarray",
+    ),
     ("first_level", "confounds", {"x": 1}, "`confounds` must be .*; got dict"),
     ("first_level", "mask", {"m": 1}, "`mask` must be .*; got dict"),
     ("fit_runs", "inputs", "bold", "`inputs` must be a list with one entry per run; got str"),
@@ -193,7 +231,7 @@ WRONG = [
     ("second_level", "inputs", [1, 2], "`inputs` must be .*; got a list of int"),
     ("second_level", "design", {"age": [1, 2]}, "`design` must be None \\(one-sample\\), .*; got dict"),
     ("second_level", "mask", 3, "`mask` must be .*; got int"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("entry,argument,value,message", WRONG)
@@ -203,8 +241,15 @@ def test_wrong_types_are_one_line_input_errors_and_write_nothing(entry, argument
         value = [bold, nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE)]
     out = tmp_path / "out"
     n = N if entry != "second_level" else 8
-    args = {"paths": bold, "inputs": bold, "bold": bold, "design": _design(n), "events": EVENTS, "mask": None,
-            "confounds": None}  # fmt: skip
+    args = {
+        "paths": bold,
+        "inputs": bold,
+        "bold": bold,
+        "design": _design(n),
+        "events": EVENTS,
+        "mask": None,
+        "confounds": None,
+    }
     args[argument] = value
     with pytest.raises(InputError, match=message) as err:
         if entry == "load":
@@ -212,8 +257,14 @@ def test_wrong_types_are_one_line_input_errors_and_write_nothing(entry, argument
         elif entry == "fit_images":
             voxfit.fit_images(args["inputs"], args["design"], {"up": "slope"}, mask=args["mask"], out_dir=out)
         elif entry == "first_level":
-            voxfit.FirstLevel(tr=2.0).fit(args["bold"], args["events"], {"f": "faces"}, confounds=args["confounds"],
-                                          mask=args["mask"], out_dir=out)  # fmt: skip
+            voxfit.FirstLevel(tr=2.0).fit(
+                args["bold"],
+                args["events"],
+                {"f": "faces"},
+                confounds=args["confounds"],
+                mask=args["mask"],
+                out_dir=out,
+            )
         elif entry == "fit_runs":
             inputs = value if argument == "inputs" else [bold, bold]
             designs = value if argument == "designs" else [_design(), _design()]
@@ -233,12 +284,18 @@ def test_wrong_types_are_one_line_input_errors_and_write_nothing(entry, argument
     [
         (lambda X, Y: voxfit.fit({"a": [1.0]}, Y), "`X` must be a 2-D .* or a pandas DataFrame; got dict"),
         (lambda X, Y: voxfit.fit(None, Y), "`X` must be .*; got NoneType"),
-        (lambda X, Y: voxfit.fit(X, "bold.nii.gz"), "`Y` must be an \\(n_scans, n_voxels\\) array .*voxfit.fit_images\\); got str"),
+        (
+            lambda X, Y: voxfit.fit(X, "bold.nii.gz"),
+            "`Y` must be an \\(n_scans, n_voxels\\) array .*voxfit.fit_images\\); got str",
+        ),
         (lambda X, Y: voxfit.fit(X, {"v": Y}), "`Y` must be .*; got dict"),
         (lambda X, Y: voxfit.fit_ar(X, 3, 1, {"c": [1, 0]}), "`Y` must be .*; got int"),
-        (lambda X, Y: voxfit.inference.permutation_test(X, {"a": 1}, [1, 0]), "`Y` must be an \\(n, V\\) array .*; got dict"),
+        (
+            lambda X, Y: voxfit.inference.permutation_test(X, {"a": 1}, [1, 0]),
+            "`Y` must be an \\(n, V\\) array .*; got dict",
+        ),
     ],
-)  # fmt: skip
+)
 def test_array_entry_points_name_the_type_they_refuse(call, message):
     X = np.column_stack([np.arange(6.0), np.ones(6)])
     with pytest.raises(InputError, match=message):
@@ -251,8 +308,9 @@ def test_images_and_array_masks_stream_too(tmp_path, rng, no_reserve):
     mask = np.zeros(SHAPE, bool)
     mask[1:5, 1:4, 1:3] = True
     img = nib.Nifti1Image(data, AFFINE)
-    streamed = voxfit.fit_images(img, _design(), {"up": "slope"}, mask=mask, streaming=True, max_memory="64K",
-                                 out_dir=tmp_path / "s")  # fmt: skip
+    streamed = voxfit.fit_images(
+        img, _design(), {"up": "slope"}, mask=mask, streaming=True, max_memory="64K", out_dir=tmp_path / "s"
+    )
     whole = voxfit.fit_images(img, _design(), {"up": "slope"}, mask=mask)
     npt.assert_array_equal(streamed.masker.mask, mask.reshape(-1, order="F"))
     npt.assert_allclose(streamed.contrasts["up"].t, whole.contrasts["up"].t, rtol=1e-4, atol=1e-5)

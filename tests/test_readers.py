@@ -21,7 +21,7 @@ from .imaging import (
     read_back,
     volume_data,
     write_cifti,
-    write_gifti,  # fmt: skip
+    write_gifti,
     write_nifti,
     write_volume_list,
 )
@@ -50,8 +50,13 @@ def _make(kind, tmp_path, rng):
         return [matrix], matrix
     if kind in ("nii", "nii.gz", "nifti2", "int16-scaled.nii.gz", "analyze-4d"):
         data = volume_data(rng)
-        name = {"nii": "bold.nii", "nii.gz": "bold.nii.gz", "nifti2": "bold2.nii", "int16-scaled.nii.gz": "bold.nii.gz",
-                "analyze-4d": "bold.hdr"}[kind]  # fmt: skip
+        name = {
+            "nii": "bold.nii",
+            "nii.gz": "bold.nii.gz",
+            "nifti2": "bold2.nii",
+            "int16-scaled.nii.gz": "bold.nii.gz",
+            "analyze-4d": "bold.hdr",
+        }[kind]
         klass = {"nifti2": nib.Nifti2Image, "analyze-4d": nib.Spm2AnalyzeImage}.get(kind, nib.Nifti1Image)
         path = write_nifti(tmp_path / name, data, klass, stored_dtype=np.int16 if "int16" in kind else None)
         return [path], read_back(path)
@@ -86,10 +91,29 @@ def _make(kind, tmp_path, rng):
     raise AssertionError(kind)
 
 
-KINDS = ["nii", "nii.gz", "nifti2", "int16-scaled.nii.gz", "analyze-4d", "3d-list", "analyze-list-scaled",
-         "gifti", "gifti-2d", "cifti", "npy", "zarr", "hdf5",
-         "nifti1-image", "nifti2-image", "analyze-image", "image-list", "loaded-image", "gifti-image", "cifti-image",
-         "array"]  # fmt: skip
+KINDS = [
+    "nii",
+    "nii.gz",
+    "nifti2",
+    "int16-scaled.nii.gz",
+    "analyze-4d",
+    "3d-list",
+    "analyze-list-scaled",
+    "gifti",
+    "gifti-2d",
+    "cifti",
+    "npy",
+    "zarr",
+    "hdf5",
+    "nifti1-image",
+    "nifti2-image",
+    "analyze-image",
+    "image-list",
+    "loaded-image",
+    "gifti-image",
+    "cifti-image",
+    "array",
+]
 IN_MEMORY = {"nifti1-image", "nifti2-image", "analyze-image", "image-list", "gifti-image", "cifti-image", "array"}
 
 
@@ -156,7 +180,11 @@ def test_load_and_write_round_trip(kind, tmp_path, rng):
     ds.masker.write(out, values, ["index"])
     back = open_map(out).geometry
     geom.check_same(back, "written map")
-    read_back = next(iter(open_reader(out).iter_scans()))[1][0] if geom.kind != "volume" else np.asarray(nib.load(out).dataobj).reshape(-1, order="F")
+    read_back = (
+        next(iter(open_reader(out).iter_scans()))[1][0]
+        if geom.kind != "volume"
+        else np.asarray(nib.load(out).dataobj).reshape(-1, order="F")
+    )
     npt.assert_array_equal(read_back[auto], values)
     assert np.isnan(read_back[~auto]).all()
     if isinstance(geom, VolumeGeometry):
@@ -216,7 +244,10 @@ def test_masker_inverse_checks_sizes():
         (lambda d: d / "missing.nii.gz", "no such file"),
         (lambda d: (d / "notes.csv").write_text("hi") and d / "notes.csv", "not an image voxfit can read"),
         (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "not a list of scans .* line 1 is 'hi'"),
-        (lambda d: (d / "fake.nii").write_bytes(b"not a nifti header at all" * 20) and d / "fake.nii", "not a readable image"),
+        (
+            lambda d: (d / "fake.nii").write_bytes(b"not a nifti header at all" * 20) and d / "fake.nii",
+            "not a readable image",
+        ),
         (lambda d: write_nifti(d / "three.nii.gz", np.ones(SHAPE, np.float32)), "is a 3-D image \\(one scan\\)"),
     ],
 )
@@ -280,7 +311,10 @@ def test_volume_list_geometry_must_agree(tmp_path, rng):
 def test_cifti_and_gifti_geometries(tmp_path, rng):
     paths, _ = _make("cifti", tmp_path, rng)
     geom = open_reader(paths[0]).geometry
-    assert isinstance(geom, CiftiGeometry) and geom.describe()["structures"] == ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_THALAMUS_LEFT"]
+    assert isinstance(geom, CiftiGeometry) and geom.describe()["structures"] == [
+        "CIFTI_STRUCTURE_CORTEX_LEFT",
+        "CIFTI_STRUCTURE_THALAMUS_LEFT",
+    ]
     other = nib.cifti2.BrainModelAxis.from_surface(np.arange(5), 10, name="CortexRight")
     with pytest.raises(InputError, match="different CIFTI brain models"):
         geom.check_same(CiftiGeometry(other), "mask")
@@ -292,7 +326,9 @@ def test_write_stats_from_python(tmp_path, rng):
     X = np.column_stack([np.linspace(-1, 1, N_SCANS), np.ones(N_SCANS)])
     stats = voxfit.fit(X, ds.data, names=["slope", "mean"]).contrast("slope", name="up/../x")
     files = voxfit.write_stats(stats, ds.masker, tmp_path / "maps")
-    assert sorted(f.name for f in files) == sorted(f"contrast-upx_stat-{s}_statmap.nii.gz" for s in ("effect", "variance", "t", "p", "z"))
+    assert sorted(f.name for f in files) == sorted(
+        f"contrast-upx_stat-{s}_statmap.nii.gz" for s in ("effect", "variance", "t", "p", "z")
+    )
     t = np.asarray(nib.load(tmp_path / "maps" / "contrast-upx_stat-t_statmap.nii.gz").dataobj).reshape(-1, order="F")
     npt.assert_allclose(t[ds.masker.mask], stats.t, rtol=1e-6)
     with pytest.raises(InputError, match="exists; pass overwrite=True"):
@@ -320,7 +356,9 @@ def test_big_endian_nifti_follows_the_protocol(tmp_path, rng):
         reader = open_reader(tmp_path / name)
         for _, block in reader.iter_scans(1):
             assert block.dtype == reader.dtype and block.dtype.isnative
-        npt.assert_array_equal(voxfit.load(tmp_path / name).data, as_matrix(data)[:, voxfit.load(tmp_path / name).masker.mask])
+        npt.assert_array_equal(
+            voxfit.load(tmp_path / name).data, as_matrix(data)[:, voxfit.load(tmp_path / name).masker.mask]
+        )
 
 
 def test_scaled_integer_cifti_keeps_its_values(tmp_path, rng):

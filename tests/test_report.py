@@ -29,7 +29,10 @@ def _design(folder, n=N):
     t = np.arange(n)
     rows = ["A\tB\tdrift1\tconstant"]
     for i in t:
-        rows.append(f"{float(i % 10 < 5)}\t{float((i + 5) % 10 < 5) * 0.5 + 0.1 * np.sin(i)}\t{np.cos(np.pi * (i + 0.5) / n)}\t1")
+        rows.append(
+            f"{float(i % 10 < 5)}\t{float((i + 5) % 10 < 5) * 0.5 + 0.1 * np.sin(i)}\t"
+            f"{np.cos(np.pi * (i + 0.5) / n)}\t1"
+        )
     path = folder / "design.tsv"
     path.write_text("\n".join(rows) + "\n")
     return path, np.loadtxt(path, skiprows=1)
@@ -79,21 +82,53 @@ def volume_run(tmp_path_factory):
     bold = _volume(folder, rng)
     design, _ = _design(folder)
     out = folder / "res"
-    assert main(["fit", str(bold), "--design", str(design), "--contrast", "a=A", "--contrast", "eoi=A; B",
-                 "--noise", "ar1", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(bold),
+                "--design",
+                str(design),
+                "--contrast",
+                "a=A",
+                "--contrast",
+                "eoi=A; B",
+                "--noise",
+                "ar1",
+                "-o",
+                str(out),
+                "--report",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def test_volume_report(volume_run):
     from scipy.special import ndtri
 
-    page = _check_page(volume_run / "report.html", "Design matrix", "correlation matrix", "contrast a weights",
-                       "orthogonal slices", "axial mosaic", "contrast eoi weights")  # fmt: skip
+    page = _check_page(
+        volume_run / "report.html",
+        "Design matrix",
+        "correlation matrix",
+        "contrast a weights",
+        "orthogonal slices",
+        "axial mosaic",
+        "contrast eoi weights",
+    )
     # SPM's default for every contrast, t and F: one-sided p < 0.001 uncorrected (z > 3.09); t contrasts show
     # their positive tail; the counts are those of the z maps
     level = -ndtri(0.001)
-    assert "p &lt; 0.001 uncorrected, one-sided (the positive tail of the t contrast, as SPM shows it: z &gt; 3.09)" in page
-    assert "p &lt; 0.001 uncorrected, one-sided (z &gt; 3.09): SPM&#x27;s default height threshold for each contrast" in page
+    assert (
+        "p &lt; 0.001 uncorrected, one-sided (the positive tail of the t contrast, as SPM shows it: z &gt; 3.09)"
+        in page
+    )
+    assert (
+        "p &lt; 0.001 uncorrected, one-sided (z &gt; 3.09): SPM&#x27;s default height threshold for each contrast"
+        in page
+    )
     assert "|z| &gt; 3.29" not in page and "two-sided" not in page
     mask = nib.load(volume_run / "mask.nii.gz").get_fdata() > 0
     for label in ("a", "eoi"):
@@ -109,11 +144,16 @@ def test_volume_report(volume_run):
     assert f"{N} scans × {mask.sum():,} elements" in page and "&#x27;eoi=A; B&#x27;" in page  # the command, quoted
     # the planted positive effect is the largest cluster of contrast a, 27 voxels at most; its peak's t, z, p
     a = page[page.index("id='contrast-a'") : page.index("id='contrast-eoi'")]
-    first = re.search(r"<tr><td class=n>1</td><td class=n>(\d+)</td><td class=n>[\d.]+</td>"
-                      r"<td class=n>([\d.]+)</td><td class=n>([\d.]+)</td>", a)  # fmt: skip
+    first = re.search(
+        r"<tr><td class=n>1</td><td class=n>(\d+)</td><td class=n>[\d.]+</td>"
+        r"<td class=n>([\d.]+)</td><td class=n>([\d.]+)</td>",
+        a,
+    )
     assert first and 20 <= int(first.group(1)) <= 27
     t = nib.load(volume_run / "contrast-a_stat-t_statmap.nii.gz").get_fdata()[mask]
-    assert float(first.group(2)) == pytest.approx(t.max(), abs=1e-3) and float(first.group(3)) == pytest.approx(z.max(), abs=1e-3)
+    assert float(first.group(2)) == pytest.approx(t.max(), abs=1e-3) and float(first.group(3)) == pytest.approx(
+        z.max(), abs=1e-3
+    )
     # the slices go through the global maximum of the shown z map
     where = re.search(r"global maximum of the shown map: z = ([\d.]+) at \((-?\d+), (-?\d+), (-?\d+)\) mm", a)
     z_grid = nib.load(volume_run / "contrast-a_stat-z_statmap.nii.gz").get_fdata()
@@ -127,7 +167,9 @@ def test_volume_report(volume_run):
     maps = {k: nib.load(volume_run / f"contrast-a_stat-{k}_statmap.nii.gz").get_fdata() for k in ("t", "z", "p")}
     for r in rows:
         ijk = tuple(int(v) for v in r["i j k"].split())
-        assert float(r["t"]) == pytest.approx(maps["t"][ijk], abs=1e-3) and float(r["z"]) == pytest.approx(maps["z"][ijk], abs=1e-3)
+        assert float(r["t"]) == pytest.approx(maps["t"][ijk], abs=1e-3) and float(r["z"]) == pytest.approx(
+            maps["z"][ijk], abs=1e-3
+        )
         assert float(r["p unc."]) == pytest.approx(maps["p"][ijk], rel=1e-5) and 0 < float(r["q FDR"]) <= 1
     model = json.loads((volume_run / "model.json").read_text())
     assert model["run"]["peak_memory_mib"] > 0 and model["run"]["fit_s"] >= 0
@@ -167,8 +209,21 @@ def test_background_and_threshold_options(volume_run, tmp_path):
     fine = AFFINE.copy()
     fine[:3, :3] /= 2
     nib.save(nib.Nifti1Image(t1, fine), tmp_path / "t1.nii.gz")
-    assert main(["report", str(volume_run), "--background", str(tmp_path / "t1.nii.gz"), "--p-threshold", "0.05",
-                 "--force", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "report",
+                str(volume_run),
+                "--background",
+                str(tmp_path / "t1.nii.gz"),
+                "--p-threshold",
+                "0.05",
+                "--force",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     page = _check_page(volume_run / "report.html", "orthogonal slices")
     assert "t1.nii.gz, resampled" in page and "p &lt; 0.05 uncorrected" in page
 
@@ -177,11 +232,16 @@ def test_nothing_to_show(volume_run, tmp_path):
     """No element past the threshold, or a map without a finite value: said, and no empty figures."""
     assert main(["report", str(volume_run), "--p-threshold", "1e-300", "--force", "--quiet"]) == 0
     page = _check_page(volume_run / "report.html", "Design matrix")
-    assert page.count("No element passes the threshold (largest z: ") == 2 and "no slices, views or table of maxima" in page
+    assert (
+        page.count("No element passes the threshold (largest z: ") == 2
+        and "no slices, views or table of maxima" in page
+    )
     assert "orthogonal slices" not in page and "Clusters (26" not in page
     folder = shutil.copytree(volume_run, tmp_path / "nan")
     z = nib.load(folder / "contrast-a_stat-z_statmap.nii.gz")
-    nib.save(nib.Nifti1Image(np.full(z.shape, np.nan, np.float32), z.affine), folder / "contrast-a_stat-z_statmap.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.full(z.shape, np.nan, np.float32), z.affine), folder / "contrast-a_stat-z_statmap.nii.gz"
+    )
     assert main(["report", str(folder), "--force", "--quiet"]) == 0
     page = _check_page(folder / "report.html", "contrast a weights", "orthogonal slices")
     assert "The z map holds no finite value in the mask: nothing to show." in page
@@ -240,24 +300,50 @@ def test_volume_group_with_covariates_in_ras_and_las(tmp_path):
     maps[:, 4:6, 4:6, 4:6] += 4.0
     las = AFFINE @ np.array([[-1, 0, 0, SHAPE[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     table = tmp_path / "participants.tsv"
-    table.write_text("intercept\tage\tiq\n" + "".join(f"1\t{a:.3f}\t{b:.3f}\n" for a, b in rng.standard_normal((10, 2))))
+    table.write_text(
+        "intercept\tage\tiq\n" + "".join(f"1\t{a:.3f}\t{b:.3f}\n" for a, b in rng.standard_normal((10, 2)))
+    )
     pages = []
     for name, affine, flip in (("ras", AFFINE, slice(None)), ("las", las, slice(None, None, -1))):
         paths = [tmp_path / f"{name}{i}.nii.gz" for i in range(10)]
         for path, m in zip(paths, maps):
             nib.save(nib.Nifti1Image(m[flip].astype(np.float32), affine), path)
         out = tmp_path / name
-        assert main(["group", *map(str, paths), "--design", str(table), "--contrast", "mean=intercept", "--contrast", "age=age",
-                     "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "group",
+                    *map(str, paths),
+                    "--design",
+                    str(table),
+                    "--contrast",
+                    "mean=intercept",
+                    "--contrast",
+                    "age=age",
+                    "-o",
+                    str(out),
+                    "--report",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         pages.append(_check_page(out / "report.html", "correlation matrix", "orthogonal slices"))
     ras, las_page = pages
-    assert "10 maps × " in ras and "Clusters (6-connected)" in ras and "<td>age</td><td class=n>" in ras and "<td>iq</td>" in ras
+    assert (
+        "10 maps × " in ras
+        and "Clusters (6-connected)" in ras
+        and "<td>age</td><td class=n>" in ras
+        and "<td>iq</td>" in ras
+    )
     assert "family-wise error p &lt; 0.05 (Bonferroni)" in ras and "No element passes the threshold (largest t: " in ras
     sizes = re.findall(r"<tr><td class=n>\d+</td><td class=n>(\d+)</td>", ras)
     assert sizes[:2] == ["8", "8"]
     assert [img.tobytes() for _, img in _images(ras)] == [img.tobytes() for _, img in _images(las_page)]
     mm = re.compile(r"x mm</th><th>y mm</th><th>z mm</th>.*?</tr><tr>(.*?)</tr>")
-    assert re.sub(r"\d+ \d+ \d+", "", mm.search(ras).group(1)) == re.sub(r"\d+ \d+ \d+", "", mm.search(las_page).group(1))
+    assert re.sub(r"\d+ \d+ \d+", "", mm.search(ras).group(1)) == re.sub(
+        r"\d+ \d+ \d+", "", mm.search(las_page).group(1)
+    )
 
 
 def test_slices_cut_through_the_global_maximum():
@@ -276,7 +362,9 @@ def test_slices_cut_through_the_global_maximum():
     page = _volume_part(_Volume(VolumeGeometry(SHAPE, AFFINE)), np.ones(SHAPE), th, np.ones(flat.size, bool), 26)
     x, y, z = AFFINE[:3, :3] @ [8, 7, 6] + AFFINE[:3, 3]
     assert f"orthogonal slices through ({x:.0f}, {y:.0f}, {z:.0f}) mm" in page
-    assert f"through the global maximum of the shown map: z = 9 at ({x:.0f}, {y:.0f}, {z:.0f}) mm, in cluster 2." in page
+    assert (
+        f"through the global maximum of the shown map: z = 9 at ({x:.0f}, {y:.0f}, {z:.0f}) mm, in cluster 2." in page
+    )
     assert re.findall(r"<tr><td class=n>(\d)</td><td class=n>(\d+)</td>", page) == [("1", "27"), ("2", "1")]
 
 
@@ -287,7 +375,9 @@ def test_oblique_grid_drawn_along_it_with_exact_mm(flip):
 
     angle = np.radians(25)
     affine = AFFINE.copy()
-    affine[:3, :3] = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]) @ AFFINE[:3, :3]
+    affine[:3, :3] = (
+        np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]) @ AFFINE[:3, :3]
+    )
     if flip:  # x stored right to left
         affine = affine @ np.array([[-1, 0, 0, SHAPE[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     vol = _Volume(VolumeGeometry(SHAPE, affine))
@@ -308,21 +398,43 @@ def test_surface_group_report_with_mesh(tmp_path):
         values = (rng.standard_normal(12) + np.r_[3.0, 3.0, 3.0, np.zeros(9)]).astype(np.float32)
         paths.append(write_gifti(tmp_path / f"s{i}.func.gii", values[None]))
     out = tmp_path / "g"
-    assert main(["group", *map(str, paths), "--permutations", "100", "--tfce", "--mesh", str(mesh),
-                 "--cluster-threshold", "2", "--seed", "1", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "group",
+                *map(str, paths),
+                "--permutations",
+                "100",
+                "--tfce",
+                "--mesh",
+                str(mesh),
+                "--cluster-threshold",
+                "2",
+                "--seed",
+                "1",
+                "-o",
+                str(out),
+                "--report",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     page = _check_page(out / "report.html", "lateral and medial views", "contrast intercept weights")
     assert "TFCE family-wise error p &lt; 0.05" in page and "from 100 sign-flips" in page
     assert "Clusters (along the mesh" in page and "<th>vertex</th>" in page and "x mm" in page
     assert "Views of the whole surface (no slices); the global maximum of the shown map: t = " in page
-    # the maxima's family-wise error p from the run's maps (max statistic and TFCE), their uncorrected p from the shuffles
+    # the maxima's family-wise error p from the run's maps (max statistic and TFCE), their uncorrected p from the
+    # shuffles
     assert "<th>p FWE</th><th>p FWE TFCE</th>" in page and "p: uncorrected, one-sided, from 100 sign-flips" in page
     assert "correlation matrix" not in page  # one column, the intercept: nothing to correlate
     assert "contrast-intercept_clusters.tsv" in page  # the run's own cluster table, with FWE p
     # without a mesh the same folder still gives a report (distributions and top vertices)
     assert main(["report", str(out), "--mesh", str(tmp_path / "s0.func.gii"), "--force"]) == 2  # not a surface
     settings = json.loads((out / "model.json").read_text())["settings"]
-    (out / "model.json").write_text(json.dumps({**json.loads((out / "model.json").read_text()),
-                                                "settings": {**settings, "mesh": None}}))  # fmt: skip
+    (out / "model.json").write_text(
+        json.dumps({**json.loads((out / "model.json").read_text()), "settings": {**settings, "mesh": None}})
+    )
     assert main(["report", str(out), "--force", "--quiet"]) == 0
     page = _check_page(out / "report.html", "distribution of t")
     assert "No surface mesh was given" in page and "Largest values shown" in page and "No slices or views" in page
@@ -338,7 +450,10 @@ def test_cifti_report(tmp_path):
     matrix[:, 15:17] += 4 * X[:, :1]  # two voxels, (1, 1, 0) and (1, 1, 1)
     bold = write_cifti(tmp_path / "bold.dtseries.nii", matrix)
     out = tmp_path / "c"
-    assert main(["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(out), "--report", "--quiet"]) == 0
+    assert (
+        main(["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(out), "--report", "--quiet"])
+        == 0
+    )
     page = _check_page(out / "report.html", "Design matrix", "distribution of z", "orthogonal slices", "axial mosaic")
     assert "CORTEX_LEFT" in page and "THALAMUS_LEFT" in page and "Clusters of the voxels" in page
     # the structure table and the voxels' clusters: the planted effects found
@@ -346,7 +461,10 @@ def test_cifti_report(tmp_path):
     assert cortex and 3 <= int(cortex.group(1)) <= 4
     assert re.search(r"THALAMUS_LEFT</td><td class=n>12</td><td class=n>2</td><td class=n>\d", page)
     x, y, _ = AFFINE[:3, :3] @ [1, 1, 0] + AFFINE[:3, 3]
-    assert "<tr><td class=n>1</td><td class=n>2</td><td class=n>20</td><td class=n>" in page and f"<td class=n>{x:g}</td><td class=n>{y:g}</td>" in page
+    assert (
+        "<tr><td class=n>1</td><td class=n>2</td><td class=n>20</td><td class=n>" in page
+        and f"<td class=n>{x:g}</td><td class=n>{y:g}</td>" in page
+    )
 
 
 def test_array_group_and_fixed_effects_runs(tmp_path):
@@ -356,21 +474,46 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
     out = tmp_path / "g"
     assert main(["group", str(tmp_path / "maps.npy"), "-o", str(out), "--report", "--quiet"]) == 0
     page = _check_page(out / "report.html", "distribution of t")
-    assert "family-wise error p &lt; 0.05 (Bonferroni), from parametric inference" in page and "10 maps × 50 elements" in page
-    assert "No slices: the data have no voxel grid." in page and "<th>element</th><th>t</th><th>z</th><th>p unc.</th>" in page
+    assert (
+        "family-wise error p &lt; 0.05 (Bonferroni), from parametric inference" in page
+        and "10 maps × 50 elements" in page
+    )
+    assert (
+        "No slices: the data have no voxel grid." in page
+        and "<th>element</th><th>t</th><th>z</th><th>p unc.</th>" in page
+    )
 
     bolds = [_volume(tmp_path, rng)]
     shutil.copy(bolds[0], tmp_path / "run2.nii.gz")
     design, _ = _design(tmp_path)
     out = tmp_path / "runs"
-    assert main(["fit", str(bolds[0]), str(tmp_path / "run2.nii.gz"), "--design", str(design), str(design),
-                 "--contrast", "a=A", "-o", str(out), "--report", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(bolds[0]),
+                str(tmp_path / "run2.nii.gz"),
+                "--design",
+                str(design),
+                str(design),
+                "--contrast",
+                "a=A",
+                "-o",
+                str(out),
+                "--report",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     page = _check_page(out / "report.html", "Run 1 matrix", "Run 2 matrix", "orthogonal slices")
     assert "fixed effects across runs" in page and f"2 runs of {N} + {N} scans × " in page
     assert "over the mean image of the data" in page  # the mean over both runs' scans (here the same run twice)
     mask = nib.load(out / "mask.nii.gz").get_fdata() > 0
     data = nib.load(bolds[0]).get_fdata()
-    np.testing.assert_allclose(nib.load(out / "stat-mean_statmap.nii.gz").get_fdata()[mask], data.mean(axis=3)[mask], rtol=1e-6)
+    np.testing.assert_allclose(
+        nib.load(out / "stat-mean_statmap.nii.gz").get_fdata()[mask], data.mean(axis=3)[mask], rtol=1e-6
+    )
 
 
 @pytest.mark.usefixtures("no_reserve")
@@ -383,15 +526,34 @@ def test_mean_image_or_the_baseline_under_the_maps(volume_run, tmp_path):
     assert "over the mean image of the data" in (volume_run / "report.html").read_text()
     design, _ = _design(volume_run.parent)
     out = tmp_path / "streamed"
-    assert main(["fit", str(volume_run.parent / "bold.nii.gz"), "--design", str(design), "--contrast", "a=A",
-                 "--max-memory", "200K", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fit",
+                str(volume_run.parent / "bold.nii.gz"),
+                "--design",
+                str(design),
+                "--contrast",
+                "a=A",
+                "--max-memory",
+                "200K",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "model.json").read_text())["settings"]["noise_details"]["streamed"]
     assert main(["report", str(out), "--quiet"]) == 0  # (a report needs more than the 200K that streamed the fit)
     np.testing.assert_allclose(nib.load(out / "stat-mean_statmap.nii.gz").get_fdata()[mask], expected, rtol=1e-6)
     assert "over the mean image of the data" in (out / "report.html").read_text()
     (out / "stat-mean_statmap.nii.gz").unlink()
     assert main(["report", str(out), "--force", "--quiet"]) == 0
-    assert "over the estimate of &#x27;constant&#x27; (the baseline signal of the run)" in (out / "report.html").read_text()
+    assert (
+        "over the estimate of &#x27;constant&#x27; (the baseline signal of the run)"
+        in (out / "report.html").read_text()
+    )
 
 
 def test_progress_bar_when_asked(volume_run, capsys):
@@ -417,8 +579,11 @@ def test_figures_of_a_large_design_keep_every_name(tmp_path):
     kinds = ["condition", "derivative"] * 5 + ["confound"] * 49 + ["constant"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for png in (figures.design_matrix(X, names, tr=2.0), figures.contrast_vector(np.eye(2, 60), names),
-                    figures.regressors(X, names, kinds, 2.0)):  # fmt: skip
+        for png in (
+            figures.design_matrix(X, names, tr=2.0),
+            figures.contrast_vector(np.eye(2, 60), names),
+            figures.regressors(X, names, kinds, 2.0),
+        ):
             Image.open(io.BytesIO(png)).load()
     ax = Figure().add_subplot()
     figures._column_ticks(ax, names)
@@ -443,10 +608,21 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
 def test_renders_in_headless_chromium(volume_run, tmp_path):
     shot = tmp_path / "shot.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400", f"--screenshot={shot}",
-           (volume_run / "report.html").resolve().as_uri()]  # fmt: skip
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,2400",
+        f"--screenshot={shot}",
+        (volume_run / "report.html").resolve().as_uri(),
+    ]
     subprocess.run(cmd, capture_output=True, timeout=120, check=True)
     img = Image.open(shot).convert("RGB")
     assert img.size == (1200, 2400)
@@ -481,7 +657,9 @@ def _brute_force_maxima(stat, shown, affine, most=3, apart=8.0):
         kept = []
         for v in maxima:
             mm = affine[:3, :3] @ v + affine[:3, 3]
-            if len(kept) < most and all(np.linalg.norm(mm - (affine[:3, :3] @ k + affine[:3, 3])) > apart for k in kept):
+            if len(kept) < most and all(
+                np.linalg.norm(mm - (affine[:3, :3] @ k + affine[:3, 3])) > apart for k in kept
+            ):
                 kept.append(v)
         out[frozenset(voxels)] = kept
     return out
@@ -501,8 +679,9 @@ def _page_maxima(stat, shown, affine, connectivity=26):
         ijk = np.array(np.unravel_index(elements, shape, order="F"), dtype=float)
         return (affine[:3, :3] @ ijk + affine[:3, 3][:, None]).T
 
-    rows, elements = _maxima_rows(th, lambda m: volume_adjacency(m, shape, connectivity), positions,
-                                  lambda e, xyz: {}, "voxels")  # fmt: skip
+    rows, elements = _maxima_rows(
+        th, lambda m: volume_adjacency(m, shape, connectivity), positions, lambda e, xyz: {}, "voxels"
+    )
     return rows, [tuple(int(v) for v in np.unravel_index(e, shape, order="F")) for e in elements]
 
 
@@ -557,7 +736,10 @@ def test_eight_mm_rule_in_mm_not_voxels():
     th = Threshold(shown.ravel(order="F"), stat.ravel(order="F"), "t", None, "test", contrast="c")
     html = _maxima_table("Clusters", rows, th, "neighbours", "voxels")
     assert re.findall(r"<tr><td( class=n)?>(\d*)</td><td( class=n)?>(\d*)</td><td class=n>([\d.]+)</td>", html) == [
-        (" class=n", "1", " class=n", "21", "9"), ("", "", "", "", "7"), ("", "", "", "", "6")]
+        (" class=n", "1", " class=n", "21", "9"),
+        ("", "", "", "", "7"),
+        ("", "", "", "", "6"),
+    ]
     cubic = np.diag([2.0, 2.0, 2.0, 1.0])
     assert _page_maxima(stat, shown, cubic)[1] == [(2, 0, 0), (11, 0, 0), (16, 0, 0)]
     for affine in (thick, cubic):
@@ -571,7 +753,14 @@ def test_local_maxima_by_mesh_neighbours():
 
     faces = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 4]])
     values = np.array([1.0, 3.0, 2.0, 3.0, 0.5, 7.0])  # vertex 5 is on no triangle
-    assert local_maxima(values, mesh_adjacency(faces, np.ones(6, bool))).tolist() == [False, True, False, True, False, True]
+    assert local_maxima(values, mesh_adjacency(faces, np.ones(6, bool))).tolist() == [
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
 
 
 def test_design_of_a_one_sample_model_is_not_blank():
@@ -579,8 +768,10 @@ def test_design_of_a_one_sample_model_is_not_blank():
     so is a constant column among others."""
     from voxfit.report import _figures as figures
 
-    for X, names in ((np.ones((60, 1)), ["intercept"]),
-                     (np.column_stack([np.arange(40) % 10 < 5, np.ones(40)]).astype(float), ["A", "constant"])):  # fmt: skip
+    for X, names in (
+        (np.ones((60, 1)), ["intercept"]),
+        (np.column_stack([np.arange(40) % 10 < 5, np.ones(40)]).astype(float), ["A", "constant"]),
+    ):
         grey = np.asarray(Image.open(io.BytesIO(figures.design_matrix(X, names, "map"))).convert("L"), dtype=float)
         assert grey.var() > 2000  # a white box on white would be nearly uniform
         assert np.mean((grey > 100) & (grey < 160)) > 0.15  # the constant column's mid-grey
@@ -603,10 +794,17 @@ def test_many_inputs_folded_and_settings_as_a_table(tmp_path):
     assert str(paths[0]) in shown and str(paths[-1]) in shown and str(paths[30]) not in shown
     assert all(str(p) in folded.split("</details>")[0] for p in paths)
     command = page[page.index("<th>command</th>") : page.index("<th>output folder</th>")]
-    assert "(60 arguments)" in command and "<summary>the whole command" in command and command.count(str(paths[30])) == 1
+    assert (
+        "(60 arguments)" in command and "<summary>the whole command" in command and command.count(str(paths[30])) == 1
+    )
     settings = page[page.index("<h3>Settings</h3>") :]
     assert "<th>permutations</th><td>0</td>" in settings and "<th>tfce</th><td>no</td>" in settings
-    assert "<th>seed</th><td>—</td>" in settings and "&quot;" not in settings and "[" not in settings and "null" not in settings
+    assert (
+        "<th>seed</th><td>—</td>" in settings
+        and "&quot;" not in settings
+        and "[" not in settings
+        and "null" not in settings
+    )
 
     from voxfit.report._page import _value
 

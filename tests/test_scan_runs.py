@@ -42,15 +42,27 @@ def _events(path, onsets):
 
 def _four_d(path, folder, prefix="swfM00223_"):
     """The 4-D file of the scans as stored (scale factors applied), for the reference fit."""
-    files = sorted(folder.glob(f"{prefix}*.img"), key=lambda p: int(p.stem[len(prefix):]))
+    files = sorted(folder.glob(f"{prefix}*.img"), key=lambda p: int(p.stem[len(prefix) :]))
     data = np.stack([np.asarray(nib.load(str(f)).dataobj, dtype=np.float32) for f in files], axis=-1)
     nib.save(nib.Nifti1Image(data, AFFINE), str(path))
     return path
 
 
 def _fit(capsys, inputs, events, out, *extra):
-    argv = ["fit", *map(str, inputs), "--events", *map(str, events), "--tr", str(TR), "--contrast", "listen=listen",
-            "-o", str(out), "--quiet", *extra]  # fmt: skip
+    argv = [
+        "fit",
+        *map(str, inputs),
+        "--events",
+        *map(str, events),
+        "--tr",
+        str(TR),
+        "--contrast",
+        "listen=listen",
+        "-o",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     code = main(argv)
     err = capsys.readouterr().err
     return code, err
@@ -87,10 +99,26 @@ def test_one_run_of_3d_scans_with_events_equals_its_4d_file(spm_runs, capsys):
 def test_scans_given_out_of_their_numbers_order_are_named(spm_runs, capsys):
     root, (run1, _), (ev1, _) = spm_runs
     scans = sorted(run1.glob("sw*.img"))  # text order: _1, _10, _11 ... _2
-    code = main(["fit", *map(str, scans), "--events", str(ev1), "--tr", str(TR), "--contrast", "l=listen",
-                 "-o", str(root / "o")])  # fmt: skip
+    code = main(
+        [
+            "fit",
+            *map(str, scans),
+            "--events",
+            str(ev1),
+            "--tr",
+            str(TR),
+            "--contrast",
+            "l=listen",
+            "-o",
+            str(root / "o"),
+        ]
+    )
     err = capsys.readouterr().err
-    assert code == 0 and "not in the order of their numbers" in err and "swfM00223_19.img comes before swfM00223_2.img" in err
+    assert (
+        code == 0
+        and "not in the order of their numbers" in err
+        and "swfM00223_19.img comes before swfM00223_2.img" in err
+    )
 
 
 @pytest.mark.parametrize("form", ["folder", "pattern", "list"])

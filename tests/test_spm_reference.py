@@ -31,8 +31,10 @@ def test_spm12_block_design_with_middle_slice_microtime_onset():
 
 def test_spm12_events_with_time_derivatives():
     """The derivative is orthogonalised against its HRF regressor after sampling, within the trial type."""
-    events = {"a": {"onset": REF["event_onsets_a"], "duration": np.zeros(7)},
-              "b": {"onset": REF["event_onsets_b"], "duration": np.zeros(8)}}  # fmt: skip
+    events = {
+        "a": {"onset": REF["event_onsets_a"], "duration": np.zeros(7)},
+        "b": {"onset": REF["event_onsets_b"], "duration": np.zeros(8)},
+    }
     d = make_design(events, 7.0, 84, hrf="spm+derivative", microtime_resolution=16, microtime_onset=8, drift="none")
     assert d.names == ("a", "a_derivative", "b", "b_derivative", "constant")
     npt.assert_allclose(d.X, REF["event_X"], rtol=0, atol=1e-12)
@@ -44,8 +46,9 @@ def test_spm12_dct_high_pass_basis():
 
 def _global_fit(Y=None):
     X = np.column_stack([REF["reml_X"], REF["dct_X0"]])
-    return fit_global_ar(X, REF["reml_Y"] if Y is None else Y, {"c": [1.0] + [0.0] * 10},
-                         names=["listening", "constant", *DRIFTS])  # fmt: skip
+    return fit_global_ar(
+        X, REF["reml_Y"] if Y is None else Y, {"c": [1.0] + [0.0] * 10}, names=["listening", "constant", *DRIFTS]
+    )
 
 
 def test_reml_matches_spm_reml():
@@ -91,7 +94,9 @@ def test_global_ar1_refuses_designs_and_data_without_effects():
 def test_global_ar1_takes_rank_deficient_designs_and_refuses_empty_data():
     X = np.column_stack([REF["reml_X"][:, 0], REF["reml_X"], REF["dct_X0"]])  # 'listening' twice
     with pytest.warns(Warning, match="rank deficient"):
-        res = fit_global_ar(X, REF["reml_Y"], {"c": [0.5, 0.5] + [0.0] * 10}, names=["l2", "listening", "constant", *DRIFTS])
+        res = fit_global_ar(
+            X, REF["reml_Y"], {"c": [0.5, 0.5] + [0.0] * 10}, names=["l2", "listening", "constant", *DRIFTS]
+        )
     npt.assert_allclose(res.contrasts["c"].t, _global_fit().contrasts["c"].t, rtol=1e-9)
     with pytest.raises(InputError, match="nothing to fit"):
         _global_fit(np.full((84, 5), np.nan))
@@ -112,23 +117,42 @@ def _spm_name(name: str, hrf: str) -> str:
 def test_spm12_parametric_modulators(key, hrf):
     """SPM12's spm_fMRI_design with two conditions: A modulated by rt (order 1) and difficulty (order 2), B by
     rt (order 1); zero durations, TR 2 s, 100 scans (tests/data/README.md)."""
-    events = {"A": {"onset": MOD["pm_a_onsets"], "duration": np.zeros(10), "rt": MOD["pm_a_rt"],
-                    "difficulty": MOD["pm_a_difficulty"]},
-              "B": {"onset": MOD["pm_b_onsets"], "duration": np.zeros(8), "rt": MOD["pm_b_rt"]}}  # fmt: skip
+    events = {
+        "A": {
+            "onset": MOD["pm_a_onsets"],
+            "duration": np.zeros(10),
+            "rt": MOD["pm_a_rt"],
+            "difficulty": MOD["pm_a_difficulty"],
+        },
+        "B": {"onset": MOD["pm_b_onsets"], "duration": np.zeros(8), "rt": MOD["pm_b_rt"]},
+    }
     d = make_design(events, 2.0, 100, hrf=hrf, fir_delays=4, modulators="rt:1,difficulty:2", drift="none")
     assert d.names == tuple(_spm_name(n, hrf) for n in MOD[f"{key}_names"])
     npt.assert_allclose(d.X, MOD[f"{key}_X"], rtol=0, atol=1e-12 * max(1.0, np.abs(MOD[f"{key}_X"]).max()))
     for name, kind in zip(d.names, d.kinds):
-        assert kind == ("constant" if name == "constant" else "derivative" if name.endswith("_derivative")
-                        else "modulator" if "x" in name else "condition")  # fmt: skip
+        assert kind == (
+            "constant"
+            if name == "constant"
+            else "derivative"
+            if name.endswith("_derivative")
+            else "modulator"
+            if "x" in name
+            else "condition"
+        )
 
 
 def test_spm12_modulators_with_onsets_in_scans():
     """SPM's UNITS 'scans' (TR 2.5 s, 90 scans): A in 1.5-scan blocks with rt and difficulty (order 1), B events
     without modulators, HRF with time derivative."""
-    events = {"A": {"onset": MOD["sc_a_onsets"], "duration": MOD["sc_a_durations"], "rt": MOD["sc_a_rt"],
-                    "difficulty": MOD["sc_a_difficulty"]},
-              "B": {"onset": MOD["sc_b_onsets"], "duration": np.zeros(7)}}  # fmt: skip
+    events = {
+        "A": {
+            "onset": MOD["sc_a_onsets"],
+            "duration": MOD["sc_a_durations"],
+            "rt": MOD["sc_a_rt"],
+            "difficulty": MOD["sc_a_difficulty"],
+        },
+        "B": {"onset": MOD["sc_b_onsets"], "duration": np.zeros(7)},
+    }
     d = make_design(events, 2.5, 90, hrf="spm+derivative", modulators=["rt", "difficulty"], units="scans", drift="none")
     assert d.names == tuple(_spm_name(n, "spm") for n in MOD["sc_names"])
     npt.assert_allclose(d.X, MOD["sc_X"], rtol=0, atol=1e-12)
@@ -161,8 +185,21 @@ def test_spm12_global_scaling_maps(tmp_path, capsys):
     (tests/data/README.md). The maps are float32: within 1e-6 of SPM's numbers, their float32 rounding included
     (measured 4.2e-7; voxfit fits int16 scans from a float32 copy)."""
     s = _global_study(tmp_path)
-    argv = ["fit", s["pattern"], "--design", s["design"], "--mask", s["mask"], "--scaling", "global",
-            "--contrast", "c=block + 0.5*trend", "-o", tmp_path / "res", "--quiet"]  # fmt: skip
+    argv = [
+        "fit",
+        s["pattern"],
+        "--design",
+        s["design"],
+        "--mask",
+        s["mask"],
+        "--scaling",
+        "global",
+        "--contrast",
+        "c=block + 0.5*trend",
+        "-o",
+        tmp_path / "res",
+        "--quiet",
+    ]
     assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
     mask = GLOBAL["mask"]
     assert np.array_equal(np.asanyarray(nib.load(tmp_path / "res" / "mask.nii.gz").dataobj) > 0, mask)

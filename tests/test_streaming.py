@@ -78,8 +78,9 @@ def test_streamed_fit_of_data_all_zero_in_the_first_scan(tmp_path, rng, order):
     npt.assert_allclose(mean, Y.mean(axis=0), rtol=1e-12)
 
 
-@pytest.mark.parametrize("case", ["threshold", "nonzero", "no intercept", "float64", "mask with NaN", "AR blocks",
-                                  "OLS blocks"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case", ["threshold", "nonzero", "no intercept", "float64", "mask with NaN", "AR blocks", "OLS blocks"]
+)
 def test_streamed_masks_and_fits_in_other_settings(tmp_path, rng, monkeypatch, case):
     path, X = _run(tmp_path, rng, dtype=np.float64 if case == "float64" else np.float32)
     n = X.shape[0]  # elements in the file's order (x fastest), as the masker numbers them
@@ -101,8 +102,9 @@ def test_streamed_masks_and_fits_in_other_settings(tmp_path, rng, monkeypatch, c
     elif case.endswith("blocks"):  # several blocks of voxels fitted from the sums (AR: in threads)
         monkeypatch.setattr("voxfit.engine.streaming.SUMS_BLOCK", 16)
     order = 0 if case in ("no intercept", "OLS blocks") else 1
-    f, _, phi, masker, _ = fit_streaming(path, X, {"a": [1.0, 0]} if X.shape[1] == 2 else {"a": [1.0, 0, 0]},
-                                         order=order, scans_per_slab=6, **kwargs)  # fmt: skip
+    f, _, phi, masker, _ = fit_streaming(
+        path, X, {"a": [1.0, 0]} if X.shape[1] == 2 else {"a": [1.0, 0, 0]}, order=order, scans_per_slab=6, **kwargs
+    )
     if case == "nonzero":
         keep = np.isfinite(Y_all).all(0) & (Y_all != Y_all[0]).any(0) & (Y_all != 0).all(0)
     elif case == "mask with NaN":
@@ -141,7 +143,9 @@ def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
     mask = np.zeros((7, 6, 5), dtype=np.uint8)
     mask[2:5, 2:5, 1:4] = 1
     nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "mask.nii.gz")
-    f, stats, _, masker, _ = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=1, mask=tmp_path / "mask.nii.gz", scans_per_slab=5)
+    f, stats, _, masker, _ = fit_streaming(
+        path, X, {"a": [1.0, 0, 0]}, order=1, mask=tmp_path / "mask.nii.gz", scans_per_slab=5
+    )
     ds = load(path, tmp_path / "mask.nii.gz")
     npt.assert_array_equal(masker.mask, ds.masker.mask)
     ref = fit_ar(X, np.asarray(ds.data, dtype=np.float64), 1, {"a": [1.0, 0, 0]})

@@ -95,7 +95,13 @@ def test_volume_adjacency_on_a_2d_grid():
     adj = volume_adjacency(np.ones(6, bool), (3, 2), connectivity=6)
     # 0 1 2 / 3 4 5 (x fastest): 4-neighbours
     assert [list(adj.indices[a:b]) for a, b in zip(adj.indptr[:-1], adj.indptr[1:])] == [
-        [1, 3], [0, 2, 4], [1, 5], [0, 4], [1, 3, 5], [2, 4]]  # fmt: skip
+        [1, 3],
+        [0, 2, 4],
+        [1, 5],
+        [0, 4],
+        [1, 3, 5],
+        [2, 4],
+    ]
     assert volume_adjacency(np.ones(6, bool), (3, 2), connectivity=26).indices.size == 2 * (7 + 4)
 
 
@@ -121,13 +127,25 @@ def test_tfce_on_a_chain_by_hand():
     for E, H in [(0.5, 2.0), (1.0, 2.0), (2.0, 1.0)]:
         F = lambda h: h ** (H + 1) / (H + 1)  # noqa: E731 - the integral of h^H
         # element 1: alone on (2, 3], with element 2 on (1, 2], with 0 and 2 on (0, 1]
-        expected = [3**E * F(1), F(3) - F(2) + 2**E * (F(2) - F(1)) + 3**E * F(1), 2**E * (F(2) - F(1)) + 3**E * F(1),
-                    0.0, 2**E * F(2), 2**E * F(2)]  # fmt: skip
+        expected = [
+            3**E * F(1),
+            F(3) - F(2) + 2**E * (F(2) - F(1)) + 3**E * F(1),
+            2**E * (F(2) - F(1)) + 3**E * F(1),
+            0.0,
+            2**E * F(2),
+            2**E * F(2),
+        ]
         np.testing.assert_allclose(tfce(stat, adj, E, H), expected, rtol=1e-14)
         # weights w: extents become sums of weights
         w = np.array([0.5, 2.0, 1.5, 9.0, 0.25, 1.0])
-        expected_w = [4**E * F(1), 2**E * (F(3) - F(2)) + 3.5**E * (F(2) - F(1)) + 4**E * F(1),
-                      3.5**E * (F(2) - F(1)) + 4**E * F(1), 0.0, 1.25**E * F(2), 1.25**E * F(2)]  # fmt: skip
+        expected_w = [
+            4**E * F(1),
+            2**E * (F(3) - F(2)) + 3.5**E * (F(2) - F(1)) + 4**E * F(1),
+            3.5**E * (F(2) - F(1)) + 4**E * F(1),
+            0.0,
+            1.25**E * F(2),
+            1.25**E * F(2),
+        ]
         np.testing.assert_allclose(tfce(stat, adj, E, H, weights=w), expected_w, rtol=1e-14)
 
 
@@ -316,13 +334,19 @@ ADJ = Adjacency.from_edges([0, 1], [1, 2], 3)
         (lambda: label_clusters(np.ones(3), ADJ, np.nan), InputError, r"`threshold` must be a finite number"),
         (lambda: cluster_max(np.ones((2, 4)), ADJ, 1.0), InputError, r"`stats` must have shape .* got shape \(2, 4\)"),
         (lambda: cluster_max(np.ones(3), ADJ, 1.0), InputError, r"`stats` must be 2-D"),
-        (lambda: volume_adjacency(np.ones(8, bool), (2, 2, 2), 7), InputError,
-         r"`connectivity` must be 6 \(faces\), 18 \(faces and edges\) or 26 \(and corners\); got 7"),
+        (
+            lambda: volume_adjacency(np.ones(8, bool), (2, 2, 2), 7),
+            InputError,
+            r"`connectivity` must be 6 \(faces\), 18 \(faces and edges\) or 26 \(and corners\); got 7",
+        ),
         (lambda: volume_adjacency(np.ones(9, bool), (2, 2, 2)), InputError, r"`mask` has 9 elements but `shape` .* 8"),
         (lambda: volume_adjacency(np.ones((2, 4), bool), (2, 2, 2)), InputError, r"`mask` has shape \(2, 4\)"),
         (lambda: volume_adjacency(np.ones(8, bool), (2, 2, 2, 1)), InputError, r"`shape` must be a tuple of 1 to 3"),
-        (lambda: mesh_adjacency(OCTAHEDRON, np.ones(5, bool)), InputError,
-         r"`faces` must hold vertex numbers in 0..4 \(the mask has 5 vertices\); got values from 0 to 5"),
+        (
+            lambda: mesh_adjacency(OCTAHEDRON, np.ones(5, bool)),
+            InputError,
+            r"`faces` must hold vertex numbers in 0..4 \(the mask has 5 vertices\); got values from 0 to 5",
+        ),
         (lambda: mesh_adjacency(OCTAHEDRON - 1, np.ones(6, bool)), InputError, r"`faces` must hold vertex numbers"),
         (lambda: mesh_adjacency(OCTAHEDRON[:, :2], np.ones(6, bool)), InputError, r"`faces` must have shape"),
         (lambda: mesh_adjacency(OCTAHEDRON * 1.0, np.ones(6, bool)), DataTypeError, r"`faces` must be integer"),
@@ -336,7 +360,9 @@ def test_bad_inputs_raise_one_clear_sentence(call, error, message):
 
 
 def test_importing_tfce_and_clusters_does_not_import_numba():
-    code = ("import sys, voxfit.inference.tfce, voxfit.inference.clusters, voxfit.inference.graph; "
-            "print('numba' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys, voxfit.inference.tfce, voxfit.inference.clusters, voxfit.inference.graph; "
+        "print('numba' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

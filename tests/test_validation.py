@@ -37,8 +37,9 @@ def test_null_false_positives():
     within 10% of nominal (measured on 80,000 voxels: 0.0516 at p < 0.05, 3% high, the second-order terms
     that remain; here 0.0527). (ar1 and ar2 at AR(1) 0.4, block design, strictly: tests/test_ar.py.)"""
     nfp = script("null_false_positives")
-    rows = nfp.null_rates(40000, 200, seed=4, noises=((0.2,), (0.5, -0.2)), models=("ols", "ar2", "ar1-global"),
-                          design="events")
+    rows = nfp.null_rates(
+        40000, 200, seed=4, noises=((0.2,), (0.5, -0.2)), models=("ols", "ar2", "ar1-global"), design="events"
+    )
     checked = 0
     for r in rows:
         lo, hi = interval(r["count"], r["n"])
@@ -60,8 +61,9 @@ def test_group_null_fwe():
     bias is seen; 10% would need 30,000 studies). With N = 100 shuffles p is a multiple of 0.01, so the level
     of p <= 0.05 is exactly 0.05 by exchangeability."""
     fwe = script("group_null_fwe")
-    res = fwe.run_studies(studies=1000, subjects=12, shape=(12, 12, 10), sigma=1.5, n_perm=100, threshold=3.0,
-                          seed=7000, n_jobs=1)
+    res = fwe.run_studies(
+        studies=1000, subjects=12, shape=(12, 12, 10), sigma=1.5, n_perm=100, threshold=3.0, seed=7000, n_jobs=1
+    )
     hits = res["hits"]
     for j, method in enumerate(fwe.METHODS):
         lo, hi = interval(hits[:, j].sum(), hits.shape[0])

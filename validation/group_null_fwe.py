@@ -51,8 +51,18 @@ def setup(shape, n, sigma, n_perm, threshold, n_jobs):
     delta = np.zeros((25, 25, 25))
     delta[12, 12, 12] = 1
     scale = np.sqrt((gaussian_filter(delta, sigma) ** 2).sum())
-    _SETUP.update(shape=shape, n=n, sigma=sigma, n_perm=n_perm, threshold=threshold, n_jobs=n_jobs, mask=mask,
-                  flat=mask.ravel(order="F"), scale=scale, adjacency=volume_adjacency(mask, shape, 6))
+    _SETUP.update(
+        shape=shape,
+        n=n,
+        sigma=sigma,
+        n_perm=n_perm,
+        threshold=threshold,
+        n_jobs=n_jobs,
+        mask=mask,
+        flat=mask.ravel(order="F"),
+        scale=scale,
+        adjacency=volume_adjacency(mask, shape, 6),
+    )
 
 
 def study(seed):
@@ -67,10 +77,20 @@ def study(seed):
     for s in range(S["n"]):
         smooth = gaussian_filter(rng.standard_normal(S["shape"]), S["sigma"]) / S["scale"]
         Y[s] = smooth.ravel(order="F")[S["flat"]]  # voxfit's element order: x fastest
-    r = permutation_test(np.ones((S["n"], 1)), Y, [1.0], n_permutations=S["n_perm"], scheme="flip",
-                         seed=np.random.default_rng([seed, 1]),
-                         adjacency=S["adjacency"], cluster_threshold=S["threshold"], tfce=True, tfce_E=0.5,
-                         tfce_H=2.0, n_jobs=S["n_jobs"])
+    r = permutation_test(
+        np.ones((S["n"], 1)),
+        Y,
+        [1.0],
+        n_permutations=S["n_perm"],
+        scheme="flip",
+        seed=np.random.default_rng([seed, 1]),
+        adjacency=S["adjacency"],
+        cluster_threshold=S["threshold"],
+        tfce=True,
+        tfce_E=0.5,
+        tfce_H=2.0,
+        n_jobs=S["n_jobs"],
+    )
     c = r.clusters
     hits = (
         bool(np.nanmin(r.p_fwe) <= 0.05),
@@ -81,8 +101,18 @@ def study(seed):
     return hits, float(np.mean(r.p_uncorrected <= 0.05)), float(np.quantile(r.null_max, 0.95))
 
 
-def run_studies(studies=400, subjects=20, shape=(32, 32, 24), sigma=1.5, n_perm=1000, threshold=3.0, seed=0,
-                processes=1, progress=False, n_jobs=None):
+def run_studies(
+    studies=400,
+    subjects=20,
+    shape=(32, 32, 24),
+    sigma=1.5,
+    n_perm=1000,
+    threshold=3.0,
+    seed=0,
+    processes=1,
+    progress=False,
+    n_jobs=None,
+):
     """Run `studies` null studies; returns ``{"hits": (studies, 4) bool array (any FWE p <= 0.05 per method in
     METHODS), "uncorrected": fraction of voxels with p <= 0.05 per study, "q95": 95th percentile of each study's
     null max t, "seconds": run time}`` (study k uses seed + k, see the module docstring). `n_jobs`: voxfit's
@@ -102,8 +132,12 @@ def run_studies(studies=400, subjects=20, shape=(32, 32, 24), sigma=1.5, n_perm=
             results.append(study(s))
             if progress and (k + 1) % max(1, studies // 10) == 0:
                 print(f"  {k + 1}/{studies} studies, {time.perf_counter() - t0:.0f} s", flush=True)
-    return {"hits": np.array([r[0] for r in results]), "uncorrected": np.array([r[1] for r in results]),
-            "q95": np.array([r[2] for r in results]), "seconds": time.perf_counter() - t0}
+    return {
+        "hits": np.array([r[0] for r in results]),
+        "uncorrected": np.array([r[1] for r in results]),
+        "q95": np.array([r[2] for r in results]),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main(argv=None) -> int:
@@ -124,15 +158,20 @@ def main(argv=None) -> int:
     n_jobs = 1 if args.processes > 1 else len(os.sched_getaffinity(0))
     V = int(make_mask(shape).sum())
     p_thr = stats.t.sf(args.cluster_threshold, n - 1)
-    print(f"{K} null studies: {n} subjects, grid {shape}, {V} voxels, sigma {args.sigma}; {args.n_perm} sign-flips; "
-          f"cluster threshold t > {args.cluster_threshold} (df {n - 1}, one-sided p {p_thr:.4f}); TFCE E 0.5 H 2; "
-          f"6-connectivity; seeds {args.seed}..{args.seed + K - 1}; {args.processes} process(es) x {n_jobs} thread(s)")
-    res = run_studies(K, n, shape, args.sigma, args.n_perm, args.cluster_threshold, args.seed, args.processes,
-                      progress=True)
+    print(
+        f"{K} null studies: {n} subjects, grid {shape}, {V} voxels, sigma {args.sigma}; {args.n_perm} sign-flips; "
+        f"cluster threshold t > {args.cluster_threshold} (df {n - 1}, one-sided p {p_thr:.4f}); TFCE E 0.5 H 2; "
+        f"6-connectivity; seeds {args.seed}..{args.seed + K - 1}; {args.processes} process(es) x {n_jobs} thread(s)"
+    )
+    res = run_studies(
+        K, n, shape, args.sigma, args.n_perm, args.cluster_threshold, args.seed, args.processes, progress=True
+    )
     hits, elapsed = res["hits"], res["seconds"]
     lo, hi = stats.binom.ppf(0.025, K, alpha), stats.binom.ppf(0.975, K, alpha)
-    print(f"\nrate of studies with any FWE p <= {alpha}; nominal {alpha}, central 95% of Binomial({K}, {alpha}) / {K}: "
-          f"[{lo / K:.3f}, {hi / K:.3f}] ({int(lo)}..{int(hi)} studies)")
+    print(
+        f"\nrate of studies with any FWE p <= {alpha}; nominal {alpha}, central 95% of Binomial({K}, {alpha}) / {K}: "
+        f"[{lo / K:.3f}, {hi / K:.3f}] ({int(lo)}..{int(hi)} studies)"
+    )
     print(f"{'method':<16}{'studies':>9}{'rate':>8}{'Clopper-Pearson 95%':>22}{'inside':>8}")
     for j, name in enumerate(METHODS):
         k = int(hits[:, j].sum())
@@ -141,8 +180,10 @@ def main(argv=None) -> int:
         print(f"{name:<16}{k:>9d}{k / K:>8.3f}{f'[{ci.low:.3f}, {ci.high:.3f}]':>22}{inside:>8}")
     unc, q95 = res["uncorrected"], res["q95"]
     print(f"\nmean fraction of voxels with uncorrected p <= 0.05: {unc.mean():.4f} (expected ~0.05)")
-    print(f"max-t FWE threshold (95th percentile of null max t), mean over studies: {q95.mean():.3f} "
-          f"(range {q95.min():.3f}..{q95.max():.3f})")
+    print(
+        f"max-t FWE threshold (95th percentile of null max t), mean over studies: {q95.mean():.3f} "
+        f"(range {q95.min():.3f}..{q95.max():.3f})"
+    )
     print(f"any-method overlap: {int(hits.any(axis=1).sum())} studies with at least one method positive")
     print(f"run time {elapsed:.0f} s ({elapsed / K:.2f} s per study)")
     return 0

@@ -80,15 +80,29 @@ def max_t_nulls(subjects=20, shape=(12, 12, 10), sigma=1.5, effect=0.0, n_perm=2
     Y_nl = data[mask].T
     Y = np.ascontiguousarray(Y_nl[:, to_vf])
     ones = np.ones((subjects, 1))
-    vf = permutation_test(ones, Y, [1.0], n_permutations=n_perm + 1, seed=np.random.default_rng([seed, 1]),
-                          n_jobs=n_jobs)
+    vf = permutation_test(
+        ones, Y, [1.0], n_permutations=n_perm + 1, seed=np.random.default_rng([seed, 1]), n_jobs=n_jobs
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        nl = permuted_ols(tested_vars=ones, target_vars=Y_nl, model_intercept=False, n_perm=n_perm,
-                          two_sided_test=False, output_type="dict", random_state=seed + 1, n_jobs=n_jobs)
-    return {"t_voxfit": vf.stat, "t_nilearn": nl["t"].ravel()[to_vf], "null_voxfit": vf.null_max[1:],
-            "null_nilearn": np.ravel(nl["h0_max_t"]), "p_voxfit": vf.p_fwe,
-            "p_nilearn": 10.0 ** -nl["logp_max_t"].ravel()[to_vf]}
+        nl = permuted_ols(
+            tested_vars=ones,
+            target_vars=Y_nl,
+            model_intercept=False,
+            n_perm=n_perm,
+            two_sided_test=False,
+            output_type="dict",
+            random_state=seed + 1,
+            n_jobs=n_jobs,
+        )
+    return {
+        "t_voxfit": vf.stat,
+        "t_nilearn": nl["t"].ravel()[to_vf],
+        "null_voxfit": vf.null_max[1:],
+        "null_nilearn": np.ravel(nl["h0_max_t"]),
+        "p_voxfit": vf.p_fwe,
+        "p_nilearn": 10.0 ** -nl["logp_max_t"].ravel()[to_vf],
+    }
 
 
 def main(argv=None) -> int:
@@ -129,20 +143,38 @@ def main(argv=None) -> int:
     mask_img = nib.Nifti1Image(mask.astype(np.uint8), affine)
     design = pd.DataFrame({"intercept": np.ones(n)})
     unmask = lambda img: np.asarray(img.get_fdata())[mask][to_vf]  # noqa: E731
-    print(f"{n} subjects, grid {shape}, {V} voxels in mask, smoothing sigma {args.sigma}, effect {args.effect}; "
-          f"{N} random sign-flips (voxfit N = {N + 1} with the identity); seed {args.seed}")
+    print(
+        f"{n} subjects, grid {shape}, {V} voxels in mask, smoothing sigma {args.sigma}, effect {args.effect}; "
+        f"{N} random sign-flips (voxfit N = {N + 1} with the identity); seed {args.seed}"
+    )
 
     timings = {}
     t0 = time.perf_counter()
     vf = permutation_test(np.ones((n, 1)), Y, [1.0], n_permutations=N + 1, seed=flip_rng(), n_jobs=2)
     timings["voxfit max-t"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    nl = permuted_ols(tested_vars=np.ones((n, 1)), target_vars=Y_nl, model_intercept=False, n_perm=N,
-                      two_sided_test=False, output_type="dict", random_state=args.seed + 1, n_jobs=2)
+    nl = permuted_ols(
+        tested_vars=np.ones((n, 1)),
+        target_vars=Y_nl,
+        model_intercept=False,
+        n_perm=N,
+        two_sided_test=False,
+        output_type="dict",
+        random_state=args.seed + 1,
+        n_jobs=2,
+    )
     timings["nilearn permuted_ols"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    npi = non_parametric_inference(imgs, design_matrix=design, second_level_contrast="intercept", mask=mask_img,
-                                   n_perm=N, two_sided_test=False, random_state=args.seed + 2, n_jobs=2)
+    npi = non_parametric_inference(
+        imgs,
+        design_matrix=design,
+        second_level_contrast="intercept",
+        mask=mask_img,
+        n_perm=N,
+        two_sided_test=False,
+        random_state=args.seed + 2,
+        n_jobs=2,
+    )
     timings["nilearn non_parametric_inference"] = time.perf_counter() - t0
 
     t_nl = nl["t"].ravel()[to_vf]
@@ -166,31 +198,55 @@ def main(argv=None) -> int:
     Nt = args.n_perm_tfce
     adjacency = volume_adjacency(mask, shape, 6)
     t0 = time.perf_counter()
-    vft = permutation_test(np.ones((n, 1)), Y, [1.0], n_permutations=Nt + 1, seed=flip_rng(), adjacency=adjacency,
-                           tfce=True, tfce_E=0.5, tfce_H=2.0, n_jobs=2)
+    vft = permutation_test(
+        np.ones((n, 1)),
+        Y,
+        [1.0],
+        n_permutations=Nt + 1,
+        seed=flip_rng(),
+        adjacency=adjacency,
+        tfce=True,
+        tfce_E=0.5,
+        tfce_H=2.0,
+        n_jobs=2,
+    )
     timings["voxfit TFCE"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    npt = non_parametric_inference(imgs, design_matrix=design, second_level_contrast="intercept", mask=mask_img,
-                                   n_perm=Nt, two_sided_test=False, random_state=args.seed + 3, n_jobs=2, tfce=True)
+    npt = non_parametric_inference(
+        imgs,
+        design_matrix=design,
+        second_level_contrast="intercept",
+        mask=mask_img,
+        n_perm=Nt,
+        two_sided_test=False,
+        random_state=args.seed + 3,
+        n_jobs=2,
+        tfce=True,
+    )
     timings["nilearn TFCE"] = time.perf_counter() - t0
     tf_vf, tf_nl = vft.tfce, unmask(npt["tfce"])
     t_map = np.zeros(shape)
     t_map[mask] = vft.stat[np.argsort(to_vf)]
     dh = t_map.max() / 100
     bin6 = generate_binary_structure(3, 1)
-    fine = calculate_tfce(t_map[..., None], bin6, E=0.5, H=2, dh=t_map.max() / 1000,
-                          two_sided_test=False)[..., 0][mask][to_vf] * (t_map.max() / 1000)
+    fine = calculate_tfce(t_map[..., None], bin6, E=0.5, H=2, dh=t_map.max() / 1000, two_sided_test=False)[..., 0][
+        mask
+    ][to_vf] * (t_map.max() / 1000)
     top = tf_vf > 0.1 * tf_vf.max()
     rel = lambda a: np.max(np.abs(a[top] - tf_vf[top]) / tf_vf[top])  # noqa: E731
-    print(f"\nTFCE maps (E 0.5, H 2, 6-connectivity; {int(top.sum())} voxels above 10% of voxfit's max "
-          f"{tf_vf.max():.1f})")
+    print(
+        f"\nTFCE maps (E 0.5, H 2, 6-connectivity; {int(top.sum())} voxels above 10% of voxfit's max {tf_vf.max():.1f})"
+    )
     print(f"max |t voxfit - t nilearn (TFCE run)| = {np.abs(vft.stat - unmask(npt['t'])).max():.3g}")
     print(f"{'comparison':<46}{'corr':>10}{'max rel diff':>14}")
     print(f"{'voxfit vs nilearn raw (no dh)':<46}{np.corrcoef(tf_vf, tf_nl)[0, 1]:>10.6f}{rel(tf_nl):>14.4f}")
-    print(f"{'voxfit vs nilearn x dh (100 heights)':<46}{np.corrcoef(tf_vf, tf_nl * dh)[0, 1]:>10.6f}"
-          f"{rel(tf_nl * dh):>14.4f}")
-    print(f"{'voxfit vs calculate_tfce x dh (1000 heights)':<46}{np.corrcoef(tf_vf, fine)[0, 1]:>10.6f}"
-          f"{rel(fine):>14.5f}")
+    print(
+        f"{'voxfit vs nilearn x dh (100 heights)':<46}{np.corrcoef(tf_vf, tf_nl * dh)[0, 1]:>10.6f}"
+        f"{rel(tf_nl * dh):>14.4f}"
+    )
+    print(
+        f"{'voxfit vs calculate_tfce x dh (1000 heights)':<46}{np.corrcoef(tf_vf, fine)[0, 1]:>10.6f}{rel(fine):>14.5f}"
+    )
     print(f"\nTFCE FWE p maps (N = {Nt + 1})")
     rows = [f"{'A vs B':<38}{'max|dp|':>10}{'>4se':>10}{'A p<.05':>9}{'B p<.05':>9}"]
     p_compare("voxfit vs non_parametric_inf.", vft.p_tfce_fwe, 10.0 ** -unmask(npt["logp_max_tfce"]), Nt + 1, rows)
@@ -214,8 +270,10 @@ def main(argv=None) -> int:
     print(f"  max rel |null_tfce - recomputed max TFCE| = {rel_null(vft.null_tfce, exact):.3g}")
     print("TFCE FWE p over those same flips, observed map and null maxima from one definition of TFCE:")
     rows = [f"{'A vs B':<38}{'max|dp|':>10}{'>4se':>10}{'A p<.05':>9}{'B p<.05':>9}"]
-    for label, null, obs in (("nilearn 100 steps, no dh", nl_raw, tf_nl),
-                             ("nilearn 100 steps x dh", nl_dh, tf_nl * dh)):
+    for label, null, obs in (
+        ("nilearn 100 steps, no dh", nl_raw, tf_nl),
+        ("nilearn 100 steps x dh", nl_dh, tf_nl * dh),
+    ):
         p = (np.sum(null[1:, None] >= obs[None, :] * (1 - 1e-10), axis=0) + 1) / (Nt + 1)
         p_compare(f"voxfit vs {label}", vft.p_tfce_fwe, p, Nt + 1, rows)
     print("\n".join(rows))

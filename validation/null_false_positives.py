@@ -48,8 +48,17 @@ def make_null_design(n, tr=2.0, kind="block", seed=0):
     return make_design(events, tr, n)
 
 
-def null_rates(n_voxels=40000, n_scans=200, seed=0, noises=NOISES, models=MODELS, alphas=(0.05, 0.001),
-               design="block", chunk=40000, nilearn=False):
+def null_rates(
+    n_voxels=40000,
+    n_scans=200,
+    seed=0,
+    noises=NOISES,
+    models=MODELS,
+    alphas=(0.05, 0.001),
+    design="block",
+    chunk=40000,
+    nilearn=False,
+):
     """Counts of null voxels with p < alpha for each noise and model.
 
     Returns a list of dicts ``{"noise", "model", "alpha", "count", "n"}``; the data of noise k come from
@@ -122,8 +131,10 @@ def main(argv=None) -> int:
     for r in rows:
         lo, hi = interval(r["count"], r["n"])
         ok = "ok" if lo <= r["alpha"] <= hi else "--"
-        print(f"{r['noise']:<16}{r['model']:<13}{r['alpha']:>7g}{r['count'] / r['n']:>9.5f}"
-              f"{f'[{lo:.5f}, {hi:.5f}]':>22}  {ok}")
+        print(
+            f"{r['noise']:<16}{r['model']:<13}{r['alpha']:>7g}{r['count'] / r['n']:>9.5f}"
+            f"{f'[{lo:.5f}, {hi:.5f}]':>22}  {ok}"
+        )
     return 0
 
 

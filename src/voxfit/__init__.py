@@ -19,8 +19,22 @@ import importlib
 from . import exceptions
 from ._version import __version__
 
-__all__ = ["FirstLevel", "Fit", "SecondLevel", "Stats", "exceptions", "fit", "fit_ar", "fit_images", "fit_runs",
-           "inference", "load", "write_report", "write_stats", "__version__"]  # fmt: skip
+__all__ = [
+    "FirstLevel",
+    "Fit",
+    "SecondLevel",
+    "Stats",
+    "exceptions",
+    "fit",
+    "fit_ar",
+    "fit_images",
+    "fit_runs",
+    "inference",
+    "load",
+    "write_report",
+    "write_stats",
+    "__version__",
+]
 
 _LAZY = {
     "fit": ("engine", "fit"),

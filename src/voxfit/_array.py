@@ -66,7 +66,9 @@ def device_namespace(device: str | None):
             return xp, None
         import array_api_compat
     except ImportError:
-        raise InputError(f"`device`={text!r} needs array-api-compat (and a GPU array library): pip install 'voxfit[gpu]'.") from None
+        raise InputError(
+            f"`device`={text!r} needs array-api-compat (and a GPU array library): pip install 'voxfit[gpu]'."
+        ) from None
     if text.startswith("cuda"):
         index = int(text.partition(":")[2] or 0)
         try:
@@ -80,7 +82,9 @@ def device_namespace(device: str | None):
         try:
             import torch
         except ImportError:
-            raise InputError(f"`device`={text!r}: neither CuPy nor PyTorch is installed; pip install 'voxfit[gpu]'.") from None
+            raise InputError(
+                f"`device`={text!r}: neither CuPy nor PyTorch is installed; pip install 'voxfit[gpu]'."
+            ) from None
         if not torch.cuda.is_available():
             raise InputError(f"`device`={text!r}: no CUDA GPU is visible here; use the CPU (no --device).")
         return array_api_compat.array_namespace(torch.zeros(1)), torch.device(f"cuda:{index}")

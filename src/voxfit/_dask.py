@@ -43,8 +43,10 @@ def _unreachable(address, why: str) -> InputError:
 
 
 def _malformed(address, exc: BaseException) -> InputError:
-    return InputError(f"cannot reach the Dask scheduler {address!r}: the address is malformed ({_one_line(exc)}); "
-                      "give one such as tcp://host:8786.")  # fmt: skip
+    return InputError(
+        f"cannot reach the Dask scheduler {address!r}: the address is malformed ({_one_line(exc)}); "
+        "give one such as tcp://host:8786."
+    )
 
 
 def _in_thread(fn, seconds: float):
@@ -109,8 +111,10 @@ def _probe(address: str, seconds: float) -> None:
         raise _unreachable(address, _one_line(answer))
     kind = answer.get("type") if isinstance(answer, dict) else None
     if kind != "Scheduler":
-        raise InputError(f"{address!r} is not a Dask scheduler (it answered as {kind or 'something else'}); give "
-                         "the scheduler's address, e.g. tcp://host:8786.")  # fmt: skip
+        raise InputError(
+            f"{address!r} is not a Dask scheduler (it answered as {kind or 'something else'}); give "
+            "the scheduler's address, e.g. tcp://host:8786."
+        )
 
 
 def _connect(address: str, seconds: float):
@@ -145,13 +149,17 @@ def dask_client(scheduler):
         raise InputError("a Dask scheduler needs dask.distributed: pip install 'voxfit[dask]'.") from None
     if isinstance(scheduler, Client):
         if scheduler.status != "running":
-            raise InputError(f"the Dask client given as `scheduler` is {scheduler.status}, not running; give a "
-                             "connected client or the scheduler's address.")  # fmt: skip
+            raise InputError(
+                f"the Dask client given as `scheduler` is {scheduler.status}, not running; give a "
+                "connected client or the scheduler's address."
+            )
         yield scheduler
         return
     if not isinstance(scheduler, str):
-        raise InputError(f"`scheduler` must be a dask.distributed Client or a scheduler address such as "
-                         f"tcp://host:8786; got {type(scheduler).__name__}.")  # fmt: skip
+        raise InputError(
+            f"`scheduler` must be a dask.distributed Client or a scheduler address such as "
+            f"tcp://host:8786; got {type(scheduler).__name__}."
+        )
     _probe(scheduler, CONNECT_TIMEOUT_S)
     client = _connect(scheduler, CONNECT_TIMEOUT_S)
     try:
@@ -166,8 +174,10 @@ def _address(client) -> str:
 
 
 def _lost(client, why: str) -> InputError:
-    return InputError(f"the Dask scheduler {_address(client)!r} {why} during the run; no output was written "
-                      "(restart the cluster, or run without --scheduler / `scheduler`).")  # fmt: skip
+    return InputError(
+        f"the Dask scheduler {_address(client)!r} {why} during the run; no output was written "
+        "(restart the cluster, or run without --scheduler / `scheduler`)."
+    )
 
 
 def _ping(client) -> None:

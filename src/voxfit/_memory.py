@@ -16,8 +16,16 @@ import re
 
 from .exceptions import InputError
 
-__all__ = ["RESERVED", "available_memory", "check_memory", "format_bytes", "needs_streaming", "parse_memory",
-           "reserved_bytes", "size_text"]
+__all__ = [
+    "RESERVED",
+    "available_memory",
+    "check_memory",
+    "format_bytes",
+    "needs_streaming",
+    "parse_memory",
+    "reserved_bytes",
+    "size_text",
+]
 
 # Of a --max-memory cap, kept for the interpreter and the libraries: Python, numpy, scipy, nibabel, numba and
 # its compiled kernels take 170 to 250 MiB resident (measured: 12 MiB for `import voxfit.cli`, 170 MiB once a
@@ -98,9 +106,10 @@ def _meminfo_available() -> int | None:
 def _cgroup_available() -> int | None:
     """What the process's cgroup (v2, or v1) still allows, when it sets a limit: the limit less the usage, the
     usage less the inactive file cache that the kernel reclaims before it kills anything."""
-    for folder, limit, usage, cache in (("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
-                                        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
-                                         "total_inactive_file")):  # fmt: skip
+    for folder, limit, usage, cache in (
+        ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    ):
         try:
             with open(os.path.join(folder, limit)) as fh:
                 text = fh.read().strip()
@@ -159,5 +168,6 @@ def check_memory(nbytes: float, what: str, max_memory=None, fix: str = "") -> No
             return
     if nbytes > limit:
         tail = f" {fix}" if fix else ""
-        raise InputError(f"{what} would take {format_bytes(nbytes)} of memory, more than {source} "
-                         f"({format_bytes(limit)}).{tail}")  # fmt: skip
+        raise InputError(
+            f"{what} would take {format_bytes(nbytes)} of memory, more than {source} ({format_bytes(limit)}).{tail}"
+        )

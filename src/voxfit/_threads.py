@@ -26,8 +26,9 @@ CHUNK_S = 0.1  # the length of one uninterruptible call in in_chunks
 GRACE_S = 0.5  # how long, after an interruption, items that write files may take to finish theirs
 
 
-def run_in_threads(fn: Callable, items: Iterable, workers: int, on_done: Callable[[int], None] | None = None,
-                   grace: float = 0.0) -> list:
+def run_in_threads(
+    fn: Callable, items: Iterable, workers: int, on_done: Callable[[int], None] | None = None, grace: float = 0.0
+) -> list:
     """``[fn(item) for item in items]`` on `workers` threads, in item order; ``on_done(count)`` after each item.
 
     The first exception (from an item, or raised in the calling thread by a signal) stops the work: no new

@@ -24,8 +24,15 @@ from pathlib import Path
 from ._version import __version__
 from .exceptions import InputError, VoxfitError
 
-HRF_MODELS_CLI = ("spm", "spm+derivative", "spm+derivative+dispersion", "glover", "glover+derivative",
-                  "glover+derivative+dispersion", "fir")  # fmt: skip
+HRF_MODELS_CLI = (
+    "spm",
+    "spm+derivative",
+    "spm+derivative+dispersion",
+    "glover",
+    "glover+derivative",
+    "glover+derivative+dispersion",
+    "fir",
+)
 
 EXAMPLES_DESIGN = """examples:
   voxfit design events.tsv --tr 2 --n-scans 300 --hrf spm+derivative --drift cosine --high-pass 128 -o design.tsv
@@ -119,24 +126,34 @@ OPTION_RANGES = {
     "tr": _number(float, "--tr", 1e-3, 1e4, accepted="a repetition time in seconds, from 0.001 to 10000"),
     "n_scans": _number(int, "--n-scans", 1, 10**6, accepted="a whole number of scans from 1 to 1000000"),
     "fir_delays": _number(int, "--fir-delays", 1, 10**4, accepted="a whole number of one-TR windows from 1 to 10000"),
-    "microtime_resolution": _number(int, "--microtime-resolution", 1, 4096,
-                                    accepted="a whole number of bins per scan from 1 to 4096 (SPM's default: 16)"),
+    "microtime_resolution": _number(
+        int,
+        "--microtime-resolution",
+        1,
+        4096,
+        accepted="a whole number of bins per scan from 1 to 4096 (SPM's default: 16)",
+    ),
     "microtime_onset": _number(int, "--microtime-onset", 1, 4096, accepted="a bin from 1 to the microtime resolution"),
     "slice_time_ref": _number(float, "--slice-time-ref", 0, 1, accepted="a fraction of the TR from 0 to 1"),
-    "drift_order": _number(int, "--drift-order", 1, 10**4,
-                           accepted="a whole number from 1 to 10000, less than the scans"),
-    "mask_threshold": _number(float, "--mask-threshold", 0,
-                              accepted="a number >= 0 (a fraction of each scan's global)"),
+    "drift_order": _number(
+        int, "--drift-order", 1, 10**4, accepted="a whole number from 1 to 10000, less than the scans"
+    ),
+    "mask_threshold": _number(
+        float, "--mask-threshold", 0, accepted="a number >= 0 (a fraction of each scan's global)"
+    ),
     "n_jobs": _number(int, "--n-jobs", 1, 1 << 16, accepted="a positive whole number of threads"),
     "seed": _number(int, "--seed", 0, 2**32 - 1, accepted="a whole number from 0 to 4294967295 (2**32 - 1)"),
-    "tfce_E": _number(float, "--tfce-E", 0, 100, lo_open=True,
-                      accepted="a positive number up to 100 (0.5 for volumes)"),
+    "tfce_E": _number(
+        float, "--tfce-E", 0, 100, lo_open=True, accepted="a positive number up to 100 (0.5 for volumes)"
+    ),
     "tfce_H": _number(float, "--tfce-H", 0, 100, lo_open=True, accepted="a positive number up to 100 (default 2)"),
-    "cluster_threshold": _number(float, "--cluster-threshold", 0, lo_open=True,
-                                 accepted="a positive t or F value, e.g. 3.1"),
-    "p_threshold": _number(float, "--p-threshold", 0, 1, lo_open=True,
-                           accepted="a probability between 0 and 1, e.g. 0.001"),
-}  # fmt: skip
+    "cluster_threshold": _number(
+        float, "--cluster-threshold", 0, lo_open=True, accepted="a positive t or F value, e.g. 3.1"
+    ),
+    "p_threshold": _number(
+        float, "--p-threshold", 0, 1, lo_open=True, accepted="a probability between 0 and 1, e.g. 0.001"
+    ),
+}
 
 
 def _check_options(args) -> None:
@@ -158,8 +175,10 @@ def _check_options(args) -> None:
             raise InputError("-o/--output is empty; give a folder (or file) to write.")
         for part in PurePath(output).parts:
             if len(part.encode("utf-8", "surrogateescape")) > 255:
-                raise InputError(f"-o/--output: the name {part[:24]}... is {len(part)} characters long; file systems "
-                                 "accept names of at most 255 bytes: choose a shorter one.")  # fmt: skip
+                raise InputError(
+                    f"-o/--output: the name {part[:24]}... is {len(part)} characters long; file systems "
+                    "accept names of at most 255 bytes: choose a shorter one."
+                )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -176,105 +195,217 @@ def _get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    fit = sub.add_parser("fit", help="fit a design to image files and write maps", epilog=EXAMPLES_FIT,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    fit.add_argument("inputs", nargs="+", metavar="INPUT",
-                     help="a 4-D NIfTI, several 3-D NIfTI/Analyze files (one per scan), GIFTI, CIFTI or .npy; with one "
-                          "design per run, one run each: a 4-D file, a folder of 3-D scans, a quoted pattern "
-                          "('run1/sw*.img') or a .txt list of scans")  # fmt: skip
+    fit = sub.add_parser(
+        "fit",
+        help="fit a design to image files and write maps",
+        epilog=EXAMPLES_FIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fit.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a 4-D NIfTI, several 3-D NIfTI/Analyze files (one per scan), GIFTI, CIFTI or .npy; with one "
+        "design per run, one run each: a 4-D file, a folder of 3-D scans, a quoted pattern "
+        "('run1/sw*.img') or a .txt list of scans",
+    )
     source = fit.add_mutually_exclusive_group(required=True)
-    source.add_argument("--design", nargs="+", metavar="FILE",
-                        help="TSV/CSV with a header of column names, or FSL design.mat; one per run for several runs")
-    source.add_argument("--events", nargs="+", metavar="FILE",
-                        help="BIDS events.tsv: the design is built from it (needs --tr); one per run for several runs")  # fmt: skip
+    source.add_argument(
+        "--design",
+        nargs="+",
+        metavar="FILE",
+        help="TSV/CSV with a header of column names, or FSL design.mat; one per run for several runs",
+    )
+    source.add_argument(
+        "--events",
+        nargs="+",
+        metavar="FILE",
+        help="BIDS events.tsv: the design is built from it (needs --tr); one per run for several runs",
+    )
     fit.add_argument("--contrast", action="append", default=[], metavar="NAME=EXPR", help="a contrast (repeatable)")
-    fit.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
+    fit.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)"
+    )
     group = fit.add_mutually_exclusive_group()
     group.add_argument("--mask", metavar="FILE", help="mask in the data's geometry (default: automatic)")
-    group.add_argument("--mask-threshold", type=float, metavar="REL",
-                       help="the automatic mask of volumes keeps voxels above REL x each scan's global (SPM's "
-                            "spm_global) in every scan, finite and not constant: a brain mask, SPM's for fMRI "
-                            "(default 0.8); 0 keeps every finite, varying voxel; surfaces, CIFTI and arrays: no "
-                            "threshold unless given")  # fmt: skip
-    fit.add_argument("--noise", default="ols", metavar="MODEL",
-                     help="ols (default); ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
-                          "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels")  # fmt: skip
-    fit.add_argument("--nuisance-columns", metavar="PATTERNS",
-                     help='design columns that are nuisance regressors, e.g. "hp_*,cosine*": with ar1-global they '
-                          "act, with the drift columns, as SPM's high-pass filter (drift_<k>, nilearn's cosine<k> and "
-                          "events designs' drifts are known; design.json beside a design file can say each column's "
-                          "kind)")  # fmt: skip
-    fit.add_argument("--scaling", default="none", choices=["none", "mean", "global"],
-                     help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100")  # fmt: skip
+    group.add_argument(
+        "--mask-threshold",
+        type=float,
+        metavar="REL",
+        help="the automatic mask of volumes keeps voxels above REL x each scan's global (SPM's "
+        "spm_global) in every scan, finite and not constant: a brain mask, SPM's for fMRI "
+        "(default 0.8); 0 keeps every finite, varying voxel; surfaces, CIFTI and arrays: no "
+        "threshold unless given",
+    )
+    fit.add_argument(
+        "--noise",
+        default="ols",
+        metavar="MODEL",
+        help="ols (default); ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
+        "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels",
+    )
+    fit.add_argument(
+        "--nuisance-columns",
+        metavar="PATTERNS",
+        help='design columns that are nuisance regressors, e.g. "hp_*,cosine*": with ar1-global they '
+        "act, with the drift columns, as SPM's high-pass filter (drift_<k>, nilearn's cosine<k> and "
+        "events designs' drifts are known; design.json beside a design file can say each column's "
+        "kind)",
+    )
+    fit.add_argument(
+        "--scaling",
+        default="none",
+        choices=["none", "mean", "global"],
+        help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100",
+    )
     _design_options(fit, events_needed=False)
-    fit.add_argument("--scheduler", metavar="ADDRESS", help="run the voxel blocks on a Dask cluster, e.g. tcp://host:8786")
-    fit.add_argument("--device", metavar="DEVICE", help="cuda or cuda:N: fit on a GPU (CuPy or PyTorch); OLS and ar1 .. ar8")
+    fit.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run the voxel blocks on a Dask cluster, e.g. tcp://host:8786"
+    )
+    fit.add_argument(
+        "--device", metavar="DEVICE", help="cuda or cuda:N: fit on a GPU (CuPy or PyTorch); OLS and ar1 .. ar8"
+    )
     _common(fit)
 
-    design = sub.add_parser("design", help="build a first-level design matrix from BIDS events (SPM's conventions)",
-                            epilog=EXAMPLES_DESIGN, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    design.add_argument("events", metavar="EVENTS",
-                        help="BIDS events.tsv (onset, duration, trial_type[, modulation, modulator columns])")  # fmt: skip
+    design = sub.add_parser(
+        "design",
+        help="build a first-level design matrix from BIDS events (SPM's conventions)",
+        epilog=EXAMPLES_DESIGN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    design.add_argument(
+        "events",
+        metavar="EVENTS",
+        help="BIDS events.tsv (onset, duration, trial_type[, modulation, modulator columns])",
+    )
     design.add_argument("--n-scans", type=int, required=True, metavar="N", help="number of scans in the run")
     design.add_argument("-o", "--output", required=True, metavar="FILE", help="design.tsv to write")
     _design_options(design, events_needed=True)
     _flags(design, "overwrite an existing output file")
 
-    group = sub.add_parser("group", help="group (second-level) model: parametric and permutation inference",
-                           epilog=EXAMPLES_GROUP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    group.add_argument("inputs", nargs="+", metavar="INPUT", help="one map per subject (NIfTI, GIFTI, CIFTI dscalar) or one 4-D file")
+    group = sub.add_parser(
+        "group",
+        help="group (second-level) model: parametric and permutation inference",
+        epilog=EXAMPLES_GROUP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="one map per subject (NIfTI, GIFTI, CIFTI dscalar) or one 4-D file"
+    )
     g = group.add_mutually_exclusive_group()
-    g.add_argument("--one-sample", action="store_true", help="one-sample test of the mean (the default without --design)")
-    g.add_argument("--design", metavar="FILE", help="participants TSV/CSV (numeric columns; rows matched to the maps by "
-                   "participant_id, see below) or FSL design.mat (rows in the order of the maps)")  # fmt: skip
+    g.add_argument(
+        "--one-sample", action="store_true", help="one-sample test of the mean (the default without --design)"
+    )
+    g.add_argument(
+        "--design",
+        metavar="FILE",
+        help="participants TSV/CSV (numeric columns; rows matched to the maps by "
+        "participant_id, see below) or FSL design.mat (rows in the order of the maps)",
+    )
     group.add_argument("--two-sample", metavar="COLUMN", help="the --design table's column with two groups")
-    group.add_argument("--id-column", metavar="COLUMN", help="the --design table's column of participant ids (sub-01 "
-                       "or 01), matched to the maps' sub-<label> (default: participant_id, when the table has it)")  # fmt: skip
-    group.add_argument("--drop-unmatched-rows", action="store_true",
-                       help="leave out the table's rows that match no map (a note names them) instead of refusing")  # fmt: skip
+    group.add_argument(
+        "--id-column",
+        metavar="COLUMN",
+        help="the --design table's column of participant ids (sub-01 "
+        "or 01), matched to the maps' sub-<label> (default: participant_id, when the table has it)",
+    )
+    group.add_argument(
+        "--drop-unmatched-rows",
+        action="store_true",
+        help="leave out the table's rows that match no map (a note names them) instead of refusing",
+    )
     group.add_argument("--paired", action="store_true", help="inputs are n maps of A then n maps of B: test A - B")
     group.add_argument("--contrast", action="append", default=[], metavar="NAME=EXPR", help="a contrast (repeatable)")
     group.add_argument("--con", metavar="FILE", help="FSL design.con (t contrasts)")
     group.add_argument("--fts", metavar="FILE", help="FSL design.fts (F tests of the .con contrasts)")
     group.add_argument("--grp", metavar="FILE", help="FSL design.grp: exchangeability blocks")
-    group.add_argument("--permute-blocks", action="store_true", help="shuffle whole blocks (equal sizes) instead of within blocks")
+    group.add_argument(
+        "--permute-blocks", action="store_true", help="shuffle whole blocks (equal sizes) instead of within blocks"
+    )
     group.add_argument("--mask", metavar="FILE", help="mask (default: voxels finite and non-zero in every map)")
-    group.add_argument("--permutations", type=int, default=0, metavar="N", help="shuffles, the identity included (default 0: parametric only)")
+    group.add_argument(
+        "--permutations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="shuffles, the identity included (default 0: parametric only)",
+    )
     group.add_argument("--seed", type=int, metavar="S", help="random seed for reproducible shuffles")
-    group.add_argument("--scheme", choices=["auto", "flip", "permute"], default="auto",
-                       help="sign-flip (one-sample, paired) or permute; auto picks sign-flips for a one-sample design")  # fmt: skip
+    group.add_argument(
+        "--scheme",
+        choices=["auto", "flip", "permute"],
+        default="auto",
+        help="sign-flip (one-sample, paired) or permute; auto picks sign-flips for a one-sample design",
+    )
     group.add_argument("--tfce", action="store_true", help="threshold-free cluster enhancement with FWE p-values")
-    group.add_argument("--tfce-E", type=float, metavar="E", help="TFCE extent exponent (default 0.5 volumes, 1 surfaces)")
+    group.add_argument(
+        "--tfce-E", type=float, metavar="E", help="TFCE extent exponent (default 0.5 volumes, 1 surfaces)"
+    )
     group.add_argument("--tfce-H", type=float, metavar="H", help="TFCE height exponent (default 2)")
-    group.add_argument("--cluster-threshold", type=float, metavar="T", help="cluster-forming threshold on the t (or F) statistic")
-    group.add_argument("--connectivity", type=int, choices=[6, 18, 26], default=6, help="voxel neighbours for clusters and TFCE")
-    group.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) of surface inputs, for clusters and TFCE")
-    group.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)")
-    group.add_argument("--scheduler", metavar="ADDRESS",
-                       help="run the fit and the shuffles on a Dask cluster, e.g. tcp://host:8786; without --permutations "
-                            "and --paired, the workers read Zarr, HDF5, .npy and uncompressed NIfTI inputs themselves "
-                            "(at the same paths)")  # fmt: skip
-    group.add_argument("--device", metavar="DEVICE", help="cuda or cuda:N: the fit and the shuffles on a GPU (CuPy or PyTorch)")
+    group.add_argument(
+        "--cluster-threshold", type=float, metavar="T", help="cluster-forming threshold on the t (or F) statistic"
+    )
+    group.add_argument(
+        "--connectivity", type=int, choices=[6, 18, 26], default=6, help="voxel neighbours for clusters and TFCE"
+    )
+    group.add_argument(
+        "--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) of surface inputs, for clusters and TFCE"
+    )
+    group.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)"
+    )
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the fit and the shuffles on a Dask cluster, e.g. tcp://host:8786; without --permutations "
+        "and --paired, the workers read Zarr, HDF5, .npy and uncompressed NIfTI inputs themselves "
+        "(at the same paths)",
+    )
+    group.add_argument(
+        "--device", metavar="DEVICE", help="cuda or cuda:N: the fit and the shuffles on a GPU (CuPy or PyTorch)"
+    )
     _common(group)
 
-    report = sub.add_parser("report", help="write report.html for a finished output folder (no refitting)",
-                            epilog=EXAMPLES_REPORT, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    report = sub.add_parser(
+        "report",
+        help="write report.html for a finished output folder (no refitting)",
+        epilog=EXAMPLES_REPORT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     report.add_argument("folder", metavar="OUTDIR", help="output folder of voxfit fit or voxfit group")
-    report.add_argument("--background", metavar="FILE", help="anatomical image under volume maps (default: the run's mean image)")
+    report.add_argument(
+        "--background", metavar="FILE", help="anatomical image under volume maps (default: the run's mean image)"
+    )
     report.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) to draw surface maps on")
-    report.add_argument("--p-threshold", type=float, metavar="P", help="show elements at this uncorrected one-sided p instead")
-    report.add_argument("--max-memory", metavar="SIZE", help="bound on the whole process, e.g. 2G: a report it cannot "
-                        "hold is refused before the maps are read, naming the size that would")  # fmt: skip
+    report.add_argument(
+        "--p-threshold", type=float, metavar="P", help="show elements at this uncorrected one-sided p instead"
+    )
+    report.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="bound on the whole process, e.g. 2G: a report it cannot "
+        "hold is refused before the maps are read, naming the size that would",
+    )
     _flags(report, "replace an existing report.html")
 
     demo = sub.add_parser("demo", help="fit a synthetic fMRI run with known activations (no download)")
-    demo.add_argument("-o", "--output", default="voxfit-demo", metavar="DIR", help="output folder (default: ./voxfit-demo)")
+    demo.add_argument(
+        "-o", "--output", default="voxfit-demo", metavar="DIR", help="output folder (default: ./voxfit-demo)"
+    )
     _common(demo)
     return parser
 
 
-DESIGN_DEFAULTS = {"hrf": "spm", "drift": "cosine", "high_pass": "128", "drift_order": 1, "fir_delays": 1,
-                   "convolution": "spm", "units": "secs", "modulators": None}  # fmt: skip
+DESIGN_DEFAULTS = {
+    "hrf": "spm",
+    "drift": "cosine",
+    "high_pass": "128",
+    "drift_order": 1,
+    "fir_delays": 1,
+    "convolution": "spm",
+    "units": "secs",
+    "modulators": None,
+}
 
 
 def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
@@ -284,29 +415,55 @@ def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
     g.add_argument("--tr", type=float, required=events_needed, metavar="SECONDS", help="repetition time")
     g.add_argument("--hrf", choices=list(HRF_MODELS_CLI), help="HRF model (default: spm)")
     g.add_argument("--drift", choices=["cosine", "polynomial", "none"], help="drift model (default: cosine)")
-    g.add_argument("--high-pass", metavar="CUTOFF", help="cosine cutoff: seconds (default 128, SPM) or Hz (0.008Hz, nilearn)")
+    g.add_argument(
+        "--high-pass", metavar="CUTOFF", help="cosine cutoff: seconds (default 128, SPM) or Hz (0.008Hz, nilearn)"
+    )
     g.add_argument("--drift-order", type=int, metavar="K", help="polynomial drift order (default 1)")
-    g.add_argument("--convolution", choices=["spm", "nilearn"],
-                   help="events to regressors on SPM's microtime grid (default) or as nilearn does")
+    g.add_argument(
+        "--convolution",
+        choices=["spm", "nilearn"],
+        help="events to regressors on SPM's microtime grid (default) or as nilearn does",
+    )
     g.add_argument("--microtime-resolution", type=int, metavar="T", help="SPM's fMRI_T (default 16)")
     t0 = g.add_mutually_exclusive_group()
-    t0.add_argument("--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default T/2: 8, SPM12's)")
+    t0.add_argument(
+        "--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default T/2: 8, SPM12's)"
+    )
     t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref, a fraction of the TR")
     g.add_argument("--fir-delays", type=int, metavar="K", help="with --hrf fir: number of one-TR windows (default 1)")
-    g.add_argument("--units", choices=["secs", "scans"],
-                   help="unit of the events' onsets and durations (SPM's UNITS): secs (default, BIDS) or scans "
-                        "(onsets are 0-based scan indices, onset x TR seconds)")  # fmt: skip
-    g.add_argument("--modulators", metavar="LIST",
-                   help='SPM parametric modulators: numeric events columns with polynomial orders, e.g. '
-                        '"rt:1,difficulty:2"; columns <trial_type>x<column>^<order> (the modulation column stays '
-                        "an amplitude unless listed here)")  # fmt: skip
+    g.add_argument(
+        "--units",
+        choices=["secs", "scans"],
+        help="unit of the events' onsets and durations (SPM's UNITS): secs (default, BIDS) or scans "
+        "(onsets are 0-based scan indices, onset x TR seconds)",
+    )
+    g.add_argument(
+        "--modulators",
+        metavar="LIST",
+        help="SPM parametric modulators: numeric events columns with polynomial orders, e.g. "
+        '"rt:1,difficulty:2"; columns <trial_type>x<column>^<order> (the modulation column stays '
+        "an amplitude unless listed here)",
+    )
     g.add_argument("--confounds", nargs="+", metavar="FILE", help="fMRIPrep-style confounds TSV (one per run)")
     g.add_argument("--confounds-columns", metavar="LIST", help='columns by names or patterns, e.g. "trans_*,rot_*"')
 
 
-_DESIGN_OPTIONS = ("tr", "hrf", "drift", "high_pass", "drift_order", "microtime_resolution", "microtime_onset",
-                   "slice_time_ref", "fir_delays", "confounds", "confounds_columns", "convolution", "units",
-                   "modulators")  # fmt: skip
+_DESIGN_OPTIONS = (
+    "tr",
+    "hrf",
+    "drift",
+    "high_pass",
+    "drift_order",
+    "microtime_resolution",
+    "microtime_onset",
+    "slice_time_ref",
+    "fir_delays",
+    "confounds",
+    "confounds_columns",
+    "convolution",
+    "units",
+    "modulators",
+)
 
 
 def _refuse_design_options_with_a_design(args) -> None:
@@ -324,24 +481,36 @@ def _make_design(args, n_scans: int, run: int = 0):
     confounds = None
     if args.confounds:
         if not args.confounds_columns:
-            raise InputError("--confounds needs --confounds-columns (names or patterns, e.g. \"trans_*,rot_*\").")
+            raise InputError('--confounds needs --confounds-columns (names or patterns, e.g. "trans_*,rot_*").')
         confounds = read_confounds(args.confounds[run], args.confounds_columns, n_scans)
     elif args.confounds_columns:
         raise InputError("--confounds-columns needs --confounds FILE.")
     events = args.events[run] if isinstance(args.events, list) else args.events
     opts = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DESIGN_DEFAULTS.items()}
     design = make_design(
-        events, args.tr, n_scans, microtime_resolution=args.microtime_resolution,
-        microtime_onset=args.microtime_onset, slice_time_ref=args.slice_time_ref, confounds=confounds, **opts,
-    )  # fmt: skip
+        events,
+        args.tr,
+        n_scans,
+        microtime_resolution=args.microtime_resolution,
+        microtime_onset=args.microtime_onset,
+        slice_time_ref=args.slice_time_ref,
+        confounds=confounds,
+        **opts,
+    )
     summary = design.check()
     return design, summary
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--report", action="store_true", help="also write report.html (needs matplotlib: pip install 'voxfit[report]')")
-    p.add_argument("--max-memory", metavar="SIZE", help="bound on working memory, e.g. 500M or 2G; data over half "
-                   "of it are streamed (fits, parametric group models) and the whole process stays under it")
+    p.add_argument(
+        "--report", action="store_true", help="also write report.html (needs matplotlib: pip install 'voxfit[report]')"
+    )
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="bound on working memory, e.g. 500M or 2G; data over half "
+        "of it are streamed (fits, parametric group models) and the whole process stays under it",
+    )
     p.add_argument("--n-jobs", type=int, metavar="N", help="threads (default: all CPUs)")
     _flags(p, "write into a non-empty output folder, replacing same-named files")
 
@@ -418,8 +587,16 @@ def _check_matplotlib() -> None:
 
 def _run_report(args, progress) -> int:
     _check_matplotlib()
-    _write_report(args.folder, args.quiet, progress, background=args.background, mesh=args.mesh,
-                  p_threshold=args.p_threshold, force=args.force, max_memory=args.max_memory)  # fmt: skip
+    _write_report(
+        args.folder,
+        args.quiet,
+        progress,
+        background=args.background,
+        mesh=args.mesh,
+        p_threshold=args.p_threshold,
+        force=args.force,
+        max_memory=args.max_memory,
+    )
     return 0
 
 
@@ -437,8 +614,14 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     if args.command == "demo":  # heavy imports only once the command line is known to be valid
         from .models.demo import run_demo
 
-        _, result, lines = run_demo(args.output, force=args.force, progress=progress, max_memory=args.max_memory,
-                                    n_jobs=args.n_jobs, command=["voxfit", *argv])  # fmt: skip
+        _, result, lines = run_demo(
+            args.output,
+            force=args.force,
+            progress=progress,
+            max_memory=args.max_memory,
+            n_jobs=args.n_jobs,
+            command=["voxfit", *argv],
+        )
         if not args.quiet:
             print("\n".join(lines))
         return 0
@@ -471,8 +654,18 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     elif args.max_memory:  # data larger than the cap: one pass keeping per-voxel sums, nothing loaded here
         reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
         streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, args.max_memory)
-    loading = None if streaming is not False else _in_thread(load, args.inputs, args.mask, mask_threshold=threshold, progress=progress,
-                                                             scan_globals=args.scaling == "global")
+    loading = (
+        None
+        if streaming is not False
+        else _in_thread(
+            load,
+            args.inputs,
+            args.mask,
+            mask_threshold=threshold,
+            progress=progress,
+            scan_globals=args.scaling == "global",
+        )
+    )
     design = args.design[0] if args.design else None
     if args.events:
         from .io import open_reader
@@ -481,16 +674,32 @@ def _run_fit_group_demo(args, argv, progress) -> int:
     from .models import fit_images
 
     result = fit_images(
-        args.inputs, design, args.contrast, mask=args.mask, mask_threshold=threshold,
-        max_memory=args.max_memory, n_jobs=args.n_jobs, out_dir=args.output, force=args.force,
-        progress=progress, command=["voxfit", *argv], dataset=loading, noise=args.noise, nuisance=args.nuisance_columns,
-        scaling=args.scaling, streaming=streaming, scheduler=args.scheduler, device=args.device,
-    )  # fmt: skip
+        args.inputs,
+        design,
+        args.contrast,
+        mask=args.mask,
+        mask_threshold=threshold,
+        max_memory=args.max_memory,
+        n_jobs=args.n_jobs,
+        out_dir=args.output,
+        force=args.force,
+        progress=progress,
+        command=["voxfit", *argv],
+        dataset=loading,
+        noise=args.noise,
+        nuisance=args.nuisance_columns,
+        scaling=args.scaling,
+        streaming=streaming,
+        scheduler=args.scheduler,
+        device=args.device,
+    )
     if not args.quiet:
         fit = result.fit
-        print(f"fitted {fit.valid.size:,} voxels x {fit.design.n_scans} scans, {fit.design.n_columns} regressors "
-              f"(rank {fit.rank}, {fit.dof} dof); {len(result.contrasts)} contrast(s); "
-              f"{len(result.files)} files in {args.output}")  # fmt: skip
+        print(
+            f"fitted {fit.valid.size:,} voxels x {fit.design.n_scans} scans, {fit.design.n_columns} regressors "
+            f"(rank {fit.rank}, {fit.dof} dof); {len(result.contrasts)} contrast(s); "
+            f"{len(result.files)} files in {args.output}"
+        )
         if fit.n_invalid:
             print(f"{fit.n_invalid} voxel(s) had NaN or infinite values and are NaN in every map")
     return 0
@@ -505,8 +714,11 @@ def _warn_out_of_order(paths) -> None:
     keys = [natural_key(Path(p)) for p in paths]
     for a, b, ka, kb in zip(paths, paths[1:], keys, keys[1:]):
         if kb < ka:
-            warnings.warn(f"the scans are not in the order of their numbers ({Path(a).name} comes before "
-                          f"{Path(b).name}); they are fitted in the order given.", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"the scans are not in the order of their numbers ({Path(a).name} comes before "
+                f"{Path(b).name}); they are fitted in the order given.",
+                stacklevel=2,
+            )
             return
 
 
@@ -517,9 +729,11 @@ def _run_runs(args, argv) -> int:
 
     sources = args.events or args.design
     if len(args.inputs) != len(sources):
-        raise InputError(f"{len(args.inputs)} inputs for {len(sources)} designs or events files; give one per run, "
-                         "each a 4-D file, a folder of 3-D scans, a quoted pattern such as 'run1/sw*.img', or a "
-                         ".txt list of scans.")  # fmt: skip
+        raise InputError(
+            f"{len(args.inputs)} inputs for {len(sources)} designs or events files; give one per run, "
+            "each a 4-D file, a folder of 3-D scans, a quoted pattern such as 'run1/sw*.img', or a "
+            ".txt list of scans."
+        )
     if args.confounds and len(args.confounds) != len(args.inputs):
         raise InputError(f"{len(args.confounds)} confounds files for {len(args.inputs)} runs; give one per run.")
     if args.events:
@@ -527,16 +741,26 @@ def _run_runs(args, argv) -> int:
     else:
         designs = list(args.design)
     result = fit_runs(
-        args.inputs, designs, args.contrast, mask=args.mask,
+        args.inputs,
+        designs,
+        args.contrast,
+        mask=args.mask,
         mask_threshold="auto" if args.mask_threshold is None else args.mask_threshold,
-        out_dir=args.output, force=args.force,
-        noise=args.noise, scaling=args.scaling, nuisance=args.nuisance_columns, max_memory=args.max_memory,
+        out_dir=args.output,
+        force=args.force,
+        noise=args.noise,
+        scaling=args.scaling,
+        nuisance=args.nuisance_columns,
+        max_memory=args.max_memory,
         n_jobs=args.n_jobs,
-        command=["voxfit", *argv], scheduler=args.scheduler,
-    )  # fmt: skip
+        command=["voxfit", *argv],
+        scheduler=args.scheduler,
+    )
     if not args.quiet:
-        print(f"fitted {len(args.inputs)} runs on {result.masker.n_voxels:,} voxels; {len(result.combined)} contrast(s) "
-              f"combined by fixed effects; {len(result.files)} files in {args.output}")  # fmt: skip
+        print(
+            f"fitted {len(args.inputs)} runs on {result.masker.n_voxels:,} voxels; {len(result.combined)} contrast(s) "
+            f"combined by fixed effects; {len(result.files)} files in {args.output}"
+        )
     return 0
 
 
@@ -548,24 +772,49 @@ def _run_group(args, argv, progress) -> int:
     if args.permute_blocks and not args.grp:
         raise InputError("--permute-blocks needs --grp FILE (the exchangeability blocks).")
     model = SecondLevel(
-        design=args.design, contrasts=args.contrast, two_sample=args.two_sample, id_column=args.id_column,
-        drop_unmatched_rows=args.drop_unmatched_rows, paired=args.paired, con=args.con,
-        fts=args.fts, grp=args.grp, whole_blocks=args.permute_blocks, mask=args.mask, permutations=args.permutations,
-        seed=args.seed, scheme=args.scheme, tfce=args.tfce, tfce_E=args.tfce_E, tfce_H=args.tfce_H,
-        cluster_threshold=args.cluster_threshold, connectivity=args.connectivity, mesh=args.mesh,
-        max_memory=args.max_memory, n_jobs=args.n_jobs,
-        scheduler=args.scheduler, device=args.device,
-    )  # fmt: skip
+        design=args.design,
+        contrasts=args.contrast,
+        two_sample=args.two_sample,
+        id_column=args.id_column,
+        drop_unmatched_rows=args.drop_unmatched_rows,
+        paired=args.paired,
+        con=args.con,
+        fts=args.fts,
+        grp=args.grp,
+        whole_blocks=args.permute_blocks,
+        mask=args.mask,
+        permutations=args.permutations,
+        seed=args.seed,
+        scheme=args.scheme,
+        tfce=args.tfce,
+        tfce_E=args.tfce_E,
+        tfce_H=args.tfce_H,
+        cluster_threshold=args.cluster_threshold,
+        connectivity=args.connectivity,
+        mesh=args.mesh,
+        max_memory=args.max_memory,
+        n_jobs=args.n_jobs,
+        scheduler=args.scheduler,
+        device=args.device,
+    )
     result = model.fit(args.inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
     if not args.quiet:
         for note in result.notes:
             print(f"voxfit: note: {note}", file=sys.stderr)
         n = result.X.shape[0]
         perm = next(iter(result.permutation.values()), None)
-        how = (f"{perm.n_shuffles} {'sign-flips' if perm.scheme == 'flip' else 'permutations'}"
-               + (" (all of them)" if perm.exhaustive else "")) if perm else "parametric only"  # fmt: skip
-        print(f"group model: {n} maps x {result.masker.n_voxels:,} voxels, columns {', '.join(result.names)}; "
-              f"{len(result.parametric)} contrast(s), {how}; {len(result.files)} files in {args.output}")  # fmt: skip
+        how = (
+            (
+                f"{perm.n_shuffles} {'sign-flips' if perm.scheme == 'flip' else 'permutations'}"
+                + (" (all of them)" if perm.exhaustive else "")
+            )
+            if perm
+            else "parametric only"
+        )
+        print(
+            f"group model: {n} maps x {result.masker.n_voxels:,} voxels, columns {', '.join(result.names)}; "
+            f"{len(result.parametric)} contrast(s), {how}; {len(result.files)} files in {args.output}"
+        )
     return 0
 
 
@@ -588,8 +837,10 @@ def _run_design(args) -> int:
     except OSError as exc:
         raise InputError(f"cannot write {out}: {exc.strerror or exc}.") from None
     if not args.quiet:
-        print(f"{out}: {args.n_scans} scans x {summary['n_columns']} columns ({', '.join(design.names)}); "
-              f"rank {summary['rank']}, condition number {summary['condition_number']:.3g}")  # fmt: skip
+        print(
+            f"{out}: {args.n_scans} scans x {summary['n_columns']} columns ({', '.join(design.names)}); "
+            f"rank {summary['rank']}, condition number {summary['condition_number']:.3g}"
+        )
     return 0
 
 

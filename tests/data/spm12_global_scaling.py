@@ -1,8 +1,8 @@
 """Makes tests/data/spm12_global_scaling.npz with spm12_global_scaling.m (see README.md in this folder).
 
-    python spm12_global_scaling.py make DIR   # DIR/scans/s00..s23.hdr/.img, DIR/X.bin, DIR/mask.bin
-    cd DIR && octave --no-gui -q /path/to/spm12_global_scaling.m   # DIR/out_g.bin, out_beta.bin, out_con.bin
-    python spm12_global_scaling.py pack DIR spm12_global_scaling.npz
+python spm12_global_scaling.py make DIR   # DIR/scans/s00..s23.hdr/.img, DIR/X.bin, DIR/mask.bin
+cd DIR && octave --no-gui -q /path/to/spm12_global_scaling.m   # DIR/out_g.bin, out_beta.bin, out_con.bin
+python spm12_global_scaling.py pack DIR spm12_global_scaling.npz
 """
 
 import sys
@@ -57,10 +57,19 @@ def pack(folder: Path, out: Path) -> None:
 
     betas = np.fromfile(folder / "out_beta.bin").reshape(index.size, 3).T
     con = np.fromfile(folder / "out_con.bin")
-    np.savez_compressed(out, raw=d["raw"], slopes=d["slopes"], inters=d["inters"], X=d["X"],
-                        names=np.array(["block", "trend", "constant"]), mask=mask, contrast=np.array([1.0, 0.5, 0.0]),
-                        globals=np.fromfile(folder / "out_g.bin"), betas=np.stack([volume(b) for b in betas]),
-                        con=volume(con))  # fmt: skip
+    np.savez_compressed(
+        out,
+        raw=d["raw"],
+        slopes=d["slopes"],
+        inters=d["inters"],
+        X=d["X"],
+        names=np.array(["block", "trend", "constant"]),
+        mask=mask,
+        contrast=np.array([1.0, 0.5, 0.0]),
+        globals=np.fromfile(folder / "out_g.bin"),
+        betas=np.stack([volume(b) for b in betas]),
+        con=volume(con),
+    )
 
 
 if __name__ == "__main__":

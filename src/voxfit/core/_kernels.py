@@ -12,8 +12,15 @@ from __future__ import annotations
 import functools
 import threading
 
-__all__ = ["compile_kernels", "hermite_z", "hermite_z_numpy", "kernels_loaded", "shift_and_square",
-           "shift_and_square_numpy", "use_compiled"]
+__all__ = [
+    "compile_kernels",
+    "hermite_z",
+    "hermite_z_numpy",
+    "kernels_loaded",
+    "shift_and_square",
+    "shift_and_square_numpy",
+    "use_compiled",
+]
 
 
 # the compiled kernels pay for their ~0.6 s of loading on data of this many elements (n_scans x n_voxels)

@@ -288,6 +288,7 @@ class ARBlock:
             S[k] = a[k] + 2.0 * pairs[k] + np.einsum("mv,mv->v", a[1 : k + 1], a[k - 1 :: -1][:k])
         return tail, S
 
+
 def _band_and_corners(phi: NDArray, L_inv: NDArray):
     """For each voxel: alpha (v, p+1) of the band of W'W, and the corrections (v, p, p) of its top-left
     corner (rows 0..p-1) and bottom-right corner (rows n-1, n-2, ..)."""
@@ -324,8 +325,9 @@ def _cholesky_solve(A: NDArray, B: NDArray) -> NDArray:
 
 
 def _solve_ar1(block: ARBlock, alpha: NDArray, c_top: NDArray, c_bottom: NDArray, B: NDArray) -> NDArray:
-    """``gram^-1 B`` (B (r, k, v), its columns after the first the same for every voxel) for AR(1), gram = U (alpha_0 + alpha_1 eig) U' + E C E' (E the first and last rows of Q,
-    C their corner weights), by the Woodbury identity in U's basis: O(r) per voxel instead of O(r^3)."""
+    """``gram^-1 B`` (B (r, k, v), its columns after the first the same for every voxel) for AR(1),
+    gram = U (alpha_0 + alpha_1 eig) U' + E C E' (E the first and last rows of Q, C their corner weights),
+    by the Woodbury identity in U's basis: O(r) per voxel instead of O(r^3)."""
     r, k, v = B.shape
     d_inv = 1.0 / (alpha[:, 0] + np.multiply.outer(block.eig, alpha[:, 1]))  # (r, v)
     C = np.stack([c_top[:, 0, 0], c_bottom[:, 0, 0]])  # (2, v)
@@ -424,8 +426,14 @@ def efficiency_loss(block: ARBlock, phi: NDArray, phi_cov: NDArray, coefs: NDArr
     p = phi.shape[1]
     step = max(1, (1 << 17) // (p * p * q * q + p * q * r + q * q))  # voxels at a time: work arrays of ~8 MiB
     if v > step:
-        return np.concatenate([efficiency_loss(block, phi[a : a + step], phi_cov[a : a + step], coefs[a : a + step],
-                                               U[:, :, a : a + step]) for a in range(0, v, step)])  # fmt: skip
+        return np.concatenate(
+            [
+                efficiency_loss(
+                    block, phi[a : a + step], phi_cov[a : a + step], coefs[a : a + step], U[:, :, a : a + step]
+                )
+                for a in range(0, v, step)
+            ]
+        )
     n = block.design.n_scans
     quad = np.zeros((v, p, p, q, q))  # sum_w c |A|^2 d_j d_k Re(z_a* z_b) / n
     proj = np.zeros((v, p, q, r))  # P_j u_a
@@ -438,8 +446,9 @@ def efficiency_loss(block: ARBlock, phi: NDArray, phi_cov: NDArray, coefs: NDArr
         f = qf.shape[0]
         cross = np.real(np.conj(zu)[:, :, None, :] * zu[:, None, :, :]).reshape(v, q * q, f)
         dw = d * (inv_f * c)[:, None, :]  # (v, p, f)
-        quad += np.matmul((dw[:, :, None, :] * d[:, None, :, :]).reshape(v, p * p, f),
-                          cross.transpose(0, 2, 1)).reshape(v, p, p, q, q)
+        quad += np.matmul(
+            (dw[:, :, None, :] * d[:, None, :, :]).reshape(v, p * p, f), cross.transpose(0, 2, 1)
+        ).reshape(v, p, p, q, q)
         proj -= np.real(np.matmul(dw[:, :, None, :] * zu[:, None, :, :], np.conj(qf)))  # (v, p, q, r)
     with np.errstate(invalid="ignore", divide="ignore"):
         gram = (block.gram_terms.T @ coefs.T).reshape(r, r, v)
@@ -543,7 +552,12 @@ def ar1_estimation_terms(block: ARBlock, phi: NDArray, wqs: list[NDArray]) -> li
     i = np.clip(np.floor(np.where(inside, x, 1.0)).astype(np.intp), 1, AR1_TABLE_NODES - 3)
     s = np.where(inside, x, 1.0) - i
     inside &= regular[i - 1] & regular[i] & regular[i + 1] & regular[i + 2]
-    weights = [-s * (s - 1) * (s - 2) / 6, (s + 1) * (s - 1) * (s - 2) / 2, -(s + 1) * s * (s - 2) / 2, (s + 1) * s * (s - 1) / 6]
+    weights = [
+        -s * (s - 1) * (s - 2) / 6,
+        (s + 1) * (s - 1) * (s - 2) / 2,
+        -(s + 1) * s * (s - 2) / 2,
+        (s + 1) * s * (s - 1) / 6,
+    ]
     out = sum(w[:, None] * values[i + k - 1] for k, w in enumerate(weights))
     if not inside.all():
         idx = np.flatnonzero(~inside)
@@ -623,7 +637,11 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     cy_top = np.einsum("vab,bv->av", c_top, y_top)
     cy_bottom = np.einsum("vab,bv->av", c_bottom, y_bottom)
     rhs = np.einsum("vk,kiv->iv", alpha, lagged) + block.top.T @ cy_top + block.bottom.T @ cy_bottom  # Q'W'Wy
-    wyy = np.einsum("vk,kv->v", alpha, ys) + np.einsum("av,av->v", y_top, cy_top) + np.einsum("av,av->v", y_bottom, cy_bottom)
+    wyy = (
+        np.einsum("vk,kv->v", alpha, ys)
+        + np.einsum("av,av->v", y_top, cy_top)
+        + np.einsum("av,av->v", y_bottom, cy_bottom)
+    )
     wqs = [w @ design.basis_pinv for w in weights]  # contrasts in basis coordinates, (q, r) each
     rhs_all = np.concatenate([rhs[:, None, :]] + [np.repeat(wq.T[:, :, None], v, axis=2) for wq in wqs], axis=1)
     coefs = np.concatenate([alpha, c_top.reshape(v, -1), c_bottom.reshape(v, -1)], axis=1)

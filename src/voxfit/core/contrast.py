@@ -114,7 +114,9 @@ def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[ND
     try:
         w = np.array(contrast, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ContrastError(f"`contrast` must be numeric weights or an expression over column names; got {contrast!r}.") from None
+        raise ContrastError(
+            f"`contrast` must be numeric weights or an expression over column names; got {contrast!r}."
+        ) from None
     label = np.array2string(w, separator=", ", precision=4, suppress_small=True).replace("\n", "")
     if w.ndim == 1:
         w = w[None, :]
@@ -174,8 +176,10 @@ def _check_estimable(w: NDArray, label: str, design: DesignFactor) -> None:
     ws = _scaled_rows(w, design)  # weights on the scaled betas
     overlap = ws @ null
     if not np.isfinite(overlap).all():  # never decide estimability from NaN
-        raise ContrastError(f"contrast {_short(label)!r}: its estimability cannot be computed (non-finite weights on "
-                            "the scaled design); rescale the design columns and the weights to ordinary sizes.")
+        raise ContrastError(
+            f"contrast {_short(label)!r}: its estimability cannot be computed (non-finite weights on "
+            "the scaled design); rescale the design columns and the weights to ordinary sizes."
+        )
     leak = np.abs(overlap).max(axis=1) > _ESTIMABLE_RTOL * np.linalg.norm(ws, axis=1)
     if leak.any():
         touched = null[:, np.abs(ws[leak] @ null).max(axis=0) > _ESTIMABLE_RTOL * np.abs(ws[leak]).max()]
@@ -230,8 +234,15 @@ def compute_contrast(
     return _freeze(Stats(label, "F", w, effect, variance, stat, z, (float(df1), float(dof)), m, residual_variance))
 
 
-def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable: NDArray, dof: float,
-            scale: NDArray | None = None) -> Stats:
+def f_stats(
+    label: str,
+    w: NDArray,
+    effect: NDArray,
+    covariance: NDArray,
+    usable: NDArray,
+    dof: float,
+    scale: NDArray | None = None,
+) -> Stats:
     """An F contrast's Stats from its effects (q, V) and covariance matrices ``scale * covariance`` (V, q, q).
 
     ``F = e' C^+ e / df1`` with ``df1`` the rank of the covariance (redundant rows do no harm); NaN where not
@@ -264,8 +275,9 @@ def f_stats(label: str, w: NDArray, effect: NDArray, covariance: NDArray, usable
     return _freeze(Stats(label, "F", w, effect, variance, F, z, (float(df1), dof), unscaled, scale))
 
 
-def t_stats(label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float,
-            stat: NDArray | None = None) -> Stats:
+def t_stats(
+    label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float, stat: NDArray | None = None
+) -> Stats:
     """A t contrast's Stats from its effect and variance at every voxel (NaN where not `usable`); `stat`, when
     given, is the t computed by the caller from a rescaled row (same value, no overflow)."""
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -122,7 +122,9 @@ def _log_gamma_ratio_half(a: float) -> float:
     if a < 10.0:
         return float(sc.gammaln(a + 0.5) - sc.gammaln(a))
     b = a + 0.5
-    stirling = sum(c * (b ** -(2 * k - 1) - a ** -(2 * k - 1)) for k, c in enumerate((1 / 12, -1 / 360, 1 / 1260, -1 / 1680), 1))
+    stirling = sum(
+        c * (b ** -(2 * k - 1) - a ** -(2 * k - 1)) for k, c in enumerate((1 / 12, -1 / 360, 1 / 1260, -1 / 1680), 1)
+    )
     return 0.5 * math.log(a) + (a * math.log1p(0.5 / a) - 0.5) + stirling
 
 

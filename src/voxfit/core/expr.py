@@ -46,7 +46,9 @@ def _tokenize(text: str) -> list[tuple[str, str | float, int]]:
             break
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise ContrastError(f"cannot read contrast {text!r}: unexpected {text[pos:].strip()[:10]!r} at position {pos}.")
+            raise ContrastError(
+                f"cannot read contrast {text!r}: unexpected {text[pos:].strip()[:10]!r} at position {pos}."
+            )
         kind = m.lastgroup
         value = float(m.group(kind)) if kind == "number" else m.group(kind)
         tokens.append(("name" if kind == "quoted" else kind, value, m.start(kind)))
@@ -89,8 +91,10 @@ class _Parser:
         start = self.peek()[2]
         const, coefs = self.sum()
         if not (np.isfinite(const) and all(np.isfinite(v) for v in coefs.values())):
-            raise self.error(f"a weight in the row starting at position {start} overflows (beyond 1.8e308); "
-                             "use weights of ordinary size (a t or F statistic does not depend on the scale of a row)")
+            raise self.error(
+                f"a weight in the row starting at position {start} overflows (beyond 1.8e308); "
+                "use weights of ordinary size (a t or F statistic does not depend on the scale of a row)"
+            )
         if const != 0:
             raise self.error("a bare number is not a contrast weight; write it as a multiple of a column (e.g. 2*A)")
         coefs = {k: v for k, v in coefs.items() if v != 0}
@@ -144,14 +148,19 @@ class _Parser:
         if kind == "name":
             if value not in self.names:
                 close = difflib.get_close_matches(value, self.names, n=3)
-                hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"columns are {', '.join(self.names)}"
+                hint = (
+                    f"did you mean {' or '.join(map(repr, close))}?"
+                    if close
+                    else f"columns are {', '.join(self.names)}"
+                )
                 raise self.error(f"unknown column {value!r} ({hint})")
             return 0.0, {value: 1.0}
         if value == "(":
             self.depth += 1
             if self.depth > MAX_NESTING:
-                raise self.error(f"parentheses are nested more than {MAX_NESTING} deep (at position {pos}); "
-                                 "simplify the expression")
+                raise self.error(
+                    f"parentheses are nested more than {MAX_NESTING} deep (at position {pos}); simplify the expression"
+                )
             inner = self.sum()
             self.depth -= 1
             if self.take()[1] != ")":
@@ -169,14 +178,18 @@ def parse_contrast(text: str, names: tuple[str, ...]) -> NDArray[np.float64]:
     if not text.strip():
         raise ContrastError("cannot read contrast '': it is empty; write e.g. 'A - B'.")
     if len(text) > MAX_EXPRESSION_LENGTH:
-        raise ContrastError(f"contrast expression of {len(text):,} characters ({text[:20]!r}...) is longer than the "
-                            f"limit of {MAX_EXPRESSION_LENGTH:,}; give the weights as numbers (e.g. an FSL .con file).")
+        raise ContrastError(
+            f"contrast expression of {len(text):,} characters ({text[:20]!r}...) is longer than the "
+            f"limit of {MAX_EXPRESSION_LENGTH:,}; give the weights as numbers (e.g. an FSL .con file)."
+        )
     rows = _Parser(text, tuple(names)).rows()
     if len(rows) > len(names):
         shown = text[:40] + ("..." if len(text) > 40 else "")
         columns = f"{len(names)} column{'s' * (len(names) != 1)}"
-        raise ContrastError(f"contrast {shown!r} has {len(rows):,} rows but the design has only {columns}; an F "
-                            "contrast tests at most one row per column (drop the redundant rows).")
+        raise ContrastError(
+            f"contrast {shown!r} has {len(rows):,} rows but the design has only {columns}; an F "
+            "contrast tests at most one row per column (drop the redundant rows)."
+        )
     out = np.zeros((len(rows), len(names)))
     index = {name: j for j, name in enumerate(names)}
     for r, coefs in enumerate(rows):

@@ -133,12 +133,21 @@ class BlockFitter:
         offset = np.empty(v, dtype=self.wdt)
         ssq = np.empty(v)
         # the kernel reads numpy arrays as they are; other dtypes and array-likes are converted tile by tile
-        direct = (isinstance(Y, np.ndarray) and Y.dtype.isnative and Y.dtype.kind in "iuf"
-                  and Y.dtype != np.float16 and Y.dtype.itemsize <= 8)  # fmt: skip
+        direct = (
+            isinstance(Y, np.ndarray)
+            and Y.dtype.isnative
+            and Y.dtype.kind in "iuf"
+            and Y.dtype != np.float16
+            and Y.dtype.itemsize <= 8
+        )
         for a in range(0, v, self.tile):
             b = min(v, a + self.tile)
             buf = self._flat[: n * (b - a)].reshape(n, b - a)  # C-contiguous even for a partial tile
-            src, lo, hi = (Y, start + a, start + b) if direct else (np.asarray(Y[:, start + a : start + b], dtype=self.wdt), 0, b - a)
+            src, lo, hi = (
+                (Y, start + a, start + b)
+                if direct
+                else (np.asarray(Y[:, start + a : start + b], dtype=self.wdt), 0, b - a)
+            )
             if self.compiled:
                 shift_and_square(src, lo, hi, self.rows, buf, offset[a:b], ssq[a:b])
             else:

@@ -50,8 +50,15 @@ def _regularised_step(J: NDArray, g: NDArray, t: float) -> NDArray[np.float64]:
     return linalg.expm(A)[1:, 0]
 
 
-def reml(YY: NDArray, X: NDArray, Q: list[NDArray], *, max_iter: int = 32, t: float = 4.0,
-         prior_precision: float = np.exp(-8.0)) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:  # fmt: skip
+def reml(
+    YY: NDArray,
+    X: NDArray,
+    Q: list[NDArray],
+    *,
+    max_iter: int = 32,
+    t: float = 4.0,
+    prior_precision: float = np.exp(-8.0),
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:
     """ReML weights h of covariance components: ``V = sum_i h_i Q_i`` for the sample covariance `YY`
     (n x n, one sample) of data with fixed effects `X`. Returns ``(V, h, iterations)``.
 

@@ -15,7 +15,23 @@ from .read import read_design, write_design
 from .vest import read_contrasts, read_ftests, read_groups, read_vest, write_vest
 
 __all__ = [
-    "Design", "HRF_MODELS", "basis_set", "cosine_drift", "make_design", "parse_high_pass", "parse_modulators",
-    "polynomial_drift", "read_confounds", "read_contrasts", "read_design", "read_events", "read_ftests",
-    "read_groups", "read_vest", "spm_hrf", "spm_orth", "write_design", "write_vest",
-]  # fmt: skip
+    "Design",
+    "HRF_MODELS",
+    "basis_set",
+    "cosine_drift",
+    "make_design",
+    "parse_high_pass",
+    "parse_modulators",
+    "polynomial_drift",
+    "read_confounds",
+    "read_contrasts",
+    "read_design",
+    "read_events",
+    "read_ftests",
+    "read_groups",
+    "read_vest",
+    "spm_hrf",
+    "spm_orth",
+    "write_design",
+    "write_vest",
+]

@@ -7,7 +7,8 @@ rounding, half away from zero; a 32-bin lead-in), with height 1, or ``1 / dt`` w
 condition has zero duration; the stimulus function is convolved with the basis set and read out at bin
 ``(i * T + T0 + 32)`` for scan i, T0 being SPM's fMRI_T0 (1-based: T0 = 1 reads at the start of each scan,
 T0 = T/2 + 1 in its middle); a trial type's columns are then orthogonalised in order (spm_orth), so a
-derivative is orthogonal to its HRF regressor at the scan times. nilearn's ``slice_time_ref`` s is the same as ``T0 = 1 + s * T``.
+derivative is orthogonal to its HRF regressor at the scan times.
+nilearn's ``slice_time_ref`` s is the same as ``T0 = 1 + s * T``.
 
 Parametric modulators are SPM's (spm_get_ons.m, spm_fMRI_design.m): a condition with modulator values P and
 polynomial order h has the event-by-event inputs ``[1, P, P^2, ..., P^h]`` (one row per event, several
@@ -58,7 +59,7 @@ __all__ = [
     "read_confounds",
     "read_events",
     "variance_inflation",
-]  # fmt: skip
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,8 +154,10 @@ def polynomial_drift(n_scans: int, order: int) -> NDArray[np.float64]:
     return spm_orth(np.vander(t, order + 1, increasing=True))[:, 1:]
 
 
-_EVENTS_EXPECTED = ("voxfit reads a BIDS events file: tab-separated text with a header line naming onset and duration "
-                    "(and optionally trial_type, modulation and numeric modulator columns), one event a line")
+_EVENTS_EXPECTED = (
+    "voxfit reads a BIDS events file: tab-separated text with a header line naming onset and duration "
+    "(and optionally trial_type, modulation and numeric modulator columns), one event a line"
+)
 _RESERVED = ("onset", "duration", "trial_type")
 
 
@@ -181,8 +184,10 @@ def parse_modulators(value) -> dict[str, int]:
         except (TypeError, ValueError):
             k = None
         if not isinstance(name, str) or not name or k is None or k < 1:
-            raise InputError(f"`modulators` must name events columns with polynomial orders 1, 2, ..., as "
-                             f"\"rt:1,difficulty:2\"; got {name!s}:{order!s}.")  # fmt: skip
+            raise InputError(
+                f"`modulators` must name events columns with polynomial orders 1, 2, ..., as "
+                f'"rt:1,difficulty:2"; got {name!s}:{order!s}.'
+            )
         if name in _RESERVED:
             raise InputError(f"`modulators`: {name!r} is an events column of its own, not a modulator.")
         if name in out:
@@ -226,8 +231,10 @@ def _tsv_file(path: Path, what: str, expected: str) -> tuple[list[str], list[lis
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start + 1}: a binary file, or a table saved "
-                         f"in another encoding?); {expected}.") from None  # fmt: skip
+        raise InputError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start + 1}: a binary file, or a table saved "
+            f"in another encoding?); {expected}."
+        ) from None
     try:
         rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t") if r]
     except csv.Error as exc:
@@ -240,8 +247,10 @@ def _tsv_file(path: Path, what: str, expected: str) -> tuple[list[str], list[lis
     return header, rows[1:]
 
 
-_CONFOUNDS_EXPECTED = ("voxfit reads an fMRIPrep-style confounds file: tab-separated text with a header line of "
-                       "column names and one row per scan")  # fmt: skip
+_CONFOUNDS_EXPECTED = (
+    "voxfit reads an fMRIPrep-style confounds file: tab-separated text with a header line of "
+    "column names and one row per scan"
+)
 
 
 def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
@@ -267,7 +276,9 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
             raise InputError(f"{where} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")
     for name in wanted:
         if name not in header:
-            close = [h for h in header if h.lower() == name.lower()] or difflib.get_close_matches(name, header, n=3, cutoff=0.6)
+            close = [h for h in header if h.lower() == name.lower()] or difflib.get_close_matches(
+                name, header, n=3, cutoff=0.6
+            )
             hint = f"; similar columns: {', '.join(close)}" if close else f" (columns: {', '.join(header)})"
             raise InputError(f"{where} has no column {name!r} for the modulator{hint}.")
     col = {name: i for i, name in enumerate(header)}
@@ -331,8 +342,9 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
     elif isinstance(columns, (list, tuple)) and all(isinstance(c, str) for c in columns):
         patterns = [p.strip() for p in columns if p.strip()]
     else:
-        raise InputError("`confounds_columns` must be names or patterns (a string or a list of strings); got "
-                         f"{type_name(columns)}.")  # fmt: skip
+        raise InputError(
+            f"`confounds_columns` must be names or patterns (a string or a list of strings); got {type_name(columns)}."
+        )
     chosen: list[str] = []
     for pattern in patterns:
         hits = [h for h in header if fnmatch.fnmatchcase(h, pattern)]
@@ -351,8 +363,9 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
             cell = row[c] if c < len(row) else ""
             if isinstance(cell, str) and cell.strip().lower() in ("n/a", "na", "nan", ""):
                 if not leading:
-                    raise InputError(f"{where}: column {name!r} has a missing value at row {i + 1}; only leading n/a "
-                                     "are allowed.")  # fmt: skip
+                    raise InputError(
+                        f"{where}: column {name!r} has a missing value at row {i + 1}; only leading n/a are allowed."
+                    )
                 X[i, j] = 0.0
                 continue
             leading = False
@@ -388,7 +401,9 @@ def _check_events(events: dict, modulators=()) -> dict:
                 except (TypeError, ValueError):
                     raise InputError(f"events of {name!r}: modulator {mod!r} must be numbers.") from None
                 if values.shape != onset.shape or np.isinf(values).any():
-                    raise InputError(f"events of {name!r}: modulator {mod!r} needs one finite value (or NaN) per event.")
+                    raise InputError(
+                        f"events of {name!r}: modulator {mod!r} needs one finite value (or NaN) per event."
+                    )
                 checked[str(name)][mod] = values
         if "modulation" not in modulators and not np.isfinite(modulation).all():
             raise InputError(f"events of {name!r}: modulations must be finite numbers.")
@@ -411,8 +426,10 @@ def _parametric(conditions: dict, modulators: dict[str, int]) -> dict:
             if values is None or np.isnan(values).all():
                 continue
             if np.isnan(values).any():
-                raise InputError(f"events of {name!r}: modulator {mod!r} has values for {int(np.isfinite(values).sum())} of "
-                                 f"{values.size} events; give it for every event of the condition, or for none (n/a).")  # fmt: skip
+                raise InputError(
+                    f"events of {name!r}: modulator {mod!r} has values for {int(np.isfinite(values).sum())} of "
+                    f"{values.size} events; give it for every event of the condition, or for none (n/a)."
+                )
             found[mod] = True
             for j in range(1, order + 1):
                 columns.append(values**j)
@@ -421,18 +438,28 @@ def _parametric(conditions: dict, modulators: dict[str, int]) -> dict:
             out[name] = ((np.ones_like(ev["onset"]) if "modulation" in modulators else ev["modulation"])[:, None], [""])
             continue
         if "modulation" not in modulators and (ev["modulation"] != 1).any():
-            raise InputError(f"events of {name!r}: a modulation column (amplitudes, nilearn's) and parametric modulators "
-                             "(SPM's) cannot be combined; use one, or name modulation as a modulator.")  # fmt: skip
+            raise InputError(
+                f"events of {name!r}: a modulation column (amplitudes, nilearn's) and parametric modulators "
+                "(SPM's) cannot be combined; use one, or name modulation as a modulator."
+            )
         u = spm_orth(np.column_stack([np.ones(ev["onset"].size), *columns]))
         for j, suffix in enumerate(suffixes, start=1):
             if not np.any(u[:, j]):
                 mod, _, order = suffix[1:].rpartition("^")
-                why = ("is the same for every event" if order == "1"
-                       else f"to the power {order} is a combination of its lower powers")  # fmt: skip
-                fix = ("give n/a for every event of this condition (no modulator there) or drop the modulator"
-                       if order == "1" else f"use order {int(order) - 1}")  # fmt: skip
-                raise InputError(f"events of {name!r}: modulator {mod!r} {why} ({len(set(ev[mod].tolist()))} distinct "
-                                 f"values), so its column {name}{suffix} would be empty; {fix}.")  # fmt: skip
+                why = (
+                    "is the same for every event"
+                    if order == "1"
+                    else f"to the power {order} is a combination of its lower powers"
+                )
+                fix = (
+                    "give n/a for every event of this condition (no modulator there) or drop the modulator"
+                    if order == "1"
+                    else f"use order {int(order) - 1}"
+                )
+                raise InputError(
+                    f"events of {name!r}: modulator {mod!r} {why} ({len(set(ev[mod].tolist()))} distinct "
+                    f"values), so its column {name}{suffix} would be empty; {fix}."
+                )
         out[name] = (u, ["", *suffixes])
     missing = [mod for mod, seen in found.items() if not seen]
     if missing:
@@ -446,11 +473,17 @@ def _check_timing(conditions: dict, run_end: float, n_scans: int, tr: float) -> 
         late = int(np.count_nonzero(ev["onset"] >= run_end))
         where = f"the end of the run ({n_scans} scans x {tr:g} s = {run_end:g} s)"
         if late == ev["onset"].size:
-            raise InputError(f"every event of {name!r} starts at or after {where}, so its regressor would be empty; "
-                             "check the events file belongs to this run, and the units of its onsets (--units).")  # fmt: skip
+            raise InputError(
+                f"every event of {name!r} starts at or after {where}, so its regressor would be empty; "
+                "check the events file belongs to this run, and the units of its onsets (--units)."
+            )
         if late:
-            warnings.warn(f"{late} of {ev['onset'].size} events of {name!r} start at or after {where}; they are left "
-                          "out of the design.", DesignWarning, stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"{late} of {ev['onset'].size} events of {name!r} start at or after {where}; they are left "
+                "out of the design.",
+                DesignWarning,
+                stacklevel=3,
+            )
 
 
 def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[np.float64]:
@@ -485,9 +518,13 @@ def _check_design_memory(conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_
     nbytes = 8 * (kernel * n_basis + 2 * (grid + kernel) + grid * n_inputs + 2 * n_scans * n_columns)
     if spm_grid and hrf != "fir":  # spm_hrf's fine grid: a few float64 temporaries of 32 T^2 / tr points
         nbytes = max(nbytes, 8 * 5 * (32.0 * T * T / tr + 1))
-    check_memory(nbytes, f"the design ({n_scans:,} scans x {n_columns:,} columns at most, TR {tr:g} s, "
-                 f"{T} microtime bins a scan, {n_basis} basis function(s))", None,
-                 "Check the number of scans, the TR, the microtime resolution and the FIR delays.")  # fmt: skip
+    check_memory(
+        nbytes,
+        f"the design ({n_scans:,} scans x {n_columns:,} columns at most, TR {tr:g} s, "
+        f"{T} microtime bins a scan, {n_basis} basis function(s))",
+        None,
+        "Check the number of scans, the TR, the microtime resolution and the FIR delays.",
+    )
 
 
 def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: str, T: int, T0: int, fir_delays: int):
@@ -501,8 +538,9 @@ def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: s
     for name, ev in conditions.items():
         u, input_names = inputs[name]
         sf = _stimulus(ev["onset"], ev["duration"], u, dt, n_bins)
-        sampled = np.column_stack([np.convolve(sf[:, k], bf[:, b])[:n_bins][readout]
-                                   for k in range(sf.shape[1]) for b in range(bf.shape[1])])  # fmt: skip
+        sampled = np.column_stack(
+            [np.convolve(sf[:, k], bf[:, b])[:n_bins][readout] for k in range(sf.shape[1]) for b in range(bf.shape[1])]
+        )
         labels = [(k, b) for k in range(sf.shape[1]) for b in range(bf.shape[1])]
         for (k, b), col in zip(labels, spm_orth(sampled).T):  # within trial type, all inputs together, as SPM12
             kind = ("condition" if k == 0 else "modulator") if b == 0 or hrf == "fir" else "derivative"
@@ -510,12 +548,24 @@ def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: s
     return out
 
 
-def _nilearn_columns(conditions: dict, tr: float, n_scans: int, hrf: str, slice_time_ref: float, fir_delays: int,
-                     oversampling: int = 50, min_onset: float = -24.0):  # fmt: skip
+def _nilearn_columns(
+    conditions: dict,
+    tr: float,
+    n_scans: int,
+    hrf: str,
+    slice_time_ref: float,
+    fir_delays: int,
+    oversampling: int = 50,
+    min_onset: float = -24.0,
+):
     """Each condition's regressors as nilearn computes them: ``[(name, kind, column), ...]``."""
     frame_times = (np.arange(n_scans) + slice_time_ref) * tr
     first, last = frame_times[0], frame_times[-1]
-    n_fine = int(np.rint((n_scans - 1) / (last - first) * (last * (1 + 1 / (n_scans - 1)) - first - min_onset) * oversampling + 1))
+    n_fine = int(
+        np.rint(
+            (n_scans - 1) / (last - first) * (last * (1 + 1 / (n_scans - 1)) - first - min_onset) * oversampling + 1
+        )
+    )
     grid = np.linspace(first + min_onset, last * (1 + 1 / (n_scans - 1)), n_fine)
     kernels, suffixes = nilearn_kernels(hrf, tr, oversampling, range(int(fir_delays)))
     if hrf == "fir":
@@ -524,8 +574,12 @@ def _nilearn_columns(conditions: dict, tr: float, n_scans: int, hrf: str, slice_
     for name, ev in sorted(conditions.items()):  # nilearn orders conditions by name
         onsets, durations, heights = ev["onset"], ev["duration"], ev["modulation"]
         if (onsets < first + min_onset).any():
-            warnings.warn(f"events of {name!r} before {first + min_onset:g} s are moved to that time, the start of "
-                          "nilearn's grid, as nilearn does.", DesignWarning, stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"events of {name!r} before {first + min_onset:g} s are moved to that time, the start of "
+                "nilearn's grid, as nilearn does.",
+                DesignWarning,
+                stacklevel=3,
+            )
         on = np.minimum(np.searchsorted(grid, onsets), n_fine - 1)
         off = np.minimum(np.searchsorted(grid, onsets + durations), n_fine - 1)
         off[(off == on) & (off < n_fine - 1)] += 1  # zero duration: one fine step
@@ -626,16 +680,23 @@ def make_design(
             raise InputError(f"`slice_time_ref` must lie in [0, 1) (a fraction of the TR); got {slice_time_ref}.")
         t0 = 1 + slice_time_ref * T
         if abs(t0 - round(t0)) > 1e-9:
-            raise InputError(f"`slice_time_ref` {slice_time_ref} times the microtime resolution {T} must be a whole number of bins; choose a resolution that makes it one.")
+            raise InputError(
+                f"`slice_time_ref` {slice_time_ref} times the microtime resolution {T} "
+                "must be a whole number of bins; choose a resolution that makes it one."
+            )
         microtime_onset = int(round(t0))
     T0 = max(1, T // 2) if microtime_onset is None else int(microtime_onset)  # SPM12: 8 of 16, the middle
     if not 1 <= T0 <= T:
         raise InputError(f"`microtime_onset` (SPM's T0, 1-based) must lie in 1..{T}; got {microtime_onset}.")
-    if hrf == "fir" and (isinstance(fir_delays, bool) or not isinstance(fir_delays, (int, np.integer)) or fir_delays < 1):
+    if hrf == "fir" and (
+        isinstance(fir_delays, bool) or not isinstance(fir_delays, (int, np.integer)) or fir_delays < 1
+    ):
         raise InputError(f"`fir_delays` must be a positive number of one-TR windows; got {fir_delays!r}.")
     if hrf == "fir" and fir_delays > n_scans:
-        raise InputError(f"`fir_delays` ({fir_delays}) must be at most the number of scans ({n_scans}): each delay "
-                         "is a one-TR window of the run.")  # fmt: skip
+        raise InputError(
+            f"`fir_delays` ({fir_delays}) must be at most the number of scans ({n_scans}): each delay "
+            "is a one-TR window of the run."
+        )
     if drift == "polynomial" and (not isinstance(drift_order, (int, np.integer)) or drift_order < 1):
         raise InputError(f"`drift_order` must be a positive integer; got {drift_order!r}.")
     if drift == "polynomial" and drift_order >= n_scans:
@@ -653,8 +714,10 @@ def make_design(
         conditions = _check_events(events, modulators)
     if units == "scans":  # seconds as SPM computes them: ons * (T * dt), then / dt on the grid
         scan = T * (tr / T) if convolution == "spm" else tr
-        conditions = {name: {**ev, "onset": ev["onset"] * scan, "duration": ev["duration"] * scan}
-                      for name, ev in conditions.items()}  # fmt: skip
+        conditions = {
+            name: {**ev, "onset": ev["onset"] * scan, "duration": ev["duration"] * scan}
+            for name, ev in conditions.items()
+        }
     _check_timing(conditions, n_scans * tr, n_scans, tr)
     inputs = _parametric(conditions, modulators)
     if drift == "cosine":
@@ -662,8 +725,17 @@ def make_design(
     else:
         n_drifts = int(drift_order) if drift == "polynomial" else 0
     n_confounds = 0 if confounds is None else len(confounds[1])
-    _check_design_memory(conditions, inputs, tr, n_scans, hrf, 50 if convolution == "nilearn" else T, int(fir_delays),
-                         n_confounds + n_drifts, spm_grid=convolution == "spm")  # fmt: skip
+    _check_design_memory(
+        conditions,
+        inputs,
+        tr,
+        n_scans,
+        hrf,
+        50 if convolution == "nilearn" else T,
+        int(fir_delays),
+        n_confounds + n_drifts,
+        spm_grid=convolution == "spm",
+    )
 
     if convolution == "nilearn":
         regressors = _nilearn_columns(conditions, tr, n_scans, hrf, float(slice_time_ref or 0.0), int(fir_delays))
@@ -695,17 +767,32 @@ def make_design(
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"design column names repeat ({', '.join(dup)}); rename the trial types or confounds.")
-    settings = {"hrf": hrf, "drift": drift, "high_pass_s": parse_high_pass(high_pass) if drift == "cosine" else None,
-                "drift_order": drift_order if drift == "polynomial" else None, "microtime_resolution": T,
-                "microtime_onset": T0, "tr": tr, "n_scans": n_scans, "convolution": convolution, "units": units,
-                "modulators": modulators}  # fmt: skip
+    settings = {
+        "hrf": hrf,
+        "drift": drift,
+        "high_pass_s": parse_high_pass(high_pass) if drift == "cosine" else None,
+        "drift_order": drift_order if drift == "polynomial" else None,
+        "microtime_resolution": T,
+        "microtime_onset": T0,
+        "tr": tr,
+        "n_scans": n_scans,
+        "convolution": convolution,
+        "units": units,
+        "modulators": modulators,
+    }
     if convolution == "nilearn":
-        settings.update(microtime_resolution=None, microtime_onset=None, slice_time_ref=float(slice_time_ref or 0.0),
-                        oversampling=50)  # fmt: skip
+        settings.update(
+            microtime_resolution=None,
+            microtime_onset=None,
+            slice_time_ref=float(slice_time_ref or 0.0),
+            oversampling=50,
+        )
     X = np.column_stack(columns)
     for j, (name, kind) in enumerate(zip(names, kinds)):  # (events before the run's start, beyond its HRF's reach)
         if kind == "condition" and not np.any(X[:, j]):
-            raise InputError(f"the regressor {name!r} is zero at every scan: its events lie outside the run (0 to "
-                             f"{n_scans * tr:g} s, {n_scans} scans x {tr:g} s) and the HRF's reach; check the "
-                             "events file belongs to this run, and the units of its onsets (--units).")  # fmt: skip
+            raise InputError(
+                f"the regressor {name!r} is zero at every scan: its events lie outside the run (0 to "
+                f"{n_scans * tr:g} s, {n_scans} scans x {tr:g} s) and the HRF's reach; check the "
+                "events file belongs to this run, and the units of its onsets (--units)."
+            )
     return Design(X=X, names=tuple(names), kinds=tuple(kinds), tr=float(tr), settings=settings)

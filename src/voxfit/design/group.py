@@ -129,8 +129,15 @@ def _spans_constant(X: NDArray) -> bool:
     return bool(np.linalg.norm(X @ np.linalg.lstsq(X, ones, rcond=None)[0] - ones) <= 1e-8 * np.sqrt(X.shape[0]))
 
 
-def group_design(n_maps: int, *, design=None, two_sample: str | None = None, maps=None, id_column: str | None = None,
-                 drop_unmatched_rows: bool = False) -> GroupDesign:
+def group_design(
+    n_maps: int,
+    *,
+    design=None,
+    two_sample: str | None = None,
+    maps=None,
+    id_column: str | None = None,
+    drop_unmatched_rows: bool = False,
+) -> GroupDesign:
     """The design for `n_maps` maps: one-sample (``design=None``), a participants table (a TSV/CSV path or a
     pandas DataFrame), FSL design.mat (``design=path``), or ``(X, names)``; `two_sample` names the table's
     group column.
@@ -150,27 +157,44 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None, map
         _no_id_options(id_column, drop_unmatched_rows, "there is no participants table (give --design TABLE)")
         return GroupDesign(np.ones((n_maps, 1)), ("intercept",))
     if isinstance(design, tuple):
-        _no_id_options(id_column, drop_unmatched_rows, "an (X, names) design has no ids: its rows are the maps' in order")
+        _no_id_options(
+            id_column, drop_unmatched_rows, "an (X, names) design has no ids: its rows are the maps' in order"
+        )
         X, names = np.asarray(design[0], dtype=float), tuple(design[1])
-        return _checked(GroupDesign(X, names, matched_by="position", rows=tuple(range(X.shape[0]))), n_maps, "the design")
+        return _checked(
+            GroupDesign(X, names, matched_by="position", rows=tuple(range(X.shape[0]))), n_maps, "the design"
+        )
     if is_dataframe(design):
         names, rows = table_from_frame(design, id_column)
         what, source = "the design DataFrame", "DataFrame"
     elif not isinstance(design, (str, os.PathLike)):
-        raise InputError("`design` must be None (one-sample), a path to a participants TSV/CSV or FSL design.mat, a "
-                         "pandas DataFrame (one row per map) or an (array, names) pair; got "
-                         f"{type_name(design)}.")  # fmt: skip
+        raise InputError(
+            "`design` must be None (one-sample), a path to a participants TSV/CSV or FSL design.mat, a "
+            "pandas DataFrame (one row per map) or an (array, names) pair; got "
+            f"{type_name(design)}."
+        )
     else:
         path = Path(design)
         if path.suffix.lower() == ".mat":
             if two_sample is not None:
-                raise InputError("--two-sample reads a column of a participants table; FSL's design.mat has no column names.")
-            _no_id_options(id_column, drop_unmatched_rows, "FSL's design.mat has no ids: its rows are the maps in the order "
-                           "given (FSL's convention)")  # fmt: skip
+                raise InputError(
+                    "--two-sample reads a column of a participants table; FSL's design.mat has no column names."
+                )
+            _no_id_options(
+                id_column,
+                drop_unmatched_rows,
+                "FSL's design.mat has no ids: its rows are the maps in the order given (FSL's convention)",
+            )
             X = read_vest(path, "design")[1]
             d = _checked(GroupDesign(X, tuple(f"EV{j + 1}" for j in range(X.shape[1]))), n_maps, f"design {path}")
-            return GroupDesign(d.X, d.names, notes=(_order_note(f"design {path}", maps, n_maps, "FSL's convention"),),
-                               matched_by="position", rows=tuple(range(n_maps)), source=str(path))  # fmt: skip
+            return GroupDesign(
+                d.X,
+                d.names,
+                notes=(_order_note(f"design {path}", maps, n_maps, "FSL's convention"),),
+                matched_by="position",
+                rows=tuple(range(n_maps)),
+                source=str(path),
+            )
         names, rows = read_table(path)
         what, source = f"design {path}", str(path)
     if id_column is not None and id_column not in names:
@@ -181,52 +205,73 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None, map
     dropped: tuple[tuple[int, str], ...] = ()
     if column is None:
         if drop_unmatched_rows:
-            raise InputError(f"--drop-unmatched-rows drops rows whose id matches no map, but {what} has no "
-                             f"{ID_COLUMN} column; name its id column with --id-column COLUMN.")  # fmt: skip
+            raise InputError(
+                f"--drop-unmatched-rows drops rows whose id matches no map, but {what} has no "
+                f"{ID_COLUMN} column; name its id column with --id-column COLUMN."
+            )
         if len(rows) != n_maps:
-            raise InputError(f"{what} has {len(rows)} rows but {n_maps} maps were given; give one row per map, in the "
-                             f"same order, or a {ID_COLUMN} column to match rows to the maps' sub-<label>.")  # fmt: skip
+            raise InputError(
+                f"{what} has {len(rows)} rows but {n_maps} maps were given; give one row per map, in the "
+                f"same order, or a {ID_COLUMN} column to match rows to the maps' sub-<label>."
+            )
         order = tuple(range(n_maps))
         labels = set(subject_labels(maps)) - {None} if maps is not None else set()
         for j, name in enumerate(names):  # an id column under another name (Participant_ID, subject...)
             values = {str(r[j]).strip().removeprefix("sub-") for r in rows}
             if labels and values == labels:
-                raise InputError(f"{what} has no {ID_COLUMN} column, but its column {name!r} holds the maps' subject "
-                                 f"labels; name it with --id-column {name} (`id_column`), so that rows are matched "
-                                 "by subject, not by position.")  # fmt: skip
+                raise InputError(
+                    f"{what} has no {ID_COLUMN} column, but its column {name!r} holds the maps' subject "
+                    f"labels; name it with --id-column {name} (`id_column`), so that rows are matched "
+                    "by subject, not by position."
+                )
         if labels:
-            warnings.warn(f"{what} has no {ID_COLUMN} column, so its rows are matched to the maps by position (row 1 "
-                          f"to the first map given, ...), not by subject; add a {ID_COLUMN} column (or name the id "
-                          "column with --id-column) to match them by the maps' sub-<label>.", DesignWarning,
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{what} has no {ID_COLUMN} column, so its rows are matched to the maps by position (row 1 "
+                f"to the first map given, ...), not by subject; add a {ID_COLUMN} column (or name the id "
+                "column with --id-column) to match them by the maps' sub-<label>.",
+                DesignWarning,
+                stacklevel=2,
+            )
         notes.append(_order_note(what, maps, n_maps, f"the table has no {ID_COLUMN} column"))
     else:
         cells = [r[names.index(column)] for r in rows]
         if maps is None:
-            raise InputError(f"{what} matches rows by {column!r}, but the {n_maps} maps are volumes of one file (or rows "
-                             "of an array) and carry no sub-<label> each; give one file per subject (named, or in a "
-                             "folder named, sub-<label>), or a table without ids (rows then match the maps by position).")  # fmt: skip
-        matching = match_rows(cells, maps, subject_labels(maps), what=what, column=column, drop_unmatched=drop_unmatched_rows)
+            raise InputError(
+                f"{what} matches rows by {column!r}, but the {n_maps} maps are volumes of one file (or rows "
+                "of an array) and carry no sub-<label> each; give one file per subject (named, or in a "
+                "folder named, sub-<label>), or a table without ids (rows then match the maps by position)."
+            )
+        matching = match_rows(
+            cells, maps, subject_labels(maps), what=what, column=column, drop_unmatched=drop_unmatched_rows
+        )
         order = matching.rows
         ids = tuple(cells[r] for r in order)
         dropped = tuple((r, cells[r]) for r in matching.dropped)
         rows = [rows[r] for r in order]
-        notes.append(f"rows of {what} matched to the {n_maps} maps by {column!r} (the maps' sub-<label>), whatever "
-                     "the order of the maps and of the table")  # fmt: skip
+        notes.append(
+            f"rows of {what} matched to the {n_maps} maps by {column!r} (the maps' sub-<label>), whatever "
+            "the order of the maps and of the table"
+        )
         if dropped:
-            notes.append(f"{len(dropped)} row(s) of {what} without a map dropped (--drop-unmatched-rows): "
-                         + ", ".join(f"{i} (row {r + 1})" for r, i in dropped))  # fmt: skip
+            notes.append(
+                f"{len(dropped)} row(s) of {what} without a map dropped (--drop-unmatched-rows): "
+                + ", ".join(f"{i} (row {r + 1})" for r, i in dropped)
+            )
     columns = {name: [r[j] for r in rows] for j, name in enumerate(names)}
     regressors: list[tuple[str, NDArray]] = []
     left_out = []
     if two_sample is not None:
         if two_sample not in columns:
-            raise InputError(f"{what} has no column {two_sample!r} for --two-sample; its columns are {', '.join(names)}.")
+            raise InputError(
+                f"{what} has no column {two_sample!r} for --two-sample; its columns are {', '.join(names)}."
+            )
         if two_sample in (column, ID_COLUMN):
             raise InputError(f"--two-sample {two_sample!r} is the id column; name the column of the two groups.")
         levels = sorted(set(columns[two_sample]))
         if len(levels) != 2 or "" in levels or "n/a" in levels:
-            raise InputError(f"--two-sample column {two_sample!r} must hold exactly two group values; it holds {levels}.")
+            raise InputError(
+                f"--two-sample column {two_sample!r} must hold exactly two group values; it holds {levels}."
+            )
         for level in levels:  # numeric codes (1, 2) get the column's name: group_1, group_2
             label = f"{two_sample}_{level}" if _numeric([level]) is not None else level
             regressors.append((label, np.array([c == level for c in columns[two_sample]], dtype=float)))
@@ -237,8 +282,10 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None, map
         if values is None:
             cells = [c for c in columns[name] if c.lower() not in ("n/a", "na", "nan", "")]
             if cells and _numeric(cells) is not None:  # numbers with gaps: a design must be complete
-                raise InputError(f"{what}: column {name!r} has missing values (n/a); fill them or remove the "
-                                 "rows (and their maps), or drop the column.")  # fmt: skip
+                raise InputError(
+                    f"{what}: column {name!r} has missing values (n/a); fill them or remove the "
+                    "rows (and their maps), or drop the column."
+                )
             left_out.append(name)
             continue
         if not np.isfinite(values).all():
@@ -254,7 +301,9 @@ def group_design(n_maps: int, *, design=None, two_sample: str | None = None, map
         notes.append("an intercept column was added (the table's columns do not model the mean)")
     if left_out:
         notes.append(f"text columns left out of the design: {', '.join(left_out)}")
-    d = GroupDesign(X, tuple(out_names), tuple(left_out), tuple(notes), column or "position", order, ids, dropped, source)
+    d = GroupDesign(
+        X, tuple(out_names), tuple(left_out), tuple(notes), column or "position", order, ids, dropped, source
+    )
     return _checked(d, n_maps, what)
 
 

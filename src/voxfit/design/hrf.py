@@ -17,8 +17,15 @@ __all__ = ["spm_hrf", "gamma_difference_hrf", "basis_set", "nilearn_kernels", "s
 
 SPM_PARAMS = (6.0, 16.0, 1.0, 1.0, 6.0, 0.0, 32.0)  # delay, undershoot, dispersions, ratio, onset, length
 GLOVER_PARAMS = (6.0, 12.0, 0.9, 0.9, 1 / 0.48, 0.0, 32.0)  # Glover (1999) as in nilearn: ratio 0.48
-HRF_MODELS = ("spm", "spm+derivative", "spm+derivative+dispersion",
-              "glover", "glover+derivative", "glover+derivative+dispersion", "fir")  # fmt: skip
+HRF_MODELS = (
+    "spm",
+    "spm+derivative",
+    "spm+derivative+dispersion",
+    "glover",
+    "glover+derivative",
+    "glover+derivative+dispersion",
+    "fir",
+)
 
 
 def _gamma_pdf(x: NDArray, shape: float, rate: float) -> NDArray:
@@ -94,13 +101,16 @@ def basis_set(model: str, dt: float, T: int = 16, fir_order: int = 1, fir_length
     return spm_orth(np.column_stack(bf)), suffixes
 
 
-def _nilearn_gamma_difference(tr, oversampling, onset=0.0, delay=6.0, undershoot=16.0, dispersion=1.0,
-                              u_dispersion=1.0, ratio=0.167, length=32.0) -> NDArray[np.float64]:  # fmt: skip
+def _nilearn_gamma_difference(
+    tr, oversampling, onset=0.0, delay=6.0, undershoot=16.0, dispersion=1.0, u_dispersion=1.0, ratio=0.167, length=32.0
+) -> NDArray[np.float64]:
     """nilearn's HRF: gamma densities shifted by one fine step, on ``rint(length / dt)`` points spanning
     [0, length] (so the step is slightly above ``dt = tr / oversampling``), normalised to sum to 1."""
     dt = tr / oversampling
     t = np.linspace(0.0, length, int(np.rint(length / dt))) - onset - dt
-    h = _gamma_pdf(t, delay / dispersion, 1.0 / dispersion) - ratio * _gamma_pdf(t, undershoot / u_dispersion, 1.0 / u_dispersion)
+    h = _gamma_pdf(t, delay / dispersion, 1.0 / dispersion) - ratio * _gamma_pdf(
+        t, undershoot / u_dispersion, 1.0 / u_dispersion
+    )
     return h / h.sum()
 
 
@@ -112,7 +122,9 @@ def nilearn_kernels(model: str, tr: float, oversampling: int = 50, fir_delays=(0
     the undershoot keeps dispersion 1, also for Glover, whose own HRF has 0.9).
     """
     if model == "fir":
-        kernels = [np.concatenate([np.zeros(d * oversampling), np.full(oversampling, 1.0 / oversampling)]) for d in fir_delays]
+        kernels = [
+            np.concatenate([np.zeros(d * oversampling), np.full(oversampling, 1.0 / oversampling)]) for d in fir_delays
+        ]
         return kernels, [f"_delay{d}" for d in fir_delays]
     family, _, extras = model.partition("+")
     params = {"spm": {}, "glover": {"undershoot": 12.0, "dispersion": 0.9, "u_dispersion": 0.9, "ratio": 0.48}}[family]

@@ -63,21 +63,29 @@ def _read_sidecar(path: Path, names) -> list[str] | None:
     except (OSError, ValueError, RecursionError):  # (nested beyond Python's stack: not a sidecar of voxfit's)
         record = None
     if not isinstance(record, dict) or "columns" not in record:  # another JSON beside it (a BIDS sidecar...)
-        warnings.warn(f"{side} is not voxfit's design sidecar (no \"columns\"), so the kinds of the design's "
-                      "columns are guessed from their names.", DesignWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{side} is not voxfit's design sidecar (no \"columns\"), so the kinds of the design's "
+            "columns are guessed from their names.",
+            DesignWarning,
+            stacklevel=3,
+        )
         return None
     try:
         listed = [c["name"] for c in record["columns"]]
         kinds = [c["kind"] for c in record["columns"]]
     except (KeyError, TypeError):
-        raise InputError(f"{side}: its \"columns\" must be a list of {{\"name\": ..., \"kind\": ...}}; fix or "
-                         "remove it.") from None  # fmt: skip
+        raise InputError(
+            f'{side}: its "columns" must be a list of {{"name": ..., "kind": ...}}; fix or remove it.'
+        ) from None
     if listed != list(names):
-        raise InputError(f"{side} describes columns {_few(listed)} but {path.name} has {_few(names)}; update or "
-                         "remove the sidecar.")  # fmt: skip
+        raise InputError(
+            f"{side} describes columns {_few(listed)} but {path.name} has {_few(names)}; update or remove the sidecar."
+        )
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
-        raise InputError(f"{side}: unknown column kind(s) {', '.join(map(repr, unknown))}; kinds are {', '.join(KINDS)}.")
+        raise InputError(
+            f"{side}: unknown column kind(s) {', '.join(map(repr, unknown))}; kinds are {', '.join(KINDS)}."
+        )
     return kinds
 
 
@@ -96,8 +104,10 @@ def column_kinds(design, names, X, nuisance=None) -> tuple[str, ...]:
     if not kinds:
         kinds = [guess_kind(n, X[:, j]) for j, n in enumerate(names)]
     if len(str(nuisance or "")) > 4096:
-        raise InputError(f"--nuisance-columns is {len(str(nuisance)):,} characters long; give at most 4096 (names or "
-                         "patterns such as \"hp_*,motion*\").")  # fmt: skip
+        raise InputError(
+            f"--nuisance-columns is {len(str(nuisance)):,} characters long; give at most 4096 (names or "
+            'patterns such as "hp_*,motion*").'
+        )
     patterns = [p.strip() for p in (nuisance.split(",") if isinstance(nuisance, str) else nuisance or []) if p.strip()]
     for pattern in patterns:
         hits = [j for j, n in enumerate(names) if fnmatch.fnmatchcase(n, pattern)]

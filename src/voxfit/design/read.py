@@ -44,7 +44,9 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
     names = [h.strip() for h in rows[0]]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise InputError(f"design {path}: column names must be unique; {', '.join(map(repr, dup))} appear more than once.")
+        raise InputError(
+            f"design {path}: column names must be unique; {', '.join(map(repr, dup))} appear more than once."
+        )
     if "" in names:
         raise InputError(f"design {path}: column {names.index('') + 1} has no name in the header line.")
     body = rows[1:]
@@ -53,7 +55,9 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
     X = np.empty((len(body), len(names)))
     for i, row in enumerate(body):
         if len(row) != len(names):
-            raise InputError(f"design {path}: row {i + 1} has {len(row)} values but the header names {len(names)} columns.")
+            raise InputError(
+                f"design {path}: row {i + 1} has {len(row)} values but the header names {len(names)} columns."
+            )
         for j, cell in enumerate(row):
             X[i, j] = _number(cell, path, i, names[j])
     return X, names
@@ -82,7 +86,10 @@ def _number(cell: str, path: Path, row: int, column: str) -> float:
             raise InputError(f"design {path}: column {column!r}, row {row + 1} is not a number ({text!r}).") from None
         value = float("nan")
     if not np.isfinite(value):
-        raise InputError(f"design {path}: missing or non-finite value in column {column!r}, row {row + 1}; a design must be complete.")
+        raise InputError(
+            f"design {path}: missing or non-finite value in column "
+            f"{column!r}, row {row + 1}; a design must be complete."
+        )
     return value
 
 

@@ -82,8 +82,9 @@ def match_rows(ids, maps, labels, *, what: str, column: str, drop_unmatched: boo
     ids = [str(i).strip() for i in ids]
     empty = [k + 1 for k, i in enumerate(ids) if i.lower() in _MISSING or i == "sub-"]
     if empty:
-        raise InputError(f"{what}: column {column!r} is empty in row(s) {_some(empty)}; every row needs the id of "
-                         "its participant.")  # fmt: skip
+        raise InputError(
+            f"{what}: column {column!r} is empty in row(s) {_some(empty)}; every row needs the id of its participant."
+        )
     keys = [normalize_id(i) for i in ids]
     repeated = [k for k, c in Counter(keys).items() if c > 1]
     if repeated:
@@ -91,9 +92,11 @@ def match_rows(ids, maps, labels, *, what: str, column: str, drop_unmatched: boo
         raise InputError(f"{what}: column {column!r} repeats ids: {_some(cells, 4)}; give each participant one row.")
     unlabelled = [str(m) for m, label in zip(maps, labels) if label is None]
     if unlabelled:
-        raise InputError(f"{what} matches rows by {column!r}, but {len(unlabelled)} map(s) have no sub-<label> in "
-                         f"their file or folder names: {_some(unlabelled, 3)}; name the maps (or their folders) "
-                         "sub-<label>, or give a table without ids (rows then match the maps by position).")  # fmt: skip
+        raise InputError(
+            f"{what} matches rows by {column!r}, but {len(unlabelled)} map(s) have no sub-<label> in "
+            f"their file or folder names: {_some(unlabelled, 3)}; name the maps (or their folders) "
+            "sub-<label>, or give a table without ids (rows then match the maps by position)."
+        )
     twice = [k for k, c in Counter(labels).items() if c > 1]
     if twice:
         cells = [f"sub-{k} ({', '.join(str(m) for m, label in zip(maps, labels) if label == k)})" for k in twice]
@@ -105,16 +108,22 @@ def match_rows(ids, maps, labels, *, what: str, column: str, drop_unmatched: boo
         bare = {key.lstrip("0"): key for key in keys}
         close = [f"sub-{m} ~ {ids[where[bare[m.lstrip('0')]]]!r}" for m in missing if m.lstrip("0") in bare]
         if close:
-            hint = (f" (ids differ only in leading zeros: {_some(close, 3)}; labels must be equal, and pandas reads "
-                    "01 as 1 unless told dtype={'participant_id': str})")  # fmt: skip
-        raise InputError(f"{what} has no row for {len(missing)} map(s): {_some(f'sub-{m}' for m in missing)} (matched "
-                         f"by {column!r}){hint}; add their rows or leave those maps out.")  # fmt: skip
+            hint = (
+                f" (ids differ only in leading zeros: {_some(close, 3)}; labels must be equal, and pandas reads "
+                "01 as 1 unless told dtype={'participant_id': str})"
+            )
+        raise InputError(
+            f"{what} has no row for {len(missing)} map(s): {_some(f'sub-{m}' for m in missing)} (matched "
+            f"by {column!r}){hint}; add their rows or leave those maps out."
+        )
     rows = tuple(where[label] for label in labels)
     unmatched = tuple(sorted(set(range(len(ids))) - set(rows)))
     if unmatched and not drop_unmatched:
-        raise InputError(f"{what} has {len(unmatched)} row(s) without a map: {_some(ids[r] for r in unmatched)}; "
-                         "give their maps, remove the rows, or pass --drop-unmatched-rows (Python: "
-                         "drop_unmatched_rows=True) to leave them out.")  # fmt: skip
+        raise InputError(
+            f"{what} has {len(unmatched)} row(s) without a map: {_some(ids[r] for r in unmatched)}; "
+            "give their maps, remove the rows, or pass --drop-unmatched-rows (Python: "
+            "drop_unmatched_rows=True) to leave them out."
+        )
     return Matching(rows, unmatched)
 
 
@@ -129,20 +138,28 @@ def pair_by_subject(maps) -> tuple[list[int], list[str | None]]:
         return list(range(half)), a
     if any(label is None for label in labels):
         unlabelled = [str(m) for m, label in zip(maps, labels) if label is None]
-        raise InputError(f"--paired: {len(unlabelled)} map(s) have no sub-<label> in their file or folder names "
-                         f"({_some(unlabelled, 3)}) while others do; label every map (pairs then match by subject) "
-                         "or none (pairs match by position).")  # fmt: skip
+        raise InputError(
+            f"--paired: {len(unlabelled)} map(s) have no sub-<label> in their file or folder names "
+            f"({_some(unlabelled, 3)}) while others do; label every map (pairs then match by subject) "
+            "or none (pairs match by position)."
+        )
     for name, side, paths in (("A", a, maps[:half]), ("B", b, maps[half:])):
         twice = [k for k, c in Counter(side).items() if c > 1]
         if twice:
             cells = [f"sub-{k} ({', '.join(str(m) for m, label in zip(paths, side) if label == k)})" for k in twice]
-            raise InputError(f"--paired: the maps of condition {name} (the {half} maps of the "
-                             f"{'first' if name == 'A' else 'second'} half) hold a subject twice: {_some(cells, 3)}.")  # fmt: skip
+            raise InputError(
+                f"--paired: the maps of condition {name} (the {half} maps of the "
+                f"{'first' if name == 'A' else 'second'} half) hold a subject twice: {_some(cells, 3)}."
+            )
     only_a, only_b = [k for k in a if k not in b], [k for k in b if k not in a]
     if only_a or only_b:
-        parts = [f"only in A (first half): {_some(f'sub-{k}' for k in only_a)}" if only_a else "",
-                 f"only in B (second half): {_some(f'sub-{k}' for k in only_b)}" if only_b else ""]  # fmt: skip
-        raise InputError(f"--paired: the two halves of the maps hold different subjects, {'; '.join(p for p in parts if p)}; "
-                         "give the maps of condition A, then those of B, one per subject in each.")  # fmt: skip
+        parts = [
+            f"only in A (first half): {_some(f'sub-{k}' for k in only_a)}" if only_a else "",
+            f"only in B (second half): {_some(f'sub-{k}' for k in only_b)}" if only_b else "",
+        ]
+        raise InputError(
+            f"--paired: the two halves of the maps hold different subjects, {'; '.join(p for p in parts if p)}; "
+            "give the maps of condition A, then those of B, one per subject in each."
+        )
     where = {label: k for k, label in enumerate(b)}
     return [where[label] for label in a], a

@@ -45,7 +45,9 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
             try:
                 rows.append([float(v) for v in text.split()])
             except ValueError:
-                raise InputError(f"{what} {path}, line {number}: non-numeric value in the /Matrix section: {text!r}.") from None
+                raise InputError(
+                    f"{what} {path}, line {number}: non-numeric value in the /Matrix section: {text!r}."
+                ) from None
     if not rows:
         raise InputError(f"{what} {path}: no /Matrix section with values (is it an FSL VEST file?).")
     if len({len(r) for r in rows}) > 1:
@@ -56,8 +58,10 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
     for key, axis in (("NumWaves", 1), ("NumPoints", 0), ("NumContrasts", 0)):
         if key in header and header[key].split() and header[key].split()[0].isdigit():
             if int(header[key].split()[0]) != matrix.shape[axis]:
-                raise InputError(f"{what} {path}: /{key} says {header[key].split()[0]} but the /Matrix has "
-                                 f"{matrix.shape[axis]} {'columns' if axis else 'rows'}.")  # fmt: skip
+                raise InputError(
+                    f"{what} {path}: /{key} says {header[key].split()[0]} but the /Matrix has "
+                    f"{matrix.shape[axis]} {'columns' if axis else 'rows'}."
+                )
     return header, matrix
 
 
@@ -87,7 +91,9 @@ def read_groups(path, n_rows: int) -> NDArray[np.int64]:
     """A ``design.grp``: one exchangeability block label per row of the design (integers)."""
     _, G = read_vest(path, "exchangeability blocks")
     if G.shape != (n_rows, 1):
-        raise InputError(f"exchangeability blocks {path}: need one value per row of the design ({n_rows}); got shape {G.shape}.")
+        raise InputError(
+            f"exchangeability blocks {path}: need one value per row of the design ({n_rows}); got shape {G.shape}."
+        )
     if not np.all(G == np.round(G)):
         raise InputError(f"exchangeability blocks {path}: block labels must be integers.")
     return G[:, 0].astype(np.int64)

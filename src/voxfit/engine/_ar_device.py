@@ -41,12 +41,16 @@ class DeviceARBlock:
             mean = xp.mean(Yd, axis=0, keepdims=True)
             Yd = Yd - mean
         level = mean if shifted else xp.sum(Yd, axis=0, keepdims=True)  # the shift, or the total
-        rows = [xp.matmul(self.basis, Yd)] + [xp.sum(Yd[: n - k, :] * Yd[k:, :], axis=0, keepdims=True) for k in range(p + 1)]
+        rows = [xp.matmul(self.basis, Yd)] + [
+            xp.sum(Yd[: n - k, :] * Yd[k:, :], axis=0, keepdims=True) for k in range(p + 1)
+        ]
         out = to_numpy(xp, xp.concat(rows + [Yd[:p, :], Yd[n - p :, :], level], axis=0))
         a, b = (p + 1) * r, (p + 1) * (r + 1)
         shift = out[-1] if shifted else None
         total = np.zeros(v) if shifted else out[-1]
-        sums = LaggedSums(out[:a].reshape(p + 1, r, v), out[a:b], out[b : b + p], out[b + p : b + 2 * p][::-1], total, shift)
+        sums = LaggedSums(
+            out[:a].reshape(p + 1, r, v), out[a:b], out[b : b + p], out[b + p : b + 2 * p][::-1], total, shift
+        )
 
         def data(idx):
             return np.subtract(host[:, idx], 0.0 if shift is None else shift[idx], dtype=np.float64)

@@ -44,8 +44,18 @@ def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: 
 
 
 def fit_ar(
-    X, Y, order: int, contrasts: dict, *, names=None, max_memory=None, block_size: int | None = None,
-    n_jobs: int | None = None, scheduler=None, device: str | None = None, progress: bool | None = None,
+    X,
+    Y,
+    order: int,
+    contrasts: dict,
+    *,
+    names=None,
+    max_memory=None,
+    block_size: int | None = None,
+    n_jobs: int | None = None,
+    scheduler=None,
+    device: str | None = None,
+    progress: bool | None = None,
 ) -> ARFit:
     """Fit a design with AR(`order`) noise estimated and removed for every voxel separately.
 
@@ -115,7 +125,9 @@ def fit_ar(
     starts = range(0, V, step)
     if scheduler is not None:  # the same blocks as Dask tasks
         spans = [(a, min(V, a + step)) for a in starts]
-        for (a, _), (ok, res) in zip(spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)):
+        for (a, _), (ok, res) in zip(
+            spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)
+        ):
             _place(a, ok, res)
     else:
         bar = Progress("AR fit", len(starts), enabled=progress, min_total=8)

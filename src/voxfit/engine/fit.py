@@ -41,8 +41,9 @@ def default_workers() -> int:
 
 def _fit_iv(Y, n_scans: int, n_jobs):
     """Check the data (numeric, (n, V), n matching the design; a 1-D y is one voxel) and `n_jobs`."""
-    check_array_like(Y, "Y", "an (n_scans, n_voxels) array (for image files or nibabel images: voxfit.load or "
-                     "voxfit.fit_images)")  # fmt: skip
+    check_array_like(
+        Y, "Y", "an (n_scans, n_voxels) array (for image files or nibabel images: voxfit.load or voxfit.fit_images)"
+    )
     if not hasattr(Y, "dtype"):  # lists, pandas objects; arrays, memory maps and array-likes pass uncopied
         Y = np.asarray(getattr(Y, "values", Y))
     if Y.dtype.kind not in "biuf":
@@ -141,8 +142,12 @@ def fit(
         )
 
     # the results (betas p x V and per-voxel sums) exist whole, whatever the blocks: p comes from a design file
-    check_memory(8 * V * (p + 3), f"the fit's results ({p:,} design columns x {V:,} voxels)", None,
-                 "Give a design with fewer columns, or a smaller mask.")  # fmt: skip
+    check_memory(
+        8 * V * (p + 3),
+        f"the fit's results ({p:,} design columns x {V:,} voxels)",
+        None,
+        "Give a design with fewer columns, or a smaller mask.",
+    )
     out = empty_result(p, V)
     if device not in (None, "cpu"):
         return _fit_on_device(design, Y, device, block)
@@ -210,7 +215,9 @@ def _fit_block(design, tile: int, compiled: bool, Yb):
     """One block fitted on its own (a Dask task): betas, rss, tss, valid."""
     out = empty_result(design.X.shape[1], Yb.shape[1])
     with _threadpools().limit(limits=1, user_api="blas"):
-        BlockFitter(design, Yb.dtype, min(tile, Yb.shape[1]), compiled)(Yb, 0, Yb.shape[1], BlockResult(out.betas, out.rss, out.tss, out.valid))
+        BlockFitter(design, Yb.dtype, min(tile, Yb.shape[1]), compiled)(
+            Yb, 0, Yb.shape[1], BlockResult(out.betas, out.rss, out.tss, out.valid)
+        )
     return out.betas, out.rss, out.tss, out.valid
 
 

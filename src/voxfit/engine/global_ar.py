@@ -80,11 +80,17 @@ class _Whitened:
 def _constant_columns(X, names, drift, kinds):
     """SPM's session constants (iB): columns constant over the scans, or named ``constant...`` (a run's
     intercept in a design of several runs is constant over its own scans only)."""
-    return np.array([not d and (k == "constant" or (np.ptp(col) == 0 and col[0] != 0) or name.lower().startswith("constant"))
-                     for d, col, name, k in zip(drift, X.T, names, kinds)])  # fmt: skip
+    return np.array(
+        [
+            not d and (k == "constant" or (np.ptp(col) == 0 and col[0] != 0) or name.lower().startswith("constant"))
+            for d, col, name, k in zip(drift, X.T, names, kinds)
+        ]
+    )
 
 
-def fit_global_ar(X, Y, contrasts: dict, *, names=None, kinds=None, max_memory=None, n_jobs: int | None = None) -> GlobalARFit:
+def fit_global_ar(
+    X, Y, contrasts: dict, *, names=None, kinds=None, max_memory=None, n_jobs: int | None = None
+) -> GlobalARFit:
     """Fit with one AR(1)-type noise covariance for all voxels, estimated by ReML as SPM12 does.
 
     Parameters are those of :func:`voxfit.fit_ar` (without an order), and `kinds`, each column's kind (see
@@ -98,14 +104,19 @@ def fit_global_ar(X, Y, contrasts: dict, *, names=None, kinds=None, max_memory=N
     kinds = tuple(kinds) if kinds is not None else tuple(guess_kind(name, X[:, j]) for j, name in enumerate(names))
     drift = np.array([k in FILTER_KINDS for k in kinds])
     if not drift.any():
-        warnings.warn("ar1-global found no drift column (kind drift or nuisance) in the design, so SPM's high-pass "
-                      "filter is none and every non-constant column counts as an effect of interest; name the "
-                      "design's drift columns with --nuisance-columns (e.g. \"hp_*\") if it has some.",
-                      DesignWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            "ar1-global found no drift column (kind drift or nuisance) in the design, so SPM's high-pass "
+            "filter is none and every non-constant column counts as an effect of interest; name the "
+            'design\'s drift columns with --nuisance-columns (e.g. "hp_*") if it has some.',
+            DesignWarning,
+            stacklevel=2,
+        )
     nuisance = drift | _constant_columns(X, names, drift, kinds)
     if nuisance.all():
-        raise InputError("ar1-global pools the voxels that SPM's F test of the effects of interest finds, but the "
-                         "design has only constant and drift columns; use --noise ar1.")  # fmt: skip
+        raise InputError(
+            "ar1-global pools the voxels that SPM's F test of the effects of interest finds, but the "
+            "design has only constant and drift columns; use --noise ar1."
+        )
     ols = fit_ols(X, Y, names=names, max_memory=max_memory, n_jobs=n_jobs)
     if ols.n_invalid == ols.valid.size:
         raise InputError(f"all {ols.valid.size} voxels have NaN or infinite values in some scan; nothing to fit.")
@@ -116,8 +127,12 @@ def fit_global_ar(X, Y, contrasts: dict, *, names=None, kinds=None, max_memory=N
         reduced = fit_ols(X[:, nuisance], Y, max_memory=max_memory, n_jobs=n_jobs)
         rss0, tr_mv = reduced.residual_variance * reduced.dof, design.rank - reduced.rank
     else:
-        rss0 = np.concatenate([np.einsum("tv,tv->v", b, b) for b in
-                               (np.asarray(Y[:, a : a + 4096], dtype=np.float64) for a in range(0, Y.shape[1], 4096))])  # fmt: skip
+        rss0 = np.concatenate(
+            [
+                np.einsum("tv,tv->v", b, b)
+                for b in (np.asarray(Y[:, a : a + 4096], dtype=np.float64) for a in range(0, Y.shape[1], 4096))
+            ]
+        )
         tr_mv = design.rank
     X0 = X[:, drift]
     filtered = X[:, ~drift] - X0 @ np.linalg.lstsq(X0, X[:, ~drift], rcond=None)[0] if drift.any() else X[:, ~drift]
@@ -127,8 +142,10 @@ def fit_global_ar(X, Y, contrasts: dict, *, names=None, kinds=None, max_memory=N
         F = ((rss0 - rss) / tr_mv) / (rss / tr_rv)
         pooled = np.flatnonzero(F > threshold)
     if pooled.size == 0:
-        raise InputError(f"ar1-global: no voxel passes SPM's effects-of-interest F test (p < {UF_P}), so there is "
-                         "nothing to pool the autocorrelation over; use --noise ar1 (per voxel) or check the design.")  # fmt: skip
+        raise InputError(
+            f"ar1-global: no voxel passes SPM's effects-of-interest F test (p < {UF_P}), so there is "
+            "nothing to pool the autocorrelation over; use --noise ar1 (per voxel) or check the design."
+        )
     Cy = np.zeros((n, n))
     for a in range(0, pooled.size, 4096):
         idx = pooled[a : a + 4096]
@@ -145,12 +162,20 @@ def fit_global_ar(X, Y, contrasts: dict, *, names=None, kinds=None, max_memory=N
             h = np.array([h1[0], 0.0])
             W = whitening_matrix(V)
     except (FloatingPointError, np.linalg.LinAlgError):
-        raise InputError("ar1-global: the ReML estimate of the noise covariance did not converge to a positive "
-                         "definite matrix for these data; use --noise ar1.") from None  # fmt: skip
+        raise InputError(
+            "ar1-global: the ReML estimate of the noise covariance did not converge to a positive "
+            "definite matrix for these data; use --noise ar1."
+        ) from None
     Xw = X.copy()
     Xw[:, ~drift] = W @ X[:, ~drift]
     fit = fit_ols(Xw, _Whitened(Y, W), names=names, max_memory=max_memory, n_jobs=n_jobs)
     fit = dataclasses.replace(fit, r2=ols.r2)
     results = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
-    return GlobalARFit(fit=fit, contrasts=results, hyperparameters=h, correlation=V * (n / np.trace(V)),
-                       n_pooled=int(pooled.size), threshold=threshold)  # fmt: skip
+    return GlobalARFit(
+        fit=fit,
+        contrasts=results,
+        hyperparameters=h,
+        correlation=V * (n / np.trace(V)),
+        n_pooled=int(pooled.size),
+        threshold=threshold,
+    )

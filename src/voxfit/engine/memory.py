@@ -15,6 +15,7 @@ DEFAULT_TILE_BYTES = 256 << 10
 DEFAULT_BLOCK_VOXELS = 8192
 DEFAULT_MAX_MEMORY = 64 << 20
 
+
 def _tile_bytes(n_scans: int, work_itemsize: int) -> int:
     """Working memory per voxel of a tile: the shifted tile, and a float64 copy and residuals if refitted."""
     return n_scans * (work_itemsize + 16)

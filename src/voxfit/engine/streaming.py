@@ -116,8 +116,14 @@ def ar_block_bytes(rank: int, order: int, weights) -> int:
 
 def _columns(sums: LaggedSums, cols) -> LaggedSums:
     """The sums of some voxels (a view for a slice, a copy for an index array)."""
-    return LaggedSums(sums.lagged[:, :, cols], sums.s[:, cols], sums.top[:, cols], sums.bottom[:, cols],
-                      sums.total[cols], None if sums.shift is None else sums.shift[cols])  # fmt: skip
+    return LaggedSums(
+        sums.lagged[:, :, cols],
+        sums.s[:, cols],
+        sums.top[:, cols],
+        sums.bottom[:, cols],
+        sums.total[cols],
+        None if sums.shift is None else sums.shift[cols],
+    )
 
 
 def _scaled(raw, reader):
@@ -125,9 +131,20 @@ def _scaled(raw, reader):
     return raw if reader.scale is None else ScaledArray(raw, *reader.scale)[...]
 
 
-def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask=None, mask_threshold=None,
-                  max_memory="2G", progress: bool | None = None, scans_per_slab: int | None = None,
-                  nonzero: bool = False):  # fmt: skip
+def fit_streaming(
+    paths,
+    X,
+    contrasts: dict,
+    *,
+    order: int = 0,
+    names=None,
+    mask=None,
+    mask_threshold=None,
+    max_memory="2G",
+    progress: bool | None = None,
+    scans_per_slab: int | None = None,
+    nonzero: bool = False,
+):
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
     Returns ``(fit, {label: Stats}, AR coefficients (order, V) or None, masker, mean image (V,))``; the
@@ -141,11 +158,15 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     design = factorize(X, names)
     n, nel = design.n_scans, reader.geometry.n_elements
     if reader.n_scans != n:
-        raise InputError(f"the design has {n} rows but the data have {reader.n_scans} scans; give one design row per scan.")
+        raise InputError(
+            f"the design has {n} rows but the data have {reader.n_scans} scans; give one design row per scan."
+        )
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     if order:
         if n <= 2 * order + design.rank:
-            raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
+            raise InputError(
+                f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}."
+            )
         block = ARBlock(design, order)
         basis = block.lagged_basis
     else:
@@ -166,8 +187,10 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
     slab_bytes = cap - held - RESERVED
     if slab_bytes < 2 * per_scan:
         need = held + 2 * per_scan + RESERVED
-        raise InputError(f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
-                         f"({held / 2**20:.1f} MiB) and two scans; give at least {_ceil_size(need)}.")  # fmt: skip
+        raise InputError(
+            f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
+            f"({held / 2**20:.1f} MiB) and two scans; give at least {_ceil_size(need)}."
+        )
     auto = AutoMask(nel, reader.dtype.kind == "f", threshold, nonzero=nonzero)
     sums = index = None
     k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
@@ -202,8 +225,11 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         auto.add_squares(index, sums.s[0])
     final = (candidates & auto.finite) if mask is not None else auto.mask()
     if not final.any():
-        raise InputError("the automatic mask is empty: no voxel is finite and not constant over time in every scan."
-                         if mask is None else f"no voxel of mask {mask} has finite values in every scan.")  # fmt: skip
+        raise InputError(
+            "the automatic mask is empty: no voxel is finite and not constant over time in every scan."
+            if mask is None
+            else f"no voxel of mask {mask} has finite values in every scan."
+        )
     masker = Masker(reader.geometry, final)
     V = masker.n_voxels
     pos = np.full(nel, -1)
@@ -252,10 +278,14 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
         for a in range(0, targets.size, SUMS_BLOCK):
             part = slice(a, a + SUMS_BLOCK)
             piece, at = sums_of(part), targets[part]
-            betas[:, at], rss[at], tss[at] = fit_from_sums(design, piece.lagged[0], piece.s[0], piece.total, piece.shift)
+            betas[:, at], rss[at], tss[at] = fit_from_sums(
+                design, piece.lagged[0], piece.s[0], piece.total, piece.shift
+            )
             flagged.extend(a + np.flatnonzero(rss[at] * 1e5 <= piece.s[0]))
     # voxels that need their data: zero in the first scan yet kept, or whose sums cancelled too many digits
-    second = np.concatenate([np.flatnonzero(final & ~candidates), masker.index[targets[np.asarray(flagged, dtype=int)]]])
+    second = np.concatenate(
+        [np.flatnonzero(final & ~candidates), masker.index[targets[np.asarray(flagged, dtype=int)]]]
+    )
     second = np.unique(second)
     if second.size:
         raw = gather(reader, second)
@@ -279,8 +309,10 @@ def fit_streaming(paths, X, contrasts: dict, *, order: int = 0, names=None, mask
             r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)
         r2.setflags(write=False)
         fit = dataclasses.replace(fit, r2=r2)
-        stats = {label: _stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
-                 for label, w in weights.items()}  # fmt: skip
+        stats = {
+            label: _stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
+            for label, w in weights.items()
+        }
         phi.setflags(write=False)
     else:
         stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}

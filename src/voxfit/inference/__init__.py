@@ -11,6 +11,18 @@ from .shuffles import count_shuffles, make_shuffles
 from .tfce import tfce, tfce_max
 
 __all__ = [
-    "Adjacency", "PermutationResult", "bonferroni", "cluster_max", "count_shuffles", "fdr", "fdr_threshold",
-    "label_clusters", "make_shuffles", "mesh_adjacency", "permutation_test", "tfce", "tfce_max", "volume_adjacency",
-]  # fmt: skip
+    "Adjacency",
+    "PermutationResult",
+    "bonferroni",
+    "cluster_max",
+    "count_shuffles",
+    "fdr",
+    "fdr_threshold",
+    "label_clusters",
+    "make_shuffles",
+    "mesh_adjacency",
+    "permutation_test",
+    "tfce",
+    "tfce_max",
+    "volume_adjacency",
+]

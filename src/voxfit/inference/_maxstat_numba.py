@@ -37,6 +37,7 @@ def reduce_row(g0, ss, rs, key, b, d, dq, is_t, okey, rowmax, counts, out, out_o
             x = key[j]
             dst[j] = (np.sign(x) * np.sqrt(abs(x))) if is_t else x
 
+
 @numba.njit(**_JIT)
 def stats_tile(G, ee, okey, dof, q, is_t, rowmax, counts, out, out_offset, store):  # pragma: no cover - compiled
     """G (B, r, v); ee, okey (v,) in G's dtype; rowmax (B,) keys, updated; counts (v,) updated; with
@@ -62,6 +63,7 @@ def stats_tile(G, ee, okey, dof, q, is_t, rowmax, counts, out, out_offset, store
             for j in range(v):
                 rs[j] -= gk[j] * gk[j]
         reduce_row(g0, ss, rs, key, b, d, dq, is_t, okey, rowmax, counts, out, out_offset, store)
+
 
 @numba.njit(**_JIT)
 def flip_tile(E, basis, patterns, ee, okey, dof, q, is_t, rowmax, counts, out, out_offset, store):  # pragma: no cover

@@ -67,8 +67,10 @@ def label_clusters(stat, adjacency: Adjacency, threshold: float, weights=None) -
     """
     rows, one, threshold, weights = _clusters_iv(stat, adjacency, threshold, weights, "stat")
     if not one:
-        raise InputError(f"`stat` must be one map of shape ({adjacency.n},); got shape {np.shape(stat)}. "
-                         "For the largest cluster of each row use cluster_max.")
+        raise InputError(
+            f"`stat` must be one map of shape ({adjacency.n},); got shape {np.shape(stat)}. "
+            "For the largest cluster of each row use cluster_max."
+        )
     from voxfit.inference import _kernels
 
     s = rows[0]
@@ -105,16 +107,19 @@ def cluster_max(stats, adjacency: Adjacency, threshold: float, weights=None) -> 
     """
     rows, one, threshold, weights = _clusters_iv(stats, adjacency, threshold, weights, "stats")
     if one:
-        raise InputError(f"`stats` must be 2-D (B, V), one map per row; got shape {np.shape(stats)}. "
-                         "For a single map pass stats[None, :] or use label_clusters.")
+        raise InputError(
+            f"`stats` must be 2-D (B, V), one map per row; got shape {np.shape(stats)}. "
+            "For a single map pass stats[None, :] or use label_clusters."
+        )
     from voxfit.inference import _kernels
 
     max_size = np.empty(rows.shape[0])
     max_mass = np.empty(rows.shape[0])
 
     def call(a: int, b: int) -> None:
-        _kernels.cluster_max_rows(rows[a:b], adjacency.indptr, adjacency.indices, threshold, weights, max_size[a:b],
-                                  max_mass[a:b])  # fmt: skip
+        _kernels.cluster_max_rows(
+            rows[a:b], adjacency.indptr, adjacency.indices, threshold, weights, max_size[a:b], max_mass[a:b]
+        )
 
     in_chunks(call, rows.shape[0], first=_kernels.numba.get_num_threads())  # a signal is handled between calls
     return ClusterMaxima(max_size, max_mass)

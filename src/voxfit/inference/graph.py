@@ -39,8 +39,13 @@ class Adjacency:
         indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
         indices = np.ascontiguousarray(self.indices, dtype=np.int32)
         fix = "build an Adjacency with volume_adjacency, mesh_adjacency or Adjacency.from_edges"
-        if (indptr.ndim != 1 or indptr.size == 0 or indptr[0] != 0 or indptr[-1] != indices.size
-                or np.any(np.diff(indptr) < 0)):
+        if (
+            indptr.ndim != 1
+            or indptr.size == 0
+            or indptr[0] != 0
+            or indptr[-1] != indices.size
+            or np.any(np.diff(indptr) < 0)
+        ):
             raise InputError(f"`indptr` must be 1-D, non-decreasing, start at 0 and end at len(indices); {fix}.")
         n = indptr.size - 1
         if indices.ndim != 1 or (indices.size and not 0 <= indices.min() <= indices.max() < n):
@@ -61,8 +66,10 @@ class Adjacency:
         if i.shape != j.shape:
             raise InputError(f"`i` and `j` must have the same length; got {i.size} and {j.size}.")
         if i.size and (min(i.min(), j.min()) < 0 or max(i.max(), j.max()) >= n):
-            raise InputError(f"edge ends must be element numbers in 0..{n - 1}; got values from "
-                             f"{min(i.min(), j.min())} to {max(i.max(), j.max())}.")
+            raise InputError(
+                f"edge ends must be element numbers in 0..{n - 1}; got values from "
+                f"{min(i.min(), j.min())} to {max(i.max(), j.max())}."
+            )
         keep = i != j
         rows = np.concatenate([i[keep], j[keep]])
         cols = np.concatenate([j[keep], i[keep]])
@@ -91,8 +98,9 @@ def volume_adjacency(mask, shape, connectivity: int = 6) -> Adjacency:
         Over the V = ``mask.sum()`` masked voxels, numbered as ``np.flatnonzero(mask)``.
     """
     if isinstance(connectivity, bool) or connectivity not in (6, 18, 26):
-        raise InputError("`connectivity` must be 6 (faces), 18 (faces and edges) or 26 (and corners); "
-                         f"got {connectivity!r}.")
+        raise InputError(
+            f"`connectivity` must be 6 (faces), 18 (faces and edges) or 26 (and corners); got {connectivity!r}."
+        )
     bad_shape = f"`shape` must be a tuple of 1 to 3 positive integers such as (91, 109, 91); got {shape!r}."
     try:
         dims = tuple(int(d) for d in shape)
@@ -103,13 +111,15 @@ def volume_adjacency(mask, shape, connectivity: int = 6) -> Adjacency:
     mask = _as_mask(mask, "mask")
     if mask.ndim > 1:
         if mask.shape != dims:
-            raise InputError(f"`mask` has shape {mask.shape} but `shape` is {dims}; "
-                             "pass the flat mask or one of shape `shape`.")
+            raise InputError(
+                f"`mask` has shape {mask.shape} but `shape` is {dims}; pass the flat mask or one of shape `shape`."
+            )
         mask = mask.ravel(order="F")
     X, Y, Z = dims + (1,) * (3 - len(dims))
     if mask.size != X * Y * Z:
-        raise InputError(f"`mask` has {mask.size} elements but `shape` {dims} has {X * Y * Z}; "
-                         "pass the mask of that grid.")
+        raise InputError(
+            f"`mask` has {mask.size} elements but `shape` {dims} has {X * Y * Z}; pass the mask of that grid."
+        )
 
     elements = np.flatnonzero(mask)
     number = np.full(mask.size, -1, dtype=np.int32)
@@ -118,9 +128,13 @@ def volume_adjacency(mask, shape, connectivity: int = 6) -> Adjacency:
     y = (elements // X) % Y
     z = elements // (X * Y)
     # offsets in increasing order of their flat step, so that each voxel's neighbours come out sorted
-    steps = sorted((dx + X * (dy + Y * dz), dx, dy, dz)
-                   for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                   if 0 < abs(dx) + abs(dy) + abs(dz) <= _CONNECTIVITY[connectivity])
+    steps = sorted(
+        (dx + X * (dy + Y * dz), dx, dy, dz)
+        for dz in (-1, 0, 1)
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        if 0 < abs(dx) + abs(dy) + abs(dz) <= _CONNECTIVITY[connectivity]
+    )
     neighbours = np.full((elements.size, len(steps)), -1, dtype=np.int32)
     for k, (step, dx, dy, dz) in enumerate(steps):
         inside = np.ones(elements.size, dtype=bool)
@@ -159,8 +173,10 @@ def mesh_adjacency(faces, mask) -> Adjacency:
     if faces.dtype.kind not in "iu":
         raise DataTypeError(f"`faces` must be integer vertex numbers; got dtype {faces.dtype}.")
     if faces.size and (faces.min() < 0 or faces.max() >= mask.size):
-        raise InputError(f"`faces` must hold vertex numbers in 0..{mask.size - 1} (the mask has {mask.size} vertices); "
-                         f"got values from {faces.min()} to {faces.max()}.")
+        raise InputError(
+            f"`faces` must hold vertex numbers in 0..{mask.size - 1} (the mask has {mask.size} vertices); "
+            f"got values from {faces.min()} to {faces.max()}."
+        )
     a = faces.ravel().astype(np.int64)
     b = faces[:, [1, 2, 0]].ravel().astype(np.int64)
     keep = mask[a] & mask[b]
@@ -177,8 +193,10 @@ def _as_mask(mask, name: str) -> NDArray[np.bool_]:
 
 def _check_adjacency(adjacency) -> Adjacency:
     if not isinstance(adjacency, Adjacency):
-        raise InputError(f"`adjacency` must be an Adjacency (from volume_adjacency or mesh_adjacency); "
-                         f"got {type(adjacency).__name__}.")
+        raise InputError(
+            f"`adjacency` must be an Adjacency (from volume_adjacency or mesh_adjacency); "
+            f"got {type(adjacency).__name__}."
+        )
     return adjacency
 
 
@@ -188,8 +206,10 @@ def _as_rows(values, adjacency: Adjacency, name: str):
     if values.dtype.kind not in "iuf":
         raise DataTypeError(f"`{name}` must be a real-valued array; got dtype {values.dtype}.")
     if values.ndim not in (1, 2) or values.shape[-1] != adjacency.n:
-        raise InputError(f"`{name}` must have shape (V,) or (B, V) with V = {adjacency.n} elements of the adjacency; "
-                         f"got shape {values.shape}.")
+        raise InputError(
+            f"`{name}` must have shape (V,) or (B, V) with V = {adjacency.n} elements of the adjacency; "
+            f"got shape {values.shape}."
+        )
     dtype = values.dtype if values.dtype in (np.float32, np.float64) else np.float64
     rows = values.reshape(1 if values.ndim == 1 else values.shape[0], adjacency.n)
     return np.ascontiguousarray(rows, dtype=dtype), values.ndim == 1
@@ -203,10 +223,12 @@ def _as_weights(weights, adjacency: Adjacency) -> NDArray[np.float64]:
     if weights.dtype.kind not in "iuf":
         raise DataTypeError(f"`weights` must be a real-valued array; got dtype {weights.dtype}.")
     if weights.shape != (adjacency.n,):
-        raise InputError(f"`weights` must have shape ({adjacency.n},), one per element of the adjacency; "
-                         f"got {weights.shape}.")
+        raise InputError(
+            f"`weights` must have shape ({adjacency.n},), one per element of the adjacency; got {weights.shape}."
+        )
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     if not np.all(np.isfinite(weights) & (weights >= 0)):
-        raise InputError("`weights` must be finite and non-negative (e.g. vertex areas); "
-                         "got negative or non-finite values.")
+        raise InputError(
+            "`weights` must be finite and non-negative (e.g. vertex areas); got negative or non-finite values."
+        )
     return weights

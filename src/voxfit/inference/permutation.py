@@ -14,7 +14,8 @@ always one of the shuffles and uses the observed statistic exactly. p-values cou
 statistic reaches the observed one (the identity included): ``p = #{b: s_b >= s_obs} / N``, with ties
 judged at a relative tolerance of 1e-6 for float32 data (1e-10 for float64), widened where the residual sum
 of squares is a small part of ``||E||^2`` (the null statistics lose those digits), and 1e-5 for TFCE and
-cluster values (their null maps are float32). Voxels without residual variance get no statistic and NaN p. t contrasts are one-sided (large
+cluster values (their null maps are float32).
+Voxels without residual variance get no statistic and NaN p. t contrasts are one-sided (large
 positive t); test the other tail with the negated contrast.
 """
 
@@ -120,12 +121,29 @@ def _statistic(G: NDArray, ee: NDArray, dof: float, q: int, is_t: bool) -> NDArr
 
 
 def permutation_test(
-    X, Y, contrast, *, names=None, n_permutations: int = 5000, scheme: str = "auto", blocks=None,
-    whole_blocks: bool = False, seed=None, adjacency=None, cluster_threshold: float | None = None,
-    tfce: bool = False, tfce_E: float = 0.5, tfce_H: float = 2.0, weights=None, max_memory=256 << 20,
-    n_jobs: int | None = None, progress: bool | None = None, name: str | None = None, scheduler=None,
+    X,
+    Y,
+    contrast,
+    *,
+    names=None,
+    n_permutations: int = 5000,
+    scheme: str = "auto",
+    blocks=None,
+    whole_blocks: bool = False,
+    seed=None,
+    adjacency=None,
+    cluster_threshold: float | None = None,
+    tfce: bool = False,
+    tfce_E: float = 0.5,
+    tfce_H: float = 2.0,
+    weights=None,
+    max_memory=256 << 20,
+    n_jobs: int | None = None,
+    progress: bool | None = None,
+    name: str | None = None,
+    scheduler=None,
     device: str | None = None,
-) -> PermutationResult:  # fmt: skip
+) -> PermutationResult:
     """Permutation (or sign-flip) inference for one t or F contrast at every voxel.
 
     Parameters
@@ -188,18 +206,24 @@ def permutation_test(
     if scheme not in ("flip", "permute"):
         raise InputError(f"`scheme` must be auto, flip or permute; got {scheme!r}.")
     if scheme == "permute" and tests_mean:
-        raise InputError(f"contrast {label!r} tests the mean (the constant is part of the effect), which permuting "
-                         "rows cannot change; use sign-flips (scheme 'flip' or 'auto').")  # fmt: skip
+        raise InputError(
+            f"contrast {label!r} tests the mean (the constant is part of the effect), which permuting "
+            "rows cannot change; use sign-flips (scheme 'flip' or 'auto')."
+        )
     if not isinstance(n_permutations, bool) and isinstance(n_permutations, (int, np.integer)) and n_permutations > 0:
         # the table of shuffles (N x n) and the null distributions (N each) are whole-run: they must fit memory
         N = min(int(n_permutations), count_shuffles(scheme, np.column_stack([U, Qz]), blocks, whole_blocks))
         # with the maps' float64 working copies (the data and their residuals, n x V each)
-        check_memory(N * (design.n_scans * (8 if scheme == "permute" else 3) + 64) + 16 * Y.shape[0] * Y.shape[1],
-                     f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {design.n_scans} maps "
-                     f"({Y.shape[1]:,} voxels)", None,
-                     "Ask for fewer permutations (5000 to 10000 are usual).")  # fmt: skip
-    shuffles = make_shuffles(scheme, np.column_stack([U, Qz]), n_permutations, blocks=blocks,
-                             whole_blocks=whole_blocks, seed=seed)  # fmt: skip
+        check_memory(
+            N * (design.n_scans * (8 if scheme == "permute" else 3) + 64) + 16 * Y.shape[0] * Y.shape[1],
+            f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {design.n_scans} maps "
+            f"({Y.shape[1]:,} voxels)",
+            None,
+            "Ask for fewer permutations (5000 to 10000 are usual).",
+        )
+    shuffles = make_shuffles(
+        scheme, np.column_stack([U, Qz]), n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed
+    )
 
     dtype = working_dtype(Y.dtype)
     need_maps = cluster_threshold is not None or tfce
@@ -233,8 +257,26 @@ def permutation_test(
     okey[~np.isfinite(observed)] = np.inf
     del observed
     ee_w = np.where(valid, ee, 1.0).astype(dtype)
-    runner = _NullRunner(E, tiles, basis, shuffles, ee_w, okey, float(dof), q, is_t, valid, adjacency,
-                         cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device)  # fmt: skip
+    runner = _NullRunner(
+        E,
+        tiles,
+        basis,
+        shuffles,
+        ee_w,
+        okey,
+        float(dof),
+        q,
+        is_t,
+        valid,
+        adjacency,
+        cluster_threshold,
+        tfce,
+        tfce_E,
+        tfce_H,
+        weights,
+        n_jobs,
+        device,
+    )
     del E, ee
     # (half of the budget for the batch when the sign-flip tables may take the other half)
     budget = max_memory // 2 if flips else max_memory
@@ -242,9 +284,12 @@ def permutation_test(
     if runner.on_device:  # one product per batch, the (batch, V) keys on the device
         batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
     # each batch holds the maxima of every tile of voxels for every shuffle (and maps of batch x V with clusters)
-    check_memory(batch * (len(runner.tiles) * np.dtype(dtype).itemsize + (4 * V if need_maps else 0) + 64),
-                 f"a batch of {batch:,} shuffles x {V:,} voxels", None,
-                 "Ask for fewer permutations, or give a smaller mask.")  # fmt: skip
+    check_memory(
+        batch * (len(runner.tiles) * np.dtype(dtype).itemsize + (4 * V if need_maps else 0) + 64),
+        f"a batch of {batch:,} shuffles x {V:,} voxels",
+        None,
+        "Ask for fewer permutations, or give a smaller mask.",
+    )
     counts = np.zeros(V, dtype=np.int64)
     null_max = np.empty(N)
     null_max[0] = np.nanmax(stat) if np.isfinite(stat).any() else np.nan
@@ -277,17 +322,38 @@ def permutation_test(
         labels, sizes, masses = label_clusters(identity, adjacency, cluster_threshold, weights=weights)
         null_extent[0] = sizes.max() if sizes.size else 0.0
         null_mass[0] = masses.max() if masses.size else 0.0
-        clusters = ClusterInference(float(cluster_threshold), labels, sizes, masses,
-                                    _exceedance(null_extent, sizes, map_tol) / N, _exceedance(null_mass, masses, map_tol) / N,
-                                    null_extent, null_mass)  # fmt: skip
+        clusters = ClusterInference(
+            float(cluster_threshold),
+            labels,
+            sizes,
+            masses,
+            _exceedance(null_extent, sizes, map_tol) / N,
+            _exceedance(null_mass, masses, map_tol) / N,
+            null_extent,
+            null_mass,
+        )
     if tfce:
         from .tfce import tfce as tfce_fn
 
         tfce_map = tfce_fn(identity, adjacency, E=tfce_E, H=tfce_H, weights=weights).astype(np.float64)
         null_tfce[0] = np.nanmax(tfce_map) if tfce_map.size else 0.0
         p_tfce = np.where(valid, _exceedance(null_tfce, tfce_map, map_tol) / N, np.nan)
-    return PermutationResult(label, "t" if is_t else "F", stat, float(dof), scheme, N, shuffles.exhaustive,
-                             p_unc, p_fwe, null_max, clusters, tfce_map, p_tfce, null_tfce if tfce else None)  # fmt: skip
+    return PermutationResult(
+        label,
+        "t" if is_t else "F",
+        stat,
+        float(dof),
+        scheme,
+        N,
+        shuffles.exhaustive,
+        p_unc,
+        p_fwe,
+        null_max,
+        clusters,
+        tfce_map,
+        p_tfce,
+        null_tfce if tfce else None,
+    )
 
 
 class _NullRunner:
@@ -295,8 +361,27 @@ class _NullRunner:
     maxima (keys), per-voxel exceedance counts, and cluster and TFCE maxima. Local runs call it in a loop;
     a Dask cluster receives it once and runs batches on its workers."""
 
-    def __init__(self, E_tiles, tiles, basis, shuffles: Shuffles, ee_w, okey, dof, q, is_t, valid, adjacency,
-                 cluster_threshold, tfce, tfce_E, tfce_H, weights, n_jobs, device=None):  # fmt: skip
+    def __init__(
+        self,
+        E_tiles,
+        tiles,
+        basis,
+        shuffles: Shuffles,
+        ee_w,
+        okey,
+        dof,
+        q,
+        is_t,
+        valid,
+        adjacency,
+        cluster_threshold,
+        tfce,
+        tfce_E,
+        tfce_H,
+        weights,
+        n_jobs,
+        device=None,
+    ):
         self.dtype = E_tiles[0].dtype if E_tiles else np.dtype(np.float32)
         self.basis, self.ee_w, self.okey, self.dof, self.q, self.is_t = basis, ee_w, okey, dof, q, is_t
         self.valid, self.adjacency, self.cluster_threshold = valid, adjacency, cluster_threshold
@@ -313,7 +398,9 @@ class _NullRunner:
             groups = (bits.shape[1] + 7) // 8
             padded = np.zeros((bits.shape[0], 8 * groups), dtype=np.uint8)
             padded[:, : bits.shape[1]] = bits
-            self.patterns = np.ascontiguousarray((padded.reshape(-1, groups, 8) << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8))
+            self.patterns = np.ascontiguousarray(
+                (padded.reshape(-1, groups, 8) << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
+            )
             self.basis_w = np.ascontiguousarray(basis, dtype=np.float64)
 
     def run(self, start: int, stop: int, return_maps: bool = False):
@@ -324,21 +411,49 @@ class _NullRunner:
         maps = np.empty((nb, V), dtype=np.float32) if self.need_maps else np.empty((1, 1), dtype=np.float32)
         rowmax = np.full((len(self.tiles), nb), -np.inf, dtype=self.dtype)
         counts = np.zeros(V, dtype=np.int32)
-        rows = None if self.flips else _projector_rows(self.basis, self.shuffles, start, stop, self.dtype).reshape(nb * r, -1)
+        rows = (
+            None
+            if self.flips
+            else _projector_rows(self.basis, self.shuffles, start, stop, self.dtype).reshape(nb * r, -1)
+        )
         local = threading.local()
 
         def work(k):
             a, b = self.tiles[k]
             if self.flips:
-                flip_tile(self.E_tiles[k], self.basis_w, self.patterns[start:stop], self.ee_w[a:b], self.okey[a:b],
-                          self.dof, self.q, self.is_t, rowmax[k], counts[a:b], maps, a, self.need_maps)  # fmt: skip
+                flip_tile(
+                    self.E_tiles[k],
+                    self.basis_w,
+                    self.patterns[start:stop],
+                    self.ee_w[a:b],
+                    self.okey[a:b],
+                    self.dof,
+                    self.q,
+                    self.is_t,
+                    rowmax[k],
+                    counts[a:b],
+                    maps,
+                    a,
+                    self.need_maps,
+                )
                 return
             buf = getattr(local, "buf", None)
             if buf is None or buf.shape[0] < nb * r:
                 buf = local.buf = np.empty((nb * r, self.tile), dtype=self.dtype)
             G = np.matmul(rows, self.E_tiles[k], out=buf[: nb * r, : b - a]).reshape(nb, r, b - a)
-            stats_tile(G, self.ee_w[a:b], self.okey[a:b], self.dof, self.q, self.is_t, rowmax[k], counts[a:b], maps, a,
-                       self.need_maps)  # fmt: skip
+            stats_tile(
+                G,
+                self.ee_w[a:b],
+                self.okey[a:b],
+                self.dof,
+                self.q,
+                self.is_t,
+                rowmax[k],
+                counts[a:b],
+                maps,
+                a,
+                self.need_maps,
+            )
 
         with _blas_single_threaded():  # threads share the tiles; a signal stops them between two tiles
             run_in_threads(work, range(len(self.tiles)), _workers(self.n_jobs))
@@ -386,7 +501,9 @@ def _exceedance(null: NDArray, values: NDArray, tol) -> NDArray[np.float64]:
     """How many null values reach each value (relative tolerance `tol`); NaN for a NaN value."""
     ordered = np.sort(np.where(np.isnan(null), -np.inf, null))
     threshold = values - tol * np.maximum(np.abs(values), 1.0)
-    count = (ordered.size - np.searchsorted(ordered, np.nan_to_num(threshold, nan=np.inf), side="left")).astype(np.float64)
+    count = (ordered.size - np.searchsorted(ordered, np.nan_to_num(threshold, nan=np.inf), side="left")).astype(
+        np.float64
+    )
     return np.where(np.isnan(values), np.nan, count)
 
 
@@ -404,8 +521,9 @@ def _tile_width(flips: bool, basis: NDArray, itemsize: int, n_jobs, max_memory: 
     return int(max(32, min(FLIP_TILE, (max_memory // 2) // max(table, 1))))
 
 
-def batch_size(V: int, N: int, r: int, tile: int, need_maps: bool, flips: bool, max_memory: int, itemsize: int = 4,
-               n_jobs=None) -> int:
+def batch_size(
+    V: int, N: int, r: int, tile: int, need_maps: bool, flips: bool, max_memory: int, itemsize: int = 4, n_jobs=None
+) -> int:
     """Shuffles per batch: the batch's null maps, float32 (B, V) when clusters or TFCE need them, its
     per-tile maxima and, for permutations, each thread's projected tile (B r tile values), within
     `max_memory`: memory O(batch * V), as scipy's ``permutation_test(batch=...)``. Sign-flips without maps

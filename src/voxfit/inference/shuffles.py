@@ -129,7 +129,9 @@ def _enumerate_permutations(design, labels, whole_blocks) -> NDArray[np.intp]:
     per_block = []
     for b in range(n_blocks):
         pos = np.flatnonzero(labels == b)
-        per_block.append([(pos, _orders_from_labelling(classes, pos, lab)) for lab in _multiset_permutations(list(classes[pos]))])
+        per_block.append(
+            [(pos, _orders_from_labelling(classes, pos, lab)) for lab in _multiset_permutations(list(classes[pos]))]
+        )
     rows = []
     for combo in itertools.product(*per_block):
         order = np.arange(n)
@@ -146,8 +148,9 @@ def _identity_first(rows: NDArray, identity: NDArray) -> NDArray:
     return rows
 
 
-def make_shuffles(kind: str, design: NDArray, n_shuffles: int, *, blocks=None, whole_blocks: bool = False,
-                  seed=None) -> Shuffles:  # fmt: skip
+def make_shuffles(
+    kind: str, design: NDArray, n_shuffles: int, *, blocks=None, whole_blocks: bool = False, seed=None
+) -> Shuffles:
     """`n_shuffles` rearrangements (the identity first), or all of them when there are no more than that.
 
     Parameters
@@ -173,14 +176,21 @@ def make_shuffles(kind: str, design: NDArray, n_shuffles: int, *, blocks=None, w
     if whole_blocks:
         sizes = np.bincount(labels)
         if kind == "permute" and len(set(sizes.tolist())) > 1:
-            raise InputError(f"whole-block permutation needs blocks of equal size; the blocks have sizes {sorted(set(sizes.tolist()))}.")
+            raise InputError(
+                "whole-block permutation needs blocks of equal size; "
+                f"the blocks have sizes {sorted(set(sizes.tolist()))}."
+            )
     available = count_shuffles(kind, design, blocks, whole_blocks)
     rng = np.random.default_rng(seed)
     exhaustive = n_shuffles >= available
     units = n_blocks if (whole_blocks and kind == "flip") else n
     if kind == "flip":
         if exhaustive or available <= _INDEXABLE:
-            codes = np.arange(available) if exhaustive else np.concatenate([[0], 1 + rng.choice(available - 1, n_shuffles - 1, replace=False)])
+            codes = (
+                np.arange(available)
+                if exhaustive
+                else np.concatenate([[0], 1 + rng.choice(available - 1, n_shuffles - 1, replace=False)])
+            )
             bits = ((codes[:, None] >> np.arange(units)[None, :]) & 1).astype(np.int8)
         else:
             bits = rng.integers(0, 2, size=(n_shuffles, units), dtype=np.int8)

@@ -72,8 +72,10 @@ def tfce_max(stats, adjacency: Adjacency, E: float = 0.5, H: float = 2.0, weight
     """
     rows, one, E, H, weights = _tfce_iv(stats, adjacency, E, H, weights, "stats")
     if one:
-        raise InputError(f"`stats` must be 2-D (B, V), one map per row; got shape {np.shape(stats)}. "
-                         "For a single map pass stats[None, :].")
+        raise InputError(
+            f"`stats` must be 2-D (B, V), one map per row; got shape {np.shape(stats)}. "
+            "For a single map pass stats[None, :]."
+        )
     from voxfit.inference import _kernels
 
     out = np.empty(rows.shape[0])
@@ -93,6 +95,7 @@ def _tfce_iv(stat, adjacency, E, H, weights, name):
             raise InputError(f"`{exponent}` must be a finite number >= 0 (usually E=0.5, H=2); got {value!r}.")
     rows, one = _as_rows(stat, adjacency, name)
     if np.isposinf(rows).any():
-        raise InputError(f"`{name}` contains +inf, whose TFCE is infinite; "
-                         "replace it with a large finite value or NaN.")
+        raise InputError(
+            f"`{name}` contains +inf, whose TFCE is infinite; replace it with a large finite value or NaN."
+        )
     return rows, one, float(E), float(H), _as_weights(weights, adjacency)

@@ -19,7 +19,8 @@ __all__ = ["Dataset", "ScaledArray", "load"]
 class ScaledArray:
     """Integer data kept compact, seen as ``slope * raw + inter`` one block at a time.
 
-    Indexing returns float32 arrays (float64 for 32-bit integers and float64 data, as the precision policy); ``voxfit.fit`` reads it block by block, so the scaled copy of the whole
+    Indexing returns float32 arrays (float64 for 32-bit integers and float64 data, as the precision policy);
+    ``voxfit.fit`` reads it block by block, so the scaled copy of the whole
     never exists.
     """
 
@@ -58,8 +59,14 @@ class Dataset:
 
 
 def load(
-    paths, mask=None, *, mask_threshold: float | str | None = None, progress: bool | None = None, n_scans: int | None = None,
-    scan_globals: bool = False, name: str = "paths",
+    paths,
+    mask=None,
+    *,
+    mask_threshold: float | str | None = None,
+    progress: bool | None = None,
+    n_scans: int | None = None,
+    scan_globals: bool = False,
+    name: str = "paths",
 ) -> Dataset:
     """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
@@ -94,7 +101,9 @@ def load(
     """
     reader = open_reader(paths, name)
     if n_scans is not None and n_scans != reader.n_scans:
-        raise InputError(f"the design has {n_scans} rows but the data have {reader.n_scans} scans; give one design row per scan.")
+        raise InputError(
+            f"the design has {n_scans} rows but the data have {reader.n_scans} scans; give one design row per scan."
+        )
     globals_ = ScanGlobals(reader.n_scans, reader.scale) if scan_globals else None
     threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is None:
@@ -103,5 +112,10 @@ def load(
         mask_array = explicit_mask(mask, reader.geometry)
         raw = gather(reader, np.flatnonzero(mask_array), progress, globals_)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
-    return Dataset(data=data, masker=Masker(reader.geometry, mask_array), paths=tuple(reader.paths),
-                   globals=None if globals_ is None else globals_.values, memory=tuple(reader.in_memory))  # fmt: skip
+    return Dataset(
+        data=data,
+        masker=Masker(reader.geometry, mask_array),
+        paths=tuple(reader.paths),
+        globals=None if globals_ is None else globals_.values,
+        memory=tuple(reader.in_memory),
+    )

@@ -74,10 +74,16 @@ class VolumeGeometry(Geometry):
 
     def _check_same(self, other: VolumeGeometry, what: str) -> None:
         if tuple(other.shape) != tuple(self.shape):
-            raise InputError(f"{what} has shape {tuple(other.shape)} but the data have {tuple(self.shape)}; resample it to the data's grid.")
+            raise InputError(
+                f"{what} has shape {tuple(other.shape)} but the data have "
+                f"{tuple(self.shape)}; resample it to the data's grid."
+            )
         if not np.allclose(other.affine, self.affine, atol=AFFINE_ATOL, rtol=0):
             diff = np.abs(other.affine - self.affine).max()
-            raise InputError(f"{what} has a different affine from the data (largest difference {diff:.3g} mm); resample it to the data's grid.")
+            raise InputError(
+                f"{what} has a different affine from the data (largest "
+                f"difference {diff:.3g} mm); resample it to the data's grid."
+            )
 
     def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
         vols = np.asarray(maps).reshape((-1,) + tuple(self.shape[::-1]))  # (k, z, y, x): rows are x-fastest
@@ -121,12 +127,13 @@ class SurfaceGeometry(Geometry):
         dtype = np.float32 if maps.dtype.kind == "f" else np.int32
         arrays = [
             nib.gifti.GiftiDataArray(
-                np.ascontiguousarray(m, dtype=dtype), intent="NIFTI_INTENT_NONE",
+                np.ascontiguousarray(m, dtype=dtype),
+                intent="NIFTI_INTENT_NONE",
                 datatype="NIFTI_TYPE_FLOAT32" if dtype == np.float32 else "NIFTI_TYPE_INT32",
                 meta={"Name": name},
             )
             for m, name in zip(maps, names)
-        ]  # fmt: skip
+        ]
         nib.save(nib.gifti.GiftiImage(darrays=arrays, meta=nib.gifti.GiftiMetaData(self.meta)), str(path))
 
 

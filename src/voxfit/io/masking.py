@@ -27,9 +27,22 @@ from .geometry import Geometry
 from .memory import is_image, source_label
 from .readers import open_map
 
-__all__ = ["SPM_MASK_THRESHOLD", "AutoMask", "Masker", "ScanGlobals", "check_mask", "explicit_mask", "gather", "gather_auto",
-           "global_sums_block", "keep_columns", "load_mask", "mask_block", "resolve_mask_threshold",
-           "spm_globals"]  # fmt: skip
+__all__ = [
+    "SPM_MASK_THRESHOLD",
+    "AutoMask",
+    "Masker",
+    "ScanGlobals",
+    "check_mask",
+    "explicit_mask",
+    "gather",
+    "gather_auto",
+    "global_sums_block",
+    "keep_columns",
+    "load_mask",
+    "mask_block",
+    "resolve_mask_threshold",
+    "spm_globals",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,8 +138,12 @@ def _check_gathered(reader, n_columns: int) -> None:
     of scans is a header's claim until the data are read)."""
     nbytes = int(reader.n_scans) * int(n_columns) * np.dtype(reader.dtype).itemsize
     source = reader.paths[0] if reader.paths else "the data in memory"
-    check_memory(nbytes, f"{source}: {reader.n_scans:,} scans x {n_columns:,} voxels in memory", None,
-                 "Give --max-memory (`max_memory`) to stream the data from disk, or a smaller mask.")  # fmt: skip
+    check_memory(
+        nbytes,
+        f"{source}: {reader.n_scans:,} scans x {n_columns:,} voxels in memory",
+        None,
+        "Give --max-memory (`max_memory`) to stream the data from disk, or a smaller mask.",
+    )
 
 
 def _scaled(block: NDArray, scale) -> NDArray:
@@ -194,7 +211,9 @@ class AutoMask:
     threshold in every scan (and non-zero in every scan with `nonzero`, the group-level rule). `scale`
     (slope, intercept) turns the values given to :meth:`add` into intensities for the threshold only."""
 
-    def __init__(self, n_elements: int, floats: bool, threshold: float | None = None, scale=None, nonzero: bool = False):
+    def __init__(
+        self, n_elements: int, floats: bool, threshold: float | None = None, scale=None, nonzero: bool = False
+    ):
         self.floats, self.threshold, self.scale, self.nonzero = floats, threshold, scale, nonzero
         self.first = self.candidates = None
         self.finite = np.ones(n_elements, dtype=bool)
@@ -296,7 +315,9 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
     mask, candidates = auto.mask(), auto.candidates
     if not mask.any():
         why = "above the intensity threshold, " if threshold is not None else ""
-        raise InputError(f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan.")
+        raise InputError(
+            f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan."
+        )
     data = keep_columns(out, np.flatnonzero(mask[candidates]))  # C order, as gather and column sources give
     missed = np.flatnonzero(mask & ~candidates)
     if missed.size:  # zero in the first scan but varying later: a second pass for those only

@@ -18,8 +18,10 @@ from ..exceptions import InputError
 __all__ = ["DATA_ACCEPTED", "MemoryInput", "check_data", "is_image", "memory_input", "source_label"]
 
 
-DATA_ACCEPTED = ("a path to an image file (or a list of them), a nibabel image, a list of 3-D nibabel images (one "
-                 "per scan) or a 2-D numpy array (scans, voxels)")
+DATA_ACCEPTED = (
+    "a path to an image file (or a list of them), a nibabel image, a list of 3-D nibabel images (one "
+    "per scan) or a 2-D numpy array (scans, voxels)"
+)
 
 
 def is_image(obj) -> bool:
@@ -73,12 +75,15 @@ class MemoryInput:
             rows = max(1, (4 << 20) // max(1, a[:1].nbytes)) if a.ndim else 1
             for i in range(0, max(1, a.shape[0] if a.ndim else 1), rows):  # bounded copies of non-contiguous data
                 h.update(np.ascontiguousarray(a[i : i + rows] if a.ndim else a).data)
-        return {"source": self.source, "type": self.type, "shape": list(self.shape), "dtype": self.dtype,
-                "sha256": h.hexdigest()}  # fmt: skip
+        return {
+            "source": self.source,
+            "type": self.type,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "sha256": h.hexdigest(),
+        }
 
 
 def memory_input(img, values: NDArray) -> MemoryInput:
     shape = tuple(int(n) for n in img.shape)
     return MemoryInput("in-memory nibabel image", type(img).__name__, shape, str(values.dtype), (values,))
-
-

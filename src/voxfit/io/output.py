@@ -20,8 +20,19 @@ from pathlib import Path
 
 from ..exceptions import DISK_FULL, InputError
 
-__all__ = ["OutputFolder", "before_commit", "disk_error", "exclusive_file", "make_folder", "remove_made_folders",
-           "sanitize_label", "stat_maps", "statmap_name", "write_file_atomically", "write_stats"]
+__all__ = [
+    "OutputFolder",
+    "before_commit",
+    "disk_error",
+    "exclusive_file",
+    "make_folder",
+    "remove_made_folders",
+    "sanitize_label",
+    "stat_maps",
+    "statmap_name",
+    "write_file_atomically",
+    "write_stats",
+]
 
 
 def sanitize_label(name: str, what: str = "contrast") -> str:
@@ -32,8 +43,9 @@ def sanitize_label(name: str, what: str = "contrast") -> str:
     return label
 
 
-def statmap_name(stat: str, extension: str, contrast: str | None = None, entity: str = "contrast",
-                 desc: str | None = None) -> str:  # fmt: skip
+def statmap_name(
+    stat: str, extension: str, contrast: str | None = None, entity: str = "contrast", desc: str | None = None
+) -> str:
     """BIDS-derivatives style: ``contrast-<label>_stat-<stat>[_desc-<desc>]_statmap<ext>`` (or without the
     contrast)."""
     prefix = f"{entity}-{contrast}_" if contrast is not None else ""
@@ -81,16 +93,19 @@ def check_replaceable(dest: Path) -> None:
     except OSError:
         return  # nothing there: nothing replaced
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise InputError(f"{dest} is not a regular file (a device, pipe or socket); voxfit writes only files: "
-                         "choose another output.")  # fmt: skip
+        raise InputError(
+            f"{dest} is not a regular file (a device, pipe or socket); voxfit writes only files: choose another output."
+        )
     for path in _INPUTS.get():
         try:
             same = os.path.samefile(dest, path)
         except OSError:
             continue
         if same:
-            raise InputError(f"{dest} is an input of this run; an output may not replace it, even with --force: "
-                             "choose another output folder or name.")  # fmt: skip
+            raise InputError(
+                f"{dest} is an input of this run; an output may not replace it, even with --force: "
+                "choose another output folder or name."
+            )
 
 
 def disk_error(exc: BaseException, path) -> InputError | None:
@@ -175,7 +190,9 @@ def make_folder(path) -> list[Path]:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, no permission, a full disk...
         remove_made_folders(made)
-        raise disk_error(exc, path) or InputError(f"cannot write to output folder {path}: {exc.strerror or exc}.") from None
+        raise disk_error(exc, path) or InputError(
+            f"cannot write to output folder {path}: {exc.strerror or exc}."
+        ) from None
     return made
 
 
@@ -202,8 +219,10 @@ class OutputFolder:
     def __init__(self, path, force: bool = False):
         self.final = Path(path)
         if self.final.is_symlink():
-            raise InputError(f"output folder {self.final} is a symbolic link (to {os.readlink(self.final)}); give "
-                             f"the folder itself ({self.final.resolve()}), so that nothing is written elsewhere.")  # fmt: skip
+            raise InputError(
+                f"output folder {self.final} is a symbolic link (to {os.readlink(self.final)}); give "
+                f"the folder itself ({self.final.resolve()}), so that nothing is written elsewhere."
+            )
         if self.final.exists() and not self.final.is_dir():
             raise InputError(f"output {self.final} exists and is not a folder.")
         if self.final.is_dir():
@@ -234,7 +253,8 @@ class OutputFolder:
         except OSError as exc:
             self._cleanup()
             raise disk_error(exc, self.final) or InputError(
-                f"cannot write to output folder {self.final}: {exc.strerror or exc}.") from None  # fmt: skip
+                f"cannot write to output folder {self.final}: {exc.strerror or exc}."
+            ) from None
         return self
 
     def path(self, name: str) -> Path:
@@ -248,8 +268,12 @@ class OutputFolder:
     def run_record(self, **steps: float) -> dict:
         """What model.json says of the run so far: start time, `steps` (seconds), seconds since this folder
         was opened, and the peak resident memory of the process (None where the system does not tell)."""
-        return {"started": self.started.isoformat(timespec="seconds"), **{k: round(v, 3) for k, v in steps.items()},
-                "elapsed_s": round(time.perf_counter() - self._clock, 3), "peak_memory_mib": peak_memory_mib()}  # fmt: skip
+        return {
+            "started": self.started.isoformat(timespec="seconds"),
+            **{k: round(v, 3) for k, v in steps.items()},
+            "elapsed_s": round(time.perf_counter() - self._clock, 3),
+            "peak_memory_mib": peak_memory_mib(),
+        }
 
     def write_json(self, name: str, obj) -> None:
         self.path(name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
@@ -267,8 +291,10 @@ class OutputFolder:
             dest = self.final / name
             check_replaceable(dest)
             if dest.is_dir() and not dest.is_symlink() and not (self.staging / name).is_dir():
-                raise InputError(f"{dest} is a folder; voxfit writes a file of that name there. Move it, or "
-                                 "choose another output folder.")  # fmt: skip
+                raise InputError(
+                    f"{dest} is a folder; voxfit writes a file of that name there. Move it, or "
+                    "choose another output folder."
+                )
         with _signals_held():
             done = self._move_all()
         shutil.rmtree(self._tmp, ignore_errors=True)  # (the marker, and what was replaced)
@@ -337,7 +363,7 @@ def _signals_held():
     import signal
     import threading
 
-    hold = (hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread())
+    hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
     if not hold:
         yield
         return

@@ -54,8 +54,20 @@ from .memory import MemoryInput, check_data, is_image, memory_input
 from .scans import expand_run, file_identity
 from .stores import open_hdf5, open_zarr
 
-__all__ = ["ArrayReader", "CiftiReader", "ColumnSource", "GiftiReader", "NiftiReader", "NpyReader", "VolumeImageReader",
-           "VolumeListReader", "check_scan_memory", "open_map", "open_reader", "read_mesh"]  # fmt: skip
+__all__ = [
+    "ArrayReader",
+    "CiftiReader",
+    "ColumnSource",
+    "GiftiReader",
+    "NiftiReader",
+    "NpyReader",
+    "VolumeImageReader",
+    "VolumeListReader",
+    "check_scan_memory",
+    "open_map",
+    "open_reader",
+    "read_mesh",
+]
 
 DEFAULT_SLAB_BYTES = 4 << 20
 
@@ -75,8 +87,10 @@ def _kind(path: Path) -> str:
         return "hdf5"
     if name.endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz", ".hdr.gz")):
         return "nifti"
-    raise InputError(f"{path}: not an image voxfit can read (expected .nii, .nii.gz, .hdr/.img, .gii, .dtseries.nii, "
-                     ".dscalar.nii, .npy, .zarr or .h5).")  # fmt: skip
+    raise InputError(
+        f"{path}: not an image voxfit can read (expected .nii, .nii.gz, .hdr/.img, .gii, .dtseries.nii, "
+        ".dscalar.nii, .npy, .zarr or .h5)."
+    )
 
 
 def _load(path: Path):
@@ -128,8 +142,12 @@ def check_scan_memory(reader, source: str, max_memory=None) -> None:
     parts = [reader, *getattr(reader, "_readers", ())]  # (a list of 3-D files: any compressed one)
     buffers = SCAN_BUFFERS if any(getattr(r, "_compressed", False) for r in parts) else 2  # else: a slab and a copy
     need = nel * (buffers * np.dtype(reader.dtype).itemsize + SCAN_OVERHEAD)
-    check_memory(need, f"{source}: one scan of {nel:,} elements (as its header says)", max_memory,
-                 "Check the file's dimensions; voxfit reads one scan at a time, so one scan must fit.")  # fmt: skip
+    check_memory(
+        need,
+        f"{source}: one scan of {nel:,} elements (as its header says)",
+        max_memory,
+        "Check the file's dimensions; voxfit reads one scan at a time, so one scan must fit.",
+    )
 
 
 def _check_file_holds(path: Path, img) -> None:
@@ -166,20 +184,28 @@ def _check_gifti_sizes(path: Path) -> None:
             if _GIFTI_EXTERNAL.search(tag.group(1)):  # voxfit reads only the input it is given
                 where = _GIFTI_EXTERNAL_NAME.search(tag.group(1))
                 other = f" ({where.group(1).decode('utf-8', 'replace')})" if where else ""
-                raise InputError(f"{path} keeps its data in another file{other} (GIFTI ExternalFileBinary); voxfit "
-                                 "reads only the input file: save the data inside it (Base64Binary or "
-                                 "GZipBase64Binary).")  # fmt: skip
+                raise InputError(
+                    f"{path} keeps its data in another file{other} (GIFTI ExternalFileBinary); voxfit "
+                    "reads only the input file: save the data inside it (Base64Binary or "
+                    "GZipBase64Binary)."
+                )
             dims = [int(d) for d in _GIFTI_DIM.findall(tag.group(1))]
             _check_dimensions(path, dims)
             total += int(np.prod(dims, dtype=object)) * 8 if dims else 0  # (decoded, then as float64 at most)
-    check_memory(total, f"{path}: the data arrays its header declares", None,
-                 "Check the file's dimensions (DataArray Dim0, Dim1).")  # fmt: skip
+    check_memory(
+        total,
+        f"{path}: the data arrays its header declares",
+        None,
+        "Check the file's dimensions (DataArray Dim0, Dim1).",
+    )
 
 
 def _check_dimensions(path, shape) -> None:
     if any(int(n) < 1 for n in shape):
-        raise InputError(f"{path}: the header gives dimensions {tuple(int(n) for n in shape)}; every dimension must be "
-                         "a positive whole number (a broken or hostile header).")  # fmt: skip
+        raise InputError(
+            f"{path}: the header gives dimensions {tuple(int(n) for n in shape)}; every dimension must be "
+            "a positive whole number (a broken or hostile header)."
+        )
 
 
 def _check_numeric(path, dtype, header=None) -> None:
@@ -188,8 +214,10 @@ def _check_numeric(path, dtype, header=None) -> None:
     if dtype.kind not in "iuf" or dtype.fields is not None:
         # NIfTI's name for it (RGB, complex64...), else numpy's
         label = header.get_value_label("datatype") if isinstance(header, nib.analyze.AnalyzeHeader) else str(dtype)
-        raise InputError(f"{path}: the data type is {label}; voxfit fits real numbers (integer or float data; "
-                         "convert RGB or complex images to one real value per voxel first).")  # fmt: skip
+        raise InputError(
+            f"{path}: the data type is {label}; voxfit fits real numbers (integer or float data; "
+            "convert RGB or complex images to one real value per voxel first)."
+        )
 
 
 def _ramped(n: int, k: int) -> Iterator[tuple[int, int]]:
@@ -214,8 +242,10 @@ class NiftiReader:
         self.path = Path(path)
         img = _load(self.path)
         if not np.isfinite(img.affine).all() or not np.isfinite(img.header.get_zooms()[:3]).all():
-            raise InputError(f"{self.path}: its header gives non-finite voxel sizes or orientation (pixdim, "
-                             "sform/qform); fix the header (e.g. nibabel's set_zooms) before fitting.")  # fmt: skip
+            raise InputError(
+                f"{self.path}: its header gives non-finite voxel sizes or orientation (pixdim, "
+                "sform/qform); fix the header (e.g. nibabel's set_zooms) before fitting."
+            )
         if not isinstance(img, nib.analyze.AnalyzeImage) or isinstance(img, nib.Cifti2Image):
             raise InputError(f"{self.path}: not a NIfTI or Analyze volume image.")
         shape = img.shape
@@ -245,8 +275,10 @@ class NiftiReader:
             raise InputError(f"{self.path}: unsupported data layout (order {proxy.order}).")
         if self._image_file != self.path:  # an Analyze/NIfTI pair: the .img must be there and readable
             if not self._image_file.exists():
-                raise InputError(f"{self._image_file}: no such file (the data of {self.path}); keep the .img beside "
-                                 "its .hdr, with the same name.")  # fmt: skip
+                raise InputError(
+                    f"{self._image_file}: no such file (the data of {self.path}); keep the .img beside "
+                    "its .hdr, with the same name."
+                )
             check_readable(self._image_file, "image data")
         self._data_bytes = self.n_scans * self.geometry.n_elements * self._file_dtype.itemsize
         need = self._offset + self._data_bytes
@@ -255,16 +287,25 @@ class NiftiReader:
             raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
         if self._compressed and need > GZIP_MAX_RATIO * have + GZIP_MARGIN:
             most = GZIP_MAX_RATIO * have + GZIP_MARGIN
-            raise InputError(f"{self._image_file}: the header promises {need:,} bytes ({' x '.join(map(str, shape))} "
-                             f"{self._file_dtype}) but {have:,} bytes of gzip can hold at most {most:,}; the file is "
-                             "truncated or its header is wrong.")  # fmt: skip
+            raise InputError(
+                f"{self._image_file}: the header promises {need:,} bytes ({' x '.join(map(str, shape))} "
+                f"{self._file_dtype}) but {have:,} bytes of gzip can hold at most {most:,}; the file is "
+                "truncated or its header is wrong."
+            )
 
     def column_source(self, index=None) -> ColumnSource | None:
         """The data by columns (None for a compressed file: it can only be read front to back)."""
         if self._compressed:
             return None
-        return ColumnSource("nifti", [(self._image_file, self._offset)], self._file_dtype, self.n_scans,
-                            self.geometry.n_elements, scale=self.scale, index=index)  # fmt: skip
+        return ColumnSource(
+            "nifti",
+            [(self._image_file, self._offset)],
+            self._file_dtype,
+            self.n_scans,
+            self.geometry.n_elements,
+            scale=self.scale,
+            index=index,
+        )
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         nel = self.geometry.n_elements
@@ -306,14 +347,18 @@ class NiftiReader:
                         _read_into(fh, buf[:count], self._image_file)
                         full.put((start, buf, count))
                     if fh.read(1):  # (reading on to the end also checks the gzip trailer: CRC and length)
-                        raise InputError(f"{self._image_file}: the gzip stream holds more data than the header "
-                                         f"describes ({self._offset + self._data_bytes:,} bytes); the header is wrong "
-                                         "or the file is corrupt.")  # fmt: skip
+                        raise InputError(
+                            f"{self._image_file}: the gzip stream holds more data than the header "
+                            f"describes ({self._offset + self._data_bytes:,} bytes); the header is wrong "
+                            "or the file is corrupt."
+                        )
                 full.put(None)
             except InputError as exc:
                 full.put(exc)
             except Exception as exc:  # zlib.error, EOFError, OSError, isal's IsalError...: all mean corrupt data
-                full.put(InputError(f"{self._image_file}: truncated or corrupt gzip data ({type(exc).__name__}: {exc})."))
+                full.put(
+                    InputError(f"{self._image_file}: truncated or corrupt gzip data ({type(exc).__name__}: {exc}).")
+                )
 
         thread = threading.Thread(target=produce, name="voxfit-gunzip", daemon=True)
         thread.start()
@@ -425,13 +470,22 @@ class GiftiReader(_RowsReader):
             else:
                 sizes = sorted({np.asarray(d.data).size for d in img.darrays})
                 if len(sizes) > 1:
-                    raise InputError(f"{p}: its data arrays differ in length ({', '.join(map(str, sizes[:4]))} "
-                                     "values); a GIFTI map has one value per vertex in each array.")  # fmt: skip
+                    raise InputError(
+                        f"{p}: its data arrays differ in length ({', '.join(map(str, sizes[:4]))} "
+                        "values); a GIFTI map has one value per vertex in each array."
+                    )
                 arrays.append(np.stack([np.asarray(d.data).reshape(-1) for d in img.darrays]))
             meta = meta or dict(img.meta or {})
             if in_memory:
-                memory.append(MemoryInput("in-memory nibabel image", "GiftiImage", tuple(arrays[-1].shape),
-                                          str(arrays[-1].dtype), (arrays[-1],)))  # fmt: skip
+                memory.append(
+                    MemoryInput(
+                        "in-memory nibabel image",
+                        "GiftiImage",
+                        tuple(arrays[-1].shape),
+                        str(arrays[-1].dtype),
+                        (arrays[-1],),
+                    )
+                )
             else:
                 self.paths.append(p)
         self.in_memory = tuple(memory)
@@ -483,8 +537,12 @@ class CiftiReader:
         self.geometry = CiftiGeometry(models)
         self.n_scans = int(sum(img.shape[0] for img in self._imgs))
         # (an image made in memory holds its array; one from a file, the file's stored type)
-        stored = {np.dtype(img.dataobj.dtype if isinstance(img.dataobj, np.ndarray) else img.get_data_dtype())
-                  .newbyteorder("=") for img in self._imgs}  # fmt: skip
+        stored = {
+            np.dtype(img.dataobj.dtype if isinstance(img.dataobj, np.ndarray) else img.get_data_dtype()).newbyteorder(
+                "="
+            )
+            for img in self._imgs
+        }
         scaled = any(_scale(img.dataobj) is not None for img in self._imgs)
         # nibabel hands back scaled values: integers with scale factors, or mixed dtypes, become float32
         self.dtype = stored.pop() if len(stored) == 1 and not scaled else np.dtype(np.float32)
@@ -521,7 +579,9 @@ class NpyReader(_RowsReader):
         elif all(a.ndim == 1 for a in arrays) and len({a.shape for a in arrays}) == 1:
             self._data = np.stack(arrays)
         else:
-            raise InputError(f"{self.paths[0]}: give one 2-D array (scans, columns) or several 1-D arrays of one length.")
+            raise InputError(
+                f"{self.paths[0]}: give one 2-D array (scans, columns) or several 1-D arrays of one length."
+            )
         if self._data.dtype.kind not in "iuf":
             raise InputError(f"{self.paths[0]}: data must be numeric; got {self._data.dtype}.")
         self.geometry = ArrayGeometry(int(self._data.shape[1]))
@@ -542,15 +602,20 @@ class ArrayReader(_RowsReader):
 
     def __init__(self, array: np.ndarray, name: str = "inputs"):
         if array.ndim != 2:
-            raise InputError(f"`{name}` as a numpy array must be 2-D (scans, voxels); got shape {array.shape} (wrap "
-                             "a volume in a nibabel image: nib.Nifti1Image(data, affine)).")  # fmt: skip
+            raise InputError(
+                f"`{name}` as a numpy array must be 2-D (scans, voxels); got shape {array.shape} (wrap "
+                "a volume in a nibabel image: nib.Nifti1Image(data, affine))."
+            )
         if array.dtype.kind not in "iuf" or 0 in array.shape:
-            raise InputError(f"`{name}` must be a numeric array with at least one scan and one column; got "
-                             f"{array.dtype} of shape {array.shape}.")  # fmt: skip
+            raise InputError(
+                f"`{name}` must be a numeric array with at least one scan and one column; got "
+                f"{array.dtype} of shape {array.shape}."
+            )
         self._data = array
         self.paths = []
-        self.in_memory = (MemoryInput("in-memory numpy array", type_name(array), array.shape, str(array.dtype),
-                                      (array,)),)  # fmt: skip
+        self.in_memory = (
+            MemoryInput("in-memory numpy array", type_name(array), array.shape, str(array.dtype), (array,)),
+        )
         self.geometry = ArrayGeometry(int(array.shape[1]))
         self.n_scans = int(array.shape[0])
         self.dtype = array.dtype.newbyteorder("=")
@@ -633,7 +698,9 @@ class ChunkedArrayReader(_RowsReader):
             raise InputError(f"{location}: no such file or store.")
         self._data = open_zarr(location, name) if kind == "zarr" else open_hdf5(location, name)
         if len(self._data.shape) != 2:
-            raise InputError(f"{text}: the array has shape {tuple(self._data.shape)}; give a 2-D array (rows, columns).")
+            raise InputError(
+                f"{text}: the array has shape {tuple(self._data.shape)}; give a 2-D array (rows, columns)."
+            )
         _check_dimensions(text, self._data.shape)
         self.dtype = np.dtype(self._data.dtype).newbyteorder("=")
         if self.dtype.kind not in "iuf":
@@ -647,7 +714,9 @@ class ChunkedArrayReader(_RowsReader):
         """The data by columns: the array is found again by its path in the store (HDF5: its full name)."""
         name = self._data.path if self._kind == "zarr" else self._data.name
         nel = self.geometry.n_elements
-        return ColumnSource(self._kind, [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, name=name, index=index)
+        return ColumnSource(
+            self._kind, [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, name=name, index=index
+        )
 
 
 class ColumnSource:
@@ -663,8 +732,9 @@ class ColumnSource:
 
     worker_reads = True  # voxfit.engine.fit.map_blocks sends the source, not blocks of data
 
-    def __init__(self, kind: str, files, file_dtype, n_scans: int, n_elements: int, *, name: str = "", scale=None,
-                 index=None):  # fmt: skip
+    def __init__(
+        self, kind: str, files, file_dtype, n_scans: int, n_elements: int, *, name: str = "", scale=None, index=None
+    ):
         self.kind, self.name, self.scale = kind, name, scale
         self.files = [(str(path), int(offset)) for path, offset in files]  # (path, byte offset of the data)
         self.file_dtype = np.dtype(file_dtype)
@@ -732,8 +802,10 @@ class ColumnSource:
         except InputError:
             raise
         except FileNotFoundError:
-            raise InputError(f"{path}: no such file where the data are read (Dask workers must see the inputs at "
-                             "the client's paths).") from None  # fmt: skip
+            raise InputError(
+                f"{path}: no such file where the data are read (Dask workers must see the inputs at "
+                "the client's paths)."
+            ) from None
         except (OSError, ValueError) as exc:
             raise InputError(f"{path}: cannot read the data ({type(exc).__name__}: {exc}).") from None
 
@@ -747,7 +819,9 @@ def read_mesh(path, n_vertices: int) -> tuple[NDArray[np.float64], NDArray[np.in
     if np.ndim(coords) != 2 or np.ndim(faces) != 2:  # (nibabel gives () for an intent the file lacks)
         raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles.")
     if coords.shape[0] != n_vertices:
-        raise InputError(f"mesh {path} has {coords.shape[0]} vertices but the data have {n_vertices}; give the data's surface.")
+        raise InputError(
+            f"mesh {path} has {coords.shape[0]} vertices but the data have {n_vertices}; give the data's surface."
+        )
     return np.asarray(coords, dtype=np.float64), np.asarray(faces, dtype=np.int64)
 
 
@@ -765,8 +839,10 @@ def open_reader(paths, name: str = "inputs"):
     runs = [expand_run(p) for p in items]
     if any(r is not None for r in runs):
         if len(items) > 1:
-            raise InputError(f"{len(items)} inputs name runs (folders, patterns or lists of scans); give one run here, "
-                             "or several runs to `voxfit fit` / fit_runs with one design each.")  # fmt: skip
+            raise InputError(
+                f"{len(items)} inputs name runs (folders, patterns or lists of scans); give one run here, "
+                "or several runs to `voxfit fit` / fit_runs with one design each."
+            )
         items = runs[0]
     paths = [Path(p) for p in items]
     seen: dict[object, Path] = {}
@@ -811,7 +887,7 @@ def _image_reader(images, name: str):
             not isinstance(reader.geometry, VolumeGeometry)
             or (tuple(img.shape[:3]) == reader.geometry.shape and np.allclose(img.affine, reader.geometry.affine))
             for img in images
-        )  # fmt: skip
+        )
         if same:
             return reader
     kinds = {"volume" if isinstance(img, nib.spatialimages.SpatialImage) else type(img).__name__ for img in images}

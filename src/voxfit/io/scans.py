@@ -67,8 +67,10 @@ def _from_folder(folder: Path) -> list[Path]:
         found += f" and {len(biggest) - 4} more series" if len(biggest) > 4 else ""
         first = next(iter(sorted(series.values(), key=len, reverse=True)))[0].name
         prefix = re.match(r"\D*", first).group(0) or first
-        raise InputError(f"{folder} holds several series of images: {found}; name the run's scans with a quoted "
-                         f"pattern such as '{folder / prefix}*{''.join(Path(first).suffixes)}', or a .txt list.")  # fmt: skip
+        raise InputError(
+            f"{folder} holds several series of images: {found}; name the run's scans with a quoted "
+            f"pattern such as '{folder / prefix}*{''.join(Path(first).suffixes)}', or a .txt list."
+        )
     return scans
 
 
@@ -97,8 +99,10 @@ def _from_list(path: Path) -> list[Path]:
         if not text or text.startswith("#"):
             continue
         if not text.lower().endswith(_SCAN_SUFFIXES):
-            raise InputError(f"{path}: not a list of scans (a .txt input lists image files, one per line); line "
-                             f"{number} is {text[:60]!r}.")  # fmt: skip
+            raise InputError(
+                f"{path}: not a list of scans (a .txt input lists image files, one per line); line "
+                f"{number} is {text[:60]!r}."
+            )
         scan = Path(text) if Path(text).is_absolute() else path.parent / text
         if not scan.is_file():
             raise InputError(f"{path}, line {number}: {text} is not a file (paths are relative to the list's folder).")

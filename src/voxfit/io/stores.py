@@ -28,7 +28,9 @@ def open_zarr(location: str, name: str):
     arrays = dict(node.arrays()) if hasattr(node, "arrays") else {}
     pick = name or ("data" if "data" in arrays else (next(iter(arrays)) if len(arrays) == 1 else None))
     if pick is None or pick not in arrays:
-        raise InputError(f"{location}: name the array to read as {location}::NAME (arrays: {', '.join(sorted(arrays)) or 'none'}).")
+        raise InputError(
+            f"{location}: name the array to read as {location}::NAME (arrays: {', '.join(sorted(arrays)) or 'none'})."
+        )
     return arrays[pick]
 
 
@@ -53,8 +55,9 @@ def open_hdf5(location: str, name: str):
         f.visititems(lambda key, obj: found.append(key) if isinstance(obj, h5py.Dataset) else None)
         pick = "data" if "data" in found else (found[0] if len(found) == 1 else None)
         if pick is None:
-            raise InputError(f"{location}: name the dataset to read as {location}::NAME (datasets: "
-                             f"{', '.join(found) or 'none'}).")  # fmt: skip
+            raise InputError(
+                f"{location}: name the dataset to read as {location}::NAME (datasets: {', '.join(found) or 'none'})."
+            )
         return _check_hdf5_inside(location, pick, f[pick])
     except InputError:
         f.close()
@@ -79,14 +82,18 @@ def _check_hdf5_inside(location: str, name: str, ds, seen=()):
         raise InputError(f"{where} is an external link to {other}; {_COPY_HINT} (h5copy, or h5py's copy).")
     if ds.external:
         files = ", ".join(dict.fromkeys(os.fsdecode(entry[0]) for entry in ds.external))
-        raise InputError(f"{where} keeps its values outside the file, in {files} (HDF5 external storage); "
-                         f"{_COPY_HINT} (h5repack -l CONTI).")  # fmt: skip
+        raise InputError(
+            f"{where} keeps its values outside the file, in {files} (HDF5 external storage); "
+            f"{_COPY_HINT} (h5repack -l CONTI)."
+        )
     if ds.is_virtual:
         sources = ds.virtual_sources()
         outside = [m.file_name for m in sources if m.file_name != "." and not _same_file(m.file_name, location)]
         if outside:
-            raise InputError(f"{where} is a virtual dataset reading {', '.join(dict.fromkeys(outside))}; "
-                             f"{_COPY_HINT} (h5repack, or write the dataset's values with h5py).")  # fmt: skip
+            raise InputError(
+                f"{where} is a virtual dataset reading {', '.join(dict.fromkeys(outside))}; "
+                f"{_COPY_HINT} (h5repack, or write the dataset's values with h5py)."
+            )
         for source in dict.fromkeys(m.dset_name for m in sources):  # (in this file: they may be
             inner = ds.file.get(source)  # external storage or links themselves; a missing one reads as fill)
             if inner is not None and hasattr(inner, "is_virtual") and source not in seen:
@@ -111,8 +118,8 @@ def _check_zarr_inside(location: str) -> None:
             if os.path.islink(path):
                 target = os.path.realpath(path)
                 if os.path.commonpath([root, target]) != root:
-                    raise InputError(f"{location}: {os.path.relpath(path, root)} in the Zarr store is a link to "
-                                     f"{target}, outside the store; voxfit reads only the store (replace the link "
-                                     "by a copy of what it points to).")  # fmt: skip
-
-
+                    raise InputError(
+                        f"{location}: {os.path.relpath(path, root)} in the Zarr store is a link to "
+                        f"{target}, outside the store; voxfit reads only the store (replace the link "
+                        "by a copy of what it points to)."
+                    )

@@ -5,4 +5,14 @@ from .glm import ImageFit, fit_images, parse_contrast_option
 from .runs import RunsFit, fit_runs, fixed_effects
 from .second_level import GroupFit, SecondLevel
 
-__all__ = ["FirstLevel", "GroupFit", "ImageFit", "RunsFit", "SecondLevel", "fit_runs", "fixed_effects", "fit_images", "parse_contrast_option"]
+__all__ = [
+    "FirstLevel",
+    "GroupFit",
+    "ImageFit",
+    "RunsFit",
+    "SecondLevel",
+    "fit_runs",
+    "fixed_effects",
+    "fit_images",
+    "parse_contrast_option",
+]

@@ -74,8 +74,10 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
     for v in truth.values():
         v *= brain
     baseline = np.where(brain, 1000.0 * (1 + 0.1 * _blob(center, 12.0)), 20.0)
-    signal = (columns["A"][:, None] * truth["A"].reshape(-1, order="F")
-              + columns["B"][:, None] * truth["B"].reshape(-1, order="F")) / 100.0  # fmt: skip
+    signal = (
+        columns["A"][:, None] * truth["A"].reshape(-1, order="F")
+        + columns["B"][:, None] * truth["B"].reshape(-1, order="F")
+    ) / 100.0
     drift = np.outer(columns["drift1"], rng.normal(0, 0.02, brain.size)) * np.sqrt(N_SCANS)
     noise = np.empty((N_SCANS, brain.size))
     noise[0] = rng.standard_normal(brain.size)
@@ -97,8 +99,15 @@ def make_demo_run(seed: int = 2024) -> DemoRun:
 DEMO_BYTES = 768 << 20
 
 
-def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: int = 2024, max_memory=None,
-             n_jobs: int | None = None, command: list[str] | None = None):  # fmt: skip
+def run_demo(
+    out_dir,
+    force: bool = False,
+    progress: bool | None = None,
+    seed: int = 2024,
+    max_memory=None,
+    n_jobs: int | None = None,
+    command: list[str] | None = None,
+):
     """Make the run, save it as NIfTI, fit it as ``voxfit fit --noise ar1`` would, and keep the data in
     ``<out_dir>/data/`` (model.json names them there, with the command that repeats the fit).
 
@@ -109,17 +118,21 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
     Returns ``(run, result, summary_lines)``.
     """
     if max_memory is not None and parse_memory(max_memory) < DEMO_BYTES:
-        raise InputError(f"`max_memory`={max_memory!r} cannot hold the demo (a synthetic run of {N_SCANS} scans of "
-                         f"{np.prod(SHAPE):,} voxels, made and fitted in memory); give at least "
-                         f"{size_text(DEMO_BYTES)}.")  # fmt: skip
+        raise InputError(
+            f"`max_memory`={max_memory!r} cannot hold the demo (a synthetic run of {N_SCANS} scans of "
+            f"{np.prod(SHAPE):,} voxels, made and fitted in memory); give at least "
+            f"{size_text(DEMO_BYTES)}."
+        )
     out = Path(out_dir)
     data = out / "data"
     if data.exists() and not data.is_dir():
         raise InputError(f"{data} is a file; the demo keeps its data in a folder of that name: choose another -o.")
     others = sorted(p.name for p in data.iterdir() if p.name not in DATA_FILES) if data.is_dir() else []
     if others:  # the commit replaces data/ whole: never a folder holding the user's files
-        raise InputError(f"{data} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); the "
-                         "demo writes its data there: move them, or choose another -o.")  # fmt: skip
+        raise InputError(
+            f"{data} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); the "
+            "demo writes its data there: move them, or choose another -o."
+        )
     options = _demo_options(max_memory, n_jobs)  # checked before the run is made
     run = make_demo_run(seed)
     contrasts = ["AvsB=A - B", "A=A", "B=B", "effects=A; B"]
@@ -131,14 +144,26 @@ def run_demo(out_dir, force: bool = False, progress: bool | None = None, seed: i
         try:
             bold = tmp / "sub-demo_task-blocks_bold.nii.gz"
             nib.save(run.image, bold)
-            kinds = tuple("constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names)
+            kinds = tuple(
+                "constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names
+            )
             design = Design(run.design, tuple(run.names), kinds, TR)
             mask_path = tmp / "brain_mask.nii.gz"
             nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
             with before_commit(lambda folder: _keep_data(folder, tmp, contrasts, seed, options)):
-                result = fit_images(bold, design, contrasts, mask=mask_path, out_dir=out, force=force,
-                                    progress=progress, command=list(command or ["voxfit", "demo"]), noise="ar1",
-                                    max_memory=max_memory, n_jobs=n_jobs)  # fmt: skip
+                result = fit_images(
+                    bold,
+                    design,
+                    contrasts,
+                    mask=mask_path,
+                    out_dir=out,
+                    force=force,
+                    progress=progress,
+                    command=list(command or ["voxfit", "demo"]),
+                    noise="ar1",
+                    max_memory=max_memory,
+                    n_jobs=n_jobs,
+                )
         except BaseException as exc:
             error = disk_error(exc, tmp)
             if error is not None:
@@ -180,10 +205,22 @@ def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int, options=()
     model["demo"] = {
         "seed": seed,
         "data": "data/: the synthetic run and its brain mask, made by voxfit.models.demo.make_demo_run(seed)",
-        "repeat": ["voxfit", "fit", "data/sub-demo_task-blocks_bold.nii.gz", "--design", "design.tsv", "--mask",
-                   "data/brain_mask.nii.gz", "--noise", "ar1", *[a for c in contrasts for a in ("--contrast", c)],
-                   *options, "-o", "refit"],
-    }  # fmt: skip
+        "repeat": [
+            "voxfit",
+            "fit",
+            "data/sub-demo_task-blocks_bold.nii.gz",
+            "--design",
+            "design.tsv",
+            "--mask",
+            "data/brain_mask.nii.gz",
+            "--noise",
+            "ar1",
+            *[a for c in contrasts for a in ("--contrast", c)],
+            *options,
+            "-o",
+            "refit",
+        ],
+    }
     folder.write_json("model.json", model)
 
 

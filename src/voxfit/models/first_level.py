@@ -56,32 +56,67 @@ class FirstLevel:
         _check_tables(events, confounds)
         extra = read_confounds(confounds, confounds_columns or "*", n_scans) if confounds is not None else None
         return make_design(
-            events, self.tr, n_scans, hrf=self.hrf, drift=self.drift, high_pass=self.high_pass,
-            drift_order=self.drift_order, microtime_resolution=self.microtime_resolution,
-            microtime_onset=self.microtime_onset, slice_time_ref=self.slice_time_ref, fir_delays=self.fir_delays,
-            confounds=extra, convolution=self.convolution, units=self.units, modulators=self.modulators,
-        )  # fmt: skip
+            events,
+            self.tr,
+            n_scans,
+            hrf=self.hrf,
+            drift=self.drift,
+            high_pass=self.high_pass,
+            drift_order=self.drift_order,
+            microtime_resolution=self.microtime_resolution,
+            microtime_onset=self.microtime_onset,
+            slice_time_ref=self.slice_time_ref,
+            fir_delays=self.fir_delays,
+            confounds=extra,
+            convolution=self.convolution,
+            units=self.units,
+            modulators=self.modulators,
+        )
 
-    def fit(self, bold, events, contrasts, *, confounds=None, confounds_columns=None, mask=None, out_dir=None,
-            force: bool = False) -> ImageFit:  # fmt: skip
+    def fit(
+        self,
+        bold,
+        events,
+        contrasts,
+        *,
+        confounds=None,
+        confounds_columns=None,
+        mask=None,
+        out_dir=None,
+        force: bool = False,
+    ) -> ImageFit:
         """Build the design from `events` for the run `bold`, fit it, compute `contrasts`, write to `out_dir`."""
         bold = check_data(bold, "bold")  # every argument's type checked before any file is read
         _check_tables(events, confounds)
         check_mask(mask)
         n_scans = open_reader(bold, "bold").n_scans
         design = self.design(events, n_scans, confounds, confounds_columns)
-        return fit_images(bold, design, contrasts, mask=mask, mask_threshold=self.mask_threshold,
-                          max_memory=self.max_memory, n_jobs=self.n_jobs, out_dir=out_dir, force=force,
-                          noise=self.noise, scaling=self.scaling, scheduler=self.scheduler,
-                          device=self.device)  # fmt: skip
+        return fit_images(
+            bold,
+            design,
+            contrasts,
+            mask=mask,
+            mask_threshold=self.mask_threshold,
+            max_memory=self.max_memory,
+            n_jobs=self.n_jobs,
+            out_dir=out_dir,
+            force=force,
+            noise=self.noise,
+            scaling=self.scaling,
+            scheduler=self.scheduler,
+            device=self.device,
+        )
 
 
 def _check_tables(events, confounds) -> None:
     """Refuse `events` or `confounds` of a type the design cannot read, naming the type received."""
     if not (isinstance(events, (str, os.PathLike, dict)) or is_dataframe(events)):
-        raise InputError("`events` must be a path to a BIDS events.tsv, a pandas DataFrame (onset, duration[, "
-                         "trial_type, modulation]) or a {condition: {onset, duration}} dict; got "
-                         f"{type_name(events)}.")  # fmt: skip
+        raise InputError(
+            "`events` must be a path to a BIDS events.tsv, a pandas DataFrame (onset, duration[, "
+            "trial_type, modulation]) or a {condition: {onset, duration}} dict; got "
+            f"{type_name(events)}."
+        )
     if not (confounds is None or isinstance(confounds, (str, os.PathLike)) or is_dataframe(confounds)):
-        raise InputError("`confounds` must be a path to a confounds TSV or a pandas DataFrame; got "
-                         f"{type_name(confounds)}.")  # fmt: skip
+        raise InputError(
+            f"`confounds` must be a path to a confounds TSV or a pandas DataFrame; got {type_name(confounds)}."
+        )

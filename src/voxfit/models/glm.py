@@ -43,7 +43,7 @@ from ..io import (
     sanitize_label,
     source_label,
     stat_maps,
-    statmap_name,  # fmt: skip
+    statmap_name,
 )
 
 __all__ = ["ImageFit", "design_matrix", "fit_images", "input_records", "parse_contrast_option"]
@@ -67,8 +67,10 @@ def contrast_label(name, expr=None) -> str:
     label = sanitize_label(text)
     if label != text:
         example = f' (--contrast "{label}={expr}")' if isinstance(expr, str) else ""
-        raise InputError(f"contrast name {text!r} is not a label: maps are named contrast-<label>_..., letters and "
-                         f"digits only; name it {label!r}{example}.")  # fmt: skip
+        raise InputError(
+            f"contrast name {text!r} is not a label: maps are named contrast-<label>_..., letters and "
+            f"digits only; name it {label!r}{example}."
+        )
     return label
 
 
@@ -79,8 +81,11 @@ def parse_contrast_option(text: str) -> tuple[str, str]:
     if not sep:
         label = sanitize_label(text)
         if label != text.strip():
-            warnings.warn(f"contrast {text.strip()!r} has no name, so its maps are named contrast-{label}_...; give "
-                          f'NAME=EXPR to name it (e.g. "{label}={text.strip()}").', stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"contrast {text.strip()!r} has no name, so its maps are named contrast-{label}_...; give "
+                f'NAME=EXPR to name it (e.g. "{label}={text.strip()}").',
+                stacklevel=2,
+            )
         return label, text.strip()
     if not expr.strip():
         raise InputError(f"contrast {text!r} has no expression after '='; write NAME=EXPR, e.g. task=A - B.")
@@ -172,8 +177,10 @@ def _column_labels(names) -> list[str]:
     return out
 
 
-DESIGN_ACCEPTED = ("a path to a design TSV/CSV or FSL design.mat, a pandas DataFrame (columns = names), a 2-D numpy "
-                   "array, a voxfit Design or an (array, names) pair")
+DESIGN_ACCEPTED = (
+    "a path to a design TSV/CSV or FSL design.mat, a pandas DataFrame (columns = names), a 2-D numpy "
+    "array, a voxfit Design or an (array, names) pair"
+)
 
 
 def design_matrix(design, name: str = "design"):
@@ -279,8 +286,13 @@ def fit_images(
         # input checksums while the fit runs, on a daemon thread: an interruption abandons them (a pool's
         # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
         hashing = DaemonExecutor()
-        by_columns = (dataset is None and scheduler is not None and scaling == "none" and _noise_order(noise) >= 0
-                      and device in (None, "cpu"))  # fmt: skip
+        by_columns = (
+            dataset is None
+            and scheduler is not None
+            and scaling == "none"
+            and _noise_order(noise) >= 0
+            and device in (None, "cpu")
+        )
         if by_columns:  # the Dask workers read the data, at any size (None: the files cannot be read by columns)
             dataset = _column_dataset(inputs, mask, mask_threshold, scheduler)
             streaming = False if dataset is not None else streaming
@@ -289,24 +301,45 @@ def fit_images(
             streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory, reader.dtype.itemsize)
         if streaming:
             if scheduler is not None or device not in (None, "cpu"):
-                raise InputError("data larger than --max-memory are read in one sequential pass on the CPU; drop "
-                                 "--scheduler and --device, or raise --max-memory.")  # fmt: skip
+                raise InputError(
+                    "data larger than --max-memory are read in one sequential pass on the CPU; drop "
+                    "--scheduler and --device, or raise --max-memory."
+                )
             max_memory = max_memory or "2G"
             fit, stats, ar_coef, noise_info, dataset, records, mean = _fit_streamed(
-                inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress,
+                inputs,
+                X,
+                names,
+                items,
+                noise,
+                scaling,
+                mask,
+                mask_threshold,
+                max_memory,
+                progress,
                 hashing if out is not None else None,
-            )  # fmt: skip
+            )
             t_load = start
         else:
             if scheduler is not None:  # one connection to the cluster for the mean image and the fit
                 scheduler = stack.enter_context(dask_client(scheduler))
             if dataset is None:
-                dataset = load(inputs, mask, mask_threshold=mask_threshold, progress=progress, n_scans=X.shape[0],
-                               scan_globals=scaling == "global", name="inputs")  # fmt: skip
+                dataset = load(
+                    inputs,
+                    mask,
+                    mask_threshold=mask_threshold,
+                    progress=progress,
+                    n_scans=X.shape[0],
+                    scan_globals=scaling == "global",
+                    name="inputs",
+                )
             elif isinstance(dataset, Future):
                 dataset = dataset.result()
             if dataset.n_scans != X.shape[0]:
-                raise InputError(f"the design has {X.shape[0]} rows but the data have {dataset.n_scans} scans; give one design row per scan.")
+                raise InputError(
+                    f"the design has {X.shape[0]} rows but the data have "
+                    f"{dataset.n_scans} scans; give one design row per scan."
+                )
             records = hashing.submit(input_records, dataset.paths, dataset.memory) if out is not None else None
             t_load = time.perf_counter()
             data = dataset.data if scaling == "none" else _scale(dataset.data, scaling, dataset.globals)
@@ -317,16 +350,26 @@ def fit_images(
                 mean = np.concatenate(run_tasks(scheduler, _mean_of_columns, source, source.spans()))
             else:
                 mean = mean_over_scans(dataset.data)
-            fit, stats, ar_coef, noise_info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, progress,
-                                                              scheduler, device, kinds)  # fmt: skip
+            fit, stats, ar_coef, noise_info = fit_noise_model(
+                X, data, names, items, noise, max_memory, n_jobs, progress, scheduler, device, kinds
+            )
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
             threshold = resolve_mask_threshold(mask_threshold, dataset.masker.geometry, explicit=mask is not None)
-            settings = {"mask": mask, "mask_threshold": threshold, "max_memory": max_memory, "n_jobs": n_jobs,
-                        "noise": noise, "noise_details": noise_info, "scaling": scaling,
-                        "design": design_record(design, kinds), "X": X,
-                        "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load}, "mean": mean}  # fmt: skip
+            settings = {
+                "mask": mask,
+                "mask_threshold": threshold,
+                "max_memory": max_memory,
+                "n_jobs": n_jobs,
+                "noise": noise,
+                "noise_details": noise_info,
+                "scaling": scaling,
+                "design": design_record(design, kinds),
+                "X": X,
+                "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load},
+                "mean": mean,
+            }
             _write_outputs(out, fit, dataset, stats, items, settings, command, records.result(), n_jobs, ar_coef)
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
@@ -338,12 +381,19 @@ def mask_record(mask, threshold, n_voxels: int, n_elements: int) -> dict:
     if mask is not None:
         source, rule = source_label(mask), "explicit: non-zero, finite values"
     elif threshold is not None:
-        source, rule = "automatic", (f"SPM's: above {threshold:g} x each scan's global (spm_global) in every scan, "
-                                     "finite and not constant")  # fmt: skip
+        source, rule = (
+            "automatic",
+            (f"SPM's: above {threshold:g} x each scan's global (spm_global) in every scan, finite and not constant"),
+        )
     else:
         source, rule = "automatic", "finite and not constant over the scans"
-    return {"source": source, "threshold": threshold, "rule": rule, "n_voxels": int(n_voxels),
-            "fraction_of_grid": round(n_voxels / max(1, n_elements), 6)}  # fmt: skip
+    return {
+        "source": source,
+        "threshold": threshold,
+        "rule": rule,
+        "n_voxels": int(n_voxels),
+        "fraction_of_grid": round(n_voxels / max(1, n_elements), 6),
+    }
 
 
 def design_record(design, kinds) -> dict:
@@ -367,7 +417,9 @@ def _column_dataset(inputs, mask, mask_threshold, scheduler) -> Dataset | None:
     return None if found is None else Dataset(*found, tuple(reader.paths), memory=tuple(reader.in_memory))
 
 
-def columns_on_workers(reader, mask, scheduler, nonzero: bool = False, threshold=None) -> tuple[ColumnSource, Masker] | None:
+def columns_on_workers(
+    reader, mask, scheduler, nonzero: bool = False, threshold=None
+) -> tuple[ColumnSource, Masker] | None:
     """The elements to fit as a column source of `reader`, for the Dask workers to read a block each, and
     their masker; None when the files cannot be read by columns. The elements are those of an explicit `mask`,
     or of the automatic mask, which the workers find a block of columns per task (with `nonzero`, the group
@@ -390,9 +442,11 @@ def columns_on_workers(reader, mask, scheduler, nonzero: bool = False, threshold
                     cut = sums[:, 0] / sums[:, 1] / 8 if step == 0 else threshold * sums[:, 0] / sums[:, 1]
         keep = np.concatenate(run_tasks(scheduler, mask_block, source, [(a, b, nonzero, cut) for a, b in spans]))
         if not keep.any():
-            raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask."
-                             if nonzero else  # fmt: skip
-                             "the automatic mask is empty: no voxel is finite and not constant over time in every scan.")
+            raise InputError(
+                "no voxel is finite and non-zero in every input map; check the inputs or give --mask."
+                if nonzero
+                else "the automatic mask is empty: no voxel is finite and not constant over time in every scan."
+            )
     return reader.column_source(np.flatnonzero(keep)), Masker(reader.geometry, keep)
 
 
@@ -406,14 +460,29 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
     if order < 0 or scaling != "none":  # the cap that holds them in memory (see needs_streaming)
         need = reserved_bytes() + 2 * 4 * reader.n_scans * reader.geometry.n_elements
         reserve = size_text(reserved_bytes())
-        raise InputError(f"data larger than half of --max-memory (beside the interpreter's {reserve}) "
-                         "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or "
-                         f"scaling give --max-memory {size_text(need)} or more.")  # fmt: skip
+        raise InputError(
+            f"data larger than half of --max-memory (beside the interpreter's {reserve}) "
+            "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or "
+            f"scaling give --max-memory {size_text(need)} or more."
+        )
     records = hashing.submit(input_records, reader.paths, reader.in_memory) if hashing is not None else None
-    fit, stats, ar_coef, masker, mean = fit_streaming(inputs, X, dict(items), order=order, names=names, mask=mask,
-                                                mask_threshold=mask_threshold, max_memory=max_memory, progress=progress)  # fmt: skip
-    dataset = Dataset(np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, masker.n_voxels)), masker,
-                      tuple(reader.paths), tuple(reader.in_memory))  # fmt: skip
+    fit, stats, ar_coef, masker, mean = fit_streaming(
+        inputs,
+        X,
+        dict(items),
+        order=order,
+        names=names,
+        mask=mask,
+        mask_threshold=mask_threshold,
+        max_memory=max_memory,
+        progress=progress,
+    )
+    dataset = Dataset(
+        np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, masker.n_voxels)),
+        masker,
+        tuple(reader.paths),
+        tuple(reader.in_memory),
+    )
     info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
     return fit, stats, ar_coef, info, dataset, records, mean
 
@@ -469,27 +538,53 @@ def _noise_order(noise: str) -> int:
     raise InputError(f"`noise` must be ols, ar1 .. ar8 or ar1-global; got {noise!r}.")
 
 
-def fit_noise_model(X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None, scheduler=None,
-                    device=None, kinds=None):  # fmt: skip
+def fit_noise_model(
+    X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None, scheduler=None, device=None, kinds=None
+):
     """Fit with the noise model asked for: ``(fit, {label: Stats}, AR coefficients or None, noise details)``."""
     order = _noise_order(noise)
     if order < 0 and device not in (None, "cpu"):
         raise InputError("ar1-global runs on the CPU only; drop --device, or use ar1 (AR(1) per voxel) on the GPU.")
     if order > 0:
-        ar = fit_ar(X, data, order, dict(items), names=names, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler,
-                    device=device, progress=progress)  # fmt: skip
+        ar = fit_ar(
+            X,
+            data,
+            order,
+            dict(items),
+            names=names,
+            max_memory=max_memory,
+            n_jobs=n_jobs,
+            scheduler=scheduler,
+            device=device,
+            progress=progress,
+        )
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
         g = fit_global_ar(X, data, dict(items), names=names, kinds=kinds, max_memory=max_memory, n_jobs=n_jobs)
         fit, stats, ar_coef = g.fit, g.contrasts, None
-        info = {"model": "SPM12 AR(1): one ReML covariance for all voxels", "reml_hyperparameters": g.hyperparameters.tolist(),
-                "pooled_voxels": g.n_pooled, "pooling_F_threshold": g.threshold, "lag1_correlation": float(g.correlation[1, 0])}  # fmt: skip
+        info = {
+            "model": "SPM12 AR(1): one ReML covariance for all voxels",
+            "reml_hyperparameters": g.hyperparameters.tolist(),
+            "pooled_voxels": g.n_pooled,
+            "pooling_F_threshold": g.threshold,
+            "lag1_correlation": float(g.correlation[1, 0]),
+        }
     else:
-        fit = fit_engine(X, data, names=names, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler,
-                         device=device)  # fmt: skip
+        fit = fit_engine(
+            X,
+            data,
+            names=names,
+            max_memory=max_memory,
+            n_jobs=n_jobs,
+            progress=progress,
+            scheduler=scheduler,
+            device=device,
+        )
         stats, ar_coef, info = None, None, {"model": "OLS"}
     if fit.n_invalid == fit.valid.size:
-        raise InputError(f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit.")
+        raise InputError(
+            f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit."
+        )
     if stats is None:
         stats = {label: fit.contrast(expr, name=label) for label, expr in items}
     return fit, stats, ar_coef, info
@@ -524,18 +619,39 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
         "voxfit_version": __version__,
         "command": command,
         "inputs": inputs,
-        "data": {"n_scans": dataset.n_scans, "n_voxels": dataset.n_voxels, "n_invalid_voxels": fit.n_invalid,
-                 "dtype": str(getattr(dataset.data, "dtype", "")), "geometry": masker.geometry.describe()},
-        "mask": mask_record(settings["mask"], settings["mask_threshold"], dataset.n_voxels,
-                            masker.geometry.n_elements),
-        "design": {"columns": names, "n_rows": fit.design.n_scans, "rank": fit.rank, "dof": fit.dof,
-                   "condition_number_scaled": fit.design.condition, **settings["design"]},
-        "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
-                              "weights": stats[label].weights.tolist(), "kind": stats[label].kind,
-                              "dof": dof_record(stats[label].dof)} for label, expr in items},
-        "settings": {"max_memory": settings["max_memory"], "n_jobs": settings["n_jobs"], "noise_model": settings["noise"],
-                     "noise_details": settings["noise_details"], "scaling": settings["scaling"],
-                     "p": "one-sided upper tail for t; z has the same upper-tail probability"},
+        "data": {
+            "n_scans": dataset.n_scans,
+            "n_voxels": dataset.n_voxels,
+            "n_invalid_voxels": fit.n_invalid,
+            "dtype": str(getattr(dataset.data, "dtype", "")),
+            "geometry": masker.geometry.describe(),
+        },
+        "mask": mask_record(settings["mask"], settings["mask_threshold"], dataset.n_voxels, masker.geometry.n_elements),
+        "design": {
+            "columns": names,
+            "n_rows": fit.design.n_scans,
+            "rank": fit.rank,
+            "dof": fit.dof,
+            "condition_number_scaled": fit.design.condition,
+            **settings["design"],
+        },
+        "contrasts": {
+            label: {
+                "expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
+                "weights": stats[label].weights.tolist(),
+                "kind": stats[label].kind,
+                "dof": dof_record(stats[label].dof),
+            }
+            for label, expr in items
+        },
+        "settings": {
+            "max_memory": settings["max_memory"],
+            "n_jobs": settings["n_jobs"],
+            "noise_model": settings["noise"],
+            "noise_details": settings["noise_details"],
+            "scaling": settings["scaling"],
+            "p": "one-sided upper tail for t; z has the same upper-tail probability",
+        },
         "run": out.run_record(**settings["timing"]),
-    }  # fmt: skip
+    }
     out.write_json("model.json", model)

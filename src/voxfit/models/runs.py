@@ -16,11 +16,33 @@ from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
 from ..design.kinds import column_kinds
 from ..exceptions import InputError
-from ..io import (Masker, OutputFolder, ScaledArray, check_data, check_mask, load, open_reader, resolve_mask_threshold,
-                  source_label, stat_maps, statmap_name)
+from ..io import (
+    Masker,
+    OutputFolder,
+    ScaledArray,
+    check_data,
+    check_mask,
+    load,
+    open_reader,
+    resolve_mask_threshold,
+    source_label,
+    stat_maps,
+    statmap_name,
+)
 from ..io.scans import file_identity
-from .glm import (_noise_order, _scale, contrast_items, design_matrix, design_record, dof_record, fit_noise_model,
-                  input_records, mask_record, mean_over_scans, write_design_files)
+from .glm import (
+    _noise_order,
+    _scale,
+    contrast_items,
+    design_matrix,
+    design_record,
+    dof_record,
+    fit_noise_model,
+    input_records,
+    mask_record,
+    mean_over_scans,
+    write_design_files,
+)
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -55,8 +77,14 @@ def fixed_effects(label: str, per_run: list[Stats]) -> Stats:
         effect[bad], variance[bad] = np.nan, np.nan
         return t_stats(label, weights, effect, variance, ~bad, dof)
     V, q = per_run[0].effect.shape[1], per_run[0].effect.shape[0]
-    ok = np.logical_and.reduce([np.isfinite(s.covariance).all(axis=(1, 2)) & np.isfinite(s.effect).all(axis=0)
-                                & (np.einsum("vqq->v", s.covariance) > 0) for s in per_run])  # fmt: skip
+    ok = np.logical_and.reduce(
+        [
+            np.isfinite(s.covariance).all(axis=(1, 2))
+            & np.isfinite(s.effect).all(axis=0)
+            & (np.einsum("vqq->v", s.covariance) > 0)
+            for s in per_run
+        ]
+    )
     precision = np.zeros((int(ok.sum()), q, q))
     weighted = np.zeros((int(ok.sum()), q))
     for s in per_run:
@@ -76,8 +104,23 @@ def _subset(data, columns: np.ndarray):
     return data[:, columns]
 
 
-def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", out_dir=None, force=False, noise="ols",
-             scaling="none", nuisance=None, max_memory=None, n_jobs=None, command=None, scheduler=None) -> RunsFit:  # fmt: skip
+def fit_runs(
+    inputs,
+    designs,
+    contrasts,
+    *,
+    mask=None,
+    mask_threshold="auto",
+    out_dir=None,
+    force=False,
+    noise="ols",
+    scaling="none",
+    nuisance=None,
+    max_memory=None,
+    n_jobs=None,
+    command=None,
+    scheduler=None,
+) -> RunsFit:
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
     `inputs` and `designs` are lists of the same length (one run and one design per run; each run a path (a
@@ -118,12 +161,23 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
         total = sum(4 * rd.n_scans * rd.geometry.n_elements for rd in readers)
         need = reserved_bytes() + 2 * total
         if need > parse_memory(max_memory):
-            raise InputError(f"`max_memory`={max_memory!r} cannot hold {len(inputs)} runs fitted together "
-                             f"({size_text(total)} of data, in memory at once); give at least {size_text(need)}, or "
-                             "fit the runs one at a time (each can stream).")  # fmt: skip
+            raise InputError(
+                f"`max_memory`={max_memory!r} cannot hold {len(inputs)} runs fitted together "
+                f"({size_text(total)} of data, in memory at once); give at least {size_text(need)}, or "
+                "fit the runs one at a time (each can stream)."
+            )
     with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
-        datasets = [load(path, mask, mask_threshold=mask_threshold, n_scans=X.shape[0], scan_globals=scaling == "global",
-                         name=f"inputs[{r}]") for r, (path, (X, _)) in enumerate(zip(inputs, matrices))]  # fmt: skip
+        datasets = [
+            load(
+                path,
+                mask,
+                mask_threshold=mask_threshold,
+                n_scans=X.shape[0],
+                scan_globals=scaling == "global",
+                name=f"inputs[{r}]",
+            )
+            for r, (path, (X, _)) in enumerate(zip(inputs, matrices))
+        ]
         geometry = datasets[0].masker.geometry
         for r, ds in enumerate(datasets[1:], 2):
             geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0] if ds.paths else 'in memory'})")
@@ -139,8 +193,9 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
                 sums = sums + mean_over_scans(data) * ds.n_scans
             data = data if scaling == "none" else _scale(data, scaling, ds.globals)
             try:
-                _, stats, _, info = fit_noise_model(X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler,
-                                                    kinds=kinds[r - 1])  # fmt: skip
+                _, stats, _, info = fit_noise_model(
+                    X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler, kinds=kinds[r - 1]
+                )
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
             runs.append(stats)
@@ -160,20 +215,40 @@ def fit_runs(inputs, designs, contrasts, *, mask=None, mask_threshold="auto", ou
             for label, stats in combined.items():
                 for name, values, map_names in stat_maps(stats, label, ext):
                     masker.write(out.path(name), values, map_names)
-            out.write_json("model.json", {
-                "voxfit_version": __version__, "command": command, "model": "fixed effects across runs",
-                "runs": [{"inputs": input_records(ds.paths, ds.memory), "columns": list(names),
-                          "n_scans": int(X.shape[0]),
-                          **design_record(design, kind),
-                          "noise_details": info}
-                         for ds, (X, names), design, kind, info in zip(datasets, matrices, designs, kinds, noise_details)],
-                "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
-                                      "kind": combined[label].kind, "dof": dof_record(combined[label].dof)} for label, expr in items},
-                "settings": {"noise_model": noise, "scaling": scaling, "mask_threshold": threshold,
-                             "mask": "automatic (every run)" if mask is None else source_label(mask)},
-                "mask": mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),
-                "n_voxels": masker.n_voxels,
-                "run": out.run_record(),
-            })  # fmt: skip
+            out.write_json(
+                "model.json",
+                {
+                    "voxfit_version": __version__,
+                    "command": command,
+                    "model": "fixed effects across runs",
+                    "runs": [
+                        {
+                            "inputs": input_records(ds.paths, ds.memory),
+                            "columns": list(names),
+                            "n_scans": int(X.shape[0]),
+                            **design_record(design, kind),
+                            "noise_details": info,
+                        }
+                        for ds, (X, names), design, kind, info in zip(datasets, matrices, designs, kinds, noise_details)
+                    ],
+                    "contrasts": {
+                        label: {
+                            "expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
+                            "kind": combined[label].kind,
+                            "dof": dof_record(combined[label].dof),
+                        }
+                        for label, expr in items
+                    },
+                    "settings": {
+                        "noise_model": noise,
+                        "scaling": scaling,
+                        "mask_threshold": threshold,
+                        "mask": "automatic (every run)" if mask is None else source_label(mask),
+                    },
+                    "mask": mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),
+                    "n_voxels": masker.n_voxels,
+                    "run": out.run_record(),
+                },
+            )
             files = out.commit()
     return RunsFit(masker=masker, runs=runs, combined=combined, files=files)

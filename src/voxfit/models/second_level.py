@@ -37,8 +37,20 @@ from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, permutation_test
-from ..io import (Masker, OutputFolder, check_data, check_mask, expand_run, is_image, load, open_reader, read_mesh,
-                  source_label, stat_maps, statmap_name)  # fmt: skip
+from ..io import (
+    Masker,
+    OutputFolder,
+    check_data,
+    check_mask,
+    expand_run,
+    is_image,
+    load,
+    open_reader,
+    read_mesh,
+    source_label,
+    stat_maps,
+    statmap_name,
+)
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.masking import keep_columns
 from .glm import columns_on_workers, contrast_items, input_records
@@ -136,7 +148,9 @@ class SecondLevel:
         if self.max_memory is not None:
             parse_memory(self.max_memory)
         if self.permutations < 0 or isinstance(self.permutations, bool):
-            raise InputError(f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}.")
+            raise InputError(
+                f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}."
+            )
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         with contextlib.ExitStack() as stack:
@@ -150,9 +164,11 @@ class SecondLevel:
             parametric = not self.permutations and not self.paired
             batch_bytes, threads = DEFAULT_BATCH_BYTES, self.n_jobs
             # without permutations, maps over half the cap are streamed, unless clusters need them in memory
-            streamed = (parametric and self.cluster_threshold is None
-                        and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory,
-                                            reader.dtype.itemsize))  # fmt: skip
+            streamed = (
+                parametric
+                and self.cluster_threshold is None
+                and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory, reader.dtype.itemsize)
+            )
             if self.max_memory is not None and not streamed and self.scheduler is None and self.device in (None, "cpu"):
                 batch_bytes, threads = self._plan(reader, d)
             on_workers = None
@@ -168,10 +184,15 @@ class SecondLevel:
             # one connection to the cluster for the fit and every contrast's shuffles
             scheduler = None if self.scheduler is None else stack.enter_context(dask_client(self.scheduler))
             items = self._contrast_items(d.names, d.X.shape[1])
-            blocks = read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None  # (as the inputs were given)
+            blocks = (
+                read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None
+            )  # (as the inputs were given)
             factor = factorize(d.X, list(d.names))
             if factor.dof < 1:
-                raise InputError(f"the design ({d.X.shape[1]} columns, rank {factor.rank}) leaves no degrees of freedom for {Y.shape[0]} maps.")
+                raise InputError(
+                    f"the design ({d.X.shape[1]} columns, rank {factor.rank}) "
+                    f"leaves no degrees of freedom for {Y.shape[0]} maps."
+                )
             fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=scheduler, device=self.device)
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
             adjacency = None  # extents count voxels or vertices (no vertex areas)
@@ -182,22 +203,38 @@ class SecondLevel:
             if self.permutations:
                 for label, expr in items:
                     perms[label] = permutation_test(
-                        d.X, Y, expr, names=list(d.names), n_permutations=int(self.permutations), scheme=self.scheme,
-                        blocks=blocks, whole_blocks=self.whole_blocks, seed=self.seed, adjacency=adjacency,
-                        cluster_threshold=self.cluster_threshold, tfce=self.tfce, tfce_E=E, tfce_H=H,
-                        max_memory=batch_bytes, progress=progress, name=label, n_jobs=threads,
-                        scheduler=scheduler, device=self.device,
-                    )  # fmt: skip
+                        d.X,
+                        Y,
+                        expr,
+                        names=list(d.names),
+                        n_permutations=int(self.permutations),
+                        scheme=self.scheme,
+                        blocks=blocks,
+                        whole_blocks=self.whole_blocks,
+                        seed=self.seed,
+                        adjacency=adjacency,
+                        cluster_threshold=self.cluster_threshold,
+                        tfce=self.tfce,
+                        tfce_E=E,
+                        tfce_H=H,
+                        max_memory=batch_bytes,
+                        progress=progress,
+                        name=label,
+                        n_jobs=threads,
+                        scheduler=scheduler,
+                        device=self.device,
+                    )
             tables = {}
             if self.cluster_threshold is not None:
                 for label, _ in items:
                     tables[label] = self._cluster_table(masker, parametric[label], perms.get(label), adjacency)
             files: list[Path] = []
             if out is not None:
-                self._write(out, masker, d, items, parametric, perms, tables, reader, paths, command, (E, H),
-                            blocks)
+                self._write(out, masker, d, items, parametric, perms, tables, reader, paths, command, (E, H), blocks)
                 files = out.commit()
-        return GroupFit(masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
+        return GroupFit(
+            masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids
+        )
 
     def _plan(self, reader, d) -> tuple[int, int]:
         """The bytes a batch of shuffles may take under `max_memory` and the threads of the TFCE and cluster
@@ -213,23 +250,40 @@ class SecondLevel:
             first = np.asarray(first[0])
             voxels = int(np.count_nonzero(np.isfinite(first) & (first != 0)))
         items = self._contrast_items(d.names, d.X.shape[1])
-        plan = group_memory(parse_memory(self.max_memory), reader.n_scans, voxels, np.dtype(reader.dtype).itemsize,
-                            n_columns=d.X.shape[1], n_contrasts=len(items), permutations=int(self.permutations),
-                            paired=self.paired, maps=self.tfce or self.cluster_threshold is not None,
-                            connectivity=self.connectivity, n_elements=reader.geometry.n_elements,
-                            n_jobs=self.n_jobs)  # fmt: skip
+        plan = group_memory(
+            parse_memory(self.max_memory),
+            reader.n_scans,
+            voxels,
+            np.dtype(reader.dtype).itemsize,
+            n_columns=d.X.shape[1],
+            n_contrasts=len(items),
+            permutations=int(self.permutations),
+            paired=self.paired,
+            maps=self.tfce or self.cluster_threshold is not None,
+            connectivity=self.connectivity,
+            n_elements=reader.geometry.n_elements,
+            n_jobs=self.n_jobs,
+        )
         if plan["batch"] < plan["one_shuffle"]:
-            parts = (f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan['maps'])} for the maps"
-                     + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
-                     + f", {size_text(plan['results'])} for per-voxel results"
-                     + (f", {size_text(plan['neighbours'])} for clusters and TFCE" if plan["neighbours"] else "")
-                     + (f" and {size_text(plan['one_shuffle'])} for a batch of shuffles"
-                        if self.permutations else ""))  # fmt: skip
-            what = ("permutations" if self.permutations
-                    else "clusters" if self.cluster_threshold is not None else "this model")  # fmt: skip
-            raise InputError(f"`max_memory`={self.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
-                             f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
-                             "voxels (--mask).")  # fmt: skip
+            parts = (
+                f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan['maps'])} for the maps"
+                + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
+                + f", {size_text(plan['results'])} for per-voxel results"
+                + (f", {size_text(plan['neighbours'])} for clusters and TFCE" if plan["neighbours"] else "")
+                + (f" and {size_text(plan['one_shuffle'])} for a batch of shuffles" if self.permutations else "")
+            )
+            what = (
+                "permutations"
+                if self.permutations
+                else "clusters"
+                if self.cluster_threshold is not None
+                else "this model"
+            )
+            raise InputError(
+                f"`max_memory`={self.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
+                f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
+                "voxels (--mask)."
+            )
         return plan["batch"], plan["threads"]
 
     def _design(self, paths, n_scans: int):
@@ -244,7 +298,9 @@ class SecondLevel:
         pairs = None
         if self.paired:
             if n_scans % 2:
-                raise InputError(f"--paired needs the maps of condition A then those of B (an even number); got {n_scans}.")
+                raise InputError(
+                    f"--paired needs the maps of condition A then those of B (an even number); got {n_scans}."
+                )
             half = n_scans // 2
             how = "by position (the maps carry no sub-<label>)"
             if maps is None:
@@ -255,14 +311,23 @@ class SecondLevel:
                 if labels and labels[0] is not None:
                     how = "by subject (sub-<label>)"
             n_scans = half
-        d = group_design(n_scans, design=self.design, two_sample=self.two_sample, maps=maps, id_column=self.id_column,
-                         drop_unmatched_rows=self.drop_unmatched_rows)  # fmt: skip
+        d = group_design(
+            n_scans,
+            design=self.design,
+            two_sample=self.two_sample,
+            maps=maps,
+            id_column=self.id_column,
+            drop_unmatched_rows=self.drop_unmatched_rows,
+        )
         if pairs is not None:
-            note = (f"--paired: each of the {len(pairs)} maps of condition A (the first half) minus its partner among "
-                    f"those of B (the second half), paired {how}")  # fmt: skip
+            note = (
+                f"--paired: each of the {len(pairs)} maps of condition A (the first half) minus its partner among "
+                f"those of B (the second half), paired {how}"
+            )
             if how.startswith("by position") and maps is not None:  # the order is all there is: show it
-                note += ":" + listed_lines([f"pair {k + 1}: {a} - {paths[half + k]}" for k, a in enumerate(maps)],
-                                           "pairs")  # fmt: skip
+                note += ":" + listed_lines(
+                    [f"pair {k + 1}: {a} - {paths[half + k]}" for k, a in enumerate(maps)], "pairs"
+                )
             d = replace(d, notes=(note, *d.notes))
         n = d.X.shape[0]
         order = np.arange(n)
@@ -303,8 +368,16 @@ class SecondLevel:
         if self.tfce or self.cluster_threshold is not None:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
         items = self._contrast_items(d.names, d.X.shape[1])
-        _, stats, _, masker, _ = fit_streaming(data, d.X, dict(items), names=list(d.names), mask=self.mask,
-                                              max_memory=self.max_memory, progress=progress, nonzero=True)  # fmt: skip
+        _, stats, _, masker, _ = fit_streaming(
+            data,
+            d.X,
+            dict(items),
+            names=list(d.names),
+            mask=self.mask,
+            max_memory=self.max_memory,
+            progress=progress,
+            nonzero=True,
+        )
         files: list[Path] = []
         if out is not None:
             EH = self._tfce_parameters(masker.geometry)
@@ -348,11 +421,15 @@ class SecondLevel:
             return volume_adjacency(masker.mask, geometry.shape, self.connectivity)
         if isinstance(geometry, SurfaceGeometry):
             if self.mesh is None:
-                raise InputError("clusters and TFCE on surface data need the surface's triangles: give --mesh lh.pial.surf.gii.")
+                raise InputError(
+                    "clusters and TFCE on surface data need the surface's triangles: give --mesh lh.pial.surf.gii."
+                )
             return mesh_adjacency(read_mesh(self.mesh, geometry.n_vertices)[1], masker.mask)
         if isinstance(geometry, CiftiGeometry):
-            raise InputError("clusters and TFCE on CIFTI files are not supported yet; use --permutations for "
-                             "voxelwise (max-statistic) inference, or give the hemispheres as GIFTI with --mesh.")  # fmt: skip
+            raise InputError(
+                "clusters and TFCE on CIFTI files are not supported yet; use --permutations for "
+                "voxelwise (max-statistic) inference, or give the hemispheres as GIFTI with --mesh."
+            )
         raise InputError("clusters and TFCE need images (NIfTI volumes or GIFTI surfaces with --mesh), not arrays.")
 
     def _cluster_table(self, masker, stats: Stats, perm, adjacency) -> list[dict]:
@@ -369,14 +446,24 @@ class SecondLevel:
         for k in range(len(sizes)):
             members = np.flatnonzero(labels == k + 1)
             peak = members[np.nanargmax(stats.stat[members])]
-            row = {"cluster": k + 1, "size": int(sizes[k]) if float(sizes[k]).is_integer() else float(sizes[k]),
-                   "mass": float(masses[k]), "peak_stat": float(stats.stat[peak])}  # fmt: skip
+            row = {
+                "cluster": k + 1,
+                "size": int(sizes[k]) if float(sizes[k]).is_integer() else float(sizes[k]),
+                "mass": float(masses[k]),
+                "peak_stat": float(stats.stat[peak]),
+            }
             if isinstance(geometry, VolumeGeometry):
                 xyz = np.array(np.unravel_index(index[peak], geometry.shape, order="F"), dtype=float)
                 mm = geometry.affine[:3, :3] @ xyz + geometry.affine[:3, 3]
                 row["size_mm3"] = float(sizes[k] * abs(np.linalg.det(geometry.affine[:3, :3])))
-                row.update(peak_x=float(mm[0]), peak_y=float(mm[1]), peak_z=float(mm[2]),
-                           peak_i=int(xyz[0]), peak_j=int(xyz[1]), peak_k=int(xyz[2]))  # fmt: skip
+                row.update(
+                    peak_x=float(mm[0]),
+                    peak_y=float(mm[1]),
+                    peak_z=float(mm[2]),
+                    peak_i=int(xyz[0]),
+                    peak_j=int(xyz[1]),
+                    peak_k=int(xyz[2]),
+                )
             else:
                 row["peak_vertex"] = int(index[peak])
             if perm is not None and perm.clusters is not None:
@@ -393,7 +480,9 @@ class SecondLevel:
         def p_maps(label, desc, p):
             masker.write(out.path(statmap_name("p", ext, label, desc=desc)), p, [f"{label} p {desc}"])
             with np.errstate(divide="ignore"):
-                masker.write(out.path(statmap_name("logp", ext, label, desc=desc)), -np.log10(p), [f"{label} -log10 p {desc}"])
+                masker.write(
+                    out.path(statmap_name("logp", ext, label, desc=desc)), -np.log10(p), [f"{label} -log10 p {desc}"]
+                )
 
         thresholds = {}
         for label, _ in items:
@@ -404,7 +493,10 @@ class SecondLevel:
             p_unc = s.p if r is None else r.p_uncorrected
             p_maps(label, "uncorrected", p_unc)
             p_maps(label, "fdr", fdr(p_unc))
-            thresholds[label] = {"fdr_0.05": fdr_threshold(p_unc, 0.05), "bonferroni_0.05": 0.05 / max(1, int(np.isfinite(p_unc).sum()))}
+            thresholds[label] = {
+                "fdr_0.05": fdr_threshold(p_unc, 0.05),
+                "bonferroni_0.05": 0.05 / max(1, int(np.isfinite(p_unc).sum())),
+            }
             if r is None:
                 p_maps(label, "bonferroni", bonferroni(s.p))
             else:
@@ -417,29 +509,61 @@ class SecondLevel:
                     p_maps(label, "tfcefwe", r.p_tfce_fwe)
             if label in tables:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
-        out.write_json("model.json", {
-            "voxfit_version": __version__, "command": command, "model": "group (second level)",
-            "inputs": input_records(reader.paths, reader.in_memory),  # (a store's path, not its array's)
-            "design": {"columns": list(d.names), "n_rows": int(d.X.shape[0]), "notes": list(d.notes),
-                       "paired": self.paired, **design_rows_record(d, paths, self.paired)},
-            "contrasts": {label: {"expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
-                                  "weights": parametric[label].weights.tolist(),
-                                  "kind": parametric[label].kind, "dof": parametric[label].dof,
-                                  "p_thresholds": thresholds[label],
-                                  "permutation": None if label not in perms else {
-                                      "scheme": perms[label].scheme, "shuffles": perms[label].n_shuffles,
-                                      "exhaustive": perms[label].exhaustive}} for label, expr in items},
-            "settings": {"permutations": self.permutations, "seed": self.seed, "scheme": self.scheme,
-                         "exchangeability_blocks": None if blocks is None else np.asarray(blocks).tolist(),
-                         "whole_blocks": self.whole_blocks, "tfce": self.tfce, "tfce_E": EH[0], "tfce_H": EH[1],
-                         "cluster_threshold": self.cluster_threshold, "connectivity": self.connectivity,
-                         "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
-                         "mask": ("automatic (finite and non-zero in every map)" if self.mask is None
-                                  else source_label(self.mask)),
-                         "p": "t contrasts one-sided (large positive t); permutation p = #{shuffles reaching the observed} / shuffles"},
-            "n_voxels": masker.n_voxels,
-            "run": out.run_record(),
-        })  # fmt: skip
+        out.write_json(
+            "model.json",
+            {
+                "voxfit_version": __version__,
+                "command": command,
+                "model": "group (second level)",
+                "inputs": input_records(reader.paths, reader.in_memory),  # (a store's path, not its array's)
+                "design": {
+                    "columns": list(d.names),
+                    "n_rows": int(d.X.shape[0]),
+                    "notes": list(d.notes),
+                    "paired": self.paired,
+                    **design_rows_record(d, paths, self.paired),
+                },
+                "contrasts": {
+                    label: {
+                        "expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
+                        "weights": parametric[label].weights.tolist(),
+                        "kind": parametric[label].kind,
+                        "dof": parametric[label].dof,
+                        "p_thresholds": thresholds[label],
+                        "permutation": None
+                        if label not in perms
+                        else {
+                            "scheme": perms[label].scheme,
+                            "shuffles": perms[label].n_shuffles,
+                            "exhaustive": perms[label].exhaustive,
+                        },
+                    }
+                    for label, expr in items
+                },
+                "settings": {
+                    "permutations": self.permutations,
+                    "seed": self.seed,
+                    "scheme": self.scheme,
+                    "exchangeability_blocks": None if blocks is None else np.asarray(blocks).tolist(),
+                    "whole_blocks": self.whole_blocks,
+                    "tfce": self.tfce,
+                    "tfce_E": EH[0],
+                    "tfce_H": EH[1],
+                    "cluster_threshold": self.cluster_threshold,
+                    "connectivity": self.connectivity,
+                    "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
+                    "mask": (
+                        "automatic (finite and non-zero in every map)" if self.mask is None else source_label(self.mask)
+                    ),
+                    "p": (
+                        "t contrasts one-sided (large positive t); "
+                        "permutation p = #{shuffles reaching the observed} / shuffles"
+                    ),
+                },
+                "n_voxels": masker.n_voxels,
+                "run": out.run_record(),
+            },
+        )
 
 
 DEFAULT_BATCH_BYTES = 256 << 20  # a batch of shuffles without --max-memory
@@ -452,9 +576,21 @@ PERMUTATION_VALUES = 16
 MAP_SCRATCH = 96  # bytes per voxel per thread of the TFCE and cluster kernels (union-find, order, extents)
 
 
-def group_memory(cap: int, n_maps: int, n_voxels: int, itemsize: int, *, n_columns: int, n_contrasts: int,
-                 permutations: int, paired: bool, maps: bool, connectivity: int, n_elements: int,
-                 n_jobs: int | None = None) -> dict:
+def group_memory(
+    cap: int,
+    n_maps: int,
+    n_voxels: int,
+    itemsize: int,
+    *,
+    n_columns: int,
+    n_contrasts: int,
+    permutations: int,
+    paired: bool,
+    maps: bool,
+    connectivity: int,
+    n_elements: int,
+    n_jobs: int | None = None,
+) -> dict:
     """How a group model splits the cap `cap` (bytes) over `n_voxels` voxels of `n_maps` maps:
 
     - ``RESERVED`` (256 MiB) for the interpreter and the libraries;
@@ -486,8 +622,16 @@ def group_memory(cap: int, n_maps: int, n_voxels: int, itemsize: int, *, n_colum
         threads = int(max(1, min(workers, (cap - fixed - neighbours - one) // 2 // scratch)))
         neighbours += threads * scratch
     fixed += neighbours
-    return {"maps": data, "residuals": residuals, "results": results, "neighbours": neighbours, "one_shuffle": one,
-            "batch": cap - fixed, "total": fixed + one, "threads": threads}
+    return {
+        "maps": data,
+        "residuals": residuals,
+        "results": results,
+        "neighbours": neighbours,
+        "one_shuffle": one,
+        "batch": cap - fixed,
+        "total": fixed + one,
+        "threads": threads,
+    }
 
 
 def design_rows_record(d, paths, paired: bool) -> dict:
@@ -533,15 +677,32 @@ def _unique_labels(tcons):
     for label, w in tcons:
         new = sanitize_label(label, "contrast")
         if new != str(label).strip():
-            warnings.warn(f"contrast {str(label).strip()!r} of the .con file is named {new!r} (maps keep letters and "
-                          "digits: contrast-<label>_...).", stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"contrast {str(label).strip()!r} of the .con file is named {new!r} (maps keep letters and "
+                "digits: contrast-<label>_...).",
+                stacklevel=3,
+            )
         out.append((new, w))
     return out
 
 
 def _write_table(path, rows: list[dict]) -> None:
-    columns = ["cluster", "size", "size_mm3", "mass", "peak_stat", "peak_x", "peak_y", "peak_z", "peak_i", "peak_j",
-               "peak_k", "peak_vertex", "p_fwe_extent", "p_fwe_mass"]  # fmt: skip
+    columns = [
+        "cluster",
+        "size",
+        "size_mm3",
+        "mass",
+        "peak_stat",
+        "peak_x",
+        "peak_y",
+        "peak_z",
+        "peak_i",
+        "peak_j",
+        "peak_k",
+        "peak_vertex",
+        "p_fwe_extent",
+        "p_fwe_mass",
+    ]
     present = [c for c in columns if any(c in r for r in rows)] or ["cluster", "size", "mass", "peak_stat"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")

@@ -14,9 +14,16 @@ from numpy.typing import NDArray
 from ..design.kinds import INTEREST_KINDS
 
 __all__ = [
-    "colour_scale", "contrast_vector", "correlation_matrix", "design_matrix", "histogram", "mosaic", "orthogonal_slices",
-    "regressors", "surface_views",
-]  # fmt: skip
+    "colour_scale",
+    "contrast_vector",
+    "correlation_matrix",
+    "design_matrix",
+    "histogram",
+    "mosaic",
+    "orthogonal_slices",
+    "regressors",
+    "surface_views",
+]
 
 DPI = 96
 
@@ -53,7 +60,7 @@ def _png(fig) -> bytes:
 
 def _short(name: str, most: int = 30) -> str:
     """`name` cut in the middle to `most` characters (the end tells derivatives and confounds apart)."""
-    return name if len(name) <= most else f"{name[: most // 2 - 1]}…{name[-(most - most // 2):]}"
+    return name if len(name) <= most else f"{name[: most // 2 - 1]}…{name[-(most - most // 2) :]}"
 
 
 def _column_ticks(ax, names, axis: str = "x") -> None:
@@ -85,8 +92,17 @@ def design_matrix(X: NDArray, names, rows: str = "scan", tr: float | None = None
     n = X.shape[0]
     for j in np.flatnonzero(constant):
         ax.add_patch(_rectangle(j, n))
-        ax.text(j, (n - 1) / 2, f"constant {X[0, j]:.3g}", rotation=90, ha="center", va="center",
-                fontsize=8 if p <= 50 else 6, color="black", clip_on=True)  # fmt: skip
+        ax.text(
+            j,
+            (n - 1) / 2,
+            f"constant {X[0, j]:.3g}",
+            rotation=90,
+            ha="center",
+            va="center",
+            fontsize=8 if p <= 50 else 6,
+            color="black",
+            clip_on=True,
+        )
     _column_ticks(ax, names)
     ax.set_ylabel(rows if tr is None else f"{rows} (TR {tr:g} s)")
     return _png(fig)
@@ -111,8 +127,15 @@ def correlation_matrix(X: NDArray, names) -> bytes:
     if p <= 14:
         for i in range(p):
             for j in range(p):
-                ax.text(j, i, f"{round(corr[i, j], 2) + 0.0:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if abs(corr[i, j]) > 0.6 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{round(corr[i, j], 2) + 0.0:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if abs(corr[i, j]) > 0.6 else "black",
+                )
     fig.colorbar(image, ax=ax, shrink=0.8, label="correlation")
     return _png(fig)
 
@@ -149,8 +172,15 @@ def contrast_vector(weights: NDArray, names) -> bytes:
     for i in range(q):
         for j in range(p):
             if weights[i, j] != 0:
-                ax.text(j, i, f"{weights[i, j]:.3g}", ha="center", va="center", fontsize=8,
-                        color="white" if abs(weights[i, j]) > 0.5 * vmax else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{weights[i, j]:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if abs(weights[i, j]) > 0.5 * vmax else "black",
+                )
     _column_ticks(ax, names)
     ax.set_yticks(range(q), [str(i + 1) for i in range(q)] if q > 1 else [""], fontsize=8)
     return _png(fig)
@@ -221,7 +251,9 @@ def _slice_image(grid, titles, aspect_grid, scale, label: str, width: float) -> 
     return _png(fig)
 
 
-def orthogonal_slices(background: NDArray, stat: NDArray, shown: NDArray, zooms, ijk, mm, scale, label: str = "") -> bytes:
+def orthogonal_slices(
+    background: NDArray, stat: NDArray, shown: NDArray, zooms, ijk, mm, scale, label: str = ""
+) -> bytes:
     """Sagittal, coronal and axial slices through voxel `ijk` (RAS arrays), labelled with its mm position."""
     i, j, k = ijk
     grey = _grey_range(background)
@@ -286,8 +318,13 @@ def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: s
     fig = _figure(6.0, 2.8)
     ax = fig.add_subplot()
     bins = np.histogram_bin_edges(values[finite], bins=min(100, max(20, int(finite.sum()) // 20)))
-    ax.hist([values[finite & ~shown], values[finite & shown]], bins=bins, stacked=True, color=["0.6", "tab:red"],
-            label=["not shown", "shown"])
+    ax.hist(
+        [values[finite & ~shown], values[finite & shown]],
+        bins=bins,
+        stacked=True,
+        color=["0.6", "tab:red"],
+        label=["not shown", "shown"],
+    )
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="k", lw=1.0, ls="--", label=f"threshold {threshold:.3g}")
     ax.legend(fontsize=8)

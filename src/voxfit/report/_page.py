@@ -75,10 +75,14 @@ def _table(rows: list[dict], limit: int | None = None) -> str:
     keys = list(dict.fromkeys(k for row in rows for k in row))  # rows may lack some columns: blank cells
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=n" if isinstance(row.get(k), (int, float)) else ""}>{_e(_number(row.get(k, "")))}</td>'
-                         for k in keys) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td{' class=n' if isinstance(row.get(k), (int, float)) else ''}>{_e(_number(row.get(k, '')))}</td>"
+            for k in keys
+        )
+        + "</tr>"
         for row in rows
-    )  # fmt: skip
+    )
     return f"<table><tr>{head}</tr>{body}</table>{more}"
 
 
@@ -109,8 +113,10 @@ def _value(value) -> str:
         text = [_number(v) for v in value]
         if len(text) <= LIST_ITEMS:
             return _e(", ".join(text)) if text else "—"
-        return (f"{len(text):,} values: {_e(', '.join(text[:3]))}, …, {_e(text[-1])}"
-                f"<details><summary>all {len(text):,}</summary>{_e(', '.join(text))}</details>")
+        return (
+            f"{len(text):,} values: {_e(', '.join(text[:3]))}, …, {_e(text[-1])}"
+            f"<details><summary>all {len(text):,}</summary>{_e(', '.join(text))}</details>"
+        )
     if isinstance(value, bool):
         return "yes" if value else "no"
     return "—" if value is None else _e(_number(value))
@@ -163,7 +169,11 @@ class _Volume:
                     raise InputError(f"background image {exc}") from None
             try:
                 img = nib.load(str(anatomy))
-                data = np.asarray(resample_from_to(img.slicer[..., 0] if img.ndim == 4 else img, (self.shape, self.affine), order=1).dataobj)
+                data = np.asarray(
+                    resample_from_to(
+                        img.slicer[..., 0] if img.ndim == 4 else img, (self.shape, self.affine), order=1
+                    ).dataobj
+                )
             except Exception as exc:  # noqa: BLE001  (nibabel raises many types for unreadable images)
                 raise InputError(f"background image {anatomy}: cannot read or resample it ({exc}).") from None
             return self.grid(data.reshape(-1, order="F")), f"{Path(anatomy).name}, resampled to the maps' grid"
@@ -173,9 +183,13 @@ class _Volume:
         for design in res.designs[:1]:
             for name, kind in zip(design.names, design.kinds):
                 if kind == "constant":
-                    values = res.read_map(statmap_name("effect", res.extension, sanitize_label(name, "regressor"), entity="regressor"))
+                    values = res.read_map(
+                        statmap_name("effect", res.extension, sanitize_label(name, "regressor"), entity="regressor")
+                    )
                     if values is not None:
-                        return self.grid(np.nan_to_num(values)), f"the estimate of {name!r} (the baseline signal of the run)"
+                        return self.grid(
+                            np.nan_to_num(values)
+                        ), f"the estimate of {name!r} (the baseline signal of the run)"
         return self.grid(res.mask.astype(float)), "the analysis mask"
 
 
@@ -191,8 +205,15 @@ def _global_maximum(th: Threshold) -> int:
     return int(index[np.argmax(th.stat[index])])
 
 
-def _volume_part(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray, connectivity: int,
-                 heading: str = "Clusters", what: str = "map") -> str:  # fmt: skip
+def _volume_part(
+    vol: _Volume,
+    background: NDArray,
+    th: Threshold,
+    mask: NDArray,
+    connectivity: int,
+    heading: str = "Clusters",
+    what: str = "map",
+) -> str:
     """Orthogonal slices through the global maximum of the shown map, an axial mosaic over the mask's extent,
     and the table of clusters with their local maxima."""
     from ..inference.graph import volume_adjacency
@@ -206,8 +227,9 @@ def _volume_part(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray
         return {**_mm_columns(xyz), "i j k": " ".join(str(int(v)) for v in ijk)}
 
     voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
-    rows, elements = _maxima_rows(th, lambda members: volume_adjacency(members, vol.shape, connectivity), positions,
-                                  describe, "voxels", voxel_mm3)  # fmt: skip
+    rows, elements = _maxima_rows(
+        th, lambda members: volume_adjacency(members, vol.shape, connectivity), positions, describe, "voxels", voxel_mm3
+    )
     stat = vol.grid(np.nan_to_num(th.stat))
     shown = vol.grid(th.shown)
     scale = _scale(th)
@@ -216,10 +238,14 @@ def _volume_part(vol: _Volume, background: NDArray, th: Threshold, mask: NDArray
     mm = vol.mm(peak_ijk)
     where = f"({mm[0]:.0f}, {mm[1]:.0f}, {mm[2]:.0f}) mm"
     cluster = next((r["cluster"] for r, e in zip(rows, elements) if e == top), None)
-    out = [f"<p>Orthogonal slices through the global maximum of the shown {what}: {_e(th.stat_name)} = "
-           f"{th.stat[top]:.3g} at {where}" + (f", in cluster {cluster}" if cluster is not None else "") + ".</p>",
-           _img(fig.orthogonal_slices(background, stat, shown, vol.zooms, peak_ijk, mm, scale, th.stat_name),
-                f"orthogonal slices through {where}")]  # fmt: skip
+    out = [
+        f"<p>Orthogonal slices through the global maximum of the shown {what}: {_e(th.stat_name)} = "
+        f"{th.stat[top]:.3g} at {where}" + (f", in cluster {cluster}" if cluster is not None else "") + ".</p>",
+        _img(
+            fig.orthogonal_slices(background, stat, shown, vol.zooms, peak_ijk, mm, scale, th.stat_name),
+            f"orthogonal slices through {where}",
+        ),
+    ]
     z_extent = np.flatnonzero(vol.grid(mask).any(axis=(0, 1)))
     slices = np.unique(np.linspace(z_extent[0], z_extent[-1], MOSAIC_SLICES + 2).round().astype(int)[1:-1])
     centre = (np.array(stat.shape[:2]) - 1) / 2
@@ -294,12 +320,16 @@ def _maxima_table(heading: str, rows: list[dict], th: Threshold, neighbours: str
         table += f"<p>{more:,} more clusters not listed (smaller).</p>"
     name = f"contrast-{th.contrast}_maxima.tsv" if th.contrast else "maxima.tsv"
     data = base64.b64encode(_tsv(rows).encode()).decode("ascii")
-    return (f"<h3>{_e(heading)}</h3>" + table
-            + f"<p class='small'>Up to {MAXIMA_PER_CLUSTER} local maxima per cluster, more than {MIN_DISTANCE_MM:g} mm apart "
-            f"(SPM's rule): a local maximum is at least as large as each of its {_e(neighbours)}. {_e(th.p_note)}. "
-            f"<a download='{_e(name)}' href='data:text/tab-separated-values;base64,{data}'>The table as TSV</a> "
-            f"({len(rows):,} row{'s' * (len(rows) != 1)}, every cluster)."
-            "</p>")  # fmt: skip
+    return (
+        f"<h3>{_e(heading)}</h3>"
+        + table
+        + f"<p class='small'>Up to {MAXIMA_PER_CLUSTER} local maxima "
+        + f"per cluster, more than {MIN_DISTANCE_MM:g} mm apart "
+        f"(SPM's rule): a local maximum is at least as large as each of its {_e(neighbours)}. {_e(th.p_note)}. "
+        f"<a download='{_e(name)}' href='data:text/tab-separated-values;base64,{data}'>The table as TSV</a> "
+        f"({len(rows):,} row{'s' * (len(rows) != 1)}, every cluster)."
+        "</p>"
+    )
 
 
 # ---------------------------------------------------------------- surfaces, CIFTI, arrays
@@ -308,8 +338,16 @@ def _maxima_table(heading: str, rows: list[dict], th: Threshold, neighbours: str
 def _top_elements(th: Threshold, what: str) -> list[dict]:
     index = np.flatnonzero(th.shown)
     order = index[np.argsort(-th.stat[index], kind="stable")][:TOP_PEAKS]
-    return [{what: str(i), **{name: (round(float(v[i]), 3) if name in ("t", "F", "z") else float(v[i]))
-                              for name, v in th.columns.items()}} for i in order]  # fmt: skip
+    return [
+        {
+            what: str(i),
+            **{
+                name: (round(float(v[i]), 3) if name in ("t", "F", "z") else float(v[i]))
+                for name, v in th.columns.items()
+            },
+        }
+        for i in order
+    ]
 
 
 def _surface_part(coords, faces, th: Threshold) -> str:
@@ -317,15 +355,24 @@ def _surface_part(coords, faces, th: Threshold) -> str:
     neighbours, 8 mm apart in the mesh's coordinates)."""
     from ..inference.graph import mesh_adjacency
 
-    rows, _ = _maxima_rows(th, lambda members: mesh_adjacency(faces, members), lambda e: coords[e],
-                           lambda e, xyz: {"vertex": str(e), **_mm_columns(xyz)}, "vertices")  # fmt: skip
+    rows, _ = _maxima_rows(
+        th,
+        lambda members: mesh_adjacency(faces, members),
+        lambda e: coords[e],
+        lambda e, xyz: {"vertex": str(e), **_mm_columns(xyz)},
+        "vertices",
+    )
     top = _global_maximum(th)
     x, y, z = coords[top]
-    return (f"<p>Views of the whole surface (no slices); the global maximum of the shown map: {_e(th.stat_name)} = "
-            f"{th.stat[top]:.3g} at vertex {top}, ({x:.0f}, {y:.0f}, {z:.0f}) mm.</p>"
-            + _img(fig.surface_views(coords, faces, np.nan_to_num(th.stat), th.shown, _scale(th), th.stat_name),
-                   "lateral and medial views")
-            + _maxima_table("Clusters (along the mesh's edges)", rows, th, "neighbours along the mesh's edges", "vertices"))  # fmt: skip
+    return (
+        f"<p>Views of the whole surface (no slices); the global maximum of the shown map: {_e(th.stat_name)} = "
+        f"{th.stat[top]:.3g} at vertex {top}, ({x:.0f}, {y:.0f}, {z:.0f}) mm.</p>"
+        + _img(
+            fig.surface_views(coords, faces, np.nan_to_num(th.stat), th.shown, _scale(th), th.stat_name),
+            "lateral and medial views",
+        )
+        + _maxima_table("Clusters (along the mesh's edges)", rows, th, "neighbours along the mesh's edges", "vertices")
+    )
 
 
 def _cifti_voxels(geometry: CiftiGeometry):
@@ -374,45 +421,67 @@ def _design_section(res: Results) -> str:
     for d in res.designs:
         n, p = d.X.shape
         unit = "map" if res.level == "group" else "scan"
-        parts.append(f"<div class='row'><div><h3>{_e(d.title)}: {n} rows × {p} column{'s' * (p != 1)}</h3>"
-                     + _img(fig.design_matrix(d.X, d.names, unit, d.tr), f"{d.title} matrix") + "</div>")  # fmt: skip
+        parts.append(
+            f"<div class='row'><div><h3>{_e(d.title)}: {n} rows × {p} column{'s' * (p != 1)}</h3>"
+            + _img(fig.design_matrix(d.X, d.names, unit, d.tr), f"{d.title} matrix")
+            + "</div>"
+        )
         varying = np.flatnonzero(np.ptp(d.X, axis=0) > 0)
         if varying.size > 1:  # constant columns correlate with nothing
             png = fig.correlation_matrix(d.X[:, varying], [d.names[j] for j in varying])
-            parts.append(f"<div><h3>Correlation of the regressors (constant columns left out)</h3>{_img(png, 'correlation matrix')}</div>")
+            parts.append(
+                "<div><h3>Correlation of the regressors (constant columns "
+                f"left out)</h3>{_img(png, 'correlation matrix')}</div>"
+            )
         parts.append("</div>")
         vif = d.vif()
         if vif:
-            rows = [{"regressor": k, "VIF": round(v, 2) if np.isfinite(v) else "inf",
-                     "note": "" if v <= 10 else "high: other columns explain most of it"} for k, v in vif.items()]  # fmt: skip
+            rows = [
+                {
+                    "regressor": k,
+                    "VIF": round(v, 2) if np.isfinite(v) else "inf",
+                    "note": "" if v <= 10 else "high: other columns explain most of it",
+                }
+                for k, v in vif.items()
+            ]
             parts.append("<h3>Variance inflation of the regressors of interest</h3>" + _table(rows))
         if res.level != "group" and d.of_interest:
-            parts.append("<h3>Regressors of interest over time</h3>"
-                         + _img(fig.regressors(d.X, d.names, d.kinds, d.tr), "regressors over time"))  # fmt: skip
+            parts.append(
+                "<h3>Regressors of interest over time</h3>"
+                + _img(fig.regressors(d.X, d.names, d.kinds, d.tr), "regressors over time")
+            )
     parts.append("</section>")
     return "".join(parts)
 
 
 def _contrast_section(res: Results, c: Contrast, th: Threshold, draw) -> str:
-    parts = [f"<section id='contrast-{_e(c.file_label)}'><h2>Contrast {_e(c.label)} ({_e(c.kind)})</h2>",
-             f"<p>Expression: <code>{_e(c.expression)}</code></p>"]  # fmt: skip
+    parts = [
+        f"<section id='contrast-{_e(c.file_label)}'><h2>Contrast {_e(c.label)} ({_e(c.kind)})</h2>",
+        f"<p>Expression: <code>{_e(c.expression)}</code></p>",
+    ]
     if c.weights is not None and res.designs and c.weights.shape[1] == len(res.designs[0].names):
         parts.append(_img(fig.contrast_vector(c.weights, res.designs[0].names), f"contrast {c.label} weights"))
     parts.append(f"<p class='why'>Threshold: {_e(th.reason)}</p>")
     finite = th.stat[res.mask & np.isfinite(th.stat)]
     if not finite.size:
-        parts.append(f"<p class='warn'>The {_e(th.stat_name)} map holds no finite value in the mask: nothing to show.</p>")
+        parts.append(
+            f"<p class='warn'>The {_e(th.stat_name)} map holds no finite value in the mask: nothing to show.</p>"
+        )
     else:
         parts += [f"<p>{_e(note)}.</p>" for note in th.notes]
         if not th.shown.any():
-            parts.append(f"<p class='warn'>No element passes the threshold (largest {_e(th.stat_name)}: {finite.max():.3g}): "
-                         "no slices, views or table of maxima.</p>")
+            parts.append(
+                f"<p class='warn'>No element passes the threshold (largest {_e(th.stat_name)}: {finite.max():.3g}): "
+                "no slices, views or table of maxima.</p>"
+            )
         parts.append(draw(th))
     table = res.folder / f"contrast-{c.file_label}_clusters.tsv"
     if table.is_file():  # the run's own clusters, with their FWE p-values
         threshold = res.model.get("settings", {}).get("cluster_threshold")
-        parts.append(f"<h3>Clusters of the run at {_e(c.kind)} > {_e(threshold)} ({_e(table.name)})</h3>"
-                     + _table(_read_tsv(table), TABLE_ROWS))  # fmt: skip
+        parts.append(
+            f"<h3>Clusters of the run at {_e(c.kind)} > {_e(threshold)} ({_e(table.name)})</h3>"
+            + _table(_read_tsv(table), TABLE_ROWS)
+        )
     parts.append("</section>")
     return "".join(parts)
 
@@ -441,35 +510,55 @@ def _command(words: list[str]) -> str:
         flush()
         parts.append(shlex.quote(word))
     flush()
-    return (f"<code>{_e(' '.join(parts))}</code><details><summary>the whole command ({len(words):,} words)</summary>"
-            f"<code>{_e(full)}</code></details>")
+    return (
+        f"<code>{_e(' '.join(parts))}</code><details><summary>the whole command ({len(words):,} words)</summary>"
+        f"<code>{_e(full)}</code></details>"
+    )
 
 
 def _inputs(inputs: list[dict]) -> str:
     """The input files: all of them when few; else the first, the last and the count, the whole list folded."""
-    rows = [{"path": i.get("path") or _in_memory(i), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")}
-            for i in inputs]  # fmt: skip
+    rows = [
+        {"path": i.get("path") or _in_memory(i), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")} for i in inputs
+    ]
     if len(rows) <= LIST_ITEMS:
         return _table(rows)
     total = sum(r["bytes"] for r in rows if isinstance(r["bytes"], int))
-    return (f"<p>{len(rows):,} files, {total:,} bytes in all; the first and the last:</p>"
-            + _table([rows[0], {"path": f"… {len(rows) - 2:,} more …"}, rows[-1]])
-            + f"<details><summary>all {len(rows):,} input files</summary>{_table(rows)}</details>")
+    return (
+        f"<p>{len(rows):,} files, {total:,} bytes in all; the first and the last:</p>"
+        + _table([rows[0], {"path": f"… {len(rows) - 2:,} more …"}, rows[-1]])
+        + f"<details><summary>all {len(rows):,} input files</summary>{_table(rows)}</details>"
+    )
 
 
 def _settings_section(res: Results, generated: str) -> str:
     m = res.model
     parts = ["<section id='settings'><h2>Settings and provenance</h2>"]
-    about = {"voxfit version": _e(m.get("voxfit_version", "unknown")), "report made": _e(generated),
-             "command": _command(m.get("command") or []), "output folder": _e(str(res.folder.resolve()))}  # fmt: skip
-    parts.append("<table class='settings'>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in about.items())
-                 + "</table>")  # fmt: skip
+    about = {
+        "voxfit version": _e(m.get("voxfit_version", "unknown")),
+        "report made": _e(generated),
+        "command": _command(m.get("command") or []),
+        "output folder": _e(str(res.folder.resolve())),
+    }
+    parts.append(
+        "<table class='settings'>"
+        + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in about.items())
+        + "</table>"
+    )
     run = m.get("run")
     parts.append("<h3>Timing and memory</h3>")
-    units = {"started": "started", "load_s": "reading the data (s)", "fit_s": "fitting (s)", "elapsed_s": "elapsed (s)",
-             "peak_memory_mib": "peak memory (MiB)"}  # fmt: skip
-    parts.append(_definitions({units.get(k, k): v for k, v in run.items()}) if run
-                 else "<p>Not recorded (a folder written before voxfit recorded them).</p>")  # fmt: skip
+    units = {
+        "started": "started",
+        "load_s": "reading the data (s)",
+        "fit_s": "fitting (s)",
+        "elapsed_s": "elapsed (s)",
+        "peak_memory_mib": "peak memory (MiB)",
+    }
+    parts.append(
+        _definitions({units.get(k, k): v for k, v in run.items()})
+        if run
+        else "<p>Not recorded (a folder written before voxfit recorded them).</p>"
+    )
     inputs = [i for r in m.get("runs", []) for i in r.get("inputs", [])] or m.get("inputs", [])
     parts.append("<h3>Inputs</h3>" + _inputs(inputs))
     for key in ("data", "mask", "design", "settings"):
@@ -498,8 +587,7 @@ REPORT_VOXEL_BYTES = 24 + 12 * 8 + 8
 
 def report_memory(n_elements: int, n_voxels: int, connectivity: int) -> int:
     """A bound on the memory of a report (bytes, the interpreter's reserve included)."""
-    return (reserved_bytes() + REPORT_ELEMENT_BYTES * n_elements
-            + (REPORT_VOXEL_BYTES + 20 * connectivity) * n_voxels)  # fmt: skip
+    return reserved_bytes() + REPORT_ELEMENT_BYTES * n_elements + (REPORT_VOXEL_BYTES + 20 * connectivity) * n_voxels
 
 
 def _image_elements(path) -> int:
@@ -512,8 +600,15 @@ def _image_elements(path) -> int:
         return 0
 
 
-def build_report(folder, *, background=None, mesh=None, p_threshold: float | None = None, progress: bool | None = None,
-                 max_memory=None) -> str:  # fmt: skip
+def build_report(
+    folder,
+    *,
+    background=None,
+    mesh=None,
+    p_threshold: float | None = None,
+    progress: bool | None = None,
+    max_memory=None,
+) -> str:
     """The HTML of the report on the output folder `folder` (see :func:`write_report`)."""
     cap = None if max_memory is None else parse_memory(max_memory)
     res = read_results(folder)
@@ -531,18 +626,22 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
         if background is not None and isinstance(geometry, VolumeGeometry):  # read whole, as float64, then resampled
             need += 16 * _image_elements(background)
         if need > cap:
-            raise InputError(f"`max_memory`={max_memory!r} cannot hold the report of {voxels:,} voxels on a grid of "
-                             f"{geometry.n_elements:,} elements ({size_text(reserved_bytes())} for the interpreter, "
-                             f"{size_text(need - reserved_bytes())} for the maps, their positions and neighbours and "
-                             "the background); give at "
-                             f"least {size_text(need)}.")  # fmt: skip
+            raise InputError(
+                f"`max_memory`={max_memory!r} cannot hold the report of {voxels:,} voxels on a grid of "
+                f"{geometry.n_elements:,} elements ({size_text(reserved_bytes())} for the interpreter, "
+                f"{size_text(need - reserved_bytes())} for the maps, their positions and neighbours and "
+                "the background); give at "
+                f"least {size_text(need)}."
+            )
     if isinstance(geometry, VolumeGeometry):
         vol = _Volume(geometry)
         bg, bg_name = vol.background(res, background)
         notes.append(f"Volumes are drawn in RAS orientation (the brain's left on the left), over {bg_name}.")
         if vol.obliquity > 0.5:
-            notes.append(f"The voxel grid is oblique ({vol.obliquity:.0f}° off the axes): slices follow the grid, not "
-                         "the scanner's axes; positions in mm are exact.")  # fmt: skip
+            notes.append(
+                f"The voxel grid is oblique ({vol.obliquity:.0f}° off the axes): slices follow the grid, not "
+                "the scanner's axes; positions in mm are exact."
+            )
 
         def draw(th):
             return _volume_part(vol, bg, th, res.mask, connectivity) if th.shown.any() else ""
@@ -554,13 +653,18 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
             return _surface_part(coords, faces, th) if th.shown.any() else ""
     else:
         if isinstance(geometry, SurfaceGeometry):
-            notes.append("No surface mesh was given (voxfit report --mesh lh.pial.surf.gii), so surface maps are shown "
-                         "as distributions with their largest values by vertex.")  # fmt: skip
+            notes.append(
+                "No surface mesh was given (voxfit report --mesh lh.pial.surf.gii), so surface maps are shown "
+                "as distributions with their largest values by vertex."
+            )
         what = "vertex" if isinstance(geometry, SurfaceGeometry) else "element"
 
         voxels = _cifti_voxels(geometry) if isinstance(geometry, CiftiGeometry) else None
         if voxels is not None:
-            notes.append("The CIFTI file's voxels are drawn in RAS orientation over their mask; its surface vertices as distributions.")
+            notes.append(
+                "The CIFTI file's voxels are drawn in RAS orientation "
+                "over their mask; its surface vertices as distributions."
+            )
 
         if isinstance(geometry, SurfaceGeometry):
             no_slices = "No slices or views: surface maps are drawn on a mesh (--mesh)."
@@ -571,19 +675,28 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
 
         def draw(th):
             out = f"<p>{_e(no_slices)}</p>" if no_slices and th.shown.any() else ""
-            out += _img(fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name), f"distribution of {th.stat_name}")
+            out += _img(
+                fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name),
+                f"distribution of {th.stat_name}",
+            )
             if isinstance(geometry, CiftiGeometry):
                 out += "<h3>Structures</h3>" + _table(_cifti_structures(geometry, th))
                 if voxels is not None:  # the volume part: slices and clusters as for a volume
                     vol, index, flat = voxels
-                    grid = dataclasses.replace(th, stat=_scatter(flat, th.stat[index], vol, np.nan),
-                                               shown=_scatter(flat, th.shown[index], vol, False),
-                                               columns={k: _scatter(flat, v[index], vol, np.nan) for k, v in th.columns.items()})  # fmt: skip
+                    grid = dataclasses.replace(
+                        th,
+                        stat=_scatter(flat, th.stat[index], vol, np.nan),
+                        shown=_scatter(flat, th.shown[index], vol, False),
+                        columns={k: _scatter(flat, v[index], vol, np.nan) for k, v in th.columns.items()},
+                    )
                     mask = _scatter(flat, res.mask[index], vol, False)
                     if grid.shown.any():
-                        out += _volume_part(vol, vol.grid(mask.astype(float)), grid, mask, 26, "Clusters of the voxels", "voxels")
+                        out += _volume_part(
+                            vol, vol.grid(mask.astype(float)), grid, mask, 26, "Clusters of the voxels", "voxels"
+                        )
                 return out
             return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + _table(_top_elements(th, what))
+
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     title = f"voxfit report: {res.level}, {res.folder.resolve().name}"
     sections = [_design_section(res)] if res.designs else []
@@ -600,15 +713,24 @@ def build_report(folder, *, background=None, mesh=None, p_threshold: float | Non
     summary = f"{_rows(res)} × {int(res.mask.sum()):,} elements ({geometry.kind})"
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width'><title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        "<meta name='viewport' "
+        f"content='width=device-width'><title>{_e(title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{_e(title)}</h1><p>{_e(summary)}; {len(res.contrasts)} contrast(s).</p>"
         + "".join(f"<p>{_e(n)}</p>" for n in notes)
         + f"<nav>{''.join(links)}</nav></header><main>{''.join(sections)}</main></body></html>"
     )
 
 
-def write_report(folder, *, background=None, mesh=None, p_threshold: float | None = None, force: bool = False,
-                 progress: bool | None = None, max_memory=None) -> Path:  # fmt: skip
+def write_report(
+    folder,
+    *,
+    background=None,
+    mesh=None,
+    p_threshold: float | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+    max_memory=None,
+) -> Path:
     """Write ``report.html`` into the finished output folder `folder`, from its model.json and maps.
 
     Parameters
@@ -634,10 +756,10 @@ def write_report(folder, *, background=None, mesh=None, p_threshold: float | Non
     target = Path(folder) / "report.html"
     if (target.exists() or target.is_symlink()) and not force:  # (a dangling link too)
         raise InputError(f"{target} exists; pass --force to replace it.")
-    page = build_report(folder, background=background, mesh=mesh, p_threshold=p_threshold, progress=progress,
-                        max_memory=max_memory)
+    page = build_report(
+        folder, background=background, mesh=mesh, p_threshold=p_threshold, progress=progress, max_memory=max_memory
+    )
     try:  # an exclusive temporary with a random name, renamed onto report.html (a link there is replaced)
         return write_file_atomically(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     except OSError as exc:
         raise InputError(f"cannot write {target}: {exc.strerror or exc}.") from None
-

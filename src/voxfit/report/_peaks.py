@@ -46,8 +46,15 @@ def local_maxima(values: NDArray, adjacency: Adjacency) -> NDArray[np.bool_]:
     return values >= largest
 
 
-def spaced_maxima(cluster: NDArray, values: NDArray, xyz: NDArray, candidates: NDArray, *,
-                  most: int = MAXIMA_PER_CLUSTER, apart: float = MIN_DISTANCE_MM) -> NDArray[np.intp]:  # fmt: skip
+def spaced_maxima(
+    cluster: NDArray,
+    values: NDArray,
+    xyz: NDArray,
+    candidates: NDArray,
+    *,
+    most: int = MAXIMA_PER_CLUSTER,
+    apart: float = MIN_DISTANCE_MM,
+) -> NDArray[np.intp]:
     """Up to `most` maxima of each cluster, SPM's way: the cluster's `candidates` by decreasing value (ties:
     lower element number first), each kept when it is more than `apart` (mm) from every one kept before it.
 

@@ -163,25 +163,37 @@ def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None)
     p = res.read_map(statmap_name("p", res.extension, c.file_label))
     stat = res.read_map(statmap_name(c.kind, res.extension, c.file_label))
     if z is None or p is None or stat is None:
-        raise InputError(f"{res.folder} lacks the {c.kind}, z or p map of contrast {c.label!r}; the folder is incomplete.")
+        raise InputError(
+            f"{res.folder} lacks the {c.kind}, z or p map of contrast {c.label!r}; the folder is incomplete."
+        )
     alpha = 0.001 if p_threshold is None else p_threshold
     level = float(-ndtri(alpha))  # z of the one-sided p; the folder's p maps are one-sided (large t, or F)
     valid = res.mask & np.isfinite(z)
     shown = valid & (z > level)
     q = _fdr_in_mask(p, res.mask)
-    n_fdr, n_bonf = int(np.sum(q <= 0.05)), int(np.sum(p[res.mask] < 0.05 / max(1, int(np.isfinite(p[res.mask]).sum()))))
+    n_fdr, n_bonf = (
+        int(np.sum(q <= 0.05)),
+        int(np.sum(p[res.mask] < 0.05 / max(1, int(np.isfinite(p[res.mask]).sum())))),
+    )
     why = "SPM's default height threshold for each contrast" if p_threshold is None else "the threshold asked for"
     tail = "the positive tail of the t contrast, as SPM shows it: " if c.kind == "t" else ""
     reason = f"p < {alpha:g} uncorrected, one-sided ({tail}z > {level:.2f}): {why}."
-    notes = [f"{int(shown.sum()):,} of {int(valid.sum()):,} elements shown",
-             f"{n_fdr:,} elements reach FDR q < 0.05 (Benjamini–Hochberg), {n_bonf:,} reach Bonferroni p < 0.05, both one-sided"]
+    notes = [
+        f"{int(shown.sum()):,} of {int(valid.sum()):,} elements shown",
+        f"{n_fdr:,} elements reach FDR q < 0.05 (Benjamini–Hochberg), "
+        f"{n_bonf:,} reach Bonferroni p < 0.05, both one-sided",
+    ]
     if c.kind == "t":
         negative = int(np.sum(valid & (z < -level)))
-        notes.append(f"{negative:,} elements have z < −{level:.2f} (the negative tail, not shown; as in SPM, the "
-                     "negated contrast maps them)")  # fmt: skip
+        notes.append(
+            f"{negative:,} elements have z < −{level:.2f} (the negative tail, not shown; as in SPM, the "
+            "negated contrast maps them)"
+        )
     columns = {c.kind: stat, "z": z, "p unc.": p, "q FDR": q}
-    p_note = (f"p: the one-sided uncorrected p of the {c.kind}; q: Benjamini–Hochberg FDR over the "
-              f"{int(res.mask.sum()):,} elements of the mask")  # fmt: skip
+    p_note = (
+        f"p: the one-sided uncorrected p of the {c.kind}; q: Benjamini–Hochberg FDR over the "
+        f"{int(res.mask.sum()):,} elements of the mask"
+    )
     return Threshold(shown, np.where(res.mask, z, np.nan), "z", level, reason, notes, columns, p_note, c.file_label)
 
 
@@ -209,8 +221,14 @@ def _group_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Th
     if stat is None:
         raise InputError(f"{res.folder} lacks the {c.kind} map of contrast {c.label!r}; the folder is incomplete.")
     perm = c.info.get("permutation") or {}
-    how = (f"{perm['shuffles']:,} {'sign-flips' if perm.get('scheme') == 'flip' else 'permutations'}"
-           + (" (all of them)" if perm.get("exhaustive") else "")) if perm else "parametric inference"  # fmt: skip
+    how = (
+        (
+            f"{perm['shuffles']:,} {'sign-flips' if perm.get('scheme') == 'flip' else 'permutations'}"
+            + (" (all of them)" if perm.get("exhaustive") else "")
+        )
+        if perm
+        else "parametric inference"
+    )
     if p_threshold is not None:
         choices = [("uncorrected", f"p < {p_threshold:g} uncorrected", p_threshold, "the threshold asked for")]
     else:
@@ -223,7 +241,9 @@ def _group_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Th
         reason = f"{text}, from {how}: {why}."
         notes = [f"{int(shown.sum()):,} of {int(res.mask.sum()):,} elements shown (large positive {c.kind})"]
         columns, p_note = _group_columns(res, c, stat, how if perm else "")
-        return Threshold(shown, np.where(res.mask, stat, np.nan), c.kind, None, reason, notes, columns, p_note, c.file_label)
+        return Threshold(
+            shown, np.where(res.mask, stat, np.nan), c.kind, None, reason, notes, columns, p_note, c.file_label
+        )
     raise InputError(f"{res.folder} holds no p map of contrast {c.label!r}; the folder is incomplete.")
 
 
@@ -241,8 +261,10 @@ def _group_columns(res: Results, c: Contrast, stat: NDArray, permutations: str) 
         columns["p unc."] = p
         columns["q FDR"] = _fdr_in_mask(p, res.mask)
     source = f"from {permutations}" if permutations else "parametric"
-    note = (f"z: parametric; p: uncorrected, one-sided, {source}; q: Benjamini–Hochberg FDR over the "
-            f"{int(res.mask.sum()):,} elements of the mask")  # fmt: skip
+    note = (
+        f"z: parametric; p: uncorrected, one-sided, {source}; q: Benjamini–Hochberg FDR over the "
+        f"{int(res.mask.sum()):,} elements of the mask"
+    )
     for desc, name, what in (("fwe", "p FWE", "the maximum statistic"), ("tfcefwe", "p FWE TFCE", "the maximum TFCE")):
         fwe = res.read_map(statmap_name("p", res.extension, c.file_label, desc=desc))
         if fwe is not None:

@@ -10,16 +10,38 @@ one bounded block of work, so that no thread writes a file after the caller has 
 
 :func:`in_chunks` cuts one long compiled or LAPACK call (which holds the main thread until it returns, so no
 Python signal handler can run) into calls of bounded size.
+
+How many threads, decided here for every part of voxfit: :func:`default_workers` (the CPUs this process may
+run on), :func:`resolve_workers` (an ``n_jobs`` argument checked, or that default), :func:`blas_single_threaded`
+(BLAS held to one thread while voxfit's own threads run products) and :func:`numba_threads` (the compiled
+kernels' threads). threadpoolctl and numba are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 
-__all__ = ["CHUNK_S", "GRACE_S", "POLL_S", "DaemonExecutor", "in_chunks", "interruptible", "run_in_threads"]
+from ._checks import check_scalar
+
+__all__ = [
+    "CHUNK_S",
+    "GRACE_S",
+    "POLL_S",
+    "DaemonExecutor",
+    "blas_single_threaded",
+    "default_workers",
+    "in_chunks",
+    "interruptible",
+    "numba_threads",
+    "resolve_workers",
+    "run_in_threads",
+]
 
 POLL_S = 0.05  # how often the waiting thread wakes up to let signal handlers run
 CHUNK_S = 0.1  # the length of one uninterruptible call in in_chunks
@@ -155,3 +177,49 @@ class DaemonExecutor:
 
         threading.Thread(target=target, name="voxfit-side", daemon=True).start()
         return future
+
+
+def default_workers() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_workers(n_jobs) -> int:
+    """The threads to use for an ``n_jobs`` argument: a positive integer, or :func:`default_workers` for None."""
+    if n_jobs is None:
+        return default_workers()
+    return int(check_scalar(n_jobs, "`n_jobs`", min_val=1, description="a positive number of threads"))
+
+
+@functools.cache
+def _threadpools():
+    """The process's BLAS and OpenMP pools (a threadpoolctl controller), inspected once (1.5 ms per inspection)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def blas_single_threaded():
+    """A context in which BLAS runs on one thread: for voxfit's worker threads, which each run their own
+    products; BLAS threads that spin between many small products also slow the compiled passes in between."""
+    return _threadpools().limit(limits=1, user_api="blas")
+
+
+@contextmanager
+def numba_threads(n_jobs) -> Iterator[None]:
+    """At most `n_jobs` threads for numba's parallel kernels (TFCE, clusters: each thread holds O(V) scratch,
+    which the memory plans of ``voxfit.SecondLevel`` count); numba's own default (every CPU) for None."""
+    if n_jobs is None:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(resolve_workers(n_jobs), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)

@@ -38,13 +38,46 @@ from .._array import working_dtype
 from ._kernels import shift_and_square, shift_and_square_numpy
 from .design import DesignFactor
 
-__all__ = ["BlockFitter", "BlockResult", "empty_result", "fit_block", "fit_from_sums", "working_dtype"]
+__all__ = [
+    "BlockFitter",
+    "BlockResult",
+    "REFIT_RATIO",
+    "REFIT_RATIO_DEVICE",
+    "empty_result",
+    "fit_block",
+    "fit_from_sums",
+    "needs_refit",
+    "working_dtype",
+]
 
-# Refit from explicit residuals where ||y_c||^2 exceeds this multiple of the RSS: the error of the fast RSS
-# grows with that ratio, and these bounds keep it below ~1e-5 (float32) and ~1e-11 (float64) relative.
-_KAPPA = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 1e5}
+# The float64 refit decision (see needs_refit): the largest ratio of the sum of squares to the RSS subtracted
+# from it that the fast sums may keep, by the dtype of the products (float64: at most 5 of 16 digits lost).
+REFIT_RATIO = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 1e5}
+REFIT_RATIO_DEVICE = 1e4  # sums of squares and products both in float32, on a device (engine.fit's device path)
 _OFFSET_ROWS = 8  # scans averaged for each voxel's offset
 _TINY_SSQ = np.finfo(np.float64).tiny / np.finfo(np.float64).eps  # ~1e-292: below, squares are nearly subnormal
+
+
+def needs_refit(rss: NDArray, ssq: NDArray, dtype=np.float64, *, on_device: bool = False) -> NDArray[np.bool_]:
+    """Voxels whose residual sum of squares, found as a difference ``rss = ssq - ||Q'y||^2`` of sums, has lost
+    too many digits and must be refitted in float64 from explicit residuals: True where ``rss * ratio <= ssq``
+    (False where either is NaN).
+
+    `ssq` is the sum of squares the RSS was subtracted from (of the data as shifted for the sums); the
+    subtraction loses about ``log10(ssq / rss)`` digits of the precision of the products, so the ratio allowed
+    depends on the dtype the products were computed in (`dtype`, :data:`REFIT_RATIO`):
+
+    * float64 sums (1e5): at most 5 of 16 digits lost, the RSS to ~1e-11 relative;
+    * float32 products, sums of squares in float64 (:class:`BlockFitter`, 8): ``||Q'y||^2`` carries float32
+      rounding, so voxels whose fit explains more than 7/8 of their variance about the offset are refitted,
+      which keeps the RSS within ~1e-5 relative, the precision promised for float32 data
+      (``tests/test_precision.py``);
+    * `on_device`, sums of squares and products both in float32 on a device (:data:`REFIT_RATIO_DEVICE`,
+      1e4): the device path promises the RSS to ~1e-3 relative (``tests/test_device.py``), and each voxel it
+      flags is refitted on the host.
+    """
+    ratio = REFIT_RATIO_DEVICE if on_device else REFIT_RATIO[np.dtype(dtype)]
+    return rss * ratio <= ssq
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +149,7 @@ class BlockFitter:
             scale = self._sums(offset, ssq, g_t, out)
             # also refit voxels whose sums of squares are near float64's underflow (data below ~1e-146),
             # where the fast sums keep few digits: the exact fit works at unit scale
-            redo = np.flatnonzero(valid & ((out.rss * _KAPPA[self.wdt] <= scale) | overflowed | (ssq < _TINY_SSQ)))
+            redo = np.flatnonzero(valid & (needs_refit(out.rss, scale, self.wdt) | overflowed | (ssq < _TINY_SSQ)))
         for a in range(0, redo.size, self.tile):
             idx = redo[a : a + self.tile]
             exact = _fit_exact(self.design, np.asarray(Y[:, start + idx], dtype=np.float64))

@@ -1,7 +1,8 @@
 """Planning and running the voxel side: blocks of voxels under a memory budget."""
 
+from .._threads import default_workers
 from .ar import ARFit, fit_ar
-from .fit import default_workers, fit
+from .fit import fit
 from .global_ar import GlobalARFit, fit_global_ar
 from .memory import parse_memory, plan_blocks
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._progress import Progress
-from .._threads import run_in_threads
+from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, fit_ar_block
 from ..core.contrast import f_stats, t_stats
 from ..exceptions import InputError
-from .fit import _fit_iv, _threadpools, map_blocks
+from .fit import check_fit_inputs, map_blocks
 from .memory import check_block_size, parse_memory
 
 __all__ = ["ARFit", "fit_ar"]
@@ -84,7 +84,7 @@ def fit_ar(
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
         raise InputError(f"`order` of the AR model must be a positive integer; got {order!r}.")
     design = factorize(X, names)
-    Y, n_jobs = _fit_iv(Y, design.n_scans, n_jobs)
+    Y, n_jobs = check_fit_inputs(Y, design.n_scans, n_jobs)
     n, pc = design.X.shape
     if n <= 2 * order + design.rank:
         raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
@@ -131,7 +131,7 @@ def fit_ar(
             _place(a, ok, res)
     else:
         bar = Progress("AR fit", len(starts), enabled=progress, min_total=8)
-        with _threadpools().limit(limits=1, user_api="blas"):
+        with blas_single_threaded():
             run_in_threads(run, starts, min(n_jobs, len(starts)), bar.update)  # stoppable between blocks
         bar.close()
     fit = make_fit(design, betas, rss, tss, valid)
@@ -141,7 +141,7 @@ def fit_ar(
     fit = dataclasses.replace(fit, r2=r2)
     stats = {}
     for label, w in weights.items():
-        stats[label] = _stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
+        stats[label] = contrast_stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
     phi.setflags(write=False)
     return ARFit(fit=fit, ar=phi, contrasts=stats, order=int(order))
 
@@ -156,7 +156,7 @@ def _ar_task(fit_block, weights: list, Yb):
     return ok, fit_block(Yb if ok.all() else Yb[:, ok], weights)
 
 
-def _stats(label, w, effect, cov, sigma2, dof) -> Stats:
+def contrast_stats(label, w, effect, cov, sigma2, dof) -> Stats:
     """t or F from the whitened fit, with each voxel's effective degrees of freedom `dof` (V,) (see
     ``voxfit.core.ar.effective_dof``)."""
     usable = (sigma2 > 0) & np.isfinite(sigma2) & (dof > 0)

@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
-import functools
-import os
 import threading
 import warnings
 
 import numpy as np
 from numpy.typing import ArrayLike
-from threadpoolctl import ThreadpoolController
 
 from .._array import check_array_like
 from .._dask import run_tasks
 from .._memory import check_memory
 from .._progress import Progress
-from .._threads import run_in_threads
+from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
-from ..core.ols import BlockFitter, BlockResult, empty_result, fit_from_sums
+from ..core.ols import BlockFitter, BlockResult, empty_result, fit_from_sums, needs_refit
 from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
 from .memory import plan_blocks
 
-__all__ = ["fit", "default_workers"]
+__all__ = ["check_fit_inputs", "fit", "map_blocks"]
 
 
-@functools.cache
-def _threadpools() -> ThreadpoolController:
-    """The process's BLAS and OpenMP pools, inspected once (1.5 ms per inspection)."""
-    return ThreadpoolController()
-
-
-def default_workers() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def _fit_iv(Y, n_scans: int, n_jobs):
+def check_fit_inputs(Y, n_scans: int, n_jobs):
     """Check the data (numeric, (n, V), n matching the design; a 1-D y is one voxel) and `n_jobs`."""
     check_array_like(
         Y, "Y", "an (n_scans, n_voxels) array (for image files or nibabel images: voxfit.load or voxfit.fit_images)"
@@ -59,11 +42,7 @@ def _fit_iv(Y, n_scans: int, n_jobs):
         )
     if Y.shape[1] == 0:
         raise InputError(f"`Y` has no voxels (shape {Y.shape}).")
-    if n_jobs is None:
-        n_jobs = default_workers()
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
-        raise InputError(f"`n_jobs` must be a positive number of threads; got {n_jobs!r}.")
-    return Y, int(n_jobs)
+    return Y, resolve_workers(n_jobs)
 
 
 def fit(
@@ -128,7 +107,7 @@ def fit(
         For designs or data of the wrong shape or type, non-finite designs, or impossible memory settings.
     """
     design = factorize(X, names)
-    Y, n_jobs = _fit_iv(Y, design.n_scans, n_jobs)
+    Y, n_jobs = check_fit_inputs(Y, design.n_scans, n_jobs)
     n, p = design.X.shape
     V = Y.shape[1]
     wdt = working_dtype(Y.dtype)
@@ -172,7 +151,7 @@ def fit(
     bar = Progress("fitting", len(starts), enabled=progress, min_total=8)  # (None: when stderr is a terminal)
     # One BLAS thread per worker, even for a single worker: BLAS threads that spin between the many small
     # products slow the compiled pass that runs in between by up to 3x (measured on 2 cores).
-    with _threadpools().limit(limits=1, user_api="blas"):
+    with blas_single_threaded():
         run_in_threads(run, starts, workers, bar.update)  # stops within a block of Ctrl-C or SIGTERM
     bar.close()
     return make_fit(design, out.betas, out.rss, out.tss, out.valid)
@@ -201,7 +180,7 @@ def _fit_on_device(design, Y, device: str, block: int) -> Fit:
         b = slice(a, a + Yb.shape[1])
         out.betas[:, b], out.rss[b], out.tss[b] = fit_from_sums(design, c, ss, total, shift)
         out.valid[b] = valid
-        redo = np.flatnonzero(valid & (out.rss[b] * 1e4 <= ss))  # float32 sums lost too many digits
+        redo = np.flatnonzero(valid & needs_refit(out.rss[b], ss, on_device=True))  # float32 sums lost digits
         if redo.size:
             exact = fit(design.X, Yb[:, redo], n_jobs=1)
             idx = a + redo
@@ -214,7 +193,7 @@ def _fit_on_device(design, Y, device: str, block: int) -> Fit:
 def _fit_block(design, tile: int, compiled: bool, Yb):
     """One block fitted on its own (a Dask task): betas, rss, tss, valid."""
     out = empty_result(design.X.shape[1], Yb.shape[1])
-    with _threadpools().limit(limits=1, user_api="blas"):
+    with blas_single_threaded():
         BlockFitter(design, Yb.dtype, min(tile, Yb.shape[1]), compiled)(
             Yb, 0, Yb.shape[1], BlockResult(out.betas, out.rss, out.tss, out.valid)
         )

@@ -34,7 +34,7 @@ from ..core import Fit, Stats, factorize
 from ..core.reml import ar_components, reml, whitening_matrix
 from ..design.kinds import FILTER_KINDS, guess_kind
 from ..exceptions import DesignWarning, InputError
-from .fit import _fit_iv
+from .fit import check_fit_inputs
 from .fit import fit as fit_ols
 
 __all__ = ["GlobalARFit", "fit_global_ar"]
@@ -99,7 +99,7 @@ def fit_global_ar(
     over): use ``ar1`` (per voxel) then.
     """
     design = factorize(X, names)
-    Y, n_jobs = _fit_iv(Y, design.n_scans, n_jobs)
+    Y, n_jobs = check_fit_inputs(Y, design.n_scans, n_jobs)
     X, names, n = design.X, design.names, design.n_scans
     kinds = tuple(kinds) if kinds is not None else tuple(guess_kind(name, X[:, j]) for j, name in enumerate(names))
     drift = np.array([k in FILTER_KINDS for k in kinds])

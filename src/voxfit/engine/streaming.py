@@ -24,15 +24,14 @@ import numpy as np
 from .._array import working_dtype
 from .._memory import RESERVED
 from .._progress import Progress
-from .._threads import run_in_threads
+from .._threads import blas_single_threaded, default_workers, run_in_threads
 from ..core import check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
-from ..core.ols import fit_from_sums
+from ..core.ols import fit_from_sums, needs_refit
 from ..exceptions import InputError
 from ..io import Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
-from .ar import _stats
-from .fit import _threadpools, default_workers
+from .ar import contrast_stats
 from .fit import fit as fit_in_memory
 from .memory import parse_memory
 
@@ -202,7 +201,7 @@ def fit_streaming(
     by_sums = design.has_intercept and work == 4 and threshold is None and not nonzero
     rest = None
     # one BLAS thread: the products are small, and another core decompresses
-    with _threadpools().limit(limits=1, user_api="blas"):
+    with blas_single_threaded():
         for start, raw in reader.iter_scans(max_bytes=max_bytes):
             bar.update(start + raw.shape[0])
             values = _scaled(raw, reader)
@@ -271,7 +270,7 @@ def fit_streaming(
         results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
         fits = (slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
         workers = max(1, min(default_workers(), len(starts), fits))
-        with _threadpools().limit(limits=1, user_api="blas"):
+        with blas_single_threaded():
             run_in_threads(fit_part, starts, workers)  # stoppable between blocks
         flagged.sort()
     else:
@@ -281,7 +280,7 @@ def fit_streaming(
             betas[:, at], rss[at], tss[at] = fit_from_sums(
                 design, piece.lagged[0], piece.s[0], piece.total, piece.shift
             )
-            flagged.extend(a + np.flatnonzero(rss[at] * 1e5 <= piece.s[0]))
+            flagged.extend(a + np.flatnonzero(needs_refit(rss[at], piece.s[0])))
     # voxels that need their data: zero in the first scan yet kept, or whose sums cancelled too many digits
     second = np.concatenate(
         [np.flatnonzero(final & ~candidates), masker.index[targets[np.asarray(flagged, dtype=int)]]]
@@ -310,7 +309,7 @@ def fit_streaming(
         r2.setflags(write=False)
         fit = dataclasses.replace(fit, r2=r2)
         stats = {
-            label: _stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
+            label: contrast_stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
             for label, w in weights.items()
         }
         phi.setflags(write=False)

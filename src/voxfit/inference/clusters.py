@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from voxfit._threads import in_chunks
 from voxfit.exceptions import InputError
-from voxfit.inference.graph import Adjacency, _as_rows, _as_weights, _check_adjacency
+from voxfit.inference.graph import Adjacency, as_rows, as_weights, check_adjacency
 
 __all__ = ["Clusters", "ClusterMaxima", "label_clusters", "cluster_max"]
 
@@ -126,8 +126,8 @@ def cluster_max(stats, adjacency: Adjacency, threshold: float, weights=None) -> 
 
 
 def _clusters_iv(stat, adjacency, threshold, weights, name):
-    adjacency = _check_adjacency(adjacency)
+    adjacency = check_adjacency(adjacency)
     if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not np.isfinite(threshold):
         raise InputError(f"`threshold` must be a finite number on the statistic's scale (e.g. 3.1); got {threshold!r}.")
-    rows, one = _as_rows(stat, adjacency, name)
-    return rows, one, float(threshold), _as_weights(weights, adjacency)
+    rows, one = as_rows(stat, adjacency, name)
+    return rows, one, float(threshold), as_weights(weights, adjacency)

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from voxfit.exceptions import DataTypeError, InputError
 
-__all__ = ["Adjacency", "volume_adjacency", "mesh_adjacency"]
+__all__ = ["Adjacency", "as_rows", "as_weights", "check_adjacency", "mesh_adjacency", "volume_adjacency"]
 
 # how many coordinates may differ by one between neighbours, for each connectivity
 _CONNECTIVITY = {6: 1, 18: 2, 26: 3}
@@ -191,7 +191,7 @@ def _as_mask(mask, name: str) -> NDArray[np.bool_]:
     return mask if mask.dtype == bool else mask != 0
 
 
-def _check_adjacency(adjacency) -> Adjacency:
+def check_adjacency(adjacency) -> Adjacency:
     if not isinstance(adjacency, Adjacency):
         raise InputError(
             f"`adjacency` must be an Adjacency (from volume_adjacency or mesh_adjacency); "
@@ -200,7 +200,7 @@ def _check_adjacency(adjacency) -> Adjacency:
     return adjacency
 
 
-def _as_rows(values, adjacency: Adjacency, name: str):
+def as_rows(values, adjacency: Adjacency, name: str):
     """`values` as a C-contiguous (B, V) float32/float64 array, and whether it was given as (V,)."""
     values = np.asarray(values)
     if values.dtype.kind not in "iuf":
@@ -215,7 +215,7 @@ def _as_rows(values, adjacency: Adjacency, name: str):
     return np.ascontiguousarray(rows, dtype=dtype), values.ndim == 1
 
 
-def _as_weights(weights, adjacency: Adjacency) -> NDArray[np.float64]:
+def as_weights(weights, adjacency: Adjacency) -> NDArray[np.float64]:
     """Element weights (V,) float64, non-negative and finite; ones when None."""
     if weights is None:
         return np.ones(adjacency.n)

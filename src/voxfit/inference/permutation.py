@@ -21,9 +21,7 @@ positive t); test the other tail with the negated contrast.
 
 from __future__ import annotations
 
-import os
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +31,7 @@ from .._array import check_array_like, working_dtype
 from .._dask import run_tasks
 from .._memory import check_memory
 from .._progress import Progress
-from .._threads import run_in_threads
+from .._threads import blas_single_threaded, numba_threads, resolve_workers, run_in_threads
 from ..core import check_contrast, factorize
 from ..core.design import orthonormal_basis
 from ..exceptions import InputError
@@ -455,8 +453,8 @@ class _NullRunner:
                 self.need_maps,
             )
 
-        with _blas_single_threaded():  # threads share the tiles; a signal stops them between two tiles
-            run_in_threads(work, range(len(self.tiles)), _workers(self.n_jobs))
+        with blas_single_threaded():  # threads share the tiles; a signal stops them between two tiles
+            run_in_threads(work, range(len(self.tiles)), resolve_workers(self.n_jobs))
         return self._finish(rowmax.max(axis=0).astype(np.float64), counts, maps, nb, return_maps)
 
     def _finish(self, maxima, counts, maps, nb, return_maps):
@@ -470,12 +468,12 @@ class _NullRunner:
             if self.cluster_threshold is not None:
                 from .clusters import cluster_max
 
-                with _numba_threads(self.n_jobs):
+                with numba_threads(self.n_jobs):
                     extent, mass = cluster_max(maps, self.adjacency, self.cluster_threshold, weights=self.weights)
             if self.tfce:
                 from .tfce import tfce_max
 
-                with _numba_threads(self.n_jobs):
+                with numba_threads(self.n_jobs):
                     tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
         return maxima, counts, extent, mass, tfce_max_values
 
@@ -517,7 +515,7 @@ def _tile_width(flips: bool, basis: NDArray, itemsize: int, n_jobs, max_memory: 
     within half of `max_memory`."""
     if not flips:
         return PRODUCT_TILE
-    table = basis.shape[1] * ((basis.shape[0] + 7) // 8) * 256 * itemsize * _workers(n_jobs)
+    table = basis.shape[1] * ((basis.shape[0] + 7) // 8) * 256 * itemsize * resolve_workers(n_jobs)
     return int(max(32, min(FLIP_TILE, (max_memory // 2) // max(table, 1))))
 
 
@@ -528,7 +526,7 @@ def batch_size(
     per-tile maxima and, for permutations, each thread's projected tile (B r tile values), within
     `max_memory`: memory O(batch * V), as scipy's ``permutation_test(batch=...)``. Sign-flips without maps
     take every shuffle in one batch when the memory allows (their tables are built once per tile and batch)."""
-    per_tile = 0 if flips else itemsize * r * tile * _workers(n_jobs)
+    per_tile = 0 if flips else itemsize * r * tile * resolve_workers(n_jobs)
     per_shuffle = (4 * V if need_maps else 0) + itemsize * (V // max(1, tile) + 1) + per_tile + 64
     limit = N if flips and not need_maps else MAX_BATCH
     return int(max(1, min(limit, N, max_memory // per_shuffle)))
@@ -557,39 +555,6 @@ def _residuals(Y, Qz: NDArray, basis: NDArray, tiles, dtype):
         G_obs[:, a:b], valid[a:b] = G, ok
         out.append(np.ascontiguousarray(e, dtype=dtype))
     return out, ee, rss, valid, G_obs
-
-
-def _workers(n_jobs) -> int:
-    if n_jobs is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
-        raise InputError(f"`n_jobs` must be a positive number of threads; got {n_jobs!r}.")
-    return int(n_jobs)
-
-
-@contextmanager
-def _numba_threads(n_jobs):
-    """At most `n_jobs` threads for the TFCE and cluster kernels (each holds O(V) scratch: the memory plans
-    of ``voxfit.SecondLevel`` count them); numba's own default (every CPU) without `n_jobs`."""
-    if n_jobs is None:
-        yield
-        return
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(_workers(n_jobs), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-
-
-@contextmanager
-def _blas_single_threaded():
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def _load_kernel():

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from voxfit._threads import in_chunks
 from voxfit.exceptions import InputError
-from voxfit.inference.graph import Adjacency, _as_rows, _as_weights, _check_adjacency
+from voxfit.inference.graph import Adjacency, as_rows, as_weights, check_adjacency
 
 __all__ = ["tfce", "tfce_max"]
 
@@ -89,13 +89,13 @@ def tfce_max(stats, adjacency: Adjacency, E: float = 0.5, H: float = 2.0, weight
 
 
 def _tfce_iv(stat, adjacency, E, H, weights, name):
-    adjacency = _check_adjacency(adjacency)
+    adjacency = check_adjacency(adjacency)
     for exponent, value in (("E", E), ("H", H)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < np.inf:
             raise InputError(f"`{exponent}` must be a finite number >= 0 (usually E=0.5, H=2); got {value!r}.")
-    rows, one = _as_rows(stat, adjacency, name)
+    rows, one = as_rows(stat, adjacency, name)
     if np.isposinf(rows).any():
         raise InputError(
             f"`{name}` contains +inf, whose TFCE is infinite; replace it with a large finite value or NaN."
         )
-    return rows, one, float(E), float(H), _as_weights(weights, adjacency)
+    return rows, one, float(E), float(H), as_weights(weights, adjacency)

@@ -265,7 +265,7 @@ def fit_images(
     device : str, optional
         ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
     """
-    _noise_order(noise)
+    noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     start = time.perf_counter()
@@ -290,7 +290,7 @@ def fit_images(
             dataset is None
             and scheduler is not None
             and scaling == "none"
-            and _noise_order(noise) >= 0
+            and noise_order(noise) >= 0
             and device in (None, "cpu")
         )
         if by_columns:  # the Dask workers read the data, at any size (None: the files cannot be read by columns)
@@ -342,7 +342,7 @@ def fit_images(
                 )
             records = hashing.submit(input_records, dataset.paths, dataset.memory) if out is not None else None
             t_load = time.perf_counter()
-            data = dataset.data if scaling == "none" else _scale(dataset.data, scaling, dataset.globals)
+            data = dataset.data if scaling == "none" else scale_data(dataset.data, scaling, dataset.globals)
             if out is None:
                 mean = None
             elif isinstance(dataset.data, ColumnSource):  # the data are on the workers: so is their mean
@@ -455,7 +455,7 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
     sums. Returns what the in-memory path has for writing: fit, stats, AR coefficients, noise details, a
     Dataset standing for the data (no values), the future of the inputs' records for model.json (None without
     `hashing`) and the mean image."""
-    order = _noise_order(noise)
+    order = noise_order(noise)
     reader = open_reader(inputs, "inputs")
     if order < 0 or scaling != "none":  # the cap that holds them in memory (see needs_streaming)
         need = reserved_bytes() + 2 * 4 * reader.n_scans * reader.geometry.n_elements
@@ -500,7 +500,7 @@ def _mean_of_columns(source: ColumnSource, a: int, b: int) -> np.ndarray:
     return mean_over_scans(source[:, a:b])
 
 
-def _scale(data, how: str, scan_globals=None) -> np.ndarray:
+def scale_data(data, how: str, scan_globals=None) -> np.ndarray:
     """Scaled float copy of the (n, V) data (see `scaling` in :func:`fit_images`; `scan_globals`: SPM's global
     of each whole scan, for ``global``); works a block at a time."""
     if how not in ("mean", "global"):
@@ -526,7 +526,7 @@ def _scale(data, how: str, scan_globals=None) -> np.ndarray:
     return out
 
 
-def _noise_order(noise: str) -> int:
+def noise_order(noise: str) -> int:
     """0 for ``ols``, p for ``arp``, -1 for ``ar1-global``."""
     text = str(noise).lower()
     if text == "ols":
@@ -542,7 +542,7 @@ def fit_noise_model(
     X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None, scheduler=None, device=None, kinds=None
 ):
     """Fit with the noise model asked for: ``(fit, {label: Stats}, AR coefficients or None, noise details)``."""
-    order = _noise_order(noise)
+    order = noise_order(noise)
     if order < 0 and device not in (None, "cpu"):
         raise InputError("ar1-global runs on the CPU only; drop --device, or use ar1 (AR(1) per voxel) on the GPU.")
     if order > 0:

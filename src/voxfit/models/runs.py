@@ -31,8 +31,8 @@ from ..io import (
 )
 from ..io.scans import file_identity
 from .glm import (
-    _noise_order,
-    _scale,
+    noise_order,
+    scale_data,
     contrast_items,
     design_matrix,
     design_record,
@@ -137,7 +137,7 @@ def fit_runs(
     check_mask(mask)
     if len(inputs) != len(designs) or len(inputs) < 2:
         raise InputError(f"give one design (or events file) per run: {len(inputs)} runs, {len(designs)} designs.")
-    _noise_order(noise)
+    noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     items = contrast_items(contrasts)
@@ -191,7 +191,7 @@ def fit_runs(
             data = _subset(ds.data, columns)
             if out is not None:  # for the mean image over every run's scans
                 sums = sums + mean_over_scans(data) * ds.n_scans
-            data = data if scaling == "none" else _scale(data, scaling, ds.globals)
+            data = data if scaling == "none" else scale_data(data, scaling, ds.globals)
             try:
                 _, stats, _, info = fit_noise_model(
                     X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler, kinds=kinds[r - 1]

@@ -1,0 +1,56 @@
+"""One check of a scalar argument, with one message (scikit-learn's ``check_scalar`` is the pattern): its type,
+its range, and ``<name> must be <what is accepted>; got <value>.`` when it is neither."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .exceptions import InputError
+
+__all__ = ["check_scalar"]
+
+_BOUNDARIES = {"both": (True, True), "left": (True, False), "right": (False, True), "neither": (False, False)}
+
+
+def check_scalar(
+    value,
+    name: str,
+    target_type: type = numbers.Integral,
+    *,
+    min_val: float | None = None,
+    max_val: float | None = None,
+    include_boundaries: str = "both",
+    description: str | None = None,
+):
+    """`value`, when it is a finite number of `target_type` (``numbers.Integral`` or ``numbers.Real``: numpy
+    scalars included, booleans never) between `min_val` and `max_val` (`include_boundaries`: which of them
+    are allowed, ``"both"``, ``"left"``, ``"right"`` or ``"neither"``); otherwise an :class:`InputError`
+    ``"<name> must be <description>; got <value!r>."``.
+
+    `name` is the parameter as the message names it (``"`n_jobs`"``, ``"the number of permutations"``);
+    `description` says what is accepted, by default from the type and the bounds ("a positive integer",
+    "a number >= 0 and < 1").
+    """
+    low_in, high_in = _BOUNDARIES[include_boundaries]
+    ok = isinstance(value, target_type) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, numbers.Integral) or math.isfinite(value))  # (integers: any size)
+    ok = ok and (min_val is None or value > min_val or (low_in and value == min_val))
+    ok = ok and (max_val is None or value < max_val or (high_in and value == max_val))
+    if not ok:
+        what = description or _describe(target_type, min_val, max_val, low_in, high_in)
+        raise InputError(f"{name} must be {what}; got {value!r}.")
+    return value
+
+
+def _describe(target_type: type, min_val, max_val, low_in: bool, high_in: bool) -> str:
+    """What a range accepts, in words: "a positive integer", "a number > 0 and <= 1"."""
+    kind = "integer" if target_type is numbers.Integral else "number"
+    integral = kind == "integer"
+    if max_val is None and (min_val, low_in) in ((0, False), *(((1, True),) if integral else ())):
+        return f"a positive {kind}"
+    if max_val is None and (min_val, low_in) == (0, True):
+        return f"a non-negative {kind}"
+    bounds = [f"{'>=' if low_in else '>'} {min_val}"] if min_val is not None else []
+    bounds += [f"{'<=' if high_in else '<'} {max_val}"] if max_val is not None else []
+    return f"{'an' if integral else 'a'} {kind}" + (" " + " and ".join(bounds) if bounds else "")

@@ -392,10 +392,11 @@ def test_workers_refuse_external_hdf5_storage_too(tmp_path, outside):
     """A Dask worker opens the file again (ColumnSource): the same refusal there, not the other file's values."""
     h5py = pytest.importorskip("h5py")
     from voxfit.io import ColumnSource
+    from voxfit.io.readers import HDF5Columns
 
     with h5py.File(tmp_path / "maps.h5", "w") as f:
         f.create_dataset("data", shape=(8, 60), dtype="<f4", external=[(str(outside), 0, outside.stat().st_size)])
-    source = ColumnSource("hdf5", [(tmp_path / "maps.h5", 0)], np.float32, 8, 60, name="/data")
+    source = ColumnSource(HDF5Columns(str(tmp_path / "maps.h5"), "/data"), np.float32, 8, 60)
     with pytest.raises(InputError, match="keeps its values outside the file"):
         source[:, 0:10]
 

@@ -9,7 +9,7 @@ import pytest
 
 import voxfit
 from voxfit.exceptions import InputError
-from voxfit.io import CiftiGeometry, Masker, ScaledArray, SurfaceGeometry, VolumeGeometry, open_reader
+from voxfit.io import CiftiGeometry, Masker, Reader, ScaledArray, SurfaceGeometry, VolumeGeometry, open_reader
 from voxfit.io.readers import open_map
 
 from .imaging import (
@@ -143,6 +143,7 @@ def test_zarr_and_hdf5_names_and_errors(tmp_path, rng):
 def test_reader_protocol(kind, tmp_path, rng):
     paths, expected = _make(kind, tmp_path, rng)
     reader = open_reader(paths if len(paths) > 1 else paths[0])
+    assert isinstance(reader, Reader)
     assert reader.n_scans == expected.shape[0] == N_SCANS
     assert reader.geometry.n_elements == expected.shape[1]
     assert reader.dtype.isnative

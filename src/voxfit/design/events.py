@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
+from .._checks import check_scalar
 from .._memory import check_memory
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
@@ -663,11 +664,11 @@ def make_design(
     T = 16 if microtime_resolution is None else int(microtime_resolution)
     if T < 1:
         raise InputError(f"`microtime_resolution` must be a positive integer; got {microtime_resolution}.")
-    if isinstance(tr, bool) or not isinstance(tr, numbers.Real) or not (tr > 0 and math.isfinite(tr)):
-        raise InputError(f"`tr` must be a positive number of seconds; got {tr!r}.")
+    check_scalar(
+        tr, "`tr`", numbers.Real, min_val=0, include_boundaries="neither", description="a positive number of seconds"
+    )
     tr = float(tr)
-    if not (isinstance(n_scans, (int, np.integer)) and n_scans > 0):
-        raise InputError(f"`n_scans` must be a positive integer; got {n_scans!r}.")
+    check_scalar(n_scans, "`n_scans`", min_val=1)
     if convolution == "nilearn":
         if not 0 <= (slice_time_ref or 0.0) <= 1:
             raise InputError(f"`slice_time_ref` must lie in [0, 1] (a fraction of the TR); got {slice_time_ref}.")
@@ -688,17 +689,15 @@ def make_design(
     T0 = max(1, T // 2) if microtime_onset is None else int(microtime_onset)  # SPM12: 8 of 16, the middle
     if not 1 <= T0 <= T:
         raise InputError(f"`microtime_onset` (SPM's T0, 1-based) must lie in 1..{T}; got {microtime_onset}.")
-    if hrf == "fir" and (
-        isinstance(fir_delays, bool) or not isinstance(fir_delays, (int, np.integer)) or fir_delays < 1
-    ):
-        raise InputError(f"`fir_delays` must be a positive number of one-TR windows; got {fir_delays!r}.")
+    if hrf == "fir":
+        check_scalar(fir_delays, "`fir_delays`", min_val=1, description="a positive number of one-TR windows")
     if hrf == "fir" and fir_delays > n_scans:
         raise InputError(
             f"`fir_delays` ({fir_delays}) must be at most the number of scans ({n_scans}): each delay "
             "is a one-TR window of the run."
         )
-    if drift == "polynomial" and (not isinstance(drift_order, (int, np.integer)) or drift_order < 1):
-        raise InputError(f"`drift_order` must be a positive integer; got {drift_order!r}.")
+    if drift == "polynomial":
+        check_scalar(drift_order, "`drift_order`", min_val=1)
     if drift == "polynomial" and drift_order >= n_scans:
         raise InputError(f"`drift_order` ({drift_order}) must be less than the number of scans ({n_scans}).")
     if hrf not in HRF_MODELS:

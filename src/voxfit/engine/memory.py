@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 
+from .._checks import check_scalar
 from .._memory import parse_memory
 from ..exceptions import InputError
 
@@ -30,10 +30,8 @@ def check_block_size(block_size, max_memory) -> None:
     """`block_size`, when given, is a positive number of voxels, and not given with `max_memory`."""
     if block_size is not None and max_memory is not None:
         raise InputError("give either `max_memory` or `block_size`, not both.")
-    if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1
-    ):
-        raise InputError(f"`block_size` must be a positive number of voxels; got {block_size!r}.")
+    if block_size is not None:
+        check_scalar(block_size, "`block_size`", min_val=1, description="a positive number of voxels")
 
 
 def plan_blocks(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .._checks import check_scalar
 from ..exceptions import InputError
 
 __all__ = ["Shuffles", "make_shuffles", "count_shuffles"]
@@ -169,8 +170,7 @@ def make_shuffles(
     n = design.shape[0]
     if kind not in ("flip", "permute"):
         raise InputError(f"`kind` must be 'flip' or 'permute'; got {kind!r}.")
-    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 1:
-        raise InputError(f"the number of permutations must be a positive integer; got {n_shuffles!r}.")
+    check_scalar(n_shuffles, "the number of permutations", min_val=1)
     labels = _block_labels(blocks, n)
     n_blocks = int(labels.max()) + 1
     if whole_blocks:

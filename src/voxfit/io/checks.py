@@ -1,4 +1,4 @@
-"""Checks of an input file before any reader opens it."""
+"""Checks of inputs: a file before any reader opens it, and the design's rows against the data's scans."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from pathlib import Path
 
 from ..exceptions import InputError
 
-__all__ = ["check_readable"]
+__all__ = ["check_design_rows", "check_readable"]
+
+
+def check_design_rows(n_rows: int, n_scans: int) -> None:
+    """The design has one row per scan of the data."""
+    if n_rows != n_scans:
+        raise InputError(
+            f"the design has {n_rows} rows but the data have {n_scans} scans; give one design row per scan."
+        )
 
 
 def check_readable(path: Path, what: str = "") -> None:

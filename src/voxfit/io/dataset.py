@@ -9,9 +9,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import working_dtype
-from ..exceptions import InputError
+from .checks import check_design_rows
 from .masking import Masker, ScanGlobals, explicit_mask, gather, gather_auto, resolve_mask_threshold
-from .readers import open_reader
+from .readers import apply_scale, open_reader
 
 __all__ = ["Dataset", "ScaledArray", "load"]
 
@@ -31,7 +31,7 @@ class ScaledArray:
         self.ndim = raw.ndim
 
     def __getitem__(self, key) -> NDArray:
-        return (self.raw[key] * self.slope + self.inter).astype(self.dtype)
+        return apply_scale(self.raw[key], (self.slope, self.inter), self.dtype)
 
     def __array__(self, dtype=None, copy=None):
         out = self[...]
@@ -100,10 +100,8 @@ def load(
         The argument's name in error messages (callers pass their own: ``inputs``, ``bold``).
     """
     reader = open_reader(paths, name)
-    if n_scans is not None and n_scans != reader.n_scans:
-        raise InputError(
-            f"the design has {n_scans} rows but the data have {reader.n_scans} scans; give one design row per scan."
-        )
+    if n_scans is not None:
+        check_design_rows(n_scans, reader.n_scans)
     globals_ = ScanGlobals(reader.n_scans, reader.scale) if scan_globals else None
     threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is None:

@@ -25,7 +25,7 @@ from .._progress import Progress
 from ..exceptions import InputError
 from .geometry import Geometry
 from .memory import is_image, source_label
-from .readers import open_map
+from .readers import apply_scale, open_map
 
 __all__ = [
     "SPM_MASK_THRESHOLD",
@@ -146,12 +146,6 @@ def _check_gathered(reader, n_columns: int) -> None:
     )
 
 
-def _scaled(block: NDArray, scale) -> NDArray:
-    if scale is None:
-        return block
-    return block * np.float32(scale[0]) + np.float32(scale[1])
-
-
 def spm_globals(scans: NDArray) -> NDArray[np.float64]:
     """SPM's global mean of each scan (``spm_global``): the mean of the values above 1/8 of the mean of the
     scan's finite values. Sums in float64 without a float64 copy of the scans."""
@@ -201,7 +195,7 @@ class ScanGlobals:
     def add(self, start: int, block: NDArray) -> NDArray[np.float64]:
         """Record the globals of the scans `block` (k, n_elements) from scan `start` on; returns them."""
         for i, scan in enumerate(block, start):  # one at a time: scaled copies of one scan only
-            self.values[i] = spm_globals(_scaled(scan[None], self.scale))[0]
+            self.values[i] = spm_globals(apply_scale(scan[None], self.scale))[0]
         return self.values[start : start + len(block)]
 
 
@@ -226,14 +220,14 @@ class AutoMask:
         (after the first scans; not with a threshold or `nonzero`, which look at whole scans). `globals_`: the
         scans' globals when the caller has them (see :class:`ScanGlobals`), not computed again."""
         if self.threshold is not None and globals_ is None:
-            globals_ = [spm_globals(_scaled(scan[None], self.scale))[0] for scan in block]
+            globals_ = [spm_globals(apply_scale(scan[None], self.scale))[0] for scan in block]
         if columns is not None and (self.first is None or self.threshold is not None or self.nonzero):
             raise ValueError("AutoMask.add(columns=...) needs whole scans first, and no threshold or `nonzero`.")
         if self.first is None:
             first = self.first = np.array(block[0])
             self.candidates = np.isfinite(first) & (first != 0) if self.floats else first != 0
             if self.threshold is not None:
-                self.candidates &= _scaled(first, self.scale) > self.threshold * globals_[0]
+                self.candidates &= apply_scale(first, self.scale) > self.threshold * globals_[0]
         if columns is not None:
             if self.floats:
                 self.finite[columns] &= np.isfinite(block).all(axis=0)
@@ -246,7 +240,7 @@ class AutoMask:
             self.nonzero_all &= (block != 0).all(axis=0)
         if self.threshold is not None:
             for scan, g in zip(block, globals_):  # one at a time: scaled copies of one scan only
-                self.above &= _scaled(scan, self.scale) > self.threshold * g
+                self.above &= apply_scale(scan, self.scale) > self.threshold * g
 
     def add_squares(self, columns: NDArray, squares: NDArray) -> None:
         """Check `columns` from their sums over all scans of ``(value - first scan's value)^2`` in float64

@@ -1,20 +1,5 @@
-"""Readers: every supported file type, seen through one protocol.
-
-The protocol (checked by ``tests/test_readers.py`` on every reader)::
-
-    reader.geometry      Geometry of one scan (VolumeGeometry, SurfaceGeometry, CiftiGeometry, ArrayGeometry)
-    reader.n_scans       number of scans
-    reader.dtype         native dtype of the raw values that iter_scans yields (integers stay integers)
-    reader.scale         None, or (slope, inter): the values are slope * raw + inter (NIfTI scl_slope/inter)
-    reader.paths         the files read ([] for data in memory)
-    reader.in_memory     () for files; for data in memory (nibabel images, numpy arrays), one MemoryInput
-                         per object: what it is, shape, dtype, and ``record()`` with a SHA-256 of its values
-    reader.iter_scans(max_bytes) -> iterator of (first_scan, array (k, n_elements)), in scan order,
-                         each array at most max_bytes (at least one scan), read sequentially once;
-                         an array may be overwritten by the next one (copy what you keep)
-    reader.column_source(index=None) -> ColumnSource of the elements `index` (None: all), for a Dask
-                         worker to read columns itself; None where the files cannot be read by columns
-                         (compressed NIfTI, GIFTI, CIFTI, lists of .npy files)
+"""Readers: every supported file type, seen through one protocol, :class:`Reader` (checked by
+``tests/test_readers.py`` on every reader).
 
 Data already in memory take the same protocol: ``open_reader`` accepts a nibabel image (a 4-D or 3-D
 volume, GIFTI, CIFTI-2), a list of 3-D nibabel volumes (one per scan) and a 2-D numpy array (scans,
@@ -38,7 +23,10 @@ import queue
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import nibabel as nib
 import numpy as np
@@ -49,7 +37,7 @@ from .._memory import check_memory
 from ..exceptions import InputError
 from ._gzip import open_gzip
 from .checks import check_readable
-from .geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
 from .memory import MemoryInput, check_data, is_image, memory_input
 from .scans import expand_run, file_identity
 from .stores import open_hdf5, open_zarr
@@ -59,10 +47,16 @@ __all__ = [
     "CiftiReader",
     "ColumnSource",
     "GiftiReader",
+    "HDF5Columns",
+    "NiftiColumns",
     "NiftiReader",
+    "NpyColumns",
     "NpyReader",
+    "Reader",
     "VolumeImageReader",
     "VolumeListReader",
+    "ZarrColumns",
+    "apply_scale",
     "check_scan_memory",
     "open_map",
     "open_reader",
@@ -70,6 +64,50 @@ __all__ = [
 ]
 
 DEFAULT_SLAB_BYTES = 4 << 20
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """What every reader offers::
+
+    geometry      Geometry of one scan (VolumeGeometry, SurfaceGeometry, CiftiGeometry, ArrayGeometry)
+    n_scans       number of scans
+    dtype         native dtype of the raw values that iter_scans yields (integers stay integers)
+    scale         None, or (slope, inter): the values are slope * raw + inter (NIfTI scl_slope/inter),
+                  as :func:`apply_scale` computes them
+    paths         the files read ([] for data in memory)
+    in_memory     () for files; for data in memory (nibabel images, numpy arrays), one MemoryInput per
+                  object: what it is, shape, dtype, and ``record()`` with a SHA-256 of its values
+    iter_scans(max_bytes) -> iterator of (first_scan, array (k, n_elements)), in scan order, each array
+                  at most max_bytes (at least one scan), read sequentially once; an array may be
+                  overwritten by the next one (copy what you keep)
+    column_source(index=None) -> ColumnSource of the elements `index` (None: all), for a Dask worker to
+                  read columns itself, with the reader's own way of reading them; None where the files
+                  cannot be read by columns (compressed NIfTI, GIFTI, CIFTI, lists of .npy files)
+    """
+
+    geometry: Geometry
+    n_scans: int
+    dtype: np.dtype
+    scale: tuple[float, float] | None
+    paths: list[Path]
+    in_memory: tuple
+
+    def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]: ...
+
+    def column_source(self, index=None) -> ColumnSource | None: ...
+
+
+def apply_scale(raw: NDArray, scale: tuple[float, float] | None, dtype=None) -> NDArray:
+    """Stored values as the fit sees them: ``slope * raw + inter`` for `scale` ``(slope, inter)``, in `dtype`
+    (default: the working dtype of `raw`, float32 for 8- and 16-bit integers), `raw` itself for None. The
+    factors are Python floats, so integers are scaled in float64 and float32 values in float32, then rounded
+    once to `dtype`. The one rule for scale factors: the data fitted, the masks' thresholds and globals, and
+    the columns Dask workers read all use it."""
+    if scale is None:
+        return raw
+    slope, inter = float(scale[0]), float(scale[1])
+    return (raw * slope + inter).astype(dtype or working_dtype(raw.dtype))
 
 
 def _kind(path: Path) -> str:
@@ -139,8 +177,7 @@ def check_scan_memory(reader, source: str, max_memory=None) -> None:
     """Refuse a reader whose single scan (with the per-element arrays of the automatic mask) cannot fit the
     memory there is (or `max_memory`), before any of it is allocated: a header's dimensions are only claims."""
     nel = int(reader.geometry.n_elements)
-    parts = [reader, *getattr(reader, "_readers", ())]  # (a list of 3-D files: any compressed one)
-    buffers = SCAN_BUFFERS if any(getattr(r, "_compressed", False) for r in parts) else 2  # else: a slab and a copy
+    buffers = SCAN_BUFFERS if getattr(reader, "compressed", False) else 2  # else: a slab and a copy
     need = nel * (buffers * np.dtype(reader.dtype).itemsize + SCAN_OVERHEAD)
     check_memory(
         need,
@@ -293,19 +330,33 @@ class NiftiReader:
                 "truncated or its header is wrong."
             )
 
+    @property
+    def image_file(self) -> Path:
+        """The file that holds the data (the .img of an Analyze or NIfTI pair)."""
+        return self._image_file
+
+    @property
+    def data_offset(self) -> int:
+        """Where the data begin in :attr:`image_file` (bytes; in the decompressed stream of a .gz file)."""
+        return self._offset
+
+    @property
+    def file_dtype(self) -> np.dtype:
+        """The stored type, byte order included."""
+        return self._file_dtype
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the data are gzip-compressed (read front to back only)."""
+        return self._compressed
+
     def column_source(self, index=None) -> ColumnSource | None:
         """The data by columns (None for a compressed file: it can only be read front to back)."""
         if self._compressed:
             return None
-        return ColumnSource(
-            "nifti",
-            [(self._image_file, self._offset)],
-            self._file_dtype,
-            self.n_scans,
-            self.geometry.n_elements,
-            scale=self.scale,
-            index=index,
-        )
+        nel = self.geometry.n_elements
+        columns = NiftiColumns(((str(self._image_file), self._offset),), self._file_dtype, self.n_scans, nel)
+        return ColumnSource(columns, self._file_dtype, self.n_scans, nel, scale=self.scale, index=index)
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         nel = self.geometry.n_elements
@@ -416,22 +467,27 @@ class VolumeListReader:
         self.dtype = first.dtype if same else np.dtype(np.float32)
         self._convert = not same
 
+    @property
+    def compressed(self) -> bool:
+        """Whether any of the files is gzip-compressed."""
+        return any(r.compressed for r in self._readers)
+
     def column_source(self, index=None) -> ColumnSource | None:
         """The data by columns, one scan per file (None if a file is compressed, or the files differ in
         dtype or scale factors)."""
-        r0 = self._readers[0]
-        if self._convert or any(r._compressed or r._file_dtype != r0._file_dtype for r in self._readers):
+        file_dtype = self._readers[0].file_dtype
+        if self._convert or any(r.compressed or r.file_dtype != file_dtype for r in self._readers):
             return None
-        files = [(r._image_file, r._offset) for r in self._readers]
+        files = tuple((str(r.image_file), r.data_offset) for r in self._readers)
         nel = self.geometry.n_elements
-        return ColumnSource("nifti", files, r0._file_dtype, self.n_scans, nel, scale=self.scale, index=index)
+        columns = NiftiColumns(files, file_dtype, self.n_scans, nel)
+        return ColumnSource(columns, file_dtype, self.n_scans, nel, scale=self.scale, index=index)
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         for i, r in enumerate(self._readers):
             for _, vol in r.iter_scans(max_bytes):
                 if self._convert:  # scale factors differ between files: apply each file's own
-                    slope, inter = r.scale or (1.0, 0.0)
-                    vol = (vol * np.float64(slope) + inter).astype(np.float32)
+                    vol = apply_scale(vol, r.scale or (1.0, 0.0), np.float32)
                 yield i, vol
 
 
@@ -594,7 +650,8 @@ class NpyReader(_RowsReader):
         if len(self.paths) > 1:
             return None
         nel = self.geometry.n_elements
-        return ColumnSource("npy", [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, index=index)
+        columns = NpyColumns(str(self.paths[0]))
+        return ColumnSource(columns, self._data.dtype, self.n_scans, nel, index=index)
 
 
 class ArrayReader(_RowsReader):
@@ -712,11 +769,90 @@ class ChunkedArrayReader(_RowsReader):
 
     def column_source(self, index=None) -> ColumnSource:
         """The data by columns: the array is found again by its path in the store (HDF5: its full name)."""
-        name = self._data.path if self._kind == "zarr" else self._data.name
-        nel = self.geometry.n_elements
-        return ColumnSource(
-            self._kind, [(self.paths[0], 0)], self._data.dtype, self.n_scans, nel, name=name, index=index
-        )
+        path, nel = str(self.paths[0]), self.geometry.n_elements
+        columns = ZarrColumns(path, self._data.path) if self._kind == "zarr" else HDF5Columns(path, self._data.name)
+        return ColumnSource(columns, self._data.dtype, self.n_scans, nel, index=index)
+
+
+@contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """Errors of reading `path` where a worker reads columns, as InputErrors naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: no such file where the data are read (Dask workers must see the inputs at the client's paths)."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the data ({type(exc).__name__}: {exc}).") from None
+
+
+@dataclass(frozen=True)
+class NiftiColumns:
+    """How a worker reads columns of uncompressed NIfTI data: `files` ``(path, byte offset of the data)``, one
+    4-D file or 3-D files one scan each, each memory-mapped for the read only (its pages leave with it)."""
+
+    files: tuple[tuple[str, int], ...]
+    file_dtype: np.dtype
+    n_scans: int
+    n_elements: int
+
+    def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
+        """Elements lo:hi of every scan, (n_scans, hi - lo), in `dtype`."""
+        out = np.empty((self.n_scans, hi - lo), dtype=dtype)
+        rows = self.n_scans // len(self.files)
+        for k, (path, offset) in enumerate(self.files):
+            with _reading(path):
+                data = np.memmap(path, dtype=self.file_dtype, mode="r", offset=offset, shape=(rows, self.n_elements))
+                out[k * rows : (k + 1) * rows] = data[:, lo:hi]
+                del data  # the map goes, and its pages with it
+        return out
+
+
+@dataclass(frozen=True)
+class NpyColumns:
+    """How a worker reads columns of a 2-D .npy array: memory-mapped for the read only."""
+
+    path: str
+
+    def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
+        with _reading(self.path):
+            return np.array(np.load(self.path, mmap_mode="r", allow_pickle=False)[:, lo:hi], dtype=dtype)
+
+
+@dataclass(frozen=True)
+class ZarrColumns:
+    """How a worker reads columns of the array `name` of a Zarr store: the slab ``[:, lo:hi]``."""
+
+    path: str
+    name: str
+
+    def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
+        with _reading(self.path):
+            if not Path(self.path).exists():
+                raise FileNotFoundError(self.path)
+            return np.asarray(open_zarr(self.path, self.name)[:, lo:hi], dtype=dtype)
+
+
+@dataclass(frozen=True)
+class HDF5Columns:
+    """How a worker reads columns of the dataset `name` (its full name) of an HDF5 file: the slab
+    ``[:, lo:hi]``, the file closed after it."""
+
+    path: str
+    name: str
+
+    def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
+        with _reading(self.path):
+            if not Path(self.path).exists():
+                raise FileNotFoundError(self.path)
+            array = open_hdf5(self.path, self.name)
+            try:
+                return np.asarray(array[:, lo:hi], dtype=dtype)
+            finally:
+                array.file.close()
 
 
 class ColumnSource:
@@ -724,21 +860,17 @@ class ColumnSource:
 
     ``source[:, a:b]`` (shape ``(n_scans, len(index))``; columns are the elements `index` of each scan, all
     of them when None) opens the file where it is called and reads only the elements from the block's first
-    column to its last, as the fit sees them: NIfTI scale factors applied as :class:`voxfit.io.ScaledArray`
-    does. Uncompressed NIfTI (one 4-D file, or 3-D files one per scan) and .npy are memory-mapped, a
-    short-lived map per read, and read scan by scan over that contiguous range of elements; a Zarr or HDF5
-    array (`name` in the store) as the slab ``[:, first:last + 1]``. :meth:`raw` gives the stored values.
+    column to its last, as the fit sees them (scale factors applied by :func:`apply_scale`). `columns` is the
+    reader's own way of reading elements ``lo:hi`` of every scan (:class:`NiftiColumns`, :class:`NpyColumns`,
+    :class:`ZarrColumns`, :class:`HDF5Columns`): ``columns(lo, hi, dtype)``, its errors InputErrors naming the
+    file. :meth:`raw` gives the stored values.
     """
 
     worker_reads = True  # voxfit.engine.fit.map_blocks sends the source, not blocks of data
 
-    def __init__(
-        self, kind: str, files, file_dtype, n_scans: int, n_elements: int, *, name: str = "", scale=None, index=None
-    ):
-        self.kind, self.name, self.scale = kind, name, scale
-        self.files = [(str(path), int(offset)) for path, offset in files]  # (path, byte offset of the data)
-        self.file_dtype = np.dtype(file_dtype)
-        self.raw_dtype = self.file_dtype.newbyteorder("=")
+    def __init__(self, columns, file_dtype, n_scans: int, n_elements: int, *, scale=None, index=None):
+        self.columns, self.scale = columns, scale
+        self.raw_dtype = np.dtype(file_dtype).newbyteorder("=")
         self.dtype = self.raw_dtype if scale is None else working_dtype(self.raw_dtype)
         self.n_elements = int(n_elements)
         self.index = None if index is None else np.asarray(index, dtype=np.intp)
@@ -758,8 +890,8 @@ class ColumnSource:
         return [(a, min(V, a + step)) for a in range(0, V, step)]
 
     def scaled(self, raw: NDArray) -> NDArray:
-        """Stored values as the fit sees them: ``slope * raw + inter`` in `dtype`, as ScaledArray computes it."""
-        return raw if self.scale is None else (raw * self.scale[0] + self.scale[1]).astype(self.dtype)
+        """Stored values as the fit sees them (:func:`apply_scale`)."""
+        return apply_scale(raw, self.scale, self.dtype)
 
     def raw(self, cols=slice(None)) -> NDArray:
         """The stored values of columns `cols` (a slice or integers), (n_scans, k), in native byte order and
@@ -772,42 +904,8 @@ class ColumnSource:
         if elements.size == 0:
             return np.empty((self.shape[0], 0), dtype=self.raw_dtype)
         lo, hi = int(elements.min()), int(elements.max()) + 1
-        slab = self._read(lo, hi)
+        slab = self.columns(lo, hi, self.raw_dtype)
         return slab if elements.size == hi - lo and elements[0] == lo else np.take(slab, elements - lo, axis=1)
-
-    def _read(self, lo: int, hi: int) -> NDArray:
-        """Elements lo:hi of every scan, (n_scans, hi - lo)."""
-        path = self.files[0][0]
-        try:
-            if self.kind in ("zarr", "hdf5"):
-                if not Path(path).exists():
-                    raise FileNotFoundError(path)
-                array = open_zarr(path, self.name) if self.kind == "zarr" else open_hdf5(path, self.name)
-                try:
-                    return np.asarray(array[:, lo:hi], dtype=self.raw_dtype)
-                finally:
-                    if self.kind == "hdf5":
-                        array.file.close()
-            out = np.empty((self.shape[0], hi - lo), dtype=self.raw_dtype)
-            rows = self.shape[0] // len(self.files)  # a 4-D file, or 3-D files one scan each
-            for k, (path, offset) in enumerate(self.files):
-                if self.kind == "npy":
-                    data = np.load(path, mmap_mode="r", allow_pickle=False)
-                else:
-                    shape = (rows, self.n_elements)
-                    data = np.memmap(path, dtype=self.file_dtype, mode="r", offset=offset, shape=shape)
-                out[k * rows : (k + 1) * rows] = data[:, lo:hi]
-                del data  # the map goes, and its pages with it
-            return out
-        except InputError:
-            raise
-        except FileNotFoundError:
-            raise InputError(
-                f"{path}: no such file where the data are read (Dask workers must see the inputs at "
-                "the client's paths)."
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: cannot read the data ({type(exc).__name__}: {exc}).") from None
 
 
 def read_mesh(path, n_vertices: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:

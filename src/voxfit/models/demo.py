@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from .._memory import parse_memory, size_text
+from .._threads import resolve_workers
 from ..design import Design, spm_hrf
 from ..exceptions import InputError
 from ..io import OutputFolder, before_commit, disk_error, make_folder, remove_made_folders
@@ -184,9 +185,7 @@ def _demo_options(max_memory, n_jobs) -> list[str]:
         parse_memory(max_memory)
         options += ["--max-memory", str(max_memory)]
     if n_jobs is not None:
-        if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
-            raise InputError(f"`n_jobs` must be a positive number of threads; got {n_jobs!r}.")
-        options += ["--n-jobs", str(int(n_jobs))]
+        options += ["--n-jobs", str(resolve_workers(n_jobs))]
     return options
 
 

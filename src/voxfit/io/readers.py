@@ -68,22 +68,22 @@ DEFAULT_SLAB_BYTES = 4 << 20
 
 @runtime_checkable
 class Reader(Protocol):
-    """What every reader offers::
+    """What every reader offers.
 
-    geometry      Geometry of one scan (VolumeGeometry, SurfaceGeometry, CiftiGeometry, ArrayGeometry)
-    n_scans       number of scans
-    dtype         native dtype of the raw values that iter_scans yields (integers stay integers)
-    scale         None, or (slope, inter): the values are slope * raw + inter (NIfTI scl_slope/inter),
-                  as :func:`apply_scale` computes them
-    paths         the files read ([] for data in memory)
-    in_memory     () for files; for data in memory (nibabel images, numpy arrays), one MemoryInput per
-                  object: what it is, shape, dtype, and ``record()`` with a SHA-256 of its values
-    iter_scans(max_bytes) -> iterator of (first_scan, array (k, n_elements)), in scan order, each array
-                  at most max_bytes (at least one scan), read sequentially once; an array may be
-                  overwritten by the next one (copy what you keep)
-    column_source(index=None) -> ColumnSource of the elements `index` (None: all), for a Dask worker to
-                  read columns itself, with the reader's own way of reading them; None where the files
-                  cannot be read by columns (compressed NIfTI, GIFTI, CIFTI, lists of .npy files)
+    - ``geometry``: the Geometry of one scan (VolumeGeometry, SurfaceGeometry, CiftiGeometry, ArrayGeometry).
+    - ``n_scans``: the number of scans.
+    - ``dtype``: the native dtype of the raw values that iter_scans yields (integers stay integers).
+    - ``scale``: None, or (slope, inter): the values are slope * raw + inter (NIfTI scl_slope/inter), as
+      :func:`apply_scale` computes them.
+    - ``paths``: the files read ([] for data in memory).
+    - ``in_memory``: () for files; for data in memory (nibabel images, numpy arrays), one MemoryInput per
+      object: what it is, shape, dtype, and ``record()`` with a SHA-256 of its values.
+    - ``iter_scans(max_bytes)``: an iterator of (first_scan, array (k, n_elements)), in scan order, each array
+      at most max_bytes (at least one scan), read sequentially once; an array may be overwritten by the next
+      one (copy what you keep).
+    - ``column_source(index=None)``: a ColumnSource of the elements `index` (None: all), for a Dask worker to
+      read columns itself, with the reader's own way of reading them; None where the files cannot be read by
+      columns (compressed NIfTI, GIFTI, CIFTI, lists of .npy files).
     """
 
     geometry: Geometry

@@ -205,18 +205,18 @@ def fit_streaming(
         basis = block.lagged_basis
     else:
         block, basis = None, design.basis
-    data = _accumulate(
+    accumulated = _accumulate(
         reader, design, basis, order, mask, mask_threshold, nonzero, max_memory, progress, scans_per_slab
     )
-    maps, mean, flagged = _fit_from_sums(data, design, block, weights)
-    _refit(reader, design, block, weights, data.masker, np.union1d(data.unread, flagged), maps, mean)
+    maps, mean, flagged = _fit_from_sums(accumulated, design, block, weights)
+    _refit(reader, design, block, weights, accumulated.masker, np.union1d(accumulated.unread, flagged), maps, mean)
     valid = np.isfinite(maps.rss)
     if order:
         fit, stats = maps.result(design, valid)
-        return StreamedFit(fit, stats, maps.phi, data.masker, mean)
+        return StreamedFit(fit, stats, maps.phi, accumulated.masker, mean)
     fit = make_fit(design, maps.betas, maps.rss, maps.tss, valid)
     stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
-    return StreamedFit(fit, stats, None, data.masker, mean)
+    return StreamedFit(fit, stats, None, accumulated.masker, mean)
 
 
 def _accumulate(
@@ -299,16 +299,16 @@ def _accumulate(
     )
 
 
-def _fit_from_sums(data: _Pass, design, block: ARBlock | None, weights: dict) -> tuple[ARMaps, NDArray, NDArray]:
+def _fit_from_sums(accumulated: _Pass, design, block: ARBlock | None, weights: dict) -> tuple[ARMaps, NDArray, NDArray]:
     """The fit of the voxels with sums, a block of `SUMS_BLOCK` at a time: the maps (NaN at the voxels
     without sums), each voxel's mean, and the positions of the voxels whose sums cancelled too many digits
     (their refit needs their data)."""
-    S, targets, V = data.sums, data.targets, data.masker.n_voxels
+    S, targets, V = accumulated.sums, accumulated.targets, accumulated.masker.n_voxels
     n, pc = design.n_scans, design.X.shape[1]
     order = 0 if block is None else block.order
     mean = np.full(V, np.nan)  # each voxel's mean over the scans: its shift plus the mean of the shifted data
-    total = S.total if data.kept is None else S.total[data.kept]
-    shift = 0.0 if S.shift is None else (S.shift if data.kept is None else S.shift[data.kept])
+    total = S.total if accumulated.kept is None else S.total[accumulated.kept]
+    shift = 0.0 if S.shift is None else (S.shift if accumulated.kept is None else S.shift[accumulated.kept])
     mean[targets] = total / n + shift
     maps = ARMaps(pc, order, weights if order else {}, V)
     flagged = np.zeros(targets.size, dtype=bool)  # of the targets
@@ -317,21 +317,21 @@ def _fit_from_sums(data: _Pass, design, block: ARBlock | None, weights: dict) ->
 
         def fit_part(a: int) -> None:
             part = slice(a, a + SUMS_BLOCK)
-            res = fit_ar_sums(block, data.sums_of(part), list(weights.values()))
+            res = fit_ar_sums(block, accumulated.sums_of(part), list(weights.values()))
             flagged[a + res.flagged] = True
             maps.place(targets[part], res)
 
         starts = range(0, targets.size, SUMS_BLOCK)
         # as many blocks at once as the slabs' share of the cap holds beside the results (see ar_block_bytes)
         results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
-        fits = (data.slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
+        fits = (accumulated.slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
         workers = max(1, min(default_workers(), len(starts), fits))
         with _threadpools().limit(limits=1, user_api="blas"):
             run_in_threads(fit_part, starts, workers)  # stoppable between blocks
     else:
         for a in range(0, targets.size, SUMS_BLOCK):
             part = slice(a, a + SUMS_BLOCK)
-            piece, at = data.sums_of(part), targets[part]
+            piece, at = accumulated.sums_of(part), targets[part]
             maps.betas[:, at], maps.rss[at], maps.tss[at] = fit_from_sums(
                 design, piece.lagged[0], piece.s[0], piece.total, piece.shift
             )

@@ -388,3 +388,24 @@ def test_ar1_estimation_terms_table_matches_direct_evaluation(rng, n):
     assert len(block.ar1_tables) == 1  # computed once per block and contrasts
     ar1_estimation_terms(block, phi[:10], wqs)
     assert len(block.ar1_tables) == 1
+
+
+def test_ar_block_fit_flags_the_voxels_its_sums_cannot_fit(rng):
+    """Without the data, the voxels whose sums cancel too many digits (an exact fit, a near-exact one) are
+    listed in ``flagged`` for the caller to refit; with the data they are refitted, and none is flagged."""
+    from voxfit.core.ar import fit_ar_block, fit_ar_sums, lagged_sums
+
+    n = 80
+    t = np.arange(n)
+    X = np.column_stack([np.sin(t / 5.0), np.ones(n)])
+    Y = X @ rng.standard_normal((2, 6)) + rng.standard_normal((n, 6))
+    Y[:, 2] = X @ [3.0, 1000.0]  # exact
+    Y[:, 4] = 1000 * Y[:, 2] + 1e-2 * rng.standard_normal(n)  # near-exact
+    block = ARBlock(factorize(X), 1)
+    sums, _ = lagged_sums(block, Y)
+    from_sums = fit_ar_sums(block, sums, [np.array([[1.0, 0.0]])])
+    assert {2, 4} <= set(from_sums.flagged.tolist()) and not {0, 1, 3, 5} & set(from_sums.flagged.tolist())
+    exact = fit_ar_block(block, Y, [np.array([[1.0, 0.0]])])
+    assert exact.flagged.size == 0
+    npt.assert_allclose(from_sums.betas[:, [0, 1, 3, 5]], exact.betas[:, [0, 1, 3, 5]], rtol=1e-10)
+    assert exact.rss[2] == 0 and len(exact.contrasts) == 1 and exact.contrasts[0][0].shape == (1, 6)

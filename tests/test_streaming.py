@@ -43,7 +43,8 @@ def _run(tmp_path, rng, n=70, dtype=np.float32, scaled=False):
 def test_streamed_fit_equals_the_in_memory_fit(tmp_path, rng, order, scans_per_slab):
     path, X = _run(tmp_path, rng)
     contrasts = {"a": [1.0, 0, 0], "ab": [[1.0, 0, 0], [0, 1.0, 0]]}
-    f, stats, phi, masker, mean = fit_streaming(path, X, contrasts, order=order, scans_per_slab=scans_per_slab)
+    res = fit_streaming(path, X, contrasts, order=order, scans_per_slab=scans_per_slab)
+    f, stats, phi, masker, mean = res.fit, res.contrasts, res.ar_coef, res.masker, res.mean
     ds = load(path, mask_threshold=None)  # the engine's default: no intensity threshold
     npt.assert_array_equal(masker.mask, ds.masker.mask)
     Y = np.asarray(ds.data, dtype=np.float64)
@@ -69,7 +70,8 @@ def test_streamed_fit_of_data_all_zero_in_the_first_scan(tmp_path, rng, order):
     data = np.asarray(nib.load(path).dataobj).copy()
     data[..., 0] = 0.0
     nib.save(nib.Nifti1Image(data, AFFINE), path)
-    f, stats, _, masker, mean = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=order, scans_per_slab=4)
+    res = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=order, scans_per_slab=4)
+    f, masker, mean = res.fit, res.masker, res.mean
     ds = load(path, mask_threshold=None)  # the engine's default: no intensity threshold
     npt.assert_array_equal(masker.mask, ds.masker.mask)
     Y = np.asarray(ds.data, dtype=np.float64)
@@ -102,9 +104,10 @@ def test_streamed_masks_and_fits_in_other_settings(tmp_path, rng, monkeypatch, c
     elif case.endswith("blocks"):  # several blocks of voxels fitted from the sums (AR: in threads)
         monkeypatch.setattr("voxfit.engine.streaming.SUMS_BLOCK", 16)
     order = 0 if case in ("no intercept", "OLS blocks") else 1
-    f, _, phi, masker, _ = fit_streaming(
+    res = fit_streaming(
         path, X, {"a": [1.0, 0]} if X.shape[1] == 2 else {"a": [1.0, 0, 0]}, order=order, scans_per_slab=6, **kwargs
     )
+    f, masker = res.fit, res.masker
     if case == "nonzero":
         keep = np.isfinite(Y_all).all(0) & (Y_all != Y_all[0]).any(0) & (Y_all != 0).all(0)
     elif case == "mask with NaN":
@@ -143,9 +146,8 @@ def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
     mask = np.zeros((7, 6, 5), dtype=np.uint8)
     mask[2:5, 2:5, 1:4] = 1
     nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "mask.nii.gz")
-    f, stats, _, masker, _ = fit_streaming(
-        path, X, {"a": [1.0, 0, 0]}, order=1, mask=tmp_path / "mask.nii.gz", scans_per_slab=5
-    )
+    res = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=1, mask=tmp_path / "mask.nii.gz", scans_per_slab=5)
+    f, masker = res.fit, res.masker
     ds = load(path, tmp_path / "mask.nii.gz")
     npt.assert_array_equal(masker.mask, ds.masker.mask)
     ref = fit_ar(X, np.asarray(ds.data, dtype=np.float64), 1, {"a": [1.0, 0, 0]})
@@ -154,7 +156,8 @@ def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
     n = X.shape[0]
     exact = (X @ np.array([2.0, -1.0, 1000.0]))[None, None, None, :] * np.ones((3, 3, 3, 1))
     nib.save(nib.Nifti1Image(exact.astype(np.float64), AFFINE), tmp_path / "exact.nii.gz")
-    f2, s2, _, _, _ = fit_streaming(tmp_path / "exact.nii.gz", X, {"a": [1.0, 0, 0]}, order=1, scans_per_slab=7)
+    res2 = fit_streaming(tmp_path / "exact.nii.gz", X, {"a": [1.0, 0, 0]}, order=1, scans_per_slab=7)
+    f2, s2 = res2.fit, res2.contrasts
     npt.assert_allclose(f2.betas[:, 0], [2.0, -1.0, 1000.0], rtol=1e-10)
     assert f2.residual_variance[0] == 0 and np.isnan(s2["a"].t[0])
     assert n == 70

@@ -25,6 +25,7 @@ from .design import DesignFactor
 
 __all__ = [
     "ARBlock",
+    "ARBlockFit",
     "LaggedSums",
     "ar1_estimation_terms",
     "ar_information",
@@ -596,21 +597,38 @@ def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray]:
     return LaggedSums(lagged, _lagged_products(Y, p), Y[:p].copy(), Y[::-1][:p].copy(), total, shift), Y
 
 
-def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]):
+@dataclass(frozen=True, eq=False)
+class ARBlockFit:
+    """The AR(p) fit of a block of v voxels (:func:`fit_ar_sums`).
+
+    ``betas`` (pc, v), the whitened RSS ``rss`` (v,), ``phi`` (v, p); ``contrasts``, for each contrast weight
+    matrix w (q, pc): ``(effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q), effective degrees of
+    freedom (v,))`` (see :func:`estimation_terms`, which also scales the covariance); the OLS RSS ``ols_rss``
+    (v,), the total sum of squares ``tss`` (v,; centred when the design has an intercept), and ``flagged``:
+    the indices of the voxels whose values from the sums lost too many digits and need a refit from their
+    data (empty when the fit had the data)."""
+
+    betas: NDArray
+    rss: NDArray
+    phi: NDArray
+    contrasts: list[tuple[NDArray, NDArray, NDArray]]
+    ols_rss: NDArray
+    tss: NDArray
+    flagged: NDArray
+
+
+def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]) -> ARBlockFit:
     """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64); see :func:`fit_ar_sums`."""
     sums, shifted = lagged_sums(block, Y)
     return fit_ar_sums(block, sums, weights, lambda idx: shifted[:, idx])
 
 
-def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None, flagged: list | None = None):
-    """AR(p) fit from a block's :class:`LaggedSums`: betas (pc, v), whitened RSS (v,), phi (v, p), for each
-    contrast weight matrix w (q, pc) (effect (q, v), unscaled covariance w (X'V^-1X)^+ w' as (v, q, q), effective
-    degrees of freedom (v,), see :func:`estimation_terms`, which also scales the covariance), the OLS
-    RSS (v,) and the total sum of squares (v,; centred when the design has an intercept).
+def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None) -> ARBlockFit:
+    """AR(p) fit from a block's :class:`LaggedSums` and the contrast weight matrices `weights`.
 
     `data(idx)` returns the shifted data of the voxels `idx` (n, len(idx)) for the few voxels whose sums lose
     too many digits (near-exact fits, filters near a unit root); with `data` None those voxels keep the
-    values from the sums and their indices are appended to `flagged` (for the caller to refit them)."""
+    values from the sums and are listed in the result's ``flagged`` (for the caller to refit them)."""
     design, p = block.design, block.order
     Q, r, n = design.basis, design.rank, design.n_scans
     lagged, s, mu = sums.lagged, sums.s, sums.shift
@@ -681,11 +699,10 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
         resid = _whiten(data(redo) - Q @ coords[:, redo], phi[redo], L_inv[redo])
         rss[redo] = np.einsum("tv,tv->v", resid, resid)
     rss[(rss <= (n * np.finfo(float).eps) ** 2 * wyy) | exact] = 0.0  # exact fit (of the OLS model: so GLS too)
-    if flagged is not None and data is None:
-        need = np.zeros(v, dtype=bool)
+    need = np.zeros(v, dtype=bool)
+    if data is None:
         need[lost] = need[redo] = True
         need |= fragile | failed
-        flagged.extend(np.flatnonzero(need).tolist())
     if mu is not None:
         coords = coords + np.multiply.outer(block.ones, mu)
     betas = design.basis_pinv @ coords
@@ -702,4 +719,4 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
         scale[exact], dof[exact] = 1.0, block.nu  # white by decision: nothing estimated
         contrasts.append((w @ betas, cov * scale[:, None, None], dof))
         k += q
-    return betas, rss, phi, contrasts, ols_rss, tss
+    return ARBlockFit(betas, rss, phi, contrasts, ols_rss, tss, np.flatnonzero(need))

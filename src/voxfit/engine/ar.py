@@ -11,7 +11,7 @@ import numpy as np
 from .._progress import Progress
 from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
-from ..core.ar import ARBlock, fit_ar_block
+from ..core.ar import ARBlock, ARBlockFit, fit_ar_block
 from ..core.contrast import f_stats, t_stats
 from ..exceptions import InputError
 from .fit import check_fit_inputs, map_blocks
@@ -99,25 +99,13 @@ def fit_ar(
         fit_block = DeviceARBlock(block, device)
     V = Y.shape[1]
     step = _block_voxels(n, pc, order, max_memory, block_size, n_jobs)
-    betas = np.full((pc, V), np.nan)
-    rss = np.full(V, np.nan)
-    ols_rss = np.full(V, np.nan)
-    tss = np.full(V, np.nan)
-    phi = np.full((order, V), np.nan)
-    effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
-    covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
-    dofs = {k: np.full(V, np.nan) for k in weights}
+    maps = ARMaps(pc, order, weights, V)
     valid = np.zeros(V, dtype=bool)
 
-    def _place(start: int, ok, res) -> None:
+    def _place(start: int, ok, res: ARBlockFit | None) -> None:
         valid[start : start + ok.size] = ok
-        if res is None:
-            return
-        idx = start + np.flatnonzero(ok)
-        b, r, ph, cons, r_ols, tss[idx] = res
-        betas[:, idx], rss[idx], phi[:, idx], ols_rss[idx] = b, r, ph.T, r_ols
-        for (label, _), (effect, cov, dof) in zip(weights.items(), cons):
-            effects[label][:, idx], covs[label][idx], dofs[label][idx] = effect, cov, dof
+        if res is not None:
+            maps.place(start + np.flatnonzero(ok), res)
 
     def run(start: int) -> None:
         _place(start, *_ar_task(fit_block, list(weights.values()), Y[:, start : min(V, start + step)]))
@@ -134,16 +122,49 @@ def fit_ar(
         with blas_single_threaded():
             run_in_threads(run, starts, min(n_jobs, len(starts)), bar.update)  # stoppable between blocks
         bar.close()
-    fit = make_fit(design, betas, rss, tss, valid)
-    with np.errstate(divide="ignore", invalid="ignore"):  # R^2 of the OLS fit: whitened and raw sums differ in scale
-        r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)
-    r2.setflags(write=False)
-    fit = dataclasses.replace(fit, r2=r2)
-    stats = {}
-    for label, w in weights.items():
-        stats[label] = contrast_stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
-    phi.setflags(write=False)
-    return ARFit(fit=fit, ar=phi, contrasts=stats, order=int(order))
+    fit, stats = maps.result(design, valid)
+    return ARFit(fit=fit, ar=maps.phi, contrasts=stats, order=int(order))
+
+
+class ARMaps:
+    """The per-voxel results of an AR(p) fit of V voxels, filled block by block (NaN where none is placed):
+    betas, whitened and OLS RSS, total sums of squares, AR coefficients (p, V), and each contrast's effects,
+    unscaled covariances and degrees of freedom, for the contrast weights `weights` ``{label: w (q, pc)}``."""
+
+    def __init__(self, pc: int, order: int, weights: dict, V: int):
+        self.weights = weights
+        self.betas = np.full((pc, V), np.nan)
+        self.rss = np.full(V, np.nan)
+        self.ols_rss = np.full(V, np.nan)
+        self.tss = np.full(V, np.nan)
+        self.phi = np.full((order, V), np.nan)
+        self.effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
+        self.covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
+        self.dofs = {k: np.full(V, np.nan) for k in weights}
+
+    def place(self, at, res: ARBlockFit) -> None:
+        """The fit of a block at the voxels `at`."""
+        self.betas[:, at], self.rss[at], self.tss[at] = res.betas, res.rss, res.tss
+        self.phi[:, at], self.ols_rss[at] = res.phi.T, res.ols_rss
+        for label, (effect, cov, dof) in zip(self.weights, res.contrasts):
+            self.effects[label][:, at], self.covs[label][at], self.dofs[label][at] = effect, cov, dof
+
+    def result(self, design, valid) -> tuple[Fit, dict[str, Stats]]:
+        """The fit of the voxels `valid` (R^2 of the OLS fit) and the contrasts' statistics; the AR
+        coefficients ``phi`` become read-only."""
+        fit = make_fit(design, self.betas, self.rss, self.tss, valid)
+        with np.errstate(divide="ignore", invalid="ignore"):  # R^2 of the OLS fit: whitened and raw sums differ
+            r2 = np.where(self.tss > 0, 1.0 - self.ols_rss / self.tss, np.nan)
+        r2.setflags(write=False)
+        fit = dataclasses.replace(fit, r2=r2)
+        stats = {
+            label: contrast_stats(
+                label, w, self.effects[label], self.covs[label], fit.residual_variance, self.dofs[label]
+            )
+            for label, w in self.weights.items()
+        }
+        self.phi.setflags(write=False)
+        return fit, stats
 
 
 def _ar_task(fit_block, weights: list, Yb):

@@ -17,25 +17,26 @@ blocks use that room after the pass), and 256 MiB for the interpreter and the li
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .._array import working_dtype
 from .._memory import RESERVED
 from .._progress import Progress
 from .._threads import blas_single_threaded, default_workers, run_in_threads
-from ..core import check_contrast, factorize, make_fit
+from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..core.ols import fit_from_sums, needs_refit
 from ..exceptions import InputError
 from ..io import Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
-from .ar import contrast_stats
+from .ar import ARMaps
 from .fit import fit as fit_in_memory
 from .memory import parse_memory
 
-__all__ = ["fit_streaming", "streaming_bytes"]
+__all__ = ["StreamedFit", "fit_streaming", "streaming_bytes"]
 
 SUMS_BLOCK = 8192  # voxels per fit from the sums
 TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
@@ -130,6 +131,39 @@ def _scaled(raw, reader):
     return raw if reader.scale is None else ScaledArray(raw, *reader.scale)[...]
 
 
+@dataclass(frozen=True, eq=False)
+class StreamedFit:
+    """A streamed fit over the V voxels of the mask: the fit (R^2 of the OLS fit for AR models), the
+    statistics of the contrasts ``{label: Stats}``, the AR coefficients (order, V) (None for OLS), the masker
+    of the voxels fitted and each voxel's mean over the scans (V,)."""
+
+    fit: Fit
+    contrasts: dict[str, Stats]
+    ar_coef: NDArray | None
+    masker: Masker
+    mean: NDArray
+
+
+@dataclass(frozen=True, eq=False)
+class _Pass:
+    """What the pass over the data leaves: the sums of the candidate voxels (those read into sums), the
+    masker of the voxels kept, which columns of the sums are kept (`kept`, None: all) and their positions
+    among the mask's voxels (`targets`), the positions of the voxels kept that have no sums (zero in the
+    first scan: they are refitted from their data), and the slabs' share of the memory cap (the fit's working
+    room after the pass)."""
+
+    sums: LaggedSums
+    masker: Masker
+    kept: NDArray | None
+    targets: NDArray
+    unread: NDArray
+    slab_bytes: int
+
+    def sums_of(self, part: slice) -> LaggedSums:
+        """The sums of ``targets[part]``: a view, or a copy of the block only."""
+        return _columns(self.sums, part if self.kept is None else self.kept[part])
+
+
 def fit_streaming(
     paths,
     X,
@@ -143,19 +177,19 @@ def fit_streaming(
     progress: bool | None = None,
     scans_per_slab: int | None = None,
     nonzero: bool = False,
-):
+) -> StreamedFit:
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
-    Returns ``(fit, {label: Stats}, AR coefficients (order, V) or None, masker, mean image (V,))``; the
-    numbers equal those of
-    the in-memory fit to rounding. `order` 0 is OLS, p >= 1 AR(p) per voxel. `max_memory` bounds the whole
-    process (see the module docstring);
-    `scans_per_slab` overrides the slab size it implies (for tests and tuning). With `nonzero`, the automatic
-    mask is the group-level one: voxels finite and non-zero in every row.
+    The numbers equal those of the in-memory fit to rounding. `order` 0 is OLS, p >= 1 AR(p) per voxel.
+    `max_memory` bounds the whole process (see the module docstring); `scans_per_slab` overrides the slab
+    size it implies (for tests and tuning). With `nonzero`, the automatic mask is the group-level one: voxels
+    finite and non-zero in every row. Three steps: the pass accumulating the sums (:func:`_accumulate`), the
+    fit from the sums (:func:`_fit_from_sums`), and the refit of the voxels that need their data
+    (:func:`_refit`).
     """
     reader = open_reader(paths)
     design = factorize(X, names)
-    n, nel = design.n_scans, reader.geometry.n_elements
+    n = design.n_scans
     if reader.n_scans != n:
         raise InputError(
             f"the design has {n} rows but the data have {reader.n_scans} scans; give one design row per scan."
@@ -170,6 +204,27 @@ def fit_streaming(
         basis = block.lagged_basis
     else:
         block, basis = None, design.basis
+    accumulated = _accumulate(
+        reader, design, basis, order, mask, mask_threshold, nonzero, max_memory, progress, scans_per_slab
+    )
+    maps, mean, flagged = _fit_from_sums(accumulated, design, block, weights)
+    _refit(reader, design, block, weights, accumulated.masker, np.union1d(accumulated.unread, flagged), maps, mean)
+    valid = np.isfinite(maps.rss)
+    if order:
+        fit, stats = maps.result(design, valid)
+        return StreamedFit(fit, stats, maps.phi, accumulated.masker, mean)
+    fit = make_fit(design, maps.betas, maps.rss, maps.tss, valid)
+    stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
+    return StreamedFit(fit, stats, None, accumulated.masker, mean)
+
+
+def _accumulate(
+    reader, design, basis, order: int, mask, mask_threshold, nonzero: bool, max_memory, progress, scans_per_slab
+) -> _Pass:
+    """The one pass over the data: the sums of the candidate voxels (from `basis`, the design's or its lagged
+    one), and the mask, decided on the way (automatic: voxels finite and not constant, or non-zero with
+    `nonzero`; or the explicit `mask` less its voxels not finite)."""
+    nel = reader.geometry.n_elements
     cap = parse_memory(max_memory)
     threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is not None:
@@ -194,7 +249,7 @@ def fit_streaming(
     sums = index = None
     k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
     max_bytes = k * nel * reader.dtype.itemsize
-    bar = Progress("reading", n, enabled=progress)
+    bar = Progress("reading", design.n_scans, enabled=progress)
     # after the first slab, the candidates' mask checks come from their sums of squares when those are taken
     # about the first scan's values and the data are worked in float32 (the squares cannot overflow); the
     # other voxels are checked scan by scan (none with an explicit mask: only its voxels are kept)
@@ -230,89 +285,71 @@ def fit_streaming(
             else f"no voxel of mask {mask} has finite values in every scan."
         )
     masker = Masker(reader.geometry, final)
-    V = masker.n_voxels
     pos = np.full(nel, -1)
-    pos[masker.index] = np.arange(V)
-    from_sums = final & candidates
-    cols = np.flatnonzero(from_sums[index])  # candidates kept
-    targets = pos[index[cols]]
-    S = sums.result(design.rank)
+    pos[masker.index] = np.arange(masker.n_voxels)
+    kept = np.flatnonzero(final[index])  # the candidates kept, as columns of the sums
+    return _Pass(
+        sums.result(design.rank),
+        masker,
+        None if kept.size == index.size else kept,
+        pos[index[kept]],
+        pos[np.flatnonzero(final & ~candidates)],
+        slab_bytes,
+    )
+
+
+def _fit_from_sums(accumulated: _Pass, design, block: ARBlock | None, weights: dict) -> tuple[ARMaps, NDArray, NDArray]:
+    """The fit of the voxels with sums, a block of `SUMS_BLOCK` at a time: the maps (NaN at the voxels
+    without sums), each voxel's mean, and the positions of the voxels whose sums cancelled too many digits
+    (their refit needs their data)."""
+    S, targets, V = accumulated.sums, accumulated.targets, accumulated.masker.n_voxels
+    n, pc = design.n_scans, design.X.shape[1]
+    order = 0 if block is None else block.order
     mean = np.full(V, np.nan)  # each voxel's mean over the scans: its shift plus the mean of the shifted data
-    mean[targets] = S.total[cols] / n + (0.0 if S.shift is None else S.shift[cols])
-    kept_all = cols.size == index.size
-
-    def sums_of(part: slice) -> LaggedSums:  # the sums of targets[part]: a view, or a copy of the block only
-        return _columns(S, part if kept_all else cols[part])
-
-    pc = design.X.shape[1]
-    betas, rss, tss = np.full((pc, V), np.nan), np.full(V, np.nan), np.full(V, np.nan)
-    phi = np.full((order, V), np.nan) if order else None
-    effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
-    covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
-    dofs = {k: np.full(V, np.nan) for k in weights}
-    ols_rss = np.full(V, np.nan)
-    flagged: list[int] = []
+    total = S.total if accumulated.kept is None else S.total[accumulated.kept]
+    shift = 0.0 if S.shift is None else (S.shift if accumulated.kept is None else S.shift[accumulated.kept])
+    mean[targets] = total / n + shift
+    maps = ARMaps(pc, order, weights if order else {}, V)
+    flagged = np.zeros(targets.size, dtype=bool)  # of the targets
     if order:  # from the sums, a block of voxels at a time (the per-voxel algebra holds a few hundred values
         # each), the blocks in threads: numpy's batched algebra releases the GIL
 
         def fit_part(a: int) -> None:
             part = slice(a, a + SUMS_BLOCK)
-            found: list[int] = []
-            b, r_, ph, cons, o_, t_ = fit_ar_sums(block, sums_of(part), list(weights.values()), flagged=found)
-            flagged.extend(a + i for i in found)
-            at = targets[part]
-            betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
-            for (label, _), (effect, cov, dof) in zip(weights.items(), cons):
-                effects[label][:, at], covs[label][at], dofs[label][at] = effect, cov, dof
+            res = fit_ar_sums(block, accumulated.sums_of(part), list(weights.values()))
+            flagged[a + res.flagged] = True
+            maps.place(targets[part], res)
 
         starts = range(0, targets.size, SUMS_BLOCK)
         # as many blocks at once as the slabs' share of the cap holds beside the results (see ar_block_bytes)
         results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
-        fits = (slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
+        fits = (accumulated.slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
         workers = max(1, min(default_workers(), len(starts), fits))
         with blas_single_threaded():
             run_in_threads(fit_part, starts, workers)  # stoppable between blocks
-        flagged.sort()
     else:
         for a in range(0, targets.size, SUMS_BLOCK):
             part = slice(a, a + SUMS_BLOCK)
-            piece, at = sums_of(part), targets[part]
-            betas[:, at], rss[at], tss[at] = fit_from_sums(
+            piece, at = accumulated.sums_of(part), targets[part]
+            maps.betas[:, at], maps.rss[at], maps.tss[at] = fit_from_sums(
                 design, piece.lagged[0], piece.s[0], piece.total, piece.shift
             )
-            flagged.extend(a + np.flatnonzero(needs_refit(rss[at], piece.s[0])))
-    # voxels that need their data: zero in the first scan yet kept, or whose sums cancelled too many digits
-    second = np.concatenate(
-        [np.flatnonzero(final & ~candidates), masker.index[targets[np.asarray(flagged, dtype=int)]]]
-    )
-    second = np.unique(second)
-    if second.size:
-        raw = gather(reader, second)
-        data = np.asarray(_scaled(raw, reader), dtype=np.float64)  # as exact as the sums
-        at = pos[second]
-        mean[at] = data.mean(axis=0)
-        if order:
-            b, r_, ph, cons, o_, t_ = fit_ar_block(block, data, list(weights.values()))
-            betas[:, at], rss[at], tss[at], phi[:, at], ols_rss[at] = b, r_, t_, ph.T, o_
-            for (label, _), (effect, cov, dof) in zip(weights.items(), cons):
-                effects[label][:, at], covs[label][at], dofs[label][at] = effect, cov, dof
-        else:
-            exact = fit_in_memory(design.X, data, names=list(design.names), n_jobs=1)
-            betas[:, at], rss[at] = exact.betas, exact.residual_variance * design.dof
-            centred = data - data.mean(axis=0) if design.has_intercept else data
-            tss[at] = np.einsum("tv,tv->v", centred, centred)
-    valid = np.isfinite(rss)
-    fit = make_fit(design, betas, rss, tss, valid)
-    if order:  # R^2 of the OLS fit, as fit_ar reports it
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(tss > 0, 1.0 - ols_rss / tss, np.nan)
-        r2.setflags(write=False)
-        fit = dataclasses.replace(fit, r2=r2)
-        stats = {
-            label: contrast_stats(label, w, effects[label], covs[label], fit.residual_variance, dofs[label])
-            for label, w in weights.items()
-        }
-        phi.setflags(write=False)
+            flagged[part] = needs_refit(maps.rss[at], piece.s[0])
+    return maps, mean, targets[flagged]
+
+
+def _refit(reader, design, block: ARBlock | None, weights: dict, masker: Masker, at, maps: ARMaps, mean) -> None:
+    """The voxels at positions `at` fitted in memory from their data, read in a second pass (float64, as exact
+    as the sums): those zero in the first scan yet kept, and those whose sums cancelled too many digits."""
+    if not at.size:
+        return
+    raw = gather(reader, masker.index[at])
+    data = np.asarray(_scaled(raw, reader), dtype=np.float64)
+    mean[at] = data.mean(axis=0)
+    if block is not None:
+        maps.place(at, fit_ar_block(block, data, list(weights.values())))
     else:
-        stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
-    return fit, stats, phi, masker, mean
+        exact = fit_in_memory(design.X, data, names=list(design.names), n_jobs=1)
+        maps.betas[:, at], maps.rss[at] = exact.betas, exact.residual_variance * design.dof
+        centred = data - data.mean(axis=0) if design.has_intercept else data
+        maps.tss[at] = np.einsum("tv,tv->v", centred, centred)

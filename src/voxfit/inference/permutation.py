@@ -181,6 +181,165 @@ def permutation_test(
         ``cuda`` (or ``cuda:N``) to run the shuffles on a GPU through CuPy or PyTorch (``strict``: the
         array-API reference library, for tests); float32 on the device, clusters and TFCE on the host.
     """
+    test = _permutation_test_iv(
+        X,
+        Y,
+        contrast,
+        names,
+        n_permutations,
+        scheme,
+        blocks,
+        whole_blocks,
+        seed,
+        adjacency,
+        cluster_threshold,
+        tfce,
+        n_jobs,
+        name,
+        device,
+    )
+    dtype = working_dtype(test.Y.dtype)
+    V, N, r = test.Y.shape[1], test.shuffles.n, test.basis.shape[1]
+    flips = test.shuffles.kind == "flip" and device in (None, "cpu")
+    tile = _tile_width(flips, test.basis, np.dtype(dtype).itemsize, n_jobs, max_memory)
+    tiles = [(a, min(V, a + tile)) for a in range(0, V, tile)]
+    # the residuals of the nuisance model, a tile at a time in float64 and kept in the working dtype: no
+    # float64 copy of Y, and E held once, as the tiles the shuffles read
+    E, ee, rss_obs, valid, G_obs = _residuals(test.Y, test.Qz, test.basis, tiles, dtype)
+    stat = _statistic(G_obs, ee, test.dof, test.q, test.is_t)
+    del G_obs
+    stat[~valid] = np.nan
+    # ties: null statistics in the working precision lose about eps * ||E||^2 / rss relative to the observed one
+    eps = np.finfo(dtype).eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tol = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee / np.where(valid, rss_obs, 1.0))
+    del rss_obs
+    observed = np.where(np.isfinite(stat), stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
+    map_tol = 1e-5  # TFCE and cluster values come from float32 maps
+    from ._maxstat import to_key
+
+    okey = to_key(observed, test.is_t).astype(dtype)
+    okey[~np.isfinite(observed)] = np.inf
+    del observed
+    ee_w = np.where(valid, ee, 1.0).astype(dtype)
+    problem = _NullProblem(
+        E_tiles=E,
+        tiles=tiles,
+        basis=test.basis,
+        shuffles=test.shuffles,
+        ee_w=ee_w,
+        okey=okey,
+        dof=float(test.dof),
+        q=test.q,
+        is_t=test.is_t,
+        valid=valid,
+        adjacency=adjacency,
+        cluster_threshold=cluster_threshold,
+        tfce=tfce,
+        tfce_E=tfce_E,
+        tfce_H=tfce_H,
+        weights=weights,
+        device=device,
+    )
+    del E, ee
+    runner = _NullRunner(problem, 1 if scheduler is not None else n_jobs)  # on Dask, the workers' threads
+    # (half of the budget for the batch when the sign-flip tables may take the other half)
+    budget = max_memory // 2 if flips else max_memory
+    batch = batch_size(V, N, r, tile, runner.need_maps, flips, budget, np.dtype(dtype).itemsize, n_jobs)
+    if runner.on_device:  # one product per batch, the (batch, V) keys on the device
+        batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
+    # each batch holds the maxima of every tile of voxels for every shuffle (and maps of batch x V with clusters)
+    check_memory(
+        batch * (len(tiles) * np.dtype(dtype).itemsize + (4 * V if runner.need_maps else 0) + 64),
+        f"a batch of {batch:,} shuffles x {V:,} voxels",
+        None,
+        "Ask for fewer permutations, or give a smaller mask.",
+    )
+    nulls = _null_distributions(runner, stat, batch, f"permutations ({test.label})", progress, scheduler)
+    counts = nulls.counts + valid  # the identity reaches the observed statistic
+    p_unc = np.where(valid, counts / N, np.nan)
+    p_fwe = np.where(valid, _exceedance(nulls.null_max, stat, tol) / N, np.nan)
+
+    clusters = tfce_map = p_tfce = None
+    # TFCE and clusters of the observed map as the null maps are made (the identity through the same path), so
+    # that a shuffle giving the same map (the negated flips of an F test) ties exactly
+    identity = runner.run(0, 1, return_maps=True)[0] if runner.need_maps else None
+    if cluster_threshold is not None:
+        from .clusters import label_clusters
+
+        labels, sizes, masses = label_clusters(identity, adjacency, cluster_threshold, weights=weights)
+        nulls.extent[0] = sizes.max() if sizes.size else 0.0
+        nulls.mass[0] = masses.max() if masses.size else 0.0
+        clusters = ClusterInference(
+            float(cluster_threshold),
+            labels,
+            sizes,
+            masses,
+            _exceedance(nulls.extent, sizes, map_tol) / N,
+            _exceedance(nulls.mass, masses, map_tol) / N,
+            nulls.extent,
+            nulls.mass,
+        )
+    if tfce:
+        from .tfce import tfce as tfce_fn
+
+        tfce_map = tfce_fn(identity, adjacency, E=tfce_E, H=tfce_H, weights=weights).astype(np.float64)
+        nulls.tfce[0] = np.nanmax(tfce_map) if tfce_map.size else 0.0
+        p_tfce = np.where(valid, _exceedance(nulls.tfce, tfce_map, map_tol) / N, np.nan)
+    return PermutationResult(
+        test.label,
+        "t" if test.is_t else "F",
+        stat,
+        float(test.dof),
+        test.shuffles.kind,
+        N,
+        test.shuffles.exhaustive,
+        p_unc,
+        p_fwe,
+        nulls.null_max,
+        clusters,
+        tfce_map,
+        p_tfce,
+        nulls.tfce if tfce else None,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _CheckedTest:
+    """A permutation test's arguments as :func:`_permutation_test_iv` checked and converted them: the data `Y`
+    (n, V), the contrast's label, the bases ``[U, Q_Z]`` (`basis`, n x r) and ``Q_Z`` of the contrast's
+    partition (see :func:`partition`), the number of interest columns `q` (of U), the residual degrees of
+    freedom, whether the contrast is a t (one row), and the shuffles (the identity first)."""
+
+    Y: NDArray
+    label: str
+    basis: NDArray
+    Qz: NDArray
+    q: int
+    dof: int
+    is_t: bool
+    shuffles: Shuffles
+
+
+def _permutation_test_iv(
+    X,
+    Y,
+    contrast,
+    names,
+    n_permutations,
+    scheme,
+    blocks,
+    whole_blocks,
+    seed,
+    adjacency,
+    cluster_threshold,
+    tfce,
+    n_jobs,
+    name,
+    device,
+) -> _CheckedTest:
+    """The arguments of :func:`permutation_test` checked (a clear `InputError` for each that cannot be used,
+    and for a table of shuffles that memory cannot hold) and converted into a :class:`_CheckedTest`."""
     check_array_like(Y, "Y", "an (n, V) array of maps (for image files: voxfit.SecondLevel)")
     Y = np.asarray(Y) if not hasattr(Y, "dtype") else Y
     if Y.ndim != 2:
@@ -193,8 +352,6 @@ def permutation_test(
     U, Qz, dof = partition(design.X, w)
     if dof < 1:
         raise InputError(f"the design leaves {dof} degrees of freedom; permutation tests need at least 1.")
-    q = U.shape[1]
-    is_t = w.shape[0] == 1
     if (cluster_threshold is not None or tfce) and adjacency is None:
         raise InputError("clusters and TFCE need the neighbours of each voxel (`adjacency`).")
     ones = np.ones(design.n_scans)
@@ -208,9 +365,10 @@ def permutation_test(
             f"contrast {label!r} tests the mean (the constant is part of the effect), which permuting "
             "rows cannot change; use sign-flips (scheme 'flip' or 'auto')."
         )
+    basis = np.column_stack([U, Qz])
     if not isinstance(n_permutations, bool) and isinstance(n_permutations, (int, np.integer)) and n_permutations > 0:
         # the table of shuffles (N x n) and the null distributions (N each) are whole-run: they must fit memory
-        N = min(int(n_permutations), count_shuffles(scheme, np.column_stack([U, Qz]), blocks, whole_blocks))
+        N = min(int(n_permutations), count_shuffles(scheme, basis, blocks, whole_blocks))
         # with the maps' float64 working copies (the data and their residuals, n x V each)
         check_memory(
             N * (design.n_scans * (8 if scheme == "permute" else 3) + 64) + 16 * Y.shape[0] * Y.shape[1],
@@ -219,215 +377,130 @@ def permutation_test(
             None,
             "Ask for fewer permutations (5000 to 10000 are usual).",
         )
-    shuffles = make_shuffles(
-        scheme, np.column_stack([U, Qz]), n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed
-    )
-
-    dtype = working_dtype(Y.dtype)
-    need_maps = cluster_threshold is not None or tfce
-    V, N = Y.shape[1], shuffles.n
-    basis = np.column_stack([U, Qz])
-    r = basis.shape[1]
-    on_device = device not in (None, "cpu")
-    if on_device:
+    shuffles = make_shuffles(scheme, basis, n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed)
+    if device not in (None, "cpu"):
         from .._array import device_namespace
 
         device_namespace(device)  # a clear error now for a device that is not there
-    flips = shuffles.kind == "flip" and not on_device
-    tile = _tile_width(flips, basis, np.dtype(dtype).itemsize, n_jobs, max_memory)
-    tiles = [(a, min(V, a + tile)) for a in range(0, V, tile)]
-    # the residuals of the nuisance model, a tile at a time in float64 and kept in the working dtype: no
-    # float64 copy of Y, and E held once, as the tiles the shuffles read
-    E, ee, rss_obs, valid, G_obs = _residuals(Y, Qz, basis, tiles, dtype)
-    stat = _statistic(G_obs, ee, dof, q, is_t)
-    del G_obs
-    stat[~valid] = np.nan
-    # ties: null statistics in the working precision lose about eps * ||E||^2 / rss relative to the observed one
-    eps = np.finfo(dtype).eps
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tol = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee / np.where(valid, rss_obs, 1.0))
-    del rss_obs
-    observed = np.where(np.isfinite(stat), stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
-    map_tol = 1e-5  # TFCE and cluster values come from float32 maps
-    from ._maxstat import from_key, to_key
+    resolve_workers(n_jobs)  # a clear error now for a number of threads that cannot be
+    return _CheckedTest(Y, label, basis, Qz, U.shape[1], dof, w.shape[0] == 1, shuffles)
 
-    okey = to_key(observed, is_t).astype(dtype)
-    okey[~np.isfinite(observed)] = np.inf
-    del observed
-    ee_w = np.where(valid, ee, 1.0).astype(dtype)
-    runner = _NullRunner(
-        E,
-        tiles,
-        basis,
-        shuffles,
-        ee_w,
-        okey,
-        float(dof),
-        q,
-        is_t,
-        valid,
-        adjacency,
-        cluster_threshold,
-        tfce,
-        tfce_E,
-        tfce_H,
-        weights,
-        n_jobs,
-        device,
-    )
-    del E, ee
-    # (half of the budget for the batch when the sign-flip tables may take the other half)
-    budget = max_memory // 2 if flips else max_memory
-    batch = batch_size(V, N, r, tile, need_maps, flips, budget, np.dtype(dtype).itemsize, n_jobs)
-    if runner.on_device:  # one product per batch, the (batch, V) keys on the device
-        batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
-    # each batch holds the maxima of every tile of voxels for every shuffle (and maps of batch x V with clusters)
-    check_memory(
-        batch * (len(runner.tiles) * np.dtype(dtype).itemsize + (4 * V if need_maps else 0) + 64),
-        f"a batch of {batch:,} shuffles x {V:,} voxels",
-        None,
-        "Ask for fewer permutations, or give a smaller mask.",
-    )
+
+@dataclass(frozen=True, eq=False)
+class _Nulls:
+    """The null distributions of a test (each (N,), row 0 the identity's): the maxima of the statistic, the
+    largest cluster's extent and mass and the maxima of TFCE (row 0 left at 0 for the observed map's), and
+    per voxel how many shuffles but the identity reached the observed statistic (V,)."""
+
+    null_max: NDArray
+    extent: NDArray
+    mass: NDArray
+    tfce: NDArray
+    counts: NDArray
+
+
+def _null_distributions(runner: _NullRunner, stat, batch: int, title: str, progress, scheduler) -> _Nulls:
+    """The shuffles but the identity run by `runner`, `batch` at a time (on a Dask cluster with `scheduler`,
+    batches of at most 1024); row 0 of the maxima is the observed statistic's (`stat`), of the others 0."""
+    problem = runner.problem
+    V, N = problem.valid.size, problem.shuffles.n
+    from ._maxstat import from_key
+
     counts = np.zeros(V, dtype=np.int64)
     null_max = np.empty(N)
     null_max[0] = np.nanmax(stat) if np.isfinite(stat).any() else np.nan
     null_extent, null_mass, null_tfce = np.zeros(N), np.zeros(N), np.zeros(N)
-    bar = Progress(f"permutations ({label})", N, progress)
+    bar = Progress(title, N, progress)
     spans = [(a, min(N, a + batch)) for a in range(1, N, batch)]  # row 0 is the identity: the observed statistic
     if scheduler is not None:  # a Dask cluster: the runner (data included) is sent once, then batches
-        runner.n_jobs = 1  # the workers' own threads run the tasks
         spans = [(a, min(N, a + min(batch, 1024))) for a in range(1, N, min(batch, 1024))]
         results = run_tasks(scheduler, _run_batch, runner, spans)
     else:
         results = (runner.run(a, b) for a, b in spans)
     for (a, b), (maxima, hits, extent, mass, tfce_maxima) in zip(spans, results):
-        null_max[a:b] = from_key(maxima, is_t)
+        null_max[a:b] = from_key(maxima, problem.is_t)
         counts += hits
         null_extent[a:b], null_mass[a:b], null_tfce[a:b] = extent, mass, tfce_maxima
         bar.update(b)
     bar.close()
-    counts += valid  # the identity reaches the observed statistic
-    p_unc = np.where(valid, counts / N, np.nan)
-    p_fwe = np.where(valid, _exceedance(null_max, stat, tol) / N, np.nan)
+    return _Nulls(null_max, null_extent, null_mass, null_tfce, counts)
 
-    clusters = tfce_map = p_tfce = None
-    # TFCE and clusters of the observed map as the null maps are made (the identity through the same path), so
-    # that a shuffle giving the same map (the negated flips of an F test) ties exactly
-    identity = runner.run(0, 1, return_maps=True)[0] if need_maps else None
-    if cluster_threshold is not None:
-        from .clusters import label_clusters
 
-        labels, sizes, masses = label_clusters(identity, adjacency, cluster_threshold, weights=weights)
-        null_extent[0] = sizes.max() if sizes.size else 0.0
-        null_mass[0] = masses.max() if masses.size else 0.0
-        clusters = ClusterInference(
-            float(cluster_threshold),
-            labels,
-            sizes,
-            masses,
-            _exceedance(null_extent, sizes, map_tol) / N,
-            _exceedance(null_mass, masses, map_tol) / N,
-            null_extent,
-            null_mass,
-        )
-    if tfce:
-        from .tfce import tfce as tfce_fn
+@dataclass(frozen=True, eq=False)
+class _NullProblem:
+    """What every batch of shuffles needs (a Dask cluster receives it once, with its runner): the nuisance
+    model's residuals E (n, V) as contiguous tiles of voxels `E_tiles` (see _tile_width), the tiles' spans
+    `tiles`, the bases ``[U, Q_Z]``, the shuffles, ||E||^2 in the working dtype (1 at invalid voxels,
+    `ee_w`), the observed statistics as keys lowered by their tie tolerance (`okey`, see ``_maxstat.to_key``),
+    the degrees of freedom, the interest columns `q`, t or F, the valid voxels, and for clusters and TFCE the
+    neighbours, the cluster-forming threshold, TFCE's E and H and the extent weights; `device` None or 'cpu'
+    for the CPU."""
 
-        tfce_map = tfce_fn(identity, adjacency, E=tfce_E, H=tfce_H, weights=weights).astype(np.float64)
-        null_tfce[0] = np.nanmax(tfce_map) if tfce_map.size else 0.0
-        p_tfce = np.where(valid, _exceedance(null_tfce, tfce_map, map_tol) / N, np.nan)
-    return PermutationResult(
-        label,
-        "t" if is_t else "F",
-        stat,
-        float(dof),
-        scheme,
-        N,
-        shuffles.exhaustive,
-        p_unc,
-        p_fwe,
-        null_max,
-        clusters,
-        tfce_map,
-        p_tfce,
-        null_tfce if tfce else None,
-    )
+    E_tiles: list
+    tiles: list
+    basis: NDArray
+    shuffles: Shuffles
+    ee_w: NDArray
+    okey: NDArray
+    dof: float
+    q: int
+    is_t: bool
+    valid: NDArray
+    adjacency: object
+    cluster_threshold: float | None
+    tfce: bool
+    tfce_E: float
+    tfce_H: float
+    weights: NDArray | None
+    device: str | None
 
 
 class _NullRunner:
-    """Everything a batch of shuffles needs, in one picklable object: ``run(start, stop)`` returns the batch's
-    maxima (keys), per-voxel exceedance counts, and cluster and TFCE maxima. Local runs call it in a loop;
-    a Dask cluster receives it once and runs batches on its workers."""
+    """Runs batches of shuffles of a :class:`_NullProblem` with `n_jobs` threads, in one picklable object:
+    ``run(start, stop)`` returns the batch's maxima (keys), per-voxel exceedance counts, and cluster and TFCE
+    maxima. Local runs call it in a loop; a Dask cluster receives it once and runs batches on its workers."""
 
-    def __init__(
-        self,
-        E_tiles,
-        tiles,
-        basis,
-        shuffles: Shuffles,
-        ee_w,
-        okey,
-        dof,
-        q,
-        is_t,
-        valid,
-        adjacency,
-        cluster_threshold,
-        tfce,
-        tfce_E,
-        tfce_H,
-        weights,
-        n_jobs,
-        device=None,
-    ):
-        self.dtype = E_tiles[0].dtype if E_tiles else np.dtype(np.float32)
-        self.basis, self.ee_w, self.okey, self.dof, self.q, self.is_t = basis, ee_w, okey, dof, q, is_t
-        self.valid, self.adjacency, self.cluster_threshold = valid, adjacency, cluster_threshold
-        self.tfce, self.tfce_E, self.tfce_H, self.weights, self.n_jobs = tfce, tfce_E, tfce_H, weights, n_jobs
-        self.need_maps = cluster_threshold is not None or tfce
-        self.device_name = device
-        self.on_device = device not in (None, "cpu")
-        self.flips = shuffles.kind == "flip" and not self.on_device
-        self.shuffles = shuffles
-        self.tiles, self.E_tiles = tiles, E_tiles  # E (n, V) as contiguous tiles of voxels (see _tile_width)
-        self.tile = max((b - a for a, b in tiles), default=1)
+    def __init__(self, problem: _NullProblem, n_jobs):
+        self.problem, self.n_jobs = problem, n_jobs
+        self.dtype = problem.E_tiles[0].dtype if problem.E_tiles else np.dtype(np.float32)
+        self.need_maps = problem.cluster_threshold is not None or problem.tfce
+        self.on_device = problem.device not in (None, "cpu")
+        self.flips = problem.shuffles.kind == "flip" and not self.on_device
+        self.tile = max((b - a for a, b in problem.tiles), default=1)
         if self.flips:  # no matrix product: tables of signed partial sums (see _maxstat.flip_tile)
-            bits = (shuffles.signs < 0).astype(np.uint8)
+            bits = (problem.shuffles.signs < 0).astype(np.uint8)
             groups = (bits.shape[1] + 7) // 8
             padded = np.zeros((bits.shape[0], 8 * groups), dtype=np.uint8)
             padded[:, : bits.shape[1]] = bits
             self.patterns = np.ascontiguousarray(
                 (padded.reshape(-1, groups, 8) << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
             )
-            self.basis_w = np.ascontiguousarray(basis, dtype=np.float64)
+            self.basis_w = np.ascontiguousarray(problem.basis, dtype=np.float64)
 
     def run(self, start: int, stop: int, return_maps: bool = False):
         if self.on_device:
             return self._run_on_device(start, stop, return_maps)
-        nb, V, r = stop - start, self.valid.size, self.basis.shape[1]
+        p = self.problem
+        nb, V, r = stop - start, p.valid.size, p.basis.shape[1]
         stats_tile, flip_tile = _load_kernel()
         maps = np.empty((nb, V), dtype=np.float32) if self.need_maps else np.empty((1, 1), dtype=np.float32)
-        rowmax = np.full((len(self.tiles), nb), -np.inf, dtype=self.dtype)
+        rowmax = np.full((len(p.tiles), nb), -np.inf, dtype=self.dtype)
         counts = np.zeros(V, dtype=np.int32)
-        rows = (
-            None
-            if self.flips
-            else _projector_rows(self.basis, self.shuffles, start, stop, self.dtype).reshape(nb * r, -1)
-        )
+        rows = None if self.flips else _projector_rows(p.basis, p.shuffles, start, stop, self.dtype).reshape(nb * r, -1)
         local = threading.local()
 
         def work(k):
-            a, b = self.tiles[k]
+            a, b = p.tiles[k]
             if self.flips:
                 flip_tile(
-                    self.E_tiles[k],
+                    p.E_tiles[k],
                     self.basis_w,
                     self.patterns[start:stop],
-                    self.ee_w[a:b],
-                    self.okey[a:b],
-                    self.dof,
-                    self.q,
-                    self.is_t,
+                    p.ee_w[a:b],
+                    p.okey[a:b],
+                    p.dof,
+                    p.q,
+                    p.is_t,
                     rowmax[k],
                     counts[a:b],
                     maps,
@@ -438,55 +511,45 @@ class _NullRunner:
             buf = getattr(local, "buf", None)
             if buf is None or buf.shape[0] < nb * r:
                 buf = local.buf = np.empty((nb * r, self.tile), dtype=self.dtype)
-            G = np.matmul(rows, self.E_tiles[k], out=buf[: nb * r, : b - a]).reshape(nb, r, b - a)
-            stats_tile(
-                G,
-                self.ee_w[a:b],
-                self.okey[a:b],
-                self.dof,
-                self.q,
-                self.is_t,
-                rowmax[k],
-                counts[a:b],
-                maps,
-                a,
-                self.need_maps,
-            )
+            G = np.matmul(rows, p.E_tiles[k], out=buf[: nb * r, : b - a]).reshape(nb, r, b - a)
+            stats_tile(G, p.ee_w[a:b], p.okey[a:b], p.dof, p.q, p.is_t, rowmax[k], counts[a:b], maps, a, self.need_maps)
 
         with blas_single_threaded():  # threads share the tiles; a signal stops them between two tiles
-            run_in_threads(work, range(len(self.tiles)), resolve_workers(self.n_jobs))
+            run_in_threads(work, range(len(p.tiles)), resolve_workers(self.n_jobs))
         return self._finish(rowmax.max(axis=0).astype(np.float64), counts, maps, nb, return_maps)
 
     def _finish(self, maxima, counts, maps, nb, return_maps):
         """The batch's result: its maps alone (`return_maps`), or maxima, counts and map maxima."""
+        p = self.problem
         if self.need_maps or return_maps:
-            maps[:, ~self.valid] = np.nan
+            maps[:, ~p.valid] = np.nan
         if return_maps:
             return maps
         extent = mass = tfce_max_values = np.zeros(nb)
         if self.need_maps:
-            if self.cluster_threshold is not None:
+            if p.cluster_threshold is not None:
                 from .clusters import cluster_max
 
                 with numba_threads(self.n_jobs):
-                    extent, mass = cluster_max(maps, self.adjacency, self.cluster_threshold, weights=self.weights)
-            if self.tfce:
+                    extent, mass = cluster_max(maps, p.adjacency, p.cluster_threshold, weights=p.weights)
+            if p.tfce:
                 from .tfce import tfce_max
 
                 with numba_threads(self.n_jobs):
-                    tfce_max_values = tfce_max(maps, self.adjacency, E=self.tfce_E, H=self.tfce_H, weights=self.weights)
+                    tfce_max_values = tfce_max(maps, p.adjacency, E=p.tfce_E, H=p.tfce_H, weights=p.weights)
         return maxima, counts, extent, mass, tfce_max_values
 
     def _run_on_device(self, start: int, stop: int, return_maps: bool = False):
+        p = self.problem
         if getattr(self, "_device", None) is None:
             from .._array import device_namespace
             from .device import DeviceNull
 
-            xp, dev = device_namespace(self.device_name)
-            E = np.concatenate(self.E_tiles, axis=1)  # (a host copy while the device takes its own)
-            self._device = DeviceNull(xp, dev, E, self.ee_w, self.okey, self.dof, self.q, self.is_t)
+            xp, dev = device_namespace(p.device)
+            E = np.concatenate(p.E_tiles, axis=1)  # (a host copy while the device takes its own)
+            self._device = DeviceNull(xp, dev, E, p.ee_w, p.okey, p.dof, p.q, p.is_t)
         nb = stop - start
-        rows = _projector_rows(self.basis, self.shuffles, start, stop, np.float32).reshape(nb * self.basis.shape[1], -1)
+        rows = _projector_rows(p.basis, p.shuffles, start, stop, np.float32).reshape(nb * p.basis.shape[1], -1)
         maxima, counts, maps = self._device.run(rows, nb, self.need_maps or return_maps)
         return self._finish(maxima, counts, maps, nb, return_maps)
 

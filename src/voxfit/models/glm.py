@@ -466,7 +466,7 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
             f"scaling give --max-memory {size_text(need)} or more."
         )
     records = hashing.submit(input_records, reader.paths, reader.in_memory) if hashing is not None else None
-    fit, stats, ar_coef, masker, mean = fit_streaming(
+    streamed = fit_streaming(
         inputs,
         X,
         dict(items),
@@ -478,13 +478,13 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
         progress=progress,
     )
     dataset = Dataset(
-        np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, masker.n_voxels)),
-        masker,
+        np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, streamed.masker.n_voxels)),
+        streamed.masker,
         tuple(reader.paths),
         tuple(reader.in_memory),
     )
     info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
-    return fit, stats, ar_coef, info, dataset, records, mean
+    return streamed.fit, streamed.contrasts, streamed.ar_coef, info, dataset, records, streamed.mean
 
 
 def mean_over_scans(data) -> np.ndarray:

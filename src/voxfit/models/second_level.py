@@ -368,7 +368,7 @@ class SecondLevel:
         if self.tfce or self.cluster_threshold is not None:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
         items = self._contrast_items(d.names, d.X.shape[1])
-        _, stats, _, masker, _ = fit_streaming(
+        streamed = fit_streaming(
             data,
             d.X,
             dict(items),
@@ -378,6 +378,7 @@ class SecondLevel:
             progress=progress,
             nonzero=True,
         )
+        stats, masker = streamed.contrasts, streamed.masker
         files: list[Path] = []
         if out is not None:
             EH = self._tfce_parameters(masker.geometry)

@@ -14,6 +14,7 @@ SRC = Path(voxfit.__file__).parent
 LAYERS = {
     "_array": 0,
     "_dask": 0,
+    "_execution": 0,
     "_memory": 0,
     "_progress": 0,
     "_threads": 0,

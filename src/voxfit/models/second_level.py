@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .._dask import dask_client
-from .._memory import needs_streaming, parse_memory, reserved_bytes, size_text
+from .._execution import Execution
+from .._memory import reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
@@ -53,6 +54,7 @@ from ..io import (
 )
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.masking import keep_columns
+from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
 from .glm import columns_on_workers, contrast_items, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
@@ -108,7 +110,9 @@ class SecondLevel:
     fit: the client reads no data values (only headers and a --mask file; at any size, no one-pass streaming).
     Otherwise (permutations need the maps in memory: the permutation runner, data included, is sent to
     the workers; compressed NIfTI, GIFTI, CIFTI) the client reads the maps and sends them;
-    device: ``cuda`` to run the fit and the shuffles on a GPU (CuPy or PyTorch).
+    device: ``cuda`` to run the fit and the shuffles on a GPU (CuPy or PyTorch);
+    execution: a :class:`voxfit.Execution` holding the memory cap, threads, scheduler, device and progress bar
+    (`max_memory`, `n_jobs`, `scheduler` and `device` are shortcuts for its fields).
     """
 
     design: object = None
@@ -135,6 +139,7 @@ class SecondLevel:
     n_jobs: int | None = None
     scheduler: object = None
     device: str | None = None
+    execution: Execution | None = None
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
         """Fit the group model to `inputs` (a path or list of paths, a list of 3-D nibabel images or one 4-D
@@ -145,8 +150,14 @@ class SecondLevel:
         if isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern or list: the
             data = files if len(files) > 1 else files[0]  # maps one by one, so that each is matched by its name
         check_mask(self.mask)
-        if self.max_memory is not None:
-            parse_memory(self.max_memory)
+        execution = Execution.resolve(
+            self.execution,
+            max_memory=self.max_memory,
+            n_jobs=self.n_jobs,
+            scheduler=self.scheduler,
+            device=self.device,
+            progress=progress,
+        )
         if self.permutations < 0 or isinstance(self.permutations, bool):
             raise InputError(
                 f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}."
@@ -161,28 +172,24 @@ class SecondLevel:
             if ordered != paths:  # the maps in the table's order (a design matched by ids)
                 paths = data = ordered
                 reader = open_reader(data, "inputs")
+            # the Dask workers read the maps of a parametric model; without permutations, maps over half the cap
+            # are streamed, unless clusters need them in memory; with permutations, _plan fits them to the cap
             parametric = not self.permutations and not self.paired
-            batch_bytes, threads = DEFAULT_BATCH_BYTES, self.n_jobs
-            # without permutations, maps over half the cap are streamed, unless clusters need them in memory
-            streamed = (
-                parametric
-                and self.cluster_threshold is None
-                and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory, reader.dtype.itemsize)
-            )
-            if self.max_memory is not None and not streamed and self.scheduler is None and self.device in (None, "cpu"):
-                batch_bytes, threads = self._plan(reader, d)
-            on_workers = None
-            if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
-                # task, twice (for the mask, then for the fit, in the local fit's blocks: identical numbers)
-                on_workers = columns_on_workers(reader, self.mask, self.scheduler, nonzero=True)
-            if on_workers is not None:
-                Y, masker = on_workers
-            elif streamed:
-                return self._fit_streamed(data, paths, d, reader, out, progress, command)
+            needs = Needs(by_columns=parametric, one_pass=parametric and self.cluster_threshold is None)
+            route = choose_route(reader, execution, needs)
+            batch_bytes, threads = execution.budgets.batch, execution.n_jobs
+            if execution.max_memory is not None and route.kind == MEMORY and execution.scheduler is None:
+                if not execution.on_device:
+                    batch_bytes, threads = self._plan(reader, d, execution)
+            if route.kind == WORKERS:  # Y: a column source the Dask workers read, a block per task, twice (for
+                # the mask, then for the fit, in the local fit's blocks: identical numbers)
+                Y, masker = columns_on_workers(reader, self.mask, execution.scheduler, nonzero=True)
+            elif route.kind == STREAM:
+                return self._fit_streamed(data, paths, d, reader, out, execution, command)
             else:
-                Y, masker = self._load(data, progress)
+                Y, masker = self._load(data, execution.progress)
             # one connection to the cluster for the fit and every contrast's shuffles
-            scheduler = None if self.scheduler is None else stack.enter_context(dask_client(self.scheduler))
+            scheduler = None if execution.scheduler is None else stack.enter_context(dask_client(execution.scheduler))
             items = self._contrast_items(d.names, d.X.shape[1])
             blocks = (
                 read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None
@@ -193,7 +200,15 @@ class SecondLevel:
                     f"the design ({d.X.shape[1]} columns, rank {factor.rank}) "
                     f"leaves no degrees of freedom for {Y.shape[0]} maps."
                 )
-            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=scheduler, device=self.device)
+            fit = fit_engine(
+                d.X,
+                Y,
+                names=list(d.names),
+                max_memory=execution.budgets.block,
+                n_jobs=execution.n_jobs,
+                scheduler=scheduler,
+                device=execution.device,
+            )
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
             adjacency = None  # extents count voxels or vertices (no vertex areas)
             E, H = self._tfce_parameters(masker.geometry)
@@ -218,11 +233,11 @@ class SecondLevel:
                         tfce_E=E,
                         tfce_H=H,
                         max_memory=batch_bytes,
-                        progress=progress,
+                        progress=execution.progress,
                         name=label,
                         n_jobs=threads,
                         scheduler=scheduler,
-                        device=self.device,
+                        device=execution.device,
                     )
             tables = {}
             if self.cluster_threshold is not None:
@@ -236,7 +251,7 @@ class SecondLevel:
             masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids
         )
 
-    def _plan(self, reader, d) -> tuple[int, int]:
+    def _plan(self, reader, d, execution: Execution) -> tuple[int, int]:
         """The bytes a batch of shuffles may take under `max_memory` and the threads of the TFCE and cluster
         kernels, or an InputError naming the cap that would hold the run (see :func:`group_memory`), decided
         before the maps are read: the voxels are those of the --mask, or at most those finite and non-zero in
@@ -251,7 +266,7 @@ class SecondLevel:
             voxels = int(np.count_nonzero(np.isfinite(first) & (first != 0)))
         items = self._contrast_items(d.names, d.X.shape[1])
         plan = group_memory(
-            parse_memory(self.max_memory),
+            execution.budgets.process,
             reader.n_scans,
             voxels,
             np.dtype(reader.dtype).itemsize,
@@ -262,7 +277,7 @@ class SecondLevel:
             maps=self.tfce or self.cluster_threshold is not None,
             connectivity=self.connectivity,
             n_elements=reader.geometry.n_elements,
-            n_jobs=self.n_jobs,
+            n_jobs=execution.n_jobs,
         )
         if plan["batch"] < plan["one_shuffle"]:
             parts = (
@@ -280,7 +295,7 @@ class SecondLevel:
                 else "this model"
             )
             raise InputError(
-                f"`max_memory`={self.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
+                f"`max_memory`={execution.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
                 f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
                 "voxels (--mask)."
             )
@@ -363,7 +378,7 @@ class SecondLevel:
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return Y, masker
 
-    def _fit_streamed(self, data, paths, d, reader, out, progress, command) -> GroupFit:
+    def _fit_streamed(self, data, paths, d, reader, out, execution: Execution, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
         if self.tfce or self.cluster_threshold is not None:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
@@ -374,8 +389,8 @@ class SecondLevel:
             dict(items),
             names=list(d.names),
             mask=self.mask,
-            max_memory=self.max_memory,
-            progress=progress,
+            max_memory=execution.budgets.stream,
+            progress=execution.progress,
             nonzero=True,
         )
         files: list[Path] = []
@@ -566,7 +581,6 @@ class SecondLevel:
         )
 
 
-DEFAULT_BATCH_BYTES = 256 << 20  # a batch of shuffles without --max-memory
 # float64 values per voxel held beside the maps: the fit (betas, rss and the like, 2 per column + 8), each
 # contrast's statistics (6) and, with permutations, its results and the engine's working vectors (16), and the
 # maps being written (the inverse of one map over the grid and its -log10 p, per element of the grid)

@@ -21,6 +21,7 @@ import csv
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -58,6 +59,13 @@ from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
 from .glm import columns_on_workers, contrast_items, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
+
+if TYPE_CHECKING:  # (annotations only: none of these is imported to run a group model)
+    from os import PathLike
+
+    from dask.distributed import Client
+    from nibabel import Nifti1Image
+    from pandas import DataFrame
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,17 +123,17 @@ class SecondLevel:
     (`max_memory`, `n_jobs`, `scheduler` and `device` are shortcuts for its fields).
     """
 
-    design: object = None
-    contrasts: object = None
+    design: str | PathLike | DataFrame | tuple | None = None
+    contrasts: dict | list | None = None
     two_sample: str | None = None
     id_column: str | None = None
     drop_unmatched_rows: bool = False
     paired: bool = False
-    con: object = None
-    fts: object = None
-    grp: object = None
+    con: str | PathLike | None = None
+    fts: str | PathLike | None = None
+    grp: str | PathLike | None = None
     whole_blocks: bool = False
-    mask: object = None
+    mask: str | PathLike | Nifti1Image | np.ndarray | None = None
     permutations: int = 0
     seed: int | None = None
     scheme: str = "auto"
@@ -134,10 +142,10 @@ class SecondLevel:
     tfce_H: float | None = None
     cluster_threshold: float | None = None
     connectivity: int = 6
-    mesh: object = None
+    mesh: str | PathLike | None = None
     max_memory: int | str | None = None
     n_jobs: int | None = None
-    scheduler: object = None
+    scheduler: str | Client | None = None
     device: str | None = None
     execution: Execution | None = None
 
@@ -279,13 +287,13 @@ class SecondLevel:
             n_elements=reader.geometry.n_elements,
             n_jobs=execution.n_jobs,
         )
-        if plan["batch"] < plan["one_shuffle"]:
+        if plan.batch < plan.one_shuffle:
             parts = (
-                f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan['maps'])} for the maps"
-                + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
-                + f", {size_text(plan['results'])} for per-voxel results"
-                + (f", {size_text(plan['neighbours'])} for clusters and TFCE" if plan["neighbours"] else "")
-                + (f" and {size_text(plan['one_shuffle'])} for a batch of shuffles" if self.permutations else "")
+                f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan.maps)} for the maps"
+                + (f", {size_text(plan.residuals)} for their residuals" if plan.residuals else "")
+                + f", {size_text(plan.results)} for per-voxel results"
+                + (f", {size_text(plan.neighbours)} for clusters and TFCE" if plan.neighbours else "")
+                + (f" and {size_text(plan.one_shuffle)} for a batch of shuffles" if self.permutations else "")
             )
             what = (
                 "permutations"
@@ -296,10 +304,10 @@ class SecondLevel:
             )
             raise InputError(
                 f"`max_memory`={execution.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
-                f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
+                f"{voxels:,} voxels ({parts}); give at least {size_text(plan.total)}, or fewer "
                 "voxels (--mask)."
             )
-        return plan["batch"], plan["threads"]
+        return plan.batch, plan.threads
 
     def _design(self, paths, n_scans: int):
         """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
@@ -590,6 +598,20 @@ PERMUTATION_VALUES = 16
 MAP_SCRATCH = 96  # bytes per voxel per thread of the TFCE and cluster kernels (union-find, order, extents)
 
 
+@dataclass(frozen=True)
+class GroupMemory:
+    """How :func:`group_memory` splits a cap, in bytes (see its description of each part)."""
+
+    maps: int
+    residuals: int
+    results: int
+    neighbours: int
+    one_shuffle: int
+    batch: int
+    total: int
+    threads: int
+
+
 def group_memory(
     cap: int,
     n_maps: int,
@@ -604,7 +626,7 @@ def group_memory(
     connectivity: int,
     n_elements: int,
     n_jobs: int | None = None,
-) -> dict:
+) -> GroupMemory:
     """How a group model splits the cap `cap` (bytes) over `n_voxels` voxels of `n_maps` maps:
 
     - ``RESERVED`` (256 MiB) for the interpreter and the libraries;
@@ -636,16 +658,7 @@ def group_memory(
         threads = int(max(1, min(workers, (cap - fixed - neighbours - one) // 2 // scratch)))
         neighbours += threads * scratch
     fixed += neighbours
-    return {
-        "maps": data,
-        "residuals": residuals,
-        "results": results,
-        "neighbours": neighbours,
-        "one_shuffle": one,
-        "batch": cap - fixed,
-        "total": fixed + one,
-        "threads": threads,
-    }
+    return GroupMemory(data, residuals, results, neighbours, one, cap - fixed, fixed + one, threads)
 
 
 def design_rows_record(d, paths, paired: bool) -> dict:

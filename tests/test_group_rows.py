@@ -497,7 +497,7 @@ def test_streamed_fit_reads_the_maps_in_the_table_order(study, monkeypatch):
     s = study
     kw = {"design": s["table"], "two_sample": "group", "contrasts": ["pvc=patient - control"]}
     in_memory = SecondLevel(**kw).fit(s["maps"])
-    monkeypatch.setattr("voxfit.models.second_level.needs_streaming", lambda *args: True)  # (the maps are tiny)
+    monkeypatch.setattr("voxfit._execution.Budgets.streams", lambda *args: True)  # (the maps are tiny)
     from voxfit.models import second_level
 
     read = []

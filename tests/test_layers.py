@@ -15,6 +15,7 @@ LAYERS = {
     "_array": 0,
     "_checks": 0,
     "_dask": 0,
+    "_execution": 0,
     "_memory": 0,
     "_progress": 0,
     "_threads": 0,

@@ -20,6 +20,7 @@ from . import exceptions
 from ._version import __version__
 
 __all__ = [
+    "Execution",
     "FirstLevel",
     "Fit",
     "SecondLevel",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Execution": ("_execution", "Execution"),
     "fit": ("engine", "fit"),
     "Fit": ("core", "Fit"),
     "Stats": ("core", "Stats"),

@@ -1,6 +1,6 @@
-"""Memory sizes as users write them, the rule that sends a fit to the streaming path, and the check that every
-size read from a header or an option fits the memory there is before anything of that size is allocated (no
-heavy imports: the command line decides before it starts reading).
+"""Memory sizes as users write them, and the check that every size read from a header or an option fits the
+memory there is before anything of that size is allocated (no heavy imports: the command line decides before
+it starts reading). What each part of a run may take under a cap is in :mod:`voxfit._execution`.
 
 Sizes come from headers (image dimensions), options (``--n-scans``, ``--microtime-resolution``...) or both
 multiplied (permutations x voxels); a header can claim 10^13 voxels in 81 bytes. :func:`check_memory` refuses
@@ -21,7 +21,6 @@ __all__ = [
     "available_memory",
     "check_memory",
     "format_bytes",
-    "needs_streaming",
     "parse_memory",
     "reserved_bytes",
     "size_text",
@@ -59,15 +58,6 @@ def parse_memory(value: str | float) -> int:
 def reserved_bytes() -> int:
     """:data:`RESERVED`, read when called (tests set it to 0 to plan kilobyte caps)."""
     return RESERVED
-
-
-def needs_streaming(n_scans: int, n_elements: int, max_memory, itemsize: int = 4) -> bool:
-    """Whether the data, as float32 (or `itemsize` bytes a value, for float64 data), would take more than half
-    of what `max_memory` leaves beside :data:`RESERVED` (None: never stream). The other half holds what the
-    in-memory path adds to the data: a scaled copy (``--scaling``), the per-voxel results, the working blocks
-    of the fit and the maps written."""
-    size = max(4, itemsize) * n_scans * n_elements
-    return max_memory is not None and size > (parse_memory(max_memory) - RESERVED) // 2
 
 
 def size_text(nbytes: int) -> str:

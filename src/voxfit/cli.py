@@ -556,14 +556,14 @@ def _run_command(args, argv) -> int:
     if args.command == "report":
         return _run_report(args, progress)
     if not args.report:
-        return _run_fit_group_demo(args, argv, progress)
+        return _run_model(args, argv, progress)
     _check_matplotlib()  # known before the fit, not after it
     from .io import before_commit
 
     # the report is written into the run's hidden folder before the commit: maps, tables, model.json and
     # report.html appear together, or (a failed report, Ctrl-C) none of them
     with before_commit(lambda out: _report_into(out, progress, args.max_memory)):
-        code = _run_fit_group_demo(args, argv, progress)
+        code = _run_model(args, argv, progress)
     if not args.quiet:
         from pathlib import Path
 
@@ -608,30 +608,37 @@ def _write_report(folder, quiet: bool, progress, **options) -> None:
         print(f"report: {path}")
 
 
-def _run_fit_group_demo(args, argv, progress) -> int:
-    if args.command == "group":
-        return _run_group(args, argv, progress)
-    if args.command == "demo":  # heavy imports only once the command line is known to be valid
-        from .models.demo import run_demo
+def _run_model(args, argv, progress) -> int:
+    run = {"fit": _run_fit, "group": _run_group, "demo": _run_demo}[args.command]
+    return run(args, argv, progress)
 
-        _, result, lines = run_demo(
-            args.output,
-            force=args.force,
-            progress=progress,
-            max_memory=args.max_memory,
-            n_jobs=args.n_jobs,
-            command=["voxfit", *argv],
-        )
-        if not args.quiet:
-            print("\n".join(lines))
-        return 0
-    # Read the data while the numerical modules import: nibabel first (imports hold the GIL, so two at once
-    # only take turns), then decompression (which releases it) runs alongside scipy's import.
+
+def _run_demo(args, argv, progress) -> int:
+    from .models.demo import run_demo  # heavy imports only once the command line is known to be valid
+
+    _, result, lines = run_demo(
+        args.output,
+        force=args.force,
+        progress=progress,
+        max_memory=args.max_memory,
+        n_jobs=args.n_jobs,
+        command=["voxfit", *argv],
+    )
+    if not args.quiet:
+        print("\n".join(lines))
+    return 0
+
+
+def _run_fit(args, argv, progress) -> int:
+    """One run (several go to :func:`_run_runs`). Its header is read once, for the route (see
+    ``voxfit.models._routing``) and the design's number of scans; data fitted in memory are read while the
+    numerical modules import: nibabel first (imports hold the GIL, so two at once only take turns), then
+    decompression (which releases it) runs alongside scipy's import."""
     sources = args.events or args.design
     if args.design:
         _refuse_design_options_with_a_design(args)
     if len(sources) > 1:
-        return _run_runs(args, argv)
+        return _run_runs(args, argv, progress)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
     if len(args.inputs) > 1:
@@ -643,34 +650,21 @@ def _run_fit_group_demo(args, argv, progress) -> int:
             what = "runs (folders, patterns or lists of scans)" if runs else "4-D inputs"
             raise InputError(f"{len(args.inputs)} {what} for one {kind}; give one {kind} per run ({example} ...).")
         _warn_out_of_order(args.inputs)
-    from ._memory import needs_streaming
+    from ._execution import Execution
     from .io import load, open_reader
+    from .models._routing import MEMORY, choose_route, first_level_needs
 
-    streaming = False
+    execution = Execution(args.max_memory, args.n_jobs, args.scheduler, args.device, progress)
+    reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+    route = choose_route(reader, execution, first_level_needs(args.noise, args.scaling, reader))
     threshold = "auto" if args.mask_threshold is None else args.mask_threshold
-    if args.scheduler and args.scaling == "none":  # fit_images lets the Dask
-        # workers read the data where the format allows
-        streaming = None
-    elif args.max_memory:  # data larger than the cap: one pass keeping per-voxel sums, nothing loaded here
-        reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
-        streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, args.max_memory)
-    loading = (
-        None
-        if streaming is not False
-        else _in_thread(
-            load,
-            args.inputs,
-            args.mask,
-            mask_threshold=threshold,
-            progress=progress,
-            scan_globals=args.scaling == "global",
+    loading = None
+    if route.kind == MEMORY:
+        scan_globals = args.scaling == "global"
+        loading = _in_thread(
+            load, args.inputs, args.mask, mask_threshold=threshold, progress=progress, scan_globals=scan_globals
         )
-    )
-    design = args.design[0] if args.design else None
-    if args.events:
-        from .io import open_reader
-
-        design, _ = _make_design(args, open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0]).n_scans)
+    design = _make_design(args, reader.n_scans)[0] if args.events else args.design[0]
     from .models import fit_images
 
     result = fit_images(
@@ -679,19 +673,15 @@ def _run_fit_group_demo(args, argv, progress) -> int:
         args.contrast,
         mask=args.mask,
         mask_threshold=threshold,
-        max_memory=args.max_memory,
-        n_jobs=args.n_jobs,
         out_dir=args.output,
         force=args.force,
-        progress=progress,
         command=["voxfit", *argv],
         dataset=loading,
         noise=args.noise,
         nuisance=args.nuisance_columns,
         scaling=args.scaling,
-        streaming=streaming,
-        scheduler=args.scheduler,
-        device=args.device,
+        route=route,
+        execution=execution,
     )
     if not args.quiet:
         fit = result.fit
@@ -722,7 +712,7 @@ def _warn_out_of_order(paths) -> None:
             return
 
 
-def _run_runs(args, argv) -> int:
+def _run_runs(args, argv, progress) -> int:
     """Several runs: one input and one design (or events file) each, combined by fixed effects."""
     from .io import open_reader
     from .models import fit_runs
@@ -755,6 +745,8 @@ def _run_runs(args, argv) -> int:
         n_jobs=args.n_jobs,
         command=["voxfit", *argv],
         scheduler=args.scheduler,
+        device=args.device,
+        progress=progress,
     )
     if not args.quiet:
         print(

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from .._array import is_dataframe, type_name
+from .._execution import Execution
 from ..design import make_design, read_confounds
 from ..exceptions import InputError
 from ..io import check_data, check_mask, open_reader
@@ -26,7 +27,8 @@ class FirstLevel:
     `bold` may also be a nibabel image (4-D, or a list of 3-D images, one per scan) or a 2-D array (scans,
     voxels); `events` and `confounds` pandas DataFrames with the files' columns. `mask_threshold` (SPM's
     relative threshold for the automatic mask: "auto" is SPM's 0.8 for volumes, as on the command line),
-    `scheduler` and `device` are passed to :func:`voxfit.fit_images`.
+    `execution` (a :class:`voxfit.Execution`) or its shortcuts `max_memory`, `n_jobs`, `scheduler` and `device`
+    are those of :func:`voxfit.fit_images`.
     """
 
     tr: float
@@ -48,6 +50,7 @@ class FirstLevel:
     n_jobs: int | None = None
     scheduler: object = None
     device: str | None = None
+    execution: Execution | None = None
 
     def design(self, events, n_scans: int, confounds=None, confounds_columns=None):
         """The design this model would fit for `events` (a BIDS events.tsv, a DataFrame with its columns, or a
@@ -84,6 +87,7 @@ class FirstLevel:
         mask=None,
         out_dir=None,
         force: bool = False,
+        progress: bool | None = None,
     ) -> ImageFit:
         """Build the design from `events` for the run `bold`, fit it, compute `contrasts`, write to `out_dir`."""
         bold = check_data(bold, "bold")  # every argument's type checked before any file is read
@@ -97,14 +101,16 @@ class FirstLevel:
             contrasts,
             mask=mask,
             mask_threshold=self.mask_threshold,
-            max_memory=self.max_memory,
-            n_jobs=self.n_jobs,
             out_dir=out_dir,
             force=force,
             noise=self.noise,
             scaling=self.scaling,
+            execution=self.execution,
+            max_memory=self.max_memory,
+            n_jobs=self.n_jobs,
             scheduler=self.scheduler,
             device=self.device,
+            progress=progress,
         )
 
 

@@ -10,14 +10,14 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .._array import is_dataframe, type_name
 from .._dask import dask_client, run_tasks
-from .._memory import needs_streaming, reserved_bytes, size_text
+from .._execution import Execution
 from .._threads import GRACE_S, DaemonExecutor, run_in_threads
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
@@ -45,6 +45,7 @@ from ..io import (
     stat_maps,
     statmap_name,
 )
+from ._routing import MEMORY, STREAM, WORKERS, Route, choose_route, first_level_needs, noise_order
 
 __all__ = ["ImageFit", "design_matrix", "fit_images", "input_records", "parse_contrast_option"]
 
@@ -204,19 +205,21 @@ def fit_images(
     *,
     mask=None,
     mask_threshold: float | str | None = "auto",
-    max_memory=None,
-    n_jobs: int | None = None,
     out_dir=None,
     force: bool = False,
-    progress: bool | None = None,
     command: list[str] | None = None,
     dataset=None,
     noise: str = "ols",
     scaling: str = "none",
     nuisance=None,
     streaming: bool | None = None,
+    route: Route | None = None,
+    execution: Execution | None = None,
+    max_memory=None,
+    n_jobs: int | None = None,
     scheduler=None,
     device: str | None = None,
+    progress: bool | None = None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -256,6 +259,16 @@ def fit_images(
     streaming : bool, optional
         Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
         default when the data, as float32, would take more than half of `max_memory`.
+    route : voxfit.models.Route, optional
+        How the fit runs, as :func:`voxfit.models.choose_route` decided it (the command line decides it before
+        the numerical modules import); by default decided here, in the same way.
+    execution : voxfit.Execution, optional
+        How the run is executed: memory cap, threads, Dask scheduler, device, progress bar. `max_memory`,
+        `n_jobs`, `scheduler`, `device` and `progress` are shortcuts for its fields:
+    max_memory : size, optional
+        A cap on the whole process (``"2G"``): data over half of it are streamed (see `streaming`).
+    n_jobs : int, optional
+        Threads (default: the CPUs this process may run on).
     scheduler : dask.distributed.Client or str, optional
         Fit the voxel blocks on a Dask cluster (OLS and AR(p)); identical numbers. With ``scaling="none"``
         and an uncompressed NIfTI, .npy, Zarr or HDF5 input, each worker reads its own blocks from the files
@@ -264,116 +277,149 @@ def fit_images(
         (scaling and ar1-global need whole scans) the client reads the data and sends each block.
     device : str, optional
         ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
+    progress : bool, optional
+        A progress bar (default: when the standard error is a terminal).
     """
-    noise_order(noise)
-    if scaling not in ("none", "mean", "global"):
-        raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
+    execution = Execution.resolve(
+        execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
+    )
     start = time.perf_counter()
     if dataset is None:  # every argument's type checked before a file or folder is touched
         inputs = check_data(inputs, "inputs")
-    check_mask(mask)
-    X, names = design_matrix(design)
-    kinds = column_kinds(design, names, X, nuisance)
-    items = contrast_items(contrasts)
-    factor = factorize(X, names, warn=False)
-    for label, expr in items:  # every contrast checked before the data are read
-        check_contrast(expr, factor, label)
-    if factor.dof > 0:  # the t -> z table is prepared while the data are read
-        threading.Thread(target=t_to_z, args=(np.zeros(1), float(factor.dof)), daemon=True).start()
+    model = _first_level_model(design, contrasts, mask, noise, scaling, nuisance)
+    if model.factor.dof > 0:  # the t -> z table is prepared while the data are read
+        threading.Thread(target=t_to_z, args=(np.zeros(1), float(model.factor.dof)), daemon=True).start()
+    if route is None and dataset is not None:
+        route = Route(MEMORY, None, "the data were given loaded")
+    elif route is None:
+        reader = open_reader(inputs, "inputs")
+        route = choose_route(reader, execution, first_level_needs(noise, scaling, reader), streaming)
 
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
         # input checksums while the fit runs, on a daemon thread: an interruption abandons them (a pool's
         # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
         hashing = DaemonExecutor()
-        by_columns = (
-            dataset is None
-            and scheduler is not None
-            and scaling == "none"
-            and noise_order(noise) >= 0
-            and device in (None, "cpu")
-        )
-        if by_columns:  # the Dask workers read the data, at any size (None: the files cannot be read by columns)
-            dataset = _column_dataset(inputs, mask, mask_threshold, scheduler)
-            streaming = False if dataset is not None else streaming
-        if streaming is None and dataset is None:
-            reader = open_reader(inputs, "inputs")
-            streaming = needs_streaming(reader.n_scans, reader.geometry.n_elements, max_memory, reader.dtype.itemsize)
-        if streaming:
-            if scheduler is not None or device not in (None, "cpu"):
-                raise InputError(
-                    "data larger than --max-memory are read in one sequential pass on the CPU; drop "
-                    "--scheduler and --device, or raise --max-memory."
-                )
-            max_memory = max_memory or "2G"
-            fit, stats, ar_coef, noise_info, dataset, records, mean = _fit_streamed(
-                inputs,
-                X,
-                names,
-                items,
-                noise,
-                scaling,
-                mask,
-                mask_threshold,
-                max_memory,
-                progress,
-                hashing if out is not None else None,
-            )
+        if route.kind == STREAM:
+            fitted = _fit_streamed(inputs, model, mask, mask_threshold, execution)
+            records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None
             t_load = start
         else:
+            scheduler = execution.scheduler
+            if route.kind == WORKERS:  # the Dask workers read the data, at any size
+                dataset = _column_dataset(route.reader, mask, mask_threshold, scheduler)
             if scheduler is not None:  # one connection to the cluster for the mean image and the fit
                 scheduler = stack.enter_context(dask_client(scheduler))
+                execution = replace(execution, scheduler=scheduler)
             if dataset is None:
                 dataset = load(
                     inputs,
                     mask,
                     mask_threshold=mask_threshold,
-                    progress=progress,
-                    n_scans=X.shape[0],
+                    progress=execution.progress,
+                    n_scans=model.X.shape[0],
                     scan_globals=scaling == "global",
                     name="inputs",
                 )
             elif isinstance(dataset, Future):
                 dataset = dataset.result()
-            if dataset.n_scans != X.shape[0]:
+            if dataset.n_scans != model.X.shape[0]:
                 raise InputError(
-                    f"the design has {X.shape[0]} rows but the data have "
+                    f"the design has {model.X.shape[0]} rows but the data have "
                     f"{dataset.n_scans} scans; give one design row per scan."
                 )
             records = hashing.submit(input_records, dataset.paths, dataset.memory) if out is not None else None
             t_load = time.perf_counter()
             data = dataset.data if scaling == "none" else scale_data(dataset.data, scaling, dataset.globals)
-            if out is None:
-                mean = None
-            elif isinstance(dataset.data, ColumnSource):  # the data are on the workers: so is their mean
-                source = dataset.data
-                mean = np.concatenate(run_tasks(scheduler, _mean_of_columns, source, source.spans()))
-            else:
-                mean = mean_over_scans(dataset.data)
-            fit, stats, ar_coef, noise_info = fit_noise_model(
-                X, data, names, items, noise, max_memory, n_jobs, progress, scheduler, device, kinds
-            )
+            noise_fit = fit_noise_model(model.X, data, model.names, model.items, noise, execution, model.kinds)
+            mean = None if out is None else _mean_image(dataset.data, scheduler)
+            fitted = _Fitted(noise_fit, dataset, mean)
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
-            threshold = resolve_mask_threshold(mask_threshold, dataset.masker.geometry, explicit=mask is not None)
+            threshold = resolve_mask_threshold(
+                mask_threshold, fitted.dataset.masker.geometry, explicit=mask is not None
+            )
             settings = {
                 "mask": mask,
                 "mask_threshold": threshold,
-                "max_memory": max_memory,
-                "n_jobs": n_jobs,
+                "max_memory": execution.max_memory,
+                "n_jobs": execution.n_jobs,
                 "noise": noise,
-                "noise_details": noise_info,
+                "noise_details": fitted.noise.info,
                 "scaling": scaling,
-                "design": design_record(design, kinds),
-                "X": X,
+                "design": design_record(design, model.kinds),
+                "X": model.X,
                 "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load},
-                "mean": mean,
+                "mean": fitted.mean,
             }
-            _write_outputs(out, fit, dataset, stats, items, settings, command, records.result(), n_jobs, ar_coef)
+            nf = fitted.noise
+            _write_outputs(
+                out,
+                nf.fit,
+                fitted.dataset,
+                nf.contrasts,
+                model.items,
+                settings,
+                command,
+                records.result(),
+                execution.n_jobs,
+                nf.ar_coef,
+            )
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
-    return ImageFit(fit=fit, masker=dataset.masker, contrasts=stats, files=files, timing=timing)
+    nf = fitted.noise
+    return ImageFit(fit=nf.fit, masker=fitted.dataset.masker, contrasts=nf.contrasts, files=files, timing=timing)
+
+
+@dataclass(frozen=True, eq=False)
+class FirstLevelModel:
+    """The checked arguments of :func:`fit_images` that do not depend on the data: the design matrix, its column
+    names and kinds, its factorisation, and the contrasts (each checked against the design)."""
+
+    X: np.ndarray
+    names: list[str]
+    kinds: tuple[str, ...]
+    items: list[tuple[str, object]]
+    factor: object
+    order: int  # of the noise model: 0 OLS, p AR(p), -1 ar1-global (see noise_order)
+
+
+def _first_level_model(design, contrasts, mask, noise, scaling, nuisance) -> FirstLevelModel:
+    """Every argument of :func:`fit_images` checked before a file is read (the data's own checks are the
+    reader's): the mask's type, the noise model and scaling named, the design read and every contrast
+    evaluated on it."""
+    if scaling not in ("none", "mean", "global"):
+        raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
+    check_mask(mask)
+    X, names = design_matrix(design)
+    kinds = column_kinds(design, names, X, nuisance)
+    items = contrast_items(contrasts)
+    factor = factorize(X, names, warn=False)
+    for label, expr in items:
+        check_contrast(expr, factor, label)
+    return FirstLevelModel(X, names, tuple(kinds), items, factor, noise_order(noise))
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseFit:
+    """What :func:`fit_noise_model` returns: the fit, each contrast's statistics, the AR coefficients (None but
+    for AR(p) per voxel) and the noise model's details for model.json."""
+
+    fit: Fit
+    contrasts: dict[str, Stats]
+    ar_coef: np.ndarray | None
+    info: dict
+
+
+@dataclass(frozen=True, eq=False)
+class _Fitted:
+    """A fit of :func:`fit_images` ready to be written: the noise fit, the Dataset (for a streamed fit, one
+    standing for the data, with no values) and the mean image (None without an output folder)."""
+
+    noise: NoiseFit
+    dataset: Dataset
+    mean: np.ndarray | None
 
 
 def mask_record(mask, threshold, n_voxels: int, n_elements: int) -> dict:
@@ -409,10 +455,9 @@ def write_design_files(out, prefix: str, X, names, kinds, tr=None) -> None:
     write_sidecar(out.path(f"{prefix}design.json"), names, kinds, tr)
 
 
-def _column_dataset(inputs, mask, mask_threshold, scheduler) -> Dataset | None:
-    """The masked inputs as a Dataset whose data are a column source (see :func:`columns_on_workers`); None
-    when the files cannot be read by columns (e.g. .nii.gz)."""
-    reader = open_reader(inputs, "inputs")
+def _column_dataset(reader, mask, mask_threshold, scheduler) -> Dataset | None:
+    """The masked inputs of `reader` as a Dataset whose data are a column source (see
+    :func:`columns_on_workers`); None when the files cannot be read by columns (e.g. .nii.gz)."""
     found = columns_on_workers(reader, mask, scheduler, threshold=mask_threshold)
     return None if found is None else Dataset(*found, tuple(reader.paths), memory=tuple(reader.in_memory))
 
@@ -450,32 +495,20 @@ def columns_on_workers(
     return reader.column_source(np.flatnonzero(keep)), Masker(reader.geometry, keep)
 
 
-def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold, max_memory, progress, hashing):
-    """The fit of fit_images for data larger than `max_memory`: one sequential read accumulating per-voxel
-    sums. Returns what the in-memory path has for writing: fit, stats, AR coefficients, noise details, a
-    Dataset standing for the data (no values), the future of the inputs' records for model.json (None without
-    `hashing`) and the mean image."""
-    order = noise_order(noise)
+def _fit_streamed(inputs, model: FirstLevelModel, mask, mask_threshold, execution: Execution) -> _Fitted:
+    """The fit of fit_images for data larger than the memory cap: one sequential read accumulating per-voxel
+    sums, with a Dataset standing for the data (no values) for writing the maps."""
     reader = open_reader(inputs, "inputs")
-    if order < 0 or scaling != "none":  # the cap that holds them in memory (see needs_streaming)
-        need = reserved_bytes() + 2 * 4 * reader.n_scans * reader.geometry.n_elements
-        reserve = size_text(reserved_bytes())
-        raise InputError(
-            f"data larger than half of --max-memory (beside the interpreter's {reserve}) "
-            "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or "
-            f"scaling give --max-memory {size_text(need)} or more."
-        )
-    records = hashing.submit(input_records, reader.paths, reader.in_memory) if hashing is not None else None
     streamed = fit_streaming(
         inputs,
-        X,
-        dict(items),
-        order=order,
-        names=names,
+        model.X,
+        dict(model.items),
+        order=model.order,
+        names=model.names,
         mask=mask,
         mask_threshold=mask_threshold,
-        max_memory=max_memory,
-        progress=progress,
+        max_memory=execution.budgets.stream,
+        progress=execution.progress,
     )
     dataset = Dataset(
         np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, streamed.masker.n_voxels)),
@@ -483,8 +516,8 @@ def _fit_streamed(inputs, X, names, items, noise, scaling, mask, mask_threshold,
         tuple(reader.paths),
         tuple(reader.in_memory),
     )
-    info = {"model": "OLS" if not order else f"AR({order}) per voxel", "streamed": True}
-    return streamed.fit, streamed.contrasts, streamed.ar_coef, info, dataset, records, streamed.mean
+    info = {"model": "OLS" if not model.order else f"AR({model.order}) per voxel", "streamed": True}
+    return _Fitted(NoiseFit(streamed.fit, streamed.contrasts, streamed.ar_coef, info), dataset, streamed.mean)
 
 
 def mean_over_scans(data) -> np.ndarray:
@@ -493,6 +526,13 @@ def mean_over_scans(data) -> np.ndarray:
     n, V = data.shape
     step = max(1, (8 << 20) // (8 * n))
     return np.concatenate([np.asarray(data[:, a : a + step], dtype=np.float64).mean(axis=0) for a in range(0, V, step)])
+
+
+def _mean_image(data, scheduler) -> np.ndarray:
+    """The run's mean image, where the data are: on the Dask workers for a column source."""
+    if isinstance(data, ColumnSource):
+        return np.concatenate(run_tasks(scheduler, _mean_of_columns, data, data.spans()))
+    return mean_over_scans(data)
 
 
 def _mean_of_columns(source: ColumnSource, a: int, b: int) -> np.ndarray:
@@ -526,25 +566,14 @@ def scale_data(data, how: str, scan_globals=None) -> np.ndarray:
     return out
 
 
-def noise_order(noise: str) -> int:
-    """0 for ``ols``, p for ``arp``, -1 for ``ar1-global``."""
-    text = str(noise).lower()
-    if text == "ols":
-        return 0
-    if text == "ar1-global":
-        return -1
-    if text.startswith("ar") and text[2:].isdigit() and 1 <= int(text[2:]) <= 8:
-        return int(text[2:])
-    raise InputError(f"`noise` must be ols, ar1 .. ar8 or ar1-global; got {noise!r}.")
-
-
-def fit_noise_model(
-    X, data, names, items, noise, max_memory=None, n_jobs=None, progress=None, scheduler=None, device=None, kinds=None
-):
-    """Fit with the noise model asked for: ``(fit, {label: Stats}, AR coefficients or None, noise details)``."""
+def fit_noise_model(X, data, names, items, noise, execution: Execution | None = None, kinds=None) -> NoiseFit:
+    """Fit with the noise model asked for (see `noise` in :func:`fit_images`), each contrast's statistics
+    computed."""
+    execution = execution or Execution()
     order = noise_order(noise)
-    if order < 0 and device not in (None, "cpu"):
+    if order < 0 and execution.on_device:
         raise InputError("ar1-global runs on the CPU only; drop --device, or use ar1 (AR(1) per voxel) on the GPU.")
+    budgets, n_jobs = execution.budgets, execution.n_jobs
     if order > 0:
         ar = fit_ar(
             X,
@@ -552,15 +581,15 @@ def fit_noise_model(
             order,
             dict(items),
             names=names,
-            max_memory=max_memory,
+            max_memory=budgets.ar_block,
             n_jobs=n_jobs,
-            scheduler=scheduler,
-            device=device,
-            progress=progress,
+            scheduler=execution.scheduler,
+            device=execution.device,
+            progress=execution.progress,
         )
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
-        g = fit_global_ar(X, data, dict(items), names=names, kinds=kinds, max_memory=max_memory, n_jobs=n_jobs)
+        g = fit_global_ar(X, data, dict(items), names=names, kinds=kinds, max_memory=budgets.block, n_jobs=n_jobs)
         fit, stats, ar_coef = g.fit, g.contrasts, None
         info = {
             "model": "SPM12 AR(1): one ReML covariance for all voxels",
@@ -574,11 +603,11 @@ def fit_noise_model(
             X,
             data,
             names=names,
-            max_memory=max_memory,
+            max_memory=budgets.block,
             n_jobs=n_jobs,
-            progress=progress,
-            scheduler=scheduler,
-            device=device,
+            progress=execution.progress,
+            scheduler=execution.scheduler,
+            device=execution.device,
         )
         stats, ar_coef, info = None, None, {"model": "OLS"}
     if fit.n_invalid == fit.valid.size:
@@ -587,7 +616,7 @@ def fit_noise_model(
         )
     if stats is None:
         stats = {label: fit.contrast(expr, name=label) for label, expr in items}
-    return fit, stats, ar_coef, info
+    return NoiseFit(fit, stats, ar_coef, info)
 
 
 def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n_jobs, ar_coef=None):

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .._array import type_name
-from .._memory import parse_memory, reserved_bytes, size_text
+from .._execution import Execution
+from .._memory import reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
@@ -30,9 +31,8 @@ from ..io import (
     statmap_name,
 )
 from ..io.scans import file_identity
+from ._routing import noise_order
 from .glm import (
-    noise_order,
-    scale_data,
     contrast_items,
     design_matrix,
     design_record,
@@ -41,6 +41,7 @@ from .glm import (
     input_records,
     mask_record,
     mean_over_scans,
+    scale_data,
     write_design_files,
 )
 
@@ -116,10 +117,13 @@ def fit_runs(
     noise="ols",
     scaling="none",
     nuisance=None,
+    command=None,
+    execution: Execution | None = None,
     max_memory=None,
     n_jobs=None,
-    command=None,
     scheduler=None,
+    device=None,
+    progress=None,
 ) -> RunsFit:
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
@@ -128,8 +132,13 @@ def fit_runs(
     images or a 2-D array, and each design as accepted by :func:`voxfit.fit_images`). Runs share one mask (a
     path, nibabel image or boolean array): the given one, or the voxels inside every run's automatic mask (see
     `mask_threshold` in :func:`voxfit.load`: by default SPM's 0.8 for volumes). Each contrast is evaluated on
-    each run's design, so the columns it names must exist in every run.
+    each run's design, so the columns it names must exist in every run. `execution` (or its shortcuts
+    `max_memory`, `n_jobs`, `scheduler`, `device`, `progress`) as in :func:`voxfit.fit_images`; the runs are
+    held in memory together, so a cap that cannot hold them is refused before any is read.
     """
+    execution = Execution.resolve(
+        execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
+    )
     for what, value in (("inputs", inputs), ("designs", designs)):
         if not isinstance(value, (list, tuple)):
             raise InputError(f"`{what}` must be a list with one entry per run; got {type_name(value)}.")
@@ -155,14 +164,14 @@ def fit_runs(
                 check_contrast(expr, factor, label)  # before any data are read
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
-    if max_memory is not None:  # every run is held in memory at once (no streaming across runs): refuse a cap that
-        # cannot hold them by needs_streaming's rule (the data, as float32, in half of what the reserve leaves)
+    if execution.max_memory is not None:  # every run is held in memory at once (no streaming across runs): refuse
+        # a cap that cannot hold them by the rule that streams one run (Budgets.streams)
         readers = [open_reader(path, f"inputs[{r}]") for r, path in enumerate(inputs)]
         total = sum(4 * rd.n_scans * rd.geometry.n_elements for rd in readers)
         need = reserved_bytes() + 2 * total
-        if need > parse_memory(max_memory):
+        if execution.budgets.over_half(total):
             raise InputError(
-                f"`max_memory`={max_memory!r} cannot hold {len(inputs)} runs fitted together "
+                f"`max_memory`={execution.max_memory!r} cannot hold {len(inputs)} runs fitted together "
                 f"({size_text(total)} of data, in memory at once); give at least {size_text(need)}, or "
                 "fit the runs one at a time (each can stream)."
             )
@@ -175,6 +184,7 @@ def fit_runs(
                 n_scans=X.shape[0],
                 scan_globals=scaling == "global",
                 name=f"inputs[{r}]",
+                progress=execution.progress,
             )
             for r, (path, (X, _)) in enumerate(zip(inputs, matrices))
         ]
@@ -193,13 +203,11 @@ def fit_runs(
                 sums = sums + mean_over_scans(data) * ds.n_scans
             data = data if scaling == "none" else scale_data(data, scaling, ds.globals)
             try:
-                _, stats, _, info = fit_noise_model(
-                    X, data, names, items, noise, max_memory, n_jobs, scheduler=scheduler, kinds=kinds[r - 1]
-                )
+                noise_fit = fit_noise_model(X, data, names, items, noise, execution, kinds[r - 1])
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
-            runs.append(stats)
-            noise_details.append(info)
+            runs.append(noise_fit.contrasts)
+            noise_details.append(noise_fit.info)
         combined = {label: fixed_effects(label, [run[label] for run in runs]) for label, _ in items}
         files: list[Path] = []
         if out is not None:

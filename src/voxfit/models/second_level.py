@@ -21,11 +21,13 @@ import csv
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._dask import dask_client
-from .._memory import needs_streaming, parse_memory, reserved_bytes, size_text
+from .._execution import Execution
+from .._memory import reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
@@ -53,9 +55,17 @@ from ..io import (
 )
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.masking import keep_columns
+from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
 from .glm import columns_on_workers, contrast_items, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
+
+if TYPE_CHECKING:  # (annotations only: none of these is imported to run a group model)
+    from os import PathLike
+
+    from dask.distributed import Client
+    from nibabel import Nifti1Image
+    from pandas import DataFrame
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,20 +118,22 @@ class SecondLevel:
     fit: the client reads no data values (only headers and a --mask file; at any size, no one-pass streaming).
     Otherwise (permutations need the maps in memory: the permutation runner, data included, is sent to
     the workers; compressed NIfTI, GIFTI, CIFTI) the client reads the maps and sends them;
-    device: ``cuda`` to run the fit and the shuffles on a GPU (CuPy or PyTorch).
+    device: ``cuda`` to run the fit and the shuffles on a GPU (CuPy or PyTorch);
+    execution: a :class:`voxfit.Execution` holding the memory cap, threads, scheduler, device and progress bar
+    (`max_memory`, `n_jobs`, `scheduler` and `device` are shortcuts for its fields).
     """
 
-    design: object = None
-    contrasts: object = None
+    design: str | PathLike | DataFrame | tuple | None = None
+    contrasts: dict | list | None = None
     two_sample: str | None = None
     id_column: str | None = None
     drop_unmatched_rows: bool = False
     paired: bool = False
-    con: object = None
-    fts: object = None
-    grp: object = None
+    con: str | PathLike | None = None
+    fts: str | PathLike | None = None
+    grp: str | PathLike | None = None
     whole_blocks: bool = False
-    mask: object = None
+    mask: str | PathLike | Nifti1Image | np.ndarray | None = None
     permutations: int = 0
     seed: int | None = None
     scheme: str = "auto"
@@ -130,11 +142,12 @@ class SecondLevel:
     tfce_H: float | None = None
     cluster_threshold: float | None = None
     connectivity: int = 6
-    mesh: object = None
+    mesh: str | PathLike | None = None
     max_memory: int | str | None = None
     n_jobs: int | None = None
-    scheduler: object = None
+    scheduler: str | Client | None = None
     device: str | None = None
+    execution: Execution | None = None
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
         """Fit the group model to `inputs` (a path or list of paths, a list of 3-D nibabel images or one 4-D
@@ -145,8 +158,14 @@ class SecondLevel:
         if isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern or list: the
             data = files if len(files) > 1 else files[0]  # maps one by one, so that each is matched by its name
         check_mask(self.mask)
-        if self.max_memory is not None:
-            parse_memory(self.max_memory)
+        execution = Execution.resolve(
+            self.execution,
+            max_memory=self.max_memory,
+            n_jobs=self.n_jobs,
+            scheduler=self.scheduler,
+            device=self.device,
+            progress=progress,
+        )
         if self.permutations < 0 or isinstance(self.permutations, bool):
             raise InputError(
                 f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}."
@@ -161,28 +180,24 @@ class SecondLevel:
             if ordered != paths:  # the maps in the table's order (a design matched by ids)
                 paths = data = ordered
                 reader = open_reader(data, "inputs")
+            # the Dask workers read the maps of a parametric model; without permutations, maps over half the cap
+            # are streamed, unless clusters need them in memory; with permutations, _plan fits them to the cap
             parametric = not self.permutations and not self.paired
-            batch_bytes, threads = DEFAULT_BATCH_BYTES, self.n_jobs
-            # without permutations, maps over half the cap are streamed, unless clusters need them in memory
-            streamed = (
-                parametric
-                and self.cluster_threshold is None
-                and needs_streaming(reader.n_scans, reader.geometry.n_elements, self.max_memory, reader.dtype.itemsize)
-            )
-            if self.max_memory is not None and not streamed and self.scheduler is None and self.device in (None, "cpu"):
-                batch_bytes, threads = self._plan(reader, d)
-            on_workers = None
-            if parametric and self.scheduler is not None:  # Y: a column source the Dask workers read, a block per
-                # task, twice (for the mask, then for the fit, in the local fit's blocks: identical numbers)
-                on_workers = columns_on_workers(reader, self.mask, self.scheduler, nonzero=True)
-            if on_workers is not None:
-                Y, masker = on_workers
-            elif streamed:
-                return self._fit_streamed(data, paths, d, reader, out, progress, command)
+            needs = Needs(by_columns=parametric, one_pass=parametric and self.cluster_threshold is None)
+            route = choose_route(reader, execution, needs)
+            batch_bytes, threads = execution.budgets.batch, execution.n_jobs
+            if execution.max_memory is not None and route.kind == MEMORY and execution.scheduler is None:
+                if not execution.on_device:
+                    batch_bytes, threads = self._plan(reader, d, execution)
+            if route.kind == WORKERS:  # Y: a column source the Dask workers read, a block per task, twice (for
+                # the mask, then for the fit, in the local fit's blocks: identical numbers)
+                Y, masker = columns_on_workers(reader, self.mask, execution.scheduler, nonzero=True)
+            elif route.kind == STREAM:
+                return self._fit_streamed(data, paths, d, reader, out, execution, command)
             else:
-                Y, masker = self._load(data, progress)
+                Y, masker = self._load(data, execution.progress)
             # one connection to the cluster for the fit and every contrast's shuffles
-            scheduler = None if self.scheduler is None else stack.enter_context(dask_client(self.scheduler))
+            scheduler = None if execution.scheduler is None else stack.enter_context(dask_client(execution.scheduler))
             items = self._contrast_items(d.names, d.X.shape[1])
             blocks = (
                 read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None
@@ -193,7 +208,15 @@ class SecondLevel:
                     f"the design ({d.X.shape[1]} columns, rank {factor.rank}) "
                     f"leaves no degrees of freedom for {Y.shape[0]} maps."
                 )
-            fit = fit_engine(d.X, Y, names=list(d.names), n_jobs=self.n_jobs, scheduler=scheduler, device=self.device)
+            fit = fit_engine(
+                d.X,
+                Y,
+                names=list(d.names),
+                max_memory=execution.budgets.block,
+                n_jobs=execution.n_jobs,
+                scheduler=scheduler,
+                device=execution.device,
+            )
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
             adjacency = None  # extents count voxels or vertices (no vertex areas)
             E, H = self._tfce_parameters(masker.geometry)
@@ -218,11 +241,11 @@ class SecondLevel:
                         tfce_E=E,
                         tfce_H=H,
                         max_memory=batch_bytes,
-                        progress=progress,
+                        progress=execution.progress,
                         name=label,
                         n_jobs=threads,
                         scheduler=scheduler,
-                        device=self.device,
+                        device=execution.device,
                     )
             tables = {}
             if self.cluster_threshold is not None:
@@ -236,7 +259,7 @@ class SecondLevel:
             masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids
         )
 
-    def _plan(self, reader, d) -> tuple[int, int]:
+    def _plan(self, reader, d, execution: Execution) -> tuple[int, int]:
         """The bytes a batch of shuffles may take under `max_memory` and the threads of the TFCE and cluster
         kernels, or an InputError naming the cap that would hold the run (see :func:`group_memory`), decided
         before the maps are read: the voxels are those of the --mask, or at most those finite and non-zero in
@@ -251,7 +274,7 @@ class SecondLevel:
             voxels = int(np.count_nonzero(np.isfinite(first) & (first != 0)))
         items = self._contrast_items(d.names, d.X.shape[1])
         plan = group_memory(
-            parse_memory(self.max_memory),
+            execution.budgets.process,
             reader.n_scans,
             voxels,
             np.dtype(reader.dtype).itemsize,
@@ -262,15 +285,15 @@ class SecondLevel:
             maps=self.tfce or self.cluster_threshold is not None,
             connectivity=self.connectivity,
             n_elements=reader.geometry.n_elements,
-            n_jobs=self.n_jobs,
+            n_jobs=execution.n_jobs,
         )
-        if plan["batch"] < plan["one_shuffle"]:
+        if plan.batch < plan.one_shuffle:
             parts = (
-                f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan['maps'])} for the maps"
-                + (f", {size_text(plan['residuals'])} for their residuals" if plan["residuals"] else "")
-                + f", {size_text(plan['results'])} for per-voxel results"
-                + (f", {size_text(plan['neighbours'])} for clusters and TFCE" if plan["neighbours"] else "")
-                + (f" and {size_text(plan['one_shuffle'])} for a batch of shuffles" if self.permutations else "")
+                f"{size_text(reserved_bytes())} for the interpreter, {size_text(plan.maps)} for the maps"
+                + (f", {size_text(plan.residuals)} for their residuals" if plan.residuals else "")
+                + f", {size_text(plan.results)} for per-voxel results"
+                + (f", {size_text(plan.neighbours)} for clusters and TFCE" if plan.neighbours else "")
+                + (f" and {size_text(plan.one_shuffle)} for a batch of shuffles" if self.permutations else "")
             )
             what = (
                 "permutations"
@@ -280,11 +303,11 @@ class SecondLevel:
                 else "this model"
             )
             raise InputError(
-                f"`max_memory`={self.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
-                f"{voxels:,} voxels ({parts}); give at least {size_text(plan['total'])}, or fewer "
+                f"`max_memory`={execution.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
+                f"{voxels:,} voxels ({parts}); give at least {size_text(plan.total)}, or fewer "
                 "voxels (--mask)."
             )
-        return plan["batch"], plan["threads"]
+        return plan.batch, plan.threads
 
     def _design(self, paths, n_scans: int):
         """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
@@ -363,7 +386,7 @@ class SecondLevel:
                 raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
         return Y, masker
 
-    def _fit_streamed(self, data, paths, d, reader, out, progress, command) -> GroupFit:
+    def _fit_streamed(self, data, paths, d, reader, out, execution: Execution, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
         if self.tfce or self.cluster_threshold is not None:
             raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
@@ -374,8 +397,8 @@ class SecondLevel:
             dict(items),
             names=list(d.names),
             mask=self.mask,
-            max_memory=self.max_memory,
-            progress=progress,
+            max_memory=execution.budgets.stream,
+            progress=execution.progress,
             nonzero=True,
         )
         stats, masker = streamed.contrasts, streamed.masker
@@ -567,7 +590,6 @@ class SecondLevel:
         )
 
 
-DEFAULT_BATCH_BYTES = 256 << 20  # a batch of shuffles without --max-memory
 # float64 values per voxel held beside the maps: the fit (betas, rss and the like, 2 per column + 8), each
 # contrast's statistics (6) and, with permutations, its results and the engine's working vectors (16), and the
 # maps being written (the inverse of one map over the grid and its -log10 p, per element of the grid)
@@ -575,6 +597,20 @@ RESULT_VALUES = 8
 CONTRAST_VALUES = 6
 PERMUTATION_VALUES = 16
 MAP_SCRATCH = 96  # bytes per voxel per thread of the TFCE and cluster kernels (union-find, order, extents)
+
+
+@dataclass(frozen=True)
+class GroupMemory:
+    """How :func:`group_memory` splits a cap, in bytes (see its description of each part)."""
+
+    maps: int
+    residuals: int
+    results: int
+    neighbours: int
+    one_shuffle: int
+    batch: int
+    total: int
+    threads: int
 
 
 def group_memory(
@@ -591,7 +627,7 @@ def group_memory(
     connectivity: int,
     n_elements: int,
     n_jobs: int | None = None,
-) -> dict:
+) -> GroupMemory:
     """How a group model splits the cap `cap` (bytes) over `n_voxels` voxels of `n_maps` maps:
 
     - ``RESERVED`` (256 MiB) for the interpreter and the libraries;
@@ -623,16 +659,7 @@ def group_memory(
         threads = int(max(1, min(workers, (cap - fixed - neighbours - one) // 2 // scratch)))
         neighbours += threads * scratch
     fixed += neighbours
-    return {
-        "maps": data,
-        "residuals": residuals,
-        "results": results,
-        "neighbours": neighbours,
-        "one_shuffle": one,
-        "batch": cap - fixed,
-        "total": fixed + one,
-        "threads": threads,
-    }
+    return GroupMemory(data, residuals, results, neighbours, one, cap - fixed, fixed + one, threads)
 
 
 def design_rows_record(d, paths, paired: bool) -> dict:

@@ -1,0 +1,123 @@
+"""How a run is executed, as one frozen object: the memory cap resolved once into named budgets, the number of
+threads, the Dask scheduler, the device and the progress bar.
+
+Models build one :class:`Execution` (from ``--max-memory``, ``--n-jobs``, ``--scheduler``, ``--device``, or the
+keyword arguments of the Python API) and hand it down to the engine and the inference. What each memory budget
+bounds, and its value with and without a cap, is in :data:`BUDGETS`, the one table of these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import cached_property
+from numbers import Integral
+
+from ._memory import parse_memory, reserved_bytes
+from .exceptions import InputError
+
+__all__ = ["BUDGETS", "Budgets", "Execution"]
+
+# Every memory budget: what it bounds, its default without --max-memory, and its value under a cap P. A budget
+# given under a cap is what the cap allows it; the working buffers stay far below it in practice (a block of the
+# OLS engine is at most 8192 voxels, see voxfit.engine.memory).
+BUDGETS = {
+    "process": ("the whole process: data, results, working memory and the interpreter", None, "P"),
+    "block": ("the OLS engine's working memory, all threads together (voxfit.engine.memory)", 64 << 20, "P"),
+    "ar_block": ("the AR(p) engine's working memory, all threads together (voxfit.engine.ar)", 128 << 20, "P"),
+    "batch": ("a batch of shuffles of a permutation test", 256 << 20, "planned by the group model"),
+    "stream": ("the cap a one-pass (streamed) fit plans in when streaming is asked for", 2 << 30, "P"),
+}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The bytes each part of a run may take (see :data:`BUDGETS`); `process` is None without a cap."""
+
+    process: int | None
+    block: int
+    ar_block: int
+    batch: int
+    stream: int
+
+    @classmethod
+    def of(cls, max_memory) -> Budgets:
+        """The budgets under the cap `max_memory` (a size as :func:`voxfit._memory.parse_memory` reads it, or
+        None: no cap, every budget its default)."""
+        cap = None if max_memory is None else parse_memory(max_memory)
+        return cls(
+            process=cap,
+            block=BUDGETS["block"][1] if cap is None else cap,
+            ar_block=BUDGETS["ar_block"][1] if cap is None else cap,
+            batch=BUDGETS["batch"][1],
+            stream=BUDGETS["stream"][1] if cap is None else cap,
+        )
+
+    def streams(self, n_scans: int, n_elements: int, itemsize: int = 4) -> bool:
+        """Whether data of `n_scans` x `n_elements` values go to the one-pass fit: when, as float32 (or
+        `itemsize` bytes a value, for float64 data), they are :meth:`over_half` of the cap. The other half holds
+        what the in-memory path adds to the data: a scaled copy (``--scaling``), the per-voxel results, the
+        working blocks and the maps written."""
+        return self.over_half(max(4, itemsize) * n_scans * n_elements)
+
+    def over_half(self, nbytes: int) -> bool:
+        """Whether `nbytes` of data take more than half of what the cap leaves beside
+        :data:`~voxfit._memory.RESERVED` (never without a cap)."""
+        return self.process is not None and nbytes > (self.process - reserved_bytes()) // 2
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run is executed (the models' ``execution=`` argument; their plain keyword arguments
+    ``max_memory``, ``n_jobs``, ``scheduler``, ``device`` and ``progress`` are shortcuts for it).
+
+    max_memory : a cap on the whole process (``"2G"``, ``"500M"``, bytes), resolved into :attr:`budgets`;
+        None: no cap.
+    n_jobs : threads for the fit, the shuffles and the writing of the maps (None: the CPUs this process may
+        run on).
+    scheduler : a ``dask.distributed.Client`` or a scheduler address: the voxel blocks (and shuffles) run on
+        the cluster.
+    device : ``cuda`` or ``cuda:N`` to compute on a GPU; None or ``cpu`` for the CPU.
+    progress : show a progress bar (None: when the standard error is a terminal).
+    """
+
+    max_memory: int | str | None = None
+    n_jobs: int | None = None
+    scheduler: object = None
+    device: str | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)
+        n = self.n_jobs
+        if n is not None and (isinstance(n, bool) or not isinstance(n, Integral) or n < 1):
+            raise InputError(f"`n_jobs` must be a positive number of threads; got {n!r}.")
+        if self.device is not None and not isinstance(self.device, str):
+            raise InputError(f"`device` must be 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
+
+    @cached_property
+    def budgets(self) -> Budgets:
+        """The memory cap resolved into the budget of each part of the run."""
+        return Budgets.of(self.max_memory)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the arithmetic runs on a GPU."""
+        return self.device not in (None, "cpu")
+
+    @classmethod
+    def resolve(cls, execution: Execution | None = None, **shortcuts) -> Execution:
+        """The execution of a call that takes both ``execution=`` and its keyword shortcuts: `execution` with
+        every shortcut that is not None applied; a shortcut that contradicts `execution` is an InputError."""
+        given = {k: v for k, v in shortcuts.items() if v is not None}
+        unknown = set(given) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown execution option(s): {', '.join(sorted(unknown))}")
+        if execution is None:
+            return cls(**given)
+        if not isinstance(execution, cls):
+            raise InputError(f"`execution` must be a voxfit.Execution; got {type(execution).__name__}.")
+        clash = [k for k, v in given.items() if getattr(execution, k) is not None and getattr(execution, k) != v]
+        if clash:
+            raise InputError(f"give {', '.join(clash)} either in `execution` or as a keyword argument, not both.")
+        return cls(**{**{f.name: getattr(execution, f.name) for f in fields(cls)}, **given})

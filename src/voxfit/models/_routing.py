@@ -1,0 +1,107 @@
+"""How a fit runs, decided in one place: in memory, in one streamed pass, or read by the Dask workers.
+
+:func:`choose_route` is called by :func:`voxfit.fit_images` (and so by ``FirstLevel`` and the command line),
+:func:`voxfit.fit_runs` and :meth:`voxfit.SecondLevel.fit`, from the inputs' header and the
+:class:`~voxfit._execution.Execution`, before any data value is read. The model says what it allows
+(:class:`Needs`); the route says where the data are read; the execution says where the arithmetic runs
+(threads, a Dask cluster, a GPU). This module imports no numerical library, so that the command line decides
+the route, and starts reading the data, while those import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._execution import Execution
+from .._memory import reserved_bytes, size_text
+from ..exceptions import InputError
+
+__all__ = ["MEMORY", "STREAM", "WORKERS", "Needs", "Route", "choose_route", "first_level_needs", "noise_order"]
+
+MEMORY = "memory"  # the client loads the masked data and fits them (threads, Dask blocks sent, or a GPU)
+STREAM = "stream"  # one sequential pass over the files keeping per-voxel sums: data larger than the memory cap
+WORKERS = "workers"  # each Dask worker reads its own blocks of columns from the files; the client reads no values
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a model allows of its route.
+
+    by_columns : the Dask workers may read the data a block of columns each (the model needs no whole scan and
+        no whole map: OLS or AR(p) without scaling; a parametric group model).
+    one_pass : the model can be fitted in one streamed pass (per-voxel sums) when the data exceed the cap.
+    too_large : when it cannot, the InputError said for data over the cap (None: it is then fitted in memory
+        anyway, and the model plans its memory itself, as group models with permutations do).
+    """
+
+    by_columns: bool = True
+    one_pass: bool = True
+    too_large: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one fit runs: `kind` is :data:`MEMORY`, :data:`STREAM` or :data:`WORKERS`; `reader` the inputs'
+    reader whose header decided it (None for data already loaded); `reason` says why, for model.json."""
+
+    kind: str
+    reader: object = None
+    reason: str = ""
+
+
+def noise_order(noise: str) -> int:
+    """0 for ``ols``, p for ``arp`` (1 to 8), -1 for ``ar1-global``; anything else is an InputError."""
+    text = str(noise).lower()
+    if text == "ols":
+        return 0
+    if text == "ar1-global":
+        return -1
+    if text.startswith("ar") and text[2:].isdigit() and 1 <= int(text[2:]) <= 8:
+        return int(text[2:])
+    raise InputError(f"`noise` must be ols, ar1 .. ar8 or ar1-global; got {noise!r}.")
+
+
+def first_level_needs(noise: str, scaling: str, reader) -> Needs:
+    """What a first-level fit allows: the workers read columns, and data over the cap stream, with OLS or
+    AR(p) per voxel and no scaling (scaling and SPM's ar1-global need whole scans in memory)."""
+    simple = noise_order(noise) >= 0 and scaling == "none"
+    need = (
+        reserved_bytes() + 2 * 4 * reader.n_scans * reader.geometry.n_elements
+    )  # the cap that holds them in memory (Budgets.streams)
+    return Needs(
+        by_columns=simple,
+        one_pass=simple,
+        too_large=(
+            f"data larger than half of --max-memory (beside the interpreter's {size_text(reserved_bytes())}) "
+            "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or "
+            f"scaling give --max-memory {size_text(need)} or more."
+        ),
+    )
+
+
+def choose_route(reader, execution: Execution, needs: Needs = Needs(), streaming: bool | None = None) -> Route:
+    """The route of a fit of the data behind `reader`.
+
+    With a Dask scheduler, on the CPU, data the model lets be read by columns go to the workers when their
+    format allows it (uncompressed NIfTI, .npy, Zarr, HDF5); otherwise data larger than the cap (see
+    :meth:`~voxfit._execution.Budgets.streams`), or any data with ``streaming=True``, are streamed when the
+    model allows it, and refused when it does not say otherwise (`needs.too_large`); the rest are fitted in
+    memory. A streamed pass runs on this machine's CPU: a scheduler or a device with it is refused.
+    """
+    if execution.scheduler is not None and needs.by_columns and not execution.on_device and not streaming:
+        if reader.column_source() is not None:
+            return Route(WORKERS, reader, "a Dask scheduler, and files the workers can read by columns")
+    if streaming is None:
+        streaming = execution.budgets.streams(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize)
+        if streaming and not needs.one_pass and needs.too_large is None:
+            return Route(MEMORY, reader, "over half the cap, but the model needs its data in memory")
+    if not streaming:
+        return Route(MEMORY, reader, "the data fit in the memory cap" if execution.max_memory else "no memory cap")
+    if execution.scheduler is not None or execution.on_device:
+        raise InputError(
+            "data larger than --max-memory are read in one sequential pass on the CPU; drop "
+            "--scheduler and --device, or raise --max-memory."
+        )
+    if not needs.one_pass:
+        raise InputError(needs.too_large or "this model needs its data in memory; raise --max-memory.")
+    return Route(STREAM, reader, "over half the memory cap: one pass keeping per-voxel sums")

@@ -18,5 +18,4 @@ def rng(request):
 def no_reserve(monkeypatch):
     """Streamed fits keep none of the memory cap for the interpreter, so that tests can stream kilobytes of
     data under kilobyte caps (outside tests, 256 MiB of the cap are kept for it)."""
-    monkeypatch.setattr("voxfit.engine.streaming.RESERVED", 0)
-    monkeypatch.setattr("voxfit._memory.RESERVED", 0)  # (and the plans of group models and reports)
+    monkeypatch.setattr("voxfit._memory.RESERVED", 0)  # (read through reserved_bytes by every plan)

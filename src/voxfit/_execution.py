@@ -8,8 +8,7 @@ bounds, and its value with and without a cap, is in :data:`BUDGETS`, the one tab
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from functools import cached_property
+from dataclasses import dataclass, fields, replace
 from numbers import Integral
 
 from ._memory import parse_memory, reserved_bytes
@@ -78,6 +77,8 @@ class Execution:
         the cluster.
     device : ``cuda`` or ``cuda:N`` to compute on a GPU; None or ``cpu`` for the CPU.
     progress : show a progress bar (None: when the standard error is a terminal).
+    budgets : the bytes each part of the run may take; by default resolved from `max_memory` (see
+        :meth:`Budgets.of`); a model that plans a part itself says so with :meth:`planned`.
     """
 
     max_memory: int | str | None = None
@@ -85,6 +86,7 @@ class Execution:
     scheduler: object = None
     device: str | None = None
     progress: bool | None = None
+    budgets: Budgets | None = None
 
     def __post_init__(self) -> None:
         if self.max_memory is not None:
@@ -94,11 +96,13 @@ class Execution:
             raise InputError(f"`n_jobs` must be a positive number of threads; got {n!r}.")
         if self.device is not None and not isinstance(self.device, str):
             raise InputError(f"`device` must be 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
+        if self.budgets is None:
+            object.__setattr__(self, "budgets", Budgets.of(self.max_memory))
 
-    @cached_property
-    def budgets(self) -> Budgets:
-        """The memory cap resolved into the budget of each part of the run."""
-        return Budgets.of(self.max_memory)
+    def planned(self, n_jobs: int | None = None, **budgets: int) -> Execution:
+        """This execution with budgets (and a number of threads) that a model planned under its cap, e.g. a
+        group model's batch of shuffles and kernel threads (see ``voxfit.models.second_level.group_memory``)."""
+        return replace(self, n_jobs=self.n_jobs if n_jobs is None else n_jobs, budgets=replace(self.budgets, **budgets))
 
     @property
     def on_device(self) -> bool:
@@ -120,4 +124,7 @@ class Execution:
         clash = [k for k, v in given.items() if getattr(execution, k) is not None and getattr(execution, k) != v]
         if clash:
             raise InputError(f"give {', '.join(clash)} either in `execution` or as a keyword argument, not both.")
-        return cls(**{**{f.name: getattr(execution, f.name) for f in fields(cls)}, **given})
+        kept = {f.name: getattr(execution, f.name) for f in fields(cls)}
+        if "max_memory" in given:  # a cap given now: the budgets follow it
+            kept["budgets"] = None
+        return cls(**{**kept, **given})

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._execution import Budgets, Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
@@ -15,7 +16,7 @@ from ..core.ar import ARBlock, ARBlockFit, fit_ar_block
 from ..core.contrast import f_stats, t_stats
 from ..exceptions import InputError
 from .fit import check_fit_inputs, map_blocks
-from .memory import check_block_size, parse_memory
+from .memory import check_block_size
 
 __all__ = ["ARFit", "fit_ar"]
 
@@ -37,7 +38,7 @@ def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: 
     if block_size is not None:
         return int(block_size)
     per_voxel = 8 * (3 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + (order + 4) * pc)  # see core.ar.fit_ar_block
-    budget = ((128 << 20) if max_memory is None else parse_memory(max_memory)) // max(1, workers)
+    budget = Budgets.of(max_memory).ar_block // max(1, workers)
     if budget < per_voxel:
         raise InputError(f"`max_memory`={max_memory!r} is too small for an AR fit: one voxel needs {per_voxel} bytes.")
     return int(min(4096, budget // per_voxel))
@@ -56,6 +57,7 @@ def fit_ar(
     scheduler=None,
     device: str | None = None,
     progress: bool | None = None,
+    execution: Execution | None = None,
 ) -> ARFit:
     """Fit a design with AR(`order`) noise estimated and removed for every voxel separately.
 
@@ -80,25 +82,32 @@ def fit_ar(
         run on the host in float64 (see ``voxfit.engine._ar_device``), so the numbers equal the CPU path's
         to rounding. The blocks are those of the CPU path, so `max_memory` bounds the device memory too.
         Not with `scheduler`.
+    execution : voxfit.Execution, optional
+        `max_memory`, `n_jobs`, `scheduler`, `device` and `progress` in one object; its cap bounds the working
+        memory here (the ``ar_block`` budget of ``voxfit._execution.BUDGETS``: by default 128 MiB).
     """
+    execution = Execution.resolve(
+        execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
+    )
+    scheduler = execution.scheduler
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
         raise InputError(f"`order` of the AR model must be a positive integer; got {order!r}.")
     design = factorize(X, names)
-    Y, n_jobs = check_fit_inputs(Y, design.n_scans, n_jobs)
+    Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
     n, pc = design.X.shape
     if n <= 2 * order + design.rank:
         raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     block = ARBlock(design, int(order))
     fit_block = functools.partial(fit_ar_block, block)
-    if device not in (None, "cpu"):
+    if execution.on_device:
         if scheduler is not None:
             raise InputError("give either `scheduler` or `device`, not both.")
         from ._ar_device import DeviceARBlock
 
-        fit_block = DeviceARBlock(block, device)
+        fit_block = DeviceARBlock(block, execution.device)
     V = Y.shape[1]
-    step = _block_voxels(n, pc, order, max_memory, block_size, n_jobs)
+    step = _block_voxels(n, pc, order, execution.max_memory, block_size, n_jobs)
     maps = ARMaps(pc, order, weights, V)
     valid = np.zeros(V, dtype=bool)
 
@@ -118,7 +127,7 @@ def fit_ar(
         ):
             _place(a, ok, res)
     else:
-        bar = Progress("AR fit", len(starts), enabled=progress, min_total=8)
+        bar = Progress("AR fit", len(starts), enabled=execution.progress, min_total=8)
         with blas_single_threaded():
             run_in_threads(run, starts, min(n_jobs, len(starts)), bar.update)  # stoppable between blocks
         bar.close()

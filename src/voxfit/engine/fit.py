@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike
 from .._array import check_array_like
 from .._dask import run_tasks
 from .._memory import check_memory
+from .._execution import Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import Fit, factorize, make_fit, working_dtype
@@ -57,6 +58,7 @@ def fit(
     compiled: bool | None = None,
     scheduler=None,
     device: str | None = None,
+    execution: Execution | None = None,
 ) -> Fit:
     """Fit one linear model to every voxel at once: ``betas = pinv(X) @ Y``, block by block.
 
@@ -94,6 +96,9 @@ def fit(
         library, for tests). The design is factorised on the CPU in float64; the data go to the device a
         block at a time, shifted by their first scan, and are multiplied in float32; voxels where the sums
         lose digits are refitted on the CPU in float64.
+    execution : voxfit.Execution, optional
+        `max_memory`, `n_jobs`, `progress`, `scheduler` and `device` in one object (as the models pass them);
+        here its cap is the working memory's (the ``block`` budget of ``voxfit._execution.BUDGETS``).
 
     Returns
     -------
@@ -106,12 +111,15 @@ def fit(
     InputError, DataTypeError
         For designs or data of the wrong shape or type, non-finite designs, or impossible memory settings.
     """
+    execution = Execution.resolve(
+        execution, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler, device=device
+    )
     design = factorize(X, names)
-    Y, n_jobs = check_fit_inputs(Y, design.n_scans, n_jobs)
+    Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
     n, p = design.X.shape
     V = Y.shape[1]
     wdt = working_dtype(Y.dtype)
-    block, tile = plan_blocks(n, p, wdt.itemsize, max_memory, block_size, workers=n_jobs)
+    block, tile = plan_blocks(n, p, wdt.itemsize, execution.max_memory, block_size, workers=n_jobs)
     if design.dof == 0:
         warnings.warn(
             f"The design leaves no residual degrees of freedom ({n} scans, rank {design.rank}); "
@@ -128,8 +136,9 @@ def fit(
         "Give a design with fewer columns, or a smaller mask.",
     )
     out = empty_result(p, V)
-    if device not in (None, "cpu"):
-        return _fit_on_device(design, Y, device, block)
+    scheduler = execution.scheduler
+    if execution.on_device:
+        return _fit_on_device(design, Y, execution.device, block)
     if scheduler is not None:  # the same blocks, each a task on a Dask cluster
         spans = [(a, min(a + block, V)) for a in range(0, V, block)]
         args = (design, tile, use_compiled(n * V, compiled))
@@ -148,7 +157,7 @@ def fit(
 
     starts = range(0, V, block)
     workers = min(n_jobs, len(starts))
-    bar = Progress("fitting", len(starts), enabled=progress, min_total=8)  # (None: when stderr is a terminal)
+    bar = Progress("fitting", len(starts), enabled=execution.progress, min_total=8)  # (None: when stderr is a terminal)
     # One BLAS thread per worker, even for a single worker: BLAS threads that spin between the many small
     # products slow the compiled pass that runs in between by up to 3x (measured on 2 cores).
     with blas_single_threaded():

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import special
 
 from .._array import working_dtype
+from .._execution import Execution
 from ..core import Fit, Stats, factorize
 from ..core.reml import ar_components, reml, whitening_matrix
 from ..design.kinds import FILTER_KINDS, guess_kind
@@ -89,17 +90,28 @@ def _constant_columns(X, names, drift, kinds):
 
 
 def fit_global_ar(
-    X, Y, contrasts: dict, *, names=None, kinds=None, max_memory=None, n_jobs: int | None = None
+    X,
+    Y,
+    contrasts: dict,
+    *,
+    names=None,
+    kinds=None,
+    max_memory=None,
+    n_jobs: int | None = None,
+    execution: Execution | None = None,
 ) -> GlobalARFit:
     """Fit with one AR(1)-type noise covariance for all voxels, estimated by ReML as SPM12 does.
 
     Parameters are those of :func:`voxfit.fit_ar` (without an order), and `kinds`, each column's kind (see
     ``voxfit.design.kinds``; by default guessed from the names): ``drift`` and ``nuisance`` columns are SPM's
     high-pass filter. Raises InputError when no voxel passes SPM's effects-of-interest test (nothing to pool
-    over): use ``ar1`` (per voxel) then.
+    over): use ``ar1`` (per voxel) then. `execution` (a :class:`voxfit.Execution`) holds `max_memory` and
+    `n_jobs` as the models pass them.
     """
+    given = Execution.resolve(execution, max_memory=max_memory, n_jobs=n_jobs)
+    execution = Execution(given.max_memory, given.n_jobs)  # on this process's CPU: the pooled fit needs whole scans
     design = factorize(X, names)
-    Y, n_jobs = check_fit_inputs(Y, design.n_scans, n_jobs)
+    Y, _ = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
     X, names, n = design.X, design.names, design.n_scans
     kinds = tuple(kinds) if kinds is not None else tuple(guess_kind(name, X[:, j]) for j, name in enumerate(names))
     drift = np.array([k in FILTER_KINDS for k in kinds])
@@ -117,14 +129,14 @@ def fit_global_ar(
             "ar1-global pools the voxels that SPM's F test of the effects of interest finds, but the "
             "design has only constant and drift columns; use --noise ar1."
         )
-    ols = fit_ols(X, Y, names=names, max_memory=max_memory, n_jobs=n_jobs)
+    ols = fit_ols(X, Y, names=names, execution=execution)
     if ols.n_invalid == ols.valid.size:
         raise InputError(f"all {ols.valid.size} voxels have NaN or infinite values in some scan; nothing to fit.")
     # SPM's F of the effects of interest: extra sum of squares over the model of constants and drifts, with
     # trMV = rank(X) - rank(X0) and trRV = n - rank(K X) (the filter's dof left out, as SPM does)
     rss = ols.residual_variance * ols.dof
     if nuisance.any():
-        reduced = fit_ols(X[:, nuisance], Y, max_memory=max_memory, n_jobs=n_jobs)
+        reduced = fit_ols(X[:, nuisance], Y, execution=execution)
         rss0, tr_mv = reduced.residual_variance * reduced.dof, design.rank - reduced.rank
     else:
         rss0 = np.concatenate(
@@ -168,7 +180,7 @@ def fit_global_ar(
         ) from None
     Xw = X.copy()
     Xw[:, ~drift] = W @ X[:, ~drift]
-    fit = fit_ols(Xw, _Whitened(Y, W), names=names, max_memory=max_memory, n_jobs=n_jobs)
+    fit = fit_ols(Xw, _Whitened(Y, W), names=names, execution=execution)
     fit = dataclasses.replace(fit, r2=ols.r2)
     results = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
     return GlobalARFit(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 from .._checks import check_scalar
+from .._execution import Budgets
 from .._memory import parse_memory
 from ..exceptions import InputError
 
@@ -13,7 +14,6 @@ __all__ = ["check_block_size", "parse_memory", "plan_blocks"]
 # a block (the float64 arithmetic on betas and sums of squares) is large enough to amortise Python overhead.
 DEFAULT_TILE_BYTES = 256 << 10
 DEFAULT_BLOCK_VOXELS = 8192
-DEFAULT_MAX_MEMORY = 64 << 20
 
 
 def _tile_bytes(n_scans: int, work_itemsize: int) -> int:
@@ -44,7 +44,8 @@ def plan_blocks(
 ) -> tuple[int, int]:
     """``(block, tile)`` voxel counts for ``core.BlockFitter``: what fits the budget, split among workers.
 
-    `block_size` fixes the block (and caps the tile); otherwise `max_memory` (default 64 MiB) bounds the
+    `block_size` fixes the block (and caps the tile); otherwise `max_memory` (the ``block`` budget of
+    ``voxfit._execution.BUDGETS``: by default 64 MiB) bounds the
     working memory of all workers together: each gets ``budget / workers`` for a tile of at most
     ``DEFAULT_TILE_BYTES`` and the largest block, up to ``DEFAULT_BLOCK_VOXELS``, that fits the rest.
     """
@@ -54,7 +55,7 @@ def plan_blocks(
     default_tile = max(16, DEFAULT_TILE_BYTES // (n_scans * work_itemsize))
     if block_size is not None:
         return int(block_size), int(min(block_size, default_tile))
-    budget = (DEFAULT_MAX_MEMORY if max_memory is None else parse_memory(max_memory)) // max(1, workers)
+    budget = Budgets.of(max_memory).block // max(1, workers)
     tile = min(default_tile, budget // (tile_cost + block_cost))
     if tile < 1:
         need = (tile_cost + block_cost) * max(1, workers)

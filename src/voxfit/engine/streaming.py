@@ -23,7 +23,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import working_dtype
-from .._memory import RESERVED
+from .._execution import Execution
+from .._memory import reserved_bytes, size_text
 from .._progress import Progress
 from .._threads import blas_single_threaded, default_workers, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
@@ -34,7 +35,6 @@ from ..io import Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
 from .ar import ARMaps
 from .fit import fit as fit_in_memory
-from .memory import parse_memory
 
 __all__ = ["StreamedFit", "fit_streaming", "streaming_bytes"]
 
@@ -98,11 +98,6 @@ class _Sums:
         lagged = self.products.reshape(self.p + 1, rank, -1)
         shift = self.shift if self.shift_allowed else None
         return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
-
-
-def _ceil_size(nbytes: int) -> str:
-    """`nbytes` rounded up, in the units ``--max-memory`` takes: ``"740M"``, ``"96K"``."""
-    return f"{-(-nbytes // 2**20)}M" if nbytes >= 2**20 else f"{-(-nbytes // 2**10)}K"
 
 
 def ar_block_bytes(rank: int, order: int, weights) -> int:
@@ -173,20 +168,24 @@ def fit_streaming(
     names=None,
     mask=None,
     mask_threshold=None,
-    max_memory="2G",
+    max_memory=None,
     progress: bool | None = None,
     scans_per_slab: int | None = None,
     nonzero: bool = False,
+    execution: Execution | None = None,
 ) -> StreamedFit:
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
     The numbers equal those of the in-memory fit to rounding. `order` 0 is OLS, p >= 1 AR(p) per voxel.
-    `max_memory` bounds the whole process (see the module docstring); `scans_per_slab` overrides the slab
+    `max_memory` (or the cap of `execution`, which also holds `progress`) bounds the whole process (see the module
+    docstring; without a cap, the ``stream`` budget of ``voxfit._execution.BUDGETS``: 2 GiB); `scans_per_slab`
+    overrides the slab
     size it implies (for tests and tuning). With `nonzero`, the automatic mask is the group-level one: voxels
     finite and non-zero in every row. Three steps: the pass accumulating the sums (:func:`_accumulate`), the
     fit from the sums (:func:`_fit_from_sums`), and the refit of the voxels that need their data
     (:func:`_refit`).
     """
+    execution = Execution.resolve(execution, max_memory=max_memory, progress=progress)
     reader = open_reader(paths)
     design = factorize(X, names)
     n = design.n_scans
@@ -204,9 +203,7 @@ def fit_streaming(
         basis = block.lagged_basis
     else:
         block, basis = None, design.basis
-    accumulated = _accumulate(
-        reader, design, basis, order, mask, mask_threshold, nonzero, max_memory, progress, scans_per_slab
-    )
+    accumulated = _accumulate(reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab)
     maps, mean, flagged = _fit_from_sums(accumulated, design, block, weights)
     _refit(reader, design, block, weights, accumulated.masker, np.union1d(accumulated.unread, flagged), maps, mean)
     valid = np.isfinite(maps.rss)
@@ -219,13 +216,13 @@ def fit_streaming(
 
 
 def _accumulate(
-    reader, design, basis, order: int, mask, mask_threshold, nonzero: bool, max_memory, progress, scans_per_slab
+    reader, design, basis, order: int, mask, mask_threshold, nonzero: bool, execution: Execution, scans_per_slab
 ) -> _Pass:
     """The one pass over the data: the sums of the candidate voxels (from `basis`, the design's or its lagged
     one), and the mask, decided on the way (automatic: voxels finite and not constant, or non-zero with
     `nonzero`; or the explicit `mask` less its voxels not finite)."""
     nel = reader.geometry.n_elements
-    cap = parse_memory(max_memory)
+    cap = execution.budgets.stream
     threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is not None:
         candidates = explicit_mask(mask, reader.geometry)  # a file, a nibabel image or a boolean array
@@ -238,18 +235,18 @@ def _accumulate(
     # checks' boolean temporaries; the tiles of the sums are a few MiB
     work = working_dtype(reader.dtype).itemsize
     per_scan = 3 * nel * reader.dtype.itemsize + (nel * (8 + work) if reader.scale else 0) + V0 * work + 2 * nel
-    slab_bytes = cap - held - RESERVED
+    slab_bytes = cap - held - reserved_bytes()
     if slab_bytes < 2 * per_scan:
-        need = held + 2 * per_scan + RESERVED
+        need = held + 2 * per_scan + reserved_bytes()
         raise InputError(
-            f"`max_memory`={max_memory!r} cannot hold the per-voxel sums of this fit "
-            f"({held / 2**20:.1f} MiB) and two scans; give at least {_ceil_size(need)}."
+            f"`max_memory`={execution.max_memory or size_text(cap)!r} cannot hold the per-voxel sums of this fit "
+            f"({held / 2**20:.1f} MiB) and two scans; give at least {size_text(need)}."
         )
     auto = AutoMask(nel, reader.dtype.kind == "f", threshold, nonzero=nonzero)
     sums = index = None
     k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
     max_bytes = k * nel * reader.dtype.itemsize
-    bar = Progress("reading", design.n_scans, enabled=progress)
+    bar = Progress("reading", design.n_scans, enabled=execution.progress)
     # after the first slab, the candidates' mask checks come from their sums of squares when those are taken
     # about the first scan's values and the data are worked in float32 (the squares cannot overflow); the
     # other voxels are checked scan by scan (none with an explicit mask: only its voxels are kept)

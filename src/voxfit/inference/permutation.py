@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 
 from .._array import check_array_like, working_dtype
 from .._dask import run_tasks
-from .._memory import check_memory
+from .._memory import check_memory, parse_memory
+from .._execution import Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, numba_threads, resolve_workers, run_in_threads
 from ..core import check_contrast, factorize
@@ -135,12 +136,13 @@ def permutation_test(
     tfce_E: float = 0.5,
     tfce_H: float = 2.0,
     weights=None,
-    max_memory=256 << 20,
+    max_memory: int | str | None = None,
     n_jobs: int | None = None,
     progress: bool | None = None,
     name: str | None = None,
     scheduler=None,
     device: str | None = None,
+    execution: Execution | None = None,
 ) -> PermutationResult:
     """Permutation (or sign-flip) inference for one t or F contrast at every voxel.
 
@@ -166,8 +168,9 @@ def permutation_test(
     tfce, tfce_E, tfce_H, weights :
         TFCE of the statistic (volumes: E 0.5, H 2; surfaces: E 1, H 2) with FWE p-values; `weights`
         (e.g. vertex areas) measure extent.
-    max_memory : int
-        Bound on the working memory of one batch of shuffles (bytes): its null maps (4 V bytes per shuffle,
+    max_memory : int or str, optional
+        Bound on the working memory of one batch of shuffles (default: the ``batch`` budget of `execution`,
+        256 MiB unless a model planned it; see ``voxfit._execution.BUDGETS``): its null maps (4 V bytes per shuffle,
         with clusters or TFCE), per-tile maxima and products (see :func:`batch_size`), and the sign-flip
         tables (half of it). The data's own memory is not in it: the residuals E, in the working dtype (a
         copy of Y's size for float32), and about a dozen float64 vectors of length V; the caller plans those
@@ -180,7 +183,12 @@ def permutation_test(
     device : str, optional
         ``cuda`` (or ``cuda:N``) to run the shuffles on a GPU through CuPy or PyTorch (``strict``: the
         array-API reference library, for tests); float32 on the device, clusters and TFCE on the host.
+    execution : voxfit.Execution, optional
+        `n_jobs`, `progress`, `scheduler`, `device` and the batch budget in one object (as the models pass them).
     """
+    execution = Execution.resolve(execution, n_jobs=n_jobs, progress=progress, scheduler=scheduler, device=device)
+    max_memory = execution.budgets.batch if max_memory is None else parse_memory(max_memory)
+    n_jobs, progress, scheduler, device = execution.n_jobs, execution.progress, execution.scheduler, execution.device
     test = _permutation_test_iv(
         X,
         Y,

@@ -507,8 +507,7 @@ def _fit_streamed(inputs, model: FirstLevelModel, mask, mask_threshold, executio
         names=model.names,
         mask=mask,
         mask_threshold=mask_threshold,
-        max_memory=execution.budgets.stream,
-        progress=execution.progress,
+        execution=execution,
     )
     dataset = Dataset(
         np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, streamed.masker.n_voxels)),
@@ -573,23 +572,11 @@ def fit_noise_model(X, data, names, items, noise, execution: Execution | None = 
     order = noise_order(noise)
     if order < 0 and execution.on_device:
         raise InputError("ar1-global runs on the CPU only; drop --device, or use ar1 (AR(1) per voxel) on the GPU.")
-    budgets, n_jobs = execution.budgets, execution.n_jobs
     if order > 0:
-        ar = fit_ar(
-            X,
-            data,
-            order,
-            dict(items),
-            names=names,
-            max_memory=budgets.ar_block,
-            n_jobs=n_jobs,
-            scheduler=execution.scheduler,
-            device=execution.device,
-            progress=execution.progress,
-        )
+        ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
-        g = fit_global_ar(X, data, dict(items), names=names, kinds=kinds, max_memory=budgets.block, n_jobs=n_jobs)
+        g = fit_global_ar(X, data, dict(items), names=names, kinds=kinds, execution=execution)
         fit, stats, ar_coef = g.fit, g.contrasts, None
         info = {
             "model": "SPM12 AR(1): one ReML covariance for all voxels",
@@ -599,16 +586,7 @@ def fit_noise_model(X, data, names, items, noise, execution: Execution | None = 
             "lag1_correlation": float(g.correlation[1, 0]),
         }
     else:
-        fit = fit_engine(
-            X,
-            data,
-            names=names,
-            max_memory=budgets.block,
-            n_jobs=n_jobs,
-            progress=execution.progress,
-            scheduler=execution.scheduler,
-            device=execution.device,
-        )
+        fit = fit_engine(X, data, names=names, execution=execution)
         stats, ar_coef, info = None, None, {"model": "OLS"}
     if fit.n_invalid == fit.valid.size:
         raise InputError(

@@ -185,10 +185,11 @@ class SecondLevel:
             parametric = not self.permutations and not self.paired
             needs = Needs(by_columns=parametric, one_pass=parametric and self.cluster_threshold is None)
             route = choose_route(reader, execution, needs)
-            batch_bytes, threads = execution.budgets.batch, execution.n_jobs
+            shuffling = execution  # the shuffles' batches and threads, planned under a cap on this machine's CPU
             if execution.max_memory is not None and route.kind == MEMORY and execution.scheduler is None:
                 if not execution.on_device:
-                    batch_bytes, threads = self._plan(reader, d, execution)
+                    plan = self._plan(reader, d, execution)
+                    shuffling = execution.planned(n_jobs=plan.threads, batch=plan.batch)
             if route.kind == WORKERS:  # Y: a column source the Dask workers read, a block per task, twice (for
                 # the mask, then for the fit, in the local fit's blocks: identical numbers)
                 Y, masker = columns_on_workers(reader, self.mask, execution.scheduler, nonzero=True)
@@ -197,7 +198,10 @@ class SecondLevel:
             else:
                 Y, masker = self._load(data, execution.progress)
             # one connection to the cluster for the fit and every contrast's shuffles
-            scheduler = None if execution.scheduler is None else stack.enter_context(dask_client(execution.scheduler))
+            if execution.scheduler is not None:
+                execution = shuffling = replace(
+                    execution, scheduler=stack.enter_context(dask_client(execution.scheduler))
+                )
             items = self._contrast_items(d.names, d.X.shape[1])
             blocks = (
                 read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None
@@ -208,15 +212,7 @@ class SecondLevel:
                     f"the design ({d.X.shape[1]} columns, rank {factor.rank}) "
                     f"leaves no degrees of freedom for {Y.shape[0]} maps."
                 )
-            fit = fit_engine(
-                d.X,
-                Y,
-                names=list(d.names),
-                max_memory=execution.budgets.block,
-                n_jobs=execution.n_jobs,
-                scheduler=scheduler,
-                device=execution.device,
-            )
+            fit = fit_engine(d.X, Y, names=list(d.names), execution=execution)
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
             adjacency = None  # extents count voxels or vertices (no vertex areas)
             E, H = self._tfce_parameters(masker.geometry)
@@ -240,12 +236,8 @@ class SecondLevel:
                         tfce=self.tfce,
                         tfce_E=E,
                         tfce_H=H,
-                        max_memory=batch_bytes,
-                        progress=execution.progress,
                         name=label,
-                        n_jobs=threads,
-                        scheduler=scheduler,
-                        device=execution.device,
+                        execution=shuffling,
                     )
             tables = {}
             if self.cluster_threshold is not None:
@@ -259,11 +251,11 @@ class SecondLevel:
             masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids
         )
 
-    def _plan(self, reader, d, execution: Execution) -> tuple[int, int]:
-        """The bytes a batch of shuffles may take under `max_memory` and the threads of the TFCE and cluster
-        kernels, or an InputError naming the cap that would hold the run (see :func:`group_memory`), decided
-        before the maps are read: the voxels are those of the --mask, or at most those finite and non-zero in
-        the first map (the group mask keeps those non-zero in every map)."""
+    def _plan(self, reader, d, execution: Execution) -> GroupMemory:
+        """How the cap splits (:func:`group_memory`): the bytes a batch of shuffles may take and the threads of
+        the TFCE and cluster kernels, or an InputError naming the cap that would hold the run, decided before the
+        maps are read: the voxels are those of the --mask, or at most those finite and non-zero in the first map
+        (the group mask keeps those non-zero in every map)."""
         if self.mask is not None:
             from ..io import explicit_mask
 
@@ -307,7 +299,7 @@ class SecondLevel:
                 f"{voxels:,} voxels ({parts}); give at least {size_text(plan.total)}, or fewer "
                 "voxels (--mask)."
             )
-        return plan.batch, plan.threads
+        return plan
 
     def _design(self, paths, n_scans: int):
         """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
@@ -397,9 +389,8 @@ class SecondLevel:
             dict(items),
             names=list(d.names),
             mask=self.mask,
-            max_memory=execution.budgets.stream,
-            progress=execution.progress,
             nonzero=True,
+            execution=execution,
         )
         stats, masker = streamed.contrasts, streamed.masker
         files: list[Path] = []

@@ -9,8 +9,8 @@ bounds, and its value with and without a cap, is in :data:`BUDGETS`, the one tab
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from numbers import Integral
 
+from ._checks import check_scalar
 from ._memory import parse_memory, reserved_bytes
 from .exceptions import InputError
 
@@ -91,9 +91,8 @@ class Execution:
     def __post_init__(self) -> None:
         if self.max_memory is not None:
             parse_memory(self.max_memory)
-        n = self.n_jobs
-        if n is not None and (isinstance(n, bool) or not isinstance(n, Integral) or n < 1):
-            raise InputError(f"`n_jobs` must be a positive number of threads; got {n!r}.")
+        if self.n_jobs is not None:
+            check_scalar(self.n_jobs, "`n_jobs`", min_val=1, description="a positive number of threads")
         if self.device is not None and not isinstance(self.device, str):
             raise InputError(f"`device` must be 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
         if self.budgets is None:

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .design import DesignFactor
+from .ols import needs_refit
 
 __all__ = [
     "ARBlock",
@@ -639,7 +640,7 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     Gc = (block.G.reshape(-1, r) @ c).reshape(p + 1, r, v)
     quad = ys + np.einsum("kiv,iv->kv", Gc - 2.0 * lagged, c)
     r_lag = np.concatenate([quad[:1], 0.5 * quad[1:]])
-    lost = np.flatnonzero(r_lag[0] * 1e5 <= s[0])  # more than 5 digits cancelled: explicit residuals
+    lost = np.flatnonzero(needs_refit(r_lag[0], s[0]))  # more than 5 digits cancelled: explicit residuals
     if lost.size and data is not None:
         r_lag[:, lost] = _lagged_products(data(lost) - Q @ c[:, lost], p)
     ols_rss = r_lag[0].copy()
@@ -694,7 +695,7 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     # whitened RSS = ||Wy||^2 - coords . Q'W'Wy; where that subtraction loses more than 5 of 16 digits (a
     # near-exact fit), it is recomputed from explicit whitened residuals
     rss = wyy - np.einsum("kv,kv->v", coords, rhs)
-    redo = np.flatnonzero(rss * 1e5 <= wyy)
+    redo = np.flatnonzero(needs_refit(rss, wyy))
     if redo.size and data is not None:
         resid = _whiten(data(redo) - Q @ coords[:, redo], phi[redo], L_inv[redo])
         rss[redo] = np.einsum("tv,tv->v", resid, resid)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._checks import check_scalar
 from .._execution import Budgets, Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, run_in_threads
@@ -90,8 +91,7 @@ def fit_ar(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
     )
     scheduler = execution.scheduler
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
-        raise InputError(f"`order` of the AR model must be a positive integer; got {order!r}.")
+    check_scalar(order, "`order` of the AR model", min_val=1, description="a positive integer")
     design = factorize(X, names)
     Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
     n, pc = design.X.shape

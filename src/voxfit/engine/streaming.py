@@ -31,7 +31,7 @@ from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..core.ols import fit_from_sums, needs_refit
 from ..exceptions import InputError
-from ..io import Masker, ScaledArray, explicit_mask, open_reader
+from ..io import check_design_rows, Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
 from .ar import ARMaps
 from .fit import fit as fit_in_memory
@@ -189,10 +189,7 @@ def fit_streaming(
     reader = open_reader(paths)
     design = factorize(X, names)
     n = design.n_scans
-    if reader.n_scans != n:
-        raise InputError(
-            f"the design has {n} rows but the data have {reader.n_scans} scans; give one design row per scan."
-        )
+    check_design_rows(n, reader.n_scans)
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     if order:
         if n <= 2 * order + design.rank:

@@ -33,6 +33,7 @@ from ..io import (
     Masker,
     OutputFolder,
     check_data,
+    check_design_rows,
     check_mask,
     explicit_mask,
     global_sums_block,
@@ -323,11 +324,7 @@ def fit_images(
                 )
             elif isinstance(dataset, Future):
                 dataset = dataset.result()
-            if dataset.n_scans != model.X.shape[0]:
-                raise InputError(
-                    f"the design has {model.X.shape[0]} rows but the data have "
-                    f"{dataset.n_scans} scans; give one design row per scan."
-                )
+            check_design_rows(model.X.shape[0], dataset.n_scans)
             records = hashing.submit(input_records, dataset.paths, dataset.memory) if out is not None else None
             t_load = time.perf_counter()
             data = dataset.data if scaling == "none" else scale_data(dataset.data, scaling, dataset.globals)

@@ -26,14 +26,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._dask import dask_client
+from .._checks import check_scalar
 from .._execution import Execution
+from .._threads import resolve_workers
 from .._memory import reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design, listed_lines
 from ..design.subjects import pair_by_subject
-from ..engine import default_workers
 from ..engine import fit as fit_engine
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
@@ -166,10 +167,9 @@ class SecondLevel:
             device=self.device,
             progress=progress,
         )
-        if self.permutations < 0 or isinstance(self.permutations, bool):
-            raise InputError(
-                f"`permutations` must be 0 (parametric only) or a positive number; got {self.permutations!r}."
-            )
+        check_scalar(
+            self.permutations, "`permutations`", min_val=0, description="0 (parametric only) or a positive number"
+        )
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         with contextlib.ExitStack() as stack:
@@ -638,7 +638,7 @@ def group_memory(
     per_contrast = CONTRAST_VALUES + (PERMUTATION_VALUES if permutations else 0)
     per_voxel = RESULT_VALUES + 2 * n_columns + n_contrasts * per_contrast
     results = 8 * per_voxel * n_voxels + 8 * n_elements
-    workers = n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else default_workers()  # (n_jobs checked later)
+    workers = resolve_workers(n_jobs)
     one = 0
     if permutations:
         one = (4 * n_voxels if maps else 0) + 4 * (n_voxels // 32 + 1) + 4 * 64 * 2048 * workers + (1 << 20)

@@ -13,6 +13,7 @@ from voxfit import cli
 from voxfit._execution import BUDGETS, Budgets, Execution
 from voxfit.exceptions import InputError
 from voxfit.io import open_reader
+from voxfit.io.readers import NiftiReader
 from voxfit.models import _routing
 from voxfit.models._routing import MEMORY, STREAM, WORKERS, Needs, choose_route, first_level_needs
 
@@ -101,24 +102,25 @@ def test_compressed_files_are_not_read_by_columns(tmp_path):
     assert route.kind == MEMORY
 
 
-def test_command_line_reads_the_header_once_and_routes_through_choose_route(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cap", [None, "16K"])
+def test_command_line_reads_the_header_once_and_routes_through_choose_route(tmp_path, monkeypatch, cap):
+    """In memory and streamed: one NIfTI header read for the route, the design's scans and the fit."""
+    monkeypatch.setattr("voxfit._memory.RESERVED", 0)
     path, design = _run(tmp_path)
-    opened, routed = [], []
-    real_open, real_route = voxfit.io.open_reader, _routing.choose_route
+    headers, routed = [], []
+    real_init, real_route = NiftiReader.__init__, _routing.choose_route
 
-    def counting_open(paths, *args, **kwargs):
-        opened.append(paths)
-        return real_open(paths, *args, **kwargs)
+    def counting_init(self, *args, **kwargs):
+        headers.append(args[0])
+        real_init(self, *args, **kwargs)
 
     def recording_route(*args, **kwargs):
         routed.append(route := real_route(*args, **kwargs))
         return route
 
-    monkeypatch.setattr("voxfit.io.open_reader", counting_open)
+    monkeypatch.setattr(NiftiReader, "__init__", counting_init)
     monkeypatch.setattr(_routing, "choose_route", recording_route)
-    code = cli.main(
-        ["fit", str(path), "--design", str(design), "--contrast", "task", "-o", str(tmp_path / "o"), "--quiet"]
-    )
-    assert code == 0
-    assert len(opened) == 1  # the command line's one reading of the header
-    assert [r.kind for r in routed] == [MEMORY]
+    argv = ["fit", str(path), "--design", str(design), "--contrast", "task", "-o", str(tmp_path / "o"), "--quiet"]
+    assert cli.main(argv + (["--max-memory", cap] if cap else [])) == 0
+    assert len(headers) == 1
+    assert [r.kind for r in routed] == [MEMORY if cap is None else STREAM]

@@ -662,7 +662,7 @@ def _run_fit(args, argv, progress) -> int:
     if route.kind == MEMORY:
         scan_globals = args.scaling == "global"
         loading = _in_thread(
-            load, args.inputs, args.mask, mask_threshold=threshold, progress=progress, scan_globals=scan_globals
+            load, reader, args.mask, mask_threshold=threshold, progress=progress, scan_globals=scan_globals
         )
     design = _make_design(args, reader.n_scans)[0] if args.events else args.design[0]
     from .models import fit_images

@@ -927,7 +927,9 @@ def open_reader(paths, name: str = "inputs"):
     """The reader for one path or a list of paths (a list of 3-D volumes is one scan per file), a nibabel image,
     a list of 3-D nibabel images (one per scan) or a 2-D numpy array (see :func:`check_data`; `name` is the
     argument's name in messages); a run may be named by a folder of scans, a quoted pattern or a .txt list of
-    them (see :mod:`voxfit.io.scans`)."""
+    them (see :mod:`voxfit.io.scans`). A reader is returned as it is: a header read once serves every pass."""
+    if isinstance(paths, Reader):
+        return paths
     data = check_data(paths, name)
     if isinstance(data, np.ndarray):
         return ArrayReader(data, name)

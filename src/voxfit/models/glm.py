@@ -302,7 +302,7 @@ def fit_images(
         # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
         hashing = DaemonExecutor()
         if route.kind == STREAM:
-            fitted = _fit_streamed(inputs, model, mask, mask_threshold, execution)
+            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution)
             records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None
             t_load = start
         else:
@@ -314,7 +314,7 @@ def fit_images(
                 execution = replace(execution, scheduler=scheduler)
             if dataset is None:
                 dataset = load(
-                    inputs,
+                    inputs if route.reader is None else route.reader,
                     mask,
                     mask_threshold=mask_threshold,
                     progress=execution.progress,
@@ -492,12 +492,11 @@ def columns_on_workers(
     return reader.column_source(np.flatnonzero(keep)), Masker(reader.geometry, keep)
 
 
-def _fit_streamed(inputs, model: FirstLevelModel, mask, mask_threshold, execution: Execution) -> _Fitted:
-    """The fit of fit_images for data larger than the memory cap: one sequential read accumulating per-voxel
-    sums, with a Dataset standing for the data (no values) for writing the maps."""
-    reader = open_reader(inputs, "inputs")
+def _fit_streamed(reader, model: FirstLevelModel, mask, mask_threshold, execution: Execution) -> _Fitted:
+    """The fit of fit_images for data larger than the memory cap: one sequential read of `reader`'s files
+    accumulating per-voxel sums, with a Dataset standing for the data (no values) for writing the maps."""
     streamed = fit_streaming(
-        inputs,
+        reader,
         model.X,
         dict(model.items),
         order=model.order,

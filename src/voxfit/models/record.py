@@ -91,7 +91,8 @@ class ModelRecord:
         ``peak_memory_mib`` (peak resident memory of the process, MiB; None where the system does not tell).
     demo: ``voxfit demo`` only: ``seed``, ``data`` (where the synthetic run is) and ``repeat`` (the command
         that refits the data from the output folder).
-    version: the version of this record's form, :data:`RECORD_VERSION`.
+    version: the version of this record's form, :data:`RECORD_VERSION`; files older than the key are read as
+        version 1 (their keys are those of version 1).
     """
 
     kind: str
@@ -144,10 +145,14 @@ class ModelRecord:
         if not isinstance(raw, dict):
             raise InputError(f"{path} is not a voxfit {FILE} (not a JSON object); rerun the fit to rewrite it.")
         version = raw.get("record_version", RECORD_VERSION)
-        if not isinstance(version, int) or isinstance(version, bool) or version > RECORD_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise InputError(
-                f"{path} has record_version {version!r}; this voxfit reads versions up to {RECORD_VERSION}: "
-                "upgrade voxfit to read it."
+                f"{path} has record_version {version!r}, not a version of voxfit's {FILE}; rerun the fit to rewrite it."
+            )
+        if version > RECORD_VERSION:
+            raise InputError(
+                f"{path} was written by a newer voxfit (record_version {version}; this one reads versions up to "
+                f"{RECORD_VERSION}); upgrade voxfit to read it."
             )
         values = {"kind": _kind(raw, path), "version": version}
         for f in fields(cls):

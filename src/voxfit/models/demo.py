@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ from ..design import Design, spm_hrf
 from ..exceptions import InputError
 from ..io import OutputFolder, before_commit, disk_error, make_folder, remove_made_folders
 from .glm import ImageFit, fit_images
+from .record import ModelRecord
 
 __all__ = ["make_demo_run", "run_demo", "DemoRun"]
 
@@ -196,12 +196,10 @@ def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int, options=()
     data = folder.path("data")
     os.replace(tmp, data)
     final = folder.final / "data"
-    model = json.loads(folder.path("model.json").read_text())
+    record = ModelRecord.read(folder.path("model.json"))
     moved = {str((tmp / f.name).resolve()): str((final / f.name).resolve()) for f in data.iterdir()}
-    for record in model["inputs"]:
-        record["path"] = moved.get(record["path"], record["path"])
-    model["mask"]["source"] = moved.get(str(Path(model["mask"]["source"]).resolve()), model["mask"]["source"])
-    model["demo"] = {
+    source = record.mask["source"]
+    demo = {
         "seed": seed,
         "data": "data/: the synthetic run and its brain mask, made by voxfit.models.demo.make_demo_run(seed)",
         "repeat": [
@@ -220,7 +218,12 @@ def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int, options=()
             "refit",
         ],
     }
-    folder.write_json("model.json", model)
+    replace(
+        record,
+        inputs=[{**i, "path": moved.get(i["path"], i["path"])} for i in record.inputs],
+        mask={**record.mask, "source": moved.get(str(Path(source).resolve()), source)},
+        demo=demo,
+    ).write(folder)
 
 
 def _summary(run: DemoRun, result: ImageFit, out_dir) -> list[str]:

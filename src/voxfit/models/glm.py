@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import sys
 import threading
 import time
 import warnings
@@ -42,11 +40,11 @@ from ..io import (
     open_reader,
     resolve_mask_threshold,
     sanitize_label,
-    source_label,
     stat_maps,
     statmap_name,
 )
 from ._routing import MEMORY, STREAM, WORKERS, Route, choose_route, first_level_needs, noise_order
+from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
 
 __all__ = ["ImageFit", "design_matrix", "fit_images", "input_records", "parse_contrast_option"]
 
@@ -105,61 +103,6 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
     if dup:
         raise InputError(f"contrast names must be unique; {', '.join(dup)} repeat.")
     return items
-
-
-def dof_record(dof):
-    """A contrast's degrees of freedom for model.json: the number, ``[df1, df2]`` for F, and for per-voxel
-    (effective) degrees of freedom their range and median over the voxels that have them."""
-    if isinstance(dof, tuple):
-        return [dof_record(d) for d in dof]
-    if np.ndim(dof) == 0:
-        return float(dof)
-    finite = np.asarray(dof)[np.isfinite(dof)]
-    summary = {"per_voxel": "effective (Satterthwaite) degrees of freedom of the AR model; see voxfit.core.ar"}
-    if finite.size:
-        summary.update(min=float(finite.min()), median=float(np.median(finite)), max=float(finite.max()))
-    return summary
-
-
-def input_record(path: Path, digest: str | None = None) -> dict:
-    """What model.json says of an input file: absolute path, size, SHA-256 (of a store folder such as a Zarr
-    store: over its files' relative names and contents, in sorted order)."""
-    path = Path(path)
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    return {"path": str(path.resolve()), "bytes": size, "sha256": digest or _sha256(path)}
-
-
-def input_records(paths, memory=()) -> list[dict]:
-    """What model.json says of the inputs: each file's :func:`input_record`, and for data given in memory
-    (nibabel images, arrays: :class:`voxfit.io.MemoryInput`) what they were, their shape and a SHA-256 of
-    their values (run in a thread while the data are read or fitted)."""
-    _yield_cpu()
-    return [input_record(p) for p in paths] + [m.record() for m in memory]
-
-
-def _yield_cpu() -> None:
-    """Run the calling thread at a low CPU priority where the system allows it (Linux: per thread), so that
-    work it does on the side takes mostly cores the fit leaves idle (nice 10, not 19: on a busy machine the
-    fit still waits for it at the end)."""
-    if sys.platform.startswith("linux"):  # elsewhere a thread id is not a process id for setpriority
-        with contextlib.suppress(OSError):  # not permitted: the thread keeps its priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-def _sha256(path: Path, buf: memoryview | None = None) -> str:
-    h = hashlib.sha256()
-    # read into one buffer: a new 4 MiB bytes object per chunk faults its pages in each time, which slowed the
-    # thread decompressing the same file beside it by 10%
-    buf = buf if buf is not None else memoryview(bytearray(1 << 22))
-    if Path(path).is_dir():
-        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-            h.update(bytes.fromhex(_sha256(f, buf)))
-        return h.hexdigest()
-    with open(path, "rb", buffering=0) as fh:
-        while got := fh.readinto(buf):
-            h.update(buf[:got])
-    return h.hexdigest()
 
 
 def _column_labels(names) -> list[str]:
@@ -419,32 +362,6 @@ class _Fitted:
     mean: np.ndarray | None
 
 
-def mask_record(mask, threshold, n_voxels: int, n_elements: int) -> dict:
-    """What model.json says of the mask: its source, the rule of the automatic mask, and how much it kept."""
-    if mask is not None:
-        source, rule = source_label(mask), "explicit: non-zero, finite values"
-    elif threshold is not None:
-        source, rule = (
-            "automatic",
-            (f"SPM's: above {threshold:g} x each scan's global (spm_global) in every scan, finite and not constant"),
-        )
-    else:
-        source, rule = "automatic", "finite and not constant over the scans"
-    return {
-        "source": source,
-        "threshold": threshold,
-        "rule": rule,
-        "n_voxels": int(n_voxels),
-        "fraction_of_grid": round(n_voxels / max(1, n_elements), 6),
-    }
-
-
-def design_record(design, kinds) -> dict:
-    """What model.json records of a design beside its columns: each column's kind (see
-    ``voxfit.design.kinds``) and, for a design built from events, the TR."""
-    return {"kinds": list(kinds), **({"tr": design.tr} if hasattr(design, "tr") else {})}
-
-
 def write_design_files(out, prefix: str, X, names, kinds, tr=None) -> None:
     """``<prefix>design.tsv``, the model's design (what ``--design`` reads back), and its sidecar
     ``<prefix>design.json`` with each column's kind, into the output folder `out`."""
@@ -618,19 +535,20 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
     write_design_files(out, "", settings["X"], names, settings["design"]["kinds"], settings["design"].get("tr"))
     if fit.design.X is not settings["X"] and not np.array_equal(fit.design.X, settings["X"]):  # ar1-global: whitened
         write_design(out.path("design_desc-whitened.tsv"), fit.design.X, names)
-    model = {
-        "voxfit_version": __version__,
-        "command": command,
-        "inputs": inputs,
-        "data": {
+    ModelRecord(
+        kind="first-level",
+        voxfit_version=__version__,
+        command=command,
+        inputs=inputs,
+        data={
             "n_scans": dataset.n_scans,
             "n_voxels": dataset.n_voxels,
             "n_invalid_voxels": fit.n_invalid,
             "dtype": str(getattr(dataset.data, "dtype", "")),
             "geometry": masker.geometry.describe(),
         },
-        "mask": mask_record(settings["mask"], settings["mask_threshold"], dataset.n_voxels, masker.geometry.n_elements),
-        "design": {
+        mask=mask_record(settings["mask"], settings["mask_threshold"], dataset.n_voxels, masker.geometry.n_elements),
+        design={
             "columns": names,
             "n_rows": fit.design.n_scans,
             "rank": fit.rank,
@@ -638,16 +556,8 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
             "condition_number_scaled": fit.design.condition,
             **settings["design"],
         },
-        "contrasts": {
-            label: {
-                "expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
-                "weights": stats[label].weights.tolist(),
-                "kind": stats[label].kind,
-                "dof": dof_record(stats[label].dof),
-            }
-            for label, expr in items
-        },
-        "settings": {
+        contrasts={label: contrast_record(expr, stats[label]) for label, expr in items},
+        settings={
             "max_memory": settings["max_memory"],
             "n_jobs": settings["n_jobs"],
             "noise_model": settings["noise"],
@@ -655,6 +565,5 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
             "scaling": settings["scaling"],
             "p": "one-sided upper tail for t; z has the same upper-tail probability",
         },
-        "run": out.run_record(**settings["timing"]),
-    }
-    out.write_json("model.json", model)
+        run=out.run_record(**settings["timing"]),
+    ).write(out)

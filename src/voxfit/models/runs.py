@@ -35,15 +35,12 @@ from ._routing import noise_order
 from .glm import (
     contrast_items,
     design_matrix,
-    design_record,
-    dof_record,
     fit_noise_model,
-    input_records,
-    mask_record,
     mean_over_scans,
     scale_data,
     write_design_files,
 )
+from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -223,40 +220,30 @@ def fit_runs(
             for label, stats in combined.items():
                 for name, values, map_names in stat_maps(stats, label, ext):
                     masker.write(out.path(name), values, map_names)
-            out.write_json(
-                "model.json",
-                {
-                    "voxfit_version": __version__,
-                    "command": command,
-                    "model": "fixed effects across runs",
-                    "runs": [
-                        {
-                            "inputs": input_records(ds.paths, ds.memory),
-                            "columns": list(names),
-                            "n_scans": int(X.shape[0]),
-                            **design_record(design, kind),
-                            "noise_details": info,
-                        }
-                        for ds, (X, names), design, kind, info in zip(datasets, matrices, designs, kinds, noise_details)
-                    ],
-                    "contrasts": {
-                        label: {
-                            "expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
-                            "kind": combined[label].kind,
-                            "dof": dof_record(combined[label].dof),
-                        }
-                        for label, expr in items
-                    },
-                    "settings": {
-                        "noise_model": noise,
-                        "scaling": scaling,
-                        "mask_threshold": threshold,
-                        "mask": "automatic (every run)" if mask is None else source_label(mask),
-                    },
-                    "mask": mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),
-                    "n_voxels": masker.n_voxels,
-                    "run": out.run_record(),
+            ModelRecord(
+                kind="runs",
+                voxfit_version=__version__,
+                command=command,
+                runs=[
+                    {
+                        "inputs": input_records(ds.paths, ds.memory),
+                        "columns": list(names),
+                        "n_scans": int(X.shape[0]),
+                        **design_record(design, kind),
+                        "noise_details": info,
+                    }
+                    for ds, (X, names), design, kind, info in zip(datasets, matrices, designs, kinds, noise_details)
+                ],
+                contrasts={label: contrast_record(expr, combined[label], weights=False) for label, expr in items},
+                settings={
+                    "noise_model": noise,
+                    "scaling": scaling,
+                    "mask_threshold": threshold,
+                    "mask": "automatic (every run)" if mask is None else source_label(mask),
                 },
-            )
+                mask=mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),
+                n_voxels=masker.n_voxels,
+                run=out.run_record(),
+            ).write(out)
             files = out.commit()
     return RunsFit(masker=masker, runs=runs, combined=combined, files=files)

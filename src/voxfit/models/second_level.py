@@ -57,7 +57,8 @@ from ..io import (
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.masking import keep_columns
 from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
-from .glm import columns_on_workers, contrast_items, input_records
+from .glm import columns_on_workers, contrast_items
+from .record import ModelRecord, contrast_record, design_rows_record, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
 
@@ -88,6 +89,28 @@ class GroupFit:
     notes: tuple[str, ...] = ()  # what the design builder did that the user should know
     maps: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class GroupOutputs:
+    """What :meth:`SecondLevel._write` writes of a fitted group model: the `masker` of the fitted voxels, the
+    `design` (a ``voxfit.design.group.GroupDesign``, rows matched to the maps), the contrast `items`
+    (label, expression), per label the `parametric` Stats; the `reader` of the inputs and their `paths` (in the
+    design's row order), the `command` line, the `tfce` parameters (E, H); per label the `permutation` results
+    and the cluster `tables` (rows of a contrast's table of clusters), and the exchangeability `blocks` (None:
+    none)."""
+
+    masker: Masker
+    design: object
+    items: list[tuple[str, object]]
+    parametric: dict[str, Stats]
+    reader: object
+    paths: list
+    command: list[str] | None
+    tfce: tuple[float, float]
+    permutation: dict[str, PermutationResult] = field(default_factory=dict)
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+    blocks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -245,7 +268,22 @@ class SecondLevel:
                     tables[label] = self._cluster_table(masker, parametric[label], perms.get(label), adjacency)
             files: list[Path] = []
             if out is not None:
-                self._write(out, masker, d, items, parametric, perms, tables, reader, paths, command, (E, H), blocks)
+                self._write(
+                    out,
+                    GroupOutputs(
+                        masker=masker,
+                        design=d,
+                        items=items,
+                        parametric=parametric,
+                        reader=reader,
+                        paths=paths,
+                        command=command,
+                        tfce=(E, H),
+                        permutation=perms,
+                        tables=tables,
+                        blocks=blocks,
+                    ),
+                )
                 files = out.commit()
         return GroupFit(
             masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids
@@ -396,7 +434,19 @@ class SecondLevel:
         files: list[Path] = []
         if out is not None:
             EH = self._tfce_parameters(masker.geometry)
-            self._write(out, masker, d, items, stats, {}, {}, reader, paths, command, EH, None)
+            self._write(
+                out,
+                GroupOutputs(
+                    masker=masker,
+                    design=d,
+                    items=items,
+                    parametric=stats,
+                    reader=reader,
+                    paths=paths,
+                    command=command,
+                    tfce=EH,
+                ),
+            )
             files = out.commit()
         return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
 
@@ -487,7 +537,9 @@ class SecondLevel:
             rows.append(row)
         return rows
 
-    def _write(self, out, masker, d, items, parametric, perms, tables, reader, paths, command, EH, blocks) -> None:
+    def _write(self, out, g: GroupOutputs) -> None:
+        """Every map of the group model `g`, its cluster tables, ``design.tsv`` and ``model.json``, into `out`."""
+        masker, d, items, parametric, perms, tables = g.masker, g.design, g.items, g.parametric, g.permutation, g.tables
         ext = masker.geometry.extension
         masker.write_mask(out.path(f"mask{ext}"))
         write_design(out.path("design.tsv"), d.X, list(d.names))
@@ -524,61 +576,56 @@ class SecondLevel:
                     p_maps(label, "tfcefwe", r.p_tfce_fwe)
             if label in tables:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
-        out.write_json(
-            "model.json",
-            {
-                "voxfit_version": __version__,
-                "command": command,
-                "model": "group (second level)",
-                "inputs": input_records(reader.paths, reader.in_memory),  # (a store's path, not its array's)
-                "design": {
-                    "columns": list(d.names),
-                    "n_rows": int(d.X.shape[0]),
-                    "notes": list(d.notes),
-                    "paired": self.paired,
-                    **design_rows_record(d, paths, self.paired),
-                },
-                "contrasts": {
-                    label: {
-                        "expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
-                        "weights": parametric[label].weights.tolist(),
-                        "kind": parametric[label].kind,
-                        "dof": parametric[label].dof,
-                        "p_thresholds": thresholds[label],
-                        "permutation": None
-                        if label not in perms
-                        else {
-                            "scheme": perms[label].scheme,
-                            "shuffles": perms[label].n_shuffles,
-                            "exhaustive": perms[label].exhaustive,
-                        },
-                    }
-                    for label, expr in items
-                },
-                "settings": {
-                    "permutations": self.permutations,
-                    "seed": self.seed,
-                    "scheme": self.scheme,
-                    "exchangeability_blocks": None if blocks is None else np.asarray(blocks).tolist(),
-                    "whole_blocks": self.whole_blocks,
-                    "tfce": self.tfce,
-                    "tfce_E": EH[0],
-                    "tfce_H": EH[1],
-                    "cluster_threshold": self.cluster_threshold,
-                    "connectivity": self.connectivity,
-                    "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
-                    "mask": (
-                        "automatic (finite and non-zero in every map)" if self.mask is None else source_label(self.mask)
-                    ),
-                    "p": (
-                        "t contrasts one-sided (large positive t); "
-                        "permutation p = #{shuffles reaching the observed} / shuffles"
-                    ),
-                },
-                "n_voxels": masker.n_voxels,
-                "run": out.run_record(),
+        ModelRecord(
+            kind="group",
+            voxfit_version=__version__,
+            command=g.command,
+            inputs=input_records(g.reader.paths, g.reader.in_memory),  # (a store's path, not its array's)
+            design={
+                "columns": list(d.names),
+                "n_rows": int(d.X.shape[0]),
+                "notes": list(d.notes),
+                "paired": self.paired,
+                **design_rows_record(d, g.paths, self.paired),
             },
-        )
+            contrasts={
+                label: contrast_record(
+                    expr,
+                    parametric[label],
+                    p_thresholds=thresholds[label],
+                    permutation=None
+                    if label not in perms
+                    else {
+                        "scheme": perms[label].scheme,
+                        "shuffles": perms[label].n_shuffles,
+                        "exhaustive": perms[label].exhaustive,
+                    },
+                )
+                for label, expr in items
+            },
+            settings={
+                "permutations": self.permutations,
+                "seed": self.seed,
+                "scheme": self.scheme,
+                "exchangeability_blocks": None if g.blocks is None else np.asarray(g.blocks).tolist(),
+                "whole_blocks": self.whole_blocks,
+                "tfce": self.tfce,
+                "tfce_E": g.tfce[0],
+                "tfce_H": g.tfce[1],
+                "cluster_threshold": self.cluster_threshold,
+                "connectivity": self.connectivity,
+                "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
+                "mask": (
+                    "automatic (finite and non-zero in every map)" if self.mask is None else source_label(self.mask)
+                ),
+                "p": (
+                    "t contrasts one-sided (large positive t); "
+                    "permutation p = #{shuffles reaching the observed} / shuffles"
+                ),
+            },
+            n_voxels=masker.n_voxels,
+            run=out.run_record(),
+        ).write(out)
 
 
 # float64 values per voxel held beside the maps: the fit (betas, rss and the like, 2 per column + 8), each
@@ -651,30 +698,6 @@ def group_memory(
         neighbours += threads * scratch
     fixed += neighbours
     return GroupMemory(data, residuals, results, neighbours, one, cap - fixed, fixed + one, threads)
-
-
-def design_rows_record(d, paths, paired: bool) -> dict:
-    """model.json's record of which table row each map got: ``table`` (path, ``DataFrame`` or None),
-    ``matched_by`` (the id column, ``position``, or None for a one-sample design) and ``rows``: per design row,
-    the map (with `paired`, the A map and the B map subtracted from it), its participant id and its row in the
-    table (1-based, counting data rows, the header excluded); ``dropped_rows`` likewise for rows without a map.
-    When the maps are the volumes of one file, ``rows`` is None: design row k is volume k."""
-    n = d.X.shape[0]
-    record = {"table": d.source, "matched_by": d.matched_by}
-    if len(paths) != (2 * n if paired else n):  # volumes of one file (or a few): in the file's order
-        return {**record, "rows": None, "order": "design row k is map k of the input, in the order of its volumes"}
-    names = [str(p) for p in paths]
-    rows = []
-    for k in range(n):
-        row = {"map": names[k]}
-        if paired:
-            row["minus"] = names[n + k]
-        if d.ids:
-            row["participant_id"] = d.ids[k]
-        if d.matched_by is not None:
-            row["table_row"] = int(d.rows[k]) + 1
-        rows.append(row)
-    return {**record, "rows": rows, "dropped_rows": [{"participant_id": i, "table_row": r + 1} for r, i in d.dropped]}
 
 
 def _map_name(item) -> str:

@@ -20,6 +20,7 @@ from ..exceptions import InputError
 from ..io import sanitize_label, statmap_name
 from ..io.geometry import Geometry
 from ..io.readers import open_map
+from ..models.record import ModelRecord
 
 __all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_results"]
 
@@ -69,11 +70,14 @@ class Contrast:
     info: dict
 
 
+LEVELS = {"first-level": "first level", "runs": "fixed effects across runs", "group": "group"}  # by model kind
+
+
 @dataclass
 class Results:
     folder: Path
-    model: dict
-    level: str  # "first level", "fixed effects across runs", "group"
+    model: dict  # model.json as a dict (see voxfit.models.record.ModelRecord)
+    level: str  # LEVELS[kind]: "first level", "fixed effects across runs", "group"
     designs: list[DesignView]
     contrasts: list[Contrast]
     geometry: Geometry
@@ -121,17 +125,9 @@ def _weights(entry: dict, design: DesignView | None, label: str) -> NDArray | No
 def read_results(folder) -> Results:
     """Read a finished voxfit output folder (``voxfit fit``, several runs, or ``voxfit group``)."""
     folder = Path(folder)
-    path = folder / "model.json"
-    if not path.is_file():
-        raise InputError(f"{folder} holds no model.json; give the output folder of a finished voxfit fit or group run.")
-    try:
-        model = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as exc:  # (nested beyond Python's stack: not voxfit's)
-        raise InputError(f"{path} is not readable JSON ({type(exc).__name__}); rerun the fit to rewrite it.") from None
-    if not isinstance(model, dict):
-        raise InputError(f"{path} is not a voxfit model.json (not a JSON object); rerun the fit to rewrite it.")
-    kind = model.get("model", "first level")
-    level = "group" if kind.startswith("group") else kind
+    record = ModelRecord.read(folder)
+    model = record.as_dict()
+    level = LEVELS[record.kind]
     designs = []
     if (folder / "design.tsv").is_file():
         designs.append(_design_view("Design", folder / "design.tsv", model.get("design", {})))

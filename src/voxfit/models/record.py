@@ -1,0 +1,324 @@
+"""``model.json``: what a fit records of itself, written and read by one class, :class:`ModelRecord`.
+
+The file's form is also given as a JSON Schema (draft 2020-12), ``model.schema.json`` beside this module
+(:func:`schema`). The helpers below make the parts of the record that more than one model writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..exceptions import InputError
+from ..io import source_label
+
+__all__ = [
+    "KINDS",
+    "RECORD_VERSION",
+    "ModelRecord",
+    "contrast_record",
+    "design_record",
+    "design_rows_record",
+    "dof_record",
+    "input_record",
+    "input_records",
+    "mask_record",
+    "schema",
+]
+
+RECORD_VERSION = 1  # raised when a key changes meaning or goes away (not when one is added)
+KINDS = ("first-level", "runs", "group")
+MODEL_TEXT = {"runs": "fixed effects across runs", "group": "group (second level)"}  # the older "model" key
+FILE = "model.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRecord:
+    """What a fit records of itself in ``model.json``, so that it can be repeated and reported.
+
+    Made with keywords. Written as one JSON object, keys in the order of the fields below and under their
+    names, except `version` (written first, as ``record_version``) and `kind` (``model_kind``); runs and group
+    records also carry ``model`` (``"fixed effects across runs"``, ``"group (second level)"``), the kind in the
+    words of files older than ``model_kind``. A field that is None is not written (except `command`); a key
+    missing from a file is read as None (older files lack some); unknown keys of a file are ignored.
+
+    kind: ``"first-level"`` (one design fitted to one run, ``voxfit fit``), ``"runs"`` (several runs, each
+        with its design, combined by fixed effects) or ``"group"`` (``voxfit group``, maps of subjects).
+    voxfit_version: the version of voxfit that wrote the file.
+    command: the command line that made the run (a list of arguments); None when called from Python.
+    inputs: first level and group (runs: per run, in `runs`): per file ``path`` (absolute), ``bytes`` and
+        ``sha256`` (of a store folder: over its files, see :func:`input_record`); per input given in memory
+        ``source``, ``type``, ``shape``, ``dtype`` and ``sha256`` of its values.
+    runs: runs only: per run ``inputs``, ``columns``, ``n_scans``, ``kinds``, ``tr`` (as in `design`) and
+        ``noise_details`` (as in `settings`).
+    data: first level only: ``n_scans``, ``n_voxels`` (in the mask), ``n_invalid_voxels`` (in the mask but not
+        fitted: NaN or infinite values), ``dtype`` (as stored), ``geometry`` (``kind``: volume, surface, CIFTI
+        file, plain array; ``n_elements`` of the grid; volumes' ``shape`` and ``affine`` (mm), CIFTI's
+        ``structures``).
+    mask: first level and runs: see :func:`mask_record`.
+    design: first level: ``columns``, ``n_rows``, ``rank``, ``dof`` (rows - rank), ``condition_number_scaled``
+        (of the design with unit-norm columns), ``kinds`` (each column's kind, see ``voxfit.design.kinds``),
+        ``tr`` (seconds; only for designs built from events). Group: ``columns``, ``n_rows`` (maps; pairs with
+        --paired), ``notes`` (what the design builder did), ``paired`` and which map each row got (see
+        :func:`design_rows_record`). Absent for runs (see `runs`).
+    contrasts: per contrast label (see :func:`contrast_record`): ``expression`` (as given: text, or weights as
+        nested lists), ``weights`` (rows over the design's columns; absent for runs, whose designs differ),
+        ``kind`` (``t`` or ``F``), ``dof`` (see :func:`dof_record`); for groups also ``p_thresholds``
+        (``fdr_0.05``: the largest p that passes FDR q < 0.05, 0 when none does; ``bonferroni_0.05``: 0.05 /
+        the voxels with a p) and ``permutation`` (``scheme`` flip or permute, ``shuffles``, ``exhaustive``;
+        None without permutations).
+    settings: the options of the fit. First level: ``max_memory`` (as given, e.g. ``"2G"``; None: no cap),
+        ``n_jobs``, ``noise_model`` (``ols``, ``ar1`` .. ``ar8``, ``ar1-global``), ``noise_details`` (what the
+        noise model found: ``model`` in words, ``streamed`` for one-pass fits; for ar1-global SPM's ReML
+        hyperparameters, the pooled voxels, their F threshold and the lag-1 correlation), ``scaling``
+        (``none``, ``mean``, ``global``), ``p`` (which tail the p maps hold). Runs: ``noise_model``,
+        ``scaling``, ``mask_threshold`` (fraction of each scan's global; None when not used), ``mask`` (its
+        source, in words). Group: ``permutations``, ``seed``, ``scheme``, ``exchangeability_blocks`` (a block
+        per map, or None), ``whole_blocks``, ``tfce``, ``tfce_E``, ``tfce_H``, ``cluster_threshold`` (on the
+        statistic, or None), ``connectivity`` (neighbours of a voxel: 6, 18, 26), ``mesh`` (absolute path, or
+        None), ``mask`` (its source, in words), ``p``.
+    n_voxels: runs and group: the voxels (vertices, columns) fitted, those of the mask.
+    run: ``started`` (ISO 8601, to the second), the seconds of each step (first level: ``load_s``,
+        ``fit_s``), ``elapsed_s`` (seconds from opening the output folder to writing the file) and
+        ``peak_memory_mib`` (peak resident memory of the process, MiB; None where the system does not tell).
+    demo: ``voxfit demo`` only: ``seed``, ``data`` (where the synthetic run is) and ``repeat`` (the command
+        that refits the data from the output folder).
+    version: the version of this record's form, :data:`RECORD_VERSION`; files older than the key are read as
+        version 1 (their keys are those of version 1).
+    """
+
+    kind: str
+    voxfit_version: str
+    command: list[str] | None
+    inputs: list[dict] | None = None
+    runs: list[dict] | None = None
+    data: dict | None = None
+    mask: dict | None = None
+    design: dict | None = None
+    contrasts: dict
+    settings: dict
+    n_voxels: int | None = None
+    run: dict | None = None
+    demo: dict | None = None
+    version: int = RECORD_VERSION
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"ModelRecord.kind must be one of {', '.join(KINDS)}; got {self.kind!r}.")
+
+    def as_dict(self) -> dict:
+        """The record as model.json holds it (a JSON object)."""
+        values = asdict(self)
+        kind = values.pop("kind")
+        out = {"record_version": values.pop("version"), "model_kind": kind}
+        out |= {"voxfit_version": values.pop("voxfit_version"), "command": values.pop("command")}
+        if kind in MODEL_TEXT:
+            out["model"] = MODEL_TEXT[kind]
+        return out | {k: v for k, v in values.items() if v is not None}
+
+    def write(self, out) -> None:
+        """Write ``model.json`` into the output folder `out` (a :class:`voxfit.io.OutputFolder`)."""
+        out.write_json(FILE, self.as_dict())
+
+    @classmethod
+    def read(cls, path) -> ModelRecord:
+        """The record of an output folder, or of a ``model.json`` file; an InputError if there is none or it is
+        not one. Files written before ``model_kind`` existed are read by their keys (see :func:`_kind`)."""
+        path = Path(path)
+        folder, path = (path.parent, path) if path.name == FILE and not path.is_dir() else (path, path / FILE)
+        if not path.is_file():
+            raise InputError(f"{folder} holds no {FILE}; give the output folder of a finished voxfit fit or group run.")
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as exc:  # (nested beyond Python's stack: not voxfit's)
+            raise InputError(
+                f"{path} is not readable JSON ({type(exc).__name__}); rerun the fit to rewrite it."
+            ) from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{path} is not a voxfit {FILE} (not a JSON object); rerun the fit to rewrite it.")
+        version = raw.get("record_version", RECORD_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InputError(
+                f"{path} has record_version {version!r}, not a version of voxfit's {FILE}; rerun the fit to rewrite it."
+            )
+        if version > RECORD_VERSION:
+            raise InputError(
+                f"{path} was written by a newer voxfit (record_version {version}; this one reads versions up to "
+                f"{RECORD_VERSION}); upgrade voxfit to read it."
+            )
+        values = {"kind": _kind(raw, path), "version": version}
+        for f in fields(cls):
+            if f.name not in values:
+                value = raw.get(f.name)
+                if value is not None and not isinstance(value, _JSON_TYPES[f.name]):
+                    raise InputError(
+                        f"{path} holds {f.name!r} of the wrong type ({type(value).__name__}); rerun the fit to "
+                        "rewrite it."
+                    )
+                values[f.name] = value
+        values["contrasts"] = values["contrasts"] or {}  # (required when written; tolerated when absent)
+        values["settings"] = values["settings"] or {}
+        values["voxfit_version"] = values["voxfit_version"] or "unknown"
+        return cls(**values)
+
+
+_JSON_TYPES = {  # what each field must be in a file (when present and not null)
+    "voxfit_version": str,
+    "command": list,
+    "contrasts": dict,
+    "settings": dict,
+    "run": dict,
+    "inputs": list,
+    "data": dict,
+    "mask": dict,
+    "design": dict,
+    "runs": list,
+    "n_voxels": int,
+    "demo": dict,
+}
+
+
+def _kind(raw: dict, path: Path) -> str:
+    """The model kind of a file: its ``model_kind``, or for files older than that key, its ``model`` text
+    (runs, group), and first level where it has none."""
+    kind = raw.get("model_kind")
+    if kind is None:
+        text = raw.get("model")
+        kind = "first-level" if text is None else next((k for k, t in MODEL_TEXT.items() if t == text), text)
+    if kind not in KINDS:
+        raise InputError(
+            f"{path} records a model of kind {kind!r}, not one of {', '.join(KINDS)}; rerun the fit to rewrite it."
+        )
+    return kind
+
+
+def schema() -> dict:
+    """The JSON Schema (draft 2020-12) of model.json, shipped beside this module."""
+    return json.loads((Path(__file__).parent / "model.schema.json").read_text())
+
+
+def contrast_record(expr, stats, weights: bool = True, **more) -> dict:
+    """A contrast as model.json records it: its `expr` as given, its weights (unless not `weights`), its kind
+    and degrees of freedom (from its `stats`), and `more` (the group's thresholds and permutations)."""
+    return {
+        "expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
+        **({"weights": stats.weights.tolist()} if weights else {}),
+        "kind": stats.kind,
+        "dof": dof_record(stats.dof),
+        **more,
+    }
+
+
+def dof_record(dof):
+    """A contrast's degrees of freedom for model.json: the number, ``[df1, df2]`` for F, and for per-voxel
+    (effective) degrees of freedom their range and median over the voxels that have them."""
+    if isinstance(dof, tuple):
+        return [dof_record(d) for d in dof]
+    if np.ndim(dof) == 0:
+        return float(dof)
+    finite = np.asarray(dof)[np.isfinite(dof)]
+    summary = {"per_voxel": "effective (Satterthwaite) degrees of freedom of the AR model; see voxfit.core.ar"}
+    if finite.size:
+        summary.update(min=float(finite.min()), median=float(np.median(finite)), max=float(finite.max()))
+    return summary
+
+
+def mask_record(mask, threshold, n_voxels: int, n_elements: int) -> dict:
+    """What model.json says of the mask: its ``source`` (path, or ``automatic``), the ``threshold`` of the
+    automatic mask (fraction of each scan's global; None when not used), its ``rule`` in words, the
+    ``n_voxels`` it kept and their ``fraction_of_grid``."""
+    if mask is not None:
+        source, rule = source_label(mask), "explicit: non-zero, finite values"
+    elif threshold is not None:
+        source, rule = (
+            "automatic",
+            (f"SPM's: above {threshold:g} x each scan's global (spm_global) in every scan, finite and not constant"),
+        )
+    else:
+        source, rule = "automatic", "finite and not constant over the scans"
+    return {
+        "source": source,
+        "threshold": threshold,
+        "rule": rule,
+        "n_voxels": int(n_voxels),
+        "fraction_of_grid": round(n_voxels / max(1, n_elements), 6),
+    }
+
+
+def design_record(design, kinds) -> dict:
+    """What model.json records of a design beside its columns: each column's kind (see
+    ``voxfit.design.kinds``) and, for a design built from events, the TR."""
+    return {"kinds": list(kinds), **({"tr": design.tr} if hasattr(design, "tr") else {})}
+
+
+def design_rows_record(d, paths, paired: bool) -> dict:
+    """model.json's record of which table row each map got: ``table`` (path, ``DataFrame`` or None),
+    ``matched_by`` (the id column, ``position``, or None for a one-sample design) and ``rows``: per design row,
+    the map (with `paired`, the A map and the B map subtracted from it), its participant id and its row in the
+    table (1-based, counting data rows, the header excluded); ``dropped_rows`` likewise for rows without a map.
+    When the maps are the volumes of one file, ``rows`` is None: design row k is volume k."""
+    n = d.X.shape[0]
+    record = {"table": d.source, "matched_by": d.matched_by}
+    if len(paths) != (2 * n if paired else n):  # volumes of one file (or a few): in the file's order
+        return {**record, "rows": None, "order": "design row k is map k of the input, in the order of its volumes"}
+    names = [str(p) for p in paths]
+    rows = []
+    for k in range(n):
+        row = {"map": names[k]}
+        if paired:
+            row["minus"] = names[n + k]
+        if d.ids:
+            row["participant_id"] = d.ids[k]
+        if d.matched_by is not None:
+            row["table_row"] = int(d.rows[k]) + 1
+        rows.append(row)
+    return {**record, "rows": rows, "dropped_rows": [{"participant_id": i, "table_row": r + 1} for r, i in d.dropped]}
+
+
+def input_record(path: Path, digest: str | None = None) -> dict:
+    """What model.json says of an input file: absolute path, size, SHA-256 (of a store folder such as a Zarr
+    store: over its files' relative names and contents, in sorted order)."""
+    path = Path(path)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return {"path": str(path.resolve()), "bytes": size, "sha256": digest or _sha256(path)}
+
+
+def input_records(paths, memory=()) -> list[dict]:
+    """What model.json says of the inputs: each file's :func:`input_record`, and for data given in memory
+    (nibabel images, arrays: :class:`voxfit.io.MemoryInput`) what they were, their shape and a SHA-256 of
+    their values (run in a thread while the data are read or fitted)."""
+    _yield_cpu()
+    return [input_record(p) for p in paths] + [m.record() for m in memory]
+
+
+def _yield_cpu() -> None:
+    """Run the calling thread at a low CPU priority where the system allows it (Linux: per thread), so that
+    work it does on the side takes mostly cores the fit leaves idle (nice 10, not 19: on a busy machine the
+    fit still waits for it at the end)."""
+    if sys.platform.startswith("linux"):  # elsewhere a thread id is not a process id for setpriority
+        with contextlib.suppress(OSError):  # not permitted: the thread keeps its priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _sha256(path: Path, buf: memoryview | None = None) -> str:
+    h = hashlib.sha256()
+    # read into one buffer: a new 4 MiB bytes object per chunk faults its pages in each time, which slowed the
+    # thread decompressing the same file beside it by 10%
+    buf = buf if buf is not None else memoryview(bytearray(1 << 22))
+    if Path(path).is_dir():
+        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+            h.update(bytes.fromhex(_sha256(f, buf)))
+        return h.hexdigest()
+    with open(path, "rb", buffering=0) as fh:
+        while got := fh.readinto(buf):
+            h.update(buf[:got])
+    return h.hexdigest()

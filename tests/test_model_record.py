@@ -1,0 +1,132 @@
+"""model.json through ModelRecord: written and read back equal for each kind of model, the kind and version always
+written, files older than those keys still read, broken files refused with a sentence."""
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from voxfit.exceptions import InputError
+from voxfit.io import OutputFolder
+from voxfit.models import SecondLevel, fit_images, fit_runs
+from voxfit.models.record import KINDS, RECORD_VERSION, ModelRecord, schema
+
+
+def _fit(kind: str, out):
+    rng = np.random.default_rng(7)
+    X = np.column_stack([np.ones(20), rng.standard_normal(20)])
+    Y = rng.standard_normal((20, 30)) + 5
+    if kind == "first-level":
+        fit_images(Y, (X, ["c", "a"]), ["a=a", "both=a;c"], out_dir=out, noise="ar1", command=["voxfit", "fit"])
+    elif kind == "runs":
+        fit_runs([Y, Y[::-1].copy()], [(X, ["c", "a"])] * 2, ["a=a", "both=a;c"], out_dir=out)
+    else:
+        SecondLevel(contrasts=["m=intercept"], permutations=20, seed=0).fit(Y, out)
+    return out
+
+
+@pytest.fixture(params=KINDS)
+def written(request, tmp_path):
+    return request.param, _fit(request.param, tmp_path / request.param)
+
+
+def _rewrite(record: ModelRecord, folder):
+    with OutputFolder(folder) as out:
+        record.write(out)
+        out.commit()
+    return folder
+
+
+def test_each_kind_reads_back_equal_and_writes_the_same_file(written, tmp_path):
+    kind, folder = written
+    record = ModelRecord.read(folder)
+    assert record.kind == kind and record.version == RECORD_VERSION
+    again = ModelRecord.read(_rewrite(record, tmp_path / "again"))
+    assert again == record
+    assert json.loads((tmp_path / "again" / "model.json").read_text()) == json.loads(
+        (folder / "model.json").read_text()
+    )
+    assert ModelRecord.read(folder / "model.json") == record  # the file itself, or its folder
+
+
+def test_kind_and_version_are_always_written(written):
+    kind, folder = written
+    raw = json.loads((folder / "model.json").read_text())
+    assert raw["record_version"] == RECORD_VERSION and raw["model_kind"] == kind
+    assert list(raw)[:4] == ["record_version", "model_kind", "voxfit_version", "command"]
+    assert (
+        raw.get("model")
+        == {"first-level": None, "runs": "fixed effects across runs", "group": "group (second level)"}[kind]
+    )
+    jsonschema.validate(raw, schema(), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.planted_model_json  # (a sketch of each kind: fewer keys than a fit writes)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_record_made_by_hand_reads_back_equal(kind, tmp_path):
+    record = ModelRecord(
+        kind=kind,
+        voxfit_version="0.0.1",
+        command=None,
+        inputs=None if kind == "runs" else [{"path": "/data/x.nii", "bytes": 3, "sha256": "0" * 64}],
+        runs=[{"columns": ["a"], "n_scans": 4}] * 2 if kind == "runs" else None,
+        contrasts={"a": {"expression": [1.0], "kind": "t", "dof": 3.0}},
+        settings={"noise_model": "ols"},
+        n_voxels=None if kind == "first-level" else 12,
+    )
+    assert ModelRecord.read(_rewrite(record, tmp_path / "o")) == record
+    raw = json.loads((tmp_path / "o" / "model.json").read_text())
+    assert "data" not in raw and "run" not in raw and raw["command"] is None  # None: not written, but command
+
+
+@pytest.mark.planted_model_json
+def test_a_file_older_than_the_kind_is_read_by_its_keys(written, tmp_path):
+    kind, folder = written
+    raw = json.loads((folder / "model.json").read_text())
+    old = {k: v for k, v in raw.items() if k not in ("record_version", "model_kind")}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model.json").write_text(json.dumps(old))
+    record = ModelRecord.read(tmp_path / "old")
+    assert record.kind == kind and record.version == RECORD_VERSION
+    assert record == ModelRecord.read(folder)
+    (tmp_path / "old" / "model.json").write_text(json.dumps({"voxfit_version": "0.0.1", "contrasts": {}}))
+    assert ModelRecord.read(tmp_path / "old").kind == "first-level"  # (and the keys it lacks read as None)
+
+
+@pytest.mark.planted_model_json
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "holds no model.json"),
+        ("{not json", "is not readable JSON (JSONDecodeError)"),
+        ("[" * 100000 + "]" * 100000, "is not readable JSON (RecursionError)"),
+        ("[1, 2]", "is not a voxfit model.json (not a JSON object)"),
+        ('{"model": "mixed"}', "records a model of kind 'mixed'"),
+        ('{"model_kind": "second-level"}', "records a model of kind 'second-level'"),
+        (f'{{"record_version": {RECORD_VERSION + 1}}}', "was written by a newer voxfit"),
+        ('{"record_version": "1"}', "has record_version '1', not a version"),
+        ('{"record_version": 0}', "has record_version 0, not a version"),
+        ('{"contrasts": []}', "holds 'contrasts' of the wrong type (list)"),
+        ('{"command": "voxfit fit"}', "holds 'command' of the wrong type (str)"),
+    ],
+)
+def test_a_broken_file_is_refused_with_a_sentence(text, message, tmp_path):
+    if text is not None:
+        (tmp_path / "model.json").write_text(text)
+    with pytest.raises(InputError, match="rerun the fit|give the output folder|upgrade voxfit") as err:
+        ModelRecord.read(tmp_path)
+    assert message in str(err.value)
+
+
+def test_an_unknown_kind_is_not_made():
+    with pytest.raises(ValueError, match="first-level, runs, group"):
+        ModelRecord(kind="first level", voxfit_version="1", command=None, contrasts={}, settings={})
+
+
+def test_the_schema_is_shipped_valid_and_refuses_a_record_without_its_kind(written):
+    jsonschema.Draft202012Validator.check_schema(schema())
+    _, folder = written
+    raw = json.loads((folder / "model.json").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({k: v for k, v in raw.items() if k != "model_kind"}, schema())

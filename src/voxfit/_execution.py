@@ -14,7 +14,7 @@ from ._checks import check_scalar
 from ._memory import parse_memory, reserved_bytes
 from .exceptions import InputError
 
-__all__ = ["BUDGETS", "Budgets", "Execution"]
+__all__ = ["BUDGETS", "Budgets", "Execution", "cap_holding", "data_bytes"]
 
 # Every memory budget: what it bounds, its default without --max-memory, and its value under a cap P. A budget
 # given under a cap is what the cap allows it; the working buffers stay far below it in practice (a block of the
@@ -56,12 +56,23 @@ class Budgets:
         `itemsize` bytes a value, for float64 data), they are :meth:`over_half` of the cap. The other half holds
         what the in-memory path adds to the data: a scaled copy (``--scaling``), the per-voxel results, the
         working blocks and the maps written."""
-        return self.over_half(max(4, itemsize) * n_scans * n_elements)
+        return self.over_half(data_bytes(n_scans, n_elements, itemsize))
 
     def over_half(self, nbytes: int) -> bool:
         """Whether `nbytes` of data take more than half of what the cap leaves beside
-        :data:`~voxfit._memory.RESERVED` (never without a cap)."""
+        :data:`~voxfit._memory.RESERVED` (never without a cap): whether the cap is below :func:`cap_holding`."""
         return self.process is not None and nbytes > (self.process - reserved_bytes()) // 2
+
+
+def data_bytes(n_scans: int, n_elements: int, itemsize: int = 4) -> int:
+    """The bytes of data the in-memory path holds: float32, or `itemsize` bytes a value for float64 data."""
+    return max(4, itemsize) * n_scans * n_elements
+
+
+def cap_holding(nbytes: int) -> int:
+    """The smallest memory cap under which `nbytes` of data (see :func:`data_bytes`) are fitted in memory, as
+    error messages name it: :data:`~voxfit._memory.RESERVED` and twice the data."""
+    return reserved_bytes() + 2 * nbytes
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class Execution:
         run on).
     scheduler : a ``dask.distributed.Client`` or a scheduler address: the voxel blocks (and shuffles) run on
         the cluster.
-    device : ``cuda`` or ``cuda:N`` to compute on a GPU; None or ``cpu`` for the CPU.
+    device : ``cuda`` or ``cuda:N`` to compute on a GPU; None or ``cpu`` for the CPU. Not with a scheduler.
     progress : show a progress bar (None: when the standard error is a terminal).
     budgets : the bytes each part of the run may take; by default resolved from `max_memory` (see
         :meth:`Budgets.of`); a model that plans a part itself says so with :meth:`planned`.
@@ -95,6 +106,8 @@ class Execution:
             check_scalar(self.n_jobs, "`n_jobs`", min_val=1, description="a positive number of threads")
         if self.device is not None and not isinstance(self.device, str):
             raise InputError(f"`device` must be 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
+        if self.scheduler is not None and self.on_device:  # a cluster's workers have no view of this GPU
+            raise InputError("give either `scheduler` or `device`, not both.")
         if self.budgets is None:
             object.__setattr__(self, "budgets", Budgets.of(self.max_memory))
 

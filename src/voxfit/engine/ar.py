@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_scalar
-from .._execution import Budgets, Execution
+from .._execution import Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
@@ -34,12 +34,14 @@ class ARFit:
     order: int
 
 
-def _block_voxels(n: int, pc: int, order: int, max_memory, block_size, workers: int) -> int:
+def _block_voxels(n: int, pc: int, order: int, execution: Execution, block_size, workers: int) -> int:
+    """Voxels per block of an AR fit: `block_size`, or as many as the ``ar_block`` budget holds per worker."""
+    max_memory = execution.max_memory
     check_block_size(block_size, max_memory)
     if block_size is not None:
         return int(block_size)
     per_voxel = 8 * (3 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + (order + 4) * pc)  # see core.ar.fit_ar_block
-    budget = Budgets.of(max_memory).ar_block // max(1, workers)
+    budget = execution.budgets.ar_block // max(1, workers)
     if budget < per_voxel:
         raise InputError(f"`max_memory`={max_memory!r} is too small for an AR fit: one voxel needs {per_voxel} bytes.")
     return int(min(4096, budget // per_voxel))
@@ -101,13 +103,11 @@ def fit_ar(
     block = ARBlock(design, int(order))
     fit_block = functools.partial(fit_ar_block, block)
     if execution.on_device:
-        if scheduler is not None:
-            raise InputError("give either `scheduler` or `device`, not both.")
         from ._ar_device import DeviceARBlock
 
         fit_block = DeviceARBlock(block, execution.device)
     V = Y.shape[1]
-    step = _block_voxels(n, pc, order, execution.max_memory, block_size, n_jobs)
+    step = _block_voxels(n, pc, order, execution, block_size, n_jobs)
     maps = ARMaps(pc, order, weights, V)
     valid = np.zeros(V, dtype=bool)
 

@@ -119,7 +119,8 @@ def fit(
     n, p = design.X.shape
     V = Y.shape[1]
     wdt = working_dtype(Y.dtype)
-    block, tile = plan_blocks(n, p, wdt.itemsize, execution.max_memory, block_size, workers=n_jobs)
+    budget = execution.budgets.block
+    block, tile = plan_blocks(n, p, wdt.itemsize, execution.max_memory, block_size, workers=n_jobs, budget=budget)
     if design.dof == 0:
         warnings.warn(
             f"The design leaves no residual degrees of freedom ({n} scans, rank {design.rank}); "

@@ -41,13 +41,15 @@ def plan_blocks(
     max_memory: str | int | None = None,
     block_size: int | None = None,
     workers: int = 1,
+    *,
+    budget: int | None = None,
 ) -> tuple[int, int]:
     """``(block, tile)`` voxel counts for ``core.BlockFitter``: what fits the budget, split among workers.
 
-    `block_size` fixes the block (and caps the tile); otherwise `max_memory` (the ``block`` budget of
-    ``voxfit._execution.BUDGETS``: by default 64 MiB) bounds the
-    working memory of all workers together: each gets ``budget / workers`` for a tile of at most
-    ``DEFAULT_TILE_BYTES`` and the largest block, up to ``DEFAULT_BLOCK_VOXELS``, that fits the rest.
+    `block_size` fixes the block (and caps the tile); otherwise `budget` bytes (by default the ``block`` budget
+    of ``voxfit._execution.Budgets`` under `max_memory`; `max_memory` is named in messages) bound the working
+    memory of all workers together: each gets ``budget / workers`` for a tile of at most ``DEFAULT_TILE_BYTES``
+    and the largest block, up to ``DEFAULT_BLOCK_VOXELS``, that fits the rest.
     """
     check_block_size(block_size, max_memory)
     tile_cost = _tile_bytes(n_scans, work_itemsize)
@@ -55,7 +57,7 @@ def plan_blocks(
     default_tile = max(16, DEFAULT_TILE_BYTES // (n_scans * work_itemsize))
     if block_size is not None:
         return int(block_size), int(min(block_size, default_tile))
-    budget = Budgets.of(max_memory).block // max(1, workers)
+    budget = (Budgets.of(max_memory).block if budget is None else budget) // max(1, workers)
     tile = min(default_tile, budget // (tile_cost + block_cost))
     if tile < 1:
         need = (tile_cost + block_cost) * max(1, workers)

@@ -26,7 +26,7 @@ from .._array import working_dtype
 from .._execution import Execution
 from .._memory import reserved_bytes, size_text
 from .._progress import Progress
-from .._threads import blas_single_threaded, default_workers, run_in_threads
+from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
 from ..core.ols import fit_from_sums, needs_refit
@@ -201,7 +201,7 @@ def fit_streaming(
     else:
         block, basis = None, design.basis
     accumulated = _accumulate(reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab)
-    maps, mean, flagged = _fit_from_sums(accumulated, design, block, weights)
+    maps, mean, flagged = _fit_from_sums(accumulated, design, block, weights, execution.n_jobs)
     _refit(reader, design, block, weights, accumulated.masker, np.union1d(accumulated.unread, flagged), maps, mean)
     valid = np.isfinite(maps.rss)
     if order:
@@ -292,8 +292,11 @@ def _accumulate(
     )
 
 
-def _fit_from_sums(accumulated: _Pass, design, block: ARBlock | None, weights: dict) -> tuple[ARMaps, NDArray, NDArray]:
-    """The fit of the voxels with sums, a block of `SUMS_BLOCK` at a time: the maps (NaN at the voxels
+def _fit_from_sums(
+    accumulated: _Pass, design, block: ARBlock | None, weights: dict, n_jobs: int | None = None
+) -> tuple[ARMaps, NDArray, NDArray]:
+    """The fit of the voxels with sums, a block of `SUMS_BLOCK` at a time (AR blocks in up to `n_jobs`
+    threads): the maps (NaN at the voxels
     without sums), each voxel's mean, and the positions of the voxels whose sums cancelled too many digits
     (their refit needs their data)."""
     S, targets, V = accumulated.sums, accumulated.targets, accumulated.masker.n_voxels
@@ -318,7 +321,7 @@ def _fit_from_sums(accumulated: _Pass, design, block: ARBlock | None, weights: d
         # as many blocks at once as the slabs' share of the cap holds beside the results (see ar_block_bytes)
         results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
         fits = (accumulated.slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
-        workers = max(1, min(default_workers(), len(starts), fits))
+        workers = max(1, min(resolve_workers(n_jobs), len(starts), fits))
         with blas_single_threaded():
             run_in_threads(fit_part, starts, workers)  # stoppable between blocks
     else:

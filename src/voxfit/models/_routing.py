@@ -1,8 +1,10 @@
 """How a fit runs, decided in one place: in memory, in one streamed pass, or read by the Dask workers.
 
-:func:`choose_route` is called by :func:`voxfit.fit_images` (and so by ``FirstLevel`` and the command line),
-:func:`voxfit.fit_runs` and :meth:`voxfit.SecondLevel.fit`, from the inputs' header and the
-:class:`~voxfit._execution.Execution`, before any data value is read. The model says what it allows
+:func:`choose_route` is called by the command line (``voxfit fit``, before the numerical modules import: the
+route it finds is handed to :func:`voxfit.fit_images`), by :func:`voxfit.fit_images` when it is given none (and
+so by ``FirstLevel``) and by :meth:`voxfit.SecondLevel.fit`, from the inputs' header and the
+:class:`~voxfit._execution.Execution`, before any data value is read. (:func:`voxfit.fit_runs` holds every run
+in memory, and refuses a cap that cannot hold them.) The model says what it allows
 (:class:`Needs`); the route says where the data are read; the execution says where the arithmetic runs
 (threads, a Dask cluster, a GPU). This module imports no numerical library, so that the command line decides
 the route, and starts reading the data, while those import.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._execution import Execution
+from .._execution import Execution, cap_holding, data_bytes
 from .._memory import reserved_bytes, size_text
 from ..exceptions import InputError
 
@@ -42,7 +44,7 @@ class Needs:
 @dataclass(frozen=True)
 class Route:
     """How one fit runs: `kind` is :data:`MEMORY`, :data:`STREAM` or :data:`WORKERS`; `reader` the inputs'
-    reader whose header decided it (None for data already loaded); `reason` says why, for model.json."""
+    reader whose header decided it (None for data already loaded); `reason` says why, in words."""
 
     kind: str
     reader: object = None
@@ -65,9 +67,7 @@ def first_level_needs(noise: str, scaling: str, reader) -> Needs:
     """What a first-level fit allows: the workers read columns, and data over the cap stream, with OLS or
     AR(p) per voxel and no scaling (scaling and SPM's ar1-global need whole scans in memory)."""
     simple = noise_order(noise) >= 0 and scaling == "none"
-    need = (
-        reserved_bytes() + 2 * 4 * reader.n_scans * reader.geometry.n_elements
-    )  # the cap that holds them in memory (Budgets.streams)
+    need = cap_holding(data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
     return Needs(
         by_columns=simple,
         one_pass=simple,

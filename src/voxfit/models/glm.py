@@ -16,12 +16,12 @@ import numpy as np
 from .._array import is_dataframe, type_name
 from .._dask import dask_client, run_tasks
 from .._execution import Execution
-from .._threads import GRACE_S, DaemonExecutor, run_in_threads
+from .._threads import GRACE_S, DaemonExecutor, resolve_workers, run_in_threads
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
 from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
-from ..engine import default_workers, fit_ar, fit_global_ar
+from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
@@ -202,7 +202,8 @@ def fit_images(
         the effects-of-interest test). Each column's kind is written to ``design.json`` beside ``design.tsv``.
     streaming : bool, optional
         Read the data once, front to back, keeping per-voxel sums only (``voxfit.engine.streaming``); by
-        default when the data, as float32, would take more than half of `max_memory`.
+        default when the data, as float32 (float64 data: as float64), would take more than half of what
+        `max_memory` leaves beside the interpreter's reserve (see ``voxfit._execution.Budgets.streams``).
     route : voxfit.models.Route, optional
         How the fit runs, as :func:`voxfit.models.choose_route` decided it (the command line decides it before
         the numerical modules import); by default decided here, in the same way.
@@ -218,7 +219,8 @@ def fit_images(
         and an uncompressed NIfTI, .npy, Zarr or HDF5 input, each worker reads its own blocks from the files
         (and finds the automatic mask of its columns when there is no `mask`: the scans' globals for the
         threshold are added up from the workers' sums) and the client reads none of the data; otherwise
-        (scaling and ar1-global need whole scans) the client reads the data and sends each block.
+        (scaling needs whole scans) the client reads the data and sends each block. ``ar1-global`` (SPM's
+        pooled ReML needs every voxel at once) runs on this machine.
     device : str, optional
         ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
     progress : bool, optional
@@ -238,6 +240,8 @@ def fit_images(
     elif route is None:
         reader = open_reader(inputs, "inputs")
         route = choose_route(reader, execution, first_level_needs(noise, scaling, reader), streaming)
+    elif route.kind != MEMORY and not (needs := first_level_needs(noise, scaling, route.reader)).one_pass:
+        raise InputError(needs.too_large)  # (a route decided elsewhere, for a simpler model)
 
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
@@ -277,35 +281,27 @@ def fit_images(
         t_fit = time.perf_counter()
         files: list[Path] = []
         if out is not None:
+            _write_maps(out, fitted, model, design, execution.n_jobs)
             threshold = resolve_mask_threshold(
                 mask_threshold, fitted.dataset.masker.geometry, explicit=mask is not None
             )
-            settings = {
-                "mask": mask,
-                "mask_threshold": threshold,
-                "max_memory": execution.max_memory,
-                "n_jobs": execution.n_jobs,
-                "noise": noise,
-                "noise_details": fitted.noise.info,
-                "scaling": scaling,
-                "design": design_record(design, model.kinds),
-                "X": model.X,
-                "timing": {"load_s": t_load - start, "fit_s": t_fit - t_load},
-                "mean": fitted.mean,
-            }
-            nf = fitted.noise
-            _write_outputs(
-                out,
-                nf.fit,
-                fitted.dataset,
-                nf.contrasts,
-                model.items,
-                settings,
-                command,
-                records.result(),
-                execution.n_jobs,
-                nf.ar_coef,
-            )
+            ModelRecord(
+                kind="first-level",
+                voxfit_version=__version__,
+                command=command,
+                inputs=records.result(),
+                **_fit_record(fitted, model, design),
+                mask=mask_record(mask, threshold, fitted.dataset.n_voxels, fitted.dataset.masker.geometry.n_elements),
+                settings={
+                    "max_memory": execution.max_memory,
+                    "n_jobs": execution.n_jobs,
+                    "noise_model": noise,
+                    "noise_details": fitted.noise.info,
+                    "scaling": scaling,
+                    "p": "one-sided upper tail for t; z has the same upper-tail probability",
+                },
+                run=out.run_record(load_s=t_load - start, fit_s=t_fit - t_load),
+            ).write(out)
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     nf = fitted.noise
@@ -510,20 +506,22 @@ def fit_noise_model(X, data, names, items, noise, execution: Execution | None = 
     return NoiseFit(fit, stats, ar_coef, info)
 
 
-def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n_jobs, ar_coef=None):
-    masker = dataset.masker
+def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) -> None:
+    """The maps of a first-level fit (mask, betas, R^2, residual variance, AR coefficients, mean, each
+    contrast's), in threads, and its design files, into the output folder `out`."""
+    nf, masker = fitted.noise, fitted.dataset.masker
     ext = masker.geometry.extension
-    names = list(fit.names)
+    names = list(nf.fit.names)
     maps = [(f"mask{ext}", None, None)]  # (file name, values, map names); None: the mask itself
-    for label, name, beta in zip(_column_labels(names), names, fit.betas):
+    for label, name, beta in zip(_column_labels(names), names, nf.fit.betas):
         maps.append((statmap_name("effect", ext, label, entity="regressor"), beta, [name]))
-    maps.append((statmap_name("rsquared", ext), fit.r2, ["rsquared"]))
-    maps.append((statmap_name("residualvariance", ext), fit.residual_variance, ["residualvariance"]))
-    if ar_coef is not None:
-        maps.append((statmap_name("arcoef", ext), ar_coef, [f"ar{k + 1}" for k in range(ar_coef.shape[0])]))
-    if settings["mean"] is not None:
-        maps.append((statmap_name("mean", ext), settings["mean"], ["mean"]))
-    for label, s in stats.items():
+    maps.append((statmap_name("rsquared", ext), nf.fit.r2, ["rsquared"]))
+    maps.append((statmap_name("residualvariance", ext), nf.fit.residual_variance, ["residualvariance"]))
+    if nf.ar_coef is not None:
+        maps.append((statmap_name("arcoef", ext), nf.ar_coef, [f"ar{k + 1}" for k in range(nf.ar_coef.shape[0])]))
+    if fitted.mean is not None:
+        maps.append((statmap_name("mean", ext), fitted.mean, ["mean"]))
+    for label, s in nf.contrasts.items():
         maps += stat_maps(s, label, ext)
 
     def write(item):
@@ -531,39 +529,30 @@ def _write_outputs(out, fit, dataset, stats, items, settings, command, inputs, n
         path = out.path(name)
         masker.write_mask(path) if values is None else masker.write(path, values, labels)
 
-    run_in_threads(write, maps, n_jobs or default_workers(), grace=GRACE_S)  # compression releases the GIL
-    write_design_files(out, "", settings["X"], names, settings["design"]["kinds"], settings["design"].get("tr"))
-    if fit.design.X is not settings["X"] and not np.array_equal(fit.design.X, settings["X"]):  # ar1-global: whitened
-        write_design(out.path("design_desc-whitened.tsv"), fit.design.X, names)
-    ModelRecord(
-        kind="first-level",
-        voxfit_version=__version__,
-        command=command,
-        inputs=inputs,
-        data={
+    run_in_threads(write, maps, resolve_workers(n_jobs), grace=GRACE_S)  # compression releases the GIL
+    write_design_files(out, "", model.X, names, model.kinds, getattr(design, "tr", None))
+    if nf.fit.design.X is not model.X and not np.array_equal(nf.fit.design.X, model.X):  # ar1-global: whitened
+        write_design(out.path("design_desc-whitened.tsv"), nf.fit.design.X, names)
+
+
+def _fit_record(fitted: _Fitted, model: FirstLevelModel, design) -> dict:
+    """What model.json says of a first-level fit's data, design and contrasts (see ``ModelRecord``)."""
+    fit, dataset = fitted.noise.fit, fitted.dataset
+    return {
+        "data": {
             "n_scans": dataset.n_scans,
             "n_voxels": dataset.n_voxels,
             "n_invalid_voxels": fit.n_invalid,
             "dtype": str(getattr(dataset.data, "dtype", "")),
-            "geometry": masker.geometry.describe(),
+            "geometry": dataset.masker.geometry.describe(),
         },
-        mask=mask_record(settings["mask"], settings["mask_threshold"], dataset.n_voxels, masker.geometry.n_elements),
-        design={
-            "columns": names,
+        "design": {
+            "columns": list(fit.names),
             "n_rows": fit.design.n_scans,
             "rank": fit.rank,
             "dof": fit.dof,
             "condition_number_scaled": fit.design.condition,
-            **settings["design"],
+            **design_record(design, model.kinds),
         },
-        contrasts={label: contrast_record(expr, stats[label]) for label, expr in items},
-        settings={
-            "max_memory": settings["max_memory"],
-            "n_jobs": settings["n_jobs"],
-            "noise_model": settings["noise"],
-            "noise_details": settings["noise_details"],
-            "scaling": settings["scaling"],
-            "p": "one-sided upper tail for t; z has the same upper-tail probability",
-        },
-        run=out.run_record(**settings["timing"]),
-    ).write(out)
+        "contrasts": {label: contrast_record(expr, fitted.noise.contrasts[label]) for label, expr in model.items},
+    }

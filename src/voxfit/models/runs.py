@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .._array import type_name
-from .._execution import Execution
-from .._memory import reserved_bytes, size_text
+from .._execution import Execution, cap_holding, data_bytes
+from .._memory import size_text
 from .._version import __version__
 from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
@@ -164,8 +164,8 @@ def fit_runs(
     if execution.max_memory is not None:  # every run is held in memory at once (no streaming across runs): refuse
         # a cap that cannot hold them by the rule that streams one run (Budgets.streams)
         readers = [open_reader(path, f"inputs[{r}]") for r, path in enumerate(inputs)]
-        total = sum(4 * rd.n_scans * rd.geometry.n_elements for rd in readers)
-        need = reserved_bytes() + 2 * total
+        total = sum(data_bytes(rd.n_scans, rd.geometry.n_elements, rd.dtype.itemsize) for rd in readers)
+        need = cap_holding(total)
         if execution.budgets.over_half(total):
             raise InputError(
                 f"`max_memory`={execution.max_memory!r} cannot hold {len(inputs)} runs fitted together "

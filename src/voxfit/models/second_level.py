@@ -132,10 +132,10 @@ class SecondLevel:
     inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
     'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
     neighbours of surface data; max_memory: a cap on the whole process (see :func:`group_memory` for how it
-    is split): a parametric model (no permutations) of maps over half of what it leaves beside the
-    interpreter is fitted in one pass over the data, keeping per-voxel sums only; a model with permutations,
-    clusters or TFCE that it cannot hold is refused before the maps are read, naming the size that would
-    (None: no cap; batches of shuffles of 256 MiB);
+    is split): a parametric model (no permutations, not `paired`, no cluster table) of maps over half of what
+    it leaves beside the interpreter is fitted in one pass over the data, keeping per-voxel sums only; a model
+    with permutations, clusters or TFCE that it cannot hold is refused before the maps are read, naming the
+    size that would (None: no cap; batches of shuffles of 256 MiB);
     scheduler: a dask.distributed Client or scheduler address to run the fit and the shuffles on a cluster.
     Without permutations and `paired`, maps in a Zarr or HDF5 array, a .npy or uncompressed NIfTI (one 4-D
     file or 3-D files) are read by the workers, a block of voxels per task, for the group mask and for the
@@ -205,8 +205,8 @@ class SecondLevel:
                 reader = open_reader(data, "inputs")
             # the Dask workers read the maps of a parametric model; without permutations, maps over half the cap
             # are streamed, unless clusters need them in memory; with permutations, _plan fits them to the cap
-            parametric = not self.permutations and not self.paired
-            needs = Needs(by_columns=parametric, one_pass=parametric and self.cluster_threshold is None)
+            sums_suffice = not self.permutations and not self.paired
+            needs = Needs(by_columns=sums_suffice, one_pass=sums_suffice and self.cluster_threshold is None)
             route = choose_route(reader, execution, needs)
             shuffling = execution  # the shuffles' batches and threads, planned under a cap on this machine's CPU
             if execution.max_memory is not None and route.kind == MEMORY and execution.scheduler is None:
@@ -285,9 +285,7 @@ class SecondLevel:
                     ),
                 )
                 files = out.commit()
-        return GroupFit(
-            masker, d.X, d.names, parametric, perms, tables, files, d.notes, _row_maps(d, paths, self.paired), d.ids
-        )
+        return self._result(d, paths, masker, parametric, perms, tables, files)
 
     def _plan(self, reader, d, execution: Execution) -> GroupMemory:
         """How the cap splits (:func:`group_memory`): the bytes a batch of shuffles may take and the threads of
@@ -417,9 +415,8 @@ class SecondLevel:
         return Y, masker
 
     def _fit_streamed(self, data, paths, d, reader, out, execution: Execution, command) -> GroupFit:
-        """Parametric group model of data larger than `max_memory`: one pass keeping per-voxel sums."""
-        if self.tfce or self.cluster_threshold is not None:
-            raise InputError("clusters and TFCE need the maps in memory; raise --max-memory (the data do not fit it).")
+        """Parametric group model of data larger than `max_memory`, without clusters or TFCE (the route
+        allows no other): one pass keeping per-voxel sums."""
         items = self._contrast_items(d.names, d.X.shape[1])
         streamed = fit_streaming(
             data,
@@ -448,7 +445,21 @@ class SecondLevel:
                 ),
             )
             files = out.commit()
-        return GroupFit(masker, d.X, d.names, stats, {}, {}, files, d.notes, _row_maps(d, paths, self.paired), d.ids)
+        return self._result(d, paths, masker, stats, {}, {}, files)
+
+    def _result(self, d, paths, masker, parametric, perms, tables, files) -> GroupFit:
+        return GroupFit(
+            masker=masker,
+            X=d.X,
+            names=d.names,
+            parametric=parametric,
+            permutation=perms,
+            clusters=tables,
+            files=files,
+            notes=d.notes,
+            maps=_row_maps(d, paths, self.paired),
+            ids=d.ids,
+        )
 
     def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
         items = contrast_items(self.contrasts) if self.contrasts else []

@@ -211,36 +211,18 @@ def permutation_test(
     flips = test.shuffles.kind == "flip" and device in (None, "cpu")
     tile = _tile_width(flips, test.basis, np.dtype(dtype).itemsize, n_jobs, max_memory)
     tiles = [(a, min(V, a + tile)) for a in range(0, V, tile)]
-    # the residuals of the nuisance model, a tile at a time in float64 and kept in the working dtype: no
-    # float64 copy of Y, and E held once, as the tiles the shuffles read
-    E, ee, rss_obs, valid, G_obs = _residuals(test.Y, test.Qz, test.basis, tiles, dtype)
-    stat = _statistic(G_obs, ee, test.dof, test.q, test.is_t)
-    del G_obs
-    stat[~valid] = np.nan
-    # ties: null statistics in the working precision lose about eps * ||E||^2 / rss relative to the observed one
-    eps = np.finfo(dtype).eps
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tol = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee / np.where(valid, rss_obs, 1.0))
-    del rss_obs
-    observed = np.where(np.isfinite(stat), stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
-    map_tol = 1e-5  # TFCE and cluster values come from float32 maps
-    from ._maxstat import to_key
-
-    okey = to_key(observed, test.is_t).astype(dtype)
-    okey[~np.isfinite(observed)] = np.inf
-    del observed
-    ee_w = np.where(valid, ee, 1.0).astype(dtype)
+    obs = _observed(test, tiles, dtype)
     problem = _NullProblem(
-        E_tiles=E,
+        E_tiles=obs.E_tiles,
         tiles=tiles,
         basis=test.basis,
         shuffles=test.shuffles,
-        ee_w=ee_w,
-        okey=okey,
+        ee_w=obs.ee_w,
+        okey=obs.okey,
         dof=float(test.dof),
         q=test.q,
         is_t=test.is_t,
-        valid=valid,
+        valid=obs.valid,
         adjacency=adjacency,
         cluster_threshold=cluster_threshold,
         tfce=tfce,
@@ -249,51 +231,26 @@ def permutation_test(
         weights=weights,
         device=device,
     )
-    del E, ee
     runner = _NullRunner(problem, 1 if scheduler is not None else n_jobs)  # on Dask, the workers' threads
-    # (half of the budget for the batch when the sign-flip tables may take the other half)
-    budget = max_memory // 2 if flips else max_memory
-    batch = batch_size(V, N, r, tile, runner.need_maps, flips, budget, np.dtype(dtype).itemsize, n_jobs)
-    if runner.on_device:  # one product per batch, the (batch, V) keys on the device
-        batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
-    # each batch holds the maxima of every tile of voxels for every shuffle (and maps of batch x V with clusters)
-    check_memory(
-        batch * (len(tiles) * np.dtype(dtype).itemsize + (4 * V if runner.need_maps else 0) + 64),
-        f"a batch of {batch:,} shuffles x {V:,} voxels",
-        None,
-        "Ask for fewer permutations, or give a smaller mask.",
-    )
-    nulls = _null_distributions(runner, stat, batch, f"permutations ({test.label})", progress, scheduler)
+    batch = _batch(runner, V, N, r, tile, len(tiles), flips, max_memory, dtype, n_jobs)
+    nulls = _null_distributions(runner, obs.stat, batch, f"permutations ({test.label})", progress, scheduler)
+    valid, stat = obs.valid, obs.stat
     counts = nulls.counts + valid  # the identity reaches the observed statistic
     p_unc = np.where(valid, counts / N, np.nan)
-    p_fwe = np.where(valid, _exceedance(nulls.null_max, stat, tol) / N, np.nan)
+    p_fwe = np.where(valid, _exceedance(nulls.null_max, stat, obs.tol) / N, np.nan)
 
     clusters = tfce_map = p_tfce = None
     # TFCE and clusters of the observed map as the null maps are made (the identity through the same path), so
     # that a shuffle giving the same map (the negated flips of an F test) ties exactly
     identity = runner.run(0, 1, return_maps=True)[0] if runner.need_maps else None
     if cluster_threshold is not None:
-        from .clusters import label_clusters
-
-        labels, sizes, masses = label_clusters(identity, adjacency, cluster_threshold, weights=weights)
-        nulls.extent[0] = sizes.max() if sizes.size else 0.0
-        nulls.mass[0] = masses.max() if masses.size else 0.0
-        clusters = ClusterInference(
-            float(cluster_threshold),
-            labels,
-            sizes,
-            masses,
-            _exceedance(nulls.extent, sizes, map_tol) / N,
-            _exceedance(nulls.mass, masses, map_tol) / N,
-            nulls.extent,
-            nulls.mass,
-        )
+        clusters = _cluster_inference(identity, adjacency, cluster_threshold, weights, nulls, N)
     if tfce:
         from .tfce import tfce as tfce_fn
 
         tfce_map = tfce_fn(identity, adjacency, E=tfce_E, H=tfce_H, weights=weights).astype(np.float64)
         nulls.tfce[0] = np.nanmax(tfce_map) if tfce_map.size else 0.0
-        p_tfce = np.where(valid, _exceedance(nulls.tfce, tfce_map, map_tol) / N, np.nan)
+        p_tfce = np.where(valid, _exceedance(nulls.tfce, tfce_map, MAP_TOL) / N, np.nan)
     return PermutationResult(
         test.label,
         "t" if test.is_t else "F",
@@ -309,6 +266,83 @@ def permutation_test(
         tfce_map,
         p_tfce,
         nulls.tfce if tfce else None,
+    )
+
+
+MAP_TOL = 1e-5  # the tie tolerance of TFCE and cluster values: they come from float32 maps
+
+
+@dataclass(frozen=True, eq=False)
+class _Observed:
+    """The observed side of a permutation test: the residuals of the nuisance model as tiles of E (working
+    dtype), ||E||^2 per voxel (`ee_w`: 1 where invalid), the statistic (NaN where invalid), its tie tolerance
+    `tol`, the keys the null statistics are compared with (`okey`), and the voxels with residual variance."""
+
+    E_tiles: list
+    ee_w: NDArray
+    stat: NDArray
+    tol: NDArray
+    okey: NDArray
+    valid: NDArray
+
+
+def _observed(test: _CheckedTest, tiles: list, dtype) -> _Observed:
+    """The observed statistic of `test` and what its shuffles need, computed a tile at a time: the residuals
+    in float64 and kept in the working dtype (no float64 copy of Y; E held once, as the tiles the shuffles
+    read)."""
+    E, ee, rss_obs, valid, G_obs = _residuals(test.Y, test.Qz, test.basis, tiles, dtype)
+    stat = _statistic(G_obs, ee, test.dof, test.q, test.is_t)
+    del G_obs
+    stat[~valid] = np.nan
+    # ties: null statistics in the working precision lose about eps * ||E||^2 / rss relative to the observed one
+    eps = np.finfo(dtype).eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tol = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee / np.where(valid, rss_obs, 1.0))
+    del rss_obs
+    observed = np.where(np.isfinite(stat), stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
+    from ._maxstat import to_key
+
+    okey = to_key(observed, test.is_t).astype(dtype)
+    okey[~np.isfinite(observed)] = np.inf
+    del observed
+    ee_w = np.where(valid, ee, 1.0).astype(dtype)
+    return _Observed(E, ee_w, stat, tol, okey, valid)
+
+
+def _batch(runner, V: int, N: int, r: int, tile: int, n_tiles: int, flips: bool, max_memory: int, dtype, n_jobs):
+    """Shuffles per batch under `max_memory` (half of it when the sign-flip tables may take the other half),
+    checked against the memory there is: each batch holds the maxima of every tile of voxels for every shuffle
+    (and maps of batch x V with clusters)."""
+    budget = max_memory // 2 if flips else max_memory
+    batch = batch_size(V, N, r, tile, runner.need_maps, flips, budget, np.dtype(dtype).itemsize, n_jobs)
+    if runner.on_device:  # one product per batch, the (batch, V) keys on the device
+        batch = int(max(1, min(4096, max_memory // (4 * V * (2 * r + 5)))))
+    check_memory(
+        batch * (n_tiles * np.dtype(dtype).itemsize + (4 * V if runner.need_maps else 0) + 64),
+        f"a batch of {batch:,} shuffles x {V:,} voxels",
+        None,
+        "Ask for fewer permutations, or give a smaller mask.",
+    )
+    return batch
+
+
+def _cluster_inference(identity, adjacency, cluster_threshold, weights, nulls, N: int) -> ClusterInference:
+    """The clusters of the observed map `identity` above `cluster_threshold`, with extent and mass FWE p from
+    the null maxima `nulls` (the identity's own maxima set first)."""
+    from .clusters import label_clusters
+
+    labels, sizes, masses = label_clusters(identity, adjacency, cluster_threshold, weights=weights)
+    nulls.extent[0] = sizes.max() if sizes.size else 0.0
+    nulls.mass[0] = masses.max() if masses.size else 0.0
+    return ClusterInference(
+        float(cluster_threshold),
+        labels,
+        sizes,
+        masses,
+        _exceedance(nulls.extent, sizes, MAP_TOL) / N,
+        _exceedance(nulls.mass, masses, MAP_TOL) / N,
+        nulls.extent,
+        nulls.mass,
     )
 
 

@@ -10,6 +10,7 @@ from .events import (
     read_confounds,
     read_events,
 )
+from .first_level_maps import PairedMaps, first_level_maps, pair_variances
 from .hrf import HRF_MODELS, basis_set, spm_hrf, spm_orth
 from .read import read_design, write_design
 from .vest import read_contrasts, read_ftests, read_groups, read_vest, write_vest
@@ -17,9 +18,12 @@ from .vest import read_contrasts, read_ftests, read_groups, read_vest, write_ves
 __all__ = [
     "Design",
     "HRF_MODELS",
+    "PairedMaps",
     "basis_set",
     "cosine_drift",
+    "first_level_maps",
     "make_design",
+    "pair_variances",
     "parse_high_pass",
     "parse_modulators",
     "polynomial_drift",

@@ -1,0 +1,592 @@
+"""Each subject's first-level effect and variance map, found and paired for the group level.
+
+A mixed- or fixed-effects group model needs, for every subject, the effect map of a contrast and its variance
+map (and, for fixed effects, the first-level residual degrees of freedom). They arrive three ways:
+
+- two lists of files (:func:`pair_variances`): the variance maps are matched to the effect maps by subject,
+  with the rule of participants tables (:mod:`voxfit.design.subjects`): ``sub-<label>`` from the file name,
+  else from a folder below the maps' common folder; ``sub-01`` and ``01`` are one subject. Never by position:
+  maps without labels pair only as the files of one first-level fit, side by side in one folder (FSL's
+  ``cope<N>``/``varcope<N>``, voxfit's ``..._stat-effect_statmap``/``..._stat-variance_statmap``);
+- one 4-D effect file and one 4-D variance file (FSL's ``filtered_func_data`` and ``var_filtered_func_data``
+  as ``flameo`` takes them): volume k of one with volume k of the other, the order said in a note;
+- first-level output folders (:func:`first_level_maps`): voxfit's (``model.json`` beside
+  ``contrast-<label>_stat-effect_statmap`` and ``..._stat-variance_statmap``), or FSL FEAT's (``sub-01.feat``:
+  ``stats/cope<N>``, ``stats/varcope<N>``, ``stats/dof``), with the subject from the folder's name, else from
+  the inputs its ``model.json`` records, and the first-level degrees of freedom.
+
+Both return a :class:`PairedMaps`. Every variance map is checked to lie on its effect map's grid, and every
+effect map on the first one's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..exceptions import InputError
+from ..io import expand_run, open_map, statmap_name
+from ..io.geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from ..io.scans import file_identity
+from .subjects import subject_labels
+
+__all__ = ["FitRecord", "PairedMaps", "first_level_maps", "pair_variances", "read_fit_record"]
+
+FIRST_LEVEL_KINDS = ("first-level", "runs")  # model.json kinds whose maps are one subject's
+_EXTENSIONS = tuple(g.extension for g in (VolumeGeometry, SurfaceGeometry, CiftiGeometry, ArrayGeometry))
+_NIFTI = (".nii.gz", ".nii")  # FSL's maps
+_COPE = re.compile(r"^cope(\d+)(\.nii(?:\.gz)?)$")
+_EFFECT = "_stat-effect_"
+
+
+def _pick(values: tuple, rows: list[int]) -> tuple:
+    return tuple(values[r] for r in rows)
+
+
+@dataclass(frozen=True)
+class PairedMaps:
+    """Each subject's effect map and variance map, in the order chosen, for a group model.
+
+    effects, variances: the files, one per row; for a 4-D pair, the one effect file and the one variance file.
+    volumes: for a 4-D pair, the volume of each row (in both files); None when each row has its own files.
+    subjects: each row's subject label (``01`` for ``sub-01``), None for a row without one.
+    dof: each row's first-level residual degrees of freedom, or None when not known for every row.
+    notes: what was matched how, in sentences, for the user and model.json.
+    matched_by: ``subject`` (sub-<label>), ``folder`` (the files of one fit, side by side) or ``volume``.
+    contrast: the contrast taken from first-level folders (None for lists of files).
+    """
+
+    effects: tuple[Path, ...]
+    variances: tuple[Path, ...]
+    subjects: tuple[str | None, ...]
+    volumes: tuple[int, ...] | None = None
+    dof: tuple[float, ...] | None = None
+    notes: tuple[str, ...] = ()
+    matched_by: str = "subject"
+    contrast: str | None = None
+
+    @property
+    def n(self) -> int:
+        """The rows: subjects (or volumes of a 4-D pair)."""
+        return len(self.subjects)
+
+    def take(self, rows: Sequence[int]) -> PairedMaps:
+        """The same pairs in another order (or a subset): row k of the result is row ``rows[k]`` of this one,
+        as a design matched to the effect maps by participant ids orders them."""
+        rows = [int(r) for r in rows]
+        bad = [r for r in rows if not 0 <= r < self.n]
+        if bad:
+            raise InputError(f"rows {bad[:6]} are not rows of these {self.n} pairs of maps; give rows 0..{self.n - 1}.")
+        picked = {"subjects": _pick(self.subjects, rows), "dof": None if self.dof is None else _pick(self.dof, rows)}
+        if self.volumes is not None:
+            return replace(self, volumes=_pick(self.volumes, rows), **picked)
+        return replace(self, effects=_pick(self.effects, rows), variances=_pick(self.variances, rows), **picked)
+
+    def record(self) -> dict:
+        """What model.json records of the pairing: how the maps were matched, the contrast, the notes, and per
+        row the ``map``, the ``variance_map``, the ``subject`` (``sub-<label>`` or None), for a 4-D pair the
+        ``volume``, and the first-level ``dof`` when known."""
+        rows = []
+        for k in range(self.n):
+            one = self.volumes is not None
+            row = {
+                "map": str(self.effects[0] if one else self.effects[k]),
+                "variance_map": str(self.variances[0] if one else self.variances[k]),
+                "subject": None if self.subjects[k] is None else f"sub-{self.subjects[k]}",
+            }
+            if one:
+                row["volume"] = self.volumes[k]
+            if self.dof is not None:
+                row["dof"] = self.dof[k]
+            rows.append(row)
+        return {"matched_by": self.matched_by, "contrast": self.contrast, "notes": list(self.notes), "rows": rows}
+
+
+def pair_variances(effects, variances, *, dof=None) -> PairedMaps:
+    """Pair each effect map with its subject's variance map.
+
+    effects, variances: lists of files (a path, a folder, a quoted pattern or a .txt list of them is read as
+    ``voxfit group`` reads its maps), or one 4-D file each (volume k of one is volume k of the other).
+    dof: the first-level residual degrees of freedom: None, one number for every subject, or one per effect
+    map (per volume of a 4-D file) in the order given.
+
+    Rows follow the effect maps as given. Matched by ``sub-<label>`` (file name, else a folder below the maps'
+    common folder); maps without labels only as the files of one fit side by side in one folder (``cope<N>``
+    with ``varcope<N>``, ``..._stat-effect_statmap`` with ``..._stat-variance_statmap``). Refused, with the
+    files named: a subject with an effect map but no variance map or the reverse, a subject twice on either
+    side, maps that can be matched neither way, different counts, a variance map on another grid.
+    """
+    effects, variances, dof = _pair_variances_iv(effects, variances, dof)
+    effect_maps, variance_maps = [open_map(p) for p in effects], [open_map(p) for p in variances]
+    if len(effects) == 1 and len(variances) == 1 and effect_maps[0].n_scans > 1:
+        return _four_d_pair(effects[0], variances[0], effect_maps[0], variance_maps[0], dof)
+    _check_one_map_each(effects, variances, effect_maps, variance_maps)
+    e_labels, v_labels = subject_labels(effects), subject_labels(variances)
+    if None not in e_labels and None not in v_labels:
+        order, note = _match_by_subject(effects, variances, e_labels, v_labels), _SUBJECT_NOTE
+    else:
+        order, note = _match_by_folder(effects, variances, e_labels, v_labels), _FOLDER_NOTE
+    variances, variance_maps = [variances[k] for k in order], [variance_maps[k] for k in order]
+    _check_grids(effects, variances, [m.geometry for m in effect_maps], [m.geometry for m in variance_maps], e_labels)
+    notes = [note.format(n=len(effects), shown=_some(map(str, effects), 4))]
+    if dof is not None:
+        notes.append("first-level dof as given, in the order of the effect maps")
+    return PairedMaps(
+        effects=tuple(effects),
+        variances=tuple(variances),
+        subjects=tuple(e_labels),
+        dof=_dof_per_row(dof, len(effects), "effect maps"),
+        notes=tuple(notes),
+        matched_by="subject" if note is _SUBJECT_NOTE else "folder",
+    )
+
+
+_SUBJECT_NOTE = (
+    "{n} variance maps matched to the effect maps by subject (sub-<label> of the file or folder names), rows in "
+    "the order of the effect maps"
+)
+_FOLDER_NOTE = (
+    "{n} effect maps without sub-<label> on both sides: each variance map is the one beside its effect map in the "
+    "same folder (varcope<N> of cope<N>, _stat-variance_ of _stat-effect_); rows in the order the effect maps were "
+    "given: {shown}"
+)
+
+
+def _pair_variances_iv(effects, variances, dof) -> tuple[list[Path], list[Path], list[float] | None]:
+    """The two lists of files (folders, patterns and .txt lists expanded) and the dof as a list, or an
+    InputError naming the argument."""
+    effects, variances = _files(effects, "effects"), _files(variances, "variances")
+    both = {file_identity(p) for p in effects} & {file_identity(p) for p in variances}
+    if both:
+        same = [str(p) for p in effects if file_identity(p) in both]
+        raise InputError(
+            f"{_some(same, 3)} is given both as an effect map and as a variance map; give each subject's variance "
+            "map (stat-variance, varcope) as `variances`."
+        )
+    if dof is None:
+        return effects, variances, None
+    values = [dof] if isinstance(dof, numbers.Number) else list(dof) if _is_sequence(dof) else None
+    if not values or not all(_positive(v) for v in values):
+        raise InputError(f"`dof` must be a positive number or a list of them, one per effect map; got {_short(dof)}.")
+    return effects, variances, [float(v) for v in values]
+
+
+def _dof_per_row(dof, n: int, what: str) -> tuple[float, ...] | None:
+    """One dof per row from one number or one per row."""
+    if dof is None:
+        return None
+    if len(dof) not in (1, n):
+        raise InputError(f"`dof` has {len(dof)} values for {n} {what}; give one number, or one per {what[:-1]}.")
+    return tuple(dof) * (n // len(dof))
+
+
+def _files(value, name: str) -> list[Path]:
+    """`value` as a list of existing files (a folder, a quoted pattern or a .txt list read as its files)."""
+    items = [value] if isinstance(value, (str, os.PathLike)) else list(value) if _is_sequence(value) else None
+    if not items or not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise InputError(
+            f"`{name}` must be files (a path, a list of paths, a folder or a quoted pattern); got {_short(value)}; "
+            "maps in memory go, rows in matching order, to voxfit.mixed_effects."
+        )
+    if len(items) == 1 and (found := expand_run(items[0])) is not None:
+        items = found
+    paths = [Path(p) for p in items]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"`{name}`: {_some(missing, 3)} is not a file; give the maps' paths.")
+    return paths
+
+
+def _four_d_pair(effect: Path, variance: Path, effect_map, variance_map, dof) -> PairedMaps:
+    """One file of n effect maps and one of n variance maps: row k is volume k of both."""
+    n = effect_map.n_scans
+    if variance_map.n_scans != n:
+        raise InputError(
+            f"the 4-D effect file {effect} holds {n} maps but the variance file {variance} holds "
+            f"{variance_map.n_scans}; give the variance file of the same subjects, one volume each, in one order."
+        )
+    _check_grid(effect_map.geometry, variance_map.geometry, variance, f"the effect file {effect}")
+    note = (
+        f"4-D pair: volume k of {effect.name} (effects) with volume k of {variance.name} (variances), k = 0..{n - 1}, "
+        "in the files' order (volumes carry no subject labels: the two files must hold the subjects in one order)"
+    )
+    return PairedMaps(
+        effects=(effect,),
+        variances=(variance,),
+        subjects=(None,) * n,
+        volumes=tuple(range(n)),
+        dof=_dof_per_row(dof, n, "volumes"),
+        notes=(note,),
+        matched_by="volume",
+    )
+
+
+def _check_one_map_each(effects, variances, effect_maps, variance_maps) -> None:
+    """Lists of one map per file: a 4-D file among them would stand for many subjects."""
+    for what, paths, maps in (("effect", effects, effect_maps), ("variance", variances, variance_maps)):
+        several = next(((p, m.n_scans) for p, m in zip(paths, maps) if m.n_scans > 1), None)
+        if several is not None:
+            raise InputError(
+                f"the {what} map {several[0]} holds {several[1]} maps among other files; give one {what} map per "
+                "subject, or one 4-D effect file with one 4-D variance file."
+            )
+
+
+def _match_by_subject(effects, variances, e_labels, v_labels) -> list[int]:
+    """The index of each effect map's variance map, matched by subject label."""
+    _refuse_twice(effects, e_labels, "effect")
+    _refuse_twice(variances, v_labels, "variance")
+    where = {label: k for k, label in enumerate(v_labels)}
+    no_variance = [f"sub-{label} ({path})" for path, label in zip(effects, e_labels) if label not in where]
+    no_effect = [f"sub-{label} ({path})" for path, label in zip(variances, v_labels) if label not in set(e_labels)]
+    if no_variance or no_effect:
+        parts = ([f"with an effect map but no variance map: {_some(no_variance, 3)}"] if no_variance else []) + (
+            [f"with a variance map but no effect map: {_some(no_effect, 3)}"] if no_effect else []
+        )
+        raise InputError(
+            f"{len(effects)} effect maps and {len(variances)} variance maps do not hold the same subjects, "
+            f"{'; '.join(parts)}; give each subject's effect map and variance map."
+        )
+    return [where[label] for label in e_labels]
+
+
+def _refuse_twice(paths, labels, what: str) -> None:
+    twice = [label for label, c in Counter(labels).items() if c > 1]
+    if twice:
+        cells = [f"sub-{k} ({', '.join(str(p) for p, label in zip(paths, labels) if label == k)})" for k in twice]
+        raise InputError(f"two or more {what} maps of one subject: {_some(cells, 3)}; give one {what} map per subject.")
+
+
+def _match_by_folder(effects, variances, e_labels, v_labels) -> list[int]:
+    """The index of each effect map's variance map when labels are missing: the variance file of the same fit
+    beside it (``varcope<N>`` beside ``cope<N>``, ``_stat-variance_`` beside ``_stat-effect_``)."""
+    wanted = [_variance_beside(p) for p in effects]
+    where = {file_identity(p): k for k, p in enumerate(variances)}
+    order = [where.get(file_identity(w)) if w is not None else None for w in wanted]
+    if None in order or len(effects) != len(variances):
+        unlabelled = [str(p) for p, label in zip(effects + variances, e_labels + v_labels) if label is None]
+        if len(effects) != len(variances):
+            raise InputError(
+                f"{len(effects)} effect maps but {len(variances)} variance maps, and {_some(unlabelled, 3)} carry "
+                "no sub-<label>; give one variance map per effect map, named (or in folders named) sub-<label>."
+            )
+        raise InputError(
+            f"{_some(unlabelled, 3)} carry no sub-<label> in their file or folder names, and not every effect map "
+            "has its variance map beside it (varcope<N> beside cope<N>, _stat-variance_ beside _stat-effect_); "
+            "name the maps or their folders sub-<label>, so that they are matched by subject."
+        )
+    folders = [p.parent for p in effects]
+    twice = [str(f) for f, c in Counter(folders).items() if c > 1]
+    if twice:
+        raise InputError(
+            f"two or more effect maps in one folder ({_some(twice, 3)}) and no sub-<label> to tell their subjects "
+            "apart; give one map per subject, named (or in folders named) sub-<label>."
+        )
+    return order
+
+
+def _variance_beside(effect: Path) -> Path | None:
+    """The variance file a first-level fit writes beside `effect` (FSL, voxfit), or None for another name."""
+    if (m := _COPE.match(effect.name)) is not None:
+        return effect.with_name(f"varcope{m.group(1)}{m.group(2)}")
+    if _EFFECT in f"_{effect.name}":
+        return effect.with_name(f"_{effect.name}".replace(_EFFECT, "_stat-variance_", 1)[1:])
+    return None
+
+
+def _check_grids(effects, variances, effect_grids, variance_grids, subjects) -> None:
+    """Each variance map on its effect map's grid, and each effect map on the first one's."""
+    for effect, variance, e, v, label in zip(effects, variances, effect_grids, variance_grids, subjects):
+        who = f" (sub-{label})" if label is not None else ""
+        _check_grid(e, v, variance, f"its effect map {effect}{who}")
+        _check_grid(
+            effect_grids[0], e, effect, f"the first effect map {effects[0]}", fix="resample the maps to one grid"
+        )
+
+
+def _check_grid(reference, other, path, what: str, fix: str = "give the variance map of the same fit") -> None:
+    """An InputError when `other` (the geometry of `path`) is not `reference` (the geometry of `what`)."""
+    try:
+        reference.check_same(other, str(path))
+    except InputError:
+        if type(other) is not type(reference):
+            detail = f"a {other.kind}, not a {reference.kind}"
+        elif isinstance(reference, VolumeGeometry) and tuple(other.shape) != tuple(reference.shape):
+            detail = f"shape {tuple(other.shape)}, not {tuple(reference.shape)}"
+        elif isinstance(reference, VolumeGeometry):
+            detail = f"an affine up to {np.abs(other.affine - reference.affine).max():.3g} mm from it"
+        elif other.n_elements != reference.n_elements:
+            detail = f"{other.n_elements} elements, not {reference.n_elements}"
+        else:
+            detail = "other CIFTI brain models"
+        raise InputError(f"{path} is on another grid than {what} ({detail}); {fix}.") from None
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """What :func:`first_level_maps` reads of a voxfit ``model.json``: its `kind` and its `inputs`, `runs`,
+    `design` and `contrasts` (as :class:`voxfit.models.ModelRecord` holds them; None when absent)."""
+
+    kind: str
+    inputs: list | None
+    runs: list | None
+    design: dict | None
+    contrasts: dict
+
+
+def read_fit_record(folder: Path) -> FitRecord:
+    """The parts of ``folder/model.json`` a group model takes from a first-level fit, or an InputError naming
+    the folder when it holds none or it is not voxfit's (``ModelRecord.read`` reads the whole file the same way;
+    a group model passes it as `read_record`)."""
+    path = Path(folder) / "model.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{folder} holds no model.json; give the output folder of a finished voxfit fit.") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path} is not readable JSON ({type(exc).__name__}); rerun the fit to rewrite it.") from None
+    parts = {"inputs": list, "runs": list, "design": dict, "contrasts": dict}
+    if not isinstance(raw, dict) or any(raw.get(k) is not None and not isinstance(raw[k], t) for k, t in parts.items()):
+        raise InputError(f"{path} is not a voxfit model.json; rerun the fit to rewrite it.")
+    kind = raw.get("model_kind") or {"fixed effects across runs": "runs", "group (second level)": "group"}.get(
+        raw.get("model"), "first-level"
+    )
+    return FitRecord(kind, raw.get("inputs"), raw.get("runs"), raw.get("design"), raw.get("contrasts") or {})
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """One first-level folder's maps of the contrast, the subject its inputs name, its dof and what was done."""
+
+    effect: Path
+    variance: Path
+    input_label: str | None
+    dof: float | None
+    note: str | None = None
+
+
+def first_level_maps(folders, contrast: str, *, read_record: Callable | None = None) -> PairedMaps:
+    """The effect and variance map of `contrast` from each first-level output folder, with each subject's label
+    and first-level residual degrees of freedom.
+
+    folders: voxfit output folders (``voxfit fit``, or several runs: ``model.json`` beside the maps) or FSL FEAT
+    folders (``sub-01.feat``: ``stats/cope<N>`` and ``stats/varcope<N>``, or those of ``reg_standard/stats``
+    when FEAT's registration wrote them; dof from ``stats/dof``), in the order the rows take.
+    contrast: the contrast's label (voxfit); for FEAT its number (``1`` or ``cope1``) or its name in
+    ``design.con``.
+    read_record: how ``model.json`` is read (``voxfit.models.ModelRecord.read``; default :func:`read_fit_record`).
+
+    The subject of a folder is the ``sub-<label>`` of its name (or of a folder above it, below the folders'
+    common folder), else the one label of the input files its model.json records. The dof: the contrast's
+    (for an AR model's per-voxel dof, their median, said in a note), else the design's. Refused in one
+    sentence each: a folder that is not a finished fit, one without the contrast (its contrasts named), an
+    F contrast, two folders of one subject, a variance map on another grid.
+    """
+    folders, contrast, read_record = _first_level_maps_iv(folders, contrast, read_record)
+    found = [_folder_maps(folder, contrast, read_record) for folder in folders]
+    names = subject_labels(folders)
+    subjects = tuple(name if name is not None else f.input_label for name, f in zip(names, found))
+    _refuse_same_subject(folders, subjects)
+    effects, variances = [f.effect for f in found], [f.variance for f in found]
+    grids = [[open_map(p).geometry for p in paths] for paths in (effects, variances)]
+    _check_grids(effects, variances, *grids, subjects)
+    notes = [_subjects_note(folders, names, subjects)] + [f.note for f in found if f.note is not None]
+    dofs = [f.dof for f in found]
+    if None in dofs:
+        unknown = [str(folder) for folder, d in zip(folders, dofs) if d is None]
+        notes.append(
+            f"first-level dof unknown for {_some(unknown, 3)}: no dof for any subject (a fixed model needs them)"
+        )
+    return PairedMaps(
+        effects=tuple(effects),
+        variances=tuple(variances),
+        subjects=subjects,
+        dof=None if None in dofs else tuple(dofs),
+        notes=tuple(notes),
+        matched_by="folder",
+        contrast=contrast,
+    )
+
+
+def _first_level_maps_iv(folders, contrast, read_record) -> tuple[list[Path], str, Callable]:
+    """The folders as a list of existing folders, the contrast as text, the record reader; or an InputError."""
+    items = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders) if _is_sequence(folders) else None
+    if not items or not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise InputError(f"`folders` must be first-level output folders (paths); got {_short(folders)}.")
+    paths = [Path(p) for p in items]
+    missing = [str(p) for p in paths if not p.is_dir()]
+    if missing:
+        raise InputError(
+            f"`folders`: {_some(missing, 3)} is not a folder; give first-level output folders (voxfit fit's -o, or "
+            "FEAT's .feat folders)."
+        )
+    twice = [str(p) for p, c in Counter(file_identity(p) for p in paths).items() if c > 1]
+    if twice:
+        raise InputError(f"`folders` names a folder twice ({_some(twice, 3)}); give each first-level folder once.")
+    if isinstance(contrast, bool) or not isinstance(contrast, (str, numbers.Integral)) or not str(contrast).strip():
+        raise InputError(f"`contrast` must be a contrast's label (FEAT: its number or name); got {contrast!r}.")
+    if read_record is not None and not callable(read_record):
+        raise InputError(f"`read_record` must be a function of a folder (ModelRecord.read); got {_short(read_record)}.")
+    return paths, str(contrast).strip(), read_record or read_fit_record
+
+
+def _folder_maps(folder: Path, contrast: str, read_record) -> _Folder:
+    """A voxfit or FEAT folder's maps of `contrast`, or an InputError saying why it has none."""
+    if (folder / "model.json").is_file():
+        return _voxfit_maps(folder, contrast, read_record(folder))
+    if (folder / "stats").is_dir() and any(_COPE.match(p.name) for p in (folder / "stats").iterdir()):
+        return _feat_maps(folder, contrast)
+    raise InputError(
+        f"{folder} is not a finished first-level fit (no model.json, and no FEAT stats/cope<N>); give the output "
+        "folder of a voxfit fit that ran to the end, or a FEAT folder."
+    )
+
+
+def _voxfit_maps(folder: Path, contrast: str, record) -> _Folder:
+    if record.kind not in FIRST_LEVEL_KINDS:
+        raise InputError(
+            f"{folder} holds a {record.kind} model, not one subject's first-level fit; give the output folders of "
+            "`voxfit fit` (one per subject)."
+        )
+    entry = record.contrasts.get(contrast)
+    if not isinstance(entry, dict):
+        has = ", ".join(record.contrasts) or "none"
+        raise InputError(f"{folder} has no contrast {contrast!r} (its contrasts: {has}); give one of those.")
+    if entry.get("kind") == "F":
+        raise InputError(
+            f"contrast {contrast!r} of {folder} is an F contrast; the group level takes a t contrast's effect and "
+            "variance map: give a t contrast (one row of weights)."
+        )
+    effect, variance = (_voxfit_map(folder, contrast, stat) for stat in ("effect", "variance"))
+    dof, note = _voxfit_dof(folder, contrast, entry.get("dof"), (record.design or {}).get("dof"))
+    return _Folder(effect, variance, _input_label(folder, record), dof, note)
+
+
+def _voxfit_map(folder: Path, contrast: str, stat: str) -> Path:
+    for extension in _EXTENSIONS:
+        path = folder / statmap_name(stat, extension, contrast)
+        if path.is_file():
+            return path
+    raise InputError(
+        f"{folder} records contrast {contrast!r} but holds no {statmap_name(stat, '.*', contrast)}; the folder is "
+        "incomplete: rerun its fit."
+    )
+
+
+def _voxfit_dof(folder: Path, contrast: str, dof, design_dof) -> tuple[float | None, str | None]:
+    """The contrast's dof (a number; per-voxel: their median, said in a note), else the design's."""
+    if isinstance(dof, dict) and isinstance(dof.get("median"), numbers.Real):
+        note = (
+            f"{folder.name}: per-voxel dof of contrast {contrast!r} (AR model, {dof.get('min', float('nan')):.4g} to "
+            f"{dof.get('max', float('nan')):.4g}): their median {dof['median']:.4g} taken"
+        )
+        return float(dof["median"]), note
+    for value in (dof, design_dof):
+        if _positive(value):
+            return float(value), None
+    return None, None
+
+
+def _input_label(folder: Path, record) -> str | None:
+    """The one subject label of the input files a model.json records (None when they name none or several)."""
+    inputs = list(record.inputs or []) + [i for run in record.runs or [] for i in (run.get("inputs") or [])]
+    paths = [i["path"] for i in inputs if isinstance(i, dict) and isinstance(i.get("path"), str)]
+    labels = {subject_labels([p])[0] for p in paths} - {None}
+    return labels.pop() if len(labels) == 1 else None
+
+
+_CONTRAST_NAME = re.compile(r"^/ContrastName(\d+)\s+(.*?)\s*$")
+
+
+def _feat_maps(folder: Path, contrast: str) -> _Folder:
+    """FEAT's ``cope<N>``/``varcope<N>`` (in standard space when ``reg_standard/stats`` holds them)."""
+    names = _feat_contrast_names(folder)
+    number = re.fullmatch(r"(?:cope)?(\d+)", contrast)
+    n = (
+        (number.group(1).lstrip("0") or "0")
+        if number
+        else next((k for k, name in names.items() if name == contrast), None)
+    )
+    stats = folder / "stats"
+    standard = folder / "reg_standard" / "stats"
+    for where in (standard, stats):
+        for extension in _NIFTI:
+            effect, variance = where / f"cope{n}{extension}", where / f"varcope{n}{extension}"
+            if n is not None and effect.is_file() and variance.is_file():
+                note = None if where == stats else f"{folder.name}: maps of reg_standard/stats (standard space)"
+                return _Folder(effect, variance, None, _feat_dof(folder), note)
+    has = sorted(int(m.group(1)) for p in stats.iterdir() if (m := _COPE.match(p.name)))
+    shown = ", ".join(f"{k}" + (f" ({names[str(k)]})" if str(k) in names else "") for k in has)
+    raise InputError(
+        f"FEAT folder {folder} has no cope and varcope of contrast {contrast!r} (its contrasts: {shown}); give one "
+        "of those numbers or names."
+    )
+
+
+def _feat_contrast_names(folder: Path) -> dict[str, str]:
+    """The contrast names of FEAT's ``design.con`` (``/ContrastName1 task``): number -> name."""
+    try:
+        lines = (folder / "design.con").read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    return {m.group(1): m.group(2) for line in lines if (m := _CONTRAST_NAME.match(line))}
+
+
+def _feat_dof(folder: Path) -> float | None:
+    """FEAT's residual dof (``stats/dof``, one number), or None without it."""
+    try:
+        value = float((folder / "stats" / "dof").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return value if _positive(value) else None
+
+
+def _refuse_same_subject(folders, subjects) -> None:
+    twice = [label for label, c in Counter(subjects).items() if label is not None and c > 1]
+    if twice:
+        cells = [f"sub-{k} ({', '.join(str(f) for f, s in zip(folders, subjects) if s == k)})" for k in twice]
+        raise InputError(
+            f"two or more first-level folders of one subject: {_some(cells, 3)}; give one folder per subject "
+            "(several runs of one subject: fit them together with voxfit fit, one design per run)."
+        )
+
+
+def _subjects_note(folders, names, subjects) -> str:
+    by_name = sum(n is not None for n in names)
+    by_inputs = sum(n is None and s is not None for n, s in zip(names, subjects))
+    none = [str(f) for f, s in zip(folders, subjects) if s is None]
+    parts = [f"{by_name} from the folder names"] if by_name else []
+    parts += [f"{by_inputs} from the inputs model.json records"] if by_inputs else []
+    parts += [f"none for {_some(none, 3)}"] if none else []
+    return f"{len(folders)} first-level folders, in the order given; subjects: {', '.join(parts)}"
+
+
+def _is_sequence(value) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _short(value) -> str:
+    """`value` in a few words for a message: arrays by their shape, anything else by its repr, cut short."""
+    if isinstance(value, np.ndarray):
+        return f"a {value.ndim}-D array of shape {value.shape}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _some(items, k: int = 6) -> str:
+    items = list(items)
+    shown = ", ".join(map(str, items[:k]))
+    return shown + (f" and {len(items) - k} more" if len(items) > k else "")

@@ -1,0 +1,476 @@
+"""First-level effect and variance maps found and paired by subject for the group level (design.first_level_maps).
+
+Every layout is built on disk: BIDS-like derivatives, voxfit first-level output folders made by fitting tiny runs
+with ``voxfit.fit_images``, FEAT-like folders, 4-D pairs. Each pair is checked by the values its files hold
+(an effect map holds its subject's number, a variance map ten times it), not by the names the code returned.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import voxfit
+from voxfit.design import PairedMaps, first_level_maps, pair_variances
+from voxfit.exceptions import InputError
+from voxfit.models import ModelRecord
+
+SHAPE = (3, 3, 2)
+SUBJECTS = ["01", "02", "03", "04", "05"]
+
+
+def _map(path: Path, value, shape=SHAPE, affine=None) -> Path:
+    """A NIfTI map holding `value` everywhere (a 4-D file when `value` is a list: one volume per value)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = np.asarray(value, dtype=np.float32)
+    data = np.broadcast_to(values, shape + values.shape).copy()
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def _value(path: Path, volume: int | None = None) -> float:
+    data = np.asarray(nib.load(str(path)).dataobj)
+    return float((data if volume is None else data[..., volume]).flat[0])
+
+
+def _check_pairs(paired: PairedMaps) -> None:
+    """Each row's variance map is its effect map's subject's: ten times the effect map's value."""
+    for effect, variance in zip(paired.effects, paired.variances):
+        assert _value(variance) == 10 * _value(effect), (effect, variance)
+
+
+def _bids(root: Path, subjects=SUBJECTS, contrast="task") -> tuple[list[Path], list[Path]]:
+    """BIDS-like derivatives: ``sub-<label>/sub-<label>_contrast-<c>_stat-<effect|variance>_statmap.nii.gz``."""
+    effects, variances = [], []
+    for label in subjects:
+        stem = root / f"sub-{label}" / f"sub-{label}_contrast-{contrast}_stat"
+        effects.append(_map(Path(f"{stem}-effect_statmap.nii.gz"), int(label)))
+        variances.append(_map(Path(f"{stem}-variance_statmap.nii.gz"), 10 * int(label)))
+    return effects, variances
+
+
+# --- lists of files, matched by subject ------------------------------------------------------------------------
+
+
+def test_bids_derivatives_in_scrambled_order_pair_by_subject(tmp_path):
+    effects, variances = _bids(tmp_path / "derivatives")
+    effects = [effects[k] for k in (3, 0, 4, 2, 1)]
+    variances = [variances[k] for k in (1, 4, 0, 3, 2)]
+    paired = pair_variances(effects, variances)
+    assert paired.matched_by == "subject"
+    assert list(paired.effects) == effects  # rows follow the effect maps as given
+    assert paired.subjects == ("04", "01", "05", "03", "02")
+    _check_pairs(paired)
+    assert paired.dof is None and paired.volumes is None and paired.n == 5
+    assert "by subject" in paired.notes[0]
+
+
+def test_labels_in_file_names_in_one_folder_and_a_pattern(tmp_path):
+    for label in SUBJECTS:
+        _map(tmp_path / "maps" / f"sub-{label}_cope.nii.gz", int(label))
+        _map(tmp_path / "maps" / f"sub-{label}_varcope.nii.gz", 10 * int(label))
+    effects = [tmp_path / "maps" / f"sub-{label}_cope.nii.gz" for label in reversed(SUBJECTS)]
+    paired = pair_variances(effects, str(tmp_path / "maps" / "sub-*_varcope.nii.gz"), dof=[20, 21, 22, 23, 24])
+    assert paired.subjects == tuple(reversed(SUBJECTS))
+    _check_pairs(paired)
+    assert paired.dof == (20.0, 21.0, 22.0, 23.0, 24.0)
+
+
+def test_one_dof_for_every_subject(tmp_path):
+    paired = pair_variances(*_bids(tmp_path), dof=30)
+    assert paired.dof == (30.0,) * 5
+
+
+def test_a_subject_with_an_effect_map_but_no_variance_map_is_refused(tmp_path):
+    effects, variances = _bids(tmp_path)
+    with pytest.raises(InputError, match=r"5 effect maps and 4 variance maps .*effect map but no variance map: sub-03"):
+        pair_variances(effects, variances[:2] + variances[3:])
+
+
+def test_a_subject_with_a_variance_map_but_no_effect_map_is_refused(tmp_path):
+    effects, variances = _bids(tmp_path)
+    with pytest.raises(InputError, match=r"variance map but no effect map: sub-05 \(.*sub-05_contrast"):
+        pair_variances(effects[:4], variances)
+
+
+def test_two_variance_maps_of_one_subject_are_refused(tmp_path):
+    effects, variances = _bids(tmp_path)
+    extra = _map(tmp_path / "sub-02" / "sub-02_run-2_variance.nii.gz", 20)
+    with pytest.raises(InputError, match=r"two or more variance maps of one subject: sub-02 \(.*, .*run-2"):
+        pair_variances(effects, variances + [extra])
+
+
+def test_two_effect_maps_of_one_subject_are_refused(tmp_path):
+    effects, variances = _bids(tmp_path)
+    extra = _map(tmp_path / "sub-02" / "sub-02_run-2_effect.nii.gz", 2)
+    with pytest.raises(InputError, match=r"two or more effect maps of one subject: sub-02"):
+        pair_variances(effects + [extra], variances)
+
+
+def test_a_variance_map_on_another_grid_is_refused(tmp_path):
+    effects, variances = _bids(tmp_path)
+    _map(variances[2], 30, shape=(3, 3, 3))
+    with pytest.raises(InputError, match=r"sub-03_.*variance.* is on another grid than its effect map .*sub-03.*"):
+        pair_variances(effects, variances)
+    _map(variances[2], 30, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(InputError, match=r"another grid .*\(an affine up to 1 mm from it\); give the variance map"):
+        pair_variances(effects, variances)
+
+
+def test_effect_maps_on_different_grids_are_refused(tmp_path):
+    effects, variances = _bids(tmp_path)
+    _map(effects[1], 2, shape=(4, 3, 2))
+    _map(variances[1], 20, shape=(4, 3, 2))
+    with pytest.raises(InputError, match=r"sub-02.* is on another grid than the first effect map .*resample"):
+        pair_variances(effects, variances)
+
+
+def test_a_map_given_as_effect_and_as_variance_is_refused(tmp_path):
+    effects, variances = _bids(tmp_path)
+    with pytest.raises(InputError, match="both as an effect map and as a variance map"):
+        pair_variances(effects, variances[:4] + [effects[4]])
+
+
+@pytest.mark.parametrize(
+    ("dof", "message"),
+    [(-1, "must be a positive number"), ([1, 2], "2 values for 5 effect maps"), ("ten", "must be a positive")],
+)
+def test_bad_dof_is_refused(tmp_path, dof, message):
+    with pytest.raises(InputError, match=message):
+        pair_variances(*_bids(tmp_path), dof=dof)
+
+
+def test_maps_in_memory_are_refused(tmp_path):
+    with pytest.raises(InputError, match="`effects` must be files .*voxfit.mixed_effects"):
+        pair_variances(np.zeros((5, 10)), _bids(tmp_path)[1])
+
+
+# --- without labels: FSL's cope/varcope and voxfit's names side by side -----------------------------------------
+
+
+def _feat(folder: Path, value: int, dof: int | None = 97, names=("task",), standard: bool = False) -> Path:
+    """A FEAT-like folder: ``stats/cope<N>``, ``stats/varcope<N>`` (N = 1.. per name), ``stats/dof``,
+    ``design.con`` naming the contrasts; with `standard`, the same in ``reg_standard/stats`` (values + 1000)."""
+    for n, _ in enumerate(names, 1):
+        _map(folder / "stats" / f"cope{n}.nii.gz", value * n)
+        _map(folder / "stats" / f"varcope{n}.nii.gz", 10 * value * n)
+        if standard:
+            _map(folder / "reg_standard" / "stats" / f"cope{n}.nii.gz", value * n + 1000)
+            _map(folder / "reg_standard" / "stats" / f"varcope{n}.nii.gz", 10 * (value * n + 1000))
+    if dof is not None:
+        (folder / "stats" / "dof").write_text(f"{dof}\n")
+    lines = [f"/ContrastName{n}\t{name}" for n, name in enumerate(names, 1)] + ["/NumWaves\t2", "/Matrix", "0 1"]
+    (folder / "design.con").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_unlabelled_cope_and_varcope_pair_by_folder_in_the_order_given(tmp_path):
+    folders = [_feat(tmp_path / f"run{k}.feat", k) for k in (1, 2, 3)]
+    effects = [f / "stats" / "cope1.nii.gz" for f in (folders[2], folders[0], folders[1])]
+    variances = [f / "stats" / "varcope1.nii.gz" for f in folders]
+    paired = pair_variances(effects, variances)
+    assert paired.matched_by == "folder" and paired.subjects == (None, None, None)
+    assert list(paired.effects) == effects
+    _check_pairs(paired)
+    assert "order the effect maps were given" in paired.notes[0] and "run3.feat" in paired.notes[0]
+
+
+def test_unlabelled_voxfit_names_pair_by_folder(tmp_path):
+    effects, variances = [], []
+    for k in (1, 2):
+        effects.append(_map(tmp_path / f"fit{k}" / "contrast-a_stat-effect_statmap.nii.gz", k))
+        variances.append(_map(tmp_path / f"fit{k}" / "contrast-a_stat-variance_statmap.nii.gz", 10 * k))
+    paired = pair_variances(effects, variances[::-1])
+    assert paired.matched_by == "folder"
+    _check_pairs(paired)
+
+
+def test_unlabelled_maps_of_other_names_are_refused(tmp_path):
+    effects = [_map(tmp_path / f"e{k}.nii.gz", k) for k in (1, 2)]
+    variances = [_map(tmp_path / f"v{k}.nii.gz", 10 * k) for k in (1, 2)]
+    with pytest.raises(InputError, match=r"carry no sub-<label> .*not every effect map has its variance map beside"):
+        pair_variances(effects, variances)
+
+
+def test_unlabelled_lists_of_different_counts_are_refused(tmp_path):
+    folders = [_feat(tmp_path / f"run{k}.feat", k) for k in (1, 2, 3)]
+    effects = [f / "stats" / "cope1.nii.gz" for f in folders]
+    variances = [f / "stats" / "varcope1.nii.gz" for f in folders[:2]]
+    with pytest.raises(InputError, match=r"3 effect maps but 2 variance maps, and .* carry no sub-<label>"):
+        pair_variances(effects, variances)
+
+
+def test_two_unlabelled_effect_maps_in_one_folder_are_refused(tmp_path):
+    folder = _feat(tmp_path / "run.feat", 1, names=("a", "b"))
+    effects = [folder / "stats" / f"cope{n}.nii.gz" for n in (1, 2)]
+    variances = [folder / "stats" / f"varcope{n}.nii.gz" for n in (1, 2)]
+    with pytest.raises(InputError, match=r"two or more effect maps in one folder \(.*run.feat/stats\)"):
+        pair_variances(effects, variances)
+
+
+def test_labelled_feat_folders_pair_by_subject(tmp_path):
+    folders = [_feat(tmp_path / f"sub-{label}.feat", int(label)) for label in SUBJECTS[:3]]
+    effects = [f / "stats" / "cope1.nii.gz" for f in folders]
+    variances = [f / "stats" / "varcope1.nii.gz" for f in reversed(folders)]
+    paired = pair_variances(effects, variances)
+    assert paired.matched_by == "subject" and paired.subjects == ("01", "02", "03")
+    _check_pairs(paired)
+
+
+# --- 4-D pairs -------------------------------------------------------------------------------------------------
+
+
+def test_four_d_pair_pairs_volume_by_volume_with_the_order_in_a_note(tmp_path):
+    values = [3.0, 1.0, 4.0, 1.5, 9.0]
+    effect = _map(tmp_path / "filtered_func_data.nii.gz", values)
+    variance = _map(tmp_path / "var_filtered_func_data.nii.gz", [10 * v for v in values])
+    paired = pair_variances(effect, variance, dof=[10, 11, 12, 13, 14])
+    assert paired.matched_by == "volume" and paired.volumes == (0, 1, 2, 3, 4) and paired.n == 5
+    assert paired.effects == (effect,) and paired.variances == (variance,)
+    for k in paired.volumes:
+        assert _value(variance, k) == 10 * _value(effect, k)
+    assert "volume k of filtered_func_data.nii.gz" in paired.notes[0] and "k = 0..4" in paired.notes[0]
+    again = paired.take([4, 0])
+    assert again.volumes == (4, 0) and again.dof == (14.0, 10.0) and again.effects == (effect,)
+    assert again.record()["rows"][0] == {
+        "map": str(effect),
+        "variance_map": str(variance),
+        "subject": None,
+        "volume": 4,
+        "dof": 14.0,
+    }
+
+
+def test_four_d_pair_of_different_counts_is_refused(tmp_path):
+    effect = _map(tmp_path / "cope.nii.gz", [1.0, 2.0, 3.0])
+    variance = _map(tmp_path / "varcope.nii.gz", [10.0, 20.0])
+    with pytest.raises(InputError, match=r"holds 3 maps but the variance file .*varcope.nii.gz holds 2"):
+        pair_variances(effect, variance)
+
+
+def test_four_d_pair_dof_per_volume(tmp_path):
+    effect = _map(tmp_path / "cope.nii.gz", [1.0, 2.0, 3.0])
+    variance = _map(tmp_path / "varcope.nii.gz", [10.0, 20.0, 30.0])
+    assert pair_variances(effect, variance, dof=8).dof == (8.0, 8.0, 8.0)
+    with pytest.raises(InputError, match="`dof` has 2 values for 3 volumes"):
+        pair_variances(effect, variance, dof=[8, 9])
+
+
+def test_a_four_d_file_among_maps_is_refused(tmp_path):
+    effects, variances = _bids(tmp_path)
+    _map(variances[1], [20.0, 20.0])
+    with pytest.raises(InputError, match=r"the variance map .*sub-02.* holds 2 maps among other files"):
+        pair_variances(effects, variances)
+    with pytest.raises(InputError, match=r"the effect map .* holds 2 maps among other files"):
+        pair_variances([effects[0], variances[1]], variances[:1] + variances[2:3])
+
+
+# --- first-level folders: voxfit -------------------------------------------------------------------------------
+
+
+def _fit(folder: Path, data_path: Path, n_scans: int, value: float, noise: str = "ols", seed: int = 0) -> Path:
+    """A voxfit first-level fit of a tiny run: a task whose effect is `value`, contrasts ``task`` (t) and
+    ``both`` (F)."""
+    rng = np.random.default_rng(seed)
+    task = np.arange(n_scans) % 2
+    x = rng.standard_normal(n_scans)
+    data = 100 + value * task + rng.standard_normal(SHAPE + (n_scans,))
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), str(data_path))
+    X = np.column_stack([np.ones(n_scans), task, x])
+    voxfit.fit_images(
+        data_path,
+        (X, ["constant", "task", "x"]),
+        {"task": "task", "both": [[0, 1, 0], [0, 0, 1]]},
+        out_dir=folder,
+        mask_threshold=None,
+        noise=noise,
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def voxfit_study(tmp_path_factory):
+    """Three subjects' voxfit fits of runs of 16, 20 and 24 scans: two in folders named sub-<label>, the third in
+    a folder without a label whose run (the input model.json records) is sub-03's; and an AR(1) fit."""
+    root = tmp_path_factory.mktemp("study")
+    fits = {
+        "01": _fit(root / "out" / "sub-01", root / "raw" / "sub-01" / "func" / "sub-01_bold.nii.gz", 16, 1.0, seed=1),
+        "02": _fit(root / "out" / "sub-02", root / "raw" / "sub-02" / "func" / "sub-02_bold.nii.gz", 20, 2.0, seed=2),
+        "03": _fit(root / "out" / "third", root / "raw" / "sub-03" / "func" / "bold.nii.gz", 24, 3.0, seed=3),
+        "ar": _fit(root / "ar" / "sub-04", root / "raw" / "sub-04" / "func" / "sub-04_bold.nii.gz", 30, 1.0, "ar1", 4),
+    }
+    return root, fits
+
+
+def test_voxfit_folders_give_each_subjects_maps_labels_and_dof(voxfit_study):
+    _, fits = voxfit_study
+    folders = [fits["02"], fits["03"], fits["01"]]
+    paired = first_level_maps(folders, "task")
+    assert paired.subjects == ("02", "03", "01")  # sub-03 from the input its model.json records
+    assert paired.dof == (17.0, 21.0, 13.0)  # scans - 3 columns
+    assert paired.contrast == "task" and paired.matched_by == "folder"
+    for folder, effect, variance in zip(folders, paired.effects, paired.variances):
+        assert effect == folder / "contrast-task_stat-effect_statmap.nii.gz"
+        assert variance == folder / "contrast-task_stat-variance_statmap.nii.gz"
+    assert "2 from the folder names, 1 from the inputs model.json records" in paired.notes[0]
+    record = paired.record()
+    assert record["rows"][1] == {
+        "map": str(paired.effects[1]),
+        "variance_map": str(paired.variances[1]),
+        "subject": "sub-03",
+        "dof": 21.0,
+    }
+    json.dumps(record)  # (model.json can hold it)
+
+
+def test_the_variance_map_is_the_fits_squared_standard_error(voxfit_study):
+    """The map taken as the variance is the first-level fit's variance of the contrast: t^2 = effect^2/variance."""
+    _, fits = voxfit_study
+    paired = first_level_maps([fits["01"]], "task")
+    effect, variance = (np.asarray(nib.load(str(p)).dataobj) for p in (paired.effects[0], paired.variances[0]))
+    t = np.asarray(nib.load(str(fits["01"] / "contrast-task_stat-t_statmap.nii.gz")).dataobj)
+    np.testing.assert_allclose(effect / np.sqrt(variance), t, rtol=1e-4)
+
+
+def test_model_record_read_gives_the_same_pairs(voxfit_study):
+    _, fits = voxfit_study
+    folders = [fits["01"], fits["03"]]
+    assert first_level_maps(folders, "task", read_record=ModelRecord.read) == first_level_maps(folders, "task")
+
+
+def test_ar_model_dof_is_the_median_of_the_per_voxel_dof_with_a_note(voxfit_study):
+    _, fits = voxfit_study
+    paired = first_level_maps([fits["ar"], fits["01"]], "task")
+    median = json.loads((fits["ar"] / "model.json").read_text())["contrasts"]["task"]["dof"]["median"]
+    assert paired.dof == (pytest.approx(median), 13.0)
+    assert any("per-voxel dof" in note and "median" in note for note in paired.notes)
+
+
+def test_a_missing_contrast_is_refused_naming_those_the_folder_has(voxfit_study):
+    _, fits = voxfit_study
+    with pytest.raises(InputError, match=r"sub-01 has no contrast 'faces' \(its contrasts: task, both\)"):
+        first_level_maps([fits["01"]], "faces")
+
+
+def test_an_f_contrast_is_refused(voxfit_study):
+    _, fits = voxfit_study
+    with pytest.raises(InputError, match=r"contrast 'both' of .*sub-01 is an F contrast"):
+        first_level_maps([fits["01"], fits["02"]], "both")
+
+
+def test_a_folder_that_is_no_finished_fit_is_refused(voxfit_study, tmp_path):
+    _, fits = voxfit_study
+    unfinished = tmp_path / "sub-09"
+    shutil.copytree(fits["01"], unfinished)
+    (unfinished / "model.json").unlink()
+    with pytest.raises(InputError, match=r"sub-09 is not a finished first-level fit \(no model.json"):
+        first_level_maps([fits["01"], unfinished], "task")
+
+
+def test_a_folder_missing_the_contrasts_maps_is_refused(voxfit_study, tmp_path):
+    _, fits = voxfit_study
+    incomplete = tmp_path / "sub-09"
+    shutil.copytree(fits["01"], incomplete)
+    (incomplete / "contrast-task_stat-variance_statmap.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"records contrast 'task' but holds no contrast-task_stat-variance_statmap"):
+        first_level_maps([incomplete], "task")
+
+
+@pytest.mark.planted_model_json
+def test_a_group_model_folder_and_a_broken_model_json_are_refused(tmp_path):
+    group = tmp_path / "group"
+    group.mkdir()
+    (group / "model.json").write_text(json.dumps({"model_kind": "group", "contrasts": {}}))
+    with pytest.raises(InputError, match=r"group holds a group model, not one subject's first-level fit"):
+        first_level_maps([group], "task")
+    (group / "model.json").write_text("{")
+    with pytest.raises(InputError, match=r"model.json is not readable JSON"):
+        first_level_maps([group], "task")
+
+
+def test_two_folders_of_one_subject_are_refused(voxfit_study, tmp_path):
+    _, fits = voxfit_study
+    again = tmp_path / "sub-01"
+    shutil.copytree(fits["01"], again)
+    with pytest.raises(InputError, match=r"two or more first-level folders of one subject: sub-01 \("):
+        first_level_maps([fits["01"], again], "task")
+
+
+def test_a_variance_map_on_another_grid_in_a_folder_is_refused(voxfit_study, tmp_path):
+    _, fits = voxfit_study
+    odd = tmp_path / "sub-08"
+    shutil.copytree(fits["01"], odd)
+    _map(odd / "contrast-task_stat-variance_statmap.nii.gz", 1.0, shape=(2, 2, 2))
+    with pytest.raises(InputError, match=r"sub-08/contrast-task_stat-variance.* another grid than its effect map"):
+        first_level_maps([fits["01"], odd], "task")
+
+
+def test_bad_folder_arguments_are_refused(voxfit_study, tmp_path):
+    _, fits = voxfit_study
+    with pytest.raises(InputError, match=r"`folders`: .*nothere is not a folder"):
+        first_level_maps([tmp_path / "nothere"], "task")
+    with pytest.raises(InputError, match="names a folder twice"):
+        first_level_maps([fits["01"], fits["01"]], "task")
+    with pytest.raises(InputError, match="`contrast` must be"):
+        first_level_maps([fits["01"]], "  ")
+
+
+# --- first-level folders: FEAT ---------------------------------------------------------------------------------
+
+
+def test_feat_folders_by_number_or_name_with_their_dof(tmp_path):
+    folders = [_feat(tmp_path / f"sub-{k}.feat", int(k), dof=90 + int(k), names=("task", "rest")) for k in SUBJECTS[:3]]
+    by_name = first_level_maps(folders[::-1], "rest")
+    assert by_name.subjects == ("03", "02", "01") and by_name.dof == (93.0, 92.0, 91.0)
+    assert [p.name for p in by_name.effects] == ["cope2.nii.gz"] * 3
+    _check_pairs(by_name)
+    for number in ("2", "cope2", 2):
+        again = first_level_maps(folders[::-1], number)
+        assert (again.effects, again.variances, again.dof) == (by_name.effects, by_name.variances, by_name.dof)
+
+
+def test_feat_prefers_standard_space_maps(tmp_path):
+    folder = _feat(tmp_path / "sub-01.feat", 1, standard=True)
+    paired = first_level_maps([folder], 1)
+    assert paired.effects[0] == folder / "reg_standard" / "stats" / "cope1.nii.gz"
+    _check_pairs(paired)
+    assert any("reg_standard" in note for note in paired.notes)
+
+
+def test_feat_without_dof_gives_no_dof_with_a_note(tmp_path):
+    folders = [_feat(tmp_path / "sub-01.feat", 1), _feat(tmp_path / "sub-02.feat", 2, dof=None)]
+    paired = first_level_maps(folders, "task")
+    assert paired.dof is None
+    assert any("dof unknown for" in note and "sub-02.feat" in note for note in paired.notes)
+
+
+def test_feat_missing_contrast_names_its_contrasts(tmp_path):
+    folder = _feat(tmp_path / "sub-01.feat", 1, names=("task", "rest"))
+    with pytest.raises(InputError, match=r"has no cope and varcope of contrast 'faces' \(its contrasts: 1 \(task\), 2"):
+        first_level_maps([folder], "faces")
+
+
+def test_voxfit_and_feat_folders_together(voxfit_study, tmp_path):
+    _, fits = voxfit_study
+    paired = first_level_maps([fits["01"], _feat(tmp_path / "sub-07.feat", 7)], "task")
+    assert paired.subjects == ("01", "07") and paired.dof == (13.0, 97.0)
+
+
+# --- the result ------------------------------------------------------------------------------------------------
+
+
+def test_take_reorders_every_row_field_and_refuses_other_rows(tmp_path):
+    paired = pair_variances(*_bids(tmp_path), dof=[1, 2, 3, 4, 5])
+    again = paired.take([2, 0])
+    assert again.subjects == ("03", "01") and again.dof == (3.0, 1.0)
+    _check_pairs(again)
+    with pytest.raises(InputError, match=r"rows \[5\] are not rows of these 5 pairs"):
+        paired.take([5])
+    with pytest.raises(AttributeError):
+        paired.subjects = ()

@@ -1,4 +1,4 @@
-"""First-level effect and variance maps found and paired by subject for the group level (design.first_level_maps).
+"""First-level effect and variance maps found and paired by subject for the group level (voxfit.design.paired_maps).
 
 Every layout is built on disk: BIDS-like derivatives, voxfit first-level output folders made by fitting tiny runs
 with ``voxfit.fit_images``, FEAT-like folders, 4-D pairs. Each pair is checked by the values its files hold
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -404,11 +406,41 @@ def test_two_folders_of_one_subject_are_refused(voxfit_study, tmp_path):
 
 def test_a_variance_map_on_another_grid_in_a_folder_is_refused(voxfit_study, tmp_path):
     _, fits = voxfit_study
-    odd = tmp_path / "sub-08"
+    odd = tmp_path / "odd"  # (sub-01 by the inputs its model.json records)
     shutil.copytree(fits["01"], odd)
     _map(odd / "contrast-task_stat-variance_statmap.nii.gz", 1.0, shape=(2, 2, 2))
-    with pytest.raises(InputError, match=r"sub-08/contrast-task_stat-variance.* another grid than its effect map"):
-        first_level_maps([fits["01"], odd], "task")
+    with pytest.raises(
+        InputError, match=r"odd/contrast-task_stat-variance.* another grid than its effect map .*sub-01"
+    ):
+        first_level_maps([fits["02"], odd], "task")
+
+
+def test_a_folder_named_for_another_subject_than_its_inputs_is_refused(voxfit_study, tmp_path):
+    _, fits = voxfit_study
+    renamed = tmp_path / "sub-05"
+    shutil.copytree(fits["01"], renamed)
+    with pytest.raises(InputError, match=r"sub-05 is named for sub-05 but its model.json records the inputs of sub-01"):
+        first_level_maps([fits["02"], renamed], "task")
+
+
+def test_a_fit_of_several_runs_is_one_subjects_first_level(tmp_path):
+    """voxfit's fixed effects across runs (model.json kind ``runs``): the subject from its runs' inputs."""
+    rng = np.random.default_rng(5)
+    runs, designs = [], []
+    for r, n_scans in enumerate((12, 14), 1):
+        task = np.arange(n_scans) % 2
+        run = tmp_path / "raw" / "sub-06" / f"sub-06_run-{r}_bold.nii.gz"
+        run.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(
+            nib.Nifti1Image((100 + task + rng.standard_normal(SHAPE + (n_scans,))).astype(np.float32), np.eye(4)),
+            str(run),
+        )
+        runs.append(run)
+        designs.append((np.column_stack([np.ones(n_scans), task]), ["constant", "task"]))
+    voxfit.fit_runs(runs, designs, {"task": "task"}, out_dir=tmp_path / "fits" / "runs", mask_threshold=None)
+    paired = first_level_maps([tmp_path / "fits" / "runs"], "task")
+    recorded = json.loads((tmp_path / "fits" / "runs" / "model.json").read_text())["contrasts"]["task"]["dof"]
+    assert paired.subjects == ("06",) and paired.dof == (recorded,) and recorded == 12 - 2 + 14 - 2
 
 
 def test_bad_folder_arguments_are_refused(voxfit_study, tmp_path):
@@ -474,3 +506,13 @@ def test_take_reorders_every_row_field_and_refuses_other_rows(tmp_path):
         paired.take([5])
     with pytest.raises(AttributeError):
         paired.subjects = ()
+
+
+def test_voxfit_design_imports_the_image_readers_only_when_maps_are_paired():
+    """``voxfit design`` imports voxfit.design: the pairing of maps (which reads headers) loads on first use."""
+    code = (
+        "import sys, voxfit.design as d; before = 'nibabel' in sys.modules; d.pair_variances; "
+        "print(before, 'nibabel' in sys.modules, callable(d.first_level_maps), d.PairedMaps.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True", "True", "PairedMaps"]

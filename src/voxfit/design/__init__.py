@@ -1,4 +1,8 @@
-"""Designs: design matrices from files, from events (SPM's microtime conventions), HRFs, drifts, confounds."""
+"""Designs: design matrices from files, from events (SPM's microtime conventions), HRFs, drifts, confounds; each
+subject's first-level effect and variance maps for a group model (:mod:`.paired_maps`, which reads image
+headers: imported on first use, so that ``voxfit design`` does not load the image readers)."""
+
+import importlib
 
 from .events import (
     Design,
@@ -10,7 +14,6 @@ from .events import (
     read_confounds,
     read_events,
 )
-from .first_level_maps import PairedMaps, first_level_maps, pair_variances
 from .hrf import HRF_MODELS, basis_set, spm_hrf, spm_orth
 from .read import read_design, write_design
 from .vest import read_contrasts, read_ftests, read_groups, read_vest, write_vest
@@ -39,3 +42,21 @@ __all__ = [
     "write_design",
     "write_vest",
 ]
+
+_FIRST_USE = {
+    "PairedMaps": "paired_maps",
+    "first_level_maps": "paired_maps",
+    "pair_variances": "paired_maps",
+}
+
+
+def __getattr__(name: str):
+    if name in _FIRST_USE:
+        value = getattr(importlib.import_module(f".{_FIRST_USE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

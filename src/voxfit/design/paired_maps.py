@@ -131,13 +131,12 @@ def pair_variances(effects, variances, *, dof=None) -> PairedMaps:
         return _four_d_pair(effects[0], variances[0], effect_maps[0], variance_maps[0], dof)
     _check_one_map_each(effects, variances, effect_maps, variance_maps)
     e_labels, v_labels = subject_labels(effects), subject_labels(variances)
-    if None not in e_labels and None not in v_labels:
-        order, note = _match_by_subject(effects, variances, e_labels, v_labels), _SUBJECT_NOTE
-    else:
-        order, note = _match_by_folder(effects, variances, e_labels, v_labels), _FOLDER_NOTE
+    matched_by = "subject" if None not in e_labels and None not in v_labels else "folder"
+    match = _match_by_subject if matched_by == "subject" else _match_by_folder
+    order = match(effects, variances, e_labels, v_labels)
     variances, variance_maps = [variances[k] for k in order], [variance_maps[k] for k in order]
     _check_grids(effects, variances, [m.geometry for m in effect_maps], [m.geometry for m in variance_maps], e_labels)
-    notes = [note.format(n=len(effects), shown=_some(map(str, effects), 4))]
+    notes = [_NOTES[matched_by].format(n=len(effects), shown=_some(map(str, effects), 4))]
     if dof is not None:
         notes.append("first-level dof as given, in the order of the effect maps")
     return PairedMaps(
@@ -146,19 +145,21 @@ def pair_variances(effects, variances, *, dof=None) -> PairedMaps:
         subjects=tuple(e_labels),
         dof=_dof_per_row(dof, len(effects), "effect maps"),
         notes=tuple(notes),
-        matched_by="subject" if note is _SUBJECT_NOTE else "folder",
+        matched_by=matched_by,
     )
 
 
-_SUBJECT_NOTE = (
-    "{n} variance maps matched to the effect maps by subject (sub-<label> of the file or folder names), rows in "
-    "the order of the effect maps"
-)
-_FOLDER_NOTE = (
-    "{n} effect maps without sub-<label> on both sides: each variance map is the one beside its effect map in the "
-    "same folder (varcope<N> of cope<N>, _stat-variance_ of _stat-effect_); rows in the order the effect maps were "
-    "given: {shown}"
-)
+_NOTES = {  # what each way of matching did, for the user and model.json
+    "subject": (
+        "{n} variance maps matched to the effect maps by subject (sub-<label> of the file or folder names), rows in "
+        "the order of the effect maps"
+    ),
+    "folder": (
+        "{n} effect maps without sub-<label> on both sides: each variance map is the one beside its effect map in "
+        "the same folder (varcope<N> of cope<N>, _stat-variance_ of _stat-effect_); rows in the order the effect "
+        "maps were given: {shown}"
+    ),
+}
 
 
 def _pair_variances_iv(effects, variances, dof) -> tuple[list[Path], list[Path], list[float] | None]:
@@ -394,6 +395,7 @@ def first_level_maps(folders, contrast: str, *, read_record: Callable | None = N
     folders, contrast, read_record = _first_level_maps_iv(folders, contrast, read_record)
     found = [_folder_maps(folder, contrast, read_record) for folder in folders]
     names = subject_labels(folders)
+    _refuse_other_subject(folders, names, found)
     subjects = tuple(name if name is not None else f.input_label for name, f in zip(names, found))
     _refuse_same_subject(folders, subjects)
     effects, variances = [f.effect for f in found], [f.variance for f in found]
@@ -548,6 +550,16 @@ def _feat_dof(folder: Path) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return value if _positive(value) else None
+
+
+def _refuse_other_subject(folders, names, found) -> None:
+    """A folder named for one subject whose model.json records another's inputs holds someone else's fit."""
+    for folder, name, f in zip(folders, names, found):
+        if name is not None and f.input_label is not None and name != f.input_label:
+            raise InputError(
+                f"{folder} is named for sub-{name} but its model.json records the inputs of sub-{f.input_label}; "
+                "rename the folder for the subject it holds."
+            )
 
 
 def _refuse_same_subject(folders, subjects) -> None:

@@ -302,14 +302,12 @@ class _Problem:
         r, Q, QQ = self.r, self.Q, self.QQ
         total = S + tau2[self.codes] if self.G > 1 else S + tau2[0]
         w = 1.0 / total
-        M = (w.T @ QQ).reshape(v, r, r)
-        Minv = np.linalg.inv(M)
+        Minv, logdet = _spd_inverse((w.T @ QQ).reshape(v, r, r))
         gamma = np.einsum("vab,vb->va", Minv, (w * Y).T @ Q)
         resid = Y - Q @ gamma.T
         wr = w * resid
         state = _State(tau2, Minv, gamma)
         if loglik:
-            logdet = np.linalg.slogdet(M)[1]
             quad = np.einsum("iv,iv->v", wr, resid)
             state.loglik = -0.5 * ((n - r) * _LOG_2PI + np.log(total).sum(axis=0) + logdet + self.constant + quad)
         if not derivatives:
@@ -349,6 +347,29 @@ class _Problem:
         """Betas (p, v) and their covariance (v, p, p) from the coefficients on the basis: ``X^+ Q gamma``."""
         B = self.design.basis_pinv
         return B @ state.gamma.T, np.einsum("ia,vab,jb->vij", B, state.Minv, B, optimize=True)
+
+
+def _spd_inverse(M: NDArray) -> tuple[NDArray, NDArray]:
+    """Inverses and log-determinants of symmetric positive definite matrices (v, r, r): for r <= 4 by a
+    Cholesky factorisation written out over the stack (LAPACK's per-matrix calls cost more than the arithmetic
+    for such sizes), else by numpy.linalg. A matrix that is not positive definite gets NaN."""
+    v, r, _ = M.shape
+    if r > 4:
+        sign, logdet = np.linalg.slogdet(M)
+        return np.linalg.inv(M), np.where(sign > 0, logdet, np.nan)
+    L = np.zeros_like(M)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for j in range(r):
+            L[:, j, j] = np.sqrt(M[:, j, j] - np.einsum("vk,vk->v", L[:, j, :j], L[:, j, :j]))
+            for i in range(j + 1, r):
+                L[:, i, j] = (M[:, i, j] - np.einsum("vk,vk->v", L[:, i, :j], L[:, j, :j])) / L[:, j, j]
+        Linv = np.zeros_like(M)  # L^-1, lower triangular, by forward substitution
+        for j in range(r):
+            Linv[:, j, j] = 1.0 / L[:, j, j]
+            for i in range(j + 1, r):
+                Linv[:, i, j] = -np.einsum("vk,vk->v", L[:, i, j:i], Linv[:, j:i, j]) / L[:, i, i]
+        logdet = 2 * np.log(np.einsum("vjj->vj", L)).sum(axis=1)
+    return np.einsum("vki,vkj->vij", Linv, Linv), logdet
 
 
 def _fit_mixed(problem: _Problem, Y: NDArray, S: NDArray, max_iter: int, tol: float, contrasts) -> _Part:

@@ -228,7 +228,7 @@ def _mixed_problem(
     check_memory(
         8 * V * (p + p * p + G + 4 + 2 * len(weights) + q + q * q),
         f"the group model's results ({p:,} design columns x {V:,} voxels)",
-        execution.max_memory,
+        None,  # (as voxfit.fit: the cap bounds the working memory; the data and the results come on top)
         "Give a design with fewer columns, or a smaller mask.",
     )
     return _MixedProblem(

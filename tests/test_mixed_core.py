@@ -308,8 +308,10 @@ def test_a_group_the_design_absorbs_is_flat():
     n, v = 10, 5
     X = np.column_stack([np.ones(n), np.eye(n)[0]])
     codes = np.r_[1, np.zeros(n - 1, dtype=int)]
-    block = fit_mixed_block(X, rng.standard_normal((n, v)), rng.uniform(1, 2, (n, v)), codes)
-    npt.assert_array_equal(block.outcome, FLAT)
+    Y, s2 = rng.standard_normal((n, v)), rng.uniform(1, 2, (n, v))
+    npt.assert_array_equal(fit_mixed_block(X, Y, s2, codes).outcome, FLAT)
+    with pytest.raises(InputError, match="variance group 1 in `groups` cannot have"):
+        voxfit.mixed_effects(X, Y, s2, groups=codes)
 
 
 # ------------------------------------------------------------------------------------------ blocks and threads

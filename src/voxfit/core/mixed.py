@@ -43,7 +43,8 @@ Maximisation, all voxels of a block together (a voxel stops when its step is bel
 Voxels that cannot be fitted get NaN outputs and an outcome code (:data:`OUTCOMES`): non-finite effects; a
 first-level variance that is zero, negative or not finite in some subject (mixed and fixed); a flat
 likelihood (mixed: no residual degrees of freedom, effects fitted exactly by the design, e.g. all equal in a
-one-sample test, or a variance group the design absorbs; ols: a zero residual variance); no convergence.
+one-sample test, or a variance group the design absorbs; ols: a zero residual variance); no convergence, or a
+fit whose numbers are not finite (first-level variances too far apart for float64).
 """
 
 from __future__ import annotations
@@ -74,13 +75,13 @@ OUTCOMES = {
     OK: "fitted",
     BAD_VARIANCE: "first-level variance zero, negative or missing in some subject",
     FLAT: "flat likelihood (the data carry no information on the between-subject variance)",
-    NOT_CONVERGED: "the between-subject variance did not converge",
+    NOT_CONVERGED: "the estimation did not converge to finite values",
     INVALID_DATA: "effects not finite in some subject",
 }
 _LOG_2PI = float(np.log(2 * np.pi))
 _ARMIJO = 1e-4
 _HALVINGS = 30
-_FLAT_INFO = 1e-12  # a group whose Fisher information is below this fraction of sum w_i^2 / 2 is unidentified
+_LEVERAGE_ONE = 1 - 1e-8  # a subject whose OLS leverage is above this is fitted exactly by the design
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,7 +111,7 @@ def fit_mixed_block(
     groups=None,
     *,
     model: str = "mixed",
-    max_iter: int = 64,
+    max_iter: int = 200,
     tol: float = 1e-10,
     n_groups: int | None = None,
     contrasts=(),
@@ -152,14 +153,26 @@ def fit_mixed_block(
     out = _Outputs.empty(design.n_columns, v, G, len(contrasts))
     idx = np.flatnonzero(outcome == OK)
     if idx.size:
+        # each voxel in its own units: effects divided by k (the root mean first-level variance; for ols, the
+        # largest effect), so that sums of w^3 neither overflow nor underflow; the estimates are equivariant
         Yk = Y[:, idx]
-        Sk = None if S is None else S[:, idx]
-        if model == "ols":
-            part = _fit_ols(design, Yk)
-        elif model == "fixed":
-            part = _fit_fixed(design, Yk, Sk, G)
+        if S is None:
+            k = np.abs(Yk).max(axis=0)
+            k[k == 0] = 1.0
         else:
-            part = _fit_mixed(_Problem(design, codes, G), Yk, Sk, max_iter, tol, contrasts)
+            k = np.sqrt(S[:, idx].mean(axis=0))
+        Yk = Yk / k
+        Sk = None if S is None else S[:, idx] / k**2
+        with np.errstate(all="ignore"):  # (numbers that are not finite are caught below)
+            if model == "ols":
+                part = _fit_ols(design, Yk)
+            elif model == "fixed":
+                part = _fit_fixed(design, Yk, Sk, G)
+            else:
+                part = _fit_mixed(_Problem(design, codes, G), Yk, Sk, max_iter, tol, contrasts)
+            part.rescale(k, n - design.rank)
+        finite = np.isfinite(part.betas).all(axis=0) & np.isfinite(part.covariance).all(axis=(1, 2))
+        part.outcome[(part.outcome == OK) & ~(finite & np.isfinite(part.tau2).all(axis=0))] = NOT_CONVERGED
         out.place(idx, part)
         outcome[idx] = part.outcome
     return out.finish(outcome)
@@ -179,6 +192,14 @@ class _Part:
     loglik: NDArray
     iterations: NDArray
     contrast_dof: list
+
+    def rescale(self, k: NDArray, dof: int) -> None:
+        """Back to the data's units from effects divided by `k`: betas times k, variances times k^2, the
+        restricted log-likelihood less ``(n - r) log k`` (the log-determinants of V and X'V^-1 X)."""
+        self.betas *= k
+        self.covariance *= (k**2)[:, None, None]
+        self.tau2 *= k**2
+        self.loglik -= dof * np.log(k)
 
 
 @dataclass
@@ -291,6 +312,10 @@ class _Problem:
         self.r = r
         self.QQ = np.ascontiguousarray((self.Q[:, :, None] * self.Q[:, None, :]).reshape(n, r * r))
         self.rows = [np.flatnonzero(codes == g) for g in range(G)]
+        # P D_g = W (I - X (X'WX)^-1 X'W) D_g is 0, whatever W, when every unit vector of group g lies in the
+        # column space of X (leverage 1): the likelihood does not depend on tau2_g
+        leverage = np.einsum("ia,ia->i", self.Q, self.Q)
+        self.absorbed = [bool((leverage[rows] > _LEVERAGE_ONE).all()) for rows in self.rows]
         self.codes = codes
         self.G = G
         self.constant = _design_constant(design)
@@ -381,7 +406,7 @@ def _fit_mixed(problem: _Problem, Y: NDArray, S: NDArray, max_iter: int, tol: fl
     iterations = np.zeros(v, dtype=np.int32)
     coords = problem.Q.T @ Y
     resid = Y - problem.Q @ coords
-    flat = _flat_residuals(np.einsum("iv,iv->v", resid, resid), Y) | (n == problem.r)
+    flat = _flat_residuals(np.einsum("iv,iv->v", resid, resid), Y) | (n == problem.r) | any(problem.absorbed)
     outcome[flat] = FLAT
     live = np.flatnonzero(~flat)
     if live.size:
@@ -403,10 +428,7 @@ def _solve_one_group(problem: _Problem, Y, S, scale, max_iter: int, tol: float):
     iterations = np.ones(v, dtype=np.int32)
     outcome = np.zeros(v, dtype=np.int8)
     state = problem.evaluate(tau2, Y, S)
-    interior = state.score[0] > 0
-    flat = state.info[:, 0, 0] <= _FLAT_INFO * 0.5 * (1 / S**2).sum(axis=0)
-    outcome[flat] = FLAT
-    act = np.flatnonzero(interior & ~flat)
+    act = np.flatnonzero(state.score[0] > 0)
     # the first step from 0, by Fisher scoring: the score is positive there, so the step is too
     t = state.score[0, act] / state.info[act, 0, 0]
     lo, hi = np.zeros(act.size), np.full(act.size, np.inf)
@@ -439,12 +461,10 @@ def _solve_groups(problem: _Problem, Y, S, scale, max_iter: int, tol: float):
     tau2 = np.zeros((G, v))
     iterations = np.ones(v, dtype=np.int32)
     outcome = np.zeros(v, dtype=np.int8)
-    state = problem.evaluate(tau2, Y, S, loglik=True)
-    w2 = np.stack([(1 / S[rows] ** 2).sum(axis=0) for rows in problem.rows])  # (G, v)
-    flat = (np.einsum("vgg->gv", state.info) <= _FLAT_INFO * 0.5 * w2).any(axis=0)
-    outcome[flat] = FLAT
-    act = np.flatnonzero(~flat)
-    t, st = tau2[:, act], _take(state, act)
+    start = _moment_start(problem, Y, S)
+    state = problem.evaluate(start, Y, S, loglik=True)
+    act = np.arange(v)
+    t, st = start, state
     for _ in range(max_iter):
         if not act.size:
             break
@@ -460,6 +480,15 @@ def _solve_groups(problem: _Problem, Y, S, scale, max_iter: int, tol: float):
     outcome[act] = NOT_CONVERGED
     tau2[:, act] = t
     return tau2, iterations, outcome
+
+
+def _moment_start(problem: _Problem, Y: NDArray, S: NDArray) -> NDArray:
+    """A starting tau2 (G, v) for several groups: in each, the mean squared OLS residual (scaled by n / (n - r))
+    less the mean first-level variance, bounded at 0."""
+    n = Y.shape[0]
+    resid = Y - problem.Q @ (problem.Q.T @ Y)
+    resid *= np.sqrt(n / max(n - problem.r, 1))
+    return np.stack([np.maximum(0, (resid[rows] ** 2 - S[rows]).mean(axis=0)) for rows in problem.rows])
 
 
 def _take(state: _State, idx: NDArray) -> _State:

@@ -216,6 +216,8 @@ def _mixed_problem(
                 "per effect."
             )
     codes, labels = _check_groups(groups, n, model)
+    if model == "mixed" and len(labels) > 1:
+        _check_identified(design, codes, labels)
     if first_level_dof is not None and model != "fixed":
         raise InputError(
             f"`first_level_dof` is used by model='fixed' only (model={model!r} takes its dof from the design); "
@@ -286,6 +288,18 @@ def _check_groups(groups, n: int, model: str) -> tuple[NDArray[np.intp], tuple]:
             "for a between-subject variance per group, or leave `groups` out."
         )
     return codes.astype(np.intp), tuple(label.item() for label in labels)
+
+
+def _check_identified(design: DesignFactor, codes: NDArray, labels: tuple) -> None:
+    """Refuse a variance group whose subjects the design fits exactly (each with leverage 1, e.g. one subject
+    with a column of its own): the likelihood does not depend on its between-subject variance."""
+    leverage = np.einsum("ia,ia->i", design.basis, design.basis)
+    for g, label in enumerate(labels):
+        if (leverage[codes == g] > 1 - 1e-8).all():
+            raise InputError(
+                f"variance group {label!r} in `groups` cannot have a between-subject variance of its own: the design "
+                f"fits its {int(np.sum(codes == g))} subject(s) exactly; merge it with another group."
+            )
 
 
 def _check_contrasts(contrasts, design: DesignFactor) -> dict[str, NDArray[np.float64]]:

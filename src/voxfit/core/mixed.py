@@ -1,0 +1,601 @@
+"""Group models on summary statistics, vectorised over voxels: mixed effects (REML), fixed effects and OLS.
+
+Subject i of n has an effect y_i with a known first-level variance s_i^2 (its varcope). The models:
+
+- ``mixed`` (FSL's FLAME1, AFNI's 3dMEMA): ``y = X beta + e``, ``e_i ~ N(0, s_i^2 + tau2_g(i))``, with a
+  between-subject variance ``tau2_g >= 0`` for each variance group g (FLAME's ``--grp``). tau2 is the
+  restricted maximum likelihood (REML) estimate, bounded at zero, and beta its GLS estimate with the total
+  variance ``V_i = s_i^2 + tau2_g(i)``; the covariance of beta is ``(X' V^-1 X)^-1``.
+- ``fixed`` (flameo's fixed effects): the same with tau2 = 0, i.e. precision-weighted least squares.
+- ``ols``: ordinary least squares on the effects alone; the first-level variances are not used, and ``tau2``
+  holds the residual variance sigma^2 of the fit (one group).
+
+The restricted log-likelihood (Harville 1977; Woolrich et al. 2004, FLAME) is
+
+    l_R(tau2) = -1/2 [(n - r) log 2 pi + log|V| + log|X' V^-1 X| + r' V^-1 r],
+
+r = y - X beta_GLS and r the rank of X. X enters through the orthonormal basis Q (n, r) of its column space
+(``voxfit.core.design``): ``log|X' V^-1 X| = log|Q' V^-1 Q| + log pdet(X' X)`` for a full-rank X, and the same
+is used as the definition for a rank-deficient one (betas are then the minimum-norm solution, as in the OLS
+fit). With ``W = V^-1``, ``M = Q' W Q`` and ``P = W - W Q M^-1 Q' W``, the derivatives used are
+
+    dl/dtau_g = -1/2 [tr(P D_g) - (W r)' D_g (W r)]                    (D_g: the rows of group g)
+    Fisher information I_gh = 1/2 tr(P D_g P D_h)
+    d2l/dtau_g dtau_h = I_gh - (W r)' D_g P D_h (W r),
+
+each a sum of n terms and products of (r x r) matrices: ``tr(P D_g) = sum_g w_i - tr(M^-1 T_g)``,
+``tr(P D_g P D_h) = [g = h] (sum_g w_i^2 - 2 tr(M^-1 U_g)) + tr(M^-1 T_g M^-1 T_h)`` with
+``T_g = sum_g w_i^2 q_i q_i'`` and ``U_g = sum_g w_i^3 q_i q_i'``. Nothing of size (n x n) per voxel is formed;
+the per-voxel (r x r) sums are matrix products of the (n, v) weights with the (n, r^2) products ``q_i q_i'``.
+
+Maximisation, all voxels of a block together (a voxel stops when its step is below ``tol * (tau2 + mean s^2)``):
+
+- one group: the boundary is decided first, exactly: where the score at tau2 = 0 is <= 0 the estimate is 0
+  (the restricted likelihood does not increase into the interior; as FLAME and 3dMEMA, a further interior
+  local maximum is not searched for). Elsewhere the root of the score is found by Newton's method on the
+  score, safeguarded by the bracket [last tau2 with a positive score, last with a negative one]: a Newton step
+  where the likelihood is concave, a Fisher-scoring step elsewhere, a bisection when the step leaves the
+  bracket.
+- several groups: projected Newton (Fisher scoring where the Hessian is not negative definite) on the groups
+  that are positive or whose score is positive, the step projected onto tau2 >= 0 and halved until the
+  restricted likelihood increases (Armijo), then a scaled projected gradient if that fails.
+
+Voxels that cannot be fitted get NaN outputs and an outcome code (:data:`OUTCOMES`): non-finite effects; a
+first-level variance that is zero, negative or not finite in some subject (mixed and fixed); a flat
+likelihood (mixed: no residual degrees of freedom, effects fitted exactly by the design, e.g. all equal in a
+one-sample test, or a variance group the design absorbs; ols: a zero residual variance); no convergence, or a
+fit whose numbers are not finite (first-level variances too far apart for float64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .design import DesignFactor, factorize
+
+__all__ = [
+    "BAD_VARIANCE",
+    "FLAT",
+    "INVALID_DATA",
+    "MODELS",
+    "NOT_CONVERGED",
+    "OK",
+    "OUTCOMES",
+    "MixedBlock",
+    "fit_mixed_block",
+    "satterthwaite_dof",
+]
+
+MODELS = ("mixed", "fixed", "ols")
+OK, BAD_VARIANCE, FLAT, NOT_CONVERGED, INVALID_DATA = 0, 1, 2, 3, 4
+OUTCOMES = {
+    OK: "fitted",
+    BAD_VARIANCE: "first-level variance zero, negative or missing in some subject",
+    FLAT: "flat likelihood (the data carry no information on the between-subject variance)",
+    NOT_CONVERGED: "the estimation did not converge to finite values",
+    INVALID_DATA: "effects not finite in some subject",
+}
+_LOG_2PI = float(np.log(2 * np.pi))
+_ARMIJO = 1e-4
+_HALVINGS = 30
+_LEVERAGE_ONE = 1 - 1e-8  # a subject whose OLS leverage is above this is fitted exactly by the design
+
+
+@dataclass(frozen=True, eq=False)
+class MixedBlock:
+    """A group model fitted to a block of v voxels (NaN where ``outcome != OK``).
+
+    betas : (p, v) fixed effects; covariance : (v, p, p) their covariance; tau2 : (G, v) between-subject
+    variance per variance group (0 for ``fixed``; the residual variance sigma^2 for ``ols``, G = 1);
+    outcome : (v,) int8 codes of :data:`OUTCOMES`; loglik : (v,) the restricted log-likelihood at the estimate;
+    iterations : (v,) evaluations of the likelihood's derivatives; contrast_dof : one (v,) array per contrast
+    given, its Satterthwaite degrees of freedom (``mixed`` only; see :func:`satterthwaite_dof`).
+    """
+
+    betas: NDArray[np.float64]
+    covariance: NDArray[np.float64]
+    tau2: NDArray[np.float64]
+    outcome: NDArray[np.int8]
+    loglik: NDArray[np.float64]
+    iterations: NDArray[np.int32]
+    contrast_dof: tuple[NDArray[np.float64], ...] = ()
+
+
+def fit_mixed_block(
+    X,
+    effects,
+    variances=None,
+    groups=None,
+    *,
+    model: str = "mixed",
+    max_iter: int = 200,
+    tol: float = 1e-10,
+    n_groups: int | None = None,
+    contrasts=(),
+) -> MixedBlock:
+    """Fit a group model to a block of voxels (any block gives the numbers of the whole, to rounding).
+
+    Parameters
+    ----------
+    X : (n, p) array or DesignFactor
+        The design (factorised here when an array is given; the engine passes its factorisation).
+    effects, variances : (n, v) arrays
+        Each subject's effect and first-level variance at each voxel (`variances` unused, may be None, for
+        ``ols``).
+    groups : (n,) int array, optional
+        Variance-group codes 0..G-1 (default: one group). ``fixed`` reports tau2 = 0 in each group; ``ols``
+        ignores them (one residual variance).
+    model : {'mixed', 'fixed', 'ols'}
+    max_iter, tol : iterations of the REML maximisation and its relative step tolerance.
+    n_groups : int, optional
+        G, when some codes may be absent from `groups` (default ``groups.max() + 1``).
+    contrasts : sequence of (q, p) arrays
+        Contrast weights whose Satterthwaite degrees of freedom are wanted (``mixed`` only).
+    """
+    design = X if isinstance(X, DesignFactor) else factorize(X, warn=False)
+    Y = np.asarray(effects, dtype=np.float64)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    n, v = Y.shape
+    codes = np.zeros(n, dtype=np.intp) if groups is None else np.asarray(groups, dtype=np.intp)
+    G = 1 if model == "ols" else int(n_groups if n_groups is not None else codes.max() + 1)
+    outcome = np.where(np.isfinite(Y).all(axis=0), OK, INVALID_DATA).astype(np.int8)
+    S = None
+    if model != "ols":
+        S = np.asarray(variances, dtype=np.float64)
+        S = S[:, None] if S.ndim == 1 else S
+        with np.errstate(invalid="ignore"):
+            good = (S > 0).all(axis=0) & np.isfinite(S).all(axis=0)
+        outcome[(outcome == OK) & ~good] = BAD_VARIANCE
+
+    out = _Outputs.empty(design.n_columns, v, G, len(contrasts))
+    idx = np.flatnonzero(outcome == OK)
+    if idx.size:
+        # each voxel in its own units: effects divided by k (the root mean first-level variance; for ols, the
+        # largest effect), so that sums of w^3 neither overflow nor underflow; the estimates are equivariant
+        Yk = Y[:, idx]
+        if S is None:
+            k = np.abs(Yk).max(axis=0)
+            k[k == 0] = 1.0
+        else:
+            k = np.sqrt(S[:, idx].mean(axis=0))
+        Yk = Yk / k
+        Sk = None if S is None else S[:, idx] / k**2
+        with np.errstate(all="ignore"):  # (numbers that are not finite are caught below)
+            if model == "ols":
+                part = _fit_ols(design, Yk)
+            elif model == "fixed":
+                part = _fit_fixed(design, Yk, Sk, G)
+            else:
+                part = _fit_mixed(_Problem(design, codes, G), Yk, Sk, max_iter, tol, contrasts)
+            part.rescale(k, n - design.rank)
+        finite = np.isfinite(part.betas).all(axis=0) & np.isfinite(part.covariance).all(axis=(1, 2))
+        part.outcome[(part.outcome == OK) & ~(finite & np.isfinite(part.tau2).all(axis=0))] = NOT_CONVERGED
+        out.place(idx, part)
+        outcome[idx] = part.outcome
+    return out.finish(outcome)
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class _Part:
+    """Results of the voxels a fit was given (NaN already set where its own outcome is not OK)."""
+
+    betas: NDArray
+    covariance: NDArray
+    tau2: NDArray
+    outcome: NDArray
+    loglik: NDArray
+    iterations: NDArray
+    contrast_dof: list
+
+    def rescale(self, k: NDArray, dof: int) -> None:
+        """Back to the data's units from effects divided by `k`: betas times k, variances times k^2, the
+        restricted log-likelihood less ``(n - r) log k`` (the log-determinants of V and X'V^-1 X)."""
+        self.betas *= k
+        self.covariance *= (k**2)[:, None, None]
+        self.tau2 *= k**2
+        self.loglik -= dof * np.log(k)
+
+
+@dataclass
+class _Outputs:
+    betas: NDArray
+    covariance: NDArray
+    tau2: NDArray
+    loglik: NDArray
+    iterations: NDArray
+    contrast_dof: list
+
+    @classmethod
+    def empty(cls, p: int, v: int, G: int, n_contrasts: int) -> _Outputs:
+        nan = np.nan
+        return cls(
+            np.full((p, v), nan),
+            np.full((v, p, p), nan),
+            np.full((G, v), nan),
+            np.full(v, nan),
+            np.zeros(v, dtype=np.int32),
+            [np.full(v, nan) for _ in range(n_contrasts)],
+        )
+
+    def place(self, idx: NDArray, part: _Part) -> None:
+        self.betas[:, idx], self.covariance[idx], self.tau2[:, idx] = part.betas, part.covariance, part.tau2
+        self.loglik[idx], self.iterations[idx] = part.loglik, part.iterations
+        for full, dof in zip(self.contrast_dof, part.contrast_dof):
+            full[idx] = dof
+
+    def finish(self, outcome: NDArray) -> MixedBlock:
+        bad = outcome != OK
+        self.betas[:, bad] = self.tau2[:, bad] = np.nan
+        self.covariance[bad] = np.nan
+        self.loglik[bad] = np.nan
+        for dof in self.contrast_dof:
+            dof[bad] = np.nan
+        return MixedBlock(
+            self.betas, self.covariance, self.tau2, outcome, self.loglik, self.iterations, tuple(self.contrast_dof)
+        )
+
+
+def _design_constant(design: DesignFactor) -> float:
+    """``log pdet(X' X)``: the product of the squared non-zero singular values of X, in logs (``log|R R'|`` with
+    ``R = Q' X``)."""
+    R = design.basis.T @ design.X
+    return float(np.linalg.slogdet(R @ R.T)[1])
+
+
+def _flat_residuals(rss: NDArray, Y: NDArray) -> NDArray[np.bool_]:
+    """Voxels whose effects the design fits exactly, to rounding: an RSS below ``(16 n eps)^2 sum y^2``."""
+    n = Y.shape[0]
+    return rss <= (16 * n * np.finfo(float).eps) ** 2 * np.einsum("iv,iv->v", Y, Y)
+
+
+# ---------------------------------------------------------------------------------------------- ols and fixed
+
+
+def _fit_ols(design: DesignFactor, Y: NDArray) -> _Part:
+    """OLS on the effects: betas ``X^+ y``, sigma^2 = RSS / (n - r) (in ``tau2``), covariance sigma^2 (X'X)^+."""
+    n, v = Y.shape
+    r = design.rank
+    coords = design.basis.T @ Y
+    resid = Y - design.basis @ coords
+    rss = np.einsum("iv,iv->v", resid, resid)
+    dof = n - r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma2 = rss / dof if dof > 0 else np.full(v, np.nan)
+        loglik = -0.5 * ((n - r) * (_LOG_2PI + np.log(sigma2) + 1) + _design_constant(design))
+    flat = (dof == 0) | _flat_residuals(rss, Y)
+    outcome = np.where(flat, FLAT, OK).astype(np.int8)
+    covariance = sigma2[:, None, None] * design.cov_unscaled
+    return _Part(design.pinv @ Y, covariance, sigma2[None], outcome, loglik, np.zeros(v, np.int32), [])
+
+
+def _fit_fixed(design: DesignFactor, Y: NDArray, S: NDArray, G: int) -> _Part:
+    """Precision-weighted least squares: betas ``(X'WX)^+ X'W y``, covariance ``(X'WX)^+``, W = diag(1 / s^2);
+    tau2 = 0 in each of the G groups."""
+    problem = _Problem(design, np.zeros(Y.shape[0], dtype=np.intp), 1)
+    v = Y.shape[1]
+    state = problem.evaluate(np.zeros((1, v)), Y, S, derivatives=False, loglik=True)
+    betas, covariance = problem.betas(state)
+    return _Part(betas, covariance, np.zeros((G, v)), np.zeros(v, np.int8), state.loglik, np.ones(v, np.int32), [])
+
+
+# ------------------------------------------------------------------------------------------------ mixed: REML
+
+
+@dataclass
+class _State:
+    """The restricted likelihood and its derivatives at tau2 for v voxels (see the module's docstring)."""
+
+    tau2: NDArray  # (G, v)
+    Minv: NDArray  # (v, r, r)
+    gamma: NDArray  # (v, r): the GLS coefficients on the basis Q
+    score: NDArray | None = None  # (G, v)
+    info: NDArray | None = None  # (v, G, G) Fisher information
+    hess: NDArray | None = None  # (v, G, G) second derivatives of l_R
+    T: NDArray | None = None  # (G, v, r, r): dM/dtau_g = -T_g
+    loglik: NDArray | None = None  # (v,)
+
+
+class _Problem:
+    """The design side of a mixed model, computed once per block: basis Q (n, r), the products ``q_i q_i'`` as
+    (n, r^2), the rows of each variance group."""
+
+    def __init__(self, design: DesignFactor, codes: NDArray, G: int):
+        self.design = design
+        self.Q = np.ascontiguousarray(design.basis)
+        n, r = self.Q.shape
+        self.r = r
+        self.QQ = np.ascontiguousarray((self.Q[:, :, None] * self.Q[:, None, :]).reshape(n, r * r))
+        self.rows = [np.flatnonzero(codes == g) for g in range(G)]
+        # P D_g = W (I - X (X'WX)^-1 X'W) D_g is 0, whatever W, when every unit vector of group g lies in the
+        # column space of X (leverage 1): the likelihood does not depend on tau2_g
+        leverage = np.einsum("ia,ia->i", self.Q, self.Q)
+        self.absorbed = [bool((leverage[rows] > _LEVERAGE_ONE).all()) for rows in self.rows]
+        self.codes = codes
+        self.G = G
+        self.constant = _design_constant(design)
+
+    def evaluate(self, tau2: NDArray, Y: NDArray, S: NDArray, *, derivatives: bool = True, loglik: bool = False):
+        """The GLS fit at `tau2` (G, v) of the voxels `Y`, `S` (n, v), with the score, Fisher information and
+        Hessian when `derivatives`, and the restricted log-likelihood when `loglik`."""
+        n, v = Y.shape
+        r, Q, QQ = self.r, self.Q, self.QQ
+        total = S + tau2[self.codes] if self.G > 1 else S + tau2[0]
+        w = 1.0 / total
+        Minv, logdet = _spd_inverse((w.T @ QQ).reshape(v, r, r))
+        gamma = np.einsum("vab,vb->va", Minv, (w * Y).T @ Q)
+        resid = Y - Q @ gamma.T
+        wr = w * resid
+        state = _State(tau2, Minv, gamma)
+        if loglik:
+            quad = np.einsum("iv,iv->v", wr, resid)
+            state.loglik = -0.5 * ((n - r) * _LOG_2PI + np.log(total).sum(axis=0) + logdet + self.constant + quad)
+        if not derivatives:
+            return state
+        G = self.G
+        score = np.empty((G, v))
+        info = np.empty((v, G, G))
+        hess = np.empty((v, G, G))
+        T = np.empty((G, v, r, r))
+        MT, z = [], []
+        for g, rows in enumerate(self.rows):
+            wg, wrg = (w, wr) if G == 1 else (w[rows], wr[rows])
+            QQg, Qg = (QQ, Q) if G == 1 else (QQ[rows], Q[rows])
+            w2 = wg * wg
+            T[g] = (w2.T @ QQg).reshape(v, r, r)
+            U = ((w2 * wg).T @ QQg).reshape(v, r, r)
+            MT.append(Minv @ T[g])
+            wr2 = wrg * wrg
+            score[g] = -0.5 * (wg.sum(axis=0) - np.einsum("vaa->v", MT[g]) - wr2.sum(axis=0))
+            info[:, g, g] = w2.sum(axis=0) - 2 * np.einsum("vab,vba->v", Minv, U)
+            hess[:, g, g] = np.einsum("iv,iv->v", wg, wr2)  # (W r)' D_g W D_g (W r), the K_gg term's first part
+            z.append((wg * wrg).T @ Qg)
+        for g in range(G):
+            for h in range(g, G):
+                both = 0.5 * np.einsum("vab,vba->v", MT[g], MT[h])
+                proj = np.einsum("va,vab,vb->v", z[g], Minv, z[h])
+                if g == h:
+                    info[:, g, g] = 0.5 * info[:, g, g] + both
+                    hess[:, g, g] = info[:, g, g] - (hess[:, g, g] - proj)
+                else:
+                    info[:, g, h] = info[:, h, g] = both
+                    hess[:, g, h] = hess[:, h, g] = both + proj
+        state.score, state.info, state.hess, state.T = score, info, hess, T
+        return state
+
+    def betas(self, state: _State) -> tuple[NDArray, NDArray]:
+        """Betas (p, v) and their covariance (v, p, p) from the coefficients on the basis: ``X^+ Q gamma``."""
+        B = self.design.basis_pinv
+        return B @ state.gamma.T, np.einsum("ia,vab,jb->vij", B, state.Minv, B, optimize=True)
+
+
+def _spd_inverse(M: NDArray) -> tuple[NDArray, NDArray]:
+    """Inverses and log-determinants of symmetric positive definite matrices (v, r, r): for r <= 4 by a
+    Cholesky factorisation written out over the stack (LAPACK's per-matrix calls cost more than the arithmetic
+    for such sizes), else by numpy.linalg. A matrix that is not positive definite gets NaN."""
+    v, r, _ = M.shape
+    if r > 4:
+        sign, logdet = np.linalg.slogdet(M)
+        return np.linalg.inv(M), np.where(sign > 0, logdet, np.nan)
+    L = np.zeros_like(M)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for j in range(r):
+            L[:, j, j] = np.sqrt(M[:, j, j] - np.einsum("vk,vk->v", L[:, j, :j], L[:, j, :j]))
+            for i in range(j + 1, r):
+                L[:, i, j] = (M[:, i, j] - np.einsum("vk,vk->v", L[:, i, :j], L[:, j, :j])) / L[:, j, j]
+        Linv = np.zeros_like(M)  # L^-1, lower triangular, by forward substitution
+        for j in range(r):
+            Linv[:, j, j] = 1.0 / L[:, j, j]
+            for i in range(j + 1, r):
+                Linv[:, i, j] = -np.einsum("vk,vk->v", L[:, i, j:i], Linv[:, j:i, j]) / L[:, i, i]
+        logdet = 2 * np.log(np.einsum("vjj->vj", L)).sum(axis=1)
+    return np.einsum("vki,vkj->vij", Linv, Linv), logdet
+
+
+def _fit_mixed(problem: _Problem, Y: NDArray, S: NDArray, max_iter: int, tol: float, contrasts) -> _Part:
+    """REML for the voxels `Y`, `S` (all finite, variances positive), then the GLS fit at the estimate."""
+    n, v = Y.shape
+    G = problem.G
+    outcome = np.zeros(v, dtype=np.int8)
+    tau2 = np.zeros((G, v))
+    iterations = np.zeros(v, dtype=np.int32)
+    coords = problem.Q.T @ Y
+    resid = Y - problem.Q @ coords
+    flat = _flat_residuals(np.einsum("iv,iv->v", resid, resid), Y) | (n == problem.r) | any(problem.absorbed)
+    outcome[flat] = FLAT
+    live = np.flatnonzero(~flat)
+    if live.size:
+        scale = S[:, live].mean(axis=0)  # the absolute part of the tolerance: tau2 near 0
+        solve = _solve_one_group if G == 1 else _solve_groups
+        t, it, status = solve(problem, Y[:, live], S[:, live], scale, max_iter, tol)
+        tau2[:, live], iterations[live], outcome[live] = t, it, status
+    state = problem.evaluate(tau2, Y, S, derivatives=bool(len(contrasts)), loglik=True)
+    betas, covariance = problem.betas(state)
+    dof = [satterthwaite_dof(problem.design.basis_pinv, w, state.Minv, state.T, state.info) for w in contrasts]
+    return _Part(betas, covariance, tau2, outcome, state.loglik, iterations + 1, dof)
+
+
+def _solve_one_group(problem: _Problem, Y, S, scale, max_iter: int, tol: float):
+    """tau2 (1, v) of one variance group: 0 where the score at 0 is <= 0, else the score's root by safeguarded
+    Newton; with the iterations and outcome of each voxel."""
+    v = Y.shape[1]
+    tau2 = np.zeros((1, v))
+    iterations = np.ones(v, dtype=np.int32)
+    outcome = np.zeros(v, dtype=np.int8)
+    state = problem.evaluate(tau2, Y, S)
+    act = np.flatnonzero(state.score[0] > 0)
+    # the first step from 0, by Fisher scoring: the score is positive there, so the step is too
+    t = state.score[0, act] / state.info[act, 0, 0]
+    lo, hi = np.zeros(act.size), np.full(act.size, np.inf)
+    for _ in range(max_iter):
+        if not act.size:
+            break
+        iterations[act] += 1
+        st = problem.evaluate(t[None], Y[:, act], S[:, act])
+        s, h, fisher = st.score[0], st.hess[:, 0, 0], st.info[:, 0, 0]
+        lo = np.where(s > 0, t, lo)
+        hi = np.where(s <= 0, t, hi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.where(h < 0, -s / h, s / fisher)
+        new = t + step
+        outside = ~((new > lo) & (new < hi))
+        new = np.where(outside, 0.5 * (lo + hi), new)
+        done = (np.abs(new - t) <= tol * (t + scale[act])) | (s == 0)
+        tau2[0, act[done]] = t[done]
+        keep = ~done
+        act, t, lo, hi = act[keep], new[keep], lo[keep], hi[keep]
+    outcome[act] = NOT_CONVERGED
+    tau2[0, act] = t
+    return tau2, iterations, outcome
+
+
+def _solve_groups(problem: _Problem, Y, S, scale, max_iter: int, tol: float):
+    """tau2 (G, v) of several variance groups by projected Newton / Fisher scoring with Armijo steps."""
+    G = problem.G
+    v = Y.shape[1]
+    tau2 = np.zeros((G, v))
+    iterations = np.ones(v, dtype=np.int32)
+    outcome = np.zeros(v, dtype=np.int8)
+    start = _moment_start(problem, Y, S)
+    state = problem.evaluate(start, Y, S, loglik=True)
+    act = np.arange(v)
+    t, st = start, state
+    for _ in range(max_iter):
+        if not act.size:
+            break
+        iterations[act] += 1
+        direction = _projected_direction(t, st)
+        new, new_state, moved = _armijo(problem, Y[:, act], S[:, act], t, st, direction)
+        change = np.abs(new - t).max(axis=0)
+        kkt = ((new > 0) | (new_state.score <= 0)).all(axis=0)
+        done = (change <= tol * (new.max(axis=0) + scale[act])) & (kkt | ~moved)  # (no ascent left: a maximum)
+        tau2[:, act[done]] = new[:, done]
+        keep = ~done
+        act, t, st = act[keep], new[:, keep], _take(new_state, np.flatnonzero(keep))
+    outcome[act] = NOT_CONVERGED
+    tau2[:, act] = t
+    return tau2, iterations, outcome
+
+
+def _moment_start(problem: _Problem, Y: NDArray, S: NDArray) -> NDArray:
+    """A starting tau2 (G, v) for several groups: in each, the mean squared OLS residual (scaled by n / (n - r))
+    less the mean first-level variance, bounded at 0."""
+    n = Y.shape[0]
+    resid = Y - problem.Q @ (problem.Q.T @ Y)
+    resid *= np.sqrt(n / max(n - problem.r, 1))
+    return np.stack([np.maximum(0, (resid[rows] ** 2 - S[rows]).mean(axis=0)) for rows in problem.rows])
+
+
+def _take(state: _State, idx: NDArray) -> _State:
+    """The voxels `idx` of a state (what the Armijo search needs: tau2, score, info, hess, loglik)."""
+    return _State(
+        state.tau2[:, idx],
+        state.Minv[idx],
+        state.gamma[idx],
+        score=state.score[:, idx],
+        info=state.info[idx],
+        hess=state.hess[idx],
+        loglik=state.loglik[idx],
+    )
+
+
+def _projected_direction(t: NDArray, st: _State) -> NDArray:
+    """The Newton step (Fisher step where -Hessian is not positive definite) on the free groups (tau2 > 0 or a
+    positive score), 0 on the others; (G, v)."""
+    G, v = t.shape
+    free = (t > 0) | (st.score > 0)  # (G, v)
+    mask = (free.T[:, :, None] & free.T[:, None, :]).astype(float)
+    eye = np.broadcast_to(np.eye(G), (v, G, G))
+    fixed = eye * (~free.T)[:, :, None]
+    newton = -st.hess * mask + fixed
+    fisher = st.info * mask + fixed
+    definite = np.linalg.eigvalsh(newton)[:, 0] > 0
+    A = np.where(definite[:, None, None], newton, fisher)
+    diag = np.sqrt(np.abs(np.einsum("vgg->vg", A))) + (np.einsum("vgg->vg", A) == 0)
+    scaled = A / diag[:, :, None] / diag[:, None, :]  # a Jacobi scaling before the solve
+    rhs = np.where(free, st.score, 0.0).T / diag
+    return (np.linalg.solve(scaled, rhs[:, :, None])[:, :, 0] / diag).T
+
+
+def _armijo(problem: _Problem, Y, S, t, st: _State, direction):
+    """The projected step ``max(0, t + a d)`` with a halved until the restricted likelihood rises by Armijo's
+    rule; then a projected gradient step scaled by the Fisher information's diagonal. Returns the new tau2,
+    its state, and whether each voxel moved."""
+    G, v = t.shape
+    new, new_state = t.copy(), _take(st, np.arange(v))
+    pending = np.arange(v)
+    alpha = np.ones(v)
+    diag = np.maximum(np.einsum("vgg->gv", st.info), np.finfo(float).tiny)
+    d = direction
+    for k in range(2 * _HALVINGS):
+        if k == _HALVINGS:  # the Newton/Fisher direction failed: the scaled gradient
+            d = st.score / diag
+            alpha[pending] = 1.0
+        trial = np.maximum(0.0, t[:, pending] + alpha[pending] * d[:, pending])
+        trial_state = problem.evaluate(trial, Y[:, pending], S[:, pending], loglik=True)
+        gain = trial_state.loglik - st.loglik[pending]
+        rise = np.einsum("gv,gv->v", st.score[:, pending], trial - t[:, pending])
+        ok = gain >= _ARMIJO * rise - 1e-12 * np.abs(st.loglik[pending])
+        if ok.any():
+            at = pending[ok]
+            new[:, at] = trial[:, ok]
+            _put(new_state, at, trial_state, np.flatnonzero(ok))
+        pending = pending[~ok]
+        alpha[pending] *= 0.5
+        if not pending.size:
+            break
+    moved = np.ones(v, dtype=bool)
+    moved[pending] = False
+    return new, new_state, moved
+
+
+def _put(state: _State, at: NDArray, source: _State, idx: NDArray) -> None:
+    state.tau2[:, at], state.Minv[at], state.gamma[at] = source.tau2[:, idx], source.Minv[idx], source.gamma[idx]
+    state.score[:, at], state.info[at], state.hess[at] = source.score[:, idx], source.info[idx], source.hess[idx]
+    state.loglik[at] = source.loglik[idx]
+
+
+# ------------------------------------------------------------------------------------------ Satterthwaite dof
+
+
+def satterthwaite_dof(B: NDArray, weights: NDArray, Minv: NDArray, T: NDArray, info: NDArray) -> NDArray:
+    """Satterthwaite degrees of freedom of a contrast at each voxel of a mixed model.
+
+    For one row c: ``nu = 2 var(c'b)^2 / (g' I^-1 g)`` with ``var(c'b) = a' M^-1 a`` (``a = B' c``, B the betas
+    from the basis coefficients), ``g_k = d var / d tau2_k = (M^-1 a)' T_k (M^-1 a)`` and I the Fisher
+    information of the REML estimates (Satterthwaite 1946; Giesbrecht & Burns 1985; the denominator dof of
+    Kenward & Roger 1997 without their bias correction; lmerTest's "Satterthwaite", Kuznetsova et al. 2017,
+    J. Stat. Softw. 82(13)). At tau2 = 0 the information of every group is used, as if the estimate were
+    interior. For several rows (F), lmerTest's rule after Fai & Cornelius (1996): the rows are rotated to the
+    eigenvectors of their covariance, each gets its nu_m, and ``nu = 2E / (E - q)`` with
+    ``E = sum nu_m / (nu_m - 2)`` (2 if some ``nu_m <= 2``; their mean if all are equal).
+    """
+    L = weights @ B  # (q, r)
+    cov = np.einsum("qa,vab,sb->vqs", L, Minv, L)
+    Iinv = np.linalg.pinv(info, hermitian=True)
+    if L.shape[0] == 1:
+        return _one_row_dof(np.broadcast_to(L[0], (Minv.shape[0], L.shape[1])), Minv, T, Iinv)
+    evals, evecs = np.linalg.eigh(cov)
+    keep = evals > evals[:, -1:] * max(cov.shape[1:]) * np.finfo(float).eps
+    nus = np.stack([_one_row_dof(np.einsum("vq,qa->va", evecs[:, :, m], L), Minv, T, Iinv) for m in range(len(L))])
+    nus = np.where(keep.T, nus, np.nan)  # (q, v)
+    q = keep.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        E = np.nansum(nus / (nus - 2), axis=0)
+        dof = np.where(np.nanmin(nus, axis=0) <= 2, 2.0, 2 * E / (E - q))
+        same = (np.nanmax(nus, axis=0) - np.nanmin(nus, axis=0)) <= 1e-8 * np.nanmax(nus, axis=0)
+    return np.where(same, np.nanmean(nus, axis=0), dof)
+
+
+def _one_row_dof(a: NDArray, Minv: NDArray, T: NDArray, Iinv: NDArray) -> NDArray:
+    """``2 (a' M^-1 a)^2 / (g' I^-1 g)`` for rows a (v, r)."""
+    u = np.einsum("vab,vb->va", Minv, a)
+    var = np.einsum("va,va->v", a, u)
+    g = np.einsum("va,gvab,vb->vg", u, T, u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 2 * var**2 / np.einsum("vg,vgh,vh->v", g, Iinv, g)

@@ -1,0 +1,456 @@
+"""``voxfit.mixed_effects``: group models on summary statistics (effects and their first-level variances), block
+by block on all cores; the estimation is ``voxfit.core.mixed``."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._array import check_array_like
+from .._execution import Execution
+from .._memory import check_memory
+from .._progress import Progress
+from .._threads import blas_single_threaded, resolve_workers, run_in_threads
+from ..core import DesignFactor, Stats, check_contrast, factorize
+from ..core.contrast import f_stats, t_stats
+from ..core.mixed import MODELS, OK, OUTCOMES, MixedBlock, fit_mixed_block
+from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
+
+__all__ = ["MixedFit", "mixed_effects"]
+
+_MAX_BLOCK = 4096  # voxels per block: enough to amortise Python's overhead, small enough to stay in cache
+_DOF_KINDS = ("residual", "satterthwaite")
+
+
+@dataclass(frozen=True, eq=False)
+class MixedFit:
+    """A group model fitted to V voxels. Arrays are read-only; NaN wherever ``valid`` is False.
+
+    Attributes
+    ----------
+    model : {'mixed', 'fixed', 'ols'}
+    names : tuple of str
+        Design column names, one per row of ``betas``.
+    betas : (p, V) array
+        Fixed effects: GLS with the total variance (mixed), precision-weighted (fixed), OLS (ols).
+    beta_covariance : (V, p, p) array
+        Their covariance: ``(X' V^-1 X)^-1`` (mixed, fixed; the pseudo-inverse for a rank-deficient design),
+        ``sigma^2 (X'X)^+`` (ols).
+    between_variance : (G, V) array
+        The between-subject variance tau2 of each variance group (REML, >= 0) for mixed; 0 for fixed; for ols
+        the residual variance sigma^2 (G = 1).
+    groups : tuple
+        The variance groups' labels, in the order of the rows of ``between_variance``.
+    dof : float or (V,) array
+        The model's degrees of freedom: ``n - rank`` (mixed, ols; fixed without first-level dof), or the sum of
+        the first-level dof minus the rank (fixed). With ``dof="satterthwaite"`` each contrast's own per-voxel
+        dof is in ``contrasts[label].dof``.
+    valid : (V,) bool array
+        Voxels fitted (``outcome == 0``).
+    outcomes : dict of str to int
+        For each outcome other than fitted, in words, the number of voxels it applies to (empty when every
+        voxel was fitted).
+    contrasts : dict of str to Stats
+        t (one row) or F (several rows) of each contrast asked for, z and p in log space as everywhere.
+    outcome : (V,) int8 array
+        Each voxel's outcome code (``voxfit.core.mixed.OUTCOMES``).
+    log_likelihood : (V,) array
+        The restricted log-likelihood at the estimate.
+    iterations : (V,) int array
+        Evaluations of the likelihood and its derivatives per voxel.
+    design : DesignFactor
+        The factorised design.
+    dof_kind : {'residual', 'satterthwaite'}
+    """
+
+    model: str
+    names: tuple[str, ...]
+    betas: NDArray[np.float64]
+    beta_covariance: NDArray[np.float64]
+    between_variance: NDArray[np.float64]
+    groups: tuple
+    dof: float | NDArray[np.float64]
+    valid: NDArray[np.bool_]
+    outcomes: dict[str, int]
+    contrasts: dict[str, Stats]
+    outcome: NDArray[np.int8]
+    log_likelihood: NDArray[np.float64]
+    iterations: NDArray[np.int32]
+    design: DesignFactor
+    dof_kind: str = "residual"
+
+
+@dataclass(frozen=True, eq=False)
+class _MixedProblem:
+    """The checked arguments of :func:`mixed_effects`."""
+
+    design: DesignFactor
+    effects: object  # (n, V) array-like, read a block at a time
+    variances: object | None
+    codes: NDArray[np.intp]
+    labels: tuple
+    model: str
+    weights: dict[str, NDArray[np.float64]]
+    dof: float | NDArray[np.float64]
+    dof_kind: str
+    execution: Execution
+    workers: int
+
+
+def mixed_effects(
+    X,
+    effects,
+    variances=None,
+    contrasts=None,
+    *,
+    names=None,
+    groups=None,
+    model: str = "mixed",
+    first_level_dof=None,
+    dof: str = "residual",
+    execution: Execution | None = None,
+    max_memory=None,
+    n_jobs: int | None = None,
+    progress: bool | None = None,
+) -> MixedFit:
+    """Fit a group model to every voxel from the subjects' effects and first-level variances.
+
+    ``mixed`` (FSL FLAME1, AFNI 3dMEMA): each subject's effect has variance ``s_i^2 + tau2``, its first-level
+    variance plus a between-subject variance tau2 estimated at every voxel by restricted maximum likelihood,
+    bounded at zero (one per variance group); the fixed effects by GLS with that total variance.
+    ``fixed`` (flameo's fixed effects): precision-weighted least squares, tau2 = 0. ``ols``: ordinary least
+    squares on the effects alone (the variances are not used). See ``voxfit.core.mixed`` for the estimation.
+
+    Parameters
+    ----------
+    X : (n, p) array_like or pandas.DataFrame
+        Group design, one row per subject.
+    effects : (n, V) array_like
+        Each subject's effect (contrast estimate, FSL's cope) at each voxel; a 1-D array is one voxel.
+    variances : (n, V) array_like, optional
+        Their first-level variances (FSL's varcope); required for ``mixed`` and ``fixed``.
+    contrasts : dict or list, optional
+        ``{label: expression or weights}``, or a list of ``"label=expression"`` strings (an expression alone is
+        its own label); t for one row, F for several.
+    names : sequence of str, optional
+        Design column names (default: a DataFrame's columns, else ``x0, x1, ...``).
+    groups : (n,) array_like, optional
+        Variance groups (FLAME's ``--grp``): a between-subject variance is estimated for each distinct label.
+        Default: one group, labelled 1. Not with ``ols``.
+    model : {'mixed', 'fixed', 'ols'}
+    first_level_dof : number, (n,) or (n, V) array_like, optional
+        ``fixed`` only: each subject's first-level degrees of freedom; the model's dof is then their sum minus
+        the rank of X (as flameo's fixed effects), a map when they vary over voxels. Without them it is
+        ``n - rank``.
+    dof : {'residual', 'satterthwaite'}
+        ``residual``: ``n - rank`` for every voxel and contrast (FLAME1's). ``satterthwaite`` (``mixed`` only):
+        each contrast's dof at each voxel by Satterthwaite's approximation from the REML information
+        (``voxfit.core.mixed.satterthwaite_dof``, as lmerTest computes it; Fai & Cornelius's rule for F).
+    execution : voxfit.Execution, optional
+        `max_memory`, `n_jobs` and `progress` in one object; its cap bounds the working memory of the blocks
+        (the ``block`` budget). No scheduler or device: the fit runs on this machine's CPUs.
+    max_memory, n_jobs, progress :
+        Shortcuts for `execution`, as in :func:`voxfit.fit`.
+
+    Returns
+    -------
+    MixedFit
+        betas, their covariance, the between-subject variance per group, dof, outcome per voxel and the
+        contrasts' statistics.
+
+    Raises
+    ------
+    InputError, DataTypeError
+        For arguments of the wrong shape, type or value, with the fix.
+    """
+    execution = Execution.resolve(execution, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
+    problem = _mixed_problem(
+        X,
+        effects,
+        variances,
+        contrasts,
+        names=names,
+        groups=groups,
+        model=model,
+        first_level_dof=first_level_dof,
+        dof=dof,
+        execution=execution,
+    )
+    return _fit(problem)
+
+
+def _mixed_problem(
+    X, effects, variances, contrasts, *, names, groups, model, first_level_dof, dof, execution: Execution
+) -> _MixedProblem:
+    """Every argument of :func:`mixed_effects` checked, as one frozen problem."""
+    if model not in MODELS:
+        raise InputError(f"`model` must be one of {', '.join(map(repr, MODELS))}; got {model!r}.")
+    if dof not in _DOF_KINDS:
+        raise InputError(f"`dof` must be 'residual' or 'satterthwaite'; got {dof!r}.")
+    if dof == "satterthwaite" and model != "mixed":
+        raise InputError(
+            f"`dof`='satterthwaite' applies to model='mixed' only (model={model!r} estimates no variance "
+            "component); give dof='residual'."
+        )
+    if execution.scheduler is not None or execution.on_device:
+        raise InputError(
+            "mixed_effects runs on this machine's CPUs; give an `execution` without `scheduler` or `device`."
+        )
+    design = factorize(X, names)
+    n = design.n_scans
+    effects = _check_maps(effects, "effects", n)
+    if variances is None:
+        if model != "ols":
+            raise InputError(
+                f"model={model!r} needs `variances` (the first-level variance of each effect); give them, "
+                "or model='ols' to fit the effects alone."
+            )
+    else:
+        variances = _check_maps(variances, "variances", n)
+        if variances.shape != effects.shape:
+            raise InputError(
+                f"`variances` has shape {variances.shape} but `effects` has {effects.shape}; give one variance "
+                "per effect."
+            )
+    codes, labels = _check_groups(groups, n, model)
+    if model == "mixed" and len(labels) > 1:
+        _check_identified(design, codes, labels)
+    if first_level_dof is not None and model != "fixed":
+        raise InputError(
+            f"`first_level_dof` is used by model='fixed' only (model={model!r} takes its dof from the design); "
+            "leave it out."
+        )
+    weights = _check_contrasts(contrasts, design)
+    model_dof = _model_dof(first_level_dof, design, effects.shape[1])
+    V, p, G = effects.shape[1], design.n_columns, len(labels)
+    q = sum(w.shape[0] for w in weights.values())
+    check_memory(
+        8 * V * (p + p * p + G + 4 + 2 * len(weights) + q + q * q),
+        f"the group model's results ({p:,} design columns x {V:,} voxels)",
+        None,  # (as voxfit.fit: the cap bounds the working memory; the data and the results come on top)
+        "Give a design with fewer columns, or a smaller mask.",
+    )
+    return _MixedProblem(
+        design=design,
+        effects=effects,
+        variances=variances,
+        codes=codes,
+        labels=labels,
+        model=model,
+        weights=weights,
+        dof=model_dof,
+        dof_kind=dof,
+        execution=execution,
+        workers=resolve_workers(execution.n_jobs),
+    )
+
+
+def _check_maps(a, name: str, n: int):
+    """An (n, V) numeric array-like (a 1-D array is one voxel), not copied."""
+    check_array_like(a, f"`{name}`", "an (n_subjects, n_voxels) array")
+    if not hasattr(a, "dtype"):
+        a = np.asarray(getattr(a, "values", a))
+    if a.dtype.kind not in "biuf":
+        raise DataTypeError(f"`{name}` must be numeric (float or integer); got dtype {a.dtype}.")
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise InputError(f"`{name}` must be 2-D (n_subjects, n_voxels); got shape {a.shape}.")
+    if a.shape[0] != n:
+        raise InputError(
+            f"`{name}` has {a.shape[0]} rows but the design `X` has {n}; arrange it as one row per subject."
+            + (" Did you mean its transpose?" if a.shape[1] == n else "")
+        )
+    if a.shape[1] == 0:
+        raise InputError(f"`{name}` has no voxels (shape {a.shape}).")
+    return a
+
+
+def _check_groups(groups, n: int, model: str) -> tuple[NDArray[np.intp], tuple]:
+    """Codes 0..G-1 (in the order of the sorted labels) and the labels; one group labelled 1 by default."""
+    if groups is None:
+        return np.zeros(n, dtype=np.intp), (1,)
+    values = np.asarray(groups)
+    if values.ndim != 1 or values.shape[0] != n:
+        raise InputError(f"`groups` must have one label per subject ({n}); got shape {values.shape}.")
+    try:
+        labels, codes = np.unique(values, return_inverse=True)
+    except TypeError:
+        raise InputError("`groups` must hold labels of one kind (all numbers or all strings).") from None
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InputError("`groups` contains NaN or infinite labels; give every subject a group.")
+    if model == "ols" and labels.size > 1:
+        raise InputError(
+            f"`groups` has {labels.size} groups but model='ols' fits one residual variance; give model='mixed' "
+            "for a between-subject variance per group, or leave `groups` out."
+        )
+    return codes.astype(np.intp), tuple(label.item() for label in labels)
+
+
+def _check_identified(design: DesignFactor, codes: NDArray, labels: tuple) -> None:
+    """Refuse a variance group whose subjects the design fits exactly (each with leverage 1, e.g. one subject
+    with a column of its own): the likelihood does not depend on its between-subject variance."""
+    leverage = np.einsum("ia,ia->i", design.basis, design.basis)
+    for g, label in enumerate(labels):
+        if (leverage[codes == g] > 1 - 1e-8).all():
+            raise InputError(
+                f"variance group {label!r} in `groups` cannot have a between-subject variance of its own: the design "
+                f"fits its {int(np.sum(codes == g))} subject(s) exactly; merge it with another group."
+            )
+
+
+def _check_contrasts(contrasts, design: DesignFactor) -> dict[str, NDArray[np.float64]]:
+    """``{label: (q, p) weights}`` from a dict or a list of ``"label=expression"`` strings, each checked."""
+    if contrasts is None:
+        return {}
+    if isinstance(contrasts, str):
+        contrasts = [contrasts]
+    if isinstance(contrasts, dict):
+        items = [(str(label), expr) for label, expr in contrasts.items()]
+    elif isinstance(contrasts, (list, tuple)):
+        items = []
+        for entry in contrasts:
+            if not isinstance(entry, str):
+                raise InputError(
+                    f"`contrasts` as a list takes strings 'label=expression'; got {entry!r} (give a dict "
+                    "{label: weights} for weights)."
+                )
+            label, _, expr = entry.partition("=")
+            items.append((label.strip(), expr) if expr else (entry.strip(), entry))
+    else:
+        raise InputError(
+            f"`contrasts` must be a dict {{label: expression or weights}} or a list of 'label=expression'; got "
+            f"{type(contrasts).__name__}."
+        )
+    labels = [label for label, _ in items]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"`contrasts` labels must be unique; got {labels}.")
+    return {label: check_contrast(expr, design, label) for label, expr in items}
+
+
+def _model_dof(first_level_dof, design: DesignFactor, V: int) -> float | NDArray[np.float64]:
+    """``sum(first_level_dof) - rank`` (a number, or (V,) for (n, V) dof), or ``n - rank`` without them."""
+    if first_level_dof is None:
+        return float(design.dof)
+    n = design.n_scans
+    try:
+        d = np.asarray(first_level_dof, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"`first_level_dof` must be a number, or one per subject ({n},) or per subject and voxel ({n}, {V}); "
+            f"got {first_level_dof!r}."
+        ) from None
+    if d.shape not in ((), (n,), (n, V)):
+        raise InputError(
+            f"`first_level_dof` must be a number, or one per subject ({n},) or per subject and voxel ({n}, {V}); "
+            f"got shape {d.shape}."
+        )
+    if not (np.isfinite(d).all() and (d > 0).all()):
+        raise InputError("`first_level_dof` must be positive and finite for every subject; some are not.")
+    total = d * n if d.ndim == 0 else d.sum(axis=0)
+    out = total - design.rank
+    if np.ndim(out):
+        out.setflags(write=False)
+        return out
+    return float(out)
+
+
+def _block_voxels(problem: _MixedProblem) -> int:
+    """Voxels per block: as many as the ``block`` budget holds per worker (at most ``_MAX_BLOCK``)."""
+    n, p = problem.design.X.shape
+    r, G = problem.design.rank, len(problem.labels)
+    per_voxel = 8 * (16 * n + (3 * G + 8) * r * r + 4 * G * G + 2 * p * p + 16)  # see core.mixed.evaluate
+    budget = problem.execution.budgets.block // max(1, problem.workers)
+    if budget < per_voxel:
+        raise InputError(
+            f"`max_memory`={problem.execution.max_memory!r} is too small for a group model: one voxel needs "
+            f"{per_voxel} bytes."
+        )
+    return int(min(_MAX_BLOCK, budget // per_voxel))
+
+
+def _fit(problem: _MixedProblem) -> MixedFit:
+    """Fit the blocks on the worker threads, then the contrasts."""
+    design, model = problem.design, problem.model
+    V, p, G = problem.effects.shape[1], design.n_columns, len(problem.labels)
+    satterthwaite = problem.dof_kind == "satterthwaite"
+    sat_weights = list(problem.weights.values()) if satterthwaite else []
+    betas = np.full((p, V), np.nan)
+    covariance = np.full((V, p, p), np.nan)
+    tau2 = np.full((G, V), np.nan)
+    outcome = np.zeros(V, dtype=np.int8)
+    loglik = np.full(V, np.nan)
+    iterations = np.zeros(V, dtype=np.int32)
+    contrast_dof = [np.full(V, np.nan) for _ in sat_weights]
+    step = _block_voxels(problem)
+
+    def run(start: int) -> None:
+        part = slice(start, min(start + step, V))
+        res: MixedBlock = fit_mixed_block(
+            design,
+            problem.effects[:, part],
+            None if problem.variances is None else problem.variances[:, part],
+            problem.codes,
+            model=model,
+            n_groups=G,
+            contrasts=sat_weights,
+        )
+        betas[:, part], covariance[part], tau2[:, part] = res.betas, res.covariance, res.tau2
+        outcome[part], loglik[part], iterations[part] = res.outcome, res.loglik, res.iterations
+        for full, d in zip(contrast_dof, res.contrast_dof):
+            full[part] = d
+
+    starts = range(0, V, step)
+    bar = Progress("group model", len(starts), enabled=problem.execution.progress, min_total=8)
+    with blas_single_threaded():
+        run_in_threads(run, starts, min(problem.workers, len(starts)), bar.update)  # stoppable between blocks
+    bar.close()
+
+    valid = outcome == OK
+    if np.ndim(problem.dof) == 0 and problem.dof <= 0:
+        warnings.warn(
+            f"The group model leaves no degrees of freedom (dof {problem.dof:g}: {design.n_scans} subjects, "
+            f"rank {design.rank}); its statistics are NaN.",
+            DegreesOfFreedomWarning,
+            stacklevel=3,
+        )
+    stats = {}
+    for k, (label, w) in enumerate(problem.weights.items()):
+        dof = contrast_dof[k] if satterthwaite else problem.dof
+        stats[label] = _contrast(label, w, betas, covariance, valid, dof)
+    for a in (betas, covariance, tau2, outcome, loglik, iterations, valid):
+        a.setflags(write=False)
+    counts = np.bincount(outcome, minlength=max(OUTCOMES) + 1)
+    return MixedFit(
+        model=model,
+        names=design.names,
+        betas=betas,
+        beta_covariance=covariance,
+        between_variance=tau2,
+        groups=problem.labels,
+        dof=problem.dof,
+        valid=valid,
+        outcomes={OUTCOMES[c]: int(counts[c]) for c in OUTCOMES if c != OK and counts[c]},
+        contrasts=stats,
+        outcome=outcome,
+        log_likelihood=loglik,
+        iterations=iterations,
+        design=design,
+        dof_kind=problem.dof_kind,
+    )
+
+
+def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid: NDArray, dof) -> Stats:
+    """t (one row) or F (several) of the weights `w` from the betas and their per-voxel covariance."""
+    effect = w @ betas
+    cov = np.einsum("qa,vab,rb->vqr", w, covariance, w, optimize=True)
+    with np.errstate(invalid="ignore"):
+        usable = valid & np.isfinite(cov).all(axis=(1, 2)) & (np.einsum("vqq->v", cov) > 0)
+        if np.ndim(dof):
+            usable &= dof > 0
+        if w.shape[0] == 1:
+            return t_stats(label, w, effect[0], cov[:, 0, 0], usable, dof)
+        return f_stats(label, w, effect, cov, usable, dof)

@@ -1,0 +1,394 @@
+"""Mixed-effects group models on summary statistics (voxfit.core.mixed, voxfit.mixed_effects): REML against a
+per-voxel maximisation of the textbook restricted likelihood with scipy.optimize, closed forms, fixed effects and
+OLS computed directly, nipy's EM, the outcomes of voxels that cannot be fitted, and blocks."""
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+from scipy import optimize, stats
+
+import voxfit
+from voxfit.core import factorize
+from voxfit.core.mixed import BAD_VARIANCE, FLAT, INVALID_DATA, OK, OUTCOMES, fit_mixed_block
+from voxfit.exceptions import InputError
+
+# ------------------------------------------------------------------------------------ the reference: textbook REML
+
+
+def _parts(tau, X, s2, codes):
+    """V, W = V^-1, X'WX and P = W - W X (X'WX)^-1 X'W, as n x n matrices (Harville 1977)."""
+    V = s2 + np.asarray(tau, dtype=float)[codes]
+    W = np.diag(1 / V)
+    XtWX = X.T @ W @ X
+    P = W - W @ X @ np.linalg.solve(XtWX, X.T @ W)
+    return V, W, XtWX, P
+
+
+def reml_loglik(tau, X, y, s2, codes):
+    """-1/2 [(n - p) log 2 pi + log|V| + log|X'V^-1 X| + r'V^-1 r], r the GLS residuals (y'Py)."""
+    V, _, XtWX, P = _parts(tau, X, s2, codes)
+    n, p = X.shape
+    return -0.5 * ((n - p) * np.log(2 * np.pi) + np.log(V).sum() + np.linalg.slogdet(XtWX)[1] + y @ P @ y)
+
+
+def reml_score(tau, X, y, s2, codes, G):
+    """dl/dtau_g = -1/2 [tr(P D_g) - y'P D_g P y]."""
+    _, _, _, P = _parts(tau, X, s2, codes)
+    Py = P @ y
+    return np.array(
+        [-0.5 * (np.trace(P[np.ix_(codes == g, codes == g)]) - Py[codes == g] @ Py[codes == g]) for g in range(G)]
+    )
+
+
+def reference_fit(X, y, s2, codes, G):
+    """tau2 by scipy.optimize on the textbook likelihood, then the GLS betas and their covariance.
+
+    One group: minimize_scalar (bounded) of -l, its answer polished to the root of the textbook score by brentq
+    (the likelihood's values alone locate the maximum only to ~sqrt(eps)); 0 where the score at 0 is <= 0.
+    Several groups: L-BFGS-B with bounds >= 0 and the textbook score as gradient, from two starts."""
+    f = lambda t: -reml_loglik(np.atleast_1d(t), X, y, s2, codes)  # noqa: E731
+    if G == 1:
+        score = lambda t: reml_score([t], X, y, s2, codes, 1)[0]  # noqa: E731
+        top = 10 * (y.var() * y.size + s2.max())
+        if score(0.0) <= 0:
+            tau = np.zeros(1)
+        else:
+            t = optimize.minimize_scalar(f, bounds=(0, top), method="bounded", options={"xatol": 1e-9 * top}).x
+            lo, hi = 0.5 * t, 2 * t + 1e-12
+            while score(hi) > 0:
+                hi *= 2
+            lo = lo if score(lo) > 0 else 0.0
+            tau = np.array([optimize.brentq(score, lo, hi, xtol=1e-300, rtol=1e-15)])
+    else:
+        grad = lambda t: -reml_score(t, X, y, s2, codes, G)  # noqa: E731
+        best = None
+        for start in (np.zeros(G), np.full(G, y.var())):
+            options = {"ftol": 1e-300, "gtol": 1e-13, "maxiter": 10000}
+            res = optimize.minimize(f, start, jac=grad, method="L-BFGS-B", bounds=[(0, None)] * G, options=options)
+            best = res if best is None or res.fun < best.fun else best
+        tau = best.x
+    W = 1 / (s2 + tau[codes])
+    cov = np.linalg.inv(X.T @ (W[:, None] * X))
+    return tau, cov @ X.T @ (W * y), cov
+
+
+def random_problem(rng, n, v, G, p):
+    """A design with an intercept and p - 1 covariates, variance groups, first-level variances differing up to
+    10x between subjects, and between-subject variances of which about a third are 0."""
+    X = np.column_stack([np.ones(n), rng.standard_normal((n, p - 1))])
+    codes = rng.permutation(np.arange(n) % G)
+    s2 = rng.uniform(0.2, 2.0, (n, v))
+    tau = rng.uniform(0, 1.5, (G, v)) * (rng.random((G, v)) > 0.3)
+    Y = rng.standard_normal((n, v)) * np.sqrt(s2 + tau[codes]) + 0.5
+    return X, Y, s2, codes
+
+
+@pytest.mark.parametrize("G", [1, 2, 3])
+@pytest.mark.parametrize("p", [1, 3])
+def test_equals_textbook_reml_maximised_by_scipy(rng, G, p):
+    n, v = 24, 12
+    X, Y, s2, codes = random_problem(rng, n, v, G, p)
+    names = ["a", "b", "c"][:p]
+    fit = voxfit.mixed_effects(X, Y, s2, {"t": "a" if p == 1 else "b - 0.5*c"}, names=names, groups=codes)
+    w = np.array([1.0] if p == 1 else [0, 1, -0.5])
+    assert fit.valid.all() and fit.outcomes == {}
+    for j in range(v):
+        tau, b, cov = reference_fit(X, Y[:, j], s2[:, j], codes, G)
+        scale = s2[:, j].mean()
+        npt.assert_allclose(fit.between_variance[:, j], tau, rtol=1e-6, atol=1e-6 * scale)
+        npt.assert_allclose(fit.betas[:, j], b, rtol=1e-6, atol=1e-9)
+        npt.assert_allclose(fit.beta_covariance[j], cov, rtol=1e-6, atol=1e-12)
+        npt.assert_allclose(fit.contrasts["t"].stat[j], (w @ b) / np.sqrt(w @ cov @ w), rtol=1e-6)
+        npt.assert_allclose(fit.log_likelihood[j], reml_loglik(tau, X, Y[:, j], s2[:, j], codes), rtol=1e-10)
+    assert fit.dof == n - p and fit.groups == tuple(range(G))
+    npt.assert_allclose(fit.contrasts["t"].p, stats.t.sf(fit.contrasts["t"].stat, n - p), rtol=1e-8)
+
+
+def test_rank_deficient_design_gives_the_full_rank_fit(rng):
+    n, v = 20, 30
+    X, Y, s2, codes = random_problem(rng, n, v, 2, 3)
+    Xd = np.column_stack([X, X[:, 1] + X[:, 2]])
+    with pytest.warns(voxfit.exceptions.RankDeficiencyWarning):
+        deficient = voxfit.mixed_effects(Xd, Y, s2, {"d": [0, 1, -1, 0]}, groups=codes)
+    full = voxfit.mixed_effects(X, Y, s2, {"d": [0, 1, -1]}, groups=codes)
+    npt.assert_allclose(deficient.between_variance, full.between_variance, rtol=1e-8, atol=1e-12)
+    npt.assert_allclose(deficient.contrasts["d"].stat, full.contrasts["d"].stat, rtol=1e-8)
+    shift = deficient.log_likelihood - full.log_likelihood  # log pdet(X'X) of the two parametrisations
+    npt.assert_allclose(shift, shift[0], rtol=1e-9)
+    npt.assert_allclose(deficient.betas, np.linalg.pinv(Xd) @ (X @ full.betas), rtol=1e-8, atol=1e-12)  # minimum norm
+    assert deficient.dof == full.dof == n - 3
+
+
+# ---------------------------------------------------------------------------------------------------- closed forms
+
+
+def test_equal_variances_give_ols(rng):
+    """With s_i^2 = s^2 for all subjects, V = (s^2 + tau2) I: REML gives s^2 + tau2 = RSS / (n - r), so
+    tau2 = max(0, sigma2_ols - s^2) and the betas are OLS's; where tau2 > 0 the t is the OLS t exactly, and where
+    sigma2_ols <= s^2 it is the t with the variance s^2 (X'X)^-1."""
+    n, v = 16, 400
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    Y = rng.standard_normal((n, v)) * rng.uniform(0.5, 1.5, v) + 0.3
+    s = rng.uniform(0.3, 2.0, v)
+    fit = voxfit.mixed_effects(X, Y, np.broadcast_to(s, (n, v)), {"slope": [0, 1]})
+    ols = voxfit.fit(X, Y)
+    sigma2 = ols.residual_variance
+    interior = sigma2 > s
+    assert 0.2 < interior.mean() < 0.9
+    npt.assert_allclose(fit.between_variance[0], np.maximum(0, sigma2 - s), rtol=1e-9, atol=1e-12)
+    npt.assert_allclose(fit.betas, ols.betas, rtol=1e-10, atol=1e-12)
+    t_ols = ols.contrast([0, 1]).stat
+    npt.assert_allclose(fit.contrasts["slope"].stat[interior], t_ols[interior], rtol=1e-8)
+    t_known = ols.betas[1] / np.sqrt(s * ols.design.cov_unscaled[1, 1])
+    npt.assert_allclose(fit.contrasts["slope"].stat[~interior], t_known[~interior], rtol=1e-10)
+
+
+def test_zero_between_variance_is_fixed_effects(rng):
+    n, v = 20, 200
+    X, Y, s2, _ = random_problem(rng, n, v, 1, 3)
+    Y = X @ rng.standard_normal((3, v)) + rng.standard_normal((n, v)) * np.sqrt(s2) * 0.6  # tau2 = 0 mostly
+    mixed = voxfit.mixed_effects(X, Y, s2, ["c=x1"])
+    fixed = voxfit.mixed_effects(X, Y, s2, ["c=x1"], model="fixed")
+    zero = mixed.between_variance[0] == 0
+    assert zero.mean() > 0.5
+    npt.assert_array_equal(fixed.between_variance, 0)
+    npt.assert_allclose(mixed.betas[:, zero], fixed.betas[:, zero], rtol=1e-12, atol=1e-14)
+    npt.assert_allclose(mixed.beta_covariance[zero], fixed.beta_covariance[zero], rtol=1e-12)
+    npt.assert_allclose(mixed.contrasts["c"].stat[zero], fixed.contrasts["c"].stat[zero], rtol=1e-12)
+
+
+def test_fixed_effects_is_precision_weighted_least_squares(rng):
+    n, v = 12, 50
+    X, Y, s2, _ = random_problem(rng, n, v, 1, 2)
+    first = rng.integers(20, 200, n)
+    fit = voxfit.mixed_effects(X, Y, s2, {"slope": [0, 1], "both": "x0; x1"}, model="fixed", first_level_dof=first)
+    assert fit.dof == first.sum() - 2
+    for j in range(v):
+        sw = 1 / np.sqrt(s2[:, j])
+        b, *_ = np.linalg.lstsq(X * sw[:, None], Y[:, j] * sw, rcond=None)  # weighted rows
+        cov = np.linalg.inv((X * sw[:, None] ** 2).T @ X)
+        npt.assert_allclose(fit.betas[:, j], b, rtol=1e-10)
+        npt.assert_allclose(fit.beta_covariance[j], cov, rtol=1e-10)
+        F = b @ np.linalg.solve(cov, b) / 2
+        npt.assert_allclose(fit.contrasts["both"].stat[j], F, rtol=1e-9)
+    t = fit.contrasts["slope"].stat
+    npt.assert_allclose(fit.contrasts["slope"].p, stats.t.sf(t, first.sum() - 2), rtol=1e-8)
+    # a dof map: one per subject and voxel; without first-level dof, n - rank
+    per_voxel = rng.integers(20, 200, (n, v))
+    mapped = voxfit.mixed_effects(X, Y, s2, ["s=x1"], model="fixed", first_level_dof=per_voxel)
+    npt.assert_array_equal(mapped.dof, per_voxel.sum(axis=0) - 2)
+    npt.assert_allclose(mapped.contrasts["s"].p, stats.t.sf(t, per_voxel.sum(axis=0) - 2), rtol=1e-8)
+    assert voxfit.mixed_effects(X, Y, s2, model="fixed").dof == n - 2
+
+
+def test_ols_is_voxfit_fit(rng):
+    n, v = 15, 300
+    X, Y, s2, _ = random_problem(rng, n, v, 1, 3)
+    fit = voxfit.mixed_effects(X, Y, None, {"t": [0, 1, 0], "F": "x1; x2"}, model="ols")
+    ols = voxfit.fit(X, Y)
+    npt.assert_allclose(fit.betas, ols.betas, rtol=1e-10, atol=1e-13)
+    npt.assert_allclose(fit.between_variance[0], ols.residual_variance, rtol=1e-10)
+    for label, c in (("t", [0, 1, 0]), ("F", "x1; x2")):
+        ref = ols.contrast(c)
+        npt.assert_allclose(fit.contrasts[label].stat, ref.stat, rtol=1e-9)
+        npt.assert_allclose(fit.contrasts[label].z, ref.z, rtol=1e-8, atol=1e-12)
+    # the variances are not used by ols
+    other = voxfit.mixed_effects(X, Y, s2, {"t": [0, 1, 0]}, model="ols")
+    npt.assert_array_equal(other.contrasts["t"].stat, fit.contrasts["t"].stat)
+
+
+# ------------------------------------------------------------------------------------------- Satterthwaite dof
+
+
+def test_satterthwaite_dof_against_finite_differences(rng):
+    """nu = 2 v^2 / (g' I^-1 g): v(tau) = c'(X'V^-1 X)^-1 c differentiated numerically, I from the textbook P."""
+    n, v, G = 18, 8, 2
+    X, Y, s2, codes = random_problem(rng, n, v, G, 2)
+    fit = voxfit.mixed_effects(X, Y, s2, {"slope": [0, 1], "both": "x0; x1"}, groups=codes, dof="satterthwaite")
+    c = np.array([0.0, 1.0])
+    for j in range(v):
+        tau = fit.between_variance[:, j]
+
+        def var(t, j=j):
+            W = 1 / (s2[:, j] + t[codes])
+            return c @ np.linalg.inv(X.T @ (W[:, None] * X)) @ c
+
+        h = 1e-6 * (tau.max() + s2[:, j].mean())
+        g = np.array([(var(tau + h * e) - var(tau - h * e)) / (2 * h) for e in np.eye(G)])
+        _, _, _, P = _parts(tau, X, s2[:, j], codes)
+        info = np.array([[0.5 * np.sum(P[np.ix_(codes == a, codes == b)] ** 2) for b in range(G)] for a in range(G)])
+        nu = 2 * var(tau) ** 2 / (g @ np.linalg.solve(info, g))
+        npt.assert_allclose(fit.contrasts["slope"].dof[j], nu, rtol=1e-5)
+    assert fit.dof == n - 2
+    F_dof = fit.contrasts["both"].dof[1]
+    assert F_dof.shape == (v,) and (F_dof >= 2).all() and np.isfinite(F_dof).all()
+
+
+def test_satterthwaite_f_of_one_row_is_its_t():
+    rng = np.random.default_rng(5)
+    X, Y, s2, _ = random_problem(rng, 20, 30, 1, 2)
+    fit = voxfit.mixed_effects(X, Y, s2, {"t": [0, 1], "F": [[0, 1], [0, 2]]}, dof="satterthwaite")
+    npt.assert_allclose(fit.contrasts["F"].dof[1], fit.contrasts["t"].dof, rtol=1e-9)
+    npt.assert_allclose(fit.contrasts["F"].stat, fit.contrasts["t"].stat ** 2, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------------- nipy
+
+
+def test_agrees_with_nipy_em():
+    """nipy's EM maximises the (unrestricted) likelihood: at its converged between-subject variance, its betas are
+    our GLS betas (model='fixed' with s^2 + tau2_ML); with equal first-level variances its tau2 is RSS / n - s^2
+    where ours is RSS / (n - rank) - s^2, each bounded at 0."""
+    mfx = pytest.importorskip("nipy.algorithms.statistics.mixed_effects_stat")
+    rng = np.random.default_rng(0)
+    n, v = 20, 60
+    X, Y, s2, _ = random_problem(rng, n, v, 1, 2)
+    model = mfx.MixedEffectsModel(X, n_iter=2000).fit(Y, s2)
+    before = model.V2.copy()
+    model._one_step(Y, s2)
+    converged = np.abs(model.V2 - before) <= 1e-12 * (model.V2 + 1)
+    assert converged.sum() > v // 4  # (EM crawls near tau2 = 0)
+    ours = voxfit.mixed_effects(X, Y, s2 + model.V2, model="fixed")
+    npt.assert_allclose(ours.betas[:, converged], model.beta_[:, converged], rtol=1e-6, atol=1e-9)
+
+    s = rng.uniform(0.2, 1.0, v)
+    ml = mfx.MixedEffectsModel(X, n_iter=3000).fit(Y, np.broadcast_to(s, (n, v)).copy())
+    rss = voxfit.fit(X, Y).residual_variance * (n - 2)
+    positive = rss / n - s > 0.05
+    npt.assert_allclose(ml.V2[positive], rss[positive] / n - s[positive], rtol=1e-6)
+    assert (ml.V2[~positive] < 0.05).all()  # EM crawls towards the boundary
+    reml = voxfit.mixed_effects(X, Y, np.broadcast_to(s, (n, v)))
+    npt.assert_allclose(reml.between_variance[0], np.maximum(0, rss / (n - 2) - s), rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------- outcomes
+
+
+def test_voxels_that_cannot_be_fitted_get_nan_and_an_outcome(rng):
+    n, v = 12, 10
+    X, Y, s2, codes = random_problem(rng, n, v, 2, 2)
+    Y[:, 1] = 3.0  # constant effects: fitted exactly by the intercept
+    Y[:, 2] = X @ [1.0, -2.0]  # fitted exactly by the design
+    Y[4, 3] = np.nan
+    Y[0, 4] = np.inf
+    s2[2, 5] = 0.0
+    s2[3, 6] = np.nan
+    s2[7, 7] = -1.0
+    fit = voxfit.mixed_effects(X, Y, s2, {"t": [0, 1], "F": [[1, 0], [0, 1]]}, groups=codes)
+    expected = [OK, FLAT, FLAT, INVALID_DATA, INVALID_DATA, BAD_VARIANCE, BAD_VARIANCE, BAD_VARIANCE, OK, OK]
+    npt.assert_array_equal(fit.outcome, expected)
+    bad = fit.outcome != OK
+    npt.assert_array_equal(fit.valid, ~bad)
+    assert np.isnan(fit.betas[:, bad]).all() and np.isnan(fit.beta_covariance[bad]).all()
+    assert np.isnan(fit.between_variance[:, bad]).all() and np.isnan(fit.log_likelihood[bad]).all()
+    for stats_ in fit.contrasts.values():
+        assert np.isnan(stats_.stat[bad]).all() and np.isnan(stats_.z[bad]).all()
+        assert np.isfinite(stats_.stat[~bad]).all()
+    assert fit.outcomes == {OUTCOMES[FLAT]: 2, OUTCOMES[INVALID_DATA]: 2, OUTCOMES[BAD_VARIANCE]: 3}
+    # fixed: constant effects are an answer; ols: zero variances are not looked at, constant effects are flat
+    fixed = voxfit.mixed_effects(X, Y, s2, model="fixed")
+    npt.assert_array_equal(fixed.outcome, [OK, OK, OK, *expected[3:]])
+    ols = voxfit.mixed_effects(X, Y, s2, model="ols")
+    npt.assert_array_equal(ols.outcome, [OK, FLAT, FLAT, INVALID_DATA, INVALID_DATA, OK, OK, OK, OK, OK])
+
+
+def test_no_residual_dof_is_flat(rng):
+    X = np.column_stack([np.ones(3), [0.0, 1, 2], [1.0, 0, 2]])
+    Y, s2 = rng.standard_normal((3, 4)), rng.uniform(1, 2, (3, 4))
+    with pytest.warns(voxfit.exceptions.DegreesOfFreedomWarning):
+        fit = voxfit.mixed_effects(X, Y, s2, ["m=x0"])
+    npt.assert_array_equal(fit.outcome, FLAT)
+    assert np.isnan(fit.contrasts["m"].z).all()
+
+
+def test_a_group_the_design_absorbs_is_flat():
+    """One subject in a group that has its own design column: the restricted likelihood does not depend on its
+    between-subject variance."""
+    rng = np.random.default_rng(3)
+    n, v = 10, 5
+    X = np.column_stack([np.ones(n), np.eye(n)[0]])
+    codes = np.r_[1, np.zeros(n - 1, dtype=int)]
+    Y, s2 = rng.standard_normal((n, v)), rng.uniform(1, 2, (n, v))
+    npt.assert_array_equal(fit_mixed_block(X, Y, s2, codes).outcome, FLAT)
+    with pytest.raises(InputError, match="variance group 1 in `groups` cannot have"):
+        voxfit.mixed_effects(X, Y, s2, groups=codes)
+
+
+# ------------------------------------------------------------------------------------------ blocks and threads
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_blocks_and_threads_give_the_numbers_of_the_whole(rng, G):
+    n, v = 20, 700
+    X, Y, s2, codes = random_problem(rng, n, v, G, 3)
+    Y[:, 5] = np.nan
+    args = (X, Y, s2, {"t": [0, 1, 0], "F": "x1; x2"})
+    kw = {"groups": codes, "dof": "satterthwaite"}
+    whole = fit_mixed_block(X, Y, s2, codes, n_groups=G)
+    small = voxfit.mixed_effects(*args, **kw, max_memory="40K", n_jobs=2)  # blocks of a few voxels
+    one = voxfit.mixed_effects(*args, **kw, n_jobs=1)
+    for fit in (small, one):
+        npt.assert_array_equal(fit.outcome, whole.outcome)
+        npt.assert_allclose(fit.between_variance, whole.tau2, rtol=1e-9, atol=1e-12)
+        npt.assert_allclose(fit.betas, whole.betas, rtol=1e-9, atol=1e-12)
+        npt.assert_allclose(fit.beta_covariance, whole.covariance, rtol=1e-9)
+    for label in ("t", "F"):
+        npt.assert_allclose(small.contrasts[label].stat, one.contrasts[label].stat, rtol=1e-8)
+        dof_small, dof_one = (fit.contrasts[label].dof for fit in (small, one))
+        if label == "F":
+            dof_small, dof_one = dof_small[1], dof_one[1]
+        npt.assert_allclose(dof_small, dof_one, rtol=1e-7)
+
+
+def test_float32_memmap_inputs_and_frozen_result(tmp_path, rng):
+    n, v = 10, 40
+    X, Y, s2, _ = random_problem(rng, n, v, 1, 1)
+    path = tmp_path / "effects.npy"
+    np.save(path, Y.astype(np.float32))
+    mapped = np.load(path, mmap_mode="r")
+    fit = voxfit.mixed_effects(X, mapped, s2.astype(np.float32), ["m=x0"], names=["x0"])
+    ref = voxfit.mixed_effects(X, Y.astype(np.float32).astype(float), s2.astype(np.float32).astype(float), ["m=x0"])
+    npt.assert_array_equal(fit.contrasts["m"].stat, ref.contrasts["m"].stat)
+    for a in (fit.betas, fit.beta_covariance, fit.between_variance, fit.valid, fit.outcome, fit.contrasts["m"].z):
+        assert not a.flags.writeable
+    with pytest.raises(AttributeError):
+        fit.model = "ols"
+    assert fit.groups == (1,) and fit.names == ("x0",)
+    labelled = voxfit.mixed_effects(X, Y, s2, groups=np.array(["b", "a"] * (n // 2)))
+    assert labelled.groups == ("a", "b") and labelled.between_variance.shape == (2, v)
+
+
+# ------------------------------------------------------------------------------------------------------ refusals
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"model": "flame"}, "`model` must be one of"),
+        ({"variances": None}, "needs `variances`"),
+        ({"variances": np.ones((6, 2))}, "`variances` has shape"),
+        ({"model": "ols", "groups": [0, 1] * 3}, "fits one residual variance"),
+        ({"model": "fixed", "dof": "satterthwaite"}, "applies to model='mixed' only"),
+        ({"dof": "kenward"}, "`dof` must be"),
+        ({"first_level_dof": 10}, "model='fixed' only"),
+        ({"model": "fixed", "first_level_dof": [1, 2]}, "`first_level_dof` must be"),
+        ({"model": "fixed", "first_level_dof": -3}, "positive and finite"),
+        ({"groups": [0, 1]}, "one label per subject"),
+        ({"contrasts": [[1, 0]]}, "'label=expression'"),
+        ({"contrasts": ["a=x0", "a=x1"]}, "labels must be unique"),
+        ({"effects": np.ones((4, 3))}, "`effects` has 4 rows"),
+    ],
+)
+def test_refusals_name_the_parameter(kwargs, words):
+    X = np.column_stack([np.ones(6), np.arange(6.0)])
+    args = {"effects": np.ones((6, 3)), "variances": np.ones((6, 3)), **kwargs}
+    with pytest.raises(InputError, match=words):
+        voxfit.mixed_effects(X, **args)
+
+
+def test_the_core_uses_the_design_factorisation(rng):
+    X, Y, s2, codes = random_problem(rng, 14, 20, 2, 2)
+    a = fit_mixed_block(X, Y, s2, codes)
+    b = fit_mixed_block(factorize(X), Y, s2, codes)
+    npt.assert_array_equal(a.tau2, b.tau2)
+    npt.assert_array_equal(a.betas, b.betas)

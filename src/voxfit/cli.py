@@ -85,6 +85,18 @@ A table without an id column, and FSL's design.mat, are matched by position (row
 FSL's convention): the order used is printed, and a warning says so when the maps carry sub- labels.
 With --paired, A and B maps that carry sub- labels pair by subject; the table's rows match the pairs.
 The mapping (map, participant id, table row) is recorded in model.json.
+
+Mixed effects (FSL FLAME1, AFNI 3dMEMA): give each subject's first-level variance map with --variances (matched
+to the effect maps by sub-<label>; FSL's cope<N>/varcope<N> side by side and one 4-D pair too), or first-level
+output folders with --first-level (voxfit's or FEAT's) and --first-level-contrast NAME:
+  voxfit group sub-*/contrast-faces_stat-effect_statmap.nii.gz \
+               --variances sub-*/contrast-faces_stat-variance_statmap.nii.gz -o mixed/
+  voxfit group --first-level derivatives/voxfit/sub-*/ --first-level-contrast faces --design participants.tsv \
+               --two-sample group --variance-groups group --contrast "pvc=patient - control" -o mixed2/
+  voxfit group --first-level sub-*.feat --first-level-contrast 1 --model fixed -o fixed/
+--model mixed (the default with variances) estimates a between-subject variance at every voxel (per variance
+group) by REML, fixed weighs by the first-level variances alone, ols ignores them. Voxels that cannot be fitted
+(a zero or missing variance, a flat likelihood) are NaN and counted in the summary and model.json.
 """
 
 
@@ -290,7 +302,10 @@ def _get_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     group.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="one map per subject (NIfTI, GIFTI, CIFTI dscalar) or one 4-D file"
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="one map per subject (NIfTI, GIFTI, CIFTI dscalar) or one 4-D file (or none, with --first-level)",
     )
     g = group.add_mutually_exclusive_group()
     g.add_argument(
@@ -323,6 +338,38 @@ def _get_parser() -> argparse.ArgumentParser:
         "--permute-blocks", action="store_true", help="shuffle whole blocks (equal sizes) instead of within blocks"
     )
     group.add_argument("--mask", metavar="FILE", help="mask (default: voxels finite and non-zero in every map)")
+    mixed = group.add_argument_group("mixed and fixed effects (first-level variances)")
+    mixed.add_argument(
+        "--variances", nargs="+", metavar="FILE", help="each subject's first-level variance map (matched by subject)"
+    )
+    mixed.add_argument(
+        "--first-level",
+        nargs="+",
+        metavar="FOLDER",
+        help="first-level output folders (voxfit fit, FSL FEAT) instead of maps: each one's effect and variance map",
+    )
+    mixed.add_argument(
+        "--first-level-contrast", metavar="NAME", help="the contrast taken from each --first-level folder"
+    )
+    mixed.add_argument(
+        "--model",
+        choices=["mixed", "fixed", "ols"],
+        help="mixed (default with variances: FLAME1/3dMEMA, REML), fixed (precision-weighted) or ols",
+    )
+    mixed.add_argument(
+        "--variance-groups",
+        metavar="COLUMN",
+        help="the --design table's column of variance groups: a between-subject variance each (else --grp's)",
+    )
+    mixed.add_argument(
+        "--first-level-dof", type=float, metavar="DOF", help="fixed effects: each subject's first-level dof"
+    )
+    mixed.add_argument(
+        "--dof",
+        choices=["residual", "satterthwaite"],
+        default="residual",
+        help="mixed: n - rank (FLAME1, default) or Satterthwaite's per voxel",
+    )
     group.add_argument(
         "--permutations",
         type=int,
@@ -521,7 +568,20 @@ def _flags(p: argparse.ArgumentParser, force_help: str) -> None:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
 
 
-_INPUT_OPTIONS = ("inputs", "design", "events", "confounds", "mask", "con", "fts", "grp", "mesh", "background")
+_INPUT_OPTIONS = (
+    "inputs",
+    "design",
+    "events",
+    "confounds",
+    "mask",
+    "con",
+    "fts",
+    "grp",
+    "mesh",
+    "background",
+    "variances",
+    "first_level",
+)
 
 
 def _input_paths(args) -> list[str]:
@@ -763,6 +823,7 @@ def _run_group(args, argv, progress) -> int:
         raise InputError("--two-sample COLUMN needs --design TABLE holding that column.")
     if args.permute_blocks and not args.grp:
         raise InputError("--permute-blocks needs --grp FILE (the exchangeability blocks).")
+    inputs = _group_inputs(args)
     model = SecondLevel(
         design=args.design,
         contrasts=args.contrast,
@@ -788,8 +849,14 @@ def _run_group(args, argv, progress) -> int:
         n_jobs=args.n_jobs,
         scheduler=args.scheduler,
         device=args.device,
+        variances=args.variances,
+        first_level_contrast=args.first_level_contrast,
+        model=args.model,
+        variance_groups=args.variance_groups,
+        first_level_dof=args.first_level_dof,
+        dof=args.dof,
     )
-    result = model.fit(args.inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
+    result = model.fit(inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
     if not args.quiet:
         for note in result.notes:
             print(f"voxfit: note: {note}", file=sys.stderr)
@@ -803,11 +870,28 @@ def _run_group(args, argv, progress) -> int:
             if perm
             else "parametric only"
         )
+        if result.mixed is not None:
+            how = f"{result.mixed.model} effects, {how}"
         print(
             f"group model: {n} maps x {result.masker.n_voxels:,} voxels, columns {', '.join(result.names)}; "
             f"{len(result.parametric)} contrast(s), {how}; {len(result.files)} files in {args.output}"
         )
     return 0
+
+
+def _group_inputs(args) -> list[str]:
+    """The group's maps, or with --first-level its first-level folders (with --first-level-contrast)."""
+    if args.first_level is None:
+        if args.first_level_contrast is not None:
+            raise InputError("--first-level-contrast names the contrast of --first-level FOLDERS; give them.")
+        if not args.inputs:
+            raise InputError("give the maps (one per subject), or --first-level FOLDERS with --first-level-contrast.")
+        return args.inputs
+    if args.inputs:
+        raise InputError("give either maps or --first-level folders, not both (the folders hold each subject's maps).")
+    if args.first_level_contrast is None:
+        raise InputError("--first-level needs --first-level-contrast NAME: the contrast to take from each folder.")
+    return args.first_level
 
 
 def _run_design(args) -> int:

@@ -45,7 +45,9 @@ class GroupDesign:
     matched_by: the table column whose ids were matched to the maps' subject labels, ``"position"`` (row k is
     map k: FSL's design.mat, tables without ids, arrays) or None (one-sample, no table); rows: the table's
     data row (0-based) of each map; ids: each map's id cell (empty unless matched by a column); dropped: the
-    table rows left without a map (``drop_unmatched_rows``); source: the table's path, or ``"DataFrame"``.
+    table rows left without a map (``drop_unmatched_rows``); source: the table's path, or ``"DataFrame"``;
+    variance_groups: each map's value in the table's column of variance groups (mixed-effects models), when
+    one was named; empty otherwise.
     """
 
     X: NDArray[np.float64]
@@ -57,6 +59,7 @@ class GroupDesign:
     ids: tuple[str, ...] = ()
     dropped: tuple[tuple[int, str], ...] = ()
     source: str | None = None
+    variance_groups: tuple[str, ...] = ()
 
 
 def read_table(path) -> tuple[list[str], list[list[str]]]:
@@ -137,6 +140,7 @@ def group_design(
     maps=None,
     id_column: str | None = None,
     drop_unmatched_rows: bool = False,
+    variance_groups: str | None = None,
 ) -> GroupDesign:
     """The design for `n_maps` maps: one-sample (``design=None``), a participants table (a TSV/CSV path or a
     pandas DataFrame), FSL design.mat (``design=path``), or ``(X, names)``; `two_sample` names the table's
@@ -146,7 +150,14 @@ def group_design(
     are not one per file (volumes of a 4-D file, rows of an array): then only a table without ids (matched
     by position) can be used. id_column: the table's column of participant ids (default ``participant_id``
     when there is one). drop_unmatched_rows: leave out the table's rows that match no map instead of refusing.
+    variance_groups: the table's column of variance groups (mixed-effects models: a between-subject variance
+    per group, FSL FLAME's groups); not a regressor unless it is also the `two_sample` column.
     """
+    if variance_groups is not None and (design is None or isinstance(design, tuple) or _is_mat(design)):
+        raise InputError(
+            f"variance groups {variance_groups!r} name a column of a participants table, but the design has no "
+            "columns; give --design TABLE with that column, or an FSL .grp file."
+        )
     if maps is not None:
         maps = [str(m) for m in maps]
         if len(maps) != n_maps:
@@ -175,7 +186,7 @@ def group_design(
         )
     else:
         path = Path(design)
-        if path.suffix.lower() == ".mat":
+        if _is_mat(path):
             if two_sample is not None:
                 raise InputError(
                     "--two-sample reads a column of a participants table; FSL's design.mat has no column names."
@@ -258,6 +269,16 @@ def group_design(
                 + ", ".join(f"{i} (row {r + 1})" for r, i in dropped)
             )
     columns = {name: [r[j] for r in rows] for j, name in enumerate(names)}
+    groups = ()
+    if variance_groups is not None:
+        if variance_groups not in columns or variance_groups in (column, ID_COLUMN):
+            raise InputError(
+                f"{what} has no column {variance_groups!r} of variance groups (the id column is not one); its "
+                f"columns are {', '.join(names)}."
+            )
+        groups = tuple(c.strip() for c in columns[variance_groups])
+        if any(g.lower() in ("", "n/a", "na", "nan") for g in groups):
+            raise InputError(f"{what}: the variance-group column {variance_groups!r} has missing values; fill them.")
     regressors: list[tuple[str, NDArray]] = []
     left_out = []
     if two_sample is not None:
@@ -276,7 +297,7 @@ def group_design(
             label = f"{two_sample}_{level}" if _numeric([level]) is not None else level
             regressors.append((label, np.array([c == level for c in columns[two_sample]], dtype=float)))
     for name in names:
-        if name in (two_sample, column, ID_COLUMN):  # ids are never regressors, even numeric ones
+        if name in (two_sample, column, ID_COLUMN, variance_groups):  # ids are never regressors, even numeric ones
             continue
         values = _numeric(columns[name])
         if values is None:
@@ -302,9 +323,14 @@ def group_design(
     if left_out:
         notes.append(f"text columns left out of the design: {', '.join(left_out)}")
     d = GroupDesign(
-        X, tuple(out_names), tuple(left_out), tuple(notes), column or "position", order, ids, dropped, source
+        X, tuple(out_names), tuple(left_out), tuple(notes), column or "position", order, ids, dropped, source, groups
     )
     return _checked(d, n_maps, what)
+
+
+def _is_mat(design) -> bool:
+    """Whether `design` names an FSL design.mat (by its suffix)."""
+    return isinstance(design, (str, os.PathLike)) and Path(design).suffix.lower() == ".mat"
 
 
 def _no_id_options(id_column, drop_unmatched_rows: bool, why: str) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .._dask import dask_client
 from .._checks import check_scalar
-from .._execution import Execution
+from .._execution import Execution, cap_holding, data_bytes
 from .._threads import resolve_workers
 from .._memory import reserved_bytes, size_text
 from .._version import __version__
@@ -36,6 +36,7 @@ from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design, listed_lines
 from ..design.subjects import pair_by_subject
 from ..engine import fit as fit_engine
+from ..engine.mixed import MixedFit, mixed_effects
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
@@ -58,6 +59,7 @@ from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.masking import keep_columns
 from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
 from .glm import columns_on_workers, contrast_items
+from .group_mixed import MODELS, mixed_record, paired_inputs, read_variances, variance_groups, write_mixed_maps
 from .record import ModelRecord, contrast_record, design_rows_record, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
@@ -76,7 +78,8 @@ class GroupFit:
 
     maps: the map of each row of `X` (with `paired`, the A map), when the maps are one per file: a design
     matched by participant ids has its rows in the table's order, not the order the maps were given in;
-    ids: each row's participant id (empty unless matched by ids).
+    ids: each row's participant id (empty unless matched by ids); mixed: the mixed- or fixed-effects fit
+    (between-subject variances, outcomes per voxel; see :func:`voxfit.mixed_effects`), None for OLS.
     """
 
     masker: Masker
@@ -89,6 +92,7 @@ class GroupFit:
     notes: tuple[str, ...] = ()  # what the design builder did that the user should know
     maps: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
+    mixed: MixedFit | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +115,8 @@ class GroupOutputs:
     permutation: dict[str, PermutationResult] = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)
     blocks: np.ndarray | None = None
+    mixed: MixedFit | None = None
+    pairing: dict | None = None  # model.json's record of a mixed- or fixed-effects fit (group_mixed.mixed_record)
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,18 @@ class SecondLevel:
     device: ``cuda`` to run the fit and the shuffles on a GPU (CuPy or PyTorch);
     execution: a :class:`voxfit.Execution` holding the memory cap, threads, scheduler, device and progress bar
     (`max_memory`, `n_jobs`, `scheduler` and `device` are shortcuts for its fields).
+
+    Mixed and fixed effects (FSL FLAME1 and flameo's fixed effects, AFNI 3dMEMA; see
+    :func:`voxfit.mixed_effects`): variances: each subject's first-level variance map (FSL's varcope), matched
+    to the effect maps by subject (``sub-<label>``; see ``voxfit.design.pair_variances``: FSL's cope/varcope
+    side by side and 4-D pairs too); first_level_contrast: the inputs are first-level output folders (voxfit's
+    or FSL FEAT's) and this contrast's effect and variance maps are taken from each (``voxfit.design.
+    first_level_maps``, with each subject's first-level dof); model: ``mixed`` (the default with variances),
+    ``fixed`` or ``ols`` (the default without); variance_groups: the `design` table's column of variance groups
+    (a between-subject variance per group; else `grp`, FSL's design.grp, when given); first_level_dof: the
+    fixed-effects model's first-level dof (a number, or one per map) when the folders do not give them; dof:
+    ``residual`` (n - rank, FLAME1's) or ``satterthwaite`` (mixed). Mixed and fixed models are parametric (no
+    permutations, clusters or TFCE yet) and run on this machine's CPUs, in memory.
     """
 
     design: str | PathLike | DataFrame | tuple | None = None
@@ -172,6 +190,12 @@ class SecondLevel:
     scheduler: str | Client | None = None
     device: str | None = None
     execution: Execution | None = None
+    variances: str | PathLike | list | None = None
+    first_level_contrast: str | None = None
+    model: str | None = None
+    variance_groups: str | None = None
+    first_level_dof: float | list | None = None
+    dof: str = "residual"
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
         """Fit the group model to `inputs` (a path or list of paths, a list of 3-D nibabel images or one 4-D
@@ -195,6 +219,12 @@ class SecondLevel:
         )
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
+        kind = self._model_kind()
+        pairs = paired_inputs(data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read)
+        if kind != "ols":
+            return self._fit_mixed(kind, pairs, out_dir, force, execution, command)
+        if pairs is not None:  # OLS on the effect maps of the pairs
+            data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
             reader = open_reader(data, "inputs")
@@ -369,6 +399,7 @@ class SecondLevel:
             maps=maps,
             id_column=self.id_column,
             drop_unmatched_rows=self.drop_unmatched_rows,
+            variance_groups=self.variance_groups,
         )
         if pairs is not None:
             note = (
@@ -384,7 +415,13 @@ class SecondLevel:
         order = np.arange(n)
         if d.matched_by not in (None, "position"):  # matched by ids: the table's order
             order = np.argsort(np.asarray(d.rows), kind="stable")
-            d = replace(d, X=d.X[order], rows=tuple(d.rows[k] for k in order), ids=tuple(d.ids[k] for k in order))
+            d = replace(
+                d,
+                X=d.X[order],
+                rows=tuple(d.rows[k] for k in order),
+                ids=tuple(d.ids[k] for k in order),
+                variance_groups=tuple(d.variance_groups[k] for k in order) if d.variance_groups else (),
+            )
         if len(paths) == (2 * n if pairs is not None else n):  # one map per file: reorder the files (no data copied)
             ordered = [paths[k] for k in order]
             if pairs is not None:
@@ -460,6 +497,101 @@ class SecondLevel:
             maps=_row_maps(d, paths, self.paired),
             ids=d.ids,
         )
+
+    def _model_kind(self) -> str:
+        """``mixed``, ``fixed`` or ``ols``: `model`, by default mixed when variance maps are given; mixed and
+        fixed refused without them, and with what they cannot do yet."""
+        has_variances = self.variances is not None or self.first_level_contrast is not None
+        kind = self.model if self.model is not None else ("mixed" if has_variances else "ols")
+        if kind not in MODELS:
+            raise InputError(f"`model` must be mixed, fixed or ols; got {kind!r}.")
+        if self.dof not in ("residual", "satterthwaite"):
+            raise InputError(f"`dof` must be residual or satterthwaite; got {self.dof!r}.")
+        if kind == "ols":
+            if self.variance_groups is not None or self.dof != "residual":
+                raise InputError("variance groups and Satterthwaite's dof are for --model mixed; drop them.")
+            return kind
+        if not has_variances:
+            raise InputError(
+                f"--model {kind} weighs each subject by its first-level variance: give --variances (one map per "
+                "subject) or --first-level FOLDERS, or use --model ols."
+            )
+        refused = [
+            flag
+            for flag, given in (
+                ("--permutations", self.permutations),
+                ("--tfce", self.tfce),
+                ("--cluster-threshold", self.cluster_threshold is not None),
+                ("--paired", self.paired),
+            )
+            if given
+        ]
+        if refused:
+            raise InputError(
+                f"{', '.join(refused)} with --model {kind} is not available: mixed- and fixed-effects group models "
+                "are parametric; use --model ols for permutations and clusters, or drop those options."
+            )
+        return kind
+
+    def _fit_mixed(self, kind: str, pairs, out_dir, force: bool, execution: Execution, command) -> GroupFit:
+        """A mixed- or fixed-effects group model of the effect and variance maps `pairs`: the design matched
+        to the effect maps (the pairs reordered with them), the effect maps loaded with the group mask, the
+        variance maps read at its voxels, :func:`voxfit.mixed_effects`, the maps and model.json written."""
+        if execution.scheduler is not None or execution.on_device:
+            raise InputError(f"--model {kind} runs on this machine's CPUs; drop --scheduler and --device.")
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
+            data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
+            reader = open_reader(data, "inputs")
+            paths = data if isinstance(data, list) else [data]
+            d, ordered, order = self._design(paths, reader.n_scans)
+            pairs = pairs.take(order)
+            if ordered != paths:
+                paths = data = ordered
+                reader = open_reader(data, "inputs")
+            need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
+            if execution.budgets.process is not None and need > execution.budgets.process:
+                raise InputError(
+                    f"`max_memory`={execution.max_memory!r} cannot hold the effect and variance maps of a "
+                    f"{kind}-effects model in memory; give at least {size_text(need)}, or fewer voxels (--mask)."
+                )
+            Y, masker = self._load(data, execution.progress)
+            variances = read_variances(pairs, masker)
+            groups = variance_groups(self.grp, d, reader.n_scans, order)
+            items = self._contrast_items(d.names, d.X.shape[1])
+            fl_dof = None if kind != "fixed" or pairs.dof is None else np.asarray(pairs.dof, dtype=float)
+            fit = mixed_effects(
+                d.X,
+                Y,
+                variances,
+                dict(items),
+                names=list(d.names),
+                groups=groups,
+                model=kind,
+                first_level_dof=fl_dof,
+                dof=self.dof,
+                execution=execution,
+            )
+            files: list[Path] = []
+            if out is not None:
+                self._write(
+                    out,
+                    GroupOutputs(
+                        masker=masker,
+                        design=d,
+                        items=items,
+                        parametric=fit.contrasts,
+                        reader=reader,
+                        paths=paths,
+                        command=command,
+                        tfce=self._tfce_parameters(masker.geometry),
+                        mixed=fit,
+                        pairing=mixed_record(fit, pairs, fl_dof is not None),
+                    ),
+                )
+                files = out.commit()
+        notes = (*d.notes, *pairs.notes, *_outcome_notes(fit))
+        return replace(self._result(d, paths, masker, fit.contrasts, {}, {}, files), notes=notes, mixed=fit)
 
     def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
         items = contrast_items(self.contrasts) if self.contrasts else []
@@ -587,6 +719,8 @@ class SecondLevel:
                     p_maps(label, "tfcefwe", r.p_tfce_fwe)
             if label in tables:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
+        if g.mixed is not None:
+            write_mixed_maps(out, masker, g.mixed)
         ModelRecord(
             kind="group",
             voxfit_version=__version__,
@@ -626,6 +760,8 @@ class SecondLevel:
                 "cluster_threshold": self.cluster_threshold,
                 "connectivity": self.connectivity,
                 "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
+                "model": "ols" if g.mixed is None else g.mixed.model,
+                **({} if g.pairing is None else {"mixed_effects": g.pairing}),
                 "mask": (
                     "automatic (finite and non-zero in every map)" if self.mask is None else source_label(self.mask)
                 ),
@@ -709,6 +845,11 @@ def group_memory(
         neighbours += threads * scratch
     fixed += neighbours
     return GroupMemory(data, residuals, results, neighbours, one, cap - fixed, fixed + one, threads)
+
+
+def _outcome_notes(fit: MixedFit) -> tuple[str, ...]:
+    """The voxels a mixed- or fixed-effects fit left NaN, and why, one note each."""
+    return tuple(f"{count:,} voxel(s) not fitted (NaN in every map): {why}" for why, count in fit.outcomes.items())
 
 
 def _map_name(item) -> str:

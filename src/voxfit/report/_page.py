@@ -540,6 +540,9 @@ def _settings_section(res: Results, generated: str) -> str:
         "command": _command(m.get("command") or []),
         "output folder": _e(str(res.folder.resolve())),
     }
+    if res.level == "group":  # which model: least squares on the effects, or mixed / fixed effects
+        mixed = (m.get("settings") or {}).get("mixed_effects") or {}
+        about["group model"] = _e(mixed.get("model", "ordinary least squares on the effect maps"))
     parts.append(
         "<table class='settings'>"
         + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in about.items())
@@ -698,7 +701,9 @@ def build_report(
             return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + _table(_top_elements(th, what))
 
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    title = f"voxfit report: {res.level}, {res.folder.resolve().name}"
+    model = (res.model.get("settings") or {}).get("model") if res.level == "group" else None
+    level = f"{res.level} ({model} effects)" if model in ("mixed", "fixed") else res.level
+    title = f"voxfit report: {level}, {res.folder.resolve().name}"
     sections = [_design_section(res)] if res.designs else []
     bar.update(1)
     for n, c in enumerate(res.contrasts, 2):

@@ -1,0 +1,110 @@
+"""Mixed- and fixed-effects group models (FSL FLAME1, AFNI 3dMEMA, flameo's fixed effects) within
+:class:`voxfit.SecondLevel`: the subjects' first-level variance maps paired with their effect maps, read on the
+effect maps' voxels, and what is written and recorded beside the usual group maps.
+
+The estimation itself is :func:`voxfit.mixed_effects` (``voxfit.engine.mixed``, ``voxfit.core.mixed``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import working_dtype
+from ..design import first_level_maps, pair_variances, read_groups
+from ..engine.mixed import MixedFit
+from ..exceptions import InputError
+from ..io import Masker, apply_scale, gather, open_reader, statmap_name
+
+__all__ = ["MODELS", "mixed_record", "paired_inputs", "read_variances", "variance_groups", "write_mixed_maps"]
+
+MODELS = ("mixed", "fixed", "ols")
+MODEL_WORDS = {
+    "mixed": "mixed effects: GLS with each subject's first-level variance plus a between-subject variance "
+    "estimated by REML at every voxel (FSL FLAME1, AFNI 3dMEMA)",
+    "fixed": "fixed effects: precision-weighted least squares with the first-level variances (flameo's fixed effects)",
+    "ols": "ordinary least squares on the effect maps (first-level variances not used)",
+}
+
+
+def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_record):
+    """The effect maps of `data` paired with their variance maps (``voxfit.design.PairedMaps``), from
+    `variances` (files matched by subject) or, with `first_level_contrast`, from first-level output folders
+    `data`; None when neither is given."""
+    if first_level_contrast is not None:
+        if variances is not None:
+            raise InputError(
+                "--first-level folders hold each subject's variance map; drop --variances, or give effect maps "
+                "(not folders) with --variances."
+            )
+        folders = data if isinstance(data, list) else [data]
+        paired = first_level_maps(folders, first_level_contrast, read_record=read_record)
+        if first_level_dof is not None:  # the user's dof replace those of the records
+            return pair_variances(list(paired.effects), list(paired.variances), dof=first_level_dof)
+        return paired
+    if variances is None:
+        if first_level_dof is not None:
+            raise InputError(
+                "--first-level-dof is for fixed-effects models of effect and variance maps; give --variances."
+            )
+        return None
+    return pair_variances(data, variances, dof=first_level_dof)
+
+
+def read_variances(paired, masker: Masker) -> np.ndarray:
+    """The variance maps of `paired` (in its row order) at the fitted voxels of `masker`, (n, V) in the
+    working dtype of the files, scale factors applied. A 4-D variance file is read volume by volume in the
+    order of its rows."""
+    source = paired.variances if paired.volumes is None else paired.variances[0]
+    reader = open_reader(list(source) if paired.volumes is None else source, "variances")
+    masker.geometry.check_same(reader.geometry, "the variance maps")
+    raw = gather(reader, masker.index)
+    values = np.asarray(apply_scale(raw, reader.scale), dtype=working_dtype(raw.dtype))
+    if paired.volumes is not None:
+        values = values[list(paired.volumes)]
+    return values
+
+
+def variance_groups(grp, design, n_rows: int, order) -> list[str] | None:
+    """Each design row's variance group: from the design table's column (``GroupDesign.variance_groups``) or
+    an FSL ``.grp`` file `grp` (its rows in the order of the maps as given, reordered by `order`, the input
+    row of each design row); None for one group."""
+    if design.variance_groups:
+        return list(design.variance_groups)
+    if grp is not None:
+        return [str(v) for v in read_groups(grp, n_rows)[order]]
+    return None
+
+
+def write_mixed_maps(out, masker: Masker, fit: MixedFit) -> None:
+    """The between-subject variance of each variance group (``stat-betweenvariance``, with ``group-<label>``
+    when there are several), and the degrees of freedom where they vary over voxels (``stat-dof``, per
+    contrast with Satterthwaite's)."""
+    ext = masker.geometry.extension
+    if fit.model == "mixed":
+        several = len(fit.groups) > 1
+        for g, label in enumerate(fit.groups):
+            name = statmap_name("betweenvariance", ext, *((str(label), "group") if several else ()))
+            masker.write(out.path(name), fit.between_variance[g], [f"between-subject variance {label}"])
+    if np.ndim(fit.dof) > 0:
+        masker.write(out.path(statmap_name("dof", ext)), fit.dof, ["dof"])
+    for label, stats in fit.contrasts.items():
+        dof = stats.dof[1] if stats.kind == "F" else stats.dof
+        if np.ndim(dof) > 0 and fit.dof_kind == "satterthwaite":
+            masker.write(out.path(statmap_name("dof", ext, label)), dof, [f"{label} dof"])
+
+
+def mixed_record(fit: MixedFit, paired, first_level_dof: bool) -> dict:
+    """What model.json says of a mixed- or fixed-effects fit: the model in words, its degrees of freedom, the
+    variance groups, the voxels not fitted and why, and how each variance map was paired with its effect map
+    (`first_level_dof`: whether the fixed-effects dof came from the first levels)."""
+    if fit.model == "mixed":
+        dof = "n - rank (FLAME1)" if fit.dof_kind == "residual" else "Satterthwaite's, per contrast and voxel"
+    else:
+        dof = "the sum of the first-level dof minus the rank" if first_level_dof else "n - rank"
+    return {
+        "model": MODEL_WORDS[fit.model],
+        "dof": dof,
+        "variance_groups": [str(g) for g in fit.groups],
+        "voxels_not_fitted": dict(fit.outcomes),
+        "pairing": paired.record(),
+    }

@@ -1,0 +1,369 @@
+"""The mixed-effects fit of one variance group, one voxel at a time, compiled with numba.
+
+``voxfit.core.mixed`` fits blocks of voxels with numpy, every step on (n, v) arrays; most of its time goes to
+the temporaries of each evaluation of the restricted likelihood. The kernel here runs, per voxel and without
+temporaries, the numpy path's arithmetic in the same order of steps: the checks of the effects and variances,
+the voxel's own units, the flat-likelihood test, the boundary decided by the score at tau2 = 0, the safeguarded
+Newton iteration on the score, and the GLS fit at the estimate (the state of the last evaluation, not a new
+one), back in the data's units. Its numbers equal the numpy path's to rounding (sums in another order).
+
+numba is imported on first use (:func:`compile_mixed_kernels`), not with ``import voxfit``; the kernel is one
+function, so that it is cached on disk and loaded, not compiled, by later processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+__all__ = ["compile_mixed_kernels", "mixed_kernels_loaded", "mixed_one_group"]
+
+
+def mixed_kernels_loaded() -> bool:
+    """Whether numba and the kernel are already loaded in this process (then they cost nothing more)."""
+    return _compile_once.cache_info().currsize > 0
+
+
+def compile_mixed_kernels() -> None:
+    """Import numba and load (or compile) the kernel now."""
+    _compile()
+
+
+def mixed_one_group(Y, S, start, stop, Qt, QQt, B, constant, flat_design, max_iter, tol, out, extra) -> None:
+    """See the compiled function's docstring; the arrays of `out` and `extra` are filled in place."""
+    _compile()(Y, S, start, stop, Qt, QQt, B, constant, flat_design, max_iter, tol, *out, *extra)
+
+
+_LOCK = threading.Lock()
+# sums over subjects in any order (vectorised), products and sums fused; no assumption on NaN or inf
+_FASTMATH = {"reassoc", "contract"}
+
+
+def _compile():
+    with _LOCK:  # threads of one fit may ask at once: compile once
+        return _compile_once()
+
+
+@functools.cache
+def _compile_once():  # noqa: C901 (one function, so that numba caches it)
+    import math
+
+    import numba
+    import numpy as np
+
+    data = numba.types.Array(numba.float64, 2, "A", readonly=True)  # one signature: any layout, read-only or not
+    matrix = numba.types.Array(numba.float64, 2, "A")
+    stack = numba.types.Array(numba.float64, 3, "A")
+    vector = numba.types.Array(numba.float64, 1, "A")
+    i64, f64 = numba.int64, numba.float64
+    codes = (numba.types.Array(numba.int32, 1, "A"), numba.types.Array(numba.int8, 1, "A"))
+    design = numba.types.Array(numba.float64, 2, "C", readonly=True)
+    inputs = (data, data, i64, i64, design, design, design, f64, numba.boolean, i64, f64)
+    outputs = (matrix, stack, matrix, vector, *codes, stack, stack, vector)
+
+    @numba.njit(numba.void(*inputs, *outputs), nogil=True, cache=True, error_model="numpy", fastmath=_FASTMATH)
+    def mixed_one_group(  # noqa: C901, PLR0912, PLR0915
+        Y,
+        S,
+        start,
+        stop,
+        Qt,
+        QQt,
+        B,
+        constant,
+        flat_design,
+        max_iter,
+        tol,
+        betas,
+        covariance,
+        tau2,
+        loglik,
+        iterations,
+        outcome,
+        Minv_out,
+        T_out,
+        info_out,
+    ):  # pragma: no cover - compiled
+        """REML of one variance group for the voxels ``start:stop`` (columns of Y and S, (n, v)).
+
+        Qt (r, n): the orthonormal basis Q of the design's column space, transposed; QQt (r(r+1)/2, n): the
+        products q_ia q_ib, a <= b, in the row-major order of the upper triangle; B (p, r): the betas from the
+        coefficients on Q; `constant`: log pdet(X'X); `flat_design`: the design fits every subject exactly (no
+        residual dof). Outputs, at the voxel's column: betas (p, v), covariance (v, p, p), tau2 (1, v), loglik
+        (v,), iterations (v,), outcome (v,) (codes of ``voxfit.core.mixed.OUTCOMES``, NaN outputs where not 0),
+        and when Minv_out has v rows, M^-1, T (both (v, r, r)) and the Fisher information (v,) at the estimate,
+        in the voxel's own units (for the Satterthwaite dof).
+        """
+        r, n = Qt.shape
+        p = B.shape[0]
+        m = QQt.shape[0]
+        extra = Minv_out.shape[0] > 0
+        log_2pi = math.log(2 * math.pi)
+        flat_bound = (16 * n * 2.220446049250313e-16) ** 2
+        y = np.empty(n)
+        s = np.empty(n)
+        w = np.empty(n)
+        w2 = np.empty(n)
+        w3 = np.empty(n)
+        wy = np.empty(n)
+        res = np.empty(n)
+        ww = np.empty(n)
+        Mp = np.empty(m)
+        Tp = np.empty(m)
+        Up = np.empty(m)
+        L = np.empty((r, r))
+        Linv = np.empty((r, r))
+        Minv = np.empty((r, r))
+        T = np.empty((r, r))
+        MT = np.empty((r, r))
+        bq = np.empty(r)
+        gamma = np.empty(r)
+        z = np.empty(r)
+        for j in range(start, stop):
+            for a in range(p):
+                betas[a, j] = np.nan
+                for b in range(p):
+                    covariance[j, a, b] = np.nan
+            tau2[0, j] = np.nan
+            loglik[j] = np.nan
+            iterations[j] = 0
+            # the checks: effects finite (else 4), variances positive and finite (else 1)
+            code = 0
+            for i in range(n):
+                y[i] = Y[i, j]
+                if not np.isfinite(y[i]):
+                    code = 4
+            if code == 0:
+                for i in range(n):
+                    s[i] = S[i, j]
+                    if not (s[i] > 0 and np.isfinite(s[i])):
+                        code = 1
+            if code != 0:
+                outcome[j] = code
+                continue
+            # the voxel's own units: effects over k, the root mean first-level variance
+            mean_s = 0.0
+            for i in range(n):
+                mean_s += s[i]
+            k = math.sqrt(mean_s / n)
+            k2 = k * k
+            for i in range(n):
+                y[i] = y[i] / k
+                s[i] = s[i] / k2
+            scale = 0.0
+            for i in range(n):
+                scale += s[i]
+            scale /= n
+            # a flat likelihood: effects the design fits exactly
+            for i in range(n):
+                res[i] = y[i]
+            for a in range(r):
+                x = 0.0
+                for i in range(n):
+                    x += Qt[a, i] * y[i]
+                for i in range(n):
+                    res[i] -= Qt[a, i] * x
+            rss = 0.0
+            yy = 0.0
+            for i in range(n):
+                rss += res[i] * res[i]
+                yy += y[i] * y[i]
+            iterations[j] = 1
+            if flat_design or rss <= flat_bound * yy:
+                outcome[j] = 2
+                continue
+            # the score at 0 decides the boundary; then Newton on the score, safeguarded by [lo, hi]
+            t = 0.0
+            lo = 0.0
+            hi = np.inf
+            evaluations = -1  # evaluations in the loop; -1: the one at tau2 = 0
+            final = False
+            code = 0
+            while True:
+                # --- the restricted likelihood's derivatives at t (the numpy path's evaluate)
+                # (each sum a loop over the subjects alone: vectorised)
+                sw = 0.0
+                sw2 = 0.0
+                for i in range(n):
+                    wi = 1.0 / (s[i] + t)
+                    w[i] = wi
+                    w2[i] = wi * wi
+                    w3[i] = wi * wi * wi
+                    wy[i] = wi * y[i]
+                    sw += wi
+                    sw2 += wi * wi
+                for a in range(r):
+                    x = 0.0
+                    for i in range(n):
+                        x += wy[i] * Qt[a, i]
+                    bq[a] = x
+                for e in range(m):
+                    xm = 0.0
+                    xt = 0.0
+                    xu = 0.0
+                    for i in range(n):
+                        qq = QQt[e, i]
+                        xm += w[i] * qq
+                        xt += w2[i] * qq
+                        xu += w3[i] * qq
+                    Mp[e] = xm
+                    Tp[e] = xt
+                    Up[e] = xu
+                # M^-1 and log|M| by Cholesky (NaN where M is not positive definite)
+                e = 0
+                for a in range(r):
+                    for b in range(a, r):
+                        L[b, a] = Mp[e]  # (the lower triangle; M is symmetric)
+                        T[a, b] = Tp[e]
+                        T[b, a] = Tp[e]
+                        e += 1
+                logdet = 0.0
+                for c in range(r):
+                    d = L[c, c]
+                    for q in range(c):
+                        d -= L[c, q] * L[c, q]
+                    d = math.sqrt(d) if d >= 0 else np.nan
+                    L[c, c] = d
+                    logdet += 2 * math.log(d) if d > 0 else (-np.inf if d == 0 else np.nan)
+                    for i2 in range(c + 1, r):
+                        x = L[i2, c]
+                        for q in range(c):
+                            x -= L[i2, q] * L[c, q]
+                        L[i2, c] = x / d
+                for c in range(r):
+                    Linv[c, c] = 1.0 / L[c, c]
+                    for i2 in range(c + 1, r):
+                        x = 0.0
+                        for q in range(c, i2):
+                            x += L[i2, q] * Linv[q, c]
+                        Linv[i2, c] = -x / L[i2, i2]
+                for a in range(r):
+                    for b in range(a, r):
+                        x = 0.0
+                        for q in range(b, r):
+                            x += Linv[q, a] * Linv[q, b]
+                        Minv[a, b] = x
+                        Minv[b, a] = x
+                for a in range(r):
+                    x = 0.0
+                    for b in range(r):
+                        x += Minv[a, b] * bq[b]
+                    gamma[a] = x
+                # the residuals' sums
+                for i in range(n):
+                    res[i] = y[i]
+                for a in range(r):
+                    g = gamma[a]
+                    for i in range(n):
+                        res[i] -= Qt[a, i] * g
+                quad = 0.0
+                wr2 = 0.0
+                hp = 0.0
+                for i in range(n):
+                    wr = w[i] * res[i]
+                    quad += wr * res[i]
+                    wr2 += wr * wr
+                    ww[i] = w[i] * wr
+                    hp += ww[i] * wr
+                for a in range(r):
+                    x = 0.0
+                    for i in range(n):
+                        x += ww[i] * Qt[a, i]
+                    z[a] = x
+                trMT = 0.0
+                trMU = 0.0
+                e = 0
+                for a in range(r):
+                    for b in range(a, r):
+                        factor = 1.0 if a == b else 2.0
+                        trMT += factor * Minv[a, b] * Tp[e]
+                        trMU += factor * Minv[a, b] * Up[e]
+                        e += 1
+                for a in range(r):
+                    for b in range(r):
+                        x = 0.0
+                        for q in range(r):
+                            x += Minv[a, q] * T[q, b]
+                        MT[a, b] = x
+                both = 0.0
+                proj = 0.0
+                for a in range(r):
+                    for b in range(r):
+                        both += MT[a, b] * MT[b, a]
+                        proj += z[a] * Minv[a, b] * z[b]
+                score = -0.5 * (sw - trMT - wr2)
+                info = 0.5 * (sw2 - 2 * trMU) + 0.5 * both
+                hess = info - (hp - proj)
+                # --- the step
+                if final:
+                    break  # (the state at the estimate of a voxel that did not converge)
+                if evaluations == -1:
+                    evaluations = 0
+                    if not score > 0:
+                        break  # the estimate is 0, the state is this one
+                    t = score / info  # a Fisher step from 0: positive
+                else:
+                    evaluations += 1
+                    if score > 0:
+                        lo = t
+                    if score <= 0:
+                        hi = t
+                    step = -score / hess if hess < 0 else score / info
+                    new = t + step
+                    if not (new > lo and new < hi):
+                        new = 0.5 * (lo + hi)
+                    if abs(new - t) <= tol * (t + scale) or score == 0:
+                        break  # the estimate is t, the state is this one
+                    t = new
+                if evaluations == max_iter:
+                    code = 3
+                    final = True  # one more evaluation, at the estimate t
+            iterations[j] = evaluations + 2
+            # the GLS fit at the estimate t (the last state), back in the data's units
+            sumlog = 0.0  # sum log(s_i + t): logs of products of at most ~1e+-200
+            prod = 1.0
+            for i in range(n):
+                f = s[i] + t
+                if 1e-100 < f < 1e100:
+                    prod *= f
+                    if not 1e-100 < prod < 1e100:
+                        sumlog += math.log(prod)
+                        prod = 1.0
+                else:
+                    sumlog += math.log(f)
+            sumlog += math.log(prod)
+            finite = np.isfinite(t * k2)
+            for a in range(p):
+                x = 0.0
+                for b in range(r):
+                    x += B[a, b] * gamma[b]
+                betas[a, j] = x * k
+                finite &= np.isfinite(betas[a, j])
+                for c in range(a, p):
+                    x = 0.0
+                    for b in range(r):
+                        for q in range(r):
+                            x += B[a, b] * Minv[b, q] * B[c, q]
+                    x *= k2
+                    covariance[j, a, c] = x
+                    covariance[j, c, a] = x
+                    finite &= np.isfinite(x)
+            if code == 0 and not finite:
+                code = 3
+            outcome[j] = code
+            if code != 0:
+                for a in range(p):
+                    betas[a, j] = np.nan
+                    for b in range(p):
+                        covariance[j, a, b] = np.nan
+                continue
+            tau2[0, j] = t * k2
+            loglik[j] = -0.5 * ((n - r) * log_2pi + sumlog + logdet + constant + quad) - (n - r) * math.log(k)
+            if extra:
+                for a in range(r):
+                    for b in range(r):
+                        Minv_out[j, a, b] = Minv[a, b]
+                        T_out[j, a, b] = T[a, b]
+                info_out[j] = info
+
+    return mixed_one_group

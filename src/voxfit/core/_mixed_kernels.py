@@ -94,31 +94,34 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
         and when Minv_out has v rows, M^-1, T (both (v, r, r)) and the Fisher information (v,) at the estimate,
         in the voxel's own units (for the Satterthwaite dof).
         """
-        r, n = Qt.shape
-        p = B.shape[0]
+        n = Y.shape[0]
+        p, r = B.shape
+        rk, npad = Qt.shape  # (beyond subject n and column r: zeros; every sum on padded vectors)
         m = QQt.shape[0]
         extra = Minv_out.shape[0] > 0
         log_2pi = math.log(2 * math.pi)
         flat_bound = (16 * n * 2.220446049250313e-16) ** 2
-        y = np.empty(n)
-        s = np.empty(n)
-        w = np.empty(n)
-        w2 = np.empty(n)
-        w3 = np.empty(n)
-        wy = np.empty(n)
-        res = np.empty(n)
-        ww = np.empty(n)
+        y = np.empty(npad)
+        s = np.empty(npad)
+        w = np.empty(npad)
+        w2 = np.empty(npad)
+        w3 = np.empty(npad)
+        wy = np.empty(npad)
+        res = np.empty(npad)
+        ww = np.empty(npad)
+        y[n:] = 0.0
+        s[n:] = np.inf  # (a weight 1 / (s + t) of 0)
         Mp = np.empty(m)
         Tp = np.empty(m)
         Up = np.empty(m)
-        L = np.empty((r, r))
-        Linv = np.empty((r, r))
-        Minv = np.empty((r, r))
-        T = np.empty((r, r))
-        MT = np.empty((r, r))
-        bq = np.empty(r)
-        gamma = np.empty(r)
-        z = np.empty(r)
+        L = np.empty((rk, rk))
+        Linv = np.empty((rk, rk))
+        Minv = np.empty((rk, rk))
+        T = np.empty((rk, rk))
+        MT = np.empty((rk, rk))
+        bq = np.empty(rk)
+        gamma = np.empty(rk)
+        z = np.empty(rk)
         for j in range(start, stop):
             for a in range(p):
                 betas[a, j] = np.nan
@@ -127,47 +130,49 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
             tau2[0, j] = np.nan
             loglik[j] = np.nan
             iterations[j] = 0
-            # the checks: effects finite (else 4), variances positive and finite (else 1)
-            code = 0
-            for i in range(n):
-                y[i] = Y[i, j]
-                if not np.isfinite(y[i]):
-                    code = 4
-            if code == 0:
-                for i in range(n):
-                    s[i] = S[i, j]
-                    if not (s[i] > 0 and np.isfinite(s[i])):
-                        code = 1
-            if code != 0:
-                outcome[j] = code
-                continue
-            # the voxel's own units: effects over k, the root mean first-level variance
+            # the checks: effects finite (else 4), variances positive and finite (else 1); without branches
+            nan_y = 0.0  # (NaN when some value is not finite: inf * 0 is NaN)
+            nan_s = 0.0
+            positive = 0.0
             mean_s = 0.0
             for i in range(n):
-                mean_s += s[i]
+                yi = Y[i, j]
+                si = S[i, j]
+                y[i] = yi
+                s[i] = si
+                nan_y += yi * 0.0
+                nan_s += si * 0.0
+                positive += 1.0 if si > 0 else 0.0
+                mean_s += si
+            if nan_y != 0:
+                outcome[j] = 4
+                continue
+            if nan_s != 0 or positive < n:
+                outcome[j] = 1
+                continue
+            # the voxel's own units: effects over k, the root mean first-level variance
             k = math.sqrt(mean_s / n)
             k2 = k * k
+            scale = 0.0
+            yy = 0.0
             for i in range(n):
                 y[i] = y[i] / k
                 s[i] = s[i] / k2
-            scale = 0.0
-            for i in range(n):
                 scale += s[i]
+                yy += y[i] * y[i]
             scale /= n
             # a flat likelihood: effects the design fits exactly
-            for i in range(n):
+            for i in range(npad):
                 res[i] = y[i]
             for a in range(r):
                 x = 0.0
-                for i in range(n):
+                for i in range(npad):
                     x += Qt[a, i] * y[i]
-                for i in range(n):
+                for i in range(npad):
                     res[i] -= Qt[a, i] * x
             rss = 0.0
-            yy = 0.0
-            for i in range(n):
+            for i in range(npad):
                 rss += res[i] * res[i]
-                yy += y[i] * y[i]
             iterations[j] = 1
             if flat_design or rss <= flat_bound * yy:
                 outcome[j] = 2
@@ -180,117 +185,216 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
             final = False
             code = 0
             while True:
-                # --- the restricted likelihood's derivatives at t (the numpy path's evaluate)
-                # (each sum a loop over the subjects alone: vectorised)
-                sw = 0.0
-                sw2 = 0.0
-                for i in range(n):
-                    wi = 1.0 / (s[i] + t)
-                    w[i] = wi
-                    w2[i] = wi * wi
-                    w3[i] = wi * wi * wi
-                    wy[i] = wi * y[i]
-                    sw += wi
-                    sw2 += wi * wi
-                for a in range(r):
-                    x = 0.0
-                    for i in range(n):
-                        x += wy[i] * Qt[a, i]
-                    bq[a] = x
-                for e in range(m):
+                # --- the restricted likelihood's derivatives at t (the numpy path's evaluate); each sum is a
+                # loop over the subjects alone, so that it is vectorised
+                if r == 1:  # (one design column: every sum in two passes over the subjects)
+                    sw = 0.0
+                    sw2 = 0.0
                     xm = 0.0
                     xt = 0.0
                     xu = 0.0
-                    for i in range(n):
-                        qq = QQt[e, i]
-                        xm += w[i] * qq
-                        xt += w2[i] * qq
-                        xu += w3[i] * qq
-                    Mp[e] = xm
-                    Tp[e] = xt
-                    Up[e] = xu
-                # M^-1 and log|M| by Cholesky (NaN where M is not positive definite)
-                e = 0
-                for a in range(r):
-                    for b in range(a, r):
-                        L[b, a] = Mp[e]  # (the lower triangle; M is symmetric)
-                        T[a, b] = Tp[e]
-                        T[b, a] = Tp[e]
-                        e += 1
-                logdet = 0.0
-                for c in range(r):
-                    d = L[c, c]
-                    for q in range(c):
-                        d -= L[c, q] * L[c, q]
-                    d = math.sqrt(d) if d >= 0 else np.nan
-                    L[c, c] = d
-                    logdet += 2 * math.log(d) if d > 0 else (-np.inf if d == 0 else np.nan)
-                    for i2 in range(c + 1, r):
-                        x = L[i2, c]
+                    xb = 0.0
+                    for i in range(npad):
+                        wi = 1.0 / (s[i] + t)
+                        w[i] = wi
+                        qq = QQt[0, i]
+                        sw += wi
+                        sw2 += wi * wi
+                        xm += wi * qq
+                        xt += wi * wi * qq
+                        xu += wi * wi * wi * qq
+                        xb += wi * y[i] * Qt[0, i]
+                    L[0, 0] = math.sqrt(xm) if xm >= 0 else np.nan
+                    mi = 1.0 / xm if xm > 0 else np.nan
+                    Minv[0, 0] = mi
+                    T[0, 0] = xt
+                    g = mi * xb
+                    gamma[0] = g
+                    quad = 0.0
+                    wr2 = 0.0
+                    hp = 0.0
+                    xz = 0.0
+                    for i in range(npad):
+                        ri = y[i] - Qt[0, i] * g
+                        wr = w[i] * ri
+                        quad += wr * ri
+                        wr2 += wr * wr
+                        hp += w[i] * wr * wr
+                        xz += w[i] * wr * Qt[0, i]
+                    trMT = mi * xt
+                    trMU = mi * xu
+                    both = trMT * trMT
+                    proj = xz * mi * xz
+                else:
+                    if rk == 3:  # (two or three columns, padded to three: the sums in one pass)
+                        sw = sw2 = b0 = b1 = b2 = 0.0
+                        m0 = m1 = m2 = m3 = m4 = m5 = 0.0
+                        t0 = t1 = t2 = t3 = t4 = t5 = 0.0
+                        u0 = u1 = u2 = u3 = u4 = u5 = 0.0
+                        for i in range(npad):
+                            wi = 1.0 / (s[i] + t)
+                            w[i] = wi
+                            wi2 = wi * wi
+                            wi3 = wi2 * wi
+                            sw += wi
+                            sw2 += wi2
+                            wyi = wi * y[i]
+                            b0 += wyi * Qt[0, i]
+                            b1 += wyi * Qt[1, i]
+                            b2 += wyi * Qt[2, i]
+                            q = QQt[0, i]
+                            m0 += wi * q
+                            t0 += wi2 * q
+                            u0 += wi3 * q
+                            q = QQt[1, i]
+                            m1 += wi * q
+                            t1 += wi2 * q
+                            u1 += wi3 * q
+                            q = QQt[2, i]
+                            m2 += wi * q
+                            t2 += wi2 * q
+                            u2 += wi3 * q
+                            q = QQt[3, i]
+                            m3 += wi * q
+                            t3 += wi2 * q
+                            u3 += wi3 * q
+                            q = QQt[4, i]
+                            m4 += wi * q
+                            t4 += wi2 * q
+                            u4 += wi3 * q
+                            q = QQt[5, i]
+                            m5 += wi * q
+                            t5 += wi2 * q
+                            u5 += wi3 * q
+                        bq[0], bq[1], bq[2] = b0, b1, b2
+                        Mp[0], Mp[1], Mp[2], Mp[3], Mp[4], Mp[5] = m0, m1, m2, m3, m4, m5
+                        Tp[0], Tp[1], Tp[2], Tp[3], Tp[4], Tp[5] = t0, t1, t2, t3, t4, t5
+                        Up[0], Up[1], Up[2], Up[3], Up[4], Up[5] = u0, u1, u2, u3, u4, u5
+                        for c in range(r, 3):
+                            Mp[c * 3 - c * (c - 1) // 2] = 1.0  # (a padded column: M^-1 1 there, its terms 0)
+                    else:
+                        sw = 0.0
+                        sw2 = 0.0
+                        for i in range(npad):
+                            wi = 1.0 / (s[i] + t)
+                            w[i] = wi
+                            w2[i] = wi * wi
+                            w3[i] = wi * wi * wi
+                            wy[i] = wi * y[i]
+                            sw += wi
+                            sw2 += wi * wi
+                        for a in range(rk):
+                            x = 0.0
+                            for i in range(npad):
+                                x += wy[i] * Qt[a, i]
+                            bq[a] = x
+                        for e in range(m):
+                            xm = 0.0
+                            xt = 0.0
+                            xu = 0.0
+                            for i in range(npad):
+                                qq = QQt[e, i]
+                                xm += w[i] * qq
+                                xt += w2[i] * qq
+                                xu += w3[i] * qq
+                            Mp[e] = xm
+                            Tp[e] = xt
+                            Up[e] = xu
+                    # M^-1 and log|M| by Cholesky (NaN where M is not positive definite)
+                    e = 0
+                    for a in range(rk):
+                        for b in range(a, rk):
+                            L[b, a] = Mp[e]  # (the lower triangle; M is symmetric)
+                            T[a, b] = Tp[e]
+                            T[b, a] = Tp[e]
+                            e += 1
+                    for c in range(rk):
+                        d = L[c, c]
                         for q in range(c):
-                            x -= L[i2, q] * L[c, q]
-                        L[i2, c] = x / d
-                for c in range(r):
-                    Linv[c, c] = 1.0 / L[c, c]
-                    for i2 in range(c + 1, r):
+                            d -= L[c, q] * L[c, q]
+                        d = math.sqrt(d) if d >= 0 else np.nan
+                        L[c, c] = d
+                        for i2 in range(c + 1, rk):
+                            x = L[i2, c]
+                            for q in range(c):
+                                x -= L[i2, q] * L[c, q]
+                            L[i2, c] = x / d
+                    for c in range(rk):
+                        Linv[c, c] = 1.0 / L[c, c]
+                        for i2 in range(c + 1, rk):
+                            x = 0.0
+                            for q in range(c, i2):
+                                x += L[i2, q] * Linv[q, c]
+                            Linv[i2, c] = -x / L[i2, i2]
+                    for a in range(rk):
+                        for b in range(a, rk):
+                            x = 0.0
+                            for q in range(b, rk):
+                                x += Linv[q, a] * Linv[q, b]
+                            Minv[a, b] = x
+                            Minv[b, a] = x
+                    for a in range(rk):
                         x = 0.0
-                        for q in range(c, i2):
-                            x += L[i2, q] * Linv[q, c]
-                        Linv[i2, c] = -x / L[i2, i2]
-                for a in range(r):
-                    for b in range(a, r):
-                        x = 0.0
-                        for q in range(b, r):
-                            x += Linv[q, a] * Linv[q, b]
-                        Minv[a, b] = x
-                        Minv[b, a] = x
-                for a in range(r):
-                    x = 0.0
-                    for b in range(r):
-                        x += Minv[a, b] * bq[b]
-                    gamma[a] = x
-                # the residuals' sums
-                for i in range(n):
-                    res[i] = y[i]
-                for a in range(r):
-                    g = gamma[a]
-                    for i in range(n):
-                        res[i] -= Qt[a, i] * g
-                quad = 0.0
-                wr2 = 0.0
-                hp = 0.0
-                for i in range(n):
-                    wr = w[i] * res[i]
-                    quad += wr * res[i]
-                    wr2 += wr * wr
-                    ww[i] = w[i] * wr
-                    hp += ww[i] * wr
-                for a in range(r):
-                    x = 0.0
-                    for i in range(n):
-                        x += ww[i] * Qt[a, i]
-                    z[a] = x
-                trMT = 0.0
-                trMU = 0.0
-                e = 0
-                for a in range(r):
-                    for b in range(a, r):
-                        factor = 1.0 if a == b else 2.0
-                        trMT += factor * Minv[a, b] * Tp[e]
-                        trMU += factor * Minv[a, b] * Up[e]
-                        e += 1
-                for a in range(r):
-                    for b in range(r):
-                        x = 0.0
-                        for q in range(r):
-                            x += Minv[a, q] * T[q, b]
-                        MT[a, b] = x
-                both = 0.0
-                proj = 0.0
-                for a in range(r):
-                    for b in range(r):
-                        both += MT[a, b] * MT[b, a]
-                        proj += z[a] * Minv[a, b] * z[b]
+                        for b in range(rk):
+                            x += Minv[a, b] * bq[b]
+                        gamma[a] = x
+                    # the residuals' sums
+                    if rk == 3:
+                        g0, g1, g2 = gamma[0], gamma[1], gamma[2]
+                        quad = wr2 = hp = z0 = z1 = z2 = 0.0
+                        for i in range(npad):
+                            ri = y[i] - Qt[0, i] * g0 - Qt[1, i] * g1 - Qt[2, i] * g2
+                            wr = w[i] * ri
+                            quad += wr * ri
+                            wr2 += wr * wr
+                            wwi = w[i] * wr
+                            hp += wwi * wr
+                            z0 += wwi * Qt[0, i]
+                            z1 += wwi * Qt[1, i]
+                            z2 += wwi * Qt[2, i]
+                        z[0], z[1], z[2] = z0, z1, z2
+                    else:
+                        for i in range(npad):
+                            res[i] = y[i]
+                        for a in range(rk):
+                            g = gamma[a]
+                            for i in range(npad):
+                                res[i] -= Qt[a, i] * g
+                        quad = 0.0
+                        wr2 = 0.0
+                        hp = 0.0
+                        for i in range(npad):
+                            wr = w[i] * res[i]
+                            quad += wr * res[i]
+                            wr2 += wr * wr
+                            ww[i] = w[i] * wr
+                            hp += ww[i] * wr
+                        for a in range(rk):
+                            x = 0.0
+                            for i in range(npad):
+                                x += ww[i] * Qt[a, i]
+                            z[a] = x
+                    trMT = 0.0
+                    trMU = 0.0
+                    e = 0
+                    for a in range(rk):
+                        for b in range(a, rk):
+                            factor = 1.0 if a == b else 2.0
+                            trMT += factor * Minv[a, b] * Tp[e]
+                            trMU += factor * Minv[a, b] * Up[e]
+                            e += 1
+                    for a in range(rk):
+                        for b in range(rk):
+                            x = 0.0
+                            for q in range(rk):
+                                x += Minv[a, q] * T[q, b]
+                            MT[a, b] = x
+                    both = 0.0
+                    proj = 0.0
+                    for a in range(rk):
+                        for b in range(rk):
+                            both += MT[a, b] * MT[b, a]
+                            proj += z[a] * Minv[a, b] * z[b]
                 score = -0.5 * (sw - trMT - wr2)
                 info = 0.5 * (sw2 - 2 * trMU) + 0.5 * both
                 hess = info - (hp - proj)
@@ -319,6 +423,10 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
                     code = 3
                     final = True  # one more evaluation, at the estimate t
             iterations[j] = evaluations + 2
+            logdet = 0.0
+            for c in range(r):
+                d = L[c, c]
+                logdet += 2 * math.log(d) if d > 0 else (-np.inf if d == 0 else np.nan)
             # the GLS fit at the estimate t (the last state), back in the data's units
             sumlog = 0.0  # sum log(s_i + t): logs of products of at most ~1e+-200
             prod = 1.0

@@ -86,6 +86,7 @@ _HALVINGS = 30
 _LEVERAGE_ONE = 1 - 1e-8  # a subject whose OLS leverage is above this is fitted exactly by the design
 # the compiled kernel pays for loading numba and itself (~0.3 s) on blocks of this many effects (subjects x voxels)
 AUTO_COMPILE_ELEMENTS = 1 << 21
+_KERNEL_LANES = 8  # the kernel's sums over subjects run on padded vectors of this many
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,10 +210,12 @@ def _fit_one_group_compiled(design: DesignFactor, Y: NDArray, S: NDArray, max_it
 
     n, v = Y.shape
     p, r = design.n_columns, design.rank
-    Qt = np.ascontiguousarray(design.basis.T)
-    a, b = np.triu_indices(r)
-    QQt = np.ascontiguousarray(Qt[a] * Qt[b])
-    flat_design = bool(n == r or (np.einsum("ai,ai->i", Qt, Qt) > _LEVERAGE_ONE).all())
+    rows = 3 if r in (2, 3) else r  # (the kernel has one pass for up to three columns: zero rows beyond r)
+    Qt = np.zeros((rows, -(-n // _KERNEL_LANES) * _KERNEL_LANES))  # zeros beyond n: whole vectors of subjects
+    Qt[:r, :n] = design.basis.T
+    a, b = np.triu_indices(rows)
+    QQt = Qt[a] * Qt[b]
+    flat_design = bool(n == r or (np.einsum("ia,ia->i", design.basis, design.basis) > _LEVERAGE_ONE).all())
     out = (
         np.empty((p, v)),
         np.empty((v, p, p)),

@@ -101,6 +101,7 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
         extra = Minv_out.shape[0] > 0
         log_2pi = math.log(2 * math.pi)
         flat_bound = (16 * n * 2.220446049250313e-16) ** 2
+        bound = 10.0 ** (290.0 / n)
         y = np.empty(npad)
         s = np.empty(npad)
         w = np.empty(npad)
@@ -122,6 +123,7 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
         bq = np.empty(rk)
         gamma = np.empty(rk)
         z = np.empty(rk)
+        BM = np.empty((p, r))
         for j in range(start, stop):
             for a in range(p):
                 betas[a, j] = np.nan
@@ -225,81 +227,139 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
                     trMU = mi * xu
                     both = trMT * trMT
                     proj = xz * mi * xz
+                elif rk == 3:
+                    # (two or three columns, padded to three: each sum in one pass, the 3 x 3 algebra written out)
+                    sw = sw2 = b0 = b1 = b2 = 0.0
+                    m0 = m1 = m2 = m3 = m4 = m5 = 0.0
+                    t0 = t1 = t2 = t3 = t4 = t5 = 0.0
+                    u0 = u1 = u2 = u3 = u4 = u5 = 0.0
+                    for i in range(npad):
+                        wi = 1.0 / (s[i] + t)
+                        w[i] = wi
+                        wi2 = wi * wi
+                        wi3 = wi2 * wi
+                        sw += wi
+                        sw2 += wi2
+                        wyi = wi * y[i]
+                        b0 += wyi * Qt[0, i]
+                        b1 += wyi * Qt[1, i]
+                        b2 += wyi * Qt[2, i]
+                        q = QQt[0, i]
+                        m0 += wi * q
+                        t0 += wi2 * q
+                        u0 += wi3 * q
+                        q = QQt[1, i]
+                        m1 += wi * q
+                        t1 += wi2 * q
+                        u1 += wi3 * q
+                        q = QQt[2, i]
+                        m2 += wi * q
+                        t2 += wi2 * q
+                        u2 += wi3 * q
+                        q = QQt[3, i]
+                        m3 += wi * q
+                        t3 += wi2 * q
+                        u3 += wi3 * q
+                        q = QQt[4, i]
+                        m4 += wi * q
+                        t4 += wi2 * q
+                        u4 += wi3 * q
+                        q = QQt[5, i]
+                        m5 += wi * q
+                        t5 += wi2 * q
+                        u5 += wi3 * q
+                    # M^-1 by Cholesky, written out (a padded column: M 1 there, its terms 0)
+                    if r == 2:
+                        m5 = 1.0
+                    l00 = math.sqrt(m0) if m0 >= 0 else np.nan
+                    l10 = m1 / l00
+                    l20 = m2 / l00
+                    d = m3 - l10 * l10
+                    l11 = math.sqrt(d) if d >= 0 else np.nan
+                    l21 = (m4 - l20 * l10) / l11
+                    d = m5 - l20 * l20 - l21 * l21
+                    l22 = math.sqrt(d) if d >= 0 else np.nan
+                    i00 = 1.0 / l00
+                    i11 = 1.0 / l11
+                    i22 = 1.0 / l22
+                    i10 = -(l10 * i00) / l11
+                    i21 = -(l21 * i11) / l22
+                    i20 = -(l20 * i00 + l21 * i10) / l22
+                    n00 = i00 * i00 + i10 * i10 + i20 * i20
+                    n01 = i10 * i11 + i20 * i21
+                    n02 = i20 * i22
+                    n11 = i11 * i11 + i21 * i21
+                    n12 = i21 * i22
+                    n22 = i22 * i22
+                    g0 = n00 * b0 + n01 * b1 + n02 * b2
+                    g1 = n01 * b0 + n11 * b1 + n12 * b2
+                    g2 = n02 * b0 + n12 * b1 + n22 * b2
+                    quad = wr2 = hp = z0 = z1 = z2 = 0.0
+                    for i in range(npad):
+                        ri = y[i] - Qt[0, i] * g0 - Qt[1, i] * g1 - Qt[2, i] * g2
+                        wr = w[i] * ri
+                        quad += wr * ri
+                        wr2 += wr * wr
+                        wwi = w[i] * wr
+                        hp += wwi * wr
+                        z0 += wwi * Qt[0, i]
+                        z1 += wwi * Qt[1, i]
+                        z2 += wwi * Qt[2, i]
+                    trMT = n00 * t0 + n11 * t3 + n22 * t5 + 2 * (n01 * t1 + n02 * t2 + n12 * t4)
+                    trMU = n00 * u0 + n11 * u3 + n22 * u5 + 2 * (n01 * u1 + n02 * u2 + n12 * u4)
+                    a00 = n00 * t0 + n01 * t1 + n02 * t2  # M^-1 T
+                    a01 = n00 * t1 + n01 * t3 + n02 * t4
+                    a02 = n00 * t2 + n01 * t4 + n02 * t5
+                    a10 = n01 * t0 + n11 * t1 + n12 * t2
+                    a11 = n01 * t1 + n11 * t3 + n12 * t4
+                    a12 = n01 * t2 + n11 * t4 + n12 * t5
+                    a20 = n02 * t0 + n12 * t1 + n22 * t2
+                    a21 = n02 * t1 + n12 * t3 + n22 * t4
+                    a22 = n02 * t2 + n12 * t4 + n22 * t5
+                    both = a00 * a00 + a11 * a11 + a22 * a22 + 2 * (a01 * a10 + a02 * a20 + a12 * a21)
+                    proj = (
+                        n00 * z0 * z0
+                        + n11 * z1 * z1
+                        + n22 * z2 * z2
+                        + 2 * (n01 * z0 * z1 + n02 * z0 * z2 + n12 * z1 * z2)
+                    )
+                    # (the state the outputs are taken from)
+                    L[0, 0], L[1, 1], L[2, 2] = l00, l11, l22
+                    Minv[0, 0], Minv[0, 1], Minv[0, 2] = n00, n01, n02
+                    Minv[1, 0], Minv[1, 1], Minv[1, 2] = n01, n11, n12
+                    Minv[2, 0], Minv[2, 1], Minv[2, 2] = n02, n12, n22
+                    T[0, 0], T[0, 1], T[0, 2] = t0, t1, t2
+                    T[1, 0], T[1, 1], T[1, 2] = t1, t3, t4
+                    T[2, 0], T[2, 1], T[2, 2] = t2, t4, t5
+                    gamma[0], gamma[1], gamma[2] = g0, g1, g2
                 else:
-                    if rk == 3:  # (two or three columns, padded to three: the sums in one pass)
-                        sw = sw2 = b0 = b1 = b2 = 0.0
-                        m0 = m1 = m2 = m3 = m4 = m5 = 0.0
-                        t0 = t1 = t2 = t3 = t4 = t5 = 0.0
-                        u0 = u1 = u2 = u3 = u4 = u5 = 0.0
+                    sw = 0.0
+                    sw2 = 0.0
+                    for i in range(npad):
+                        wi = 1.0 / (s[i] + t)
+                        w[i] = wi
+                        w2[i] = wi * wi
+                        w3[i] = wi * wi * wi
+                        wy[i] = wi * y[i]
+                        sw += wi
+                        sw2 += wi * wi
+                    for a in range(rk):
+                        x = 0.0
                         for i in range(npad):
-                            wi = 1.0 / (s[i] + t)
-                            w[i] = wi
-                            wi2 = wi * wi
-                            wi3 = wi2 * wi
-                            sw += wi
-                            sw2 += wi2
-                            wyi = wi * y[i]
-                            b0 += wyi * Qt[0, i]
-                            b1 += wyi * Qt[1, i]
-                            b2 += wyi * Qt[2, i]
-                            q = QQt[0, i]
-                            m0 += wi * q
-                            t0 += wi2 * q
-                            u0 += wi3 * q
-                            q = QQt[1, i]
-                            m1 += wi * q
-                            t1 += wi2 * q
-                            u1 += wi3 * q
-                            q = QQt[2, i]
-                            m2 += wi * q
-                            t2 += wi2 * q
-                            u2 += wi3 * q
-                            q = QQt[3, i]
-                            m3 += wi * q
-                            t3 += wi2 * q
-                            u3 += wi3 * q
-                            q = QQt[4, i]
-                            m4 += wi * q
-                            t4 += wi2 * q
-                            u4 += wi3 * q
-                            q = QQt[5, i]
-                            m5 += wi * q
-                            t5 += wi2 * q
-                            u5 += wi3 * q
-                        bq[0], bq[1], bq[2] = b0, b1, b2
-                        Mp[0], Mp[1], Mp[2], Mp[3], Mp[4], Mp[5] = m0, m1, m2, m3, m4, m5
-                        Tp[0], Tp[1], Tp[2], Tp[3], Tp[4], Tp[5] = t0, t1, t2, t3, t4, t5
-                        Up[0], Up[1], Up[2], Up[3], Up[4], Up[5] = u0, u1, u2, u3, u4, u5
-                        for c in range(r, 3):
-                            Mp[c * 3 - c * (c - 1) // 2] = 1.0  # (a padded column: M^-1 1 there, its terms 0)
-                    else:
-                        sw = 0.0
-                        sw2 = 0.0
+                            x += wy[i] * Qt[a, i]
+                        bq[a] = x
+                    for e in range(m):
+                        xm = 0.0
+                        xt = 0.0
+                        xu = 0.0
                         for i in range(npad):
-                            wi = 1.0 / (s[i] + t)
-                            w[i] = wi
-                            w2[i] = wi * wi
-                            w3[i] = wi * wi * wi
-                            wy[i] = wi * y[i]
-                            sw += wi
-                            sw2 += wi * wi
-                        for a in range(rk):
-                            x = 0.0
-                            for i in range(npad):
-                                x += wy[i] * Qt[a, i]
-                            bq[a] = x
-                        for e in range(m):
-                            xm = 0.0
-                            xt = 0.0
-                            xu = 0.0
-                            for i in range(npad):
-                                qq = QQt[e, i]
-                                xm += w[i] * qq
-                                xt += w2[i] * qq
-                                xu += w3[i] * qq
-                            Mp[e] = xm
-                            Tp[e] = xt
-                            Up[e] = xu
+                            qq = QQt[e, i]
+                            xm += w[i] * qq
+                            xt += w2[i] * qq
+                            xu += w3[i] * qq
+                        Mp[e] = xm
+                        Tp[e] = xt
+                        Up[e] = xu
                     # M^-1 and log|M| by Cholesky (NaN where M is not positive definite)
                     e = 0
                     for a in range(rk):
@@ -338,42 +398,26 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
                         for b in range(rk):
                             x += Minv[a, b] * bq[b]
                         gamma[a] = x
-                    # the residuals' sums
-                    if rk == 3:
-                        g0, g1, g2 = gamma[0], gamma[1], gamma[2]
-                        quad = wr2 = hp = z0 = z1 = z2 = 0.0
+                    for i in range(npad):
+                        res[i] = y[i]
+                    for a in range(rk):
+                        g = gamma[a]
                         for i in range(npad):
-                            ri = y[i] - Qt[0, i] * g0 - Qt[1, i] * g1 - Qt[2, i] * g2
-                            wr = w[i] * ri
-                            quad += wr * ri
-                            wr2 += wr * wr
-                            wwi = w[i] * wr
-                            hp += wwi * wr
-                            z0 += wwi * Qt[0, i]
-                            z1 += wwi * Qt[1, i]
-                            z2 += wwi * Qt[2, i]
-                        z[0], z[1], z[2] = z0, z1, z2
-                    else:
+                            res[i] -= Qt[a, i] * g
+                    quad = 0.0
+                    wr2 = 0.0
+                    hp = 0.0
+                    for i in range(npad):
+                        wr = w[i] * res[i]
+                        quad += wr * res[i]
+                        wr2 += wr * wr
+                        ww[i] = w[i] * wr
+                        hp += ww[i] * wr
+                    for a in range(rk):
+                        x = 0.0
                         for i in range(npad):
-                            res[i] = y[i]
-                        for a in range(rk):
-                            g = gamma[a]
-                            for i in range(npad):
-                                res[i] -= Qt[a, i] * g
-                        quad = 0.0
-                        wr2 = 0.0
-                        hp = 0.0
-                        for i in range(npad):
-                            wr = w[i] * res[i]
-                            quad += wr * res[i]
-                            wr2 += wr * wr
-                            ww[i] = w[i] * wr
-                            hp += ww[i] * wr
-                        for a in range(rk):
-                            x = 0.0
-                            for i in range(npad):
-                                x += ww[i] * Qt[a, i]
-                            z[a] = x
+                            x += ww[i] * Qt[a, i]
+                        z[a] = x
                     trMT = 0.0
                     trMU = 0.0
                     e = 0
@@ -428,30 +472,45 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
                 d = L[c, c]
                 logdet += 2 * math.log(d) if d > 0 else (-np.inf if d == 0 else np.nan)
             # the GLS fit at the estimate t (the last state), back in the data's units
-            sumlog = 0.0  # sum log(s_i + t): logs of products of at most ~1e+-200
+            # sum log(s_i + t): the log of their product where every factor lies within 1/bound..bound (the
+            # product then within 1e+-290), else logs of partial products of at most ~1e+-200
             prod = 1.0
+            outside = 0.0
             for i in range(n):
                 f = s[i] + t
-                if 1e-100 < f < 1e100:
-                    prod *= f
-                    if not 1e-100 < prod < 1e100:
-                        sumlog += math.log(prod)
-                        prod = 1.0
-                else:
-                    sumlog += math.log(f)
-            sumlog += math.log(prod)
+                prod *= f
+                outside += 0.0 if 1 / bound <= f <= bound else 1.0
+            if outside == 0:
+                sumlog = math.log(prod)
+            else:
+                sumlog = 0.0
+                prod = 1.0
+                for i in range(n):
+                    f = s[i] + t
+                    if 1e-100 < f < 1e100:
+                        prod *= f
+                        if not 1e-100 < prod < 1e100:
+                            sumlog += math.log(prod)
+                            prod = 1.0
+                    else:
+                        sumlog += math.log(f)
+                sumlog += math.log(prod)
             finite = np.isfinite(t * k2)
             for a in range(p):
                 x = 0.0
                 for b in range(r):
                     x += B[a, b] * gamma[b]
+                    u = 0.0
+                    for q in range(r):
+                        u += Minv[b, q] * B[a, q]
+                    BM[a, b] = u  # (B M^-1, M^-1 symmetric)
                 betas[a, j] = x * k
-                finite &= np.isfinite(betas[a, j])
+                finite &= np.isfinite(x * k)
+            for a in range(p):
                 for c in range(a, p):
                     x = 0.0
                     for b in range(r):
-                        for q in range(r):
-                            x += B[a, b] * Minv[b, q] * B[c, q]
+                        x += BM[a, b] * B[c, b]
                     x *= k2
                     covariance[j, a, c] = x
                     covariance[j, c, a] = x

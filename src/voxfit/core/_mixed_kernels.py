@@ -157,9 +157,11 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
             k2 = k * k
             scale = 0.0
             yy = 0.0
+            inv_k = 1.0 / k
+            inv_k2 = 1.0 / k2
             for i in range(n):
-                y[i] = y[i] / k
-                s[i] = s[i] / k2
+                y[i] = y[i] * inv_k
+                s[i] = s[i] * inv_k2
                 scale += s[i]
                 yy += y[i] * y[i]
             scale /= n

@@ -49,6 +49,7 @@ fit whose numbers are not finite (first-level variances too far apart for float6
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,7 @@ _LEVERAGE_ONE = 1 - 1e-8  # a subject whose OLS leverage is above this is fitted
 # the compiled kernel pays for loading numba and itself (~0.3 s) on blocks of this many effects (subjects x voxels)
 AUTO_COMPILE_ELEMENTS = 1 << 21
 _KERNEL_LANES = 8  # the kernel's sums over subjects run on padded vectors of this many
+_KERNEL_DESIGNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # DesignFactor -> _kernel_design
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,12 +212,6 @@ def _fit_one_group_compiled(design: DesignFactor, Y: NDArray, S: NDArray, max_it
 
     n, v = Y.shape
     p, r = design.n_columns, design.rank
-    rows = 3 if r in (2, 3) else r  # (the kernel has one pass for up to three columns: zero rows beyond r)
-    Qt = np.zeros((rows, -(-n // _KERNEL_LANES) * _KERNEL_LANES))  # zeros beyond n: whole vectors of subjects
-    Qt[:r, :n] = design.basis.T
-    a, b = np.triu_indices(rows)
-    QQt = Qt[a] * Qt[b]
-    flat_design = bool(n == r or (np.einsum("ia,ia->i", design.basis, design.basis) > _LEVERAGE_ONE).all())
     out = (
         np.empty((p, v)),
         np.empty((v, p, p)),
@@ -226,7 +222,7 @@ def _fit_one_group_compiled(design: DesignFactor, Y: NDArray, S: NDArray, max_it
     )
     wanted = v if len(contrasts) else 0  # M^-1, T and the information, for the Satterthwaite dof
     extra = (np.empty((wanted, r, r)), np.empty((wanted, r, r)), np.empty(wanted))
-    args = (Qt, QQt, np.ascontiguousarray(design.basis_pinv), _design_constant(design), flat_design, max_iter, tol)
+    args = (*_kernel_design(design), max_iter, tol)
 
     def call(start: int, stop: int) -> None:
         mixed_one_group(Y, S, start, stop, *args, out, extra)
@@ -243,6 +239,24 @@ def _fit_one_group_compiled(design: DesignFactor, Y: NDArray, S: NDArray, max_it
                 d[ok] = satterthwaite_dof(design.basis_pinv, w, Minv, T[None], info[:, None, None])
         dof.append(d)
     return MixedBlock(betas, covariance, tau2, outcome, loglik, iterations, tuple(dof))
+
+
+def _kernel_design(design: DesignFactor) -> tuple:
+    """What the kernel takes of a design, computed once per design (the engine calls it for every block): Q' and
+    the products of its rows, zero-padded (rows to three for two or three columns, subjects to whole vectors),
+    the betas from the basis, log pdet(X'X), and whether the design fits every subject exactly."""
+    cached = _KERNEL_DESIGNS.get(design)
+    if cached is not None:
+        return cached
+    n, r = design.basis.shape
+    rows = 3 if r in (2, 3) else r  # (the kernel has one pass for up to three columns: zero rows beyond r)
+    Qt = np.zeros((rows, -(-n // _KERNEL_LANES) * _KERNEL_LANES))
+    Qt[:r, :n] = design.basis.T
+    a, b = np.triu_indices(rows)
+    flat_design = bool(n == r or (np.einsum("ia,ia->i", design.basis, design.basis) > _LEVERAGE_ONE).all())
+    cached = (Qt, Qt[a] * Qt[b], np.ascontiguousarray(design.basis_pinv), _design_constant(design), flat_design)
+    _KERNEL_DESIGNS[design] = cached
+    return cached
 
 
 # ---------------------------------------------------------------------------------------------------- outputs

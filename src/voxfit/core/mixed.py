@@ -40,6 +40,11 @@ Maximisation, all voxels of a block together (a voxel stops when its step is bel
   that are positive or whose score is positive, the step projected onto tau2 >= 0 and halved until the
   restricted likelihood increases (Armijo), then a scaled projected gradient if that fails.
 
+A mixed model of one variance group is fitted by default, on large blocks or once numba is loaded
+(:func:`use_compiled_mixed`), by a compiled kernel (``voxfit.core._mixed_kernels``) that runs these steps voxel by
+voxel without the (n, v) temporaries of the numpy path, ~7x faster; its numbers equal the numpy path's to
+rounding (tested to 1e-10), which remains the path of several groups, ``fixed`` and ``ols``.
+
 Voxels that cannot be fitted get NaN outputs and an outcome code (:data:`OUTCOMES`): non-finite effects; a
 first-level variance that is zero, negative or not finite in some subject (mixed and fixed); a flat
 likelihood (mixed: no residual degrees of freedom, effects fitted exactly by the design, e.g. all equal in a

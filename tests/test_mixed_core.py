@@ -9,7 +9,7 @@ from scipy import optimize, stats
 
 import voxfit
 from voxfit.core import factorize
-from voxfit.core.mixed import BAD_VARIANCE, FLAT, INVALID_DATA, OK, OUTCOMES, fit_mixed_block
+from voxfit.core.mixed import BAD_VARIANCE, FLAT, INVALID_DATA, NOT_CONVERGED, OK, OUTCOMES, fit_mixed_block
 from voxfit.exceptions import InputError
 
 # ------------------------------------------------------------------------------------ the reference: textbook REML
@@ -392,3 +392,81 @@ def test_the_core_uses_the_design_factorisation(rng):
     b = fit_mixed_block(factorize(X), Y, s2, codes)
     npt.assert_array_equal(a.tau2, b.tau2)
     npt.assert_array_equal(a.betas, b.betas)
+
+
+# ------------------------------------------------------------------------------ the compiled kernel (one group)
+
+
+def _kernel_problem(rng, n, v, p):
+    """Random voxels with every outcome: estimates at the boundary (tau2 = 0) and inside, flat voxels (constant,
+    fitted exactly), effects not finite, variances zero, negative, NaN or infinite, and voxels in extreme units."""
+    X, Y, s2, _ = random_problem(rng, n, v, 1, p)
+    Y[:, 0] = 3.0
+    Y[:, 1] = X @ rng.standard_normal(p)
+    Y[2, 2], Y[0, 3] = np.nan, -np.inf
+    s2[1, 4], s2[3, 5], s2[5, 6], s2[0, 7] = 0.0, -1.0, np.nan, np.inf
+    s2[:, 8] *= 1e150
+    Y[:, 8] *= 1e75
+    s2[:, 9] *= 1e-150
+    Y[:, 9] *= 1e-75
+    s2[0, 10] *= 1e-3  # one subject far more precise than the others
+    return X, Y, s2
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 5])
+def test_compiled_kernel_equals_the_numpy_path(rng, p):
+    """The kernel runs the numpy path's steps: the same outcomes and evaluations, the same numbers to rounding."""
+    n, v = 17, 300
+    X, Y, s2 = _kernel_problem(rng, n, v, p)
+    contrasts = [np.eye(p)[:1], np.eye(p)[: min(p, 2)]]
+    for max_iter in (200, 2):  # (2: voxels that do not converge, fitted at their last step)
+        ref = fit_mixed_block(X, Y, s2, contrasts=contrasts, max_iter=max_iter, compiled=False)
+        fit = fit_mixed_block(X, Y, s2, contrasts=contrasts, max_iter=max_iter, compiled=True)
+        npt.assert_array_equal(fit.outcome, ref.outcome)
+        npt.assert_array_equal(fit.iterations, ref.iterations)
+        if max_iter == 200:
+            assert {OK, FLAT, INVALID_DATA, BAD_VARIANCE} <= set(ref.outcome.tolist())
+            assert (ref.tau2[0] == 0).sum() > 10 and (ref.tau2[0] > 0).sum() > 10  # the boundary and inside
+        k = np.sqrt(np.abs(s2).mean(axis=0))  # each voxel's units
+        npt.assert_allclose(fit.tau2, ref.tau2, rtol=1e-10, atol=0)
+        npt.assert_allclose(fit.betas / k, ref.betas / k, rtol=1e-10, atol=1e-13)
+        d = np.sqrt(np.einsum("vaa->va", ref.covariance))  # covariances relative to the variances beside them
+        norm = d[:, :, None] * d[:, None, :]
+        npt.assert_allclose(fit.covariance / norm, ref.covariance / norm, rtol=1e-10, atol=1e-10)
+        npt.assert_allclose(fit.loglik, ref.loglik, rtol=1e-12, atol=1e-10)
+        for mine, theirs in zip(fit.contrast_dof, ref.contrast_dof, strict=True):
+            npt.assert_allclose(mine, theirs, rtol=1e-9)
+    assert (ref.outcome == NOT_CONVERGED).any()
+
+
+@pytest.mark.parametrize("p", [1, 3])
+def test_compiled_kernel_equals_textbook_reml(rng, p):
+    n, v = 24, 12
+    X, Y, s2, codes = random_problem(rng, n, v, 1, p)
+    fit = fit_mixed_block(X, Y, s2, compiled=True)
+    assert (fit.outcome == OK).all()
+    for j in range(v):
+        tau, b, cov = reference_fit(X, Y[:, j], s2[:, j], codes, 1)
+        npt.assert_allclose(fit.tau2[:, j], tau, rtol=1e-6, atol=1e-6 * s2[:, j].mean())
+        npt.assert_allclose(fit.betas[:, j], b, rtol=1e-6, atol=1e-9)
+        npt.assert_allclose(fit.covariance[j], cov, rtol=1e-6, atol=1e-12)
+        npt.assert_allclose(fit.loglik[j], reml_loglik(tau, X, Y[:, j], s2[:, j], codes), rtol=1e-10)
+
+
+def test_mixed_effects_on_the_kernel_gives_the_numbers_of_the_numpy_path(rng, monkeypatch):
+    """Blocks and threads on the kernel (chosen once for the whole fit) give the numbers of the numpy path."""
+    n, v = 20, 700
+    X, Y, s2, _ = random_problem(rng, n, v, 1, 3)
+    Y[:, 5] = np.nan
+    args = (X, Y, s2, {"t": [0, 1, 0], "F": "x1; x2"})
+    ref = fit_mixed_block(X, Y, s2, compiled=False)
+    monkeypatch.setattr(voxfit.core.mixed, "AUTO_COMPILE_ELEMENTS", 0)
+    for fit in (
+        voxfit.mixed_effects(*args, dof="satterthwaite", max_memory="40K", n_jobs=2),
+        voxfit.mixed_effects(*args, n_jobs=1),
+    ):
+        npt.assert_array_equal(fit.outcome, ref.outcome)
+        npt.assert_allclose(fit.between_variance, ref.tau2, rtol=1e-10, atol=1e-14)
+        npt.assert_allclose(fit.betas, ref.betas, rtol=1e-10, atol=1e-12)
+        npt.assert_allclose(fit.beta_covariance, ref.covariance, rtol=1e-10)
+    assert voxfit.core.mixed.use_compiled_mixed(0) and not voxfit.core.mixed.use_compiled_mixed(10**9, False)

@@ -16,7 +16,7 @@ from .._progress import Progress
 from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import DesignFactor, Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
-from ..core.mixed import MODELS, OK, OUTCOMES, MixedBlock, fit_mixed_block
+from ..core.mixed import MODELS, OK, OUTCOMES, MixedBlock, fit_mixed_block, use_compiled_mixed
 from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
 
 __all__ = ["MixedFit", "mixed_effects"]
@@ -386,6 +386,7 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     iterations = np.zeros(V, dtype=np.int32)
     contrast_dof = [np.full(V, np.nan) for _ in sat_weights]
     step = _block_voxels(problem)
+    compiled = use_compiled_mixed(design.n_scans * V)  # decided once, from the whole: every block alike
 
     def run(start: int) -> None:
         part = slice(start, min(start + step, V))
@@ -397,6 +398,7 @@ def _fit(problem: _MixedProblem) -> MixedFit:
             model=model,
             n_groups=G,
             contrasts=sat_weights,
+            compiled=compiled,
         )
         betas[:, part], covariance[part], tau2[:, part] = res.betas, res.covariance, res.tau2
         outcome[part], loglik[part], iterations[part] = res.outcome, res.loglik, res.iterations

@@ -192,3 +192,26 @@ def test_a_subject_without_a_variance_map_is_refused(study, capsys):
     assert main(["group", *effects, "--variances", *variances, "-o", str(study["dir"] / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sub-01" in err
+
+
+@pytest.mark.usefixtures("no_reserve")
+def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(study, monkeypatch):
+    """Uncompressed maps (NIfTI files, one per subject) over --max-memory: the fit reads their columns a block
+    at a time, with the numbers of the in-memory fit; compressed ones are refused, naming a cap that holds."""
+    for name in ("stat-effect", "stat-variance"):
+        for path in _maps(study, f"{name}.nii.gz"):
+            nib.save(nib.load(path), path.with_name(f"{name}.nii"))
+    effects, variances = _maps(study, "stat-effect.nii"), _maps(study, "stat-variance.nii")
+    kw = {"design": study["table"], "contrasts": ["age=age"], "variance_groups": "site"}
+    in_memory = SecondLevel(variances=variances, **kw).fit(effects)
+    from voxfit.models import second_level
+
+    read, columns_of = [], second_level.columns_of
+    monkeypatch.setattr(second_level, "columns_of", lambda *a: read.append(1) or columns_of(*a))
+    small = SecondLevel(variances=variances, max_memory="4K", **kw).fit(effects[::-1], study["dir"] / "s")
+    npt.assert_array_equal(small.masker.mask, in_memory.masker.mask)
+    npt.assert_allclose(small.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-10)
+    assert read == [1]  # (the maps were not loaded whole)
+    compressed = SecondLevel(variances=_maps(study, "stat-variance.nii.gz"), max_memory="4K", **kw)
+    with pytest.raises(voxfit.exceptions.InputError, match=r"cannot be read a block of voxels at a time"):
+        compressed.fit(_maps(study, "stat-effect.nii.gz"))

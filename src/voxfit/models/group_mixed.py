@@ -13,9 +13,18 @@ from ..core import working_dtype
 from ..design import first_level_maps, pair_variances, read_groups
 from ..engine.mixed import MixedFit
 from ..exceptions import InputError
-from ..io import Masker, apply_scale, gather, open_reader, statmap_name
+from ..io import Masker, apply_scale, explicit_mask, gather, open_reader, statmap_name
 
-__all__ = ["MODELS", "mixed_record", "paired_inputs", "read_variances", "variance_groups", "write_mixed_maps"]
+__all__ = [
+    "MODELS",
+    "columns_of",
+    "mixed_record",
+    "paired_inputs",
+    "read_variances",
+    "streamed_mask",
+    "variance_groups",
+    "write_mixed_maps",
+]
 
 MODELS = ("mixed", "fixed", "ols")
 MODEL_WORDS = {
@@ -50,12 +59,50 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
     return pair_variances(data, variances, dof=first_level_dof)
 
 
+def variance_reader(paired):
+    """The reader of the variance maps of `paired` (one 4-D file for a 4-D pair)."""
+    return open_reader(list(paired.variances) if paired.volumes is None else paired.variances[0], "variances")
+
+
+def columns_of(reader, paired, masker: Masker):
+    """The effect maps (`reader`) and variance maps of `paired` as column sources of the fitted voxels, read a
+    block of voxels at a time by the fit (maps that do not fit in memory together); None when the files
+    cannot be read by columns (compressed NIfTI, GIFTI, CIFTI) or the volumes of a 4-D pair are reordered."""
+    variances = variance_reader(paired)
+    in_order = paired.volumes is None or list(paired.volumes) == list(range(len(paired.volumes)))
+    effects = reader.column_source(masker.index)
+    if not in_order or effects is None or variances.column_source() is None:
+        return None
+    masker.geometry.check_same(variances.geometry, "the variance maps")
+    return effects, variances.column_source(masker.index)
+
+
+def streamed_mask(reader, mask) -> Masker:
+    """The group mask in one pass over the maps, a slab of them at a time (none held whole): the elements of
+    the explicit `mask`, or else those finite, non-zero and not constant over the maps, as the in-memory
+    group model keeps, finite in every map either way."""
+    n_elements = reader.geometry.n_elements
+    keep = np.ones(n_elements, dtype=bool) if mask is None else explicit_mask(mask, reader.geometry).copy()
+    varies, first = np.zeros(n_elements, dtype=bool), None
+    for _, rows in reader.iter_scans():
+        values = apply_scale(rows, reader.scale)
+        keep &= np.isfinite(values).all(axis=0)
+        if mask is None:
+            keep &= (values != 0).all(axis=0)
+            first = values[0].copy() if first is None else first
+            varies |= (values != first).any(axis=0)
+    if mask is None:
+        keep &= varies
+    if not keep.any():
+        raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
+    return Masker(reader.geometry, keep)
+
+
 def read_variances(paired, masker: Masker) -> np.ndarray:
     """The variance maps of `paired` (in its row order) at the fitted voxels of `masker`, (n, V) in the
     working dtype of the files, scale factors applied. A 4-D variance file is read volume by volume in the
     order of its rows."""
-    source = paired.variances if paired.volumes is None else paired.variances[0]
-    reader = open_reader(list(source) if paired.volumes is None else source, "variances")
+    reader = variance_reader(paired)
     masker.geometry.check_same(reader.geometry, "the variance maps")
     raw = gather(reader, masker.index)
     values = np.asarray(apply_scale(raw, reader.scale), dtype=working_dtype(raw.dtype))

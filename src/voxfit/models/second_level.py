@@ -59,7 +59,16 @@ from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.masking import keep_columns
 from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
 from .glm import columns_on_workers, contrast_items
-from .group_mixed import MODELS, mixed_record, paired_inputs, read_variances, variance_groups, write_mixed_maps
+from .group_mixed import (
+    MODELS,
+    columns_of,
+    mixed_record,
+    paired_inputs,
+    read_variances,
+    streamed_mask,
+    variance_groups,
+    write_mixed_maps,
+)
 from .record import ModelRecord, contrast_record, design_rows_record, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
@@ -550,13 +559,19 @@ class SecondLevel:
                 paths = data = ordered
                 reader = open_reader(data, "inputs")
             need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
-            if execution.budgets.process is not None and need > execution.budgets.process:
-                raise InputError(
-                    f"`max_memory`={execution.max_memory!r} cannot hold the effect and variance maps of a "
-                    f"{kind}-effects model in memory; give at least {size_text(need)}, or fewer voxels (--mask)."
-                )
-            Y, masker = self._load(data, execution.progress)
-            variances = read_variances(pairs, masker)
+            if execution.budgets.process is None or need <= execution.budgets.process:
+                Y, masker = self._load(data, execution.progress)
+                variances = read_variances(pairs, masker)
+            else:  # the maps read a block of voxels at a time by the fit, where their files allow it
+                masker = streamed_mask(reader, self.mask)
+                if (columns := columns_of(reader, pairs, masker)) is None:
+                    raise InputError(
+                        f"`max_memory`={execution.max_memory!r} cannot hold the effect and variance maps of a "
+                        f"{kind}-effects model in memory, and these files cannot be read a block of voxels at a "
+                        f"time (compressed NIfTI, GIFTI, CIFTI); give at least {size_text(need)}, maps in "
+                        "uncompressed NIfTI, .npy, Zarr or HDF5, or fewer voxels (--mask)."
+                    )
+                Y, variances = columns
             groups = variance_groups(self.grp, d, reader.n_scans, order)
             items = self._contrast_items(d.names, d.X.shape[1])
             fl_dof = None if kind != "fixed" or pairs.dof is None else np.asarray(pairs.dof, dtype=float)

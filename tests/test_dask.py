@@ -6,7 +6,7 @@ import numpy as np
 import numpy.testing as npt
 import pytest
 
-from voxfit import SecondLevel, fit, fit_ar, fit_images, load
+from voxfit import SecondLevel, fit, fit_ar, fit_images, load, mixed_effects
 from voxfit.cli import main
 from voxfit.exceptions import InputError
 from voxfit.inference import permutation_test
@@ -248,3 +248,28 @@ def test_fit_command_with_a_small_cap_is_read_by_the_workers(client, tmp_path, m
             np.asarray(nib.load(tmp_path / "dask" / name).dataobj),
             np.asarray(nib.load(tmp_path / "local" / name).dataobj),
         )
+
+
+def test_mixed_effects_on_a_cluster_equal_local_ones(client, tmp_path):
+    """Arrays sent a block per task, and maps in uncompressed NIfTI files read by the workers, a block each:
+    the numbers of the local fit."""
+    rng = np.random.default_rng(7)
+    n, shape = 12, (6, 5, 4)
+    V = int(np.prod(shape))
+    s2 = rng.uniform(1, 10, (n, V))
+    Y = 0.5 + rng.standard_normal((n, V)) * np.sqrt(s2 + 1.0)
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    local = mixed_effects(X, Y, s2, {"slope": [0, 1]}, max_memory="16K")
+    remote = mixed_effects(X, Y, s2, {"slope": [0, 1]}, max_memory="16K", scheduler=client)
+    np.testing.assert_array_equal(remote.contrasts["slope"].t, local.contrasts["slope"].t)
+    effects, variances = [], []
+    for k in range(n):
+        for name, values, out in (("effect", Y, effects), ("variance", s2, variances)):
+            path = tmp_path / f"sub-{k + 1:02d}_{name}.nii"
+            nib.save(nib.Nifti1Image(values[k].reshape(shape, order="F").astype(np.float32), np.eye(4)), path)
+            out.append(path)
+    model = SecondLevel(variances=variances, max_memory="64K")
+    here = model.fit(effects)
+    there = SecondLevel(variances=variances, max_memory="64K", scheduler=client).fit(effects)
+    np.testing.assert_array_equal(there.masker.mask, here.masker.mask)
+    np.testing.assert_allclose(there.parametric["intercept"].t, here.parametric["intercept"].t, rtol=1e-12)

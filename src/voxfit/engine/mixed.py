@@ -115,8 +115,9 @@ def mixed_effects(
     max_memory=None,
     n_jobs: int | None = None,
     progress: bool | None = None,
+    scheduler=None,
 ) -> MixedFit:
-    """Fit a group model to every voxel from the subjects' effects and first-level variances.
+    r"""Fit a group model to every voxel from the subjects' effects and first-level variances.
 
     ``mixed`` (FSL FLAME1, AFNI 3dMEMA): each subject's effect has variance ``s_i^2 + tau2``, its first-level
     variance plus a between-subject variance tau2 estimated at every voxel by restricted maximum likelihood,
@@ -150,9 +151,11 @@ def mixed_effects(
         each contrast's dof at each voxel by Satterthwaite's approximation from the REML information
         (``voxfit.core.mixed.satterthwaite_dof``, as lmerTest computes it; Fai & Cornelius's rule for F).
     execution : voxfit.Execution, optional
-        `max_memory`, `n_jobs` and `progress` in one object; its cap bounds the working memory of the blocks
-        (the ``block`` budget). No scheduler or device: the fit runs on this machine's CPUs.
-    max_memory, n_jobs, progress :
+        `max_memory`, `n_jobs`, `progress` and `scheduler` in one object; its cap bounds the working memory of
+        the blocks (the ``block`` budget). With a Dask `scheduler` (a client or an address) the blocks are tasks
+        on the cluster, with the same numbers; effects and variances that are ``voxfit.io.ColumnSource``\ s of
+        files are read by the workers, a block each; arrays are sent a block per task. No device.
+    max_memory, n_jobs, progress, scheduler :
         Shortcuts for `execution`, as in :func:`voxfit.fit`.
 
     Returns
@@ -166,7 +169,9 @@ def mixed_effects(
     InputError, DataTypeError
         For arguments of the wrong shape, type or value, with the fix.
     """
-    execution = Execution.resolve(execution, max_memory=max_memory, n_jobs=n_jobs, progress=progress)
+    execution = Execution.resolve(
+        execution, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler
+    )
     problem = _mixed_problem(
         X,
         effects,
@@ -195,10 +200,8 @@ def _mixed_problem(
             f"`dof`='satterthwaite' applies to model='mixed' only (model={model!r} estimates no variance "
             "component); give dof='residual'."
         )
-    if execution.scheduler is not None or execution.on_device:
-        raise InputError(
-            "mixed_effects runs on this machine's CPUs; give an `execution` without `scheduler` or `device`."
-        )
+    if execution.on_device:
+        raise InputError("mixed_effects runs on CPUs (this machine's or a Dask cluster's); drop `device`.")
     design = factorize(X, names)
     n = design.n_scans
     effects = _check_maps(effects, "effects", n)
@@ -388,28 +391,30 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     step = _block_voxels(problem)
     compiled = use_compiled_mixed(design.n_scans * V)  # decided once, from the whole: every block alike
 
-    def run(start: int) -> None:
-        part = slice(start, min(start + step, V))
-        res: MixedBlock = fit_mixed_block(
-            design,
-            problem.effects[:, part],
-            None if problem.variances is None else problem.variances[:, part],
-            problem.codes,
-            model=model,
-            n_groups=G,
-            contrasts=sat_weights,
-            compiled=compiled,
-        )
+    block = _Block(design, problem.codes, model, G, sat_weights, compiled)
+
+    def place(part: slice, res: MixedBlock) -> None:
         betas[:, part], covariance[part], tau2[:, part] = res.betas, res.covariance, res.tau2
         outcome[part], loglik[part], iterations[part] = res.outcome, res.loglik, res.iterations
         for full, d in zip(contrast_dof, res.contrast_dof):
             full[part] = d
 
+    def run(start: int) -> None:
+        part = slice(start, min(start + step, V))
+        variances = None if problem.variances is None else problem.variances[:, part]
+        place(part, block(problem.effects[:, part], variances))
+
     starts = range(0, V, step)
-    bar = Progress("group model", len(starts), enabled=problem.execution.progress, min_total=8)
-    with blas_single_threaded():
-        run_in_threads(run, starts, min(problem.workers, len(starts)), bar.update)  # stoppable between blocks
-    bar.close()
+    scheduler = problem.execution.scheduler
+    if scheduler is not None:  # the same blocks as tasks on a Dask cluster: identical numbers
+        spans = [(a, min(a + step, V)) for a in starts]
+        for (a, b), res in zip(spans, _on_cluster(scheduler, block, problem.effects, problem.variances, spans)):
+            place(slice(a, b), res)
+    else:
+        bar = Progress("group model", len(starts), enabled=problem.execution.progress, min_total=8)
+        with blas_single_threaded():
+            run_in_threads(run, starts, min(problem.workers, len(starts)), bar.update)  # stoppable between blocks
+        bar.close()
 
     valid = outcome == OK
     if np.ndim(problem.dof) == 0 and problem.dof <= 0:
@@ -443,6 +448,50 @@ def _fit(problem: _MixedProblem) -> MixedFit:
         design=design,
         dof_kind=problem.dof_kind,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class _Block:
+    """Fits one block of voxels: what every block shares (picklable, sent once to the Dask workers)."""
+
+    design: DesignFactor
+    codes: NDArray
+    model: str
+    n_groups: int
+    contrasts: list
+    compiled: bool
+
+    def __call__(self, effects, variances) -> MixedBlock:
+        return fit_mixed_block(
+            self.design,
+            effects,
+            variances,
+            self.codes,
+            model=self.model,
+            n_groups=self.n_groups,
+            contrasts=self.contrasts,
+            compiled=self.compiled,
+        )
+
+
+def _on_cluster(scheduler, block: _Block, effects, variances, spans) -> list[MixedBlock]:
+    """The blocks `spans` fitted as Dask tasks: maps that workers can read themselves (column sources of
+    files) are sent as their sources, a worker reading its own block; arrays are sent a block per task."""
+    from .._dask import run_tasks
+
+    if getattr(effects, "worker_reads", False) and (variances is None or getattr(variances, "worker_reads", False)):
+        return run_tasks(scheduler, _read_and_fit, (block, effects, variances), spans)
+    calls = [(effects[:, a:b], None if variances is None else variances[:, a:b]) for a, b in spans]
+    return run_tasks(scheduler, _fit_sent, block, calls)
+
+
+def _read_and_fit(shared, a: int, b: int) -> MixedBlock:
+    block, effects, variances = shared
+    return block(effects[:, a:b], None if variances is None else variances[:, a:b])
+
+
+def _fit_sent(block: _Block, effects, variances) -> MixedBlock:
+    return block(effects, variances)
 
 
 def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid: NDArray, dof) -> Stats:

@@ -171,7 +171,9 @@ class SecondLevel:
     (a between-subject variance per group; else `grp`, FSL's design.grp, when given); first_level_dof: the
     fixed-effects model's first-level dof (a number, or one per map) when the folders do not give them; dof:
     ``residual`` (n - rank, FLAME1's) or ``satterthwaite`` (mixed). Mixed and fixed models are parametric (no
-    permutations, clusters or TFCE yet) and run on this machine's CPUs, in memory.
+    permutations, clusters or TFCE yet) and run on CPUs: in memory, or over `max_memory` with maps the fit reads a
+    block of voxels at a time (uncompressed NIfTI, .npy, Zarr, HDF5), or on a Dask `scheduler` (the workers
+    reading such maps themselves).
     """
 
     design: str | PathLike | DataFrame | tuple | None = None
@@ -546,8 +548,8 @@ class SecondLevel:
         """A mixed- or fixed-effects group model of the effect and variance maps `pairs`: the design matched
         to the effect maps (the pairs reordered with them), the effect maps loaded with the group mask, the
         variance maps read at its voxels, :func:`voxfit.mixed_effects`, the maps and model.json written."""
-        if execution.scheduler is not None or execution.on_device:
-            raise InputError(f"--model {kind} runs on this machine's CPUs; drop --scheduler and --device.")
+        if execution.on_device:
+            raise InputError(f"--model {kind} runs on CPUs (this machine's, or a Dask cluster's); drop --device.")
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
@@ -559,7 +561,13 @@ class SecondLevel:
                 paths = data = ordered
                 reader = open_reader(data, "inputs")
             need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
-            if execution.budgets.process is None or need <= execution.budgets.process:
+            on_workers = None
+            if execution.scheduler is not None:  # the workers read the maps by columns where the files allow it
+                on_workers = columns_on_workers(reader, self.mask, execution.scheduler, nonzero=True)
+                execution = replace(execution, scheduler=stack.enter_context(dask_client(execution.scheduler)))
+            if on_workers is not None and (columns := columns_of(reader, pairs, on_workers[1])) is not None:
+                (Y, variances), masker = columns, on_workers[1]
+            elif execution.budgets.process is None or need <= execution.budgets.process:
                 Y, masker = self._load(data, execution.progress)
                 variances = read_variances(pairs, masker)
             else:  # the maps read a block of voxels at a time by the fit, where their files allow it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import working_dtype
+from ..core.mixed import MODELS
 from ..design import first_level_maps, pair_variances, read_groups
 from ..engine.mixed import MixedFit
 from ..exceptions import InputError
@@ -26,7 +27,6 @@ __all__ = [
     "write_mixed_maps",
 ]
 
-MODELS = ("mixed", "fixed", "ols")
 MODEL_WORDS = {
     "mixed": "mixed effects: GLS with each subject's first-level variance plus a between-subject variance "
     "estimated by REML at every voxel (FSL FLAME1, AFNI 3dMEMA)",

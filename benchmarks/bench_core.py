@@ -18,9 +18,9 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
+from _util import best_call
 
 
 def make_data(n: int, p: int, V: int, seed: int = 0):
@@ -33,15 +33,6 @@ def make_data(n: int, p: int, V: int, seed: int = 0):
         beta[-1] = 1000.0
         Y[:, s:e] = X @ beta + 10.0 * rng.standard_normal((n, e - s))
     return X, Y
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def voxfit_job(X, Y, c, with_p=False, **kwargs):
@@ -117,19 +108,21 @@ def main(argv=None) -> int:
     )
 
     rows = []
-    read = best(lambda: Y.sum(), args.repeat)
+    read = best_call(lambda: Y.sum(), args.repeat)
     rows.append(("one read pass over Y (Y.sum())", read))
     pinv32 = np.linalg.pinv(X).astype(np.float32)
     rows.append(
-        ("for scale: the single GEMM pinv(X) @ Y, float32, BLAS threads", best(lambda: pinv32 @ Y, args.repeat))
+        ("for scale: the single GEMM pinv(X) @ Y, float32, BLAS threads", best_call(lambda: pinv32 @ Y, args.repeat))
     )
-    rows.append(("voxfit: fit + residual variance + t contrast with z", best(lambda: voxfit_job(X, Y, c), args.repeat)))
-    rows.append(("  same, with p and -log10 p", best(lambda: voxfit_job(X, Y, c, with_p=True), args.repeat)))
-    rows.append(("  same, one thread (n_jobs=1)", best(lambda: voxfit_job(X, Y, c, n_jobs=1), args.repeat)))
+    rows.append(
+        ("voxfit: fit + residual variance + t contrast with z", best_call(lambda: voxfit_job(X, Y, c), args.repeat))
+    )
+    rows.append(("  same, with p and -log10 p", best_call(lambda: voxfit_job(X, Y, c, with_p=True), args.repeat)))
+    rows.append(("  same, one thread (n_jobs=1)", best_call(lambda: voxfit_job(X, Y, c, n_jobs=1), args.repeat)))
     rows.append(
         (
             "  same, numpy pass instead of the compiled one",
-            best(lambda: voxfit_job(X, Y, c, compiled=False), args.repeat),
+            best_call(lambda: voxfit_job(X, Y, c, compiled=False), args.repeat),
         )
     )
 
@@ -140,7 +133,7 @@ def main(argv=None) -> int:
         for j in range(k):
             np.linalg.lstsq(X, sample[:, j], rcond=None)
 
-    rows.append((f"numpy lstsq, voxel by voxel (from {k} voxels)", best(lstsq_loop, 1) * V / k))
+    rows.append((f"numpy lstsq, voxel by voxel (from {k} voxels)", best_call(lstsq_loop, 1) * V / k))
     try:
         import statsmodels.api as sm
 
@@ -149,14 +142,14 @@ def main(argv=None) -> int:
                 res = sm.OLS(sample[:, j], X).fit()
                 res.t_test(c)
 
-        rows.append((f"statsmodels OLS + t_test, voxel by voxel (from {k} voxels)", best(sm_loop, 1) * V / k))
+        rows.append((f"statsmodels OLS + t_test, voxel by voxel (from {k} voxels)", best_call(sm_loop, 1) * V / k))
     except ImportError:
         print("(statsmodels not installed: pip install '.[bench]')")
     chunk = min(V, 20000)
     rows.append(
         (
             f"numpy lstsq on all voxels at once, float64 (from {chunk})",
-            best(lambda: np.linalg.lstsq(X, Y[:, :chunk].astype(np.float64), rcond=None), 1) * V / chunk,
+            best_call(lambda: np.linalg.lstsq(X, Y[:, :chunk].astype(np.float64), rcond=None), 1) * V / chunk,
         )
     )
 

@@ -33,12 +33,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from _util import best as best_process
-from _util import work_folder
+from _util import best_call, work_folder
 
 DESIGNS = ("one-sample", "covariates")
 CHECKPOINTS = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -101,15 +100,6 @@ def make_data(n: int, V: int, seed: int = 0):
         effects[:, s:e] = 0.3 + np.sqrt(s2 + tau2) * rng.standard_normal((n, e - s))
         variances[:, s:e] = s2
     return effects, variances
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def voxfit_job(kind, E, S, **kwargs):
@@ -216,7 +206,7 @@ def main(argv=None) -> int:
     except ImportError:
         nipy_version = None
         print("(nipy not installed: pip install '.[bench]'; its rows are left out)")
-    read = best(lambda: (E.sum(), S.sum()), args.repeat)
+    read = best_call(lambda: (E.sum(), S.sum()), args.repeat)
     with work_folder(args.keep, "voxfit-bench-mixed-") as folder:
         np.save(folder / "effects.npy", E)
         np.save(folder / "variances.npy", S)
@@ -224,8 +214,8 @@ def main(argv=None) -> int:
         for kind in DESIGNS:
             print(f"\n{kind}: mixed, REML tau2, one t contrast with z")
             voxfit_job(kind, E[:, :1000], S[:, :1000])  # imports
-            one = best(lambda kind=kind: voxfit_job(kind, E, S, n_jobs=1), args.repeat)
-            every = best(lambda kind=kind: voxfit_job(kind, E, S), args.repeat)
+            one = best_call(lambda kind=kind: voxfit_job(kind, E, S, n_jobs=1), args.repeat)
+            every = best_call(lambda kind=kind: voxfit_job(kind, E, S), args.repeat)
             code = VOXFIT_PROCESS.format(bench=str(Path(__file__).parent), folder=str(folder), kind=kind)
             proc = best_process([sys.executable, "-c", code], args.repeat)
             rows = [

@@ -23,26 +23,38 @@ from .memory import plan_blocks
 __all__ = ["check_fit_inputs", "fit", "map_blocks"]
 
 
+def check_data_matrix(a, name: str, n: int, row: str, expected: str):
+    """`a` as an (n, V) numeric array-like, not copied (arrays, memory maps and array-likes pass as they are;
+    lists and pandas objects are converted; a 1-D array is one voxel): one `row` (``scan``, ``subject``) per row
+    of the design, at least one voxel; otherwise an InputError or DataTypeError naming `name`."""
+    check_array_like(a, name, expected)
+    if not hasattr(a, "dtype"):  # lists, pandas objects
+        a = np.asarray(getattr(a, "values", a))
+    if a.dtype.kind not in "biuf":
+        raise DataTypeError(f"`{name}` must be numeric (float or integer); got dtype {a.dtype}.")
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise InputError(f"`{name}` must be 2-D (n_{row}s, n_voxels); got shape {a.shape}.")
+    if a.shape[0] != n:
+        raise InputError(
+            f"`{name}` has {a.shape[0]} rows ({row}s) but the design `X` has {n}; arrange {name} as one row per "
+            f"{row}." + (f" Did you mean {name}.T?" if a.shape[1] == n else "")
+        )
+    if a.shape[1] == 0:
+        raise InputError(f"`{name}` has no voxels (shape {a.shape}).")
+    return a
+
+
 def check_fit_inputs(Y, n_scans: int, n_jobs):
     """Check the data (numeric, (n, V), n matching the design; a 1-D y is one voxel) and `n_jobs`."""
-    check_array_like(
-        Y, "Y", "an (n_scans, n_voxels) array (for image files or nibabel images: voxfit.load or voxfit.fit_images)"
+    Y = check_data_matrix(
+        Y,
+        "Y",
+        n_scans,
+        "scan",
+        "an (n_scans, n_voxels) array (for image files or nibabel images: voxfit.load or voxfit.fit_images)",
     )
-    if not hasattr(Y, "dtype"):  # lists, pandas objects; arrays, memory maps and array-likes pass uncopied
-        Y = np.asarray(getattr(Y, "values", Y))
-    if Y.dtype.kind not in "biuf":
-        raise DataTypeError(f"`Y` must be numeric (float or integer); got dtype {Y.dtype}.")
-    if Y.ndim == 1:
-        Y = Y[:, None]
-    if Y.ndim != 2:
-        raise InputError(f"`Y` must be 2-D (n_scans, n_voxels); got shape {Y.shape}.")
-    if Y.shape[0] != n_scans:
-        raise InputError(
-            f"`Y` has {Y.shape[0]} rows (scans) but the design `X` has {n_scans}; arrange Y as one row per scan."
-            + (" Did you mean Y.T?" if Y.shape[1] == n_scans else "")
-        )
-    if Y.shape[1] == 0:
-        raise InputError(f"`Y` has no voxels (shape {Y.shape}).")
     return Y, resolve_workers(n_jobs)
 
 

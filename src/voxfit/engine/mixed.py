@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .._array import check_array_like
 from .._execution import Execution
 from .._memory import check_memory
 from .._progress import Progress
@@ -17,7 +16,8 @@ from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import DesignFactor, Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
 from ..core.mixed import MODELS, OK, OUTCOMES, MixedBlock, fit_mixed_block, use_compiled_mixed
-from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
+from ..exceptions import DegreesOfFreedomWarning, InputError
+from .fit import check_data_matrix
 
 __all__ = ["MixedFit", "mixed_effects"]
 
@@ -253,23 +253,7 @@ def _mixed_problem(
 
 def _check_maps(a, name: str, n: int):
     """An (n, V) numeric array-like (a 1-D array is one voxel), not copied."""
-    check_array_like(a, f"`{name}`", "an (n_subjects, n_voxels) array")
-    if not hasattr(a, "dtype"):
-        a = np.asarray(getattr(a, "values", a))
-    if a.dtype.kind not in "biuf":
-        raise DataTypeError(f"`{name}` must be numeric (float or integer); got dtype {a.dtype}.")
-    if a.ndim == 1:
-        a = a[:, None]
-    if a.ndim != 2:
-        raise InputError(f"`{name}` must be 2-D (n_subjects, n_voxels); got shape {a.shape}.")
-    if a.shape[0] != n:
-        raise InputError(
-            f"`{name}` has {a.shape[0]} rows but the design `X` has {n}; arrange it as one row per subject."
-            + (" Did you mean its transpose?" if a.shape[1] == n else "")
-        )
-    if a.shape[1] == 0:
-        raise InputError(f"`{name}` has no voxels (shape {a.shape}).")
-    return a
+    return check_data_matrix(a, name, n, "subject", "an (n_subjects, n_voxels) array")
 
 
 def _check_groups(groups, n: int, model: str) -> tuple[NDArray[np.intp], tuple]:

@@ -7,6 +7,7 @@ assembled by hand, subject by subject, from the files."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -215,3 +216,31 @@ def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(study, monkeypat
     compressed = SecondLevel(variances=_maps(study, "stat-variance.nii.gz"), max_memory="4K", **kw)
     with pytest.raises(voxfit.exceptions.InputError, match=r"cannot be read a block of voxels at a time"):
         compressed.fit(_maps(study, "stat-effect.nii.gz"))
+
+
+def test_first_level_folders_by_pattern_matched_to_a_table_by_their_inputs(tmp_path, rng, capsys):
+    """Folders named without sub- labels (fit1, fit2...) whose model.json records sub-<label> inputs: given as
+    a quoted pattern, matched to a participants table by those subjects; none of them may be replaced by the
+    output, even with --force."""
+    n = 30
+    design = pd.DataFrame({"task": (np.arange(n) % 10 < 5).astype(float), "constant": np.ones(n)})
+    order = [3, 1, 4, 2, 5]
+    for k in range(1, 6):
+        data = (100 + rng.standard_normal((*SHAPE, n)) + 0.1 * k * design["task"].to_numpy()).astype(np.float32)
+        bold = tmp_path / f"sub-{k:02d}_bold.nii.gz"
+        nib.save(nib.Nifti1Image(data, np.eye(4)), bold)
+        voxfit.fit_images(bold, design, {"task": "task"}, out_dir=tmp_path / f"fit{order.index(k) + 1}")
+    table = tmp_path / "participants.tsv"
+    pd.DataFrame({"participant_id": [f"sub-{k:02d}" for k in range(1, 6)], "dose": np.arange(5.0)}).to_csv(
+        table, sep="\t", index=False
+    )
+    out = tmp_path / "g"
+    base = ["group", "--first-level", str(tmp_path / "fit*"), "--first-level-contrast", "task", "--design", str(table)]
+    assert main([*base, "--contrast", "dose=dose", "-o", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "model.json").read_text())["settings"]["mixed_effects"]["pairing"]["rows"]
+    assert [r["subject"] for r in rows] == [f"sub-{k:02d}" for k in range(1, 6)]  # the table's order
+    assert [Path(r["map"]).parent.name for r in rows] == [f"fit{order.index(k) + 1}" for k in range(1, 6)]
+    capsys.readouterr()
+    assert main([*base, "--contrast", "dose=dose", "-o", str(tmp_path / "fit1"), "--force"]) == 2
+    assert "fit1" in capsys.readouterr().err
+    assert (tmp_path / "fit1" / "model.json").is_file()

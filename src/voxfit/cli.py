@@ -10,6 +10,7 @@ exit status 1 is kept for voxfit's own bugs.
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 import re
@@ -593,7 +594,10 @@ def _input_paths(args) -> list[str]:
         value = getattr(args, option, None)
         for item in value if isinstance(value, list) else [value] if value is not None else []:
             paths.append(str(item))
-            if not Path(item).is_dir():  # (a folder cannot be replaced by a file anyway)
+            if option == "first_level":  # the maps and model.json read from each folder (or quoted pattern's)
+                folders = [Path(p) for p in glob.glob(str(item))] if glob.has_magic(str(item)) else [Path(item)]
+                paths += [str(p) for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file()]
+            elif not Path(item).is_dir():  # (a folder cannot be replaced by a file anyway)
                 try:
                     paths += [str(p) for p in expand_run(item) or ()]
                 except InputError:

@@ -7,6 +7,10 @@ The estimation itself is :func:`voxfit.mixed_effects` (``voxfit.engine.mixed``, 
 
 from __future__ import annotations
 
+import glob
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 
 from ..core import working_dtype
@@ -14,7 +18,7 @@ from ..core.mixed import MODELS
 from ..design import first_level_maps, pair_variances, read_groups
 from ..engine.mixed import MixedFit
 from ..exceptions import InputError
-from ..io import Masker, apply_scale, explicit_mask, gather, open_reader, statmap_name
+from ..io import Masker, apply_scale, explicit_mask, gather, open_reader, sanitize_label, statmap_name
 
 __all__ = [
     "MODELS",
@@ -45,11 +49,11 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
                 "--first-level folders hold each subject's variance map; drop --variances, or give effect maps "
                 "(not folders) with --variances."
             )
-        folders = data if isinstance(data, list) else [data]
-        paired = first_level_maps(folders, first_level_contrast, read_record=read_record)
-        if first_level_dof is not None:  # the user's dof replace those of the records
-            return pair_variances(list(paired.effects), list(paired.variances), dof=first_level_dof)
-        return paired
+        paired = first_level_maps(_folders(data), first_level_contrast, read_record=read_record)
+        if first_level_dof is None:
+            return paired
+        dof = np.broadcast_to(np.asarray(first_level_dof, dtype=float), (paired.n,))  # (checked as pair_variances)
+        return replace(paired, dof=tuple(float(v) for v in dof))
     if variances is None:
         if first_level_dof is not None:
             raise InputError(
@@ -57,6 +61,20 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
             )
         return None
     return pair_variances(data, variances, dof=first_level_dof)
+
+
+def _folders(data) -> list[Path]:
+    """First-level folders as given: paths, or quoted patterns (``'derivatives/sub-*/'``) matching folders."""
+    folders = []
+    for item in data if isinstance(data, list) else [data]:
+        if glob.has_magic(str(item)):
+            found = sorted(Path(p) for p in glob.glob(str(item)) if Path(p).is_dir())
+            if not found:
+                raise InputError(f"no folder matches the pattern {str(item)!r}; give first-level output folders.")
+            folders += found
+        else:
+            folders.append(Path(item))
+    return folders
 
 
 def variance_reader(paired):
@@ -78,21 +96,19 @@ def columns_of(reader, paired, masker: Masker):
 
 
 def streamed_mask(reader, mask) -> Masker:
-    """The group mask in one pass over the maps, a slab of them at a time (none held whole): the elements of
-    the explicit `mask`, or else those finite, non-zero and not constant over the maps, as the in-memory
-    group model keeps, finite in every map either way."""
-    n_elements = reader.geometry.n_elements
-    keep = np.ones(n_elements, dtype=bool) if mask is None else explicit_mask(mask, reader.geometry).copy()
-    varies, first = np.zeros(n_elements, dtype=bool), None
+    """The group mask of maps not held whole: the elements of the explicit `mask` (as the in-memory and Dask
+    paths fit them: voxels with a non-finite value are counted as not fitted), or else, in one pass over the
+    maps a slab at a time, those finite, non-zero and not constant over the maps, as the in-memory path keeps."""
+    if mask is not None:
+        return Masker(reader.geometry, explicit_mask(mask, reader.geometry))
+    keep = np.ones(reader.geometry.n_elements, dtype=bool)
+    varies, first = np.zeros_like(keep), None
     for _, rows in reader.iter_scans():
         values = apply_scale(rows, reader.scale)
-        keep &= np.isfinite(values).all(axis=0)
-        if mask is None:
-            keep &= (values != 0).all(axis=0)
-            first = values[0].copy() if first is None else first
-            varies |= (values != first).any(axis=0)
-    if mask is None:
-        keep &= varies
+        keep &= np.isfinite(values).all(axis=0) & (values != 0).all(axis=0)
+        first = values[0].copy() if first is None else first
+        varies |= (values != first).any(axis=0)
+    keep &= varies
     if not keep.any():
         raise InputError("no voxel is finite and non-zero in every input map; check the inputs or give --mask.")
     return Masker(reader.geometry, keep)
@@ -130,7 +146,8 @@ def write_mixed_maps(out, masker: Masker, fit: MixedFit) -> None:
     if fit.model == "mixed":
         several = len(fit.groups) > 1
         for g, label in enumerate(fit.groups):
-            name = statmap_name("betweenvariance", ext, *((str(label), "group") if several else ()))
+            entity = (sanitize_label(str(label), "variance group"), "group") if several else ()
+            name = statmap_name("betweenvariance", ext, *entity)
             masker.write(out.path(name), fit.between_variance[g], [f"between-subject variance {label}"])
     if np.ndim(fit.dof) > 0:
         masker.write(out.path(statmap_name("dof", ext)), fit.dof, ["dof"])

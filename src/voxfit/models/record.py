@@ -205,27 +205,33 @@ def schema() -> dict:
     return json.loads((Path(__file__).parent / "model.schema.json").read_text())
 
 
-def contrast_record(expr, stats, weights: bool = True, **more) -> dict:
+AR_DOF = "effective (Satterthwaite) degrees of freedom of the AR model; see voxfit.core.ar"
+MIXED_DOF = "per-voxel degrees of freedom of the group model (Satterthwaite's, or fixed effects' first-level ones)"
+
+
+def contrast_record(expr, stats, weights: bool = True, per_voxel_dof: str = AR_DOF, **more) -> dict:
     """A contrast as model.json records it: its `expr` as given, its weights (unless not `weights`), its kind
-    and degrees of freedom (from its `stats`), and `more` (the group's thresholds and permutations)."""
+    and degrees of freedom (from its `stats`; `per_voxel_dof` says what per-voxel ones are), and `more` (the
+    group's thresholds and permutations)."""
     return {
         "expression": expr if isinstance(expr, str) else np.asarray(expr).tolist(),
         **({"weights": stats.weights.tolist()} if weights else {}),
         "kind": stats.kind,
-        "dof": dof_record(stats.dof),
+        "dof": dof_record(stats.dof, per_voxel_dof),
         **more,
     }
 
 
-def dof_record(dof):
+def dof_record(dof, per_voxel: str = AR_DOF):
     """A contrast's degrees of freedom for model.json: the number, ``[df1, df2]`` for F, and for per-voxel
-    (effective) degrees of freedom their range and median over the voxels that have them."""
+    (effective) degrees of freedom their range and median over the voxels that have them, with what they are
+    (`per_voxel`, in words)."""
     if isinstance(dof, tuple):
-        return [dof_record(d) for d in dof]
+        return [dof_record(d, per_voxel) for d in dof]
     if np.ndim(dof) == 0:
         return float(dof)
     finite = np.asarray(dof)[np.isfinite(dof)]
-    summary = {"per_voxel": "effective (Satterthwaite) degrees of freedom of the AR model; see voxfit.core.ar"}
+    summary = {"per_voxel": per_voxel}
     if finite.size:
         summary.update(min=float(finite.min()), median=float(np.median(finite)), max=float(finite.max()))
     return summary

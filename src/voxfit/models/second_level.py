@@ -69,7 +69,7 @@ from .group_mixed import (
     variance_groups,
     write_mixed_maps,
 )
-from .record import ModelRecord, contrast_record, design_rows_record, input_records
+from .record import MIXED_DOF, ModelRecord, contrast_record, design_rows_record, input_records
 
 __all__ = ["GroupFit", "SecondLevel"]
 
@@ -214,8 +214,9 @@ class SecondLevel:
         data = check_data(inputs, "inputs")  # every argument's type checked before a file or folder is touched
         if isinstance(data, list) and len(data) == 1:
             data = data[0]
-        if isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern or list: the
-            data = files if len(files) > 1 else files[0]  # maps one by one, so that each is matched by its name
+        folders = self.first_level_contrast is not None  # (inputs are first-level folders: not expanded to maps)
+        if not folders and isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern
+            data = files if len(files) > 1 else files[0]  # or list: the maps one by one, each matched by its name
         check_mask(self.mask)
         execution = Execution.resolve(
             self.execution,
@@ -518,9 +519,13 @@ class SecondLevel:
             raise InputError(f"`model` must be mixed, fixed or ols; got {kind!r}.")
         if self.dof not in ("residual", "satterthwaite"):
             raise InputError(f"`dof` must be residual or satterthwaite; got {self.dof!r}.")
+        if kind != "mixed" and (self.variance_groups is not None or self.dof != "residual"):
+            raise InputError("variance groups and Satterthwaite's dof are for --model mixed; drop them.")
+        if kind != "fixed" and self.first_level_dof is not None:
+            raise InputError("--first-level-dof gives the dof of --model fixed; drop it, or use --model fixed.")
+        if self.variance_groups is not None and self.grp is not None:
+            raise InputError("give the variance groups once: --variance-groups COLUMN or --grp FILE, not both.")
         if kind == "ols":
-            if self.variance_groups is not None or self.dof != "residual":
-                raise InputError("variance groups and Satterthwaite's dof are for --model mixed; drop them.")
             return kind
         if not has_variances:
             raise InputError(
@@ -552,14 +557,13 @@ class SecondLevel:
             raise InputError(f"--model {kind} runs on CPUs (this machine's, or a Dask cluster's); drop --device.")
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
-            data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
-            reader = open_reader(data, "inputs")
-            paths = data if isinstance(data, list) else [data]
-            d, ordered, order = self._design(paths, reader.n_scans)
+            reader = open_reader(list(pairs.effects) if pairs.volumes is None else pairs.effects[0], "inputs")
+            # the design's rows matched to the pairs' subjects (a first-level folder's may come from its model.json)
+            d, _, order = self._design(_subject_names(pairs), reader.n_scans)
             pairs = pairs.take(order)
-            if ordered != paths:
-                paths = data = ordered
-                reader = open_reader(data, "inputs")
+            data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
+            paths = data if isinstance(data, list) else [data]
+            reader = open_reader(data, "inputs")
             need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
             on_workers = None
             if execution.scheduler is not None:  # the workers read the maps by columns where the files allow it
@@ -614,6 +618,8 @@ class SecondLevel:
                 )
                 files = out.commit()
         notes = (*d.notes, *pairs.notes, *_outcome_notes(fit))
+        if kind == "fixed" and fl_dof is None:
+            notes += ("fixed effects without every subject's first-level dof: dof n - rank; give --first-level-dof",)
         return replace(self._result(d, paths, masker, fit.contrasts, {}, {}, files), notes=notes, mixed=fit)
 
     def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
@@ -760,6 +766,7 @@ class SecondLevel:
                 label: contrast_record(
                     expr,
                     parametric[label],
+                    per_voxel_dof=MIXED_DOF,
                     p_thresholds=thresholds[label],
                     permutation=None
                     if label not in perms
@@ -868,6 +875,17 @@ def group_memory(
         neighbours += threads * scratch
     fixed += neighbours
     return GroupMemory(data, residuals, results, neighbours, one, cap - fixed, fixed + one, threads)
+
+
+def _subject_names(pairs) -> list:
+    """The names a design's rows are matched by: each effect map's path, under a ``sub-<label>`` folder when the
+    pairing knows the subject and the path does not say it (a first-level folder's subject from its inputs)."""
+    if pairs.volumes is not None:
+        return [pairs.effects[0]]
+    return [
+        Path(f"sub-{s}") / Path(e).name if s is not None and f"sub-{s}" not in str(e) else Path(e)
+        for e, s in zip(pairs.effects, pairs.subjects)
+    ]
 
 
 def _outcome_notes(fit: MixedFit) -> tuple[str, ...]:

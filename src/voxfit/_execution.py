@@ -21,7 +21,7 @@ __all__ = ["BUDGETS", "Budgets", "Execution", "cap_holding", "data_bytes"]
 # OLS engine is at most 8192 voxels, see voxfit.engine.memory).
 BUDGETS = {
     "process": ("the whole process: data, results, working memory and the interpreter", None, "P"),
-    "block": ("the OLS engine's working memory, all threads together (voxfit.engine.memory)", 64 << 20, "P"),
+    "block": ("the OLS and mixed-effects engines' working memory, all threads together", 64 << 20, "P"),
     "ar_block": ("the AR(p) engine's working memory, all threads together (voxfit.engine.ar)", 128 << 20, "P"),
     "batch": ("a batch of shuffles of a permutation test", 256 << 20, "planned by the group model"),
     "stream": ("the cap a one-pass (streamed) fit plans in when streaming is asked for", 2 << 30, "P"),

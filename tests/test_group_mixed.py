@@ -244,3 +244,24 @@ def test_first_level_folders_by_pattern_matched_to_a_table_by_their_inputs(tmp_p
     assert main([*base, "--contrast", "dose=dose", "-o", str(tmp_path / "fit1"), "--force"]) == 2
     assert "fit1" in capsys.readouterr().err
     assert (tmp_path / "fit1" / "model.json").is_file()
+
+
+def test_first_level_folders_with_one_t_contrast_need_no_name(tmp_path, rng, capsys):
+    n = 30
+    design = pd.DataFrame({"task": (np.arange(n) % 10 < 5).astype(float), "constant": np.ones(n)})
+    folders = []
+    for k in range(4):
+        data = (100 + rng.standard_normal((*SHAPE, n))).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / f"b{k}.nii")
+        folders.append(tmp_path / f"sub-{k + 1:02d}")
+        contrasts = {"task": "task"} if k else {"task": "task", "mean": "constant"}
+        voxfit.fit_images(tmp_path / f"b{k}.nii", design, contrasts, out_dir=folders[-1])
+    assert main(["group", "--first-level", *map(str, folders[1:]), "-o", str(tmp_path / "g"), "--quiet"]) == 0
+    assert (
+        json.loads((tmp_path / "g" / "model.json").read_text())["settings"]["mixed_effects"]["pairing"]["contrast"]
+        == "task"
+    )
+    assert main(["group", "--first-level", *map(str, folders), "-o", str(tmp_path / "h")]) == 0  # task in common
+    capsys.readouterr()
+    assert main(["group", "--first-level", str(folders[0]), "-o", str(tmp_path / "i")]) == 2  # two t contrasts
+    assert "the folders have mean, task" in capsys.readouterr().err

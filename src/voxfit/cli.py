@@ -350,7 +350,9 @@ def _get_parser() -> argparse.ArgumentParser:
         help="first-level output folders (voxfit fit, FSL FEAT) instead of maps: each one's effect and variance map",
     )
     mixed.add_argument(
-        "--first-level-contrast", metavar="NAME", help="the contrast taken from each --first-level folder"
+        "--first-level-contrast",
+        metavar="NAME",
+        help="the contrast taken from each --first-level folder (default: their one t contrast, when they have one)",
     )
     mixed.add_argument(
         "--model",
@@ -854,7 +856,7 @@ def _run_group(args, argv, progress) -> int:
         scheduler=args.scheduler,
         device=args.device,
         variances=args.variances,
-        first_level_contrast=args.first_level_contrast,
+        first_level_contrast=(args.first_level_contrast or "") if args.first_level else None,
         model=args.model,
         variance_groups=args.variance_groups,
         first_level_dof=args.first_level_dof,
@@ -884,17 +886,16 @@ def _run_group(args, argv, progress) -> int:
 
 
 def _group_inputs(args) -> list[str]:
-    """The group's maps, or with --first-level its first-level folders (with --first-level-contrast)."""
+    """The group's maps, or with --first-level its first-level folders (--first-level-contrast names the
+    contrast taken from each; without it, the one t contrast voxfit folders have)."""
     if args.first_level is None:
         if args.first_level_contrast is not None:
             raise InputError("--first-level-contrast names the contrast of --first-level FOLDERS; give them.")
         if not args.inputs:
-            raise InputError("give the maps (one per subject), or --first-level FOLDERS with --first-level-contrast.")
+            raise InputError("give the maps (one per subject), or --first-level FOLDERS (first-level output folders).")
         return args.inputs
     if args.inputs:
         raise InputError("give either maps or --first-level folders, not both (the folders hold each subject's maps).")
-    if args.first_level_contrast is None:
-        raise InputError("--first-level needs --first-level-contrast NAME: the contrast to take from each folder.")
     return args.first_level
 
 

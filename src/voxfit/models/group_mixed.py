@@ -49,7 +49,9 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
                 "--first-level folders hold each subject's variance map; drop --variances, or give effect maps "
                 "(not folders) with --variances."
             )
-        paired = first_level_maps(_folders(data), first_level_contrast, read_record=read_record)
+        folders = _folders(data)
+        contrast = first_level_contrast or _only_contrast(folders, read_record)
+        paired = first_level_maps(folders, contrast, read_record=read_record)
         if first_level_dof is None:
             return paired
         dof = np.broadcast_to(np.asarray(first_level_dof, dtype=float), (paired.n,))  # (checked as pair_variances)
@@ -61,6 +63,28 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
             )
         return None
     return pair_variances(data, variances, dof=first_level_dof)
+
+
+def _only_contrast(folders: list[Path], read_record) -> str:
+    """The one t contrast of the voxfit first-level folders, when no contrast is named; refused, naming them,
+    when they have several (or none)."""
+    labels = None
+    for folder in folders:
+        if not (Path(folder) / "model.json").is_file():
+            raise InputError(
+                f"{folder} is not a voxfit output folder (no model.json); name the contrast to take from each "
+                "folder with --first-level-contrast (for FSL FEAT folders: its number, e.g. 1)."
+            )
+        contrasts = read_record(folder).contrasts or {}
+        found = sorted(label for label, entry in contrasts.items() if entry.get("kind", "t") == "t")
+        labels = found if labels is None else [c for c in labels if c in found]
+    if not labels or len(labels) > 1:
+        have = ", ".join(labels) if labels else "no t contrast in common"
+        raise InputError(
+            f"name the contrast to take from each first-level folder with --first-level-contrast "
+            f"(`first_level_contrast`); the folders have {have}."
+        )
+    return labels[0]
 
 
 def _folders(data) -> list[Path]:

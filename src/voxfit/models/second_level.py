@@ -166,7 +166,8 @@ class SecondLevel:
     to the effect maps by subject (``sub-<label>``; see ``voxfit.design.pair_variances``: FSL's cope/varcope
     side by side and 4-D pairs too); first_level_contrast: the inputs are first-level output folders (voxfit's
     or FSL FEAT's) and this contrast's effect and variance maps are taken from each (``voxfit.design.
-    first_level_maps``, with each subject's first-level dof); model: ``mixed`` (the default with variances),
+    first_level_maps``, with each subject's first-level dof; ``""``: the one t contrast voxfit folders have);
+    model: ``mixed`` (the default with variances),
     ``fixed`` or ``ols`` (the default without); variance_groups: the `design` table's column of variance groups
     (a between-subject variance per group; else `grp`, FSL's design.grp, when given); first_level_dof: the
     fixed-effects model's first-level dof (a number, or one per map) when the folders do not give them; dof:

@@ -37,7 +37,7 @@ from ..exceptions import InputError
 from ..io import expand_run, open_map, statmap_name
 from ..io.geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.scans import file_identity
-from .subjects import subject_labels
+from .subjects import listed, subject_labels
 
 __all__ = ["FitRecord", "PairedMaps", "first_level_maps", "pair_variances", "read_fit_record"]
 
@@ -136,7 +136,7 @@ def pair_variances(effects, variances, *, dof=None) -> PairedMaps:
     order = match(effects, variances, e_labels, v_labels)
     variances, variance_maps = [variances[k] for k in order], [variance_maps[k] for k in order]
     _check_grids(effects, variances, [m.geometry for m in effect_maps], [m.geometry for m in variance_maps], e_labels)
-    notes = [_NOTES[matched_by].format(n=len(effects), shown=_some(map(str, effects), 4))]
+    notes = [_NOTES[matched_by].format(n=len(effects), shown=listed(map(str, effects), 4))]
     if dof is not None:
         notes.append("first-level dof as given, in the order of the effect maps")
     return PairedMaps(
@@ -170,7 +170,7 @@ def _pair_variances_iv(effects, variances, dof) -> tuple[list[Path], list[Path],
     if both:
         same = [str(p) for p in effects if file_identity(p) in both]
         raise InputError(
-            f"{_some(same, 3)} is given both as an effect map and as a variance map; give each subject's variance "
+            f"{listed(same, 3)} is given both as an effect map and as a variance map; give each subject's variance "
             "map (stat-variance, varcope) as `variances`."
         )
     if dof is None:
@@ -203,7 +203,7 @@ def _files(value, name: str) -> list[Path]:
     paths = [Path(p) for p in items]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise InputError(f"`{name}`: {_some(missing, 3)} is not a file; give the maps' paths.")
+        raise InputError(f"`{name}`: {listed(missing, 3)} is not a file; give the maps' paths.")
     return paths
 
 
@@ -250,8 +250,8 @@ def _match_by_subject(effects, variances, e_labels, v_labels) -> list[int]:
     no_variance = [f"sub-{label} ({path})" for path, label in zip(effects, e_labels) if label not in where]
     no_effect = [f"sub-{label} ({path})" for path, label in zip(variances, v_labels) if label not in set(e_labels)]
     if no_variance or no_effect:
-        parts = ([f"with an effect map but no variance map: {_some(no_variance, 3)}"] if no_variance else []) + (
-            [f"with a variance map but no effect map: {_some(no_effect, 3)}"] if no_effect else []
+        parts = ([f"with an effect map but no variance map: {listed(no_variance, 3)}"] if no_variance else []) + (
+            [f"with a variance map but no effect map: {listed(no_effect, 3)}"] if no_effect else []
         )
         raise InputError(
             f"{len(effects)} effect maps and {len(variances)} variance maps do not hold the same subjects, "
@@ -264,7 +264,9 @@ def _refuse_twice(paths, labels, what: str) -> None:
     twice = [label for label, c in Counter(labels).items() if c > 1]
     if twice:
         cells = [f"sub-{k} ({', '.join(str(p) for p, label in zip(paths, labels) if label == k)})" for k in twice]
-        raise InputError(f"two or more {what} maps of one subject: {_some(cells, 3)}; give one {what} map per subject.")
+        raise InputError(
+            f"two or more {what} maps of one subject: {listed(cells, 3)}; give one {what} map per subject."
+        )
 
 
 def _match_by_folder(effects, variances, e_labels, v_labels) -> list[int]:
@@ -277,11 +279,11 @@ def _match_by_folder(effects, variances, e_labels, v_labels) -> list[int]:
         unlabelled = [str(p) for p, label in zip(effects + variances, e_labels + v_labels) if label is None]
         if len(effects) != len(variances):
             raise InputError(
-                f"{len(effects)} effect maps but {len(variances)} variance maps, and {_some(unlabelled, 3)} carry "
+                f"{len(effects)} effect maps but {len(variances)} variance maps, and {listed(unlabelled, 3)} carry "
                 "no sub-<label>; give one variance map per effect map, named (or in folders named) sub-<label>."
             )
         raise InputError(
-            f"{_some(unlabelled, 3)} carry no sub-<label> in their file or folder names, and not every effect map "
+            f"{listed(unlabelled, 3)} carry no sub-<label> in their file or folder names, and not every effect map "
             "has its variance map beside it (varcope<N> beside cope<N>, _stat-variance_ beside _stat-effect_); "
             "name the maps or their folders sub-<label>, so that they are matched by subject."
         )
@@ -289,7 +291,7 @@ def _match_by_folder(effects, variances, e_labels, v_labels) -> list[int]:
     twice = [str(f) for f, c in Counter(folders).items() if c > 1]
     if twice:
         raise InputError(
-            f"two or more effect maps in one folder ({_some(twice, 3)}) and no sub-<label> to tell their subjects "
+            f"two or more effect maps in one folder ({listed(twice, 3)}) and no sub-<label> to tell their subjects "
             "apart; give one map per subject, named (or in folders named) sub-<label>."
         )
     return order
@@ -406,7 +408,7 @@ def first_level_maps(folders, contrast: str, *, read_record: Callable | None = N
     if None in dofs:
         unknown = [str(folder) for folder, d in zip(folders, dofs) if d is None]
         notes.append(
-            f"first-level dof unknown for {_some(unknown, 3)}: no dof for any subject (a fixed model needs them)"
+            f"first-level dof unknown for {listed(unknown, 3)}: no dof for any subject (a fixed model needs them)"
         )
     return PairedMaps(
         effects=tuple(effects),
@@ -428,12 +430,12 @@ def _first_level_maps_iv(folders, contrast, read_record) -> tuple[list[Path], st
     missing = [str(p) for p in paths if not p.is_dir()]
     if missing:
         raise InputError(
-            f"`folders`: {_some(missing, 3)} is not a folder; give first-level output folders (voxfit fit's -o, or "
+            f"`folders`: {listed(missing, 3)} is not a folder; give first-level output folders (voxfit fit's -o, or "
             "FEAT's .feat folders)."
         )
     twice = [str(p) for p, c in Counter(file_identity(p) for p in paths).items() if c > 1]
     if twice:
-        raise InputError(f"`folders` names a folder twice ({_some(twice, 3)}); give each first-level folder once.")
+        raise InputError(f"`folders` names a folder twice ({listed(twice, 3)}); give each first-level folder once.")
     if isinstance(contrast, bool) or not isinstance(contrast, (str, numbers.Integral)) or not str(contrast).strip():
         raise InputError(f"`contrast` must be a contrast's label (FEAT: its number or name); got {contrast!r}.")
     if read_record is not None and not callable(read_record):
@@ -567,7 +569,7 @@ def _refuse_same_subject(folders, subjects) -> None:
     if twice:
         cells = [f"sub-{k} ({', '.join(str(f) for f, s in zip(folders, subjects) if s == k)})" for k in twice]
         raise InputError(
-            f"two or more first-level folders of one subject: {_some(cells, 3)}; give one folder per subject "
+            f"two or more first-level folders of one subject: {listed(cells, 3)}; give one folder per subject "
             "(several runs of one subject: fit them together with voxfit fit, one design per run)."
         )
 
@@ -578,7 +580,7 @@ def _subjects_note(folders, names, subjects) -> str:
     none = [str(f) for f, s in zip(folders, subjects) if s is None]
     parts = [f"{by_name} from the folder names"] if by_name else []
     parts += [f"{by_inputs} from the inputs model.json records"] if by_inputs else []
-    parts += [f"none for {_some(none, 3)}"] if none else []
+    parts += [f"none for {listed(none, 3)}"] if none else []
     return f"{len(folders)} first-level folders, in the order given; subjects: {', '.join(parts)}"
 
 
@@ -596,9 +598,3 @@ def _short(value) -> str:
         return f"a {value.ndim}-D array of shape {value.shape}"
     text = " ".join(repr(value).split())
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _some(items, k: int = 6) -> str:
-    items = list(items)
-    shown = ", ".join(map(str, items[:k]))
-    return shown + (f" and {len(items) - k} more" if len(items) > k else "")

@@ -20,7 +20,7 @@ from pathlib import PurePath
 
 from ..exceptions import InputError
 
-__all__ = ["Matching", "match_rows", "normalize_id", "pair_by_subject", "subject_labels"]
+__all__ = ["Matching", "listed", "match_rows", "normalize_id", "pair_by_subject", "subject_labels"]
 
 _SUB = re.compile(r"(?:^|_)sub-([A-Za-z0-9]+)(?=[_.]|$)")
 _MISSING = {"", "n/a", "na", "nan"}
@@ -58,7 +58,8 @@ def _label(name: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _some(items, k: int = 6) -> str:
+def listed(items, k: int = 6) -> str:
+    """The first `k` of `items` for a message, comma-separated, and how many more there are."""
     items = list(items)
     shown = ", ".join(map(str, items[:k]))
     return shown + (f" and {len(items) - k} more" if len(items) > k else "")
@@ -83,24 +84,24 @@ def match_rows(ids, maps, labels, *, what: str, column: str, drop_unmatched: boo
     empty = [k + 1 for k, i in enumerate(ids) if i.lower() in _MISSING or i == "sub-"]
     if empty:
         raise InputError(
-            f"{what}: column {column!r} is empty in row(s) {_some(empty)}; every row needs the id of its participant."
+            f"{what}: column {column!r} is empty in row(s) {listed(empty)}; every row needs the id of its participant."
         )
     keys = [normalize_id(i) for i in ids]
     repeated = [k for k, c in Counter(keys).items() if c > 1]
     if repeated:
         cells = [f"sub-{k} (rows {', '.join(str(r + 1) for r, key in enumerate(keys) if key == k)})" for k in repeated]
-        raise InputError(f"{what}: column {column!r} repeats ids: {_some(cells, 4)}; give each participant one row.")
+        raise InputError(f"{what}: column {column!r} repeats ids: {listed(cells, 4)}; give each participant one row.")
     unlabelled = [str(m) for m, label in zip(maps, labels) if label is None]
     if unlabelled:
         raise InputError(
             f"{what} matches rows by {column!r}, but {len(unlabelled)} map(s) have no sub-<label> in "
-            f"their file or folder names: {_some(unlabelled, 3)}; name the maps (or their folders) "
+            f"their file or folder names: {listed(unlabelled, 3)}; name the maps (or their folders) "
             "sub-<label>, or give a table without ids (rows then match the maps by position)."
         )
     twice = [k for k, c in Counter(labels).items() if c > 1]
     if twice:
         cells = [f"sub-{k} ({', '.join(str(m) for m, label in zip(maps, labels) if label == k)})" for k in twice]
-        raise InputError(f"two or more maps of the same subject: {_some(cells, 3)}; give one map per subject.")
+        raise InputError(f"two or more maps of the same subject: {listed(cells, 3)}; give one map per subject.")
     where = {key: r for r, key in enumerate(keys)}
     missing = [label for label in labels if label not in where]
     if missing:
@@ -109,18 +110,18 @@ def match_rows(ids, maps, labels, *, what: str, column: str, drop_unmatched: boo
         close = [f"sub-{m} ~ {ids[where[bare[m.lstrip('0')]]]!r}" for m in missing if m.lstrip("0") in bare]
         if close:
             hint = (
-                f" (ids differ only in leading zeros: {_some(close, 3)}; labels must be equal, and pandas reads "
+                f" (ids differ only in leading zeros: {listed(close, 3)}; labels must be equal, and pandas reads "
                 "01 as 1 unless told dtype={'participant_id': str})"
             )
         raise InputError(
-            f"{what} has no row for {len(missing)} map(s): {_some(f'sub-{m}' for m in missing)} (matched "
+            f"{what} has no row for {len(missing)} map(s): {listed(f'sub-{m}' for m in missing)} (matched "
             f"by {column!r}){hint}; add their rows or leave those maps out."
         )
     rows = tuple(where[label] for label in labels)
     unmatched = tuple(sorted(set(range(len(ids))) - set(rows)))
     if unmatched and not drop_unmatched:
         raise InputError(
-            f"{what} has {len(unmatched)} row(s) without a map: {_some(ids[r] for r in unmatched)}; "
+            f"{what} has {len(unmatched)} row(s) without a map: {listed(ids[r] for r in unmatched)}; "
             "give their maps, remove the rows, or pass --drop-unmatched-rows (Python: "
             "drop_unmatched_rows=True) to leave them out."
         )
@@ -140,7 +141,7 @@ def pair_by_subject(maps) -> tuple[list[int], list[str | None]]:
         unlabelled = [str(m) for m, label in zip(maps, labels) if label is None]
         raise InputError(
             f"--paired: {len(unlabelled)} map(s) have no sub-<label> in their file or folder names "
-            f"({_some(unlabelled, 3)}) while others do; label every map (pairs then match by subject) "
+            f"({listed(unlabelled, 3)}) while others do; label every map (pairs then match by subject) "
             "or none (pairs match by position)."
         )
     for name, side, paths in (("A", a, maps[:half]), ("B", b, maps[half:])):
@@ -149,13 +150,13 @@ def pair_by_subject(maps) -> tuple[list[int], list[str | None]]:
             cells = [f"sub-{k} ({', '.join(str(m) for m, label in zip(paths, side) if label == k)})" for k in twice]
             raise InputError(
                 f"--paired: the maps of condition {name} (the {half} maps of the "
-                f"{'first' if name == 'A' else 'second'} half) hold a subject twice: {_some(cells, 3)}."
+                f"{'first' if name == 'A' else 'second'} half) hold a subject twice: {listed(cells, 3)}."
             )
     only_a, only_b = [k for k in a if k not in b], [k for k in b if k not in a]
     if only_a or only_b:
         parts = [
-            f"only in A (first half): {_some(f'sub-{k}' for k in only_a)}" if only_a else "",
-            f"only in B (second half): {_some(f'sub-{k}' for k in only_b)}" if only_b else "",
+            f"only in A (first half): {listed(f'sub-{k}' for k in only_a)}" if only_a else "",
+            f"only in B (second half): {listed(f'sub-{k}' for k in only_b)}" if only_b else "",
         ]
         raise InputError(
             f"--paired: the two halves of the maps hold different subjects, {'; '.join(p for p in parts if p)}; "

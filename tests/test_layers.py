@@ -16,6 +16,7 @@ LAYERS = {
     "_checks": 0,
     "_dask": 0,
     "_execution": 0,
+    "_lazy": 0,
     "_memory": 0,
     "_progress": 0,
     "_threads": 0,

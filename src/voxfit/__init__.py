@@ -14,9 +14,8 @@ scipy and ``import voxfit`` pays for nothing until a name is used; the command l
 numerical modules load.
 """
 
-import importlib
-
 from . import exceptions
+from ._lazy import first_use
 from ._version import __version__
 
 __all__ = [
@@ -55,18 +54,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name == "inference":  # voxfit.inference.permutation_test and friends
-        value = importlib.import_module(".inference", __name__)
-        globals()[name] = value
-        return value
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(f".{module}", __name__), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'voxfit' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = first_use(globals(), {"inference": ("inference", None), **_LAZY})

@@ -2,8 +2,7 @@
 subject's first-level effect and variance maps for a group model (:mod:`.paired_maps`, which reads image
 headers: imported on first use, so that ``voxfit design`` does not load the image readers)."""
 
-import importlib
-
+from .._lazy import first_use
 from .events import (
     Design,
     cosine_drift,
@@ -50,13 +49,4 @@ _FIRST_USE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _FIRST_USE:
-        value = getattr(importlib.import_module(f".{_FIRST_USE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = first_use(globals(), _FIRST_USE)

@@ -14,7 +14,7 @@ Names are imported on first use, so that the command line can decide a route (:m
 numerical library) while the numerical modules load.
 """
 
-import importlib
+from .._lazy import first_use
 
 __all__ = [
     "FirstLevel",
@@ -47,13 +47,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = first_use(globals(), _WHERE)

@@ -776,8 +776,12 @@ class ChunkedArrayReader(_RowsReader):
 
 @contextmanager
 def _reading(path: str) -> Iterator[None]:
-    """Errors of reading `path` where a worker reads columns, as InputErrors naming it."""
+    """Errors of reading `path` where a worker reads columns, as InputErrors naming it; a path that is not there
+    is said to be missing where the data are read before any reader opens it (the stores' own openers would
+    call it unreadable)."""
     try:
+        if not Path(path).exists():
+            raise FileNotFoundError(path)
         yield
     except InputError:
         raise
@@ -831,8 +835,6 @@ class ZarrColumns:
 
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         with _reading(self.path):
-            if not Path(self.path).exists():
-                raise FileNotFoundError(self.path)
             return np.asarray(open_zarr(self.path, self.name)[:, lo:hi], dtype=dtype)
 
 
@@ -846,8 +848,6 @@ class HDF5Columns:
 
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         with _reading(self.path):
-            if not Path(self.path).exists():
-                raise FileNotFoundError(self.path)
             array = open_hdf5(self.path, self.name)
             try:
                 return np.asarray(array[:, lo:hi], dtype=dtype)

@@ -558,9 +558,9 @@ class SecondLevel:
             raise InputError(f"--model {kind} runs on CPUs (this machine's, or a Dask cluster's); drop --device.")
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
-            reader = open_reader(list(pairs.effects) if pairs.volumes is None else pairs.effects[0], "inputs")
-            # the design's rows matched to the pairs' subjects (a first-level folder's may come from its model.json)
-            d, _, order = self._design(_subject_names(pairs), reader.n_scans)
+            # the design's rows matched to the pairs' subjects (a first-level folder's may come from its model.json),
+            # before the maps' headers are read, in the design's order
+            d, _, order = self._design(_subject_names(pairs), pairs.n)
             pairs = pairs.take(order)
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
             paths = data if isinstance(data, list) else [data]

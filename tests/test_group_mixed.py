@@ -265,3 +265,24 @@ def test_first_level_folders_with_one_t_contrast_need_no_name(tmp_path, rng, cap
     capsys.readouterr()
     assert main(["group", "--first-level", str(folders[0]), "-o", str(tmp_path / "i")]) == 2  # two t contrasts
     assert "the folders have mean, task" in capsys.readouterr().err
+
+
+def test_first_level_dof_given_for_folders_is_checked(tmp_path, rng, capsys):
+    """--first-level-dof with first-level folders replaces their dof after the same checks as with
+    --variances: a positive number, or one per folder."""
+    folders = []
+    for k in range(4):
+        stats = tmp_path / f"sub-{k + 1:02d}.feat" / "stats"
+        stats.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(rng.standard_normal(SHAPE).astype(np.float32), np.eye(4)), stats / "cope1.nii.gz")
+        nib.save(nib.Nifti1Image(rng.uniform(1, 2, SHAPE).astype(np.float32), np.eye(4)), stats / "varcope1.nii.gz")
+        folders.append(str(stats.parent))
+    base = ["group", "--first-level", *folders, "--first-level-contrast", "1", "--model", "fixed"]
+    assert main([*base, "--first-level-dof", "20", "-o", str(tmp_path / "g"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "g" / "model.json").read_text())["contrasts"]["intercept"]["dof"] == 4 * 20 - 1
+    capsys.readouterr()
+    assert main([*base, "--first-level-dof", "-3", "-o", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`dof` must be a positive number" in err
+    with pytest.raises(voxfit.exceptions.InputError, match="`dof` has 2 values for 4 rows"):
+        SecondLevel(first_level_contrast="1", model="fixed", first_level_dof=[10, 12]).fit(folders)

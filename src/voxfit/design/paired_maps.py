@@ -91,6 +91,11 @@ class PairedMaps:
             return replace(self, volumes=_pick(self.volumes, rows), **picked)
         return replace(self, effects=_pick(self.effects, rows), variances=_pick(self.variances, rows), **picked)
 
+    def with_dof(self, dof) -> PairedMaps:
+        """The same pairs with the first-level dof `dof` (one positive number, or one per row) instead of those
+        found, as `pair_variances` takes them."""
+        return replace(self, dof=_dof_per_row(_checked_dof(dof), self.n, "rows"))
+
     def record(self) -> dict:
         """What model.json records of the pairing: how the maps were matched, the contrast, the notes, and per
         row the ``map``, the ``variance_map``, the ``subject`` (``sub-<label>`` or None), for a 4-D pair the
@@ -173,12 +178,17 @@ def _pair_variances_iv(effects, variances, dof) -> tuple[list[Path], list[Path],
             f"{listed(same, 3)} is given both as an effect map and as a variance map; give each subject's variance "
             "map (stat-variance, varcope) as `variances`."
         )
+    return effects, variances, _checked_dof(dof)
+
+
+def _checked_dof(dof) -> list[float] | None:
+    """`dof` as a list of positive numbers (one, or one per row), or an InputError."""
     if dof is None:
-        return effects, variances, None
+        return None
     values = [dof] if isinstance(dof, numbers.Number) else list(dof) if _is_sequence(dof) else None
     if not values or not all(_positive(v) for v in values):
         raise InputError(f"`dof` must be a positive number or a list of them, one per effect map; got {_short(dof)}.")
-    return effects, variances, [float(v) for v in values]
+    return [float(v) for v in values]
 
 
 def _dof_per_row(dof, n: int, what: str) -> tuple[float, ...] | None:

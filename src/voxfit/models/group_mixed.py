@@ -8,7 +8,6 @@ The estimation itself is :func:`voxfit.mixed_effects` (``voxfit.engine.mixed``, 
 from __future__ import annotations
 
 import glob
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +51,7 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
         folders = _folders(data)
         contrast = first_level_contrast or _only_contrast(folders, read_record)
         paired = first_level_maps(folders, contrast, read_record=read_record)
-        if first_level_dof is None:
-            return paired
-        dof = np.broadcast_to(np.asarray(first_level_dof, dtype=float), (paired.n,))  # (checked as pair_variances)
-        return replace(paired, dof=tuple(float(v) for v in dof))
+        return paired if first_level_dof is None else paired.with_dof(first_level_dof)
     if variances is None:
         if first_level_dof is not None:
             raise InputError(

@@ -29,9 +29,10 @@ LAYERS = {
     "inference": 3,
     "models": 4,
     "report": 4,
-    "cli": 5,
-    "__init__": 6,
-    "__main__": 6,
+    "bids": 5,
+    "cli": 6,
+    "__init__": 7,
+    "__main__": 7,
 }
 # third-party imports allowed per layer (besides the standard library); numba only inside functions
 THIRD_PARTY = {0: {"numpy"}, 1: {"numpy", "scipy"}, 2: {"numpy", "scipy", "nibabel", "pandas"}}

@@ -1,0 +1,1 @@
+"""``voxfit.bids``: whole studies from BIDS datasets and fMRIPrep derivatives (needs ``pip install 'voxfit[bids]'``)."""

@@ -116,7 +116,14 @@ class PairedMaps:
         variance maps are (by subject, else the ``_stat-dof_`` map beside each ``_stat-effect_`` map; by
         position beside a 4-D pair), each half on its own when `paired`."""
         if _are_paths(dof):
-            return self._with_dof_maps(_files(dof, "first_level_dof"))
+            try:
+                paths = _files(dof, "first_level_dof")
+            except InputError as exc:
+                raise InputError(
+                    f"`dof` must be a positive number or a list of them, one per effect map, or dof maps (files); "
+                    f"got {_short(dof)}: {exc}"
+                ) from None
+            return self._with_dof_maps(paths)
         return replace(self, dof=_dof_per_row(_checked_dof(dof), self.n, "rows"), dof_maps=None)
 
     def _with_dof_maps(self, paths: list[Path]) -> PairedMaps:
@@ -198,7 +205,8 @@ def pair_variances(effects, variances, *, dof=None, paired: bool = False) -> Pai
     """
     effects, variances, dof = _pair_variances_iv(effects, variances, dof)
     maps = _are_paths(dof)
-    pairs = _paired_lists(effects, variances, None if maps else dof) if paired else _pair(effects, variances, dof)
+    numbers = None if maps else dof
+    pairs = _paired_lists(effects, variances, numbers) if paired else _pair(effects, variances, numbers)
     return pairs.with_dof(dof) if maps else pairs
 
 

@@ -591,6 +591,7 @@ class SecondLevel:
                         "maps in NIfTI, .npy, Zarr or HDF5, or fewer voxels (--mask)."
                     )
                 Y, variances = columns
+                self._check_streamed_cap(execution, masker, pairs.n, len(self._contrast_items(d.names, d.X.shape[1])))
             rows = np.concatenate([order, order + len(order)]) if self.paired else order
             groups = variance_groups(self.grp, d, reader.n_scans, rows)
             items = self._contrast_items(d.names, d.X.shape[1])
@@ -639,6 +640,23 @@ class SecondLevel:
         if kind == "fixed" and fl_dof is None:
             notes += ("fixed effects without every subject's first-level dof: dof n - rank; give --first-level-dof",)
         return replace(self._result(d, paths, masker, fit.contrasts, {}, {}, files), notes=notes, mixed=fit)
+
+    def _check_streamed_cap(self, execution: Execution, masker: Masker, n_maps: int, n_contrasts: int) -> None:
+        """Refuse, naming the cap that would, a cap that cannot hold a mixed or fixed model of maps read by
+        columns: the reserve for the interpreter, the per-voxel results (the fit: 2 values per design column and
+        8 more, each contrast's statistics: 6 and 2 of the fit), the maps written (8 bytes per element of the grid,
+        twice) and the blocks of the fit (at most as many bytes as the results again)."""
+        columns = n_maps // 2 + 1 if self.paired else 1  # (the subjects' columns of a paired design, at least)
+        per_voxel = RESULT_VALUES + 2 * columns + n_contrasts * (CONTRAST_VALUES + 2)
+        results = 8 * per_voxel * masker.n_voxels
+        need = reserved_bytes() + 2 * results + 16 * masker.geometry.n_elements
+        if need > execution.budgets.process:
+            raise InputError(
+                f"`max_memory`={execution.max_memory!r} cannot hold a group model of {n_maps} effect and variance "
+                f"maps of {masker.n_voxels:,} voxels read a block of voxels at a time ({size_text(reserved_bytes())} "
+                f"for the interpreter and {size_text(need - reserved_bytes())} for the results and the blocks); give "
+                f"at least {size_text(need)}, or fewer voxels (--mask)."
+            )
 
     @staticmethod
     def _first_level_dof(pairs, masker: Masker):

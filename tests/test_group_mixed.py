@@ -7,6 +7,8 @@ assembled by hand, subject by subject, from the files."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +19,7 @@ import pytest
 
 import voxfit
 from voxfit import SecondLevel
+from voxfit._memory import size_text
 from voxfit.cli import main
 
 SHAPE = (5, 4, 3)
@@ -27,9 +30,21 @@ N = 10
 def study(tmp_path, rng):
     """N subjects' effect and variance maps (first-level variances 1 to 10, between-subject variance 1), a
     participants table in reverse order with age and site."""
-    subjects = [f"{k + 1:02d}" for k in range(N)]
-    age = rng.uniform(20, 60, N)
-    site = np.array(["a", "b"] * (N // 2))
+    return _study(tmp_path, rng, N)
+
+
+@pytest.fixture
+def large_study(tmp_path, rng):
+    """32 subjects: maps that take more memory (16 bytes per subject and voxel in memory) than the results of
+    the fit (about 20 values per voxel), so that a cap can hold the fit of maps read by columns and not the
+    maps."""
+    return _study(tmp_path, rng, 32)
+
+
+def _study(tmp_path, rng, n: int) -> dict:
+    subjects = [f"{k + 1:02d}" for k in range(n)]
+    age = rng.uniform(20, 60, n)
+    site = np.array(["a", "b"] * (n // 2))
     for k, s in enumerate(subjects):
         folder = tmp_path / f"sub-{s}"
         folder.mkdir()
@@ -40,7 +55,7 @@ def study(tmp_path, rng):
     table = tmp_path / "participants.tsv"
     frame = pd.DataFrame({"participant_id": [f"sub-{s}" for s in subjects], "age": age, "site": site})
     frame.iloc[::-1].to_csv(table, sep="\t", index=False)
-    return {"dir": tmp_path, "subjects": subjects, "age": age, "site": site, "table": table}
+    return {"dir": tmp_path, "subjects": subjects, "age": age, "site": site, "table": table, "n": n}
 
 
 def _maps(study, name):
@@ -196,9 +211,11 @@ def test_a_subject_without_a_variance_map_is_refused(study, capsys):
 
 
 @pytest.mark.usefixtures("no_reserve")
-def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(study, monkeypatch):
-    """Uncompressed maps (NIfTI files, one per subject) over --max-memory: the fit reads their columns a block
-    at a time, with the numbers of the in-memory fit; compressed ones are refused, naming a cap that holds."""
+def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(large_study, monkeypatch, tmp_path):
+    """Maps over --max-memory, uncompressed or compressed (NIfTI files, one per subject): the fit reads their
+    columns a block at a time, compressed ones decompressed once into a temporary file that is gone after the
+    run; the numbers are those of the in-memory fit. A cap that cannot hold the fit's results is refused."""
+    study = large_study
     for name in ("stat-effect", "stat-variance"):
         for path in _maps(study, f"{name}.nii.gz"):
             nib.save(nib.load(path), path.with_name(f"{name}.nii"))
@@ -209,13 +226,261 @@ def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(study, monkeypat
 
     read, columns_of = [], second_level.columns_of
     monkeypatch.setattr(second_level, "columns_of", lambda *a: read.append(1) or columns_of(*a))
-    small = SecondLevel(variances=variances, max_memory="4K", **kw).fit(effects[::-1], study["dir"] / "s")
+    small = SecondLevel(variances=variances, max_memory="24K", **kw).fit(effects[::-1], study["dir"] / "s")
     npt.assert_array_equal(small.masker.mask, in_memory.masker.mask)
     npt.assert_allclose(small.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-10)
     assert read == [1]  # (the maps were not loaded whole)
-    compressed = SecondLevel(variances=_maps(study, "stat-variance.nii.gz"), max_memory="4K", **kw)
-    with pytest.raises(voxfit.exceptions.InputError, match=r"cannot be read a block of voxels at a time"):
-        compressed.fit(_maps(study, "stat-effect.nii.gz"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-tmp"))  # (where a run without output writes)
+    (tmp_path / "system-tmp").mkdir()
+    packed = SecondLevel(variances=_maps(study, "stat-variance.nii.gz"), max_memory="24K", **kw)
+    for out in (None, study["dir"] / "c"):
+        streamed = packed.fit(_maps(study, "stat-effect.nii.gz")[::-1], out)
+        npt.assert_allclose(streamed.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-10)
+        npt.assert_allclose(streamed.mixed.between_variance, in_memory.mixed.between_variance, rtol=1e-10)
+    assert read == [1, 1, 1]
+    assert list((tmp_path / "system-tmp").iterdir()) == []  # the decompressed copies are gone
+    assert not [p.name for p in (study["dir"] / "c").iterdir() if p.name.startswith(".")]
+    with pytest.raises(
+        voxfit.exceptions.InputError, match=r"`max_memory`='8K' cannot hold a group model of 32 .* give at least 18K"
+    ):
+        SecondLevel(variances=variances, max_memory="8K", **kw).fit(effects)
+
+
+@pytest.mark.usefixtures("no_reserve")
+def test_compressed_4d_pairs_are_streamed_and_a_full_disk_is_refused(large_study, monkeypatch, capsys):
+    """One 4-D .nii.gz of effects and one of variances over the cap: decompressed and read by columns, the
+    numbers of the in-memory fit; a disk without room for the decompressed maps is refused in one line naming
+    the output folder and the size, before anything is written."""
+    study, n = large_study, large_study["n"]
+    Y, V = _arrays(study)
+    four_d = {}
+    for name, values in (("effects", Y), ("variances", V)):
+        four_d[name] = study["dir"] / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(values.T.reshape((*SHAPE, n), order="F"), np.eye(4)), four_d[name])
+    in_memory = SecondLevel(variances=four_d["variances"]).fit(four_d["effects"])
+    streamed = SecondLevel(variances=four_d["variances"], max_memory="24K").fit(four_d["effects"], study["dir"] / "g")
+    npt.assert_allclose(streamed.parametric["intercept"].t, in_memory.parametric["intercept"].t, rtol=1e-10)
+    ref = voxfit.mixed_effects(np.ones((n, 1)), Y, V, ["intercept=x0"])
+    npt.assert_allclose(streamed.parametric["intercept"].t, ref.contrasts["intercept"].t[streamed.masker.mask], 1e-6)
+    from voxfit.models import group_mixed
+
+    monkeypatch.setattr(group_mixed.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    out = study["dir"] / "full"
+    argv = ["group", str(four_d["effects"]), "--variances", str(four_d["variances"]), "--max-memory", "24K"]
+    assert main([*argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    need = 2 * (352 + Y.size * 4)  # (each file: its header and its float32 data)
+    assert err.count("\n") == 1 and f"needs {size_text(need)} free in {out}" in err, err
+    assert not out.exists()
+
+
+def _paired_study(root: Path, rng, n: int = 8) -> dict:
+    """n subjects' maps of conditions a and b (folders a/ and b/, sub-<label> file names), first-level variances
+    1 to 10, a between-subject variance 1 and a subject effect shared by both conditions."""
+    values = {c: ([], []) for c in "ab"}
+    for c in "ab":
+        (root / c).mkdir()
+    subject = 3 * rng.standard_normal((n, *SHAPE))
+    for k in range(n):
+        for c, shift in (("a", 0.4), ("b", 0.0)):
+            v = rng.uniform(1, 10, SHAPE)
+            e = subject[k] + shift + rng.standard_normal(SHAPE) * np.sqrt(v + 1)
+            nib.save(nib.Nifti1Image(e.astype(np.float32), np.eye(4)), root / c / f"sub-{k + 1:02d}_stat-effect.nii")
+            nib.save(nib.Nifti1Image(v.astype(np.float32), np.eye(4)), root / c / f"sub-{k + 1:02d}_stat-variance.nii")
+            values[c][0].append(e.astype(np.float32).reshape(-1, order="F"))
+            values[c][1].append(v.astype(np.float32).reshape(-1, order="F"))
+
+    def maps(c, stat):
+        return [root / c / f"sub-{k + 1:02d}_stat-{stat}.nii" for k in range(n)]
+
+    Y = np.vstack([np.stack(values["a"][0]), np.stack(values["b"][0])]).astype(np.float64)
+    V = np.vstack([np.stack(values["a"][1]), np.stack(values["b"][1])]).astype(np.float64)
+    return {"n": n, "maps": maps, "Y": Y, "V": V}
+
+
+def test_paired_mixed_model_is_flames_paired_design(tmp_path, rng):
+    """--paired with variances: the 2n maps, A then B (each half in its own order), against voxfit.mixed_effects
+    on the stacked design built here: the A - B column at +-1/2 and one column per subject."""
+    st = _paired_study(tmp_path, rng)
+    n = st["n"]
+    a, b = st["maps"]("a", "effect"), st["maps"]("b", "effect")
+    va, vb = st["maps"]("a", "variance"), st["maps"]("b", "variance")
+    res = SecondLevel(paired=True, variances=va[::-1] + vb).fit(a[3:] + a[:3] + b[::-1], tmp_path / "g")
+    X = np.column_stack([np.r_[np.full(n, 0.5), np.full(n, -0.5)], np.vstack([np.eye(n), np.eye(n)])])
+    ref = voxfit.mixed_effects(X, st["Y"], st["V"], {"d": [1] + [0] * n})
+    keep = res.masker.mask
+    npt.assert_allclose(res.parametric["intercept"].t, ref.contrasts["d"].t[keep], rtol=1e-6)
+    npt.assert_allclose(res.parametric["intercept"].effect, ref.contrasts["d"].effect[keep], rtol=1e-6)
+    npt.assert_allclose(res.mixed.between_variance, ref.between_variance[:, keep], rtol=1e-6, atol=1e-9)
+    assert res.parametric["intercept"].dof == n - 1
+    rows = json.loads((tmp_path / "g" / "model.json").read_text())["settings"]["mixed_effects"]["pairing"]["rows"]
+    order = [*range(4, n + 1), 1, 2, 3]  # the A maps' order as given; B's rows follow A's subjects
+    assert [(r["condition"], r["subject"]) for r in rows] == [(c, f"sub-{k:02d}") for c in "AB" for k in order]
+    assert all(Path(r["variance_map"]).name == Path(r["map"]).name.replace("effect", "variance") for r in rows)
+    assert all(Path(r["variance_map"]).parent == Path(r["map"]).parent for r in rows)
+
+
+def test_paired_fixed_model_is_the_precision_weighted_paired_difference(tmp_path, rng):
+    """Fixed effects on the paired design equal, by hand, the precision-weighted mean of the differences
+    A - B, each weighted by 1 / (var_A + var_B), its variance 1 / sum of the weights; with equal variances,
+    the plain mean difference and 2 v / n. dof: the sum of the first-level dof minus the rank (n + 1)."""
+    st = _paired_study(tmp_path, rng)
+    n = st["n"]
+    effects = st["maps"]("a", "effect") + st["maps"]("b", "effect")
+    variances = st["maps"]("a", "variance") + st["maps"]("b", "variance")
+    res = SecondLevel(paired=True, variances=variances, model="fixed", first_level_dof=20).fit(effects)
+    keep = res.masker.mask
+    d = st["Y"][:n] - st["Y"][n:]
+    w = 1 / (st["V"][:n] + st["V"][n:])
+    effect, variance = (w * d).sum(0) / w.sum(0), 1 / w.sum(0)
+    stats = res.parametric["intercept"]
+    npt.assert_allclose(stats.effect, effect[keep], rtol=1e-6)
+    npt.assert_allclose(stats.t, (effect / np.sqrt(variance))[keep], rtol=1e-6)
+    assert stats.dof == 2 * n * 20 - (n + 1)
+    for path in variances:  # every first-level variance 2.5: the plain mean difference, variance 2 * 2.5 / n
+        nib.save(nib.Nifti1Image(np.full(SHAPE, 2.5, np.float32), np.eye(4)), path)
+    equal = SecondLevel(paired=True, variances=variances, model="fixed").fit(effects).parametric["intercept"]
+    npt.assert_allclose(equal.effect, d.mean(0)[keep], rtol=1e-6)
+    npt.assert_allclose(equal.t, (d.mean(0) / np.sqrt(2 * 2.5 / n))[keep], rtol=1e-6)
+    assert equal.dof == n - 1
+
+
+def test_paired_4d_pair_equals_the_files(tmp_path, rng):
+    """One 4-D effect file of 2n volumes (A then B) with its 4-D variance file: the numbers of the files."""
+    st = _paired_study(tmp_path, rng)
+    n = st["n"]
+    files = SecondLevel(paired=True, variances=st["maps"]("a", "variance") + st["maps"]("b", "variance")).fit(
+        st["maps"]("a", "effect") + st["maps"]("b", "effect")
+    )
+    for name, values in (("effects", st["Y"]), ("variances", st["V"])):
+        nib.save(
+            nib.Nifti1Image(values.T.reshape((*SHAPE, 2 * n), order="F").astype(np.float32), np.eye(4)),
+            tmp_path / f"{name}.nii.gz",
+        )
+    four_d = SecondLevel(paired=True, variances=tmp_path / "variances.nii.gz").fit(tmp_path / "effects.nii.gz")
+    npt.assert_allclose(four_d.parametric["intercept"].t, files.parametric["intercept"].t, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("other-subject", "--paired: conditions A and B hold different subjects, only in A (first half): sub-01"),
+        ("odd", "--paired needs the effect maps of condition A then those of B (an even number); got 15"),
+        ("fewer-variances", "--paired: 16 effect maps but 14 variance maps"),
+    ],
+)
+def test_paired_refusals_are_one_line(tmp_path, rng, capsys, case, message):
+    st = _paired_study(tmp_path, rng)
+    effects = st["maps"]("a", "effect") + st["maps"]("b", "effect")
+    variances = st["maps"]("a", "variance") + st["maps"]("b", "variance")
+    if case == "other-subject":  # B's sub-01 maps renamed sub-09: a subject of B only
+        for stat, paths in (("effect", effects), ("variance", variances)):
+            moved = tmp_path / "b" / f"sub-09_stat-{stat}.nii"
+            paths[st["n"]].rename(moved)
+            paths[st["n"]] = moved
+    elif case == "odd":
+        effects, variances = effects[:-1], variances[:-1]
+    else:
+        variances = variances[1:-1]
+    out = tmp_path / "refused"
+    argv = ["group", *map(str, effects), "--paired", "--variances", *map(str, variances), "-o", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def _dof_maps(study, rng) -> np.ndarray:
+    """A first-level dof map per subject (10 to 40, varying over voxels), written beside its maps."""
+    dof = rng.integers(10, 40, (study["n"], *SHAPE)).astype(np.float32)
+    for k, path in enumerate(_maps(study, "stat-dof.nii.gz")):
+        nib.save(nib.Nifti1Image(dof[k], np.eye(4)), path)
+    return dof.reshape(N, -1, order="F")
+
+
+def test_first_level_dof_maps_give_the_fixed_effects_dof_per_voxel(study, rng, capsys):
+    """--first-level-dof as maps (one per subject, given in another order, matched by subject): the dof at each
+    voxel is the sum of the subjects' minus the rank (flameo's), written as stat-dof; p from scipy's t with it.
+    One map for every subject, and a 4-D file of one volume per subject, give the same."""
+    from scipy import stats as sps
+
+    dof = _dof_maps(study, rng)
+    effects = list(map(str, _maps(study, "stat-effect.nii.gz")))
+    variances = list(map(str, _maps(study, "stat-variance.nii.gz")))
+    dof_files = list(map(str, _maps(study, "stat-dof.nii.gz")))
+    out = study["dir"] / "g"
+    argv = ["group", *effects, "--variances", *variances, "--model", "fixed", "--quiet"]
+    assert main([*argv, "--first-level-dof", *dof_files[::-1], "-o", str(out)]) == 0
+    expected = dof.sum(0) - 1
+    got = np.asarray(nib.load(out / "stat-dof_statmap.nii.gz").dataobj).reshape(-1, order="F")
+    npt.assert_allclose(got, expected, rtol=1e-6)
+    t = np.asarray(nib.load(out / "contrast-intercept_stat-t_statmap.nii.gz").dataobj).reshape(-1, order="F")
+    p = np.asarray(nib.load(out / "contrast-intercept_stat-p_statmap.nii.gz").dataobj).reshape(-1, order="F")
+    npt.assert_allclose(p, sps.t.sf(t, expected), rtol=1e-4)
+    rows = json.loads((out / "model.json").read_text())["settings"]["mixed_effects"]["pairing"]["rows"]
+    assert [Path(r["dof_map"]).parent.name for r in rows] == [f"sub-{s}" for s in study["subjects"]]
+    four_d = study["dir"] / "dof.nii.gz"
+    nib.save(nib.Nifti1Image(dof.T.reshape((*SHAPE, N), order="F"), np.eye(4)), four_d)
+    assert main([*argv, "--first-level-dof", str(four_d), "-o", str(study["dir"] / "h")]) == 0
+    got = np.asarray(nib.load(study["dir"] / "h" / "stat-dof_statmap.nii.gz").dataobj).reshape(-1, order="F")
+    npt.assert_allclose(got, expected, rtol=1e-6)
+    assert main([*argv, "--first-level-dof", dof_files[0], "-o", str(study["dir"] / "i")]) == 0
+    got = np.asarray(nib.load(study["dir"] / "i" / "stat-dof_statmap.nii.gz").dataobj).reshape(-1, order="F")
+    npt.assert_allclose(got, N * dof[0] - 1, rtol=1e-6)
+    constant = study["dir"] / "constant.nii.gz"
+    nib.save(nib.Nifti1Image(np.full(SHAPE, 25.0, np.float32), np.eye(4)), constant)
+    assert main([*argv, "--first-level-dof", str(constant), "-o", str(study["dir"] / "j")]) == 0
+    assert not (study["dir"] / "j" / "stat-dof_statmap.nii.gz").exists()  # (written only where it varies)
+    record = json.loads((study["dir"] / "j" / "model.json").read_text())
+    assert record["contrasts"]["intercept"]["dof"] == N * 25 - 1
+
+
+@pytest.mark.usefixtures("no_reserve")
+def test_dof_maps_over_the_cap(large_study, rng):
+    """Dof maps with the maps read by columns give the in-memory numbers."""
+    study = large_study
+    _dof_maps(study, rng)
+    kw = {
+        "variances": _maps(study, "stat-variance.nii.gz"),
+        "model": "fixed",
+        "first_level_dof": _maps(study, "stat-dof.nii.gz"),
+    }
+    whole = SecondLevel(**kw).fit(_maps(study, "stat-effect.nii.gz"))
+    streamed = SecondLevel(max_memory="24K", **kw).fit(_maps(study, "stat-effect.nii.gz"))
+    npt.assert_allclose(streamed.parametric["intercept"].dof, whole.parametric["intercept"].dof, rtol=1e-12)
+    npt.assert_allclose(streamed.parametric["intercept"].p, whole.parametric["intercept"].p, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("zero", "is not positive and finite at 1 fitted voxels"),
+        ("count", "`first_level_dof`: 9 maps for 10 rows"),
+        ("missing", "with an effect map but no dof map: sub-01"),
+    ],
+)
+def test_dof_map_refusals_are_one_line(study, rng, capsys, case, message):
+    dof = _dof_maps(study, rng)
+    files = list(map(str, _maps(study, "stat-dof.nii.gz")))
+    if case == "zero":
+        bad = dof[3].reshape(SHAPE, order="F").copy()
+        bad[1, 1, 1] = 0
+        nib.save(nib.Nifti1Image(bad, np.eye(4)), files[3])
+    elif case == "count":
+        files = files[1:]
+    else:
+        moved = Path(files[0]).parent.parent / "sub-77" / "stat-dof.nii.gz"
+        moved.parent.mkdir()
+        Path(files[0]).rename(moved)
+        files[0] = str(moved)
+    effects = list(map(str, _maps(study, "stat-effect.nii.gz")))
+    variances = list(map(str, _maps(study, "stat-variance.nii.gz")))
+    out = study["dir"] / "refused"
+    argv = ["group", *effects, "--variances", *variances, "--model", "fixed", "--first-level-dof", *files]
+    assert main([*argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
 
 
 def test_first_level_folders_by_pattern_matched_to_a_table_by_their_inputs(tmp_path, rng, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,6 +325,48 @@ def test_commands_stop_within_two_seconds_of_a_signal(workload, tmp_path, phase,
     assert err == "voxfit: interrupted; no output was written.\n"
     assert took < 2.0, f"{phase}: {took:.2f} s from {sig.name} to the exit"
     assert list(tmp_path.iterdir()) == []  # no output folder, no hidden partial folder, nothing beside it
+
+
+@pytest.fixture(scope="module")
+def mixed_work(tmp_path_factory):
+    """A 4-D pair of 40 effect and 40 variance maps on 553 k voxels (88 MB each), uncompressed and gzipped, and
+    FSL's design.grp of two variance groups: a mixed-effects group fit of 5 s (one group, the compiled kernel;
+    measured on two busy cores), 34 s (two groups)."""
+    from voxfit.io import open_gzip
+
+    folder = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(2)
+    shape = (96, 96, 60, 40)
+    v = rng.uniform(1, 10, shape).astype(np.float32)
+    e = (0.3 + rng.standard_normal(shape, dtype=np.float32) * np.sqrt(v + 1)).astype(np.float32)
+    for name, values in (("effects", e), ("variances", v)):
+        nib.save(nib.Nifti1Image(values, np.eye(4)), folder / f"{name}.nii")
+        with open(folder / f"{name}.nii", "rb") as src, open_gzip(folder / f"{name}.nii.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    groups = "\n".join(["1"] * 20 + ["2"] * 20)
+    (folder / "design.grp").write_text(f"/NumWaves 1\n/NumPoints 40\n/Matrix\n{groups}\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("extension", "options", "delay"),
+    [
+        ("nii", [], 1.0),  # in memory, during the fit (compiled kernel)
+        ("nii", ["--grp", "GRP"], 2.0),  # two variance groups
+        ("nii.gz", ["--max-memory", "600M"], 0.3),  # over the cap: while the maps are decompressed
+        ("nii.gz", ["--max-memory", "600M"], 1.5),  # ...or while the fit reads them a block at a time
+    ],
+)
+def test_a_mixed_fit_stops_within_two_seconds_of_ctrl_c(mixed_work, tmp_path, extension, options, delay):
+    """SIGINT during a mixed-effects group fit: exit 130 within 2 s, one line, and no output folder, partial
+    folder or decompressed temporary left behind."""
+    maps = [mixed_work / f"effects.{extension}", "--variances", mixed_work / f"variances.{extension}"]
+    options = [mixed_work / "design.grp" if o == "GRP" else o for o in options]
+    code, took, err = _interrupt(tmp_path, ["group", *maps, *options], signal.SIGINT, "folder", delay)
+    assert code == 130, err
+    assert err == "voxfit: interrupted; no output was written.\n"
+    assert took < 2.0, f"{took:.2f} s from SIGINT to the exit"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("phase", ["writing", "permutations"])

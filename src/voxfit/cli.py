@@ -98,6 +98,9 @@ output folders with --first-level (voxfit's or FEAT's) and --first-level-contras
 --model mixed (the default with variances) estimates a between-subject variance at every voxel (per variance
 group) by REML, fixed weighs by the first-level variances alone, ols ignores them. Voxels that cannot be fitted
 (a zero or missing variance, a flat likelihood) are NaN and counted in the summary and model.json.
+With --paired (the A maps, then the B maps; --variances in the same two halves) the model is FLAME's paired
+design: 2n rows, the design over A - B and one column per subject. --first-level-dof takes numbers or dof maps
+(one for all, a 4-D file of one volume per map, or one per subject matched as the variances are).
 """
 
 
@@ -365,7 +368,11 @@ def _get_parser() -> argparse.ArgumentParser:
         help="the --design table's column of variance groups: a between-subject variance each (else --grp's)",
     )
     mixed.add_argument(
-        "--first-level-dof", type=float, metavar="DOF", help="fixed effects: each subject's first-level dof"
+        "--first-level-dof",
+        nargs="+",
+        type=_number_or_path,
+        metavar="DOF",
+        help="fixed effects: the subjects' first-level dof: a number, one per map, or dof maps (NIfTI)",
     )
     mixed.add_argument(
         "--dof",
@@ -859,7 +866,7 @@ def _run_group(args, argv, progress) -> int:
         first_level_contrast=(args.first_level_contrast or "") if args.first_level else None,
         model=args.model,
         variance_groups=args.variance_groups,
-        first_level_dof=args.first_level_dof,
+        first_level_dof=_one_or_list(args.first_level_dof),
         dof=args.dof,
     )
     result = model.fit(inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
@@ -883,6 +890,18 @@ def _run_group(args, argv, progress) -> int:
             f"{len(result.parametric)} contrast(s), {how}; {len(result.files)} files in {args.output}"
         )
     return 0
+
+
+def _number_or_path(text: str) -> float | str:
+    """A number as a float, anything else as it is (a path)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _one_or_list(values: list | None):
+    return values[0] if values is not None and len(values) == 1 else values
 
 
 def _group_inputs(args) -> list[str]:

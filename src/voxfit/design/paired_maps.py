@@ -16,7 +16,11 @@ map (and, for fixed effects, the first-level residual degrees of freedom). They 
   the inputs its ``model.json`` records, and the first-level degrees of freedom.
 
 Both return a :class:`PairedMaps`. Every variance map is checked to lie on its effect map's grid, and every
-effect map on the first one's.
+effect map on the first one's. With ``paired=True`` (a paired design, as ``voxfit group --paired`` takes its maps:
+those of condition A, then those of B) each half is paired as above, the variance maps in the same two halves,
+and the halves hold the same subjects, B's rows put in A's order of subjects. First-level dof come as numbers
+or as maps (:meth:`PairedMaps.with_dof`: one map, a 4-D file of one volume per row, or one map per subject
+matched as the variance maps are).
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ class PairedMaps:
     notes: what was matched how, in sentences, for the user and model.json.
     matched_by: ``subject`` (sub-<label>), ``folder`` (the files of one fit, side by side) or ``volume``.
     contrast: the contrast taken from first-level folders (None for lists of files).
+    paired: the rows are the maps of condition A (the first half), then those of B of the same subjects in the
+    same order (a paired design).
+    dof_maps: each row's first-level dof as a map, ``(file, volume)`` (None: `dof`, numbers, or none).
     """
 
     effects: tuple[Path, ...]
@@ -73,6 +80,8 @@ class PairedMaps:
     notes: tuple[str, ...] = ()
     matched_by: str = "subject"
     contrast: str | None = None
+    paired: bool = False
+    dof_maps: tuple[tuple[Path, int], ...] | None = None
 
     @property
     def n(self) -> int:
@@ -86,15 +95,73 @@ class PairedMaps:
         bad = [r for r in rows if not 0 <= r < self.n]
         if bad:
             raise InputError(f"rows {bad[:6]} are not rows of these {self.n} pairs of maps; give rows 0..{self.n - 1}.")
-        picked = {"subjects": _pick(self.subjects, rows), "dof": None if self.dof is None else _pick(self.dof, rows)}
+        picked = {
+            "subjects": _pick(self.subjects, rows),
+            "dof": None if self.dof is None else _pick(self.dof, rows),
+            "dof_maps": None if self.dof_maps is None else _pick(self.dof_maps, rows),
+        }
         if self.volumes is not None:
             return replace(self, volumes=_pick(self.volumes, rows), **picked)
         return replace(self, effects=_pick(self.effects, rows), variances=_pick(self.variances, rows), **picked)
 
+    def take_pairs(self, rows: Sequence[int]) -> PairedMaps:
+        """Paired rows in another order: pair k of the result (its A row and its B row) is pair ``rows[k]``."""
+        half = self.n // 2
+        return self.take([*rows, *(half + int(r) for r in rows)])
+
     def with_dof(self, dof) -> PairedMaps:
-        """The same pairs with the first-level dof `dof` (one positive number, or one per row) instead of those
-        found, as `pair_variances` takes them."""
-        return replace(self, dof=_dof_per_row(_checked_dof(dof), self.n, "rows"))
+        """The same pairs with the first-level dof `dof` instead of those found: one positive number, or one per
+        row (as `pair_variances` takes them); or maps of per-voxel dof: one map for every row, one 4-D file of
+        one volume per row (in this object's row order), or one map per row, matched to the effect maps as the
+        variance maps are (by subject, else the ``_stat-dof_`` map beside each ``_stat-effect_`` map; by
+        position beside a 4-D pair), each half on its own when `paired`."""
+        if _are_paths(dof):
+            try:
+                paths = _files(dof, "first_level_dof")
+            except InputError as exc:
+                raise InputError(
+                    f"`dof` must be a positive number or a list of them, one per effect map, or dof maps (files); "
+                    f"got {_short(dof)}: {exc}"
+                ) from None
+            return self._with_dof_maps(paths)
+        return replace(self, dof=_dof_per_row(_checked_dof(dof), self.n, "rows"), dof_maps=None)
+
+    def _with_dof_maps(self, paths: list[Path]) -> PairedMaps:
+        readers = [open_map(p) for p in paths]
+        if len(paths) == 1 and readers[0].n_scans in (1, self.n):
+            one = readers[0].n_scans == 1
+            rows = tuple((paths[0], 0 if one else k) for k in range(self.n))
+            note = f"first-level dof map {paths[0]}" + (
+                " for every row" if one else f": volume k the dof of row k, k = 0..{self.n - 1}"
+            )
+        else:
+            several = next(((p, r.n_scans) for p, r in zip(paths, readers) if r.n_scans > 1), None)
+            if several is not None or len(paths) != self.n:
+                got = f"{several[0]} holds {several[1]} maps" if several else f"{len(paths)} maps for {self.n} rows"
+                raise InputError(
+                    f"`first_level_dof`: {got}; give one dof map for every subject, a 4-D file of {self.n} volumes "
+                    "(one per effect map), or one 3-D map per effect map."
+                )
+            rows = tuple((paths[k], 0) for k in self._dof_order(paths))
+            note = f"{len(paths)} first-level dof maps matched to the effect maps as the variance maps are"
+        first = open_map(self.effects[0]).geometry
+        for path, reader in zip(paths, readers):
+            _check_grid(first, reader.geometry, path, f"the effect map {self.effects[0]}", fix="give dof maps on it")
+        return replace(self, dof=None, dof_maps=rows, notes=(*self.notes, note))
+
+    def _dof_order(self, paths: list[Path]) -> list[int]:
+        """The index among `paths` of each row's dof map (one 3-D map per row)."""
+        if self.volumes is not None:
+            return list(range(self.n))
+        halves = [(0, self.n // 2), (self.n // 2, self.n)] if self.paired else [(0, self.n)]
+        order = []
+        for lo, hi in halves:
+            effects, maps = list(self.effects[lo:hi]), paths[lo:hi]
+            labels, e_labels = subject_labels(maps), list(self.subjects[lo:hi])
+            by_subject = None not in e_labels and None not in labels
+            match = _match_by_subject if by_subject else _match_by_folder
+            order += [lo + k for k in match(effects, maps, e_labels, labels, what="dof")]
+        return order
 
     def record(self) -> dict:
         """What model.json records of the pairing: how the maps were matched, the contrast, the notes, and per
@@ -104,6 +171,7 @@ class PairedMaps:
         for k in range(self.n):
             one = self.volumes is not None
             row = {
+                **({"condition": "AB"[2 * k // self.n]} if self.paired else {}),
                 "map": str(self.effects[0] if one else self.effects[k]),
                 "variance_map": str(self.variances[0] if one else self.variances[k]),
                 "subject": None if self.subjects[k] is None else f"sub-{self.subjects[k]}",
@@ -112,17 +180,22 @@ class PairedMaps:
                 row["volume"] = self.volumes[k]
             if self.dof is not None:
                 row["dof"] = self.dof[k]
+            if self.dof_maps is not None:
+                row["dof_map"], row["dof_volume"] = str(self.dof_maps[k][0]), self.dof_maps[k][1]
             rows.append(row)
         return {"matched_by": self.matched_by, "contrast": self.contrast, "notes": list(self.notes), "rows": rows}
 
 
-def pair_variances(effects, variances, *, dof=None) -> PairedMaps:
+def pair_variances(effects, variances, *, dof=None, paired: bool = False) -> PairedMaps:
     """Pair each effect map with its subject's variance map.
 
     effects, variances: lists of files (a path, a folder, a quoted pattern or a .txt list of them is read as
     ``voxfit group`` reads its maps), or one 4-D file each (volume k of one is volume k of the other).
     dof: the first-level residual degrees of freedom: None, one number for every subject, or one per effect
-    map (per volume of a 4-D file) in the order given.
+    map (per volume of a 4-D file) in the order given; or maps of them (see :meth:`PairedMaps.with_dof`).
+    paired: the effect maps are those of condition A, then those of B (``--paired``), and so are the variance
+    maps (or the volumes of a 4-D pair): each half is paired on its own, then B's rows are put in the order of
+    A's subjects (by position when no map carries a sub-<label>).
 
     Rows follow the effect maps as given. Matched by ``sub-<label>`` (file name, else a folder below the maps'
     common folder); maps without labels only as the files of one fit side by side in one folder (``cope<N>``
@@ -131,6 +204,78 @@ def pair_variances(effects, variances, *, dof=None) -> PairedMaps:
     side, maps that can be matched neither way, different counts, a variance map on another grid.
     """
     effects, variances, dof = _pair_variances_iv(effects, variances, dof)
+    maps = _are_paths(dof)
+    numbers = None if maps else dof
+    pairs = _paired_lists(effects, variances, numbers) if paired else _pair(effects, variances, numbers)
+    return pairs.with_dof(dof) if maps else pairs
+
+
+def _paired_lists(effects: list[Path], variances: list[Path], dof) -> PairedMaps:
+    """The maps of conditions A then B (and their variance maps, in the same halves), each half paired."""
+    if len(effects) == 1 and len(variances) == 1:  # a 4-D pair: the first half of the volumes is A
+        pairs = _pair(effects, variances, dof)
+        _half(pairs.n, "volumes of the 4-D effect file")
+        return replace(pairs, paired=True, notes=(*pairs.notes, "--paired: the first half of the volumes is A"))
+    half = _half(len(effects), "effect maps")
+    if len(variances) != len(effects):
+        raise InputError(
+            f"--paired: {len(effects)} effect maps but {len(variances)} variance maps; give the variance maps of "
+            "condition A, then those of B, one per effect map."
+        )
+    split = [None, None] if dof is None else [dof, dof] if len(dof) == 1 else [dof[:half], dof[half:]]
+    a = _pair(effects[:half], variances[:half], split[0])
+    b = _pair(effects[half:], variances[half:], split[1])
+    return _conditions(a, b)
+
+
+def _half(n: int, what: str) -> int:
+    if n % 2:
+        raise InputError(f"--paired needs the {what} of condition A then those of B (an even number); got {n}.")
+    return n // 2
+
+
+def _conditions(a: PairedMaps, b: PairedMaps) -> PairedMaps:
+    """Condition A's pairs then B's, B's rows in the order of A's subjects (by position when neither carries
+    a subject label); refused when the halves hold different subjects, or only one carries labels."""
+    la, lb = list(a.subjects), list(b.subjects)
+    if len(la) != len(lb):
+        raise InputError(
+            f"--paired: condition A (the first half) has {len(la)} maps and condition B {len(lb)}; give one map "
+            "of each condition per subject."
+        )
+    if None in la + lb and any(label is not None for label in la + lb):
+        raise InputError(
+            "--paired: the maps of one condition carry sub-<label> and those of the other do not; label every "
+            "map (pairs then match by subject) or none (pairs match by position)."
+        )
+    how = "by position (no sub-<label>)"
+    order = list(range(len(la)))
+    if None not in la:
+        only_a, only_b = [s for s in la if s not in lb], [s for s in lb if s not in la]
+        if only_a or only_b:
+            parts = ([f"only in A (first half): {listed([f'sub-{s}' for s in only_a], 3)}"] if only_a else []) + (
+                [f"only in B (second half): {listed([f'sub-{s}' for s in only_b], 3)}"] if only_b else []
+            )
+            raise InputError(
+                f"--paired: conditions A and B hold different subjects, {'; '.join(parts)}; give each subject's maps "
+                "of condition A, then those of B."
+            )
+        order, how = [lb.index(s) for s in la], "by subject (sub-<label>)"
+    b = b.take(order)
+    note = f"--paired: {len(la)} maps of condition A (first half) with those of B (second half), matched {how}"
+    return replace(
+        a,
+        effects=a.effects + b.effects,
+        variances=a.variances + b.variances,
+        subjects=a.subjects + b.subjects,
+        dof=None if a.dof is None or b.dof is None else a.dof + b.dof,
+        notes=(*(f"A: {n}" for n in a.notes), *(f"B: {n}" for n in b.notes), note),
+        paired=True,
+    )
+
+
+def _pair(effects: list[Path], variances: list[Path], dof) -> PairedMaps:
+    """One list of effect maps (or one 4-D file) paired with its variance maps."""
     effect_maps, variance_maps = [open_map(p) for p in effects], [open_map(p) for p in variances]
     if len(effects) == 1 and len(variances) == 1 and effect_maps[0].n_scans > 1:
         return _four_d_pair(effects[0], variances[0], effect_maps[0], variance_maps[0], dof)
@@ -178,7 +323,13 @@ def _pair_variances_iv(effects, variances, dof) -> tuple[list[Path], list[Path],
             f"{listed(same, 3)} is given both as an effect map and as a variance map; give each subject's variance "
             "map (stat-variance, varcope) as `variances`."
         )
-    return effects, variances, _checked_dof(dof)
+    return effects, variances, dof if _are_paths(dof) else _checked_dof(dof)
+
+
+def _are_paths(value) -> bool:
+    """Whether `value` names files (a path, or a non-empty list of paths): dof maps, not numbers."""
+    items = list(value) if _is_sequence(value) else [value]
+    return bool(items) and all(isinstance(v, (str, os.PathLike)) for v in items)
 
 
 def _checked_dof(dof) -> list[float] | None:
@@ -252,20 +403,20 @@ def _check_one_map_each(effects, variances, effect_maps, variance_maps) -> None:
             )
 
 
-def _match_by_subject(effects, variances, e_labels, v_labels) -> list[int]:
-    """The index of each effect map's variance map, matched by subject label."""
+def _match_by_subject(effects, variances, e_labels, v_labels, what: str = "variance") -> list[int]:
+    """The index of each effect map's variance map (`what` map), matched by subject label."""
     _refuse_twice(effects, e_labels, "effect")
-    _refuse_twice(variances, v_labels, "variance")
+    _refuse_twice(variances, v_labels, what)
     where = {label: k for k, label in enumerate(v_labels)}
     no_variance = [f"sub-{label} ({path})" for path, label in zip(effects, e_labels) if label not in where]
     no_effect = [f"sub-{label} ({path})" for path, label in zip(variances, v_labels) if label not in set(e_labels)]
     if no_variance or no_effect:
-        parts = ([f"with an effect map but no variance map: {listed(no_variance, 3)}"] if no_variance else []) + (
-            [f"with a variance map but no effect map: {listed(no_effect, 3)}"] if no_effect else []
+        parts = ([f"with an effect map but no {what} map: {listed(no_variance, 3)}"] if no_variance else []) + (
+            [f"with a {what} map but no effect map: {listed(no_effect, 3)}"] if no_effect else []
         )
         raise InputError(
-            f"{len(effects)} effect maps and {len(variances)} variance maps do not hold the same subjects, "
-            f"{'; '.join(parts)}; give each subject's effect map and variance map."
+            f"{len(effects)} effect maps and {len(variances)} {what} maps do not hold the same subjects, "
+            f"{'; '.join(parts)}; give each subject's effect map and {what} map."
         )
     return [where[label] for label in e_labels]
 
@@ -279,23 +430,23 @@ def _refuse_twice(paths, labels, what: str) -> None:
         )
 
 
-def _match_by_folder(effects, variances, e_labels, v_labels) -> list[int]:
-    """The index of each effect map's variance map when labels are missing: the variance file of the same fit
-    beside it (``varcope<N>`` beside ``cope<N>``, ``_stat-variance_`` beside ``_stat-effect_``)."""
-    wanted = [_variance_beside(p) for p in effects]
+def _match_by_folder(effects, variances, e_labels, v_labels, what: str = "variance") -> list[int]:
+    """The index of each effect map's variance map (`what` map) when labels are missing: the file of the same
+    fit beside it (``varcope<N>`` beside ``cope<N>``, ``_stat-variance_`` beside ``_stat-effect_``)."""
+    wanted = [_beside(p, what) for p in effects]
     where = {file_identity(p): k for k, p in enumerate(variances)}
     order = [where.get(file_identity(w)) if w is not None else None for w in wanted]
     if None in order or len(effects) != len(variances):
         unlabelled = [str(p) for p, label in zip(effects + variances, e_labels + v_labels) if label is None]
         if len(effects) != len(variances):
             raise InputError(
-                f"{len(effects)} effect maps but {len(variances)} variance maps, and {listed(unlabelled, 3)} carry "
-                "no sub-<label>; give one variance map per effect map, named (or in folders named) sub-<label>."
+                f"{len(effects)} effect maps but {len(variances)} {what} maps, and {listed(unlabelled, 3)} carry "
+                f"no sub-<label>; give one {what} map per effect map, named (or in folders named) sub-<label>."
             )
         raise InputError(
             f"{listed(unlabelled, 3)} carry no sub-<label> in their file or folder names, and not every effect map "
-            "has its variance map beside it (varcope<N> beside cope<N>, _stat-variance_ beside _stat-effect_); "
-            "name the maps or their folders sub-<label>, so that they are matched by subject."
+            f"has its {what} map beside it ({_BESIDE[what]}); name the maps or their folders sub-<label>, so that "
+            "they are matched by subject."
         )
     folders = [p.parent for p in effects]
     twice = [str(f) for f, c in Counter(folders).items() if c > 1]
@@ -307,12 +458,18 @@ def _match_by_folder(effects, variances, e_labels, v_labels) -> list[int]:
     return order
 
 
-def _variance_beside(effect: Path) -> Path | None:
-    """The variance file a first-level fit writes beside `effect` (FSL, voxfit), or None for another name."""
-    if (m := _COPE.match(effect.name)) is not None:
+_BESIDE = {
+    "variance": "varcope<N> beside cope<N>, _stat-variance_ beside _stat-effect_",
+    "dof": "_stat-dof_ beside _stat-effect_",
+}
+
+
+def _beside(effect: Path, what: str) -> Path | None:
+    """The `what` (variance, dof) file a first-level fit writes beside `effect` (FSL, voxfit), or None."""
+    if what == "variance" and (m := _COPE.match(effect.name)) is not None:
         return effect.with_name(f"varcope{m.group(1)}{m.group(2)}")
     if _EFFECT in f"_{effect.name}":
-        return effect.with_name(f"_{effect.name}".replace(_EFFECT, "_stat-variance_", 1)[1:])
+        return effect.with_name(f"_{effect.name}".replace(_EFFECT, f"_stat-{what}_", 1)[1:])
     return None
 
 
@@ -387,7 +544,9 @@ class _Folder:
     note: str | None = None
 
 
-def first_level_maps(folders, contrast: str, *, read_record: Callable | None = None) -> PairedMaps:
+def first_level_maps(
+    folders, contrast: str, *, read_record: Callable | None = None, paired: bool = False
+) -> PairedMaps:
     """The effect and variance map of `contrast` from each first-level output folder, with each subject's label
     and first-level residual degrees of freedom.
 
@@ -397,6 +556,8 @@ def first_level_maps(folders, contrast: str, *, read_record: Callable | None = N
     contrast: the contrast's label (voxfit); for FEAT its number (``1`` or ``cope1``) or its name in
     ``design.con``.
     read_record: how ``model.json`` is read (``voxfit.models.ModelRecord.read``; default :func:`read_fit_record`).
+    paired: the folders of condition A, then those of B (``--paired``): each half read on its own, then B's
+    rows put in the order of A's subjects.
 
     The subject of a folder is the ``sub-<label>`` of its name (or of a folder above it, below the folders'
     common folder), else the one label of the input files its model.json records. The dof: the contrast's
@@ -405,6 +566,14 @@ def first_level_maps(folders, contrast: str, *, read_record: Callable | None = N
     F contrast, two folders of one subject, a variance map on another grid.
     """
     folders, contrast, read_record = _first_level_maps_iv(folders, contrast, read_record)
+    if paired:
+        half = _half(len(folders), "first-level folders")
+        return _conditions(*(_folder_pairs(part, contrast, read_record) for part in (folders[:half], folders[half:])))
+    return _folder_pairs(folders, contrast, read_record)
+
+
+def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps:
+    """The pairs of maps of `contrast` in first-level `folders` (checked)."""
     found = [_folder_maps(folder, contrast, read_record) for folder in folders]
     names = subject_labels(folders)
     _refuse_other_subject(folders, names, found)

@@ -7,22 +7,44 @@ The estimation itself is :func:`voxfit.mixed_effects` (``voxfit.engine.mixed``, 
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import shutil
+import tempfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from .._memory import size_text
 from ..core import working_dtype
 from ..core.mixed import MODELS
 from ..design import first_level_maps, pair_variances, read_groups
 from ..engine.mixed import MixedFit
 from ..exceptions import InputError
-from ..io import Masker, apply_scale, explicit_mask, gather, open_reader, sanitize_label, statmap_name
+from ..io import (
+    Masker,
+    apply_scale,
+    disk_error,
+    explicit_mask,
+    gather,
+    open_gzip,
+    open_map,
+    open_reader,
+    sanitize_label,
+    statmap_name,
+)
 
 __all__ = [
     "MODELS",
+    "PairedDesign",
+    "by_columns",
     "columns_of",
+    "dof_map_sum",
     "mixed_record",
+    "paired_design",
     "paired_inputs",
     "read_variances",
     "streamed_mask",
@@ -38,10 +60,11 @@ MODEL_WORDS = {
 }
 
 
-def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_record):
+def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_record, paired: bool = False):
     """The effect maps of `data` paired with their variance maps (``voxfit.design.PairedMaps``), from
     `variances` (files matched by subject) or, with `first_level_contrast`, from first-level output folders
-    `data`; None when neither is given."""
+    `data`; None when neither is given. `paired`: the maps (folders) of condition A, then those of B;
+    `first_level_dof`: numbers or dof maps (``PairedMaps.with_dof``)."""
     if first_level_contrast is not None:
         if variances is not None:
             raise InputError(
@@ -50,15 +73,44 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
             )
         folders = _folders(data)
         contrast = first_level_contrast or _only_contrast(folders, read_record)
-        paired = first_level_maps(folders, contrast, read_record=read_record)
-        return paired if first_level_dof is None else paired.with_dof(first_level_dof)
+        pairs = first_level_maps(folders, contrast, read_record=read_record, paired=paired)
+        return pairs if first_level_dof is None else pairs.with_dof(first_level_dof)
     if variances is None:
         if first_level_dof is not None:
             raise InputError(
                 "--first-level-dof is for fixed-effects models of effect and variance maps; give --variances."
             )
         return None
-    return pair_variances(data, variances, dof=first_level_dof)
+    return pair_variances(data, variances, dof=first_level_dof, paired=paired)
+
+
+@dataclass(frozen=True)
+class PairedDesign:
+    """FLAME's paired design on the 2n rows of a paired model (A maps, then B maps): `X` (2n, p + n), its column
+    `names`, and the contrasts `items` with zero weights for the subject columns."""
+
+    X: np.ndarray
+    names: list[str]
+    items: list[tuple[str, object]]
+
+
+def paired_design(X: np.ndarray, names, items, subjects) -> PairedDesign:
+    """The paired design of a group design `X` (n, p) over the pairs' differences A - B: rows ``+X/2`` for
+    the A maps and ``-X/2`` for the B maps (so that each beta is an effect on A - B, as the OLS model of the
+    differences has it; for one sample, the mean condition difference), then one column per subject, 1 on its
+    A and its B row (the subject means, fixed effects). The columns are orthogonal, rank ``rank(X) + n``: the
+    dof ``2n - rank`` equal ``n - rank(X)``, those of the OLS model of the differences. Contrasts given as
+    weights get zeros for the subject columns; expressions keep naming the design's columns."""
+    n = X.shape[0]
+    subject_columns = np.vstack([np.eye(n), np.eye(n)])
+    labels = [f"pair_{s}" if s is not None else f"pair_{k + 1}" for k, s in enumerate(subjects)]
+    while set(labels) & set(names):  # (the subjects' columns never take the name of one of the design's)
+        labels = [f"_{label}" for label in labels]
+    padded = [
+        (label, expr if isinstance(expr, str) else np.pad(np.atleast_2d(np.asarray(expr, float)), ((0, 0), (0, n))))
+        for label, expr in items
+    ]
+    return PairedDesign(np.hstack([np.vstack([X / 2, -X / 2]), subject_columns]), [*names, *labels], padded)
 
 
 def _only_contrast(folders: list[Path], read_record) -> str:
@@ -113,6 +165,104 @@ def columns_of(reader, paired, masker: Masker):
         return None
     masker.geometry.check_same(variances.geometry, "the variance maps")
     return effects, variances.column_source(masker.index)
+
+
+@contextlib.contextmanager
+def by_columns(paired, out):
+    """`paired` with each gzip-compressed NIfTI map (effects and variances) decompressed once into an
+    uncompressed temporary file, so that the fit reads them a block of voxels at a time (the same numbers as
+    the compressed files read whole). The files live in a folder made by ``mkdtemp`` (random name, exclusive,
+    0700) in the output folder's staging area (`out`, an ``OutputFolder``), else in the system's temporary
+    folder, and are removed when the block is left: on success, on an error or on Ctrl-C. The free space
+    there is checked first (refused in one sentence naming the folder and the size needed); `paired` is
+    yielded as it is when no map is compressed."""
+    files = list(dict.fromkeys([*paired.effects, *paired.variances]))
+    readers = {path: open_map(path) for path in files}
+    packed = {p: r for p, r in readers.items() if getattr(r, "compressed", False) and r.image_file == Path(p)}
+    if not packed:
+        yield paired
+        return
+    folder = Path(tempfile.mkdtemp(prefix=".voxfit-decompressed-", dir=None if out is None else out.staging))
+    try:
+        sizes = {
+            p: r.data_offset + r.n_scans * r.geometry.n_elements * r.file_dtype.itemsize for p, r in packed.items()
+        }
+        need, free = sum(sizes.values()), shutil.disk_usage(folder).free
+        if need > free:
+            where = folder.parent if out is None else out.final
+            raise InputError(
+                f"reading the {len(packed)} compressed maps a block of voxels at a time needs {size_text(need)} "
+                f"free in {where} to decompress them ({size_text(free)} free); free space there, give "
+                "uncompressed maps, or a larger --max-memory."
+            )
+        plain = {path: _decompress(path, folder / f"{k}.nii", sizes[path]) for k, path in enumerate(packed)}
+        yield replace(
+            paired,
+            effects=tuple(plain.get(p, p) for p in paired.effects),
+            variances=tuple(plain.get(p, p) for p in paired.variances),
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_CHUNK = 1 << 20  # bytes decompressed per call: an interruption is seen between calls
+
+
+def _decompress(source: Path, target: Path, size: int) -> Path:
+    """The first `size` bytes (header and data) of the gzip file `source` into the new file `target` (created
+    exclusively); refused when the stream ends early, holds more, or is corrupt."""
+    buffer = bytearray(_CHUNK)
+    try:
+        with open_gzip(source) as src, open(target, "xb") as dst:
+            done = 0
+            while done < size:
+                got = src.readinto(memoryview(buffer)[: min(_CHUNK, size - done)])
+                if not got:
+                    raise InputError(f"{source}: file is truncated (the data end {size - done:,} bytes early).")
+                dst.write(memoryview(buffer)[:got])
+                done += got
+            if src.read(1):  # (reading to the end also checks the gzip trailer: CRC and length)
+                raise InputError(
+                    f"{source}: the gzip stream holds more data than the header describes ({size:,} bytes); the "
+                    "header is wrong or the file is corrupt."
+                )
+    except InputError:
+        raise
+    except OSError as exc:
+        error = disk_error(exc, target)
+        if error is not None:
+            raise error from None
+        if exc.errno is not None:
+            raise InputError.from_os_error(exc, source) from None
+        raise InputError(f"{source}: truncated or corrupt gzip data ({type(exc).__name__}: {exc}).") from None
+    except (zlib.error, EOFError, ValueError) as exc:
+        raise InputError(f"{source}: truncated or corrupt gzip data ({type(exc).__name__}: {exc}).") from None
+    return target
+
+
+def dof_map_sum(paired, masker: Masker) -> np.ndarray:
+    """The sum over rows of the first-level dof maps of `paired` (``PairedMaps.dof_maps``) at the fitted voxels
+    of `masker`, (V,) float64, each file read a volume at a time; refused, naming the file, where a dof is not
+    positive and finite at a fitted voxel."""
+    total = np.zeros(masker.n_voxels)
+    uses = Counter(paired.dof_maps)
+    for path in dict.fromkeys(p for p, _ in paired.dof_maps):
+        reader = open_map(path)
+        masker.geometry.check_same(reader.geometry, f"the dof map {path}")
+        one_volume = reader.geometry.n_elements * reader.dtype.itemsize
+        for start, rows in reader.iter_scans(max_bytes=one_volume):
+            for k, row in enumerate(rows, start):
+                if uses[(path, k)]:
+                    values = apply_scale(row[masker.index], reader.scale).astype(np.float64)
+                    bad = int(np.count_nonzero(~(np.isfinite(values) & (values > 0))))
+                    if bad:
+                        where = f" (volume {k})" if reader.n_scans > 1 else ""
+                        raise InputError(
+                            f"the first-level dof map {path}{where} is not positive and finite at {bad:,} fitted "
+                            "voxels; give dof maps of the same fits, or --mask the voxels they cover."
+                        )
+                    total += uses[(path, k)] * values
+    return total
 
 
 def streamed_mask(reader, mask) -> Masker:
@@ -185,6 +335,12 @@ def mixed_record(fit: MixedFit, paired, first_level_dof: bool) -> dict:
         dof = "n - rank (FLAME1)" if fit.dof_kind == "residual" else "Satterthwaite's, per contrast and voxel"
     else:
         dof = "the sum of the first-level dof minus the rank" if first_level_dof else "n - rank"
+        dof += " (per voxel, from dof maps)" if first_level_dof and paired.dof_maps is not None else ""
+    if paired.paired:
+        dof += (
+            "; paired: 2n rows (A maps, then B), the design over A - B at +-1/2 and one column per subject (FLAME's "
+            "paired design)"
+        )
     return {
         "model": MODEL_WORDS[fit.model],
         "dof": dof,

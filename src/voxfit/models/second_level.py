@@ -61,8 +61,11 @@ from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
 from .glm import columns_on_workers, contrast_items
 from .group_mixed import (
     MODELS,
+    by_columns,
     columns_of,
+    dof_map_sum,
     mixed_record,
+    paired_design,
     paired_inputs,
     read_variances,
     streamed_mask,
@@ -233,7 +236,9 @@ class SecondLevel:
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         kind = self._model_kind()
-        pairs = paired_inputs(data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read)
+        pairs = paired_inputs(
+            data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read, self.paired
+        )
         if kind != "ols":
             return self._fit_mixed(kind, pairs, out_dir, force, execution, command)
         if pairs is not None:  # OLS on the effect maps of the pairs
@@ -442,12 +447,12 @@ class SecondLevel:
             paths = ordered
         return d, list(paths), order
 
-    def _load(self, paths, progress):
-        """The maps in memory, (n, V) (A - B with `paired`), and their masker."""
+    def _load(self, paths, progress, difference: bool = True):
+        """The maps in memory, (n, V) (A - B with `paired`, unless not `difference`), and their masker."""
         ds = load(paths, self.mask, progress=progress, name="inputs")
         Y = maps = np.asarray(ds.data)
         masker = ds.masker
-        if self.paired:
+        if self.paired and difference:
             half = Y.shape[0] // 2
             Y = Y[:half] - Y[half:]
         if self.mask is None:  # voxels valid in every map: finite (already) and non-zero
@@ -539,7 +544,6 @@ class SecondLevel:
                 ("--permutations", self.permutations),
                 ("--tfce", self.tfce),
                 ("--cluster-threshold", self.cluster_threshold is not None),
-                ("--paired", self.paired),
             )
             if given
         ]
@@ -561,7 +565,7 @@ class SecondLevel:
             # the design's rows matched to the pairs' subjects (a first-level folder's may come from its model.json),
             # before the maps' headers are read, in the design's order
             d, _, order = self._design(_subject_names(pairs), pairs.n)
-            pairs = pairs.take(order)
+            pairs = pairs.take_pairs(order) if self.paired else pairs.take(order)
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
             paths = data if isinstance(data, list) else [data]
             reader = open_reader(data, "inputs")
@@ -573,27 +577,36 @@ class SecondLevel:
             if on_workers is not None and (columns := columns_of(reader, pairs, on_workers[1])) is not None:
                 (Y, variances), masker = columns, on_workers[1]
             elif execution.budgets.process is None or need <= execution.budgets.process:
-                Y, masker = self._load(data, execution.progress)
+                Y, masker = self._load(data, execution.progress, difference=False)
                 variances = read_variances(pairs, masker)
-            else:  # the maps read a block of voxels at a time by the fit, where their files allow it
-                masker = streamed_mask(reader, self.mask)
-                if (columns := columns_of(reader, pairs, masker)) is None:
+            else:  # the maps read a block of voxels at a time by the fit (compressed ones decompressed first)
+                readable = stack.enter_context(by_columns(pairs, out))
+                plain = open_reader(list(readable.effects) if readable.volumes is None else readable.effects[0])
+                masker = streamed_mask(plain, self.mask)
+                if (columns := columns_of(plain, readable, masker)) is None:
                     raise InputError(
                         f"`max_memory`={execution.max_memory!r} cannot hold the effect and variance maps of a "
                         f"{kind}-effects model in memory, and these files cannot be read a block of voxels at a "
-                        f"time (compressed NIfTI, GIFTI, CIFTI); give at least {size_text(need)}, maps in "
-                        "uncompressed NIfTI, .npy, Zarr or HDF5, or fewer voxels (--mask)."
+                        f"time (GIFTI, CIFTI, or 3-D files of different types); give at least {size_text(need)}, "
+                        "maps in NIfTI, .npy, Zarr or HDF5, or fewer voxels (--mask)."
                     )
                 Y, variances = columns
-            groups = variance_groups(self.grp, d, reader.n_scans, order)
+                self._check_streamed_cap(execution, masker, pairs.n, len(self._contrast_items(d.names, d.X.shape[1])))
+            rows = np.concatenate([order, order + len(order)]) if self.paired else order
+            groups = variance_groups(self.grp, d, reader.n_scans, rows)
             items = self._contrast_items(d.names, d.X.shape[1])
-            fl_dof = None if kind != "fixed" or pairs.dof is None else np.asarray(pairs.dof, dtype=float)
+            X, names, fit_items = d.X, list(d.names), items
+            if self.paired:  # FLAME's paired design on the 2n maps: the design over A - B, one column per subject
+                flame = paired_design(d.X, list(d.names), items, pairs.subjects[: len(order)])
+                X, names, fit_items = flame.X, flame.names, flame.items
+                groups = groups * 2 if groups is not None and len(groups) == len(order) else groups
+            fl_dof = None if kind != "fixed" else self._first_level_dof(pairs, masker)
             fit = mixed_effects(
-                d.X,
+                X,
                 Y,
                 variances,
-                dict(items),
-                names=list(d.names),
+                dict(fit_items),
+                names=names,
                 groups=groups,
                 model=kind,
                 first_level_dof=fl_dof,
@@ -619,9 +632,42 @@ class SecondLevel:
                 )
                 files = out.commit()
         notes = (*d.notes, *pairs.notes, *_outcome_notes(fit))
+        if self.paired:
+            notes += (
+                f"--paired with --model {kind}: FLAME's paired design on the {pairs.n} maps (the design over A - B "
+                "at +-1/2, one column per subject), each map weighted by its own first-level variance",
+            )
         if kind == "fixed" and fl_dof is None:
             notes += ("fixed effects without every subject's first-level dof: dof n - rank; give --first-level-dof",)
         return replace(self._result(d, paths, masker, fit.contrasts, {}, {}, files), notes=notes, mixed=fit)
+
+    def _check_streamed_cap(self, execution: Execution, masker: Masker, n_maps: int, n_contrasts: int) -> None:
+        """Refuse, naming the cap that would, a cap that cannot hold a mixed or fixed model of maps read by
+        columns: the reserve for the interpreter, the per-voxel results (the fit: 2 values per design column and
+        8 more, each contrast's statistics: 6 and 2 of the fit), the maps written (8 bytes per element of the grid,
+        twice) and the blocks of the fit (at most as many bytes as the results again)."""
+        columns = n_maps // 2 + 1 if self.paired else 1  # (the subjects' columns of a paired design, at least)
+        per_voxel = RESULT_VALUES + 2 * columns + n_contrasts * (CONTRAST_VALUES + 2)
+        results = 8 * per_voxel * masker.n_voxels
+        need = reserved_bytes() + 2 * results + 16 * masker.geometry.n_elements
+        if need > execution.budgets.process:
+            raise InputError(
+                f"`max_memory`={execution.max_memory!r} cannot hold a group model of {n_maps} effect and variance "
+                f"maps of {masker.n_voxels:,} voxels read a block of voxels at a time ({size_text(reserved_bytes())} "
+                f"for the interpreter and {size_text(need - reserved_bytes())} for the results and the blocks); give "
+                f"at least {size_text(need)}, or fewer voxels (--mask)."
+            )
+
+    @staticmethod
+    def _first_level_dof(pairs, masker: Masker):
+        """The fixed-effects model's first-level dof: one per row, or from dof maps their sum over the rows at
+        each fitted voxel, handed on as n equal shares without a copy (one number when it does not vary)."""
+        if pairs.dof_maps is None:
+            return None if pairs.dof is None else np.asarray(pairs.dof, dtype=float)
+        total = dof_map_sum(pairs, masker)
+        if total.size and np.all(total == total[0]):
+            return float(total[0]) / pairs.n
+        return np.broadcast_to(total / pairs.n, (pairs.n, total.size))
 
     def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
         items = contrast_items(self.contrasts) if self.contrasts else []

@@ -184,8 +184,8 @@ def test_voxels_that_cannot_be_fitted_are_counted(study, capsys):
     [
         (["--model", "mixed"], "--model mixed weighs each subject by its first-level variance"),
         (["--first-level-contrast", "faces"], "--first-level-contrast names the contrast of --first-level"),
-        (["VARIANCES", "--permutations", "100"], "--permutations with --model mixed is not available"),
-        (["VARIANCES", "--tfce", "--permutations", "10"], "--permutations, --tfce with --model mixed"),
+        (["VARIANCES", "--permutations", "100", "--scheme", "permute"], "scheme 'permute' with model 'mixed' is"),
+        (["VARIANCES", "--cluster-threshold", "3"], "--cluster-threshold with --model mixed needs --permutations"),
         (["VARIANCES", "--variance-groups", "site"], "variance groups 'site' name a column of a participants"),
         (["VARIANCES", "--dof", "satterthwaite", "--model", "ols"], "are for --model mixed"),
     ],

@@ -73,6 +73,7 @@ __all__ = [
     "OUTCOMES",
     "MixedBlock",
     "fit_mixed_block",
+    "no_fixed_effects",
     "satterthwaite_dof",
     "use_compiled_mixed",
 ]
@@ -691,3 +692,27 @@ def _one_row_dof(a: NDArray, Minv: NDArray, T: NDArray, Iinv: NDArray) -> NDArra
     g = np.einsum("va,gvab,vb->vg", u, T, u)
     with np.errstate(divide="ignore", invalid="ignore"):
         return 2 * var**2 / np.einsum("vg,vgh,vh->v", g, Iinv, g)
+
+
+# ------------------------------------------------------------------------------------- a model of no columns
+
+
+def no_fixed_effects(n: int) -> DesignFactor:
+    """The design of a model without fixed effects (n rows, no columns), for :func:`fit_mixed_block`: the reduced
+    model of a one-sample test. Its restricted likelihood is the likelihood, ``-1/2 [n log 2 pi + log|V| +
+    y' V^-1 y]``, so tau2 depends on the effects only through their squares (sign-flips leave it unchanged)."""
+    empty = np.zeros((n, 0))
+    return DesignFactor(
+        X=empty,
+        names=(),
+        rank=0,
+        pinv=np.zeros((0, n)),
+        cov_unscaled=np.zeros((0, 0)),
+        null_space=np.zeros((0, 0)),
+        col_scale=np.zeros(0),
+        basis=empty,
+        basis_pinv=np.zeros((0, 0)),
+        has_intercept=False,
+        ones_residual=np.ones(n),
+        condition=1.0,
+    )

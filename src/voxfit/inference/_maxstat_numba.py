@@ -70,8 +70,10 @@ def flip_tile(E, basis, patterns, ee, okey, dof, q, is_t, rowmax, counts, out, o
     """Sign-flips without a matrix product ("four Russians"): subjects in groups of 8, every signed sum
     of a group's rows ``basis[i, k] E[i, :]`` tabulated once (256 per group, by Gray code), so each shuffle
     is ``n / 8`` table-row additions per voxel instead of n multiply-adds. `patterns` (B, groups) holds
-    each shuffle's sign bits per group (bit i set: subject 8 g + i flipped)."""
-    n, v = E.shape
+    each shuffle's sign bits per group (bit i set: subject 8 g + i flipped). E is (m, n, v): m = 1, the
+    residuals every row of the basis projects; m = r, row k's own residuals (projected per voxel, as the
+    mixed-effects statistic has them, with a basis of ones)."""
+    m, n, v = E.shape
     r = basis.shape[1]
     n_groups = patterns.shape[1]
     B = patterns.shape[0]
@@ -79,6 +81,7 @@ def flip_tile(E, basis, patterns, ee, okey, dof, q, is_t, rowmax, counts, out, o
     dq = E.dtype.type(dof / q)
     table = np.zeros((r, n_groups, 256, v), dtype=E.dtype)
     for k in range(r):
+        Ek = E[k if m > 1 else 0]
         for g in range(n_groups):
             t = table[k, g]
             for i in range(8):
@@ -86,7 +89,7 @@ def flip_tile(E, basis, patterns, ee, okey, dof, q, is_t, rowmax, counts, out, o
                 if row < n:
                     w = E.dtype.type(basis[row, k])
                     for j in range(v):
-                        t[0, j] += w * E[row, j]
+                        t[0, j] += w * Ek[row, j]
             for p in range(1, 128):  # p is p ^ low (computed before it) with one more subject flipped
                 low = p & -p
                 i = 0
@@ -97,7 +100,7 @@ def flip_tile(E, basis, patterns, ee, okey, dof, q, is_t, rowmax, counts, out, o
                 cur = t[p]
                 w = E.dtype.type(-2.0 * basis[row, k]) if row < n else E.dtype.type(0.0)
                 for j in range(v):
-                    cur[j] = prev[j] + w * E[min(row, n - 1), j]
+                    cur[j] = prev[j] + w * Ek[min(row, n - 1), j]
             for p in range(128, 256):  # all signs flipped: exactly the negation, so F maps of s and -s tie
                 cur = t[p]
                 opposite = t[p ^ 255]

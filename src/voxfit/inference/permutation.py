@@ -35,10 +35,11 @@ from .._progress import Progress
 from .._threads import blas_single_threaded, numba_threads, resolve_workers, run_in_threads
 from ..core import check_contrast, factorize
 from ..core.design import orthonormal_basis
+from ..core.mixed import OK, fit_mixed_block, no_fixed_effects
 from ..exceptions import InputError
 from .shuffles import Shuffles, count_shuffles, make_shuffles
 
-__all__ = ["PermutationResult", "partition", "permutation_test"]
+__all__ = ["PermutationResult", "mixed_permutation_test", "mixed_scheme", "partition", "permutation_test"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,11 +208,42 @@ def permutation_test(
         device,
     )
     dtype = working_dtype(test.Y.dtype)
-    V, N, r = test.Y.shape[1], test.shuffles.n, test.basis.shape[1]
     flips = test.shuffles.kind == "flip" and device in (None, "cpu")
     tile = _tile_width(flips, test.basis, np.dtype(dtype).itemsize, n_jobs, max_memory)
-    tiles = [(a, min(V, a + tile)) for a in range(0, V, tile)]
+    tiles = [(a, min(test.Y.shape[1], a + tile)) for a in range(0, test.Y.shape[1], tile)]
     obs = _observed(test, tiles, dtype)
+    settings = _Settings(
+        adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, device, scheduler, n_jobs, max_memory, progress
+    )
+    return _inference(test, obs, tiles, settings)
+
+
+@dataclass(frozen=True, eq=False)
+class _Settings:
+    """How a test's shuffles run and what they feed (see :func:`permutation_test`'s parameters)."""
+
+    adjacency: object
+    cluster_threshold: float | None
+    tfce: bool
+    tfce_E: float
+    tfce_H: float
+    weights: NDArray | None
+    device: str | None
+    scheduler: object
+    n_jobs: int | None
+    max_memory: int
+    progress: bool | None
+
+
+def _inference(test, obs: _Observed, tiles: list, settings: _Settings) -> PermutationResult:
+    """The shuffles of a checked `test` (its label, bases, shuffles, q, dof, t or F) run on the observed side
+    `obs` (tiles of residuals, one matrix or one per row of the basis, statistic, keys), and the p-values,
+    clusters and TFCE from their null distributions."""
+    s = settings
+    dtype = obs.E_tiles[0].dtype if obs.E_tiles else np.dtype(np.float32)
+    V, N, r = obs.valid.size, test.shuffles.n, test.basis.shape[1]
+    flips = test.shuffles.kind == "flip" and s.device in (None, "cpu")
+    tile = max((b - a for a, b in tiles), default=1)
     problem = _NullProblem(
         E_tiles=obs.E_tiles,
         tiles=tiles,
@@ -223,17 +255,17 @@ def permutation_test(
         q=test.q,
         is_t=test.is_t,
         valid=obs.valid,
-        adjacency=adjacency,
-        cluster_threshold=cluster_threshold,
-        tfce=tfce,
-        tfce_E=tfce_E,
-        tfce_H=tfce_H,
-        weights=weights,
-        device=device,
+        adjacency=s.adjacency,
+        cluster_threshold=s.cluster_threshold,
+        tfce=s.tfce,
+        tfce_E=s.tfce_E,
+        tfce_H=s.tfce_H,
+        weights=s.weights,
+        device=s.device,
     )
-    runner = _NullRunner(problem, 1 if scheduler is not None else n_jobs)  # on Dask, the workers' threads
-    batch = _batch(runner, V, N, r, tile, len(tiles), flips, max_memory, dtype, n_jobs)
-    nulls = _null_distributions(runner, obs.stat, batch, f"permutations ({test.label})", progress, scheduler)
+    runner = _NullRunner(problem, 1 if s.scheduler is not None else s.n_jobs)  # on Dask, the workers' threads
+    batch = _batch(runner, V, N, r, tile, len(tiles), flips, s.max_memory, dtype, s.n_jobs)
+    nulls = _null_distributions(runner, obs.stat, batch, f"permutations ({test.label})", s.progress, s.scheduler)
     valid, stat = obs.valid, obs.stat
     counts = nulls.counts + valid  # the identity reaches the observed statistic
     p_unc = np.where(valid, counts / N, np.nan)
@@ -243,12 +275,12 @@ def permutation_test(
     # TFCE and clusters of the observed map as the null maps are made (the identity through the same path), so
     # that a shuffle giving the same map (the negated flips of an F test) ties exactly
     identity = runner.run(0, 1, return_maps=True)[0] if runner.need_maps else None
-    if cluster_threshold is not None:
-        clusters = _cluster_inference(identity, adjacency, cluster_threshold, weights, nulls, N)
-    if tfce:
+    if s.cluster_threshold is not None:
+        clusters = _cluster_inference(identity, s.adjacency, s.cluster_threshold, s.weights, nulls, N)
+    if s.tfce:
         from .tfce import tfce as tfce_fn
 
-        tfce_map = tfce_fn(identity, adjacency, E=tfce_E, H=tfce_H, weights=weights).astype(np.float64)
+        tfce_map = tfce_fn(identity, s.adjacency, E=s.tfce_E, H=s.tfce_H, weights=s.weights).astype(np.float64)
         nulls.tfce[0] = np.nanmax(tfce_map) if tfce_map.size else 0.0
         p_tfce = np.where(valid, _exceedance(nulls.tfce, tfce_map, MAP_TOL) / N, np.nan)
     return PermutationResult(
@@ -265,8 +297,307 @@ def permutation_test(
         clusters,
         tfce_map,
         p_tfce,
-        nulls.tfce if tfce else None,
+        nulls.tfce if s.tfce else None,
     )
+
+
+def mixed_scheme(scheme: str, model: str) -> str:
+    """The rearrangements of a mixed- or fixed-effects permutation test: sign-flips ('auto' or 'flip'); 'permute'
+    refused, within exchangeability blocks too (the subjects of a block have their own first-level variances)."""
+    if scheme in ("auto", "flip"):
+        return "flip"
+    if scheme == "permute":
+        raise InputError(
+            f"scheme 'permute' with model {model!r} is refused: first-level variances that differ between subjects "
+            "make the errors not exchangeable, which permutations need, while sign-flips need only independent "
+            "symmetric errors (Winkler et al. 2014, NeuroImage 92:381, as FSL randomise and PALM); use scheme "
+            "'flip' or 'auto'."
+        )
+    raise InputError(f"`scheme` must be auto, flip or permute; got {scheme!r}.")
+
+
+def mixed_permutation_test(
+    X,
+    effects,
+    variances,
+    contrast,
+    *,
+    names=None,
+    groups=None,
+    model: str = "mixed",
+    n_permutations: int = 5000,
+    scheme: str = "auto",
+    blocks=None,
+    whole_blocks: bool = False,
+    seed=None,
+    adjacency=None,
+    cluster_threshold: float | None = None,
+    tfce: bool = False,
+    tfce_E: float = 0.5,
+    tfce_H: float = 2.0,
+    weights=None,
+    max_memory: int | str | None = None,
+    n_jobs: int | None = None,
+    progress: bool | None = None,
+    name: str | None = None,
+    scheduler=None,
+    device: str | None = None,
+    execution: Execution | None = None,
+) -> PermutationResult:
+    """Sign-flip inference for one t or F contrast of a mixed- or fixed-effects group model at every voxel.
+
+    With first-level variances that differ between subjects the errors are not exchangeable, so rows are not
+    permuted; independent symmetric errors still allow sign-flips, for any design (Winkler et al. 2014,
+    NeuroImage 92:381; PALM's and randomise's rule). The statistic is the weighted least-squares t (or F) of
+    the null model: at each voxel the weights ``w_i = 1 / (s2_i + tau2)``, tau2 estimated once by REML under
+    the reduced model ``Z = X (I - C^+ C)`` (no columns for a one-sample test; 0 for ``fixed``), not refitted
+    per shuffle. In the whitened model (``sqrt(w) o y``, ``sqrt(w) o X``) it is the OLS statistic of
+    :func:`permutation_test`: Freedman and Lane's residuals of the reduced model, ``e~ = sqrt(w) o e``, are
+    flipped (flips commute with the weighting), and for signs s
+
+        t = c'b* / sqrt(sigma2* c'(X'WX)^+ c),    F = (C b*)' (C (X'WX)^+ C')^+ (C b*) / q / sigma2*,
+
+    ``sigma2* = ||R_X~ (s o e~)||^2 / (n - rank)``: one row ``u_k o e~`` per column u_k of ``[U, Q_Z]`` of the
+    whitened design, whose flipped sums are the projections. The residual variance makes the statistic
+    pivotal, as Freedman-Lane needs (the unscaled known-variance z, FLAME's form, gave 0.08 for 0.05 with a
+    covariate and n = 10). For a one-sample test without covariates tau2 depends on the effects only through
+    their squares and ``||e~||^2`` is unchanged by flips: the test is exact. The observed statistic (the
+    identity) therefore differs from the parametric mixed t of :func:`voxfit.mixed_effects` (whose tau2 comes
+    from the full model, and which has no residual scale); `stat` of the result is this one, `dof` n - rank.
+    p-values, maximum-statistic FWE, clusters and TFCE are those of :func:`permutation_test`.
+
+    Parameters
+    ----------
+    X : (n, p) array
+        Group design, one row per subject.
+    effects, variances : (n, V) arrays
+        Each subject's effect and first-level variance at each voxel (FSL's cope and varcope).
+    contrast : str or weights
+        A t (one row) or F (several rows) contrast.
+    groups : (n,) labels, optional
+        Variance groups: a between-subject variance each under the reduced model (``mixed``).
+    model : {'mixed', 'fixed'}
+        ``fixed``: tau2 = 0, weights ``1 / s2``.
+    scheme : {'auto', 'flip'}
+        Sign-flips; 'permute' is refused (see :func:`mixed_scheme`).
+    blocks, whole_blocks, seed, adjacency, cluster_threshold, tfce, tfce_E, tfce_H, weights, max_memory, n_jobs,
+    progress, name, scheduler, execution :
+        As for :func:`permutation_test` (blocks matter with `whole_blocks`: each block's signs flipped as one).
+    device : None
+        CPUs only (this machine's, or a Dask cluster's through `scheduler`): a device is refused (the weights
+        differ per voxel, so the shuffles are not one matrix product).
+    """
+    execution = Execution.resolve(execution, n_jobs=n_jobs, progress=progress, scheduler=scheduler, device=device)
+    max_memory = execution.budgets.batch if max_memory is None else parse_memory(max_memory)
+    test = _mixed_permutation_test_iv(
+        X,
+        effects,
+        variances,
+        contrast,
+        names,
+        groups,
+        model,
+        n_permutations,
+        scheme,
+        blocks,
+        whole_blocks,
+        seed,
+        adjacency,
+        cluster_threshold,
+        tfce,
+        execution,
+        name,
+    )
+    n_jobs = execution.n_jobs
+    dtype = working_dtype(np.result_type(test.effects.dtype, test.variances.dtype))
+    V = test.effects.shape[1]
+    tile = _tile_width(True, test.basis, np.dtype(dtype).itemsize, n_jobs, max_memory)
+    tiles = [(a, min(V, a + tile)) for a in range(0, V, tile)]
+    obs = _mixed_observed(test, tiles, dtype, n_jobs)
+    settings = _Settings(
+        adjacency,
+        cluster_threshold,
+        tfce,
+        tfce_E,
+        tfce_H,
+        weights,
+        None,
+        execution.scheduler,
+        n_jobs,
+        max_memory,
+        execution.progress,
+    )
+    return _inference(test, obs, tiles, settings)
+
+
+@dataclass(frozen=True, eq=False)
+class _CheckedMixed:
+    """A mixed-effects permutation test's arguments as checked: the effects and variances (n, V), the label,
+    the factorised design and reduced (nuisance) design, the interest effects ``X C^+`` (n, q; for F, C an
+    orthonormal basis of the contrast's row space), the variance-group codes and count, the model, the kernel's
+    basis (ones, n x r: each row of ``[U, Q_Z]`` weights its own residuals), q, the dof n - rank, t or F, and
+    the sign-flips."""
+
+    effects: NDArray
+    variances: NDArray
+    label: str
+    design: object
+    reduced: object
+    interest: NDArray
+    codes: NDArray
+    n_groups: int
+    model: str
+    basis: NDArray
+    q: int
+    dof: int
+    is_t: bool
+    shuffles: Shuffles
+
+
+def _mixed_permutation_test_iv(
+    X,
+    effects,
+    variances,
+    contrast,
+    names,
+    groups,
+    model,
+    n_permutations,
+    scheme,
+    blocks,
+    whole_blocks,
+    seed,
+    adjacency,
+    cluster_threshold,
+    tfce,
+    execution: Execution,
+    name,
+) -> _CheckedMixed:
+    """The arguments of :func:`mixed_permutation_test` checked (an `InputError` for each that cannot be used)
+    and converted into a :class:`_CheckedMixed`."""
+    if model not in ("mixed", "fixed"):
+        raise InputError(f"`model` must be 'mixed' or 'fixed' (for 'ols': permutation_test); got {model!r}.")
+    kind = mixed_scheme(scheme, model)
+    if execution.on_device:
+        raise InputError(
+            "mixed- and fixed-effects permutations run on CPUs (this machine's or a Dask cluster's); drop `device`."
+        )
+    design = factorize(X, names, warn=False)
+    n = design.n_scans
+    maps = []
+    for label, a in (("effects", effects), ("variances", variances)):
+        check_array_like(a, label, "an (n_subjects, n_voxels) array")
+        a = np.asarray(a) if not hasattr(a, "dtype") else a
+        if a.ndim != 2 or a.shape[0] != n:
+            raise InputError(f"`{label}` must be (n_subjects={n}, n_voxels); got shape {np.shape(a)}.")
+        maps.append(a)
+    if maps[0].shape != maps[1].shape:
+        raise InputError(
+            f"`variances` has shape {maps[1].shape} but `effects` has {maps[0].shape}; give one variance per effect."
+        )
+    codes = np.zeros(n, dtype=np.intp)
+    if groups is not None:
+        values = np.asarray(groups)
+        if values.shape != (n,):
+            raise InputError(f"`groups` must have one label per subject ({n}); got shape {values.shape}.")
+        codes = np.unique(values, return_inverse=True)[1].reshape(-1).astype(np.intp)
+    w = check_contrast(contrast, design)
+    label = name or (contrast if isinstance(contrast, str) else "contrast")
+    if design.dof < 1:
+        raise InputError(f"the design leaves {design.dof} degrees of freedom; permutation tests need at least 1.")
+    if (cluster_threshold is not None or tfce) and adjacency is None:
+        raise InputError("clusters and TFCE need the neighbours of each voxel (`adjacency`).")
+    rows = w if w.shape[0] == 1 else orthonormal_basis(w.T).T  # F: the statistic depends on the rows' span only
+    Z = orthonormal_basis(design.X - design.X @ np.linalg.pinv(rows) @ rows)  # the reduced (nuisance) model
+    reduced = factorize(Z, warn=False) if Z.shape[1] else no_fixed_effects(n)
+    interest = design.X @ np.linalg.pinv(rows)
+    basis = np.ones((n, rows.shape[0] + Z.shape[1]))  # (each row of [U, Q_Z] weights its own residuals)
+    _check_table_memory(n_permutations, kind, basis, blocks, whole_blocks, 16 * maps[0].size, maps[0].shape[1])
+    shuffles = make_shuffles(kind, basis, n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed)
+    resolve_workers(execution.n_jobs)  # a clear error now for a number of threads that cannot be
+    return _CheckedMixed(
+        maps[0],
+        maps[1],
+        label,
+        design,
+        reduced,
+        interest,
+        codes,
+        int(codes.max()) + 1,
+        model,
+        basis,
+        rows.shape[0],
+        design.dof,
+        w.shape[0] == 1,
+        shuffles,
+    )
+
+
+def _mixed_observed(test: _CheckedMixed, tiles: list, dtype, n_jobs) -> _Observed:
+    """The observed side of a mixed-effects test, a tile of voxels at a time (in threads): tau2 of the reduced
+    model, the whitened residuals projected row by row, ``f_k = u_k o e~`` (r, n, v) in the working dtype (for
+    signs s, ``G_k = s' f_k``), ``||e~||^2``, the statistic, its tie tolerance and keys, as for OLS."""
+    V = test.effects.shape[1]
+    stat, tol, valid, ee = np.empty(V), np.empty(V), np.empty(V, dtype=bool), np.empty(V)
+    E_tiles: list = [None] * len(tiles)
+    eps = np.finfo(dtype).eps
+
+    def work(k: int) -> None:
+        a, b = tiles[k]
+        f, ee_tile, ok = _weighted_residuals(test, a, b)
+        G = f.sum(axis=1)
+        rss = ee_tile - np.einsum("kv,kv->v", G, G)
+        ok &= (ee_tile > 0) & (rss > 1e-10 * ee_tile)  # no residual variance: no statistic, no p
+        f[:, :, ~ok] = 0.0
+        stat[a:b] = np.where(ok, _statistic(G, np.where(ok, ee_tile, 1.0), test.dof, test.q, test.is_t), np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tol[a:b] = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee_tile / np.where(ok, rss, 1.0))
+        valid[a:b], ee[a:b] = ok, np.where(ok, ee_tile, 1.0)
+        E_tiles[k] = np.ascontiguousarray(f, dtype=dtype)
+
+    with blas_single_threaded():
+        run_in_threads(work, range(len(tiles)), resolve_workers(n_jobs))
+    observed = np.where(valid, stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
+    from ._maxstat import to_key
+
+    okey = to_key(observed, test.is_t).astype(dtype)
+    okey[~valid] = np.inf
+    return _Observed(E_tiles, ee.astype(dtype), stat, tol, okey, valid)
+
+
+def _weighted_residuals(test: _CheckedMixed, a: int, b: int):
+    """For the voxels a..b: the whitened residuals of the reduced model projected row by row, f (r, n, v)
+    (float64; ``f_k = u_k o e~``, u_k the k-th column of ``[U, Q_Z]`` of the whitened design at the voxel,
+    ``e~ = sqrt(w) o e``), ``||e~||^2`` (v,), and the voxels the reduced model fitted (finite effects, positive
+    finite variances, a likelihood that is not flat)."""
+    y = np.array(test.effects[:, a:b], dtype=np.float64)
+    s2 = np.array(test.variances[:, a:b], dtype=np.float64)
+    null = fit_mixed_block(
+        test.reduced,
+        y,
+        s2,
+        test.codes,
+        model=test.model,
+        n_groups=test.n_groups,
+        compiled=False if test.reduced.rank == 0 else None,
+    )
+    ok = null.outcome == OK
+    tau2 = np.where(ok, null.tau2, 0.0)
+    with np.errstate(invalid="ignore"):
+        total = s2 + tau2[test.codes]
+        ok &= np.isfinite(total).all(axis=0) & (total > 0).all(axis=0) & np.isfinite(y).all(axis=0)
+    total[:, ~ok], y[:, ~ok] = 1.0, 0.0
+    sw = (1.0 / np.sqrt(total)).T[:, :, None]  # (v, n, 1): the whitening sqrt(w) of each voxel
+    Qz = np.linalg.qr(sw * test.reduced.basis[None])[0] if test.reduced.rank else np.zeros((b - a, y.shape[0], 0))
+    Xi = sw * test.interest[None]
+    Xi = Xi - Qz @ (Qz.transpose(0, 2, 1) @ Xi)  # the interest effects after the (whitened) nuisance
+    U = np.linalg.qr(Xi)[0]
+    if test.is_t:  # oriented as the contrast: t = c'b / se
+        U = U * np.sign(np.einsum("vi,vi->v", U[:, :, 0], Xi[:, :, 0]))[:, None, None]
+    yw = sw[:, :, 0] * y.T  # (v, n)
+    e = yw - np.einsum("vik,vk->vi", Qz, np.einsum("vik,vi->vk", Qz, yw))  # Freedman-Lane: reduced residuals
+    f = np.concatenate([U, Qz], axis=2).transpose(2, 1, 0) * e.T[None]
+    return f, np.einsum("vi,vi->v", e, e), ok
 
 
 MAP_TOL = 1e-5  # the tie tolerance of TFCE and cluster values: they come from float32 maps
@@ -408,17 +739,7 @@ def _permutation_test_iv(
             "rows cannot change; use sign-flips (scheme 'flip' or 'auto')."
         )
     basis = np.column_stack([U, Qz])
-    if not isinstance(n_permutations, bool) and isinstance(n_permutations, (int, np.integer)) and n_permutations > 0:
-        # the table of shuffles (N x n) and the null distributions (N each) are whole-run: they must fit memory
-        N = min(int(n_permutations), count_shuffles(scheme, basis, blocks, whole_blocks))
-        # with the maps' float64 working copies (the data and their residuals, n x V each)
-        check_memory(
-            N * (design.n_scans * (8 if scheme == "permute" else 3) + 64) + 16 * Y.shape[0] * Y.shape[1],
-            f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {design.n_scans} maps "
-            f"({Y.shape[1]:,} voxels)",
-            None,
-            "Ask for fewer permutations (5000 to 10000 are usual).",
-        )
+    _check_table_memory(n_permutations, scheme, basis, blocks, whole_blocks, 16 * Y.shape[0] * Y.shape[1], Y.shape[1])
     shuffles = make_shuffles(scheme, basis, n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed)
     if device not in (None, "cpu"):
         from .._array import device_namespace
@@ -426,6 +747,22 @@ def _permutation_test_iv(
         device_namespace(device)  # a clear error now for a device that is not there
     resolve_workers(n_jobs)  # a clear error now for a number of threads that cannot be
     return _CheckedTest(Y, label, basis, Qz, U.shape[1], dof, w.shape[0] == 1, shuffles)
+
+
+def _check_table_memory(n_permutations, scheme: str, basis, blocks, whole_blocks, working: int, V: int) -> None:
+    """Refuse a table of shuffles (N x n) and null distributions (N each), whole-run, that memory cannot hold
+    beside the `working` bytes of the maps' float64 working copies (a wrong `n_permutations` is left to
+    ``make_shuffles``)."""
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+        return
+    N = min(int(n_permutations), count_shuffles(scheme, basis, blocks, whole_blocks))
+    n = basis.shape[0]
+    check_memory(
+        N * (n * (8 if scheme == "permute" else 3) + 64) + working,
+        f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {n} maps ({V:,} voxels)",
+        None,
+        "Ask for fewer permutations (5000 to 10000 are usual).",
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -534,8 +871,9 @@ class _NullRunner:
         def work(k):
             a, b = p.tiles[k]
             if self.flips:
+                E = p.E_tiles[k]
                 flip_tile(
-                    p.E_tiles[k],
+                    E if E.ndim == 3 else E[None],  # (one residual matrix for every row of the basis)
                     self.basis_w,
                     self.patterns[start:stop],
                     p.ee_w[a:b],

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .._memory import size_text
-from ..core import working_dtype
+from ..core import check_contrast, factorize, working_dtype
 from ..core.mixed import MODELS
 from ..design import first_level_maps, pair_variances, read_groups
 from ..engine.mixed import MixedFit
@@ -46,6 +46,7 @@ __all__ = [
     "mixed_record",
     "paired_design",
     "paired_inputs",
+    "permutation_copies",
     "read_variances",
     "streamed_mask",
     "variance_groups",
@@ -308,11 +309,32 @@ def variance_groups(grp, design, n_rows: int, order) -> list[str] | None:
     return None
 
 
-def write_mixed_maps(out, masker: Masker, fit: MixedFit) -> None:
+PERMUTATION_STATISTIC = (
+    "sign-flips (Freedman-Lane on the reduced model's residuals) of the null model's weighted least-squares "
+    "statistic: weights 1 / (s2 + tau2) with tau2 estimated once per voxel by REML under the reduced model (0 for "
+    "fixed), t = c'b / sqrt(sigma2 c'(X'WX)^+ c) with sigma2 the weighted residual variance (F likewise); written "
+    "as stat-t (or F)_desc-nullmodel, it differs from the parametric map (tau2 from the full model, no residual "
+    "scale); the permutation p-values are its"
+)
+
+
+def permutation_copies(items, X, names) -> int:
+    """The (n, V) arrays a mixed-effects permutation test holds per map, for the memory plan: the effects, the
+    variances, and the weighted residuals of the widest contrast (one per rank of its rows)."""
+    design = factorize(X, names, warn=False)
+    ranks = [np.linalg.matrix_rank(check_contrast(expr, design, label)) for label, expr in items]
+    return max(2, 1 + max(ranks, default=1))
+
+
+def write_mixed_maps(out, masker: Masker, fit: MixedFit, permutation: dict | None = None) -> None:
     """The between-subject variance of each variance group (``stat-betweenvariance``, with ``group-<label>``
-    when there are several), and the degrees of freedom where they vary over voxels (``stat-dof``, per
-    contrast with Satterthwaite's)."""
+    when there are several), the degrees of freedom where they vary over voxels (``stat-dof``, per
+    contrast with Satterthwaite's), and with permutations the statistic they shuffled (``stat-t_desc-nullmodel``
+    or ``stat-F_desc-nullmodel``: see :data:`PERMUTATION_STATISTIC`)."""
     ext = masker.geometry.extension
+    for label, result in (permutation or {}).items():
+        name = statmap_name(result.kind, ext, label, desc="nullmodel")
+        masker.write(out.path(name), result.stat, [f"{label} {result.kind} of the null model (permutations)"])
     if fit.model == "mixed":
         several = len(fit.groups) > 1
         for g, label in enumerate(fit.groups):
@@ -327,10 +349,11 @@ def write_mixed_maps(out, masker: Masker, fit: MixedFit) -> None:
             masker.write(out.path(statmap_name("dof", ext, label)), dof, [f"{label} dof"])
 
 
-def mixed_record(fit: MixedFit, paired, first_level_dof: bool) -> dict:
+def mixed_record(fit: MixedFit, paired, first_level_dof: bool, permutation: dict | None = None) -> dict:
     """What model.json says of a mixed- or fixed-effects fit: the model in words, its degrees of freedom, the
     variance groups, the voxels not fitted and why, and how each variance map was paired with its effect map
-    (`first_level_dof`: whether the fixed-effects dof came from the first levels)."""
+    (`first_level_dof`: whether the fixed-effects dof came from the first levels); with `permutation`
+    results, the statistic their p-values come from."""
     if fit.model == "mixed":
         dof = "n - rank (FLAME1)" if fit.dof_kind == "residual" else "Satterthwaite's, per contrast and voxel"
     else:
@@ -347,4 +370,5 @@ def mixed_record(fit: MixedFit, paired, first_level_dof: bool) -> dict:
         "variance_groups": [str(g) for g in fit.groups],
         "voxels_not_fitted": dict(fit.outcomes),
         "pairing": paired.record(),
+        **({"permutation_statistic": PERMUTATION_STATISTIC} if permutation else {}),
     }

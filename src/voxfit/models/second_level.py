@@ -40,7 +40,7 @@ from ..engine.mixed import MixedFit, mixed_effects
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
-from ..inference.permutation import PermutationResult, permutation_test
+from ..inference.permutation import PermutationResult, mixed_permutation_test, mixed_scheme, permutation_test
 from ..io import (
     Masker,
     OutputFolder,
@@ -67,6 +67,7 @@ from .group_mixed import (
     mixed_record,
     paired_design,
     paired_inputs,
+    permutation_copies,
     read_variances,
     streamed_mask,
     variance_groups,
@@ -174,10 +175,12 @@ class SecondLevel:
     ``fixed`` or ``ols`` (the default without); variance_groups: the `design` table's column of variance groups
     (a between-subject variance per group; else `grp`, FSL's design.grp, when given); first_level_dof: the
     fixed-effects model's first-level dof (a number, or one per map) when the folders do not give them; dof:
-    ``residual`` (n - rank, FLAME1's) or ``satterthwaite`` (mixed). Mixed and fixed models are parametric (no
-    permutations, clusters or TFCE yet) and run on CPUs: in memory, or over `max_memory` with maps the fit reads a
-    block of voxels at a time (uncompressed NIfTI, .npy, Zarr, HDF5), or on a Dask `scheduler` (the workers
-    reading such maps themselves).
+    ``residual`` (n - rank, FLAME1's) or ``satterthwaite`` (mixed). With `permutations`, mixed and fixed models
+    get sign-flip inference (permutations refused: the errors are not exchangeable) on the null model's
+    weighted least-squares statistic, with clusters and TFCE as for OLS (see
+    :func:`voxfit.inference.permutation.mixed_permutation_test`; the maps held in memory). They run on CPUs:
+    in memory, or over `max_memory` with maps the fit reads a block of voxels at a time (uncompressed NIfTI,
+    .npy, Zarr, HDF5), or on a Dask `scheduler` (the workers reading such maps themselves).
     """
 
     design: str | PathLike | DataFrame | tuple | None = None
@@ -335,7 +338,7 @@ class SecondLevel:
                 files = out.commit()
         return self._result(d, paths, masker, parametric, perms, tables, files)
 
-    def _plan(self, reader, d, execution: Execution) -> GroupMemory:
+    def _plan(self, reader, d, execution: Execution, copies: int = 1) -> GroupMemory:
         """How the cap splits (:func:`group_memory`): the bytes a batch of shuffles may take and the threads of
         the TFCE and cluster kernels, or an InputError naming the cap that would hold the run, decided before the
         maps are read: the voxels are those of the --mask, or at most those finite and non-zero in the first map
@@ -351,7 +354,7 @@ class SecondLevel:
         items = self._contrast_items(d.names, d.X.shape[1])
         plan = group_memory(
             execution.budgets.process,
-            reader.n_scans,
+            reader.n_scans * copies,  # (mixed effects: the variance maps and weighted residuals, see group_mixed)
             voxels,
             np.dtype(reader.dtype).itemsize,
             n_columns=d.X.shape[1],
@@ -538,20 +541,18 @@ class SecondLevel:
                 f"--model {kind} weighs each subject by its first-level variance: give --variances (one map per "
                 "subject) or --first-level FOLDERS, or use --model ols."
             )
-        refused = [
-            flag
-            for flag, given in (
-                ("--permutations", self.permutations),
-                ("--tfce", self.tfce),
-                ("--cluster-threshold", self.cluster_threshold is not None),
-            )
-            if given
-        ]
-        if refused:
+        if self.paired and self.permutations:
             raise InputError(
-                f"{', '.join(refused)} with --model {kind} is not available: mixed- and fixed-effects group models "
-                "are parametric; use --model ols for permutations and clusters, or drop those options."
+                f"--paired with --permutations and --model {kind} is not available (the A and B maps of a subject "
+                "are not flipped apart): give each subject's A - B effect and its variance map without --paired."
             )
+        if self.cluster_threshold is not None and not self.permutations:
+            raise InputError(
+                f"--cluster-threshold with --model {kind} needs --permutations (its clusters are formed on the "
+                "permutation statistic); give --permutations N, or drop it."
+            )
+        if self.permutations:
+            mixed_scheme(self.scheme, kind)  # sign-flips only: the errors are not exchangeable
         return kind
 
     def _fit_mixed(self, kind: str, pairs, out_dir, force: bool, execution: Execution, command) -> GroupFit:
@@ -570,13 +571,21 @@ class SecondLevel:
             paths = data if isinstance(data, list) else [data]
             reader = open_reader(data, "inputs")
             need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
+            items = self._contrast_items(d.names, d.X.shape[1])
+            shuffling = execution  # with permutations the maps are held (the cap planned as for OLS)
+            if self.permutations and execution.max_memory is not None and execution.scheduler is None:
+                plan = self._plan(reader, d, execution, copies=permutation_copies(items, d.X, list(d.names)))
+                shuffling = execution.planned(n_jobs=plan.threads, batch=plan.batch)
             on_workers = None
             if execution.scheduler is not None:  # the workers read the maps by columns where the files allow it
                 on_workers = columns_on_workers(reader, self.mask, execution.scheduler, nonzero=True)
-                execution = replace(execution, scheduler=stack.enter_context(dask_client(execution.scheduler)))
-            if on_workers is not None and (columns := columns_of(reader, pairs, on_workers[1])) is not None:
+                execution = shuffling = replace(
+                    execution, scheduler=stack.enter_context(dask_client(execution.scheduler))
+                )
+            on_columns = on_workers is not None and not self.permutations
+            if on_columns and (columns := columns_of(reader, pairs, on_workers[1])) is not None:
                 (Y, variances), masker = columns, on_workers[1]
-            elif execution.budgets.process is None or need <= execution.budgets.process:
+            elif self.permutations or execution.budgets.process is None or need <= execution.budgets.process:
                 Y, masker = self._load(data, execution.progress, difference=False)
                 variances = read_variances(pairs, masker)
             else:  # the maps read a block of voxels at a time by the fit (compressed ones decompressed first)
@@ -591,10 +600,9 @@ class SecondLevel:
                         "maps in NIfTI, .npy, Zarr or HDF5, or fewer voxels (--mask)."
                     )
                 Y, variances = columns
-                self._check_streamed_cap(execution, masker, pairs.n, len(self._contrast_items(d.names, d.X.shape[1])))
+                self._check_streamed_cap(execution, masker, pairs.n, len(items))
             rows = np.concatenate([order, order + len(order)]) if self.paired else order
             groups = variance_groups(self.grp, d, reader.n_scans, rows)
-            items = self._contrast_items(d.names, d.X.shape[1])
             X, names, fit_items = d.X, list(d.names), items
             if self.paired:  # FLAME's paired design on the 2n maps: the design over A - B, one column per subject
                 flame = paired_design(d.X, list(d.names), items, pairs.subjects[: len(order)])
@@ -613,6 +621,37 @@ class SecondLevel:
                 dof=self.dof,
                 execution=execution,
             )
+            EH = self._tfce_parameters(masker.geometry)
+            perms: dict[str, PermutationResult] = {}
+            tables: dict[str, list[dict]] = {}
+            blocks = read_groups(self.grp, reader.n_scans)[order] if self.grp is not None else None
+            if self.permutations:  # sign-flips of the null model's weighted t or F (see its docstring)
+                adjacency = self._adjacency(masker) if self.tfce or self.cluster_threshold is not None else None
+                for label, expr in items:
+                    perms[label] = mixed_permutation_test(
+                        d.X,
+                        Y,
+                        variances,
+                        expr,
+                        names=list(d.names),
+                        groups=groups,
+                        model=kind,
+                        n_permutations=int(self.permutations),
+                        scheme=self.scheme,
+                        blocks=blocks,
+                        whole_blocks=self.whole_blocks,
+                        seed=self.seed,
+                        adjacency=adjacency,
+                        cluster_threshold=self.cluster_threshold,
+                        tfce=self.tfce,
+                        tfce_E=EH[0],
+                        tfce_H=EH[1],
+                        name=label,
+                        execution=shuffling,
+                    )
+                    if self.cluster_threshold is not None:  # (peaks of the statistic the clusters are formed on)
+                        on = replace(fit.contrasts[label], stat=perms[label].stat)
+                        tables[label] = self._cluster_table(masker, on, perms[label], adjacency)
             files: list[Path] = []
             if out is not None:
                 self._write(
@@ -625,9 +664,12 @@ class SecondLevel:
                         reader=reader,
                         paths=paths,
                         command=command,
-                        tfce=self._tfce_parameters(masker.geometry),
+                        tfce=EH,
+                        permutation=perms,
+                        tables=tables,
+                        blocks=blocks,
                         mixed=fit,
-                        pairing=mixed_record(fit, pairs, fl_dof is not None),
+                        pairing=mixed_record(fit, pairs, fl_dof is not None, perms),
                     ),
                 )
                 files = out.commit()
@@ -639,7 +681,7 @@ class SecondLevel:
             )
         if kind == "fixed" and fl_dof is None:
             notes += ("fixed effects without every subject's first-level dof: dof n - rank; give --first-level-dof",)
-        return replace(self._result(d, paths, masker, fit.contrasts, {}, {}, files), notes=notes, mixed=fit)
+        return replace(self._result(d, paths, masker, fit.contrasts, perms, tables, files), notes=notes, mixed=fit)
 
     def _check_streamed_cap(self, execution: Execution, masker: Masker, n_maps: int, n_contrasts: int) -> None:
         """Refuse, naming the cap that would, a cap that cannot hold a mixed or fixed model of maps read by
@@ -796,7 +838,7 @@ class SecondLevel:
             if label in tables:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
         if g.mixed is not None:
-            write_mixed_maps(out, masker, g.mixed)
+            write_mixed_maps(out, masker, g.mixed, perms)
         ModelRecord(
             kind="group",
             voxfit_version=__version__,

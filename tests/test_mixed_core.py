@@ -470,3 +470,18 @@ def test_mixed_effects_on_the_kernel_gives_the_numbers_of_the_numpy_path(rng, mo
         npt.assert_allclose(fit.betas, ref.betas, rtol=1e-10, atol=1e-12)
         npt.assert_allclose(fit.beta_covariance, ref.covariance, rtol=1e-10)
     assert voxfit.core.mixed.use_compiled_mixed(0) and not voxfit.core.mixed.use_compiled_mixed(10**9, False)
+
+
+def test_kernel_reads_float32_as_its_float64_values(rng):
+    """The kernel reads float32 effects and variances as they are stored: the numbers of their float64 copies,
+    exactly, and those of the numpy path to rounding."""
+    X, Y, s2 = _kernel_problem(rng, 17, 200, 3)
+    Y[:, 8:10], s2[:, 8:10] = Y[:, 20:22], s2[:, 20:22]  # (units beyond float32's range: not float32 data)
+    Y32, s32 = Y.astype(np.float32), s2.astype(np.float32)
+    fit = fit_mixed_block(X, Y32, s32, compiled=True)
+    wide = fit_mixed_block(X, Y32.astype(np.float64), s32.astype(np.float64), compiled=True)
+    ref = fit_mixed_block(X, Y32, s32, compiled=False)
+    for name in ("betas", "covariance", "tau2", "loglik", "outcome", "iterations"):
+        npt.assert_array_equal(getattr(fit, name), getattr(wide, name))
+    npt.assert_array_equal(fit.outcome, ref.outcome)
+    npt.assert_allclose(fit.tau2, ref.tau2, rtol=1e-10, atol=0)

@@ -4,8 +4,9 @@
 the temporaries of each evaluation of the restricted likelihood. The kernel here runs, per voxel and without
 temporaries, the numpy path's arithmetic in the same order of steps: the checks of the effects and variances,
 the voxel's own units, the flat-likelihood test, the boundary decided by the score at tau2 = 0, the safeguarded
-Newton iteration on the score, and the GLS fit at the estimate (the state of the last evaluation, not a new
-one), back in the data's units. Its numbers equal the numpy path's to rounding (sums in another order).
+Newton iteration on the score from the moment estimate, and the GLS fit at the estimate (the state of the last
+evaluation, not a new one), back in the data's units. Its numbers equal the numpy path's to rounding (sums in
+another order). Effects and variances are read as stored, float32 or float64, without a float64 copy.
 
 numba is imported on first use (:func:`compile_mixed_kernels`), not with ``import voxfit``; the kernel is one
 function, so that it is cached on disk and loaded, not compiled, by later processes.
@@ -51,17 +52,20 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
     import numba
     import numpy as np
 
-    data = numba.types.Array(numba.float64, 2, "A", readonly=True)  # one signature: any layout, read-only or not
+    # effects and variances as stored, float32 or float64 (read into float64 here): any layout, read-only or not
+    single = numba.types.Array(numba.float32, 2, "A", readonly=True)
+    double = numba.types.Array(numba.float64, 2, "A", readonly=True)
     matrix = numba.types.Array(numba.float64, 2, "A")
     stack = numba.types.Array(numba.float64, 3, "A")
     vector = numba.types.Array(numba.float64, 1, "A")
     i64, f64 = numba.int64, numba.float64
     codes = (numba.types.Array(numba.int32, 1, "A"), numba.types.Array(numba.int8, 1, "A"))
     design = numba.types.Array(numba.float64, 2, "C", readonly=True)
-    inputs = (data, data, i64, i64, design, design, design, f64, numba.boolean, i64, f64)
+    rest = (i64, i64, design, design, design, f64, numba.boolean, i64, f64)
     outputs = (matrix, stack, matrix, vector, *codes, stack, stack, vector)
+    signatures = [numba.void(data, data, *rest, *outputs) for data in (single, double)]
 
-    @numba.njit(numba.void(*inputs, *outputs), nogil=True, cache=True, error_model="numpy", fastmath=_FASTMATH)
+    @numba.njit(signatures, nogil=True, cache=True, error_model="numpy", fastmath=_FASTMATH)
     def mixed_one_group(  # noqa: C901, PLR0912, PLR0915
         Y,
         S,
@@ -451,7 +455,10 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
                     evaluations = 0
                     if not score > 0:
                         break  # the estimate is 0, the state is this one
-                    t = score / info  # a Fisher step from 0: positive
+                    # the start: the moment estimate (DerSimonian-Laird's, generalised: E r'Wr = n - r + tau2 tr P
+                    # at 0) where positive, else a Fisher step from 0 (positive)
+                    moment = (quad - (n - r)) / (sw - trMT)
+                    t = moment if moment > 0 else score / info
                 else:
                     evaluations += 1
                     if score > 0:

@@ -33,9 +33,10 @@ Maximisation, all voxels of a block together (a voxel stops when its step is bel
 - one group: the boundary is decided first, exactly: where the score at tau2 = 0 is <= 0 the estimate is 0
   (the restricted likelihood does not increase into the interior; as FLAME and 3dMEMA, a further interior
   local maximum is not searched for). Elsewhere the root of the score is found by Newton's method on the
-  score, safeguarded by the bracket [last tau2 with a positive score, last with a negative one]: a Newton step
-  where the likelihood is concave, a Fisher-scoring step elsewhere, a bisection when the step leaves the
-  bracket.
+  score from the moment estimate (DerSimonian-Laird's, generalised to GLS: ``(r'Wr - (n - r)) / tr P`` at 0;
+  a Fisher step from 0 where it is not positive), safeguarded by the bracket [last tau2 with a positive score,
+  last with a negative one]: a Newton step where the likelihood is concave, a Fisher-scoring step elsewhere, a
+  bisection when the step leaves the bracket.
 - several groups: projected Newton (Fisher scoring where the Hessian is not negative definite) on the groups
   that are positive or whose score is positive, the step projected onto tau2 >= 0 and halved until the
   restricted likelihood increases (Armijo), then a scaled projected gradient if that fails.
@@ -154,14 +155,14 @@ def fit_mixed_block(
         The other models and several groups always take the numpy path.
     """
     design = X if isinstance(X, DesignFactor) else factorize(X, warn=False)
-    Y = np.asarray(effects, dtype=np.float64)
-    Y = Y[:, None] if Y.ndim == 1 else Y
+    Y = _as_matrix(effects)
     n, v = Y.shape
     codes = np.zeros(n, dtype=np.intp) if groups is None else np.asarray(groups, dtype=np.intp)
     G = 1 if model == "ols" else int(n_groups if n_groups is not None else codes.max() + 1)
     if model == "mixed" and G == 1 and use_compiled_mixed(n * v, compiled):
-        S = np.asarray(variances, dtype=np.float64)
-        return _fit_one_group_compiled(design, Y, S[:, None] if S.ndim == 1 else S, max_iter, tol, contrasts)
+        # (the kernel reads float32 and float64 as they are, without a float64 copy of the block)
+        return _fit_one_group_compiled(design, Y, _as_matrix(variances), max_iter, tol, contrasts)
+    Y = Y.astype(np.float64, copy=False)
     outcome = np.where(np.isfinite(Y).all(axis=0), OK, INVALID_DATA).astype(np.int8)
     S = None
     if model != "ols":
@@ -199,6 +200,14 @@ def fit_mixed_block(
     return out.finish(outcome)
 
 
+def _as_matrix(a) -> NDArray:
+    """(n, v) float32 or float64 in the machine's byte order (a 1-D array is one voxel), not copied when it is."""
+    a = np.asarray(a)
+    if a.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        a = a.astype(np.float64)
+    return a[:, None] if a.ndim == 1 else a
+
+
 def use_compiled_mixed(n_elements: int, compiled: bool | None = None) -> bool:
     """The choice of the compiled kernel for a mixed model of one variance group: `compiled` when given, else
     whether the kernel is already loaded or the data (`n_elements` = subjects x voxels) are large enough to earn
@@ -233,7 +242,7 @@ def _fit_one_group_compiled(design: DesignFactor, Y: NDArray, S: NDArray, max_it
     def call(start: int, stop: int) -> None:
         mixed_one_group(Y, S, start, stop, *args, out, extra)
 
-    in_chunks(call, v, first=256)
+    in_chunks(call, v, first=1024)  # (~1 ms of work: two calls for a block of 4096 voxels)
     betas, covariance, tau2, loglik, iterations, outcome = out
     dof = []
     ok = np.flatnonzero(outcome == OK)
@@ -522,8 +531,7 @@ def _solve_one_group(problem: _Problem, Y, S, scale, max_iter: int, tol: float):
     outcome = np.zeros(v, dtype=np.int8)
     state = problem.evaluate(tau2, Y, S)
     act = np.flatnonzero(state.score[0] > 0)
-    # the first step from 0, by Fisher scoring: the score is positive there, so the step is too
-    t = state.score[0, act] / state.info[act, 0, 0]
+    t = _start(problem, Y, S, state, act)
     lo, hi = np.zeros(act.size), np.full(act.size, np.inf)
     for _ in range(max_iter):
         if not act.size:
@@ -545,6 +553,18 @@ def _solve_one_group(problem: _Problem, Y, S, scale, max_iter: int, tol: float):
     outcome[act] = NOT_CONVERGED
     tau2[0, act] = t
     return tau2, iterations, outcome
+
+
+def _start(problem: _Problem, Y, S, state: _State, act: NDArray) -> NDArray:
+    """The first tau2 of one group's voxels `act`, whose score at 0 (`state`) is positive: the moment estimate
+    (DerSimonian-Laird's, generalised: ``E r'Wr = n - r + tau2 tr P`` at 0) where positive, else a Fisher step from
+    0 (positive, as the score)."""
+    w = 1.0 / S[:, act]
+    resid = Y[:, act] - problem.Q @ state.gamma[act].T
+    trace_p = w.sum(axis=0) - np.einsum("vab,vba->v", state.Minv[act], state.T[0, act])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        moment = (np.einsum("iv,iv,iv->v", w, resid, resid) - (Y.shape[0] - problem.r)) / trace_p
+    return np.where(moment > 0, moment, state.score[0, act] / state.info[act, 0, 0])
 
 
 def _solve_groups(problem: _Problem, Y, S, scale, max_iter: int, tol: float):

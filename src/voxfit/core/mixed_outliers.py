@@ -14,17 +14,16 @@ outlier at each voxel, and because it is the plain mixed model exactly when pi =
 Estimation at each voxel, all voxels of a block together (each in its own units, effects divided by the root
 mean first-level variance, as ``voxfit.core.mixed`` does):
 
-1. the plain mixed fit (REML, :func:`voxfit.core.mixed.fit_mixed_block`): its checks and outcomes, and the start
-   ``beta``, ``tau2``; ``pi = 0.1`` and omega at its lower bound ``omega_min = 1000 (tau2_rob + max_i s_i^2)``,
-   tau2_rob from the plain fit's residuals by their median absolute value (which outliers do not inflate): the
-   outlier population is one of a much larger variance, as in flameo (whose outlier variance is at least
-   100 (tau2 + 100 max s^2)), so that a subject is an outlier only when its residual is far beyond what the
-   population explains (``|e_i| / sqrt(v_i)`` beyond about 3.5 at the estimate). Starting from the plain tau2,
-   which the outliers inflate, flags the clearest outliers first and the population's extreme subjects seldom:
-   a robust start of tau2 too, or a smaller bound, flags more and gains power but trims the population's tails
-   (its tau2 is then underestimated, the test liberal: 0.066-0.073 at p < 0.05 on null data with 10% of the
-   subjects shifted by +-20 sd; 0.061 with these choices, 0.035 without outlier inference), and a bound of
-   10^4 misses two subjects shifted by 16 sd in twenty (validation/mixed_outliers.py has the table).
+1. the start: the plain mixed fit (REML, :func:`voxfit.core.mixed.fit_mixed_block`), its checks and outcomes;
+   a robust tau2_rob from its residuals' median absolute deviation (which outliers do not inflate); beta by
+   weighted least squares and tau2 by the moment estimate over the subjects within 5 robust standard
+   deviations of the median residual (outliers inflate the plain tau2 and mask one another: from the plain fit,
+   two subjects shifted by 16 sd in twenty were missed); ``pi = 0.1``; omega at its lower bound
+   ``omega_min = 1000 (tau2_rob + max_i s_i^2)``. The outlier population is one of a much larger variance, as
+   in flameo (whose outlier variance is at least 100 (tau2 + 100 max s^2)), so that a subject is an outlier
+   only when its residual is far beyond what the population explains (``|e_i| / sqrt(v_i)`` beyond about 3.5
+   at the estimate) and the population's own tails are seldom trimmed (which would bias its tau2 down and the
+   test up: 0.07 at p < 0.05 from a start at tau2_rob alone; validation/mixed_outliers.py has the table).
 2. maximum likelihood of the mixture by an expectation-conditional-maximisation (ECM) algorithm, each iteration:
    E-step, each subject's posterior outlier probability ``r_i``; CM-steps, ``pi = mean(r)`` (at most 0.25, as
    flameo bounds it), beta by weighted least squares with ``w_i = (1 - r_i) / v_i + r_i / (v_i + omega)`` (its
@@ -68,6 +67,7 @@ __all__ = ["PRIOR_MAX", "SPREAD_MIN", "OutlierBlock", "fit_outlier_block"]
 
 PRIOR_MAX = 0.25  # the largest outlier prior (flameo's bound)
 _PRIOR_START = 0.1
+START_REJECT = 5.0
 SPREAD_MIN = 1e3  # omega's lower bound, in units of a robust tau2 + the voxel's largest s^2
 _HALVINGS = 30
 _ARMIJO = 1e-4
@@ -157,10 +157,12 @@ def _ecm(design: DesignFactor, Y: NDArray, S: NDArray, betas0: NDArray, tau20: N
     Q = design.basis
     collapse = 1.0 / (10 * n)
     gamma0 = (Q.T @ (design.X @ betas0)).T
-    w_min = SPREAD_MIN * (_robust_tau2(Y - Q @ gamma0.T, S) + S.max(axis=0))
+    tau2_rob = _robust_tau2(Y - Q @ gamma0.T, S)
+    w_min = SPREAD_MIN * (tau2_rob + S.max(axis=0))
+    gamma1, tau21 = _start(Q, Y, S, gamma0, tau2_rob)
     state = _ECMState(
-        gamma=gamma0,
-        tau2=tau20.copy(),
+        gamma=gamma1,
+        tau2=tau21,
         omega=w_min.copy(),
         prior=np.full(v, _PRIOR_START),
         probability=np.zeros((n, v)),
@@ -200,10 +202,28 @@ def _ecm(design: DesignFactor, Y: NDArray, S: NDArray, betas0: NDArray, tau20: N
     return state
 
 
+def _start(Q: NDArray, Y: NDArray, S: NDArray, gamma0: NDArray, tau2_rob: NDArray) -> tuple[NDArray, NDArray]:
+    """The ECM's start (coefficients (v, r) and tau2 (v,)) without the subjects beyond `START_REJECT` robust
+    standard deviations from the median residual of the plain fit: weighted least squares of the others, and
+    tau2 by the moment estimate ``sum (e_i^2 - s_i^2) / (m - r)`` over them (m of them), at least 0; the plain
+    fit where fewer than r + 2 would remain."""
+    n, r = Q.shape
+    resid = Y - Q @ gamma0.T
+    keep = np.abs(resid - np.median(resid, axis=0)) <= START_REJECT * np.sqrt(S + tau2_rob)
+    m = keep.sum(axis=0)
+    enough = m >= r + 2
+    weights = np.where(keep | ~enough, 1.0 / (S + tau2_rob), 0.0)
+    gamma = _wls(Q, Y, weights)
+    resid = Y - Q @ gamma.T
+    moment = np.where(keep, resid * resid - S, 0.0).sum(axis=0) / np.maximum(m - r, 1)
+    return np.where(enough[:, None], gamma, gamma0), np.where(enough, np.maximum(moment, 0.0), tau2_rob)
+
+
 def _robust_tau2(resid: NDArray, S: NDArray) -> NDArray:
-    """tau2 (v,) that outliers do not inflate: the squared scale of the residuals by their median absolute value
-    (1.4826 median |e|, the normal's standard deviation), less the median first-level variance, at least 0."""
-    scale = 1.4826 * np.median(np.abs(resid), axis=0)
+    """tau2 (v,) that outliers do not inflate: the squared scale of the residuals by their median absolute
+    deviation (1.4826 median |e - median e|, the normal's standard deviation; centred, since outliers on one
+    side move the plain fit), less the median first-level variance, at least 0."""
+    scale = 1.4826 * np.median(np.abs(resid - np.median(resid, axis=0)), axis=0)
     return np.maximum(0.0, scale**2 - np.median(S, axis=0))
 
 

@@ -380,6 +380,11 @@ def _get_parser() -> argparse.ArgumentParser:
         default="residual",
         help="mixed: n - rank (FLAME1, default) or Satterthwaite's per voxel",
     )
+    mixed.add_argument(
+        "--outliers",
+        action="store_true",
+        help="mixed: outlier inference (FSL flameo --io): subjects weighted by their outlier probability per voxel",
+    )
     group.add_argument(
         "--permutations",
         type=int,
@@ -868,6 +873,7 @@ def _run_group(args, argv, progress) -> int:
         variance_groups=args.variance_groups,
         first_level_dof=_one_or_list(args.first_level_dof),
         dof=args.dof,
+        outliers=args.outliers,
     )
     result = model.fit(inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
     if not args.quiet:
@@ -885,6 +891,8 @@ def _run_group(args, argv, progress) -> int:
         )
         if result.mixed is not None:
             how = f"{result.mixed.model} effects, {how}"
+            if result.mixed.mean_outliers is not None:
+                how += f", {result.mixed.mean_outliers:.2f} outlying subjects per voxel on average"
         print(
             f"group model: {n} maps x {result.masker.n_voxels:,} voxels, columns {', '.join(result.names)}; "
             f"{len(result.parametric)} contrast(s), {how}; {len(result.files)} files in {args.output}"

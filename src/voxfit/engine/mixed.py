@@ -17,6 +17,7 @@ from ..core import DesignFactor, Stats, check_contrast, factorize
 from ..core._kernels import compile_kernels
 from ..core.contrast import f_stats, t_stats
 from ..core.mixed import MODELS, OK, OUTCOMES, MixedBlock, fit_mixed_block, use_compiled_mixed
+from ..core.mixed_outliers import OutlierBlock, fit_outlier_block
 from ..exceptions import DegreesOfFreedomWarning, InputError
 from .fit import check_data_matrix
 
@@ -65,6 +66,16 @@ class MixedFit:
     design : DesignFactor
         The factorised design.
     dof_kind : {'residual', 'satterthwaite'}
+    outlier_probability : (n, V) array or None
+        With ``outliers=True``: each subject's posterior probability of being an outlier at each voxel (rows in
+        the design's order; 0 where the voxel has no outlier population); None otherwise. ``between_variance``
+        is then the population's tau2 (REML given these probabilities), ``log_likelihood`` the mixture's
+        log-likelihood (not restricted) and ``iterations`` those of the ECM algorithm
+        (``voxfit.core.mixed_outliers``).
+    outlier_prior : (V,) array or None
+        The prior probability pi of an outlier at each voxel (at most 0.25; 0: no outlier population).
+    outlier_variance : (V,) array or None
+        The outlier population's variance beyond tau2 (omega; 0 where pi is 0).
     """
 
     model: str
@@ -82,6 +93,18 @@ class MixedFit:
     iterations: NDArray[np.int32]
     design: DesignFactor
     dof_kind: str = "residual"
+    outlier_probability: NDArray[np.float64] | None = None
+    outlier_prior: NDArray[np.float64] | None = None
+    outlier_variance: NDArray[np.float64] | None = None
+
+    @property
+    def mean_outliers(self) -> float | None:
+        """The expected number of outlying subjects per fitted voxel (the mean over voxels of the sum of the
+        subjects' outlier probabilities); None without outlier inference."""
+        if self.outlier_probability is None:
+            return None
+        fitted = self.outlier_probability[:, self.valid]
+        return float(fitted.sum(axis=0).mean()) if fitted.size else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,6 +122,7 @@ class _MixedProblem:
     dof_kind: str
     execution: Execution
     workers: int
+    outliers: bool = False
 
 
 def mixed_effects(
@@ -112,6 +136,7 @@ def mixed_effects(
     model: str = "mixed",
     first_level_dof=None,
     dof: str = "residual",
+    outliers: bool = False,
     execution: Execution | None = None,
     max_memory=None,
     n_jobs: int | None = None,
@@ -151,6 +176,11 @@ def mixed_effects(
         ``residual``: ``n - rank`` for every voxel and contrast (FLAME1's). ``satterthwaite`` (``mixed`` only):
         each contrast's dof at each voxel by Satterthwaite's approximation from the REML information
         (``voxfit.core.mixed.satterthwaite_dof``, as lmerTest computes it; Fai & Cornelius's rule for F).
+    outliers : bool
+        ``mixed`` only, one variance group, residual dof: outlier inference (FSL flameo's ``--io``, Woolrich
+        2008): each subject's random effect comes from the population N(0, tau2) or, with a prior probability
+        pi estimated at each voxel, from an outlier population of a much larger variance; subjects are weighted
+        by their posterior outlier probability (``voxfit.core.mixed_outliers``), with n - rank dof.
     execution : voxfit.Execution, optional
         `max_memory`, `n_jobs`, `progress` and `scheduler` in one object; its cap bounds the working memory of
         the blocks (the ``block`` budget). With a Dask `scheduler` (a client or an address) the blocks are tasks
@@ -183,13 +213,14 @@ def mixed_effects(
         model=model,
         first_level_dof=first_level_dof,
         dof=dof,
+        outliers=outliers,
         execution=execution,
     )
     return _fit(problem)
 
 
 def _mixed_problem(
-    X, effects, variances, contrasts, *, names, groups, model, first_level_dof, dof, execution: Execution
+    X, effects, variances, contrasts, *, names, groups, model, first_level_dof, dof, outliers, execution: Execution
 ) -> _MixedProblem:
     """Every argument of :func:`mixed_effects` checked, as one frozen problem."""
     if model not in MODELS:
@@ -201,6 +232,7 @@ def _mixed_problem(
             f"`dof`='satterthwaite' applies to model='mixed' only (model={model!r} estimates no variance "
             "component); give dof='residual'."
         )
+    _check_outliers(outliers, model, dof)
     if execution.on_device:
         raise InputError("mixed_effects runs on CPUs (this machine's or a Dask cluster's); drop `device`.")
     design = factorize(X, names)
@@ -220,6 +252,11 @@ def _mixed_problem(
                 "per effect."
             )
     codes, labels = _check_groups(groups, n, model)
+    if outliers and len(labels) > 1:
+        raise InputError(
+            f"`outliers`=True fits one variance group; `groups` has {len(labels)}. Leave `groups` out, or give "
+            "outliers=False for a between-subject variance per group."
+        )
     if model == "mixed" and len(labels) > 1:
         _check_identified(design, codes, labels)
     if first_level_dof is not None and model != "fixed":
@@ -249,7 +286,24 @@ def _mixed_problem(
         dof_kind=dof,
         execution=execution,
         workers=resolve_workers(execution.n_jobs),
+        outliers=outliers,
     )
+
+
+def _check_outliers(outliers, model: str, dof: str) -> None:
+    """`outliers`: a bool, for model='mixed' with residual dof."""
+    if not isinstance(outliers, (bool, np.bool_)):
+        raise InputError(f"`outliers` must be True or False; got {outliers!r}.")
+    if outliers and model != "mixed":
+        raise InputError(
+            f"`outliers`=True is outlier inference in the mixed model; model={model!r} has no between-subject "
+            "variance to separate outliers from. Give model='mixed', or outliers=False."
+        )
+    if outliers and dof != "residual":
+        raise InputError(
+            "`outliers`=True takes dof='residual' (n - rank); Satterthwaite's dof are not derived for the "
+            "outlier mixture. Give dof='residual', or outliers=False."
+        )
 
 
 def _check_maps(a, name: str, n: int):
@@ -351,6 +405,8 @@ def _block_voxels(problem: _MixedProblem) -> int:
     n, p = problem.design.X.shape
     r, G = problem.design.rank, len(problem.labels)
     per_voxel = 8 * (16 * n + (3 * G + 8) * r * r + 4 * G * G + 2 * p * p + 16)  # see core.mixed.evaluate
+    if problem.outliers:  # the ECM's (n, v) arrays and per-voxel (r x r) solves (core.mixed_outliers)
+        per_voxel += 8 * (16 * n + 4 * r * r + n * r)
     budget = problem.execution.budgets.block // max(1, problem.workers)
     if budget < per_voxel:
         raise InputError(
@@ -373,12 +429,19 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     loglik = np.full(V, np.nan)
     iterations = np.zeros(V, dtype=np.int32)
     contrast_dof = [np.full(V, np.nan) for _ in sat_weights]
+    n = design.n_scans
+    probability, prior, spread = (
+        (np.full((n, V), np.nan), np.full(V, np.nan), np.full(V, np.nan)) if problem.outliers else (None,) * 3
+    )
     step = _block_voxels(problem)
     compiled = use_compiled_mixed(design.n_scans * V)  # decided once, from the whole: every block alike
 
-    block = _Block(design, problem.codes, model, G, sat_weights, compiled)
+    block = _Block(design, problem.codes, model, G, sat_weights, compiled, problem.outliers)
 
-    def place(part: slice, res: MixedBlock) -> None:
+    def place(part: slice, res: MixedBlock | OutlierBlock) -> None:
+        if isinstance(res, OutlierBlock):
+            probability[:, part], prior[part], spread[part] = res.probability, res.prior, res.outlier_variance
+            res = res.fit
         betas[:, part], covariance[part], tau2[:, part] = res.betas, res.covariance, res.tau2
         outcome[part], loglik[part], iterations[part] = res.outcome, res.loglik, res.iterations
         for full, d in zip(contrast_dof, res.contrast_dof):
@@ -415,8 +478,9 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     for k, (label, w) in enumerate(problem.weights.items()):
         dof = contrast_dof[k] if satterthwaite else problem.dof
         stats[label] = _contrast(label, w, betas, covariance, valid, dof)
-    for a in (betas, covariance, tau2, outcome, loglik, iterations, valid):
-        a.setflags(write=False)
+    for a in (betas, covariance, tau2, outcome, loglik, iterations, valid, probability, prior, spread):
+        if a is not None:
+            a.setflags(write=False)
     counts = np.bincount(outcome, minlength=max(OUTCOMES) + 1)
     return MixedFit(
         model=model,
@@ -434,6 +498,9 @@ def _fit(problem: _MixedProblem) -> MixedFit:
         iterations=iterations,
         design=design,
         dof_kind=problem.dof_kind,
+        outlier_probability=probability,
+        outlier_prior=prior,
+        outlier_variance=spread,
     )
 
 
@@ -447,8 +514,11 @@ class _Block:
     n_groups: int
     contrasts: list
     compiled: bool
+    outliers: bool = False
 
-    def __call__(self, effects, variances) -> MixedBlock:
+    def __call__(self, effects, variances) -> MixedBlock | OutlierBlock:
+        if self.outliers:
+            return fit_outlier_block(self.design, effects, variances, compiled=self.compiled)
         return fit_mixed_block(
             self.design,
             effects,
@@ -461,7 +531,7 @@ class _Block:
         )
 
 
-def _on_cluster(scheduler, block: _Block, effects, variances, spans) -> list[MixedBlock]:
+def _on_cluster(scheduler, block: _Block, effects, variances, spans) -> list[MixedBlock | OutlierBlock]:
     """The blocks `spans` fitted as Dask tasks: maps that workers can read themselves (column sources of
     files) are sent as their sources, a worker reading its own block; arrays are sent a block per task."""
     from .._dask import run_tasks

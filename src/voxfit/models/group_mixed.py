@@ -59,6 +59,11 @@ MODEL_WORDS = {
     "fixed": "fixed effects: precision-weighted least squares with the first-level variances (flameo's fixed effects)",
     "ols": "ordinary least squares on the effect maps (first-level variances not used)",
 }
+OUTLIER_WORDS = (
+    ", with outlier inference: each subject's random effect from the population or, with a prior probability "
+    "estimated at every voxel, from an outlier population of a much larger variance, subjects weighted by their "
+    "posterior outlier probability (FSL flameo --io, Woolrich 2008)"
+)
 
 
 def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_record, paired: bool = False):
@@ -328,9 +333,11 @@ def permutation_copies(items, X, names) -> int:
 
 def write_mixed_maps(out, masker: Masker, fit: MixedFit, permutation: dict | None = None) -> None:
     """The between-subject variance of each variance group (``stat-betweenvariance``, with ``group-<label>``
-    when there are several), the degrees of freedom where they vary over voxels (``stat-dof``, per
-    contrast with Satterthwaite's), and with permutations the statistic they shuffled (``stat-t_desc-nullmodel``
-    or ``stat-F_desc-nullmodel``: see :data:`PERMUTATION_STATISTIC`)."""
+    when there are several), with outlier inference each subject's outlier probability (``stat-outlierprob``,
+    4-D, a volume per subject in the order of model.json's pairing rows), the outlier prior and the outlier
+    variance (``stat-outlierprior``, ``stat-outliervariance``), the degrees of freedom where they vary over
+    voxels (``stat-dof``, per contrast with Satterthwaite's), and with permutations the statistic they shuffled
+    (``stat-t_desc-nullmodel`` or ``stat-F_desc-nullmodel``: see :data:`PERMUTATION_STATISTIC`)."""
     ext = masker.geometry.extension
     for label, result in (permutation or {}).items():
         name = statmap_name(result.kind, ext, label, desc="nullmodel")
@@ -341,6 +348,12 @@ def write_mixed_maps(out, masker: Masker, fit: MixedFit, permutation: dict | Non
             entity = (sanitize_label(str(label), "variance group"), "group") if several else ()
             name = statmap_name("betweenvariance", ext, *entity)
             masker.write(out.path(name), fit.between_variance[g], [f"between-subject variance {label}"])
+    if fit.outlier_probability is not None:  # one volume per subject, in the design's rows' order
+        n = fit.outlier_probability.shape[0]
+        names = [f"outlier probability {k + 1}" for k in range(n)]
+        masker.write(out.path(statmap_name("outlierprob", ext)), fit.outlier_probability, names)
+        masker.write(out.path(statmap_name("outlierprior", ext)), fit.outlier_prior, ["outlier prior"])
+        masker.write(out.path(statmap_name("outliervariance", ext)), fit.outlier_variance, ["outlier variance"])
     if np.ndim(fit.dof) > 0:
         masker.write(out.path(statmap_name("dof", ext)), fit.dof, ["dof"])
     for label, stats in fit.contrasts.items():
@@ -364,11 +377,35 @@ def mixed_record(fit: MixedFit, paired, first_level_dof: bool, permutation: dict
             "; paired: 2n rows (A maps, then B), the design over A - B at +-1/2 and one column per subject (FLAME's "
             "paired design)"
         )
-    return {
-        "model": MODEL_WORDS[fit.model],
+    record = {
+        "model": MODEL_WORDS[fit.model] + (OUTLIER_WORDS if fit.outlier_probability is not None else ""),
         "dof": dof,
         "variance_groups": [str(g) for g in fit.groups],
         "voxels_not_fitted": dict(fit.outcomes),
         "pairing": paired.record(),
         **({"permutation_statistic": PERMUTATION_STATISTIC} if permutation else {}),
+    }
+    return record if fit.outlier_probability is None else {**record, "outliers": outlier_record(fit)}
+
+
+def outlier_record(fit: MixedFit) -> dict:
+    """model.json's account of outlier inference: the settings, the prior and the ECM iterations over the fitted
+    voxels, and the expected number of outlying subjects per voxel."""
+    from ..core.mixed_outliers import PRIOR_MAX, SPREAD_MIN
+
+    prior = fit.outlier_prior[fit.valid]
+    iterations = fit.iterations[fit.valid]
+
+    def summary(values) -> dict:
+        return {"mean": float(values.mean()), "max": float(values.max())} if values.size else {"mean": 0, "max": 0}
+
+    return {
+        "outliers": True,
+        "prior": f"estimated at every voxel by ECM (at most {PRIOR_MAX:g}; 0 when it falls below 1 / (10 n))",
+        "outlier_variance": f"estimated at every voxel, at least {SPREAD_MIN:g} (robust tau2 + largest s^2)",
+        "prior_over_voxels": summary(prior),
+        "voxels_with_outliers": int((prior > 0).sum()),
+        "mean_outliers_per_voxel": fit.mean_outliers,
+        "iterations": summary(iterations.astype(float)),
+        "maps": "stat-outlierprob: a volume per subject, in the order of the pairing's rows",
     }

@@ -172,7 +172,8 @@ class SecondLevel:
     or FSL FEAT's) and this contrast's effect and variance maps are taken from each (``voxfit.design.
     first_level_maps``, with each subject's first-level dof; ``""``: the one t contrast voxfit folders have);
     model: ``mixed`` (the default with variances),
-    ``fixed`` or ``ols`` (the default without); variance_groups: the `design` table's column of variance groups
+    ``fixed`` or ``ols`` (the default without); outliers: outlier inference in the mixed model (FSL flameo
+    ``--io``; see :func:`voxfit.mixed_effects`); variance_groups: the `design` table's column of variance groups
     (a between-subject variance per group; else `grp`, FSL's design.grp, when given); first_level_dof: the
     fixed-effects model's first-level dof (a number, or one per map) when the folders do not give them; dof:
     ``residual`` (n - rank, FLAME1's) or ``satterthwaite`` (mixed). With `permutations`, mixed and fixed models
@@ -214,6 +215,7 @@ class SecondLevel:
     variance_groups: str | None = None
     first_level_dof: float | list | None = None
     dof: str = "residual"
+    outliers: bool = False
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
         """Fit the group model to `inputs` (a path or list of paths, a list of 3-D nibabel images or one 4-D
@@ -530,6 +532,8 @@ class SecondLevel:
             raise InputError(f"`dof` must be residual or satterthwaite; got {self.dof!r}.")
         if kind != "mixed" and (self.variance_groups is not None or self.dof != "residual"):
             raise InputError("variance groups and Satterthwaite's dof are for --model mixed; drop them.")
+        if self.outliers and kind != "mixed":
+            raise InputError(f"--outliers is outlier inference in --model mixed; drop it with --model {kind}.")
         if kind != "fixed" and self.first_level_dof is not None:
             raise InputError("--first-level-dof gives the dof of --model fixed; drop it, or use --model fixed.")
         if self.variance_groups is not None and self.grp is not None:
@@ -619,6 +623,7 @@ class SecondLevel:
                 model=kind,
                 first_level_dof=fl_dof,
                 dof=self.dof,
+                outliers=self.outliers,
                 execution=execution,
             )
             EH = self._tfce_parameters(masker.geometry)

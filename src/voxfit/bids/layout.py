@@ -225,7 +225,9 @@ def _run_input(layout, f, desc, mask_entities) -> RunInput:
     except InputError as exc:
         problems.append(f"{bold}: {exc}")
         n_scans = 0
-    raw_bold = _one(layout.get(scope="raw", suffix="bold", extension=[".nii.gz", ".nii"], **raw, **none), "raw BOLD", bold)
+    raw_bold = _one(
+        layout.get(scope="raw", suffix="bold", extension=[".nii.gz", ".nii"], **raw, **none), "raw BOLD", bold
+    )
     meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}
     tr = meta.get("RepetitionTime") or layout.get_metadata(str(bold)).get("RepetitionTime")
     if tr is None:
@@ -259,7 +261,9 @@ def _run_input(layout, f, desc, mask_entities) -> RunInput:
         want = dict(mask_entities or {"desc": "brain"})
         want.setdefault("suffix", "mask")
         geometry = {k: ent[k] for k in ("space", "res", "den") if ent.get(k) is not None}
-        mask = _one(layout.get(scope="derivatives", extension=[".nii.gz", ".nii"], **raw, **geometry, **want), "masks", bold)
+        mask = _one(
+            layout.get(scope="derivatives", extension=[".nii.gz", ".nii"], **raw, **geometry, **want), "masks", bold
+        )
     return RunInput(
         entities=entities,
         bold=bold,

@@ -630,7 +630,8 @@ class _Study:
         level = node.level
         folder = group_folder(self.out_dir, node.name, entities, level)
         prefix = group_prefix(entities)
-        record_path = folder / f"{prefix}model.json"
+        contrast = entities.get("contrast")
+        record_path = folder / f"{prefix}{f'contrast-{_labels([contrast])[0]}_' if contrast else ''}model.json"
         checksum = _checksum(
             __version__,
             self.settings.as_dict(),

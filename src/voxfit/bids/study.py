@@ -183,6 +183,8 @@ def run(
         runs = find_runs(layout, task=task, space=space, desc=desc, participant_label=labels, strict=False)
         sessions = any(dict(r.entities).get("session") for r in runs)
         tasks = sorted({dict(r.entities)["task"] for r in runs})
+        if all(r.problems for r in runs):  # nothing to fit: the first run's problem is the one to fix
+            raise InputError(runs[0].problems[0])
         model = load_model(
             default_model(task or (tasks[0] if len(tasks) == 1 else None), _trial_types(runs), sessions=sessions)
         )
@@ -271,7 +273,7 @@ def _trial_types(runs) -> list[str]:
 
     found: set[str] = set()
     for r in runs:
-        if r.events is None or r.problems:
+        if r.events is None:
             continue
         try:
             table = pd.read_csv(r.events, sep="\t", na_values="n/a")
@@ -384,7 +386,7 @@ class _Study:
         bar.close()
 
     def fit_run(self, node, r):
-        from ..design.kinds import column_kinds  # noqa: F401  (the design's kinds travel with it)
+        from ..design.kinds import column_kinds
         from .run_design import run_design
 
         entity = dict(r.entities)
@@ -417,7 +419,7 @@ class _Study:
             node_dict,
             X.tolist(),
             names,
-            [[c.name, np.asarray(c.weights).tolist(), c.test] for c in contrasts],
+            [[c.name, c.matrix(names).tolist(), c.test] for c in contrasts],
             _file_stamp([r.bold, r.mask, r.events, r.confounds]),
         )
         reused = self.reuse(record_path, checksum)
@@ -439,15 +441,15 @@ class _Study:
 
         fitted = fit_images(
             bold,
-            (X, names),
-            {label: np.asarray(c.weights, dtype=float) for label, c in zip(labels, contrasts)},
+            design,
+            {label: c.matrix(names) for label, c in zip(labels, contrasts)},
             mask=r.mask,
             noise=self.settings.noise,
             scaling=self.settings.scaling,
             execution=self.execution,
             progress=False,
         )
-        kinds = tuple(getattr(design, "kinds", None) or ["regressor"] * len(names))
+        kinds = tuple(column_kinds(design, names, X, None))
         passed, outputs = [], {}
         ext = fitted.masker.geometry.extension
         with open_group(folder) as out:
@@ -490,7 +492,7 @@ class _Study:
                     "tr": r.tr,
                 },
                 contrasts={
-                    label: contrast_record(np.asarray(c.weights).tolist(), fitted.contrasts[label])
+                    label: contrast_record(c.matrix(names).tolist(), fitted.contrasts[label])
                     for label, c in zip(labels, contrasts)
                 },
                 settings={
@@ -693,12 +695,12 @@ class _Study:
     def load_pairs(self, effects, variances):
         """The effect and variance maps in memory at the elements finite in all of them with positive
         variances, and their masker."""
-        from ..io import Masker, load, open_reader
+        from ..io import Masker, open_map
 
-        geometry = open_reader([Path(p) for p in effects], "effects").geometry
+        geometry = open_map(Path(effects[0])).geometry
         everything = np.ones(geometry.n_elements, dtype=bool)
-        E = np.asarray(load([Path(p) for p in effects], everything, name="effects").data, dtype=np.float64)
-        V = np.asarray(load([Path(p) for p in variances], everything, name="variances").data, dtype=np.float64)
+        E = _read_maps(effects, everything, "effects")
+        V = _read_maps(variances, everything, "variances")
         keep = np.isfinite(E).all(0) & np.isfinite(V).all(0) & (V > 0).all(0)
         if not keep.any():
             raise InputError(
@@ -747,15 +749,14 @@ class _Study:
     def write_group_record(
         self, out, name, node, entities, checksum, outputs, X, names, weights, stats, effects, variances, masker, model
     ):
-        from ..models.record import MIXED_DOF, ModelRecord, contrast_record
+        from ..models.record import MIXED_DOF, ModelRecord, contrast_record, input_records
 
         s = self.settings
         record = ModelRecord(
             kind="group",
             voxfit_version=__version__,
             command=self.command,
-            inputs=[{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size, "sha256": ""} for p in effects]
-            + [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size, "sha256": ""} for p in variances],
+            inputs=input_records([Path(p) for p in (*effects, *variances)]),
             design={
                 "columns": names,
                 "n_rows": int(X.shape[0]),
@@ -776,8 +777,8 @@ class _Study:
                 "exchangeability_blocks": None,
                 "whole_blocks": False,
                 "tfce": s.tfce and node.level == "dataset",
-                "tfce_E": None,
-                "tfce_H": None,
+                "tfce_E": 0.5 if masker.geometry.kind == "volume" else 1.0,
+                "tfce_H": 2.0,
                 "cluster_threshold": s.cluster_threshold if node.level == "dataset" else None,
                 "connectivity": 6,
                 "mesh": None,
@@ -789,6 +790,16 @@ class _Study:
             run=out.run_record(),
         )
         out.write_json(name, record.as_dict())
+
+
+def _read_maps(paths, everything, name: str) -> np.ndarray:
+    """The maps `paths` as an (n, elements) float64 array (one 3-D map is read as itself, not as a run)."""
+    from ..io import apply_scale, gather, load, open_map
+
+    if len(paths) > 1:
+        return np.asarray(load([Path(p) for p in paths], everything, name=name).data, dtype=np.float64)
+    reader = open_map(Path(paths[0]))
+    return apply_scale(gather(reader, np.flatnonzero(everything)), reader.scale).astype(np.float64)
 
 
 def _labels(names) -> list[str]:

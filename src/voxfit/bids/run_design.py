@@ -398,6 +398,12 @@ def _events(variable, name: str, problem: _Problem) -> dict:
     }
 
 
+def _is_sparse(variable) -> bool:
+    from bids.variables import SparseRunVariable
+
+    return isinstance(variable, SparseRunVariable)
+
+
 def _series(variable, name: str, problem: _Problem) -> np.ndarray:
     """A variable as one value per scan: dense ones at the TR (pybids resamples), sparse ones densified by pybids;
     leading n/a are 0, n/a elsewhere refused."""
@@ -460,6 +466,13 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
         else:
             variable = variables.variables[name]
             kind = "condition" if getattr(variable, "source", "") == "events" else "confound"
+            if _is_sparse(variable):
+                warnings.warn(
+                    f'{problem.where}: "{name}" (events) is in Model.X but nothing convolves it, so it enters as '
+                    "boxcars at the TR; list it in Model.HRF.Variables to model the hemodynamic response.",
+                    DesignWarning,
+                    stacklevel=3,
+                )
             columns[name] = (_series(variable, name, problem), kind, name)
             own = [name]
         for column in own:

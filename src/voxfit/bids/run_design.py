@@ -8,8 +8,8 @@ What goes where:
   list when no later instruction names its inputs or outputs (its output feeds Model.X directly) and its
   inputs are events (sparse variables); voxfit then convolves them as Model.HRF's variables are, with the
   instruction's Model, Derivative, Dispersion and FIRDelays. A ``Convolve`` whose output (or input) a later
-  instruction uses, or whose input is a time series, stays with pybids, and its result enters the design as
-  pybids computed it (resampled to the TR by pybids).
+  instruction other than ``Select`` names, or whose input is a time series when it is reached, stays with
+  pybids, and its result enters the design as pybids computed it (resampled to the TR by pybids).
 - **Trial types as variables**: the levels of the events' ``trial_type`` column are variables under their own
   names (``congruent``), as the specification's examples write Model.X, unless a variable of that name exists;
   pybids' ``Factor`` names them ``trial_type.congruent``, and both spellings work.
@@ -35,6 +35,7 @@ What goes where:
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import numbers
 import re
@@ -126,10 +127,17 @@ def run_design(
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
     variables = collection.clone()
     _add_trial_types(variables)
-    voxfit_convolves, pybids_instructions = _split_convolutions(node)
-    _transform(variables, pybids_instructions, problem)
+    voxfit_convolves, pybids_instructions = _transform(variables, problem)
+    hrfs = _take_convolutions(voxfit_convolves, variables, problem)
     x = _expand_x(node["Model"]["X"], variables, problem)
-    hrfs = _convolved(node, voxfit_convolves, variables, x, problem)
+    by_model = _hrf_variables(node, variables, x, problem)
+    twice = sorted(set(by_model) & set(hrfs))
+    if twice:
+        raise InputError(
+            f'{problem.where}: "{twice[0]}" is convolved twice (Model.HRF.Variables and a Convolve instruction); '
+            "convolve it once."
+        )
+    hrfs = by_model | hrfs
     design, sources = _build(variables, x, hrfs, problem)
     contrasts = _contrasts(node, x, sources, hrfs, design, problem)
     settings = {
@@ -222,19 +230,14 @@ def _mentions(instruction: dict, names) -> bool:
     return any(t == n or (re.search(r"[*?\[]", t) and fnmatch.fnmatchcase(n, t)) for t in texts for n in names)
 
 
-def _split_convolutions(node: dict) -> tuple[list[dict], list[dict]]:
-    """(Convolve instructions voxfit does, the instructions left to pybids in order): see the module docstring."""
-    instructions = list((node.get("Transformations") or {}).get("Instructions") or [])
-    ours, theirs = [], []
-    for k, instruction in enumerate(instructions):
-        if instruction["Name"] == "Convolve":
-            inputs = _listed(instruction["Input"])
-            outputs = _listed(instruction.get("Output")) or inputs
-            if not any(_mentions(later, inputs + outputs) for later in instructions[k + 1 :]):
-                ours.append(instruction)
-                continue
-        theirs.append(instruction)
-    return ours, theirs
+def _takeable(instructions: list[dict], k: int) -> bool:
+    """Whether the Convolve instructions[k] feeds Model.X directly: no later instruction but Select (which keeps,
+    changing nothing) names its inputs or outputs."""
+    instruction = instructions[k]
+    inputs = _listed(instruction["Input"])
+    outputs = _listed(instruction.get("Output")) or inputs
+    later = [i for i in instructions[k + 1 :] if i["Name"] != "Select"]
+    return not any(_mentions(i, inputs + outputs) for i in later)
 
 
 def _listed(value) -> list:
@@ -243,24 +246,33 @@ def _listed(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _transform(variables, instructions: list[dict], problem: _Problem) -> None:
-    """pybids' transformations, one instruction at a time so that a failure names its instruction."""
+def _transform(variables, problem: _Problem) -> tuple[list[dict], list[dict]]:
+    """pybids' transformations, one instruction at a time so that a failure names its instruction, but for the
+    Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached):
+    ``(voxfit's Convolve instructions, the instructions pybids applied)``."""
     from bids.modeling.transformations import TransformerManager
 
     manager = TransformerManager("pybids-transforms-v1", keep_history=False)
-    every = problem.node["Transformations"]["Instructions"] if instructions else []
-    for instruction in instructions:
-        k = next(i for i, x in enumerate(every) if x is instruction)
+    instructions = list((problem.node.get("Transformations") or {}).get("Instructions") or [])
+    ours, theirs = [], []
+    for k, instruction in enumerate(instructions):
+        if instruction["Name"] == "Convolve" and _takeable(instructions, k):
+            inputs = [m for entry in _listed(instruction["Input"]) for m in _matches(entry, variables)]
+            if all(name in variables.variables and _is_sparse(variables.variables[name]) for name in inputs):
+                ours.append(instruction)
+                continue
+        theirs.append(instruction)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*(sparse|dense).*", category=UserWarning)
-                manager.transform(variables, [instruction])
+                manager.transform(variables, [copy.deepcopy(instruction)])
         except Exception as exc:  # pybids raises ValueError, KeyError, TypeError...: all the model's or the data's
             detail = str(exc).strip().rstrip(".") or type(exc).__name__
             raise InputError(
                 f"{problem.where}: Transformations.Instructions[{k}] ({instruction['Name']}) failed in pybids: "
                 f"{detail}; the run's variables are {_names(variables)}."
             ) from None
+    return ours, theirs
 
 
 def _names(variables, limit: int = 30) -> str:
@@ -279,35 +291,24 @@ def _expand_x(X: list, variables, problem: _Problem) -> list:
     for entry in X:
         if entry == 1 and not isinstance(entry, bool):
             found = [1]
-        elif re.search(r"[*?\[]", entry):
+        elif entry not in variables.variables and re.search(r"[*?\[]", entry):  # (pybids' Split names hold [])
             found = [name for name in pool if fnmatch.fnmatchcase(name, entry)]
         else:
             found = [entry] if entry in variables.variables else []
         if not found:
-            kind = "no variable matches the pattern" if isinstance(entry, str) and entry not in pool else "no variable"
+            what = "no variable matching" if re.search(r"[*?\[]", entry) else "no variable"
             raise InputError(
-                f'{problem.where}: Model.X names "{entry}", but the run has {kind} "{entry}"; its variables are '
+                f'{problem.where}: Model.X names "{entry}", but the run has {what} "{entry}"; its variables are '
                 f"{_names(variables)}."
             )
         out += [f for f in found if f not in out]
     return out
 
 
-def _convolved(node: dict, instructions: list[dict], variables, x: list, problem: _Problem) -> dict:
-    """``{variable: (voxfit hrf, fir delays)}`` for Model.HRF's variables and voxfit's Convolve instructions,
-    outputs renamed as the instructions say (their inputs become their outputs' names)."""
+def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -> dict:
+    """``{variable: (voxfit hrf, fir delays)}`` for voxfit's Convolve instructions, their inputs copied to their
+    outputs' names (in place without Output)."""
     hrfs = {}
-    hrf = node["Model"].get("HRF")
-    if hrf is not None:
-        setting = hrf_settings(hrf)
-        for entry in hrf["Variables"]:
-            names = [n for n in x if isinstance(n, str) and (n == entry or fnmatch.fnmatchcase(n, entry))]
-            if not names:
-                raise InputError(
-                    f'{problem.where}: Model.HRF.Variables names "{entry}", which the run\'s design does not '
-                    f"have; its variables are {_names(variables)}."
-                )
-            hrfs.update(dict.fromkeys(names, setting))
     for instruction in instructions:
         setting = _convolve_setting(instruction, problem)
         inputs = [m for entry in _listed(instruction["Input"]) for m in _matches(entry, variables)]
@@ -318,10 +319,10 @@ def _convolved(node: dict, instructions: list[dict], variables, x: list, problem
                 "outputs; give one Output per Input."
             )
         for source, target in zip(inputs, outputs):
-            if target in hrfs:
+            if source not in variables.variables:
                 raise InputError(
-                    f'{problem.where}: "{target}" is convolved twice (Model.HRF and a Convolve instruction); '
-                    "convolve it once."
+                    f'{problem.where}: Convolve names "{source}", which the run does not have; its variables are '
+                    f"{_names(variables)}."
                 )
             if target != source:
                 variable = variables.variables[source].clone()
@@ -331,8 +332,26 @@ def _convolved(node: dict, instructions: list[dict], variables, x: list, problem
     return hrfs
 
 
+def _hrf_variables(node: dict, variables, x: list, problem: _Problem) -> dict:
+    """``{variable: (voxfit hrf, fir delays)}`` for Model.HRF's variables (names or patterns over Model.X)."""
+    hrf = node["Model"].get("HRF")
+    if hrf is None:
+        return {}
+    setting = hrf_settings(hrf)
+    hrfs = {}
+    for entry in hrf["Variables"]:
+        names = [n for n in x if isinstance(n, str) and (n == entry or fnmatch.fnmatchcase(n, entry))]
+        if not names:
+            raise InputError(
+                f'{problem.where}: Model.HRF.Variables names "{entry}", which the run\'s design does not have; its '
+                f"variables are {_names(variables)}."
+            )
+        hrfs.update(dict.fromkeys(names, setting))
+    return hrfs
+
+
 def _matches(entry: str, variables) -> list[str]:
-    if re.search(r"[*?\[]", entry):
+    if entry not in variables.variables and re.search(r"[*?\[]", entry):
         return [name for name in variables.variables if fnmatch.fnmatchcase(name, entry)]
     return [entry] if entry in variables.variables else [entry]
 
@@ -398,6 +417,12 @@ def _events(variable, name: str, problem: _Problem) -> dict:
     }
 
 
+def _is_sparse(variable) -> bool:
+    from bids.variables import SparseRunVariable
+
+    return isinstance(variable, SparseRunVariable)
+
+
 def _series(variable, name: str, problem: _Problem) -> np.ndarray:
     """A variable as one value per scan: dense ones at the TR (pybids resamples), sparse ones densified by pybids;
     leading n/a are 0, n/a elsewhere refused."""
@@ -460,6 +485,13 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
         else:
             variable = variables.variables[name]
             kind = "condition" if getattr(variable, "source", "") == "events" else "confound"
+            if _is_sparse(variable):
+                warnings.warn(
+                    f'{problem.where}: "{name}" (events) is in Model.X but nothing convolves it, so it enters as '
+                    "boxcars at the TR; list it in Model.HRF.Variables to model the hemodynamic response.",
+                    DesignWarning,
+                    stacklevel=3,
+                )
             columns[name] = (_series(variable, name, problem), kind, name)
             own = [name]
         for column in own:

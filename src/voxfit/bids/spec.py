@@ -648,6 +648,11 @@ def _check_transformations(transformations: dict, level: str, prefix: str) -> No
             close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
             hint = f'; did you mean "{close[0]}"?' if close else f" ({', '.join(sorted(known))})."
             raise InputError(f'{here}: "{name}" is not a transformation of pybids-transforms-v1{hint}')
+        if name == "Group":  # its group name would be the instruction's Name, which names the transformation
+            raise InputError(
+                f'{here}: "Group" cannot be written in a model (pybids-transforms-v1 reads its group name from '
+                '"Name", which names the transformation); list the variables in each Input instead.'
+            )
         required, accepted = known[name]
         given = {convert_JSON({key: None}).popitem()[0]: key for key in instruction}
         for field in required:

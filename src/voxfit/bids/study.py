@@ -156,6 +156,7 @@ def run(
     everything: no dataset, no runs, an invalid model).
     """
     settings, execution = _run_iv(
+        report,
         level,
         noise,
         scaling,
@@ -210,6 +211,7 @@ def run(
 
 
 def _run_iv(
+    report,
     level,
     noise,
     scaling,
@@ -238,6 +240,10 @@ def _run_iv(
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     noise_order(noise)
+    if report:
+        raise InputError("--report is not available for voxfit bids yet; drop it (voxfit report OUTDIR reads a fit).")
+    if smoothing:
+        raise InputError("--smoothing is not available for voxfit bids yet; smooth before, or drop it.")
     if smoothing is not None:
         check_scalar(smoothing, "`smoothing`", min_val=0, description="a FWHM in mm (>= 0)")
         smoothing = float(smoothing) or None
@@ -433,10 +439,6 @@ class _Study:
         if str(r.bold).endswith(".dtseries.nii") and self.settings.smoothing:
             raise InputError(f"{r.bold}: --smoothing is for volumes; drop it for CIFTI runs.")
         bold = r.bold
-        if self.settings.smoothing:
-            from ..io.smoothing import smooth_image
-
-            bold = smooth_image(r.bold, self.settings.smoothing)
         from ..models.glm import fit_images
 
         fitted = fit_images(

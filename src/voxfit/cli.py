@@ -455,7 +455,38 @@ def _get_parser() -> argparse.ArgumentParser:
         "-o", "--output", default="voxfit-demo", metavar="DIR", help="output folder (default: ./voxfit-demo)"
     )
     _common(demo)
+    _bids_parser(sub)
     return parser
+
+
+def _bids_parser(sub) -> None:
+    """``voxfit bids BIDS_DIR OUT_DIR LEVEL``, as BIDS Apps take their arguments."""
+    bids = sub.add_parser(
+        "bids",
+        help="fit a whole study: a BIDS dataset with fMRIPrep derivatives and a BIDS Stats Model, run to group",
+    )
+    bids.add_argument("bids_dir", metavar="BIDS_DIR", help="the raw BIDS dataset")
+    bids.add_argument("out_dir", metavar="OUT_DIR", help="output folder (a BIDS derivatives dataset)")
+    bids.add_argument(
+        "analysis_level", choices=["run", "session", "subject", "dataset"], help="the last node level to fit"
+    )
+    bids.add_argument("--derivatives", nargs="+", required=True, metavar="DIR", help="fMRIPrep output folder(s)")
+    bids.add_argument("--model", metavar="FILE", help="BIDS Stats Model (default: each trial type vs baseline)")
+    bids.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL", help="subjects (01 or sub-01)")
+    bids.add_argument("--task", metavar="T", help="task label")
+    bids.add_argument("--space", metavar="S", help="space of the preprocessed runs (default: the only one)")
+    bids.add_argument("--desc", default="preproc", metavar="D", help="desc of preprocessed volumes (preproc)")
+    bids.add_argument("--smoothing", type=float, metavar="FWHM", help="Gaussian smoothing of volumes, FWHM in mm")
+    bids.add_argument(
+        "--noise", default="ols", metavar="MODEL", help="run-level noise model: ols, ar1..ar8, ar1-global"
+    )
+    bids.add_argument("--convolution", choices=["spm", "nilearn"], default="spm", help="HRF convolution")
+    bids.add_argument("--group-model", choices=["mixed", "ols", "fixed"], default="mixed", help="dataset model")
+    bids.add_argument("--permutations", type=int, default=0, metavar="N", help="permutations at dataset nodes (ols)")
+    bids.add_argument("--tfce", action="store_true", help="TFCE (with --permutations)")
+    bids.add_argument("--cluster-threshold", type=float, metavar="T", help="cluster-forming threshold")
+    bids.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address")
+    _common(bids)
 
 
 DESIGN_DEFAULTS = {
@@ -629,6 +660,8 @@ def _run(args, argv) -> int:
 
 def _run_command(args, argv) -> int:
     progress = None if not args.quiet else False
+    if args.command == "bids":
+        return _run_bids(args, argv, progress)
     if args.command == "design":
         return _run_design(args)
     if args.command == "report":
@@ -647,6 +680,49 @@ def _run_command(args, argv) -> int:
 
         print(f"report: {Path(args.output) / 'report.html'}")
     return code
+
+
+def _run_bids(args, argv, progress) -> int:
+    """``voxfit bids``: exit 0 when everything asked for was fitted, 2 when any run or group failed on bad
+    input (each named on one line of the summary)."""
+    from importlib.util import find_spec
+
+    if find_spec("bids") is None:
+        raise InputError("voxfit bids needs pybids: pip install 'voxfit[bids]'.")
+    from .bids import run as run_study
+
+    result = run_study(
+        args.bids_dir,
+        args.out_dir,
+        level=args.analysis_level,
+        model=args.model,
+        derivatives=args.derivatives,
+        participant_label=args.participant_label,
+        task=args.task,
+        space=args.space,
+        desc=args.desc,
+        smoothing=args.smoothing,
+        noise=args.noise,
+        convolution=args.convolution,
+        group_model=args.group_model,
+        permutations=args.permutations,
+        tfce=args.tfce,
+        cluster_threshold=args.cluster_threshold,
+        report=args.report,
+        force=args.force,
+        max_memory=args.max_memory,
+        n_jobs=args.n_jobs,
+        scheduler=args.scheduler,
+        progress=progress,
+        command=["voxfit", *argv],
+    )
+    if not args.quiet:
+        fitted = sum(1 for groups in result.nodes.values() for g in groups if not g.reused)
+        reused = sum(1 for groups in result.nodes.values() for g in groups if g.reused)
+        print(f"{fitted} node groups fitted, {reused} unchanged, {len(result.failures)} failed: {result.out_dir}")
+    for failure in result.failures:
+        print(f"voxfit: failed: {failure}", file=sys.stderr)
+    return 0 if result.ok else 2
 
 
 def _report_into(out, progress, max_memory=None) -> None:
@@ -1001,7 +1077,7 @@ def _main(argv: list[str]) -> int:
     parser = _get_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        print("voxfit: error: give a command: fit, design, group, report or demo (see --help)", file=sys.stderr)
+        print("voxfit: error: give a command: fit, design, group, bids, report or demo (see --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False)
     output = sys.modules.get("voxfit.io.output")

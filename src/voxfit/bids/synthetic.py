@@ -9,10 +9,11 @@ and ``desc-brain_mask``; ``fsaverage5``: ``hemi-L|R_space-fsaverage5_bold.func.g
 ``space-fsLR_den-91k_bold.dtseries.nii``), the confounds table ``desc-confounds_timeseries.tsv`` with its JSON
 sidecar, and a BOLD sidecar.
 
-The signal: two conditions, ``congruent`` and ``incongruent`` (alternating 2 s events), an SPM canonical
-response in a blob (2% of the baseline on average, varying between subjects; the incongruent one 1.5x
-larger), a baseline of 1000, AR(1) noise (coefficient 0.3, innovations of standard deviation 5), a slow drift,
-and motion regressors whose effect is added to the data.
+The signal: two conditions, ``congruent`` and ``incongruent`` (alternating 2 s events; other names and numbers
+with `conditions`), an SPM canonical response in a blob (2% of the baseline on average, varying between
+subjects; the k-th condition 1 + k/2 times larger: the incongruent one 1.5x), a baseline of 1000, AR(1) noise
+(coefficient 0.3, innovations of standard deviation 5), a slow drift, and motion regressors whose effect is
+added to the data.
 """
 
 from __future__ import annotations
@@ -57,12 +58,16 @@ def make_dataset(
     sessions: tuple[str, ...] = (),
     vertices: int = 200,
     seed: int = 0,
+    conditions: tuple[str, ...] = CONDITIONS,
+    extra_confounds: tuple[str, ...] = (),
 ) -> SyntheticStudy:
     """Write a BIDS dataset with fMRIPrep-style derivatives under `root` (see the module docstring).
 
     `shape` is the volume grid (``space`` a volume space); `vertices` the vertices per hemisphere of
     ``fsaverage5`` (10242 in the real mesh) and the cortical grayordinates of ``fsLR`` (a 4x4x3 subcortical
-    block is added); `sessions` labels give each subject those sessions (none: no session level).
+    block is added); `sessions` labels give each subject those sessions (none: no session level);
+    `conditions` the trial types, in turn; `extra_confounds` columns of standard normal noise added to each
+    confounds table (e.g. ``("nuissance1", "nuissance2")``, as the specification's example model names them).
     """
     if space not in SPACES and not space.startswith("MNI"):
         raise ValueError(f"space must be a volume space (MNI...), fsaverage5 or fsLR; got {space!r}")
@@ -91,14 +96,15 @@ def make_dataset(
                 parts = [f"sub-{label}"] + ([f"ses-{session}"] if session else []) + [f"task-{task}", f"run-{run}"]
                 folder = Path(*parts[: 1 + bool(session)], "func")
                 stem = "_".join(parts)
-                events = _events(scans * tr, rng)
+                events = _events(scans * tr, rng, conditions)
                 _write_tsv(root / folder / f"{stem}_events.tsv", events)
                 _raw_bold(root / folder / f"{stem}_bold.nii.gz", shape, scans)
-                regressors = _regressors(events, scans, tr)
+                regressors = _regressors(events, scans, tr, conditions)
                 confounds = _confounds(scans, rng)
+                confounds.update({name: rng.standard_normal(scans) for name in extra_confounds})
                 _write_tsv(derivatives / folder / f"{stem}_desc-confounds_timeseries.tsv", confounds)
                 _write_json(derivatives / folder / f"{stem}_desc-confounds_timeseries.json", _confounds_sidecar())
-                signal = 20.0 * amplitude[s] * (regressors[:, 0] + 1.5 * regressors[:, 1])
+                signal = 20.0 * amplitude[s] * sum((1.0 + 0.5 * j) * regressors[:, j] for j in range(len(conditions)))
                 _preprocessed(derivatives / folder, stem, space, shape, vertices, signal, confounds, tr, rng)
     return SyntheticStudy(root, derivatives, labels, runs, scans, tr, task, space)
 
@@ -110,22 +116,27 @@ def _participants(root: Path, labels, rng) -> None:
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
 
 
-def _events(duration: float, rng) -> list[dict]:
+def _events(duration: float, rng, conditions=CONDITIONS) -> list[dict]:
     onsets = np.arange(6.0, duration - 16.0, 8.0) + rng.uniform(0, 2, size=len(np.arange(6.0, duration - 16.0, 8.0)))
     return [
-        {"onset": round(float(t), 3), "duration": 2.0, "trial_type": CONDITIONS[k % 2], "response_time": 0.5}
+        {
+            "onset": round(float(t), 3),
+            "duration": 2.0,
+            "trial_type": conditions[k % len(conditions)],
+            "response_time": 0.5,
+        }
         for k, t in enumerate(onsets)
     ]
 
 
-def _regressors(events: list[dict], scans: int, tr: float) -> np.ndarray:
-    """The two conditions convolved with SPM's canonical HRF at 16 microtime bins per scan, (scans, 2)."""
+def _regressors(events: list[dict], scans: int, tr: float, conditions=CONDITIONS) -> np.ndarray:
+    """The conditions convolved with SPM's canonical HRF at 16 microtime bins per scan, (scans, conditions)."""
     from ..design.hrf import spm_hrf
 
     dt = tr / 16
     hrf = spm_hrf(dt)
-    out = np.zeros((scans, len(CONDITIONS)))
-    for j, condition in enumerate(CONDITIONS):
+    out = np.zeros((scans, len(conditions)))
+    for j, condition in enumerate(conditions):
         u = np.zeros(scans * 16 + 64)
         for e in events:
             if e["trial_type"] == condition:

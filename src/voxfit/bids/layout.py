@@ -1,0 +1,286 @@
+"""A BIDS dataset and its fMRIPrep derivatives as the runs to fit: pybids' layout, cached, and one
+:class:`RunInput` per preprocessed BOLD run (a hemisphere of a surface run is a run of its own).
+
+The cached index (``database``) is pybids' SQLite database; it is reused when a fingerprint of the dataset's
+files (each file's path relative to its dataset, size and modification time in nanoseconds, over the raw
+dataset and every derivatives folder) equals the one stored beside it, and rebuilt otherwise, so that an added,
+removed or rewritten file is always seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..exceptions import InputError
+
+__all__ = ["ENTITIES", "RunInput", "find_runs", "index", "short_entities"]
+
+# BIDS entities a run keeps through every level, as pybids names them, with their short (file name) keys
+ENTITIES = {
+    "subject": "sub",
+    "session": "ses",
+    "task": "task",
+    "acquisition": "acq",
+    "reconstruction": "rec",
+    "direction": "dir",
+    "run": "run",
+    "echo": "echo",
+    "space": "space",
+    "hemi": "hemi",
+    "den": "den",
+    "res": "res",
+}
+RAW = ("subject", "session", "task", "acquisition", "reconstruction", "direction", "run", "echo")
+BOLD_EXTENSIONS = (".nii.gz", ".nii", ".func.gii", ".dtseries.nii")
+_FINGERPRINT = "voxfit-fingerprint.txt"
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """One BOLD run to fit: its `entities` (pybids names, see :data:`ENTITIES`), the preprocessed `bold`, the
+    brain `mask` (None: the automatic mask), the `confounds` TSV, the raw `events` TSV, the repetition time
+    `tr` (s), the `slice_timing` (s, or None), the number of scans `n_scans` (from the header) and the
+    `problems` found (one sentence each; empty when the run can be fitted)."""
+
+    entities: tuple[tuple[str, object], ...]
+    bold: Path
+    mask: Path | None
+    confounds: Path | None
+    events: Path | None
+    tr: float | None
+    slice_timing: tuple[float, ...] | None
+    n_scans: int
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def entity(self) -> dict:
+        return dict(self.entities)
+
+    @property
+    def label(self) -> str:
+        """The run's entities as a file name prefix, ``sub-01_ses-a_task-x_run-1_hemi-L``."""
+        return short_entities(self.entity)
+
+
+def short_entities(entities: dict, keep=ENTITIES) -> str:
+    """``sub-01_[ses-a_]task-x_...`` of the `entities` (pybids names) in BIDS order, those of `keep` only."""
+    return "_".join(f"{ENTITIES[k]}-{entities[k]}" for k in ENTITIES if k in keep and entities.get(k) is not None)
+
+
+def _bids():
+    try:
+        import bids
+    except ImportError:
+        raise InputError("voxfit bids needs pybids: pip install 'voxfit[bids]'.") from None
+    return bids
+
+
+def _fingerprint(folders) -> str:
+    """A digest of (relative path, size, mtime_ns) of every file under `folders` (hidden entries skipped)."""
+    h = hashlib.sha256()
+    for root in folders:
+        root = Path(root)
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                path = Path(folder) / name
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                h.update(f"{root}|{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def index(bids_dir, derivatives=(), *, database=None):
+    """The pybids ``BIDSLayout`` of `bids_dir` with the `derivatives` folders (validate=False), cached in the
+    folder `database` when given (see the module docstring for when the cache is reused)."""
+    bids = _bids()
+    bids_dir = Path(bids_dir)
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputError(
+            f"{bids_dir} is not a BIDS dataset (no dataset_description.json); give the raw dataset's root folder."
+        )
+    derivatives = [Path(d) for d in derivatives]
+    for d in derivatives:
+        if not (d / "dataset_description.json").is_file():
+            raise InputError(
+                f"derivatives folder {d} has no dataset_description.json; give fMRIPrep's output folder "
+                "(the one holding dataset_description.json and sub-*)."
+            )
+    kwargs = {"validate": False, "derivatives": [str(d) for d in derivatives] or False}
+    if database is None:
+        return bids.BIDSLayout(str(bids_dir), **kwargs)
+    database = Path(database)
+    stamp = _fingerprint([bids_dir, *derivatives]) + "\n" + "\n".join(map(str, [bids_dir, *derivatives]))
+    marker = database / _FINGERPRINT
+    fresh = marker.is_file() and marker.read_text() == stamp
+    database.mkdir(parents=True, exist_ok=True)
+    layout = bids.BIDSLayout(str(bids_dir), database_path=str(database), reset_database=not fresh, **kwargs)
+    if not fresh:
+        marker.write_text(stamp)
+    return layout
+
+
+def _spaces(files) -> list[str]:
+    return sorted({f.entities.get("space") for f in files if f.entities.get("space")})
+
+
+def find_runs(
+    layout,
+    *,
+    task=None,
+    space=None,
+    desc="preproc",
+    participant_label=(),
+    sessions=None,
+    mask_entities=None,
+    strict: bool = True,
+) -> tuple[RunInput, ...]:
+    """One :class:`RunInput` per preprocessed BOLD run of the derivatives (per hemisphere for GIFTI).
+
+    task, space: filters (the default space: the one the derivatives have; refused, naming them, when they
+    have several); desc: of preprocessed volumes (surface and CIFTI runs, which fMRIPrep writes without one,
+    are taken with or without it); participant_label: subjects (``01`` or ``sub-01``); sessions: labels;
+    mask_entities: the model's ``Options.Mask`` entities selecting the mask instead of fMRIPrep's brain mask.
+    With `strict`, the first problem of a run (no events, no repetition time, confounds of another length)
+    is raised as an InputError; otherwise it is kept in the run's ``problems``.
+    """
+    labels = [str(p).removeprefix("sub-") for p in participant_label or ()]
+    filters = {"suffix": "bold", "extension": list(BOLD_EXTENSIONS), "scope": "derivatives"}
+    if task is not None:
+        filters["task"] = task
+    if sessions:
+        filters["session"] = list(sessions)
+    candidates = [
+        f
+        for f in layout.get(**filters)
+        if (f.entities.get("desc") == desc if _is_volume(f.path) else f.entities.get("desc") in (None, desc))
+    ]
+    spaces = _spaces(candidates)
+    if space is None:
+        if len(spaces) > 1:
+            raise InputError(
+                f"the derivatives hold runs in several spaces ({', '.join(spaces)}); choose one with --space."
+            )
+        space = spaces[0] if spaces else None
+    elif space not in spaces:
+        raise InputError(
+            f"no preprocessed BOLD run in space {space!r} in the derivatives (spaces found: "
+            f"{', '.join(spaces) or 'none'}); give one of them with --space."
+        )
+    chosen = [f for f in candidates if f.entities.get("space") == space]
+    if labels:
+        have = {f.entities["subject"] for f in chosen}
+        absent = [p for p in labels if p not in have]
+        if absent:
+            raise InputError(
+                f"participant label {absent[0]} has no preprocessed BOLD run"
+                f"{f' of task {task}' if task else ''}{f' in space {space}' if space else ''} in the derivatives; "
+                f"check the label (subjects with runs: {', '.join(sorted(have)) or 'none'})."
+            )
+        chosen = [f for f in chosen if f.entities["subject"] in labels]
+    if not chosen:
+        what = ", ".join(f"{k} {v}" for k, v in (("task", task), ("space", space), ("desc", desc)) if v)
+        raise InputError(
+            f"no preprocessed BOLD run in the derivatives for {what or 'these filters'}; check --derivatives "
+            "(fMRIPrep's output folder), --task, --space and --desc."
+        )
+    runs = tuple(_run_input(layout, f, desc, mask_entities) for f in sorted(chosen, key=lambda f: f.path))
+    if strict:
+        for r in runs:
+            if r.problems:
+                raise InputError(r.problems[0])
+    return runs
+
+
+def _is_volume(path) -> bool:
+    return str(path).endswith((".nii.gz", ".nii")) and not str(path).endswith(".dtseries.nii")
+
+
+def _one(files, what: str, bold) -> Path | None:
+    paths = sorted({f.path for f in files})
+    if len(paths) > 1:
+        raise InputError(f"several {what} match {bold}: {', '.join(paths[:3])}; keep one, or filter with --task.")
+    return Path(paths[0]) if paths else None
+
+
+def _run_input(layout, f, desc, mask_entities) -> RunInput:
+    from ..io import open_reader
+
+    ent = f.get_entities()
+    entities = tuple((k, ent[k]) for k in ENTITIES if ent.get(k) is not None)
+    raw = {k: ent[k] for k in RAW if ent.get(k) is not None}
+    bids = _bids()
+    none = {k: bids.layout.Query.NONE for k in RAW if k not in raw}
+    problems = []
+    bold = Path(f.path)
+    try:
+        n_scans = int(open_reader(str(bold), "bold").n_scans)
+    except InputError as exc:
+        problems.append(f"{bold}: {exc}")
+        n_scans = 0
+    raw_bold = _one(
+        layout.get(scope="raw", suffix="bold", extension=[".nii.gz", ".nii"], **raw, **none), "raw BOLD", bold
+    )
+    meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}
+    tr = meta.get("RepetitionTime") or layout.get_metadata(str(bold)).get("RepetitionTime")
+    if tr is None:
+        problems.append(
+            f"{bold}: RepetitionTime is missing from every sidecar of the run (raw and derivatives); add it to "
+            f"{raw_bold.name.split('.')[0] + '.json' if raw_bold else 'the run'}'s sidecar or a top-level "
+            f"task-{raw.get('task', '<task>')}_bold.json."
+        )
+    timing = meta.get("SliceTiming")
+    events = _one(layout.get(scope="raw", suffix="events", extension=".tsv", **raw, **none), "events files", bold)
+    if events is None:
+        parts = short_entities(raw, RAW)
+        problems.append(
+            f"{bold}: no events.tsv for this run in {layout.root}; add {parts}_events.tsv to the raw dataset "
+            "(or drop the run with --participant-label / --task)."
+        )
+    confounds = _one(
+        layout.get(scope="derivatives", suffix="timeseries", desc="confounds", extension=".tsv", **raw, **none),
+        "confounds tables",
+        bold,
+    )
+    if confounds is not None and n_scans:
+        rows = _rows(confounds)
+        if rows != n_scans:
+            problems.append(
+                f"{confounds}: {rows} rows, but the run {bold.name} has {n_scans} scans; the confounds table must "
+                "have one row per scan (rerun fMRIPrep, or fix the table)."
+            )
+    mask = None
+    if _is_volume(bold):
+        want = dict(mask_entities or {"desc": "brain"})
+        want.setdefault("suffix", "mask")
+        geometry = {k: ent[k] for k in ("space", "res", "den") if ent.get(k) is not None}
+        mask = _one(
+            layout.get(scope="derivatives", extension=[".nii.gz", ".nii"], **raw, **geometry, **want), "masks", bold
+        )
+    return RunInput(
+        entities=entities,
+        bold=bold,
+        mask=mask,
+        confounds=confounds,
+        events=events,
+        tr=float(tr) if tr is not None else None,
+        slice_timing=tuple(float(t) for t in timing) if timing else None,
+        n_scans=n_scans,
+        problems=tuple(problems),
+    )
+
+
+def _rows(table: Path) -> int:
+    """The data rows of a TSV (lines after the header, blank lines at the end not counted)."""
+    with open(table, encoding="utf-8", errors="replace") as fh:
+        lines = [line for line in fh.read().splitlines()]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return max(0, len(lines) - 1)

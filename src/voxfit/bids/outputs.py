@@ -1,0 +1,74 @@
+"""A study's output folder as a BIDS derivatives dataset: ``dataset_description.json``, the model file, and per
+node group its statistical maps in the naming BEP041 proposes, its design matrix (run level) and its record.
+
+Maps of a node group: ``sub-<label>/[ses-<label>/]node-<Name>/<entities>_contrast-<c>_stat-<s>_statmap<ext>``
+(dataset-level nodes: ``node-<Name>/[<entities>_]contrast-<c>_stat-<s>_statmap<ext>``), where ``<entities>``
+are the group's (``sub-01_task-x_run-1``, with ``hemi-L`` for a hemisphere) and ``<s>`` one of effect,
+variance, t (or F), p and z. The group's record is ``<entities>_[contrast-<c>_]model.json`` beside them.
+Each group is written through one :class:`voxfit.io.OutputFolder` and committed at once, so an interrupted
+study leaves every finished group whole and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .._version import __version__
+from ..io import OutputFolder, sanitize_label, write_file_atomically
+from .layout import ENTITIES, short_entities
+
+__all__ = ["describe_dataset", "group_folder", "group_prefix", "map_name", "open_group"]
+
+CODE_URL = "https://github.com/voxfit/voxfit"
+
+
+def describe_dataset(out_dir, model: dict, command=None) -> Path:
+    """Write ``dataset_description.json`` (DatasetType derivative, GeneratedBy voxfit with its version and
+    command) and the model as ``model-<Name>_smdl.json`` into `out_dir`; returns the model file's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = sanitize_label(model.get("Name", "model"), "model")
+    generated = {"Name": "voxfit", "Version": __version__, "CodeURL": CODE_URL}
+    if command:
+        generated["Command"] = " ".join(map(str, command))
+    description = {
+        "Name": f"voxfit statistical maps of model {model.get('Name', name)}",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+    }
+    model_file = out_dir / f"model-{name}_smdl.json"
+    for path, content in ((out_dir / "dataset_description.json", description), (model_file, model)):
+        text = json.dumps(content, indent=2, default=str) + "\n"
+        write_file_atomically(path, lambda tmp, text=text: Path(tmp).write_text(text))
+    return model_file
+
+
+def group_folder(out_dir, node_name: str, entities: dict, level: str) -> Path:
+    """The folder of a node group: ``sub-<label>/[ses-<label>/]node-<Name>`` below `out_dir`, or
+    ``node-<Name>`` for a dataset-level node."""
+    node = f"node-{sanitize_label(node_name, 'node')}"
+    if level == "dataset" or entities.get("subject") is None:
+        return Path(out_dir) / node
+    parts = [f"sub-{entities['subject']}"]
+    if entities.get("session") is not None:
+        parts.append(f"ses-{entities['session']}")
+    return Path(out_dir, *parts, node)
+
+
+def group_prefix(entities: dict) -> str:
+    """The group's entities as a file name prefix (``sub-01_task-x_run-1_``; empty for none)."""
+    text = short_entities({k: v for k, v in entities.items() if k in ENTITIES})
+    return f"{text}_" if text else ""
+
+
+def map_name(prefix: str, contrast: str, stat: str, extension: str) -> str:
+    """``<prefix>contrast-<c>_stat-<stat>_statmap<ext>`` (BEP041)."""
+    return f"{prefix}contrast-{contrast}_stat-{stat}_statmap{extension}"
+
+
+def open_group(folder) -> OutputFolder:
+    """The output folder of one node group (shared with the node's other groups: same-named files replaced,
+    others left alone), committed as one."""
+    return OutputFolder(folder, force=True)

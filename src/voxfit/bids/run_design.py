@@ -1,0 +1,591 @@
+"""One run's design from the Run node of a BIDS Stats Model: pybids' variables and transformations, voxfit's
+convolution, drifts and contrasts.
+
+What goes where:
+
+- **Transformations** are pybids' own (``bids.modeling.transformations.TransformerManager``, instruction by
+  instruction), except the convolutions voxfit does itself: a ``Convolve`` instruction is taken out of pybids'
+  list when no later instruction names its inputs or outputs (its output feeds Model.X directly) and its
+  inputs are events (sparse variables); voxfit then convolves them as Model.HRF's variables are, with the
+  instruction's Model, Derivative, Dispersion and FIRDelays. A ``Convolve`` whose output (or input) a later
+  instruction other than ``Select`` names, or whose input is a time series when it is reached, stays with
+  pybids, and its result enters the design as pybids computed it (resampled to the TR by pybids).
+- **Trial types as variables**: the levels of the events' ``trial_type`` column are variables under their own
+  names (``congruent``), as the specification's examples write Model.X, unless a variable of that name exists;
+  pybids' ``Factor`` names them ``trial_type.congruent``, and both spellings work.
+- **Convolution** (Model.HRF and voxfit's Convolve instructions) is ``voxfit.design.make_design``: SPM's
+  microtime grid (`convolution="spm"`) or nilearn's (`"nilearn"`, equal to nilearn's
+  ``make_first_level_design_matrix``). Events whose amplitude is n/a or 0 add nothing and are left out.
+- **Time series** (confounds and other dense variables) are taken at the TR (pybids resamples those at another
+  rate). n/a values at the start of a column (fMRIPrep's derivatives and framewise displacement have none for
+  the first scan) are 0, as voxfit's ``read_confounds`` and nilearn's ``load_confounds`` have them; n/a
+  anywhere else is refused. Events variables in Model.X that nothing convolves enter as pybids densifies them
+  (boxcars at the TR).
+- **Model.X**: names or Unix-glob patterns (``trans_*``, matched as pybids matches them) against the variables
+  after the transformations; ``1`` is voxfit's ``constant`` column (last). A name the run lacks is refused,
+  naming the node, the variable, the run's file and the variables there are.
+- **High-pass filter**: SPM's discrete cosine set (``drift_<k>`` columns) with the period from the
+  `high_pass` argument (the command line's; seconds or ``"0.008Hz"``), else Options.HighPassFilterCutoffHz,
+  else SPM's 128 s; which one is recorded in ``settings["high_pass_from"]``.
+- **Contrasts** (DummyContrasts first, in Model.X's order, then Contrasts in the node's order): weights over
+  the design's columns, a variable's weight on its main column (HRF derivatives get 0), ``1`` on
+  ``constant``; a DummyContrast of ``1`` is named ``intercept``, as pybids names it. An F contrast naming a
+  FIR-convolved variable has one row per delay; a t contrast cannot name one.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import numbers
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._checks import check_scalar
+from ..design import Design, make_design
+from ..design.events import cosine_drift, parse_high_pass
+from ..exceptions import DesignWarning, InputError
+from .spec import HRF_MODELS, hrf_settings, weight_value
+
+__all__ = ["NodeContrast", "RunDesign", "run_design"]
+
+SPM_HIGH_PASS_S = 128.0
+
+
+@dataclass(frozen=True, eq=False)
+class NodeContrast:
+    """A contrast of a node over the design's columns: `weights` ``{column: weight}`` (t and pass), or a tuple
+    of such rows (F); columns not named weigh 0."""
+
+    name: str
+    weights: dict | tuple
+    test: str  # "t", "F" or "pass"
+
+    def matrix(self, names) -> np.ndarray:
+        """The weights over the columns `names`: a vector (t, pass) or a (rows, columns) matrix (F)."""
+        rows = self.weights if isinstance(self.weights, tuple) else (self.weights,)
+        index = {name: j for j, name in enumerate(names)}
+        out = np.zeros((len(rows), len(names)))
+        for i, row in enumerate(rows):
+            for column, weight in row.items():
+                out[i, index[column]] = weight
+        return out if self.test == "F" else out[0]
+
+
+@dataclass(frozen=True, eq=False)
+class RunDesign:
+    """One run's design from a Run node: the voxfit :class:`~voxfit.design.Design`, the node's contrasts over
+    its columns, the variable each column came from (`sources`, ``{column: variable}``; drifts and the constant
+    are their own) and the settings used (`settings`: hrf per variable, high-pass period and where it came from,
+    convolution, TR, scans, the run's file, the instructions pybids applied)."""
+
+    design: Design
+    contrasts: tuple[NodeContrast, ...]
+    sources: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def fit_contrasts(self) -> dict[str, np.ndarray]:
+        """``{name: weights}`` over ``design.names`` (a vector for t and pass, a matrix for F), the form
+        ``voxfit.fit_images(..., contrasts=...)`` takes (its names must be labels: letters and digits)."""
+        return {c.name: c.matrix(self.design.names) for c in self.contrasts}
+
+
+@dataclass(frozen=True)
+class _Problem:
+    node: dict
+    where: str  # 'node "run", run <file>' for messages
+    run_file: str
+    tr: float
+    n_scans: int
+    convolution: str
+    slice_time_ref: float | None
+    high_pass_s: float
+    high_pass_from: str
+
+
+def run_design(
+    collection,
+    node: dict,
+    *,
+    tr: float,
+    n_scans: int,
+    convolution: str = "spm",
+    slice_time_ref: float | None = None,
+    high_pass: float | str | None = None,
+) -> RunDesign:
+    """The design and contrasts of one run for the Run `node` of a validated model (see the module docstring).
+
+    `collection` is pybids' ``BIDSRunVariableCollection`` of the run (``graph.get_node(name).get_collections(
+    subject=..., run=...)``: the events' sparse and the confounds' dense variables); it is not changed.
+    `tr` and `n_scans` are the run's; `convolution` ``spm`` or ``nilearn`` (voxfit.design.make_design);
+    `slice_time_ref` the fraction of the TR at which scans are sampled (make_design's); `high_pass` the
+    high-pass period (seconds, or ``"0.008Hz"``) overriding the model's Options.HighPassFilterCutoffHz.
+    """
+    problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
+    variables = collection.clone()
+    _add_trial_types(variables)
+    voxfit_convolves, pybids_instructions = _transform(variables, problem)
+    hrfs = _take_convolutions(voxfit_convolves, variables, problem)
+    x = _expand_x(node["Model"]["X"], variables, problem)
+    by_model = _hrf_variables(node, variables, x, problem)
+    twice = sorted(set(by_model) & set(hrfs))
+    if twice:
+        raise InputError(
+            f'{problem.where}: "{twice[0]}" is convolved twice (Model.HRF.Variables and a Convolve instruction); '
+            "convolve it once."
+        )
+    hrfs = by_model | hrfs
+    design, sources = _build(variables, x, hrfs, problem)
+    contrasts = _contrasts(node, x, sources, hrfs, design, problem)
+    settings = {
+        "node": node["Name"],
+        "run": problem.run_file,
+        "tr": problem.tr,
+        "n_scans": problem.n_scans,
+        "convolution": problem.convolution,
+        "slice_time_ref": problem.slice_time_ref,
+        "hrf": {name: {"model": model, "fir_delays": delays} for name, (model, delays) in hrfs.items()},
+        "high_pass_s": problem.high_pass_s,
+        "high_pass_from": problem.high_pass_from,
+        "pybids_instructions": pybids_instructions,
+    }
+    return RunDesign(design=design, contrasts=contrasts, sources=sources, settings=settings)
+
+
+def _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass) -> _Problem:
+    if not (isinstance(node, dict) and node.get("Level") == "Run" and isinstance(node.get("Model"), dict)):
+        level = node.get("Level") if isinstance(node, dict) else type(node).__name__
+        raise InputError(f"run_design needs the Run node of a validated model (load_model); got {level!r}.")
+    if not hasattr(collection, "variables") or not hasattr(collection, "clone"):
+        raise InputError(
+            f'node "{node["Name"]}": run_design needs a pybids BIDSRunVariableCollection; got '
+            f"{type(collection).__name__}."
+        )
+    check_scalar(tr, "`tr`", numbers.Real, min_val=0, include_boundaries="neither", description="a positive number")
+    check_scalar(n_scans, "`n_scans`", min_val=2)
+    if convolution not in ("spm", "nilearn"):
+        raise InputError(f"`convolution` must be spm or nilearn; got {convolution!r}.")
+    run_file = _run_file(collection)
+    options = node["Model"].get("Options") or {}
+    if high_pass is not None:
+        period, origin = parse_high_pass(high_pass), "argument"
+    elif options.get("HighPassFilterCutoffHz") is not None:
+        period, origin = 1.0 / float(options["HighPassFilterCutoffHz"]), "model"
+    else:
+        period, origin = SPM_HIGH_PASS_S, "default (SPM's 128 s)"
+    return _Problem(
+        node=node,
+        where=f'node "{node["Name"]}", run {run_file}',
+        run_file=run_file,
+        tr=float(tr),
+        n_scans=int(n_scans),
+        convolution=convolution,
+        slice_time_ref=slice_time_ref,
+        high_pass_s=period,
+        high_pass_from=origin,
+    )
+
+
+def _run_file(collection) -> str:
+    for variable in collection.variables.values():
+        info = getattr(variable, "run_info", None)
+        if info:
+            return str(info[0].image)
+    entities = getattr(collection, "entities", {}) or {}
+    return "_".join(f"{k}-{entities[k]}" for k in ("subject", "session", "task", "run") if k in entities) or "?"
+
+
+def _add_trial_types(variables) -> None:
+    """Each level of the events' categorical ``trial_type`` as a sparse variable of its own name (amplitude 1),
+    unless a variable has that name."""
+    from bids.variables import SparseRunVariable
+
+    trial_type = variables.variables.get("trial_type")
+    if not isinstance(trial_type, SparseRunVariable) or trial_type.values.dtype.kind in "bifc":
+        return
+    frame = trial_type.to_df(condition=True, entities=True).drop(columns="condition")
+    for level in dict.fromkeys(frame["amplitude"].dropna().astype(str)):
+        if level in variables.variables or level in ("", "n/a"):
+            continue
+        rows = frame[frame["amplitude"].astype(str) == level].copy()
+        rows["amplitude"] = 1.0
+        variables.variables[level] = SparseRunVariable(
+            name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
+        )
+
+
+# -- transformations ----------------------------------------------------------------------------------------------
+
+
+def _mentions(instruction: dict, names) -> bool:
+    """Whether any value of the instruction (its inputs, outputs, other variables) names or matches one of `names`."""
+    values = []
+    for key, value in instruction.items():
+        if key != "Name":
+            values += value if isinstance(value, list) else [value]
+    texts = [v for v in values if isinstance(v, str)]
+    return any(t == n or (re.search(r"[*?\[]", t) and fnmatch.fnmatchcase(n, t)) for t in texts for n in names)
+
+
+def _takeable(instructions: list[dict], k: int) -> bool:
+    """Whether the Convolve instructions[k] feeds Model.X directly: no later instruction but Select (which keeps,
+    changing nothing) names its inputs or outputs."""
+    instruction = instructions[k]
+    inputs = _listed(instruction["Input"])
+    outputs = _listed(instruction.get("Output")) or inputs
+    later = [i for i in instructions[k + 1 :] if i["Name"] != "Select"]
+    return not any(_mentions(i, inputs + outputs) for i in later)
+
+
+def _listed(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _transform(variables, problem: _Problem) -> tuple[list[dict], list[dict]]:
+    """pybids' transformations, one instruction at a time so that a failure names its instruction, but for the
+    Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached):
+    ``(voxfit's Convolve instructions, the instructions pybids applied)``."""
+    from bids.modeling.transformations import TransformerManager
+
+    manager = TransformerManager("pybids-transforms-v1", keep_history=False)
+    instructions = list((problem.node.get("Transformations") or {}).get("Instructions") or [])
+    ours, theirs = [], []
+    for k, instruction in enumerate(instructions):
+        if instruction["Name"] == "Convolve" and _takeable(instructions, k):
+            inputs = [m for entry in _listed(instruction["Input"]) for m in _matches(entry, variables)]
+            if all(name in variables.variables and _is_sparse(variables.variables[name]) for name in inputs):
+                ours.append(instruction)
+                continue
+        theirs.append(instruction)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*(sparse|dense).*", category=UserWarning)
+                manager.transform(variables, [copy.deepcopy(instruction)])
+        except Exception as exc:  # pybids raises ValueError, KeyError, TypeError...: all the model's or the data's
+            detail = str(exc).strip().rstrip(".") or type(exc).__name__
+            raise InputError(
+                f"{problem.where}: Transformations.Instructions[{k}] ({instruction['Name']}) failed in pybids: "
+                f"{detail}; the run's variables are {_names(variables)}."
+            ) from None
+    return ours, theirs
+
+
+def _names(variables, limit: int = 30) -> str:
+    names = list(variables.variables)
+    text = ", ".join(names[:limit])
+    return text + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+# -- Model.X and convolution --------------------------------------------------------------------------------------
+
+
+def _expand_x(X: list, variables, problem: _Problem) -> list:
+    """Model.X with its patterns expanded against the variables (in the variables' order), ``1`` kept."""
+    pool = list(variables.variables)
+    out = []
+    for entry in X:
+        if entry == 1 and not isinstance(entry, bool):
+            found = [1]
+        elif entry not in variables.variables and re.search(r"[*?\[]", entry):  # (pybids' Split names hold [])
+            found = [name for name in pool if fnmatch.fnmatchcase(name, entry)]
+        else:
+            found = [entry] if entry in variables.variables else []
+        if not found:
+            what = "no variable matching" if re.search(r"[*?\[]", entry) else "no variable"
+            raise InputError(
+                f'{problem.where}: Model.X names "{entry}", but the run has {what} "{entry}"; its variables are '
+                f"{_names(variables)}."
+            )
+        out += [f for f in found if f not in out]
+    return out
+
+
+def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -> dict:
+    """``{variable: (voxfit hrf, fir delays)}`` for voxfit's Convolve instructions, their inputs copied to their
+    outputs' names (in place without Output)."""
+    hrfs = {}
+    for instruction in instructions:
+        setting = _convolve_setting(instruction, problem)
+        inputs = [m for entry in _listed(instruction["Input"]) for m in _matches(entry, variables)]
+        outputs = _listed(instruction.get("Output")) or inputs
+        if len(outputs) != len(inputs):
+            raise InputError(
+                f"{problem.where}: Convolve has {len(inputs)} inputs ({', '.join(inputs)}) but {len(outputs)} "
+                "outputs; give one Output per Input."
+            )
+        for source, target in zip(inputs, outputs):
+            if source not in variables.variables:
+                raise InputError(
+                    f'{problem.where}: Convolve names "{source}", which the run does not have; its variables are '
+                    f"{_names(variables)}."
+                )
+            if target != source:
+                variable = variables.variables[source].clone()
+                variable.name = target
+                variables.variables[target] = variable
+            hrfs[target] = setting
+    return hrfs
+
+
+def _hrf_variables(node: dict, variables, x: list, problem: _Problem) -> dict:
+    """``{variable: (voxfit hrf, fir delays)}`` for Model.HRF's variables (names or patterns over Model.X)."""
+    hrf = node["Model"].get("HRF")
+    if hrf is None:
+        return {}
+    setting = hrf_settings(hrf)
+    hrfs = {}
+    for entry in hrf["Variables"]:
+        names = [n for n in x if isinstance(n, str) and (n == entry or fnmatch.fnmatchcase(n, entry))]
+        if not names:
+            raise InputError(
+                f'{problem.where}: Model.HRF.Variables names "{entry}", which the run\'s design does not have; its '
+                f"variables are {_names(variables)}."
+            )
+        hrfs.update(dict.fromkeys(names, setting))
+    return hrfs
+
+
+def _matches(entry: str, variables) -> list[str]:
+    if entry not in variables.variables and re.search(r"[*?\[]", entry):
+        return [name for name in variables.variables if fnmatch.fnmatchcase(name, entry)]
+    return [entry] if entry in variables.variables else [entry]
+
+
+def _convolve_setting(instruction: dict, problem: _Problem) -> tuple[str, int]:
+    from bids.utils import convert_JSON
+
+    args = convert_JSON(instruction)
+    family = str(args.get("model", "spm")).lower()
+    name = (
+        family + ("+derivative" if args.get("derivative") else "") + ("+dispersion" if args.get("dispersion") else "")
+    )
+    if name not in HRF_MODELS.values():
+        raise InputError(
+            f'{problem.where}: Convolve with Model "{args.get("model", "spm")}", Derivative '
+            f"{bool(args.get('derivative'))} and Dispersion {bool(args.get('dispersion'))} is not an HRF voxfit "
+            f"builds ({', '.join(HRF_MODELS.values())})."
+        )
+    if name != "fir":
+        return name, 1
+    delays = args.get("fir_delays")
+    if not (isinstance(delays, list) and delays and delays == list(range(len(delays)))):
+        raise InputError(
+            f"{problem.where}: Convolve with the fir model needs FIRDelays [0, 1, ..., k-1] (one-TR windows); "
+            f"got {delays!r}."
+        )
+    return name, len(delays)
+
+
+def _suffixes(hrf: str, fir_delays: int, convolution: str) -> list[str]:
+    """The column suffixes make_design gives a condition convolved with `hrf`."""
+    if hrf == "fir":
+        return [f"_delay_{k}" if convolution == "nilearn" else f"_delay{k}" for k in range(fir_delays)]
+    return [""] + (["_derivative"] if "derivative" in hrf else []) + (["_dispersion"] if "dispersion" in hrf else [])
+
+
+def _events(variable, name: str, problem: _Problem) -> dict:
+    from bids.variables import SparseRunVariable
+
+    if not isinstance(variable, SparseRunVariable):
+        raise InputError(
+            f'{problem.where}: "{name}" is a time series, not events; voxfit convolves events (onset, duration, '
+            "amplitude): leave it out of Model.HRF.Variables, or convolve it with a Convolve instruction that a "
+            "later instruction uses (pybids then convolves it)."
+        )
+    values = variable.values
+    if values.dtype.kind not in "bifc":
+        raise InputError(
+            f'{problem.where}: "{name}" holds categories ({", ".join(map(str, values.dropna().unique()[:5]))}), not '
+            f'amplitudes; name one of its levels, or Factor it first ("{name}.<level>").'
+        )
+    amplitude = np.asarray(values, dtype=float)
+    keep = np.isfinite(amplitude) & (amplitude != 0)
+    if not keep.any():
+        raise InputError(
+            f'{problem.where}: "{name}" has no event in this run (none with an amplitude other than 0 or n/a), '
+            "so its regressor would be empty; leave the run out or the variable out of Model.X."
+        )
+    return {
+        "onset": np.asarray(variable.onset, dtype=float)[keep],
+        "duration": np.asarray(variable.duration, dtype=float)[keep],
+        "modulation": amplitude[keep],
+    }
+
+
+def _is_sparse(variable) -> bool:
+    from bids.variables import SparseRunVariable
+
+    return isinstance(variable, SparseRunVariable)
+
+
+def _series(variable, name: str, problem: _Problem) -> np.ndarray:
+    """A variable as one value per scan: dense ones at the TR (pybids resamples), sparse ones densified by pybids;
+    leading n/a are 0, n/a elsewhere refused."""
+    from bids.variables import DenseRunVariable
+
+    rate = 1.0 / problem.tr
+    if not isinstance(variable, DenseRunVariable):
+        variable = variable.to_dense(rate)
+    if abs(variable.sampling_rate - rate) > 1e-9 * rate:
+        variable = variable.resample(rate)
+    values = np.asarray(variable.values, dtype=float).ravel()
+    if values.size != problem.n_scans:
+        raise InputError(
+            f'{problem.where}: "{name}" has {values.size} values at the TR but the run has {problem.n_scans} scans; '
+            "check the confounds file belongs to this run."
+        )
+    missing = ~np.isfinite(values)
+    if missing.any():
+        leading = int(np.argmin(missing)) if not missing.all() else values.size
+        if missing[leading:].any() or leading == values.size:
+            row = leading + int(np.argmax(missing[leading:])) + 1 if leading < values.size else 1
+            raise InputError(
+                f'{problem.where}: "{name}" has a missing value (n/a) at scan {row}; only leading n/a (as in '
+                "fMRIPrep's derivatives) are allowed: fill them with a Replace transformation or leave the column out."
+            )
+        values = np.where(missing, 0.0, values)
+    return values
+
+
+def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, dict]:
+    """The design: Model.X's variables in order (a convolved one with its derivative or delay columns), the
+    cosine drifts, the constant (when X has 1)."""
+    groups: dict[tuple, dict] = {}
+    for name in x:
+        if name != 1 and name in hrfs:
+            groups.setdefault(hrfs[name], {})[name] = _events(variables.variables[name], name, problem)
+    columns: dict[str, tuple[np.ndarray, str, str]] = {}  # column -> (values, kind, source variable)
+    for (hrf, delays), conditions in groups.items():
+        piece = make_design(
+            conditions,
+            problem.tr,
+            problem.n_scans,
+            hrf=hrf,
+            drift="none",
+            fir_delays=delays,
+            convolution=problem.convolution,
+            slice_time_ref=problem.slice_time_ref,
+        )
+        index = {n: j for j, n in enumerate(piece.names)}
+        for name in conditions:
+            for suffix in _suffixes(hrf, delays, problem.convolution):
+                j = index[name + suffix]
+                columns[name + suffix] = (piece.X[:, j], piece.kinds[j], name)
+    names, kinds, values, sources = [], [], [], {}
+    for name in x:
+        if name == 1:
+            continue
+        if name in hrfs:
+            own = [c for c, (_, _, source) in columns.items() if source == name]
+        else:
+            variable = variables.variables[name]
+            kind = "condition" if getattr(variable, "source", "") == "events" else "confound"
+            if _is_sparse(variable):
+                warnings.warn(
+                    f'{problem.where}: "{name}" (events) is in Model.X but nothing convolves it, so it enters as '
+                    "boxcars at the TR; list it in Model.HRF.Variables to model the hemodynamic response.",
+                    DesignWarning,
+                    stacklevel=3,
+                )
+            columns[name] = (_series(variable, name, problem), kind, name)
+            own = [name]
+        for column in own:
+            if column in sources:
+                raise InputError(
+                    f'{problem.where}: the design would have two columns named "{column}"; rename one of the '
+                    "variables (a Rename transformation)."
+                )
+            names.append(column)
+            kinds.append(columns[column][1])
+            values.append(columns[column][0])
+            sources[column] = name
+    drifts = cosine_drift(problem.n_scans, problem.tr, problem.high_pass_s)
+    for k in range(drifts.shape[1]):
+        names.append(f"drift_{k + 1}")
+        kinds.append("drift")
+        values.append(drifts[:, k])
+        sources[f"drift_{k + 1}"] = "high-pass filter"
+    if 1 in x:
+        names.append("constant")
+        kinds.append("constant")
+        values.append(np.ones(problem.n_scans))
+        sources["constant"] = 1
+    else:
+        warnings.warn(
+            f"{problem.where}: Model.X has no 1, so the design has no constant column; add 1 to Model.X unless "
+            "the data are centred.",
+            DesignWarning,
+            stacklevel=3,
+        )
+    clash = [n for n in names if names.count(n) > 1]
+    if clash:
+        raise InputError(
+            f'{problem.where}: the design would have two columns named "{clash[0]}" (a variable named like a '
+            "drift or the constant); rename the variable (a Rename transformation)."
+        )
+    hrf_of = {name: model for name, (model, _) in hrfs.items()}
+    settings = {
+        "hrf": hrf_of,
+        "drift": "cosine",
+        "high_pass_s": problem.high_pass_s,
+        "tr": problem.tr,
+        "n_scans": problem.n_scans,
+        "convolution": problem.convolution,
+    }
+    X = np.column_stack(values) if values else np.zeros((problem.n_scans, 0))
+    return Design(X=X, names=tuple(names), kinds=tuple(kinds), tr=problem.tr, settings=settings), sources
+
+
+# -- contrasts ----------------------------------------------------------------------------------------------------
+
+
+def _contrasts(node: dict, x: list, sources: dict, hrfs: dict, design: Design, problem: _Problem) -> tuple:
+    specs = []
+    dummy = node.get("DummyContrasts")
+    if dummy is not None:
+        listed = dummy.get("Contrasts")
+        chosen = x if listed is None else [n for n in x if n in listed or any(_glob(p, n) for p in listed)]
+        for name in chosen:
+            specs.append(("intercept" if name == 1 else name, [name], [1], dummy["Test"]))
+    for con in node.get("Contrasts") or []:
+        specs.append((con["Name"], con["ConditionList"], con["Weights"], con["Test"]))
+    columns_of: dict = {}
+    for column, source in sources.items():
+        columns_of.setdefault(source, []).append(column)
+    out = []
+    for name, conditions, weights, test in specs:
+        rows = weights if weights and isinstance(weights[0], list) else [weights]
+        built = []
+        for row in rows:
+            mains = [_main_columns(c, columns_of, hrfs, problem, name, test) for c in conditions]
+            for k in range(max(len(m) for m in mains)):  # FIR variables (F only): one row per delay
+                built.append({m[min(k, len(m) - 1)]: weight_value(w) for m, w in zip(mains, row)})
+        out.append(NodeContrast(name=name, weights=tuple(built) if test == "F" else built[0], test=test))
+    return tuple(out)
+
+
+def _glob(pattern, name) -> bool:
+    return isinstance(pattern, str) and isinstance(name, str) and fnmatch.fnmatchcase(name, pattern)
+
+
+def _main_columns(condition, columns_of: dict, hrfs: dict, problem: _Problem, contrast: str, test: str) -> list[str]:
+    """The column(s) a contrast's condition weighs: a variable's first column (its FIR delays for an F)."""
+    if condition not in columns_of:
+        raise InputError(
+            f'{problem.where}: contrast "{contrast}" names "{condition}", which is not a column of the run\'s '
+            f"design ({', '.join(map(str, columns_of))})."
+        )
+    columns = columns_of[condition]
+    if condition in hrfs and hrfs[condition][0] == "fir":
+        if test != "F":
+            raise InputError(
+                f'{problem.where}: contrast "{contrast}" ({test}) names "{condition}", convolved with FIR delays '
+                "(one column each); make it an F contrast, which tests every delay."
+            )
+        return columns
+    return columns[:1]

@@ -1,0 +1,436 @@
+"""One run's design from a Run node (voxfit.bids.run_design) on a synthetic BIDS dataset with fMRIPrep-style
+derivatives: nilearn's design matrix as the independent reference for the convolution, confounds and high-pass;
+pybids' own transformations applied beside voxfit's as the reference that voxfit hands each one over and uses its
+result; the specification's example models and voxfit's default model; the refusals."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("bids")
+pytest.importorskip("jsonschema")
+
+from voxfit.bids.run_design import run_design  # noqa: E402
+from voxfit.bids.spec import default_model, load_model  # noqa: E402
+from voxfit.bids.synthetic import make_dataset  # noqa: E402
+from voxfit.exceptions import DesignWarning, InputError  # noqa: E402
+
+MODELS = Path(__file__).parent / "data" / "bids_models"
+TR, SCANS = 2.0, 40
+
+
+def _collection(root: Path, derivatives: Path, task: str, **filters):
+    """The first run's variable collection as the runner gets it (BIDSStatsModelsGraph, load_collections,
+    get_collections of the run node)."""
+    from bids import BIDSLayout
+    from bids.modeling import BIDSStatsModelsGraph
+
+    layout = BIDSLayout(root, derivatives=[str(derivatives)])
+    graph = BIDSStatsModelsGraph(layout, default_model(task, ["x"]))
+    graph.load_collections(subject="01")
+    (collection,) = graph.get_node("run").get_collections(subject="01", run=1, **filters)
+    return collection
+
+
+@pytest.fixture(scope="module")
+def stroop(tmp_path_factory):
+    """A dataset shaped like the specification's model-example_smdl.json: task stroop, trial types congruent and
+    incongruent, confounds with nuissance1 and nuissance2."""
+    study = make_dataset(
+        tmp_path_factory.mktemp("stroop"),
+        subjects=1,
+        runs=1,
+        scans=SCANS,
+        tr=TR,
+        extra_confounds=("nuissance1", "nuissance2"),
+    )
+    return study, _collection(study.root, study.derivatives, "stroop")
+
+
+def _files(study):
+    func = study.root / "sub-01" / "func"
+    events = pd.read_csv(func / "sub-01_task-stroop_run-1_events.tsv", sep="\t")
+    confounds = pd.read_csv(
+        study.derivatives / "sub-01" / "func" / "sub-01_task-stroop_run-1_desc-confounds_timeseries.tsv", sep="\t"
+    )
+    return events, confounds
+
+
+def _run_node(X, **model):
+    return {"Level": "Run", "Name": "run", "GroupBy": ["run", "subject"], "Model": {"Type": "glm", "X": X, **model}}
+
+
+def _model(node):
+    return load_model({"Name": "m", "BIDSModelVersion": "1.0.0", "Nodes": [node]})["Nodes"][0]
+
+
+@pytest.mark.parametrize(
+    ("hrf", "slice_time_ref", "cutoff_hz"),
+    [("spm", 0.0, None), ("spm + derivative", 0.5, 0.01), ("glover + derivative", 0.0, 0.02), ("glover", 0.5, None)],
+)
+def test_equals_nilearn(stroop, hrf, slice_time_ref, cutoff_hz):
+    """convolution="nilearn": the design equals nilearn's make_first_level_design_matrix for the same events,
+    confounds (fMRIPrep's leading n/a as 0) and high-pass, column by column, to 1e-10."""
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    study, collection = stroop
+    events, confounds = _files(study)
+    regressors = ["nuissance1", "nuissance2", "trans_x_derivative1"]
+    options = {"Options": {"HighPassFilterCutoffHz": cutoff_hz}} if cutoff_hz else {}
+    node = _model(
+        _run_node(
+            ["congruent", "incongruent", *regressors, 1],
+            HRF={"Variables": ["congruent", "incongruent"], "Model": hrf},
+            **options,
+        )
+    )
+    result = run_design(collection, node, tr=TR, n_scans=SCANS, convolution="nilearn", slice_time_ref=slice_time_ref)
+    reference = make_first_level_design_matrix(
+        (np.arange(SCANS) + slice_time_ref) * TR,
+        events[["onset", "duration", "trial_type"]],
+        hrf_model=hrf,
+        drift_model="cosine",
+        high_pass=cutoff_hz or 1 / 128,
+        add_regs=confounds[regressors].fillna(0).to_numpy(),
+        add_reg_names=regressors,
+    )
+    design = result.design
+    assert sorted(design.names) == sorted(reference.columns)
+    for name in reference.columns:
+        np.testing.assert_allclose(design.X[:, design.names.index(name)], reference[name], rtol=0, atol=1e-10)
+    assert result.settings["high_pass_s"] == pytest.approx(1 / (cutoff_hz or 1 / 128))
+    assert result.settings["high_pass_from"] == ("model" if cutoff_hz else "default (SPM's 128 s)")
+    kinds = dict(zip(design.names, design.kinds))
+    assert kinds["congruent"] == "condition" and kinds["nuissance1"] == "confound" and kinds["constant"] == "constant"
+    assert result.sources["nuissance1"] == "nuissance1" and result.sources["constant"] == 1
+
+
+def test_the_specification_examples(tmp_path):
+    """Both example models build their run design on datasets shaped like the ones they name (stroop with
+    nuisance confounds; simon), with their contrast over the trial types; their X names events that nothing
+    convolves, which is said."""
+    example = load_model(MODELS / "model-example_smdl.json")
+    study = make_dataset(
+        tmp_path / "stroop", subjects=1, runs=1, scans=SCANS, extra_confounds=("nuissance1", "nuissance2")
+    )
+    walkthrough = load_model(MODELS / "model-walkthrough_smdl.json")
+    simon = make_dataset(tmp_path / "simon", subjects=1, runs=1, scans=SCANS, task="simon")
+    for model, data in ((example, study), (walkthrough, simon)):
+        collection = _collection(data.root, data.derivatives, data.task)
+        with pytest.warns(DesignWarning, match="nothing convolves it"):
+            result = run_design(collection, model["Nodes"][0], tr=TR, n_scans=SCANS)
+        X = [x for x in model["Nodes"][0]["Model"]["X"] if x != 1]
+        assert [n for n, k in zip(result.design.names, result.design.kinds) if k not in ("drift", "constant")] == X
+        (contrast,) = result.contrasts
+        assert contrast.weights == {"incongruent": 1.0, "congruent": -1.0} and contrast.test == "t"
+        vector = result.fit_contrasts()[contrast.name]
+        assert vector[result.design.names.index("incongruent")] == 1 and np.count_nonzero(vector) == 2
+
+
+def test_default_model_on_the_dataset(stroop):
+    """voxfit's default model: each trial type convolved with SPM's HRF, the constant, a t contrast per trial
+    type; its columns are the ones voxfit's own make_design gives for the events file."""
+    from voxfit.design import make_design
+
+    study, collection = stroop
+    events, _ = _files(study)
+    model = load_model(None, task="stroop", trial_types=sorted(events["trial_type"].unique()))
+    result = run_design(collection, model["Nodes"][0], tr=TR, n_scans=SCANS)
+    reference = make_design(events[["onset", "duration", "trial_type"]], TR, SCANS)
+    assert result.design.names == reference.names
+    np.testing.assert_allclose(result.design.X, reference.X, rtol=0, atol=1e-12)
+    assert [(c.name, c.test) for c in result.contrasts] == [("congruent", "t"), ("incongruent", "t")]
+    assert result.fit_contrasts()["incongruent"].tolist() == [0, 1] + [0] * (len(reference.names) - 2)
+
+
+def _pybids(collection, instructions):
+    """pybids' own result of the instructions, applied to a copy of the collection (the reference)."""
+    from bids.modeling.transformations import TransformerManager
+
+    variables = collection.clone()
+    manager = TransformerManager("pybids-transforms-v1", keep_history=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manager.transform(variables, copy.deepcopy(instructions))
+    return variables
+
+
+def _at_tr(variable):
+    if variable.sampling_rate != 1 / TR:
+        variable = variable.resample(1 / TR)
+    return np.nan_to_num(np.asarray(variable.values, dtype=float).ravel())
+
+
+def test_time_series_transformations_are_pybids(stroop):
+    """Demean, Orthogonalize, Threshold, Not, And, Or, Product, Sum, Lag, Copy, Rename, Resample, Replace
+    and Delete on the confounds: each design column is pybids' variable after the instructions, at the TR."""
+    _, collection = stroop
+    instructions = [
+        {"Name": "Demean", "Input": ["rot_x"]},
+        {"Name": "Orthogonalize", "Input": ["trans_y"], "Other": ["trans_x"], "Output": ["trans_y_orth"]},
+        {"Name": "Threshold", "Input": ["global_signal"], "Threshold": 1000, "Binarize": True, "Output": ["gs_high"]},
+        {"Name": "Not", "Input": ["gs_high"], "Output": ["gs_low"]},
+        {"Name": "And", "Input": ["gs_high", "gs_low"], "Output": "gs_and"},
+        {"Name": "Or", "Input": ["gs_high", "gs_low"], "Output": "gs_or"},
+        {"Name": "Product", "Input": ["trans_x", "trans_z"], "Output": "txz"},
+        {"Name": "Sum", "Input": ["trans_x", "trans_z"], "Weights": [1, -2], "Output": "tsum"},
+        {"Name": "Lag", "Input": ["trans_z"], "Output": ["trans_z_lag"]},
+        {"Name": "Copy", "Input": ["csf"], "Output": ["csf_copy"]},
+        {"Name": "Rename", "Input": ["white_matter"], "Output": ["wm"]},
+        {"Name": "Resample", "Input": ["nuissance1"], "SamplingRate": 1, "Output": ["n1_1hz"]},
+        {"Name": "Replace", "Input": ["gs_high"], "Replace": {"1": 5}, "Output": ["gs_five"]},
+        {"Name": "Delete", "Input": ["a_comp_cor_04"]},
+    ]
+    outputs = ["rot_x", "trans_y_orth", "gs_high", "gs_low", "gs_and", "gs_or", "txz", "tsum"]
+    outputs += ["trans_z_lag", "csf_copy", "wm", "n1_1hz", "gs_five"]
+    node = _run_node([*outputs, "a_comp_cor_*", 1])
+    node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+    result = run_design(collection, _model(node), tr=TR, n_scans=SCANS)
+    reference = _pybids(collection, instructions)
+    design = result.design
+    for name in outputs:
+        np.testing.assert_allclose(design.X[:, design.names.index(name)], _at_tr(reference.variables[name]), atol=1e-12)
+    assert [n for n in design.names if n.startswith("a_comp")] == [f"a_comp_cor_0{k}" for k in range(4)]  # Delete
+    assert not np.allclose(design.X[:, design.names.index("rot_x")], _at_tr(collection.variables["rot_x"]))
+    assert result.settings["pybids_instructions"] == instructions
+
+
+def test_events_transformations_are_pybids(stroop):
+    """Factor, Replace, Split, Filter, Select, DropNA, Copy, Scale, Threshold and Product on the events, then
+    convolved by voxfit (Model.HRF and a Convolve instruction it takes over), and ToDense, Convolve kept by pybids:
+    the events voxfit convolves are pybids' after the instructions (nilearn's design of those events is the
+    reference)."""
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    _, collection = stroop
+    instructions = [
+        {"Name": "Replace", "Input": ["trial_type"], "Replace": {"incongruent": "incon"}},
+        {"Name": "Split", "Input": ["response_time"], "By": ["trial_type"]},
+        {
+            "Name": "Filter",
+            "Input": ["response_time"],
+            "Query": "trial_type == 'congruent'",
+            "By": ["trial_type"],
+            "Output": ["only_con"],
+        },
+        {"Name": "Factor", "Input": ["trial_type"]},
+        {"Name": "Copy", "Input": ["trial_type.incon"], "Output": ["incon_copy"]},
+        {"Name": "Scale", "Input": ["trial_type.congruent"], "Output": ["con_scaled"]},
+        {"Name": "DropNA", "Input": ["response_time"], "Output": ["rt"]},
+        {"Name": "Threshold", "Input": ["rt"], "Threshold": 0.4, "Binarize": True, "Output": ["rt_bin"]},
+        {"Name": "Product", "Input": ["trial_type.congruent", "rt"], "Output": "con_rt"},
+        {"Name": "Convolve", "Input": ["incon_copy"], "Model": "spm", "Derivative": True},  # voxfit's
+        {"Name": "ToDense", "Input": ["rt_bin"], "Output": ["rt_dense"]},
+        {"Name": "Convolve", "Input": ["rt_dense"], "Model": "glover"},  # dense: stays with pybids
+        {
+            "Name": "Select",
+            "Input": ["con_rt", "con_scaled", "incon_copy", "rt_dense", "response_time.trial_type*", "only_con"],
+        },
+    ]
+    events_x = ["con_rt", "con_scaled", "response_time.trial_type[congruent]", "only_con"]
+    node = _run_node([*events_x, "incon_copy", "rt_dense", 1], HRF={"Variables": events_x, "Model": "spm + derivative"})
+    node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+    node = _model(node)
+    result = run_design(collection, node, tr=TR, n_scans=SCANS, convolution="nilearn")
+    assert result.settings["pybids_instructions"] == [i for i in instructions if i is not instructions[9]]
+    reference = _pybids(collection, result.settings["pybids_instructions"])
+    assert set(reference.variables) == {
+        "con_rt",
+        "con_scaled",
+        "incon_copy",
+        "rt_dense",
+        "response_time.trial_type[congruent]",
+        "response_time.trial_type[incon]",
+        "only_con",
+    }
+    rows = []
+    for name in [*events_x, "incon_copy"]:
+        variable = reference.variables[name]
+        keep = np.asarray(variable.values, dtype=float) != 0
+        rows.append(
+            pd.DataFrame(
+                {
+                    "onset": variable.onset[keep],
+                    "duration": variable.duration[keep],
+                    "trial_type": name,
+                    "modulation": np.asarray(variable.values, dtype=float)[keep],
+                }
+            )
+        )
+    expected = make_first_level_design_matrix(
+        np.arange(SCANS) * TR, pd.concat(rows), hrf_model="spm + derivative", drift_model=None
+    )
+    design = result.design
+    for name in expected.columns.drop("constant"):
+        np.testing.assert_allclose(design.X[:, design.names.index(name)], expected[name], atol=1e-10)
+    assert design.kinds[design.names.index("incon_copy_derivative")] == "derivative"
+    np.testing.assert_allclose(
+        design.X[:, design.names.index("rt_dense")], _at_tr(reference.variables["rt_dense"]), atol=1e-12
+    )
+    assert result.settings["hrf"]["incon_copy"] == {"model": "spm+derivative", "fir_delays": 1}
+
+
+def test_convolve_taken_over_equals_model_hrf(stroop):
+    """A Convolve whose output feeds Model.X is voxfit's convolution: the same design as Model.HRF's."""
+    _, collection = stroop
+    by_hrf = _model(_run_node(["congruent", 1], HRF={"Variables": ["congruent"], "Model": "glover + derivative"}))
+    node = _run_node(["convolved", 1])
+    node["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [
+            {"Name": "Convolve", "Input": ["congruent"], "Output": ["convolved"], "Model": "glover", "Derivative": True}
+        ],
+    }
+    a = run_design(collection, by_hrf, tr=TR, n_scans=SCANS).design
+    b = run_design(collection, _model(node), tr=TR, n_scans=SCANS).design
+    assert b.names == tuple(n.replace("congruent", "convolved") for n in a.names)
+    np.testing.assert_array_equal(a.X, b.X)
+
+
+def test_contrasts(stroop):
+    """DummyContrasts (1 named intercept) then Contrasts; fractions as text; derivatives weigh 0; an F contrast over
+    FIR delays has a row per delay."""
+    _, collection = stroop
+    node = _run_node(
+        ["congruent", "incongruent", "trans_x", 1], HRF={"Variables": ["congruent"], "Model": "spm + derivative"}
+    )
+    node["DummyContrasts"] = {"Contrasts": ["trans_x", 1], "Test": "pass"}
+    node["Contrasts"] = [
+        {"Name": "third", "ConditionList": ["congruent", 1], "Weights": ["1/3", "-2/3"], "Test": "t"},
+        {"Name": "both", "ConditionList": ["congruent", "trans_x"], "Weights": [[1, 0], [0, 1]], "Test": "F"},
+    ]
+    with pytest.warns(DesignWarning, match='"incongruent" .* nothing convolves it'):
+        result = run_design(collection, _model(node), tr=TR, n_scans=SCANS)
+    names = result.design.names
+    assert [(c.name, c.test) for c in result.contrasts] == [
+        ("trans_x", "pass"),
+        ("intercept", "pass"),
+        ("third", "t"),
+        ("both", "F"),
+    ]
+    weights = result.fit_contrasts()
+    assert weights["third"][names.index("congruent")] == pytest.approx(1 / 3)
+    assert weights["third"][names.index("constant")] == pytest.approx(-2 / 3)
+    assert weights["third"][names.index("congruent_derivative")] == 0
+    assert weights["both"].shape == (2, len(names)) and weights["intercept"][names.index("constant")] == 1
+    fir = _run_node(
+        ["congruent", 1], HRF={"Variables": ["congruent"], "Model": "fir", "Parameters": {"fir_delays": [0, 1, 2]}}
+    )
+    fir["DummyContrasts"] = {"Contrasts": ["congruent"], "Test": "F"}
+    result = run_design(collection, _model(fir), tr=TR, n_scans=SCANS)
+    matrix = result.fit_contrasts()["congruent"]
+    assert matrix.shape == (3, len(result.design.names))
+    assert [result.design.names[j] for j in matrix.argmax(1)] == [
+        "congruent_delay0",
+        "congruent_delay1",
+        "congruent_delay2",
+    ]
+    fir["DummyContrasts"]["Test"] = "t"
+    with pytest.raises(InputError, match='contrast "congruent" \\(t\\) names "congruent", convolved with FIR delays'):
+        run_design(collection, _model(fir), tr=TR, n_scans=SCANS)
+
+
+def test_high_pass(stroop):
+    """The argument overrides Options.HighPassFilterCutoffHz, which overrides SPM's 128 s; each is recorded."""
+    _, collection = stroop
+    node = _model(
+        _run_node(
+            ["congruent", 1],
+            HRF={"Variables": ["congruent"], "Model": "spm"},
+            Options={"HighPassFilterCutoffHz": 0.025},
+        )
+    )
+    from_model = run_design(collection, node, tr=TR, n_scans=SCANS)
+    from_argument = run_design(collection, node, tr=TR, n_scans=SCANS, high_pass="0.0125Hz")
+    assert (from_model.settings["high_pass_s"], from_model.settings["high_pass_from"]) == (40.0, "model")
+    assert (from_argument.settings["high_pass_s"], from_argument.settings["high_pass_from"]) == (80.0, "argument")
+    assert from_model.design.kinds.count("drift") == 4 and from_argument.design.kinds.count("drift") == 2
+
+
+def _broken(collection, name, change):
+    broken = collection.clone()
+    variable = broken.variables[name].clone()
+    change(variable)
+    broken.variables[name] = variable
+    return broken
+
+
+REFUSALS = {
+    "absent variable": (
+        lambda c: c,
+        ["congruent", "reaction_time", 1],
+        r'node "run", run .*sub-01_task-stroop_run-1_.*_bold.nii.gz: Model.X names "reaction_time", but the run has no '
+        r'variable "reaction_time"; its variables are .*trans_x',
+    ),
+    "pattern matching nothing": (
+        lambda c: c,
+        ["congruent", "aroma_*", 1],
+        'no variable matching "aroma_\\*"',
+    ),
+    "n/a inside a confound": (
+        lambda c: _broken(c, "nuissance1", lambda v: v.values.iloc.__setitem__((5, 0), np.nan)),
+        ["congruent", "nuissance1", 1],
+        '"nuissance1" has a missing value \\(n/a\\) at scan 6; only leading n/a',
+    ),
+    "confound of another length": (
+        lambda c: _broken(c, "nuissance1", lambda v: setattr(v, "values", v.values.iloc[:30])),
+        ["congruent", "nuissance1", 1],
+        '"nuissance1" has 30 values at the TR but the run has 40 scans',
+    ),
+    "failing transformation": (
+        lambda c: c,
+        ["congruent", 1],
+        r"Transformations.Instructions\[0\] \(Scale\) failed in pybids: No variable named 'nothing'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_refusals(stroop, case):
+    _, collection = stroop
+    change, X, message = REFUSALS[case]
+    node = _run_node(X, HRF={"Variables": ["congruent"], "Model": "spm"})
+    if case == "failing transformation":
+        node["Transformations"] = {
+            "Transformer": "pybids-transforms-v1",
+            "Instructions": [{"Name": "Scale", "Input": ["nothing"]}],
+        }
+    with pytest.raises(InputError, match=message) as info:
+        run_design(change(collection), _model(node), tr=TR, n_scans=SCANS)
+    assert "\n" not in str(info.value)
+
+
+def test_time_series_in_hrf_and_categories_refused(stroop):
+    _, collection = stroop
+    node = _model(_run_node(["trans_x", 1], HRF={"Variables": ["trans_x"], "Model": "spm"}))
+    with pytest.raises(InputError, match='"trans_x" is a time series, not events'):
+        run_design(collection, node, tr=TR, n_scans=SCANS)
+    node = _model(_run_node(["trial_type", 1], HRF={"Variables": ["trial_type"], "Model": "spm"}))
+    with pytest.raises(InputError, match='"trial_type" holds categories .*name one of its levels, or Factor it'):
+        run_design(collection, node, tr=TR, n_scans=SCANS)
+    with pytest.raises(InputError, match="needs the Run node"):
+        run_design(collection, {"Level": "Subject", "Model": {}}, tr=TR, n_scans=SCANS)
+
+
+def test_the_collection_is_not_changed(stroop):
+    _, collection = stroop
+    before = {name: v.values.copy() for name, v in collection.variables.items()}
+    node = _run_node(["congruent", "trans_x", 1], HRF={"Variables": ["congruent"], "Model": "spm"})
+    node["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Demean", "Input": ["trans_x"]}],
+    }
+    run_design(collection, _model(node), tr=TR, n_scans=SCANS)
+    assert set(collection.variables) == set(before)
+    for name, values in before.items():
+        assert collection.variables[name].values.equals(values)
+    assert json.dumps(node)  # the node stays plain JSON
+    assert re.search("trans_x", json.dumps(node))

@@ -1,0 +1,266 @@
+"""voxfit bids: whole studies from synthetic BIDS datasets with fMRIPrep-style derivatives, run -> subject ->
+dataset, checked against voxfit's own first-level, fixed-effects and group fits on the same maps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+pytest.importorskip("bids")
+
+from voxfit.bids.synthetic import make_dataset  # noqa: E402
+from voxfit.cli import main  # noqa: E402
+
+SPACE = "MNI152NLin2009cAsym"
+
+
+def _study(tmp, **kw):
+    study = make_dataset(tmp / "ds", **kw)
+    return study, ["--derivatives", str(study.derivatives)]
+
+
+def _maps(path):
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if isinstance(img, nib.GiftiImage):
+        return np.vstack([d.data for d in img.darrays]).ravel()
+    return np.asarray(img.get_fdata()).ravel(order="F")  # (voxfit's maskers flatten volumes in Fortran order)
+
+
+def _schema_valid(folder: Path) -> int:
+    from voxfit.models.record import schema
+
+    records = list(folder.rglob("*model.json"))
+    for path in records:
+        errors = list(jsonschema.Draft202012Validator(schema()).iter_errors(json.loads(path.read_text())))
+        assert not errors, f"{path}: {errors[0].message}"
+    return len(records)
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bids")
+    study, deriv = _study(tmp)
+    out = tmp / "out"
+    code = main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet"])
+    return study, out, code
+
+
+def test_default_model_end_to_end_on_volumes(volumes):
+    study, out, code = volumes
+    assert code == 0
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "voxfit"
+    assert list(out.glob("model-*_smdl.json"))
+    run_dir = out / "sub-01" / "node-run"
+    stem = f"sub-01_task-stroop_run-1_space-{SPACE}"
+    for stat in ("effect", "variance", "t", "p", "z"):
+        assert (run_dir / f"{stem}_contrast-congruent_stat-{stat}_statmap.nii.gz").is_file()
+    assert (run_dir / f"{stem}_design.tsv").is_file()
+    assert (out / "sub-03" / "node-subject" / "sub-03_contrast-incongruent_stat-z_statmap.nii.gz").is_file()
+    z = _maps(out / "sub-03" / "node-subject" / "sub-03_contrast-incongruent_stat-z_statmap.nii.gz")
+    assert np.nanmax(z) > 5  # the synthetic blob is found in each subject
+    assert _schema_valid(out) == 6 + 6 + 2
+    assert not list(out.rglob(".voxfit-partial-*"))
+
+
+def test_run_level_equals_voxfit_fit_on_the_same_run(volumes):
+    from voxfit.models.glm import fit_images
+
+    study, out, _ = volumes
+    run_dir = out / "sub-02" / "node-run"
+    stem = f"sub-02_task-stroop_run-2_space-{SPACE}"
+    bold = study.derivatives / "sub-02" / "func" / f"{stem}_desc-preproc_bold.nii.gz"
+    mask = study.derivatives / "sub-02" / "func" / f"{stem}_desc-brain_mask.nii.gz"
+    ref = fit_images(bold, run_dir / f"{stem}_design.tsv", {"congruent": "congruent"}, mask=mask, progress=False)
+    z = _maps(run_dir / f"{stem}_contrast-congruent_stat-z_statmap.nii.gz")
+    expected = ref.masker.inverse(ref.contrasts["congruent"].z).ravel()
+    np.testing.assert_allclose(z, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def test_subject_level_equals_fixed_effects_on_the_run_maps(volumes):
+    from voxfit import mixed_effects
+
+    _, out, _ = volumes
+    runs = [out / "sub-01" / "node-run" / f"sub-01_task-stroop_run-{r}_space-{SPACE}" for r in (1, 2)]
+    E = np.array([_maps(f"{p}_contrast-congruent_stat-effect_statmap.nii.gz") for p in runs])
+    V = np.array([_maps(f"{p}_contrast-congruent_stat-variance_statmap.nii.gz") for p in runs])
+    dof = [json.loads(Path(f"{p}_model.json").read_text())["design"]["dof"] for p in runs]
+    keep = np.isfinite(E).all(0) & np.isfinite(V).all(0) & (V > 0).all(0)
+    ref = mixed_effects(np.ones((2, 1)), E[:, keep], V[:, keep], {"c": [1.0]}, model="fixed", first_level_dof=dof)
+    got = _maps(out / "sub-01" / "node-subject" / "sub-01_contrast-congruent_stat-t_statmap.nii.gz")[keep]
+    np.testing.assert_allclose(got, ref.contrasts["c"].stat, rtol=1e-5, atol=1e-5)
+
+
+def test_dataset_level_equals_voxfit_group_on_the_subject_maps(volumes):
+    from voxfit import SecondLevel
+
+    study, out, _ = volumes
+    subj = [out / f"sub-{s}" / "node-subject" / f"sub-{s}_contrast-congruent_stat-" for s in study.subjects]
+    ref = SecondLevel(variances=[f"{p}variance_statmap.nii.gz" for p in subj], model="mixed").fit(
+        [f"{p}effect_statmap.nii.gz" for p in subj], progress=False
+    )
+    got = _maps(out / "node-dataset" / "contrast-congruent_stat-z_statmap.nii.gz")
+    expected = ref.masker.inverse(ref.parametric["intercept"].z).ravel()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+def test_rerun_skips_unchanged_groups_and_refits_a_changed_run(volumes, tmp_path):
+    from voxfit.bids import run
+
+    study, out, _ = volumes
+    again = run(study.root, out, derivatives=[study.derivatives], progress=False)
+    assert again.ok and all(g.reused for groups in again.nodes.values() for g in groups)
+    events = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-1_events.tsv"
+    events.write_text(events.read_text())  # rewritten: a new modification time
+    third = run(study.root, out, derivatives=[study.derivatives], progress=False)
+    refit = {(g.name, dict(g.entities).get("subject")) for gs in third.nodes.values() for g in gs if not g.reused}
+    assert ("run", "02") in refit and ("subject", "02") in refit and ("subject", "01") not in refit
+    assert ("dataset", None) in refit
+
+
+def test_fsaverage5_hemispheres_stay_apart(tmp_path):
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, space="fsaverage5", vertices=60)
+    result = run(study.root, tmp_path / "out", derivatives=[study.derivatives], level="dataset", progress=False)
+    assert result.ok
+    names = {p.name for p in (tmp_path / "out" / "node-dataset").iterdir()}
+    assert {
+        "hemi-L_contrast-congruent_stat-z_statmap.func.gii",
+        "hemi-R_contrast-congruent_stat-z_statmap.func.gii",
+    } <= names
+    assert len(_maps(tmp_path / "out" / "node-dataset" / "hemi-L_contrast-congruent_stat-t_statmap.func.gii")) == 60
+
+
+def test_fslr_cifti_with_sessions(tmp_path):
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, space="fsLR", sessions=("a", "b"), vertices=40)
+    result = run(study.root, tmp_path / "out", derivatives=[study.derivatives], level="subject", progress=False)
+    assert result.ok and set(result.nodes) == {"run", "session", "subject"}
+    assert (
+        tmp_path / "out/sub-01/ses-b/node-session/sub-01_ses-b_contrast-congruent_stat-t_statmap.dscalar.nii"
+    ).exists() or list((tmp_path / "out/sub-01/ses-b/node-session").glob("*contrast-congruent_stat-t_statmap*"))
+
+
+def test_participants_covariate_in_the_dataset_design(tmp_path):
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path)
+    model = {
+        "Name": "age",
+        "BIDSModelVersion": "1.0.0",
+        "Input": {"task": ["stroop"]},
+        "Nodes": [
+            {
+                "Level": "Run",
+                "Name": "run",
+                "GroupBy": ["run", "subject"],
+                "Transformations": {
+                    "Transformer": "pybids-transforms-v1",
+                    "Instructions": [{"Name": "Factor", "Input": ["trial_type"]}],
+                },
+                "Model": {"Type": "glm", "X": ["trial_type.congruent", "trial_type.incongruent", 1]},
+                "DummyContrasts": {"Contrasts": ["trial_type.congruent"], "Test": "t"},
+            },
+            {
+                "Level": "Subject",
+                "Name": "subject",
+                "GroupBy": ["subject", "contrast"],
+                "Model": {"Type": "meta", "X": [1]},
+                "DummyContrasts": {"Test": "t"},
+            },
+            {
+                "Level": "Dataset",
+                "Name": "group",
+                "GroupBy": ["contrast"],
+                "Model": {"Type": "glm", "X": [1, "age"]},
+                "Contrasts": [{"Name": "age", "ConditionList": ["age"], "Weights": [1], "Test": "t"}],
+            },
+        ],
+    }
+    result = run(
+        study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols", progress=False
+    )
+    assert result.ok, result.failures
+    records = list((tmp_path / "out" / "node-group").glob("*model.json"))
+    design = json.loads(records[0].read_text())["design"]
+    assert design["columns"] == ["intercept", "age"]
+    ages = dict(line.split("\t")[:2] for line in (study.root / "participants.tsv").read_text().splitlines()[1:])
+    assert len(design["rows"]) == 3 and ages
+
+
+@pytest.mark.parametrize("breakage", ["events", "confounds", "tr"])
+def test_a_broken_run_fails_alone(tmp_path, capsys, breakage):
+    study, deriv = _study(tmp_path, subjects=2)
+    if breakage == "events":
+        bad = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-2_events.tsv"
+        bad.unlink()
+    elif breakage == "confounds":
+        bad = study.derivatives / "sub-02" / "func" / "sub-02_task-stroop_run-2_desc-confounds_timeseries.tsv"
+        bad.write_text("\n".join(bad.read_text().splitlines()[:-3]) + "\n")
+    else:
+        for sidecar in (study.root / "task-stroop_bold.json", *study.derivatives.rglob("*_bold.json")):
+            content = json.loads(sidecar.read_text())
+            content.pop("RepetitionTime", None)
+            sidecar.write_text(json.dumps(content))
+    code = main(["bids", str(study.root), str(tmp_path / "out"), "subject", *deriv, "--quiet"])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("voxfit: failed:")]
+    assert code == 2
+    if breakage == "tr":  # every run without a TR: nothing to fit, one line naming the first run and the fix
+        assert not failed and "RepetitionTime is missing from every sidecar" in err and "sub-01" in err
+        return
+    assert len(failed) == 1 and "run-2" in failed[0] and "node run" in failed[0]
+    assert str(bad) in failed[0] if breakage == "confounds" else "events" in failed[0]
+    assert (tmp_path / "out" / "sub-02" / "node-subject").is_dir()  # sub-02's subject node from its other run
+    assert (tmp_path / "out" / "sub-01" / "node-subject").is_dir()
+
+
+def test_cli_exit_codes_for_bad_arguments(tmp_path, capsys):
+    study, deriv = _study(tmp_path, subjects=1, runs=1)
+    assert main(["bids", str(study.root), str(tmp_path / "o"), "dataset", *deriv, "--participant-label", "09"]) == 2
+    assert "participant label 09" in capsys.readouterr().err
+    assert main(["bids", str(study.root), str(tmp_path / "o"), "run", *deriv, "--space", "T1w"]) == 2
+    assert "space" in capsys.readouterr().err
+    assert main(["bids", str(study.root), str(tmp_path / "o"), "run", *deriv, "--task", "nback"]) == 2
+
+
+def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
+    from voxfit.bids.layout import find_runs, index
+
+    study, _ = _study(tmp_path, subjects=1, runs=1)
+    db = tmp_path / "db"
+    assert len(find_runs(index(study.root, [study.derivatives], database=db))) == 1
+    stamp = (db / "voxfit-fingerprint.txt").read_text()
+    assert (db / "voxfit-fingerprint.txt").read_text() == stamp
+    index(study.root, [study.derivatives], database=db)
+    assert (db / "voxfit-fingerprint.txt").read_text() == stamp  # unchanged files: reused
+    extra = make_dataset(tmp_path / "more", subjects=2, runs=1)
+    for f in (extra.root / "sub-02").rglob("*"):
+        target = study.root / f.relative_to(extra.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.is_file():
+            target.write_bytes(f.read_bytes())
+    for f in (extra.derivatives / "sub-02").rglob("*"):
+        target = study.derivatives / f.relative_to(extra.derivatives)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.is_file():
+            target.write_bytes(f.read_bytes())
+    runs = find_runs(index(study.root, [study.derivatives], database=db))
+    assert {dict(r.entities)["subject"] for r in runs} == {"01", "02"}
+
+
+def test_import_voxfit_does_not_import_pybids():
+    code = "import sys, voxfit, voxfit.bids; assert 'bids' not in sys.modules and 'bids.layout' not in sys.modules"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -254,6 +254,10 @@ RULE_REFUSALS = {
         ),
         'uses "congruent", an F contrast of node "run"',
     ),
+    "transformation group": (
+        _instructions({"Name": "Group", "Input": ["trans_x", "trans_y"]}),
+        '"Group" cannot be written in a model',
+    ),
     "transformation name": (
         _instructions({"Name": "Scal", "Input": ["x"]}),
         '"Scal" is not a transformation of pybids-transforms-v1; did you mean "Scale"?',

@@ -119,7 +119,10 @@ def test_version_help_and_usage(capsys):
         main(["fit", "-h"])
     assert e.value.code == 0 and "examples:" in capsys.readouterr().out
     assert main([]) == 2
-    assert capsys.readouterr().err == "voxfit: error: give a command: fit, design, group, bids, report or demo (see --help)\n"
+    assert (
+        capsys.readouterr().err
+        == "voxfit: error: give a command: fit, design, group, bids, report or demo (see --help)\n"
+    )
     for argv in (
         ["fit"],
         ["fit", "x.nii", "--design"],

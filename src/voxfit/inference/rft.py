@@ -880,8 +880,8 @@ def _rf_iv(c, k, u, dof, kind, resels, n):
     check_scalar(c, "`c` (the number of clusters)", numbers.Integral, min_val=0)
     check_scalar(n, "`n` (fields in the conjunction)", numbers.Integral, min_val=1)
     R = np.asarray(resels, dtype=np.float64).ravel()
-    if R.size < 1 or R.size > 4 or not np.all(np.isfinite(R)) or np.any(R < 0) or not np.any(R > 0):
-        raise InputError(f"`resels` must be 1 to 4 resel counts R0..R3, not all 0; got {np.asarray(resels)!r}.")
+    if R.size < 1 or R.size > 4 or not np.all(np.isfinite(R)) or not np.any(R != 0):
+        raise InputError(f"`resels` must be 1 to 4 finite resel counts R0..R3, not all 0; got {np.asarray(resels)!r}.")
     k = np.asarray(k, dtype=np.float64)
     if not np.all(k >= 0):
         raise InputError("`k` (cluster extents in resels) must be >= 0.")

@@ -718,13 +718,14 @@ def _drawer(res: Results, background, mesh):
     return draw, notes
 
 
-def html_page(title: str, lines, links, body: str) -> str:
+def html_page(title: str, lines, links, body: str, meta: dict | None = None) -> str:
     """A whole self-contained page: the report's style, a header with `title`, the text `lines` and the
-    `links` (HTML ``<a>`` elements), and `body` (HTML) as its main part."""
+    `links` (HTML ``<a>`` elements), and `body` (HTML) as its main part; `meta` as ``<meta name content>``."""
+    extra = "".join(f"<meta name='{_e(k)}' content='{_e(v)}'>" for k, v in (meta or {}).items())
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' "
-        f"content='width=device-width'><title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        f"<meta name='viewport' content='width=device-width'>{extra}"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{_e(title)}</h1>"
         + "".join(f"<p>{_e(n)}</p>" for n in lines)
         + f"<nav>{''.join(links)}</nav></header><main>{body}</main></body></html>"

@@ -102,7 +102,8 @@ class _Group:
 
     @property
     def title(self) -> str:
-        words = [f"{ENTITIES.get(k, k)}-{v}" for k, v in self.entities.items() if k != "subject"]
+        keys = [k for k in (*ENTITIES, "contrast") if k != "subject" and k in self.entities]  # (in BIDS order)
+        words = [f"{ENTITIES.get(k, k)}-{self.entities[k]}" for k in keys]
         return f"{self.level.capitalize()} node {self.node}" + (f": {', '.join(words)}" if words else "")
 
 
@@ -127,6 +128,11 @@ def write_study_reports(out_dir, *, failures=None, force: bool = False, progress
     """
     out_dir, failures = _write_iv(out_dir, failures)
     groups = _read_groups(out_dir)
+    if not groups and not failures:
+        raise InputError(
+            f"{out_dir} holds no node records of voxfit bids (sub-*/node-*/*_model.json); give the OUT_DIR of a "
+            "study, or run voxfit bids first."
+        )
     model_files = sorted(p.name for p in out_dir.glob("model-*_smdl.json"))
     subjects = sorted({g.entities["subject"] for g in groups if g.entities.get("subject")} | _failed(failures))
     dataset = [g for g in groups if g.level == "dataset"]

@@ -56,11 +56,12 @@ REPORT_LEVELS = {  # a node's level -> how voxfit's report thresholds its maps (
 }
 _PERMUTATION_P = {"fwe": "pfwe", "tfcefwe": "ptfcefwe"}  # voxfit group's desc -> the study's stat
 GROUP_MODELS = {
-    "mixed": "mixed effects: each subject's effect weighted by 1 / (its variance + the between-subject variance), "
-    "the between-subject variance estimated by REML at each voxel (its map is not among the study's outputs)",
-    "ols": "ordinary least squares on the subjects' effect maps: the between-subject variance is the residual "
+    "mixed": "mixed effects (mixed): each subject's effect weighted by 1 / (its variance + the between-subject "
+    "variance), the between-subject variance estimated by REML at each voxel (its map is not among the study's "
+    "outputs)",
+    "ols": "ordinary least squares (ols) on the subjects' effect maps: the between-subject variance is the residual "
     "variance (the subjects' variance maps are not used)",
-    "fixed": "fixed effects: each subject's effect weighted by 1 / its variance, no between-subject variance "
+    "fixed": "fixed effects (fixed): each subject's effect weighted by 1 / its variance, no between-subject variance "
     "(inference about these subjects only)",
 }
 
@@ -321,7 +322,10 @@ def _results(g: _Group) -> _GroupResults:
     folder = g.path.parent
     prefix = group_prefix(g.entities)
     contrasts = []
+    shuffles = (((record.get("settings") or {}).get("permutations")) or 0) if g.level == "dataset" else 0
     for label, entry in (record.get("contrasts") or {}).items():
+        if shuffles and not entry.get("permutation"):  # (the study records how many were asked for, not how)
+            entry = {**entry, "permutation": {"shuffles": int(shuffles), "scheme": None}}
         expression = entry.get("expression", "")
         expression = expression if isinstance(expression, str) else json.dumps(expression)
         weights = np.atleast_2d(np.asarray(entry["weights"], dtype=float)) if "weights" in entry else None
@@ -459,8 +463,8 @@ def _subject_page(label: str, groups: list[_Group], failures: list[_Failure], da
     runs = sum(g.level == "run" for g in groups)
     contrasts = sorted({c for g in groups for c in (g.record.get("contrasts") or {})})
     lines = [
-        f"{runs} runs, {len(groups) - runs} higher-level groups; contrasts: {', '.join(contrasts) or 'none'}; "
-        f"{len(failures)} failure(s).",
+        f"{runs} run-level and {len(groups) - runs} higher-level node groups; "
+        f"contrasts: {', '.join(contrasts) or 'none'}; {len(failures)} failure(s).",
         *notes,
     ]
     return html_page(f"voxfit study report: sub-{label}", lines, _nav(links), "".join(body), _meta(checksum))
@@ -484,7 +488,7 @@ def _dataset_page(out_dir, dataset, groups, subjects, failures, model_files, che
     study = ((dataset[0].record.get("settings") or {}).get("bids") or {}).get("study_settings") or {}
     model = study.get("group_model", "?")
     about = {
-        "group model": f"{model}: {GROUP_MODELS.get(model, '')}".rstrip(": "),
+        "group model": GROUP_MODELS.get(model, model),
         "permutations": str(study.get("permutations") or "none"),
         "TFCE": "yes" if study.get("tfce") else "no",
         "cluster-forming threshold": str(study.get("cluster_threshold") or "none"),

@@ -146,16 +146,15 @@ def write_study_reports(out_dir, *, failures=None, force: bool = False, progress
     built, unchanged = [], []
     for k, (name, path) in enumerate(pages.items(), 1):
         if name == "index":  # (its nodes table: the records; its links: the pages)
-            mine, fails, files = groups, failures, [g.path for g in groups]
-        elif name == "dataset":
-            mine, fails = dataset, failures
-            files = _files({g.path.parent for g in dataset})
+            mine, fails, files, linked = groups, failures, [g.path for g in groups], links
+        elif name == "dataset":  # (its subjects left out: the study's subjects)
+            mine, fails, files, linked = dataset, failures, _files({g.path.parent for g in dataset}), subjects
         else:
             label = name.removeprefix("sub-")
             mine = [g for g in groups if g.entities.get("subject") == label and g.level != "dataset"]
             fails = [f for f in failures if f.subject == label]
-            files = _files({g.path.parent for g in mine})
-        checksum = _checksum(files, name, fails, links, model_files, subjects)
+            files, linked = _files({g.path.parent for g in mine}), "dataset" in pages
+        checksum = _checksum(files, name, fails, linked, model_files)
         if not force and _recorded_checksum(path) == checksum:
             unchanged.append(path)
         else:

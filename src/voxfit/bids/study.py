@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import signal
 from dataclasses import dataclass, field, replace
@@ -291,6 +292,12 @@ def run(
             mask_entities=_mask_entities(model),
             strict=False,
         )
+    surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
+    if settings.smoothing and surface is not None:
+        raise InputError(
+            f"--smoothing is for volumes, and {surface.name} is a surface or CIFTI run (smoothing on the mesh is "
+            "not done here): drop --smoothing, or choose volume runs with --space."
+        )
     model_file = describe_dataset(out_dir, model, command)
     study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
     study.fit_runs(runs)
@@ -340,9 +347,7 @@ def _run_iv(
     if report:
         raise InputError("--report is not available for voxfit bids yet; drop it (voxfit report OUTDIR reads a fit).")
     if smoothing is not None:
-        check_scalar(smoothing, "`smoothing`", min_val=0, description="a FWHM in mm (>= 0)")
-        if not math.isfinite(float(smoothing)):
-            raise InputError(f"`smoothing` must be a finite FWHM in mm; got {smoothing!r}.")
+        check_scalar(smoothing, "`smoothing`", numbers.Real, min_val=0, description="a finite FWHM in mm (>= 0)")
         smoothing = float(smoothing) or None
     check_scalar(permutations, "`permutations`", min_val=0, description="0 or a positive number")
     if tfce and not permutations:
@@ -370,6 +375,10 @@ def _run_iv(
         seed,
     )
     return settings, execution
+
+
+def _is_volume(path: Path) -> bool:
+    return path.name.endswith((".nii", ".nii.gz")) and not path.name.endswith(".dtseries.nii")
 
 
 def _model_key(model) -> object:
@@ -921,13 +930,6 @@ class _Study:
         from ..design.kinds import column_kinds
         from .run_design import run_design
 
-        if self.settings.smoothing and (
-            r.bold.name.endswith(".dtseries.nii") or not r.bold.name.endswith((".nii", ".nii.gz"))
-        ):
-            raise InputError(
-                f"{r.bold}: --smoothing is for volumes; surface and CIFTI runs are not smoothed here: drop "
-                "--smoothing, or give volume runs (--space)."
-            )
         entity = r.entity
         collections = self.graph.get_node(node.name).get_collections(**{k: entity[k] for k in RAW if k in entity})
         if not collections:

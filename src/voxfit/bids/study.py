@@ -728,10 +728,36 @@ def bids_record(node: _Node, entity, checksum, settings: _Settings, outputs, not
     }
 
 
+def _in_processes(jobs, workers: int, collect, bar, done: int) -> None:
+    """The jobs fitted by `workers` spawned processes; ``collect(result)`` as each finishes. Interrupted (or
+    failing), the workers are stopped before the exception goes on."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    threads = jobs[0].execution.n_jobs
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(threads,))
+    try:
+        remaining = {pool.submit(_fit_job, job) for job in jobs}
+        while remaining:
+            finished, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done += 1
+                bar.update(done)
+                collect(future.result())
+    except BaseException:
+        remaining = finished = future = None  # (the pool's queues are released with the pool, below)
+        _stop_workers(pool, {str(j.folder) for j in jobs})
+        raise
+    pool.shutdown(wait=True)
+
+
 def _stop_workers(pool, folders) -> None:
     """After an interruption: SIGTERM to every worker (each removes its partial folder and exits), SIGKILL to
-    those still running after STOP_WAIT_S, then the partial folders of killed workers removed (an
-    OutputFolder removes those of processes that no longer run), and the pool let go."""
+    those still running after STOP_WAIT_S, the partial folders of killed workers removed (an OutputFolder
+    removes those of processes that no longer run), and the pool shut down, so that its queues' semaphores
+    are released before the process ends."""
+    import threading
     import time
 
     processes = list((getattr(pool, "_processes", None) or {}).values())
@@ -746,7 +772,9 @@ def _stop_workers(pool, folders) -> None:
         p.kill()
     for p in killed:
         p.join(0.5)
-    pool.shutdown(wait=False, cancel_futures=True)
+    closing = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
+    closing.start()
+    closing.join(0.5)
     if killed:
         for folder in folders:
             if Path(folder).is_dir():
@@ -892,18 +920,21 @@ class _Study:
             except InputError as exc:
                 self.failures.append(Failure(node.name, r.label, str(exc), r.entities))
         by_index = {j.index: j for j in jobs}
-        for result in self.execute(jobs, bar, len(runs) - len(jobs)):
+
+        def collect(result: _RunDone) -> None:
             job = by_index[result.index]
             r = job.run
             if result.error is not None:
                 self.failures.append(Failure(node.name, r.label, result.error, r.entities))
-                continue
+                return
             labels = tuple(o for o, _, _ in job.contrasts)
             done[result.index] = (
                 NodeResult(node.name, "run", tuple(r.entity.items()), labels, result.files),
                 result.outputs,
                 r,
             )
+
+        self.execute(jobs, collect, bar, len(runs) - len(jobs))
         bar.close()
         for k in sorted(done):  # (in the runs' order, whichever process finished first)
             result, outputs, r = done[k]
@@ -967,9 +998,10 @@ class _Study:
             command=list(self.command) if self.command else None,
         )
 
-    def execute(self, jobs, bar, done: int):
-        """Each job's :class:`_RunDone`, in the order they finish: in this process, in worker processes or on a
-        Dask cluster (see the module docstring); the progress `bar` counts them after the `done` ones."""
+    def execute(self, jobs, collect, bar, done: int) -> None:
+        """``collect(result)`` for each job's :class:`_RunDone`, in the order they finish: in this process, in
+        worker processes or on a Dask cluster (see the module docstring); the progress `bar` counts them after
+        the `done` ones."""
         if not jobs:
             return
         if self.execution.scheduler is not None:
@@ -979,38 +1011,17 @@ class _Study:
             for result in run_tasks(self.execution.scheduler, _fit_task, None, [(j,) for j in dask_jobs]):
                 done += 1
                 bar.update(done)
-                yield result
+                collect(result)
             return
         workers, execution = _plan_workers(self.execution, jobs)
         if workers == 1:
             for job in jobs:
-                result = _fit_job(replace(job, execution=execution))
+                collect(_fit_job(replace(job, execution=execution)))
                 done += 1
                 bar.update(done)
-                yield result
             return
-        yield from self.in_processes(jobs, workers, execution, bar, done)
-
-    def in_processes(self, jobs, workers: int, execution: Execution, bar, done: int):
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
         self.workers = workers
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(execution.n_jobs,))
-        futures = {pool.submit(_fit_job, replace(job, execution=execution)): job for job in jobs}
-        remaining = set(futures)
-        try:
-            while remaining:
-                finished, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    done += 1
-                    bar.update(done)
-                    yield future.result()
-        except BaseException:
-            _stop_workers(pool, {str(j.folder) for j in jobs})
-            raise
-        pool.shutdown(wait=True)
+        _in_processes([replace(job, execution=execution) for job in jobs], workers, collect, bar, done)
 
     # ---- higher levels ---------------------------------------------------------------------------------------
     def fit_higher(self) -> None:

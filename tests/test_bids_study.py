@@ -134,6 +134,24 @@ def test_rerun_skips_unchanged_groups_and_refits_a_changed_run(volumes, tmp_path
     assert sum(1 for g in third.nodes["run"] if not g.reused) == 1
 
 
+def test_an_unchanged_rerun_is_decided_without_pybids(volumes):
+    """A rerun of an unchanged, complete study is answered from the dataset's file stamps and the last study's
+    records (OUT_DIR/.voxfit/study.json): pybids is not even imported, no design is built."""
+    study, out, _ = volumes
+    code = (
+        "import sys, time; t = time.perf_counter(); from voxfit.cli import main; "
+        f"rc = main(['bids', {str(study.root)!r}, {str(out)!r}, 'dataset', '--derivatives', "
+        f"{str(study.derivatives)!r}, '--quiet']); "
+        "print(rc, 'bids' in sys.modules, f'{time.perf_counter() - t:.3f}')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    for _ in range(2):  # (the first call may find the study changed by the tests before)
+        done = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True)
+    rc, imported, seconds = done.stdout.split()
+    print(f"unchanged rerun: {seconds} s from importing voxfit.cli to the exit")
+    assert rc == "0" and imported == "False"
+
+
 def test_fsaverage5_hemispheres_stay_apart(tmp_path):
     from voxfit.bids import run
 

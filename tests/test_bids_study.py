@@ -120,11 +120,36 @@ def test_rerun_skips_unchanged_groups_and_refits_a_changed_run(volumes, tmp_path
     again = run(study.root, out, derivatives=[study.derivatives], progress=False)
     assert again.ok and all(g.reused for groups in again.nodes.values() for g in groups)
     events = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-1_events.tsv"
-    events.write_text(events.read_text())  # rewritten: a new modification time
+    events.write_text(events.read_text())  # rewritten as it was: a new modification time, the same contents
+    touched = run(study.root, out, derivatives=[study.derivatives], progress=False)
+    assert touched.ok and all(g.reused for groups in touched.nodes.values() for g in groups)
+    lines = events.read_text().splitlines()
+    first = lines[1].split("\t")
+    lines[1] = "\t".join([str(float(first[0]) + 1.0), *first[1:]])  # one onset moved by a second
+    events.write_text("\n".join(lines) + "\n")
     third = run(study.root, out, derivatives=[study.derivatives], progress=False)
     refit = {(g.name, dict(g.entities).get("subject")) for gs in third.nodes.values() for g in gs if not g.reused}
     assert ("run", "02") in refit and ("subject", "02") in refit and ("subject", "01") not in refit
     assert ("dataset", None) in refit
+    assert sum(1 for g in third.nodes["run"] if not g.reused) == 1
+
+
+def test_an_unchanged_rerun_is_decided_without_pybids(volumes):
+    """A rerun of an unchanged, complete study is answered from the dataset's file stamps and the last study's
+    records (OUT_DIR/.voxfit/study.json): pybids is not even imported, no design is built."""
+    study, out, _ = volumes
+    code = (
+        "import sys, time; t = time.perf_counter(); from voxfit.cli import main; "
+        f"rc = main(['bids', {str(study.root)!r}, {str(out)!r}, 'dataset', '--derivatives', "
+        f"{str(study.derivatives)!r}, '--quiet']); "
+        "print(rc, 'bids' in sys.modules, f'{time.perf_counter() - t:.3f}')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    for _ in range(2):  # (the first call may find the study changed by the tests before)
+        done = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True)
+    rc, imported, seconds = done.stdout.split()
+    print(f"unchanged rerun: {seconds} s from importing voxfit.cli to the exit")
+    assert rc == "0" and imported == "False"
 
 
 def test_fsaverage5_hemispheres_stay_apart(tmp_path):

@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -439,3 +440,74 @@ def test_group_mixed_refuses_a_cap_it_cannot_hold(subject_maps, tmp_path):
     assert rc == 2 and err.count("\n") == 1 and "cannot hold a group model of 40" in err and "give at least" in err, err
     assert peak <= 280 * MiB
     assert not out.exists()
+
+
+def _process_tree() -> dict[int, list[int]]:
+    """Each process's children, from /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        children.setdefault(int(text.rsplit(")", 1)[1].split()[1]), []).append(int(name))
+    return children
+
+
+def _high_water(pid: int) -> int | None:
+    """The process's peak resident memory so far (VmHWM), bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _tree_peak(args):
+    """Run ``python -m voxfit ARGS`` and, every 10 ms, the peak resident memory of it and of every process it
+    started (worker processes, multiprocessing's resource tracker): (exit status, each process's peak,
+    stderr). Their sum bounds from above what the command held at any one time."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxfit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        children, todo = _process_tree(), [proc.pid]
+        while todo:
+            pid = todo.pop()
+            todo += children.get(pid, [])
+            value = _high_water(pid)
+            if value is not None:
+                peaks[pid] = max(peaks.get(pid, 0), value)
+        time.sleep(0.01)
+    return proc.returncode, peaks, proc.communicate()[1]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    pytest.importorskip("bids")
+    from voxfit.bids.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("study") / "ds", subjects=3, runs=2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the processes' peaks come from /proc")
+@pytest.mark.parametrize(("cap", "workers"), [("1100M", 3), ("550M", 0)])
+def test_a_study_with_workers_stays_under_the_cap(study, tmp_path, cap, workers):
+    """``voxfit bids --n-jobs 4``: each worker needs the reserve and its run in memory, after the parent's
+    reserve, so 1100M holds 3 of them and 550M none (the runs are fitted in the parent). Measured on 2 cores:
+    the parent alone 174 MiB, 3 workers with it 497 MiB, 4 unplanned workers 598 MiB (over 550M)."""
+    out = tmp_path / "out"
+    args = ["bids", str(study.root), str(out), "subject", "--derivatives", str(study.derivatives), "--n-jobs", "4"]
+    rc, peaks, err = _tree_peak([*args, "--max-memory", cap, "--quiet"])
+    assert rc == 0, err
+    total = sum(peaks.values())
+    print(f"bids --n-jobs 4 under {cap}: {len(peaks)} processes, peaks {sorted(v // MiB for v in peaks.values())} MiB")
+    assert total <= parse_memory(cap)
+    assert sum(v > 64 * MiB for v in peaks.values()) == 1 + workers  # (the resource tracker is small)
+    assert len(list(out.rglob("*_model.json"))) == 6 + 3 * 2

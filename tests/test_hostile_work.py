@@ -378,6 +378,81 @@ def test_signals_during_the_clean_up_do_not_leave_it_half_done(workload, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def study_work(tmp_path_factory):
+    """A BIDS dataset of 3 subjects x 2 runs (40 scans on 10 x 12 x 10 voxels), fitted with AR(8) noise: about
+    a second a run on two busy cores, the whole study (run and subject levels) 10 s."""
+    pytest.importorskip("bids")
+    from voxfit.bids.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("study") / "ds", subjects=3, runs=2, scans=40)
+
+
+def _records(out: Path) -> list[Path]:
+    """The model.json files committed under `out` (os.walk: folders that vanish while it looks are skipped)."""
+    found = []
+    for folder, dirs, files in os.walk(out):
+        dirs[:] = [d for d in dirs if not d.startswith(".voxfit-partial-")]
+        found += [Path(folder) / f for f in files if f.endswith("model.json")]
+    return sorted(found)
+
+
+@pytest.mark.parametrize("jobs", [[], ["--n-jobs", "2"]])
+def test_a_study_stops_within_two_seconds_of_ctrl_c_keeping_finished_groups(study_work, tmp_path, jobs):
+    """SIGINT once a first run is committed: exit 130 within 2 s, one line; the groups finished before are
+    whole (valid records, their maps there), nothing half-written anywhere (no partial folder, no temporary);
+    the same command then fits only what was missing."""
+    import json
+
+    import jsonschema
+
+    from voxfit.bids import run
+    from voxfit.models.record import schema
+
+    out = tmp_path / "out"
+    args = ["bids", study_work.root, out, "subject", "--derivatives", study_work.derivatives, "--noise", "ar8"]
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxfit", *map(str, args), *jobs],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    t0 = time.monotonic()
+    while proc.poll() is None and not _records(out) and time.monotonic() - t0 < 120:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"finished before the signal: {proc.communicate()}"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    took = time.monotonic() - sent
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and err.startswith("voxfit: interrupted; the node groups finished before are kept")
+    assert took < 2.0, f"{took:.2f} s from SIGINT to the exit"
+    time.sleep(0.5)  # (workers that outlived the parent would still be writing)
+    assert not [p for p in out.rglob("*") if ".voxfit-partial-" in p.name or p.name.endswith(".partial")]
+    kept = _records(out)
+    assert kept and len(kept) < 6 + 3 * 2
+    validator = jsonschema.Draft202012Validator(schema())
+    for record in kept:
+        content = json.loads(record.read_text())
+        assert not list(validator.iter_errors(content)), record
+        for o in content["settings"]["bids"]["outputs"].values():
+            assert Path(o["effect"]).is_file() and Path(o["variance"]).is_file()
+    again = run(
+        study_work.root, out, level="subject", derivatives=[study_work.derivatives], noise="ar8", progress=False
+    )
+    assert again.ok
+    reused = {str(g.files[0]) for groups in again.nodes.values() for g in groups if g.reused}
+    assert reused == {str(p) for p in kept}
+    assert sum(len(groups) for groups in again.nodes.values()) == 6 + 3 * 2
+
+
 # ----------------------------------------------------------------------------------------------------------
 # class 5: extreme values in the design
 

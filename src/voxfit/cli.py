@@ -485,8 +485,15 @@ def _bids_parser(sub) -> None:
     bids.add_argument("--permutations", type=int, default=0, metavar="N", help="permutations at dataset nodes (ols)")
     bids.add_argument("--tfce", action="store_true", help="TFCE (with --permutations)")
     bids.add_argument("--cluster-threshold", type=float, metavar="T", help="cluster-forming threshold")
-    bids.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address")
+    bids.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address: runs are fitted on the cluster")
     _common(bids)
+    for action in bids._actions:
+        if action.dest == "n_jobs":
+            action.help = "worker processes fitting runs side by side, together within --max-memory (default: one)"
+        elif action.dest == "max_memory":
+            action.help = (
+                "bound on the whole command, workers included, e.g. 4G (fewer workers when it cannot hold them)"
+            )
 
 
 DESIGN_DEFAULTS = {
@@ -691,7 +698,44 @@ def _run_bids(args, argv, progress) -> int:
         raise InputError("voxfit bids needs pybids: pip install 'voxfit[bids]'.")
     from .bids import run as run_study
 
-    result = run_study(
+    try:
+        result = _fit_study(run_study, args, argv, progress)
+    except KeyboardInterrupt:  # (a group is committed whole or not at all, by whichever process fitted it)
+        print(
+            f"voxfit: interrupted; the node groups finished before are kept in {args.out_dir}, nothing half-written "
+            "(run the same command again to fit the rest).",
+            file=sys.stderr,
+        )
+        return 130
+    if not args.quiet:
+        counts = [
+            f"{_count(result, False)} node groups fitted",
+            f"{_count(result, True)} unchanged",
+            f"{len(result.failures)} failed",
+        ]
+        if result.skipped:
+            counts.append(f"{len(result.skipped)} skipped")
+        partial = {id(g) for g, _ in result.notes}
+        if partial:
+            counts.append(f"{len(partial)} built without failed inputs")
+        print(f"{', '.join(counts)}: {result.out_dir}")
+        if args.report:
+            print(f"reports: {Path(result.out_dir) / 'index.html'}")
+    for failure in result.failures:
+        print(f"voxfit: failed: {failure}", file=sys.stderr)
+    for skipped in result.skipped:
+        print(f"voxfit: skipped: {skipped}", file=sys.stderr)
+    for group, note in result.notes:
+        print(f"voxfit: note: node {group.name}, {group.label}: {note}", file=sys.stderr)
+    return 0 if result.ok else 2
+
+
+def _count(result, reused: bool) -> int:
+    return sum(1 for groups in result.nodes.values() for g in groups if g.reused == reused)
+
+
+def _fit_study(run_study, args, argv, progress):
+    return run_study(
         args.bids_dir,
         args.out_dir,
         level=args.analysis_level,
@@ -716,15 +760,6 @@ def _run_bids(args, argv, progress) -> int:
         progress=progress,
         command=["voxfit", *argv],
     )
-    if not args.quiet:
-        fitted = sum(1 for groups in result.nodes.values() for g in groups if not g.reused)
-        reused = sum(1 for groups in result.nodes.values() for g in groups if g.reused)
-        print(f"{fitted} node groups fitted, {reused} unchanged, {len(result.failures)} failed: {result.out_dir}")
-        if args.report:
-            print(f"reports: {Path(result.out_dir) / 'index.html'}")
-    for failure in result.failures:
-        print(f"voxfit: failed: {failure}", file=sys.stderr)
-    return 0 if result.ok else 2
 
 
 def _report_into(out, progress, max_memory=None) -> None:

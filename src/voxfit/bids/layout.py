@@ -10,13 +10,14 @@ removed or rewritten file is always seen.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..exceptions import InputError
 
-__all__ = ["ENTITIES", "RunInput", "find_runs", "index", "short_entities"]
+__all__ = ["ENTITIES", "RunInput", "dataset_stamp", "find_runs", "index", "short_entities"]
 
 # BIDS entities a run keeps through every level, as pybids names them, with their short (file name) keys
 ENTITIES = {
@@ -42,8 +43,9 @@ _FINGERPRINT = "voxfit-fingerprint.txt"
 class RunInput:
     """One BOLD run to fit: its `entities` (pybids names, see :data:`ENTITIES`), the preprocessed `bold`, the
     brain `mask` (None: the automatic mask), the `confounds` TSV, the raw `events` TSV, the repetition time
-    `tr` (s), the `slice_timing` (s, or None), the number of scans `n_scans` (from the header) and the
-    `problems` found (one sentence each; empty when the run can be fitted)."""
+    `tr` (s), the `slice_timing` (s, or None), the number of scans `n_scans` (from the header), the
+    `problems` found (one sentence each; empty when the run can be fitted) and `sidecars`, a digest of the raw
+    BOLD's metadata as its sidecars give it with BIDS inheritance (a rerun compares it)."""
 
     entities: tuple[tuple[str, object], ...]
     bold: Path
@@ -54,6 +56,7 @@ class RunInput:
     slice_timing: tuple[float, ...] | None
     n_scans: int
     problems: tuple[str, ...] = field(default=())
+    sidecars: str = ""
 
     @property
     def entity(self) -> dict:
@@ -78,13 +81,17 @@ def _bids():
     return bids
 
 
-def _fingerprint(folders) -> str:
-    """A digest of (relative path, size, mtime_ns) of every file under `folders` (hidden entries skipped)."""
+def _fingerprint(folders, exclude=()) -> str:
+    """A digest of (relative path, size, mtime_ns) of every file under `folders` (hidden entries and the
+    folders `exclude` skipped)."""
     h = hashlib.sha256()
+    skip = {os.path.realpath(e) for e in exclude}
     for root in folders:
         root = Path(root)
         for folder, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            dirs[:] = sorted(
+                d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in skip
+            )
             for name in sorted(files):
                 if name.startswith("."):
                     continue
@@ -97,9 +104,18 @@ def _fingerprint(folders) -> str:
     return h.hexdigest()
 
 
-def index(bids_dir, derivatives=(), *, database=None):
+def dataset_stamp(bids_dir, derivatives=(), exclude=()) -> str:
+    """What the cached index is compared with: the fingerprint of every file of the raw dataset and the
+    `derivatives` (the folders `exclude`, such as an output folder inside the dataset, left out) and the
+    folders' paths."""
+    folders = [Path(bids_dir), *(Path(d) for d in derivatives)]
+    return _fingerprint(folders, exclude) + "\n" + "\n".join(map(str, folders))
+
+
+def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None):
     """The pybids ``BIDSLayout`` of `bids_dir` with the `derivatives` folders (validate=False), cached in the
-    folder `database` when given (see the module docstring for when the cache is reused)."""
+    folder `database` when given (see the module docstring for when the cache is reused; `stamp`: the
+    :func:`dataset_stamp` already computed)."""
     bids = _bids()
     bids_dir = Path(bids_dir)
     if not (bids_dir / "dataset_description.json").is_file():
@@ -117,7 +133,7 @@ def index(bids_dir, derivatives=(), *, database=None):
     if database is None:
         return bids.BIDSLayout(str(bids_dir), **kwargs)
     database = Path(database)
-    stamp = _fingerprint([bids_dir, *derivatives]) + "\n" + "\n".join(map(str, [bids_dir, *derivatives]))
+    stamp = stamp or dataset_stamp(bids_dir, derivatives)
     marker = database / _FINGERPRINT
     fresh = marker.is_file() and marker.read_text() == stamp
     database.mkdir(parents=True, exist_ok=True)
@@ -264,6 +280,7 @@ def _run_input(layout, f, desc, mask_entities) -> RunInput:
         mask = _one(
             layout.get(scope="derivatives", extension=[".nii.gz", ".nii"], **raw, **geometry, **want), "masks", bold
         )
+    sidecars = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
     return RunInput(
         entities=entities,
         bold=bold,
@@ -274,6 +291,7 @@ def _run_input(layout, f, desc, mask_entities) -> RunInput:
         slice_timing=tuple(float(t) for t in timing) if timing else None,
         n_scans=n_scans,
         problems=tuple(problems),
+        sidecars=sidecars,
     )
 
 

@@ -3,18 +3,34 @@ node by node from each run to the group.
 
 The flow: the dataset is indexed (pybids, a cached index under ``OUT_DIR/.voxfit/bids-index``), its runs found
 (:func:`voxfit.bids.layout.find_runs`), the model loaded and validated (the default one from the runs' trial
-types without ``model``), pybids' ``BIDSStatsModelsGraph`` built. The Run node fits each run with voxfit's
-first level (:func:`voxfit.models.glm.fit_images`) on the design of :func:`voxfit.bids.run_design.run_design`;
-each t contrast's effect and variance maps go on as pybids ``ContrastInfo`` to the nodes below it, which pybids
-groups (``node.run``). Session and Subject nodes combine their inputs by fixed effects (precision-weighted, the
-runs' first-level dof; :func:`voxfit.mixed_effects`); Dataset nodes fit :class:`voxfit.SecondLevel` with the
-group model asked for (mixed effects by default) on the effect and variance maps, the node's X from pybids
-(participants.tsv columns by name). F contrasts are terminal.
+types without ``model``). The Run node fits each run with voxfit's first level
+(:func:`voxfit.models.glm.fit_images`) on the design of :func:`voxfit.bids.run_design.run_design`, the volumes
+smoothed first when asked (:class:`voxfit.io.smoothing.SmoothedReader`); each t contrast's effect and variance
+maps go on as pybids ``ContrastInfo`` to the nodes below it, which pybids groups (``node.run``). Session and
+Subject nodes combine their inputs by fixed effects (precision-weighted, the runs' first-level dof;
+:func:`voxfit.mixed_effects`); Dataset nodes fit :class:`voxfit.SecondLevel` with the group model asked for
+(mixed effects by default) on the effect and variance maps, the node's X from pybids (participants.tsv columns
+by name). F contrasts are terminal.
+
+Runs are fitted where the execution says: in this process (``n_jobs`` None or 1), in ``n_jobs`` worker
+processes (spawned; each fits whole runs with its share of ``max_memory`` and ``cpus / workers`` threads; fewer
+workers when the cap cannot hold that many runs in memory beside this process's reserve), or as tasks on a
+Dask cluster (``scheduler``). Each group's files are committed at once by whoever fits it
+(:class:`voxfit.io.OutputFolder`), so an interruption leaves every finished group whole and nothing
+half-written; the workers are stopped (SIGTERM, then SIGKILL after a second) before the interruption goes on.
 
 A run or group that fails on bad input is recorded (node, group, the sentence naming the file and field) and
-the others go on; what depends on it leaves it out and says so. A group whose inputs and settings are unchanged
-since the last run (a checksum over the settings, the node, its design, its contrasts and each input file's
-path, size and modification time, kept in its record) is not refitted.
+the others go on; a group built without some of its inputs says which and why in its record's notes, a group
+left with no input is skipped with its reason, and dataset groups list the subjects they used and left out.
+
+Reruns, cheapest first: (1) the whole study is reused without pybids when the dataset's files (path, size,
+modification time), the model, the settings and the filters equal those of the last complete study
+(``OUT_DIR/.voxfit/study.json``) and its outputs are as it left them; (2) a run is reused before its design is
+built when its input checksum (path, size and modification time of the BOLD and mask; the contents of the
+events and confounds tables; the raw BOLD's sidecar metadata; the run node; the run-level settings) equals its
+record's; (3) a node is reused before pybids groups its inputs when its checksum (its inputs' maps by path,
+size and modification time, the failures above it, the subject tables' contents, the node, the settings)
+equals the last one; (4) otherwise each group is reused when its design, contrasts and inputs are unchanged.
 """
 
 from __future__ import annotations
@@ -22,16 +38,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+import numbers
+import os
+import signal
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .._execution import Execution
+from .._execution import Execution, cap_holding, data_bytes
+from .._memory import reserved_bytes
 from .._progress import Progress
 from .._version import __version__
 from ..exceptions import InputError
-from .layout import ENTITIES, RAW, find_runs, index
+from .layout import ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
@@ -39,6 +59,8 @@ __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
 LEVELS = ("run", "session", "subject", "dataset")
 GROUP_MODELS = ("mixed", "ols", "fixed")
 STATS = ("effect", "variance", "stat", "p", "z")
+MANIFEST = "study.json"  # under OUT_DIR/.voxfit: what the last study fitted, for reruns
+STOP_WAIT_S = 1.0  # how long interrupted workers may take to remove their partial folders before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -55,14 +77,21 @@ class NodeResult:
     reused: bool = False
     notes: tuple[str, ...] = ()
 
+    @property
+    def label(self) -> str:
+        """The group's entities as in file names (``sub-01_contrast-congruent``; ``all`` for none)."""
+        return _group_label(dict(self.entities))
+
 
 @dataclass(frozen=True)
 class Failure:
-    """A node group that could not be fitted: the node, the group (its entities as a label) and why."""
+    """A node group that could not be fitted, or was skipped: the node, the group (its entities as a label),
+    why, and the group's `entities` (pybids names; empty for a whole node)."""
 
     node: str
     group: str
     reason: str
+    entities: tuple[tuple[str, object], ...] = ()
 
     def __str__(self) -> str:
         return f"node {self.node}, {self.group}: {self.reason}"
@@ -70,18 +99,26 @@ class Failure:
 
 @dataclass(frozen=True)
 class StudyResult:
-    """What :func:`run` did: per node name its groups' results, the failures, the output folder and the model
-    file written there."""
+    """What :func:`run` did: per node name its groups' results, the failures, the groups skipped for want of
+    inputs (their lower groups failed), the output folder, the model file written there and the number of
+    worker processes that fitted runs (0: this process or a Dask cluster)."""
 
     out_dir: Path
     model_file: Path
     nodes: dict[str, tuple[NodeResult, ...]]
     failures: tuple[Failure, ...] = field(default=())
+    skipped: tuple[Failure, ...] = field(default=())
+    workers: int = 0
 
     @property
     def ok(self) -> bool:
         """Everything asked for was fitted."""
-        return not self.failures
+        return not self.failures and not self.skipped
+
+    @property
+    def notes(self) -> tuple[tuple[NodeResult, str], ...]:
+        """Every group's notes (inputs left out), with the group."""
+        return tuple((g, n) for groups in self.nodes.values() for g in groups for n in g.notes)
 
 
 @dataclass(frozen=True)
@@ -102,6 +139,14 @@ class _Settings:
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "level"}
 
+    def of_level(self, level: str) -> dict:
+        """The settings a group at `level` depends on (a run's fit does not depend on the group model)."""
+        if level == "run":
+            return {k: getattr(self, k) for k in ("noise", "scaling", "convolution", "smoothing")}
+        if level == "dataset":
+            return {k: v for k, v in self.as_dict().items() if k not in ("noise", "scaling", "convolution")}
+        return {}
+
 
 @dataclass(frozen=True)
 class _MapRef:
@@ -110,6 +155,46 @@ class _MapRef:
     effect: str
     variance: str
     dof: float
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A node of the model as the study walks it (pybids' node object is needed only to group inputs)."""
+
+    name: str
+    level: str
+    spec: dict
+
+
+@dataclass(frozen=True, eq=False)
+class _RunJob:
+    """Everything a process needs to fit one run and write its group: picklable, no pybids object."""
+
+    index: int
+    run: RunInput
+    node: _Node
+    design: object
+    X: np.ndarray
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    contrasts: tuple[tuple[str, str, np.ndarray], ...]  # (label, contrast name, weights)
+    folder: Path
+    prefix: str
+    checksum: str
+    settings: _Settings
+    execution: Execution
+    command: tuple[str, ...] | None
+    design_settings: dict = field(default_factory=dict)  # hrf, high-pass and its source (the report shows them)
+
+
+@dataclass(frozen=True)
+class _RunDone:
+    """A run fitted and committed: its files and, per t contrast, the maps passed on (or the error)."""
+
+    index: int
+    files: tuple[Path, ...] = ()
+    outputs: dict = field(default_factory=dict)
+    error: str | None = None
 
 
 def run(
@@ -146,12 +231,14 @@ def run(
     subject or dataset), writing a BIDS derivatives dataset to `out_dir` (see :mod:`voxfit.bids.outputs`).
 
     participant_label, task, space, desc: which runs (see :func:`voxfit.bids.layout.find_runs`); smoothing: a
-    Gaussian FWHM in mm applied to volumes before the run-level fit (refused for surfaces and CIFTI); noise,
-    scaling, convolution: the run level's noise model, scaling and HRF convolution (as ``voxfit fit``);
-    group_model: ``mixed`` (default), ``ols`` or ``fixed`` at dataset nodes; permutations, tfce,
-    cluster_threshold, seed: their permutation inference (as ``voxfit group``); force: refit every group even
-    when unchanged; execution (or its shortcuts max_memory, n_jobs, scheduler, progress): how each fit runs;
-    report: an HTML report per subject and for the dataset; command: the command line, recorded.
+    Gaussian FWHM in mm applied to each volume before the run-level fit, as nilearn's ``smooth_img`` (refused
+    for surfaces and CIFTI); noise, scaling, convolution: the run level's noise model, scaling and HRF
+    convolution (as ``voxfit fit``); group_model: ``mixed`` (default), ``ols`` or ``fixed`` at dataset nodes;
+    permutations, tfce, cluster_threshold, seed: their permutation inference (as ``voxfit group``); force:
+    refit every group even when unchanged; execution (or its shortcuts max_memory, n_jobs, scheduler,
+    progress): `n_jobs` worker processes fit runs side by side, together within `max_memory` (the whole
+    command's cap), or a Dask `scheduler`'s workers fit them; `progress`: a bar over the runs (None: on a
+    terminal); report: an HTML report per subject and for the dataset; command: the command line, recorded.
     Returns a :class:`StudyResult`; failures on bad input are in it, not raised (except those that stop
     everything: no dataset, no runs, an invalid model).
     """
@@ -173,13 +260,21 @@ def run(
         scheduler,
         progress,
     )
-    from bids.modeling import BIDSStatsModelsGraph
+    out_dir = Path(out_dir)
+    labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
+    derivatives = [Path(d) for d in derivatives]
+    stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir]) if Path(bids_dir).is_dir() else ""
+    study_key = _checksum(
+        __version__, stamp, _model_key(model), settings.__dict__, [labels, task, space, desc], str(out_dir.resolve())
+    )
+    if not force and (done := _reuse_study(out_dir, study_key)) is not None:
+        if report:
+            _write_reports(out_dir, done.failures, execution.progress)
+        return done
 
     from .spec import default_model, load_model
 
-    out_dir = Path(out_dir)
-    layout = index(bids_dir, derivatives, database=out_dir / ".voxfit" / "bids-index")
-    labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
+    layout = index(bids_dir, derivatives, database=out_dir / ".voxfit" / "bids-index", stamp=stamp or None)
     if model is None:
         runs = find_runs(layout, task=task, space=space, desc=desc, participant_label=labels, strict=False)
         sessions = any(dict(r.entities).get("session") for r in runs)
@@ -200,18 +295,36 @@ def run(
             mask_entities=_mask_entities(model),
             strict=False,
         )
+    surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
+    if settings.smoothing and surface is not None:
+        raise InputError(
+            f"--smoothing is for volumes, and {surface.name} is a surface or CIFTI run (smoothing on the mesh is "
+            "not done here): drop --smoothing, or choose volume runs with --space."
+        )
     model_file = describe_dataset(out_dir, model, command)
-    graph = BIDSStatsModelsGraph(layout, model)
-    graph.load_collections(**({"subject": list(labels)} if labels else {}))
-    study = _Study(graph, model, settings, execution, out_dir, force, command, layout)
+    study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
     study.fit_runs(runs)
     study.fit_higher()
-    if report:  # from the records just written, in this process, once each (see voxfit.bids.report)
-        from .report import write_study_reports
-
-        write_study_reports(out_dir, failures=study.failures, progress=execution.progress)
-    result = StudyResult(out_dir, model_file, {k: tuple(v) for k, v in study.results.items()}, tuple(study.failures))
+    result = StudyResult(
+        out_dir,
+        model_file,
+        {k: tuple(v) for k, v in study.results.items()},
+        tuple(study.failures),
+        tuple(study.skipped),
+        study.workers,
+    )
+    study.write_manifest(study_key if result.ok else None, model_file)
+    if report:
+        _write_reports(out_dir, study.failures, execution.progress)
     return result
+
+
+def _write_reports(out_dir: Path, failures, progress) -> None:
+    """The study's HTML reports from the records on disk, in this process, once each; pages whose inputs are
+    unchanged are kept (see voxfit.bids.report)."""
+    from .report import write_study_reports
+
+    write_study_reports(out_dir, failures=failures, progress=progress)
 
 
 def _run_iv(
@@ -248,10 +361,8 @@ def _run_iv(
         from .report import check_matplotlib
 
         check_matplotlib()  # known before the fits, not after them
-    if smoothing:
-        raise InputError("--smoothing is not available for voxfit bids yet; smooth before, or drop it.")
     if smoothing is not None:
-        check_scalar(smoothing, "`smoothing`", min_val=0, description="a FWHM in mm (>= 0)")
+        check_scalar(smoothing, "`smoothing`", numbers.Real, min_val=0, description="a finite FWHM in mm (>= 0)")
         smoothing = float(smoothing) or None
     check_scalar(permutations, "`permutations`", min_val=0, description="0 or a positive number")
     if tfce and not permutations:
@@ -264,6 +375,8 @@ def _run_iv(
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, progress=progress
     )
+    if execution.on_device:
+        raise InputError("voxfit bids fits runs on the CPU; drop `device`.")
     settings = _Settings(
         level,
         noise,
@@ -277,6 +390,21 @@ def _run_iv(
         seed,
     )
     return settings, execution
+
+
+def _is_volume(path: Path) -> bool:
+    return path.name.endswith((".nii", ".nii.gz")) and not path.name.endswith(".dtseries.nii")
+
+
+def _model_key(model) -> object:
+    """What identifies the `model` argument for the study's checksum: a file's path and contents, the text or
+    dict itself, None for the default model."""
+    if isinstance(model, (str, os.PathLike)) and not str(model).lstrip().startswith("{"):
+        try:
+            return [str(model), hashlib.sha256(Path(model).read_bytes()).hexdigest()]
+        except OSError:
+            return str(model)
+    return model
 
 
 def _trial_types(runs) -> list[str]:
@@ -346,70 +474,516 @@ def _file_stamp(paths) -> list:
     return out
 
 
+def _content(paths) -> list:
+    """(path, SHA-256 of the bytes) of each small file (tables, sidecars); None for a missing one."""
+    out = []
+    for p in paths:
+        try:
+            out.append(None if p is None else [str(p), hashlib.sha256(Path(p).read_bytes()).hexdigest()])
+        except OSError:
+            out.append([str(p), None])
+    return out
+
+
 def _checksum(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_bids(record_path: Path) -> dict | None:
+    """The ``settings.bids`` part of a group's model.json, or None when it cannot be read."""
+    try:
+        return json.loads(Path(record_path).read_text())["settings"]["bids"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _outputs_present(bids: dict) -> bool:
+    return all(Path(f).is_file() for o in bids.get("outputs", {}).values() for f in (o["effect"], o["variance"]))
+
+
+def _node_result(bids: dict, record_path: Path) -> NodeResult:
+    """A reused group's result from its record's ``bids`` part."""
+    return NodeResult(
+        bids["node"],
+        bids["level"],
+        tuple((k, v) for k, v in bids["entities"].items() if v is not None),
+        tuple(o["label"] for o in bids["outputs"].values()),
+        (Path(record_path),),
+        reused=True,
+        notes=tuple(bids.get("notes", ())),
+    )
+
+
+def _reuse_study(out_dir: Path, study_key: str) -> StudyResult | None:
+    """The last study's results when it was complete with the same `study_key` and every file it wrote is as
+    it left it (size and modification time); None otherwise."""
+    try:
+        manifest = json.loads((out_dir / ".voxfit" / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("study") != study_key or not isinstance(manifest.get("files"), dict):
+        return None
+    for path, stamp in manifest["files"].items():
+        if _file_stamp([path])[0][1:] != stamp:
+            return None
+    nodes = {}
+    for name, entry in manifest.get("nodes", {}).items():
+        groups = []
+        for record in entry["records"]:
+            bids = _read_bids(Path(record))
+            if bids is None:
+                return None
+            groups.append(_node_result(bids, Path(record)))
+        nodes[name] = tuple(groups)
+    return StudyResult(out_dir, Path(manifest["model_file"]), nodes)
+
+
+def _plan_workers(execution: Execution, jobs) -> tuple[int, Execution]:
+    """How many worker processes fit the `jobs` and the execution each one gets: at most ``n_jobs`` and one per
+    run; under a cap, as many as hold a run in memory each (:func:`voxfit._execution.cap_holding` of the
+    largest) beside this process's reserve, each with an equal share of the rest; ``cpus / workers`` threads
+    each. 1 (with the execution as given, less its progress bar): fit them in this process."""
+    from .._threads import default_workers
+
+    serial = replace(execution, progress=False)
+    n = execution.n_jobs
+    if execution.scheduler is not None or n is None or n <= 1 or len(jobs) <= 1:
+        return 1, serial
+    k = min(n, len(jobs))
+    cap = execution.budgets.process
+    if cap is not None:
+        need = max(cap_holding(data_bytes(j.run.n_scans, _elements(j.run))) for j in jobs)
+        k = min(k, max(1, (cap - reserved_bytes()) // need))
+    if k <= 1:
+        return 1, serial
+    share = None if cap is None else (cap - reserved_bytes()) // k
+    return k, Execution(max_memory=share, n_jobs=max(1, default_workers() // k), progress=False)
+
+
+def _elements(r: RunInput) -> int:
+    """The elements of one scan of a run, from its header (the data of a run are n_scans x this)."""
+    from ..io import open_reader
+
+    try:
+        return int(open_reader(str(r.bold), "bold").geometry.n_elements)
+    except InputError:
+        return 0
+
+
+# ---- fitting one run (in this process, a worker process or a Dask worker) --------------------------------------
+
+_IN_WORKER = False  # set in worker processes: an interruption ends the process once its partial folder is gone
+_BUSY = False
+
+
+def _worker_start(threads: int) -> None:
+    """A worker process's set-up: BLAS limited to its threads; SIGINT and SIGTERM end it, after the run it fits
+    has removed its partial folder (a KeyboardInterrupt in the run, then exit 130)."""
+    global _IN_WORKER, _LIMITS
+    _IN_WORKER = True
+    try:
+        from threadpoolctl import threadpool_limits
+
+        _LIMITS = threadpool_limits(threads)
+    except ImportError:  # pragma: no cover (threadpoolctl comes with scipy)
+        pass
+    signal.signal(signal.SIGINT, _worker_signal)
+    signal.signal(signal.SIGTERM, _worker_signal)
+
+
+_LIMITS = None
+
+
+def _worker_signal(signum, frame):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _BUSY:
+        raise KeyboardInterrupt
+    os._exit(130)
+
+
+def _fit_job(job: _RunJob) -> _RunDone:
+    """Fit one run and commit its group (bad input: the error, not raised, so that the other runs go on)."""
+    global _BUSY
+    _BUSY = True
+    try:
+        return _fit_run(job)
+    except InputError as exc:
+        return _RunDone(job.index, error=str(exc))
+    except KeyboardInterrupt:
+        if _IN_WORKER:  # (its partial folder was removed on the way out)
+            os._exit(130)
+        raise
+    finally:
+        _BUSY = False
+
+
+def _fit_task(shared, job: _RunJob) -> _RunDone:
+    """A Dask task: one run (`shared` is unused; every job carries its own settings)."""
+    return _fit_job(job)
+
+
+def _fit_run(job: _RunJob) -> _RunDone:
+    from .._threads import DaemonExecutor
+    from ..models._routing import choose_route, first_level_needs
+    from ..models.glm import fit_images, write_design_files
+    from ..models.record import ModelRecord, contrast_record, input_records, mask_record
+
+    r, s = job.run, job.settings
+    paths = [p for p in (r.bold, r.mask, r.events, r.confounds) if p is not None]
+    records = DaemonExecutor().submit(input_records, paths)  # checksums beside the fit; abandoned on Ctrl-C
+    route = None
+    if s.smoothing:
+        from ..io import open_reader
+        from ..io.smoothing import SmoothedReader
+
+        try:
+            reader = SmoothedReader(open_reader(str(r.bold), "bold"), s.smoothing)
+        except InputError as exc:
+            raise InputError(f"{r.bold}: {exc}") from None
+        route = choose_route(reader, job.execution, first_level_needs(s.noise, s.scaling, reader))
+    fitted = fit_images(
+        r.bold,
+        job.design,
+        {label: weights for label, _, weights in job.contrasts},
+        mask=r.mask,
+        noise=s.noise,
+        scaling=s.scaling,
+        route=route,
+        execution=job.execution,
+    )
+    outputs = {}
+    masker, fit = fitted.masker, fitted.fit
+    ext = masker.geometry.extension
+    with open_group(job.folder) as out:
+        for label, name, _ in job.contrasts:
+            st = fitted.contrasts[label]
+            write_stats(out, job.prefix, label, st, masker, ext)
+            if st.kind == "t":
+                outputs[name] = {
+                    "label": label,
+                    "effect": str(job.folder / map_name(job.prefix, label, "effect", ext)),
+                    "variance": str(job.folder / map_name(job.prefix, label, "variance", ext)),
+                    "dof": float(fit.dof),
+                }
+        write_design_files(out, job.prefix, job.X, list(job.names), job.kinds, r.tr)
+        bids = bids_record(job.node, r.entity, job.checksum, s, outputs, design=job.design_settings)
+        if s.smoothing:
+            bids["smoothing"] = {
+                "fwhm_mm": s.smoothing,
+                "sigma_voxels": [float(v) for v in route.reader.sigmas],
+                "method": "separable Gaussians (scipy gaussian_filter1d, reflect, 4 sigma), non-finite values as 0 "
+                "first, as nilearn's smooth_img",
+            }
+        record = ModelRecord(
+            kind="first-level",
+            voxfit_version=__version__,
+            command=list(job.command) if job.command else None,
+            inputs=records.result(),
+            data={
+                "n_scans": r.n_scans,
+                "n_voxels": masker.n_voxels,
+                "n_invalid_voxels": int(fit.n_invalid),
+                "dtype": "float32",
+                "geometry": masker.geometry.describe(),
+            },
+            mask=mask_record(r.mask, None, masker.n_voxels, masker.geometry.n_elements),
+            design={
+                "columns": list(job.names),
+                "n_rows": int(job.X.shape[0]),
+                "rank": int(fit.rank),
+                "dof": float(fit.dof),
+                "condition_number_scaled": float(fit.design.condition),
+                "kinds": list(job.kinds),
+                "tr": r.tr,
+            },
+            contrasts={
+                label: contrast_record(weights.tolist(), fitted.contrasts[label]) for label, _, weights in job.contrasts
+            },
+            settings={
+                "max_memory": job.execution.max_memory,
+                "n_jobs": job.execution.n_jobs,
+                "noise_model": s.noise,
+                "noise_details": {"model": "OLS" if s.noise == "ols" else s.noise},
+                "scaling": s.scaling,
+                "p": "one-sided upper tail for t; z has the same upper-tail probability",
+                "bids": bids,
+            },
+            run=out.run_record(),
+        )
+        out.write_json(f"{job.prefix}model.json", record.as_dict())
+        files = out.commit()
+    return _RunDone(job.index, tuple(files), outputs)
+
+
+def write_stats(out, prefix, label, stats, masker, ext) -> None:
+    """A contrast's effect, variance, statistic, p and z maps into the output folder `out`."""
+    rows = [f"{label}[{i}]" for i in range(stats.weights.shape[0])] if stats.kind == "F" else [label]
+    for stat, values, names in (
+        ("effect", stats.effect, rows),
+        ("variance", stats.variance, rows),
+        (stats.kind, stats.stat, [f"{label} {stats.kind}"]),
+        ("p", stats.p, [f"{label} p"]),
+        ("z", stats.z, [f"{label} z"]),
+    ):
+        masker.write(out.path(map_name(prefix, label, stat, ext)), values, names)
+
+
+def bids_record(node: _Node, entity, checksum, settings: _Settings, outputs, notes=(), **extra) -> dict:
+    """The ``settings.bids`` part of a group's model.json."""
+    return {
+        "node": node.name,
+        "level": node.level,
+        "entities": {k: _value(v) for k, v in entity.items()},
+        "checksum": checksum,
+        "study_settings": settings.as_dict(),
+        "outputs": outputs,
+        "notes": list(notes),
+        **extra,
+    }
+
+
+def _in_processes(jobs, workers: int, collect, bar, done: int) -> None:
+    """The jobs fitted by `workers` spawned processes; ``collect(result)`` as each finishes. Interrupted (or
+    failing), the workers are stopped before the exception goes on."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    threads = jobs[0].execution.n_jobs
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(threads,))
+    try:
+        remaining = {pool.submit(_fit_job, job) for job in jobs}
+        while remaining:
+            finished, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done += 1
+                bar.update(done)
+                collect(future.result())
+    except BaseException:
+        remaining = finished = future = None  # (the pool's queues are released with the pool, below)
+        _stop_workers(pool, {str(j.folder) for j in jobs})
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_workers(pool, folders) -> None:
+    """After an interruption: SIGTERM to every worker (each removes its partial folder and exits), SIGKILL to
+    those still running after STOP_WAIT_S, the partial folders of killed workers removed (an OutputFolder
+    removes those of processes that no longer run), and the pool shut down, so that its queues' semaphores
+    are released before the process ends."""
+    import threading
+    import time
+
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + STOP_WAIT_S
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+    killed = [p for p in processes if p.is_alive()]
+    for p in killed:
+        p.kill()
+    for p in killed:
+        p.join(0.5)
+    closing = threading.Thread(target=pool.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
+    closing.start()
+    closing.join(0.5)
+    if killed:
+        for folder in folders:
+            if Path(folder).is_dir():
+                open_group(folder)  # (its constructor removes the partial folders of dead processes)
 
 
 class _Study:
     """The state of one study while it is fitted: the graph, where each contrast's maps are, the results."""
 
-    def __init__(self, graph, model, settings: _Settings, execution, out_dir: Path, force: bool, command, layout):
-        self.graph, self.model, self.settings, self.execution = graph, model, settings, execution
-        self.out_dir, self.force, self.command, self.layout = out_dir, force, command, layout
+    def __init__(self, layout, model, settings: _Settings, execution, out_dir: Path, force: bool, command, labels):
+        self.layout, self.model, self.settings, self.execution = layout, model, settings, execution
+        self.out_dir, self.force, self.labels = out_dir, force, labels
+        self.command = tuple(map(str, command)) if command else None
         self.maps: dict[tuple, _MapRef] = {}  # _key(contrast entities) -> the maps
-        self.outputs: dict[str, list] = {}  # node name -> ContrastInfo passed on
+        self.outputs: dict[str, list[tuple[str, dict]]] = {}  # node name -> (contrast name, entities) passed on
         self.results: dict[str, list[NodeResult]] = {}
         self.failures: list[Failure] = []
+        self.skipped: list[Failure] = []
         self.hemispheres = False
+        self.workers = 0
+        self.manifest = self.read_manifest()
+        self.node_checksums: dict[str, str] = {}
+        self._graph = None
+        self._tables = None
 
-    def node_dict(self, name: str) -> dict:
-        return next(n for n in self.model["Nodes"] if n["Name"] == name)
+    # ---- the model, pybids' graph, the manifest ----------------------------------------------------------------
+    def node(self, name: str) -> _Node:
+        spec = next(n for n in self.model["Nodes"] if n["Name"] == name)
+        return _Node(name, spec["Level"].lower(), spec)
+
+    def edges(self) -> list[tuple[str, str, dict]]:
+        edges = self.model.get("Edges")
+        if edges is None:
+            names = [n["Name"] for n in self.model["Nodes"]]
+            return [(a, b, {}) for a, b in zip(names, names[1:])]
+        return [(e["Source"], e["Destination"], e.get("Filter") or {}) for e in edges]
+
+    @property
+    def graph(self):
+        """pybids' BIDSStatsModelsGraph with its variables loaded (made when a design or a grouping needs it)."""
+        if self._graph is None:
+            from bids.modeling import BIDSStatsModelsGraph
+
+            graph = BIDSStatsModelsGraph(self.layout, self.model)
+            graph.load_collections(**({"subject": list(self.labels)} if self.labels else {}))
+            self._graph = graph
+        return self._graph
+
+    def tables(self) -> list:
+        """The contents of the dataset's participants, sessions and scans tables and their sidecars (what the
+        higher nodes' variables come from)."""
+        if self._tables is None:
+            files = self.layout.get(
+                scope="raw", suffix=["participants", "sessions", "scans"], extension=[".tsv", ".json"]
+            )
+            self._tables = _content(sorted(f.path for f in files))
+        return self._tables
+
+    def read_manifest(self) -> dict:
+        try:
+            manifest = json.loads((self.out_dir / ".voxfit" / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return {"nodes": {}}
+        return manifest if isinstance(manifest.get("nodes"), dict) else {"nodes": {}}
+
+    def write_manifest(self, study_key: str | None, model_file: Path) -> None:
+        """``OUT_DIR/.voxfit/study.json``: per node its checksum (when every group was fitted), its records
+        and skipped groups; with `study_key` (a complete study) also the stamp of every file written."""
+        from ..io import write_file_atomically
+
+        nodes = dict(self.manifest.get("nodes", {}))
+        for name, groups in self.results.items():
+            checksum = self.node_checksums.get(name)
+            nodes[name] = {
+                "checksum": checksum if not any(f.node == name for f in self.failures) else None,
+                "records": [str(r) for g in groups for r in g.files if str(r).endswith("model.json")],
+                "skipped": [[f.group, f.reason, list(f.entities)] for f in self.skipped if f.node == name],
+            }
+        manifest = {"study": study_key, "model_file": str(model_file), "nodes": nodes, "files": None}
+        if study_key is not None:
+            manifest["nodes"] = {k: v for k, v in nodes.items() if k in self.results}
+            files = [model_file]
+            for entry in manifest["nodes"].values():
+                for record in entry["records"]:
+                    bids = _read_bids(Path(record)) or {}
+                    files.append(record)
+                    files += [f for o in bids.get("outputs", {}).values() for f in (o["effect"], o["variance"])]
+            manifest["files"] = {str(p): _file_stamp([p])[0][1:] for p in files}
+        text = json.dumps(manifest, indent=1, default=str) + "\n"
+        folder = self.out_dir / ".voxfit"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_file_atomically(folder / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+
+    def reuse(self, record_path: Path, checksum: str) -> dict | None:
+        """The record's ``bids`` part when the group at `record_path` was fitted with this checksum and its
+        files are all there; None (refit) otherwise, or with `force`."""
+        if self.force or not record_path.is_file():
+            return None
+        bids = _read_bids(record_path)
+        if bids is None or bids.get("checksum") != checksum:
+            return None
+        return bids if _outputs_present(bids) else None
+
+    def pass_on(self, node_name: str, bids_or_outputs: dict, entity: dict) -> None:
+        """The t contrasts' maps of a group, passed on to the nodes below."""
+        for name, o in bids_or_outputs.items():
+            ents = {**entity, "contrast": name}
+            self.maps[_key(ents)] = _MapRef(o["effect"], o["variance"], o["dof"])
+            self.outputs[node_name].append((name, ents))
 
     # ---- run level -------------------------------------------------------------------------------------------
     def fit_runs(self, runs) -> None:
-        from bids.modeling.statsmodels import ContrastInfo
-
-        root = self.graph.root_node
-        root = self.graph.get_node(root) if isinstance(root, str) else root
-        if root.level != "run":
+        node = self.node(self.model["Nodes"][0]["Name"])
+        if node.level != "run":
             raise InputError(
-                f"the model's first node {root.name!r} is at the {root.level} level; voxfit fits studies from the "
+                f"the model's first node {node.name!r} is at the {node.level} level; voxfit fits studies from the "
                 "Run level (make a Run node the first node)."
             )
-        self.root = root
+        self.root = node
         self.hemispheres = any(dict(r.entities).get("hemi") for r in runs)
-        self.results[root.name] = []
-        self.outputs[root.name] = []
+        self.results[node.name] = []
+        self.outputs[node.name] = []
         bar = Progress("runs", len(runs), self.execution.progress)
+        done: dict[int, tuple] = {}
+        pending = []
         for k, r in enumerate(runs):
-            try:
-                if r.problems:
-                    raise InputError(" ".join(r.problems))
-                result, passed = self.fit_run(root, r)
-            except InputError as exc:
-                self.failures.append(Failure(root.name, r.label, str(exc)))
+            if r.problems:
+                self.failures.append(Failure(node.name, r.label, " ".join(r.problems), r.entities))
                 continue
-            finally:
-                bar.update(k + 1)
-            self.results[root.name].append(result)
-            for name, ref, entities in passed:
-                self.maps[_key(entities)] = ref
-                self.outputs[root.name].append(ContrastInfo(name, [name], [1], "t", entities))
-        bar.close()
+            checksum = self.run_checksum(node, r)
+            folder = group_folder(self.out_dir, node.name, r.entity, "run")
+            record_path = folder / f"{group_prefix(r.entity)}model.json"
+            bids = self.reuse(record_path, checksum)
+            if bids is not None:
+                done[k] = (_node_result(bids, record_path), bids["outputs"], r)
+            else:
+                pending.append((k, r, checksum))
+        bar.update(len(runs) - len(pending))
+        jobs = []
+        for k, r, checksum in pending:
+            try:
+                jobs.append(self.prepare(k, node, r, checksum))
+            except InputError as exc:
+                self.failures.append(Failure(node.name, r.label, str(exc), r.entities))
+        by_index = {j.index: j for j in jobs}
 
-    def fit_run(self, node, r):
+        def collect(result: _RunDone) -> None:
+            job = by_index[result.index]
+            r = job.run
+            if result.error is not None:
+                self.failures.append(Failure(node.name, r.label, result.error, r.entities))
+                return
+            labels = tuple(o for o, _, _ in job.contrasts)
+            done[result.index] = (
+                NodeResult(node.name, "run", tuple(r.entity.items()), labels, result.files),
+                result.outputs,
+                r,
+            )
+
+        self.execute(jobs, collect, bar, len(runs) - len(jobs))
+        bar.close()
+        for k in sorted(done):  # (in the runs' order, whichever process finished first)
+            result, outputs, r = done[k]
+            self.results[node.name].append(result)
+            self.pass_on(node.name, outputs, r.entity)
+
+    def run_checksum(self, node: _Node, r: RunInput) -> str:
+        """What a run's fit depends on, decided before its design is built (see the module docstring)."""
+        return _checksum(
+            __version__,
+            self.settings.of_level("run"),
+            node.spec,
+            _key(r.entity),
+            _file_stamp([r.bold, r.mask]),
+            _content([r.events, r.confounds]),
+            r.sidecars,
+            r.tr,
+            r.slice_timing,
+            r.n_scans,
+        )
+
+    def prepare(self, k: int, node: _Node, r: RunInput, checksum: str) -> _RunJob:
+        """The run's design from the node (pybids variables and transformations), as a job to fit."""
         from ..design.kinds import column_kinds
         from .run_design import run_design
 
-        entity = dict(r.entities)
-        node_dict = self.node_dict(node.name)
-        collections = node.get_collections(**{k: entity[k] for k in RAW if k in entity})
+        entity = r.entity
+        collections = self.graph.get_node(node.name).get_collections(**{k: entity[k] for k in RAW if k in entity})
         if not collections:
             raise InputError(f"{r.events}: pybids read no variables for this run; check its events.tsv.")
         try:
             rd = run_design(
                 collections[0],
-                node_dict,
+                node.spec,
                 tr=r.tr,
                 n_scans=r.n_scans,
                 convolution=self.settings.convolution,
@@ -422,206 +996,190 @@ class _Study:
         names = list(design.names)
         contrasts = [c for c in rd.contrasts if c.test in ("t", "F", "pass", None)]
         labels = _labels([c.name for c in contrasts])
-        folder = group_folder(self.out_dir, node.name, entity, "run")
-        prefix = group_prefix(entity)
-        record_path = folder / f"{prefix}model.json"
-        checksum = _checksum(
-            __version__,
-            self.settings.as_dict(),
-            node_dict,
-            X.tolist(),
-            names,
-            [[c.name, c.matrix(names).tolist(), c.test] for c in contrasts],
-            _file_stamp([r.bold, r.mask, r.events, r.confounds]),
-        )
-        reused = self.reuse(record_path, checksum)
-        if reused is not None:
-            return self.reused_result(node, entity, reused, record_path)
-        if self.settings.smoothing and r.mask is None and not str(r.bold).endswith((".nii", ".nii.gz")):
-            raise InputError(
-                f"{r.bold}: --smoothing is for volumes; surface and CIFTI runs are smoothed on their mesh "
-                "(not done here): drop --smoothing."
-            )
-        if str(r.bold).endswith(".dtseries.nii") and self.settings.smoothing:
-            raise InputError(f"{r.bold}: --smoothing is for volumes; drop it for CIFTI runs.")
-        bold = r.bold
-        from ..models.glm import fit_images
-
-        fitted = fit_images(
-            bold,
-            design,
-            {label: c.matrix(names) for label, c in zip(labels, contrasts)},
-            mask=r.mask,
-            noise=self.settings.noise,
-            scaling=self.settings.scaling,
+        return _RunJob(
+            index=k,
+            run=r,
+            node=node,
+            design=design,
+            X=X,
+            names=tuple(names),
+            kinds=tuple(column_kinds(design, names, X, None)),
+            contrasts=tuple((label, c.name, c.matrix(names)) for label, c in zip(labels, contrasts)),
+            folder=group_folder(self.out_dir, node.name, entity, "run"),
+            prefix=group_prefix(entity),
+            checksum=checksum,
+            settings=self.settings,
             execution=self.execution,
-            progress=False,
+            command=list(self.command) if self.command else None,
+            design_settings={k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from")},
         )
-        kinds = tuple(column_kinds(design, names, X, None))
-        passed, outputs = [], {}
-        ext = fitted.masker.geometry.extension
-        with open_group(folder) as out:
-            for label, c in zip(labels, contrasts):
-                s = fitted.contrasts[label]
-                self.write_stats(out, prefix, label, s, fitted.masker, ext)
-                if s.kind == "t":
-                    outputs[c.name] = {
-                        "label": label,
-                        "effect": str(folder / map_name(prefix, label, "effect", ext)),
-                        "variance": str(folder / map_name(prefix, label, "variance", ext)),
-                        "dof": float(fitted.fit.dof),
-                    }
-            from ..models.glm import write_design_files
 
-            write_design_files(out, prefix, X, names, kinds, r.tr)
-            from ..models.record import ModelRecord, contrast_record, input_records, mask_record
+    def execute(self, jobs, collect, bar, done: int) -> None:
+        """``collect(result)`` for each job's :class:`_RunDone`, in the order they finish: in this process, in
+        worker processes or on a Dask cluster (see the module docstring); the progress `bar` counts them after
+        the `done` ones."""
+        if not jobs:
+            return
+        if self.execution.scheduler is not None:
+            from .._dask import run_tasks
 
-            fit = fitted.fit
-            record = ModelRecord(
-                kind="first-level",
-                voxfit_version=__version__,
-                command=self.command,
-                inputs=input_records([p for p in (r.bold, r.mask, r.events, r.confounds) if p is not None]),
-                data={
-                    "n_scans": r.n_scans,
-                    "n_voxels": fitted.masker.n_voxels,
-                    "n_invalid_voxels": int(fit.n_invalid),
-                    "dtype": "float32",
-                    "geometry": fitted.masker.geometry.describe(),
-                },
-                mask=mask_record(r.mask, None, fitted.masker.n_voxels, fitted.masker.geometry.n_elements),
-                design={
-                    "columns": names,
-                    "n_rows": int(X.shape[0]),
-                    "rank": int(fit.rank),
-                    "dof": float(fit.dof),
-                    "condition_number_scaled": float(fit.design.condition),
-                    "kinds": list(kinds),
-                    "tr": r.tr,
-                },
-                contrasts={
-                    label: contrast_record(c.matrix(names).tolist(), fitted.contrasts[label])
-                    for label, c in zip(labels, contrasts)
-                },
-                settings={
-                    "max_memory": self.execution.max_memory,
-                    "n_jobs": self.execution.n_jobs,
-                    "noise_model": self.settings.noise,
-                    "noise_details": {"model": "OLS" if self.settings.noise == "ols" else self.settings.noise},
-                    "scaling": self.settings.scaling,
-                    "p": "one-sided upper tail for t; z has the same upper-tail probability",
-                    "bids": {  # (with the design's settings, which the study's report shows)
-                        **self.bids_record(node, entity, checksum, outputs),
-                        "design": {k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from")},
-                    },
-                },
-                run=out.run_record(),
-            )
-            out.write_json(record_path.name, record.as_dict())
-            files = out.commit()
-        for name, o in outputs.items():
-            passed.append((name, _MapRef(o["effect"], o["variance"], o["dof"]), {**entity, "contrast": name}))
-        return NodeResult(node.name, "run", tuple(entity.items()), tuple(labels), tuple(files)), passed
-
-    def bids_record(self, node, entity, checksum, outputs, notes=()) -> dict:
-        return {
-            "node": node.name,
-            "level": node.level,
-            "entities": {k: _value(v) for k, v in entity.items()},
-            "checksum": checksum,
-            "study_settings": self.settings.as_dict(),
-            "outputs": outputs,
-            "notes": list(notes),
-        }
-
-    def reuse(self, record_path: Path, checksum: str) -> dict | None:
-        """The record's ``bids`` part when the group at `record_path` was fitted with this checksum and its
-        files are all there; None (refit) otherwise, or with `force`."""
-        if self.force or not record_path.is_file():
-            return None
-        try:
-            bids = json.loads(record_path.read_text())["settings"]["bids"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if bids.get("checksum") != checksum:
-            return None
-        files = [f for o in bids.get("outputs", {}).values() for f in (o["effect"], o["variance"])]
-        return bids if all(Path(f).is_file() for f in files) else None
-
-    def reused_result(self, node, entity, bids, record_path):
-        passed = [
-            (name, _MapRef(o["effect"], o["variance"], o["dof"]), {**entity, "contrast": name})
-            for name, o in bids["outputs"].items()
-        ]
-        result = NodeResult(
-            node.name,
-            node.level,
-            tuple(entity.items()),
-            tuple(o["label"] for o in bids["outputs"].values()),
-            (record_path,),
-            reused=True,
-            notes=tuple(bids.get("notes", ())),
-        )
-        return result, passed
-
-    def write_stats(self, out, prefix, label, stats, masker, ext) -> None:
-        rows = [f"{label}[{i}]" for i in range(stats.weights.shape[0])] if stats.kind == "F" else [label]
-        for stat, values, names in (
-            ("effect", stats.effect, rows),
-            ("variance", stats.variance, rows),
-            (stats.kind, stats.stat, [f"{label} {stats.kind}"]),
-            ("p", stats.p, [f"{label} p"]),
-            ("z", stats.z, [f"{label} z"]),
-        ):
-            masker.write(out.path(map_name(prefix, label, stat, ext)), values, names)
+            dask_jobs = [replace(j, execution=Execution(n_jobs=1, progress=False)) for j in jobs]
+            for result in run_tasks(self.execution.scheduler, _fit_task, None, [(j,) for j in dask_jobs]):
+                done += 1
+                bar.update(done)
+                collect(result)
+            return
+        workers, execution = _plan_workers(self.execution, jobs)
+        if workers == 1:
+            for job in jobs:
+                collect(_fit_job(replace(job, execution=execution)))
+                done += 1
+                bar.update(done)
+            return
+        self.workers = workers
+        _in_processes([replace(job, execution=execution) for job in jobs], workers, collect, bar, done)
 
     # ---- higher levels ---------------------------------------------------------------------------------------
     def fit_higher(self) -> None:
         """Each node below the root, in the model's edge order, down to the level asked for."""
         stop = LEVELS.index(self.settings.level)
-        queue = [self.root]
+        queue = [self.root.name]
         seen = set()
+        edges = self.edges()
         while queue:
             source = queue.pop(0)
-            for edge in source.children:
-                node = edge.destination
+            for src, dst, filters in edges:
+                if src != source:
+                    continue
+                node = self.node(dst)
                 if LEVELS.index(node.level) > stop:
                     continue
-                inputs = self.outputs.get(source.name, [])
-                self.fit_node(node, inputs, edge.filter or {})
+                self.fit_node(node, source, filters)
                 if node.name not in seen:
                     seen.add(node.name)
-                    queue.append(node)
+                    queue.append(node.name)
 
-    def fit_node(self, node, inputs, filters) -> None:
-        from bids.modeling.statsmodels import ContrastInfo
+    def upstream_failures(self, node: _Node) -> list[Failure]:
+        """The failures of groups at levels above `node`'s (their maps are missing from its inputs)."""
+        below = LEVELS.index(node.level)
+        levels = {n["Name"]: n["Level"].lower() for n in self.model["Nodes"]}
+        return [f for f in self.failures if f.entities and LEVELS.index(levels.get(f.node, "run")) < below]
 
+    def fit_node(self, node: _Node, source: str, filters: dict) -> None:
         self.results.setdefault(node.name, [])
         self.outputs.setdefault(node.name, [])
-        group_by = list(node.group_by or [])
+        inputs = self.outputs.get(source, [])
+        failed = self.upstream_failures(node)
+        checksum = _checksum(
+            __version__,
+            self.settings.of_level(node.level),
+            node.spec,
+            filters,
+            self.hemispheres,
+            sorted(
+                [_key(ents), _file_stamp([self.maps[_key(ents)].effect, self.maps[_key(ents)].variance])]
+                for _, ents in inputs
+            ),
+            sorted([f.node, f.group, f.reason] for f in failed),
+            self.tables(),
+        )
+        self.node_checksums[node.name] = checksum
+        if not self.force and self.reuse_node(node, checksum):
+            return
+        self.group_node(node, inputs, filters, failed)
+
+    def reuse_node(self, node: _Node, checksum: str) -> bool:
+        """The node's groups as the last study left them, when its checksum is unchanged and their records and
+        maps are all there (no grouping by pybids, no refit)."""
+        entry = self.manifest["nodes"].get(node.name) or {}
+        if entry.get("checksum") != checksum:
+            return False
+        found = []
+        for record in entry.get("records", ()):
+            bids = _read_bids(Path(record))
+            if bids is None or not _outputs_present(bids):
+                return False
+            found.append((bids, Path(record)))
+        for bids, record in found:
+            self.results[node.name].append(_node_result(bids, record))
+            self.pass_on(node.name, bids["outputs"], {k: v for k, v in bids["entities"].items() if v is not None})
+        for group, reason, entities in entry.get("skipped", ()):
+            self.skipped.append(Failure(node.name, group, reason, tuple(tuple(e) for e in entities)))
+        return True
+
+    def group_node(self, node: _Node, inputs, filters, failed) -> None:
+        from bids.modeling.statsmodels import ContrastInfo
+
+        group_by = list(node.spec.get("GroupBy") or [])
         if self.hemispheres and "hemi" not in group_by:
             group_by.append("hemi")
         filters = {_long(k): v for k, v in filters.items()}
+        infos = [ContrastInfo(name, [name], [1], "t", ents) for name, ents in inputs]
         try:
-            groups = node.run(inputs=list(inputs), group_by=group_by, missing_values="fill", **filters)
+            groups = self.graph.get_node(node.name).run(
+                inputs=infos, group_by=group_by, missing_values="fill", **filters
+            )
         except (ValueError, KeyError) as exc:
             self.failures.append(Failure(node.name, "all", f"{exc}; check the node's Model.X and GroupBy."))
             return
+        produced = []
         for g in groups:
             entities = {k: v for k, v in g.entities.items() if _value(v) is not None}
+            produced.append(entities)
             label = _group_label(entities)
             try:
-                result, passed = self.fit_group(node, g, entities)
+                result, outputs = self.fit_group(node, g, entities, failed)
             except InputError as exc:
-                self.failures.append(Failure(node.name, label, str(exc)))
+                self.failures.append(Failure(node.name, label, str(exc), tuple(entities.items())))
                 continue
             self.results[node.name].append(result)
-            for name, ref, ents in passed:
-                self.maps[_key(ents)] = ref
-                self.outputs[node.name].append(ContrastInfo(name, [name], [1], "t", ents))
+            self.pass_on(node.name, outputs, entities)
+        self.skip_empty(node, group_by, produced, failed)
 
-    def fit_group(self, node, g, entities):
-        node_dict = self.node_dict(node.name)
+    def skip_empty(self, node: _Node, group_by, produced, failed) -> None:
+        """A group that pybids did not make because every input of it failed above: skipped, with why."""
+        keys = [_long(k) for k in group_by if _long(k) != "contrast"]
+        have = {tuple(_value(e.get(k)) for k in keys) for e in produced}
+        lost: dict[tuple, list[Failure]] = {}
+        for f in failed:
+            ents = dict(f.entities)
+            if all(k in ents for k in keys):
+                where = tuple(_value(ents[k]) for k in keys)
+                if where not in have:
+                    lost.setdefault(where, []).append(f)
+        for where, fs in lost.items():
+            entities = dict(zip(keys, where))
+            why = "; ".join(f"{f.group} failed at node {f.node}" for f in fs)
+            reason = f"skipped: no input left ({why})"
+            self.skipped.append(Failure(node.name, _group_label(entities), reason, tuple(entities.items())))
+
+    def left_out(self, node: _Node, entities: dict, rows, failed) -> tuple[list[str], dict]:
+        """The notes of a group built without some inputs (those of `failed` groups within its entities) and,
+        for a dataset group, its subjects used and left out."""
+        notes, extra = [], {}
+        mine = []
+        for f in failed:
+            ents = dict(f.entities)
+            if all(_value(ents[k]) == _value(v) for k, v in entities.items() if k in ents):
+                mine.append(f)
+        for f in mine:
+            notes.append(f"built without {f.group}: it failed at node {f.node} ({f.reason})")
+        if node.level == "dataset":
+            used = sorted({_value(row.get("subject")) for row in rows if _value(row.get("subject")) is not None})
+            out = {}
+            for f in mine:
+                subject = _value(dict(f.entities).get("subject"))
+                if subject is not None and subject not in used:
+                    out.setdefault(subject, f"{f.group} failed at node {f.node}")
+            extra = {"subjects_used": used, "subjects_left_out": out}
+            if out:
+                notes.append(
+                    f"subjects used: {', '.join(used)}; left out: "
+                    + ", ".join(f"{s} ({why})" for s, why in sorted(out.items()))
+                )
+        return notes, extra
+
+    def fit_group(self, node: _Node, g, entities, failed):
         X = g.X.astype(float)
         names = [str(c) for c in X.columns]
         rows = g.metadata.to_dict("records")
@@ -645,33 +1203,35 @@ class _Study:
         prefix = group_prefix(entities)
         contrast = entities.get("contrast")
         record_path = folder / f"{prefix}{f'contrast-{_labels([contrast])[0]}_' if contrast else ''}model.json"
+        notes, extra = self.left_out(node, entities, rows, failed)
         checksum = _checksum(
             __version__,
-            self.settings.as_dict(),
-            node_dict,
+            self.settings.of_level(level),
+            node.spec,
             Xv.tolist(),
             names,
             {k: v.tolist() for k, v in weights.items()},
             [c.test for c in contrasts],
             _file_stamp([p for ref in refs for p in (ref.effect, ref.variance)]),
+            notes,
         )
-        reused = self.reuse(record_path, checksum)
-        if reused is not None:
-            return self.reused_result(node, entities, reused, record_path)
+        bids = self.reuse(record_path, checksum)
+        if bids is not None:
+            return _node_result(bids, record_path), bids["outputs"]
         effects = [ref.effect for ref in refs]
         variances = [ref.variance for ref in refs]
         dofs = [ref.dof for ref in refs]
         if level == "dataset":
-            stats, masker, model, dof, extra = self.fit_dataset(Xv, names, weights, effects, variances, dofs)
+            stats, masker, model, dof, maps = self.fit_dataset(Xv, names, weights, effects, variances, dofs)
         else:
-            stats, masker, model, dof, extra = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
+            stats, masker, model, dof, maps = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
         ext = masker.geometry.extension
         outputs = {}
         with open_group(folder) as out:
             for label, c in zip(labels, contrasts):
                 s = stats[label]
-                self.write_stats(out, prefix, label, s, masker, ext)
-                for stat, values in extra.get(label, ()):
+                write_stats(out, prefix, label, s, masker, ext)
+                for stat, values in maps.get(label, ()):
                     masker.write(out.path(map_name(prefix, label, stat, ext)), values, [f"{label} {stat}"])
                 if s.kind == "t" and c.test != "F":
                     outputs[c.name] = {
@@ -683,28 +1243,13 @@ class _Study:
             from ..design import write_design
 
             write_design(out.path(record_path.name.removesuffix("model.json") + "design.tsv"), Xv, names)
+            bids = bids_record(node, entities, checksum, self.settings, outputs, notes, **extra)
             self.write_group_record(
-                out,
-                record_path.name,
-                node,
-                entities,
-                checksum,
-                outputs,
-                Xv,
-                names,
-                weights,
-                stats,
-                effects,
-                variances,
-                masker,
-                model,
+                out, record_path.name, node, bids, Xv, names, weights, stats, effects, variances, masker, model
             )
             files = out.commit()
-        passed = [
-            (name, _MapRef(o["effect"], o["variance"], o["dof"]), {**entities, "contrast": name})
-            for name, o in outputs.items()
-        ]
-        return NodeResult(node.name, level, tuple(entities.items()), tuple(labels), tuple(files)), passed
+        result = NodeResult(node.name, level, tuple(entities.items()), tuple(labels), tuple(files), notes=tuple(notes))
+        return result, outputs
 
     def load_pairs(self, effects, variances):
         """The effect and variance maps in memory at the elements finite in all of them with positive
@@ -760,16 +1305,14 @@ class _Study:
         dof = float(X.shape[0] - np.linalg.matrix_rank(X))
         return fit.parametric, fit.masker, s.group_model, dof, extra
 
-    def write_group_record(
-        self, out, name, node, entities, checksum, outputs, X, names, weights, stats, effects, variances, masker, model
-    ):
+    def write_group_record(self, out, name, node, bids, X, names, weights, stats, effects, variances, masker, model):
         from ..models.record import MIXED_DOF, ModelRecord, contrast_record, input_records
 
         s = self.settings
         record = ModelRecord(
             kind="group",
             voxfit_version=__version__,
-            command=self.command,
+            command=list(self.command) if self.command else None,
             inputs=input_records([Path(p) for p in (*effects, *variances)]),
             design={
                 "columns": names,
@@ -798,7 +1341,7 @@ class _Study:
                 "mesh": None,
                 "mask": "finite effects and positive variances in every input",
                 "p": "one-sided upper tail for t; z has the same upper-tail probability",
-                "bids": self.bids_record(node, entities, checksum, outputs),
+                "bids": bids,
             },
             n_voxels=int(masker.n_voxels),
             run=out.run_record(),

@@ -1,0 +1,204 @@
+"""voxfit bids on real-dataset terms: smoothing before the run-level fit (against nilearn's smooth_img), runs
+fitted in worker processes and on a Dask cluster (against the serial study), a progress bar over runs, and
+failed runs said where they are left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("bids")
+
+from voxfit.bids.synthetic import make_dataset  # noqa: E402
+from voxfit.cli import main  # noqa: E402
+
+SPACE = "MNI152NLin2009cAsym"
+
+
+def _maps(path):
+    img = nib.load(str(path))
+    if isinstance(img, nib.GiftiImage):
+        return np.vstack([d.data for d in img.darrays]).ravel()
+    return np.asarray(img.get_fdata()).ravel(order="F")
+
+
+def _scans(reader, max_bytes):
+    """Every scan a reader yields, as (x, y, z, scans)."""
+    x, y, z = reader.geometry.shape
+    blocks = np.concatenate([b.copy() for _, b in reader.iter_scans(max_bytes)])
+    return blocks.reshape(-1, z, y, x).transpose(3, 2, 1, 0)
+
+
+@pytest.mark.parametrize(("dtype", "fwhm"), [(np.float32, 6.0), (np.float64, 4.0), (np.int16, 8.0)])
+def test_smoothing_equals_nilearn_on_an_oblique_anisotropic_grid(tmp_path, dtype, fwhm):
+    """FWHM in mm on voxels of 2 x 3 x 2.5 mm (rotated axes: the sizes are the columns' norms), NaN and inf set
+    to 0 first, the edges mirrored, float32 kept; a slab of two scans at a time gives the whole-run result."""
+    from nilearn.image import smooth_img
+
+    from voxfit.io import open_reader
+    from voxfit.io.smoothing import SmoothedReader, fwhm_sigmas
+
+    rng = np.random.default_rng(1)
+    data = 100 + 10 * rng.standard_normal((9, 11, 8, 5))
+    if dtype is np.int16:
+        data = np.round(data * 50)
+    data = data.astype(dtype)
+    if dtype is not np.int16:
+        data[2, 3, 4, 1], data[0, 0, 0, :] = np.nan, np.inf
+    rotation = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([2.0, 3.0, 2.5])
+    img = nib.Nifti1Image(data, affine)
+    if dtype is np.int16:
+        img.header.set_slope_inter(0.02, 3.0)
+    path = tmp_path / "bold.nii.gz"
+    nib.save(img, path)
+    reference = smooth_img(str(path), fwhm).get_fdata(dtype=np.float64)
+    reader = SmoothedReader(open_reader(str(path)), fwhm)
+    got = _scans(reader, 2 * data[..., 0].size * reader.dtype.itemsize)
+    assert got.dtype == (np.float64 if dtype is np.float64 else np.float32)
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+    np.testing.assert_allclose(fwhm_sigmas(affine, fwhm), fwhm / np.sqrt(8 * np.log(2)) / np.array([2.0, 3.0, 2.5]))
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    """A study of 2 subjects x 2 runs fitted in this process, to the subject level."""
+    from voxfit.bids import run
+
+    tmp = tmp_path_factory.mktemp("serial")
+    study = make_dataset(tmp / "ds", subjects=2, runs=2)
+    result = run(study.root, tmp / "out", derivatives=[study.derivatives], level="subject", progress=False)
+    assert result.ok and result.workers == 0
+    return study, tmp / "out", result
+
+
+def _same_maps(a: Path, b: Path) -> int:
+    names = sorted(p.relative_to(a) for p in a.rglob("*_statmap.nii.gz"))
+    assert names == sorted(p.relative_to(b) for p in b.rglob("*_statmap.nii.gz"))
+    for name in names:
+        np.testing.assert_allclose(_maps(b / name), _maps(a / name), rtol=1e-6, atol=1e-6, equal_nan=True)
+    return len(names)
+
+
+def test_runs_in_worker_processes_give_the_serial_numbers(serial, tmp_path, capsys):
+    from voxfit.bids import run
+
+    study, out, _ = serial
+    result = run(
+        study.root, tmp_path / "out", derivatives=[study.derivatives], level="subject", n_jobs=2, progress=True
+    )
+    assert result.ok and result.workers == 2
+    assert _same_maps(out, tmp_path / "out") == 4 * 5 * 2 + 2 * 5 * 2  # runs and subjects, 2 contrasts, 5 maps
+    err = capsys.readouterr().err
+    assert "runs [" in err and "100.0%" in err  # the bar over runs, when asked for
+    assert not list((tmp_path / "out").rglob(".voxfit-partial-*"))
+
+
+def test_runs_on_a_dask_cluster_give_the_serial_numbers(serial, tmp_path):
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    from voxfit.bids import run
+
+    study, out, _ = serial
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            result = run(
+                study.root, tmp_path / "out", derivatives=[study.derivatives], level="subject", scheduler=client
+            )
+    assert result.ok and result.workers == 0
+    assert _same_maps(out, tmp_path / "out") == 60
+
+
+def test_the_worker_count_follows_the_memory_cap(tmp_path):
+    """Each worker gets a run in memory beside its interpreter's reserve, after this process's reserve."""
+    from voxfit._execution import Execution
+    from voxfit._memory import reserved_bytes
+    from voxfit.bids.study import _plan_workers, _RunJob
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1)
+    bold = next(study.derivatives.rglob("*desc-preproc_bold.nii.gz"))
+
+    class Run:  # (what the plan reads of a job's run)
+        n_scans, entities = study.scans, ()
+
+    Run.bold = bold
+    jobs = [_RunJob.__new__(_RunJob) for _ in range(6)]
+    for job in jobs:
+        object.__setattr__(job, "run", Run)
+    reserve = reserved_bytes()
+    assert _plan_workers(Execution(n_jobs=4), jobs)[0] == 4
+    assert _plan_workers(Execution(n_jobs=8), jobs[:3])[0] == 3
+    k, each = _plan_workers(Execution(n_jobs=4, max_memory=reserve + 2 * (reserve + (1 << 20))), jobs)
+    assert k == 2 and each.max_memory == reserve + (1 << 20) and each.n_jobs >= 1
+    assert _plan_workers(Execution(n_jobs=4, max_memory=2 * reserve), jobs)[0] == 1  # in this process
+
+
+def test_smoothed_study_equals_a_fit_of_nilearn_smoothed_runs(tmp_path):
+    from nilearn.image import smooth_img
+
+    from voxfit.bids import run
+    from voxfit.models.glm import fit_images
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1)
+    result = run(study.root, tmp_path / "out", derivatives=[study.derivatives], level="run", smoothing=6)
+    assert result.ok
+    run_dir = tmp_path / "out" / "sub-01" / "node-run"
+    stem = f"sub-01_task-stroop_run-1_space-{SPACE}"
+    func = study.derivatives / "sub-01" / "func"
+    smoothed = smooth_img(str(func / f"{stem}_desc-preproc_bold.nii.gz"), 6)
+    ref = fit_images(
+        smoothed,
+        run_dir / f"{stem}_design.tsv",
+        {"congruent": "congruent"},
+        mask=func / f"{stem}_desc-brain_mask.nii.gz",
+    )
+    z = _maps(run_dir / f"{stem}_contrast-congruent_stat-z_statmap.nii.gz")
+    np.testing.assert_allclose(z, ref.masker.inverse(ref.contrasts["congruent"].z).ravel(), atol=1e-4, equal_nan=True)
+    bids = json.loads((run_dir / f"{stem}_model.json").read_text())["settings"]["bids"]
+    assert bids["smoothing"]["fwhm_mm"] == 6 and bids["study_settings"]["smoothing"] == 6
+    np.testing.assert_allclose(bids["smoothing"]["sigma_voxels"], [6 / 3 / np.sqrt(8 * np.log(2))] * 3)
+
+
+@pytest.mark.parametrize("space", ["fsaverage5", "fsLR"])
+def test_smoothing_is_refused_for_surfaces_in_one_line(tmp_path, capsys, space):
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, space=space, vertices=30)
+    args = ["bids", str(study.root), str(tmp_path / "out"), "run", "--derivatives", str(study.derivatives)]
+    assert main([*args, "--smoothing", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("voxfit: error: --smoothing is for volumes")
+    assert not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_failed_runs_are_said_where_they_are_left_out(tmp_path, capsys):
+    """sub-02 loses one run (confounds of the wrong length), sub-03 both (no events): sub-02's subject node is
+    built from its other run and says so, sub-03 is skipped at the subject level with its reason, and the
+    dataset node lists the subjects it used and left out."""
+    study = make_dataset(tmp_path / "ds", subjects=3, runs=2)
+    bad = study.derivatives / "sub-02" / "func" / "sub-02_task-stroop_run-2_desc-confounds_timeseries.tsv"
+    bad.write_text("\n".join(bad.read_text().splitlines()[:-3]) + "\n")
+    for events in (study.root / "sub-03" / "func").glob("*_events.tsv"):
+        events.unlink()
+    out = tmp_path / "out"
+    args = ["bids", str(study.root), str(out), "dataset", "--derivatives", str(study.derivatives)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert "1 skipped" in captured.out and "built without failed inputs" in captured.out
+    assert sum(line.startswith("voxfit: failed: node run") for line in err) == 3
+    skipped = [line for line in err if line.startswith("voxfit: skipped:")]
+    assert skipped == [skipped[0]] and "node subject, sub-03" in skipped[0] and "run-1" in skipped[0]
+    notes = [line for line in err if line.startswith("voxfit: note: node subject, sub-02")]
+    assert len(notes) == 2 and all("run-2" in n and str(bad) in n for n in notes)  # one per contrast
+    record = json.loads((out / "sub-02" / "node-subject" / "sub-02_contrast-congruent_model.json").read_text())
+    assert any("run-2" in n for n in record["settings"]["bids"]["notes"])
+    assert len(record["design"]["rows"]) == 1
+    group = json.loads((out / "node-dataset" / "contrast-congruent_model.json").read_text())["settings"]["bids"]
+    assert group["subjects_used"] == ["01", "02"] and list(group["subjects_left_out"]) == ["03"]
+    assert any("left out: 03" in n for n in group["notes"])
+    assert not (out / "sub-03").exists()

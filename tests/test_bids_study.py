@@ -194,8 +194,12 @@ def test_participants_covariate_in_the_dataset_design(tmp_path):
                     "Transformer": "pybids-transforms-v1",
                     "Instructions": [{"Name": "Factor", "Input": ["trial_type"]}],
                 },
-                "Model": {"Type": "glm", "X": ["trial_type.congruent", "trial_type.incongruent", 1]},
-                "DummyContrasts": {"Contrasts": ["trial_type.congruent"], "Test": "t"},
+                "Model": {
+                    "Type": "glm",
+                    "X": ["trial_type.congruent", "trial_type.incongruent", 1],
+                    "HRF": {"Variables": ["trial_type.congruent", "trial_type.incongruent"], "Model": "spm"},
+                },
+                "DummyContrasts": {"Contrasts": ["trial_type.congruent", "trial_type.incongruent"], "Test": "t"},
             },
             {
                 "Level": "Subject",
@@ -222,6 +226,9 @@ def test_participants_covariate_in_the_dataset_design(tmp_path):
     assert design["columns"] == ["intercept", "age"]
     ages = dict(line.split("\t")[:2] for line in (study.root / "participants.tsv").read_text().splitlines()[1:])
     assert len(design["rows"]) == 3 and ages
+    # one age map per incoming contrast (pybids names them after both): the groups' maps stay apart
+    t_maps = sorted(p.name for p in (tmp_path / "out" / "node-group").glob("*_stat-t_statmap.nii.gz"))
+    assert t_maps == [f"contrast-trialtype{c}congruentage_stat-t_statmap.nii.gz" for c in ("", "in")], t_maps
 
 
 @pytest.mark.parametrize("breakage", ["events", "confounds", "tr"])

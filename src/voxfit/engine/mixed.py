@@ -554,7 +554,11 @@ def _fit_sent(block: _Block, effects, variances) -> MixedBlock:
 def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid: NDArray, dof) -> Stats:
     """t (one row) or F (several) of the weights `w` from the betas and their per-voxel covariance."""
     effect = w @ betas
-    cov = np.einsum("qa,vab,rb->vqr", w, covariance, w, optimize=True)
+    q, p = w.shape
+    # w Cov_v w' for every voxel as one product over the flattened p x p covariances (einsum's path was ~0.05 s
+    # of a 0.33 s fit of 200,000 voxels with three columns)
+    outer = np.einsum("qa,rb->abqr", w, w).reshape(p * p, q * q)
+    cov = (covariance.reshape(len(covariance), p * p) @ outer).reshape(-1, q, q)
     with np.errstate(invalid="ignore"):
         usable = valid & np.isfinite(cov).all(axis=(1, 2)) & (np.einsum("vqq->v", cov) > 0)
         if np.ndim(dof):

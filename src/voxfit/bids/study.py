@@ -31,7 +31,7 @@ from .._execution import Execution
 from .._progress import Progress
 from .._version import __version__
 from ..exceptions import InputError
-from .layout import ENTITIES, RAW, find_runs, index
+from .layout import ENTITIES, RAW, find_runs, index, input_filters
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
@@ -191,15 +191,8 @@ def run(
         )
     else:
         model = load_model(model, task=task)
-        runs = find_runs(
-            layout,
-            task=task,
-            space=space,
-            desc=desc,
-            participant_label=labels,
-            mask_entities=_mask_entities(model),
-            strict=False,
-        )
+        chosen = input_filters(layout, model.get("Input"), task=task, participant_label=labels)
+        runs = find_runs(layout, space=space, desc=desc, mask_entities=_mask_entities(model), strict=False, **chosen)
     model_file = describe_dataset(out_dir, model, command)
     graph = BIDSStatsModelsGraph(layout, model)
     graph.load_collections(**({"subject": list(labels)} if labels else {}))
@@ -589,6 +582,10 @@ class _Study:
 
         self.results.setdefault(node.name, [])
         self.outputs.setdefault(node.name, [])
+        if not inputs:  # (pybids' own message for this names its entity index, not the cause)
+            reason = "no inputs: every group of the node before it failed (see above) or passed on no t contrast."
+            self.failures.append(Failure(node.name, "all", reason))
+            return
         group_by = list(node.group_by or [])
         if self.hemispheres and "hemi" not in group_by:
             group_by.append("hemi")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..exceptions import InputError
 
-__all__ = ["ENTITIES", "RunInput", "dataset_stamp", "find_runs", "index", "short_entities"]
+__all__ = ["ENTITIES", "RunInput", "dataset_stamp", "find_runs", "index", "input_filters", "short_entities"]
 
 # BIDS entities a run keeps through every level, as pybids names them, with their short (file name) keys
 ENTITIES = {
@@ -208,11 +208,79 @@ def find_runs(
             "(fMRIPrep's output folder), --task, --space and --desc."
         )
     runs = tuple(_run_input(layout, f, desc, mask_entities) for f in sorted(chosen, key=lambda f: f.path))
+    runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions)
     if strict:
         for r in runs:
             if r.problems:
                 raise InputError(r.problems[0])
     return runs
+
+
+def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[RunInput, ...]:
+    """A run (with its problem) for each raw BOLD run of the chosen task, subjects and sessions that has no
+    preprocessed run among `chosen` (matched by subject, session, task, acquisition and run: fMRIPrep combines
+    echoes), e.g. a subject fMRIPrep failed on."""
+    keys = ("subject", "session", "task", "acquisition", "run")
+    done = {tuple(str(f.entities.get(k)) for k in keys) for f in chosen}
+    filters = {"scope": "raw", "suffix": "bold", "extension": [".nii.gz", ".nii"]}
+    for name, value in (("task", task), ("subject", list(labels) or None), ("session", list(sessions or ()) or None)):
+        if value is not None:
+            filters[name] = value
+    out = []
+    for f in sorted(layout.get(**filters), key=lambda f: f.path):
+        ent = f.get_entities()
+        if tuple(str(ent.get(k)) for k in keys) in done:
+            continue
+        entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)
+        problem = (
+            f"{f.path}: this raw run has no preprocessed BOLD run in the derivatives"
+            f"{f' (space {space}, desc {desc})' if space else ''}; rerun fMRIPrep for sub-{ent['subject']}, or "
+            "leave the subject out with --participant-label."
+        )
+        out.append(RunInput(entities, Path(f.path), None, None, None, None, None, 0, (problem,)))
+    return tuple(out)
+
+
+def input_filters(layout, model_input: dict | None, *, task=None, participant_label=()) -> dict:
+    """The runs a model's ``Input`` (pybids entity names) selects, as :func:`find_runs`' ``task``,
+    ``participant_label`` and ``sessions`` (combined with the command line's `task` and `participant_label`);
+    a value of ``Input`` that the dataset does not have is refused, naming the entity and the values it has."""
+    model_input = dict(model_input or {})
+    for entity, values in model_input.items():
+        values = values if isinstance(values, list) else [values]
+        try:
+            have = {str(v) for v in layout.get(return_type="id", target=entity, suffix="bold")}  # (bold only: fast)
+        except (ValueError, KeyError, TypeError):
+            have = set()
+        absent = [v for v in values if v is not None and str(v) not in have]
+        if absent:
+            raise InputError(
+                f"the model's Input names {entity} {absent[0]!r}, which the dataset does not have ({entity}: "
+                f"{', '.join(sorted(have)) or 'none'}); fix Input.{entity} in the model."
+            )
+    tasks = model_input.get("task")
+    tasks = None if tasks is None else [str(t) for t in (tasks if isinstance(tasks, list) else [tasks])]
+    if task is not None and tasks is not None and task not in tasks:
+        raise InputError(f"--task {task} is not among the model's Input.task ({', '.join(tasks)}); drop one of them.")
+    labels = [str(p).removeprefix("sub-") for p in participant_label or ()]
+    subjects = model_input.get("subject")
+    if subjects is not None:
+        subjects = [str(s) for s in (subjects if isinstance(subjects, list) else [subjects])]
+        outside = [p for p in labels if p not in subjects]
+        if outside:
+            raise InputError(
+                f"participant label {outside[0]} is not among the model's Input.subject ({', '.join(subjects)}); "
+                "drop it or change the model's Input."
+            )
+        labels = labels or subjects
+    sessions = model_input.get("session")
+    return {
+        "task": task if task is not None else (tasks[0] if tasks and len(tasks) == 1 else tasks),
+        "participant_label": tuple(labels),
+        "sessions": None
+        if sessions is None
+        else [str(x) for x in (sessions if isinstance(sessions, list) else [sessions])],
+    }
 
 
 def _is_volume(path) -> bool:

@@ -51,7 +51,7 @@ from .._memory import reserved_bytes
 from .._progress import Progress
 from .._version import __version__
 from ..exceptions import InputError
-from .layout import ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index
+from .layout import ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
@@ -286,15 +286,8 @@ def run(
         )
     else:
         model = load_model(model, task=task)
-        runs = find_runs(
-            layout,
-            task=task,
-            space=space,
-            desc=desc,
-            participant_label=labels,
-            mask_entities=_mask_entities(model),
-            strict=False,
-        )
+        chosen = input_filters(layout, model.get("Input"), task=task, participant_label=labels)
+        runs = find_runs(layout, space=space, desc=desc, mask_entities=_mask_entities(model), strict=False, **chosen)
     surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
     if settings.smoothing and surface is not None:
         raise InputError(
@@ -1110,6 +1103,10 @@ class _Study:
     def group_node(self, node: _Node, inputs, filters, failed) -> None:
         from bids.modeling.statsmodels import ContrastInfo
 
+        if not inputs:  # (pybids' own message for this names its entity index, not the cause)
+            reason = "no inputs: every group of the node before it failed (see above) or passed on no t contrast."
+            self.failures.append(Failure(node.name, "all", reason))
+            return
         group_by = list(node.spec.get("GroupBy") or [])
         if self.hemispheres and "hemi" not in group_by:
             group_by.append("hemi")

@@ -1,0 +1,145 @@
+"""voxfit bids on broken datasets, through the command line: each breakage is named on one line (the file, the
+column, the node), the exit status is 2, and what is not broken is fitted.
+
+tests/test_bids_study.py covers a missing events file, confounds of the wrong length and the repetition time
+missing from every sidecar; these are the other classes the issue lists: a model naming a column the data lack
+(in one run, in every run), a model whose Input names an entity value the dataset lacks, and a subject without
+preprocessed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("bids")
+
+from voxfit.bids.synthetic import make_dataset  # noqa: E402
+from voxfit.cli import main  # noqa: E402
+
+MODEL = {
+    "Name": "broken",
+    "BIDSModelVersion": "1.0.0",
+    "Input": {"task": ["stroop"]},
+    "Nodes": [
+        {
+            "Level": "Run",
+            "Name": "runlevel",
+            "GroupBy": ["run", "subject"],
+            "Model": {
+                "Type": "glm",
+                "X": ["congruent", "incongruent", "nuisance", 1],
+                "HRF": {"Variables": ["congruent", "incongruent"], "Model": "spm"},
+            },
+            "DummyContrasts": {"Contrasts": ["congruent"], "Test": "t"},
+        },
+        {
+            "Level": "Subject",
+            "Name": "subjectlevel",
+            "GroupBy": ["subject", "contrast"],
+            "Model": {"Type": "meta", "X": [1]},
+            "DummyContrasts": {"Test": "t"},
+        },
+        {
+            "Level": "Dataset",
+            "Name": "grouplevel",
+            "GroupBy": ["contrast"],
+            "Model": {"Type": "glm", "X": [1]},
+            "DummyContrasts": {"Test": "t"},
+        },
+    ],
+}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "ds", subjects=3, runs=2, scans=40, extra_confounds=("nuisance",))
+
+
+def _bids(tmp_path, study, capsys, model=None, level="dataset"):
+    path = tmp_path / "model_smdl.json"
+    path.write_text(json.dumps(model or MODEL))
+    argv = ["bids", str(study.root), str(tmp_path / "out"), level, "--derivatives", str(study.derivatives)]
+    code = main([*argv, "--model", str(path), "--quiet"])
+    err = capsys.readouterr().err
+    # (the notes of groups built without a failed input are checked in test_bids_run.py)
+    return code, [
+        line for line in err.splitlines() if line.startswith("voxfit:") and not line.startswith("voxfit: note:")
+    ]
+
+
+def test_a_column_missing_from_one_run(tmp_path, dataset, capsys):
+    table = dataset.derivatives / "sub-02" / "func" / "sub-02_task-stroop_run-1_desc-confounds_timeseries.tsv"
+    pd.read_csv(table, sep="\t").drop(columns="nuisance").to_csv(table, sep="\t", index=False, na_rep="n/a")
+    code, lines = _bids(tmp_path, dataset, capsys)
+    assert code == 2
+    assert len(lines) == 1
+    line = lines[0]
+    assert "node runlevel" in line and "sub-02_task-stroop_run-1" in line and '"nuisance"' in line
+    out = tmp_path / "out"
+    assert len(list(out.glob("sub-*/node-runlevel/*contrast-congruent_stat-z_statmap.nii.gz"))) == 5
+    assert len(list(out.glob("sub-*/node-subjectlevel/*contrast-congruent_stat-z_statmap.nii.gz"))) == 3
+    assert (out / "node-grouplevel" / "contrast-congruent_stat-z_statmap.nii.gz").is_file()
+
+
+def test_a_column_no_run_has(tmp_path, dataset, capsys):
+    model = json.loads(json.dumps(MODEL))
+    model["Nodes"][0]["Model"]["X"] = ["congruent", "incongruent", "nuisance_typo", 1]
+    code, lines = _bids(tmp_path, dataset, capsys, model)
+    assert code == 2
+    runs = [line for line in lines if "node runlevel" in line]
+    assert len(runs) == 6 and all('"nuisance_typo"' in line and "_desc-preproc_bold.nii.gz" in line for line in runs)
+    later = [line for line in lines if "node runlevel" not in line]
+    assert len(later) == 2 and all("no inputs" in line for line in later)  # not pybids' entity-index message
+    assert "node subjectlevel" in later[0] and "node grouplevel" in later[1]
+
+
+@pytest.mark.parametrize("entity, value", [("task", "nback"), ("subject", "09"), ("session", "pre")])
+def test_model_input_naming_an_absent_entity(tmp_path, dataset, capsys, entity, value):
+    model = json.loads(json.dumps(MODEL))
+    model["Input"] = {"task": ["stroop"], entity: [value]}
+    code, lines = _bids(tmp_path, dataset, capsys, model)
+    assert code == 2 and len(lines) == 1
+    assert "Input" in lines[0] and entity in lines[0] and repr(value) in lines[0]
+    assert not (tmp_path / "out" / "sub-01").exists()  # refused before anything was fitted
+
+
+def test_model_input_chooses_the_subjects(tmp_path, dataset, capsys):
+    model = json.loads(json.dumps(MODEL))
+    model["Input"] = {"task": "stroop", "subject": ["01", "03"]}
+    code, lines = _bids(tmp_path, dataset, capsys, model)
+    assert code == 0 and not lines
+    assert sorted(p.name for p in (tmp_path / "out").glob("sub-*")) == ["sub-01", "sub-03"]
+
+
+@pytest.mark.parametrize("how", ["no derivatives folder", "no preprocessed BOLD"])
+def test_a_subject_without_preprocessed_runs(tmp_path, dataset, capsys, how):
+    if how == "no derivatives folder":
+        shutil.rmtree(dataset.derivatives / "sub-03")
+    else:
+        for bold in (dataset.derivatives / "sub-03" / "func").glob("*_bold.*"):
+            bold.unlink()
+    code, lines = _bids(tmp_path, dataset, capsys)
+    assert code == 2
+    failed = [line for line in lines if line.startswith("voxfit: failed:")]
+    skipped = [line for line in lines if line.startswith("voxfit: skipped:")]
+    assert len(failed) == 2 and len(lines) == 3  # one line per raw run, each naming the raw file
+    assert "sub-03" in skipped[0] and "no input left" in skipped[0]  # its subject node says why it is not fitted
+    for run, line in zip((1, 2), sorted(failed)):
+        assert "node runlevel" in line and f"sub-03_task-stroop_run-{run}_bold.nii.gz" in line
+        assert "no preprocessed BOLD run" in line
+    out = tmp_path / "out"
+    assert len(list(out.glob("sub-0[12]/node-subjectlevel/*contrast-congruent_stat-z_statmap.nii.gz"))) == 2
+    assert (out / "node-grouplevel" / "contrast-congruent_stat-z_statmap.nii.gz").is_file()
+
+
+def test_a_subject_with_no_functional_data_is_not_a_failure(tmp_path, dataset, capsys):
+    """A subject with anatomy only (no run of any task) has nothing to fit: not a failure."""
+    anat = dataset.root / "sub-04" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copy(next((dataset.root / "sub-01" / "func").glob("*_bold.nii.gz")), anat / "sub-04_T1w.nii.gz")
+    code, lines = _bids(tmp_path, dataset, capsys, level="subject")
+    assert code == 0 and not lines

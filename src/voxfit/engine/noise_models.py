@@ -155,7 +155,7 @@ def fit_film(
 
 def fit_arma11(X, Y, contrasts: dict, *, names=None, execution: Execution | None = None) -> NoiseModelFit:
     """ARMA(1,1) per voxel by REML over 3dREMLfit's grid, refined (``voxfit.core.arma``); t and F on
-    ``n - rank`` degrees of freedom, as 3dREMLfit."""
+    Satterthwaite's degrees of freedom for the (a, b) estimate (3dREMLfit uses n - rank)."""
     execution = execution or Execution()
     design, Y, n_jobs, weights = _prepare(X, Y, contrasts, names, execution)
     n, (V, pc) = design.n_scans, (Y.shape[1], design.X.shape[1])
@@ -178,7 +178,7 @@ def fit_arma11(X, Y, contrasts: dict, *, names=None, execution: Execution | None
         "grid_a": [float(ARMA_GRID[:, 0].min()), float(ARMA_GRID[:, 0].max())],
         "grid_b": [float(ARMA_GRID[:, 1].min()), float(ARMA_GRID[:, 1].max())],
         "grid_points": int(len(ARMA_GRID)),
-        "dof": "n - rank (3dREMLfit's)",
+        "dof": "Satterthwaite's, for the REML estimate of (a, b) (3dREMLfit: n - rank)",
     }
     return NoiseModelFit(fit, stats, maps.phi, ["a", "b"], None, info)
 

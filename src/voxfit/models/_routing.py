@@ -92,8 +92,8 @@ def first_level_needs(noise: str, scaling: str, reader) -> Needs:
         one_pass=simple,
         too_large=(
             f"data larger than half of --max-memory (beside the interpreter's {size_text(reserved_bytes())}) "
-            "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global, fast, "
-            f"film, arma11, auto or scaling give --max-memory {size_text(need)} or more."
+            "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or scaling "
+            f"give --max-memory {size_text(need)} or more (fast, film, arma11 and auto are fitted in memory too)."
         ),
     )
 

@@ -189,19 +189,26 @@ def estimate_arma(design: DesignFactor, Y: NDArray, grid: NDArray = ARMA_GRID) -
 
 def _gls(Q: NDArray, Y: NDArray, est: NDArray):
     """Per-voxel GLS with each voxel's whitening: ``(coords (r, v), rss (v,), gram^-1 (v, r, r), criterion
-    (v,))``."""
+    (v,))``. The whitened basis is held as (v, n, r) so that the Gram matrices are batched matrix products."""
     n, r = Q.shape
     v = Y.shape[1]
     a, b = est[:, 0], est[:, 1]
     WY, logdet = arma_whiten(Y, a, b)
-    WQ, _ = arma_whiten(np.repeat(Q[:, :, None], v, axis=2), a, b)  # (n, r, v)
-    gram = np.einsum("tiv,tjv->vij", WQ, WQ)
-    rhs = np.einsum("tiv,tv->vi", WQ, WY)
-    gram_inv = np.linalg.pinv(gram, hermitian=True)
-    coords = np.einsum("vij,vj->iv", gram_inv, rhs)
-    resid = WY - np.einsum("tiv,iv->tv", WQ, coords)
-    rss = np.einsum("tv,tv->v", resid, resid)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    diag, sub = _cholesky_terms(a, b, n)
+    WQt = np.empty((v, n, r))
+    WQt[:, 0] = Q[0] / diag[0][:, None]
+    for t in range(1, n):  # the AR filter, then the tridiagonal factor's recursion, as arma_whiten
+        z = Q[t] - a[:, None] * Q[t - 1]
+        WQt[:, t] = (z - sub[t][:, None] * WQt[:, t - 1]) / diag[t][:, None]
+    gram = np.matmul(WQt.transpose(0, 2, 1), WQt)
+    rhs = np.matmul(WQt.transpose(0, 2, 1), np.ascontiguousarray(WY.T)[:, :, None])[:, :, 0]  # (v, r)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        try:
+            gram_inv = np.linalg.inv(gram)
+        except np.linalg.LinAlgError:
+            gram_inv = np.linalg.pinv(gram, hermitian=True)
+        coords = np.einsum("vij,vj->iv", gram_inv, rhs)
+        rss = np.einsum("tv,tv->v", WY, WY) - np.einsum("iv,vi->v", coords, rhs)
         crit = (n - r) * np.log(np.maximum(rss, 1e-300)) + logdet + np.linalg.slogdet(gram)[1]
     return coords, rss, gram_inv, crit
 

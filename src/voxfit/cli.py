@@ -258,7 +258,10 @@ def _get_parser() -> argparse.ArgumentParser:
         default="ols",
         metavar="MODEL",
         help="ols (default); ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
-        "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels",
+        "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels; fast: SPM12's FAST (pooled, needs "
+        "the TR); film: FSL FILM (Tukey-tapered autocorrelation smoothed within the mask; volumes); arma11: "
+        "ARMA(1,1) per voxel by REML (AFNI 3dREMLfit); auto: AR(p) per voxel, p in 0..8 by BIC "
+        "(an arorder map)",
     )
     fit.add_argument(
         "--nuisance-columns",
@@ -478,7 +481,10 @@ def _bids_parser(sub) -> None:
     bids.add_argument("--desc", default="preproc", metavar="D", help="desc of preprocessed volumes (preproc)")
     bids.add_argument("--smoothing", type=float, metavar="FWHM", help="Gaussian smoothing of volumes, FWHM in mm")
     bids.add_argument(
-        "--noise", default="ols", metavar="MODEL", help="run-level noise model: ols, ar1..ar8, ar1-global"
+        "--noise",
+        default="ols",
+        metavar="MODEL",
+        help="run-level noise model: ols, ar1..ar8, ar1-global, fast, film, arma11, auto",
     )
     bids.add_argument("--convolution", choices=["spm", "nilearn"], default="spm", help="HRF convolution")
     bids.add_argument("--group-model", choices=["mixed", "ols", "fixed"], default="mixed", help="dataset model")

@@ -30,6 +30,7 @@ import numpy as np
 from .._execution import Execution
 from .._progress import Progress
 from .._version import __version__
+from ..models.first_level import FMRI_NOISE
 from ..exceptions import InputError
 from .layout import ENTITIES, RAW, find_runs, index
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
@@ -124,7 +125,7 @@ def run(
     space: str | None = None,
     desc: str = "preproc",
     smoothing: float | None = None,
-    noise: str = "ols",
+    noise: str = FMRI_NOISE,
     scaling: str = "none",
     convolution: str = "spm",
     group_model: str = "mixed",

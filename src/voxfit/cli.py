@@ -303,8 +303,11 @@ def _get_parser() -> argparse.ArgumentParser:
         "--noise",
         metavar="MODEL",
         help=f"ols; ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
-        f"ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels. Default: {FMRI_NOISE_CLI} with "
-        f"--events (fMRI time series: {FMRI_NOISE_WHY}), ols with --design (any data)",
+        "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels; fast: SPM12's FAST (pooled, needs "
+        "the TR); film: FSL FILM (Tukey-tapered autocorrelation smoothed within the mask; volumes); arma11: "
+        "ARMA(1,1) per voxel by REML (AFNI 3dREMLfit); auto: AR(p) per voxel, p in 0..8 by BIC "
+        f"(an arorder map). Default: {FMRI_NOISE_CLI} with --events (fMRI time series: {FMRI_NOISE_WHY}), "
+        "ols with --design (any data)",
     )
     fit.add_argument(
         "--preset",
@@ -533,7 +536,8 @@ def _bids_parser(sub) -> None:
         "--noise",
         default=FMRI_NOISE_CLI,
         metavar="MODEL",
-        help=f"run-level noise model: ols, ar1..ar8, ar1-global (default {FMRI_NOISE_CLI}: {FMRI_NOISE_WHY})",
+        help="run-level noise model: ols, ar1..ar8, ar1-global, fast, film, arma11, auto "
+        f"(default {FMRI_NOISE_CLI}: {FMRI_NOISE_WHY})",
     )
     bids.add_argument("--convolution", choices=["spm", "nilearn"], default="spm", help="HRF convolution")
     bids.add_argument("--group-model", choices=["mixed", "ols", "fixed"], default="mixed", help="dataset model")

@@ -618,18 +618,26 @@ class ARBlockFit:
     flagged: NDArray
 
 
-def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray]) -> ARBlockFit:
+def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray], autocorrelations=None) -> ARBlockFit:
     """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64); see :func:`fit_ar_sums`."""
     sums, shifted = lagged_sums(block, Y)
-    return fit_ar_sums(block, sums, weights, lambda idx: shifted[:, idx])
+    return fit_ar_sums(block, sums, weights, lambda idx: shifted[:, idx], autocorrelations)
 
 
-def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None) -> ARBlockFit:
+def fit_ar_sums(
+    block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None, autocorrelations=None
+) -> ARBlockFit:
     """AR(p) fit from a block's :class:`LaggedSums` and the contrast weight matrices `weights`.
 
     `data(idx)` returns the shifted data of the voxels `idx` (n, len(idx)) for the few voxels whose sums lose
     too many digits (near-exact fits, filters near a unit root); with `data` None those voxels keep the
-    values from the sums and are listed in the result's ``flagged`` (for the caller to refit them)."""
+    values from the sums and are listed in the result's ``flagged`` (for the caller to refit them).
+
+    `autocorrelations(residual_lagged)`, when given, replaces :meth:`ARBlock.estimate`: it returns the noise's
+    autocorrelations (v, p+1) at lags 0..p, estimated elsewhere (FILM's tapered and smoothed ones,
+    ``voxfit.core.film``), and the whitening is the AR(p) filter that reproduces them (Levinson); it is then
+    taken as known, and each contrast has ``n - rank`` degrees of freedom and no
+    estimation terms."""
     design, p = block.design, block.order
     Q, r, n = design.basis, design.rank, design.n_scans
     lagged, s, mu = sums.lagged, sums.s, sums.shift
@@ -646,7 +654,10 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     ols_rss = r_lag[0].copy()
     raw_yy = s[0] if mu is None else s[0] + 2.0 * mu * sums.total + n * mu**2
     tss = s[0] - sums.total**2 / n if design.has_intercept else raw_yy
-    phi, rho, gamma0 = block.estimate(r_lag)
+    if autocorrelations is None:
+        phi, rho, gamma0 = block.estimate(r_lag)
+    else:
+        phi, rho, gamma0 = _levinson(autocorrelations(r_lag))
     exact = ols_rss <= (n * np.finfo(float).eps) ** 2 * raw_yy
     phi[exact], rho[exact], gamma0[exact] = 0.0, np.eye(p + 1)[0], 1.0  # rounding-level residuals: white
     L_inv = ar_whitening(phi, rho, gamma0)
@@ -710,6 +721,8 @@ def fit_ar_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=N
     contrasts, k = [], 1
     if not wqs:
         terms = []
+    elif autocorrelations is not None:
+        terms = [(np.ones(v), np.full(v, float(block.nu))) for _ in wqs]
     elif p == 1:  # tabulated: the same numbers to ~1e-9, several times faster
         terms = ar1_estimation_terms(block, phi, wqs)
     else:

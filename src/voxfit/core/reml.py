@@ -98,7 +98,66 @@ def reml(
         if predicted < 0.1:
             break
     V = sum(hi * q for hi, q in zip(h, Q))
+    precision = -info  # SPM's Ph = -dFdhh (the prior's precision included)
+    if m > 1 and t > -4 and (np.linalg.eigvalsh(V).min() < 0 or np.log(np.linalg.cond(precision, 1)) > 16):
+        return _reduced(YY, X, Q, h, precision, prior_precision, max_iter, t)
     return V, h, k
+
+
+def _reduced(YY, X, Q, h, precision, prior_precision, max_iter, t):
+    """spm_reml's Bayesian model reduction (for an indefinite V or an ill-conditioned posterior precision, as
+    with FAST's many components): each component in turn is dropped where its removal raises the log evidence
+    by more than 2 (spm_log_evidence_reduce, prior mean 0), and ReML runs again on the components kept, with the
+    prior twice as tight."""
+    m = len(Q)
+    qE, qC = h.copy(), np.linalg.inv(precision)
+    pC = np.eye(m) / prior_precision
+    kept = []
+    for i in range(m):
+        rC = pC.copy()
+        rC[i, :] = 0.0
+        rC[:, i] = 0.0
+        F, sE, sC = _log_evidence_reduce(qE, qC, pC, rC)
+        if F > 2:
+            qE, qC, pC = sE, sC, rC
+        else:
+            kept.append(i)
+    V, h_kept, k = reml(YY, X, [Q[i] for i in kept], max_iter=max_iter, t=t, prior_precision=2 * prior_precision)
+    h = np.zeros(m)
+    h[kept] = h_kept
+    return V, h, k
+
+
+def _spm_inv(A: NDArray, tol: float = 1e-8) -> NDArray:
+    """spm_inv with a tolerance: ``inv(A + tol I)``."""
+    return np.linalg.inv(A + tol * np.eye(A.shape[0]))
+
+
+def _log_evidence_reduce(qE, qC, pC, rC):
+    """spm_log_evidence_reduce for prior and reduced means 0: the change in log evidence F of the reduced prior
+    covariance rC, and the reduced posterior mean and covariance."""
+    U = np.eye(pC.shape[0])[:, np.abs(np.diag(pC)) > 1e-6 * np.abs(np.diag(pC)).max()]  # spm_svd of a diagonal
+    qE_u, qC_u, pC_u, rC_u = U.T @ qE, U.T @ qC @ U, U.T @ pC @ U, U.T @ rC @ U
+    qP, pP, rP = _spm_inv(qC_u), _spm_inv(pC_u), _spm_inv(rC_u)
+    sC = _spm_inv(qP + rP - pP)
+    pC_u = _spm_inv(pP)
+    sE = qP @ qE_u
+    F = 0.5 * (_spm_logdet(rP @ qP @ sC @ pC_u) - (qE_u @ qP @ qE_u - sE @ sC @ sE))
+    return F, U @ (sC @ sE), U @ sC @ U.T
+
+
+def _spm_logdet(C: NDArray) -> float:
+    """spm_logdet: the log determinant over the rows with a non-zero diagonal, by Cholesky for a symmetric
+    matrix, else the sum of the logs of the singular values between 1e-16 and 1e16."""
+    keep = np.flatnonzero(np.diag(C))
+    C = C[np.ix_(keep, keep)]
+    if np.abs(C - C.T).max() <= 1e-16:
+        try:
+            return 2.0 * float(np.log(np.diag(np.linalg.cholesky(C))).sum())
+        except np.linalg.LinAlgError:
+            pass
+    s = np.linalg.svd(C, compute_uv=False)
+    return float(np.log(s[(s > 1e-16) & (s < 1e16)]).sum())
 
 
 def whitening_matrix(V: NDArray) -> NDArray[np.float64]:

@@ -27,7 +27,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
+from scipy import linalg, special
 
 from .._array import working_dtype
 from .._execution import Execution
@@ -38,7 +38,7 @@ from ..exceptions import DesignWarning, InputError
 from .fit import check_fit_inputs
 from .fit import fit as fit_ols
 
-__all__ = ["GlobalARFit", "fit_global_ar"]
+__all__ = ["GlobalARFit", "fast_components", "fit_global_ar"]
 
 UF_P = 0.001  # SPM12's defaults.stats.fmri.ufp
 AR_POINT = 0.2  # SPM's expansion point for the AR components
@@ -89,6 +89,15 @@ def _constant_columns(X, names, drift, kinds):
     )
 
 
+def fast_components(n: int, tr: float) -> list[np.ndarray]:
+    """SPM12's FAST covariance components for one session of n scans (spm_Ce('fast', n, TR); Corbin et al.
+    2018): ``toeplitz(t^j exp(-t / d))`` over the scan times t = 0, TR, .., for j = 0, 1, 2 and the first six
+    time constants d of ``2^(floor(log2(TR / 4)) .. log2(64))`` seconds."""
+    t = np.arange(n) * float(tr)
+    d = 2.0 ** np.arange(np.floor(np.log2(tr / 4.0)), np.log2(64.0) + 1e-12)
+    return [linalg.toeplitz(t**j * np.exp(-t / di)) for di in d[:6] for j in range(3)]
+
+
 def fit_global_ar(
     X,
     Y,
@@ -99,6 +108,8 @@ def fit_global_ar(
     max_memory=None,
     n_jobs: int | None = None,
     execution: Execution | None = None,
+    components: str = "ar",
+    tr: float | None = None,
 ) -> GlobalARFit:
     """Fit with one AR(1)-type noise covariance for all voxels, estimated by ReML as SPM12 does.
 
@@ -106,8 +117,13 @@ def fit_global_ar(
     ``voxfit.design.kinds``; by default guessed from the names): ``drift`` and ``nuisance`` columns are SPM's
     high-pass filter. Raises InputError when no voxel passes SPM's effects-of-interest test (nothing to pool
     over): use ``ar1`` (per voxel) then. `execution` (a :class:`voxfit.Execution`) holds `max_memory` and
-    `n_jobs` as the models pass them.
+    `n_jobs` as the models pass them. `components`: ``ar`` (SPM's AR(0.2) pair) or ``fast`` (SPM12's FAST
+    dictionary, :func:`fast_components`, which needs the repetition time `tr` in seconds).
     """
+    if components not in ("ar", "fast"):
+        raise InputError(f"`components` must be ar or fast; got {components!r}.")
+    if components == "fast" and not (isinstance(tr, (int, float)) and np.isfinite(tr) and tr > 0):
+        raise InputError(f"`tr` must be the repetition time in seconds (a positive number) for FAST; got {tr!r}.")
     given = Execution.resolve(execution, max_memory=max_memory, n_jobs=n_jobs)
     execution = Execution(given.max_memory, given.n_jobs)  # on this process's CPU: the pooled fit needs whole scans
     design = factorize(X, names)
@@ -164,14 +180,15 @@ def fit_global_ar(
         block = np.asarray(Y[:, idx], dtype=np.float64) * np.sqrt(tr_rv / rss[idx])
         Cy += block @ block.T
     Cy /= pooled.size
-    Q = ar_components(n, AR_POINT)
+    Q = ar_components(n, AR_POINT) if components == "ar" else fast_components(n, float(tr))
     try:
         try:
             V, h, _ = reml(Cy, X, Q)
             W = whitening_matrix(V)
         except FloatingPointError:  # SPM reduces the model; voxfit keeps the first component (AR(0.2)-like)
             V, h1, _ = reml(Cy, X, Q[:1])
-            h = np.array([h1[0], 0.0])
+            h = np.zeros(len(Q))
+            h[0] = h1[0]
             W = whitening_matrix(V)
     except (FloatingPointError, np.linalg.LinAlgError):
         raise InputError(

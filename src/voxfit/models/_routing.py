@@ -18,7 +18,17 @@ from .._execution import Execution, cap_holding, data_bytes
 from .._memory import reserved_bytes, size_text
 from ..exceptions import InputError
 
-__all__ = ["MEMORY", "STREAM", "WORKERS", "Needs", "Route", "choose_route", "first_level_needs", "noise_order"]
+__all__ = [
+    "MEMORY",
+    "NOISE_CHOICES",
+    "STREAM",
+    "WORKERS",
+    "Needs",
+    "Route",
+    "choose_route",
+    "first_level_needs",
+    "noise_order",
+]
 
 MEMORY = "memory"  # the client loads the masked data and fits them (threads, Dask blocks sent, or a GPU)
 STREAM = "stream"  # one sequential pass over the files keeping per-voxel sums: data larger than the memory cap
@@ -51,21 +61,30 @@ class Route:
     reason: str = ""
 
 
+PER_VOXEL_MODELS = ("film", "arma11", "auto")  # per-voxel noise models other than AR(p), fitted in memory
+POOLED_MODELS = ("ar1-global", "fast")  # SPM12's ReML covariances pooled over voxels, fitted in memory
+NOISE_CHOICES = ("ols", "ar1", "ar2", "ar3", "ar4", "ar5", "ar6", "ar7", "ar8", *POOLED_MODELS, *PER_VOXEL_MODELS)
+
+
 def noise_order(noise: str) -> int:
-    """0 for ``ols``, p for ``arp`` (1 to 8), -1 for ``ar1-global``; anything else is an InputError."""
+    """0 for ``ols``, p for ``arp`` (1 to 8), -1 for SPM's pooled models (``ar1-global``, ``fast``), -2 for the
+    other per-voxel models (``film``, ``arma11``, ``auto``); anything else is an InputError."""
     text = str(noise).lower()
     if text == "ols":
         return 0
-    if text == "ar1-global":
+    if text in POOLED_MODELS:
         return -1
+    if text in PER_VOXEL_MODELS:
+        return -2
     if text.startswith("ar") and text[2:].isdigit() and 1 <= int(text[2:]) <= 8:
         return int(text[2:])
-    raise InputError(f"`noise` must be ols, ar1 .. ar8 or ar1-global; got {noise!r}.")
+    raise InputError(f"`noise` must be ols, ar1 .. ar8, {', '.join(NOISE_CHOICES[9:])}; got {noise!r}.")
 
 
 def first_level_needs(noise: str, scaling: str, reader) -> Needs:
     """What a first-level fit allows: the workers read columns, and data over the cap stream, with OLS or
-    AR(p) per voxel and no scaling (scaling and SPM's ar1-global need whole scans in memory)."""
+    AR(p) per voxel and no scaling (scaling and SPM's pooled models need whole scans in memory; film, arma11 and
+    auto are fitted in memory: film's spatial step joins every voxel, and arma11's REML needs whole series)."""
     simple = noise_order(noise) >= 0 and scaling == "none"
     need = cap_holding(data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
     return Needs(
@@ -73,8 +92,8 @@ def first_level_needs(noise: str, scaling: str, reader) -> Needs:
         one_pass=simple,
         too_large=(
             f"data larger than half of --max-memory (beside the interpreter's {size_text(reserved_bytes())}) "
-            "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or "
-            f"scaling give --max-memory {size_text(need)} or more."
+            "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or scaling "
+            f"give --max-memory {size_text(need)} or more (fast, film, arma11 and auto are fitted in memory too)."
         ),
     )
 

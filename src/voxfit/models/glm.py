@@ -278,7 +278,9 @@ def fit_images(
             records = hashing.submit(input_records, dataset.paths, dataset.memory) if out is not None else None
             t_load = time.perf_counter()
             data = dataset.data if scaling == "none" else scale_data(dataset.data, scaling, dataset.globals)
-            noise_fit = fit_noise_model(model.X, data, model.names, model.items, noise, execution, model.kinds)
+            noise_fit = fit_noise_model(
+                model.X, data, model.names, model.items, noise, execution, model.kinds, dataset.masker, _tr(design)
+            )
             mean = None if out is None else _mean_image(dataset.data, scheduler)
             fitted = _Fitted(noise_fit, dataset, mean)
         t_fit = time.perf_counter()
@@ -343,13 +345,15 @@ def _first_level_model(design, contrasts, mask, noise, scaling, nuisance) -> Fir
 
 @dataclass(frozen=True, eq=False)
 class NoiseFit:
-    """What :func:`fit_noise_model` returns: the fit, each contrast's statistics, the AR coefficients (None but
-    for AR(p) per voxel) and the noise model's details for model.json."""
+    """What :func:`fit_noise_model` returns: the fit, each contrast's statistics, the noise parameters per voxel
+    (AR coefficients; (a, b) for arma11; None for OLS and the pooled models), the noise model's details for
+    model.json, and the AR order chosen per voxel (``auto``; else None)."""
 
     fit: Fit
     contrasts: dict[str, Stats]
     ar_coef: np.ndarray | None
     info: dict
+    orders: np.ndarray | None = None  # the AR order chosen per voxel (``auto``)
 
 
 @dataclass(frozen=True, eq=False)
@@ -478,21 +482,72 @@ def scale_data(data, how: str, scan_globals=None) -> np.ndarray:
     return out
 
 
-def fit_noise_model(X, data, names, items, noise, execution: Execution | None = None, kinds=None) -> NoiseFit:
+def _tr(design) -> float | None:
+    """The repetition time a design carries (events designs and design files with a sidecar), else None."""
+    tr = getattr(design, "tr", None)
+    return float(tr) if tr is not None else None
+
+
+def film_space(masker, data, noise: str):
+    """FILM's spatial neighbourhood for the data's voxels (``voxfit.engine.noise_models.FilmSpace``): the mask's
+    grid, the voxel sizes and the mean image; refused in one line for data that are not a volume."""
+    from ..engine.noise_models import FilmSpace
+
+    geometry = getattr(masker, "geometry", None)
+    if geometry is None or geometry.kind != "volume":
+        kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
+        raise InputError(
+            f"--noise {noise} smooths the autocorrelation over neighbouring voxels of a volume, but the data are "
+            f"{kind}; use --noise arma11, auto or ar1 .. ar8 (per voxel, no spatial step)."
+        )
+    grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")
+    voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
+    return FilmSpace(grid, voxel_mm, mean_over_scans(data))
+
+
+def fit_noise_model(
+    X, data, names, items, noise, execution: Execution | None = None, kinds=None, masker=None, tr=None
+) -> NoiseFit:
     """Fit with the noise model asked for (see `noise` in :func:`fit_images`), each contrast's statistics
-    computed."""
+    computed. `masker` (the data's voxels in their geometry) is needed by ``film``'s spatial step, `tr` (s) by
+    ``fast``."""
     execution = execution or Execution()
     order = noise_order(noise)
+    noise = str(noise).lower()
     if order < 0 and execution.on_device:
-        raise InputError("ar1-global runs on the CPU only; drop --device, or use ar1 (AR(1) per voxel) on the GPU.")
+        raise InputError(f"{noise} runs on the CPU only; drop --device, or use ar1 .. ar8 (per voxel) on the GPU.")
+    if order == -2:
+        nm = _fit_per_voxel_model(X, data, names, items, noise, execution, masker)
+        fit, stats, ar_coef, info = nm.fit, nm.contrasts, nm.parameters, dict(nm.info)
+        info["parameters"] = nm.parameter_names
+        if nm.orders is not None:
+            info["orders_chosen"] = {str(p): int(c) for p, c in enumerate(np.bincount(nm.orders[nm.orders >= 0]))}
+        return NoiseFit(fit, stats, ar_coef, info, nm.orders)
     if order > 0:
         ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
-        g = fit_global_ar(X, data, dict(items), names=names, kinds=kinds, execution=execution)
+        if noise == "fast" and tr is None:
+            raise InputError(
+                "--noise fast builds SPM's FAST components from the repetition time, but the design has none; "
+                "build it from --events with --tr, or give a design file with RepetitionTime in its JSON sidecar."
+            )
+        fast = noise == "fast"
+        g = fit_global_ar(
+            X,
+            data,
+            dict(items),
+            names=names,
+            kinds=kinds,
+            execution=execution,
+            components="fast" if fast else "ar",
+            tr=tr,
+        )
         fit, stats, ar_coef = g.fit, g.contrasts, None
         info = {
-            "model": "SPM12 AR(1): one ReML covariance for all voxels",
+            "model": "SPM12 FAST: one ReML covariance for all voxels"
+            if fast
+            else "SPM12 AR(1): one ReML covariance for all voxels",
             "reml_hyperparameters": g.hyperparameters.tolist(),
             "pooled_voxels": g.n_pooled,
             "pooling_F_threshold": g.threshold,
@@ -510,6 +565,18 @@ def fit_noise_model(X, data, names, items, noise, execution: Execution | None = 
     return NoiseFit(fit, stats, ar_coef, info)
 
 
+def _fit_per_voxel_model(X, data, names, items, noise, execution, masker):
+    """film, arma11 or auto (see ``voxfit.engine.noise_models``)."""
+    from ..engine.noise_models import fit_arma11, fit_auto_ar, fit_film
+
+    if noise == "film":
+        space = film_space(masker, data, noise)
+        return fit_film(X, data, dict(items), names=names, space=space, execution=execution)
+    if noise == "arma11":
+        return fit_arma11(X, data, dict(items), names=names, execution=execution)
+    return fit_auto_ar(X, data, dict(items), names=names, execution=execution)
+
+
 def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) -> None:
     """The maps of a first-level fit (mask, betas, R^2, residual variance, AR coefficients, mean, each
     contrast's), in threads, and its design files, into the output folder `out`."""
@@ -522,7 +589,11 @@ def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) ->
     maps.append((statmap_name("rsquared", ext), nf.fit.r2, ["rsquared"]))
     maps.append((statmap_name("residualvariance", ext), nf.fit.residual_variance, ["residualvariance"]))
     if nf.ar_coef is not None:
-        maps.append((statmap_name("arcoef", ext), nf.ar_coef, [f"ar{k + 1}" for k in range(nf.ar_coef.shape[0])]))
+        labels = nf.info.get("parameters") or [f"ar{k + 1}" for k in range(nf.ar_coef.shape[0])]
+        kind = "armacoef" if labels == ["a", "b"] else "arcoef"
+        maps.append((statmap_name(kind, ext), nf.ar_coef, labels))
+    if nf.orders is not None:
+        maps.append((statmap_name("arorder", ext), nf.orders.astype(np.float64), ["arorder"]))
     if fitted.mean is not None:
         maps.append((statmap_name("mean", ext), fitted.mean, ["mean"]))
     for label, s in nf.contrasts.items():

@@ -200,7 +200,9 @@ def fit_runs(
                 sums = sums + mean_over_scans(data) * ds.n_scans
             data = data if scaling == "none" else scale_data(data, scaling, ds.globals)
             try:
-                noise_fit = fit_noise_model(X, data, names, items, noise, execution, kinds[r - 1])
+                noise_fit = fit_noise_model(
+                    X, data, names, items, noise, execution, kinds[r - 1], masker, getattr(designs[r - 1], "tr", None)
+                )
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
             runs.append(noise_fit.contrasts)

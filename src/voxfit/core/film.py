@@ -1,0 +1,146 @@
+"""FSL FILM's noise model (Woolrich et al. 2001, NeuroImage 14:1370), for ``--noise film``.
+
+Per voxel, the autocorrelation of the OLS residuals at lags 0..M (raw: ``r_k / r_0`` with ``r_k = sum_t e_t
+e_{t+k}``), spatially regularised, then tapered by a Tukey window of size M, ``w_k = (1 + cos(pi k / M)) / 2``
+(zero from lag M on), with M = round(sqrt(n)) as FILM's default. The spatial step smooths each lag's raw
+autocorrelation map within the mask with a SUSAN-like nonlinear filter (Smith and Brady 1997): each voxel's
+value becomes the weighted mean of its neighbours' within a Gaussian kernel, each neighbour weighted by
+``exp(-d^2 / 2 sigma^2) exp(-((I_j - I_i) / bt)^2)``, I the mean functional image (the USAN is found on the
+EPI, as FILM does); see :func:`smooth_autocorrelations` and :func:`susan_brightness_threshold` for the
+choices the papers leave open. Surfaces and plain arrays have no such neighbourhood here and are refused.
+
+Whitening: the AR(M) filter that reproduces the tapered autocorrelations at lags 0..M (Levinson), applied
+exactly by ``voxfit.core.ar`` (its first M scans by the inverse Cholesky factor of their stationary covariance).
+FILM itself whitens in the frequency domain by the inverse square root of the tapered autocorrelation's
+spectrum; the two agree on lags 0..M and differ beyond (the AR(M) extension against FILM's zero), which is the
+choice made here so that the fit keeps voxfit's exact AR algebra (and its sums). Degrees of freedom: as FILM,
+``n - rank`` (the autocorrelation is taken as known).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "FILM_SIGMA_MM",
+    "residual_lagged_products",
+    "select_ar_order",
+    "film_lags",
+    "raw_autocorrelations",
+    "smooth_autocorrelations",
+    "susan_brightness_threshold",
+    "tukey_taper",
+    "volume_kernel",
+]
+
+FILM_SIGMA_MM = 5.0  # FEAT's film_gls call: -sa -ms 5 (SUSAN mask size, taken as the kernel's sigma in mm)
+
+
+def film_lags(n_scans: int) -> int:
+    """FILM's Tukey window size M = round(sqrt(n)) (at least 1)."""
+    return max(1, int(round(np.sqrt(n_scans))))
+
+
+def residual_lagged_products(basis: NDArray, Y: NDArray, lags: int) -> NDArray[np.float64]:
+    """(lags+1, v) ``sum_t e_t e_{t+k}`` of the OLS residuals e of Y (n, v; float64) on the orthonormal `basis`."""
+    E = Y - basis @ (basis.T @ Y)
+    n = E.shape[0]
+    return np.stack([np.einsum("tv,tv->v", E[: n - k], E[k:]) for k in range(lags + 1)])
+
+
+def select_ar_order(residual_lagged: NDArray, n_eff: int, max_order: int) -> NDArray[np.intp]:
+    """Each voxel's AR order p in 0..`max_order` minimising BIC, ``n_eff log sigma_p^2 + p log n_eff``, where
+    sigma_p^2 is the innovation variance of the Yule-Walker AR(p) fit to the OLS residuals' autocorrelations
+    (Levinson's prediction errors, ``prod (1 - kappa_k^2)``; reflection coefficients held within +-0.99)."""
+    rho = raw_autocorrelations(residual_lagged)
+    v = rho.shape[0]
+    err = np.ones(v)
+    phi = np.zeros((v, max_order))
+    best, best_bic = np.zeros(v, dtype=np.intp), np.zeros(v)
+    for k in range(1, max_order + 1):
+        past = np.einsum("vj,vj->v", phi[:, : k - 1], rho[:, k - 1 : 0 : -1])
+        kappa = np.clip((rho[:, k] - past) / err, -0.99, 0.99)
+        if k > 1:
+            phi[:, : k - 1] = phi[:, : k - 1] - kappa[:, None] * phi[:, k - 2 :: -1]
+        phi[:, k - 1] = kappa
+        err = err * (1.0 - kappa**2)
+        bic = n_eff * np.log(err) + k * np.log(n_eff)
+        better = bic < best_bic
+        best[better], best_bic[better] = k, bic[better]
+    return best
+
+
+def raw_autocorrelations(residual_lagged: NDArray) -> NDArray[np.float64]:
+    """(v, M+1) raw autocorrelations ``r_k / r_0`` from residual lagged products (M+1, v); 0 where r_0 is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (residual_lagged / residual_lagged[0]).T
+    rho = np.where(np.isfinite(rho), rho, 0.0)
+    rho[:, 0] = 1.0
+    return rho
+
+
+def tukey_taper(rho: NDArray) -> NDArray[np.float64]:
+    """Autocorrelations (v, M+1) times FILM's Tukey window ``(1 + cos(pi k / M)) / 2``, k = 0..M."""
+    M = rho.shape[1] - 1
+    return rho * (0.5 * (1.0 + np.cos(np.pi * np.arange(M + 1) / M)))
+
+
+def susan_brightness_threshold(brightness: NDArray) -> float:
+    """SUSAN's brightness threshold as FEAT sets it for its spatial smoothing: 3/4 of the difference between the
+    median and the 2nd percentile of the image within the mask (here the mean functional image)."""
+    values = brightness[np.isfinite(brightness)]
+    if values.size == 0:
+        return 1.0
+    bt = 0.75 * float(np.median(values) - np.percentile(values, 2))
+    return bt if bt > 0 else 1.0
+
+
+def volume_kernel(mask: NDArray, voxel_mm, sigma_mm: float = FILM_SIGMA_MM):
+    """The neighbourhood of every masked voxel of a grid (`mask` boolean, 3-D, indexed [x, y, z]) within 2
+    sigma: ``(rows, cols, weights)`` over the V masked voxels (numbered as ``np.flatnonzero(mask.ravel('F'))``),
+    the centre left out, weighted by ``exp(-d^2 / 2 sigma^2)``, d in mm from `voxel_mm` (3,)."""
+    mask = np.asarray(mask, dtype=bool)
+    shape = mask.shape
+    number = np.full(shape, -1, dtype=np.int64)
+    ijk = np.array(np.nonzero(mask.transpose(2, 1, 0)))[::-1].T  # x-fastest order, as Masker numbers voxels
+    number[tuple(ijk.T)] = np.arange(ijk.shape[0])
+    voxel_mm = np.abs(np.asarray(voxel_mm, dtype=float))
+    reach = np.floor(2.0 * sigma_mm / voxel_mm).astype(int)
+    rows, cols, weights = [], [], []
+    for dx in range(-reach[0], reach[0] + 1):
+        for dy in range(-reach[1], reach[1] + 1):
+            for dz in range(-reach[2], reach[2] + 1):
+                d2 = (dx * voxel_mm[0]) ** 2 + (dy * voxel_mm[1]) ** 2 + (dz * voxel_mm[2]) ** 2
+                if (dx == dy == dz == 0) or d2 > (2.0 * sigma_mm) ** 2:
+                    continue
+                other = ijk + np.array([dx, dy, dz])
+                inside = np.all((other >= 0) & (other < np.array(shape)), axis=1)
+                j = np.full(ijk.shape[0], -1)
+                j[inside] = number[tuple(other[inside].T)]
+                ok = np.flatnonzero(j >= 0)
+                rows.append(ok)
+                cols.append(j[ok])
+                weights.append(np.full(ok.size, np.exp(-d2 / (2.0 * sigma_mm**2))))
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
+
+
+def smooth_autocorrelations(rho: NDArray, kernel, brightness: NDArray, bt: float) -> NDArray[np.float64]:
+    """Each lag's autocorrelation map (rho (V, M+1)) smoothed by the SUSAN-like filter: for voxel i the mean of
+    its neighbours j (the `kernel` of :func:`volume_kernel`) weighted by the kernel's Gaussian times SUSAN's
+    brightness similarity ``exp(-((I_j - I_i) / bt)^2)`` (I the mean functional image `brightness` (V,), bt the
+    brightness threshold), the centre left out as SUSAN does; a voxel with no neighbour weight keeps its own
+    value (SUSAN's local median fallback is replaced by the voxel's value: a choice). Lag 0 stays 1."""
+    rows, cols, gauss = kernel
+    V = rho.shape[0]
+    w = gauss * np.exp(-(((brightness[cols] - brightness[rows]) / bt) ** 2))
+    total = np.bincount(rows, weights=w, minlength=V)
+    out = rho.copy()
+    for k in range(1, rho.shape[1]):
+        s = np.bincount(rows, weights=w * rho[cols, k], minlength=V)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, k] = np.where(total > 1e-12, s / total, rho[:, k])
+    return out

@@ -1,0 +1,268 @@
+"""Per-voxel noise models beyond AR(p), block by block: FSL's FILM, AFNI's ARMA(1,1), and AR(p) with the order
+chosen per voxel (``--noise film``, ``arma11``, ``auto``); see ``voxfit.core.film`` and ``voxfit.core.arma``.
+
+Blocks of voxels share nothing but FILM's spatial step, which is a pass over the small (V, M+1) maps of raw
+autocorrelations between a first pass (OLS residual lagged products) and the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .._execution import Execution
+from .._threads import blas_single_threaded, run_in_threads
+from ..core import Fit, Stats, check_contrast, factorize
+from ..core.ar import ARBlock, fit_ar_block
+from ..core.arma import ARMA_GRID, fit_arma_block
+from ..core.film import (
+    FILM_SIGMA_MM,
+    film_lags,
+    raw_autocorrelations,
+    residual_lagged_products,
+    select_ar_order,
+    smooth_autocorrelations,
+    susan_brightness_threshold,
+    tukey_taper,
+    volume_kernel,
+)
+from ..exceptions import InputError
+from .ar import ARMaps
+from .fit import check_fit_inputs
+
+__all__ = ["AUTO_MAX_ORDER", "FilmSpace", "NoiseModelFit", "fit_arma11", "fit_auto_ar", "fit_film"]
+
+AUTO_MAX_ORDER = 8
+
+
+@dataclass(frozen=True, eq=False)
+class FilmSpace:
+    """Where FILM's spatial step smooths: the mask's grid `mask` (3-D bool, [x, y, z]) with the data's voxels in
+    x-fastest order, the voxel sizes `voxel_mm` (3,), the mean functional image `brightness` (V,) for SUSAN's
+    weights, and the kernel's `sigma_mm`."""
+
+    mask: np.ndarray
+    voxel_mm: np.ndarray
+    brightness: np.ndarray
+    sigma_mm: float = FILM_SIGMA_MM
+
+
+@dataclass(frozen=True, eq=False)
+class NoiseModelFit:
+    """A per-voxel noise model's fit: the fit (whitened betas and residual variance; R^2 of the OLS fit), each
+    contrast's statistics, the noise parameters (k, V) named by `parameter_names`, the AR order chosen per
+    voxel (`orders`, V; None but for ``auto``), and the settings used (`info`, for model.json)."""
+
+    fit: Fit
+    contrasts: dict[str, Stats]
+    parameters: np.ndarray
+    parameter_names: list[str]
+    orders: np.ndarray | None
+    info: dict
+
+
+def _prepare(X, Y, contrasts, names, execution):
+    """The design factorised, the data checked, the threads and each contrast's weights."""
+    design = factorize(X, names)
+    Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
+    weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
+    return design, Y, n_jobs, weights
+
+
+def _step(n: int, pc: int, k: int, execution: Execution, workers: int) -> int:
+    """Voxels per block: as many as the ``ar_block`` budget holds per worker (k: the model's parameters)."""
+    per_voxel = 8 * (4 * n + 3 * pc * pc + 4 * (k + 1) ** 2 + (k + 4) * pc + 2 * n * pc)
+    budget = execution.budgets.ar_block // max(1, workers)
+    if budget < per_voxel:
+        raise InputError(
+            f"`max_memory`={execution.max_memory!r} is too small for this fit: one voxel needs {per_voxel} bytes."
+        )
+    return int(max(1, min(4096, budget // per_voxel)))
+
+
+def _run_blocks(V: int, step: int, n_jobs: int, task) -> None:
+    """`task(start)` for every block of `step` voxels, in threads (stoppable between blocks)."""
+    starts = range(0, V, step)
+    with blas_single_threaded():
+        run_in_threads(task, starts, min(n_jobs, len(starts)))
+
+
+def _finite_columns(Yb) -> tuple[np.ndarray, np.ndarray]:
+    """Which columns of a block are finite, and those columns."""
+    Yb = np.asarray(Yb)
+    ok = np.isfinite(Yb).all(axis=0)
+    return ok, (Yb if ok.all() else Yb[:, ok])
+
+
+def fit_film(
+    X, Y, contrasts: dict, *, names=None, space: FilmSpace | None = None, execution: Execution | None = None
+) -> NoiseModelFit:
+    """FSL FILM per voxel (``voxfit.core.film``): raw OLS-residual autocorrelations at lags 0..M (M = round(sqrt
+    n)), smoothed within the mask by the SUSAN-like filter of `space` (None: no spatial step), Tukey-tapered,
+    whitened by the AR(M) filter reproducing them, refitted; t and F on ``n - rank`` degrees of freedom."""
+    execution = execution or Execution()
+    design = factorize(X, names)
+    n = design.n_scans
+    M = film_lags(n)
+    if n <= 2 * M + design.rank:
+        raise InputError(f"film needs more than {2 * M + design.rank} scans for its {M} lags; the data have {n}.")
+    design, Y, n_jobs, weights = _prepare(X, Y, contrasts, names, execution)
+    V, pc = Y.shape[1], design.X.shape[1]
+    if space is not None and space.brightness.shape != (V,):
+        raise InputError(f"film's brightness image has {space.brightness.shape[0]} voxels; the data have {V}.")
+    step = _step(n, pc, M, execution, n_jobs)
+    lagged = np.zeros((M + 1, V))
+    valid = np.zeros(V, dtype=bool)
+
+    def first(start: int) -> None:
+        ok, Yb = _finite_columns(Y[:, start : start + step])
+        valid[start : start + ok.size] = ok
+        if ok.any():
+            Yb = np.asarray(Yb, dtype=np.float64)
+            Yb = Yb - Yb.mean(axis=0) if design.has_intercept else Yb
+            lagged[:, start + np.flatnonzero(ok)] = residual_lagged_products(design.basis, Yb, M)
+
+    _run_blocks(V, step, n_jobs, first)
+    rho = raw_autocorrelations(lagged)
+    info = {"model": "FSL FILM per voxel", "tukey_window": M, "dof": "n - rank (FILM's)"}
+    if space is not None:
+        kernel = volume_kernel(space.mask, space.voxel_mm, space.sigma_mm)
+        keep = valid[kernel[0]] & valid[kernel[1]]
+        kernel = tuple(part[keep] for part in kernel)
+        bright = np.where(np.isfinite(space.brightness), space.brightness, 0.0)
+        bt = susan_brightness_threshold(bright[valid])
+        rho = smooth_autocorrelations(rho, kernel, bright, bt)
+        info.update(spatial_smoothing="SUSAN-like", sigma_mm=space.sigma_mm, brightness_threshold=bt)
+    else:
+        info["spatial_smoothing"] = "none"
+    rho = tukey_taper(rho)
+    block = ARBlock(design, M)
+    maps = ARMaps(pc, M, weights, V)
+
+    def second(start: int) -> None:
+        ok = valid[start : start + step]
+        if not ok.any():
+            return
+        at = start + np.flatnonzero(ok)
+        Yb = np.asarray(Y[:, start : start + ok.size])[:, ok]
+        maps.place(at, fit_ar_block(block, Yb, list(weights.values()), lambda _r, at=at: rho[at]))
+
+    _run_blocks(V, step, n_jobs, second)
+    fit, stats = maps.result(design, valid)
+    return NoiseModelFit(fit, stats, maps.phi, [f"ar{k + 1}" for k in range(M)], None, info)
+
+
+def fit_arma11(X, Y, contrasts: dict, *, names=None, execution: Execution | None = None) -> NoiseModelFit:
+    """ARMA(1,1) per voxel by REML over 3dREMLfit's grid, refined (``voxfit.core.arma``); t and F on
+    Satterthwaite's degrees of freedom for the (a, b) estimate (3dREMLfit uses n - rank)."""
+    execution = execution or Execution()
+    design, Y, n_jobs, weights = _prepare(X, Y, contrasts, names, execution)
+    n, (V, pc) = design.n_scans, (Y.shape[1], design.X.shape[1])
+    if n <= design.rank + 3:
+        raise InputError(f"arma11 needs more than {design.rank + 3} scans; the data have {n}.")
+    step = _step(n, pc, design.rank * 2, execution, n_jobs)
+    maps = ARMaps(pc, 2, weights, V)
+    valid = np.zeros(V, dtype=bool)
+
+    def task(start: int) -> None:
+        ok, Yb = _finite_columns(Y[:, start : start + step])
+        valid[start : start + ok.size] = ok
+        if ok.any():
+            maps.place(start + np.flatnonzero(ok), fit_arma_block(design, Yb, list(weights.values())))
+
+    _run_blocks(V, step, n_jobs, task)
+    fit, stats = maps.result(design, valid)
+    info = {
+        "model": "ARMA(1,1) per voxel by REML (AFNI 3dREMLfit's grid, refined)",
+        "grid_a": [float(ARMA_GRID[:, 0].min()), float(ARMA_GRID[:, 0].max())],
+        "grid_b": [float(ARMA_GRID[:, 1].min()), float(ARMA_GRID[:, 1].max())],
+        "grid_points": int(len(ARMA_GRID)),
+        "dof": "Satterthwaite's, for the REML estimate of (a, b) (3dREMLfit: n - rank)",
+    }
+    return NoiseModelFit(fit, stats, maps.phi, ["a", "b"], None, info)
+
+
+def fit_auto_ar(
+    X, Y, contrasts: dict, *, names=None, max_order: int = AUTO_MAX_ORDER, execution: Execution | None = None
+) -> NoiseModelFit:
+    """AR(p) per voxel with p in 0..`max_order` chosen by BIC on the OLS residuals' Yule-Walker fits
+    (``voxfit.core.film.select_ar_order``), each voxel then fitted as ``--noise arp`` fits it (bias-corrected
+    estimate, exact whitening, Satterthwaite degrees of freedom for the AR estimate; p = 0: OLS, n - rank)."""
+    execution = execution or Execution()
+    design, Y, n_jobs, weights = _prepare(X, Y, contrasts, names, execution)
+    n, (V, pc) = design.n_scans, (Y.shape[1], design.X.shape[1])
+    top = max_order
+    while top > 0 and n <= 2 * top + design.rank:
+        top -= 1
+    blocks = {p: ARBlock(design, p) for p in range(1, top + 1)}
+    step = _step(n, pc, top, execution, n_jobs)
+    maps = ARMaps(pc, max(top, 1), weights, V)
+    orders = np.full(V, -1, dtype=np.int64)
+    valid = np.zeros(V, dtype=bool)
+    Q, nu = design.basis, design.n_scans - design.rank
+    wqs = [w @ design.basis_pinv for w in weights.values()]
+
+    def task(start: int) -> None:
+        ok, Yb = _finite_columns(Y[:, start : start + step])
+        valid[start : start + ok.size] = ok
+        if not ok.any():
+            return
+        at = start + np.flatnonzero(ok)
+        Yf = np.asarray(Yb, dtype=np.float64)
+        centred = Yf - Yf.mean(axis=0) if design.has_intercept else Yf
+        chosen = select_ar_order(residual_lagged_products(Q, centred, top), nu, top) if top else np.zeros(at.size, int)
+        orders[at] = chosen
+        white = np.flatnonzero(chosen == 0)
+        if white.size:
+            coords = Q.T @ Yf[:, white]
+            resid = Yf[:, white] - Q @ coords
+            tss = np.einsum("tv,tv->v", centred[:, white], centred[:, white])
+            rss = np.einsum("tv,tv->v", resid, resid)
+            betas = design.basis_pinv @ coords
+            _place_ols(maps, at[white], betas, rss, tss, weights, wqs, nu)
+        for p, block in blocks.items():
+            idx = np.flatnonzero(chosen == p)
+            if idx.size:
+                res = fit_ar_block(block, Yf[:, idx], list(weights.values()))
+                maps.place(at[idx], _padded(res, maps.phi.shape[0]))
+
+    _run_blocks(V, step, n_jobs, task)
+    fit, stats = maps.result(design, valid)
+    info = {
+        "model": "AR(p) per voxel, p chosen by BIC",
+        "max_order": top,
+        "criterion": "BIC on the Yule-Walker fits to the OLS residuals' autocorrelations",
+        "dof": "Satterthwaite's for the AR estimate of the chosen order (n - rank for p = 0)",
+    }
+    return NoiseModelFit(fit, stats, maps.phi, [f"ar{k + 1}" for k in range(maps.phi.shape[0])], orders, info)
+
+
+def _padded(res, order: int):
+    """An ARBlockFit whose phi (v, p) is padded with zeros to `order` columns."""
+    phi = np.zeros((res.phi.shape[0], order))
+    phi[:, : res.phi.shape[1]] = res.phi
+    return replace(res, phi=phi)
+
+
+@dataclass(frozen=True, eq=False)
+class _OLSBlock:
+    """OLS results in the fields :meth:`ARMaps.place` reads."""
+
+    betas: np.ndarray
+    rss: np.ndarray
+    phi: np.ndarray
+    contrasts: list
+    ols_rss: np.ndarray
+    tss: np.ndarray
+
+
+def _place_ols(maps: ARMaps, at, betas, rss, tss, weights, wqs, nu) -> None:
+    """OLS results of the voxels `at` placed in `maps` (AR coefficients 0, ``n - rank`` degrees of freedom)."""
+    v = at.size
+    dof = float(nu)
+    contrasts = []
+    for w, wq in zip(weights.values(), wqs):
+        cov = np.broadcast_to(wq @ wq.T, (v, wq.shape[0], wq.shape[0]))
+        contrasts.append((w @ betas, cov, np.full(v, dof)))
+    maps.place(at, _OLSBlock(betas, rss, np.zeros((v, maps.phi.shape[0])), contrasts, rss, tss))

@@ -1,0 +1,196 @@
+"""Noise models beyond AR(p): FILM, ARMA(1,1), AR order by BIC, SPM12's FAST; references independent of the code."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pytest
+from scipy import stats
+from scipy.linalg import cholesky, solve_triangular, toeplitz
+from scipy.signal import lfilter
+
+from voxfit import fit_images
+from voxfit.core import factorize
+from voxfit.core.arma import arma_autocorrelations, arma_whiten, estimate_arma
+from voxfit.core.film import film_lags, select_ar_order, smooth_autocorrelations, tukey_taper, volume_kernel
+from voxfit.core.reml import reml, whitening_matrix
+from voxfit.engine.global_ar import fast_components
+from voxfit.engine.noise_models import fit_arma11, fit_auto_ar, fit_film
+from voxfit.exceptions import InputError
+from voxfit.models._routing import noise_order
+
+DATA = Path(__file__).parent / "data"
+
+
+def design(n):
+    t = np.arange(n)
+    return np.column_stack([np.ones(n), ((t // 10) % 2).astype(float), np.cos(np.pi * (t + 0.5) / n)])
+
+
+def arma_noise(rng, n, V, a, b):
+    return lfilter([1.0, b], [1.0, -a], rng.standard_normal((n + 200, V)), axis=0)[200:]
+
+
+def binomial_interval(k, p=0.05):
+    """95% interval of the rate of k Bernoulli(p) trials."""
+    lo, hi = stats.binom.interval(0.95, k, p)
+    return lo / k, hi / k
+
+
+@pytest.mark.parametrize("a, b", [(0.5, 0.3), (0.8, -0.6), (0.0, 0.8), (0.79, 0.79)])
+def test_arma_whitening_is_the_inverse_cholesky_factor(a, b):
+    n = 50
+    rho = arma_autocorrelations([a], [b], n - 1)[0]
+    C = toeplitz(rho) * (1 + 2 * a * b + b * b) / (1 - a * a)
+    Z = np.random.default_rng(0).standard_normal((n, 4))
+    W, logdet = arma_whiten(Z, a, b)
+    npt.assert_allclose(W, solve_triangular(cholesky(C, lower=True), Z, lower=True), atol=1e-10)
+    npt.assert_allclose(logdet[0], np.linalg.slogdet(C)[1], atol=1e-10)
+    W2, _ = arma_whiten(Z, np.full(4, a), np.full(4, b))  # one model per column
+    npt.assert_allclose(W2, W, atol=1e-12)
+
+
+def test_arma11_recovers_parameters_as_statsmodels_does():
+    """REML (a, b) per voxel against statsmodels' ARIMA(1,0,1) with the design as regressors, on a few voxels
+    (ML there, REML here: they differ by O(1/n)), and unbiased over many."""
+    sm = pytest.importorskip("statsmodels.tsa.arima.model")
+    rng = np.random.default_rng(11)
+    n, V, a, b = 300, 400, 0.6, 0.3
+    X = design(n)
+    Y = arma_noise(rng, n, V, a, b) + X @ rng.normal(size=(3, V))
+    est = estimate_arma(factorize(X), Y - Y.mean(axis=0)).refined
+    assert abs(np.median(est[:, 0]) - a) < 0.05 and abs(np.median(est[:, 1]) - b) < 0.07
+    for j in range(4):
+        res = sm.ARIMA(Y[:, j], exog=X[:, 1:], order=(1, 0, 1), trend="c").fit()
+        npt.assert_allclose(est[j], [res.params[-3], res.params[-2]], atol=0.12)
+
+
+def test_null_rates_hold_on_arma_noise():
+    """On ARMA(1,1) noise with no effect, the one-sided p < 0.05 rate of each model is inside the 95% binomial
+    interval (4,000 voxels)."""
+    rng = np.random.default_rng(1)
+    n, V = 200, 4000
+    X = design(n)
+    Y = arma_noise(rng, n, V, 0.6, 0.3)
+    lo, hi = binomial_interval(V)
+    for fit in (fit_arma11, fit_auto_ar):
+        p = np.asarray(fit(X, Y, {"b": "x1"}).contrasts["b"].p)
+        assert lo <= np.mean(p < 0.05) <= hi, fit.__name__
+
+
+def test_whitened_residuals_are_white():
+    """Ljung-Box at lag 10 (8 dof: two noise parameters) of arma11's whitened residuals rejects at about the
+    nominal 5% over 1,000 voxels; OLS residuals of the same data almost always."""
+    rng = np.random.default_rng(8)
+    n, V = 300, 1000
+    X = design(n)
+    Y = arma_noise(rng, n, V, 0.5, 0.4)
+    d = factorize(X)
+    Yc = Y - Y.mean(axis=0)
+    est = estimate_arma(d, Yc).refined
+    WY, _ = arma_whiten(Yc, est[:, 0], est[:, 1])
+    WQ, _ = arma_whiten(np.repeat(d.basis[:, :, None], V, axis=2), est[:, 0], est[:, 1])
+    resid = np.stack(
+        [WY[:, j] - WQ[:, :, j] @ np.linalg.lstsq(WQ[:, :, j], WY[:, j], rcond=None)[0] for j in range(V)], 1
+    )
+
+    def ljung_box(E, lags=10):
+        E = E - E.mean(axis=0)
+        r = np.stack([np.sum(E[k:] * E[: n - k], axis=0) for k in range(1, lags + 1)]) / np.sum(E * E, axis=0)
+        return n * (n + 2) * np.sum(r**2 / (n - np.arange(1, lags + 1))[:, None], axis=0)
+
+    rate = np.mean(stats.chi2.sf(ljung_box(resid), 8) < 0.05)
+    assert 0.02 <= rate <= 0.09
+    ols = Yc - d.basis @ (d.basis.T @ Yc)
+    assert np.mean(stats.chi2.sf(ljung_box(ols), 8) < 0.05) > 0.9
+
+
+def test_auto_chooses_the_order_of_the_data():
+    rng = np.random.default_rng(3)
+    n, V = 400, 500
+    X = design(n)
+    d = factorize(X)
+    white = rng.standard_normal((n, V))
+    ar2 = lfilter([1.0], [1.0, -0.5, 0.3], rng.standard_normal((n + 100, V)), axis=0)[100:]
+
+    def lagged(Y):
+        E = Y - d.basis @ (d.basis.T @ Y)
+        return np.stack([np.sum(E[: n - k] * E[k:], axis=0) for k in range(9)])
+
+    assert np.mean(select_ar_order(lagged(white), n - 3, 8) == 0) > 0.9
+    assert np.bincount(select_ar_order(lagged(ar2), n - 3, 8)).argmax() == 2
+    fitted = fit_auto_ar(X, np.concatenate([white, ar2], axis=1), {"b": "x1"})
+    assert fitted.orders.shape == (2 * V,) and np.mean(fitted.orders[V:] == 2) > 0.8
+    npt.assert_allclose(np.median(fitted.parameters[:2, V:], axis=1), [0.5, -0.3], atol=0.05)
+
+
+def test_film_taper_and_smoothing_against_loops():
+    M = film_lags(200)
+    assert M == 14
+    rho = np.random.default_rng(0).uniform(-0.5, 0.5, (6, M + 1))
+    rho[:, 0] = 1
+    tapered = tukey_taper(rho)
+    npt.assert_allclose(tapered[:, 3], rho[:, 3] * 0.5 * (1 + np.cos(np.pi * 3 / M)))
+    assert np.all(tapered[:, M] == 0)
+    mask = np.zeros((4, 3, 2), bool)
+    mask[:3, :2, :] = True
+    V = int(mask.sum())
+    rng = np.random.default_rng(1)
+    maps = np.column_stack([np.ones(V), rng.normal(size=(V, 2))])
+    bright = rng.normal(100, 5, V)
+    kernel = volume_kernel(mask, (2.0, 2.0, 3.0), sigma_mm=2.0)
+    out = smooth_autocorrelations(maps, kernel, bright, 4.0)
+    ijk = np.array([(x, y, z) for z in range(2) for y in range(3) for x in range(4) if mask[x, y, z]])
+    for i in range(V):  # brute force: every other voxel within 2 sigma, Gaussian times brightness weights
+        d2 = np.sum(((ijk - ijk[i]) * np.array([2.0, 2.0, 3.0])) ** 2, axis=1)
+        w = np.exp(-d2 / 8.0) * np.exp(-(((bright - bright[i]) / 4.0) ** 2)) * (d2 <= 16.0) * (d2 > 0)
+        npt.assert_allclose(out[i, 1:], w @ maps[:, 1:] / w.sum(), rtol=1e-12)
+
+
+def test_film_null_rate_and_fit_images_on_a_volume(tmp_path):
+    rng = np.random.default_rng(21)
+    n, shape = 150, (12, 12, 10)
+    X = design(n)
+    V = int(np.prod(shape))
+    noise = lfilter([1.0], [1.0, -0.4], rng.standard_normal((n + 100, V)), axis=0)[100:] + 100.0
+    p = np.asarray(fit_film(X, noise, {"b": "x1"}).contrasts["b"].p)  # no spatial step
+    lo, hi = binomial_interval(V)
+    assert lo <= np.mean(p < 0.05) <= hi
+    img = nib.Nifti1Image(noise.T.reshape(*shape, n, order="F").astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
+    res = fit_images(
+        img, (X, ["c", "x1", "drift"]), {"b": "x1"}, noise="film", mask=np.ones(shape, bool), out_dir=tmp_path / "out"
+    )
+    p = np.asarray(res.contrasts["b"].p)
+    assert lo <= np.mean(p < 0.05) <= hi
+    assert (tmp_path / "out" / "stat-arcoef_statmap.nii.gz").exists()
+    with pytest.raises(InputError, match="volume"):
+        fit_images(noise, (X, ["c", "x1", "drift"]), {"b": "x1"}, noise="film")
+
+
+def test_fast_equals_spm12_under_octave():
+    ref = np.load(DATA / "spm12_fast.npz")
+    X, Cy, tr = ref["X"], ref["Cy"], float(ref["tr"])
+    Q = fast_components(X.shape[0], tr)
+    assert len(Q) == int(ref["n_components"]) == 18
+    V, h, _ = reml(Cy, X, Q)
+    n = X.shape[0]
+    npt.assert_allclose(h, ref["h"], atol=1e-6)
+    npt.assert_allclose(V * n / np.trace(V), ref["V"], atol=1e-6)
+    npt.assert_allclose(whitening_matrix(V), ref["W"], atol=1e-6)
+
+
+def test_refusals_in_one_line():
+    X = design(60)
+    Y = np.random.default_rng(0).standard_normal((60, 20))
+    for bad in ("arma", "ar9", "film2"):
+        with pytest.raises(InputError, match="`noise` must be"):
+            noise_order(bad)
+    with pytest.raises(InputError, match="repetition time"):
+        fit_images(Y, (X, ["c", "x1", "drift"]), {"b": "x1"}, noise="fast")
+    with pytest.raises(InputError, match="fast"):
+        fit_images(Y, (X, ["c", "x1", "drift"]), {"b": "x1"}, noise="fast", streaming=True)
+    for name in ("film", "arma11", "auto"):
+        with pytest.raises(InputError) as err:
+            fit_images(Y, (X, ["c", "x1", "drift"]), {"b": "x1"}, noise=name, streaming=True)
+        assert "\n" not in str(err.value) and name in str(err.value)

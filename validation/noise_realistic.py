@@ -15,14 +15,17 @@ The noise is generated in the frequency domain, voxel by voxel, as the sum of
   0.04 Hz, width 0.03 Hz) peaks (Glover, Li & Ress 2000, MRM 44:162; Birn et al. 2006, NeuroImage 31:1536),
   folded (aliased) into [0, 1/(2 TR)] at each TR, each 0 to 1 times the white level;
 - white (thermal) noise of unit variance per scan.
-Every parameter varies from voxel to voxel, so a pooled model (ar1-global) sees spatially varying noise too.
+Every parameter varies over space, so a pooled model (ar1-global) sees spatially varying noise too: each chunk of
+voxels is laid out as a volume of 20 x 20 voxel slices (2 mm voxels), its parameters drawn per 2 x 2 x 2 cube, so
+that FILM's smoothing of the autocorrelation within the mask averages neighbours of similar noise (data get a
+baseline of 1000, FILM's brightness threshold needing a mean image).
 
 Designs (SPM's HRF, cosine high-pass at 128 s, a constant): blocks of 10, 20 and 30 s on / off, and random 1 s
 events, on average one per 14 s; each at TR 0.7, 1, 2 and 3 s, a run of `duration` seconds. For each cell,
 the fraction of null voxels with one-sided p < 0.05 and p < 0.001 of the task regressor (with the exact 95%
 binomial interval: "ok" when it holds the nominal rate) under every noise model voxfit has (those of
 ``voxfit.models._routing`` that this tree knows) and nilearn's ``FirstLevelModel`` AR(1) (``run_glm``) beside
-them. ``ar1-global`` pools over voxels passing SPM's effects-of-interest test: 10% more voxels with a task
+them. ``ar1-global`` (and ``fast``) pool over voxels passing SPM's effects-of-interest test: 10% more voxels with a task
 effect are added to every chunk for it, and only the null voxels are counted. The power table plants an
 effect of `power` times each voxel's noise sd (in units of the regressor's sd) in fresh noise, and counts
 p < 0.05 and p < 0.001.
@@ -72,6 +75,25 @@ def draw_parameters(rng, V: int) -> NoiseParameters:
         respiration_f=rng.normal(0.3, 0.04, V),
         respiration=rng.uniform(0.0, 1.0, V),
     )
+
+
+SLICE = (20, 20)  # voxels of a slice of each chunk's volume
+
+
+def chunk_space(V: int):
+    """A voxfit Masker of V voxels laid out in a volume of 20 x 20 slices (2 mm), for FILM's spatial step, and
+    each voxel's 2 x 2 x 2 cube (an index into parameters drawn per cube)."""
+    from voxfit.io import Masker
+    from voxfit.io.geometry import VolumeGeometry
+
+    nz = -(-V // (SLICE[0] * SLICE[1]))
+    shape = (*SLICE, nz)
+    keep = np.zeros(int(np.prod(shape)), dtype=bool)
+    keep[:V] = True
+    masker = Masker(VolumeGeometry(shape, np.diag([2.0, 2.0, 2.0, 1.0])), keep)
+    i, j, k = np.unravel_index(np.arange(V), shape, order="F")
+    cube = (i // 2) + (SLICE[0] // 2) * ((j // 2) + (SLICE[1] // 2) * (k // 2))
+    return masker, cube
 
 
 def _folded_peak(f, tr, centre, width):
@@ -151,7 +173,7 @@ def known_models() -> tuple[str, ...]:
     return tuple(out)
 
 
-def model_p(design, Y, model: str) -> np.ndarray:
+def model_p(design, Y, model: str, masker=None) -> np.ndarray:
     """One-sided p of the task regressor under `model` (a voxfit noise model, or nilearn's ar1)."""
     names = list(design.names)
     if model == NILEARN:
@@ -166,7 +188,8 @@ def model_p(design, Y, model: str) -> np.ndarray:
     from voxfit.models.glm import fit_noise_model
 
     kinds = column_kinds(design, names, design.X)
-    return fit_noise_model(design.X, Y, names, [("task", "task")], model, kinds=kinds).contrasts["task"].p
+    extra = {"masker": masker, "tr": design.tr} if model in ("film", "fast") else {}
+    return fit_noise_model(design.X, Y, names, [("task", "task")], model, kinds=kinds, **extra).contrasts["task"].p
 
 
 def rates(
@@ -178,7 +201,7 @@ def rates(
     alphas=(0.05, 0.001),
     duration: float = 600.0,
     seed: int = 0,
-    chunk: int = 5000,
+    chunk: int = 4000,
     effect: float = 0.0,
 ) -> list[dict]:
     """Counts of voxels with one-sided p < alpha, per design, TR and model: ``{"design", "tr", "model", "alpha",
@@ -197,14 +220,18 @@ def rates(
             seconds = dict.fromkeys(models, 0.0)
             for start in range(0, n_voxels, chunk):
                 V = min(chunk, n_voxels - start)
-                Y = simulate(rng, n, tr, V)
+                V_active = max(1, V // 10)
+                masker, cube = chunk_space(V + V_active)
+                coarse = draw_parameters(rng, int(cube.max()) + 1)
+                par = NoiseParameters(*(getattr(coarse, k)[cube] for k in NoiseParameters.__dataclass_fields__))
+                both = simulate(rng, n, tr, V + V_active, par) + 1000.0
+                both[:, V:] += np.outer(x / x.std(), both[:, V:].std(axis=0))  # pooled voxels for ar1-global, fast
                 if effect:
-                    Y = Y + np.outer(x / x.std(), effect * Y.std(axis=0))
-                active = simulate(rng, n, tr, max(1, V // 10))
-                active += np.outer(x / x.std(), active.std(axis=0))
+                    both[:, :V] += np.outer(x / x.std(), effect * both[:, :V].std(axis=0))
                 for m in models:
                     t0 = time.perf_counter()
-                    p = model_p(d, np.hstack([Y, active]), m)[:V] if m == "ar1-global" else model_p(d, Y, m)
+                    pooled = m in ("ar1-global", "fast", "film")  # (film: the volume of both)
+                    p = model_p(d, both if pooled else both[:, :V], m, masker)[:V]
                     seconds[m] += time.perf_counter() - t0
                     for a in alphas:
                         counts[m, a] += int(np.sum(p < a))

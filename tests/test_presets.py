@@ -52,7 +52,7 @@ def test_events_default_to_the_fmri_noise_model_and_designs_to_ols(tmp_path, run
     assert _fit(tmp_path, run, "--noise", "ar1", name="o2")["noise"] == {"model": "ar1", "default": False}
 
 
-@pytest.mark.parametrize("preset", ["spm", "nilearn"])
+@pytest.mark.parametrize("preset", ["spm", "fsl", "nilearn"])
 def test_presets_are_applied_printed_and_recorded(tmp_path, run, capsys, preset):
     settings = _fit(tmp_path, run, "--preset", preset)
     printed = capsys.readouterr().out

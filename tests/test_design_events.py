@@ -376,6 +376,8 @@ def test_two_runs_fixed_effects(tmp_path, capsys, rng):
         "-o",
         str(out),
         "--quiet",
+        "--noise",
+        "ols",  # (the fMRI default is an AR model; the fixed effects by hand below are those of OLS runs)
     ]
     assert main(argv) == 0, capsys.readouterr().err
     names = {p.name for p in out.iterdir()}

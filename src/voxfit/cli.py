@@ -35,6 +35,52 @@ HRF_MODELS_CLI = (
     "fir",
 )
 
+# The noise model of fMRI time series (--events) when --noise is not given; --design (any data) keeps ols. It
+# repeats voxfit.models.first_level.FMRI_NOISE so that --help needs no numerical import (a test keeps them equal).
+FMRI_NOISE_CLI = "ar8"
+FMRI_NOISE_WHY = (
+    "the per-voxel AR model that held the nominal false-positive rate best on resting-state-like noise "
+    "(1/f, AR, aliased cardiac and respiratory) over block and event designs at TR 0.7-3 s "
+    "(validation/noise_realistic.py), at about 7x ar1's cost"
+)
+# --preset: each tool's defaults (see _apply_preset); explicit options override them
+PRESETS = {
+    "spm": {
+        "hrf": "spm",
+        "microtime_resolution": 16,
+        "microtime_onset": 8,
+        "high_pass": "128",
+        "noise": "ar1-global",
+        "scaling": "global",
+        "mask_threshold": 0.8,
+        "convolution": "spm",
+    },
+    "fsl": {
+        "hrf": "glover+derivative",
+        "high_pass": "100",
+        "noise": "film",
+        "scaling": "global",
+        "convolution": "spm",
+    },
+    "nilearn": {
+        "hrf": "glover",
+        "high_pass": "0.01Hz",
+        "noise": "ar1",
+        "scaling": "none",
+        "convolution": "nilearn",
+        "slice_time_ref": 0.0,
+    },
+}
+PRESET_NOTES = {
+    "spm": "SPM12: canonical HRF, fMRI_T 16 / T0 8, 128 s high-pass, AR(1) pooled ReML, grand mean scaling, 0.8 mask",
+    "fsl": "FSL FEAT: double-gamma HRF with temporal derivative (Glover's double gamma here), 100 s high-pass "
+    "(a cosine basis here, not FEAT's running-line filter), FILM prewhitening, grand-mean intensity "
+    "normalisation (to 100 here, FEAT: 10000, so effects are 1/100 of FEAT's), voxfit's automatic mask "
+    "(FEAT's BET mask is not reproduced)",
+    "nilearn": "nilearn FirstLevelModel: Glover HRF, 0.01 Hz cosine drift, ar1, no scaling (nilearn's "
+    "signal_scaling=0 scales each voxel to its mean: give --scaling mean for that), slice_time_ref 0",
+}
+
 EXAMPLES_DESIGN = """examples:
   voxfit design events.tsv --tr 2 --n-scans 300 --hrf spm+derivative --drift cosine --high-pass 128 -o design.tsv
   voxfit design events.tsv --tr 2 --n-scans 300 --slice-time-ref 0.5 --confounds conf.tsv \\
@@ -255,13 +301,20 @@ def _get_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--noise",
-        default="ols",
         metavar="MODEL",
-        help="ols (default); ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
+        help=f"ols; ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
         "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels; fast: SPM12's FAST (pooled, needs "
         "the TR); film: FSL FILM (Tukey-tapered autocorrelation smoothed within the mask; volumes); arma11: "
         "ARMA(1,1) per voxel by REML (AFNI 3dREMLfit); auto: AR(p) per voxel, p in 0..8 by BIC "
-        "(an arorder map)",
+        f"(an arorder map). Default: {FMRI_NOISE_CLI} with --events (fMRI time series: {FMRI_NOISE_WHY}), "
+        "ols with --design (any data)",
+    )
+    fit.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="take a tool's defaults for HRF, microtime, high-pass, noise model, scaling and mask (printed and "
+        "recorded in model.json; options given explicitly override them): "
+        + "; ".join(f"{k}: {v}" for k, v in PRESET_NOTES.items()),
     )
     fit.add_argument(
         "--nuisance-columns",
@@ -273,7 +326,6 @@ def _get_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--scaling",
-        default="none",
         choices=["none", "mean", "global"],
         help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100",
     )
@@ -482,9 +534,10 @@ def _bids_parser(sub) -> None:
     bids.add_argument("--smoothing", type=float, metavar="FWHM", help="Gaussian smoothing of volumes, FWHM in mm")
     bids.add_argument(
         "--noise",
-        default="ols",
+        default=FMRI_NOISE_CLI,
         metavar="MODEL",
-        help="run-level noise model: ols, ar1..ar8, ar1-global, fast, film, arma11, auto",
+        help="run-level noise model: ols, ar1..ar8, ar1-global, fast, film, arma11, auto "
+        f"(default {FMRI_NOISE_CLI}: {FMRI_NOISE_WHY})",
     )
     bids.add_argument("--convolution", choices=["spm", "nilearn"], default="spm", help="HRF convolution")
     bids.add_argument("--group-model", choices=["mixed", "ols", "fixed"], default="mixed", help="dataset model")
@@ -552,6 +605,13 @@ def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
     )
     g.add_argument("--confounds", nargs="+", metavar="FILE", help="fMRIPrep-style confounds TSV (one per run)")
     g.add_argument("--confounds-columns", metavar="LIST", help='columns by names or patterns, e.g. "trans_*,rot_*"')
+    g.add_argument(
+        "--confounds-strategy",
+        metavar="NAME[:OPTIONS]",
+        help="confounds as nilearn's load_confounds_strategy chooses them from fMRIPrep's table: simple, "
+        'scrubbing, compcor, ica_aroma, options after a colon (e.g. "scrubbing:fd_threshold=0.3,motion=basic"); '
+        "scrubbed scans are censored (removed from the fit, see voxfit.design.confounds)",
+    )
 
 
 _DESIGN_OPTIONS = (
@@ -569,6 +629,7 @@ _DESIGN_OPTIONS = (
     "convolution",
     "units",
     "modulators",
+    "confounds_strategy",
 )
 
 
@@ -585,7 +646,18 @@ def _make_design(args, n_scans: int, run: int = 0):
     if args.tr is None:
         raise InputError("--events needs --tr (the repetition time in seconds).")
     confounds = None
-    if args.confounds:
+    strategy = getattr(args, "confounds_strategy", None)
+    if strategy is not None:
+        from .design.confounds import confounds_strategy
+
+        if not args.confounds:
+            raise InputError("--confounds-strategy needs --confounds FILE (fMRIPrep's desc-confounds_timeseries.tsv).")
+        if args.confounds_columns:
+            raise InputError("give --confounds-strategy or --confounds-columns, not both.")
+        chosen = confounds_strategy(args.confounds[run], strategy, n_scans)
+        args.confounds_record = chosen.describe()
+        confounds = chosen.design_columns()
+    elif args.confounds:
         if not args.confounds_columns:
             raise InputError('--confounds needs --confounds-columns (names or patterns, e.g. "trans_*,rot_*").')
         confounds = read_confounds(args.confounds[run], args.confounds_columns, n_scans)
@@ -605,6 +677,42 @@ def _make_design(args, n_scans: int, run: int = 0):
     )
     summary = design.check()
     return design, summary
+
+
+_PRESET_CONFLICTS = {"slice_time_ref": "microtime_onset", "microtime_onset": "slice_time_ref"}
+
+
+def _resolve_settings(args) -> dict:
+    """Apply --preset (options given explicitly win) and the default noise model (FMRI_NOISE_CLI with --events,
+    ols with --design); returns what model.json records of them (``preset``, ``noise``), printed unless
+    --quiet."""
+    record = {}
+    preset = getattr(args, "preset", None)
+    if preset:
+        applied, kept = {}, {}
+        for key, value in PRESETS[preset].items():
+            if args.design and key in _DESIGN_OPTIONS:
+                continue  # a design file carries its own HRF, drift and microtime
+            if getattr(args, key, None) is not None:
+                kept[key] = getattr(args, key)
+            elif getattr(args, _PRESET_CONFLICTS.get(key, "-"), None) is None:
+                setattr(args, key, value)
+                applied[key] = value
+        record["preset"] = {"name": preset, "applied": applied, "overridden": kept, "note": PRESET_NOTES[preset]}
+        if not args.quiet:
+            said = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in applied.items())
+            given = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in kept.items())
+            over = f"; given explicitly: {given}" if kept else ""
+            print(f"preset {preset}: {said}{over}")
+    if args.noise is None:
+        args.noise = FMRI_NOISE_CLI if args.events else "ols"
+        why = FMRI_NOISE_WHY if args.events else "--design: the data need not be fMRI time series"
+        record["noise"] = {"model": args.noise, "default": True, "why": why}
+    else:
+        record["noise"] = {"model": args.noise, "default": False}
+    if args.scaling is None:
+        args.scaling = "none"
+    return record
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -834,6 +942,7 @@ def _run_fit(args, argv, progress) -> int:
     sources = args.events or args.design
     if args.design:
         _refuse_design_options_with_a_design(args)
+    record = _resolve_settings(args)
     if len(sources) > 1:
         return _run_runs(args, argv, progress)
     if args.confounds and len(args.confounds) > 1:
@@ -879,6 +988,10 @@ def _run_fit(args, argv, progress) -> int:
         scaling=args.scaling,
         route=route,
         execution=execution,
+        record_settings={
+            **record,
+            **({"confounds": args.confounds_record} if hasattr(args, "confounds_record") else {}),
+        },
     )
     if not args.quiet:
         fit = result.fit

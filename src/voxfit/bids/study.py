@@ -50,6 +50,7 @@ from .._execution import Execution, cap_holding, data_bytes
 from .._memory import reserved_bytes
 from .._progress import Progress
 from .._version import __version__
+from ..models.first_level import FMRI_NOISE
 from ..exceptions import InputError
 from .layout import ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
@@ -209,7 +210,7 @@ def run(
     space: str | None = None,
     desc: str = "preproc",
     smoothing: float | None = None,
-    noise: str = "ols",
+    noise: str = FMRI_NOISE,
     scaling: str = "none",
     convolution: str = "spm",
     group_model: str = "mixed",

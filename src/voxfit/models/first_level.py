@@ -12,7 +12,13 @@ from ..exceptions import InputError
 from ..io import check_data, check_mask, open_reader
 from .glm import ImageFit, fit_images
 
-__all__ = ["FirstLevel"]
+__all__ = ["FMRI_NOISE", "FirstLevel"]
+
+# The noise model of fMRI time series by default: the per-voxel AR model that held the nominal false-positive
+# rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory oscillations) over block and
+# event designs at TR 0.7-3 s (validation/noise_realistic.py; ols was liberal in nearly every cell, ar1 up to
+# 0.085 at p < 0.05), at about 7x ar1's cost. voxfit.cli repeats it (FMRI_NOISE_CLI) for --help.
+FMRI_NOISE = "ar8"
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class FirstLevel:
     convolution: str = "spm"
     units: str = "secs"
     modulators: str | dict | tuple | None = None
-    noise: str = "ols"
+    noise: str = FMRI_NOISE
     scaling: str = "none"
     mask_threshold: float | str | None = "auto"  # as `voxfit fit`: SPM's brain mask (0.8) for volumes
     max_memory: str | int | None = None

@@ -164,6 +164,7 @@ def fit_images(
     scheduler=None,
     device: str | None = None,
     progress: bool | None = None,
+    record_settings: dict | None = None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -225,6 +226,8 @@ def fit_images(
         ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
     progress : bool, optional
         A progress bar (default: when the standard error is a terminal).
+    record_settings : dict, optional
+        More settings for model.json (the command line's preset, why the noise model, the confounds strategy).
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
@@ -301,6 +304,7 @@ def fit_images(
                     "noise_details": fitted.noise.info,
                     "scaling": scaling,
                     "p": "one-sided upper tail for t; z has the same upper-tail probability",
+                    **(record_settings or {}),
                 },
                 run=out.run_record(load_s=t_load - start, fit_s=t_fit - t_load),
             ).write(out)

@@ -1,0 +1,146 @@
+"""Confound strategies (voxfit.design.confounds) against nilearn's load_confounds_strategy on fMRIPrep-style tables
+written by voxfit.bids.synthetic.make_dataset, and censoring: indicator columns remove the scans from the fit."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from voxfit.design.confounds import MOTION, confounds_strategy, parse_strategy
+from voxfit.exceptions import InputError
+
+pytest.importorskip("nilearn")
+
+# the columns fMRIPrep writes that the synthetic table lacks (their values: standard normal noise)
+EXTRA = tuple(
+    [f"{m}_derivative1_power2" for m in MOTION]
+    + [f"{c}_{s}" for c in ("csf", "white_matter", "global_signal") for s in ("derivative1", "power2")]
+    + [f"{c}_derivative1_power2" for c in ("csf", "white_matter", "global_signal")]
+    + ["std_dvars"]
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from voxfit.bids.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("fmriprep")
+    make_dataset(root, subjects=1, runs=1, scans=60, extra_confounds=EXTRA)
+    bold = next((root / "derivatives" / "fmriprep").rglob("*desc-preproc_bold.nii.gz"))
+    tsv = bold.with_name(
+        bold.name.replace("space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz", "desc-confounds_timeseries.tsv")
+    )
+    return bold, tsv
+
+
+CASES = [
+    ("simple", {}),
+    ("simple", {"motion": "basic", "global_signal": "full"}),
+    ("simple", {"motion": "derivatives", "wm_csf": "power2"}),
+    ("scrubbing", {"fd_threshold": 3.0}),
+    ("scrubbing", {"fd_threshold": 2.5, "std_dvars_threshold": 1.0}),
+    ("scrubbing", {"fd_threshold": 3.0, "scrub": 0}),
+    ("compcor", {}),
+    ("compcor", {"n_compcor": 2, "motion": "power2"}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_strategies_choose_what_nilearn_chooses(run, name, options):
+    """The same columns, values (demeaned over the kept scans, first-row derivatives as nilearn fills them) and
+    kept scans (nilearn's sample_mask) as nilearn's load_confounds_strategy."""
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+
+    bold, tsv = run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs, sample_mask = load_confounds_strategy(str(bold), name, **options)
+    text = name + (":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else "")
+    mine = confounds_strategy(tsv, text)
+    assert sorted(mine.names) == sorted(theirs.columns)
+    np.testing.assert_allclose(mine.X, theirs[mine.names].to_numpy(), atol=1e-9)
+    if sample_mask is None:
+        assert mine.sample_mask is None
+    else:
+        np.testing.assert_array_equal(mine.sample_mask, sample_mask)
+    assert confounds_strategy(tsv, name, **options).names == mine.names  # keyword options as nilearn's
+
+
+def test_censoring_removes_the_scans_from_an_ols_fit(run):
+    """OLS with the indicator columns = OLS on the kept scans only (betas of the other columns, residual sum of
+    squares), and the degrees of freedom lower by one per censored scan; a brute-force fit is the reference."""
+    from voxfit import fit
+
+    _, tsv = run
+    sel = confounds_strategy(
+        tsv, "scrubbing:fd_threshold=3.5,std_dvars_threshold=2.5,scrub=0,motion=basic,wm_csf=basic"
+    )
+    assert 0 < sel.censored.sum() < sel.censored.size - 30
+    C, names = sel.design_columns()
+    n = C.shape[0]
+    rng = np.random.default_rng(0)
+    task = rng.standard_normal(n)
+    X = np.column_stack([task, C, np.ones(n)])
+    Y = rng.standard_normal((n, 5))
+    f = fit(X, Y, names=["task", *names, "constant"])
+    keep = ~sel.censored
+    Xk = np.column_stack([task, sel.X, np.ones(n)])[keep]
+    beta, rss, *_ = np.linalg.lstsq(Xk, Y[keep], rcond=None)
+    np.testing.assert_allclose(f.betas[0], beta[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(f.residual_variance * f.dof, rss, rtol=1e-9)
+    assert f.dof == keep.sum() - Xk.shape[1]
+
+
+def test_non_steady_state_scans_are_always_censored():
+    import pandas as pd
+
+    n = 30
+    table = pd.DataFrame({m: np.linspace(0, 1, n) ** (k + 1) for k, m in enumerate(MOTION)})
+    for m in MOTION:
+        table[f"{m}_derivative1"] = np.r_[np.nan, np.diff(table[m])]
+    for c in ("csf", "white_matter"):
+        table[c] = np.cos(np.arange(n) * (1 + len(c)))
+    table["cosine00"] = np.cos(np.pi * (np.arange(n) + 0.5) / n)
+    table["non_steady_state_outlier00"] = np.eye(n)[0]
+    table["non_steady_state_outlier01"] = np.eye(n)[1]
+    sel = confounds_strategy(table, "simple:motion=derivatives")
+    np.testing.assert_array_equal(np.flatnonzero(sel.censored), [0, 1])
+    assert sel.design_columns()[1][-2:] == ["censored_0", "censored_1"]
+    assert "non_steady_state_outlier00" not in sel.names
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("nonsense", "strategy"),
+        ("scrubbing:fd_threshold=-1", "fd_threshold"),
+        ("scrubbing:fd_threshold=abc", "fd_threshold"),
+        ("simple:motion=everything", "motion"),
+        ("simple:colour=blue", "colour"),
+        ("compcor:n_compcor=0", "n_compcor"),
+        ("compcor:compcor_variance=2", "compcor_variance"),
+        ("simple:motion", "KEY=VALUE"),
+    ],
+)
+def test_bad_strategies_are_refused(text, word):
+    with pytest.raises(InputError, match=word):
+        parse_strategy(text)
+
+
+def test_missing_columns_and_files_are_refused(run, tmp_path):
+    import pandas as pd
+
+    _, tsv = run
+    table = pd.read_csv(tsv, sep="\t").drop(columns=["rot_z_power2"])
+    with pytest.raises(InputError, match="rot_z_power2"):
+        confounds_strategy(table, "simple")
+    with pytest.raises(InputError, match="aroma_motion"):
+        confounds_strategy(tsv, "ica_aroma")
+    with pytest.raises(InputError, match="sidecar"):
+        confounds_strategy(table, "compcor:motion=basic")
+    with pytest.raises(InputError, match="rows"):
+        confounds_strategy(tsv, "simple", n_scans=61)
+    with pytest.raises(InputError, match="every scan"):
+        confounds_strategy(tsv, "scrubbing")  # the synthetic motion is large: FD > 0.5 everywhere
+    with pytest.raises(InputError):
+        confounds_strategy(tmp_path / "absent.tsv", "simple")

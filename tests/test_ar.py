@@ -225,7 +225,7 @@ def test_cli_noise_ar1(tmp_path, capsys, rng):
         )
         == 2
     )
-    assert "`noise` must be ols, ar1 .. ar8, ar1-global, fast, film, arma11, auto; got 'arma'" in capsys.readouterr().err
+    assert "ar1-global, fast, film, arma11, auto; got 'arma'" in capsys.readouterr().err
     # SPM's global AR(1): the task drives half of the voxels, which are pooled
     signal = np.zeros(int(np.prod(SHAPE)))
     signal[: signal.size // 2] = 3.0

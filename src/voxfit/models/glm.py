@@ -23,6 +23,7 @@ from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
+from ..engine.smoothness import ResidualNeighbourSums, residual_neighbour_sums
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..io import (
@@ -43,6 +44,7 @@ from ..io import (
     stat_maps,
     statmap_name,
 )
+from ..inference.rft_fit import check_volume, rft_inference
 from ._routing import MEMORY, STREAM, WORKERS, Route, choose_route, first_level_needs, noise_order
 from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
 
@@ -164,6 +166,7 @@ def fit_images(
     scheduler=None,
     device: str | None = None,
     progress: bool | None = None,
+    rft=None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -225,6 +228,10 @@ def fit_images(
         ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
     progress : bool, optional
         A progress bar (default: when the standard error is a terminal).
+    rft : voxfit.inference.rft_fit.RFTOptions, optional
+        Random field theory inference (volumes only): the residuals' smoothness is collected while the fit
+        runs (``voxfit.engine.smoothness``), and the voxel-level FWE maps, the smoothness and SPM's results
+        table are written (see ``voxfit.inference.rft_fit``).
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
@@ -233,6 +240,8 @@ def fit_images(
     if dataset is None:  # every argument's type checked before a file or folder is touched
         inputs = check_data(inputs, "inputs")
     model = _first_level_model(design, contrasts, mask, noise, scaling, nuisance)
+    if rft is not None and route is not None and route.reader is not None:
+        check_volume(route.reader.geometry)
     if model.factor.dof > 0:  # the t -> z table is prepared while the data are read
         threading.Thread(target=t_to_z, args=(np.zeros(1), float(model.factor.dof)), daemon=True).start()
     if route is None and dataset is not None:
@@ -249,7 +258,7 @@ def fit_images(
         # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
         hashing = DaemonExecutor()
         if route.kind == STREAM:
-            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution)
+            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None)
             records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None
             t_load = start
         else:
@@ -277,11 +286,19 @@ def fit_images(
             data = dataset.data if scaling == "none" else scale_data(dataset.data, scaling, dataset.globals)
             noise_fit = fit_noise_model(model.X, data, model.names, model.items, noise, execution, model.kinds)
             mean = None if out is None else _mean_image(dataset.data, scheduler)
-            fitted = _Fitted(noise_fit, dataset, mean)
+            neighbours = None if rft is None else _neighbour_sums(model, data, noise_fit, dataset.masker, scheduler)
+            fitted = _Fitted(noise_fit, dataset, mean, neighbours)
         t_fit = time.perf_counter()
         files: list[Path] = []
+        inferred = (
+            None
+            if rft is None
+            else rft_inference(fitted.noise.contrasts, fitted.dataset.masker, fitted.neighbours, rft)
+        )
         if out is not None:
             _write_maps(out, fitted, model, design, execution.n_jobs)
+            if inferred is not None:
+                inferred.write(out, n_jobs=execution.n_jobs)
             threshold = resolve_mask_threshold(
                 mask_threshold, fitted.dataset.masker.geometry, explicit=mask is not None
             )
@@ -300,6 +317,7 @@ def fit_images(
                     "scaling": scaling,
                     "p": "one-sided upper tail for t; z has the same upper-tail probability",
                 },
+                inference=None if inferred is None else inferred.record(),
                 run=out.run_record(load_s=t_load - start, fit_s=t_fit - t_load),
             ).write(out)
             files = out.commit()
@@ -346,6 +364,7 @@ class NoiseFit:
     contrasts: dict[str, Stats]
     ar_coef: np.ndarray | None
     info: dict
+    whitening: np.ndarray | None = None  # ar1-global: the W of the whitened fit
 
 
 @dataclass(frozen=True, eq=False)
@@ -356,6 +375,7 @@ class _Fitted:
     noise: NoiseFit
     dataset: Dataset
     mean: np.ndarray | None
+    neighbours: ResidualNeighbourSums | None = None  # the residuals' neighbour sums (with rft)
 
 
 def write_design_files(out, prefix: str, X, names, kinds, tr=None) -> None:
@@ -405,9 +425,12 @@ def columns_on_workers(
     return reader.column_source(np.flatnonzero(keep)), Masker(reader.geometry, keep)
 
 
-def _fit_streamed(reader, model: FirstLevelModel, mask, mask_threshold, execution: Execution) -> _Fitted:
+def _fit_streamed(
+    reader, model: FirstLevelModel, mask, mask_threshold, execution: Execution, smoothness: bool = False
+) -> _Fitted:
     """The fit of fit_images for data larger than the memory cap: one sequential read of `reader`'s files
-    accumulating per-voxel sums, with a Dataset standing for the data (no values) for writing the maps."""
+    accumulating per-voxel sums (with `smoothness`, the residuals' neighbour sums too), with a Dataset standing
+    for the data (no values) for writing the maps."""
     streamed = fit_streaming(
         reader,
         model.X,
@@ -417,6 +440,7 @@ def _fit_streamed(reader, model: FirstLevelModel, mask, mask_threshold, executio
         mask=mask,
         mask_threshold=mask_threshold,
         execution=execution,
+        smoothness=smoothness,
     )
     dataset = Dataset(
         np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, streamed.masker.n_voxels)),
@@ -425,7 +449,21 @@ def _fit_streamed(reader, model: FirstLevelModel, mask, mask_threshold, executio
         tuple(reader.in_memory),
     )
     info = {"model": "OLS" if not model.order else f"AR({model.order}) per voxel", "streamed": True}
-    return _Fitted(NoiseFit(streamed.fit, streamed.contrasts, streamed.ar_coef, info), dataset, streamed.mean)
+    noise_fit = NoiseFit(streamed.fit, streamed.contrasts, streamed.ar_coef, info)
+    return _Fitted(noise_fit, dataset, streamed.mean, streamed.neighbour_sums)
+
+
+def _neighbour_sums(model: FirstLevelModel, data, noise_fit: NoiseFit, masker: Masker, scheduler):
+    """The neighbour sums of the fit's residuals (see ``voxfit.engine.smoothness``): OLS and ar1-global their
+    own (ar1-global's whitened), AR(p) per voxel the OLS residuals of the design; on the Dask workers when they
+    read the data."""
+    check_volume(masker.geometry)
+    basis = model.factor.basis if model.order > 0 else noise_fit.fit.design.basis
+    shape = masker.geometry.shape
+    dof = model.factor.dof if model.order > 0 else noise_fit.fit.dof
+    return residual_neighbour_sums(
+        data, basis, masker.mask, shape, dof=dof, whitening=noise_fit.whitening, scheduler=scheduler
+    )
 
 
 def mean_over_scans(data) -> np.ndarray:
@@ -486,7 +524,7 @@ def fit_noise_model(X, data, names, items, noise, execution: Execution | None = 
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
     elif order < 0:
         g = fit_global_ar(X, data, dict(items), names=names, kinds=kinds, execution=execution)
-        fit, stats, ar_coef = g.fit, g.contrasts, None
+        fit, stats, ar_coef, whitening = g.fit, g.contrasts, None, g.whitening
         info = {
             "model": "SPM12 AR(1): one ReML covariance for all voxels",
             "reml_hyperparameters": g.hyperparameters.tolist(),
@@ -503,7 +541,7 @@ def fit_noise_model(X, data, names, items, noise, execution: Execution | None = 
         )
     if stats is None:
         stats = {label: fit.contrast(expr, name=label) for label, expr in items}
-    return NoiseFit(fit, stats, ar_coef, info)
+    return NoiseFit(fit, stats, ar_coef, info, whitening if order < 0 else None)
 
 
 def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) -> None:

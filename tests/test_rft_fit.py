@@ -83,3 +83,26 @@ def test_neighbour_positions_off_the_grid_and_outside_the_mask():
     mask[1] = False  # (1, 0, 0)
     nbr = neighbour_positions(mask, (2, 2, 2))
     assert nbr[:, 0].tolist() == [-1, 1, 3]  # +x outside the mask, +y is voxel 2 (flat 2), +z flat 4
+
+
+@pytest.mark.parametrize("noise", ["ols", "ar1", "ar1-global"])
+def test_fit_routes_collect_the_residuals_they_state(rng, noise):
+    """In memory: OLS its residuals, AR(p) the OLS residuals, ar1-global the whitened ones (W y less its fit)."""
+    from voxfit.models.glm import FirstLevelModel, _neighbour_sums, fit_noise_model
+
+    data, X = smooth_run(rng, n=60)
+    data[1:] += 2.0 * X[:, 0]  # an effect of interest, for ar1-global's pooled voxels
+    ds = load(nib.Nifti1Image(data.astype(np.float32), AFFINE), mask_threshold=None)
+    names = ["s", "c", "one"]
+    nf = fit_noise_model(X, ds.data, names, [("a", [1.0, 0, 0])], noise, kinds=("condition", "condition", "drift"))
+    order = {"ols": 0, "ar1": 1, "ar1-global": -1}[noise]
+    model = FirstLevelModel(X, names, (), [], factorize(X), order)
+    got = _neighbour_sums(model, ds.data, nf, ds.masker, None)
+    Y = np.asarray(ds.data, dtype=np.float64)
+    if noise == "ar1-global":
+        Yw, Xw = nf.whitening @ Y, nf.fit.design.X
+        E = Yw - Xw @ np.linalg.lstsq(Xw, Yw, rcond=None)[0]
+    else:
+        E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
+    want = brute_neighbour_sums(E, ds.masker.mask, data.shape[:3])
+    npt.assert_allclose(stacked(got), want, rtol=1e-10, atol=1e-10)

@@ -106,3 +106,24 @@ def test_fit_routes_collect_the_residuals_they_state(rng, noise):
         E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
     want = brute_neighbour_sums(E, ds.masker.mask, data.shape[:3])
     npt.assert_allclose(stacked(got), want, rtol=1e-10, atol=1e-10)
+
+
+def test_rft_options_are_checked_and_loose_cluster_thresholds_warn():
+    from voxfit.exceptions import InputError
+    from voxfit.inference.rft_fit import check_rft_options
+
+    assert check_rft_options().correction == "fwe"
+    with pytest.warns(UserWarning, match="Eklund"):
+        check_rft_options(0.01, "none", 10)
+    for bad in ({"height": 0.0}, {"height": 1.5}, {"correction": "fdr"}, {"extent": -1}):
+        with pytest.raises(InputError):
+            check_rft_options(**bad)
+
+
+def test_rft_refuses_meshes_in_one_line():
+    from voxfit.exceptions import InputError
+    from voxfit.inference.rft_fit import check_volume
+    from voxfit.io.geometry import ArrayGeometry
+
+    with pytest.raises(InputError, match="is for volumes"):
+        check_volume(ArrayGeometry(5))

@@ -33,10 +33,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._dask import run_tasks
+from .._threads import blas_single_threaded
 
 __all__ = ["GridProducts", "ResidualNeighbourSums", "neighbour_positions", "residual_neighbour_sums"]
 
 SLAB_BYTES = 32 << 20  # the float64 residuals of one slab of planes
+CHUNK = 1024  # voxels whose residuals are formed at once (in cache)
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,29 +100,39 @@ class _SlabProblem:
 
     basis: NDArray[np.float64]
     whitening: NDArray[np.float64] | None
-    mask: NDArray[np.bool_]
-    shape: tuple[int, int, int]
+    neighbours: NDArray[np.intp]  # (3, V): see neighbour_positions
     starts: NDArray[np.intp]  # the position among the mask's voxels of each plane's first voxel (nz + 1,)
 
 
 def _slab(shared, z0: int, z1: int) -> NDArray[np.float64]:
-    """The seven products at the mask's voxels of planes z0 .. z1 - 1 (a task: `shared` is the problem and the
-    data, a ColumnSource on a worker or the array in memory)."""
+    """(7, voxels) the seven products at the mask's voxels of planes z0 .. z1 - 1 (a task: `shared` is the
+    problem and the data, a ColumnSource on a worker or the array in memory). The residuals of those planes and
+    the next are formed in float64, transposed so that each voxel's series is contiguous; a row of NaN stands
+    for the neighbours outside the mask."""
     problem, Y = shared
-    nx, ny, nz = problem.shape
-    top = min(z1 + 1, nz)  # with the next plane
-    a, b = int(problem.starts[z0]), int(problem.starts[top])
-    Yb = np.asarray(Y[:, a:b], dtype=np.float64)
-    if problem.whitening is not None:
-        Yb = problem.whitening @ Yb
-    E = Yb - problem.basis @ (problem.basis.T @ Yb)
-    E[:, ~np.isfinite(E).all(axis=0)] = np.nan
-    planes = z1 - z0 + 1  # with the next plane (NaN beyond the grid's last)
-    dense = np.full((E.shape[0], planes * ny * nx), np.nan)
-    local = problem.mask[z0 * nx * ny : top * nx * ny]
-    dense[:, np.flatnonzero(local)] = E
-    P = _grid_products(dense.reshape(E.shape[0], planes, ny, nx))
-    return P.reshape(7, -1)[:, np.flatnonzero(problem.mask[z0 * nx * ny : z1 * nx * ny])]
+    nz = problem.starts.size - 1
+    a, own, b = (int(problem.starts[z]) for z in (z0, z1, min(z1 + 1, nz)))
+    E = np.empty((b - a + 1, problem.basis.shape[0]))
+    Q, Qt = problem.basis, problem.basis.T.copy()
+    W = None if problem.whitening is None else problem.whitening.T.copy()
+    for c in range(0, b - a, CHUNK):  # a chunk of voxels' series in cache for the few products
+        rows = E[c : min(c + CHUNK, b - a)]
+        rows[:] = np.asarray(Y[:, a + c : a + c + rows.shape[0]]).T
+        if W is not None:
+            rows[:] = rows @ W
+        rows -= (rows @ Q) @ Qt
+    E[-1] = np.nan
+    E[~np.isfinite(E).all(axis=1)] = np.nan  # invalid voxels: as outside the mask
+    local = np.where(problem.neighbours[:, a:own] >= 0, problem.neighbours[:, a:own] - a, b - a)
+    out = np.empty((7, own - a))
+    buffers = np.empty((3, min(CHUNK, own - a), E.shape[1]))
+    for c in range(0, own - a, CHUNK):  # the neighbours' series gathered a chunk at a time, into cached buffers
+        part = slice(c, min(c + CHUNK, own - a))
+        e = E[part]
+        gx, gy, gz = (np.take(E, local[d, part], axis=0, out=buffers[d, : e.shape[0]]) for d in range(3))
+        for k, (u, w) in enumerate(((e, e), (e, gx), (e, gy), (e, gz), (gx, gy), (gx, gz), (gy, gz))):
+            out[k, part] = np.einsum("vt,vt->v", u, w)
+    return out
 
 
 def residual_neighbour_sums(
@@ -137,13 +149,14 @@ def residual_neighbour_sums(
     n = basis.shape[0]
     per_plane = np.bincount(np.flatnonzero(mask) // (nx * ny), minlength=nz)
     starts = np.concatenate([[0], np.cumsum(per_plane)])
-    problem = _SlabProblem(np.asarray(basis, dtype=np.float64), whitening, mask, shape, starts)
-    planes = max(1, slab_bytes // (8 * n * nx * ny) - 1)
+    problem = _SlabProblem(np.asarray(basis, dtype=np.float64), whitening, neighbour_positions(mask, shape), starts)
+    planes = max(1, slab_bytes // (4 * 8 * n * max(1, int(per_plane.max()))) - 1)
     calls = [(z0, min(z0 + planes, nz)) for z0 in range(0, nz, planes)]
     if scheduler is not None and getattr(Y, "worker_reads", False):
         parts = run_tasks(scheduler, _slab, (problem, Y), calls)
     else:
-        parts = [_slab((problem, Y), z0, z1) for z0, z1 in calls]
+        with blas_single_threaded():  # many small products: one BLAS thread is the fastest (as engine.fit)
+            parts = [_slab((problem, Y), z0, z1) for z0, z1 in calls]
     P = np.concatenate(parts, axis=1)
     return ResidualNeighbourSums(P[0], P[1:4], P[4:7], shape, n, float(dof))
 

@@ -250,7 +250,7 @@ def test_fit_command_with_a_small_cap_is_read_by_the_workers(client, tmp_path, m
         )
 
 
-def test_mixed_effects_on_a_cluster_equal_local_ones(client, tmp_path):
+def test_mixed_effects_on_a_cluster_equal_local_ones(client, tmp_path, no_reserve):
     """Arrays sent a block per task, and maps in uncompressed NIfTI files read by the workers, a block each:
     the numbers of the local fit."""
     rng = np.random.default_rng(7)

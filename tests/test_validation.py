@@ -189,3 +189,14 @@ def test_mixed_outliers_table():
         assert by["power", "-20", model]["count"] < 0.2 * 20000
     power = interval(by["power", "-20", "mixed+out"]["count"], 20000)[0]
     assert power > interval(by["power", "-20", "mixed"]["count"], 20000)[1] + 0.3
+
+
+def test_rft_null_fwe():
+    """Random field theory on 300 null Gaussian fields of FWHM 3 voxels (32x32x24): voxel-level FWE at the
+    RFT threshold and cluster-level FWE (cluster-forming p < 0.001) must not exceed 0.05 (the lower end of the
+    95% interval at most 0.05; RFT is conservative at this smoothness, so no lower bound is checked)."""
+    rft_null = script("rft_null")
+    (row,) = rft_null.null_rates(fwhms=(3,), runs=300, shape=(32, 32, 24), seed=11)
+    for key in ("voxel_hits", "cluster_hits"):
+        lo, hi = interval(row[key], row["runs"])
+        assert lo <= 0.05, (key, row, lo, hi)

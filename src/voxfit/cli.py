@@ -762,6 +762,8 @@ def _run_bids(args, argv, progress) -> int:
         fitted = sum(1 for groups in result.nodes.values() for g in groups if not g.reused)
         reused = sum(1 for groups in result.nodes.values() for g in groups if g.reused)
         print(f"{fitted} node groups fitted, {reused} unchanged, {len(result.failures)} failed: {result.out_dir}")
+        if args.report:
+            print(f"reports: {Path(result.out_dir) / 'index.html'}")
     for failure in result.failures:
         print(f"voxfit: failed: {failure}", file=sys.stderr)
     return 0 if result.ok else 2

@@ -206,6 +206,10 @@ def run(
     study = _Study(graph, model, settings, execution, out_dir, force, command, layout)
     study.fit_runs(runs)
     study.fit_higher()
+    if report:  # from the records just written, in this process, once each (see voxfit.bids.report)
+        from .report import write_study_reports
+
+        write_study_reports(out_dir, failures=study.failures, progress=execution.progress)
     result = StudyResult(out_dir, model_file, {k: tuple(v) for k, v in study.results.items()}, tuple(study.failures))
     return result
 
@@ -241,7 +245,9 @@ def _run_iv(
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     noise_order(noise)
     if report:
-        raise InputError("--report is not available for voxfit bids yet; drop it (voxfit report OUTDIR reads a fit).")
+        from .report import check_matplotlib
+
+        check_matplotlib()  # known before the fits, not after them
     if smoothing:
         raise InputError("--smoothing is not available for voxfit bids yet; smooth before, or drop it.")
     if smoothing is not None:
@@ -504,7 +510,10 @@ class _Study:
                     "noise_details": {"model": "OLS" if self.settings.noise == "ols" else self.settings.noise},
                     "scaling": self.settings.scaling,
                     "p": "one-sided upper tail for t; z has the same upper-tail probability",
-                    "bids": self.bids_record(node, entity, checksum, outputs),
+                    "bids": {  # (with the design's settings, which the study's report shows)
+                        **self.bids_record(node, entity, checksum, outputs),
+                        "design": {k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from")},
+                    },
                 },
                 run=out.run_record(),
             )
@@ -671,6 +680,9 @@ class _Study:
                         "variance": str(folder / map_name(prefix, label, "variance", ext)),
                         "dof": dof,
                     }
+            from ..design import write_design
+
+            write_design(out.path(record_path.name.removesuffix("model.json") + "design.tsv"), Xv, names)
             self.write_group_record(
                 out,
                 record_path.name,

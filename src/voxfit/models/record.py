@@ -139,10 +139,12 @@ class ModelRecord:
 
     @classmethod
     def read(cls, path) -> ModelRecord:
-        """The record of an output folder, or of a ``model.json`` file; an InputError if there is none or it is
-        not one. Files written before ``model_kind`` existed are read by their keys (see :func:`_kind`)."""
+        """The record of an output folder, or of a ``model.json`` file (or ``<entities>_model.json``, as a study's
+        node groups name theirs); an InputError if there is none or it is not one. Files written before
+        ``model_kind`` existed are read by their keys (see :func:`_kind`)."""
         path = Path(path)
-        folder, path = (path.parent, path) if path.name == FILE and not path.is_dir() else (path, path / FILE)
+        named = path.name == FILE or path.name.endswith(f"_{FILE}")
+        folder, path = (path.parent, path) if named and not path.is_dir() else (path, path / FILE)
         if not path.is_file():
             raise InputError(f"{folder} holds no {FILE}; give the output folder of a finished voxfit fit or group run.")
         try:

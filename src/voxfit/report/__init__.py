@@ -1,5 +1,17 @@
 """Self-contained HTML reports of finished output folders (matplotlib figures; ``pip install 'voxfit[report]'``)."""
 
-from ._page import build_report, write_report
+from ._page import Sections, build_report, html_page, html_table, report_sections, write_report
+from ._results import Contrast, DesignView, Results, read_map
 
-__all__ = ["build_report", "write_report"]
+__all__ = [
+    "Contrast",
+    "DesignView",
+    "Results",
+    "Sections",
+    "build_report",
+    "html_page",
+    "html_table",
+    "read_map",
+    "report_sections",
+    "write_report",
+]

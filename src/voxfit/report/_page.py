@@ -22,7 +22,7 @@ from . import _figures as fig
 from ._peaks import MAXIMA_PER_CLUSTER, MIN_DISTANCE_MM, local_maxima, spaced_maxima
 from ._results import Contrast, Results, Threshold, read_results
 
-__all__ = ["write_report"]
+__all__ = ["Sections", "build_report", "html_page", "html_table", "report_sections", "write_report"]
 
 MOSAIC_SLICES = 12
 TOP_PEAKS = 10
@@ -65,7 +65,7 @@ def _in_memory(record: dict) -> str:
     return f"{record.get('source', '')} ({record.get('type', '')}, shape {tuple(record.get('shape', ()))})"
 
 
-def _table(rows: list[dict], limit: int | None = None) -> str:
+def html_table(rows: list[dict], limit: int | None = None) -> str:
     if not rows:
         return "<p>None.</p>"
     more = ""
@@ -314,7 +314,7 @@ def _maxima_table(heading: str, rows: list[dict], th: Threshold, neighbours: str
             again = row["cluster"] == previous
             listed.append({k: "" if again and k in ("cluster", unit, "mm³") else v for k, v in row.items()})
             previous = row["cluster"]
-    table = _table(listed)
+    table = html_table(listed)
     more = (rows[-1]["cluster"] if rows else 0) - TABLE_ROWS  # every cluster has a maximum: the last is the count
     if more > 0:
         table += f"<p>{more:,} more clusters not listed (smaller).</p>"
@@ -416,8 +416,8 @@ def _cifti_structures(geometry: CiftiGeometry, th: Threshold) -> list[dict]:
 # ---------------------------------------------------------------- the page
 
 
-def _design_section(res: Results) -> str:
-    parts = ["<section id='design'><h2>Design</h2>"]
+def _design_section(res: Results, anchor: str = "") -> str:
+    parts = [f"<section id='{_e(anchor)}design'><h2>Design</h2>"]
     for d in res.designs:
         n, p = d.X.shape
         unit = "map" if res.level == "group" else "scan"
@@ -444,7 +444,7 @@ def _design_section(res: Results) -> str:
                 }
                 for k, v in vif.items()
             ]
-            parts.append("<h3>Variance inflation of the regressors of interest</h3>" + _table(rows))
+            parts.append("<h3>Variance inflation of the regressors of interest</h3>" + html_table(rows))
         if res.level != "group" and d.of_interest:
             parts.append(
                 "<h3>Regressors of interest over time</h3>"
@@ -454,9 +454,9 @@ def _design_section(res: Results) -> str:
     return "".join(parts)
 
 
-def _contrast_section(res: Results, c: Contrast, th: Threshold, draw) -> str:
+def _contrast_section(res: Results, c: Contrast, th: Threshold, draw, anchor: str = "") -> str:
     parts = [
-        f"<section id='contrast-{_e(c.file_label)}'><h2>Contrast {_e(c.label)} ({_e(c.kind)})</h2>",
+        f"<section id='{_e(anchor)}contrast-{_e(c.file_label)}'><h2>Contrast {_e(c.label)} ({_e(c.kind)})</h2>",
         f"<p>Expression: <code>{_e(c.expression)}</code></p>",
     ]
     if c.weights is not None and res.designs and c.weights.shape[1] == len(res.designs[0].names):
@@ -480,7 +480,7 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw) -> str:
         threshold = res.model.get("settings", {}).get("cluster_threshold")
         parts.append(
             f"<h3>Clusters of the run at {_e(c.kind)} > {_e(threshold)} ({_e(table.name)})</h3>"
-            + _table(_read_tsv(table), TABLE_ROWS)
+            + html_table(_read_tsv(table), TABLE_ROWS)
         )
     parts.append("</section>")
     return "".join(parts)
@@ -522,12 +522,12 @@ def _inputs(inputs: list[dict]) -> str:
         {"path": i.get("path") or _in_memory(i), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")} for i in inputs
     ]
     if len(rows) <= LIST_ITEMS:
-        return _table(rows)
+        return html_table(rows)
     total = sum(r["bytes"] for r in rows if isinstance(r["bytes"], int))
     return (
         f"<p>{len(rows):,} files, {total:,} bytes in all; the first and the last:</p>"
-        + _table([rows[0], {"path": f"… {len(rows) - 2:,} more …"}, rows[-1]])
-        + f"<details><summary>all {len(rows):,} input files</summary>{_table(rows)}</details>"
+        + html_table([rows[0], {"path": f"… {len(rows) - 2:,} more …"}, rows[-1]])
+        + f"<details><summary>all {len(rows):,} input files</summary>{html_table(rows)}</details>"
     )
 
 
@@ -603,6 +603,135 @@ def _image_elements(path) -> int:
         return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Sections:
+    """The parts of a report on one :class:`Results`: notes for the page's header (how maps are drawn, over
+    what), the design's section ('' without a design) and one section per contrast."""
+
+    notes: tuple[str, ...]
+    design: str
+    contrasts: tuple[str, ...]
+
+
+def _connectivity(res: Results) -> int:
+    """Neighbours of a voxel in the tables of clusters: group clusters as the run formed them, first-level ones
+    with corner neighbours (as FSL's cluster)."""
+    return int(res.model.get("settings", {}).get("connectivity") or 26) if res.level == "group" else 26
+
+
+def report_sections(
+    res: Results,
+    *,
+    background=None,
+    mesh=None,
+    p_threshold: float | None = None,
+    anchor: str = "",
+    step=None,
+) -> Sections:
+    """The design and contrast sections of the report on `res` (see :func:`write_report` for `background`,
+    `mesh` and `p_threshold`), with `anchor` before the sections' ids (several results on one page);
+    ``step()`` is called after each contrast."""
+    draw, notes = _drawer(res, background, mesh)
+    design = _design_section(res, anchor) if res.designs else ""
+    contrasts = []
+    for c in res.contrasts:
+        contrasts.append(_contrast_section(res, c, res.threshold(c, p_threshold), draw, anchor))
+        if step is not None:
+            step()
+    return Sections(tuple(notes), design, tuple(contrasts))
+
+
+def _drawer(res: Results, background, mesh):
+    """How the contrasts' maps are drawn for the geometry of `res` (``draw(threshold) -> html``), and the
+    notes that say so."""
+    geometry = res.geometry
+    mesh = mesh if mesh is not None else res.model.get("settings", {}).get("mesh")
+    connectivity = _connectivity(res)
+    notes = []
+    if isinstance(geometry, VolumeGeometry):
+        vol = _Volume(geometry)
+        bg, bg_name = vol.background(res, background)
+        notes.append(f"Volumes are drawn in RAS orientation (the brain's left on the left), over {bg_name}.")
+        if vol.obliquity > 0.5:
+            notes.append(
+                f"The voxel grid is oblique ({vol.obliquity:.0f}° off the axes): slices follow the grid, not "
+                "the scanner's axes; positions in mm are exact."
+            )
+
+        def draw(th):
+            return _volume_part(vol, bg, th, res.mask, connectivity) if th.shown.any() else ""
+
+        return draw, notes
+    if isinstance(geometry, SurfaceGeometry) and mesh is not None and Path(mesh).is_file():
+        coords, faces = read_mesh(mesh, geometry.n_vertices)
+        notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
+
+        def draw(th):
+            return _surface_part(coords, faces, th) if th.shown.any() else ""
+
+        return draw, notes
+    if isinstance(geometry, SurfaceGeometry):
+        notes.append(
+            "No surface mesh was given (voxfit report --mesh lh.pial.surf.gii), so surface maps are shown "
+            "as distributions with their largest values by vertex."
+        )
+    what = "vertex" if isinstance(geometry, SurfaceGeometry) else "element"
+
+    voxels = _cifti_voxels(geometry) if isinstance(geometry, CiftiGeometry) else None
+    if voxels is not None:
+        notes.append(
+            "The CIFTI file's voxels are drawn in RAS orientation "
+            "over their mask; its surface vertices as distributions."
+        )
+
+    if isinstance(geometry, SurfaceGeometry):
+        no_slices = "No slices or views: surface maps are drawn on a mesh (--mesh)."
+    elif isinstance(geometry, CiftiGeometry):
+        no_slices = "" if voxels is not None else "No slices: the CIFTI file holds surface vertices only."
+    else:
+        no_slices = "No slices: the data have no voxel grid."
+
+    def draw(th):
+        out = f"<p>{_e(no_slices)}</p>" if no_slices and th.shown.any() else ""
+        out += _img(
+            fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name),
+            f"distribution of {th.stat_name}",
+        )
+        if isinstance(geometry, CiftiGeometry):
+            out += "<h3>Structures</h3>" + html_table(_cifti_structures(geometry, th))
+            if voxels is not None:  # the volume part: slices and clusters as for a volume
+                vol, index, flat = voxels
+                grid = dataclasses.replace(
+                    th,
+                    stat=_scatter(flat, th.stat[index], vol, np.nan),
+                    shown=_scatter(flat, th.shown[index], vol, False),
+                    columns={k: _scatter(flat, v[index], vol, np.nan) for k, v in th.columns.items()},
+                )
+                mask = _scatter(flat, res.mask[index], vol, False)
+                if grid.shown.any():
+                    out += _volume_part(
+                        vol, vol.grid(mask.astype(float)), grid, mask, 26, "Clusters of the voxels", "voxels"
+                    )
+            return out
+        return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + html_table(_top_elements(th, what))
+
+    return draw, notes
+
+
+def html_page(title: str, lines, links, body: str, meta: dict | None = None) -> str:
+    """A whole self-contained page: the report's style, a header with `title`, the text `lines` and the
+    `links` (HTML ``<a>`` elements), and `body` (HTML) as its main part; `meta` as ``<meta name content>``."""
+    extra = "".join(f"<meta name='{_e(k)}' content='{_e(v)}'>" for k, v in (meta or {}).items())
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width'>{extra}"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{_e(title)}</h1>"
+        + "".join(f"<p>{_e(n)}</p>" for n in lines)
+        + f"<nav>{''.join(links)}</nav></header><main>{body}</main></body></html>"
+    )
+
+
 def build_report(
     folder,
     *,
@@ -618,14 +747,11 @@ def build_report(
     if p_threshold is not None and not 0 < p_threshold < 1:
         raise InputError(f"the report's p threshold must lie between 0 and 1; got {p_threshold!r}.")
     geometry = res.geometry
-    mesh = mesh if mesh is not None else res.model.get("settings", {}).get("mesh")
     bar = Progress("report", 2 + len(res.contrasts), enabled=progress)
-    notes = []
-    # group clusters as the run formed them; first-level ones with corner neighbours (as FSL's cluster)
-    connectivity = int(res.model.get("settings", {}).get("connectivity") or 26) if res.level == "group" else 26
     if cap is not None:
         voxels = int(np.count_nonzero(res.mask))
-        need = report_memory(geometry.n_elements, voxels, connectivity if isinstance(geometry, VolumeGeometry) else 6)
+        connectivity = _connectivity(res) if isinstance(geometry, VolumeGeometry) else 6
+        need = report_memory(geometry.n_elements, voxels, connectivity)
         if background is not None and isinstance(geometry, VolumeGeometry):  # read whole, as float64, then resampled
             need += 16 * _image_elements(background)
         if need > cap:
@@ -636,94 +762,22 @@ def build_report(
                 "the background); give at "
                 f"least {size_text(need)}."
             )
-    if isinstance(geometry, VolumeGeometry):
-        vol = _Volume(geometry)
-        bg, bg_name = vol.background(res, background)
-        notes.append(f"Volumes are drawn in RAS orientation (the brain's left on the left), over {bg_name}.")
-        if vol.obliquity > 0.5:
-            notes.append(
-                f"The voxel grid is oblique ({vol.obliquity:.0f}° off the axes): slices follow the grid, not "
-                "the scanner's axes; positions in mm are exact."
-            )
-
-        def draw(th):
-            return _volume_part(vol, bg, th, res.mask, connectivity) if th.shown.any() else ""
-    elif isinstance(geometry, SurfaceGeometry) and mesh is not None and Path(mesh).is_file():
-        coords, faces = read_mesh(mesh, geometry.n_vertices)
-        notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
-
-        def draw(th):
-            return _surface_part(coords, faces, th) if th.shown.any() else ""
-    else:
-        if isinstance(geometry, SurfaceGeometry):
-            notes.append(
-                "No surface mesh was given (voxfit report --mesh lh.pial.surf.gii), so surface maps are shown "
-                "as distributions with their largest values by vertex."
-            )
-        what = "vertex" if isinstance(geometry, SurfaceGeometry) else "element"
-
-        voxels = _cifti_voxels(geometry) if isinstance(geometry, CiftiGeometry) else None
-        if voxels is not None:
-            notes.append(
-                "The CIFTI file's voxels are drawn in RAS orientation "
-                "over their mask; its surface vertices as distributions."
-            )
-
-        if isinstance(geometry, SurfaceGeometry):
-            no_slices = "No slices or views: surface maps are drawn on a mesh (--mesh)."
-        elif isinstance(geometry, CiftiGeometry):
-            no_slices = "" if voxels is not None else "No slices: the CIFTI file holds surface vertices only."
-        else:
-            no_slices = "No slices: the data have no voxel grid."
-
-        def draw(th):
-            out = f"<p>{_e(no_slices)}</p>" if no_slices and th.shown.any() else ""
-            out += _img(
-                fig.histogram(th.stat[res.mask], th.shown[res.mask], th.level, th.stat_name),
-                f"distribution of {th.stat_name}",
-            )
-            if isinstance(geometry, CiftiGeometry):
-                out += "<h3>Structures</h3>" + _table(_cifti_structures(geometry, th))
-                if voxels is not None:  # the volume part: slices and clusters as for a volume
-                    vol, index, flat = voxels
-                    grid = dataclasses.replace(
-                        th,
-                        stat=_scatter(flat, th.stat[index], vol, np.nan),
-                        shown=_scatter(flat, th.shown[index], vol, False),
-                        columns={k: _scatter(flat, v[index], vol, np.nan) for k, v in th.columns.items()},
-                    )
-                    mask = _scatter(flat, res.mask[index], vol, False)
-                    if grid.shown.any():
-                        out += _volume_part(
-                            vol, vol.grid(mask.astype(float)), grid, mask, 26, "Clusters of the voxels", "voxels"
-                        )
-                return out
-            return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + _table(_top_elements(th, what))
-
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     model = (res.model.get("settings") or {}).get("model") if res.level == "group" else None
     level = f"{res.level} ({model} effects)" if model in ("mixed", "fixed") else res.level
     title = f"voxfit report: {level}, {res.folder.resolve().name}"
-    sections = [_design_section(res)] if res.designs else []
-    bar.update(1)
-    for n, c in enumerate(res.contrasts, 2):
-        sections.append(_contrast_section(res, c, res.threshold(c, p_threshold), draw))
-        bar.update(n)
-    sections.append(_settings_section(res, generated))
+    done = iter(range(2, len(res.contrasts) + 2))
+    parts = report_sections(
+        res, background=background, mesh=mesh, p_threshold=p_threshold, step=lambda: bar.update(next(done))
+    )
+    sections = [parts.design, *parts.contrasts, _settings_section(res, generated)]
     bar.update(len(res.contrasts) + 2)
     bar.close()
     links = ["<a href='#design'>design</a>"] if res.designs else []
     links += [f"<a href='#contrast-{_e(c.file_label)}'>{_e(c.label)}</a>" for c in res.contrasts]
     links.append("<a href='#settings'>settings</a>")
     summary = f"{_rows(res)} × {int(res.mask.sum()):,} elements ({geometry.kind})"
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' "
-        f"content='width=device-width'><title>{_e(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{_e(title)}</h1><p>{_e(summary)}; {len(res.contrasts)} contrast(s).</p>"
-        + "".join(f"<p>{_e(n)}</p>" for n in notes)
-        + f"<nav>{''.join(links)}</nav></header><main>{''.join(sections)}</main></body></html>"
-    )
+    return html_page(title, [f"{summary}; {len(res.contrasts)} contrast(s).", *parts.notes], links, "".join(sections))
 
 
 def write_report(

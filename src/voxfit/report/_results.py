@@ -22,7 +22,7 @@ from ..io.geometry import Geometry
 from ..io.readers import open_map
 from ..models.record import ModelRecord
 
-__all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_results"]
+__all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_map", "read_results"]
 
 
 @dataclass

@@ -7,34 +7,43 @@ import numpy.testing as npt
 import pytest
 
 from voxfit import load
+from voxfit._execution import Execution
 from voxfit.core import factorize
-from voxfit.engine.smoothness import neighbour_positions, residual_neighbour_sums
+from voxfit.engine.smoothness import neighbour_sums
 from voxfit.engine.streaming import fit_streaming
+from voxfit.inference.rft import NeighbourSums, neighbour_index
 
 from .imaging import AFFINE
 
 
-def brute_neighbour_sums(E, mask, shape):
-    """The seven inner products by a loop over the voxels and their neighbours (x-fastest flat order)."""
-    nx, ny, nz = shape
-    index = np.flatnonzero(mask)
-    where = {int(f): k for k, f in enumerate(index)}
-    out = np.full((7, index.size), np.nan)
-    for k, f in enumerate(index):
-        x, y, z = f % nx, (f // nx) % ny, f // (nx * ny)
-
-        def at(dx, dy, dz):
-            a, b, c = x + dx, y + dy, z + dz
-            if a >= nx or b >= ny or c >= nz:
-                return None
-            return where.get(a + nx * (b + ny * c))
-
-        own, px, py, pz = k, at(1, 0, 0), at(0, 1, 0), at(0, 0, 1)
-        pairs = [(own, own), (own, px), (own, py), (own, pz), (px, py), (px, pz), (py, pz)]
-        for j, (a, b) in enumerate(pairs):
+def brute_neighbour_sums(E, mask3d):
+    """NeighbourSums by a loop over the voxels and their clamped +x, +y, +z neighbours (x-fastest order)."""
+    X, Y, Z = mask3d.shape
+    flat = np.flatnonzero(mask3d.ravel(order="F"))
+    where = {int(f): k for k, f in enumerate(flat)}
+    rss, total, cross = np.zeros(flat.size), np.zeros(flat.size), np.zeros((flat.size, 6))
+    for k, f in enumerate(flat):
+        x, y, z = f % X, (f // X) % Y, f // (X * Y)
+        px = where.get(min(x + 1, X - 1) + X * (y + Y * z))
+        py = where.get(x + X * (min(y + 1, Y - 1) + Y * z))
+        pz = where.get(x + X * (y + Y * min(z + 1, Z - 1)))
+        rss[k], total[k] = E[:, k] @ E[:, k], E[:, k].sum()
+        for j, (a, b) in enumerate([(k, px), (k, py), (k, pz), (px, py), (px, pz), (py, pz)]):
             if a is not None and b is not None:
-                out[j, k] = E[:, a] @ E[:, b]
-    return out
+                cross[k, j] = E[:, a] @ E[:, b]
+    return NeighbourSums(rss, total, cross, E.shape[0])
+
+
+def assert_sums_equal(got, want):
+    """Equal to 1e-10 relative to the largest sum of squares (products of neighbours can be near 0)."""
+    assert got.n_maps == want.n_maps
+    atol = 1e-10 * np.abs(want.rss).max()
+    for name in ("rss", "total", "cross"):
+        npt.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-10, atol=atol, err_msg=name)
+
+
+def volume(masker, shape):
+    return masker.mask.reshape(shape, order="F")
 
 
 def smooth_run(rng, shape=(9, 8, 7), n=40):
@@ -49,20 +58,29 @@ def smooth_run(rng, shape=(9, 8, 7), n=40):
     return data, X
 
 
-def stacked(sums):
-    return np.vstack([sums.ss[None], sums.cross, sums.among])
-
-
-@pytest.mark.parametrize("slab_bytes", [1, 1 << 30])
-def test_in_memory_neighbour_sums_equal_the_kept_residuals(rng, slab_bytes):
+@pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_memory_neighbour_sums_equal_the_kept_residuals(rng, n_jobs, dtype):
     data, X = smooth_run(rng)
-    ds = load(nib.Nifti1Image(data.astype(np.float32), AFFINE), mask_threshold=None)
-    design = factorize(X)
+    ds = load(nib.Nifti1Image(data.astype(dtype), AFFINE), mask_threshold=None)
     Y = np.asarray(ds.data, dtype=np.float64)
     E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
-    shape = data.shape[:3]
-    got = residual_neighbour_sums(ds.data, design.basis, ds.masker.mask, shape, dof=design.dof, slab_bytes=slab_bytes)
-    npt.assert_allclose(stacked(got), brute_neighbour_sums(E, ds.masker.mask, shape), rtol=1e-10, atol=1e-10)
+    mask3d = volume(ds.masker, data.shape[:3])
+    got = neighbour_sums(ds.data, factorize(X).basis, mask3d, n_jobs=n_jobs)
+    want = brute_neighbour_sums(E, mask3d)
+    assert_sums_equal(got, want)
+    assert_sums_equal(NeighbourSums.from_residuals(E, mask3d), want)  # rft's own route agrees
+
+
+def test_neighbour_sums_without_a_constant_in_the_design_and_with_holes_in_the_mask(rng):
+    """No shift when the design does not span the constant; voxels next to holes and on every edge of the grid."""
+    data, X = smooth_run(rng, shape=(6, 5, 4), n=30)
+    X = X[:, :2]
+    mask3d = rng.random(data.shape[:3]) > 0.25
+    Y = data.reshape(-1, data.shape[3], order="F")[mask3d.ravel(order="F")].T.astype(np.float32)
+    E = Y - X @ np.linalg.lstsq(X, Y.astype(np.float64), rcond=None)[0]
+    got = neighbour_sums(Y, factorize(X).basis, mask3d)
+    assert_sums_equal(got, brute_neighbour_sums(E, mask3d))
 
 
 @pytest.mark.parametrize("order", [0, 1])
@@ -74,15 +92,8 @@ def test_streamed_neighbour_sums_equal_the_kept_residuals(tmp_path, rng, order, 
     res = fit_streaming(path, X, {"a": [1.0, 0, 0]}, order=order, scans_per_slab=scans_per_slab, smoothness=True)
     Y = np.asarray(load(path, mask_threshold=None).data, dtype=np.float64)
     E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]  # AR models: the OLS residuals
-    want = brute_neighbour_sums(E, res.masker.mask, data.shape[:3])
-    npt.assert_allclose(stacked(res.neighbour_sums), want, rtol=1e-10, atol=1e-9)
-
-
-def test_neighbour_positions_off_the_grid_and_outside_the_mask():
-    mask = np.ones(2 * 2 * 2, dtype=bool)
-    mask[1] = False  # (1, 0, 0)
-    nbr = neighbour_positions(mask, (2, 2, 2))
-    assert nbr[:, 0].tolist() == [-1, 1, 3]  # +x outside the mask, +y is voxel 2 (flat 2), +z flat 4
+    want = brute_neighbour_sums(E, volume(res.masker, data.shape[:3]))
+    assert_sums_equal(res.neighbour_sums, want)
 
 
 @pytest.mark.parametrize("noise", ["ols", "ar1", "ar1-global"])
@@ -97,15 +108,14 @@ def test_fit_routes_collect_the_residuals_they_state(rng, noise):
     nf = fit_noise_model(X, ds.data, names, [("a", [1.0, 0, 0])], noise, kinds=("condition", "condition", "drift"))
     order = {"ols": 0, "ar1": 1, "ar1-global": -1}[noise]
     model = FirstLevelModel(X, names, (), [], factorize(X), order)
-    got = _neighbour_sums(model, ds.data, nf, ds.masker, None)
+    got = _neighbour_sums(model, ds.data, nf, ds.masker, Execution())
     Y = np.asarray(ds.data, dtype=np.float64)
     if noise == "ar1-global":
         Yw, Xw = nf.whitening @ Y, nf.fit.design.X
         E = Yw - Xw @ np.linalg.lstsq(Xw, Yw, rcond=None)[0]
     else:
         E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
-    want = brute_neighbour_sums(E, ds.masker.mask, data.shape[:3])
-    npt.assert_allclose(stacked(got), want, rtol=1e-10, atol=1e-10)
+    assert_sums_equal(got, brute_neighbour_sums(E, volume(ds.masker, data.shape[:3])))
 
 
 def test_rft_options_are_checked_and_loose_cluster_thresholds_warn():

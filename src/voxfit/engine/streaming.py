@@ -35,7 +35,7 @@ from ..io import check_design_rows, Masker, ScaledArray, explicit_mask, open_rea
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
 from .ar import ARMaps
 from .fit import fit as fit_in_memory
-from .smoothness import GridProducts, ResidualNeighbourSums
+from .smoothness import GridProducts
 
 __all__ = ["StreamedFit", "fit_streaming", "streaming_bytes"]
 
@@ -138,7 +138,7 @@ class StreamedFit:
     ar_coef: NDArray | None
     masker: Masker
     mean: NDArray
-    neighbour_sums: ResidualNeighbourSums | None = None
+    neighbour_sums: object | None = None  # voxfit.inference.rft.NeighbourSums, with `smoothness`
 
 
 @dataclass(frozen=True, eq=False)
@@ -221,13 +221,13 @@ def fit_streaming(
     return StreamedFit(fit, stats, None, accumulated.masker, mean, neighbours)
 
 
-def _neighbour_sums(accumulated: _Pass, grid: GridProducts, design) -> ResidualNeighbourSums:
+def _neighbour_sums(accumulated: _Pass, grid: GridProducts, design):
     """The OLS residuals' neighbour sums from the grid's data products and the projections Q'y the pass summed
     (NaN at the voxels without sums)."""
     c = np.full((design.rank, accumulated.masker.n_voxels), np.nan)
     lagged = accumulated.sums.lagged[0]
     c[:, accumulated.targets] = lagged if accumulated.kept is None else lagged[:, accumulated.kept]
-    return grid.residual_sums(accumulated.masker.mask, c, design.dof, design.n_scans)
+    return grid.residual_sums(accumulated.masker.mask, c, design.basis)
 
 
 def _accumulate(

@@ -23,7 +23,7 @@ from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
-from ..engine.smoothness import ResidualNeighbourSums, residual_neighbour_sums
+from ..engine.smoothness import neighbour_sums
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..io import (
@@ -286,7 +286,7 @@ def fit_images(
             data = dataset.data if scaling == "none" else scale_data(dataset.data, scaling, dataset.globals)
             noise_fit = fit_noise_model(model.X, data, model.names, model.items, noise, execution, model.kinds)
             mean = None if out is None else _mean_image(dataset.data, scheduler)
-            neighbours = None if rft is None else _neighbour_sums(model, data, noise_fit, dataset.masker, scheduler)
+            neighbours = None if rft is None else _neighbour_sums(model, data, noise_fit, dataset.masker, execution)
             fitted = _Fitted(noise_fit, dataset, mean, neighbours)
         t_fit = time.perf_counter()
         files: list[Path] = []
@@ -375,7 +375,7 @@ class _Fitted:
     noise: NoiseFit
     dataset: Dataset
     mean: np.ndarray | None
-    neighbours: ResidualNeighbourSums | None = None  # the residuals' neighbour sums (with rft)
+    neighbours: object | None = None  # the residuals' voxfit.inference.rft.NeighbourSums (with rft)
 
 
 def write_design_files(out, prefix: str, X, names, kinds, tr=None) -> None:
@@ -453,16 +453,20 @@ def _fit_streamed(
     return _Fitted(noise_fit, dataset, streamed.mean, streamed.neighbour_sums)
 
 
-def _neighbour_sums(model: FirstLevelModel, data, noise_fit: NoiseFit, masker: Masker, scheduler):
-    """The neighbour sums of the fit's residuals (see ``voxfit.engine.smoothness``): OLS and ar1-global their
+def _neighbour_sums(model: FirstLevelModel, data, noise_fit: NoiseFit, masker: Masker, execution: Execution):
+    """The NeighbourSums of the fit's residuals (see ``voxfit.engine.smoothness``): OLS and ar1-global their
     own (ar1-global's whitened), AR(p) per voxel the OLS residuals of the design; on the Dask workers when they
     read the data."""
     check_volume(masker.geometry)
-    basis = model.factor.basis if model.order > 0 else noise_fit.fit.design.basis
-    shape = masker.geometry.shape
-    dof = model.factor.dof if model.order > 0 else noise_fit.fit.dof
-    return residual_neighbour_sums(
-        data, basis, masker.mask, shape, dof=dof, whitening=noise_fit.whitening, scheduler=scheduler
+    basis = model.factor.basis if model.order >= 0 else noise_fit.fit.design.basis
+    mask = masker.mask.reshape(masker.geometry.shape, order="F")
+    return neighbour_sums(
+        data,
+        basis,
+        mask,
+        whitening=noise_fit.whitening,
+        n_jobs=execution.n_jobs,
+        scheduler=execution.scheduler,
     )
 
 

@@ -11,7 +11,7 @@ from voxfit._execution import Execution
 from voxfit.core import factorize
 from voxfit.engine.smoothness import neighbour_sums
 from voxfit.engine.streaming import fit_streaming
-from voxfit.inference.rft import NeighbourSums, neighbour_index
+from voxfit.inference.rft import NeighbourSums
 
 from .imaging import AFFINE
 

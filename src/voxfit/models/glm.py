@@ -44,7 +44,6 @@ from ..io import (
     stat_maps,
     statmap_name,
 )
-from ..inference.rft_fit import check_volume, rft_inference
 from ._routing import MEMORY, STREAM, WORKERS, Route, choose_route, first_level_needs, noise_order
 from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
 
@@ -241,6 +240,8 @@ def fit_images(
         inputs = check_data(inputs, "inputs")
     model = _first_level_model(design, contrasts, mask, noise, scaling, nuisance)
     if rft is not None and route is not None and route.reader is not None:
+        from ..inference.rft_fit import check_volume
+
         check_volume(route.reader.geometry)
     if model.factor.dof > 0:  # the t -> z table is prepared while the data are read
         threading.Thread(target=t_to_z, args=(np.zeros(1), float(model.factor.dof)), daemon=True).start()
@@ -290,15 +291,10 @@ def fit_images(
             fitted = _Fitted(noise_fit, dataset, mean, neighbours)
         t_fit = time.perf_counter()
         files: list[Path] = []
-        inferred = (
-            None
-            if rft is None
-            else rft_inference(fitted.noise.contrasts, fitted.dataset.masker, fitted.neighbours, rft)
-        )
+        inferred = None if rft is None else _rft_inference(fitted, model, rft)
         if out is not None:
             _write_maps(out, fitted, model, design, execution.n_jobs)
-            if inferred is not None:
-                inferred.write(out, n_jobs=execution.n_jobs)
+            tables = {} if inferred is None else write_rft(out, inferred, fitted.dataset.masker)
             threshold = resolve_mask_threshold(
                 mask_threshold, fitted.dataset.masker.geometry, explicit=mask is not None
             )
@@ -317,7 +313,7 @@ def fit_images(
                     "scaling": scaling,
                     "p": "one-sided upper tail for t; z has the same upper-tail probability",
                 },
-                inference=None if inferred is None else inferred.record(),
+                inference=None if inferred is None else rft_record(inferred, tables),
                 run=out.run_record(load_s=t_load - start, fit_s=t_fit - t_load),
             ).write(out)
             files = out.commit()
@@ -453,10 +449,69 @@ def _fit_streamed(
     return _Fitted(noise_fit, dataset, streamed.mean, streamed.neighbour_sums)
 
 
+def _rft_inference(fitted: _Fitted, model: FirstLevelModel, options):
+    """``--inference rft`` on a first-level fit: OLS and ar1-global t and F fields, AR(p) per voxel Z fields."""
+    from ..inference.rft_fit import rft_inference
+
+    nf = fitted.noise
+    residuals = {
+        0: "the OLS residuals",
+        -1: "SPM's whitened residuals (W y less its fit on W X)",
+    }.get(model.order, "the OLS residuals of the same design (AR(p) per voxel; see voxfit.engine.smoothness)")
+    dof = nf.fit.dof if model.order <= 0 else model.factor.dof
+    return rft_inference(
+        nf.contrasts,
+        fitted.dataset.masker,
+        fitted.neighbours,
+        options,
+        n=model.factor.n_scans,
+        dof=float(dof),
+        residuals=residuals,
+        z_field=model.order > 0,
+    )
+
+
+def write_rft(out, inferred, masker) -> dict[str, dict]:
+    """The maps (``stat-rpv``; per contrast ``stat-p_desc-rftfwe`` and ``stat-logp_desc-rftfwe``) and SPM's
+    results table of each contrast (``contrast-<label>_desc-rft_table.tsv``) of an RFT inference; returns each
+    table's footer."""
+    from ..report.rft_table import results_table
+
+    ext = masker.geometry.extension
+    for stat, label, desc, values in inferred.maps():
+        masker.write(
+            out.path(statmap_name(stat, ext, label, desc=desc)), values, [stat if label is None else f"{label} {stat}"]
+        )
+    footers = {}
+    for label in inferred.contrasts:
+        table = results_table(inferred, label)
+        out.path(rft_table_name(label)).write_text(table.tsv())
+        footers[label] = table.footer
+    return footers
+
+
+def rft_table_name(label: str) -> str:
+    return f"contrast-{label}_desc-rft_table.tsv"
+
+
+def rft_record(inferred, footers: dict[str, dict]) -> dict:
+    """model.json's ``inference``: the RFT inference's record, each contrast with its table's file and footer
+    (non-finite numbers as null)."""
+    from ..inference.rft_fit import finite_or_none
+
+    record = inferred.record()
+    for label, entry in record["contrasts"].items():
+        if label in footers:
+            entry.update(table=rft_table_name(label), footer=footers[label])
+    return finite_or_none(record)
+
+
 def _neighbour_sums(model: FirstLevelModel, data, noise_fit: NoiseFit, masker: Masker, execution: Execution):
     """The NeighbourSums of the fit's residuals (see ``voxfit.engine.smoothness``): OLS and ar1-global their
     own (ar1-global's whitened), AR(p) per voxel the OLS residuals of the design; on the Dask workers when they
     read the data."""
+    from ..inference.rft_fit import check_volume
+
     check_volume(masker.geometry)
     basis = model.factor.basis if model.order >= 0 else noise_fit.fit.design.basis
     mask = masker.mask.reshape(masker.geometry.shape, order="F")

@@ -312,3 +312,28 @@ def test_voxel_level_fwe_rate_of_rft_on_smooth_null_data_is_at_most_5_percent():
     assert 2.5 < np.mean(fwhm) < 4.0  # the estimate is near the smoothing applied
     low = stats.beta.ppf(0.025, hits, reps - hits + 1) if hits else 0.0
     assert low <= 0.05, f"{hits} of {reps} realisations passed the FWE 0.05 threshold"
+
+
+def test_group_ols_rft_uses_the_group_models_residuals(tmp_path, rng):
+    import json
+
+    from voxfit.exceptions import InputError
+    from voxfit.inference.rft import estimate_smoothness, gradient_products
+    from voxfit.inference.rft_fit import check_rft_options
+    from voxfit.models.second_level import SecondLevel
+
+    data, _ = smooth_run(rng, n=14)
+    img = nib.Nifti1Image(data.astype(np.float32), AFFINE)
+    SecondLevel(rft=check_rft_options()).fit(img, tmp_path)
+    record = json.loads((tmp_path / "model.json").read_text())["inference"]
+    maps = np.asarray(data, dtype=np.float32).reshape(-1, data.shape[3], order="F").T.astype(np.float64)
+    mask = (maps != 0).all(axis=0) & np.isfinite(maps).all(axis=0)
+    E = maps[:, mask] - maps[:, mask].mean(axis=0)
+    mask3d = mask.reshape(data.shape[:3], order="F")
+    voxel_size = np.sqrt((AFFINE[:3, :3] ** 2).sum(axis=0))
+    want = estimate_smoothness(gradient_products(E, mask3d), mask3d, voxel_size, n=14, dof=13)
+    npt.assert_allclose(record["smoothness"]["fwhm_voxels"], want.fwhm, rtol=1e-9)
+    npt.assert_allclose(record["smoothness"]["resels"], want.resels, rtol=1e-9)
+    assert (tmp_path / "contrast-intercept_desc-rft_table.tsv").exists()
+    with pytest.raises(InputError, match="--model ols without --permutations"):
+        SecondLevel(rft=check_rft_options(), permutations=10).fit(img, tmp_path / "b")

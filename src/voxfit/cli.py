@@ -427,6 +427,7 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--device", metavar="DEVICE", help="cuda or cuda:N: the fit and the shuffles on a GPU (CuPy or PyTorch)"
     )
+    _rft_options(group)
     _common(group)
 
     report = sub.add_parser(
@@ -995,6 +996,7 @@ def _run_group(args, argv, progress) -> int:
         first_level_dof=_one_or_list(args.first_level_dof),
         dof=args.dof,
         outliers=args.outliers,
+        rft=_rft_of(args),
     )
     result = model.fit(inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
     if not args.quiet:

@@ -193,6 +193,7 @@ _JSON_TYPES = {  # what each field must be in a file (when present and not null)
     "design": dict,
     "runs": list,
     "n_voxels": int,
+    "inference": dict,
     "demo": dict,
 }
 

@@ -31,16 +31,19 @@ def scatter_scans(Y, col0, t0, t1, v0, v2, shift, pos, rep_src, rep_dst, base, D
 
 
 @numba.njit(**_JIT)
-def add_neighbour_products(D, own, sx, sz, v0, v1, pos, base, sums):  # pragma: no cover - compiled
+def add_neighbour_products(D, Q, own, sx, sz, v0, v1, pos, base, sums, C):  # pragma: no cover - compiled
     """Add to ``sums[v - v0]`` (v1 - v0, 8), for the voxels ``v0:v1`` at positions ``pos[v] - base < own`` of the
     dense scans `D` (k, L), ``Σ d²``, ``Σ d`` and the products of d with its +x, +y, +z neighbours (offsets 1,
-    `sx`, `sz`) and of those neighbours among themselves, in ``voxfit.inference.rft.NeighbourSums``'s order."""
+    `sx`, `sz`) and of those neighbours among themselves, in ``voxfit.inference.rft.NeighbourSums``'s order; and
+    to ``C[:, v - v0]`` (r, v1 - v0) the projections ``Q' d`` with `Q` (k, r) the basis rows of these scans."""
     k = D.shape[0]
+    r = Q.shape[1]
     v = v0
     for c0 in range(0, own, _CHUNK):
         m = min(_CHUNK, own - c0)
         a0, a1, a2, a3 = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
         a4, a5, a6, a7 = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
+        proj = np.zeros((r, m))
         for t in range(k):
             row = D[t, c0 : c0 + m + sz]
             for j in range(m):
@@ -56,6 +59,11 @@ def add_neighbour_products(D, own, sx, sz, v0, v1, pos, base, sums):  # pragma: 
                 a5[j] += gx * gy
                 a6[j] += gx * gz
                 a7[j] += gy * gz
+            for i in range(r):
+                q = Q[t, i]
+                p = proj[i]
+                for j in range(m):
+                    p[j] += q * row[j]
         while v < v1 and pos[v] - base < c0 + m:
             j = pos[v] - base - c0
             out = sums[v - v0]
@@ -67,4 +75,6 @@ def add_neighbour_products(D, own, sx, sz, v0, v1, pos, base, sums):  # pragma: 
             out[5] += a5[j]
             out[6] += a6[j]
             out[7] += a7[j]
+            for i in range(r):
+                C[i, v - v0] += proj[i, j]
             v += 1

@@ -113,7 +113,7 @@ def _slab(shared, z0: int, z1: int):
     """(data sums (voxels, 8), projections (r, voxels)) at the voxels of planes z0 .. z1 - 1 of the layout (a
     task: `shared` is the problem and the data, an array in memory or a column source on a worker). The scans
     are scattered, a chunk at a time, into a dense float64 block of the slab's planes and the next (zeros
-    outside the mask), whose products the kernel adds up and whose projections are one matrix product."""
+    outside the mask), whose products and projections the kernel adds up."""
     from ._smoothness_numba import add_neighbour_products, scatter_scans
 
     problem, Y = shared
@@ -139,16 +139,16 @@ def _slab(shared, z0: int, z1: int):
     rep_src, rep_dst = lay.rep_src[lo:hi], lay.rep_dst[lo:hi]
     n, r = block.shape[0], problem.basis.shape[1]
     sums = np.zeros((own_end - a, 8))
-    C = np.zeros((r, own))
+    C = np.zeros((r, own_end - a))
     step = max(1, DENSE_BYTES // (8 * width))
     D = np.zeros((min(step, n), width))
     for t0 in range(0, n, step):
         t1 = min(t0 + step, n)
         scatter_scans(block, col0, t0, t1, a, b, shift, lay.pos, rep_src, rep_dst, base, D)
-        add_neighbour_products(D[: t1 - t0], own, lay.sx, lay.sz, a, own_end, lay.pos, base, sums)
-        if r:
-            C += problem.basis[t0:t1].T @ D[: t1 - t0, :own]
-    return sums, C[:, lay.pos[a:own_end] - base]
+        add_neighbour_products(
+            D[: t1 - t0], problem.basis[t0:t1], own, lay.sx, lay.sz, a, own_end, lay.pos, base, sums, C
+        )
+    return sums, C
 
 
 def _slabs(layout: _Layout) -> list[tuple[int, int]]:

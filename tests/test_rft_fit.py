@@ -335,5 +335,40 @@ def test_group_ols_rft_uses_the_group_models_residuals(tmp_path, rng):
     npt.assert_allclose(record["smoothness"]["fwhm_voxels"], want.fwhm, rtol=1e-9)
     npt.assert_allclose(record["smoothness"]["resels"], want.resels, rtol=1e-9)
     assert (tmp_path / "contrast-intercept_desc-rft_table.tsv").exists()
-    with pytest.raises(InputError, match="--model ols without --permutations"):
+    with pytest.raises(InputError, match="--inference rft and --permutations"):
         SecondLevel(rft=check_rft_options(), permutations=10).fit(img, tmp_path / "b")
+
+
+def test_group_mixed_rft_takes_z_maps_as_z_fields(tmp_path, rng):
+    import json
+
+    from voxfit.inference.rft import estimate_smoothness, gradient_products
+    from voxfit.inference.rft_fit import check_rft_options
+    from voxfit.models.second_level import SecondLevel
+
+    data, _ = smooth_run(rng, n=10)
+    effects, variances = [], []
+    for i in range(10):
+        folder = tmp_path / f"sub-{i:02d}"
+        folder.mkdir()
+        effects.append(folder / f"sub-{i:02d}_stat-effect_statmap.nii.gz")
+        variances.append(folder / f"sub-{i:02d}_stat-variance_statmap.nii.gz")
+        nib.save(nib.Nifti1Image(data[..., i].astype(np.float32), AFFINE), effects[-1])
+        nib.save(nib.Nifti1Image(np.full(data.shape[:3], 1.0 + i / 10, dtype=np.float32), AFFINE), variances[-1])
+    out = tmp_path / "out"
+    SecondLevel(model="mixed", variances=variances, rft=check_rft_options()).fit(effects, out)
+    record = json.loads((out / "model.json").read_text())["inference"]
+    assert record["contrasts"]["intercept"]["field"] == "Z"
+    assert "Z field" in record["smoothness"]["residuals"]
+    maps = data[..., :10].astype(np.float32).reshape(-1, 10, order="F").T.astype(np.float64)
+    mask = (maps != 0).all(axis=0)
+    E = maps[:, mask] - maps[:, mask].mean(axis=0)
+    mask3d = mask.reshape(data.shape[:3], order="F")
+    voxel_size = np.sqrt((AFFINE[:3, :3] ** 2).sum(axis=0))
+    want = estimate_smoothness(gradient_products(E, mask3d), mask3d, voxel_size, n=10, dof=9)
+    npt.assert_allclose(record["smoothness"]["fwhm_voxels"], want.fwhm, rtol=1e-9)
+    z = nib.load(out / "contrast-intercept_stat-z_statmap.nii.gz").get_fdata().ravel(order="F")[mask]
+    p = nib.load(out / "contrast-intercept_stat-p_desc-rftfwe_statmap.nii.gz").get_fdata().ravel(order="F")[mask]
+    from voxfit.inference.rft import p_peak_fwe
+
+    npt.assert_allclose(p, p_peak_fwe(z, 1.0, "Z", want.resels, n_voxels=int(mask.sum())), rtol=1e-5)

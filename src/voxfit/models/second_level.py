@@ -243,10 +243,9 @@ class SecondLevel:
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         kind = self._model_kind()
-        if self.rft is not None and (kind != "ols" or self.permutations):
+        if self.rft is not None and self.permutations:
             raise InputError(
-                f"--inference rft on group models is for --model ols without --permutations (got --model {kind}"
-                f"{', --permutations' if self.permutations else ''}); drop one of them."
+                "--inference rft and --permutations are two inferences on the same maps; give one of them."
             )
         pairs = paired_inputs(
             data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read, self.paired
@@ -302,7 +301,11 @@ class SecondLevel:
                 )
             fit = fit_engine(d.X, Y, names=list(d.names), execution=execution)
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
-            inferred = None if self.rft is None else _group_rft(Y, factor, masker, parametric, self.rft, execution)
+            inferred = None
+            if self.rft is not None:
+                inferred = _group_rft(
+                    Y, factor, masker, parametric, self.rft, execution, residuals="the group OLS residuals", z=False
+                )
             adjacency = None  # extents count voxels or vertices (no vertex areas)
             E, H = self._tfce_parameters(masker.geometry)
             if self.tfce or self.cluster_threshold is not None:
@@ -640,6 +643,19 @@ class SecondLevel:
                 outliers=self.outliers,
                 execution=execution,
             )
+            inferred = None
+            if self.rft is not None:  # the smoothness of the effect maps about the group design; z maps as Z fields
+                factor = factorize(X, names)
+                inferred = _group_rft(
+                    Y,
+                    factor,
+                    masker,
+                    fit.contrasts,
+                    self.rft,
+                    execution,
+                    residuals=f"the OLS residuals of the group design on the effect maps ({kind} effects: each "
+                    "contrast's z map is taken as a Z field, the model's dof varying per voxel)",
+                )
             EH = self._tfce_parameters(masker.geometry)
             perms: dict[str, PermutationResult] = {}
             tables: dict[str, list[dict]] = {}
@@ -689,6 +705,7 @@ class SecondLevel:
                         blocks=blocks,
                         mixed=fit,
                         pairing=mixed_record(fit, pairs, fl_dof is not None, perms),
+                        rft=inferred,
                     ),
                 )
                 files = out.commit()
@@ -1066,9 +1083,12 @@ def _rft_record(inferred, footers: dict) -> dict:
     return rft_record(inferred, footers)
 
 
-def _group_rft(Y, factor, masker: Masker, parametric: dict, options, execution: Execution):
-    """``--inference rft`` on a group OLS model: the smoothness of the group model's residuals (their
-    NeighbourSums, from the maps as read), t and F fields with the model's dof."""
+def _group_rft(
+    Y, factor, masker: Masker, parametric: dict, options, execution: Execution, *, residuals: str, z: bool = True
+):
+    """``--inference rft`` on a group model: the smoothness of the residuals of the maps `Y` about the group
+    design (`factor`; their NeighbourSums, from the maps as read); OLS: t and F fields with the model's dof
+    (`z` False); mixed and fixed effects: each contrast's z map as a Z field."""
     from ..engine.smoothness import neighbour_sums
     from ..inference.rft_fit import check_volume, rft_inference
 
@@ -1082,5 +1102,6 @@ def _group_rft(Y, factor, masker: Masker, parametric: dict, options, execution: 
         options,
         n=float(Y.shape[0]),
         dof=float(factor.dof),
-        residuals="the group OLS residuals",
+        residuals=residuals,
+        z_field=z,
     )

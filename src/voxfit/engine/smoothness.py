@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # voxfit.inference.rft imports scipy.stats: loaded when sums 
 
 __all__ = ["GridProducts", "neighbour_sums", "spans_constant"]
 
-DENSE_BYTES = 1 << 20  # a chunk of dense float64 scans of one slab (in L2)
+DENSE_BYTES = 16 << 20  # a chunk of dense float64 scans of one slab (all of a run's scans, for a few planes)
 SLAB_POSITIONS = 16384  # dense positions of a slab (whole planes): a task
 
 
@@ -140,7 +140,7 @@ def _slab(shared, z0: int, z1: int):
     n, r = block.shape[0], problem.basis.shape[1]
     sums = np.zeros((own_end - a, 8))
     C = np.zeros((r, own_end - a))
-    step = max(1, DENSE_BYTES // (8 * width))
+    step = max(4, DENSE_BYTES // (8 * width) // 4 * 4)  # whole groups of four scans (the kernel's unrolling)
     D = np.zeros((min(step, n), width))
     for t0 in range(0, n, step):
         t1 = min(t0 + step, n)

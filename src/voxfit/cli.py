@@ -336,6 +336,7 @@ def _get_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--device", metavar="DEVICE", help="cuda or cuda:N: fit on a GPU (CuPy or PyTorch); OLS and ar1 .. ar8"
     )
+    _rft_options(fit)
     _common(fit)
 
     design = sub.add_parser(
@@ -481,6 +482,7 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--device", metavar="DEVICE", help="cuda or cuda:N: the fit and the shuffles on a GPU (CuPy or PyTorch)"
     )
+    _rft_options(group)
     _common(group)
 
     report = sub.add_parser(
@@ -713,6 +715,47 @@ def _resolve_settings(args) -> dict:
     if args.scaling is None:
         args.scaling = "none"
     return record
+
+
+def _rft_options(p: argparse.ArgumentParser) -> None:
+    """``--inference rft`` and its thresholds, as SPM's results dialog asks them."""
+    p.add_argument(
+        "--inference",
+        choices=["none", "rft"],
+        default="none",
+        help="rft: random field theory on volumes (SPM12): the residuals' smoothness, voxel-level FWE maps "
+        "(stat-p_desc-rftfwe, stat-logp_desc-rftfwe), the resels-per-voxel map and SPM's results table",
+    )
+    p.add_argument(
+        "--height-threshold",
+        type=float,
+        default=0.05,
+        metavar="P",
+        help="with --inference rft: the height threshold as a p value (default 0.05), corrected as "
+        "--height-correction says",
+    )
+    p.add_argument(
+        "--height-correction",
+        choices=["fwe", "none"],
+        default="fwe",
+        help="p value adjustment to control (SPM's): fwe (default) or none (e.g. --height-threshold 0.001)",
+    )
+    p.add_argument(
+        "--extent-threshold",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --inference rft: clusters of fewer than K voxels are not listed (default 0)",
+    )
+
+
+def _rft_of(args):
+    """The checked RFT options of the command line (None without --inference rft)."""
+    if args.inference != "rft":
+        return None
+    from .inference.rft_fit import check_rft_options
+
+    return check_rft_options(args.height_threshold, args.height_correction, args.extent_threshold)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -992,6 +1035,7 @@ def _run_fit(args, argv, progress) -> int:
             **record,
             **({"confounds": args.confounds_record} if hasattr(args, "confounds_record") else {}),
         },
+        rft=_rft_of(args),
     )
     if not args.quiet:
         fit = result.fit
@@ -1106,6 +1150,7 @@ def _run_group(args, argv, progress) -> int:
         first_level_dof=_one_or_list(args.first_level_dof),
         dof=args.dof,
         outliers=args.outliers,
+        rft=_rft_of(args),
     )
     result = model.fit(inputs, args.output, force=args.force, progress=progress, command=["voxfit", *argv])
     if not args.quiet:

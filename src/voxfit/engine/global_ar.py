@@ -55,6 +55,7 @@ class GlobalARFit:
     correlation: np.ndarray
     n_pooled: int
     threshold: float
+    whitening: np.ndarray | None = None  # W (n, n): the fit is of W y on the whitened design
 
 
 class _Whitened:
@@ -207,4 +208,5 @@ def fit_global_ar(
         correlation=V * (n / np.trace(V)),
         n_pooled=int(pooled.size),
         threshold=threshold,
+        whitening=W,
     )

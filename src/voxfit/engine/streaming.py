@@ -35,6 +35,7 @@ from ..io import check_design_rows, Masker, ScaledArray, explicit_mask, open_rea
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
 from .ar import ARMaps
 from .fit import fit as fit_in_memory
+from .smoothness import GridProducts
 
 __all__ = ["StreamedFit", "fit_streaming", "streaming_bytes"]
 
@@ -137,6 +138,7 @@ class StreamedFit:
     ar_coef: NDArray | None
     masker: Masker
     mean: NDArray
+    neighbour_sums: object | None = None  # voxfit.inference.rft.NeighbourSums, with `smoothness`
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,6 +155,7 @@ class _Pass:
     targets: NDArray
     unread: NDArray
     slab_bytes: int
+    grid: GridProducts | None = None
 
     def sums_of(self, part: slice) -> LaggedSums:
         """The sums of ``targets[part]``: a view, or a copy of the block only."""
@@ -173,6 +176,7 @@ def fit_streaming(
     scans_per_slab: int | None = None,
     nonzero: bool = False,
     execution: Execution | None = None,
+    smoothness: bool = False,
 ) -> StreamedFit:
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
@@ -183,7 +187,8 @@ def fit_streaming(
     size it implies (for tests and tuning). With `nonzero`, the automatic mask is the group-level one: voxels
     finite and non-zero in every row. Three steps: the pass accumulating the sums (:func:`_accumulate`), the
     fit from the sums (:func:`_fit_from_sums`), and the refit of the voxels that need their data
-    (:func:`_refit`).
+    (:func:`_refit`). With `smoothness` (a volume), the residuals' neighbour sums are collected on the way
+    (``voxfit.engine.smoothness``; AR models: those of the OLS residuals).
     """
     execution = Execution.resolve(execution, max_memory=max_memory, progress=progress)
     reader = open_reader(paths)
@@ -200,20 +205,42 @@ def fit_streaming(
         basis = block.lagged_basis
     else:
         block, basis = None, design.basis
-    accumulated = _accumulate(reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab)
+    grid = GridProducts(reader.geometry.shape, design.has_intercept) if smoothness else None
+    accumulated = _accumulate(
+        reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab, grid
+    )
     maps, mean, flagged = _fit_from_sums(accumulated, design, block, weights, execution.n_jobs)
     _refit(reader, design, block, weights, accumulated.masker, np.union1d(accumulated.unread, flagged), maps, mean)
     valid = np.isfinite(maps.rss)
+    neighbours = None if grid is None else _neighbour_sums(accumulated, grid, design)
     if order:
         fit, stats = maps.result(design, valid)
-        return StreamedFit(fit, stats, maps.phi, accumulated.masker, mean)
+        return StreamedFit(fit, stats, maps.phi, accumulated.masker, mean, neighbours)
     fit = make_fit(design, maps.betas, maps.rss, maps.tss, valid)
     stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
-    return StreamedFit(fit, stats, None, accumulated.masker, mean)
+    return StreamedFit(fit, stats, None, accumulated.masker, mean, neighbours)
+
+
+def _neighbour_sums(accumulated: _Pass, grid: GridProducts, design):
+    """The OLS residuals' neighbour sums from the grid's data products and the projections Q'y the pass summed
+    (NaN at the voxels without sums)."""
+    c = np.full((design.rank, accumulated.masker.n_voxels), np.nan)
+    lagged = accumulated.sums.lagged[0]
+    c[:, accumulated.targets] = lagged if accumulated.kept is None else lagged[:, accumulated.kept]
+    return grid.residual_sums(accumulated.masker.mask, c, design.basis)
 
 
 def _accumulate(
-    reader, design, basis, order: int, mask, mask_threshold, nonzero: bool, execution: Execution, scans_per_slab
+    reader,
+    design,
+    basis,
+    order: int,
+    mask,
+    mask_threshold,
+    nonzero: bool,
+    execution: Execution,
+    scans_per_slab,
+    grid: GridProducts | None = None,
 ) -> _Pass:
     """The one pass over the data: the sums of the candidate voxels (from `basis`, the design's or its lagged
     one), and the mask, decided on the way (automatic: voxels finite and not constant, or non-zero with
@@ -226,7 +253,7 @@ def _accumulate(
     else:
         candidates = None  # decided on the first scan
     V0 = nel if candidates is None else int(candidates.sum())
-    held = streaming_bytes(V0, design.rank, order)
+    held = streaming_bytes(V0, design.rank, order) + (0 if grid is None else GridProducts.bytes(grid.shape))
     # a scan of the slab costs: the reader's buffers (up to three slabs: one in use, two read ahead), the
     # scaled values (a float64 product, then the working copy), the candidates' gathered copy and the mask
     # checks' boolean temporaries; the tiles of the sums are a few MiB
@@ -267,6 +294,8 @@ def _accumulate(
             elif rest.size:
                 auto.add(np.take(values, rest, axis=1), rest)
             sums.add(values if index.size == nel else np.take(values, index, axis=1))
+            if grid is not None:
+                grid.add(values)
     bar.close()
     del raw, values  # the last slab's buffer
     if rest is not None:
@@ -289,6 +318,7 @@ def _accumulate(
         pos[index[kept]],
         pos[np.flatnonzero(final & ~candidates)],
         slab_bytes,
+        grid,
     )
 
 

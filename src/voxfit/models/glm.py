@@ -23,6 +23,7 @@ from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
+from ..engine.smoothness import neighbour_sums
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..io import (
@@ -165,6 +166,7 @@ def fit_images(
     device: str | None = None,
     progress: bool | None = None,
     record_settings: dict | None = None,
+    rft=None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -228,6 +230,10 @@ def fit_images(
         A progress bar (default: when the standard error is a terminal).
     record_settings : dict, optional
         More settings for model.json (the command line's preset, why the noise model, the confounds strategy).
+    rft : voxfit.inference.rft_fit.RFTOptions, optional
+        Random field theory inference (volumes only): the residuals' smoothness is collected while the fit
+        runs (``voxfit.engine.smoothness``), and the voxel-level FWE maps, the smoothness and SPM's results
+        table are written (see ``voxfit.inference.rft_fit``).
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
@@ -236,6 +242,10 @@ def fit_images(
     if dataset is None:  # every argument's type checked before a file or folder is touched
         inputs = check_data(inputs, "inputs")
     model = _first_level_model(design, contrasts, mask, noise, scaling, nuisance)
+    if rft is not None and route is not None and route.reader is not None:
+        from ..inference.rft_fit import check_volume
+
+        check_volume(route.reader.geometry)
     if model.factor.dof > 0:  # the t -> z table is prepared while the data are read
         threading.Thread(target=t_to_z, args=(np.zeros(1), float(model.factor.dof)), daemon=True).start()
     if route is None and dataset is not None:
@@ -252,7 +262,7 @@ def fit_images(
         # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
         hashing = DaemonExecutor()
         if route.kind == STREAM:
-            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution)
+            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None)
             records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None
             t_load = start
         else:
@@ -282,11 +292,14 @@ def fit_images(
                 model.X, data, model.names, model.items, noise, execution, model.kinds, dataset.masker, _tr(design)
             )
             mean = None if out is None else _mean_image(dataset.data, scheduler)
-            fitted = _Fitted(noise_fit, dataset, mean)
+            neighbours = None if rft is None else _neighbour_sums(model, data, noise_fit, dataset.masker, execution)
+            fitted = _Fitted(noise_fit, dataset, mean, neighbours)
         t_fit = time.perf_counter()
         files: list[Path] = []
+        inferred = None if rft is None else _rft_inference(fitted, model, rft)
         if out is not None:
             _write_maps(out, fitted, model, design, execution.n_jobs)
+            tables = {} if inferred is None else write_rft(out, inferred, fitted.dataset.masker)
             threshold = resolve_mask_threshold(
                 mask_threshold, fitted.dataset.masker.geometry, explicit=mask is not None
             )
@@ -306,6 +319,7 @@ def fit_images(
                     "p": "one-sided upper tail for t; z has the same upper-tail probability",
                     **(record_settings or {}),
                 },
+                inference=None if inferred is None else rft_record(inferred, tables),
                 run=out.run_record(load_s=t_load - start, fit_s=t_fit - t_load),
             ).write(out)
             files = out.commit()
@@ -354,6 +368,7 @@ class NoiseFit:
     ar_coef: np.ndarray | None
     info: dict
     orders: np.ndarray | None = None  # the AR order chosen per voxel (``auto``)
+    whitening: np.ndarray | None = None  # ar1-global: the W of the whitened fit
 
 
 @dataclass(frozen=True, eq=False)
@@ -364,6 +379,7 @@ class _Fitted:
     noise: NoiseFit
     dataset: Dataset
     mean: np.ndarray | None
+    neighbours: object | None = None  # the residuals' voxfit.inference.rft.NeighbourSums (with rft)
 
 
 def write_design_files(out, prefix: str, X, names, kinds, tr=None) -> None:
@@ -413,9 +429,12 @@ def columns_on_workers(
     return reader.column_source(np.flatnonzero(keep)), Masker(reader.geometry, keep)
 
 
-def _fit_streamed(reader, model: FirstLevelModel, mask, mask_threshold, execution: Execution) -> _Fitted:
+def _fit_streamed(
+    reader, model: FirstLevelModel, mask, mask_threshold, execution: Execution, smoothness: bool = False
+) -> _Fitted:
     """The fit of fit_images for data larger than the memory cap: one sequential read of `reader`'s files
-    accumulating per-voxel sums, with a Dataset standing for the data (no values) for writing the maps."""
+    accumulating per-voxel sums (with `smoothness`, the residuals' neighbour sums too), with a Dataset standing
+    for the data (no values) for writing the maps."""
     streamed = fit_streaming(
         reader,
         model.X,
@@ -425,6 +444,7 @@ def _fit_streamed(reader, model: FirstLevelModel, mask, mask_threshold, executio
         mask=mask,
         mask_threshold=mask_threshold,
         execution=execution,
+        smoothness=smoothness,
     )
     dataset = Dataset(
         np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, streamed.masker.n_voxels)),
@@ -433,7 +453,84 @@ def _fit_streamed(reader, model: FirstLevelModel, mask, mask_threshold, executio
         tuple(reader.in_memory),
     )
     info = {"model": "OLS" if not model.order else f"AR({model.order}) per voxel", "streamed": True}
-    return _Fitted(NoiseFit(streamed.fit, streamed.contrasts, streamed.ar_coef, info), dataset, streamed.mean)
+    noise_fit = NoiseFit(streamed.fit, streamed.contrasts, streamed.ar_coef, info)
+    return _Fitted(noise_fit, dataset, streamed.mean, streamed.neighbour_sums)
+
+
+def _rft_inference(fitted: _Fitted, model: FirstLevelModel, options):
+    """``--inference rft`` on a first-level fit: OLS and ar1-global t and F fields, AR(p) per voxel Z fields."""
+    from ..inference.rft_fit import rft_inference
+
+    nf = fitted.noise
+    residuals = {
+        0: "the OLS residuals",
+        -1: "SPM's whitened residuals (W y less its fit on W X)",
+    }.get(model.order, "the OLS residuals of the same design (AR(p) per voxel; see voxfit.engine.smoothness)")
+    dof = nf.fit.dof if model.order <= 0 else model.factor.dof
+    return rft_inference(
+        nf.contrasts,
+        fitted.dataset.masker,
+        fitted.neighbours,
+        options,
+        n=model.factor.n_scans,
+        dof=float(dof),
+        residuals=residuals,
+        z_field=model.order > 0,
+    )
+
+
+def write_rft(out, inferred, masker) -> dict[str, dict]:
+    """The maps (``stat-rpv``; per contrast ``stat-p_desc-rftfwe`` and ``stat-logp_desc-rftfwe``) and SPM's
+    results table of each contrast (``contrast-<label>_desc-rft_table.tsv``) of an RFT inference; returns each
+    table's footer."""
+    from ..report.rft_table import results_table
+
+    ext = masker.geometry.extension
+    for stat, label, desc, values in inferred.maps():
+        masker.write(
+            out.path(statmap_name(stat, ext, label, desc=desc)), values, [stat if label is None else f"{label} {stat}"]
+        )
+    footers = {}
+    for label in inferred.contrasts:
+        table = results_table(inferred, label)
+        out.path(rft_table_name(label)).write_text(table.tsv())
+        footers[label] = table.footer
+    return footers
+
+
+def rft_table_name(label: str) -> str:
+    return f"contrast-{label}_desc-rft_table.tsv"
+
+
+def rft_record(inferred, footers: dict[str, dict]) -> dict:
+    """model.json's ``inference``: the RFT inference's record, each contrast with its table's file and footer
+    (non-finite numbers as null)."""
+    from ..inference.rft_fit import finite_or_none
+
+    record = inferred.record()
+    for label, entry in record["contrasts"].items():
+        if label in footers:
+            entry.update(table=rft_table_name(label), footer=footers[label])
+    return finite_or_none(record)
+
+
+def _neighbour_sums(model: FirstLevelModel, data, noise_fit: NoiseFit, masker: Masker, execution: Execution):
+    """The NeighbourSums of the fit's residuals (see ``voxfit.engine.smoothness``): OLS and ar1-global their
+    own (ar1-global's whitened), AR(p) per voxel the OLS residuals of the design; on the Dask workers when they
+    read the data."""
+    from ..inference.rft_fit import check_volume
+
+    check_volume(masker.geometry)
+    basis = model.factor.basis if model.order >= 0 else noise_fit.fit.design.basis
+    mask = masker.mask.reshape(masker.geometry.shape, order="F")
+    return neighbour_sums(
+        data,
+        basis,
+        mask,
+        whitening=noise_fit.whitening,
+        n_jobs=execution.n_jobs,
+        scheduler=execution.scheduler,
+    )
 
 
 def mean_over_scans(data) -> np.ndarray:
@@ -522,7 +619,7 @@ def fit_noise_model(
         info["parameters"] = nm.parameter_names
         if nm.orders is not None:
             info["orders_chosen"] = {str(p): int(c) for p, c in enumerate(np.bincount(nm.orders[nm.orders >= 0]))}
-        return NoiseFit(fit, stats, ar_coef, info, nm.orders)
+        return NoiseFit(fit, stats, ar_coef, info, orders=nm.orders)
     if order > 0:
         ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
@@ -543,7 +640,7 @@ def fit_noise_model(
             components="fast" if fast else "ar",
             tr=tr,
         )
-        fit, stats, ar_coef = g.fit, g.contrasts, None
+        fit, stats, ar_coef, whitening = g.fit, g.contrasts, None, g.whitening
         info = {
             "model": "SPM12 FAST: one ReML covariance for all voxels"
             if fast
@@ -562,7 +659,7 @@ def fit_noise_model(
         )
     if stats is None:
         stats = {label: fit.contrast(expr, name=label) for label, expr in items}
-    return NoiseFit(fit, stats, ar_coef, info)
+    return NoiseFit(fit, stats, ar_coef, info, whitening=whitening if order < 0 else None)
 
 
 def _fit_per_voxel_model(X, data, names, items, noise, execution, masker):

@@ -86,6 +86,14 @@ class ModelRecord:
         statistic, or None), ``connectivity`` (neighbours of a voxel: 6, 18, 26), ``mesh`` (absolute path, or
         None), ``mask`` (its source, in words), ``p``.
     n_voxels: runs and group: the voxels (vertices, columns) fitted, those of the mask.
+    inference: first level and group with ``--inference rft`` (None otherwise): ``method`` (``rft``),
+        ``smoothness`` (``fwhm_voxels`` and ``fwhm_mm`` (x, y, z), ``resels`` R0..R3, ``resel_voxels`` (voxels
+        per resel), ``rpv`` (the resels-per-voxel map's ``mean``, ``min``, ``max``), ``residuals`` (which
+        ones), ``dof``), ``search`` (``voxels``, ``mm3``), ``height`` (``p`` and ``correction`` as asked),
+        ``extent`` (voxels) and per contrast label ``contrasts`` (``field`` t, F or Z, ``dof``, ``height_stat``
+        (the threshold on the statistic), ``height_p_uncorrected``, ``fwe_0.05`` (the statistic's FWE 0.05
+        threshold), ``expected_voxels_per_cluster``, ``expected_clusters``, ``clusters`` (found), ``table``
+        (the results table's file)).
     run: ``started`` (ISO 8601, to the second), the seconds of each step (first level: ``load_s``,
         ``fit_s``), ``elapsed_s`` (seconds from opening the output folder to writing the file) and
         ``peak_memory_mib`` (peak resident memory of the process, MiB; None where the system does not tell).
@@ -106,6 +114,7 @@ class ModelRecord:
     contrasts: dict
     settings: dict
     n_voxels: int | None = None
+    inference: dict | None = None
     run: dict | None = None
     demo: dict | None = None
     version: int = RECORD_VERSION
@@ -184,6 +193,7 @@ _JSON_TYPES = {  # what each field must be in a file (when present and not null)
     "design": dict,
     "runs": list,
     "n_voxels": int,
+    "inference": dict,
     "demo": dict,
 }
 

@@ -130,6 +130,7 @@ class GroupOutputs:
     blocks: np.ndarray | None = None
     mixed: MixedFit | None = None
     pairing: dict | None = None  # model.json's record of a mixed- or fixed-effects fit (group_mixed.mixed_record)
+    rft: object | None = None  # the voxfit.inference.rft_fit.RFTInference of --inference rft
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ class SecondLevel:
     first_level_dof: float | list | None = None
     dof: str = "residual"
     outliers: bool = False
+    rft: object | None = None  # voxfit.inference.rft_fit.RFTOptions: --inference rft (OLS on volumes)
 
     def fit(self, inputs, out_dir=None, *, force: bool = False, progress: bool | None = None, command=None) -> GroupFit:
         """Fit the group model to `inputs` (a path or list of paths, a list of 3-D nibabel images or one 4-D
@@ -241,6 +243,10 @@ class SecondLevel:
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         kind = self._model_kind()
+        if self.rft is not None and self.permutations:
+            raise InputError(
+                "--inference rft and --permutations are two inferences on the same maps; give one of them."
+            )
         pairs = paired_inputs(
             data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read, self.paired
         )
@@ -270,6 +276,11 @@ class SecondLevel:
                 # the mask, then for the fit, in the local fit's blocks: identical numbers)
                 Y, masker = columns_on_workers(reader, self.mask, execution.scheduler, nonzero=True)
             elif route.kind == STREAM:
+                if self.rft is not None:
+                    raise InputError(
+                        "--inference rft on a group model needs the maps in memory; raise --max-memory (the maps "
+                        f"take {reader.n_scans} x {reader.geometry.n_elements} values)."
+                    )
                 return self._fit_streamed(data, paths, d, reader, out, execution, command)
             else:
                 Y, masker = self._load(data, execution.progress)
@@ -290,6 +301,11 @@ class SecondLevel:
                 )
             fit = fit_engine(d.X, Y, names=list(d.names), execution=execution)
             parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
+            inferred = None
+            if self.rft is not None:
+                inferred = _group_rft(
+                    Y, factor, masker, parametric, self.rft, execution, residuals="the group OLS residuals", z=False
+                )
             adjacency = None  # extents count voxels or vertices (no vertex areas)
             E, H = self._tfce_parameters(masker.geometry)
             if self.tfce or self.cluster_threshold is not None:
@@ -335,6 +351,7 @@ class SecondLevel:
                         permutation=perms,
                         tables=tables,
                         blocks=blocks,
+                        rft=inferred,
                     ),
                 )
                 files = out.commit()
@@ -626,6 +643,19 @@ class SecondLevel:
                 outliers=self.outliers,
                 execution=execution,
             )
+            inferred = None
+            if self.rft is not None:  # the smoothness of the effect maps about the group design; z maps as Z fields
+                factor = factorize(X, names)
+                inferred = _group_rft(
+                    Y,
+                    factor,
+                    masker,
+                    fit.contrasts,
+                    self.rft,
+                    execution,
+                    residuals=f"the OLS residuals of the group design on the effect maps ({kind} effects: each "
+                    "contrast's z map is taken as a Z field, the model's dof varying per voxel)",
+                )
             EH = self._tfce_parameters(masker.geometry)
             perms: dict[str, PermutationResult] = {}
             tables: dict[str, list[dict]] = {}
@@ -675,6 +705,7 @@ class SecondLevel:
                         blocks=blocks,
                         mixed=fit,
                         pairing=mixed_record(fit, pairs, fl_dof is not None, perms),
+                        rft=inferred,
                     ),
                 )
                 files = out.commit()
@@ -844,6 +875,11 @@ class SecondLevel:
                 _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
         if g.mixed is not None:
             write_mixed_maps(out, masker, g.mixed, perms)
+        footers = {}
+        if g.rft is not None:
+            from .glm import write_rft
+
+            footers = write_rft(out, g.rft, masker)
         ModelRecord(
             kind="group",
             voxfit_version=__version__,
@@ -895,6 +931,7 @@ class SecondLevel:
                 ),
             },
             n_voxels=masker.n_voxels,
+            inference=None if g.rft is None else _rft_record(g.rft, footers),
             run=out.run_record(),
         ).write(out)
 
@@ -1038,3 +1075,33 @@ def _write_table(path, rows: list[dict]) -> None:
         w.writerow(present)
         for r in rows:
             w.writerow(["n/a" if c not in r else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in present])
+
+
+def _rft_record(inferred, footers: dict) -> dict:
+    from .glm import rft_record
+
+    return rft_record(inferred, footers)
+
+
+def _group_rft(
+    Y, factor, masker: Masker, parametric: dict, options, execution: Execution, *, residuals: str, z: bool = True
+):
+    """``--inference rft`` on a group model: the smoothness of the residuals of the maps `Y` about the group
+    design (`factor`; their NeighbourSums, from the maps as read); OLS: t and F fields with the model's dof
+    (`z` False); mixed and fixed effects: each contrast's z map as a Z field."""
+    from ..engine.smoothness import neighbour_sums
+    from ..inference.rft_fit import check_volume, rft_inference
+
+    check_volume(masker.geometry)
+    mask = masker.mask.reshape(masker.geometry.shape, order="F")
+    sums = neighbour_sums(Y, factor.basis, mask, n_jobs=execution.n_jobs, scheduler=execution.scheduler)
+    return rft_inference(
+        parametric,
+        masker,
+        sums,
+        options,
+        n=float(Y.shape[0]),
+        dof=float(factor.dof),
+        residuals=residuals,
+        z_field=z,
+    )

@@ -482,8 +482,53 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw, anchor: st
             f"<h3>Clusters of the run at {_e(c.kind)} > {_e(threshold)} ({_e(table.name)})</h3>"
             + html_table(_read_tsv(table), TABLE_ROWS)
         )
+    parts.append(_rft_part(res, c))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _rft_part(res: Results, c: Contrast) -> str:
+    """SPM's results table of ``--inference rft`` (``voxfit.report.rft_table``) and its footer, from the run's TSV
+    and model.json."""
+    entry = ((res.model.get("inference") or {}).get("contrasts") or {}).get(c.file_label)
+    table = res.folder / f"contrast-{c.file_label}_desc-rft_table.tsv"
+    if entry is None or not table.is_file():
+        return ""
+    f = entry.get("footer") or {}
+
+    def num(key, fmt=".3f"):
+        value = f.get(key)
+        return "none" if value is None else format(value, fmt) if isinstance(value, float) else _e(value)
+
+    def triple(key):
+        return ", ".join(format(v, ".1f") for v in f.get(key) or [])
+
+    footer = [
+        f"Height threshold {_e(f.get('statistic'))} = {num('height', '.2f')} (p &lt; {num('height_p_unc', '.3g')} "
+        f"uncorrected, p &lt; {num('height_p_fwe', '.3g')} FWE)",
+        f"Extent threshold k = {num('extent_voxels')} voxels (p &lt; {num('extent_p_unc', '.3g')} uncorrected, "
+        f"p &lt; {num('extent_p_fwe', '.3g')} FWE)",
+        f"Expected voxels per cluster, &lt;k&gt; = {num('expected_voxels_per_cluster')}",
+        f"Expected number of clusters, &lt;c&gt; = {num('expected_clusters', '.2f')}",
+        f"FWEp: {num('fwe_height')}, FDRp: {num('fdr_height')}, FWEc: {num('fwe_extent_voxels', '.0f')}, "
+        f"FDRc: {num('fdr_extent_voxels', '.0f')}",
+        f"Degrees of freedom = [{', '.join(format(v, '.1f') if v is not None else 'inf' for v in f.get('dof') or [])}]",
+        f"FWHM = {triple('fwhm_mm')} mm; {triple('fwhm_voxels')} voxels",
+        f"Volume: {num('search_mm3', '.0f')} mm³ = {num('search_voxels')} voxels = {num('search_resels', '.1f')} "
+        f"resels; voxel size {triple('voxel_size_mm')} mm (resel = {num('resel_voxels', '.2f')} voxels)",
+    ]
+    smoothness = (res.model.get("inference") or {}).get("smoothness") or {}
+    return (
+        f"<h3>Random field theory: SPM's results table ({_e(table.name)})</h3>"
+        f"<p class='why'>Field: {_e(entry.get('field'))}; smoothness from "
+        f"{_e(smoothness.get('residuals', 'the residuals'))}. Clusters in order of their largest maximum, up to 3 "
+        "maxima more than 8 mm apart (SPM's spm_list); permutations remain the recommended inference for group "
+        "data (Eklund et al. 2016).</p>"
+        + html_table(_read_tsv(table), TABLE_ROWS)
+        + "<ul>"
+        + "".join(f"<li>{line}</li>" for line in footer)
+        + "</ul>"
+    )
 
 
 def _command(words: list[str]) -> str:

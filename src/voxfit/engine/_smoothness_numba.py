@@ -1,0 +1,108 @@
+"""The compiled pass behind ``voxfit.engine.smoothness``: the data's neighbour sums in one read.
+
+This module imports numba; ``voxfit.engine.smoothness`` imports it on first use only. The kernels are cached on
+disk and release the GIL, so that slabs of planes run in threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["add_neighbour_products", "scatter_scans"]
+
+_JIT = dict(nogil=True, cache=True, error_model="numpy")
+_CHUNK = 256  # dense positions whose eight accumulators stay in L1 while the scans go by
+
+
+@numba.njit(**_JIT)
+def scatter_scans(Y, col0, t0, t1, v0, v2, shift, pos, rep_src, rep_dst, base, D):  # pragma: no cover - compiled
+    """``D[t - t0, pos[v] - base] = Y[t, v - col0] - shift[v - col0]`` for the scans ``t0:t1`` and the voxels
+    ``v0:v2`` (read in Y's dtype, in float64), and the pad copies ``D[:, rep_dst - base]`` of ``rep_src``.
+    Positions of no voxel are left as they are (0: outside the mask)."""
+    for t in range(t0, t1):
+        row = Y[t]
+        out = D[t - t0]
+        for v in range(v0, v2):
+            out[pos[v] - base] = np.float64(row[v - col0]) - shift[v - col0]
+        for i in range(rep_src.shape[0]):
+            s = rep_src[i]
+            out[rep_dst[i] - base] = np.float64(row[s - col0]) - shift[s - col0]
+
+
+@numba.njit(**_JIT)
+def add_neighbour_products(D, Q, own, sx, sz, v0, v1, pos, base, sums, C):  # pragma: no cover - compiled
+    """Add to ``sums[v - v0]`` (v1 - v0, 8), for the voxels ``v0:v1`` at positions ``pos[v] - base < own`` of the
+    dense scans `D` (k, L), ``Σ d²``, ``Σ d`` and the products of d with its +x, +y, +z neighbours (offsets 1,
+    `sx`, `sz`) and of those neighbours among themselves, in ``voxfit.inference.rft.NeighbourSums``'s order; and
+    to ``C[:, v - v0]`` (r, v1 - v0) the projections ``Q' d`` with `Q` (k, r) the basis rows of these scans.
+
+    Positions are taken `_CHUNK` at a time, their accumulators in L1, and scans four at a time (the four
+    scans' terms summed in pairs before they are added), so that each accumulator is read and written once
+    per four scans."""
+    k = D.shape[0]
+    r = Q.shape[1]
+    v = v0
+    for c0 in range(0, own, _CHUNK):
+        m = min(_CHUNK, own - c0)
+        a0, a1, a2, a3 = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
+        a4, a5, a6, a7 = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
+        proj = np.zeros((r, m))
+        t = 0
+        while t + 4 <= k:
+            r0, r1 = D[t, c0 : c0 + m + sz], D[t + 1, c0 : c0 + m + sz]
+            r2, r3 = D[t + 2, c0 : c0 + m + sz], D[t + 3, c0 : c0 + m + sz]
+            for j in range(m):
+                d0, x0, y0, z0 = r0[j], r0[j + 1], r0[j + sx], r0[j + sz]
+                d1, x1, y1, z1 = r1[j], r1[j + 1], r1[j + sx], r1[j + sz]
+                d2, x2, y2, z2 = r2[j], r2[j + 1], r2[j + sx], r2[j + sz]
+                d3, x3, y3, z3 = r3[j], r3[j + 1], r3[j + sx], r3[j + sz]
+                a0[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                a1[j] += (d0 + d1) + (d2 + d3)
+                a2[j] += (d0 * x0 + d1 * x1) + (d2 * x2 + d3 * x3)
+                a3[j] += (d0 * y0 + d1 * y1) + (d2 * y2 + d3 * y3)
+                a4[j] += (d0 * z0 + d1 * z1) + (d2 * z2 + d3 * z3)
+                a5[j] += (x0 * y0 + x1 * y1) + (x2 * y2 + x3 * y3)
+                a6[j] += (x0 * z0 + x1 * z1) + (x2 * z2 + x3 * z3)
+                a7[j] += (y0 * z0 + y1 * z1) + (y2 * z2 + y3 * z3)
+            for i in range(r):
+                q0, q1, q2, q3 = Q[t, i], Q[t + 1, i], Q[t + 2, i], Q[t + 3, i]
+                p = proj[i]
+                for j in range(m):
+                    p[j] += (q0 * r0[j] + q1 * r1[j]) + (q2 * r2[j] + q3 * r3[j])
+            t += 4
+        while t < k:
+            row = D[t, c0 : c0 + m + sz]
+            for j in range(m):
+                d = row[j]
+                gx = row[j + 1]
+                gy = row[j + sx]
+                gz = row[j + sz]
+                a0[j] += d * d
+                a1[j] += d
+                a2[j] += d * gx
+                a3[j] += d * gy
+                a4[j] += d * gz
+                a5[j] += gx * gy
+                a6[j] += gx * gz
+                a7[j] += gy * gz
+            for i in range(r):
+                q = Q[t, i]
+                p = proj[i]
+                for j in range(m):
+                    p[j] += q * row[j]
+            t += 1
+        while v < v1 and pos[v] - base < c0 + m:
+            j = pos[v] - base - c0
+            out = sums[v - v0]
+            out[0] += a0[j]
+            out[1] += a1[j]
+            out[2] += a2[j]
+            out[3] += a3[j]
+            out[4] += a4[j]
+            out[5] += a5[j]
+            out[6] += a6[j]
+            out[7] += a7[j]
+            for i in range(r):
+                C[i, v - v0] += proj[i, j]
+            v += 1

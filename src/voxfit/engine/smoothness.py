@@ -1,0 +1,253 @@
+"""The sums behind the smoothness of a fit's residuals (random field theory), collected while the fit runs.
+
+SPM's ``spm_est_smoothness`` differentiates the normalised residuals of neighbouring voxels; everything it needs
+is ``voxfit.inference.rft.NeighbourSums``: per voxel, the residuals' sum of squares and sum, and the six inner
+products over the scans of the residuals of the voxel and its +x, +y, +z neighbours (``neighbour_index``). The
+residuals are never formed: with ``d = y - s`` (each voxel's data less its first scan when the design spans
+the constant, which leaves the residuals unchanged and keeps the sums' digits) and the orthonormal basis Q of
+the design's column space, ``e_a . e_b = d_a . d_b - (Q' d_a) . (Q' d_b)``. One compiled pass over the data
+(``_smoothness_numba``) adds the data's products and ``Q' d``; the small (rank x V) projections are then
+subtracted. Exact to the rounding of float64 sums (a relative error of about ``eps * |d|^2 / |e|^2``).
+
+How each route collects them:
+
+- in memory: :func:`neighbour_sums` on the (n, V) data as stored (float32 stays float32: each value is read
+  once per scan, in the dtype it has), a slab of z-planes at a time on `n_jobs` threads;
+- on Dask workers reading their own columns: the same slabs as tasks (each reads its planes and the next);
+- streamed over scans: :class:`GridProducts` adds each slab of whole-volume scans (the mask is decided only at
+  the end of the pass), and :meth:`GridProducts.residual_sums` subtracts the projections the streamed fit
+  summed.
+
+Which residuals: OLS and group OLS their own. SPM's ``ar1-global`` (one whitening W for all voxels) its whitened
+residuals ``W y - Q_w Q_w' W y``, as SPM (W is applied to each slab's data first). AR(p) per voxel: the OLS
+residuals of the same design (each voxel's whitening filter differs from its neighbours', so whitened residuals
+of neighbours are not one field; the OLS residuals carry the noise's spatial correlation itself, which is what
+the smoothness measures).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._dask import run_tasks
+from .._threads import resolve_workers, run_in_threads
+
+if TYPE_CHECKING:  # voxfit.inference.rft imports scipy.stats: loaded when sums are made, not with the engine
+    from ..inference.rft import NeighbourSums
+
+__all__ = ["GridProducts", "neighbour_sums", "spans_constant"]
+
+DENSE_BYTES = 16 << 20  # a chunk of dense float64 scans of one slab (all of a run's scans, for a few planes)
+SLAB_POSITIONS = 16384  # dense positions of a slab (whole planes): a task
+
+
+def spans_constant(basis: NDArray, whitening: NDArray | None = None) -> bool:
+    """Whether the column space of the orthonormal `basis` (n, r) holds the constant (whitened by `whitening`
+    when given): then shifting a voxel's data by a constant leaves its residuals unchanged."""
+    ones = np.ones(basis.shape[0])
+    if whitening is not None:
+        ones = whitening @ ones
+    scale = max(float(np.linalg.norm(ones)), 1e-300)
+    return bool(np.linalg.norm(ones - basis @ (basis.T @ ones)) <= 1e-8 * scale)
+
+
+@dataclass(frozen=True, eq=False)
+class _Layout:
+    """The mask's voxels on its bounding box padded by one plane along each axis (x fastest): ``pos`` (V,)
+    each voxel's position, ``sx`` and ``sz`` the strides of y and z, ``starts`` (planes + 1) the first voxel of
+    each plane of the box, ``rep_src``/``rep_dst`` the voxels copied into the pad planes at the grid's far
+    edges (where ``neighbour_index`` gives the voxel itself), sorted by position, and ``nb`` that index."""
+
+    pos: NDArray[np.int64]
+    sx: int
+    sz: int
+    starts: NDArray[np.int64]
+    rep_src: NDArray[np.int64]
+    rep_dst: NDArray[np.int64]
+    nb: NDArray[np.int64]
+
+
+def _layout(mask: NDArray[np.bool_]) -> _Layout:
+    from ..inference.rft import neighbour_index
+
+    nb = neighbour_index(mask)
+    elements = np.flatnonzero(mask.ravel(order="F"))
+    X, Y, _ = mask.shape
+    coords = [elements % X, (elements // X) % Y, elements // (X * Y)]
+    lo = [int(c.min()) if c.size else 0 for c in coords]
+    size = [int(c.max()) - low + 2 if c.size else 2 for c, low in zip(coords, lo, strict=True)]
+    sx, sz = size[0], size[0] * size[1]
+    steps = np.array([1, sx, sz], dtype=np.int64)
+    pos = (coords[0] - lo[0]) + sx * (coords[1] - lo[1]) + sz * (coords[2] - lo[2])
+    own = np.arange(elements.size)
+    clamped = nb == own[:, None]  # (V, 3): the grid's last plane along that axis
+    src, dst = [], []
+    for combo in range(1, 8):  # every non-empty set of clamped axes: the pad position that stands for v
+        axes = [a for a in range(3) if combo >> a & 1]
+        hit = np.flatnonzero(np.all(clamped[:, axes], axis=1))
+        src.append(hit)
+        dst.append(pos[hit] + steps[axes].sum())
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    order = np.argsort(dst, kind="stable")
+    starts = np.searchsorted(coords[2] - lo[2], np.arange(size[2] + 1)) if elements.size else np.zeros(size[2] + 1)
+    return _Layout(pos, sx, sz, starts.astype(np.int64), src[order], dst[order], nb)
+
+
+@dataclass(frozen=True, eq=False)
+class _Problem:
+    """What every slab needs (sent once to each Dask worker): the layout, the basis (n, r) of the design's
+    column space (whitened for ar1-global), the whitening (n, n) or None, and the shift: True (each voxel's
+    first scan), False (none) or each voxel's value (V,)."""
+
+    layout: _Layout
+    basis: NDArray[np.float64]
+    whitening: NDArray[np.float64] | None
+    shift: bool | NDArray[np.float64]
+
+
+def _slab(shared, z0: int, z1: int):
+    """(data sums (voxels, 8), projections (r, voxels)) at the voxels of planes z0 .. z1 - 1 of the layout (a
+    task: `shared` is the problem and the data, an array in memory or a column source on a worker). The scans
+    are scattered, a chunk at a time, into a dense float64 block of the slab's planes and the next (zeros
+    outside the mask), whose products and projections the kernel adds up."""
+    from ._smoothness_numba import add_neighbour_products, scatter_scans
+
+    problem, Y = shared
+    lay = problem.layout
+    planes = lay.starts.size - 1
+    a, own_end, b = (int(lay.starts[min(z, planes)]) for z in (z0, z1, z1 + 1))
+    direct = problem.whitening is None and isinstance(Y, np.ndarray) and Y.dtype.kind == "f" and Y.flags.c_contiguous
+    block, col0 = (Y, 0) if direct else (np.asarray(Y[:, a:b]), a)
+    if block.dtype.kind != "f":
+        block = block.astype(np.float64)
+    if isinstance(problem.shift, np.ndarray):
+        shift = problem.shift[col0:b]
+    elif problem.shift:
+        shift = np.asarray(block[0, : b - col0], dtype=np.float64)
+    else:
+        shift = np.zeros(b - col0)
+    if problem.whitening is not None:
+        block = problem.whitening @ (np.asarray(block, dtype=np.float64) - shift)
+        shift = np.zeros(b - col0)
+    base, own = z0 * lay.sz, (z1 - z0) * lay.sz
+    width = own + lay.sz + lay.sx + 1
+    lo, hi = np.searchsorted(lay.rep_dst, [base, base + own + lay.sz])
+    rep_src, rep_dst = lay.rep_src[lo:hi], lay.rep_dst[lo:hi]
+    n, r = block.shape[0], problem.basis.shape[1]
+    sums = np.zeros((own_end - a, 8))
+    C = np.zeros((r, own_end - a))
+    step = max(4, DENSE_BYTES // (8 * width) // 4 * 4)  # whole groups of four scans (the kernel's unrolling)
+    D = np.zeros((min(step, n), width))
+    for t0 in range(0, n, step):
+        t1 = min(t0 + step, n)
+        scatter_scans(block, col0, t0, t1, a, b, shift, lay.pos, rep_src, rep_dst, base, D)
+        add_neighbour_products(
+            D[: t1 - t0], problem.basis[t0:t1], own, lay.sx, lay.sz, a, own_end, lay.pos, base, sums, C
+        )
+    return sums, C
+
+
+def _slabs(layout: _Layout) -> list[tuple[int, int]]:
+    """Slabs of whole planes, about SLAB_POSITIONS dense positions each."""
+    planes = layout.starts.size - 1
+    step = max(1, SLAB_POSITIONS // layout.sz)
+    return [(z0, min(z0 + step, planes)) for z0 in range(0, planes, step)]
+
+
+def _data_sums(problem: _Problem, Y, n_jobs: int = 1, scheduler=None):
+    """The data's sums (V, 8) and projections (r, V) over all slabs."""
+    calls = _slabs(problem.layout)
+    if scheduler is not None and getattr(Y, "worker_reads", False):
+        parts = run_tasks(scheduler, _slab, (problem, Y), calls)
+    else:
+        parts = run_in_threads(lambda call: _slab((problem, Y), *call), calls, resolve_workers(n_jobs))
+    V = problem.layout.pos.size
+    if not parts:
+        return np.zeros((V, 8)), np.zeros((problem.basis.shape[1], V))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=1)
+
+
+def _residual_sums(S, C, basis, nb, n_maps: int) -> NeighbourSums:
+    """The residuals' NeighbourSums from the data's sums `S` (V, 8) and projections `C` (r, V):
+    ``e_a . e_b = d_a . d_b - (Q' d_a) . (Q' d_b)`` and ``Σ e = Σ d - (Q' 1) . (Q' d)``."""
+    from ..inference.rft import NeighbourSums
+
+    inside = nb >= 0
+    safe = np.where(inside, nb, 0)
+    near = [C[:, safe[:, a]] for a in range(3)]
+    rss = S[:, 0] - np.einsum("rv,rv->v", C, C)
+    total = S[:, 1] - basis.sum(axis=0) @ C
+    cross = np.empty((S.shape[0], 6))
+    for col, (u, w, ok) in enumerate(
+        (
+            (C, near[0], inside[:, 0]),
+            (C, near[1], inside[:, 1]),
+            (C, near[2], inside[:, 2]),
+            (near[0], near[1], inside[:, 0] & inside[:, 1]),
+            (near[0], near[2], inside[:, 0] & inside[:, 2]),
+            (near[1], near[2], inside[:, 1] & inside[:, 2]),
+        )
+    ):
+        cross[:, col] = np.where(ok, S[:, 2 + col] - np.einsum("rv,rv->v", u, w), 0.0)
+    return NeighbourSums(rss, total, cross, int(n_maps))
+
+
+def neighbour_sums(Y, basis, mask, *, whitening=None, n_jobs: int | None = 1, scheduler=None) -> NeighbourSums:
+    """The :class:`~voxfit.inference.rft.NeighbourSums` of the residuals of the (n, V) data `Y` (an array in
+    its stored dtype, a memory map, or a column source) on the design whose column space has the orthonormal
+    basis `basis` (n, r), at the voxels of the 3-D `mask` (x-fastest order); `whitening` (n, n) is applied to
+    the data first (``ar1-global``, with `basis` that of the whitened design). A slab of planes at a time, on
+    `n_jobs` threads, or as Dask tasks reading their own columns when `scheduler` is given and `Y` is a column
+    source (``Y.worker_reads``)."""
+    basis = np.ascontiguousarray(basis, dtype=np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    layout = _layout(mask)
+    W = None if whitening is None else np.asarray(whitening, dtype=np.float64)
+    problem = _Problem(layout, basis, W, spans_constant(basis, W))
+    S, C = _data_sums(problem, Y, n_jobs, scheduler)
+    return _residual_sums(S, C, basis, layout.nb, basis.shape[0])
+
+
+class GridProducts:
+    """The data's neighbour sums over the whole grid (the streamed route, where the mask is decided at the end
+    of the pass), accumulated over slabs of whole-volume scans, each voxel's values taken about its first scan's
+    when the design spans the constant (the residuals do not change; the sums keep their digits)."""
+
+    def __init__(self, shape, shift: bool):
+        self.shape = tuple(int(s) for s in shape)
+        self.layout = _layout(np.ones(self.shape, dtype=bool))
+        self.sums = np.zeros((self.layout.pos.size, 8))
+        self.shift_allowed = shift
+        self.shift = None
+        self.n_scans = 0
+
+    @staticmethod
+    def bytes(shape) -> int:
+        """Memory the accumulators and the layout hold for a grid of `shape`."""
+        return (8 * 8 + 8 * 8) * int(np.prod(shape)) + DENSE_BYTES
+
+    def add(self, values) -> None:
+        """Add a slab of k scans, (k, n_elements) in the grid's x-fastest order."""
+        values = np.ascontiguousarray(values)
+        if self.shift is None:
+            first = np.asarray(values[0], dtype=np.float64)
+            self.shift = first.copy() if self.shift_allowed else np.zeros(first.size)
+        problem = _Problem(self.layout, np.zeros((values.shape[0], 0)), None, self.shift)
+        with np.errstate(invalid="ignore", over="ignore"):
+            self.sums += _data_sums(problem, values)[0]
+        self.n_scans += values.shape[0]
+
+    def residual_sums(self, mask, projections, basis) -> NeighbourSums:
+        """The residuals' NeighbourSums at the voxels of `mask` (flat, x-fastest), from these data sums and
+        `projections` (r, V): ``Q' y`` of each mask voxel about the same shift, as the streamed fit summed them,
+        with `basis` Q (n, r)."""
+        from ..inference.rft import neighbour_index
+
+        mask = np.asarray(mask, dtype=bool).reshape(self.shape, order="F")
+        flat = np.flatnonzero(mask.ravel(order="F"))
+        S = self.sums[flat]
+        return _residual_sums(S, np.asarray(projections, dtype=np.float64), basis, neighbour_index(mask), self.n_scans)

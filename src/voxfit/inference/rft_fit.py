@@ -1,0 +1,261 @@
+"""``--inference rft`` on a fit: the smoothness of its residuals, voxel-level FWE maps and SPM's results table.
+
+The options follow SPM's results dialog: ``p value adjustment to control`` (`correction`: ``fwe`` or ``none``),
+``threshold`` (`height`: a p value) and ``& extent threshold {voxels}`` (`extent`). The smoothness comes from
+the residuals' neighbour sums the fit collected (``voxfit.engine.smoothness``), through
+``voxfit.inference.rft`` (SPM12's ``spm_est_smoothness``, ``spm_resels_vol``, ``spm_P_RF``, ``spm_uc``).
+
+Which random field: t and F maps of models with one residual dof (OLS, ar1-global, group OLS) are t and F
+fields; maps with a dof per voxel (AR(p) per voxel, mixed effects) are taken as Z fields through their z maps
+(each voxel's z has its own exact p).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._checks import check_scalar
+from ..exceptions import InputError
+from .rft import (
+    NeighbourSums,
+    Smoothness,
+    estimate_smoothness,
+    gradient_products_from_sums,
+    height_threshold,
+    p_cluster,
+    p_peak_fwe,
+    p_uncorrected,
+)
+
+__all__ = [
+    "CLUSTER_WARNING",
+    "ContrastRFT",
+    "RFTInference",
+    "RFTOptions",
+    "check_rft_options",
+    "check_volume",
+    "finite_or_none",
+    "rft_inference",
+    "uncorrected_height",
+]
+
+CLUSTER_WARNING = (
+    "a cluster-forming threshold of p < {p:g} (uncorrected) is looser than p < 0.001: parametric cluster "
+    "inference at such thresholds gave familywise error rates far above nominal on real null data (Eklund, "
+    "Nichols & Knutsson 2016, PNAS 113:7900, up to 70% at p < 0.01); use p < 0.001 or --permutations."
+)
+
+
+@dataclass(frozen=True)
+class RFTOptions:
+    """What ``--inference rft`` asks: the height threshold `height` (a p value), corrected by `correction`
+    (``fwe``: familywise, SPM's default 0.05; ``none``: uncorrected, e.g. 0.001), and the extent threshold
+    `extent` (voxels)."""
+
+    height: float = 0.05
+    correction: str = "fwe"
+    extent: int = 0
+
+
+def check_rft_options(height=0.05, correction="fwe", extent=0) -> RFTOptions:
+    """The options checked (a p in (0, 1), ``fwe`` or ``none``, an extent of 0 or more voxels); an uncorrected
+    height looser than 0.001 warns (see :data:`CLUSTER_WARNING`)."""
+    height = check_scalar(
+        height, "`height_threshold`", numbers.Real, min_val=0.0, max_val=1.0, include_boundaries="neither"
+    )
+    if correction not in ("fwe", "none"):
+        raise InputError(f"`height_correction` must be fwe or none; got {correction!r}.")
+    extent = check_scalar(extent, "`extent_threshold`", numbers.Integral, min_val=0)
+    if correction == "none" and height > 0.001:
+        warnings.warn(CLUSTER_WARNING.format(p=height), UserWarning, stacklevel=2)
+    return RFTOptions(float(height), correction, int(extent))
+
+
+def check_volume(geometry) -> None:
+    """Refuse anything but a 3-D voxel grid, in one line."""
+    if getattr(geometry, "shape", None) is None or len(geometry.shape) != 3:
+        raise InputError(
+            f"--inference rft is for volumes; the data are a {geometry.describe().get('kind', 'non-volume')} "
+            "(use --permutations for surfaces and CIFTI)."
+        )
+
+
+@dataclass(frozen=True)
+class ContrastRFT:
+    """The random-field inference of one contrast.
+
+    kind : ``T``, ``F`` or ``Z`` (SPM's STAT); dof : SPM's ``[df1, df2]`` (``[1, inf]`` for Z).
+    stat : (V,) the field's values at the mask's voxels (the t or F map; the z map of a Z field).
+    height : the height threshold on `stat` (``spm_uc`` for fwe; the uncorrected quantile otherwise).
+    fwe_05 : the FWE 0.05 height threshold (``spm_uc(0.05, ...)``), whatever `height` is.
+    p_fwe : (V,) the voxel-level FWE p of each voxel taken as a peak (``spm_P(1, 0, stat, ...)`` with SPM's
+        Bonferroni bound over the search volume), NaN where `stat` is not finite.
+    expected_clusters : the expected number of clusters above `height` of `extent` voxels or more (``Ec * Pn``).
+    expected_voxels_per_cluster : E{n}, their expected size in voxels (``Ek / V2R``).
+    """
+
+    kind: str
+    dof: tuple[float, float]
+    stat: NDArray[np.float64]
+    height: float
+    fwe_05: float
+    p_fwe: NDArray[np.float64]
+    expected_clusters: float
+    expected_voxels_per_cluster: float
+
+
+@dataclass(frozen=True)
+class RFTInference:
+    """``--inference rft`` on a fit: the smoothness of its residuals and each contrast's :class:`ContrastRFT`.
+
+    mask : the search volume (3-D, the fit's mask); voxel_size : mm; affine : voxel -> mm; residuals : which
+    residuals the smoothness was estimated from, in words; field : why the fields are t/F or Z, in words.
+    """
+
+    smoothness: Smoothness
+    options: RFTOptions
+    mask: NDArray[np.bool_]
+    voxel_size: NDArray[np.float64]
+    affine: NDArray[np.float64]
+    contrasts: dict[str, ContrastRFT]
+    residuals: str
+    field: str
+
+    def maps(self) -> list[tuple[str, str | None, str | None, NDArray]]:
+        """``(stat, contrast label or None, desc or None, values (V,))`` of each map to write: the RPV map, and
+        per contrast the voxel-level FWE p and its -log10."""
+        out = [("rpv", None, None, self.smoothness.rpv)]
+        for label, c in self.contrasts.items():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                logp = -np.log10(c.p_fwe)
+            out += [("p", label, "rftfwe", c.p_fwe), ("logp", label, "rftfwe", logp)]
+        return out
+
+    def record(self) -> dict:
+        """What model.json's ``inference`` holds (see ``ModelRecord``)."""
+        sm = self.smoothness
+        rpv = sm.rpv[np.isfinite(sm.rpv)]
+        summary = {
+            k: float(f(rpv)) if rpv.size else None for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))
+        }
+        return {
+            "method": "rft",
+            "smoothness": {
+                "fwhm_voxels": sm.fwhm.tolist(),
+                "fwhm_mm": sm.fwhm_mm.tolist(),
+                "resels": sm.resels.tolist(),
+                "resel_voxels": sm.voxels_per_resel,
+                "rpv": summary,
+                "n_valid_voxels": sm.n_valid,
+                "residuals": self.residuals,
+                "n": sm.n,
+                "dof": sm.dof,
+            },
+            "search": {"voxels": sm.n_voxels, "mm3": float(sm.n_voxels * np.prod(self.voxel_size))},
+            "height": {"p": self.options.height, "correction": self.options.correction},
+            "extent": self.options.extent,
+            "field": self.field,
+            "contrasts": {
+                label: {
+                    "field": c.kind,
+                    "dof": list(c.dof),
+                    "height_stat": c.height,
+                    "height_p_uncorrected": float(p_uncorrected(c.height, c.dof, c.kind)),
+                    "fwe_0.05": c.fwe_05,
+                    "expected_clusters": c.expected_clusters,
+                    "expected_voxels_per_cluster": c.expected_voxels_per_cluster,
+                }
+                for label, c in self.contrasts.items()
+            },
+        }
+
+
+def finite_or_none(obj):
+    """`obj` (dicts, lists, numbers) with every non-finite float as None, for JSON (inf: no threshold reached;
+    a Z field's dof)."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def rft_inference(
+    contrasts: dict,
+    masker,
+    sums: NeighbourSums,
+    options: RFTOptions,
+    *,
+    n: float,
+    dof: float,
+    residuals: str,
+    z_field: bool = False,
+) -> RFTInference:
+    """The RFT inference of each contrast (``voxfit.core`` Stats) of a fit on a volume `masker`, from the
+    :class:`~voxfit.inference.rft.NeighbourSums` of its residuals (`n` scans, `dof` residual degrees of
+    freedom). With `z_field` (models whose dof varies per voxel: AR(p) per voxel, mixed effects), each
+    contrast's z map is taken as a Z field; otherwise t and F maps are T and F fields with the contrast's dof."""
+    check_volume(masker.geometry)
+    shape = tuple(masker.geometry.shape)
+    mask = np.asarray(masker.mask, dtype=bool).reshape(shape, order="F")
+    affine = np.asarray(masker.geometry.affine, dtype=np.float64)
+    voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    products = gradient_products_from_sums(sums, mask)
+    sm = estimate_smoothness(products, mask, voxel_size, n=n, dof=dof, n_maps=sums.n_maps)
+    out = {label: _contrast(s, sm, options, z_field) for label, s in contrasts.items()}
+    field = (
+        "Z: each contrast's z map (the model's dof varies per voxel)" if z_field else "T or F: the contrast's statistic"
+    )
+    return RFTInference(sm, options, mask, voxel_size, affine, out, residuals, field)
+
+
+def _contrast(stats, sm: Smoothness, options: RFTOptions, z_field: bool) -> ContrastRFT:
+    if z_field:
+        kind, dof, values = "Z", (1.0, math.inf), np.asarray(stats.z, dtype=np.float64)
+    else:
+        kind = "T" if stats.kind == "t" else "F"
+        d = stats.dof
+        dof = (1.0, float(d)) if np.ndim(d) == 0 else (float(d[0]), float(d[1]))
+        values = np.asarray(stats.stat, dtype=np.float64)
+    S = sm.n_voxels
+    fwe_05 = height_threshold(0.05, dof, kind, sm.resels, n_voxels=S)
+    if options.correction == "fwe":
+        height = (
+            fwe_05 if options.height == 0.05 else height_threshold(options.height, dof, kind, sm.resels, n_voxels=S)
+        )
+    else:
+        height = uncorrected_height(options.height, dof, kind)
+    finite = np.isfinite(values)
+    p = np.full(values.shape, np.nan)
+    p[finite] = p_peak_fwe(values[finite], dof, kind, sm.resels, n_voxels=S)
+    rf = p_cluster(options.extent / sm.voxels_per_resel, height, dof, kind, sm.resels)
+    return ContrastRFT(
+        kind,
+        dof,
+        values,
+        float(height),
+        float(fwe_05),
+        p,
+        float(rf.Ec) * float(rf.p),
+        float(rf.Ek) * sm.voxels_per_resel,
+    )
+
+
+def uncorrected_height(p: float, dof, kind: str) -> float:
+    """The height of a `kind` field (``T``, ``F``, ``Z``) whose uncorrected upper-tail probability is `p`
+    (SPM's ``spm_u``)."""
+    from scipy import stats
+
+    if kind == "Z":
+        return float(stats.norm.isf(p))
+    if kind == "T":
+        return float(stats.t.isf(p, dof[1]))
+    return float(stats.f.isf(p, dof[0], dof[1]))

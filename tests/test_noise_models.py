@@ -12,7 +12,7 @@ from scipy.signal import lfilter
 
 from voxfit import fit_images
 from voxfit.core import factorize
-from voxfit.core.arma import arma_autocorrelations, arma_whiten, estimate_arma
+from voxfit.core.arma import arma_autocorrelations, arma_grid, arma_whiten, estimate_arma, fit_arma_block
 from voxfit.core.film import film_lags, select_ar_order, smooth_autocorrelations, tukey_taper, volume_kernel
 from voxfit.core.reml import reml, whitening_matrix
 from voxfit.engine.global_ar import fast_components
@@ -49,6 +49,44 @@ def test_arma_whitening_is_the_inverse_cholesky_factor(a, b):
     npt.assert_allclose(logdet[0], np.linalg.slogdet(C)[1], atol=1e-10)
     W2, _ = arma_whiten(Z, np.full(4, a), np.full(4, b))  # one model per column
     npt.assert_allclose(W2, W, atol=1e-12)
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_arma_criterion_and_gls_from_the_eigenbasis_equal_the_dense_computation(intercept):
+    """The REML criterion at every grid point and the GLS fit at each voxel's (a, b), which arma.py computes in
+    the MA(1)'s eigenbasis with the corner by Woodbury, equal those of the dense covariance C (n x n Toeplitz of
+    the ARMA autocovariances, unit innovations) to 1e-10."""
+    rng = np.random.default_rng(11)
+    n, V = 60, 6
+    X = design(n) if intercept else rng.normal(size=(n, 3))
+    Y = arma_noise(rng, n, V, 0.5, 0.3) + X @ rng.normal(size=(3, V))
+    d = factorize(X)
+    Q, r = d.basis, d.rank
+
+    def dense(a, b, y):
+        g0 = (1 + 2 * a * b + b * b) / (1 - a * a)
+        C = g0 * toeplitz(arma_autocorrelations([a], [b], n - 1)[0])
+        Ci = np.linalg.inv(C)
+        gram, rhs = Q.T @ Ci @ Q, Q.T @ Ci @ y
+        coords = np.linalg.solve(gram, rhs)
+        rss = y @ Ci @ y - rhs @ coords
+        crit = (n - r) * np.log(rss) + np.linalg.slogdet(C)[1] + np.linalg.slogdet(gram)[1]
+        return coords, rss, crit
+
+    Yc = Y - Y.mean(axis=0) if intercept else Y
+    est = estimate_arma(d, Yc)
+    grid = arma_grid()
+    for v in range(V):
+        g = np.flatnonzero((grid == est.grid_best[v]).all(axis=1))[0]
+        npt.assert_allclose(est.grid_criterion[v], dense(*grid[g], Yc[:, v])[2], rtol=1e-10)
+    fit = fit_arma_block(d, Y, [])
+    for v in range(V):
+        coords, rss, _ = dense(*fit.phi[v], Yc[:, v])
+        beta = d.basis_pinv @ coords + (
+            np.linalg.lstsq(X, np.full(n, Y[:, v].mean()), rcond=None)[0] if intercept else 0
+        )
+        npt.assert_allclose(fit.rss[v], rss, rtol=1e-10)
+        npt.assert_allclose(fit.betas[:, v], beta, rtol=1e-9, atol=1e-10)
 
 
 def test_arma11_recovers_parameters_as_statsmodels_does():

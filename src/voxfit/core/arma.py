@@ -12,8 +12,13 @@ vector z has a tridiagonal covariance (``var z_0 = gamma_0``, ``cov(z_0, z_1) = 
 the MA(1)'s ``1 + b^2`` and ``b``; zero elsewhere, since ``gamma_k = a gamma_{k-1}`` beyond lag 1), whose
 Cholesky factor is a scalar recursion; both are recursions over the scans, vectorised over voxels. The REML
 criterion (sigma^2 profiled out) is ``(n - r) log RSS_w + log|C| + log|Q'C^-1 Q|`` for the design's orthonormal
-basis Q. Every grid point's whitening is shared by all voxels: one filter of the block and one product with
-the whitened basis per grid point.
+basis Q. The fit itself does not whiten: ``C^-1 = A'T^-1 A`` with A = I - a L
+(the AR filter) and ``T = T_0 + E K E'``, T_0 the MA(1)'s Toeplitz covariance ``(1 + b^2) I + b S_1`` and K
+its 2 x 2 corner. Every T_0 is diagonal in the same DST-I eigenbasis (eigenvalues ``1 + b^2 + 2 b cos(pi j /
+(n + 1))``), so one transform of the data and of the basis (and of their lags) serves every (a, b):
+``Q'C^-1 Q``, ``Q'C^-1 y``, ``y'C^-1 y`` and ``log|C|`` are sums over the n frequencies (quadratic in a; the
+corner by Woodbury), for the grid one product per distinct b, for each voxel's own (a, b) one product of its
+inverse spectrum with the basis's column products.
 
 Degrees of freedom: 3dREMLfit refers each t to ``n - rank``, as if (a, b) were known; that is liberal (0.064
 for 0.05 on ARMA(0.6, 0.3) noise, 200 scans, 10-scan blocks). voxfit refers it to Satterthwaite's dof, which
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.fft import dst
 
 from .design import DesignFactor
 
@@ -127,16 +133,102 @@ class ARMABlockFit:
     tss: NDArray
 
 
-def _criterion_shared(Q: NDArray, Y: NDArray, a: float, b: float) -> NDArray:
-    """-2 restricted log-likelihood (up to a constant) of every voxel of Y (n, v) at one (a, b)."""
-    n, r = Q.shape
-    WQ, logdet = arma_whiten(Q, a, b)
-    WY, _ = arma_whiten(Y, a, b)
-    Qw, R = np.linalg.qr(WQ)
-    proj = Qw.T @ WY
-    rss = np.einsum("tv,tv->v", WY, WY) - np.einsum("kv,kv->v", proj, proj)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (n - r) * np.log(np.maximum(rss, 1e-300)) + logdet[0] + 2.0 * np.log(np.abs(np.diag(R))).sum()
+@dataclass(frozen=True, eq=False)
+class _Spectral:
+    """A block in the eigenbasis of the MA(1) part (see :func:`_spectral`): the frequencies' ``cos`` (n,), the
+    orthonormal DST-I transforms of the basis Q and its lag ``LQ`` (n, r each), of the data ``fy`` and ``fly``
+    (n, v each), the transforms' first two rows ``ve`` (n, 2) (``E = [e_0, e_1]`` in the eigenbasis), and the
+    products of columns ``pairs`` (n, 3, r, r): Q Q', Q LQ' + LQ Q', LQ LQ' per frequency."""
+
+    cos: NDArray
+    fq: NDArray
+    flq: NDArray
+    fy: NDArray
+    fly: NDArray
+    ve: NDArray
+    pairs: NDArray
+
+
+def _lag(Z: NDArray) -> NDArray:
+    """L z: ``(Lz)_0 = 0``, ``(Lz)_t = z_{t-1}`` (the AR filter is ``z - a L z``)."""
+    out = np.zeros_like(Z)
+    out[1:] = Z[:-1]
+    return out
+
+
+def _spectral(Q: NDArray, Y: NDArray) -> _Spectral:
+    """The block's terms in the eigenbasis of the symmetric lag-1 shift (the DST-I vectors ``sqrt(2/(n+1))
+    sin(pi (t+1)(j+1)/(n+1))``, eigenvalues ``2 cos(pi (j+1)/(n+1))``), which diagonalises every MA(1)
+    covariance ``(1 + b^2) I + b S_1`` at once: one transform of the data serves every (a, b)."""
+    n = Q.shape[0]
+    fq, flq = dst(Q, type=1, norm="ortho", axis=0), dst(_lag(Q), type=1, norm="ortho", axis=0)
+    fy, fly = dst(Y, type=1, norm="ortho", axis=0), dst(_lag(Y), type=1, norm="ortho", axis=0)
+    ve = dst(np.eye(n)[:, :2], type=1, norm="ortho", axis=0)
+    cross = fq[:, :, None] * flq[:, None, :]
+    pairs = np.stack(
+        [fq[:, :, None] * fq[:, None, :], cross + cross.transpose(0, 2, 1), flq[:, :, None] * flq[:, None, :]], axis=1
+    )
+    cos = np.cos(np.pi * np.arange(1, n + 1) / (n + 1))
+    return _Spectral(cos, fq, flq, fy, fly, ve, pairs)
+
+
+def _corner(a, b, S: NDArray, n: int):
+    """For models (a, b) (arrays of one shape) and ``S = E'T_0^-1 E`` (..., 2, 2): the Woodbury factor ``N = (I +
+    K S)^-1 K`` (..., 2, 2) of z's covariance ``T = T_0 + E K E'`` (T_0 the MA(1)'s Toeplitz covariance, K the
+    corner: z_0 = x_0 has the stationary variance and covariance with z_1), and ``log|T|`` (unit innovations)."""
+    g0 = (1.0 + 2.0 * a * b + b * b) / (1.0 - a * a)
+    g1 = (1.0 + a * b) * (a + b) / (1.0 - a * a)
+    K = np.zeros(np.shape(a) + (2, 2))
+    K[..., 0, 0] = g0 - 1.0 - b * b
+    K[..., 0, 1] = K[..., 1, 0] = g1 - a * g0 - b
+    M = np.eye(2) + K @ S
+    N = np.linalg.solve(M, K)
+    logdet_t0 = np.log1p(-((b * b) ** (n + 1))) - np.log1p(-b * b)  # det of MA(1)'s covariance: sum_k b^2k
+    return N, logdet_t0 + np.log(np.linalg.det(M))
+
+
+def _quadratic(N: NDArray, u: NDArray, w: NDArray) -> NDArray:
+    """``u' N w`` over the leading axes: u (..., 2, i), N (..., 2, 2), w (..., 2, j) -> (..., i, j)."""
+    return np.swapaxes(u, -1, -2) @ N @ w
+
+
+def _grid_criterion(spec: _Spectral, grid: NDArray) -> NDArray:
+    """-2 restricted log-likelihood (up to a constant) of every voxel at every grid point (G, v), from the
+    block's transforms: for each distinct b, one product of the basis with the data weighted by the MA(1)'s
+    inverse spectrum (the a's of that b differ by the terms of ``C^-1 = A'T^-1 A``, A = I - a L, quadratic in a)."""
+    n, r = spec.fq.shape
+    v = spec.fy.shape[1]
+    crit = np.empty((len(grid), v))
+    basis = np.concatenate([spec.fq, spec.flq], axis=1)  # (n, 2r)
+    for b in np.unique(grid[:, 1]):
+        rows = np.flatnonzero(grid[:, 1] == b)
+        d = 1.0 / (1.0 + b * b + 2.0 * b * spec.cos)  # T_0^-1 in the eigenbasis
+        dy, dly = d[:, None] * spec.fy, d[:, None] * spec.fly
+        prod = basis.T @ np.concatenate([dy, dly], axis=1)  # (2r, 2v): [Q; LQ]' T_0^-1 [y, Ly]
+        qy, qly, lqy, lqly = prod[:r, :v], prod[:r, v:], prod[r:, :v], prod[r:, v:]
+        yy = (
+            np.einsum("tv,tv->v", dy, spec.fy),
+            np.einsum("tv,tv->v", dy, spec.fly),
+            np.einsum("tv,tv->v", dly, spec.fly),
+        )
+        ey, ely = spec.ve.T @ dy, spec.ve.T @ dly  # E'T_0^-1 y, E'T_0^-1 Ly (2, v)
+        dve = d[:, None] * spec.ve
+        S = spec.ve.T @ dve
+        eq, elq = dve.T @ spec.fq, dve.T @ spec.flq  # (2, r)
+        G = np.einsum("j,jkab->kab", d, spec.pairs)  # (3, r, r)
+        for g in rows:
+            a = grid[g, 0]
+            N, logdet = _corner(np.float64(a), np.float64(b), S, n)
+            ep, ez = eq - a * elq, ey - a * ely
+            gram = G[0] - a * G[1] + a * a * G[2] - _quadratic(N, ep, ep)
+            rhs = qy - a * (qly + lqy) + a * a * lqly - _quadratic(N, ep, ez)
+            zz = yy[0] - 2.0 * a * yy[1] + a * a * yy[2] - np.einsum("av,ab,bv->v", ez, N, ez)
+            L = np.linalg.cholesky(gram)
+            half = np.linalg.solve(L, rhs)
+            rss = zz - np.einsum("kv,kv->v", half, half)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                crit[g] = (n - r) * np.log(np.maximum(rss, 1e-300)) + logdet + 2.0 * np.log(np.diag(L)).sum()
+    return crit
 
 
 def _parabola_step(left: NDArray, mid: NDArray, right: NDArray) -> NDArray:
@@ -161,10 +253,17 @@ class ARMAEstimate:
 def estimate_arma(design: DesignFactor, Y: NDArray, grid: NDArray = ARMA_GRID) -> ARMAEstimate:
     """REML estimates (a, b) for the voxels of Y (n, v; float64, finite): the best grid point, refined by
     parabolas along a and along b through the criterion at the neighbouring grid points."""
-    Q = design.basis
-    crit = np.stack([_criterion_shared(Q, Y, a, b) for a, b in grid])  # (G, v)
+    return _estimate(_spectral(design.basis, Y), grid)
+
+
+def _estimate(spec: _Spectral, grid: NDArray) -> ARMAEstimate:
+    """:func:`estimate_arma` from the block's transforms."""
+    crit = _grid_criterion(spec, grid)  # (G, v)
     crit = np.where(np.isfinite(crit), crit, np.inf)
-    best = np.argmin(crit, axis=0)
+    low = crit.min(axis=0)
+    # the first grid point within rounding of the least criterion: the models with a + b = 0 are all white noise
+    # (the roots cancel), equal criteria that rounding alone would tell apart; white noise is then (0, 0)
+    best = np.argmax(crit <= low + 1e-10 * np.abs(low), axis=0)
     est = grid[best].copy()
     da = np.diff(np.unique(grid[:, 0]))[0]
     db = np.diff(np.unique(grid[:, 1]))[0]
@@ -173,7 +272,7 @@ def estimate_arma(design: DesignFactor, Y: NDArray, grid: NDArray = ARMA_GRID) -
     off = (lookup.shape[1] - 1) // 2
     lookup[ia_all, ib_all + off] = np.arange(len(grid))
     ia, ib = ia_all[best], ib_all[best] + off
-    cols = np.arange(Y.shape[1])
+    cols = np.arange(crit.shape[1])
 
     def at(di, dj):
         idx = lookup[ia + di, np.clip(ib + dj, 0, lookup.shape[1] - 1)]
@@ -187,28 +286,47 @@ def estimate_arma(design: DesignFactor, Y: NDArray, grid: NDArray = ARMA_GRID) -
     return ARMAEstimate(refined, est, mid)
 
 
-def _gls(Q: NDArray, Y: NDArray, est: NDArray):
-    """Per-voxel GLS with each voxel's whitening: ``(coords (r, v), rss (v,), gram^-1 (v, r, r), criterion
-    (v,))``. The whitened basis is held as (v, n, r) so that the Gram matrices are batched matrix products."""
-    n, r = Q.shape
-    v = Y.shape[1]
+def _gls(spec: _Spectral, est: NDArray, cols=slice(None)):
+    """Per-voxel GLS with each voxel's model (a, b) = `est` (v, 2), for the block's voxels `cols`: ``(coords
+    (r, v), rss (v,), gram^-1 (v, r, r), criterion (v,))``, from the block's transforms: ``Q'C^-1 Q``, ``Q'C^-1 y``
+    and ``y'C^-1 y`` with ``C^-1 = A'(T_0 + E K E')^-1 A`` (A = I - a L, T_0 diagonal in the eigenbasis, the
+    corner by Woodbury), weighted sums over the n frequencies per voxel."""
+    n, r = spec.fq.shape
     a, b = est[:, 0], est[:, 1]
-    WY, logdet = arma_whiten(Y, a, b)
-    diag, sub = _cholesky_terms(a, b, n)
-    WQt = np.empty((v, n, r))
-    WQt[:, 0] = Q[0] / diag[0][:, None]
-    for t in range(1, n):  # the AR filter, then the tridiagonal factor's recursion, as arma_whiten
-        z = Q[t] - a[:, None] * Q[t - 1]
-        WQt[:, t] = (z - sub[t][:, None] * WQt[:, t - 1]) / diag[t][:, None]
-    gram = np.matmul(WQt.transpose(0, 2, 1), WQt)
-    rhs = np.matmul(WQt.transpose(0, 2, 1), np.ascontiguousarray(WY.T)[:, :, None])[:, :, 0]  # (v, r)
+    v = a.size
+    d = 1.0 / (1.0 + b * b + 2.0 * b * spec.cos[:, None])  # (n, v)
+    fz = spec.fy[:, cols] - a * spec.fly[:, cols]  # the AR-filtered data, transformed
+    dz = d * fz
+    iu = np.triu_indices(r)
+    columns = [spec.ve[:, [0, 0, 1]] * spec.ve[:, [0, 1, 1]]]  # E'T_0^-1 E's three entries
+    columns += [(spec.ve[:, e, None] * part).T for e in range(2) for part in (spec.fq, spec.flq)]
+    columns = [columns[0]] + [c.T for c in columns[1:]] + [spec.pairs[:, k][:, iu[0], iu[1]] for k in range(3)]
+    sums = d.T @ np.concatenate(columns, axis=1)  # one product: every per-voxel sum over the frequencies
+    S = sums[:, [0, 1, 1, 2]].reshape(v, 2, 2)
+    ep = np.stack(
+        [
+            sums[:, 3 + 2 * e * r : 3 + (2 * e + 1) * r]
+            - a[:, None] * sums[:, 3 + (2 * e + 1) * r : 3 + (2 * e + 2) * r]
+            for e in range(2)
+        ],
+        axis=1,
+    )  # (v, 2, r)
+    ez = (spec.ve.T @ dz).T[:, :, None]  # (v, 2, 1)
+    m = iu[0].size
+    G = np.zeros((v, 3, r, r))
+    G[:, :, iu[0], iu[1]] = sums[:, 3 + 4 * r :].reshape(v, 3, m)
+    G[:, :, iu[1], iu[0]] = G[:, :, iu[0], iu[1]]
+    N, logdet = _corner(a, b, S, n)
+    gram = G[:, 0] - a[:, None, None] * G[:, 1] + (a * a)[:, None, None] * G[:, 2] - _quadratic(N, ep, ep)
+    rhs = (spec.fq.T @ dz - a * (spec.flq.T @ dz)).T - _quadratic(N, ep, ez)[:, :, 0]  # (v, r)
+    zz = np.einsum("tv,tv->v", dz, fz) - _quadratic(N, ez, ez)[:, 0, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         try:
             gram_inv = np.linalg.inv(gram)
         except np.linalg.LinAlgError:
             gram_inv = np.linalg.pinv(gram, hermitian=True)
         coords = np.einsum("vij,vj->iv", gram_inv, rhs)
-        rss = np.einsum("tv,tv->v", WY, WY) - np.einsum("iv,vi->v", coords, rhs)
+        rss = zz - np.einsum("iv,vi->v", coords, rhs)
         crit = (n - r) * np.log(np.maximum(rss, 1e-300)) + logdet + np.linalg.slogdet(gram)[1]
     return coords, rss, gram_inv, crit
 
@@ -228,18 +346,19 @@ def fit_arma_block(design: DesignFactor, Y: NDArray, weights: list[NDArray], gri
     coef = Q.T @ Y
     tss = np.einsum("tv,tv->v", Y, Y)  # centred when the design has an intercept (Y was shifted)
     ols_rss = tss - np.einsum("kv,kv->v", coef, coef)
-    found = estimate_arma(design, Y, grid)
+    spec = _spectral(Q, Y)
+    found = _estimate(spec, grid)
     est = found.refined
-    coords, rss, gram_inv, crit = _gls(Q, Y, est)
+    coords, rss, gram_inv, crit = _gls(spec, est)
     worse = np.flatnonzero(~(crit <= found.grid_criterion + 1e-9 * np.abs(found.grid_criterion)))
     if worse.size:
         est[worse] = found.grid_best[worse]
-        coords[:, worse], rss[worse], gram_inv[worse], _ = _gls(Q, Y[:, worse], est[worse])
+        coords[:, worse], rss[worse], gram_inv[worse], _ = _gls(spec, est[worse], worse)
     if shift is not None:
         coords = coords + np.multiply.outer(Q.T @ np.ones(n), shift)
     betas = design.basis_pinv @ coords
     wqs = [w @ design.basis_pinv for w in weights]  # (q, r) each
-    spread = _estimation_spread(Q, Y, est, crit, wqs) if wqs else []
+    spread = _estimation_spread(spec, est, crit, wqs) if wqs else []
     contrasts = []
     for w, wq, g2 in zip(weights, wqs, spread):
         cov = np.einsum("ai,vij,bj->vab", wq, gram_inv, wq)
@@ -248,7 +367,7 @@ def fit_arma_block(design: DesignFactor, Y: NDArray, weights: list[NDArray], gri
     return ARMABlockFit(betas, rss, est, contrasts, ols_rss, tss)
 
 
-def _estimation_spread(Q, Y, est, crit, wqs, h: float = 0.02) -> list[NDArray]:
+def _estimation_spread(spec: _Spectral, est, crit, wqs, h: float = 0.02) -> list[NDArray]:
     """For each contrast, ``var(log C(a_hat, b_hat))`` per voxel by the delta method (C = wq gram^-1 wq', its
     trace over q for F): central differences of log C and of the REML criterion along a and along b (steps
     `h`, kept inside the stationary, invertible models), var(a_hat) = 2 / d2crit/da2 (likewise b; their
@@ -260,8 +379,8 @@ def _estimation_spread(Q, Y, est, crit, wqs, h: float = 0.02) -> list[NDArray]:
         up, down = est + step, est - step
         up[:, 0], down[:, 0] = np.clip(up[:, 0], -0.98, 0.98), np.clip(down[:, 0], -0.98, 0.98)
         up[:, 1], down[:, 1] = np.clip(up[:, 1], -0.98, 0.98), np.clip(down[:, 1], -0.98, 0.98)
-        _, _, g_up, c_up = _gls(Q, Y, up)
-        _, _, g_down, c_down = _gls(Q, Y, down)
+        _, _, g_up, c_up = _gls(spec, up)
+        _, _, g_down, c_down = _gls(spec, down)
         width = up[:, axis] - down[:, axis]
         with np.errstate(invalid="ignore", divide="ignore"):
             curve = (c_up + c_down - 2.0 * crit) / (0.25 * width**2)

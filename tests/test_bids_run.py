@@ -152,11 +152,13 @@ def test_smoothed_study_equals_a_fit_of_nilearn_smoothed_runs(tmp_path):
     stem = f"sub-01_task-stroop_run-1_space-{SPACE}"
     func = study.derivatives / "sub-01" / "func"
     smoothed = smooth_img(str(func / f"{stem}_desc-preproc_bold.nii.gz"), 6)
+    noise = json.loads((run_dir / f"{stem}_model.json").read_text())["settings"]["noise_model"]  # (the default)
     ref = fit_images(
         smoothed,
         run_dir / f"{stem}_design.tsv",
         {"congruent": "congruent"},
         mask=func / f"{stem}_desc-brain_mask.nii.gz",
+        noise=noise,
     )
     z = _maps(run_dir / f"{stem}_contrast-congruent_stat-z_statmap.nii.gz")
     np.testing.assert_allclose(z, ref.masker.inverse(ref.contrasts["congruent"].z).ravel(), atol=1e-4, equal_nan=True)

@@ -34,14 +34,17 @@ def _fit(tmp_path, run, *options, name="out"):
 
 
 def test_the_cli_default_is_the_models_default():
-    from voxfit.models.first_level import FMRI_NOISE, FirstLevel
+    from voxfit.models._routing import FMRI_NOISE, fmri_noise
+    from voxfit.models.first_level import FirstLevel
 
-    assert FMRI_NOISE_CLI == FMRI_NOISE == FirstLevel(tr=2.0).noise != "ols"
+    assert FMRI_NOISE_CLI == FMRI_NOISE != "ols" and FirstLevel(tr=2.0).noise is None  # (decided per run)
+    # AR(8) from 160 scans; shorter runs 20 scans per coefficient, at least AR(1)
+    assert [fmri_noise(n) for n in (1000, 160, 159, 40, 25, 10)] == ["ar8", "ar8", "ar7", "ar2", "ar1", "ar1"]
 
 
 def test_events_default_to_the_fmri_noise_model_and_designs_to_ols(tmp_path, run, rng):
     settings = _fit(tmp_path, run)
-    assert settings["noise_model"] == FMRI_NOISE_CLI
+    assert settings["noise_model"] == "ar2"  # (FMRI_NOISE_CLI's order reduced for a run of 40 scans)
     assert settings["noise"]["default"] is True and "resting-state" in settings["noise"]["why"]
     design = tmp_path / "design.tsv"
     design.write_text("a\tconstant\n" + "".join(f"{rng.standard_normal():.4f}\t1\n" for _ in range(40)))

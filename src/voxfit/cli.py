@@ -36,12 +36,13 @@ HRF_MODELS_CLI = (
 )
 
 # The noise model of fMRI time series (--events) when --noise is not given; --design (any data) keeps ols. It
-# repeats voxfit.models.first_level.FMRI_NOISE so that --help needs no numerical import (a test keeps them equal).
+# repeats voxfit.models._routing.FMRI_NOISE so that --help needs no numerical import (a test keeps them equal).
 FMRI_NOISE_CLI = "ar8"
 FMRI_NOISE_WHY = (
     "the per-voxel AR model that held the nominal false-positive rate best on resting-state-like noise "
     "(1/f, AR, aliased cardiac and respiratory) over block and event designs at TR 0.7-3 s "
-    "(validation/noise_realistic.py), at about 7x ar1's cost"
+    "(validation/noise_realistic.py, runs of 600 s), at about 7x ar1's cost; runs shorter than 160 scans get "
+    "AR(scans // 20), at least AR(1), so that each coefficient has 20 scans"
 )
 # --preset: each tool's defaults (see _apply_preset); explicit options override them
 PRESETS = {
@@ -536,7 +537,7 @@ def _bids_parser(sub) -> None:
     bids.add_argument("--smoothing", type=float, metavar="FWHM", help="Gaussian smoothing of volumes, FWHM in mm")
     bids.add_argument(
         "--noise",
-        default=FMRI_NOISE_CLI,
+        default=None,
         metavar="MODEL",
         help="run-level noise model: ols, ar1..ar8, ar1-global, fast, film, arma11, auto "
         f"(default {FMRI_NOISE_CLI}: {FMRI_NOISE_WHY})",
@@ -706,8 +707,8 @@ def _resolve_settings(args) -> dict:
             given = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in kept.items())
             over = f"; given explicitly: {given}" if kept else ""
             print(f"preset {preset}: {said}{over}")
-    if args.noise is None:
-        args.noise = FMRI_NOISE_CLI if args.events else "ols"
+    if args.noise is None:  # with --events, decided from the run's length once its header is read (_fmri_noise)
+        args.noise = None if args.events else "ols"
         why = FMRI_NOISE_WHY if args.events else "--design: the data need not be fMRI time series"
         record["noise"] = {"model": args.noise, "default": True, "why": why}
     else:
@@ -715,6 +716,15 @@ def _resolve_settings(args) -> dict:
     if args.scaling is None:
         args.scaling = "none"
     return record
+
+
+def _fmri_noise(args, record: dict, n_scans: int) -> None:
+    """The default noise model of fMRI runs (--events without --noise) for runs of `n_scans` scans (the
+    shortest run of several), into `args` and the record."""
+    if args.noise is None:
+        from .models._routing import fmri_noise
+
+        args.noise = record["noise"]["model"] = fmri_noise(n_scans)
 
 
 def _rft_options(p: argparse.ArgumentParser) -> None:
@@ -987,7 +997,7 @@ def _run_fit(args, argv, progress) -> int:
         _refuse_design_options_with_a_design(args)
     record = _resolve_settings(args)
     if len(sources) > 1:
-        return _run_runs(args, argv, progress)
+        return _run_runs(args, argv, progress, record)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
     if len(args.inputs) > 1:
@@ -1005,6 +1015,7 @@ def _run_fit(args, argv, progress) -> int:
 
     execution = Execution(args.max_memory, args.n_jobs, args.scheduler, args.device, progress)
     reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
+    _fmri_noise(args, record, reader.n_scans)
     route = choose_route(reader, execution, first_level_needs(args.noise, args.scaling, reader))
     threshold = "auto" if args.mask_threshold is None else args.mask_threshold
     loading = None
@@ -1066,7 +1077,7 @@ def _warn_out_of_order(paths) -> None:
             return
 
 
-def _run_runs(args, argv, progress) -> int:
+def _run_runs(args, argv, progress, record: dict) -> int:
     """Several runs: one input and one design (or events file) each, combined by fixed effects."""
     from .io import open_reader
     from .models import fit_runs
@@ -1081,7 +1092,9 @@ def _run_runs(args, argv, progress) -> int:
     if args.confounds and len(args.confounds) != len(args.inputs):
         raise InputError(f"{len(args.confounds)} confounds files for {len(args.inputs)} runs; give one per run.")
     if args.events:
-        designs = [_make_design(args, open_reader(path).n_scans, r)[0] for r, path in enumerate(args.inputs)]
+        lengths = [open_reader(path).n_scans for path in args.inputs]
+        _fmri_noise(args, record, min(lengths))
+        designs = [_make_design(args, n, r)[0] for r, n in enumerate(lengths)]
     else:
         designs = list(args.design)
     result = fit_runs(

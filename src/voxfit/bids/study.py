@@ -50,7 +50,6 @@ from .._execution import Execution, cap_holding, data_bytes
 from .._memory import reserved_bytes
 from .._progress import Progress
 from .._version import __version__
-from ..models.first_level import FMRI_NOISE
 from ..exceptions import InputError
 from .layout import ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
@@ -127,7 +126,7 @@ class _Settings:
     """The checked arguments of :func:`run` that the fits depend on (recorded, and part of every checksum)."""
 
     level: str
-    noise: str
+    noise: str | None  # None: the fMRI default for each run's length (models._routing.fmri_noise)
     scaling: str
     convolution: str
     smoothing: float | None
@@ -210,7 +209,7 @@ def run(
     space: str | None = None,
     desc: str = "preproc",
     smoothing: float | None = None,
-    noise: str = FMRI_NOISE,
+    noise: str | None = None,
     scaling: str = "none",
     convolution: str = "spm",
     group_model: str = "mixed",
@@ -350,7 +349,8 @@ def _run_iv(
         raise InputError(f"`convolution` must be spm or nilearn; got {convolution!r}.")
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
-    noise_order(noise)
+    if noise is not None:
+        noise_order(noise)
     if report:
         from .report import check_matplotlib
 
@@ -619,11 +619,12 @@ def _fit_task(shared, job: _RunJob) -> _RunDone:
 
 def _fit_run(job: _RunJob) -> _RunDone:
     from .._threads import DaemonExecutor
-    from ..models._routing import choose_route, first_level_needs
+    from ..models._routing import choose_route, first_level_needs, fmri_noise
     from ..models.glm import fit_images, write_design_files
     from ..models.record import ModelRecord, contrast_record, input_records, mask_record
 
     r, s = job.run, job.settings
+    noise = s.noise or fmri_noise(r.n_scans)  # (the fMRI default for this run's length)
     paths = [p for p in (r.bold, r.mask, r.events, r.confounds) if p is not None]
     records = DaemonExecutor().submit(input_records, paths)  # checksums beside the fit; abandoned on Ctrl-C
     route = None
@@ -635,13 +636,13 @@ def _fit_run(job: _RunJob) -> _RunDone:
             reader = SmoothedReader(open_reader(str(r.bold), "bold"), s.smoothing)
         except InputError as exc:
             raise InputError(f"{r.bold}: {exc}") from None
-        route = choose_route(reader, job.execution, first_level_needs(s.noise, s.scaling, reader))
+        route = choose_route(reader, job.execution, first_level_needs(noise, s.scaling, reader))
     fitted = fit_images(
         r.bold,
         job.design,
         {label: weights for label, _, weights in job.contrasts},
         mask=r.mask,
-        noise=s.noise,
+        noise=noise,
         scaling=s.scaling,
         route=route,
         execution=job.execution,
@@ -697,8 +698,8 @@ def _fit_run(job: _RunJob) -> _RunDone:
             settings={
                 "max_memory": job.execution.max_memory,
                 "n_jobs": job.execution.n_jobs,
-                "noise_model": s.noise,
-                "noise_details": {"model": "OLS" if s.noise == "ols" else s.noise},
+                "noise_model": noise,
+                "noise_details": {"model": "OLS" if noise == "ols" else noise, "default": s.noise is None},
                 "scaling": s.scaling,
                 "p": "one-sided upper tail for t; z has the same upper-tail probability",
                 "bids": bids,

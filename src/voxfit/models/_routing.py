@@ -61,6 +61,22 @@ class Route:
     reason: str = ""
 
 
+# The noise model of fMRI time series by default: AR(8) per voxel, the model that held the nominal false-positive
+# rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory oscillations) over block and
+# event designs at TR 0.7-3 s in runs of 600 s (validation/noise_realistic.py; ols was liberal in nearly every
+# cell, ar1 up to 0.085 at p < 0.05), at about 7x ar1's cost. Each AR coefficient is given at least
+# SCANS_PER_LAG scans: shorter runs get a lower order (AR(8) on 40 scans puts some voxels' models at the edge of
+# stationarity, where their variances are not usable).
+FMRI_NOISE = "ar8"
+SCANS_PER_LAG = 20
+
+
+def fmri_noise(n_scans: int) -> str:
+    """The default noise model of an fMRI run of `n_scans` scans: :data:`FMRI_NOISE`, or AR(n_scans //
+    SCANS_PER_LAG) (at least AR(1)) for runs shorter than 8 x SCANS_PER_LAG scans."""
+    return f"ar{max(1, min(noise_order(FMRI_NOISE), int(n_scans) // SCANS_PER_LAG))}"
+
+
 PER_VOXEL_MODELS = ("film", "arma11", "auto")  # per-voxel noise models other than AR(p), fitted in memory
 POOLED_MODELS = ("ar1-global", "fast")  # SPM12's ReML covariances pooled over voxels, fitted in memory
 NOISE_CHOICES = ("ols", "ar1", "ar2", "ar3", "ar4", "ar5", "ar6", "ar7", "ar8", *POOLED_MODELS, *PER_VOXEL_MODELS)

@@ -10,15 +10,10 @@ from .._execution import Execution
 from ..design import make_design, read_confounds
 from ..exceptions import InputError
 from ..io import check_data, check_mask, open_reader
+from ._routing import FMRI_NOISE, fmri_noise
 from .glm import ImageFit, fit_images
 
 __all__ = ["FMRI_NOISE", "FirstLevel"]
-
-# The noise model of fMRI time series by default: the per-voxel AR model that held the nominal false-positive
-# rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory oscillations) over block and
-# event designs at TR 0.7-3 s (validation/noise_realistic.py; ols was liberal in nearly every cell, ar1 up to
-# 0.085 at p < 0.05), at about 7x ar1's cost. voxfit.cli repeats it (FMRI_NOISE_CLI) for --help.
-FMRI_NOISE = "ar8"
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,7 @@ class FirstLevel:
     convolution: str = "spm"
     units: str = "secs"
     modulators: str | dict | tuple | None = None
-    noise: str = FMRI_NOISE
+    noise: str | None = None  # None: the fMRI default for the run's length (see _routing.fmri_noise)
     scaling: str = "none"
     mask_threshold: float | str | None = "auto"  # as `voxfit fit`: SPM's brain mask (0.8) for volumes
     max_memory: str | int | None = None
@@ -109,7 +104,7 @@ class FirstLevel:
             mask_threshold=self.mask_threshold,
             out_dir=out_dir,
             force=force,
-            noise=self.noise,
+            noise=self.noise or fmri_noise(n_scans),
             scaling=self.scaling,
             execution=self.execution,
             max_memory=self.max_memory,

@@ -182,3 +182,34 @@ def test_diagnostics_refused_for_too_few_scans():
     Y = np.random.default_rng(0).standard_normal((20, 10))
     with pytest.raises(InputError, match="needs more than 20 scans; the data have 20"):
         fit_images(Y, (X, names), ["task=task"], diagnostics=True)
+
+
+def test_cli_diagnostics_with_film_and_the_report(tmp_path, rng):
+    """voxfit fit --diagnostics on a volume with FILM (its AR(M) whitening), then the report's section."""
+    from voxfit.cli import main
+
+    from .imaging import volume_data, write_nifti
+
+    bold = write_nifti(tmp_path / "bold.nii.gz", volume_data(rng, n=60))
+    events = tmp_path / "events.tsv"
+    events.write_text("onset\tduration\ttrial_type\n10\t10\ta\n60\t10\ta\n90\t10\ta\n")
+    out = tmp_path / "out"
+    argv = ["fit", str(bold), "--events", str(events), "--tr", "2", "--contrast", "a=a", "-o", str(out), "--quiet"]
+    assert main([*argv, "--noise", "film", "--diagnostics", "--report"]) == 0
+    record = json.loads((out / "model.json").read_text())["settings"]["diagnostics"]
+    assert record["residuals"].startswith("each voxel's FILM") and record["ljung_box"]["dof"] == 10
+    page = (out / "report.html").read_text()
+    assert "Residual whiteness (noise model film)" in page and "Ljung-Box" in page
+
+
+def test_cli_diagnostics_refused_for_several_runs(tmp_path, rng, capsys):
+    from voxfit.cli import main
+
+    from .imaging import volume_data, write_nifti
+
+    runs = [write_nifti(tmp_path / f"r{i}.nii.gz", volume_data(rng, n=30)) for i in range(2)]
+    events = tmp_path / "events.tsv"
+    events.write_text("onset\tduration\ttrial_type\n10\t10\ta\n")
+    argv = ["fit", *map(str, runs), "--events", str(events), str(events), "--tr", "2", "--contrast", "a"]
+    assert main([*argv, "-o", str(tmp_path / "o"), "--diagnostics"]) == 2
+    assert "--diagnostics is for one run at a time" in capsys.readouterr().err

@@ -43,6 +43,11 @@ FMRI_NOISE_WHY = (
     "(1/f, AR, aliased cardiac and respiratory) over block and event designs at TR 0.7-3 s "
     "(validation/noise_realistic.py), at about 7x ar1's cost"
 )
+DIAGNOSTICS_HELP = (
+    "whiteness of the whitened residuals (one run, in memory): maps of their lag-1..4 autocorrelation and "
+    "Ljung-Box statistic, their spectrum averaged over the mask (desc-whitened_spectrum.tsv, and in the report), "
+    "a warning when more voxels fail Ljung-Box at p < 0.05 than white noise would (see voxfit.core.diagnostics)"
+)
 # --preset: each tool's defaults (see _apply_preset); explicit options override them
 PRESETS = {
     "spm": {
@@ -316,6 +321,7 @@ def _get_parser() -> argparse.ArgumentParser:
         "recorded in model.json; options given explicitly override them): "
         + "; ".join(f"{k}: {v}" for k, v in PRESET_NOTES.items()),
     )
+    fit.add_argument("--diagnostics", action="store_true", help=DIAGNOSTICS_HELP)
     fit.add_argument(
         "--nuisance-columns",
         metavar="PATTERNS",
@@ -987,6 +993,8 @@ def _run_fit(args, argv, progress) -> int:
         _refuse_design_options_with_a_design(args)
     record = _resolve_settings(args)
     if len(sources) > 1:
+        if args.diagnostics:
+            raise InputError("--diagnostics is for one run at a time; fit each run on its own to see its residuals.")
         return _run_runs(args, argv, progress)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
@@ -1036,6 +1044,7 @@ def _run_fit(args, argv, progress) -> int:
             **({"confounds": args.confounds_record} if hasattr(args, "confounds_record") else {}),
         },
         rft=_rft_of(args),
+        diagnostics=args.diagnostics,
     )
     if not args.quiet:
         fit = result.fit

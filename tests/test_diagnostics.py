@@ -213,3 +213,41 @@ def test_cli_diagnostics_refused_for_several_runs(tmp_path, rng, capsys):
     argv = ["fit", *map(str, runs), "--events", str(events), str(events), "--tr", "2", "--contrast", "a"]
     assert main([*argv, "-o", str(tmp_path / "o"), "--diagnostics"]) == 2
     assert "--diagnostics is for one run at a time" in capsys.readouterr().err
+
+
+def test_bids_preset_confounds_strategy_and_diagnostics(tmp_path, capsys):
+    """voxfit bids --preset nilearn --confounds-strategy simple --diagnostics: the run level takes nilearn's noise
+    model and convolution, the strategy's columns join the design after the node's X, the diagnostics are
+    written beside each run's maps; all recorded in the run's model.json."""
+    pytest.importorskip("bids")
+    from voxfit.bids.synthetic import make_dataset
+    from voxfit.cli import PRESETS, main
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=60)
+    out = tmp_path / "out"
+    argv = ["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives)]
+    code = main([*argv, "--preset", "nilearn", "--confounds-strategy", "simple:motion=basic", "--diagnostics"])
+    assert code == 0, capsys.readouterr().err
+    assert "preset nilearn (run level): noise ar1" in capsys.readouterr().out
+    records = list(out.rglob("*model.json"))
+    assert len(records) == 1
+    settings = json.loads(records[0].read_text())["settings"]
+    assert settings["noise_model"] == PRESETS["nilearn"]["noise"]
+    assert settings["preset"]["applied"]["convolution"] == "nilearn"
+    assert settings["confounds"]["strategy"] == "simple" and "trans_x" in settings["confounds"]["columns"]
+    columns = (records[0].parent / records[0].name.replace("model.json", "design.tsv")).read_text().split("\n")[0]
+    assert "trans_x" in columns.split("\t")
+    assert settings["diagnostics"]["ljung_box"]["dof"] == 10
+    assert settings["bids"]["study_settings"]["confounds_strategy"] == "simple:motion=basic"
+    assert any(p.name.endswith("stat-acf_desc-whitened_statmap.nii.gz") for p in out.rglob("*"))
+
+
+def test_bids_bad_confounds_strategy_exits_2(tmp_path, capsys):
+    pytest.importorskip("bids")
+    from voxfit.bids.synthetic import make_dataset
+    from voxfit.cli import main
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=30)
+    argv = ["bids", str(study.root), str(tmp_path / "o"), "run", "--derivatives", str(study.derivatives)]
+    assert main([*argv, "--confounds-strategy", "everything"]) == 2
+    assert "'everything' is not a strategy" in capsys.readouterr().err

@@ -44,6 +44,11 @@ FMRI_NOISE_WHY = (
     "(validation/noise_realistic.py, runs of 600 s), at about 7x ar1's cost; runs shorter than 160 scans get "
     "AR(scans // 20), at least AR(1), so that each coefficient has 20 scans"
 )
+DIAGNOSTICS_HELP = (
+    "whiteness of the whitened residuals (one run, in memory): maps of their lag-1..4 autocorrelation and "
+    "Ljung-Box statistic, their spectrum averaged over the mask (desc-whitened_spectrum.tsv, and in the report), "
+    "a warning when more voxels fail Ljung-Box at p < 0.05 than white noise would (see voxfit.core.diagnostics)"
+)
 # --preset: each tool's defaults (see _apply_preset); explicit options override them
 PRESETS = {
     "spm": {
@@ -317,6 +322,7 @@ def _get_parser() -> argparse.ArgumentParser:
         "recorded in model.json; options given explicitly override them): "
         + "; ".join(f"{k}: {v}" for k, v in PRESET_NOTES.items()),
     )
+    fit.add_argument("--diagnostics", action="store_true", help=DIAGNOSTICS_HELP)
     fit.add_argument(
         "--nuisance-columns",
         metavar="PATTERNS",
@@ -537,12 +543,26 @@ def _bids_parser(sub) -> None:
     bids.add_argument("--smoothing", type=float, metavar="FWHM", help="Gaussian smoothing of volumes, FWHM in mm")
     bids.add_argument(
         "--noise",
-        default=None,
         metavar="MODEL",
         help="run-level noise model: ols, ar1..ar8, ar1-global, fast, film, arma11, auto "
         f"(default {FMRI_NOISE_CLI}: {FMRI_NOISE_WHY})",
     )
-    bids.add_argument("--convolution", choices=["spm", "nilearn"], default="spm", help="HRF convolution")
+    bids.add_argument("--convolution", choices=["spm", "nilearn"], help="HRF convolution (default spm)")
+    bids.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="the run level takes a tool's noise model, scaling, convolution and high-pass (printed and recorded "
+        "in each run's model.json; options given explicitly win; the model's HRF and Options."
+        "HighPassFilterCutoffHz and fMRIPrep's brain mask are kept)",
+    )
+    bids.add_argument(
+        "--confounds-strategy",
+        metavar="NAME[:OPTIONS]",
+        help="confounds from each run's fMRIPrep table as nilearn's load_confounds_strategy chooses them (simple, "
+        "scrubbing, compcor, ica_aroma; as voxfit fit), added to the run design after the run node's Model.X "
+        "columns (a column X already lists is not added twice); scrubbed scans censored",
+    )
+    bids.add_argument("--diagnostics", action="store_true", help="run level: " + DIAGNOSTICS_HELP)
     bids.add_argument("--group-model", choices=["mixed", "ols", "fixed"], default="mixed", help="dataset model")
     bids.add_argument("--permutations", type=int, default=0, metavar="N", help="permutations at dataset nodes (ols)")
     bids.add_argument("--tfce", action="store_true", help="TFCE (with --permutations)")
@@ -901,7 +921,41 @@ def _count(result, reused: bool) -> int:
     return sum(1 for groups in result.nodes.values() for g in groups if g.reused == reused)
 
 
+_BIDS_PRESET_KEYS = ("noise", "scaling", "convolution", "high_pass")  # what a preset sets at the run level
+
+
+def _resolve_bids_settings(args) -> dict | None:
+    """--preset on voxfit bids: the run level's noise model, scaling, convolution and high-pass as the tool sets
+    them (options given explicitly win; the BIDS Stats Model's HRF and high-pass, and fMRIPrep's mask, are
+    kept); returns what each run's model.json records of it (None without a preset), printed unless --quiet.
+    Defaults fill what is left (scaling none, convolution spm; the noise model left to each run's length:
+    models._routing.fmri_noise)."""
+    record = None
+    args.scaling = getattr(args, "scaling", None)
+    args.high_pass = getattr(args, "high_pass", None)
+    if args.preset:
+        applied, kept = {}, {}
+        for key in _BIDS_PRESET_KEYS:
+            value = PRESETS[args.preset].get(key)
+            if value is None:
+                continue
+            if getattr(args, key) is not None:
+                kept[key] = getattr(args, key)
+            else:
+                setattr(args, key, value)
+                applied[key] = value
+        note = PRESET_NOTES[args.preset] + "; voxfit bids: the model's HRF and high-pass and fMRIPrep's mask kept"
+        record = {"name": args.preset, "applied": applied, "overridden": kept, "note": note}
+        if not args.quiet:
+            said = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in applied.items())
+            print(f"preset {args.preset} (run level): {said}")
+    args.scaling = args.scaling or "none"
+    args.convolution = args.convolution or "spm"
+    return record
+
+
 def _fit_study(run_study, args, argv, progress):
+    preset = _resolve_bids_settings(args)
     return run_study(
         args.bids_dir,
         args.out_dir,
@@ -926,6 +980,11 @@ def _fit_study(run_study, args, argv, progress):
         scheduler=args.scheduler,
         progress=progress,
         command=["voxfit", *argv],
+        scaling=args.scaling,
+        high_pass=args.high_pass,
+        confounds_strategy=args.confounds_strategy,
+        diagnostics=args.diagnostics,
+        preset=preset,
     )
 
 
@@ -997,6 +1056,8 @@ def _run_fit(args, argv, progress) -> int:
         _refuse_design_options_with_a_design(args)
     record = _resolve_settings(args)
     if len(sources) > 1:
+        if args.diagnostics:
+            raise InputError("--diagnostics is for one run at a time; fit each run on its own to see its residuals.")
         return _run_runs(args, argv, progress, record)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
@@ -1047,6 +1108,7 @@ def _run_fit(args, argv, progress) -> int:
             **({"confounds": args.confounds_record} if hasattr(args, "confounds_record") else {}),
         },
         rft=_rft_of(args),
+        diagnostics=args.diagnostics,
     )
     if not args.quiet:
         fit = result.fit

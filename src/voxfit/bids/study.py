@@ -121,6 +121,9 @@ class StudyResult:
         return tuple((g, n) for groups in self.nodes.values() for g in groups for n in g.notes)
 
 
+RUN_ONLY = ("high_pass", "confounds_strategy", "diagnostics", "preset")  # settings of the run level alone
+
+
 @dataclass(frozen=True)
 class _Settings:
     """The checked arguments of :func:`run` that the fits depend on (recorded, and part of every checksum)."""
@@ -135,6 +138,10 @@ class _Settings:
     tfce: bool
     cluster_threshold: float | None
     seed: int | None
+    high_pass: float | str | None = None  # the preset's, where the run node's model names none
+    confounds_strategy: str | None = None  # its columns added to the run design (see run())
+    diagnostics: bool = False
+    preset: dict | None = None  # what the command line's --preset applied (recorded)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "level"}
@@ -142,9 +149,9 @@ class _Settings:
     def of_level(self, level: str) -> dict:
         """The settings a group at `level` depends on (a run's fit does not depend on the group model)."""
         if level == "run":
-            return {k: getattr(self, k) for k in ("noise", "scaling", "convolution", "smoothing")}
+            return {k: getattr(self, k) for k in ("noise", "scaling", "convolution", "smoothing", *RUN_ONLY)}
         if level == "dataset":
-            return {k: v for k, v in self.as_dict().items() if k not in ("noise", "scaling", "convolution")}
+            return {k: v for k, v in self.as_dict().items() if k not in ("noise", "scaling", "convolution", *RUN_ONLY)}
         return {}
 
 
@@ -185,6 +192,7 @@ class _RunJob:
     execution: Execution
     command: tuple[str, ...] | None
     design_settings: dict = field(default_factory=dict)  # hrf, high-pass and its source (the report shows them)
+    confounds: dict | None = None  # the confounds strategy's record (ConfoundSelection.describe), if any
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,10 @@ def run(
     scheduler=None,
     progress: bool | None = None,
     command=None,
+    high_pass: float | str | None = None,
+    confounds_strategy: str | None = None,
+    diagnostics: bool = False,
+    preset: dict | None = None,
 ) -> StudyResult:
     """Fit the BIDS Stats Model `model` (a path, JSON text, a dict; None: voxfit's default model) to the BIDS
     dataset `bids_dir` with its fMRIPrep `derivatives`, from each run to the node level `level` (run, session,
@@ -239,6 +251,13 @@ def run(
     progress): `n_jobs` worker processes fit runs side by side, together within `max_memory` (the whole
     command's cap), or a Dask `scheduler`'s workers fit them; `progress`: a bar over the runs (None: on a
     terminal); report: an HTML report per subject and for the dataset; command: the command line, recorded.
+    high_pass: the run designs' high-pass period (seconds or ``"0.008Hz"``) where the run node's model sets no
+    Options.HighPassFilterCutoffHz (a preset's; the model's own choice wins); confounds_strategy: a named
+    strategy (``voxfit.design.confounds``, as ``voxfit fit --confounds-strategy``) on each run's fMRIPrep
+    confounds table, its columns (and one indicator per censored scan) added to the run design after the node's
+    Model.X, as confounds listed in X are: a column already in X by name is not added twice; diagnostics: the
+    whiteness of each run's whitened residuals (``voxfit fit --diagnostics``), maps and model.json; preset:
+    what a ``--preset`` applied, recorded in each run's model.json.
     Returns a :class:`StudyResult`; failures on bad input are in it, not raised (except those that stop
     everything: no dataset, no runs, an invalid model).
     """
@@ -259,6 +278,10 @@ def run(
         n_jobs,
         scheduler,
         progress,
+        high_pass,
+        confounds_strategy,
+        diagnostics,
+        preset,
     )
     out_dir = Path(out_dir)
     labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
@@ -337,8 +360,14 @@ def _run_iv(
     n_jobs,
     scheduler,
     progress,
+    high_pass=None,
+    confounds_strategy=None,
+    diagnostics=False,
+    preset=None,
 ):
     from .._checks import check_scalar
+    from ..design.confounds import parse_strategy
+    from ..design.events import parse_high_pass
     from ..models._routing import noise_order
 
     if level not in LEVELS:
@@ -351,6 +380,12 @@ def _run_iv(
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     if noise is not None:
         noise_order(noise)
+    if high_pass is not None:
+        parse_high_pass(high_pass)
+    if confounds_strategy is not None:
+        parse_strategy(confounds_strategy)
+    if not isinstance(diagnostics, bool):
+        raise InputError(f"`diagnostics` must be True or False; got {diagnostics!r}.")
     if report:
         from .report import check_matplotlib
 
@@ -382,6 +417,10 @@ def _run_iv(
         bool(tfce),
         None if cluster_threshold is None else float(cluster_threshold),
         seed,
+        high_pass,
+        confounds_strategy,
+        diagnostics,
+        preset,
     )
     return settings, execution
 
@@ -646,6 +685,7 @@ def _fit_run(job: _RunJob) -> _RunDone:
         scaling=s.scaling,
         route=route,
         execution=job.execution,
+        diagnostics=s.diagnostics,
     )
     outputs = {}
     masker, fit = fitted.masker, fitted.fit
@@ -662,6 +702,7 @@ def _fit_run(job: _RunJob) -> _RunDone:
                     "dof": float(fit.dof),
                 }
         write_design_files(out, job.prefix, job.X, list(job.names), job.kinds, r.tr)
+        extra = _run_settings(out, job, fitted)
         bids = bids_record(job.node, r.entity, job.checksum, s, outputs, design=job.design_settings)
         if s.smoothing:
             bids["smoothing"] = {
@@ -702,6 +743,7 @@ def _fit_run(job: _RunJob) -> _RunDone:
                 "noise_details": {"model": "OLS" if noise == "ols" else noise, "default": s.noise is None},
                 "scaling": s.scaling,
                 "p": "one-sided upper tail for t; z has the same upper-tail probability",
+                **extra,
                 "bids": bids,
             },
             run=out.run_record(),
@@ -709,6 +751,26 @@ def _fit_run(job: _RunJob) -> _RunDone:
         out.write_json(f"{job.prefix}model.json", record.as_dict())
         files = out.commit()
     return _RunDone(job.index, tuple(files), outputs)
+
+
+def _run_settings(out, job: _RunJob, fitted) -> dict:
+    """A run's model.json settings from the study's --preset, --confounds-strategy and --diagnostics (whose maps
+    and spectrum it writes, prefixed by the run's entities)."""
+    extra = {}
+    if job.settings.preset:
+        extra["preset"] = job.settings.preset
+    if job.confounds is not None:
+        extra["confounds"] = job.confounds
+    d = fitted.diagnostics
+    if d is not None:
+        from ..engine.diagnostics import SPECTRUM_FILE
+
+        masker = fitted.masker
+        for name, values, labels in d.maps(masker.geometry.extension):
+            masker.write(out.path(f"{job.prefix}{name}"), values, labels)
+        out.path(f"{job.prefix}{SPECTRUM_FILE}").write_text(d.spectrum_tsv(job.run.tr))
+        extra["diagnostics"] = d.record(job.run.tr)
+    return extra
 
 
 def write_stats(out, prefix, label, stats, masker, ext) -> None:
@@ -983,10 +1045,11 @@ class _Study:
                 n_scans=r.n_scans,
                 convolution=self.settings.convolution,
                 slice_time_ref=None,
+                high_pass=self._high_pass(node),
             )
         except InputError as exc:
             raise InputError(f"{exc} (run {r.bold.name}, events {r.events})") from None
-        design = rd.design
+        design, chosen = self._with_strategy(rd.design, r)
         X = np.asarray(design.X if hasattr(design, "X") else design.matrix)
         names = list(design.names)
         contrasts = [c for c in rd.contrasts if c.test in ("t", "F", "pass", None)]
@@ -1007,7 +1070,36 @@ class _Study:
             execution=self.execution,
             command=list(self.command) if self.command else None,
             design_settings={k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from")},
+            confounds=None if chosen is None else chosen.describe(),
         )
+
+    def _high_pass(self, node: _Node):
+        """The preset's high-pass period, unless the run node's model sets its own."""
+        options = node.spec.get("Model", {}).get("Options") or {}
+        return None if options.get("HighPassFilterCutoffHz") is not None else self.settings.high_pass
+
+    def _with_strategy(self, design, r: RunInput):
+        """The run design with the confounds strategy's columns added after the node's (those X already holds
+        by name are not added twice), and the strategy's selection; the design as it is without a strategy."""
+        strategy = self.settings.confounds_strategy
+        if strategy is None:
+            return design, None
+        from ..design.confounds import confounds_strategy
+
+        if r.confounds is None:
+            raise InputError(
+                f"--confounds-strategy {strategy} needs fMRIPrep's confounds table, and run {r.bold.name} has none."
+            )
+        chosen = confounds_strategy(r.confounds, strategy, r.n_scans)
+        values, names = chosen.design_columns()
+        new = [j for j, name in enumerate(names) if name not in design.names]
+        if not new:
+            return design, chosen
+        end = next((j for j, kind in enumerate(design.kinds) if kind in ("drift", "constant")), len(design.names))
+        X = np.column_stack([design.X[:, :end], values[:, new], design.X[:, end:]])
+        names = (*design.names[:end], *(names[j] for j in new), *design.names[end:])
+        kinds = (*design.kinds[:end], *("confound" for _ in new), *design.kinds[end:])
+        return replace(design, X=X, names=names, kinds=kinds), chosen
 
     def execute(self, jobs, collect, bar, done: int) -> None:
         """``collect(result)`` for each job's :class:`_RunDone`, in the order they finish: in this process, in

@@ -30,6 +30,7 @@ __all__ = [
     "LaggedSums",
     "ar1_estimation_terms",
     "ar_information",
+    "ar_whiten",
     "ar_whitening",
     "bias_matrix",
     "efficiency_loss",
@@ -146,6 +147,13 @@ def ar_whitening(phi: NDArray, rho: NDArray, gamma0: NDArray) -> NDArray[np.floa
     idx = np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])
     cov = rho[:, idx] * gamma0[:, None, None]
     return np.linalg.inv(np.linalg.cholesky(cov))
+
+
+def ar_whiten(Z: NDArray, phi: NDArray) -> NDArray[np.float64]:
+    """W z for each column z of Z (n, v) under the AR models phi (v, p), exactly as the fits whiten (the first p
+    scans by the inverse Cholesky factor of the model's stationary covariance, then the AR filter)."""
+    rho, gamma0 = _model_autocorrelations(phi)
+    return _whiten(np.asarray(Z, dtype=np.float64), phi, ar_whitening(phi, rho, gamma0))
 
 
 def _whiten(Z: NDArray, phi: NDArray, L_inv: NDArray) -> NDArray:

@@ -52,6 +52,7 @@ class FirstLevel:
     scheduler: object = None
     device: str | None = None
     execution: Execution | None = None
+    diagnostics: bool = False  # whiteness of the whitened residuals (see fit_images)
 
     def design(self, events, n_scans: int, confounds=None, confounds_columns=None):
         """The design this model would fit for `events` (a BIDS events.tsv, a DataFrame with its columns, or a
@@ -112,6 +113,7 @@ class FirstLevel:
             scheduler=self.scheduler,
             device=self.device,
             progress=progress,
+            diagnostics=self.diagnostics,
         )
 
 

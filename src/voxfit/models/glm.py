@@ -59,6 +59,7 @@ class ImageFit:
     contrasts: dict[str, Stats]
     files: list[Path] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    diagnostics: object | None = None  # voxfit.engine.diagnostics.ResidualDiagnostics (with diagnostics=True)
 
 
 def contrast_label(name, expr=None) -> str:
@@ -167,6 +168,7 @@ def fit_images(
     progress: bool | None = None,
     record_settings: dict | None = None,
     rft=None,
+    diagnostics: bool = False,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -234,6 +236,10 @@ def fit_images(
         Random field theory inference (volumes only): the residuals' smoothness is collected while the fit
         runs (``voxfit.engine.smoothness``), and the voxel-level FWE maps, the smoothness and SPM's results
         table are written (see ``voxfit.inference.rft_fit``).
+    diagnostics : bool
+        Whiteness of each voxel's whitened residuals (``voxfit.engine.diagnostics``): maps of their lag-1..4
+        autocorrelation and Ljung-Box statistic, their spectrum averaged over the mask, and a warning when they
+        are not white; in model.json's ``settings.diagnostics``. Data held in memory only (not streamed).
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
@@ -255,6 +261,11 @@ def fit_images(
         route = choose_route(reader, execution, first_level_needs(noise, scaling, reader), streaming)
     elif route.kind != MEMORY and not (needs := first_level_needs(noise, scaling, route.reader)).one_pass:
         raise InputError(needs.too_large)  # (a route decided elsewhere, for a simpler model)
+    if diagnostics and route.kind == STREAM:
+        raise InputError(
+            "--diagnostics forms the whitened residuals from the data in memory, but this fit is streamed under "
+            "--max-memory; raise --max-memory (or drop --diagnostics)."
+        )
 
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
@@ -293,7 +304,8 @@ def fit_images(
             )
             mean = None if out is None else _mean_image(dataset.data, scheduler)
             neighbours = None if rft is None else _neighbour_sums(model, data, noise_fit, dataset.masker, execution)
-            fitted = _Fitted(noise_fit, dataset, mean, neighbours)
+            diagnosed = _diagnose(noise, noise_fit, data, execution) if diagnostics else None
+            fitted = _Fitted(noise_fit, dataset, mean, neighbours, diagnosed)
         t_fit = time.perf_counter()
         files: list[Path] = []
         inferred = None if rft is None else _rft_inference(fitted, model, rft)
@@ -317,6 +329,7 @@ def fit_images(
                     "noise_details": fitted.noise.info,
                     "scaling": scaling,
                     "p": "one-sided upper tail for t; z has the same upper-tail probability",
+                    **({} if fitted.diagnostics is None else {"diagnostics": fitted.diagnostics.record(_tr(design))}),
                     **(record_settings or {}),
                 },
                 inference=None if inferred is None else rft_record(inferred, tables),
@@ -325,7 +338,7 @@ def fit_images(
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     nf = fitted.noise
-    return ImageFit(fit=nf.fit, masker=fitted.dataset.masker, contrasts=nf.contrasts, files=files, timing=timing)
+    return ImageFit(nf.fit, fitted.dataset.masker, nf.contrasts, files, timing, fitted.diagnostics)
 
 
 @dataclass(frozen=True, eq=False)
@@ -380,6 +393,16 @@ class _Fitted:
     dataset: Dataset
     mean: np.ndarray | None
     neighbours: object | None = None  # the residuals' voxfit.inference.rft.NeighbourSums (with rft)
+    diagnostics: object | None = None  # voxfit.engine.diagnostics.ResidualDiagnostics (with diagnostics)
+
+
+def _diagnose(noise, noise_fit: NoiseFit, data, execution: Execution):
+    """The whiteness diagnostics of a fit's whitened residuals (see ``voxfit.engine.diagnostics``)."""
+    from ..engine.diagnostics import noise_whitener, residual_diagnostics
+
+    nf = noise_fit
+    whitener = noise_whitener(noise, nf.fit, nf.ar_coef, nf.whitening, nf.orders)
+    return residual_diagnostics(data, whitener, noise, execution)
 
 
 def write_design_files(out, prefix: str, X, names, kinds, tr=None) -> None:
@@ -695,6 +718,11 @@ def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) ->
         maps.append((statmap_name("mean", ext), fitted.mean, ["mean"]))
     for label, s in nf.contrasts.items():
         maps += stat_maps(s, label, ext)
+    if fitted.diagnostics is not None:
+        from ..engine.diagnostics import SPECTRUM_FILE
+
+        maps += fitted.diagnostics.maps(ext)
+        out.path(SPECTRUM_FILE).write_text(fitted.diagnostics.spectrum_tsv(_tr(design)))
 
     def write(item):
         name, values, labels = item

@@ -22,6 +22,7 @@ __all__ = [
     "mosaic",
     "orthogonal_slices",
     "regressors",
+    "residual_spectrum",
     "surface_views",
 ]
 
@@ -330,4 +331,20 @@ def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: s
     ax.legend(fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel("elements")
+    return _png(fig)
+
+
+def residual_spectrum(frequencies: NDArray, power: NDArray, unit: str) -> bytes:
+    """The mask's mean spectrum of the whitened residuals (1 at every frequency for white residuals) against
+    the flat line of white noise."""
+    fig = _figure(6.4, 2.6)
+    ax = fig.add_axes((0.1, 0.18, 0.88, 0.75))
+    ax.plot(frequencies, power, color="#0b5cad", linewidth=1.2, label="whitened residuals (mean over the mask)")
+    ax.axhline(1.0, color="#a4262c", linestyle="--", linewidth=1.0, label="white noise")
+    ax.set_xlabel(f"frequency ({unit})")
+    ax.set_ylabel("power / white")
+    top = float(np.nanmax(power)) if np.isfinite(power).any() else 1.0
+    ax.set_ylim(0.0, max(2.0, 1.1 * top))
+    ax.set_xlim(0.0, float(frequencies[-1]) if len(frequencies) else 0.5)
+    ax.legend(loc="upper right", fontsize=8, frameon=False)
     return _png(fig)

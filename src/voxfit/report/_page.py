@@ -616,6 +616,70 @@ def _settings_section(res: Results, generated: str) -> str:
     return "".join(parts)
 
 
+def _diagnostics_section(res: Results) -> str:
+    """``--diagnostics``: the whitened residuals' spectrum against white noise's flat line, their lag-1..4
+    autocorrelation over the mask, the Ljung-Box share of rejections with its rule, and the warning ('' when the
+    fit has no diagnostics)."""
+    d = (res.model.get("settings") or {}).get("diagnostics")
+    if not isinstance(d, dict):
+        return ""
+    noise = (res.model.get("settings") or {}).get("noise_model", "")
+    parts = [f"<section id='diagnostics'><h2>Residual whiteness (noise model {_e(noise)})</h2>"]
+    if d.get("warning"):
+        parts.append(f"<p class='warn'>Warning: {_e(d['warning'])}</p>")
+    else:
+        parts.append("<p>The whitened residuals pass the whiteness rule below.</p>")
+    spectrum = d.get("spectrum") or {}
+    power = np.asarray([np.nan if p is None else p for p in spectrum.get("power", [])], dtype=np.float64)
+    if power.size:
+        tr = spectrum.get("tr")
+        n_scans = (res.model.get("data") or {}).get("n_scans") or max(2 * (power.size - 1), 1)
+        freq = np.arange(power.size) / n_scans
+        unit = "cycles per scan" if not tr else "Hz"
+        if tr:
+            freq = freq / float(tr)
+        parts.append(_img(fig.residual_spectrum(freq, power, unit), "spectrum of the whitened residuals"))
+        parts.append(
+            f"<p>Each voxel's periodogram over its sum of squares, averaged over the mask: white residuals lie "
+            f"on the dashed line at 1 (bins the design's columns take out fall below it). Residuals: "
+            f"{_e(d.get('residuals', ''))}.</p>"
+        )
+    lags = d.get("acf_lags") or []
+    spread = d.get("acf_p5_median_p95") or []
+    expected = d.get("acf_expected_if_white") or []
+    rows = []
+    for i, k in enumerate(lags):
+        q = spread[i] if i < len(spread) else [None, None, None]
+        rows.append(
+            {
+                "lag": k,
+                "mean": (d.get("acf_mean") or [None] * len(lags))[i],
+                "5th percentile": q[0],
+                "median": q[1],
+                "95th percentile": q[2],
+                "expected if white": expected[i] if i < len(expected) else None,
+            }
+        )
+    parts.append("<h3>Autocorrelation of the whitened residuals</h3>" + html_table(rows))
+    lb = d.get("ljung_box") or {}
+    share, interval = lb.get("share_p_below"), lb.get("binomial_interval_95") or [None, None]
+    parts.append(
+        "<h3>Ljung-Box</h3>"
+        + _definitions(
+            {
+                "lags (degrees of freedom)": f"{lb.get('lags')} ({lb.get('dof')})",
+                f"share of voxels with p < {lb.get('level')}": share,
+                "95% binomial interval if white": f"{interval[0]} - {interval[1]}",
+                "voxels": lb.get("n_voxels"),
+                "rule": d.get("rule", ""),
+                "maps": ", ".join(d.get("maps") or []),
+            }
+        )
+    )
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def _rows(res: Results) -> str:
     """What the model was fitted to: scans, runs of scans, or maps."""
     n = [d.X.shape[0] for d in res.designs] or [res.model.get("data", {}).get("n_scans", "?")]
@@ -815,10 +879,12 @@ def build_report(
     parts = report_sections(
         res, background=background, mesh=mesh, p_threshold=p_threshold, step=lambda: bar.update(next(done))
     )
-    sections = [parts.design, *parts.contrasts, _settings_section(res, generated)]
+    diagnostics = _diagnostics_section(res)
+    sections = [parts.design, diagnostics, *parts.contrasts, _settings_section(res, generated)]
     bar.update(len(res.contrasts) + 2)
     bar.close()
     links = ["<a href='#design'>design</a>"] if res.designs else []
+    links += ["<a href='#diagnostics'>residuals</a>"] if diagnostics else []
     links += [f"<a href='#contrast-{_e(c.file_label)}'>{_e(c.label)}</a>" for c in res.contrasts]
     links.append("<a href='#settings'>settings</a>")
     summary = f"{_rows(res)} × {int(res.mask.sum()):,} elements ({geometry.kind})"

@@ -168,3 +168,45 @@ def test_rft_thresholds_are_checked_in_one_line(tmp_path, rng, capsys, option, v
         *("--inference", "rft", option, value, "--quiet"),
     )
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_bids_dataset_level_with_rft_as_voxfit_group(tmp_path, capsys):
+    """voxfit bids ... dataset --inference rft: each dataset group's RFT outputs in the node's folder, equal to
+    voxfit group --inference rft on the subject maps; the run and subject levels and --permutations refused."""
+    pytest.importorskip("bids")
+    import jsonschema
+
+    from voxfit.bids.synthetic import make_dataset
+    from voxfit.inference.rft_fit import check_rft_options
+    from voxfit.models.record import schema
+    from voxfit.models.second_level import SecondLevel
+
+    study = make_dataset(tmp_path / "ds", subjects=4, runs=1, scans=30, shape=(8, 9, 8))
+    out = tmp_path / "out"
+    common = ("bids", study.root, out, "dataset", "--derivatives", study.derivatives, "--noise", "ols", "--quiet")
+    code, _, err = run(capsys, *common, "--group-model", "ols", "--inference", "rft", "--height-threshold", "0.1")
+    assert code == 0, err
+    node = out / "node-dataset"
+    for contrast in ("congruent", "incongruent"):
+        record = json.loads((node / f"contrast-{contrast}_model.json").read_text())
+        assert not list(jsonschema.Draft202012Validator(schema()).iter_errors(record))
+        inference = record["inference"]
+        assert inference["contrasts"][contrast]["table"] == f"contrast-{contrast}_desc-rft_table.tsv"
+        for name in (*(f"contrast-{contrast}_{m}_statmap.nii.gz" for m in RFT_MAPS), f"contrast-{contrast}_stat-rpv"):
+            assert list(node.glob(name + "*")), name
+        subjects = [
+            out / f"sub-{s}" / "node-subject" / f"sub-{s}_contrast-{contrast}_stat-effect_statmap.nii.gz"
+            for s in study.subjects
+        ]
+        ref = SecondLevel(rft=check_rft_options(0.1)).fit(subjects, progress=False).rft
+        npt.assert_allclose(inference["smoothness"]["fwhm_voxels"], ref.smoothness.fwhm, rtol=1e-10)
+        npt.assert_allclose(inference["smoothness"]["resels"], ref.smoothness.resels, rtol=1e-10)
+        assert inference["contrasts"][contrast]["height_stat"] == pytest.approx(ref.contrasts["intercept"].height)
+        p = nib.load(node / f"contrast-{contrast}_stat-p_desc-rftfwe_statmap.nii.gz").get_fdata()
+        want = ref.contrasts["intercept"].p_fwe
+        npt.assert_allclose(p.ravel(order="F")[ref.mask.ravel(order="F")], want, rtol=1e-6)
+    code, _, err = run(capsys, *common, "--group-model", "ols", "--inference", "rft", "--permutations", "10")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--permutations" in err, err
+    subject_level = ("bids", study.root, tmp_path / "o2", "subject", "--derivatives", study.derivatives)
+    code, _, err = run(capsys, *subject_level, "--inference", "rft", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "dataset nodes" in err, err

@@ -705,14 +705,15 @@ def height_threshold(
     for which in ("Ec", "P"):
         d = 1.0
         for _ in range(1000):
-            if abs(d) <= 1e-6:
+            if abs(d) <= 1e-6 or math.isinf(u):
                 break
             p = getattr(_p_rf(1, 0, u, dof, kind, resels, n), which)
             q = getattr(_p_rf(1, 0, u + du, dof, kind, resels, n), which)
-            d = (alpha - p) / ((q - p) / du)
+            # a flat p (q == p, e.g. few dof): MATLAB's division gives +-Inf and spm_uc_RF returns Inf
+            d = (alpha - p) / ((q - p) / du) if q != p else math.copysign(math.inf, alpha - p) if alpha != p else 0.0
             u = u + d
-            if math.isinf(u):
-                return math.inf
+    if math.isinf(u):  # spm_uc_RF's Inf, then spm_uc's Bonferroni bound below
+        u = math.inf
     if n_voxels is not None and not np.array_equal(resels, [1.0]):
         check_scalar(n_voxels, "`n_voxels`", numbers.Integral, min_val=1)
         u = min(u, float(upper_quantile(kind, (alpha / n_voxels) ** (1 / n), dof)))

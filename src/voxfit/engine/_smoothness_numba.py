@@ -17,15 +17,20 @@ _GAP = 8  # positions outside the mask bridged within a run; longer gaps (the re
 
 
 @numba.njit(**_JIT)
-def scatter_scans(Y, col0, t0, t1, v0, v2, shift, pos, rep_src, rep_dst, base, D):  # pragma: no cover - compiled
-    """``D[t - t0, pos[v] - base] = Y[t, v - col0] - shift[v - col0]`` for the scans ``t0:t1`` and the voxels
-    ``v0:v2`` (read in Y's dtype, in float64), and the pad copies ``D[:, rep_dst - base]`` of ``rep_src``.
-    Positions of no voxel are left as they are (0: outside the mask)."""
+def scatter_scans(Y, col0, t0, t1, runs, r0, r1, shift, pos, rep_src, rep_dst, base, D):  # pragma: no cover - compiled
+    """``D[t - t0, pos[v] - base] = Y[t, v - col0] - shift[v - col0]`` for the scans ``t0:t1`` and the voxels of
+    the runs ``r0:r1`` (``runs[i]:runs[i + 1]``: voxels at consecutive positions, so that each run is a contiguous
+    copy), read in Y's dtype, in float64; and the pad copies ``D[:, rep_dst - base]`` of ``rep_src``. Positions
+    of no voxel are left as they are (0: outside the mask)."""
     for t in range(t0, t1):
         row = Y[t]
         out = D[t - t0]
-        for v in range(v0, v2):
-            out[pos[v] - base] = np.float64(row[v - col0]) - shift[v - col0]
+        for i in range(r0, r1):  # (slices of the run: the compiler sees one contiguous loop and vectorises it)
+            v0, v1 = runs[i], runs[i + 1]
+            p0 = pos[v0] - base
+            dst, src, by = out[p0 : p0 + v1 - v0], row[v0 - col0 : v1 - col0], shift[v0 - col0 : v1 - col0]
+            for j in range(v1 - v0):
+                dst[j] = np.float64(src[j]) - by[j]
         for i in range(rep_src.shape[0]):
             s = rep_src[i]
             out[rep_dst[i] - base] = np.float64(row[s - col0]) - shift[s - col0]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._array import is_dataframe, type_name
+from .._array import is_dataframe, type_name, working_dtype
 from .._dask import dask_client, run_tasks
 from .._execution import Execution
 from .._threads import GRACE_S, DaemonExecutor, resolve_workers, run_in_threads
@@ -23,7 +23,7 @@ from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
-from ..engine.smoothness import neighbour_sums
+from ..engine.smoothness import neighbour_sums, warm_kernels
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..io import (
@@ -255,6 +255,9 @@ def fit_images(
         route = choose_route(reader, execution, first_level_needs(noise, scaling, reader), streaming)
     elif route.kind != MEMORY and not (needs := first_level_needs(noise, scaling, route.reader)).one_pass:
         raise InputError(needs.too_large)  # (a route decided elsewhere, for a simpler model)
+    if rft is not None:  # numba and the smoothness kernels load while the data are read
+        dtype = working_dtype(route.reader.dtype) if route.reader is not None else np.float32
+        threading.Thread(target=warm_kernels, args=(dtype,), daemon=True).start()
 
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None

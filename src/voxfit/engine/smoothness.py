@@ -224,27 +224,31 @@ def warm_kernels(dtype=np.float32) -> None:
 
 
 class GridProducts:
-    """The data's neighbour sums over the whole grid (the streamed route, where the mask is decided at the end
-    of the pass), accumulated over slabs of whole-volume scans, each voxel's values taken about its first scan's
-    when the design spans the constant (the residuals do not change; the sums keep their digits)."""
+    """The data's neighbour sums on the streamed route (the mask is decided only at the end of the pass),
+    accumulated over slabs of whole-volume scans at the pass's candidate voxels (a superset of the voxels with
+    sums: the others' residual sums are NaN whatever their data), each voxel's values taken about its first
+    scan's when the design spans the constant (the residuals do not change; the sums keep their digits)."""
 
     def __init__(self, shape, shift: bool):
         self.shape = tuple(int(s) for s in shape)
-        self.layout = _layout(np.ones(self.shape, dtype=bool))
-        self.sums = np.zeros((self.layout.pos.size, 8))
         self.shift_allowed = shift
-        self.shift = None
+        self.layout = self.elements = self.sums = self.shift = None
         self.n_scans = 0
 
     @staticmethod
     def bytes(shape) -> int:
-        """Memory the accumulators and the layout hold for a grid of `shape`."""
+        """Memory the accumulators and the layout hold for a grid of `shape` (at most: every element a candidate)."""
         return (8 * 8 + 8 * 8) * int(np.prod(shape)) + DENSE_BYTES
 
-    def add(self, values) -> None:
-        """Add a slab of k scans, (k, n_elements) in the grid's x-fastest order."""
+    def add(self, values, candidates=None) -> None:
+        """Add a slab of k scans, (k, candidates) at the `candidates` (a flat boolean over the grid's elements
+        in x-fastest order, the same at every slab; None: all of them)."""
         values = np.ascontiguousarray(values)
-        if self.shift is None:
+        if self.layout is None:
+            keep = np.ones(int(np.prod(self.shape)), dtype=bool) if candidates is None else np.asarray(candidates)
+            self.elements = np.flatnonzero(keep)
+            self.layout = _layout(keep.reshape(self.shape, order="F"))
+            self.sums = np.zeros((self.elements.size, 8))
             first = np.asarray(values[0], dtype=np.float64)
             self.shift = first.copy() if self.shift_allowed else np.zeros(first.size)
         problem = _Problem(self.layout, np.zeros((values.shape[0], 0)), None, self.shift)
@@ -254,11 +258,14 @@ class GridProducts:
 
     def residual_sums(self, mask, projections, basis) -> NeighbourSums:
         """The residuals' NeighbourSums at the voxels of `mask` (flat, x-fastest), from these data sums and
-        `projections` (r, V): ``Q' y`` of each mask voxel about the same shift, as the streamed fit summed them,
-        with `basis` Q (n, r)."""
+        `projections` (r, V): ``Q' y`` of each mask voxel about the same shift, as the streamed fit summed them
+        (NaN at voxels without sums), with `basis` Q (n, r). Mask voxels that were not candidates get NaN."""
         from ..inference.rft import neighbour_index
 
         mask = np.asarray(mask, dtype=bool).reshape(self.shape, order="F")
         flat = np.flatnonzero(mask.ravel(order="F"))
-        S = self.sums[flat]
+        where = np.minimum(np.searchsorted(self.elements, flat), max(self.elements.size - 1, 0))
+        found = self.elements[where] == flat if self.elements.size else np.zeros(flat.size, dtype=bool)
+        S = np.full((flat.size, 8), np.nan)
+        S[found] = self.sums[where[found]]
         return _residual_sums(S, np.asarray(projections, dtype=np.float64), basis, neighbour_index(mask), self.n_scans)

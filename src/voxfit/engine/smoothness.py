@@ -208,7 +208,7 @@ def neighbour_sums(Y, basis, mask, *, whitening=None, n_jobs: int | None = 1, sc
     the data first (``ar1-global``, with `basis` that of the whitened design). A slab of planes at a time, on
     `n_jobs` threads, or as Dask tasks reading their own columns when `scheduler` is given and `Y` is a column
     source (``Y.worker_reads``)."""
-    basis = np.ascontiguousarray(basis, dtype=np.float64)
+    basis = np.array(basis, dtype=np.float64, order="C")  # writable: one compiled signature for every caller
     mask = np.asarray(mask, dtype=bool)
     layout = _layout(mask)
     W = None if whitening is None else np.asarray(whitening, dtype=np.float64)
@@ -218,7 +218,7 @@ def neighbour_sums(Y, basis, mask, *, whitening=None, n_jobs: int | None = 1, sc
 
 
 def warm_kernels(dtype=np.float32) -> None:
-    """Import numba and load the compiled kernels for data of `dtype` (~0.5 s of CPU once per process: more than
+    """Import numba and load the compiled kernels for data of `dtype` (~0.55 s of CPU once per process: more than
     the sums of a whole-brain run), by sums over a tiny grid; e.g. in a thread while the data are read."""
     neighbour_sums(np.zeros((4, 8), dtype=dtype), np.full((4, 1), 0.5), np.ones((2, 2, 2), dtype=bool))
 

@@ -568,6 +568,7 @@ def _bids_parser(sub) -> None:
     bids.add_argument("--tfce", action="store_true", help="TFCE (with --permutations)")
     bids.add_argument("--cluster-threshold", type=float, metavar="T", help="cluster-forming threshold")
     bids.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address: runs are fitted on the cluster")
+    _rft_options(bids)  # at dataset nodes (analysis level dataset), as voxfit group
     _common(bids)
     for action in bids._actions:
         if action.dest == "n_jobs":
@@ -973,6 +974,7 @@ def _fit_study(run_study, args, argv, progress):
         permutations=args.permutations,
         tfce=args.tfce,
         cluster_threshold=args.cluster_threshold,
+        rft=_rft_of(args),
         report=args.report,
         force=args.force,
         max_memory=args.max_memory,

@@ -142,6 +142,7 @@ class _Settings:
     confounds_strategy: str | None = None  # its columns added to the run design (see run())
     diagnostics: bool = False
     preset: dict | None = None  # what the command line's --preset applied (recorded)
+    rft: dict | None = None  # --inference rft at dataset nodes: voxfit.inference.rft_fit.RFTOptions as a dict
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "level"}
@@ -225,6 +226,7 @@ def run(
     tfce: bool = False,
     cluster_threshold: float | None = None,
     seed: int | None = None,
+    rft=None,
     report: bool = False,
     force: bool = False,
     execution: Execution | None = None,
@@ -246,7 +248,9 @@ def run(
     Gaussian FWHM in mm applied to each volume before the run-level fit, as nilearn's ``smooth_img`` (refused
     for surfaces and CIFTI); noise, scaling, convolution: the run level's noise model, scaling and HRF
     convolution (as ``voxfit fit``); group_model: ``mixed`` (default), ``ols`` or ``fixed`` at dataset nodes;
-    permutations, tfce, cluster_threshold, seed: their permutation inference (as ``voxfit group``); force:
+    permutations, tfce, cluster_threshold, seed: their permutation inference (as ``voxfit group``); rft: a
+    ``voxfit.inference.rft_fit.RFTOptions``, random field theory at dataset nodes instead (as ``voxfit group
+    --inference rft``: maps, results tables and model.json's inference in the node's folder); force:
     refit every group even when unchanged; execution (or its shortcuts max_memory, n_jobs, scheduler,
     progress): `n_jobs` worker processes fit runs side by side, together within `max_memory` (the whole
     command's cap), or a Dask `scheduler`'s workers fit them; `progress`: a bar over the runs (None: on a
@@ -282,6 +286,7 @@ def run(
         confounds_strategy,
         diagnostics,
         preset,
+        rft,
     )
     out_dir = Path(out_dir)
     labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
@@ -364,6 +369,7 @@ def _run_iv(
     confounds_strategy=None,
     diagnostics=False,
     preset=None,
+    rft=None,
 ):
     from .._checks import check_scalar
     from ..design.confounds import parse_strategy
@@ -401,6 +407,7 @@ def _run_iv(
             f"permutation inference is for OLS group models; the dataset nodes' model is {group_model}: "
             "add --group-model ols, or drop --permutations."
         )
+    rft = _rft_iv(rft, level, permutations)
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, progress=progress
     )
@@ -421,8 +428,27 @@ def _run_iv(
         confounds_strategy,
         diagnostics,
         preset,
+        rft,
     )
     return settings, execution
+
+
+def _rft_iv(rft, level: str, permutations) -> dict | None:
+    """``--inference rft``'s options as a dict (None without it): dataset nodes only, never beside
+    permutations."""
+    if rft is None:
+        return None
+    from dataclasses import asdict
+
+    from ..inference.rft_fit import RFTOptions
+
+    if not isinstance(rft, RFTOptions):
+        raise InputError(f"`rft` must be a voxfit.inference.rft_fit.RFTOptions (check_rft_options()); got {rft!r}.")
+    if level != "dataset":
+        raise InputError(f"--inference rft is made at the dataset nodes; the analysis level is {level}: give dataset.")
+    if permutations:
+        raise InputError("--inference rft and --permutations are two inferences on the same maps; give one of them.")
+    return asdict(rft)
 
 
 def _is_volume(path: Path) -> bool:
@@ -1312,8 +1338,9 @@ class _Study:
         effects = [ref.effect for ref in refs]
         variances = [ref.variance for ref in refs]
         dofs = [ref.dof for ref in refs]
+        rft = None  # the dataset node's random field inference (voxfit.inference.rft_fit.RFTInference)
         if level == "dataset":
-            stats, masker, model, dof, maps = self.fit_dataset(Xv, names, weights, effects, variances, dofs)
+            stats, masker, model, dof, maps, rft = self.fit_dataset(Xv, names, weights, effects, variances, dofs)
         else:
             stats, masker, model, dof, maps = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
         ext = masker.geometry.extension
@@ -1332,11 +1359,27 @@ class _Study:
                         "dof": dof,
                     }
             from ..design import write_design
+            from ..models.glm import rft_record, write_rft
+
+            shared = record_path.name.removesuffix("model.json")  # the RPV map: one per group (of a contrast)
+            footers = {} if rft is None else write_rft(out, rft, masker, prefix, shared)
 
             write_design(out.path(record_path.name.removesuffix("model.json") + "design.tsv"), Xv, names)
             bids = bids_record(node, entities, checksum, self.settings, outputs, notes, **extra)
             self.write_group_record(
-                out, record_path.name, node, bids, Xv, names, weights, stats, effects, variances, masker, model
+                out,
+                record_path.name,
+                node,
+                bids,
+                Xv,
+                names,
+                weights,
+                stats,
+                effects,
+                variances,
+                masker,
+                model,
+                inference=None if rft is None else rft_record(rft, footers, prefix),
             )
             files = out.commit()
         result = NodeResult(node.name, level, tuple(entities.items()), tuple(labels), tuple(files), notes=tuple(notes))
@@ -1371,6 +1414,7 @@ class _Study:
 
     def fit_dataset(self, X, names, weights, effects, variances, dofs):
         """The group model asked for (voxfit.SecondLevel) on the subjects' effect and variance maps."""
+        from ..inference.rft_fit import RFTOptions
         from ..models.second_level import SecondLevel
 
         s = self.settings
@@ -1384,6 +1428,7 @@ class _Study:
             tfce=s.tfce,
             cluster_threshold=s.cluster_threshold,
             seed=s.seed,
+            rft=None if s.rft is None else RFTOptions(**s.rft),
             execution=self.execution,
         )
         fit = model.fit([Path(p) for p in effects], progress=False)
@@ -1394,9 +1439,11 @@ class _Study:
                 maps.append(("ptfcefwe", perm.p_tfce_fwe))
             extra[label] = maps
         dof = float(X.shape[0] - np.linalg.matrix_rank(X))
-        return fit.parametric, fit.masker, s.group_model, dof, extra
+        return fit.parametric, fit.masker, s.group_model, dof, extra, fit.rft
 
-    def write_group_record(self, out, name, node, bids, X, names, weights, stats, effects, variances, masker, model):
+    def write_group_record(
+        self, out, name, node, bids, X, names, weights, stats, effects, variances, masker, model, inference=None
+    ):
         from ..models.record import MIXED_DOF, ModelRecord, contrast_record, input_records
 
         s = self.settings
@@ -1435,6 +1482,7 @@ class _Study:
                 "bids": bids,
             },
             n_voxels=int(masker.n_voxels),
+            inference=inference,
             run=out.run_record(),
         )
         out.write_json(name, record.as_dict())

@@ -13,18 +13,24 @@ __all__ = ["add_neighbour_products", "scatter_scans"]
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
 _CHUNK = 256  # dense positions whose eight accumulators stay in L1 while the scans go by
+_GAP = 8  # positions outside the mask bridged within a run; longer gaps (the rest of a row) are skipped
 
 
 @numba.njit(**_JIT)
-def scatter_scans(Y, col0, t0, t1, v0, v2, shift, pos, rep_src, rep_dst, base, D):  # pragma: no cover - compiled
-    """``D[t - t0, pos[v] - base] = Y[t, v - col0] - shift[v - col0]`` for the scans ``t0:t1`` and the voxels
-    ``v0:v2`` (read in Y's dtype, in float64), and the pad copies ``D[:, rep_dst - base]`` of ``rep_src``.
-    Positions of no voxel are left as they are (0: outside the mask)."""
+def scatter_scans(Y, col0, t0, t1, runs, r0, r1, shift, pos, rep_src, rep_dst, base, D):  # pragma: no cover - compiled
+    """``D[t - t0, pos[v] - base] = Y[t, v - col0] - shift[v - col0]`` for the scans ``t0:t1`` and the voxels of
+    the runs ``r0:r1`` (``runs[i]:runs[i + 1]``: voxels at consecutive positions, so that each run is a contiguous
+    copy), read in Y's dtype, in float64; and the pad copies ``D[:, rep_dst - base]`` of ``rep_src``. Positions
+    of no voxel are left as they are (0: outside the mask)."""
     for t in range(t0, t1):
         row = Y[t]
         out = D[t - t0]
-        for v in range(v0, v2):
-            out[pos[v] - base] = np.float64(row[v - col0]) - shift[v - col0]
+        for i in range(r0, r1):  # (slices of the run: the compiler sees one contiguous loop and vectorises it)
+            v0, v1 = runs[i], runs[i + 1]
+            p0 = pos[v0] - base
+            dst, src, by = out[p0 : p0 + v1 - v0], row[v0 - col0 : v1 - col0], shift[v0 - col0 : v1 - col0]
+            for j in range(v1 - v0):
+                dst[j] = np.float64(src[j]) - by[j]
         for i in range(rep_src.shape[0]):
             s = rep_src[i]
             out[rep_dst[i] - base] = np.float64(row[s - col0]) - shift[s - col0]
@@ -37,17 +43,25 @@ def add_neighbour_products(D, Q, own, sx, sz, v0, v1, pos, base, sums, C):  # pr
     `sx`, `sz`) and of those neighbours among themselves, in ``voxfit.inference.rft.NeighbourSums``'s order; and
     to ``C[:, v - v0]`` (r, v1 - v0) the projections ``Q' d`` with `Q` (k, r) the basis rows of these scans.
 
-    Positions are taken `_CHUNK` at a time, their accumulators in L1, and scans four at a time (the four
-    scans' terms summed in pairs before they are added), so that each accumulator is read and written once
-    per four scans."""
+    Positions are taken in runs of up to `_CHUNK` from a voxel to the last voxel before a gap of more than
+    `_GAP` positions (the positions outside the mask between rows are skipped), their accumulators in L1, and
+    scans four at a time (the four scans' terms summed in pairs before they are added), so that each
+    accumulator is read and written once per four scans."""
     k = D.shape[0]
     r = Q.shape[1]
     v = v0
-    for c0 in range(0, own, _CHUNK):
-        m = min(_CHUNK, own - c0)
-        a0, a1, a2, a3 = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
-        a4, a5, a6, a7 = np.zeros(m), np.zeros(m), np.zeros(m), np.zeros(m)
-        proj = np.zeros((r, m))
+    a0, a1, a2, a3 = np.empty(_CHUNK), np.empty(_CHUNK), np.empty(_CHUNK), np.empty(_CHUNK)
+    a4, a5, a6, a7 = np.empty(_CHUNK), np.empty(_CHUNK), np.empty(_CHUNK), np.empty(_CHUNK)
+    proj = np.empty((r, _CHUNK))
+    while v < v1:
+        c0 = pos[v] - base  # a run of positions from a voxel to the last voxel before a gap of over _GAP
+        last = v
+        while last + 1 < v1 and pos[last + 1] - base < c0 + _CHUNK and pos[last + 1] - pos[last] <= _GAP:
+            last += 1
+        m = pos[last] - base - c0 + 1
+        for j in range(m):
+            a0[j] = a1[j] = a2[j] = a3[j] = a4[j] = a5[j] = a6[j] = a7[j] = 0.0
+        proj[:, :m] = 0.0
         t = 0
         while t + 4 <= k:
             r0, r1 = D[t, c0 : c0 + m + sz], D[t + 1, c0 : c0 + m + sz]

@@ -39,9 +39,9 @@ from .._threads import resolve_workers, run_in_threads
 if TYPE_CHECKING:  # voxfit.inference.rft imports scipy.stats: loaded when sums are made, not with the engine
     from ..inference.rft import NeighbourSums
 
-__all__ = ["GridProducts", "neighbour_sums", "spans_constant"]
+__all__ = ["GridProducts", "neighbour_sums", "spans_constant", "warm_kernels"]
 
-DENSE_BYTES = 16 << 20  # a chunk of dense float64 scans of one slab (all of a run's scans, for a few planes)
+DENSE_BYTES = 4 << 20  # a chunk of dense float64 scans of a slab (in L2 as the products read it back: 16 MiB cost 1.5x)
 SLAB_POSITIONS = 16384  # dense positions of a slab (whole planes): a task
 
 
@@ -59,13 +59,16 @@ def spans_constant(basis: NDArray, whitening: NDArray | None = None) -> bool:
 class _Layout:
     """The mask's voxels on its bounding box padded by one plane along each axis (x fastest): ``pos`` (V,)
     each voxel's position, ``sx`` and ``sz`` the strides of y and z, ``starts`` (planes + 1) the first voxel of
-    each plane of the box, ``rep_src``/``rep_dst`` the voxels copied into the pad planes at the grid's far
-    edges (where ``neighbour_index`` gives the voxel itself), sorted by position, and ``nb`` that index."""
+    each plane of the box, ``runs`` the first voxel of each run of voxels at consecutive positions (and V: runs
+    never cross a row, so each plane starts one), ``rep_src``/``rep_dst`` the voxels copied into the pad planes at
+    the grid's far edges (where ``neighbour_index`` gives the voxel itself), sorted by position, and ``nb`` that
+    index."""
 
     pos: NDArray[np.int64]
     sx: int
     sz: int
     starts: NDArray[np.int64]
+    runs: NDArray[np.int64]
     rep_src: NDArray[np.int64]
     rep_dst: NDArray[np.int64]
     nb: NDArray[np.int64]
@@ -94,7 +97,8 @@ def _layout(mask: NDArray[np.bool_]) -> _Layout:
     src, dst = np.concatenate(src), np.concatenate(dst)
     order = np.argsort(dst, kind="stable")
     starts = np.searchsorted(coords[2] - lo[2], np.arange(size[2] + 1)) if elements.size else np.zeros(size[2] + 1)
-    return _Layout(pos, sx, sz, starts.astype(np.int64), src[order], dst[order], nb)
+    runs = np.concatenate([[0], np.flatnonzero(np.diff(pos) != 1) + 1, [pos.size]]).astype(np.int64)
+    return _Layout(pos, sx, sz, starts.astype(np.int64), runs, src[order], dst[order], nb)
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,6 +141,7 @@ def _slab(shared, z0: int, z1: int):
     width = own + lay.sz + lay.sx + 1
     lo, hi = np.searchsorted(lay.rep_dst, [base, base + own + lay.sz])
     rep_src, rep_dst = lay.rep_src[lo:hi], lay.rep_dst[lo:hi]
+    r0, r1 = np.searchsorted(lay.runs, [a, b])  # (a and b start planes, so runs)
     n, r = block.shape[0], problem.basis.shape[1]
     sums = np.zeros((own_end - a, 8))
     C = np.zeros((r, own_end - a))
@@ -144,7 +149,7 @@ def _slab(shared, z0: int, z1: int):
     D = np.zeros((min(step, n), width))
     for t0 in range(0, n, step):
         t1 = min(t0 + step, n)
-        scatter_scans(block, col0, t0, t1, a, b, shift, lay.pos, rep_src, rep_dst, base, D)
+        scatter_scans(block, col0, t0, t1, lay.runs, r0, r1, shift, lay.pos, rep_src, rep_dst, base, D)
         add_neighbour_products(
             D[: t1 - t0], problem.basis[t0:t1], own, lay.sx, lay.sz, a, own_end, lay.pos, base, sums, C
         )
@@ -203,7 +208,7 @@ def neighbour_sums(Y, basis, mask, *, whitening=None, n_jobs: int | None = 1, sc
     the data first (``ar1-global``, with `basis` that of the whitened design). A slab of planes at a time, on
     `n_jobs` threads, or as Dask tasks reading their own columns when `scheduler` is given and `Y` is a column
     source (``Y.worker_reads``)."""
-    basis = np.ascontiguousarray(basis, dtype=np.float64)
+    basis = np.array(basis, dtype=np.float64, order="C")  # writable: one compiled signature for every caller
     mask = np.asarray(mask, dtype=bool)
     layout = _layout(mask)
     W = None if whitening is None else np.asarray(whitening, dtype=np.float64)
@@ -212,28 +217,38 @@ def neighbour_sums(Y, basis, mask, *, whitening=None, n_jobs: int | None = 1, sc
     return _residual_sums(S, C, basis, layout.nb, basis.shape[0])
 
 
+def warm_kernels(dtype=np.float32) -> None:
+    """Import numba and load the compiled kernels for data of `dtype` (~0.55 s of CPU once per process: more than
+    the sums of a whole-brain run), by sums over a tiny grid; e.g. in a thread while the data are read."""
+    neighbour_sums(np.zeros((4, 8), dtype=dtype), np.full((4, 1), 0.5), np.ones((2, 2, 2), dtype=bool))
+
+
 class GridProducts:
-    """The data's neighbour sums over the whole grid (the streamed route, where the mask is decided at the end
-    of the pass), accumulated over slabs of whole-volume scans, each voxel's values taken about its first scan's
-    when the design spans the constant (the residuals do not change; the sums keep their digits)."""
+    """The data's neighbour sums on the streamed route (the mask is decided only at the end of the pass),
+    accumulated over slabs of whole-volume scans at the pass's candidate voxels (a superset of the voxels with
+    sums: the others' residual sums are NaN whatever their data), each voxel's values taken about its first
+    scan's when the design spans the constant (the residuals do not change; the sums keep their digits)."""
 
     def __init__(self, shape, shift: bool):
         self.shape = tuple(int(s) for s in shape)
-        self.layout = _layout(np.ones(self.shape, dtype=bool))
-        self.sums = np.zeros((self.layout.pos.size, 8))
         self.shift_allowed = shift
-        self.shift = None
+        self.layout = self.elements = self.sums = self.shift = None
         self.n_scans = 0
 
     @staticmethod
     def bytes(shape) -> int:
-        """Memory the accumulators and the layout hold for a grid of `shape`."""
+        """Memory the accumulators and the layout hold for a grid of `shape` (at most: every element a candidate)."""
         return (8 * 8 + 8 * 8) * int(np.prod(shape)) + DENSE_BYTES
 
-    def add(self, values) -> None:
-        """Add a slab of k scans, (k, n_elements) in the grid's x-fastest order."""
+    def add(self, values, candidates=None) -> None:
+        """Add a slab of k scans, (k, candidates) at the `candidates` (a flat boolean over the grid's elements
+        in x-fastest order, the same at every slab; None: all of them)."""
         values = np.ascontiguousarray(values)
-        if self.shift is None:
+        if self.layout is None:
+            keep = np.ones(int(np.prod(self.shape)), dtype=bool) if candidates is None else np.asarray(candidates)
+            self.elements = np.flatnonzero(keep)
+            self.layout = _layout(keep.reshape(self.shape, order="F"))
+            self.sums = np.zeros((self.elements.size, 8))
             first = np.asarray(values[0], dtype=np.float64)
             self.shift = first.copy() if self.shift_allowed else np.zeros(first.size)
         problem = _Problem(self.layout, np.zeros((values.shape[0], 0)), None, self.shift)
@@ -243,11 +258,14 @@ class GridProducts:
 
     def residual_sums(self, mask, projections, basis) -> NeighbourSums:
         """The residuals' NeighbourSums at the voxels of `mask` (flat, x-fastest), from these data sums and
-        `projections` (r, V): ``Q' y`` of each mask voxel about the same shift, as the streamed fit summed them,
-        with `basis` Q (n, r)."""
+        `projections` (r, V): ``Q' y`` of each mask voxel about the same shift, as the streamed fit summed them
+        (NaN at voxels without sums), with `basis` Q (n, r). Mask voxels that were not candidates get NaN."""
         from ..inference.rft import neighbour_index
 
         mask = np.asarray(mask, dtype=bool).reshape(self.shape, order="F")
         flat = np.flatnonzero(mask.ravel(order="F"))
-        S = self.sums[flat]
+        where = np.minimum(np.searchsorted(self.elements, flat), max(self.elements.size - 1, 0))
+        found = self.elements[where] == flat if self.elements.size else np.zeros(flat.size, dtype=bool)
+        S = np.full((flat.size, 8), np.nan)
+        S[found] = self.sums[where[found]]
         return _residual_sums(S, np.asarray(projections, dtype=np.float64), basis, neighbour_index(mask), self.n_scans)

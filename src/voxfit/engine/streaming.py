@@ -293,9 +293,10 @@ def _accumulate(
                 auto.add(values)
             elif rest.size:
                 auto.add(np.take(values, rest, axis=1), rest)
-            sums.add(values if index.size == nel else np.take(values, index, axis=1))
+            gathered = values if index.size == nel else np.take(values, index, axis=1)
+            sums.add(gathered)
             if grid is not None:
-                grid.add(values)
+                grid.add(gathered, candidates)
     bar.close()
     del raw, values  # the last slab's buffer
     if rest is not None:

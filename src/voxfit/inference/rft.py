@@ -74,7 +74,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special as sc
-from scipy import stats
 
 from voxfit._checks import check_scalar
 from voxfit.core.distributions import t_to_z
@@ -104,6 +103,7 @@ __all__ = [
     "p_uncorrected",
     "peak_fdr",
     "resel_counts",
+    "upper_quantile",
 ]
 
 _EPS = np.finfo(float).eps  # MATLAB's eps
@@ -700,34 +700,36 @@ def height_threshold(
     the expected EC, then on the corrected p, and at most the Bonferroni threshold over `n_voxels` when given."""
     check_scalar(alpha, "`alpha`", numbers.Real, min_val=0, max_val=1, include_boundaries="neither")
     _, _, _, dof, kind, resels, n = _rf_iv(1, 0, 0.0, dof, kind, resels, n)
-    u = float(_u_of(kind, (alpha / resels.max()) ** (1 / n), dof))
+    u = float(upper_quantile(kind, (alpha / resels.max()) ** (1 / n), dof))
     du = 1e-6
     for which in ("Ec", "P"):
         d = 1.0
         for _ in range(1000):
-            if abs(d) <= 1e-6:
+            if abs(d) <= 1e-6 or math.isinf(u):
                 break
             p = getattr(_p_rf(1, 0, u, dof, kind, resels, n), which)
             q = getattr(_p_rf(1, 0, u + du, dof, kind, resels, n), which)
-            d = (alpha - p) / ((q - p) / du)
+            # a flat p (q == p, e.g. few dof): MATLAB's division gives +-Inf and spm_uc_RF returns Inf
+            d = (alpha - p) / ((q - p) / du) if q != p else math.copysign(math.inf, alpha - p) if alpha != p else 0.0
             u = u + d
-            if math.isinf(u):
-                return math.inf
+    if math.isinf(u):  # spm_uc_RF's Inf, then spm_uc's Bonferroni bound below
+        u = math.inf
     if n_voxels is not None and not np.array_equal(resels, [1.0]):
         check_scalar(n_voxels, "`n_voxels`", numbers.Integral, min_val=1)
-        u = min(u, float(_u_of(kind, (alpha / n_voxels) ** (1 / n), dof)))
+        u = min(u, float(upper_quantile(kind, (alpha / n_voxels) ** (1 / n), dof)))
     return u
 
 
-def _u_of(kind: str, a: float, dof) -> float:
-    """``spm_u``: the height with upper tail probability `a`."""
+def upper_quantile(kind: str, a: float, dof) -> float:
+    """``spm_u``: the height of a `kind` field (``Z``, ``T``, ``X``, ``F``) with upper tail probability `a` (the
+    special functions scipy.stats' ``isf`` calls, without importing scipy.stats: about a second)."""
     if kind == "Z":
-        return stats.norm.isf(a)
+        return -sc.ndtri(a)
     if kind == "T":
-        return stats.t.isf(a, dof[1])
+        return -sc.stdtrit(dof[1], a)
     if kind == "X":
-        return stats.chi2.isf(a, dof[1])
-    return stats.f.isf(a, dof[0], dof[1])
+        return sc.chdtri(dof[1], a)
+    return sc.fdtri(dof[0], dof[1], 1.0 - a)
 
 
 def peak_fdr(peaks: ArrayLike, u: float, dof, kind: str, resels: ArrayLike, n: int = 1, *, q: float = 0.05) -> PeakFDR:

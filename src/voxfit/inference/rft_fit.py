@@ -31,6 +31,7 @@ from .rft import (
     p_cluster,
     p_peak_fwe,
     p_uncorrected,
+    upper_quantile,
 )
 
 __all__ = [
@@ -252,10 +253,4 @@ def _contrast(stats, sm: Smoothness, options: RFTOptions, z_field: bool) -> Cont
 def uncorrected_height(p: float, dof, kind: str) -> float:
     """The height of a `kind` field (``T``, ``F``, ``Z``) whose uncorrected upper-tail probability is `p`
     (SPM's ``spm_u``)."""
-    from scipy import stats
-
-    if kind == "Z":
-        return float(stats.norm.isf(p))
-    if kind == "T":
-        return float(stats.t.isf(p, dof[1]))
-    return float(stats.f.isf(p, dof[0], dof[1]))
+    return float(upper_quantile(kind, p, dof))

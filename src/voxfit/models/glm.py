@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._array import is_dataframe, type_name
+from .._array import is_dataframe, type_name, working_dtype
 from .._dask import dask_client, run_tasks
 from .._execution import Execution
 from .._threads import GRACE_S, DaemonExecutor, resolve_workers, run_in_threads
@@ -23,7 +23,7 @@ from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
-from ..engine.smoothness import neighbour_sums
+from ..engine.smoothness import neighbour_sums, warm_kernels
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..io import (
@@ -266,6 +266,9 @@ def fit_images(
             "--diagnostics forms the whitened residuals from the data in memory, but this fit is streamed under "
             "--max-memory; raise --max-memory (or drop --diagnostics)."
         )
+    if rft is not None:  # numba and the smoothness kernels load while the data are read
+        dtype = working_dtype(route.reader.dtype) if route.reader is not None else np.float32
+        threading.Thread(target=warm_kernels, args=(dtype,), daemon=True).start()
 
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
@@ -502,30 +505,30 @@ def _rft_inference(fitted: _Fitted, model: FirstLevelModel, options):
     )
 
 
-def write_rft(out, inferred, masker) -> dict[str, dict]:
+def write_rft(out, inferred, masker, prefix: str = "", shared: str | None = None) -> dict[str, dict]:
     """The maps (``stat-rpv``; per contrast ``stat-p_desc-rftfwe`` and ``stat-logp_desc-rftfwe``) and SPM's
-    results table of each contrast (``contrast-<label>_desc-rft_table.tsv``) of an RFT inference; returns each
-    table's footer."""
+    results table of each contrast (``contrast-<label>_desc-rft_table.tsv``) of an RFT inference, each name after
+    `prefix` (a BIDS node's entities), the RPV map's after `shared` when given (a BIDS group of one contrast);
+    returns each table's footer."""
     from ..report.rft_table import results_table
 
     ext = masker.geometry.extension
     for stat, label, desc, values in inferred.maps():
-        masker.write(
-            out.path(statmap_name(stat, ext, label, desc=desc)), values, [stat if label is None else f"{label} {stat}"]
-        )
+        name = (prefix if label is not None or shared is None else shared) + statmap_name(stat, ext, label, desc=desc)
+        masker.write(out.path(name), values, [stat if label is None else f"{label} {stat}"])
     footers = {}
     for label in inferred.contrasts:
         table = results_table(inferred, label)
-        out.path(rft_table_name(label)).write_text(table.tsv())
+        out.path(rft_table_name(label, prefix)).write_text(table.tsv())
         footers[label] = table.footer
     return footers
 
 
-def rft_table_name(label: str) -> str:
-    return f"contrast-{label}_desc-rft_table.tsv"
+def rft_table_name(label: str, prefix: str = "") -> str:
+    return f"{prefix}contrast-{label}_desc-rft_table.tsv"
 
 
-def rft_record(inferred, footers: dict[str, dict]) -> dict:
+def rft_record(inferred, footers: dict[str, dict], prefix: str = "") -> dict:
     """model.json's ``inference``: the RFT inference's record, each contrast with its table's file and footer
     (non-finite numbers as null)."""
     from ..inference.rft_fit import finite_or_none
@@ -533,7 +536,7 @@ def rft_record(inferred, footers: dict[str, dict]) -> dict:
     record = inferred.record()
     for label, entry in record["contrasts"].items():
         if label in footers:
-            entry.update(table=rft_table_name(label), footer=footers[label])
+            entry.update(table=rft_table_name(label, prefix), footer=footers[label])
     return finite_or_none(record)
 
 

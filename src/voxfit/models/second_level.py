@@ -106,6 +106,7 @@ class GroupFit:
     maps: tuple[str, ...] = ()
     ids: tuple[str, ...] = ()
     mixed: MixedFit | None = None
+    rft: object | None = None  # the voxfit.inference.rft_fit.RFTInference of --inference rft
 
 
 @dataclass(frozen=True, eq=False)
@@ -355,7 +356,7 @@ class SecondLevel:
                     ),
                 )
                 files = out.commit()
-        return self._result(d, paths, masker, parametric, perms, tables, files)
+        return replace(self._result(d, paths, masker, parametric, perms, tables, files), rft=inferred)
 
     def _plan(self, reader, d, execution: Execution, copies: int = 1) -> GroupMemory:
         """How the cap splits (:func:`group_memory`): the bytes a batch of shuffles may take and the threads of
@@ -717,7 +718,8 @@ class SecondLevel:
             )
         if kind == "fixed" and fl_dof is None:
             notes += ("fixed effects without every subject's first-level dof: dof n - rank; give --first-level-dof",)
-        return replace(self._result(d, paths, masker, fit.contrasts, perms, tables, files), notes=notes, mixed=fit)
+        result = self._result(d, paths, masker, fit.contrasts, perms, tables, files)
+        return replace(result, notes=notes, mixed=fit, rft=inferred)
 
     def _check_streamed_cap(self, execution: Execution, masker: Masker, n_maps: int, n_contrasts: int) -> None:
         """Refuse, naming the cap that would, a cap that cannot hold a mixed or fixed model of maps read by

@@ -1,0 +1,212 @@
+"""``--inference rft`` on the command line (issue 18): ``voxfit fit`` and ``voxfit group`` end to end on small
+smooth volumes (the maps, model.json's inference part, the results TSV's columns and footer, the report's
+table), and the refusals in one line (surfaces, CIFTI, beside --permutations)."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pandas as pd
+import pytest
+
+from voxfit.cli import main
+
+from .imaging import AFFINE, cifti_axes, write_cifti, write_gifti
+
+RFT_MAPS = ("stat-p_desc-rftfwe", "stat-logp_desc-rftfwe")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def smooth_volume(rng, shape=(10, 9, 8), n=30, signal=0.0):
+    """`n` volumes of spatially smooth noise about 100 (a box filter along each axis; one background plane of
+    zeros), with `signal` added in a 3 x 3 x 3 cube; and a design of two regressors and the constant."""
+    e = rng.standard_normal(shape + (n,))
+    for axis in range(3):
+        e = e + np.roll(e, 1, axis=axis)
+    t = np.arange(n)
+    X = np.column_stack([np.sin(t / 3.0), np.cos(t / 7.0), np.ones(n)])
+    data = 100 + e
+    data[3:6, 3:6, 3:6] += signal * X[:, 0]
+    data[0] = 0.0
+    return data.astype(np.float32), X
+
+
+def read_tsv(path):
+    return pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+
+
+def check_rft_outputs(out, label, n_voxels):
+    """The maps of --inference rft, model.json's inference part, the results TSV and its footer."""
+    from voxfit.inference.rft import p_peak_fwe
+    from voxfit.report.rft_table import COLUMNS
+
+    record = json.loads((out / "model.json").read_text())  # (validated by the schema: tests/conftest.py)
+    inference = record["inference"]
+    assert inference["method"] == "rft"
+    assert inference["search"]["voxels"] == n_voxels
+    entry = inference["contrasts"][label]
+    assert entry["table"] == f"contrast-{label}_desc-rft_table.tsv"
+    footer = entry["footer"]
+    for key in ("height", "fwhm_mm", "fwhm_voxels", "search_voxels", "search_resels", "resel_voxels", "dof"):
+        assert key in footer, key
+    assert footer["search_voxels"] == n_voxels
+    npt.assert_allclose(footer["fwhm_mm"], inference["smoothness"]["fwhm_mm"], rtol=1e-12)
+    table = read_tsv(out / entry["table"])
+    assert tuple(table.columns) == COLUMNS
+    mask = nib.load(out / "mask.nii.gz").get_fdata().astype(bool)
+    assert int(mask.sum()) == n_voxels
+    rpv = nib.load(out / "stat-rpv_statmap.nii.gz").get_fdata()[mask]
+    assert np.all(rpv >= 0) and (rpv > 0).mean() > 0.5  # (0: voxels without every +x, +y, +z neighbour)
+    stat_name = "t" if entry["field"] == "T" else "z" if entry["field"] == "Z" else "F"
+    stat = nib.load(out / f"contrast-{label}_stat-{stat_name}_statmap.nii.gz").get_fdata()[mask]
+    p = nib.load(out / f"contrast-{label}_stat-p_desc-rftfwe_statmap.nii.gz").get_fdata()[mask]
+    logp = nib.load(out / f"contrast-{label}_stat-logp_desc-rftfwe_statmap.nii.gz").get_fdata()[mask]
+    resels = inference["smoothness"]["resels"]
+    dof = [np.inf if d is None else d for d in entry["dof"]]
+    want = p_peak_fwe(stat, dof if entry["field"] == "F" else dof[1], entry["field"], resels, n_voxels=n_voxels)
+    npt.assert_allclose(p, want, rtol=1e-5, atol=1e-12)
+    npt.assert_allclose(logp, -np.log10(p), rtol=1e-5, atol=1e-6)
+    return inference, table
+
+
+def test_fit_with_rft_end_to_end(tmp_path, rng, capsys):
+    """voxfit fit --inference rft --report: a planted effect is listed first in SPM's table, at its cube, with a
+    voxel-level FWE p below 0.05; the report shows the table and its footer."""
+    data, X = smooth_volume(rng, signal=3.0)
+    bold = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), bold)
+    design = tmp_path / "design.tsv"
+    pd.DataFrame(X, columns=["a", "b", "const"]).to_csv(design, sep="\t", index=False)
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys,
+        *("fit", bold, "--design", design, "--contrast", "a=a", "--contrast", "ab=a; b", "-o", out),
+        *("--mask-threshold", "0", "--inference", "rft", "--report", "--quiet"),
+    )
+    assert code == 0, err
+    inference, table = check_rft_outputs(out, "a", n_voxels=9 * 9 * 8)
+    assert inference["contrasts"]["a"]["field"] == "T"
+    assert inference["contrasts"]["ab"]["field"] == "F"
+    check_rft_outputs(out, "ab", n_voxels=9 * 9 * 8)
+    first = table.iloc[0]
+    assert first["cluster_k"] >= 1 and first["peak_p_fwe"] < 0.05
+    ijk = np.linalg.solve(AFFINE[:3, :3], np.array([first["x_mm"], first["y_mm"], first["z_mm"]]) - AFFINE[:3, 3])
+    assert np.all((ijk >= 3 - 1e-6) & (ijk <= 5 + 1e-6)), ijk
+    page = next(out.glob("*.html")).read_text()
+    assert "Random field theory: SPM&#x27;s results table" in page or "Random field theory: SPM's results table" in page
+    assert "contrast-a_desc-rft_table.tsv" in page and "FWHM =" in page and "resels" in page
+
+
+def test_group_with_rft_end_to_end(tmp_path, rng, capsys):
+    """voxfit group --inference rft on one map per subject: T field with the group's dof, the same outputs."""
+    data, _ = smooth_volume(rng, n=12)
+    effects = data - 100
+    effects[0] = 0.0  # the background plane: outside the group mask
+    maps = []
+    for i in range(effects.shape[3]):
+        maps.append(tmp_path / f"sub-{i:02d}.nii.gz")
+        nib.save(nib.Nifti1Image(effects[..., i], AFFINE), maps[-1])
+    out = tmp_path / "group"
+    code, _, err = run(capsys, "group", *maps, "-o", out, "--inference", "rft", "--extent-threshold", "2", "--quiet")
+    assert code == 0, err
+    inference, table = check_rft_outputs(out, "intercept", n_voxels=9 * 9 * 8)
+    entry = inference["contrasts"]["intercept"]
+    assert entry["field"] == "T" and entry["dof"][1] == 11
+    assert inference["extent"] == 2
+    assert (table["cluster_k"].dropna() >= 2).all()
+
+
+def test_rft_refusals_are_one_line(tmp_path, rng, capsys):
+    """Surfaces, CIFTI and --permutations beside --inference rft: exit 2, one line naming the way out."""
+    matrix = rng.standard_normal((12, 30)).astype(np.float32) + 10
+    design = tmp_path / "design.tsv"
+    pd.DataFrame({"a": rng.standard_normal(12), "const": 1.0}).to_csv(design, sep="\t", index=False)
+    gifti = write_gifti(tmp_path / "run.func.gii", matrix)
+    cifti = write_cifti(tmp_path / "run.dtseries.nii", rng.standard_normal((12, len(cifti_axes(12)[1]))) + 10)
+    for inputs in (gifti, cifti):
+        code, _, err = run(
+            capsys, "fit", inputs, "--design", design, "--contrast", "a=a", "-o", tmp_path / f"o{inputs.suffix}"
+        )
+        assert code == 0, err
+        code, _, err = run(
+            capsys,
+            *("fit", inputs, "--design", design, "--contrast", "a=a", "-o", tmp_path / "rft"),
+            *("--inference", "rft", "--quiet"),
+        )
+        assert code == 2
+        assert len(err.strip().splitlines()) == 1 and "--inference rft is for volumes" in err, err
+        assert not (tmp_path / "rft").exists() or not any((tmp_path / "rft").iterdir())
+    data, _ = smooth_volume(rng, n=8)
+    maps = tmp_path / "maps.nii.gz"
+    nib.save(nib.Nifti1Image(data - 100, AFFINE), maps)
+    code, _, err = run(
+        capsys, "group", maps, "-o", tmp_path / "g", "--inference", "rft", "--permutations", "10", "--quiet"
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "--inference rft and --permutations" in err, err
+
+
+@pytest.mark.parametrize(
+    "option, value, fragment",
+    [("--height-threshold", "1.5", "height_threshold"), ("--extent-threshold", "-3", "extent_threshold")],
+)
+def test_rft_thresholds_are_checked_in_one_line(tmp_path, rng, capsys, option, value, fragment):
+    data, X = smooth_volume(rng, n=10)
+    bold = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), bold)
+    design = tmp_path / "design.tsv"
+    pd.DataFrame(X, columns=["a", "b", "const"]).to_csv(design, sep="\t", index=False)
+    code, _, err = run(
+        capsys,
+        *("fit", bold, "--design", design, "--contrast", "a=a", "-o", tmp_path / "o"),
+        *("--inference", "rft", option, value, "--quiet"),
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_bids_dataset_level_with_rft_as_voxfit_group(tmp_path, capsys):
+    """voxfit bids ... dataset --inference rft: each dataset group's RFT outputs in the node's folder, equal to
+    voxfit group --inference rft on the subject maps; the run and subject levels and --permutations refused."""
+    pytest.importorskip("bids")
+    import jsonschema
+
+    from voxfit.bids.synthetic import make_dataset
+    from voxfit.inference.rft_fit import check_rft_options
+    from voxfit.models.record import schema
+    from voxfit.models.second_level import SecondLevel
+
+    study = make_dataset(tmp_path / "ds", subjects=4, runs=1, scans=30, shape=(8, 9, 8))
+    out = tmp_path / "out"
+    common = ("bids", study.root, out, "dataset", "--derivatives", study.derivatives, "--noise", "ols", "--quiet")
+    code, _, err = run(capsys, *common, "--group-model", "ols", "--inference", "rft", "--height-threshold", "0.1")
+    assert code == 0, err
+    node = out / "node-dataset"
+    for contrast in ("congruent", "incongruent"):
+        record = json.loads((node / f"contrast-{contrast}_model.json").read_text())
+        assert not list(jsonschema.Draft202012Validator(schema()).iter_errors(record))
+        inference = record["inference"]
+        assert inference["contrasts"][contrast]["table"] == f"contrast-{contrast}_desc-rft_table.tsv"
+        for name in (*(f"contrast-{contrast}_{m}_statmap.nii.gz" for m in RFT_MAPS), f"contrast-{contrast}_stat-rpv"):
+            assert list(node.glob(name + "*")), name
+        subjects = [
+            out / f"sub-{s}" / "node-subject" / f"sub-{s}_contrast-{contrast}_stat-effect_statmap.nii.gz"
+            for s in study.subjects
+        ]
+        ref = SecondLevel(rft=check_rft_options(0.1)).fit(subjects, progress=False).rft
+        npt.assert_allclose(inference["smoothness"]["fwhm_voxels"], ref.smoothness.fwhm, rtol=1e-10)
+        npt.assert_allclose(inference["smoothness"]["resels"], ref.smoothness.resels, rtol=1e-10)
+        assert inference["contrasts"][contrast]["height_stat"] == pytest.approx(ref.contrasts["intercept"].height)
+        p = nib.load(node / f"contrast-{contrast}_stat-p_desc-rftfwe_statmap.nii.gz").get_fdata()
+        want = ref.contrasts["intercept"].p_fwe
+        npt.assert_allclose(p.ravel(order="F")[ref.mask.ravel(order="F")], want, rtol=1e-6)
+    code, _, err = run(capsys, *common, "--group-model", "ols", "--inference", "rft", "--permutations", "10")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--permutations" in err, err
+    subject_level = ("bids", study.root, tmp_path / "o2", "subject", "--derivatives", study.derivatives)
+    code, _, err = run(capsys, *subject_level, "--inference", "rft", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "dataset nodes" in err, err

@@ -375,9 +375,11 @@ def _gram_coefs(phi: NDArray) -> NDArray:
     cov = rho[:, np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])] * gamma0[:, None, None]
     try:
         L_inv = np.linalg.inv(np.linalg.cholesky(cov))
-    except np.linalg.LinAlgError:  # some model is not stationary: only those get NaN
+    except np.linalg.LinAlgError:  # some model is not stationary (or at its edge): only those get NaN
         with np.errstate(invalid="ignore"):
-            bad = ~(np.linalg.eigvalsh(cov)[:, 0] > 0)
+            eig = np.linalg.eigvalsh(np.where(np.isfinite(cov), cov, 0.0))
+            # (a covariance whose smallest eigenvalue is a rounding error of its largest fails Cholesky too)
+            bad = ~(eig[:, 0] > 1e-12 * eig[:, -1]) | ~np.isfinite(cov).all(axis=(1, 2))
         cov[bad] = np.eye(p)
         L_inv = np.linalg.inv(np.linalg.cholesky(cov))
         L_inv[bad] = np.nan

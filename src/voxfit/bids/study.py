@@ -51,7 +51,7 @@ from .._memory import reserved_bytes
 from .._progress import Progress
 from .._version import __version__
 from ..exceptions import InputError
-from .layout import ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
+from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
@@ -383,6 +383,12 @@ def _run_iv(
         seed,
     )
     return settings, execution
+
+
+def _extension(path: Path) -> str:
+    """A BOLD file's extension as pybids' entity has it (``.nii.gz``, ``.func.gii``, ``.dtseries.nii``)."""
+    name = Path(path).name
+    return next(e for e in (*sorted(BOLD_EXTENSIONS, key=len, reverse=True), Path(name).suffix) if name.endswith(e))
 
 
 def _is_volume(path: Path) -> bool:
@@ -802,6 +808,7 @@ class _Study:
         self.failures: list[Failure] = []
         self.skipped: list[Failure] = []
         self.hemispheres = False
+        self.bold_extensions: list[str] = []  # of the runs fitted (pybids' extension entity)
         self.workers = 0
         self.manifest = self.read_manifest()
         self.node_checksums: dict[str, str] = {}
@@ -822,12 +829,25 @@ class _Study:
 
     @property
     def graph(self):
-        """pybids' BIDSStatsModelsGraph with its variables loaded (made when a design or a grouping needs it)."""
+        """pybids' BIDSStatsModelsGraph with its variables loaded (made when a design or a grouping needs it).
+
+        Run nodes take their variables from the preprocessed BOLD files of the kinds fitted (the derivatives'
+        scope, the runs' extensions), where voxfit's runs are: pybids reads a run's events and confounds
+        once per BOLD file it lists, and by default it lists the raw BOLD and every derivative of it too (the
+        raw pass re-reads the same tables into the same run: half of the time, for the same collections)."""
         if self._graph is None:
             from bids.modeling import BIDSStatsModelsGraph
 
             graph = BIDSStatsModelsGraph(self.layout, self.model)
-            graph.load_collections(**({"subject": list(self.labels)} if self.labels else {}))
+            subjects = {"subject": list(self.labels)} if self.labels else {}
+            runs = [n.name for n in graph.nodes.values() if n.level == "run"]
+            if runs and self.bold_extensions:
+                graph.load_collections(
+                    nodes=runs, scope="derivatives", extension=list(self.bold_extensions), **subjects
+                )
+            graph.load_collections(
+                nodes=[n for n in graph.nodes if n not in runs or not self.bold_extensions], **subjects
+            )
             self._graph = graph
         return self._graph
 
@@ -903,6 +923,7 @@ class _Study:
             )
         self.root = node
         self.hemispheres = any(dict(r.entities).get("hemi") for r in runs)
+        self.bold_extensions = sorted({_extension(r.bold) for r in runs if not r.problems})
         self.results[node.name] = []
         self.outputs[node.name] = []
         bar = Progress("runs", len(runs), self.execution.progress)

@@ -51,7 +51,7 @@ from .._memory import reserved_bytes
 from .._progress import Progress
 from .._version import __version__
 from ..exceptions import InputError
-from .layout import ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
+from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
@@ -449,6 +449,12 @@ def _rft_iv(rft, level: str, permutations) -> dict | None:
     if permutations:
         raise InputError("--inference rft and --permutations are two inferences on the same maps; give one of them.")
     return asdict(rft)
+
+
+def _extension(path: Path) -> str:
+    """A BOLD file's extension as pybids' entity has it (``.nii.gz``, ``.func.gii``, ``.dtseries.nii``)."""
+    name = Path(path).name
+    return next(e for e in (*sorted(BOLD_EXTENSIONS, key=len, reverse=True), Path(name).suffix) if name.endswith(e))
 
 
 def _is_volume(path: Path) -> bool:
@@ -892,10 +898,12 @@ class _Study:
         self.failures: list[Failure] = []
         self.skipped: list[Failure] = []
         self.hemispheres = False
+        self.bold_extensions: list[str] = []  # of the runs fitted (pybids' extension entity)
         self.workers = 0
         self.manifest = self.read_manifest()
         self.node_checksums: dict[str, str] = {}
         self._graph = None
+        self._loaded: set[str] = set()  # the nodes whose variables pybids has loaded
         self._tables = None
 
     # ---- the model, pybids' graph, the manifest ----------------------------------------------------------------
@@ -910,16 +918,31 @@ class _Study:
             return [(a, b, {}) for a, b in zip(names, names[1:])]
         return [(e["Source"], e["Destination"], e.get("Filter") or {}) for e in edges]
 
-    @property
-    def graph(self):
-        """pybids' BIDSStatsModelsGraph with its variables loaded (made when a design or a grouping needs it)."""
+    def pybids_node(self, name: str):
+        """pybids' node `name` of the model's BIDSStatsModelsGraph, with its variables loaded the first time a
+        design or a grouping asks for them (a rerun whose runs are all reused never reads the run level's
+        tables).
+
+        Run nodes take their variables from the preprocessed BOLD files of the kinds fitted (the derivatives'
+        scope, the runs' extensions), where voxfit's runs are: pybids reads a run's events and confounds
+        once per BOLD file it lists, and by default it lists the raw BOLD and every derivative of it too (the
+        raw pass re-reads the same tables into the same run: half of the time, for the same collections).
+        pybids also looks for each file's physio and stim recordings in the index; where the dataset has none,
+        it is told so."""
         if self._graph is None:
             from bids.modeling import BIDSStatsModelsGraph
 
-            graph = BIDSStatsModelsGraph(self.layout, self.model)
-            graph.load_collections(**({"subject": list(self.labels)} if self.labels else {}))
-            self._graph = graph
-        return self._graph
+            self._graph = BIDSStatsModelsGraph(self.layout, self.model)
+        node = self._graph.get_node(name)
+        if name not in self._loaded:
+            kwargs = {"subject": list(self.labels)} if self.labels else {}
+            if node.level == "run" and self.bold_extensions:
+                kwargs.update(scope="derivatives", extension=list(self.bold_extensions))
+                if not self.layout.get(suffix=["physio", "stim"], extension=".tsv.gz"):
+                    kwargs.update(physio=False, stim=False)
+            self._graph.load_collections(nodes=[name], **kwargs)
+            self._loaded.add(name)
+        return node
 
     def tables(self) -> list:
         """The contents of the dataset's participants, sessions and scans tables and their sidecars (what the
@@ -993,6 +1016,7 @@ class _Study:
             )
         self.root = node
         self.hemispheres = any(dict(r.entities).get("hemi") for r in runs)
+        self.bold_extensions = sorted({_extension(r.bold) for r in runs if not r.problems})
         self.results[node.name] = []
         self.outputs[node.name] = []
         bar = Progress("runs", len(runs), self.execution.progress)
@@ -1060,7 +1084,7 @@ class _Study:
         from .run_design import run_design
 
         entity = r.entity
-        collections = self.graph.get_node(node.name).get_collections(**{k: entity[k] for k in RAW if k in entity})
+        collections = self.pybids_node(node.name).get_collections(**{k: entity[k] for k in RAW if k in entity})
         if not collections:
             raise InputError(f"{r.events}: pybids read no variables for this run; check its events.tsv.")
         try:
@@ -1233,9 +1257,7 @@ class _Study:
         filters = {_long(k): v for k, v in filters.items()}
         infos = [ContrastInfo(name, [name], [1], "t", ents) for name, ents in inputs]
         try:
-            groups = self.graph.get_node(node.name).run(
-                inputs=infos, group_by=group_by, missing_values="fill", **filters
-            )
+            groups = self.pybids_node(node.name).run(inputs=infos, group_by=group_by, missing_values="fill", **filters)
         except (ValueError, KeyError) as exc:
             self.failures.append(Failure(node.name, "all", f"{exc}; check the node's Model.X and GroupBy."))
             return

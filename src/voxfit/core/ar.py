@@ -276,27 +276,41 @@ class ARBlock:
     def _beyond_p(self, phi: NDArray, rho: NDArray) -> tuple[NDArray, NDArray]:
         """For the AR models (phi, rho): ``T_>p @ rho_>p`` (p+1, v), what their autocorrelations beyond lag p
         add to the expected residual products per unit variance, and Bartlett's sums ``S_k`` (p+1, v) =
-        ``sum over all integers m of rho_m rho_m+k`` (rho_-m = rho_m, lags up to n-1)."""
-        p, v = self.order, phi.shape[0]
+        ``sum over all integers m of rho_m rho_m+k`` (rho_-m = rho_m, lags up to n-1).
+
+        The autocorrelations at every lag are made first (:meth:`_model_lags`), then each sum is one product
+        over all lags: a few whole-array operations instead of a dozen small ones per lag."""
+        p = self.order
         a = rho.T  # (p+1, v): a_0 .. a_p
-        pairs = np.stack([np.einsum("jv,jv->v", a[1 : p + 1 - k], a[1 + k :]) for k in range(p + 1)])  # j >= 1
-        recent = np.array(a[:0:-1])  # a copy; recent[j - 1] = a_{k-j} for the next lag k
-        tail = np.zeros((p + 1, v))
-        phi_t = np.ascontiguousarray(phi.T)
-        for i in range(self.beyond.shape[1]):  # lag k = p + 1 + i
-            if i % 16 == 0 and not (np.abs(recent) > 1e-20).any():
-                break  # every later term is below rounding (voxels with NaN, left out later, do not count)
-            new = np.einsum("jv,jv->v", phi_t, recent)
-            tail += np.multiply.outer(self.beyond[:, i], new)
-            pairs[0] += new * new
-            pairs[1:] += recent * new
-            recent[1:] = recent[:-1].copy()
-            recent[0] = new
-        S = np.empty((p + 1, v))
+        lags = self._model_lags(phi, a)  # a_1 .. a_L
+        m = lags.shape[0] - p  # lags beyond p that count
+        tail = self.beyond[:, :m] @ lags[p:]
+        pairs = [np.einsum("jv,jv->v", lags[: lags.shape[0] - k], lags[k:]) for k in range(p + 1)]  # j >= 1
+        S = np.empty((p + 1, phi.shape[0]))
         S[0] = 1.0 + 2.0 * pairs[0]
         for k in range(1, p + 1):
             S[k] = a[k] + 2.0 * pairs[k] + np.einsum("mv,mv->v", a[1 : k + 1], a[k - 1 :: -1][:k])
         return tail, S
+
+    def _model_lags(self, phi: NDArray, a: NDArray) -> NDArray:
+        """(L, v): the models' autocorrelations at lags 1..L, from `a` (p+1, v) at lags 0..p and the recursion
+        ``rho_k = sum_j phi_j rho_k-j`` beyond; up to lag n-1, or to the first lag p + 16 i at which the last p
+        are all below 1e-20 (every later term is below rounding; voxels with NaN, left out later, do not
+        count)."""
+        p, v = phi.shape[1], phi.shape[0]
+        n_beyond = self.beyond.shape[1]
+        out = np.empty((p + n_beyond, v))
+        out[:p] = a[1:]
+        phi_t = np.ascontiguousarray(phi.T[::-1])  # phi_t[p - j] = phi_j, against rows k-p .. k-1
+        for start in range(0, n_beyond, 16):
+            if not (np.abs(out[start : start + p]) > 1e-20).any():
+                return out[: p + start]
+            for k in range(p + start, p + min(start + 16, n_beyond)):  # row k: lag k + 1
+                if p == 1:
+                    np.multiply(phi_t[0], out[k - 1], out=out[k])
+                else:
+                    out[k] = np.einsum("jv,jv->v", phi_t, out[k - p : k])
+        return out
 
 
 def _band_and_corners(phi: NDArray, L_inv: NDArray):

@@ -74,7 +74,10 @@ def t_logsf(t: ArrayLike, dof: float) -> NDArray[np.float64]:
         return sc.log_ndtr(-t)
     sf = sc.stdtr(dof, -t)
     with np.errstate(divide="ignore"):
-        out = np.where(sf > 0.5, np.log1p(-sc.stdtr(dof, t)), np.log(sf))
+        out = np.log(sf)
+    upper = sf > 0.5  # (none for t >= 0: the lower tail only where it is needed)
+    if np.any(upper):
+        out[upper] = np.log1p(-sc.stdtr(np.broadcast_to(dof, t.shape)[upper] if each else dof, t[upper]))
     tiny = sf < _TINY
     if np.any(tiny):
         tt = np.abs(t[tiny])
@@ -104,8 +107,12 @@ def _t_to_z_exact(t: NDArray, dof) -> NDArray[np.float64]:
     since 1/2 - p has already lost its relative accuracy there: ``z = sqrt(2) erfinv(P(|T| < |t|))``.
     """
     t = np.asarray(t, dtype=float)
+    # P(|T| < 1) >= 1/2 for dof >= 1: those |t| >= 1 are in the tails, and their centre is not evaluated
+    central = np.where(np.abs(t) >= 1.0, 1.0, np.nan)
+    near = ~((np.abs(t) >= 1.0) & (np.asarray(dof) >= 1.0)) & ~np.isnan(t)
+    d = np.broadcast_to(dof, t.shape)[near] if np.ndim(dof) > 0 else dof
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        central = sc.betainc(0.5, np.divide(dof, 2.0), 1.0 / (1.0 + dof / (t * t)))
+        central[near] = sc.betainc(0.5, np.divide(d, 2.0), 1.0 / (1.0 + d / (t[near] * t[near])))
     z = np.sign(t) * np.where(central < 0.5, math.sqrt(2.0) * sc.erfinv(central), np.nan)
     tail = ~(central < 0.5) & ~np.isnan(t)
     d = dof[tail] if np.ndim(dof) > 0 else dof

@@ -40,7 +40,8 @@ def _block_voxels(n: int, pc: int, order: int, execution: Execution, block_size,
     check_block_size(block_size, max_memory)
     if block_size is not None:
         return int(block_size)
-    per_voxel = 8 * (3 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + (order + 4) * pc)  # see core.ar.fit_ar_block
+    # see core.ar.fit_ar_block (one n: the models' autocorrelations at every lag, ARBlock._model_lags)
+    per_voxel = 8 * (4 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + (order + 4) * pc)
     budget = execution.budgets.ar_block // max(1, workers)
     if budget < per_voxel:
         raise InputError(f"`max_memory`={max_memory!r} is too small for an AR fit: one voxel needs {per_voxel} bytes.")

@@ -319,18 +319,8 @@ class SecondLevel:
                         Y,
                         expr,
                         names=list(d.names),
-                        n_permutations=int(self.permutations),
-                        scheme=self.scheme,
-                        blocks=blocks,
-                        whole_blocks=self.whole_blocks,
-                        seed=self.seed,
-                        adjacency=adjacency,
-                        cluster_threshold=self.cluster_threshold,
-                        tfce=self.tfce,
-                        tfce_E=E,
-                        tfce_H=H,
                         name=label,
-                        execution=shuffling,
+                        **self._shuffles(blocks, adjacency, (E, H), shuffling),
                     )
             tables = {}
             if self.cluster_threshold is not None:
@@ -672,18 +662,8 @@ class SecondLevel:
                         names=list(d.names),
                         groups=groups,
                         model=kind,
-                        n_permutations=int(self.permutations),
-                        scheme=self.scheme,
-                        blocks=blocks,
-                        whole_blocks=self.whole_blocks,
-                        seed=self.seed,
-                        adjacency=adjacency,
-                        cluster_threshold=self.cluster_threshold,
-                        tfce=self.tfce,
-                        tfce_E=EH[0],
-                        tfce_H=EH[1],
                         name=label,
-                        execution=shuffling,
+                        **self._shuffles(blocks, adjacency, EH, shuffling),
                     )
                     if self.cluster_threshold is not None:  # (peaks of the statistic the clusters are formed on)
                         on = replace(fit.contrasts[label], stat=perms[label].stat)
@@ -720,6 +700,22 @@ class SecondLevel:
             notes += ("fixed effects without every subject's first-level dof: dof n - rank; give --first-level-dof",)
         result = self._result(d, paths, masker, fit.contrasts, perms, tables, files)
         return replace(result, notes=notes, mixed=fit, rft=inferred)
+
+    def _shuffles(self, blocks, adjacency, tfce_EH, execution: Execution) -> dict:
+        """This model's permutation options, as ``permutation_test`` and ``mixed_permutation_test`` take them."""
+        return dict(
+            n_permutations=int(self.permutations),
+            scheme=self.scheme,
+            blocks=blocks,
+            whole_blocks=self.whole_blocks,
+            seed=self.seed,
+            adjacency=adjacency,
+            cluster_threshold=self.cluster_threshold,
+            tfce=self.tfce,
+            tfce_E=tfce_EH[0],
+            tfce_H=tfce_EH[1],
+            execution=execution,
+        )
 
     def _check_streamed_cap(self, execution: Execution, masker: Masker, n_maps: int, n_contrasts: int) -> None:
         """Refuse, naming the cap that would, a cap that cannot hold a mixed or fixed model of maps read by

@@ -48,51 +48,17 @@ from pathlib import Path
 import numpy as np
 from _util import best, work_folder
 
+from voxfit.bids.synthetic import MOTION, nilearn_model
+
 TASK = "stroop"
 SPACE = "MNI152NLin2009cAsym"
-MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 CONTRASTS = {"IvC": "incongruent - congruent", "congruent": "congruent"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
 
 def model_file(path: Path) -> Path:
     """The study as a BIDS Stats Model (see the module docstring), written to `path`."""
-    model = {
-        "Name": "benchstudy",
-        "BIDSModelVersion": "1.0.0",
-        "Input": {"task": [TASK]},
-        "Nodes": [
-            {
-                "Level": "Run",
-                "Name": "run",
-                "GroupBy": ["run", "subject"],
-                "Model": {
-                    "Type": "glm",
-                    "X": ["congruent", "incongruent", *MOTION, 1],
-                    "HRF": {"Variables": ["congruent", "incongruent"], "Model": "Glover"},
-                    "Options": {"HighPassFilterCutoffHz": 0.01},
-                },
-                "DummyContrasts": {"Contrasts": ["congruent"], "Test": "t"},
-                "Contrasts": [
-                    {"Name": "IvC", "ConditionList": ["incongruent", "congruent"], "Weights": [1, -1], "Test": "t"}
-                ],
-            },
-            {
-                "Level": "Subject",
-                "Name": "subject",
-                "GroupBy": ["subject", "contrast"],
-                "Model": {"Type": "meta", "X": [1]},
-                "DummyContrasts": {"Test": "t"},
-            },
-            {
-                "Level": "Dataset",
-                "Name": "dataset",
-                "GroupBy": ["contrast"],
-                "Model": {"Type": "glm", "X": [1]},
-                "DummyContrasts": {"Test": "t"},
-            },
-        ],
-    }
+    model = nilearn_model(TASK, name="benchstudy")
     path.write_text(json.dumps(model, indent=2) + "\n")
     return path
 

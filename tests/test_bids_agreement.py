@@ -24,47 +24,12 @@ import pytest
 pytest.importorskip("bids")
 pytest.importorskip("nilearn")
 
-from voxfit.bids.synthetic import MOTION, make_dataset  # noqa: E402
+from voxfit.bids.synthetic import MOTION, make_dataset, nilearn_model  # noqa: E402
 from voxfit.cli import main  # noqa: E402
 
 SPACE = "MNI152NLin2009cAsym"
 CONTRASTS = {"IvC": "incongruent - congruent", "congruent": "congruent"}
-MODEL = {
-    "Name": "agreement",
-    "BIDSModelVersion": "1.0.0",
-    "Input": {"task": ["stroop"]},
-    "Nodes": [
-        {
-            "Level": "Run",
-            "Name": "run",
-            "GroupBy": ["run", "subject"],
-            "Model": {
-                "Type": "glm",
-                "X": ["congruent", "incongruent", *MOTION, 1],
-                "HRF": {"Variables": ["congruent", "incongruent"], "Model": "Glover"},
-                "Options": {"HighPassFilterCutoffHz": 0.01},
-            },
-            "DummyContrasts": {"Contrasts": ["congruent"], "Test": "t"},
-            "Contrasts": [
-                {"Name": "IvC", "ConditionList": ["incongruent", "congruent"], "Weights": [1, -1], "Test": "t"}
-            ],
-        },
-        {
-            "Level": "Subject",
-            "Name": "subject",
-            "GroupBy": ["subject", "contrast"],
-            "Model": {"Type": "meta", "X": [1]},
-            "DummyContrasts": {"Test": "t"},
-        },
-        {
-            "Level": "Dataset",
-            "Name": "dataset",
-            "GroupBy": ["contrast"],
-            "Model": {"Type": "glm", "X": [1]},
-            "DummyContrasts": {"Test": "t"},
-        },
-    ],
-}
+MODEL = nilearn_model(name="agreement")
 
 
 def _data(path):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SyntheticStudy", "make_dataset"]
+__all__ = ["SyntheticStudy", "make_dataset", "nilearn_model"]
 
 SPACES = ("MNI152NLin2009cAsym", "fsaverage5", "fsLR")
 CONDITIONS = ("congruent", "incongruent")
@@ -107,6 +107,49 @@ def make_dataset(
                 signal = 20.0 * amplitude[s] * sum((1.0 + 0.5 * j) * regressors[:, j] for j in range(len(conditions)))
                 _preprocessed(derivatives / folder, stem, space, shape, vertices, signal, confounds, tr, rng)
     return SyntheticStudy(root, derivatives, labels, runs, scans, tr, task, space)
+
+
+def nilearn_model(task: str = "stroop", name: str = "nilearn") -> dict:
+    """A BIDS Stats Model of a :func:`make_dataset` study that nilearn fits the same way (``first_level_from_bids``
+    with hrf glover, high_pass 0.01 Hz and the six motion columns as confounds; its fixed effects over a
+    subject's runs; a one-sample ``SecondLevelModel``): contrasts ``congruent`` and ``IvC`` (incongruent -
+    congruent) at every level. The study benchmark and the agreement tests with nilearn fit it."""
+    return {
+        "Name": name,
+        "BIDSModelVersion": "1.0.0",
+        "Input": {"task": [task]},
+        "Nodes": [
+            {
+                "Level": "Run",
+                "Name": "run",
+                "GroupBy": ["run", "subject"],
+                "Model": {
+                    "Type": "glm",
+                    "X": [*CONDITIONS, *MOTION, 1],
+                    "HRF": {"Variables": list(CONDITIONS), "Model": "Glover"},
+                    "Options": {"HighPassFilterCutoffHz": 0.01},
+                },
+                "DummyContrasts": {"Contrasts": ["congruent"], "Test": "t"},
+                "Contrasts": [
+                    {"Name": "IvC", "ConditionList": ["incongruent", "congruent"], "Weights": [1, -1], "Test": "t"}
+                ],
+            },
+            {
+                "Level": "Subject",
+                "Name": "subject",
+                "GroupBy": ["subject", "contrast"],
+                "Model": {"Type": "meta", "X": [1]},
+                "DummyContrasts": {"Test": "t"},
+            },
+            {
+                "Level": "Dataset",
+                "Name": "dataset",
+                "GroupBy": ["contrast"],
+                "Model": {"Type": "glm", "X": [1]},
+                "DummyContrasts": {"Test": "t"},
+            },
+        ],
+    }
 
 
 def _participants(root: Path, labels, rng) -> None:

@@ -299,3 +299,76 @@ def test_import_voxfit_does_not_import_pybids():
     code = "import sys, voxfit, voxfit.bids; assert 'bids' not in sys.modules and 'bids.layout' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def _run_model(x, instructions=()):
+    return {
+        "Name": "columns",
+        "BIDSModelVersion": "1.0.0",
+        "Input": {"task": ["stroop"]},
+        "Nodes": [
+            {
+                "Level": "Run",
+                "Name": "run",
+                "GroupBy": ["run", "subject"],
+                "Transformations": {
+                    "Transformer": "pybids-transforms-v1",
+                    "Instructions": [{"Name": "Factor", "Input": ["trial_type"]}, *instructions],
+                },
+                "Model": {"Type": "glm", "X": x},
+                "DummyContrasts": {"Contrasts": ["trial_type.congruent"], "Test": "t"},
+            }
+        ],
+    }
+
+
+def test_confounds_columns_named_by_the_model_through_patterns_and_transformations(tmp_path):
+    """pybids reads only the confounds columns the run node names (whole, in an expression, by a pattern):
+    the design holds exactly those the model asks for."""
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=1, runs=1)
+    scaled = {"Name": "Copy", "Input": ["framewise_displacement"], "Output": ["fd_z"]}
+    x = ["trial_type.congruent", "rot_*", "fd_z", "csf", 1]
+    result = run(
+        study.root,
+        tmp_path / "out",
+        model=_run_model(x, [scaled]),
+        derivatives=[study.derivatives],
+        level="run",
+        progress=False,
+    )
+    assert result.ok, result.failures
+    design = next((tmp_path / "out" / "sub-01" / "node-run").glob("*_design.tsv"))
+    columns = design.read_text().splitlines()[0].split("\t")
+    assert {"rot_x", "rot_y_power2", "rot_z_derivative1", "fd_z", "csf"} <= set(columns)
+    assert not {"trans_x", "trans_x_power2", "global_signal", "framewise_displacement"} & set(columns)
+    table = next(study.derivatives.glob("sub-01/func/*_desc-confounds_timeseries.tsv"))
+    confounds = np.loadtxt(table, delimiter="\t", skiprows=1, usecols=[0])  # (n/a-free: the first column)
+    assert confounds.size == len(design.read_text().splitlines()) - 1
+
+
+def test_a_misspelled_confound_is_named_with_the_columns_not_read(tmp_path, capsys):
+    study, deriv = _study(tmp_path, subjects=1, runs=1)
+    model = tmp_path / "model-misspelled_smdl.json"
+    model.write_text(json.dumps(_run_model(["trial_type.congruent", "global_signl", 1])))
+    code = main(["bids", str(study.root), str(tmp_path / "out"), "run", *deriv, "--model", str(model), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert 'Model.X names "global_signl"' in err and "global_signal" in err and "trans_x" in err
+
+
+def test_named_columns_reads_words_of_expressions_and_patterns(tmp_path):
+    from voxfit.bids.study import _named_columns
+
+    table = tmp_path / "confounds.tsv"
+    table.write_text("trans_x\ttrans_y\ta_comp_cor_00\ta_comp_cor_01\tframewise_displacement\tcsf\n1\t2\t3\t4\t5\t6\n")
+    spec = {
+        "Model": {"X": ["a_comp_cor_*", 1]},
+        "Transformations": {
+            "Instructions": [{"Name": "Filter", "Input": ["x"], "Query": "framewise_displacement>0.5"}]
+        },
+    }
+    used, unloaded = _named_columns(spec, [table])
+    assert used == ["a_comp_cor_00", "a_comp_cor_01", "framewise_displacement"]
+    assert unloaded == ("trans_x", "trans_y", "csf")

@@ -207,7 +207,8 @@ def find_runs(
             f"no preprocessed BOLD run in the derivatives for {what or 'these filters'}; check --derivatives "
             "(fMRIPrep's output folder), --task, --space and --desc."
         )
-    runs = tuple(_run_input(layout, f, desc, mask_entities) for f in sorted(chosen, key=lambda f: f.path))
+    files = _RunFiles(layout, mask_entities)
+    runs = tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path))
     runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions)
     if strict:
         for r in runs:
@@ -287,21 +288,57 @@ def _is_volume(path) -> bool:
     return str(path).endswith((".nii.gz", ".nii")) and not str(path).endswith(".dtseries.nii")
 
 
-def _one(files, what: str, bold) -> Path | None:
-    paths = sorted({f.path for f in files})
-    if len(paths) > 1:
-        raise InputError(f"several {what} match {bold}: {', '.join(paths[:3])}; keep one, or filter with --task.")
-    return Path(paths[0]) if paths else None
+class _RunFiles:
+    """The raw BOLD runs, events tables, confounds tables and masks of the dataset, each listed by one query of
+    the index and looked up by a run's raw entities (an entity the run lacks must be absent from the file too).
+    A query per run and kind took 25 ms in pybids' database: 4 s for 40 runs, minutes for a large study."""
+
+    def __init__(self, layout, mask_entities):
+        want = dict(mask_entities or {"desc": "brain"})
+        want.setdefault("suffix", "mask")
+        queries = {
+            "raw BOLD": {"scope": "raw", "suffix": "bold", "extension": [".nii.gz", ".nii"]},
+            "events files": {"scope": "raw", "suffix": "events", "extension": ".tsv"},
+            "confounds tables": {
+                "scope": "derivatives",
+                "suffix": "timeseries",
+                "desc": "confounds",
+                "extension": ".tsv",
+            },
+            "masks": {"scope": "derivatives", "extension": [".nii.gz", ".nii"], **want},
+        }
+        self.by_key: dict[str, dict[tuple, list]] = {}
+        for what, query in queries.items():
+            table: dict[tuple, list] = {}
+            for f in layout.get(**query):
+                entities = f.get_entities()
+                table.setdefault(_raw_key(entities), []).append((f.path, entities))
+            self.by_key[what] = table
+
+    def one(self, what: str, entities: dict, bold, **also) -> Path | None:
+        """The file of kind `what` with the run's raw `entities` and the values `also` (None: any), or None;
+        several are refused."""
+        found = [
+            path
+            for path, ent in self.by_key[what].get(_raw_key(entities), ())
+            if all(v is None or ent.get(k) == v for k, v in also.items())
+        ]
+        paths = sorted(set(found))
+        if len(paths) > 1:
+            raise InputError(f"several {what} match {bold}: {', '.join(paths[:3])}; keep one, or filter with --task.")
+        return Path(paths[0]) if paths else None
 
 
-def _run_input(layout, f, desc, mask_entities) -> RunInput:
+def _raw_key(entities: dict) -> tuple:
+    return tuple(entities.get(k) for k in RAW)
+
+
+def _run_input(layout, files: _RunFiles, f) -> RunInput:
     from ..io import open_reader
 
     ent = f.get_entities()
     entities = tuple((k, ent[k]) for k in ENTITIES if ent.get(k) is not None)
     raw = {k: ent[k] for k in RAW if ent.get(k) is not None}
-    bids = _bids()
-    none = {k: bids.layout.Query.NONE for k in RAW if k not in raw}
     problems = []
     bold = Path(f.path)
     try:
@@ -309,9 +346,7 @@ def _run_input(layout, f, desc, mask_entities) -> RunInput:
     except InputError as exc:
         problems.append(f"{bold}: {exc}")
         n_scans = 0
-    raw_bold = _one(
-        layout.get(scope="raw", suffix="bold", extension=[".nii.gz", ".nii"], **raw, **none), "raw BOLD", bold
-    )
+    raw_bold = files.one("raw BOLD", ent, bold)
     meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}
     tr = meta.get("RepetitionTime") or layout.get_metadata(str(bold)).get("RepetitionTime")
     if tr is None:
@@ -321,18 +356,14 @@ def _run_input(layout, f, desc, mask_entities) -> RunInput:
             f"task-{raw.get('task', '<task>')}_bold.json."
         )
     timing = meta.get("SliceTiming")
-    events = _one(layout.get(scope="raw", suffix="events", extension=".tsv", **raw, **none), "events files", bold)
+    events = files.one("events files", ent, bold)
     if events is None:
         parts = short_entities(raw, RAW)
         problems.append(
             f"{bold}: no events.tsv for this run in {layout.root}; add {parts}_events.tsv to the raw dataset "
             "(or drop the run with --participant-label / --task)."
         )
-    confounds = _one(
-        layout.get(scope="derivatives", suffix="timeseries", desc="confounds", extension=".tsv", **raw, **none),
-        "confounds tables",
-        bold,
-    )
+    confounds = files.one("confounds tables", ent, bold)
     if confounds is not None and n_scans:
         rows = _rows(confounds)
         if rows != n_scans:
@@ -342,12 +373,7 @@ def _run_input(layout, f, desc, mask_entities) -> RunInput:
             )
     mask = None
     if _is_volume(bold):
-        want = dict(mask_entities or {"desc": "brain"})
-        want.setdefault("suffix", "mask")
-        geometry = {k: ent[k] for k in ("space", "res", "den") if ent.get(k) is not None}
-        mask = _one(
-            layout.get(scope="derivatives", extension=[".nii.gz", ".nii"], **raw, **geometry, **want), "masks", bold
-        )
+        mask = files.one("masks", ent, bold, **{k: ent.get(k) for k in ("space", "res", "den")})
     sidecars = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
     return RunInput(
         entities=entities,

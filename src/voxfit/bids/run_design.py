@@ -40,7 +40,7 @@ import fnmatch
 import numbers
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -104,6 +104,7 @@ class _Problem:
     slice_time_ref: float | None
     high_pass_s: float
     high_pass_from: str
+    unloaded: tuple[str, ...] = ()  # confounds columns not read (the node does not name them)
 
 
 def run_design(
@@ -115,6 +116,7 @@ def run_design(
     convolution: str = "spm",
     slice_time_ref: float | None = None,
     high_pass: float | str | None = None,
+    unloaded=(),
 ) -> RunDesign:
     """The design and contrasts of one run for the Run `node` of a validated model (see the module docstring).
 
@@ -122,9 +124,11 @@ def run_design(
     subject=..., run=...)``: the events' sparse and the confounds' dense variables); it is not changed.
     `tr` and `n_scans` are the run's; `convolution` ``spm`` or ``nilearn`` (voxfit.design.make_design);
     `slice_time_ref` the fraction of the TR at which scans are sampled (make_design's); `high_pass` the
-    high-pass period (seconds, or ``"0.008Hz"``) overriding the model's Options.HighPassFilterCutoffHz.
+    high-pass period (seconds, or ``"0.008Hz"``) overriding the model's Options.HighPassFilterCutoffHz;
+    `unloaded` the confounds table's columns left out of the collection (named in messages with its variables).
     """
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
+    problem = replace(problem, unloaded=tuple(unloaded))
     variables = collection.clone()
     _add_trial_types(variables)
     voxfit_convolves, pybids_instructions = _transform(variables, problem)
@@ -270,13 +274,13 @@ def _transform(variables, problem: _Problem) -> tuple[list[dict], list[dict]]:
             detail = str(exc).strip().rstrip(".") or type(exc).__name__
             raise InputError(
                 f"{problem.where}: Transformations.Instructions[{k}] ({instruction['Name']}) failed in pybids: "
-                f"{detail}; the run's variables are {_names(variables)}."
+                f"{detail}; the run's variables are {_names(variables, problem)}."
             ) from None
     return ours, theirs
 
 
-def _names(variables, limit: int = 30) -> str:
-    names = list(variables.variables)
+def _names(variables, problem: _Problem, limit: int = 30) -> str:
+    names = list(variables.variables) + [c for c in problem.unloaded if c not in variables.variables]
     text = ", ".join(names[:limit])
     return text + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
@@ -299,7 +303,7 @@ def _expand_x(X: list, variables, problem: _Problem) -> list:
             what = "no variable matching" if re.search(r"[*?\[]", entry) else "no variable"
             raise InputError(
                 f'{problem.where}: Model.X names "{entry}", but the run has {what} "{entry}"; its variables are '
-                f"{_names(variables)}."
+                f"{_names(variables, problem)}."
             )
         out += [f for f in found if f not in out]
     return out
@@ -322,7 +326,7 @@ def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -
             if source not in variables.variables:
                 raise InputError(
                     f'{problem.where}: Convolve names "{source}", which the run does not have; its variables are '
-                    f"{_names(variables)}."
+                    f"{_names(variables, problem)}."
                 )
             if target != source:
                 variable = variables.variables[source].clone()
@@ -344,7 +348,7 @@ def _hrf_variables(node: dict, variables, x: list, problem: _Problem) -> dict:
         if not names:
             raise InputError(
                 f'{problem.where}: Model.HRF.Variables names "{entry}", which the run\'s design does not have; its '
-                f"variables are {_names(variables)}."
+                f"variables are {_names(variables, problem)}."
             )
         hrfs.update(dict.fromkeys(names, setting))
     return hrfs

@@ -35,11 +35,13 @@ equals the last one; (4) otherwise each group is reused when its design, contras
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import math
 import numbers
 import os
+import re
 import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -539,6 +541,34 @@ def _file_stamp(paths) -> list:
     return out
 
 
+def _named_columns(spec: dict, tables) -> tuple[list[str], tuple[str, ...]]:
+    """The confounds columns a Run node can use, and those it cannot: a column is used when the node names it
+    anywhere (Model.X, a transformation's Input or Query, a contrast), whole, as a word of an expression, or
+    through a wildcard pattern. pybids makes a variable of every column it reads, 5 ms each: fMRIPrep's
+    tables have hundreds, the models a few."""
+    strings: list[str] = []
+
+    def walk(value) -> None:
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(spec)
+    words = set(strings) | {w for s in strings for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", s)}
+    patterns = [s for s in strings if re.search(r"[*?\[]", s)]
+    header: dict[str, None] = {}
+    for table in tables:
+        with open(table, encoding="utf-8", errors="replace") as fh:
+            header.update(dict.fromkeys(fh.readline().rstrip("\r\n").split("\t")))
+    used = [c for c in header if c in words or any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    return used, tuple(c for c in header if c not in used)
+
+
 def _content(paths) -> list:
     """(path, SHA-256 of the bytes) of each small file (tables, sidecars); None for a missing one."""
     out = []
@@ -899,6 +929,8 @@ class _Study:
         self.skipped: list[Failure] = []
         self.hemispheres = False
         self.bold_extensions: list[str] = []  # of the runs fitted (pybids' extension entity)
+        self.confounds_tables: list[Path] = []  # of the runs fitted
+        self.unloaded: dict[str, tuple[str, ...]] = {}  # per run node: confounds columns its model does not name
         self.workers = 0
         self.manifest = self.read_manifest()
         self.node_checksums: dict[str, str] = {}
@@ -938,9 +970,15 @@ class _Study:
             kwargs = {"subject": list(self.labels)} if self.labels else {}
             if node.level == "run" and self.bold_extensions:
                 kwargs.update(scope="derivatives", extension=list(self.bold_extensions))
-                if not self.layout.get(suffix=["physio", "stim"], extension=".tsv.gz"):
+                recordings = bool(self.layout.get(suffix=["physio", "stim"], extension=".tsv.gz"))
+                columns, self.unloaded[name] = _named_columns(self.node(name).spec, self.confounds_tables)
+                kwargs.update(physio=recordings, stim=recordings)
+                self._graph.load_collections(nodes=[name], regressors=False, **kwargs)
+                if columns:
                     kwargs.update(physio=False, stim=False)
-            self._graph.load_collections(nodes=[name], **kwargs)
+                    self._graph.load_collections(nodes=[name], events=False, columns=columns, **kwargs)
+            else:
+                self._graph.load_collections(nodes=[name], **kwargs)
             self._loaded.add(name)
         return node
 
@@ -1017,6 +1055,7 @@ class _Study:
         self.root = node
         self.hemispheres = any(dict(r.entities).get("hemi") for r in runs)
         self.bold_extensions = sorted({_extension(r.bold) for r in runs if not r.problems})
+        self.confounds_tables = sorted({r.confounds for r in runs if r.confounds is not None and not r.problems})
         self.results[node.name] = []
         self.outputs[node.name] = []
         bar = Progress("runs", len(runs), self.execution.progress)
@@ -1084,18 +1123,21 @@ class _Study:
         from .run_design import run_design
 
         entity = r.entity
+        from bids.variables import merge_collections
+
         collections = self.pybids_node(node.name).get_collections(**{k: entity[k] for k in RAW if k in entity})
         if not collections:
             raise InputError(f"{r.events}: pybids read no variables for this run; check its events.tsv.")
         try:
             rd = run_design(
-                collections[0],
+                merge_collections(collections) if len(collections) > 1 else collections[0],
                 node.spec,
                 tr=r.tr,
                 n_scans=r.n_scans,
                 convolution=self.settings.convolution,
                 slice_time_ref=None,
                 high_pass=self._high_pass(node),
+                unloaded=self.unloaded.get(node.name, ()),
             )
         except InputError as exc:
             raise InputError(f"{exc} (run {r.bold.name}, events {r.events})") from None

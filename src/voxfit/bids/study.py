@@ -655,6 +655,41 @@ def _plan_workers(execution: Execution, jobs) -> tuple[int, Execution]:
     return k, Execution(max_memory=share, n_jobs=max(1, default_workers() // k), progress=False)
 
 
+def _read_ahead(job: _RunJob, following: _RunJob):
+    """The data of the `following` run, read (decompressed, masked) on a thread while `job` fits, as a Future
+    of what ``fit_images`` would load; None where that run is not fitted in memory (smoothed, streamed or
+    spread over a Dask cluster), or where its data beside `job`'s fit would pass the cap. Reading a run takes
+    a third of its fit: the next one's is hidden behind this one's."""
+    from .._threads import DaemonExecutor
+    from ..io import load, open_reader
+    from ..models._routing import MEMORY, choose_route, first_level_needs, fmri_noise
+
+    execution, r, s = job.execution, following.run, following.settings
+    if s.smoothing or execution.scheduler is not None:
+        return None
+    try:
+        reader = open_reader(str(r.bold), "bold")
+        noise = s.noise or fmri_noise(r.n_scans)
+        if choose_route(reader, execution, first_level_needs(noise, s.scaling, reader)).kind != MEMORY:
+            return None
+    except InputError:
+        return None  # (found again, and reported, when that run is fitted)
+    cap = execution.budgets.process
+    held = data_bytes(r.n_scans, reader.geometry.n_elements, reader.dtype.itemsize)
+    if cap is not None and cap_holding(data_bytes(job.run.n_scans, _elements(job.run))) + held > cap:
+        return None
+    return DaemonExecutor().submit(
+        load,
+        reader,
+        r.mask,
+        mask_threshold="auto",
+        progress=False,
+        n_scans=following.X.shape[0],
+        scan_globals=s.scaling == "global",
+        name="inputs",
+    )
+
+
 def _elements(r: RunInput) -> int:
     """The elements of one scan of a run, from its header (the data of a run are n_scans x this)."""
     from ..io import open_reader
@@ -697,12 +732,13 @@ def _worker_signal(signum, frame):
     os._exit(130)
 
 
-def _fit_job(job: _RunJob) -> _RunDone:
-    """Fit one run and commit its group (bad input: the error, not raised, so that the other runs go on)."""
+def _fit_job(job: _RunJob, dataset=None) -> _RunDone:
+    """Fit one run and commit its group (bad input: the error, not raised, so that the other runs go on);
+    `dataset`: its data, read ahead (a Future of ``voxfit.io.load``'s Dataset), or None."""
     global _BUSY
     _BUSY = True
     try:
-        return _fit_run(job)
+        return _fit_run(job, dataset)
     except InputError as exc:
         return _RunDone(job.index, error=str(exc))
     except KeyboardInterrupt:
@@ -718,7 +754,7 @@ def _fit_task(shared, job: _RunJob) -> _RunDone:
     return _fit_job(job)
 
 
-def _fit_run(job: _RunJob) -> _RunDone:
+def _fit_run(job: _RunJob, dataset=None) -> _RunDone:
     from .._threads import DaemonExecutor
     from ..models._routing import choose_route, first_level_needs, fmri_noise
     from ..models.glm import fit_images, write_design_files
@@ -746,6 +782,7 @@ def _fit_run(job: _RunJob) -> _RunDone:
         noise=noise,
         scaling=s.scaling,
         route=route,
+        dataset=dataset,
         execution=job.execution,
         diagnostics=s.diagnostics,
     )
@@ -1210,8 +1247,11 @@ class _Study:
             return
         workers, execution = _plan_workers(self.execution, jobs)
         if workers == 1:
-            for job in jobs:
-                collect(_fit_job(replace(job, execution=execution)))
+            ahead = None
+            for k, job in enumerate(jobs):
+                job, loading = replace(job, execution=execution), ahead
+                ahead = _read_ahead(job, jobs[k + 1]) if k + 1 < len(jobs) else None
+                collect(_fit_job(job, loading))
                 done += 1
                 bar.update(done)
             return

@@ -46,6 +46,7 @@ MAX_REFLECTION = 0.99
 AR_ITERATIONS = 4  # of the bias correction (see ARBlock.estimate)
 AR1_TABLE_NODES = 2049  # of the AR(1) estimation terms' table over atanh(phi) (see ar1_estimation_terms)
 AR1_TABLE_SPAN = float(np.arctanh(0.995))  # the table's atanh(phi) range: every estimate is within +-0.99
+AR1_TABLE_CHUNK = 64  # nodes of the table computed together, when a voxel first needs one of them
 _TABLE_LOCK = threading.Lock()  # one thread computes a table while the others of the fit wait for it
 
 
@@ -551,10 +552,37 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
     return out, regular
 
 
+class _AR1Table:
+    """The table of :func:`ar1_estimation_terms` for one design and contrasts, its nodes computed in chunks of
+    AR1_TABLE_CHUNK as voxels need them (a run's AR(1) estimates span a fifth of the table or so; each node's
+    numbers are the same whichever others are computed with it)."""
+
+    def __init__(self, n_contrasts: int):
+        self.values = np.full((AR1_TABLE_NODES, 2 * n_contrasts), np.nan)
+        self.regular = np.zeros(AR1_TABLE_NODES, dtype=bool)
+        self.done = np.zeros(-(-AR1_TABLE_NODES // AR1_TABLE_CHUNK), dtype=bool)
+
+    def fill(self, block: ARBlock, B0: NDArray, sizes: list[int], i: NDArray) -> None:
+        """Compute the chunks holding nodes i - 1 .. i + 2 that are not computed yet."""
+        chunks = np.unique(np.concatenate([(i + d) // AR1_TABLE_CHUNK for d in (-1, 0, 1, 2)]))
+        chunks = chunks[~self.done[chunks]]
+        if not chunks.size:
+            return
+        nodes = (chunks[:, None] * AR1_TABLE_CHUNK + np.arange(AR1_TABLE_CHUNK)).ravel()
+        nodes = nodes[nodes < AR1_TABLE_NODES]
+        u = -AR1_TABLE_SPAN + nodes * (2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1))
+        B = np.repeat(B0[:, :, None], u.size, axis=2)
+        grid, regular = _estimation_terms(block, np.tanh(u)[:, None], B, sizes)
+        self.values[nodes] = np.stack([x for scale, dof, _, _ in grid for x in (scale, dof)], axis=1)
+        self.regular[nodes] = regular
+        self.done[chunks] = True
+
+
 def ar1_estimation_terms(block: ARBlock, phi: NDArray, wqs: list[NDArray]) -> list[tuple[NDArray, NDArray]]:
     """``(scale, dof)`` of :func:`estimation_terms` for AR(1) models phi (v, 1) and contrasts `wqs` (in basis
     coordinates, (q, r) each), from a table: for one design and its contrasts they depend on phi alone, so they
-    are computed once per block and contrasts at AR1_TABLE_NODES values of atanh(phi), evenly spaced, and
+    are computed once per block and contrasts, as voxels need them (:class:`_AR1Table`), at AR1_TABLE_NODES
+    values of atanh(phi), evenly spaced, and
     interpolated per voxel by the cubic through the 4 nearest nodes (in atanh(phi) they are smooth up to the
     unit root: relative error below 1e-8 against direct evaluation, see the tests). A voxel whose 4 nodes are not
     all regular (a step of the derivatives left the stationary models, and a term was dropped: a kink), outside
@@ -562,20 +590,18 @@ def ar1_estimation_terms(block: ARBlock, phi: NDArray, wqs: list[NDArray]) -> li
     sizes = [wq.shape[0] for wq in wqs]
     B0 = np.concatenate([wq.T for wq in wqs], axis=1)  # (r, sum(sizes))
     key = (tuple(sizes), B0.tobytes())
-    with _TABLE_LOCK:
-        table = block.ar1_tables.get(key)
-        if table is None:
-            u = np.linspace(-AR1_TABLE_SPAN, AR1_TABLE_SPAN, AR1_TABLE_NODES)
-            B = np.repeat(B0[:, :, None], u.size, axis=2)
-            grid, regular = _estimation_terms(block, np.tanh(u)[:, None], B, sizes)
-            table = np.stack([x for scale, dof, _, _ in grid for x in (scale, dof)], axis=1), regular
-            block.ar1_tables[key] = table
-    values, regular = table
     step = 2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1)
     with np.errstate(invalid="ignore"):
         x = (np.arctanh(phi[:, 0]) + AR1_TABLE_SPAN) / step
     inside = (x >= 1.0) & (x <= AR1_TABLE_NODES - 2.0)  # False for NaN
     i = np.clip(np.floor(np.where(inside, x, 1.0)).astype(np.intp), 1, AR1_TABLE_NODES - 3)
+    with _TABLE_LOCK:
+        table = block.ar1_tables.get(key)
+        if table is None:
+            table = _AR1Table(len(sizes))
+            block.ar1_tables[key] = table
+        table.fill(block, B0, sizes, i[inside])
+    values, regular = table.values, table.regular
     s = np.where(inside, x, 1.0) - i
     inside &= regular[i - 1] & regular[i] & regular[i + 1] & regular[i + 2]
     weights = [

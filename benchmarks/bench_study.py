@@ -17,10 +17,10 @@ constant, AR(1) noise, fMRIPrep's brain mask, no scaling; two contrasts, ``incon
   with the model file M this script writes (Run node: Model.X, Model.HRF glover, Options.HighPassFilterCutoffHz
   0.01, the contrasts; Subject node ``meta``; Dataset node ``glm``); every map of every node written.
 - nilearn: ``first_level_from_bids`` (task, space, desc-preproc, the derivatives folder; hrf glover, high_pass
-  0.01, noise_model ar1, slice_time_ref 0, signal_scaling off, minimize_memory), the confounds tables cut to the
-  six motion columns, each subject's mask; ``FirstLevelModel.fit`` on both runs, ``compute_contrast`` of each
-  contrast (nilearn's fixed effects over runs), every output written; ``SecondLevelModel`` on the 20 subjects'
-  effect maps, a one-sample contrast per contrast, every output written.
+  0.01, noise_model ar1, slice_time_ref from the runs' StartTime, signal_scaling off, minimize_memory), the
+  confounds tables cut to the six motion columns, each subject's mask; ``FirstLevelModel.fit`` on both runs,
+  ``compute_contrast`` of each contrast (nilearn's fixed effects over runs), every output written;
+  ``SecondLevelModel`` on the 20 subjects' effect maps, a one-sample contrast per contrast, every output written.
 
 Each side runs in its own child process with one thread for BLAS and numba (OMP/OPENBLAS/MKL/NUMBA threads 1;
 voxfit ``--n-jobs 1``; nilearn ``n_jobs=1``): wall time, CPU time (user + system) and peak resident memory (GNU
@@ -80,7 +80,7 @@ CONTRASTS = {contrasts!r}
 warnings.simplefilter("ignore")
 models, imgs, events, confounds = first_level_from_bids(
     root, {task!r}, space_label={space!r}, sub_labels=labels or None, img_filters=[("desc", "preproc")],
-    derivatives_folder=derivatives, hrf_model="glover", high_pass=0.01, noise_model=noise, slice_time_ref=0.0,
+    derivatives_folder=derivatives, hrf_model="glover", high_pass=0.01, noise_model=noise, slice_time_ref=None,
     signal_scaling=False, minimize_memory=True, n_jobs=1,
 )
 effects = {{name: [] for name in CONTRASTS}}

@@ -60,10 +60,12 @@ def study(tmp_path_factory):
             hrf_model="glover",
             high_pass=0.01,
             noise_model="ols",
-            slice_time_ref=0.0,
+            slice_time_ref=None,
             signal_scaling=False,
             minimize_memory=False,
         )
+        # fMRIPrep's StartTime (the middle of the 8 slice times, 0.875 s of the 2 s TR) sets both tools' sampling
+        assert {m.slice_time_ref for m in models} == {0.875 / 2.0}
         fits = {}
         for m, runs, ev, conf in zip(models, imgs, events, confounds):
             sub = m.subject_label

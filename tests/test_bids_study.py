@@ -234,10 +234,14 @@ def test_participants_covariate_in_the_dataset_design(tmp_path):
     assert t_maps == [f"contrast-trialtype{c}congruentage_stat-t_statmap.nii.gz" for c in ("", "in")], t_maps
 
 
-@pytest.mark.parametrize("breakage", ["events", "confounds", "tr"])
+@pytest.mark.parametrize("breakage", ["events", "confounds", "tr", "start-time"])
 def test_a_broken_run_fails_alone(tmp_path, capsys, breakage):
     study, deriv = _study(tmp_path, subjects=2)
-    if breakage == "events":
+    if breakage == "start-time":  # beyond the TR: not a time slice-timing correction shifts scans to
+        bad = study.derivatives / "sub-02" / "func" / f"sub-02_task-stroop_run-2_space-{SPACE}_desc-preproc_bold.nii.gz"
+        sidecar = Path(str(bad).replace(".nii.gz", ".json"))
+        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "StartTime": 2.5}))
+    elif breakage == "events":
         bad = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-2_events.tsv"
         bad.unlink()
     elif breakage == "confounds":
@@ -256,7 +260,8 @@ def test_a_broken_run_fails_alone(tmp_path, capsys, breakage):
         assert not failed and "RepetitionTime is missing from every sidecar" in err and "sub-01" in err
         return
     assert len(failed) == 1 and "run-2" in failed[0] and "node run" in failed[0]
-    assert str(bad) in failed[0] if breakage == "confounds" else "events" in failed[0]
+    assert str(bad) in failed[0] if breakage in ("confounds", "start-time") else "events" in failed[0]
+    assert "StartTime (2.5)" in failed[0] if breakage == "start-time" else True
     assert (tmp_path / "out" / "sub-02" / "node-subject").is_dir()  # sub-02's subject node from its other run
     assert (tmp_path / "out" / "sub-01" / "node-subject").is_dir()
 
@@ -372,3 +377,38 @@ def test_named_columns_reads_words_of_expressions_and_patterns(tmp_path):
     used, unloaded = _named_columns(spec, [table])
     assert used == ["a_comp_cor_00", "a_comp_cor_01", "framewise_displacement"]
     assert unloaded == ("trans_x", "trans_y", "csf")
+
+
+def test_scans_are_sampled_at_fmriprep_start_time(tmp_path):
+    """fMRIPrep's StartTime (slice-timing correction's reference) sets where each scan samples the design: the
+    run design equals make_design's at StartTime / TR (nilearn's grid), and on SPM's grid the microtime bin
+    that holds it; the record says where it came from."""
+    from voxfit.bids.run_design import _Problem, _sampling
+    from voxfit.design import make_design
+
+    study, deriv = _study(tmp_path, subjects=1, runs=1)
+    model = tmp_path / "model-starttime_smdl.json"
+    x = ["trial_type.congruent", "trial_type.incongruent", 1]
+    spec = _run_model(x)
+    spec["Nodes"][0]["Model"]["HRF"] = {"Variables": x[:2], "Model": "glover"}
+    model.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    argv = ["bids", str(study.root), str(out), "run", *deriv, "--model", str(model), "--quiet"]
+    assert main([*argv, "--convolution", "nilearn", "--noise", "ols"]) == 0
+    run_dir = out / "sub-01" / "node-run"
+    design = np.loadtxt(next(run_dir.glob("*_design.tsv")), delimiter="\t", skiprows=1)
+    record = json.loads(next(run_dir.glob("*_model.json")).read_text())["settings"]["bids"]["design"]
+    assert record["slice_time_ref"] == 0.4375 and "StartTime" in record["slice_time_from"]
+    events = next(study.root.glob("sub-01/func/*_events.tsv"))
+    expected = make_design(
+        events, 2.0, study.scans, hrf="glover", drift="none", convolution="nilearn", slice_time_ref=0.4375
+    )
+    np.testing.assert_allclose(design[:, :2], expected.X[:, :2], atol=1e-5)
+
+    def spm(s):
+        return _sampling(_Problem({}, "", "", 2.0, 10, "spm", s, 128.0, "model"))
+
+    assert spm(0.4375) == {"microtime_resolution": 16, "microtime_onset": 8}
+    assert spm(0.4875) == {"microtime_resolution": 80, "microtime_onset": 40}  # 0.975 s of a 2 s TR
+    assert spm(0.0) == {"microtime_resolution": 16, "microtime_onset": 1}
+    assert spm(None) == {"slice_time_ref": None}

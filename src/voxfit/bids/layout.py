@@ -44,8 +44,9 @@ class RunInput:
     """One BOLD run to fit: its `entities` (pybids names, see :data:`ENTITIES`), the preprocessed `bold`, the
     brain `mask` (None: the automatic mask), the `confounds` TSV, the raw `events` TSV, the repetition time
     `tr` (s), the `slice_timing` (s, or None), the number of scans `n_scans` (from the header), the
-    `problems` found (one sentence each; empty when the run can be fitted) and `sidecars`, a digest of the raw
-    BOLD's metadata as its sidecars give it with BIDS inheritance (a rerun compares it)."""
+    `problems` found (one sentence each; empty when the run can be fitted), `sidecars`, a digest of the raw
+    BOLD's metadata as its sidecars give it with BIDS inheritance (a rerun compares it), and the preprocessed
+    BOLD's `start_time` (see :attr:`slice_time_ref`)."""
 
     entities: tuple[tuple[str, object], ...]
     bold: Path
@@ -57,6 +58,13 @@ class RunInput:
     n_scans: int
     problems: tuple[str, ...] = field(default=())
     sidecars: str = ""
+    start_time: float | None = None  # the preprocessed BOLD's StartTime (s): slice-timing corrected to it
+
+    @property
+    def slice_time_ref(self) -> float | None:
+        """The fraction of the TR at which the preprocessed scans are sampled: ``StartTime / tr`` where the
+        derivatives' sidecar gives a StartTime (fMRIPrep's, after slice-timing correction), else None."""
+        return None if self.start_time is None or not self.tr else self.start_time / self.tr
 
     @property
     def entity(self) -> dict:
@@ -348,7 +356,8 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         n_scans = 0
     raw_bold = files.one("raw BOLD", ent, bold)
     meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}
-    tr = meta.get("RepetitionTime") or layout.get_metadata(str(bold)).get("RepetitionTime")
+    preprocessed = layout.get_metadata(str(bold))
+    tr = meta.get("RepetitionTime") or preprocessed.get("RepetitionTime")
     if tr is None:
         problems.append(
             f"{bold}: RepetitionTime is missing from every sidecar of the run (raw and derivatives); add it to "
@@ -356,6 +365,18 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
             f"task-{raw.get('task', '<task>')}_bold.json."
         )
     timing = meta.get("SliceTiming")
+    start_time = preprocessed.get("StartTime")
+    if (
+        start_time is not None
+        and tr is not None
+        and not (isinstance(start_time, (int, float)) and 0 <= start_time < tr)
+    ):
+        problems.append(
+            f"{bold}: its sidecar's StartTime ({start_time!r}) is not a time within the repetition time ({tr} s); "
+            "fix the preprocessed run's JSON sidecar (fMRIPrep writes the time slice-timing correction shifted "
+            "the scans to)."
+        )
+        start_time = None
     events = files.one("events files", ent, bold)
     if events is None:
         parts = short_entities(raw, RAW)
@@ -386,6 +407,7 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         n_scans=n_scans,
         problems=tuple(problems),
         sidecars=sidecars,
+        start_time=None if start_time is None else float(start_time),
     )
 
 

@@ -456,6 +456,17 @@ def _series(variable, name: str, problem: _Problem) -> np.ndarray:
     return values
 
 
+def _sampling(problem: _Problem) -> dict:
+    """make_design's arguments for scans sampled at `slice_time_ref` of the TR: nilearn's own; on SPM's grid,
+    the microtime resolution (16, or the first above that puts the time on a bin, up to 1024: fMRIPrep's
+    StartTime has milliseconds) and the bin (SPM's fMRI_T, fMRI_T0), the nearest of 16 where none does."""
+    s = problem.slice_time_ref
+    if s is None or problem.convolution == "nilearn":
+        return {"slice_time_ref": s}
+    resolution = next((T for T in range(16, 1025) if abs(s * T - round(s * T)) < 1e-6), 16)
+    return {"microtime_resolution": resolution, "microtime_onset": 1 + min(resolution - 1, round(s * resolution))}
+
+
 def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, dict]:
     """The design: Model.X's variables in order (a convolved one with its derivative or delay columns), the
     cosine drifts, the constant (when X has 1)."""
@@ -473,7 +484,7 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
             drift="none",
             fir_delays=delays,
             convolution=problem.convolution,
-            slice_time_ref=problem.slice_time_ref,
+            **_sampling(problem),
         )
         index = {n: j for j, n in enumerate(piece.names)}
         for name in conditions:

@@ -1180,6 +1180,7 @@ class _Study:
             r.sidecars,
             r.tr,
             r.slice_timing,
+            r.start_time,
             r.n_scans,
         )
 
@@ -1201,7 +1202,7 @@ class _Study:
                 tr=r.tr,
                 n_scans=r.n_scans,
                 convolution=self.settings.convolution,
-                slice_time_ref=None,
+                slice_time_ref=r.slice_time_ref,
                 high_pass=self._high_pass(node),
                 unloaded=self.unloaded.get(node.name, ()),
             )
@@ -1227,7 +1228,12 @@ class _Study:
             settings=self.settings,
             execution=self.execution,
             command=list(self.command) if self.command else None,
-            design_settings={k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from")},
+            design_settings={
+                **{k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from", "slice_time_ref")},
+                "slice_time_from": "the preprocessed BOLD's StartTime / RepetitionTime (slice-timing corrected)"
+                if r.start_time is not None
+                else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
+            },
             confounds=None if chosen is None else chosen.describe(),
         )
 

@@ -60,6 +60,7 @@ def make_dataset(
     seed: int = 0,
     conditions: tuple[str, ...] = CONDITIONS,
     extra_confounds: tuple[str, ...] = (),
+    slice_timing_corrected: bool = True,
 ) -> SyntheticStudy:
     """Write a BIDS dataset with fMRIPrep-style derivatives under `root` (see the module docstring).
 
@@ -68,6 +69,9 @@ def make_dataset(
     block is added); `sessions` labels give each subject those sessions (none: no session level);
     `conditions` the trial types, in turn; `extra_confounds` columns of standard normal noise added to each
     confounds table (e.g. ``("nuissance1", "nuissance2")``, as the specification's example model names them).
+    The raw sidecar has SliceTiming (8 slices, ascending); with `slice_timing_corrected`, as fMRIPrep does when
+    it corrects slice timing, the preprocessed runs' sidecars have ``SliceTimingCorrected`` and ``StartTime``,
+    the time the scans were shifted to (fMRIPrep's: the middle of the slice times, in ms).
     """
     if space not in SPACES and not space.startswith("MNI"):
         raise ValueError(f"space must be a volume space (MNI...), fsaverage5 or fsLR; got {space!r}")
@@ -87,6 +91,10 @@ def make_dataset(
         },
     )
     slice_timing = list(np.round(np.linspace(0, tr, 8, endpoint=False), 4))
+    sidecar = {"RepetitionTime": tr, "SkullStripped": False}
+    if slice_timing_corrected:
+        start = round(min(slice_timing) + 0.5 * (max(slice_timing) - min(slice_timing)), 3)
+        sidecar.update(SliceTimingCorrected=True, StartTime=start)
     _write_json(root / f"task-{task}_bold.json", {"TaskName": task, "RepetitionTime": tr, "SliceTiming": slice_timing})
     _participants(root, labels, rng)
     amplitude = 1.0 + 0.5 * rng.standard_normal(subjects)  # each subject's response, percent of the baseline
@@ -105,7 +113,7 @@ def make_dataset(
                 _write_tsv(derivatives / folder / f"{stem}_desc-confounds_timeseries.tsv", confounds)
                 _write_json(derivatives / folder / f"{stem}_desc-confounds_timeseries.json", _confounds_sidecar())
                 signal = 20.0 * amplitude[s] * sum((1.0 + 0.5 * j) * regressors[:, j] for j in range(len(conditions)))
-                _preprocessed(derivatives / folder, stem, space, shape, vertices, signal, confounds, tr, rng)
+                _preprocessed(derivatives / folder, stem, space, shape, vertices, signal, confounds, sidecar, rng)
     return SyntheticStudy(root, derivatives, labels, runs, scans, tr, task, space)
 
 
@@ -233,12 +241,11 @@ def _series(n_elements: int, active: np.ndarray, signal, confounds, scans: int, 
     return y
 
 
-def _preprocessed(folder: Path, stem: str, space, shape, vertices, signal, confounds, tr, rng) -> None:
+def _preprocessed(folder: Path, stem: str, space, shape, vertices, signal, confounds, sidecar, rng) -> None:
     import nibabel as nib
 
-    scans = len(signal)
+    scans, tr = len(signal), sidecar["RepetitionTime"]
     folder.mkdir(parents=True, exist_ok=True)
-    sidecar = {"RepetitionTime": tr, "SkullStripped": False}
     if space == "fsaverage5":
         for hemi in "LR":
             _write_json(folder / f"{stem}_hemi-{hemi}_space-fsaverage5_bold.json", sidecar)

@@ -412,3 +412,30 @@ def test_scans_are_sampled_at_fmriprep_start_time(tmp_path):
     assert spm(0.4875) == {"microtime_resolution": 80, "microtime_onset": 40}  # 0.975 s of a 2 s TR
     assert spm(0.0) == {"microtime_resolution": 16, "microtime_onset": 1}
     assert spm(None) == {"slice_time_ref": None}
+
+
+def test_fmriprep_layouts_old_confounds_name_and_several_resolutions(tmp_path, capsys):
+    """fMRIPrep before 20.0 named the table ``desc-confounds_regressors.tsv``; with several ``--output-spaces``
+    resolutions of one space a run is there twice: refused in one line naming them, and chosen with fMRIPrep's
+    ``--space NAME:res-N`` notation (``res-native``: the files without one)."""
+    import shutil
+
+    study, deriv = _study(tmp_path, subjects=1, runs=2)
+    for table in study.derivatives.rglob("*_desc-confounds_timeseries.*"):
+        table.rename(str(table).replace("_timeseries.", "_regressors."))
+    for f in list(study.derivatives.glob(f"sub-01/func/*_space-{SPACE}_*")):
+        shutil.copy(f, str(f).replace(f"_space-{SPACE}_", f"_space-{SPACE}_res-2_"))
+    argv = ["bids", str(study.root), str(tmp_path / "out"), "run", *deriv, "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{SPACE}:res-2, {SPACE}:res-native" in err and "--space" in err
+    assert main([*argv, "--space", f"{SPACE}:res-bogus"]) == 2
+    assert "no preprocessed BOLD run" in capsys.readouterr().err
+    assert main([*argv, "--space", f"{SPACE}:cohort-1"]) == 2
+    assert "not a resolution or density qualifier" in capsys.readouterr().err
+    assert main([*argv, "--space", f"{SPACE}:res-2"]) == 0
+    records = sorted((tmp_path / "out" / "sub-01" / "node-run").glob("*_model.json"))
+    assert [p.name for p in records] == [f"sub-01_task-stroop_run-{r}_space-{SPACE}_res-2_model.json" for r in (1, 2)]
+    inputs = json.loads(records[0].read_text())["inputs"]
+    paths = [str(i.get("path")) for i in inputs]
+    assert any("_res-2_desc-brain_mask" in p for p in paths) and any("confounds_regressors" in p for p in paths)

@@ -186,6 +186,7 @@ def find_runs(
         for f in layout.get(**filters)
         if (f.entities.get("desc") == desc if _is_volume(f.path) else f.entities.get("desc") in (None, desc))
     ]
+    space, qualifiers = _space_qualifiers(space)
     spaces = _spaces(candidates)
     if space is None:
         if len(spaces) > 1:
@@ -199,6 +200,7 @@ def find_runs(
             f"{', '.join(spaces) or 'none'}); give one of them with --space."
         )
     chosen = [f for f in candidates if f.entities.get("space") == space]
+    chosen = _one_grid(chosen, space, qualifiers)
     if labels:
         have = {f.entities["subject"] for f in chosen}
         absent = [p for p in labels if p not in have]
@@ -223,6 +225,44 @@ def find_runs(
             if r.problems:
                 raise InputError(r.problems[0])
     return runs
+
+
+def _space_qualifiers(space: str | None) -> tuple[str | None, dict[str, str]]:
+    """fMRIPrep's ``--output-spaces`` notation: ``MNI152NLin2009cAsym:res-2`` is the space and ``{"res": "2"}``
+    (``res`` and ``den`` qualifiers, ``res-native`` for files without one; another is refused)."""
+    if space is None or ":" not in space:
+        return space, {}
+    name, *parts = space.split(":")
+    qualifiers = {}
+    for part in parts:
+        key, _, value = part.partition("-")
+        if key not in ("res", "den") or not value:
+            raise InputError(
+                f"--space {space}: {part!r} is not a resolution or density qualifier; write the space as fMRIPrep "
+                "names it, e.g. MNI152NLin2009cAsym:res-2 or fsLR:den-91k."
+            )
+        qualifiers[key] = value
+    return name, qualifiers
+
+
+def _one_grid(chosen: list, space: str | None, qualifiers: dict[str, str]) -> list:
+    """The runs of `chosen` at the resolution and density `qualifiers` ask for; refused when a run is there at
+    several of them and nothing says which (fMRIPrep writes one file per ``--output-spaces`` entry)."""
+    chosen = [f for f in chosen if all(str(f.entities.get(k, "native")) == v for k, v in qualifiers.items())]
+    grids: dict[tuple, set] = {}
+    for f in chosen:
+        grids.setdefault(_raw_key(f.entities), set()).add((f.entities.get("res"), f.entities.get("den")))
+    several = next((g for g in grids.values() if len(g) > 1), None)
+    if several is None:
+        return chosen
+    options = sorted(
+        f"{space}:" + ":".join(f"{k}-{v or 'native'}" for k, v in zip(("res", "den"), g) if v or k == "res")
+        for g in several
+    )
+    raise InputError(
+        f"the derivatives hold the runs of space {space} at several resolutions or densities ({', '.join(options)}); "
+        f"choose one with --space, e.g. --space {options[-1]}."
+    )
 
 
 def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[RunInput, ...]:
@@ -309,7 +349,7 @@ class _RunFiles:
             "events files": {"scope": "raw", "suffix": "events", "extension": ".tsv"},
             "confounds tables": {
                 "scope": "derivatives",
-                "suffix": "timeseries",
+                "suffix": ["timeseries", "regressors"],  # (fMRIPrep before 20.0: _regressors)
                 "desc": "confounds",
                 "extension": ".tsv",
             },
@@ -324,12 +364,12 @@ class _RunFiles:
             self.by_key[what] = table
 
     def one(self, what: str, entities: dict, bold, **also) -> Path | None:
-        """The file of kind `what` with the run's raw `entities` and the values `also` (None: any), or None;
+        """The file of kind `what` with the run's raw `entities` and the values `also` (None: absent), or None;
         several are refused."""
         found = [
             path
             for path, ent in self.by_key[what].get(_raw_key(entities), ())
-            if all(v is None or ent.get(k) == v for k, v in also.items())
+            if all(ent.get(k) == v for k, v in also.items())
         ]
         paths = sorted(set(found))
         if len(paths) > 1:

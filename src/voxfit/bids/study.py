@@ -543,6 +543,21 @@ def _file_stamp(paths) -> list:
     return out
 
 
+def _grid_selectors(runs) -> dict:
+    """pybids selectors of the BOLD files of `runs` by space, resolution and density (an entity none of them
+    has: absent), so that pybids reads each run's tables once, not once per output space of fMRIPrep's."""
+    from bids.layout import Query
+
+    selectors = {}
+    for key in ("space", "res", "den"):
+        values = {r.entity.get(key) for r in runs}
+        if values == {None}:
+            selectors[key] = Query.NONE
+        elif None not in values:
+            selectors[key] = sorted(map(str, values))
+    return selectors
+
+
 def _named_columns(spec: dict, tables) -> tuple[list[str], tuple[str, ...]]:
     """The confounds columns a Run node can use, and those it cannot: a column is used when the node names it
     anywhere (Model.X, a transformation's Input or Query, a contrast), whole, as a word of an expression, or
@@ -996,6 +1011,7 @@ class _Study:
         self.hemispheres = False
         self.bold_extensions: list[str] = []  # of the runs fitted (pybids' extension entity)
         self.confounds_tables: list[Path] = []  # of the runs fitted
+        self.grid: dict = {}  # pybids selectors of the runs' space, resolution and density
         self.unloaded: dict[str, tuple[str, ...]] = {}  # per run node: confounds columns its model does not name
         self.workers = 0
         self.manifest = self.read_manifest()
@@ -1035,7 +1051,7 @@ class _Study:
         if name not in self._loaded:
             kwargs = {"subject": list(self.labels)} if self.labels else {}
             if node.level == "run" and self.bold_extensions:
-                kwargs.update(scope="derivatives", extension=list(self.bold_extensions))
+                kwargs.update(scope="derivatives", extension=list(self.bold_extensions), **self.grid)
                 recordings = bool(self.layout.get(suffix=["physio", "stim"], extension=".tsv.gz"))
                 columns, self.unloaded[name] = _named_columns(self.node(name).spec, self.confounds_tables)
                 kwargs.update(physio=recordings, stim=recordings)
@@ -1122,6 +1138,7 @@ class _Study:
         self.hemispheres = any(dict(r.entities).get("hemi") for r in runs)
         self.bold_extensions = sorted({_extension(r.bold) for r in runs if not r.problems})
         self.confounds_tables = sorted({r.confounds for r in runs if r.confounds is not None and not r.problems})
+        self.grid = _grid_selectors([r for r in runs if not r.problems])
         self.results[node.name] = []
         self.outputs[node.name] = []
         bar = Progress("runs", len(runs), self.execution.progress)

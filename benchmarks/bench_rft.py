@@ -1,6 +1,6 @@
 """What random field theory costs: ``voxfit fit`` with and without ``--inference rft``, and the inference alone.
 
-    python benchmarks/bench_rft.py [--shape 91 109 91] [--scans 200] [--fwhm 3] [--repeat 3] [--keep DIR]
+    python benchmarks/bench_rft.py [--shape 91 109 91] [--scans 200] [--fwhm 3] [--repeat 3] [--keep DIR] [--gz]
 
 Data (generated, fixed seed): a 2 mm whole-brain grid (91 x 109 x 91, MNI's), an ellipsoid brain mask of
 ~370k voxels, 200 scans of float32 Gaussian noise smoothed to FWHM 3 voxels in each scan (a smooth field, as
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from _util import timed_run, work_folder
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
 
-def make_run(folder: Path, shape, n: int, fwhm: float, seed: int = 0) -> tuple[Path, Path, Path]:
+def make_run(folder: Path, shape, n: int, fwhm: float, gz: bool, seed: int = 0) -> tuple[Path, Path, Path]:
     import nibabel as nib
     from scipy.ndimage import gaussian_filter
 
@@ -58,6 +59,13 @@ def make_run(folder: Path, shape, n: int, fwhm: float, seed: int = 0) -> tuple[P
         scan = gaussian_filter(rng.standard_normal(shape), sigma) * np.sqrt(8 * np.pi**1.5 * sigma**3)  # unit var
         data[..., i] = 1000 + scan + 0.5 * box[i] * blob
     nib.save(nib.Nifti1Image(data, affine), folder / "bold.nii")
+    if gz:  # as users hold runs (fMRIPrep writes .nii.gz): decompression is then part of every fit
+        from isal import igzip
+
+        with open(folder / "bold.nii", "rb") as src, igzip.open(folder / "bold.nii.gz", "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+        (folder / "bold.nii").unlink()
+        return folder / "bold.nii.gz", folder / "design.tsv", folder / "mask.nii"
     return folder / "bold.nii", folder / "design.tsv", folder / "mask.nii"
 
 
@@ -101,16 +109,18 @@ def main(argv=None) -> int:
     ap.add_argument("--fwhm", type=float, default=3.0, help="of the noise, in voxels")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", type=Path, help="work folder kept afterwards")
+    ap.add_argument("--gz", action="store_true", help="the run as .nii.gz (ISA-L level 1) instead of .nii")
     args = ap.parse_args(argv)
 
     import voxfit
 
     with work_folder(args.keep, "voxfit-bench-rft-") as folder:
-        bold, design, mask = make_run(folder, tuple(args.shape), args.scans, args.fwhm)
+        bold, design, mask = make_run(folder, tuple(args.shape), args.scans, args.fwhm, args.gz)
         os.environ.update(ONE_THREAD)
         size = bold.stat().st_size / 2**20
         print(
-            f"voxfit {voxfit.__version__}: {'x'.join(map(str, args.shape))} grid x {args.scans} scans, float32 .nii "
+            f"voxfit {voxfit.__version__}: {'x'.join(map(str, args.shape))} grid x {args.scans} scans, float32 "
+            f"{''.join(bold.suffixes)} "
             f"({size:.0f} MiB), noise FWHM {args.fwhm:g} voxels; one thread; best of {args.repeat}"
         )
         runs: dict[bool, list] = {False: [], True: []}

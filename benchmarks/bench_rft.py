@@ -3,10 +3,11 @@
     python benchmarks/bench_rft.py [--shape 91 109 91] [--scans 200] [--fwhm 3] [--repeat 3] [--keep DIR] [--gz]
 
 Data (generated, fixed seed): a 2 mm whole-brain grid (91 x 109 x 91, MNI's), an ellipsoid brain mask of
-~370k voxels, 200 scans of float32 Gaussian noise smoothed to FWHM 3 voxels in each scan (a smooth field, as
+~280k voxels, 200 scans of float32 Gaussian noise smoothed to FWHM 3 voxels in each scan (a smooth field, as
 SPM's smoothed data), with a block design effect in a sphere; an uncompressed .nii (memory-mapped when read:
-the fit is then most of the command, the worst case for the ratio) and its design.tsv (the block, 4 cosines,
-the constant). Each step runs in its own process, one thread (OMP/OPENBLAS/NUMBA threads 1, ``--n-jobs 1``):
+the fit is then most of the command, the worst case for the ratio), or with ``--gz`` a .nii.gz as users hold
+runs (its decompression is then part of every fit), and its design.tsv (the block, 4 cosines, the constant).
+Each step runs in its own process, one thread (OMP/OPENBLAS/NUMBA threads 1, ``--n-jobs 1``):
 
 - ``voxfit fit bold.nii --design design.tsv --contrast task=task --mask mask.nii`` (OLS), and the same with
   ``--inference rft`` (smoothness sums collected while the fit runs, SPM's RFT p-values, maps, results table),

@@ -164,6 +164,47 @@ def test_a_fits_smoothness_equals_that_of_its_kept_residuals(tmp_path, rng):
     npt.assert_allclose(rpv, want.rpv.astype(np.float32), rtol=1e-6, equal_nan=True)
 
 
+@pytest.mark.parametrize("noise", ["ols", "ar1"])
+def test_sums_gathered_while_reading_with_an_explicit_mask_equal_the_kept_residuals(tmp_path, rng, monkeypatch, noise):
+    """With an explicit mask the data's neighbour sums are gathered slab by slab during the read (the .nii.gz
+    run decompresses in slabs), the projections after the fit: the same smoothness as from the residuals."""
+    import json
+
+    from voxfit.inference.rft import estimate_smoothness, gradient_products
+    from voxfit.inference.rft_fit import check_rft_options
+    from voxfit.models import glm
+
+    data, X = smooth_run(rng, n=60)
+    path, mask_path = tmp_path / "bold.nii.gz", tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.float32), AFFINE), path)
+    mask = np.all(data > 50, axis=3)
+    mask[4, 4, 3] = False  # a hole
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), AFFINE), mask_path)
+    seen = []
+
+    def refuse(*args, **kwargs):  # the sums after the fit: not this route
+        raise AssertionError("the neighbour sums were not gathered while reading")
+
+    monkeypatch.setattr(glm, "_neighbour_sums", refuse)
+    from voxfit.engine.smoothness import GridProducts
+
+    add = GridProducts.add
+    monkeypatch.setattr(
+        GridProducts, "add", lambda self, v, candidates=None: seen.append(len(v)) or add(self, v, candidates)
+    )
+    out = tmp_path / "out"
+    glm.fit_images(path, X, {"s": [1.0, 0, 0]}, mask=mask_path, noise=noise, out_dir=out, rft=check_rft_options())
+    assert sum(seen) == X.shape[0]  # every scan, in slabs
+    ds = load(path, mask_path)
+    Y = np.asarray(ds.data, dtype=np.float64)
+    E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
+    voxel_size = np.sqrt((AFFINE[:3, :3] ** 2).sum(axis=0))
+    want = estimate_smoothness(gradient_products(E, mask), mask, voxel_size, n=X.shape[0], dof=X.shape[0] - 3)
+    got = json.loads((out / "model.json").read_text())["inference"]["smoothness"]
+    npt.assert_allclose(got["fwhm_voxels"], want.fwhm, rtol=1e-10)
+    npt.assert_allclose(got["resels"], want.resels, rtol=1e-10)
+
+
 def planted_inference(extent=0):
     """An RFTInference on a 20 x 18 x 16 grid of 3 mm voxels with a planted T map: two blobs (one with two
     peaks 12 mm apart, one with a plateau) and scattered single voxels above the height."""

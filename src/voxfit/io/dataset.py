@@ -67,6 +67,7 @@ def load(
     n_scans: int | None = None,
     scan_globals: bool = False,
     name: str = "paths",
+    observe=None,
 ) -> Dataset:
     """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
@@ -98,6 +99,9 @@ def load(
         scaling, which does not depend on the mask).
     name : str
         The argument's name in error messages (callers pass their own: ``inputs``, ``bold``).
+    observe : callable, optional
+        With an explicit `mask`: called with each slab of scans as it is read, (k, n_voxels) in the raw dtype,
+        in order (sums gathered during the read, e.g. ``voxfit.engine.smoothness.GridProducts.add``).
     """
     reader = open_reader(paths, name)
     if n_scans is not None:
@@ -105,10 +109,12 @@ def load(
     globals_ = ScanGlobals(reader.n_scans, reader.scale) if scan_globals else None
     threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is None:
+        if observe is not None:
+            raise ValueError("`observe` needs an explicit mask (the automatic one is decided after the read).")
         raw, mask_array = gather_auto(reader, threshold, progress, globals_)
     else:
         mask_array = explicit_mask(mask, reader.geometry)
-        raw = gather(reader, np.flatnonzero(mask_array), progress, globals_)
+        raw = gather(reader, np.flatnonzero(mask_array), progress, globals_, observe)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
     return Dataset(
         data=data,

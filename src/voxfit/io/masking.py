@@ -118,9 +118,10 @@ def check_mask(mask, name: str = "mask") -> None:
     raise InputError(f"`{name}` must be a path to an image, a nibabel image or a boolean array; got {type_name(mask)}.")
 
 
-def gather(reader, index: NDArray[np.intp], progress: bool | None = None, globals_=None) -> NDArray:
+def gather(reader, index: NDArray[np.intp], progress: bool | None = None, globals_=None, observe=None) -> NDArray:
     """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass
-    (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, when given)."""
+    (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, and each slab of gathered scans,
+    in order, to ``observe(values)``, when given)."""
     _check_gathered(reader, index.size)
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
     bar = Progress("reading", reader.n_scans, enabled=progress)
@@ -128,6 +129,8 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
         if globals_ is not None:
             globals_.add(start, block)
         np.take(block, index, axis=1, out=out[start : start + block.shape[0]])
+        if observe is not None:
+            observe(out[start : start + block.shape[0]])
         bar.update(start + block.shape[0])
     bar.close()
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -286,15 +287,18 @@ def fit_images(
             if scheduler is not None:  # one connection to the cluster for the mean image and the fit
                 scheduler = stack.enter_context(dask_client(scheduler))
                 execution = replace(execution, scheduler=scheduler)
+            grid = None
             if dataset is None:
+                grid, loaded_mask, observe = _sums_while_reading(rft, mask, scaling, model, route, scheduler)
                 dataset = load(
                     inputs if route.reader is None else route.reader,
-                    mask,
+                    loaded_mask,
                     mask_threshold=mask_threshold,
                     progress=execution.progress,
                     n_scans=model.X.shape[0],
                     scan_globals=scaling == "global",
                     name="inputs",
+                    observe=observe,
                 )
             elif isinstance(dataset, Future):
                 dataset = dataset.result()
@@ -306,7 +310,12 @@ def fit_images(
                 model.X, data, model.names, model.items, noise, execution, model.kinds, dataset.masker, _tr(design)
             )
             mean = None if out is None else _mean_image(dataset.data, scheduler)
-            neighbours = None if rft is None else _neighbour_sums(model, data, noise_fit, dataset.masker, execution)
+            if rft is None:
+                neighbours = None
+            elif grid is not None:
+                neighbours = _grid_neighbour_sums(grid, model, data, dataset.masker)
+            else:
+                neighbours = _neighbour_sums(model, data, noise_fit, dataset.masker, execution)
             diagnosed = _diagnose(noise, noise_fit, data, execution) if diagnostics else None
             fitted = _Fitted(noise_fit, dataset, mean, neighbours, diagnosed)
         t_fit = time.perf_counter()
@@ -538,6 +547,46 @@ def rft_record(inferred, footers: dict[str, dict], prefix: str = "") -> dict:
         if label in footers:
             entry.update(table=rft_table_name(label, prefix), footer=footers[label])
     return finite_or_none(record)
+
+
+def _sums_while_reading(rft, mask, scaling: str, model: FirstLevelModel, route: Route, scheduler):
+    """For RFT on a volume read into memory with an explicit mask: the data's neighbour sums gathered slab by
+    slab during the read (``GridProducts``, on the thread that gathers, while the next scans decompress), so
+    that only the small projections are left for after the fit. Returns (grid or None, the mask to load: its
+    boolean array when the grid needs it, and the slab observer or None). Not for scaled data (the sums need
+    the values fitted), SPM's whitened residuals (every scan at once) or integer data with a scale."""
+    reader = route.reader
+    if (
+        rft is None
+        or mask is None
+        or scaling != "none"
+        or model.order < 0
+        or scheduler is not None
+        or reader is None
+        or reader.scale is not None
+        or route.kind != MEMORY
+    ):
+        return None, mask, None
+    from ..engine.smoothness import GridProducts
+    from ..inference.rft_fit import check_volume
+
+    check_volume(reader.geometry)
+    mask_array = explicit_mask(mask, reader.geometry)
+    grid = GridProducts(reader.geometry.shape, model.factor.has_intercept)
+    return grid, mask_array, functools.partial(grid.add, candidates=mask_array)
+
+
+def _grid_neighbour_sums(grid, model: FirstLevelModel, data, masker: Masker):
+    """The OLS residuals' NeighbourSums from the sums gathered during the read and the projections ``Q'(y - s)``
+    (s: each voxel's shift in the grid), a block of voxels at a time in float64."""
+    basis = model.factor.basis
+    n, V = data.shape
+    projections = np.empty((basis.shape[1], V))
+    step = max(1, (8 << 20) // (8 * n))
+    for a in range(0, V, step):
+        block = np.asarray(data[:, a : a + step])
+        projections[:, a : a + step] = basis.T @ np.subtract(block, grid.shift[a : a + step], dtype=np.float64)
+    return grid.residual_sums(masker.mask, projections, basis)
 
 
 def _neighbour_sums(model: FirstLevelModel, data, noise_fit: NoiseFit, masker: Masker, execution: Execution):

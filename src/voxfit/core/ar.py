@@ -40,6 +40,7 @@ __all__ = [
     "fit_ar_sums",
     "lag_traces",
     "lagged_sums",
+    "residual_lagged_sums",
 ]
 
 MAX_REFLECTION = 0.99
@@ -668,6 +669,18 @@ class ARBlockFit:
     flagged: NDArray
 
 
+def residual_lagged_sums(block: ARBlock, sums: LaggedSums) -> NDArray[np.float64]:
+    """(p+1, v) the OLS residuals' lagged products ``sum_t e_t e_{t+k}`` from the sums alone:
+    ``e'S_k e = y'S_k y - 2 c'b_k + c'G_k c`` (c = Q'y, b_k = (S_k Q)'y), halved for k > 0. Digits cancel where
+    the residuals are small against the data (see ``needs_refit``)."""
+    p, r = block.order, block.design.rank
+    c, v = sums.lagged[0], sums.s.shape[1]
+    ys = np.concatenate([sums.s[:1], 2.0 * sums.s[1:]])  # y'S_k y
+    Gc = (block.G.reshape(-1, r) @ c).reshape(p + 1, r, v)
+    quad = ys + np.einsum("kiv,iv->kv", Gc - 2.0 * sums.lagged, c)
+    return np.concatenate([quad[:1], 0.5 * quad[1:]])
+
+
 def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray], autocorrelations=None) -> ARBlockFit:
     """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64); see :func:`fit_ar_sums`."""
     sums, shifted = lagged_sums(block, Y)
@@ -694,10 +707,7 @@ def fit_ar_sums(
     v = s.shape[1]
     c = lagged[0]
     ys = np.concatenate([s[:1], 2.0 * s[1:]])  # y'S_k y
-    # OLS residual lagged products from the same statistics: e'S_k e = y'S_k y - 2 c'b_k + c'G_k c
-    Gc = (block.G.reshape(-1, r) @ c).reshape(p + 1, r, v)
-    quad = ys + np.einsum("kiv,iv->kv", Gc - 2.0 * lagged, c)
-    r_lag = np.concatenate([quad[:1], 0.5 * quad[1:]])
+    r_lag = residual_lagged_sums(block, sums)
     lost = np.flatnonzero(needs_refit(r_lag[0], s[0]))  # more than 5 digits cancelled: explicit residuals
     if lost.size and data is not None:
         r_lag[:, lost] = _lagged_products(data(lost) - Q @ c[:, lost], p)

@@ -19,6 +19,8 @@ choice made here so that the fit keeps voxfit's exact AR algebra (and its sums).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -31,9 +33,11 @@ __all__ = [
     "smooth_autocorrelations",
     "susan_brightness_threshold",
     "tukey_taper",
+    "VolumeKernel",
     "volume_kernel",
 ]
 
+SMOOTH_CHUNK = 2048  # voxels smoothed together (see smooth_autocorrelations)
 FILM_SIGMA_MM = 5.0  # FEAT's film_gls call: -sa -ms 5 (SUSAN mask size, taken as the kernel's sigma in mm)
 
 
@@ -96,51 +100,77 @@ def susan_brightness_threshold(brightness: NDArray) -> float:
     return bt if bt > 0 else 1.0
 
 
-def volume_kernel(mask: NDArray, voxel_mm, sigma_mm: float = FILM_SIGMA_MM):
+@dataclass(frozen=True, eq=False)
+class VolumeKernel:
+    """FILM's neighbourhood on a grid (:func:`volume_kernel`): the grid's voxel numbers padded by the kernel's
+    reach (`number`, raveled; -1 outside the mask), each masked voxel's index in it (`flat`, V), and for every
+    offset within 2 sigma but the centre, its step in the padded grid (`steps`, K) and its Gaussian weight
+    (`weights`, K), in the order the offsets are summed (x outermost, then y, then z)."""
+
+    number: NDArray
+    flat: NDArray
+    steps: NDArray
+    weights: NDArray
+
+    def neighbours(self, k: int) -> NDArray:
+        """(V,) the number of each voxel's neighbour at offset `k` (-1: none in the mask)."""
+        return self.number[self.flat + self.steps[k]]
+
+
+def volume_kernel(mask: NDArray, voxel_mm, sigma_mm: float = FILM_SIGMA_MM) -> VolumeKernel:
     """The neighbourhood of every masked voxel of a grid (`mask` boolean, 3-D, indexed [x, y, z]) within 2
-    sigma: ``(rows, cols, weights)`` over the V masked voxels (numbered as ``np.flatnonzero(mask.ravel('F'))``),
-    the centre left out, weighted by ``exp(-d^2 / 2 sigma^2)``, d in mm from `voxel_mm` (3,)."""
+    sigma, the centre left out, weighted by ``exp(-d^2 / 2 sigma^2)``, d in mm from `voxel_mm` (3,); the V masked
+    voxels numbered as ``np.flatnonzero(mask.ravel('F'))`` (x fastest, as Masker numbers them)."""
     mask = np.asarray(mask, dtype=bool)
-    shape = mask.shape
-    number = np.full(shape, -1, dtype=np.int64)
-    ijk = np.array(np.nonzero(mask.transpose(2, 1, 0)))[::-1].T  # x-fastest order, as Masker numbers voxels
-    number[tuple(ijk.T)] = np.arange(ijk.shape[0])
     voxel_mm = np.abs(np.asarray(voxel_mm, dtype=float))
     reach = np.floor(2.0 * sigma_mm / voxel_mm).astype(int)
-    rows, cols, weights = [], [], []
+    padded = np.array(mask.shape) + 2 * reach
+    number = np.full(padded, -1, dtype=np.int64)
+    number[tuple(slice(a, a + size) for a, size in zip(reach, mask.shape))][mask] = 0
+    flat = np.flatnonzero(number.ravel("F") >= 0)  # x fastest: the masked voxels in Masker's order
+    number = number.ravel("F")
+    number[flat] = np.arange(flat.size)
+    strides = np.array([1, padded[0], padded[0] * padded[1]])
+    steps, weights = [], []
     for dx in range(-reach[0], reach[0] + 1):
         for dy in range(-reach[1], reach[1] + 1):
             for dz in range(-reach[2], reach[2] + 1):
                 d2 = (dx * voxel_mm[0]) ** 2 + (dy * voxel_mm[1]) ** 2 + (dz * voxel_mm[2]) ** 2
                 if (dx == dy == dz == 0) or d2 > (2.0 * sigma_mm) ** 2:
                     continue
-                other = ijk + np.array([dx, dy, dz])
-                inside = np.all((other >= 0) & (other < np.array(shape)), axis=1)
-                j = np.full(ijk.shape[0], -1)
-                j[inside] = number[tuple(other[inside].T)]
-                ok = np.flatnonzero(j >= 0)
-                rows.append(ok)
-                cols.append(j[ok])
-                weights.append(np.full(ok.size, np.exp(-d2 / (2.0 * sigma_mm**2))))
-    if not rows:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0)
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
+                steps.append(int(np.dot([dx, dy, dz], strides)))
+                weights.append(np.exp(-d2 / (2.0 * sigma_mm**2)))
+    return VolumeKernel(number, flat, np.array(steps, dtype=np.int64), np.array(weights, dtype=float))
 
 
-def smooth_autocorrelations(rho: NDArray, kernel, brightness: NDArray, bt: float) -> NDArray[np.float64]:
-    """Each lag's autocorrelation map (rho (V, M+1)) smoothed by the SUSAN-like filter: for voxel i the mean of
-    its neighbours j (the `kernel` of :func:`volume_kernel`) weighted by the kernel's Gaussian times SUSAN's
-    brightness similarity ``exp(-((I_j - I_i) / bt)^2)`` (I the mean functional image `brightness` (V,), bt the
-    brightness threshold), the centre left out as SUSAN does; a voxel with no neighbour weight keeps its own
-    value (SUSAN's local median fallback is replaced by the voxel's value: a choice). Lag 0 stays 1."""
-    rows, cols, gauss = kernel
+def smooth_autocorrelations(
+    rho: NDArray, kernel: VolumeKernel, brightness: NDArray, bt: float, valid: NDArray | None = None
+) -> NDArray[np.float64]:
+    """Each lag's autocorrelation map (rho (V, M+1), finite) smoothed by the SUSAN-like filter: for voxel i the
+    mean of its neighbours j (the `kernel` of :func:`volume_kernel`) weighted by the kernel's Gaussian times
+    SUSAN's brightness similarity ``exp(-((I_j - I_i) / bt)^2)`` (I the mean functional image `brightness` (V,),
+    bt the brightness threshold), the centre left out as SUSAN does; with `valid` (V, bool), only pairs of valid
+    voxels. A voxel with no neighbour weight keeps its own value (SUSAN's local median fallback is replaced by
+    the voxel's value: a choice). Lag 0 stays 1. Memory: the maps and a chunk of voxels' sums."""
     V = rho.shape[0]
-    w = gauss * np.exp(-(((brightness[cols] - brightness[rows]) / bt) ** 2))
-    total = np.bincount(rows, weights=w, minlength=V)
+    lags = np.ascontiguousarray(rho[:, 1:])
     out = rho.copy()
-    for k in range(1, rho.shape[1]):
-        s = np.bincount(rows, weights=w * rho[cols, k], minlength=V)
+    for a in range(0, V, SMOOTH_CHUNK):  # a chunk of voxels at a time: its sums stay in cache over the offsets
+        at = slice(a, min(V, a + SMOOTH_CHUNK))
+        flat, bright = kernel.flat[at], brightness[at]
+        total = np.zeros(bright.size)
+        sums = np.zeros((bright.size, lags.shape[1]))
+        for k, gauss in enumerate(kernel.weights):
+            j = kernel.number[flat + kernel.steps[k]]
+            there = j >= 0
+            if valid is not None:
+                there &= valid[at] & valid[np.where(there, j, 0)]
+            j = np.where(there, j, 0)
+            w = np.where(there, gauss * np.exp(-(((brightness[j] - bright) / bt) ** 2)), 0.0)
+            total += w
+            taken = lags[j]
+            taken *= w[:, None]
+            sums += taken
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, k] = np.where(total > 1e-12, s / total, rho[:, k])
+            out[at, 1:] = np.where((total > 1e-12)[:, None], sums / total[:, None], lags[at])
     return out

@@ -31,7 +31,17 @@ from ..exceptions import InputError
 from .ar import ARMaps
 from .fit import check_fit_inputs
 
-__all__ = ["AUTO_MAX_ORDER", "FilmSpace", "NoiseModelFit", "fit_arma11", "fit_auto_ar", "fit_film"]
+__all__ = [
+    "AUTO_MAX_ORDER",
+    "FilmSpace",
+    "NoiseModelFit",
+    "check_film_geometry",
+    "film_autocorrelations",
+    "film_space",
+    "fit_arma11",
+    "fit_auto_ar",
+    "fit_film",
+]
 
 AUTO_MAX_ORDER = 8
 
@@ -124,19 +134,7 @@ def fit_film(
             lagged[:, start + np.flatnonzero(ok)] = residual_lagged_products(design.basis, Yb, M)
 
     _run_blocks(V, step, n_jobs, first)
-    rho = raw_autocorrelations(lagged)
-    info = {"model": "FSL FILM per voxel", "tukey_window": M, "dof": "n - rank (FILM's)"}
-    if space is not None:
-        kernel = volume_kernel(space.mask, space.voxel_mm, space.sigma_mm)
-        keep = valid[kernel[0]] & valid[kernel[1]]
-        kernel = tuple(part[keep] for part in kernel)
-        bright = np.where(np.isfinite(space.brightness), space.brightness, 0.0)
-        bt = susan_brightness_threshold(bright[valid])
-        rho = smooth_autocorrelations(rho, kernel, bright, bt)
-        info.update(spatial_smoothing="SUSAN-like", sigma_mm=space.sigma_mm, brightness_threshold=bt)
-    else:
-        info["spatial_smoothing"] = "none"
-    rho = tukey_taper(rho)
+    rho, info = film_autocorrelations(lagged, valid, space)
     block = ARBlock(design, M)
     maps = ARMaps(pc, M, weights, V)
 
@@ -151,6 +149,44 @@ def fit_film(
     _run_blocks(V, step, n_jobs, second)
     fit, stats = maps.result(design, valid)
     return NoiseModelFit(fit, stats, maps.phi, [f"ar{k + 1}" for k in range(M)], None, info)
+
+
+def film_space(masker, brightness) -> FilmSpace:
+    """FILM's neighbourhood for the voxels of `masker` (a volume's): the mask's grid, the voxel sizes from the
+    affine and the mean image `brightness` (V,); refused in one line for data that are not a volume."""
+    geometry = getattr(masker, "geometry", None)
+    check_film_geometry(geometry)
+    grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")
+    voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
+    return FilmSpace(grid, voxel_mm, brightness)
+
+
+def check_film_geometry(geometry) -> None:
+    """FILM's spatial step needs a volume's neighbours: anything else is refused in one line."""
+    if geometry is None or geometry.kind != "volume":
+        kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
+        raise InputError(
+            f"--noise film smooths the autocorrelation over neighbouring voxels of a volume, but the data are "
+            f"{kind}; use --noise arma11, auto or ar1 .. ar8 (per voxel, no spatial step)."
+        )
+
+
+def film_autocorrelations(lagged, valid, space: FilmSpace | None) -> tuple[np.ndarray, dict]:
+    """FILM's autocorrelations (V, M+1) from every voxel's OLS residual lagged products `lagged` (M+1, V; those
+    of voxels not `valid` unused): raw, smoothed within the mask by the SUSAN-like filter of `space` (None: no
+    spatial step), Tukey-tapered; and FILM's settings for model.json. Shared by the in-memory and the streamed
+    fits."""
+    rho = raw_autocorrelations(lagged)
+    info = {"model": "FSL FILM per voxel", "tukey_window": lagged.shape[0] - 1, "dof": "n - rank (FILM's)"}
+    if space is not None:
+        kernel = volume_kernel(space.mask, space.voxel_mm, space.sigma_mm)
+        bright = np.where(np.isfinite(space.brightness), space.brightness, 0.0)
+        bt = susan_brightness_threshold(bright[valid])
+        rho = smooth_autocorrelations(rho, kernel, bright, bt, valid)
+        info.update(spatial_smoothing="SUSAN-like", sigma_mm=space.sigma_mm, brightness_threshold=bt)
+    else:
+        info["spatial_smoothing"] = "none"
+    return tukey_taper(rho), info
 
 
 def fit_arma11(X, Y, contrasts: dict, *, names=None, execution: Execution | None = None) -> NoiseModelFit:

@@ -28,13 +28,15 @@ from .._memory import reserved_bytes, size_text
 from .._progress import Progress
 from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
-from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums
+from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums, residual_lagged_sums
+from ..core.film import film_lags, residual_lagged_products
 from ..core.ols import fit_from_sums, needs_refit
 from ..exceptions import InputError
 from ..io import check_design_rows, Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
 from .ar import ARMaps
 from .fit import fit as fit_in_memory
+from .noise_models import check_film_geometry, film_autocorrelations, film_space
 from .smoothness import GridProducts
 
 __all__ = ["StreamedFit", "fit_streaming", "streaming_bytes"]
@@ -139,6 +141,7 @@ class StreamedFit:
     masker: Masker
     mean: NDArray
     neighbour_sums: object | None = None  # voxfit.inference.rft.NeighbourSums, with `smoothness`
+    film: dict | None = None  # FILM's settings (``voxfit.engine.noise_models.film_autocorrelations``), with `film`
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,6 +180,7 @@ def fit_streaming(
     nonzero: bool = False,
     execution: Execution | None = None,
     smoothness: bool = False,
+    film: bool = False,
 ) -> StreamedFit:
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
@@ -188,7 +192,9 @@ def fit_streaming(
     finite and non-zero in every row. Three steps: the pass accumulating the sums (:func:`_accumulate`), the
     fit from the sums (:func:`_fit_from_sums`), and the refit of the voxels that need their data
     (:func:`_refit`). With `smoothness` (a volume), the residuals' neighbour sums are collected on the way
-    (``voxfit.engine.smoothness``; AR models: those of the OLS residuals).
+    (``voxfit.engine.smoothness``; AR models: those of the OLS residuals). With `film` (a volume), FSL FILM's
+    model as ``voxfit.engine.noise_models.fit_film`` fits it (`order` is then FILM's window, round(sqrt n)): its
+    autocorrelations from the sums between the pass and the fit (:func:`_film_autocorrelations`).
     """
     execution = Execution.resolve(execution, max_memory=max_memory, progress=progress)
     reader = open_reader(paths)
@@ -196,6 +202,9 @@ def fit_streaming(
     n = design.n_scans
     check_design_rows(n, reader.n_scans)
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
+    if film:
+        check_film_geometry(reader.geometry)
+        order = film_lags(n)
     if order:
         if n <= 2 * order + design.rank:
             raise InputError(
@@ -209,13 +218,16 @@ def fit_streaming(
     accumulated = _accumulate(
         reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab, grid
     )
-    maps, mean, flagged = _fit_from_sums(accumulated, design, block, weights, execution.n_jobs)
-    _refit(reader, design, block, weights, accumulated.masker, np.union1d(accumulated.unread, flagged), maps, mean)
+    mean = _mean(accumulated, n)
+    rho, film_info = _film_autocorrelations(reader, block, accumulated, mean) if film else (None, None)
+    maps, flagged = _fit_from_sums(accumulated, design, block, weights, execution.n_jobs, rho)
+    at = np.union1d(accumulated.unread, flagged)
+    _refit(reader, design, block, weights, accumulated.masker, at, maps, mean, rho)
     valid = np.isfinite(maps.rss)
     neighbours = None if grid is None else _neighbour_sums(accumulated, grid, design)
     if order:
         fit, stats = maps.result(design, valid)
-        return StreamedFit(fit, stats, maps.phi, accumulated.masker, mean, neighbours)
+        return StreamedFit(fit, stats, maps.phi, accumulated.masker, mean, neighbours, film_info)
     fit = make_fit(design, maps.betas, maps.rss, maps.tss, valid)
     stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
     return StreamedFit(fit, stats, None, accumulated.masker, mean, neighbours)
@@ -323,36 +335,70 @@ def _accumulate(
     )
 
 
-def _fit_from_sums(
-    accumulated: _Pass, design, block: ARBlock | None, weights: dict, n_jobs: int | None = None
-) -> tuple[ARMaps, NDArray, NDArray]:
-    """The fit of the voxels with sums, a block of `SUMS_BLOCK` at a time (AR blocks in up to `n_jobs`
-    threads): the maps (NaN at the voxels
-    without sums), each voxel's mean, and the positions of the voxels whose sums cancelled too many digits
-    (their refit needs their data)."""
-    S, targets, V = accumulated.sums, accumulated.targets, accumulated.masker.n_voxels
-    n, pc = design.n_scans, design.X.shape[1]
-    order = 0 if block is None else block.order
-    mean = np.full(V, np.nan)  # each voxel's mean over the scans: its shift plus the mean of the shifted data
+def _mean(accumulated: _Pass, n: int) -> NDArray:
+    """Each voxel's mean over the `n` scans, from its sums: its shift plus the mean of the shifted data (NaN at
+    the voxels without sums)."""
+    S = accumulated.sums
+    mean = np.full(accumulated.masker.n_voxels, np.nan)
     total = S.total if accumulated.kept is None else S.total[accumulated.kept]
     shift = 0.0 if S.shift is None else (S.shift if accumulated.kept is None else S.shift[accumulated.kept])
-    mean[targets] = total / n + shift
+    mean[accumulated.targets] = total / n + shift
+    return mean
+
+
+def _film_autocorrelations(reader, block: ARBlock, accumulated: _Pass, mean: NDArray) -> tuple[NDArray, dict]:
+    """FILM's autocorrelations of every voxel of the mask (V, M+1) and its settings: the OLS residuals' lagged
+    products from the sums (from the data, read for them only, where there are no sums or they cancelled too
+    many digits; their means set in `mean`), then FILM's spatial step on the mask's grid over the mean image,
+    and its taper, as the in-memory fit does (``voxfit.engine.noise_models.film_autocorrelations``)."""
+    targets, design = accumulated.targets, block.design
+    lagged = np.zeros((block.order + 1, accumulated.masker.n_voxels))
+    lost = [accumulated.unread]
+    for a in range(0, targets.size, SUMS_BLOCK):
+        part = slice(a, a + SUMS_BLOCK)
+        sums = accumulated.sums_of(part)
+        lagged[:, targets[part]] = residual_lagged_sums(block, sums)
+        lost.append(targets[part][needs_refit(lagged[0, targets[part]], sums.s[0])])
+    at = np.unique(np.concatenate(lost))
+    if at.size:
+        data = np.asarray(_scaled(gather(reader, accumulated.masker.index[at]), reader), dtype=np.float64)
+        mean[at] = data.mean(axis=0)
+        centred = data - mean[at] if design.has_intercept else data
+        lagged[:, at] = residual_lagged_products(design.basis, centred, block.order)
+    valid = np.ones(accumulated.masker.n_voxels, dtype=bool)
+    return film_autocorrelations(lagged, valid, film_space(accumulated.masker, mean))
+
+
+def _fit_from_sums(
+    accumulated: _Pass, design, block: ARBlock | None, weights: dict, n_jobs: int | None = None, rho=None
+) -> tuple[ARMaps, NDArray]:
+    """The fit of the voxels with sums, a block of `SUMS_BLOCK` at a time (AR blocks in up to `n_jobs`
+    threads; with `rho` (V, p+1), FILM's autocorrelations, their AR(p) whitening): the maps (NaN at the voxels
+    without sums) and the positions of the voxels whose sums cancelled too many digits (their refit needs
+    their data)."""
+    targets, V = accumulated.targets, accumulated.masker.n_voxels
+    pc = design.X.shape[1]
+    order = 0 if block is None else block.order
     maps = ARMaps(pc, order, weights if order else {}, V)
     flagged = np.zeros(targets.size, dtype=bool)  # of the targets
     if order:  # from the sums, a block of voxels at a time (the per-voxel algebra holds a few hundred values
-        # each), the blocks in threads: numpy's batched algebra releases the GIL
+        # each; FILM's AR(M) a few thousand), the blocks in threads: numpy's batched algebra releases the GIL
+        # blocks as large and as many at once as the slabs' share of the cap holds beside the results (see
+        # ar_block_bytes)
+        results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
+        room = accumulated.slab_bytes - results
+        per_voxel = ar_block_bytes(design.rank, order, list(weights.values())) // SUMS_BLOCK
+        size = int(min(SUMS_BLOCK, max(256, room // per_voxel)))
 
         def fit_part(a: int) -> None:
-            part = slice(a, a + SUMS_BLOCK)
-            res = fit_ar_sums(block, accumulated.sums_of(part), list(weights.values()))
+            part = slice(a, a + size)
+            known = None if rho is None else (lambda _r: rho[targets[part]])
+            res = fit_ar_sums(block, accumulated.sums_of(part), list(weights.values()), autocorrelations=known)
             flagged[a + res.flagged] = True
             maps.place(targets[part], res)
 
-        starts = range(0, targets.size, SUMS_BLOCK)
-        # as many blocks at once as the slabs' share of the cap holds beside the results (see ar_block_bytes)
-        results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
-        fits = (accumulated.slab_bytes - results) // ar_block_bytes(design.rank, order, list(weights.values()))
-        workers = max(1, min(resolve_workers(n_jobs), len(starts), fits))
+        starts = range(0, targets.size, size)
+        workers = max(1, min(resolve_workers(n_jobs), len(starts), room // (size * per_voxel)))
         with blas_single_threaded():
             run_in_threads(fit_part, starts, workers)  # stoppable between blocks
     else:
@@ -363,19 +409,23 @@ def _fit_from_sums(
                 design, piece.lagged[0], piece.s[0], piece.total, piece.shift
             )
             flagged[part] = needs_refit(maps.rss[at], piece.s[0])
-    return maps, mean, targets[flagged]
+    return maps, targets[flagged]
 
 
-def _refit(reader, design, block: ARBlock | None, weights: dict, masker: Masker, at, maps: ARMaps, mean) -> None:
+def _refit(
+    reader, design, block: ARBlock | None, weights: dict, masker: Masker, at, maps: ARMaps, mean, rho=None
+) -> None:
     """The voxels at positions `at` fitted in memory from their data, read in a second pass (float64, as exact
-    as the sums): those zero in the first scan yet kept, and those whose sums cancelled too many digits."""
+    as the sums): those zero in the first scan yet kept, and those whose sums cancelled too many digits (with
+    `rho`, FILM's autocorrelations of every voxel, whitened by them)."""
     if not at.size:
         return
     raw = gather(reader, masker.index[at])
     data = np.asarray(_scaled(raw, reader), dtype=np.float64)
     mean[at] = data.mean(axis=0)
     if block is not None:
-        maps.place(at, fit_ar_block(block, data, list(weights.values())))
+        known = None if rho is None else (lambda _r: rho[at])
+        maps.place(at, fit_ar_block(block, data, list(weights.values()), autocorrelations=known))
     else:
         exact = fit_in_memory(design.X, data, names=list(design.names), n_jobs=1)
         maps.betas[:, at], maps.rss[at] = exact.betas, exact.residual_variance * design.dof

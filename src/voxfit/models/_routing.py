@@ -77,7 +77,7 @@ def fmri_noise(n_scans: int) -> str:
     return f"ar{max(1, min(noise_order(FMRI_NOISE), int(n_scans) // SCANS_PER_LAG))}"
 
 
-PER_VOXEL_MODELS = ("film", "arma11", "auto")  # per-voxel noise models other than AR(p), fitted in memory
+PER_VOXEL_MODELS = ("film", "arma11", "auto")  # per-voxel noise models other than AR(p) (film also streams)
 POOLED_MODELS = ("ar1-global", "fast")  # SPM12's ReML covariances pooled over voxels, fitted in memory
 NOISE_CHOICES = ("ols", "ar1", "ar2", "ar3", "ar4", "ar5", "ar6", "ar7", "ar8", *POOLED_MODELS, *PER_VOXEL_MODELS)
 
@@ -98,18 +98,19 @@ def noise_order(noise: str) -> int:
 
 
 def first_level_needs(noise: str, scaling: str, reader) -> Needs:
-    """What a first-level fit allows: the workers read columns, and data over the cap stream, with OLS or
-    AR(p) per voxel and no scaling (scaling and SPM's pooled models need whole scans in memory; film, arma11 and
-    auto are fitted in memory: film's spatial step joins every voxel, and arma11's REML needs whole series)."""
+    """What a first-level fit allows: the workers read columns with OLS or AR(p) per voxel and no scaling; data
+    over the cap stream with those and with film (its spatial step runs on the per-voxel sums, between the pass
+    and the fit). Scaling and SPM's pooled models need whole scans in memory; arma11's REML and auto's orders
+    need whole series."""
     simple = noise_order(noise) >= 0 and scaling == "none"
     need = cap_holding(data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
     return Needs(
         by_columns=simple,
-        one_pass=simple,
+        one_pass=simple or (str(noise).lower() == "film" and scaling == "none"),
         too_large=(
             f"data larger than half of --max-memory (beside the interpreter's {size_text(reserved_bytes())}) "
-            "are fitted in one pass with --noise ols or ar1 .. ar8 and --scaling none; for ar1-global or scaling "
-            f"give --max-memory {size_text(need)} or more (fast, film, arma11 and auto are fitted in memory too)."
+            "are fitted in one pass with --noise ols, ar1 .. ar8 or film and --scaling none; for ar1-global or "
+            f"scaling give --max-memory {size_text(need)} or more (fast, arma11 and auto are fitted in memory too)."
         ),
     )
 

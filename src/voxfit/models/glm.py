@@ -277,7 +277,7 @@ def fit_images(
         # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
         hashing = DaemonExecutor()
         if route.kind == STREAM:
-            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None)
+            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None, noise)
             records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None
             t_load = start
         else:
@@ -465,21 +465,23 @@ def columns_on_workers(
 
 
 def _fit_streamed(
-    reader, model: FirstLevelModel, mask, mask_threshold, execution: Execution, smoothness: bool = False
+    reader, model: FirstLevelModel, mask, mask_threshold, execution: Execution, smoothness: bool = False, noise=""
 ) -> _Fitted:
     """The fit of fit_images for data larger than the memory cap: one sequential read of `reader`'s files
     accumulating per-voxel sums (with `smoothness`, the residuals' neighbour sums too), with a Dataset standing
-    for the data (no values) for writing the maps."""
+    for the data (no values) for writing the maps; OLS, AR(p) or (`noise` film) FSL FILM."""
+    film = str(noise).lower() == "film"
     streamed = fit_streaming(
         reader,
         model.X,
         dict(model.items),
-        order=model.order,
+        order=max(model.order, 0),
         names=model.names,
         mask=mask,
         mask_threshold=mask_threshold,
         execution=execution,
         smoothness=smoothness,
+        film=film,
     )
     dataset = Dataset(
         np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, streamed.masker.n_voxels)),
@@ -488,6 +490,12 @@ def _fit_streamed(
         tuple(reader.in_memory),
     )
     info = {"model": "OLS" if not model.order else f"AR({model.order}) per voxel", "streamed": True}
+    if film:
+        info = {
+            **streamed.film,
+            "parameters": [f"ar{k + 1}" for k in range(streamed.ar_coef.shape[0])],
+            "streamed": True,
+        }
     noise_fit = NoiseFit(streamed.fit, streamed.contrasts, streamed.ar_coef, info)
     return _Fitted(noise_fit, dataset, streamed.mean, streamed.neighbour_sums)
 
@@ -660,23 +668,6 @@ def _tr(design) -> float | None:
     return float(tr) if tr is not None else None
 
 
-def film_space(masker, data, noise: str):
-    """FILM's spatial neighbourhood for the data's voxels (``voxfit.engine.noise_models.FilmSpace``): the mask's
-    grid, the voxel sizes and the mean image; refused in one line for data that are not a volume."""
-    from ..engine.noise_models import FilmSpace
-
-    geometry = getattr(masker, "geometry", None)
-    if geometry is None or geometry.kind != "volume":
-        kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
-        raise InputError(
-            f"--noise {noise} smooths the autocorrelation over neighbouring voxels of a volume, but the data are "
-            f"{kind}; use --noise arma11, auto or ar1 .. ar8 (per voxel, no spatial step)."
-        )
-    grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")
-    voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
-    return FilmSpace(grid, voxel_mm, mean_over_scans(data))
-
-
 def fit_noise_model(
     X, data, names, items, noise, execution: Execution | None = None, kinds=None, masker=None, tr=None
 ) -> NoiseFit:
@@ -739,10 +730,10 @@ def fit_noise_model(
 
 def _fit_per_voxel_model(X, data, names, items, noise, execution, masker):
     """film, arma11 or auto (see ``voxfit.engine.noise_models``)."""
-    from ..engine.noise_models import fit_arma11, fit_auto_ar, fit_film
+    from ..engine.noise_models import film_space, fit_arma11, fit_auto_ar, fit_film
 
     if noise == "film":
-        space = film_space(masker, data, noise)
+        space = film_space(masker, mean_over_scans(data))
         return fit_film(X, data, dict(items), names=names, space=space, execution=execution)
     if noise == "arma11":
         return fit_arma11(X, data, dict(items), names=names, execution=execution)

@@ -1,6 +1,6 @@
 """Start-up of the command line: the time from process start to the first read of the data, per path.
 
-    python benchmarks/bench_startup.py [--repeat 7] [--keep DIR] [--full]
+    python benchmarks/bench_startup.py [--repeat 7] [--keep DIR] [--full] [--importtime]
 
 Paths (generated data, fixed seed: a 40 x 48 x 40 grid, 100 scans of float32 as .nii.gz and .nii, 20 group
 maps as .nii.gz):

@@ -10,20 +10,21 @@ exit status 1 is kept for voxfit's own bugs.
 from __future__ import annotations
 
 import argparse
-import glob
 import math
 import os
 import re
 import signal
 import sys
 import threading
-import traceback
 import warnings
-from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .exceptions import InputError, VoxfitError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 HRF_MODELS_CLI = (
     "spm",
@@ -835,6 +836,8 @@ def _input_paths(args) -> list[str]:
         for item in value if isinstance(value, list) else [value] if value is not None else []:
             paths.append(str(item))
             if option == "first_level":  # the maps and model.json read from each folder (or quoted pattern's)
+                import glob
+
                 folders = [Path(p) for p in glob.glob(str(item))] if glob.has_magic(str(item)) else [Path(item)]
                 paths += [str(p) for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file()]
             elif not Path(item).is_dir():  # (a folder cannot be replaced by a file anyway)
@@ -1188,13 +1191,43 @@ def _run_runs(args, argv, progress, record: dict) -> int:
 
 
 def _run_group(args, argv, progress) -> int:
-    from .models import SecondLevel
-
+    """A group model; the maps of a one-sample OLS model are read while the numerical modules import."""
     if args.two_sample and not args.design:
         raise InputError("--two-sample COLUMN needs --design TABLE holding that column.")
     if args.permute_blocks and not args.grp:
         raise InputError("--permute-blocks needs --grp FILE (the exchangeability blocks).")
     inputs = _group_inputs(args)
+    with _group_preload(args, inputs, progress):
+        return _fit_group(args, argv, progress, inputs)
+
+
+def _group_preload(args, inputs: list[str], progress):
+    """The load that ``SecondLevel.fit`` will ask for, started in a thread (``voxfit.io.dataset.preloaded``),
+    where it is known from the command line alone: maps given as files, in memory (no --max-memory, no
+    --scheduler), in the order given (no --design, --paired, variances or first-level folders, which match or
+    pair the maps by subject). Anything else loads as SecondLevel decides."""
+    import contextlib
+
+    from .io import expand_run, load, open_reader
+    from .io.dataset import preloaded
+
+    plain = not (args.design or args.paired or args.variances or args.first_level or args.model not in (None, "ols"))
+    if not plain or args.max_memory is not None or args.scheduler is not None:
+        return contextlib.nullcontext()
+    paths = [Path(p) for p in inputs] if len(inputs) > 1 else Path(inputs[0])
+    try:  # the headers, here: the thread starts on the data at once
+        if any(expand_run(path) is not None for path in inputs):  # folders, patterns, lists: SecondLevel's to expand
+            return contextlib.nullcontext()
+        reader = open_reader(paths, "inputs")
+    except InputError:  # said by SecondLevel, after its own checks of the options, as without a preload
+        return contextlib.nullcontext()
+    loading = _in_thread(load, reader, args.mask, progress=progress, name="inputs")
+    return preloaded(loading, paths, args.mask, name="inputs")
+
+
+def _fit_group(args, argv, progress, inputs: list[str]) -> int:
+    from .models import SecondLevel
+
     model = SecondLevel(
         design=args.design,
         contrasts=args.contrast,
@@ -1308,6 +1341,8 @@ def _run_design(args) -> int:
 
 def _in_thread(fn, *args, **kwargs) -> Future:
     """Run `fn` in a daemon thread (an error elsewhere need not wait for it); its result as a Future."""
+    from concurrent.futures import Future
+
     future: Future = Future()
 
     def target():
@@ -1370,7 +1405,7 @@ def _main(argv: list[str]) -> int:
         return code
     except VoxfitError as exc:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         print(f"voxfit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -1385,7 +1420,7 @@ def _main(argv: list[str]) -> int:
         if exc.errno is None:
             return _internal_error(exc, debug)
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         name = exc.filename  # a map's final name, not the temporary folder it was being written into
         if name is not None:
             name = re.sub(r"[/\\]\.voxfit-partial-\d+(?=[/\\])", "", str(name))
@@ -1397,9 +1432,16 @@ def _main(argv: list[str]) -> int:
 
 def _internal_error(exc: BaseException, debug: bool) -> int:
     if debug:
-        traceback.print_exc()
+        _print_traceback()
     print(f"voxfit: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
     return 1
+
+
+def _print_traceback() -> None:
+    """--debug: the traceback of the error being handled (traceback is imported only then: ~10 ms of start-up)."""
+    import traceback
+
+    traceback.print_exc()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +16,10 @@ from .checks import check_design_rows
 from .masking import Masker, ScanGlobals, explicit_mask, gather, gather_auto, resolve_mask_threshold
 from .readers import apply_scale, open_reader
 
-__all__ = ["Dataset", "ScaledArray", "load"]
+__all__ = ["Dataset", "ScaledArray", "load", "preloaded"]
+
+# A load already under way (see `preloaded`): [key, future], emptied by the load that takes it.
+_PRELOADED: contextvars.ContextVar[list | None] = contextvars.ContextVar("voxfit_preloaded", default=None)
 
 
 class ScaledArray:
@@ -103,6 +109,12 @@ def load(
         With an explicit `mask`: called with each slab of scans as it is read, (k, n_voxels) in the raw dtype,
         in order (sums gathered during the read, e.g. ``voxfit.engine.smoothness.GridProducts.add``).
     """
+    held = _PRELOADED.get()
+    key = _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name)
+    if held and key is not None and held[0] == key:  # read by `preloaded`'s thread: taken once
+        future = held.pop()
+        held.clear()
+        return future.result()
     reader = open_reader(paths, name)
     if n_scans is not None:
         check_design_rows(n_scans, reader.n_scans)
@@ -123,3 +135,27 @@ def load(
         globals=None if globals_ is None else globals_.values,
         memory=tuple(reader.in_memory),
     )
+
+
+def _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name) -> tuple | None:
+    """What makes two loads of files the same load (None for anything but paths: images in memory)."""
+    items = paths if isinstance(paths, (list, tuple)) else [paths]
+    if not all(isinstance(p, (str, os.PathLike)) for p in [*items, *([mask] if mask is not None else [])]):
+        return None
+    return (tuple(map(os.fspath, items)), mask and os.fspath(mask), mask_threshold, n_scans, scan_globals, name)
+
+
+@contextlib.contextmanager
+def preloaded(
+    future, paths, mask=None, *, mask_threshold=None, n_scans: int | None = None, scan_globals=False, name="paths"
+):
+    """Within the block, the first :func:`load` (in this context) of the same files with the same arguments
+    (`progress` aside) returns ``future.result()``: that load, started earlier by the caller in a thread, so that
+    the data are read while the numerical modules import (the command line's ``voxfit group``). Only files are
+    matched, by their paths as given; any other load reads its own."""
+    key = _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name)
+    token = _PRELOADED.set([key, future] if key is not None else None)
+    try:
+        yield
+    finally:
+        _PRELOADED.reset(token)

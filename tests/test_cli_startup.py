@@ -1,0 +1,142 @@
+"""Start-up of the command line: what each path has imported when it first reads its data, and the group maps read
+while the numerical modules import (``voxfit.io.dataset.preloaded``). No timings: modules and calls."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pandas as pd
+import pytest
+
+import voxfit
+from voxfit.cli import main
+from voxfit.io import dataset as io_dataset
+from voxfit.io.dataset import load, preloaded
+
+from .imaging import N_SCANS, SHAPE, volume_data, write_nifti
+
+# Imported by no path before its data are read: statistics, tables, compilers, studies, plots, schemas, clusters,
+# and voxfit's numerical layers (they import while the data are read).
+HEAVY = (
+    "scipy.stats",
+    "scipy.linalg",
+    "pandas",
+    "numba",
+    "bids",
+    "matplotlib",
+    "jsonschema",
+    "dask",
+    "voxfit.core",
+    "voxfit.engine",
+    "voxfit.design",
+    "voxfit.inference",
+    "voxfit.models.glm",
+    "voxfit.models.second_level",
+)
+
+# The child: an audit hook (PEP 578) that, at the first open of the file named argv[1], prints the HEAVY modules
+# already imported and ends the process; then voxfit, as `python -m voxfit` runs it.
+HOOK = f"""
+import os, sys
+_target = sys.argv[1]
+
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], str) and os.path.basename(args[0]) == _target:
+        os.write(1, ("FIRST_READ " + ",".join(m for m in {HEAVY!r} if m in sys.modules) + "\\n").encode())
+        os._exit(0)
+
+sys.addaudithook(_hook)
+sys.argv = ["voxfit", *sys.argv[2:]]
+import runpy
+runpy.run_module("voxfit", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.fixture
+def files(tmp_path, rng):
+    """A 4-D .nii.gz, a design, an events file and four group maps."""
+    write_nifti(tmp_path / "bold.nii.gz", volume_data(rng))
+    t = np.arange(N_SCANS)
+    pd.DataFrame({"a": (t % 4 < 2).astype(float), "constant": 1.0}).to_csv(tmp_path / "d.tsv", sep="\t", index=False)
+    pd.DataFrame({"onset": [0.0, 8.0], "duration": 4.0, "trial_type": "a"}).to_csv(
+        tmp_path / "ev.tsv", sep="\t", index=False
+    )
+    for k in range(4):
+        write_nifti(tmp_path / f"g{k}.nii.gz", rng.normal(size=SHAPE).astype(np.float32))
+    return tmp_path
+
+
+def _imported_at_first_read(folder: Path, target: str, *argv) -> set[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-c", HOOK, target, *argv], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("FIRST_READ")]
+    assert lines, f"never read {target}: {proc.stderr[-2000:]}"
+    return set(filter(None, lines[0].split(" ", 1)[1].split(",")))
+
+
+@pytest.mark.parametrize(
+    "target, argv",
+    [
+        ("bold.nii.gz", ["fit", "bold.nii.gz", "--design", "d.tsv", "--contrast", "a=a", "-o", "o1"]),
+        ("bold.nii.gz", ["fit", "bold.nii.gz", "--events", "ev.tsv", "--tr", "2", "--noise", "ar1", "-o", "o2"]),
+        ("g0.nii.gz", ["group", "g0.nii.gz", "g1.nii.gz", "g2.nii.gz", "g3.nii.gz", "-o", "o3"]),
+        ("g0.nii.gz", ["group", "g0.nii.gz", "g1.nii.gz", "g2.nii.gz", "g3.nii.gz", "--permutations", "9", "-o", "o4"]),
+    ],
+    ids=["fit-ols", "fit-events", "group", "group-permutations"],
+)
+def test_no_heavy_module_before_the_first_read(files, target, argv):
+    if "--events" in argv:
+        argv = [*argv, "--contrast", "a=a"]
+    assert _imported_at_first_read(files, target, *argv) == set()
+
+
+def test_group_maps_are_read_once_while_the_model_imports(files, monkeypatch, capsys):
+    """The CLI's load of a one-sample group's maps is the one SecondLevel uses (one pass over the maps), and
+    the maps written equal those of SecondLevel in Python."""
+    calls = []
+    gather_auto = io_dataset.gather_auto
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].paths)
+        return gather_auto(*args, **kwargs)
+
+    monkeypatch.setattr(io_dataset, "gather_auto", counted)
+    maps = [str(files / f"g{k}.nii.gz") for k in range(4)]
+    assert main(["group", *maps, "-o", str(files / "cli"), "--quiet"]) == 0
+    assert len(calls) == 1
+    expected = voxfit.SecondLevel().fit(maps)
+    name = "contrast-intercept_stat-t_statmap.nii.gz"
+    written = np.asarray(nib.load(files / "cli" / name).dataobj)
+    in_python = expected.masker.inverse(expected.parametric["intercept"].stat)  # (voxels in NIfTI's order)
+    npt.assert_array_equal(written.ravel(order="F"), in_python.ravel())
+    capsys.readouterr()
+
+
+def test_preloaded_serves_one_matching_load_only(files):
+    """A preloaded load is taken by the first load with the same files and arguments, and by no other."""
+    paths = [files / f"g{k}.nii.gz" for k in range(4)]
+    future: Future = Future()
+    sentinel = object()
+    future.set_result(sentinel)
+    with preloaded(future, paths, None, name="inputs"):
+        assert load(paths[:3], name="inputs") is not sentinel  # other files
+        assert load(paths, paths[0], name="inputs") is not sentinel  # other arguments (a mask)
+        assert load([str(p) for p in paths], name="inputs", progress=False) is sentinel  # the same (progress aside)
+        assert load(paths, name="inputs") is not sentinel  # taken once
+    with preloaded(future, paths, None, name="inputs"):
+        pass
+    assert load(paths, name="inputs") is not sentinel  # outside the block
+
+
+def test_a_failed_preload_raises_its_error_where_the_load_is_asked_for(files):
+    future: Future = Future()
+    future.set_exception(voxfit.exceptions.InputError("`inputs`: unreadable."))
+    with preloaded(future, [files / "g0.nii.gz"], None), pytest.raises(voxfit.exceptions.InputError, match="unread"):
+        load([files / "g0.nii.gz"])

@@ -111,7 +111,7 @@ def load(
     """
     held = _PRELOADED.get()
     key = _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name)
-    if held and key is not None and held[0] == key:  # read by `preloaded`'s thread: taken once
+    if held and key is not None and held[0] == key and observe is None:  # read by `preloaded`'s thread: taken once
         future = held.pop()
         held.clear()
         return future.result()

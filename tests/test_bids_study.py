@@ -180,12 +180,9 @@ def test_fslr_cifti_with_sessions(tmp_path):
     ).exists() or list((tmp_path / "out/sub-01/ses-b/node-session").glob("*contrast-congruent_stat-t_statmap*"))
 
 
-def test_participants_covariate_in_the_dataset_design(tmp_path):
-    from voxfit.bids import run
-
-    study, _ = _study(tmp_path)
-    model = {
-        "Name": "age",
+def _run_model(x, instructions=()):
+    return {
+        "Name": "columns",
         "BIDSModelVersion": "1.0.0",
         "Input": {"task": ["stroop"]},
         "Nodes": [
@@ -195,31 +192,40 @@ def test_participants_covariate_in_the_dataset_design(tmp_path):
                 "GroupBy": ["run", "subject"],
                 "Transformations": {
                     "Transformer": "pybids-transforms-v1",
-                    "Instructions": [{"Name": "Factor", "Input": ["trial_type"]}],
+                    "Instructions": [{"Name": "Factor", "Input": ["trial_type"]}, *instructions],
                 },
-                "Model": {
-                    "Type": "glm",
-                    "X": ["trial_type.congruent", "trial_type.incongruent", 1],
-                    "HRF": {"Variables": ["trial_type.congruent", "trial_type.incongruent"], "Model": "spm"},
-                },
-                "DummyContrasts": {"Contrasts": ["trial_type.congruent", "trial_type.incongruent"], "Test": "t"},
-            },
-            {
-                "Level": "Subject",
-                "Name": "subject",
-                "GroupBy": ["subject", "contrast"],
-                "Model": {"Type": "meta", "X": [1]},
-                "DummyContrasts": {"Test": "t"},
-            },
-            {
-                "Level": "Dataset",
-                "Name": "group",
-                "GroupBy": ["contrast"],
-                "Model": {"Type": "glm", "X": [1, "age"]},
-                "Contrasts": [{"Name": "age", "ConditionList": ["age"], "Weights": [1], "Test": "t"}],
-            },
+                "Model": {"Type": "glm", "X": x},
+                "DummyContrasts": {"Contrasts": ["trial_type.congruent"], "Test": "t"},
+            }
         ],
     }
+
+
+def test_participants_covariate_in_the_dataset_design(tmp_path):
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path)
+    x = ["trial_type.congruent", "trial_type.incongruent", 1]
+    model = _run_model(x)
+    model["Name"] = "age"
+    model["Nodes"][0]["Model"]["HRF"] = {"Variables": x[:2], "Model": "spm"}
+    model["Nodes"][0]["DummyContrasts"]["Contrasts"] = x[:2]
+    model["Nodes"] += [
+        {
+            "Level": "Subject",
+            "Name": "subject",
+            "GroupBy": ["subject", "contrast"],
+            "Model": {"Type": "meta", "X": [1]},
+            "DummyContrasts": {"Test": "t"},
+        },
+        {
+            "Level": "Dataset",
+            "Name": "group",
+            "GroupBy": ["contrast"],
+            "Model": {"Type": "glm", "X": [1, "age"]},
+            "Contrasts": [{"Name": "age", "ConditionList": ["age"], "Weights": [1], "Test": "t"}],
+        },
+    ]
     result = run(
         study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols", progress=False
     )
@@ -304,27 +310,6 @@ def test_import_voxfit_does_not_import_pybids():
     code = "import sys, voxfit, voxfit.bids; assert 'bids' not in sys.modules and 'bids.layout' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
-
-
-def _run_model(x, instructions=()):
-    return {
-        "Name": "columns",
-        "BIDSModelVersion": "1.0.0",
-        "Input": {"task": ["stroop"]},
-        "Nodes": [
-            {
-                "Level": "Run",
-                "Name": "run",
-                "GroupBy": ["run", "subject"],
-                "Transformations": {
-                    "Transformer": "pybids-transforms-v1",
-                    "Instructions": [{"Name": "Factor", "Input": ["trial_type"]}, *instructions],
-                },
-                "Model": {"Type": "glm", "X": x},
-                "DummyContrasts": {"Contrasts": ["trial_type.congruent"], "Test": "t"},
-            }
-        ],
-    }
 
 
 def test_confounds_columns_named_by_the_model_through_patterns_and_transformations(tmp_path):

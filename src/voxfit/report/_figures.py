@@ -64,43 +64,46 @@ def _column_ticks(ax, names, axis: str = "x") -> None:
         ax.set_yticks(ticks, labels, fontsize=size)
 
 
+def _axes_pixels(width: float, height: float) -> tuple[int, int]:
+    """(height, width) in pixels of matplotlib's default axes (77% x 77.5% of the figure) in a figure of
+    `width` x `height` inches: the size the matrix figures keep."""
+    return round(0.77 * height * DPI), round(0.775 * width * DPI)
+
+
+def _tick_names(names) -> list[str]:
+    """Every column's name (shortened), or every k-th past 100 columns ('' for the others)."""
+    step = max(1, int(np.ceil(len(names) / 100)))
+    return [_short(name) if j % step == 0 else "" for j, name in enumerate(names)]
+
+
 def design_matrix(X: NDArray, names, rows: str = "scan", tr: float | None = None) -> bytes:
     """Grey-scale image, one row per scan or map (down), one column per regressor, each scaled to its largest
     absolute value (SPM's and nilearn's convention: -1 black, 0 mid-grey, 1 white), with the column names
     below. A constant column (an intercept, a run's constant, an empty regressor) would be a plain white or
     grey bar, and a one-sample design's only column a white box on the white page: constant columns are
     drawn mid-grey, framed, with their value written along them."""
-    p = X.shape[1]
+    n, p = X.shape
     peak = np.abs(X).max(axis=0)
     shown = X / np.where(peak > 0, peak, 1.0)
     constant = np.ptp(X, axis=0) == 0
     shown[:, constant] = 0.0
-    fig = _figure(min(1.0 + 0.3 * p, 13.0), 5.0)
-    ax = fig.add_subplot()
-    ax.imshow(shown, aspect="auto", cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-    n = X.shape[0]
-    for j in np.flatnonzero(constant):
-        ax.add_patch(_rectangle(j, n))
-        ax.text(
-            j,
-            (n - 1) / 2,
-            f"constant {X[0, j]:.3g}",
-            rotation=90,
-            ha="center",
-            va="center",
-            fontsize=8 if p <= 50 else 6,
-            color="black",
-            clip_on=True,
-        )
-    _column_ticks(ax, names)
-    ax.set_ylabel(rows if tr is None else f"{rows} (TR {tr:g} s)")
-    return _png(fig)
-
-
-def _rectangle(j: int, n: int):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((j - 0.5, -0.5), 1.0, n, fill=False, edgecolor="0.2", lw=0.8)
+    grey = np.clip((shown + 1.0) / 2.0, 0.0, 1.0)
+    texts = [
+        raster.CellText((n - 1) // 2, int(j), f"constant {X[0, j]:.3g}", vertical=True)
+        for j in np.flatnonzero(constant)
+    ]
+    size = _axes_pixels(min(1.0 + 0.3 * p, 13.0), 5.0)
+    canvas = raster.matrix_figure(
+        np.repeat(grey[..., None], 3, axis=2),
+        size,
+        _tick_names(names),
+        name_points=8 if p <= 50 else 6,
+        row_ticks=raster.nice_ticks(0, n - 1, min(9, max(1, int(size[0] * 72 / DPI / 20)))),
+        row_label=rows if tr is None else f"{rows} (TR {tr:g} s)",
+        texts=texts,
+        frames=np.flatnonzero(constant),
+    )
+    return raster.encode_png(canvas)
 
 
 def correlation_matrix(X: NDArray, names) -> bytes:
@@ -152,27 +155,27 @@ def regressors(X: NDArray, names, kinds, tr: float | None) -> bytes:
 
 
 def contrast_vector(weights: NDArray, names) -> bytes:
-    """The contrast's rows over the design columns, weights written in the cells."""
+    """The contrast's rows over the design columns (RdBu_r over [-largest, largest]), weights written in the
+    cells."""
     q, p = weights.shape
-    vmax = np.abs(weights).max() or 1.0
-    fig = _figure(min(1.0 + 0.3 * p, 13.0), 0.3 + 0.3 * q)
-    ax = fig.add_subplot()
-    ax.imshow(weights, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
-    for i in range(q):
-        for j in range(p):
-            if weights[i, j] != 0:
-                ax.text(
-                    j,
-                    i,
-                    f"{weights[i, j]:.3g}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if abs(weights[i, j]) > 0.5 * vmax else "black",
-                )
-    _column_ticks(ax, names)
-    ax.set_yticks(range(q), [str(i + 1) for i in range(q)] if q > 1 else [""], fontsize=8)
-    return _png(fig)
+    vmax = float(np.abs(weights).max()) or 1.0
+    scale = raster.ColourScale(-vmax, vmax, raster.rdbu_r())
+    texts = [
+        raster.CellText(i, j, f"{weights[i, j]:.3g}", white=bool(abs(weights[i, j]) > 0.5 * vmax))
+        for i in range(q)
+        for j in range(p)
+        if weights[i, j] != 0
+    ]
+    ticks = (np.arange(q), [str(i + 1) for i in range(q)]) if q > 1 else None
+    canvas = raster.matrix_figure(
+        scale.rgb(weights),
+        _axes_pixels(min(1.0 + 0.3 * p, 13.0), 0.3 + 0.3 * q),
+        _tick_names(names),
+        name_points=8 if p <= 50 else 6,
+        row_ticks=ticks,
+        texts=texts,
+    )
+    return raster.encode_png(canvas)
 
 
 def _rgb(background: NDArray, stat: NDArray, shown: NDArray, scale: ColourScale, grey: tuple[float, float]) -> NDArray:

@@ -16,13 +16,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "CellText",
     "ColourScale",
     "add_text",
     "colour_bar",
     "colour_scale",
     "downsample",
     "encode_png",
+    "matrix_figure",
     "nice_ticks",
+    "rdbu_r",
     "rasterise_triangles",
     "side_by_side",
     "text_image",
@@ -35,7 +38,7 @@ PAD = 5  # pixels of white around a figure (matplotlib's pad_inches=0.05 at 96 d
 _RDBU = "67001f b2182b d6604d f4a582 fddbc7 f7f7f7 d1e5f0 92c5de 4393c3 2166ac 053061"
 
 
-def _rdbu_r() -> NDArray:
+def rdbu_r() -> NDArray:
     """matplotlib's RdBu_r as its 256-entry table (its reversed LinearSegmentedColormap.from_list, N=256)."""
     anchors = np.array([[int(h[i : i + 2], 16) / 255 for i in (0, 2, 4)] for h in _RDBU.split()])[::-1]
     x = np.linspace(0.0, 1.0, 256)
@@ -66,7 +69,7 @@ class ColourScale:
 def colour_scale(vmax: float, signed: bool) -> ColourScale:
     """The statistic overlays' colours: RdBu_r without its pale middle over [-vmax, vmax] (thresholded values
     stay visible on a light background), or its red half over [0, vmax] when only positive values are shown."""
-    base = _rdbu_r()
+    base = rdbu_r()
     high = _lookup(base, np.linspace(0.67, 1.0, 128))
     if not signed:
         return ColourScale(0.0, float(vmax), high)
@@ -273,3 +276,103 @@ def downsample(image: NDArray, factor: int) -> NDArray:
         for j in range(factor):
             out += image[i::factor, j::factor]
     return out / (factor * factor)
+
+
+def _rotated_text(text: str, points: float, degrees: float) -> NDArray:
+    """`text` in black on white turned `degrees` anticlockwise (its end at the image's top right for 0-90)."""
+    from PIL import Image
+
+    grey = text_image(text, points)[..., 0]
+    image = Image.fromarray(np.round(grey * 255).astype(np.uint8), "L")
+    turned = image.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
+    grey = np.asarray(turned, dtype=np.float64) / 255.0
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _paste_ink(canvas: NDArray, ink: NDArray, top: int, left: int) -> None:
+    """Dark pixels of `ink` (black on white) drawn onto `canvas` at (top, left), clipped to it."""
+    top, left = int(top), int(left)
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + ink.shape[0], canvas.shape[0]), min(left + ink.shape[1], canvas.shape[1])
+    if r1 > r0 and c1 > c0:
+        part = ink[r0 - top : r1 - top, c0 - left : c1 - left]
+        canvas[r0:r1, c0:c1] = np.minimum(canvas[r0:r1, c0:c1], part)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellText:
+    """A text written over a matrix's cell (row, column), in white or black, optionally read bottom to top."""
+
+    row: int
+    column: int
+    text: str
+    white: bool = False
+    vertical: bool = False
+
+
+def matrix_figure(
+    cells: NDArray,
+    size: tuple[int, int],
+    names,
+    *,
+    name_points: float = 8,
+    row_ticks: tuple[NDArray, list[str]] | None = None,
+    row_label: str = "",
+    texts=(),
+    frames=(),
+) -> NDArray:
+    """A matrix of coloured cells (rows, columns, 3) drawn `size` = (height, width) pixels, framed, each column
+    named below (names turned 60 degrees, their ends at the column's tick), rows ticked at `row_ticks`
+    (positions in rows, labels) with `row_label` beside them; `texts` (:class:`CellText`) written over cells,
+    `frames` (column numbers) outlined in dark grey; a column named '' or None is not ticked. On white, as
+    matplotlib draws an image in axes."""
+    n_rows, n_cols = cells.shape[:2]
+    height, width = max(int(size[0]), 1), max(int(size[1]), n_cols)
+    rows = np.minimum((np.arange(height) * n_rows) // height, n_rows - 1)
+    columns = np.minimum((np.arange(width) * n_cols) // width, n_cols - 1)
+    body = cells[rows][:, columns]
+    cell_w, cell_h = width / n_cols, height / n_rows
+    grid = np.ones((height + 2, width + 2, 3)) * 0.0  # the frame
+    grid[1:-1, 1:-1] = body
+    for j in frames:  # a column outlined inside the frame
+        left, right = 1 + int(round(j * cell_w)), int(round((j + 1) * cell_w))
+        grid[1:-1, [left, right]] = 0.2
+        grid[[1, -2], left : right + 1] = 0.2
+    centres = [1 + (j + 0.5) * cell_w for j in range(n_cols)]
+    for item in texts:
+        ink = text_image(item.text, 8, rotate=item.vertical)
+        if item.white:
+            ink = 1.0 - ink
+        x = 1 + (item.column + 0.5) * cell_w - ink.shape[1] / 2
+        y = 1 + (item.row + 0.5) * cell_h - ink.shape[0] / 2
+        top, left = int(round(y)), int(round(x))
+        r0, c0 = max(top, 1), max(left, 1)
+        r1, c1 = min(top + ink.shape[0], grid.shape[0] - 1), min(left + ink.shape[1], grid.shape[1] - 1)
+        if r1 > r0 and c1 > c0:
+            part = ink[r0 - top : r1 - top, c0 - left : c1 - left]
+            region = grid[r0:r1, c0:c1]
+            grid[r0:r1, c0:c1] = np.maximum(region, part) if item.white else np.minimum(region, part)
+    labels = [_rotated_text(name, name_points, 60) if name else None for name in names]
+    drawn = [(x, lab) for x, lab in zip(centres, labels) if lab is not None]
+    below = max((lab.shape[0] for _, lab in drawn), default=0) + 8
+    ticks, tick_texts = row_ticks if row_ticks is not None else (np.array([]), [])
+    tick_images = [text_image(t, 10) for t in tick_texts]
+    ylabel = text_image(row_label, 10, rotate=True) if row_label else np.ones((1, 0, 3))
+    tick_space = max((im.shape[1] for im in tick_images), default=0) + (8 if tick_images else 0)
+    overhang = max((lab.shape[1] - 2 - int(round(x)) for x, lab in drawn), default=0)  # names reach left
+    left_of = max(ylabel.shape[1] + 4 + tick_space, overhang)
+    canvas = np.ones((grid.shape[0] + below + 2 * PAD, left_of + grid.shape[1] + 2 * PAD, 3))
+    top, left = PAD, PAD + left_of
+    canvas[top : top + grid.shape[0], left : left + grid.shape[1]] = grid
+    bottom = top + grid.shape[0]
+    for x, label in drawn:
+        tick_x = left + int(round(x))
+        canvas[bottom : bottom + 4, tick_x] = 0.0
+        _paste_ink(canvas, label, bottom + 6, tick_x - label.shape[1] + 2)
+    for value, image in zip(ticks, tick_images):
+        y = top + 1 + int(round((value + 0.5) * cell_h))
+        canvas[y, left - 4 : left] = 0.0
+        _paste_ink(canvas, image, y - image.shape[0] // 2, left - 6 - image.shape[1])
+    if row_label:
+        _paste_ink(canvas, ylabel, top + (grid.shape[0] - ylabel.shape[0]) // 2, PAD)
+    return canvas

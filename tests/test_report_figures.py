@@ -153,3 +153,20 @@ def test_figures_are_pngs_of_the_expected_size():
     reds = (image[..., 0] - image[..., 2] > 40) & (image[..., 1] < 60)
     bar = image.shape[1] - 80  # the colour bar's reds are right of the slices
     assert reds[:, :bar].sum() == 3 * 4 * factor**2  # a 2 x 2 voxel patch in each of the three slices
+
+
+def test_regressors_drawn_where_their_values_are():
+    """A box-car over 40 scans: its curve (matplotlib's first colour) high in the first half's panel columns
+    where it is on and at the zero line where it is off; a derivative in the same panel in the second colour."""
+    box = np.r_[np.ones(20), np.zeros(20)]
+    X = np.column_stack([box, np.gradient(box)])
+    rgb = np.asarray(Image.open(io.BytesIO(figures.regressors(X, ["on", "on_d"], ["condition", "derivative"], 2.0))))
+    rgb = rgb[..., :3].astype(int)
+    blue = (np.abs(rgb - [31, 119, 180]).sum(axis=2) < 60).astype(float)
+    orange = np.abs(rgb - [255, 127, 14]).sum(axis=2) < 60
+    columns = np.flatnonzero(blue[:, : int(0.85 * rgb.shape[1])].any(axis=0))  # not the legend
+    rows = np.arange(rgb.shape[0])
+    height = [float(rows @ blue[:, c] / blue[:, c].sum()) for c in columns]  # mean row of the curve per column
+    early, late = np.mean(height[: len(height) // 4]), np.mean(height[-len(height) // 4 :])
+    assert early < late - 15  # on: higher on the page (smaller rows) than off, by 1 / 1.65 of the axes' height
+    assert orange.sum() > 20

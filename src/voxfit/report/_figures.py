@@ -1,6 +1,8 @@
-"""The report's figures as PNG bytes: plots of the design and of distributions drawn with matplotlib's object
-interface (no pyplot, no global state); slices and surfaces drawn as pixel arrays (:mod:`._raster`), without a
-matplotlib figure, since they are most of the report's figures and matplotlib's cost.
+"""The report's figures as PNG bytes. Matrices (design, correlations, contrast weights), regressors over time,
+slices, mosaics and surface views are drawn as pixel arrays (:mod:`._raster`: numpy, text by Pillow in
+matplotlib's font), at the sizes and in the colours matplotlib gave them: a matplotlib figure cost 0.1-0.4 s
+each (seconds for a mesh), most of a report's time. Distributions (histograms, spectra), which few reports
+hold, are drawn with matplotlib's object interface (no pyplot, no global state).
 
 Volumes are drawn in RAS orientation (left of the brain on the left of each panel, "neurological"), with
 the statistic over a grey background, voxels below the threshold transparent.
@@ -52,18 +54,6 @@ def _short(name: str, most: int = 30) -> str:
     return name if len(name) <= most else f"{name[: most // 2 - 1]}…{name[-(most - most // 2) :]}"
 
 
-def _column_ticks(ax, names, axis: str = "x") -> None:
-    """Every column named (smaller type past 50 columns, every k-th past 100), long names shortened."""
-    step = max(1, int(np.ceil(len(names) / 100)))
-    ticks = np.arange(0, len(names), step)
-    labels = [_short(names[i]) for i in ticks]
-    size = 8 if len(names) <= 50 else 6
-    if axis == "x":
-        ax.set_xticks(ticks, labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=size)
-    else:
-        ax.set_yticks(ticks, labels, fontsize=size)
-
-
 def _axes_pixels(width: float, height: float) -> tuple[int, int]:
     """(height, width) in pixels of matplotlib's default axes (77% x 77.5% of the figure) in a figure of
     `width` x `height` inches: the size the matrix figures keep."""
@@ -107,29 +97,32 @@ def design_matrix(X: NDArray, names, rows: str = "scan", tr: float | None = None
 
 
 def correlation_matrix(X: NDArray, names) -> bytes:
-    """Pearson correlation of the regressors (give columns that vary), the values written when they fit."""
+    """Pearson correlation of the regressors (give columns that vary), the values written when they fit, with
+    a colour bar (RdBu_r over [-1, 1])."""
     p = X.shape[1]
     corr = np.corrcoef(X, rowvar=False)
-    size = min(2.0 + 0.35 * p, 11.0)
-    fig = _figure(size + 1.0, size)
-    ax = fig.add_subplot()
-    image = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    _column_ticks(ax, names)
-    _column_ticks(ax, names, axis="y")
+    side = round(0.75 * min(2.0 + 0.35 * p, 11.0) * DPI)  # the square matplotlib's axes held beside the bar
+    scale = raster.ColourScale(-1.0, 1.0, raster.rdbu_r())
+    texts = []
     if p <= 14:
-        for i in range(p):
-            for j in range(p):
-                ax.text(
-                    j,
-                    i,
-                    f"{round(corr[i, j], 2) + 0.0:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if abs(corr[i, j]) > 0.6 else "black",
-                )
-    fig.colorbar(image, ax=ax, shrink=0.8, label="correlation")
-    return _png(fig)
+        texts = [
+            raster.CellText(i, j, f"{round(corr[i, j], 2) + 0.0:.2f}", white=bool(abs(corr[i, j]) > 0.6), points=7)
+            for i in range(p)
+            for j in range(p)
+        ]
+    labels = _tick_names(names)
+    rows = [j for j, name in enumerate(labels) if name]
+    canvas = raster.matrix_figure(
+        scale.rgb(corr),
+        (side, side),
+        labels,
+        name_points=8 if p <= 50 else 6,
+        row_ticks=(np.array(rows), [labels[j] for j in rows]),
+        row_points=8 if p <= 50 else 6,
+        texts=texts,
+    )
+    bar = raster.colour_bar(round(0.8 * side), scale, "correlation")
+    return raster.encode_png(raster.side_by_side(canvas, bar, gap=10, pad=2))
 
 
 def regressors(X: NDArray, names, kinds, tr: float | None) -> bytes:
@@ -141,17 +134,13 @@ def regressors(X: NDArray, names, kinds, tr: float | None) -> bytes:
             panels[-1].append(j)
         elif kind in INTEREST_KINDS:
             panels.append([j])
-    fig = _figure(9.0, 0.3 + 1.0 * len(panels))
     t = np.arange(X.shape[0]) * (tr or 1.0)
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, columns in zip(axes, panels):
-        ax.axhline(0, color="0.6", lw=0.6)
-        for n, j in enumerate(columns):
-            ax.plot(t, X[:, j], lw=1.4 if n == 0 else 0.9, label=_short(names[j]))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-        ax.tick_params(labelsize=7)
-    axes[-1].set_xlabel("time (s)" if tr else "scan")
-    return _png(fig)
+    lines = [[raster.Line(X[:, j], _short(names[j]), 1.4 if n == 0 else 0.9) for n, j in enumerate(c)] for c in panels]
+    # matplotlib's subplots in a 9-inch figure 0.3 + 1 inch per panel: 77.5% x 77% of it, 0.2 of a panel between
+    height = 0.77 * (0.3 + 1.0 * len(panels)) * DPI / (len(panels) + 0.2 * (len(panels) - 1))
+    size = (round(height), round(0.775 * 9.0 * DPI))
+    canvas = raster.line_panels(t, lines, size, round(0.2 * height), "time (s)" if tr else "scan")
+    return raster.encode_png(canvas)
 
 
 def contrast_vector(weights: NDArray, names) -> bytes:

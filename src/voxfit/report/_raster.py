@@ -18,11 +18,13 @@ from numpy.typing import NDArray
 __all__ = [
     "CellText",
     "ColourScale",
+    "Line",
     "add_text",
     "colour_bar",
     "colour_scale",
     "downsample",
     "encode_png",
+    "line_panels",
     "matrix_figure",
     "nice_ticks",
     "rdbu_r",
@@ -308,6 +310,7 @@ class CellText:
     text: str
     white: bool = False
     vertical: bool = False
+    points: float = 8
 
 
 def matrix_figure(
@@ -318,14 +321,15 @@ def matrix_figure(
     name_points: float = 8,
     row_ticks: tuple[NDArray, list[str]] | None = None,
     row_label: str = "",
+    row_points: float = 10,
     texts=(),
     frames=(),
 ) -> NDArray:
     """A matrix of coloured cells (rows, columns, 3) drawn `size` = (height, width) pixels, framed, each column
     named below (names turned 60 degrees, their ends at the column's tick), rows ticked at `row_ticks`
-    (positions in rows, labels) with `row_label` beside them; `texts` (:class:`CellText`) written over cells,
-    `frames` (column numbers) outlined in dark grey; a column named '' or None is not ticked. On white, as
-    matplotlib draws an image in axes."""
+    (positions in rows, labels, in `row_points` type) with `row_label` beside them; `texts` (:class:`CellText`)
+    written over cells, `frames` (column numbers) outlined in dark grey; a column named '' or None is not
+    ticked. On white, as matplotlib draws an image in axes."""
     n_rows, n_cols = cells.shape[:2]
     height, width = max(int(size[0]), 1), max(int(size[1]), n_cols)
     rows = np.minimum((np.arange(height) * n_rows) // height, n_rows - 1)
@@ -340,7 +344,7 @@ def matrix_figure(
         grid[[1, -2], left : right + 1] = 0.2
     centres = [1 + (j + 0.5) * cell_w for j in range(n_cols)]
     for item in texts:
-        ink = text_image(item.text, 8, rotate=item.vertical)
+        ink = text_image(item.text, item.points, rotate=item.vertical)
         if item.white:
             ink = 1.0 - ink
         x = 1 + (item.column + 0.5) * cell_w - ink.shape[1] / 2
@@ -356,7 +360,7 @@ def matrix_figure(
     drawn = [(x, lab) for x, lab in zip(centres, labels) if lab is not None]
     below = max((lab.shape[0] for _, lab in drawn), default=0) + 8
     ticks, tick_texts = row_ticks if row_ticks is not None else (np.array([]), [])
-    tick_images = [text_image(t, 10) for t in tick_texts]
+    tick_images = [text_image(t, row_points) for t in tick_texts]
     ylabel = text_image(row_label, 10, rotate=True) if row_label else np.ones((1, 0, 3))
     tick_space = max((im.shape[1] for im in tick_images), default=0) + (8 if tick_images else 0)
     overhang = max((lab.shape[1] - 2 - int(round(x)) for x, lab in drawn), default=0)  # names reach left
@@ -376,3 +380,104 @@ def matrix_figure(
     if row_label:
         _paste_ink(canvas, ylabel, top + (grid.shape[0] - ylabel.shape[0]) // 2, PAD)
     return canvas
+
+
+TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """One curve of a panel: its values over the shared x, its name in the legend, its width in points."""
+
+    y: NDArray
+    name: str
+    points: float = 1.4
+
+
+def _rgb_of(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def _limits(low: float, high: float) -> tuple[float, float]:
+    """Data limits with matplotlib's 5% margins."""
+    span = (high - low) or 1.0
+    return low - 0.05 * span, high + 0.05 * span
+
+
+def line_panels(x: NDArray, panels, size: tuple[int, int], gap: int, xlabel: str) -> NDArray:
+    """Panels of curves over a shared x axis, one above the other, as matplotlib's subplots with ``sharex``:
+    each `size` = (height, width) pixels, framed, with a grey line at 0, its y ticks (7 points) on the left and
+    its legend on the right (8 points, matplotlib's colours in turn); x ticks on every panel, their values and
+    `xlabel` under the last. `panels` holds lists of :class:`Line`. Curves drawn at twice the size and
+    averaged down: smooth."""
+    from PIL import Image, ImageDraw
+
+    height, width = size
+    s = 2
+    x_low, x_high = _limits(float(x[0]), float(x[-1]))
+    x_ticks, x_texts = nice_ticks(x_low, x_high, min(9, max(1, int(width * 72 / DPI / 40))))
+    x_pixels = [int(round((v - x_low) / (x_high - x_low) * (width - 1))) for v in x_ticks]
+    ranges = []
+    for lines in panels:
+        values = np.concatenate([np.asarray(line.y, dtype=np.float64) for line in lines] + [np.zeros(1)])
+        y_low, y_high = _limits(float(np.nanmin(values)), float(np.nanmax(values)))
+        y_ticks, y_texts = nice_ticks(y_low, y_high, min(9, max(1, int(height * 72 / DPI / 14))))
+        ranges.append((y_low, y_high, y_ticks, [text_image(t, 7) for t in y_texts]))
+    left = max((im.shape[1] for *_, labels in ranges for im in labels), default=0) + 8  # the panels' axes align
+    blocks = []
+    for n, (lines, (y_low, y_high, y_ticks, y_labels)) in enumerate(zip(panels, ranges)):
+        image = Image.new("RGB", (width * s, height * s), (255, 255, 255))
+        draw = ImageDraw.Draw(image)
+
+        def to_pixels(xs, ys, y_low=y_low, y_high=y_high):
+            return list(
+                zip(
+                    ((xs - x_low) / (x_high - x_low) * (width - 1) * s).tolist(),
+                    ((y_high - ys) / (y_high - y_low) * (height - 1) * s).tolist(),
+                )
+            )
+
+        draw.line(to_pixels(np.array([x_low, x_high]), np.zeros(2)), fill=(153, 153, 153), width=2)
+        for k, line in enumerate(lines):
+            line_width = max(1, round(line.points * DPI / 72 * s))
+            colour = _rgb_of(TAB10[k % 10])
+            draw.line(to_pixels(np.asarray(x, float), np.asarray(line.y, float)), fill=colour, width=line_width)
+        axes = downsample(np.asarray(image, dtype=np.float64) / 255.0, s)
+        axes[[0, -1], :] = 0.0
+        axes[:, [0, -1]] = 0.0
+        legend = [(line, text_image(line.name, 8)) for line in lines]
+        right = 8 + 22 + 6 + max((im.shape[1] for _, im in legend), default=0)
+        last = n == len(panels) - 1
+        x_labels = [text_image(t, 7) for t in x_texts] if last else []
+        title = text_image(xlabel, 10) if last else np.ones((0, 1, 3))
+        below = (max((im.shape[0] for im in x_labels), default=0) + 8 + title.shape[0] + 2) if last else 4
+        block = np.ones((height + 6 + below, left + width + right, 3))
+        top = 6
+        block[top : top + height, left : left + width] = axes
+        for value, label in zip(y_ticks, y_labels):
+            y = top + int(round((y_high - value) / (y_high - y_low) * (height - 1)))
+            block[y, left - 4 : left] = 0.0
+            _paste_ink(block, label, y - label.shape[0] // 2, left - 6 - label.shape[1])
+        for k, pixel in enumerate(x_pixels):
+            block[top + height : top + height + 4, left + pixel] = 0.0
+            if last:
+                label = x_labels[k]
+                _paste_ink(block, label, top + height + 6, left + pixel - label.shape[1] // 2)
+        if last:
+            _paste_ink(block, title, block.shape[0] - title.shape[0] - 2, left + (width - title.shape[1]) // 2)
+        y = top + 6
+        for k, (line, label) in enumerate(legend):
+            colour = np.array(_rgb_of(TAB10[k % 10])) / 255.0
+            thick = max(1, round(line.points * DPI / 72))
+            middle = y + label.shape[0] // 2
+            block[middle - thick // 2 : middle - thick // 2 + thick, left + width + 8 : left + width + 30] = colour
+            _paste_ink(block, label, y, left + width + 36)
+            y += label.shape[0] + 6
+        blocks.append(block)
+    columns = max(b.shape[1] for b in blocks)
+    out = np.ones((sum(b.shape[0] for b in blocks) + gap * (len(blocks) - 1) + 2 * PAD, columns + 2 * PAD, 3))
+    y = PAD
+    for b in blocks:
+        out[y : y + b.shape[0], PAD : PAD + b.shape[1]] = b
+        y += b.shape[0] + gap
+    return out

@@ -7,7 +7,7 @@ Data (generated, fixed seed):
 - the demo: ``voxfit demo -o DIR`` (a synthetic run, 4 contrasts), then its report rebuilt;
 - a surface group: an icosphere subdivided 7 times (163,842 vertices, 327,680 triangles, fsaverage's counts),
   stretched to a hemisphere's extent and folded, as ``lh.surf.gii``; 20 subjects' ``.func.gii`` maps of smooth
-  noise plus two blobs; ``voxfit group maps --mesh lh.surf.gii`` (one-sample t, FDR), then its report.
+  noise plus four blobs; ``voxfit group maps --mesh lh.surf.gii`` (one-sample t, FDR), then its report.
 
 Timed (best of --repeat; wall time, CPU time in brackets, GNU time's peak memory): ``voxfit demo`` with and
 without ``--report`` (their difference is the demo's report), ``voxfit report DIR`` as a whole process
@@ -108,9 +108,14 @@ def in_process(folder: Path, repeat: int) -> tuple[float, float]:
     return min(runs)
 
 
-def verdict(measured: float, target: float) -> str:
-    met = "met" if measured <= target else "MISSED"
-    return f"{measured:.2f} s, {measured / target:.2f}x the target of {target:g} s: {met}"
+def verdict(wall: float, cpu: float, target: float) -> str:
+    """The time against its target, by wall clock and by CPU time (what the wall clock would be on an idle
+    machine, for this single-threaded work)."""
+
+    def met(t: float) -> str:
+        return "met" if t <= target else "MISSED"
+
+    return f"wall {wall:.2f} s ({wall / target:.2f}x of {target:g} s): {met(wall)}; CPU {cpu:.2f} s: {met(cpu)}"
 
 
 def main(argv=None) -> int:
@@ -136,7 +141,10 @@ def main(argv=None) -> int:
             f"{alone.wall:.2f} ({alone.cpu:.2f}), {alone.peak / 2**20:.0f} MiB | build_report after import "
             f"{wall:.2f} ({cpu:.2f}) | report.html {(demo / 'report.html').stat().st_size / 2**20:.1f} MiB"
         )
-        print(f"  the demo's report (demo --report minus demo): {verdict(share, DEMO_TARGET_S)}")
+        print(
+            "  the demo's report (demo --report minus demo): "
+            + verdict(share, with_report.cpu - plain.cpu, DEMO_TARGET_S)
+        )
         paths, mesh, n_vertices = make_surface_group(folder, args.subjects)
         group = folder / "surface-group"
         subprocess.run(voxfit("group", *paths, "--mesh", str(mesh), "-o", str(group)), check=True)
@@ -150,7 +158,10 @@ def main(argv=None) -> int:
             f"report {alone.wall:.2f} ({alone.cpu:.2f}), {alone.peak / 2**20:.0f} MiB | build_report after import "
             f"{wall:.2f} ({cpu:.2f})"
         )
-        print(f"  a 163k-vertex surface contrast (build_report after import): {verdict(wall, SURFACE_TARGET_S)}")
+        print(
+            "  a 163k-vertex surface contrast (build_report after import, its design and reading included): "
+            + verdict(wall, cpu, SURFACE_TARGET_S)
+        )
     return 0
 
 

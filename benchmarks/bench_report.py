@@ -12,7 +12,8 @@ Data (generated, fixed seed):
 Timed (best of --repeat; wall time, CPU time in brackets, GNU time's peak memory): ``voxfit demo`` with and
 without ``--report`` (their difference is the demo's report), ``voxfit report DIR`` as a whole process
 (start-up, imports, reading the maps, figures, writing), and ``build_report(DIR)`` in this process after a
-first call (the figures and tables alone). Targets (issue 20): the demo's report <= 3 s, a 163k-vertex surface
+first call (the figures and tables alone). Targets (issue 20): the demo's report <= 3 s (judged on the whole
+``voxfit report`` process, an upper bound of its share of ``voxfit demo --report``), a 163k-vertex surface
 contrast <= 1 s (in process). On a machine shared with other work, CPU time is the steadier figure.
 """
 
@@ -142,9 +143,11 @@ def main(argv=None) -> int:
             f"{wall:.2f} ({cpu:.2f}) | report.html {(demo / 'report.html').stat().st_size / 2**20:.1f} MiB"
         )
         print(
-            "  the demo's report (demo --report minus demo): "
-            + verdict(share, with_report.cpu - plain.cpu, DEMO_TARGET_S)
+            f"  demo --report minus demo: {share:.2f} s ({with_report.cpu - plain.cpu:.2f} s CPU), the difference of "
+            "two noisy times; bounded above by the whole voxfit report process (which also starts Python and "
+            "imports numpy, scipy and nibabel, as the demo already did):"
         )
+        print("  the demo's report (voxfit report, whole process): " + verdict(alone.wall, alone.cpu, DEMO_TARGET_S))
         paths, mesh, n_vertices = make_surface_group(folder, args.subjects)
         group = folder / "surface-group"
         subprocess.run(voxfit("group", *paths, "--mesh", str(mesh), "-o", str(group)), check=True)

@@ -1,4 +1,5 @@
-"""Self-contained HTML reports of finished output folders (matplotlib figures; ``pip install 'voxfit[report]'``)."""
+"""Self-contained HTML reports of finished output folders (figures drawn with numpy and Pillow, distributions with
+matplotlib; ``pip install 'voxfit[report]'``)."""
 
 from ._page import Sections, build_report, html_page, html_table, report_sections, write_report
 from ._results import Contrast, DesignView, Results, read_map

@@ -1,4 +1,8 @@
-"""The report's figures, drawn with matplotlib's object interface (no pyplot, no global state) as PNG bytes.
+"""The report's figures as PNG bytes. Matrices (design, correlations, contrast weights), regressors over time,
+slices, mosaics and surface views are drawn as pixel arrays (:mod:`._raster`: numpy, text by Pillow in
+matplotlib's font), at the sizes and in the colours matplotlib gave them: a matplotlib figure cost 0.1-0.4 s
+each (seconds for a mesh), most of a report's time. Distributions (histograms, spectra), which few reports
+hold, are drawn with matplotlib's object interface (no pyplot, no global state).
 
 Volumes are drawn in RAS orientation (left of the brain on the left of each panel, "neurological"), with
 the statistic over a grey background, voxels below the threshold transparent.
@@ -12,6 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..design.kinds import INTEREST_KINDS
+from . import _raster as raster
+from ._raster import DPI, ColourScale, colour_scale
 
 __all__ = [
     "colour_scale",
@@ -25,22 +31,6 @@ __all__ = [
     "residual_spectrum",
     "surface_views",
 ]
-
-DPI = 96
-
-
-def colour_scale(vmax: float, signed: bool):
-    """(colormap, normalisation) of statistic overlays: RdBu_r without its pale middle over [-vmax, vmax]
-    (thresholded values stay visible on a light background), or its red half over [0, vmax] when only
-    positive values are shown."""
-    from matplotlib import colormaps
-    from matplotlib.colors import ListedColormap, Normalize
-
-    base = colormaps["RdBu_r"]
-    high = base(np.linspace(0.67, 1.0, 128))
-    if not signed:
-        return ListedColormap(high, "voxfit_positive"), Normalize(0.0, vmax)
-    return ListedColormap(np.vstack([base(np.linspace(0.0, 0.33, 128)), high]), "voxfit_signed"), Normalize(-vmax, vmax)
 
 
 def _figure(width: float, height: float):
@@ -64,16 +54,16 @@ def _short(name: str, most: int = 30) -> str:
     return name if len(name) <= most else f"{name[: most // 2 - 1]}…{name[-(most - most // 2) :]}"
 
 
-def _column_ticks(ax, names, axis: str = "x") -> None:
-    """Every column named (smaller type past 50 columns, every k-th past 100), long names shortened."""
+def _axes_pixels(width: float, height: float) -> tuple[int, int]:
+    """(height, width) in pixels of matplotlib's default axes (77% x 77.5% of the figure) in a figure of
+    `width` x `height` inches: the size the matrix figures keep."""
+    return round(0.77 * height * DPI), round(0.775 * width * DPI)
+
+
+def _tick_names(names) -> list[str]:
+    """Every column's name (shortened), or every k-th past 100 columns ('' for the others)."""
     step = max(1, int(np.ceil(len(names) / 100)))
-    ticks = np.arange(0, len(names), step)
-    labels = [_short(names[i]) for i in ticks]
-    size = 8 if len(names) <= 50 else 6
-    if axis == "x":
-        ax.set_xticks(ticks, labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=size)
-    else:
-        ax.set_yticks(ticks, labels, fontsize=size)
+    return [_short(name) if j % step == 0 else "" for j, name in enumerate(names)]
 
 
 def design_matrix(X: NDArray, names, rows: str = "scan", tr: float | None = None) -> bytes:
@@ -82,63 +72,57 @@ def design_matrix(X: NDArray, names, rows: str = "scan", tr: float | None = None
     below. A constant column (an intercept, a run's constant, an empty regressor) would be a plain white or
     grey bar, and a one-sample design's only column a white box on the white page: constant columns are
     drawn mid-grey, framed, with their value written along them."""
-    p = X.shape[1]
+    n, p = X.shape
     peak = np.abs(X).max(axis=0)
     shown = X / np.where(peak > 0, peak, 1.0)
     constant = np.ptp(X, axis=0) == 0
     shown[:, constant] = 0.0
-    fig = _figure(min(1.0 + 0.3 * p, 13.0), 5.0)
-    ax = fig.add_subplot()
-    ax.imshow(shown, aspect="auto", cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-    n = X.shape[0]
-    for j in np.flatnonzero(constant):
-        ax.add_patch(_rectangle(j, n))
-        ax.text(
-            j,
-            (n - 1) / 2,
-            f"constant {X[0, j]:.3g}",
-            rotation=90,
-            ha="center",
-            va="center",
-            fontsize=8 if p <= 50 else 6,
-            color="black",
-            clip_on=True,
-        )
-    _column_ticks(ax, names)
-    ax.set_ylabel(rows if tr is None else f"{rows} (TR {tr:g} s)")
-    return _png(fig)
-
-
-def _rectangle(j: int, n: int):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((j - 0.5, -0.5), 1.0, n, fill=False, edgecolor="0.2", lw=0.8)
+    grey = np.clip((shown + 1.0) / 2.0, 0.0, 1.0)
+    texts = [
+        raster.CellText((n - 1) // 2, int(j), f"constant {X[0, j]:.3g}", vertical=True)
+        for j in np.flatnonzero(constant)
+    ]
+    size = _axes_pixels(min(1.0 + 0.3 * p, 13.0), 5.0)
+    canvas = raster.matrix_figure(
+        np.repeat(grey[..., None], 3, axis=2),
+        size,
+        _tick_names(names),
+        name_points=8 if p <= 50 else 6,
+        row_ticks=raster.nice_ticks(0, n - 1, min(9, max(1, int(size[0] * 72 / DPI / 20)))),
+        row_label=rows if tr is None else f"{rows} (TR {tr:g} s)",
+        texts=texts,
+        frames=np.flatnonzero(constant),
+    )
+    return raster.encode_png(canvas)
 
 
 def correlation_matrix(X: NDArray, names) -> bytes:
-    """Pearson correlation of the regressors (give columns that vary), the values written when they fit."""
+    """Pearson correlation of the regressors (give columns that vary), the values written when they fit, with
+    a colour bar (RdBu_r over [-1, 1])."""
     p = X.shape[1]
     corr = np.corrcoef(X, rowvar=False)
-    size = min(2.0 + 0.35 * p, 11.0)
-    fig = _figure(size + 1.0, size)
-    ax = fig.add_subplot()
-    image = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    _column_ticks(ax, names)
-    _column_ticks(ax, names, axis="y")
+    side = round(0.75 * min(2.0 + 0.35 * p, 11.0) * DPI)  # the square matplotlib's axes held beside the bar
+    scale = raster.ColourScale(-1.0, 1.0, raster.rdbu_r())
+    texts = []
     if p <= 14:
-        for i in range(p):
-            for j in range(p):
-                ax.text(
-                    j,
-                    i,
-                    f"{round(corr[i, j], 2) + 0.0:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if abs(corr[i, j]) > 0.6 else "black",
-                )
-    fig.colorbar(image, ax=ax, shrink=0.8, label="correlation")
-    return _png(fig)
+        texts = [
+            raster.CellText(i, j, f"{round(corr[i, j], 2) + 0.0:.2f}", white=bool(abs(corr[i, j]) > 0.6), points=7)
+            for i in range(p)
+            for j in range(p)
+        ]
+    labels = _tick_names(names)
+    rows = [j for j, name in enumerate(labels) if name]
+    canvas = raster.matrix_figure(
+        scale.rgb(corr),
+        (side, side),
+        labels,
+        name_points=8 if p <= 50 else 6,
+        row_ticks=(np.array(rows), [labels[j] for j in rows]),
+        row_points=8 if p <= 50 else 6,
+        texts=texts,
+    )
+    bar = raster.colour_bar(round(0.8 * side), scale, "correlation")
+    return raster.encode_png(raster.side_by_side(canvas, bar, gap=10, pad=2))
 
 
 def regressors(X: NDArray, names, kinds, tr: float | None) -> bytes:
@@ -150,53 +134,47 @@ def regressors(X: NDArray, names, kinds, tr: float | None) -> bytes:
             panels[-1].append(j)
         elif kind in INTEREST_KINDS:
             panels.append([j])
-    fig = _figure(9.0, 0.3 + 1.0 * len(panels))
     t = np.arange(X.shape[0]) * (tr or 1.0)
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, columns in zip(axes, panels):
-        ax.axhline(0, color="0.6", lw=0.6)
-        for n, j in enumerate(columns):
-            ax.plot(t, X[:, j], lw=1.4 if n == 0 else 0.9, label=_short(names[j]))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-        ax.tick_params(labelsize=7)
-    axes[-1].set_xlabel("time (s)" if tr else "scan")
-    return _png(fig)
+    lines = [[raster.Line(X[:, j], _short(names[j]), 1.4 if n == 0 else 0.9) for n, j in enumerate(c)] for c in panels]
+    # matplotlib's subplots in a 9-inch figure 0.3 + 1 inch per panel: 77.5% x 77% of it, 0.2 of a panel between
+    height = 0.77 * (0.3 + 1.0 * len(panels)) * DPI / (len(panels) + 0.2 * (len(panels) - 1))
+    size = (round(height), round(0.775 * 9.0 * DPI))
+    canvas = raster.line_panels(t, lines, size, round(0.2 * height), "time (s)" if tr else "scan")
+    return raster.encode_png(canvas)
 
 
 def contrast_vector(weights: NDArray, names) -> bytes:
-    """The contrast's rows over the design columns, weights written in the cells."""
+    """The contrast's rows over the design columns (RdBu_r over [-largest, largest]), weights written in the
+    cells."""
     q, p = weights.shape
-    vmax = np.abs(weights).max() or 1.0
-    fig = _figure(min(1.0 + 0.3 * p, 13.0), 0.3 + 0.3 * q)
-    ax = fig.add_subplot()
-    ax.imshow(weights, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
-    for i in range(q):
-        for j in range(p):
-            if weights[i, j] != 0:
-                ax.text(
-                    j,
-                    i,
-                    f"{weights[i, j]:.3g}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if abs(weights[i, j]) > 0.5 * vmax else "black",
-                )
-    _column_ticks(ax, names)
-    ax.set_yticks(range(q), [str(i + 1) for i in range(q)] if q > 1 else [""], fontsize=8)
-    return _png(fig)
+    vmax = float(np.abs(weights).max()) or 1.0
+    scale = raster.ColourScale(-vmax, vmax, raster.rdbu_r())
+    texts = [
+        raster.CellText(i, j, f"{weights[i, j]:.3g}", white=bool(abs(weights[i, j]) > 0.5 * vmax))
+        for i in range(q)
+        for j in range(p)
+        if weights[i, j] != 0
+    ]
+    ticks = (np.arange(q), [str(i + 1) for i in range(q)]) if q > 1 else None
+    canvas = raster.matrix_figure(
+        scale.rgb(weights),
+        _axes_pixels(min(1.0 + 0.3 * p, 13.0), 0.3 + 0.3 * q),
+        _tick_names(names),
+        name_points=8 if p <= 50 else 6,
+        row_ticks=ticks,
+        texts=texts,
+    )
+    return raster.encode_png(canvas)
 
 
-def _rgba(background: NDArray, stat: NDArray, shown: NDArray, scale, grey: tuple[float, float]) -> NDArray:
-    """One slice as RGBA (rows up, RAS: transposed and flipped for display): the background from black to
-    light grey between `grey` = (low, high), the statistic where `shown` in a diverging map."""
+def _rgb(background: NDArray, stat: NDArray, shown: NDArray, scale: ColourScale, grey: tuple[float, float]) -> NDArray:
+    """One slice as RGB (rows up, RAS: transposed and flipped for display): the background from black to
+    light grey between `grey` = (low, high), the statistic where `shown` in the scale's colours."""
     low, high = grey
     level = 0.8 * np.clip((np.nan_to_num(background) - low) / ((high - low) or 1.0), 0.0, 1.0)
-    rgba = np.stack([level, level, level, np.ones_like(level)], axis=-1)
-    cmap, norm = scale
-    colour = cmap(np.clip(norm(np.nan_to_num(stat)), 0.0, 1.0))
-    rgba[shown] = colour[shown]
-    return rgba.transpose(1, 0, 2)[::-1]
+    rgb = np.repeat(level[..., None], 3, axis=-1)
+    rgb[shown] = scale.rgb(stat[shown])
+    return rgb.transpose(1, 0, 2)[::-1]
 
 
 def _grey_range(background: NDArray) -> tuple[float, float]:
@@ -204,113 +182,127 @@ def _grey_range(background: NDArray) -> tuple[float, float]:
     return (0.0, 1.0) if inside.size == 0 else (0.0, float(np.percentile(inside, 98)) or 1.0)
 
 
-def _colorbar(fig, rect, scale, label: str) -> None:
-    from matplotlib.cm import ScalarMappable
-
-    cmap, norm = scale  # a Normalize of its own per bar: one shared by several figures' mappables trips
-    # matplotlib's callback clean-up when they are collected (KeyError 'changed', printed as a warning)
-    fig.colorbar(ScalarMappable(type(norm)(norm.vmin, norm.vmax), cmap), cax=fig.add_axes(rect), label=label)
-
-
-def _tile(grid: list[list[NDArray]], gap: int = 2, title_rows: int = 6):
+def _tile(grid: list[list[NDArray]], title_rows: int, gap: int = 2):
     """Panels in rows (each panel bottom-aligned in its row, black around), with `title_rows` blank pixel
-    rows above each row for titles; the image and the (x centre, y top) of each panel."""
+    rows above each row for titles; the image and the (x centre, y bottom) of each panel's title band."""
     widths = [sum(p.shape[1] for p in row) + gap * (len(row) - 1) for row in grid]
     heights = [max(p.shape[0] for p in row) + title_rows for row in grid]
-    image = np.zeros((sum(heights), max(widths), 4))
-    image[..., 3] = 1.0
+    image = np.zeros((sum(heights), max(widths), 3))
     anchors, y = [], 0
     for row, height in zip(grid, heights):
         x = 0
         for panel in row:
             image[y + height - panel.shape[0] : y + height, x : x + panel.shape[1]] = panel
-            anchors.append((x + panel.shape[1] / 2, y + title_rows - 1))
+            anchors.append((x + panel.shape[1] / 2, y + title_rows))
             x += panel.shape[1] + gap
         y += height
     return image, anchors
 
 
-def _slice_image(grid, titles, aspect_grid, scale, label: str, width: float) -> bytes:
-    """Rows of slices, each resampled to square pixels by its voxel aspect, drawn as one image with white
-    titles over each slice and a colour bar."""
-    from scipy.ndimage import zoom
+def _slice_image(grid, titles, aspect_grid, scale: ColourScale, label: str, width: float) -> bytes:
+    """Rows of slices, each resampled to square pixels by its voxel aspect, drawn as one image enlarged by a
+    whole factor (nearest voxel) to about 90% of `width` inches, with white titles over each slice and a
+    colour bar."""
 
     def square(panel, a):
-        return zoom(panel, (max(a, 1.0), max(1.0 / a, 1.0), 1), order=0) if abs(a - 1.0) > 1e-6 else panel
+        if abs(a - 1.0) <= 1e-6:
+            return panel
+        from scipy.ndimage import zoom
+
+        return zoom(panel, (max(a, 1.0), max(1.0 / a, 1.0), 1), order=0)
 
     grid = [[square(p, a) for p, a in zip(row, aspects)] for row, aspects in zip(grid, aspect_grid)]
-    title_rows = max(6, max(p.shape[0] for row in grid for p in row) // 8)
-    image, anchors = _tile(grid, title_rows=title_rows)
-    height = width * 0.9 * image.shape[0] / image.shape[1]
-    fig = _figure(width, height)
-    ax = fig.add_axes((0.0, 0.0, 0.9, 1.0))
-    ax.imshow(image, interpolation="nearest")
-    for (x, y), title in zip(anchors, titles):
-        ax.text(x, y, title, ha="center", va="bottom", fontsize=8, color="white")
-    ax.set_axis_off()
-    _colorbar(fig, (0.92, 0.12, 0.015, 0.76), scale, label)
-    return _png(fig)
+    columns = max(sum(p.shape[1] for p in row) + 2 * (len(row) - 1) for row in grid)
+    factor = max(1, round(0.9 * width * DPI / columns))
+    tallest = max(p.shape[0] for row in grid for p in row)
+    title_rows = max(6, tallest // 8, -(-15 // factor))  # room for 8-point titles at any enlargement
+    image, anchors = _tile(grid, title_rows)
+    image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+    anchors = [(x * factor, y * factor - max(1, factor // 2)) for x, y in anchors]
+    image = raster.add_text(image, anchors, titles, 8)
+    bar = raster.colour_bar(round(0.76 * image.shape[0]), scale, label)
+    return raster.encode_png(raster.side_by_side(image, bar))
 
 
 def orthogonal_slices(
-    background: NDArray, stat: NDArray, shown: NDArray, zooms, ijk, mm, scale, label: str = ""
+    background: NDArray, stat: NDArray, shown: NDArray, zooms, ijk, mm, scale: ColourScale, label: str = ""
 ) -> bytes:
     """Sagittal, coronal and axial slices through voxel `ijk` (RAS arrays), labelled with its mm position."""
     i, j, k = ijk
     grey = _grey_range(background)
     cuts = [np.s_[i, :, :], np.s_[:, j, :], np.s_[:, :, k]]
-    panels = [_rgba(background[c], stat[c], shown[c], scale, grey) for c in cuts]
+    panels = [_rgb(background[c], stat[c], shown[c], scale, grey) for c in cuts]
     aspects = [zooms[2] / zooms[1], zooms[2] / zooms[0], zooms[1] / zooms[0]]
     titles = [f"x = {mm[0]:.0f} mm", f"y = {mm[1]:.0f} mm", f"z = {mm[2]:.0f} mm"]
     return _slice_image([panels], titles, [aspects], scale, label, 10.0)
 
 
-def mosaic(background: NDArray, stat: NDArray, shown: NDArray, zooms, slices, z_mm, scale, label: str = "") -> bytes:
+def mosaic(
+    background: NDArray, stat: NDArray, shown: NDArray, zooms, slices, z_mm, scale: ColourScale, label: str = ""
+) -> bytes:
     """Axial slices `slices` (RAS arrays), six to a row, each labelled with its z in mm."""
     grey = _grey_range(background)
-    panels = [_rgba(background[:, :, k], stat[:, :, k], shown[:, :, k], scale, grey) for k in slices]
+    panels = [_rgb(background[:, :, k], stat[:, :, k], shown[:, :, k], scale, grey) for k in slices]
     grid = [panels[a : a + 6] for a in range(0, len(panels), 6)]
     aspects = [[zooms[1] / zooms[0]] * len(row) for row in grid]
     return _slice_image(grid, [f"z = {z:.0f}" for z in z_mm], aspects, scale, label, 12.0)
 
 
-def surface_views(coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray, scale, label: str = "") -> bytes:
-    """Lateral and medial views of a hemisphere (orthographic): grey shading by the surface's orientation,
-    the statistic where `shown` (a triangle is coloured when two or three of its vertices are, by the mean
-    of those). Triangles facing away from the viewer are not drawn, so the far side never shows through."""
-    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+VIEW_PIXELS = (300, 420)  # (rows, columns) a view of a surface fills at most
+SUPERSAMPLE = 2  # each view drawn at twice its size and averaged down: smooth edges
 
-    tri = coords[faces]
-    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(min=1e-12)
-    centroids = tri.mean(axis=1)
-    if np.sum(normals * (centroids - coords.mean(axis=0))) < 0:  # triangles wound inwards: normals point in
+
+def _titled(image: NDArray, title: str, points: float) -> NDArray:
+    """`image` under a white band with `title` centred in it."""
+    text = raster.text_image(title, points)
+    band = np.ones((text.shape[0] + 4, image.shape[1], 3))
+    x = max(0, (image.shape[1] - text.shape[1]) // 2)
+    band[2 : 2 + text.shape[0], x : x + text.shape[1]] = text[:, : image.shape[1] - x]
+    return np.vstack([band, image])
+
+
+def surface_views(
+    coords: NDArray, faces: NDArray, stat: NDArray, shown: NDArray, scale: ColourScale, label: str = ""
+) -> bytes:
+    """Lateral and medial views of a hemisphere (orthographic, along the x axis, the same scale in both): grey
+    shading by the surface's orientation, the statistic where `shown` (a triangle is coloured when two or three
+    of its vertices are, by the mean of those). Triangles facing away from the viewer are not drawn, and of
+    those facing it the nearest shows, so the far side never shows through."""
+    coords = np.asarray(coords, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    a, b, c = (coords[faces[:, k]].astype(np.float32) for k in range(3))
+    normals = np.cross(b - a, c - a)
+    normals /= np.sqrt(np.einsum("ij,ij->i", normals, normals)).clip(min=1e-12)[:, None]
+    outwards = np.einsum("ij,ij->", normals, (a + b + c) / 3 - coords.mean(axis=0).astype(np.float32))
+    if outwards < 0:  # triangles wound inwards: normals point in
         normals = -normals
-    count = shown[faces].sum(axis=1)
+    corners = shown[faces]
+    count = corners.sum(axis=1)
     on = count >= 2
-    values = np.where(shown[faces], np.nan_to_num(stat[faces]), 0.0).sum(axis=1) / np.maximum(count, 1)
-    cmap, norm = scale
-    colour = cmap(np.clip(norm(values), 0.0, 1.0))
+    values = np.where(corners, np.nan_to_num(stat[faces]), 0.0).sum(axis=1) / np.maximum(count, 1)
+    colour = scale.rgb(values)
     left = coords[:, 0].mean() < 0  # a left hemisphere's lateral side faces -x
-    fig = _figure(10.0, 3.6)
     low, high = coords.min(axis=0), coords.max(axis=0)
-    for n, (title, azim) in enumerate([("lateral", 180 if left else 0), ("medial", 0 if left else 180)]):
-        ax = fig.add_axes((0.45 * n, 0.0, 0.45, 0.92), projection="3d")
-        view = np.array([np.cos(np.radians(azim)), np.sin(np.radians(azim)), 0.0])
+    middle = (low + high) / 2
+    extent = np.maximum(high - low, 1e-6)
+    rows, cols = VIEW_PIXELS
+    mm = min(0.92 * cols / extent[1], 0.92 * rows / extent[2])  # pixels per mm: y across, z up
+    views = []
+    for title, azim in [("lateral", 180 if left else 0), ("medial", 0 if left else 180)]:
+        view = np.array([np.cos(np.radians(azim)), np.sin(np.radians(azim)), 0.0])  # towards the viewer
+        across = np.array([-view[1], view[0], 0.0])  # the screen's x axis
         facing = normals @ view > 0
         light = 0.35 + 0.55 * np.abs(normals[facing] @ view)
-        rgba = np.where(on[facing, None], colour[facing], np.column_stack([light, light, light, np.ones_like(light)]))
-        ax.add_collection3d(Poly3DCollection(tri[facing], facecolors=rgba, edgecolor="none"))
-        ax.set_xlim(low[0], high[0])
-        ax.set_ylim(low[1], high[1])
-        ax.set_zlim(low[2], high[2])
-        ax.view_init(elev=0, azim=azim)
-        ax.set_proj_type("ortho")
-        ax.set_box_aspect(tuple(np.maximum(high - low, 1e-6)), zoom=1.2)
-        ax.set_axis_off()
-        ax.set_title(title, fontsize=9)
-    _colorbar(fig, (0.92, 0.15, 0.015, 0.7), scale, label)
-    return _png(fig)
+        rgb = np.where(on[facing, None], colour[facing], light[:, None])
+        s = SUPERSAMPLE
+        xy = np.column_stack(
+            [((coords - middle) @ across * mm + cols / 2) * s, ((middle[2] - coords[:, 2]) * mm + rows / 2) * s]
+        )
+        image = raster.rasterise_triangles(xy, coords @ view, faces[facing], rgb, (rows * s, cols * s))
+        image = raster.downsample(image, s)
+        views.append(_titled(image, title, 9))
+    bar = raster.colour_bar(round(0.8 * rows), scale, label)
+    return raster.encode_png(raster.side_by_side(*views, bar))
 
 
 def histogram(values: NDArray, shown: NDArray, threshold: float | None, label: str) -> bytes:

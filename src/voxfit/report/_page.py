@@ -266,23 +266,32 @@ def _maxima_rows(th: Threshold, adjacency_of, positions, describe, unit: str, el
     (SPM's rule, :mod:`._peaks`): one row per maximum, every column filled, and the maxima's element numbers.
     ``positions(elements)`` gives their (m, 3) positions in mm, ``describe(element, xyz)`` their position
     columns."""
-    from ..inference.clusters import label_clusters
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import connected_components
 
     index = np.flatnonzero(th.shown)
     adjacency = adjacency_of(th.shown)
-    labels, sizes, _ = label_clusters(np.ones(index.size), adjacency, 0.0)
+    # connected components by scipy's graph search (the inference's compiled labelling would load numba, ~1 s)
+    graph = csr_array(
+        (np.ones(adjacency.indices.size, dtype=np.int8), adjacency.indices, adjacency.indptr),
+        shape=(index.size, index.size),
+    )
+    _, component = connected_components(graph, directed=False)
+    sizes = np.bincount(component)
+    first = np.full(sizes.size, index.size)
+    np.minimum.at(first, component, np.arange(index.size))
     values = th.stat[index]
     peak = np.full(sizes.size, -np.inf)
-    np.maximum.at(peak, labels - 1, values)
-    order = np.lexsort((-peak, -sizes))
+    np.maximum.at(peak, component, values)
+    order = np.lexsort((first, -peak, -sizes))  # by size, then peak, then the lowest-numbered element
     rank = np.empty(sizes.size, dtype=int)
     rank[order] = np.arange(1, sizes.size + 1)
-    cluster = rank[labels - 1]
+    cluster = rank[component]
     xyz = positions(index)
     kept = spaced_maxima(cluster, values, xyz, local_maxima(values, adjacency))
     rows = []
     for k in kept:
-        size = int(sizes[labels[k] - 1])
+        size = int(sizes[component[k]])
         row = {"cluster": int(cluster[k]), unit: size}
         if element_mm3 is not None:
             row["mm³"] = size * element_mm3

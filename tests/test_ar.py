@@ -409,3 +409,78 @@ def test_ar_block_fit_flags_the_voxels_its_sums_cannot_fit(rng):
     assert exact.flagged.size == 0
     npt.assert_allclose(from_sums.betas[:, [0, 1, 3, 5]], exact.betas[:, [0, 1, 3, 5]], rtol=1e-10)
     assert exact.rss[2] == 0 and len(exact.contrasts) == 1 and exact.contrasts[0][0].shape == (1, 6)
+
+
+def _stationary_models(rng, v, p):
+    """v random stationary AR(p) models (v, p), from reflection coefficients in (-0.9, 0.9) by Levinson's step-up."""
+    phi = np.zeros((v, p))
+    for j, kappa in enumerate(rng.uniform(-0.9, 0.9, (p, v))):
+        phi[:, :j] = phi[:, :j] - kappa[:, None] * phi[:, j - 1 :: -1] if j else phi[:, :j]
+        phi[:, j] = kappa
+    return phi
+
+
+def _band_and_corners_loops(phi, L_inv):
+    """The double loop over p x p that ``_band_and_corners`` replaced (top corner from the inverse Cholesky)."""
+    v, p = phi.shape
+    a = np.concatenate([np.ones((v, 1)), -phi], axis=1)
+    alpha = np.stack([np.einsum("vj,vj->v", a[:, : p + 1 - k], a[:, k:]) for k in range(p + 1)], axis=1)
+    top = np.einsum("vau,vaw->vuw", L_inv, L_inv)
+    bottom = np.zeros((v, p, p))
+    for u in range(p):
+        for w in range(p):
+            m = max(u, w)
+            top[:, u, w] -= np.einsum("vt,vt->v", a[:, m - u : p - u], a[:, m - w : p - w])
+            bottom[:, u, w] -= np.einsum("vt,vt->v", a[:, 1 + u : p + 1 - m + u], a[:, 1 + w : p + 1 - m + w])
+    return alpha, top, bottom
+
+
+@pytest.mark.parametrize("p", range(1, 17))
+def test_band_and_corners_equal_the_loops(p):
+    from voxfit.core.ar import _band_and_corners, _model_autocorrelations
+
+    phi = _stationary_models(np.random.default_rng(p), 300, p)
+    rho, gamma0 = _model_autocorrelations(phi)
+    L_inv = ar_whitening(phi, rho, gamma0)
+    alpha, top, bottom = _band_and_corners_loops(phi, L_inv)
+    new_alpha, corner = _band_and_corners(phi)
+    scale = np.abs(bottom).max(axis=(1, 2))[:, None, None]
+    assert np.abs(new_alpha - alpha).max() <= 1e-12 * np.abs(alpha).max()
+    assert (np.abs(corner - bottom) <= 1e-12 * scale).all()
+    # the top corner the loops made from L^-1 differs only by the inverse's rounding, ~cond(Gamma) eps
+    cond = np.linalg.cond(rho[:, np.abs(np.arange(p)[:, None] - np.arange(p))])[:, None, None]
+    assert (np.abs(corner - top) <= 1e-12 * scale + 50 * p * cond * np.finfo(float).eps * np.abs(top).max()).all()
+
+
+@pytest.mark.parametrize("p", [1, 2, 5, 9, 16])
+def test_corner_correction_equals_the_exact_inverse_covariance(p):
+    """Both corners of ``W'W`` (in 40-digit arithmetic: the inverse of the n x n covariance, less the band) equal
+    the one correction ``_band_and_corners`` returns."""
+    import mpmath
+
+    from voxfit.core.ar import _band_and_corners
+
+    mpmath.mp.dps = 40
+    phi = _stationary_models(np.random.default_rng(100 + p), 3, p)
+    alpha, corner = _band_and_corners(phi)
+    n = 2 * p + 2
+    for j in range(3):
+        ph = [mpmath.mpf(float(x)) for x in phi[j]]
+        A = mpmath.eye(p + 1)
+        for k in range(p + 1):
+            for i in range(1, p + 1):
+                A[k, abs(k - i)] -= ph[i - 1]
+        g = list(mpmath.lu_solve(A, mpmath.matrix([1] + [0] * p)))
+        for k in range(p + 1, n):
+            g.append(sum(ph[i - 1] * g[k - i] for i in range(1, p + 1)))
+        inv = mpmath.inverse(mpmath.matrix([[g[abs(a - b)] for b in range(n)] for a in range(n)]))
+        taps = [mpmath.mpf(1)] + [-x for x in ph]
+        band = [sum(taps[i] * taps[i + k] for i in range(p + 1 - k)) for k in range(p + 1)]
+        exact = np.array(
+            [[float(inv[a, b] - (band[abs(a - b)] if abs(a - b) <= p else 0)) for b in range(n)] for a in range(n)]
+        )
+        npt.assert_allclose(alpha[j], [float(x) for x in band], rtol=1e-13, atol=1e-13)
+        tol = 1e-12 * np.abs(exact).max()
+        npt.assert_allclose(exact[:p, :p], corner[j], atol=tol, rtol=0)
+        npt.assert_allclose(exact[::-1, ::-1][:p, :p], corner[j], atol=tol, rtol=0)
+        assert np.abs(exact[p : n - p]).max() <= tol and np.abs(exact[:p, n - p :]).max() <= tol

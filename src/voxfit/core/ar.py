@@ -209,8 +209,9 @@ class ARBlock:
         self.lagged_basis = np.concatenate(shifted, axis=1)  # (n, (p+1) r)
         self.G = np.stack([Q.T @ sq for sq in shifted])  # (p+1, r, r): Q'S_k Q
         self.top, self.bottom = Q[:p], Q[::-1][:p]  # rows 0..p-1 and n-1, n-2, .., n-p
-        corners = [np.outer(e[a], e[b]) for e in (self.top, self.bottom) for a in range(p) for b in range(p)]
-        self.gram_terms = np.stack([g.ravel() for g in list(self.G) + corners])  # (p+1+2p^2, r^2)
+        # the same correction C_ab in both corners (see _band_and_corners): its term is e_a e_b' at both ends
+        corners = np.einsum("ai,bj->abij", self.top, self.top) + np.einsum("ai,bj->abij", self.bottom, self.bottom)
+        self.gram_terms = np.concatenate([self.G.reshape(p + 1, -1), corners.reshape(p * p, -1)])  # (p+1+p^2, r^2)
         self.ones = Q.T @ np.ones(design.n_scans) if design.has_intercept else None
         w = np.linspace(0, np.pi, 256)
         self.cosines = np.cos(np.outer(w, np.arange(p + 1))) * np.r_[1.0, 2.0 * np.ones(p)]  # for |A(w)|^2
@@ -315,20 +316,31 @@ class ARBlock:
         return out
 
 
-def _band_and_corners(phi: NDArray, L_inv: NDArray):
-    """For each voxel: alpha (v, p+1) of the band of W'W, and the corrections (v, p, p) of its top-left
-    corner (rows 0..p-1) and bottom-right corner (rows n-1, n-2, ..)."""
+def _band_and_corners(phi: NDArray) -> tuple[NDArray, NDArray]:
+    """For each voxel: alpha (v, p+1) of the band of W'W, and the correction C (v, p, p) of its corners.
+
+    ``W'W = sum_k alpha_k S_k + C in the top-left corner (rows 0..p-1) + C in the bottom-right corner (rows
+    n-1, n-2, ..)``: the inverse of a stationary covariance is persymmetric, so both corners take the same
+    correction. The bottom one is the band's rows past the end, ``C_uw = -sum_s a_{1+u+s} a_{1+w+s}`` (filter
+    taps a = (1, -phi), 0 beyond p): exact from phi, with no inverse of the p x p covariance (which is as
+    ill-conditioned as the model is close to a unit root). Each diagonal of C is a cumulative sum from its end,
+    ``C_uw = -a_{1+u} a_{1+w} + C_{u+1,w+1}``: p vectorised steps; and ``alpha_k = a_k - C_0k`` (k < p),
+    ``alpha_p = a_p``."""
     v, p = phi.shape
-    a = np.concatenate([np.ones((v, 1)), -phi], axis=1)
-    alpha = np.stack([np.einsum("vj,vj->v", a[:, : p + 1 - k], a[:, k:]) for k in range(p + 1)], axis=1)
-    top = np.einsum("vau,vaw->vuw", L_inv, L_inv)  # Gamma^-1 = L'L
-    bottom = np.zeros((v, p, p))
-    for u in range(p):
-        for w in range(p):
-            m = max(u, w)
-            top[:, u, w] -= np.einsum("vt,vt->v", a[:, m - u : p - u], a[:, m - w : p - w])  # filter rows t < p
-            bottom[:, u, w] -= np.einsum("vt,vt->v", a[:, 1 + u : p + 1 - m + u], a[:, 1 + w : p + 1 - m + w])
-    return alpha, top, bottom
+    taps = -phi.T  # (p, v): a_1 .. a_p
+    C = np.empty((p, p, v))
+    for u in range(p - 1, -1, -1):  # row u, columns w >= u, from row u + 1
+        row = C[u, u:]
+        np.multiply(-taps[u], taps[u:], out=row)
+        if u < p - 1:
+            row[:-1] += C[u + 1, u + 1 :]
+    iu = np.triu_indices(p, 1)
+    C[iu[1], iu[0]] = C[iu]
+    alpha = np.empty((v, p + 1))
+    alpha[:, 0] = 1.0 - C[0, 0]
+    alpha[:, 1:p] = (taps[: p - 1] - C[0, 1:]).T
+    alpha[:, p] = taps[p - 1]
+    return alpha, C.transpose(2, 0, 1)
 
 
 def _cholesky_solve(A: NDArray, B: NDArray) -> NDArray:
@@ -350,13 +362,13 @@ def _cholesky_solve(A: NDArray, B: NDArray) -> NDArray:
     return X
 
 
-def _solve_ar1(block: ARBlock, alpha: NDArray, c_top: NDArray, c_bottom: NDArray, B: NDArray) -> NDArray:
+def _solve_ar1(block: ARBlock, alpha: NDArray, corner: NDArray, B: NDArray) -> NDArray:
     """``gram^-1 B`` (B (r, k, v), its columns after the first the same for every voxel) for AR(1),
-    gram = U (alpha_0 + alpha_1 eig) U' + E C E' (E the first and last rows of Q, C their corner weights),
-    by the Woodbury identity in U's basis: O(r) per voxel instead of O(r^3)."""
+    gram = U (alpha_0 + alpha_1 eig) U' + E C E' (E the first and last rows of Q, C their corner weight
+    `corner` (v,) twice), by the Woodbury identity in U's basis: O(r) per voxel instead of O(r^3)."""
     r, k, v = B.shape
     d_inv = 1.0 / (alpha[:, 0] + np.multiply.outer(block.eig, alpha[:, 1]))  # (r, v)
-    C = np.stack([c_top[:, 0, 0], c_bottom[:, 0, 0]])  # (2, v)
+    C = np.stack([corner, corner])  # (2, v)
     E = block.edges  # (r, 2)
     Bu = np.empty((r, k, v))  # D^-1 U'B; columns 1.. (the contrasts) are the same for every voxel
     Bu[:, 0] = block.U.T @ B[:, 0]
@@ -384,23 +396,24 @@ def _model_autocorrelations(phi: NDArray) -> tuple[NDArray, NDArray]:
 
 
 def _gram_coefs(phi: NDArray) -> NDArray:
-    """(v, p+1+2p^2): the weights of ``block.gram_terms`` that make ``Q'W'WQ`` for AR models phi (v, p);
-    NaN for a model that is not stationary."""
+    """(v, p+1+p^2): the weights of ``block.gram_terms`` that make ``Q'W'WQ`` for AR models phi (v, p);
+    NaN for a model that is not stationary (its covariance of p consecutive values fails Cholesky)."""
     rho, gamma0 = _model_autocorrelations(phi)
     p = phi.shape[1]
     cov = rho[:, np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])] * gamma0[:, None, None]
+    bad = None
     try:
-        L_inv = np.linalg.inv(np.linalg.cholesky(cov))
+        np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:  # some model is not stationary (or at its edge): only those get NaN
         with np.errstate(invalid="ignore"):
             eig = np.linalg.eigvalsh(np.where(np.isfinite(cov), cov, 0.0))
             # (a covariance whose smallest eigenvalue is a rounding error of its largest fails Cholesky too)
             bad = ~(eig[:, 0] > 1e-12 * eig[:, -1]) | ~np.isfinite(cov).all(axis=(1, 2))
-        cov[bad] = np.eye(p)
-        L_inv = np.linalg.inv(np.linalg.cholesky(cov))
-        L_inv[bad] = np.nan
-    alpha, c_top, c_bottom = _band_and_corners(phi, L_inv)
-    return np.concatenate([alpha, c_top.reshape(len(phi), -1), c_bottom.reshape(len(phi), -1)], axis=1)
+    alpha, corner = _band_and_corners(phi)
+    coefs = np.concatenate([alpha, corner.reshape(len(phi), -1)], axis=1)
+    if bad is not None:
+        coefs[bad] = np.nan
+    return coefs
 
 
 def ar_information(block: ARBlock, phi: NDArray) -> NDArray:
@@ -439,7 +452,7 @@ def _contrast_grams(block: ARBlock, phi: NDArray, B: NDArray) -> NDArray:
     coefs = _gram_coefs(phi)
     if block.order == 1:
         rhs = np.concatenate([np.zeros((r, 1, v)), B], axis=1)  # _solve_ar1 takes a per-voxel first column
-        return _solve_ar1(block, coefs[:, :2], coefs[:, 2:3, None], coefs[:, 3:4, None], rhs)[:, 1:]
+        return _solve_ar1(block, coefs[:, :2], coefs[:, 2], rhs)[:, 1:]
     return _cholesky_solve((block.gram_terms.T @ coefs.T).reshape(r, r, v), np.array(B))
 
 
@@ -720,12 +733,11 @@ def fit_ar_sums(
         phi, rho, gamma0 = _levinson(autocorrelations(r_lag))
     exact = ols_rss <= (n * np.finfo(float).eps) ** 2 * raw_yy
     phi[exact], rho[exact], gamma0[exact] = 0.0, np.eye(p + 1)[0], 1.0  # rounding-level residuals: white
-    L_inv = ar_whitening(phi, rho, gamma0)
 
-    alpha, c_top, c_bottom = _band_and_corners(phi, L_inv)
+    alpha, corner = _band_and_corners(phi)
     y_top, y_bottom = sums.top, sums.bottom
-    cy_top = np.einsum("vab,bv->av", c_top, y_top)
-    cy_bottom = np.einsum("vab,bv->av", c_bottom, y_bottom)
+    cy_top = np.einsum("vab,bv->av", corner, y_top)
+    cy_bottom = np.einsum("vab,bv->av", corner, y_bottom)
     rhs = np.einsum("vk,kiv->iv", alpha, lagged) + block.top.T @ cy_top + block.bottom.T @ cy_bottom  # Q'W'Wy
     wyy = (
         np.einsum("vk,kv->v", alpha, ys)
@@ -734,9 +746,9 @@ def fit_ar_sums(
     )
     wqs = [w @ design.basis_pinv for w in weights]  # contrasts in basis coordinates, (q, r) each
     rhs_all = np.concatenate([rhs[:, None, :]] + [np.repeat(wq.T[:, :, None], v, axis=2) for wq in wqs], axis=1)
-    coefs = np.concatenate([alpha, c_top.reshape(v, -1), c_bottom.reshape(v, -1)], axis=1)
+    coefs = np.concatenate([alpha, corner.reshape(v, -1)], axis=1)
     if p == 1:
-        sol = _solve_ar1(block, alpha, c_top, c_bottom, rhs_all)
+        sol = _solve_ar1(block, alpha, corner[:, 0, 0], rhs_all)
     else:
         sol = _cholesky_solve((block.gram_terms.T @ coefs.T).reshape(r, r, v), rhs_all)  # gram = Q'W'WQ
     # Where the band sums cancel too much (filters near a unit root, high orders: the Gram matrix's smallest
@@ -750,13 +762,15 @@ def fit_ar_sums(
     failed = ~np.isfinite(sol).all(axis=(0, 1))
     redo_explicit = np.flatnonzero((fragile if data is not None else np.zeros(v, bool)) | failed)
     explicit = data(redo_explicit) if (redo_explicit.size and data is not None) else None
+    if explicit is not None:  # the whitening of the first p scans, only for the voxels whitened explicitly
+        L_explicit = ar_whitening(phi[redo_explicit], rho[redo_explicit], gamma0[redo_explicit])
     for i, j in enumerate(redo_explicit):
         if explicit is None:  # no data to fall back on: the pseudo-inverse of the Gram matrix
             g = (block.gram_terms.T @ coefs[j]).reshape(r, r)
             sol[:, :, j] = np.linalg.pinv(g, hermitian=True) @ rhs_all[:, :, j]
             continue
-        WQ = _whiten(Q, np.repeat(phi[[j]], r, 0), np.repeat(L_inv[[j]], r, 0))
-        wy_j = _whiten(explicit[:, [i]], phi[[j]], L_inv[[j]])[:, 0]
+        WQ = _whiten(Q, np.repeat(phi[[j]], r, 0), np.repeat(L_explicit[[i]], r, 0))
+        wy_j = _whiten(explicit[:, [i]], phi[[j]], L_explicit[[i]])[:, 0]
         P = np.linalg.pinv(WQ)  # least squares by SVD, not the normal equations
         rhs[:, j] = WQ.T @ wy_j
         sol[:, 1:, j] = P @ (P.T @ rhs_all[:, 1:, j])
@@ -768,7 +782,8 @@ def fit_ar_sums(
     rss = wyy - np.einsum("kv,kv->v", coords, rhs)
     redo = np.flatnonzero(needs_refit(rss, wyy))
     if redo.size and data is not None:
-        resid = _whiten(data(redo) - Q @ coords[:, redo], phi[redo], L_inv[redo])
+        L_redo = ar_whitening(phi[redo], rho[redo], gamma0[redo])
+        resid = _whiten(data(redo) - Q @ coords[:, redo], phi[redo], L_redo)
         rss[redo] = np.einsum("tv,tv->v", resid, resid)
     rss[(rss <= (n * np.finfo(float).eps) ** 2 * wyy) | exact] = 0.0  # exact fit (of the OLS model: so GLS too)
     need = np.zeros(v, dtype=bool)

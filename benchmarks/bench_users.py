@@ -41,7 +41,7 @@ import argparse
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +118,9 @@ SMALL = Sizes((20, 24, 20), (7.5, 9.0, 7.5), 120, (450, 460, 100), 500, 8)  # 12
 class Row:
     """One measured command against its baselines.
 
-    `floor`: seconds of the floor (a bare decompression, a read pass plus start-up) and `floor_target`, the largest
-    voxfit / floor the issue asks for (None: no target); `nilearn`: its process (None: not run; its wall time
+    `floor`: seconds of the floor (a bare decompression, a read pass plus start-up), `floor_cpu` its CPU seconds
+    (on a busy machine wall times stretch; the CPU ratio is steadier), and `floor_target`, the largest voxfit / floor
+    the issue asks for (None: no target); `nilearn`: its process (None: not run; its wall time
     extrapolated where `note` says so) and `nilearn_target`, the smallest nilearn / voxfit asked for; `z_diff`,
     `z_corr`: the largest |z voxfit - z nilearn| and their correlation over the mask (None: not compared).
     """
@@ -128,6 +129,7 @@ class Row:
     voxfit: Timing
     floor: float | None = None
     floor_target: float | None = None
+    floor_cpu: float | None = None
     nilearn: Timing | None = None
     nilearn_target: float | None = None
     z_diff: float | None = None
@@ -150,6 +152,8 @@ def describe(row: Row) -> str:
         text += f" = {ratio:5.2f}x the floor {row.floor:.2f} s"
         if row.floor_target is not None:
             text += f" [target <= {row.floor_target:g}: {verdict(ratio <= row.floor_target)}]"
+        if row.floor_cpu:
+            text += f", cpu {row.voxfit.cpu / row.floor_cpu:.2f}x the floor's {row.floor_cpu:.2f} s"
     if row.nilearn is not None:
         ratio = row.nilearn.wall / row.voxfit.wall
         text += (
@@ -163,11 +167,15 @@ def describe(row: Row) -> str:
     return text
 
 
-def compare_z(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
-    """The largest |difference| of two z maps where both are finite, and their correlation there."""
+def compare_z(ours: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
+    """`z_diff`, the largest |difference| of two z maps where both are finite, and `z_corr`, their correlation
+    there."""
     ours, theirs = np.ravel(ours).astype(np.float64), np.ravel(theirs).astype(np.float64)
     both = np.isfinite(ours) & np.isfinite(theirs) & (theirs != 0)
-    return float(np.max(np.abs(ours[both] - theirs[both]))), float(np.corrcoef(ours[both], theirs[both])[0, 1])
+    return {
+        "z_diff": float(np.max(np.abs(ours[both] - theirs[both]))),
+        "z_corr": float(np.corrcoef(ours[both], theirs[both])[0, 1]),
+    }
 
 
 def command(*parts) -> list[str]:
@@ -179,21 +187,22 @@ def voxfit_cmd(*args) -> list[str]:
     return command("-m", "voxfit", *args, "--quiet", "--force")
 
 
-def read_floor(paths, repeat: int) -> float:
-    """Seconds of the fastest child process making one pass over `paths` (READ_PASS)."""
-    return best_timing(command("-c", READ_PASS, *paths), repeat).wall
+def read_floor(paths, repeat: int) -> Timing:
+    """The fastest child process making one pass over `paths` (READ_PASS)."""
+    return best_timing(command("-c", READ_PASS, *paths), repeat)
 
 
-def startup_time(target: Path, argv: list[str], folder: Path, repeat: int) -> float:
-    """voxfit's start-up: seconds from process start to its first read of `target`'s data (best of `repeat`, after
-    one uncounted run that writes the bytecode)."""
+def startup_time(target: Path, argv: list[str], folder: Path, repeat: int) -> Timing:
+    """voxfit's start-up: the process from its start to its first read of `target`'s data (wall and CPU seconds;
+    no peak memory: 0), the fastest of `repeat` after one uncounted run that writes the bytecode."""
     env = child_env(folder)
-    times = []
+    runs = []
     for k in range(repeat + 1):
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
             run = startup(target.name, argv, Path(scratch) / "out", False, env)
-        times += [run.data] if k else []
-    return min(times)
+        runs += [run] if k else []
+    fastest = min(runs, key=lambda r: r.data)
+    return Timing(fastest.data, 0, fastest.cpu)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -312,28 +321,28 @@ def run_mni(folder: Path, sizes: Sizes, repeat: int, nilearn: bool) -> list[Row]
     read = read_floor([nii], repeat)
     start = startup_time(nii, ["fit", str(nii), *map(str, fit), "--quiet"], folder, repeat)
     print(
-        f"floor: bare ISA-L decompression {decompress:.2f} s; read pass of the .nii {read:.2f} s, "
-        f"start-up {start:.2f} s"
+        f"floor: bare ISA-L decompression {decompress.wall:.2f} s (cpu {decompress.cpu:.2f} s); read pass of the .nii "
+        f"{read.wall:.2f} s (cpu {read.cpu:.2f} s), start-up {start.wall:.2f} s (cpu {start.cpu:.2f} s)"
     )
     nl_script = folder / "nilearn_glm.py"
     nl_script.write_text(NILEARN_FIRST_LEVEL)
     rows = []
     for path, noise, floor, target in (
-        (gz, "ols", decompress, 1.3),
-        (gz, "ar1", decompress, 1.5),
-        (nii, "ols", read + start, 3.0),
-        (nii, "ar1", read + start, 3.0),
+        (gz, "ols", (decompress.wall, decompress.cpu), 1.3),
+        (gz, "ar1", (decompress.wall, decompress.cpu), 1.5),
+        (nii, "ols", (read.wall + start.wall, read.cpu + start.cpu), 3.0),
+        (nii, "ar1", (read.wall + start.wall, read.cpu + start.cpu), 3.0),
     ):
         label = f"{path.name.split('.', 1)[1]} {noise.upper()}"
         out_v, out_n = folder / f"voxfit-{label}", folder / f"nilearn-{label}"
         tv = best_timing(voxfit_cmd("fit", path, *fit, "--noise", noise, "-o", out_v), repeat)
-        row = Row(label, tv, floor, target)
+        row = Row(label, tv, floor=floor[0], floor_target=target, floor_cpu=floor[1])
         if nilearn:
             out_n.mkdir(exist_ok=True)
             tn = best_timing(command(nl_script, path, design, mask, out_n, noise), repeat)
             zv = np.asarray(nib.load(out_v / "contrast-c_stat-z_statmap.nii.gz").dataobj)
             zn = np.asarray(nib.load(out_n / "z.nii.gz").dataobj)
-            row = Row(label, tv, floor, target, tn, 10.0, *compare_z(zv, zn))
+            row = replace(row, nilearn=tn, nilearn_target=10.0, **compare_z(zv, zn))
         rows.append(row)
         print(describe(row), flush=True)
     return rows
@@ -353,7 +362,10 @@ def run_cifti(folder: Path, sizes: Sizes, repeat: int, nilearn: bool) -> list[Ro
     fit = ["--design", design, "--contrast", "c=A - B"]
     read = read_floor([bold], repeat)
     start = startup_time(bold, ["fit", str(bold), *map(str, fit), "--quiet"], folder, repeat)
-    print(f"floor: read pass of the .dtseries.nii {read:.2f} s, start-up {start:.2f} s")
+    print(
+        f"floor: read pass of the .dtseries.nii {read.wall:.2f} s (cpu {read.cpu:.2f} s), start-up {start.wall:.2f} s "
+        f"(cpu {start.cpu:.2f} s)"
+    )
     nl_script = folder / "nilearn_cifti.py"
     nl_script.write_text(NILEARN_CIFTI)
     rows = []
@@ -361,12 +373,12 @@ def run_cifti(folder: Path, sizes: Sizes, repeat: int, nilearn: bool) -> list[Ro
         label = f"dtseries {noise.upper()}"
         out_v, out_n = folder / f"voxfit-{noise}", folder / f"nilearn-{noise}"
         tv = best_timing(voxfit_cmd("fit", bold, *fit, "--noise", noise, "-o", out_v), repeat)
-        row = Row(label, tv, read + start, 3.0)
+        row = Row(label, tv, floor=read.wall + start.wall, floor_target=3.0, floor_cpu=read.cpu + start.cpu)
         if nilearn:
             out_n.mkdir(exist_ok=True)
             tn = best_timing(command(nl_script, bold, design, out_n, noise), repeat)
             zv = np.asarray(nib.load(out_v / "contrast-c_stat-z_statmap.dscalar.nii").dataobj)
-            row = Row(label, tv, read + start, 3.0, tn, 10.0, *compare_z(zv, np.load(out_n / "z.npy")))
+            row = replace(row, nilearn=tn, nilearn_target=10.0, **compare_z(zv, np.load(out_n / "z.npy")))
         rows.append(row)
         print(describe(row), flush=True)
     return rows
@@ -399,7 +411,9 @@ def run_group(folder: Path, sizes: Sizes, repeat: int, nilearn: bool, perms: dic
         f".nii.gz maps), one-sample, one-sided; best of {repeat}"
     )
     decompress = read_floor(maps, repeat)
-    print(f"floor: bare ISA-L decompression of the {len(maps)} maps {decompress:.2f} s")
+    print(
+        f"floor: bare ISA-L decompression of the {len(maps)} maps {decompress.wall:.2f} s (cpu {decompress.cpu:.2f} s)"
+    )
     nl_script = folder / "nilearn_group.py"
     nl_script.write_text(NILEARN_GROUP)
     (folder / "nilearn-out").mkdir(exist_ok=True)
@@ -407,22 +421,22 @@ def run_group(folder: Path, sizes: Sizes, repeat: int, nilearn: bool, perms: dic
     group = ["group", *maps, "--mask", folder / "mask.nii.gz", "--seed", 0, "-o", out]
     rows = []
     tv = best_timing(voxfit_cmd(*group), repeat)
-    row = Row("OLS, parametric", tv, decompress)
+    row = Row("OLS, parametric", tv, floor=decompress.wall, floor_cpu=decompress.cpu)
     if nilearn:
         tn = best_timing(command(nl_script, folder, folder / "nilearn-out", "parametric", 0), repeat)
         zv = np.asarray(nib.load(next(out.glob("*stat-z_statmap.nii.gz"))).dataobj)
         zn = np.asarray(nib.load(folder / "nilearn-out" / "z.nii.gz").dataobj)
-        row = Row("OLS, parametric", tv, decompress, None, tn, None, *compare_z(zv, zn))
+        row = replace(row, nilearn=tn, **compare_z(zv, zn))
     rows.append(row)
     print(describe(row), flush=True)
     for mode, extra in (("maxt", []), ("tfce", ["--tfce"])):
         n_perm, n_nilearn = perms[mode]
         label = f"{'max-T' if mode == 'maxt' else 'TFCE'}, {n_perm:,} sign-flips"
         tv = best_timing(voxfit_cmd(*group, "--permutations", n_perm, *extra), repeat)
-        row = Row(label, tv, decompress)
+        row = Row(label, tv, floor=decompress.wall, floor_cpu=decompress.cpu)
         if nilearn:
             tn, note = nilearn_at(nl_script, folder, mode, n_perm, n_nilearn, repeat)
-            row = Row(label, tv, decompress, None, tn, 30.0, note=note)
+            row = replace(row, nilearn=tn, nilearn_target=30.0, note=note)
         rows.append(row)
         print(describe(row), flush=True)
     return rows

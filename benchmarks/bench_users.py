@@ -100,7 +100,7 @@ else:
 
 @dataclass(frozen=True)
 class Sizes:
-    """The sizes of one part: a volume grid and mask radii (voxels), scans or frames, subjects, permutations."""
+    """The sizes of the parts: a volume grid and mask radii (voxels), scans (frames), CIFTI grayordinates, subjects."""
 
     shape: tuple[int, int, int]
     radii: tuple[float, float, float]
@@ -157,8 +157,8 @@ def describe(row: Row) -> str:
     if row.nilearn is not None:
         ratio = row.nilearn.wall / row.voxfit.wall
         text += (
-            f"\n{'':28s} nilearn {proc(row.nilearn)}{row.note} -> voxfit {ratio:5.1f}x faster, "
-            f"{row.voxfit.peak / row.nilearn.peak:.2f} of its memory"
+            f"\n{'':28s} nilearn {proc(row.nilearn)}{row.note} -> voxfit {ratio:5.1f}x faster "
+            f"({row.nilearn.cpu / row.voxfit.cpu:.1f}x in CPU), {row.voxfit.peak / row.nilearn.peak:.2f} of its memory"
         )
         if row.nilearn_target is not None:
             text += f" [target >= {row.nilearn_target:g}x: {verdict(ratio >= row.nilearn_target)}]"

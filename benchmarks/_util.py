@@ -80,3 +80,47 @@ def best_call(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def best_timing(argv, repeat: int, before=None) -> Timing:
+    """The fastest of `repeat` runs of one child process (`before()` called ahead of each), with the largest peak
+    memory seen over the runs."""
+    runs = []
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        runs.append(timed_run(argv))
+    fastest = min(runs, key=lambda t: t.wall)
+    return Timing(fastest.wall, max(t.peak for t in runs), fastest.cpu)
+
+
+def ellipsoid(shape, radii):
+    """A boolean ellipsoid with the given radii (voxels) centred in a grid of `shape`."""
+    import numpy as np
+
+    grid = np.indices(shape, dtype=np.float32)
+    centre = (np.array(shape, dtype=np.float32) - 1) / 2
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def task_design(n_scans: int, rng, tr: float = 2.0):
+    """A 15-column first-level design as a DataFrame: 4 HRF-convolved block conditions A-D (16 s blocks in turn
+    with a rest block), 6 motion-like random walks, 4 cosine drifts and a constant."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    t = np.arange(n_scans) * tr
+    dt = tr / 16
+    ht = np.arange(0, 32, dt)
+    hrf = stats.gamma.pdf(ht, 6) - stats.gamma.pdf(ht, 16) / 6
+    cols = {}
+    for k, name in enumerate("ABCD"):
+        box = np.repeat(((t // 16) % 5 == k).astype(float), 16)
+        cols[name] = np.convolve(box, hrf)[: box.size][::16] * dt
+    for k in range(6):
+        cols[f"motion{k}"] = np.cumsum(rng.normal(0, 0.02, n_scans))
+    for k in range(1, 5):
+        cols[f"drift{k}"] = np.cos(np.pi * (np.arange(n_scans) + 0.5) * k / n_scans)
+    cols["constant"] = np.ones(n_scans)
+    return pd.DataFrame(cols)

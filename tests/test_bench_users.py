@@ -1,0 +1,51 @@
+"""benchmarks/bench_users.py at its tiny size (--small): each part runs end to end, its baselines are measured, and
+where nilearn is installed the two tools' z maps agree (OLS to float32 rounding; AR(1) closely, nilearn binning its
+AR coefficients). Timings are printed, never asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_users():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_users
+
+        yield bench_users
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.parametrize("part", ["mni", "cifti", "group"])
+def test_each_part_runs_at_the_small_size(bench_users, part, tmp_path, capsys):
+    rows = bench_users.main([part, "--small", "--keep", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "floor" in printed and len(rows) == {"mni": 4, "cifti": 2, "group": 3}[part]
+    for row in rows:
+        assert row.voxfit.wall > 0 and row.voxfit.peak > 0 and row.floor > 0
+        assert row.label in printed
+    if not bench_users.has_nilearn():
+        assert "nilearn: not run (not installed)" in printed
+        assert all(row.nilearn is None for row in rows)
+        return
+    assert all(row.nilearn is not None and row.nilearn.wall > 0 for row in rows)
+    for row in rows:
+        if row.z_diff is None:  # permutation rows: timed only
+            continue
+        if "AR1" in row.label:
+            assert row.z_corr > 0.95
+        else:
+            assert row.z_diff < 1e-3 and row.z_corr > 0.999999
+
+
+def test_without_nilearn_only_voxfit_and_the_floor(bench_users, tmp_path, capsys):
+    rows = bench_users.main(["cifti", "--small", "--no-nilearn", "--keep", str(tmp_path)])
+    assert "nilearn: not run" in capsys.readouterr().out
+    assert all(row.nilearn is None and row.z_diff is None for row in rows)

@@ -396,3 +396,27 @@ def test_mask_threshold_excludes_dim_voxels(tmp_path, rng):
     assert not voxfit.load(path, mask_threshold=0.8).masker.mask[j]
     assert not voxfit.load(path, mask_threshold="auto").masker.mask[j]  # first-level fits' default: SPM's 0.8
     assert voxfit.load(path).masker.mask[j]  # a loader of any maps: no intensity rule by default
+
+
+def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp_path, rng):
+    """CiftiGeometry.write composes the NIfTI-2 file itself (nibabel's image re-parses the header of every map):
+    byte for byte nibabel's Cifti2Image file but for the intent code (ConnDenseScalar, the standard's for
+    .dscalar.nii), and it reads back with the same brain models, names and values; twice from one geometry."""
+    cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 300, 2), 300, name="CortexLeft")
+    models = cortex + nib.cifti2.BrainModelAxis.from_mask(
+        rng.random((4, 5, 3)) > 0.5, name="ThalamusLeft", affine=np.eye(4)
+    )
+    geometry = CiftiGeometry(models)
+    for k, names in enumerate((["a t"], ["b[0]", "b[1]"])):
+        maps = rng.standard_normal((len(names), len(models)))
+        ours = tmp_path / f"ours{k}.dscalar.nii"
+        geometry.write(ours, maps, names)
+        theirs = tmp_path / f"theirs{k}.dscalar.nii"
+        image = nib.cifti2.Cifti2Image(maps.astype(np.float32), header=(nib.cifti2.ScalarAxis(names), models))
+        image.nifti_header.set_intent("ConnDenseScalar")
+        nib.save(image, theirs)
+        assert ours.read_bytes() == theirs.read_bytes()
+        back = nib.load(ours)
+        assert back.header.get_axis(1) == models and list(back.header.get_axis(0).name) == names
+        assert back.nifti_header.get_intent()[0] == "ConnDenseScalar"
+        npt.assert_array_equal(back.get_fdata(dtype=np.float32), maps.astype(np.float32))

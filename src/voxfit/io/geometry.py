@@ -7,6 +7,7 @@ geometry, and how to write maps (k x n_elements) in the input's format.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,11 +154,29 @@ class CiftiGeometry(Geometry):
         if other.brain_models != self.brain_models:
             raise InputError(f"{what} has different CIFTI brain models (structures, vertices or voxels) from the data.")
 
+    @functools.cached_property
+    def _brain_model_map(self):
+        """The brain models as the CIFTI header's second index map (made once: 0.35 s for 91k grayordinates)."""
+        return self.brain_models.to_mapping(1)
+
     def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
-        maps = np.atleast_2d(maps)
-        maps = maps.astype(np.float32) if maps.dtype.kind == "f" else maps.astype(np.float32)
-        axes = (nib.cifti2.ScalarAxis(names), self.brain_models)
-        nib.save(nib.cifti2.Cifti2Image(maps, header=axes), str(path))
+        """A .dscalar.nii of the maps: the NIfTI-2 file nibabel's Cifti2Image writes (the same header XML and
+        data; intent ConnDenseScalar, as the CIFTI-2 standard names dense scalars), composed here from the brain
+        models' index map made once: nibabel's image copies and re-parses the header of every map (about 1 s
+        each for 91k grayordinates)."""
+        from nibabel.cifti2.parse_cifti2 import Cifti2Extension
+
+        maps = np.atleast_2d(maps).astype(np.float32)
+        matrix = nib.cifti2.Cifti2Matrix()
+        matrix.append(nib.cifti2.ScalarAxis(names).to_mapping(0))
+        matrix.append(self._brain_model_map)
+        header = nib.Nifti2Header()
+        header.set_data_dtype(np.float32)
+        header.set_data_shape((1, 1, 1, 1) + maps.shape)
+        header.set_intent("ConnDenseScalar")
+        header["pixdim"][:4] = 1
+        header.extensions.append(Cifti2Extension.from_bytes(nib.cifti2.Cifti2Header(matrix).to_xml()))
+        nib.save(nib.Nifti2Image(maps.reshape((1, 1, 1, 1) + maps.shape), None, header), str(path))
 
     def describe(self) -> dict:
         structures = sorted({str(s) for s in self.brain_models.name})

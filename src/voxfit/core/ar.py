@@ -395,24 +395,52 @@ def _model_autocorrelations(phi: NDArray) -> tuple[NDArray, NDArray]:
         return g / g[:, :1], g[:, 0]
 
 
-def _gram_coefs(phi: NDArray) -> NDArray:
-    """(v, p+1+p^2): the weights of ``block.gram_terms`` that make ``Q'W'WQ`` for AR models phi (v, p);
-    NaN for a model that is not stationary (its covariance of p consecutive values fails Cholesky)."""
-    rho, gamma0 = _model_autocorrelations(phi)
+def _reflection_coefficients(phi: NDArray) -> NDArray:
+    """(v, p): the reflection coefficients k_1 .. k_p of AR models phi (v, p), by Levinson's step-down (the
+    inverse of :func:`_levinson`'s step-up): ``k_m = phi^(m)_m`` and ``phi^(m-1)_j = (phi^(m)_j + k_m
+    phi^(m)_(m-j)) / (1 - k_m^2)``. O(p^2) per model; not finite after a ``|k_m| = 1``."""
     p = phi.shape[1]
-    cov = rho[:, np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])] * gamma0[:, None, None]
-    bad = None
-    try:
-        np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError:  # some model is not stationary (or at its edge): only those get NaN
+    k = np.empty_like(phi)
+    a = np.array(phi, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for m in range(p, 0, -1):
+            k[:, m - 1] = a[:, m - 1]
+            if m > 1:
+                km = k[:, m - 1 : m]
+                a[:, : m - 1] = (a[:, : m - 1] + km * a[:, m - 2 :: -1]) / (1.0 - km * km)
+    return k
+
+
+def _regular(phi: NDArray) -> NDArray:
+    """(v,) whether each AR model phi (v, p) is stationary and away from its edge: every reflection coefficient
+    inside (-1, 1) (Schur-Cohn: the covariance of p consecutive values is positive definite) and that covariance's
+    smallest eigenvalue above 1e-12 of its largest (below, it is singular to rounding). False where phi is not
+    finite.
+
+    The eigenvalues are needed only for the few models near a unit root: those of the correlation matrix R of p
+    consecutive values lie between the extremes of the spectrum ``1 / (gamma0 |A(w)|^2)``, so its smallest is at
+    least ``prod(1 - k_j^2) / (1 + sum |phi_j|)^2`` and its largest at most ``trace R = p``."""
+    k = _reflection_coefficients(phi)
+    ok = (np.abs(k) < 1.0).all(axis=1)
+    p = phi.shape[1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = np.prod(1.0 - k * k, axis=1) / ((1.0 + np.abs(phi).sum(axis=1)) ** 2 * p)
+    near = np.flatnonzero(ok & ~(bound > 1e-10))
+    if near.size:
+        rho, gamma0 = _model_autocorrelations(phi[near])
+        cov = rho[:, np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])] * gamma0[:, None, None]
         with np.errstate(invalid="ignore"):
             eig = np.linalg.eigvalsh(np.where(np.isfinite(cov), cov, 0.0))
-            # (a covariance whose smallest eigenvalue is a rounding error of its largest fails Cholesky too)
-            bad = ~(eig[:, 0] > 1e-12 * eig[:, -1]) | ~np.isfinite(cov).all(axis=(1, 2))
+        ok[near] = (eig[:, 0] > 1e-12 * eig[:, -1]) & np.isfinite(cov).all(axis=(1, 2))
+    return ok
+
+
+def _gram_coefs(phi: NDArray) -> NDArray:
+    """(v, p+1+p^2): the weights of ``block.gram_terms`` that make ``Q'W'WQ`` for AR models phi (v, p);
+    NaN for a model that is not stationary or at its edge (:func:`_regular`)."""
     alpha, corner = _band_and_corners(phi)
     coefs = np.concatenate([alpha, corner.reshape(len(phi), -1)], axis=1)
-    if bad is not None:
-        coefs[bad] = np.nan
+    coefs[~_regular(phi)] = np.nan
     return coefs
 
 

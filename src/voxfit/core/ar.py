@@ -262,22 +262,20 @@ class ARBlock:
         steps of `h` standard deviations."""
         v, p = phi.shape
 
-        def L(r):
-            return _levinson(np.concatenate([np.ones((v, 1)), r], axis=1))[0]
+        def L(r):  # Levinson's map for each row of r (..., v, p), all in one call
+            flat = r.reshape(-1, p)
+            return _levinson(np.concatenate([np.ones((flat.shape[0], 1)), flat], axis=1))[0].reshape(r.shape)
 
         r0 = rho_in[:, 1:]
-        J = np.empty((v, p, p))
-        for j in range(p):
-            e = np.zeros(p)
-            e[j] = 1e-4  # J only scales an O(1/n) term: its step's error matters less than rounding's
-            J[:, :, j] = (L(r0 + e) - L(r0 - e)) / 2e-4
+        e = 1e-4 * np.eye(p)[:, None, :]  # J only scales an O(1/n) term: its step's error matters less than rounding's
+        moved = L(np.concatenate([r0 + e, r0 - e]))  # (2p, v, p): each coordinate up, then down
+        J = ((moved[:p] - moved[p:]) / 2e-4).transpose(1, 2, 0)
         J_inv = np.linalg.pinv(J)
         cov_rho = J_inv @ np.linalg.pinv(ar_information(self, phi), hermitian=True) @ np.swapaxes(J_inv, 1, 2)
         lam, axes = np.linalg.eigh(0.5 * (cov_rho + np.swapaxes(cov_rho, 1, 2)))
-        base, bias = L(r0), np.zeros((v, p))
-        for k in range(p):
-            step = h * np.sqrt(np.clip(lam[:, k], 0.0, None))[:, None] * axes[:, :, k]
-            bias += (L(r0 + step) + L(r0 - step) - 2.0 * base) / (2.0 * h * h)
+        steps = (h * np.sqrt(np.clip(lam, 0.0, None))[:, None, :] * axes).transpose(2, 0, 1)  # (p, v, p): axis k
+        moved = L(np.concatenate([r0 + steps, r0 - steps]))
+        bias = np.sum((moved[:p] + moved[p:] - 2.0 * L(r0)) / (2.0 * h * h), axis=0)
         return np.where(np.isfinite(bias), bias, 0.0)
 
     def _beyond_p(self, phi: NDArray, rho: NDArray) -> tuple[NDArray, NDArray]:
@@ -604,6 +602,17 @@ def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int],
     return _estimation_terms(block, phi, B, sizes, h)[0]
 
 
+def _phi_covariance(info: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+    """cov(phi) (v, p, p), the pseudo-inverse of the information `info` (v, p, p) (eigenvalues at most 1e-15 of the
+    largest in absolute value count as 0, as ``np.linalg.pinv``'s), with its eigenvalues (v, p) and eigenvectors
+    (v, p, p; in columns): one eigendecomposition."""
+    lam, axes = np.linalg.eigh(info)
+    cutoff = 1e-15 * np.abs(lam).max(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(np.abs(lam) > cutoff, 1.0 / lam, 0.0)
+    return np.matmul(axes * inv[:, None, :], np.swapaxes(axes, 1, 2)), inv, axes
+
+
 def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int], h: float = 0.05):
     """:func:`estimation_terms`, and a mask (v,) of the voxels where no term was left out as not finite (where
     the terms are smooth functions of phi: an axis's steps stay inside the stationary models)."""
@@ -617,8 +626,7 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
         return np.einsum("kav,kbv->vab", B[:, cols], X[:, cols])
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        phi_cov = np.linalg.pinv(ar_information(block, phi), hermitian=True)
-        lam, axes = np.linalg.eigh(phi_cov)
+        phi_cov, lam, axes = _phi_covariance(ar_information(block, phi))
         base = _contrast_grams(block, phi, B)
         Cs = [quad(base, cols) for cols in spans]
         C_invs = [1.0 / C if C.shape[1] == 1 else np.linalg.pinv(C, hermitian=True) for C in Cs]

@@ -262,20 +262,22 @@ class ARBlock:
         steps of `h` standard deviations."""
         v, p = phi.shape
 
-        def L(r):  # Levinson's map for each row of r (..., v, p), all in one call
-            flat = r.reshape(-1, p)
-            return _levinson(np.concatenate([np.ones((flat.shape[0], 1)), flat], axis=1))[0].reshape(r.shape)
+        def L(r):
+            return _levinson(np.concatenate([np.ones((v, 1)), r], axis=1))[0]
 
         r0 = rho_in[:, 1:]
-        e = 1e-4 * np.eye(p)[:, None, :]  # J only scales an O(1/n) term: its step's error matters less than rounding's
-        moved = L(np.concatenate([r0 + e, r0 - e]))  # (2p, v, p): each coordinate up, then down
-        J = ((moved[:p] - moved[p:]) / 2e-4).transpose(1, 2, 0)
+        J = np.empty((v, p, p))
+        for j in range(p):
+            e = np.zeros(p)
+            e[j] = 1e-4  # J only scales an O(1/n) term: its step's error matters less than rounding's
+            J[:, :, j] = (L(r0 + e) - L(r0 - e)) / 2e-4
         J_inv = np.linalg.pinv(J)
         cov_rho = J_inv @ np.linalg.pinv(ar_information(self, phi), hermitian=True) @ np.swapaxes(J_inv, 1, 2)
         lam, axes = np.linalg.eigh(0.5 * (cov_rho + np.swapaxes(cov_rho, 1, 2)))
-        steps = (h * np.sqrt(np.clip(lam, 0.0, None))[:, None, :] * axes).transpose(2, 0, 1)  # (p, v, p): axis k
-        moved = L(np.concatenate([r0 + steps, r0 - steps]))
-        bias = np.sum((moved[:p] + moved[p:] - 2.0 * L(r0)) / (2.0 * h * h), axis=0)
+        base, bias = L(r0), np.zeros((v, p))
+        for k in range(p):  # one call per step: Levinson's arrays for one block stay in cache
+            step = h * np.sqrt(np.clip(lam[:, k], 0.0, None))[:, None] * axes[:, :, k]
+            bias += (L(r0 + step) + L(r0 - step) - 2.0 * base) / (2.0 * h * h)
         return np.where(np.isfinite(bias), bias, 0.0)
 
     def _beyond_p(self, phi: NDArray, rho: NDArray) -> tuple[NDArray, NDArray]:

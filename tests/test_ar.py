@@ -484,3 +484,110 @@ def test_corner_correction_equals_the_exact_inverse_covariance(p):
         npt.assert_allclose(exact[:p, :p], corner[j], atol=tol, rtol=0)
         npt.assert_allclose(exact[::-1, ::-1][:p, :p], corner[j], atol=tol, rtol=0)
         assert np.abs(exact[p : n - p]).max() <= tol and np.abs(exact[:p, n - p :]).max() <= tol
+
+
+def _step_up(kappa):
+    """AR models (v, p) with the reflection coefficients kappa (v, p), by Levinson's step-up."""
+    phi = np.zeros(kappa.shape)
+    for j in range(kappa.shape[1]):
+        phi[:, :j] = phi[:, :j] - kappa[:, j, None] * phi[:, j - 1 :: -1] if j else phi[:, :j]
+        phi[:, j] = kappa[:, j]
+    return phi
+
+
+def _test_models(rng, p):
+    """Reflection coefficients of 40 stationary AR(p) models (in (-0.9, 0.9)), 40 near a unit root (one of them
+    at 0.99-0.9999), and 20 not stationary (one beyond 1)."""
+    kappa = rng.uniform(-0.9, 0.9, (100, p))
+    j = rng.integers(0, p, 60)
+    sign = rng.choice([-1.0, 1.0], 60)
+    kappa[40 + np.arange(40), j[:40]] = sign[:40] * rng.uniform(0.99, 0.9999, 40)
+    kappa[80 + np.arange(20), j[40:]] = sign[40:] * rng.uniform(1.001, 1.5, 20)
+    return kappa
+
+
+@pytest.mark.parametrize("p", range(2, 9))
+def test_stationarity_by_reflection_coefficients_equals_the_covariance_test(p):
+    """The step-down's reflection coefficients are those the models were made from, and the estimation terms'
+    test (every |k| < 1, then the eigenvalue ratio near a unit root) refuses exactly the models whose covariance of
+    p consecutive values fails Cholesky or has its smallest eigenvalue within 1e-12 of its largest (the test it
+    replaced, brute force here, model by model)."""
+    from voxfit.core.ar import _reflection_coefficients, _regular
+
+    rng = np.random.default_rng(p)
+    kappa = _test_models(rng, p)
+    phi = _step_up(kappa)
+    npt.assert_allclose(_reflection_coefficients(phi[:80]), kappa[:80], rtol=0, atol=1e-10)
+    expected = []
+    for ph in phi:
+        cov = toeplitz(ar_autocov(ph, p))
+        try:
+            np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            expected.append(False)
+            continue
+        eig = np.linalg.eigvalsh(cov)
+        expected.append(bool(eig[0] > 1e-12 * eig[-1]))
+    npt.assert_array_equal(_regular(phi), expected)
+    assert all(expected[:80]) and not any(expected[80:])
+    assert not _regular(np.array([[np.nan] * p, [np.inf] + [0.0] * (p - 1)])).any()
+
+
+@pytest.mark.parametrize("p", range(2, 9))
+def test_contrast_quads_and_efficiency_loss_equal_dense_references(p):
+    """``B' gram^-1 B`` of the estimation terms' steps against dense GLS algebra (gram = Q'V^-1Q, V the AR(p)
+    covariance, Toeplitz); Kackar-Harville's efficiency loss against the double sum over (j, k) and the frequency
+    loop it replaced, in complex arithmetic; cov(phi) and its axes against np.linalg.pinv and eigh. To 1e-10 on
+    stationary models and models near a unit root."""
+    from voxfit.core.ar import (
+        _contrast_grams,
+        _contrast_quads,
+        _gram_coefs,
+        _phi_covariance,
+        ar_information,
+        efficiency_loss,
+    )
+
+    rng = np.random.default_rng(10 + p)
+    n = 90
+    X = np.column_stack([block_design(n), np.sin(np.arange(n) / 7.0)])
+    design = factorize(X)
+    block, Q = ARBlock(design, p), design.basis
+    r = design.rank
+    phi = _step_up(_test_models(rng, p)[:80])
+    B0 = (np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0.5]]) @ design.basis_pinv).T  # (r, 2)
+    quads = _contrast_quads(block, phi, B0)
+    covs = np.array([toeplitz(ar_autocov(ph, n)) for ph in phi])
+    grams = [Q.T @ np.linalg.solve(V, Q) for V in covs]
+    dense = np.array([B0.T @ np.linalg.solve(g, B0) for g in grams])
+    # stationary models to 1e-10; near a unit root, also within the rounding that the covariance's condition
+    # number allows the dense reference itself
+    error = np.abs(quads - dense) / np.abs(dense).max(axis=(1, 2), keepdims=True)
+    assert (error[:40] <= 1e-10).all()
+    assert (error <= np.maximum(1e-10, 100 * np.finfo(float).eps * np.linalg.cond(covs))[:, None, None]).all()
+
+    info = ar_information(block, phi)
+    phi_cov, lam, axes = _phi_covariance(info)
+    npt.assert_allclose(phi_cov, np.linalg.pinv(info, hermitian=True), rtol=1e-10, atol=0)
+    npt.assert_allclose(np.matmul(axes * lam[:, None, :], np.swapaxes(axes, 1, 2)), phi_cov, rtol=1e-10, atol=0)
+
+    U = _contrast_grams(block, phi, np.repeat(B0[:, :, None], len(phi), axis=2))  # (r, 2, v)
+    loss = efficiency_loss(block, phi, phi_cov, _gram_coefs(phi), U)
+    w = 2.0 * np.pi * np.arange(n // 2 + 1) / n
+    c = np.where((np.arange(w.size) == 0) | (2 * np.arange(w.size) == n), 1.0, 2.0) / n
+    qf = np.fft.rfft(Q, axis=0)
+    for i, ph in enumerate(phi):
+        A = 1 - sum(ph[j] * np.exp(1j * (j + 1) * w) for j in range(p))
+        d = np.array([2 * np.real(np.exp(1j * (j + 1) * w) * A.conj()) / np.abs(A) ** 2 for j in range(p)])
+        zu = qf @ U[:, :, i]  # (f, 2)
+        weights = c * np.abs(A) ** 2 * d  # (p, f)
+        P = [-np.real(np.einsum("f,fa,fr->ar", wj, zu, qf.conj())) for wj in weights]  # P_j u_a, (2, r) each
+        ref, size = np.zeros((2, 2)), np.zeros((2, 2))
+        for j in range(p):
+            for k in range(p):
+                quad = np.real(zu.conj().T @ ((weights[j] * d[k])[:, None] * zu))
+                inner = P[j] @ np.linalg.solve(grams[i], P[k].T)
+                ref += phi_cov[i, j, k] * (quad - inner)
+                size += np.abs(phi_cov[i, j, k]) * (np.abs(quad) + np.abs(inner))
+        assert (np.abs(loss[i] - ref) <= 1e-10 * size.max()).all()  # to 1e-10 of the terms it sums
+    assert r == 4

@@ -212,6 +212,10 @@ class ARBlock:
         # the same correction C_ab in both corners (see _band_and_corners): its term is e_a e_b' at both ends
         corners = np.einsum("ai,bj->abij", self.top, self.top) + np.einsum("ai,bj->abij", self.bottom, self.bottom)
         self.gram_terms = np.concatenate([self.G.reshape(p + 1, -1), corners.reshape(p * p, -1)])  # (p+1+p^2, r^2)
+        # the same Gram matrices by their lower triangles, C's symmetric pairs as one term (see _gram_coefs)
+        iu, il = np.triu_indices(p), np.tril_indices(design.rank)
+        pairs = corners + corners.transpose(1, 0, 2, 3) * (np.arange(p)[:, None] != np.arange(p))[:, :, None, None]
+        self.lower_terms = np.concatenate([self.G[:, il[0], il[1]], pairs[iu][:, il[0], il[1]]])  # (T, r(r+1)/2)
         self.ones = Q.T @ np.ones(design.n_scans) if design.has_intercept else None
         w = np.linspace(0, np.pi, 256)
         self.cosines = np.cos(np.outer(w, np.arange(p + 1))) * np.r_[1.0, 2.0 * np.ones(p)]  # for |A(w)|^2
@@ -271,7 +275,7 @@ class ARBlock:
         cov_rho = J_inv @ np.linalg.pinv(ar_information(self, phi), hermitian=True) @ np.swapaxes(J_inv, 1, 2)
         lam, axes = np.linalg.eigh(0.5 * (cov_rho + np.swapaxes(cov_rho, 1, 2)))
         base, bias = L(r0), np.zeros((v, p))
-        for k in range(p):
+        for k in range(p):  # one call per step: Levinson's arrays for one block stay in cache
             step = h * np.sqrt(np.clip(lam[:, k], 0.0, None))[:, None] * axes[:, :, k]
             bias += (L(r0 + step) + L(r0 - step) - 2.0 * base) / (2.0 * h * h)
         return np.where(np.isfinite(bias), bias, 0.0)
@@ -343,23 +347,47 @@ def _band_and_corners(phi: NDArray) -> tuple[NDArray, NDArray]:
     return alpha, C.transpose(2, 0, 1)
 
 
-def _cholesky_solve(A: NDArray, B: NDArray) -> NDArray:
-    """Batched over the last axis: A (r, r, v) symmetric positive definite, B (r, k, v). Returns ``A^-1 B``
-    by Cholesky factorisation (A's lower triangle is overwritten by the factor); NaN for a voxel whose A is
-    not positive definite. Vectorised over voxels (r is small): several times faster than LAPACK per voxel."""
+def _cholesky(A: NDArray) -> NDArray:
+    """Batched over the last axis: the lower Cholesky factor of each A (r, r, v) symmetric positive definite (its
+    lower triangle is read, and overwritten by the factor); NaN for a voxel whose A is not positive definite.
+    Vectorised over voxels (r is small): several times faster than LAPACK per voxel."""
     r = A.shape[0]
     with np.errstate(invalid="ignore", divide="ignore"):
         for j in range(r):
             d = A[j, j] - np.einsum("kv,kv->v", A[j, :j], A[j, :j])
             A[j, j] = np.sqrt(np.where(d > 0, d, np.nan))
             A[j + 1 :, j] = (A[j + 1 :, j] - np.einsum("ikv,kv->iv", A[j + 1 :, :j], A[j, :j])) / A[j, j]
-        Z = np.empty_like(B)
+    return A
+
+
+def _forward(L: NDArray, B: NDArray) -> NDArray:
+    """``L^-1 B`` (r, k, v) for lower triangular L (r, r, v) (lower triangle read) and B (r, k, v), or (r, k, 1)
+    the same for every voxel: forward substitution vectorised over voxels."""
+    r, v = L.shape[0], L.shape[2]
+    Z = np.empty(B.shape[:2] + (v,))
+    with np.errstate(invalid="ignore", divide="ignore"):
         for i in range(r):
-            Z[i] = (B[i] - np.einsum("kv,kqv->qv", A[i, :i], Z[:i])) / A[i, i]
-        X = np.empty_like(B)
+            Z[i] = (B[i] - np.einsum("kv,kqv->qv", L[i, :i], Z[:i])) / L[i, i]
+    return Z
+
+
+def _factored_solve(L: NDArray, B: NDArray) -> NDArray:
+    """``(L L')^-1 B`` for lower Cholesky factors L (r, r, v) and B (r, k, v): forward substitution, then back
+    substitution (by L', read from L's lower triangle), vectorised over voxels."""
+    r = L.shape[0]
+    Z = _forward(L, B)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        X = np.empty_like(Z)
         for i in range(r - 1, -1, -1):
-            X[i] = (Z[i] - np.einsum("kv,kqv->qv", A[i + 1 :, i], X[i + 1 :])) / A[i, i]
+            X[i] = (Z[i] - np.einsum("kv,kqv->qv", L[i + 1 :, i], X[i + 1 :])) / L[i, i]
     return X
+
+
+def _cholesky_solve(A: NDArray, B: NDArray) -> NDArray:
+    """Batched over the last axis: A (r, r, v) symmetric positive definite, B (r, k, v). Returns ``A^-1 B``
+    by Cholesky factorisation (A's lower triangle is overwritten by the factor); NaN for a voxel whose A is
+    not positive definite."""
+    return _factored_solve(_cholesky(A), B)
 
 
 def _solve_ar1(block: ARBlock, alpha: NDArray, corner: NDArray, B: NDArray) -> NDArray:
@@ -395,25 +423,65 @@ def _model_autocorrelations(phi: NDArray) -> tuple[NDArray, NDArray]:
         return g / g[:, :1], g[:, 0]
 
 
-def _gram_coefs(phi: NDArray) -> NDArray:
-    """(v, p+1+p^2): the weights of ``block.gram_terms`` that make ``Q'W'WQ`` for AR models phi (v, p);
-    NaN for a model that is not stationary (its covariance of p consecutive values fails Cholesky)."""
-    rho, gamma0 = _model_autocorrelations(phi)
+def _reflection_coefficients(phi: NDArray) -> NDArray:
+    """(v, p): the reflection coefficients k_1 .. k_p of AR models phi (v, p), by Levinson's step-down (the
+    inverse of :func:`_levinson`'s step-up): ``k_m = phi^(m)_m`` and ``phi^(m-1)_j = (phi^(m)_j + k_m
+    phi^(m)_(m-j)) / (1 - k_m^2)``. O(p^2) per model; not finite after a ``|k_m| = 1``."""
     p = phi.shape[1]
-    cov = rho[:, np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])] * gamma0[:, None, None]
-    bad = None
-    try:
-        np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError:  # some model is not stationary (or at its edge): only those get NaN
+    k = np.empty_like(phi)
+    a = np.array(phi, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for m in range(p, 0, -1):
+            k[:, m - 1] = a[:, m - 1]
+            if m > 1:
+                km = k[:, m - 1 : m]
+                a[:, : m - 1] = (a[:, : m - 1] + km * a[:, m - 2 :: -1]) / (1.0 - km * km)
+    return k
+
+
+def _regular(phi: NDArray) -> NDArray:
+    """(v,) whether each AR model phi (v, p) is stationary and away from its edge: every reflection coefficient
+    inside (-1, 1) (Schur-Cohn: the covariance of p consecutive values is positive definite) and that covariance's
+    smallest eigenvalue above 1e-12 of its largest (below, it is singular to rounding). False where phi is not
+    finite.
+
+    The eigenvalues are needed only for the few models near a unit root: those of the correlation matrix R of p
+    consecutive values lie between the extremes of the spectrum ``1 / (gamma0 |A(w)|^2)``, so its smallest is at
+    least ``prod(1 - k_j^2) / (1 + sum |phi_j|)^2`` and its largest at most ``trace R = p``."""
+    k = _reflection_coefficients(phi)
+    ok = (np.abs(k) < 1.0).all(axis=1)
+    p = phi.shape[1]
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = np.prod(1.0 - k * k, axis=1) / ((1.0 + np.abs(phi).sum(axis=1)) ** 2 * p)
+    near = np.flatnonzero(ok & ~(bound > 1e-10))
+    if near.size:
+        rho, gamma0 = _model_autocorrelations(phi[near])
+        cov = rho[:, np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])] * gamma0[:, None, None]
         with np.errstate(invalid="ignore"):
             eig = np.linalg.eigvalsh(np.where(np.isfinite(cov), cov, 0.0))
-            # (a covariance whose smallest eigenvalue is a rounding error of its largest fails Cholesky too)
-            bad = ~(eig[:, 0] > 1e-12 * eig[:, -1]) | ~np.isfinite(cov).all(axis=(1, 2))
+        ok[near] = (eig[:, 0] > 1e-12 * eig[:, -1]) & np.isfinite(cov).all(axis=(1, 2))
+    return ok
+
+
+def _gram_coefs(phi: NDArray) -> NDArray:
+    """(v, p+1+p(p+1)/2): the weights of ``block.lower_terms`` that make ``Q'W'WQ`` for AR models phi (v, p): the
+    band's alpha, then the corner correction's upper triangle (row by row); NaN for a model that is not stationary
+    or at its edge (:func:`_regular`)."""
     alpha, corner = _band_and_corners(phi)
-    coefs = np.concatenate([alpha, corner.reshape(len(phi), -1)], axis=1)
-    if bad is not None:
-        coefs[bad] = np.nan
+    iu = np.triu_indices(phi.shape[1])
+    coefs = np.concatenate([alpha, corner[:, iu[0], iu[1]]], axis=1)
+    coefs[~_regular(phi)] = np.nan
     return coefs
+
+
+def _lower_grams(block: ARBlock, coefs: NDArray) -> NDArray:
+    """(r, r, v): the lower triangles of ``Q'W'WQ`` for the weights `coefs` (v, T) of :func:`_gram_coefs`, one
+    matrix product; the upper triangles are zero (the Cholesky factorisations read the lower ones only)."""
+    r, v = block.design.rank, coefs.shape[0]
+    il = np.tril_indices(r)
+    grams = np.zeros((r, r, v))
+    grams[il] = block.lower_terms.T @ coefs.T
+    return grams
 
 
 def ar_information(block: ARBlock, phi: NDArray) -> NDArray:
@@ -453,7 +521,18 @@ def _contrast_grams(block: ARBlock, phi: NDArray, B: NDArray) -> NDArray:
     if block.order == 1:
         rhs = np.concatenate([np.zeros((r, 1, v)), B], axis=1)  # _solve_ar1 takes a per-voxel first column
         return _solve_ar1(block, coefs[:, :2], coefs[:, 2], rhs)[:, 1:]
-    return _cholesky_solve((block.gram_terms.T @ coefs.T).reshape(r, r, v), np.array(B))
+    return _cholesky_solve(_lower_grams(block, coefs), np.array(B))
+
+
+def _contrast_quads(block: ARBlock, phi: NDArray, B0: NDArray) -> NDArray:
+    """(v, k, k): ``B0' gram(phi)^-1 B0`` for AR models phi (v, p) and right-hand sides B0 (r, k) shared by every
+    voxel; NaN where a model is not stationary or at its edge, or its Gram matrix is not positive definite. For
+    p > 1, ``|L^-1 B0|^2`` with L the Cholesky factor of the Gram matrix: forward substitution only."""
+    v = phi.shape[0]
+    if block.order == 1:
+        return np.einsum("ka,kbv->vab", B0, _contrast_grams(block, phi, np.repeat(B0[:, :, None], v, axis=2)))
+    Z = _forward(_cholesky(_lower_grams(block, _gram_coefs(phi))), B0[:, :, None])
+    return np.einsum("kav,kbv->vab", Z, Z)
 
 
 def efficiency_loss(block: ARBlock, phi: NDArray, phi_cov: NDArray, coefs: NDArray, U: NDArray) -> NDArray:
@@ -461,42 +540,44 @@ def efficiency_loss(block: ARBlock, phi: NDArray, phi_cov: NDArray, coefs: NDArr
     phi, per unit innovation variance: ``U' (Q_jk - P_j gram^-1 P_k) U`` weighted by cov(phi)_jk, with ``U =
     gram^-1 wq'`` (r, q, v), ``P_j = Q' dV^-1/dphi_j Q`` and ``Q_jk = Q' dV^-1/dphi_j V dV^-1/dphi_k Q`` in
     Whittle's frequency-domain form (``dV^-1/dphi_j ~ -d_j / f``, ``1/f = |A|^2``; see :func:`ar_information`),
-    gram^-1 exactly. The variance of an event design's contrast is 1-3% more than GLS's for AR(1) or AR(2)
-    noise of 0.4 over 200 scans."""
+    gram^-1 exactly (`coefs` of :func:`_gram_coefs` at phi). The variance of an event design's contrast is 1-3%
+    more than GLS's for AR(1) or AR(2) noise of 0.4 over 200 scans.
+
+    The weighted sum over (j, k) is taken inside the sums over frequencies: ``sum_jk cov_jk d_j(w) d_k(w)`` is one
+    number per frequency, and ``sum_jk cov_jk (P_j U)' gram^-1 P_k U`` one solve with the p q columns ``P_j U``."""
+    r, q, v = U.shape
+    p, f = phi.shape[1], block.freqs.size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = _cholesky(_lower_grams(block, coefs))
+    step = max(1, (1 << 20) // ((3 * p + 2 * q + 2 * p * q) * f + 3 * p * q * r))  # voxels: arrays of ~8 MiB
+    loss = np.empty((v, q, q))
+    for a in range(0, v, step):
+        part = slice(a, a + step)
+        loss[part] = _efficiency_loss_part(block, phi[part], phi_cov[part], factor[:, :, part], U[:, :, part])
+    return np.where(np.isfinite(loss), loss, 0.0)
+
+
+def _efficiency_loss_part(block: ARBlock, phi: NDArray, phi_cov: NDArray, factor: NDArray, U: NDArray) -> NDArray:
+    """:func:`efficiency_loss` for a few voxels, with the Cholesky factors (r, r, v) of their Gram matrices."""
     r, q, v = U.shape
     p = phi.shape[1]
-    step = max(1, (1 << 17) // (p * p * q * q + p * q * r + q * q))  # voxels at a time: work arrays of ~8 MiB
-    if v > step:
-        return np.concatenate(
-            [
-                efficiency_loss(
-                    block, phi[a : a + step], phi_cov[a : a + step], coefs[a : a + step], U[:, :, a : a + step]
-                )
-                for a in range(0, v, step)
-            ]
-        )
-    n = block.design.n_scans
-    quad = np.zeros((v, p, p, q, q))  # sum_w c |A|^2 d_j d_k Re(z_a* z_b) / n
-    proj = np.zeros((v, p, q, r))  # P_j u_a
-    chunk = max(1, (1 << 20) // max(1, v * max(p * p * q * q, r, p * q)))
-    for a in range(0, block.freqs.size, chunk):
-        c = block.freq_weights[a : a + chunk] / n
-        d, inv_f = _log_spectrum_gradient(block, phi, slice(a, a + chunk))  # (v, p, f), (v, f)
-        qf = block.basis_fft[a : a + chunk]  # (f, r)
-        zu = np.einsum("fr,rqv->vqf", qf, U)  # Fourier transforms of Q u, (v, q, f)
-        f = qf.shape[0]
-        cross = np.real(np.conj(zu)[:, :, None, :] * zu[:, None, :, :]).reshape(v, q * q, f)
-        dw = d * (inv_f * c)[:, None, :]  # (v, p, f)
-        quad += np.matmul(
-            (dw[:, :, None, :] * d[:, None, :, :]).reshape(v, p * p, f), cross.transpose(0, 2, 1)
-        ).reshape(v, p, p, q, q)
-        proj -= np.real(np.matmul(dw[:, :, None, :] * zu[:, None, :, :], np.conj(qf)))  # (v, p, q, r)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gram = (block.gram_terms.T @ coefs.T).reshape(r, r, v)
-        solved = _cholesky_solve(gram, np.ascontiguousarray(proj.reshape(v, p * q, r).transpose(2, 1, 0)))
-        inner = np.einsum("rjv,rkv->vjk", proj.reshape(v, p * q, r).transpose(2, 1, 0), solved).reshape(v, p, q, p, q)
-        loss = np.einsum("vjk,vjkab->vab", phi_cov, quad - inner.transpose(0, 1, 3, 2, 4))
-    return np.where(np.isfinite(loss), loss, 0.0)
+    qf = block.basis_fft  # (f, r): Fourier transforms of the basis's columns
+    d, inv_f = _log_spectrum_gradient(block, phi, slice(None))  # (v, p, f), (v, f)
+    dw = d * (inv_f * (block.freq_weights / block.design.n_scans))[:, None, :]  # (v, p, f)
+    Uv = U.transpose(2, 1, 0).reshape(v * q, r)
+    zu_re = (Uv @ qf.real.T).reshape(v, q, -1)  # Fourier transforms of Q u, (v, q, f)
+    zu_im = (Uv @ qf.imag.T).reshape(v, q, -1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        weight = np.einsum("vjf,vjf->vf", np.matmul(phi_cov, d), dw)  # sum_jk cov_jk |A|^2 d_j d_k c / n
+        quad = np.matmul(zu_re * weight[:, None, :], zu_re.transpose(0, 2, 1))  # sum_w weight Re(conj(z_a) z_b)
+        quad += np.matmul(zu_im * weight[:, None, :], zu_im.transpose(0, 2, 1))
+        proj = -(  # P_j u_a, (v, p, q, r): Re(sum_w dw_j z_a conj(qf)) in real arithmetic
+            (dw[:, :, None, :] * zu_re[:, None, :, :]).reshape(v * p * q, -1) @ qf.real
+            + (dw[:, :, None, :] * zu_im[:, None, :, :]).reshape(v * p * q, -1) @ qf.imag
+        ).reshape(v, p, q, r)
+        solved = _factored_solve(factor, np.ascontiguousarray(proj.reshape(v, p * q, r).transpose(2, 1, 0)))
+        weighted = np.matmul(phi_cov, solved.transpose(2, 1, 0).reshape(v, p, q * r)).reshape(v, p, q, r)
+        return quad - np.einsum("vjar,vjbr->vab", proj, weighted)
 
 
 def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int], h: float = 0.05):
@@ -523,6 +604,17 @@ def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int],
     return _estimation_terms(block, phi, B, sizes, h)[0]
 
 
+def _phi_covariance(info: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+    """cov(phi) (v, p, p), the pseudo-inverse of the information `info` (v, p, p) (eigenvalues at most 1e-15 of the
+    largest in absolute value count as 0, as ``np.linalg.pinv``'s), with its eigenvalues (v, p) and eigenvectors
+    (v, p, p; in columns): one eigendecomposition."""
+    lam, axes = np.linalg.eigh(info)
+    cutoff = 1e-15 * np.abs(lam).max(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(np.abs(lam) > cutoff, 1.0 / lam, 0.0)
+    return np.matmul(axes * inv[:, None, :], np.swapaxes(axes, 1, 2)), inv, axes
+
+
 def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int], h: float = 0.05):
     """:func:`estimation_terms`, and a mask (v,) of the voxels where no term was left out as not finite (where
     the terms are smooth functions of phi: an axis's steps stay inside the stationary models)."""
@@ -536,30 +628,28 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
         return np.einsum("kav,kbv->vab", B[:, cols], X[:, cols])
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        phi_cov = np.linalg.pinv(ar_information(block, phi), hermitian=True)
-        lam, axes = np.linalg.eigh(phi_cov)
+        phi_cov, lam, axes = _phi_covariance(ar_information(block, phi))
         base = _contrast_grams(block, phi, B)
         Cs = [quad(base, cols) for cols in spans]
         C_invs = [1.0 / C if C.shape[1] == 1 else np.linalg.pinv(C, hermitian=True) for C in Cs]
         spread = [np.zeros(v) for _ in sizes]
         regular = np.ones(v, dtype=bool)
         kappa = [np.zeros(v) for _ in sizes]
-        for k in range(p):  # one axis at a time: memory of two solutions
+        for k in range(p):
             step = h * np.sqrt(np.clip(lam[:, k], 0.0, None))[:, None] * axes[:, :, k]
-            up, down = _contrast_grams(block, phi + step, B), _contrast_grams(block, phi - step, B)
+            up, down = _contrast_quads(block, phi + step, B[:, :, 0]), _contrast_quads(block, phi - step, B[:, :, 0])
             for i, cols in enumerate(spans):
                 q = sizes[i]
-                Cu, Cd = quad(up, cols), quad(down, cols)
+                Cu, Cd = up[:, cols, cols], down[:, cols, cols]
                 g = np.einsum("vab,vba->v", C_invs[i], Cu - Cd) / (2.0 * h * q)
                 spread[i] += np.where(np.isfinite(g), g * g, 0.0)
                 curve = np.einsum("vab,vba->v", C_invs[i], Cu + Cd - 2.0 * Cs[i]) / (2.0 * h * h * q)
                 kappa[i] += np.where(np.isfinite(curve), curve, 0.0)
                 regular &= np.isfinite(g) & np.isfinite(curve)
-        coefs = _gram_coefs(phi)
+        loss = efficiency_loss(block, phi, phi_cov, _gram_coefs(phi), base)  # every contrast at once
         out = []
         for i, cols in enumerate(spans):
-            loss = efficiency_loss(block, phi, phi_cov, coefs, base[:, cols])
-            lam_ = np.einsum("vab,vba->v", C_invs[i], loss) / sizes[i]
+            lam_ = np.einsum("vab,vba->v", C_invs[i], loss[:, cols, cols]) / sizes[i]
             regular &= np.isfinite(lam_)
             lam_ = np.where(np.isfinite(lam_), lam_, 0.0)
             out.append(((1.0 + lam_) / (1.0 + kappa[i]), 2.0 / (2.0 / block.nu + spread[i]), kappa[i], lam_))

@@ -1,10 +1,15 @@
-"""Shared fixtures: seeds that vary between runs (tests must pass for any seed) and reference data."""
+"""Shared fixtures: seeds that vary between runs (tests must pass for any seed) and reference data; before a
+parallel run (pytest-xdist's ``-n``), numba's kernels compiled once into their disk cache."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -30,6 +35,36 @@ def pytest_configure(config):
         "planted_model_json: the test writes model.json files that are not of this version on purpose (older "
         "forms, refusals); the check of every model.json under its tmp_path is skipped",
     )
+    if getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"):
+        _warm_numba_cache(config)
+
+
+def _warm_numba_cache(config) -> None:
+    """Compile the kernels into numba's disk cache before the workers start, in ``numba_warmup.py``'s parts at
+    once (one process each), so that each kernel is compiled once in the run, not by every worker and child
+    process that calls it first. Serial runs skip this: each kernel is then compiled by the first test that
+    needs it (or loaded from the cache). A part that fails is reported and the run goes on: the tests compile
+    what they call, and fail themselves where a kernel does."""
+    package = importlib.util.find_spec("voxfit").submodule_search_locations[0]
+    path = os.pathsep.join([str(Path(package).parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    script = Path(__file__).with_name("numba_warmup.py")
+    parts = ("maps", "fits")
+    children = [
+        subprocess.Popen(
+            [sys.executable, str(script), part],
+            env=dict(os.environ, PYTHONPATH=path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for part in parts
+    ]
+    for part, child in zip(parts, children):
+        output = child.communicate()[0]
+        if child.returncode:
+            config.issue_config_time_warning(
+                pytest.PytestWarning(f"numba_warmup.py {part} failed ({child.returncode}): {output[-2000:]}"), 2
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,60 @@
+"""Compile voxfit's numba kernels into their disk cache before a parallel test run (see ``conftest.py``).
+
+Run as ``python numba_warmup.py PART`` with PART in ``PARTS``: each part calls, through the public functions
+and on tiny data, the kernels of one share of the package in the dtypes the suite uses (float32 and float64),
+so that numba compiles and caches them (``cache=True``); the test workers and the commands they start then load
+them from the cache instead of compiling them again, each on its own. The parts are balanced by compile time
+(about half each) and run at once, one per core. A kernel this misses is compiled, as before, by the first test
+that calls it: the warm-up changes only when compiling happens, never what is compiled or tested.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def _maps() -> None:
+    """TFCE and the cluster kernels, one map and batches, float32 and float64 (the largest compile)."""
+    from voxfit.inference import cluster_max, label_clusters, tfce, tfce_max, volume_adjacency
+
+    adjacency = volume_adjacency(np.ones((4, 4, 2), dtype=bool), (4, 4, 2))
+    for dtype in (np.float64, np.float32):
+        stats = np.random.default_rng(0).standard_normal((3, adjacency.n)).astype(dtype)
+        tfce(stats[0], adjacency)
+        tfce(stats, adjacency)
+        tfce_max(stats, adjacency)
+        label_clusters(stats[0], adjacency, 0.5)
+        cluster_max(stats, adjacency, 0.5)
+
+
+def _fits() -> None:
+    """The fit's pass over the data, z from t, the permutation tiles, the mixed-effects kernel and the
+    smoothness sums."""
+    import voxfit
+    from voxfit.core._kernels import compile_kernels, hermite_z
+    from voxfit.core._mixed_kernels import compile_mixed_kernels
+    from voxfit.engine.smoothness import warm_kernels
+    from voxfit.inference import permutation_test
+
+    rng = np.random.default_rng(0)
+    compile_mixed_kernels()  # both signatures, compiled eagerly
+    compile_kernels()
+    hermite_z(np.linspace(-3, 3, 5), 1.0, np.zeros((4, 4)), np.empty(5))
+    X = np.column_stack([np.ones(12), np.arange(12.0)])
+    one = np.ones((8, 1))
+    two = np.repeat(np.eye(2), 4, axis=0)
+    for dtype in (np.float32, np.float64):
+        voxfit.fit(X, rng.standard_normal((12, 6)).astype(dtype), compiled=True)
+        Y = rng.standard_normal((8, 6)).astype(dtype)
+        permutation_test(one, Y, [[1.0]], n_permutations=8, seed=0, n_jobs=1)  # sign-flips, t
+        permutation_test(two, Y, [[1.0, -1.0]], n_permutations=8, seed=0, n_jobs=1)  # shuffles, t
+        permutation_test(two, Y, np.eye(2), n_permutations=8, seed=0, n_jobs=1)  # shuffles, F
+        warm_kernels(dtype)
+
+
+PARTS = {"maps": _maps, "fits": _fits}
+
+if __name__ == "__main__":
+    PARTS[sys.argv[1]]()

@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,10 @@ def pytest_configure(config):
     )
     if getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"):
         _warm_numba_cache(config)
+    if hasattr(config, "workerinput"):
+        # an xdist worker starts with SIGINT ignored (the controller takes Ctrl-C), and the processes the tests
+        # start inherit that: the tests of Ctrl-C need Python's own handler, here and in those children
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _warm_numba_cache(config) -> None:

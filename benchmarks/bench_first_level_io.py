@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _util import best, work_folder
+from _util import best, task_design, work_folder
 
 SHAPE = (64, 64, 40)
 
@@ -43,28 +43,12 @@ maps["p_value"].to_filename(out + "/p.nii.gz")
 
 def make_study(folder: Path, n_scans: int, seed: int = 0):
     import nibabel as nib
-    import pandas as pd
-    from scipy import stats
 
     rng = np.random.default_rng(seed)
     grid = np.indices(SHAPE).astype(np.float32)
     c = (np.array(SHAPE) - 1) / 2
     mask = sum(((g - ci) / r) ** 2 for g, ci, r in zip(grid, c, (34.0, 34.0, 24.0))) <= 1.0
-    tr = 2.0
-    t = np.arange(n_scans) * tr
-    dt = tr / 16
-    ht = np.arange(0, 32, dt)
-    hrf = stats.gamma.pdf(ht, 6) - stats.gamma.pdf(ht, 16) / 6
-    cols = {}
-    for k, name in enumerate("ABCD"):
-        box = np.repeat(((t // 16) % 5 == k).astype(float), 16)
-        cols[name] = np.convolve(box, hrf)[: box.size][::16] * dt
-    for k in range(6):
-        cols[f"motion{k}"] = np.cumsum(rng.normal(0, 0.02, n_scans))
-    for k in range(1, 5):
-        cols[f"drift{k}"] = np.cos(np.pi * (np.arange(n_scans) + 0.5) * k / n_scans)
-    cols["constant"] = np.ones(n_scans)
-    design = pd.DataFrame(cols)
+    design = task_design(n_scans, rng)  # (TR 2 s)
     X = design.to_numpy()
     n_vox = int(mask.sum())
     beta = rng.normal(0, 0.5, (X.shape[1], n_vox))

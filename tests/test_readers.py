@@ -420,3 +420,24 @@ def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp
         assert back.header.get_axis(1) == models and list(back.header.get_axis(0).name) == names
         assert back.nifti_header.get_intent()[0] == "ConnDenseScalar"
         npt.assert_array_equal(back.get_fdata(dtype=np.float32), maps.astype(np.float32))
+
+
+def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng):
+    """An uncompressed, unscaled .dtseries.nii is read from its stored (grayordinate-major) layout through a
+    memory map, slab by slab: the same scans as nibabel's; images in memory go through nibabel."""
+    from voxfit.io.readers import _grayordinate_major
+
+    cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 400, 3), 400, name="CortexLeft")
+    models = cortex + nib.cifti2.BrainModelAxis.from_mask(
+        rng.random((5, 4, 3)) > 0.4, name="ThalamusLeft", affine=np.eye(4)
+    )
+    data = rng.standard_normal((37, len(models))).astype(np.float32)
+    image = nib.Cifti2Image(data, header=(nib.cifti2.SeriesAxis(0, 2, 37), models))
+    path = tmp_path / "run.dtseries.nii"
+    nib.save(image, path)
+    reader = open_reader(str(path))
+    assert _grayordinate_major(reader._imgs[0]) is not None and _grayordinate_major(image) is None
+    slabs = list(reader.iter_scans(max_bytes=5 * len(models) * 4))
+    assert [start for start, _ in slabs] == list(range(0, 37, 5))
+    npt.assert_array_equal(np.concatenate([block for _, block in slabs]), data)
+    npt.assert_array_equal(np.concatenate([b for _, b in open_reader(image).iter_scans(max_bytes=400)]), data)

@@ -611,9 +611,32 @@ class CiftiReader:
         k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
         first = 0
         for img in self._imgs:
+            stored = _grayordinate_major(img)
             for start in range(0, img.shape[0], k):
-                yield first + start, np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
+                if stored is not None:
+                    yield first + start, np.asarray(stored[:, start : start + k].T, dtype=self.dtype)
+                else:
+                    yield first + start, np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
             first += img.shape[0]
+
+
+def _grayordinate_major(img):
+    """The data of an uncompressed, unscaled CIFTI file as stored, memory-mapped (grayordinates, scans): NIfTI's
+    column-major order puts each grayordinate's series together, so a slab of scans is a strided read that the
+    page cache serves; nibabel's proxy re-reads a span of the file per slab (~0.4 s per 50 frames of 91k
+    grayordinates). None for images in memory, compressed or scaled files (read through the proxy)."""
+    proxy = img.dataobj
+    if isinstance(proxy, np.ndarray) or getattr(proxy, "is_proxy", False) is False or _scale(proxy) is not None:
+        return None
+    path = getattr(proxy, "file_like", None)
+    if not isinstance(path, str) or path.endswith((".gz", ".bz2", ".zst")) or getattr(proxy, "order", "F") != "F":
+        return None
+    shape = tuple(img.shape)
+    try:
+        stored = np.memmap(path, dtype=proxy.dtype, mode="r", offset=int(proxy.offset), shape=shape[::-1])
+    except (OSError, ValueError):
+        return None
+    return stored
 
 
 class NpyReader(_RowsReader):

@@ -460,30 +460,39 @@ def test_corner_correction_equals_the_exact_inverse_covariance(p):
 
     from voxfit.core.ar import _band_and_corners
 
-    mpmath.mp.dps = 40
     phi = _stationary_models(np.random.default_rng(100 + p), 3, p)
     alpha, corner = _band_and_corners(phi)
     n = 2 * p + 2
     for j in range(3):
-        ph = [mpmath.mpf(float(x)) for x in phi[j]]
-        A = mpmath.eye(p + 1)
-        for k in range(p + 1):
-            for i in range(1, p + 1):
-                A[k, abs(k - i)] -= ph[i - 1]
-        g = list(mpmath.lu_solve(A, mpmath.matrix([1] + [0] * p)))
-        for k in range(p + 1, n):
-            g.append(sum(ph[i - 1] * g[k - i] for i in range(1, p + 1)))
-        inv = mpmath.inverse(mpmath.matrix([[g[abs(a - b)] for b in range(n)] for a in range(n)]))
-        taps = [mpmath.mpf(1)] + [-x for x in ph]
-        band = [sum(taps[i] * taps[i + k] for i in range(p + 1 - k)) for k in range(p + 1)]
-        exact = np.array(
-            [[float(inv[a, b] - (band[abs(a - b)] if abs(a - b) <= p else 0)) for b in range(n)] for a in range(n)]
-        )
-        npt.assert_allclose(alpha[j], [float(x) for x in band], rtol=1e-13, atol=1e-13)
+        with mpmath.workdps(40):  # (mpmath's precision is global: other modules' references set their own)
+            exact, band = _exact_inverse_less_band(phi[j], p, n)
+        npt.assert_allclose(alpha[j], band, rtol=1e-13, atol=1e-13)
         tol = 1e-12 * np.abs(exact).max()
         npt.assert_allclose(exact[:p, :p], corner[j], atol=tol, rtol=0)
         npt.assert_allclose(exact[::-1, ::-1][:p, :p], corner[j], atol=tol, rtol=0)
         assert np.abs(exact[p : n - p]).max() <= tol and np.abs(exact[:p, n - p :]).max() <= tol
+
+
+def _exact_inverse_less_band(phi_j, p: int, n: int):
+    """The n x n inverse covariance of the AR(p) model `phi_j` less its band, and the band (alpha), at mpmath's
+    working precision, as floats."""
+    import mpmath
+
+    ph = [mpmath.mpf(float(x)) for x in phi_j]
+    A = mpmath.eye(p + 1)
+    for k in range(p + 1):
+        for i in range(1, p + 1):
+            A[k, abs(k - i)] -= ph[i - 1]
+    g = list(mpmath.lu_solve(A, mpmath.matrix([1] + [0] * p)))
+    for k in range(p + 1, n):
+        g.append(sum(ph[i - 1] * g[k - i] for i in range(1, p + 1)))
+    inv = mpmath.inverse(mpmath.matrix([[g[abs(a - b)] for b in range(n)] for a in range(n)]))
+    taps = [mpmath.mpf(1)] + [-x for x in ph]
+    band = [sum(taps[i] * taps[i + k] for i in range(p + 1 - k)) for k in range(p + 1)]
+    exact = np.array(
+        [[float(inv[a, b] - (band[abs(a - b)] if abs(a - b) <= p else 0)) for b in range(n)] for a in range(n)]
+    )
+    return exact, [float(x) for x in band]
 
 
 def _step_up(kappa):

@@ -14,6 +14,13 @@ mp.mp.dps = 60
 HALF = mp.mpf(1) / 2
 
 
+@pytest.fixture(autouse=True)
+def _sixty_digits():
+    """Every reference at 60 digits, whatever another module's test left mpmath's (global) precision at."""
+    with mp.workdps(60):
+        yield
+
+
 def ref_t_tail(t, dof):
     """P(T > |t|) at 60 digits, from whichever incomplete-beta form converges."""
     t, dof = mp.mpf(abs(t)), mp.mpf(dof)

@@ -626,17 +626,15 @@ def _grayordinate_major(img):
     page cache serves; nibabel's proxy re-reads a span of the file per slab (~0.4 s per 50 frames of 91k
     grayordinates). None for images in memory, compressed or scaled files (read through the proxy)."""
     proxy = img.dataobj
-    if isinstance(proxy, np.ndarray) or getattr(proxy, "is_proxy", False) is False or _scale(proxy) is not None:
+    if not getattr(proxy, "is_proxy", False) or _scale(proxy) is not None:  # (an array in memory: no proxy)
         return None
     path = getattr(proxy, "file_like", None)
     if not isinstance(path, str) or path.endswith((".gz", ".bz2", ".zst")) or getattr(proxy, "order", "F") != "F":
         return None
-    shape = tuple(img.shape)
     try:
-        stored = np.memmap(path, dtype=proxy.dtype, mode="r", offset=int(proxy.offset), shape=shape[::-1])
+        return np.memmap(path, dtype=proxy.dtype, mode="r", offset=int(proxy.offset), shape=tuple(img.shape)[::-1])
     except (OSError, ValueError):
         return None
-    return stored
 
 
 class NpyReader(_RowsReader):

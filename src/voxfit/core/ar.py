@@ -15,6 +15,7 @@ data: the n x V work stays a few matrix products, and the p x p algebra per voxe
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 MAX_REFLECTION = 0.99
+MIN_PREDICTION_ERROR = 1e-6  # of the variance: a clipped coefficient below it ends the model (see _levinson)
 AR_ITERATIONS = 4  # of the bias correction (see ARBlock.estimate)
 AR1_TABLE_NODES = 2049  # of the AR(1) estimation terms' table over atanh(phi) (see ar1_estimation_terms)
 AR1_TABLE_SPAN = float(np.arctanh(0.995))  # the table's atanh(phi) range: every estimate is within +-0.99
@@ -111,14 +113,25 @@ def _lagged_products(E: NDArray, order: int) -> NDArray[np.float64]:
 
 def _levinson(rho_in: NDArray) -> tuple[NDArray, NDArray, NDArray]:
     """Yule-Walker by Levinson-Durbin for autocorrelations `rho_in` (v, p+1), reflection coefficients held in
-    (-MAX_REFLECTION, MAX_REFLECTION). Returns ``(phi (v, p), model autocorrelations (v, p+1), gamma0 (v,))``."""
+    (-MAX_REFLECTION, MAX_REFLECTION). Returns ``(phi (v, p), model autocorrelations (v, p+1), gamma0 (v,))``.
+
+    Autocorrelations that no stationary model has give reflection coefficients beyond the bound, each held at it,
+    which divides the one-step prediction error by 50. Where a clipped coefficient at lag k would take that error
+    below MIN_PREDICTION_ERROR of the variance, the AR(k - 1) model is kept and no later lag is fitted: a cascade
+    of clips (from corrected autocorrelations of short runs at high orders) would soon make the model's covariance
+    singular to rounding."""
     n_vox, p = rho_in.shape[0], rho_in.shape[1] - 1
     phi = np.zeros((n_vox, p))  # phi[:, j - 1] is the lag-j coefficient
     rho = np.ones((n_vox, p + 1))  # the fitted model's autocorrelations
     err = np.ones(n_vox)
+    fitting = np.ones(n_vox, dtype=bool)  # no coefficient clipped yet
     for k in range(1, p + 1):
         past = np.einsum("vj,vj->v", phi[:, : k - 1], rho[:, k - 1 : 0 : -1])  # sum_j phi_j rho_{k-j}
-        kappa = np.clip((rho_in[:, k] - past) / err, -MAX_REFLECTION, MAX_REFLECTION)
+        with np.errstate(invalid="ignore"):
+            raw = np.where(fitting, (rho_in[:, k] - past) / err, 0.0)
+            kappa = np.clip(raw, -MAX_REFLECTION, MAX_REFLECTION)
+            fitting &= ~((np.abs(raw) > MAX_REFLECTION) & (err * (1.0 - kappa**2) < MIN_PREDICTION_ERROR))
+            kappa = np.where(fitting, kappa, 0.0)
         rho[:, k] = kappa * err + past  # the input rho_k unless kappa was clipped
         if k > 1:
             phi[:, : k - 1] = phi[:, : k - 1] - kappa[:, None] * phi[:, k - 2 :: -1]
@@ -205,6 +218,13 @@ class ARBlock:
         self.residual_share = 1.0 - np.sum(np.abs(self.basis_fft) ** 2, axis=1) / n
         self.freq_cos = np.cos(np.multiply.outer(np.arange(1, p + 1), self.freqs))  # (p, f): cos(jw), sin(jw)
         self.freq_sin = np.sin(np.multiply.outer(np.arange(1, p + 1), self.freqs))
+        lags = np.arange(1, p + 1)[None, :, None] - np.arange(p + 1)[:, None, None]  # j - l, (p+1, p, 1)
+        ls = np.arange(p + 1)[:, None, None] * self.freqs  # l w: A's real and imaginary parts
+        # (p+1, (p+2) f): taps @ this is Re(e^{ijw} conj(A)) for j = 1..p, then Re(A) and Im(A)
+        self.tap_cosines = np.concatenate([np.cos(lags * self.freqs), np.cos(ls), -np.sin(ls)], axis=1).reshape(
+            p + 1, -1
+        )
+        self.information_weights = 2.0 * self.freq_weights * self.residual_share  # g(w) |A(w)|^4 of ar_information
         shifted = [_shift_sum(Q, k) for k in range(p + 1)]
         self.lagged_basis = np.concatenate(shifted, axis=1)  # (n, (p+1) r)
         self.G = np.stack([Q.T @ sq for sq in shifted])  # (p+1, r, r): Q'S_k Q
@@ -258,8 +278,8 @@ class ARBlock:
     def _levinson_bias(self, rho_in: NDArray, phi: NDArray, h: float = 0.05) -> NDArray:
         """(v, p): ``E[L(rho_hat)] - L(rho)`` to second order for Levinson's map L from autocorrelations to
         phi: ``tr(Hess L cov(rho_hat)) / 2``, with ``cov(rho_hat) = J^-1 cov(phi) J^-T`` (J = dL/drho, cov(phi)
-        the inverse of :func:`ar_information`); by second differences along the principal axes of cov(rho_hat),
-        steps of `h` standard deviations."""
+        the inverse of :func:`ar_information`); by second differences along the columns of a square root of
+        cov(rho_hat), ``J^-1 R^-T`` with ``R R'`` the information (Cholesky), steps of `h` of them."""
         v, p = phi.shape
 
         def L(r):
@@ -271,12 +291,17 @@ class ARBlock:
             e = np.zeros(p)
             e[j] = 1e-4  # J only scales an O(1/n) term: its step's error matters less than rounding's
             J[:, :, j] = (L(r0 + e) - L(r0 - e)) / 2e-4
-        J_inv = np.linalg.pinv(J)
-        cov_rho = J_inv @ np.linalg.pinv(ar_information(self, phi), hermitian=True) @ np.swapaxes(J_inv, 1, 2)
-        lam, axes = np.linalg.eigh(0.5 * (cov_rho + np.swapaxes(cov_rho, 1, 2)))
+        root = _inverse_root(ar_information(self, phi))  # (v, p, p): root root' = cov(phi)
+        clipped = ~(np.abs(_reflection_coefficients(phi)) < MAX_REFLECTION - 1e-3).all(axis=1)  # L is flat there
+        steps = np.empty((v, p, p))
+        steps[clipped] = np.linalg.pinv(J[clipped]) @ root[clipped]
+        try:
+            steps[~clipped] = np.linalg.solve(J[~clipped], root[~clipped])
+        except np.linalg.LinAlgError:  # singular without a clipped coefficient: to rounding, at a unit root
+            steps[~clipped] = np.linalg.pinv(J[~clipped]) @ root[~clipped]
         base, bias = L(r0), np.zeros((v, p))
         for k in range(p):  # one call per step: Levinson's arrays for one block stay in cache
-            step = h * np.sqrt(np.clip(lam[:, k], 0.0, None))[:, None] * axes[:, :, k]
+            step = h * steps[:, :, k]
             bias += (L(r0 + step) + L(r0 - step) - 2.0 * base) / (2.0 * h * h)
         return np.where(np.isfinite(bias), bias, 0.0)
 
@@ -463,6 +488,28 @@ def _regular(phi: NDArray) -> NDArray:
     return ok
 
 
+def _inverse_root(info: NDArray) -> NDArray:
+    """(v, p, p): S with ``S S'`` the pseudo-inverse of each symmetric `info` (v, p, p): ``R^-T`` for its Cholesky
+    factor R; where it is not positive definite or is near singular (a pivot below 1e-6 of the largest diagonal
+    entry's root: a condition number that may pass 1e12), ``axes / sqrt(lam)`` over its eigenvalues above 1e-15 of
+    the largest, as ``np.linalg.pinv``'s; NaN where not finite."""
+    v, p, _ = info.shape
+    R = _cholesky(np.array(info.transpose(1, 2, 0)))
+    root = _forward(R, np.eye(p)[:, :, None]).transpose(2, 1, 0)  # (R^-1)' per voxel
+    with np.errstate(invalid="ignore"):
+        pivots = np.diagonal(R)  # (v, p)
+        steady = pivots.min(axis=1) > 1e-6 * np.sqrt(np.diagonal(info, axis1=1, axis2=2).max(axis=1))
+    bad = ~(steady & np.isfinite(root).all(axis=(1, 2)))
+    if bad.any():
+        finite = np.isfinite(info[bad]).all(axis=(1, 2))
+        lam, axes = np.linalg.eigh(np.where(finite[:, None, None], info[bad], 0.0))
+        keep = lam > 1e-15 * np.abs(lam).max(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            root[bad] = axes * np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)[:, None, :]
+        root[np.flatnonzero(bad)[~finite]] = np.nan
+    return root
+
+
 def _gram_coefs(phi: NDArray) -> NDArray:
     """(v, p+1+p(p+1)/2): the weights of ``block.lower_terms`` that make ``Q'W'WQ`` for AR models phi (v, p): the
     band's alpha, then the corner correction's upper triangle (row by row); NaN for a model that is not stationary
@@ -490,14 +537,21 @@ def ar_information(block: ARBlock, phi: NDArray) -> NDArray:
     2 Re(e^{ijw} conj(A(w))) / |A(w)|^2`` (A the AR polynomial), ``s(w)`` the share of frequency w that the
     design leaves to the residuals. Without a design it is n times Yule-Walker's ``Gamma_p`` (unit
     innovations). A smooth design removes the low frequencies, where an AR(1) of 0.5 says most about phi: with
-    8 such columns over 200 scans its estimate varies 25% more than Yule-Walker's (1 - phi^2) / n says."""
+    8 such columns over 200 scans its estimate varies 25% more than Yule-Walker's (1 - phi^2) / n says.
+
+    With taps a = (1, -phi), ``Re(e^{ijw} conj(A)) = sum_l a_l cos((j-l)w)``: linear in the taps, so all of
+    them are one matrix product with a table of cosines, and ``|A|^2`` another."""
     v, p = phi.shape
-    info = np.zeros((v, p, p))
-    chunk = max(1, (1 << 20) // max(1, v * p))  # frequencies at a time: work arrays of ~8 MiB
-    for a in range(0, block.freqs.size, chunk):
-        d, _ = _log_spectrum_gradient(block, phi, slice(a, a + chunk))
-        weight = 0.5 * block.freq_weights[a : a + chunk] * block.residual_share[a : a + chunk]
-        info += np.matmul(d * weight, d.transpose(0, 2, 1))
+    taps = np.concatenate([np.ones((v, 1)), -phi], axis=1)  # (v, p+1)
+    f = block.freqs.size
+    info = np.empty((v, p, p))
+    chunk = max(1, (1 << 20) // max(1, p * f))  # voxels at a time: work arrays of ~8 MiB
+    for a in range(0, v, chunk):
+        part = slice(a, a + chunk)
+        R = (taps[part] @ block.tap_cosines).reshape(-1, p + 2, f)  # Re(e^{ijw} conj(A)) = |A|^2 d_j / 2, j = 1..p
+        A2 = R[:, p] ** 2 + R[:, p + 1] ** 2  # |A(w)|^2 from its real and imaginary parts: no cancellation
+        R = R[:, :p]
+        info[part] = np.matmul(R * (block.information_weights / (A2 * A2))[:, None, :], R.transpose(0, 2, 1))
     return info
 
 
@@ -513,42 +567,18 @@ def _log_spectrum_gradient(block: ARBlock, phi: NDArray, freqs: slice) -> tuple[
     return d, inv_f
 
 
-def _contrast_grams(block: ARBlock, phi: NDArray, B: NDArray) -> NDArray:
-    """``gram(phi)^-1 B`` (r, k, v) for AR models phi (v, p) and right-hand sides B (r, k, v) the same for
-    every voxel (B[:, :, 0] is used); NaN where a model is not stationary."""
-    r, _, v = B.shape
-    coefs = _gram_coefs(phi)
-    if block.order == 1:
-        rhs = np.concatenate([np.zeros((r, 1, v)), B], axis=1)  # _solve_ar1 takes a per-voxel first column
-        return _solve_ar1(block, coefs[:, :2], coefs[:, 2], rhs)[:, 1:]
-    return _cholesky_solve(_lower_grams(block, coefs), np.array(B))
-
-
-def _contrast_quads(block: ARBlock, phi: NDArray, B0: NDArray) -> NDArray:
-    """(v, k, k): ``B0' gram(phi)^-1 B0`` for AR models phi (v, p) and right-hand sides B0 (r, k) shared by every
-    voxel; NaN where a model is not stationary or at its edge, or its Gram matrix is not positive definite. For
-    p > 1, ``|L^-1 B0|^2`` with L the Cholesky factor of the Gram matrix: forward substitution only."""
-    v = phi.shape[0]
-    if block.order == 1:
-        return np.einsum("ka,kbv->vab", B0, _contrast_grams(block, phi, np.repeat(B0[:, :, None], v, axis=2)))
-    Z = _forward(_cholesky(_lower_grams(block, _gram_coefs(phi))), B0[:, :, None])
-    return np.einsum("kav,kbv->vab", Z, Z)
-
-
-def efficiency_loss(block: ARBlock, phi: NDArray, phi_cov: NDArray, coefs: NDArray, U: NDArray) -> NDArray:
+def efficiency_loss(block: ARBlock, phi: NDArray, phi_cov: NDArray, factor: NDArray, U: NDArray) -> NDArray:
     """(v, q, q): Kackar and Harville's extra covariance of ``wq beta_hat`` from whitening with phi_hat instead of
     phi, per unit innovation variance: ``U' (Q_jk - P_j gram^-1 P_k) U`` weighted by cov(phi)_jk, with ``U =
     gram^-1 wq'`` (r, q, v), ``P_j = Q' dV^-1/dphi_j Q`` and ``Q_jk = Q' dV^-1/dphi_j V dV^-1/dphi_k Q`` in
     Whittle's frequency-domain form (``dV^-1/dphi_j ~ -d_j / f``, ``1/f = |A|^2``; see :func:`ar_information`),
-    gram^-1 exactly (`coefs` of :func:`_gram_coefs` at phi). The variance of an event design's contrast is 1-3%
-    more than GLS's for AR(1) or AR(2) noise of 0.4 over 200 scans.
+    gram^-1 exactly (`factor`: the Cholesky factors (r, r, v) of the Gram matrices at phi). The variance of an
+    event design's contrast is 1-3% more than GLS's for AR(1) or AR(2) noise of 0.4 over 200 scans.
 
     The weighted sum over (j, k) is taken inside the sums over frequencies: ``sum_jk cov_jk d_j(w) d_k(w)`` is one
     number per frequency, and ``sum_jk cov_jk (P_j U)' gram^-1 P_k U`` one solve with the p q columns ``P_j U``."""
     r, q, v = U.shape
     p, f = phi.shape[1], block.freqs.size
-    with np.errstate(invalid="ignore", divide="ignore"):
-        factor = _cholesky(_lower_grams(block, coefs))
     step = max(1, (1 << 20) // ((3 * p + 2 * q + 2 * p * q) * f + 3 * p * q * r))  # voxels: arrays of ~8 MiB
     loss = np.empty((v, q, q))
     for a in range(0, v, step):
@@ -580,79 +610,133 @@ def _efficiency_loss_part(block: ARBlock, phi: NDArray, phi_cov: NDArray, factor
         return quad - np.einsum("vjar,vjbr->vab", proj, weighted)
 
 
-def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int], h: float = 0.05):
+def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]):
     """What estimating phi does to each contrast's variance: ``(scale, dof, kappa, lambda)`` per contrast, each
     (v,): the GLS covariance is multiplied by ``scale = (1 + lambda) / (1 + kappa)`` and has `dof` degrees of
     freedom.
 
     A contrast's variance is ``sigma^2 C(phi)`` with ``C = wq gram^-1 wq'`` (wq: `sizes` rows of the shared
     right-hand sides ``B = wq'`` (r, sum(sizes), v)), estimated at phi_hat, whose covariance ``cov(phi)`` is
-    the inverse of :func:`ar_information`. With ``s_k`` the principal axes of cov(phi) scaled by their standard
-    deviations, ``C(phi_hat)`` varies and is biased, to first and second order, by
+    the inverse of :func:`ar_information`. ``C(phi_hat)`` varies and is biased, to first and second order, by
 
-    * ``var(log C) = sum_k g_k^2``, ``g_k = tr(C^-1 dC/ds_k) / q`` (for t, d log C / ds_k);
-    * ``kappa = E[C(phi_hat)] / C(phi) - 1 = sum_k tr(C^-1 d2C/ds_k2) / (2 q)``: C is convex in phi (2.5% for
-      an AR(1) of 0.5 and a block design over 200 scans), so the variance is divided by ``1 + kappa``;
-
+    * ``var(log C) = g' cov(phi) g``, ``g_j = tr(C^-1 dC/dphi_j) / q`` (for t, d log C / dphi_j);
+    * ``kappa = E[C(phi_hat)] / C(phi) - 1 = sum_jk cov_jk tr(C^-1 d2C/dphi_j dphi_k) / (2 q)``: C is convex in
+      phi (2.5% for an AR(1) of 0.5 and a block design over 200 scans), so the variance is divided by
+      ``1 + kappa``;
     * ``lambda = tr(C^-1 Lambda) / q``, Kackar and Harville's extra variance of the estimate itself from the
       weights' error (:func:`efficiency_loss`), which the covariance should include;
 
-    and Satterthwaite's degrees of freedom match ``var(log sigma^2 C) = 2 / nu + sum_k g_k^2`` to a scaled
+    and Satterthwaite's degrees of freedom match ``var(log sigma^2 C) = 2 / nu + g' cov g`` to a scaled
     chi-square's ``2 / dof`` (nu = n - rank): about 44 instead of 192 for that AR(1), where the AR estimate is
-    most of the uncertainty. Derivatives by differences of `h` standard deviations along each axis.
+    most of the uncertainty. The derivatives are exact (:func:`_gram_derivatives`). A kappa outside (-0.5, 1), a
+    variance more than doubled or halved by a second-order term, says that the expansion does not hold (a model at
+    the edge of the stationary ones, cov(phi) reaching past it): it is held at those bounds.
     """
-    return _estimation_terms(block, phi, B, sizes, h)[0]
+    return _estimation_terms(block, phi, B, sizes)[0]
 
 
-def _phi_covariance(info: NDArray) -> tuple[NDArray, NDArray, NDArray]:
-    """cov(phi) (v, p, p), the pseudo-inverse of the information `info` (v, p, p) (eigenvalues at most 1e-15 of the
-    largest in absolute value count as 0, as ``np.linalg.pinv``'s), with its eigenvalues (v, p) and eigenvectors
-    (v, p, p; in columns): one eigendecomposition."""
-    lam, axes = np.linalg.eigh(info)
-    cutoff = 1e-15 * np.abs(lam).max(axis=1, keepdims=True)
-    with np.errstate(divide="ignore"):
-        inv = np.where(np.abs(lam) > cutoff, 1.0 / lam, 0.0)
-    return np.matmul(axes * inv[:, None, :], np.swapaxes(axes, 1, 2)), inv, axes
+def _phi_covariance(info: NDArray) -> NDArray:
+    """cov(phi) (v, p, p), the inverse of the information `info` (v, p, p) (its pseudo-inverse where it is not
+    positive definite; see :func:`_inverse_root`)."""
+    root = _inverse_root(info)
+    return np.matmul(root, np.swapaxes(root, 1, 2))
 
 
-def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int], h: float = 0.05):
-    """:func:`estimation_terms`, and a mask (v,) of the voxels where no term was left out as not finite (where
-    the terms are smooth functions of phi: an axis's steps stay inside the stationary models)."""
+@functools.cache
+def _tap_indices(p: int) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """Indices into the taps ``a = (1, -phi_1, .., -phi_p, 0)`` (index p + 1 reads the 0) for
+    :func:`_gram_derivatives`: ``dalpha_k/dphi_m = -(a_{m+k} + a_{m-k})`` (two (p+1, p) index arrays, k by m) and
+    ``dC_uw/dphi_m = a_{w+m-u} [u < m] + a_{u+m-w} [w < m]`` (two (p, p, p) index arrays, m by u by w), every
+    index outside 0..p reading the 0."""
+    zero = p + 1
+    k, m = np.arange(p + 1)[:, None], np.arange(1, p + 1)[None, :]
+    band = [np.where(i <= p, i, zero) for i in (m + k, m - k)]
+    band[1] = np.where(m - k >= 0, band[1], zero)
+    m, u, w = (np.arange(p)[:, None, None] + 1, np.arange(p)[None, :, None], np.arange(p)[None, None, :])
+    first = np.where((u < m) & (w + m - u <= p), w + m - u, zero)
+    second = np.where((w < m) & (u + m - w <= p), u + m - w, zero)
+    return band[0], band[1], first, second
+
+
+def _gram_derivatives(phi: NDArray) -> tuple[NDArray, NDArray]:
+    """The derivatives of the Gram weights of :func:`_band_and_corners` in phi (v, p), voxels last: ``dalpha``
+    (p+1, p, v), ``dalpha_k / dphi_m`` as ``dalpha[k, m - 1]``, and ``dC`` (p, p, p, v), ``dC_uw / dphi_m`` as
+    ``dC[m - 1, u, w]``. The weights are quadratic in the taps a = (1, -phi): ``alpha_k = sum_j a_j a_{j+k}``,
+    ``C_uw = -sum_s a_{1+u+s} a_{1+w+s}``. Each entry is a copy of a row of taps (all voxels at once)."""
     v, p = phi.shape
-    spans, a = [], 0
-    for q in sizes:
-        spans.append(slice(a, a + q))
-        a += q
+    a = np.zeros((p + 2, v))
+    a[0], a[1 : p + 1] = 1.0, -phi.T
+    b1, b2, c1, c2 = _tap_indices(p)
+    return -(a[b1] + a[b2]), a[c1] + a[c2]
 
-    def quad(X, cols):  # wq X[cols] as (v, q, q)
-        return np.einsum("kav,kbv->vab", B[:, cols], X[:, cols])
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        phi_cov, lam, axes = _phi_covariance(ar_information(block, phi))
-        base = _contrast_grams(block, phi, B)
-        Cs = [quad(base, cols) for cols in spans]
-        C_invs = [1.0 / C if C.shape[1] == 1 else np.linalg.pinv(C, hermitian=True) for C in Cs]
-        spread = [np.zeros(v) for _ in sizes]
-        regular = np.ones(v, dtype=bool)
-        kappa = [np.zeros(v) for _ in sizes]
-        for k in range(p):
-            step = h * np.sqrt(np.clip(lam[:, k], 0.0, None))[:, None] * axes[:, :, k]
-            up, down = _contrast_quads(block, phi + step, B[:, :, 0]), _contrast_quads(block, phi - step, B[:, :, 0])
-            for i, cols in enumerate(spans):
-                q = sizes[i]
-                Cu, Cd = up[:, cols, cols], down[:, cols, cols]
-                g = np.einsum("vab,vba->v", C_invs[i], Cu - Cd) / (2.0 * h * q)
-                spread[i] += np.where(np.isfinite(g), g * g, 0.0)
-                curve = np.einsum("vab,vba->v", C_invs[i], Cu + Cd - 2.0 * Cs[i]) / (2.0 * h * h * q)
-                kappa[i] += np.where(np.isfinite(curve), curve, 0.0)
-                regular &= np.isfinite(g) & np.isfinite(curve)
-        loss = efficiency_loss(block, phi, phi_cov, _gram_coefs(phi), base)  # every contrast at once
-        out = []
-        for i, cols in enumerate(spans):
-            lam_ = np.einsum("vab,vba->v", C_invs[i], loss[:, cols, cols]) / sizes[i]
-            regular &= np.isfinite(lam_)
-            lam_ = np.where(np.isfinite(lam_), lam_, 0.0)
-            out.append(((1.0 + lam_) / (1.0 + kappa[i]), 2.0 / (2.0 / block.nu + spread[i]), kappa[i], lam_))
+def _second_derivative_weights(phi_cov: NDArray) -> tuple[NDArray, NDArray]:
+    """``sum_jk cov_jk d2(weight)/dphi_j dphi_k`` for the Gram weights (constant: they are quadratic in phi):
+    (v, p+1) for alpha, ``2 sum_m cov_{m, m+k}``, and (v, p, p) for the corner correction, ``-2 sum_s cov_{u+s,
+    w+s}`` (a cumulative sum along each diagonal from its end, as :func:`_band_and_corners`)."""
+    v, p, _ = phi_cov.shape
+    w_alpha = np.zeros((v, p + 1))
+    for k in range(p):
+        w_alpha[:, k] = 2.0 * np.trace(phi_cov, offset=k, axis1=1, axis2=2)
+    W = np.array(phi_cov)
+    for u in range(p - 2, -1, -1):
+        W[:, u, : p - 1] += W[:, u + 1, 1:]
+    return w_alpha, -2.0 * W
+
+
+def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]):
+    """:func:`estimation_terms`, and a mask (v,) of the voxels whose terms are all finite (stationary models with a
+    positive definite Gram matrix and a nonsingular information about phi).
+
+    With ``U = gram^-1 B`` and ``F_m = (d gram / dphi_m) U``: ``dC/dphi_m = -U' F_m``, and ``sum_jk cov_jk
+    d2C/dphi_j dphi_k = 2 sum_jk cov_jk F_j' gram^-1 F_k - U' (sum_jk cov_jk d2 gram/dphi_j dphi_k) U``. The Gram
+    matrix is ``sum_k alpha_k G_k`` plus the corner correction on the first and last p rows of Q (see
+    :class:`ARBlock`), so ``F_m`` comes from ``G_k U`` and those rows' ``U``, never from a Gram matrix per
+    derivative."""
+    v, p = phi.shape
+    r, n_cols = B.shape[0], B.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        phi_cov = _phi_covariance(ar_information(block, phi))
+        factor = _cholesky(_lower_grams(block, _gram_coefs(phi)))
+        U = _factored_solve(factor, np.array(B, dtype=np.float64))  # (r, Q, v)
+        flat = U.reshape(r, -1)
+        GU = np.matmul(block.G, flat).reshape(p + 1, r, n_cols, v)
+        tU = (block.top @ flat).reshape(p, n_cols, v)  # the first and last p rows of Q U
+        bU = (block.bottom @ flat).reshape(p, n_cols, v)
+        dalpha, dC = _gram_derivatives(phi)
+        F = np.einsum("kmv,krqv->rmqv", dalpha, GU)  # (r, p, Q, v)
+        for rows, RU in ((block.top, tU), (block.bottom, bU)):
+            corner = np.einsum("muwv,wqv->umqv", dC, RU)
+            F += (rows.T @ corner.reshape(p, -1)).reshape(r, p, n_cols, v)
+        w_alpha, w_C = _second_derivative_weights(phi_cov)
+        UGU = np.einsum("raV,krbV->kVab", U, GU)  # (p+1, v, Q, Q)
+        curvature = np.einsum("Vk,kVab->Vab", w_alpha, UGU)
+        for RU in (tU, bU):
+            curvature += np.einsum("uaV,Vuw,wbV->Vab", RU, w_C, RU)
+        Z = _forward(factor, F.reshape(r, p * n_cols, v)).reshape(r, p, n_cols, v)
+        Zc = np.einsum("Vml,rlqV->rmqV", phi_cov, Z)
+        H = 2.0 * np.einsum("rmaV,rmbV->Vab", Z, Zc) - curvature  # sum_jk cov_jk d2C/dphi_j dphi_k
+        dCs = -np.einsum("raV,rmbV->Vmab", U, F)  # (v, p, Q, Q)
+        C = np.einsum("raV,rbV->Vab", np.asarray(B, dtype=np.float64), U)
+        loss = efficiency_loss(block, phi, phi_cov, factor, U)  # every contrast at once
+        regular = _regular(phi) & np.isfinite(phi_cov).all(axis=(1, 2))
+        out, a = [], 0
+        for q in sizes:
+            cols = slice(a, a + q)
+            a += q
+            Ci = C[:, cols, cols]
+            C_inv = 1.0 / Ci if q == 1 else np.linalg.pinv(Ci, hermitian=True)
+            g = np.einsum("Vab,Vmba->Vm", C_inv, dCs[:, :, cols, cols]) / q
+            spread = np.einsum("Vm,Vml,Vl->V", g, phi_cov, g)
+            kappa = np.einsum("Vab,Vba->V", C_inv, H[:, cols, cols]) / (2.0 * q)
+            lam_ = np.einsum("Vab,Vba->V", C_inv, loss[:, cols, cols]) / q
+            # a curvature term that would more than double or halve the variance says that the expansion does not
+            # hold (a model at the stationary models' edge, where cov(phi) reaches past it): it is held at those
+            steady = (kappa > -0.5) & (kappa < 1.0)
+            regular &= np.isfinite(spread) & steady & np.isfinite(lam_)
+            kappa = np.where(np.isfinite(kappa), np.clip(kappa, -0.5, 1.0), 0.0)
+            spread, lam_ = (np.where(np.isfinite(x), x, 0.0) for x in (spread, lam_))
+            out.append(((1.0 + lam_) / (1.0 + kappa), 2.0 / (2.0 / block.nu + spread), kappa, lam_))
     return out, regular
 
 

@@ -220,10 +220,9 @@ class ARBlock:
         self.freq_sin = np.sin(np.multiply.outer(np.arange(1, p + 1), self.freqs))
         lags = np.arange(1, p + 1)[None, :, None] - np.arange(p + 1)[:, None, None]  # j - l, (p+1, p, 1)
         ls = np.arange(p + 1)[:, None, None] * self.freqs  # l w: A's real and imaginary parts
-        # (p+1, (p+2) f): taps @ this is Re(e^{ijw} conj(A)) for j = 1..p, then Re(A) and Im(A)
-        self.tap_cosines = np.concatenate([np.cos(lags * self.freqs), np.cos(ls), -np.sin(ls)], axis=1).reshape(
-            p + 1, -1
-        )
+        # ((p+2) f, p+1): this @ taps is Re(e^{ijw} conj(A)) for j = 1..p, then Re(A) and Im(A)
+        table = np.concatenate([np.cos(lags * self.freqs), np.cos(ls), -np.sin(ls)], axis=1)  # (p+1, p+2, f)
+        self.tap_cosines = np.ascontiguousarray(table.transpose(1, 2, 0).reshape(-1, p + 1))
         self.information_weights = 2.0 * self.freq_weights * self.residual_share  # g(w) |A(w)|^4 of ar_information
         shifted = [_shift_sum(Q, k) for k in range(p + 1)]
         self.lagged_basis = np.concatenate(shifted, axis=1)  # (n, (p+1) r)
@@ -545,13 +544,16 @@ def ar_information(block: ARBlock, phi: NDArray) -> NDArray:
     taps = np.concatenate([np.ones((v, 1)), -phi], axis=1)  # (v, p+1)
     f = block.freqs.size
     info = np.empty((v, p, p))
-    chunk = max(1, (1 << 20) // max(1, p * f))  # voxels at a time: work arrays of ~8 MiB
+    chunk = max(1, (1 << 20) // max(1, (p + 2) * f))  # voxels at a time: work arrays of ~8 MiB
     for a in range(0, v, chunk):
         part = slice(a, a + chunk)
-        R = (taps[part] @ block.tap_cosines).reshape(-1, p + 2, f)  # Re(e^{ijw} conj(A)) = |A|^2 d_j / 2, j = 1..p
-        A2 = R[:, p] ** 2 + R[:, p + 1] ** 2  # |A(w)|^2 from its real and imaginary parts: no cancellation
-        R = R[:, :p]
-        info[part] = np.matmul(R * (block.information_weights / (A2 * A2))[:, None, :], R.transpose(0, 2, 1))
+        # Re(e^{ijw} conj(A)) = |A|^2 d_j / 2 for j = 1..p, then Re(A) and Im(A): (p+2, f, v), voxels last
+        R = (block.tap_cosines @ taps[part].T).reshape(p + 2, f, -1)
+        A2 = R[p] ** 2 + R[p + 1] ** 2  # |A(w)|^2 from its real and imaginary parts: no cancellation
+        Rg = R[:p] * (block.information_weights[:, None] / (A2 * A2))
+        for j in range(p):
+            for k in range(j + 1):
+                info[part, j, k] = info[part, k, j] = np.einsum("fv,fv->v", Rg[j], R[k])
     return info
 
 
@@ -714,8 +716,9 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
         for RU in (tU, bU):
             curvature += np.einsum("uaV,Vuw,wbV->Vab", RU, w_C, RU)
         Z = _forward(factor, F.reshape(r, p * n_cols, v)).reshape(r, p, n_cols, v)
-        Zc = np.einsum("Vml,rlqV->rmqV", phi_cov, Z)
-        H = 2.0 * np.einsum("rmaV,rmbV->Vab", Z, Zc) - curvature  # sum_jk cov_jk d2C/dphi_j dphi_k
+        Zv = np.ascontiguousarray(Z.transpose(3, 1, 0, 2)).reshape(v, p, r * n_cols)  # (v, p, r Q)
+        Zc = np.matmul(phi_cov, Zv).reshape(v, p * r, n_cols)
+        H = 2.0 * np.matmul(Zv.reshape(v, p * r, n_cols).transpose(0, 2, 1), Zc) - curvature  # sum_jk cov_jk C_jk''
         dCs = -np.einsum("raV,rmbV->Vmab", U, F)  # (v, p, Q, Q)
         C = np.einsum("raV,rbV->Vab", np.asarray(B, dtype=np.float64), U)
         loss = efficiency_loss(block, phi, phi_cov, factor, U)  # every contrast at once

@@ -42,7 +42,7 @@ FMRI_NOISE_CLI = "ar8"
 FMRI_NOISE_WHY = (
     "the per-voxel AR model that held the nominal false-positive rate best on resting-state-like noise "
     "(1/f, AR, aliased cardiac and respiratory) over block and event designs at TR 0.7-3 s "
-    "(validation/noise_realistic.py, runs of 600 s), at about 30x ar1's cost (200 scans, 17 columns: mostly the "
+    "(validation/noise_realistic.py, runs of 600 s), at about 20x ar1's cost (200 scans, 15 columns: mostly the "
     "variance terms of the estimated model); runs shorter than 160 scans get "
     "AR(scans // 20), at least AR(1), so that each coefficient has 20 scans"
 )

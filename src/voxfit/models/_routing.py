@@ -64,7 +64,7 @@ class Route:
 # The noise model of fMRI time series by default: AR(8) per voxel, the model that held the nominal false-positive
 # rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory oscillations) over block and
 # event designs at TR 0.7-3 s in runs of 600 s (validation/noise_realistic.py; ols was liberal in nearly every
-# cell, ar1 up to 0.085 at p < 0.05), at about 30x ar1's cost (200 scans x 20,000 voxels, 17 design columns: most
+# cell, ar1 up to 0.085 at p < 0.05), at about 20x ar1's cost (200 scans x 120,000 voxels, 15 design columns: most
 # of it the variance and degrees-of-freedom terms of the estimated noise model). Each AR coefficient is given at least
 # SCANS_PER_LAG scans: shorter runs get a lower order (AR(8) on 40 scans puts some voxels' models at the edge of
 # stationarity, where their variances are not usable).

@@ -312,7 +312,8 @@ def _get_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help=f"ols; ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
         "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels; fast: SPM12's FAST (pooled, needs "
-        "the TR); film: FSL FILM (Tukey-tapered autocorrelation smoothed within the mask; volumes); arma11: "
+        "the TR); film: FSL FILM (Tukey-tapered autocorrelation smoothed within the mask of a volume, or over "
+        "a surface's --mesh); arma11: "
         "ARMA(1,1) per voxel by REML (AFNI 3dREMLfit); auto: AR(p) per voxel, p in 0..8 by BIC "
         f"(an arorder map). Default: {FMRI_NOISE_CLI} with --events (fMRI time series: {FMRI_NOISE_WHY}), "
         "ols with --design (any data)",
@@ -325,6 +326,12 @@ def _get_parser() -> argparse.ArgumentParser:
         + "; ".join(f"{k}: {v}" for k, v in PRESET_NOTES.items()),
     )
     fit.add_argument("--diagnostics", action="store_true", help=DIAGNOSTICS_HELP)
+    fit.add_argument(
+        "--mesh",
+        metavar="FILE",
+        help="GIFTI surface (.surf.gii) of surface inputs (e.g. lh.midthickness.surf.gii): the neighbours of "
+        "--noise film's spatial step",
+    )
     fit.add_argument(
         "--nuisance-columns",
         metavar="PATTERNS",
@@ -1115,6 +1122,7 @@ def _run_fit(args, argv, progress) -> int:
         },
         rft=_rft_of(args),
         diagnostics=args.diagnostics,
+        mesh=args.mesh,
     )
     if not args.quiet:
         fit = result.fit
@@ -1174,6 +1182,7 @@ def _run_runs(args, argv, progress, record: dict) -> int:
         out_dir=args.output,
         force=args.force,
         noise=args.noise,
+        mesh=args.mesh,
         scaling=args.scaling,
         nuisance=args.nuisance_columns,
         max_memory=args.max_memory,

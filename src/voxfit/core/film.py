@@ -7,7 +7,8 @@ autocorrelation map within the mask with a SUSAN-like nonlinear filter (Smith an
 value becomes the weighted mean of its neighbours' within a Gaussian kernel, each neighbour weighted by
 ``exp(-d^2 / 2 sigma^2) exp(-((I_j - I_i) / bt)^2)``, I the mean functional image (the USAN is found on the
 EPI, as FILM does); see :func:`smooth_autocorrelations` and :func:`susan_brightness_threshold` for the
-choices the papers leave open. Surfaces and plain arrays have no such neighbourhood here and are refused.
+choices the papers leave open. On a surface (FSL's film_gls has a surface mode too) the neighbours are the
+mesh's, along the cortex (:func:`mesh_kernel`); plain arrays have no neighbourhood and are refused.
 
 Whitening: the AR(M) filter that reproduces the tapered autocorrelations at lags 0..M (Levinson), applied
 exactly by ``voxfit.core.ar`` (its first M scans by the inverse Cholesky factor of their stationary covariance).
@@ -33,11 +34,17 @@ __all__ = [
     "smooth_autocorrelations",
     "susan_brightness_threshold",
     "tukey_taper",
+    "MeshKernel",
     "VolumeKernel",
+    "mesh_kernel",
+    "mesh_rings",
     "volume_kernel",
 ]
 
 SMOOTH_CHUNK = 2048  # voxels smoothed together (see smooth_autocorrelations)
+MESH_NEIGHBOURS = 96  # at most, per vertex of a surface (see mesh_kernel)
+MAX_RINGS = 16  # of mesh edges from a vertex to its farthest neighbour (see mesh_rings)
+MESH_CHUNK = 8192  # vertices whose neighbours are searched together (see mesh_kernel)
 FILM_SIGMA_MM = 5.0  # FEAT's film_gls call: -sa -ms 5 (SUSAN mask size, taken as the kernel's sigma in mm)
 
 
@@ -112,9 +119,32 @@ class VolumeKernel:
     steps: NDArray
     weights: NDArray
 
-    def neighbours(self, k: int) -> NDArray:
-        """(V,) the number of each voxel's neighbour at offset `k` (-1: none in the mask)."""
-        return self.number[self.flat + self.steps[k]]
+    @property
+    def slots(self) -> int:
+        """How many neighbours each voxel may have (the offsets)."""
+        return self.steps.size
+
+    def take(self, k: int, at: slice) -> tuple[NDArray, NDArray | float]:
+        """The voxels `at`'s neighbours at offset `k` (-1: none in the mask) and their Gaussian weight."""
+        return self.number[self.flat[at] + self.steps[k]], self.weights[k]
+
+
+@dataclass(frozen=True, eq=False)
+class MeshKernel:
+    """FILM's neighbourhood on a surface (:func:`mesh_kernel`): for each of the V masked vertices its neighbours
+    (`neighbours`, (K, V), nearest first, -1 past the last) and their Gaussian weights (`weights`, (K, V))."""
+
+    neighbours: NDArray
+    weights: NDArray
+
+    @property
+    def slots(self) -> int:
+        """How many neighbours a vertex may have."""
+        return self.neighbours.shape[0]
+
+    def take(self, k: int, at: slice) -> tuple[NDArray, NDArray | float]:
+        """The vertices `at`'s k-th neighbours (-1: none) and their Gaussian weights."""
+        return self.neighbours[k, at], self.weights[k, at]
 
 
 def volume_kernel(mask: NDArray, voxel_mm, sigma_mm: float = FILM_SIGMA_MM) -> VolumeKernel:
@@ -143,25 +173,90 @@ def volume_kernel(mask: NDArray, voxel_mm, sigma_mm: float = FILM_SIGMA_MM) -> V
     return VolumeKernel(number, flat, np.array(steps, dtype=np.int64), np.array(weights, dtype=float))
 
 
+def mesh_rings(median_edge: float, sigma_mm: float = FILM_SIGMA_MM, max_neighbours: int = MESH_NEIGHBOURS) -> int:
+    """How many rings of mesh edges :func:`mesh_kernel` searches: enough to reach 2 sigma, or the radius that holds
+    about `max_neighbours` vertices when that is less (``e sqrt(K sqrt(3) / 2 pi)`` for edges e of equilateral
+    triangles), times 1.5 because paths along edges zigzag; at least 1, at most MAX_RINGS."""
+    e = max(float(median_edge), 1e-6)
+    radius = min(2.0 * sigma_mm, e * np.sqrt(max_neighbours * np.sqrt(3.0) / (2.0 * np.pi)))
+    return int(min(MAX_RINGS, max(1, np.ceil(1.5 * radius / e))))
+
+
+def mesh_kernel(
+    coords: NDArray,
+    faces: NDArray,
+    mask: NDArray,
+    sigma_mm: float = FILM_SIGMA_MM,
+    max_neighbours: int = MESH_NEIGHBOURS,
+) -> MeshKernel:
+    """The neighbourhood of every masked vertex of a triangle mesh (`coords` (n, 3) in mm, `faces` (F, 3), `mask`
+    (n,) bool): the masked vertices within 2 sigma, nearest first, at most `max_neighbours` of them, the centre
+    left out, weighted by ``exp(-d^2 / 2 sigma^2)``.
+
+    The neighbourhood runs along the surface: a vertex is a candidate when a path of mesh edges through masked
+    vertices joins it to the centre in at most :func:`mesh_rings` steps, so that neighbours across a sulcus, near
+    in space but far on the cortex, are not taken; d is then their distance in space (at most the distance along
+    the cortex). On meshes denser than ~1.5 mm the nearest `max_neighbours` hold all the weight that counts and
+    memory stays ``K V``. A choice: FSL's surface mode is not published in enough detail to copy. Vertices
+    numbered as ``np.flatnonzero(mask)``; the search runs over rows of MESH_CHUNK vertices at a time."""
+    from scipy import sparse
+
+    from ..inference.graph import mesh_adjacency
+
+    mask = np.asarray(mask, dtype=bool)
+    xyz = np.asarray(coords, dtype=np.float64)[mask]
+    adjacency = mesh_adjacency(np.asarray(faces), mask)
+    V = xyz.shape[0]
+    A = sparse.csr_matrix(
+        (np.ones(adjacency.indices.size, dtype=np.int8), adjacency.indices, adjacency.indptr), shape=(V, V)
+    )
+    rows = np.repeat(np.arange(V), np.diff(adjacency.indptr))
+    edges = np.linalg.norm(xyz[rows] - xyz[adjacency.indices], axis=1)
+    rings = mesh_rings(float(np.median(edges)) if edges.size else 2.0 * sigma_mm, sigma_mm, max_neighbours)
+    parts = []
+    for a in range(0, V, MESH_CHUNK):
+        b = min(V, a + MESH_CHUNK)
+        reach = sparse.csr_matrix((np.ones(b - a, dtype=np.int8), (np.arange(b - a), np.arange(a, b))), (b - a, V))
+        for _ in range(rings):
+            reach = ((reach + reach @ A) > 0).astype(np.int8)
+        reach = reach.tocoo()
+        i, j = reach.row.astype(np.int64) + a, reach.col.astype(np.int64)
+        d = np.linalg.norm(xyz[i] - xyz[j], axis=1)
+        keep = (i != j) & (d <= 2.0 * sigma_mm)
+        i, j, d = i[keep], j[keep], d[keep]
+        order = np.lexsort((j, d, i))  # by centre, then nearest first (ties by number: the same kernel every time)
+        i, j, d = i[order], j[order], d[order]
+        rank = np.arange(i.size) - np.searchsorted(i, i)
+        keep = rank < max_neighbours
+        parts.append((i[keep], j[keep], d[keep], rank[keep]))
+    i, j, d, rank = (np.concatenate(x) for x in zip(*parts)) if parts else (np.zeros(0, np.int64),) * 4
+    slots = int(rank.max()) + 1 if rank.size else 0
+    neighbours = np.full((slots, V), -1, dtype=np.int64)
+    weights = np.zeros((slots, V))
+    neighbours[rank, i] = j
+    weights[rank, i] = np.exp(-(d**2) / (2.0 * sigma_mm**2))
+    return MeshKernel(neighbours, weights)
+
+
 def smooth_autocorrelations(
-    rho: NDArray, kernel: VolumeKernel, brightness: NDArray, bt: float, valid: NDArray | None = None
+    rho: NDArray, kernel: VolumeKernel | MeshKernel, brightness: NDArray, bt: float, valid: NDArray | None = None
 ) -> NDArray[np.float64]:
-    """Each lag's autocorrelation map (rho (V, M+1), finite) smoothed by the SUSAN-like filter: for voxel i the
-    mean of its neighbours j (the `kernel` of :func:`volume_kernel`) weighted by the kernel's Gaussian times
-    SUSAN's brightness similarity ``exp(-((I_j - I_i) / bt)^2)`` (I the mean functional image `brightness` (V,),
-    bt the brightness threshold), the centre left out as SUSAN does; with `valid` (V, bool), only pairs of valid
-    voxels. A voxel with no neighbour weight keeps its own value (SUSAN's local median fallback is replaced by
-    the voxel's value: a choice). Lag 0 stays 1. Memory: the maps and a chunk of voxels' sums."""
+    """Each lag's autocorrelation map (rho (V, M+1), finite) smoothed by the SUSAN-like filter: for voxel i the mean of
+    its neighbours j (the `kernel` of :func:`volume_kernel` or :func:`mesh_kernel`) weighted by the kernel's
+    Gaussian times SUSAN's brightness similarity ``exp(-((I_j - I_i) / bt)^2)`` (I the mean functional image
+    `brightness` (V,), bt the brightness threshold), the centre left out as SUSAN does; with `valid` (V, bool), only
+    pairs of valid voxels. A voxel with no neighbour weight keeps its own value (SUSAN's local median fallback is
+    replaced by the voxel's value: a choice). Lag 0 stays 1. Memory: the maps and a chunk of voxels' sums."""
     V = rho.shape[0]
     lags = np.ascontiguousarray(rho[:, 1:])
     out = rho.copy()
     for a in range(0, V, SMOOTH_CHUNK):  # a chunk of voxels at a time: its sums stay in cache over the offsets
         at = slice(a, min(V, a + SMOOTH_CHUNK))
-        flat, bright = kernel.flat[at], brightness[at]
+        bright = brightness[at]
         total = np.zeros(bright.size)
         sums = np.zeros((bright.size, lags.shape[1]))
-        for k, gauss in enumerate(kernel.weights):
-            j = kernel.number[flat + kernel.steps[k]]
+        for k in range(kernel.slots):
+            j, gauss = kernel.take(k, at)
             there = j >= 0
             if valid is not None:
                 there &= valid[at] & valid[np.where(there, j, 0)]

@@ -18,6 +18,7 @@ from ..core.ar import ARBlock, fit_ar_block
 from ..core.arma import ARMA_GRID, fit_arma_block
 from ..core.film import (
     FILM_SIGMA_MM,
+    MESH_NEIGHBOURS,
     film_lags,
     raw_autocorrelations,
     residual_lagged_products,
@@ -25,6 +26,7 @@ from ..core.film import (
     smooth_autocorrelations,
     susan_brightness_threshold,
     tukey_taper,
+    mesh_kernel,
     volume_kernel,
 )
 from ..exceptions import InputError
@@ -48,14 +50,22 @@ AUTO_MAX_ORDER = 8
 
 @dataclass(frozen=True, eq=False)
 class FilmSpace:
-    """Where FILM's spatial step smooths: the mask's grid `mask` (3-D bool, [x, y, z]) with the data's voxels in
-    x-fastest order, the voxel sizes `voxel_mm` (3,), the mean functional image `brightness` (V,) for SUSAN's
-    weights, and the kernel's `sigma_mm`."""
+    """Where FILM's spatial step smooths: the mask `mask` (a volume's grid, 3-D bool [x, y, z], with the data's
+    voxels in x-fastest order; a surface's vertices, 1-D bool), the voxel sizes `voxel_mm` (3,; volumes), the mean
+    functional image `brightness` (V,) for SUSAN's weights, the kernel's `sigma_mm`, and a surface's mesh `mesh`
+    (vertex coordinates (n, 3) in mm, triangles (F, 3); None for a volume)."""
 
     mask: np.ndarray
-    voxel_mm: np.ndarray
+    voxel_mm: np.ndarray | None
     brightness: np.ndarray
     sigma_mm: float = FILM_SIGMA_MM
+    mesh: tuple[np.ndarray, np.ndarray] | None = None
+
+    def kernel(self):
+        """The neighbourhood of the spatial step (``voxfit.core.film``)."""
+        if self.mesh is None:
+            return volume_kernel(self.mask, self.voxel_mm, self.sigma_mm)
+        return mesh_kernel(*self.mesh, self.mask, self.sigma_mm)
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,23 +161,35 @@ def fit_film(
     return NoiseModelFit(fit, stats, maps.phi, [f"ar{k + 1}" for k in range(M)], None, info)
 
 
-def film_space(masker, brightness) -> FilmSpace:
-    """FILM's neighbourhood for the voxels of `masker` (a volume's): the mask's grid, the voxel sizes from the
-    affine and the mean image `brightness` (V,); refused in one line for data that are not a volume."""
+def film_space(masker, brightness, mesh=None) -> FilmSpace:
+    """FILM's neighbourhood for the voxels of `masker`: a volume's grid and voxel sizes (from the affine), or a
+    surface's `mesh` (vertex coordinates and triangles, as ``voxfit.io.readers.read_mesh`` returns them); the mean
+    image `brightness` (V,). Refused in one line for anything else (see :func:`check_film_geometry`)."""
     geometry = getattr(masker, "geometry", None)
-    check_film_geometry(geometry)
+    check_film_geometry(geometry, mesh)
+    if geometry.kind == "surface":
+        return FilmSpace(np.asarray(masker.mask, dtype=bool), None, brightness, mesh=mesh)
     grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")
     voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
     return FilmSpace(grid, voxel_mm, brightness)
 
 
-def check_film_geometry(geometry) -> None:
-    """FILM's spatial step needs a volume's neighbours: anything else is refused in one line."""
+def check_film_geometry(geometry, mesh=None) -> None:
+    """FILM's spatial step needs neighbours: a volume's, or a surface's with its mesh; anything else is refused in
+    one line."""
+    if geometry is not None and geometry.kind == "surface":
+        if mesh is None:
+            raise InputError(
+                "--noise film smooths the autocorrelation over neighbouring vertices: give the data's surface "
+                "mesh (voxfit fit --mesh lh.midthickness.surf.gii; fit_images(mesh=...); voxfit bids takes none), "
+                "or use --noise arma11, auto or ar1 .. ar8."
+            )
+        return
     if geometry is None or geometry.kind != "volume":
         kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
         raise InputError(
-            f"--noise film smooths the autocorrelation over neighbouring voxels of a volume, but the data are "
-            f"{kind}; use --noise arma11, auto or ar1 .. ar8 (per voxel, no spatial step)."
+            f"--noise film smooths the autocorrelation over neighbouring voxels of a volume or vertices of a "
+            f"surface, but the data are {kind}; use --noise arma11, auto or ar1 .. ar8 (per voxel, no spatial step)."
         )
 
 
@@ -179,11 +201,13 @@ def film_autocorrelations(lagged, valid, space: FilmSpace | None) -> tuple[np.nd
     rho = raw_autocorrelations(lagged)
     info = {"model": "FSL FILM per voxel", "tukey_window": lagged.shape[0] - 1, "dof": "n - rank (FILM's)"}
     if space is not None:
-        kernel = volume_kernel(space.mask, space.voxel_mm, space.sigma_mm)
+        kernel = space.kernel()
         bright = np.where(np.isfinite(space.brightness), space.brightness, 0.0)
         bt = susan_brightness_threshold(bright[valid])
         rho = smooth_autocorrelations(rho, kernel, bright, bt, valid)
         info.update(spatial_smoothing="SUSAN-like", sigma_mm=space.sigma_mm, brightness_threshold=bt)
+        if space.mesh is not None:
+            info["neighbours"] = f"along the surface mesh (at most {MESH_NEIGHBOURS} nearest per vertex)"
     else:
         info["spatial_smoothing"] = "none"
     return tukey_taper(rho), info

@@ -181,6 +181,7 @@ def fit_streaming(
     execution: Execution | None = None,
     smoothness: bool = False,
     film: bool = False,
+    mesh=None,
 ) -> StreamedFit:
     """Fit `X` to the images `paths` in one sequential read, holding per-voxel sums only.
 
@@ -194,7 +195,8 @@ def fit_streaming(
     (:func:`_refit`). With `smoothness` (a volume), the residuals' neighbour sums are collected on the way
     (``voxfit.engine.smoothness``; AR models: those of the OLS residuals). With `film` (a volume), FSL FILM's
     model as ``voxfit.engine.noise_models.fit_film`` fits it (`order` is then FILM's window, round(sqrt n)): its
-    autocorrelations from the sums between the pass and the fit (:func:`_film_autocorrelations`).
+    autocorrelations from the sums between the pass and the fit (:func:`_film_autocorrelations`); on a surface,
+    over its `mesh` (vertices and triangles).
     """
     execution = Execution.resolve(execution, max_memory=max_memory, progress=progress)
     reader = open_reader(paths)
@@ -203,7 +205,7 @@ def fit_streaming(
     check_design_rows(n, reader.n_scans)
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     if film:
-        check_film_geometry(reader.geometry)
+        check_film_geometry(reader.geometry, mesh)
         order = film_lags(n)
     if order:
         if n <= 2 * order + design.rank:
@@ -219,7 +221,7 @@ def fit_streaming(
         reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab, grid
     )
     mean = _mean(accumulated, n)
-    rho, film_info = _film_autocorrelations(reader, block, accumulated, mean) if film else (None, None)
+    rho, film_info = _film_autocorrelations(reader, block, accumulated, mean, mesh) if film else (None, None)
     maps, flagged = _fit_from_sums(accumulated, design, block, weights, execution.n_jobs, rho)
     at = np.union1d(accumulated.unread, flagged)
     _refit(reader, design, block, weights, accumulated.masker, at, maps, mean, rho)
@@ -346,7 +348,9 @@ def _mean(accumulated: _Pass, n: int) -> NDArray:
     return mean
 
 
-def _film_autocorrelations(reader, block: ARBlock, accumulated: _Pass, mean: NDArray) -> tuple[NDArray, dict]:
+def _film_autocorrelations(
+    reader, block: ARBlock, accumulated: _Pass, mean: NDArray, mesh=None
+) -> tuple[NDArray, dict]:
     """FILM's autocorrelations of every voxel of the mask (V, M+1) and its settings: the OLS residuals' lagged
     products from the sums (from the data, read for them only, where there are no sums or they cancelled too
     many digits; their means set in `mean`), then FILM's spatial step on the mask's grid over the mean image,
@@ -366,7 +370,7 @@ def _film_autocorrelations(reader, block: ARBlock, accumulated: _Pass, mean: NDA
         centred = data - mean[at] if design.has_intercept else data
         lagged[:, at] = residual_lagged_products(design.basis, centred, block.order)
     valid = np.ones(accumulated.masker.n_voxels, dtype=bool)
-    return film_autocorrelations(lagged, valid, film_space(accumulated.masker, mean))
+    return film_autocorrelations(lagged, valid, film_space(accumulated.masker, mean, mesh))
 
 
 def _fit_from_sums(

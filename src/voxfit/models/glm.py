@@ -170,6 +170,7 @@ def fit_images(
     record_settings: dict | None = None,
     rft=None,
     diagnostics: bool = False,
+    mesh=None,
 ) -> ImageFit:
     """Fit a design to image files and (with `out_dir`) write every map in the input's format.
 
@@ -241,6 +242,9 @@ def fit_images(
         Whiteness of each voxel's whitened residuals (``voxfit.engine.diagnostics``): maps of their lag-1..4
         autocorrelation and Ljung-Box statistic, their spectrum averaged over the mask, and a warning when they
         are not white; in model.json's ``settings.diagnostics``. Data held in memory only (not streamed).
+    mesh : path or (vertices, triangles), optional
+        The GIFTI surface (``.surf.gii``) of surface data, for ``noise="film"``: its spatial step smooths the
+        autocorrelation over the vertices near each one along the mesh (a midthickness or white surface).
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
@@ -277,7 +281,7 @@ def fit_images(
         # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
         hashing = DaemonExecutor()
         if route.kind == STREAM:
-            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None, noise)
+            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh)
             records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None
             t_load = start
         else:
@@ -307,7 +311,16 @@ def fit_images(
             t_load = time.perf_counter()
             data = dataset.data if scaling == "none" else scale_data(dataset.data, scaling, dataset.globals)
             noise_fit = fit_noise_model(
-                model.X, data, model.names, model.items, noise, execution, model.kinds, dataset.masker, _tr(design)
+                model.X,
+                data,
+                model.names,
+                model.items,
+                noise,
+                execution,
+                model.kinds,
+                dataset.masker,
+                _tr(design),
+                mesh,
             )
             mean = None if out is None else _mean_image(dataset.data, scheduler)
             if rft is None:
@@ -465,7 +478,14 @@ def columns_on_workers(
 
 
 def _fit_streamed(
-    reader, model: FirstLevelModel, mask, mask_threshold, execution: Execution, smoothness: bool = False, noise=""
+    reader,
+    model: FirstLevelModel,
+    mask,
+    mask_threshold,
+    execution: Execution,
+    smoothness: bool = False,
+    noise="",
+    mesh=None,
 ) -> _Fitted:
     """The fit of fit_images for data larger than the memory cap: one sequential read of `reader`'s files
     accumulating per-voxel sums (with `smoothness`, the residuals' neighbour sums too), with a Dataset standing
@@ -482,6 +502,7 @@ def _fit_streamed(
         execution=execution,
         smoothness=smoothness,
         film=film,
+        mesh=film_mesh(mesh, reader.geometry) if film else None,
     )
     dataset = Dataset(
         np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, streamed.masker.n_voxels)),
@@ -493,6 +514,7 @@ def _fit_streamed(
     if film:
         info = {
             **streamed.film,
+            **({"mesh": str(mesh)} if isinstance(mesh, (str, Path)) else {}),
             "parameters": [f"ar{k + 1}" for k in range(streamed.ar_coef.shape[0])],
             "streamed": True,
         }
@@ -669,19 +691,21 @@ def _tr(design) -> float | None:
 
 
 def fit_noise_model(
-    X, data, names, items, noise, execution: Execution | None = None, kinds=None, masker=None, tr=None
+    X, data, names, items, noise, execution: Execution | None = None, kinds=None, masker=None, tr=None, mesh=None
 ) -> NoiseFit:
     """Fit with the noise model asked for (see `noise` in :func:`fit_images`), each contrast's statistics
-    computed. `masker` (the data's voxels in their geometry) is needed by ``film``'s spatial step, `tr` (s) by
-    ``fast``."""
+    computed. `masker` (the data's voxels in their geometry) is needed by ``film``'s spatial step, and on a surface
+    its `mesh` (a GIFTI surface's path, or its vertices and triangles); `tr` (s) by ``fast``."""
     execution = execution or Execution()
     order = noise_order(noise)
     noise = str(noise).lower()
     if order < 0 and execution.on_device:
         raise InputError(f"{noise} runs on the CPU only; drop --device, or use ar1 .. ar8 (per voxel) on the GPU.")
     if order == -2:
-        nm = _fit_per_voxel_model(X, data, names, items, noise, execution, masker)
+        nm = _fit_per_voxel_model(X, data, names, items, noise, execution, masker, mesh)
         fit, stats, ar_coef, info = nm.fit, nm.contrasts, nm.parameters, dict(nm.info)
+        if noise == "film" and isinstance(mesh, (str, Path)):
+            info["mesh"] = str(mesh)
         info["parameters"] = nm.parameter_names
         if nm.orders is not None:
             info["orders_chosen"] = {str(p): int(c) for p, c in enumerate(np.bincount(nm.orders[nm.orders >= 0]))}
@@ -728,12 +752,24 @@ def fit_noise_model(
     return NoiseFit(fit, stats, ar_coef, info, whitening=whitening if order < 0 else None)
 
 
-def _fit_per_voxel_model(X, data, names, items, noise, execution, masker):
+def film_mesh(mesh, geometry):
+    """A surface's mesh for FILM's spatial step: None, a GIFTI surface's path (read and checked against the data's
+    vertices), or (vertices, triangles) as they are."""
+    if mesh is None or isinstance(mesh, tuple):
+        return mesh
+    from ..io.readers import read_mesh
+
+    return read_mesh(mesh, geometry.n_elements)
+
+
+def _fit_per_voxel_model(X, data, names, items, noise, execution, masker, mesh=None):
     """film, arma11 or auto (see ``voxfit.engine.noise_models``)."""
-    from ..engine.noise_models import film_space, fit_arma11, fit_auto_ar, fit_film
+    from ..engine.noise_models import check_film_geometry, film_space, fit_arma11, fit_auto_ar, fit_film
 
     if noise == "film":
-        space = film_space(masker, mean_over_scans(data))
+        geometry = getattr(masker, "geometry", None)
+        check_film_geometry(geometry, mesh)
+        space = film_space(masker, mean_over_scans(data), film_mesh(mesh, geometry))
         return fit_film(X, data, dict(items), names=names, space=space, execution=execution)
     if noise == "arma11":
         return fit_arma11(X, data, dict(items), names=names, execution=execution)

@@ -121,6 +121,7 @@ def fit_runs(
     scheduler=None,
     device=None,
     progress=None,
+    mesh=None,
 ) -> RunsFit:
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
@@ -131,7 +132,8 @@ def fit_runs(
     `mask_threshold` in :func:`voxfit.load`: by default SPM's 0.8 for volumes). Each contrast is evaluated on
     each run's design, so the columns it names must exist in every run. `execution` (or its shortcuts
     `max_memory`, `n_jobs`, `scheduler`, `device`, `progress`) as in :func:`voxfit.fit_images`; the runs are
-    held in memory together, so a cap that cannot hold them is refused before any is read.
+    held in memory together, so a cap that cannot hold them is refused before any is read. `mesh`: the GIFTI
+    surface of surface runs, for ``noise="film"`` (as in :func:`voxfit.fit_images`).
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
@@ -201,7 +203,16 @@ def fit_runs(
             data = data if scaling == "none" else scale_data(data, scaling, ds.globals)
             try:
                 noise_fit = fit_noise_model(
-                    X, data, names, items, noise, execution, kinds[r - 1], masker, getattr(designs[r - 1], "tr", None)
+                    X,
+                    data,
+                    names,
+                    items,
+                    noise,
+                    execution,
+                    kinds[r - 1],
+                    masker,
+                    getattr(designs[r - 1], "tr", None),
+                    mesh,
                 )
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None

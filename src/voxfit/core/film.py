@@ -44,7 +44,7 @@ __all__ = [
 SMOOTH_CHUNK = 2048  # voxels smoothed together (see smooth_autocorrelations)
 MESH_NEIGHBOURS = 96  # at most, per vertex of a surface (see mesh_kernel)
 MAX_RINGS = 16  # of mesh edges from a vertex to its farthest neighbour (see mesh_rings)
-MESH_CHUNK = 8192  # vertices whose neighbours are searched together (see mesh_kernel)
+MESH_CHUNK = 2048  # vertices whose neighbours are searched together (see mesh_kernel)
 FILM_SIGMA_MM = 5.0  # FEAT's film_gls call: -sa -ms 5 (SUSAN mask size, taken as the kernel's sigma in mm)
 
 
@@ -208,33 +208,35 @@ def mesh_kernel(
     adjacency = mesh_adjacency(np.asarray(faces), mask)
     V = xyz.shape[0]
     A = sparse.csr_matrix(
-        (np.ones(adjacency.indices.size, dtype=np.int8), adjacency.indices, adjacency.indptr), shape=(V, V)
+        (np.ones(adjacency.indices.size, dtype=np.int16), adjacency.indices, adjacency.indptr), shape=(V, V)
     )
+    step = (A + sparse.identity(V, dtype=np.int16, format="csr")).tocsr()  # one ring further, the ring kept
     rows = np.repeat(np.arange(V), np.diff(adjacency.indptr))
     edges = np.linalg.norm(xyz[rows] - xyz[adjacency.indices], axis=1)
     rings = mesh_rings(float(np.median(edges)) if edges.size else 2.0 * sigma_mm, sigma_mm, max_neighbours)
-    parts = []
+    neighbours = np.full((max_neighbours, V), -1, dtype=np.int32 if V < 2**31 else np.int64)
+    weights = np.zeros((max_neighbours, V))
     for a in range(0, V, MESH_CHUNK):
         b = min(V, a + MESH_CHUNK)
-        reach = sparse.csr_matrix((np.ones(b - a, dtype=np.int8), (np.arange(b - a), np.arange(a, b))), (b - a, V))
+        reach = sparse.csr_matrix((np.ones(b - a, dtype=np.int16), (np.arange(b - a), np.arange(a, b))), (b - a, V))
         for _ in range(rings):
-            reach = ((reach + reach @ A) > 0).astype(np.int8)
-        reach = reach.tocoo()
-        i, j = reach.row.astype(np.int64) + a, reach.col.astype(np.int64)
+            reach = reach @ step
+            reach.data[:] = 1  # reached (path counts could pass int16's range)
+        reach.sort_indices()
+        i = np.repeat(np.arange(a, b), np.diff(reach.indptr))
+        j = reach.indices.astype(np.int64)
         d = np.linalg.norm(xyz[i] - xyz[j], axis=1)
         keep = (i != j) & (d <= 2.0 * sigma_mm)
         i, j, d = i[keep], j[keep], d[keep]
-        order = np.lexsort((j, d, i))  # by centre, then nearest first (ties by number: the same kernel every time)
+        # by centre (the rows' order), then nearest first, ties by number (stable): one key in [i, i + 1)
+        order = np.argsort(i + d / (2.0 * sigma_mm * (1.0 + 1e-9)), kind="stable")
         i, j, d = i[order], j[order], d[order]
         rank = np.arange(i.size) - np.searchsorted(i, i)
         keep = rank < max_neighbours
-        parts.append((i[keep], j[keep], d[keep], rank[keep]))
-    i, j, d, rank = (np.concatenate(x) for x in zip(*parts)) if parts else (np.zeros(0, np.int64),) * 4
-    slots = int(rank.max()) + 1 if rank.size else 0
-    neighbours = np.full((slots, V), -1, dtype=np.int64)
-    weights = np.zeros((slots, V))
-    neighbours[rank, i] = j
-    weights[rank, i] = np.exp(-(d**2) / (2.0 * sigma_mm**2))
+        neighbours[rank[keep], i[keep]] = j[keep]
+        weights[rank[keep], i[keep]] = np.exp(-(d[keep] ** 2) / (2.0 * sigma_mm**2))
+    slots = int((neighbours >= 0).sum(axis=0).max()) if V else 0
+    neighbours, weights = neighbours[:slots], weights[:slots]
     return MeshKernel(neighbours, weights)
 
 

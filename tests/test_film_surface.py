@@ -85,6 +85,9 @@ def test_mesh_kernel_is_its_definition(cap):
     for column, count in zip(kernel.weights.T, (kernel.neighbours >= 0).sum(axis=0)):
         assert (np.diff(column[:count]) <= 1e-12).all()  # nearest first: the weights fall
     assert max(len(s) for s in got) == (cap if cap < 80 else max(len(s) for s in expected))
+    small = mesh_kernel(coords, faces, mask, FILM_SIGMA_MM, max_neighbours=cap, chunk=16)  # as under a tight cap
+    npt.assert_array_equal(small.neighbours, kernel.neighbours)
+    npt.assert_array_equal(small.weights, kernel.weights)
 
 
 def test_mesh_kernel_does_not_cross_to_a_surface_it_is_not_joined_to():
@@ -137,7 +140,7 @@ CONTRASTS = {"b": [0, 1.0, 0], "both": [[0, 1.0, 0], [0, 0, 1.0]]}
 def test_film_on_a_surface_equals_the_fit_with_the_mesh_kernel(tmp_path, rng, monkeypatch):
     """fit_images(noise="film", mesh=...) on a GIFTI series: FILM's fit with the surface's kernel built from the
     same mesh by hand; model.json-bound settings say the mesh; the streamed fit under a small cap gives the same."""
-    path, mesh, X, data, coords, faces = _surface_run(tmp_path, rng, n=240)
+    path, mesh, X, data, coords, faces = _surface_run(tmp_path, rng, n=600)
     names = ["c", "x1", "drift"]
     res = fit_images(path, (X, names), CONTRASTS, noise="film", mesh=mesh)
     mask = res.masker.mask
@@ -153,9 +156,12 @@ def test_film_on_a_surface_equals_the_fit_with_the_mesh_kernel(tmp_path, rng, mo
 
     calls = []
     monkeypatch.setattr(glm, "fit_streaming", lambda *a, **k: calls.append(k["mesh"]) or fit_streaming(*a, **k))
-    streamed = fit_images(path, (X, names), CONTRASTS, noise="film", mesh=mesh, max_memory="300K")  # 161 KB
+    # 600 scans x 168 vertices: 403 KB over half the cap; the neighbourhood's search goes a few vertices at a time
+    streamed = fit_images(path, (X, names), CONTRASTS, noise="film", mesh=mesh, max_memory="700K")
     assert len(calls) == 1 and calls[0][0].shape == coords.shape  # streamed, with the mesh read
     npt.assert_allclose(streamed.contrasts["b"].t, res.contrasts["b"].t, rtol=1e-6)
+    with pytest.raises(InputError, match="cannot hold FILM's neighbourhood on this surface"):
+        fit_images(path, (X, names), CONTRASTS, noise="film", mesh=mesh, max_memory="450K")
 
 
 def test_command_line_film_on_a_surface_needs_its_mesh(tmp_path, rng, capsys):

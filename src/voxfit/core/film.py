@@ -37,6 +37,7 @@ __all__ = [
     "MeshKernel",
     "VolumeKernel",
     "mesh_kernel",
+    "mesh_kernel_chunk",
     "mesh_rings",
     "volume_kernel",
 ]
@@ -182,12 +183,24 @@ def mesh_rings(median_edge: float, sigma_mm: float = FILM_SIGMA_MM, max_neighbou
     return int(min(MAX_RINGS, max(1, np.ceil(1.5 * radius / e))))
 
 
+def mesh_kernel_chunk(n_vertices: int, budget: int | None, max_neighbours: int = MESH_NEIGHBOURS) -> int:
+    """Vertices searched together by :func:`mesh_kernel` within `budget` bytes (None: MESH_CHUNK): what its (K, V)
+    arrays (int32 and float64) leave, over ~48 bytes for each of at most ~4 K candidates per vertex; 0 when that is
+    under 16 vertices (the cap cannot hold the neighbourhood)."""
+    if budget is None:
+        return MESH_CHUNK
+    left = budget - 12 * max_neighbours * n_vertices
+    chunk = left // (48 * 4 * max_neighbours) if left > 0 else 0
+    return int(min(MESH_CHUNK, chunk)) if chunk >= 16 else 0
+
+
 def mesh_kernel(
     coords: NDArray,
     faces: NDArray,
     mask: NDArray,
     sigma_mm: float = FILM_SIGMA_MM,
     max_neighbours: int = MESH_NEIGHBOURS,
+    chunk: int = MESH_CHUNK,
 ) -> MeshKernel:
     """The neighbourhood of every masked vertex of a triangle mesh (`coords` (n, 3) in mm, `faces` (F, 3), `mask`
     (n,) bool): the masked vertices within 2 sigma, nearest first, at most `max_neighbours` of them, the centre
@@ -198,7 +211,8 @@ def mesh_kernel(
     in space but far on the cortex, are not taken; d is then their distance in space (at most the distance along
     the cortex). On meshes denser than ~1.5 mm the nearest `max_neighbours` hold all the weight that counts and
     memory stays ``K V``. A choice: FSL's surface mode is not published in enough detail to copy. Vertices
-    numbered as ``np.flatnonzero(mask)``; the search runs over rows of MESH_CHUNK vertices at a time."""
+    numbered as ``np.flatnonzero(mask)``; the search runs over `chunk` vertices at a time (see
+    :func:`mesh_kernel_chunk`)."""
     from scipy import sparse
 
     from ..inference.graph import mesh_adjacency
@@ -216,8 +230,8 @@ def mesh_kernel(
     rings = mesh_rings(float(np.median(edges)) if edges.size else 2.0 * sigma_mm, sigma_mm, max_neighbours)
     neighbours = np.full((max_neighbours, V), -1, dtype=np.int32 if V < 2**31 else np.int64)
     weights = np.zeros((max_neighbours, V))
-    for a in range(0, V, MESH_CHUNK):
-        b = min(V, a + MESH_CHUNK)
+    for a in range(0, V, chunk):
+        b = min(V, a + chunk)
         reach = sparse.csr_matrix((np.ones(b - a, dtype=np.int16), (np.arange(b - a), np.arange(a, b))), (b - a, V))
         for _ in range(rings):
             reach = reach @ step

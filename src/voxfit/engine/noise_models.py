@@ -12,12 +12,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .._execution import Execution
+from .._memory import reserved_bytes
 from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize
 from ..core.ar import ARBlock, fit_ar_block
 from ..core.arma import ARMA_GRID, fit_arma_block
 from ..core.film import (
     FILM_SIGMA_MM,
+    MESH_CHUNK,
     MESH_NEIGHBOURS,
     film_lags,
     raw_autocorrelations,
@@ -27,6 +29,7 @@ from ..core.film import (
     susan_brightness_threshold,
     tukey_taper,
     mesh_kernel,
+    mesh_kernel_chunk,
     volume_kernel,
 )
 from ..exceptions import InputError
@@ -60,12 +63,13 @@ class FilmSpace:
     brightness: np.ndarray
     sigma_mm: float = FILM_SIGMA_MM
     mesh: tuple[np.ndarray, np.ndarray] | None = None
+    chunk: int = MESH_CHUNK  # vertices whose neighbours are searched together (``core.film.mesh_kernel_chunk``)
 
     def kernel(self):
         """The neighbourhood of the spatial step (``voxfit.core.film``)."""
         if self.mesh is None:
             return volume_kernel(self.mask, self.voxel_mm, self.sigma_mm)
-        return mesh_kernel(*self.mesh, self.mask, self.sigma_mm)
+        return mesh_kernel(*self.mesh, self.mask, self.sigma_mm, chunk=self.chunk)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,14 +165,25 @@ def fit_film(
     return NoiseModelFit(fit, stats, maps.phi, [f"ar{k + 1}" for k in range(M)], None, info)
 
 
-def film_space(masker, brightness, mesh=None) -> FilmSpace:
+def film_space(masker, brightness, mesh=None, execution: Execution | None = None) -> FilmSpace:
     """FILM's neighbourhood for the voxels of `masker`: a volume's grid and voxel sizes (from the affine), or a
     surface's `mesh` (vertex coordinates and triangles, as ``voxfit.io.readers.read_mesh`` returns them); the mean
-    image `brightness` (V,). Refused in one line for anything else (see :func:`check_film_geometry`)."""
+    image `brightness` (V,). Refused in one line for anything else (see :func:`check_film_geometry`), and for a
+    surface whose neighbourhood the memory cap of `execution` cannot hold beside the interpreter."""
     geometry = getattr(masker, "geometry", None)
     check_film_geometry(geometry, mesh)
     if geometry.kind == "surface":
-        return FilmSpace(np.asarray(masker.mask, dtype=bool), None, brightness, mesh=mesh)
+        mask = np.asarray(masker.mask, dtype=bool)
+        cap = None if execution is None else execution.budgets.process
+        chunk = mesh_kernel_chunk(int(mask.sum()), None if cap is None else cap - reserved_bytes())
+        if not chunk:
+            need = 12 * MESH_NEIGHBOURS * int(mask.sum()) + 48 * 4 * MESH_NEIGHBOURS * 16
+            raise InputError(
+                f"`max_memory`={execution.max_memory!r} cannot hold FILM's neighbourhood on this surface "
+                f"({need / 2**20:.1f} MiB for {int(mask.sum())} vertices); give at least "
+                f"{(need + reserved_bytes()) // 2**20 + 1}M, or use --noise ar1 .. ar8 (no spatial step)."
+            )
+        return FilmSpace(mask, None, brightness, mesh=mesh, chunk=chunk)
     grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")
     voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
     return FilmSpace(grid, voxel_mm, brightness)

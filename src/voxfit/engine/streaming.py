@@ -221,7 +221,7 @@ def fit_streaming(
         reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab, grid
     )
     mean = _mean(accumulated, n)
-    rho, film_info = _film_autocorrelations(reader, block, accumulated, mean, mesh) if film else (None, None)
+    rho, film_info = _film_autocorrelations(reader, block, accumulated, mean, mesh, execution) if film else (None, None)
     maps, flagged = _fit_from_sums(accumulated, design, block, weights, execution.n_jobs, rho)
     at = np.union1d(accumulated.unread, flagged)
     _refit(reader, design, block, weights, accumulated.masker, at, maps, mean, rho)
@@ -349,7 +349,7 @@ def _mean(accumulated: _Pass, n: int) -> NDArray:
 
 
 def _film_autocorrelations(
-    reader, block: ARBlock, accumulated: _Pass, mean: NDArray, mesh=None
+    reader, block: ARBlock, accumulated: _Pass, mean: NDArray, mesh=None, execution: Execution | None = None
 ) -> tuple[NDArray, dict]:
     """FILM's autocorrelations of every voxel of the mask (V, M+1) and its settings: the OLS residuals' lagged
     products from the sums (from the data, read for them only, where there are no sums or they cancelled too
@@ -370,7 +370,7 @@ def _film_autocorrelations(
         centred = data - mean[at] if design.has_intercept else data
         lagged[:, at] = residual_lagged_products(design.basis, centred, block.order)
     valid = np.ones(accumulated.masker.n_voxels, dtype=bool)
-    return film_autocorrelations(lagged, valid, film_space(accumulated.masker, mean, mesh))
+    return film_autocorrelations(lagged, valid, film_space(accumulated.masker, mean, mesh, execution))
 
 
 def _fit_from_sums(

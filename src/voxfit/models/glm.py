@@ -769,7 +769,7 @@ def _fit_per_voxel_model(X, data, names, items, noise, execution, masker, mesh=N
     if noise == "film":
         geometry = getattr(masker, "geometry", None)
         check_film_geometry(geometry, mesh)
-        space = film_space(masker, mean_over_scans(data), film_mesh(mesh, geometry))
+        space = film_space(masker, mean_over_scans(data), film_mesh(mesh, geometry), execution)
         return fit_film(X, data, dict(items), names=names, space=space, execution=execution)
     if noise == "arma11":
         return fit_arma11(X, data, dict(items), names=names, execution=execution)

@@ -707,3 +707,14 @@ def test_high_orders_fit_every_voxel_of_a_short_run(rng, order):
     phi = res.ar.T
     assert _regular(phi).all()
     assert np.isfinite(ar_whitening(phi, *_model_autocorrelations(phi))).all()
+
+
+def test_model_autocorrelations_of_a_batch_with_a_unit_root():
+    """A model on a unit root (its Yule-Walker system singular) gets NaN; the others of the batch are solved (the
+    Levinson bias step can propose such a model at high orders, and used to stop the whole fit)."""
+    rho, gamma0 = _model_autocorrelations(np.array([[0.5, 0.0], [1.0, 0.0], [0.3, 0.2]]))
+    npt.assert_allclose(rho[0], [1.0, 0.5, 0.25])
+    npt.assert_allclose(gamma0[0], 1.0 / 0.75)
+    assert np.isnan(rho[1]).all() and np.isnan(gamma0[1])
+    r1 = 0.3 / (1 - 0.2)
+    npt.assert_allclose(rho[2], [1.0, r1, 0.3 * r1 + 0.2])

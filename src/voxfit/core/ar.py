@@ -442,9 +442,21 @@ def _model_autocorrelations(phi: NDArray) -> tuple[NDArray, NDArray]:
     for k in range(p + 1):
         for i in range(1, p + 1):
             A[:, k, abs(k - i)] -= phi[:, i - 1]
+    e0 = np.eye(p + 1)[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        g = np.linalg.solve(A, np.broadcast_to(np.eye(p + 1)[:, :1], (v, p + 1, 1)))[:, :, 0]
+        try:
+            g = np.linalg.solve(A, np.broadcast_to(e0[:, None], (v, p + 1, 1)))[:, :, 0]
+        except np.linalg.LinAlgError:  # a model on a unit root (singular): NaN for it, the others solved
+            g = np.array([_solve_or_nan(a, e0) for a in A]).reshape(v, p + 1)
         return g / g[:, :1], g[:, 0]
+
+
+def _solve_or_nan(A: NDArray, b: NDArray) -> NDArray:
+    """``A^-1 b``, or NaN where A is singular."""
+    try:
+        return np.linalg.solve(A, b)
+    except np.linalg.LinAlgError:
+        return np.full(b.shape, np.nan)
 
 
 def _reflection_coefficients(phi: NDArray) -> NDArray:

@@ -32,6 +32,16 @@ def grid_mesh(nx, ny, spacing=2.0, z=0.0):
     return coords, np.array(faces, dtype=np.int64)
 
 
+def write_mesh(path, coords, faces):
+    """A GIFTI surface (float32 vertices, int32 triangles)."""
+    arrays = [
+        nib.gifti.GiftiDataArray(coords.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
+        nib.gifti.GiftiDataArray(faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE"),
+    ]
+    nib.save(nib.gifti.GiftiImage(darrays=arrays), str(path))
+    return path
+
+
 def _by_definition(coords, faces, mask, sigma, cap):
     """Each masked vertex's neighbours by breadth-first search over masked vertices: within the kernel's rings of
     edges and 2 sigma in space, the nearest `cap`, as {neighbour: weight} (numbered among the masked vertices)."""
@@ -117,16 +127,7 @@ def _surface_run(tmp_path, rng, n=80, nx=14, ny=12):
     data = 800 + 50 * np.sin(coords[:, 0] / 6.0) + 4 * e
     data[:, :3] = 0.0  # a medial wall: constant, out of the mask
     path = write_gifti(tmp_path / "lh.bold.func.gii", data.astype(np.float32))
-    mesh = tmp_path / "lh.midthickness.surf.gii"
-    nib.save(
-        nib.gifti.GiftiImage(
-            darrays=[
-                nib.gifti.GiftiDataArray(coords.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
-                nib.gifti.GiftiDataArray(faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE"),
-            ]
-        ),
-        str(mesh),
-    )
+    mesh = write_mesh(tmp_path / "lh.midthickness.surf.gii", coords, faces)
     (tmp_path / "d.tsv").write_text(
         "c\tx1\tdrift\n" + "".join("\t".join(repr(float(v)) for v in row) + "\n" for row in X)
     )
@@ -180,16 +181,7 @@ def test_command_line_film_on_a_surface_needs_its_mesh(tmp_path, rng, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--mesh" in err
     other, other_faces = grid_mesh(5, 5)
-    wrong = tmp_path / "other.surf.gii"
-    nib.save(
-        nib.gifti.GiftiImage(
-            darrays=[
-                nib.gifti.GiftiDataArray(other.astype(np.float32), intent="NIFTI_INTENT_POINTSET"),
-                nib.gifti.GiftiDataArray(other_faces.astype(np.int32), intent="NIFTI_INTENT_TRIANGLE"),
-            ]
-        ),
-        str(wrong),
-    )
+    wrong = write_mesh(tmp_path / "other.surf.gii", other, other_faces)
     assert main([*args, "--mesh", str(wrong), "-o", str(tmp_path / "wrong")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "25 vertices" in err

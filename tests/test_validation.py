@@ -203,17 +203,18 @@ def test_rft_null_fwe():
 
 
 def test_fmri_default_noise_model_holds_on_realistic_noise():
-    """The default noise model of fMRI runs (voxfit.models.first_level.FMRI_NOISE) on 20,000 voxels of
-    resting-state-like noise (1/f, AR, aliased cardiac and respiratory peaks; validation/noise_realistic.py),
-    30 s blocks at TR 2 s: the 95% interval of its rate of p < 0.05 is about 0.05 +- 0.003, so a 10% bias is
-    seen, and must hold 0.05; OLS in the same cell must be liberal (the interval above 0.05)."""
-    from voxfit.models.first_level import FMRI_NOISE
+    """The default noise model of fMRI runs (voxfit.models._routing.fmri_noise: AR(4) for the 300 scans of 600 s
+    at TR 2 s) on 20,000 voxels of resting-state-like noise (1/f, AR, aliased cardiac and respiratory peaks;
+    validation/noise_realistic.py), 30 s blocks: the 95% interval of its rate of p < 0.05 is about 0.05 +- 0.003,
+    so a 10% bias is seen, and must hold 0.05; OLS in the same cell must be liberal (the interval above 0.05)."""
+    from voxfit.models._routing import fmri_noise
 
+    default = fmri_noise(300)
     nr = script("noise_realistic")
-    rows = nr.rates(20000, designs=("block30",), trs=(2.0,), models=("ols", FMRI_NOISE), nilearn=False, alphas=(0.05,))
+    rows = nr.rates(20000, designs=("block30",), trs=(2.0,), models=("ols", default), nilearn=False, alphas=(0.05,))
     rate = {r["model"]: r for r in rows}
-    lo, hi = interval(rate[FMRI_NOISE]["count"], rate[FMRI_NOISE]["n"])
-    assert lo <= 0.05 <= hi, (rate[FMRI_NOISE], lo, hi)
+    lo, hi = interval(rate[default]["count"], rate[default]["n"])
+    assert lo <= 0.05 <= hi, (rate[default], lo, hi)
     assert interval(rate["ols"]["count"], rate["ols"]["n"])[0] > 0.05, rate["ols"]
 
 

@@ -38,13 +38,13 @@ HRF_MODELS_CLI = (
 
 # The noise model of fMRI time series (--events) when --noise is not given; --design (any data) keeps ols. It
 # repeats voxfit.models._routing.FMRI_NOISE so that --help needs no numerical import (a test keeps them equal).
-FMRI_NOISE_CLI = "ar8"
+FMRI_NOISE_CLI = "ar12"
 FMRI_NOISE_WHY = (
-    "the per-voxel AR model that held the nominal false-positive rate best on resting-state-like noise "
-    "(1/f, AR, aliased cardiac and respiratory) over block and event designs at TR 0.7-3 s "
-    "(validation/noise_realistic.py, runs of 600 s), at about 20x ar1's cost (200 scans, 15 columns: mostly the "
-    "variance terms of the estimated model); runs shorter than 160 scans get "
-    "AR(scans // 20), at least AR(1), so that each coefficient has 20 scans"
+    "AR(p) per voxel with p = scans // 70, from 1 to 12 (AR(12) from 840 scans, AR(8) at 600, AR(4) at 300): of "
+    "ols, ar1, ar2, ar4, ar8, ar12, ar16, ar1-global, film and auto, what held the nominal false-positive rate best on "
+    "resting-state-like noise (1/f, AR, aliased cardiac and respiratory) over block and event designs at TR "
+    "0.7-3 s (validation/noise_realistic.py, runs of 600 s; high orders need many scans); AR(8) costs about 20x "
+    "ar1 (mostly the variance terms of the estimated model)"
 )
 DIAGNOSTICS_HELP = (
     "whiteness of the whitened residuals (one run, in memory): maps of their lag-1..4 autocorrelation and "
@@ -310,12 +310,12 @@ def _get_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--noise",
         metavar="MODEL",
-        help=f"ols; ar1 .. ar8: AR(p) per voxel, exact, estimated from the OLS residuals; "
+        help=f"ols; ar1 .. ar16: AR(p) per voxel, exact, estimated from the OLS residuals; "
         "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels; fast: SPM12's FAST (pooled, needs "
         "the TR); film: FSL FILM (Tukey-tapered autocorrelation smoothed within the mask of a volume, or over "
         "a surface's --mesh); arma11: "
         "ARMA(1,1) per voxel by REML (AFNI 3dREMLfit); auto: AR(p) per voxel, p in 0..8 by BIC "
-        f"(an arorder map). Default: {FMRI_NOISE_CLI} with --events (fMRI time series: {FMRI_NOISE_WHY}), "
+        f"(an arorder map). Default with --events (fMRI time series): {FMRI_NOISE_WHY}; "
         "ols with --design (any data)",
     )
     fit.add_argument(
@@ -350,7 +350,7 @@ def _get_parser() -> argparse.ArgumentParser:
         "--scheduler", metavar="ADDRESS", help="run the voxel blocks on a Dask cluster, e.g. tcp://host:8786"
     )
     fit.add_argument(
-        "--device", metavar="DEVICE", help="cuda or cuda:N: fit on a GPU (CuPy or PyTorch); OLS and ar1 .. ar8"
+        "--device", metavar="DEVICE", help="cuda or cuda:N: fit on a GPU (CuPy or PyTorch); OLS and ar1 .. ar16"
     )
     _rft_options(fit)
     _common(fit)
@@ -553,8 +553,7 @@ def _bids_parser(sub) -> None:
     bids.add_argument(
         "--noise",
         metavar="MODEL",
-        help="run-level noise model: ols, ar1..ar8, ar1-global, fast, film, arma11, auto "
-        f"(default {FMRI_NOISE_CLI}: {FMRI_NOISE_WHY})",
+        help=f"run-level noise model: ols, ar1..ar16, ar1-global, fast, film, arma11, auto (default: {FMRI_NOISE_WHY})",
     )
     bids.add_argument("--convolution", choices=["spm", "nilearn"], help="HRF convolution (default spm)")
     bids.add_argument(

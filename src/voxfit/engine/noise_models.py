@@ -181,7 +181,7 @@ def film_space(masker, brightness, mesh=None, execution: Execution | None = None
             raise InputError(
                 f"`max_memory`={execution.max_memory!r} cannot hold FILM's neighbourhood on this surface "
                 f"({need / 2**20:.1f} MiB for {int(mask.sum())} vertices); give at least "
-                f"{(need + reserved_bytes()) // 2**20 + 1}M, or use --noise ar1 .. ar8 (no spatial step)."
+                f"{(need + reserved_bytes()) // 2**20 + 1}M, or use --noise ar1 .. ar16 (no spatial step)."
             )
         return FilmSpace(mask, None, brightness, mesh=mesh, chunk=chunk)
     grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")
@@ -197,14 +197,14 @@ def check_film_geometry(geometry, mesh=None) -> None:
             raise InputError(
                 "--noise film smooths the autocorrelation over neighbouring vertices: give the data's surface "
                 "mesh (voxfit fit --mesh lh.midthickness.surf.gii; fit_images(mesh=...); voxfit bids takes none), "
-                "or use --noise arma11, auto or ar1 .. ar8."
+                "or use --noise arma11, auto or ar1 .. ar16."
             )
         return
     if geometry is None or geometry.kind != "volume":
         kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
         raise InputError(
             f"--noise film smooths the autocorrelation over neighbouring voxels of a volume or vertices of a "
-            f"surface, but the data are {kind}; use --noise arma11, auto or ar1 .. ar8 (per voxel, no spatial step)."
+            f"surface, but the data are {kind}; use --noise arma11, auto or ar1 .. ar16 (per voxel, no spatial step)."
         )
 
 

@@ -61,31 +61,33 @@ class Route:
     reason: str = ""
 
 
-# The noise model of fMRI time series by default: AR(8) per voxel, the model that held the nominal false-positive
-# rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory oscillations) over block and
-# event designs at TR 0.7-3 s in runs of 600 s (validation/noise_realistic.py; ols was liberal in nearly every
-# cell, ar1 up to 0.085 at p < 0.05), at about 20x ar1's cost (200 scans x 120,000 voxels, 15 design columns: most
-# of it the variance and degrees-of-freedom terms of the estimated noise model). Each AR coefficient is given at least
-# SCANS_PER_LAG scans: shorter runs get a lower order (AR(8) on 40 scans puts some voxels' models at the edge of
-# stationarity, where their variances are not usable).
-FMRI_NOISE = "ar8"
-SCANS_PER_LAG = 20
+# The noise model of fMRI time series by default: AR(p) per voxel, p = n_scans // SCANS_PER_LAG from 1 to the order of
+# FMRI_NOISE. Of ols, ar1, ar2, ar4, ar8, ar12 and ar16 (each at every TR), ar1-global, film and auto, it held the
+# nominal false-positive rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory oscillations)
+# over block and event designs at TR 0.7-3 s in runs of 600 s (validation/noise_realistic.py, 20,000 voxels a cell:
+# AR(12) at 857 scans, AR(8) at 600, AR(4) at 300 and AR(2) at 200 kept p < 0.05 within 0.0461-0.0549 and p < 0.001
+# within 0.0008-0.0017; AR(8) everywhere reached 0.0565, AR(12) or AR(16) everywhere 0.0745 and 0.0827 at 200 scans:
+# high orders need many scans; nilearn's ar1 up to 0.089). Its cost grows with the order: AR(8) about 20x ar1's
+# (benchmarks/bench_ar_orders.py), most of it the variance and degrees-of-freedom terms of the estimated model.
+FMRI_NOISE = "ar12"
+SCANS_PER_LAG = 70
 
 
 def fmri_noise(n_scans: int) -> str:
-    """The default noise model of an fMRI run of `n_scans` scans: :data:`FMRI_NOISE`, or AR(n_scans //
-    SCANS_PER_LAG) (at least AR(1)) for runs shorter than 8 x SCANS_PER_LAG scans."""
+    """The default noise model of an fMRI run of `n_scans` scans: AR(n_scans // SCANS_PER_LAG) per voxel, at least
+    AR(1) and at most :data:`FMRI_NOISE`."""
     return f"ar{max(1, min(noise_order(FMRI_NOISE), int(n_scans) // SCANS_PER_LAG))}"
 
 
+MAX_AR_ORDER = 16  # of the per-voxel AR models --noise accepts
 PER_VOXEL_MODELS = ("film", "arma11", "auto")  # per-voxel noise models other than AR(p) (film also streams)
 POOLED_MODELS = ("ar1-global", "fast")  # SPM12's ReML covariances pooled over voxels, fitted in memory
-NOISE_CHOICES = ("ols", "ar1", "ar2", "ar3", "ar4", "ar5", "ar6", "ar7", "ar8", *POOLED_MODELS, *PER_VOXEL_MODELS)
+NOISE_CHOICES = ("ols", *(f"ar{p}" for p in range(1, MAX_AR_ORDER + 1)), *POOLED_MODELS, *PER_VOXEL_MODELS)
 
 
 def noise_order(noise: str) -> int:
-    """0 for ``ols``, p for ``arp`` (1 to 8), -1 for SPM's pooled models (``ar1-global``, ``fast``), -2 for the
-    other per-voxel models (``film``, ``arma11``, ``auto``); anything else is an InputError."""
+    """0 for ``ols``, p for ``arp`` (1 to MAX_AR_ORDER), -1 for SPM's pooled models (``ar1-global``, ``fast``), -2
+    for the other per-voxel models (``film``, ``arma11``, ``auto``); anything else is an InputError."""
     text = str(noise).lower()
     if text == "ols":
         return 0
@@ -93,9 +95,10 @@ def noise_order(noise: str) -> int:
         return -1
     if text in PER_VOXEL_MODELS:
         return -2
-    if text.startswith("ar") and text[2:].isdigit() and 1 <= int(text[2:]) <= 8:
+    if text.startswith("ar") and text[2:].isdigit() and 1 <= int(text[2:]) <= MAX_AR_ORDER:
         return int(text[2:])
-    raise InputError(f"`noise` must be ols, ar1 .. ar8, {', '.join(NOISE_CHOICES[9:])}; got {noise!r}.")
+    others = ", ".join(POOLED_MODELS + PER_VOXEL_MODELS)
+    raise InputError(f"`noise` must be ols, ar1 .. ar{MAX_AR_ORDER}, {others}; got {noise!r}.")
 
 
 def first_level_needs(noise: str, scaling: str, reader) -> Needs:
@@ -110,7 +113,7 @@ def first_level_needs(noise: str, scaling: str, reader) -> Needs:
         one_pass=simple or (str(noise).lower() == "film" and scaling == "none"),
         too_large=(
             f"data larger than half of --max-memory (beside the interpreter's {size_text(reserved_bytes())}) "
-            "are fitted in one pass with --noise ols, ar1 .. ar8 or film and --scaling none; for ar1-global or "
+            "are fitted in one pass with --noise ols, ar1 .. ar16 or film and --scaling none; for ar1-global or "
             f"scaling give --max-memory {size_text(need)} or more (fast, arma11 and auto are fitted in memory too)."
         ),
     )

@@ -229,7 +229,7 @@ def fit_images(
         (scaling needs whole scans) the client reads the data and sends each block. ``ar1-global`` (SPM's
         pooled ReML needs every voxel at once) runs on this machine.
     device : str, optional
-        ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar8 (see :func:`voxfit.fit_ar`).
+        ``cuda`` to fit on a GPU: OLS (see :func:`voxfit.fit`) or ar1 .. ar16 (see :func:`voxfit.fit_ar`).
     progress : bool, optional
         A progress bar (default: when the standard error is a terminal).
     record_settings : dict, optional
@@ -700,7 +700,7 @@ def fit_noise_model(
     order = noise_order(noise)
     noise = str(noise).lower()
     if order < 0 and execution.on_device:
-        raise InputError(f"{noise} runs on the CPU only; drop --device, or use ar1 .. ar8 (per voxel) on the GPU.")
+        raise InputError(f"{noise} runs on the CPU only; drop --device, or use ar1 .. ar16 (per voxel) on the GPU.")
     if order == -2:
         nm = _fit_per_voxel_model(X, data, names, items, noise, execution, masker, mesh)
         fit, stats, ar_coef, info = nm.fit, nm.contrasts, nm.parameters, dict(nm.info)

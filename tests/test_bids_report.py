@@ -101,7 +101,7 @@ def test_pages_name_every_subject_contrast_and_setting(study):
         assert "Contrast congruent" in text and "Subject node subject" in text
         assert "run-1" in text and (s == "02" or "run-2" in text)
         assert page.count("data:image/png") >= 5  # design matrices, slices of the z maps
-        for setting in ("noise model ar2", "spm: congruent", "128 s", "smoothing"):
+        for setting in ("noise model ar1", "spm: congruent", "128 s", "smoothing"):
             assert setting in text
     dataset = _Page(out / "dataset.html").text
     assert "Contrast congruent" in dataset and "Group design" in dataset and "mixed" in dataset

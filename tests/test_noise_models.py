@@ -221,7 +221,7 @@ def test_fast_equals_spm12_under_octave():
 def test_refusals_in_one_line():
     X = design(60)
     Y = np.random.default_rng(0).standard_normal((60, 20))
-    for bad in ("arma", "ar9", "film2"):
+    for bad in ("arma", "ar17", "film2"):
         with pytest.raises(InputError, match="`noise` must be"):
             noise_order(bad)
     with pytest.raises(InputError, match="repetition time"):

@@ -700,7 +700,7 @@ def _second_derivative_weights(phi_cov: NDArray) -> tuple[NDArray, NDArray]:
 
 def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]):
     """:func:`estimation_terms`, and a mask (v,) of the voxels whose terms are all finite (stationary models with a
-    positive definite Gram matrix and a nonsingular information about phi).
+    positive definite Gram matrix and a nonsingular information about phi) and whose kappa is within its bounds.
 
     With ``U = gram^-1 B`` and ``F_m = (d gram / dphi_m) U``: ``dC/dphi_m = -U' F_m``, and ``sum_jk cov_jk
     d2C/dphi_j dphi_k = 2 sum_jk cov_jk F_j' gram^-1 F_k - U' (sum_jk cov_jk d2 gram/dphi_j dphi_k) U``. The Gram

@@ -37,6 +37,7 @@ __all__ = [
     "MeshKernel",
     "VolumeKernel",
     "mesh_kernel",
+    "mesh_kernel_bytes",
     "mesh_kernel_chunk",
     "mesh_rings",
     "volume_kernel",
@@ -46,6 +47,7 @@ SMOOTH_CHUNK = 2048  # voxels smoothed together (see smooth_autocorrelations)
 MESH_NEIGHBOURS = 96  # at most, per vertex of a surface (see mesh_kernel)
 MAX_RINGS = 16  # of mesh edges from a vertex to its farthest neighbour (see mesh_rings)
 MESH_CHUNK = 2048  # vertices whose neighbours are searched together (see mesh_kernel)
+MIN_MESH_CHUNK = 16  # ... at the least, under a memory cap (see mesh_kernel_chunk)
 FILM_SIGMA_MM = 5.0  # FEAT's film_gls call: -sa -ms 5 (SUSAN mask size, taken as the kernel's sigma in mm)
 
 
@@ -183,15 +185,21 @@ def mesh_rings(median_edge: float, sigma_mm: float = FILM_SIGMA_MM, max_neighbou
     return int(min(MAX_RINGS, max(1, np.ceil(1.5 * radius / e))))
 
 
+def mesh_kernel_bytes(n_vertices: int, chunk: int, max_neighbours: int = MESH_NEIGHBOURS) -> int:
+    """The bytes :func:`mesh_kernel` holds for `n_vertices` masked vertices searched `chunk` at a time: its (K, V)
+    arrays (int32 and float64) and one chunk's candidates (at most ~4 K per vertex, ~48 bytes each as they are
+    sorted)."""
+    return 12 * max_neighbours * n_vertices + 48 * 4 * max_neighbours * chunk
+
+
 def mesh_kernel_chunk(n_vertices: int, budget: int | None, max_neighbours: int = MESH_NEIGHBOURS) -> int:
-    """Vertices searched together by :func:`mesh_kernel` within `budget` bytes (None: MESH_CHUNK): what its (K, V)
-    arrays (int32 and float64) leave, over ~48 bytes for each of at most ~4 K candidates per vertex; 0 when that is
-    under 16 vertices (the cap cannot hold the neighbourhood)."""
+    """Vertices searched together by :func:`mesh_kernel` within `budget` bytes (None: MESH_CHUNK), as many as
+    :func:`mesh_kernel_bytes` allows; 0 when that is under MIN_MESH_CHUNK (the cap cannot hold the neighbourhood)."""
     if budget is None:
         return MESH_CHUNK
-    left = budget - 12 * max_neighbours * n_vertices
-    chunk = left // (48 * 4 * max_neighbours) if left > 0 else 0
-    return int(min(MESH_CHUNK, chunk)) if chunk >= 16 else 0
+    per_vertex = mesh_kernel_bytes(0, 1, max_neighbours)
+    chunk = (budget - mesh_kernel_bytes(n_vertices, 0, max_neighbours)) // per_vertex
+    return int(min(MESH_CHUNK, chunk)) if chunk >= MIN_MESH_CHUNK else 0
 
 
 def mesh_kernel(
@@ -215,18 +223,19 @@ def mesh_kernel(
     :func:`mesh_kernel_chunk`)."""
     from scipy import sparse
 
-    from ..inference.graph import mesh_adjacency
-
     mask = np.asarray(mask, dtype=bool)
     xyz = np.asarray(coords, dtype=np.float64)[mask]
-    adjacency = mesh_adjacency(np.asarray(faces), mask)
     V = xyz.shape[0]
-    A = sparse.csr_matrix(
-        (np.ones(adjacency.indices.size, dtype=np.int16), adjacency.indices, adjacency.indptr), shape=(V, V)
-    )
+    faces = np.asarray(faces, dtype=np.int64)
+    a, b = faces.ravel(), faces[:, [1, 2, 0]].ravel()  # every edge of every triangle
+    keep = mask[a] & mask[b]
+    number = np.cumsum(mask) - 1
+    a, b = number[a[keep]], number[b[keep]]
+    A = sparse.csr_matrix((np.ones(2 * a.size, dtype=np.int16), (np.r_[a, b], np.r_[b, a])), shape=(V, V))
+    A.data[:] = 1  # (an edge shared by two triangles was summed)
     step = (A + sparse.identity(V, dtype=np.int16, format="csr")).tocsr()  # one ring further, the ring kept
-    rows = np.repeat(np.arange(V), np.diff(adjacency.indptr))
-    edges = np.linalg.norm(xyz[rows] - xyz[adjacency.indices], axis=1)
+    rows = np.repeat(np.arange(V), np.diff(A.indptr))
+    edges = np.linalg.norm(xyz[rows] - xyz[A.indices], axis=1)
     rings = mesh_rings(float(np.median(edges)) if edges.size else 2.0 * sigma_mm, sigma_mm, max_neighbours)
     neighbours = np.full((max_neighbours, V), -1, dtype=np.int32 if V < 2**31 else np.int64)
     weights = np.zeros((max_neighbours, V))

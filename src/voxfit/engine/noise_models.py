@@ -21,6 +21,7 @@ from ..core.film import (
     FILM_SIGMA_MM,
     MESH_CHUNK,
     MESH_NEIGHBOURS,
+    MIN_MESH_CHUNK,
     film_lags,
     raw_autocorrelations,
     residual_lagged_products,
@@ -29,6 +30,7 @@ from ..core.film import (
     susan_brightness_threshold,
     tukey_taper,
     mesh_kernel,
+    mesh_kernel_bytes,
     mesh_kernel_chunk,
     volume_kernel,
 )
@@ -177,7 +179,7 @@ def film_space(masker, brightness, mesh=None, execution: Execution | None = None
         cap = None if execution is None else execution.budgets.process
         chunk = mesh_kernel_chunk(int(mask.sum()), None if cap is None else cap - reserved_bytes())
         if not chunk:
-            need = 12 * MESH_NEIGHBOURS * int(mask.sum()) + 48 * 4 * MESH_NEIGHBOURS * 16
+            need = mesh_kernel_bytes(int(mask.sum()), MIN_MESH_CHUNK)
             raise InputError(
                 f"`max_memory`={execution.max_memory!r} cannot hold FILM's neighbourhood on this surface "
                 f"({need / 2**20:.1f} MiB for {int(mask.sum())} vertices); give at least "

@@ -41,7 +41,8 @@ HRF_MODELS_CLI = (
 FMRI_NOISE_CLI = "ar12"
 FMRI_NOISE_WHY = (
     "AR(p) per voxel with p = scans // 70, from 1 to 12 (AR(12) from 840 scans, AR(8) at 600, AR(4) at 300): of "
-    "ols, ar1, ar2, ar4, ar8, ar12, ar16, ar1-global, film and auto, what held the nominal false-positive rate best on "
+    "ols, ar1, ar2, ar4, ar8, ar12, ar16, ar1-global, fast, film, arma11 and auto, what held the nominal "
+    "false-positive rate best on "
     "resting-state-like noise (1/f, AR, aliased cardiac and respiratory) over block and event designs at TR "
     "0.7-3 s (validation/noise_realistic.py, runs of 600 s; high orders need many scans); AR(8) costs about 20x "
     "ar1 (mostly the variance terms of the estimated model)"

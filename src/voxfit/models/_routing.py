@@ -62,13 +62,14 @@ class Route:
 
 
 # The noise model of fMRI time series by default: AR(p) per voxel, p = n_scans // SCANS_PER_LAG from 1 to the order of
-# FMRI_NOISE. Of ols, ar1, ar2, ar4, ar8, ar12 and ar16 (each at every TR), ar1-global, film and auto, it held the
-# nominal false-positive rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory oscillations)
-# over block and event designs at TR 0.7-3 s in runs of 600 s (validation/noise_realistic.py, 20,000 voxels a cell:
-# AR(12) at 857 scans, AR(8) at 600, AR(4) at 300 and AR(2) at 200 kept p < 0.05 within 0.0461-0.0549 and p < 0.001
-# within 0.0008-0.0017; AR(8) everywhere reached 0.0565, AR(12) or AR(16) everywhere 0.0745 and 0.0827 at 200 scans:
-# high orders need many scans; nilearn's ar1 up to 0.089). Its cost grows with the order: AR(8) about 20x ar1's
-# (benchmarks/bench_ar_orders.py), most of it the variance and degrees-of-freedom terms of the estimated model.
+# FMRI_NOISE. Of ols, ar1, ar2, ar4, ar8, ar12 and ar16 (each at every TR), ar1-global, fast, film, arma11 and auto,
+# it held the nominal false-positive rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory
+# oscillations) over block and event designs at TR 0.7-3 s in runs of 600 s (validation/noise_realistic.py, 20,000
+# voxels a cell: AR(12) at 857 scans, AR(8) at 600, AR(4) at 300 and AR(2) at 200 kept p < 0.05 within 0.0461-0.0549
+# and p < 0.001 within 0.0008-0.0017; AR(8) everywhere reached 0.0565, AR(12) or AR(16) everywhere 0.0745 and 0.0827
+# at 200 scans: high orders need many scans; nilearn's ar1 up to 0.089). Its cost grows with the order: AR(8) about
+# 20x ar1's (benchmarks/bench_ar_orders.py), most of it the variance and degrees-of-freedom terms of the estimated
+# model.
 FMRI_NOISE = "ar12"
 SCANS_PER_LAG = 70
 

@@ -1365,11 +1365,17 @@ def _in_thread(fn, *args, **kwargs) -> Future:
     return future
 
 
+def ignore_signal(signum, frame):
+    """A handler that does nothing: further signals during a clean-up. Not SIG_IGN: a signal already caught by
+    the C handler but not yet run would then make CPython raise "Signal N ignored due to race condition" (an
+    OSError) wherever the main thread is, and print its traceback instead of the one-line message."""
+
+
 def _on_signal(signum, frame):
     """SIGINT or SIGTERM: clean up as for Ctrl-C (no partial output). Further signals are ignored until the
     run has removed its partial output (a second Ctrl-C during the clean-up left it behind)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, ignore_signal)
+    signal.signal(signal.SIGTERM, ignore_signal)
     raise KeyboardInterrupt
 
 
@@ -1383,7 +1389,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _main(argv)
     finally:
-        interrupted = any(signal.getsignal(s) is signal.SIG_IGN for s in previous)
+        interrupted = any(signal.getsignal(s) is ignore_signal for s in previous)
         if not (as_program and interrupted):  # an interrupted program ignores signals until it has exited
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -747,9 +747,13 @@ def _worker_start(threads: int) -> None:
 _LIMITS = None
 
 
+def _ignore_signal(signum, frame):
+    """Further signals in a worker that is stopping: nothing (see voxfit.cli.ignore_signal)."""
+
+
 def _worker_signal(signum, frame):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _ignore_signal)  # (not SIG_IGN: see voxfit.cli.ignore_signal)
+    signal.signal(signal.SIGTERM, _ignore_signal)
     if _BUSY:
         raise KeyboardInterrupt
     os._exit(130)

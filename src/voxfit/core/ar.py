@@ -216,11 +216,9 @@ class ARBlock:
         self.freq_weights = np.where((np.arange(n // 2 + 1) == 0) | (2 * np.arange(n // 2 + 1) == n), 1.0, 2.0)
         self.basis_fft = np.fft.rfft(Q, axis=0)  # (f, r)
         self.residual_share = 1.0 - np.sum(np.abs(self.basis_fft) ** 2, axis=1) / n
-        self.freq_cos = np.cos(np.multiply.outer(np.arange(1, p + 1), self.freqs))  # (p, f): cos(jw), sin(jw)
-        self.freq_sin = np.sin(np.multiply.outer(np.arange(1, p + 1), self.freqs))
         lags = np.arange(1, p + 1)[None, :, None] - np.arange(p + 1)[:, None, None]  # j - l, (p+1, p, 1)
         ls = np.arange(p + 1)[:, None, None] * self.freqs  # l w: A's real and imaginary parts
-        # ((p+2) f, p+1): this @ taps is Re(e^{ijw} conj(A)) for j = 1..p, then Re(A) and Im(A)
+        # ((p+2) f, p+1): this @ taps is Re(e^{ijw} conj(A)) for j = 1..p, then Re(A) and Im(A) (_spectrum_parts)
         table = np.concatenate([np.cos(lags * self.freqs), np.cos(ls), -np.sin(ls)], axis=1)  # (p+1, p+2, f)
         self.tap_cosines = np.ascontiguousarray(table.transpose(1, 2, 0).reshape(-1, p + 1))
         self.information_weights = 2.0 * self.freq_weights * self.residual_share  # g(w) |A(w)|^4 of ar_information
@@ -553,32 +551,28 @@ def ar_information(block: ARBlock, phi: NDArray) -> NDArray:
     With taps a = (1, -phi), ``Re(e^{ijw} conj(A)) = sum_l a_l cos((j-l)w)``: linear in the taps, so all of
     them are one matrix product with a table of cosines, and ``|A|^2`` another."""
     v, p = phi.shape
-    taps = np.concatenate([np.ones((v, 1)), -phi], axis=1)  # (v, p+1)
     f = block.freqs.size
     info = np.empty((v, p, p))
     chunk = max(1, (1 << 20) // max(1, (p + 2) * f))  # voxels at a time: work arrays of ~8 MiB
     for a in range(0, v, chunk):
         part = slice(a, a + chunk)
-        # Re(e^{ijw} conj(A)) = |A|^2 d_j / 2 for j = 1..p, then Re(A) and Im(A): (p+2, f, v), voxels last
-        R = (block.tap_cosines @ taps[part].T).reshape(p + 2, f, -1)
-        A2 = R[p] ** 2 + R[p + 1] ** 2  # |A(w)|^2 from its real and imaginary parts: no cancellation
-        Rg = R[:p] * (block.information_weights[:, None] / (A2 * A2))
+        R, A2 = _spectrum_parts(block, phi[part])
+        Rg = R * (block.information_weights[:, None] / (A2 * A2))
         for j in range(p):
             for k in range(j + 1):
                 info[part, j, k] = info[part, k, j] = np.einsum("fv,fv->v", Rg[j], R[k])
     return info
 
 
-def _log_spectrum_gradient(block: ARBlock, phi: NDArray, freqs: slice) -> tuple[NDArray, NDArray]:
-    """``d_j(w) = 2 Re(e^{ijw} conj(A(w))) / |A(w)|^2`` (v, p, f) and ``|A(w)|^2`` (v, f) at the block's
-    frequencies `freqs`, in real arithmetic from the block's cosine and sine tables."""
-    cos, sin = block.freq_cos[:, freqs], block.freq_sin[:, freqs]  # (p, f): cos(jw), sin(jw)
-    re = 1.0 - phi @ cos  # A(w) = 1 - sum_j phi_j e^{ijw}
-    im = -(phi @ sin)
-    inv_f = re * re + im * im
-    d = cos[None] * re[:, None, :] + sin[None] * im[:, None, :]  # Re(e^{ijw} conj(A))
-    d *= (2.0 / inv_f)[:, None, :]
-    return d, inv_f
+def _spectrum_parts(block: ARBlock, phi: NDArray) -> tuple[NDArray, NDArray]:
+    """For AR models phi (v, p), voxels last: ``Re(e^{ijw} conj(A(w)))`` (p, f, v) for j = 1..p, which is
+    ``|A|^2 d_j / 2`` (``d_j = d log f / d phi_j``), and ``|A(w)|^2`` (f, v) from A's real and imaginary parts (no
+    cancellation), at the block's frequencies: linear in the taps a = (1, -phi), so one product with the block's
+    table of cosines."""
+    v, p = phi.shape
+    taps = np.concatenate([np.ones((v, 1)), -phi], axis=1)  # (v, p+1)
+    R = (block.tap_cosines @ taps.T).reshape(p + 2, block.freqs.size, v)  # then Re(A), Im(A)
+    return R[:p], R[p] ** 2 + R[p + 1] ** 2
 
 
 def efficiency_loss(block: ARBlock, phi: NDArray, phi_cov: NDArray, factor: NDArray, U: NDArray) -> NDArray:
@@ -606,8 +600,9 @@ def _efficiency_loss_part(block: ARBlock, phi: NDArray, phi_cov: NDArray, factor
     r, q, v = U.shape
     p = phi.shape[1]
     qf = block.basis_fft  # (f, r): Fourier transforms of the basis's columns
-    d, inv_f = _log_spectrum_gradient(block, phi, slice(None))  # (v, p, f), (v, f)
-    dw = d * (inv_f * (block.freq_weights / block.design.n_scans))[:, None, :]  # (v, p, f)
+    R, A2 = _spectrum_parts(block, phi)  # (p, f, v), (f, v)
+    d = (2.0 * R / A2).transpose(2, 0, 1)  # d_j(w), (v, p, f)
+    dw = 2.0 * R.transpose(2, 0, 1) * (block.freq_weights / block.design.n_scans)  # d_j |A|^2 c / n, (v, p, f)
     Uv = U.transpose(2, 1, 0).reshape(v * q, r)
     zu_re = (Uv @ qf.real.T).reshape(v, q, -1)  # Fourier transforms of Q u, (v, q, f)
     zu_im = (Uv @ qf.imag.T).reshape(v, q, -1)
@@ -734,7 +729,7 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
         dCs = -np.einsum("raV,rmbV->Vmab", U, F)  # (v, p, Q, Q)
         C = np.einsum("raV,rbV->Vab", np.asarray(B, dtype=np.float64), U)
         loss = efficiency_loss(block, phi, phi_cov, factor, U)  # every contrast at once
-        regular = _regular(phi) & np.isfinite(phi_cov).all(axis=(1, 2))
+        regular = np.isfinite(phi_cov).all(axis=(1, 2))  # (models _regular refuses: NaN Gram weights, NaN terms)
         out, a = [], 0
         for q in sizes:
             cols = slice(a, a + q)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .mesh import masked_edges
+
 __all__ = [
     "FILM_SIGMA_MM",
     "residual_lagged_products",
@@ -226,12 +228,8 @@ def mesh_kernel(
     mask = np.asarray(mask, dtype=bool)
     xyz = np.asarray(coords, dtype=np.float64)[mask]
     V = xyz.shape[0]
-    faces = np.asarray(faces, dtype=np.int64)
-    a, b = faces.ravel(), faces[:, [1, 2, 0]].ravel()  # every edge of every triangle
-    keep = mask[a] & mask[b]
-    number = np.cumsum(mask) - 1
-    a, b = number[a[keep]], number[b[keep]]
-    A = sparse.csr_matrix((np.ones(2 * a.size, dtype=np.int16), (np.r_[a, b], np.r_[b, a])), shape=(V, V))
+    u, w = masked_edges(faces, mask)
+    A = sparse.csr_matrix((np.ones(2 * u.size, dtype=np.int16), (np.r_[u, w], np.r_[w, u])), shape=(V, V))
     A.data[:] = 1  # (an edge shared by two triangles was summed)
     step = (A + sparse.identity(V, dtype=np.int16, format="csr")).tocsr()  # one ring further, the ring kept
     rows = np.repeat(np.arange(V), np.diff(A.indptr))
@@ -239,14 +237,16 @@ def mesh_kernel(
     rings = mesh_rings(float(np.median(edges)) if edges.size else 2.0 * sigma_mm, sigma_mm, max_neighbours)
     neighbours = np.full((max_neighbours, V), -1, dtype=np.int32 if V < 2**31 else np.int64)
     weights = np.zeros((max_neighbours, V))
-    for a in range(0, V, chunk):
-        b = min(V, a + chunk)
-        reach = sparse.csr_matrix((np.ones(b - a, dtype=np.int16), (np.arange(b - a), np.arange(a, b))), (b - a, V))
+    for start in range(0, V, chunk):
+        stop = min(V, start + chunk)
+        centres = np.arange(start, stop)
+        ones = np.ones(centres.size, dtype=np.int16)
+        reach = sparse.csr_matrix((ones, (centres - start, centres)), shape=(centres.size, V))
         for _ in range(rings):
             reach = reach @ step
             reach.data[:] = 1  # reached (path counts could pass int16's range)
         reach.sort_indices()
-        i = np.repeat(np.arange(a, b), np.diff(reach.indptr))
+        i = np.repeat(centres, np.diff(reach.indptr))
         j = reach.indices.astype(np.int64)
         d = np.linalg.norm(xyz[i] - xyz[j], axis=1)
         keep = (i != j) & (d <= 2.0 * sigma_mm)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from voxfit.core.mesh import masked_edges
 from voxfit.exceptions import DataTypeError, InputError
 
 __all__ = ["Adjacency", "as_rows", "as_weights", "check_adjacency", "mesh_adjacency", "volume_adjacency"]
@@ -177,11 +178,7 @@ def mesh_adjacency(faces, mask) -> Adjacency:
             f"`faces` must hold vertex numbers in 0..{mask.size - 1} (the mask has {mask.size} vertices); "
             f"got values from {faces.min()} to {faces.max()}."
         )
-    a = faces.ravel().astype(np.int64)
-    b = faces[:, [1, 2, 0]].ravel().astype(np.int64)
-    keep = mask[a] & mask[b]
-    number = np.cumsum(mask) - 1
-    return Adjacency.from_edges(number[a[keep]], number[b[keep]], int(mask.sum()))
+    return Adjacency.from_edges(*masked_edges(faces, mask), int(mask.sum()))
 
 
 def _as_mask(mask, name: str) -> NDArray[np.bool_]:

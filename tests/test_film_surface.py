@@ -188,3 +188,12 @@ def test_command_line_film_on_a_surface_needs_its_mesh(tmp_path, rng, capsys):
     assert not (tmp_path / "no_mesh").exists() and not (tmp_path / "wrong").exists()
     with pytest.raises(InputError, match="--mesh"):
         fit_images(path, (X, ["c", "x1", "drift"]), CONTRASTS, noise="film")
+
+
+def test_a_mesh_for_data_that_are_not_a_surface_is_refused(tmp_path, rng):
+    """--mesh names the surface of surface data: with a volume it is refused in one line, before any fit."""
+    mesh = write_mesh(tmp_path / "lh.surf.gii", *grid_mesh(4, 4))
+    volume = nib.Nifti1Image(rng.standard_normal((3, 3, 2, 30)).astype(np.float32) + 100, np.eye(4))
+    X = np.column_stack([np.ones(30), np.arange(30) % 2])
+    with pytest.raises(InputError, match="is the surface of surface data, but the data are a volume"):
+        fit_images(volume, (X, ["c", "x"]), {"b": [0, 1.0]}, noise="film", mesh=mesh, mask_threshold=0)

@@ -754,9 +754,12 @@ def fit_noise_model(
 
 def film_mesh(mesh, geometry):
     """A surface's mesh for FILM's spatial step: None, a GIFTI surface's path (read and checked against the data's
-    vertices), or (vertices, triangles) as they are."""
+    vertices), or (vertices, triangles) as they are; a path given for data that are not a surface is refused."""
     if mesh is None or isinstance(mesh, tuple):
         return mesh
+    if geometry is None or geometry.kind != "surface":
+        kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
+        raise InputError(f"--mesh {mesh} is the surface of surface data, but the data are {kind}; leave it out.")
     from ..io.readers import read_mesh
 
     return read_mesh(mesh, geometry.n_elements)
@@ -764,12 +767,11 @@ def film_mesh(mesh, geometry):
 
 def _fit_per_voxel_model(X, data, names, items, noise, execution, masker, mesh=None):
     """film, arma11 or auto (see ``voxfit.engine.noise_models``)."""
-    from ..engine.noise_models import check_film_geometry, film_space, fit_arma11, fit_auto_ar, fit_film
+    from ..engine.noise_models import film_space, fit_arma11, fit_auto_ar, fit_film
 
     if noise == "film":
-        geometry = getattr(masker, "geometry", None)
-        check_film_geometry(geometry, mesh)
-        space = film_space(masker, mean_over_scans(data), film_mesh(mesh, geometry), execution)
+        mesh = film_mesh(mesh, getattr(masker, "geometry", None))
+        space = film_space(masker, mean_over_scans(data), mesh, execution)
         return fit_film(X, data, dict(items), names=names, space=space, execution=execution)
     if noise == "arma11":
         return fit_arma11(X, data, dict(items), names=names, execution=execution)

@@ -714,3 +714,24 @@ def test_model_autocorrelations_of_a_batch_with_a_unit_root():
     assert np.isnan(rho[1]).all() and np.isnan(gamma0[1])
     r1 = 0.3 / (1 - 0.2)
     npt.assert_allclose(rho[2], [1.0, r1, 0.3 * r1 + 0.2])
+
+
+@pytest.mark.parametrize("n", [6, 40, 300])
+def test_ar1_sums_beyond_p_equal_direct_sums_over_every_lag(n):
+    """AR(1)'s tail and Bartlett sums (closed form, powers by doubling, cut where every |phi|^k < 1e-20) equal
+    the sums over every lag 1..n-1 of rho_k = phi^k, written out; a NaN model stays NaN."""
+    t = np.arange(n)
+    design = factorize(np.column_stack([np.cos(np.pi * t / n), np.ones(n)]))
+    block = ARBlock(design, 1)
+    phi = np.array([0.0, 0.3, -0.5, 0.9, -0.99, 0.99, 1e-30, np.nan])
+    lags = phi[None, :] ** np.arange(1, n)[:, None]  # (n-1, v): lags 1..n-1
+    tail_ref = block.beyond @ lags[1:]
+    S0_ref = 1.0 + 2.0 * np.einsum("jv,jv->v", lags, lags)
+    S1_ref = 2.0 * phi + 2.0 * np.einsum("jv,jv->v", lags[:-1], lags[1:])
+    rho = np.column_stack([np.ones_like(phi), phi])
+    tail, S = block._beyond_p(phi[:, None], rho)
+    ok = np.isfinite(phi)
+    npt.assert_allclose(tail[:, ok], tail_ref[:, ok], rtol=1e-12, atol=1e-14)
+    npt.assert_allclose(S[0, ok], S0_ref[ok], rtol=1e-12)
+    npt.assert_allclose(S[1, ok], S1_ref[ok], rtol=1e-12, atol=1e-15)
+    assert np.isnan(tail[:, ~ok]).all() and np.isnan(S[:, ~ok]).all()

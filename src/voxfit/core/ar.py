@@ -311,15 +311,42 @@ class ARBlock:
         over all lags: a few whole-array operations instead of a dozen small ones per lag."""
         p = self.order
         a = rho.T  # (p+1, v): a_0 .. a_p
-        lags = self._model_lags(phi, a)  # a_1 .. a_L
-        m = lags.shape[0] - p  # lags beyond p that count
-        tail = self.beyond[:, :m] @ lags[p:]
-        pairs = [np.einsum("jv,jv->v", lags[: lags.shape[0] - k], lags[k:]) for k in range(p + 1)]  # j >= 1
+        if p == 1:
+            tail, pairs = self._beyond_ar1(phi[:, 0])
+        else:
+            lags = self._model_lags(phi, a)  # a_1 .. a_L
+            m = lags.shape[0] - p  # lags beyond p that count
+            tail = self.beyond[:, :m] @ lags[p:]
+            pairs = [np.einsum("jv,jv->v", lags[: lags.shape[0] - k], lags[k:]) for k in range(p + 1)]  # j >= 1
         S = np.empty((p + 1, phi.shape[0]))
         S[0] = 1.0 + 2.0 * pairs[0]
         for k in range(1, p + 1):
             S[k] = a[k] + 2.0 * pairs[k] + np.einsum("mv,mv->v", a[1 : k + 1], a[k - 1 :: -1][:k])
         return tail, S
+
+    def _beyond_ar1(self, f: NDArray) -> tuple[NDArray, NDArray]:
+        """:meth:`_beyond_p`'s tail and lag-pair sums ``sum_j rho_j rho_j+k`` (j = 1..n-1-k; k = 0, 1) for AR(1)
+        models `f` (v,), whose autocorrelations are powers, ``rho_k = f^k``: the pair sums in closed form,
+        the powers for the tail by doubling (a few products over the whole table instead of one per lag) up
+        to the lag at which every |f|^k of the block is below 1e-20 (later terms are below rounding)."""
+        n_beyond = self.beyond.shape[1]  # lags 2 .. n-1
+        top = np.max(np.abs(f), initial=0.0, where=np.isfinite(f))
+        m = n_beyond if top >= 1.0 else min(n_beyond, int(np.log(1e-20) / np.log(max(top, 1e-20))) + 1)
+        powers = np.empty((max(m, 1), f.size))  # f^2 .. f^(m+1)
+        powers[0] = f * f
+        step, f_step = 1, f.copy()  # f_step = f^step
+        while step < m:
+            count = min(step, m - step)
+            np.multiply(powers[:count], f_step, out=powers[step : step + count])
+            step, f_step = step + count, f_step * f_step if count == step else f_step
+        tail = self.beyond[:, :m] @ powers[:m]
+        # sum_j=1..L-k f^(2j+k) = f^(k+2) (1 - f^(2(L-k))) / (1 - f^2), L = n-1 the last lag; f^L and f^(L-1) are
+        # the table's last rows when it reaches lag L, else below 1e-20 (and their squares nothing)
+        f2 = f * f
+        end = [powers[m - 1] ** 2, (powers[m - 2] if m >= 2 else f) ** 2] if m == n_beyond else [0.0, 0.0]
+        with np.errstate(invalid="ignore"):  # |f| <= MAX_REFLECTION: 1 - f^2 > 0
+            pairs = [f2 * (1.0 - end[0]) / (1.0 - f2), f * f2 * (1.0 - end[1]) / (1.0 - f2)]
+        return tail, pairs
 
     def _model_lags(self, phi: NDArray, a: NDArray) -> NDArray:
         """(L, v): the models' autocorrelations at lags 1..L, from `a` (p+1, v) at lags 0..p and the recursion
@@ -836,11 +863,10 @@ def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray]:
     the shifted float64 data (for the exact fallbacks)."""
     p, r, v = block.order, block.design.rank, Y.shape[1]
     shift = None
+    Y = np.array(Y, dtype=np.float64)  # a copy to shift in place: half the time of a mean and a subtraction from Y
     if block.ones is not None:  # shifting by the mean only moves the constant's estimate, and keeps digits
-        shift = Y.mean(axis=0, dtype=np.float64)
-        Y = np.subtract(Y, shift, dtype=np.float64)
-    else:
-        Y = np.asarray(Y, dtype=np.float64)
+        shift = Y.sum(axis=0) / Y.shape[0]
+        Y -= shift
     lagged = (block.lagged_basis.T @ Y).reshape(p + 1, r, v)
     total = np.zeros(v) if shift is not None else Y.sum(axis=0)
     return LaggedSums(lagged, _lagged_products(Y, p), Y[:p].copy(), Y[::-1][:p].copy(), total, shift), Y

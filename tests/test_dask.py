@@ -273,3 +273,67 @@ def test_mixed_effects_on_a_cluster_equal_local_ones(client, tmp_path, no_reserv
     there = SecondLevel(variances=variances, max_memory="64K", scheduler=client).fit(effects)
     np.testing.assert_array_equal(there.masker.mask, here.masker.mask)
     np.testing.assert_allclose(there.parametric["intercept"].t, here.parametric["intercept"].t, rtol=1e-12)
+
+
+@pytest.mark.parametrize("noise, masked", [("ols", True), ("ar1", True), ("ols", False)])
+def test_rft_smoothness_summed_by_the_workers_equals_the_local_one(client, tmp_path, monkeypatch, noise, masked):
+    """``--inference rft`` on a cluster: the neighbour sums are taken by the workers from their own columns (the
+    client reads no data), and the smoothness, resels, RPV map and FWE p map equal the local run's."""
+    import json
+
+    from voxfit.engine import smoothness
+    from voxfit.inference.rft_fit import check_rft_options
+
+    rng = np.random.default_rng(11)
+    n, shape = 30, (9, 8, 7)
+    e = rng.standard_normal(shape + (n,))
+    for axis in range(3):  # spatially smooth noise
+        e = e + np.roll(e, 1, axis=axis)
+    data = 100 + e
+    data[0] = 0.0  # background: out of the automatic mask
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "bold.nii")
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[1:8, 1:7, 1:6] = 1
+    nib.save(nib.Nifti1Image(mask, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "mask.nii")
+    X = np.column_stack([np.sin(np.arange(n) / 3), np.ones(n)])
+    kwargs = dict(mask=tmp_path / "mask.nii" if masked else None, noise=noise, rft=check_rft_options())
+    fit_images(tmp_path / "bold.nii", (X, ["s", "c"]), ["s=s"], out_dir=tmp_path / "local", **kwargs)
+    monkeypatch.setattr("voxfit.models.glm.load", _refuse)
+    tasks = []  # the sums' Dask tasks (the client's threads only warm the compiled kernels up on a tiny grid)
+    run_tasks = smoothness.run_tasks
+    monkeypatch.setattr(smoothness, "run_tasks", lambda *a, **k: tasks.append(a[1]) or run_tasks(*a, **k))
+    fit_images(tmp_path / "bold.nii", (X, ["s", "c"]), ["s=s"], out_dir=tmp_path / "dask", scheduler=client, **kwargs)
+    assert [t.__name__ for t in tasks] == ["_slab"]
+    local, remote = (json.loads((tmp_path / k / "model.json").read_text())["inference"] for k in ("local", "dask"))
+    for key in ("fwhm_voxels", "fwhm_mm", "resels"):
+        npt.assert_allclose(remote["smoothness"][key], local["smoothness"][key], rtol=1e-12, err_msg=key)
+    for name in ("stat-rpv_statmap.nii.gz",):
+        a, b = (nib.load(tmp_path / k / name).get_fdata() for k in ("local", "dask"))
+        npt.assert_allclose(b, a, rtol=1e-6, equal_nan=True)
+
+
+def test_group_rft_on_a_cluster_equals_the_local_one(client, tmp_path):
+    """``voxfit group --inference rft`` on 3-D files with a scheduler (the group fit's blocks on the workers; RFT
+    holds the maps in memory, and the neighbour sums of a group's few maps are taken here): the smoothness,
+    resels and the results table equal the local run's."""
+    import json
+
+    rng = np.random.default_rng(12)
+    paths = []
+    for i in range(10):
+        e = rng.standard_normal((10, 9, 8))
+        for axis in range(3):
+            e = e + np.roll(e, 1, axis=axis)
+        paths.append(tmp_path / f"sub-{i:02d}.nii.gz")
+        nib.save(nib.Nifti1Image((e + 0.8).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), paths[-1])
+    args = ["group", *map(str, paths), "--one-sample", "--inference", "rft", "--quiet"]
+    assert main([*args, "-o", str(tmp_path / "local")]) == 0
+    assert main([*args, "--scheduler", client.scheduler.address, "-o", str(tmp_path / "dask")]) == 0
+    local, remote = (json.loads((tmp_path / k / "model.json").read_text()) for k in ("local", "dask"))
+    for key in ("fwhm_voxels", "fwhm_mm", "resels"):
+        a, b = (m["inference"]["smoothness"][key] for m in (local, remote))
+        npt.assert_allclose(b, a, rtol=1e-12, err_msg=key)
+    tables = sorted(p.name for p in (tmp_path / "local").glob("*.tsv"))
+    assert tables and tables == sorted(p.name for p in (tmp_path / "dask").glob("*.tsv"))
+    for name in tables:
+        assert (tmp_path / "dask" / name).read_text() == (tmp_path / "local" / name).read_text(), name

@@ -246,8 +246,11 @@ class OutputFolder:
 
     def __enter__(self) -> OutputFolder:
         try:
-            self._made = make_folder(self.final)
-            self._tmp = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=self.final))
+            # (a signal while the folders are made, before they are recorded, would leave them: held until they
+            # are, then raised here and cleaned up like any other error, since __exit__ runs only after this)
+            with _signals_held():
+                self._made = make_folder(self.final)
+                self._tmp = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=self.final))
             marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started.isoformat()}
             (self._tmp / _MARKER).write_text(json.dumps(marker) + "\n")
         except OSError as exc:
@@ -255,6 +258,9 @@ class OutputFolder:
             raise disk_error(exc, self.final) or InputError(
                 f"cannot write to output folder {self.final}: {exc.strerror or exc}."
             ) from None
+        except BaseException:
+            self._cleanup()
+            raise
         return self
 
     def path(self, name: str) -> Path:
@@ -359,19 +365,34 @@ class OutputFolder:
 
 @contextlib.contextmanager
 def _signals_held():
-    """Hold SIGINT and SIGTERM (main thread, POSIX) for the few renames of a commit."""
+    """Hold SIGINT and SIGTERM (from the main thread) for a few steps: the renames of a commit, the making of
+    the folders. A handler that only notes them stands in meanwhile, and the previous handler is called for the
+    first one noted once the steps are done. (Blocking them with the main thread's signal mask did not hold
+    them: the kernel hands a signal sent to the process to any thread that does not block it, and Python
+    then runs the handler in the main thread, inside the steps.)"""
     import signal
     import threading
 
-    hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if not hold:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    noted: list[int] = []
+
+    def note(signum, frame) -> None:
+        noted.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if noted:
+            handler = previous[noted[0]]
+            if callable(handler):
+                handler(noted[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(noted[0])
 
 
 def peak_memory_mib() -> float | None:

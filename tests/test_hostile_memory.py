@@ -131,6 +131,8 @@ def test_interpreter_floor(tmp_path):
     [
         ("small", "512M", ["--scaling", "mean"], False),  # in memory, with the scaled copy
         ("large", "320M", [], True),
+        ("small", "512M", ["--inference", "rft"], False),  # random field theory: the neighbour sums too
+        ("large", "320M", ["--inference", "rft"], True),  # ... gathered over the streamed pass
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
@@ -158,6 +160,8 @@ def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
     assert rc == 0, err
     model = json.loads((out / "model.json").read_text())
     assert bool(model["settings"]["noise_details"].get("streamed")) is streamed
+    if "rft" in options:
+        assert model["inference"]["smoothness"]["resels"][0] > 0
     cap_bytes = parse_memory(cap)
     print(f"fit {which} ({path.stat().st_size / MiB:.0f} MiB) under {cap}: peak {peak / MiB:.0f} MiB")
     assert peak <= cap_bytes

@@ -425,7 +425,7 @@ def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp
 def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng):
     """An uncompressed, unscaled .dtseries.nii is read from its stored (grayordinate-major) layout through a
     memory map, slab by slab: the same scans as nibabel's; images in memory go through nibabel."""
-    from voxfit.io.readers import _grayordinate_major
+    from voxfit.io.readers import _grayordinate_major, _scans_of
 
     cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 400, 3), 400, name="CortexLeft")
     models = cortex + nib.cifti2.BrainModelAxis.from_mask(
@@ -440,4 +440,7 @@ def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng):
     slabs = list(reader.iter_scans(max_bytes=5 * len(models) * 4))
     assert [start for start, _ in slabs] == list(range(0, 37, 5))
     npt.assert_array_equal(np.concatenate([block for _, block in slabs]), data)
+    assert all(block.flags.c_contiguous for _, block in slabs)  # (copied a tile at a time, not a strided view)
+    stored = _grayordinate_major(reader._imgs[0])
+    npt.assert_array_equal(_scans_of(stored[:, 3:9], np.float64, tile=7), data[3:9])  # tiles that do not divide G
     npt.assert_array_equal(np.concatenate([b for _, b in open_reader(image).iter_scans(max_bytes=400)]), data)

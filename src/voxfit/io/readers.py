@@ -614,10 +614,21 @@ class CiftiReader:
             stored = _grayordinate_major(img)
             for start in range(0, img.shape[0], k):
                 if stored is not None:
-                    yield first + start, np.asarray(stored[:, start : start + k].T, dtype=self.dtype)
+                    yield first + start, _scans_of(stored[:, start : start + k], self.dtype)
                 else:
                     yield first + start, np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
             first += img.shape[0]
+
+
+def _scans_of(stored: NDArray, dtype, tile: int = 4096) -> NDArray:
+    """The scans (k, G) of a stored slab (G, k) as a C-contiguous array of `dtype`, copied a tile of `tile`
+    grayordinates at a time: each tile's cache lines of the file serve all k scans before they leave the cache.
+    (The transposed view itself made every later pass over a scan, the mask's and the gather's, stride across
+    the whole file: 3 s of a 91k x 1200 run's read, against 0.1 s for the read.)"""
+    out = np.empty(stored.shape[::-1], dtype=dtype)
+    for g in range(0, stored.shape[0], tile):
+        out[:, g : g + tile] = stored[g : g + tile].T
+    return out
 
 
 def _grayordinate_major(img):

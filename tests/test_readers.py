@@ -444,3 +444,15 @@ def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng):
     stored = _grayordinate_major(reader._imgs[0])
     npt.assert_array_equal(_scans_of(stored[:, 3:9], np.float64, tile=7), data[3:9])  # tiles that do not divide G
     npt.assert_array_equal(np.concatenate([b for _, b in open_reader(image).iter_scans(max_bytes=400)]), data)
+
+
+def test_take_columns_copies_only_when_every_column_is_kept_in_order():
+    """The gather's fast path (a plain copy of the slab) is taken only for every column in order; a permutation,
+    a subset or no column are taken element by element, as numpy's take."""
+    from voxfit.io.masking import _take_columns
+
+    block = np.arange(24.0).reshape(4, 6)
+    for index in (np.arange(6), np.array([1, 0, 2, 3, 4, 5]), np.array([0, 2, 5]), np.array([], dtype=np.intp)):
+        out = np.empty((4, index.size))
+        _take_columns(block, index, out)
+        npt.assert_array_equal(out, block[:, index])

@@ -137,9 +137,10 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
 
 
 def _take_columns(block: NDArray, index: NDArray, out: NDArray) -> None:
-    """``out[:] = block[:, index]`` for increasing, distinct `index`: a plain copy when it keeps every column (a
-    CIFTI run's grayordinates, a mask of the whole grid), 10x faster than numpy's take of each element."""
-    if index.size == block.shape[1]:
+    """``out[:] = block[:, index]``: a plain copy when `index` keeps every column in order (a CIFTI run's
+    grayordinates, a mask of the whole grid), 10x faster than numpy's take of each element."""
+    n = block.shape[1]
+    if index.size == n and (n == 0 or (index[0] == 0 and index[-1] == n - 1 and bool((np.diff(index) == 1).all()))):
         np.copyto(out, block)
     else:
         np.take(block, index, axis=1, out=out)

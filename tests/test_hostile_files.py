@@ -535,3 +535,18 @@ def test_a_signal_while_the_output_folder_is_made_leaves_nothing(tmp_path, monke
     with pytest.raises(KeyboardInterrupt), OutputFolder(tmp_path / "a" / "out"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_signal_hold_leaves_a_handler_installed_from_c_alone(tmp_path, monkeypatch):
+    """A handler Python did not install (None from signal.getsignal, as in some embedding programs) cannot be put
+    back from Python: that signal is not held, and the folder is made and committed as usual."""
+    import signal
+
+    real = signal.getsignal
+    before = real(signal.SIGTERM)
+    monkeypatch.setattr(signal, "getsignal", lambda s: None if s == signal.SIGTERM else real(s))
+    with OutputFolder(tmp_path / "o") as out:
+        out.path("a.txt").write_text("x")
+        out.commit()
+    assert (tmp_path / "o" / "a.txt").read_text() == "x"
+    assert real(signal.SIGTERM) is before

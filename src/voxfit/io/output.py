@@ -381,7 +381,9 @@ def _signals_held():
     def note(signum, frame) -> None:
         noted.append(signum)
 
-    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    # (a handler installed from C reads as None and cannot be put back from Python: that signal is not held)
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    previous = {s: signal.signal(s, note) for s in held}
     try:
         yield
     finally:

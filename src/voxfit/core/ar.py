@@ -307,8 +307,9 @@ class ARBlock:
         add to the expected residual products per unit variance, and Bartlett's sums ``S_k`` (p+1, v) =
         ``sum over all integers m of rho_m rho_m+k`` (rho_-m = rho_m, lags up to n-1).
 
-        The autocorrelations at every lag are made first (:meth:`_model_lags`), then each sum is one product
-        over all lags: a few whole-array operations instead of a dozen small ones per lag."""
+        AR(1)'s are powers, summed in closed form (:meth:`_beyond_ar1`). For higher orders the autocorrelations
+        at every lag are made first (:meth:`_model_lags`), then each sum is one product over all lags: a few
+        whole-array operations instead of a dozen small ones per lag."""
         p = self.order
         a = rho.T  # (p+1, v): a_0 .. a_p
         if p == 1:
@@ -332,14 +333,14 @@ class ARBlock:
         n_beyond = self.beyond.shape[1]  # lags 2 .. n-1
         top = np.max(np.abs(f), initial=0.0, where=np.isfinite(f))
         m = n_beyond if top >= 1.0 else min(n_beyond, int(np.log(1e-20) / np.log(max(top, 1e-20))) + 1)
-        powers = np.empty((max(m, 1), f.size))  # f^2 .. f^(m+1)
+        powers = np.empty((m, f.size))  # f^2 .. f^(m+1); m >= 1
         powers[0] = f * f
         step, f_step = 1, f.copy()  # f_step = f^step
         while step < m:
             count = min(step, m - step)
             np.multiply(powers[:count], f_step, out=powers[step : step + count])
             step, f_step = step + count, f_step * f_step if count == step else f_step
-        tail = self.beyond[:, :m] @ powers[:m]
+        tail = self.beyond[:, :m] @ powers
         # sum_j=1..L-k f^(2j+k) = f^(k+2) (1 - f^(2(L-k))) / (1 - f^2), L = n-1 the last lag; f^L and f^(L-1) are
         # the table's last rows when it reaches lag L, else below 1e-20 (and their squares nothing)
         f2 = f * f
@@ -352,7 +353,7 @@ class ARBlock:
         """(L, v): the models' autocorrelations at lags 1..L, from `a` (p+1, v) at lags 0..p and the recursion
         ``rho_k = sum_j phi_j rho_k-j`` beyond; up to lag n-1, or to the first lag p + 16 i at which the last p
         are all below 1e-20 (every later term is below rounding; voxels with NaN, left out later, do not
-        count)."""
+        count). For p >= 2 (AR(1)'s are powers: :meth:`_beyond_ar1`)."""
         p, v = phi.shape[1], phi.shape[0]
         n_beyond = self.beyond.shape[1]
         out = np.empty((p + n_beyond, v))
@@ -362,10 +363,7 @@ class ARBlock:
             if not (np.abs(out[start : start + p]) > 1e-20).any():
                 return out[: p + start]
             for k in range(p + start, p + min(start + 16, n_beyond)):  # row k: lag k + 1
-                if p == 1:
-                    np.multiply(phi_t[0], out[k - 1], out=out[k])
-                else:
-                    out[k] = np.einsum("jv,jv->v", phi_t, out[k - p : k])
+                out[k] = np.einsum("jv,jv->v", phi_t, out[k - p : k])
         return out
 
 

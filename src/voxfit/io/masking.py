@@ -138,11 +138,13 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
 
 def _take_columns(block: NDArray, index: NDArray, out: NDArray) -> None:
     """``out[:] = block[:, index]``: a plain copy when `index` keeps every column in order (a CIFTI run's
-    grayordinates, a mask of the whole grid), 10x faster than numpy's take of each element."""
+    grayordinates, a mask of the whole grid), 10x faster than numpy's take of each element. `index` holds
+    valid columns (a mask's): taken with ``mode="wrap"``, as numpy's default mode takes into a temporary and
+    copies it to `out` (to leave `out` untouched if an index is out of bounds): 37 -> 26 ms a study run."""
     if index.size == block.shape[1] and np.array_equal(index, np.arange(index.size)):
         np.copyto(out, block)
     else:
-        np.take(block, index, axis=1, out=out)
+        np.take(block, index, axis=1, out=out, mode="wrap")
 
 
 def _check_gathered(reader, n_columns: int) -> None:

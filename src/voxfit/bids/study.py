@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import gc
 import hashlib
 import json
 import math
@@ -54,6 +55,7 @@ import numpy as np
 from .._execution import Execution, cap_holding, data_bytes
 from .._memory import reserved_bytes
 from .._progress import Progress
+from .._threads import DaemonExecutor
 from .._version import __version__
 from ..exceptions import InputError
 from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
@@ -329,8 +331,17 @@ def run(
         )
     model_file = describe_dataset(out_dir, model, command)
     study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
-    study.fit_runs(runs)
-    study.fit_higher()
+    # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
+    # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
+    try:
+        study.fit_runs(runs)
+        study.fit_higher()
+    finally:
+        if freeze:
+            gc.unfreeze()
     result = StudyResult(
         out_dir,
         model_file,
@@ -685,7 +696,7 @@ def _read_ahead(execution: Execution, s: _Settings, r: RunInput, beside: RunInpu
     fitted in memory (smoothed, streamed or spread over a Dask cluster), or where its data beside `beside`'s
     would pass the cap. Reading a run takes a third of its fit: the next one's is hidden behind this one's. Only
     the run's files are needed, not its design: its rows are checked against the data when it is fitted."""
-    from .._threads import DaemonExecutor
+
     from ..io import load, open_reader
     from ..models._routing import MEMORY, choose_route, first_level_needs, fmri_noise
 
@@ -787,7 +798,7 @@ def _fit_run(job: _RunJob, dataset=None, writer=None):
     """Fit one run and write its group: the :class:`_RunDone`; with a `writer` (a DaemonExecutor), the fit
     here and the writing on its thread, returned as a Future of the _RunDone (bad input while writing: the
     error in it, as :func:`_fit_job` returns it)."""
-    from .._threads import DaemonExecutor
+
     from ..models._routing import choose_route, first_level_needs, fmri_noise
     from ..models.glm import fit_images
     from ..models.record import input_records
@@ -1234,7 +1245,6 @@ class _Study:
         """The jobs of `pending` ((index, run, checksum) each), in order, their designs made on a thread while the
         runs before them fit (pybids' variables and the transformations: ~80 ms a run, a tenth of its fit); each
         is entered in `by_index`; a run whose design is bad input is ``failed(run, message)`` and skipped."""
-        from .._threads import DaemonExecutor
 
         futures = [Future() for _ in pending]
 
@@ -1364,7 +1374,6 @@ class _Study:
         made on a thread, see :meth:`prepared_aside`; a job may be missing, its design bad input): the first
         run's data are then read while its design is made, and each next run's without waiting for its design.
         By default the jobs' own (`jobs` a list)."""
-        from .._threads import DaemonExecutor
 
         if runs is None:
             jobs = list(jobs)
@@ -1480,17 +1489,34 @@ class _Study:
             self.failures.append(Failure(node.name, "all", f"{exc}; check the node's Model.X and GroupBy."))
             return
         produced = []
-        for g in groups:
-            entities = {k: v for k, v in g.entities.items() if _value(v) is not None}
-            produced.append(entities)
-            label = _group_label(entities)
+        writer, writing = DaemonExecutor(), None  # each group written on a thread while the next one fits
+
+        def written(future: Future, entities: dict) -> None:
             try:
-                result, outputs = self.fit_group(node, g, entities, failed)
+                result, outputs = future.result()
             except InputError as exc:
-                self.failures.append(Failure(node.name, label, str(exc), tuple(entities.items())))
-                continue
+                self.failures.append(Failure(node.name, _group_label(entities), str(exc), tuple(entities.items())))
+                return
             self.results[node.name].append(result)
             self.pass_on(node.name, outputs, entities)
+
+        try:
+            for g in groups:
+                entities = {k: v for k, v in g.entities.items() if _value(v) is not None}
+                produced.append(entities)
+                try:
+                    write = self.fit_group(node, g, entities, failed)
+                except InputError as exc:
+                    self.failures.append(Failure(node.name, _group_label(entities), str(exc), tuple(entities.items())))
+                    continue
+                if writing is not None:
+                    written(*writing)
+                writing = (writer.submit(write), entities)
+            if writing is not None:
+                written(*writing)
+        finally:  # (interrupted: the group being written is finished first)
+            if writing is not None:
+                wait([writing[0]])
         self.skip_empty(node, group_by, produced, failed)
 
     def skip_empty(self, node: _Node, group_by, produced, failed) -> None:
@@ -1537,6 +1563,9 @@ class _Study:
         return notes, extra
 
     def fit_group(self, node: _Node, g, entities, failed):
+        """Fit pybids' group `g` of the node's inputs; returns a function that writes its maps and record (in
+        their folder, committed whole) and returns its ``(NodeResult, outputs)``. A group whose checksum is
+        unchanged is not refitted: the function returns what its record says."""
         X = g.X.astype(float)
         names = [str(c) for c in X.columns]
         rows = g.metadata.to_dict("records")
@@ -1574,7 +1603,7 @@ class _Study:
         )
         bids = self.reuse(record_path, checksum)
         if bids is not None:
-            return _node_result(bids, record_path), bids["outputs"]
+            return lambda: (_node_result(bids, record_path), bids["outputs"])
         effects = [ref.effect for ref in refs]
         variances = [ref.variance for ref in refs]
         dofs = [ref.dof for ref in refs]
@@ -1583,47 +1612,53 @@ class _Study:
             stats, masker, model, dof, maps, rft = self.fit_dataset(Xv, names, weights, effects, variances, dofs)
         else:
             stats, masker, model, dof, maps = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
-        ext = masker.geometry.extension
-        outputs = {}
-        with open_group(folder) as out:
-            for label, c in zip(labels, contrasts):
-                s = stats[label]
-                write_stats(out, prefix, label, s, masker, ext)
-                for stat, values in maps.get(label, ()):
-                    masker.write(out.path(map_name(prefix, label, stat, ext)), values, [f"{label} {stat}"])
-                if s.kind == "t" and c.test != "F":
-                    outputs[c.name] = {
-                        "label": label,
-                        "effect": str(folder / map_name(prefix, label, "effect", ext)),
-                        "variance": str(folder / map_name(prefix, label, "variance", ext)),
-                        "dof": dof,
-                    }
-            from ..design import write_design
-            from ..models.glm import rft_record, write_rft
 
-            shared = record_path.name.removesuffix("model.json")  # the RPV map: one per group (of a contrast)
-            footers = {} if rft is None else write_rft(out, rft, masker, prefix, shared)
+        def write():
+            ext = masker.geometry.extension
+            outputs = {}
+            with open_group(folder) as out:
+                for label, c in zip(labels, contrasts):
+                    s = stats[label]
+                    write_stats(out, prefix, label, s, masker, ext)
+                    for stat, values in maps.get(label, ()):
+                        masker.write(out.path(map_name(prefix, label, stat, ext)), values, [f"{label} {stat}"])
+                    if s.kind == "t" and c.test != "F":
+                        outputs[c.name] = {
+                            "label": label,
+                            "effect": str(folder / map_name(prefix, label, "effect", ext)),
+                            "variance": str(folder / map_name(prefix, label, "variance", ext)),
+                            "dof": dof,
+                        }
+                from ..design import write_design
+                from ..models.glm import rft_record, write_rft
 
-            write_design(out.path(record_path.name.removesuffix("model.json") + "design.tsv"), Xv, names)
-            bids = bids_record(node, entities, checksum, self.settings, outputs, notes, **extra)
-            self.write_group_record(
-                out,
-                record_path.name,
-                node,
-                bids,
-                Xv,
-                names,
-                weights,
-                stats,
-                effects,
-                variances,
-                masker,
-                model,
-                inference=None if rft is None else rft_record(rft, footers, prefix),
+                shared = record_path.name.removesuffix("model.json")  # the RPV map: one per group (of a contrast)
+                footers = {} if rft is None else write_rft(out, rft, masker, prefix, shared)
+
+                write_design(out.path(record_path.name.removesuffix("model.json") + "design.tsv"), Xv, names)
+                bids = bids_record(node, entities, checksum, self.settings, outputs, notes, **extra)
+                self.write_group_record(
+                    out,
+                    record_path.name,
+                    node,
+                    bids,
+                    Xv,
+                    names,
+                    weights,
+                    stats,
+                    effects,
+                    variances,
+                    masker,
+                    model,
+                    inference=None if rft is None else rft_record(rft, footers, prefix),
+                )
+                files = out.commit()
+            result = NodeResult(
+                node.name, level, tuple(entities.items()), tuple(labels), tuple(files), notes=tuple(notes)
             )
-            files = out.commit()
-        result = NodeResult(node.name, level, tuple(entities.items()), tuple(labels), tuple(files), notes=tuple(notes))
-        return result, outputs
+            return result, outputs
+
+        return write
 
     def load_pairs(self, effects, variances):
         """The effect and variance maps in memory at the elements finite in all of them with positive

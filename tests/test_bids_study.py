@@ -272,6 +272,28 @@ def test_a_broken_run_fails_alone(tmp_path, capsys, breakage):
     assert (tmp_path / "out" / "sub-01" / "node-subject").is_dir()
 
 
+def test_a_group_that_cannot_be_written_fails_alone(tmp_path, capsys):
+    # groups are written on a thread while the next one fits: a write's error is still that group's failure,
+    # the others are written, and the dataset level goes on without it
+    study, deriv = _study(tmp_path, subjects=3)
+    out = tmp_path / "out"
+    (out / "sub-02").mkdir(parents=True)
+    (out / "sub-02" / "node-subject").write_text("a file where the subject's folder goes\n")
+    code = main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet"])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("voxfit: failed:")]
+    assert code == 2
+    assert failed and all("sub-02" in line and "node subject" in line for line in failed), failed
+    assert all("cannot write" in line or "not a folder" in line for line in failed), failed
+    for subject in ("01", "03"):
+        assert len(list((out / f"sub-{subject}" / "node-subject").glob("*_stat-z_statmap.nii.gz"))) == 2
+    records = sorted((out / "node-dataset").glob("*model.json"))
+    assert records
+    for record in records:
+        bids = json.loads(record.read_text())["settings"]["bids"]
+        assert bids["subjects_used"] == ["01", "03"] and "02" in bids["subjects_left_out"], bids
+
+
 def test_cli_exit_codes_for_bad_arguments(tmp_path, capsys):
     study, deriv = _study(tmp_path, subjects=1, runs=1)
     assert main(["bids", str(study.root), str(tmp_path / "o"), "dataset", *deriv, "--participant-label", "09"]) == 2

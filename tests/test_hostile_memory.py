@@ -79,9 +79,10 @@ def _voxfit(args, tmp_path, name="run"):
 
 def _series(path: Path, shape, n: int, offset: float = 0.0) -> Path:
     """A float32 4-D NIfTI, uncompressed, of values near 100 (every voxel in the masks), written a volume at
-    a time (the test process holds one copy)."""
+    a time (the test process holds one copy; in NIfTI's order, so that each volume is one contiguous write and
+    nibabel saves the array as it is)."""
     rng = np.random.default_rng(0)
-    data = np.empty((*shape, n), dtype=np.float32)
+    data = np.empty((*shape, n), dtype=np.float32, order="F")
     base = 100 + rng.standard_normal(shape, dtype=np.float32)
     for t in range(n):
         data[..., t] = base + rng.standard_normal(shape, dtype=np.float32) + offset

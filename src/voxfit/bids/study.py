@@ -696,7 +696,6 @@ def _read_ahead(execution: Execution, s: _Settings, r: RunInput, beside: RunInpu
     fitted in memory (smoothed, streamed or spread over a Dask cluster), or where its data beside `beside`'s
     would pass the cap. Reading a run takes a third of its fit: the next one's is hidden behind this one's. Only
     the run's files are needed, not its design: its rows are checked against the data when it is fitted."""
-
     from ..io import load, open_reader
     from ..models._routing import MEMORY, choose_route, first_level_needs, fmri_noise
 
@@ -798,7 +797,6 @@ def _fit_run(job: _RunJob, dataset=None, writer=None):
     """Fit one run and write its group: the :class:`_RunDone`; with a `writer` (a DaemonExecutor), the fit
     here and the writing on its thread, returned as a Future of the _RunDone (bad input while writing: the
     error in it, as :func:`_fit_job` returns it)."""
-
     from ..models._routing import choose_route, first_level_needs, fmri_noise
     from ..models.glm import fit_images
     from ..models.record import input_records
@@ -1052,8 +1050,8 @@ class _Study:
         """pybids' node `name` of the model's BIDSStatsModelsGraph, with its variables loaded the first time a
         design or a grouping asks for them (a rerun whose runs are all reused never reads the run level's
         tables). A run node's are loaded one `subject` at a time, as its runs' designs ask for them: the first
-        design waits for one subject's tables, not the whole dataset's (2.7 s of the benchmark's 20 subjects,
-        with a core idle).
+        design waits for one subject's tables, not the whole dataset's (2.7 s for the benchmark's 20 subjects,
+        with a core idle meanwhile).
 
         Run nodes take their variables from the preprocessed BOLD files of the kinds fitted (the derivatives'
         scope, the runs' extensions), where voxfit's runs are: pybids reads a run's events and confounds
@@ -1066,7 +1064,7 @@ class _Study:
 
             self._graph = BIDSStatsModelsGraph(self.layout, self.model)
         node = self._graph.get_node(name)
-        run_level = node.level == "run" and self.bold_extensions
+        run_level = node.level == "run" and bool(self.bold_extensions)
         key = (name, subject) if run_level and subject is not None else name
         if key in self._loaded or name in self._loaded:
             return node
@@ -1245,7 +1243,6 @@ class _Study:
         """The jobs of `pending` ((index, run, checksum) each), in order, their designs made on a thread while the
         runs before them fit (pybids' variables and the transformations: ~80 ms a run, a tenth of its fit); each
         is entered in `by_index`; a run whose design is bad input is ``failed(run, message)`` and skipped."""
-
         futures = [Future() for _ in pending]
 
         def prepare_all() -> None:
@@ -1374,7 +1371,6 @@ class _Study:
         made on a thread, see :meth:`prepared_aside`; a job may be missing, its design bad input): the first
         run's data are then read while its design is made, and each next run's without waiting for its design.
         By default the jobs' own (`jobs` a list)."""
-
         if runs is None:
             jobs = list(jobs)
             runs = [(job.index, job.run) for job in jobs]

@@ -28,7 +28,7 @@ import pytest
 
 import voxfit
 from voxfit import cli
-from voxfit._threads import in_chunks, interruptible, run_in_threads
+from voxfit._threads import DaemonExecutor, in_chunks, interruptible, run_in_threads
 from voxfit.core import factorize, parse_contrast
 from voxfit.core.expr import MAX_EXPRESSION_LENGTH, MAX_NESTING
 from voxfit.exceptions import ContrastError, DataRangeWarning, InputError
@@ -169,6 +169,27 @@ def test_run_in_threads_keeps_order_progress_and_errors():
     with pytest.raises(ValueError, match="block 3 failed"):
         run_in_threads(failing, range(400), 2)
     assert len(ran) < 50  # the error stopped the others
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_side_threads_run_at_a_lower_priority_and_the_callers_thread_keeps_its_own(tmp_path):
+    # the fit's thread keeps its core while side work (the inputs' checksums) takes what is left;
+    # hashing inputs on the caller's own thread (SecondLevel.fit writing its record) must not lower its priority
+    # for good, since a thread cannot raise it back
+    from voxfit.models.record import input_records
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = nice()
+    aside = DaemonExecutor(aside=True).submit(nice).result()
+    plain = DaemonExecutor().submit(nice).result()
+    inner = DaemonExecutor(aside=True).submit(lambda: DaemonExecutor().submit(nice).result()).result()
+    assert plain == mine and aside == max(mine, 10) and inner == aside  # (threads inherit their maker's)
+    path = tmp_path / "input.bin"
+    path.write_bytes(b"x" * 1000)
+    assert input_records([path])[0]["bytes"] == 1000
+    assert nice() == mine
 
 
 def test_in_chunks_covers_everything_in_short_calls():

@@ -19,8 +19,10 @@ kernels' threads). threadpoolctl and numba are imported inside the functions tha
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -162,7 +164,11 @@ def interruptible(fn: Callable, *args):
 class DaemonExecutor:
     """``submit(fn, *args) -> Future``, each call on its own daemon thread: side work (input checksums) that
     an interruption abandons. A ``ThreadPoolExecutor`` would be waited for when leaving its ``with`` block
-    and again when the interpreter exits."""
+    and again when the interpreter exits. With `aside`, each thread runs at a lower CPU priority (see
+    :func:`lower_priority`): work beside a fit that should take the cores the fit leaves."""
+
+    def __init__(self, aside: bool = False):
+        self.aside = aside
 
     def submit(self, fn: Callable, *args, **kwargs) -> Future:
         future: Future = Future()
@@ -170,6 +176,8 @@ class DaemonExecutor:
         def target() -> None:
             if not future.set_running_or_notify_cancel():
                 return
+            if self.aside:
+                lower_priority()
             try:
                 future.set_result(fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 (handed to whoever asks for the result)
@@ -177,6 +185,16 @@ class DaemonExecutor:
 
         threading.Thread(target=target, name="voxfit-side", daemon=True).start()
         return future
+
+
+def lower_priority() -> None:
+    """Run the calling thread, and the threads it starts, at a low CPU priority where the system allows it
+    (Linux: nice 10, per thread), so that its work takes mostly the cores the fit leaves idle; never the
+    caller's own threads (a thread cannot raise its priority back). Nice 10, not 19: on a busy machine the fit
+    still waits for that work at the end."""
+    if sys.platform.startswith("linux"):  # elsewhere a thread id is not a process id for setpriority
+        with contextlib.suppress(OSError):  # not permitted: the thread keeps its priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def default_workers() -> int:

@@ -804,7 +804,7 @@ def _fit_run(job: _RunJob, dataset=None, writer=None):
     r, s = job.run, job.settings
     noise = s.noise or fmri_noise(r.n_scans)  # (the fMRI default for this run's length)
     paths = [p for p in (r.bold, r.mask, r.events, r.confounds) if p is not None]
-    records = DaemonExecutor().submit(input_records, paths)  # checksums beside the fit; abandoned on Ctrl-C
+    records = DaemonExecutor(aside=True).submit(input_records, paths)  # checksums beside the fit; abandoned on Ctrl-C
     route = None
     if s.smoothing:
         from ..io import open_reader

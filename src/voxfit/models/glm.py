@@ -279,7 +279,7 @@ def fit_images(
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
         # input checksums while the fit runs, on a daemon thread: an interruption abandons them (a pool's
         # `with` block and the interpreter's exit would both wait to the end of a file of gigabytes)
-        hashing = DaemonExecutor()
+        hashing = DaemonExecutor(aside=True)
         if route.kind == STREAM:
             fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh)
             records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None

@@ -6,12 +6,8 @@ The file's form is also given as a JSON Schema (draft 2020-12), ``model.schema.j
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import sys
-import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -312,18 +308,8 @@ def input_record(path: Path, digest: str | None = None) -> dict:
 def input_records(paths, memory=()) -> list[dict]:
     """What model.json says of the inputs: each file's :func:`input_record`, and for data given in memory
     (nibabel images, arrays: :class:`voxfit.io.MemoryInput`) what they were, their shape and a SHA-256 of
-    their values (run in a thread while the data are read or fitted)."""
-    _yield_cpu()
+    their values (run on a thread beside the fit: ``DaemonExecutor(aside=True)``)."""
     return [input_record(p) for p in paths] + [m.record() for m in memory]
-
-
-def _yield_cpu() -> None:
-    """Run the calling thread at a low CPU priority where the system allows it (Linux: per thread), so that
-    work it does on the side takes mostly cores the fit leaves idle (nice 10, not 19: on a busy machine the
-    fit still waits for it at the end)."""
-    if sys.platform.startswith("linux"):  # elsewhere a thread id is not a process id for setpriority
-        with contextlib.suppress(OSError):  # not permitted: the thread keeps its priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _sha256(path: Path, buf: memoryview | None = None) -> str:

@@ -189,9 +189,9 @@ class DaemonExecutor:
 
 def lower_priority() -> None:
     """Run the calling thread, and the threads it starts, at a low CPU priority where the system allows it
-    (Linux: nice 10, per thread), so that its work takes mostly the cores the fit leaves idle; never the
-    caller's own threads (a thread cannot raise its priority back). Nice 10, not 19: on a busy machine the fit
-    still waits for that work at the end."""
+    (Linux: nice 10, per thread), so that its work takes mostly the cores the fit leaves idle. Only for threads
+    voxfit starts, never a caller's (a thread cannot raise its priority back). Nice 10, not 19: on a busy
+    machine the fit still waits for that work at the end."""
     if sys.platform.startswith("linux"):  # elsewhere a thread id is not a process id for setpriority
         with contextlib.suppress(OSError):  # not permitted: the thread keeps its priority
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)

@@ -1487,11 +1487,14 @@ class _Study:
         produced = []
         writer, writing = DaemonExecutor(), None  # each group written on a thread while the next one fits
 
+        def fail(entities: dict, exc: InputError) -> None:
+            self.failures.append(Failure(node.name, _group_label(entities), str(exc), tuple(entities.items())))
+
         def written(future: Future, entities: dict) -> None:
             try:
                 result, outputs = future.result()
             except InputError as exc:
-                self.failures.append(Failure(node.name, _group_label(entities), str(exc), tuple(entities.items())))
+                fail(entities, exc)
                 return
             self.results[node.name].append(result)
             self.pass_on(node.name, outputs, entities)
@@ -1503,7 +1506,7 @@ class _Study:
                 try:
                     write = self.fit_group(node, g, entities, failed)
                 except InputError as exc:
-                    self.failures.append(Failure(node.name, _group_label(entities), str(exc), tuple(entities.items())))
+                    fail(entities, exc)
                     continue
                 if writing is not None:
                     written(*writing)

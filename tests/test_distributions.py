@@ -135,3 +135,38 @@ def test_t_squared_is_f_with_one_numerator_dof():
     dof = 40
     log_f = np.log(z_to_p(f_to_z(t**2, 1, dof)))
     npt.assert_allclose(log_f, np.log(2) + t_logsf(t, dof), rtol=1e-10)
+
+
+def test_a_dof_per_value_from_the_grid_of_tables_has_relative_error_below_1e12():
+    """A dof per value (AR models' effective dofs), interpolated between the tables of nearby grid dofs by the
+    compiled kernel: the t of the table above with dofs spread over narrow and wide ranges, off the grid's
+    nodes, against mpmath (a few) and the exact computation (all, itself checked against mpmath above);
+    values beyond the tables and dofs off the grid are computed exactly."""
+    from voxfit.core import _kernels, distributions
+
+    _kernels.compile_kernels()
+    rng = np.random.default_rng(3)
+    signed = np.array(TS + [-x for x in TS])
+    for lo, hi in [(1.0, 2.5), (2.0, 3.0), (7.3, 9.1), (90.0, 183.0), (2.5e3, 3e3), (5e4, 2e5)]:
+        t = np.repeat(signed, 200)  # enough values for the tables
+        dof = np.exp(rng.uniform(math.log(lo), math.log(hi), t.size))
+        z = t_to_z(t, dof)
+        npt.assert_allclose(z, distributions._t_to_z_exact(t, dof), rtol=1e-12, atol=0)
+        if hi < 1e3:
+            pick = rng.choice(np.flatnonzero(np.abs(t) < 1e4), 8, replace=False)
+            npt.assert_allclose(z[pick], [ref_t_z(t[i], dof[i]) for i in pick], rtol=1e-12, atol=0)
+
+
+def test_a_dof_per_value_loads_the_compiled_tables_after_a_million_exact_values(monkeypatch):
+    from voxfit.core import _kernels, distributions
+
+    started = []
+    monkeypatch.setattr(_kernels, "compile_in_background", lambda: started.append(True))
+    monkeypatch.setattr(_kernels, "kernels_loaded", lambda: False)
+    monkeypatch.setattr(distributions, "kernels_loaded", lambda: False)
+    monkeypatch.setattr(distributions, "_exact_each_done", 0)
+    t, dof = np.linspace(-5, 5, 1 << 19), np.full(1 << 19, 50.0)
+    t_to_z(t, dof)
+    assert not started
+    t_to_z(t, dof + np.linspace(0, 1, t.size))
+    assert started

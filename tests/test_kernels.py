@@ -41,3 +41,10 @@ def test_automatic_choice():
     assert _kernels.use_compiled(_kernels.AUTO_COMPILE_ELEMENTS, None)
     voxfit.core.warm_up(10)
     assert _kernels.kernels_loaded() and _kernels.use_compiled(10, None)
+
+
+def test_kernels_load_in_the_background():
+    _kernels.compile_in_background()
+    for thread in _kernels._BACKGROUND:
+        thread.join(120)
+    assert _kernels.kernels_loaded()

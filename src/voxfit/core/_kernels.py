@@ -13,8 +13,10 @@ import functools
 import threading
 
 __all__ = [
+    "compile_in_background",
     "compile_kernels",
     "hermite_z",
+    "hermite_z_dofs",
     "hermite_z_numpy",
     "kernels_loaded",
     "shift_and_square",
@@ -116,7 +118,50 @@ def _compile_once():
                 beyond += u >= n_int  # NaN input stays NaN and is not counted
         return beyond
 
-    return shift_and_square, hermite_z
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def hermite_z_dofs(t, log_dof, inv_h, coef, first, per_unit, out):  # pragma: no cover - compiled
+        """``out = t * g(log1p(|t|), log dof)``, g interpolated between the Hermite tables of nearby dofs.
+
+        ``coef[m]`` is the table (as in ``hermite_z``) of dof ``exp((first + m) / per_unit)``; each value's g
+        is the 8-point Lagrange interpolant in log dof of the tables at the four grid dofs below its dof
+        and the four above (the caller makes sure they are in `coef`). Entries whose |t| is beyond the
+        tables are left NaN for the caller; returns how many.
+        """
+        n_int = coef.shape[1]
+        denominators = np.empty(8)  # prod over b != a of (a - b), offsets a, b in -3..4
+        for a in range(8):
+            d = 1.0
+            for b in range(8):
+                if b != a:
+                    d *= a - b
+            denominators[a] = d
+        left = np.empty(9)
+        beyond = 0
+        for k in range(t.shape[0]):
+            x = t[k]
+            u = np.log1p(abs(x)) * inv_h
+            if not u < n_int:
+                out[k] = np.nan
+                beyond += 1
+                continue
+            i = int(u)
+            r = u - i
+            p = log_dof[k] * per_unit - first
+            j = int(p)
+            f = p - j + 3.0  # position among the nodes j-3 .. j+4, numbered 0..7
+            left[0] = 1.0
+            for a in range(8):
+                left[a + 1] = left[a] * (f - a)
+            right = 1.0
+            g = 0.0
+            for a in range(7, -1, -1):
+                c = coef[j - 3 + a, i]
+                g += left[a] * right / denominators[a] * (((c[3] * r + c[2]) * r + c[1]) * r + c[0])
+                right *= f - a
+            out[k] = x * g
+        return beyond
+
+    return shift_and_square, hermite_z, hermite_z_dofs
 
 
 def shift_and_square(Y, start, stop, rows, buf, offset, ssq) -> None:
@@ -127,6 +172,23 @@ def shift_and_square(Y, start, stop, rows, buf, offset, ssq) -> None:
 def hermite_z(t, inv_h, coef, out) -> int:
     """See the compiled function's docstring; `out` is filled in place."""
     return _compile()[1](t, inv_h, coef, out)
+
+
+def hermite_z_dofs(t, log_dof, inv_h, coef, first, per_unit, out) -> int:
+    """See the compiled function's docstring; `out` is filled in place."""
+    return _compile()[2](t, log_dof, inv_h, coef, first, per_unit, out)
+
+
+def compile_in_background() -> None:
+    """Load the kernels on a daemon thread, once per process, unless they are loaded already."""
+    with _LOCK:
+        if _BACKGROUND or _compile_once.cache_info().currsize:
+            return
+        _BACKGROUND.append(threading.Thread(target=_compile, daemon=True, name="voxfit-kernels"))
+    _BACKGROUND[0].start()
+
+
+_BACKGROUND: list = []
 
 
 def shift_and_square_numpy(Y, start, stop, rows, buf, offset, ssq, scratch) -> None:

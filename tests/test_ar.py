@@ -404,6 +404,24 @@ def test_ar1_estimation_terms_table_matches_direct_evaluation(rng, n):
     assert len(block.ar1_tables) == 1
 
 
+@pytest.mark.parametrize("n", [60, 200, 1200])
+def test_ar1_tail_table_matches_the_sums_of_powers(rng, n):
+    """The bias correction's AR(1) tail, a polynomial of degree n - 1 in phi, interpolated from a table over
+    atanh(phi): against the sums of the powers themselves, at random phi, the ends (+-0.99), 0 and tiny
+    values; phi off the table (+-0.999, NaN) takes the powers."""
+    X = np.column_stack([block_design(n), np.cos(2 * np.pi * np.arange(n) / n)])
+    block = ARBlock(factorize(X), 1)
+    phi = np.r_[rng.uniform(-0.99, 0.99, 400), np.linspace(-0.99, 0.99, 201), 0.0, 1e-9, -1e-5, 0.999, -0.999, np.nan]
+    tail, pairs = block._beyond_ar1(phi)
+    powers = block._ar1_tail_by_powers(phi)
+    npt.assert_allclose(tail, powers, rtol=0, atol=1e-11 * np.nanmax(np.abs(powers)))
+    npt.assert_allclose(tail[:, -3:], block._ar1_tail_by_powers(phi[-3:]), rtol=1e-15)  # the same sums
+    lags = np.arange(1, n)  # pair sums sum_j phi^j phi^(j+k), j = 1 .. n-1-k, by brute force
+    for k in (0, 1):
+        ref = [np.sum(f ** lags[: n - 1 - k] * f ** (lags[: n - 1 - k] + k)) for f in phi[:-1]]
+        npt.assert_allclose(pairs[k][:-1], ref, rtol=1e-12, atol=1e-300)
+
+
 def test_ar_block_fit_flags_the_voxels_its_sums_cannot_fit(rng):
     """Without the data, the voxels whose sums cancel too many digits (an exact fit, a near-exact one) are
     listed in ``flagged`` for the caller to refit; with the data they are refitted, and none is flagged."""
@@ -718,8 +736,8 @@ def test_model_autocorrelations_of_a_batch_with_a_unit_root():
 
 @pytest.mark.parametrize("n", [6, 40, 300])
 def test_ar1_sums_beyond_p_equal_direct_sums_over_every_lag(n):
-    """AR(1)'s tail and Bartlett sums (closed form, powers by doubling, cut where every |phi|^k < 1e-20) equal
-    the sums over every lag 1..n-1 of rho_k = phi^k, written out; a NaN model stays NaN."""
+    """AR(1)'s tail (a table over atanh(phi): to 1e-11 of its largest value) and Bartlett sums (closed form)
+    equal the sums over every lag 1..n-1 of rho_k = phi^k, written out; a NaN model stays NaN."""
     t = np.arange(n)
     design = factorize(np.column_stack([np.cos(np.pi * t / n), np.ones(n)]))
     block = ARBlock(design, 1)
@@ -731,7 +749,7 @@ def test_ar1_sums_beyond_p_equal_direct_sums_over_every_lag(n):
     rho = np.column_stack([np.ones_like(phi), phi])
     tail, S = block._beyond_p(phi[:, None], rho)
     ok = np.isfinite(phi)
-    npt.assert_allclose(tail[:, ok], tail_ref[:, ok], rtol=1e-12, atol=1e-14)
+    npt.assert_allclose(tail[:, ok], tail_ref[:, ok], rtol=0, atol=1e-11 * np.abs(tail_ref[:, ok]).max())
     npt.assert_allclose(S[0, ok], S0_ref[ok], rtol=1e-12)
     npt.assert_allclose(S[1, ok], S1_ref[ok], rtol=1e-12, atol=1e-15)
     assert np.isnan(tail[:, ~ok]).all() and np.isnan(S[:, ~ok]).all()

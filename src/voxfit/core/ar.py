@@ -239,6 +239,7 @@ class ARBlock:
         if p == 1:  # Q'W'WQ = alpha_0 I + alpha_1 Q'S_1Q + two corner outer products: diagonal in the
             self.eig, self.U = np.linalg.eigh(self.G[1])  # eigenbasis of Q'S_1Q plus a rank-2 update
             self.edges = self.U.T @ np.column_stack([self.top[0], self.bottom[0]])  # (r, 2)
+        self._tail_table = None  # AR(1) only: see _ar1_tail_table
         self.ar1_tables: dict = {}  # contrasts -> spline of their estimation terms in atanh(phi) (AR(1) only)
 
     def estimate(self, residual_lagged: NDArray) -> tuple[NDArray, NDArray, NDArray]:
@@ -327,9 +328,64 @@ class ARBlock:
 
     def _beyond_ar1(self, f: NDArray) -> tuple[NDArray, NDArray]:
         """:meth:`_beyond_p`'s tail and lag-pair sums ``sum_j rho_j rho_j+k`` (j = 1..n-1-k; k = 0, 1) for AR(1)
-        models `f` (v,), whose autocorrelations are powers, ``rho_k = f^k``: the pair sums in closed form,
-        the powers for the tail by doubling (a few products over the whole table instead of one per lag) up
-        to the lag at which every |f|^k of the block is below 1e-20 (later terms are below rounding)."""
+        models `f` (v,), whose autocorrelations are powers, ``rho_k = f^k``: the pair sums in closed form, the
+        tail (a polynomial of degree n - 1 in f) from :meth:`_ar1_tail_table` (or, for f off the table, from
+        the powers themselves: :meth:`_ar1_tail_by_powers`)."""
+        L = self.beyond.shape[1] + 1  # the last lag, n - 1
+        step, coef = self._ar1_tail_table()
+        with np.errstate(invalid="ignore"):
+            x = (np.arctanh(f) + AR1_TABLE_SPAN) / step
+        inside = (x >= 0.0) & (x < AR1_TABLE_NODES - 1)  # False for NaN
+        x = np.where(inside, x, 0.0)
+        i = x.astype(np.intp)
+        s = x - i
+        tail = np.empty((2, f.size))
+        for row, c in zip(tail, coef):  # Horner on the interval's cubic, every array 1-D and contiguous
+            np.multiply(c[3].take(i), s, out=row)
+            for k in (2, 1, 0):
+                row += c[k].take(i)
+                if k:
+                    row *= s
+        if not inside.all():
+            off = np.flatnonzero(~inside)
+            tail[:, off] = self._ar1_tail_by_powers(f[off])
+        # sum_j=1..L-k f^(2j+k) = f^(k+2) (1 - f^(2(L-k))) / (1 - f^2)
+        f2 = f * f
+        with np.errstate(invalid="ignore", divide="ignore"):  # |f| <= MAX_REFLECTION: 1 - f^2 > 0
+            end = np.exp((L - 1) * np.log(f2))  # f^(2(L-1)), several times faster than a power
+            pairs = [f2 * (1.0 - end * f2) / (1.0 - f2), f * f2 * (1.0 - end) / (1.0 - f2)]
+        return tail, pairs
+
+    def _ar1_tail_table(self) -> tuple[float, NDArray]:
+        """The AR(1) tail ``T(f) = beyond @ (f^2 .. f^(n-1))`` (p+1 = 2 rows) as a cubic Hermite interpolant
+        in u = atanh(f) between AR1_TABLE_NODES evenly spaced nodes, from T and dT/du at the nodes: ``(step,
+        coef)`` with ``coef[row, k, i]`` the coefficient of s^k on interval i (s in [0, 1)). Absolute error
+        below 1e-11 of T's largest value (tested). Made on first use, once per design."""
+        with _TABLE_LOCK:
+            if self._tail_table is None:
+                step = 2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1)
+                f = np.tanh(-AR1_TABLE_SPAN + step * np.arange(AR1_TABLE_NODES))
+                lags = np.arange(2, self.beyond.shape[1] + 2)
+                y, m = np.empty((2, f.size)), np.empty((2, f.size))  # T and step dT/du at the nodes
+                width = max(16, (1 << 15) // lags.size)  # nodes at a time: (n - 2, width) powers in 256 KiB, in cache
+                for a in range(0, f.size, width):
+                    fa = f[a : a + width]
+                    with np.errstate(divide="ignore", invalid="ignore"):  # (f = 0 at the middle node)
+                        log_power = np.outer(lags - 1.0, np.log(np.abs(fa)))
+                    log_power[log_power < -650.0] = -np.inf  # 0, not subnormals (100x slower to multiply)
+                    below = np.exp(log_power)  # |f|^(j-1), j = 2 .. n-1, then its sign
+                    below[::2, fa < 0] *= -1.0  # odd powers
+                    y[:, a : a + width] = self.beyond @ (below * fa)
+                    m[:, a : a + width] = (self.beyond * lags) @ below * (step * (1.0 - fa * fa))
+                y0, y1, m0, m1 = y[:, :-1], y[:, 1:], m[:, :-1], m[:, 1:]
+                coef = np.stack([y0, m0, 3.0 * (y1 - y0) - 2.0 * m0 - m1, 2.0 * (y0 - y1) + m0 + m1], axis=1)
+                self._tail_table = (step, np.ascontiguousarray(coef))
+        return self._tail_table
+
+    def _ar1_tail_by_powers(self, f: NDArray) -> NDArray:
+        """The tail of :meth:`_beyond_ar1` from the powers of f, made by doubling (a few products over the
+        whole table instead of one per lag) up to the lag at which every |f|^k is below 1e-20 (later terms are
+        below rounding)."""
         n_beyond = self.beyond.shape[1]  # lags 2 .. n-1
         top = np.max(np.abs(f), initial=0.0, where=np.isfinite(f))
         m = n_beyond if top >= 1.0 else min(n_beyond, int(np.log(1e-20) / np.log(max(top, 1e-20))) + 1)
@@ -340,14 +396,7 @@ class ARBlock:
             count = min(step, m - step)
             np.multiply(powers[:count], f_step, out=powers[step : step + count])
             step, f_step = step + count, f_step * f_step if count == step else f_step
-        tail = self.beyond[:, :m] @ powers
-        # sum_j=1..L-k f^(2j+k) = f^(k+2) (1 - f^(2(L-k))) / (1 - f^2), L = n-1 the last lag; f^L and f^(L-1) are
-        # the table's last rows when it reaches lag L, else below 1e-20 (and their squares nothing)
-        f2 = f * f
-        end = [powers[m - 1] ** 2, (powers[m - 2] if m >= 2 else f) ** 2] if m == n_beyond else [0.0, 0.0]
-        with np.errstate(invalid="ignore"):  # |f| <= MAX_REFLECTION: 1 - f^2 > 0
-            pairs = [f2 * (1.0 - end[0]) / (1.0 - f2), f * f2 * (1.0 - end[1]) / (1.0 - f2)]
-        return tail, pairs
+        return self.beyond[:, :m] @ powers
 
     def _model_lags(self, phi: NDArray, a: NDArray) -> NDArray:
         """(L, v): the models' autocorrelations at lags 1..L, from `a` (p+1, v) at lags 0..p and the recursion

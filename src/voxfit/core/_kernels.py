@@ -180,15 +180,17 @@ def hermite_z_dofs(t, log_dof, inv_h, coef, first, per_unit, out) -> int:
 
 
 def compile_in_background() -> None:
-    """Load the kernels on a daemon thread, once per process, unless they are loaded already."""
-    with _LOCK:
-        if _BACKGROUND or _compile_once.cache_info().currsize:
+    """Load the kernels on a daemon thread, once per process, unless they are loaded already (never waits for
+    a compilation under way elsewhere)."""
+    with _BACKGROUND_LOCK:
+        if _BACKGROUND or kernels_loaded():
             return
         _BACKGROUND.append(threading.Thread(target=_compile, daemon=True, name="voxfit-kernels"))
     _BACKGROUND[0].start()
 
 
 _BACKGROUND: list = []
+_BACKGROUND_LOCK = threading.Lock()
 
 
 def shift_and_square_numpy(Y, start, stop, rows, buf, offset, ssq, scratch) -> None:

@@ -89,6 +89,28 @@ def test_arma_criterion_and_gls_from_the_eigenbasis_equal_the_dense_computation(
         npt.assert_allclose(fit.betas[:, v], beta, rtol=1e-9, atol=1e-10)
 
 
+def test_arma_spread_steps_by_cholesky_equal_the_inverse():
+    """The estimation spread's steps take the criterion and tr(wq gram^-1 wq') from a Cholesky factor and
+    forward substitution: equal to the inverse and log-determinant of the same Gram matrices (1e-10), for a t
+    contrast and an F contrast, at models across the grid and at its clipped edges."""
+    from voxfit.core.arma import _criterion_and_variances, _gls, _spectral
+
+    rng = np.random.default_rng(5)
+    n, V = 80, 40
+    X = design(n)
+    d = factorize(X)
+    Y = arma_noise(rng, n, V, 0.4, 0.2)
+    spec = _spectral(d.basis, Y - Y.mean(axis=0))
+    est = np.column_stack([rng.uniform(-0.98, 0.98, V), rng.uniform(-0.98, 0.98, V)])
+    est[:2] = [[0.98, -0.98], [0.0, 0.0]]
+    wqs = [np.array([[0.0, 1.0, 0.0]]) @ d.basis_pinv, np.eye(3)[1:] @ d.basis_pinv]
+    crit, variances = _criterion_and_variances(spec, est, wqs)
+    _, _, gram_inv, crit_ref = _gls(spec, est)
+    npt.assert_allclose(crit, crit_ref, rtol=1e-10)
+    for c, wq in zip(variances, wqs):
+        npt.assert_allclose(c, np.einsum("ai,vij,aj->v", wq, gram_inv, wq), rtol=1e-10)
+
+
 def test_arma11_recovers_parameters_as_statsmodels_does():
     """REML (a, b) per voxel against statsmodels' ARIMA(1,0,1) with the design as regressors, on a few voxels
     (ML there, REML here: they differ by O(1/n)), and unbiased over many."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from scipy.fft import dst
+from scipy.linalg import solve_triangular
 
 from .design import DesignFactor
 
@@ -138,7 +139,8 @@ class _Spectral:
     """A block in the eigenbasis of the MA(1) part (see :func:`_spectral`): the frequencies' ``cos`` (n,), the
     orthonormal DST-I transforms of the basis Q and its lag ``LQ`` (n, r each), of the data ``fy`` and ``fly``
     (n, v each), the transforms' first two rows ``ve`` (n, 2) (``E = [e_0, e_1]`` in the eigenbasis), and the
-    products of columns ``pairs`` (n, 3, r, r): Q Q', Q LQ' + LQ Q', LQ LQ' per frequency."""
+    products of columns ``pairs`` (n, 3, r, r): Q Q', Q LQ' + LQ Q', LQ LQ' per frequency; ``columns`` (n, 3 + 4r
+    + 3 r(r+1)/2), what each voxel's GLS sums over the frequencies with its weights (see :func:`_weighted_sums`)."""
 
     cos: NDArray
     fq: NDArray
@@ -147,6 +149,7 @@ class _Spectral:
     fly: NDArray
     ve: NDArray
     pairs: NDArray
+    columns: NDArray
 
 
 def _lag(Z: NDArray) -> NDArray:
@@ -169,7 +172,14 @@ def _spectral(Q: NDArray, Y: NDArray) -> _Spectral:
         [fq[:, :, None] * fq[:, None, :], cross + cross.transpose(0, 2, 1), flq[:, :, None] * flq[:, None, :]], axis=1
     )
     cos = np.cos(np.pi * np.arange(1, n + 1) / (n + 1))
-    return _Spectral(cos, fq, flq, fy, fly, ve, pairs)
+    iu = np.triu_indices(Q.shape[1])
+    columns = np.concatenate(
+        [ve[:, [0, 0, 1]] * ve[:, [0, 1, 1]]]  # E'T_0^-1 E's three entries
+        + [ve[:, e, None] * part for e in range(2) for part in (fq, flq)]
+        + [pairs[:, k][:, iu[0], iu[1]] for k in range(3)],
+        axis=1,
+    )
+    return _Spectral(cos, fq, flq, fy, fly, ve, pairs, columns)
 
 
 def _corner(a, b, S: NDArray, n: int):
@@ -194,24 +204,21 @@ def _quadratic(N: NDArray, u: NDArray, w: NDArray) -> NDArray:
 
 def _grid_criterion(spec: _Spectral, grid: NDArray) -> NDArray:
     """-2 restricted log-likelihood (up to a constant) of every voxel at every grid point (G, v), from the
-    block's transforms: for each distinct b, one product of the basis with the data weighted by the MA(1)'s
-    inverse spectrum (the a's of that b differ by the terms of ``C^-1 = A'T^-1 A``, A = I - a L, quadratic in a)."""
+    block's transforms: for each distinct b, two products of the basis weighted by the MA(1)'s inverse spectrum
+    with the data (the a's of that b differ by the terms of ``C^-1 = A'T^-1 A``, A = I - a L, quadratic in a)."""
     n, r = spec.fq.shape
     v = spec.fy.shape[1]
     crit = np.empty((len(grid), v))
-    basis = np.concatenate([spec.fq, spec.flq], axis=1)  # (n, 2r)
+    basis = np.concatenate([spec.fq, spec.flq, spec.ve], axis=1)  # (n, 2r + 2)
+    squares = np.stack([spec.fy * spec.fy, spec.fy * spec.fly, spec.fly * spec.fly], axis=1)  # (n, 3, v)
     for b in np.unique(grid[:, 1]):
         rows = np.flatnonzero(grid[:, 1] == b)
         d = 1.0 / (1.0 + b * b + 2.0 * b * spec.cos)  # T_0^-1 in the eigenbasis
-        dy, dly = d[:, None] * spec.fy, d[:, None] * spec.fly
-        prod = basis.T @ np.concatenate([dy, dly], axis=1)  # (2r, 2v): [Q; LQ]' T_0^-1 [y, Ly]
-        qy, qly, lqy, lqly = prod[:r, :v], prod[:r, v:], prod[r:, :v], prod[r:, v:]
-        yy = (
-            np.einsum("tv,tv->v", dy, spec.fy),
-            np.einsum("tv,tv->v", dy, spec.fly),
-            np.einsum("tv,tv->v", dly, spec.fly),
-        )
-        ey, ely = spec.ve.T @ dy, spec.ve.T @ dly  # E'T_0^-1 y, E'T_0^-1 Ly (2, v)
+        weighted = (d[:, None] * basis).T
+        on_y, on_ly = weighted @ spec.fy, weighted @ spec.fly  # [Q; LQ; E]' T_0^-1 y, and of Ly: (2r + 2, v)
+        qy, lqy, ey = on_y[:r], on_y[r : 2 * r], on_y[2 * r :]
+        qly, lqly, ely = on_ly[:r], on_ly[r : 2 * r], on_ly[2 * r :]
+        yy = np.tensordot(d, squares, axes=(0, 0))  # y'T_0^-1 y, y'T_0^-1 Ly, (Ly)'T_0^-1 Ly: (3, v)
         dve = d[:, None] * spec.ve
         S = spec.ve.T @ dve
         eq, elq = dve.T @ spec.fq, dve.T @ spec.flq  # (2, r)
@@ -224,7 +231,7 @@ def _grid_criterion(spec: _Spectral, grid: NDArray) -> NDArray:
             rhs = qy - a * (qly + lqy) + a * a * lqly - _quadratic(N, ep, ez)
             zz = yy[0] - 2.0 * a * yy[1] + a * a * yy[2] - np.einsum("av,ab,bv->v", ez, N, ez)
             L = np.linalg.cholesky(gram)
-            half = np.linalg.solve(L, rhs)
+            half = solve_triangular(L, rhs, lower=True, check_finite=False)
             rss = zz - np.einsum("kv,kv->v", half, half)
             with np.errstate(divide="ignore", invalid="ignore"):
                 crit[g] = (n - r) * np.log(np.maximum(rss, 1e-300)) + logdet + 2.0 * np.log(np.diag(L)).sum()
@@ -286,22 +293,40 @@ def _estimate(spec: _Spectral, grid: NDArray) -> ARMAEstimate:
     return ARMAEstimate(refined, est, mid)
 
 
-def _gls(spec: _Spectral, est: NDArray, cols=slice(None)):
-    """Per-voxel GLS with each voxel's model (a, b) = `est` (v, 2), for the block's voxels `cols`: ``(coords
-    (r, v), rss (v,), gram^-1 (v, r, r), criterion (v,))``, from the block's transforms: ``Q'C^-1 Q``, ``Q'C^-1 y``
-    and ``y'C^-1 y`` with ``C^-1 = A'(T_0 + E K E')^-1 A`` (A = I - a L, T_0 diagonal in the eigenbasis, the
-    corner by Woodbury), weighted sums over the n frequencies per voxel."""
+@dataclass(frozen=True, eq=False)
+class _GLSTerms:
+    """What each voxel's GLS at its own model (a, b) needs (:func:`_gls_terms`): ``Q'C^-1 Q`` (v, r, r),
+    ``Q'C^-1 y`` (v, r), ``y'C^-1 y`` (v,) and ``log|C|`` (v,; unit innovations)."""
+
+    gram: NDArray
+    rhs: NDArray
+    zz: NDArray
+    logdet: NDArray
+
+
+def _weights(spec: _Spectral, b: NDArray) -> NDArray:
+    """The MA(1) models' inverse spectra ``T_0^-1`` in the eigenbasis, (n, v) for the b (v,) of each voxel."""
+    return 1.0 / (1.0 + b * b + 2.0 * b * spec.cos[:, None])
+
+
+def _weighted_sums(spec: _Spectral, b: NDArray) -> NDArray:
+    """(v, columns): each voxel's sums over the frequencies of the design's ``columns`` weighted by its MA(1)'s
+    inverse spectrum (they depend on b alone: steps along a reuse them), one product for all."""
+    return _weights(spec, b).T @ spec.columns
+
+
+def _gls_terms(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None) -> _GLSTerms:
+    """The GLS terms of the block's voxels `cols` at their models (a, b) = `est` (v, 2), from the block's
+    transforms: ``C^-1 = A'(T_0 + E K E')^-1 A`` (A = I - a L, T_0 diagonal in the eigenbasis, the corner by
+    Woodbury), from the voxels' :func:`_weighted_sums` (`sums`, made here when not given)."""
     n, r = spec.fq.shape
     a, b = est[:, 0], est[:, 1]
     v = a.size
-    d = 1.0 / (1.0 + b * b + 2.0 * b * spec.cos[:, None])  # (n, v)
+    d = _weights(spec, b)
     fz = spec.fy[:, cols] - a * spec.fly[:, cols]  # the AR-filtered data, transformed
     dz = d * fz
     iu = np.triu_indices(r)
-    columns = [spec.ve[:, [0, 0, 1]] * spec.ve[:, [0, 1, 1]]]  # E'T_0^-1 E's three entries
-    columns += [(spec.ve[:, e, None] * part).T for e in range(2) for part in (spec.fq, spec.flq)]
-    columns = [columns[0]] + [c.T for c in columns[1:]] + [spec.pairs[:, k][:, iu[0], iu[1]] for k in range(3)]
-    sums = d.T @ np.concatenate(columns, axis=1)  # one product: every per-voxel sum over the frequencies
+    sums = d.T @ spec.columns if sums is None else sums
     S = sums[:, [0, 1, 1, 2]].reshape(v, 2, 2)
     ep = np.stack(
         [
@@ -312,23 +337,58 @@ def _gls(spec: _Spectral, est: NDArray, cols=slice(None)):
         axis=1,
     )  # (v, 2, r)
     ez = (spec.ve.T @ dz).T[:, :, None]  # (v, 2, 1)
-    m = iu[0].size
-    G = np.zeros((v, 3, r, r))
-    G[:, :, iu[0], iu[1]] = sums[:, 3 + 4 * r :].reshape(v, 3, m)
-    G[:, :, iu[1], iu[0]] = G[:, :, iu[0], iu[1]]
+    tri = sums[:, 3 + 4 * r :].reshape(v, 3, iu[0].size)  # the upper triangles of Q Q', Q LQ' + LQ Q', LQ LQ'
+    upper = tri[:, 0] - a[:, None] * tri[:, 1] + (a * a)[:, None] * tri[:, 2]
     N, logdet = _corner(a, b, S, n)
-    gram = G[:, 0] - a[:, None, None] * G[:, 1] + (a * a)[:, None, None] * G[:, 2] - _quadratic(N, ep, ep)
+    gram = np.empty((v, r, r))
+    gram[:, iu[0], iu[1]] = upper
+    gram[:, iu[1], iu[0]] = upper
+    gram -= _quadratic(N, ep, ep)
     rhs = (spec.fq.T @ dz - a * (spec.flq.T @ dz)).T - _quadratic(N, ep, ez)[:, :, 0]  # (v, r)
     zz = np.einsum("tv,tv->v", dz, fz) - _quadratic(N, ez, ez)[:, 0, 0]
+    return _GLSTerms(gram, rhs, zz, logdet)
+
+
+def _gls(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None):
+    """Per-voxel GLS with each voxel's model (a, b) = `est` (v, 2), for the block's voxels `cols`: ``(coords
+    (r, v), rss (v,), gram^-1 (v, r, r), criterion (v,))`` (see :func:`_gls_terms`)."""
+    t = _gls_terms(spec, est, cols, sums)
+    n, r = spec.fq.shape
     with np.errstate(invalid="ignore", divide="ignore"):
         try:
-            gram_inv = np.linalg.inv(gram)
+            gram_inv = np.linalg.inv(t.gram)
         except np.linalg.LinAlgError:
-            gram_inv = np.linalg.pinv(gram, hermitian=True)
-        coords = np.einsum("vij,vj->iv", gram_inv, rhs)
-        rss = zz - np.einsum("iv,vi->v", coords, rhs)
-        crit = (n - r) * np.log(np.maximum(rss, 1e-300)) + logdet + np.linalg.slogdet(gram)[1]
+            gram_inv = np.linalg.pinv(t.gram, hermitian=True)
+        coords = np.einsum("vij,vj->iv", gram_inv, t.rhs)
+        rss = t.zz - np.einsum("iv,vi->v", coords, t.rhs)
+        crit = (n - r) * np.log(np.maximum(rss, 1e-300)) + t.logdet + np.linalg.slogdet(t.gram)[1]
     return coords, rss, gram_inv, crit
+
+
+def _criterion_and_variances(
+    spec: _Spectral, est: NDArray, wqs: list[NDArray], sums: NDArray | None = None
+) -> tuple[NDArray, list[NDArray]]:
+    """The REML criterion (v,) at the models `est` and, per contrast wq (q, r), ``tr(wq gram^-1 wq')`` (v,):
+    what :func:`_estimation_spread` needs of each step, by a Cholesky factor of each voxel's Gram matrix (a
+    quarter of an inverse and a log-determinant) and forward substitution; by :func:`_gls` where a Gram matrix
+    is not positive definite. `sums`: the voxels' :func:`_weighted_sums` at these b, if known."""
+    t = _gls_terms(spec, est, sums=sums)
+    n, r = spec.fq.shape
+    try:
+        L = np.linalg.cholesky(t.gram)
+    except np.linalg.LinAlgError:
+        _, _, gram_inv, crit = _gls(spec, est, sums=sums)
+        return crit, [np.einsum("ai,vij,aj->v", wq, gram_inv, wq) for wq in wqs]
+    B = np.concatenate([t.rhs[:, :, None]] + [np.broadcast_to(wq.T, (t.rhs.shape[0],) + wq.T.shape) for wq in wqs], 2)
+    X = np.empty_like(B)  # L^-1 B, row by row
+    for i in range(r):
+        X[:, i] = (B[:, i] - np.einsum("vj,vjk->vk", L[:, i, :i], X[:, :i])) / L[:, i, i, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rss = t.zz - np.einsum("vi,vi->v", X[:, :, 0], X[:, :, 0])
+        log_gram = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        crit = (n - r) * np.log(np.maximum(rss, 1e-300)) + t.logdet + log_gram
+    bounds = np.cumsum([1] + [wq.shape[0] for wq in wqs])
+    return crit, [np.einsum("vik,vik->v", X[:, :, a:b], X[:, :, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def fit_arma_block(design: DesignFactor, Y: NDArray, weights: list[NDArray], grid: NDArray = ARMA_GRID) -> ARMABlockFit:
@@ -349,16 +409,18 @@ def fit_arma_block(design: DesignFactor, Y: NDArray, weights: list[NDArray], gri
     spec = _spectral(Q, Y)
     found = _estimate(spec, grid)
     est = found.refined
-    coords, rss, gram_inv, crit = _gls(spec, est)
+    sums = _weighted_sums(spec, est[:, 1])
+    coords, rss, gram_inv, crit = _gls(spec, est, sums=sums)
     worse = np.flatnonzero(~(crit <= found.grid_criterion + 1e-9 * np.abs(found.grid_criterion)))
     if worse.size:
         est[worse] = found.grid_best[worse]
-        coords[:, worse], rss[worse], gram_inv[worse], _ = _gls(spec, est[worse], worse)
+        sums[worse] = _weighted_sums(spec, est[worse, 1])
+        coords[:, worse], rss[worse], gram_inv[worse], _ = _gls(spec, est[worse], worse, sums[worse])
     if shift is not None:
         coords = coords + np.multiply.outer(Q.T @ np.ones(n), shift)
     betas = design.basis_pinv @ coords
     wqs = [w @ design.basis_pinv for w in weights]  # (q, r) each
-    spread = _estimation_spread(spec, est, crit, wqs) if wqs else []
+    spread = _estimation_spread(spec, est, crit, wqs, sums) if wqs else []
     contrasts = []
     for w, wq, g2 in zip(weights, wqs, spread):
         cov = np.einsum("ai,vij,bj->vab", wq, gram_inv, wq)
@@ -367,11 +429,12 @@ def fit_arma_block(design: DesignFactor, Y: NDArray, weights: list[NDArray], gri
     return ARMABlockFit(betas, rss, est, contrasts, ols_rss, tss)
 
 
-def _estimation_spread(spec: _Spectral, est, crit, wqs, h: float = 0.02) -> list[NDArray]:
+def _estimation_spread(spec: _Spectral, est, crit, wqs, sums, h: float = 0.02) -> list[NDArray]:
     """For each contrast, ``var(log C(a_hat, b_hat))`` per voxel by the delta method (C = wq gram^-1 wq', its
     trace over q for F): central differences of log C and of the REML criterion along a and along b (steps
     `h`, kept inside the stationary, invertible models), var(a_hat) = 2 / d2crit/da2 (likewise b; their
-    covariance left out); 0 where the criterion is not convex along an axis."""
+    covariance left out); 0 where the criterion is not convex along an axis. `sums`: the voxels'
+    :func:`_weighted_sums` at `est`, which the steps along a share."""
     out = [np.zeros(est.shape[0]) for _ in wqs]
     for axis in range(2):
         step = np.zeros_like(est)
@@ -379,15 +442,14 @@ def _estimation_spread(spec: _Spectral, est, crit, wqs, h: float = 0.02) -> list
         up, down = est + step, est - step
         up[:, 0], down[:, 0] = np.clip(up[:, 0], -0.98, 0.98), np.clip(down[:, 0], -0.98, 0.98)
         up[:, 1], down[:, 1] = np.clip(up[:, 1], -0.98, 0.98), np.clip(down[:, 1], -0.98, 0.98)
-        _, _, g_up, c_up = _gls(spec, up)
-        _, _, g_down, c_down = _gls(spec, down)
+        same_b = sums if axis == 0 else None
+        c_up, var_up = _criterion_and_variances(spec, up, wqs, same_b)
+        c_down, var_down = _criterion_and_variances(spec, down, wqs, same_b)
         width = up[:, axis] - down[:, axis]
         with np.errstate(invalid="ignore", divide="ignore"):
             curve = (c_up + c_down - 2.0 * crit) / (0.25 * width**2)
             var = np.where(np.isfinite(curve) & (curve > 0), 2.0 / curve, 0.0)
-            for i, wq in enumerate(wqs):
-                cu = np.einsum("ai,vij,aj->v", wq, g_up, wq)
-                cd = np.einsum("ai,vij,aj->v", wq, g_down, wq)
+            for i, (cu, cd) in enumerate(zip(var_up, var_down)):
                 slope = (np.log(cu) - np.log(cd)) / width
                 out[i] += np.where(np.isfinite(slope), slope**2 * var, 0.0)
     return out

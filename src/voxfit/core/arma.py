@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from scipy.fft import dst
-from scipy.linalg import solve_triangular
 
 from .design import DesignFactor
 
@@ -223,18 +222,18 @@ def _grid_criterion(spec: _Spectral, grid: NDArray) -> NDArray:
         S = spec.ve.T @ dve
         eq, elq = dve.T @ spec.fq, dve.T @ spec.flq  # (2, r)
         G = np.einsum("j,jkab->kab", d, spec.pairs)  # (3, r, r)
-        for g in rows:
-            a = grid[g, 0]
-            N, logdet = _corner(np.float64(a), np.float64(b), S, n)
-            ep, ez = eq - a * elq, ey - a * ely
-            gram = G[0] - a * G[1] + a * a * G[2] - _quadratic(N, ep, ep)
-            rhs = qy - a * (qly + lqy) + a * a * lqly - _quadratic(N, ep, ez)
-            zz = yy[0] - 2.0 * a * yy[1] + a * a * yy[2] - np.einsum("av,ab,bv->v", ez, N, ez)
-            L = np.linalg.cholesky(gram)
-            half = solve_triangular(L, rhs, lower=True, check_finite=False)
-            rss = zz - np.einsum("kv,kv->v", half, half)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                crit[g] = (n - r) * np.log(np.maximum(rss, 1e-300)) + logdet + 2.0 * np.log(np.diag(L)).sum()
+        a = grid[rows, 0][:, None, None]  # the a's of this b, all at once: (A, 1, 1)
+        N, logdet = _corner(a[:, 0, 0], np.full(rows.size, b), S, n)
+        ep, ez = eq - a * elq, ey - a * ely  # (A, 2, r), (A, 2, v)
+        gram = G[0] - a * G[1] + a * a * G[2] - _quadratic(N, ep, ep)  # the same for every voxel
+        rhs = qy - a * (qly + lqy) + a * a * lqly - _quadratic(N, ep, ez)  # (A, r, v)
+        zz = yy[0] - 2.0 * a[:, 0] * yy[1] + a[:, 0] ** 2 * yy[2] - np.einsum("gav,gab,gbv->gv", ez, N, ez)
+        L = np.linalg.cholesky(gram)
+        half = np.linalg.inv(L) @ rhs  # L^-1 rhs: (A, r, v)
+        rss = zz - np.einsum("gkv,gkv->gv", half, half)
+        log_gram = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            crit[rows] = (n - r) * np.log(np.maximum(rss, 1e-300)) + (logdet + log_gram)[:, None]
     return crit
 
 

@@ -446,3 +446,18 @@ def test_fmriprep_layouts_old_confounds_name_and_several_resolutions(tmp_path, c
     inputs = json.loads(records[0].read_text())["inputs"]
     paths = [str(i.get("path")) for i in inputs]
     assert any("_res-2_desc-brain_mask" in p for p in paths) and any("confounds_regressors" in p for p in paths)
+
+
+def test_many_ar_runs_load_the_compiled_kernels_at_once_and_ols_runs_do_not(tmp_path, monkeypatch):
+    """Eight or more runs fitted one by one with an AR model (a dof per voxel) start loading numba's kernels as
+    the first run is read, for the compiled t -> z; OLS runs (one dof per map) do not."""
+    from voxfit.core import _kernels
+
+    asked = []
+    monkeypatch.setattr(_kernels, "compile_in_background", lambda: asked.append(True))
+    study, deriv = _study(tmp_path, subjects=4, runs=2)
+    for noise, expected in (("ols", []), ("ar1", [True])):
+        out = tmp_path / noise
+        argv = ["bids", str(study.root), str(out), "run", *deriv, "--noise", noise, "--n-jobs", "1", "--quiet"]
+        assert main(argv) == 0
+        assert asked == expected

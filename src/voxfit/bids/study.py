@@ -67,6 +67,7 @@ LEVELS = ("run", "session", "subject", "dataset")
 GROUP_MODELS = ("mixed", "ols", "fixed")
 STATS = ("effect", "variance", "stat", "p", "z")
 MANIFEST = "study.json"  # under OUT_DIR/.voxfit: what the last study fitted, for reruns
+MANY_RUNS = 8  # AR runs fitted here one by one from which numba's compiled kernels are worth loading at once
 STOP_WAIT_S = 1.0  # how long interrupted workers may take to remove their partial folders before SIGKILL
 
 
@@ -1207,6 +1208,11 @@ class _Study:
             )
 
         if self.execution.scheduler is None and (self.execution.n_jobs or 1) <= 1:  # fitted here, one by one
+            if len(pending) >= MANY_RUNS and self.settings.noise != "ols":
+                # AR models give each voxel its own dof: z from the compiled tables, numba loading meanwhile
+                from ..core._kernels import compile_in_background
+
+                compile_in_background()
             jobs = self.prepared_aside(node, pending, by_index, failed)
             runs = [(k, r) for k, r, _ in pending]
             self._in_turn(jobs, replace(self.execution, progress=False), collect, runs)

@@ -110,6 +110,12 @@ def test_nan_and_infinite_inputs():
 def test_infinite_dof_is_the_normal():
     t = np.linspace(-5, 5, 11)
     npt.assert_array_equal(t_to_z(t, np.inf), t)
+    t = np.array([-np.inf, -50.0, -1.0, 0.0, 2.0, 50.0, 1e5, np.inf])  # a dof per value, some infinite
+    dof = np.array([np.inf, np.inf, 10.0, np.inf, np.inf, np.inf, np.inf, 3.0])
+    z = t_to_z(t, dof)
+    infinite = np.isinf(dof)
+    npt.assert_array_equal(z[infinite], t[infinite])
+    npt.assert_allclose(z[~infinite], t_to_z(t[~infinite], dof[~infinite]), rtol=1e-15)
 
 
 @pytest.mark.parametrize("df1,df2", [(1, 10), (2, 30), (5, 285), (20, 3)])

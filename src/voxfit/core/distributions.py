@@ -198,6 +198,9 @@ def t_to_z(t: ArrayLike, dof) -> NDArray[np.float64]:
         dof = np.broadcast_to(np.asarray(dof, dtype=float), t.shape)
         z = np.full(t.shape, np.nan)
         ok = ~np.isnan(t) & (dof > 0)
+        normal = ok & np.isinf(dof)  # infinite dof: t is already a z
+        z[normal] = t[normal]
+        ok &= ~normal
         z[ok] = _t_to_z_each(t[ok], dof[ok])
         return z
     dof = float(dof)

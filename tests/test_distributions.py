@@ -130,6 +130,23 @@ def test_f_to_z_both_tails(df1, df2):
     assert np.all(np.diff(z) > 0)
 
 
+def test_f_with_infinite_denominator_dof_is_the_chi_square_limit():
+    """df2 = inf (a number, or some of one per F): df1 F is chi-square with df1; z from both tails against mpmath,
+    finite far in the tail, and continuous with a large finite df2."""
+    F = np.array([1e-6, 0.05, 1.0, 3.0, 50.0, 1e3, 1e6])
+    for df1 in (1, 3, 7):
+        z = f_to_z(F, df1, np.inf)
+        for f_val, z_val in zip(F, z):
+            sf = mp.gammainc(mp.mpf(df1) / 2, mp.mpf(df1) * mp.mpf(f_val) / 2, mp.inf, regularized=True)
+            ref = ref_z_from_log_tail(mp.log(sf)) if sf < 0.25 else -mp.sqrt(2) * mp.erfinv(2 * sf - 1)
+            npt.assert_allclose(z_val, float(ref), rtol=1e-11)
+        assert np.all(np.diff(z) > 0)
+        npt.assert_allclose(f_to_z(F[:5], df1, 1e9), z[:5], rtol=1e-6)
+    each = np.array([np.inf, 30.0, np.inf, 30.0, np.inf, 30.0, np.inf])
+    npt.assert_array_equal(f_to_z(F, 3, each)[::2], f_to_z(F, 3, np.inf)[::2])
+    npt.assert_array_equal(f_to_z(F, 3, each)[1::2], f_to_z(F[1::2], 3, 30.0))
+
+
 def test_f_extreme_is_finite():
     z = f_to_z(np.array([1e10, 1e100, 1e300]), 3, 50)
     assert np.isfinite(z).all() and np.all(np.diff(z) > 0)

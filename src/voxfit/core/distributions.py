@@ -250,9 +250,59 @@ def _t_to_z_each(t: NDArray, dof: NDArray) -> NDArray[np.float64]:
     return _t_to_z_exact(t, dof)
 
 
-def f_logsf(F: ArrayLike, df1: float, df2: float) -> NDArray[np.float64]:
-    """Natural log of the upper tail ``P(F' > F)`` of the F distribution, finite for any finite F."""
+def _log_gammaincc_far(a: float, y: NDArray) -> NDArray[np.float64]:
+    """``log Q(a, y)``, the regularized upper incomplete gamma function, for y > a + 1 (its far tail, where Q
+    underflows): Legendre's continued fraction by the modified Lentz method, in log space."""
+    tiny = 1e-300
+    b = y + 1.0 - a
+    c = np.full_like(y, 1.0 / tiny)
+    d = 1.0 / b
+    h = d.copy()
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b = b + 2.0
+        d = an * d + b
+        d = np.where(np.abs(d) < tiny, tiny, d)
+        c = b + an / c
+        c = np.where(np.abs(c) < tiny, tiny, c)
+        d = 1.0 / d
+        delta = d * c
+        h = h * delta
+        if np.all(np.abs(delta - 1.0) < 1e-16):
+            break
+    return -y + a * np.log(y) - sc.gammaln(a) + np.log(h)
+
+
+def _chi2_logsf(x: NDArray, k: float) -> NDArray[np.float64]:
+    """``log P(X > x)`` for X chi-square with k degrees of freedom, finite for any finite x (the F
+    distribution's limit as its denominator dof grows: df1 F is chi-square with df1)."""
+    sf = sc.chdtrc(k, x)
+    with np.errstate(divide="ignore"):
+        out = np.where(sf > 0.5, np.log1p(-sc.chdtr(k, x)), np.log(sf))
+    far = sf < _TINY
+    if np.any(far):
+        out[far] = _log_gammaincc_far(k / 2.0, x[far] / 2.0)
+    return out
+
+
+def _f_with_infinite_df2(F: NDArray, df2) -> NDArray[np.bool_] | None:
+    """Where the denominator dof `df2` (a number or one per F) is infinite, or None if nowhere."""
+    infinite = np.broadcast_to(np.isinf(np.asarray(df2, dtype=float)), F.shape)
+    return infinite if infinite.any() else None
+
+
+def f_logsf(F: ArrayLike, df1: float, df2) -> NDArray[np.float64]:
+    """Natural log of the upper tail ``P(F' > F)`` of the F distribution, finite for any finite F; `df2` a
+    number or one per F, infinite for the chi-square limit."""
     F = np.asarray(F, dtype=float)
+    infinite = _f_with_infinite_df2(F, df2)
+    if infinite is not None:
+        out = np.empty(F.shape)
+        out[infinite] = _chi2_logsf(df1 * F[infinite], df1)
+        if not infinite.all():
+            finite_df2 = np.broadcast_to(np.asarray(df2, dtype=float), F.shape)[~infinite]
+            out[~infinite] = f_logsf(F[~infinite], df1, finite_df2)
+        return out
     sf = sc.fdtrc(df1, df2, F)
     with np.errstate(divide="ignore"):
         out = np.where(sf > 0.5, np.log1p(-sc.fdtr(df1, df2, F)), np.log(sf))
@@ -266,15 +316,19 @@ def f_logsf(F: ArrayLike, df1: float, df2: float) -> NDArray[np.float64]:
     return out
 
 
-def f_to_z(F: ArrayLike, df1: float, df2: float) -> NDArray[np.float64]:
-    """z-scores of F statistics: the normal value whose upper-tail probability is the F's p-value.
+def f_to_z(F: ArrayLike, df1: float, df2) -> NDArray[np.float64]:
+    """z-scores of F statistics: the normal value whose upper-tail probability is the F's p-value (`df2` a
+    number or one per F; infinite: the chi-square limit).
 
     Computed from whichever tail of F is smaller, so that z is accurate for p near 0 and near 1.
     """
     F = np.asarray(F, dtype=float)
     logsf = f_logsf(F, df1, df2)
-    with np.errstate(divide="ignore"):
+    infinite = _f_with_infinite_df2(F, df2)
+    with np.errstate(divide="ignore", invalid="ignore"):
         logcdf = np.log(sc.fdtr(df1, df2, F))
+        if infinite is not None:  # (fdtr is NaN there) the chi-square limit
+            logcdf = np.where(infinite, np.log(sc.chdtr(df1, df1 * F)), logcdf)
     upper = logsf < math.log(0.5)
     return np.where(upper, _z_from_logsf(logsf), -_z_from_logsf(np.where(upper, -1.0, logcdf)))
 

@@ -49,6 +49,7 @@ MIN_PREDICTION_ERROR = 1e-6  # of the variance: a clipped coefficient below it e
 AR_ITERATIONS = 4  # of the bias correction (see ARBlock.estimate)
 AR1_TABLE_NODES = 2049  # of the AR(1) estimation terms' table over atanh(phi) (see ar1_estimation_terms)
 AR1_TABLE_SPAN = float(np.arctanh(0.995))  # the table's atanh(phi) range: every estimate is within +-0.99
+AR1_TABLE_STEP = 2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1)  # between the nodes, in atanh(phi)
 AR1_TABLE_CHUNK = 64  # nodes of the table computed together, when a voxel first needs one of them
 _TABLE_LOCK = threading.Lock()  # one thread computes a table while the others of the fit wait for it
 
@@ -332,9 +333,8 @@ class ARBlock:
         tail (a polynomial of degree n - 1 in f) from :meth:`_ar1_tail_table` (or, for f off the table, from
         the powers themselves: :meth:`_ar1_tail_by_powers`)."""
         L = self.beyond.shape[1] + 1  # the last lag, n - 1
-        step, coef = self._ar1_tail_table()
-        with np.errstate(invalid="ignore"):
-            x = (np.arctanh(f) + AR1_TABLE_SPAN) / step
+        coef = self._ar1_tail_table()
+        x = _table_position(f)
         inside = (x >= 0.0) & (x < AR1_TABLE_NODES - 1)  # False for NaN
         x = np.where(inside, x, 0.0)
         i = x.astype(np.intp)
@@ -356,14 +356,14 @@ class ARBlock:
             pairs = [f2 * (1.0 - end * f2) / (1.0 - f2), f * f2 * (1.0 - end) / (1.0 - f2)]
         return tail, pairs
 
-    def _ar1_tail_table(self) -> tuple[float, NDArray]:
+    def _ar1_tail_table(self) -> NDArray:
         """The AR(1) tail ``T(f) = beyond @ (f^2 .. f^(n-1))`` (p+1 = 2 rows) as a cubic Hermite interpolant
-        in u = atanh(f) between AR1_TABLE_NODES evenly spaced nodes, from T and dT/du at the nodes: ``(step,
-        coef)`` with ``coef[row, k, i]`` the coefficient of s^k on interval i (s in [0, 1)). Absolute error
+        in u = atanh(f) between the AR1_TABLE_NODES nodes of :func:`_table_position`, from T and dT/du at the
+        nodes: ``coef[row, k, i]`` the coefficient of s^k on interval i (s in [0, 1)). Absolute error
         below 1e-11 of T's largest value (tested). Made on first use, once per design."""
         with _TABLE_LOCK:
             if self._tail_table is None:
-                step = 2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1)
+                step = AR1_TABLE_STEP
                 f = np.tanh(-AR1_TABLE_SPAN + step * np.arange(AR1_TABLE_NODES))
                 lags = np.arange(2, self.beyond.shape[1] + 2)
                 y, m = np.empty((2, f.size)), np.empty((2, f.size))  # T and step dT/du at the nodes
@@ -379,7 +379,7 @@ class ARBlock:
                     m[:, a : a + width] = (self.beyond * lags) @ below * (step * (1.0 - fa * fa))
                 y0, y1, m0, m1 = y[:, :-1], y[:, 1:], m[:, :-1], m[:, 1:]
                 coef = np.stack([y0, m0, 3.0 * (y1 - y0) - 2.0 * m0 - m1, 2.0 * (y0 - y1) + m0 + m1], axis=1)
-                self._tail_table = (step, np.ascontiguousarray(coef))
+                self._tail_table = np.ascontiguousarray(coef)
         return self._tail_table
 
     def _ar1_tail_by_powers(self, f: NDArray) -> NDArray:
@@ -842,12 +842,19 @@ class _AR1Table:
             return
         nodes = (chunks[:, None] * AR1_TABLE_CHUNK + np.arange(AR1_TABLE_CHUNK)).ravel()
         nodes = nodes[nodes < AR1_TABLE_NODES]
-        u = -AR1_TABLE_SPAN + nodes * (2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1))
+        u = -AR1_TABLE_SPAN + nodes * AR1_TABLE_STEP
         B = np.repeat(B0[:, :, None], u.size, axis=2)
         grid, regular = _estimation_terms(block, np.tanh(u)[:, None], B, sizes)
         self.values[nodes] = np.stack([x for scale, dof, _, _ in grid for x in (scale, dof)], axis=1)
         self.regular[nodes] = regular
         self.done[chunks] = True
+
+
+def _table_position(phi: NDArray) -> NDArray[np.float64]:
+    """Where AR(1) models `phi` fall among the nodes of the tables over atanh(phi) (node k at
+    ``-AR1_TABLE_SPAN + k AR1_TABLE_STEP``), in steps; NaN for NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.arctanh(phi) + AR1_TABLE_SPAN) / AR1_TABLE_STEP
 
 
 def ar1_estimation_terms(block: ARBlock, phi: NDArray, wqs: list[NDArray]) -> list[tuple[NDArray, NDArray]]:
@@ -862,9 +869,7 @@ def ar1_estimation_terms(block: ARBlock, phi: NDArray, wqs: list[NDArray]) -> li
     sizes = [wq.shape[0] for wq in wqs]
     B0 = np.concatenate([wq.T for wq in wqs], axis=1)  # (r, sum(sizes))
     key = (tuple(sizes), B0.tobytes())
-    step = 2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1)
-    with np.errstate(invalid="ignore"):
-        x = (np.arctanh(phi[:, 0]) + AR1_TABLE_SPAN) / step
+    x = _table_position(phi[:, 0])
     inside = (x >= 1.0) & (x <= AR1_TABLE_NODES - 2.0)  # False for NaN
     i = np.clip(np.floor(np.where(inside, x, 1.0)).astype(np.intp), 1, AR1_TABLE_NODES - 3)
     with _TABLE_LOCK:

@@ -227,27 +227,38 @@ def _t_to_z_each(t: NDArray, dof: NDArray) -> NDArray[np.float64]:
     only once a process has converted a million values exactly.
     """
     global _exact_each_done
-    lo, hi = _DOF_GRID_RANGE
-    on_grid = (dof >= lo) & (dof <= hi)
-    log_dof = np.log(dof[on_grid])
-    if t.size >= _MANY_EACH and log_dof.size and kernels_loaded():
-        first = math.floor(log_dof.min() * _DOF_GRID_PER_UNIT) - 4  # a node to spare at either end
-        last = math.floor(log_dof.max() * _DOF_GRID_PER_UNIT) + 5
-        if last - first < _DOF_GRID_MAX_NODES:
-            coef = np.stack([_grid_table(k) for k in range(first, last + 1)])
-            z = np.empty_like(t)
-            tabled = t[on_grid]
-            zt = np.empty_like(tabled)
-            _kernels.hermite_z_dofs(tabled, log_dof, _NODES_PER_UNIT, coef, first, _DOF_GRID_PER_UNIT, zt)
-            z[on_grid] = zt
-            exact = ~on_grid
-            exact[on_grid] = np.isnan(zt)  # |t| beyond the tables
-            z[exact] = _t_to_z_exact(t[exact], dof[exact])
+    if t.size >= _MANY_EACH and kernels_loaded():
+        z = _t_to_z_tabled(t, dof)
+        if z is not None:
             return z
     _exact_each_done += t.size
     if _exact_each_done >= _EXACT_EACH_BEFORE_COMPILING:
         _kernels.compile_in_background()
     return _t_to_z_exact(t, dof)
+
+
+def _t_to_z_tabled(t: NDArray, dof: NDArray) -> NDArray[np.float64] | None:
+    """:func:`_t_to_z_each` by the compiled kernel over the grid's tables (values off the grid or beyond the
+    tables exact); None where no dof is on the grid or they spread over more than _DOF_GRID_MAX_NODES nodes."""
+    lo, hi = _DOF_GRID_RANGE
+    on_grid = (dof >= lo) & (dof <= hi)
+    if not on_grid.any():
+        return None
+    log_dof = np.log(dof[on_grid])
+    first = math.floor(log_dof.min() * _DOF_GRID_PER_UNIT) - 4  # a node to spare at either end
+    last = math.floor(log_dof.max() * _DOF_GRID_PER_UNIT) + 5
+    if last - first >= _DOF_GRID_MAX_NODES:
+        return None
+    coef = np.stack([_grid_table(k) for k in range(first, last + 1)])
+    z = np.empty_like(t)
+    tabled = t[on_grid]
+    zt = np.empty_like(tabled)
+    _kernels.hermite_z_dofs(tabled, log_dof, _NODES_PER_UNIT, coef, first, _DOF_GRID_PER_UNIT, zt)
+    z[on_grid] = zt
+    exact = ~on_grid
+    exact[on_grid] = np.isnan(zt)  # |t| beyond the tables
+    z[exact] = _t_to_z_exact(t[exact], dof[exact])
+    return z
 
 
 def _log_gammaincc_far(a: float, y: NDArray) -> NDArray[np.float64]:

@@ -72,7 +72,7 @@ def _warm_numba_cache(config) -> None:
     package = importlib.util.find_spec("voxfit").submodule_search_locations[0]
     path = os.pathsep.join([str(Path(package).parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     script = Path(__file__).with_name("numba_warmup.py")
-    parts = ("maps", "fits")
+    parts = ("maps", "fits", "ar")
     children = [
         subprocess.Popen(
             [sys.executable, str(script), part],

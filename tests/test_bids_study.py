@@ -450,11 +450,11 @@ def test_fmriprep_layouts_old_confounds_name_and_several_resolutions(tmp_path, c
 
 def test_many_ar_runs_load_the_compiled_kernels_at_once_and_ols_runs_do_not(tmp_path, monkeypatch):
     """Eight or more runs fitted one by one with an AR model (a dof per voxel) start loading numba's kernels as
-    the first run is read, for the compiled t -> z; OLS runs (one dof per map) do not."""
+    the first run is read, for the compiled t -> z and AR fit; OLS runs (one dof per map) do not."""
     from voxfit.core import _kernels
 
     asked = []
-    monkeypatch.setattr(_kernels, "compile_in_background", lambda: asked.append(True))
+    monkeypatch.setattr(_kernels, "compile_in_background", lambda ar=False: asked.append(ar))
     study, deriv = _study(tmp_path, subjects=4, runs=2)
     for noise, expected in (("ols", []), ("ar1", [True])):
         out = tmp_path / noise

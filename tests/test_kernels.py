@@ -44,7 +44,9 @@ def test_automatic_choice():
 
 
 def test_kernels_load_in_the_background():
-    _kernels.compile_in_background()
-    for thread in _kernels._BACKGROUND:
+    from voxfit.core._ar_kernels import ar_kernels_loaded
+
+    _kernels.compile_in_background(ar=True)
+    for thread in set(_kernels._BACKGROUND.values()):
         thread.join(120)
-    assert _kernels.kernels_loaded()
+    assert _kernels.kernels_loaded() and ar_kernels_loaded()

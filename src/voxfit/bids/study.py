@@ -1209,10 +1209,12 @@ class _Study:
 
         if self.execution.scheduler is None and (self.execution.n_jobs or 1) <= 1:  # fitted here, one by one
             if len(pending) >= MANY_RUNS and self.settings.noise != "ols":
-                # AR models give each voxel its own dof: z from the compiled tables, numba loading meanwhile
+                # AR models give each voxel its own dof: z from the compiled tables, and AR(p) fits take the
+                # compiled data pass (AR(1) the compiled fit too); numba loading meanwhile
                 from ..core._kernels import compile_in_background
+                from ..models._routing import noise_order
 
-                compile_in_background()
+                compile_in_background(ar=noise_order(self.settings.noise) > 0)
             jobs = self.prepared_aside(node, pending, by_index, failed)
             runs = [(k, r) for k, r, _ in pending]
             self._in_turn(jobs, replace(self.execution, progress=False), collect, runs)

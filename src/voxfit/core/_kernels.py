@@ -179,17 +179,24 @@ def hermite_z_dofs(t, log_dof, inv_h, coef, first, per_unit, out) -> int:
     return _compile()[2](t, log_dof, inv_h, coef, first, per_unit, out)
 
 
-def compile_in_background() -> None:
+def compile_in_background(*, ar: bool = False) -> None:
     """Load the kernels on a daemon thread, once per process, unless they are loaded already (never waits for
-    a compilation under way elsewhere)."""
+    a compilation under way elsewhere); with `ar`, then the AR fit's kernels (``voxfit.core._ar_kernels``)."""
+    from ._ar_kernels import ar_kernels_loaded, compile_ar_kernels
+
+    wanted = [("kernels", _compile, kernels_loaded)]
+    if ar:
+        wanted.append(("ar", compile_ar_kernels, ar_kernels_loaded))
     with _BACKGROUND_LOCK:
-        if _BACKGROUND or kernels_loaded():
+        wanted = [(name, load) for name, load, loaded in wanted if name not in _BACKGROUND and not loaded()]
+        if not wanted:
             return
-        _BACKGROUND.append(threading.Thread(target=_compile, daemon=True, name="voxfit-kernels"))
-    _BACKGROUND[0].start()
+        thread = threading.Thread(target=lambda: [load() for _, load in wanted], daemon=True, name="voxfit-kernels")
+        _BACKGROUND.update((name, thread) for name, _ in wanted)
+    thread.start()
 
 
-_BACKGROUND: list = []
+_BACKGROUND: dict = {}  # the kernels ("kernels", "ar") a background thread was started for, and that thread
 _BACKGROUND_LOCK = threading.Lock()
 
 

@@ -15,6 +15,7 @@ data: the n x V work stays a few matrix products, and the p x p algebra per voxe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .design import DesignFactor
-from .ols import needs_refit
+from ._ar_kernels import ar1_estimate, ar1_solve, ar_kernels_loaded, compile_ar_kernels, shift_and_lag
+from .ols import REFIT_RATIO, needs_refit
 
 __all__ = [
     "ARBlock",
@@ -197,14 +199,23 @@ class ARBlock:
     its top-left and bottom-right p x p corners. So everything a voxel's fit needs comes from one matrix
     product ``[Q, S_1 Q, .., S_p Q]' y``, the lagged sums ``sum_t y_t y_{t+k}`` and its first and last p
     values: the sufficient statistics that can also be gathered scan by scan.
+
+    `compiled`: whether the blocks of this design take the compiled data pass and AR(1) fit
+    (:mod:`voxfit.core._ar_kernels`, loaded here if need be; the same numbers to rounding); by default, whether
+    those kernels are already loaded in this process. One decision for every block, so a fit's voxels are all
+    computed alike.
     """
 
-    def __init__(self, design: DesignFactor, order: int):
+    def __init__(self, design: DesignFactor, order: int, compiled: bool | None = None):
         if order < 1:
             raise ValueError("order must be at least 1")
         if design.n_scans <= 2 * order + design.rank:
             raise ValueError("too few scans for this AR order")
         self.design, self.order = design, order
+        # the compiled data pass and AR(1) fit (voxfit.core._ar_kernels) for every block of this design, or none
+        self.compiled = ar_kernels_loaded() if compiled is None else bool(compiled)
+        if self.compiled:
+            compile_ar_kernels()
         Q, p = design.basis, order
         self.M = bias_matrix(design, order)
         self.M_inv = np.linalg.pinv(self.M)
@@ -836,8 +847,10 @@ class _AR1Table:
 
     def fill(self, block: ARBlock, B0: NDArray, sizes: list[int], i: NDArray) -> None:
         """Compute the chunks holding nodes i - 1 .. i + 2 that are not computed yet."""
-        chunks = np.unique(np.concatenate([(i + d) // AR1_TABLE_CHUNK for d in (-1, 0, 1, 2)]))
-        chunks = chunks[~self.done[chunks]]
+        wanted = np.zeros(self.done.size, dtype=bool)
+        for d in (-1, 0, 1, 2):
+            wanted[(i + d) // AR1_TABLE_CHUNK] = True
+        chunks = np.flatnonzero(wanted & ~self.done)
         if not chunks.size:
             return
         nodes = (chunks[:, None] * AR1_TABLE_CHUNK + np.arange(AR1_TABLE_CHUNK)).ravel()
@@ -857,6 +870,35 @@ def _table_position(phi: NDArray) -> NDArray[np.float64]:
         return (np.arctanh(phi) + AR1_TABLE_SPAN) / AR1_TABLE_STEP
 
 
+def _stacked(wqs: list[NDArray]) -> tuple[NDArray, list[int]]:
+    """The contrasts `wqs` (in basis coordinates, (q, r) each) as the columns of one (r, sum q) matrix, and their
+    sizes q."""
+    sizes = [wq.shape[0] for wq in wqs]
+    return np.concatenate([wq.T for wq in wqs], axis=1), sizes
+
+
+def _table_nodes(phi: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+    """For AR(1) models `phi` (v,): their positions on the tables of :func:`_table_position`, whether the 4 nodes
+    around each are on the table (False for NaN), and the second of those nodes (1 where not inside)."""
+    x = _table_position(phi)
+    inside = (x >= 1.0) & (x <= AR1_TABLE_NODES - 2.0)
+    i = np.clip(np.floor(np.where(inside, x, 1.0)).astype(np.intp), 1, AR1_TABLE_NODES - 3)
+    return x, inside, i
+
+
+def _ar1_table(block: ARBlock, B0: NDArray, sizes: list[int], nodes: NDArray) -> _AR1Table:
+    """The table of :func:`ar1_estimation_terms` for the block and the contrasts `B0` (:func:`_stacked`), its
+    nodes around `nodes` computed."""
+    key = (tuple(sizes), B0.tobytes())
+    with _TABLE_LOCK:
+        table = block.ar1_tables.get(key)
+        if table is None:
+            table = _AR1Table(len(sizes))
+            block.ar1_tables[key] = table
+        table.fill(block, B0, sizes, nodes)
+    return table
+
+
 def ar1_estimation_terms(block: ARBlock, phi: NDArray, wqs: list[NDArray]) -> list[tuple[NDArray, NDArray]]:
     """``(scale, dof)`` of :func:`estimation_terms` for AR(1) models phi (v, 1) and contrasts `wqs` (in basis
     coordinates, (q, r) each), from a table: for one design and its contrasts they depend on phi alone, so they
@@ -866,18 +908,9 @@ def ar1_estimation_terms(block: ARBlock, phi: NDArray, wqs: list[NDArray]) -> li
     unit root: relative error below 1e-8 against direct evaluation, see the tests). A voxel whose 4 nodes are not
     all regular (a step of the derivatives left the stationary models, and a term was dropped: a kink), outside
     the table or with phi not finite is evaluated directly."""
-    sizes = [wq.shape[0] for wq in wqs]
-    B0 = np.concatenate([wq.T for wq in wqs], axis=1)  # (r, sum(sizes))
-    key = (tuple(sizes), B0.tobytes())
-    x = _table_position(phi[:, 0])
-    inside = (x >= 1.0) & (x <= AR1_TABLE_NODES - 2.0)  # False for NaN
-    i = np.clip(np.floor(np.where(inside, x, 1.0)).astype(np.intp), 1, AR1_TABLE_NODES - 3)
-    with _TABLE_LOCK:
-        table = block.ar1_tables.get(key)
-        if table is None:
-            table = _AR1Table(len(sizes))
-            block.ar1_tables[key] = table
-        table.fill(block, B0, sizes, i[inside])
+    B0, sizes = _stacked(wqs)
+    x, inside, i = _table_nodes(phi[:, 0])
+    table = _ar1_table(block, B0, sizes, i[inside])
     values, regular = table.values, table.regular
     s = np.where(inside, x, 1.0) - i
     inside &= regular[i - 1] & regular[i] & regular[i + 1] & regular[i + 2]
@@ -909,19 +942,34 @@ class LaggedSums:
     total: NDArray
     shift: NDArray | None
 
+    def take(self, idx: NDArray) -> LaggedSums:
+        """The sums of the voxels `idx`."""
+        shift = None if self.shift is None else self.shift[idx]
+        return LaggedSums(
+            self.lagged[:, :, idx], self.s[:, idx], self.top[:, idx], self.bottom[:, idx], self.total[idx], shift
+        )
+
 
 def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray]:
     """The sums of a whole block Y (n, v), shifted by each voxel's mean when the design allows; also returns
     the shifted float64 data (for the exact fallbacks)."""
-    p, r, v = block.order, block.design.rank, Y.shape[1]
-    shift = None
-    Y = np.array(Y, dtype=np.float64)  # a copy to shift in place: half the time of a mean and a subtraction from Y
-    if block.ones is not None:  # shifting by the mean only moves the constant's estimate, and keeps digits
-        shift = Y.sum(axis=0) / Y.shape[0]
-        Y -= shift
-    lagged = (block.lagged_basis.T @ Y).reshape(p + 1, r, v)
-    total = np.zeros(v) if shift is not None else Y.sum(axis=0)
-    return LaggedSums(lagged, _lagged_products(Y, p), Y[:p].copy(), Y[::-1][:p].copy(), total, shift), Y
+    (n, v), p, r = Y.shape, block.order, block.design.rank
+    shifting = block.ones is not None  # shifting by the mean only moves the constant's estimate, and keeps digits
+    if block.compiled:  # two passes over Y instead of five
+        shifted, total, s = np.empty((n, v)), np.empty(v), np.empty((p + 1, v))
+        shift_and_lag(Y, shifting, shifted, total, s)
+        shift = total / n if shifting else None
+    else:
+        shifted = np.array(Y, dtype=np.float64)  # a copy to shift in place: half the time of a mean and a subtraction
+        total = shifted.sum(axis=0)
+        shift = total / n if shifting else None
+        if shifting:
+            shifted -= shift
+        s = _lagged_products(shifted, p)
+    lagged = (block.lagged_basis.T @ shifted).reshape(p + 1, r, v)
+    if shifting:
+        total = np.zeros(v)
+    return LaggedSums(lagged, s, shifted[:p].copy(), shifted[::-1][:p].copy(), total, shift), shifted
 
 
 @dataclass(frozen=True, eq=False)
@@ -975,7 +1023,68 @@ def fit_ar_sums(
     autocorrelations (v, p+1) at lags 0..p, estimated elsewhere (FILM's tapered and smoothed ones,
     ``voxfit.core.film``), and the whitening is the AR(p) filter that reproduces them (Levinson); it is then
     taken as known, and each contrast has ``n - rank`` degrees of freedom and no
-    estimation terms."""
+    estimation terms.
+
+    AR(1) estimated here takes the compiled kernels (:mod:`voxfit.core._ar_kernels`) when the block says so
+    (``ARBlock.compiled``): the same arithmetic per voxel, and the voxels they flag by the numpy path."""
+    if block.order == 1 and autocorrelations is None and sums.s.shape[1] and block.compiled:
+        return _fit_ar1_compiled(block, sums, weights, data)
+    return _fit_sums(block, sums, weights, data, autocorrelations)
+
+
+def _fit_ar1_compiled(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data) -> ARBlockFit:
+    """:func:`fit_ar_sums` of AR(1) by the compiled kernels, and the voxels they flag by :func:`_fit_sums`. The
+    kernels work in the eigenbasis U of Q'S_1Q, where the Gram matrices are diagonal but for the corners: the
+    sums are turned into it by one product, and the coordinates back by another."""
+    design = block.design
+    r, v, n_out = design.rank, sums.s.shape[1], len(weights)
+    wqs = [w @ design.basis_pinv for w in weights]
+    B0, sizes = _stacked(wqs) if wqs else (np.zeros((r, 0)), [])
+    shift = np.zeros(v) if sums.shift is None else sums.shift
+    rotated = np.matmul(sums.lagged.transpose(0, 2, 1), block.U)  # (2, v, r): each voxel's numbers together
+    r_lag, phi, tss, flag = np.empty((2, v)), np.empty(v), np.empty(v), np.zeros(v, dtype=bool)
+    constants = (block.eig, block.M_inv, block._ar1_tail_table(), block.beyond.shape[1] + 1)
+    constants += (float(design.n_scans), float(block.nu), design.has_intercept, AR1_TABLE_SPAN, AR1_TABLE_STEP)
+    constants += (AR_ITERATIONS, MAX_REFLECTION, REFIT_RATIO[np.dtype(np.float64)])
+    ar1_estimate(rotated, sums.s, sums.total, shift, constants, (r_lag, phi, tss, flag))
+    if wqs:
+        _, inside, i = _table_nodes(phi)
+        table = _ar1_table(block, B0, sizes, i[inside & ~flag])
+        values, regular = table.values, table.regular
+    else:  # no terms to interpolate
+        values, regular = np.zeros((AR1_TABLE_NODES, 0)), np.ones(AR1_TABLE_NODES, dtype=bool)
+    coords, rss = np.empty((v, r)), np.empty(v)
+    cov, terms = np.empty((sum(q * q for q in sizes), v)), np.empty((2 * n_out, v))
+    constants = (block.eig, block.edges, block.U.T @ B0, np.array(sizes, dtype=np.int64), values, regular)
+    constants += (AR1_TABLE_SPAN, AR1_TABLE_STEP, REFIT_RATIO[np.dtype(np.float64)])
+    ar1_solve(rotated, sums.s, sums.top, sums.bottom, phi, constants, (coords, rss, cov, terms, flag))
+    betas = (design.basis_pinv @ block.U) @ coords.T
+    if sums.shift is not None:
+        betas += np.multiply.outer(design.basis_pinv @ block.ones, sums.shift)
+    contrasts, at = [], 0
+    for c, (w, q) in enumerate(zip(weights, sizes)):
+        covariance = cov[at : at + q * q].T.reshape(v, q, q) * terms[2 * c][:, None, None]
+        contrasts.append((w @ betas, covariance, terms[2 * c + 1]))
+        at += q * q
+    fit = ARBlockFit(betas, rss, phi[:, None], contrasts, r_lag[0], tss, np.zeros(0, dtype=np.intp))
+    idx = np.flatnonzero(flag)
+    if not idx.size:
+        return fit
+    part = _fit_sums(block, sums.take(idx), weights, None if data is None else (lambda k: data(idx[k])), None)
+    fit.betas[:, idx], fit.rss[idx], fit.phi[idx], fit.ols_rss[idx], fit.tss[idx] = (
+        part.betas,
+        part.rss,
+        part.phi,
+        part.ols_rss,
+        part.tss,
+    )
+    for (effect, covariance, dof), (e, cv, d) in zip(fit.contrasts, part.contrasts):
+        effect[:, idx], covariance[idx], dof[idx] = e, cv, d
+    return dataclasses.replace(fit, flagged=idx[part.flagged])
+
+
+def _fit_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=None, autocorrelations=None) -> ARBlockFit:
+    """:func:`fit_ar_sums` by whole-array numpy steps over the block."""
     design, p = block.design, block.order
     Q, r, n = design.basis, design.rank, design.n_scans
     lagged, s, mu = sums.lagged, sums.s, sums.shift

@@ -13,6 +13,7 @@ from .._execution import Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
+from ..core._kernels import AUTO_COMPILE_ELEMENTS
 from ..core.ar import ARBlock, ARBlockFit, fit_ar_block
 from ..core.contrast import f_stats, t_stats
 from ..exceptions import InputError
@@ -101,7 +102,7 @@ def fit_ar(
     if n <= 2 * order + design.rank:
         raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
-    block = ARBlock(design, int(order))
+    block = ARBlock(design, int(order), compiled=True if n * Y.shape[1] >= AUTO_COMPILE_ELEMENTS else None)
     fit_block = functools.partial(fit_ar_block, block)
     if execution.on_device:
         from ._ar_device import DeviceARBlock

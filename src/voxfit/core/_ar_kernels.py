@@ -1,0 +1,335 @@
+"""The AR(1) fit of a block from its sums, one voxel at a time, compiled with numba.
+
+``voxfit.core.ar.fit_ar_sums`` runs its per-voxel algebra as whole-array numpy steps over a block: for AR(1)
+that is a few hundred passes over arrays of a few thousand numbers, and it takes most of an AR(1) fit's time
+once the data's products are made. The two kernels here run the same arithmetic per voxel, in the same order,
+without temporaries:
+
+* :func:`ar1_estimate`: the OLS residuals' lagged products from the sums, the RSS and total sum of squares,
+  and the bias-corrected AR(1) estimate (``ARBlock.estimate``'s iterations, the tail beyond lag 1 from its
+  Hermite table);
+* :func:`ar1_solve`: the whitened fit at that estimate (``_solve_ar1``'s Woodbury solve in the eigenbasis of
+  Q'S_1Q), betas, whitened RSS, each contrast's covariance, and the estimation terms interpolated from their
+  table over atanh(phi).
+
+Each kernel marks the voxels that the numpy path treats specially (digits lost in a difference of sums, a
+rounding-level fit, an estimate off a table or at a table's irregular node, a fragile or failed solve, values
+that are not finite); the caller fits those with the numpy path, which is the reference. For the others the
+numbers equal the numpy path's to rounding.
+
+numba is imported on first use (:func:`compile_ar_kernels`), not with ``import voxfit``; the kernels are cached
+on disk and loaded, not compiled, by later processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+__all__ = ["ar1_estimate", "ar1_solve", "ar_kernels_loaded", "compile_ar_kernels", "shift_and_lag"]
+
+
+def ar_kernels_loaded() -> bool:
+    """Whether numba and these kernels are already loaded in this process (then they cost nothing more)."""
+    return _compile_once.cache_info().currsize > 0
+
+
+def compile_ar_kernels() -> None:
+    """Import numba and load (or compile) the kernels now."""
+    _compile()
+
+
+def shift_and_lag(Y, shifting, out, sums, s) -> None:
+    """See the compiled function's docstring; `out`, `sums` and `s` are filled in place."""
+    _compile()[2](Y, shifting, out, sums, s)
+
+
+def ar1_estimate(rotated, s, total, shift, constants, out) -> None:
+    """See the compiled function's docstring; the arrays of `out` are filled in place."""
+    _compile()[0](rotated, s, total, shift, *constants, *out)
+
+
+def ar1_solve(rotated, s, top, bottom, phi, constants, out) -> None:
+    """See the compiled function's docstring; the arrays of `out` are filled in place."""
+    _compile()[1](rotated, s, top, bottom, phi, *constants, *out)
+
+
+_LOCK = threading.Lock()
+
+
+def _compile():
+    with _LOCK:  # threads of one fit may ask at once: compile once
+        return _compile_once()
+
+
+@functools.cache
+def _compile_once():  # noqa: C901 (one function, so that numba caches its kernels)
+    import numba
+    import numpy as np
+
+    # explicit signatures: every kernel is compiled (or loaded from the cache) here, not at its first call
+    f64, i64, flag = numba.float64, numba.int64, numba.types.Array(numba.boolean, 1, "C")
+    vector, matrix, stack = (numba.types.Array(numba.float64, d, "A", readonly=True) for d in (1, 2, 3))
+    vector_out, matrix_out = numba.types.Array(numba.float64, 1, "C"), numba.types.Array(numba.float64, 2, "C")
+    estimate = (stack, matrix, vector, vector, vector, matrix, stack, i64, f64, f64, numba.boolean, f64, f64, i64)
+    estimate += (f64, f64, matrix_out, vector_out, vector_out, flag)
+    sizes, nodes = numba.types.Array(numba.int64, 1, "A", readonly=True), numba.types.Array(numba.boolean, 1, "A")
+    solve = (stack, matrix, matrix, matrix, vector, vector, matrix, matrix, sizes, matrix, nodes, f64, f64, f64)
+    solve += (matrix_out, vector_out, matrix_out, matrix_out, flag)
+    data = [numba.types.Array(dtype, 2, "A", readonly=True) for dtype in (numba.float32, numba.float64)]
+    lag = [numba.void(Y, numba.boolean, matrix_out, vector_out, matrix_out) for Y in data]
+
+    @numba.njit([numba.void(*estimate)], nogil=True, cache=True, error_model="numpy")
+    def ar1_estimate(  # noqa: PLR0913
+        rotated,
+        s,
+        total,
+        shift,
+        eig,
+        M_inv,
+        tail_coef,
+        last_lag,
+        n,
+        nu,
+        has_intercept,
+        span,
+        step,
+        iterations,
+        max_reflection,
+        refit_ratio,
+        r_lag,
+        phi,
+        tss,
+        flag,
+    ):  # pragma: no cover - compiled
+        """For each voxel j of a block: the OLS residuals' lagged products ``r_lag[:, j]`` (2,) from the sums,
+        the total sum of squares ``tss`` and the AR(1) estimate ``phi`` as ``ARBlock.estimate``.
+
+        The sums: ``rotated`` (2, v, r) = U'(S_k Q)'y in the eigenbasis U of Q'S_1Q (eigenvalues ``eig``), so
+        that ``c'Q'Qc = |U'c|^2`` and ``c'Q'S_1Qc = sum eig (U'c)^2``; ``s`` (2, v) = sum y_t y_t+k, ``total``
+        (v,) = sum y_t, of the data shifted by ``shift`` (v,) (zero when not shifted), ``n`` scans. The
+        estimate: Worsley's correction by ``M_inv`` (2, 2), then `iterations` of the tail beyond lag 1
+        (``tail_coef`` (2, 4, nodes - 1), cubic Hermite over atanh(phi) from ``-span`` in steps of ``step``)
+        and Bartlett's bias of the ratio (closed-form pair sums up to lag ``last_lag``; ``nu`` = n - rank),
+        held within +-max_reflection. ``flag[j]`` is set where the numpy path must take the voxel: more than
+        5 digits lost in the residual products (``refit_ratio``), a rounding-level fit, an estimate off the
+        tail's table, or a value that is not finite."""
+        v, r = rotated.shape[1], rotated.shape[2]
+        n_int = tail_coef.shape[2]
+        eps2 = (n * 2.220446049250313e-16) ** 2  # (n eps)^2: a rounding-level fit
+        u = np.empty((2, v))
+        for j in range(v):
+            fitted0 = 0.0  # |c|^2 and c'G_1c - 2 c'b_1, c = Q'y, b_1 = (S_1 Q)'y
+            fitted1 = 0.0
+            for i in range(r):
+                c = rotated[0, j, i]
+                fitted0 += c * c
+                fitted1 += (eig[i] * c - 2.0 * rotated[1, j, i]) * c
+            e0 = s[0, j] - fitted0
+            e1 = 0.5 * (2.0 * s[1, j] + fitted1)
+            r_lag[0, j] = e0
+            r_lag[1, j] = e1
+            mu = shift[j]
+            raw_yy = s[0, j] + 2.0 * mu * total[j] + n * mu * mu
+            tss[j] = s[0, j] - total[j] * total[j] / n if has_intercept else raw_yy
+            # Worsley's correction, then Levinson for AR(1): the lag-1 autocorrelation, held inside the bound
+            u[0, j] = M_inv[0, 0] * e0 + M_inv[0, 1] * e1
+            u[1, j] = M_inv[1, 0] * e0 + M_inv[1, 1] * e1
+            rho = u[1, j] / u[0, j]
+            flag[j] = e0 * refit_ratio <= s[0, j] or e0 <= eps2 * raw_yy or not np.isfinite(rho)
+            phi[j] = min(max(rho, -max_reflection), max_reflection)
+        for _ in range(iterations):  # all voxels at each step: independent work for the processor to overlap
+            for j in range(v):
+                if flag[j]:
+                    continue
+                f = phi[j]
+                x = (0.5 * np.log((1.0 + f) / (1.0 - f)) + span) / step  # atanh
+                if not (x >= 0.0 and x < n_int):
+                    flag[j] = True
+                    continue
+                k = int(x)
+                t = x - k
+                tail0 = ((tail_coef[0, 3, k] * t + tail_coef[0, 2, k]) * t + tail_coef[0, 1, k]) * t
+                tail0 += tail_coef[0, 0, k]
+                tail1 = ((tail_coef[1, 3, k] * t + tail_coef[1, 2, k]) * t + tail_coef[1, 1, k]) * t
+                tail1 += tail_coef[1, 0, k]
+                f2 = f * f
+                end = 1.0  # f2^(last_lag - 1), by squaring
+                power, base = last_lag - 1, f2
+                while power:
+                    if power & 1:
+                        end *= base
+                    base *= base
+                    power >>= 1
+                pair0 = f2 * (1.0 - end * f2) / (1.0 - f2)
+                pair1 = f * f2 * (1.0 - end) / (1.0 - f2)
+                S0 = 1.0 + 2.0 * pair0
+                S1 = f + 2.0 * pair1 + f
+                w0 = M_inv[0, 0] * tail0 + M_inv[0, 1] * tail1
+                w1 = M_inv[1, 0] * tail0 + M_inv[1, 1] * tail1
+                share = u[0, j] / (1.0 + w0)
+                rho = (u[1, j] - w1 * share) / (u[0, j] - w0 * share)
+                if not np.isfinite(rho):
+                    rho = 0.0
+                rho -= (2.0 / nu) * (f * S0 - S1)
+                f = min(max(rho, -max_reflection), max_reflection)
+                flag[j] = not np.isfinite(f)
+                phi[j] = f
+
+    @numba.njit([numba.void(*solve)], nogil=True, cache=True, error_model="numpy")
+    def ar1_solve(  # noqa: PLR0913, PLR0915
+        rotated,
+        s,
+        top,
+        bottom,
+        phi,
+        eig,
+        E,
+        UtB,
+        sizes,
+        values,
+        regular,
+        span,
+        step,
+        refit_ratio,
+        coords,
+        rss,
+        cov,
+        terms,
+        flag,
+    ):  # pragma: no cover - compiled
+        """For each voxel j of a block not yet flagged, the GLS fit at its AR(1) model ``phi[j]``, in the
+        eigenbasis U of Q'S_1Q (see :func:`ar1_estimate`; ``E`` (r, 2) = U'(Q's first and last rows), ``UtB``
+        (r, K) = U' times the contrasts' columns B): the whitened right-hand side U'Q'W'Wy and ||Wy||^2 from
+        the sums (``top``, ``bottom``: the data's first and last scans), and by Woodbury the solve of the Gram
+        matrix ``diag(alpha_0 + alpha_1 eig) + E C E'`` (C the corners' weight) for it and for the contrasts'
+        columns (``_solve_ar1``): ``coords`` (v, r), the GLS coordinates in U's basis, the whitened RSS ``rss``,
+        for contrast c of ``sizes[c]`` rows its covariance ``B_c' gram^-1 B_c`` (row-major in ``cov``'s rows
+        from the sum of the previous sizes squared), and its (scale, dof) at rows 2c, 2c+1 of ``terms``, the
+        cubic through the 4 nearest nodes of the table ``values`` (over atanh(phi), from ``-span`` in steps of
+        ``step``). ``flag[j]`` is set where the numpy path must take the voxel: the band's sums cancelling
+        (fragile), a solve that is not finite, more than 5 digits lost in the whitened RSS, or an estimate
+        whose 4 nodes are not all on the table and regular."""
+        v, r = rotated.shape[1], rotated.shape[2]
+        K, nodes = UtB.shape[1], values.shape[0]
+        d = np.empty(r)
+        rhs = np.empty(r)
+        Bu = np.empty((r, K + 1))
+        for j in range(v):
+            if flag[j]:
+                continue
+            f = phi[j]
+            x = (0.5 * np.log((1.0 + f) / (1.0 - f)) + span) / step  # atanh
+            if not (x >= 1.0 and x <= nodes - 2.0):
+                flag[j] = True
+                continue
+            node = min(max(int(np.floor(x)), 1), nodes - 3)
+            if not (regular[node - 1] and regular[node] and regular[node + 1] and regular[node + 2]):
+                flag[j] = True
+                continue
+            corner = -(f * f)  # W'W = (1 + f^2) I - f S_1, less f^2 at the first and last scans
+            alpha0 = 1.0 - corner
+            alpha1 = -f
+            yt, yb = top[0, j], bottom[0, j]
+            cyt, cyb = corner * yt, corner * yb
+            size0 = 0.0
+            size1 = 0.0
+            size_rhs = 0.0
+            for i in range(r):
+                a0, a1 = rotated[0, j, i], rotated[1, j, i]
+                rhs[i] = alpha0 * a0 + alpha1 * a1 + E[i, 0] * cyt + E[i, 1] * cyb
+                size0 += a0 * a0
+                size1 += a1 * a1
+                size_rhs += rhs[i] * rhs[i]
+            wyy = alpha0 * s[0, j] + alpha1 * (2.0 * s[1, j]) + yt * cyt + yb * cyb
+            # sum |alpha_k| ||(S_k Q)'y|| against ||Q'W'Wy||: the band's sums cancelling
+            fragile = abs(alpha0) * np.sqrt(size0) + abs(alpha1) * np.sqrt(size1) > 1e5 * np.sqrt(size_rhs)
+            e00 = 0.0
+            e01 = 0.0
+            e11 = 0.0
+            for i in range(r):
+                d[i] = 1.0 / (alpha0 + eig[i] * alpha1)
+                Bu[i, 0] = rhs[i] * d[i]
+                for col in range(K):
+                    Bu[i, col + 1] = UtB[i, col] * d[i]
+                e00 += E[i, 0] * E[i, 0] * d[i]
+                e01 += E[i, 0] * E[i, 1] * d[i]
+                e11 += E[i, 1] * E[i, 1] * d[i]
+            m00 = 1.0 + e00 * corner
+            m01 = e01 * corner
+            m11 = 1.0 + e11 * corner
+            det = m00 * m11 - m01 * m01
+            finite = True
+            for col in range(K + 1):
+                t0 = 0.0
+                t1 = 0.0
+                for i in range(r):
+                    t0 += E[i, 0] * Bu[i, col]
+                    t1 += E[i, 1] * Bu[i, col]
+                s0 = corner * (m11 * t0 - m01 * t1) / det
+                s1 = corner * (m00 * t1 - m01 * t0) / det
+                for i in range(r):
+                    Bu[i, col] -= (E[i, 0] * s0 + E[i, 1] * s1) * d[i]
+                    finite &= np.isfinite(Bu[i, col])
+            fit = 0.0
+            for i in range(r):
+                fit += Bu[i, 0] * rhs[i]
+            res = wyy - fit
+            if fragile or not finite or res * refit_ratio <= wyy:
+                flag[j] = True
+                continue
+            rss[j] = res
+            for i in range(r):
+                coords[j, i] = Bu[i, 0]
+            # the contrasts' covariances B'gram^-1 B = (U'B)'(U'gram^-1 B), their terms from the table (Lagrange)
+            t = x - node
+            w0 = -t * (t - 1.0) * (t - 2.0) / 6.0
+            w1 = (t + 1.0) * (t - 1.0) * (t - 2.0) / 2.0
+            w2 = -(t + 1.0) * t * (t - 2.0) / 2.0
+            w3 = (t + 1.0) * t * (t - 1.0) / 6.0
+            for row in range(terms.shape[0]):
+                terms[row, j] = (
+                    w0 * values[node - 1, row] + w1 * values[node, row] + w2 * values[node + 1, row]
+                ) + w3 * values[node + 2, row]
+            first, at = 0, 0
+            for q in sizes:
+                for a in range(q):
+                    for b in range(q):
+                        acc = 0.0
+                        for i in range(r):
+                            acc += UtB[i, first + a] * Bu[i, 1 + first + b]
+                        cov[at, j] = acc
+                        at += 1
+                first += q
+
+    @numba.njit(lag, nogil=True, cache=True, error_model="numpy")
+    def shift_and_lag(Y, shifting, out, sums, s):  # pragma: no cover - compiled
+        """One block ``Y`` (n, v), any float dtype and layout, in two passes: ``sums`` (v,) = sum_t y_t in
+        float64; ``out`` (n, v) = Y less each voxel's mean when `shifting` (else Y), in float64; ``s`` (p+1,
+        v) = sum_t out_t out_t+k for k = 0..p. Row by row, each inner loop over the voxels of one scan."""
+        n, v = Y.shape
+        p = s.shape[0] - 1
+        total = np.zeros(v)
+        for i in range(n):
+            y = Y[i]
+            for j in range(v):
+                total[j] += y[j]
+        mean = np.zeros(v)
+        if shifting:
+            for j in range(v):
+                mean[j] = total[j] / n
+        acc = np.zeros((p + 1, v))
+        for i in range(n):
+            y = Y[i]
+            o = out[i]
+            for j in range(v):
+                o[j] = y[j] - mean[j]
+            for k in range(min(p, i) + 1):
+                before = out[i - k]
+                a = acc[k]
+                for j in range(v):
+                    a[j] += before[j] * o[j]
+        sums[:] = total
+        s[:] = acc
+
+    return ar1_estimate, ar1_solve, shift_and_lag

@@ -96,3 +96,19 @@ def test_huge_float64_values_are_not_perfect_fits(rng):
     assert fit.valid.all() and np.isnan(fit.residual_variance[0]) and not fit.r2[0] == 1
     assert np.isnan(fit.contrast([1, 0]).t).all()
     npt.assert_allclose(fit.betas[:, 0], np.linalg.lstsq(X, y / 1e160, rcond=None)[0] * 1e160, rtol=1e-9)
+
+
+def test_finite_columns_tests_values_only_where_sums_are_not_finite():
+    """A NaN, an infinity, infinities of both signs (a NaN sum), and finite float32 values whose sum overflows
+    (kept): only the first three columns are dropped."""
+    from voxfit._array import finite_columns
+
+    Y = np.ones((4, 6), dtype=np.float32)
+    Y[1, 0], Y[2, 1], Y[:2, 2] = np.nan, np.inf, [np.inf, -np.inf]
+    Y[:, 3] = 3e38
+    ok, finite = finite_columns(Y)
+    npt.assert_array_equal(ok, [False, False, False, True, True, True])
+    npt.assert_array_equal(finite, Y[:, 3:])
+    everything = np.arange(12).reshape(3, 4)
+    ok, same = finite_columns(everything)
+    assert ok.all() and same is everything

@@ -6,7 +6,15 @@ import sys
 
 import numpy as np
 
-__all__ = ["check_array_like", "device_namespace", "is_dataframe", "to_numpy", "type_name", "working_dtype"]
+__all__ = [
+    "check_array_like",
+    "device_namespace",
+    "finite_columns",
+    "is_dataframe",
+    "to_numpy",
+    "type_name",
+    "working_dtype",
+]
 
 
 def type_name(obj) -> str:
@@ -34,6 +42,19 @@ def is_dataframe(obj) -> bool:
     line): a DataFrame exists only if pandas was imported by whoever made it."""
     pandas = sys.modules.get("pandas")
     return pandas is not None and isinstance(obj, pandas.DataFrame)
+
+
+def finite_columns(Yb) -> tuple[np.ndarray, np.ndarray]:
+    """Which columns of a block (n, v) have only finite values, and those columns (the block itself when all
+    do). A column whose sum is finite holds no NaN or infinity, so the values themselves are tested only where
+    a sum is not (a NaN, an infinity, or finite values whose sum overflows): one pass that reads the block,
+    instead of one that also writes a mask of its size."""
+    Yb = np.asarray(Yb)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok = np.isfinite(Yb.sum(axis=0))
+    if not ok.all():
+        ok = np.isfinite(Yb).all(axis=0)
+    return ok, (Yb if ok.all() else Yb[:, ok])
 
 
 def working_dtype(dtype) -> np.dtype:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_scalar
+from .._array import finite_columns
 from .._execution import Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, run_in_threads
@@ -181,11 +182,10 @@ class ARMaps:
 def _ar_task(fit_block, weights: list, Yb):
     """One block: which voxels are finite, and the fit of those (None if none is) by ``fit_block(Y, weights)``
     (``fit_ar_block`` bound to the ARBlock, or a ``DeviceARBlock``)."""
-    Yb = np.asarray(Yb)
-    ok = np.isfinite(Yb).all(axis=0)
+    ok, finite = finite_columns(Yb)
     if not ok.any():
         return ok, None
-    return ok, fit_block(Yb if ok.all() else Yb[:, ok], weights)
+    return ok, fit_block(finite, weights)
 
 
 def contrast_stats(label, w, effect, cov, sigma2, dof) -> Stats:

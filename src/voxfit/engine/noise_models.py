@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .._array import finite_columns
 from .._execution import Execution
 from .._memory import reserved_bytes
 from .._threads import blas_single_threaded, run_in_threads
@@ -114,13 +115,6 @@ def _run_blocks(V: int, step: int, n_jobs: int, task) -> None:
         run_in_threads(task, starts, min(n_jobs, len(starts)))
 
 
-def _finite_columns(Yb) -> tuple[np.ndarray, np.ndarray]:
-    """Which columns of a block are finite, and those columns."""
-    Yb = np.asarray(Yb)
-    ok = np.isfinite(Yb).all(axis=0)
-    return ok, (Yb if ok.all() else Yb[:, ok])
-
-
 def fit_film(
     X, Y, contrasts: dict, *, names=None, space: FilmSpace | None = None, execution: Execution | None = None
 ) -> NoiseModelFit:
@@ -142,7 +136,7 @@ def fit_film(
     valid = np.zeros(V, dtype=bool)
 
     def first(start: int) -> None:
-        ok, Yb = _finite_columns(Y[:, start : start + step])
+        ok, Yb = finite_columns(Y[:, start : start + step])
         valid[start : start + ok.size] = ok
         if ok.any():
             Yb = np.asarray(Yb, dtype=np.float64)
@@ -243,7 +237,7 @@ def fit_arma11(X, Y, contrasts: dict, *, names=None, execution: Execution | None
     valid = np.zeros(V, dtype=bool)
 
     def task(start: int) -> None:
-        ok, Yb = _finite_columns(Y[:, start : start + step])
+        ok, Yb = finite_columns(Y[:, start : start + step])
         valid[start : start + ok.size] = ok
         if ok.any():
             maps.place(start + np.flatnonzero(ok), fit_arma_block(design, Yb, list(weights.values())))
@@ -281,7 +275,7 @@ def fit_auto_ar(
     wqs = [w @ design.basis_pinv for w in weights.values()]
 
     def task(start: int) -> None:
-        ok, Yb = _finite_columns(Y[:, start : start + step])
+        ok, Yb = finite_columns(Y[:, start : start + step])
         valid[start : start + ok.size] = ok
         if not ok.any():
             return

@@ -105,7 +105,7 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
         """For each voxel j of a block: the OLS residuals' lagged products ``r_lag[:, j]`` (2,) from the sums,
         the total sum of squares ``tss`` and the AR(1) estimate ``phi`` as ``ARBlock.estimate``.
 
-        The sums: ``rotated`` (2, v, r) = U'(S_k Q)'y in the eigenbasis U of Q'S_1Q (eigenvalues ``eig``), so
+        The sums: ``rotated`` (2, r, v) = U'(S_k Q)'y in the eigenbasis U of Q'S_1Q (eigenvalues ``eig``), so
         that ``c'Q'Qc = |U'c|^2`` and ``c'Q'S_1Qc = sum eig (U'c)^2``; ``s`` (2, v) = sum y_t y_t+k, ``total``
         (v,) = sum y_t, of the data shifted by ``shift`` (v,) (zero when not shifted), ``n`` scans. The
         estimate: Worsley's correction by ``M_inv`` (2, 2), then `iterations` of the tail beyond lag 1
@@ -114,19 +114,20 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
         held within +-max_reflection. ``flag[j]`` is set where the numpy path must take the voxel: more than
         5 digits lost in the residual products (``refit_ratio``), a rounding-level fit, an estimate off the
         tail's table, or a value that is not finite."""
-        v, r = rotated.shape[1], rotated.shape[2]
+        r, v = rotated.shape[1], rotated.shape[2]
         n_int = tail_coef.shape[2]
         eps2 = (n * 2.220446049250313e-16) ** 2  # (n eps)^2: a rounding-level fit
         u = np.empty((2, v))
+        fitted0 = np.zeros(v)  # |c|^2 and c'G_1c - 2 c'b_1, c = Q'y, b_1 = (S_1 Q)'y: over i, all voxels at once
+        fitted1 = np.zeros(v)
+        for i in range(r):
+            for j in range(v):
+                c = rotated[0, i, j]
+                fitted0[j] += c * c
+                fitted1[j] += (eig[i] * c - 2.0 * rotated[1, i, j]) * c
         for j in range(v):
-            fitted0 = 0.0  # |c|^2 and c'G_1c - 2 c'b_1, c = Q'y, b_1 = (S_1 Q)'y
-            fitted1 = 0.0
-            for i in range(r):
-                c = rotated[0, j, i]
-                fitted0 += c * c
-                fitted1 += (eig[i] * c - 2.0 * rotated[1, j, i]) * c
-            e0 = s[0, j] - fitted0
-            e1 = 0.5 * (2.0 * s[1, j] + fitted1)
+            e0 = s[0, j] - fitted0[j]
+            e1 = 0.5 * (2.0 * s[1, j] + fitted1[j])
             r_lag[0, j] = e0
             r_lag[1, j] = e1
             mu = shift[j]
@@ -200,107 +201,124 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
     ):  # pragma: no cover - compiled
         """For each voxel j of a block not yet flagged, the GLS fit at its AR(1) model ``phi[j]``, in the
         eigenbasis U of Q'S_1Q (see :func:`ar1_estimate`; ``E`` (r, 2) = U'(Q's first and last rows), ``UtB``
-        (r, K) = U' times the contrasts' columns B): the whitened right-hand side U'Q'W'Wy and ||Wy||^2 from
-        the sums (``top``, ``bottom``: the data's first and last scans), and by Woodbury the solve of the Gram
-        matrix ``diag(alpha_0 + alpha_1 eig) + E C E'`` (C the corners' weight) for it and for the contrasts'
-        columns (``_solve_ar1``): ``coords`` (v, r), the GLS coordinates in U's basis, the whitened RSS ``rss``,
-        for contrast c of ``sizes[c]`` rows its covariance ``B_c' gram^-1 B_c`` (row-major in ``cov``'s rows
-        from the sum of the previous sizes squared), and its (scale, dof) at rows 2c, 2c+1 of ``terms``, the
-        cubic through the 4 nearest nodes of the table ``values`` (over atanh(phi), from ``-span`` in steps of
+        (r, K) = U' times the contrasts' columns B).
+
+        The whitened right-hand side h = U'Q'W'Wy and ||Wy||^2 come from the sums (``top``, ``bottom``: the
+        data's first and last scans). The Gram matrix is ``D + E C E'`` (D = diag(alpha_0 + alpha_1 eig), C the
+        corners' weight twice), so by Woodbury ``gram^-1 b = D^-1 b - D^-1 E s(b)``, with s(b) (2,) from
+        ``E'D^-1 b`` and ``E'D^-1 E``: every number wanted is a sum over i of products weighted by 1/D_i,
+        accumulated over i with all voxels at once (the inner loops run along the voxels). Out: ``coords``
+        (r, v), the GLS coordinates in U's basis; the whitened RSS ``rss`` = ||Wy||^2 - h' gram^-1 h; for
+        contrast c of ``sizes[c]`` rows its covariance ``B_c' gram^-1 B_c`` (row-major in ``cov``'s rows from
+        the sum of the previous sizes squared) and its (scale, dof) at rows 2c, 2c+1 of ``terms``, the cubic
+        through the 4 nearest nodes of the table ``values`` (over atanh(phi), from ``-span`` in steps of
         ``step``). ``flag[j]`` is set where the numpy path must take the voxel: the band's sums cancelling
-        (fragile), a solve that is not finite, more than 5 digits lost in the whitened RSS, or an estimate
+        (fragile), numbers that are not finite, more than 5 digits lost in the whitened RSS, or an estimate
         whose 4 nodes are not all on the table and regular."""
-        v, r = rotated.shape[1], rotated.shape[2]
+        r, v = rotated.shape[1], rotated.shape[2]
         K, nodes = UtB.shape[1], values.shape[0]
-        d = np.empty(r)
-        rhs = np.empty(r)
-        Bu = np.empty((r, K + 1))
+        x, a0, a1, corner, wyy = np.empty(v), np.empty(v), np.empty(v), np.empty(v), np.empty(v)
+        cyt, cyb, node = np.empty(v), np.empty(v), np.zeros(v, dtype=np.int64)
         for j in range(v):
+            f = phi[j]
+            x[j] = (0.5 * np.log((1.0 + f) / (1.0 - f)) + span) / step  # atanh
+            if not (x[j] >= 1.0 and x[j] <= nodes - 2.0):
+                flag[j] = True
+            else:
+                k = min(max(int(np.floor(x[j])), 1), nodes - 3)
+                node[j] = k
+                flag[j] |= not (regular[k - 1] and regular[k] and regular[k + 1] and regular[k + 2])
+            corner[j] = -(f * f)  # W'W = (1 + f^2) I - f S_1, less f^2 at the first and last scans
+            a0[j] = 1.0 - corner[j]
+            a1[j] = -f
+            cyt[j], cyb[j] = corner[j] * top[0, j], corner[j] * bottom[0, j]
+            wyy[j] = a0[j] * s[0, j] + a1[j] * (2.0 * s[1, j]) + top[0, j] * cyt[j] + bottom[0, j] * cyb[j]
+        # sums over i: ||(S_k Q)'y||^2, ||h||^2, E'D^-1E, h'D^-1h, E'D^-1h, B'D^-1E, B'D^-1B
+        size0, size1, size_h, e00, e01, e11 = (
+            np.zeros(v),
+            np.zeros(v),
+            np.zeros(v),
+            np.zeros(v),
+            np.zeros(v),
+            np.zeros(v),
+        )
+        hdh, t0, t1 = np.zeros(v), np.zeros(v), np.zeros(v)
+        bde0, bde1 = np.zeros((K, v)), np.zeros((K, v))
+        n_cov = cov.shape[0]
+        bdb = np.zeros((n_cov, v))
+        w, d = np.empty((r, v)), np.empty((r, v))
+        for i in range(r):
+            E0, E1, ei = E[i, 0], E[i, 1], eig[i]
+            for j in range(v):
+                y0, y1 = rotated[0, i, j], rotated[1, i, j]
+                h = a0[j] * y0 + a1[j] * y1 + E0 * cyt[j] + E1 * cyb[j]
+                di = 1.0 / (a0[j] + ei * a1[j])
+                wi = h * di
+                d[i, j], w[i, j] = di, wi
+                size0[j] += y0 * y0
+                size1[j] += y1 * y1
+                size_h[j] += h * h
+                e00[j] += E0 * E0 * di
+                e01[j] += E0 * E1 * di
+                e11[j] += E1 * E1 * di
+                hdh[j] += h * wi
+                t0[j] += E0 * wi
+                t1[j] += E1 * wi
+            at, first = 0, 0
+            for q in sizes:
+                for a in range(first, first + q):
+                    ua = UtB[i, a]
+                    for j in range(v):
+                        bde0[a, j] += ua * E0 * d[i, j]
+                        bde1[a, j] += ua * E1 * d[i, j]
+                    for b in range(first, first + q):
+                        uab = ua * UtB[i, b]
+                        for j in range(v):
+                            bdb[at, j] += uab * d[i, j]
+                        at += 1
+                first += q
+        s0, s1 = np.empty(v), np.empty(v)
+        for j in range(v):
+            c = corner[j]
+            m00, m01, m11 = 1.0 + e00[j] * c, e01[j] * c, 1.0 + e11[j] * c
+            det = m00 * m11 - m01 * m01
+            s0[j] = c * (m11 * t0[j] - m01 * t1[j]) / det
+            s1[j] = c * (m00 * t1[j] - m01 * t0[j]) / det
+            res = wyy[j] - (hdh[j] - s0[j] * t0[j] - s1[j] * t1[j])
+            # sum |alpha_k| ||(S_k Q)'y|| against ||Q'W'Wy||: the band's sums cancelling
+            fragile = abs(a0[j]) * np.sqrt(size0[j]) + abs(a1[j]) * np.sqrt(size1[j]) > 1e5 * np.sqrt(size_h[j])
+            if fragile or not np.isfinite(res) or res * refit_ratio <= wyy[j]:
+                flag[j] = True
+            rss[j] = res
+            at, first = 0, 0
+            for q in sizes:  # B_a' gram^-1 B_b = B_a'D^-1B_b - s(B_b) . (B_a'D^-1E)
+                for b in range(first, first + q):
+                    sb0 = c * (m11 * bde0[b, j] - m01 * bde1[b, j]) / det
+                    sb1 = c * (m00 * bde1[b, j] - m01 * bde0[b, j]) / det
+                    for a in range(first, first + q):
+                        value = bdb[(a - first) * q + (b - first) + at, j] - sb0 * bde0[a, j] - sb1 * bde1[a, j]
+                        cov[(a - first) * q + (b - first) + at, j] = value
+                        flag[j] |= not np.isfinite(value)
+                at += q * q
+                first += q
+        for i in range(r):
+            E0, E1 = E[i, 0], E[i, 1]
+            for j in range(v):
+                value = w[i, j] - d[i, j] * (E0 * s0[j] + E1 * s1[j])
+                coords[i, j] = value
+                flag[j] |= not np.isfinite(value)
+        for j in range(v):  # the estimation terms from the table (Lagrange's cubic through 4 nodes)
             if flag[j]:
                 continue
-            f = phi[j]
-            x = (0.5 * np.log((1.0 + f) / (1.0 - f)) + span) / step  # atanh
-            if not (x >= 1.0 and x <= nodes - 2.0):
-                flag[j] = True
-                continue
-            node = min(max(int(np.floor(x)), 1), nodes - 3)
-            if not (regular[node - 1] and regular[node] and regular[node + 1] and regular[node + 2]):
-                flag[j] = True
-                continue
-            corner = -(f * f)  # W'W = (1 + f^2) I - f S_1, less f^2 at the first and last scans
-            alpha0 = 1.0 - corner
-            alpha1 = -f
-            yt, yb = top[0, j], bottom[0, j]
-            cyt, cyb = corner * yt, corner * yb
-            size0 = 0.0
-            size1 = 0.0
-            size_rhs = 0.0
-            for i in range(r):
-                a0, a1 = rotated[0, j, i], rotated[1, j, i]
-                rhs[i] = alpha0 * a0 + alpha1 * a1 + E[i, 0] * cyt + E[i, 1] * cyb
-                size0 += a0 * a0
-                size1 += a1 * a1
-                size_rhs += rhs[i] * rhs[i]
-            wyy = alpha0 * s[0, j] + alpha1 * (2.0 * s[1, j]) + yt * cyt + yb * cyb
-            # sum |alpha_k| ||(S_k Q)'y|| against ||Q'W'Wy||: the band's sums cancelling
-            fragile = abs(alpha0) * np.sqrt(size0) + abs(alpha1) * np.sqrt(size1) > 1e5 * np.sqrt(size_rhs)
-            e00 = 0.0
-            e01 = 0.0
-            e11 = 0.0
-            for i in range(r):
-                d[i] = 1.0 / (alpha0 + eig[i] * alpha1)
-                Bu[i, 0] = rhs[i] * d[i]
-                for col in range(K):
-                    Bu[i, col + 1] = UtB[i, col] * d[i]
-                e00 += E[i, 0] * E[i, 0] * d[i]
-                e01 += E[i, 0] * E[i, 1] * d[i]
-                e11 += E[i, 1] * E[i, 1] * d[i]
-            m00 = 1.0 + e00 * corner
-            m01 = e01 * corner
-            m11 = 1.0 + e11 * corner
-            det = m00 * m11 - m01 * m01
-            finite = True
-            for col in range(K + 1):
-                t0 = 0.0
-                t1 = 0.0
-                for i in range(r):
-                    t0 += E[i, 0] * Bu[i, col]
-                    t1 += E[i, 1] * Bu[i, col]
-                s0 = corner * (m11 * t0 - m01 * t1) / det
-                s1 = corner * (m00 * t1 - m01 * t0) / det
-                for i in range(r):
-                    Bu[i, col] -= (E[i, 0] * s0 + E[i, 1] * s1) * d[i]
-                    finite &= np.isfinite(Bu[i, col])
-            fit = 0.0
-            for i in range(r):
-                fit += Bu[i, 0] * rhs[i]
-            res = wyy - fit
-            if fragile or not finite or res * refit_ratio <= wyy:
-                flag[j] = True
-                continue
-            rss[j] = res
-            for i in range(r):
-                coords[j, i] = Bu[i, 0]
-            # the contrasts' covariances B'gram^-1 B = (U'B)'(U'gram^-1 B), their terms from the table (Lagrange)
-            t = x - node
+            k, t = node[j], x[j] - node[j]
             w0 = -t * (t - 1.0) * (t - 2.0) / 6.0
             w1 = (t + 1.0) * (t - 1.0) * (t - 2.0) / 2.0
             w2 = -(t + 1.0) * t * (t - 2.0) / 2.0
             w3 = (t + 1.0) * t * (t - 1.0) / 6.0
             for row in range(terms.shape[0]):
-                terms[row, j] = (
-                    w0 * values[node - 1, row] + w1 * values[node, row] + w2 * values[node + 1, row]
-                ) + w3 * values[node + 2, row]
-            first, at = 0, 0
-            for q in sizes:
-                for a in range(q):
-                    for b in range(q):
-                        acc = 0.0
-                        for i in range(r):
-                            acc += UtB[i, first + a] * Bu[i, 1 + first + b]
-                        cov[at, j] = acc
-                        at += 1
-                first += q
+                terms[row, j] = (w0 * values[k - 1, row] + w1 * values[k, row] + w2 * values[k + 1, row]) + w3 * values[
+                    k + 2, row
+                ]
 
     @numba.njit(lag, nogil=True, cache=True, error_model="numpy")
     def shift_and_lag(Y, shifting, out, sums, s):  # pragma: no cover - compiled

@@ -1041,7 +1041,7 @@ def _fit_ar1_compiled(block: ARBlock, sums: LaggedSums, weights: list[NDArray], 
     wqs = [w @ design.basis_pinv for w in weights]
     B0, sizes = _stacked(wqs) if wqs else (np.zeros((r, 0)), [])
     shift = np.zeros(v) if sums.shift is None else sums.shift
-    rotated = np.matmul(sums.lagged.transpose(0, 2, 1), block.U)  # (2, v, r): each voxel's numbers together
+    rotated = np.matmul(block.U.T, sums.lagged)  # (2, r, v)
     r_lag, phi, tss, flag = np.empty((2, v)), np.empty(v), np.empty(v), np.zeros(v, dtype=bool)
     constants = (block.eig, block.M_inv, block._ar1_tail_table(), block.beyond.shape[1] + 1)
     constants += (float(design.n_scans), float(block.nu), design.has_intercept, AR1_TABLE_SPAN, AR1_TABLE_STEP)
@@ -1053,12 +1053,12 @@ def _fit_ar1_compiled(block: ARBlock, sums: LaggedSums, weights: list[NDArray], 
         values, regular = table.values, table.regular
     else:  # no terms to interpolate
         values, regular = np.zeros((AR1_TABLE_NODES, 0)), np.ones(AR1_TABLE_NODES, dtype=bool)
-    coords, rss = np.empty((v, r)), np.empty(v)
+    coords, rss = np.empty((r, v)), np.empty(v)
     cov, terms = np.empty((sum(q * q for q in sizes), v)), np.empty((2 * n_out, v))
     constants = (block.eig, block.edges, block.U.T @ B0, np.array(sizes, dtype=np.int64), values, regular)
     constants += (AR1_TABLE_SPAN, AR1_TABLE_STEP, REFIT_RATIO[np.dtype(np.float64)])
     ar1_solve(rotated, sums.s, sums.top, sums.bottom, phi, constants, (coords, rss, cov, terms, flag))
-    betas = (design.basis_pinv @ block.U) @ coords.T
+    betas = (design.basis_pinv @ block.U) @ coords
     if sums.shift is not None:
         betas += np.multiply.outer(design.basis_pinv @ block.ones, sums.shift)
     contrasts, at = [], 0

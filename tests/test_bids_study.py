@@ -461,3 +461,21 @@ def test_many_ar_runs_load_the_compiled_kernels_at_once_and_ols_runs_do_not(tmp_
         argv = ["bids", str(study.root), str(out), "run", *deriv, "--noise", noise, "--n-jobs", "1", "--quiet"]
         assert main(argv) == 0
         assert asked == expected
+
+
+def test_runs_are_written_here_while_the_next_run_is_still_read():
+    """A fitted run is written on a side thread when the next run's data are ready (the fits are then the
+    bottleneck), and at once on the fitting thread while they are still being read (the side threads are)."""
+    import threading
+    from concurrent.futures import Future
+
+    from voxfit.bids.study import _Writer
+
+    writer = _Writer()
+    reading, read = Future(), Future()
+    read.set_result(None)
+    where = []
+    for next_read in (reading, read, None):
+        writer.next_read = next_read
+        writer.submit(lambda: where.append(threading.current_thread() is threading.main_thread())).result(5)
+    assert where == [True, False, False]

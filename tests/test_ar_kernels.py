@@ -114,6 +114,15 @@ def test_compiled_fit_of_a_strided_block_and_of_one_voxel(rng):
     _assert_same(fit_ar_block(compiled, Y[:, 40:41], weights), fit_ar_block(numpy, Y[:, 40:41], weights))
 
 
+def test_integer_blocks_take_the_numpy_data_pass(rng):
+    """Data of another dtype (int16 here) than the compiled pass's float32 and float64: the numpy pass."""
+    X = _designs(60, rng)["constant"]
+    Y = (100 * _voxels(rng, X, v=20)[:, 5:]).astype(np.int16)
+    weights = [np.eye(4)[[0]]]
+    compiled, numpy = ARBlock(factorize(X), 1, compiled=True), ARBlock(factorize(X), 1, compiled=False)
+    _assert_same(fit_ar_block(compiled, Y, weights), fit_ar_block(numpy, Y, weights))
+
+
 @pytest.mark.parametrize("order", [1, 2, 5])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_compiled_data_pass_equals_numpy(rng, order, dtype):

@@ -456,9 +456,10 @@ def test_many_ar_runs_load_the_compiled_kernels_at_once_and_ols_runs_do_not(tmp_
     asked = []
     monkeypatch.setattr(_kernels, "compile_in_background", lambda ar=False: asked.append(ar))
     study, deriv = _study(tmp_path, subjects=4, runs=2)
-    for noise, expected in (("ols", []), ("ar1", [True])):
-        out = tmp_path / noise
-        argv = ["bids", str(study.root), str(out), "run", *deriv, "--noise", noise, "--n-jobs", "1", "--quiet"]
+    for noise, expected in (("ols", []), ("ar1", [True]), (None, [True, True])):  # None: the default, AR(p)
+        out = tmp_path / str(noise)
+        chosen = [] if noise is None else ["--noise", noise]
+        argv = ["bids", str(study.root), str(out), "run", *deriv, *chosen, "--n-jobs", "1", "--quiet"]
         assert main(argv) == 0
         assert asked == expected
 

@@ -1231,7 +1231,8 @@ class _Study:
                 from ..core._kernels import compile_in_background
                 from ..models._routing import noise_order
 
-                compile_in_background(ar=noise_order(self.settings.noise) > 0)
+                noise = self.settings.noise  # (None: each run's default, an AR(p))
+                compile_in_background(ar=noise is None or noise_order(noise) > 0)
             jobs = self.prepared_aside(node, pending, by_index, failed)
             runs = [(k, r) for k, r, _ in pending]
             self._in_turn(jobs, replace(self.execution, progress=False), collect, runs)

@@ -1,24 +1,24 @@
-"""The AR(1) fit of a block from its sums, one voxel at a time, compiled with numba.
+"""The AR fit's compiled kernels: the data pass of any order, and the AR(1) fit of a block from its sums.
 
-``voxfit.core.ar.fit_ar_sums`` runs its per-voxel algebra as whole-array numpy steps over a block: for AR(1)
-that is a few hundred passes over arrays of a few thousand numbers, and it takes most of an AR(1) fit's time
-once the data's products are made. The two kernels here run the same arithmetic per voxel, in the same order,
-without temporaries:
+``voxfit.core.ar`` runs both as whole-array numpy steps, the reference. Its data pass copies a block to float64,
+sums, shifts and multiplies it in five passes; :func:`shift_and_lag` does it in two. Its AR(1) fit is a few
+hundred passes over arrays of a few thousand numbers, most of an AR(1) fit's time once the data's products are
+made; the two kernels here run the same algebra in a few fused loops, the voxels in the inner loops:
 
 * :func:`ar1_estimate`: the OLS residuals' lagged products from the sums, the RSS and total sum of squares,
   and the bias-corrected AR(1) estimate (``ARBlock.estimate``'s iterations, the tail beyond lag 1 from its
   Hermite table);
 * :func:`ar1_solve`: the whitened fit at that estimate (``_solve_ar1``'s Woodbury solve in the eigenbasis of
-  Q'S_1Q), betas, whitened RSS, each contrast's covariance, and the estimation terms interpolated from their
-  table over atanh(phi).
+  Q'S_1Q), whitened RSS, coordinates, each contrast's covariance, and the estimation terms interpolated from
+  their table over atanh(phi).
 
 Each kernel marks the voxels that the numpy path treats specially (digits lost in a difference of sums, a
 rounding-level fit, an estimate off a table or at a table's irregular node, a fragile or failed solve, values
-that are not finite); the caller fits those with the numpy path, which is the reference. For the others the
-numbers equal the numpy path's to rounding.
+that are not finite); the caller fits those with the numpy path. For the others the numbers equal the numpy
+path's to rounding (sums in another order).
 
-numba is imported on first use (:func:`compile_ar_kernels`), not with ``import voxfit``; the kernels are cached
-on disk and loaded, not compiled, by later processes.
+numba is imported on first use (:func:`compile_ar_kernels`), not with ``import voxfit``; the kernels have
+explicit signatures and are cached on disk, so later processes load them at once instead of compiling them.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
         terms,
         flag,
     ):  # pragma: no cover - compiled
-        """For each voxel j of a block not yet flagged, the GLS fit at its AR(1) model ``phi[j]``, in the
+        """For each voxel j of a block, the GLS fit at its AR(1) model ``phi[j]``, in the
         eigenbasis U of Q'S_1Q (see :func:`ar1_estimate`; ``E`` (r, 2) = U'(Q's first and last rows), ``UtB``
         (r, K) = U' times the contrasts' columns B).
 
@@ -234,14 +234,8 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
             cyt[j], cyb[j] = corner[j] * top[0, j], corner[j] * bottom[0, j]
             wyy[j] = a0[j] * s[0, j] + a1[j] * (2.0 * s[1, j]) + top[0, j] * cyt[j] + bottom[0, j] * cyb[j]
         # sums over i: ||(S_k Q)'y||^2, ||h||^2, E'D^-1E, h'D^-1h, E'D^-1h, B'D^-1E, B'D^-1B
-        size0, size1, size_h, e00, e01, e11 = (
-            np.zeros(v),
-            np.zeros(v),
-            np.zeros(v),
-            np.zeros(v),
-            np.zeros(v),
-            np.zeros(v),
-        )
+        size0, size1, size_h = np.zeros(v), np.zeros(v), np.zeros(v)
+        e00, e01, e11 = np.zeros(v), np.zeros(v), np.zeros(v)
         hdh, t0, t1 = np.zeros(v), np.zeros(v), np.zeros(v)
         bde0, bde1 = np.zeros((K, v)), np.zeros((K, v))
         n_cov = cov.shape[0]
@@ -316,13 +310,12 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
             w2 = -(t + 1.0) * t * (t - 2.0) / 2.0
             w3 = (t + 1.0) * t * (t - 1.0) / 6.0
             for row in range(terms.shape[0]):
-                terms[row, j] = (w0 * values[k - 1, row] + w1 * values[k, row] + w2 * values[k + 1, row]) + w3 * values[
-                    k + 2, row
-                ]
+                low = w0 * values[k - 1, row] + w1 * values[k, row]
+                terms[row, j] = (low + w2 * values[k + 1, row]) + w3 * values[k + 2, row]
 
     @numba.njit(lag, nogil=True, cache=True, error_model="numpy")
     def shift_and_lag(Y, shifting, out, sums, s):  # pragma: no cover - compiled
-        """One block ``Y`` (n, v), any float dtype and layout, in two passes: ``sums`` (v,) = sum_t y_t in
+        """One block ``Y`` (n, v), float32 or float64 in any layout, in two passes: ``sums`` (v,) = sum_t y_t in
         float64; ``out`` (n, v) = Y less each voxel's mean when `shifting` (else Y), in float64; ``s`` (p+1,
         v) = sum_t out_t out_t+k for k = 0..p. Row by row, each inner loop over the voxels of one scan."""
         n, v = Y.shape

@@ -4,7 +4,7 @@ Run as ``python numba_warmup.py PART`` with PART in ``PARTS``: each part calls, 
 and on tiny data, the kernels of one share of the package in the dtypes the suite uses (float32 and float64),
 so that numba compiles and caches them (``cache=True``); the test workers and the commands they start then load
 them from the cache instead of compiling them again, each on its own. The parts run at once: two of about
-27 s each here, and the AR kernels' (about 9 s) beside them. A kernel this misses is compiled, as before, by the
+27 s each here, and the AR kernels' (about 5 s) beside them. A kernel this misses is compiled, as before, by the
 first test that calls it: the warm-up changes only when compiling happens, never what is compiled or tested.
 """
 

@@ -72,7 +72,7 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
     vector, matrix, stack = (numba.types.Array(numba.float64, d, "A", readonly=True) for d in (1, 2, 3))
     vector_out, matrix_out = numba.types.Array(numba.float64, 1, "C"), numba.types.Array(numba.float64, 2, "C")
     estimate = (stack, matrix, vector, vector, vector, matrix, stack, i64, f64, f64, numba.boolean, f64, f64, i64)
-    estimate += (f64, f64, matrix_out, vector_out, vector_out, flag)
+    estimate += (f64, f64, vector_out, vector_out, vector_out, flag)
     sizes, nodes = numba.types.Array(numba.int64, 1, "A", readonly=True), numba.types.Array(numba.boolean, 1, "A")
     solve = (stack, matrix, matrix, matrix, vector, vector, matrix, matrix, sizes, matrix, nodes, f64, f64, f64)
     solve += (matrix_out, vector_out, matrix_out, matrix_out, flag)
@@ -97,13 +97,14 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
         iterations,
         max_reflection,
         refit_ratio,
-        r_lag,
+        ols_rss,
         phi,
         tss,
         flag,
     ):  # pragma: no cover - compiled
-        """For each voxel j of a block: the OLS residuals' lagged products ``r_lag[:, j]`` (2,) from the sums,
-        the total sum of squares ``tss`` and the AR(1) estimate ``phi`` as ``ARBlock.estimate``.
+        """For each voxel j of a block: the OLS residuals' lagged products from the sums (the lag-0 one is the OLS
+        RSS, ``ols_rss[j]``), the total sum of squares ``tss`` and the AR(1) estimate ``phi`` as
+        ``ARBlock.estimate``.
 
         The sums: ``rotated`` (2, r, v) = U'(S_k Q)'y in the eigenbasis U of Q'S_1Q (eigenvalues ``eig``), so
         that ``c'Q'Qc = |U'c|^2`` and ``c'Q'S_1Qc = sum eig (U'c)^2``; ``s`` (2, v) = sum y_t y_t+k, ``total``
@@ -128,8 +129,7 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
         for j in range(v):
             e0 = s[0, j] - fitted0[j]
             e1 = 0.5 * (2.0 * s[1, j] + fitted1[j])
-            r_lag[0, j] = e0
-            r_lag[1, j] = e1
+            ols_rss[j] = e0
             mu = shift[j]
             raw_yy = s[0, j] + 2.0 * mu * total[j] + n * mu * mu
             tss[j] = s[0, j] - total[j] * total[j] / n if has_intercept else raw_yy

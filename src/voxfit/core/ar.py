@@ -1042,11 +1042,11 @@ def _fit_ar1_compiled(block: ARBlock, sums: LaggedSums, weights: list[NDArray], 
     B0, sizes = _stacked(wqs) if wqs else (np.zeros((r, 0)), [])
     shift = np.zeros(v) if sums.shift is None else sums.shift
     rotated = np.matmul(block.U.T, sums.lagged)  # (2, r, v)
-    r_lag, phi, tss, flag = np.empty((2, v)), np.empty(v), np.empty(v), np.zeros(v, dtype=bool)
+    ols_rss, phi, tss, flag = np.empty(v), np.empty(v), np.empty(v), np.zeros(v, dtype=bool)
     constants = (block.eig, block.M_inv, block._ar1_tail_table(), block.beyond.shape[1] + 1)
     constants += (float(design.n_scans), float(block.nu), design.has_intercept, AR1_TABLE_SPAN, AR1_TABLE_STEP)
     constants += (AR_ITERATIONS, MAX_REFLECTION, REFIT_RATIO[np.dtype(np.float64)])
-    ar1_estimate(rotated, sums.s, sums.total, shift, constants, (r_lag, phi, tss, flag))
+    ar1_estimate(rotated, sums.s, sums.total, shift, constants, (ols_rss, phi, tss, flag))
     if wqs:
         _, inside, i = _table_nodes(phi)
         table = _ar1_table(block, B0, sizes, i[inside & ~flag])
@@ -1066,7 +1066,7 @@ def _fit_ar1_compiled(block: ARBlock, sums: LaggedSums, weights: list[NDArray], 
         covariance = cov[at : at + q * q].T.reshape(v, q, q) * terms[2 * c][:, None, None]
         contrasts.append((w @ betas, covariance, terms[2 * c + 1]))
         at += q * q
-    fit = ARBlockFit(betas, rss, phi[:, None], contrasts, r_lag[0], tss, np.zeros(0, dtype=np.intp))
+    fit = ARBlockFit(betas, rss, phi[:, None], contrasts, ols_rss, tss, np.zeros(0, dtype=np.intp))
     idx = np.flatnonzero(flag)
     if not idx.size:
         return fit

@@ -5,9 +5,10 @@ ISA-L (package ``isal``, a dependency of voxfit) decompressed NIfTI files 1.7x f
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 
-__all__ = ["open_gzip", "GZIP_BACKEND"]
+__all__ = ["GZIP_BACKEND", "STREAM_CHUNK", "open_gzip", "open_gzip_stream"]
 
 try:
     from isal import igzip as _fast
@@ -28,3 +29,31 @@ def open_gzip(path, mode: str = "rb", compresslevel: int = 1):
     if "w" in mode:
         return _fast.open(path, mode, compresslevel=compresslevel)
     return _fast.open(path, mode)
+
+
+try:  # ISA-L's reader in C (python-isal >= 1.6), which decompresses into the caller's buffer
+    from isal.isal_zlib import _GzipReader
+except ImportError:  # pragma: no cover - other backends
+    _GzipReader = None
+
+# What one readinto call of open_gzip_stream's reader should ask for: a slab of scans at once from ISA-L's C
+# reader (into the caller's buffer, no allocation); 1 MiB from the others, which decompress each call into a
+# new bytes object (larger calls cost page faults for a fresh allocation every time: 1.2x slower at 40 MiB).
+STREAM_CHUNK = 1 << 30 if _GzipReader is not None else 1 << 20
+_STREAM_INPUT = 8 << 20  # compressed bytes the C reader takes in at a time
+
+
+@contextlib.contextmanager
+def open_gzip_stream(path):
+    """A reader of a gzip file's data, front to back, for large ``readinto`` calls (see :data:`STREAM_CHUNK`),
+    that takes the GIL as rarely as it can: ISA-L's C reader with an 8 MiB input buffer, which releases the GIL
+    while it decompresses and takes it back to read more input or return. Beside a thread running Python code
+    (imports, numba loading) each retake waits up to the interpreter's switch interval (5 ms); with ISA-L's
+    default 512 KiB buffer and 1 MiB calls that came every ~190 KiB of output, and a 722 MiB run decompressed in
+    14.7 s instead of 1.1 s; with this one, 2.0 s (1.1 s alone, as before)."""
+    if _GzipReader is None:  # pragma: no cover - other backends
+        with open_gzip(path) as fh:
+            yield fh
+        return
+    with open(path, "rb") as raw:
+        yield _GzipReader(raw, _STREAM_INPUT)

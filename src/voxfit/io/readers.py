@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from .._array import type_name, working_dtype
 from .._memory import check_memory
 from ..exceptions import InputError
-from ._gzip import open_gzip
+from ._gzip import STREAM_CHUNK, open_gzip_stream
 from .checks import check_readable
 from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
 from .memory import MemoryInput, check_data, is_image, memory_input
@@ -160,6 +160,7 @@ def _scale(proxy) -> tuple[float, float] | None:
 
 
 READ_CHUNK = 1 << 20  # bytes per read call (see _read_into)
+GZIP_DRAIN_CHUNKS = 64  # of READ_CHUNK: how far a gzip stream longer than its header says is read on for its CRC
 
 # Deflate expands at most 1032:1 (258 bytes from a 2-bit code, plus block overhead; Mark Adler, zlib FAQ), so a
 # gzip file of n bytes holds at most ~1032 n bytes of data, whatever its header says; a margin for small files.
@@ -387,7 +388,7 @@ class NiftiReader:
 
         def produce():
             try:
-                with open_gzip(self._image_file) as fh:
+                with open_gzip_stream(self._image_file) as fh:
                     skip = np.empty(min(self._offset, READ_CHUNK), dtype=np.uint8)
                     for done in range(0, self._offset, READ_CHUNK):  # (a header's offset: skipped, never allocated)
                         _read_into(fh, skip[: min(READ_CHUNK, self._offset - done)], self._image_file)
@@ -395,9 +396,12 @@ class NiftiReader:
                         buf = free.get()
                         if stop.is_set():
                             return
-                        _read_into(fh, buf[:count], self._image_file)
+                        _read_into(fh, buf[:count], self._image_file, STREAM_CHUNK)
                         full.put((start, buf, count))
                     if fh.read(1):  # (reading on to the end also checks the gzip trailer: CRC and length)
+                        for _ in range(GZIP_DRAIN_CHUNKS):  # a corrupt stream says so at its trailer: read on
+                            if not fh.read(READ_CHUNK):
+                                break
                         raise InputError(
                             f"{self._image_file}: the gzip stream holds more data than the header "
                             f"describes ({self._offset + self._data_bytes:,} bytes); the header is wrong "
@@ -432,14 +436,14 @@ class NiftiReader:
             thread.join()
 
 
-def _read_into(fh, out: NDArray, path: Path) -> None:
-    """Fill `out` from `fh`, 1 MiB a call: gzip readers decompress each call into a new bytes object and copy
-    it, so larger calls cost page faults for a fresh allocation every time (1.2x slower at 40 MiB a call)
-    and hold a second copy of the slab."""
+def _read_into(fh, out: NDArray, path: Path, chunk: int = READ_CHUNK) -> None:
+    """Fill `out` from `fh`, `chunk` bytes a call (1 MiB by default: gzip readers in Python decompress each call
+    into a new bytes object and copy it, so larger calls cost page faults for a fresh allocation every time,
+    1.2x slower at 40 MiB a call, and hold a second copy of the slab; see ``_gzip.STREAM_CHUNK``)."""
     view = memoryview(out.reshape(-1).view(np.uint8))
     got = 0
     while got < len(view):
-        n = fh.readinto(view[got : got + READ_CHUNK])
+        n = fh.readinto(view[got : got + chunk])
         if not n:
             raise InputError(f"{path}: file is truncated (the data end {len(view) - got} bytes early).")
         got += n

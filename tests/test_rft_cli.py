@@ -103,6 +103,48 @@ def test_fit_with_rft_end_to_end(tmp_path, rng, capsys):
     assert "contrast-a_desc-rft_table.tsv" in page and "FWHM =" in page and "resels" in page
 
 
+@pytest.mark.parametrize("noise", ["ols", "ar1"])
+def test_fit_with_a_mask_gathers_the_sums_while_reading(tmp_path, rng, capsys, monkeypatch, noise):
+    """voxfit fit --inference rft --mask: the command line's read (started before the models import) hands its
+    scans to the neighbour sums; none are taken after the fit, and the smoothness equals that of the residuals
+    (AR models: the OLS residuals) of the data as read."""
+    from voxfit.inference.rft import estimate_smoothness, gradient_products
+    from voxfit.models import glm
+    from voxfit.models._routing import ScanObserver
+
+    data, X = smooth_volume(rng, shape=(11, 10, 9), n=40)
+    bold, mask_path = tmp_path / "bold.nii.gz", tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), bold)
+    mask = data[..., 0] > 50
+    mask[5, 5, 4] = False  # a hole
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), AFFINE), mask_path)
+    design = tmp_path / "design.tsv"
+    pd.DataFrame(X, columns=["a", "b", "const"]).to_csv(design, sep="\t", index=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the neighbour sums were taken after the fit")
+
+    monkeypatch.setattr(glm, "_neighbour_sums", refuse)
+    seen = []
+    call = ScanObserver.__call__
+    monkeypatch.setattr(ScanObserver, "__call__", lambda self, out, stop: seen.append(stop) or call(self, out, stop))
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys,
+        *("fit", bold, "--design", design, "--contrast", "a=a", "--mask", mask_path, "--noise", noise),
+        *("--inference", "rft", "--quiet", "-o", out),
+    )
+    assert code == 0, err
+    assert seen and seen[-1] == X.shape[0]  # the read's scans, handed on (or left to finish if it ended first)
+    Y = data.reshape(-1, data.shape[3], order="F")[mask.ravel(order="F")].T.astype(np.float64)
+    E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
+    voxel_size = np.sqrt((AFFINE[:3, :3] ** 2).sum(axis=0))
+    want = estimate_smoothness(gradient_products(E, mask), mask, voxel_size, n=X.shape[0], dof=X.shape[0] - 3)
+    got = json.loads((out / "model.json").read_text())["inference"]["smoothness"]
+    npt.assert_allclose(got["fwhm_voxels"], want.fwhm, rtol=1e-10)
+    npt.assert_allclose(got["resels"], want.resels, rtol=1e-10)
+
+
 def test_group_with_rft_end_to_end(tmp_path, rng, capsys):
     """voxfit group --inference rft on one map per subject: T field with the group's dof, the same outputs."""
     data, _ = smooth_volume(rng, n=12)

@@ -96,6 +96,58 @@ def test_streamed_neighbour_sums_equal_the_kept_residuals(tmp_path, rng, order, 
     assert_sums_equal(res.neighbour_sums, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("constant", [True, False])
+def test_sums_observed_during_a_read_equal_the_kept_residuals(rng, monkeypatch, dtype, constant):
+    """``GridProducts.observe`` as a read calls it (scan by scan into the array being filled): scans wait while
+    the kernels are not loaded, then are added in batches on a side thread, the rest by ``finish``; every voxel's
+    values about its first scan, with or without the constant in the design (then the shift enters the
+    residuals' sums: ``residual_products``), next to holes and on the grid's edges."""
+    from voxfit.engine import smoothness
+
+    data, X = smooth_run(rng, shape=(7, 6, 5), n=45)
+    if not constant:
+        X = X[:, :2]
+    mask3d = rng.random(data.shape[:3]) > 0.2
+    Y = data.reshape(-1, data.shape[3], order="F")[mask3d.ravel(order="F")].T.astype(dtype)
+    basis = factorize(X).basis
+    ready = smoothness._READY
+    smoothness.warm_kernels()
+    monkeypatch.setattr(smoothness, "_READY", __import__("threading").Event())  # not loaded yet
+    grid = smoothness.GridProducts(mask3d.shape, True, mask3d.ravel(order="F"), basis)
+    out = np.zeros_like(Y)
+    added = []
+    add = grid.add
+    monkeypatch.setattr(grid, "add", lambda values: added.append(len(values)) or add(values))
+    for t in range(Y.shape[0]):
+        out[t] = Y[t]
+        if t == 20:
+            smoothness._READY.set()  # loaded: the waiting scans go at the next call
+        grid.observe(out, t + 1)
+        if grid._task is not None and t in (20, 35):
+            grid._task.result()  # (the side thread, caught up, at two points of the read)
+    got = grid.finish(out)
+    assert ready.is_set() and sum(added) == Y.shape[0] and added[0] == 21 and len(added) > 2
+    E = Y.astype(np.float64) - X @ np.linalg.lstsq(X, Y.astype(np.float64), rcond=None)[0]
+    assert_sums_equal(got, brute_neighbour_sums(E, mask3d))
+
+
+def test_sums_of_a_read_finish_alone_when_the_kernels_never_load(rng, monkeypatch):
+    """No warm-up thread: every scan waits in the array and ``finish`` adds them (loading the kernels itself)."""
+    from voxfit.engine import smoothness
+
+    data, X = smooth_run(rng, shape=(5, 4, 6), n=30)
+    mask3d = np.ones(data.shape[:3], dtype=bool)
+    Y = data.reshape(-1, data.shape[3], order="F").T
+    monkeypatch.setattr(smoothness, "_READY", __import__("threading").Event())
+    grid = smoothness.GridProducts(mask3d.shape, True, mask3d.ravel(order="F"), factorize(X).basis)
+    for t in range(Y.shape[0]):
+        grid.observe(Y, t + 1)
+    assert grid.n_scans == 0
+    E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
+    assert_sums_equal(grid.finish(Y), brute_neighbour_sums(E, mask3d))
+
+
 @pytest.mark.parametrize("noise", ["ols", "ar1", "ar1-global"])
 def test_fit_routes_collect_the_residuals_they_state(rng, noise):
     """In memory: OLS its residuals, AR(p) the OLS residuals, ar1-global the whitened ones (W y less its fit)."""

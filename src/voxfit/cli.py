@@ -1085,7 +1085,7 @@ def _run_fit(args, argv, progress) -> int:
         _warn_out_of_order(args.inputs)
     from ._execution import Execution
     from .io import load, open_reader
-    from .models._routing import MEMORY, choose_route, first_level_needs
+    from .models._routing import MEMORY, ScanObserver, choose_route, first_level_needs, noise_order, read_gathers_sums
 
     execution = Execution(args.max_memory, args.n_jobs, args.scheduler, args.device, progress)
     reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
@@ -1094,9 +1094,19 @@ def _run_fit(args, argv, progress) -> int:
     threshold = "auto" if args.mask_threshold is None else args.mask_threshold
     loading = None
     if route.kind == MEMORY:
-        scan_globals = args.scaling == "global"
+        rft = args.inference == "rft" and args.mask is not None
+        if rft and read_gathers_sums(rft, args.mask, args.scaling, noise_order(args.noise), route, args.scheduler):
+            from dataclasses import replace
+
+            route = replace(route, observer=ScanObserver())  # RFT's sums of the data, gathered as they are read
         loading = _in_thread(
-            load, reader, args.mask, mask_threshold=threshold, progress=progress, scan_globals=scan_globals
+            load,
+            reader,
+            args.mask,
+            mask_threshold=threshold,
+            progress=progress,
+            scan_globals=args.scaling == "global",
+            observe=route.observer,
         )
     design = _make_design(args, reader.n_scans)[0] if args.events else args.design[0]
     from .models import fit_images

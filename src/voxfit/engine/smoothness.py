@@ -27,6 +27,7 @@ the smoothness measures).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._dask import run_tasks
-from .._threads import resolve_workers, run_in_threads
+from .._threads import DaemonExecutor, resolve_workers, run_in_threads
 
 if TYPE_CHECKING:  # voxfit.inference.rft imports scipy.stats: loaded when sums are made, not with the engine
     from ..inference.rft import NeighbourSums
@@ -43,6 +44,10 @@ __all__ = ["GridProducts", "neighbour_sums", "spans_constant", "warm_kernels"]
 
 DENSE_BYTES = 4 << 20  # a chunk of dense float64 scans of a slab (in L2 as the products read it back: 16 MiB cost 1.5x)
 SLAB_POSITIONS = 16384  # dense positions of a slab (whole planes): a task
+READ_BATCH = 16  # scans gathered during a read before their sums are added (each addition visits every slab)
+
+_READY = threading.Event()  # set once warm_kernels has loaded the compiled kernels in this process
+_LOCAL = threading.local()  # each thread's dense buffer, reused from slab to slab
 
 
 def spans_constant(basis: NDArray, whitening: NDArray | None = None) -> bool:
@@ -104,8 +109,8 @@ def _layout(mask: NDArray[np.bool_]) -> _Layout:
 @dataclass(frozen=True, eq=False)
 class _Problem:
     """What every slab needs (sent once to each Dask worker): the layout, the basis (n, r) of the design's
-    column space (whitened for ar1-global), the whitening (n, n) or None, and the shift: True (each voxel's
-    first scan), False (none) or each voxel's value (V,)."""
+    column space (whitened for ar1-global; r may be 0: no projections), the whitening (n, n) or None, and the
+    shift: True (each voxel's first scan), False (none) or each voxel's value (V,)."""
 
     layout: _Layout
     basis: NDArray[np.float64]
@@ -115,12 +120,22 @@ class _Problem:
 
 def _slab(shared, z0: int, z1: int):
     """(data sums (voxels, 8), projections (r, voxels)) at the voxels of planes z0 .. z1 - 1 of the layout (a
-    task: `shared` is the problem and the data, an array in memory or a column source on a worker). The scans
-    are scattered, a chunk at a time, into a dense float64 block of the slab's planes and the next (zeros
-    outside the mask), whose products and projections the kernel adds up."""
+    task: `shared` is the problem and the data, an array in memory or a column source on a worker)."""
+    problem, Y = shared
+    lay = problem.layout
+    planes = lay.starts.size - 1
+    a, own_end = (int(lay.starts[min(z, planes)]) for z in (z0, z1))
+    sums, C = np.zeros((own_end - a, 8)), np.zeros((problem.basis.shape[1], own_end - a))
+    _add_slab(problem, Y, z0, z1, sums, C)
+    return sums, C
+
+
+def _add_slab(problem: _Problem, Y, z0: int, z1: int, sums, C) -> None:
+    """Add the data's sums and projections at the voxels of planes z0 .. z1 - 1 to `sums` (their voxels, 8) and
+    `C` (r, their voxels). The scans are scattered, a chunk at a time, into a dense float64 block of the slab's
+    planes and the next, whose products and projections the kernel adds up."""
     from ._smoothness_numba import add_neighbour_products, scatter_scans
 
-    problem, Y = shared
     lay = problem.layout
     planes = lay.starts.size - 1
     a, own_end, b = (int(lay.starts[min(z, planes)]) for z in (z0, z1, z1 + 1))
@@ -142,18 +157,25 @@ def _slab(shared, z0: int, z1: int):
     lo, hi = np.searchsorted(lay.rep_dst, [base, base + own + lay.sz])
     rep_src, rep_dst = lay.rep_src[lo:hi], lay.rep_dst[lo:hi]
     r0, r1 = np.searchsorted(lay.runs, [a, b])  # (a and b start planes, so runs)
-    n, r = block.shape[0], problem.basis.shape[1]
-    sums = np.zeros((own_end - a, 8))
-    C = np.zeros((r, own_end - a))
+    n = block.shape[0]
     step = max(4, DENSE_BYTES // (8 * width) // 4 * 4)  # whole groups of four scans (the kernel's unrolling)
-    D = np.zeros((min(step, n), width))
+    D = _dense(min(step, n), width)
     for t0 in range(0, n, step):
         t1 = min(t0 + step, n)
         scatter_scans(block, col0, t0, t1, lay.runs, r0, r1, shift, lay.pos, rep_src, rep_dst, base, D)
         add_neighbour_products(
             D[: t1 - t0], problem.basis[t0:t1], own, lay.sx, lay.sz, a, own_end, lay.pos, base, sums, C
         )
-    return sums, C
+
+
+def _dense(rows: int, width: int) -> NDArray[np.float64]:
+    """This thread's dense buffer of at least (rows, width), as a C-contiguous (rows, width) view: reused, as a
+    fresh one costs its page faults at every slab. Its values outside the mask are whatever an earlier slab left
+    (finite data or 0), which reach only the sums of neighbours outside the mask (see the kernel)."""
+    held = getattr(_LOCAL, "dense", None)
+    if held is None or held.size < rows * width:
+        held = _LOCAL.dense = np.zeros(max(rows * width, DENSE_BYTES // 8))
+    return held[: rows * width].reshape(rows, width)
 
 
 def _slabs(layout: _Layout) -> list[tuple[int, int]]:
@@ -165,39 +187,44 @@ def _slabs(layout: _Layout) -> list[tuple[int, int]]:
 
 def _data_sums(problem: _Problem, Y, n_jobs: int = 1, scheduler=None):
     """The data's sums (V, 8) and projections (r, V) over all slabs."""
-    calls = _slabs(problem.layout)
+    V, r = problem.layout.pos.size, problem.basis.shape[1]
     if scheduler is not None and getattr(Y, "worker_reads", False):
-        parts = run_tasks(scheduler, _slab, (problem, Y), calls)
-    else:
-        parts = run_in_threads(lambda call: _slab((problem, Y), *call), calls, resolve_workers(n_jobs))
-    V = problem.layout.pos.size
-    if not parts:
-        return np.zeros((V, 8)), np.zeros((problem.basis.shape[1], V))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=1)
+        parts = run_tasks(scheduler, _slab, (problem, Y), _slabs(problem.layout))
+        if not parts:
+            return np.zeros((V, 8)), np.zeros((r, V))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=1)
+    S, C = np.zeros((V, 8)), np.zeros((r, V))
+    _add_data_sums(problem, Y, S, C, n_jobs)
+    return S, C
 
 
-def _residual_sums(S, C, basis, nb, n_maps: int) -> NeighbourSums:
-    """The residuals' NeighbourSums from the data's sums `S` (V, 8) and projections `C` (r, V):
-    ``e_a . e_b = d_a . d_b - (Q' d_a) . (Q' d_b)`` and ``Σ e = Σ d - (Q' 1) . (Q' d)``."""
+def _add_data_sums(problem: _Problem, Y, S, C, n_jobs: int = 1) -> None:
+    """Add the data's sums over all slabs to `S` (V, 8) and projections to `C` (r, V), on `n_jobs` threads
+    (each slab adds to its own voxels)."""
+    starts, planes = problem.layout.starts, problem.layout.starts.size - 1
+
+    def run(call):
+        a, b = (int(starts[min(z, planes)]) for z in call)
+        _add_slab(problem, Y, *call, S[a:b], C[:, a:b])
+
+    run_in_threads(run, _slabs(problem.layout), resolve_workers(n_jobs))
+
+
+def _residual_sums(S, C, basis, nb, n_maps: int, shift=None) -> NeighbourSums:
+    """The residuals' NeighbourSums from the data's sums `S` (V, 8) and projections `C` (r, V) about each voxel's
+    `shift` (V,; None: none), on the design whose column space has the orthonormal `basis` (n, r) (see
+    ``_smoothness_numba.residual_products``)."""
     from ..inference.rft import NeighbourSums
+    from ._smoothness_numba import residual_products
 
-    inside = nb >= 0
-    safe = np.where(inside, nb, 0)
-    near = [C[:, safe[:, a]] for a in range(3)]
-    rss = S[:, 0] - np.einsum("rv,rv->v", C, C)
-    total = S[:, 1] - basis.sum(axis=0) @ C
-    cross = np.empty((S.shape[0], 6))
-    for col, (u, w, ok) in enumerate(
-        (
-            (C, near[0], inside[:, 0]),
-            (C, near[1], inside[:, 1]),
-            (C, near[2], inside[:, 2]),
-            (near[0], near[1], inside[:, 0] & inside[:, 1]),
-            (near[0], near[2], inside[:, 0] & inside[:, 2]),
-            (near[1], near[2], inside[:, 1] & inside[:, 2]),
-        )
-    ):
-        cross[:, col] = np.where(ok, S[:, 2 + col] - np.einsum("rv,rv->v", u, w), 0.0)
+    V = S.shape[0]
+    q = basis.sum(axis=0)
+    shifted = shift is not None and not spans_constant(basis)
+    ones = max(basis.shape[0] - float(q @ q), 0.0) if shifted else 0.0
+    shift = np.zeros(V) if shift is None else np.ascontiguousarray(shift, dtype=np.float64)
+    rss, total, cross = np.empty(V), np.empty(V), np.empty((V, 6))
+    C = np.ascontiguousarray(C, dtype=np.float64)
+    residual_products(np.ascontiguousarray(S), C, np.ascontiguousarray(nb), q, shift, ones, rss, total, cross)
     return NeighbourSums(rss, total, cross, int(n_maps))
 
 
@@ -218,22 +245,34 @@ def neighbour_sums(Y, basis, mask, *, whitening=None, n_jobs: int | None = 1, sc
 
 
 def warm_kernels(dtype=np.float32) -> None:
-    """Import numba and load the compiled kernels for data of `dtype` (~0.55 s of CPU once per process: more than
-    the sums of a whole-brain run), by sums over a tiny grid; e.g. in a thread while the data are read."""
+    """Import numba and load the compiled kernels for data of `dtype` (~0.3 s of CPU once per process, most of it
+    holding the GIL), by sums over a tiny grid; e.g. in a thread while the data are read. Then
+    :meth:`GridProducts.observe` adds the scans read so far."""
     neighbour_sums(np.zeros((4, 8), dtype=dtype), np.full((4, 1), 0.5), np.ones((2, 2, 2), dtype=bool))
+    _READY.set()
 
 
 class GridProducts:
-    """The data's neighbour sums on the streamed route (the mask is decided only at the end of the pass),
-    accumulated over slabs of whole-volume scans at the pass's candidate voxels (a superset of the voxels with
-    sums: the others' residual sums are NaN whatever their data), each voxel's values taken about its first
-    scan's when the design spans the constant (the residuals do not change; the sums keep their digits)."""
+    """The data's neighbour sums accumulated over slabs of scans as they are read, at candidate voxels (a flat
+    boolean over the grid's elements in x-fastest order):
 
-    def __init__(self, shape, shift: bool):
+    - on the streamed route, the pass's candidates (a superset of the voxels with sums: the others' residual sums
+      are NaN whatever their data), slab by slab with :meth:`add`; the pass sums the projections itself;
+    - for a run read into memory with an explicit mask, its voxels, from the read's :meth:`observe` calls and
+      :meth:`finish`, with the projections ``Q'(y - shift)`` on the design's `basis` Q (n, r).
+
+    Each voxel's values are taken about its first scan's (`shift`; on the streamed route only when the design
+    spans the constant, as the pass's own sums): the sums keep their digits, and the residuals' follow from them
+    (``_smoothness_numba.residual_products``)."""
+
+    def __init__(self, shape, shift: bool, candidates=None, basis=None):
         self.shape = tuple(int(s) for s in shape)
         self.shift_allowed = shift
-        self.layout = self.elements = self.sums = self.shift = None
+        self.candidates = candidates
+        self.basis = None if basis is None else np.array(basis, dtype=np.float64, order="C")
+        self.layout = self.elements = self.sums = self.shift = self.projections = None
         self.n_scans = 0
+        self._stop, self._task = 0, None  # scans read (observe), and the side thread adding them
 
     @staticmethod
     def bytes(shape) -> int:
@@ -241,31 +280,66 @@ class GridProducts:
         return (8 * 8 + 8 * 8) * int(np.prod(shape)) + DENSE_BYTES
 
     def add(self, values, candidates=None) -> None:
-        """Add a slab of k scans, (k, candidates) at the `candidates` (a flat boolean over the grid's elements
-        in x-fastest order, the same at every slab; None: all of them)."""
+        """Add a slab of k scans, (k, candidates) at the `candidates` (the same at every slab; None: those given
+        to the constructor, or all of the grid's elements)."""
         values = np.ascontiguousarray(values)
+        k = values.shape[0]
         if self.layout is None:
-            keep = np.ones(int(np.prod(self.shape)), dtype=bool) if candidates is None else np.asarray(candidates)
+            keep = self.candidates if candidates is None else candidates
+            keep = np.ones(int(np.prod(self.shape)), dtype=bool) if keep is None else np.asarray(keep)
             self.elements = np.flatnonzero(keep)
             self.layout = _layout(keep.reshape(self.shape, order="F"))
             self.sums = np.zeros((self.elements.size, 8))
+            r = 0 if self.basis is None else self.basis.shape[1]
+            self.projections = np.zeros((r, self.elements.size))
             first = np.asarray(values[0], dtype=np.float64)
             self.shift = first.copy() if self.shift_allowed else np.zeros(first.size)
-        problem = _Problem(self.layout, np.zeros((values.shape[0], 0)), None, self.shift)
+        rows = np.zeros((k, 0)) if self.basis is None else self.basis[self.n_scans : self.n_scans + k]
         with np.errstate(invalid="ignore", over="ignore"):
-            self.sums += _data_sums(problem, values)[0]
-        self.n_scans += values.shape[0]
+            _add_data_sums(_Problem(self.layout, rows, None, self.shift), values, self.sums, self.projections)
+        self.n_scans += k
+
+    def observe(self, out, stop: int) -> None:
+        """During a read into `out` (n, candidates), whose first `stop` scans are read: the scans not yet added
+        are added on a side thread (so that the read never waits for them), once :data:`READ_BATCH` of them wait
+        (or the read is complete) and the kernels are loaded (:func:`warm_kernels`, in a thread); until then they
+        wait in `out`, for a later call or :meth:`finish`. The compiled sums release the GIL."""
+        self._stop = stop
+        if _READY.is_set() and (self._task is None or self._task.done()):
+            self._task = DaemonExecutor(aside=True).submit(self._catch_up, out)
+
+    def _catch_up(self, out) -> None:
+        while _READY.is_set():
+            stop = self._stop
+            waiting = stop - self.n_scans
+            if waiting <= 0 or (waiting < READ_BATCH and stop < out.shape[0]):
+                return
+            self.add(out[self.n_scans : stop])
+
+    def finish(self, data) -> NeighbourSums:
+        """After the read into `data` (n, candidates): add the scans not yet added (waiting for the side thread
+        first); the residuals' sums at the candidates (see :meth:`residual_sums`)."""
+        if self._task is not None:
+            self._task.result()
+        if self.n_scans < data.shape[0]:
+            self.add(data[self.n_scans :])
+        return self.residual_sums(self.candidates, self.projections, self.basis)
 
     def residual_sums(self, mask, projections, basis) -> NeighbourSums:
         """The residuals' NeighbourSums at the voxels of `mask` (flat, x-fastest), from these data sums and
-        `projections` (r, V): ``Q' y`` of each mask voxel about the same shift, as the streamed fit summed them
-        (NaN at voxels without sums), with `basis` Q (n, r). Mask voxels that were not candidates get NaN."""
+        `projections` (r, V): ``Q'(y - shift)`` of each mask voxel (NaN at voxels without sums), with `basis` Q
+        (n, r). Mask voxels that were not candidates get NaN."""
         from ..inference.rft import neighbour_index
 
         mask = np.asarray(mask, dtype=bool).reshape(self.shape, order="F")
         flat = np.flatnonzero(mask.ravel(order="F"))
+        C = np.asarray(projections, dtype=np.float64)
+        if np.array_equal(flat, self.elements):  # the candidates themselves (a run read with its mask)
+            return _residual_sums(self.sums, C, basis, self.layout.nb, self.n_scans, self.shift)
         where = np.minimum(np.searchsorted(self.elements, flat), max(self.elements.size - 1, 0))
         found = self.elements[where] == flat if self.elements.size else np.zeros(flat.size, dtype=bool)
         S = np.full((flat.size, 8), np.nan)
         S[found] = self.sums[where[found]]
-        return _residual_sums(S, np.asarray(projections, dtype=np.float64), basis, neighbour_index(mask), self.n_scans)
+        shift = np.full(flat.size, np.nan)
+        shift[found] = self.shift[where[found]]
+        return _residual_sums(S, C, basis, neighbour_index(mask), self.n_scans, shift)

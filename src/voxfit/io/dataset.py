@@ -106,8 +106,9 @@ def load(
     name : str
         The argument's name in error messages (callers pass their own: ``inputs``, ``bold``).
     observe : callable, optional
-        With an explicit `mask`: called with each slab of scans as it is read, (k, n_voxels) in the raw dtype,
-        in order (sums gathered during the read, e.g. ``voxfit.engine.smoothness.GridProducts.add``).
+        With an explicit `mask`: called after each slab of scans is read, ``observe(out, stop)``: the
+        (n_scans, n_voxels) array being filled, in the raw dtype, and the number of scans read into it so far
+        (sums gathered during the read, e.g. ``voxfit.engine.smoothness.GridProducts.observe``).
     """
     held = _PRELOADED.get()
     key = _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name)

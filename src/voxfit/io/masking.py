@@ -120,8 +120,8 @@ def check_mask(mask, name: str = "mask") -> None:
 
 def gather(reader, index: NDArray[np.intp], progress: bool | None = None, globals_=None, observe=None) -> NDArray:
     """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass
-    (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, and each slab of gathered scans,
-    in order, to ``observe(values)``, when given)."""
+    (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, and, after each slab, the array
+    being filled and the number of scans in it so far to ``observe(out, stop)``, when given)."""
     _check_gathered(reader, index.size)
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
     bar = Progress("reading", reader.n_scans, enabled=progress)
@@ -130,7 +130,7 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
             globals_.add(start, block)
         _take_columns(block, index, out[start : start + block.shape[0]])
         if observe is not None:
-            observe(out[start : start + block.shape[0]])
+            observe(out, start + block.shape[0])
         bar.update(start + block.shape[0])
     bar.close()
     return out

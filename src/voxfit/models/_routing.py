@@ -25,6 +25,7 @@ __all__ = [
     "WORKERS",
     "Needs",
     "Route",
+    "ScanObserver",
     "choose_route",
     "first_level_needs",
     "noise_order",
@@ -59,6 +60,45 @@ class Route:
     kind: str
     reader: object = None
     reason: str = ""
+    observer: ScanObserver | None = None  # the read's (started by the command line): see ScanObserver
+
+
+class ScanObserver:
+    """What a read started early (the command line's, while the numerical modules import) has gathered so far,
+    handed to the consumer attached later: ``voxfit.io.load(observe=...)`` calls it with the array being filled
+    and the number of scans in it, and the consumer's ``observe`` (``voxfit.engine.smoothness.GridProducts``:
+    the residuals' neighbour sums for RFT) sees every call from its attachment on, so the scans read before it
+    in the first of them (or, when the read was over first, in its ``finish``)."""
+
+    def __init__(self):
+        self.consumer = None
+
+    def attach(self, consumer) -> None:
+        self.consumer = consumer
+
+    def __call__(self, out, stop: int) -> None:
+        consumer = self.consumer
+        if consumer is not None:
+            consumer.observe(out, stop)
+
+
+def read_gathers_sums(rft: bool, mask, scaling: str, order: int, route: Route, scheduler) -> bool:
+    """Whether RFT's neighbour sums of the data are gathered while they are read (then only the residuals'
+    follow the fit): with an explicit mask (the automatic one is decided after the read), for OLS or AR(p)
+    (noise `order` >= 0, see :func:`noise_order`: the residuals on the design's own basis, not on a pooled
+    whitening's or a per-voxel model's), on unscaled data read into this
+    process (scaling needs every value first; a Dask cluster reads its own)."""
+    reader = route.reader
+    return bool(
+        rft
+        and mask is not None
+        and scaling == "none"
+        and order >= 0
+        and scheduler is None
+        and route.kind == MEMORY
+        and reader is not None
+        and reader.scale is None
+    )
 
 
 # The noise model of fMRI time series by default: AR(p) per voxel, p = n_scans // SCANS_PER_LAG from 1 to the order of

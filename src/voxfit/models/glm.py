@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 import time
@@ -24,7 +23,7 @@ from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
-from ..engine.smoothness import neighbour_sums, warm_kernels
+from ..engine.smoothness import GridProducts, neighbour_sums, warm_kernels
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
 from ..io import (
@@ -45,7 +44,16 @@ from ..io import (
     stat_maps,
     statmap_name,
 )
-from ._routing import MEMORY, STREAM, WORKERS, Route, choose_route, first_level_needs, noise_order
+from ._routing import (
+    MEMORY,
+    STREAM,
+    WORKERS,
+    Route,
+    choose_route,
+    first_level_needs,
+    noise_order,
+    read_gathers_sums,
+)
 from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
 
 __all__ = ["ImageFit", "design_matrix", "fit_images", "input_records", "parse_contrast_option"]
@@ -291,21 +299,26 @@ def fit_images(
             if scheduler is not None:  # one connection to the cluster for the mean image and the fit
                 scheduler = stack.enter_context(dask_client(scheduler))
                 execution = replace(execution, scheduler=scheduler)
-            grid = None
+            grid = _read_grid(rft, mask, scaling, model, route, scheduler)
             if dataset is None:
-                grid, loaded_mask, observe = _sums_while_reading(rft, mask, scaling, model, route, scheduler)
                 dataset = load(
                     inputs if route.reader is None else route.reader,
-                    loaded_mask,
+                    mask if grid is None else grid.candidates,
                     mask_threshold=mask_threshold,
                     progress=execution.progress,
                     n_scans=model.X.shape[0],
                     scan_globals=scaling == "global",
                     name="inputs",
-                    observe=observe,
+                    observe=None if grid is None else grid.observe,
                 )
             elif isinstance(dataset, Future):
+                if grid is not None and route.observer is not None:
+                    route.observer.attach(grid)  # the read began before this module imported
+                else:
+                    grid = None
                 dataset = dataset.result()
+            else:
+                grid = None
             check_design_rows(model.X.shape[0], dataset.n_scans)
             records = hashing.submit(input_records, dataset.paths, dataset.memory) if out is not None else None
             t_load = time.perf_counter()
@@ -326,7 +339,7 @@ def fit_images(
             if rft is None:
                 neighbours = None
             elif grid is not None:
-                neighbours = _grid_neighbour_sums(grid, model, data, dataset.masker)
+                neighbours = grid.finish(dataset.data)
             else:
                 neighbours = _neighbour_sums(model, data, noise_fit, dataset.masker, execution)
             diagnosed = _diagnose(noise, noise_fit, data, execution) if diagnostics else None
@@ -579,44 +592,18 @@ def rft_record(inferred, footers: dict[str, dict], prefix: str = "") -> dict:
     return finite_or_none(record)
 
 
-def _sums_while_reading(rft, mask, scaling: str, model: FirstLevelModel, route: Route, scheduler):
-    """For RFT on a volume read into memory with an explicit mask: the data's neighbour sums gathered slab by
-    slab during the read (``GridProducts``, on the thread that gathers, while the next scans decompress), so
-    that only the small projections are left for after the fit. Returns (grid or None, the mask to load: its
-    boolean array when the grid needs it, and the slab observer or None). Not for scaled data (the sums need
-    the values fitted), SPM's whitened residuals (every scan at once) or integer data with a scale."""
-    reader = route.reader
-    if (
-        rft is None
-        or mask is None
-        or scaling != "none"
-        or model.order < 0
-        or scheduler is not None
-        or reader is None
-        or reader.scale is not None
-        or route.kind != MEMORY
-    ):
-        return None, mask, None
-    from ..engine.smoothness import GridProducts
+def _read_grid(rft, mask, scaling: str, model: FirstLevelModel, route: Route, scheduler):
+    """For RFT when the data's neighbour sums are gathered while they are read (see
+    ``voxfit.models._routing.read_gathers_sums``): the accumulator (``GridProducts``, whose ``observe`` the read
+    calls; the sums run on the reading thread while the next scans decompress, so that only the residuals'
+    are left for after the fit), at the voxels of the explicit mask; else None."""
+    if not read_gathers_sums(rft is not None, mask, scaling, model.order, route, scheduler):
+        return None
     from ..inference.rft_fit import check_volume
 
+    reader = route.reader
     check_volume(reader.geometry)
-    mask_array = explicit_mask(mask, reader.geometry)
-    grid = GridProducts(reader.geometry.shape, model.factor.has_intercept)
-    return grid, mask_array, functools.partial(grid.add, candidates=mask_array)
-
-
-def _grid_neighbour_sums(grid, model: FirstLevelModel, data, masker: Masker):
-    """The OLS residuals' NeighbourSums from the sums gathered during the read and the projections ``Q'(y - s)``
-    (s: each voxel's shift in the grid), a block of voxels at a time in float64."""
-    basis = model.factor.basis
-    n, V = data.shape
-    projections = np.empty((basis.shape[1], V))
-    step = max(1, (8 << 20) // (8 * n))
-    for a in range(0, V, step):
-        block = np.asarray(data[:, a : a + step])
-        projections[:, a : a + step] = basis.T @ np.subtract(block, grid.shift[a : a + step], dtype=np.float64)
-    return grid.residual_sums(masker.mask, projections, basis)
+    return GridProducts(reader.geometry.shape, True, explicit_mask(mask, reader.geometry), model.factor.basis)
 
 
 def _neighbour_sums(model: FirstLevelModel, data, noise_fit: NoiseFit, masker: Masker, execution: Execution):

@@ -3,16 +3,21 @@
 SPM's ``spm_est_smoothness`` differentiates the normalised residuals of neighbouring voxels; everything it needs
 is ``voxfit.inference.rft.NeighbourSums``: per voxel, the residuals' sum of squares and sum, and the six inner
 products over the scans of the residuals of the voxel and its +x, +y, +z neighbours (``neighbour_index``). The
-residuals are never formed: with ``d = y - s`` (each voxel's data less its first scan when the design spans
-the constant, which leaves the residuals unchanged and keeps the sums' digits) and the orthonormal basis Q of
-the design's column space, ``e_a . e_b = d_a . d_b - (Q' d_a) . (Q' d_b)``. One compiled pass over the data
-(``_smoothness_numba``) adds the data's products and ``Q' d``; the small (rank x V) projections are then
-subtracted. Exact to the rounding of float64 sums (a relative error of about ``eps * |d|^2 / |e|^2``).
+residuals are never formed: with ``d = y - s`` (each voxel's data less its first scan, which keeps the sums'
+digits) and the orthonormal basis Q of the design's column space, ``e_a . e_b = d_a . d_b - (Q' d_a) . (Q' d_b)``
+when the design spans the constant (the shift then changes no residual), plus terms in the shifts and the ones'
+residual otherwise (``_smoothness_numba.residual_products``). One compiled pass over the data
+(``_smoothness_numba``) adds the data's products and ``Q' d``; a second compiled pass over the voxels forms the
+residuals' sums from them. Exact to the rounding of float64 sums (a relative error of about
+``eps * |d|^2 / |e|^2``).
 
 How each route collects them:
 
-- in memory: :func:`neighbour_sums` on the (n, V) data as stored (float32 stays float32: each value is read
-  once per scan, in the dtype it has), a slab of z-planes at a time on `n_jobs` threads;
+- read into memory with an explicit mask (``voxfit fit --mask``, ``fit_images(mask=...)``): :class:`GridProducts`
+  is handed the scans as the read gathers them (``voxfit.io.load(observe=...)``) and adds them, with their
+  projections, on a side thread while the next scans decompress; only the residuals' pass follows the fit;
+- in memory otherwise: :func:`neighbour_sums` on the (n, V) data as stored (float32 stays float32: each value is
+  read once per scan, in the dtype it has), a slab of z-planes at a time on `n_jobs` threads;
 - on Dask workers reading their own columns: the same slabs as tasks (each reads its planes and the next);
 - streamed over scans: :class:`GridProducts` adds each slab of whole-volume scans (the mask is decided only at
   the end of the pass), and :meth:`GridProducts.residual_sums` subtracts the projections the streamed fit

@@ -133,6 +133,7 @@ def test_interpreter_floor(tmp_path):
         ("small", "512M", ["--scaling", "mean"], False),  # in memory, with the scaled copy
         ("large", "320M", [], True),
         ("small", "512M", ["--inference", "rft"], False),  # random field theory: the neighbour sums too
+        ("small", "512M", ["--inference", "rft", "--mask", "MASK"], False),  # ... gathered while the run is read
         ("large", "320M", ["--inference", "rft"], True),  # ... gathered over the streamed pass
     ],
 )
@@ -140,6 +141,12 @@ def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
     path = data[which]
     n = nib.load(path).shape[3]
     design = _design(tmp_path / "design.tsv", n)
+    if "MASK" in options:  # a brain-like mask: the ellipsoid inscribed in the grid
+        img = nib.load(path)
+        grid = np.meshgrid(*(np.linspace(-1, 1, k) for k in img.shape[:3]), indexing="ij")
+        mask = tmp_path / "mask.nii"
+        nib.save(nib.Nifti1Image((sum(g**2 for g in grid) < 1).astype(np.uint8), img.affine), mask)
+        options = [str(mask) if o == "MASK" else o for o in options]
     out = tmp_path / "out"
     rc, peak, err = _voxfit(
         [

@@ -55,10 +55,15 @@ def _fits() -> None:
 
 
 def _ar() -> None:
-    """The AR fit's data pass and AR(1) kernels (explicit signatures, compiled eagerly)."""
+    """The AR fit's data pass and AR(1) kernels (explicit signatures, compiled eagerly), and ARMA(1,1)'s per-voxel
+    GLS (by a fit of a tiny block)."""
+    from voxfit.core import factorize
     from voxfit.core._ar_kernels import compile_ar_kernels
+    from voxfit.core.arma import fit_arma_block
 
     compile_ar_kernels()
+    X = np.column_stack([np.ones(16), np.arange(16.0)])
+    fit_arma_block(factorize(X), np.random.default_rng(0).standard_normal((16, 3)), [np.array([[0.0, 1.0]])])
 
 
 PARTS = {"maps": _maps, "fits": _fits, "ar": _ar}

@@ -93,7 +93,7 @@ def test_arma_spread_steps_by_cholesky_equal_the_inverse():
     """The estimation spread's steps take the criterion and tr(wq gram^-1 wq') from a Cholesky factor and
     forward substitution: equal to the inverse and log-determinant of the same Gram matrices (1e-10), for a t
     contrast and an F contrast, at models across the grid and at its clipped edges."""
-    from voxfit.core.arma import _criterion_and_variances, _gls, _spectral
+    from voxfit.core.arma import _criterion_and_variances, _gls_numpy, _spectral
 
     rng = np.random.default_rng(5)
     n, V = 80, 40
@@ -105,10 +105,42 @@ def test_arma_spread_steps_by_cholesky_equal_the_inverse():
     est[:2] = [[0.98, -0.98], [0.0, 0.0]]
     wqs = [np.array([[0.0, 1.0, 0.0]]) @ d.basis_pinv, np.eye(3)[1:] @ d.basis_pinv]
     crit, variances = _criterion_and_variances(spec, est, wqs)
-    _, _, gram_inv, crit_ref = _gls(spec, est)
+    _, _, gram_inv, crit_ref = _gls_numpy(spec, est)
     npt.assert_allclose(crit, crit_ref, rtol=1e-10)
     for c, wq in zip(variances, wqs):
         npt.assert_allclose(c, np.einsum("ai,vij,aj->v", wq, gram_inv, wq), rtol=1e-10)
+
+
+@pytest.mark.parametrize("columns", ["task", "no constant", "constant only"])
+def test_compiled_arma_gls_equals_numpy(columns):
+    """``_arma_kernels.small_gls`` (each voxel's Gram matrix from its weighted sums, the Woodbury corner,
+    Cholesky, solves, criterion) equals the numpy reference (``_gls_numpy``, ``_criterion_numpy``) to 1e-10:
+    coefficients, RSS, inverse Gram matrices, criteria and each contrast's tr(wq gram^-1 wq'), on a subset of the
+    block's voxels too; voxels whose model is not stationary (a = +-1: nothing finite) are flagged and fitted by
+    numpy, as before."""
+    from voxfit.core.arma import _criterion_and_variances, _criterion_numpy, _gls, _gls_numpy, _spectral
+
+    rng = np.random.default_rng(8)
+    n, V = 70, 30
+    X = {"task": design(n), "no constant": rng.normal(size=(n, 3)), "constant only": np.ones((n, 1))}[columns]
+    d = factorize(X)
+    Y = arma_noise(rng, n, V, 0.5, 0.2) + 50.0
+    spec = _spectral(d.basis, Y - Y.mean(axis=0) if d.has_intercept else Y)
+    est = np.column_stack([rng.uniform(-0.9, 0.9, V), rng.uniform(-0.9, 0.9, V)])
+    est[:3] = [[1.0, 0.2], [-1.0, 0.0], [0.0, 0.0]]
+    wqs = [d.basis_pinv[:1], d.basis_pinv[: min(2, d.rank)]]
+    got, want = _gls(spec, est), _gls_numpy(spec, est)
+    for g, w in zip(got, want):
+        npt.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(w)), equal_nan=True)
+    assert np.isnan(got[1][:2]).all() and np.isfinite(got[1][2:]).all()
+    crit, variances = _criterion_and_variances(spec, est, wqs)
+    crit_ref, variances_ref = _criterion_numpy(spec, est, wqs)
+    npt.assert_allclose(crit, crit_ref, rtol=1e-10, equal_nan=True)
+    for g, w in zip(variances, variances_ref):
+        npt.assert_allclose(g, w, rtol=1e-10, equal_nan=True)
+    part = np.array([3, 7, 1, 20])  # a subset of the block's voxels (the refits of fit_arma_block)
+    for g, w in zip(_gls(spec, est[part], part), _gls_numpy(spec, est[part], part)):
+        npt.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(w)), equal_nan=True)
 
 
 def test_arma11_recovers_parameters_as_statsmodels_does():

@@ -314,18 +314,31 @@ def _weighted_sums(spec: _Spectral, b: NDArray) -> NDArray:
     return _weights(spec, b).T @ spec.columns
 
 
-def _gls_terms(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None) -> _GLSTerms:
-    """The GLS terms of the block's voxels `cols` at their models (a, b) = `est` (v, 2), from the block's
-    transforms: ``C^-1 = A'(T_0 + E K E')^-1 A`` (A = I - a L, T_0 diagonal in the eigenbasis, the corner by
-    Woodbury), from the voxels' :func:`_weighted_sums` (`sums`, made here when not given)."""
-    n, r = spec.fq.shape
+def _small_inputs(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None):
+    """What each voxel's GLS at its model (a, b) = `est` (v, 2) needs of the data, for the block's voxels `cols`,
+    as matrix products over the block: the voxels' :func:`_weighted_sums` (`sums`, made here when not given),
+    ``ez`` (v, 2) = E'T_0^-1 z, ``rhs0`` (v, r) = (Q - a LQ)'T_0^-1 z and ``zz0`` (v,) = z'T_0^-1 z, with z the
+    AR-filtered data ``y - a Ly`` (all in the eigenbasis)."""
     a, b = est[:, 0], est[:, 1]
-    v = a.size
     d = _weights(spec, b)
     fz = spec.fy[:, cols] - a * spec.fly[:, cols]  # the AR-filtered data, transformed
     dz = d * fz
-    iu = np.triu_indices(r)
     sums = d.T @ spec.columns if sums is None else sums
+    ez = (spec.ve.T @ dz).T
+    rhs0 = (spec.fq.T @ dz - a * (spec.flq.T @ dz)).T
+    return sums, np.ascontiguousarray(ez), np.ascontiguousarray(rhs0), np.einsum("tv,tv->v", dz, fz)
+
+
+def _gls_terms(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None) -> _GLSTerms:
+    """The GLS terms of the block's voxels `cols` at their models (a, b) = `est` (v, 2), from the block's
+    transforms: ``C^-1 = A'(T_0 + E K E')^-1 A`` (A = I - a L, T_0 diagonal in the eigenbasis, the corner by
+    Woodbury), from the voxels' :func:`_weighted_sums` (`sums`, made here when not given). (numpy: the reference
+    of ``_arma_kernels.small_gls``.)"""
+    n, r = spec.fq.shape
+    a, b = est[:, 0], est[:, 1]
+    v = a.size
+    sums, ez, rhs0, zz0 = _small_inputs(spec, est, cols, sums)
+    iu = np.triu_indices(r)
     S = sums[:, [0, 1, 1, 2]].reshape(v, 2, 2)
     ep = np.stack(
         [
@@ -335,7 +348,7 @@ def _gls_terms(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | 
         ],
         axis=1,
     )  # (v, 2, r)
-    ez = (spec.ve.T @ dz).T[:, :, None]  # (v, 2, 1)
+    ez = ez[:, :, None]  # (v, 2, 1)
     tri = sums[:, 3 + 4 * r :].reshape(v, 3, iu[0].size)  # the upper triangles of Q Q', Q LQ' + LQ Q', LQ LQ'
     upper = tri[:, 0] - a[:, None] * tri[:, 1] + (a * a)[:, None] * tri[:, 2]
     N, logdet = _corner(a, b, S, n)
@@ -343,17 +356,31 @@ def _gls_terms(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | 
     gram[:, iu[0], iu[1]] = upper
     gram[:, iu[1], iu[0]] = upper
     gram -= _quadratic(N, ep, ep)
-    rhs = (spec.fq.T @ dz - a * (spec.flq.T @ dz)).T - _quadratic(N, ep, ez)[:, :, 0]  # (v, r)
-    zz = np.einsum("tv,tv->v", dz, fz) - _quadratic(N, ez, ez)[:, 0, 0]
+    rhs = rhs0 - _quadratic(N, ep, ez)[:, :, 0]  # (v, r)
+    zz = zz0 - _quadratic(N, ez, ez)[:, 0, 0]
     return _GLSTerms(gram, rhs, zz, logdet)
 
 
 def _gls(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None):
     """Per-voxel GLS with each voxel's model (a, b) = `est` (v, 2), for the block's voxels `cols`: ``(coords
-    (r, v), rss (v,), gram^-1 (v, r, r), criterion (v,))`` (see :func:`_gls_terms`)."""
-    t = _gls_terms(spec, est, cols, sums)
+    (r, v), rss (v,), gram^-1 (v, r, r), criterion (v,))``, compiled (see ``_arma_kernels``), the voxels it
+    flags by :func:`_gls_numpy`."""
+    sums, ez, rhs0, zz0 = _small_inputs(spec, est, cols, sums)
+    out = _compiled(spec, est, sums, ez, rhs0, zz0, np.zeros((0, spec.fq.shape[1])), [0], True)
+    crit, rss, coords, gram_inv, _, flagged = out
+    if flagged.size:
+        where = _take(cols, flagged)
+        coords[:, flagged], rss[flagged], gram_inv[flagged], crit[flagged] = _gls_numpy(
+            spec, est[flagged], where, sums[flagged]
+        )
+    return coords, rss, gram_inv, crit
+
+
+def _gls_numpy(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None):
+    """:func:`_gls` in numpy (the reference), by inverses (a pseudo-inverse where one fails)."""
     n, r = spec.fq.shape
     with np.errstate(invalid="ignore", divide="ignore"):
+        t = _gls_terms(spec, est, cols, sums)
         try:
             gram_inv = np.linalg.inv(t.gram)
         except np.linalg.LinAlgError:
@@ -364,19 +391,61 @@ def _gls(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None =
     return coords, rss, gram_inv, crit
 
 
+def _take(cols, idx: NDArray) -> NDArray:
+    """The block's voxels at positions `idx` of the selection `cols` (a slice of all or an index array)."""
+    return idx if isinstance(cols, slice) else np.asarray(cols)[idx]
+
+
+def _compiled(spec: _Spectral, est, sums, ez, rhs0, zz0, W, bounds, full: bool):
+    """``_arma_kernels.small_gls`` on these inputs: (crit, rss, coords, gram_inv, var, flagged voxels)."""
+    from ._arma_kernels import small_gls
+
+    n, r = spec.fq.shape
+    v = est.shape[0]
+    crit, rss = np.full(v, np.nan), np.full(v, np.nan)
+    coords = np.zeros((r, v if full else 0))
+    gram_inv = np.zeros((v if full else 0, r, r))
+    bounds = np.asarray(bounds, dtype=np.int64)
+    var = np.zeros((bounds.size - 1, v))
+    ok = np.zeros(v, dtype=np.bool_)
+    a, b = np.ascontiguousarray(est[:, 0]), np.ascontiguousarray(est[:, 1])
+    W = np.ascontiguousarray(W, dtype=np.float64)
+    sums = np.ascontiguousarray(sums)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        small_gls(sums, a, b, n, ez, rhs0, zz0, W, bounds, full, crit, rss, coords, gram_inv, var, ok)
+    return crit, rss, coords, gram_inv, var, np.flatnonzero(~ok)
+
+
 def _criterion_and_variances(
     spec: _Spectral, est: NDArray, wqs: list[NDArray], sums: NDArray | None = None
 ) -> tuple[NDArray, list[NDArray]]:
     """The REML criterion (v,) at the models `est` and, per contrast wq (q, r), ``tr(wq gram^-1 wq')`` (v,):
-    what :func:`_estimation_spread` needs of each step, by a Cholesky factor of each voxel's Gram matrix (a
-    quarter of an inverse and a log-determinant) and forward substitution; by :func:`_gls` where a Gram matrix
-    is not positive definite. `sums`: the voxels' :func:`_weighted_sums` at these b, if known."""
-    t = _gls_terms(spec, est, sums=sums)
+    what :func:`_estimation_spread` needs of each step, compiled (see ``_arma_kernels``), the voxels it flags by
+    :func:`_criterion_numpy`. `sums`: the voxels' :func:`_weighted_sums` at these b, if known."""
+    sums, ez, rhs0, zz0 = _small_inputs(spec, est, slice(None), sums)
+    W = np.concatenate([np.zeros((0, spec.fq.shape[1]))] + list(wqs))
+    bounds = np.cumsum([0] + [wq.shape[0] for wq in wqs])
+    crit, _, _, _, var, flagged = _compiled(spec, est, sums, ez, rhs0, zz0, W, bounds, False)
+    if flagged.size:
+        crit[flagged], parts = _criterion_numpy(spec, est[flagged], wqs, sums[flagged], flagged)
+        for row, part in zip(var, parts):
+            row[flagged] = part
+    return crit, list(var)
+
+
+def _criterion_numpy(
+    spec: _Spectral, est: NDArray, wqs: list[NDArray], sums: NDArray | None = None, cols=slice(None)
+) -> tuple[NDArray, list[NDArray]]:
+    """:func:`_criterion_and_variances` in numpy (the reference), for the block's voxels `cols`: by a Cholesky
+    factor of each voxel's Gram matrix (a quarter of an inverse and a log-determinant) and forward
+    substitution; by :func:`_gls_numpy` where a Gram matrix is not positive definite."""
     n, r = spec.fq.shape
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = _gls_terms(spec, est, cols, sums)
     try:
         L = np.linalg.cholesky(t.gram)
     except np.linalg.LinAlgError:
-        _, _, gram_inv, crit = _gls(spec, est, sums=sums)
+        _, _, gram_inv, crit = _gls_numpy(spec, est, cols, sums)
         return crit, [np.einsum("ai,vij,aj->v", wq, gram_inv, wq) for wq in wqs]
     B = np.concatenate([t.rhs[:, :, None]] + [np.broadcast_to(wq.T, (t.rhs.shape[0],) + wq.T.shape) for wq in wqs], 2)
     X = np.empty_like(B)  # L^-1 B, row by row

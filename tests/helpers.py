@@ -44,3 +44,20 @@ def assert_betas_close(actual, desired, stderr, rtol):
     if not ok.all():
         worst = np.nanmax(np.abs(actual - desired) / (np.abs(desired) + stderr))
         raise AssertionError(f"{np.count_nonzero(~ok)} betas differ; worst error {worst:.3g} of |beta| + se > {rtol}")
+
+
+def assert_smoothness_of_residuals(out: Path, Y, X, mask, affine) -> None:
+    """model.json's smoothness in `out` (FWHM and resels) equals SPM's from the OLS residuals of the data `Y`
+    (n, V) at the voxels of the 3-D `mask`, on the design `X` (full rank), to 1e-10."""
+    import numpy.testing as npt
+
+    from voxfit.inference.rft import estimate_smoothness, gradient_products
+
+    Y = np.asarray(Y, dtype=np.float64)
+    E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
+    voxel_size = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    n, p = X.shape
+    want = estimate_smoothness(gradient_products(E, mask), mask, voxel_size, n=n, dof=n - p)
+    got = json.loads((Path(out) / "model.json").read_text())["inference"]["smoothness"]
+    npt.assert_allclose(got["fwhm_voxels"], want.fwhm, rtol=1e-10)
+    npt.assert_allclose(got["resels"], want.resels, rtol=1e-10)

@@ -12,6 +12,7 @@ import pytest
 
 from voxfit.cli import main
 
+from .helpers import assert_smoothness_of_residuals
 from .imaging import AFFINE, cifti_axes, write_cifti, write_gifti
 
 RFT_MAPS = ("stat-p_desc-rftfwe", "stat-logp_desc-rftfwe")
@@ -108,7 +109,6 @@ def test_fit_with_a_mask_gathers_the_sums_while_reading(tmp_path, rng, capsys, m
     """voxfit fit --inference rft --mask: the command line's read (started before the models import) hands its
     scans to the neighbour sums; none are taken after the fit, and the smoothness equals that of the residuals
     (AR models: the OLS residuals) of the data as read."""
-    from voxfit.inference.rft import estimate_smoothness, gradient_products
     from voxfit.models import glm
     from voxfit.models._routing import ScanObserver
 
@@ -136,13 +136,8 @@ def test_fit_with_a_mask_gathers_the_sums_while_reading(tmp_path, rng, capsys, m
     )
     assert code == 0, err
     assert seen and seen[-1] == X.shape[0]  # the read's scans, handed on (or left to finish if it ended first)
-    Y = data.reshape(-1, data.shape[3], order="F")[mask.ravel(order="F")].T.astype(np.float64)
-    E = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
-    voxel_size = np.sqrt((AFFINE[:3, :3] ** 2).sum(axis=0))
-    want = estimate_smoothness(gradient_products(E, mask), mask, voxel_size, n=X.shape[0], dof=X.shape[0] - 3)
-    got = json.loads((out / "model.json").read_text())["inference"]["smoothness"]
-    npt.assert_allclose(got["fwhm_voxels"], want.fwhm, rtol=1e-10)
-    npt.assert_allclose(got["resels"], want.resels, rtol=1e-10)
+    Y = data.reshape(-1, data.shape[3], order="F")[mask.ravel(order="F")].T
+    assert_smoothness_of_residuals(out, Y, X, mask, AFFINE)
 
 
 def test_group_with_rft_end_to_end(tmp_path, rng, capsys):

@@ -299,8 +299,9 @@ def fit_images(
             if scheduler is not None:  # one connection to the cluster for the mean image and the fit
                 scheduler = stack.enter_context(dask_client(scheduler))
                 execution = replace(execution, scheduler=scheduler)
-            grid = _read_grid(rft, mask, scaling, model, route, scheduler)
+            grid = None
             if dataset is None:
+                grid = _read_grid(rft, mask, scaling, model, route, scheduler)
                 dataset = load(
                     inputs if route.reader is None else route.reader,
                     mask if grid is None else grid.candidates,
@@ -312,13 +313,10 @@ def fit_images(
                     observe=None if grid is None else grid.observe,
                 )
             elif isinstance(dataset, Future):
-                if grid is not None and route.observer is not None:
-                    route.observer.attach(grid)  # the read began before this module imported
-                else:
-                    grid = None
+                if route.observer is not None:  # the read began before this module imported
+                    grid = _read_grid(rft, mask, scaling, model, route, scheduler)
+                    route.observer.attach(grid)
                 dataset = dataset.result()
-            else:
-                grid = None
             check_design_rows(model.X.shape[0], dataset.n_scans)
             records = hashing.submit(input_records, dataset.paths, dataset.memory) if out is not None else None
             t_load = time.perf_counter()

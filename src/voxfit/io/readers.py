@@ -362,14 +362,21 @@ class NiftiReader:
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         nel = self.geometry.n_elements
         k = _slab_scans(nel, self.dtype.itemsize, max_bytes)
-        if not self._compressed:  # one short-lived map per slab: its pages leave the process with it
-            for start in range(0, self.n_scans, k):
-                count = min(k, self.n_scans - start)
-                offset = self._offset + start * nel * self._file_dtype.itemsize
-                slab = np.memmap(self._image_file, dtype=self._file_dtype, mode="r", offset=offset, shape=(count, nel))
-                yield start, slab if self._file_dtype.isnative else slab.astype(self.dtype)
+        if not self._compressed:
+            yield from self._iter_raw(nel, k)
             return
         yield from self._iter_gz(nel, k)
+
+    def _iter_raw(self, nel: int, k: int) -> Iterator[tuple[int, NDArray]]:
+        """Read a slab of scans at a time into one buffer, reused: its pages are touched once. (A memory map per
+        slab faulted in every page of the file anew: 0.92 s for a 1.6 GB run that one read pass takes in 0.26 s.)"""
+        buf = np.empty((min(k, self.n_scans), nel), dtype=self._file_dtype)
+        with open(self._image_file, "rb", buffering=0) as fh:
+            fh.seek(self._offset)
+            for start in range(0, self.n_scans, k):
+                slab = buf[: min(k, self.n_scans - start)]
+                _read_into(fh, slab, self._image_file, slab.nbytes)
+                yield start, slab if self._file_dtype.isnative else slab.astype(self.dtype)
 
     def _iter_gz(self, nel: int, k: int) -> Iterator[tuple[int, NDArray]]:
         """Decompress in a background thread, a slab of scans at a time, into three rotating buffers.

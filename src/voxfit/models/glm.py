@@ -287,10 +287,10 @@ def fit_images(
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
         # input checksums on a daemon thread (an interruption abandons them: a pool's `with` block and the
         # interpreter's exit would both wait to the end of a file of gigabytes): of files read into memory from
-        # the start, on the core the read leaves (a 1.6 GB .nii takes 0.9 s, as long as its read and fit);
-        # otherwise while the fit runs
+        # the start, on the core the read leaves (a 1.6 GB .nii takes 0.9 s, as long as its read and fit), unless
+        # RFT's sums take that core; otherwise while the fit runs
         hashing = DaemonExecutor(aside=True)
-        early = out is not None and route.kind == MEMORY and route.reader is not None
+        early = out is not None and route.kind == MEMORY and route.reader is not None and rft is None
         records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if early else None
         if route.kind == STREAM:
             fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh)

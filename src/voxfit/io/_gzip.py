@@ -56,4 +56,8 @@ def open_gzip_stream(path):
             yield fh
         return
     with open(path, "rb") as raw:
-        yield _GzipReader(raw, _STREAM_INPUT)
+        try:
+            reader = _GzipReader(raw, _STREAM_INPUT)
+        except TypeError:  # pragma: no cover - a python-isal whose reader takes no buffer size
+            reader = _GzipReader(raw)
+        yield reader

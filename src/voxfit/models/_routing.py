@@ -86,8 +86,8 @@ def read_gathers_sums(rft: bool, mask, scaling: str, order: int, route: Route, s
     """Whether RFT's neighbour sums of the data are gathered while they are read (then only the residuals'
     follow the fit): with an explicit mask (the automatic one is decided after the read), for OLS or AR(p)
     (noise `order` >= 0, see :func:`noise_order`: the residuals on the design's own basis, not on a pooled
-    whitening's or a per-voxel model's), on unscaled data read into this
-    process (scaling needs every value first; a Dask cluster reads its own)."""
+    whitening's or a per-voxel model's), on unscaled data read into this process (scaling needs every value
+    first; a Dask cluster reads its own)."""
     reader = route.reader
     return bool(
         rft

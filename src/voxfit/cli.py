@@ -1108,6 +1108,10 @@ def _run_fit(args, argv, progress) -> int:
             scan_globals=args.scaling == "global",
             observe=route.observer,
         )
+        if args.noise == "arma11":  # numba and ARMA's kernel load while the data are read
+            from .core._arma_kernels import warm_up
+
+            _in_thread(warm_up)
     design = _make_design(args, reader.n_scans)[0] if args.events else args.design[0]
     from .models import fit_images
 

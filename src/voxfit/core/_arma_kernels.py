@@ -18,12 +18,39 @@ from __future__ import annotations
 import functools
 import threading
 
-__all__ = ["small_gls"]
+__all__ = ["small_gls", "warm_up"]
 
 
 def small_gls(sums, a, b, n, ez, rhs0, zz0, W, bounds, full, crit, rss, coords, gram_inv, var, ok) -> None:
     """See the compiled function's docstring; `crit`, `rss`, `coords`, `gram_inv`, `var` and `ok` are filled."""
     _compile()(sums, a, b, n, ez, rhs0, zz0, W, bounds, full, crit, rss, coords, gram_inv, var, ok)
+
+
+def warm_up() -> None:
+    """Import numba and load the kernel (about 0.35 s, most of it holding the GIL) by a call on one empty voxel:
+    e.g. in a thread while a run is read."""
+    import numpy as np
+
+    v, r = 1, 1
+    zeros = [np.zeros(v) for _ in range(5)]
+    small_gls(
+        np.zeros((v, 10)),
+        zeros[0],
+        zeros[1],
+        4,
+        np.zeros((v, 2)),
+        np.zeros((v, r)),
+        zeros[2],
+        np.zeros((0, r)),
+        np.zeros(1, dtype=np.int64),
+        True,
+        zeros[3],
+        zeros[4],
+        np.zeros((r, v)),
+        np.zeros((v, r, r)),
+        np.zeros((0, v)),
+        np.zeros(v, dtype=np.bool_),
+    )
 
 
 _LOCK = threading.Lock()

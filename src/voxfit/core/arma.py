@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.fft import dst
 
 from .design import DesignFactor
 
@@ -50,6 +49,7 @@ __all__ = [
 MAX_A = 0.8  # 3dREMLfit -MAXa default
 MAX_B = 0.8  # 3dREMLfit -MAXb default
 GRID_LEVEL = 3  # 3dREMLfit -Grid default: 2^3 divisions of each range
+B_DIVISIONS = 128  # a refined b is rounded to 1/128 of the grid's step in b, whose weighted sums are tabulated
 
 
 def arma_grid(max_a: float = MAX_A, max_b: float = MAX_B, level: int = GRID_LEVEL) -> NDArray[np.float64]:
@@ -134,21 +134,66 @@ class ARMABlockFit:
 
 
 @dataclass(frozen=True, eq=False)
-class _Spectral:
-    """A block in the eigenbasis of the MA(1) part (see :func:`_spectral`): the frequencies' ``cos`` (n,), the
-    orthonormal DST-I transforms of the basis Q and its lag ``LQ`` (n, r each), of the data ``fy`` and ``fly``
-    (n, v each), the transforms' first two rows ``ve`` (n, 2) (``E = [e_0, e_1]`` in the eigenbasis), and the
-    products of columns ``pairs`` (n, 3, r, r): Q Q', Q LQ' + LQ Q', LQ LQ' per frequency; ``columns`` (n, 3 + 4r
-    + 3 r(r+1)/2), what each voxel's GLS sums over the frequencies with its weights (see :func:`_weighted_sums`)."""
+class _GridGroup:
+    """The grid points that share one b, as the grid criterion needs them (design-only): their positions `rows` in
+    the grid, their a's (A,), the MA(1)'s inverse spectrum `d` (n,), the Woodbury factors `N` (A, 2, 2), ``log|C|
+    + log|Q'C^-1 Q|`` per point `logdet` (A,), and `matrix` (A (r + 2), n; float32): applied to the data, each
+    point's L^-1 rhs (r rows; L the Cholesky factor of ``Q'C^-1 Q``, rhs = ``Q'C^-1 y``) and E'T_0^-1 z (2 rows)."""
+
+    rows: NDArray
+    a: NDArray
+    d: NDArray
+    N: NDArray
+    logdet: NDArray
+    matrix: NDArray
+
+
+@dataclass(frozen=True, eq=False)
+class _VarianceLattice:
+    """Design-only slopes of ``log tr(wq gram(a, b)^-1 wq')`` along a and along b, per contrast, on a lattice of
+    models (a0 + i step, b0 + j step): `slopes` holds (d/da, d/db) arrays (na, nb) per contrast."""
+
+    a0: float
+    b0: float
+    step: float
+    slopes: list[tuple[NDArray, NDArray]]
+
+
+@dataclass(frozen=True, eq=False)
+class ARMATerms:
+    """What an ARMA(1,1) fit needs of the design, its contrasts and the grid alone, made once per fit
+    (:func:`arma_terms`) and shared by its blocks: in the eigenbasis of the symmetric lag-1 shift (the DST-I
+    vectors ``sqrt(2/(n+1)) sin(pi (t+1)(j+1)/(n+1))``, eigenvalues ``2 cos(pi (j+1)/(n+1))``, which diagonalise
+    every MA(1) covariance ``(1 + b^2) I + b S_1`` at once), the frequencies' ``cos`` (n,), the transforms of the
+    basis Q and its lag ``LQ`` (n, r each) and of ``E = [e_0, e_1]`` (``ve``, n x 2); ``columns`` (n, 3 + 4r + 3
+    r(r+1)/2), what each voxel's GLS sums over the frequencies with its weights (see :func:`_weighted_sums`);
+    ``transform`` (2n, n), the transform of the data and of its lag as one product; the grid and its
+    :class:`_GridGroup` per b; the contrasts' :class:`_VarianceLattice` (None without contrasts); the weighted
+    sums ``table`` (B, columns) of every b a refined estimate can take (``b0 + k table_step``, see
+    :func:`_estimate`)."""
 
     cos: NDArray
     fq: NDArray
     flq: NDArray
+    ve: NDArray
+    columns: NDArray
+    transform: NDArray
+    grid: NDArray
+    groups: list[_GridGroup]
+    lattice: _VarianceLattice | None
+    table: NDArray
+    b0: float
+    table_step: float
+
+
+@dataclass(frozen=True, eq=False)
+class _Spectral:
+    """A block in the eigenbasis (see :class:`ARMATerms`): the design's `terms` and the transforms of the data
+    ``fy`` and of its lag ``fly`` (n, v each)."""
+
+    terms: ARMATerms
     fy: NDArray
     fly: NDArray
-    ve: NDArray
-    pairs: NDArray
-    columns: NDArray
 
 
 def _lag(Z: NDArray) -> NDArray:
@@ -158,27 +203,66 @@ def _lag(Z: NDArray) -> NDArray:
     return out
 
 
-def _spectral(Q: NDArray, Y: NDArray) -> _Spectral:
-    """The block's terms in the eigenbasis of the symmetric lag-1 shift (the DST-I vectors ``sqrt(2/(n+1))
-    sin(pi (t+1)(j+1)/(n+1))``, eigenvalues ``2 cos(pi (j+1)/(n+1))``), which diagonalises every MA(1)
-    covariance ``(1 + b^2) I + b S_1`` at once: one transform of the data serves every (a, b)."""
-    n = Q.shape[0]
-    fq, flq = dst(Q, type=1, norm="ortho", axis=0), dst(_lag(Q), type=1, norm="ortho", axis=0)
-    fy, fly = dst(Y, type=1, norm="ortho", axis=0), dst(_lag(Y), type=1, norm="ortho", axis=0)
-    ve = dst(np.eye(n)[:, :2], type=1, norm="ortho", axis=0)
+def arma_terms(design: DesignFactor, weights=(), grid: NDArray = ARMA_GRID) -> ARMATerms:
+    """The design-only terms of an ARMA(1,1) fit of `design` with contrast weight matrices `weights` (q, pc) over
+    `grid` (see :class:`ARMATerms`)."""
+    Q = design.basis
+    n, r = Q.shape
+    t = np.arange(1, n + 1)
+    sine = np.sqrt(2.0 / (n + 1)) * np.sin(np.pi * np.outer(t, t) / (n + 1))  # the orthonormal DST-I, symmetric
+    shifted = np.zeros_like(sine)
+    shifted[:, :-1] = sine[:, 1:]  # S L: (S L y) = S (y_{t-1})
+    transform = np.concatenate([sine, shifted])  # rows give S y and S L y
+    fq, flq, ve = sine @ Q, sine @ _lag(Q), sine[:, :2].copy()
     cross = fq[:, :, None] * flq[:, None, :]
-    pairs = np.stack(
-        [fq[:, :, None] * fq[:, None, :], cross + cross.transpose(0, 2, 1), flq[:, :, None] * flq[:, None, :]], axis=1
-    )
-    cos = np.cos(np.pi * np.arange(1, n + 1) / (n + 1))
-    iu = np.triu_indices(Q.shape[1])
+    pairs = [fq[:, :, None] * fq[:, None, :], cross + cross.transpose(0, 2, 1), flq[:, :, None] * flq[:, None, :]]
+    iu = np.triu_indices(r)
     columns = np.concatenate(
         [ve[:, [0, 0, 1]] * ve[:, [0, 1, 1]]]  # E'T_0^-1 E's three entries
         + [ve[:, e, None] * part for e in range(2) for part in (fq, flq)]
-        + [pairs[:, k][:, iu[0], iu[1]] for k in range(3)],
+        + [pair[:, iu[0], iu[1]] for pair in pairs],
         axis=1,
     )
-    return _Spectral(cos, fq, flq, fy, fly, ve, pairs, columns)
+    cos = np.cos(np.pi * t / (n + 1))
+    step_b = np.diff(np.unique(grid[:, 1]))[0]
+    b0, table_step = grid[:, 1].min() - step_b / 2, step_b / B_DIVISIONS
+    table_b = b0 + table_step * np.arange(int(round(np.ptp(grid[:, 1]) / table_step)) + B_DIVISIONS + 1)
+    base = ARMATerms(cos, fq, flq, ve, columns, transform, grid, [], None, np.zeros((0, columns.shape[1])), b0, 1.0)
+    table = _weighted_sums(base, table_b)
+    base = ARMATerms(cos, fq, flq, ve, columns, transform, grid, [], None, table, b0, table_step)
+    groups = [_grid_group(base, grid, b) for b in np.unique(grid[:, 1])]
+    wqs = [w @ design.basis_pinv for w in weights]
+    lattice = _variance_lattice(base, grid, wqs) if wqs else None
+    return ARMATerms(cos, fq, flq, ve, columns, transform, grid, groups, lattice, table, b0, table_step)
+
+
+def _grid_group(terms: ARMATerms, grid: NDArray, b: float) -> _GridGroup:
+    """The :class:`_GridGroup` of the grid points whose MA coefficient is `b`: ``C^-1 = A'(T_0 + E K E')^-1 A``
+    with A = I - a L (the AR filter), T_0 the MA(1)'s covariance (diagonal in the eigenbasis) and the corner K by
+    Woodbury, so that every point's Gram matrix, factor and row matrix are products of n x n matrices at most."""
+    n, r = terms.fq.shape
+    rows = np.flatnonzero(grid[:, 1] == b)
+    a = grid[rows, 0]
+    d = 1.0 / (1.0 + b * b + 2.0 * b * terms.cos)  # T_0^-1 in the eigenbasis
+    dve = d[:, None] * terms.ve
+    N, logdet = _corner(a, np.full(a.size, b), terms.ve.T @ dve, n)
+    P = terms.fq - a[:, None, None] * terms.flq  # (A, n, r): (Q - a LQ) in the eigenbasis
+    ep = dve.T @ P  # (A, 2, r)
+    gram = np.swapaxes(P, 1, 2) @ (d[:, None] * P) - _quadratic(N, ep, ep)
+    L = np.linalg.cholesky(gram)
+    on_z = (np.swapaxes(P, 1, 2) - _quadratic(N, ep, terms.ve.T)) * d  # rhs = on_z z, z = (S - a S L) y: (A, r, n)
+    to_z = terms.transform[:n] - a[:, None, None] * terms.transform[n:]  # (A, n, n)
+    half = np.linalg.solve(L, on_z) @ to_z
+    matrix = np.concatenate([half, dve.T @ to_z], axis=1).reshape(a.size * (r + 2), n).astype(np.float32)
+    log_gram = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    return _GridGroup(rows, a, d, N, logdet + log_gram, matrix)
+
+
+def _spectral(terms: ARMATerms, Y: NDArray) -> _Spectral:
+    """The block Y (n, v) in the eigenbasis: one product for the data and its lag."""
+    n = Y.shape[0]
+    both = terms.transform @ Y
+    return _Spectral(terms, both[:n], both[n:])
 
 
 def _corner(a, b, S: NDArray, n: int):
@@ -201,39 +285,29 @@ def _quadratic(N: NDArray, u: NDArray, w: NDArray) -> NDArray:
     return np.swapaxes(u, -1, -2) @ N @ w
 
 
-def _grid_criterion(spec: _Spectral, grid: NDArray) -> NDArray:
-    """-2 restricted log-likelihood (up to a constant) of every voxel at every grid point (G, v), from the
-    block's transforms: for each distinct b, two products of the basis weighted by the MA(1)'s inverse spectrum
-    with the data (the a's of that b differ by the terms of ``C^-1 = A'T^-1 A``, A = I - a L, quadratic in a)."""
-    n, r = spec.fq.shape
-    v = spec.fy.shape[1]
-    crit = np.empty((len(grid), v))
-    basis = np.concatenate([spec.fq, spec.flq, spec.ve], axis=1)  # (n, 2r + 2)
-    squares = np.stack([spec.fy * spec.fy, spec.fy * spec.fly, spec.fly * spec.fly], axis=1)  # (n, 3, v)
-    for b in np.unique(grid[:, 1]):
-        rows = np.flatnonzero(grid[:, 1] == b)
-        d = 1.0 / (1.0 + b * b + 2.0 * b * spec.cos)  # T_0^-1 in the eigenbasis
-        weighted = (d[:, None] * basis).T
-        on_y, on_ly = weighted @ spec.fy, weighted @ spec.fly  # [Q; LQ; E]' T_0^-1 y, and of Ly: (2r + 2, v)
-        qy, lqy, ey = on_y[:r], on_y[r : 2 * r], on_y[2 * r :]
-        qly, lqly, ely = on_ly[:r], on_ly[r : 2 * r], on_ly[2 * r :]
-        yy = np.tensordot(d, squares, axes=(0, 0))  # y'T_0^-1 y, y'T_0^-1 Ly, (Ly)'T_0^-1 Ly: (3, v)
-        dve = d[:, None] * spec.ve
-        S = spec.ve.T @ dve
-        eq, elq = dve.T @ spec.fq, dve.T @ spec.flq  # (2, r)
-        G = np.einsum("j,jkab->kab", d, spec.pairs)  # (3, r, r)
-        a = grid[rows, 0][:, None, None]  # the a's of this b, all at once: (A, 1, 1)
-        N, logdet = _corner(a[:, 0, 0], np.full(rows.size, b), S, n)
-        ep, ez = eq - a * elq, ey - a * ely  # (A, 2, r), (A, 2, v)
-        gram = G[0] - a * G[1] + a * a * G[2] - _quadratic(N, ep, ep)  # the same for every voxel
-        rhs = qy - a * (qly + lqy) + a * a * lqly - _quadratic(N, ep, ez)  # (A, r, v)
-        zz = yy[0] - 2.0 * a[:, 0] * yy[1] + a[:, 0] ** 2 * yy[2] - np.einsum("gav,gab,gbv->gv", ez, N, ez)
-        L = np.linalg.cholesky(gram)
-        half = np.linalg.inv(L) @ rhs  # L^-1 rhs: (A, r, v)
+def _grid_criterion(spec: _Spectral, Y: NDArray) -> NDArray:
+    """-2 restricted log-likelihood (up to a constant) of every voxel of Y (n, v: OLS residuals; `spec` their
+    transform) at every grid point (G, v): per distinct b, one product of its points' row matrices with the data
+    (see :class:`_GridGroup`), and the data's weighted squares ``z'T_0^-1 z`` (quadratic in a) for all b at once.
+
+    The products are in single precision, which halves the fit's largest cost: on residuals, whose projections
+    are a small part of their squares, they move the criterion by about 1e-7 of itself (2e-4 at most, measured on
+    10,000 voxels), while what the grid decides turns on differences of whole units."""
+    terms = spec.terms
+    n, r = terms.fq.shape
+    v = Y.shape[1]
+    crit = np.empty((len(terms.grid), v))
+    d = np.stack([g.d for g in terms.groups])
+    yy = [d @ (spec.fy * spec.fy), d @ (spec.fy * spec.fly), d @ (spec.fly * spec.fly)]  # (B, v) each
+    single = Y.astype(np.float32)
+    for k, g in enumerate(terms.groups):
+        out = (g.matrix @ single).reshape(g.a.size, r + 2, v)
+        half, ez = out[:, :r], out[:, r:]
+        a = g.a[:, None]
+        zz = yy[0][k] - 2.0 * a * yy[1][k] + a * a * yy[2][k] - np.einsum("gav,gab,gbv->gv", ez, g.N, ez)
         rss = zz - np.einsum("gkv,gkv->gv", half, half)
-        log_gram = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            crit[rows] = (n - r) * np.log(np.maximum(rss, 1e-300)) + (logdet + log_gram)[:, None]
+            crit[g.rows] = (n - r) * np.log(np.maximum(rss, 1e-300)) + g.logdet[:, None]
     return crit
 
 
@@ -246,50 +320,65 @@ def _parabola_step(left: NDArray, mid: NDArray, right: NDArray) -> NDArray:
     return np.where(np.isfinite(step) & (curve > 0), np.clip(step, -0.5, 0.5), 0.0)
 
 
+def _second_difference(mid: NDArray, lower: tuple[NDArray, NDArray], upper: tuple[NDArray, NDArray]) -> NDArray:
+    """Second differences (in grid steps) at `mid` from the values one and two steps below and above (NaN where
+    missing): central where both sides are there, else one-sided; NaN where neither."""
+    central = lower[0] + upper[0] - 2.0 * mid
+    below, above = mid - 2.0 * lower[0] + lower[1], mid - 2.0 * upper[0] + upper[1]
+    return np.where(np.isfinite(central), central, np.where(np.isfinite(below), below, above))
+
+
 @dataclass(frozen=True, eq=False)
 class ARMAEstimate:
     """REML estimates for a block: ``refined`` (v, 2) (a, b) after the parabolas, the best grid point
-    ``grid_best`` (v, 2) and its criterion ``grid_criterion`` (v,)."""
+    ``grid_best`` (v, 2), its criterion ``grid_criterion`` (v,) and the criterion's second derivatives there
+    along a and along b, ``curvature`` (v, 2; from the neighbouring grid points, NaN where there are none)."""
 
     refined: NDArray
     grid_best: NDArray
     grid_criterion: NDArray
+    curvature: NDArray
 
 
 def estimate_arma(design: DesignFactor, Y: NDArray, grid: NDArray = ARMA_GRID) -> ARMAEstimate:
-    """REML estimates (a, b) for the voxels of Y (n, v; float64, finite): the best grid point, refined by
-    parabolas along a and along b through the criterion at the neighbouring grid points."""
-    return _estimate(_spectral(design.basis, Y), grid)
+    """REML estimates (a, b) for the voxels of Y (n, v; finite): the best grid point, refined by parabolas along a
+    and along b through the criterion at the neighbouring grid points (b rounded to 1/`B_DIVISIONS` of a step)."""
+    E = np.asarray(Y, dtype=np.float64)
+    E = E - design.basis @ (design.basis.T @ E)  # the criterion depends on the OLS residuals alone
+    return _estimate(_spectral(arma_terms(design, grid=grid), E), E)
 
 
-def _estimate(spec: _Spectral, grid: NDArray) -> ARMAEstimate:
-    """:func:`estimate_arma` from the block's transforms."""
-    crit = _grid_criterion(spec, grid)  # (G, v)
+def _estimate(spec: _Spectral, E: NDArray) -> ARMAEstimate:
+    """:func:`estimate_arma` from the OLS residuals E (n, v) and their transforms `spec`."""
+    grid = spec.terms.grid
+    crit = _grid_criterion(spec, E)  # (G, v)
     crit = np.where(np.isfinite(crit), crit, np.inf)
     low = crit.min(axis=0)
-    # the first grid point within rounding of the least criterion: the models with a + b = 0 are all white noise
-    # (the roots cancel), equal criteria that rounding alone would tell apart; white noise is then (0, 0)
-    best = np.argmax(crit <= low + 1e-10 * np.abs(low), axis=0)
-    est = grid[best].copy()
-    da = np.diff(np.unique(grid[:, 0]))[0]
-    db = np.diff(np.unique(grid[:, 1]))[0]
-    lookup = np.full((int(round(grid[:, 0].max() / da)) + 3, 2 * int(round(np.abs(grid[:, 1]).max() / db)) + 3), -1)
-    ia_all, ib_all = np.rint(grid[:, 0] / da).astype(int) + 1, np.rint(grid[:, 1] / db).astype(int)
-    off = (lookup.shape[1] - 1) // 2
-    lookup[ia_all, ib_all + off] = np.arange(len(grid))
-    ia, ib = ia_all[best], ib_all[best] + off
-    cols = np.arange(crit.shape[1])
+    # the first grid point within 1e-3 of the least criterion (a likelihood ratio of 1.0005; the single-precision
+    # products move it by 2e-4 at most): the models with a + b = 0 are all white noise (the roots cancel), equal
+    # criteria that rounding alone would tell apart; white noise is then (0, 0)
+    best = np.argmax(crit <= low + 1e-3, axis=0)
+    steps = [np.diff(np.unique(grid[:, k]))[0] for k in range(2)]
+    index = [np.rint((grid[:, k] - grid[:, k].min()) / steps[k]).astype(int) + 2 for k in range(2)]
+    lookup = np.full((index[0].max() + 3, index[1].max() + 3), -1)  # two missing points beyond every edge
+    lookup[index[0], index[1]] = np.arange(len(grid))
+    ia, ib, cols = index[0][best], index[1][best], np.arange(crit.shape[1])
 
-    def at(di, dj):
-        idx = lookup[ia + di, np.clip(ib + dj, 0, lookup.shape[1] - 1)]
-        idx = np.where((ib + dj >= 0) & (ib + dj < lookup.shape[1]), idx, -1)
+    def at(di: int, dj: int) -> NDArray:
+        idx = lookup[ia + di, ib + dj]
         return np.where(idx >= 0, crit[np.maximum(idx, 0), cols], np.nan)
 
     mid = crit[best, cols]
-    refined = est.copy()
-    refined[:, 0] += da * _parabola_step(at(-1, 0), mid, at(1, 0))
-    refined[:, 1] += db * _parabola_step(at(0, -1), mid, at(0, 1))
-    return ARMAEstimate(refined, est, mid)
+    refined = grid[best].copy()
+    refined[:, 0] += steps[0] * _parabola_step(at(-1, 0), mid, at(1, 0))
+    refined[:, 1] += steps[1] * np.rint(B_DIVISIONS * _parabola_step(at(0, -1), mid, at(0, 1))) / B_DIVISIONS
+    curvature = np.column_stack(
+        [
+            _second_difference(mid, (at(-1, 0), at(-2, 0)), (at(1, 0), at(2, 0))) / steps[0] ** 2,
+            _second_difference(mid, (at(0, -1), at(0, -2)), (at(0, 1), at(0, 2))) / steps[1] ** 2,
+        ]
+    )
+    return ARMAEstimate(refined, grid[best].copy(), mid, curvature)
 
 
 @dataclass(frozen=True, eq=False)
@@ -303,15 +392,20 @@ class _GLSTerms:
     logdet: NDArray
 
 
-def _weights(spec: _Spectral, b: NDArray) -> NDArray:
+def _weights(terms: ARMATerms, b: NDArray) -> NDArray:
     """The MA(1) models' inverse spectra ``T_0^-1`` in the eigenbasis, (n, v) for the b (v,) of each voxel."""
-    return 1.0 / (1.0 + b * b + 2.0 * b * spec.cos[:, None])
+    return 1.0 / (1.0 + b * b + 2.0 * b * terms.cos[:, None])
 
 
-def _weighted_sums(spec: _Spectral, b: NDArray) -> NDArray:
+def _weighted_sums(terms: ARMATerms, b: NDArray) -> NDArray:
     """(v, columns): each voxel's sums over the frequencies of the design's ``columns`` weighted by its MA(1)'s
-    inverse spectrum (they depend on b alone: steps along a reuse them), one product for all."""
-    return _weights(spec, b).T @ spec.columns
+    inverse spectrum (they depend on b alone): looked up in the terms' table where every b is one of its values
+    (a refined estimate always is), else one product for all."""
+    where = (b - terms.b0) / terms.table_step
+    rows = np.rint(where)
+    if b.size and np.all((np.abs(where - rows) < 1e-6) & (rows >= 0) & (rows < len(terms.table))):
+        return terms.table[rows.astype(np.intp)]
+    return _weights(terms, b).T @ terms.columns
 
 
 def _small_inputs(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None):
@@ -319,13 +413,14 @@ def _small_inputs(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray
     as matrix products over the block: the voxels' :func:`_weighted_sums` (`sums`, made here when not given),
     ``ez`` (v, 2) = E'T_0^-1 z, ``rhs0`` (v, r) = (Q - a LQ)'T_0^-1 z and ``zz0`` (v,) = z'T_0^-1 z, with z the
     AR-filtered data ``y - a Ly`` (all in the eigenbasis)."""
+    terms = spec.terms
     a, b = est[:, 0], est[:, 1]
-    d = _weights(spec, b)
+    d = _weights(terms, b)
     fz = spec.fy[:, cols] - a * spec.fly[:, cols]  # the AR-filtered data, transformed
     dz = d * fz
-    sums = d.T @ spec.columns if sums is None else sums
-    ez = (spec.ve.T @ dz).T
-    rhs0 = (spec.fq.T @ dz - a * (spec.flq.T @ dz)).T
+    sums = d.T @ terms.columns if sums is None else sums
+    ez = (terms.ve.T @ dz).T
+    rhs0 = (terms.fq.T @ dz - a * (terms.flq.T @ dz)).T
     return sums, np.ascontiguousarray(ez), np.ascontiguousarray(rhs0), np.einsum("tv,tv->v", dz, fz)
 
 
@@ -334,7 +429,7 @@ def _gls_terms(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | 
     transforms: ``C^-1 = A'(T_0 + E K E')^-1 A`` (A = I - a L, T_0 diagonal in the eigenbasis, the corner by
     Woodbury), from the voxels' :func:`_weighted_sums` (`sums`, made here when not given). (numpy: the reference
     of ``_arma_kernels.small_gls``.)"""
-    n, r = spec.fq.shape
+    n, r = spec.terms.fq.shape
     a, b = est[:, 0], est[:, 1]
     v = a.size
     sums, ez, rhs0, zz0 = _small_inputs(spec, est, cols, sums)
@@ -365,8 +460,9 @@ def _gls(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None =
     """Per-voxel GLS with each voxel's model (a, b) = `est` (v, 2), for the block's voxels `cols`: ``(coords
     (r, v), rss (v,), gram^-1 (v, r, r), criterion (v,))``, compiled (see ``_arma_kernels``), the voxels it
     flags by :func:`_gls_numpy`."""
+    n, r = spec.terms.fq.shape
     sums, ez, rhs0, zz0 = _small_inputs(spec, est, cols, sums)
-    out = _compiled(spec, est, sums, ez, rhs0, zz0, np.zeros((0, spec.fq.shape[1])), [0], True)
+    out = _compiled(n, est, sums, ez, rhs0, zz0, np.zeros((0, r)), [0], True)
     crit, rss, coords, gram_inv, _, flagged = out
     if flagged.size:
         where = _take(cols, flagged)
@@ -378,7 +474,7 @@ def _gls(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None =
 
 def _gls_numpy(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None):
     """:func:`_gls` in numpy (the reference), by inverses (a pseudo-inverse where one fails)."""
-    n, r = spec.fq.shape
+    n, r = spec.terms.fq.shape
     with np.errstate(invalid="ignore", divide="ignore"):
         t = _gls_terms(spec, est, cols, sums)
         try:
@@ -396,12 +492,11 @@ def _take(cols, idx: NDArray) -> NDArray:
     return idx if isinstance(cols, slice) else np.asarray(cols)[idx]
 
 
-def _compiled(spec: _Spectral, est, sums, ez, rhs0, zz0, W, bounds, full: bool):
-    """``_arma_kernels.small_gls`` on these inputs: (crit, rss, coords, gram_inv, var, flagged voxels)."""
+def _compiled(n: int, est, sums, ez, rhs0, zz0, W, bounds, full: bool):
+    """``_arma_kernels.small_gls`` on these inputs (n scans): (crit, rss, coords, gram_inv, var, flagged voxels)."""
     from ._arma_kernels import small_gls
 
-    n, r = spec.fq.shape
-    v = est.shape[0]
+    v, r = rhs0.shape
     crit, rss = np.full(v, np.nan), np.full(v, np.nan)
     coords = np.zeros((r, v if full else 0))
     gram_inv = np.zeros((v if full else 0, r, r))
@@ -416,54 +511,65 @@ def _compiled(spec: _Spectral, est, sums, ez, rhs0, zz0, W, bounds, full: bool):
     return crit, rss, coords, gram_inv, var, np.flatnonzero(~ok)
 
 
-def _criterion_and_variances(
-    spec: _Spectral, est: NDArray, wqs: list[NDArray], sums: NDArray | None = None
-) -> tuple[NDArray, list[NDArray]]:
-    """The REML criterion (v,) at the models `est` and, per contrast wq (q, r), ``tr(wq gram^-1 wq')`` (v,):
-    what :func:`_estimation_spread` needs of each step, compiled (see ``_arma_kernels``), the voxels it flags by
-    :func:`_criterion_numpy`. `sums`: the voxels' :func:`_weighted_sums` at these b, if known."""
-    sums, ez, rhs0, zz0 = _small_inputs(spec, est, slice(None), sums)
-    W = np.concatenate([np.zeros((0, spec.fq.shape[1]))] + list(wqs))
+LATTICE_STEP = 0.02  # the spacing of the models at which log tr(wq gram^-1 wq') is tabulated
+
+
+def contrast_variances(terms: ARMATerms, models: NDArray, wqs: list[NDArray]) -> list[NDArray]:
+    """``tr(wq gram^-1 wq')`` (v,) per contrast wq (q, r) at the models (v, 2), ``gram = Q'C^-1 Q``: design-only,
+    by the compiled Cholesky factor (NaN where a Gram matrix is not positive definite)."""
+    n, r = terms.fq.shape
+    v = models.shape[0]
+    values, where = np.unique(models[:, 1], return_inverse=True)
+    sums = _weighted_sums(terms, values)[where]
+    W = np.concatenate([np.zeros((0, r))] + list(wqs))
     bounds = np.cumsum([0] + [wq.shape[0] for wq in wqs])
-    crit, _, _, _, var, flagged = _compiled(spec, est, sums, ez, rhs0, zz0, W, bounds, False)
-    if flagged.size:
-        crit[flagged], parts = _criterion_numpy(spec, est[flagged], wqs, sums[flagged], flagged)
-        for row, part in zip(var, parts):
-            row[flagged] = part
-    return crit, list(var)
+    zeros = np.zeros((v, 2)), np.zeros((v, r)), np.zeros(v)
+    _, _, _, _, var, flagged = _compiled(n, models, sums, *zeros, W, bounds, False)
+    var[:, flagged] = np.nan
+    return list(var)
 
 
-def _criterion_numpy(
-    spec: _Spectral, est: NDArray, wqs: list[NDArray], sums: NDArray | None = None, cols=slice(None)
-) -> tuple[NDArray, list[NDArray]]:
-    """:func:`_criterion_and_variances` in numpy (the reference), for the block's voxels `cols`: by a Cholesky
-    factor of each voxel's Gram matrix (a quarter of an inverse and a log-determinant) and forward
-    substitution; by :func:`_gls_numpy` where a Gram matrix is not positive definite."""
-    n, r = spec.fq.shape
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = _gls_terms(spec, est, cols, sums)
-    try:
-        L = np.linalg.cholesky(t.gram)
-    except np.linalg.LinAlgError:
-        _, _, gram_inv, crit = _gls_numpy(spec, est, cols, sums)
-        return crit, [np.einsum("ai,vij,aj->v", wq, gram_inv, wq) for wq in wqs]
-    B = np.concatenate([t.rhs[:, :, None]] + [np.broadcast_to(wq.T, (t.rhs.shape[0],) + wq.T.shape) for wq in wqs], 2)
-    X = np.empty_like(B)  # L^-1 B, row by row
-    for i in range(r):
-        X[:, i] = (B[:, i] - np.einsum("vj,vjk->vk", L[:, i, :i], X[:, :i])) / L[:, i, i, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rss = t.zz - np.einsum("vi,vi->v", X[:, :, 0], X[:, :, 0])
-        log_gram = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
-        crit = (n - r) * np.log(np.maximum(rss, 1e-300)) + t.logdet + log_gram
-    bounds = np.cumsum([1] + [wq.shape[0] for wq in wqs])
-    return crit, [np.einsum("vik,vik->v", X[:, :, a:b], X[:, :, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+def _variance_lattice(terms: ARMATerms, grid: NDArray, wqs: list[NDArray], step: float = LATTICE_STEP):
+    """The :class:`_VarianceLattice` over every model a refined estimate can take (the grid's range and half a
+    grid step beyond it, within the stationary, invertible models), by central differences inside it."""
+    axes = []
+    for k in range(2):
+        half = 0.5 * np.diff(np.unique(grid[:, k]))[0] + step
+        low, high = max(grid[:, k].min() - half, -0.98), min(grid[:, k].max() + half, 0.98)
+        axes.append(low + step * np.arange(int(np.ceil((high - low) / step)) + 1))
+    A, B = np.meshgrid(*axes, indexing="ij")
+    variances = contrast_variances(terms, np.column_stack([A.ravel(), B.ravel()]), wqs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slopes = [np.gradient(np.log(var.reshape(A.shape)), step, step) for var in variances]
+    return _VarianceLattice(float(axes[0][0]), float(axes[1][0]), step, [tuple(s) for s in slopes])
 
 
-def fit_arma_block(design: DesignFactor, Y: NDArray, weights: list[NDArray], grid: NDArray = ARMA_GRID) -> ARMABlockFit:
+def _bilinear(table: NDArray, lattice: _VarianceLattice, models: NDArray) -> NDArray:
+    """`table` (na, nb) on the lattice, interpolated bilinearly at the models (v, 2) (held at its edges)."""
+    out = []
+    for k, origin in enumerate((lattice.a0, lattice.b0)):
+        x = np.clip((models[:, k] - origin) / lattice.step, 0.0, table.shape[k] - 1.0)
+        i = np.minimum(x.astype(int), table.shape[k] - 2)
+        out.append((i, x - i))
+    (i, fi), (j, fj) = out
+    low = table[i, j] * (1 - fj) + table[i, j + 1] * fj
+    high = table[i + 1, j] * (1 - fj) + table[i + 1, j + 1] * fj
+    return low * (1 - fi) + high * fi
+
+
+def fit_arma_block(
+    design: DesignFactor,
+    Y: NDArray,
+    weights: list[NDArray],
+    grid: NDArray = ARMA_GRID,
+    terms: ARMATerms | None = None,
+) -> ARMABlockFit:
     """ARMA(1,1) fit of one block Y (n, v; finite): REML estimates of (a, b) per voxel (:func:`estimate_arma`;
     a refined point is kept where its criterion is below the best grid point's), then generalised least squares
     with each voxel's exact whitening; contrasts with Satterthwaite's degrees of freedom (see the module's notes)
-    for the contrast weight matrices `weights` (q, pc)."""
+    for the contrast weight matrices `weights` (q, pc). `terms`: :func:`arma_terms` of the design, these weights
+    and the grid, made here when not given (a fit makes them once for all its blocks)."""
+    terms = terms or arma_terms(design, weights, grid)
     n, Q, r = design.n_scans, design.basis, design.rank
     shift = None
     if design.has_intercept:  # shifting by the mean only moves the constant's estimate, and keeps digits
@@ -471,53 +577,46 @@ def fit_arma_block(design: DesignFactor, Y: NDArray, weights: list[NDArray], gri
         Y = np.subtract(Y, shift, dtype=np.float64)
     else:
         Y = np.asarray(Y, dtype=np.float64)
-    coef = Q.T @ Y
     tss = np.einsum("tv,tv->v", Y, Y)  # centred when the design has an intercept (Y was shifted)
-    ols_rss = tss - np.einsum("kv,kv->v", coef, coef)
-    spec = _spectral(Q, Y)
-    found = _estimate(spec, grid)
+    coef = Q.T @ Y
+    E = Y - Q @ coef  # the GLS coordinates of Y are coef plus E's, its RSS and criterion E's
+    del Y
+    ols_rss = np.einsum("tv,tv->v", E, E)
+    spec = _spectral(terms, E)
+    found = _estimate(spec, E)
     est = found.refined
-    sums = _weighted_sums(spec, est[:, 1])
+    sums = _weighted_sums(terms, est[:, 1])
     coords, rss, gram_inv, crit = _gls(spec, est, sums=sums)
     worse = np.flatnonzero(~(crit <= found.grid_criterion + 1e-9 * np.abs(found.grid_criterion)))
     if worse.size:
         est[worse] = found.grid_best[worse]
-        sums[worse] = _weighted_sums(spec, est[worse, 1])
+        sums[worse] = _weighted_sums(terms, est[worse, 1])
         coords[:, worse], rss[worse], gram_inv[worse], _ = _gls(spec, est[worse], worse, sums[worse])
+    coords += coef
     if shift is not None:
         coords = coords + np.multiply.outer(Q.T @ np.ones(n), shift)
     betas = design.basis_pinv @ coords
     wqs = [w @ design.basis_pinv for w in weights]  # (q, r) each
-    spread = _estimation_spread(spec, est, crit, wqs, sums) if wqs else []
+    spread = _estimation_spread(terms.lattice, est, found.curvature) if wqs else []
     contrasts = []
     for w, wq, g2 in zip(weights, wqs, spread):
-        cov = np.einsum("ai,vij,bj->vab", wq, gram_inv, wq)
+        cov = (wq @ gram_inv) @ wq.T  # (v, q, q)
         dof = 2.0 / (2.0 / (n - r) + g2)  # Satterthwaite: var(log sigma^2 C) = 2 / nu + var(log C(a, b))
         contrasts.append((w @ betas, cov, dof))
     return ARMABlockFit(betas, rss, est, contrasts, ols_rss, tss)
 
 
-def _estimation_spread(spec: _Spectral, est, crit, wqs, sums, h: float = 0.02) -> list[NDArray]:
-    """For each contrast, ``var(log C(a_hat, b_hat))`` per voxel by the delta method (C = wq gram^-1 wq', its
-    trace over q for F): central differences of log C and of the REML criterion along a and along b (steps
-    `h`, kept inside the stationary, invertible models), var(a_hat) = 2 / d2crit/da2 (likewise b; their
-    covariance left out); 0 where the criterion is not convex along an axis. `sums`: the voxels'
-    :func:`_weighted_sums` at `est`, which the steps along a share."""
-    out = [np.zeros(est.shape[0]) for _ in wqs]
-    for axis in range(2):
-        step = np.zeros_like(est)
-        step[:, axis] = h
-        up, down = est + step, est - step
-        up[:, 0], down[:, 0] = np.clip(up[:, 0], -0.98, 0.98), np.clip(down[:, 0], -0.98, 0.98)
-        up[:, 1], down[:, 1] = np.clip(up[:, 1], -0.98, 0.98), np.clip(down[:, 1], -0.98, 0.98)
-        same_b = sums if axis == 0 else None
-        c_up, var_up = _criterion_and_variances(spec, up, wqs, same_b)
-        c_down, var_down = _criterion_and_variances(spec, down, wqs, same_b)
-        width = up[:, axis] - down[:, axis]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            curve = (c_up + c_down - 2.0 * crit) / (0.25 * width**2)
-            var = np.where(np.isfinite(curve) & (curve > 0), 2.0 / curve, 0.0)
-            for i, (cu, cd) in enumerate(zip(var_up, var_down)):
-                slope = (np.log(cu) - np.log(cd)) / width
-                out[i] += np.where(np.isfinite(slope), slope**2 * var, 0.0)
+def _estimation_spread(lattice: _VarianceLattice, est: NDArray, curvature: NDArray) -> list[NDArray]:
+    """For each contrast, ``var(log C(a_hat, b_hat))`` per voxel by the delta method (C = tr(wq gram^-1 wq')):
+    the slopes of log C at each voxel's model (a, b) = `est` (v, 2), from the design's lattice, squared and times
+    var(a_hat) = 2 / d2crit/da2 (likewise b; their covariance left out), the REML criterion's `curvature` (v, 2)
+    taken from the grid around the voxel's estimate; 0 along an axis where the criterion is not convex."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.where(np.isfinite(curvature) & (curvature > 0), 2.0 / curvature, 0.0)  # var(a_hat), var(b_hat)
+    out = []
+    for along_a, along_b in lattice.slopes:
+        total = np.zeros(est.shape[0])
+        for k, slope in enumerate((_bilinear(along_a, lattice, est), _bilinear(along_b, lattice, est))):
+            total += np.where(np.isfinite(slope), slope**2 * spread[:, k], 0.0)
+        out.append(total)
     return out

@@ -160,8 +160,8 @@ def test_arma_dof_equal_the_delta_method_at_each_voxels_estimate():
 def test_compiled_arma_gls_equals_numpy(columns):
     """``_arma_kernels.small_gls`` (each voxel's Gram matrix from its weighted sums, the Woodbury corner,
     Cholesky, solves, criterion) equals the numpy reference (``_gls_numpy``) to 1e-10: coefficients, RSS,
-    inverse Gram matrices and criteria, on a subset of the block's voxels too; voxels whose model is not
-    stationary (a = +-1: nothing finite) are flagged and fitted by numpy, as before."""
+    W gram^-1 W' for the rows of a t and an F contrast, and criteria, on a subset of the block's voxels too;
+    voxels whose model is not stationary (a = +-1: nothing finite) are flagged and fitted by numpy, as before."""
     from voxfit.core.arma import _gls, _gls_numpy, _spectral, arma_terms
 
     rng = np.random.default_rng(8)
@@ -172,13 +172,18 @@ def test_compiled_arma_gls_equals_numpy(columns):
     spec = _spectral(arma_terms(d), Y - Y.mean(axis=0) if d.has_intercept else Y)
     est = np.column_stack([rng.uniform(-0.9, 0.9, V), rng.uniform(-0.9, 0.9, V)])
     est[:3] = [[1.0, 0.2], [-1.0, 0.0], [0.0, 0.0]]
-    got, want = _gls(spec, est), _gls_numpy(spec, est)
-    for g, w in zip(got, want):
-        npt.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(w)), equal_nan=True)
+    W = np.concatenate([d.basis_pinv[:1], d.basis_pinv[: min(2, d.rank)]])  # a t and an F contrast's rows
+
+    def check(got, want):
+        coords, rss, gram_inv, crit = want
+        for g, w in zip(got, (coords, rss, W @ gram_inv @ W.T, crit)):
+            npt.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(w)), equal_nan=True)
+
+    got = _gls(spec, est, W)
+    check(got, _gls_numpy(spec, est))
     assert np.isnan(got[1][:2]).all() and np.isfinite(got[1][2:]).all()
     part = np.array([3, 7, 1, 20])  # a subset of the block's voxels (the refits of fit_arma_block)
-    for g, w in zip(_gls(spec, est[part], part), _gls_numpy(spec, est[part], part)):
-        npt.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(w)), equal_nan=True)
+    check(_gls(spec, est[part], W, part), _gls_numpy(spec, est[part], part))
 
 
 def test_arma11_recovers_parameters_as_statsmodels_does():

@@ -21,9 +21,9 @@ import threading
 __all__ = ["small_gls", "warm_up"]
 
 
-def small_gls(sums, a, b, n, ez, rhs0, zz0, W, bounds, full, crit, rss, coords, gram_inv, var, ok) -> None:
-    """See the compiled function's docstring; `crit`, `rss`, `coords`, `gram_inv`, `var` and `ok` are filled."""
-    _compile()(sums, a, b, n, ez, rhs0, zz0, W, bounds, full, crit, rss, coords, gram_inv, var, ok)
+def small_gls(sums, a, b, n, ez, rhs0, zz0, W, full, crit, rss, coords, cross, ok) -> None:
+    """See the compiled function's docstring; `crit`, `rss`, `coords`, `cross` and `ok` are filled."""
+    _compile()(sums, a, b, n, ez, rhs0, zz0, W, full, crit, rss, coords, cross, ok)
 
 
 def warm_up() -> None:
@@ -41,14 +41,12 @@ def warm_up() -> None:
         np.zeros((v, 2)),
         np.zeros((v, r)),
         zeros[2],
-        np.zeros((0, r)),
-        np.zeros(1, dtype=np.int64),
+        np.zeros((1, r)),
         True,
         zeros[3],
         zeros[4],
         np.zeros((r, v)),
-        np.zeros((v, r, r)),
-        np.zeros((0, v)),
+        np.zeros((v, 1, 1)),
         np.zeros(v, dtype=np.bool_),
     )
 
@@ -69,23 +67,23 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
     import numpy as np
 
     @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def kernel(sums, a, b, n, ez, rhs0, zz0, W, bounds, full, crit, rss, coords, gram_inv, var, ok):  # pragma: no cover
+    def kernel(sums, a, b, n, ez, rhs0, zz0, W, full, crit, rss, coords, cross, ok):  # pragma: no cover
         """For each voxel k of models ``(a[k], b[k])``: the GLS terms from its weighted `sums` (v, 3 + 4r + 3 r(r+1)/2;
         see ``arma._Spectral.columns``), ``ez`` (v, 2) = E'T_0^-1 z, ``rhs0`` (v, r) = (Q - a LQ)'T_0^-1 z and
         ``zz0`` (v,) = z'T_0^-1 z (z the AR-filtered data, all in the eigenbasis), corrected by the Woodbury corner;
-        the Cholesky factor L of the Gram matrix; ``crit[k]`` the REML criterion, ``rss[k]``, and ``var[c, k]`` the
-        sum over the rows ``bounds[c]:bounds[c + 1]`` of `W` (q, r) of ``|L^-1 w|^2`` (``tr(wq gram^-1 wq')`` of each
-        contrast). With `full`, also ``coords[:, k]`` = gram^-1 rhs and ``gram_inv[k]``. ``ok[k]`` is False where the
-        Gram matrix is not positive definite or a number is not finite (nothing else written for that voxel)."""
+        the Cholesky factor L of the Gram matrix; ``crit[k]`` the REML criterion, ``rss[k]``, and ``cross[k]`` (R, R)
+        = ``W gram^-1 W'`` for the rows of `W` (R, r; the contrasts' wq stacked). With `full`, also ``coords[:, k]`` =
+        gram^-1 rhs. ``ok[k]`` is False where the Gram matrix is not positive definite or a number is not finite
+        (nothing else written for that voxel)."""
         v = a.size
         r = rhs0.shape[1]
         m = r * (r + 1) // 2
         base = 3 + 4 * r
         G = np.empty((r, r))
         x = np.empty(r)
-        y = np.empty(r)
+        R = W.shape[0]
+        Y = np.empty((R, r))
         ep = np.empty((2, r))
-        Li = np.empty((r, r))
         for k in range(v):
             ak, bk = a[k], b[k]
             one_a2 = 1.0 - ak * ak
@@ -151,16 +149,19 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
                 q += x[i] * x[i]
             rss[k] = zz - q
             crit[k] = (n - r) * math.log(max(rss[k], 1e-300)) + logdet + log_gram
-            for c in range(bounds.size - 1):
-                total = 0.0
-                for row in range(bounds[c], bounds[c + 1]):
-                    for i in range(r):  # y = L^-1 w
-                        t = W[row, i]
-                        for p in range(i):
-                            t -= G[p, i] * y[p]
-                        y[i] = t / G[i, i]
-                        total += y[i] * y[i]
-                var[c, k] = total
+            for row in range(R):
+                for i in range(r):  # Y[row] = L^-1 w
+                    t = W[row, i]
+                    for p in range(i):
+                        t -= G[p, i] * Y[row, p]
+                    Y[row, i] = t / G[i, i]
+            for i in range(R):  # W gram^-1 W' = (L^-1 W')'(L^-1 W')
+                for j in range(i, R):
+                    t = 0.0
+                    for p in range(r):
+                        t += Y[i, p] * Y[j, p]
+                    cross[k, i, j] = t
+                    cross[k, j, i] = t
             if not full:
                 continue
             for i in range(r - 1, -1, -1):  # coords = L^-T x
@@ -168,21 +169,5 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
                 for p in range(i + 1, r):
                     t -= G[i, p] * coords[p, k]
                 coords[i, k] = t / G[i, i]
-            for j in range(r):  # Li = L^-1, column by column
-                for i in range(r):
-                    if i < j:
-                        Li[i, j] = 0.0
-                        continue
-                    t = 1.0 if i == j else 0.0
-                    for p in range(j, i):
-                        t -= G[p, i] * Li[p, j]
-                    Li[i, j] = t / G[i, i]
-            for i in range(r):  # gram^-1 = Li' Li
-                for j in range(i, r):
-                    t = 0.0
-                    for p in range(j, r):
-                        t += Li[p, i] * Li[p, j]
-                    gram_inv[k, i, j] = t
-                    gram_inv[k, j, i] = t
 
     return kernel

@@ -137,15 +137,18 @@ class ARMABlockFit:
 class _GridGroup:
     """The grid points that share one b, as the grid criterion needs them (design-only): their positions `rows` in
     the grid, their a's (A,), the MA(1)'s inverse spectrum `d` (n,), the Woodbury factors `N` (A, 2, 2), ``log|C|
-    + log|Q'C^-1 Q|`` per point `logdet` (A,), and `matrix` (A (r + 2), n; float32): applied to the data, each
-    point's L^-1 rhs (r rows; L the Cholesky factor of ``Q'C^-1 Q``, rhs = ``Q'C^-1 y``) and E'T_0^-1 z (2 rows)."""
+    + log|Q'C^-1 Q|`` per point `logdet` (A,), and two matrices (float32): `base` (3r + 4, n), applied to the data,
+    gives what is common to the points (Q'T_0^-1 z = p0 - a p1 + a^2 p2 for z the AR-filtered data, and E'T_0^-1 z =
+    u - a w), and `combine` (A r, 3r + 4) gives each point's L^-1 rhs from those (L the Cholesky factor of
+    ``Q'C^-1 Q``, rhs = ``Q'C^-1 y``, its corner by Woodbury)."""
 
     rows: NDArray
     a: NDArray
     d: NDArray
     N: NDArray
     logdet: NDArray
-    matrix: NDArray
+    base: NDArray
+    combine: NDArray
 
 
 @dataclass(frozen=True, eq=False)
@@ -250,12 +253,15 @@ def _grid_group(terms: ARMATerms, grid: NDArray, b: float) -> _GridGroup:
     ep = dve.T @ P  # (A, 2, r)
     gram = np.swapaxes(P, 1, 2) @ (d[:, None] * P) - _quadratic(N, ep, ep)
     L = np.linalg.cholesky(gram)
-    on_z = (np.swapaxes(P, 1, 2) - _quadratic(N, ep, terms.ve.T)) * d  # rhs = on_z z, z = (S - a S L) y: (A, r, n)
-    to_z = terms.transform[:n] - a[:, None, None] * terms.transform[n:]  # (A, n, n)
-    half = np.linalg.solve(L, on_z) @ to_z
-    matrix = np.concatenate([half, dve.T @ to_z], axis=1).reshape(a.size * (r + 2), n).astype(np.float32)
+    S, SL = terms.transform[:n], terms.transform[n:]  # z = (S - a SL) y in the eigenbasis
+    dq, dlq = (d[:, None] * terms.fq).T, (d[:, None] * terms.flq).T
+    base = np.concatenate([dq @ S, dq @ SL + dlq @ S, dlq @ SL, dve.T @ S, dve.T @ SL])
+    eye, corner = np.broadcast_to(np.eye(r), (a.size, r, r)), -np.swapaxes(ep, 1, 2) @ N  # (A, r, 2)
+    power = a[:, None, None]
+    pieces = np.concatenate([eye, -power * eye, power**2 * eye, corner, -power * corner], axis=2)  # rhs from base
+    combine = np.linalg.solve(L, pieces).reshape(a.size * r, 3 * r + 4)
     log_gram = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
-    return _GridGroup(rows, a, d, N, logdet + log_gram, matrix)
+    return _GridGroup(rows, a, d, N, logdet + log_gram, base.astype(np.float32), combine.astype(np.float32))
 
 
 def _spectral(terms: ARMATerms, Y: NDArray) -> _Spectral:
@@ -301,8 +307,9 @@ def _grid_criterion(spec: _Spectral, Y: NDArray) -> NDArray:
     yy = [d @ (spec.fy * spec.fy), d @ (spec.fy * spec.fly), d @ (spec.fly * spec.fly)]  # (B, v) each
     single = Y.astype(np.float32)
     for k, g in enumerate(terms.groups):
-        out = (g.matrix @ single).reshape(g.a.size, r + 2, v)
-        half, ez = out[:, :r], out[:, r:]
+        common = g.base @ single
+        half = (g.combine @ common).reshape(g.a.size, r, v)
+        ez = common[None, -4:-2] - g.a[:, None, None] * common[None, -2:]  # (A, 2, v)
         a = g.a[:, None]
         zz = yy[0][k] - 2.0 * a * yy[1][k] + a * a * yy[2][k] - np.einsum("gav,gab,gbv->gv", ez, g.N, ez)
         rss = zz - np.einsum("gkv,gkv->gv", half, half)
@@ -456,20 +463,18 @@ def _gls_terms(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | 
     return _GLSTerms(gram, rhs, zz, logdet)
 
 
-def _gls(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None):
+def _gls(spec: _Spectral, est: NDArray, W: NDArray, cols=slice(None), sums: NDArray | None = None):
     """Per-voxel GLS with each voxel's model (a, b) = `est` (v, 2), for the block's voxels `cols`: ``(coords
-    (r, v), rss (v,), gram^-1 (v, r, r), criterion (v,))``, compiled (see ``_arma_kernels``), the voxels it
-    flags by :func:`_gls_numpy`."""
+    (r, v), rss (v,), W gram^-1 W' (v, R, R) for the rows W (R, r), criterion (v,))``, compiled (see
+    ``_arma_kernels``), the voxels it flags by :func:`_gls_numpy`."""
     n, r = spec.terms.fq.shape
     sums, ez, rhs0, zz0 = _small_inputs(spec, est, cols, sums)
-    out = _compiled(n, est, sums, ez, rhs0, zz0, np.zeros((0, r)), [0], True)
-    crit, rss, coords, gram_inv, _, flagged = out
+    crit, rss, coords, cross, flagged = _compiled(n, est, sums, ez, rhs0, zz0, W, True)
     if flagged.size:
         where = _take(cols, flagged)
-        coords[:, flagged], rss[flagged], gram_inv[flagged], crit[flagged] = _gls_numpy(
-            spec, est[flagged], where, sums[flagged]
-        )
-    return coords, rss, gram_inv, crit
+        coords[:, flagged], rss[flagged], gram_inv, crit[flagged] = _gls_numpy(spec, est[flagged], where, sums[flagged])
+        cross[flagged] = W @ gram_inv @ W.T
+    return coords, rss, cross, crit
 
 
 def _gls_numpy(spec: _Spectral, est: NDArray, cols=slice(None), sums: NDArray | None = None):
@@ -492,23 +497,21 @@ def _take(cols, idx: NDArray) -> NDArray:
     return idx if isinstance(cols, slice) else np.asarray(cols)[idx]
 
 
-def _compiled(n: int, est, sums, ez, rhs0, zz0, W, bounds, full: bool):
-    """``_arma_kernels.small_gls`` on these inputs (n scans): (crit, rss, coords, gram_inv, var, flagged voxels)."""
+def _compiled(n: int, est, sums, ez, rhs0, zz0, W, full: bool):
+    """``_arma_kernels.small_gls`` on these inputs (n scans): (crit, rss, coords, W gram^-1 W', flagged voxels)."""
     from ._arma_kernels import small_gls
 
     v, r = rhs0.shape
     crit, rss = np.full(v, np.nan), np.full(v, np.nan)
     coords = np.zeros((r, v if full else 0))
-    gram_inv = np.zeros((v if full else 0, r, r))
-    bounds = np.asarray(bounds, dtype=np.int64)
-    var = np.zeros((bounds.size - 1, v))
+    cross = np.full((v, W.shape[0], W.shape[0]), np.nan)
     ok = np.zeros(v, dtype=np.bool_)
     a, b = np.ascontiguousarray(est[:, 0]), np.ascontiguousarray(est[:, 1])
     W = np.ascontiguousarray(W, dtype=np.float64)
     sums = np.ascontiguousarray(sums)
     with np.errstate(invalid="ignore", divide="ignore"):
-        small_gls(sums, a, b, n, ez, rhs0, zz0, W, bounds, full, crit, rss, coords, gram_inv, var, ok)
-    return crit, rss, coords, gram_inv, var, np.flatnonzero(~ok)
+        small_gls(sums, a, b, n, ez, rhs0, zz0, W, full, crit, rss, coords, cross, ok)
+    return crit, rss, coords, cross, np.flatnonzero(~ok)
 
 
 LATTICE_STEP = 0.02  # the spacing of the models at which log tr(wq gram^-1 wq') is tabulated
@@ -521,12 +524,15 @@ def contrast_variances(terms: ARMATerms, models: NDArray, wqs: list[NDArray]) ->
     v = models.shape[0]
     values, where = np.unique(models[:, 1], return_inverse=True)
     sums = _weighted_sums(terms, values)[where]
-    W = np.concatenate([np.zeros((0, r))] + list(wqs))
-    bounds = np.cumsum([0] + [wq.shape[0] for wq in wqs])
     zeros = np.zeros((v, 2)), np.zeros((v, r)), np.zeros(v)
-    _, _, _, _, var, flagged = _compiled(n, models, sums, *zeros, W, bounds, False)
-    var[:, flagged] = np.nan
-    return list(var)
+    cross = _compiled(n, models, sums, *zeros, np.concatenate(wqs) if wqs else np.zeros((0, r)), False)[3]
+    return [np.trace(cross[:, rows, rows], axis1=1, axis2=2) for rows in _row_blocks(wqs)]
+
+
+def _row_blocks(wqs: list[NDArray]) -> list[slice]:
+    """The rows of each contrast in their stack."""
+    bounds = np.cumsum([0] + [wq.shape[0] for wq in wqs])
+    return [slice(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def _variance_lattice(terms: ARMATerms, grid: NDArray, wqs: list[NDArray], step: float = LATTICE_STEP):
@@ -571,38 +577,34 @@ def fit_arma_block(
     and the grid, made here when not given (a fit makes them once for all its blocks)."""
     terms = terms or arma_terms(design, weights, grid)
     n, Q, r = design.n_scans, design.basis, design.rank
-    shift = None
-    if design.has_intercept:  # shifting by the mean only moves the constant's estimate, and keeps digits
-        shift = Y.mean(axis=0, dtype=np.float64)
-        Y = np.subtract(Y, shift, dtype=np.float64)
-    else:
-        Y = np.asarray(Y, dtype=np.float64)
-    tss = np.einsum("tv,tv->v", Y, Y)  # centred when the design has an intercept (Y was shifted)
+    Y = np.asarray(Y, dtype=np.float64)
     coef = Q.T @ Y
     E = Y - Q @ coef  # the GLS coordinates of Y are coef plus E's, its RSS and criterion E's
-    del Y
     ols_rss = np.einsum("tv,tv->v", E, E)
+    if design.has_intercept:  # the total sum of squares about the mean
+        coef_centred = coef - np.multiply.outer(Q.T @ np.ones(n), Y.mean(axis=0))
+        tss = ols_rss + np.einsum("kv,kv->v", coef_centred, coef_centred)
+    else:
+        tss = np.einsum("tv,tv->v", Y, Y)
+    del Y
     spec = _spectral(terms, E)
     found = _estimate(spec, E)
     est = found.refined
+    wqs = [w @ design.basis_pinv for w in weights]  # (q, r) each
+    W = np.concatenate(wqs) if wqs else np.zeros((0, r))
     sums = _weighted_sums(terms, est[:, 1])
-    coords, rss, gram_inv, crit = _gls(spec, est, sums=sums)
+    coords, rss, cross, crit = _gls(spec, est, W, sums=sums)
     worse = np.flatnonzero(~(crit <= found.grid_criterion + 1e-9 * np.abs(found.grid_criterion)))
     if worse.size:
         est[worse] = found.grid_best[worse]
         sums[worse] = _weighted_sums(terms, est[worse, 1])
-        coords[:, worse], rss[worse], gram_inv[worse], _ = _gls(spec, est[worse], worse, sums[worse])
-    coords += coef
-    if shift is not None:
-        coords = coords + np.multiply.outer(Q.T @ np.ones(n), shift)
-    betas = design.basis_pinv @ coords
-    wqs = [w @ design.basis_pinv for w in weights]  # (q, r) each
+        coords[:, worse], rss[worse], cross[worse], _ = _gls(spec, est[worse], W, worse, sums[worse])
+    betas = design.basis_pinv @ (coef + coords)
     spread = _estimation_spread(terms.lattice, est, found.curvature) if wqs else []
     contrasts = []
-    for w, wq, g2 in zip(weights, wqs, spread):
-        cov = (wq @ gram_inv) @ wq.T  # (v, q, q)
+    for w, rows, g2 in zip(weights, _row_blocks(wqs), spread):
         dof = 2.0 / (2.0 / (n - r) + g2)  # Satterthwaite: var(log sigma^2 C) = 2 / nu + var(log C(a, b))
-        contrasts.append((w @ betas, cov, dof))
+        contrasts.append((w @ betas, cross[:, rows, rows], dof))
     return ARMABlockFit(betas, rss, est, contrasts, ols_rss, tss)
 
 

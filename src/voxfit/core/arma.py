@@ -17,13 +17,18 @@ basis Q. The fit itself does not whiten: ``C^-1 = A'T^-1 A`` with A = I - a L
 its 2 x 2 corner. Every T_0 is diagonal in the same DST-I eigenbasis (eigenvalues ``1 + b^2 + 2 b cos(pi j /
 (n + 1))``), so one transform of the data and of the basis (and of their lags) serves every (a, b):
 ``Q'C^-1 Q``, ``Q'C^-1 y``, ``y'C^-1 y`` and ``log|C|`` are sums over the n frequencies (quadratic in a; the
-corner by Woodbury), for the grid one product per distinct b, for each voxel's own (a, b) one product of its
-inverse spectrum with the basis's column products.
+corner by Woodbury). What depends on the design alone is made once per fit (:func:`arma_terms`): each grid
+point's Gram matrix and factor, and the matrices that give its criterion from the data by two products; each
+voxel's own (a, b) then needs the weighted sums of the basis's column products at its b, tabulated for every b a
+refined estimate can take (b is rounded to 1/128 of the grid's step), and the products of its data. The criterion
+depends on the data through their OLS residuals alone, on which the grid's products are made in single
+precision (the GLS at each voxel's estimate is in double precision).
 
 Degrees of freedom: 3dREMLfit refers each t to ``n - rank``, as if (a, b) were known; that is liberal (0.064
 for 0.05 on ARMA(0.6, 0.3) noise, 200 scans, 10-scan blocks). voxfit refers it to Satterthwaite's dof, which
 add the variance of the contrast's log variance through the (a, b) estimate to the chi-square's 2 / (n - rank)
-(see ``_estimation_spread``).
+(see ``_estimation_spread``: the slopes of log C from a design-only lattice, the REML criterion's curvature from
+the grid around the estimate).
 """
 
 from __future__ import annotations

@@ -1085,7 +1085,15 @@ def _run_fit(args, argv, progress) -> int:
         _warn_out_of_order(args.inputs)
     from ._execution import Execution
     from .io import load, open_reader
-    from .models._routing import MEMORY, ScanObserver, choose_route, first_level_needs, noise_order, read_gathers_sums
+    from .models._routing import (
+        MEMORY,
+        ScanObserver,
+        choose_route,
+        first_level_needs,
+        noise_order,
+        read_fits_ols,
+        read_gathers_sums,
+    )
 
     execution = Execution(args.max_memory, args.n_jobs, args.scheduler, args.device, progress)
     reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
@@ -1095,10 +1103,13 @@ def _run_fit(args, argv, progress) -> int:
     loading = None
     if route.kind == MEMORY:
         rft = args.inference == "rft" and args.mask is not None
-        if rft and read_gathers_sums(rft, args.mask, args.scaling, noise_order(args.noise), route, args.scheduler):
+        order = noise_order(args.noise)
+        if (rft and read_gathers_sums(rft, args.mask, args.scaling, order, route, args.scheduler)) or read_fits_ols(
+            rft, args.mask, args.scaling, order, route, execution
+        ):
             from dataclasses import replace
 
-            route = replace(route, observer=ScanObserver())  # RFT's sums of the data, gathered as they are read
+            route = replace(route, observer=ScanObserver())  # RFT's or OLS's sums of the data, gathered as read
         loading = _in_thread(
             load,
             reader,

@@ -46,6 +46,7 @@ __all__ = [
     "empty_result",
     "fit_block",
     "fit_from_sums",
+    "fit_sums_of_data",
     "needs_refit",
     "working_dtype",
 ]
@@ -235,6 +236,27 @@ def fit_from_sums(design: DesignFactor, c: NDArray, ss: NDArray, total: NDArray,
     rss = np.maximum(ss - np.einsum("iv,iv->v", c, c), 0.0)
     tss = ss - total**2 / n if design.has_intercept else ss
     return design.basis_pinv @ coords, rss, tss
+
+
+def fit_sums_of_data(design: DesignFactor, c, ss, total, shift, Y: NDArray, tile: int = 256) -> BlockResult:
+    """OLS of the voxels of `Y` (n, v) from their float64 sums (see :func:`fit_from_sums`; `shift` None when the
+    data were not shifted), with :class:`BlockFitter`'s rules: voxels whose data hold NaN or infinity are invalid
+    (NaN outputs); those whose sums lost digits (:func:`needs_refit`, float64), whose squares overflowed though
+    their data are finite, or whose sums of squares are near underflow are fitted from their data in `Y`."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        betas, rss, tss = fit_from_sums(design, c, ss, total, shift)
+        valid = np.isfinite(ss) & np.isfinite(total) & np.isfinite(c).all(axis=0)
+        suspect = np.flatnonzero(~valid)
+        overflowed = suspect[np.isfinite(Y[:, suspect]).all(axis=0)] if suspect.size else suspect
+        valid[overflowed] = True
+        redo = np.flatnonzero(valid & (needs_refit(rss, ss, np.float64) | (ss < _TINY_SSQ)))
+    redo = np.union1d(redo, overflowed)
+    for a in range(0, redo.size, tile):
+        idx = redo[a : a + tile]
+        exact = fit_block(design, np.asarray(Y[:, idx]), tile, compiled=False)  # a few voxels: no kernel to load
+        betas[:, idx], rss[idx], tss[idx] = exact.betas, exact.rss, exact.tss
+    betas[:, ~valid], rss[~valid], tss[~valid] = np.nan, np.nan, np.nan
+    return BlockResult(betas=betas, rss=rss, tss=tss, valid=valid)
 
 
 def fit_block(design: DesignFactor, Y: NDArray, tile: int = 256, compiled: bool = True) -> BlockResult:

@@ -16,11 +16,12 @@ from .._progress import Progress
 from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
-from ..core.ols import BlockFitter, BlockResult, empty_result, fit_from_sums, needs_refit
+from ..core.ols import BlockFitter, BlockResult, empty_result, fit_from_sums, fit_sums_of_data, needs_refit
 from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
+from ._reading import ReadAccumulator
 from .memory import plan_blocks
 
-__all__ = ["check_fit_inputs", "fit", "map_blocks"]
+__all__ = ["ReadFit", "check_fit_inputs", "fit", "map_blocks"]
 
 
 def check_data_matrix(a, name: str, n: int, row: str, expected: str):
@@ -133,13 +134,7 @@ def fit(
     wdt = working_dtype(Y.dtype)
     budget = execution.budgets.block
     block, tile = plan_blocks(n, p, wdt.itemsize, execution.max_memory, block_size, workers=n_jobs, budget=budget)
-    if design.dof == 0:
-        warnings.warn(
-            f"The design leaves no residual degrees of freedom ({n} scans, rank {design.rank}); "
-            "residual variances and statistics are NaN.",
-            DegreesOfFreedomWarning,
-            stacklevel=2,
-        )
+    _warn_without_dof(design)
 
     # the results (betas p x V and per-voxel sums) exist whole, whatever the blocks: p comes from a design file
     check_memory(
@@ -177,6 +172,64 @@ def fit(
         run_in_threads(run, starts, workers, bar.update)  # stops within a block of Ctrl-C or SIGTERM
     bar.close()
     return make_fit(design, out.betas, out.rss, out.tss, out.valid)
+
+
+def _warn_without_dof(design) -> None:
+    if design.dof == 0:
+        warnings.warn(
+            f"The design leaves no residual degrees of freedom ({design.n_scans} scans, rank {design.rank}); "
+            "residual variances and statistics are NaN.",
+            DegreesOfFreedomWarning,
+            stacklevel=3,
+        )
+
+
+class ReadFit(ReadAccumulator):
+    """The OLS fit of a run from sums gathered while it is read (``voxfit.io.load(observe=...)``; see
+    ``ReadAccumulator``: on a side thread, so that only the fit's finishing follows the read): per voxel, in
+    float64, ``Q'(y - shift)``, ``sum (y - shift)^2`` and ``sum (y - shift)``, the shift its first scan when the
+    design spans the constant (so that the sums keep their digits). :meth:`finish` gives the :class:`Fit` that
+    :func:`fit` gives from the data, to rounding, by the same rules (``voxfit.core.ols.fit_sums_of_data``)."""
+
+    CHUNK = 1 << 16  # voxels converted to float64 at a time (READ_BATCH scans of them: 8 MiB)
+
+    def __init__(self, X, names=None):
+        super().__init__()
+        self.design = factorize(X, names)
+        self.rows = np.ascontiguousarray(self.design.basis.T)  # (r, n)
+        self.c = self.ss = self.total = self.shift = None
+
+    def add(self, values) -> None:
+        k, V = values.shape
+        if self.n_scans + k > self.rows.shape[1]:  # more scans than the design has rows: refused after the read
+            self.n_scans += k
+            return
+        if self.c is None:
+            self.c, self.ss, self.total = np.zeros((self.rows.shape[0], V)), np.zeros(V), np.zeros(V)
+            self.shift = np.asarray(values[0], dtype=np.float64).copy() if self.design.has_intercept else None
+        rows = self.rows[:, self.n_scans : self.n_scans + k]
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf of invalid voxels propagate quietly
+            for a in range(0, V, self.CHUNK):
+                b = min(V, a + self.CHUNK)
+                part = np.asarray(values[:, a:b], dtype=np.float64)
+                if self.shift is not None:
+                    part = part - self.shift[a:b]
+                self.c[:, a:b] += rows @ part
+                self.ss[a:b] += np.einsum("tv,tv->v", part, part)
+                self.total[a:b] += part.sum(axis=0)
+        self.n_scans += k
+
+    def finish(self, data) -> Fit:
+        """After the read into `data` (n, V): the fit (the scans not yet added added first)."""
+        self.add_rest(data)
+        _warn_without_dof(self.design)
+        out = fit_sums_of_data(self.design, self.c, self.ss, self.total, self.shift, data)
+        return make_fit(self.design, out.betas, out.rss, out.tss, out.valid)
+
+    def mean(self) -> np.ndarray:
+        """Each voxel's mean over the scans (after :meth:`finish`)."""
+        mean = self.total / self.n_scans
+        return mean if self.shift is None else mean + self.shift
 
 
 def _fit_on_device(design, Y, device: str, block: int) -> Fit:

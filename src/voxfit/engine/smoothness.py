@@ -40,7 +40,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._dask import run_tasks
-from .._threads import DaemonExecutor, resolve_workers, run_in_threads
+from .._threads import resolve_workers, run_in_threads
+from ._reading import ReadAccumulator
 
 if TYPE_CHECKING:  # voxfit.inference.rft imports scipy.stats: loaded when sums are made, not with the engine
     from ..inference.rft import NeighbourSums
@@ -49,7 +50,6 @@ __all__ = ["GridProducts", "neighbour_sums", "spans_constant", "warm_kernels"]
 
 DENSE_BYTES = 4 << 20  # a chunk of dense float64 scans of a slab (in L2 as the products read it back: 16 MiB cost 1.5x)
 SLAB_POSITIONS = 16384  # dense positions of a slab (whole planes): a task
-READ_BATCH = 16  # scans gathered during a read before their sums are added (each addition visits every slab)
 
 _READY = threading.Event()  # set once warm_kernels has loaded the compiled kernels in this process
 _LOCAL = threading.local()  # each thread's dense buffer, reused from slab to slab
@@ -257,7 +257,7 @@ def warm_kernels(dtype=np.float32) -> None:
     _READY.set()
 
 
-class GridProducts:
+class GridProducts(ReadAccumulator):
     """The data's neighbour sums accumulated over slabs of scans as they are read, at candidate voxels (a flat
     boolean over the grid's elements in x-fastest order):
 
@@ -276,8 +276,7 @@ class GridProducts:
         self.candidates = candidates
         self.basis = None if basis is None else np.array(basis, dtype=np.float64, order="C")
         self.layout = self.elements = self.sums = self.shift = self.projections = None
-        self.n_scans = 0
-        self._stop, self._task = 0, None  # scans read (observe), and the side thread adding them
+        super().__init__()
 
     @staticmethod
     def bytes(shape) -> int:
@@ -304,30 +303,15 @@ class GridProducts:
             _add_data_sums(_Problem(self.layout, rows, None, self.shift), values, self.sums, self.projections)
         self.n_scans += k
 
-    def observe(self, out, stop: int) -> None:
-        """During a read into `out` (n, candidates), whose first `stop` scans are read: the scans not yet added
-        are added on a side thread (so that the read never waits for them), once :data:`READ_BATCH` of them wait
-        (or the read is complete) and the kernels are loaded (:func:`warm_kernels`, in a thread); until then they
-        wait in `out`, for a later call or :meth:`finish`. The compiled sums release the GIL."""
-        self._stop = stop
-        if _READY.is_set() and (self._task is None or self._task.done()):
-            self._task = DaemonExecutor(aside=True).submit(self._catch_up, out)
-
-    def _catch_up(self, out) -> None:
-        while _READY.is_set():
-            stop = self._stop
-            waiting = stop - self.n_scans
-            if waiting <= 0 or (waiting < READ_BATCH and stop < out.shape[0]):
-                return
-            self.add(out[self.n_scans : stop])
+    def ready(self) -> bool:
+        """During a read (:meth:`observe`, see ``ReadAccumulator``), scans are added once the kernels are loaded
+        (:func:`warm_kernels`, in a thread); the compiled sums release the GIL."""
+        return _READY.is_set()
 
     def finish(self, data) -> NeighbourSums:
         """After the read into `data` (n, candidates): add the scans not yet added (waiting for the side thread
         first); the residuals' sums at the candidates (see :meth:`residual_sums`)."""
-        if self._task is not None:
-            self._task.result()
-        if self.n_scans < data.shape[0]:
-            self.add(data[self.n_scans :])
+        self.add_rest(data)
         return self.residual_sums(self.candidates, self.projections, self.basis)
 
     def residual_sums(self, mask, projections, basis) -> NeighbourSums:

@@ -67,7 +67,8 @@ class ScanObserver:
     """What a read started early (the command line's, while the numerical modules import) has gathered so far,
     handed to the consumer attached later: ``voxfit.io.load(observe=...)`` calls it with the array being filled
     and the number of scans in it, and the consumer's ``observe`` (``voxfit.engine.smoothness.GridProducts``:
-    the residuals' neighbour sums for RFT) sees every call from its attachment on, so the scans read before it
+    the residuals' neighbour sums for RFT; ``voxfit.engine.fit.ReadFit``: the OLS fit) sees every call from its
+    attachment on, so the scans read before it
     in the first of them (or, when the read was over first, in its ``finish``)."""
 
     def __init__(self):
@@ -98,6 +99,18 @@ def read_gathers_sums(rft: bool, mask, scaling: str, order: int, route: Route, s
         and route.kind == MEMORY
         and reader is not None
         and reader.scale is None
+    )
+
+
+def read_fits_ols(rft: bool, mask, scaling: str, order: int, route: Route, execution) -> bool:
+    """Whether an OLS fit (noise `order` 0) is made from sums gathered while the data are read
+    (``voxfit.engine.fit.ReadFit``), on the CPU, under :func:`read_gathers_sums`'s conditions; not with RFT, whose
+    own sums are gathered then."""
+    return bool(
+        order == 0
+        and not rft
+        and not execution.on_device
+        and read_gathers_sums(True, mask, scaling, order, route, execution.scheduler)
     )
 
 

@@ -23,6 +23,7 @@ from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
+from ..engine.fit import ReadFit
 from ..engine.smoothness import GridProducts, neighbour_sums, warm_kernels
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
@@ -52,6 +53,7 @@ from ._routing import (
     choose_route,
     first_level_needs,
     noise_order,
+    read_fits_ols,
     read_gathers_sums,
 )
 from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
@@ -303,9 +305,10 @@ def fit_images(
             if scheduler is not None:  # one connection to the cluster for the mean image and the fit
                 scheduler = stack.enter_context(dask_client(scheduler))
                 execution = replace(execution, scheduler=scheduler)
-            grid = None
+            grid = sums = None
             if dataset is None:
                 grid = _read_grid(rft, mask, scaling, model, route, scheduler)
+                sums = _read_fit(rft, mask, scaling, model, route, execution)
                 dataset = load(
                     inputs if route.reader is None else route.reader,
                     mask if grid is None else grid.candidates,
@@ -314,12 +317,13 @@ def fit_images(
                     n_scans=model.X.shape[0],
                     scan_globals=scaling == "global",
                     name="inputs",
-                    observe=None if grid is None else grid.observe,
+                    observe=next((x.observe for x in (grid, sums) if x is not None), None),
                 )
             elif isinstance(dataset, Future):
                 if route.observer is not None:  # the read began before this module imported
                     grid = _read_grid(rft, mask, scaling, model, route, scheduler)
-                    route.observer.attach(grid)
+                    sums = _read_fit(rft, mask, scaling, model, route, execution)
+                    route.observer.attach(grid if grid is not None else sums)
                 dataset = dataset.result()
             check_design_rows(model.X.shape[0], dataset.n_scans)
             if records is None and out is not None:
@@ -337,8 +341,9 @@ def fit_images(
                 dataset.masker,
                 _tr(design),
                 mesh,
+                sums,
             )
-            mean = None if out is None else _mean_image(dataset.data, scheduler)
+            mean = None if out is None else sums.mean() if sums is not None else _mean_image(dataset.data, scheduler)
             if rft is None:
                 neighbours = None
             elif grid is not None:
@@ -609,6 +614,16 @@ def _read_grid(rft, mask, scaling: str, model: FirstLevelModel, route: Route, sc
     return GridProducts(reader.geometry.shape, True, explicit_mask(mask, reader.geometry), model.factor.basis)
 
 
+def _read_fit(rft, mask, scaling: str, model: FirstLevelModel, route: Route, execution: Execution):
+    """For OLS when its fit is made from sums gathered while the data are read (see
+    ``voxfit.models._routing.read_fits_ols``): the accumulator (``ReadFit``, whose ``observe`` the read calls; the
+    sums run on a side thread while the next scans are read, so that only the fit's finishing follows the read);
+    else None."""
+    if not read_fits_ols(rft is not None, mask, scaling, model.order, route, execution):
+        return None
+    return ReadFit(model.X, model.names)
+
+
 def _neighbour_sums(model: FirstLevelModel, data, noise_fit: NoiseFit, masker: Masker, execution: Execution):
     """The NeighbourSums of the fit's residuals (see ``voxfit.engine.smoothness``): OLS and ar1-global their
     own (ar1-global's whitened), AR(p) per voxel the OLS residuals of the design; on the Dask workers when they
@@ -681,11 +696,22 @@ def _tr(design) -> float | None:
 
 
 def fit_noise_model(
-    X, data, names, items, noise, execution: Execution | None = None, kinds=None, masker=None, tr=None, mesh=None
+    X,
+    data,
+    names,
+    items,
+    noise,
+    execution: Execution | None = None,
+    kinds=None,
+    masker=None,
+    tr=None,
+    mesh=None,
+    sums: ReadFit | None = None,
 ) -> NoiseFit:
     """Fit with the noise model asked for (see `noise` in :func:`fit_images`), each contrast's statistics
     computed. `masker` (the data's voxels in their geometry) is needed by ``film``'s spatial step, and on a surface
-    its `mesh` (a GIFTI surface's path, or its vertices and triangles); `tr` (s) by ``fast``."""
+    its `mesh` (a GIFTI surface's path, or its vertices and triangles); `tr` (s) by ``fast``. `sums`: for OLS, the
+    sums gathered while `data` were read, from which the fit is made (see :func:`_read_fit`)."""
     execution = execution or Execution()
     order = noise_order(noise)
     noise = str(noise).lower()
@@ -731,7 +757,7 @@ def fit_noise_model(
             "lag1_correlation": float(g.correlation[1, 0]),
         }
     else:
-        fit = fit_engine(X, data, names=names, execution=execution)
+        fit = fit_engine(X, data, names=names, execution=execution) if sums is None else sums.finish(data)
         stats, ar_coef, info = None, None, {"model": "OLS"}
     if fit.n_invalid == fit.valid.size:
         raise InputError(

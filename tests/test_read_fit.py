@@ -1,0 +1,131 @@
+"""OLS from sums gathered while a run is read (``voxfit.engine.fit.ReadFit``): the same fit as the data's, by the
+same rules, whether the scans arrive in batches on the side thread or at the end; and the command line's use of it."""
+
+import nibabel as nib
+import numpy as np
+import numpy.testing as npt
+import pandas as pd
+import pytest
+
+from voxfit import fit
+from voxfit.cli import main
+from voxfit.engine.fit import ReadFit
+
+from .imaging import AFFINE
+
+
+def awkward_voxels(rng, X, dtype):
+    """Data (n, V) about 1000 with the awkward voxels of a real run: a NaN, an infinity, a constant voxel, a
+    voxel the design fits exactly (the sums' subtraction loses every digit), and in float64 values near 1e200
+    (squares overflow) and near 1e-160 (squares near underflow)."""
+    n = X.shape[0]
+    Y = 1000 + rng.standard_normal((n, 60)) + X @ rng.standard_normal((X.shape[1], 60))
+    Y[7, 1] = np.nan
+    Y[3, 2] = np.inf
+    Y[:, 3] = 5.0
+    Y[:, 4] = X @ np.arange(1.0, X.shape[1] + 1)
+    if dtype == np.float64:
+        Y[:, 5] *= 1e197
+        Y[:, 6] *= 1e-163
+    return Y.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("intercept", [True, False])
+@pytest.mark.parametrize("steps", [5, 40, 0])
+def test_sums_gathered_while_reading_fit_as_the_data_do(rng, dtype, intercept, steps):
+    """Betas, residual variances, R^2 and validity from the sums equal the float64 fit of the same values to
+    1e-9, with scans handed over as a read does (`steps` scans a call; 0: none until the end), with and without
+    the constant in the design; the mean image is the data's."""
+    n = 40
+    X = rng.standard_normal((n, 3))
+    if intercept:
+        X = np.column_stack([X, np.ones(n)])
+    Y = awkward_voxels(rng, X, dtype)
+    sums = ReadFit(X)
+    out = np.full_like(Y, np.nan)
+    for stop in range(steps, n + 1, steps or n + 1):  # the read fills `out` and says how far it has got
+        out[:stop] = Y[:stop]
+        sums.observe(out, stop)
+    with np.errstate(invalid="ignore", over="ignore"):
+        got, want = sums.finish(Y), fit(X, Y.astype(np.float64))
+    npt.assert_array_equal(got.valid, want.valid)
+    assert not got.valid[[1, 2]].any() and got.valid[[0, 3, 4]].all()
+    ok = want.valid
+    se = np.sqrt(np.nan_to_num(want.residual_variance[ok]))  # (NaN where the RSS is not representable: 1e200)
+    scale = np.abs(want.betas[:, ok]) + se
+    assert np.all(np.abs(got.betas[:, ok] - want.betas[:, ok]) <= 1e-9 * scale + 1e-300)
+    npt.assert_allclose(got.residual_variance[ok], want.residual_variance[ok], rtol=1e-9, atol=1e-12, equal_nan=True)
+    npt.assert_allclose(got.r2[ok], want.r2[ok], rtol=1e-9, atol=1e-9, equal_nan=True)
+    assert got.residual_variance[4] <= (1e-6 * np.abs(Y[:, 4]).max()) ** 2  # fitted exactly but for rounding
+    assert got.residual_variance[3] == 0 or not intercept  # constant
+    with np.errstate(invalid="ignore", over="ignore"):
+        npt.assert_allclose(sums.mean()[ok], Y[:, ok].astype(np.float64).mean(axis=0), rtol=1e-12)
+
+
+def test_a_run_longer_than_its_design_is_refused_after_the_read(tmp_path, capsys):
+    """The sums skip scans beyond the design's rows, so the read's check refuses the run in one line (exit 2)."""
+    rng = np.random.default_rng(1)
+    bold, mask, design = write_run(tmp_path, rng, n=30)
+    pd.DataFrame({"a": rng.standard_normal(29)}).to_csv(design, sep="\t", index=False)
+    out = tmp_path / "o"
+    code = main(["fit", str(bold), "--design", str(design), "--contrast", "a", "--mask", str(mask), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "30" in err and "29" in err, err
+    assert not out.exists()
+
+
+def write_run(folder, rng, n=30):
+    data = (1000 + 5 * rng.standard_normal((7, 6, 5, n))).astype(np.float32)
+    data[0, 0, 0, 4] = np.nan  # a voxel with a NaN, inside the mask
+    bold, mask = folder / "bold.nii.gz", folder / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), bold)
+    inside = np.ones((7, 6, 5), dtype=np.uint8)
+    inside[6] = 0
+    nib.save(nib.Nifti1Image(inside, AFFINE), mask)
+    return bold, mask, folder / "design.tsv"
+
+
+def test_fit_with_a_mask_fits_ols_while_reading(tmp_path, capsys, monkeypatch):
+    """voxfit fit --mask (OLS): the command line's read hands its scans to the sums and the fit is made from them,
+    not from the data after the read; its maps equal voxfit.fit's on the data as read (1e-5: the fit of data held
+    in float32 keeps float32's digits, the sums float64's)."""
+    from voxfit.models import glm
+    from voxfit.models._routing import ScanObserver
+
+    rng = np.random.default_rng(2)
+    bold, mask, design = write_run(tmp_path, rng)
+    X = np.column_stack([rng.standard_normal(30), np.ones(30)])
+    pd.DataFrame(X, columns=["a", "const"]).to_csv(design, sep="\t", index=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the OLS fit was made from the data after the read")
+
+    monkeypatch.setattr(glm, "fit_engine", refuse)
+    finished = []
+    finish = ReadFit.finish
+
+    def spy(self, data):
+        fitted = finish(self, data)
+        finished.append(self.n_scans)  # the scans in the sums, whether added during the read or at its end
+        return fitted
+
+    monkeypatch.setattr(ReadFit, "finish", spy)
+    seen = []
+    call = ScanObserver.__call__
+    monkeypatch.setattr(ScanObserver, "__call__", lambda self, out, stop: seen.append(stop) or call(self, out, stop))
+    out = tmp_path / "out"
+    code = main(["fit", str(bold), "--design", str(design), "--contrast", "a", "--mask", str(mask), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert finished == [30]
+    assert seen and seen[-1] == 30  # the command line's read carried the observer to which the sums attach
+    img = np.asarray(nib.load(bold).dataobj)
+    inside = np.asarray(nib.load(mask).dataobj) > 0
+    Y = img[inside].T
+    want = fit(X, Y.astype(np.float64), names=["a", "const"])
+    t = want.contrast("a").t
+    got = np.asarray(nib.load(out / "contrast-a_stat-t_statmap.nii.gz").dataobj)[inside]
+    npt.assert_allclose(got, t, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert np.isnan(got[0]) and np.isfinite(got[1:]).all()
+    mean = np.asarray(nib.load(out / "stat-mean_statmap.nii.gz").dataobj)[inside]
+    npt.assert_allclose(mean[1:], Y[:, 1:].astype(np.float64).mean(axis=0), rtol=1e-6)

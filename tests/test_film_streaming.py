@@ -78,11 +78,32 @@ def test_fit_images_and_the_command_line_stream_film_over_the_cap(tmp_path, rng,
         a = np.asarray(nib.load(tmp_path / "mem" / name).dataobj)
         b = np.asarray(nib.load(tmp_path / "stream" / name).dataobj)
         npt.assert_allclose(b, a, rtol=1e-6, atol=1e-7, equal_nan=True, err_msg=name)  # float32 maps
-    # arma11 keeps its refusal; film on data that are not a volume is refused in one line
+    # arma11 over the cap reads blocks of voxels from uncompressed files only; film on data that are not a volume
+    # is refused in one line
     assert main([*args[:-2], "arma11", "--quiet", "--max-memory", "300K", "-o", str(tmp_path / "arma")]) == 2
-    assert "arma11 and auto are fitted in memory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "with arma11 and auto (gunzip the run)" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(InputError, match="film smooths the autocorrelation over neighbouring voxels of a volume"):
         fit_images(np.asarray(load(path).data), (X, names), CONTRASTS, noise="film", streaming=True)
+
+
+@pytest.mark.usefixtures("no_reserve")
+@pytest.mark.parametrize("noise", ["arma11", "auto"])
+def test_per_voxel_models_read_blocks_of_voxels_over_the_cap(tmp_path, rng, noise):
+    """arma11 and auto need each voxel's whole series: over the cap, from an uncompressed file, this process reads
+    blocks of voxels by columns (the automatic mask found from them too) and fits them as in memory."""
+    path, X = _run(tmp_path, rng)
+    img = nib.load(path)
+    nii = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), nii)
+    names = ["c", "x1", "drift"]
+    memory = fit_images(nii, (X, names), CONTRASTS, noise=noise)
+    columns = fit_images(nii, (X, names), CONTRASTS, noise=noise, max_memory="300K", out_dir=tmp_path / "o")
+    npt.assert_array_equal(columns.masker.mask, memory.masker.mask)
+    npt.assert_allclose(columns.fit.betas, memory.fit.betas, rtol=1e-10, atol=1e-10)
+    npt.assert_allclose(columns.contrasts["both"].F, memory.contrasts["both"].F, rtol=1e-10, equal_nan=True)
+    details = json.loads((tmp_path / "o" / "model.json").read_text())["settings"]["noise_details"]
+    assert "read_by_columns" in details
 
 
 def test_streamed_film_stays_under_the_cap(tmp_path):

@@ -135,6 +135,7 @@ def test_interpreter_floor(tmp_path):
         ("small", "512M", ["--inference", "rft"], False),  # random field theory: the neighbour sums too
         ("small", "512M", ["--inference", "rft", "--mask", "MASK"], False),  # ... gathered while the run is read
         ("large", "320M", ["--inference", "rft"], True),  # ... gathered over the streamed pass
+        ("small", "320M", ["--noise", "arma11", "--mask", "MASK"], False),  # blocks of voxels read by columns
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
@@ -168,6 +169,8 @@ def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
     assert rc == 0, err
     model = json.loads((out / "model.json").read_text())
     assert bool(model["settings"]["noise_details"].get("streamed")) is streamed
+    if "arma11" in options:  # over half of what the cap leaves: whole series of a block of voxels at a time
+        assert "read_by_columns" in model["settings"]["noise_details"]
     if "rft" in options:
         assert model["inference"]["smoothness"]["resels"][0] > 0
     cap_bytes = parse_memory(cap)

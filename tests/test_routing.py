@@ -15,7 +15,7 @@ from voxfit.exceptions import InputError
 from voxfit.io import open_reader
 from voxfit.io.readers import NiftiReader
 from voxfit.models import _routing
-from voxfit.models._routing import MEMORY, STREAM, WORKERS, Needs, choose_route, first_level_needs
+from voxfit.models._routing import COLUMNS, MEMORY, STREAM, WORKERS, Needs, choose_route, first_level_needs
 
 MiB = 1 << 20
 
@@ -85,7 +85,7 @@ def test_routes(tmp_path, monkeypatch):
     for noise, scaling in (("ar1-global", "none"), ("ols", "mean")):
         needs = first_level_needs(noise, scaling, reader)
         assert choose_route(reader, Execution(scheduler="tcp://x:1"), needs).kind == MEMORY
-        with pytest.raises(InputError, match=r"for ar1-global or scaling give --max-memory 19K or more"):
+        with pytest.raises(InputError, match=r"for ar1-global, fast or scaling give --max-memory 19K or more"):
             choose_route(reader, Execution(max_memory=19000), needs)
     with pytest.raises(InputError, match="drop --scheduler and --device"):
         choose_route(reader, Execution(max_memory=19000, device="cuda"), simple)
@@ -100,6 +100,26 @@ def test_compressed_files_are_not_read_by_columns(tmp_path):
     reader = open_reader(gz)
     route = choose_route(reader, Execution(scheduler="tcp://x:1"), first_level_needs("ols", "none", reader))
     assert route.kind == MEMORY
+
+
+@pytest.mark.parametrize("noise", ["arma11", "auto"])
+def test_whole_series_models_read_blocks_of_voxels_over_the_cap(tmp_path, monkeypatch, noise):
+    """arma11 and auto over the cap: blocks of voxels read by columns from an uncompressed file (this process, no
+    scheduler); a .nii.gz, which only a sequential pass can read, is refused in one line that says to gunzip it;
+    scaling still needs whole scans."""
+    monkeypatch.setattr("voxfit._memory.RESERVED", 0)
+    path, _ = _run(tmp_path)
+    reader = open_reader(path)
+    needs = first_level_needs(noise, "none", reader)
+    assert choose_route(reader, Execution(), needs).kind == MEMORY
+    assert choose_route(reader, Execution(max_memory=19000), needs).kind == COLUMNS
+    gz = tmp_path / "bold.nii.gz"
+    nib.save(nib.load(path), gz)
+    compressed = open_reader(gz)
+    with pytest.raises(InputError, match=r"with arma11 and auto \(gunzip the run\)"):
+        choose_route(compressed, Execution(max_memory=19000), first_level_needs(noise, "none", compressed))
+    with pytest.raises(InputError, match=r"for ar1-global, fast or scaling give --max-memory 19K or more"):
+        choose_route(reader, Execution(max_memory=19000), first_level_needs(noise, "mean", reader))
 
 
 @pytest.mark.parametrize("cap", [None, "16K"])

@@ -211,7 +211,9 @@ def _result(client, future):
 
 def run_tasks(scheduler, fn, shared, calls) -> list:
     """``fn(shared, *call)`` for each call as a task on a Dask cluster, `shared` sent once to every worker;
-    the results in call order."""
+    the results in call order. Without a scheduler (None), the calls in turn here."""
+    if scheduler is None:
+        return [fn(shared, *call) for call in calls]
     with dask_client(scheduler) as client:
         try:
             # one piece, under a key of its own: a key from its hash can be the one a previous call is releasing

@@ -4,7 +4,7 @@ when the read is over (the OLS fit, ``voxfit.engine.fit.ReadFit``; RFT's neighbo
 
 from __future__ import annotations
 
-from .._threads import DaemonExecutor
+from .._threads import DaemonExecutor, blas_single_threaded
 
 __all__ = ["READ_BATCH", "ReadAccumulator"]
 
@@ -36,12 +36,14 @@ class ReadAccumulator:
             self._task = DaemonExecutor(aside=True).submit(self._catch_up, out)
 
     def _catch_up(self, out) -> None:
-        while self.ready():
-            stop = self._stop
-            waiting = stop - self.n_scans
-            if waiting <= 0 or (waiting < READ_BATCH and stop < out.shape[0]):
-                return
-            self.add(out[self.n_scans : stop])
+        # one BLAS thread: BLAS's others would take (and spin on) the core the read decompresses on
+        with blas_single_threaded():
+            while self.ready():
+                stop = self._stop
+                waiting = stop - self.n_scans
+                if waiting <= 0 or (waiting < READ_BATCH and stop < out.shape[0]):
+                    return
+                self.add(out[self.n_scans : stop])
 
     def add_rest(self, data) -> None:
         """After the read into `data` (n, V): wait for the side thread, then add the scans it has not."""

@@ -191,7 +191,7 @@ class ReadFit(ReadAccumulator):
     design spans the constant (so that the sums keep their digits). :meth:`finish` gives the :class:`Fit` that
     :func:`fit` gives from the data, to rounding, by the same rules (``voxfit.core.ols.fit_sums_of_data``)."""
 
-    CHUNK = 1 << 16  # voxels converted to float64 at a time (READ_BATCH scans of them: 8 MiB)
+    CHUNK_BYTES = 8 << 20  # of scans converted to float64 at a time
 
     def __init__(self, X, names=None):
         super().__init__()
@@ -208,12 +208,13 @@ class ReadFit(ReadAccumulator):
             self.c, self.ss, self.total = np.zeros((self.rows.shape[0], V)), np.zeros(V), np.zeros(V)
             self.shift = np.asarray(values[0], dtype=np.float64).copy() if self.design.has_intercept else None
         rows = self.rows[:, self.n_scans : self.n_scans + k]
+        step = max(1024, self.CHUNK_BYTES // (8 * k))
         with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf of invalid voxels propagate quietly
-            for a in range(0, V, self.CHUNK):
-                b = min(V, a + self.CHUNK)
-                part = np.asarray(values[:, a:b], dtype=np.float64)
+            for a in range(0, V, step):
+                b = min(V, a + step)
+                part = np.array(values[:, a:b], dtype=np.float64)  # a copy: shifted in place
                 if self.shift is not None:
-                    part = part - self.shift[a:b]
+                    part -= self.shift[a:b]
                 self.c[:, a:b] += rows @ part
                 self.ss[a:b] += np.einsum("tv,tv->v", part, part)
                 self.total[a:b] += part.sum(axis=0)

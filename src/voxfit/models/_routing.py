@@ -19,6 +19,7 @@ from .._memory import reserved_bytes, size_text
 from ..exceptions import InputError
 
 __all__ = [
+    "COLUMNS",
     "MEMORY",
     "NOISE_CHOICES",
     "STREAM",
@@ -34,6 +35,7 @@ __all__ = [
 MEMORY = "memory"  # the client loads the masked data and fits them (threads, Dask blocks sent, or a GPU)
 STREAM = "stream"  # one sequential pass over the files keeping per-voxel sums: data larger than the memory cap
 WORKERS = "workers"  # each Dask worker reads its own blocks of columns from the files; the client reads no values
+COLUMNS = "columns"  # this process reads blocks of columns from the files: whole series of a few voxels at a time
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,15 @@ class Needs:
     by_columns : the Dask workers may read the data a block of columns each (the model needs no whole scan and
         no whole map: OLS or AR(p) without scaling; a parametric group model).
     one_pass : the model can be fitted in one streamed pass (per-voxel sums) when the data exceed the cap.
+    by_series : over the cap, the model can be fitted from blocks of voxels' whole series, read by columns from
+        files that allow it (per-voxel models without a spatial step: arma11, auto).
     too_large : when it cannot, the InputError said for data over the cap (None: it is then fitted in memory
         anyway, and the model plans its memory itself, as group models with permutations do).
     """
 
     by_columns: bool = True
     one_pass: bool = True
+    by_series: bool = False
     too_large: str | None = None
 
 
@@ -162,13 +167,17 @@ def first_level_needs(noise: str, scaling: str, reader) -> Needs:
     need whole series."""
     simple = noise_order(noise) >= 0 and scaling == "none"
     need = cap_holding(data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
+    series = str(noise).lower() in ("arma11", "auto") and scaling == "none"
     return Needs(
         by_columns=simple,
         one_pass=simple or (str(noise).lower() == "film" and scaling == "none"),
+        by_series=series,
         too_large=(
             f"data larger than half of --max-memory (beside the interpreter's {size_text(reserved_bytes())}) "
-            "are fitted in one pass with --noise ols, ar1 .. ar16 or film and --scaling none; for ar1-global or "
-            f"scaling give --max-memory {size_text(need)} or more (fast, arma11 and auto are fitted in memory too)."
+            "are fitted in one pass with --noise ols, ar1 .. ar16 or film and --scaling none, or by blocks of "
+            "voxels read from an uncompressed file (.nii, .npy, Zarr, HDF5) with arma11 and auto"
+            + (" (gunzip the run)" if series else "")
+            + f"; for ar1-global, fast or scaling give --max-memory {size_text(need)} or more."
         ),
     )
 
@@ -196,6 +205,8 @@ def choose_route(reader, execution: Execution, needs: Needs = Needs(), streaming
             "data larger than --max-memory are read in one sequential pass on the CPU; drop "
             "--scheduler and --device, or raise --max-memory."
         )
+    if needs.by_series and reader.column_source() is not None:
+        return Route(COLUMNS, reader, "over half the memory cap: blocks of voxels' series read by columns")
     if not needs.one_pass:
         raise InputError(needs.too_large or "this model needs its data in memory; raise --max-memory.")
     return Route(STREAM, reader, "over half the memory cap: one pass keeping per-voxel sums")

@@ -46,6 +46,7 @@ from ..io import (
     statmap_name,
 )
 from ._routing import (
+    COLUMNS,
     MEMORY,
     STREAM,
     WORKERS,
@@ -274,12 +275,14 @@ def fit_images(
     elif route is None:
         reader = open_reader(inputs, "inputs")
         route = choose_route(reader, execution, first_level_needs(noise, scaling, reader), streaming)
-    elif route.kind != MEMORY and not (needs := first_level_needs(noise, scaling, route.reader)).one_pass:
-        raise InputError(needs.too_large)  # (a route decided elsewhere, for a simpler model)
-    if diagnostics and route.kind == STREAM:
+    elif route.kind != MEMORY:  # (a route decided elsewhere, for a simpler model)
+        needs = first_level_needs(noise, scaling, route.reader)
+        if not (needs.by_series if route.kind == COLUMNS else needs.one_pass):
+            raise InputError(needs.too_large)
+    if diagnostics and route.kind in (STREAM, COLUMNS):
         raise InputError(
-            "--diagnostics forms the whitened residuals from the data in memory, but this fit is streamed under "
-            "--max-memory; raise --max-memory (or drop --diagnostics)."
+            "--diagnostics forms the whitened residuals from the data in memory, but this fit is streamed (or read "
+            "by blocks of voxels) under --max-memory; raise --max-memory (or drop --diagnostics)."
         )
     if rft is not None:  # numba and the smoothness kernels load while the data are read
         dtype = working_dtype(route.reader.dtype) if route.reader is not None else np.float32
@@ -300,7 +303,7 @@ def fit_images(
             t_load = start
         else:
             scheduler = execution.scheduler
-            if route.kind == WORKERS:  # the Dask workers read the data, at any size
+            if route.kind in (WORKERS, COLUMNS):  # the Dask workers, or this process, read blocks of columns
                 dataset = _column_dataset(route.reader, mask, mask_threshold, scheduler)
             if scheduler is not None:  # one connection to the cluster for the mean image and the fit
                 scheduler = stack.enter_context(dask_client(scheduler))
@@ -343,6 +346,8 @@ def fit_images(
                 mesh,
                 sums,
             )
+            if route.kind == COLUMNS:
+                noise_fit.info["read_by_columns"] = "blocks of voxels' series from the file, under --max-memory"
             mean = None if out is None else sums.mean() if sums is not None else _mean_image(dataset.data, scheduler)
             if rft is None:
                 neighbours = None
@@ -652,9 +657,11 @@ def mean_over_scans(data) -> np.ndarray:
 
 
 def _mean_image(data, scheduler) -> np.ndarray:
-    """The run's mean image, where the data are: on the Dask workers for a column source."""
+    """The run's mean image, where the data are: on the Dask workers for a column source (in blocks of 8 MiB here,
+    without a scheduler: data read by blocks under the memory cap)."""
     if isinstance(data, ColumnSource):
-        return np.concatenate(run_tasks(scheduler, _mean_of_columns, data, data.spans()))
+        spans = data.spans() if scheduler is not None else data.spans(8 << 20)
+        return np.concatenate(run_tasks(scheduler, _mean_of_columns, data, spans))
     return mean_over_scans(data)
 
 

@@ -103,6 +103,7 @@ def data(tmp_path_factory):
         "small": _series(folder / "small.nii", (64, 64, 40), 200),  # 131 MB: in memory under 512M
         "large": _series(folder / "large.nii", (64, 64, 40), 600),  # 393 MB: streamed under 320M
         "maps": _series(folder / "maps.nii", (96, 96, 80), 30, offset=0.5),  # 88 MB, 737 k voxels
+        "small_gz": _gzipped(Path(shutil.copy(folder / "small.nii", folder / "small_gz.nii"))),
         "folder": folder,
     }
 
@@ -136,6 +137,7 @@ def test_interpreter_floor(tmp_path):
         ("small", "512M", ["--inference", "rft", "--mask", "MASK"], False),  # ... gathered while the run is read
         ("large", "320M", ["--inference", "rft"], True),  # ... gathered over the streamed pass
         ("small", "320M", ["--noise", "arma11", "--mask", "MASK"], False),  # blocks of voxels read by columns
+        ("small_gz", "512M", ["--mask", "MASK"], False),  # OLS from sums gathered while the .nii.gz is read
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):

@@ -136,7 +136,7 @@ def test_interpreter_floor(tmp_path):
         ("small", "512M", ["--inference", "rft"], False),  # random field theory: the neighbour sums too
         ("small", "512M", ["--inference", "rft", "--mask", "MASK"], False),  # ... gathered while the run is read
         ("large", "320M", ["--inference", "rft"], True),  # ... gathered over the streamed pass
-        ("small", "320M", ["--noise", "arma11", "--mask", "MASK"], False),  # blocks of voxels read by columns
+        ("small", "384M", ["--noise", "arma11", "--mask", "MASK"], False),  # blocks of voxels read by columns
         ("small_gz", "512M", ["--mask", "MASK"], False),  # OLS from sums gathered while the .nii.gz is read
     ],
 )

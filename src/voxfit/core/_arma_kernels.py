@@ -69,7 +69,7 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches its kerne
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def kernel(sums, a, b, n, ez, rhs0, zz0, W, full, crit, rss, coords, cross, ok):  # pragma: no cover
         """For each voxel k of models ``(a[k], b[k])``: the GLS terms from its weighted `sums` (v, 3 + 4r + 3 r(r+1)/2;
-        see ``arma._Spectral.columns``), ``ez`` (v, 2) = E'T_0^-1 z, ``rhs0`` (v, r) = (Q - a LQ)'T_0^-1 z and
+        see ``arma.ARMATerms.columns``), ``ez`` (v, 2) = E'T_0^-1 z, ``rhs0`` (v, r) = (Q - a LQ)'T_0^-1 z and
         ``zz0`` (v,) = z'T_0^-1 z (z the AR-filtered data, all in the eigenbasis), corrected by the Woodbury corner;
         the Cholesky factor L of the Gram matrix; ``crit[k]`` the REML criterion, ``rss[k]``, and ``cross[k]`` (R, R)
         = ``W gram^-1 W'`` for the rows of `W` (R, r; the contrasts' wq stacked). With `full`, also ``coords[:, k]`` =

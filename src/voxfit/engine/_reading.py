@@ -31,6 +31,7 @@ class ReadAccumulator:
         raise NotImplementedError
 
     def observe(self, out, stop: int) -> None:
+        """The read's call: `out` (n, V) holds its first `stop` scans."""
         self._stop = stop
         if self.ready() and (self._task is None or self._task.done()):
             self._task = DaemonExecutor(aside=True).submit(self._catch_up, out)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from voxfit import fit
+from voxfit.core import factorize
 from voxfit.cli import main
 from voxfit.engine.fit import ReadFit
 
@@ -129,3 +130,36 @@ def test_fit_with_a_mask_fits_ols_while_reading(tmp_path, capsys, monkeypatch):
     assert np.isnan(got[0]) and np.isfinite(got[1:]).all()
     mean = np.asarray(nib.load(out / "stat-mean_statmap.nii.gz").dataobj)[inside]
     npt.assert_allclose(mean[1:], Y[:, 1:].astype(np.float64).mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rft_sums_fit_ols_as_the_data_do(rng, dtype):
+    """RFT's read-time sums of a masked run (``GridProducts``: the data about each voxel's first scan) give the
+    OLS fit too (``GridFit``): equal to the float64 fit of the same values to 1e-9, by the same rules for invalid
+    voxels; its neighbour sums are those ``GridProducts.finish`` gives, and the mean image is the data's."""
+    from voxfit.engine.fit import GridFit
+    from voxfit.engine.smoothness import GridProducts, warm_kernels
+
+    warm_kernels()
+    n, shape = 40, (6, 5, 4)
+    X = np.column_stack([rng.standard_normal((n, 2)), np.ones(n)])
+    mask = rng.random(shape) > 0.3
+    V = int(mask.sum())
+    Y = (1000 + rng.standard_normal((n, V)) + X @ rng.standard_normal((3, V))).astype(dtype)
+    Y[7, 1] = np.nan
+    Y[:, 3] = 5.0
+    grid = GridProducts(shape, True, mask.ravel(order="F"), factorize(X).basis)
+    ols = GridFit(grid, X)
+    out = np.full_like(Y, np.nan)
+    for stop in range(5, n + 1, 5):
+        out[:stop] = Y[:stop]
+        grid.observe(out, stop)
+    got, want = ols.finish(Y), fit(X, Y.astype(np.float64))
+    npt.assert_array_equal(got.valid, want.valid)
+    ok = want.valid
+    scale = np.abs(want.betas[:, ok]) + np.sqrt(want.residual_variance[ok])
+    assert np.all(np.abs(got.betas[:, ok] - want.betas[:, ok]) <= 1e-9 * scale)
+    npt.assert_allclose(got.residual_variance[ok], want.residual_variance[ok], rtol=1e-9, atol=1e-12)
+    assert ols.neighbours is not None and ols.neighbours.rss.shape == (V,)
+    npt.assert_allclose(ols.neighbours.rss[ok], want.residual_variance[ok] * want.dof, rtol=1e-9, atol=1e-9)
+    npt.assert_allclose(ols.mean()[ok], Y[:, ok].astype(np.float64).mean(axis=0), rtol=1e-12)

@@ -21,7 +21,7 @@ from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
 from ._reading import ReadAccumulator
 from .memory import plan_blocks
 
-__all__ = ["ReadFit", "check_fit_inputs", "fit", "map_blocks"]
+__all__ = ["GridFit", "ReadFit", "check_fit_inputs", "fit", "fit_read_sums", "map_blocks"]
 
 
 def check_data_matrix(a, name: str, n: int, row: str, expected: str):
@@ -223,14 +223,38 @@ class ReadFit(ReadAccumulator):
     def finish(self, data) -> Fit:
         """After the read into `data` (n, V): the fit (the scans not yet added added first)."""
         self.add_rest(data)
-        _warn_without_dof(self.design)
-        out = fit_sums_of_data(self.design, self.c, self.ss, self.total, self.shift, data)
-        return make_fit(self.design, out.betas, out.rss, out.tss, out.valid)
+        return fit_read_sums(self.design, self.c, self.ss, self.total, self.shift, data)
 
     def mean(self) -> np.ndarray:
         """Each voxel's mean over the scans (after :meth:`finish`)."""
         mean = self.total / self.n_scans
         return mean if self.shift is None else mean + self.shift
+
+
+class GridFit:
+    """The OLS fit of a run from RFT's sums gathered while it is read (``voxfit.engine.smoothness.GridProducts``
+    at the voxels of the run's mask, on the design's basis, each voxel shifted by its first scan: they hold
+    ``Q'(y - y0)``, ``sum (y - y0)^2`` and ``sum (y - y0)`` too), for a design with the constant; as
+    :class:`ReadFit`. :attr:`neighbours`: the residuals' neighbour sums, made by :meth:`finish`."""
+
+    def __init__(self, grid, X, names=None):
+        self.grid, self.design, self.neighbours = grid, factorize(X, names), None
+
+    def finish(self, data) -> Fit:
+        self.neighbours = self.grid.finish(data)
+        S = self.grid.sums
+        return fit_read_sums(self.design, self.grid.projections, S[:, 0], S[:, 1], self.grid.shift, data)
+
+    def mean(self) -> np.ndarray:
+        return self.grid.shift + self.grid.sums[:, 1] / self.grid.n_scans
+
+
+def fit_read_sums(design, c, ss, total, shift, data) -> Fit:
+    """The :class:`Fit` of the data (n, V) from their sums gathered during the read (see
+    ``voxfit.core.ols.fit_sums_of_data``)."""
+    _warn_without_dof(design)
+    out = fit_sums_of_data(design, c, ss, total, shift, data)
+    return make_fit(design, out.betas, out.rss, out.tss, out.valid)
 
 
 def _fit_on_device(design, Y, device: str, block: int) -> Fit:

@@ -23,7 +23,7 @@ from ..design import read_design, write_design
 from ..design.kinds import column_kinds, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
-from ..engine.fit import ReadFit
+from ..engine.fit import GridFit, ReadFit
 from ..engine.smoothness import GridProducts, neighbour_sums, warm_kernels
 from ..engine.streaming import fit_streaming
 from ..exceptions import InputError
@@ -311,7 +311,7 @@ def fit_images(
             grid = sums = None
             if dataset is None:
                 grid = _read_grid(rft, mask, scaling, model, route, scheduler)
-                sums = _read_fit(rft, mask, scaling, model, route, execution)
+                sums = _read_fit(rft, mask, scaling, model, route, execution, grid)
                 dataset = load(
                     inputs if route.reader is None else route.reader,
                     mask if grid is None else grid.candidates,
@@ -325,7 +325,7 @@ def fit_images(
             elif isinstance(dataset, Future):
                 if route.observer is not None:  # the read began before this module imported
                     grid = _read_grid(rft, mask, scaling, model, route, scheduler)
-                    sums = _read_fit(rft, mask, scaling, model, route, execution)
+                    sums = _read_fit(rft, mask, scaling, model, route, execution, grid)
                     route.observer.attach(grid if grid is not None else sums)
                 dataset = dataset.result()
             check_design_rows(model.X.shape[0], dataset.n_scans)
@@ -352,7 +352,7 @@ def fit_images(
             if rft is None:
                 neighbours = None
             elif grid is not None:
-                neighbours = grid.finish(dataset.data)
+                neighbours = sums.neighbours if isinstance(sums, GridFit) else grid.finish(dataset.data)
             else:
                 neighbours = _neighbour_sums(model, data, noise_fit, dataset.masker, execution)
             diagnosed = _diagnose(noise, noise_fit, data, execution) if diagnostics else None
@@ -619,11 +619,15 @@ def _read_grid(rft, mask, scaling: str, model: FirstLevelModel, route: Route, sc
     return GridProducts(reader.geometry.shape, True, explicit_mask(mask, reader.geometry), model.factor.basis)
 
 
-def _read_fit(rft, mask, scaling: str, model: FirstLevelModel, route: Route, execution: Execution):
-    """For OLS when its fit is made from sums gathered while the data are read (see
-    ``voxfit.models._routing.read_fits_ols``): the accumulator (``ReadFit``, whose ``observe`` the read calls; the
-    sums run on a side thread while the next scans are read, so that only the fit's finishing follows the read);
-    else None."""
+def _read_fit(rft, mask, scaling: str, model: FirstLevelModel, route: Route, execution: Execution, grid=None):
+    """For OLS when its fit is made from sums gathered while the data are read: RFT's (`grid`, see
+    :func:`_read_grid`), which hold what OLS needs when the design has the constant (``GridFit``), or else, under
+    ``voxfit.models._routing.read_fits_ols``, its own accumulator (``ReadFit``, whose ``observe`` the read calls;
+    the sums run on a side thread while the next scans are read, so that only the fit's finishing follows the
+    read); else None."""
+    if grid is not None:
+        ols = model.order == 0 and model.factor.has_intercept and not execution.on_device
+        return GridFit(grid, model.X, model.names) if ols else None
     if not read_fits_ols(rft is not None, mask, scaling, model.order, route, execution):
         return None
     return ReadFit(model.X, model.names)

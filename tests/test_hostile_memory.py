@@ -138,6 +138,7 @@ def test_interpreter_floor(tmp_path):
         ("large", "320M", ["--inference", "rft"], True),  # ... gathered over the streamed pass
         ("small", "384M", ["--noise", "arma11", "--mask", "MASK"], False),  # blocks of voxels read by columns
         ("small_gz", "512M", ["--mask", "MASK"], False),  # OLS from sums gathered while the .nii.gz is read
+        ("small_gz", "512M", ["--mask", "MASK", "--noise", "ar1"], False),  # AR(1) from its lagged sums, likewise
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):

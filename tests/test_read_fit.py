@@ -1,6 +1,8 @@
 """OLS from sums gathered while a run is read (``voxfit.engine.fit.ReadFit``): the same fit as the data's, by the
 same rules, whether the scans arrive in batches on the side thread or at the end; and the command line's use of it."""
 
+import warnings
+
 import nibabel as nib
 import numpy as np
 import numpy.testing as npt
@@ -163,3 +165,67 @@ def test_rft_sums_fit_ols_as_the_data_do(rng, dtype):
     assert ols.neighbours is not None and ols.neighbours.rss.shape == (V,)
     npt.assert_allclose(ols.neighbours.rss[ok], want.residual_variance[ok] * want.dof, rtol=1e-9, atol=1e-9)
     npt.assert_allclose(ols.mean()[ok], Y[:, ok].astype(np.float64).mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("steps", [5, 0])
+def test_ar_sums_gathered_while_reading_fit_as_the_data_do(rng, dtype, order, steps):
+    """AR(p) from the lagged sums gathered as a read hands the scans over (``ReadARFit``: the streamed pass's sums,
+    on the side thread) equals ``fit_ar`` of the same data to 1e-9: t and F, AR coefficients, betas, residual
+    variances and validity, with the awkward voxels of a run (NaN, infinity, constant, values near 1e200)."""
+    from voxfit.engine.ar import fit_ar
+    from voxfit.engine.streaming import ReadARFit
+
+    n = 60
+    X = np.column_stack([np.ones(n), np.sin(np.arange(n) / 4), rng.standard_normal(n)])
+    Y = awkward_voxels(rng, X, dtype)
+    e = rng.standard_normal((n, 30))
+    for t in range(1, n):
+        e[t] += 0.5 * e[t - 1]
+    Y[:, 30:] += e.astype(dtype)  # AR noise in half the voxels
+    contrasts, names = {"t": "x1", "F": np.eye(3)[1:]}, ["c", "x1", "x2"]
+    sums = ReadARFit(X, order, contrasts, names)
+    out = np.full_like(Y, np.nan)
+    for stop in range(steps, n + 1, steps or n + 1):
+        out[:stop] = Y[:stop]
+        sums.observe(out, stop)
+    with np.errstate(invalid="ignore", over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the data-range warning of the 1e200 voxel, in both)
+        got, want = sums.finish(Y), fit_ar(X, Y, order, contrasts, names=names)
+    npt.assert_array_equal(got.fit.valid, want.fit.valid)
+    assert not got.fit.valid[[1, 2]].any() and got.fit.valid[[0, 3, 4, 10, 40]].all()
+    ok = want.fit.valid.copy()
+    ok[[3, 4]] = False  # constant and exactly fitted: their residuals, and so their AR estimates, are rounding
+    npt.assert_allclose(got.ar[:, ok], want.ar[:, ok], rtol=1e-9, atol=1e-9)
+    scale = np.abs(want.fit.betas[:, ok]) + np.sqrt(np.nan_to_num(want.fit.residual_variance[ok]))
+    assert np.all(np.abs(got.fit.betas[:, ok] - want.fit.betas[:, ok]) <= 1e-9 * scale)
+    for label, stat in (("t", "t"), ("F", "F")):
+        npt.assert_allclose(
+            getattr(got.contrasts[label], stat)[ok], getattr(want.contrasts[label], stat)[ok], rtol=1e-8, atol=1e-8
+        )
+
+
+def test_fit_with_a_mask_fits_ar1_while_reading(tmp_path, capsys, monkeypatch):
+    """voxfit fit --mask --noise ar1 from a .nii.gz: the AR(1) fit is made from the sums the read gathered (the
+    in-memory fit is refused), and its t map equals fit_ar's on the data as read."""
+    from voxfit.engine.ar import fit_ar
+    from voxfit.models import glm
+
+    rng = np.random.default_rng(3)
+    bold, mask, design = write_run(tmp_path, rng, n=200)  # (the sums, 96 bytes a voxel, under half the data's)
+    X = np.column_stack([rng.standard_normal(200), np.ones(200)])
+    pd.DataFrame(X, columns=["a", "const"]).to_csv(design, sep="\t", index=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the AR fit was made from the data after the read")
+
+    monkeypatch.setattr(glm, "fit_ar", refuse)
+    out = tmp_path / "out"
+    argv = ["fit", str(bold), "--design", str(design), "--contrast", "a", "--mask", str(mask), "--noise", "ar1"]
+    assert main([*argv, "-o", str(out)]) == 0, capsys.readouterr().err
+    inside = np.asarray(nib.load(mask).dataobj) > 0
+    Y = np.asarray(nib.load(bold).dataobj)[inside].T
+    t = fit_ar(X, Y, 1, {"a": "a"}, names=["a", "const"]).contrasts["a"].t
+    got = np.asarray(nib.load(out / "contrast-a_stat-t_statmap.nii.gz").dataobj)[inside]
+    npt.assert_allclose(got, t, rtol=1e-5, atol=1e-5, equal_nan=True)  # (the maps are float32)

@@ -1091,7 +1091,7 @@ def _run_fit(args, argv, progress) -> int:
         choose_route,
         first_level_needs,
         noise_order,
-        read_fits_ols,
+        read_fits,
         read_gathers_sums,
     )
 
@@ -1104,7 +1104,7 @@ def _run_fit(args, argv, progress) -> int:
     if route.kind == MEMORY:
         rft = args.inference == "rft" and args.mask is not None
         order = noise_order(args.noise)
-        if (rft and read_gathers_sums(rft, args.mask, args.scaling, order, route, args.scheduler)) or read_fits_ols(
+        if (rft and read_gathers_sums(rft, args.mask, args.scaling, order, route, args.scheduler)) or read_fits(
             rft, args.mask, args.scaling, order, route, execution
         ):
             from dataclasses import replace

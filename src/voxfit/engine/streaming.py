@@ -34,7 +34,9 @@ from ..core.ols import fit_from_sums, needs_refit
 from ..exceptions import InputError
 from ..io import check_design_rows, Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
-from .ar import ARMaps
+from ..core._kernels import AUTO_COMPILE_ELEMENTS
+from ._reading import ReadAccumulator
+from .ar import ARFit, ARMaps
 from .fit import fit as fit_in_memory
 from .noise_models import check_film_geometry, film_autocorrelations, film_space
 from .smoothness import GridProducts
@@ -101,6 +103,81 @@ class _Sums:
         lagged = self.products.reshape(self.p + 1, rank, -1)
         shift = self.shift if self.shift_allowed else None
         return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
+
+
+class ReadARFit(ReadAccumulator):
+    """The AR(`order`) fit of a run from the lagged sums gathered while it is read (``voxfit.io.load(observe=...)``;
+    see ``ReadAccumulator``): the streamed pass's sums (:class:`_Sums`, each voxel about its first scan when the
+    design has the constant), added on a side thread, so that only the fit from the sums follows the read.
+    :meth:`finish` gives what ``voxfit.engine.ar.fit_ar`` gives from the data, to rounding: voxels with a NaN or
+    an infinity are invalid, and those whose sums lose digits (or overflow though their data are finite) are
+    fitted from their data."""
+
+    def __init__(self, X, order: int, contrasts: dict, names=None):
+        super().__init__()
+        self.design = factorize(X, names)
+        self.order = int(order)
+        self.weights = {label: check_contrast(expr, self.design, label) for label, expr in contrasts.items()}
+        self.sums: _Sums | None = None
+
+    @staticmethod
+    def sums_bytes(rank: int, order: int) -> int:
+        """Per voxel: what the sums hold."""
+        return 8 * ((order + 1) * (rank + 1) + 3 * order + 3)
+
+    def add(self, values) -> None:
+        k, V = values.shape
+        n = self.design.n_scans
+        if self.n_scans + k > n:  # more scans than the design has rows: refused after the read
+            self.n_scans += k
+            return
+        if self.sums is None:
+            basis = ARBlock(self.design, self.order, compiled=False).lagged_basis
+            self.sums = _Sums(basis, self.order, V, shift=self.design.has_intercept)
+        self.sums.add(values)
+        self.n_scans += k
+
+    def finish(self, data) -> ARFit:
+        """After the read into `data` (n, V): the fit (the scans not yet added added first)."""
+        self.add_rest(data)
+        design, weights = self.design, list(self.weights.values())
+        n, V = data.shape
+        # the compiled AR(1) fit as fit_ar decides (loading numba during the read slowed the read more than it saves)
+        block = ARBlock(design, self.order, compiled=True if n * V >= AUTO_COMPILE_ELEMENTS else None)
+        if n <= 2 * self.order + design.rank:
+            raise InputError(
+                f"an AR({self.order}) model needs more than {2 * self.order + design.rank} scans; the data have {n}."
+            )
+        sums = self.sums.result(design.rank)
+        with np.errstate(invalid="ignore", over="ignore"):
+            finite = np.isfinite(sums.s).all(axis=0) & np.isfinite(sums.lagged).all(axis=(0, 1))
+            finite &= np.isfinite(sums.total) & np.isfinite(sums.top).all(axis=0) & np.isfinite(sums.bottom).all(axis=0)
+        valid = finite.copy()
+        maps = ARMaps(design.X.shape[1], self.order, self.weights, V)
+        shift = sums.shift
+
+        def shifted(at):
+            values = np.array(data[:, at], dtype=np.float64)
+            return values if shift is None else values - shift[at]
+
+        def fit_part(a: int) -> None:
+            at = np.flatnonzero(finite[a : a + SUMS_BLOCK]) + a
+            if at.size:
+                maps.place(at, fit_ar_sums(block, sums.take(at), weights, lambda idx: shifted(at[idx])))
+
+        with blas_single_threaded():
+            run_in_threads(fit_part, range(0, V, SUMS_BLOCK), 1)
+        suspect = np.flatnonzero(~finite)  # non-finite sums: data with NaN or inf, or finite but overflowing
+        overflowed = suspect[np.isfinite(data[:, suspect]).all(axis=0)] if suspect.size else suspect
+        if overflowed.size:
+            maps.place(overflowed, fit_ar_block(block, np.asarray(data[:, overflowed]), weights))
+            valid[overflowed] = True
+        fit, stats = maps.result(design, valid)
+        return ARFit(fit=fit, ar=maps.phi, contrasts=stats, order=self.order)
+
+    def mean(self) -> NDArray:
+        """Each voxel's mean over the scans (after :meth:`finish`)."""
+        return self.sums.shift + self.sums.total / self.n_scans
 
 
 def ar_block_bytes(rank: int, order: int, weights) -> int:

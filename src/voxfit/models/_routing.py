@@ -107,13 +107,14 @@ def read_gathers_sums(rft: bool, mask, scaling: str, order: int, route: Route, s
     )
 
 
-def read_fits_ols(rft: bool, mask, scaling: str, order: int, route: Route, execution) -> bool:
-    """Whether an OLS fit (noise `order` 0) is made from sums gathered while the data are read
-    (``voxfit.engine.fit.ReadFit``), on the CPU, under :func:`read_gathers_sums`'s conditions; not with RFT, whose
-    own sums are gathered then. Only for compressed files, whose decompression leaves a core idle: an uncompressed
-    run is read faster than the sums are made (1.6 GB: 0.25 s against 0.4 s), and fitted in memory faster."""
+def read_fits(rft: bool, mask, scaling: str, order: int, route: Route, execution) -> bool:
+    """Whether an OLS or AR(p) fit (noise `order` >= 0) may be made from sums gathered while the data are read
+    (``voxfit.engine.fit.ReadFit``, ``voxfit.engine.streaming.ReadARFit``), on the CPU, under
+    :func:`read_gathers_sums`'s conditions; not with RFT, whose own sums are gathered then. Only for compressed
+    files, whose decompression leaves a core idle: an uncompressed run is read faster than the sums are made (1.6
+    GB: 0.25 s against 0.4 s for OLS), and fitted in memory faster."""
     return bool(
-        order == 0
+        order >= 0
         and not rft
         and not execution.on_device
         and read_gathers_sums(True, mask, scaling, order, route, execution.scheduler)

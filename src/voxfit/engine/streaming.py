@@ -137,17 +137,22 @@ class ReadARFit(ReadAccumulator):
         self.sums.add(values)
         self.n_scans += k
 
-    def finish(self, data) -> ARFit:
-        """After the read into `data` (n, V): the fit (the scans not yet added added first)."""
+    def finish(self, data, execution: Execution | None = None) -> ARFit:
+        """After the read into `data` (n, V): the fit (the scans not yet added added first), from the sums of
+        blocks of voxels on `execution`'s threads, as many at once as its ``ar_block`` budget holds."""
         self.add_rest(data)
         design, weights = self.design, list(self.weights.values())
         n, V = data.shape
-        # the compiled AR(1) fit as fit_ar decides (loading numba during the read slowed the read more than it saves)
-        block = ARBlock(design, self.order, compiled=True if n * V >= AUTO_COMPILE_ELEMENTS else None)
         if n <= 2 * self.order + design.rank:
             raise InputError(
                 f"an AR({self.order}) model needs more than {2 * self.order + design.rank} scans; the data have {n}."
             )
+        # the compiled AR(1) fit as fit_ar decides (loading numba during the read slowed the read more than it saves)
+        block = ARBlock(design, self.order, compiled=True if n * V >= AUTO_COMPILE_ELEMENTS else None)
+        execution = execution or Execution()
+        workers = resolve_workers(execution.n_jobs)
+        per_voxel = ar_block_bytes(design.rank, self.order, weights) // SUMS_BLOCK
+        size = int(min(SUMS_BLOCK, max(256, execution.budgets.ar_block // (workers * per_voxel))))
         sums = self.sums.result(design.rank)
         with np.errstate(invalid="ignore", over="ignore"):
             finite = np.isfinite(sums.s).all(axis=0) & np.isfinite(sums.lagged).all(axis=(0, 1))
@@ -161,12 +166,13 @@ class ReadARFit(ReadAccumulator):
             return values if shift is None else values - shift[at]
 
         def fit_part(a: int) -> None:
-            at = np.flatnonzero(finite[a : a + SUMS_BLOCK]) + a
+            at = np.flatnonzero(finite[a : a + size]) + a
             if at.size:
                 maps.place(at, fit_ar_sums(block, sums.take(at), weights, lambda idx: shifted(at[idx])))
 
+        starts = range(0, V, size)
         with blas_single_threaded():
-            run_in_threads(fit_part, range(0, V, SUMS_BLOCK), 1)
+            run_in_threads(fit_part, starts, max(1, min(workers, len(starts))))  # stoppable between blocks
         suspect = np.flatnonzero(~finite)  # non-finite sums: data with NaN or inf, or finite but overflowing
         overflowed = suspect[np.isfinite(data[:, suspect]).all(axis=0)] if suspect.size else suspect
         if overflowed.size:

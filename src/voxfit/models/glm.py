@@ -745,7 +745,7 @@ def fit_noise_model(
         return NoiseFit(fit, stats, ar_coef, info, orders=nm.orders)
     if order > 0:
         if sums is not None:
-            ar = sums.finish(data)
+            ar = sums.finish(data, execution)
         else:
             ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}

@@ -1,5 +1,6 @@
-"""OLS from sums gathered while a run is read (``voxfit.engine.fit.ReadFit``): the same fit as the data's, by the
-same rules, whether the scans arrive in batches on the side thread or at the end; and the command line's use of it."""
+"""OLS and AR(p) from sums gathered while a run is read (``voxfit.engine.fit.ReadFit`` and ``GridFit``,
+``voxfit.engine.streaming.ReadARFit``): the same fit as the data's, by the same rules, whether the scans arrive in
+batches on the side thread or at the end; and the command line's use of them."""
 
 import warnings
 
@@ -66,15 +67,17 @@ def test_sums_gathered_while_reading_fit_as_the_data_do(rng, dtype, intercept, s
         npt.assert_allclose(sums.mean()[ok], Y[:, ok].astype(np.float64).mean(axis=0), rtol=1e-12)
 
 
-def test_a_run_longer_than_its_design_is_refused_after_the_read(tmp_path, capsys):
+@pytest.mark.parametrize("noise", ["ols", "ar1"])
+def test_a_run_longer_than_its_design_is_refused_after_the_read(tmp_path, capsys, noise):
     """The sums skip scans beyond the design's rows, so the read's check refuses the run in one line (exit 2)."""
     rng = np.random.default_rng(1)
-    bold, mask, design = write_run(tmp_path, rng, n=30)
-    pd.DataFrame({"a": rng.standard_normal(29)}).to_csv(design, sep="\t", index=False)
+    bold, mask, design = write_run(tmp_path, rng, n=200)
+    pd.DataFrame({"a": rng.standard_normal(199)}).to_csv(design, sep="\t", index=False)
     out = tmp_path / "o"
-    code = main(["fit", str(bold), "--design", str(design), "--contrast", "a", "--mask", str(mask), "-o", str(out)])
+    argv = ["fit", str(bold), "--design", str(design), "--contrast", "a", "--mask", str(mask), "--noise", noise]
+    code = main([*argv, "-o", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "30" in err and "29" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "200" in err and "199" in err, err
     assert not out.exists()
 
 

@@ -232,3 +232,27 @@ def test_fit_with_a_mask_fits_ar1_while_reading(tmp_path, capsys, monkeypatch):
     t = fit_ar(X, Y, 1, {"a": "a"}, names=["a", "const"]).contrasts["a"].t
     got = np.asarray(nib.load(out / "contrast-a_stat-t_statmap.nii.gz").dataobj)[inside]
     npt.assert_allclose(got, t, rtol=1e-5, atol=1e-5, equal_nan=True)  # (the maps are float32)
+
+
+def test_sums_larger_than_half_the_data_are_not_gathered(tmp_path, capsys, monkeypatch):
+    """A design with many columns for its scans (a memory plan counts the data, not the sums): 21 columns on 30
+    scans would hold 192 bytes a voxel of sums against 120 of data, so the run is fitted from its data after the
+    read, to the same result."""
+    rng = np.random.default_rng(4)
+    bold, mask, design = write_run(tmp_path, rng)
+    X = np.column_stack([rng.standard_normal((30, 20)), np.ones(30)])
+    names = [f"c{k}" for k in range(20)] + ["const"]
+    pd.DataFrame(X, columns=names).to_csv(design, sep="\t", index=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sums were gathered")
+
+    monkeypatch.setattr(ReadFit, "finish", refuse)
+    out = tmp_path / "out"
+    code = main(["fit", str(bold), "--design", str(design), "--contrast", "c0", "--mask", str(mask), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    inside = np.asarray(nib.load(mask).dataobj) > 0
+    Y = np.asarray(nib.load(bold).dataobj)[inside].T
+    t = fit(X, Y.astype(np.float64), names=names).contrast("c0").t
+    got = np.asarray(nib.load(out / "contrast-c0_stat-t_statmap.nii.gz").dataobj)[inside]
+    npt.assert_allclose(got, t, rtol=1e-4, atol=1e-4, equal_nan=True)

@@ -622,20 +622,21 @@ def _read_grid(rft, mask, scaling: str, model: FirstLevelModel, route: Route, sc
 def _read_fit(rft, mask, scaling: str, model: FirstLevelModel, route: Route, execution: Execution, grid=None):
     """For OLS or AR(p) when the fit is made from sums gathered while the data are read: for OLS, RFT's (`grid`,
     see :func:`_read_grid`), which hold what OLS needs when the design has the constant (``GridFit``); or else,
-    under ``voxfit.models._routing.read_fits``, its own accumulator (``ReadFit``; ``ReadARFit`` when its sums hold
-    at most half the data's bytes: AR(1) on 400 scans of float32 and 15 columns, 288 of 1,600 bytes a voxel),
-    whose ``observe`` the read calls; the sums run on a side thread while the next scans are read, so that only
+    under ``voxfit.models._routing.read_fits``, its own accumulator (``ReadFit``, ``ReadARFit``) when its sums hold
+    at most half the data's bytes (OLS on 400 scans of float32 and 15 columns: 144 of 1,600 bytes a voxel; AR(1):
+    288), whose ``observe`` the read calls; the sums run on a side thread while the next scans are read, so that only
     the fit's finishing follows the read. Else None."""
     if grid is not None:
         ols = model.order == 0 and model.factor.has_intercept and not execution.on_device
         return GridFit(grid, model.X, model.names) if ols else None
     if not read_fits(rft is not None, mask, scaling, model.order, route, execution):
         return None
+    rank = model.factor.rank
+    held = 8 * (rank + 3) if model.order == 0 else ReadARFit.sums_bytes(rank, model.order)
+    if 2 * held > model.X.shape[0] * route.reader.dtype.itemsize:  # (a memory plan counts the data, not these)
+        return None
     if model.order == 0:
         return ReadFit(model.X, model.names)
-    held = ReadARFit.sums_bytes(model.factor.rank, model.order)
-    if 2 * held > model.X.shape[0] * route.reader.dtype.itemsize:
-        return None
     return ReadARFit(model.X, model.order, dict(model.items), model.names)
 
 

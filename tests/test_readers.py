@@ -399,15 +399,17 @@ def test_mask_threshold_excludes_dim_voxels(tmp_path, rng):
 
 
 def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp_path, rng):
-    """CiftiGeometry.write composes the NIfTI-2 file itself (nibabel's image re-parses the header of every map):
-    byte for byte nibabel's Cifti2Image file but for the intent code (ConnDenseScalar, the standard's for
-    .dscalar.nii), and it reads back with the same brain models, names and values; twice from one geometry."""
+    """CiftiGeometry.write composes the NIfTI-2 file itself (nibabel's image re-parses the header of every map),
+    the brain models' XML serialised once: byte for byte nibabel's Cifti2Image file but for the intent code
+    (ConnDenseScalar, the standard's for .dscalar.nii), and it reads back with the same brain models, names and
+    values; four times from one geometry."""
     cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 300, 2), 300, name="CortexLeft")
     models = cortex + nib.cifti2.BrainModelAxis.from_mask(
         rng.random((4, 5, 3)) > 0.5, name="ThalamusLeft", affine=np.eye(4)
     )
     geometry = CiftiGeometry(models)
-    for k, names in enumerate((["a t"], ["b[0]", "b[1]"])):
+    # names as contrasts have them, with the characters XML escapes, and not in ASCII (then serialised whole)
+    for k, names in enumerate((["a t"], ["b[0]", "b[1]"], ["a&b<c>d\"e'"], ["état", "x"])):
         maps = rng.standard_normal((len(names), len(models)))
         ours = tmp_path / f"ours{k}.dscalar.nii"
         geometry.write(ours, maps, names)

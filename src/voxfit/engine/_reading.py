@@ -1,6 +1,6 @@
 """Sums over a run's scans gathered while the run is read, on a side thread, so that only their finishing is left
-when the read is over (the OLS fit, ``voxfit.engine.fit.ReadFit``; RFT's neighbour sums,
-``voxfit.engine.smoothness.GridProducts``)."""
+when the read is over (the OLS fit, ``voxfit.engine.fit.ReadFit``; the AR(p) fit,
+``voxfit.engine.streaming.ReadARFit``; RFT's neighbour sums, ``voxfit.engine.smoothness.GridProducts``)."""
 
 from __future__ import annotations
 

@@ -72,9 +72,9 @@ class ScanObserver:
     """What a read started early (the command line's, while the numerical modules import) has gathered so far,
     handed to the consumer attached later: ``voxfit.io.load(observe=...)`` calls it with the array being filled
     and the number of scans in it, and the consumer's ``observe`` (``voxfit.engine.smoothness.GridProducts``:
-    the residuals' neighbour sums for RFT; ``voxfit.engine.fit.ReadFit``: the OLS fit) sees every call from its
-    attachment on, so the scans read before it
-    in the first of them (or, when the read was over first, in its ``finish``)."""
+    the residuals' neighbour sums for RFT; ``voxfit.engine.fit.ReadFit`` and ``voxfit.engine.streaming.ReadARFit``:
+    the OLS and AR(p) fits) sees every call from its attachment on, so the scans read before it in the first of
+    them (or, when the read was over first, in its ``finish``)."""
 
     def __init__(self):
         self.consumer = None
@@ -88,16 +88,14 @@ class ScanObserver:
             consumer.observe(out, stop)
 
 
-def read_gathers_sums(rft: bool, mask, scaling: str, order: int, route: Route, scheduler) -> bool:
-    """Whether RFT's neighbour sums of the data are gathered while they are read (then only the residuals'
-    follow the fit): with an explicit mask (the automatic one is decided after the read), for OLS or AR(p)
-    (noise `order` >= 0, see :func:`noise_order`: the residuals on the design's own basis, not on a pooled
-    whitening's or a per-voxel model's), on unscaled data read into this process (scaling needs every value
-    first; a Dask cluster reads its own)."""
+def _sums_of_the_read(mask, scaling: str, order: int, route: Route, scheduler) -> bool:
+    """Whether sums of the data can be gathered while they are read: with an explicit mask (the automatic one is
+    decided after the read), for OLS or AR(p) (noise `order` >= 0, see :func:`noise_order`: the design's own
+    basis, not a pooled whitening's or a per-voxel model's), on unscaled data read into this process (scaling
+    needs every value first; a Dask cluster reads its own)."""
     reader = route.reader
     return bool(
-        rft
-        and mask is not None
+        mask is not None
         and scaling == "none"
         and order >= 0
         and scheduler is None
@@ -107,18 +105,23 @@ def read_gathers_sums(rft: bool, mask, scaling: str, order: int, route: Route, s
     )
 
 
+def read_gathers_sums(rft: bool, mask, scaling: str, order: int, route: Route, scheduler) -> bool:
+    """Whether RFT's neighbour sums of the data are gathered while they are read (then only the residuals'
+    follow the fit; see :func:`_sums_of_the_read`)."""
+    return bool(rft) and _sums_of_the_read(mask, scaling, order, route, scheduler)
+
+
 def read_fits(rft: bool, mask, scaling: str, order: int, route: Route, execution) -> bool:
-    """Whether an OLS or AR(p) fit (noise `order` >= 0) may be made from sums gathered while the data are read
-    (``voxfit.engine.fit.ReadFit``, ``voxfit.engine.streaming.ReadARFit``), on the CPU, under
-    :func:`read_gathers_sums`'s conditions; not with RFT, whose own sums are gathered then. Only for compressed
-    files, whose decompression leaves a core idle: an uncompressed run is read faster than the sums are made (1.6
-    GB: 0.25 s against 0.4 s for OLS), and fitted in memory faster."""
+    """Whether an OLS or AR(p) fit may be made from sums gathered while the data are read
+    (``voxfit.engine.fit.ReadFit``, ``voxfit.engine.streaming.ReadARFit``; see :func:`_sums_of_the_read`), on the
+    CPU; not with RFT, whose own sums are gathered then. Only for compressed files, whose decompression leaves a
+    core idle: an uncompressed run is read faster than the sums are made (1.6 GB: 0.25 s against 0.4 s for OLS),
+    and fitted in memory faster."""
     return bool(
-        order >= 0
-        and not rft
+        not rft
         and not execution.on_device
-        and read_gathers_sums(True, mask, scaling, order, route, execution.scheduler)
         and getattr(route.reader, "compressed", False)
+        and _sums_of_the_read(mask, scaling, order, route, execution.scheduler)
     )
 
 

@@ -309,9 +309,10 @@ def fit_images(
                 scheduler = stack.enter_context(dask_client(scheduler))
                 execution = replace(execution, scheduler=scheduler)
             grid = sums = None
-            if dataset is None:
+            if dataset is None or (isinstance(dataset, Future) and route.observer is not None):
                 grid = _read_grid(rft, mask, scaling, model, route, scheduler)
                 sums = _read_fit(rft, mask, scaling, model, route, execution, grid)
+            if dataset is None:
                 dataset = load(
                     inputs if route.reader is None else route.reader,
                     mask if grid is None else grid.candidates,
@@ -324,8 +325,6 @@ def fit_images(
                 )
             elif isinstance(dataset, Future):
                 if route.observer is not None:  # the read began before this module imported
-                    grid = _read_grid(rft, mask, scaling, model, route, scheduler)
-                    sums = _read_fit(rft, mask, scaling, model, route, execution, grid)
                     route.observer.attach(grid if grid is not None else sums)
                 dataset = dataset.result()
             check_design_rows(model.X.shape[0], dataset.n_scans)
@@ -608,7 +607,7 @@ def rft_record(inferred, footers: dict[str, dict], prefix: str = "") -> dict:
 def _read_grid(rft, mask, scaling: str, model: FirstLevelModel, route: Route, scheduler):
     """For RFT when the data's neighbour sums are gathered while they are read (see
     ``voxfit.models._routing.read_gathers_sums``): the accumulator (``GridProducts``, whose ``observe`` the read
-    calls; the sums run on the reading thread while the next scans decompress, so that only the residuals'
+    calls; the sums run on a side thread while the next scans decompress, so that only the residuals'
     are left for after the fit), at the voxels of the explicit mask; else None."""
     if not read_gathers_sums(rft is not None, mask, scaling, model.order, route, scheduler):
         return None

@@ -232,6 +232,37 @@ def test_zero_in_first_scan_but_varying_is_kept(tmp_path, rng):
     npt.assert_array_equal(ds.data, flat[:, ds.masker.mask])
 
 
+def test_cifti_automatic_mask_gathers_every_grayordinate_into_one_array(tmp_path, rng, monkeypatch):
+    """A .dtseries.nii's automatic mask and data, its scans written straight into the gathered array: a
+    grayordinate constant, one with a NaN, one zero only in the first scan (kept, without a second pass) are
+    treated as the same values from a .npy file; an explicit mask of every grayordinate reads the same way."""
+    from voxfit.io import masking
+
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 90, 2), 90, name="CortexLeft")
+    data = rng.standard_normal((23, len(models))).astype(np.float32)
+    data[:, 3] = 4.0
+    data[7, 5] = np.nan
+    data[0, 9] = 0.0
+    path = tmp_path / "run.dtseries.nii"
+    nib.save(nib.Cifti2Image(data, header=(nib.cifti2.SeriesAxis(0, 2, 23), models)), path)
+    np.save(tmp_path / "run.npy", data)
+    take = masking._take_columns
+
+    def copies_none(block, index, out):
+        raise AssertionError("a CIFTI slab copied again")
+
+    monkeypatch.setattr(masking, "_take_columns", copies_none)
+    ds = voxfit.load(str(path))
+    monkeypatch.setattr(masking, "_take_columns", take)
+    same = voxfit.load(str(tmp_path / "run.npy"))
+    npt.assert_array_equal(ds.masker.mask, same.masker.mask)
+    assert not ds.masker.mask[[3, 5]].any() and ds.masker.mask[9] and ds.masker.mask.sum() == len(models) - 2
+    npt.assert_array_equal(ds.data, same.data)
+    monkeypatch.setattr(masking, "_take_columns", copies_none)
+    every = voxfit.load(str(path), mask=np.ones(len(models), dtype=bool))
+    npt.assert_array_equal(every.data, data)
+
+
 def test_masker_inverse_checks_sizes():
     m = Masker(SurfaceGeometry(5), np.array([1, 0, 1, 1, 0], bool))
     npt.assert_array_equal(m.inverse([1.0, 2.0, 3.0])[0, [0, 2, 3]], [1, 2, 3])
@@ -424,10 +455,12 @@ def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp
         npt.assert_array_equal(back.get_fdata(dtype=np.float32), maps.astype(np.float32))
 
 
-def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng):
+def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng, monkeypatch):
     """An uncompressed, unscaled .dtseries.nii is read from its stored (grayordinate-major) layout through a
-    memory map, slab by slab: the same scans as nibabel's; images in memory go through nibabel."""
-    from voxfit.io.readers import _grayordinate_major, _scans_of
+    memory map, slab by slab: the same scans as nibabel's; images in memory go through nibabel. ``scans_into``
+    writes the same slabs straight into one array, across files."""
+    from voxfit.io import readers
+    from voxfit.io.readers import _grayordinate_major, _transpose_into
 
     cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 400, 3), 400, name="CortexLeft")
     models = cortex + nib.cifti2.BrainModelAxis.from_mask(
@@ -444,8 +477,21 @@ def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng):
     npt.assert_array_equal(np.concatenate([block for _, block in slabs]), data)
     assert all(block.flags.c_contiguous for _, block in slabs)  # (copied a tile at a time, not a strided view)
     stored = _grayordinate_major(reader._imgs[0])
-    npt.assert_array_equal(_scans_of(stored[:, 3:9], np.float64, tile=7), data[3:9])  # tiles that do not divide G
+    out = np.empty((6, len(models)))
+    monkeypatch.setattr(readers, "TILE_SERIES", 7)
+    monkeypatch.setattr(readers, "TILE_BYTES", 7 * 4 * 4)  # tiles of 4 scans and 7 grayordinates
+    _transpose_into(stored[:, 3:9], out)
+    npt.assert_array_equal(out, data[3:9])
     npt.assert_array_equal(np.concatenate([b for _, b in open_reader(image).iter_scans(max_bytes=400)]), data)
+    image2 = nib.Cifti2Image(data[:11] + 1, header=(nib.cifti2.SeriesAxis(0, 2, 11), models))
+    nib.save(image2, tmp_path / "run2.dtseries.nii")
+    for source in ([str(path), str(tmp_path / "run2.dtseries.nii")], [image, image2]):  # stored layout, nibabel's
+        both = open_reader(source)
+        out = np.full((48, len(models)), np.nan, dtype=np.float32)
+        slabs = list(both.scans_into(out, max_bytes=5 * len(models) * 4))
+        assert [start for start, _ in slabs] == [*range(0, 37, 5), 37, 42, 47]
+        assert all(np.shares_memory(block, out) for _, block in slabs)
+        npt.assert_array_equal(out, np.concatenate([data, data[:11] + 1]))
 
 
 def test_take_columns_copies_only_when_every_column_is_kept_in_order():

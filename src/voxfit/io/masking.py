@@ -121,14 +121,19 @@ def check_mask(mask, name: str = "mask") -> None:
 def gather(reader, index: NDArray[np.intp], progress: bool | None = None, globals_=None, observe=None) -> NDArray:
     """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass
     (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, and, after each slab, the array
-    being filled and the number of scans in it so far to ``observe(out, stop)``, when given)."""
+    being filled and the number of scans in it so far to ``observe(out, stop)``, when given). A reader that
+    writes its scans into an array itself (``scans_into``: CIFTI) fills `out` directly when `index` keeps every
+    element in order."""
     _check_gathered(reader, index.size)
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
+    into = getattr(reader, "scans_into", None)
+    direct = into is not None and _every_column(index, reader.geometry.n_elements)
     bar = Progress("reading", reader.n_scans, enabled=progress)
-    for start, block in reader.iter_scans():
+    for start, block in into(out) if direct else reader.iter_scans():
         if globals_ is not None:
             globals_.add(start, block)
-        _take_columns(block, index, out[start : start + block.shape[0]])
+        if not direct:
+            _take_columns(block, index, out[start : start + block.shape[0]])
         if observe is not None:
             observe(out, start + block.shape[0])
         bar.update(start + block.shape[0])
@@ -136,12 +141,16 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
     return out
 
 
+def _every_column(index: NDArray, n_columns: int) -> bool:
+    return index.size == n_columns and np.array_equal(index, np.arange(n_columns))
+
+
 def _take_columns(block: NDArray, index: NDArray, out: NDArray) -> None:
     """``out[:] = block[:, index]``: a plain copy when `index` keeps every column in order (a CIFTI run's
     grayordinates, a mask of the whole grid), 10x faster than numpy's take of each element. `index` holds
     valid columns (a mask's): taken with ``mode="wrap"``, as numpy's default mode takes into a temporary and
     copies it to `out` (to leave `out` untouched if an index is out of bounds): 37 -> 26 ms a study run."""
-    if index.size == block.shape[1] and np.array_equal(index, np.arange(index.size)):
+    if _every_column(index, block.shape[1]):
         np.copyto(out, block)
     else:
         np.take(block, index, axis=1, out=out, mode="wrap")
@@ -307,29 +316,39 @@ def keep_columns(data: NDArray, index: NDArray[np.intp]) -> NDArray:
 
 def gather_auto(reader, threshold: float | None = None, progress: bool | None = None, globals_=None):
     """Automatic mask and the masked data in one pass (see the module docstring), each whole scan also given to
-    `globals_` (a :class:`ScanGlobals`) when given. Returns ``(data, mask)``."""
-    auto = AutoMask(reader.geometry.n_elements, reader.dtype.kind == "f", threshold, reader.scale)
+    `globals_` (a :class:`ScanGlobals`) when given. Returns ``(data, mask)``. A reader that writes its scans
+    into an array itself (``scans_into``: CIFTI, whose grayordinates are the brain's already) has every element
+    gathered, not only the first scan's candidates."""
+    n_elements = reader.geometry.n_elements
+    auto = AutoMask(n_elements, reader.dtype.kind == "f", threshold, reader.scale)
+    into = getattr(reader, "scans_into", None)
+    gathered = out = None
+    if into is not None:
+        gathered = np.ones(n_elements, dtype=bool)
+        _check_gathered(reader, n_elements)
+        out = np.empty((reader.n_scans, n_elements), dtype=reader.dtype)
     bar = Progress("reading", reader.n_scans, enabled=progress)
-    out = None
-    for start, block in reader.iter_scans():
+    for start, block in reader.iter_scans() if into is None else into(out):
         auto.add(block, globals_=None if globals_ is None else globals_.add(start, block))
-        if out is None:
-            cand_index = np.flatnonzero(auto.candidates)
-            _check_gathered(reader, cand_index.size)
-            out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
-        _take_columns(block, cand_index, out[start : start + block.shape[0]])
+        if into is None:
+            if out is None:
+                gathered = auto.candidates
+                cand_index = np.flatnonzero(gathered)
+                _check_gathered(reader, cand_index.size)
+                out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
+            _take_columns(block, cand_index, out[start : start + block.shape[0]])
         bar.update(start + block.shape[0])
     bar.close()
-    mask, candidates = auto.mask(), auto.candidates
+    mask = auto.mask()
     if not mask.any():
         why = "above the intensity threshold, " if threshold is not None else ""
         raise InputError(
             f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan."
         )
-    data = keep_columns(out, np.flatnonzero(mask[candidates]))  # C order, as gather and column sources give
-    missed = np.flatnonzero(mask & ~candidates)
+    data = keep_columns(out, np.flatnonzero(mask[gathered]))  # C order, as gather and column sources give
+    missed = np.flatnonzero(mask & ~gathered)
     if missed.size:  # zero in the first scan but varying later: a second pass for those only
         extra = gather(reader, missed, progress)
-        order = np.argsort(np.concatenate([np.flatnonzero(mask & candidates), missed]), kind="stable")
+        order = np.argsort(np.concatenate([np.flatnonzero(mask & gathered), missed]), kind="stable")
         data = np.take(np.concatenate([data, extra], axis=1), order, axis=1)
     return data, mask

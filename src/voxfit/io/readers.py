@@ -84,6 +84,9 @@ class Reader(Protocol):
     - ``column_source(index=None)``: a ColumnSource of the elements `index` (None: all), for a Dask worker to
       read columns itself, with the reader's own way of reading them; None where the files cannot be read by
       columns (compressed NIfTI, GIFTI, CIFTI, lists of .npy files).
+    - optionally, ``scans_into(out, max_bytes)``: as iter_scans, each slab written straight into its rows of
+      `out` (n_scans, n_elements) and those rows yielded, for a reader whose files hold scans in another order
+      (CIFTI's grayordinates by grayordinate), where a slab is a copy made anyway.
     """
 
     geometry: Geometry
@@ -624,22 +627,50 @@ class CiftiReader:
         for img in self._imgs:
             stored = _grayordinate_major(img)
             for start in range(0, img.shape[0], k):
-                if stored is not None:
-                    yield first + start, _scans_of(stored[:, start : start + k], self.dtype)
-                else:
+                if stored is None:
                     yield first + start, np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
+                else:
+                    slab = stored[:, start : start + k]
+                    rows = np.empty(slab.shape[::-1], dtype=self.dtype)
+                    _transpose_into(slab, rows)
+                    yield first + start, rows
             first += img.shape[0]
 
+    def scans_into(self, out: NDArray, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
+        """The scans written straight into `out` (n_scans, n_elements) of the reader's dtype, yielding (first
+        scan, the rows filled) by slabs of `max_bytes`. A file read from its stored layout is transposed into
+        `out` whole, by tiles of whole series, before its slabs are yielded: its bytes are read once, in order
+        (0.15 s for a 91k x 1200 run, against 0.75 s slab by slab, each slab touching every page of the file)."""
+        k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
+        first = 0
+        for img in self._imgs:
+            stored, n = _grayordinate_major(img), img.shape[0]
+            if stored is not None:
+                _transpose_into(stored, out[first : first + n])
+            for start in range(0, n, k):
+                rows = out[first + start : first + min(start + k, n)]
+                if stored is None:
+                    rows[...] = np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
+                yield first + start, rows
+            first += n
 
-def _scans_of(stored: NDArray, dtype, tile: int = 4096) -> NDArray:
-    """The scans (k, G) of a stored slab (G, k) as a C-contiguous array of `dtype`, copied a tile of `tile`
-    grayordinates at a time: each tile's cache lines of the file serve all k scans before they leave the cache.
-    (The transposed view itself made every later pass over a scan, the mask's and the gather's, stride across
-    the whole file: 3 s of a 91k x 1200 run's read, against 0.1 s for the read.)"""
-    out = np.empty(stored.shape[::-1], dtype=dtype)
-    for g in range(0, stored.shape[0], tile):
-        out[:, g : g + tile] = stored[g : g + tile].T
-    return out
+
+TILE_BYTES = 1 << 20  # of the stored file per tile of a transposed copy (see _transpose_into): within L2
+TILE_SERIES = 256  # grayordinates per tile at least
+
+
+def _transpose_into(stored: NDArray, out: NDArray) -> None:
+    """``out[:] = stored.T`` for stored series (G, k) and their scans `out` (k, G), by tiles of about
+    TILE_BYTES: TILE_SERIES grayordinates' whole series (up to 1,024 scans of float32), or, for a few scans, more
+    grayordinates. A tile's cache lines serve all its scans before they leave the cache; the transposed
+    view itself made every later pass over a scan stride across the whole file (3 s of a 91k x 1200 run's read,
+    against 0.1 s for the read)."""
+    G, k = stored.shape
+    scans = min(k, max(1, TILE_BYTES // (TILE_SERIES * stored.itemsize)))
+    grays = max(TILE_SERIES, TILE_BYTES // (scans * stored.itemsize))
+    for a in range(0, k, scans):
+        for g in range(0, G, grays):
+            out[a : a + scans, g : g + grays] = stored[g : g + grays, a : a + scans].T
 
 
 def _grayordinate_major(img):

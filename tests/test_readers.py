@@ -455,6 +455,58 @@ def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp
         npt.assert_array_equal(back.get_fdata(dtype=np.float32), maps.astype(np.float32))
 
 
+def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
+    """A plain .dtseries.nii / .dscalar.nii is opened from its NIfTI-2 header and XML (two surfaces, voxels with
+    an affine, models out of index order, a map of dimensions "0,1" elsewhere): the same brain models and values
+    as nibabel's Cifti2Image. Compressed, scaled, parcel and malformed files are nibabel's to read or refuse."""
+    from voxfit.io.readers import _stored_cifti
+
+    left = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 400, 3), 400, name="CortexLeft")
+    right = nib.cifti2.BrainModelAxis.from_surface(np.array([5, 2, 9, 7]), 12, name="CortexRight")
+    voxels = nib.cifti2.BrainModelAxis.from_mask(
+        rng.random((5, 4, 3)) > 0.4,
+        name="ThalamusLeft",
+        affine=np.array([[-2, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1.0]]),
+    )
+    models = right + voxels + left
+    data = rng.standard_normal((7, len(models))).astype(np.float32)
+    for name, axis0 in (
+        ("run.dtseries.nii", nib.cifti2.SeriesAxis(0, 2, 7)),
+        ("maps.dscalar.nii", nib.cifti2.ScalarAxis(list("abcdefg"))),
+    ):
+        nib.save(nib.Cifti2Image(data, header=(axis0, models)), tmp_path / name)
+        stored = _stored_cifti(tmp_path / name)
+        assert stored is not None and stored.brain_models == models
+        reader = open_reader(str(tmp_path / name))
+        assert reader.geometry.brain_models == models and reader.dtype == np.float32
+        npt.assert_array_equal(np.concatenate([b for _, b in reader.iter_scans()]), data)
+    (tmp_path / "gz.dtseries.nii.gz").write_bytes(gzip.compress((tmp_path / "run.dtseries.nii").read_bytes()))
+    assert _stored_cifti(tmp_path / "gz.dtseries.nii.gz") is None
+    scaled = nib.Cifti2Image(data, header=(nib.cifti2.SeriesAxis(0, 2, 7), models))
+    scaled.nifti_header.set_data_dtype(np.int16)
+    nib.save(scaled, tmp_path / "int.dtseries.nii")  # (nibabel scales float data into int16)
+    assert _stored_cifti(tmp_path / "int.dtseries.nii") is None
+    reader = open_reader(str(tmp_path / "int.dtseries.nii"))
+    assert reader.geometry.brain_models == models
+    npt.assert_allclose(np.concatenate([b for _, b in reader.iter_scans()]), data, atol=1e-3)
+    parcels = nib.cifti2.ParcelsAxis.from_brain_models([("one", left), ("two", right)])
+    nib.save(
+        nib.Cifti2Image(data[:, :2], header=(nib.cifti2.SeriesAxis(0, 2, 7), parcels)), tmp_path / "p.dtseries.nii"
+    )
+    assert _stored_cifti(tmp_path / "p.dtseries.nii") is None
+    with pytest.raises(InputError, match="only dense CIFTI files"):
+        open_reader(str(tmp_path / "p.dtseries.nii"))
+    raw = (tmp_path / "run.dtseries.nii").read_bytes()
+    for k, (old, new) in enumerate(
+        [(b'IndexCount="4"', b'IndexCount="5"'), (b"<VertexIndices>", b"<VertexIndices>x ")]
+    ):
+        broken = tmp_path / f"broken{k}.dtseries.nii"
+        broken.write_bytes(raw.replace(old, new, 1))
+        assert _stored_cifti(broken) is None
+        with pytest.raises(InputError):
+            open_reader(str(broken))
+
+
 def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng, monkeypatch):
     """An uncompressed, unscaled .dtseries.nii is read from its stored (grayordinate-major) layout through a
     memory map, slab by slab: the same scans as nibabel's; images in memory go through nibabel. ``scans_into``

@@ -573,6 +573,112 @@ class GiftiReader(_RowsReader):
         self.scale = None
 
 
+CIFTI_HEADER_LIMIT = 256 << 20  # bytes of a CIFTI file's header and XML read by _stored_cifti (else nibabel's)
+
+
+@dataclass(frozen=True, eq=False)
+class _StoredCifti:
+    """A plain CIFTI-2 file read from its header alone (see :func:`_stored_cifti`): its data as nibabel's
+    proxy reads them, (scans, grayordinates), and its brain models."""
+
+    dataobj: nib.arrayproxy.ArrayProxy
+    brain_models: nib.cifti2.BrainModelAxis
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.dataobj.shape
+
+    def get_data_dtype(self) -> np.dtype:
+        return self.dataobj.dtype
+
+
+def _stored_cifti(path: Path) -> _StoredCifti | None:
+    """An uncompressed, unscaled dense CIFTI-2 file from its NIfTI-2 header and the brain models of its XML,
+    parsed by ElementTree into one BrainModelAxis: 0.07 s for 91k grayordinates, against 0.3 s for nibabel's
+    Cifti2Image, which makes an object of every XML element and deep-copies them. None for anything else
+    (compressed, scaled, not NIfTI-2, not dense, malformed in any way), which nibabel reads, or refuses, itself;
+    the same BrainModelAxis as nibabel's otherwise."""
+    if path.name.lower().endswith(".gz") or not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(544)
+            header = nib.Nifti2Header(head[:540])
+            offset = int(header.get_data_offset())
+            if len(head) < 544 or head[540] == 0 or not 544 < offset <= min(CIFTI_HEADER_LIMIT, path.stat().st_size):
+                return None
+            xml = _cifti_extension(f.read(offset - 544), header.endianness)
+        shape = tuple(int(n) for n in header.get_data_shape())
+        slope, inter = header.get_slope_inter()
+        if xml is None or len(shape) != 6 or shape[:4] != (1, 1, 1, 1) or (slope, inter) not in _UNSCALED:
+            return None
+        models = _brain_models(xml, shape[5])
+        if models is None:
+            return None
+        proxy = nib.arrayproxy.ArrayProxy(str(path), (shape[4:], header.get_data_dtype(), offset, 1.0, 0.0), order="F")
+        return _StoredCifti(proxy, models)
+    except Exception:  # noqa: BLE001 - anything unusual is nibabel's to read or to refuse
+        return None
+
+
+_UNSCALED = ((None, None), (1.0, 0.0))
+
+
+def _cifti_extension(extensions: bytes, endianness: str) -> bytes | None:
+    """The CIFTI XML (NIfTI extension code 32) among a header's `extensions` (the bytes after its extension flag,
+    up to the data: size and code as int32 of the header's byte order, then the content), or None."""
+    start = 0
+    while start + 8 <= len(extensions):
+        size, code = np.frombuffer(extensions, dtype=np.dtype(np.int32).newbyteorder(endianness), count=2, offset=start)
+        if size < 8 or start + size > len(extensions):
+            return None
+        if code == 32:
+            return extensions[start + 8 : start + size].rstrip(b"\0")
+        start += int(size)
+    return None
+
+
+def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | None:
+    """The BrainModelAxis of the CIFTI XML's map of dimension 1 (its brain models' structures, vertices and voxels,
+    as nibabel's ``from_index_mapping`` makes it), or None where that map is not exactly `n_elements` brain
+    models given as the CIFTI-2 standard gives them."""
+    import xml.etree.ElementTree as ET
+
+    maps = [m for m in ET.fromstring(xml).iter("MatrixIndicesMap") if "1" in _dimensions(m)]
+    if len(maps) != 1 or maps[0].get("IndicesMapToDataType") != "CIFTI_INDEX_TYPE_BRAIN_MODELS":
+        return None
+    voxel = np.full((n_elements, 3), -1, dtype=int)
+    vertex = np.full(n_elements, -1, dtype=int)
+    name = np.empty(n_elements, dtype=object)
+    filled = np.zeros(n_elements, dtype=bool)
+    nvertices, affine, volume_shape = {}, None, None
+    for model in maps[0].iter("BrainModel"):
+        first, count = int(model.get("IndexOffset")), int(model.get("IndexCount"))
+        where, structure = slice(first, first + count), model.get("BrainStructure")
+        if first < 0 or count < 1 or first + count > n_elements or filled[where].any() or structure is None:
+            return None
+        filled[where], name[where] = True, structure
+        if model.get("ModelType") == "CIFTI_MODEL_TYPE_SURFACE":
+            vertex[where] = np.array(model.findtext("VertexIndices", "").split(), dtype=int).reshape(count)
+            nvertices[structure] = int(model.get("SurfaceNumberOfVertices"))
+        elif model.get("ModelType") == "CIFTI_MODEL_TYPE_VOXELS":
+            voxel[where] = np.array(model.findtext("VoxelIndicesIJK", "").split(), dtype=int).reshape(count, 3)
+            if affine is None:
+                volume = maps[0].find("Volume")
+                volume_shape = tuple(int(n) for n in volume.get("VolumeDimensions").split(","))
+                matrix = volume.findtext("TransformationMatrixVoxelIndicesIJKtoXYZ")
+                affine = np.array(matrix.split(), dtype=float).reshape(4, 4)
+        else:
+            return None
+    if not filled.all():
+        return None
+    return nib.cifti2.BrainModelAxis(name, voxel, vertex, affine, volume_shape, nvertices)
+
+
+def _dimensions(index_map) -> list[str]:
+    return [d.strip() for d in index_map.get("AppliesToMatrixDimension", "").split(",")]
+
+
 class CiftiReader:
     """CIFTI-2 dense time series or scalars (.dtseries.nii, .dscalar.nii): rows are scans, columns grayordinates.
 
@@ -584,11 +690,11 @@ class CiftiReader:
         self._imgs, self.paths, models, memory = [], [], None, []
         for p in paths:
             in_memory = isinstance(p, nib.Cifti2Image)
-            img = p if in_memory else _load(Path(p))
+            img = p if in_memory else _stored_cifti(Path(p)) or _load(Path(p))
             p = "in-memory Cifti2Image" if in_memory else Path(p)
-            if not isinstance(img, nib.Cifti2Image):
+            if not isinstance(img, (nib.Cifti2Image, _StoredCifti)):
                 raise InputError(f"{p}: not a CIFTI-2 image.")
-            axis = img.header.get_axis(1)
+            axis = img.brain_models if isinstance(img, _StoredCifti) else img.header.get_axis(1)
             if not isinstance(axis, nib.cifti2.BrainModelAxis):
                 raise InputError(f"{p}: only dense CIFTI files (brain models: vertices and voxels) are supported.")
             if models is not None and axis != models:

@@ -265,3 +265,18 @@ def test_sums_larger_than_half_the_data_are_not_gathered(tmp_path, capsys, monke
     t = fit(X, Y.astype(np.float64), names=names).contrast("c0").t
     got = np.asarray(nib.load(out / "contrast-c0_stat-t_statmap.nii.gz").dataobj)[inside]
     npt.assert_allclose(got, t, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+def test_mean_over_scans_is_the_same_for_arrays_memory_maps_and_scaled_arrays(tmp_path, rng):
+    """The run's mean image: an array in memory is reduced scan by scan, anything else by blocks of voxels; the
+    float64 means are the same."""
+    from voxfit.io import ScaledArray
+    from voxfit.models.glm import mean_over_scans
+
+    Y = (rng.standard_normal((57, 3001)) * 10 + 1000).astype(np.float32)
+    np.save(tmp_path / "y.npy", Y)
+    expected = Y.astype(np.float64).mean(axis=0)
+    npt.assert_allclose(mean_over_scans(Y), expected, rtol=1e-14)
+    npt.assert_array_equal(mean_over_scans(np.load(tmp_path / "y.npy", mmap_mode="r")), mean_over_scans(Y))
+    raw = rng.integers(-500, 500, Y.shape).astype(np.int16)  # (integers with scale factors)
+    npt.assert_allclose(mean_over_scans(ScaledArray(raw, 2.0, 1.0)), 2.0 * raw.mean(axis=0) + 1.0, rtol=1e-12)

@@ -544,6 +544,10 @@ def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng, monkey
         assert [start for start, _ in slabs] == [*range(0, 37, 5), 37, 42, 47]
         assert all(np.shares_memory(block, out) for _, block in slabs)
         npt.assert_array_equal(out, np.concatenate([data, data[:11] + 1]))
+    opened = open_reader(str(path))
+    path.write_bytes(path.read_bytes()[:-100])  # (cut short after its header was checked)
+    with pytest.raises(InputError, match="ended before the data its header promises"):
+        list(opened.scans_into(np.empty((37, len(models)), dtype=np.float32)))
 
 
 def test_take_columns_copies_only_when_every_column_is_kept_in_order():

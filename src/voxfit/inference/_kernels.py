@@ -36,22 +36,32 @@ def _find(parent, x):  # pragma: no cover - compiled
 def _decreasing(s):  # pragma: no cover - compiled
     """The elements with s > 0 (not NaN) by decreasing value.
 
-    A least-significant-digit radix sort of the float64 bit patterns, which order positive numbers as
-    unsigned integers do: 4 passes of 16 bits (passes where every key has the same digit are skipped),
-    2-3 times faster than numba's argsort on 50k values. Small inputs use argsort.
+    A least-significant-digit radix sort of the bit patterns of the values in their own precision, which order
+    positive numbers as unsigned integers do (see :func:`_radix`): 2-3 times faster than numba's argsort on 50k
+    values, and float32 maps (permutations') need two passes of 32-bit keys instead of three of 64 (2.1 against
+    4.0 ms for 115k values). Small inputs use argsort.
     """
     elements = np.flatnonzero(s > 0)
     m = elements.shape[0]
-    values = np.empty(m)
+    values = np.empty(m, s.dtype)
     for i in range(m):
         values[i] = s[elements[i]]
     if m < 4096:
         return elements[np.argsort(-values)]
-    keys = ~values.view(np.uint64)  # complemented: increasing keys are decreasing values
+    if values.itemsize == 4:  # complemented: increasing keys are decreasing values
+        return _radix(~values.view(np.uint32), elements)
+    return _radix(~values.view(np.uint64), elements)
+
+
+@numba.njit(**_JIT)
+def _radix(keys, elements):  # pragma: no cover - compiled
+    """`elements` in the order of increasing unsigned `keys` (both permuted in place or in copies): passes of
+    16 bits, a pass where every key has the same digit skipped."""
+    m = keys.shape[0]
     keys_to = np.empty_like(keys)
     elements_to = np.empty_like(elements)
     start = np.empty(1 << 16, np.int64)
-    for shift in range(0, 64, 16):
+    for shift in range(0, 8 * keys.itemsize, 16):
         start[:] = 0
         for i in range(m):
             start[(keys[i] >> np.uint64(shift)) & np.uint64(0xFFFF)] += 1

@@ -235,8 +235,9 @@ def test_zero_in_first_scan_but_varying_is_kept(tmp_path, rng):
 def test_cifti_automatic_mask_gathers_every_grayordinate_into_one_array(tmp_path, rng, monkeypatch):
     """A .dtseries.nii's automatic mask and data, its scans written straight into the gathered array: a
     grayordinate constant, one with a NaN, one zero only in the first scan (kept, without a second pass) are
-    treated as the same values from a .npy file; an explicit mask of every grayordinate reads the same way."""
-    from voxfit.io import masking
+    treated as the same values from a .npy file; an explicit mask of every grayordinate, or of some, reads the
+    same way (from the stored layout across tiles, and from nibabel's image)."""
+    from voxfit.io import masking, readers
 
     models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 90, 2), 90, name="CortexLeft")
     data = rng.standard_normal((23, len(models))).astype(np.float32)
@@ -261,6 +262,18 @@ def test_cifti_automatic_mask_gathers_every_grayordinate_into_one_array(tmp_path
     monkeypatch.setattr(masking, "_take_columns", copies_none)
     every = voxfit.load(str(path), mask=np.ones(len(models), dtype=bool))
     npt.assert_array_equal(every.data, data)
+    some = rng.random(len(models)) < 0.3  # an explicit mask: its grayordinates read from each tile of series
+    monkeypatch.setattr(readers, "TILE_SERIES", 4)
+    monkeypatch.setattr(readers, "TILE_BYTES", 4 * 23 * 4)
+    npt.assert_array_equal(voxfit.load(str(path), mask=some).data, data[:, some])
+    reader = open_reader(str(path))
+    out = np.empty((23, int(some.sum())), dtype=np.float32)
+    assert all(np.shares_memory(b, out) for _, b in reader.scans_into(out, np.flatnonzero(some), max_bytes=200))
+    npt.assert_array_equal(out, data[:, some])
+    image = nib.Cifti2Image(data, header=(nib.cifti2.SeriesAxis(0, 2, 23), models))  # (nibabel's proxy: in memory)
+    out[:] = np.nan
+    list(open_reader(image).scans_into(out, np.flatnonzero(some)))
+    npt.assert_array_equal(out, data[:, some])
 
 
 def test_masker_inverse_checks_sizes():

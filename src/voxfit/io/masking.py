@@ -122,14 +122,15 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
     """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass
     (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, and, after each slab, the array
     being filled and the number of scans in it so far to ``observe(out, stop)``, when given). A reader that
-    writes its scans into an array itself (``scans_into``: CIFTI) fills `out` directly when `index` keeps every
-    element in order."""
+    writes its scans into an array itself (``scans_into``: CIFTI) fills `out` directly: with every element, or
+    with the elements `index` (increasing) when no whole scan is wanted (no `globals_`)."""
     _check_gathered(reader, index.size)
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
     into = getattr(reader, "scans_into", None)
-    direct = into is not None and _every_column(index, reader.geometry.n_elements)
+    every = _every_column(index, reader.geometry.n_elements)
+    direct = into is not None and (every or (globals_ is None and bool(np.all(np.diff(index) > 0))))
     bar = Progress("reading", reader.n_scans, enabled=progress)
-    for start, block in into(out) if direct else reader.iter_scans():
+    for start, block in into(out, None if every else index) if direct else reader.iter_scans():
         if globals_ is not None:
             globals_.add(start, block)
         if not direct:

@@ -84,9 +84,10 @@ class Reader(Protocol):
     - ``column_source(index=None)``: a ColumnSource of the elements `index` (None: all), for a Dask worker to
       read columns itself, with the reader's own way of reading them; None where the files cannot be read by
       columns (compressed NIfTI, GIFTI, CIFTI, lists of .npy files).
-    - optionally, ``scans_into(out, max_bytes)``: as iter_scans, each slab written straight into its rows of
-      `out` (n_scans, n_elements) and those rows yielded, for a reader whose files hold scans in another order
-      (CIFTI's grayordinates by grayordinate), where a slab is a copy made anyway.
+    - optionally, ``scans_into(out, index=None, max_bytes)``: as iter_scans, each slab (of the elements `index`,
+      increasing, when given) written straight into its rows of `out` (n_scans, n_elements or len(index)) and
+      those rows yielded, for a reader whose files hold scans in another order (CIFTI's grayordinates by
+      grayordinate), where a slab is a copy made anyway.
     """
 
     geometry: Geometry
@@ -742,22 +743,26 @@ class CiftiReader:
                     yield first + start, rows
             first += img.shape[0]
 
-    def scans_into(self, out: NDArray, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
-        """The scans written straight into `out` (n_scans, n_elements) of the reader's dtype, yielding (first
-        scan, the rows filled) by slabs of `max_bytes`. A file read from its stored layout is read once, in
-        order, by tiles of whole series transposed into `out`, before its slabs are yielded (0.2 s for a 91k x
-        1200 run, against 0.75 s slab by slab from a memory map, each slab touching every page of the file; and
-        the file's pages are not mapped into the process, whose peak memory is then the data's)."""
+    def scans_into(
+        self, out: NDArray, index: NDArray | None = None, max_bytes: int = DEFAULT_SLAB_BYTES
+    ) -> Iterator[tuple[int, NDArray]]:
+        """The scans, or their grayordinates `index` (increasing), written straight into `out` (n_scans, all or
+        len(index)) of the reader's dtype, yielding (first scan, the rows filled) by slabs of `max_bytes`. A
+        file read from its stored layout is read once, in order, by tiles of whole series transposed into `out`,
+        before its slabs are yielded (0.2 s for a 91k x 1200 run, against 0.75 s slab by slab from a memory map,
+        each slab touching every page of the file; and the file's pages are not mapped into the process, whose
+        peak memory is then the data's)."""
         k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
         first = 0
         for img in self._imgs:
             stored, n = _stored_layout(img), img.shape[0]
             if stored is not None:
-                _read_transposed(*stored, out[first : first + n])
+                _read_transposed(*stored, out[first : first + n], self.geometry.n_elements, index)
             for start in range(0, n, k):
                 rows = out[first + start : first + min(start + k, n)]
                 if stored is None:
-                    rows[...] = np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
+                    values = np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
+                    rows[...] = values if index is None else values[:, index]
                 yield first + start, rows
             first += n
 
@@ -807,10 +812,11 @@ def _stored_layout(img) -> tuple[str, int, np.dtype] | None:
     return path, int(proxy.offset), np.dtype(proxy.dtype)
 
 
-def _read_transposed(path: str, offset: int, dtype: np.dtype, out: NDArray) -> None:
-    """``out[:] =`` the scans (n, G) of a file's data stored as G series of n values from `offset`: read in order,
-    TILE_SERIES series (or more, for short series) at a time into one buffer, each tile transposed into `out`."""
-    n, G = out.shape
+def _read_transposed(path: str, offset: int, dtype: np.dtype, out: NDArray, G: int, index=None) -> None:
+    """``out[:] =`` the scans (n, G) of a file's data stored as G series of n values from `offset`, or their
+    columns `index` (increasing): read in order, TILE_SERIES series (or more, for short series) at a time into
+    one buffer, each tile's series (those of `index`) transposed into `out`."""
+    n = out.shape[0]
     grays = max(TILE_SERIES, TILE_BYTES // (n * dtype.itemsize))
     buffer = np.empty((min(grays, G), n), dtype=dtype)
     with open(path, "rb", buffering=0) as f:
@@ -818,7 +824,12 @@ def _read_transposed(path: str, offset: int, dtype: np.dtype, out: NDArray) -> N
         for g in range(0, G, grays):
             tile = buffer[: min(grays, G - g)]
             _read_exactly(f, memoryview(tile).cast("B"), path)
-            _transpose_into(tile, out[:, g : g + tile.shape[0]])
+            if index is None:
+                _transpose_into(tile, out[:, g : g + tile.shape[0]])
+                continue
+            lo, hi = np.searchsorted(index, (g, g + tile.shape[0]))
+            if hi > lo:
+                _transpose_into(tile[index[lo:hi] - g], out[:, lo:hi])
 
 
 def _read_exactly(f, into: memoryview, path) -> None:

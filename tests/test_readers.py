@@ -573,3 +573,24 @@ def test_take_columns_copies_only_when_every_column_is_kept_in_order():
         out = np.empty((4, index.size))
         _take_columns(block, index, out)
         npt.assert_array_equal(out, block[:, index])
+
+
+def test_same_brain_models_is_nibabels_equality(rng):
+    """Brain models compared from their arrays when those are the same, else by nibabel: equal, or not, exactly
+    where nibabel's ``==`` says so (a changed vertex, structure or affine; voxel indices left on surface
+    elements, which nibabel ignores)."""
+    from voxfit.io.geometry import same_brain_models
+
+    def models(vertices=(0, 3, 6), name="CortexLeft", affine=np.eye(4)):
+        cortex = nib.cifti2.BrainModelAxis.from_surface(np.array(vertices), 10, name=name)
+        voxels = nib.cifti2.BrainModelAxis.from_mask(np.ones((2, 1, 2), bool), name="ThalamusLeft", affine=affine)
+        return cortex + voxels
+
+    base = models()
+    junk = models()
+    junk.voxel[0] = (1, 1, 1)  # (a voxel index on a surface element)
+    others = [models((0, 3, 7)), models(name="CortexRight"), models(affine=np.diag([2.0, 2, 2, 1])), junk]
+    assert same_brain_models(base, models())
+    for other in others:
+        assert same_brain_models(base, other) == (base == other)
+    assert same_brain_models(base, junk) and not same_brain_models(base, others[0])

@@ -139,6 +139,23 @@ class SurfaceGeometry(Geometry):
         nib.save(nib.gifti.GiftiImage(darrays=arrays, meta=nib.gifti.GiftiMetaData(self.meta)), str(path))
 
 
+def same_brain_models(a: nib.cifti2.BrainModelAxis, b: nib.cifti2.BrainModelAxis) -> bool:
+    """nibabel's ``a == b``, decided from the arrays alone when they are the same: nibabel compares the voxels and
+    vertices of the volume and surface elements only, whose masks it finds element by element (84 ms for 91k
+    grayordinates, once per extra run or map); where any array differs, nibabel decides."""
+    same = (
+        len(a) == len(b)
+        and a.nvertices == b.nvertices
+        and a.volume_shape == b.volume_shape
+        and (a.affine is None) == (b.affine is None)
+        and (a.affine is None or np.array_equal(a.affine, b.affine))
+        and np.array_equal(a.name, b.name)
+        and np.array_equal(a.voxel, b.voxel)
+        and np.array_equal(a.vertex, b.vertex)
+    )
+    return same or a == b
+
+
 @dataclass(frozen=True, eq=False)
 class CiftiGeometry(Geometry):
     """CIFTI-2 grayordinates: surface vertices and volume voxels, described by a BrainModelAxis."""
@@ -152,7 +169,7 @@ class CiftiGeometry(Geometry):
         return len(self.brain_models)
 
     def _check_same(self, other: CiftiGeometry, what: str) -> None:
-        if other.brain_models != self.brain_models:
+        if not same_brain_models(other.brain_models, self.brain_models):
             raise InputError(f"{what} has different CIFTI brain models (structures, vertices or voxels) from the data.")
 
     @functools.cached_property

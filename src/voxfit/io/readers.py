@@ -37,7 +37,7 @@ from .._memory import check_memory
 from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, open_gzip_stream
 from .checks import check_readable
-from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
+from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry, same_brain_models
 from .memory import MemoryInput, check_data, is_image, memory_input
 from .scans import expand_run, file_identity
 from .stores import open_hdf5, open_zarr
@@ -698,7 +698,7 @@ class CiftiReader:
             axis = img.brain_models if isinstance(img, _StoredCifti) else img.header.get_axis(1)
             if not isinstance(axis, nib.cifti2.BrainModelAxis):
                 raise InputError(f"{p}: only dense CIFTI files (brain models: vertices and voxels) are supported.")
-            if models is not None and axis != models:
+            if models is not None and not same_brain_models(axis, models):
                 raise InputError(f"{p} has different CIFTI brain models from the first input.")
             models = axis
             if not in_memory:

@@ -134,11 +134,11 @@ def spectrum(f, tr: float, par: NoiseParameters) -> np.ndarray:
     noise of unit variance per scan is 1 at every frequency."""
     fs = 1.0 / tr
     floor = 0.002  # Hz: the power law is held flat below (runs are minutes long; the high-pass removes it)
-    fl = np.maximum(f, floor)[:, None]
-    law = par.power_law[None, :] * (fl / 0.1) ** (-par.beta[None, :])
+    log_f = np.log(np.maximum(f, floor) / 0.1)[:, None]
+    law = par.power_law[None, :] * np.exp(-par.beta[None, :] * log_f)  # (numpy's exp is vectorised; ** is not)
     rho = np.exp(-tr / par.tau)[None, :]
-    w = 2 * np.pi * f[:, None] / fs
-    ar = par.ar_variance[None, :] * (1 - rho**2) / np.abs(1 - rho * np.exp(-1j * w)) ** 2
+    cos_w = np.cos(2 * np.pi * f / fs)[:, None]
+    ar = par.ar_variance[None, :] * (1 - rho**2) / (1 - 2 * rho * cos_w + rho**2)  # |1 - rho e^-iw|^2, in reals
     # a peak of variance a per scan: a * (its density per Hz) * fs / 2 ... scaled so that its share of the
     # variance is `a` (the density integrates to 1 over the folded band [0, fs/2]; the white level is 1 there)
     cardiac = par.cardiac[None, :] * _folded_peak(f, tr, par.cardiac_f, 0.05) * fs / 2

@@ -115,7 +115,7 @@ PEAK_REACH = 10.0  # widths from a peak's centre beyond which it is taken as 0 (
 def _folded_peak(f, tr, centre, width):
     """A Gaussian peak of unit area (per Hz) at `centre` (V,) and `width` Hz, sampled at TR `tr` and so folded
     into [0, 1/(2 tr)]: the sum over its aliases f + k/tr and k/tr - f. Returns (F, V), per Hz. Each alias is
-    evaluated only at the frequencies within PEAK_REACH widths of some voxel's centre (a few percent of them)."""
+    evaluated only at the frequencies within PEAK_REACH widths of some voxel's centre."""
     fs = 1.0 / tr
     out = np.zeros((f.size, centre.size))
     top = int(np.ceil((centre.max() + 5 * width) / fs)) + 1
@@ -228,9 +228,9 @@ def rates(
 ) -> list[dict]:
     """Counts of voxels with one-sided p < alpha, per design, TR and model: ``{"design", "tr", "model", "alpha",
     "count", "n", "seconds"}``. `effect` 0: null voxels (the false-positive table); otherwise each voxel has a
-    planted task effect of `effect` noise sd per regressor sd (the power table). `regime`: the noise's (see
-    :data:`REGIMES`). The noise of cell (design, TR)
-    comes from ``np.random.default_rng([seed, design index, TR index])``, in chunks of `chunk` voxels."""
+    planted task effect of `effect` noise sd per regressor sd (the power table); `regime` is the noise's (see
+    :data:`REGIMES`). The noise of cell (design, TR) comes from ``np.random.default_rng([seed, design index, TR
+    index])`` (its position in `designs` and `trs`), in chunks of `chunk` voxels."""
     models = tuple(known_models() if models is None else models) + ((NILEARN,) if nilearn else ())
     rows = []
     for i, kind in enumerate(designs):

@@ -469,9 +469,9 @@ def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp
 
 
 def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
-    """A plain .dtseries.nii / .dscalar.nii is opened from its NIfTI-2 header and XML (two surfaces, voxels with
-    an affine, models out of index order, a map of dimensions "0,1" elsewhere): the same brain models and values
-    as nibabel's Cifti2Image. Compressed, scaled, parcel and malformed files are nibabel's to read or refuse."""
+    """A plain .dtseries.nii / .dscalar.nii is opened from its NIfTI-2 header and XML (the right surface, voxels
+    with an affine, the left surface): the same brain models and values as nibabel's Cifti2Image. Compressed,
+    scaled, parcel and malformed files are nibabel's to read or refuse."""
     from voxfit.io.readers import _stored_cifti
 
     left = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 400, 3), 400, name="CortexLeft")

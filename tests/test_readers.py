@@ -446,14 +446,21 @@ def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp
     """CiftiGeometry.write composes the NIfTI-2 file itself (nibabel's image re-parses the header of every map),
     the brain models' XML serialised once: byte for byte nibabel's Cifti2Image file but for the intent code
     (ConnDenseScalar, the standard's for .dscalar.nii), and it reads back with the same brain models, names and
-    values; four times from one geometry."""
-    cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 300, 2), 300, name="CortexLeft")
-    models = cortex + nib.cifti2.BrainModelAxis.from_mask(
-        rng.random((4, 5, 3)) > 0.5, name="ThalamusLeft", affine=np.eye(4)
-    )
-    geometry = CiftiGeometry(models)
-    # names as contrasts have them, with the characters XML escapes, and not in ASCII (then serialised whole)
+    values. The brain models' XML is made once per geometry from the axis's arrays: surfaces and voxels in HCP's
+    order and in others (voxels first, a surface between two structures of voxels, an affine with fractions and a
+    negative zero), each with names in ASCII; names not in ASCII are serialised whole by nibabel."""
+    affine = np.array([[-2.0, 0, -0.0, 90.25], [0, 2, 0, -126.125], [0, 0, 2, -72], [0, 0, 0, 1]])
+    left = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 300, 2), 300, name="CortexLeft")
+    right = nib.cifti2.BrainModelAxis.from_surface(np.array([7, 1, 4]), 9, name="CortexRight")
+    thalamus = nib.cifti2.BrainModelAxis.from_mask(rng.random((4, 5, 3)) > 0.5, name="ThalamusLeft", affine=np.eye(4))
+    layouts = [left + thalamus]
+    for name, surface in (("Accumbens_Left", right), ("Cerebellum", left)):
+        voxels = nib.cifti2.BrainModelAxis.from_mask(rng.random((4, 5, 3)) > 0.5, name=name, affine=affine)
+        stem = nib.cifti2.BrainModelAxis.from_mask(rng.random((4, 5, 3)) > 0.7, name="brain_stem", affine=affine)
+        layouts.append(voxels + surface + stem)
     for k, names in enumerate((["a t"], ["b[0]", "b[1]"], ["a&b<c>d\"e'"], ["état", "x"])):
+        models = layouts[k % len(layouts)]
+        geometry = CiftiGeometry(models)
         maps = rng.standard_normal((len(names), len(models)))
         ours = tmp_path / f"ours{k}.dscalar.nii"
         geometry.write(ours, maps, names)

@@ -156,6 +156,37 @@ def same_brain_models(a: nib.cifti2.BrainModelAxis, b: nib.cifti2.BrainModelAxis
     return same or a == b
 
 
+def _brain_models_xml(axis: nib.cifti2.BrainModelAxis) -> bytes:
+    """The brain models' MatrixIndicesMap (dimension 1) as nibabel's ``axis.to_mapping(1)`` serialises it: a
+    BrainModel per run of one structure, the Volume before the first of voxels. Made from the arrays (26 ms for 91k
+    grayordinates, against 0.16 s for nibabel's, which slices the axis element by element)."""
+    names = np.asarray(axis.name)
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+    parts = ['<MatrixIndicesMap AppliesToMatrixDimension="1" IndicesMapToDataType="CIFTI_INDEX_TYPE_BRAIN_MODELS">']
+    volume = False
+    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), names.size]):
+        name = str(names[a])
+        model = f'<BrainModel IndexOffset="{a}" IndexCount="{b - a}" ModelType="CIFTI_MODEL_TYPE_'
+        structure = f'" BrainStructure="{name}"'
+        if name in axis.nvertices:
+            vertices = " ".join(map(str, axis.vertex[a:b].tolist()))
+            parts.append(f'{model}SURFACE{structure} SurfaceNumberOfVertices="{axis.nvertices[name]}">')
+            parts.append(f"<VertexIndices>{vertices}</VertexIndices></BrainModel>")
+            continue
+        if not volume:
+            shape = ",".join(map(str, axis.volume_shape))
+            matrix = "\n".join(" ".join(f"{x:.10f}" for x in row) for row in np.asarray(axis.affine).tolist())
+            parts.append(
+                f'<Volume VolumeDimensions="{shape}"><TransformationMatrixVoxelIndicesIJKtoXYZ MeterExponent="-3">'
+            )
+            parts.append(f"{matrix}</TransformationMatrixVoxelIndicesIJKtoXYZ></Volume>")
+            volume = True
+        voxels = "\n".join(" ".join(map(str, row)) for row in axis.voxel[a:b].tolist())
+        parts.append(f"{model}VOXELS{structure}><VoxelIndicesIJK>{voxels}</VoxelIndicesIJK></BrainModel>")
+    parts.append("</MatrixIndicesMap>")
+    return "".join(parts).encode()
+
+
 @dataclass(frozen=True, eq=False)
 class CiftiGeometry(Geometry):
     """CIFTI-2 grayordinates: surface vertices and volume voxels, described by a BrainModelAxis."""
@@ -178,13 +209,13 @@ class CiftiGeometry(Geometry):
         return self.brain_models.to_mapping(1)
 
     @functools.cached_property
-    def _xml_around_names(self) -> tuple[bytes, bytes] | None:
-        """The CIFTI header XML of a .dscalar.nii split where its maps' names go (serialised once: the brain
-        models' XML, 0.6 MB for 91k grayordinates, took 20 ms a map); None where the split is not found."""
-        token = "voxfit-names-go-here"
-        named = f"<NamedMap><MapName>{token}</MapName></NamedMap>".encode()
-        before, found, after = self._header_xml([token]).partition(named)
-        return (before, after) if found else None
+    def _xml_around_names(self) -> tuple[bytes, bytes]:
+        """The CIFTI header XML of a .dscalar.nii split where its maps' names go: the scalar map's opening, and its
+        closing with the brain models' map, serialised once from the axis's arrays (:func:`_brain_models_xml`),
+        byte for byte what nibabel writes."""
+        before = b'<CIFTI Version="2.0"><Matrix><MatrixIndicesMap AppliesToMatrixDimension="0" '
+        before += b'IndicesMapToDataType="CIFTI_INDEX_TYPE_SCALARS">'
+        return before, b"</MatrixIndicesMap>" + _brain_models_xml(self.brain_models) + b"</Matrix></CIFTI>"
 
     def _header_xml(self, names: list[str]) -> bytes:
         matrix = nib.cifti2.Cifti2Matrix()
@@ -194,9 +225,9 @@ class CiftiGeometry(Geometry):
 
     def _xml(self, names: list[str]) -> bytes:
         """The header XML nibabel writes for maps named `names`: from the split one (names in ASCII, escaped as
-        nibabel's ElementTree escapes text), else serialised whole."""
+        nibabel's ElementTree escapes text), else serialised whole by nibabel."""
         split = self._xml_around_names
-        if split is None or not all(str(name).isascii() for name in names):
+        if not all(str(name).isascii() for name in names):
             return self._header_xml(names)
         named = b"".join(b"<NamedMap><MapName>%s</MapName></NamedMap>" % escape(str(name)).encode() for name in names)
         return split[0] + named + split[1]
@@ -218,7 +249,7 @@ class CiftiGeometry(Geometry):
         nib.save(nib.Nifti2Image(maps.reshape((1, 1, 1, 1) + maps.shape), None, header), str(path))
 
     def describe(self) -> dict:
-        structures = sorted({str(s) for s in self.brain_models.name})
+        structures = [str(s) for s in np.unique(self.brain_models.name)]
         return {**super().describe(), "structures": structures}
 
 

@@ -126,9 +126,9 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
     with the elements `index` (increasing) when no whole scan is wanted (no `globals_`)."""
     _check_gathered(reader, index.size)
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
-    into = getattr(reader, "scans_into", None)
-    every = _every_column(index, reader.geometry.n_elements)
-    direct = into is not None and (every or (globals_ is None and bool(np.all(np.diff(index) > 0))))
+    into, n_elements = getattr(reader, "scans_into", None), reader.geometry.n_elements
+    every = _every_column(index, n_elements)
+    direct = into is not None and (every or (globals_ is None and _increasing_within(index, n_elements)))
     bar = Progress("reading", reader.n_scans, enabled=progress)
     for start, block in into(out, None if every else index) if direct else reader.iter_scans():
         if globals_ is not None:
@@ -144,6 +144,10 @@ def gather(reader, index: NDArray[np.intp], progress: bool | None = None, global
 
 def _every_column(index: NDArray, n_columns: int) -> bool:
     return index.size == n_columns and np.array_equal(index, np.arange(n_columns))
+
+
+def _increasing_within(index: NDArray, n_columns: int) -> bool:
+    return index.size == 0 or (index[0] >= 0 and index[-1] < n_columns and bool(np.all(np.diff(index) > 0)))
 
 
 def _take_columns(block: NDArray, index: NDArray, out: NDArray) -> None:

@@ -640,25 +640,29 @@ def _cifti_extension(extensions: bytes, endianness: str) -> bytes | None:
 
 
 def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | None:
-    """The BrainModelAxis of the CIFTI XML's map of dimension 1 (its brain models' structures, vertices and voxels,
-    as nibabel's ``from_index_mapping`` makes it), or None where that map is not exactly `n_elements` brain
-    models given as the CIFTI-2 standard gives them."""
+    """The BrainModelAxis of the CIFTI-2 XML's map of dimension 1 (its brain models' structures, vertices and
+    voxels, as nibabel's ``from_index_mapping`` makes it), or None where that map is not exactly `n_elements`
+    brain models, listed in the order of their offsets, as the CIFTI-2 standard gives them."""
     import xml.etree.ElementTree as ET
 
-    maps = [m for m in ET.fromstring(xml).iter("MatrixIndicesMap") if "1" in _dimensions(m)]
-    if len(maps) != 1 or maps[0].get("IndicesMapToDataType") != "CIFTI_INDEX_TYPE_BRAIN_MODELS":
+    root = ET.fromstring(xml)
+    maps = [m for m in root.iterfind("Matrix/MatrixIndicesMap") if "1" in _dimensions(m)]
+    version = root.get("Version", "")
+    if root.tag != "CIFTI" or not version.startswith("2") or len(maps) != 1:
+        return None
+    if maps[0].get("IndicesMapToDataType") != "CIFTI_INDEX_TYPE_BRAIN_MODELS":
         return None
     voxel = np.full((n_elements, 3), -1, dtype=int)
     vertex = np.full(n_elements, -1, dtype=int)
     name = np.empty(n_elements, dtype=object)
-    filled = np.zeros(n_elements, dtype=bool)
-    nvertices, affine, volume_shape = {}, None, None
-    for model in maps[0].iter("BrainModel"):
+    nvertices, affine, volume_shape, end = {}, None, None, 0
+    for model in maps[0].findall("BrainModel"):
         first, count = int(model.get("IndexOffset")), int(model.get("IndexCount"))
         where, structure = slice(first, first + count), model.get("BrainStructure")
-        if first < 0 or count < 1 or first + count > n_elements or filled[where].any() or structure is None:
-            return None
-        filled[where], name[where] = True, structure
+        if first != end or count < 1 or first + count > n_elements or structure is None:
+            return None  # (models out of index order: nibabel names them in the order listed, so it decides)
+        end = first + count
+        name[where] = structure
         if model.get("ModelType") == "CIFTI_MODEL_TYPE_SURFACE":
             vertex[where] = np.array(model.findtext("VertexIndices", "").split(), dtype=int).reshape(count)
             nvertices[structure] = int(model.get("SurfaceNumberOfVertices"))
@@ -671,7 +675,7 @@ def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | No
                 affine = np.array(matrix.split(), dtype=float).reshape(4, 4)
         else:
             return None
-    if not filled.all():
+    if end != n_elements:
         return None
     return nib.cifti2.BrainModelAxis(name, voxel, vertex, affine, volume_shape, nvertices)
 
@@ -769,6 +773,7 @@ class CiftiReader:
 
 TILE_BYTES = 1 << 20  # of the stored file per tile of a transposed copy (see _transpose_into): within L2
 TILE_SERIES = 256  # grayordinates per tile at least
+TILE_BUFFER_LIMIT = 16 << 20  # bytes of the buffer of _read_transposed at most (long series: fewer per tile)
 
 
 def _transpose_into(stored: NDArray, out: NDArray) -> None:
@@ -814,10 +819,11 @@ def _stored_layout(img) -> tuple[str, int, np.dtype] | None:
 
 def _read_transposed(path: str, offset: int, dtype: np.dtype, out: NDArray, G: int, index=None) -> None:
     """``out[:] =`` the scans (n, G) of a file's data stored as G series of n values from `offset`, or their
-    columns `index` (increasing): read in order, TILE_SERIES series (or more, for short series) at a time into
-    one buffer, each tile's series (those of `index`) transposed into `out`."""
-    n = out.shape[0]
-    grays = max(TILE_SERIES, TILE_BYTES // (n * dtype.itemsize))
+    columns `index` (increasing, within 0..G-1): read in order, TILE_SERIES series (more for short series, fewer
+    for series too long for TILE_BUFFER_LIMIT) at a time into one buffer, each tile's series (those of `index`)
+    transposed into `out`."""
+    n, series = out.shape[0], out.shape[0] * dtype.itemsize
+    grays = max(1, min(max(TILE_SERIES, TILE_BYTES // series), TILE_BUFFER_LIMIT // series))
     buffer = np.empty((min(grays, G), n), dtype=dtype)
     with open(path, "rb", buffering=0) as f:
         f.seek(offset)

@@ -239,11 +239,25 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(case, study, capsys):
     )  # nothing, hidden or not
 
 
-def test_existing_output_needs_force(study, capsys):
+def test_existing_output_needs_force(study, capsys, monkeypatch):
+    """A non-empty output folder is refused before any input is opened (a wrong folder costs no read), by fit,
+    group and demo alike; with --force the fit runs and leaves the folder's other files alone."""
+    import voxfit.io
+
     study["out"].mkdir()
     (study["out"] / "mine.txt").write_text("keep me")
-    code, _, err = run(capsys, *fit_args(study))
-    assert code == 2 and "is not empty" in err and "--force" in err
+
+    def opens_nothing(*args, **kwargs):
+        raise AssertionError("an input was opened before the output folder was checked")
+
+    monkeypatch.setattr(voxfit.io, "open_reader", opens_nothing)
+    monkeypatch.setattr(voxfit.io, "load", opens_nothing)
+    for args in (fit_args(study), ["group", str(study["bold"]), "-o", str(study["out"])]):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and "is not empty" in err and "--force" in err, err
+    code, _, err = run(capsys, "demo", "-o", str(study["out"]), "--quiet")
+    assert code == 2 and "is not empty" in err
+    monkeypatch.undo()
     assert sorted(p.name for p in study["out"].iterdir()) == ["mine.txt"]
     code, _, err = run(capsys, *fit_args(study, "--force"))
     assert code == 0, err

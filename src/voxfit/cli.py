@@ -1039,6 +1039,9 @@ def _write_report(folder, quiet: bool, progress, **options) -> None:
 
 
 def _run_model(args, argv, progress) -> int:
+    from .io.output import check_output_folder
+
+    check_output_folder(args.output, args.force)  # before any input is opened or read
     run = {"fit": _run_fit, "group": _run_group, "demo": _run_demo}[args.command]
     return run(args, argv, progress)
 

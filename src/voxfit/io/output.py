@@ -23,6 +23,7 @@ from ..exceptions import DISK_FULL, InputError
 __all__ = [
     "OutputFolder",
     "before_commit",
+    "check_output_folder",
     "disk_error",
     "exclusive_file",
     "make_folder",
@@ -205,6 +206,25 @@ def remove_made_folders(made) -> None:
             return
 
 
+def check_output_folder(path, force: bool = False) -> Path:
+    """`path` as an output folder, or the InputError :class:`OutputFolder` gives: a symbolic link, a file, a folder
+    with files in it without `force` (its hidden folders of runs that died are removed first). The command line
+    asks before any input is opened, so a wrong folder costs no read."""
+    final = Path(path)
+    if final.is_symlink():
+        raise InputError(
+            f"output folder {final} is a symbolic link (to {os.readlink(final)}); give "
+            f"the folder itself ({final.resolve()}), so that nothing is written elsewhere."
+        )
+    if final.exists() and not final.is_dir():
+        raise InputError(f"output {final} exists and is not a folder.")
+    if final.is_dir():
+        _remove_stale_partials(final)
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise InputError(f"output folder {final} is not empty; choose another or pass --force to overwrite.")
+    return final
+
+
 class OutputFolder:
     """``with OutputFolder(path, force) as out: out.path(name) ...; out.commit()``.
 
@@ -217,18 +237,7 @@ class OutputFolder:
     """
 
     def __init__(self, path, force: bool = False):
-        self.final = Path(path)
-        if self.final.is_symlink():
-            raise InputError(
-                f"output folder {self.final} is a symbolic link (to {os.readlink(self.final)}); give "
-                f"the folder itself ({self.final.resolve()}), so that nothing is written elsewhere."
-            )
-        if self.final.exists() and not self.final.is_dir():
-            raise InputError(f"output {self.final} exists and is not a folder.")
-        if self.final.is_dir():
-            _remove_stale_partials(self.final)
-        if self.final.is_dir() and any(self.final.iterdir()) and not force:
-            raise InputError(f"output folder {self.final} is not empty; choose another or pass --force to overwrite.")
+        self.final = check_output_folder(path, force)
         self.force = force
         self.started = datetime.datetime.now().astimezone()
         self._clock = time.perf_counter()

@@ -46,6 +46,7 @@ __all__ = [
     "empty_result",
     "fit_block",
     "fit_from_sums",
+    "finite_columns",
     "fit_sums_of_data",
     "needs_refit",
     "working_dtype",
@@ -143,9 +144,7 @@ class BlockFitter:
             overflowed = np.zeros_like(valid)
             if not valid.all():  # non-finite data, or finite values whose shifted values overflow the working dtype
                 suspect = np.flatnonzero(~valid)
-                for a in range(0, suspect.size, self.tile):  # a tile at a time: memory stays within the plan
-                    idx = suspect[a : a + self.tile]
-                    overflowed[idx] = np.isfinite(Y[:, start + idx]).all(axis=0)
+                overflowed[suspect] = finite_columns(Y, start + suspect, self.tile)
                 valid |= overflowed
             scale = self._sums(offset, ssq, g_t, out)
             # also refit voxels whose sums of squares are near float64's underflow (data below ~1e-146),
@@ -238,6 +237,16 @@ def fit_from_sums(design: DesignFactor, c: NDArray, ss: NDArray, total: NDArray,
     return design.basis_pinv @ coords, rss, tss
 
 
+def finite_columns(Y: NDArray, columns: NDArray, tile: int = 256) -> NDArray[np.bool_]:
+    """Whether each of the `columns` of `Y` (n, V) holds finite values only, a tile of columns at a time (memory
+    stays within the plan, however many columns are asked about): sums that are not finite come from NaN or
+    infinity in the data, or from finite values that overflowed."""
+    out = np.zeros(columns.size, dtype=bool)
+    for a in range(0, columns.size, tile):
+        out[a : a + tile] = np.isfinite(Y[:, columns[a : a + tile]]).all(axis=0)
+    return out
+
+
 def fit_sums_of_data(design: DesignFactor, c, ss, total, shift, Y: NDArray, tile: int = 256) -> BlockResult:
     """OLS of the voxels of `Y` (n, v) from their float64 sums (see :func:`fit_from_sums`; `shift` None when the
     data were not shifted), with :class:`BlockFitter`'s rules: voxels whose data hold NaN or infinity are invalid
@@ -247,7 +256,7 @@ def fit_sums_of_data(design: DesignFactor, c, ss, total, shift, Y: NDArray, tile
         betas, rss, tss = fit_from_sums(design, c, ss, total, shift)
         valid = np.isfinite(ss) & np.isfinite(total) & np.isfinite(c).all(axis=0)
         suspect = np.flatnonzero(~valid)
-        overflowed = suspect[np.isfinite(Y[:, suspect]).all(axis=0)] if suspect.size else suspect
+        overflowed = suspect[finite_columns(Y, suspect, tile)]
         valid[overflowed] = True
         redo = np.flatnonzero(valid & (needs_refit(rss, ss, np.float64) | (ss < _TINY_SSQ)))
     redo = np.union1d(redo, overflowed)

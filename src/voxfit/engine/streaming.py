@@ -30,7 +30,7 @@ from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
 from ..core.ar import ARBlock, LaggedSums, fit_ar_block, fit_ar_sums, residual_lagged_sums
 from ..core.film import film_lags, residual_lagged_products
-from ..core.ols import fit_from_sums, needs_refit
+from ..core.ols import finite_columns, fit_from_sums, needs_refit
 from ..exceptions import InputError
 from ..io import check_design_rows, Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
@@ -174,7 +174,7 @@ class ReadARFit(ReadAccumulator):
         with blas_single_threaded():
             run_in_threads(fit_part, starts, max(1, min(workers, len(starts))))  # stoppable between blocks
         suspect = np.flatnonzero(~finite)  # non-finite sums: data with NaN or inf, or finite but overflowing
-        overflowed = suspect[np.isfinite(data[:, suspect]).all(axis=0)] if suspect.size else suspect
+        overflowed = suspect[finite_columns(data, suspect)]
         if overflowed.size:
             maps.place(overflowed, fit_ar_block(block, np.asarray(data[:, overflowed]), weights))
             valid[overflowed] = True

@@ -33,7 +33,7 @@ the grid around the estimate).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -235,13 +235,11 @@ def arma_terms(design: DesignFactor, weights=(), grid: NDArray = ARMA_GRID) -> A
     step_b = np.diff(np.unique(grid[:, 1]))[0]
     b0, table_step = grid[:, 1].min() - step_b / 2, step_b / B_DIVISIONS
     table_b = b0 + table_step * np.arange(int(round(np.ptp(grid[:, 1]) / table_step)) + B_DIVISIONS + 1)
-    base = ARMATerms(cos, fq, flq, ve, columns, transform, grid, [], None, np.zeros((0, columns.shape[1])), b0, 1.0)
-    table = _weighted_sums(base, table_b)
-    base = ARMATerms(cos, fq, flq, ve, columns, transform, grid, [], None, table, b0, table_step)
-    groups = [_grid_group(base, grid, b) for b in np.unique(grid[:, 1])]
+    terms = ARMATerms(cos, fq, flq, ve, columns, transform, grid, [], None, np.zeros((0, columns.shape[1])), b0, 1.0)
+    terms = replace(terms, table=_weighted_sums(terms, table_b), table_step=table_step)  # (the sums need columns)
     wqs = [w @ design.basis_pinv for w in weights]
-    lattice = _variance_lattice(base, grid, wqs) if wqs else None
-    return ARMATerms(cos, fq, flq, ve, columns, transform, grid, groups, lattice, table, b0, table_step)
+    groups = [_grid_group(terms, grid, b) for b in np.unique(grid[:, 1])]
+    return replace(terms, groups=groups, lattice=_variance_lattice(terms, grid, wqs) if wqs else None)
 
 
 def _grid_group(terms: ARMATerms, grid: NDArray, b: float) -> _GridGroup:

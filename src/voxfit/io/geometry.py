@@ -226,9 +226,9 @@ class CiftiGeometry(Geometry):
     def _xml(self, names: list[str]) -> bytes:
         """The header XML nibabel writes for maps named `names`: from the split one (names in ASCII, not empty,
         escaped as nibabel's ElementTree escapes text), else serialised whole by nibabel."""
-        split = self._xml_around_names
         if not all(str(name).isascii() and str(name) for name in names):  # (nibabel writes "" as <MapName />)
             return self._header_xml(names)
+        split = self._xml_around_names
         named = b"".join(b"<NamedMap><MapName>%s</MapName></NamedMap>" % escape(str(name)).encode() for name in names)
         return split[0] + named + split[1]
 

@@ -4,11 +4,16 @@ when the read is over (the OLS fit, ``voxfit.engine.fit.ReadFit``; the AR(p) fit
 
 from __future__ import annotations
 
-from .._threads import DaemonExecutor, blas_single_threaded
+import numpy as np
+from numpy.typing import NDArray
 
-__all__ = ["READ_BATCH", "ReadAccumulator"]
+from .._threads import DaemonExecutor, blas_single_threaded
+from ..core.ar import LaggedSums
+
+__all__ = ["READ_BATCH", "ReadAccumulator", "ReadSums", "ScanSums"]
 
 READ_BATCH = 16  # scans gathered during a read before their sums are added (each addition visits every voxel)
+TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
 
 
 class ReadAccumulator:
@@ -52,3 +57,88 @@ class ReadAccumulator:
             self._task.result()
         if self.n_scans < data.shape[0]:
             self.add(data[self.n_scans :])
+
+
+class ScanSums:
+    """LaggedSums accumulated slab by slab (scans in order): the products of a basis (its lagged columns for AR(p),
+    the design's own for OLS) with the data, the data's lagged sums of products and their totals, each voxel about
+    its first scan when `shift` (the design has the constant), so that the sums keep their digits. The streamed
+    pass's sums (``voxfit.engine.streaming``) and a read's (:class:`ReadSums`)."""
+
+    def __init__(self, basis, order: int, n_voxels: int, shift: bool):
+        self.basis, self.p, self.shift_allowed = basis, order, shift
+        self.products = np.zeros((basis.shape[1], n_voxels))
+        self.s = np.zeros((order + 1, n_voxels))
+        self.total = np.zeros(n_voxels)
+        self.top = np.zeros((order, n_voxels))
+        self.tail = np.zeros((0, n_voxels))  # the last p scans seen
+        self.shift = None
+        self.t = 0
+
+    def add(self, Y) -> None:
+        if self.shift is None:
+            self.shift = np.asarray(Y[0], dtype=np.float64).copy() if self.shift_allowed else np.zeros(Y.shape[1])
+        k, p = Y.shape[0], self.p
+        held = self.tail.shape[0]
+        m = self.products.shape[0]
+        # the slab's rows of the lagged basis, and a row of ones for the totals: one product per tile
+        rows = np.ascontiguousarray(np.column_stack([self.basis[self.t : self.t + k], np.ones(k)]).T)
+        width = max(256, min(Y.shape[1], TILE_BYTES // (8 * (held + k))))
+        z_buf, out_buf = np.empty((held + k, width)), np.empty((m + 1, width))
+        with np.errstate(invalid="ignore", over="ignore"):  # voxels with NaN or inf: left out of the mask
+            for j0 in range(0, Y.shape[1], width):
+                cols = slice(j0, j0 + width)
+                z = z_buf[:, : min(width, Y.shape[1] - j0)]  # the held scans, then this slab's, shifted, float64
+                z[:held] = self.tail[:, cols]
+                y = z[held:]
+                np.subtract(Y[:, cols], self.shift[cols], out=y)
+                out = out_buf[:, : z.shape[1]]
+                np.matmul(rows, y, out=out)
+                self.products[:, cols] += out[:m]
+                self.total[cols] += out[m]
+                self.s[0, cols] += np.einsum("tv,tv->v", y, y)
+                for lag in range(1, p + 1):  # pairs whose later scan is in this slab
+                    first = max(lag, held)
+                    if first < z.shape[0]:
+                        self.s[lag, cols] += np.einsum("tv,tv->v", z[first:], z[first - lag : z.shape[0] - lag])
+        if self.t < p:
+            take = min(p - self.t, k)
+            self.top[self.t : self.t + take] = Y[:take] - self.shift
+        if p:
+            last = np.asarray(Y[-p:], dtype=np.float64) - self.shift
+            self.tail = np.concatenate([self.tail, last])[-p:]
+        self.t += k
+
+    def result(self, rank: int) -> LaggedSums:
+        lagged = self.products.reshape(self.p + 1, rank, -1)
+        shift = self.shift if self.shift_allowed else None
+        return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
+
+
+class ReadSums(ReadAccumulator):
+    """A read's :class:`ScanSums` of a design's :meth:`basis` (``voxfit.engine.fit.ReadFit``: OLS, order 0;
+    ``voxfit.engine.streaming.ReadARFit``: AR(p), the lagged basis), added as :class:`ReadAccumulator` hands the
+    scans over; scans beyond the design's rows are counted and not added (the read's check refuses the run)."""
+
+    def __init__(self, design, order: int = 0):
+        super().__init__()
+        self.design, self.order = design, order
+        self.sums: ScanSums | None = None
+
+    def basis(self) -> NDArray:
+        """The basis whose products with the data are summed (made on the side thread, at the first scans)."""
+        return self.design.basis
+
+    def add(self, values) -> None:
+        k, V = values.shape
+        if self.n_scans + k > self.design.n_scans:  # more scans than the design has rows: refused after the read
+            self.n_scans += k
+            return
+        if self.sums is None:
+            self.sums = ScanSums(self.basis(), self.order, V, shift=self.design.has_intercept)
+        self.sums.add(values)
+        self.n_scans += k
+
+    def mean(self) -> NDArray:
+        """Each voxel's mean over the scans (after ``finish``)."""
+        return self.sums.shift + self.sums.total / self.n_scans

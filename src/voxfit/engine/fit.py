@@ -18,7 +18,7 @@ from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
 from ..core.ols import BlockFitter, BlockResult, empty_result, fit_from_sums, fit_sums_of_data, needs_refit
 from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
-from ._reading import ReadAccumulator
+from ._reading import ReadSums
 from .memory import plan_blocks
 
 __all__ = ["GridFit", "ReadFit", "check_fit_inputs", "fit", "fit_read_sums", "map_blocks"]
@@ -184,51 +184,21 @@ def _warn_without_dof(design) -> None:
         )
 
 
-class ReadFit(ReadAccumulator):
-    """The OLS fit of a run from sums gathered while it is read (``voxfit.io.load(observe=...)``; see
-    ``ReadAccumulator``: on a side thread, so that only the fit's finishing follows the read): per voxel, in
-    float64, ``Q'(y - shift)``, ``sum (y - shift)^2`` and ``sum (y - shift)``, the shift its first scan when the
-    design spans the constant (so that the sums keep their digits). :meth:`finish` gives the :class:`Fit` that
-    :func:`fit` gives from the data, to rounding, by the same rules (``voxfit.core.ols.fit_sums_of_data``)."""
-
-    CHUNK_BYTES = 8 << 20  # of scans converted to float64 at a time
+class ReadFit(ReadSums):
+    """The OLS fit of a run from sums gathered while it is read (``voxfit.io.load(observe=...)``; see ``ReadSums``:
+    on a side thread, so that only the fit's finishing follows the read): per voxel, in float64, ``Q'(y - shift)``,
+    ``sum (y - shift)^2`` and ``sum (y - shift)``, the shift its first scan when the design spans the constant (so
+    that the sums keep their digits). :meth:`finish` gives the :class:`Fit` that :func:`fit` gives from the data,
+    to rounding, by the same rules (``voxfit.core.ols.fit_sums_of_data``)."""
 
     def __init__(self, X, names=None):
-        super().__init__()
-        self.design = factorize(X, names)
-        self.rows = np.ascontiguousarray(self.design.basis.T)  # (r, n)
-        self.c = self.ss = self.total = self.shift = None
-
-    def add(self, values) -> None:
-        k, V = values.shape
-        if self.n_scans + k > self.rows.shape[1]:  # more scans than the design has rows: refused after the read
-            self.n_scans += k
-            return
-        if self.c is None:
-            self.c, self.ss, self.total = np.zeros((self.rows.shape[0], V)), np.zeros(V), np.zeros(V)
-            self.shift = np.asarray(values[0], dtype=np.float64).copy() if self.design.has_intercept else None
-        rows = self.rows[:, self.n_scans : self.n_scans + k]
-        step = max(1024, self.CHUNK_BYTES // (8 * k))
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf of invalid voxels propagate quietly
-            for a in range(0, V, step):
-                b = min(V, a + step)
-                part = np.array(values[:, a:b], dtype=np.float64)  # a copy: shifted in place
-                if self.shift is not None:
-                    part -= self.shift[a:b]
-                self.c[:, a:b] += rows @ part
-                self.ss[a:b] += np.einsum("tv,tv->v", part, part)
-                self.total[a:b] += part.sum(axis=0)
-        self.n_scans += k
+        super().__init__(factorize(X, names))
 
     def finish(self, data) -> Fit:
         """After the read into `data` (n, V): the fit (the scans not yet added added first)."""
         self.add_rest(data)
-        return fit_read_sums(self.design, self.c, self.ss, self.total, self.shift, data)
-
-    def mean(self) -> np.ndarray:
-        """Each voxel's mean over the scans (after :meth:`finish`)."""
-        mean = self.total / self.n_scans
-        return mean if self.shift is None else mean + self.shift
+        s = self.sums.result(self.design.rank)
+        return fit_read_sums(self.design, s.lagged[0], s.s[0], s.total, s.shift, data)
 
 
 class GridFit:

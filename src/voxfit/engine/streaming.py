@@ -35,7 +35,7 @@ from ..exceptions import InputError
 from ..io import check_design_rows, Masker, ScaledArray, explicit_mask, open_reader
 from ..io.masking import AutoMask, gather, resolve_mask_threshold
 from ..core._kernels import AUTO_COMPILE_ELEMENTS
-from ._reading import ReadAccumulator
+from ._reading import ReadSums, ScanSums
 from .ar import ARFit, ARMaps
 from .fit import fit as fit_in_memory
 from .noise_models import check_film_geometry, film_autocorrelations, film_space
@@ -44,7 +44,6 @@ from .smoothness import GridProducts
 __all__ = ["StreamedFit", "fit_streaming", "streaming_bytes"]
 
 SUMS_BLOCK = 8192  # voxels per fit from the sums
-TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
 
 
 def streaming_bytes(n_voxels: int, rank: int, order: int) -> int:
@@ -52,90 +51,24 @@ def streaming_bytes(n_voxels: int, rank: int, order: int) -> int:
     return 8 * n_voxels * ((order + 1) * rank + order + 4 + 2 * order)
 
 
-class _Sums:
-    """LaggedSums accumulated slab by slab (scans in order)."""
-
-    def __init__(self, basis, order: int, n_voxels: int, shift: bool):
-        self.basis, self.p, self.shift_allowed = basis, order, shift
-        self.products = np.zeros((basis.shape[1], n_voxels))
-        self.s = np.zeros((order + 1, n_voxels))
-        self.total = np.zeros(n_voxels)
-        self.top = np.zeros((order, n_voxels))
-        self.tail = np.zeros((0, n_voxels))  # the last p scans seen
-        self.shift = None
-        self.t = 0
-
-    def add(self, Y) -> None:
-        if self.shift is None:
-            self.shift = np.asarray(Y[0], dtype=np.float64).copy() if self.shift_allowed else np.zeros(Y.shape[1])
-        k, p = Y.shape[0], self.p
-        held = self.tail.shape[0]
-        m = self.products.shape[0]
-        # the slab's rows of the lagged basis, and a row of ones for the totals: one product per tile
-        rows = np.ascontiguousarray(np.column_stack([self.basis[self.t : self.t + k], np.ones(k)]).T)
-        width = max(256, min(Y.shape[1], TILE_BYTES // (8 * (held + k))))
-        z_buf, out_buf = np.empty((held + k, width)), np.empty((m + 1, width))
-        with np.errstate(invalid="ignore", over="ignore"):  # voxels with NaN or inf: left out of the mask
-            for j0 in range(0, Y.shape[1], width):
-                cols = slice(j0, j0 + width)
-                z = z_buf[:, : min(width, Y.shape[1] - j0)]  # the held scans, then this slab's, shifted, float64
-                z[:held] = self.tail[:, cols]
-                y = z[held:]
-                np.subtract(Y[:, cols], self.shift[cols], out=y)
-                out = out_buf[:, : z.shape[1]]
-                np.matmul(rows, y, out=out)
-                self.products[:, cols] += out[:m]
-                self.total[cols] += out[m]
-                self.s[0, cols] += np.einsum("tv,tv->v", y, y)
-                for lag in range(1, p + 1):  # pairs whose later scan is in this slab
-                    first = max(lag, held)
-                    if first < z.shape[0]:
-                        self.s[lag, cols] += np.einsum("tv,tv->v", z[first:], z[first - lag : z.shape[0] - lag])
-        if self.t < p:
-            take = min(p - self.t, k)
-            self.top[self.t : self.t + take] = Y[:take] - self.shift
-        if p:
-            last = np.asarray(Y[-p:], dtype=np.float64) - self.shift
-            self.tail = np.concatenate([self.tail, last])[-p:]
-        self.t += k
-
-    def result(self, rank: int) -> LaggedSums:
-        lagged = self.products.reshape(self.p + 1, rank, -1)
-        shift = self.shift if self.shift_allowed else None
-        return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
-
-
-class ReadARFit(ReadAccumulator):
+class ReadARFit(ReadSums):
     """The AR(`order`) fit of a run from the lagged sums gathered while it is read (``voxfit.io.load(observe=...)``;
-    see ``ReadAccumulator``): the streamed pass's sums (:class:`_Sums`, each voxel about its first scan when the
-    design has the constant), added on a side thread, so that only the fit from the sums follows the read.
-    :meth:`finish` gives what ``voxfit.engine.ar.fit_ar`` gives from the data, to rounding: voxels with a NaN or
-    an infinity are invalid, and those whose sums lose digits (or overflow though their data are finite) are
-    fitted from their data."""
+    see ``ReadSums``): the streamed pass's sums of the lagged basis, added on a side thread, so that only the fit
+    from the sums follows the read. :meth:`finish` gives what ``voxfit.engine.ar.fit_ar`` gives from the data, to
+    rounding: voxels with a NaN or an infinity are invalid, and those whose sums lose digits (or overflow though
+    their data are finite) are fitted from their data."""
 
     def __init__(self, X, order: int, contrasts: dict, names=None):
-        super().__init__()
-        self.design = factorize(X, names)
-        self.order = int(order)
+        super().__init__(factorize(X, names), int(order))
         self.weights = {label: check_contrast(expr, self.design, label) for label, expr in contrasts.items()}
-        self.sums: _Sums | None = None
 
     @staticmethod
     def sums_bytes(rank: int, order: int) -> int:
         """Per voxel: what the sums hold."""
         return 8 * ((order + 1) * (rank + 1) + 3 * order + 3)
 
-    def add(self, values) -> None:
-        k, V = values.shape
-        n = self.design.n_scans
-        if self.n_scans + k > n:  # more scans than the design has rows: refused after the read
-            self.n_scans += k
-            return
-        if self.sums is None:
-            basis = ARBlock(self.design, self.order, compiled=False).lagged_basis
-            self.sums = _Sums(basis, self.order, V, shift=self.design.has_intercept)
-        self.sums.add(values)
-        self.n_scans += k
+    def basis(self):
+        return ARBlock(self.design, self.order, compiled=False).lagged_basis
 
     def finish(self, data, execution: Execution | None = None) -> ARFit:
         """After the read into `data` (n, V): the fit (the scans not yet added added first), from the sums of
@@ -180,10 +113,6 @@ class ReadARFit(ReadAccumulator):
             valid[overflowed] = True
         fit, stats = maps.result(design, valid)
         return ARFit(fit=fit, ar=maps.phi, contrasts=stats, order=self.order)
-
-    def mean(self) -> NDArray:
-        """Each voxel's mean over the scans (after :meth:`finish`)."""
-        return self.sums.shift + self.sums.total / self.n_scans
 
 
 def ar_block_bytes(rank: int, order: int, weights) -> int:
@@ -383,7 +312,7 @@ def _accumulate(
                 if candidates is None:
                     candidates = auto.candidates
                 index = np.flatnonzero(candidates)
-                sums = _Sums(basis, order, index.size, shift=design.has_intercept)
+                sums = ScanSums(basis, order, index.size, shift=design.has_intercept)
                 if by_sums:
                     rest = np.flatnonzero(~candidates) if mask is None else np.zeros(0, dtype=int)
             elif rest is None:

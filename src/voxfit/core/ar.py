@@ -73,13 +73,12 @@ def bias_matrix(design: DesignFactor, order: int) -> NDArray[np.float64]:
     design's basis Q (n x r) so that no n x n matrix is formed: O(p^2 n r) time, O(p n r) memory.
     """
     n, Q = design.n_scans, design.basis
-    DQ = [_shift_sum(Q, j) for j in range(order + 1)]
-    QDQ = [Q.T @ dq for dq in DQ]
-    M = np.empty((order + 1, order + 1))
-    for i in range(order + 1):
-        for j in range(order + 1):
-            dd = 0.0 if i != j else (n if i == 0 else 2.0 * (n - i))  # trace(D_i D_j)
-            M[i, j] = (dd - 2.0 * np.sum(DQ[i] * DQ[j]) + np.sum(QDQ[i] * QDQ[j])) / (2.0 if i > 0 else 1.0)
+    DQ = np.stack([_shift_sum(Q, j) for j in range(order + 1)]).reshape(order + 1, -1)  # (p+1, n r)
+    QDQ = (Q.T @ DQ.reshape(order + 1, n, -1)).reshape(order + 1, -1)  # (p+1, r r)
+    lags = np.arange(order + 1)
+    M = np.diag(np.where(lags == 0, n, 2.0 * (n - lags)).astype(float))  # trace(D_i D_j)
+    M += QDQ @ QDQ.T - 2.0 * (DQ @ DQ.T)
+    M[1:] /= 2.0
     return M
 
 

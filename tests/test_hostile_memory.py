@@ -139,6 +139,8 @@ def test_interpreter_floor(tmp_path):
         ("small", "384M", ["--noise", "arma11", "--mask", "MASK"], False),  # blocks of voxels read by columns
         ("small_gz", "512M", ["--mask", "MASK"], False),  # OLS from sums gathered while the .nii.gz is read
         ("small_gz", "512M", ["--mask", "MASK", "--noise", "ar1"], False),  # AR(1) from its lagged sums, likewise
+        ("small_gz", "512M", ["--mask", "MASK", "--noise", "ar4+lags"], False),  # the fMRI default: its sample too
+        ("large", "320M", ["--noise", "ar2+lags"], True),  # ... streamed: the sample read again after the pass
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):

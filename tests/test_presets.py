@@ -39,22 +39,13 @@ def test_the_cli_default_is_the_models_default():
 
     assert FMRI_NOISE_CLI == FMRI_NOISE != "ols" and FirstLevel(tr=2.0).noise is None  # (decided per run)
     # 70 scans per coefficient, from AR(1) to AR(12)
-    assert [fmri_noise(n) for n in (1200, 857, 840, 839, 600, 300, 200, 139, 40)] == [
-        "ar12",
-        "ar12",
-        "ar12",
-        "ar11",
-        "ar8",
-        "ar4",
-        "ar2",
-        "ar1",
-        "ar1",
-    ]
+    orders = [12, 12, 12, 11, 8, 4, 2, 1, 1]  # with the pooled long-lag correction
+    assert [fmri_noise(n) for n in (1200, 857, 840, 839, 600, 300, 200, 139, 40)] == [f"ar{p}+lags" for p in orders]
 
 
 def test_events_default_to_the_fmri_noise_model_and_designs_to_ols(tmp_path, run, rng):
     settings = _fit(tmp_path, run)
-    assert settings["noise_model"] == "ar1"  # (70 scans per coefficient: AR(1) for a run of 40 scans)
+    assert settings["noise_model"] == "ar1+lags"  # (70 scans per coefficient: AR(1) for a run of 40 scans)
     assert settings["noise"]["default"] is True and "resting-state" in settings["noise"]["why"]
     design = tmp_path / "design.tsv"
     design.write_text("a\tconstant\n" + "".join(f"{rng.standard_normal():.4f}\t1\n" for _ in range(40)))

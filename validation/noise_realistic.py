@@ -209,7 +209,7 @@ def model_p(design, Y, model: str, masker=None) -> np.ndarray:
     from voxfit.models.glm import fit_noise_model
 
     kinds = column_kinds(design, names, design.X)
-    extra = {"masker": masker, "tr": design.tr} if model in ("film", "fast") else {}
+    extra = {"masker": masker, "tr": design.tr} if model in ("film", "fast") or model.endswith("+lags") else {}
     return fit_noise_model(design.X, Y, names, [("task", "task")], model, kinds=kinds, **extra).contrasts["task"].p
 
 
@@ -253,7 +253,8 @@ def rates(
                     both[:, :V] += np.outer(x / x.std(), effect * both[:, :V].std(axis=0))
                 for m in models:
                     t0 = time.perf_counter()
-                    pooled = m in ("ar1-global", "fast", "film")  # (film: the volume of both)
+                    # (film: the volume of both; +lags: its sample of voxels from both, as from a real mask)
+                    pooled = m in ("ar1-global", "fast", "film") or m.endswith("+lags")
                     p = model_p(d, both if pooled else both[:, :V], m, masker)[:V]
                     seconds[m] += time.perf_counter() - t0
                     for a in alphas:

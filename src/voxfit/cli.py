@@ -38,14 +38,15 @@ HRF_MODELS_CLI = (
 
 # The noise model of fMRI time series (--events) when --noise is not given; --design (any data) keeps ols. It
 # repeats voxfit.models._routing.FMRI_NOISE so that --help needs no numerical import (a test keeps them equal).
-FMRI_NOISE_CLI = "ar12"
+FMRI_NOISE_CLI = "ar12+lags"
 FMRI_NOISE_WHY = (
-    "AR(p) per voxel with p = scans // 70, from 1 to 12 (AR(12) from 840 scans, AR(8) at 600, AR(4) at 300): of "
-    "ols, ar1, ar2, ar4, ar8, ar12, ar16, ar1-global, fast, film, arma11 and auto, what held the nominal "
-    "false-positive rate best on "
-    "resting-state-like noise (1/f, AR, aliased cardiac and respiratory) over block and event designs at TR "
-    "0.7-3 s (validation/noise_realistic.py, runs of 600 s; high orders need many scans); AR(8) costs about 20x "
-    "ar1 (mostly the variance terms of the estimated model)"
+    "ar{p}+lags: AR(p) per voxel with p = scans // 70, from 1 to 12 (AR(12) from 840 scans, AR(8) at 600, AR(4) at "
+    "300), and a pooled correction of the contrasts' variances for what the voxels' AR models miss at lags up to "
+    "64 s (the autocorrelation of the whitened residuals of 2,000 voxels spread over the mask): of ols, ar1, "
+    "ar2, ar4, ar8, ar12, ar16, ar1-global, fast, film, arma11 and auto, what held the nominal false-positive "
+    "rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory) over block and event designs "
+    "at TR 0.7-3 s (validation/noise_realistic.py, runs of 600 s; high orders need many scans); AR(8) costs about "
+    "20x ar1 (mostly the variance terms of the estimated model)"
 )
 DIAGNOSTICS_HELP = (
     "whiteness of the whitened residuals (one run, in memory): maps of their lag-1..4 autocorrelation and "
@@ -311,7 +312,8 @@ def _get_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--noise",
         metavar="MODEL",
-        help=f"ols; ar1 .. ar16: AR(p) per voxel, exact, estimated from the OLS residuals; "
+        help=f"ols; ar1 .. ar16: AR(p) per voxel, exact, estimated from the OLS residuals (ar1+lags .. ar16+lags: "
+        "with the pooled long-lag correction of the default); "
         "ar1-global: SPM12's AR(1), one ReML covariance pooled over voxels; fast: SPM12's FAST (pooled, needs "
         "the TR); film: FSL FILM (Tukey-tapered autocorrelation smoothed within the mask of a volume, or over "
         "a surface's --mesh); arma11: "
@@ -554,7 +556,8 @@ def _bids_parser(sub) -> None:
     bids.add_argument(
         "--noise",
         metavar="MODEL",
-        help=f"run-level noise model: ols, ar1..ar16, ar1-global, fast, film, arma11, auto (default: {FMRI_NOISE_WHY})",
+        help=f"run-level noise model: ols, ar1..ar16 (+lags), ar1-global, fast, film, arma11, auto (default: "
+        f"{FMRI_NOISE_WHY})",
     )
     bids.add_argument("--convolution", choices=["spm", "nilearn"], help="HRF convolution (default spm)")
     bids.add_argument(

@@ -109,7 +109,7 @@ def noise_whitener(noise: str, fit, parameters=None, whitening=None, orders=None
         return Whitener("arma", design, betas, valid, None, parameters, df, "each voxel's ARMA(1,1) W (y - X b)")
     if orders is not None:
         df = np.where(orders >= 0, orders, 0).astype(np.int64)
-    elif (m := re.fullmatch(r"ar(\d+)", noise)) is not None:
+    elif (m := re.fullmatch(r"ar(\d+)(\+lags)?", noise)) is not None:
         df[:] = int(m.group(1))
     what = "each voxel's FILM AR(M) W (y - X b)" if noise == "film" else "each voxel's AR(p) W (y - X b)"
     return Whitener("ar", design, betas, valid, None, parameters, df, what)

@@ -41,7 +41,7 @@ from .fit import fit as fit_in_memory
 from .noise_models import check_film_geometry, film_autocorrelations, film_space
 from .smoothness import GridProducts
 
-__all__ = ["StreamedFit", "fit_streaming", "streaming_bytes"]
+__all__ = ["StreamedFit", "fit_streaming", "read_voxels", "streaming_bytes"]
 
 SUMS_BLOCK = 8192  # voxels per fit from the sums
 
@@ -428,6 +428,12 @@ def _fit_from_sums(
     return maps, targets[flagged]
 
 
+def read_voxels(reader, elements) -> NDArray[np.float64]:
+    """The series (n, k) of the elements `elements` of `reader`'s scans, as the fit sees them, in float64: read
+    again (a second pass over the files)."""
+    return np.asarray(_scaled(gather(reader, elements), reader), dtype=np.float64)
+
+
 def _refit(
     reader, design, block: ARBlock | None, weights: dict, masker: Masker, at, maps: ARMaps, mean, rho=None
 ) -> None:
@@ -436,8 +442,7 @@ def _refit(
     `rho`, FILM's autocorrelations of every voxel, whitened by them)."""
     if not at.size:
         return
-    raw = gather(reader, masker.index[at])
-    data = np.asarray(_scaled(raw, reader), dtype=np.float64)
+    data = read_voxels(reader, masker.index[at])
     mean[at] = data.mean(axis=0)
     if block is not None:
         known = None if rho is None else (lambda _r: rho[at])

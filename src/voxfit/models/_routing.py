@@ -126,33 +126,50 @@ def read_fits(rft: bool, mask, scaling: str, order: int, route: Route, execution
 
 
 # The noise model of fMRI time series by default: AR(p) per voxel, p = n_scans // SCANS_PER_LAG from 1 to the order of
-# FMRI_NOISE. Of ols, ar1, ar2, ar4, ar8, ar12 and ar16 (each at every TR), ar1-global, fast, film, arma11 and auto,
-# it held the nominal false-positive rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory
+# FMRI_NOISE, with the pooled long-lag correction of the contrasts' variances (voxfit.core.long_lags: ``arp+lags``).
+# Of ols, ar1, ar2, ar4, ar8, ar12 and ar16 (each at every TR), ar1-global, fast, film, arma11 and auto, the AR rule
+# held the nominal false-positive rate best on resting-state-like noise (1/f, AR, aliased cardiac and respiratory
 # oscillations) over block and event designs at TR 0.7-3 s in runs of 600 s (validation/noise_realistic.py, 20,000
 # voxels a cell: AR(12) at 857 scans, AR(8) at 600, AR(4) at 300 and AR(2) at 200 kept p < 0.05 within 0.0461-0.0549
 # and p < 0.001 within 0.0008-0.0017; AR(8) everywhere reached 0.0565, AR(12) or AR(16) everywhere 0.0745 and 0.0827
-# at 200 scans: high orders need many scans; nilearn's ar1 up to 0.089). Its cost grows with the order: AR(8) about
-# 20x ar1's (benchmarks/bench_ar_orders.py), most of it the variance and degrees-of-freedom terms of the estimated
-# model.
-FMRI_NOISE = "ar12"
+# at 200 scans: high orders need many scans; nilearn's ar1 up to 0.089), but with a bias that depends on the design
+# (an AR model smooths the 1/f spectrum near slow designs' frequencies): over 80,000 voxels a cell, 0.0464-0.0536,
+# 9 of 16 cells outside the 95% interval. The correction takes most of that dependence away: 0.0498-0.0524, 5 cells
+# outside, each 3-5% liberal; on parcel-like noise 0.0469-0.0528 against 0.0431-0.0536 (validation/results/
+# noise_realistic.md, "The long-lag correction"). Its cost grows with the order: AR(8) about 20x ar1's
+# (benchmarks/bench_ar_orders.py), most of it the variance and degrees-of-freedom terms of the estimated model; the
+# correction adds about 0.1-0.9 s (2,000 sampled voxels, 300-1,200 scans).
+FMRI_NOISE = "ar12+lags"
 SCANS_PER_LAG = 70
+LONG_LAGS = "+lags"  # arp+lags: AR(p) per voxel and the pooled long-lag correction (voxfit.core.long_lags)
 
 
 def fmri_noise(n_scans: int) -> str:
     """The default noise model of an fMRI run of `n_scans` scans: AR(n_scans // SCANS_PER_LAG) per voxel, at least
     AR(1) and at most :data:`FMRI_NOISE`."""
-    return f"ar{max(1, min(noise_order(FMRI_NOISE), int(n_scans) // SCANS_PER_LAG))}"
+    return f"ar{max(1, min(noise_order(FMRI_NOISE), int(n_scans) // SCANS_PER_LAG))}{LONG_LAGS}"
+
+
+def long_lags(noise: str) -> bool:
+    """Whether `noise` (a valid model) is AR(p) per voxel with the pooled long-lag correction (``arp+lags``)."""
+    return str(noise).lower().endswith(LONG_LAGS)
 
 
 MAX_AR_ORDER = 16  # of the per-voxel AR models --noise accepts
 PER_VOXEL_MODELS = ("film", "arma11", "auto")  # per-voxel noise models other than AR(p) (film also streams)
 POOLED_MODELS = ("ar1-global", "fast")  # SPM12's ReML covariances pooled over voxels, fitted in memory
-NOISE_CHOICES = ("ols", *(f"ar{p}" for p in range(1, MAX_AR_ORDER + 1)), *POOLED_MODELS, *PER_VOXEL_MODELS)
+NOISE_CHOICES = (
+    "ols",
+    *(f"ar{p}" for p in range(1, MAX_AR_ORDER + 1)),
+    *(f"ar{p}{LONG_LAGS}" for p in range(1, MAX_AR_ORDER + 1)),
+    *POOLED_MODELS,
+    *PER_VOXEL_MODELS,
+)
 
 
 def noise_order(noise: str) -> int:
-    """0 for ``ols``, p for ``arp`` (1 to MAX_AR_ORDER), -1 for SPM's pooled models (``ar1-global``, ``fast``), -2
-    for the other per-voxel models (``film``, ``arma11``, ``auto``); anything else is an InputError."""
+    """0 for ``ols``, p for ``arp`` and ``arp+lags`` (1 to MAX_AR_ORDER), -1 for SPM's pooled models (``ar1-global``,
+    ``fast``), -2 for the other per-voxel models (``film``, ``arma11``, ``auto``); anything else is an InputError."""
     text = str(noise).lower()
     if text == "ols":
         return 0
@@ -160,10 +177,13 @@ def noise_order(noise: str) -> int:
         return -1
     if text in PER_VOXEL_MODELS:
         return -2
-    if text.startswith("ar") and text[2:].isdigit() and 1 <= int(text[2:]) <= MAX_AR_ORDER:
-        return int(text[2:])
+    order = text[2:].removesuffix(LONG_LAGS)
+    if text.startswith("ar") and order.isdigit() and 1 <= int(order) <= MAX_AR_ORDER:
+        return int(order)
     others = ", ".join(POOLED_MODELS + PER_VOXEL_MODELS)
-    raise InputError(f"`noise` must be ols, ar1 .. ar{MAX_AR_ORDER}, {others}; got {noise!r}.")
+    raise InputError(
+        f"`noise` must be ols, ar1 .. ar{MAX_AR_ORDER} (with or without {LONG_LAGS}), {others}; got {noise!r}."
+    )
 
 
 def first_level_needs(noise: str, scaling: str, reader) -> Needs:

@@ -25,7 +25,7 @@ from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
 from ..engine.fit import GridFit, ReadFit
 from ..engine.smoothness import GridProducts, neighbour_sums, warm_kernels
-from ..engine.streaming import ReadARFit, fit_streaming
+from ..engine.streaming import ReadARFit, fit_streaming, read_voxels
 from ..exceptions import InputError
 from ..io import (
     ColumnSource,
@@ -53,6 +53,7 @@ from ._routing import (
     Route,
     choose_route,
     first_level_needs,
+    long_lags,
     noise_order,
     read_fits,
     read_gathers_sums,
@@ -298,7 +299,9 @@ def fit_images(
         early = out is not None and route.kind == MEMORY and route.reader is not None and rft is None
         records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if early else None
         if route.kind == STREAM:
-            fitted = _fit_streamed(route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh)
+            fitted = _fit_streamed(
+                route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh, _tr(design)
+            )
             records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None
             t_load = start
         else:
@@ -511,10 +514,12 @@ def _fit_streamed(
     smoothness: bool = False,
     noise="",
     mesh=None,
+    tr=None,
 ) -> _Fitted:
     """The fit of fit_images for data larger than the memory cap: one sequential read of `reader`'s files
     accumulating per-voxel sums (with `smoothness`, the residuals' neighbour sums too), with a Dataset standing
-    for the data (no values) for writing the maps; OLS, AR(p) or (`noise` film) FSL FILM."""
+    for the data (no values) for writing the maps; OLS, AR(p) or (`noise` film) FSL FILM. With ``arp+lags``, the
+    long-lag correction's sample of voxels is read again (``read_voxels``)."""
     film = str(noise).lower() == "film"
     streamed = fit_streaming(
         reader,
@@ -543,7 +548,18 @@ def _fit_streamed(
             "parameters": [f"ar{k + 1}" for k in range(streamed.ar_coef.shape[0])],
             "streamed": True,
         }
-    noise_fit = NoiseFit(streamed.fit, streamed.contrasts, streamed.ar_coef, info)
+    contrasts = streamed.contrasts
+    if long_lags(noise):
+        elements = streamed.masker.index
+        contrasts, details = _long_lag_corrected(
+            streamed.fit,
+            lambda at: read_voxels(reader, elements[at]),
+            streamed.ar_coef,
+            contrasts,
+            tr,
+        )
+        info.update(details)
+    noise_fit = NoiseFit(streamed.fit, contrasts, streamed.ar_coef, info)
     return _Fitted(noise_fit, dataset, streamed.mean, streamed.neighbour_sums)
 
 
@@ -753,6 +769,8 @@ def fit_noise_model(
         else:
             ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
+        if long_lags(noise):
+            stats, info = _long_lag_corrected(fit, lambda at: data[:, at], ar_coef, stats, tr)
     elif order < 0:
         if noise == "fast" and tr is None:
             raise InputError(
@@ -790,6 +808,20 @@ def fit_noise_model(
     if stats is None:
         stats = {label: fit.contrast(expr, name=label) for label, expr in items}
     return NoiseFit(fit, stats, ar_coef, info, whitening=whitening if order < 0 else None)
+
+
+def _long_lag_corrected(fit: Fit, columns, ar_coef, stats: dict, tr) -> tuple[dict, dict]:
+    """An AR(p) fit's contrasts with the pooled long-lag correction (``arp+lags``, ``voxfit.core.long_lags``) from a
+    sample of the fit's valid voxels, whose data ``columns(positions)`` gives; and the noise model's details."""
+    from ..core.long_lags import long_lag_factors, sample_voxels
+
+    at = sample_voxels(fit.valid, fit.design.n_scans)
+    weights = {label: st.weights for label, st in stats.items()}
+    sample = np.asarray(columns(at), dtype=np.float64)
+    lags = long_lag_factors(fit.design, sample, ar_coef[:, at], fit.betas[:, at], weights, tr)
+    order = ar_coef.shape[0]
+    info = {"model": f"AR({order}) per voxel, with a pooled long-lag correction", "long_lags": lags.record()}
+    return lags.corrected(stats), info
 
 
 def film_mesh(mesh, geometry):

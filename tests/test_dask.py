@@ -152,6 +152,7 @@ def test_the_client_reads_no_group_data(client, tmp_path, monkeypatch, files):
         ("ols", np.float32, True),
         ("ols", np.int16, True),
         ("ar1", np.int16, True),
+        ("ar1+lags", np.int16, True),  # its sample read by spans of columns in this process
         ("ols", np.float32, False),
         ("ar1", np.int16, False),
     ],

@@ -135,3 +135,25 @@ def test_the_suffix_names_ar_models_only(tmp_path, rng, capsys):
     assert main([*args, "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "ar2+lag" in err
+
+
+def test_a_column_source_sample_is_read_a_span_at_a_time(tmp_path, rng, monkeypatch):
+    """On the Dask workers' route the sample comes from the file, a span of columns at a time (a read covers its
+    first column to its last), never the whole file at once; the values are load's."""
+    import nibabel as nib
+
+    from voxfit import load
+    from voxfit.io import ColumnSource, open_reader
+    from voxfit.models.glm import _sampled_columns
+
+    nib.save(nib.Nifti1Image(rng.standard_normal((4, 3, 2, 7)).astype(np.float32), np.eye(4)), tmp_path / "b.nii")
+    source = open_reader(tmp_path / "b.nii").column_source(None)
+    monkeypatch.setattr(ColumnSource, "spans", lambda self, max_bytes=0: [(0, 8), (8, 16), (16, 24)])
+    widths = []
+    raw = ColumnSource.raw
+    monkeypatch.setattr(ColumnSource, "raw", lambda self, cols: widths.append(np.ptp(cols) + 1) or raw(self, cols))
+    at = np.array([1, 5, 9, 20, 23])
+    npt.assert_array_equal(
+        _sampled_columns(source, at), np.asarray(load(tmp_path / "b.nii", mask_threshold=None).data)[:, at]
+    )
+    assert widths == [5, 1, 4]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -770,7 +771,7 @@ def fit_noise_model(
             ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
         if long_lags(noise):
-            stats, info = _long_lag_corrected(fit, lambda at: data[:, at], ar_coef, stats, tr)
+            stats, info = _long_lag_corrected(fit, functools.partial(_sampled_columns, data), ar_coef, stats, tr)
     elif order < 0:
         if noise == "fast" and tr is None:
             raise InputError(
@@ -808,6 +809,16 @@ def fit_noise_model(
     if stats is None:
         stats = {label: fit.contrast(expr, name=label) for label, expr in items}
     return NoiseFit(fit, stats, ar_coef, info, whitening=whitening if order < 0 else None)
+
+
+def _sampled_columns(data, at) -> np.ndarray:
+    """The columns `at` (increasing) of the data: of a ColumnSource (the Dask workers' route: this process holds no
+    data), read a span of at most 64 MiB of the file at a time (a read covers the span from its first column to its
+    last)."""
+    if not isinstance(data, ColumnSource):
+        return data[:, at]
+    parts = [at[(at >= a) & (at < b)] for a, b in data.spans()]
+    return np.concatenate([data[:, part] for part in parts if part.size], axis=1)
 
 
 def _long_lag_corrected(fit: Fit, columns, ar_coef, stats: dict, tr) -> tuple[dict, dict]:

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.signal import fftconvolve
 
 from .ar import ar_whiten, bias_matrix
 from .contrast import Stats, f_stats, t_stats
@@ -163,8 +162,11 @@ def _lagged(R: NDArray, lags: int) -> NDArray:
 def _sandwich_ratio(Xw: NDArray, G: NDArray, w: NDArray, rho: NDArray) -> NDArray:
     """Per voxel, ``trace((U'U)^-1 U'PU) / q`` with ``U = Xw G w'`` (n, q) and P the Toeplitz matrix of `rho`."""
     U = np.einsum("vtk,vkl,ql->vtq", Xw, G, w)
-    kernel = np.r_[rho[:0:-1], rho]  # P u = u convolved with rho at lags -L..L
-    PU = fftconvolve(U, kernel[None, :, None], mode="same", axes=1)
+    n, lags = U.shape[1], rho.size - 1
+    size = 1 << int(np.ceil(np.log2(n + lags)))
+    kernel = np.zeros(size)  # P u = u convolved with rho at lags -L..L: circularly, with room for no wrap-around
+    kernel[: lags + 1], kernel[size - lags :] = rho, rho[:0:-1]
+    PU = np.fft.irfft(np.fft.rfft(U, size, axis=1) * np.fft.rfft(kernel)[None, :, None], size, axis=1)[:, :n]
     A, B = np.einsum("vtq,vtr->vqr", U, U), np.einsum("vtq,vtr->vqr", U, PU)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.trace(np.linalg.pinv(A, hermitian=True) @ B, axis1=1, axis2=2) / w.shape[0]

@@ -90,11 +90,19 @@ def test_sample_is_spread_over_the_valid_voxels():
     assert sample_voxels(valid, 4000).size == (16 << 20) // (8 * 4000)  # long runs: the sample's bytes bounded
 
 
-def test_no_valid_sample_leaves_the_statistics_as_they_are(rng):
+def test_nothing_measurable_leaves_the_statistics_as_they_are(rng):
+    """No finite sampled voxel, or residuals all exactly zero (data the design fits exactly): every factor 1, and a
+    fit of such data keeps finite statistics where plain AR(p) has them."""
     design = factorize(_blocks(100))
     w = {"x": np.array([[0, 1.0, 0]])}
     out = long_lag_factors(design, np.full((100, 3), np.nan), np.zeros((1, 3)), np.zeros((3, 3)), w, 2.0)
     assert out.factors == {"x": 1.0} and out.voxels == 0
+    exact = design.X @ rng.standard_normal((3, 5))
+    out = long_lag_factors(design, exact, np.full((1, 5), 0.2), np.linalg.pinv(design.X) @ exact, w, 2.0)
+    assert out.factors == {"x": 1.0} and out.voxels == 5
+    Y = np.column_stack([exact, rng.standard_normal((100, 50))])
+    plain, lags = (fit_noise_model(design.X, Y, ["c", "x", "d"], [("x", "x")], m, tr=2.0) for m in ("ar1", "ar1+lags"))
+    npt.assert_array_equal(np.isfinite(lags.contrasts["x"].stat), np.isfinite(plain.contrasts["x"].stat))
 
 
 @pytest.mark.usefixtures("no_reserve")

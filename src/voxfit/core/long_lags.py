@@ -59,6 +59,7 @@ SAMPLE_VOXELS = 2000  # voxels whose whitened residuals are pooled (spread evenl
 SANDWICH_VOXELS = 200  # of the sample: their whitened designs give each contrast's sandwich ratio
 SAMPLE_BYTES = 16 << 20  # of the sample's data, at most (long runs sample fewer voxels)
 CHUNK = 256  # sampled voxels whitened together
+ROUNDING = 1e-20  # residuals below it, relative to the data's sum of squares, are an exact fit's rounding
 
 
 @dataclass(frozen=True)
@@ -112,23 +113,29 @@ def long_lag_factors(
     lags = long_lag_count(n, design.rank, tr)
     keep = np.isfinite(Y).all(axis=0) & np.isfinite(phi).all(axis=0) & np.isfinite(betas).all(axis=0)
     if not keep.any():
-        return LongLags(lags, np.r_[1.0, np.zeros(lags)], 0, dict.fromkeys(weights, 1.0))
+        return _none(lags, weights)
     phi = np.ascontiguousarray(phi[:, keep].T)
     Y, betas = Y[:, keep], betas[:, keep]
-    pooled = np.zeros(lags + 1)
+    pooled, count = np.zeros(lags + 1), 0
     for a in range(0, phi.shape[0], CHUNK):  # (a chunk at a time: the FFT's work stays a few MiB)
         part = slice(a, a + CHUNK)
-        residuals = ar_whiten(np.asarray(Y[:, part], dtype=np.float64) - X @ betas[:, part], phi[part])  # W(y - Xb)
-        lagged = _lagged(residuals, lags)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pooled += np.nansum(lagged / lagged[0], axis=1)
-    pooled /= phi.shape[0]
+        y = np.asarray(Y[:, part], dtype=np.float64)
+        e = y - X @ betas[:, part]
+        noise = np.einsum("tv,tv->v", e, e) > ROUNDING * np.einsum("tv,tv->v", y, y)  # not fitted exactly
+        lagged = _lagged(ar_whiten(e[:, noise], phi[part][noise]), lags)  # of the whitened residuals W(y - Xb)
+        pooled += np.sum(lagged / lagged[0], axis=1)
+        count += int(noise.sum())
+    if not count:
+        return _none(lags, weights, int(phi.shape[0]))
+    pooled /= count
     typical = np.median(phi, axis=0)  # the residual-forming matrix of the design whitened by it
     whitened = ar_whiten(X, np.broadcast_to(typical, (X.shape[1], typical.size)))
     M = bias_matrix(factorize(whitened, warn=False), lags)
     gamma = np.linalg.lstsq(M, pooled, rcond=None)[0]
     rho = gamma / gamma[0] * 0.5 * (1.0 + np.cos(np.pi * np.arange(lags + 1) / (lags + 1)))
     residual_share = (M[0] @ rho) / (n - design.rank)  # E[r'r] under P, relative to white noise
+    if not (np.isfinite(rho).all() and residual_share > 0):  # residuals all zero (exact fits), or no usable lag
+        return _none(lags, weights, int(phi.shape[0]))
     few = phi[:: max(1, phi.shape[0] // SANDWICH_VOXELS)]  # the factor varies little between voxels
     ratios = {label: [] for label in weights}
     for a in range(0, few.shape[0], CHUNK // 8):  # each voxel's whitened design holds n x columns values
@@ -138,8 +145,15 @@ def long_lag_factors(
     factors = {}
     for label, parts in ratios.items():
         r = np.concatenate(parts)
-        factors[label] = float(np.mean(r[np.isfinite(r)]) / residual_share)
+        r = r[np.isfinite(r)]
+        factor = float(np.mean(r) / residual_share) if r.size else 1.0
+        factors[label] = factor if np.isfinite(factor) and factor > 0 else 1.0
     return LongLags(lags, rho, int(phi.shape[0]), factors)
+
+
+def _none(lags: int, weights: dict, voxels: int = 0) -> LongLags:
+    """No correction (every factor 1): no sampled voxel, or nothing measurable in their residuals."""
+    return LongLags(lags, np.r_[1.0, np.zeros(lags)], voxels, dict.fromkeys(weights, 1.0))
 
 
 def _whitened_designs(X: NDArray, phi: NDArray) -> tuple[NDArray, NDArray]:

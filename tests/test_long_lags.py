@@ -39,6 +39,9 @@ def test_sandwich_ratio_against_dense_toeplitz_algebra(rng):
         U = np.einsum("vtk,vkl,ql->vtq", Xw, G, w)
         dense = [np.trace(np.linalg.solve(u.T @ u, u.T @ P @ u)) / w.shape[0] for u in U]
         npt.assert_allclose(_sandwich_ratio(Xw, G, w, rho), dense, rtol=1e-10)
+    # an F contrast's redundant rows add nothing: the trace is over its rank, not its rows
+    t = _sandwich_ratio(Xw, G, np.array([[0, 1.0, 0]]), rho)
+    npt.assert_allclose(_sandwich_ratio(Xw, G, np.array([[0, 1.0, 0], [0, 2.0, 0]]), rho), t, rtol=1e-10)
 
 
 def test_factor_is_one_on_noise_the_voxels_models_fit(rng):
@@ -48,7 +51,7 @@ def test_factor_is_one_on_noise_the_voxels_models_fit(rng):
     Y = lfilter([1.0], [1.0, -0.5, 0.2], rng.standard_normal((n + 100, V)), axis=0)[100:] + 50.0
     nf = fit_noise_model(X, Y, ["c", "x", "d"], [("x", "x"), ("both", "x; d")], "ar2+lags", tr=2.0)
     lags = nf.info["long_lags"]
-    assert lags["lags"] == long_lag_count(n, 3, 2.0) == 32 and lags["sampled_voxels"] == 2000
+    assert lags["lags"] == long_lag_count(n, 3, 2.0) == 32 and lags["measured_voxels"] == 2000 and lags["applied"]
     assert all(0.97 < f < 1.03 for f in lags["variance_factors"].values()), lags
     assert np.abs(lags["autocorrelation"]).max() < 0.03
     assert nf.info["model"] == "AR(2) per voxel, with a pooled long-lag correction"
@@ -91,18 +94,22 @@ def test_sample_is_spread_over_the_valid_voxels():
 
 
 def test_nothing_measurable_leaves_the_statistics_as_they_are(rng):
-    """No finite sampled voxel, or residuals all exactly zero (data the design fits exactly): every factor 1, and a
-    fit of such data keeps finite statistics where plain AR(p) has them."""
+    """No finite sampled voxel, residuals all exactly zero (data the design fits exactly), or fewer than 200 voxels
+    with residuals to measure (a factor from them would be noisier than the bias): every factor 1, recorded."""
     design = factorize(_blocks(100))
     w = {"x": np.array([[0, 1.0, 0]])}
     out = long_lag_factors(design, np.full((100, 3), np.nan), np.zeros((1, 3)), np.zeros((3, 3)), w, 2.0)
     assert out.factors == {"x": 1.0} and out.voxels == 0
-    exact = design.X @ rng.standard_normal((3, 5))
-    out = long_lag_factors(design, exact, np.full((1, 5), 0.2), np.linalg.pinv(design.X) @ exact, w, 2.0)
-    assert out.factors == {"x": 1.0} and out.voxels == 5
-    Y = np.column_stack([exact, rng.standard_normal((100, 50))])
+    exact = design.X @ rng.standard_normal((3, 500))
+    out = long_lag_factors(design, exact, np.full((1, 500), 0.2), np.linalg.pinv(design.X) @ exact, w, 2.0)
+    assert out.factors == {"x": 1.0} and out.voxels == 0 and not out.applied
+    assert out.record()["why_not"] == "fewer than 200 voxels with residuals to measure"
+    assert long_lag_count(100, 3, float("nan")) == long_lag_count(100, 3, None) == 24  # no usable TR: 30 lags at most
+    # a mask of fewer measurable voxels than that: the statistics of plain AR(p)
+    Y = np.column_stack([exact[:, :5], rng.standard_normal((100, 150))])
     plain, lags = (fit_noise_model(design.X, Y, ["c", "x", "d"], [("x", "x")], m, tr=2.0) for m in ("ar1", "ar1+lags"))
-    npt.assert_array_equal(np.isfinite(lags.contrasts["x"].stat), np.isfinite(plain.contrasts["x"].stat))
+    npt.assert_array_equal(lags.contrasts["x"].stat, plain.contrasts["x"].stat)
+    assert lags.info["long_lags"]["applied"] is False and lags.info["long_lags"]["measured_voxels"] == 150
 
 
 @pytest.mark.usefixtures("no_reserve")
@@ -165,3 +172,15 @@ def test_a_column_source_sample_is_read_a_span_at_a_time(tmp_path, rng, monkeypa
         _sampled_columns(source, at), np.asarray(load(tmp_path / "b.nii", mask_threshold=None).data)[:, at]
     )
     assert widths == [5, 1, 4]
+
+
+def test_near_unit_root_noise_without_drift_terms(rng):
+    """Random walks fitted without drift regressors: voxels' AR models near a unit root, whose coefficient-wise
+    median need not be stationary. The correction whitens the design by a sampled voxel's own (stationary) model, so
+    the fit ends with finite factors (it raised LinAlgError from that median before)."""
+    n, V = 300, 400
+    X = _blocks(n)[:, :2]
+    Y = np.cumsum(rng.standard_normal((n, V)), axis=0) + 0.1 * rng.standard_normal((n, V))
+    fit = fit_noise_model(X, Y, ["c", "x"], [("x", "x")], "ar4+lags", tr=2.0)
+    assert fit.info["long_lags"]["applied"] and np.isfinite(fit.info["long_lags"]["variance_factors"]["x"])
+    assert np.isfinite(fit.contrasts["x"].stat).all()

@@ -49,6 +49,7 @@ __all__ = [
 MAX_REFLECTION = 0.99
 MIN_PREDICTION_ERROR = 1e-6  # of the variance: a clipped coefficient below it ends the model (see _levinson)
 AR_ITERATIONS = 4  # of the bias correction (see ARBlock.estimate)
+BIAS_BLOCK_BYTES = 16 << 20  # of shifted bases held at once by bias_matrix (its lags reach 200: voxfit.core.long_lags)
 AR1_TABLE_NODES = 2049  # of the AR(1) estimation terms' table over atanh(phi) (see ar1_estimation_terms)
 AR1_TABLE_SPAN = float(np.arctanh(0.995))  # the table's atanh(phi) range: every estimate is within +-0.99
 AR1_TABLE_STEP = 2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1)  # between the nodes, in atanh(phi)
@@ -70,14 +71,26 @@ def bias_matrix(design: DesignFactor, order: int) -> NDArray[np.float64]:
     """Worsley's (p+1) x (p+1) matrix M: expected residual autocovariances = M @ true autocovariances.
 
     ``M_ij = trace(R D_i R D_j) / (2 if i > 0 else 1)`` with ``R = I - QQ'``, expanded into terms of the
-    design's basis Q (n x r) so that no n x n matrix is formed: O(p^2 n r) time, O(p n r) memory.
+    design's basis Q (n x r) so that no n x n matrix is formed: O(p^2 n r) time, two blocks of shifted bases of at
+    most BIAS_BLOCK_BYTES each in memory.
     """
     n, Q = design.n_scans, design.basis
-    DQ = np.stack([_shift_sum(Q, j) for j in range(order + 1)]).reshape(order + 1, -1)  # (p+1, n r)
-    QDQ = (Q.T @ DQ.reshape(order + 1, n, -1)).reshape(order + 1, -1)  # (p+1, r r)
+    step = max(1, BIAS_BLOCK_BYTES // (8 * Q.size))  # lags whose shifted bases are held at once
+
+    def shifted(a: int) -> tuple[NDArray, NDArray]:  # D_j Q and Q'D_j Q of lags a .. a + step - 1, flattened
+        DQ = np.stack([_shift_sum(Q, j) for j in range(a, min(order + 1, a + step))])
+        return DQ.reshape(len(DQ), -1), (Q.T @ DQ).reshape(len(DQ), -1)
+
     lags = np.arange(order + 1)
     M = np.diag(np.where(lags == 0, n, 2.0 * (n - lags)).astype(float))  # trace(D_i D_j)
-    M += QDQ @ QDQ.T - 2.0 * (DQ @ DQ.T)
+    for a in range(0, order + 1, step):
+        DQa, QDQa = shifted(a)
+        for b in range(a, order + 1, step):
+            DQb, QDQb = (DQa, QDQa) if b == a else shifted(b)
+            part = QDQa @ QDQb.T - 2.0 * (DQa @ DQb.T)
+            M[a : a + len(DQa), b : b + len(DQb)] += part
+            if b != a:
+                M[b : b + len(DQb), a : a + len(DQa)] += part.T
     M[1:] /= 2.0
     return M
 

@@ -56,6 +56,7 @@ __all__ = [
 LAG_SECONDS = 64.0  # the lags pooled: about a minute (chosen over 128 and 256 s; see the module docstring)
 MAX_LAGS = 200  # at the shortest TRs
 SAMPLE_VOXELS = 2000  # voxels whose whitened residuals are pooled (spread evenly over the mask)
+MIN_VOXELS = 200  # measurable voxels (not fitted exactly) below which no correction is made (factors 1)
 SANDWICH_VOXELS = 200  # of the sample: their whitened designs give each contrast's sandwich ratio
 SAMPLE_BYTES = 16 << 20  # of the sample's data, at most (long runs sample fewer voxels)
 CHUNK = 256  # sampled voxels whitened together
@@ -65,12 +66,14 @@ ROUNDING = 1e-20  # residuals below it, relative to the data's sum of squares, a
 @dataclass(frozen=True)
 class LongLags:
     """The pooled correction of a fit: the lags L, the whitened noise's autocorrelations at lags 0..L (tapered),
-    the voxels sampled, and each contrast's variance factor."""
+    the voxels measured, each contrast's variance factor, and whether it was made (`applied`: False, every factor 1,
+    with fewer than :data:`MIN_VOXELS` measurable voxels)."""
 
     lags: int
     autocorrelation: NDArray
     voxels: int
     factors: dict[str, float]
+    applied: bool = True
 
     def corrected(self, stats: dict[str, Stats]) -> dict[str, Stats]:
         """The contrasts' statistics with their variances multiplied by the factors."""
@@ -79,8 +82,10 @@ class LongLags:
     def record(self) -> dict:
         """For model.json."""
         return {
+            "applied": self.applied,
+            **({} if self.applied else {"why_not": f"fewer than {MIN_VOXELS} voxels with residuals to measure"}),
             "lags": self.lags,
-            "sampled_voxels": self.voxels,
+            "measured_voxels": self.voxels,
             "variance_factors": {k: round(v, 6) for k, v in self.factors.items()},
             "autocorrelation": [round(float(r), 6) for r in self.autocorrelation[1:]],
         }
@@ -89,7 +94,7 @@ class LongLags:
 def long_lag_count(n_scans: int, rank: int, tr: float | None) -> int:
     """L: the lags within :data:`LAG_SECONDS` (30 without a TR), at most :data:`MAX_LAGS` and a quarter of the
     residual degrees of freedom."""
-    wanted = 30 if not tr else int(round(LAG_SECONDS / float(tr)))
+    wanted = int(round(LAG_SECONDS / float(tr))) if tr is not None and np.isfinite(tr) and tr > 0 else 30
     return max(1, min(wanted, MAX_LAGS, (n_scans - rank) // 4))
 
 
@@ -125,17 +130,19 @@ def long_lag_factors(
         lagged = _lagged(ar_whiten(e[:, noise], phi[part][noise]), lags)  # of the whitened residuals W(y - Xb)
         pooled += np.sum(lagged / lagged[0], axis=1)
         count += int(noise.sum())
-    if not count:
-        return _none(lags, weights, int(phi.shape[0]))
+    if count < MIN_VOXELS:  # (a factor from a few voxels would be noisier than the bias it corrects)
+        return _none(lags, weights, count)
     pooled /= count
-    typical = np.median(phi, axis=0)  # the residual-forming matrix of the design whitened by it
+    # the residual-forming matrix of the design whitened by the sampled voxel's model nearest the median (each
+    # voxel's model is stationary; the coefficients' median need not be)
+    typical = phi[np.argmin(np.sum((phi - np.median(phi, axis=0)) ** 2, axis=1))]
     whitened = ar_whiten(X, np.broadcast_to(typical, (X.shape[1], typical.size)))
     M = bias_matrix(factorize(whitened, warn=False), lags)
     gamma = np.linalg.lstsq(M, pooled, rcond=None)[0]
     rho = gamma / gamma[0] * 0.5 * (1.0 + np.cos(np.pi * np.arange(lags + 1) / (lags + 1)))
     residual_share = (M[0] @ rho) / (n - design.rank)  # E[r'r] under P, relative to white noise
     if not (np.isfinite(rho).all() and residual_share > 0):  # residuals all zero (exact fits), or no usable lag
-        return _none(lags, weights, int(phi.shape[0]))
+        return _none(lags, weights, count)
     few = phi[:: max(1, phi.shape[0] // SANDWICH_VOXELS)]  # the factor varies little between voxels
     ratios = {label: [] for label in weights}
     for a in range(0, few.shape[0], CHUNK // 8):  # each voxel's whitened design holds n x columns values
@@ -148,12 +155,12 @@ def long_lag_factors(
         r = r[np.isfinite(r)]
         factor = float(np.mean(r) / residual_share) if r.size else 1.0
         factors[label] = factor if np.isfinite(factor) and factor > 0 else 1.0
-    return LongLags(lags, rho, int(phi.shape[0]), factors)
+    return LongLags(lags, rho, count, factors)
 
 
 def _none(lags: int, weights: dict, voxels: int = 0) -> LongLags:
-    """No correction (every factor 1): no sampled voxel, or nothing measurable in their residuals."""
-    return LongLags(lags, np.r_[1.0, np.zeros(lags)], voxels, dict.fromkeys(weights, 1.0))
+    """No correction (every factor 1): too few voxels with residuals to measure, or nothing measurable in them."""
+    return LongLags(lags, np.r_[1.0, np.zeros(lags)], voxels, dict.fromkeys(weights, 1.0), applied=False)
 
 
 def _whitened_designs(X: NDArray, phi: NDArray) -> tuple[NDArray, NDArray]:
@@ -162,7 +169,7 @@ def _whitened_designs(X: NDArray, phi: NDArray) -> tuple[NDArray, NDArray]:
     n, v = X.shape[0], phi.shape[0]
     Xw = np.stack([ar_whiten(np.broadcast_to(X[:, [j]], (n, v)), phi) for j in range(X.shape[1])], axis=2)
     Xw = np.ascontiguousarray(Xw.transpose(1, 0, 2))
-    return Xw, np.linalg.pinv(np.einsum("vtk,vtl->vkl", Xw, Xw), hermitian=True)
+    return Xw, np.linalg.pinv(Xw.transpose(0, 2, 1) @ Xw, hermitian=True)
 
 
 def _lagged(R: NDArray, lags: int) -> NDArray:
@@ -174,16 +181,18 @@ def _lagged(R: NDArray, lags: int) -> NDArray:
 
 
 def _sandwich_ratio(Xw: NDArray, G: NDArray, w: NDArray, rho: NDArray) -> NDArray:
-    """Per voxel, ``trace((U'U)^-1 U'PU) / q`` with ``U = Xw G w'`` (n, q) and P the Toeplitz matrix of `rho`."""
-    U = np.einsum("vtk,vkl,ql->vtq", Xw, G, w)
+    """Per voxel, ``trace((U'U)^+ U'PU) / rank(U)`` with ``U = Xw G w'`` (n, q) and P the Toeplitz matrix of `rho`
+    (the rank, not q: an F contrast's redundant rows add nothing)."""
+    U = Xw @ (G @ w.T)  # (v, n, q)
     n, lags = U.shape[1], rho.size - 1
     size = 1 << int(np.ceil(np.log2(n + lags)))
     kernel = np.zeros(size)  # P u = u convolved with rho at lags -L..L: circularly, with room for no wrap-around
     kernel[: lags + 1], kernel[size - lags :] = rho, rho[:0:-1]
     PU = np.fft.irfft(np.fft.rfft(U, size, axis=1) * np.fft.rfft(kernel)[None, :, None], size, axis=1)[:, :n]
-    A, B = np.einsum("vtq,vtr->vqr", U, U), np.einsum("vtq,vtr->vqr", U, PU)
+    Ut = U.transpose(0, 2, 1)
+    A_inv = np.linalg.pinv(Ut @ U, hermitian=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.trace(np.linalg.pinv(A, hermitian=True) @ B, axis1=1, axis2=2) / w.shape[0]
+        return np.trace(A_inv @ (Ut @ PU), axis1=1, axis2=2) / np.trace(A_inv @ (Ut @ U), axis1=1, axis2=2)
 
 
 def corrected_stats(st: Stats, factor: float) -> Stats:

@@ -815,7 +815,7 @@ def _sampled_columns(data, at) -> np.ndarray:
     """The columns `at` (increasing) of the data: of a ColumnSource (the Dask workers' route: this process holds no
     data), read a span of at most 64 MiB of the file at a time (a read covers the span from its first column to its
     last)."""
-    if not isinstance(data, ColumnSource):
+    if not isinstance(data, ColumnSource) or not at.size:
         return data[:, at]
     parts = [at[(at >= a) & (at < b)] for a, b in data.spans()]
     return np.concatenate([data[:, part] for part in parts if part.size], axis=1)

@@ -80,8 +80,10 @@ def test_run_level_equals_voxfit_fit_on_the_same_run(volumes):
     stem = f"sub-02_task-stroop_run-2_space-{SPACE}"
     bold = study.derivatives / "sub-02" / "func" / f"{stem}_desc-preproc_bold.nii.gz"
     mask = study.derivatives / "sub-02" / "func" / f"{stem}_desc-brain_mask.nii.gz"
-    noise = json.loads((run_dir / f"{stem}_model.json").read_text())["settings"]["noise_model"]
+    settings = json.loads((run_dir / f"{stem}_model.json").read_text())["settings"]
+    noise = settings["noise_model"]
     assert noise == "ar1+lags"  # the fMRI default for a run of 40 scans (models._routing.fmri_noise)
+    assert set(settings["noise_details"]["long_lags"]["variance_factors"]) == {"congruent", "incongruent"}
     design = run_dir / f"{stem}_design.tsv"
     ref = fit_images(bold, design, {"congruent": "congruent"}, mask=mask, noise=noise, progress=False)
     z = _maps(run_dir / f"{stem}_contrast-congruent_stat-z_statmap.nii.gz")

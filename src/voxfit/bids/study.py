@@ -915,7 +915,11 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
                 "max_memory": job.execution.max_memory,
                 "n_jobs": job.execution.n_jobs,
                 "noise_model": noise,
-                "noise_details": {"model": "OLS" if noise == "ols" else noise, "default": s.noise is None},
+                "noise_details": {
+                    "model": "OLS" if noise == "ols" else noise,
+                    "default": s.noise is None,
+                    **({"long_lags": fitted.noise_details["long_lags"]} if "long_lags" in fitted.noise_details else {}),
+                },
                 "scaling": s.scaling,
                 "p": "one-sided upper tail for t; z has the same upper-tail probability",
                 **extra,

@@ -74,6 +74,7 @@ class ImageFit:
     files: list[Path] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     diagnostics: object | None = None  # voxfit.engine.diagnostics.ResidualDiagnostics (with diagnostics=True)
+    noise_details: dict = field(default_factory=dict)  # the noise model's, as model.json's settings.noise_details
 
 
 def contrast_label(name, expr=None) -> str:
@@ -392,7 +393,7 @@ def fit_images(
             files = out.commit()
         timing = {"load_s": t_load - start, "fit_s": t_fit - t_load, "write_s": time.perf_counter() - t_fit}
     nf = fitted.noise
-    return ImageFit(nf.fit, fitted.dataset.masker, nf.contrasts, files, timing, fitted.diagnostics)
+    return ImageFit(nf.fit, fitted.dataset.masker, nf.contrasts, files, timing, fitted.diagnostics, dict(nf.info))
 
 
 @dataclass(frozen=True, eq=False)

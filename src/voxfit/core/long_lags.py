@@ -12,8 +12,9 @@ What is left after each voxel's own whitening W is nearly the same everywhere, s
 1. the whitened residuals ``r = W y - W X b`` of a sample of voxels spread over the mask (:data:`SAMPLE_VOXELS`);
 2. their autocorrelations at lags 1..L (L covering :data:`LAG_SECONDS`), each voxel's normalised by its own
    variance, averaged, and corrected for the bias the fit puts in them (Worsley et al. 2002, NeuroImage 15:1, as
-   :func:`voxfit.core.ar.bias_matrix` does for the AR estimates, with the design's residual-forming matrix), then
-   Tukey-tapered: the correlation matrix P of the whitened noise;
+   :func:`voxfit.core.ar.bias_matrix` does for the AR estimates, with the residual-forming matrix of the design
+   whitened by the sampled voxel's model nearest the median), then Tukey-tapered: the correlation matrix P of the
+   whitened noise; with fewer than :data:`MIN_VOXELS` voxels to measure (small masks, exact fits), no correction;
 3. per contrast ``c``, with ``u = W X (X'W'WX)^+ c'`` of each sampled voxel, the ratio of the sandwich variance
    ``u'P u`` to the model's ``u'u``, divided by the ratio ``trace(R P) / (n - rank)`` by which P biases the
    residual variance; the mean over the sample is the contrast's factor (an F contrast's, the mean of
@@ -114,39 +115,19 @@ def long_lag_factors(
     """The correction (see the module docstring) from the data `Y` (n, s) of the sampled voxels, their AR
     coefficients `phi` (p, s) and whitened fit's `betas` (columns, s) as the fit estimated them, and the contrasts'
     weights ``{label: w (q, columns)}``."""
-    n, X = design.n_scans, design.X
-    lags = long_lag_count(n, design.rank, tr)
+    lags = long_lag_count(design.n_scans, design.rank, tr)
     keep = np.isfinite(Y).all(axis=0) & np.isfinite(phi).all(axis=0) & np.isfinite(betas).all(axis=0)
-    if not keep.any():
-        return _none(lags, weights)
     phi = np.ascontiguousarray(phi[:, keep].T)
-    Y, betas = Y[:, keep], betas[:, keep]
-    pooled, count = np.zeros(lags + 1), 0
-    for a in range(0, phi.shape[0], CHUNK):  # (a chunk at a time: the FFT's work stays a few MiB)
-        part = slice(a, a + CHUNK)
-        y = np.asarray(Y[:, part], dtype=np.float64)
-        e = y - X @ betas[:, part]
-        noise = np.einsum("tv,tv->v", e, e) > ROUNDING * np.einsum("tv,tv->v", y, y)  # not fitted exactly
-        lagged = _lagged(ar_whiten(e[:, noise], phi[part][noise]), lags)  # of the whitened residuals W(y - Xb)
-        pooled += np.sum(lagged / lagged[0], axis=1)
-        count += int(noise.sum())
+    pooled, count = _pooled_autocorrelations(design.X, Y[:, keep], phi, betas[:, keep], lags)
     if count < MIN_VOXELS:  # (a factor from a few voxels would be noisier than the bias it corrects)
         return _none(lags, weights, count)
-    pooled /= count
-    # the residual-forming matrix of the design whitened by the sampled voxel's model nearest the median (each
-    # voxel's model is stationary; the coefficients' median need not be)
-    typical = phi[np.argmin(np.sum((phi - np.median(phi, axis=0)) ** 2, axis=1))]
-    whitened = ar_whiten(X, np.broadcast_to(typical, (X.shape[1], typical.size)))
-    M = bias_matrix(factorize(whitened, warn=False), lags)
-    gamma = np.linalg.lstsq(M, pooled, rcond=None)[0]
-    rho = gamma / gamma[0] * 0.5 * (1.0 + np.cos(np.pi * np.arange(lags + 1) / (lags + 1)))
-    residual_share = (M[0] @ rho) / (n - design.rank)  # E[r'r] under P, relative to white noise
-    if not (np.isfinite(rho).all() and residual_share > 0):  # residuals all zero (exact fits), or no usable lag
+    rho, residual_share = _whitened_noise(design, phi, pooled)
+    if not (np.isfinite(rho).all() and residual_share > 0):  # nothing usable in the lags
         return _none(lags, weights, count)
     few = phi[:: max(1, phi.shape[0] // SANDWICH_VOXELS)]  # the factor varies little between voxels
     ratios = {label: [] for label in weights}
     for a in range(0, few.shape[0], CHUNK // 8):  # each voxel's whitened design holds n x columns values
-        Xw, G = _whitened_designs(X, few[a : a + CHUNK // 8])
+        Xw, G = _whitened_designs(design.X, few[a : a + CHUNK // 8])
         for label, w in weights.items():
             ratios[label].append(_sandwich_ratio(Xw, G, w, rho))
     factors = {}
@@ -156,6 +137,33 @@ def long_lag_factors(
         factor = float(np.mean(r) / residual_share) if r.size else 1.0
         factors[label] = factor if np.isfinite(factor) and factor > 0 else 1.0
     return LongLags(lags, rho, count, factors)
+
+
+def _pooled_autocorrelations(X: NDArray, Y: NDArray, phi: NDArray, betas: NDArray, lags: int) -> tuple[NDArray, int]:
+    """The whitened residuals' ``W (y - X b)`` lagged products at lags 0..`lags`, each voxel's divided by its own sum
+    of squares, averaged over the voxels that the design does not fit exactly; and how many those are."""
+    pooled, count = np.zeros(lags + 1), 0
+    for a in range(0, phi.shape[0], CHUNK):  # (a chunk at a time: the FFT's work stays a few MiB)
+        part = slice(a, a + CHUNK)
+        y = np.asarray(Y[:, part], dtype=np.float64)
+        e = y - X @ betas[:, part]
+        noise = np.einsum("tv,tv->v", e, e) > ROUNDING * np.einsum("tv,tv->v", y, y)  # not an exact fit's rounding
+        lagged = _lagged(ar_whiten(e[:, noise], phi[part][noise]), lags)
+        pooled += np.sum(lagged / lagged[0], axis=1)
+        count += int(noise.sum())
+    return pooled / max(count, 1), count
+
+
+def _whitened_noise(design: DesignFactor, phi: NDArray, pooled: NDArray) -> tuple[NDArray, float]:
+    """P's autocorrelations from the pooled ones, corrected for the fit's bias by Worsley's matrix of the design
+    whitened by the sampled voxel's model nearest the median (each voxel's model is stationary; the coefficients'
+    median need not be), Tukey-tapered; and ``trace(R P) / (n - rank)``, the bias P puts in the residual variance."""
+    X, lags = design.X, pooled.size - 1
+    typical = phi[np.argmin(np.sum((phi - np.median(phi, axis=0)) ** 2, axis=1))]
+    M = bias_matrix(factorize(ar_whiten(X, np.broadcast_to(typical, (X.shape[1], typical.size))), warn=False), lags)
+    gamma = np.linalg.lstsq(M, pooled, rcond=None)[0]
+    rho = gamma / gamma[0] * 0.5 * (1.0 + np.cos(np.pi * np.arange(lags + 1) / (lags + 1)))
+    return rho, float(M[0] @ rho) / (design.n_scans - design.rank)
 
 
 def _none(lags: int, weights: dict, voxels: int = 0) -> LongLags:

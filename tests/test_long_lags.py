@@ -184,3 +184,21 @@ def test_near_unit_root_noise_without_drift_terms(rng):
     fit = fit_noise_model(X, Y, ["c", "x"], [("x", "x")], "ar4+lags", tr=2.0)
     assert fit.info["long_lags"]["applied"] and np.isfinite(fit.info["long_lags"]["variance_factors"]["x"])
     assert np.isfinite(fit.contrasts["x"].stat).all()
+
+
+def test_the_typical_model_is_stationary_and_continuous():
+    """The design is whitened for Worsley's matrix by the model of the median reflection coefficients: stationary
+    where the coefficients' own median is not, and moved by rounding as little as its inputs (a choice among the
+    voxels' models jumped between two equidistant ones, and serial and worker processes disagreed at 1e-5)."""
+    from voxfit.core.ar import _reflection_coefficients, _regular
+    from voxfit.core.long_lags import _typical_model
+
+    phi = np.array([[0.1], [0.3], [0.5], [0.7]])
+    nudged = phi - np.array([[0.0], [0.0], [1e-13], [0.0]])
+    assert abs(_typical_model(phi)[0] - _typical_model(nudged)[0]) < 1e-12
+    # stationary AR(3) models whose coefficient-wise median is not
+    models = np.array([[0.9, 0.91, -0.94], [1.67, -1.45, 0.44], [-0.25, 0.71, 0.08]])
+    assert _regular(models).all() and not _regular(np.median(models, axis=0)[None])[0]
+    typical = _typical_model(models)
+    assert _regular(typical[None])[0]
+    npt.assert_allclose(_reflection_coefficients(typical[None])[0], np.median(_reflection_coefficients(models), axis=0))

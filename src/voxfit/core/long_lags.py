@@ -13,7 +13,7 @@ What is left after each voxel's own whitening W is nearly the same everywhere, s
 2. their autocorrelations at lags 1..L (L covering :data:`LAG_SECONDS`), each voxel's normalised by its own
    variance, averaged, and corrected for the bias the fit puts in them (Worsley et al. 2002, NeuroImage 15:1, as
    :func:`voxfit.core.ar.bias_matrix` does for the AR estimates, with the residual-forming matrix of the design
-   whitened by the sampled voxel's model nearest the median), then Tukey-tapered: the correlation matrix P of the
+   whitened by the model of the median reflection coefficients), then Tukey-tapered: the correlation matrix P of the
    whitened noise; with fewer than :data:`MIN_VOXELS` voxels to measure (small masks, exact fits), no correction;
 3. per contrast ``c``, with ``u = W X (X'W'WX)^+ c'`` of each sampled voxel, the ratio of the sandwich variance
    ``u'P u`` to the model's ``u'u``, divided by the ratio ``trace(R P) / (n - rank)`` by which P biases the
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .ar import ar_whiten, bias_matrix
+from .ar import _reflection_coefficients, ar_whiten, bias_matrix
 from .contrast import Stats, f_stats, t_stats
 from .design import DesignFactor, factorize
 
@@ -156,10 +156,10 @@ def _pooled_autocorrelations(X: NDArray, Y: NDArray, phi: NDArray, betas: NDArra
 
 def _whitened_noise(design: DesignFactor, phi: NDArray, pooled: NDArray) -> tuple[NDArray, float]:
     """P's autocorrelations from the pooled ones, corrected for the fit's bias by Worsley's matrix of the design
-    whitened by the sampled voxel's model nearest the median (each voxel's model is stationary; the coefficients'
-    median need not be), Tukey-tapered; and ``trace(R P) / (n - rank)``, the bias P puts in the residual variance."""
+    whitened by the sampled voxels' typical model (:func:`_typical_model`), Tukey-tapered; and
+    ``trace(R P) / (n - rank)``, the bias P puts in the residual variance."""
     X, lags = design.X, pooled.size - 1
-    typical = phi[np.argmin(np.sum((phi - np.median(phi, axis=0)) ** 2, axis=1))]
+    typical = _typical_model(phi)
     M = bias_matrix(factorize(ar_whiten(X, np.broadcast_to(typical, (X.shape[1], typical.size))), warn=False), lags)
     gamma = np.linalg.lstsq(M, pooled, rcond=None)[0]
     rho = gamma / gamma[0] * 0.5 * (1.0 + np.cos(np.pi * np.arange(lags + 1) / (lags + 1)))
@@ -169,6 +169,16 @@ def _whitened_noise(design: DesignFactor, phi: NDArray, pooled: NDArray) -> tupl
 def _none(lags: int, weights: dict, voxels: int = 0) -> LongLags:
     """No correction (every factor 1): too few voxels with residuals to measure, or nothing measurable in them."""
     return LongLags(lags, np.r_[1.0, np.zeros(lags)], voxels, dict.fromkeys(weights, 1.0), applied=False)
+
+
+def _typical_model(phi: NDArray) -> NDArray:
+    """The AR model (p,) of the median of each reflection coefficient over the models `phi` (v, p): stationary (each
+    median within (-1, 1); the coefficients' own median need not be) and continuous in them (a rounding-level
+    change moves it as little: a choice among the voxels' models could jump)."""
+    a = np.zeros(0)
+    for k in np.median(_reflection_coefficients(phi), axis=0):  # Levinson's step-up
+        a = np.r_[a - k * a[::-1], k]
+    return a
 
 
 def _whitened_designs(X: NDArray, phi: NDArray) -> tuple[NDArray, NDArray]:

@@ -540,12 +540,12 @@ def test_stationarity_by_reflection_coefficients_equals_the_covariance_test(p):
     test (every |k| < 1, then the eigenvalue ratio near a unit root) refuses exactly the models whose covariance of
     p consecutive values fails Cholesky or has its smallest eigenvalue within 1e-12 of its largest (the test it
     replaced, brute force here, model by model)."""
-    from voxfit.core.ar import _reflection_coefficients
+    from voxfit.core.ar import reflection_coefficients
 
     rng = np.random.default_rng(p)
     kappa = _test_models(rng, p)
     phi = _step_up(kappa)
-    npt.assert_allclose(_reflection_coefficients(phi[:80]), kappa[:80], rtol=0, atol=1e-10)
+    npt.assert_allclose(reflection_coefficients(phi[:80]), kappa[:80], rtol=0, atol=1e-10)
     expected = []
     for ph in phi:
         cov = toeplitz(ar_autocov(ph, p))
@@ -683,13 +683,13 @@ def test_levinson_ends_a_cascade_of_clipped_coefficients():
     bound, none held at it takes the prediction error below MIN_PREDICTION_ERROR of the variance, and after a lag
     where it would, no later one is fitted; the returned autocorrelations and variance are the model's. A valid
     sequence (a stationary model's) is reproduced."""
-    from voxfit.core.ar import MAX_REFLECTION, MIN_PREDICTION_ERROR, _levinson, _reflection_coefficients
+    from voxfit.core.ar import MAX_REFLECTION, MIN_PREDICTION_ERROR, _levinson, reflection_coefficients
 
     rng = np.random.default_rng(3)
     p = 12
     rho_in = np.concatenate([np.ones((2000, 1)), rng.uniform(-1.0, 1.0, (2000, p))], axis=1)
     phi, rho, gamma0 = _levinson(rho_in)
-    k = _reflection_coefficients(phi)
+    k = reflection_coefficients(phi)
     assert (np.abs(k) <= MAX_REFLECTION + 1e-9).all()
     at_bound = np.abs(np.abs(k) - MAX_REFLECTION) < 1e-9
     error = np.cumprod(1.0 - k**2, axis=1)

@@ -190,7 +190,7 @@ def test_the_typical_model_is_stationary_and_continuous():
     """The design is whitened for Worsley's matrix by the model of the median reflection coefficients: stationary
     where the coefficients' own median is not, and moved by rounding as little as its inputs (a choice among the
     voxels' models jumped between two equidistant ones, and serial and worker processes disagreed at 1e-5)."""
-    from voxfit.core.ar import _reflection_coefficients, _regular
+    from voxfit.core.ar import reflection_coefficients, _regular
     from voxfit.core.long_lags import _typical_model
 
     phi = np.array([[0.1], [0.3], [0.5], [0.7]])
@@ -201,4 +201,4 @@ def test_the_typical_model_is_stationary_and_continuous():
     assert _regular(models).all() and not _regular(np.median(models, axis=0)[None])[0]
     typical = _typical_model(models)
     assert _regular(typical[None])[0]
-    npt.assert_allclose(_reflection_coefficients(typical[None])[0], np.median(_reflection_coefficients(models), axis=0))
+    npt.assert_allclose(reflection_coefficients(typical[None])[0], np.median(reflection_coefficients(models), axis=0))

@@ -43,6 +43,7 @@ __all__ = [
     "fit_ar_sums",
     "lag_traces",
     "lagged_sums",
+    "reflection_coefficients",
     "residual_lagged_sums",
 ]
 
@@ -314,7 +315,7 @@ class ARBlock:
             e[j] = 1e-4  # J only scales an O(1/n) term: its step's error matters less than rounding's
             J[:, :, j] = (L(r0 + e) - L(r0 - e)) / 2e-4
         root = _inverse_root(ar_information(self, phi))  # (v, p, p): root root' = cov(phi)
-        clipped = ~(np.abs(_reflection_coefficients(phi)) < MAX_REFLECTION - 1e-3).all(axis=1)  # L is flat there
+        clipped = ~(np.abs(reflection_coefficients(phi)) < MAX_REFLECTION - 1e-3).all(axis=1)  # L is flat there
         steps = np.empty((v, p, p))
         steps[clipped] = np.linalg.pinv(J[clipped]) @ root[clipped]
         try:
@@ -554,7 +555,7 @@ def _solve_or_nan(A: NDArray, b: NDArray) -> NDArray:
         return np.full(b.shape, np.nan)
 
 
-def _reflection_coefficients(phi: NDArray) -> NDArray:
+def reflection_coefficients(phi: NDArray) -> NDArray:
     """(v, p): the reflection coefficients k_1 .. k_p of AR models phi (v, p), by Levinson's step-down (the
     inverse of :func:`_levinson`'s step-up): ``k_m = phi^(m)_m`` and ``phi^(m-1)_j = (phi^(m)_j + k_m
     phi^(m)_(m-j)) / (1 - k_m^2)``. O(p^2) per model; not finite after a ``|k_m| = 1``."""
@@ -579,7 +580,7 @@ def _regular(phi: NDArray) -> NDArray:
     The eigenvalues are needed only for the few models near a unit root: those of the correlation matrix R of p
     consecutive values lie between the extremes of the spectrum ``1 / (gamma0 |A(w)|^2)``, so its smallest is at
     least ``prod(1 - k_j^2) / (1 + sum |phi_j|)^2`` and its largest at most ``trace R = p``."""
-    k = _reflection_coefficients(phi)
+    k = reflection_coefficients(phi)
     ok = (np.abs(k) < 1.0).all(axis=1)
     p = phi.shape[1]
     with np.errstate(invalid="ignore", over="ignore"):

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .ar import _reflection_coefficients, ar_whiten, bias_matrix
+from .ar import reflection_coefficients, ar_whiten, bias_matrix
 from .contrast import Stats, f_stats, t_stats
 from .design import DesignFactor, factorize
 
@@ -176,7 +176,7 @@ def _typical_model(phi: NDArray) -> NDArray:
     median within (-1, 1); the coefficients' own median need not be) and continuous in them (a rounding-level
     change moves it as little: a choice among the voxels' models could jump)."""
     a = np.zeros(0)
-    for k in np.median(_reflection_coefficients(phi), axis=0):  # Levinson's step-up
+    for k in np.median(reflection_coefficients(phi), axis=0):  # Levinson's step-up
         a = np.r_[a - k * a[::-1], k]
     return a
 

@@ -164,6 +164,7 @@ def test_a_column_source_sample_is_read_a_span_at_a_time(tmp_path, rng, monkeypa
     nib.save(nib.Nifti1Image(rng.standard_normal((4, 3, 2, 7)).astype(np.float32), np.eye(4)), tmp_path / "b.nii")
     source = open_reader(tmp_path / "b.nii").column_source(None)
     monkeypatch.setattr(ColumnSource, "spans", lambda self, max_bytes=0: [(0, 8), (8, 16), (16, 24)])
+    assert _sampled_columns(source, np.array([], dtype=np.intp)).shape == (7, 0)  # no valid voxel: nothing to read
     widths = []
     raw = ColumnSource.raw
     monkeypatch.setattr(ColumnSource, "raw", lambda self, cols: widths.append(np.ptp(cols) + 1) or raw(self, cols))

@@ -18,7 +18,7 @@ What is left after each voxel's own whitening W is nearly the same everywhere, s
 3. per contrast ``c``, with ``u = W X (X'W'WX)^+ c'`` of each sampled voxel, the ratio of the sandwich variance
    ``u'P u`` to the model's ``u'u``, divided by the ratio ``trace(R P) / (n - rank)`` by which P biases the
    residual variance; the mean over the sample is the contrast's factor (an F contrast's, the mean of
-   ``trace((U'U)^-1 U'PU) / q``).
+   ``trace((U'U)^+ U'PU) / rank(U)``).
 
 Every voxel's variance of that contrast is multiplied by the factor (its t divided by the root; an F by the factor);
 the degrees of freedom are kept. The factor varies little between voxels (5-95% range within 0.01 on the simulated
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .ar import reflection_coefficients, ar_whiten, bias_matrix
+from .ar import ar_whiten, bias_matrix, reflection_coefficients
 from .contrast import Stats, f_stats, t_stats
 from .design import DesignFactor, factorize
 

@@ -753,3 +753,13 @@ def test_ar1_sums_beyond_p_equal_direct_sums_over_every_lag(n):
     npt.assert_allclose(S[0, ok], S0_ref[ok], rtol=1e-12)
     npt.assert_allclose(S[1, ok], S1_ref[ok], rtol=1e-12, atol=1e-15)
     assert np.isnan(tail[:, ~ok]).all() and np.isnan(S[:, ~ok]).all()
+
+
+def test_ar_whiten_takes_a_design_per_voxel(rng):
+    """Z (n, columns, v): each column whitened by its voxel's model, as the columns one at a time."""
+    from voxfit.core.ar import ar_whiten
+
+    phi = rng.uniform(-0.3, 0.3, (7, 3))
+    X = rng.standard_normal((50, 4))
+    one_by_one = np.stack([ar_whiten(np.repeat(X[:, [j]], 7, axis=1), phi) for j in range(4)], axis=1)
+    npt.assert_array_equal(ar_whiten(np.repeat(X[:, :, None], 7, axis=2), phi), one_by_one)

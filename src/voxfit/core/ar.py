@@ -182,20 +182,21 @@ def ar_whitening(phi: NDArray, rho: NDArray, gamma0: NDArray) -> NDArray[np.floa
 
 def ar_whiten(Z: NDArray, phi: NDArray) -> NDArray[np.float64]:
     """W z for each column z of Z (n, v) under the AR models phi (v, p), exactly as the fits whiten (the first p
-    scans by the inverse Cholesky factor of the model's stationary covariance, then the AR filter)."""
+    scans by the inverse Cholesky factor of the model's stationary covariance, then the AR filter); Z (n, ..., v):
+    every z along the middle axes whitened by its voxel's model (a design's columns: one factor per voxel)."""
     rho, gamma0 = _model_autocorrelations(phi)
     return _whiten(np.asarray(Z, dtype=np.float64), phi, ar_whitening(phi, rho, gamma0))
 
 
 def _whiten(Z: NDArray, phi: NDArray, L_inv: NDArray) -> NDArray:
-    """W z for each column z of Z (n, v): the AR filter from scan p on, L^-1 on the first p scans."""
+    """W z for each column z of Z (n, ..., v): the AR filter from scan p on, L^-1 on the first p scans."""
     p = phi.shape[1]
     out = np.empty_like(Z)
     np.multiply(phi[:, 0], Z[p - 1 : Z.shape[0] - 1], out=out[p:])
     for i in range(2, p + 1):
         out[p:] += phi[:, i - 1] * Z[p - i : Z.shape[0] - i]
     np.subtract(Z[p:], out[p:], out=out[p:])
-    out[:p] = np.einsum("vab,bv->av", L_inv, Z[:p])
+    out[:p] = np.einsum("vab,b...v->a...v", L_inv, Z[:p])
     return out
 
 

@@ -184,9 +184,7 @@ def _typical_model(phi: NDArray) -> NDArray:
 def _whitened_designs(X: NDArray, phi: NDArray) -> tuple[NDArray, NDArray]:
     """Each voxel's whitened design ``W X`` (v, n, columns), whitened as the fits do, and the pseudo-inverse of its
     Gram matrix (v, columns, columns), for the AR coefficients `phi` (v, p)."""
-    n, v = X.shape[0], phi.shape[0]
-    Xw = np.stack([ar_whiten(np.broadcast_to(X[:, [j]], (n, v)), phi) for j in range(X.shape[1])], axis=2)
-    Xw = np.ascontiguousarray(Xw.transpose(1, 0, 2))
+    Xw = np.ascontiguousarray(ar_whiten(np.repeat(X[:, :, None], phi.shape[0], axis=2), phi).transpose(2, 0, 1))
     return Xw, np.linalg.pinv(Xw.transpose(0, 2, 1) @ Xw, hermitian=True)
 
 

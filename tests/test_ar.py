@@ -319,6 +319,29 @@ def test_r2_is_the_ols_r2_and_exact_voxels_are_white(rng):
     npt.assert_array_equal(res.ar[:, 4], 0.0)
 
 
+@pytest.mark.parametrize("order", [1, 4])
+def test_whitened_rss_is_short_by_the_order_and_the_variance_says_so(order):
+    """The AR(p) fitted to a voxel's own residuals whitens them best, so its whitened RSS is short of nu sigma^2
+    by about p sigma^2, as a regression's RSS by its columns. On white noise (10,000 voxels x 200 scans, a block
+    design) the shortfall ``nu (1 - mean RSS_w / mean RSS_ols)``, RSS_ols from numpy's least squares, is within
+    0.9 p .. 1.05 p (measured 0.998 p at both orders; 0.95 p on AR(1) noise of 0.3), and every contrast's variance
+    is scaled up by nu / (nu - p) to make it good (see core.ar.estimation_terms)."""
+    rng = np.random.default_rng(11)
+    n = 200
+    X = block_design(n)
+    Y = rng.standard_normal((n, 10000))
+    res = fit_ar(X, Y, order, {"task": [1.0, 0.0, 0.0]})
+    nu = n - np.linalg.matrix_rank(X)
+    ols_rss = np.sum((Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]) ** 2, axis=0)
+    shortfall = nu * (1.0 - np.mean(res.fit.residual_variance * nu) / np.mean(ols_rss))
+    assert 0.9 * order <= shortfall <= 1.05 * order
+    d = factorize(X)
+    ((scale, _, kappa, lam),) = estimation_terms(
+        ARBlock(d, order), res.ar.T[:50], np.repeat((np.array([[1.0, 0, 0]]) @ d.basis_pinv).T[:, :, None], 50, 2), [1]
+    )
+    npt.assert_allclose(scale, (1 + lam) / (1 + kappa) * nu / (nu - order), rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     "phi",
     [[0.4], [0.5, -0.2], list(_step_up(np.array([[0.5, -0.3, 0.2, 0.1, -0.2]]))[0]), [0.3, 0.1] + [0.0] * 5 + [0.1]],
@@ -352,11 +375,14 @@ def test_estimation_terms_match_a_dense_computation(phi):
             ek = h * np.eye(p)[k]
             hess[j, k] = (C(phi + ej + ek) - C(phi + ej - ek) - C(phi - ej + ek) + C(phi - ej - ek)) / (4 * h * h * c0)
     kappa_ref = 0.5 * np.sum(hess * cov_phi)
-    dof_ref = 2 / (2 / (n - 3) + grad @ cov_phi @ grad)
+    dof_ref = 2 / (2 / (n - 3 - p) + grad @ cov_phi @ grad)  # the whitened RSS keeps n - rank - p
     d_ = factorize(X)
-    ((_, dof, kappa, lam),) = estimation_terms(ARBlock(d_, p), np.array([phi]), (w @ d_.basis_pinv)[:, None, None], [1])
+    ((scale, dof, kappa, lam),) = estimation_terms(
+        ARBlock(d_, p), np.array([phi]), (w @ d_.basis_pinv)[:, None, None], [1]
+    )
     npt.assert_allclose(kappa, kappa_ref, rtol=1e-5)
     npt.assert_allclose(dof, dof_ref, rtol=1e-5)
+    npt.assert_allclose(scale, (1 + lam) / (1 + kappa) * (n - 3) / (n - 3 - p), rtol=1e-12)
     # Kackar-Harville: the extra variance of w beta_hat(phi_hat), dense and exact; the code's Whittle form of
     # P_j and Q_jk is good to O(1/n): 25% over 60 scans
     V = toeplitz(ar_autocov(phi, n))

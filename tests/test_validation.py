@@ -31,27 +31,34 @@ def interval(count, total):
 
 
 def test_null_false_positives():
-    """40,000 null voxels x 200 scans per noise, an event design (1 s events, HRF, cosine drift): the 95%
-    interval of the rate of p < 0.05 is 0.05 +- 0.0021, so a 10% bias (0.055) is seen; p < 0.001 sees a 60%
-    bias. OLS must be liberal. AR(1) 0.2: ar2 and SPM's pooled ar1-global (whose fixed AR(0.2) basis is then
-    right) must hold the nominal rate in their interval. AR(2) (0.5, -0.2) with ar2: the interval must reach
-    within 10% of nominal (measured on 80,000 voxels: 0.0516 at p < 0.05, 3% high, the second-order terms
-    that remain; here 0.0527). (ar1 and ar2 at AR(1) 0.4, block design, strictly: tests/test_ar.py.)"""
+    """80,000 null voxels x 200 scans per noise (two draws of 40,000), an event design (1 s events, HRF, cosine
+    drift): the 95% interval of the rate of p < 0.05 is 0.05 +- 0.0015, so a 10% bias (0.055) is seen; p < 0.001
+    sees a 45% bias. OLS must be liberal. AR(1) 0.2: ar2 and SPM's pooled ar1-global (whose fixed AR(0.2) basis is
+    then right) must hold the nominal rate in their interval. AR(2) (0.5, -0.2) with ar2: the interval must reach
+    within 10% of nominal (measured on 240,000 voxels: 0.0506 at p < 0.05; here 0.0514). One draw is not enough:
+    the first alone gives ar2 0.0474 and the known model (ar1-global) 0.0485 on AR(0.2), a low draw of the noise
+    (six draws: ar2 0.0493, ar1-global 0.0496). (ar1 and ar2 at AR(1) 0.4, block design, strictly:
+    tests/test_ar.py.)"""
     nfp = script("null_false_positives")
-    rows = nfp.null_rates(
-        40000, 200, seed=4, noises=((0.2,), (0.5, -0.2)), models=("ols", "ar2", "ar1-global"), design="events"
-    )
+    counts = {}
+    for seed in (4, 5):
+        rows = nfp.null_rates(
+            40000, 200, seed=seed, noises=((0.2,), (0.5, -0.2)), models=("ols", "ar2", "ar1-global"), design="events"
+        )
+        for r in rows:
+            key = (r["noise"], r["model"], r["alpha"])
+            c, n = counts.get(key, (0, 0))
+            counts[key] = (c + r["count"], n + r["n"])
     checked = 0
-    for r in rows:
-        lo, hi = interval(r["count"], r["n"])
-        alpha = r["alpha"]
-        if r["model"] == "ols":
-            assert lo > alpha, r
-        elif r["noise"] == "AR(0.2)":
-            assert lo <= alpha <= hi, (r, lo, hi)
+    for (noise, model, alpha), (count, n) in counts.items():
+        lo, hi = interval(count, n)
+        if model == "ols":
+            assert lo > alpha, (noise, alpha, count / n)
+        elif noise == "AR(0.2)":
+            assert lo <= alpha <= hi, (model, alpha, count / n, lo, hi)
             checked += 1
-        elif r["model"] == "ar2":
-            assert lo <= 1.1 * alpha and hi >= 0.9 * alpha, (r, lo, hi)
+        elif model == "ar2":
+            assert lo <= 1.1 * alpha and hi >= 0.9 * alpha, (alpha, count / n, lo, hi)
             checked += 1
     assert checked == 6
 

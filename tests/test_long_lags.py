@@ -55,6 +55,7 @@ def test_factor_is_one_on_noise_the_voxels_models_fit(rng):
     assert all(0.97 < f < 1.03 for f in lags["variance_factors"].values()), lags
     assert np.abs(lags["autocorrelation"]).max() < 0.03
     assert nf.info["model"] == "AR(2) per voxel, with a pooled long-lag correction"
+    assert nf.info["contrast_variance"].startswith("sigma^2 = whitened RSS / (n - rank - 2)")
 
 
 def test_corrected_statistics_divide_t_by_the_root_and_f_by_the_factor(rng):

@@ -542,7 +542,7 @@ def _fit_streamed(
         tuple(reader.paths),
         tuple(reader.in_memory),
     )
-    info = {"model": "OLS" if not model.order else f"AR({model.order}) per voxel", "streamed": True}
+    info = {**(_ar_info(model.order) if model.order else {"model": "OLS"}), "streamed": True}
     if film:
         info = {
             **streamed.film,
@@ -770,7 +770,7 @@ def fit_noise_model(
             ar = sums.finish(data, execution)
         else:
             ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
-        fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, {"model": f"AR({order}) per voxel"}
+        fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, _ar_info(order)
         if long_lags(noise):
             stats, info = _long_lag_corrected(fit, functools.partial(_sampled_columns, data), ar_coef, stats, tr)
     elif order < 0:
@@ -831,9 +831,22 @@ def _long_lag_corrected(fit: Fit, columns, ar_coef, stats: dict, tr) -> tuple[di
     weights = {label: st.weights for label, st in stats.items()}
     sample = np.asarray(columns(at), dtype=np.float64)
     lags = long_lag_factors(fit.design, sample, ar_coef[:, at], fit.betas[:, at], weights, tr)
-    order = ar_coef.shape[0]
-    info = {"model": f"AR({order}) per voxel, with a pooled long-lag correction", "long_lags": lags.record()}
-    return lags.corrected(stats), info
+    info = _ar_info(ar_coef.shape[0])
+    info["model"] += ", with a pooled long-lag correction"
+    return lags.corrected(stats), {**info, "long_lags": lags.record()}
+
+
+def _ar_info(order: int) -> dict:
+    """model.json's ``noise_details`` of an AR(`order`) model per voxel: its name and how its contrasts' variances
+    are made (see ``voxfit.core.ar.estimation_terms``)."""
+    return {
+        "model": f"AR({order}) per voxel",
+        "contrast_variance": (
+            f"sigma^2 = whitened RSS / (n - rank - {order}): the {order} AR coefficient(s) fitted to each voxel's "
+            "residuals leave its whitened RSS short by that many; times the AR estimate's bias and "
+            "Kackar-Harville's term; Satterthwaite's degrees of freedom per voxel"
+        ),
+    }
 
 
 def film_mesh(mesh, geometry):

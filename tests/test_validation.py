@@ -227,7 +227,7 @@ def test_fmri_default_noise_model_holds_on_realistic_noise():
 
 def test_fmri_default_corrects_what_ar_models_miss_at_long_lags():
     """20 s blocks at TR 2 s (300 scans, AR(4) per voxel) on 20,000 voxels of resting-state-like noise: AR(4) alone
-    over-states these voxels' variance by about 5% (over four draws of 20,000 voxels its rate of p < 0.05 was 0.0477,
+    over-states these voxels' variance by about 5% (over four draws of 20,000 voxels its rate of p < 0.05 was 0.0466,
     outside the interval; validation/results/noise_realistic.md), and the default's pooled long-lag correction
     (voxfit.core.long_lags) must shrink it by 2 to 10% (its factor) and hold 0.05 in its 95% interval, which is
     about 0.05 +- 0.003: a 10% bias is seen."""

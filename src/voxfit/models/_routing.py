@@ -133,10 +133,11 @@ def read_fits(rft: bool, mask, scaling: str, order: int, route: Route, execution
 # voxels a cell: AR(12) at 857 scans, AR(8) at 600, AR(4) at 300 and AR(2) at 200 kept p < 0.05 within 0.0461-0.0549
 # and p < 0.001 within 0.0008-0.0017; AR(8) everywhere reached 0.0565, AR(12) or AR(16) everywhere 0.0745 and 0.0827
 # at 200 scans: high orders need many scans; nilearn's ar1 up to 0.089), but with a bias that depends on the design
-# (an AR model smooths the 1/f spectrum near slow designs' frequencies): over 80,000 voxels a cell, 0.0464-0.0536,
-# 9 of 16 cells outside the 95% interval. The correction takes most of that dependence away: 0.0498-0.0524, 5 cells
-# outside, each 3-5% liberal; on parcel-like noise 0.0469-0.0528 against 0.0431-0.0536 (validation/results/
-# noise_realistic.md, "The long-lag correction"). Its cost grows with the order: AR(8) about 20x ar1's
+# (an AR model smooths the 1/f spectrum near slow designs' frequencies): over 80,000 voxels a cell, 0.0457-0.0524,
+# 8 of 16 cells outside the 95% interval. With the correction, and sigma^2 over n - rank - p (voxfit.core.ar.
+# estimation_terms), every cell is inside: 0.0487-0.0510; on parcel-like noise 0.0478-0.0510 against 0.0419-0.0545
+# (validation/results/noise_realistic.md, "The long-lag correction" and "The AR coefficients' degrees of
+# freedom"). Its cost grows with the order: AR(8) about 20x ar1's
 # (benchmarks/bench_ar_orders.py), most of it the variance and degrees-of-freedom terms of the estimated model; the
 # correction adds about 0.1-0.9 s (2,000 sampled voxels, 300-1,200 scans).
 FMRI_NOISE = "ar12+lags"

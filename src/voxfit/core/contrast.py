@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .._threads import blas_single_threaded
 from ..exceptions import ContrastError
 from .design import DesignFactor
 from .distributions import f_to_z, t_to_z, z_to_logp, z_to_p
@@ -205,7 +206,16 @@ def compute_contrast(
     residual_variance: NDArray[np.float64],
     name: str | None = None,
 ) -> Stats:
-    """Statistics of a contrast (t for one row, F for several) from betas and residual variances."""
+    """Statistics of a contrast (t for one row, F for several) from betas and residual variances.
+
+    Its products (a few rows times the voxels) are bound by memory, not arithmetic: they run on one BLAS thread,
+    because BLAS's threads gain little there and then spin for ~0.1 s, taking the cores from the next fit's pass
+    (fit + this contrast, repeated: 79 -> 54 ms on 300 scans x 200,000 voxels, 2 cores)."""
+    with blas_single_threaded():
+        return _compute_contrast(contrast, design, betas, residual_variance, name)
+
+
+def _compute_contrast(contrast, design: DesignFactor, betas, residual_variance, name) -> Stats:
     w, label = contrast_matrix(contrast, design)
     label = label if name is None else name
     _check_estimable(w, label, design)

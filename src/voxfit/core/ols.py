@@ -129,7 +129,6 @@ class BlockFitter:
         self.tile = int(tile)
         self._flat = np.empty(design.n_scans * self.tile, dtype=self.wdt)
         self.compiled = compiled
-        self._scratch = None if compiled else np.empty_like(self._flat)
 
     def __call__(self, Y: NDArray, start: int, stop: int, out: BlockResult) -> None:
         """Fit the voxels ``start:stop`` of ``Y`` (n, V), read in its stored dtype (memory maps included).
@@ -184,7 +183,7 @@ class BlockFitter:
             if self.compiled:
                 shift_and_square(src, lo, hi, self.rows, buf, offset[a:b], ssq[a:b])
             else:
-                shift_and_square_numpy(src, lo, hi, self.rows, buf, offset[a:b], ssq[a:b], self._scratch)
+                shift_and_square_numpy(src, lo, hi, self.rows, buf, offset[a:b], ssq[a:b])
             np.matmul(buf.T, self.op_t, out=g_t[a:b])
         return offset, ssq, g_t
 

@@ -28,7 +28,7 @@ import pytest
 
 import voxfit
 from voxfit import cli
-from voxfit._threads import DaemonExecutor, in_chunks, interruptible, run_in_threads
+from voxfit._threads import DaemonExecutor, blas_single_threaded, in_chunks, interruptible, run_in_threads
 from voxfit.core import factorize, parse_contrast
 from voxfit.core.expr import MAX_EXPRESSION_LENGTH, MAX_NESTING
 from voxfit.exceptions import ContrastError, DataRangeWarning, InputError
@@ -190,6 +190,41 @@ def test_side_threads_run_at_a_lower_priority_and_the_callers_thread_keeps_its_o
     path.write_bytes(b"x" * 1000)
     assert input_records([path])[0]["bytes"] == 1000
     assert nice() == mine
+
+
+def test_overlapping_single_blas_thread_sections_share_one_limit():
+    """Two threads' sections on one BLAS thread that overlap and leave out of order (a read's side thread and a
+    fit's factorisation): BLAS stays on one thread until the last leaves, and then has its threads back."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+
+    before = blas_threads()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with blas_single_threaded():
+            a_in.set()
+            b_in.wait(5)
+        seen["first left"] = blas_threads()
+        a_out.set()
+
+    def second():
+        a_in.wait(5)
+        with blas_single_threaded():
+            b_in.set()
+            a_out.wait(5)
+            seen["second inside"] = blas_threads()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"first left": {1}, "second inside": {1}}
+    assert blas_threads() == before
 
 
 def test_in_chunks_covers_everything_in_short_calls():

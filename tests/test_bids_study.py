@@ -84,6 +84,7 @@ def test_run_level_equals_voxfit_fit_on_the_same_run(volumes):
     noise = settings["noise_model"]
     assert noise == "ar1+lags"  # the fMRI default for a run of 40 scans (models._routing.fmri_noise)
     assert set(settings["noise_details"]["long_lags"]["variance_factors"]) == {"congruent", "incongruent"}
+    assert settings["noise_details"]["contrast_variance"].startswith("sigma^2 = whitened RSS / (n - rank - 1)")
     design = run_dir / f"{stem}_design.tsv"
     ref = fit_images(bold, design, {"congruent": "congruent"}, mask=mask, noise=noise, progress=False)
     z = _maps(run_dir / f"{stem}_contrast-congruent_stat-z_statmap.nii.gz")
@@ -98,7 +99,8 @@ def test_subject_level_equals_fixed_effects_on_the_run_maps(volumes):
     runs = [out / "sub-01" / "node-run" / f"sub-01_task-stroop_run-{r}_space-{SPACE}" for r in (1, 2)]
     E = np.array([_maps(f"{p}_contrast-congruent_stat-effect_statmap.nii.gz") for p in runs])
     V = np.array([_maps(f"{p}_contrast-congruent_stat-variance_statmap.nii.gz") for p in runs])
-    dof = [json.loads(Path(f"{p}_model.json").read_text())["design"]["dof"] for p in runs]
+    # each run's dof: its AR(1) contrast's per-voxel (Satterthwaite) dof, their median (as voxfit group takes them)
+    dof = [json.loads(Path(f"{p}_model.json").read_text())["contrasts"]["congruent"]["dof"]["median"] for p in runs]
     keep = np.isfinite(E).all(0) & np.isfinite(V).all(0) & (V > 0).all(0)
     ref = mixed_effects(np.ones((2, 1)), E[:, keep], V[:, keep], {"c": [1.0]}, model="fixed", first_level_dof=dof)
     got = _maps(out / "sub-01" / "node-subject" / "sub-01_contrast-congruent_stat-t_statmap.nii.gz")[keep]

@@ -874,7 +874,7 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
                     "label": label,
                     "effect": str(job.folder / map_name(job.prefix, label, "effect", ext)),
                     "variance": str(job.folder / map_name(job.prefix, label, "variance", ext)),
-                    "dof": float(fit.dof),
+                    "dof": _map_dof(st.dof, fit.dof),
                 }
         write_design_files(out, job.prefix, job.X, list(job.names), job.kinds, r.tr)
         extra = _run_settings(out, job, fitted)
@@ -918,7 +918,7 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
                 "noise_details": {
                     "model": "OLS" if noise == "ols" else noise,
                     "default": s.noise is None,
-                    **({"long_lags": fitted.noise_details["long_lags"]} if "long_lags" in fitted.noise_details else {}),
+                    **{k: v for k, v in fitted.noise_details.items() if k in ("contrast_variance", "long_lags")},
                 },
                 "scaling": s.scaling,
                 "p": "one-sided upper tail for t; z has the same upper-tail probability",
@@ -930,6 +930,16 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
         out.write_json(f"{job.prefix}model.json", record.as_dict())
         files = out.commit()
     return _RunDone(job.index, tuple(files), outputs)
+
+
+def _map_dof(dof, design_dof) -> float:
+    """The degrees of freedom a run's t map carries to the levels above (fixed effects): its contrast's own; per
+    voxel (AR models' Satterthwaite dof, below n - rank), their median over the voxels that have them, as ``voxfit
+    group`` takes them from a run's model.json (``voxfit.design.paired_maps``); the design's where none is finite."""
+    if np.ndim(dof) == 0:
+        return float(dof)
+    finite = np.asarray(dof)[np.isfinite(dof)]
+    return float(np.median(finite)) if finite.size else float(design_dof)
 
 
 def _run_settings(out, job: _RunJob, fitted) -> dict:

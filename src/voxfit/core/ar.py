@@ -736,9 +736,9 @@ def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int])
 
     * ``nu / (nu - p)`` (nu = n - rank): the whitened RSS, divided by nu into sigma^2, is short of ``nu sigma^2``
       by ``p sigma^2``, because phi_hat is fitted to the same residuals and whitens them best (as a regression's
-      RSS is short by its columns; measured: ``E[RSS_w] / nu = 0.9865`` for an AR(4) over 300 scans of white noise,
-      ``(nu - p) / nu = 0.9864``). Without it every per-voxel AR model understates the variance by p / nu, about
-      1.4% at the default order (p = n // 70), and is 3% liberal at p < 0.05;
+      RSS is short by its columns; measured: ``E[RSS_w] / (nu sigma^2) = 0.9865`` for an AR(4) over 300 scans of
+      white noise, ``(nu - p) / nu = 0.9864``). Without it every per-voxel AR model understates the variance by
+      p / nu, about 1.4% at the default order (p = n // 70), and is 3% liberal at p < 0.05;
 
     and Satterthwaite's degrees of freedom match ``var(log sigma^2 C) = 2 / (nu - p) + g' cov g`` to a scaled
     chi-square's ``2 / dof``: about 44 instead of 192 for that AR(1), where the AR estimate is most of the

@@ -29,8 +29,10 @@ a few per cent.
 L: 64 s. On 8 cells of 40,000 voxels of validation/noise_realistic.py's noise (blocks of 10, 20 and 30 s and
 events, TR 0.7 to 3 s), the factor that makes the rate of p < 0.05 exactly 0.05 was 0.949-1.036; the correction's
 factor missed it by 1.5% (root mean square) with 64 s and the taper, 1.9% with 128 s, more with 256 s or without
-the taper, and 3.2% without any correction. What is left is mostly a 1% under-estimate everywhere, as AR(p) alone
-has on noise it fits (validation/results/noise_realistic.md, "The long-lag correction").
+the taper, and 3.2% without any correction. What was left, a 1% under-estimate everywhere that AR(p) alone has on
+noise it fits too, was the p degrees of freedom of the voxels' AR coefficients, now counted in their variance
+(``voxfit.core.ar.estimation_terms``; validation/results/noise_realistic.md, "The long-lag correction" and "The AR
+coefficients' degrees of freedom").
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ def _whitened_noise(design: DesignFactor, phi: NDArray, pooled: NDArray) -> tupl
     M = bias_matrix(factorize(ar_whiten(X, np.broadcast_to(typical, (X.shape[1], typical.size))), warn=False), lags)
     gamma = np.linalg.lstsq(M, pooled, rcond=None)[0]
     rho = gamma / gamma[0] * 0.5 * (1.0 + np.cos(np.pi * np.arange(lags + 1) / (lags + 1)))
+    # over n - rank, though the AR contrasts take sigma^2 over n - rank - p: the consistent (trace(R P) - p) / (n -
+    # rank - p) differs by p (share - 1) / (n - rank - p), under 0.1% at the default orders (0.6% for AR(16) over 300
+    # scans with a share of 1.1); the factors and the validation's tables are kept as measured
     return rho, float(M[0] @ rho) / (design.n_scans - design.rank)
 
 

@@ -190,7 +190,7 @@ def _ar_task(fit_block, weights: list, Yb):
 
 def contrast_stats(label, w, effect, cov, sigma2, dof) -> Stats:
     """t or F from the whitened fit, with each voxel's effective degrees of freedom `dof` (V,) (see
-    ``voxfit.core.ar.effective_dof``)."""
+    ``voxfit.core.ar.estimation_terms``)."""
     usable = (sigma2 > 0) & np.isfinite(sigma2) & (dof > 0)
     with np.errstate(invalid="ignore"):
         if w.shape[0] == 1:

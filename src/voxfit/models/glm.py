@@ -542,7 +542,7 @@ def _fit_streamed(
         tuple(reader.paths),
         tuple(reader.in_memory),
     )
-    info = {**(_ar_info(model.order) if model.order else {"model": "OLS"}), "streamed": True}
+    info = {**(_ar_info(model.order) if model.order > 0 else {"model": "OLS"}), "streamed": True}
     if film:
         info = {
             **streamed.film,
@@ -843,8 +843,8 @@ def _ar_info(order: int) -> dict:
         "model": f"AR({order}) per voxel",
         "contrast_variance": (
             f"sigma^2 = whitened RSS / (n - rank - {order}): the {order} AR coefficient(s) fitted to each voxel's "
-            "residuals leave its whitened RSS short by that many; times the AR estimate's bias and "
-            "Kackar-Harville's term; Satterthwaite's degrees of freedom per voxel"
+            "residuals leave its whitened RSS short by that many (the residualvariance map stays RSS / (n - rank)); "
+            "times the AR estimate's bias and Kackar-Harville's term; Satterthwaite's degrees of freedom per voxel"
         ),
     }
 

@@ -6,8 +6,10 @@ volume, GIFTI, CIFTI-2), a list of 3-D nibabel volumes (one per scan) and a 2-D 
 columns); an image loaded from a file that still holds its data there is read from that file. Anything else
 is refused by :func:`voxfit.io.memory.check_data` with one sentence naming the argument and the type received.
 
-Uncompressed files are read through memory maps, a slab of scans at a time; compressed NIfTI is decompressed
-with the fastest gzip available, a slab of scans at a time, so the whole 4-D image is never in memory.
+Uncompressed NIfTI is read a slab of scans at a time into one reused buffer, and blocks of columns by ``pread``
+(:func:`_pread_span`: a memory map's pages would count in the process's resident memory); .npy slabs still come
+from a memory map. Compressed NIfTI is decompressed with the fastest gzip available, a slab of scans at a time, so
+the whole 4-D image is never in memory.
 
 Sizes in headers are never trusted (hostile or broken files): every reader checks, before it allocates
 anything of that size, that its dimensions are positive, that the file can hold what the header promises

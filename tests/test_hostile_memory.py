@@ -103,6 +103,18 @@ def _series(path: Path, shape, n: int, offset: float = 0.0) -> Path:
     return path
 
 
+def _npy(path: Path, n_columns: int, n: int) -> Path:
+    """A float32 (scans, columns) .npy of values near 100, written a scan at a time (as _series)."""
+    rng = np.random.default_rng(1)
+    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, n_columns))
+    base = 100 + rng.standard_normal(n_columns, dtype=np.float32)
+    for t in range(n):
+        data[t] = base + rng.standard_normal(n_columns, dtype=np.float32)
+    data.flush()
+    del data
+    return path
+
+
 def _design(path: Path, n: int) -> Path:
     x = np.sin(np.arange(n) / 5)
     path.write_text("task\tintercept\n" + "".join(f"{v:.6f}\t1\n" for v in x))
@@ -117,6 +129,7 @@ def data(tmp_path_factory):
         "large": _series(folder / "large.nii", (64, 64, 40), 600),  # 393 MB: streamed under 320M
         "maps": _series(folder / "maps.nii", (96, 96, 80), 30, offset=0.5),  # 88 MB, 737 k voxels
         "small_gz": _gzipped(Path(shutil.copy(folder / "small.nii", folder / "small_gz.nii"))),
+        "large_npy": _npy(folder / "large_npy.npy", 64 * 64 * 40, 600),  # 393 MB as a 2-D .npy: streamed
         "folder": folder,
     }
 
@@ -154,11 +167,13 @@ def test_interpreter_floor(tmp_path):
         ("small_gz", "512M", ["--mask", "MASK", "--noise", "ar1"], False),  # AR(1) from its lagged sums, likewise
         ("small_gz", "512M", ["--mask", "MASK", "--noise", "ar4+lags"], False),  # the fMRI default: its sample too
         ("large", "320M", ["--noise", "ar2+lags"], True),  # ... streamed: the sample read again after the pass
+        ("large_npy", "320M", [], True),  # a .npy streamed: its slabs read, not mapped (490 MiB when mapped)
+        ("large_npy", "320M", ["--noise", "ar1"], True),
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
     path = data[which]
-    n = nib.load(path).shape[3]
+    n = np.load(path, mmap_mode="r").shape[0] if path.suffix == ".npy" else nib.load(path).shape[3]
     design = _design(tmp_path / "design.tsv", n)
     if "MASK" in options:  # a brain-like mask: the ellipsoid inscribed in the grid
         img = nib.load(path)

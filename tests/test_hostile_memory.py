@@ -115,6 +115,19 @@ def _npy(path: Path, n_columns: int, n: int) -> Path:
     return path
 
 
+def _cifti(path: Path, n_vertices: int, n: int) -> Path:
+    """A float32 .dtseries.nii of `n` scans on one cortical surface of `n_vertices` vertices, values near 100."""
+    rng = np.random.default_rng(2)
+    data = np.empty((n, n_vertices), dtype=np.float32)
+    base = 100 + rng.standard_normal(n_vertices, dtype=np.float32)
+    for t in range(n):
+        data[t] = base + rng.standard_normal(n_vertices, dtype=np.float32)
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(n_vertices), n_vertices, "CortexLeft")
+    series = nib.cifti2.SeriesAxis(0.0, 2.0, n)
+    nib.save(nib.Cifti2Image(data, (series, models)), path)
+    return path
+
+
 def _design(path: Path, n: int) -> Path:
     x = np.sin(np.arange(n) / 5)
     path.write_text("task\tintercept\n" + "".join(f"{v:.6f}\t1\n" for v in x))
@@ -130,6 +143,7 @@ def data(tmp_path_factory):
         "maps": _series(folder / "maps.nii", (96, 96, 80), 30, offset=0.5),  # 88 MB, 737 k voxels
         "small_gz": _gzipped(Path(shutil.copy(folder / "small.nii", folder / "small_gz.nii"))),
         "large_npy": _npy(folder / "large_npy.npy", 64 * 64 * 40, 600),  # 393 MB as a 2-D .npy: streamed
+        "large_cifti": _cifti(folder / "large.dtseries.nii", 64 * 64 * 40, 600),  # 393 MB of CIFTI: streamed
         "folder": folder,
     }
 
@@ -169,11 +183,16 @@ def test_interpreter_floor(tmp_path):
         ("large", "320M", ["--noise", "ar2+lags"], True),  # ... streamed: the sample read again after the pass
         ("large_npy", "320M", [], True),  # a .npy streamed: its slabs read, not mapped (490 MiB when mapped)
         ("large_npy", "320M", ["--noise", "ar1"], True),
+        ("large_cifti", "320M", [], True),  # grayordinate-major: each slab read by tiles of series (548 MiB mapped)
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
     path = data[which]
-    n = np.load(path, mmap_mode="r").shape[0] if path.suffix == ".npy" else nib.load(path).shape[3]
+    if path.suffix == ".npy":
+        n = np.load(path, mmap_mode="r").shape[0]
+    else:
+        shape = nib.load(path).shape
+        n = shape[0] if len(shape) == 2 else shape[3]  # CIFTI: (scans, grayordinates)
     design = _design(tmp_path / "design.tsv", n)
     if "MASK" in options:  # a brain-like mask: the ellipsoid inscribed in the grid
         img = nib.load(path)

@@ -555,11 +555,12 @@ def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
 
 
 def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng, monkeypatch):
-    """An uncompressed, unscaled .dtseries.nii is read from its stored (grayordinate-major) layout through a
-    memory map, slab by slab: the same scans as nibabel's; images in memory go through nibabel. ``scans_into``
-    writes the same slabs straight into one array, across files."""
+    """An uncompressed, unscaled .dtseries.nii is read from its stored (grayordinate-major) layout, slab by slab,
+    each slab's scans transposed out of tiles of whole series read in order (no memory map): the same scans as
+    nibabel's; images in memory go through nibabel. ``scans_into`` writes the same slabs straight into one array,
+    across files."""
     from voxfit.io import readers
-    from voxfit.io.readers import _grayordinate_major, _transpose_into
+    from voxfit.io.readers import _read_transposed, _stored_layout
 
     cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 400, 3), 400, name="CortexLeft")
     models = cortex + nib.cifti2.BrainModelAxis.from_mask(
@@ -570,17 +571,17 @@ def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng, monkey
     path = tmp_path / "run.dtseries.nii"
     nib.save(image, path)
     reader = open_reader(str(path))
-    assert _grayordinate_major(reader._imgs[0]) is not None and _grayordinate_major(image) is None
+    assert _stored_layout(reader._imgs[0]) is not None and _stored_layout(image) is None
     slabs = list(reader.iter_scans(max_bytes=5 * len(models) * 4))
     assert [start for start, _ in slabs] == list(range(0, 37, 5))
     npt.assert_array_equal(np.concatenate([block for _, block in slabs]), data)
     assert all(block.flags.c_contiguous for _, block in slabs)  # (copied a tile at a time, not a strided view)
-    stored = _grayordinate_major(reader._imgs[0])
     out = np.empty((6, len(models)))
     monkeypatch.setattr(readers, "TILE_SERIES", 7)
     monkeypatch.setattr(readers, "TILE_BYTES", 7 * 4 * 4)  # tiles of 4 scans and 7 grayordinates
-    _transpose_into(stored[:, 3:9], out)
+    _read_transposed(*_stored_layout(reader._imgs[0]), out, len(models), first=3, n=37)
     npt.assert_array_equal(out, data[3:9])
+    npt.assert_array_equal(np.concatenate([b for _, b in reader.iter_scans(max_bytes=5 * len(models) * 4)]), data)
     npt.assert_array_equal(np.concatenate([b for _, b in open_reader(image).iter_scans(max_bytes=400)]), data)
     image2 = nib.Cifti2Image(data[:11] + 1, header=(nib.cifti2.SeriesAxis(0, 2, 11), models))
     nib.save(image2, tmp_path / "run2.dtseries.nii")

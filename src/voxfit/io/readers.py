@@ -736,19 +736,24 @@ class CiftiReader:
         return None
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
-        k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
+        """Slabs of scans. A file read from its stored layout (each grayordinate's series together) is read again for
+        each slab, in order, by tiles of whole series of which the slab's scans are transposed out
+        (:func:`_read_transposed`): a slab of scans lies on nearly every page of such a file, and a memory map's pages
+        count in the process's resident memory, so an HCP-like run (418 MB) streamed under ``--max-memory 320M``
+        peaked at 548-562 MiB through one. The reads come from the page cache after the first."""
+        G = self.geometry.n_elements
+        k = _slab_scans(G, self.dtype.itemsize, max_bytes)
         first = 0
         for img in self._imgs:
-            stored = _grayordinate_major(img)
-            for start in range(0, img.shape[0], k):
+            stored, n = _stored_layout(img), img.shape[0]
+            for start in range(0, n, k):
                 if stored is None:
                     yield first + start, np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
-                else:
-                    slab = stored[:, start : start + k]
-                    rows = np.empty(slab.shape[::-1], dtype=self.dtype)
-                    _transpose_into(slab, rows)
-                    yield first + start, rows
-            first += img.shape[0]
+                    continue
+                rows = np.empty((min(k, n - start), G), dtype=self.dtype)
+                _read_transposed(*stored, rows, G, first=start, n=n)
+                yield first + start, rows
+            first += n
 
     def scans_into(
         self, out: NDArray, index: NDArray | None = None, max_bytes: int = DEFAULT_SLAB_BYTES
@@ -793,21 +798,6 @@ def _transpose_into(stored: NDArray, out: NDArray) -> None:
             out[a : a + scans, g : g + grays] = stored[g : g + grays, a : a + scans].T
 
 
-def _grayordinate_major(img):
-    """The data of an uncompressed, unscaled CIFTI file as stored, memory-mapped (grayordinates, scans): NIfTI's
-    column-major order puts each grayordinate's series together, so a slab of scans is a strided read that the
-    page cache serves; nibabel's proxy re-reads a span of the file per slab (~0.4 s per 50 frames of 91k
-    grayordinates). None for images in memory, compressed or scaled files (read through the proxy)."""
-    stored = _stored_layout(img)
-    if stored is None:
-        return None
-    path, offset, dtype = stored
-    try:
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(img.shape)[::-1])
-    except (OSError, ValueError):
-        return None
-
-
 def _stored_layout(img) -> tuple[str, int, np.dtype] | None:
     """(path, offset, stored dtype) of an uncompressed, unscaled CIFTI file's data, stored grayordinate by
     grayordinate; None for images in memory, compressed or scaled files (read through nibabel's proxy)."""
@@ -820,12 +810,16 @@ def _stored_layout(img) -> tuple[str, int, np.dtype] | None:
     return path, int(proxy.offset), np.dtype(proxy.dtype)
 
 
-def _read_transposed(path: str, offset: int, dtype: np.dtype, out: NDArray, G: int, index=None) -> None:
-    """``out[:] =`` the scans (n, G) of a file's data stored as G series of n values from `offset`, or their
-    columns `index` (increasing, within 0..G-1): read in order, TILE_SERIES series (more for short series, fewer
-    for series too long for TILE_BUFFER_LIMIT) at a time into one buffer, each tile's series (those of `index`)
-    transposed into `out`."""
-    n, series = out.shape[0], out.shape[0] * dtype.itemsize
+def _read_transposed(
+    path: str, offset: int, dtype: np.dtype, out: NDArray, G: int, index=None, first: int = 0, n: int | None = None
+) -> None:
+    """``out[:] =`` scans ``first .. first + len(out)`` (all of them by default) of a file's data stored as G series
+    of `n` values from `offset` (n: out's rows by default), or their columns `index` (increasing, within 0..G-1):
+    read in order, TILE_SERIES series (more for short series, fewer for series too long for TILE_BUFFER_LIMIT) at a
+    time into one buffer, each tile's series (those of `index`) transposed into `out`."""
+    m = out.shape[0]
+    n = m if n is None else n
+    series = n * dtype.itemsize
     grays = max(1, min(max(TILE_SERIES, TILE_BYTES // series), TILE_BUFFER_LIMIT // series))
     buffer = np.empty((min(grays, G), n), dtype=dtype)
     with open(path, "rb", buffering=0) as f:
@@ -833,12 +827,13 @@ def _read_transposed(path: str, offset: int, dtype: np.dtype, out: NDArray, G: i
         for g in range(0, G, grays):
             tile = buffer[: min(grays, G - g)]
             _read_exactly(f, memoryview(tile).cast("B"), path)
+            scans = tile[:, first : first + m]
             if index is None:
-                _transpose_into(tile, out[:, g : g + tile.shape[0]])
+                _transpose_into(scans, out[:, g : g + tile.shape[0]])
                 continue
             lo, hi = np.searchsorted(index, (g, g + tile.shape[0]))
             if hi > lo:
-                _transpose_into(tile[index[lo:hi] - g], out[:, lo:hi])
+                _transpose_into(scans[index[lo:hi] - g], out[:, lo:hi])
 
 
 def _read_exactly(f, into: memoryview, path) -> None:

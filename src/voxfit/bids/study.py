@@ -934,12 +934,13 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
 
 def _map_dof(dof, design_dof) -> float:
     """The degrees of freedom a run's t map carries to the levels above (fixed effects): its contrast's own; per
-    voxel (AR models' Satterthwaite dof, below n - rank), their median over the voxels that have them, as ``voxfit
-    group`` takes them from a run's model.json (``voxfit.design.paired_maps``); the design's where none is finite."""
-    if np.ndim(dof) == 0:
-        return float(dof)
-    finite = np.asarray(dof)[np.isfinite(dof)]
-    return float(np.median(finite)) if finite.size else float(design_dof)
+    voxel (AR models' Satterthwaite dof, below n - rank), the median the run's model.json records of them
+    (``voxfit.models.record.dof_record``), as ``voxfit group`` takes it (``voxfit.design.paired_maps``); the
+    design's where no voxel has one."""
+    from ..models.record import dof_record
+
+    recorded = dof_record(dof)
+    return recorded if isinstance(recorded, float) else float(recorded.get("median", design_dof))
 
 
 def _run_settings(out, job: _RunJob, fitted) -> dict:

@@ -772,7 +772,8 @@ def fit_noise_model(
             ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, _ar_info(order)
         if long_lags(noise):
-            stats, info = _long_lag_corrected(fit, functools.partial(_sampled_columns, data), ar_coef, stats, tr)
+            stats, details = _long_lag_corrected(fit, functools.partial(_sampled_columns, data), ar_coef, stats, tr)
+            info.update(details)
     elif order < 0:
         if noise == "fast" and tr is None:
             raise InputError(
@@ -824,16 +825,16 @@ def _sampled_columns(data, at) -> np.ndarray:
 
 def _long_lag_corrected(fit: Fit, columns, ar_coef, stats: dict, tr) -> tuple[dict, dict]:
     """An AR(p) fit's contrasts with the pooled long-lag correction (``arp+lags``, ``voxfit.core.long_lags``) from a
-    sample of the fit's valid voxels, whose data ``columns(positions)`` gives; and the noise model's details."""
+    sample of the fit's valid voxels, whose data ``columns(positions)`` gives; and what it adds to the noise model's
+    details (:func:`_ar_info`'s)."""
     from ..core.long_lags import long_lag_factors, sample_voxels
 
     at = sample_voxels(fit.valid, fit.design.n_scans)
     weights = {label: st.weights for label, st in stats.items()}
     sample = np.asarray(columns(at), dtype=np.float64)
     lags = long_lag_factors(fit.design, sample, ar_coef[:, at], fit.betas[:, at], weights, tr)
-    info = _ar_info(ar_coef.shape[0])
-    info["model"] += ", with a pooled long-lag correction"
-    return lags.corrected(stats), {**info, "long_lags": lags.record()}
+    model = f"AR({ar_coef.shape[0]}) per voxel, with a pooled long-lag correction"
+    return lags.corrected(stats), {"model": model, "long_lags": lags.record()}
 
 
 def _ar_info(order: int) -> dict:

@@ -212,16 +212,31 @@ def resolve_workers(n_jobs) -> int:
     return int(check_scalar(n_jobs, "`n_jobs`", min_val=1, description="a positive number of threads"))
 
 
+def _blas_pools() -> list:
+    """The BLAS libraries loaded in the process (threadpoolctl's controllers of them). Inspected again (1.5 ms) only
+    when a module that brings its own BLAS has been imported since: scipy.linalg loads scipy's OpenBLAS, beside
+    numpy's."""
+    return _inspect_blas(frozenset(m for m in ("numpy", "scipy.linalg") if m in sys.modules))
+
+
 @functools.cache
-def _threadpools():
-    """The process's BLAS and OpenMP pools (a threadpoolctl controller), inspected once (1.5 ms per inspection)."""
+def _inspect_blas(_modules: frozenset) -> list:
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController()
+    return [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+
+
+def _set_threads(lib, n: int) -> None:
+    # threadpoolctl 3.8 lets only one Python thread change a pthreads OpenBLAS's pool: the first that set a
+    # limit, while it lives; a limit set from any other thread is dropped without a word. Once the main thread
+    # had held BLAS to one thread (a factorisation), a read's side thread could not, and BLAS's spinning threads
+    # took the core the read decompressed on (1.5 s of CPU in a 2 s fit from .nii.gz). voxfit's sections share
+    # one limit under _BLAS_LOCK, so they set it themselves.
+    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
 
 
 _BLAS_LOCK = threading.Lock()
-_blas_single = {"depth": 0, "limiter": None}  # the contexts open in the process, and the limit they share
+_blas_single = {"depth": 0, "before": []}  # the contexts open in the process, and the pools' threads before them
 
 
 @contextmanager
@@ -235,7 +250,10 @@ def blas_single_threaded() -> Iterator[None]:
     (6 of 40 trials of a side thread's sums beside a fit's factorisations)."""
     with _BLAS_LOCK:
         if _blas_single["depth"] == 0:
-            _blas_single["limiter"] = _threadpools().limit(limits=1, user_api="blas")
+            pools = [(lib, lib.get_num_threads()) for lib in _blas_pools()]
+            _blas_single["before"] = [(lib, n) for lib, n in pools if n is not None]
+            for lib, _ in _blas_single["before"]:
+                _set_threads(lib, 1)
         _blas_single["depth"] += 1
     try:
         yield
@@ -243,8 +261,9 @@ def blas_single_threaded() -> Iterator[None]:
         with _BLAS_LOCK:
             _blas_single["depth"] -= 1
             if _blas_single["depth"] == 0:
-                _blas_single["limiter"].restore_original_limits()
-                _blas_single["limiter"] = None
+                for lib, n in _blas_single["before"]:
+                    _set_threads(lib, n)
+                _blas_single["before"] = []
 
 
 @contextmanager

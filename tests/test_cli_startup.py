@@ -97,6 +97,25 @@ def test_no_heavy_module_before_the_first_read(files, target, argv):
     assert _imported_at_first_read(files, target, *argv) == set()
 
 
+@pytest.mark.parametrize("given, advised", [(None, "False"), ("1", "True")])
+def test_the_program_turns_numpys_huge_page_advice_off_unless_the_user_set_it(files, given, advised):
+    """voxfit's process runs with numpy's NUMPY_MADVISE_HUGEPAGE=0 (see voxfit.cli.program_settings), unless the
+    user set it: what numpy has decided by the time the run's file is first read."""
+    probe = HOOK.replace(
+        '",".join(m for m in',
+        '"HUGEPAGE " + str(__import__("numpy")._core.multiarray._get_madvise_hugepage()) + ",".join(m for m in',
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    env["PYTHONPATH"] = str(Path(voxfit.__file__).parents[1])
+    if given is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = given
+    argv = ["fit", "bold.nii.gz", "--design", "d.tsv", "--contrast", "a=a", "-o", "o1"]
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, "bold.nii.gz", *argv], cwd=files, env=env, capture_output=True, text=True
+    )
+    assert f"FIRST_READ HUGEPAGE {advised}" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_group_maps_are_read_once_while_the_model_imports(files, monkeypatch, capsys):
     """The CLI's load of a one-sample group's maps is the one SecondLevel uses (one pass over the maps), and
     the maps written equal those of SecondLevel in Python."""

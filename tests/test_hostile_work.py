@@ -192,15 +192,27 @@ def test_side_threads_run_at_a_lower_priority_and_the_callers_thread_keeps_its_o
     assert nice() == mine
 
 
-def test_overlapping_single_blas_thread_sections_share_one_limit():
-    """Two threads' sections on one BLAS thread that overlap and leave out of order (a read's side thread and a
-    fit's factorisation): BLAS stays on one thread until the last leaves, and then has its threads back."""
+def _blas_threads() -> set[int]:
     from threadpoolctl import threadpool_info
 
-    def blas_threads():
-        return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+    return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
 
-    before = blas_threads()
+
+@pytest.fixture
+def two_blas_threads():
+    """BLAS on two threads for the test (under `pytest -n 2` the worker holds it to one, which would hide a section
+    that does not hold it). From the main thread, which threadpoolctl lets set the limit (the conftest's holder, or
+    none), in a `with` block that gives the control back."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert _blas_threads() == {2}
+        yield
+
+
+def test_overlapping_single_blas_thread_sections_share_one_limit(two_blas_threads):
+    """Two threads' sections on one BLAS thread that overlap and leave out of order (a read's side thread and a
+    fit's factorisation): BLAS stays on one thread until the last leaves, and then has its threads back."""
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
     seen = {}
 
@@ -208,7 +220,7 @@ def test_overlapping_single_blas_thread_sections_share_one_limit():
         with blas_single_threaded():
             a_in.set()
             b_in.wait(5)
-        seen["first left"] = blas_threads()
+        seen["first left"] = _blas_threads()
         a_out.set()
 
     def second():
@@ -216,7 +228,7 @@ def test_overlapping_single_blas_thread_sections_share_one_limit():
         with blas_single_threaded():
             b_in.set()
             a_out.wait(5)
-            seen["second inside"] = blas_threads()
+            seen["second inside"] = _blas_threads()
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for t in threads:
@@ -224,32 +236,53 @@ def test_overlapping_single_blas_thread_sections_share_one_limit():
     for t in threads:
         t.join(10)
     assert seen == {"first left": {1}, "second inside": {1}}
-    assert blas_threads() == before
+    assert _blas_threads() == {2}
 
 
-def test_a_side_threads_section_holds_blas_after_the_main_thread_held_it():
-    """threadpoolctl lets only the first thread that set a pthreads OpenBLAS's limit (while it lives) set it again:
-    after the main thread's section (a factorisation), a read's side thread's section must still hold BLAS to one
-    thread, and give its threads back when it leaves."""
-    from threadpoolctl import threadpool_info
-
-    def blas_threads():
-        return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
-
-    before = blas_threads()
+def test_a_side_threads_section_holds_blas_after_the_main_thread_held_it(two_blas_threads):
+    """threadpoolctl 3.8 lets only the thread that first set a pthreads OpenBLAS's limit (until it leaves a `with`
+    block) set it again: after the main thread's section (a factorisation), a read's side thread's section must
+    still hold BLAS to one thread, and give its threads back when it leaves."""
     with blas_single_threaded():
-        assert blas_threads() == {1}
+        assert _blas_threads() == {1}
     seen = {}
 
     def side():
         with blas_single_threaded():
-            seen["inside"] = blas_threads()
-        seen["after"] = blas_threads()
+            seen["inside"] = _blas_threads()
+        seen["after"] = _blas_threads()
 
     thread = threading.Thread(target=side)
     thread.start()
     thread.join(10)
-    assert seen == {"inside": {1}, "after": before}
+    assert seen == {"inside": {1}, "after": {2}}
+
+
+def test_a_blas_loaded_while_a_section_is_open_is_held_by_the_next_and_given_back(monkeypatch):
+    """scipy's OpenBLAS loads at scipy.linalg's import, which may come while another thread's section is open:
+    the next section to enter holds it too, and the last to leave gives it its threads back."""
+    from voxfit import _threads
+
+    class Pool:  # a BLAS as threadpoolctl's controllers show it
+        def __init__(self):
+            self.threads, self.calls = 4, []
+
+        def get_num_threads(self):
+            return self.threads
+
+        def set_num_threads(self, n):
+            self.calls.append(n)
+            self.threads = n
+
+    late, loaded = Pool(), []
+    monkeypatch.setattr(_threads, "_blas_pools", lambda: list(loaded))
+    with blas_single_threaded():
+        loaded.append(late)  # (imported inside the first section)
+        assert late.calls == []
+        with blas_single_threaded():
+            assert late.threads == 1
+        assert late.threads == 1  # held until the last section leaves
+    assert late.calls == [1, 4] and late.threads == 4
 
 
 def test_in_chunks_covers_everything_in_short_calls():

@@ -214,9 +214,13 @@ def resolve_workers(n_jobs) -> int:
 
 def _blas_pools() -> list:
     """The BLAS libraries loaded in the process (threadpoolctl's controllers of them). Inspected again (1.5 ms) only
-    when a module that brings its own BLAS has been imported since: scipy.linalg loads scipy's OpenBLAS, beside
-    numpy's."""
-    return _inspect_blas(frozenset(m for m in ("numpy", "scipy.linalg") if m in sys.modules))
+    when a module that brings its own BLAS has loaded since: numpy's multiarray, scipy.linalg's _fblas (scipy's
+    OpenBLAS; keyed on the extension, which is in sys.modules only once its library is loaded, not on the package,
+    which is there from the start of its import)."""
+    return _inspect_blas(frozenset(m for m in _BLAS_MODULES if m in sys.modules))
+
+
+_BLAS_MODULES = ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath", "scipy.linalg._fblas")
 
 
 @functools.cache
@@ -227,16 +231,17 @@ def _inspect_blas(_modules: frozenset) -> list:
 
 
 def _set_threads(lib, n: int) -> None:
-    # threadpoolctl 3.8 lets only one Python thread change a pthreads OpenBLAS's pool: the first that set a
-    # limit, while it lives; a limit set from any other thread is dropped without a word. Once the main thread
-    # had held BLAS to one thread (a factorisation), a read's side thread could not, and BLAS's spinning threads
-    # took the core the read decompressed on (1.5 s of CPU in a 2 s fit from .nii.gz). voxfit's sections share
-    # one limit under _BLAS_LOCK, so they set it themselves.
+    # threadpoolctl 3.8 lets only one Python thread change a pthreads OpenBLAS's pool: the first that set a limit,
+    # until it leaves a `with threadpool_limits` block (plain calls never give the control up); a limit set from any
+    # other thread is dropped without a word. Once the main thread had held BLAS to one thread (a factorisation), a
+    # read's side thread could not, and BLAS's spinning threads took the core the read decompressed on (1.5 s of
+    # CPU in a 2 s fit from .nii.gz). voxfit's sections share one limit under _BLAS_LOCK, so they set it
+    # themselves (test_hostile_work checks that a side thread's section holds after the main thread's).
     getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
 
 
 _BLAS_LOCK = threading.Lock()
-_blas_single = {"depth": 0, "before": []}  # the contexts open in the process, and the pools' threads before them
+_blas_single = {"depth": 0, "before": {}}  # the contexts open in the process; each pool held, and its threads before
 
 
 @contextmanager
@@ -247,12 +252,13 @@ def blas_single_threaded() -> Iterator[None]:
     The limit is the process's, so the contexts of all threads share one: the first to enter sets it, the last to
     leave restores what was there before. Each thread setting and restoring its own would, when two overlap and
     leave out of order, give BLAS its threads back inside the other's section, or keep it on one thread for good
-    (6 of 40 trials of a side thread's sums beside a fit's factorisations)."""
+    (6 of 40 trials of a side thread's sums beside a fit's factorisations). A BLAS loaded while sections are
+    open (scipy's, at scipy.linalg's import) is held by the next section to enter, and given back with the rest."""
     with _BLAS_LOCK:
-        if _blas_single["depth"] == 0:
-            pools = [(lib, lib.get_num_threads()) for lib in _blas_pools()]
-            _blas_single["before"] = [(lib, n) for lib, n in pools if n is not None]
-            for lib, _ in _blas_single["before"]:
+        held = _blas_single["before"]
+        for lib in _blas_pools():
+            if id(lib) not in held and (n := lib.get_num_threads()) is not None:
+                held[id(lib)] = (lib, n)
                 _set_threads(lib, 1)
         _blas_single["depth"] += 1
     try:
@@ -261,9 +267,9 @@ def blas_single_threaded() -> Iterator[None]:
         with _BLAS_LOCK:
             _blas_single["depth"] -= 1
             if _blas_single["depth"] == 0:
-                for lib, n in _blas_single["before"]:
+                for lib, n in _blas_single["before"].values():
                     _set_threads(lib, n)
-                _blas_single["before"] = []
+                _blas_single["before"] = {}
 
 
 @contextmanager

@@ -13,7 +13,15 @@ from numpy.typing import NDArray
 
 from .._array import working_dtype
 from .checks import check_design_rows
-from .masking import Masker, ScanGlobals, explicit_mask, gather, gather_auto, resolve_mask_threshold
+from .masking import (
+    GATHER_SLAB_BYTES,
+    Masker,
+    ScanGlobals,
+    explicit_mask,
+    gather,
+    gather_auto,
+    resolve_mask_threshold,
+)
 from .readers import apply_scale, open_reader
 
 __all__ = ["Dataset", "ScaledArray", "load", "preloaded"]
@@ -127,7 +135,7 @@ def load(
         raw, mask_array = gather_auto(reader, threshold, progress, globals_)
     else:
         mask_array = explicit_mask(mask, reader.geometry)
-        raw = gather(reader, np.flatnonzero(mask_array), progress, globals_, observe)
+        raw = gather(reader, np.flatnonzero(mask_array), progress, globals_, observe, GATHER_SLAB_BYTES)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
     return Dataset(
         data=data,

@@ -25,15 +25,17 @@ from .._progress import Progress
 from ..exceptions import InputError
 from .geometry import Geometry
 from .memory import is_image, source_label
-from .readers import apply_scale, open_map
+from .readers import DEFAULT_SLAB_BYTES, apply_scale, open_map
 
-# The slabs of a run gathered into memory (beside which they are small). A compressed file is decompressed on a
+# The slabs in which voxfit.io.load gathers a run into memory (beside which they are small; other callers of gather,
+# which read a few columns under a memory plan, keep the readers' 4 MiB). A compressed file is decompressed on a
 # thread that takes the GIL once a slab; while the numerical modules import on the main thread, each of those
 # waits can last the interpreter's switch interval (5 ms), against 2.6 ms to decompress one 4 MB scan: 16 MiB
-# slabs rather than the readers' 4 MiB loaded a 2 mm MNI run of 400 scans in 1.36-1.44 s rather than 1.48-1.73 s.
+# slabs rather than 4 MiB loaded a 2 mm MNI run of 400 scans in 1.36-1.44 s rather than 1.48-1.73 s.
 GATHER_SLAB_BYTES = 16 << 20
 
 __all__ = [
+    "GATHER_SLAB_BYTES",
     "SPM_MASK_THRESHOLD",
     "AutoMask",
     "Masker",
@@ -124,19 +126,27 @@ def check_mask(mask, name: str = "mask") -> None:
     raise InputError(f"`{name}` must be a path to an image, a nibabel image or a boolean array; got {type_name(mask)}.")
 
 
-def gather(reader, index: NDArray[np.intp], progress: bool | None = None, globals_=None, observe=None) -> NDArray:
+def gather(
+    reader,
+    index: NDArray[np.intp],
+    progress: bool | None = None,
+    globals_=None,
+    observe=None,
+    slab_bytes: int = DEFAULT_SLAB_BYTES,
+) -> NDArray:
     """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass
     (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, and, after each slab, the array
     being filled and the number of scans in it so far to ``observe(out, stop)``, when given). A reader that
     writes its scans into an array itself (``scans_into``: CIFTI) fills `out` directly: with every element, or
-    with the elements `index` (increasing) when no whole scan is wanted (no `globals_`)."""
+    with the elements `index` (increasing) when no whole scan is wanted (no `globals_`). Other readers read
+    slabs of at most `slab_bytes` (and a .nii.gz three of them at once)."""
     _check_gathered(reader, index.size)
     out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
     into, n_elements = getattr(reader, "scans_into", None), reader.geometry.n_elements
     every = _every_column(index, n_elements)
     direct = into is not None and (every or (globals_ is None and _increasing_within(index, n_elements)))
     bar = Progress("reading", reader.n_scans, enabled=progress)
-    slabs = into(out, None if every else index) if direct else reader.iter_scans(GATHER_SLAB_BYTES)
+    slabs = into(out, None if every else index) if direct else reader.iter_scans(slab_bytes)
     for start, block in slabs:
         if globals_ is not None:
             globals_.add(start, block)

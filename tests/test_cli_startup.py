@@ -101,9 +101,12 @@ def test_no_heavy_module_before_the_first_read(files, target, argv):
 def test_the_program_turns_numpys_huge_page_advice_off_unless_the_user_set_it(files, given, advised):
     """voxfit's process runs with numpy's NUMPY_MADVISE_HUGEPAGE=0 (see voxfit.cli.program_settings), unless the
     user set it: what numpy has decided by the time the run's file is first read."""
-    probe = HOOK.replace(
-        '",".join(m for m in',
-        '"HUGEPAGE " + str(__import__("numpy")._core.multiarray._get_madvise_hugepage()) + ",".join(m for m in',
+    probe = (
+        "def _numpy_core():\n    import numpy\n    return getattr(numpy, '_core', None) or numpy.core  # (numpy 1.x)\n"
+        + HOOK.replace(
+            '",".join(m for m in',
+            '"HUGEPAGE " + str(_numpy_core().multiarray._get_madvise_hugepage()) + ",".join(m for m in',
+        )
     )
     env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
     env["PYTHONPATH"] = str(Path(voxfit.__file__).parents[1])
@@ -111,7 +114,12 @@ def test_the_program_turns_numpys_huge_page_advice_off_unless_the_user_set_it(fi
         env["NUMPY_MADVISE_HUGEPAGE"] = given
     argv = ["fit", "bold.nii.gz", "--design", "d.tsv", "--contrast", "a=a", "-o", "o1"]
     proc = subprocess.run(
-        [sys.executable, "-c", probe, "bold.nii.gz", *argv], cwd=files, env=env, capture_output=True, text=True
+        [sys.executable, "-c", probe, "bold.nii.gz", *argv],
+        cwd=files,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert f"FIRST_READ HUGEPAGE {advised}" in proc.stdout, proc.stderr[-2000:]
 

@@ -144,6 +144,7 @@ def data(tmp_path_factory):
         "small_gz": _gzipped(Path(shutil.copy(folder / "small.nii", folder / "small_gz.nii"))),
         "large_npy": _npy(folder / "large_npy.npy", 64 * 64 * 40, 600),  # 393 MB as a 2-D .npy: streamed
         "large_cifti": _cifti(folder / "large.dtseries.nii", 64 * 64 * 40, 600),  # 393 MB of CIFTI: streamed
+        "long_gz": _gzipped(_series(folder / "long_gz.nii", (16, 16, 32), 1024)),  # 34 MB, 1,024 scans: in memory
         "folder": folder,
     }
 
@@ -184,6 +185,9 @@ def test_interpreter_floor(tmp_path):
         ("large_npy", "320M", [], True),  # a .npy streamed: its slabs read, not mapped (490 MiB when mapped)
         ("large_npy", "320M", ["--noise", "ar1"], True),
         ("large_cifti", "320M", [], True),  # grayordinate-major: each slab read by tiles of series (548 MiB mapped)
+        # AR(12) from the read's lagged sums, at the smallest cap that keeps the data in memory: the models'
+        # autocorrelations at every lag take one series a voxel (428 MiB before the AR blocks counted them)
+        ("long_gz", "320M", ["--mask", "GRID", "--noise", "ar12"], False),
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
@@ -200,6 +204,11 @@ def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
         mask = tmp_path / "mask.nii"
         nib.save(nib.Nifti1Image((sum(g**2 for g in grid) < 1).astype(np.uint8), img.affine), mask)
         options = [str(mask) if o == "MASK" else o for o in options]
+    if "GRID" in options:  # an explicit mask of every voxel: the most data the cap holds in memory
+        img = nib.load(path)
+        mask = tmp_path / "grid.nii"
+        nib.save(nib.Nifti1Image(np.ones(img.shape[:3], np.uint8), img.affine), mask)
+        options = [str(mask) if o == "GRID" else o for o in options]
     out = tmp_path / "out"
     _evict(path)
     rc, peak, err = _voxfit(

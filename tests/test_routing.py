@@ -42,7 +42,8 @@ def test_every_budget_has_its_default_in_one_table():
         "stream": free.stream,
     }
     capped = Budgets.of("1G")
-    assert capped.process == capped.block == capped.ar_block == capped.stream == 1 << 30
+    assert capped.process == capped.block == capped.stream == 1 << 30
+    assert capped.ar_block == ((1 << 30) - (256 << 20)) // 4  # a quarter of what the cap leaves beside the reserve
     assert capped.batch == free.batch  # a group model plans its batches under a cap (group_memory)
 
 

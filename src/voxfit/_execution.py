@@ -14,7 +14,7 @@ from ._checks import check_scalar
 from ._memory import parse_memory, reserved_bytes
 from .exceptions import InputError
 
-__all__ = ["BUDGETS", "Budgets", "Execution", "cap_holding", "data_bytes"]
+__all__ = ["BUDGETS", "Budgets", "Execution", "ar_block_under", "cap_holding", "data_bytes"]
 
 # Every memory budget: what it bounds, its default without --max-memory, and its value under a cap P. A budget
 # given under a cap is what the cap allows it; the working buffers stay far below it in practice (a block of the
@@ -22,7 +22,11 @@ __all__ = ["BUDGETS", "Budgets", "Execution", "cap_holding", "data_bytes"]
 BUDGETS = {
     "process": ("the whole process: data, results, working memory and the interpreter", None, "P"),
     "block": ("the OLS and mixed-effects engines' working memory, all threads together", 64 << 20, "P"),
-    "ar_block": ("the AR(p) engine's working memory, all threads together (voxfit.engine.ar)", 128 << 20, "P"),
+    "ar_block": (
+        "the AR(p) engine's working memory, all threads together (voxfit.engine.ar)",
+        128 << 20,
+        "(P - reserve) / 4",
+    ),
     "batch": ("a batch of shuffles of a permutation test", 256 << 20, "planned by the group model"),
     "stream": ("the cap a one-pass (streamed) fit plans in when streaming is asked for", 2 << 30, "P"),
 }
@@ -46,7 +50,7 @@ class Budgets:
         return cls(
             process=cap,
             block=BUDGETS["block"][1] if cap is None else cap,
-            ar_block=BUDGETS["ar_block"][1] if cap is None else cap,
+            ar_block=BUDGETS["ar_block"][1] if cap is None else ar_block_under(cap),
             batch=BUDGETS["batch"][1],
             stream=BUDGETS["stream"][1] if cap is None else cap,
         )
@@ -62,6 +66,15 @@ class Budgets:
         """Whether `nbytes` of data take more than half of what the cap leaves beside
         :data:`~voxfit._memory.RESERVED` (never without a cap): whether the cap is below :func:`cap_holding`."""
         return self.process is not None and nbytes > (self.process - reserved_bytes()) // 2
+
+
+def ar_block_under(cap: int) -> int:
+    """The AR engine's working memory under the cap `cap`: a quarter of what the cap leaves beside
+    :data:`~voxfit._memory.RESERVED` (at least a quarter of the cap, up to 1 MiB). The in-memory route holds its
+    data in at most half of that (over half, it streams); the results and the maps share the other half with these
+    blocks. The whole cap, as it was, let AR(12) on 64 MiB of data under 384M take blocks of 4,096 voxels a thread
+    and peak at 548 MiB."""
+    return max(min(1 << 20, cap // 4), (cap - reserved_bytes()) // 4)
 
 
 def data_bytes(n_scans: int, n_elements: int, itemsize: int = 4) -> int:

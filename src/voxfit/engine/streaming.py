@@ -84,7 +84,7 @@ class ReadARFit(ReadSums):
         block = ARBlock(design, self.order, compiled=True if n * V >= AUTO_COMPILE_ELEMENTS else None)
         execution = execution or Execution()
         workers = resolve_workers(execution.n_jobs)
-        per_voxel = ar_block_bytes(design.rank, self.order, weights) // SUMS_BLOCK
+        per_voxel = ar_block_bytes(design.rank, self.order, weights, n) // SUMS_BLOCK
         size = int(min(SUMS_BLOCK, max(256, execution.budgets.ar_block // (workers * per_voxel))))
         sums = self.sums.result(design.rank)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -115,13 +115,17 @@ class ReadARFit(ReadSums):
         return ARFit(fit=fit, ar=maps.phi, contrasts=stats, order=self.order)
 
 
-def ar_block_bytes(rank: int, order: int, weights) -> int:
+def ar_block_bytes(rank: int, order: int, weights, n_scans: int) -> int:
     """A bound on the memory of one AR fit from the sums of `SUMS_BLOCK` voxels (``fit_ar_sums``): per voxel,
     a few copies of the lagged products, the Gram matrix and its factor, and the contrasts' right-hand
     sides and solutions (measured peaks: 5 MiB for AR(1), rank 3 and a t contrast; 109 MiB for AR(8), rank 20
-    and a t and a 10-row F contrast; about half the bound)."""
+    and a t and a 10-row F contrast; about half the bound); and from AR(2) on, the models' autocorrelations at
+    every lag (``ARBlock._model_lags``: up to one series of `n_scans` a voxel, with the products made of it:
+    36 KiB a voxel for AR(12) over 1,024 scans, which the bound without them put at 6.6 KiB and so let 64 MiB
+    of data under a 384M cap peak at 400 MiB)."""
     r, p, q = rank, order, sum(w.shape[0] for w in weights)
-    return 8 * SUMS_BLOCK * (4 * (p + 1) * (r + 1) + 4 * r * r + 4 * p * p + 4 * r * (q + 1) + 64)
+    lags = 5 * n_scans if order >= 2 else 0
+    return 8 * SUMS_BLOCK * (4 * (p + 1) * (r + 1) + 4 * r * r + 4 * p * p + 4 * r * (q + 1) + 64 + lags)
 
 
 def _columns(sums: LaggedSums, cols) -> LaggedSums:
@@ -403,7 +407,7 @@ def _fit_from_sums(
         # ar_block_bytes)
         results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
         room = accumulated.slab_bytes - results
-        per_voxel = ar_block_bytes(design.rank, order, list(weights.values())) // SUMS_BLOCK
+        per_voxel = ar_block_bytes(design.rank, order, list(weights.values()), design.n_scans) // SUMS_BLOCK
         size = int(min(SUMS_BLOCK, max(256, room // per_voxel)))
 
         def fit_part(a: int) -> None:

@@ -188,6 +188,7 @@ def test_interpreter_floor(tmp_path):
         # AR(12) from the read's lagged sums, at the smallest cap that keeps the data in memory: the models'
         # autocorrelations at every lag take one series a voxel (428 MiB before the AR blocks counted them)
         ("long_gz", "320M", ["--mask", "GRID", "--noise", "ar12"], False),
+        ("long_gz", "320M", ["--mask", "GRID", "--noise", "ar1", "--diagnostics"], False),  # (346 MiB on the OLS one)
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):

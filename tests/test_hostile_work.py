@@ -206,7 +206,8 @@ def two_blas_threads():
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=2, user_api="blas"):
-        assert _blas_threads() == {2}
+        if _blas_threads() != {2}:  # (one CPU, or a BLAS started on one thread that cannot grow)
+            pytest.skip("BLAS cannot run on two threads here")
         yield
 
 

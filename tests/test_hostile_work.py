@@ -261,29 +261,32 @@ def test_a_side_threads_section_holds_blas_after_the_main_thread_held_it(two_bla
 
 def test_a_blas_loaded_while_a_section_is_open_is_held_by_the_next_and_given_back(monkeypatch):
     """scipy's OpenBLAS loads at scipy.linalg's import, which may come while another thread's section is open:
-    the next section to enter holds it too, and the last to leave gives it its threads back."""
+    the next section to enter holds it too, and the last to leave gives it its threads back. The inspection that
+    finds it makes new controllers of the pools already held: each library is held once, and every one gets its
+    own threads back."""
     from voxfit import _threads
 
-    class Pool:  # a BLAS as threadpoolctl's controllers show it
-        def __init__(self):
-            self.threads, self.calls = 4, []
+    threads = {"numpy": 4, "scipy": 4}  # each library's pool, which every controller of it sets
+
+    class Pool:  # a controller of a BLAS, as threadpoolctl's inspections make them
+        def __init__(self, filepath):
+            self.filepath = filepath
 
         def get_num_threads(self):
-            return self.threads
+            return threads[self.filepath]
 
         def set_num_threads(self, n):
-            self.calls.append(n)
-            self.threads = n
+            threads[self.filepath] = n
 
-    late, loaded = Pool(), []
-    monkeypatch.setattr(_threads, "_blas_pools", lambda: list(loaded))
+    loaded = ["numpy"]
+    monkeypatch.setattr(_threads, "_blas_pools", lambda: [Pool(f) for f in loaded])  # a new inspection each time
     with blas_single_threaded():
-        loaded.append(late)  # (imported inside the first section)
-        assert late.calls == []
+        assert threads == {"numpy": 1, "scipy": 4}
+        loaded.append("scipy")  # (imported inside the first section)
         with blas_single_threaded():
-            assert late.threads == 1
-        assert late.threads == 1  # held until the last section leaves
-    assert late.calls == [1, 4] and late.threads == 4
+            assert threads == {"numpy": 1, "scipy": 1}
+        assert threads == {"numpy": 1, "scipy": 1}  # held until the last section leaves
+    assert threads == {"numpy": 4, "scipy": 4}
 
 
 def test_in_chunks_covers_everything_in_short_calls():

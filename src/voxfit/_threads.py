@@ -241,7 +241,8 @@ def _set_threads(lib, n: int) -> None:
 
 
 _BLAS_LOCK = threading.Lock()
-_blas_single = {"depth": 0, "before": {}}  # the contexts open in the process; each pool held, and its threads before
+_blas_single = {"depth": 0, "before": {}}  # the contexts open in the process; each pool held (by its library's
+# file), and its threads before
 
 
 @contextmanager
@@ -256,9 +257,11 @@ def blas_single_threaded() -> Iterator[None]:
     open (scipy's, at scipy.linalg's import) is held by the next section to enter, and given back with the rest."""
     with _BLAS_LOCK:
         held = _blas_single["before"]
+        # keyed by the library's file: an inspection after a new BLAS has loaded makes new controllers of the held
+        # ones too, which would take their threads as 1 and give them back last
         for lib in _blas_pools():
-            if id(lib) not in held and (n := lib.get_num_threads()) is not None:
-                held[id(lib)] = (lib, n)
+            if lib.filepath not in held and (n := lib.get_num_threads()) is not None:
+                held[lib.filepath] = (lib, n)
                 _set_threads(lib, 1)
         _blas_single["depth"] += 1
     try:

@@ -14,7 +14,7 @@ from ._checks import check_scalar
 from ._memory import parse_memory, reserved_bytes
 from .exceptions import InputError
 
-__all__ = ["BUDGETS", "Budgets", "Execution", "ar_block_under", "cap_holding", "data_bytes"]
+__all__ = ["BUDGETS", "Budgets", "Execution", "cap_holding", "data_bytes"]
 
 # Every memory budget: what it bounds, its default without --max-memory, and its value under a cap P. A budget
 # given under a cap is what the cap allows it; the working buffers stay far below it in practice (a block of the
@@ -50,7 +50,7 @@ class Budgets:
         return cls(
             process=cap,
             block=BUDGETS["block"][1] if cap is None else cap,
-            ar_block=BUDGETS["ar_block"][1] if cap is None else ar_block_under(cap),
+            ar_block=BUDGETS["ar_block"][1] if cap is None else _ar_block_under(cap),
             batch=BUDGETS["batch"][1],
             stream=BUDGETS["stream"][1] if cap is None else cap,
         )
@@ -68,7 +68,7 @@ class Budgets:
         return self.process is not None and nbytes > (self.process - reserved_bytes()) // 2
 
 
-def ar_block_under(cap: int) -> int:
+def _ar_block_under(cap: int) -> int:
     """The AR engine's working memory under the cap `cap`: a quarter of what the cap leaves beside
     :data:`~voxfit._memory.RESERVED` (at least a quarter of the cap, up to 1 MiB). The in-memory route holds its
     data in at most half of that (over half, it streams); the results and the maps share the other half with these

@@ -27,15 +27,7 @@ from .geometry import Geometry
 from .memory import is_image, source_label
 from .readers import DEFAULT_SLAB_BYTES, apply_scale, open_map
 
-# The slabs in which voxfit.io.load gathers a run into memory (beside which they are small; other callers of gather,
-# which read a few columns under a memory plan, keep the readers' 4 MiB). A compressed file is decompressed on a
-# thread that takes the GIL once a slab; while the numerical modules import on the main thread, each of those
-# waits can last the interpreter's switch interval (5 ms), against 2.6 ms to decompress one 4 MB scan: 16 MiB
-# slabs rather than 4 MiB loaded a 2 mm MNI run of 400 scans in 1.36-1.44 s rather than 1.48-1.73 s.
-GATHER_SLAB_BYTES = 16 << 20
-
 __all__ = [
-    "GATHER_SLAB_BYTES",
     "SPM_MASK_THRESHOLD",
     "AutoMask",
     "Masker",

@@ -449,6 +449,113 @@ def test_mask_threshold_excludes_dim_voxels(tmp_path, rng):
     assert voxfit.load(path).masker.mask[j]  # a loader of any maps: no intensity rule by default
 
 
+def _spm_mask(Y, threshold):
+    """SPM's automatic mask of (n, V) values as the fit sees them, in float64, scan by scan: finite and varying,
+    and above `threshold` x the scan's global (the mean of its finite values above 1/8 of their mean)."""
+    keep = np.isfinite(Y).all(axis=0) & (Y != Y[0]).any(axis=0)
+    for y in Y:
+        f = y[np.isfinite(y)]
+        keep &= y > threshold * f[f > f.mean() / 8].mean()
+    return keep
+
+
+@pytest.mark.parametrize("route", ["nii.gz", "nii", "image-list", "streamed"])
+@pytest.mark.parametrize("values", ["float32", "negative global", "int16 with intercept"])
+def test_thresholded_automatic_mask_is_spms_rule_in_every_scan(tmp_path, rng, route, values):
+    """The mask's later scans are checked on the first scan's candidates alone when nothing else can still be
+    kept; otherwise (a negative global, or an intercept that lifts the stored zeros above the threshold) on
+    every element. Both equal SPM's rule computed on every element of every scan in float64."""
+    n = 24
+    data = 100 + rng.standard_normal(SHAPE + (n,))
+    data[0] = 0.0  # background
+    scale = None
+    if values == "float32":
+        data[1, 1, 1, 17] = 10.0  # bright, then dim in one later scan: out
+        data[1, 1, 2, 9] = np.nan  # NaN in a later scan: out
+        data[1, 2, 1] = 100.0  # constant: out
+        data[1, 2, 2, 0] = 0.0  # zero in the first scan only: below the threshold there, out
+        data[2, 1, 1, 5:] = 85.0 + rng.standard_normal(n - 5)  # about 0.8 x the global in later scans
+    elif values == "negative global":  # most of the brain far below zero, the rest a little below: the global
+        data[1:3] -= 1100.0  # is below zero, and so are 0.8 x it and the zeros above it
+        data[3:] -= 130.0
+        data[0, 1, 1, 1:] = rng.standard_normal(n - 1)  # zero, then varying about it: kept
+    else:
+        data = np.round(data - 100.0)
+        data[0, 2, 2, 1:] = np.arange(1, n)  # stored zero first, then varying: lifted above the threshold, kept
+        scale = (1.0, 1000.0)
+    paths = []
+    if route == "image-list":
+        frames = data.astype(np.float32) if scale is None else data.astype(np.int16)
+        for t in range(n):
+            img = nib.Nifti1Image(frames[..., t], AFFINE)
+            if scale:
+                img.header.set_slope_inter(*scale)
+            paths.append(tmp_path / f"scan{t:02d}.nii")
+            nib.save(img, paths[-1])
+        source = paths
+    else:
+        img = nib.Nifti1Image(data.astype(np.float32) if scale is None else data.astype(np.int16), AFFINE)
+        if scale:
+            img.header.set_slope_inter(*scale)
+        source = tmp_path / ("bold.nii" if route == "nii" else "bold.nii.gz")
+        nib.save(img, source)
+    stored = as_matrix(data).astype(np.float64)
+    Y = stored if scale is None else stored * scale[0] + scale[1]
+    want = _spm_mask(Y, 0.8).reshape(SHAPE, order="F")
+    if values == "float32":
+        assert want.sum() > 60 and not want[0].any() and not want[1, 1:3, 1:3].any()
+    else:  # a voxel zero in the first scan is kept, as no candidate of it
+        assert want[(0, 1, 1) if values == "negative global" else (0, 2, 2)]
+    if route == "streamed":
+        from voxfit.engine.streaming import fit_streaming
+
+        X = np.column_stack([np.arange(n) / n, np.ones(n)])
+        got = fit_streaming(source, X, {}, mask_threshold=0.8, scans_per_slab=5).masker.mask
+    else:
+        got = voxfit.load(source, mask_threshold=0.8).masker.mask
+    npt.assert_array_equal(got.reshape(SHAPE, order="F"), want)
+
+
+def test_greater_compares_float32_values_as_float64_does():
+    from voxfit.io.masking import greater
+
+    x = (rng := np.random.default_rng(3)).standard_normal(5000).astype(np.float32) * 1e3
+    big = np.finfo(np.float32).max
+    x = np.concatenate([x, np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, big, -big, 1e-45], dtype=np.float32)])
+    x = np.concatenate([x, np.nextafter(x[:5000], np.float32(np.inf)), np.nextafter(x[:5000], np.float32(-np.inf))])
+    cuts = [float(c) + d for c in x[:400] for d in (0.0, 1e-9, -1e-9, 1e-13)]
+    cuts += [1e39, -1e39, np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-300, -1e-300, 1 / 3, float(rng.random())]
+    for cut in cuts:
+        npt.assert_array_equal(greater(x, cut), x.astype(np.float64) > cut, err_msg=f"cut {cut!r}")
+    ints = np.arange(-5, 6, dtype=np.int16)
+    npt.assert_array_equal(greater(ints, 0.5), ints > 0.5)
+
+
+def test_spm_globals_equal_their_float64_definition(rng):
+    from voxfit.io.masking import spm_globals
+
+    scans = (100 + 10 * rng.standard_normal((6, 500))).astype(np.float32)
+    scans[:, :100] = 0.0
+    scans[1, 3] = np.nan  # a scan with non-finite values: the mean of the finite ones
+    scans[2, 4] = np.inf
+    scans[3] = np.nan  # none finite: NaN
+    scans[4, 100:] = -50.0  # none above 1/8 of the mean: NaN
+
+    def want(values):
+        out = []
+        for y in values.astype(np.float64):
+            f = y[np.isfinite(y)]
+            above = f[f > f.mean() / 8] if f.size else f
+            out.append(above.mean() if above.size else np.nan)
+        return out
+
+    integers = np.round(scans[[0, 5]]).astype(np.int16)
+    with np.errstate(invalid="ignore"):
+        npt.assert_allclose(spm_globals(scans), want(scans), rtol=1e-15)
+        npt.assert_allclose(spm_globals(scans.astype(np.float64)), want(scans), rtol=1e-15)
+        npt.assert_allclose(spm_globals(integers), want(integers), rtol=1e-15)
+
+
 def test_cifti_maps_are_the_file_nibabel_writes_with_the_dense_scalar_intent(tmp_path, rng):
     """CiftiGeometry.write composes the NIfTI-2 file itself (nibabel's image re-parses the header of every map),
     the brain models' XML serialised once: byte for byte nibabel's Cifti2Image file but for the intent code

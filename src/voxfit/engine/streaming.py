@@ -297,7 +297,7 @@ def _accumulate(
             f"({held / 2**20:.1f} MiB) and two scans; give at least {size_text(need)}."
         )
     auto = AutoMask(nel, reader.dtype.kind == "f", threshold, nonzero=nonzero)
-    sums = index = None
+    sums = index = kept = None
     k = max(1, slab_bytes // per_scan) if scans_per_slab is None else int(scans_per_slab)
     max_bytes = k * nel * reader.dtype.itemsize
     bar = Progress("reading", design.n_scans, enabled=execution.progress)
@@ -311,7 +311,8 @@ def _accumulate(
         for start, raw in reader.iter_scans(max_bytes=max_bytes):
             bar.update(start + raw.shape[0])
             values = _scaled(raw, reader)
-            if sums is None:
+            first = sums is None
+            if first:
                 auto.add(values)
                 if candidates is None:
                     candidates = auto.candidates
@@ -319,11 +320,16 @@ def _accumulate(
                 sums = ScanSums(basis, order, index.size, shift=design.has_intercept)
                 if by_sums:
                     rest = np.flatnonzero(~candidates) if mask is None else np.zeros(0, dtype=int)
+            gathered = values if index.size == nel else np.take(values, index, axis=1)
+            if first:
+                if rest is None and (mask is not None or auto.settled()):
+                    kept = auto.restricted(index)  # only the candidates can be kept: checked on their values
+            elif kept is not None:
+                kept.add(gathered, globals_=None if threshold is None else auto.scan_globals(values))
             elif rest is None:
                 auto.add(values)
             elif rest.size:
                 auto.add(np.take(values, rest, axis=1), rest)
-            gathered = values if index.size == nel else np.take(values, index, axis=1)
             sums.add(gathered)
             if grid is not None:
                 grid.add(gathered, candidates)
@@ -331,7 +337,11 @@ def _accumulate(
     del raw, values  # the last slab's buffer
     if rest is not None:
         auto.add_squares(index, sums.s[0])
-    final = (candidates & auto.finite) if mask is not None else auto.mask()
+    if kept is not None:
+        final = np.zeros(nel, dtype=bool)
+        final[index] = kept.finite if mask is not None else kept.mask()
+    else:
+        final = (candidates & auto.finite) if mask is not None else auto.mask()
     if not final.any():
         raise InputError(
             "the automatic mask is empty: no voxel is finite and not constant over time in every scan."

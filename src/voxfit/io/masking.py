@@ -185,17 +185,34 @@ def _check_gathered(reader, n_columns: int) -> None:
 
 def spm_globals(scans: NDArray) -> NDArray[np.float64]:
     """SPM's global mean of each scan (``spm_global``): the mean of the values above 1/8 of the mean of the
-    scan's finite values. Sums in float64 without a float64 copy of the scans."""
+    scan's finite values. Sums in float64 without a float64 copy of the scans; compared as in float64."""
     out = np.empty(len(scans))
     for i, scan in enumerate(scans):
-        finite = np.isfinite(scan)
-        if not finite.any():
-            out[i] = np.nan
-            continue
-        mean = scan.mean(dtype=np.float64) if finite.all() else scan[finite].mean(dtype=np.float64)
-        above = scan[(scan > mean / 8) & finite]
+        total = scan.sum(dtype=np.float64)
+        if np.isfinite(total):  # every value finite (one that is not makes the sum NaN or infinite)
+            values = scan
+            mean = total / scan.size
+        else:
+            finite = np.isfinite(scan)
+            values = scan[finite]
+            mean = values.mean(dtype=np.float64) if values.size else np.nan
+        above = values[greater(values, mean / 8)]
         out[i] = above.mean(dtype=np.float64) if above.size else np.nan
     return out
+
+
+def greater(values: NDArray, cut: float) -> NDArray[np.bool_]:
+    """``values > cut`` as float64 compares them; float32 values are compared in float32 (twice as fast), with
+    `cut` rounded down to the float32 just below it where it is not one: for every float32 x, x > cut exactly
+    when x is above that float32."""
+    cut = np.float64(cut)
+    if values.dtype != np.float32:
+        return values > cut
+    with np.errstate(over="ignore"):  # beyond float32's range: +-inf, rounded down as any other
+        below = np.float32(cut)
+    if below > cut:
+        below = np.nextafter(below, np.float32(-np.inf))
+    return values > below
 
 
 SPM_MASK_THRESHOLD = 0.8  # spm_defaults: defaults.mask.thresh, SPM's relative threshold for fMRI
@@ -251,20 +268,42 @@ class AutoMask:
         self.varies = np.zeros(n_elements, dtype=bool)
         self.above = np.ones(n_elements, dtype=bool)
         self.nonzero_all = np.ones(n_elements, dtype=bool)
+        self.whole = True  # whether add() is given whole scans (see restricted)
+
+    def scan_globals(self, block: NDArray) -> list[float]:
+        """The globals of the whole scans `block` (k, n_elements) as the threshold uses them."""
+        return [spm_globals(apply_scale(scan[None], self.scale))[0] for scan in block]
+
+    def settled(self) -> bool:
+        """Whether no element but the first scan's candidates can still be kept: each other one has failed a
+        check that stays failed (not finite, not above the threshold, or zero with `nonzero`) in the scans seen."""
+        return not (~self.candidates & self.finite & self.above & self.nonzero_all).any()
+
+    def restricted(self, index: NDArray[np.intp]) -> AutoMask:
+        """The mask of the elements `index` only, as far as this one has seen: for the later scans when only
+        they can still be kept (:meth:`settled`), given those elements' values and the whole scans' globals."""
+        sub = AutoMask(index.size, self.floats, self.threshold, self.scale, self.nonzero)
+        sub.first, sub.candidates = self.first[index], self.candidates[index]
+        for name in ("finite", "varies", "above", "nonzero_all"):
+            setattr(sub, name, getattr(self, name)[index])
+        sub.whole = False
+        return sub
 
     def add(self, block: NDArray, columns: NDArray | None = None, globals_: NDArray | None = None) -> None:
         """Check the next scans: `block` (k, n_elements), or (k, len(columns)) holding those elements only
         (after the first scans; not with a threshold or `nonzero`, which look at whole scans). `globals_`: the
         scans' globals when the caller has them (see :class:`ScanGlobals`), not computed again."""
         if self.threshold is not None and globals_ is None:
-            globals_ = [spm_globals(apply_scale(scan[None], self.scale))[0] for scan in block]
+            if not self.whole:
+                raise ValueError("a restricted AutoMask's threshold needs the globals of the whole scans.")
+            globals_ = self.scan_globals(block)
         if columns is not None and (self.first is None or self.threshold is not None or self.nonzero):
             raise ValueError("AutoMask.add(columns=...) needs whole scans first, and no threshold or `nonzero`.")
         if self.first is None:
             first = self.first = np.array(block[0])
             self.candidates = np.isfinite(first) & (first != 0) if self.floats else first != 0
             if self.threshold is not None:
-                self.candidates &= apply_scale(first, self.scale) > self.threshold * globals_[0]
+                self.candidates &= greater(apply_scale(first, self.scale), self.threshold * globals_[0])
         if columns is not None:
             if self.floats:
                 self.finite[columns] &= np.isfinite(block).all(axis=0)
@@ -277,7 +316,7 @@ class AutoMask:
             self.nonzero_all &= (block != 0).all(axis=0)
         if self.threshold is not None:
             for scan, g in zip(block, globals_):  # one at a time: scaled copies of one scan only
-                self.above &= apply_scale(scan, self.scale) > self.threshold * g
+                self.above &= greater(apply_scale(scan, self.scale), self.threshold * g)
 
     def add_squares(self, columns: NDArray, squares: NDArray) -> None:
         """Check `columns` from their sums over all scans of ``(value - first scan's value)^2`` in float64
@@ -336,24 +375,36 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
     n_elements = reader.geometry.n_elements
     auto = AutoMask(n_elements, reader.dtype.kind == "f", threshold, reader.scale)
     into = getattr(reader, "scans_into", None)
-    gathered = out = None
+    gathered = out = cand_index = None
     if into is not None:
         gathered = np.ones(n_elements, dtype=bool)
         _check_gathered(reader, n_elements)
         out = np.empty((reader.n_scans, n_elements), dtype=reader.dtype)
     bar = Progress("reading", reader.n_scans, enabled=progress)
+    kept = None  # once only the first scan's candidates can be kept: their mask, checked on their values only
     for start, block in reader.iter_scans() if into is None else into(out):
-        auto.add(block, globals_=None if globals_ is None else globals_.add(start, block))
-        if into is None:
-            if out is None:
-                gathered = auto.candidates
-                cand_index = np.flatnonzero(gathered)
-                _check_gathered(reader, cand_index.size)
-                out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
-            _take_columns(block, cand_index, out[start : start + block.shape[0]])
+        scans = None if globals_ is None else globals_.add(start, block)
+        if kept is not None:
+            rows = out[start : start + block.shape[0]]
+            _take_columns(block, cand_index, rows)
+            kept.add(rows, globals_=auto.scan_globals(block) if scans is None and threshold is not None else scans)
+        else:
+            auto.add(block, globals_=scans)
+            if into is None:
+                if out is None:
+                    gathered = auto.candidates
+                    cand_index = np.flatnonzero(gathered)
+                    _check_gathered(reader, cand_index.size)
+                    out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
+                _take_columns(block, cand_index, out[start : start + block.shape[0]])
+                if auto.settled():  # (with a threshold, as a rule: the background fails it in the first scan)
+                    kept = auto.restricted(cand_index)
         bar.update(start + block.shape[0])
     bar.close()
     mask = auto.mask()
+    if kept is not None:
+        mask[:] = False
+        mask[cand_index] = kept.mask()
     if not mask.any():
         why = "above the intensity threshold, " if threshold is not None else ""
         raise InputError(

@@ -124,6 +124,39 @@ def test_the_program_turns_numpys_huge_page_advice_off_unless_the_user_set_it(fi
     assert f"FIRST_READ HUGEPAGE {advised}" in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize(
+    ("traced", "argv"), [(False, ["--contrast", "a=a"]), (False, ["--contrast", "b=b"]), (True, [])]
+)
+def test_the_program_ends_at_its_result_without_the_interpreters_teardown(files, traced, argv):
+    """The voxfit program ends when its command has (voxfit.cli._end_process): its output written and flushed,
+    its exit status kept (0; 2 for a contrast naming no column), and no atexit handler run, unless a tracer or a
+    profiler is set (coverage, cProfile: they write their results at exit)."""
+    child = (
+        "import atexit, sys\n"
+        "atexit.register(print, 'ATEXIT')\n"
+        + ("sys.settrace(lambda *a: None)\n" if traced else "")
+        + "sys.argv = ['voxfit', *sys.argv[1:]]\n"
+        "import runpy\n"
+        "runpy.run_module('voxfit', run_name='__main__', alter_sys=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
+    args = ["fit", "bold.nii.gz", "--design", "d.tsv", *argv, "-o", "out"]
+    proc = subprocess.run([sys.executable, "-c", child, *args], cwd=files, env=env, capture_output=True, text=True)
+    ok = argv[1:] != ["b=b"]
+    assert proc.returncode == (0 if ok else 2), proc.stderr[-2000:]
+    assert ("ATEXIT" in proc.stdout) == traced
+    if ok:
+        assert (
+            proc.stdout.startswith("fitted ")
+            and " voxels x 12 scans, " in proc.stdout
+            and " files in out\n" in proc.stdout
+        )
+        assert (files / "out" / "model.json").is_file() and not list((files / "out").glob(".voxfit-partial-*"))
+    else:
+        assert proc.stderr.startswith("voxfit: error:") and proc.stderr.count("\n") == 1
+        assert not (files / "out").exists() or not any((files / "out").iterdir())
+
+
 def test_group_maps_are_read_once_while_the_model_imports(files, monkeypatch, capsys):
     """The CLI's load of a one-sample group's maps is the one SecondLevel uses (one pass over the maps), and
     the maps written equal those of SecondLevel in Python."""

@@ -1426,13 +1426,23 @@ def main(argv: list[str] | None = None) -> int:
         if not (as_program and interrupted):  # an interrupted program ignores signals until it has exited
             for s, handler in previous.items():
                 signal.signal(s, handler)
-    if as_program and code == 130:
-        # interrupted, and its partial output removed: end now, rather than after the interpreter's teardown
-        # behind worker threads still compressing an abandoned map (up to a second more on a busy machine)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
+    if as_program and (code == 130 or (sys.gettrace() is None and sys.getprofile() is None)):
+        _end_process(code)
     return code
+
+
+def _end_process(code: int) -> None:
+    """End the program now, its output written, committed and flushed: its threads are done or abandoned
+    (daemons hashing an input, or, interrupted, compressing a map whose partial output is gone), and the
+    interpreter's teardown (60 ms after a fit, clearing numpy's, scipy's and nibabel's modules; up to a second
+    more behind an abandoned thread on a busy machine) does nothing for the user. Not under a tracer or a
+    profiler (coverage, cProfile), which write their results at the interpreter's exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said on it
+            pass
+    os._exit(code)
 
 
 def program_settings() -> None:

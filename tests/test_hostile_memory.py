@@ -128,9 +128,12 @@ def _cifti(path: Path, n_vertices: int, n: int) -> Path:
     return path
 
 
-def _design(path: Path, n: int) -> Path:
-    x = np.sin(np.arange(n) / 5)
-    path.write_text("task\tintercept\n" + "".join(f"{v:.6f}\t1\n" for v in x))
+def _design(path: Path, n: int, columns: int = 2) -> Path:
+    """A task, `columns` - 2 nuisance regressors (smooth, as drifts and motion are) and the intercept."""
+    t = np.arange(n)
+    x = np.column_stack([np.sin(t / 5)] + [np.cos(t * (k + 1) / n) for k in range(columns - 2)] + [np.ones(n)])
+    names = ["task", *(f"nuisance{k}" for k in range(columns - 2)), "intercept"]
+    path.write_text("\t".join(names) + "\n" + "".join("\t".join(f"{v:.6f}" for v in row) + "\n" for row in x))
     return path
 
 
@@ -189,6 +192,8 @@ def test_interpreter_floor(tmp_path):
         # autocorrelations at every lag take one series a voxel (428 MiB before the AR blocks counted them)
         ("long_gz", "320M", ["--mask", "GRID", "--noise", "ar12"], False),
         ("long_gz", "320M", ["--mask", "GRID", "--noise", "ar1", "--diagnostics"], False),  # (346 MiB on the OLS one)
+        # a design of 20 columns, as a first level with motion and drifts has: the per-voxel sums grow with its rank
+        ("large", "352M", ["WIDE", "--noise", "ar1"], True),
     ],
 )
 def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
@@ -198,7 +203,8 @@ def test_fit_stays_under_the_cap(data, tmp_path, which, cap, options, streamed):
     else:
         shape = nib.load(path).shape
         n = shape[0] if len(shape) == 2 else shape[3]  # CIFTI: (scans, grayordinates)
-    design = _design(tmp_path / "design.tsv", n)
+    design = _design(tmp_path / "design.tsv", n, 20 if "WIDE" in options else 2)
+    options = [o for o in options if o != "WIDE"]
     if "MASK" in options:  # a brain-like mask: the ellipsoid inscribed in the grid
         img = nib.load(path)
         grid = np.meshgrid(*(np.linspace(-1, 1, k) for k in img.shape[:3]), indexing="ij")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from scipy.linalg.blas import dgemm
-
 from .._threads import DaemonExecutor, blas_single_threaded
 from ..core.ar import LaggedSums
 
@@ -16,7 +14,6 @@ __all__ = ["READ_BATCH", "ReadAccumulator", "ReadSums", "ScanSums"]
 
 READ_BATCH = 16  # scans gathered during a read before their sums are added (each addition visits every voxel)
 TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
-SLAB_SCANS = 32  # scans added to the sums at a time (larger slabs are split): a tile holds them and p held ones
 
 
 class ReadAccumulator:
@@ -66,18 +63,13 @@ class ScanSums:
     """LaggedSums accumulated slab by slab (scans in order): the products of a basis (its lagged columns for AR(p),
     the design's own for OLS) with the data, the data's lagged sums of products and their totals, each voxel about
     its first scan when `shift` (the design has the constant), so that the sums keep their digits. The streamed
-    pass's sums (``voxfit.engine.streaming``) and a read's (:class:`ReadSums`).
-
-    The products are kept by tiles of voxels, (tiles, basis columns + 1, width), the last row the totals: each
-    tile is one C-ordered block, its transpose Fortran-ordered, so BLAS adds a slab's products into it in place
-    (beta = 1) while the tile's shifted scans are still in cache, with no product array to add afterwards."""
+    pass's sums (``voxfit.engine.streaming``) and a read's (:class:`ReadSums`)."""
 
     def __init__(self, basis, order: int, n_voxels: int, shift: bool):
         self.basis, self.p, self.shift_allowed = basis, order, shift
-        self.n_voxels = n_voxels
-        self.width = max(256, TILE_BYTES // (8 * (order + SLAB_SCANS)))
-        self.tiles = np.zeros((-(-n_voxels // self.width), basis.shape[1] + 1, self.width))
+        self.products = np.zeros((basis.shape[1], n_voxels))
         self.s = np.zeros((order + 1, n_voxels))
+        self.total = np.zeros(n_voxels)
         self.top = np.zeros((order, n_voxels))
         self.tail = np.zeros((0, n_voxels))  # the last p scans seen
         self.shift = None
@@ -86,26 +78,24 @@ class ScanSums:
     def add(self, Y) -> None:
         if self.shift is None:
             self.shift = np.asarray(Y[0], dtype=np.float64).copy() if self.shift_allowed else np.zeros(Y.shape[1])
-        for i in range(0, Y.shape[0], SLAB_SCANS):
-            self._add(Y[i : i + SLAB_SCANS])
-
-    def _add(self, Y) -> None:
         k, p = Y.shape[0], self.p
         held = self.tail.shape[0]
-        width = self.width
-        # the slab's rows of the lagged basis and a column of ones for the totals, (k, columns + 1), Fortran-ordered
-        rows = np.asfortranarray(np.column_stack([self.basis[self.t : self.t + k], np.ones(k)]))
-        z_buf = np.empty((held + k, width))
+        m = self.products.shape[0]
+        # the slab's rows of the lagged basis, and a row of ones for the totals: one product per tile
+        rows = np.ascontiguousarray(np.column_stack([self.basis[self.t : self.t + k], np.ones(k)]).T)
+        width = max(256, min(Y.shape[1], TILE_BYTES // (8 * (held + k))))
+        z_buf, out_buf = np.empty((held + k, width)), np.empty((m + 1, width))
         with np.errstate(invalid="ignore", over="ignore"):  # voxels with NaN or inf: left out of the mask
-            for tile, j0 in enumerate(range(0, self.n_voxels, width)):
+            for j0 in range(0, Y.shape[1], width):
                 cols = slice(j0, j0 + width)
-                w = min(width, self.n_voxels - j0)
-                z = z_buf if w == width else z_buf[:, :w]  # the held scans, then this slab's, shifted, float64
+                z = z_buf[:, : min(width, Y.shape[1] - j0)]  # the held scans, then this slab's, shifted, float64
                 z[:held] = self.tail[:, cols]
                 y = z[held:]
-                y[...] = Y[:, cols]
-                y -= self.shift[cols]
-                _add_product(self.tiles[tile] if w == width else self.tiles[tile, :, :w], y, rows)
+                np.subtract(Y[:, cols], self.shift[cols], out=y)
+                out = out_buf[:, : z.shape[1]]
+                np.matmul(rows, y, out=out)
+                self.products[:, cols] += out[:m]
+                self.total[cols] += out[m]
                 self.s[0, cols] += np.einsum("tv,tv->v", y, y)
                 for lag in range(1, p + 1):  # pairs whose later scan is in this slab
                     first = max(lag, held)
@@ -119,25 +109,10 @@ class ScanSums:
             self.tail = np.concatenate([self.tail, last])[-p:]
         self.t += k
 
-    def products(self) -> NDArray:
-        """The products with the basis's columns, then the totals, (columns + 1, voxels)."""
-        tiles = self.tiles
-        return tiles.transpose(1, 0, 2).reshape(tiles.shape[1], -1)[:, : self.n_voxels]
-
     def result(self, rank: int) -> LaggedSums:
-        products = self.products()
-        lagged = products[:-1].reshape(self.p + 1, rank, -1)
+        lagged = self.products.reshape(self.p + 1, rank, -1)
         shift = self.shift if self.shift_allowed else None
-        return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), products[-1], shift)
-
-
-def _add_product(out, y, rows) -> None:
-    """``out += rows.T @ y``: in place by BLAS (``out.T = y.T @ rows + out.T``) where `out` is one C-ordered block."""
-    if out.flags.c_contiguous:
-        done = dgemm(1.0, y.T, rows, beta=1.0, c=out.T, overwrite_c=True)
-        if np.shares_memory(done, out):
-            return
-    out += rows.T @ y
+        return LaggedSums(lagged, self.s, self.top, self.tail[::-1].copy(), self.total, shift)
 
 
 class ReadSums(ReadAccumulator):
@@ -166,4 +141,4 @@ class ReadSums(ReadAccumulator):
 
     def mean(self) -> NDArray:
         """Each voxel's mean over the scans (after ``finish``)."""
-        return self.sums.shift + self.sums.products()[-1] / self.n_scans
+        return self.sums.shift + self.sums.total / self.n_scans

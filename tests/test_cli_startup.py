@@ -124,37 +124,57 @@ def test_the_program_turns_numpys_huge_page_advice_off_unless_the_user_set_it(fi
     assert f"FIRST_READ HUGEPAGE {advised}" in proc.stdout, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize(
-    ("traced", "argv"), [(False, ["--contrast", "a=a"]), (False, ["--contrast", "b=b"]), (True, [])]
-)
-def test_the_program_ends_at_its_result_without_the_interpreters_teardown(files, traced, argv):
-    """The voxfit program ends when its command has (voxfit.cli._end_process): its output written and flushed,
-    its exit status kept (0; 2 for a contrast naming no column), and no atexit handler run, unless a tracer or a
-    profiler is set (coverage, cProfile: they write their results at exit)."""
-    child = (
-        "import atexit, sys\n"
-        "atexit.register(print, 'ATEXIT')\n"
-        + ("sys.settrace(lambda *a: None)\n" if traced else "")
-        + "sys.argv = ['voxfit', *sys.argv[1:]]\n"
-        "import runpy\n"
-        "runpy.run_module('voxfit', run_name='__main__', alter_sys=True)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
-    args = ["fit", "bold.nii.gz", "--design", "d.tsv", *argv, "-o", "out"]
-    proc = subprocess.run([sys.executable, "-c", child, *args], cwd=files, env=env, capture_output=True, text=True)
-    ok = argv[1:] != ["b=b"]
-    assert proc.returncode == (0 if ok else 2), proc.stderr[-2000:]
-    assert ("ATEXIT" in proc.stdout) == traced
-    if ok:
-        assert (
-            proc.stdout.startswith("fitted ")
-            and " voxels x 12 scans, " in proc.stdout
-            and " files in out\n" in proc.stdout
-        )
-        assert (files / "out" / "model.json").is_file() and not list((files / "out").glob(".voxfit-partial-*"))
+@pytest.mark.parametrize("how", ["program", "bad input", "traced", "profiled", "called from Python"])
+def test_the_program_ends_at_its_result_without_the_interpreters_teardown(files, tmp_path, how):
+    """The voxfit program (``python -m voxfit``, the ``voxfit`` script: voxfit.cli.program) ends when its command
+    has: its output written and flushed, its exit status kept (2 for a contrast naming no column), and no atexit
+    handler run. Under a tracer or a profiler (coverage, cProfile), which write their results at exit, it exits as
+    usual; so does voxfit.cli.main called from Python code, which keeps its process."""
+    contrast = "b=b" if how == "bad input" else "a=a"
+    args = ["fit", "bold.nii.gz", "--design", "d.tsv", "--contrast", contrast, "-o", "out"]
+    prelude = "import atexit, sys\natexit.register(print, 'ATEXIT')\n"
+    if how == "profiled":
+        command = ["-m", "cProfile", "-o", str(tmp_path / "profile.out"), "-m", "voxfit", *args]
+    elif how == "called from Python":
+        command = ["-c", prelude + "from voxfit.cli import main\nprint('CALLER', main())", *args]
     else:
+        run = "sys.argv = ['voxfit', *sys.argv[1:]]\nimport runpy\nrunpy.run_module('voxfit', run_name='__main__')\n"
+        command = ["-c", prelude + ("sys.settrace(lambda *a: None)\n" if how == "traced" else "") + run, *args]
+    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, *command], cwd=files, env=env, capture_output=True, text=True)
+    assert proc.returncode == (2 if how == "bad input" else 0), proc.stderr[-2000:]
+    assert ("ATEXIT" in proc.stdout) == (how in ("traced", "called from Python"))
+    if how == "bad input":
         assert proc.stderr.startswith("voxfit: error:") and proc.stderr.count("\n") == 1
         assert not (files / "out").exists() or not any((files / "out").iterdir())
+        return
+    summary = proc.stdout.splitlines()[0]
+    assert summary.startswith("fitted ") and " voxels x 12 scans, " in summary and summary.endswith(" files in out")
+    assert (files / "out" / "model.json").is_file() and not list((files / "out").glob(".voxfit-partial-*"))
+    assert ("CALLER 0" in proc.stdout) == (how == "called from Python")
+    assert (tmp_path / "profile.out").is_file() == (how == "profiled")
+
+
+def test_a_failed_last_flush_ends_the_program_with_status_120_as_python_does(monkeypatch, capfd):
+    """Output left in the standard output's buffer that cannot be written when the program ends: status 120 and a
+    line on the standard error, as the interpreter's own exit gives (here no longer silent, as os._exit would be)."""
+    import io
+
+    from voxfit import cli
+
+    class Full(io.StringIO):
+        name = "<stdout>"
+
+        def flush(self):
+            raise OSError(28, "No space left on device")
+
+    ended = []
+    monkeypatch.setattr(cli.sys, "stdout", Full())
+    monkeypatch.setattr(cli, "_observed", lambda: False)
+    monkeypatch.setattr(cli.os, "_exit", lambda code: ended.append(code))
+    cli._end_process(0)
+    assert ended == [120]
+    assert "voxfit: error: could not write the <stdout>: [Errno 28] No space left on device" in capfd.readouterr().err
 
 
 def test_group_maps_are_read_once_while_the_model_imports(files, monkeypatch, capsys):

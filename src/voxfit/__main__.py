@@ -1,7 +1,5 @@
 """``python -m voxfit`` is the ``voxfit`` command."""
 
-import sys
+from .cli import program
 
-from .cli import main
-
-sys.exit(main())
+program()

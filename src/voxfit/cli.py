@@ -10,6 +10,7 @@ exit status 1 is kept for voxfit's own bugs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -18,7 +19,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ._version import __version__
 from .exceptions import InputError, VoxfitError
@@ -1247,8 +1248,6 @@ def _group_preload(args, inputs: list[str], progress):
     where it is known from the command line alone: maps given as files, in memory (no --max-memory, no
     --scheduler), in the order given (no --design, --paired, variances or first-level folders, which match or
     pair the maps by subject). Anything else loads as SecondLevel decides."""
-    import contextlib
-
     from .io import expand_run, load, open_reader
     from .io.dataset import preloaded
 
@@ -1411,38 +1410,62 @@ def _on_signal(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    as_program = argv is None  # `voxfit ...` or `python -m voxfit ...`: the process ends when this returns
-    if as_program:
-        program_settings()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The command line on `argv` (default: ``sys.argv[1:]``); returns its exit status. Python code that calls it
+    keeps its process; the voxfit program itself is :func:`program`."""
+    return _command(sys.argv[1:] if argv is None else list(argv), program=False)
+
+
+def program() -> NoReturn:
+    """The voxfit program (the ``voxfit`` script, ``python -m voxfit``): the command line on ``sys.argv`` in a
+    process set up for it (:func:`program_settings`), which ends as soon as the command has (:func:`_end_process`)."""
+    program_settings()
+    _end_process(_command(sys.argv[1:], program=True))
+
+
+def _command(argv: list[str], program: bool) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     # (a SIGINT that the parent made ignored, as for background jobs, stays ignored, as Python leaves it)
     handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, _on_signal) for s in handled} if in_main else {}
     try:
-        code = _main(argv)
+        return _main(argv)
     finally:
         interrupted = any(signal.getsignal(s) is ignore_signal for s in previous)
-        if not (as_program and interrupted):  # an interrupted program ignores signals until it has exited
+        if not (program and interrupted):  # an interrupted program ignores signals until it has exited
             for s, handler in previous.items():
                 signal.signal(s, handler)
-    if as_program and (code == 130 or (sys.gettrace() is None and sys.getprofile() is None)):
-        _end_process(code)
-    return code
 
 
-def _end_process(code: int) -> None:
-    """End the program now, its output written, committed and flushed: its threads are done or abandoned
-    (daemons hashing an input, or, interrupted, compressing a map whose partial output is gone), and the
-    interpreter's teardown (60 ms after a fit, clearing numpy's, scipy's and nibabel's modules; up to a second
-    more behind an abandoned thread on a busy machine) does nothing for the user. Not under a tracer or a
-    profiler (coverage, cProfile), which write their results at the interpreter's exit."""
+def _end_process(code: int) -> NoReturn:
+    """End the program, its output written, committed and flushed: its threads are done or abandoned (daemons
+    hashing an input, or, interrupted, compressing a map whose partial output is gone), and the interpreter's
+    teardown (60 ms after a fit, clearing numpy's, scipy's and nibabel's modules; up to a second more behind an
+    abandoned thread on a busy machine) does nothing for the user. As the interpreter's own exit: status 120
+    where the output could not be written (a full disk, a closed pipe). Watched by a tracer or a profiler
+    (coverage, cProfile, a debugger), which write their results at the interpreter's exit, it exits as usual,
+    unless interrupted."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said on it
+        except OSError as exc:
+            code = 120
+            with contextlib.suppress(OSError, ValueError):
+                os.write(2, f"voxfit: error: could not write the {stream.name}: {exc}\n".encode(errors="replace"))
+        except ValueError:  # a stream already closed: nothing left in it
             pass
+    if code != 130 and _observed():
+        sys.exit(code)
     os._exit(code)
+
+
+def _observed() -> bool:
+    """Whether a tracer or a profiler watches the process: ``sys.settrace`` or ``sys.setprofile`` (coverage,
+    cProfile, pdb up to Python 3.11), or a tool of ``sys.monitoring`` (Python 3.12 on: cProfile, coverage's
+    sysmon core)."""
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    return monitoring is not None and any(monitoring.get_tool(tool) is not None for tool in range(6))
 
 
 def program_settings() -> None:

@@ -8,7 +8,10 @@ The automatic mask keeps elements that are finite in every scan and not constant
 For compressed files the data can only be read front to back, so the automatic mask is found in the same
 pass that gathers the data: elements that are finite, non-zero (and above the threshold) in the first
 scan are gathered, and the final mask is taken from them after the last scan. Elements that are zero in
-the first scan but vary later, rare outside zero-filled background, are read in a second pass.
+the first scan but vary later, rare outside zero-filled background, are read in a second pass. Once no other
+element can still be kept (each has failed a check that stays failed: as a rule the background, below the
+threshold in the first scan), the later scans are checked on the gathered elements alone; their globals still
+come from whole scans.
 """
 
 from __future__ import annotations

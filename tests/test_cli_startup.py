@@ -124,12 +124,13 @@ def test_the_program_turns_numpys_huge_page_advice_off_unless_the_user_set_it(fi
     assert f"FIRST_READ HUGEPAGE {advised}" in proc.stdout, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("how", ["program", "bad input", "traced", "profiled", "called from Python"])
+@pytest.mark.parametrize("how", ["program", "bad input", "traced", "profiled", "called from Python", "full disk"])
 def test_the_program_ends_at_its_result_without_the_interpreters_teardown(files, tmp_path, how):
     """The voxfit program (``python -m voxfit``, the ``voxfit`` script: voxfit.cli.program) ends when its command
-    has: its output written and flushed, its exit status kept (2 for a contrast naming no column), and no atexit
-    handler run. Under a tracer or a profiler (coverage, cProfile), which write their results at exit, it exits as
-    usual; so does voxfit.cli.main called from Python code, which keeps its process."""
+    has: its output written and flushed, its exit status kept (2 for a contrast naming no column, or for a summary
+    that a full disk refused after the output was written), and no atexit handler run. Under a tracer or a
+    profiler (coverage, cProfile), which write their results at exit, it exits as usual; so does
+    voxfit.cli.main called from Python code, which keeps its process."""
     contrast = "b=b" if how == "bad input" else "a=a"
     args = ["fit", "bold.nii.gz", "--design", "d.tsv", "--contrast", contrast, "-o", "out"]
     prelude = "import atexit, sys\natexit.register(print, 'ATEXIT')\n"
@@ -141,6 +142,16 @@ def test_the_program_ends_at_its_result_without_the_interpreters_teardown(files,
         run = "sys.argv = ['voxfit', *sys.argv[1:]]\nimport runpy\nrunpy.run_module('voxfit', run_name='__main__')\n"
         command = ["-c", prelude + ("sys.settrace(lambda *a: None)\n" if how == "traced" else "") + run, *args]
     env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
+    if how == "full disk":  # the summary cannot be printed after the output is committed: said so, in one line
+        if not Path("/dev/full").exists():
+            pytest.skip("no /dev/full")
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, *command], cwd=files, env=env, stdout=full, stderr=subprocess.PIPE)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert proc.stderr.startswith(b"voxfit: error: the output was written to ")
+        assert b"no space left on device while writing the standard output" in proc.stderr
+        assert (files / "out" / "model.json").is_file()
+        return
     proc = subprocess.run([sys.executable, *command], cwd=files, env=env, capture_output=True, text=True)
     assert proc.returncode == (2 if how == "bad input" else 0), proc.stderr[-2000:]
     assert ("ATEXIT" in proc.stdout) == (how in ("traced", "called from Python"))

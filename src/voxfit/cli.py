@@ -1519,6 +1519,15 @@ def _main(argv: list[str]) -> int:
         name = exc.filename  # a map's final name, not the temporary folder it was being written into
         if name is not None:
             name = re.sub(r"[/\\]\.voxfit-partial-\d+(?=[/\\])", "", str(name))
+        output = sys.modules.get("voxfit.io.output")
+        done = output.COMMITTED[commits:] if output is not None else []
+        if name is None and done:  # after the commit: the summary, printed to the standard output
+            print(
+                f"voxfit: error: the output was written to {done[-1]}, but "
+                f"{InputError.from_os_error(exc, 'the standard output')}",
+                file=sys.stderr,
+            )
+            return 2
         print(f"voxfit: error: {InputError.from_os_error(exc, name)}", file=sys.stderr)
         return 2
     except Exception as exc:  # an internal error: one line, the traceback on request

@@ -10,6 +10,8 @@ import pytest
 import voxfit
 from voxfit.exceptions import InputError
 from voxfit.io import CiftiGeometry, Masker, Reader, ScaledArray, SurfaceGeometry, VolumeGeometry, open_reader
+from voxfit.engine.streaming import fit_streaming
+from voxfit.io.masking import AutoMask, greater, spm_globals
 from voxfit.io.readers import open_map
 
 from .imaging import (
@@ -506,13 +508,9 @@ def test_thresholded_automatic_mask_is_spms_rule_in_every_scan(tmp_path, rng, mo
         assert want.sum() > 60 and not want[0].any() and not want[1, 1:3, 1:3].any()
     else:  # a voxel zero in the first scan is kept, as no candidate of it
         assert want[(0, 1, 1) if values == "negative global" else (0, 2, 2)]
-    from voxfit.io.masking import AutoMask
-
     restricted, original = [], AutoMask.restricted
     monkeypatch.setattr(AutoMask, "restricted", lambda auto, index: restricted.append(index) or original(auto, index))
     if route == "streamed":
-        from voxfit.engine.streaming import fit_streaming
-
         X = np.column_stack([np.arange(n) / n, np.ones(n)])
         got = fit_streaming(source, X, {}, mask_threshold=0.8, scans_per_slab=5).masker.mask
     else:
@@ -523,8 +521,6 @@ def test_thresholded_automatic_mask_is_spms_rule_in_every_scan(tmp_path, rng, mo
 
 
 def test_greater_compares_float32_values_as_float64_does():
-    from voxfit.io.masking import greater
-
     x = (rng := np.random.default_rng(3)).standard_normal(5000).astype(np.float32) * 1e3
     big = np.finfo(np.float32).max
     x = np.concatenate([x, np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, big, -big, 1e-45], dtype=np.float32)])
@@ -538,8 +534,6 @@ def test_greater_compares_float32_values_as_float64_does():
 
 
 def test_spm_globals_equal_their_float64_definition(rng):
-    from voxfit.io.masking import spm_globals
-
     scans = (100 + 10 * rng.standard_normal((6, 500))).astype(np.float32)
     scans[:, :100] = 0.0
     scans[1, 3] = np.nan  # a scan with non-finite values: the mean of the finite ones

@@ -1488,8 +1488,7 @@ def _main(argv: list[str]) -> int:
         print("voxfit: error: give a command: fit, design, group, bids, report or demo (see --help)", file=sys.stderr)
         return 2
     debug = getattr(args, "debug", False)
-    output = sys.modules.get("voxfit.io.output")
-    commits = len(output.COMMITTED) if output is not None else 0
+    commits = len(_committed_since(0))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -1504,8 +1503,7 @@ def _main(argv: list[str]) -> int:
         print(f"voxfit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        output = sys.modules.get("voxfit.io.output")
-        done = output.COMMITTED[commits:] if output is not None else []
+        done = _committed_since(commits)
         if done:  # (a Ctrl-C held during the commit arrives after it)
             print(f"voxfit: interrupted after the output was written to {done[-1]}.", file=sys.stderr)
         else:
@@ -1519,8 +1517,7 @@ def _main(argv: list[str]) -> int:
         name = exc.filename  # a map's final name, not the temporary folder it was being written into
         if name is not None:
             name = re.sub(r"[/\\]\.voxfit-partial-\d+(?=[/\\])", "", str(name))
-        output = sys.modules.get("voxfit.io.output")
-        done = output.COMMITTED[commits:] if output is not None else []
+        done = _committed_since(commits)
         if name is None and done:  # after the commit: the summary, printed to the standard output
             print(
                 f"voxfit: error: the output was written to {done[-1]}, but "
@@ -1532,6 +1529,13 @@ def _main(argv: list[str]) -> int:
         return 2
     except Exception as exc:  # an internal error: one line, the traceback on request
         return _internal_error(exc, debug)
+
+
+def _committed_since(count: int) -> list:
+    """The output folders this process has committed after its first `count` (none before voxfit.io.output is
+    imported)."""
+    output = sys.modules.get("voxfit.io.output")
+    return output.COMMITTED[count:] if output is not None else []
 
 
 def _internal_error(exc: BaseException, debug: bool) -> int:

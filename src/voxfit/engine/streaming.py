@@ -33,7 +33,7 @@ from ..core.film import film_lags, residual_lagged_products
 from ..core.ols import finite_columns, fit_from_sums, needs_refit
 from ..exceptions import InputError
 from ..io import check_design_rows, Masker, ScaledArray, explicit_mask, open_reader
-from ..io.masking import AutoMask, gather, resolve_mask_threshold
+from ..io.masking import AutoMask, gather, resolve_mask_threshold, scaled_globals
 from ..core._kernels import AUTO_COMPILE_ELEMENTS
 from ._reading import ReadSums, ScanSums
 from .ar import ARFit, ARMaps
@@ -325,7 +325,7 @@ def _accumulate(
                 if rest is None and (mask is not None or auto.settled()):
                     kept = auto.restricted(index)  # only the candidates can be kept: checked on their values
             elif kept is not None:
-                kept.add(gathered, globals_=None if threshold is None else auto.scan_globals(values))
+                kept.add(gathered, globals_=None if threshold is None else scaled_globals(values))
             elif rest is None:
                 auto.add(values)
             elif rest.size:

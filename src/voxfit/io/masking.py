@@ -251,9 +251,14 @@ class ScanGlobals:
 
     def add(self, start: int, block: NDArray) -> NDArray[np.float64]:
         """Record the globals of the scans `block` (k, n_elements) from scan `start` on; returns them."""
-        for i, scan in enumerate(block, start):  # one at a time: scaled copies of one scan only
-            self.values[i] = spm_globals(apply_scale(scan[None], self.scale))[0]
+        self.values[start : start + len(block)] = scaled_globals(block, self.scale)
         return self.values[start : start + len(block)]
+
+
+def scaled_globals(block: NDArray, scale=None) -> NDArray[np.float64]:
+    """:func:`spm_globals` of the whole scans `block` (k, n_elements) as the fit sees them (`scale`: slope,
+    intercept), a scan at a time: a scaled copy of one scan only."""
+    return np.array([spm_globals(apply_scale(scan[None], scale))[0] for scan in block])
 
 
 class AutoMask:
@@ -272,10 +277,6 @@ class AutoMask:
         self.above = np.ones(n_elements, dtype=bool)
         self.nonzero_all = np.ones(n_elements, dtype=bool)
         self.whole = True  # whether add() is given whole scans (see restricted)
-
-    def scan_globals(self, block: NDArray) -> list[float]:
-        """The globals of the whole scans `block` (k, n_elements) as the threshold uses them."""
-        return [spm_globals(apply_scale(scan[None], self.scale))[0] for scan in block]
 
     def settled(self) -> bool:
         """Whether no element but the first scan's candidates can still be kept: each other one has failed a
@@ -299,7 +300,7 @@ class AutoMask:
         if self.threshold is not None and globals_ is None:
             if not self.whole:
                 raise ValueError("a restricted AutoMask's threshold needs the globals of the whole scans.")
-            globals_ = self.scan_globals(block)
+            globals_ = scaled_globals(block, self.scale)
         if columns is not None and (self.first is None or self.threshold is not None or self.nonzero):
             raise ValueError("AutoMask.add(columns=...) needs whole scans first, and no threshold or `nonzero`.")
         if self.first is None:
@@ -390,7 +391,9 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
         if kept is not None:
             rows = out[start : start + block.shape[0]]
             _take_columns(block, cand_index, rows)
-            kept.add(rows, globals_=auto.scan_globals(block) if scans is None and threshold is not None else scans)
+            if scans is None and threshold is not None:
+                scans = scaled_globals(block, reader.scale)
+            kept.add(rows, globals_=scans)
         else:
             auto.add(block, globals_=scans)
             if into is None:

@@ -285,6 +285,74 @@ def test_cifti_automatic_mask_gathers_every_grayordinate_into_one_array(tmp_path
     npt.assert_array_equal(wrapped, data[:, [-1, 0, 0]])
 
 
+@pytest.mark.parametrize("stored", ["<f4", ">f4", "<i2", "<f8"])
+def test_cifti_series_are_held_as_stored(tmp_path, rng, monkeypatch, stored):
+    """CIFTI files store each grayordinate's series together; voxfit holds them so (the data F-ordered, with no
+    transpose made) when no whole scan is wanted: one run or two, every grayordinate or an explicit mask's, the
+    automatic mask's (constant and NaN series moved out in the same buffer), in every stored dtype and byte
+    order; the values are those of the scans as nibabel reads them, and the fits those of the scans in C order."""
+    from voxfit.io import masking, readers
+
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 120, 2), 120, name="CortexLeft")
+    runs, paths = [], []
+    for r, n in enumerate((17, 23)):
+        values = rng.standard_normal((n, len(models))) * 50 + 100
+        values[:, 3] = 7.0  # constant: out of the automatic mask
+        if stored != "<i2":
+            values[5 + r, 11] = np.nan
+        values = values.astype(stored)
+        paths.append(tmp_path / f"run-{r}.dtseries.nii")
+        nib.save(nib.Cifti2Image(values, header=(nib.cifti2.SeriesAxis(0, 2, n), models)), paths[-1])
+        runs.append(np.asarray(nib.load(paths[-1]).get_fdata(dtype=np.float64)))
+    whole = np.concatenate(runs)
+
+    def transposed(*args):
+        raise AssertionError("a transpose made")
+
+    monkeypatch.setattr(readers, "_transpose_into", transposed)
+    monkeypatch.setattr(readers, "TILE_SERIES", 8)  # (tiles of series across the runs' files)
+    monkeypatch.setattr(readers, "TILE_BYTES", 8 * 23 * 4)
+    monkeypatch.setattr(masking, "SERIES_TILE_BYTES", 5 * 40 * 8)  # (the automatic mask's checks by tiles)
+    for inputs, want in ((paths[:1], runs[0]), (paths, whole)):
+        reader = open_reader([str(p) for p in inputs])
+        assert reader.series_major
+        auto = voxfit.load([str(p) for p in inputs])
+        keep = np.isfinite(want).all(axis=0) & (want != want[0]).any(axis=0)
+        npt.assert_array_equal(auto.masker.mask, keep)
+        assert auto.data.flags.f_contiguous and auto.data.dtype == np.dtype(stored).newbyteorder("=")
+        npt.assert_array_equal(auto.data, want[:, keep])
+        some = rng.random(len(models)) < 0.4
+        explicit = voxfit.load([str(p) for p in inputs], mask=some)
+        assert explicit.data.flags.f_contiguous
+        npt.assert_array_equal(explicit.data, want[:, some])
+        X = np.column_stack([np.ones(len(want)), np.arange(len(want)), rng.standard_normal(len(want))])
+        by_series = voxfit.engine.fit(X, explicit.data)
+        by_scans = voxfit.engine.fit(X, np.ascontiguousarray(explicit.data))
+        npt.assert_allclose(by_series.betas, by_scans.betas, rtol=1e-6, atol=1e-9)
+        npt.assert_allclose(by_series.residual_variance, by_scans.residual_variance, rtol=1e-6)
+    monkeypatch.undo()
+    globals_ = voxfit.load([str(p) for p in paths], scan_globals=True)  # whole scans wanted: held as scans
+    assert globals_.data.flags.c_contiguous
+    npt.assert_array_equal(globals_.data, whole[:, np.isfinite(whole).all(axis=0) & (whole != whole[0]).any(axis=0)])
+
+
+def test_keep_columns_moves_series_within_their_buffer(rng):
+    """keep_columns on data held as series (F-ordered) keeps the columns asked for, in order, in the same buffer
+    and order, for every step of the moves; C-ordered data as before."""
+    from voxfit.io import masking
+
+    for step_bytes in (1, 3 * 7 * 4, 1 << 20):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(masking, "SERIES_TILE_BYTES", step_bytes)
+            for order in "FC":
+                data = np.asarray(rng.standard_normal((7, 40)), dtype=np.float32, order=order)
+                index = np.flatnonzero(rng.random(40) < 0.5)
+                want = data[:, index].copy()
+                kept = masking.keep_columns(data, index)
+                npt.assert_array_equal(kept, want)
+                assert np.shares_memory(kept, data) and kept.flags[f"{order}_CONTIGUOUS"]
+
+
 def test_masker_inverse_checks_sizes():
     m = Masker(SurfaceGeometry(5), np.array([1, 0, 1, 1, 0], bool))
     npt.assert_array_equal(m.inverse([1.0, 2.0, 3.0])[0, [0, 2, 3]], [1, 2, 3])

@@ -47,6 +47,8 @@ __all__ = [
     "spm_globals",
 ]
 
+SERIES_TILE_BYTES = 1 << 20  # of data held as series, checked or moved at a time (see AutoMask.add_series)
+
 
 @dataclass(frozen=True, eq=False)
 class Masker:
@@ -133,13 +135,14 @@ def gather(
     (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, and, after each slab, the array
     being filled and the number of scans in it so far to ``observe(out, stop)``, when given). A reader that
     writes its scans into an array itself (``scans_into``: CIFTI) fills `out` directly: with every element, or
-    with the elements `index` (increasing) when no whole scan is wanted (no `globals_`). Other readers read
-    slabs of at most `slab_bytes` (and a .nii.gz three of them at once)."""
+    with the elements `index` (increasing) when no whole scan is wanted (no `globals_`); as each element's
+    series (an F-ordered `out`) when its files hold them so (``series_major``) and no whole scan is wanted. Other
+    readers read slabs of at most `slab_bytes` (and a .nii.gz three of them at once)."""
     _check_gathered(reader, index.size)
-    out = np.empty((reader.n_scans, index.size), dtype=reader.dtype)
     into, n_elements = getattr(reader, "scans_into", None), reader.geometry.n_elements
     every = _every_column(index, n_elements)
     direct = into is not None and (every or (globals_ is None and _increasing_within(index, n_elements)))
+    out = _scans_array(reader, index.size, by_series=direct and globals_ is None)
     bar = Progress("reading", reader.n_scans, enabled=progress)
     slabs = into(out, None if every else index) if direct else reader.iter_scans(slab_bytes)
     for start, block in slabs:
@@ -152,6 +155,15 @@ def gather(
         bar.update(start + block.shape[0])
     bar.close()
     return out
+
+
+def _scans_array(reader, n_columns: int, by_series: bool) -> NDArray:
+    """An empty (n_scans, n_columns) array of the reader's dtype for its data: F-ordered (each column's series
+    together) where the reader writes its files' series into it as stored (``series_major``: a CIFTI run read in
+    0.1 s, against 0.35 s transposed into scans), and `by_series` allows it (no whole scan is wanted); else C."""
+    if by_series and getattr(reader, "series_major", False):
+        return np.empty((n_columns, reader.n_scans), dtype=reader.dtype).T
+    return np.empty((reader.n_scans, n_columns), dtype=reader.dtype)
 
 
 def _every_column(index: NDArray, n_columns: int) -> bool:
@@ -322,6 +334,15 @@ class AutoMask:
             for scan, g in zip(block, globals_):  # one at a time: scaled copies of one scan only
                 self.above &= greater(apply_scale(scan, self.scale), self.threshold * g)
 
+    def add_series(self, data: NDArray) -> None:
+        """Check every scan of `data` (n_scans, n_elements) held as each element's series (F-ordered): the first
+        scan, then tiles of whole series, which lie together (scan by scan, each check would stride across all
+        of them: 0.5 s against 0.1 s for a 91k x 1200 CIFTI run). Not with a threshold or `nonzero`."""
+        self.add(data[:1])
+        step = max(1, SERIES_TILE_BYTES // max(1, data.shape[0] * data.itemsize))
+        for a in range(0, data.shape[1], step):
+            self.add(data[1:, a : a + step], columns=slice(a, a + step))
+
     def add_squares(self, columns: NDArray, squares: NDArray) -> None:
         """Check `columns` from their sums over all scans of ``(value - first scan's value)^2`` in float64
         (float32 values: no finite value overflows): finite where the sum is, varying where it is positive."""
@@ -357,14 +378,22 @@ def global_sums_block(source, a: int, b: int, cut: NDArray | None = None) -> NDA
 
 
 def keep_columns(data: NDArray, index: NDArray[np.intp]) -> NDArray:
-    """``data[:, index]`` (`index` increasing) for a C-contiguous (n, m) array that the caller gives up, without
-    a second copy of the data: each row is moved, in order, to the front of the same buffer (row t lands at
-    or before where row t was, so no row is overwritten before it is read). The result is C-contiguous and
-    shares `data`'s buffer; the peak memory is one row more, not twice the data."""
+    """``data[:, index]`` (`index` increasing) for a C- or F-contiguous (n, m) array that the caller gives up,
+    without a second copy of the data: each row (each column of an F-ordered array) is moved, in order, to the
+    front of the same buffer (row t lands at or before where row t was, so no row is overwritten before it is
+    read). The result has `data`'s order and shares its buffer; the peak memory is one row more, not twice the
+    data."""
     n, m = data.shape
     k = index.size
-    if k == m or not data.flags.c_contiguous or not data.flags.writeable:
+    if k == m or not data.flags.writeable or not (data.flags.c_contiguous or data.flags.f_contiguous):
         return data if k == m else np.take(data, index, axis=1)
+    if not data.flags.c_contiguous:  # each column's series together: the kept ones moved to the front
+        series = data.T
+        step = max(1, SERIES_TILE_BYTES // max(1, n * data.itemsize))  # series a move (a copy taken, then written)
+        for j in range(0, k, step):
+            moved = index[j : j + step]
+            series[j : j + moved.size] = series[moved]
+        return series[:k].T
     flat = data.reshape(-1)
     for t in range(n):
         flat[t * k : (t + 1) * k] = data[t, index]  # (a copy of the row's kept values, then written)
@@ -383,7 +412,8 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
     if into is not None:
         gathered = np.ones(n_elements, dtype=bool)
         _check_gathered(reader, n_elements)
-        out = np.empty((reader.n_scans, n_elements), dtype=reader.dtype)
+        out = _scans_array(reader, n_elements, by_series=globals_ is None and threshold is None)
+    series = out is not None and not out.flags.c_contiguous  # each element's series together: checked after
     bar = Progress("reading", reader.n_scans, enabled=progress)
     kept = None  # once only the first scan's candidates can be kept: their mask, checked on their values only
     for start, block in reader.iter_scans() if into is None else into(out):
@@ -394,7 +424,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
             if scans is None and threshold is not None:
                 scans = scaled_globals(block, reader.scale)
             kept.add(rows, globals_=scans)
-        else:
+        elif not series:
             auto.add(block, globals_=scans)
             if into is None:
                 if out is None:
@@ -407,6 +437,8 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
                     kept = auto.restricted(cand_index)
         bar.update(start + block.shape[0])
     bar.close()
+    if series:
+        auto.add_series(out)
     mask = auto.mask()
     if kept is not None:
         mask[:] = False
@@ -416,7 +448,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
         raise InputError(
             f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan."
         )
-    data = keep_columns(out, np.flatnonzero(mask[gathered]))  # C order, as gather and column sources give
+    data = keep_columns(out, np.flatnonzero(mask[gathered]))  # in out's order
     missed = np.flatnonzero(mask & ~gathered)
     if missed.size:  # zero in the first scan but varying later: a second pass for those only
         extra = gather(reader, missed, progress)

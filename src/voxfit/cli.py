@@ -1090,8 +1090,12 @@ def _run_fit(args, argv, progress) -> int:
             what = "runs (folders, patterns or lists of scans)" if runs else "4-D inputs"
             raise InputError(f"{len(args.inputs)} {what} for one {kind}; give one {kind} per run ({example} ...).")
         _warn_out_of_order(args.inputs)
+    from dataclasses import replace
+
     from ._execution import Execution
+    from ._threads import DaemonExecutor
     from .io import load, open_reader
+    from .models.record import input_records
     from .models._routing import (
         MEMORY,
         ScanObserver,
@@ -1114,8 +1118,6 @@ def _run_fit(args, argv, progress) -> int:
         if (rft and read_gathers_sums(rft, args.mask, args.scaling, order, route, args.scheduler)) or read_fits(
             rft, args.mask, args.scaling, order, route, execution
         ):
-            from dataclasses import replace
-
             route = replace(route, observer=ScanObserver())  # RFT's or OLS's sums of the data, gathered as read
         loading = _in_thread(
             load,
@@ -1126,6 +1128,13 @@ def _run_fit(args, argv, progress) -> int:
             scan_globals=args.scaling == "global",
             observe=route.observer,
         )
+        if args.inference != "rft":
+            # the inputs' checksums from the read's start, not after the imports (0.3 s later). Beside a
+            # decompression at a low priority, as fit_images's; else at the fit's own: a 1.65 GB .nii's SHA-256
+            # (1.15 s) outlasts the read and fit (0.65 s), and waited behind the fit and the maps (1.74 -> 1.67 s)
+            hashing = DaemonExecutor(aside=getattr(reader, "compressed", False))
+            records = hashing.submit(input_records, reader.paths, reader.in_memory)
+            route = replace(route, records=records)
         if args.noise == "arma11":  # numba and ARMA's kernel load while the data are read
             from .core._arma_kernels import warm_up
 

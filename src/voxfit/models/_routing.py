@@ -66,6 +66,7 @@ class Route:
     reader: object = None
     reason: str = ""
     observer: ScanObserver | None = None  # the read's (started by the command line): see ScanObserver
+    records: object = None  # a Future of the inputs' records for model.json, started beside that read (or None)
 
 
 class ScanObserver:

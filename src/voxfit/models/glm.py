@@ -299,7 +299,9 @@ def fit_images(
         # RFT's sums take that core; otherwise while the fit runs
         hashing = DaemonExecutor(aside=True)
         early = out is not None and route.kind == MEMORY and route.reader is not None and rft is None
-        records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if early else None
+        records = route.records
+        if records is None and early:
+            records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory)
         if route.kind == STREAM:
             fitted = _fit_streamed(
                 route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh, _tr(design)

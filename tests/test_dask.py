@@ -203,6 +203,87 @@ def test_column_sources_read_what_load_reads(tmp_path):
     assert open_reader(tmp_path / "compressed.nii.gz").column_source() is None
 
 
+def _cifti_runs(tmp_path, rng, frames=(17, 23), stored="<f4", vertices=60):
+    """CIFTI runs of a left cortex of `vertices` vertices: a constant one and a NaN (out of the automatic mask)."""
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 2 * vertices, 2), 2 * vertices, name="CortexLeft")
+    paths = []
+    for r, n in enumerate(frames):
+        values = 1000 + 20 * rng.standard_normal((n, len(models)))
+        values[:, 3] = 7.0
+        values[n // 2, 11] = np.nan if np.dtype(stored).kind == "f" else 0
+        paths.append(tmp_path / f"run-{r}.dtseries.nii")
+        header = (nib.cifti2.SeriesAxis(0, 2, n), models)
+        nib.save(nib.Cifti2Image(values.astype(stored), header=header), paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("stored", ["<f4", ">f4", "<i2"])
+def test_cifti_column_sources_read_what_load_reads(tmp_path, stored):
+    """CIFTI files hold each grayordinate's series together: a column source reads a block of them as one span per
+    run, the values and the order (series together) of load's; none for files nibabel scales or compresses."""
+    rng = np.random.default_rng(8)
+    paths = [str(p) for p in _cifti_runs(tmp_path, rng, stored=stored)]
+    data = np.asarray(load(paths, mask=np.ones(60, dtype=bool)).data)
+    index = np.array([0, 3, 4, 5, 11, 40, 59])
+    for source, want in [
+        (open_reader(paths).column_source(), data),
+        (open_reader(paths).column_source(index), data[:, index]),
+        (open_reader(paths[1]).column_source(), data[17:]),
+    ]:
+        assert source.shape == want.shape and source.dtype == want.dtype
+        npt.assert_array_equal(source[:, :], want)
+        npt.assert_array_equal(source[:, 2:5], want[:, 2:5])
+        npt.assert_array_equal(source[:, [0, 3]], want[:, [0, 3]])
+        assert source[:, 2:5].flags.f_contiguous == data.flags.f_contiguous  # (as load's: BLAS rounds alike)
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 120, 2), 120, name="CortexLeft")
+    img = nib.Cifti2Image(data[:17] * 0.37 + 0.5, header=(nib.cifti2.SeriesAxis(0, 2, 17), models))
+    img.set_data_dtype(np.int16)  # nibabel picks the scale factors
+    nib.save(img, tmp_path / "scaled.dtseries.nii")
+    assert open_reader(str(tmp_path / "scaled.dtseries.nii")).column_source() is None
+    assert open_reader(img).column_source() is None
+
+
+@pytest.mark.parametrize("noise, masked", [("ols", False), ("ar1", True), ("ar2+lags", False)])
+def test_cifti_runs_are_read_by_the_workers(client, tmp_path, monkeypatch, noise, masked):
+    """Two CIFTI runs fitted by the Dask workers, each reading its block of series from the files: the numbers of
+    the local fit, the automatic mask found by the workers."""
+    rng = np.random.default_rng(9)
+    paths = [str(p) for p in _cifti_runs(tmp_path, rng)]
+    n = 40
+    X = np.column_stack([np.sin(np.arange(n) / 3), np.arange(n) < 17, np.ones(n)])
+    mask = (np.arange(60) % 4 > 0) if masked else None
+    args = (paths, (X, ["s", "r", "c"]), ["s=s"])
+    local = fit_images(*args, mask=mask, noise=noise)
+    monkeypatch.setattr("voxfit.models.glm.load", _refuse)
+    remote = fit_images(*args, mask=mask, noise=noise, scheduler=client)
+    npt.assert_array_equal(remote.masker.mask, local.masker.mask)
+    assert masked or local.masker.n_voxels == 58
+    npt.assert_array_equal(remote.fit.betas, local.fit.betas)
+    npt.assert_array_equal(remote.fit.residual_variance, local.fit.residual_variance)
+    npt.assert_array_equal(remote.contrasts["s"].t, local.contrasts["s"].t)
+
+
+def test_cifti_over_the_cap_is_fitted_by_blocks_of_series(tmp_path, monkeypatch):
+    """arma11 on a CIFTI run larger than half of --max-memory: blocks of grayordinates' series read from the file
+    (before, refused), the maps of the fit in memory to float32 rounding."""
+    monkeypatch.setattr("voxfit._memory.RESERVED", 0)
+    rng = np.random.default_rng(10)
+    paths = [str(p) for p in _cifti_runs(tmp_path, rng, frames=(380,), vertices=600)]  # 912 kB
+    (tmp_path / "d.tsv").write_text("s\tc\n" + "".join(f"{np.sin(i / 3):.6f}\t1\n" for i in range(380)))
+    args = ["fit", *paths, "--design", str(tmp_path / "d.tsv"), "--contrast", "s=s", "--noise", "arma11", "--quiet"]
+    assert main([*args, "-o", str(tmp_path / "memory")]) == 0
+    assert main([*args, "--max-memory", "1M", "-o", str(tmp_path / "blocks")]) == 0
+    record = (tmp_path / "blocks" / "model.json").read_text()
+    assert "read_by_columns" in record
+    for name in ("contrast-s_stat-t_statmap.dscalar.nii", "stat-armacoef_statmap.dscalar.nii"):
+        npt.assert_allclose(
+            nib.load(tmp_path / "blocks" / name).get_fdata(),
+            nib.load(tmp_path / "memory" / name).get_fdata(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
 def test_a_vanished_input_is_a_one_line_input_error(client, tmp_path):
     np.save(tmp_path / "y.npy", np.random.default_rng(7).standard_normal((6, 100)))
     source = open_reader(tmp_path / "y.npy").column_source()

@@ -47,6 +47,7 @@ from .stores import open_hdf5, open_zarr
 
 __all__ = [
     "ArrayReader",
+    "CiftiColumns",
     "CiftiReader",
     "ColumnSource",
     "GiftiReader",
@@ -86,7 +87,7 @@ class Reader(Protocol):
       one (copy what you keep).
     - ``column_source(index=None)``: a ColumnSource of the elements `index` (None: all), for a Dask worker to
       read columns itself, with the reader's own way of reading them; None where the files cannot be read by
-      columns (compressed NIfTI, GIFTI, CIFTI, lists of .npy files).
+      columns (compressed NIfTI, GIFTI, compressed or scaled CIFTI, lists of .npy files).
     - optionally, ``scans_into(out, index=None, max_bytes)``: as iter_scans, each slab (of the elements `index`,
       increasing, when given) written straight into its rows of `out` (n_scans, n_elements or len(index)) and
       those rows yielded, for a reader whose files hold scans in another order (CIFTI's grayordinates by
@@ -746,7 +747,15 @@ class CiftiReader:
         self.series_major = all(_stored_layout(img) is not None for img in self._imgs)
 
     def column_source(self, index=None) -> ColumnSource | None:
-        return None
+        """The data by columns, from files that hold each grayordinate's series together in one stored dtype
+        (``series_major``); else None (compressed or scaled files, images in memory)."""
+        layouts = [_stored_layout(img) for img in self._imgs]
+        if not self.series_major or len({stored for _, _, stored in layouts}) != 1:
+            return None
+        files = tuple((path, offset, img.shape[0]) for (path, offset, _), img in zip(layouts, self._imgs))
+        nel = self.geometry.n_elements
+        columns = CiftiColumns(files, layouts[0][2], nel)
+        return ColumnSource(columns, layouts[0][2], self.n_scans, nel, index=index)
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         """Slabs of scans. A file read from its stored layout (each grayordinate's series together) is read again for
@@ -1106,6 +1115,28 @@ class NiftiColumns:
 
 
 @dataclass(frozen=True)
+class CiftiColumns:
+    """How a worker reads columns of CIFTI files that hold each grayordinate's series together: `files`
+    ``(path, byte offset of the data, scans)``, the runs in order, each file's series of elements lo:hi read as
+    one span by :func:`_pread_span`, into an array of series (as :func:`voxfit.io.gather` holds them)."""
+
+    files: tuple[tuple[str, int, int], ...]
+    file_dtype: np.dtype
+    n_elements: int
+
+    def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
+        """Elements lo:hi of every scan, (n_scans, hi - lo), F-ordered, in `dtype`."""
+        out = np.empty((hi - lo, sum(rows for _, _, rows in self.files)), dtype=dtype).T
+        first = 0
+        for path, offset, rows in self.files:
+            with _reading(path):
+                span = _pread_span(path, offset, (rows, self.n_elements), lo, hi, self.file_dtype, fortran=True)
+            out[first : first + rows] = span
+            first += rows
+        return out
+
+
+@dataclass(frozen=True)
 class NpyColumns:
     """How a worker reads columns of a 2-D .npy array: its header read through a memory map that touches no data,
     the columns by :func:`_pread_span`."""
@@ -1156,9 +1187,9 @@ class ColumnSource:
     ``source[:, a:b]`` (shape ``(n_scans, len(index))``; columns are the elements `index` of each scan, all
     of them when None) opens the file where it is called and reads only the elements from the block's first
     column to its last, as the fit sees them (scale factors applied by :func:`apply_scale`). `columns` is the
-    reader's own way of reading elements ``lo:hi`` of every scan (:class:`NiftiColumns`, :class:`NpyColumns`,
-    :class:`ZarrColumns`, :class:`HDF5Columns`): ``columns(lo, hi, dtype)``, its errors InputErrors naming the
-    file. :meth:`raw` gives the stored values.
+    reader's own way of reading elements ``lo:hi`` of every scan (:class:`NiftiColumns`, :class:`CiftiColumns`,
+    :class:`NpyColumns`, :class:`ZarrColumns`, :class:`HDF5Columns`): ``columns(lo, hi, dtype)``, its errors
+    InputErrors naming the file. :meth:`raw` gives the stored values.
     """
 
     worker_reads = True  # voxfit.engine.fit.map_blocks sends the source, not blocks of data
@@ -1189,8 +1220,9 @@ class ColumnSource:
         return apply_scale(raw, self.scale, self.dtype)
 
     def raw(self, cols=slice(None)) -> NDArray:
-        """The stored values of columns `cols` (a slice or integers), (n_scans, k), in native byte order and
-        C order (as :func:`voxfit.io.gather`'s: the products of the fits then round alike)."""
+        """The stored values of columns `cols` (a slice or integers), (n_scans, k), in native byte order and the
+        order :func:`voxfit.io.gather` holds them in (C; CIFTI's each column's series together), so that the
+        products of the fits round alike."""
         if isinstance(cols, slice) and cols.step in (None, 1):
             a, b, _ = cols.indices(self.shape[1])
             elements = np.arange(a, max(a, b)) if self.index is None else self.index[a:b]
@@ -1200,7 +1232,11 @@ class ColumnSource:
             return np.empty((self.shape[0], 0), dtype=self.raw_dtype)
         lo, hi = int(elements.min()), int(elements.max()) + 1
         slab = self.columns(lo, hi, self.raw_dtype)
-        return slab if elements.size == hi - lo and elements[0] == lo else np.take(slab, elements - lo, axis=1)
+        if elements.size == hi - lo and elements[0] == lo:
+            return slab
+        if not slab.flags.c_contiguous:  # series together: taken as series
+            return np.take(slab.T, elements - lo, axis=0).T
+        return np.take(slab, elements - lo, axis=1)
 
 
 def read_mesh(path, n_vertices: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:

@@ -203,7 +203,7 @@ def first_level_needs(noise: str, scaling: str, reader) -> Needs:
         too_large=(
             f"data larger than half of --max-memory (beside the interpreter's {size_text(reserved_bytes())}) "
             "are fitted in one pass with --noise ols, ar1 .. ar16 or film and --scaling none, or by blocks of "
-            "voxels read from an uncompressed file (.nii, .npy, Zarr, HDF5) with arma11 and auto"
+            "voxels read from an uncompressed file (.nii, CIFTI, .npy, Zarr, HDF5) with arma11 and auto"
             + (" (gunzip the run)" if series else "")
             + f"; for ar1-global, fast or scaling give --max-memory {size_text(need)} or more."
         ),
@@ -214,7 +214,7 @@ def choose_route(reader, execution: Execution, needs: Needs = Needs(), streaming
     """The route of a fit of the data behind `reader`.
 
     With a Dask scheduler, on the CPU, data the model lets be read by columns go to the workers when their
-    format allows it (uncompressed NIfTI, .npy, Zarr, HDF5); otherwise data larger than the cap (see
+    format allows it (uncompressed NIfTI or CIFTI, .npy, Zarr, HDF5); otherwise data larger than the cap (see
     :meth:`~voxfit._execution.Budgets.streams`), or any data with ``streaming=True``, are streamed when the
     model allows it, and refused when it does not say otherwise (`needs.too_large`); the rest are fitted in
     memory. A streamed pass runs on this machine's CPU: a scheduler or a device with it is refused.

@@ -52,15 +52,14 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
     body = rows[1:]
     if not body:
         raise InputError(f"design {path} has a header but no rows; it needs one row per scan.")
-    X = np.empty((len(body), len(names)))
+    values = []
     for i, row in enumerate(body):
         if len(row) != len(names):
             raise InputError(
                 f"design {path}: row {i + 1} has {len(row)} values but the header names {len(names)} columns."
             )
-        for j, cell in enumerate(row):
-            X[i, j] = _number(cell, path, i, names[j])
-    return X, names
+        values.append([_number(cell, path, i, names[j]) for j, cell in enumerate(row)])
+    return np.array(values, dtype=np.float64).reshape(len(body), len(names)), names
 
 
 def frame_table(frame) -> tuple[list[str], list[list]]:
@@ -85,7 +84,7 @@ def _number(cell: str, path: Path, row: int, column: str) -> float:
         if text.lower() not in _MISSING:
             raise InputError(f"design {path}: column {column!r}, row {row + 1} is not a number ({text!r}).") from None
         value = float("nan")
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise InputError(
             f"design {path}: missing or non-finite value in column "
             f"{column!r}, row {row + 1}; a design must be complete."
@@ -105,4 +104,4 @@ def write_design(path, X: NDArray, names) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
         writer.writerow(names)
-        writer.writerows([repr(float(v)) for v in row] for row in np.asarray(X))
+        writer.writerows([repr(v) for v in row] for row in np.asarray(X, dtype=np.float64).tolist())

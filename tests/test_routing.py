@@ -123,6 +123,29 @@ def test_whole_series_models_read_blocks_of_voxels_over_the_cap(tmp_path, monkey
         choose_route(reader, Execution(max_memory=19000), first_level_needs(noise, "mean", reader))
 
 
+def test_cifti_over_the_cap_is_read_by_blocks_of_series(tmp_path, monkeypatch):
+    """A CIFTI run over the cap, its series stored together, is read once by blocks of series for every model
+    that allows columns (a streamed pass would read the file again for each slab of scans); one nibabel scales
+    has no column source, and streams; scaling and the pooled models still need the data in memory."""
+    monkeypatch.setattr("voxfit._memory.RESERVED", 0)
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 400, 2), 400, name="CortexLeft")
+    values = 100 + np.random.default_rng(1).standard_normal((30, len(models)))
+    header = (nib.cifti2.SeriesAxis(0, 2, 30), models)
+    nib.save(nib.Cifti2Image(values.astype(np.float32), header=header), tmp_path / "run.dtseries.nii")
+    scaled = nib.Cifti2Image(values, header=header)
+    scaled.set_data_dtype(np.int16)
+    nib.save(scaled, tmp_path / "scaled.dtseries.nii")
+    cap = Execution(max_memory=20000)  # 24 kB of float32 data: over half of it
+    reader = open_reader(str(tmp_path / "run.dtseries.nii"))
+    for noise in ("ols", "ar2+lags", "arma11", "auto"):
+        assert choose_route(reader, cap, first_level_needs(noise, "none", reader)).kind == COLUMNS
+    assert choose_route(reader, Execution(), first_level_needs("ols", "none", reader)).kind == MEMORY
+    with pytest.raises(InputError, match="for ar1-global, fast or scaling"):
+        choose_route(reader, cap, first_level_needs("ols", "mean", reader))
+    other = open_reader(str(tmp_path / "scaled.dtseries.nii"))
+    assert choose_route(other, cap, first_level_needs("ols", "none", other)).kind == STREAM
+
+
 @pytest.mark.parametrize("cap", [None, "16K"])
 def test_command_line_reads_the_header_once_and_routes_through_choose_route(tmp_path, monkeypatch, cap):
     """In memory and streamed: one NIfTI header read for the route, the design's scans and the fit."""

@@ -217,7 +217,9 @@ def choose_route(reader, execution: Execution, needs: Needs = Needs(), streaming
     format allows it (uncompressed NIfTI or CIFTI, .npy, Zarr, HDF5); otherwise data larger than the cap (see
     :meth:`~voxfit._execution.Budgets.streams`), or any data with ``streaming=True``, are streamed when the
     model allows it, and refused when it does not say otherwise (`needs.too_large`); the rest are fitted in
-    memory. A streamed pass runs on this machine's CPU: a scheduler or a device with it is refused.
+    memory. A streamed pass runs on this machine's CPU: a scheduler or a device with it is refused. Over the cap,
+    models that need whole series (`needs.by_series`), and any model that allows columns on files that hold
+    each element's series together (CIFTI), read blocks of series by columns in this process.
     """
     if execution.scheduler is not None and needs.by_columns and not execution.on_device and not streaming:
         if reader.column_source() is not None:
@@ -233,7 +235,10 @@ def choose_route(reader, execution: Execution, needs: Needs = Needs(), streaming
             "data larger than --max-memory are read in one sequential pass on the CPU; drop "
             "--scheduler and --device, or raise --max-memory."
         )
-    if needs.by_series and reader.column_source() is not None:
+    # files that hold each element's series together (CIFTI) are read once by blocks of series, for any model
+    # that allows columns: a pass of slabs of scans would read the whole file again for every slab
+    series = needs.by_series or (needs.by_columns and getattr(reader, "series_major", False))
+    if series and reader.column_source() is not None:
         return Route(COLUMNS, reader, "over half the memory cap: blocks of voxels' series read by columns")
     if not needs.one_pass:
         raise InputError(needs.too_large or "this model needs its data in memory; raise --max-memory.")

@@ -280,7 +280,7 @@ def fit_images(
         route = choose_route(reader, execution, first_level_needs(noise, scaling, reader), streaming)
     elif route.kind != MEMORY:  # (a route decided elsewhere, for a simpler model)
         needs = first_level_needs(noise, scaling, route.reader)
-        if not (needs.by_series if route.kind == COLUMNS else needs.one_pass):
+        if not ((needs.by_series or needs.by_columns) if route.kind == COLUMNS else needs.one_pass):
             raise InputError(needs.too_large)
     if diagnostics and route.kind in (STREAM, COLUMNS):
         raise InputError(

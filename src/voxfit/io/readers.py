@@ -1220,9 +1220,9 @@ class ColumnSource:
         return apply_scale(raw, self.scale, self.dtype)
 
     def raw(self, cols=slice(None)) -> NDArray:
-        """The stored values of columns `cols` (a slice or integers), (n_scans, k), in native byte order and the
-        order :func:`voxfit.io.gather` holds them in (C; CIFTI's each column's series together), so that the
-        products of the fits round alike."""
+        """The stored values of columns `cols` (a slice or integers), (n_scans, k), in native byte order: in C
+        order, or each column's series together where the file stores them so (a Fortran-ordered .npy; CIFTI,
+        as :func:`voxfit.io.gather` holds them too, so that the products of the fits round alike)."""
         if isinstance(cols, slice) and cols.step in (None, 1):
             a, b, _ = cols.indices(self.shape[1])
             elements = np.arange(a, max(a, b)) if self.index is None else self.index[a:b]

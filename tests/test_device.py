@@ -1,5 +1,9 @@
 """The array-API (GPU) code path, run on the CPU through array-api-strict: the same numbers as numpy's."""
 
+import os
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import numpy.testing as npt
 import pytest
@@ -129,3 +133,31 @@ def test_ar_command_line_through_the_array_api(tmp_path, rng, capsys):
     assert "ar1-global runs on the CPU only; drop --device" in capsys.readouterr().err
     with pytest.raises(InputError, match="either `scheduler` or `device`"):
         fit_ar(np.ones((n, 1)), np.ones((n, 3)), 1, {}, device="strict", scheduler="tcp://localhost:1")
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_passes_where_the_device_agrees_and_fails_where_it_does_not(tmp_path):
+    """benchmarks/gpu_check.sh, run through array-api-strict at a hundredth of its sizes: every difference within
+    its threshold, exit 0; with the device's OLS betas off by 1%, its OLS lines fail and it exits 1."""
+    env = {**os.environ, "VOXFIT_DEVICE": "strict", "VOXFIT_CHECK_SCALE": "0.01"}
+    agrees = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300)
+    assert agrees.returncode == 0, agrees.stdout + agrees.stderr
+    assert "FAIL" not in agrees.stdout and agrees.stdout.count("  ok   ") == 6
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "import voxfit.engine.fit\n"
+        "f = sys.modules['voxfit.engine.fit']\n"
+        "real = f._fit_on_device\n"
+        "def off(*args, **kwargs):\n"
+        "    fit = real(*args, **kwargs)\n"
+        "    rss = fit.residual_variance * fit.design.dof\n"
+        "    return f.make_fit(fit.design, fit.betas * 1.01, rss, rss, fit.valid)\n"
+        "f._fit_on_device = off\n"
+    )
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    disagrees = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=300)
+    assert disagrees.returncode == 1, disagrees.stdout + disagrees.stderr
+    assert "FAIL OLS t" in disagrees.stdout and "FAIL OLS betas" in disagrees.stdout
+    assert "the device disagrees: OLS t" in disagrees.stdout

@@ -1,6 +1,8 @@
 """Dask: the voxel blocks and the shuffles on a LocalCluster give the local run's numbers exactly; inputs read
 by columns (voxfit.io.ColumnSource) are read by the workers, not by the client."""
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import numpy.testing as npt
@@ -241,6 +243,15 @@ def test_cifti_column_sources_read_what_load_reads(tmp_path, stored):
     nib.save(img, tmp_path / "scaled.dtseries.nii")
     assert open_reader(str(tmp_path / "scaled.dtseries.nii")).column_source() is None
     assert open_reader(img).column_source() is None
+    source = open_reader(paths).column_source()
+    with open(paths[1], "r+b") as f:  # the second run cut short after the source was made: one line, naming it
+        f.truncate(f.seek(0, 2) - 100)
+    with pytest.raises(InputError, match="run-1.dtseries.nii: cannot read the data") as info:
+        source[:, 50:60]
+    assert "\n" not in str(info.value)
+    Path(paths[0]).unlink()
+    with pytest.raises(InputError, match="run-0.dtseries.nii: no such file"):
+        source[:, :5]
 
 
 @pytest.mark.parametrize("noise, masked", [("ols", False), ("ar1", True), ("ar2+lags", False)])

@@ -116,15 +116,17 @@ def _npy(path: Path, n_columns: int, n: int) -> Path:
 
 
 def _cifti(path: Path, n_vertices: int, n: int) -> Path:
-    """A float32 .dtseries.nii of `n` scans on one cortical surface of `n_vertices` vertices, values near 100."""
+    """A float32 .dtseries.nii of `n` scans on one cortical surface of `n_vertices` vertices, values near 100,
+    made a block of vertices' series at a time, as the file stores them (nibabel writes the array as it is)."""
     rng = np.random.default_rng(2)
-    data = np.empty((n, n_vertices), dtype=np.float32)
+    data = np.empty((n_vertices, n), dtype=np.float32)
     base = 100 + rng.standard_normal(n_vertices, dtype=np.float32)
-    for t in range(n):
-        data[t] = base + rng.standard_normal(n_vertices, dtype=np.float32)
+    for g in range(0, n_vertices, 4096):
+        k = min(4096, n_vertices - g)
+        data[g : g + k] = base[g : g + k, None] + rng.standard_normal((k, n), dtype=np.float32)
     models = nib.cifti2.BrainModelAxis.from_surface(np.arange(n_vertices), n_vertices, "CortexLeft")
     series = nib.cifti2.SeriesAxis(0.0, 2.0, n)
-    nib.save(nib.Cifti2Image(data, (series, models)), path)
+    nib.save(nib.Cifti2Image(data.T, (series, models)), path)
     return path
 
 
@@ -146,7 +148,7 @@ def data(tmp_path_factory):
         "maps": _series(folder / "maps.nii", (96, 96, 80), 30, offset=0.5),  # 88 MB, 737 k voxels
         "small_gz": _gzipped(Path(shutil.copy(folder / "small.nii", folder / "small_gz.nii"))),
         "large_npy": _npy(folder / "large_npy.npy", 64 * 64 * 40, 600),  # 393 MB as a 2-D .npy: streamed
-        "large_cifti": _cifti(folder / "large.dtseries.nii", 64 * 64 * 40, 600),  # 393 MB of CIFTI: streamed
+        "large_cifti": _cifti(folder / "large.dtseries.nii", 64 * 64 * 40, 600),  # 393 MB of CIFTI: by columns
         "long_gz": _gzipped(_series(folder / "long_gz.nii", (16, 16, 32), 1024)),  # 34 MB, 1,024 scans: in memory
         "folder": folder,
     }

@@ -743,19 +743,18 @@ class CiftiReader:
         # nibabel hands back scaled values: integers with scale factors, or mixed dtypes, become float32
         self.dtype = stored.pop() if len(stored) == 1 and not scaled else np.dtype(np.float32)
         self.scale = None
+        self._layouts = [_stored_layout(img) for img in self._imgs]  # each file read as stored; None: nibabel reads it
         # every file read from its stored layout, series by series: into an array of series, no transpose is made
-        self.series_major = all(_stored_layout(img) is not None for img in self._imgs)
+        self.series_major = all(layout is not None for layout in self._layouts)
 
     def column_source(self, index=None) -> ColumnSource | None:
         """The data by columns, from files that hold each grayordinate's series together in one stored dtype
         (``series_major``); else None (compressed or scaled files, images in memory)."""
-        layouts = [_stored_layout(img) for img in self._imgs]
-        if not self.series_major or len({stored for _, _, stored in layouts}) != 1:
+        if not self.series_major or len({stored for _, _, stored in self._layouts}) != 1:
             return None
-        files = tuple((path, offset, img.shape[0]) for (path, offset, _), img in zip(layouts, self._imgs))
-        nel = self.geometry.n_elements
-        columns = CiftiColumns(files, layouts[0][2], nel)
-        return ColumnSource(columns, layouts[0][2], self.n_scans, nel, index=index)
+        files = tuple((path, offset, img.shape[0]) for (path, offset, _), img in zip(self._layouts, self._imgs))
+        nel, stored = self.geometry.n_elements, self._layouts[0][2]
+        return ColumnSource(CiftiColumns(files, stored, nel), stored, self.n_scans, nel, index=index)
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
         """Slabs of scans. A file read from its stored layout (each grayordinate's series together) is read again for
@@ -766,8 +765,8 @@ class CiftiReader:
         G = self.geometry.n_elements
         k = _slab_scans(G, self.dtype.itemsize, max_bytes)
         first = 0
-        for img in self._imgs:
-            stored, n = _stored_layout(img), img.shape[0]
+        for img, stored in zip(self._imgs, self._layouts):
+            n = img.shape[0]
             for start in range(0, n, k):
                 if stored is None:
                     yield first + start, np.asarray(img.dataobj[start : start + k], dtype=self.dtype)
@@ -789,8 +788,8 @@ class CiftiReader:
         0.1 s."""
         k = _slab_scans(self.geometry.n_elements, self.dtype.itemsize, max_bytes)
         first = 0
-        for img in self._imgs:
-            stored, n = _stored_layout(img), img.shape[0]
+        for img, stored in zip(self._imgs, self._layouts):
+            n = img.shape[0]
             if stored is not None:
                 _read_transposed(*stored, out[first : first + n], self.geometry.n_elements, index)
             for start in range(0, n, k):

@@ -1093,9 +1093,8 @@ def _run_fit(args, argv, progress) -> int:
     from dataclasses import replace
 
     from ._execution import Execution
-    from ._threads import DaemonExecutor
     from .io import load, open_reader
-    from .models.record import input_records
+    from .models.record import start_input_records
     from .models._routing import (
         MEMORY,
         ScanObserver,
@@ -1128,13 +1127,8 @@ def _run_fit(args, argv, progress) -> int:
             scan_globals=args.scaling == "global",
             observe=route.observer,
         )
-        if args.inference != "rft":
-            # the inputs' checksums from the read's start, not after the imports (0.3 s later). Beside a
-            # decompression at a low priority, as fit_images's; else at the fit's own: a 1.65 GB .nii's SHA-256
-            # (1.15 s) outlasts the read and fit (0.65 s), and waited behind the fit and the maps (1.74 -> 1.67 s)
-            hashing = DaemonExecutor(aside=getattr(reader, "compressed", False))
-            records = hashing.submit(input_records, reader.paths, reader.in_memory)
-            route = replace(route, records=records)
+        if args.inference != "rft":  # the inputs' checksums from the read's start, not after the imports (0.3 s)
+            route = replace(route, records=start_input_records(reader))
         if args.noise == "arma11":  # numba and ARMA's kernel load while the data are read
             from .core._arma_kernels import warm_up
 

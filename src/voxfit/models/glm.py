@@ -59,7 +59,14 @@ from ._routing import (
     read_fits,
     read_gathers_sums,
 )
-from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
+from .record import (
+    ModelRecord,
+    contrast_record,
+    design_record,
+    input_records,
+    mask_record,
+    start_input_records,
+)
 
 __all__ = ["ImageFit", "design_matrix", "fit_images", "input_records", "parse_contrast_option"]
 
@@ -293,15 +300,14 @@ def fit_images(
 
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
-        # input checksums on a daemon thread (an interruption abandons them: a pool's `with` block and the
-        # interpreter's exit would both wait to the end of a file of gigabytes): of files read into memory from
-        # the start, on the core the read leaves (a 1.6 GB .nii takes 0.9 s, as long as its read and fit), unless
-        # RFT's sums take that core; otherwise while the fit runs
+        # input checksums on a daemon thread: of files read into memory, from the read's start (the command
+        # line's, in route.records: before this module imported), unless RFT's sums take the core the read
+        # leaves; otherwise while the fit runs, at a low priority
         hashing = DaemonExecutor(aside=True)
         early = out is not None and route.kind == MEMORY and route.reader is not None and rft is None
         records = route.records
         if records is None and early:
-            records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory)
+            records = start_input_records(route.reader)
         if route.kind == STREAM:
             fitted = _fit_streamed(
                 route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh, _tr(design)

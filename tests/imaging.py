@@ -76,6 +76,22 @@ def write_cifti(path: Path, matrix):
     return path
 
 
+def write_cifti_runs(folder: Path, rng, frames=(17, 23), stored="<f4", vertices=60) -> list[Path]:
+    """CIFTI runs (.dtseries.nii, one per entry of `frames`) on a left cortex of `vertices` vertices, stored as
+    `stored`, values near 100: vertex 3 constant, and (floating types) vertex 11 NaN in one scan of each run, both
+    out of the automatic mask."""
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 2 * vertices, 2), 2 * vertices, name="CortexLeft")
+    paths = []
+    for r, n in enumerate(frames):
+        values = rng.standard_normal((n, vertices)) * 50 + 100
+        values[:, 3] = 7.0
+        if np.dtype(stored).kind == "f":
+            values[(5 + r) % n, 11] = np.nan
+        paths.append(folder / f"run-{r}.dtseries.nii")
+        nib.save(nib.Cifti2Image(values.astype(stored), header=(nib.cifti2.SeriesAxis(0, 2, n), models)), paths[-1])
+    return paths
+
+
 def write_icosahedron(path: Path) -> Path:
     """A 12-vertex, 20-triangle GIFTI surface (vertices and triangles)."""
     phi = (1 + 5**0.5) / 2

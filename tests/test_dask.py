@@ -15,6 +15,8 @@ from voxfit.inference import permutation_test
 from voxfit.io import ColumnSource, open_reader
 from voxfit.io.readers import NiftiReader, _RowsReader
 
+from .imaging import write_cifti_runs
+
 distributed = pytest.importorskip("dask.distributed")
 
 
@@ -205,26 +207,12 @@ def test_column_sources_read_what_load_reads(tmp_path):
     assert open_reader(tmp_path / "compressed.nii.gz").column_source() is None
 
 
-def _cifti_runs(tmp_path, rng, frames=(17, 23), stored="<f4", vertices=60):
-    """CIFTI runs of a left cortex of `vertices` vertices: a constant one and a NaN (out of the automatic mask)."""
-    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 2 * vertices, 2), 2 * vertices, name="CortexLeft")
-    paths = []
-    for r, n in enumerate(frames):
-        values = 1000 + 20 * rng.standard_normal((n, len(models)))
-        values[:, 3] = 7.0
-        values[n // 2, 11] = np.nan if np.dtype(stored).kind == "f" else 0
-        paths.append(tmp_path / f"run-{r}.dtseries.nii")
-        header = (nib.cifti2.SeriesAxis(0, 2, n), models)
-        nib.save(nib.Cifti2Image(values.astype(stored), header=header), paths[-1])
-    return paths
-
-
 @pytest.mark.parametrize("stored", ["<f4", ">f4", "<i2"])
 def test_cifti_column_sources_read_what_load_reads(tmp_path, stored):
     """CIFTI files hold each grayordinate's series together: a column source reads a block of them as one span per
     run, the values and the order (series together) of load's; none for files nibabel scales or compresses."""
     rng = np.random.default_rng(8)
-    paths = [str(p) for p in _cifti_runs(tmp_path, rng, stored=stored)]
+    paths = [str(p) for p in write_cifti_runs(tmp_path, rng, stored=stored)]
     data = np.asarray(load(paths, mask=np.ones(60, dtype=bool)).data)
     index = np.array([0, 3, 4, 5, 11, 40, 59])
     for source, want in [
@@ -259,7 +247,7 @@ def test_cifti_runs_are_read_by_the_workers(client, tmp_path, monkeypatch, noise
     """Two CIFTI runs fitted by the Dask workers, each reading its block of series from the files: the numbers of
     the local fit, the automatic mask found by the workers."""
     rng = np.random.default_rng(9)
-    paths = [str(p) for p in _cifti_runs(tmp_path, rng)]
+    paths = [str(p) for p in write_cifti_runs(tmp_path, rng)]
     n = 40
     X = np.column_stack([np.sin(np.arange(n) / 3), np.arange(n) < 17, np.ones(n)])
     mask = (np.arange(60) % 4 > 0) if masked else None
@@ -279,7 +267,7 @@ def test_cifti_over_the_cap_is_fitted_by_blocks_of_series(tmp_path, monkeypatch)
     (before, refused), the maps of the fit in memory to float32 rounding."""
     monkeypatch.setattr("voxfit._memory.RESERVED", 0)
     rng = np.random.default_rng(10)
-    paths = [str(p) for p in _cifti_runs(tmp_path, rng, frames=(380,), vertices=600)]  # 912 kB
+    paths = [str(p) for p in write_cifti_runs(tmp_path, rng, frames=(380,), vertices=600)]  # 912 kB
     (tmp_path / "d.tsv").write_text("s\tc\n" + "".join(f"{np.sin(i / 3):.6f}\t1\n" for i in range(380)))
     args = ["fit", *paths, "--design", str(tmp_path / "d.tsv"), "--contrast", "s=s", "--noise", "arma11", "--quiet"]
     assert main([*args, "-o", str(tmp_path / "memory")]) == 0

@@ -23,6 +23,7 @@ from .imaging import (
     read_back,
     volume_data,
     write_cifti,
+    write_cifti_runs,
     write_gifti,
     write_nifti,
     write_volume_list,
@@ -293,17 +294,8 @@ def test_cifti_series_are_held_as_stored(tmp_path, rng, monkeypatch, stored):
     order; the values are those of the scans as nibabel reads them, and the fits those of the scans in C order."""
     from voxfit.io import masking, readers
 
-    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 120, 2), 120, name="CortexLeft")
-    runs, paths = [], []
-    for r, n in enumerate((17, 23)):
-        values = rng.standard_normal((n, len(models))) * 50 + 100
-        values[:, 3] = 7.0  # constant: out of the automatic mask
-        if stored != "<i2":
-            values[5 + r, 11] = np.nan
-        values = values.astype(stored)
-        paths.append(tmp_path / f"run-{r}.dtseries.nii")
-        nib.save(nib.Cifti2Image(values, header=(nib.cifti2.SeriesAxis(0, 2, n), models)), paths[-1])
-        runs.append(np.asarray(nib.load(paths[-1]).get_fdata(dtype=np.float64)))
+    paths = write_cifti_runs(tmp_path, rng, stored=stored)  # a constant series and a NaN
+    runs = [np.asarray(nib.load(p).get_fdata(dtype=np.float64)) for p in paths]
     whole = np.concatenate(runs)
 
     def transposed(*args):
@@ -321,7 +313,7 @@ def test_cifti_series_are_held_as_stored(tmp_path, rng, monkeypatch, stored):
         npt.assert_array_equal(auto.masker.mask, keep)
         assert auto.data.flags.f_contiguous and auto.data.dtype == np.dtype(stored).newbyteorder("=")
         npt.assert_array_equal(auto.data, want[:, keep])
-        some = rng.random(len(models)) < 0.4
+        some = rng.random(whole.shape[1]) < 0.4
         explicit = voxfit.load([str(p) for p in inputs], mask=some)
         assert explicit.data.flags.f_contiguous
         npt.assert_array_equal(explicit.data, want[:, some])

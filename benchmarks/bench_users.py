@@ -328,14 +328,14 @@ def run_mni(folder: Path, sizes: Sizes, repeat: int, nilearn: bool) -> list[Row]
     nl_script = folder / "nilearn_glm.py"
     nl_script.write_text(NILEARN_FIRST_LEVEL)
     rows = []
-    unzipped = (read.wall + start.wall, read.cpu + start.cpu)
+    gzipped, unzipped = (decompress.wall, decompress.cpu), (read.wall + start.wall, read.cpu + start.cpu)
     for path, noise, floor, target, masked in (
-        (gz, "ols", (decompress.wall, decompress.cpu), 1.3, True),
-        (gz, "ar1", (decompress.wall, decompress.cpu), 1.5, True),
+        (gz, "ols", gzipped, 1.3, True),
+        (gz, "ar1", gzipped, 1.5, True),
         (nii, "ols", unzipped, 3.0, True),
         (nii, "ar1", unzipped, 3.0, True),
         # voxfit's default, as users run it: SPM's automatic mask (here the same voxels), no nilearn beside it
-        (gz, "ols", (decompress.wall, decompress.cpu), 1.3, False),
+        (gz, "ols", gzipped, 1.3, False),
         (nii, "ols", unzipped, 3.0, False),
     ):
         label = f"{path.name.split('.', 1)[1]} {noise.upper()}" + ("" if masked else " automatic mask")

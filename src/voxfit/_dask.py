@@ -14,7 +14,6 @@ their workers (KilledWorker).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from concurrent.futures import CancelledError
 from contextlib import contextmanager
@@ -28,9 +27,20 @@ ANSWER_TIMEOUT_S = 60.0  # a running scheduler's answer to a ping (generous: a b
 PING_INTERVAL_S = 30.0  # how often a scheduler is pinged while the client waits for results
 
 
-# what a connection cut by its deadline raises (under load, the deadline's cancellation can surface as a
-# CancelledError rather than a TimeoutError)
-_DEADLINE = (asyncio.TimeoutError, TimeoutError, asyncio.CancelledError, CancelledError)
+def _timeouts() -> tuple:
+    """What a wait cut by its deadline raises: TimeoutError, and asyncio's own class of it before Python 3.11.
+    (asyncio is imported here, where a scheduler is used: 11 ms that a run without Dask does not pay.)"""
+    import asyncio
+
+    return (asyncio.TimeoutError, TimeoutError)
+
+
+def _deadline() -> tuple:
+    """What a connection cut by its deadline raises: under load, the deadline's cancellation can surface as a
+    CancelledError rather than a TimeoutError."""
+    import asyncio
+
+    return (*_timeouts(), asyncio.CancelledError, CancelledError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -72,6 +82,8 @@ def _in_thread(fn, seconds: float):
 def _probe(address: str, seconds: float) -> None:
     """Connect to `address`, handshake and ask for its identity, all within `seconds`; an InputError naming
     the address otherwise (or when what answers is not a Dask scheduler)."""
+    import asyncio
+
     from distributed.comm import connect
     from distributed.comm.addressing import parse_address
     from distributed.security import Security
@@ -100,7 +112,7 @@ def _probe(address: str, seconds: float) -> None:
 
     # a fresh event loop in a thread of its own: the caller may itself be inside a running loop (Jupyter)
     finished, answer = _in_thread(lambda: asyncio.run(bounded()), seconds + 5.0)
-    if not finished or isinstance(answer, _DEADLINE):
+    if not finished or isinstance(answer, _deadline()):
         raise _unreachable(address, f"no answer within {seconds:g} s")
     if isinstance(answer, ValueError):
         raise _malformed(address, answer) from None
@@ -133,7 +145,7 @@ def _connect(address: str, seconds: float):
     if not finished:
         abandoned.set()
         raise _unreachable(address, f"the connection was not ready within {2 * seconds + 5:g} s")
-    if isinstance(client, _DEADLINE):
+    if isinstance(client, _deadline()):
         raise _unreachable(address, f"no answer within {seconds:g} s")
     if isinstance(client, BaseException):
         raise _unreachable(address, _one_line(client))
@@ -185,7 +197,7 @@ def _ping(client) -> None:
     connection open and never send a result."""
     try:
         client.sync(client.scheduler.identity, callback_timeout=ANSWER_TIMEOUT_S)
-    except (asyncio.TimeoutError, TimeoutError):
+    except _timeouts():
         raise _lost(client, f"did not answer within {ANSWER_TIMEOUT_S:g} s") from None
     except (OSError, CancelledError) as exc:
         raise _lost(client, f"was lost ({_one_line(exc)})") from None
@@ -198,7 +210,7 @@ def _result(client, future):
     while True:
         try:
             return future.result(timeout=PING_INTERVAL_S)
-        except (asyncio.TimeoutError, TimeoutError):
+        except _timeouts():
             if future.done():  # the task itself raised it
                 raise
             _ping(client)
@@ -221,6 +233,6 @@ def run_tasks(scheduler, fn, shared, calls) -> list:
             futures = [client.submit(fn, handle, *call, pure=False) for call in calls]
         except CancelledError as exc:
             raise _lost(client, f"was lost ({_one_line(exc)})") from None
-        except (OSError, asyncio.TimeoutError, TimeoutError) as exc:  # (CommClosedError is an OSError)
+        except (OSError, *_timeouts()) as exc:  # (CommClosedError is an OSError)
             raise _lost(client, f"did not take the tasks ({_one_line(exc)})") from None
         return [_result(client, future) for future in futures]

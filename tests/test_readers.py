@@ -1,6 +1,7 @@
 """The reader protocol, checked on every reader; loading, masking and writing maps back (round trips)."""
 
 import gzip
+import pickle
 
 import nibabel as nib
 import numpy as np
@@ -719,6 +720,35 @@ def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
             print(f"{name}: {type(exc).__name__}")
         else:
             assert open_reader(str(path)).geometry.brain_models == theirs
+
+
+def test_brain_models_converted_by_runs_are_nibabels(rng):
+    """BrainModels (names converted once per run of one name) holds nibabel's arrays: names spelt as nibabel
+    accepts them, a structure in two runs, voxels between surfaces; its masks, slices, sums, structures and
+    pickles are nibabel's; an unknown name is nibabel's ValueError."""
+    from voxfit.io.geometry import BrainModels
+
+    names = ["CortexLeft"] * 4 + ["thalamus_left"] * 3 + ["CIFTI_STRUCTURE_CORTEX_RIGHT"] * 2 + ["CortexLeft"] * 2
+    vertex = np.r_[0, 2, 5, 9, -1, -1, -1, 1, 3, 11, 12]
+    voxel = np.full((11, 3), -1)
+    voxel[4:7] = rng.integers(0, 4, (3, 3))
+    args = (vertex, np.diag([2.0, 2, 2, 1]), (4, 4, 4), {"CortexLeft": 20, "CortexRight": 8})
+    ours, theirs = BrainModels(names, voxel, *args), nib.cifti2.BrainModelAxis(names, voxel, *args)
+    assert ours == theirs and ours.name.dtype == theirs.name.dtype
+    npt.assert_array_equal(ours.name, theirs.name)
+    npt.assert_array_equal(ours.surface_mask, theirs.surface_mask)
+    npt.assert_array_equal(ours.volume_mask, theirs.volume_mask)
+    for part in (slice(2, 9), slice(None, None, 3), np.array([10, 0, 5])):
+        assert isinstance(ours[part], BrainModels) and ours[part] == theirs[part]
+        npt.assert_array_equal(ours[part].surface_mask, theirs[part].surface_mask)
+    assert ours + ours[:3] == theirs + theirs[:3]
+    assert pickle.loads(pickle.dumps(ours)) == theirs
+    assert CiftiGeometry(ours).describe() == CiftiGeometry(theirs).describe()
+    for bad in (["CortexLeft", "Nowhere"], [("cortex", "left")] * 2):
+        with pytest.raises((ValueError, TypeError)) as ours_error:
+            BrainModels(bad, vertex=np.arange(2), nvertices={"CortexLeft": 4})
+        with pytest.raises(ours_error.type):
+            nib.cifti2.BrainModelAxis(bad, vertex=np.arange(2), nvertices={"CortexLeft": 4})
 
 
 def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng, monkeypatch):

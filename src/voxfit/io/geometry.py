@@ -156,12 +156,51 @@ def same_brain_models(a: nib.cifti2.BrainModelAxis, b: nib.cifti2.BrainModelAxis
     return same or a == b
 
 
+def name_runs(names: NDArray) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """The starts and lengths of the runs of equal names in `names` (1-D): a CIFTI file's brain models list each
+    structure's grayordinates together, so 91k grayordinates are about 20 runs."""
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if names.size else np.zeros(0, np.intp)
+    return starts, np.diff(np.r_[starts, names.size])
+
+
+class BrainModels(nib.cifti2.BrainModelAxis):
+    """nibabel's BrainModelAxis, whose structure names are converted (``to_cifti_brain_structure_name``) and found
+    on the surfaces or not once per run of one name (:func:`name_runs`), where nibabel does it name by name: 50 ms
+    to make the axis of 91k grayordinates, at the start of every CIFTI fit, and 15 ms for each mask, against 3 ms
+    and 0.1 ms. The same arrays as nibabel's in every case; a BrainModelAxis everywhere."""
+
+    @property
+    def name(self) -> NDArray:
+        """The brain structure of each grayordinate (CIFTI-2 names)."""
+        return self._name
+
+    @name.setter
+    def name(self, values) -> None:
+        values = np.asanyarray(values)
+        if values.ndim != 1 or values.dtype.kind != "U" or values.size == 0:  # (tuples, say: nibabel converts)
+            nib.cifti2.BrainModelAxis.name.fset(self, values)
+            return
+        starts, counts = name_runs(values)
+        self._name = np.repeat(np.array([self.to_cifti_brain_structure_name(str(values[a])) for a in starts]), counts)
+
+    @property
+    def surface_mask(self) -> NDArray[np.bool_]:
+        """Whether each grayordinate is a surface vertex."""
+        starts, counts = name_runs(self.name)
+        return np.repeat(np.array([str(self.name[a]) in self.nvertices for a in starts], dtype=bool), counts)
+
+    @property
+    def volume_mask(self) -> NDArray[np.bool_]:
+        """Whether each grayordinate is a voxel."""
+        return ~self.surface_mask
+
+
 def _brain_models_xml(axis: nib.cifti2.BrainModelAxis) -> bytes:
     """The brain models' MatrixIndicesMap (dimension 1) as nibabel's ``axis.to_mapping(1)`` serialises it: a
     BrainModel per run of one structure, the Volume before the first of voxels. Made from the arrays (26 ms for 91k
     grayordinates, against 0.16 s for nibabel's, which slices the axis element by element)."""
     names = np.asarray(axis.name)
-    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+    starts, _ = name_runs(names)
     parts = ['<MatrixIndicesMap AppliesToMatrixDimension="1" IndicesMapToDataType="CIFTI_INDEX_TYPE_BRAIN_MODELS">']
     volume = False
     for a, b in zip(starts.tolist(), [*starts[1:].tolist(), names.size]):
@@ -249,7 +288,8 @@ class CiftiGeometry(Geometry):
         nib.save(nib.Nifti2Image(maps.reshape((1, 1, 1, 1) + maps.shape), None, header), str(path))
 
     def describe(self) -> dict:
-        structures = [str(s) for s in np.unique(self.brain_models.name)]
+        names = np.asarray(self.brain_models.name)
+        structures = sorted({str(names[a]) for a in name_runs(names)[0]})
         return {**super().describe(), "structures": structures}
 
 

@@ -40,7 +40,15 @@ from .._memory import check_memory
 from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, open_gzip_stream
 from .checks import check_readable
-from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry, same_brain_models
+from .geometry import (
+    ArrayGeometry,
+    BrainModels,
+    CiftiGeometry,
+    Geometry,
+    SurfaceGeometry,
+    VolumeGeometry,
+    same_brain_models,
+)
 from .memory import MemoryInput, check_data, is_image, memory_input
 from .scans import expand_run, file_identity
 from .stores import open_hdf5, open_zarr
@@ -692,7 +700,7 @@ def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | No
             return None
     if end != n_elements:
         return None
-    return nib.cifti2.BrainModelAxis(name, voxel, vertex, affine, volume_shape, nvertices)
+    return BrainModels(name, voxel, vertex, affine, volume_shape, nvertices)
 
 
 def _dimensions(index_map) -> list[str]:

@@ -15,7 +15,7 @@ from voxfit.core import factorize
 from voxfit.cli import main
 from voxfit.engine.fit import ReadFit
 
-from .imaging import AFFINE
+from .imaging import AFFINE, write_cifti_runs
 
 
 def awkward_voxels(rng, X, dtype):
@@ -144,6 +144,45 @@ def test_fit_with_a_mask_fits_ols_while_reading(tmp_path, capsys, monkeypatch, l
     assert np.isnan(got[0]) and np.isfinite(got[1:]).all()
     mean = np.asarray(nib.load(out / "stat-mean_statmap.nii.gz").dataobj)[inside]
     npt.assert_allclose(mean[1:], Y[:, 1:].astype(np.float64).mean(axis=0), rtol=1e-6)
+
+
+def test_mean_image_of_a_fit_without_read_sums_is_the_datas(tmp_path, rng, monkeypatch):
+    """The mean image of a fit made from the data held (a CIFTI run, held as stored): from an OLS fit's betas
+    where the design spans the constant (an intercept, or one constant per half), with no pass over the data;
+    from the data for a design without the constant, scaled data and AR(1). Each is the data's float64 mean to
+    1e-6 in the automatic mask."""
+    from voxfit.models import glm
+
+    [run] = write_cifti_runs(tmp_path, rng, frames=(40,))
+    data = nib.load(run).get_fdata()
+    t = np.arange(40.0)
+    task = np.sin(t / 3)
+    designs = {
+        "intercept": np.column_stack([task, np.ones(40)]),
+        "halves": np.column_stack([task, t < 20, t >= 20]),
+        "no constant": np.column_stack([task, t / 40 + 1]),
+    }
+    passes = []
+    real = glm.mean_over_scans
+    monkeypatch.setattr(glm, "mean_over_scans", lambda d: passes.append(d.shape) or real(d))
+    cases = [
+        ("intercept", "ols", "none", True),
+        ("halves", "ols", "none", True),
+        ("no constant", "ols", "none", False),
+        ("intercept", "ols", "mean", False),
+        ("intercept", "ar1", "none", False),
+    ]
+    for k, (design, noise, scaling, from_fit) in enumerate(cases):
+        passes.clear()
+        X = designs[design]
+        names = [f"x{k}" for k in range(X.shape[1])]
+        out = tmp_path / f"out{k}"
+        glm.fit_images(run, (X, names), {"c": "x0"}, out_dir=out, noise=noise, scaling=scaling, progress=False)
+        assert (not passes) == from_fit, (design, noise, scaling)
+        mean = np.asarray(nib.load(out / "stat-mean_statmap.dscalar.nii").dataobj)[0]
+        inside = np.asarray(nib.load(out / "mask.dscalar.nii").dataobj)[0] > 0
+        assert inside.sum() == 58  # (the constant vertex and the one with a NaN are out)
+        npt.assert_allclose(mean[inside], data.mean(axis=0)[inside], rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -360,7 +360,7 @@ def fit_images(
             )
             if route.kind == COLUMNS:
                 noise_fit.info["read_by_columns"] = "blocks of voxels' series from the file, under --max-memory"
-            mean = None if out is None else sums.mean() if sums is not None else _mean_image(dataset.data, scheduler)
+            mean = None if out is None else _mean_image(dataset.data, scheduler, sums, noise_fit, scaling)
             if rft is None:
                 neighbours = None
             elif grid is not None:
@@ -696,9 +696,17 @@ def mean_over_scans(data) -> np.ndarray:
     return np.concatenate([np.asarray(data[:, a : a + step], dtype=np.float64).mean(axis=0) for a in range(0, V, step)])
 
 
-def _mean_image(data, scheduler) -> np.ndarray:
-    """The run's mean image, where the data are: on the Dask workers for a column source (in blocks of 8 MiB here,
-    without a scheduler: data read by blocks under the memory cap)."""
+def _mean_image(data, scheduler, sums, noise_fit: NoiseFit, scaling: str) -> np.ndarray:
+    """The run's mean image: from the sums gathered while the data were read; from an OLS fit of the unscaled data
+    whose design spans the constant, ``mean(X) @ betas`` (its residuals sum to zero), to the fit's rounding (a few
+    float32 ulps of the data), not another pass over them (0.05 s for 1200 x 91k float32, and a read of the file
+    where it is read by columns); else from the data, where they are: on the Dask workers for a column source (in
+    blocks of 8 MiB here, without a scheduler: data read by blocks under the memory cap)."""
+    if sums is not None:
+        return sums.mean()
+    fit = noise_fit.fit
+    if noise_fit.info.get("model") == "OLS" and scaling == "none" and fit.design.has_intercept:
+        return fit.design.X.mean(axis=0) @ fit.betas
     if isinstance(data, ColumnSource):
         spans = data.spans() if scheduler is not None else data.spans(8 << 20)
         return np.concatenate(run_tasks(scheduler, _mean_of_columns, data, spans))

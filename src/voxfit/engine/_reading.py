@@ -91,7 +91,8 @@ class ScanSums:
                 z = z_buf[:, : min(width, Y.shape[1] - j0)]  # the held scans, then this slab's, shifted, float64
                 z[:held] = self.tail[:, cols]
                 y = z[held:]
-                np.subtract(Y[:, cols], self.shift[cols], out=y)
+                np.copyto(y, Y[:, cols])  # (then the float64 subtraction in place: a third faster than one mixed
+                y -= self.shift[cols]  # float32 - float64 subtraction through numpy's casting buffers, same values)
                 out = out_buf[:, : z.shape[1]]
                 np.matmul(rows, y, out=out)
                 self.products[:, cols] += out[:m]

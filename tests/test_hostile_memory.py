@@ -91,14 +91,15 @@ def _voxfit(args, tmp_path, name="run"):
 
 
 def _series(path: Path, shape, n: int, offset: float = 0.0) -> Path:
-    """A float32 4-D NIfTI, uncompressed, of values near 100 (every voxel in the masks), written a volume at
+    """A float32 4-D NIfTI, uncompressed, of values near 100 (every voxel in the masks; uniform noise from scan
+    to scan: 7x quicker to draw than normal noise, and the same to every memory bound), written a volume at
     a time (the test process holds one copy; in NIfTI's order, so that each volume is one contiguous write and
     nibabel saves the array as it is)."""
     rng = np.random.default_rng(0)
     data = np.empty((*shape, n), dtype=np.float32, order="F")
     base = 100 + rng.standard_normal(shape, dtype=np.float32)
     for t in range(n):
-        data[..., t] = base + rng.standard_normal(shape, dtype=np.float32) + offset
+        data[..., t] = base + rng.random(shape, dtype=np.float32) + offset
     nib.save(nib.Nifti1Image(data, np.diag([2.0, 2, 2, 1])), path)
     return path
 
@@ -109,7 +110,7 @@ def _npy(path: Path, n_columns: int, n: int) -> Path:
     data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, n_columns))
     base = 100 + rng.standard_normal(n_columns, dtype=np.float32)
     for t in range(n):
-        data[t] = base + rng.standard_normal(n_columns, dtype=np.float32)
+        data[t] = base + rng.random(n_columns, dtype=np.float32)
     data.flush()
     del data
     return path
@@ -123,7 +124,7 @@ def _cifti(path: Path, n_vertices: int, n: int) -> Path:
     base = 100 + rng.standard_normal(n_vertices, dtype=np.float32)
     for g in range(0, n_vertices, 4096):
         k = min(4096, n_vertices - g)
-        data[g : g + k] = base[g : g + k, None] + rng.standard_normal((k, n), dtype=np.float32)
+        data[g : g + k] = base[g : g + k, None] + rng.random((k, n), dtype=np.float32)
     models = nib.cifti2.BrainModelAxis.from_surface(np.arange(n_vertices), n_vertices, "CortexLeft")
     series = nib.cifti2.SeriesAxis(0.0, 2.0, n)
     nib.save(nib.Cifti2Image(data.T, (series, models)), path)

@@ -744,11 +744,18 @@ def test_brain_models_converted_by_runs_are_nibabels(rng):
     assert ours + ours[:3] == theirs + theirs[:3]
     assert pickle.loads(pickle.dumps(ours)) == theirs
     assert CiftiGeometry(ours).describe() == CiftiGeometry(theirs).describe()
-    for bad in (["CortexLeft", "Nowhere"], [("cortex", "left")] * 2):
+    for bad in (["CortexLeft", "Nowhere"], [("cortex", "left")] * 2, []):
         with pytest.raises((ValueError, TypeError)) as ours_error:
-            BrainModels(bad, vertex=np.arange(2), nvertices={"CortexLeft": 4})
+            BrainModels(bad, vertex=np.arange(len(bad)), nvertices={"CortexLeft": 4})
         with pytest.raises(ours_error.type):
-            nib.cifti2.BrainModelAxis(bad, vertex=np.arange(2), nvertices={"CortexLeft": 4})
+            nib.cifti2.BrainModelAxis(bad, vertex=np.arange(len(bad)), nvertices={"CortexLeft": 4})
+    # names assigned as nibabel takes them: tuples, a generator, strings and tuples mixed
+    kinds = (BrainModels, nib.cifti2.BrainModelAxis)
+    for names in ([("cortex", "left")] * 3, ["CortexLeft", ("cortex", "left"), "cortex_left"], None):
+        models = [cls(["CortexLeft"] * 3, vertex=np.arange(3), nvertices={"CortexLeft": 4}) for cls in kinds]
+        for axis in models:
+            axis.name = names if names is not None else (s for s in ["CortexLeft"] * 3)
+        npt.assert_array_equal(models[0].name, models[1].name)
 
 
 def test_cifti_series_read_from_the_stored_layout_in_slabs(tmp_path, rng, monkeypatch):

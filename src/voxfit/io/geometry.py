@@ -176,16 +176,21 @@ class BrainModels(nib.cifti2.BrainModelAxis):
 
     @name.setter
     def name(self, values) -> None:
-        values = np.asanyarray(values)
-        if values.ndim != 1 or values.dtype.kind != "U" or values.size == 0:  # (tuples, say: nibabel converts)
-            nib.cifti2.BrainModelAxis.name.fset(self, values)
+        try:
+            names = np.asanyarray(values)
+        except ValueError:  # (names and tuples mixed)
+            names = None
+        if type(names) is not np.ndarray or names.ndim != 1 or names.dtype.kind != "U" or names.size == 0:
+            nib.cifti2.BrainModelAxis.name.fset(self, values)  # (tuples, generators, no names: nibabel's way)
             return
-        starts, counts = name_runs(values)
-        self._name = np.repeat(np.array([self.to_cifti_brain_structure_name(str(values[a])) for a in starts]), counts)
+        starts, counts = name_runs(names)
+        self._name = np.repeat(np.array([self.to_cifti_brain_structure_name(str(names[a])) for a in starts]), counts)
 
     @property
     def surface_mask(self) -> NDArray[np.bool_]:
         """Whether each grayordinate is a surface vertex."""
+        if self.name.size == 0:  # (nibabel's error for an axis of no grayordinates)
+            return nib.cifti2.BrainModelAxis.surface_mask.fget(self)
         starts, counts = name_runs(self.name)
         return np.repeat(np.array([str(self.name[a]) in self.nvertices for a in starts], dtype=bool), counts)
 

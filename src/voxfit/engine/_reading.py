@@ -91,8 +91,11 @@ class ScanSums:
                 z = z_buf[:, : min(width, Y.shape[1] - j0)]  # the held scans, then this slab's, shifted, float64
                 z[:held] = self.tail[:, cols]
                 y = z[held:]
-                np.copyto(y, Y[:, cols])  # (then the float64 subtraction in place: a third faster than one mixed
-                y -= self.shift[cols]  # float32 - float64 subtraction through numpy's casting buffers, same values)
+                # the tile as float64, then the shift subtracted in place: a third faster than one mixed subtraction
+                # through numpy's casting buffers, and the same values (longdouble data, as from a .npy, are rounded
+                # to float64 first, a float64 ulp at most)
+                np.copyto(y, Y[:, cols])
+                y -= self.shift[cols]
                 out = out_buf[:, : z.shape[1]]
                 np.matmul(rows, y, out=out)
                 self.products[:, cols] += out[:m]

@@ -205,10 +205,10 @@ def _brain_models_xml(axis: nib.cifti2.BrainModelAxis) -> bytes:
     BrainModel per run of one structure, the Volume before the first of voxels. Made from the arrays (26 ms for 91k
     grayordinates, against 0.16 s for nibabel's, which slices the axis element by element)."""
     names = np.asarray(axis.name)
-    starts, _ = name_runs(names)
+    starts, counts = name_runs(names)
     parts = ['<MatrixIndicesMap AppliesToMatrixDimension="1" IndicesMapToDataType="CIFTI_INDEX_TYPE_BRAIN_MODELS">']
     volume = False
-    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), names.size]):
+    for a, b in zip(starts.tolist(), (starts + counts).tolist()):
         name = str(names[a])
         model = f'<BrainModel IndexOffset="{a}" IndexCount="{b - a}" ModelType="CIFTI_MODEL_TYPE_'
         structure = f'" BrainStructure="{name}"'

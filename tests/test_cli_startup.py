@@ -99,21 +99,23 @@ def test_no_heavy_module_before_the_first_read(files, target, argv):
     assert _imported_at_first_read(files, target, *argv) == set()
 
 
-@pytest.mark.parametrize("given, advised", [(None, "False"), ("1", "True")])
-def test_the_program_turns_numpys_huge_page_advice_off_unless_the_user_set_it(files, given, advised):
-    """voxfit's process runs with numpy's NUMPY_MADVISE_HUGEPAGE=0 (see voxfit.cli.program_settings), unless the
-    user set it: what numpy has decided by the time the run's file is first read."""
+@pytest.mark.parametrize("given, seen", [(None, "False 20"), (("1", "28"), "True 28")])
+def test_the_program_sets_numpys_huge_pages_and_openblas_spin_unless_the_user_did(files, given, seen):
+    """voxfit's process runs with numpy's NUMPY_MADVISE_HUGEPAGE=0 and OpenBLAS's OPENBLAS_THREAD_TIMEOUT=20 (see
+    voxfit.cli.program_settings), unless the user set them: what numpy has decided, and what the environment the
+    BLAS libraries read holds, by the time the run's file is first read."""
     probe = (
         "def _numpy_core():\n    import numpy\n    return getattr(numpy, '_core', None) or numpy.core  # (numpy 1.x)\n"
         + HOOK.replace(
             '",".join(m for m in',
-            '"HUGEPAGE " + str(_numpy_core().multiarray._get_madvise_hugepage()) + ",".join(m for m in',
+            '"SETTINGS " + str(_numpy_core().multiarray._get_madvise_hugepage()) + " "'
+            ' + os.environ.get("OPENBLAS_THREAD_TIMEOUT", "-") + ",".join(m for m in',
         )
     )
-    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMPY_MADVISE_HUGEPAGE", "OPENBLAS_THREAD_TIMEOUT")}
     env["PYTHONPATH"] = str(Path(voxfit.__file__).parents[1])
     if given is not None:
-        env["NUMPY_MADVISE_HUGEPAGE"] = given
+        env["NUMPY_MADVISE_HUGEPAGE"], env["OPENBLAS_THREAD_TIMEOUT"] = given
     argv = ["fit", "bold.nii.gz", "--design", "d.tsv", "--contrast", "a=a", "-o", "o1"]
     proc = subprocess.run(
         [sys.executable, "-c", probe, "bold.nii.gz", *argv],
@@ -123,7 +125,7 @@ def test_the_program_turns_numpys_huge_page_advice_off_unless_the_user_set_it(fi
         text=True,
         timeout=120,
     )
-    assert f"FIRST_READ HUGEPAGE {advised}" in proc.stdout, proc.stderr[-2000:]
+    assert f"FIRST_READ SETTINGS {seen}" in proc.stdout, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("how", ["program", "bad input", "traced", "profiled", "called from Python", "full disk"])

@@ -1479,9 +1479,16 @@ def program_settings() -> None:
     first touch of a large array can stall while pages are moved: reading a 438 MB CIFTI run into a new array took
     0.11-1.05 s with the advice against 0.18 s without it, and the whole fit 1.50-1.90 s against 1.27-1.36 s; fits
     from NIfTI were the same either way. voxfit passes over its data once or a few times, so the huge pages'
-    fewer TLB misses do not pay for that. numpy's own NUMPY_MADVISE_HUGEPAGE turns the advice off; a value the
-    user set is kept."""
+    fewer TLB misses do not pay for that. numpy's own NUMPY_MADVISE_HUGEPAGE turns the advice off.
+
+    OpenBLAS's worker threads wait for work by spinning 2^28 cycles (about 0.1 s) before they sleep, from the
+    moment the library loads and after each threaded call. numpy and scipy each load their own OpenBLAS, so a run
+    spent 0.2 s of CPU spinning while it imported, beside the read and the digest on a 2-core machine
+    (``python -c "import numpy, scipy.linalg"``: 0.37 s user against 0.17 s). OPENBLAS_THREAD_TIMEOUT=20 makes
+    them spin 2^20 cycles (under a millisecond), which still bridges back-to-back threaded calls; voxfit's own
+    threads hold BLAS to one thread anyway (``_threads.blas_single_threaded``). A value the user set is kept."""
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
 def _main(argv: list[str]) -> int:

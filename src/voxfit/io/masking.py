@@ -16,6 +16,7 @@ come from whole scans.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 
@@ -160,9 +161,12 @@ def gather(
 def _scans_array(reader, n_columns: int, by_series: bool) -> NDArray:
     """An empty (n_scans, n_columns) array of the reader's dtype for its data: F-ordered (each column's series
     together) where the reader writes its files' series into it as stored (``series_major``: a CIFTI run read in
-    0.1 s, against 0.35 s transposed into scans), and `by_series` allows it (no whole scan is wanted); else C."""
+    0.1 s, against 0.35 s transposed into scans), and `by_series` allows it (no whole scan is wanted); else C.
+    Every column of a run that its file holds as wanted is the file's map instead, full already
+    (``mapped_series``: 0.03 s)."""
     if by_series and getattr(reader, "series_major", False):
-        return np.empty((n_columns, reader.n_scans), dtype=reader.dtype).T
+        mapped = reader.mapped_series() if n_columns == reader.geometry.n_elements else None
+        return mapped if mapped is not None else np.empty((n_columns, reader.n_scans), dtype=reader.dtype).T
     return np.empty((reader.n_scans, n_columns), dtype=reader.dtype)
 
 
@@ -390,8 +394,12 @@ def keep_columns(data: NDArray, index: NDArray[np.intp]) -> NDArray:
     data."""
     n, m = data.shape
     k = index.size
-    if k == m or not data.flags.writeable or not (data.flags.c_contiguous or data.flags.f_contiguous):
-        return data if k == m else np.take(data, index, axis=1)
+    if k == m:
+        return data
+    if not data.flags.writeable and data.flags.f_contiguous and not data.flags.c_contiguous:
+        return _kept_series_copied(data, index)
+    if not data.flags.writeable or not (data.flags.c_contiguous or data.flags.f_contiguous):
+        return np.take(data, index, axis=1)
     if not data.flags.c_contiguous:  # each column's series together: the kept ones moved to the front
         series = data.T
         step = _series_per_tile(data)  # series a move (a copy taken, then written)
@@ -403,6 +411,36 @@ def keep_columns(data: NDArray, index: NDArray[np.intp]) -> NDArray:
     for t in range(n):
         flat[t * k : (t + 1) * k] = data[t, index]  # (a copy of the row's kept values, then written)
     return flat[: n * k].reshape(n, k)
+
+
+def _kept_series_copied(data: NDArray, index: NDArray[np.intp]) -> NDArray:
+    """keep_columns of read-only series (F-ordered: a file's map, ``CiftiReader.mapped_series``): the kept
+    series copied out, in order, a tile at a time; the pages of a file's map that the tiles have passed are
+    released as they go (``MADV_DONTNEED``: read again from the file if touched), so that the peak memory is the
+    kept data and a tile, not twice the data."""
+    series = data.T
+    out = np.empty((index.size, data.shape[0]), dtype=data.dtype)
+    pages = _file_map(data)
+    start = np.frombuffer(pages, dtype=np.uint8).ctypes.data if pages is not None else 0
+    released = (series.ctypes.data - start) // mmap.PAGESIZE * mmap.PAGESIZE
+    step = _series_per_tile(data)
+    for j in range(0, index.size, step):
+        moved = index[j : j + step]
+        np.take(series, moved, axis=0, out=out[j : j + moved.size], mode="wrap")  # (valid: see _take_columns)
+        if pages is not None:  # every page before the end of the last series copied: done with
+            end = (series.ctypes.data + (moved[-1] + 1) * series.strides[0] - start) // mmap.PAGESIZE * mmap.PAGESIZE
+            if end > released:
+                pages.madvise(mmap.MADV_DONTNEED, released, end - released)
+                released = end
+    return out.T
+
+
+def _file_map(data: NDArray) -> mmap.mmap | None:
+    """The memory map of a file that `data` is a view of, if any."""
+    base = data
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    return base
 
 
 def gather_auto(reader, threshold: float | None = None, progress: bool | None = None, globals_=None):

@@ -23,7 +23,7 @@ from voxfit.io import OutputFolder, before_commit
 from voxfit.io import output as output_module
 from voxfit.models import glm
 
-from .imaging import AFFINE, N_SCANS, volume_data, write_gifti, write_nifti
+from .imaging import AFFINE, N_SCANS, volume_data, write_cifti_runs, write_gifti, write_nifti
 
 requires_matplotlib = pytest.mark.skipif(
     __import__("importlib").util.find_spec("matplotlib") is None, reason="reports need matplotlib"
@@ -266,6 +266,41 @@ def test_killed_run_leaves_a_temporary_that_the_next_run_removes(study):
     with OutputFolder(study["out"]) as out:  # not refused as non-empty: the stale folder is gone
         assert not hidden[0].exists()
         out.commit()
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MAP_POPULATE"), reason="files are mapped on Linux")
+def test_a_cifti_run_truncated_while_fitted_leaves_what_a_killed_run_does(tmp_path, capsys):
+    """A CIFTI run held as its file's map (``CiftiReader.mapped_series``) and truncated while it is fitted: the
+    process ends as one killed (SIGBUS, as for any memory map of a file cut short, nibabel's own), leaving no
+    output folder or only its hidden temporary, which the next run there removes as it writes its maps."""
+    import signal
+
+    path = write_cifti_runs(tmp_path, np.random.default_rng(0), frames=(200,))[0]
+    design = tmp_path / "design.tsv"
+    pd.DataFrame({"A": np.sin(np.arange(200) / 5.0), "constant": 1.0}).to_csv(design, sep="\t", index=False)
+    out = tmp_path / "out"
+    argv = ["fit", str(path), "--design", str(design), "--contrast", "a=A", "-o", str(out)]
+    code = (
+        "import os, sys\n"
+        "from voxfit.io import readers\n"
+        "from voxfit.cli import main\n"
+        "mapped = readers.CiftiReader.mapped_series\n"
+        "def truncated(self):\n"
+        "    series = mapped(self)\n"
+        "    os.truncate(self.paths[0], 1024)  # (another program cuts the file short)\n"
+        "    return series\n"
+        "readers.CiftiReader.mapped_series = truncated\n"
+        "main(sys.argv[1:])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.io.__file__).parents[2])}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr[-2000:])
+    assert not out.exists() or all(p.name.startswith(".voxfit-partial-") for p in out.iterdir())
+    write_cifti_runs(tmp_path, np.random.default_rng(0), frames=(200,))  # (the file written again)
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert not any(p.name.startswith(".voxfit-partial-") for p in out.iterdir())
+    assert (out / "model.json").exists()
 
 
 # --- class 6: nothing left by a failed run ------------------------------------------------------------------

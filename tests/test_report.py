@@ -76,7 +76,8 @@ def _check_page(path, *expected_alts):
 
 @pytest.fixture(scope="module")
 def volume_run(tmp_path_factory):
-    """One first-level run with its report, shared by the tests (each rewrites report.html only with --force)."""
+    """One first-level run with its report, shared by the tests: those that draw it with other options draw a copy,
+    so that the shared report is the fit's own whatever order the tests run in."""
     folder = tmp_path_factory.mktemp("volume")
     rng = np.random.default_rng(0)
     bold = _volume(folder, rng)
@@ -209,11 +210,12 @@ def test_background_and_threshold_options(volume_run, tmp_path):
     fine = AFFINE.copy()
     fine[:3, :3] /= 2
     nib.save(nib.Nifti1Image(t1, fine), tmp_path / "t1.nii.gz")
+    folder = shutil.copytree(volume_run, tmp_path / "run")  # (the shared report stays drawn over the mean image)
     assert (
         main(
             [
                 "report",
-                str(volume_run),
+                str(folder),
                 "--background",
                 str(tmp_path / "t1.nii.gz"),
                 "--p-threshold",
@@ -224,14 +226,15 @@ def test_background_and_threshold_options(volume_run, tmp_path):
         )
         == 0
     )
-    page = _check_page(volume_run / "report.html", "orthogonal slices")
+    page = _check_page(folder / "report.html", "orthogonal slices")
     assert "t1.nii.gz, resampled" in page and "p &lt; 0.05 uncorrected" in page
 
 
 def test_nothing_to_show(volume_run, tmp_path):
     """No element past the threshold, or a map without a finite value: said, and no empty figures."""
-    assert main(["report", str(volume_run), "--p-threshold", "1e-300", "--force", "--quiet"]) == 0
-    page = _check_page(volume_run / "report.html", "Design matrix")
+    above = shutil.copytree(volume_run, tmp_path / "above")  # (the shared report keeps its threshold)
+    assert main(["report", str(above), "--p-threshold", "1e-300", "--force", "--quiet"]) == 0
+    page = _check_page(above / "report.html", "Design matrix")
     assert (
         page.count("No element passes the threshold (largest z: ") == 2
         and "no slices, views or table of maxima" in page

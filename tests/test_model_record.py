@@ -130,3 +130,51 @@ def test_the_schema_is_shipped_valid_and_refuses_a_record_without_its_kind(writt
     raw = json.loads((folder / "model.json").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({k: v for k, v in raw.items() if k != "model_kind"}, schema())
+
+
+@pytest.mark.parametrize("windows", [0, 1, 2])
+@pytest.mark.parametrize("extra", [-1, 0, 1, 4097])
+def test_input_digests_are_the_files_sha256_however_they_are_read(tmp_path, monkeypatch, windows, extra):
+    """model.json's SHA-256 of an input is ``sha256sum``'s: hashed through mapped windows where files map, the
+    tail read; read throughout where mapping fails (a file system that maps no files); and read from wherever
+    the file is found cut short while it is hashed. A folder's (a Zarr store's) is over its files' names and
+    digests."""
+    import hashlib
+    import mmap
+    import os
+
+    from voxfit.models import record
+
+    monkeypatch.setattr(record, "DIGEST_WINDOW", mmap.ALLOCATIONGRANULARITY)
+    size = max(0, windows * mmap.ALLOCATIONGRANULARITY + extra)
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "run.nii"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert record.input_record(path) == {"path": str(path.resolve()), "bytes": size, "sha256": expected}
+
+    def unmappable(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    with monkeypatch.context() as m:
+        m.setattr(record.mmap, "mmap", unmappable)
+        assert record._sha256(path) == expected
+    fstat, calls = os.fstat, []
+
+    def shrinking(fd):  # the file seen shorter from the second look on (cut short while it is hashed)
+        calls.append(fd)
+        found = fstat(fd)
+        return found if len(calls) == 1 else os.stat_result((*found[:6], 0, *found[7:]))
+
+    with monkeypatch.context() as m:
+        m.setattr(record.os, "fstat", shrinking)
+        assert record._sha256(path) == expected
+    store = tmp_path / "store.zarr"
+    (store / "0").mkdir(parents=True)
+    (store / "0" / "0").write_bytes(data)
+    (store / ".zarray").write_bytes(b"{}")
+    names = [(".zarray", hashlib.sha256(b"{}").hexdigest()), (os.path.join("0", "0"), expected)]
+    folder = hashlib.sha256()
+    for name, digest in names:
+        folder.update(name.encode() + b"\0" + bytes.fromhex(digest))
+    assert record._sha256(store) == folder.hexdigest()

@@ -331,12 +331,13 @@ def test_cifti_series_are_held_as_stored(tmp_path, rng, monkeypatch, stored):
 
 
 @pytest.mark.parametrize("stored", ["<f4", ">f4", "<i2", "<f8"])
-def test_a_cifti_run_stored_as_held_is_the_files_map(tmp_path, rng, stored):
+def test_a_cifti_run_stored_as_held_is_the_files_map(tmp_path, rng, monkeypatch, stored):
     """One CIFTI run stored in the machine's byte order, unscaled, is held as the file's own pages (a read-only
     private map: nothing read into memory of the process's own), every grayordinate's series as stored; the
-    automatic mask's kept series are copied out of it. Other byte orders, and several runs, are read into
-    memory. Either way the values are those nibabel reads, and a file truncated once opened is refused."""
-    from voxfit.io import masking
+    automatic mask's kept series are copied out of it. Other byte orders, several runs, and file systems that
+    map no files are read into memory. Either way the values are those nibabel reads, and a file truncated once
+    opened is refused."""
+    from voxfit.io import masking, readers
 
     paths = write_cifti_runs(tmp_path, rng, stored=stored)  # a constant series and a NaN
     runs = [np.asarray(nib.load(p).get_fdata(dtype=np.float64)) for p in paths]
@@ -352,6 +353,11 @@ def test_a_cifti_run_stored_as_held_is_the_files_map(tmp_path, rng, stored):
         npt.assert_array_equal(auto.masker.mask, keep)
         npt.assert_array_equal(auto.data, want[:, keep])
         assert auto.data.flags.f_contiguous and auto.data.flags.writeable and masking._file_map(auto.data) is None
+    with monkeypatch.context() as m:  # a file system that maps no files: read
+        m.setattr(readers.mmap, "mmap", lambda *a, **k: (_ for _ in ()).throw(OSError(19, "No such device")))
+        read = masking.gather(open_reader(str(paths[0])), np.arange(runs[0].shape[1]))
+        npt.assert_array_equal(read, runs[0])
+        assert read.flags.writeable and read.flags.f_contiguous
     reader = open_reader(str(paths[0]))
     with open(paths[0], "r+b") as f:
         f.truncate(paths[0].stat().st_size - 8)

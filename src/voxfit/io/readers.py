@@ -777,7 +777,10 @@ class CiftiReader:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size < end:  # (truncated since it was opened: a map past its end faults)
                 raise InputError(f"{path}: the file ended before the data its header promises (truncated while read?).")
-            pages = mmap.mmap(f.fileno(), end, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+            try:
+                pages = mmap.mmap(f.fileno(), end, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+            except OSError:  # (a file system that maps no files: read)
+                return None
         series = np.frombuffer(pages, dtype=stored, count=n * G, offset=offset).reshape(G, n).T
         self._mapped = weakref.ref(series)
         return series

@@ -332,9 +332,10 @@ def test_cifti_series_are_held_as_stored(tmp_path, rng, monkeypatch, stored):
 
 @pytest.mark.parametrize("stored", ["<f4", ">f4", "<i2", "<f8"])
 def test_a_cifti_run_stored_as_held_is_the_files_map(tmp_path, rng, monkeypatch, stored):
-    """One CIFTI run stored in the machine's byte order, unscaled, is held as the file's own pages (a read-only
-    private map: nothing read into memory of the process's own), every grayordinate's series as stored; the
-    automatic mask's kept series are copied out of it. Other byte orders, several runs, and file systems that
+    """With ``map_files`` (the command line's), one CIFTI run stored in the machine's byte order, unscaled, is
+    held as the file's own pages (a read-only private map: nothing read into memory of the process's own), every
+    grayordinate's series as stored; the automatic mask's kept series are copied out of it. Without it (the
+    library's default) the data are read into memory, writable. Other byte orders, several runs, and file systems that
     map no files are read into memory. Either way the values are those nibabel reads, and a file truncated once
     opened is refused."""
     from voxfit.io import masking, readers
@@ -343,26 +344,31 @@ def test_a_cifti_run_stored_as_held_is_the_files_map(tmp_path, rng, monkeypatch,
     runs = [np.asarray(nib.load(p).get_fdata(dtype=np.float64)) for p in paths]
     mapped = nib.load(paths[0]).get_data_dtype().isnative  # (nibabel may write another byte order than asked)
     for inputs, want in ((paths[:1], runs[0]), (paths, np.concatenate(runs))):
-        every = masking.gather(open_reader([str(p) for p in inputs]), np.arange(want.shape[1]))
+        every = masking.gather(open_reader([str(p) for p in inputs]), np.arange(want.shape[1]), map_files=True)
         npt.assert_array_equal(every, want)
         assert every.flags.f_contiguous
         held = mapped and len(inputs) == 1 and hasattr(mmap, "MAP_POPULATE")  # (Linux)
         assert (masking._file_map(every) is not None) is held and every.flags.writeable is not held
-        auto = voxfit.load([str(p) for p in inputs])
+        whole = voxfit.load([str(p) for p in inputs], mask=np.ones(want.shape[1], bool), map_files=True)
+        assert (masking._file_map(whole.data) is not None) is held
+        read = voxfit.load([str(p) for p in inputs], mask=np.ones(want.shape[1], bool))  # (by default: read)
+        assert read.data.flags.writeable and masking._file_map(read.data) is None
+        npt.assert_array_equal(read.data, want)
+        auto = voxfit.load([str(p) for p in inputs], map_files=True)
         keep = np.isfinite(want).all(axis=0) & (want != want[0]).any(axis=0)
         npt.assert_array_equal(auto.masker.mask, keep)
         npt.assert_array_equal(auto.data, want[:, keep])
         assert auto.data.flags.f_contiguous and auto.data.flags.writeable and masking._file_map(auto.data) is None
     with monkeypatch.context() as m:  # a file system that maps no files: read
         m.setattr(readers.mmap, "mmap", lambda *a, **k: (_ for _ in ()).throw(OSError(19, "No such device")))
-        read = masking.gather(open_reader(str(paths[0])), np.arange(runs[0].shape[1]))
+        read = masking.gather(open_reader(str(paths[0])), np.arange(runs[0].shape[1]), map_files=True)
         npt.assert_array_equal(read, runs[0])
         assert read.flags.writeable and read.flags.f_contiguous
     reader = open_reader(str(paths[0]))
     with open(paths[0], "r+b") as f:
         f.truncate(paths[0].stat().st_size - 8)
     with pytest.raises(InputError, match="ended before the data its header promises"):
-        masking.gather(reader, np.arange(runs[0].shape[1]))
+        masking.gather(reader, np.arange(runs[0].shape[1]), map_files=True)
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE"), reason="files are mapped on Linux")
@@ -390,7 +396,7 @@ def peak():  # the kernel's high-water mark of this process's memory (VmHWM: fro
 {release}
 voxfit.load({small!r})  # (the modules a load imports, imported)
 before = peak()
-ds = voxfit.load({path!r})
+ds = voxfit.load({path!r}, map_files=True)
 assert masking._file_map(ds.data) is None and ds.data.shape == {shape}, ds.data.shape
 print(before, peak(), float(ds.data[:, -1].sum()))
 """

@@ -1126,6 +1126,7 @@ def _run_fit(args, argv, progress) -> int:
             progress=progress,
             scan_globals=args.scaling == "global",
             observe=route.observer,
+            map_files=True,  # (a CIFTI run as its file's own pages: the data never leave the run)
         )
         if args.inference != "rft":  # the inputs' checksums from the read's start, not after the imports (0.3 s)
             route = replace(route, records=start_input_records(reader))

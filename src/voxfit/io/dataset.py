@@ -81,6 +81,7 @@ def load(
     scan_globals: bool = False,
     name: str = "paths",
     observe=None,
+    map_files: bool = False,
 ) -> Dataset:
     """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
@@ -116,6 +117,11 @@ def load(
         With an explicit `mask`: called after each slab of scans is read, ``observe(out, stop)``: the
         (n_scans, n_voxels) array being filled, in the raw dtype, and the number of scans read into it so far
         (sums gathered during the read, e.g. ``voxfit.engine.smoothness.GridProducts.observe``).
+    map_files : bool
+        Hold a CIFTI run that one uncompressed file stores as wanted (every grayordinate's series) as that file's
+        own pages, mapped read-only (:meth:`~voxfit.io.CiftiReader.mapped_series`: 0.03 s against 0.23 s for
+        438 MB), as the command line does: the data are then read-only, change if the file is rewritten, and
+        a file cut short while they are held ends the process (SIGBUS). By default they are read into memory.
     """
     held = _PRELOADED.get()
     key = _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name)
@@ -131,10 +137,11 @@ def load(
     if mask is None:
         if observe is not None:
             raise ValueError("`observe` needs an explicit mask (the automatic one is decided after the read).")
-        raw, mask_array = gather_auto(reader, threshold, progress, globals_)
+        raw, mask_array = gather_auto(reader, threshold, progress, globals_, map_files=map_files)
     else:
         mask_array = explicit_mask(mask, reader.geometry)
-        raw = gather(reader, np.flatnonzero(mask_array), progress, globals_, observe, GATHER_SLAB_BYTES)
+        index = np.flatnonzero(mask_array)
+        raw = gather(reader, index, progress, globals_, observe, GATHER_SLAB_BYTES, map_files=map_files)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
     return Dataset(
         data=data,

@@ -131,19 +131,22 @@ def gather(
     globals_=None,
     observe=None,
     slab_bytes: int = DEFAULT_SLAB_BYTES,
+    map_files: bool = False,
 ) -> NDArray:
     """The data of elements `index`, (n_scans, len(index)) in the reader's raw dtype, in one sequential pass
     (which also gives each whole scan to `globals_`, a :class:`ScanGlobals`, and, after each slab, the array
     being filled and the number of scans in it so far to ``observe(out, stop)``, when given). A reader that
     writes its scans into an array itself (``scans_into``: CIFTI) fills `out` directly: with every element, or
     with the elements `index` (increasing) when no whole scan is wanted (no `globals_`); as each element's
-    series (an F-ordered `out`) when its files hold them so (``series_major``) and no whole scan is wanted. Other
-    readers read slabs of at most `slab_bytes` (and a .nii.gz three of them at once)."""
+    series (an F-ordered `out`) when its files hold them so (``series_major``) and no whole scan is wanted; with
+    `map_files`, as the file's own pages where one file holds every element's series as wanted (see
+    :func:`_scans_array`). Other readers read slabs of at most `slab_bytes` (and a .nii.gz three of them at
+    once)."""
     _check_gathered(reader, index.size)
     into, n_elements = getattr(reader, "scans_into", None), reader.geometry.n_elements
     every = _every_column(index, n_elements)
     direct = into is not None and (every or (globals_ is None and _increasing_within(index, n_elements)))
-    out = _scans_array(reader, index.size, by_series=direct and globals_ is None)
+    out = _scans_array(reader, index.size, by_series=direct and globals_ is None, map_files=map_files)
     bar = Progress("reading", reader.n_scans, enabled=progress)
     slabs = into(out, None if every else index) if direct else reader.iter_scans(slab_bytes)
     for start, block in slabs:
@@ -158,14 +161,15 @@ def gather(
     return out
 
 
-def _scans_array(reader, n_columns: int, by_series: bool) -> NDArray:
+def _scans_array(reader, n_columns: int, by_series: bool, map_files: bool = False) -> NDArray:
     """An empty (n_scans, n_columns) array of the reader's dtype for its data: F-ordered (each column's series
     together) where the reader writes its files' series into it as stored (``series_major``: a CIFTI run read in
     0.1 s, against 0.35 s transposed into scans), and `by_series` allows it (no whole scan is wanted); else C.
-    Every column of a run that its file holds as wanted is the file's map instead, full already
-    (``mapped_series``: 0.03 s)."""
+    With `map_files`, when every column is wanted and one file holds them all as wanted, the array is that
+    file's own pages instead, holding the data already (``mapped_series``: 0.03 s)."""
     if by_series and getattr(reader, "series_major", False):
-        mapped = reader.mapped_series() if n_columns == reader.geometry.n_elements else None
+        every = n_columns == reader.geometry.n_elements
+        mapped = reader.mapped_series() if map_files and every else None
         return mapped if mapped is not None else np.empty((n_columns, reader.n_scans), dtype=reader.dtype).T
     return np.empty((reader.n_scans, n_columns), dtype=reader.dtype)
 
@@ -443,11 +447,13 @@ def _file_map(data: NDArray) -> mmap.mmap | None:
     return base
 
 
-def gather_auto(reader, threshold: float | None = None, progress: bool | None = None, globals_=None):
+def gather_auto(
+    reader, threshold: float | None = None, progress: bool | None = None, globals_=None, map_files: bool = False
+):
     """Automatic mask and the masked data in one pass (see the module docstring), each whole scan also given to
     `globals_` (a :class:`ScanGlobals`) when given. Returns ``(data, mask)``. A reader that writes its scans
     into an array itself (``scans_into``: CIFTI, whose grayordinates are the brain's already) has every element
-    gathered, not only the first scan's candidates."""
+    gathered, not only the first scan's candidates (with `map_files`, see :func:`gather`)."""
     n_elements = reader.geometry.n_elements
     auto = AutoMask(n_elements, reader.dtype.kind == "f", threshold, reader.scale)
     into = getattr(reader, "scans_into", None)
@@ -455,7 +461,7 @@ def gather_auto(reader, threshold: float | None = None, progress: bool | None = 
     if into is not None:
         gathered = np.ones(n_elements, dtype=bool)
         _check_gathered(reader, n_elements)
-        out = _scans_array(reader, n_elements, by_series=globals_ is None and threshold is None)
+        out = _scans_array(reader, n_elements, globals_ is None and threshold is None, map_files)
     series = out is not None and not out.flags.c_contiguous  # each element's series together: checked after
     bar = Progress("reading", reader.n_scans, enabled=progress)
     kept = None  # once only the first scan's candidates can be kept: their mask, checked on their values only

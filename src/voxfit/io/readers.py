@@ -763,10 +763,14 @@ class CiftiReader:
         against 0.23 s read into a new array, whose every page the process faults in, zeroes and fills (0.09 s
         with huge pages, which the program turns off: see ``voxfit.cli.program_settings``). The pages are the
         page cache's, so they count in the process's memory as the array would. None unless one file holds the
-        run, unscaled and uncompressed, in the reader's dtype and the machine's byte order, at an aligned offset;
-        :meth:`scans_into` then reads nothing into the array given. A file cut short by another program while
-        the map is held ends the process with SIGBUS, as for any memory map (nibabel's own): what such a run
-        leaves is what a killed one does, which the next run in the folder removes."""
+        run, unscaled and uncompressed, in the reader's dtype and the machine's byte order, at an aligned offset,
+        on a file system that maps files; an InputError if the file is now shorter than its header says.
+        :meth:`scans_into` then reads nothing into the array given.
+
+        Only where the data never leave a run (``load(map_files=True)``: the command line): they are read-only
+        and follow the file. A file cut short by another program while the map is held ends the process with
+        SIGBUS, as for any memory map (nibabel's own): what such a run leaves is what a killed one does, which
+        the next run in the folder removes."""
         if len(self._layouts) != 1 or self._layouts[0] is None or not hasattr(mmap, "MAP_POPULATE"):
             return None
         path, offset, stored = self._layouts[0]

@@ -12,7 +12,8 @@ maps as .nii.gz):
 Each run is a fresh ``python -c`` process that installs an audit hook (PEP 578) and runs ``voxfit`` as ``python -m
 voxfit`` does. The hook notes, on the monotonic clock shared by the processes of the machine, the first time the
 data file is opened (its header, read by nibabel: ``header``) and the first time it is opened to read values
-(``data``: any open outside the header's parse), with the heavy modules already imported then; the child ends there
+(``data``: any open outside the header's parse and the digest of ``voxfit._digest``, which the command line
+starts first), with the heavy modules already imported then; the child ends there
 (``os._exit``) unless ``--full``. Times are from just before the parent starts the child; best of ``--repeat``;
 ``cpu`` is the CPU time the child had used by its data read (all threads; a busy machine disturbs it less than the
 wall times). Baselines, timed the same way to the end of their code: ``python -c pass`` and ``python -c "import
@@ -55,8 +56,17 @@ def _in_header_parse(frame):
         frame = frame.f_back
     return False
 
+def _in_digest(frame):
+    while frame is not None:
+        if frame.f_code.co_filename.endswith("_digest.py"):
+            return True
+        frame = frame.f_back
+    return False
+
 def _hook(event, args):
     if event != "open" or not isinstance(args[0], str) or os.path.basename(args[0]) != _target:
+        return
+    if _in_digest(sys._getframe(1)):  # (model.json's digest of the file, started first: not its read)
         return
     kind = "HEADER" if _in_header_parse(sys._getframe(1)) else "DATA"
     if kind in _seen:

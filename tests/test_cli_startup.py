@@ -45,8 +45,14 @@ HOOK = f"""
 import os, sys
 _target = sys.argv[1]
 
+def _in_digest(frame):  # (model.json's digest of the file, which the command line starts first, is not its read)
+    while frame is not None and not frame.f_code.co_filename.endswith("_digest.py"):
+        frame = frame.f_back
+    return frame is not None
+
 def _hook(event, args):
-    if event == "open" and isinstance(args[0], str) and os.path.basename(args[0]) == _target:
+    if event == "open" and isinstance(args[0], str) and os.path.basename(args[0]) == _target \
+            and not _in_digest(sys._getframe(1)):
         os.write(1, ("FIRST_READ " + ",".join(m for m in {HEAVY!r} if m in sys.modules) + "\\n").encode())
         os._exit(0)
 

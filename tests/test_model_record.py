@@ -132,43 +132,20 @@ def test_the_schema_is_shipped_valid_and_refuses_a_record_without_its_kind(writt
         jsonschema.validate({k: v for k, v in raw.items() if k != "model_kind"}, schema())
 
 
-@pytest.mark.parametrize("windows", [0, 1, 2])
-@pytest.mark.parametrize("extra", [-1, 0, 1, 4097])
-def test_input_digests_are_the_files_sha256_however_they_are_read(tmp_path, monkeypatch, windows, extra):
-    """model.json's SHA-256 of an input is ``sha256sum``'s: hashed through mapped windows where files map, the
-    tail read; read throughout where mapping fails (a file system that maps no files); and read from wherever
-    the file is found cut short while it is hashed. A folder's (a Zarr store's) is over its files' names and
-    digests."""
+@pytest.mark.parametrize("size", [0, 1, (1 << 22) - 1, 1 << 22, (1 << 22) + 4097])
+def test_input_digests_are_the_files_sha256(tmp_path, size):
+    """model.json's SHA-256 of an input is ``sha256sum``'s, whole buffers or not; a folder's (a Zarr store's) is
+    over its files' names and digests."""
     import hashlib
-    import mmap
     import os
 
     from voxfit.models import record
 
-    monkeypatch.setattr(record, "DIGEST_WINDOW", mmap.ALLOCATIONGRANULARITY)
-    size = max(0, windows * mmap.ALLOCATIONGRANULARITY + extra)
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
     path = tmp_path / "run.nii"
     path.write_bytes(data)
     expected = hashlib.sha256(data).hexdigest()
     assert record.input_record(path) == {"path": str(path.resolve()), "bytes": size, "sha256": expected}
-
-    def unmappable(*args, **kwargs):
-        raise OSError(19, "No such device")
-
-    with monkeypatch.context() as m:
-        m.setattr(record.mmap, "mmap", unmappable)
-        assert record._sha256(path) == expected
-    fstat, calls = os.fstat, []
-
-    def shrinking(fd):  # the file seen shorter from the second look on (cut short while it is hashed)
-        calls.append(fd)
-        found = fstat(fd)
-        return found if len(calls) == 1 else os.stat_result((*found[:6], 0, *found[7:]))
-
-    with monkeypatch.context() as m:
-        m.setattr(record.os, "fstat", shrinking)
-        assert record._sha256(path) == expected
     store = tmp_path / "store.zarr"
     (store / "0").mkdir(parents=True)
     (store / "0" / "0").write_bytes(data)
@@ -178,3 +155,40 @@ def test_input_digests_are_the_files_sha256_however_they_are_read(tmp_path, monk
     for name, digest in names:
         folder.update(name.encode() + b"\0" + bytes.fromhex(digest))
     assert record._sha256(store) == folder.hexdigest()
+
+
+def test_digests_started_early_serve_the_same_file_only(tmp_path, monkeypatch):
+    """The command line starts its inputs' digests before anything else (``voxfit._digest.start_digests``): one
+    thread for the files, folders and missing paths skipped; model.json takes a started digest only for the file
+    it was started for (same device, inode, size and modification time), and hashes a file replaced since."""
+    import hashlib
+    import os
+    import threading
+
+    from voxfit import _digest
+    from voxfit.models import record
+
+    monkeypatch.setattr(_digest, "_started", {})
+    hashed, go = [], threading.Event()
+    plain = _digest._sha256_of_file
+
+    def counted(path, buf=None):
+        go.wait(30)
+        hashed.append(os.path.basename(path))
+        return plain(path, buf)
+
+    monkeypatch.setattr(_digest, "_sha256_of_file", counted)
+    a, b = tmp_path / "a.nii", tmp_path / "b.nii"
+    a.write_bytes(b"a" * 5000)
+    b.write_bytes(b"b" * 7000)
+    _digest.start_digests([a, tmp_path, tmp_path / "missing.nii", b, a], aside=False)
+    assert sorted(_digest._started) == sorted(map(os.path.realpath, (a, b)))
+    go.set()
+    assert record.input_record(a)["sha256"] == hashlib.sha256(b"a" * 5000).hexdigest()
+    assert record.input_record(b)["sha256"] == hashlib.sha256(b"b" * 7000).hexdigest()
+    assert sorted(hashed) == ["a.nii", "b.nii"]  # (each once, on the started thread)
+    b.unlink()
+    b.write_bytes(b"c" * 7000)  # (replaced: another inode, or the same one with another modification time)
+    os.utime(b, ns=(1, 1))
+    assert record.input_record(b)["sha256"] == hashlib.sha256(b"c" * 7000).hexdigest()
+    assert sorted(hashed) == ["a.nii", "b.nii", "b.nii"]

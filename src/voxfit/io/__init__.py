@@ -1,51 +1,77 @@
-"""Reading and writing images: readers for every format, masking, output folders. No statistics here."""
+"""Reading and writing images: readers for every format, masking, output folders. No statistics here.
 
-from ._gzip import GZIP_BACKEND, open_gzip
-from .dataset import Dataset, ScaledArray, load
-from .geometry import ArrayGeometry, CiftiGeometry, Geometry, SurfaceGeometry, VolumeGeometry
-from .masking import (
-    SPM_MASK_THRESHOLD,
-    Masker,
-    check_mask,
-    explicit_mask,
-    gather,
-    gather_auto,
-    global_sums_block,
-    load_mask,
-    mask_block,
-    resolve_mask_threshold,
-    spm_globals,
+The names are imported on first use (:func:`voxfit._lazy.first_use`): the command line's first steps (the output
+folder's check, the runs' file names, model.json's digests, all standard library) do not wait for numpy and nibabel,
+which the readers import."""
+
+from .._lazy import first_use
+
+_NAMES = {  # each name and the submodule it is imported from, on first use
+    "GZIP_BACKEND": "_gzip",
+    "open_gzip": "_gzip",
+    "Dataset": "dataset",
+    "ScaledArray": "dataset",
+    "load": "dataset",
+    "ArrayGeometry": "geometry",
+    "CiftiGeometry": "geometry",
+    "Geometry": "geometry",
+    "SurfaceGeometry": "geometry",
+    "VolumeGeometry": "geometry",
+    "SPM_MASK_THRESHOLD": "masking",
+    "Masker": "masking",
+    "check_mask": "masking",
+    "explicit_mask": "masking",
+    "gather": "masking",
+    "gather_auto": "masking",
+    "global_sums_block": "masking",
+    "load_mask": "masking",
+    "mask_block": "masking",
+    "resolve_mask_threshold": "masking",
+    "spm_globals": "masking",
+    "MemoryInput": "memory",
+    "check_data": "memory",
+    "is_image": "memory",
+    "source_label": "memory",
+    "OutputFolder": "output",
+    "before_commit": "output",
+    "disk_error": "output",
+    "make_folder": "output",
+    "remove_made_folders": "output",
+    "sanitize_label": "output",
+    "stat_maps": "output",
+    "statmap_name": "output",
+    "write_file_atomically": "output",
+    "write_stats": "output",
+    "check_design_rows": "checks",
+    "ArrayReader": "readers",
+    "CiftiReader": "readers",
+    "ColumnSource": "readers",
+    "GiftiReader": "readers",
+    "NiftiReader": "readers",
+    "NpyReader": "readers",
+    "Reader": "readers",
+    "VolumeImageReader": "readers",
+    "VolumeListReader": "readers",
+    "apply_scale": "readers",
+    "open_map": "readers",
+    "open_reader": "readers",
+    "read_mesh": "readers",
+    "expand_run": "scans",
+    "natural_key": "scans",
+}
+_SUBMODULES = (
+    "_gzip",
+    "checks",
+    "dataset",
+    "geometry",
+    "masking",
+    "memory",
+    "output",
+    "readers",
+    "scans",
+    "smoothing",
+    "stores",
 )
-from .memory import MemoryInput, check_data, is_image, source_label
-from .output import (
-    OutputFolder,
-    before_commit,
-    disk_error,
-    make_folder,
-    remove_made_folders,
-    sanitize_label,
-    stat_maps,
-    statmap_name,
-    write_file_atomically,
-    write_stats,
-)
-from .checks import check_design_rows
-from .readers import (
-    ArrayReader,
-    CiftiReader,
-    ColumnSource,
-    GiftiReader,
-    NiftiReader,
-    NpyReader,
-    Reader,
-    VolumeImageReader,
-    VolumeListReader,
-    apply_scale,
-    open_map,
-    open_reader,
-    read_mesh,
-)
-from .scans import expand_run, natural_key
 
 __all__ = [
     "SPM_MASK_THRESHOLD",
@@ -100,3 +126,5 @@ __all__ = [
     "remove_made_folders",
     "write_file_atomically",
 ]
+
+__getattr__, __dir__ = first_use(globals(), {**{m: (m, None) for m in _SUBMODULES}, **_NAMES})

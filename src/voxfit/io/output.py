@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from .._folders import MARKER as _MARKER
+from .._folders import PARTIAL as _PARTIAL
+from .._folders import check_output_folder
 from ..exceptions import DISK_FULL, InputError
 
 __all__ = [
@@ -53,8 +56,6 @@ def statmap_name(
     return f"{prefix}stat-{stat}" + (f"_desc-{desc}" if desc else "") + f"_statmap{extension}"
 
 
-_PARTIAL = ".voxfit-partial-"
-_MARKER = "voxfit-run.json"  # inside a hidden folder: the host and process that made it
 _BACKUP = ".replaced"  # inside a hidden folder: what the commit replaced, until it has succeeded
 _BEFORE_COMMIT: contextvars.ContextVar[tuple] = contextvars.ContextVar("voxfit_before_commit", default=())
 COMMITTED: list[Path] = []  # every folder committed in this process (the CLI tells an interrupt after one)
@@ -149,29 +150,6 @@ def write_file_atomically(target, write) -> Path:
     return target
 
 
-def _is_stale_partial(entry: Path) -> bool:
-    """Only a hidden folder that voxfit made, on this host, by a process that no longer runs."""
-    if entry.is_symlink() or not entry.is_dir():
-        return False
-    try:
-        marker = json.loads((entry / _MARKER).read_text())
-        if marker.get("host") != socket.gethostname():
-            return False
-        os.kill(int(marker["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False  # no marker, another host's, unreadable, or the process runs (or is not ours to signal)
-    return False
-
-
-def _remove_stale_partials(folder: Path) -> None:
-    """Hidden folders left by runs that were killed (SIGKILL, power loss) before they could clean up."""
-    for entry in folder.glob(_PARTIAL + "*"):
-        if _is_stale_partial(entry):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
 def _missing_parents(path: Path) -> list[Path]:
     """The folders from `path` up that do not exist yet (deepest first): what creating `path` would make."""
     missing = []
@@ -204,25 +182,6 @@ def remove_made_folders(made) -> None:
             p.rmdir()
         except OSError:
             return
-
-
-def check_output_folder(path, force: bool = False) -> Path:
-    """`path` as an output folder, or the InputError :class:`OutputFolder` gives: a symbolic link, a file, a folder
-    with files in it without `force` (its hidden folders of runs that died are removed first). The command line
-    asks before any input is opened, so a wrong folder costs no read."""
-    final = Path(path)
-    if final.is_symlink():
-        raise InputError(
-            f"output folder {final} is a symbolic link (to {os.readlink(final)}); give "
-            f"the folder itself ({final.resolve()}), so that nothing is written elsewhere."
-        )
-    if final.exists() and not final.is_dir():
-        raise InputError(f"output {final} exists and is not a folder.")
-    if final.is_dir():
-        _remove_stale_partials(final)
-    if final.is_dir() and any(final.iterdir()) and not force:
-        raise InputError(f"output folder {final} is not empty; choose another or pass --force to overwrite.")
-    return final
 
 
 class OutputFolder:

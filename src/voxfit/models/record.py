@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
-import os
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from .._digest import file_sha256
 from .._threads import DaemonExecutor
 from ..exceptions import InputError
 from ..io import source_label
@@ -322,46 +321,20 @@ def start_input_records(reader) -> Future:
     interruption abandons it: a pool's ``with`` block and the interpreter's exit would both wait to the end of a
     file of gigabytes). At a low priority beside a decompression, which is then the longest task; else at the
     fit's own, the digest being the longest (one serial stream: 1.15 s for a 1.65 GB .nii, whose read and fit take
-    0.65 s; at the low priority it waited behind the fit and the maps, 1.74 against 1.67 s)."""
+    0.65 s; at the low priority it waited behind the fit and the maps, 1.74 against 1.67 s). The command line
+    has started the files' digests earlier still (``voxfit._digest.start_digests``); these records take them."""
     hashing = DaemonExecutor(aside=getattr(reader, "compressed", False))
     return hashing.submit(input_records, reader.paths, reader.in_memory)
 
 
-DIGEST_WINDOW = 1 << 22  # bytes of a file mapped at a time for its digest (a multiple of any mmap granularity)
-
-
 def _sha256(path: Path, buf: memoryview | None = None) -> str:
-    """The SHA-256 of a file's bytes (of a folder's: see :func:`input_record`).
-
-    Hashed from the page cache through windows of DIGEST_WINDOW bytes mapped one at a time, where the platform
-    and the file system map files: a read copies every page into a buffer first. Alone that costs little
-    (1.06-1.10 s either way for a 1.65 GB .nii), but beside a fit the copies took a fifth of the digest's
-    time, and the digest is the longest task of a fit from an uncompressed file: a .nii OLS fit took
-    1.57-1.80 s against 1.77-1.89 s. A window holds as much memory as the read's buffer (16 MiB windows
-    hashed no faster). The file's size is checked before each window, so a file cut short while it is hashed
-    is read, not mapped, from there on (a map past a file's end faults); what is left is read into one
-    buffer (a new 4 MiB bytes object per chunk faults its pages in each time, which slowed a thread
-    decompressing the same file beside it by 10%)."""
+    """The SHA-256 of a file's bytes (:func:`voxfit._digest.file_sha256`: the one the command line started, if
+    any), or of a folder's (see :func:`input_record`)."""
+    if not Path(path).is_dir():
+        return file_sha256(path, buf)
     h = hashlib.sha256()
-    if Path(path).is_dir():
-        buf = buf if buf is not None else memoryview(bytearray(1 << 22))  # (one for all the files)
-        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-            h.update(bytes.fromhex(_sha256(f, buf)))
-        return h.hexdigest()
-    with open(path, "rb", buffering=0) as fh:
-        done = 0
-        while hasattr(mmap, "MAP_PRIVATE") and os.fstat(fh.fileno()).st_size >= done + DIGEST_WINDOW:
-            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
-            try:
-                window = mmap.mmap(fh.fileno(), DIGEST_WINDOW, flags=flags, prot=mmap.PROT_READ, offset=done)
-            except OSError:  # (a file system that maps no files: read)
-                break
-            with window:
-                h.update(window)
-            done += DIGEST_WINDOW
-        fh.seek(done)
-        buf = buf if buf is not None else memoryview(bytearray(1 << 22))
-        while got := fh.readinto(buf):
-            h.update(buf[:got])
+    buf = buf if buf is not None else memoryview(bytearray(1 << 22))  # (one for all the files)
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        h.update(bytes.fromhex(_sha256(f, buf)))
     return h.hexdigest()

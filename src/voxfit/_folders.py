@@ -1,0 +1,60 @@
+"""The check of an output folder that the command line makes before anything else (standard library only: so that
+a wrong folder costs neither a read nor the numerical modules' import), and the hidden folders of runs that died,
+which it removes. :class:`voxfit.io.OutputFolder` writes results through such hidden folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from .exceptions import InputError
+
+__all__ = ["MARKER", "PARTIAL", "check_output_folder"]
+
+PARTIAL = ".voxfit-partial-"  # the prefix of a run's hidden folder inside its output folder
+MARKER = "voxfit-run.json"  # inside a hidden folder: the host and process that made it
+
+
+def check_output_folder(path, force: bool = False) -> Path:
+    """`path` as an output folder, or the InputError :class:`~voxfit.io.OutputFolder` gives: a symbolic link, a
+    file, a folder with files in it without `force` (its hidden folders of runs that died are removed first).
+    The command line asks before any input is opened, so a wrong folder costs no read."""
+    final = Path(path)
+    if final.is_symlink():
+        raise InputError(
+            f"output folder {final} is a symbolic link (to {os.readlink(final)}); give "
+            f"the folder itself ({final.resolve()}), so that nothing is written elsewhere."
+        )
+    if final.exists() and not final.is_dir():
+        raise InputError(f"output {final} exists and is not a folder.")
+    if final.is_dir():
+        _remove_stale_partials(final)
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise InputError(f"output folder {final} is not empty; choose another or pass --force to overwrite.")
+    return final
+
+
+def _is_stale_partial(entry: Path) -> bool:
+    """Only a hidden folder that voxfit made, on this host, by a process that no longer runs."""
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    try:
+        marker = json.loads((entry / MARKER).read_text())
+        if marker.get("host") != socket.gethostname():
+            return False
+        os.kill(int(marker["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # no marker, another host's, unreadable, or the process runs (or is not ours to signal)
+    return False
+
+
+def _remove_stale_partials(folder: Path) -> None:
+    """Hidden folders left by runs that were killed (SIGKILL, power loss) before they could clean up."""
+    for entry in folder.glob(PARTIAL + "*"):
+        if _is_stale_partial(entry):
+            shutil.rmtree(entry, ignore_errors=True)

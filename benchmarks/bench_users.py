@@ -39,6 +39,7 @@ residuals without voxfit's bias correction).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -287,13 +288,21 @@ def make_group_maps(folder: Path, sizes: Sizes, seed: int = 0) -> int:
 # ---------------------------------------------------------------------------------------------------- parts
 
 
-def cache_bytecode(folder: Path) -> None:
-    """Every child from here on (voxfit, nilearn, the floors) writes and reads its bytecode in `folder`/pycache, as
-    an installed package's is cached (bench_startup's ``child_env``): where PYTHONDONTWRITEBYTECODE is set, as in
+@contextlib.contextmanager
+def cached_bytecode(folder: Path):
+    """Within the block, every child (voxfit, nilearn, the floors) writes and reads its bytecode in `folder`/pycache,
+    as an installed package's is cached (bench_startup's ``child_env``): where PYTHONDONTWRITEBYTECODE is set, as in
     this project's sandbox, voxfit's modules from a source tree were compiled again in every timed process, ~0.1 s
-    (a tenth of a CIFTI fit) that users do not pay."""
+    (a tenth of a CIFTI fit) that users do not pay. The environment is restored after it (the tests call
+    :func:`main` in their own process)."""
+    saved = dict(os.environ)
+    os.environ.clear()
     os.environ.update(child_env(folder))
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def warm_up(folder: Path, part: str) -> None:
@@ -486,8 +495,7 @@ def main(argv=None) -> list[Row]:
     nilearn = not args.no_nilearn and has_nilearn()
     if not nilearn:
         print("nilearn: not run" + ("" if args.no_nilearn else " (not installed)"))
-    with work_folder(args.keep, "voxfit-bench-users-") as folder:
-        cache_bytecode(folder)
+    with work_folder(args.keep, "voxfit-bench-users-") as folder, cached_bytecode(folder):
         if not args.small:
             warm_up(folder, args.part)
         if args.part == "mni":

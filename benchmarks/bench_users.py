@@ -289,20 +289,20 @@ def make_group_maps(folder: Path, sizes: Sizes, seed: int = 0) -> int:
 
 
 @contextlib.contextmanager
-def cached_bytecode(folder: Path):
-    """Within the block, every child (voxfit, nilearn, the floors) writes and reads its bytecode in `folder`/pycache,
-    as an installed package's is cached (bench_startup's ``child_env``): where PYTHONDONTWRITEBYTECODE is set, as in
-    this project's sandbox, voxfit's modules from a source tree were compiled again in every timed process, ~0.1 s
-    (a tenth of a CIFTI fit) that users do not pay. The environment is restored after it (the tests call
-    :func:`main` in their own process)."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(child_env(folder))
+def cached_bytecode():
+    """Within the block, every child (voxfit, nilearn, the floors) writes and reads its modules' bytecode as
+    Python does by default, in ``__pycache__`` beside them: where PYTHONDONTWRITEBYTECODE is set, as in this
+    project's sandbox, voxfit's modules from a source tree were compiled again in every timed process, ~0.1 s (a
+    tenth of a CIFTI fit) that users, whose installed package holds its bytecode, do not pay (the uncounted
+    warm-up writes it). Installed packages (numpy, nilearn) read the bytecode that pip wrote, as before; a
+    ``PYTHONPYCACHEPREFIX`` folder would have them compiled again, in nilearn's first timed run. The environment
+    is restored after it (the tests call :func:`main` in their own process)."""
+    saved = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        if saved is not None:
+            os.environ["PYTHONDONTWRITEBYTECODE"] = saved
 
 
 def warm_up(folder: Path, part: str) -> None:
@@ -495,7 +495,7 @@ def main(argv=None) -> list[Row]:
     nilearn = not args.no_nilearn and has_nilearn()
     if not nilearn:
         print("nilearn: not run" + ("" if args.no_nilearn else " (not installed)"))
-    with work_folder(args.keep, "voxfit-bench-users-") as folder, cached_bytecode(folder):
+    with work_folder(args.keep, "voxfit-bench-users-") as folder, cached_bytecode():
         if not args.small:
             warm_up(folder, args.part)
         if args.part == "mni":

@@ -372,6 +372,48 @@ def test_a_cifti_run_stored_as_held_is_the_files_map(tmp_path, rng, monkeypatch,
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE"), reason="files are mapped on Linux")
+def test_the_command_line_holds_each_cifti_run_as_its_files_pages(tmp_path, rng, monkeypatch):
+    """``voxfit fit`` of one CIFTI run or of several (fixed effects) holds each run as its file's own pages
+    (``files_mapped``); the library's load, outside it, reads. The maps are those of the runs read into memory."""
+    import pandas as pd
+
+    from voxfit.cli import main
+    from voxfit.io import dataset, readers
+
+    paths = write_cifti_runs(tmp_path, rng)  # (a constant series and a NaN: the kept series copied out)
+    designs = []
+    for r, n in enumerate((17, 23)):
+        designs.append(tmp_path / f"design-{r}.tsv")
+        pd.DataFrame({"A": np.sin(np.arange(n) / 3.0 + r), "constant": 1.0}).to_csv(designs[-1], sep="\t", index=False)
+    held, original = [], readers.CiftiReader.mapped_series
+
+    def spy(self):
+        series = original(self) if mapping else None
+        held.append(series is not None)
+        return series
+
+    monkeypatch.setattr(readers.CiftiReader, "mapped_series", spy)
+    outs = {}
+    for mapping in (True, False):
+        for runs in ((0,), (0, 1)):
+            out = tmp_path / f"out-{mapping}-{len(runs)}"
+            argv = ["fit", *(str(paths[r]) for r in runs), "--design", *(str(designs[r]) for r in runs)]
+            assert main([*argv, "--contrast", "a=A", "-o", str(out), "--quiet"]) == 0
+            outs[mapping, len(runs)] = out
+    assert held == [True, True, True, False, False, False]
+    for runs in (1, 2):
+        maps = sorted(p.name for p in outs[True, runs].glob("*.dscalar.nii"))
+        assert maps and maps == sorted(p.name for p in outs[False, runs].glob("*.dscalar.nii"))
+        for name in maps:
+            npt.assert_array_equal(
+                nib.load(outs[True, runs] / name).get_fdata(), nib.load(outs[False, runs] / name).get_fdata()
+            )
+    mapping = True
+    voxfit.load(str(paths[0]))
+    assert len(held) == 6 and not dataset._MAP_FILES.get()  # (outside the command line: read, never mapped)
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE"), reason="files are mapped on Linux")
 def test_kept_series_of_a_files_map_release_its_pages(tmp_path):
     """The automatic mask's series kept from a file's map are copied out a tile at a time, the map's pages
     released behind them: with the first series dropped and every other kept, the peak memory of a process

@@ -1202,8 +1202,11 @@ def _warn_out_of_order(paths) -> None:
 
 
 def _run_runs(args, argv, progress, record: dict) -> int:
-    """Several runs: one input and one design (or events file) each, combined by fixed effects."""
+    """Several runs: one input and one design (or events file) each, combined by fixed effects. A CIFTI run that
+    one file holds is that file's own pages (``voxfit.io.dataset.files_mapped``): the runs' data never leave the
+    fit."""
     from .io import open_reader
+    from .io.dataset import files_mapped
     from .models import fit_runs
 
     sources = args.events or args.design
@@ -1221,25 +1224,26 @@ def _run_runs(args, argv, progress, record: dict) -> int:
         designs = [_make_design(args, n, r)[0] for r, n in enumerate(lengths)]
     else:
         designs = list(args.design)
-    result = fit_runs(
-        args.inputs,
-        designs,
-        args.contrast,
-        mask=args.mask,
-        mask_threshold="auto" if args.mask_threshold is None else args.mask_threshold,
-        out_dir=args.output,
-        force=args.force,
-        noise=args.noise,
-        mesh=args.mesh,
-        scaling=args.scaling,
-        nuisance=args.nuisance_columns,
-        max_memory=args.max_memory,
-        n_jobs=args.n_jobs,
-        command=["voxfit", *argv],
-        scheduler=args.scheduler,
-        device=args.device,
-        progress=progress,
-    )
+    with files_mapped():
+        result = fit_runs(
+            args.inputs,
+            designs,
+            args.contrast,
+            mask=args.mask,
+            mask_threshold="auto" if args.mask_threshold is None else args.mask_threshold,
+            out_dir=args.output,
+            force=args.force,
+            noise=args.noise,
+            mesh=args.mesh,
+            scaling=args.scaling,
+            nuisance=args.nuisance_columns,
+            max_memory=args.max_memory,
+            n_jobs=args.n_jobs,
+            command=["voxfit", *argv],
+            scheduler=args.scheduler,
+            device=args.device,
+            progress=progress,
+        )
     if not args.quiet:
         print(
             f"fitted {len(args.inputs)} runs on {result.masker.n_voxels:,} voxels; {len(result.combined)} contrast(s) "

@@ -27,6 +27,7 @@ GATHER_SLAB_BYTES = 16 << 20
 
 # A load already under way (see `preloaded`): [key, future], emptied by the load that takes it.
 _PRELOADED: contextvars.ContextVar[list | None] = contextvars.ContextVar("voxfit_preloaded", default=None)
+_MAP_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar("voxfit_map_files", default=False)
 
 
 class ScaledArray:
@@ -81,7 +82,7 @@ def load(
     scan_globals: bool = False,
     name: str = "paths",
     observe=None,
-    map_files: bool = False,
+    map_files: bool | None = None,
 ) -> Dataset:
     """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
@@ -117,12 +118,14 @@ def load(
         With an explicit `mask`: called after each slab of scans is read, ``observe(out, stop)``: the
         (n_scans, n_voxels) array being filled, in the raw dtype, and the number of scans read into it so far
         (sums gathered during the read, e.g. ``voxfit.engine.smoothness.GridProducts.observe``).
-    map_files : bool
+    map_files : bool, optional
         Hold a CIFTI run that one uncompressed file stores as wanted (every grayordinate's series) as that file's
         own pages, mapped read-only (:meth:`~voxfit.io.CiftiReader.mapped_series`: 0.03 s against 0.23 s for
-        438 MB), as the command line does: the data are then read-only, change if the file is rewritten, and
-        a file cut short while they are held ends the process (SIGBUS). By default they are read into memory.
+        438 MB), as the command line does (:func:`files_mapped`): the data are then read-only, change if the file
+        is rewritten, and a file cut short while they are held ends the process (SIGBUS). By default (None)
+        they are read into memory, except within :func:`files_mapped`.
     """
+    map_files = _MAP_FILES.get() if map_files is None else map_files
     held = _PRELOADED.get()
     key = _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name)
     if held and key is not None and held[0] == key and observe is None:  # read by `preloaded`'s thread: taken once
@@ -158,6 +161,18 @@ def _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name) -> tuple
     if not all(isinstance(p, (str, os.PathLike)) for p in [*items, *([mask] if mask is not None else [])]):
         return None
     return (tuple(map(os.fspath, items)), mask and os.fspath(mask), mask_threshold, n_scans, scan_globals, name)
+
+
+@contextlib.contextmanager
+def files_mapped():
+    """Within the block (in this context: not in threads it starts), :func:`load` holds a CIFTI run that one file
+    stores as wanted as the file's own pages (``map_files``): for the command line's fits, whose data never leave
+    the run, a run of one file or each of several runs (``fit_runs``)."""
+    token = _MAP_FILES.set(True)
+    try:
+        yield
+    finally:
+        _MAP_FILES.reset(token)
 
 
 @contextlib.contextmanager

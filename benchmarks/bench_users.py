@@ -295,8 +295,10 @@ def cached_bytecode():
     project's sandbox, voxfit's modules from a source tree were compiled again in every timed process, ~0.1 s (a
     tenth of a CIFTI fit) that users, whose installed package holds its bytecode, do not pay (the uncounted
     warm-up writes it). Installed packages (numpy, nilearn) read the bytecode that pip wrote, as before; a
-    ``PYTHONPYCACHEPREFIX`` folder would have them compiled again, in nilearn's first timed run. The environment
-    is restored after it (the tests call :func:`main` in their own process)."""
+    ``PYTHONPYCACHEPREFIX`` folder would have them compiled again, in nilearn's first timed run. So the children
+    write ``__pycache__`` folders even where the user set PYTHONDONTWRITEBYTECODE: in voxfit's source tree, and
+    beside an installed package's modules that have no bytecode yet (installed with ``--no-compile``). The
+    environment is restored after it (the tests call :func:`main` in their own process)."""
     saved = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         yield

@@ -159,8 +159,9 @@ def test_input_digests_are_the_files_sha256(tmp_path, size):
 
 def test_digests_started_early_serve_the_same_file_only(tmp_path, monkeypatch):
     """The command line starts its inputs' digests before anything else (``voxfit._digest.start_digests``): one
-    thread for the files, folders and missing paths skipped; model.json takes a started digest only for the file
-    it was started for (same device, inode, size and modification time), and hashes a file replaced since."""
+    thread for the files; folders, FIFOs, missing and unnameable paths skipped; model.json takes a started digest
+    only for the file it was started for (same device, inode, size and modification time), and hashes a file
+    replaced since."""
     import hashlib
     import os
     import threading
@@ -181,7 +182,9 @@ def test_digests_started_early_serve_the_same_file_only(tmp_path, monkeypatch):
     a, b = tmp_path / "a.nii", tmp_path / "b.nii"
     a.write_bytes(b"a" * 5000)
     b.write_bytes(b"b" * 7000)
-    _digest.start_digests([a, tmp_path, tmp_path / "missing.nii", b, a], aside=False)
+    fifo = tmp_path / "fifo.nii"
+    os.mkfifo(fifo)  # (never opened: hashing a FIFO ahead would wait forever)
+    _digest.start_digests([a, tmp_path, tmp_path / "missing.nii", fifo, "x\0y.nii", b, a], aside=False)
     assert sorted(_digest._started) == sorted(map(os.path.realpath, (a, b)))
     go.set()
     assert record.input_record(a)["sha256"] == hashlib.sha256(b"a" * 5000).hexdigest()

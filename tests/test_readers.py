@@ -381,6 +381,11 @@ def test_the_command_line_holds_each_cifti_run_as_its_files_pages(tmp_path, rng,
     from voxfit.io import dataset, readers
 
     paths = write_cifti_runs(tmp_path, rng)  # (a constant series and a NaN: the kept series copied out)
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 120, 2), 120, name="CortexLeft")
+    for r, n in enumerate((17, 23)):  # every series kept: the read-only map itself reaches the fit
+        clean = (rng.standard_normal((n, 60)) * 50 + 100).astype(np.float32)
+        paths.append(tmp_path / f"clean-{r}.dtseries.nii")
+        nib.save(nib.Cifti2Image(clean, header=(nib.cifti2.SeriesAxis(0, 2, n), models)), paths[-1])
     designs = []
     for r, n in enumerate((17, 23)):
         designs.append(tmp_path / f"design-{r}.tsv")
@@ -395,13 +400,13 @@ def test_the_command_line_holds_each_cifti_run_as_its_files_pages(tmp_path, rng,
     monkeypatch.setattr(readers.CiftiReader, "mapped_series", spy)
     outs = {}
     for mapping in (True, False):
-        for runs in ((0,), (0, 1)):
-            out = tmp_path / f"out-{mapping}-{len(runs)}"
-            argv = ["fit", *(str(paths[r]) for r in runs), "--design", *(str(designs[r]) for r in runs)]
+        for runs in ((0,), (0, 1), (2,), (2, 3)):
+            out = tmp_path / f"out-{mapping}-{'-'.join(map(str, runs))}"
+            argv = ["fit", *(str(paths[r]) for r in runs), "--design", *(str(designs[r % 2]) for r in runs)]
             assert main([*argv, "--contrast", "a=A", "-o", str(out), "--quiet"]) == 0
-            outs[mapping, len(runs)] = out
-    assert held == [True, True, True, False, False, False]
-    for runs in (1, 2):
+            outs[mapping, runs] = out
+    assert held == [True] * 6 + [False] * 6
+    for runs in ((0,), (0, 1), (2,), (2, 3)):
         maps = sorted(p.name for p in outs[True, runs].glob("*.dscalar.nii"))
         assert maps and maps == sorted(p.name for p in outs[False, runs].glob("*.dscalar.nii"))
         for name in maps:
@@ -410,7 +415,7 @@ def test_the_command_line_holds_each_cifti_run_as_its_files_pages(tmp_path, rng,
             )
     mapping = True
     voxfit.load(str(paths[0]))
-    assert len(held) == 6 and not dataset._MAP_FILES.get()  # (outside the command line: read, never mapped)
+    assert len(held) == 12 and not dataset._MAP_FILES.get()  # (outside the command line: read, never mapped)
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE"), reason="files are mapped on Linux")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from concurrent.futures import Future
 
@@ -58,12 +59,14 @@ def file_sha256(path, buf: memoryview | None = None) -> str:
 
 
 def _identity(path) -> tuple[str, tuple | None]:
-    key = os.path.realpath(path)
+    """The real path and, for a regular file, (device, inode, size, modification time); None for anything else
+    (a folder, a FIFO, a device, a missing or unnameable path: those are never hashed ahead)."""
     try:
+        key = os.path.realpath(path)
         st = os.stat(key)
-    except (OSError, ValueError):
-        return key, None
-    if not os.path.isfile(key):
+    except (OSError, TypeError, ValueError):  # (a NUL in a path given from Python: ValueError)
+        return str(path), None
+    if not stat.S_ISREG(st.st_mode):
         return key, None
     return key, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 

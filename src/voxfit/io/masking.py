@@ -425,17 +425,17 @@ def _kept_series_copied(data: NDArray, index: NDArray[np.intp]) -> NDArray:
     series = data.T
     out = np.empty((index.size, data.shape[0]), dtype=data.dtype)
     pages = _file_map(data)
-    start = np.frombuffer(pages, dtype=np.uint8).ctypes.data if pages is not None else 0
-    released = (series.ctypes.data - start) // mmap.PAGESIZE * mmap.PAGESIZE
+    # where the series start in the map, and the map's pages released so far (those before this offset)
+    first = series.ctypes.data - np.frombuffer(pages, dtype=np.uint8).ctypes.data if pages is not None else 0
+    released = first // mmap.PAGESIZE * mmap.PAGESIZE
     step = _series_per_tile(data)
     for j in range(0, index.size, step):
         moved = index[j : j + step]
         np.take(series, moved, axis=0, out=out[j : j + moved.size], mode="wrap")  # (valid: see _take_columns)
-        if pages is not None:  # every page before the end of the last series copied: done with
-            end = (series.ctypes.data + (moved[-1] + 1) * series.strides[0] - start) // mmap.PAGESIZE * mmap.PAGESIZE
-            if end > released:
-                pages.madvise(mmap.MADV_DONTNEED, released, end - released)
-                released = end
+        end = (first + (moved[-1] + 1) * series.strides[0]) // mmap.PAGESIZE * mmap.PAGESIZE
+        if pages is not None and end > released:  # every page before the end of the last series copied: done with
+            pages.madvise(mmap.MADV_DONTNEED, released, end - released)
+            released = end
     return out.T
 
 

@@ -780,7 +780,7 @@ class CiftiReader:
         end = offset + n * G * stored.itemsize
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size < end:  # (truncated since it was opened: a map past its end faults)
-                raise InputError(f"{path}: the file ended before the data its header promises (truncated while read?).")
+                raise _ended_early(path)
             try:
                 pages = mmap.mmap(f.fileno(), end, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
             except OSError:  # (a file system that maps no files: read)
@@ -920,8 +920,13 @@ def _read_exactly(f, into: memoryview, path) -> None:
     while done < len(into):
         got = f.readinto(into[done:])
         if not got:
-            raise InputError(f"{path}: the file ended before the data its header promises (truncated while read?).")
+            raise _ended_early(path)
         done += got
+
+
+def _ended_early(path) -> InputError:
+    """A file found shorter than its header said, once opened: cut short while it was read, as a rule."""
+    return InputError(f"{path}: the file ended before the data its header promises (truncated while read?).")
 
 
 class NpyReader(_RowsReader):

@@ -134,6 +134,63 @@ def test_the_program_sets_numpys_huge_pages_and_openblas_spin_unless_the_user_di
     assert f"FIRST_READ SETTINGS {seen}" in proc.stdout, proc.stderr[-2000:]
 
 
+# The child: the voxfit program on argv[1:], and at its end (os._exit) which of numpy's unused submodules were never
+# executed; then each of them used, and whether it then was
+LAZY_PROBE = """
+import os, sys, types
+from voxfit._lazy import NUMPY_UNUSED
+
+def _unexecuted():
+    kinds = {n: type(sys.modules.get("numpy." + n)) for n in NUMPY_UNUSED}
+    return ",".join(n for n, kind in kinds.items() if kind not in (type(None), types.ModuleType))
+
+def _exit(code):
+    print("EXIT", code, "UNEXECUTED", _unexecuted())
+    import numpy.testing
+    numpy.testing.assert_allclose(1.0, 1.0)
+    print("USED", numpy.f2py.__name__, "UNEXECUTED", _unexecuted() or "none", flush=True)
+    _real_exit(code)
+
+_real_exit, os._exit = os._exit, _exit
+sys.argv = ["voxfit", *sys.argv[1:]]
+import runpy
+runpy.run_module("voxfit", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "fit bold.nii.gz --design d.tsv --contrast a=a -o o1",
+        "fit bold.nii.gz --events ev.tsv --tr 2 --noise ar4+lags --contrast a=a -o o2",
+        "group g0.nii.gz g1.nii.gz g2.nii.gz g3.nii.gz --permutations 9 --tfce -o o3",
+    ],
+    ids=["fit", "fit-events-ar", "group-tfce"],
+)
+def test_the_program_never_executes_numpys_unused_submodules_and_they_work_on_first_use(files, argv):
+    """scipy's array-API layer reads every name of numpy's namespace, which imported numpy.f2py, numpy.testing
+    and others that no command uses (voxfit._lazy.NUMPY_UNUSED): the program makes them load on first
+    use. A command runs to its end without executing one; each, used afterwards, works."""
+    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
+    command = [sys.executable, "-c", LAZY_PROBE, *argv.split()]
+    proc = subprocess.run(command, cwd=files, env=env, capture_output=True, text=True, timeout=120)
+    from voxfit._lazy import NUMPY_UNUSED
+
+    ends = f"EXIT 0 UNEXECUTED {','.join(NUMPY_UNUSED)}\nUSED numpy.f2py UNEXECUTED none"
+    assert ends in proc.stdout, proc.stderr[-2000:]
+
+
+def test_numpys_submodules_are_left_as_they_are_once_scipy_is_imported():
+    """Called where scipy is imported already (here, in the test process), nothing changes."""
+    import scipy  # noqa: F401
+
+    from voxfit._lazy import numpys_unused_submodules_lazy
+
+    finders = list(sys.meta_path)
+    numpys_unused_submodules_lazy()
+    assert sys.meta_path == finders
+
+
 @pytest.mark.parametrize("how", ["program", "bad input", "traced", "profiled", "called from Python", "full disk"])
 def test_the_program_ends_at_its_result_without_the_interpreters_teardown(files, tmp_path, how):
     """The voxfit program (``python -m voxfit``, the ``voxfit`` script: voxfit.cli.program) ends when its command

@@ -1,10 +1,20 @@
-"""Names a package imports on first use (PEP 562), so that importing it pays for none of its heavier modules."""
+"""Names a package imports on first use (PEP 562), so that importing it pays for none of its heavier modules; and
+numpy's submodules that a voxfit process never uses, loaded on first use there."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 
-__all__ = ["first_use"]
+__all__ = ["first_use", "numpys_unused_submodules_lazy"]
+
+# numpy's submodules that its namespace names (numpy imports them when first read) and that nothing a voxfit
+# command runs uses. scipy's array-API layer (scipy._lib.array_api_compat.numpy, which scipy.linalg and
+# scipy.special import) reads every name of numpy's namespace, so each was imported: with subprocess, email,
+# urllib and sysconfig, 65 modules and 50-60 ms of every fit's start on its main thread (scipy 1.17, numpy 2).
+# numpy's other such submodules cost a few milliseconds together, and some are used (numba reads polynomial)
+NUMPY_UNUSED = ("f2py", "testing")
 
 
 def first_use(namespace: dict, where: dict):
@@ -27,3 +37,47 @@ def first_use(namespace: dict, where: dict):
         return sorted(set(namespace) | set(where))
 
     return __getattr__, __dir__
+
+
+def numpys_unused_submodules_lazy() -> None:
+    """Make :data:`NUMPY_UNUSED` load on first use in this process (``importlib.util.LazyLoader``): each is put in
+    ``sys.modules`` and on numpy unexecuted when scipy is first imported, and executes when one of its attributes
+    is first read. For the voxfit program only (:func:`voxfit.cli.program_settings`): a library leaves its
+    users' imports as they are. Nothing is done where scipy is imported already; a submodule that is already
+    imported, or that this numpy lacks, is left as it is. (Python 3.11's LazyLoader executes a module once but
+    lets a second thread read it while the first executes it: hence only modules that nothing voxfit runs reads.)"""
+    if "scipy" not in sys.modules:
+        sys.meta_path.insert(0, _BeforeScipy())
+
+
+class _BeforeScipy:
+    """A finder that finds nothing: asked for scipy, it leaves the import system and makes numpy's unused
+    submodules lazy, before scipy reads numpy's namespace."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "scipy":
+            with contextlib.suppress(ValueError):  # (another thread's import of scipy may have removed it)
+                sys.meta_path.remove(self)
+            _make_lazy("numpy", NUMPY_UNUSED)
+        return None
+
+
+def _make_lazy(package: str, names) -> None:
+    import importlib.util
+
+    parent = importlib.import_module(package)
+    for name in names:
+        full = f"{package}.{name}"
+        if full in sys.modules or name in vars(parent):
+            continue
+        try:
+            spec = importlib.util.find_spec(full)
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not hasattr(spec.loader, "exec_module"):
+            continue
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        spec.loader.exec_module(module)  # (only records the module's loader: it executes on first use)
+        setattr(parent, name, module)  # (numpy's own __getattr__ would import it again)

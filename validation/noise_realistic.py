@@ -152,8 +152,16 @@ def simulate(rng, n: int, tr: float, V: int, par: NoiseParameters | None = None)
     par = draw_parameters(rng, V) if par is None else par
     m = 4 * n
     f = np.fft.rfftfreq(m, d=tr)
-    amp = np.sqrt(spectrum(f, tr, par) * m / 2.0)
-    coef = amp * (rng.standard_normal(amp.shape) + 1j * rng.standard_normal(amp.shape))
+    # each distinct voxel's spectrum once (parameters drawn per 2 x 2 x 2 cube: an eighth of the voxels), the
+    # same values column by column as the spectrum of every voxel
+    table = np.column_stack([getattr(par, k) for k in NoiseParameters.__dataclass_fields__])
+    distinct, voxels = np.unique(table, axis=0, return_inverse=True)
+    amp = np.sqrt(spectrum(f, tr, NoiseParameters(*distinct.T)) * m / 2.0)[:, voxels.ravel()]
+    coef = np.empty(amp.shape, dtype=complex)  # amp * (real + 1j imaginary draws), without complex temporaries
+    coef.real = rng.standard_normal(amp.shape)
+    coef.imag = rng.standard_normal(amp.shape)
+    coef.real *= amp
+    coef.imag *= amp
     coef[0] = amp[0] * rng.standard_normal(V) * np.sqrt(2.0)
     if m % 2 == 0:
         coef[-1] = amp[-1] * rng.standard_normal(V) * np.sqrt(2.0)

@@ -414,7 +414,8 @@ def test_runs_fitted_together_are_refused_or_held(data, tmp_path):
     rc, peak, err = _voxfit([*args, "512M"], tmp_path, "refused")
     assert rc == 2 and err.count("\n") == 1 and "cannot hold 2 runs fitted together" in err, err
     assert peak < 256 * MiB
-    need = err.split("give at least ")[1].split(",")[0]
+    need, said = err.split("give at least ")[1].split(" ", 1)
+    assert said.startswith("(256M of it for Python and its libraries), or fit the runs one at a time"), err
     rc, peak, err = _voxfit([*args, need], tmp_path, "held")
     assert rc == 0, err
     print(f"2 runs under {need}: peak {peak / MiB:.0f} MiB")

@@ -125,8 +125,9 @@ def test_streamed_masks_and_fits_in_other_settings(tmp_path, rng, monkeypatch, c
 
 def test_streaming_keeps_room_for_the_interpreter(tmp_path, rng):
     # a cap the interpreter and libraries alone would nearly fill cannot be honoured: refused, saying what can
+    # and how much of it is the interpreter's
     path, X = _run(tmp_path, rng)
-    with pytest.raises(InputError, match=r"give at least 25[67]M"):
+    with pytest.raises(InputError, match=r"give at least 25[67]M \(256M of it for Python and its libraries\)\.$"):
         fit_streaming(path, X, {}, max_memory="200M")
 
 

@@ -19,6 +19,7 @@ from .exceptions import InputError
 __all__ = [
     "RESERVED",
     "available_memory",
+    "cap_text",
     "check_memory",
     "format_bytes",
     "parse_memory",
@@ -67,6 +68,14 @@ def size_text(nbytes: int) -> str:
     if nbytes >= 2**30:
         return f"{-(-nbytes * 10 // 2**30) / 10:.1f}G"
     return f"{-(-nbytes // 2**20)}M" if nbytes >= 2**20 else f"{-(-nbytes // 2**10)}K"
+
+
+def cap_text(need: int) -> str:
+    """A cap of `need` bytes to ask for in an error (``size_text``), with the part of it kept for the interpreter
+    (:data:`RESERVED`) said: "give at least 257M" for kilobytes of data was a puzzle."""
+    reserve = reserved_bytes()
+    text = size_text(need)
+    return f"{text} ({size_text(reserve)} of it for Python and its libraries)" if 0 < reserve < need else text
 
 
 def format_bytes(n: float) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._array import finite_columns
 from .._execution import Execution
-from .._memory import reserved_bytes
+from .._memory import cap_text, reserved_bytes
 from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize
 from ..core.ar import ARBlock, fit_ar_block
@@ -180,7 +180,7 @@ def film_space(masker, brightness, mesh=None, execution: Execution | None = None
             raise InputError(
                 f"`max_memory`={execution.max_memory!r} cannot hold FILM's neighbourhood on this surface "
                 f"({need / 2**20:.1f} MiB for {int(mask.sum())} vertices); give at least "
-                f"{(need + reserved_bytes()) // 2**20 + 1}M, or use --noise ar1 .. ar16 (no spatial step)."
+                f"{cap_text(need + reserved_bytes())}, or use --noise ar1 .. ar16 (no spatial step)."
             )
         return FilmSpace(mask, None, brightness, mesh=mesh, chunk=chunk)
     grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from .._array import working_dtype
 from .._execution import Execution
-from .._memory import reserved_bytes, size_text
+from .._memory import cap_text, reserved_bytes, size_text
 from .._progress import Progress
 from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize, make_fit
@@ -294,7 +294,7 @@ def _accumulate(
         need = held + 2 * per_scan + reserved_bytes()
         raise InputError(
             f"`max_memory`={execution.max_memory or size_text(cap)!r} cannot hold the per-voxel sums of this fit "
-            f"({held / 2**20:.1f} MiB) and two scans; give at least {size_text(need)}."
+            f"({held / 2**20:.1f} MiB) and two scans; give at least {cap_text(need)}."
         )
     auto = AutoMask(nel, reader.dtype.kind == "f", threshold, nonzero=nonzero)
     sums = index = kept = None

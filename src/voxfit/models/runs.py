@@ -11,7 +11,7 @@ import numpy as np
 
 from .._array import type_name
 from .._execution import Execution, cap_holding, data_bytes
-from .._memory import size_text
+from .._memory import cap_text, size_text
 from .._version import __version__
 from ..core import Stats, check_contrast, factorize
 from ..core.contrast import f_stats, t_stats
@@ -171,7 +171,7 @@ def fit_runs(
         if execution.budgets.over_half(total):
             raise InputError(
                 f"`max_memory`={execution.max_memory!r} cannot hold {len(inputs)} runs fitted together "
-                f"({size_text(total)} of data, in memory at once); give at least {size_text(need)}, or "
+                f"({size_text(total)} of data, in memory at once); give at least {cap_text(need)}, or "
                 "fit the runs one at a time (each can stream)."
             )
     with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:

@@ -29,7 +29,7 @@ from .._dask import dask_client
 from .._checks import check_scalar
 from .._execution import Execution, cap_holding, data_bytes
 from .._threads import resolve_workers
-from .._memory import reserved_bytes, size_text
+from .._memory import cap_text, reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
 from ..design import read_contrasts, read_ftests, read_groups, write_design
@@ -608,7 +608,7 @@ class SecondLevel:
                     raise InputError(
                         f"`max_memory`={execution.max_memory!r} cannot hold the effect and variance maps of a "
                         f"{kind}-effects model in memory, and these files cannot be read a block of voxels at a "
-                        f"time (GIFTI, CIFTI, or 3-D files of different types); give at least {size_text(need)}, "
+                        f"time (GIFTI, CIFTI, or 3-D files of different types); give at least {cap_text(need)}, "
                         "maps in NIfTI, .npy, Zarr or HDF5, or fewer voxels (--mask)."
                     )
                 Y, variances = columns

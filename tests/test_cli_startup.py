@@ -134,8 +134,8 @@ def test_the_program_sets_numpys_huge_pages_and_openblas_spin_unless_the_user_di
     assert f"FIRST_READ SETTINGS {seen}" in proc.stdout, proc.stderr[-2000:]
 
 
-# The child: the voxfit program on argv[1:], and at its end (os._exit) which of numpy's unused submodules were never
-# executed; then each of them used, and whether it then was
+# The child: the voxfit program on argv[1:], and at its end (os._exit, or sys.exit where a tracer such as coverage
+# watches it) which of numpy's unused submodules were never executed; then each of them used, and whether it then was
 LAZY_PROBE = """
 import os, sys, types
 from voxfit._lazy import NUMPY_UNUSED
@@ -144,14 +144,16 @@ def _unexecuted():
     kinds = {n: type(sys.modules.get("numpy." + n)) for n in NUMPY_UNUSED}
     return ",".join(n for n, kind in kinds.items() if kind not in (type(None), types.ModuleType))
 
-def _exit(code):
-    print("EXIT", code, "UNEXECUTED", _unexecuted())
-    import numpy.testing
-    numpy.testing.assert_allclose(1.0, 1.0)
-    print("USED", numpy.f2py.__name__, "UNEXECUTED", _unexecuted() or "none", flush=True)
-    _real_exit(code)
+def _ending(real):
+    def end(code=0):
+        print("EXIT", code, "UNEXECUTED", _unexecuted())
+        import numpy.testing
+        numpy.testing.assert_allclose(1.0, 1.0)
+        print("USED", numpy.f2py.__name__, "UNEXECUTED", _unexecuted() or "none", flush=True)
+        real(code)
+    return end
 
-_real_exit, os._exit = os._exit, _exit
+os._exit, sys.exit = _ending(os._exit), _ending(sys.exit)
 sys.argv = ["voxfit", *sys.argv[1:]]
 import runpy
 runpy.run_module("voxfit", run_name="__main__", alter_sys=True)
@@ -168,9 +170,9 @@ runpy.run_module("voxfit", run_name="__main__", alter_sys=True)
     ids=["fit", "fit-events-ar", "group-tfce"],
 )
 def test_the_program_never_executes_numpys_unused_submodules_and_they_work_on_first_use(files, argv):
-    """scipy's array-API layer reads every name of numpy's namespace, which imported numpy.f2py, numpy.testing
-    and others that no command uses (voxfit._lazy.NUMPY_UNUSED): the program makes them load on first
-    use. A command runs to its end without executing one; each, used afterwards, works."""
+    """scipy's array-API layer reads every name of numpy's namespace, which imported numpy.f2py and numpy.testing
+    (voxfit._lazy.NUMPY_UNUSED), which no command uses: the program makes them load on first use. A command runs
+    to its end without executing one; each, used afterwards, works."""
     env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
     command = [sys.executable, "-c", LAZY_PROBE, *argv.split()]
     proc = subprocess.run(command, cwd=files, env=env, capture_output=True, text=True, timeout=120)
@@ -178,6 +180,57 @@ def test_the_program_never_executes_numpys_unused_submodules_and_they_work_on_fi
 
     ends = f"EXIT 0 UNEXECUTED {','.join(NUMPY_UNUSED)}\nUSED numpy.f2py UNEXECUTED none"
     assert ends in proc.stdout, proc.stderr[-2000:]
+
+
+# The children: the hook beside a finder of someone else's and a submodule imported before it; and a thread that
+# imports numpy while another imports scipy (argv[1] seconds later)
+BESIDE = """
+import sys, types
+class Watch:
+    seen = set()
+    def find_spec(self, name, path=None, target=None):
+        Watch.seen.add(name)
+import numpy.testing
+from voxfit._lazy import numpys_unused_submodules_lazy
+sys.meta_path.insert(0, Watch())
+numpys_unused_submodules_lazy()
+import scipy.linalg
+print("SEEN", "scipy" in Watch.seen, "scipy._lib._array_api" in Watch.seen)
+print("KINDS", type(sys.modules["numpy.testing"]).__name__, type(sys.modules["numpy.f2py"]).__name__)
+print("LEFT", [type(f).__name__ for f in sys.meta_path if type(f).__module__ == "voxfit._lazy"])
+"""
+THREADS = """
+import os, sys, threading, time
+from voxfit._lazy import numpys_unused_submodules_lazy
+numpys_unused_submodules_lazy()
+b = threading.Thread(target=__import__, args=("numpy",), daemon=True)
+a = threading.Thread(target=__import__, args=("scipy.linalg",), daemon=True)
+b.start(); time.sleep(float(sys.argv[1])); a.start()
+a.join(60); b.join(1)
+print("HUNG" if a.is_alive() or b.is_alive() else "DONE", type(sys.modules.get("numpy.f2py")).__name__, flush=True)
+os._exit(0)
+"""
+
+
+def _child(code: str, *argv) -> str:
+    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_the_lazy_submodules_leave_other_finders_and_imported_submodules_as_they_are():
+    """The hook's finder leaves the import system as it acts: a finder of someone else's after it is still asked
+    for scipy and its modules; numpy.testing, imported before, stays the module it was; numpy.f2py is lazy."""
+    out = _child(BESIDE)
+    assert "SEEN True True\nKINDS module _LazyModule\nLEFT []" in out, out
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.03])
+def test_the_lazy_submodules_never_deadlock_a_thread_importing_numpy(delay):
+    """Finders run under the interpreter's import lock: a hook that imported numpy itself waited for a thread
+    importing numpy, which waited for that lock (every run hung). It now acts once numpy is imported."""
+    assert _child(THREADS, str(delay)).strip() == "DONE _LazyModule"
 
 
 def test_numpys_submodules_are_left_as_they_are_once_scipy_is_imported():

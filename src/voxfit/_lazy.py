@@ -3,7 +3,6 @@ numpy's submodules that a voxfit process never uses, loaded on first use there."
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
 
@@ -40,34 +39,45 @@ def first_use(namespace: dict, where: dict):
 
 
 def numpys_unused_submodules_lazy() -> None:
-    """Make :data:`NUMPY_UNUSED` load on first use in this process (``importlib.util.LazyLoader``): each is put in
-    ``sys.modules`` and on numpy unexecuted when scipy is first imported, and executes when one of its attributes
-    is first read. For the voxfit program only (:func:`voxfit.cli.program_settings`): a library leaves its
-    users' imports as they are. Nothing is done where scipy is imported already; a submodule that is already
-    imported, or that this numpy lacks, is left as it is. (Python 3.11's LazyLoader executes a module once but
-    lets a second thread read it while the first executes it: hence only modules that nothing voxfit runs reads.)"""
+    """Make :data:`NUMPY_UNUSED` load on first use in this process (``importlib.util.LazyLoader``): as scipy is
+    first imported, each is put in ``sys.modules`` and on numpy unexecuted, and it executes when one of its
+    attributes is first read. For the voxfit program's own process only (:func:`voxfit.cli.program_settings`):
+    a library leaves its users' imports as they are, and the worker processes a command starts import as usual.
+    Nothing is done where scipy is imported already; a submodule that is imported already, or that this numpy
+    lacks, is left as it is. Python 3.11's LazyLoader executes a module once, but a second thread that reads it
+    meanwhile sees it half made (an AttributeError; fixed in 3.12.3): hence only modules that nothing a
+    command runs reads, on any thread (``inspect.stack()`` reads every module's ``__file__``)."""
     if "scipy" not in sys.modules:
         sys.meta_path.insert(0, _BeforeScipy())
 
 
 class _BeforeScipy:
-    """A finder that finds nothing: asked for scipy, it leaves the import system and makes numpy's unused
-    submodules lazy, before scipy reads numpy's namespace."""
+    """A finder that finds nothing: asked for scipy or a module of it once numpy is imported (scipy imports numpy
+    first, and reads numpy's namespace later, in ``scipy._lib``), it leaves the import system and makes numpy's
+    unused submodules lazy. It never imports numpy itself: finders run under the interpreter's import lock,
+    and another thread importing numpy would wait for that lock while holding numpy's."""
 
     def find_spec(self, name, path=None, target=None):
-        if name == "scipy":
-            with contextlib.suppress(ValueError):  # (another thread's import of scipy may have removed it)
-                sys.meta_path.remove(self)
-            _make_lazy("numpy", NUMPY_UNUSED)
+        if name.partition(".")[0] == "scipy" and _imported("numpy"):
+            # (a new list: the import system goes on over the one it holds, and the finders after this one are
+            # still asked for `name`)
+            sys.meta_path = [finder for finder in sys.meta_path if finder is not self]
+            _make_lazy(sys.modules["numpy"], NUMPY_UNUSED)
         return None
 
 
-def _make_lazy(package: str, names) -> None:
+def _imported(name: str) -> bool:
+    """Whether module `name` is imported and done executing (``__spec__._initializing`` is importlib's mark of a
+    module still executing)."""
+    module = sys.modules.get(name)
+    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def _make_lazy(parent, names) -> None:
     import importlib.util
 
-    parent = importlib.import_module(package)
     for name in names:
-        full = f"{package}.{name}"
+        full = f"{parent.__name__}.{name}"
         if full in sys.modules or name in vars(parent):
             continue
         try:

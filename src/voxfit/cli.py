@@ -1505,9 +1505,10 @@ def program_settings() -> None:
     them spin 2^20 cycles (under a millisecond), which still bridges back-to-back threaded calls; voxfit's own
     threads hold BLAS to one thread anyway (``_threads.blas_single_threaded``). A value the user set is kept.
 
-    numpy's submodules that no command uses (f2py, testing ...) load on first use, where scipy's import would
-    otherwise import them all (``voxfit._lazy.numpys_unused_submodules_lazy``): a CIFTI fit (91k x 1,200) took
-    0.86-1.22 s against 0.92-1.24 s, with 1.28-1.76 s of CPU against 1.39-1.76 s (8 alternating runs each)."""
+    In this process only (worker processes import as usual), numpy's submodules that no command uses (f2py,
+    testing) load on first use, where scipy's import would otherwise import them
+    (``voxfit._lazy.numpys_unused_submodules_lazy``): a CIFTI fit (91k x 1,200) took 0.86-1.22 s against
+    0.92-1.24 s, with 1.28-1.76 s of CPU against 1.39-1.76 s (8 alternating runs each)."""
     from ._lazy import numpys_unused_submodules_lazy
 
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")

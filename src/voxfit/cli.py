@@ -1507,8 +1507,9 @@ def program_settings() -> None:
 
     In this process only (worker processes import as usual), numpy's submodules that no command uses (f2py,
     testing) load on first use, where scipy's import would otherwise import them
-    (``voxfit._lazy.numpys_unused_submodules_lazy``): a CIFTI fit (91k x 1,200) took 0.86-1.22 s against
-    0.92-1.24 s, with 1.28-1.76 s of CPU against 1.39-1.76 s (8 alternating runs each)."""
+    (``voxfit._lazy.numpys_unused_submodules_lazy``): importing numpy, nibabel and scipy took 0.31-0.41 s
+    against 0.35-0.53 s (6 alternating runs each); a CIFTI fit (91k x 1,200) 0.86-1.22 s against 0.92-1.24 s in
+    one set of 8 alternating runs, and no less than before, within the machine's noise, in another of 6."""
     from ._lazy import numpys_unused_submodules_lazy
 
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")

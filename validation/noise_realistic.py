@@ -152,7 +152,7 @@ def simulate(rng, n: int, tr: float, V: int, par: NoiseParameters | None = None)
     par = draw_parameters(rng, V) if par is None else par
     m = 4 * n
     f = np.fft.rfftfreq(m, d=tr)
-    # each distinct voxel's spectrum once (parameters drawn per 2 x 2 x 2 cube: an eighth of the voxels), the
+    # each distinct voxel's spectrum once (parameters drawn per 2 x 2 x 2 cube: about an eighth of the voxels), the
     # same values column by column as the spectrum of every voxel
     table = np.column_stack([getattr(par, k) for k in NoiseParameters.__dataclass_fields__])
     distinct, voxels = np.unique(table, axis=0, return_inverse=True)

@@ -160,6 +160,15 @@ runpy.run_module("voxfit", run_name="__main__", alter_sys=True)
 """
 
 
+def _child(code: str, *argv, cwd=None) -> str:
+    """The stdout of ``python -c code argv`` with voxfit from this checkout, which must exit 0."""
+    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
+    command = [sys.executable, "-c", code, *argv]
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -173,13 +182,10 @@ def test_the_program_never_executes_numpys_unused_submodules_and_they_work_on_fi
     """scipy's array-API layer reads every name of numpy's namespace, which imported numpy.f2py and numpy.testing
     (voxfit._lazy.NUMPY_UNUSED), which no command uses: the program makes them load on first use. A command runs
     to its end without executing one; each, used afterwards, works."""
-    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
-    command = [sys.executable, "-c", LAZY_PROBE, *argv.split()]
-    proc = subprocess.run(command, cwd=files, env=env, capture_output=True, text=True, timeout=120)
+    out = _child(LAZY_PROBE, *argv.split(), cwd=files)
     from voxfit._lazy import NUMPY_UNUSED
 
-    ends = f"EXIT 0 UNEXECUTED {','.join(NUMPY_UNUSED)}\nUSED numpy.f2py UNEXECUTED none"
-    assert ends in proc.stdout, proc.stderr[-2000:]
+    assert f"EXIT 0 UNEXECUTED {','.join(NUMPY_UNUSED)}\nUSED numpy.f2py UNEXECUTED none" in out, out
 
 
 # The children: the hook beside a finder of someone else's and a submodule imported before it; and a thread that
@@ -210,13 +216,6 @@ a.join(60); b.join(1)
 print("HUNG" if a.is_alive() or b.is_alive() else "DONE", type(sys.modules.get("numpy.f2py")).__name__, flush=True)
 os._exit(0)
 """
-
-
-def _child(code: str, *argv) -> str:
-    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
-    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
 
 
 def test_the_lazy_submodules_leave_other_finders_and_imported_submodules_as_they_are():

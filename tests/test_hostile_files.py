@@ -345,11 +345,11 @@ def test_report_is_committed_with_the_maps(study, capsys):
 @pytest.mark.parametrize("k", [1, 3, "last"])
 def test_full_disk_while_maps_are_written_leaves_nothing(study, capsys, monkeypatch, k):
     calls = []
-    original = voxfit.io.geometry._save_nifti
-    monkeypatch.setattr(voxfit.io.geometry, "_save_nifti", lambda img, path: (calls.append(path), original(img, path)))
+    original = voxfit.io.geometry.save_nifti
+    monkeypatch.setattr(voxfit.io.geometry, "save_nifti", lambda img, path: (calls.append(path), original(img, path)))
     assert run(capsys, *fit_args(study, out=study["dir"] / "count"))[0] == 0
     n = len(calls)
-    monkeypatch.setattr(voxfit.io.geometry, "_save_nifti", fail_on_call(n if k == "last" else k, original))
+    monkeypatch.setattr(voxfit.io.geometry, "save_nifti", fail_on_call(n if k == "last" else k, original))
     code, _, err = run(capsys, *fit_args(study))
     assert code == 2 and err.count("\n") == 1 and "no space left on device while writing " + str(study["out"]) in err
     assert "Traceback" not in err
@@ -378,7 +378,7 @@ def test_full_disk_while_the_record_or_tables_are_written_leaves_nothing(study, 
 
 
 def test_full_disk_in_a_group_run_leaves_nothing(study, capsys, monkeypatch):
-    monkeypatch.setattr(voxfit.io.geometry, "_save_nifti", fail_on_call(2, voxfit.io.geometry._save_nifti))
+    monkeypatch.setattr(voxfit.io.geometry, "save_nifti", fail_on_call(2, voxfit.io.geometry.save_nifti))
     code, _, err = run(capsys, *group_args(study))
     assert code == 2 and "no space left on device while writing" in err, err
     assert not (study["dir"] / "g").exists()
@@ -409,7 +409,7 @@ def test_full_disk_in_report_keeps_the_old_report(study, capsys, monkeypatch):
 
 
 def test_failing_run_removes_the_folders_it_created(study, capsys, monkeypatch):
-    monkeypatch.setattr(voxfit.io.geometry, "_save_nifti", enospc)
+    monkeypatch.setattr(voxfit.io.geometry, "save_nifti", enospc)
     deep = study["dir"] / "new" / "a" / "b" / "c"
     code, _, err = run(capsys, *fit_args(study, out=deep))
     assert code == 2, err
@@ -487,7 +487,7 @@ def test_failing_demo_leaves_nothing(tmp_path, capsys, monkeypatch, where):
     from voxfit.models import demo
 
     if where == "maps":
-        monkeypatch.setattr(voxfit.io.geometry, "_save_nifti", fail_on_call(3, voxfit.io.geometry._save_nifti))
+        monkeypatch.setattr(voxfit.io.geometry, "save_nifti", fail_on_call(3, voxfit.io.geometry.save_nifti))
     else:  # the data are moved in, and model.json rewritten, in the hidden folder before the commit
         monkeypatch.setattr(demo, "_keep_data", enospc)
     out = tmp_path / "new" / "demo"
@@ -512,7 +512,7 @@ def test_full_disk_with_several_runs_leaves_nothing(study, capsys, monkeypatch):
         "--quiet",
     ]
     assert run(capsys, *args[:-3], "-o", study["dir"] / "ok", "--quiet")[0] == 0  # the runs are fine
-    monkeypatch.setattr(voxfit.io.geometry, "_save_nifti", fail_on_call(4, voxfit.io.geometry._save_nifti))
+    monkeypatch.setattr(voxfit.io.geometry, "save_nifti", fail_on_call(4, voxfit.io.geometry.save_nifti))
     code, _, err = run(capsys, *args)
     assert code == 2 and "no space left on device while writing" in err, err
     assert not study["out"].exists()

@@ -15,7 +15,7 @@ from .._memory import parse_memory, size_text
 from .._threads import resolve_workers
 from ..design import Design, spm_hrf
 from ..exceptions import InputError
-from ..io import OutputFolder, before_commit, disk_error, make_folder, remove_made_folders
+from ..io import OutputFolder, before_commit, disk_error, make_folder, remove_made_folders, save_nifti
 from .glm import ImageFit, fit_images
 from .record import ModelRecord
 
@@ -144,13 +144,13 @@ def run_demo(
         tmp = Path(tempfile.mkdtemp(prefix=".voxfit-demo-", dir=out.absolute().parent))
         try:
             bold = tmp / "sub-demo_task-blocks_bold.nii.gz"
-            nib.save(run.image, bold)
+            save_nifti(run.image, bold)
             kinds = tuple(
                 "constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names
             )
             design = Design(run.design, tuple(run.names), kinds, TR)
             mask_path = tmp / "brain_mask.nii.gz"
-            nib.save(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
+            save_nifti(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
             with before_commit(lambda folder: _keep_data(folder, tmp, contrasts, seed, options)):
                 result = fit_images(
                     bold,

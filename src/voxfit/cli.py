@@ -1494,9 +1494,12 @@ def program_settings() -> None:
     numpy advises the kernel to back each array of 4 MiB or more with huge pages. Where the kernel compacts
     memory on that advice (``/sys/kernel/mm/transparent_hugepage/defrag``: ``madvise``, the usual default), the
     first touch of a large array can stall while pages are moved: reading a 438 MB CIFTI run into a new array took
-    0.11-1.05 s with the advice against 0.18 s without it, and the whole fit 1.50-1.90 s against 1.27-1.36 s; fits
-    from NIfTI were the same either way. voxfit passes over its data once or a few times, so the huge pages'
-    fewer TLB misses do not pay for that. numpy's own NUMPY_MADVISE_HUGEPAGE turns the advice off.
+    0.11-1.05 s with the advice against 0.18 s without it, and the whole fit 1.50-1.90 s against 1.27-1.36 s. Fits
+    from NIfTI stall once the page cache is full of recently read runs: 1.65 GB .nii and .nii.gz OLS fits, taken
+    in turn, 6 each, took 1.77-2.16 s and 1.83-2.21 s with the advice (1.4 s and 1.2 s of system CPU) against
+    1.60-1.75 s and 1.74-1.87 s without (0.8 s and 0.6 s); alone, they were the same either way. voxfit passes
+    over its data once or a few times, so the huge pages' fewer TLB misses do not pay for that. numpy's own
+    NUMPY_MADVISE_HUGEPAGE turns the advice off.
 
     OpenBLAS's worker threads wait for work by spinning 2^28 cycles (about 0.1 s) before they sleep, from the
     moment the library loads and after each threaded call. numpy and scipy each load their own OpenBLAS, so a run

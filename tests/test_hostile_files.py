@@ -482,11 +482,17 @@ def test_interrupt_held_during_the_commit_is_reported_after_it(study, capsys, mo
     assert code == 130 and "interrupted after the output was written to" in err, err
 
 
-@pytest.mark.parametrize("where", ["maps", "data"])
+@pytest.mark.parametrize("where", ["input", "maps", "data"])
 def test_failing_demo_leaves_nothing(tmp_path, capsys, monkeypatch, where):
     from voxfit.models import demo
 
-    if where == "maps":
+    def half_written(img, path):  # the synthetic run's file is begun, then the disk is full
+        Path(path).write_bytes(b"\x1f\x8b" + bytes(1000))
+        enospc()
+
+    if where == "input":
+        monkeypatch.setattr(demo, "save_nifti", half_written)
+    elif where == "maps":
         monkeypatch.setattr(voxfit.io.geometry, "save_nifti", fail_on_call(3, voxfit.io.geometry.save_nifti))
     else:  # the data are moved in, and model.json rewritten, in the hidden folder before the commit
         monkeypatch.setattr(demo, "_keep_data", enospc)

@@ -484,7 +484,7 @@ def test_interrupt_held_during_the_commit_is_reported_after_it(study, capsys, mo
 
 @pytest.mark.parametrize("where", ["input", "maps", "data"])
 def test_failing_demo_leaves_nothing(tmp_path, capsys, monkeypatch, where):
-    from voxfit.models import demo
+    from voxfit.models import demo  # (before any patch: the demo binds save_nifti as it is imported)
 
     def half_written(img, path):  # the synthetic run's file is begun, then the disk is full
         Path(path).write_bytes(b"\x1f\x8b" + bytes(1000))

@@ -1495,10 +1495,10 @@ def program_settings() -> None:
     memory on that advice (``/sys/kernel/mm/transparent_hugepage/defrag``: ``madvise``, the usual default), the
     first touch of a large array can stall while pages are moved: reading a 438 MB CIFTI run into a new array took
     0.11-1.05 s with the advice against 0.18 s without it, and the whole fit 1.50-1.90 s against 1.27-1.36 s. Fits
-    from NIfTI stall once the page cache is full of recently read runs: 1.65 GB .nii and .nii.gz OLS fits, taken
-    in turn, 6 each, took 1.77-2.16 s and 1.83-2.21 s with the advice (1.4 s and 1.2 s of system CPU) against
-    1.60-1.75 s and 1.74-1.87 s without (0.8 s and 0.6 s); alone, they were the same either way. voxfit passes
-    over its data once or a few times, so the huge pages' fewer TLB misses do not pay for that. numpy's own
+    from NIfTI were the same either way when each file was fitted over and over, but slower with the advice when
+    1.65 GB .nii and .nii.gz OLS fits alternated (6 each, 24 GB machine): 1.77-2.16 s and 1.83-2.21 s (mean system
+    CPU per fit 1.46 s and 1.21 s) against 1.60-1.75 s and 1.74-1.87 s (0.78 s and 0.57 s). voxfit passes over
+    its data once or a few times, so the huge pages' fewer TLB misses do not pay for that. numpy's own
     NUMPY_MADVISE_HUGEPAGE turns the advice off.
 
     OpenBLAS's worker threads wait for work by spinning 2^28 cycles (about 0.1 s) before they sleep, from the

@@ -13,21 +13,26 @@ __all__ = ["GZIP_BACKEND", "STREAM_CHUNK", "open_gzip", "open_gzip_stream"]
 try:
     from isal import igzip as _fast
 
+    _Writer = _fast.IGzipFile
     GZIP_BACKEND = "isal"
 except ImportError:  # pragma: no cover - platforms without wheels
     try:
         from zlib_ng import gzip_ng as _fast
 
+        _Writer = _fast.GzipNGFile
         GZIP_BACKEND = "zlib-ng"
     except ImportError:
         _fast = gzip
+        _Writer = gzip.GzipFile
         GZIP_BACKEND = "gzip"
 
 
 def open_gzip(path, mode: str = "rb", compresslevel: int = 1):
-    """A file object for a gzip file, from the fastest available implementation."""
-    if "w" in mode:
-        return _fast.open(path, mode, compresslevel=compresslevel)
+    """A binary file object for a gzip file, from the fastest available implementation. A file written carries
+    no time stamp in its gzip header (mtime 0, as nibabel writes it), so that the same image gives the same bytes
+    (and the same SHA-256 in model.json) whenever it is written."""
+    if "w" in mode or "x" in mode:
+        return _Writer(path, mode, compresslevel=compresslevel, mtime=0)
     return _fast.open(path, mode)
 
 

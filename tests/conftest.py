@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jsonschema
@@ -89,6 +91,21 @@ def _warm_numba_cache(config) -> None:
             config.issue_config_time_warning(
                 pytest.PytestWarning(f"numba_warmup.py {part} failed ({child.returncode}): {output[-2000:]}"), 2
             )
+
+
+@pytest.fixture(autouse=True)
+def no_voxfit_thread_left():
+    """After each test, the threads of voxfit's that it started have ended (each waited for, 10 s in all): a
+    thread left working slows every later test of its worker (one, abandoned in a loop of SVDs, took 4 minutes
+    of a core beside the suite)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 10
+    new = [t for t in threading.enumerate() if t not in before and t.name.startswith("voxfit-")]
+    for thread in new:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [thread.name for thread in new if thread.is_alive()]
+    assert not left, f"the test left voxfit's threads running: {left}"
 
 
 @pytest.fixture(autouse=True)

@@ -95,9 +95,9 @@ def _warm_numba_cache(config) -> None:
 
 @pytest.fixture(autouse=True)
 def no_voxfit_thread_left():
-    """After each test, the threads of voxfit's that it started have ended (each waited for, 10 s in all): a
-    thread left working slows every later test of its worker (one, abandoned in a loop of SVDs, took 4 minutes
-    of a core beside the suite)."""
+    """After each test, the voxfit threads that the test started have ended (waited for, 10 s in all): a thread
+    left working slows every later test of its worker (one, abandoned in a loop of SVDs, took 4 minutes of a
+    core beside the suite)."""
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 10

@@ -79,13 +79,18 @@ def files(tmp_path):
     return tmp_path
 
 
-def _imported_at_first_read(folder: Path, target: str, *argv) -> set[str]:
+def _child(code: str, *argv, cwd=None) -> str:
+    """The stdout of ``python -c code argv`` with voxfit from this checkout, which must exit 0."""
     env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
-    proc = subprocess.run(
-        [sys.executable, "-c", HOOK, target, *argv], cwd=folder, env=env, capture_output=True, text=True, timeout=120
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("FIRST_READ")]
-    assert lines, f"never read {target}: {proc.stderr[-2000:]}"
+    command = [sys.executable, "-c", code, *argv]
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _imported_at_first_read(folder: Path, target: str, *argv) -> set[str]:
+    lines = [line for line in _child(HOOK, target, *argv, cwd=folder).splitlines() if line.startswith("FIRST_READ")]
+    assert lines, f"never read {target}"
     return set(filter(None, lines[0].split(" ", 1)[1].split(",")))
 
 
@@ -158,15 +163,6 @@ sys.argv = ["voxfit", *sys.argv[1:]]
 import runpy
 runpy.run_module("voxfit", run_name="__main__", alter_sys=True)
 """
-
-
-def _child(code: str, *argv, cwd=None) -> str:
-    """The stdout of ``python -c code argv`` with voxfit from this checkout, which must exit 0."""
-    env = {**os.environ, "PYTHONPATH": str(Path(voxfit.__file__).parents[1])}
-    command = [sys.executable, "-c", code, *argv]
-    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -316,7 +316,7 @@ def test_interruptible_linear_algebra_lets_ctrl_c_through():
         caught = time.perf_counter()
     finally:
         stop.set()  # the abandoned thread ends with its SVD (it ran 10,000 small ones before: 4 minutes of a core)
-        for thread in threading.enumerate():  # waited for: a process whose exit finds it inside OpenBLAS hangs
+        for thread in threading.enumerate():  # waited for: `ended` needs its first SVD's end
             if thread.name == "voxfit-linalg":
                 thread.join(30)
     assert caught - t0 < 1.0

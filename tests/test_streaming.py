@@ -142,6 +142,39 @@ def test_automask_checks_columns_only_after_whole_scans():
     npt.assert_array_equal(auto.mask(), [False, True, False, True])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16, np.uint8])
+@pytest.mark.parametrize("layout", ["scans", "series"])
+def test_automask_checks_equal_their_value_by_value_definition(rng, dtype, layout):
+    """finite and varies from the columns' minima and maxima, against every value tested: NaN, infinities, -0.0
+    against 0.0, the extremes of the dtype, constant columns, a NaN or an infinity in the first scan, and blocks
+    with no scan, whole or by columns."""
+    floats = np.dtype(dtype).kind == "f"
+    info = np.finfo(dtype) if floats else np.iinfo(dtype)
+    specials = [0, 1, info.max, info.min] + ([np.nan, np.inf, -np.inf, -0.0, info.tiny] if floats else [])
+    n, m = 9, 400
+    data = rng.choice(np.array(specials, dtype=np.float64), size=(n, m))
+    data[:, : m // 4] = data[:1, : m // 4]  # constant columns, some of them NaN, infinite or -0.0 throughout
+    flip = rng.random((n, m)) < 0.1
+    data[flip & (data == 0)] = -0.0
+    data = data.astype(dtype)
+    data = np.asfortranarray(data) if layout == "series" else np.ascontiguousarray(data)
+    columns = np.sort(rng.choice(m, size=m // 3, replace=False))
+    auto = AutoMask(m, floats)
+    auto.add(data[:1])
+    auto.add(data[1:5])
+    auto.add(data[5:5])
+    auto.add(data[5:, columns], columns)
+    auto.add(data[5:5, columns], columns)
+    seen = np.ones((n, m), dtype=bool)
+    seen[5:] = False
+    seen[5:, columns] = True
+    with np.errstate(invalid="ignore"):
+        finite = (np.isfinite(data) | ~seen).all(axis=0) if floats else np.ones(m, dtype=bool)
+        varies = ((data != data[0]) & seen).any(axis=0)
+    npt.assert_array_equal(auto.finite, finite)
+    npt.assert_array_equal(auto.varies, varies)
+
+
 def test_streaming_integer_data_explicit_mask_and_exact_fits(tmp_path, rng):
     path, X = _run(tmp_path, rng, scaled=True)
     mask = np.zeros((7, 6, 5), dtype=np.uint8)

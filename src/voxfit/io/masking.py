@@ -334,13 +334,13 @@ class AutoMask:
             if self.threshold is not None:
                 self.candidates &= greater(apply_scale(first, self.scale), self.threshold * globals_[0])
         if columns is not None:
-            if self.floats:
-                self.finite[columns] &= np.isfinite(block).all(axis=0)
-            self.varies[columns] |= (block != self.first[columns]).any(axis=0)
+            finite, varies = _finite_and_varying(block, self.first[columns], self.floats)
+            self.finite[columns] &= finite
+            self.varies[columns] |= varies
             return
-        if self.floats:
-            self.finite &= np.isfinite(block).all(axis=0)
-        self.varies |= (block != self.first).any(axis=0)
+        finite, varies = _finite_and_varying(block, self.first, self.floats)
+        self.finite &= finite
+        self.varies |= varies
         if self.nonzero:
             self.nonzero_all &= (block != 0).all(axis=0)
         if self.threshold is not None:
@@ -364,6 +364,19 @@ class AutoMask:
 
     def mask(self) -> NDArray[np.bool_]:
         return self.finite & self.varies & self.above & self.nonzero_all
+
+
+def _finite_and_varying(block: NDArray, first: NDArray, floats: bool):
+    """Per column of `block` (k, m): whether all its values are finite (True for integers), and whether any
+    differs from `first` (m,). From the columns' minima and maxima, which carry a NaN through: one pass over
+    the block for each, where testing every value makes and reduces a boolean copy of the block for each
+    check (a 91k x 1200 CIFTI run's series: 34 ms against 81 ms). A value differs from `first` exactly when
+    the column's minimum or maximum does; -0.0 and 0.0 are equal in both."""
+    if block.shape[0] == 0:
+        return True, False
+    low, high = block.min(axis=0), block.max(axis=0)
+    finite = np.isfinite(low) & np.isfinite(high) if floats else True
+    return finite, (low != first) | (high != first)
 
 
 def mask_block(source, a: int, b: int, nonzero: bool = False, cut: NDArray | None = None) -> NDArray[np.bool_]:

@@ -11,19 +11,47 @@ from voxfit.core.distributions import _t_to_z_table
 from .helpers import assert_betas_close, fmri_like
 
 
+@pytest.mark.parametrize("layout", ["scans", "series"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
-def test_compiled_and_numpy_passes_agree(rng, dtype):
+def test_compiled_and_numpy_passes_agree(rng, dtype, layout):
+    """Data held scan by scan (C order) or series by series (F order, as CIFTI runs are read: numpy's pass then
+    shifts each series into a tile held the same way)."""
     X, Y = fmri_like(rng, n=83, p=5, V=700, dtype=np.float64)
     Y = np.round(Y).astype(dtype)
     Y[:, 5] = Y[0, 5]  # a constant voxel
     if dtype != np.int16:
         Y[7, 9] = np.nan
+    if layout == "series":
+        Y = np.asfortranarray(Y)
     a = voxfit.fit(X, Y, compiled=True, block_size=250)
     b = voxfit.fit(X, Y, compiled=False, block_size=250)
     rtol = 1e-12 if dtype == np.float64 else 1e-5
     assert_betas_close(a.betas, b.betas, b.stderr, rtol)
     npt.assert_allclose(a.residual_variance, b.residual_variance, rtol=rtol)
     npt.assert_array_equal(a.valid, b.valid)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 83])
+def test_numpy_pass_into_a_series_tile_equals_the_scan_tile(rng, n):
+    """The same offsets and shifted values whichever way the tile is held; the sums of squares, grouped by the
+    same 16 scans, differ only in the order of those 16 additions (float32) and match float64 sums."""
+    Y = np.asfortranarray((1000 + 10 * rng.standard_normal((n, 300))).astype(np.float32))
+    Y[n // 2, 47] = np.nan
+    rows = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(np.intp))
+    start, stop = 40, 250
+    out = {}
+    for layout in ("scans", "series"):
+        width = stop - start
+        buf = np.empty((n, width), np.float32) if layout == "scans" else np.empty((width, n), np.float32).T
+        offset, ssq = np.empty(stop - start, np.float32), np.empty(stop - start)
+        _kernels.shift_and_square_numpy(Y, start, stop, rows, buf, offset, ssq)
+        out[layout] = buf, offset, ssq
+    npt.assert_array_equal(out["series"][0], out["scans"][0])
+    npt.assert_array_equal(out["series"][1], out["scans"][1])
+    shifted = out["scans"][0].astype(np.float64)
+    for layout in ("scans", "series"):
+        npt.assert_allclose(out[layout][2], (shifted**2).sum(axis=0), rtol=16 * np.finfo(np.float32).eps)
+        assert np.isnan(out[layout][2][47 - start])
 
 
 def test_numpy_and_compiled_t_to_z_agree(rng):

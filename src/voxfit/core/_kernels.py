@@ -210,12 +210,16 @@ def shift_and_square_numpy(Y, start, stop, rows, buf, offset, ssq) -> None:
     offset[:] = mean
     np.subtract(block, offset, out=buf, casting="unsafe")
     whole = (buf.shape[0] // 16) * 16
-    groups = buf[:whole].reshape(-1, 16, buf.shape[1])
     # the squares of each 16 scans summed in one pass over buf (einsum), not squared into a scratch tile and summed
     # (25-30% faster on 1,200 scans x 91,282 voxels)
-    np.sum(np.einsum("kij,kij->kj", groups, groups), axis=0, dtype=np.float64, out=ssq)
-    if whole < buf.shape[0]:
-        rest = buf[whole:]
+    if buf.flags.c_contiguous:
+        groups = buf[:whole].reshape(-1, 16, buf.shape[1])
+        np.sum(np.einsum("kij,kij->kj", groups, groups), axis=0, dtype=np.float64, out=ssq)
+    else:  # each voxel's series together (BlockFitter's tile for data held so): 16 neighbouring values a group
+        groups = buf.T[:, :whole].reshape(buf.shape[1], -1, 16)
+        np.sum(np.einsum("vki,vki->vk", groups, groups), axis=1, dtype=np.float64, out=ssq)
+    rest = buf[whole:]
+    if rest.shape[0]:
         ssq += np.einsum("ij,ij->j", rest, rest)
 
 

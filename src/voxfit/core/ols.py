@@ -172,9 +172,13 @@ class BlockFitter:
             and Y.dtype != np.float16
             and Y.dtype.itemsize <= 8
         )
+        # numpy's pass over data held as series (F-ordered, as CIFTI runs are read) shifts each series into a
+        # tile held the same way: a copy in memory order rather than a transpose
+        series = direct and not self.compiled and Y.flags.f_contiguous and not Y.flags.c_contiguous
         for a in range(0, v, self.tile):
             b = min(v, a + self.tile)
-            buf = self._flat[: n * (b - a)].reshape(n, b - a)  # C-contiguous even for a partial tile
+            flat = self._flat[: n * (b - a)]  # contiguous even for a partial tile
+            buf = flat.reshape(b - a, n).T if series else flat.reshape(n, b - a)
             src, lo, hi = (
                 (Y, start + a, start + b)
                 if direct

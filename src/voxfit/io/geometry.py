@@ -26,12 +26,14 @@ AFFINE_ATOL = 1e-3  # mm: affines that differ by less are the same grid
 
 
 def save_nifti(img, path) -> None:
-    """Save a NIfTI image: nibabel's bytes, compressed with the fastest gzip where `path` ends in .gz (ISA-L is ~4x
-    faster than nibabel's zlib at level 1: the demo's 55 MB run took 0.32 s against 1.28 s)."""
+    """Save a NIfTI image as ``nib.save`` does, compressed with the fastest gzip where `path` ends in .gz (ISA-L is
+    ~4x faster than nibabel's zlib at level 1: the demo's 55 MB run took 0.32 s against 1.28 s). nibabel writes
+    straight into the compressed stream: a 97 x 115 x 97 float32 map took 7.0 ms when the file's bytes were built
+    first (``to_bytes``: a copy of the image, in a growing buffer), 4.9 ms so."""
     path = Path(path)
     if path.name.endswith(".gz"):
         with open_gzip(path, "wb", compresslevel=1) as fh:
-            fh.write(img.to_bytes())
+            img.to_file_map({"image": nib.FileHolder(fileobj=fh)})
     else:
         nib.save(img, str(path))
 

@@ -608,6 +608,9 @@ def _disk_full(monkeypatch):
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
 
+        def __getattr__(self, name):  # the rest of a file object (nibabel writes into it as into any file)
+            return getattr(self.fh, name)
+
     def save(img, path, *args, **kwargs):
         Path(path).write_bytes(b"")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -977,7 +977,8 @@ def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray]:
     (n, v), p, r = Y.shape, block.order, block.design.rank
     shifting = block.ones is not None  # shifting by the mean only moves the constant's estimate, and keeps digits
     if block.compiled and Y.dtype in (np.float32, np.float64):  # two passes over Y instead of five
-        shifted, total, s = np.empty((n, v)), np.empty(v), np.empty((p + 1, v))
+        series = Y.flags.f_contiguous and not Y.flags.c_contiguous  # (held so, the kernel runs series by series)
+        shifted, total, s = np.empty((n, v), order="F" if series else "C"), np.empty(v), np.empty((p + 1, v))
         shift_and_lag(Y, shifting, shifted, total, s)
         shift = total / n if shifting else None
     else:

@@ -368,15 +368,22 @@ class AutoMask:
 
 def _finite_and_varying(block: NDArray, first: NDArray, floats: bool):
     """Per column of `block` (k, m): whether all its values are finite (True for integers), and whether any
-    differs from `first` (m,). From the columns' minima and maxima, which carry a NaN through: one pass over
-    the block for each, where testing every value makes and reduces a boolean copy of the block for each
-    check (a 91k x 1200 CIFTI run's series: 34 ms against 81 ms). A value differs from `first` exactly when
-    the column's minimum or maximum does; -0.0 and 0.0 are equal in both."""
+    differs from `first` (m,).
+
+    Columns held together (series, as CIFTI runs are read): from the columns' minima and maxima, which carry a
+    NaN through, one pass over the block for each; testing every value makes and reduces a boolean copy of the
+    block for each check (a 91k x 1200 CIFTI run's series: 34 ms against 81 ms). A value differs from `first`
+    exactly when the column's minimum or maximum does; -0.0 and 0.0 are equal in both. Rows (scans): every
+    value tested, which is quicker there for slabs of a few scans (one scan of 902k voxels: 0.27 ms against
+    0.72 ms)."""
     if block.shape[0] == 0:
         return True, False
-    low, high = block.min(axis=0), block.max(axis=0)
-    finite = np.isfinite(low) & np.isfinite(high) if floats else True
-    return finite, (low != first) | (high != first)
+    if block.ndim == 2 and block.shape[0] > 1 and block.strides[0] < block.strides[1]:
+        low, high = block.min(axis=0), block.max(axis=0)
+        finite = np.isfinite(low) & np.isfinite(high) if floats else True
+        return finite, (low != first) | (high != first)
+    finite = np.isfinite(block).all(axis=0) if floats else True
+    return finite, (block != first).any(axis=0)
 
 
 def mask_block(source, a: int, b: int, nonzero: bool = False, cut: NDArray | None = None) -> NDArray[np.bool_]:

@@ -161,6 +161,8 @@ def test_compiled_data_pass_series_by_series_gives_the_same_numbers(rng, order, 
     compiled, numpy = ARBlock(factorize(X), order, compiled=True), ARBlock(factorize(X), order, compiled=False)
     rtol = 1e-8 if order > 1 else 1e-10
     _assert_same(fit_ar_block(compiled, Y, weights), fit_ar_block(numpy, np.ascontiguousarray(Y), weights), rtol=rtol)
+    assert lagged_sums(compiled, Y)[1].flags.f_contiguous  # the series route taken
+    assert lagged_sums(compiled, np.ascontiguousarray(Y))[1].flags.c_contiguous
 
 
 @pytest.mark.parametrize("order", [2, 3])

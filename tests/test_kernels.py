@@ -54,6 +54,22 @@ def test_numpy_pass_into_a_series_tile_equals_the_scan_tile(rng, n):
         assert np.isnan(out[layout][2][47 - start])
 
 
+def test_numpy_pass_takes_series_tiles_for_data_held_as_series(rng, monkeypatch):
+    """BlockFitter hands numpy's pass a tile held as the data are (F order for F-ordered data of more than one
+    voxel per tile), and a scan-ordered tile otherwise."""
+    from voxfit.core import ols
+
+    seen = []
+    real = ols.shift_and_square_numpy
+    monkeypatch.setattr(ols, "shift_and_square_numpy", lambda *a: seen.append(a[4].flags.c_contiguous) or real(*a))
+    X, Y = fmri_like(rng, n=40, p=3, V=90, dtype=np.float32)
+    voxfit.fit(X, np.asfortranarray(Y), compiled=False, block_size=64)
+    assert len(seen) == 2 and not any(seen)  # (blocks of 64 and 26 voxels)
+    seen.clear()
+    voxfit.fit(X, Y, compiled=False, block_size=64)
+    assert seen and all(seen)
+
+
 def test_numpy_and_compiled_t_to_z_agree(rng):
     t = np.concatenate([rng.standard_normal(1000) * 5, [0.0, np.nan, 1e5, -1e6]])
     inv_h, coef = _t_to_z_table(37.0)

@@ -1,8 +1,10 @@
 """The reader protocol, checked on every reader; loading, masking and writing maps back (round trips)."""
 
+import errno
 import gzip
 import mmap
 import pickle
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -189,6 +191,21 @@ def test_saved_images_are_the_same_bytes_each_time_and_plain_gzip(tmp_path, rng,
     npt.assert_array_equal(nib.load(second).get_fdata(), img.get_fdata())
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("name", ["map.nii.gz", "map.nii"])
+def test_saving_onto_a_full_device_raises_no_space_left(tmp_path, rng, name):
+    """A real ENOSPC (the file a link to /dev/full), not a stand-in: save_nifti raises OSError 28, which the
+    command line turns into its one-line message (tests/test_hostile_inputs.py)."""
+    from voxfit.io import save_nifti
+
+    target = tmp_path / name
+    target.symlink_to("/dev/full")
+    img = nib.Nifti1Image(rng.standard_normal((4, 5, 6)).astype(np.float32), AFFINE)
+    with pytest.raises(OSError) as caught:
+        save_nifti(img, target)
+    assert caught.value.errno == errno.ENOSPC
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_load_and_write_round_trip(kind, tmp_path, rng):
     paths, expected = _make(kind, tmp_path, rng)
@@ -337,7 +354,7 @@ def test_cifti_series_are_held_as_stored(tmp_path, rng, monkeypatch, stored):
         assert explicit.data.flags.f_contiguous
         npt.assert_array_equal(explicit.data, want[:, some])
         X = np.column_stack([np.ones(len(want)), np.arange(len(want)), rng.standard_normal(len(want))])
-        exact = voxfit.engine.fit(X, explicit.data.astype(np.float64))
+        exact = voxfit.engine.fit(X, np.ascontiguousarray(explicit.data, dtype=np.float64))  # (by another route)
         for data in (explicit.data, np.ascontiguousarray(explicit.data)):  # to the precision policy's bounds
             fit = voxfit.engine.fit(X, data)  # (tests/test_precision.py)
             assert_betas_close(fit.betas, exact.betas, exact.stderr, 2e-5)

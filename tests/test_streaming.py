@@ -145,9 +145,9 @@ def test_automask_checks_columns_only_after_whole_scans():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16, np.uint8])
 @pytest.mark.parametrize("layout", ["scans", "series"])
 def test_automask_checks_equal_their_value_by_value_definition(rng, dtype, layout):
-    """finite and varies from the columns' minima and maxima, against every value tested: NaN, infinities, -0.0
-    against 0.0, the extremes of the dtype, constant columns, a NaN or an infinity in the first scan, and blocks
-    with no scan, whole or by columns."""
+    """finite and varies, from the columns' minima and maxima (series) or from every value (scans), against their
+    value-by-value definition: NaN, infinities, -0.0 against 0.0, the extremes of the dtype, constant columns, a
+    NaN or an infinity in the first scan, and blocks with no scan, whole or by columns."""
     floats = np.dtype(dtype).kind == "f"
     info = np.finfo(dtype) if floats else np.iinfo(dtype)
     specials = [0, 1, info.max, info.min] + ([np.nan, np.inf, -np.inf, -0.0, info.tiny] if floats else [])

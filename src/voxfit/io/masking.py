@@ -333,14 +333,12 @@ class AutoMask:
             self.candidates = np.isfinite(first) & (first != 0) if self.floats else first != 0
             if self.threshold is not None:
                 self.candidates &= greater(apply_scale(first, self.scale), self.threshold * globals_[0])
+        part = slice(None) if columns is None else columns
+        finite, varies = _finite_and_varying(block, self.first[part], self.floats)
+        self.finite[part] &= finite
+        self.varies[part] |= varies
         if columns is not None:
-            finite, varies = _finite_and_varying(block, self.first[columns], self.floats)
-            self.finite[columns] &= finite
-            self.varies[columns] |= varies
             return
-        finite, varies = _finite_and_varying(block, self.first, self.floats)
-        self.finite &= finite
-        self.varies |= varies
         if self.nonzero:
             self.nonzero_all &= (block != 0).all(axis=0)
         if self.threshold is not None:

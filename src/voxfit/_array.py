@@ -10,6 +10,7 @@ __all__ = [
     "check_array_like",
     "device_namespace",
     "finite_columns",
+    "held_as_series",
     "is_dataframe",
     "to_numpy",
     "type_name",
@@ -55,6 +56,12 @@ def finite_columns(Yb) -> tuple[np.ndarray, np.ndarray]:
     if not ok.all():
         ok = np.isfinite(Yb).all(axis=0)
     return ok, (Yb if ok.all() else Yb[:, ok])
+
+
+def held_as_series(a) -> bool:
+    """Whether a 2-D array holds each column's values together (F order, as CIFTI runs are read) and not also its
+    rows (one row or one column is both)."""
+    return a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous
 
 
 def working_dtype(dtype) -> np.dtype:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import held_as_series
 from .design import DesignFactor
 from ._ar_kernels import ar1_estimate, ar1_solve, ar_kernels_loaded, compile_ar_kernels, shift_and_lag
 from .ols import REFIT_RATIO, needs_refit
@@ -977,7 +978,7 @@ def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray]:
     (n, v), p, r = Y.shape, block.order, block.design.rank
     shifting = block.ones is not None  # shifting by the mean only moves the constant's estimate, and keeps digits
     if block.compiled and Y.dtype in (np.float32, np.float64):  # two passes over Y instead of five
-        series = Y.flags.f_contiguous and not Y.flags.c_contiguous  # (held so, the kernel runs series by series)
+        series = held_as_series(Y)  # (held so, the kernel runs series by series)
         shifted, total, s = np.empty((n, v), order="F" if series else "C"), np.empty(v), np.empty((p + 1, v))
         shift_and_lag(Y, shifting, shifted, total, s)
         shift = total / n if shifting else None

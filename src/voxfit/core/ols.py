@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .._array import working_dtype
+from .._array import held_as_series, working_dtype
 from ._kernels import shift_and_square, shift_and_square_numpy
 from .design import DesignFactor
 
@@ -174,7 +174,7 @@ class BlockFitter:
         )
         # numpy's pass over data held as series (F-ordered, as CIFTI runs are read) shifts each series into a
         # tile held the same way: a copy in memory order rather than a transpose
-        series = direct and not self.compiled and Y.flags.f_contiguous and not Y.flags.c_contiguous
+        series = direct and not self.compiled and held_as_series(Y)
         for a in range(0, v, self.tile):
             b = min(v, a + self.tile)
             flat = self._flat[: n * (b - a)]  # contiguous even for a partial tile

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .._array import type_name
+from .._array import held_as_series, type_name
 from .._memory import check_memory
 from .._progress import Progress
 from ..exceptions import InputError
@@ -376,7 +376,7 @@ def _finite_and_varying(block: NDArray, first: NDArray, floats: bool):
     0.72 ms)."""
     if block.shape[0] == 0:
         return True, False
-    if block.ndim == 2 and block.shape[0] > 1 and block.strides[0] < block.strides[1]:
+    if block.shape[0] > 1 and block.strides[0] < block.strides[1]:
         low, high = block.min(axis=0), block.max(axis=0)
         finite = np.isfinite(low) & np.isfinite(high) if floats else True
         return finite, (low != first) | (high != first)
@@ -418,7 +418,7 @@ def keep_columns(data: NDArray, index: NDArray[np.intp]) -> NDArray:
     k = index.size
     if k == m:
         return data
-    if not data.flags.writeable and data.flags.f_contiguous and not data.flags.c_contiguous:
+    if not data.flags.writeable and held_as_series(data):
         return _kept_series_copied(data, index)
     if not data.flags.writeable or not (data.flags.c_contiguous or data.flags.f_contiguous):
         return np.take(data, index, axis=1)

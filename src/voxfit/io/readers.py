@@ -36,7 +36,7 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 
-from .._array import type_name, working_dtype
+from .._array import held_as_series, type_name, working_dtype
 from .._memory import check_memory
 from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, open_gzip_stream
@@ -1194,7 +1194,7 @@ class NpyColumns:
         with _reading(self.path):
             header = np.load(self.path, mmap_mode="r", allow_pickle=False)
             shape, stored, offset = header.shape, header.dtype, header.offset
-            fortran = header.ndim == 2 and header.flags.f_contiguous and not header.flags.c_contiguous
+            fortran = held_as_series(header)
             del header
             return np.array(_pread_span(self.path, offset, shape, lo, hi, stored, fortran), dtype=dtype)
 

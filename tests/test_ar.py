@@ -789,3 +789,22 @@ def test_ar_whiten_takes_a_design_per_voxel(rng):
     X = rng.standard_normal((50, 4))
     one_by_one = np.stack([ar_whiten(np.repeat(X[:, [j]], 7, axis=1), phi) for j in range(4)], axis=1)
     npt.assert_array_equal(ar_whiten(np.repeat(X[:, :, None], 7, axis=2), phi), one_by_one)
+
+
+def test_the_contrasts_z_are_the_same_on_the_fits_threads(monkeypatch):
+    """The exact z of each voxel's t with its own effective dof runs on the fit's threads (n_jobs): the same z as
+    on one thread, and the threads are asked for."""
+    from voxfit.core import distributions
+
+    monkeypatch.setattr(distributions, "kernels_loaded", lambda: False)  # exact, whatever another test loaded
+    monkeypatch.setattr(distributions._kernels, "compile_in_background", lambda: None)
+    monkeypatch.setattr(distributions, "_EXACT_SPAN", 500)
+    asked = []
+    spans = distributions._exact_in_spans
+    monkeypatch.setattr(distributions, "_exact_in_spans", lambda t, d, w: asked.append(w) or spans(t, d, w))
+    X = np.column_stack([np.ones(120), np.sin(np.arange(120) / 5.0), np.arange(120) / 120.0])
+    Y = simulate(np.random.default_rng(5), 120, 3000, [0.4], X, np.array([[1.0], [0.3], [0.0]]))
+    one = fit_ar(X, Y, 1, {"task": [0, 1, 0]}, n_jobs=1).contrasts["task"]
+    two = fit_ar(X, Y, 1, {"task": [0, 1, 0]}, n_jobs=2).contrasts["task"]
+    assert asked == [1, 2]
+    assert np.array_equal(one.z, two.z, equal_nan=True) and np.array_equal(one.stat, two.stat, equal_nan=True)

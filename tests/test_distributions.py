@@ -193,3 +193,31 @@ def test_a_dof_per_value_loads_the_compiled_tables_after_a_million_exact_values(
     assert not started
     t_to_z(t, dof + np.linspace(0, 1, t.size))
     assert started
+
+
+def test_a_dof_per_value_computed_exactly_on_threads_gives_the_same_z(monkeypatch):
+    """The exact z of a dof per value, spans of the values on several threads (AR fits' contrasts): the z of
+    one thread bit for bit, spans of every length (one value left over, spans of uneven sizes), with NaN t,
+    infinite and non-positive dofs among them; and each span is taken (a span whose z were left unset would
+    show as garbage, not as the single thread's z)."""
+    from voxfit.core import distributions
+
+    monkeypatch.setattr(distributions, "kernels_loaded", lambda: False)  # exact, whatever another test loaded
+    monkeypatch.setattr(distributions._kernels, "compile_in_background", lambda: None)
+    monkeypatch.setattr(distributions, "_EXACT_SPAN", 1000)
+    calls = []
+    exact = distributions._t_to_z_exact
+    monkeypatch.setattr(distributions, "_t_to_z_exact", lambda t, d: calls.append(t.size) or exact(t, d))
+    rng = np.random.default_rng(11)
+    for n in (999, 2001, 7919):
+        t = rng.standard_t(4, n) * rng.choice([1e-3, 1.0, 30.0], n)
+        dof = rng.uniform(0.5, 800.0, n)
+        t[::97], dof[::89], dof[::83] = np.nan, np.inf, -1.0
+        one = t_to_z(t, dof)
+        exact_values = np.count_nonzero(~np.isnan(t) & (dof > 0) & np.isfinite(dof))
+        for workers in (2, 3, 16):
+            calls.clear()
+            z = t_to_z(t, dof, workers)
+            assert len(calls) == max(1, min(workers, exact_values // 1000)), (n, workers, calls)
+            assert sum(calls) == exact_values
+            assert np.array_equal(z, one, equal_nan=True), (n, workers)

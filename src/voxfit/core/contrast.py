@@ -286,15 +286,23 @@ def f_stats(
 
 
 def t_stats(
-    label: str, w: NDArray, effect: NDArray, variance: NDArray, usable: NDArray, dof: float, stat: NDArray | None = None
+    label: str,
+    w: NDArray,
+    effect: NDArray,
+    variance: NDArray,
+    usable: NDArray,
+    dof: float,
+    stat: NDArray | None = None,
+    workers: int = 1,
 ) -> Stats:
     """A t contrast's Stats from its effect and variance at every voxel (NaN where not `usable`); `stat`, when
-    given, is the t computed by the caller from a rescaled row (same value, no overflow)."""
+    given, is the t computed by the caller from a rescaled row (same value, no overflow). A dof per voxel: z on
+    `workers` threads (see :func:`~voxfit.core.distributions.t_to_z`)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         stat = np.where(usable, effect / np.sqrt(variance) if stat is None else stat, np.nan)
     if np.ndim(dof) > 0:  # a dof per voxel
         dof = np.array(dof, dtype=float)
-        z = t_to_z(stat, dof)
+        z = t_to_z(stat, dof, workers)
     else:
         dof = float(dof)
         z = t_to_z(stat, dof) if dof > 0 else np.full_like(stat, np.nan)

@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special as sc
 
+from .._threads import run_in_threads
 from . import _kernels
 from ._kernels import hermite_z, hermite_z_numpy, kernels_loaded
 
@@ -46,6 +47,7 @@ _DOF_GRID_RANGE = (2.0, 1e5)  # the tables are checked against mpmath up to 1e5
 _DOF_GRID_MAX_NODES = 160  # ~150 kB each; a wider spread of dofs is computed exactly
 _MANY_EACH = 4096  # fewer values than this: exact, no tables
 _EXACT_EACH_BEFORE_COMPILING = 1 << 20  # this many values done exactly: load the compiled kernel for the rest
+_EXACT_SPAN = 1 << 14  # values a thread takes at least, exactly (~6 ms: a thread's start is worth it)
 _exact_each_done = 0
 
 
@@ -186,10 +188,11 @@ def _hermite_table(dof: float) -> tuple[float, NDArray[np.float64]]:
     return 1.0 / h, np.ascontiguousarray(coef)
 
 
-def t_to_z(t: ArrayLike, dof) -> NDArray[np.float64]:
+def t_to_z(t: ArrayLike, dof, workers: int = 1) -> NDArray[np.float64]:
     """z-scores of t statistics: the signed normal value with the same upper-tail probability.
 
-    `dof` is a number, or an array of t's shape (a dof per value; NaN where dof <= 0).
+    `dof` is a number, or an array of t's shape (a dof per value; NaN where dof <= 0). With a dof per value
+    computed exactly (see :func:`_t_to_z_each`), `workers` threads take spans of the values: the same z.
 
     Relative error below 1e-12 for every t and dof >= 1 (checked against mpmath); NaN stays NaN.
     """
@@ -201,7 +204,7 @@ def t_to_z(t: ArrayLike, dof) -> NDArray[np.float64]:
         normal = ok & np.isinf(dof)  # infinite dof: t is already a z
         z[normal] = t[normal]
         ok &= ~normal
-        z[ok] = _t_to_z_each(t[ok], dof[ok])
+        z[ok] = _t_to_z_each(t[ok], dof[ok], workers)
         return z
     dof = float(dof)
     if not dof > 0:
@@ -218,9 +221,9 @@ def t_to_z(t: ArrayLike, dof) -> NDArray[np.float64]:
     return z.reshape(t.shape)
 
 
-def _t_to_z_each(t: NDArray, dof: NDArray) -> NDArray[np.float64]:
+def _t_to_z_each(t: NDArray, dof: NDArray, workers: int = 1) -> NDArray[np.float64]:
     """z for t with a dof each (dof > 0, no NaN): interpolated between the tables of a grid of dofs by the
-    compiled kernel where it is loaded and worth it, otherwise exact.
+    compiled kernel where it is loaded and worth it, otherwise exact (on `workers` threads).
 
     Exact costs ~0.35 us per value (the incomplete beta function), the tables ~2 ms per grid dof once and
     then ~20 ns per value; the compiled kernel takes ~0.5 s to load, so it is loaded (in the background)
@@ -234,7 +237,26 @@ def _t_to_z_each(t: NDArray, dof: NDArray) -> NDArray[np.float64]:
     _exact_each_done += t.size
     if _exact_each_done >= _EXACT_EACH_BEFORE_COMPILING:
         _kernels.compile_in_background()
-    return _t_to_z_exact(t, dof)
+    return _exact_in_spans(t, dof, workers)
+
+
+def _exact_in_spans(t: NDArray, dof: NDArray, workers: int) -> NDArray[np.float64]:
+    """:func:`_t_to_z_exact` with a dof per value, spans of at least _EXACT_SPAN values on up to `workers`
+    threads. scipy's special functions release the GIL, and each z depends on its own t and dof only, so the
+    spans give the z that one call gives, bit for bit (the 230k voxels of an AR(1) fit: 0.075 s on one thread,
+    0.036 s on two)."""
+    spans = max(1, min(workers, t.size // _EXACT_SPAN))
+    if spans == 1:
+        return _t_to_z_exact(t, dof)
+    edges = np.linspace(0, t.size, spans + 1).astype(np.intp)
+    z = np.empty_like(t)
+
+    def span(k: int) -> None:
+        a, b = edges[k], edges[k + 1]
+        z[a:b] = _t_to_z_exact(t[a:b], dof[a:b])
+
+    run_in_threads(span, range(spans), spans)
+    return z
 
 
 def _t_to_z_tabled(t: NDArray, dof: NDArray) -> NDArray[np.float64] | None:

@@ -134,7 +134,7 @@ def fit_ar(
         with blas_single_threaded():
             run_in_threads(run, starts, min(n_jobs, len(starts)), bar.update)  # stoppable between blocks
         bar.close()
-    fit, stats = maps.result(design, valid)
+    fit, stats = maps.result(design, valid, n_jobs)
     return ARFit(fit=fit, ar=maps.phi, contrasts=stats, order=int(order))
 
 
@@ -161,9 +161,9 @@ class ARMaps:
         for label, (effect, cov, dof) in zip(self.weights, res.contrasts):
             self.effects[label][:, at], self.covs[label][at], self.dofs[label][at] = effect, cov, dof
 
-    def result(self, design, valid) -> tuple[Fit, dict[str, Stats]]:
-        """The fit of the voxels `valid` (R^2 of the OLS fit) and the contrasts' statistics; the AR
-        coefficients ``phi`` become read-only."""
+    def result(self, design, valid, workers: int = 1) -> tuple[Fit, dict[str, Stats]]:
+        """The fit of the voxels `valid` (R^2 of the OLS fit) and the contrasts' statistics (z of t on `workers`
+        threads); the AR coefficients ``phi`` become read-only."""
         fit = make_fit(design, self.betas, self.rss, self.tss, valid)
         with np.errstate(divide="ignore", invalid="ignore"):  # R^2 of the OLS fit: whitened and raw sums differ
             r2 = np.where(self.tss > 0, 1.0 - self.ols_rss / self.tss, np.nan)
@@ -171,7 +171,7 @@ class ARMaps:
         fit = dataclasses.replace(fit, r2=r2)
         stats = {
             label: contrast_stats(
-                label, w, self.effects[label], self.covs[label], fit.residual_variance, self.dofs[label]
+                label, w, self.effects[label], self.covs[label], fit.residual_variance, self.dofs[label], workers
             )
             for label, w in self.weights.items()
         }
@@ -188,11 +188,11 @@ def _ar_task(fit_block, weights: list, Yb):
     return ok, fit_block(finite, weights)
 
 
-def contrast_stats(label, w, effect, cov, sigma2, dof) -> Stats:
+def contrast_stats(label, w, effect, cov, sigma2, dof, workers: int = 1) -> Stats:
     """t or F from the whitened fit, with each voxel's effective degrees of freedom `dof` (V,) (see
-    ``voxfit.core.ar.estimation_terms``)."""
+    ``voxfit.core.ar.estimation_terms``); z of t on `workers` threads."""
     usable = (sigma2 > 0) & np.isfinite(sigma2) & (dof > 0)
     with np.errstate(invalid="ignore"):
         if w.shape[0] == 1:
-            return t_stats(label, w, effect[0], cov[:, 0, 0] * sigma2, usable, dof)
+            return t_stats(label, w, effect[0], cov[:, 0, 0] * sigma2, usable, dof, workers=workers)
         return f_stats(label, w, effect, cov, usable, dof, scale=sigma2)

@@ -160,7 +160,7 @@ def fit_film(
         maps.place(at, fit_ar_block(block, Yb, list(weights.values()), lambda _r, at=at: rho[at]))
 
     _run_blocks(V, step, n_jobs, second)
-    fit, stats = maps.result(design, valid)
+    fit, stats = maps.result(design, valid, n_jobs)
     return NoiseModelFit(fit, stats, maps.phi, [f"ar{k + 1}" for k in range(M)], None, info)
 
 
@@ -247,7 +247,7 @@ def fit_arma11(X, Y, contrasts: dict, *, names=None, execution: Execution | None
             maps.place(start + np.flatnonzero(ok), fit_arma_block(design, Yb, list(weights.values()), terms=terms))
 
     _run_blocks(V, step, n_jobs, task)
-    fit, stats = maps.result(design, valid)
+    fit, stats = maps.result(design, valid, n_jobs)
     info = {
         "model": "ARMA(1,1) per voxel by REML (AFNI 3dREMLfit's grid, refined)",
         "grid_a": [float(ARMA_GRID[:, 0].min()), float(ARMA_GRID[:, 0].max())],
@@ -308,7 +308,7 @@ def fit_auto_ar(
                 maps.place(at[idx], _padded(res, maps.phi.shape[0]))
 
     _run_blocks(V, step, n_jobs, task)
-    fit, stats = maps.result(design, valid)
+    fit, stats = maps.result(design, valid, n_jobs)
     info = {
         "model": "AR(p) per voxel, p chosen by BIC",
         "max_order": top,

@@ -111,7 +111,7 @@ class ReadARFit(ReadSums):
         if overflowed.size:
             maps.place(overflowed, fit_ar_block(block, np.asarray(data[:, overflowed]), weights))
             valid[overflowed] = True
-        fit, stats = maps.result(design, valid)
+        fit, stats = maps.result(design, valid, workers)
         return ARFit(fit=fit, ar=maps.phi, contrasts=stats, order=self.order)
 
 
@@ -244,7 +244,7 @@ def fit_streaming(
     valid = np.isfinite(maps.rss)
     neighbours = None if grid is None else _neighbour_sums(accumulated, grid, design)
     if order:
-        fit, stats = maps.result(design, valid)
+        fit, stats = maps.result(design, valid, resolve_workers(execution.n_jobs))
         return StreamedFit(fit, stats, maps.phi, accumulated.masker, mean, neighbours, film_info)
     fit = make_fit(design, maps.betas, maps.rss, maps.tss, valid)
     stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}

@@ -516,6 +516,34 @@ def test_keep_columns_moves_series_within_their_buffer(rng):
                 assert np.shares_memory(kept, data) and kept.flags[f"{order}_CONTIGUOUS"]
 
 
+def test_masker_inverse_puts_each_value_at_its_element(rng):
+    """Maps from values, against the boolean mask's own assignment: float values as float32 unless a finite one
+    would overflow it (then float64; NaN and infinities do not count), (V,) and (k, V) values, integer and boolean
+    values as they are, NaN outside the mask; the index handed out is a copy."""
+    mask = rng.random(1000) < 0.3
+    m = Masker(SurfaceGeometry(mask.size), mask)
+    V = int(mask.sum())
+    big = np.full(V, 1.0)
+    big[7] = 1e39
+    edge = rng.standard_normal(V)
+    edge[[0, 5]] = np.nan, np.inf
+    edge[3] = np.finfo(np.float32).max
+    for values, dtype in [
+        (rng.standard_normal(V), np.float32),
+        (rng.standard_normal((3, V)).astype(np.float32), np.float32),
+        (big, np.float64),
+        (edge, np.float32),
+        (rng.integers(-5, 5, (2, V)), np.int64),
+    ]:
+        want = np.full((np.atleast_2d(values).shape[0], mask.size), np.nan if dtype != np.int64 else 0, dtype=dtype)
+        want[:, mask] = values
+        got = m.inverse(values, fill=np.nan if dtype != np.int64 else 0)
+        assert got.dtype == dtype
+        npt.assert_array_equal(got, want)
+    m.index[:] = 0
+    npt.assert_array_equal(m.index, np.flatnonzero(mask))
+
+
 def test_masker_inverse_checks_sizes():
     m = Masker(SurfaceGeometry(5), np.array([1, 0, 1, 1, 0], bool))
     npt.assert_array_equal(m.inverse([1.0, 2.0, 3.0])[0, [0, 2, 3]], [1, 2, 3])

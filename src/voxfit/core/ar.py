@@ -964,8 +964,8 @@ class LaggedSums:
     total: NDArray
     shift: NDArray | None
 
-    def take(self, idx: NDArray) -> LaggedSums:
-        """The sums of the voxels `idx`."""
+    def take(self, idx: NDArray | slice) -> LaggedSums:
+        """The sums of the voxels `idx` (copies; views for a slice)."""
         shift = None if self.shift is None else self.shift[idx]
         return LaggedSums(
             self.lagged[:, :, idx], self.s[:, idx], self.top[:, idx], self.bottom[:, idx], self.total[idx], shift

@@ -100,8 +100,10 @@ class ReadARFit(ReadSums):
 
         def fit_part(a: int) -> None:
             at = np.flatnonzero(finite[a : a + size]) + a
+            # a block of finite voxels only (as a rule): its sums are views, its results placed by a slice
+            span = slice(a, a + at.size) if at.size == min(size, V - a) else at
             if at.size:
-                maps.place(at, fit_ar_sums(block, sums.take(at), weights, lambda idx: shifted(at[idx])))
+                maps.place(span, fit_ar_sums(block, sums.take(span), weights, lambda idx: shifted(at[idx])))
 
         starts = range(0, V, size)
         with blas_single_threaded():

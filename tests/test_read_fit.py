@@ -305,3 +305,31 @@ def test_mean_over_scans_is_the_same_for_arrays_memory_maps_and_scaled_arrays(tm
     npt.assert_array_equal(mean_over_scans(np.load(tmp_path / "y.npy", mmap_mode="r")), mean_over_scans(Y))
     raw = rng.integers(-500, 500, Y.shape).astype(np.int16)  # (integers with scale factors)
     npt.assert_allclose(mean_over_scans(ScaledArray(raw, 2.0, 1.0)), 2.0 * raw.mean(axis=0) + 1.0, rtol=1e-12)
+
+
+def test_the_sums_of_a_read_do_not_depend_on_when_the_side_thread_adds_them():
+    """ReadSums adds the scans by batches of READ_BATCH however the read calls it (every scan, in jumps, once at
+    the end): the same float64 sums bit for bit, so that a run's maps are the same from one run to the next."""
+    from voxfit.core import factorize
+    from voxfit.engine._reading import READ_BATCH, ReadSums
+
+    rng = np.random.default_rng(8)
+    n, V = 5 * READ_BATCH + 7, 300
+    X = np.column_stack([np.ones(n), rng.standard_normal((n, 3))])
+    data = (1000.0 + rng.standard_normal((n, V)) * 10.0).astype(np.float32)
+    results = []
+    for stops in ([], list(range(1, n + 1)), [3, 40, 41, 77, n], [n]):
+        for order in (0, 2):
+            sums = ReadSums(factorize(X), order)
+            for stop in stops:
+                sums.observe(data, stop)
+                if sums._task is not None:
+                    sums._task.result()
+            sums.add_rest(data)
+            s = sums.sums
+            results.append((order, s.products.copy(), s.s.copy(), s.total.copy(), s.top.copy(), s.tail.copy()))
+    for order in (0, 2):
+        first, *rest = [r[1:] for r in results if r[0] == order]
+        for other in rest:
+            for a, b in zip(first, other):
+                assert np.array_equal(a, b)

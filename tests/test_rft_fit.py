@@ -101,10 +101,11 @@ def test_streamed_neighbour_sums_equal_the_kept_residuals(tmp_path, rng, order, 
 @pytest.mark.parametrize("constant", [True, False])
 def test_sums_observed_during_a_read_equal_the_kept_residuals(rng, monkeypatch, dtype, constant):
     """``GridProducts.observe`` as a read calls it (scan by scan into the array being filled): scans wait while
-    the kernels are not loaded, then are added in batches on a side thread, the rest by ``finish``; every voxel's
-    values about its first scan, with or without the constant in the design (then the shift enters the
-    residuals' sums: ``residual_products``), next to holes and on the grid's edges."""
+    the kernels are not loaded, then are added READ_BATCH at a time on a side thread, the rest by ``finish``;
+    every voxel's values about its first scan, with or without the constant in the design (then the shift
+    enters the residuals' sums: ``residual_products``), next to holes and on the grid's edges."""
     from voxfit.engine import smoothness
+    from voxfit.engine._reading import READ_BATCH
 
     data, X = smooth_run(rng, shape=(7, 6, 5), n=45)
     if not constant:
@@ -126,9 +127,9 @@ def test_sums_observed_during_a_read_equal_the_kept_residuals(rng, monkeypatch, 
             smoothness._READY.set()  # loaded: the waiting scans go at the next call
         grid.observe(out, t + 1)
         if grid._task is not None and t in (20, 35, 36):
-            grid._task.result()  # (the side thread, caught up, at points of the read: 16 scans wait at 36)
+            grid._task.result()  # (the side thread, caught up, at points of the read)
     got = grid.finish(out)
-    assert ready.is_set() and added == [21, 16, 8]
+    assert ready.is_set() and added == [READ_BATCH] * (45 // READ_BATCH) + [45 % READ_BATCH]
     E = Y.astype(np.float64) - X @ np.linalg.lstsq(X, Y.astype(np.float64), rcond=None)[0]
     assert_sums_equal(got, brute_neighbour_sums(E, mask3d))
 

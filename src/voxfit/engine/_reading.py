@@ -12,15 +12,16 @@ from ..core.ar import LaggedSums
 
 __all__ = ["READ_BATCH", "ReadAccumulator", "ReadSums", "ScanSums"]
 
-READ_BATCH = 16  # scans gathered during a read before their sums are added (each addition visits every voxel)
+READ_BATCH = 32  # scans added at a time during a read (each addition visits every voxel: 16 at a time took 0.34 s
+# of one core for a 230k-voxel, 400-scan OLS run, 32 at a time 0.27 s, 64 at a time 0.26 s)
 TILE_BYTES = 1 << 20  # a tile of shifted scans (float64) that stays in cache while it is used four times
 
 
 class ReadAccumulator:
     """``voxfit.io.load(observe=...)`` calls :meth:`observe` with the array being filled (n, V) and the number of
     scans read into it; the scans not yet added go to :meth:`add` (which counts them in ``n_scans``) on a side
-    thread at a low priority, so that the read never waits for them, once :data:`READ_BATCH` of them wait (or the
-    read is complete) and :meth:`ready` says so; until then they wait in the array, for a later call or
+    thread at a low priority, so that the read never waits for them, :data:`READ_BATCH` at a time (fewer for the
+    run's last ones) as they wait and :meth:`ready` says so; until then they wait in the array, for a later call or
     :meth:`add_rest`."""
 
     def __init__(self):
@@ -45,18 +46,19 @@ class ReadAccumulator:
         # one BLAS thread: BLAS's others would take (and spin on) the core the read decompresses on
         with blas_single_threaded():
             while self.ready():
-                stop = self._stop
-                waiting = stop - self.n_scans
-                if waiting <= 0 or (waiting < READ_BATCH and stop < out.shape[0]):
+                batch = min(READ_BATCH, out.shape[0] - self.n_scans)
+                if batch <= 0 or self._stop - self.n_scans < batch:
                     return
-                self.add(out[self.n_scans : stop])
+                self.add(out[self.n_scans : self.n_scans + batch])
 
     def add_rest(self, data) -> None:
-        """After the read into `data` (n, V): wait for the side thread, then add the scans it has not."""
+        """After the read into `data` (n, V): wait for the side thread, then add the scans it has not, by the same
+        batches of READ_BATCH scans: the sums are the same whatever the side thread had time for. (Added as they
+        waited, a .nii.gz AR(1) fit's maps differed from one run to the next by a float32 ulp at a voxel or two.)"""
         if self._task is not None:
             self._task.result()
-        if self.n_scans < data.shape[0]:
-            self.add(data[self.n_scans :])
+        while self.n_scans < data.shape[0]:
+            self.add(data[self.n_scans : self.n_scans + READ_BATCH])
 
 
 class ScanSums:

@@ -892,8 +892,13 @@ def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
     with pytest.raises(InputError, match="only dense CIFTI files"):
         open_reader(str(tmp_path / "p.dtseries.nii"))
     raw = (tmp_path / "run.dtseries.nii").read_bytes()
+    assert b"<VertexIndices>5 2 9 7</VertexIndices>" in raw
     for k, (old, new) in enumerate(
-        [(b'IndexCount="4"', b'IndexCount="5"'), (b"<VertexIndices>", b"<VertexIndices>x ")]
+        [
+            (b'IndexCount="4"', b'IndexCount="5"'),
+            (b"<VertexIndices>", b"<VertexIndices>x "),
+            (b">5 2 9 7<", b">5 2 9.7<"),
+        ]
     ):
         broken = tmp_path / f"broken{k}.dtseries.nii"
         broken.write_bytes(raw.replace(old, new, 1))
@@ -918,6 +923,19 @@ def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
             print(f"{name}: {type(exc).__name__}")
         else:
             assert open_reader(str(path)).geometry.brain_models == theirs
+
+
+def test_cifti_indices_are_parsed_as_integers_or_refused():
+    """A brain model's indices, as CIFTI's XML writes them: integers apart by any whitespace, parsed whole; anything
+    else (signs, decimals, words, numbers run together with text) refused, for nibabel to read or refuse, where
+    numpy's parser alone would stop quietly or read a sign."""
+    from voxfit.io.readers import _integers
+
+    npt.assert_array_equal(_integers(" 5 2\n\t9   7\n"), [5, 2, 9, 7])
+    assert _integers("").size == 0
+    for text in ("5 2 9 -7", "5 2 9.7", "5 2 9 7 x", "5,2", "5 2 1e3", "+5"):
+        with pytest.raises(ValueError):
+            _integers(text)
 
 
 def test_brain_models_converted_by_runs_are_nibabels(rng):

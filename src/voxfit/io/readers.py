@@ -678,7 +678,7 @@ def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | No
         return None
     voxel = np.full((n_elements, 3), -1, dtype=int)
     vertex = np.full(n_elements, -1, dtype=int)
-    name = np.empty(n_elements, dtype=object)
+    structures, counts = [], []
     nvertices, affine, volume_shape, end = {}, None, None, 0
     for model in maps[0].findall("BrainModel"):
         first, count = int(model.get("IndexOffset")), int(model.get("IndexCount"))
@@ -686,12 +686,13 @@ def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | No
         if first != end or count < 1 or first + count > n_elements or structure is None:
             return None  # (models out of index order: nibabel names them in the order listed, so it decides)
         end = first + count
-        name[where] = structure
+        structures.append(structure)
+        counts.append(count)
         if model.get("ModelType") == "CIFTI_MODEL_TYPE_SURFACE":
-            vertex[where] = np.array(model.findtext("VertexIndices", "").split(), dtype=int).reshape(count)
+            vertex[where] = _integers(model.findtext("VertexIndices", "")).reshape(count)
             nvertices[structure] = int(model.get("SurfaceNumberOfVertices"))
         elif model.get("ModelType") == "CIFTI_MODEL_TYPE_VOXELS":
-            voxel[where] = np.array(model.findtext("VoxelIndicesIJK", "").split(), dtype=int).reshape(count, 3)
+            voxel[where] = _integers(model.findtext("VoxelIndicesIJK", "")).reshape(count, 3)
             if affine is None:
                 volume = maps[0].find("Volume")
                 volume_shape = tuple(int(n) for n in volume.get("VolumeDimensions").split(","))
@@ -701,7 +702,20 @@ def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | No
             return None
     if end != n_elements:
         return None
+    name = np.repeat(np.array(structures, dtype=str), counts)  # (a str array: no objects to convert)
     return BrainModels(name, voxel, vertex, affine, volume_shape, nvertices)
+
+
+def _integers(text: str) -> NDArray[np.int64]:
+    """The whitespace-separated non-negative integers of `text`, parsed in C (91k grayordinates' indices: 2.5 ms,
+    against 16 ms split into strings and converted one by one); a ValueError for anything else (numpy's parser
+    stops quietly where the integers end), so that nibabel reads the file, or refuses it, itself."""
+    if not _INDICES.fullmatch(text):
+        raise ValueError("not a list of indices")
+    return np.fromstring(text, dtype=np.int64, sep=" ")
+
+
+_INDICES = re.compile(r"[0-9\s]*")
 
 
 def _dimensions(index_map) -> list[str]:

@@ -30,7 +30,7 @@ def test_each_part_runs_at_the_small_size(bench_users, part, tmp_path, capsys):
     with_nilearn = part == "mni"
     rows = bench_users.main([part, "--small", "--keep", str(tmp_path), *([] if with_nilearn else ["--no-nilearn"])])
     printed = capsys.readouterr().out
-    assert "floor" in printed and len(rows) == {"mni": 6, "cifti": 2, "group": 3}[part]
+    assert "floor" in printed and len(rows) == {"mni": 6, "cifti": 3, "group": 3}[part]
     for row in rows:
         assert row.voxfit.wall > 0 and row.voxfit.peak > 0 and row.floor > 0
         assert row.label in printed

@@ -148,7 +148,10 @@ class SurfaceGeometry(Geometry):
 def same_brain_models(a: nib.cifti2.BrainModelAxis, b: nib.cifti2.BrainModelAxis) -> bool:
     """nibabel's ``a == b``, decided from the arrays alone when they are the same: nibabel compares the voxels and
     vertices of the volume and surface elements only, whose masks it finds element by element (84 ms for 91k
-    grayordinates, once per extra run or map); where any array differs, nibabel decides."""
+    grayordinates, once per extra run or map); where any array differs, nibabel decides. Files with the same XML
+    share one axis (``voxfit.io.readers._shared_brain_models``): the same without a look (3.7 ms a map)."""
+    if a is b:
+        return True
     same = (
         len(a) == len(b)
         and a.nvertices == b.nvertices

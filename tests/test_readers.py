@@ -925,42 +925,49 @@ def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
             assert open_reader(str(path)).geometry.brain_models == theirs
 
 
-def test_cifti_files_with_the_same_xml_share_one_brain_model_axis(tmp_path, rng):
-    """A group's maps written by one pipeline carry the same XML: parsed once, one read-only axis for all (each
-    parsed on its own took 25 ms for 91k grayordinates); another XML is parsed for itself, and a map whose XML
-    matches but whose header counts other grayordinates is not read from the shared axis."""
+def test_cifti_files_with_the_same_xml_share_their_brain_models_arrays(tmp_path, rng):
+    """A group's maps written by one pipeline carry the same XML: parsed once (each parsed on its own took 25 ms
+    for 91k grayordinates, and kept 14 MB), each file's axis its own, sharing read-only arrays; another XML is
+    parsed for itself, and a map whose XML matches but whose header counts other grayordinates is not read from
+    the shared arrays."""
     from voxfit.io.readers import _stored_cifti
 
     left = nib.cifti2.BrainModelAxis.from_surface(np.arange(0, 40, 3), 40, name="CortexLeft")
     right = nib.cifti2.BrainModelAxis.from_surface(np.arange(5), 12, name="CortexRight")
-    for k, models in enumerate((left, left, left + right)):
+    voxels = nib.cifti2.BrainModelAxis.from_mask(rng.random((3, 4, 2)) > 0.3, affine=np.eye(4), name="ThalamusLeft")
+    for k, models in enumerate((left + voxels, left + voxels, left + right)):
         data = rng.standard_normal((1, len(models))).astype(np.float32)
         nib.save(
             nib.Cifti2Image(data, header=(nib.cifti2.ScalarAxis(["effect"]), models)), tmp_path / f"{k}.dscalar.nii"
         )
     one, two, other = (_stored_cifti(tmp_path / f"{k}.dscalar.nii").brain_models for k in range(3))
-    assert one is two and one == left and other == left + right
-    assert not one.vertex.flags.writeable and not one.name.flags.writeable
+    assert one == left + voxels == two and other == left + right
+    assert one is not two and all(getattr(one, a) is getattr(two, a) for a in ("name", "voxel", "vertex", "affine"))
+    assert not any(getattr(one, a).flags.writeable for a in ("name", "voxel", "vertex", "affine"))
+    one.nvertices["CIFTI_STRUCTURE_CORTEX_LEFT"] = 999  # (one file's axis changed: not the next file's)
+    assert _stored_cifti(tmp_path / "1.dscalar.nii").brain_models == left + voxels
     reader = open_reader([str(tmp_path / "0.dscalar.nii"), str(tmp_path / "1.dscalar.nii")])
-    assert reader.n_scans == 2 and reader.geometry.brain_models == left
+    assert reader.n_scans == 2 and reader.geometry.brain_models == left + voxels
     with pytest.raises(InputError, match="different CIFTI brain models"):
         open_reader([str(tmp_path / "0.dscalar.nii"), str(tmp_path / "2.dscalar.nii")])
     raw = (tmp_path / "0.dscalar.nii").read_bytes()
     header = nib.Nifti2Header(raw[:540])
-    header.set_data_shape((1, 1, 1, 1, 1, len(left) - 1))  # (the same XML, one grayordinate fewer in the data)
+    header.set_data_shape((1, 1, 1, 1, 1, len(left + voxels) - 1))  # (the same XML, one grayordinate fewer)
     (tmp_path / "short.dscalar.nii").write_bytes(header.binaryblock + raw[540:-4])
     assert _stored_cifti(tmp_path / "short.dscalar.nii") is None
 
 
 def test_cifti_indices_are_parsed_as_integers_or_refused():
-    """A brain model's indices, as CIFTI's XML writes them: integers apart by any whitespace, parsed whole; anything
-    else (signs, decimals, words, numbers run together with text) refused, for nibabel to read or refuse, where
-    numpy's parser alone would stop quietly or read a sign."""
+    """A brain model's indices, as CIFTI's XML writes them: integers apart by ASCII whitespace, parsed whole;
+    anything else (signs, decimals, words, numbers past int64, other whitespace) refused, for nibabel to read or
+    refuse, where numpy's parser alone would stop, read a sign, or cap a number."""
     from voxfit.io.readers import _integers
 
     npt.assert_array_equal(_integers(" 5 2\n\t9   7\n"), [5, 2, 9, 7])
-    assert _integers("").size == 0
-    for text in ("5 2 9 -7", "5 2 9.7", "5 2 9 7 x", "5,2", "5 2 1e3", "+5"):
+    npt.assert_array_equal(_integers("922337203685477580 0"), [922337203685477580, 0])
+    for blank in ("", " ", "\n\t "):  # (numpy's parser reads whitespace alone as one 0)
+        assert _integers(blank).size == 0
+    for text in ("5 2 9 -7", "5 2 9.7", "5 2 9 7 x", "5,2", "5 2 1e3", "+5", "99999999999999999999 5", "5\u00a02"):
         with pytest.raises(ValueError):
             _integers(text)
 

@@ -17,7 +17,6 @@ come from whole scans.
 from __future__ import annotations
 
 import functools
-
 import mmap
 import os
 from dataclasses import dataclass
@@ -59,6 +58,11 @@ class Masker:
 
     geometry: Geometry
     mask: NDArray[np.bool_]
+
+    def __post_init__(self) -> None:  # its own read-only copy: the voxels' indices are found once (see inverse)
+        mask = np.array(self.mask, dtype=bool)
+        mask.setflags(write=False)
+        object.__setattr__(self, "mask", mask)
 
     @property
     def index(self) -> NDArray[np.intp]:

@@ -808,3 +808,23 @@ def test_the_contrasts_z_are_the_same_on_the_fits_threads(monkeypatch):
     two = fit_ar(X, Y, 1, {"task": [0, 1, 0]}, n_jobs=2).contrasts["task"]
     assert asked == [1, 2]
     assert np.array_equal(one.z, two.z, equal_nan=True) and np.array_equal(one.stat, two.stat, equal_nan=True)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_the_fit_from_sums_is_the_same_from_views_and_from_copies(order):
+    """A block's sums taken by a slice (views, as a read's all-finite blocks are) or by an index array (copies):
+    the same betas, AR coefficients and statistics, bit for bit, whatever the arrays' layouts."""
+    from voxfit.core.ar import fit_ar_sums, lagged_sums
+
+    rng = np.random.default_rng(order)
+    X = np.column_stack([np.ones(150), np.sin(np.arange(150) / 5.0), np.arange(150) / 150.0])
+    Y = simulate(rng, 150, 3000, [0.5, -0.2][:order], X, np.array([[100.0], [1.0], [0.0]]))
+    block = ARBlock(factorize(X), order, compiled=False)
+    sums, _ = lagged_sums(block, Y)
+    weights = [np.array([[0.0, 1.0, 0.0]]), np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])]
+    views = fit_ar_sums(block, sums.take(slice(0, 3000)), weights)
+    copies = fit_ar_sums(block, sums.take(np.arange(3000)), weights)
+    for a, b in [(views.betas, copies.betas), (views.phi, copies.phi), (views.rss, copies.rss)]:
+        assert np.array_equal(a, b)
+    for (e1, c1, d1), (e2, c2, d2) in zip(views.contrasts, copies.contrasts):
+        assert np.array_equal(e1, e2) and np.array_equal(c1, c2) and np.array_equal(d1, d2)

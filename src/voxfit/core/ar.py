@@ -1113,7 +1113,9 @@ def _fit_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=Non
     lagged, s, mu = sums.lagged, sums.s, sums.shift
     v = s.shape[1]
     c = lagged[0]
-    ys = np.concatenate([s[:1], 2.0 * s[1:]])  # y'S_k y
+    # y'S_k y, held column by column whatever the sums' layout (a slice's views, an index array's copies), so that
+    # the sums over k below add in one order: the same statistics from either
+    ys = np.asfortranarray(np.concatenate([s[:1], 2.0 * s[1:]]))
     r_lag = residual_lagged_sums(block, sums)
     lost = np.flatnonzero(needs_refit(r_lag[0], s[0]))  # more than 5 digits cancelled: explicit residuals
     if lost.size and data is not None:

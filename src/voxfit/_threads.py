@@ -38,6 +38,7 @@ __all__ = [
     "DaemonExecutor",
     "blas_single_threaded",
     "default_workers",
+    "even_spans",
     "in_chunks",
     "interruptible",
     "numba_threads",
@@ -48,6 +49,13 @@ __all__ = [
 POLL_S = 0.05  # how often the waiting thread wakes up to let signal handlers run
 CHUNK_S = 0.1  # the length of one uninterruptible call in in_chunks
 GRACE_S = 0.5  # how long, after an interruption, items that write files may take to finish theirs
+
+
+def even_spans(n: int, parts: int) -> list[slice]:
+    """`parts` consecutive slices of nearly equal length covering ``range(n)``: one for each thread of a pass over
+    independent columns or values (:func:`run_in_threads`)."""
+    edges = [n * k // parts for k in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def run_in_threads(

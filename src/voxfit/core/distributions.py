@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special as sc
 
-from .._threads import run_in_threads
+from .._threads import even_spans, run_in_threads
 from . import _kernels
 from ._kernels import hermite_z, hermite_z_numpy, kernels_loaded
 
@@ -245,17 +245,15 @@ def _exact_in_spans(t: NDArray, dof: NDArray, workers: int) -> NDArray[np.float6
     threads. scipy's special functions release the GIL, and each z depends on its own t and dof only, so the
     spans give the z that one call gives, bit for bit (the 230k voxels of an AR(1) fit: 0.075 s on one thread,
     0.036 s on two)."""
-    spans = max(1, min(workers, t.size // _EXACT_SPAN))
-    if spans == 1:
+    parts = max(1, min(workers, t.size // _EXACT_SPAN))
+    if parts == 1:
         return _t_to_z_exact(t, dof)
-    edges = np.linspace(0, t.size, spans + 1).astype(np.intp)
     z = np.empty_like(t)
 
-    def span(k: int) -> None:
-        a, b = edges[k], edges[k + 1]
-        z[a:b] = _t_to_z_exact(t[a:b], dof[a:b])
+    def span(s: slice) -> None:
+        z[s] = _t_to_z_exact(t[s], dof[s])
 
-    run_in_threads(span, range(spans), spans)
+    run_in_threads(span, even_spans(t.size, parts), parts)
     return z
 
 

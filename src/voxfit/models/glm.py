@@ -17,7 +17,7 @@ import numpy as np
 from .._array import is_dataframe, type_name, working_dtype
 from .._dask import dask_client, run_tasks
 from .._execution import Execution
-from .._threads import GRACE_S, DaemonExecutor, resolve_workers, run_in_threads
+from .._threads import GRACE_S, DaemonExecutor, even_spans, resolve_workers, run_in_threads
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
 from ..design import read_design, write_design
@@ -692,8 +692,7 @@ def mean_over_scans(data, workers: int = 1) -> np.ndarray:
     one; blocks of a few thousand voxels were slower, 0.08 s); others a block of voxels at a time."""
     if type(data) is np.ndarray and data.ndim == 2:
         out = np.empty(data.shape[1])
-        edges = np.linspace(0, data.shape[1], max(1, min(workers, data.size >> 20)) + 1).astype(int)
-        spans = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+        spans = even_spans(data.shape[1], max(1, min(workers, data.size >> 20)))
         run_in_threads(lambda s: np.mean(data[:, s], axis=0, dtype=np.float64, out=out[s]), spans, len(spans))
         return out
     n, V = data.shape

@@ -81,7 +81,7 @@ def test_fit_writes_maps_equal_to_the_array_api(study, capsys):
     assert f_eff.shape == SHAPE + (2,)
     model = json.loads((res / "model.json").read_text())
     assert model["voxfit_version"] == voxfit.__version__
-    assert model["inputs"][0]["sha256"] and model["inputs"][0]["bytes"] == study["bold"].stat().st_size
+    assert len(model["inputs"][0]["blake3"]) == 64 and model["inputs"][0]["bytes"] == study["bold"].stat().st_size
     assert model["contrasts"]["task"]["expression"] == "A - B" and model["contrasts"]["eoi"]["kind"] == "F"
     assert model["design"]["columns"] == ["A", "B", "constant"]
 

@@ -34,14 +34,14 @@ def test_demo_recovers_the_known_activation(tmp_path, capsys):
 
 
 def test_the_demo_can_be_repeated_from_its_record(tmp_path, capsys, monkeypatch):
-    import hashlib
+    from blake3 import blake3
 
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--quiet"]) == 0
     model = json.loads((out / "model.json").read_text())
     for record in model["inputs"]:  # the data are kept in the folder, with the checksums of the fit's inputs
         assert record["path"].startswith(str((out / "data").resolve()))
-        assert hashlib.sha256(open(record["path"], "rb").read()).hexdigest() == record["sha256"]
+        assert blake3(open(record["path"], "rb").read()).hexdigest() == record["blake3"]
     monkeypatch.chdir(out)
     assert main([*model["demo"]["repeat"][1:], "--quiet"]) == 0
     for name in ("contrast-AvsB_stat-t_statmap.nii.gz", "contrast-effects_stat-F_statmap.nii.gz"):

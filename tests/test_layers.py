@@ -37,7 +37,7 @@ LAYERS = {
     "__main__": 7,
 }
 # third-party imports allowed per layer (besides the standard library); numba only inside functions
-THIRD_PARTY = {0: {"numpy"}, 1: {"numpy", "scipy"}, 2: {"numpy", "scipy", "nibabel", "pandas"}}
+THIRD_PARTY = {0: {"numpy", "blake3"}, 1: {"numpy", "scipy"}, 2: {"numpy", "scipy", "nibabel", "pandas"}}
 
 
 def _unit(path: Path) -> str:

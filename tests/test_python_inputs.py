@@ -64,7 +64,7 @@ def test_a_4d_image_fits_as_its_file(tmp_path, rng):
     assert again.files and json.loads((tmp_path / "m2" / "model.json").read_text())["inputs"] == record
     pytest.importorskip("matplotlib")
     page = voxfit.write_report(tmp_path / "memory").read_text()
-    assert "in-memory nibabel image (Nifti1Image, shape (6, 5, 4, 40))" in page and record[0]["sha256"] in page
+    assert "in-memory nibabel image (Nifti1Image, shape (6, 5, 4, 40))" in page and record[0]["blake3"] in page
     # an image loaded from a file is read from that file, and recorded by its path
     loaded = voxfit.fit_images(nib.load(path), _design(), {"up": "slope"}, out_dir=tmp_path / "loaded")
     assert json.loads((tmp_path / "loaded" / "model.json").read_text())["inputs"][0]["path"] == str(path.resolve())

@@ -204,6 +204,24 @@ def test_rebuilt_from_the_folder_without_refitting(volume_run, capsys, monkeypat
     assert strip.sub("", first) == strip.sub("", again)
 
 
+@pytest.mark.planted_model_json  # (a record of version 1)
+def test_a_folder_of_record_version_1_shows_its_sha256s(volume_run, tmp_path):
+    """A folder written before the records' digests were BLAKE3 (record version 1, ``sha256``) is reported
+    with its own digests, under their name."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(volume_run, old)
+    raw = json.loads((old / "model.json").read_text())
+    raw["record_version"] = 1
+    raw["inputs"] = [{"path": i["path"], "bytes": i["bytes"], "sha256": "ab" * 32} for i in raw["inputs"]]
+    (old / "model.json").write_text(json.dumps(raw))
+    assert main(["report", str(old), "--force", "--quiet"]) == 0
+    page = (old / "report.html").read_text()
+    assert "<th>sha256</th>" in page and "ab" * 32 in page and "blake3" not in page
+    assert "<th>blake3</th>" in (volume_run / "report.html").read_text()
+
+
 def test_background_and_threshold_options(volume_run, tmp_path):
     t1 = np.zeros((20, 18, 16), dtype=np.float32)
     t1[2:18, 2:16, 2:14] = 500.0

@@ -1053,7 +1053,7 @@ def _run_model(args, argv, progress) -> int:
 
 
 def _start_digests(inputs) -> None:
-    """model.json's SHA-256 digests of a run's files, started as the command starts (0.06-0.08 s into the
+    """model.json's BLAKE3 digests of a run's files, started as the command starts (0.06-0.08 s into the
     process) rather than once numpy and nibabel have imported and the header is read (0.20-0.23 s): for a run
     from a .nii the digest is the fit's longest task (see ``voxfit._digest``). At a low priority beside a
     decompression."""

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - platforms without wheels
 def open_gzip(path, mode: str = "rb", compresslevel: int = 1):
     """A binary file object for a gzip file, from the fastest available implementation. A file written carries
     no time stamp in its gzip header (mtime 0, as nibabel writes it), so that the same image gives the same bytes
-    (and the same SHA-256 in model.json) whenever it is written."""
+    (and the same digest in model.json) whenever it is written."""
     if "w" in mode or "x" in mode:
         return _Writer(path, mode, compresslevel=compresslevel, mtime=0)
     return _fast.open(path, mode)

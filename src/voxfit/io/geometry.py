@@ -31,7 +31,7 @@ def save_nifti(img, path) -> None:
     straight into the compressed stream: a 97 x 115 x 97 float32 map took 7.0 ms when the file's bytes were built
     first (``to_bytes``: a copy of the image, in a growing buffer), 4.9 ms so. The same image gives the same file
     each time; the compressed bytes (not the image's) depend on how nibabel splits its writes, so a file and its
-    SHA-256 may differ from those an earlier voxfit or nibabel wrote."""
+    digest may differ from those an earlier voxfit or nibabel wrote."""
     path = Path(path)
     if path.name.endswith(".gz"):
         with open_gzip(path, "wb", compresslevel=1) as fh:

@@ -3,7 +3,6 @@ one check of what the readers accept, and how model.json names an input that has
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import type_name
+from .._digest import new_hash
 from ..exceptions import InputError
 
 __all__ = ["DATA_ACCEPTED", "MemoryInput", "check_data", "is_image", "memory_input", "source_label"]
@@ -60,7 +60,7 @@ def source_label(obj) -> str:
 @dataclass(frozen=True, eq=False)
 class MemoryInput:
     """An input held in memory, as model.json records it: no path, but what it was, its shape and dtype, and a
-    SHA-256 of its values (each array's elements in C order, in its dtype), so a run stays describable."""
+    BLAKE3 digest of its values (each array's elements in C order, in its dtype), so a run stays describable."""
 
     source: str  # "in-memory nibabel image" or "in-memory numpy array"
     type: str
@@ -69,18 +69,18 @@ class MemoryInput:
     arrays: tuple = field(repr=False, default=())
 
     def record(self) -> dict:
-        h = hashlib.sha256()
+        h = new_hash()
         for a in self.arrays:
             a = np.asanyarray(a)
             rows = max(1, (4 << 20) // max(1, a[:1].nbytes)) if a.ndim else 1
             for i in range(0, max(1, a.shape[0] if a.ndim else 1), rows):  # bounded copies of non-contiguous data
-                h.update(np.ascontiguousarray(a[i : i + rows] if a.ndim else a).data)
+                h.update(np.ascontiguousarray(a[i : i + rows] if a.ndim else a).reshape(-1).view(np.uint8))  # (bytes)
         return {
             "source": self.source,
             "type": self.type,
             "shape": list(self.shape),
             "dtype": self.dtype,
-            "sha256": h.hexdigest(),
+            "blake3": h.hexdigest(),
         }
 
 

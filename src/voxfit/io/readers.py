@@ -92,7 +92,7 @@ class Reader(Protocol):
       :func:`apply_scale` computes them.
     - ``paths``: the files read ([] for data in memory).
     - ``in_memory``: () for files; for data in memory (nibabel images, numpy arrays), one MemoryInput per
-      object: what it is, shape, dtype, and ``record()`` with a SHA-256 of its values.
+      object: what it is, shape, dtype, and ``record()`` with a BLAKE3 digest of its values.
     - ``iter_scans(max_bytes)``: an iterator of (first_scan, array (k, n_elements)), in scan order, each array
       at most max_bytes (at least one scan), read sequentially once; an array may be overwritten by the next
       one (copy what you keep).

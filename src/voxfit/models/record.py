@@ -6,7 +6,6 @@ The file's form is also given as a JSON Schema (draft 2020-12), ``model.schema.j
 
 from __future__ import annotations
 
-import hashlib
 import json
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, fields
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._digest import file_sha256
+from .._digest import CHUNK, file_digest, new_hash
 from .._threads import DaemonExecutor
 from ..exceptions import InputError
 from ..io import source_label
@@ -34,7 +33,7 @@ __all__ = [
     "schema",
 ]
 
-RECORD_VERSION = 1  # raised when a key changes meaning or goes away (not when one is added)
+RECORD_VERSION = 2  # raised when a key changes meaning or goes away (not when one is added)
 KINDS = ("first-level", "runs", "group")
 MODEL_TEXT = {"runs": "fixed effects across runs", "group": "group (second level)"}  # the older "model" key
 FILE = "model.json"
@@ -55,8 +54,9 @@ class ModelRecord:
     voxfit_version: the version of voxfit that wrote the file.
     command: the command line that made the run (a list of arguments); None when called from Python.
     inputs: first level and group (runs: per run, in `runs`): per file ``path`` (absolute), ``bytes`` and
-        ``sha256`` (of a store folder: over its files, see :func:`input_record`); per input given in memory
-        ``source``, ``type``, ``shape``, ``dtype`` and ``sha256`` of its values.
+        ``blake3`` (its BLAKE3 digest, as ``b3sum`` prints it; of a store folder: over its files, see
+        :func:`input_record`); per input given in memory ``source``, ``type``, ``shape``, ``dtype`` and
+        ``blake3`` of its values. (Record version 1 gave SHA-256s, as ``sha256``.)
     runs: runs only: per run ``inputs``, ``columns``, ``n_scans``, ``kinds``, ``tr`` (as in `design`) and
         ``noise_details`` (as in `settings`).
     data: first level only: ``n_scans``, ``n_voxels`` (in the mask), ``n_invalid_voxels`` (in the mask but not
@@ -100,7 +100,8 @@ class ModelRecord:
     demo: ``voxfit demo`` only: ``seed``, ``data`` (where the synthetic run is) and ``repeat`` (the command
         that refits the data from the output folder).
     version: the version of this record's form, :data:`RECORD_VERSION`; files older than the key are read as
-        version 1 (their keys are those of version 1).
+        version 1 (their keys are those of version 1). Version 2 gives the inputs' BLAKE3 digests (``blake3``)
+        where version 1 gave SHA-256s (``sha256``).
     """
 
     kind: str
@@ -155,7 +156,7 @@ class ModelRecord:
             ) from None
         if not isinstance(raw, dict):
             raise InputError(f"{path} is not a voxfit {FILE} (not a JSON object); rerun the fit to rewrite it.")
-        version = raw.get("record_version", RECORD_VERSION)
+        version = raw.get("record_version", 1)  # (files older than the key: version 1)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise InputError(
                 f"{path} has record_version {version!r}, not a version of voxfit's {FILE}; rerun the fit to rewrite it."
@@ -302,17 +303,17 @@ def design_rows_record(d, paths, paired: bool) -> dict:
 
 
 def input_record(path: Path, digest: str | None = None) -> dict:
-    """What model.json says of an input file: absolute path, size, SHA-256 (of a store folder such as a Zarr
-    store: over its files' relative names and contents, in sorted order)."""
+    """What model.json says of an input file: absolute path, size, BLAKE3 digest (of a store folder such as a
+    Zarr store: over its files' relative names and digests, in sorted order)."""
     path = Path(path)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    return {"path": str(path.resolve()), "bytes": size, "sha256": digest or _sha256(path)}
+    return {"path": str(path.resolve()), "bytes": size, "blake3": digest or _digest(path)}
 
 
 def input_records(paths, memory=()) -> list[dict]:
     """What model.json says of the inputs: each file's :func:`input_record`, and for data given in memory
-    (nibabel images, arrays: :class:`voxfit.io.MemoryInput`) what they were, their shape and a SHA-256 of
-    their values (run on a thread beside the fit: ``DaemonExecutor(aside=True)``)."""
+    (nibabel images, arrays: :class:`voxfit.io.MemoryInput`) what they were, their shape and a BLAKE3 digest
+    of their values (run on a thread beside the fit: ``DaemonExecutor(aside=True)``)."""
     return [input_record(p) for p in paths] + [m.record() for m in memory]
 
 
@@ -320,21 +321,22 @@ def start_input_records(reader) -> Future:
     """:func:`input_records` of a reader's inputs, started on a daemon thread as their read starts (an
     interruption abandons it: a pool's ``with`` block and the interpreter's exit would both wait to the end of a
     file of gigabytes). At a low priority beside a decompression, which is then the longest task; else at the
-    fit's own, the digest being the longest (one serial stream: 1.15 s for a 1.65 GB .nii, whose read and fit take
-    0.65 s; at the low priority it waited behind the fit and the maps, 1.74 against 1.67 s). The command line
-    has started the files' digests earlier still (``voxfit._digest.start_digests``); these records take them."""
+    fit's own (one serial stream: 0.56-0.60 s for a 1.65 GB .nii, read and hashed, whose read and fit take 0.65 s;
+    with SHA-256, 1.15 s, the low priority made the fit wait, 1.74 against 1.67 s; with BLAKE3 the fit took
+    1.27-1.87 s against 1.30-1.54 s at the low priority, 5 alternating runs each: the same). The command line has
+    started the files' digests earlier still (``voxfit._digest.start_digests``); these records take them."""
     hashing = DaemonExecutor(aside=getattr(reader, "compressed", False))
     return hashing.submit(input_records, reader.paths, reader.in_memory)
 
 
-def _sha256(path: Path, buf: memoryview | None = None) -> str:
-    """The SHA-256 of a file's bytes (:func:`voxfit._digest.file_sha256`: the one the command line started, if
-    any), or of a folder's (see :func:`input_record`)."""
+def _digest(path: Path, buf: memoryview | None = None) -> str:
+    """The BLAKE3 digest of a file's bytes (:func:`voxfit._digest.file_digest`: the one the command line started,
+    if any), or of a folder's (see :func:`input_record`)."""
     if not Path(path).is_dir():
-        return file_sha256(path, buf)
-    h = hashlib.sha256()
-    buf = buf if buf is not None else memoryview(bytearray(1 << 22))  # (one for all the files)
+        return file_digest(path, buf)
+    h = new_hash()
+    buf = buf if buf is not None else memoryview(bytearray(CHUNK))  # (one for all the files)
     for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
         h.update(str(f.relative_to(path)).encode() + b"\0")
-        h.update(bytes.fromhex(_sha256(f, buf)))
+        h.update(bytes.fromhex(_digest(f, buf)))
     return h.hexdigest()

@@ -571,9 +571,11 @@ def _command(words: list[str]) -> str:
 
 
 def _inputs(inputs: list[dict]) -> str:
-    """The input files: all of them when few; else the first, the last and the count, the whole list folded."""
+    """The input files: all of them when few; else the first, the last and the count, the whole list folded. Their
+    digests are BLAKE3 (record version 1: SHA-256), under the record's own key."""
+    digest = "sha256" if inputs and "sha256" in inputs[0] else "blake3"
     rows = [
-        {"path": i.get("path") or _in_memory(i), "bytes": i.get("bytes"), "sha256": i.get("sha256", "")} for i in inputs
+        {"path": i.get("path") or _in_memory(i), "bytes": i.get("bytes"), digest: i.get(digest, "")} for i in inputs
     ]
     if len(rows) <= LIST_ITEMS:
         return html_table(rows)

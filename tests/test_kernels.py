@@ -31,10 +31,10 @@ def test_compiled_and_numpy_passes_agree(rng, dtype, layout):
     npt.assert_array_equal(a.valid, b.valid)
 
 
-@pytest.mark.parametrize("n", [1, 15, 16, 83])
+@pytest.mark.parametrize("n", [1, 15, 16, 83, 1200])
 def test_numpy_pass_into_a_series_tile_equals_the_scan_tile(rng, n):
-    """The same offsets and shifted values whichever way the tile is held; the sums of squares, grouped by the
-    same 16 scans, differ only in the order of those 16 additions (float32) and match float64 sums."""
+    """The same offsets and shifted values whichever way the tile is held; the sums of squares (the scan tile's
+    in float32 groups of 16 scans, the series tile's pairwise along each series) match float64 sums."""
     Y = np.asfortranarray((1000 + 10 * rng.standard_normal((n, 300))).astype(np.float32))
     Y[n // 2, 47] = np.nan
     rows = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(np.intp))

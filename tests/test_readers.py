@@ -180,7 +180,7 @@ def test_reader_protocol(kind, tmp_path, rng):
 
 def test_saved_images_are_the_same_bytes_each_time_and_plain_gzip(tmp_path, rng, monkeypatch):
     """save_nifti's gzip header carries no time stamp (as nibabel's own): the same image written at two times
-    gives the same bytes, hence the same SHA-256 in model.json; any gzip reader reads it."""
+    gives the same bytes, hence the same digest (BLAKE3) in model.json; any gzip reader reads it."""
     from voxfit.io import save_nifti
 
     img = nib.Nifti1Image(rng.standard_normal((4, 5, 6, 3)).astype(np.float32), AFFINE)

@@ -3,8 +3,9 @@ knows its inputs: no numpy, so that the digest of a run runs while numpy, nibabe
 
 BLAKE3 (``blake3``, the BLAKE3 team's binding of their Rust code; ``b3sum`` on the command line), not SHA-256:
 on one core of the 2-core Zen 4 machine, 6.3 GB/s against 1.7 GB/s for OpenSSL's SHA-256 with the CPU's SHA
-instructions. An uncompressed run's digest is the longest task of its fit (a 1.65 GB .nii: 0.97 s of hashing
-alone, beside a read and fit of 0.65 s). Both are 256-bit cryptographic hashes.
+instructions. With SHA-256 an uncompressed run's digest was the longest task of its fit (a 1.65 GB .nii: 0.97 s of
+hashing alone, beside a read and fit of 0.65 s); with BLAKE3 it is read and hashed in 0.55-0.6 s of CPU (0.3 s of
+it the read). Both are 256-bit cryptographic hashes.
 
 :func:`start_digests` hashes files on a side thread; :func:`file_digest` gives a file's digest, taken from one
 started for the same file (same device, inode, size and modification time) or computed on the spot."""
@@ -30,11 +31,11 @@ _lock = threading.Lock()
 
 def start_digests(paths, aside: bool) -> None:
     """Start hashing those of `paths` that are regular files, one after another on a daemon thread (at a low
-    priority with `aside`: beside a decompression, which is then the longest task). For an uncompressed run
-    the digest is the longest task of a fit: started as the command line starts rather than once the header
-    is read (0.06-0.08 s into the process against 0.20-0.23 s), a 1.65 GB .nii's OLS fit took 1.60-1.85 s
-    against 1.71-1.86 s (medians 1.67 and 1.79 s, 8 alternating runs); HCP-like CIFTI and .nii.gz fits the
-    same."""
+    priority with `aside`: beside a decompression, which is then the longest task). Started as the command line
+    starts rather than once the header is read (0.06-0.08 s into the process against 0.20-0.23 s): with SHA-256, a
+    1.65 GB .nii's OLS fit took 1.60-1.85 s against 1.71-1.86 s (medians 1.67 and 1.79 s, 8 alternating runs); with
+    BLAKE3 that fit takes as long either way (1.13-1.28 s against 1.13-1.29 s, 6 runs each), an HCP-like CIFTI fit
+    0.73-0.76 s against 0.76-0.80 s (and one 0.87 s)."""
     files = []
     with _lock:
         for path in paths:

@@ -1054,9 +1054,8 @@ def _run_model(args, argv, progress) -> int:
 
 def _start_digests(inputs) -> None:
     """model.json's BLAKE3 digests of a run's files, started as the command starts (0.06-0.08 s into the
-    process) rather than once numpy and nibabel have imported and the header is read (0.20-0.23 s): for a run
-    from a .nii the digest is the fit's longest task (see ``voxfit._digest``). At a low priority beside a
-    decompression."""
+    process) rather than once numpy and nibabel have imported and the header is read (0.20-0.23 s; see
+    ``voxfit._digest.start_digests`` for what it saves). At a low priority beside a decompression."""
     from ._digest import start_digests
 
     start_digests(inputs, aside=any(str(p).lower().endswith(".gz") for p in inputs))

@@ -321,10 +321,10 @@ def start_input_records(reader) -> Future:
     """:func:`input_records` of a reader's inputs, started on a daemon thread as their read starts (an
     interruption abandons it: a pool's ``with`` block and the interpreter's exit would both wait to the end of a
     file of gigabytes). At a low priority beside a decompression, which is then the longest task; else at the
-    fit's own (one serial stream: 0.56-0.60 s for a 1.65 GB .nii, read and hashed, whose read and fit take 0.65 s;
-    with SHA-256, 1.15 s, the low priority made the fit wait, 1.74 against 1.67 s; with BLAKE3 the fit took
-    1.27-1.87 s against 1.30-1.54 s at the low priority, 5 alternating runs each: the same). The command line has
-    started the files' digests earlier still (``voxfit._digest.start_digests``); these records take them."""
+    fit's own: with SHA-256 (1.15 s for a 1.65 GB .nii, whose read and fit take 0.65 s) the low priority made the
+    fit wait, 1.74 against 1.67 s; with BLAKE3 (0.55-0.6 s of CPU) the priority makes no difference there
+    (1.27-1.87 s against 1.30-1.54 s at the low priority, 5 alternating runs each). The command line has started
+    the files' digests earlier still (``voxfit._digest.start_digests``); these records take them."""
     hashing = DaemonExecutor(aside=getattr(reader, "compressed", False))
     return hashing.submit(input_records, reader.paths, reader.in_memory)
 

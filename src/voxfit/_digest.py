@@ -88,8 +88,9 @@ def new_hash():
 def _digest_of_file(path, buf: memoryview | None = None) -> str:
     """Read into one buffer, reused: a new 4 MiB bytes object per chunk faults its pages in each time, which
     slowed a thread decompressing the same file beside it by 10%. (Hashing windows of the file mapped one at a
-    time spared the copies, a .nii fit 0.15 s, but a file cut short while a window is hashed ends the process
-    with SIGBUS, where a read only ends early.)"""
+    time spared the copies, with SHA-256 a .nii fit 0.15 s, but a file cut short while a window is hashed ends the
+    process with SIGBUS, where a read only ends early; with BLAKE3, 64 MiB windows mapped with MAP_POPULATE were no
+    quicker: a 1.65 GB .nii in 0.62-0.69 s against 0.56-0.67 s read.)"""
     h = new_hash()
     buf = buf if buf is not None else memoryview(bytearray(CHUNK))
     with open(path, "rb", buffering=0) as fh:

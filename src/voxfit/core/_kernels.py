@@ -209,12 +209,14 @@ def shift_and_square_numpy(Y, start, stop, rows, buf, offset, ssq) -> None:
     process: 0.10-0.11 s against 0.14-0.18 s, best of 4)."""
     import numpy as np
 
+    from .._array import held_as_series
+
     block = Y[:, start:stop]
     mean = block[rows].mean(axis=0, dtype=np.float64)
     mean[~np.isfinite(mean)] = 0.0
     offset[:] = mean
     np.subtract(block, offset, out=buf, casting="unsafe")
-    if not buf.flags.c_contiguous:  # each voxel's series together (BlockFitter's tile for data held so)
+    if held_as_series(buf):  # each voxel's series together (BlockFitter's tile for data held so)
         series = buf.T
         ssq[:] = np.add.reduce(np.square(series), axis=1)
         return

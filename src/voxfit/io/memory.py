@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import type_name
-from .._digest import new_hash
+from .._digest import CHUNK, new_hash
 from ..exceptions import InputError
 
 __all__ = ["DATA_ACCEPTED", "MemoryInput", "check_data", "is_image", "memory_input", "source_label"]
@@ -72,7 +72,7 @@ class MemoryInput:
         h = new_hash()
         for a in self.arrays:
             a = np.asanyarray(a)
-            rows = max(1, (4 << 20) // max(1, a[:1].nbytes)) if a.ndim else 1
+            rows = max(1, CHUNK // max(1, a[:1].nbytes)) if a.ndim else 1
             for i in range(0, max(1, a.shape[0] if a.ndim else 1), rows):  # bounded copies of non-contiguous data
                 h.update(np.ascontiguousarray(a[i : i + rows] if a.ndim else a).reshape(-1).view(np.uint8))  # (bytes)
         return {

@@ -6,6 +6,7 @@ import pytest
 
 import voxfit
 from voxfit.engine import parse_memory, plan_blocks
+from voxfit.engine.memory import DEFAULT_TILE_BYTES, NUMPY_TILE_BYTES
 from voxfit.exceptions import DataTypeError, DegreesOfFreedomWarning, InputError, VoxfitError
 
 X = np.column_stack([np.arange(6.0), np.ones(6)])
@@ -95,11 +96,15 @@ def test_memory_sizes(text, expected):
     assert parse_memory(text) == expected
 
 
-def test_plans_respect_the_budget():
+@pytest.mark.parametrize("tile_bytes", [DEFAULT_TILE_BYTES, NUMPY_TILE_BYTES])
+def test_plans_respect_the_budget(tile_bytes):
     for budget in (2**16, 2**20, 2**26):
         for workers in (1, 2, 4):
-            block, tile = plan_blocks(300, 15, 4, budget, workers=workers)
+            block, tile = plan_blocks(300, 15, 4, budget, workers=workers, tile_bytes=tile_bytes)
             assert 1 <= tile <= block
+            assert tile * 300 * 4 <= tile_bytes
             per_worker = tile * 300 * (4 + 16) + block * ((15 + 2) * 4 + 8 * (3 * 15 + 12))
             assert per_worker * workers <= budget
-    assert plan_blocks(300, 15, 4, block_size=5) == (5, 5)
+    assert plan_blocks(300, 15, 4, block_size=5, tile_bytes=tile_bytes) == (5, 5)
+    # a generous budget gives the whole tile asked for
+    assert plan_blocks(300, 15, 4, 2**30, tile_bytes=tile_bytes)[1] == tile_bytes // (300 * 4)

@@ -268,35 +268,47 @@ def test_killed_run_leaves_a_temporary_that_the_next_run_removes(study):
         out.commit()
 
 
+def _write_run(tmp_path, kind: str) -> Path:
+    if kind == "cifti":
+        return write_cifti_runs(tmp_path, np.random.default_rng(0), frames=(200,))[0]
+    write_nifti(tmp_path / "mask.nii", np.ones(volume_data(np.random.default_rng(0), n=1).shape[:3], np.uint8))
+    return write_nifti(tmp_path / "run.nii", volume_data(np.random.default_rng(0), n=200) * 10 + 100)
+
+
 @pytest.mark.skipif(not hasattr(__import__("mmap"), "MAP_POPULATE"), reason="files are mapped on Linux")
-def test_a_cifti_run_truncated_while_fitted_leaves_what_a_killed_run_does(tmp_path, capsys):
-    """A CIFTI run held as its file's map (``CiftiReader.mapped_series``) and truncated while it is fitted: the
-    process ends as one killed (SIGBUS, as for any memory map of a file cut short, nibabel's own), leaving no
-    output folder or only its hidden temporary, which the next run there removes as it writes its maps."""
+@pytest.mark.parametrize(
+    "kind, reader, method", [("cifti", "CiftiReader", "mapped_series"), ("nifti", "NiftiReader", "mapped_scans")]
+)
+def test_a_run_truncated_while_mapped_leaves_what_a_killed_run_does(tmp_path, capsys, kind, reader, method):
+    """A run mapped from its file (a CIFTI run held as its file's map, ``CiftiReader.mapped_series``; a NIfTI run
+    gathered from one, ``NiftiReader.mapped_scans``) and truncated while it is fitted: the process ends as one
+    killed (SIGBUS, as for any memory map of a file cut short, nibabel's own), leaving no output folder or only
+    its hidden temporary, which the next run there removes as it writes its maps."""
     import signal
 
-    path = write_cifti_runs(tmp_path, np.random.default_rng(0), frames=(200,))[0]
+    path = _write_run(tmp_path, kind)
     design = tmp_path / "design.tsv"
     pd.DataFrame({"A": np.sin(np.arange(200) / 5.0), "constant": 1.0}).to_csv(design, sep="\t", index=False)
     out = tmp_path / "out"
     argv = ["fit", str(path), "--design", str(design), "--contrast", "a=A", "-o", str(out)]
+    argv += ["--mask", str(tmp_path / "mask.nii")] if kind == "nifti" else []  # (an explicit mask's run is mapped)
     code = (
         "import os, sys\n"
         "from voxfit.io import readers\n"
         "from voxfit.cli import main\n"
-        "mapped = readers.CiftiReader.mapped_series\n"
-        "def truncated(self):\n"
-        "    series = mapped(self)\n"
-        "    os.truncate(self.paths[0], 1024)  # (another program cuts the file short)\n"
-        "    return series\n"
-        "readers.CiftiReader.mapped_series = truncated\n"
+        f"mapped = readers.{reader}.{method}\n"
+        "def truncated(self, *args):\n"
+        "    held = mapped(self, *args)\n"
+        "    os.truncate(self.paths[-1], 1024)  # (another program cuts the file short)\n"
+        "    return held\n"
+        f"readers.{reader}.{method} = truncated\n"
         "main(sys.argv[1:])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(voxfit.io.__file__).parents[2])}
     proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr[-2000:])
     assert not out.exists() or all(p.name.startswith(".voxfit-partial-") for p in out.iterdir())
-    write_cifti_runs(tmp_path, np.random.default_rng(0), frames=(200,))  # (the file written again)
+    _write_run(tmp_path, kind)  # (the file written again)
     code, _, err = run(capsys, *argv)
     assert code == 0, err
     assert not any(p.name.startswith(".voxfit-partial-") for p in out.iterdir())

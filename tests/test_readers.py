@@ -3,6 +3,7 @@
 import errno
 import gzip
 import mmap
+import os
 import pickle
 from pathlib import Path
 
@@ -502,6 +503,182 @@ print(before, peak(), float(ds.data[:, -1].sum()))
     assert float(last) == pytest.approx(float(values[:, -1].sum(dtype=np.float64)), rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    "name, stored, mapped",
+    [
+        ("run.nii", np.float32, True),
+        ("run.nii", np.int16, True),  # scale factors: the raw values gathered, scaled as read ones are
+        ("nifti2.nii", np.float64, True),
+        ("pair.img", np.float32, True),  # an Analyze/NIfTI pair: the .img mapped
+        ("run.nii.gz", np.float32, False),
+        ("big.nii", ">f4", False),  # not the machine's byte order: read (and swapped)
+    ],
+)
+def test_an_uncompressed_nifti_run_is_gathered_from_its_files_map(tmp_path, rng, name, stored, mapped):
+    """With ``map_files`` (the command line's), the scans of an uncompressed NIfTI run in the machine's byte order
+    are views of one map of its file (``NiftiReader.mapped_scans``), slab by slab as ``iter_scans`` reads them;
+    loads with an explicit mask (with SPM's globals too) give the same data, and so do those with the automatic
+    one (SPM's threshold too), which read."""
+    data = volume_data(rng) * 40 + 900
+    if name == "pair.img":
+        img = nib.Nifti1Pair(data.astype(np.float32), AFFINE)
+        nib.save(img, tmp_path / "pair.img")
+        path = tmp_path / "pair.hdr"
+    else:
+        klass = nib.Nifti2Image if name.startswith("nifti2") else nib.Nifti1Image
+        header = nib.Nifti1Header(endianness=">") if name.startswith("big") else None  # (else saved native)
+        img = klass(data.astype(stored) if np.dtype(stored).kind == "f" else data, AFFINE, header=header)
+        img.set_data_dtype(stored)
+        nib.save(img, tmp_path / name)
+        path = tmp_path / name
+    reader = open_reader(path)
+    for max_bytes in (1, 3 * data[..., 0].size * reader.dtype.itemsize, 1 << 30):  # 1, 3 and every scan a slab
+        slabs = reader.mapped_scans(max_bytes)
+        assert (slabs is not None) == mapped
+        if slabs is None:
+            continue
+        got = [(start, block.copy()) for start, block in slabs]
+        want = [(start, block.copy()) for start, block in reader.iter_scans(max_bytes)]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        for (_, g), (_, w) in zip(got, want):
+            npt.assert_array_equal(g, w)
+    assert reader.file_dtype.isnative != name.startswith("big")
+    mask = np.zeros(data.shape[:3], bool)
+    mask[1:4, 2:, 1:3] = True
+    for kwargs in ({"mask": mask}, {}, {"mask_threshold": 0.8}, {"mask": mask, "scan_globals": True}):
+        held = voxfit.load(path, map_files=True, **kwargs)
+        read = voxfit.load(path, map_files=False, **kwargs)
+        npt.assert_array_equal(np.asarray(held.data), np.asarray(read.data))
+        npt.assert_array_equal(held.masker.mask, read.masker.mask)
+        if kwargs.get("scan_globals"):
+            npt.assert_array_equal(held.globals, read.globals)
+
+
+def test_the_command_line_gathers_a_nifti_run_from_its_files_map(tmp_path, rng, monkeypatch):
+    """``voxfit fit`` of an uncompressed NIfTI run with an explicit mask gathers its scans from the file's map
+    (``files_mapped``; with the automatic one, they are read); the library's load, outside it, reads. The maps are
+    those of the run read."""
+    import pandas as pd
+
+    from voxfit.cli import main
+    from voxfit.io import readers
+
+    path = write_nifti(tmp_path / "run.nii", volume_data(rng, n=30) * 10 + 100)
+    mask = write_nifti(tmp_path / "mask.nii", (np.arange(120).reshape(SHAPE) % 3 > 0).astype(np.uint8))
+    design = tmp_path / "design.tsv"
+    pd.DataFrame({"A": np.sin(np.arange(30) / 3.0), "constant": 1.0}).to_csv(design, sep="\t", index=False)
+    held, original = [], readers.NiftiReader.mapped_scans
+
+    def spy(self, *args):
+        slabs = original(self, *args) if mapping else None
+        held.append(slabs is not None)
+        return slabs
+
+    monkeypatch.setattr(readers.NiftiReader, "mapped_scans", spy)
+    outs = {}
+    for mapping in (True, False):
+        for masked in (True, False):
+            out = tmp_path / f"out-{mapping}-{masked}"
+            argv = ["fit", str(path), "--design", str(design), "--contrast", "a=A", "-o", str(out), "--quiet"]
+            assert main(argv + (["--mask", str(mask)] if masked else [])) == 0
+            outs[mapping, masked] = out
+    assert held == [True, False]  # (asked for with the explicit mask only)
+    for masked in (True, False):
+        maps = sorted(p.name for p in outs[True, masked].glob("*.nii.gz"))
+        assert maps and maps == sorted(p.name for p in outs[False, masked].glob("*.nii.gz"))
+        for name in maps:
+            npt.assert_array_equal(
+                nib.load(outs[True, masked] / name).get_fdata(), nib.load(outs[False, masked] / name).get_fdata()
+            )
+    mapping = True
+    voxfit.load(str(path))
+    voxfit.load(str(path), mask=str(mask))
+    assert len(held) == 2  # (outside the command line: read, never mapped)
+
+
+def test_a_files_map_is_released_behind_each_slab():
+    """``_released_behind`` releases the pages of each slab once the next is asked for, page-aligned from the
+    map's start, and every page of the data once the last is done with."""
+    from voxfit.io import readers
+
+    class Pages:
+        def __init__(self):
+            self.released = []
+
+        def madvise(self, how, start, length):
+            assert how == mmap.MADV_DONTNEED and start % mmap.PAGESIZE == 0 and length % mmap.PAGESIZE == 0
+            self.released.append((start, start + length))
+
+    offset, rows, elements = 352, 10, 3000  # 12,000 bytes a row
+    data = np.zeros((rows, elements), np.float32)
+    pages = Pages()
+    slabs = readers._released_behind(pages, data, offset, 3)
+    for start, block in slabs:
+        assert block.shape[0] == min(3, rows - start)
+        # nothing of this slab released before the caller asks for the next
+        assert not pages.released or pages.released[-1][1] <= offset + start * 12_000
+    ends = [b for _, b in pages.released]
+    assert [a for a, _ in pages.released] == [0, *ends[:-1]]  # contiguous, in order
+    assert ends[-1] == (offset + rows * 12_000) // mmap.PAGESIZE * mmap.PAGESIZE
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_DONTNEED"), reason="files are mapped on Linux")
+def test_a_nifti_run_gathered_from_its_map_holds_a_slab_of_it_at_a_time(tmp_path):
+    """The peak memory of a process that gathers a few voxels of an 86 MB .nii from its file's map (the kernel's
+    accounting: VmHWM) grows by a slab or two of the file (16 MiB each), not by the file, because each slab's
+    pages are released behind it; it grows by the whole file when they are not."""
+    import subprocess
+    import sys
+
+    data = np.random.default_rng(0).random((60, 60, 60, 100), dtype=np.float32)  # 86 MB
+    path = write_nifti(tmp_path / "run.nii", data)
+    mask = np.zeros(data.shape[:3], np.uint8)
+    every = np.unravel_index(np.arange(0, mask.size, 1000), mask.shape, order="F")  # (the file's voxel order)
+    mask[every] = 1  # a voxel in every page of each scan: every page of the file read
+    mask_path = write_nifti(tmp_path / "mask.nii", mask)
+    small = write_nifti(tmp_path / "small.nii", data[:4, :4, :4, :3])
+    child = """
+import numpy as np, voxfit
+from voxfit.io import readers
+
+def peak():  # the kernel's high-water mark of this process's memory (VmHWM: from its exec, unlike ru_maxrss)
+    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1])
+
+{release}
+voxfit.load({small!r}, map_files=True)  # (the modules a load imports, imported)
+before = peak()
+ds = voxfit.load({path!r}, mask={mask!r}, map_files=True)
+print(before, peak(), float(ds.data.sum(dtype=np.float64)))
+"""
+    data_kib = data.nbytes / 1024
+    for release, grows in (("", False), ("readers.mmap.MADV_DONTNEED = readers.mmap.MADV_NORMAL", True)):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                child.format(release=release, path=str(path), mask=str(mask_path), small=str(small)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        before, peak, total = proc.stdout.split()
+        grew = int(peak) - int(before)
+        assert (grew > 0.9 * data_kib) if grows else (grew < 0.45 * data_kib), (release, before, peak, data_kib)
+    want = data[every].sum(dtype=np.float64)
+    assert float(total) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_a_nifti_run_cut_short_after_it_was_opened_is_refused_before_it_is_mapped(tmp_path, rng):
+    data = volume_data(rng)
+    path = write_nifti(tmp_path / "run.nii", data)
+    reader = open_reader(path)
+    os.truncate(path, path.stat().st_size - 100)
+    with pytest.raises(InputError, match="ended before the data"):
+        reader.mapped_scans()
+
+
 def test_keep_columns_moves_series_within_their_buffer(rng):
     """keep_columns on data held as series (F-ordered) keeps the columns asked for, in order, in the same buffer
     and order, for every step of the moves; C-ordered data as before."""
@@ -667,9 +844,10 @@ def test_corrupt_gzip_data_is_an_error_not_a_hang(tmp_path, rng):
 def test_big_endian_nifti_follows_the_protocol(tmp_path, rng):
     data = volume_data(rng)
     for name in ("be.nii", "be.nii.gz"):
-        img = nib.Nifti1Image(data.astype(">f4"), AFFINE)
+        img = nib.Nifti1Image(data.astype(">f4"), AFFINE, header=nib.Nifti1Header(endianness=">"))
         nib.save(img, tmp_path / name)
         reader = open_reader(tmp_path / name)
+        assert reader.file_dtype == np.dtype(">f4")  # (nibabel saves its header's byte order, native by default)
         for _, block in reader.iter_scans(1):
             assert block.dtype == reader.dtype and block.dtype.isnative
         npt.assert_array_equal(

@@ -389,8 +389,21 @@ class NiftiReader:
 
     def _iter_raw(self, nel: int, k: int) -> Iterator[tuple[int, NDArray]]:
         """See :func:`_read_slabs`. (A memory map per slab faulted in every page of the file anew: 0.92 s for a
-        1.6 GB run that one read pass takes in 0.26 s.)"""
+        1.6 GB run that one read pass takes in 0.26 s; see :meth:`mapped_scans` for one map of the whole file.)"""
         yield from _read_slabs(self._image_file, self._offset, self._file_dtype, (self.n_scans, nel), k)
+
+    def mapped_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]] | None:
+        """What :meth:`iter_scans` yields, as read-only views of one map of the whole file (:func:`_mapped_slabs`),
+        rather than read into a buffer; None for a compressed file, a byte order not the machine's, an offset not
+        aligned to the data type, or a file system that maps no files. Only where the slabs never leave the load
+        (``load(map_files=True)``: the command line): a file cut short by another program while it is read ends the
+        process with SIGBUS, as for :meth:`CiftiReader.mapped_series`."""
+        dtype = self._file_dtype
+        if self._compressed or not dtype.isnative or self._offset % dtype.itemsize:
+            return None
+        nel = self.geometry.n_elements
+        k = _slab_scans(nel, dtype.itemsize, max_bytes)
+        return _mapped_slabs(self._image_file, self._offset, dtype, (self.n_scans, nel), k)
 
     def _iter_gz(self, nel: int, k: int) -> Iterator[tuple[int, NDArray]]:
         """Decompress in a background thread, a slab of scans at a time, into three rotating buffers.
@@ -484,6 +497,39 @@ def _read_slabs(path, offset: int, dtype: np.dtype, shape: tuple[int, int], k: i
             slab = buf[: min(k, rows - start)]
             _read_into(fh, slab, path, slab.nbytes)
             yield start, slab if dtype.isnative else slab.astype(dtype.newbyteorder("="))
+
+
+def _mapped_slabs(path, offset: int, dtype: np.dtype, shape: tuple[int, int], k: int):
+    """:func:`_read_slabs`'s slabs as views of one read-only map of the file, each page's mapping released
+    (``MADV_DONTNEED``) once the caller asks for the slab after it: the process's resident memory holds a slab of
+    the file at a time, as with a buffer, and the pages are not copied. Gathering the masked voxels of a 1.65 GB
+    run (400 scans of 97 x 115 x 97, 230,609 voxels) took 0.39-0.44 s so, against 0.53-0.60 s from reads into a
+    buffer (the read's copy, 0.2 s of system time), peak memory the same (fresh processes, 3 runs each). A slab
+    is valid until the caller asks for the next (after that, read again from the page cache). None where the file
+    system maps no files; an InputError if the file is now shorter than its header says."""
+    rows, elements = shape
+    end = offset + rows * elements * dtype.itemsize
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size < end:  # (truncated since it was opened: a map past its end faults)
+            raise _ended_early(path)
+        try:
+            pages = mmap.mmap(f.fileno(), end, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        except OSError:  # (a file system that maps no files: read)
+            return None
+    data = np.frombuffer(pages, dtype=dtype, count=rows * elements, offset=offset).reshape(rows, elements)
+    return _released_behind(pages, data, offset, k)
+
+
+def _released_behind(pages: mmap.mmap, data: NDArray, offset: int, k: int) -> Iterator[tuple[int, NDArray]]:
+    """Slabs of `k` rows of `data` (a view of `pages` from byte `offset`), the pages before each slab released."""
+    row_bytes = data.shape[1] * data.itemsize
+    released = 0
+    for start in range(0, data.shape[0], k):
+        yield start, data[start : start + k]
+        done = (offset + min(data.shape[0], start + k) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if done > released:
+            pages.madvise(mmap.MADV_DONTNEED, released, done - released)
+            released = done
 
 
 class VolumeListReader:

@@ -801,6 +801,54 @@ def test_volume_list_geometry_must_agree(tmp_path, rng):
         voxfit.load(paths + [tmp_path / "odd.nii"])
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_scans_whose_header_is_the_first_scans_are_read_as_it_is(tmp_path, rng, monkeypatch, suffix):
+    """A run of 3-D files whose headers differ from the first's only in fields that do not change what is read
+    (descrip, aux_file, cal_max/min, glmax/glmin: SPM writes its own text there) are read with the first's reader
+    (``NiftiReader.of_same_header``: nibabel parses the first header only); a scan whose header differs in anything
+    else (orientation, scale factors, shape) is parsed by nibabel, and refused or converted as before. The data
+    are nibabel's either way; a file cut short is refused by its size."""
+    from voxfit.io import readers
+
+    data = volume_data(rng, n=6)
+    paths = []
+    for i in range(data.shape[-1]):
+        img = nib.Nifti1Image(data[..., i], AFFINE)
+        img.header["descrip"] = f"scan {i} realigned".encode()
+        img.header["aux_file"] = b"spm" if i % 2 else b""
+        img.header["cal_max"], img.header["glmax"] = float(i), i
+        paths.append(tmp_path / f"scan{i}{suffix}")
+        nib.save(img, paths[-1])
+    parsed, original = [], readers.NiftiReader.__init__
+
+    def spy(self, path, allow_3d=False):
+        parsed.append(Path(path).name)
+        original(self, path, allow_3d)
+
+    monkeypatch.setattr(readers.NiftiReader, "__init__", spy)
+    held = voxfit.load([str(p) for p in paths], mask=np.ones(SHAPE, bool))
+    assert parsed == [paths[0].name]  # (the others read as the first is)
+    npt.assert_array_equal(held.data, np.stack([read_back(p)[0] for p in paths]))
+    assert held.paths == tuple(paths)
+
+    moved = nib.Nifti1Image(data[..., 0], AFFINE + np.diag([0, 0, 0.5, 0]))  # another orientation: parsed, refused
+    nib.save(moved, tmp_path / f"moved{suffix}")
+    scaled = nib.Nifti1Image(np.round(data[..., 0] * 10).astype(np.int16), AFFINE)  # another type: parsed, converted
+    scaled.header.set_slope_inter(0.1, 0.0)
+    nib.save(scaled, tmp_path / f"scaled{suffix}")
+    parsed.clear()
+    mixed = voxfit.load([str(p) for p in paths[:2]] + [str(tmp_path / f"scaled{suffix}")], mask=np.ones(SHAPE, bool))
+    assert parsed == [paths[0].name, f"scaled{suffix}"]
+    npt.assert_allclose(np.asarray(mixed.data)[2], read_back(tmp_path / f"scaled{suffix}")[0], rtol=1e-6)
+    with pytest.raises(InputError, match="different affine"):
+        voxfit.load([str(paths[0]), str(tmp_path / f"moved{suffix}")])
+    if suffix == ".nii":
+        cut = tmp_path / "cut.nii"
+        cut.write_bytes(paths[1].read_bytes()[:-100])
+        with pytest.raises(InputError, match="cut.nii: file is truncated"):
+            voxfit.load([str(paths[0]), str(cut)])
+
+
 def test_cifti_and_gifti_geometries(tmp_path, rng):
     paths, _ = _make("cifti", tmp_path, rng)
     geom = open_reader(paths[0]).geometry

@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 from .._array import held_as_series, type_name, working_dtype
 from .._memory import check_memory
 from ..exceptions import InputError
-from ._gzip import STREAM_CHUNK, open_gzip_stream
+from ._gzip import STREAM_CHUNK, open_gzip, open_gzip_stream
 from .checks import check_readable
 from .geometry import (
     ArrayGeometry,
@@ -339,6 +339,12 @@ class NiftiReader:
                 )
             check_readable(self._image_file, "image data")
         self._data_bytes = self.n_scans * self.geometry.n_elements * self._file_dtype.itemsize
+        self._shape = tuple(shape)
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """The file holds the data its header promises (an uncompressed one at least as many bytes; a compressed
+        one no fewer than gzip can expand to them)."""
         need = self._offset + self._data_bytes
         have = self._image_file.stat().st_size
         if not self._compressed and have < need:
@@ -346,7 +352,7 @@ class NiftiReader:
         if self._compressed and need > GZIP_MAX_RATIO * have + GZIP_MARGIN:
             most = GZIP_MAX_RATIO * have + GZIP_MARGIN
             raise InputError(
-                f"{self._image_file}: the header promises {need:,} bytes ({' x '.join(map(str, shape))} "
+                f"{self._image_file}: the header promises {need:,} bytes ({' x '.join(map(str, self._shape))} "
                 f"{self._file_dtype}) but {have:,} bytes of gzip can hold at most {most:,}; the file is "
                 "truncated or its header is wrong."
             )
@@ -355,6 +361,22 @@ class NiftiReader:
     def image_file(self) -> Path:
         """The file that holds the data (the .img of an Analyze or NIfTI pair)."""
         return self._image_file
+
+    def header_key(self) -> bytes | None:
+        """What makes another file's data read as this one's (see :func:`_nifti1_key`): None but for a single-file
+        NIfTI-1 image."""
+        return _nifti1_key(self.path) if self._image_file == self.path else None
+
+    def of_same_header(self, path) -> NiftiReader:
+        """This reader for another single-file image whose :meth:`header_key` is this one's (a scan of the same
+        run, as SPM writes them): the same geometry, type, scale factors and offset, without nibabel's parse of
+        the header (0.5 ms a file); the file's size is checked as the constructor checks it."""
+        other = copy.copy(self)
+        other.path = other._image_file = Path(path)
+        other.paths = [other.path]
+        other._compressed = other.path.name.lower().endswith(".gz")
+        other._check_size()
+        return other
 
     @property
     def data_offset(self) -> int:
@@ -532,14 +554,43 @@ def _released_behind(pages: mmap.mmap, data: NDArray, offset: int, k: int) -> It
             released = done
 
 
+# The fields of a NIfTI-1 header (byte ranges) that the scans of one run may hold differently without any change to
+# what is read or where: cal_max and cal_min, glmax and glmin, descrip and aux_file (SPM writes its own text there)
+_NIFTI1_FREE_FIELDS = ((124, 132), (140, 252))
+
+
+def _nifti1_key(path) -> bytes | None:
+    """A single-file NIfTI-1 image's 348-byte header (from the decompressed stream of a .gz) with the fields that
+    do not change what is read blanked (:data:`_NIFTI1_FREE_FIELDS`): two files with the same key hold data of
+    the same shape, type, scale factors, offset and orientation. None for any other file, or one that cannot be
+    read (its reader then says why)."""
+    try:
+        with open_gzip(path) if str(path).lower().endswith(".gz") else open(path, "rb") as fh:
+            header = bytearray(fh.read(348))
+    except Exception:  # noqa: BLE001 (unreadable or corrupt: nibabel's reader says so, in one line)
+        return None
+    if len(header) != 348 or header[344:348] != b"n+1\0":
+        return None
+    for a, b in _NIFTI1_FREE_FIELDS:
+        header[a:b] = bytes(b - a)
+    return bytes(header)
+
+
 class VolumeListReader:
     """Several 3-D volumes, one per scan (as SPM writes them); all on one grid."""
 
     in_memory = ()
 
     def __init__(self, paths):
-        self._readers = [NiftiReader(p, allow_3d=True) for p in paths]
-        first = self._readers[0]
+        """`paths`: the scans' files. Each whose header is the first's but for fields that do not change what is
+        read (:func:`_nifti1_key`) is read as the first is (:meth:`NiftiReader.of_same_header`); nibabel parses
+        the others (400 scans of a 2 mm grid: 0.18-0.21 s, most of it nibabel's 0.5 ms a header)."""
+        first = NiftiReader(paths[0], allow_3d=True)
+        key = first.header_key()
+        self._readers = [first] + [
+            first.of_same_header(p) if key is not None and _nifti1_key(p) == key else NiftiReader(p, allow_3d=True)
+            for p in paths[1:]
+        ]
         for r in self._readers[1:]:
             if r.n_scans != 1:
                 raise InputError(f"{r.path} has {r.n_scans} scans; give either one 4-D image or 3-D files only.")

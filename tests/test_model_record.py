@@ -212,3 +212,32 @@ def test_digests_started_early_serve_the_same_file_only(tmp_path, monkeypatch):
     os.utime(b, ns=(1, 1))
     assert record.input_record(b)["blake3"] == blake3(b"c" * 7000).hexdigest()
     assert sorted(hashed) == ["a.nii", "b.nii", "b.nii"]
+
+
+def test_the_command_line_starts_the_digests_of_every_scan_of_a_run(tmp_path, monkeypatch):
+    """A run named by a folder, a pattern or a .txt list of 3-D scans has its scans' digests started as the command
+    starts, as a single file's are (``voxfit.cli._start_digests``); a list that cannot be read is left to the
+    reader to refuse."""
+    import os
+
+    from voxfit import _digest
+    from voxfit.cli import _start_digests
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(3):
+        (scans / f"scan{i}.nii").write_bytes(bytes([i]) * 1000)
+    (tmp_path / "list.txt").write_text("".join(f"scans/scan{i}.nii\n" for i in (2, 0)))
+    for run, want in (
+        (str(scans), [0, 1, 2]),
+        (str(scans / "scan*.nii"), [0, 1, 2]),
+        (str(tmp_path / "list.txt"), [0, 2]),
+        (str(scans / "scan1.nii"), [1]),
+    ):
+        monkeypatch.setattr(_digest, "_started", {})
+        _start_digests([run])
+        assert sorted(_digest._started) == [os.path.realpath(scans / f"scan{i}.nii") for i in want], run
+    (tmp_path / "bad.txt").write_text("missing.nii\n")
+    monkeypatch.setattr(_digest, "_started", {})
+    _start_digests([str(tmp_path / "bad.txt")])  # (no error here: the reader says what is wrong)
+    assert sorted(_digest._started) == [os.path.realpath(tmp_path / "bad.txt")]

@@ -1055,10 +1055,19 @@ def _run_model(args, argv, progress) -> int:
 def _start_digests(inputs) -> None:
     """model.json's BLAKE3 digests of a run's files, started as the command starts (0.06-0.08 s into the
     process) rather than once numpy and nibabel have imported and the header is read (0.20-0.23 s; see
-    ``voxfit._digest.start_digests`` for what it saves). At a low priority beside a decompression."""
+    ``voxfit._digest.start_digests`` for what it saves): the scans of a run named by a folder, a pattern or a
+    .txt list too (400 3-D files of a 2 mm grid: their digests took 0.76 s from 0.4-0.5 s into the process, once
+    every header was read). At a low priority beside a decompression."""
     from ._digest import start_digests
+    from .io.scans import expand_run
 
-    start_digests(inputs, aside=any(str(p).lower().endswith(".gz") for p in inputs))
+    files = []
+    for item in inputs:
+        try:
+            files += expand_run(item) or [item]
+        except InputError:  # (said by the reader, with its context)
+            files.append(item)
+    start_digests(files, aside=any(str(p).lower().endswith(".gz") for p in files))
 
 
 def _run_demo(args, argv, progress) -> int:

@@ -807,7 +807,8 @@ def test_scans_whose_header_is_the_first_scans_are_read_as_it_is(tmp_path, rng, 
     (descrip, aux_file, cal_max/min, glmax/glmin: SPM writes its own text there) are read with the first's reader
     (``NiftiReader.of_same_header``: nibabel parses the first header only); a scan whose header differs in anything
     else (orientation, scale factors, shape) is parsed by nibabel, and refused or converted as before. The data
-    are nibabel's either way; a file cut short is refused by its size."""
+    are nibabel's either way, read or (the command line's load) gathered from each file's map; a file cut short is
+    refused by its size."""
     from voxfit.io import readers
 
     data = volume_data(rng, n=6)
@@ -830,6 +831,10 @@ def test_scans_whose_header_is_the_first_scans_are_read_as_it_is(tmp_path, rng, 
     assert parsed == [paths[0].name]  # (the others read as the first is)
     npt.assert_array_equal(held.data, np.stack([read_back(p)[0] for p in paths]))
     assert held.paths == tuple(paths)
+    # the command line's load (map_files): each uncompressed scan gathered from its file's map, the same data
+    assert (open_reader([str(p) for p in paths]).mapped_scans() is None) == (suffix == ".nii.gz")
+    mapped = voxfit.load([str(p) for p in paths], mask=np.ones(SHAPE, bool), map_files=True)
+    npt.assert_array_equal(mapped.data, held.data)
 
     moved = nib.Nifti1Image(data[..., 0], AFFINE + np.diag([0, 0, 0.5, 0]))  # another orientation: parsed, refused
     nib.save(moved, tmp_path / f"moved{suffix}")
@@ -840,6 +845,9 @@ def test_scans_whose_header_is_the_first_scans_are_read_as_it_is(tmp_path, rng, 
     mixed = voxfit.load([str(p) for p in paths[:2]] + [str(tmp_path / f"scaled{suffix}")], mask=np.ones(SHAPE, bool))
     assert parsed == [paths[0].name, f"scaled{suffix}"]
     npt.assert_allclose(np.asarray(mixed.data)[2], read_back(tmp_path / f"scaled{suffix}")[0], rtol=1e-6)
+    mixed_paths = [str(p) for p in paths[:2]] + [str(tmp_path / f"scaled{suffix}")]
+    assert open_reader(mixed_paths).mapped_scans() is None  # (converted scan by scan: read)
+    npt.assert_array_equal(voxfit.load(mixed_paths, mask=np.ones(SHAPE, bool), map_files=True).data, mixed.data)
     with pytest.raises(InputError, match="different affine"):
         voxfit.load([str(paths[0]), str(tmp_path / f"moved{suffix}")])
     if suffix == ".nii":

@@ -173,9 +173,9 @@ def gather(
 
 
 def _scan_slabs(reader, slab_bytes: int, map_files: bool):
-    """The reader's slabs of scans: with `map_files`, as views of its file's own pages where it has them
-    (``NiftiReader.mapped_scans``: an uncompressed NIfTI run, gathered without copying its bytes first); else
-    read (``iter_scans``)."""
+    """The reader's slabs of scans: with `map_files`, as views of its files' own pages where it has them
+    (``NiftiReader.mapped_scans``, ``VolumeListReader.mapped_scans``: an uncompressed NIfTI run, or run of 3-D
+    scans, gathered without copying its bytes first); else read (``iter_scans``)."""
     mapped = getattr(reader, "mapped_scans", None)
     slabs = mapped(slab_bytes) if map_files and mapped is not None else None
     return reader.iter_scans(slab_bytes) if slabs is None else slabs

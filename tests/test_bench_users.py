@@ -30,7 +30,7 @@ def test_each_part_runs_at_the_small_size(bench_users, part, tmp_path, capsys):
     with_nilearn = part == "mni"
     rows = bench_users.main([part, "--small", "--keep", str(tmp_path), *([] if with_nilearn else ["--no-nilearn"])])
     printed = capsys.readouterr().out
-    assert "floor" in printed and len(rows) == {"mni": 6, "cifti": 3, "group": 3}[part]
+    assert "floor" in printed and len(rows) == {"mni": 7, "cifti": 3, "group": 3}[part]
     for row in rows:
         assert row.voxfit.wall > 0 and row.voxfit.peak > 0 and row.floor > 0
         assert row.label in printed
@@ -38,8 +38,9 @@ def test_each_part_runs_at_the_small_size(bench_users, part, tmp_path, capsys):
         assert "nilearn: not run" in printed
         assert all(row.nilearn is None for row in rows)
         return
-    automatic = [row for row in rows if "automatic mask" in row.label]  # voxfit's default: no nilearn beside it
-    assert len(automatic) == 2 and all(row.nilearn is None for row in automatic)
+    # voxfit's default, and the run as 3-D scans (its z map held to the 4-D run's): no nilearn beside them
+    automatic = [row for row in rows if "automatic mask" in row.label or "3-D scans" in row.label]
+    assert len(automatic) == 3 and all(row.nilearn is None for row in automatic)
     assert all(row.nilearn is not None and row.nilearn.wall > 0 for row in rows if row not in automatic)
     for row in rows:
         if row.z_diff is None:  # permutation rows and voxfit's default: timed only

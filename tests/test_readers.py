@@ -410,6 +410,14 @@ def test_a_cifti_run_stored_as_held_is_the_files_map(tmp_path, rng, monkeypatch,
         masking.gather(reader, np.arange(runs[0].shape[1]), map_files=True)
 
 
+def _assert_same_maps(folder: Path, other: Path, pattern: str) -> None:
+    """Two output folders hold the same maps (`pattern`), with the same values."""
+    maps = sorted(p.name for p in folder.glob(pattern))
+    assert maps and maps == sorted(p.name for p in other.glob(pattern))
+    for name in maps:
+        npt.assert_array_equal(nib.load(folder / name).get_fdata(), nib.load(other / name).get_fdata())
+
+
 @pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE"), reason="files are mapped on Linux")
 def test_the_command_line_holds_each_cifti_run_as_its_files_pages(tmp_path, rng, monkeypatch):
     """``voxfit fit`` of one CIFTI run or of several (fixed effects) holds each run as its file's own pages
@@ -446,15 +454,26 @@ def test_the_command_line_holds_each_cifti_run_as_its_files_pages(tmp_path, rng,
             outs[mapping, runs] = out
     assert held == [True] * 6 + [False] * 6
     for runs in ((0,), (0, 1), (2,), (2, 3)):
-        maps = sorted(p.name for p in outs[True, runs].glob("*.dscalar.nii"))
-        assert maps and maps == sorted(p.name for p in outs[False, runs].glob("*.dscalar.nii"))
-        for name in maps:
-            npt.assert_array_equal(
-                nib.load(outs[True, runs] / name).get_fdata(), nib.load(outs[False, runs] / name).get_fdata()
-            )
+        _assert_same_maps(outs[True, runs], outs[False, runs], "*.dscalar.nii")
     mapping = True
     voxfit.load(str(paths[0]))
     assert len(held) == 12 and not dataset._MAP_FILES.get()  # (outside the command line: read, never mapped)
+
+
+def _peak_growth(code: str) -> tuple[int, str]:
+    """Run `code` in a child Python process that defines ``peak()`` first (the kernel's high-water mark of the
+    process's memory in KiB, VmHWM: from its exec, unlike ru_maxrss); `code` prints ``before peak value``. Returns
+    how far the peak grew (KiB) and the value printed."""
+    import subprocess
+    import sys
+
+    peak = (
+        'def peak():\n    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1])\n'
+    )
+    proc = subprocess.run([sys.executable, "-c", peak + code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after, value = proc.stdout.split()
+    return int(after) - int(before), value
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE"), reason="files are mapped on Linux")
@@ -462,9 +481,6 @@ def test_kept_series_of_a_files_map_release_its_pages(tmp_path):
     """The automatic mask's series kept from a file's map are copied out a tile at a time, the map's pages
     released behind them: with the first series dropped and every other kept, the peak memory of a process
     that does it is the data's once and a little, not twice (the kernel's accounting: VmHWM)."""
-    import subprocess
-    import sys
-
     n, G = 200, 60_000  # 48 MB of float32
     models = nib.cifti2.BrainModelAxis.from_surface(np.arange(G), G, name="CortexLeft")
     values = np.random.default_rng(0).random((n, G), dtype=np.float32) + 1
@@ -475,9 +491,6 @@ def test_kept_series_of_a_files_map_release_its_pages(tmp_path):
     child = """
 import numpy as np, voxfit
 from voxfit.io import masking, readers
-
-def peak():  # the kernel's high-water mark of this process's memory (VmHWM: from its exec, unlike ru_maxrss)
-    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1])
 
 {release}
 voxfit.load({small!r})  # (the modules a load imports, imported)
@@ -490,16 +503,8 @@ print(before, peak(), float(ds.data[:, -1].sum()))
     # (the header's 60,000 vertices take 10 MB to parse; the map released behind the copy: 1.27x the data, and
     # 2.2x when it is not, the copy's pages beside all of the map's)
     for release, bound in (("", 1.45), ("masking.mmap.MADV_DONTNEED = readers.mmap.MADV_NORMAL", 1.9)):
-        proc = subprocess.run(
-            [sys.executable, "-c", child.format(release=release, path=str(path), small=str(small), shape=(n, G - 1))],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        before, peak, last = proc.stdout.split()
-        grew = int(peak) - int(before)
-        assert grew < bound * data_kib if not release else grew > bound * data_kib, (release, before, peak, data_kib)
+        grew, last = _peak_growth(child.format(release=release, path=str(path), small=str(small), shape=(n, G - 1)))
+        assert grew < bound * data_kib if not release else grew > bound * data_kib, (release, grew, data_kib)
     assert float(last) == pytest.approx(float(values[:, -1].sum(dtype=np.float64)), rel=1e-6)
 
 
@@ -584,12 +589,7 @@ def test_the_command_line_gathers_a_nifti_run_from_its_files_map(tmp_path, rng, 
             outs[mapping, masked] = out
     assert held == [True, False]  # (asked for with the explicit mask only)
     for masked in (True, False):
-        maps = sorted(p.name for p in outs[True, masked].glob("*.nii.gz"))
-        assert maps and maps == sorted(p.name for p in outs[False, masked].glob("*.nii.gz"))
-        for name in maps:
-            npt.assert_array_equal(
-                nib.load(outs[True, masked] / name).get_fdata(), nib.load(outs[False, masked] / name).get_fdata()
-            )
+        _assert_same_maps(outs[True, masked], outs[False, masked], "*.nii.gz")
     mapping = True
     voxfit.load(str(path))
     voxfit.load(str(path), mask=str(mask))
@@ -627,9 +627,6 @@ def test_a_nifti_run_gathered_from_its_map_holds_a_slab_of_it_at_a_time(tmp_path
     """The peak memory of a process that gathers a few voxels of an 86 MB .nii from its file's map (the kernel's
     accounting: VmHWM) grows by a slab or two of the file (16 MiB each), not by the file, because each slab's
     pages are released behind it; it grows by the whole file when they are not."""
-    import subprocess
-    import sys
-
     data = np.random.default_rng(0).random((60, 60, 60, 100), dtype=np.float32)  # 86 MB
     path = write_nifti(tmp_path / "run.nii", data)
     mask = np.zeros(data.shape[:3], np.uint8)
@@ -641,9 +638,6 @@ def test_a_nifti_run_gathered_from_its_map_holds_a_slab_of_it_at_a_time(tmp_path
 import numpy as np, voxfit
 from voxfit.io import readers
 
-def peak():  # the kernel's high-water mark of this process's memory (VmHWM: from its exec, unlike ru_maxrss)
-    return int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1])
-
 {release}
 voxfit.load({small!r}, map_files=True)  # (the modules a load imports, imported)
 before = peak()
@@ -652,20 +646,8 @@ print(before, peak(), float(ds.data.sum(dtype=np.float64)))
 """
     data_kib = data.nbytes / 1024
     for release, grows in (("", False), ("readers.mmap.MADV_DONTNEED = readers.mmap.MADV_NORMAL", True)):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                child.format(release=release, path=str(path), mask=str(mask_path), small=str(small)),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        before, peak, total = proc.stdout.split()
-        grew = int(peak) - int(before)
-        assert (grew > 0.9 * data_kib) if grows else (grew < 0.45 * data_kib), (release, before, peak, data_kib)
+        grew, total = _peak_growth(child.format(release=release, path=str(path), mask=str(mask_path), small=str(small)))
+        assert (grew > 0.9 * data_kib) if grows else (grew < 0.45 * data_kib), (release, grew, data_kib)
     want = data[every].sum(dtype=np.float64)
     assert float(total) == pytest.approx(float(want), rel=1e-6)
 

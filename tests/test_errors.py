@@ -6,7 +6,7 @@ import pytest
 
 import voxfit
 from voxfit.engine import parse_memory, plan_blocks
-from voxfit.engine.memory import DEFAULT_TILE_BYTES, NUMPY_TILE_BYTES
+from voxfit.engine.memory import DEFAULT_BLOCK_VOXELS, DEFAULT_TILE_BYTES, NUMPY_TILE_BYTES
 from voxfit.exceptions import DataTypeError, DegreesOfFreedomWarning, InputError, VoxfitError
 
 X = np.column_stack([np.arange(6.0), np.ones(6)])
@@ -106,5 +106,28 @@ def test_plans_respect_the_budget(tile_bytes):
             per_worker = tile * 300 * (4 + 16) + block * ((15 + 2) * 4 + 8 * (3 * 15 + 12))
             assert per_worker * workers <= budget
     assert plan_blocks(300, 15, 4, block_size=5, tile_bytes=tile_bytes) == (5, 5)
-    # a generous budget gives the whole tile asked for
+    # a generous budget gives the whole tile asked for, and never a tile over a block: with few scans, blocks of
+    # the default size for the threads to share
     assert plan_blocks(300, 15, 4, 2**30, tile_bytes=tile_bytes)[1] == tile_bytes // (300 * 4)
+    assert plan_blocks(8, 3, 4, 2**30, workers=2, tile_bytes=tile_bytes) == (DEFAULT_BLOCK_VOXELS,) * 2
+
+
+def test_numpys_pass_takes_its_own_tiles(monkeypatch, rng):
+    """``voxfit.fit`` gives numpy's pass tiles of NUMPY_TILE_BYTES and the compiled pass tiles of DEFAULT_TILE_BYTES
+    (of data in the working dtype), the same numbers either way to rounding."""
+    import importlib
+
+    engine_fit = importlib.import_module("voxfit.engine.fit")  # (the module: voxfit.engine.fit is also a function)
+
+    tiles, original = [], engine_fit.BlockFitter
+
+    def spy(design, dtype, tile, compiled=True):
+        tiles.append((tile, compiled))
+        return original(design, dtype, tile, compiled)
+
+    monkeypatch.setattr(engine_fit, "BlockFitter", spy)
+    X = np.column_stack([rng.standard_normal(300), np.ones(300)])
+    Y = rng.standard_normal((300, 5_000)).astype(np.float32)
+    fits = [voxfit.fit(X, Y, compiled=compiled, n_jobs=1) for compiled in (False, True)]
+    assert tiles == [(NUMPY_TILE_BYTES // (300 * 4), False), (DEFAULT_TILE_BYTES // (300 * 4), True)]
+    np.testing.assert_allclose(fits[0].betas, fits[1].betas, rtol=1e-5, atol=1e-6)

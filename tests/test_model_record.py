@@ -241,3 +241,4 @@ def test_the_command_line_starts_the_digests_of_every_scan_of_a_run(tmp_path, mo
     monkeypatch.setattr(_digest, "_started", {})
     _start_digests([str(tmp_path / "bad.txt")])  # (no error here: the reader says what is wrong)
     assert sorted(_digest._started) == [os.path.realpath(tmp_path / "bad.txt")]
+    _start_digests(["x" * 300 + ".nii"])  # (a name too long for the system: the reader says so, in one line)

@@ -839,6 +839,101 @@ def test_scans_whose_header_is_the_first_scans_are_read_as_it_is(tmp_path, rng, 
             voxfit.load([str(paths[0]), str(cut)])
 
 
+def test_scans_named_by_their_img_or_holding_their_own_scale_factors_are_parsed(tmp_path, rng, monkeypatch):
+    """Only a regular .nii or .nii.gz file's header is compared with the first scan's: the .img of a NIfTI or
+    Analyze pair holds voxels where a header would be (even voxels that spell the NIfTI magic), so each pair is
+    parsed by nibabel, its own .hdr's scale factors honoured; and a scan whose scale factor alone differs (same
+    type) has another header, parsed."""
+    from voxfit.io import readers
+
+    parsed, original = [], readers.NiftiReader.__init__
+
+    def spy(self, path, allow_3d=False):
+        parsed.append(Path(path).name)
+        original(self, path, allow_3d)
+
+    monkeypatch.setattr(readers.NiftiReader, "__init__", spy)
+    flat = np.zeros(1000, np.int16)  # a 10 x 10 x 10 grid: 2,000 bytes of voxels
+    flat[172:174] = np.frombuffer(b"n+1\0", np.int16)  # the NIfTI magic at bytes 344-347 of the .img
+    flat[174:] = rng.integers(1, 100, flat.size - 174)
+    values = flat.reshape((10, 10, 10), order="F")
+    pairs = []
+    for i, slope in enumerate((1.0, 10.0)):
+        img = nib.Nifti1Pair(values, AFFINE)
+        img.header.set_slope_inter(slope, 0.0)
+        nib.save(img, tmp_path / f"pair{i}.img")
+        pairs.append(str(tmp_path / f"pair{i}.img"))
+    assert readers._nifti1_key(pairs[0]) is None
+    held = voxfit.load(pairs, mask=np.ones(values.shape, bool))
+    assert parsed == ["pair0.img", "pair1.img"]
+    npt.assert_allclose(np.asarray(held.data), np.stack([read_back(tmp_path / f"pair{i}.hdr")[0] for i in (0, 1)]))
+    parsed.clear()
+    scans = []
+    for i, slope in enumerate((0.5, 0.5, 2.0)):
+        img = nib.Nifti1Image(values, AFFINE)
+        img.header.set_slope_inter(slope, 0.0)
+        nib.save(img, tmp_path / f"scan{i}.nii")
+        scans.append(str(tmp_path / f"scan{i}.nii"))
+    held = voxfit.load(scans, mask=np.ones(values.shape, bool))
+    assert parsed == ["scan0.nii", "scan2.nii"]
+    npt.assert_allclose(np.asarray(held.data), np.stack([read_back(Path(p))[0] for p in scans]))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="pipes on POSIX")
+def test_a_pipe_among_the_scans_is_refused_not_waited_on(tmp_path, rng):
+    """A pipe named among a run's 3-D scans is refused in one line (opening it would wait for a writer forever),
+    as it was before the scans' headers were compared with the first's; in a child process, so that a wait would
+    fail the test rather than hang it."""
+    import subprocess
+    import sys
+
+    paths = write_volume_list(tmp_path, volume_data(rng, n=2))
+    os.mkfifo(tmp_path / "scan999.nii")
+    code = (
+        "import sys, voxfit\n"
+        "from voxfit.exceptions import InputError\n"
+        "try:\n"
+        "    voxfit.load(sys.argv[1:])\n"
+        "except InputError as exc:\n"
+        "    print(exc)\n"
+    )
+    args = [str(p) for p in paths] + [str(tmp_path / "scan999.nii")]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "scan999.nii: not a regular file" in proc.stdout
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_DONTNEED"), reason="files are mapped on Linux")
+def test_a_run_that_cannot_be_mapped_is_read_and_one_cut_short_is_refused(tmp_path, rng, monkeypatch):
+    """Where the file system maps no files (mmap's OSError), the command line's load reads the run and its scans
+    instead, with the same data; a file found shorter than its header as it is mapped (mmap's ValueError, in the
+    instant after its size was checked) is refused in one line."""
+    from voxfit.io import readers
+
+    data = volume_data(rng, n=4)
+    run = write_nifti(tmp_path / "run.nii", data)
+    scans = [str(p) for p in write_volume_list(tmp_path, data)]
+    mask = np.ones(SHAPE, bool)
+    want = voxfit.load(run, mask=mask).data
+
+    class Unmappable:
+        def __init__(self, error):
+            self.error = error
+
+        def mmap(self, *args, **kwargs):
+            raise self.error
+
+        def __getattr__(self, name):
+            return getattr(mmap, name)
+
+    monkeypatch.setattr(readers, "mmap", Unmappable(OSError(19, "No such device")))
+    npt.assert_array_equal(voxfit.load(run, mask=mask, map_files=True).data, want)
+    npt.assert_array_equal(voxfit.load(scans, mask=mask, map_files=True).data, want)
+    monkeypatch.setattr(readers, "mmap", Unmappable(ValueError("mmap length is greater than file size")))
+    with pytest.raises(InputError, match="run.nii: the file ended before the data"):
+        voxfit.load(run, mask=mask, map_files=True)
+
+
 def test_cifti_and_gifti_geometries(tmp_path, rng):
     paths, _ = _make("cifti", tmp_path, rng)
     geom = open_reader(paths[0]).geometry

@@ -1065,7 +1065,7 @@ def _start_digests(inputs) -> None:
     for item in inputs:
         try:
             files += expand_run(item) or [item]
-        except InputError:  # (said by the reader, with its context)
+        except (InputError, OSError):  # (said by the reader, with its context)
             files.append(item)
     start_digests(files, aside=any(str(p).lower().endswith(".gz") for p in files))
 

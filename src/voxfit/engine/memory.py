@@ -62,7 +62,8 @@ def plan_blocks(
     check_block_size(block_size, max_memory)
     tile_cost = _tile_bytes(n_scans, work_itemsize)
     block_cost = _block_bytes(n_columns, work_itemsize)
-    default_tile = max(16, tile_bytes // (n_scans * work_itemsize))
+    # (no tile over a block: few scans would otherwise make tiles, and so blocks, of 65,536 voxels, one thread's)
+    default_tile = max(16, min(DEFAULT_BLOCK_VOXELS, tile_bytes // (n_scans * work_itemsize)))
     if block_size is not None:
         return int(block_size), int(min(block_size, default_tile))
     budget = (Budgets.of(max_memory).block if budget is None else budget) // max(1, workers)

@@ -6,8 +6,10 @@ volume, GIFTI, CIFTI-2), a list of 3-D nibabel volumes (one per scan) and a 2-D 
 columns); an image loaded from a file that still holds its data there is read from that file. Anything else
 is refused by :func:`voxfit.io.memory.check_data` with one sentence naming the argument and the type received.
 
-Uncompressed NIfTI is read a slab of scans at a time into one reused buffer, and blocks of columns by ``pread``
-(:func:`_pread_span`: a memory map's pages would count in the process's resident memory); .npy arrays likewise.
+Uncompressed NIfTI is read a slab of scans at a time into one reused buffer (the command line's load gathers a
+mask's voxels from a map of the file instead, each slab's pages released behind it: ``NiftiReader.mapped_scans``),
+and blocks of columns by ``pread`` (:func:`_pread_span`: a memory map's pages would count in the process's
+resident memory); .npy arrays likewise.
 Compressed NIfTI is decompressed with the fastest gzip available, a slab of scans at a time, so
 the whole 4-D image is never in memory.
 
@@ -26,6 +28,7 @@ import mmap
 import os
 import queue
 import re
+import stat
 import threading
 import weakref
 from collections.abc import Iterator
@@ -364,8 +367,8 @@ class NiftiReader:
 
     def header_key(self) -> bytes | None:
         """What makes another file's data read as this one's (see :func:`_nifti1_key`): None but for a single-file
-        NIfTI-1 image."""
-        return _nifti1_key(self.path) if self._image_file == self.path else None
+        NIfTI-1 image (.nii, .nii.gz)."""
+        return _nifti1_key(self.path)
 
     def of_same_header(self, path) -> NiftiReader:
         """This reader for another single-file image whose :meth:`header_key` is this one's (a scan of the same
@@ -421,7 +424,7 @@ class NiftiReader:
         (``load(map_files=True)``: the command line): a file cut short by another program while it is read ends the
         process with SIGBUS, as for :meth:`CiftiReader.mapped_series`."""
         dtype = self._file_dtype
-        if self._compressed or not dtype.isnative or self._offset % dtype.itemsize:
+        if self._compressed or not dtype.isnative or self._offset % dtype.itemsize or not _MAPS_RELEASED:
             return None
         nel = self.geometry.n_elements
         k = _slab_scans(nel, dtype.itemsize, max_bytes)
@@ -527,19 +530,30 @@ def _mapped_slabs(path, offset: int, dtype: np.dtype, shape: tuple[int, int], k:
     the file at a time, as with a buffer, and the pages are not copied. Gathering the masked voxels of a 1.65 GB
     run (400 scans of 97 x 115 x 97, 230,609 voxels) took 0.39-0.44 s so, against 0.53-0.60 s from reads into a
     buffer (the read's copy, 0.2 s of system time), peak memory the same (fresh processes, 3 runs each). A slab
-    is valid until the caller asks for the next (after that, read again from the page cache). None where the file
-    system maps no files; an InputError if the file is now shorter than its header says."""
+    stays valid after the caller asks for the next, its pages then faulted in again from the page cache. None
+    where the file system maps no files; an InputError if the file is now shorter than its header says."""
     rows, elements = shape
-    end = offset + rows * elements * dtype.itemsize
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size < end:  # (truncated since it was opened: a map past its end faults)
-            raise _ended_early(path)
-        try:
-            pages = mmap.mmap(f.fileno(), end, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-        except OSError:  # (a file system that maps no files: read)
-            return None
+    pages = _map_file(path, offset + rows * elements * dtype.itemsize, mmap.MAP_PRIVATE)
+    if pages is None:
+        return None
     data = np.frombuffer(pages, dtype=dtype, count=rows * elements, offset=offset).reshape(rows, elements)
     return _released_behind(pages, data, offset, k)
+
+
+# Whether this platform's mmap can release a map's pages (Linux, macOS): the mapped reads need it
+_MAPS_RELEASED = all(hasattr(mmap, name) for name in ("MAP_PRIVATE", "PROT_READ", "MADV_DONTNEED"))
+
+
+def _map_file(path, end: int, flags: int) -> mmap.mmap | None:
+    """A read-only map of the first `end` bytes of `path`; None where the file system maps no files; an
+    InputError if the file is now shorter (cut short since its header was read: a map past its end faults)."""
+    with open(path, "rb") as f:
+        try:
+            return mmap.mmap(f.fileno(), end, flags=flags, prot=mmap.PROT_READ)
+        except ValueError:  # (mmap's own check that the file holds `end` bytes)
+            raise _ended_early(path) from None
+        except OSError:  # (a file system that maps no files: read)
+            return None
 
 
 def _released_behind(pages: mmap.mmap, data: NDArray, offset: int, k: int) -> Iterator[tuple[int, NDArray]]:
@@ -560,12 +574,19 @@ _NIFTI1_FREE_FIELDS = ((124, 132), (140, 252))
 
 
 def _nifti1_key(path) -> bytes | None:
-    """A single-file NIfTI-1 image's 348-byte header (from the decompressed stream of a .gz) with the fields that
-    do not change what is read blanked (:data:`_NIFTI1_FREE_FIELDS`): two files with the same key hold data of
-    the same shape, type, scale factors, offset and orientation. None for any other file, or one that cannot be
-    read (its reader then says why)."""
+    """A single-file NIfTI-1 image's 348-byte header (from the decompressed stream of a .nii.gz) with the fields
+    that do not change what is read blanked (:data:`_NIFTI1_FREE_FIELDS`): two files with the same key hold data
+    of the same shape, type, scale factors, offset and orientation. None for anything but a regular file named
+    .nii or .nii.gz (the .img of a NIfTI or Analyze pair holds voxels where a header would be; a pipe or a device
+    is never opened here: opening it can wait forever), and for one that cannot be read (its reader then says
+    why)."""
+    name = str(path).lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
     try:
-        with open_gzip(path) if str(path).lower().endswith(".gz") else open(path, "rb") as fh:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
             header = bytearray(fh.read(348))
     except Exception:  # noqa: BLE001 (unreadable or corrupt: nibabel's reader says so, in one line)
         return None
@@ -632,8 +653,9 @@ class VolumeListReader:
         """What :meth:`iter_scans` yields, each scan a read-only view of a map of its file
         (:meth:`NiftiReader.mapped_scans`; a file that cannot be mapped, read), the map released once the next
         scan is asked for: 400 scans of a 2 mm grid gathered in 0.36-0.38 s against 0.52-0.68 s from reads. None
-        where the files are compressed or their scale factors differ (converted scan by scan: read). Only where
-        the scans never leave the load (see :meth:`NiftiReader.mapped_scans`)."""
+        where the first file is compressed (any other compressed one is read) or the files' scale factors differ
+        (converted scan by scan: read). Only where the scans never leave the load (see
+        :meth:`NiftiReader.mapped_scans`)."""
         if self._convert or self._readers[0].compressed:
             return None
         return self._mapped_scans(max_bytes)
@@ -935,14 +957,9 @@ class CiftiReader:
         if stored != self.dtype or not stored.isnative or offset % stored.itemsize:
             return None
         n, G = self.n_scans, self.geometry.n_elements
-        end = offset + n * G * stored.itemsize
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size < end:  # (truncated since it was opened: a map past its end faults)
-                raise _ended_early(path)
-            try:
-                pages = mmap.mmap(f.fileno(), end, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
-            except OSError:  # (a file system that maps no files: read)
-                return None
+        pages = _map_file(path, offset + n * G * stored.itemsize, mmap.MAP_PRIVATE | mmap.MAP_POPULATE)
+        if pages is None:
+            return None
         series = np.frombuffer(pages, dtype=stored, count=n * G, offset=offset).reshape(G, n).T
         self._mapped = weakref.ref(series)
         return series

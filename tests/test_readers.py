@@ -866,6 +866,8 @@ def test_scans_named_by_their_img_or_holding_their_own_scale_factors_are_parsed(
     assert readers._nifti1_key(pairs[0]) is None
     held = voxfit.load(pairs, mask=np.ones(values.shape, bool))
     assert parsed == ["pair0.img", "pair1.img"]
+    # every file read is an input (model.json's digests): a pair named by its .img has its .hdr too
+    assert [p.name for p in held.paths] == ["pair0.img", "pair0.hdr", "pair1.img", "pair1.hdr"]
     npt.assert_allclose(np.asarray(held.data), np.stack([read_back(tmp_path / f"pair{i}.hdr")[0] for i in (0, 1)]))
     parsed.clear()
     scans = []

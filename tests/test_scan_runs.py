@@ -93,7 +93,8 @@ def test_one_run_of_3d_scans_with_events_equals_its_4d_file(spm_runs, capsys):
     assert code == 0, err
     npt.assert_allclose(_t(root / "list"), _t(root / "4d"), rtol=1e-6, equal_nan=True)
     model = json.loads((root / "list" / "model.json").read_text())
-    assert [p["path"].rsplit("/", 1)[-1] for p in model["inputs"][:2]] == ["swfM00223_1.img", "swfM00223_2.img"]
+    names = [p["path"].rsplit("/", 1)[-1] for p in model["inputs"][:4]]  # (each pair's .img and .hdr: both read)
+    assert names == ["swfM00223_1.img", "swfM00223_1.hdr", "swfM00223_2.img", "swfM00223_2.hdr"]
 
 
 def test_scans_given_out_of_their_numbers_order_are_named(spm_runs, capsys):
@@ -150,7 +151,7 @@ def test_several_runs_of_3d_scans(spm_runs, capsys, form):
         b = np.asarray(nib.load(str(root / "ref" / name)).dataobj)
         npt.assert_allclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
     model = json.loads((root / form / "model.json").read_text())
-    assert [len(r["inputs"]) for r in model["runs"]] == [N, N]  # every scan file
+    assert [len(r["inputs"]) for r in model["runs"]] == [2 * N, 2 * N]  # every scan's files (.img and .hdr)
 
 
 def test_run_forms_refuse_what_cannot_be_a_run(spm_runs, capsys):

@@ -330,7 +330,10 @@ class NiftiReader:
         self.scale = _scale(proxy)
         self._offset = int(proxy.offset)
         self._image_file = Path(img.file_map["image"].filename)
-        self.paths = [self.path] if self._image_file == self.path else [self.path, self._image_file]
+        # every file read: a pair named by its .img has its .hdr too (model.json records both)
+        header = img.file_map.get("header")  # (a single file has its image only)
+        header_file = Path(header.filename) if header is not None and header.filename else self.path
+        self.paths = list(dict.fromkeys([self.path, header_file, self._image_file]))
         self._compressed = self._image_file.name.lower().endswith(".gz")
         if proxy.order != "F":
             raise InputError(f"{self.path}: unsupported data layout (order {proxy.order}).")

@@ -18,8 +18,8 @@ How a block is fitted
 Precision policy
 ----------------
 Data stay in their stored dtype; only a tile (256 KiB; 2 MiB in numpy's pass) is ever converted. float64 data
-(and integers wider than 16 bits) are processed in float64. float32, float16 and 8/16-bit integer data are processed in
-float32 as above; against a float64 fit of the same numbers, betas differ by at most ~1e-5 of
+(and integers wider than 16 bits) are processed in float64. float32, float16 and 8/16-bit integer data are
+processed in float32 as above; against a float64 fit of the same numbers, betas differ by at most ~1e-5 of
 ``|beta| + se`` (typically 1e-7), residual variances by at most ~1e-5 relative and t by ~1e-5 (1 + |t|)
 (``tests/test_precision.py``).
 

@@ -368,13 +368,8 @@ class NiftiReader:
         """The file that holds the data (the .img of an Analyze or NIfTI pair)."""
         return self._image_file
 
-    def header_key(self) -> bytes | None:
-        """What makes another file's data read as this one's (see :func:`_nifti1_key`): None but for a single-file
-        NIfTI-1 image (.nii, .nii.gz)."""
-        return _nifti1_key(self.path)
-
     def of_same_header(self, path) -> NiftiReader:
-        """This reader for another single-file image whose :meth:`header_key` is this one's (a scan of the same
+        """This reader for another single-file image whose :func:`_nifti1_key` is this one's (a scan of the same
         run, as SPM writes them): the same geometry, type, scale factors and offset, without nibabel's parse of
         the header (0.5 ms a file); the file's size is checked as the constructor checks it."""
         other = copy.copy(self)
@@ -610,7 +605,7 @@ class VolumeListReader:
         read (:func:`_nifti1_key`) is read as the first is (:meth:`NiftiReader.of_same_header`); nibabel parses
         the others (400 scans of a 2 mm grid: 0.18-0.21 s, most of it nibabel's 0.5 ms a header)."""
         first = NiftiReader(paths[0], allow_3d=True)
-        key = first.header_key()
+        key = _nifti1_key(first.path)
         self._readers = [first] + [
             first.of_same_header(p) if key is not None and _nifti1_key(p) == key else NiftiReader(p, allow_3d=True)
             for p in paths[1:]

@@ -34,8 +34,11 @@ def test_nan_and_inf_voxels_are_nan_and_counted(rng, dtype):
     ):
         assert np.isnan(arr).all()
     ok = np.setdiff1d(np.arange(400), invalid)
-    assert_betas_close(fit.betas[:, ok], clean.betas[:, ok], clean.stderr[:, ok], 1e-12)
-    npt.assert_array_equal(fit.residual_variance[ok], clean.residual_variance[ok])
+    # (blocks of 50 voxels are multiplied in other columns than one block of 400: the same to the working dtype's
+    # rounding)
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    assert_betas_close(fit.betas[:, ok], clean.betas[:, ok], clean.stderr[:, ok], rtol)
+    npt.assert_allclose(fit.residual_variance[ok], clean.residual_variance[ok], rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -94,3 +94,59 @@ def test_kernels_load_in_the_background():
     for thread in set(_kernels._BACKGROUND.values()):
         thread.join(120)
     assert _kernels.kernels_loaded() and ar_kernels_loaded()
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("layout", ["scans", "series"])
+def test_products_in_columns_equal_products_of_whole_tiles(rng, monkeypatch, layout, compiled):
+    """BlockFitter multiplies a tile in columns where BLAS is faster so: the same fit to rounding, whatever the
+    columns' width against the tile's (here 7 and 32 voxels in tiles and blocks of 120, and the whole tile)."""
+    from voxfit.core import ols
+
+    X, Y = fmri_like(rng, n=60, p=4, V=500, dtype=np.float32)
+    Y[3, 11] = np.nan
+    if layout == "series":
+        Y = np.asfortranarray(Y)
+    fits = []
+    for width in (None, 7, 32):
+        monkeypatch.setattr(ols, "_product_columns", lambda op, tile, series, w=width: w or tile)
+        fits.append(voxfit.fit(X, Y, compiled=compiled, block_size=120, n_jobs=1))
+    for other in fits[1:]:
+        assert_betas_close(other.betas, fits[0].betas, fits[0].stderr, 1e-5)
+        npt.assert_allclose(other.residual_variance, fits[0].residual_variance, rtol=1e-5)
+        npt.assert_array_equal(other.valid, fits[0].valid)
+
+
+def test_product_columns_follow_blas(monkeypatch):
+    """Columns as wide as OpenBLAS multiplies unpacked (M N K <= 100^3, and M N <= 1200 for a tile held series by
+    series, its transposed operand), in multiples of 16, at least 32; otherwise, and in float64, the whole tile."""
+    from voxfit.core import ols
+
+    def op(m, n, dtype=np.float32):
+        return np.zeros((m, n), dtype)
+
+    monkeypatch.setattr(ols, "unpacked_product_limits", lambda: None)
+    assert ols._product_columns(op(15, 300), 436, False) == 436
+    monkeypatch.setattr(ols, "unpacked_product_limits", lambda: (1_000_000, 1200))
+    assert ols._product_columns(op(15, 300), 436, False) == 208  # 222 voxels of 15 x 300
+    assert ols._product_columns(op(15, 300), 436, True) == 80  # 1200 / 15
+    assert ols._product_columns(op(25, 1200), 109, False) == 32
+    assert ols._product_columns(op(30, 1200), 109, False) == 109  # 27 voxels: narrower than 32
+    assert ols._product_columns(op(15, 300, np.float64), 218, False) == 218
+
+
+def test_unpacked_product_limits(monkeypatch):
+    from types import SimpleNamespace
+
+    from voxfit import _threads
+
+    def pools(*libs):
+        monkeypatch.setattr(
+            _threads, "_blas_pools", lambda: [SimpleNamespace(internal_api=a, architecture=c) for a, c in libs]
+        )
+
+    pools(("openblas", "SkylakeX"), ("openblas", "Cooperlake"))
+    assert _threads.unpacked_product_limits() == (1_000_000, 1200)
+    for libs in ([("openblas", "Haswell")], [("mkl", None)], [("openblas", "SkylakeX"), ("mkl", None)], []):
+        pools(*libs)
+        assert _threads.unpacked_product_limits() is None

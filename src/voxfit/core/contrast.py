@@ -223,15 +223,18 @@ def _compute_contrast(contrast, design: DesignFactor, betas, residual_variance, 
     # zero, NaN or overflowed (data beyond ~1e154) variance: no statistic rather than a t of 0
     usable = (residual_variance > 0) & np.isfinite(residual_variance)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        effect = w @ betas
         m = w @ design.cov_unscaled @ w.T  # (q, q), q <= p
         variance = np.diag(m)[:, None] * residual_variance
         if w.shape[0] == 1:
             # the statistic from the row divided by its largest scaled weight: the same t, without the
-            # overflow or underflow of the raw weights' products
-            u = w / (np.abs(w / design.col_scale).max())
-            t = (u @ betas)[0] / np.sqrt((u @ design.cov_unscaled @ u.T)[0, 0] * residual_variance)
-            return t_stats(label, w, effect[0], variance[0], usable, dof, stat=t)
+            # overflow or underflow of the raw weights' products; the effect from the same product (one pass
+            # over the betas, not two)
+            scale = np.abs(w / design.col_scale).max()
+            u = w / scale
+            ub = (u @ betas)[0]
+            t = ub / np.sqrt((u @ design.cov_unscaled @ u.T)[0, 0] * residual_variance)
+            return t_stats(label, w, ub * scale, variance[0], usable, dof, stat=t)
+        effect = w @ betas
         basis = row_basis(w, design)  # the rows reduced to their rank: at most p of them
         mb = basis @ design.cov_unscaled @ basis.T
         evals, evecs = np.linalg.eigh(mb)

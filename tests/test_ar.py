@@ -828,3 +828,30 @@ def test_the_fit_from_sums_is_the_same_from_views_and_from_copies(order):
         assert np.array_equal(a, b)
     for (e1, c1, d1), (e2, c2, d2) in zip(views.contrasts, copies.contrasts):
         assert np.array_equal(e1, e2) and np.array_equal(c1, c2) and np.array_equal(d1, d2)
+
+
+@pytest.mark.parametrize("layout", ["scans", "series"])
+@pytest.mark.parametrize("intercept", [True, False])
+def test_the_ar_fit_gives_the_datas_mean_from_its_sums(rng, layout, intercept):
+    """``fit_ar(...).fit.mean``: each voxel's mean over the scans from the float64 sums the fit makes (the shift of
+    a design with the constant, the total of one without), equal to numpy's float64 mean to rounding; voxels with
+    NaN or infinity, which no block fits, get numpy's mean of their data. Blocks of 97 voxels, compiled kernels
+    and numpy's sums alike."""
+    n, V = 60, 400
+    X = np.column_stack([np.sin(np.arange(n) / 4.0), np.ones(n)] if intercept else [np.sin(np.arange(n) / 4.0)])
+    Y = (1000 + 10 * rng.standard_normal((n, V))).astype(np.float32)
+    Y[3, 7], Y[5, 8], Y[[1, 2], 9] = np.nan, np.inf, [np.inf, -np.inf]
+    if layout == "series":
+        Y = np.asfortranarray(Y)
+    with np.errstate(invalid="ignore"):
+        want = Y.mean(axis=0, dtype=np.float64)
+    from voxfit.core import ar
+
+    for compiled in (True, False):
+        original = ar.ARBlock.__init__
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ar.ARBlock, "__init__", lambda self, d, o, compiled=None, c=compiled: original(self, d, o, c))
+            got = fit_ar(X, Y, 1, {}, block_size=97).fit.mean
+        assert not got.flags.writeable
+        npt.assert_array_equal(got[7:10], want[7:10])  # NaN, inf, NaN
+        npt.assert_allclose(got, want, rtol=1e-13)

@@ -1004,7 +1004,8 @@ class ARBlockFit:
     freedom (v,))`` (see :func:`estimation_terms`, which also scales the covariance); the OLS RSS ``ols_rss``
     (v,), the total sum of squares ``tss`` (v,; centred when the design has an intercept), and ``flagged``:
     the indices of the voxels whose values from the sums lost too many digits and need a refit from their
-    data (empty when the fit had the data)."""
+    data (empty when the fit had the data); ``mean`` (v,), the data's mean over the scans, where asked for
+    (:func:`fit_ar_block`), else None."""
 
     betas: NDArray
     rss: NDArray
@@ -1013,6 +1014,7 @@ class ARBlockFit:
     ols_rss: NDArray
     tss: NDArray
     flagged: NDArray
+    mean: NDArray | None = None
 
 
 def residual_lagged_sums(block: ARBlock, sums: LaggedSums) -> NDArray[np.float64]:
@@ -1027,10 +1029,16 @@ def residual_lagged_sums(block: ARBlock, sums: LaggedSums) -> NDArray[np.float64
     return np.concatenate([quad[:1], 0.5 * quad[1:]])
 
 
-def fit_ar_block(block: ARBlock, Y: NDArray, weights: list[NDArray], autocorrelations=None) -> ARBlockFit:
-    """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64); see :func:`fit_ar_sums`."""
+def fit_ar_block(
+    block: ARBlock, Y: NDArray, weights: list[NDArray], autocorrelations=None, *, with_mean: bool = False
+) -> ARBlockFit:
+    """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64); see :func:`fit_ar_sums`.
+    `with_mean`: also each voxel's mean over the scans, from the float64 sums the fit makes anyway."""
     sums, shifted = lagged_sums(block, Y)
-    return fit_ar_sums(block, sums, weights, lambda idx: shifted[:, idx], autocorrelations)
+    fit = fit_ar_sums(block, sums, weights, lambda idx: shifted[:, idx], autocorrelations)
+    if not with_mean:
+        return fit
+    return dataclasses.replace(fit, mean=sums.total / Y.shape[0] if sums.shift is None else sums.shift)
 
 
 def fit_ar_sums(

@@ -34,6 +34,9 @@ class Fit:
         NIST do. NaN where the denominator is zero (a constant voxel).
     valid : (V,) bool array
         False for voxels whose data contain NaN or infinity; all their outputs are NaN.
+    mean : (V,) float64 array or None
+        Each voxel's mean over the scans where the fit made it from its own sums (``voxfit.fit_ar`` in this
+        process, from float64 sums; NaN or infinite, as the data's mean, for voxels not valid), else None.
     """
 
     design: DesignFactor
@@ -41,6 +44,7 @@ class Fit:
     residual_variance: NDArray[np.float64]
     r2: NDArray[np.float64]
     valid: NDArray[np.bool_]
+    mean: NDArray[np.float64] | None = None
 
     @property
     def dof(self) -> int:
@@ -93,8 +97,9 @@ class Fit:
         return compute_contrast(contrast, self.design, self.betas, self.residual_variance, name)
 
 
-def make_fit(design: DesignFactor, betas, rss, tss, valid) -> Fit:
-    """Assemble a Fit from per-voxel sums (as produced block by block by ``fit_block``)."""
+def make_fit(design: DesignFactor, betas, rss, tss, valid, mean=None) -> Fit:
+    """Assemble a Fit from per-voxel sums (as produced block by block by ``fit_block``), and the data's means
+    where the fit made them."""
     with np.errstate(divide="ignore", invalid="ignore"):
         residual_variance = rss / design.dof if design.dof > 0 else np.full_like(rss, np.nan)
         r2 = np.where(tss > 0, 1.0 - rss / tss, np.nan)
@@ -108,9 +113,10 @@ def make_fit(design: DesignFactor, betas, rss, tss, valid) -> Fit:
                 DataRangeWarning,
                 stacklevel=3,
             )
-    for a in (betas, residual_variance, r2, valid):
-        a.setflags(write=False)
-    return Fit(design=design, betas=betas, residual_variance=residual_variance, r2=r2, valid=valid)
+    for a in (betas, residual_variance, r2, valid, mean):
+        if a is not None:
+            a.setflags(write=False)
+    return Fit(design=design, betas=betas, residual_variance=residual_variance, r2=r2, valid=valid, mean=mean)
 
 
 def warm_up(dof: float | None = None, dtype=np.float32) -> None:

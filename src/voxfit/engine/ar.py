@@ -104,7 +104,7 @@ def fit_ar(
         raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     block = ARBlock(design, int(order), compiled=True if n * Y.shape[1] >= AUTO_COMPILE_ELEMENTS else None)
-    fit_block = functools.partial(fit_ar_block, block)
+    fit_block = functools.partial(fit_ar_block, block, with_mean=True)  # (the mean image, free from its sums)
     if execution.on_device:
         from ._ar_device import DeviceARBlock
 
@@ -134,6 +134,7 @@ def fit_ar(
         with blas_single_threaded():
             run_in_threads(run, starts, min(n_jobs, len(starts)), bar.update)  # stoppable between blocks
         bar.close()
+    maps.mean_of_invalid(Y, valid)
     fit, stats = maps.result(design, valid, n_jobs)
     return ARFit(fit=fit, ar=maps.phi, contrasts=stats, order=int(order))
 
@@ -141,7 +142,8 @@ def fit_ar(
 class ARMaps:
     """The per-voxel results of an AR(p) fit of V voxels, filled block by block (NaN where none is placed):
     betas, whitened and OLS RSS, total sums of squares, AR coefficients (p, V), and each contrast's effects,
-    unscaled covariances and degrees of freedom, for the contrast weights `weights` ``{label: w (q, pc)}``."""
+    unscaled covariances and degrees of freedom, for the contrast weights `weights` ``{label: w (q, pc)}``; the
+    data's means when every block placed carries them (``ARBlockFit.mean``)."""
 
     def __init__(self, pc: int, order: int, weights: dict, V: int):
         self.weights = weights
@@ -153,18 +155,36 @@ class ARMaps:
         self.effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
         self.covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
         self.dofs = {k: np.full(V, np.nan) for k in weights}
+        self.mean: np.ndarray | None = np.full(V, np.nan)  # None once a block without its means is placed
 
     def place(self, at, res: ARBlockFit) -> None:
         """The fit of a block at the voxels `at`."""
         self.betas[:, at], self.rss[at], self.tss[at] = res.betas, res.rss, res.tss
+        mean = getattr(res, "mean", None)  # (other models' blocks, ARMABlockFit and OLS ones, carry none)
+        if mean is None:
+            self.mean = None
+        elif self.mean is not None:
+            self.mean[at] = mean
         self.phi[:, at], self.ols_rss[at] = res.phi.T, res.ols_rss
         for label, (effect, cov, dof) in zip(self.weights, res.contrasts):
             self.effects[label][:, at], self.covs[label][at], self.dofs[label][at] = effect, cov, dof
 
+    def mean_of_invalid(self, Y, valid) -> None:
+        """The means of the voxels not `valid` (V,), which no block fitted, from their data in `Y` (n, V) held in
+        memory: NaN or infinite, as numpy's mean gives (for other data, which a few columns may cost a read of
+        many, no means: the mean image is then made from the data as before)."""
+        if self.mean is None or valid.all():
+            return
+        if not isinstance(Y, np.ndarray):
+            self.mean = None
+            return
+        with np.errstate(invalid="ignore", over="ignore"):
+            self.mean[~valid] = Y[:, ~valid].mean(axis=0, dtype=np.float64)
+
     def result(self, design, valid, workers: int = 1) -> tuple[Fit, dict[str, Stats]]:
         """The fit of the voxels `valid` (R^2 of the OLS fit) and the contrasts' statistics (z of t on `workers`
         threads); the AR coefficients ``phi`` become read-only."""
-        fit = make_fit(design, self.betas, self.rss, self.tss, valid)
+        fit = make_fit(design, self.betas, self.rss, self.tss, valid, self.mean)
         with np.errstate(divide="ignore", invalid="ignore"):  # R^2 of the OLS fit: whitened and raw sums differ
             r2 = np.where(self.tss > 0, 1.0 - self.ols_rss / self.tss, np.nan)
         r2.setflags(write=False)

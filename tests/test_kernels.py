@@ -118,8 +118,9 @@ def test_products_in_columns_equal_products_of_whole_tiles(rng, monkeypatch, lay
 
 
 def test_product_columns_follow_blas(monkeypatch):
-    """Columns as wide as OpenBLAS multiplies unpacked (M N K <= 100^3, and M N <= 1200 for a tile held series by
-    series, its transposed operand), in multiples of 16, at least 32; otherwise, and in float64, the whole tile."""
+    """Columns as wide as OpenBLAS multiplies unpacked (M N K <= 100^3; for a tile held series by series, its
+    transposed operand, M N <= 1200 and K >= 32), in multiples of 16, at least 32, tiles held scan by scan only up
+    to 512 scans; otherwise, and in float64, the whole tile."""
     from voxfit.core import ols
 
     def op(m, n, dtype=np.float32):
@@ -130,8 +131,11 @@ def test_product_columns_follow_blas(monkeypatch):
     monkeypatch.setattr(ols, "unpacked_product_limits", lambda: (1_000_000, 1200))
     assert ols._product_columns(op(15, 300), 436, False) == 208  # 222 voxels of 15 x 300
     assert ols._product_columns(op(15, 300), 436, True) == 80  # 1200 / 15
-    assert ols._product_columns(op(25, 1200), 109, False) == 32
-    assert ols._product_columns(op(30, 1200), 109, False) == 109  # 27 voxels: narrower than 32
+    assert ols._product_columns(op(25, 1200), 109, True) == 32
+    assert ols._product_columns(op(30, 1200), 109, True) == 109  # 27 voxels: narrower than 32
+    assert ols._product_columns(op(15, 512), 436, False) == 128
+    assert ols._product_columns(op(15, 513), 436, False) == 436  # more scans: packed, its rounding
+    assert ols._product_columns(op(2, 31), 436, True) == 436  # a transposed product of fewer than 32 scans
     assert ols._product_columns(op(15, 300, np.float64), 218, False) == 218
 
 

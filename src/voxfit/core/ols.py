@@ -6,10 +6,10 @@ How a block is fitted
    rounded to the working dtype, so that it is exact from then on) and its sum of squares is accumulated
    in float64. The shift keeps the large common level of imaging data (a BOLD mean of ~1000 against
    fluctuations of ~10) out of the rounding of the product that follows.
-2. One matrix product per cache-sized tile, in the working dtype, with an orthonormal basis Q of the
-   design's column space: ``c = Q' y_c``. Then, in float64: ``RSS = ||y_c||^2 - ||c||^2`` (no condition
-   number amplifies the rounding here), ``betas = (pinv Q) c + (pinv 1) offset``, and the total sum of
-   squares for R^2.
+2. Matrix products per cache-sized tile (in columns of the tile where BLAS multiplies them faster), in the
+   working dtype, with an orthonormal basis Q of the design's column space: ``c = Q' y_c``. Then, in float64:
+   ``RSS = ||y_c||^2 - ||c||^2`` (no condition number amplifies the rounding here),
+   ``betas = (pinv Q) c + (pinv 1) offset``, and the total sum of squares for R^2.
 3. Where the subtraction in the RSS would lose digits (in float32: the fit explains more than 7/8 of a
    voxel's variance about its offset; in float64: more than 1 - 1e-5), those voxels are refitted in float64
    from explicit residuals, with one step of iterative refinement of the betas. Residual sums of squares
@@ -17,7 +17,7 @@ How a block is fitted
 
 Precision policy
 ----------------
-Data stay in their stored dtype; only a tile (256 KiB; 2 MiB in numpy's pass) is ever converted. float64 data
+Data stay in their stored dtype; only a tile (512 KiB; 2 MiB in numpy's pass) is ever converted. float64 data
 (and integers wider than 16 bits) are processed in float64. float32, float16 and 8/16-bit integer data are
 processed in float32 as above; against a float64 fit of the same numbers, betas differ by at most ~1e-5 of
 ``|beta| + se`` (typically 1e-7), residual variances by at most ~1e-5 relative and t by ~1e-5 (1 + |t|)
@@ -111,20 +111,30 @@ def _product_columns(op: NDArray, tile: int, series: bool) -> int:
     """Voxels per matrix product of the operator `op` (m, n) with a tile: in float32, as many as BLAS multiplies
     unpacked (``voxfit._threads.unpacked_product_limits``), in multiples of 16 and at least 32 (narrower products
     cost more in calls than they save), else the whole tile. A tile held series by series is the product's
-    transposed operand. (Unpacked float64 products were no faster: 0.91-0.93 against 0.83 ns a value.)
+    transposed operand (unpacked from 32 scans). A tile held scan by scan is split only up to
+    ``_UNPACKED_MAX_SCANS`` scans: the unpacked kernel then adds each coordinate's n products in one chain, whose
+    float32 rounding grows with n (residual variances of 1,200 scans and 25 columns within 1.06e-5 relative of
+    float64's, against 3.1e-6 packed, worst of test_precision's five data scales). Unpacked float64 products were
+    no faster (0.91-0.93 against 0.83 ns a value).
 
     Fits in the process on 2 cores (Zen 4), against whole tiles, alternating, best of 9 or of 6: 200,000 voxels x
     300 scans float32 with 15 columns 37-42 ms against 40-44 ms (one thread 59 against 65 ms), with 30 columns
-    59-66 against 70 ms, of 1,200 scans and 25 columns 181 against 260 ms; numpy's pass on a 2 mm MNI run (230,609
-    voxels x 400 scans) 79-88 against 91-97 ms, on an HCP CIFTI run (91,282 x 1,200, 15 columns) 72-88 against
-    91-98 ms."""
+    59-66 against 70 ms; numpy's pass on a 2 mm MNI run (230,609 voxels x 400 scans) 79-88 against 91-97 ms, on an
+    HCP CIFTI run (91,282 x 1,200, 15 columns) 72-88 against 91-98 ms."""
     limits = unpacked_product_limits()
     if limits is None or op.dtype != np.float32:
         return tile
     m, n = op.shape
     mnk, mn = limits
-    cols = min(mnk // (m * n), mn // m if series else tile) // 16 * 16
+    if series:
+        cols = min(mnk // (m * n), mn // m) if n >= 32 else 0
+    else:
+        cols = mnk // (m * n) if n <= _UNPACKED_MAX_SCANS else 0
+    cols = cols // 16 * 16
     return cols if cols >= 32 else tile
+
+
+_UNPACKED_MAX_SCANS = 512
 
 
 def _offset_rows(n: int) -> NDArray[np.intp]:

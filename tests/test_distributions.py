@@ -224,9 +224,11 @@ def test_a_dof_per_value_computed_exactly_on_threads_gives_the_same_z(monkeypatc
 
 
 def test_one_dof_on_threads_gives_the_z_of_one_thread(monkeypatch):
-    """A single dof's table, spans of the values on the CPUs: the z of one thread bit for bit, spans of uneven
-    sizes, NaN and t beyond the table (computed exactly) in any span, and each span taken."""
+    """A single dof's table, spans of the values on up to `workers` threads (None: the CPUs): the z of one thread
+    bit for bit, spans of uneven sizes, NaN and t beyond the table (computed exactly) in any span, and each span
+    taken."""
     import voxfit.core
+    from voxfit import _threads
     from voxfit.core import distributions
 
     voxfit.core.warm_up(30)  # the compiled kernel, which the spans need
@@ -235,16 +237,15 @@ def test_one_dof_on_threads_gives_the_z_of_one_thread(monkeypatch):
     for n in (999, 2001, 7919):
         t = rng.standard_t(4, n) * rng.choice([1e-3, 1.0, 30.0], n)
         t[::97], t[::101] = np.nan, 1e6 * rng.choice([-1, 1])
-        monkeypatch.setattr(distributions, "default_workers", lambda: 1)
-        one = t_to_z(t, 30.0)
+        one = t_to_z(t, 30.0, 1)
         calls = []
         kernel = distributions.hermite_z
         monkeypatch.setattr(distributions, "hermite_z", lambda t, *a: calls.append(t.size) or kernel(t, *a))
-        for workers in (2, 3, 16):
+        for workers in (1, 2, 3, 16, None):
             calls.clear()
-            monkeypatch.setattr(distributions, "default_workers", lambda w=workers: w)
-            z = t_to_z(t, 30.0)
-            assert len(calls) == max(1, min(workers, n // 1000)) and sum(calls) == n, (n, workers, calls)
+            monkeypatch.setattr(_threads, "default_workers", lambda: 5)
+            z = t_to_z(t, 30.0, workers)
+            assert len(calls) == max(1, min(workers or 5, n // 1000)) and sum(calls) == n, (n, workers, calls)
             assert np.array_equal(z, one, equal_nan=True), (n, workers)
         monkeypatch.setattr(distributions, "hermite_z", kernel)
         beyond = t == 1e6

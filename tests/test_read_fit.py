@@ -333,3 +333,24 @@ def test_the_sums_of_a_read_do_not_depend_on_when_the_side_thread_adds_them():
         for other in rest:
             for a, b in zip(first, other):
                 assert np.array_equal(a, b)
+
+
+def test_the_mean_image_of_a_scaled_fit_is_the_datas(tmp_path):
+    """The mean image is the data's mean as stored, whichever fit made the maps: an AR(1) fit in memory of an
+    uncompressed run gives its own means (``Fit.mean``) for unscaled data only; with --scaling mean (a fit of the
+    data in percent of their means, whose means are all 0) the mean image is the stored data's, as without."""
+    rng = np.random.default_rng(4)
+    data = (1000 + 5 * rng.standard_normal((7, 6, 5, 30))).astype(np.float32)
+    data[0, 0, 0, 4] = np.nan  # inside the mask: NaN, as numpy's mean gives
+    bold, mask, design = tmp_path / "bold.nii", tmp_path / "mask.nii.gz", tmp_path / "design.tsv"
+    nib.save(nib.Nifti1Image(data, AFFINE), bold)
+    nib.save(nib.Nifti1Image(np.ones((7, 6, 5), dtype=np.uint8), AFFINE), mask)
+    pd.DataFrame({"a": np.sin(np.arange(30) / 3.0), "const": 1.0}).to_csv(design, sep="\t", index=False)
+    want = data.mean(axis=3, dtype=np.float64)
+    for scaling in ("none", "mean"):
+        out = tmp_path / scaling
+        args = ["fit", str(bold), "--design", str(design), "--contrast", "a", "--mask", str(mask), "--noise", "ar1"]
+        assert main([*args, "--scaling", scaling, "--quiet", "-o", str(out)]) == 0
+        mean = np.asarray(nib.load(out / "stat-mean_statmap.nii.gz").dataobj)
+        npt.assert_allclose(mean, want, rtol=1e-7, equal_nan=True)
+        assert np.isnan(mean[0, 0, 0])

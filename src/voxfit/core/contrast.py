@@ -205,17 +205,19 @@ def compute_contrast(
     betas: NDArray[np.float64],
     residual_variance: NDArray[np.float64],
     name: str | None = None,
+    workers: int | None = None,
 ) -> Stats:
-    """Statistics of a contrast (t for one row, F for several) from betas and residual variances.
+    """Statistics of a contrast (t for one row, F for several) from betas and residual variances; z of t on up to
+    `workers` threads (None: every CPU this process may run on; see :func:`~voxfit.core.distributions.t_to_z`).
 
     Its products (a few rows times the voxels) are bound by memory, not arithmetic: they run on one BLAS thread,
     because BLAS's threads gain little there and then spin for ~0.1 s, taking the cores from the next fit's pass
     (fit + this contrast, repeated: 79 -> 54 ms on 300 scans x 200,000 voxels, 2 cores)."""
     with blas_single_threaded():
-        return _compute_contrast(contrast, design, betas, residual_variance, name)
+        return _compute_contrast(contrast, design, betas, residual_variance, name, workers)
 
 
-def _compute_contrast(contrast, design: DesignFactor, betas, residual_variance, name) -> Stats:
+def _compute_contrast(contrast, design: DesignFactor, betas, residual_variance, name, workers) -> Stats:
     w, label = contrast_matrix(contrast, design)
     label = label if name is None else name
     _check_estimable(w, label, design)
@@ -233,7 +235,7 @@ def _compute_contrast(contrast, design: DesignFactor, betas, residual_variance, 
             u = w / scale
             ub = (u @ betas)[0]
             t = ub / np.sqrt((u @ design.cov_unscaled @ u.T)[0, 0] * residual_variance)
-            return t_stats(label, w, ub * scale, variance[0], usable, dof, stat=t)
+            return t_stats(label, w, ub * scale, variance[0], usable, dof, stat=t, workers=workers)
         effect = w @ betas
         basis = row_basis(w, design)  # the rows reduced to their rank: at most p of them
         mb = basis @ design.cov_unscaled @ basis.T
@@ -296,11 +298,11 @@ def t_stats(
     usable: NDArray,
     dof: float,
     stat: NDArray | None = None,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> Stats:
     """A t contrast's Stats from its effect and variance at every voxel (NaN where not `usable`); `stat`, when
-    given, is the t computed by the caller from a rescaled row (same value, no overflow). A dof per voxel: z on
-    `workers` threads (see :func:`~voxfit.core.distributions.t_to_z`)."""
+    given, is the t computed by the caller from a rescaled row (same value, no overflow); z on up to `workers`
+    threads (None: every CPU; see :func:`~voxfit.core.distributions.t_to_z`)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         stat = np.where(usable, effect / np.sqrt(variance) if stat is None else stat, np.nan)
     if np.ndim(dof) > 0:  # a dof per voxel
@@ -308,7 +310,7 @@ def t_stats(
         z = t_to_z(stat, dof, workers)
     else:
         dof = float(dof)
-        z = t_to_z(stat, dof) if dof > 0 else np.full_like(stat, np.nan)
+        z = t_to_z(stat, dof, workers) if dof > 0 else np.full_like(stat, np.nan)
     return _freeze(Stats(label, "t", w, effect, variance, stat, z, dof))
 
 

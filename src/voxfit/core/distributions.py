@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special as sc
 
-from .._threads import default_workers, even_spans, run_in_threads
+from .._threads import even_spans, resolve_workers, run_in_threads
 from . import _kernels
 from ._kernels import hermite_z, hermite_z_numpy, kernels_loaded
 
@@ -161,7 +161,12 @@ def _t_to_z_table(dof: float) -> tuple[float, NDArray[np.float64]]:
 @functools.lru_cache(maxsize=_DOF_GRID_MAX_NODES)
 def _grid_table(k: int) -> NDArray[np.float64]:
     """The coefficients of :func:`_hermite_table` for the grid's dof ``exp(k / 64)``."""
-    return _hermite_table(math.exp(k / _DOF_GRID_PER_UNIT))[1]
+    table = _hermite_table(math.exp(k / _DOF_GRID_PER_UNIT))[1]
+    _GRID_MADE.add(k)
+    return table
+
+
+_GRID_MADE: set[int] = set()  # the nodes whose tables have been made (and are cached, unless the cache let them go)
 
 
 def _hermite_table(dof: float) -> tuple[float, NDArray[np.float64]]:
@@ -189,17 +194,19 @@ def _hermite_table(dof: float) -> tuple[float, NDArray[np.float64]]:
     return 1.0 / h, np.ascontiguousarray(coef)
 
 
-def t_to_z(t: ArrayLike, dof, workers: int = 1) -> NDArray[np.float64]:
+def t_to_z(t: ArrayLike, dof, workers: int | None = None) -> NDArray[np.float64]:
     """z-scores of t statistics: the signed normal value with the same upper-tail probability.
 
-    `dof` is a number, or an array of t's shape (a dof per value; NaN where dof <= 0). With a dof per value
-    computed exactly (see :func:`_t_to_z_each`), `workers` threads take spans of the values: the same z. With one
-    dof, the compiled kernel (once loaded) takes spans of at least 65,536 values on every CPU this process may run
-    on: the same z (200,000 values: 1.9 against 2.7 ms on 2 cores, best of 21).
+    `dof` is a number, or an array of t's shape (a dof per value; NaN where dof <= 0). Large inputs are converted
+    on up to `workers` threads (None: every CPU this process may run on), each a span of the values, giving the
+    z of one thread bit for bit: with a dof per value computed exactly (see :func:`_t_to_z_each`) and its tables;
+    with one dof, by the compiled kernel once loaded, spans of at least 65,536 values (200,000 values: 1.9 against
+    2.7 ms on 2 cores, best of 21).
 
     Relative error below 1e-12 for every t and dof >= 1 (checked against mpmath); NaN stays NaN.
     """
     t = np.asarray(t, dtype=float)
+    workers = resolve_workers(workers)
     if np.ndim(dof) > 0:  # a dof per value (effective dof of AR models)
         dof = np.broadcast_to(np.asarray(dof, dtype=float), t.shape)
         z = np.full(t.shape, np.nan)
@@ -218,7 +225,7 @@ def t_to_z(t: ArrayLike, dof, workers: int = 1) -> NDArray[np.float64]:
     flat = np.ascontiguousarray(t).reshape(-1)
     z = np.empty_like(flat)
     if kernels_loaded():  # (never import numba just for this) spans on the CPUs: the kernel releases the GIL
-        parts = max(1, min(default_workers(), flat.size // _TABLED_SPAN))
+        parts = max(1, min(workers, flat.size // _TABLED_SPAN))
         spans = even_spans(flat.size, parts)
         beyond = sum(run_in_threads(lambda s: hermite_z(flat[s], inv_h, coef, z[s]), spans, parts))
     else:
@@ -239,7 +246,7 @@ def _t_to_z_each(t: NDArray, dof: NDArray, workers: int = 1) -> NDArray[np.float
     """
     global _exact_each_done
     if t.size >= _MANY_EACH and kernels_loaded():
-        z = _t_to_z_tabled(t, dof)
+        z = _t_to_z_tabled(t, dof, workers)
         if z is not None:
             return z
     _exact_each_done += t.size
@@ -265,7 +272,7 @@ def _exact_in_spans(t: NDArray, dof: NDArray, workers: int) -> NDArray[np.float6
     return z
 
 
-def _t_to_z_tabled(t: NDArray, dof: NDArray) -> NDArray[np.float64] | None:
+def _t_to_z_tabled(t: NDArray, dof: NDArray, workers: int = 1) -> NDArray[np.float64] | None:
     """:func:`_t_to_z_each` by the compiled kernel over the grid's tables (values off the grid or beyond the
     tables exact); None where no dof is on the grid or they spread over more than _DOF_GRID_MAX_NODES nodes."""
     lo, hi = _DOF_GRID_RANGE
@@ -277,8 +284,10 @@ def _t_to_z_tabled(t: NDArray, dof: NDArray) -> NDArray[np.float64] | None:
     last = math.floor(log_dof.max() * _DOF_GRID_PER_UNIT) + 5
     if last - first >= _DOF_GRID_MAX_NODES:
         return None
-    nodes = range(first, last + 1)  # tables not made yet are made on the CPUs (scipy's functions release the GIL)
-    coef = np.stack(run_in_threads(_grid_table, nodes, min(default_workers(), len(nodes))))
+    nodes = range(first, last + 1)
+    missing = [k for k in nodes if k not in _GRID_MADE]  # made on `workers` threads (scipy's functions release the GIL)
+    run_in_threads(_grid_table, missing, min(workers, len(missing)))
+    coef = np.stack([_grid_table(k) for k in nodes])
     z = np.empty_like(t)
     tabled = t[on_grid]
     zt = np.empty_like(tabled)

@@ -78,9 +78,10 @@ class LongLags:
     factors: dict[str, float]
     applied: bool = True
 
-    def corrected(self, stats: dict[str, Stats]) -> dict[str, Stats]:
-        """The contrasts' statistics with their variances multiplied by the factors."""
-        return {label: corrected_stats(st, self.factors[label]) for label, st in stats.items()}
+    def corrected(self, stats: dict[str, Stats], workers: int | None = None) -> dict[str, Stats]:
+        """The contrasts' statistics with their variances multiplied by the factors (z of t on up to `workers`
+        threads; None: every CPU)."""
+        return {label: corrected_stats(st, self.factors[label], workers) for label, st in stats.items()}
 
     def record(self) -> dict:
         """For model.json."""
@@ -216,11 +217,11 @@ def _sandwich_ratio(Xw: NDArray, G: NDArray, w: NDArray, rho: NDArray) -> NDArra
         return np.trace(A_inv @ (Ut @ PU), axis1=1, axis2=2) / np.trace(A_inv @ (Ut @ U), axis1=1, axis2=2)
 
 
-def corrected_stats(st: Stats, factor: float) -> Stats:
+def corrected_stats(st: Stats, factor: float, workers: int | None = None) -> Stats:
     """`st` with every voxel's variance multiplied by `factor`: t divided by its root, F by it; the same dof."""
     usable = np.isfinite(st.stat)
     if st.kind == "t":
-        return t_stats(st.name, st.weights, st.effect, st.variance * factor, usable, st.dof)
+        return t_stats(st.name, st.weights, st.effect, st.variance * factor, usable, st.dof, workers=workers)
     scale = None if st.scale is None else st.scale * factor
     covariance = st.unscaled_covariance if scale is not None else st.unscaled_covariance * factor
     return f_stats(st.name, st.weights, st.effect, covariance, usable, st.dof[1], scale=scale)

@@ -35,8 +35,9 @@ class Fit:
     valid : (V,) bool array
         False for voxels whose data contain NaN or infinity; all their outputs are NaN.
     mean : (V,) float64 array or None
-        Each voxel's mean over the scans where the fit made it from its own sums (``voxfit.fit_ar`` in this
-        process, from float64 sums; NaN or infinite, as the data's mean, for voxels not valid), else None.
+        Each voxel's mean over the scans where the fit made it from its own sums (``voxfit.fit_ar``, on the CPU,
+        here or on Dask workers: float64 sums; NaN or infinite, as the data's mean, for voxels not valid), else
+        None.
     """
 
     design: DesignFactor
@@ -71,7 +72,7 @@ class Fit:
         """(p, V) standard errors of the betas, ``sqrt(sigma^2 * diag((X'X)^+))``; computed on each access."""
         return np.sqrt(np.outer(np.diag(self.design.cov_unscaled), self.residual_variance))
 
-    def contrast(self, contrast: str | ArrayLike, name: str | None = None) -> Stats:
+    def contrast(self, contrast: str | ArrayLike, name: str | None = None, n_jobs: int | None = None) -> Stats:
         """Statistics of a contrast at every voxel.
 
         Parameters
@@ -82,6 +83,8 @@ class Fit:
             ``"A; B"`` (rows joined by ``;`` make an F contrast).
         name : str, optional
             Label of the contrast; defaults to the expression or the weights.
+        n_jobs : int, optional
+            Threads for the z of large maps (default: every CPU this process may run on); the same numbers.
 
         Returns
         -------
@@ -94,7 +97,7 @@ class Fit:
         ContrastError
             If the contrast is malformed, has the wrong length, or is not estimable on this design.
         """
-        return compute_contrast(contrast, self.design, self.betas, self.residual_variance, name)
+        return compute_contrast(contrast, self.design, self.betas, self.residual_variance, name, n_jobs)
 
 
 def make_fit(design: DesignFactor, betas, rss, tss, valid, mean=None) -> Fit:

@@ -111,13 +111,15 @@ def fit_ar(
         fit_block = DeviceARBlock(block, execution.device)
     V = Y.shape[1]
     step = _block_voxels(n, pc, order, execution, block_size, n_jobs)
-    maps = ARMaps(pc, order, weights, V)
+    maps = ARMaps(pc, order, weights, V, means=True)
     valid = np.zeros(V, dtype=bool)
 
-    def _place(start: int, ok, res: ARBlockFit | None) -> None:
+    def _place(start: int, ok, res: ARBlockFit | None, invalid_means) -> None:
         valid[start : start + ok.size] = ok
         if res is not None:
             maps.place(start + np.flatnonzero(ok), res)
+        if invalid_means is not None:
+            maps.place_means(start + np.flatnonzero(~ok), invalid_means)
 
     def run(start: int) -> None:
         _place(start, *_ar_task(fit_block, list(weights.values()), Y[:, start : min(V, start + step)]))
@@ -125,16 +127,13 @@ def fit_ar(
     starts = range(0, V, step)
     if scheduler is not None:  # the same blocks as Dask tasks
         spans = [(a, min(V, a + step)) for a in starts]
-        for (a, _), (ok, res) in zip(
-            spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)
-        ):
-            _place(a, ok, res)
+        for (a, _), done in zip(spans, map_blocks(scheduler, _ar_task, (fit_block, list(weights.values())), Y, spans)):
+            _place(a, *done)
     else:
         bar = Progress("AR fit", len(starts), enabled=execution.progress, min_total=8)
         with blas_single_threaded():
             run_in_threads(run, starts, min(n_jobs, len(starts)), bar.update)  # stoppable between blocks
         bar.close()
-    maps.mean_of_invalid(Y, valid)
     fit, stats = maps.result(design, valid, n_jobs)
     return ARFit(fit=fit, ar=maps.phi, contrasts=stats, order=int(order))
 
@@ -142,10 +141,11 @@ def fit_ar(
 class ARMaps:
     """The per-voxel results of an AR(p) fit of V voxels, filled block by block (NaN where none is placed):
     betas, whitened and OLS RSS, total sums of squares, AR coefficients (p, V), and each contrast's effects,
-    unscaled covariances and degrees of freedom, for the contrast weights `weights` ``{label: w (q, pc)}``; the
-    data's means when every block placed carries them (``ARBlockFit.mean``)."""
+    unscaled covariances and degrees of freedom, for the contrast weights `weights` ``{label: w (q, pc)}``; with
+    `means`, the data's means, which every block placed then carries (``ARBlockFit.mean``; None once one does not,
+    as a device's blocks do not), with those of the voxels not fitted (:meth:`place_means`)."""
 
-    def __init__(self, pc: int, order: int, weights: dict, V: int):
+    def __init__(self, pc: int, order: int, weights: dict, V: int, means: bool = False):
         self.weights = weights
         self.betas = np.full((pc, V), np.nan)
         self.rss = np.full(V, np.nan)
@@ -155,31 +155,26 @@ class ARMaps:
         self.effects = {k: np.full((w.shape[0], V), np.nan) for k, w in weights.items()}
         self.covs = {k: np.full((V, w.shape[0], w.shape[0]), np.nan) for k, w in weights.items()}
         self.dofs = {k: np.full(V, np.nan) for k in weights}
-        self.mean: np.ndarray | None = np.full(V, np.nan)  # None once a block without its means is placed
+        self.mean = np.full(V, np.nan) if means else None
 
     def place(self, at, res: ARBlockFit) -> None:
         """The fit of a block at the voxels `at`."""
         self.betas[:, at], self.rss[at], self.tss[at] = res.betas, res.rss, res.tss
-        mean = getattr(res, "mean", None)  # (other models' blocks, ARMABlockFit and OLS ones, carry none)
-        if mean is None:
-            self.mean = None
-        elif self.mean is not None:
-            self.mean[at] = mean
+        mean = self.mean  # (once: the blocks are placed from several threads)
+        if mean is not None:
+            if res.mean is None:
+                self.mean = None
+            else:
+                mean[at] = res.mean
         self.phi[:, at], self.ols_rss[at] = res.phi.T, res.ols_rss
         for label, (effect, cov, dof) in zip(self.weights, res.contrasts):
             self.effects[label][:, at], self.covs[label][at], self.dofs[label][at] = effect, cov, dof
 
-    def mean_of_invalid(self, Y, valid) -> None:
-        """The means of the voxels not `valid` (V,), which no block fitted, from their data in `Y` (n, V) held in
-        memory: NaN or infinite, as numpy's mean gives (for other data, which a few columns may cost a read of
-        many, no means: the mean image is then made from the data as before)."""
-        if self.mean is None or valid.all():
-            return
-        if not isinstance(Y, np.ndarray):
-            self.mean = None
-            return
-        with np.errstate(invalid="ignore", over="ignore"):
-            self.mean[~valid] = Y[:, ~valid].mean(axis=0, dtype=np.float64)
+    def place_means(self, at, values) -> None:
+        """The means of voxels `at` that no block fitted (their data hold NaN or infinity)."""
+        mean = self.mean
+        if mean is not None:
+            mean[at] = values
 
     def result(self, design, valid, workers: int = 1) -> tuple[Fit, dict[str, Stats]]:
         """The fit of the voxels `valid` (R^2 of the OLS fit) and the contrasts' statistics (z of t on `workers`
@@ -200,12 +195,15 @@ class ARMaps:
 
 
 def _ar_task(fit_block, weights: list, Yb):
-    """One block: which voxels are finite, and the fit of those (None if none is) by ``fit_block(Y, weights)``
-    (``fit_ar_block`` bound to the ARBlock, or a ``DeviceARBlock``)."""
+    """One block: which voxels are finite, the fit of those (None if none is) by ``fit_block(Y, weights)``
+    (``fit_ar_block`` bound to the ARBlock, or a ``DeviceARBlock``), and the means of the others, NaN or
+    infinite as numpy's mean of their data gives (None if there are none)."""
     ok, finite = finite_columns(Yb)
-    if not ok.any():
-        return ok, None
-    return ok, fit_block(finite, weights)
+    invalid_means = None
+    if not ok.all():
+        with np.errstate(invalid="ignore", over="ignore"):
+            invalid_means = np.asarray(Yb[:, ~ok]).mean(axis=0, dtype=np.float64)
+    return ok, fit_block(finite, weights) if ok.any() else None, invalid_means
 
 
 def contrast_stats(label, w, effect, cov, sigma2, dof, workers: int = 1) -> Stats:

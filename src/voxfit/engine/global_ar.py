@@ -200,7 +200,7 @@ def fit_global_ar(
     Xw[:, ~drift] = W @ X[:, ~drift]
     fit = fit_ols(Xw, _Whitened(Y, W), names=names, execution=execution)
     fit = dataclasses.replace(fit, r2=ols.r2)
-    results = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
+    results = {label: fit.contrast(expr, name=label, n_jobs=execution.n_jobs) for label, expr in contrasts.items()}
     return GlobalARFit(
         fit=fit,
         contrasts=results,

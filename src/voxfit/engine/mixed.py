@@ -477,7 +477,7 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     stats = {}
     for k, (label, w) in enumerate(problem.weights.items()):
         dof = contrast_dof[k] if satterthwaite else problem.dof
-        stats[label] = _contrast(label, w, betas, covariance, valid, dof)
+        stats[label] = _contrast(label, w, betas, covariance, valid, dof, problem.workers)
     for a in (betas, covariance, tau2, outcome, loglik, iterations, valid, probability, prior, spread):
         if a is not None:
             a.setflags(write=False)
@@ -551,8 +551,9 @@ def _fit_sent(block: _Block, effects, variances) -> MixedBlock:
     return block(effects, variances)
 
 
-def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid: NDArray, dof) -> Stats:
-    """t (one row) or F (several) of the weights `w` from the betas and their per-voxel covariance."""
+def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid: NDArray, dof, workers: int) -> Stats:
+    """t (one row) or F (several) of the weights `w` from the betas and their per-voxel covariance; z of t on
+    `workers` threads."""
     effect = w @ betas
     q, p = w.shape
     # w Cov_v w' for every voxel as one product over the flattened p x p covariances (einsum's path was ~0.05 s
@@ -564,5 +565,5 @@ def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid
         if np.ndim(dof):
             usable &= dof > 0
         if w.shape[0] == 1:
-            return t_stats(label, w, effect[0], cov[:, 0, 0], usable, dof)
+            return t_stats(label, w, effect[0], cov[:, 0, 0], usable, dof, workers=workers)
         return f_stats(label, w, effect, cov, usable, dof)

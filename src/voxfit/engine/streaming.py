@@ -249,7 +249,7 @@ def fit_streaming(
         fit, stats = maps.result(design, valid, resolve_workers(execution.n_jobs))
         return StreamedFit(fit, stats, maps.phi, accumulated.masker, mean, neighbours, film_info)
     fit = make_fit(design, maps.betas, maps.rss, maps.tss, valid)
-    stats = {label: fit.contrast(expr, name=label) for label, expr in contrasts.items()}
+    stats = {label: fit.contrast(expr, name=label, n_jobs=execution.n_jobs) for label, expr in contrasts.items()}
     return StreamedFit(fit, stats, None, accumulated.masker, mean, neighbours)
 
 

@@ -568,6 +568,7 @@ def _fit_streamed(
             streamed.ar_coef,
             contrasts,
             tr,
+            execution.n_jobs,
         )
         info.update(details)
     noise_fit = NoiseFit(streamed.fit, contrasts, streamed.ar_coef, info)
@@ -702,8 +703,8 @@ def mean_over_scans(data, workers: int = 1) -> np.ndarray:
 
 
 def _mean_image(data, scheduler, sums, execution: Execution, made=None) -> np.ndarray:
-    """The run's mean image: `made`, when the fit made it from its own sums (``Fit.mean`` of an AR(p) fit in this
-    process: a pass over the data less, 0.03-0.04 s for a 2 mm MNI or an HCP run); else from the sums gathered
+    """The run's mean image: `made`, when the fit made it from its own sums (``Fit.mean`` of an AR(p) fit of the
+    data in memory: a pass over the data less, 0.03-0.04 s for a 2 mm MNI or an HCP run); else from the sums gathered
     while the data were read; else from the data, where they are: on the Dask workers for a column source (in
     blocks of 8 MiB here, without a scheduler: data read by blocks under the memory cap), on the run's threads for
     an array in memory. (Not ``mean(X) @ betas`` of an OLS fit whose design spans the constant: 0.06 s quicker for
@@ -795,7 +796,9 @@ def fit_noise_model(
             ar = fit_ar(X, data, order, dict(items), names=names, execution=execution)
         fit, stats, ar_coef, info = ar.fit, ar.contrasts, ar.ar, _ar_info(order)
         if long_lags(noise):
-            stats, details = _long_lag_corrected(fit, functools.partial(_sampled_columns, data), ar_coef, stats, tr)
+            stats, details = _long_lag_corrected(
+                fit, functools.partial(_sampled_columns, data), ar_coef, stats, tr, execution.n_jobs
+            )
             info.update(details)
     elif order < 0:
         if noise == "fast" and tr is None:
@@ -832,7 +835,7 @@ def fit_noise_model(
             f"all {fit.valid.size} voxels in the mask have NaN or infinite values in some scan; nothing to fit."
         )
     if stats is None:
-        stats = {label: fit.contrast(expr, name=label) for label, expr in items}
+        stats = {label: fit.contrast(expr, name=label, n_jobs=execution.n_jobs) for label, expr in items}
     return NoiseFit(fit, stats, ar_coef, info, whitening=whitening if order < 0 else None)
 
 
@@ -846,10 +849,10 @@ def _sampled_columns(data, at) -> np.ndarray:
     return np.concatenate([data[:, part] for part in parts if part.size], axis=1)
 
 
-def _long_lag_corrected(fit: Fit, columns, ar_coef, stats: dict, tr) -> tuple[dict, dict]:
+def _long_lag_corrected(fit: Fit, columns, ar_coef, stats: dict, tr, workers: int | None) -> tuple[dict, dict]:
     """An AR(p) fit's contrasts with the pooled long-lag correction (``arp+lags``, ``voxfit.core.long_lags``) from a
-    sample of the fit's valid voxels, whose data ``columns(positions)`` gives; and what it adds to the noise model's
-    details (:func:`_ar_info`'s)."""
+    sample of the fit's valid voxels, whose data ``columns(positions)`` gives (z on up to `workers` threads); and
+    what it adds to the noise model's details (:func:`_ar_info`'s)."""
     from ..core.long_lags import long_lag_factors, sample_voxels
 
     at = sample_voxels(fit.valid, fit.design.n_scans)
@@ -857,7 +860,7 @@ def _long_lag_corrected(fit: Fit, columns, ar_coef, stats: dict, tr) -> tuple[di
     sample = np.asarray(columns(at), dtype=np.float64)
     lags = long_lag_factors(fit.design, sample, ar_coef[:, at], fit.betas[:, at], weights, tr)
     model = f"AR({ar_coef.shape[0]}) per voxel, with a pooled long-lag correction"
-    return lags.corrected(stats), {"model": model, "long_lags": lags.record()}
+    return lags.corrected(stats, workers), {"model": model, "long_lags": lags.record()}
 
 
 def _ar_info(order: int) -> dict:

@@ -55,13 +55,13 @@ class RunsFit:
     files: list[Path] = field(default_factory=list)
 
 
-def fixed_effects(label: str, per_run: list[Stats]) -> Stats:
+def fixed_effects(label: str, per_run: list[Stats], workers: int | None = None) -> Stats:
     """Combine one contrast's per-run statistics by fixed effects, voxel by voxel.
 
     t contrasts: the precision-weighted effect, its variance ``1 / sum(1 / variance)``. F contrasts: the
     multivariate analogue with each run's covariance matrix ``C_r`` of the effect rows: ``P = sum C_r^-1``,
     effect ``P^-1 sum C_r^-1 e_r``, ``F = e' P e / rank``. Degrees of freedom are summed over runs (voxel by
-    voxel where they are per voxel, as for AR models).
+    voxel where they are per voxel, as for AR models). z of t on up to `workers` threads (None: every CPU).
     """
     dof = sum(s.dof[1] if s.kind == "F" else s.dof for s in per_run)  # per voxel for AR models
     dof = float(dof) if np.ndim(dof) == 0 else dof
@@ -73,7 +73,7 @@ def fixed_effects(label: str, per_run: list[Stats]) -> Stats:
             variance = 1.0 / precision
         bad = ~(np.isfinite(effect) & (variance > 0) & np.isfinite(variance))
         effect[bad], variance[bad] = np.nan, np.nan
-        return t_stats(label, weights, effect, variance, ~bad, dof)
+        return t_stats(label, weights, effect, variance, ~bad, dof, workers=workers)
     V, q = per_run[0].effect.shape[1], per_run[0].effect.shape[0]
     ok = np.logical_and.reduce(
         [
@@ -218,7 +218,7 @@ def fit_runs(
                 raise InputError(f"run {r}: {exc}") from None
             runs.append(noise_fit.contrasts)
             noise_details.append(noise_fit.info)
-        combined = {label: fixed_effects(label, [run[label] for run in runs]) for label, _ in items}
+        combined = {label: fixed_effects(label, [run[label] for run in runs], execution.n_jobs) for label, _ in items}
         files: list[Path] = []
         if out is not None:
             ext = geometry.extension

@@ -301,7 +301,7 @@ class SecondLevel:
                     f"leaves no degrees of freedom for {Y.shape[0]} maps."
                 )
             fit = fit_engine(d.X, Y, names=list(d.names), execution=execution)
-            parametric = {label: fit.contrast(expr, name=label) for label, expr in items}
+            parametric = {label: fit.contrast(expr, name=label, n_jobs=execution.n_jobs) for label, expr in items}
             inferred = None
             if self.rft is not None:
                 inferred = _group_rft(

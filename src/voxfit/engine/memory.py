@@ -13,7 +13,7 @@ __all__ = ["check_block_size", "parse_memory", "plan_blocks"]
 # A tile (the shifted data of a few hundred voxels) stays in a core's L2 cache while the compiled pass and its
 # matrix products run; a block (the float64 arithmetic on betas and sums of squares) is large enough to amortise
 # Python overhead. The compiled pass reads each scan's row of a tile as one run of memory: wider runs are read
-# faster (a pass over 300 scans x 200,000 voxels float32, one thread: 25.6 ms at 512 KiB, 30.8 ms at 256 KiB),
+# faster (a pass over 300 scans x 200,000 voxels float32, one thread: 27.4 ms at 512 KiB, 31.6 ms at 256 KiB),
 # and the products are made in narrower columns where BLAS is faster so (``core.ols._product_columns``).
 DEFAULT_TILE_BYTES = 512 << 10
 # numpy's pass makes a tile in separate calls (shift, squares, product), each a pass of its own, and its two

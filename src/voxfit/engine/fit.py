@@ -97,9 +97,9 @@ def fit(
     progress : bool, optional
         Show a progress bar on stderr (default: only when stderr is a terminal and the fit is large).
     compiled : bool, optional
-        Use the numba-compiled pass over the data (faster than numpy's, which works in larger tiles: 74-102 ms
-        against 109-130 ms for 230,609 voxels x 400 scans on 2 cores, alternating in one process in a slow spell of
-        the machine; loading it costs ~0.6 s once per process).
+        Use the numba-compiled pass over the data (faster than numpy's, which works in larger tiles: fit and one t
+        contrast of 200,000 voxels x 300 scans on 2 cores, 44 ms against 58-60 ms, ``benchmarks/bench_core.py``;
+        loading it costs ~0.6 s once per process).
         Default: when already loaded, or for data of 2**29 elements or more. Results agree to rounding either way.
         ``voxfit.core.warm_up()`` loads it ahead of time.
     scheduler : dask.distributed.Client or str, optional

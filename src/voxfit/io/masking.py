@@ -158,6 +158,8 @@ def gather(
     every = _every_column(index, n_elements)
     direct = into is not None and (every or (globals_ is None and _increasing_within(index, n_elements)))
     out = _scans_array(reader, index.size, by_series=direct and globals_ is None, map_files=map_files)
+    if not direct:
+        _take_pages(out, reader)
     bar = Progress("reading", reader.n_scans, enabled=progress)
     slabs = into(out, None if every else index) if direct else _scan_slabs(reader, slab_bytes, map_files)
     for start, block in slabs:
@@ -169,6 +171,17 @@ def gather(
             observe(out, start + block.shape[0])
         bar.update(start + block.shape[0])
     bar.close()
+    return out
+
+
+def _take_pages(out: NDArray, reader) -> NDArray:
+    """`out`, into which the scans of `reader` are gathered, with its pages taken now, all at once (written with
+    zeros), when the reader's file is not compressed. Its scans then come quickly, and a gather that faults the
+    array's pages in as it goes was slower: whole fits of a 2 mm MNI .nii run, 0.93 against 0.975 s with a mask,
+    1.24 against 1.34 s with the automatic one (medians of 8). A compressed file's scans come at the pace of
+    its decompression, which the pages' faults delay less than writing them first (1.81 against 1.74 s)."""
+    if not getattr(reader, "compressed", False):
+        out.fill(0)
     return out
 
 
@@ -520,7 +533,7 @@ def gather_auto(
                     gathered = auto.candidates
                     cand_index = np.flatnonzero(gathered)
                     _check_gathered(reader, cand_index.size)
-                    out = np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype)
+                    out = _take_pages(np.empty((reader.n_scans, cand_index.size), dtype=reader.dtype), reader)
                 _take_columns(block, cand_index, out[start : start + block.shape[0]])
                 if auto.settled():  # (with a threshold, as a rule: the background fails it in the first scan)
                     kept = auto.restricted(cand_index)

@@ -158,11 +158,11 @@ def gather(
     every = _every_column(index, n_elements)
     direct = into is not None and (every or (globals_ is None and _increasing_within(index, n_elements)))
     out = _scans_array(reader, index.size, by_series=direct and globals_ is None, map_files=map_files)
-    if not direct:
-        _take_pages(out, reader)
     bar = Progress("reading", reader.n_scans, enabled=progress)
     slabs = into(out, None if every else index) if direct else _scan_slabs(reader, slab_bytes, map_files)
     for start, block in slabs:
+        if start == 0 and not direct:  # (once the read has begun: taking the pages is the gather's work)
+            _take_pages(out, reader)
         if globals_ is not None:
             globals_.add(start, block)
         if not direct:

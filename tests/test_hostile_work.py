@@ -526,6 +526,38 @@ def _records(out: Path) -> list[Path]:
     return sorted(found)
 
 
+def test_an_interrupted_study_waits_for_every_run_being_written(monkeypatch):
+    """Ctrl-C while a study collects the previous run's writing, when the next run is already being written on a
+    thread: both writings are waited for (the process ending with a thread mid-write left that run's partial
+    folder behind; the test below caught it once in CI)."""
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    from voxfit.bids import study
+
+    @dataclass(frozen=True)
+    class Job:
+        index: int
+        run: object = None
+        execution: object = None
+
+    written = []
+
+    def write(k: int) -> int:
+        time.sleep(0.2 + k)  # the second run's writing outlasts the first's
+        written.append(k)
+        return k
+
+    def collect(result):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "_read_ahead", lambda *args: None)
+    monkeypatch.setattr(study, "_fit_job", lambda job, dataset, writer: writer.submit(write, job.index))
+    with pytest.raises(KeyboardInterrupt):
+        study._Study._in_turn(SimpleNamespace(settings=None), [Job(0), Job(1)], None, collect)
+    assert written == [0, 1]
+
+
 @pytest.mark.parametrize("jobs", [[], ["--n-jobs", "2"]])
 def test_a_study_stops_within_two_seconds_of_ctrl_c_keeping_finished_groups(study_work, tmp_path, jobs):
     """SIGINT once a first run is committed: exit 130 within 2 s, one line; the groups finished before are

@@ -59,6 +59,7 @@ from .._threads import DaemonExecutor
 from .._version import __version__
 from ..exceptions import InputError
 from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
+from ..io.output import signals_held
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
@@ -701,11 +702,20 @@ class _Writer:
     def __init__(self):
         self.aside = DaemonExecutor()
         self.next_read: Future | None = None
+        self.started: list[Future] = []  # every run written on a thread: an interruption waits for them all
 
     def submit(self, fn, *args) -> Future:
         if self.next_read is not None and not self.next_read.done():
             return _finished(fn(*args))
-        return self.aside.submit(fn, *args)
+        with signals_held():  # (interrupted between the thread's start and its record, it would not be waited for)
+            future = self.aside.submit(fn, *args)
+            self.started.append(future)
+        return future
+
+    def finish(self) -> None:
+        """Wait for every run being written on a thread (each commits its group whole, or removes its partial
+        folder on an error): the process must not end, interrupted, while a thread still writes."""
+        wait(self.started)
 
 
 def _read_ahead(execution: Execution, s: _Settings, r: RunInput, beside: RunInput | None):
@@ -1438,9 +1448,8 @@ class _Study:
                 writing = result if isinstance(result, Future) else _finished(result)
             if writing is not None:
                 collect(writing.result())
-        finally:
-            if writing is not None:
-                wait([writing])
+        finally:  # (interrupted while the previous run's writing was collected, the next one's is on a thread too)
+            writer.finish()
 
     # ---- higher levels ---------------------------------------------------------------------------------------
     def fit_higher(self) -> None:
@@ -1553,7 +1562,8 @@ class _Study:
                     continue
                 if writing is not None:
                     written(*writing)
-                writing = (writer.submit(write), entities)
+                with signals_held():  # (interrupted between the thread's start and this record: not waited for)
+                    writing = (writer.submit(write), entities)
             if writing is not None:
                 written(*writing)
         finally:  # (interrupted: the group being written is finished first)

@@ -216,7 +216,7 @@ class OutputFolder:
         try:
             # (a signal while the folders are made, before they are recorded, would leave them: held until they
             # are, then raised here and cleaned up like any other error, since __exit__ runs only after this)
-            with _signals_held():
+            with signals_held():
                 self._made = make_folder(self.final)
                 self._tmp = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=self.final))
             marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started.isoformat()}
@@ -269,7 +269,7 @@ class OutputFolder:
                     f"{dest} is a folder; voxfit writes a file of that name there. Move it, or "
                     "choose another output folder."
                 )
-        with _signals_held():
+        with signals_held():
             done = self._move_all()
         shutil.rmtree(self._tmp, ignore_errors=True)  # (the marker, and what was replaced)
         self._tmp = None
@@ -332,7 +332,7 @@ class OutputFolder:
 
 
 @contextlib.contextmanager
-def _signals_held():
+def signals_held():
     """Hold SIGINT and SIGTERM (from the main thread) for a few steps: the renames of a commit, the making of
     the folders. A handler that only notes them stands in meanwhile, and the previous handler is called for the
     first one noted once the steps are done. (Blocking them with the main thread's signal mask did not hold

@@ -334,10 +334,11 @@ class OutputFolder:
 @contextlib.contextmanager
 def signals_held():
     """Hold SIGINT and SIGTERM (from the main thread) for a few steps: the renames of a commit, the making of
-    the folders. A handler that only notes them stands in meanwhile, and the previous handler is called for the
-    first one noted once the steps are done. (Blocking them with the main thread's signal mask did not hold
-    them: the kernel hands a signal sent to the process to any thread that does not block it, and Python
-    then runs the handler in the main thread, inside the steps.)"""
+    the folders, the start of a thread that writes and its record (``voxfit.bids.study``). A handler that only
+    notes them stands in meanwhile, and the previous handler is called for the first one noted once the steps
+    are done. (Blocking them with the main thread's signal mask did not hold them: the kernel hands a signal
+    sent to the process to any thread that does not block it, and Python then runs the handler in the main
+    thread, inside the steps.)"""
     import signal
     import threading
 

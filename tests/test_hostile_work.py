@@ -526,6 +526,38 @@ def _records(out: Path) -> list[Path]:
     return sorted(found)
 
 
+def test_run_in_threads_interrupted_while_starting_its_threads_lets_running_items_finish(monkeypatch):
+    """A signal while run_in_threads is still starting its threads (one per CPU: a map writer's file can be under
+    way before the last starts): the items running finish within the grace before the exception goes on, and none
+    starts after it (raised at once, the threads went on writing maps while the output's hidden folder was
+    removed, and left it behind without its marker)."""
+    from voxfit._threads import GRACE_S
+
+    started, finished = [], []
+
+    def item(k: int) -> None:
+        started.append(k)
+        time.sleep(0.2)
+        finished.append(k)
+
+    real_start = threading.Thread.start
+    calls = []
+
+    def start(self) -> None:
+        real_start(self)
+        calls.append(self)
+        if len(calls) == 2:
+            time.sleep(0.05)  # (the first two threads have taken an item each)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_threads(item, range(20), 4, grace=GRACE_S)
+    assert len(started) == 2 and sorted(finished) == sorted(started)
+    time.sleep(0.4)
+    assert len(started) == 2
+
+
 def test_an_interrupted_study_waits_for_every_run_being_written(monkeypatch):
     """Ctrl-C while a study collects the previous run's writing, when the next run is already being written on a
     thread: both writings are waited for (the process ending with a thread mid-write left that run's partial

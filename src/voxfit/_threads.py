@@ -104,10 +104,10 @@ def run_in_threads(
                 cond.notify_all()
 
     threads = [threading.Thread(target=worker, name=f"voxfit-worker-{i}", daemon=True) for i in range(min(workers, n))]
-    for t in threads:
-        t.start()
     reported = 0
     try:
+        for t in threads:  # (inside: a signal while they start stops those already running too)
+            t.start()
         while True:
             with cond:
                 if state["error"] is None and state["done"] < n:
@@ -124,7 +124,8 @@ def run_in_threads(
         stop.set()
         deadline = time.monotonic() + grace
         for t in threads:  # the items already running: each is one bounded block
-            t.join(max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(RuntimeError):  # not started (or its start cut short: it then takes no item)
+                t.join(max(0.0, deadline - time.monotonic()))
         raise
 
 

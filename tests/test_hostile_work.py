@@ -526,6 +526,78 @@ def _records(out: Path) -> list[Path]:
     return sorted(found)
 
 
+def test_a_signal_as_a_temporary_file_is_made_leaves_nothing(monkeypatch, tmp_path):
+    """Ctrl-C during the system call that makes write_file_atomically's temporary (its handler runs as the call
+    returns): the temporary is removed, as on any other interruption (it was made just before the block that
+    removes it). Every atomic write takes this path: reports, `voxfit design`, a study's records."""
+    from voxfit.io import output
+
+    real_open = os.open
+
+    def open_then_sigint(path, flags, mode=0o777, *args, **kwargs):
+        fd = real_open(path, flags, mode, *args, **kwargs)
+        if str(path).endswith(".partial"):
+            signal.raise_signal(signal.SIGINT)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        output.write_file_atomically(tmp_path / "report.html", lambda tmp: tmp.write_text("page"))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_voxfit_design_writes_the_design_and_its_sidecar_together(monkeypatch, tmp_path, capsys):
+    """Ctrl-C, or an error, while `voxfit design` writes the sidecar: neither file appears, and an earlier pair
+    (--force) stays whole (the design was renamed in place before its sidecar was written)."""
+    from voxfit.design import kinds
+
+    events = tmp_path / "events.tsv"
+    events.write_text("onset\tduration\ttrial_type\n0\t10\tA\n30\t10\tA\n")
+    out = tmp_path / "design.tsv"
+    argv = ["design", str(events), "--n-scans", "40", "--tr", "2", "-o", str(out), "--quiet"]
+    real = kinds.write_sidecar
+
+    def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(kinds, "write_sidecar", interrupted)
+    assert cli.main(argv) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.tsv"]
+    monkeypatch.setattr(kinds, "write_sidecar", real)
+    assert cli.main(argv) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kinds, "write_sidecar", failing)
+    assert cli.main([*argv[:2], "--n-scans", "50", *argv[4:], "--force"]) == 2
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    capsys.readouterr()
+
+
+def test_a_signal_as_the_demo_makes_its_folders_leaves_nothing(monkeypatch, tmp_path):
+    """Ctrl-C during the demo's making of its hidden data folder beside the output: that folder, and the parent
+    folders the demo made, are removed."""
+    import tempfile
+
+    from voxfit.models import demo
+
+    real = tempfile.mkdtemp
+
+    def mkdtemp_then_sigint(*args, **kwargs):
+        path = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return path
+
+    monkeypatch.setattr(demo.tempfile, "mkdtemp", mkdtemp_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(tmp_path / "sub" / "demo", progress=False)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_run_in_threads_interrupted_while_starting_its_threads_lets_running_items_finish(monkeypatch):
     """A signal while run_in_threads is still starting its threads (one per CPU: a map writer's file can be under
     way before the last starts): the items running finish within the grace before the exception goes on, and none

@@ -1391,12 +1391,16 @@ def _run_design(args) -> int:
         raise InputError(f"{out} exists; pass --force to overwrite it.")
     design, summary = _make_design(args, args.n_scans)
     from .design.kinds import sidecar_path, write_sidecar
-    from .io import write_file_atomically
+    from .io import write_files_atomically
 
-    try:  # an exclusive temporary with a random name beside `out`, renamed onto it (a link there is replaced)
-        write_file_atomically(out, lambda tmp: design.write(tmp, sidecar=False))
-        # each column's kind beside it, read back by voxfit fit --design
-        write_file_atomically(sidecar_path(out), lambda tmp: write_sidecar(tmp, design.names, design.kinds, design.tr))
+    try:  # exclusive temporaries with random names beside `out`, renamed onto it (a link there is replaced) and
+        # onto its sidecar (each column's kind, read back by voxfit fit --design) together: both or neither
+        write_files_atomically(
+            {
+                out: lambda tmp: design.write(tmp, sidecar=False),
+                sidecar_path(out): lambda tmp: write_sidecar(tmp, design.names, design.kinds, design.tr),
+            }
+        )
     except OSError as exc:
         raise InputError(f"cannot write {out}: {exc.strerror or exc}.") from None
     if not args.quiet:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from .._version import __version__
-from ..io import OutputFolder, sanitize_label, write_file_atomically
+from ..io import OutputFolder, sanitize_label, write_files_atomically
 from .layout import ENTITIES, short_entities
 
 __all__ = ["describe_dataset", "group_folder", "group_prefix", "map_name", "open_group"]
@@ -39,9 +39,11 @@ def describe_dataset(out_dir, model: dict, command=None) -> Path:
         "GeneratedBy": [generated],
     }
     model_file = out_dir / f"model-{name}_smdl.json"
-    for path, content in ((out_dir / "dataset_description.json", description), (model_file, model)):
-        text = json.dumps(content, indent=2, default=str) + "\n"
-        write_file_atomically(path, lambda tmp, text=text: Path(tmp).write_text(text))
+    texts = {
+        path: json.dumps(content, indent=2, default=str) + "\n"
+        for path, content in ((out_dir / "dataset_description.json", description), (model_file, model))
+    }
+    write_files_atomically({path: lambda tmp, text=text: Path(tmp).write_text(text) for path, text in texts.items()})
     return model_file
 
 

@@ -42,6 +42,7 @@ _NAMES = {  # each name and the submodule it is imported from, on first use
     "stat_maps": "output",
     "statmap_name": "output",
     "write_file_atomically": "output",
+    "write_files_atomically": "output",
     "write_stats": "output",
     "check_design_rows": "checks",
     "ArrayReader": "readers",
@@ -127,6 +128,7 @@ __all__ = [
     "make_folder",
     "remove_made_folders",
     "write_file_atomically",
+    "write_files_atomically",
 ]
 
 __getattr__, __dir__ = first_use(globals(), {**{m: (m, None) for m in _SUBMODULES}, **_NAMES})

@@ -35,6 +35,7 @@ __all__ = [
     "stat_maps",
     "statmap_name",
     "write_file_atomically",
+    "write_files_atomically",
     "write_stats",
 ]
 
@@ -134,20 +135,38 @@ def write_file_atomically(target, write) -> Path:
     """``write(tmp_path)`` into an exclusive temporary beside `target`, then rename it onto `target` (which
     replaces a link named `target`, never the file it points to). Removes the temporary on any failure;
     a full disk becomes an :class:`InputError`."""
-    target = Path(target)
-    check_replaceable(target)
-    fd, tmp = exclusive_file(target.parent, target.name)
-    os.close(fd)
+    return write_files_atomically({target: write})[0]
+
+
+def write_files_atomically(writes: dict) -> list[Path]:
+    """:func:`write_file_atomically` of several files that belong together (``{target: write}``: a design and its
+    sidecar): every temporary written first, then all renamed in one step that a signal cannot split, so that
+    an error or an interruption before the renames leaves every target as it was."""
+    targets = [Path(t) for t in writes]
+    for target in targets:
+        check_replaceable(target)
+    made: list[Path] = []
+    current = targets[0] if targets else None
     try:
-        write(tmp)
-        os.replace(tmp, target)
+        for target, write in zip(targets, writes.values()):
+            current = target
+            with signals_held():  # (a signal as a temporary is made is raised once it is recorded, then removed)
+                fd, tmp = exclusive_file(target.parent, target.name)
+                made.append(tmp)
+                os.close(fd)
+            write(tmp)
+        with signals_held():
+            for tmp, target in zip(made, targets):
+                current = target
+                os.replace(tmp, target)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        error = disk_error(exc, target)
+        for tmp in made:
+            tmp.unlink(missing_ok=True)
+        error = disk_error(exc, current)
         if error is not None:
             raise error from None
         raise
-    return target
+    return targets
 
 
 def _missing_parents(path: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from .._threads import resolve_workers
 from ..design import Design, spm_hrf
 from ..exceptions import InputError
 from ..io import OutputFolder, before_commit, disk_error, make_folder, remove_made_folders, save_nifti
+from ..io.output import signals_held
 from .glm import ImageFit, fit_images
 from .record import ModelRecord
 
@@ -137,11 +138,14 @@ def run_demo(
     options = _demo_options(max_memory, n_jobs)  # checked before the run is made
     run = make_demo_run(seed)
     contrasts = ["AvsB=A - B", "A=A", "B=B", "effects=A; B"]
-    made = make_folder(out.absolute().parent)
+    made, tmp = [], None
     try:
         # written beside the output folder (same file system), moved into the run's hidden folder before its
-        # commit: the data, the maps and model.json appear together or not at all
-        tmp = Path(tempfile.mkdtemp(prefix=".voxfit-demo-", dir=out.absolute().parent))
+        # commit: the data, the maps and model.json appear together or not at all (a signal while the folders
+        # are made is raised once they are recorded, then they are removed)
+        with signals_held():
+            made = make_folder(out.absolute().parent)
+            tmp = Path(tempfile.mkdtemp(prefix=".voxfit-demo-", dir=out.absolute().parent))
         try:
             bold = tmp / "sub-demo_task-blocks_bold.nii.gz"
             save_nifti(run.image, bold)
@@ -173,6 +177,8 @@ def run_demo(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # (gone already once the commit has moved it)
     except BaseException:
+        if tmp is not None:  # (a signal held while it was made is raised before the block that removes it)
+            shutil.rmtree(tmp, ignore_errors=True)
         remove_made_folders(made)
         raise
     return run, result, _summary(run, result, out_dir)

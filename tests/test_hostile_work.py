@@ -547,6 +547,39 @@ def test_a_signal_as_a_temporary_file_is_made_leaves_nothing(monkeypatch, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_signal_as_a_group_makes_its_decompression_folder_leaves_nothing(monkeypatch, tmp_path):
+    """Ctrl-C during the making of the folder that a group model decompresses .nii.gz maps into (beside a run
+    without an output folder: the system's temporary folder): the folder is removed."""
+    import tempfile
+    from dataclasses import dataclass
+
+    from voxfit.models import group_mixed
+
+    @dataclass(frozen=True)
+    class Paired:
+        effects: tuple
+        variances: tuple
+
+    maps = []
+    for name in ("effect", "variance"):
+        maps.append(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(np.ones((3, 3, 3, 2), dtype=np.float32), np.eye(4)), maps[-1])
+    system = tmp_path / "system-tmp"
+    system.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system))
+    real = tempfile.mkdtemp
+
+    def mkdtemp_then_sigint(*args, **kwargs):
+        path = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return path
+
+    monkeypatch.setattr(group_mixed.tempfile, "mkdtemp", mkdtemp_then_sigint)
+    with pytest.raises(KeyboardInterrupt), group_mixed.by_columns(Paired((str(maps[0]),), (str(maps[1]),)), None):
+        pass
+    assert list(system.iterdir()) == []
+
+
 def test_voxfit_design_writes_the_design_and_its_sidecar_together(monkeypatch, tmp_path, capsys):
     """Ctrl-C, or an error, while `voxfit design` writes the sidecar: neither file appears, and an earlier pair
     (--force) stays whole (the design was renamed in place before its sidecar was written)."""

@@ -32,6 +32,7 @@ __all__ = [
     "make_folder",
     "remove_made_folders",
     "sanitize_label",
+    "signals_held",
     "stat_maps",
     "statmap_name",
     "write_file_atomically",

@@ -36,6 +36,7 @@ from ..io import (
     sanitize_label,
     statmap_name,
 )
+from ..io.output import signals_held
 
 __all__ = [
     "MODELS",
@@ -188,8 +189,10 @@ def by_columns(paired, out):
     if not packed:
         yield paired
         return
-    folder = Path(tempfile.mkdtemp(prefix=".voxfit-decompressed-", dir=None if out is None else out.staging))
+    folder = None
     try:
+        with signals_held():  # (a signal as the folder is made is raised once it is recorded, then removed)
+            folder = Path(tempfile.mkdtemp(prefix=".voxfit-decompressed-", dir=None if out is None else out.staging))
         sizes = {
             p: r.data_offset + r.n_scans * r.geometry.n_elements * r.file_dtype.itemsize for p, r in packed.items()
         }
@@ -208,7 +211,8 @@ def by_columns(paired, out):
             variances=tuple(plain.get(p, p) for p in paired.variances),
         )
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 _CHUNK = 1 << 20  # bytes decompressed per call: an interruption is seen between calls

@@ -526,6 +526,17 @@ def _records(out: Path) -> list[Path]:
     return sorted(found)
 
 
+def _then_sigint(fn):
+    """`fn`, then a SIGINT as it returns: Ctrl-C during the system call it makes (the handler runs as it returns)."""
+
+    def call(*args, **kwargs):
+        value = fn(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return value
+
+    return call
+
+
 def test_a_signal_as_a_temporary_file_is_made_leaves_nothing(monkeypatch, tmp_path):
     """Ctrl-C during the system call that makes write_file_atomically's temporary (its handler runs as the call
     returns): the temporary is removed, as on any other interruption (it was made just before the block that
@@ -567,14 +578,7 @@ def test_a_signal_as_a_group_makes_its_decompression_folder_leaves_nothing(monke
     system = tmp_path / "system-tmp"
     system.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(system))
-    real = tempfile.mkdtemp
-
-    def mkdtemp_then_sigint(*args, **kwargs):
-        path = real(*args, **kwargs)
-        signal.raise_signal(signal.SIGINT)
-        return path
-
-    monkeypatch.setattr(group_mixed.tempfile, "mkdtemp", mkdtemp_then_sigint)
+    monkeypatch.setattr(group_mixed.tempfile, "mkdtemp", _then_sigint(tempfile.mkdtemp))
     with pytest.raises(KeyboardInterrupt), group_mixed.by_columns(Paired((str(maps[0]),), (str(maps[1]),)), None):
         pass
     assert list(system.iterdir()) == []
@@ -617,14 +621,7 @@ def test_a_signal_as_the_demo_makes_its_folders_leaves_nothing(monkeypatch, tmp_
 
     from voxfit.models import demo
 
-    real = tempfile.mkdtemp
-
-    def mkdtemp_then_sigint(*args, **kwargs):
-        path = real(*args, **kwargs)
-        signal.raise_signal(signal.SIGINT)
-        return path
-
-    monkeypatch.setattr(demo.tempfile, "mkdtemp", mkdtemp_then_sigint)
+    monkeypatch.setattr(demo.tempfile, "mkdtemp", _then_sigint(tempfile.mkdtemp))
     with pytest.raises(KeyboardInterrupt):
         demo.run_demo(tmp_path / "sub" / "demo", progress=False)
     monkeypatch.undo()

@@ -11,6 +11,7 @@ a message, never turned into a confident wrong answer.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -690,6 +691,59 @@ def test_an_interrupted_study_waits_for_every_run_being_written(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         study._Study._in_turn(SimpleNamespace(settings=None), [Job(0), Job(1)], None, collect)
     assert written == [0, 1]
+
+
+_STUBBORN_WORKER = """
+import signal, sys, time
+from voxfit.io.output import OutputFolder
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (a worker that does not stop when asked)
+with OutputFolder(sys.argv[1], force=True) as out:
+    out.path("map.nii.gz").write_bytes(b"x" * 100)
+    print("open", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_study_worker_killed_mid_write_leaves_nothing(tmp_path):
+    """A study's worker that does not stop within STOP_WAIT_S of SIGTERM is killed mid-write: its partial folder
+    and the group folders it made are removed (the folders left empty stayed behind); a folder of finished
+    groups stays."""
+    from types import SimpleNamespace
+
+    from voxfit.bids import study
+    from voxfit.io.output import missing_folders
+
+    out = tmp_path / "out"
+    (out / "sub-02" / "node-run").mkdir(parents=True)
+    (out / "sub-02" / "node-run" / "done.json").write_text("{}")
+    folders = [out / "sub-01" / "node-run", out / "sub-02" / "node-run"]
+    absent = {str(f): missing_folders(f) for f in folders}
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    child = subprocess.Popen([sys.executable, "-c", _STUBBORN_WORKER, str(folders[0])], stdout=subprocess.PIPE, env=env)
+    assert child.stdout.readline().strip() == b"open"
+
+    class Process:  # (what _stop_workers asks of a pool's process)
+        def is_alive(self):
+            return child.poll() is None
+
+        def terminate(self):
+            child.terminate()
+
+        def kill(self):
+            child.kill()
+
+        def join(self, timeout=None):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout)
+
+    study._stop_workers(SimpleNamespace(_processes={child.pid: Process()}, shutdown=lambda **kw: None), absent)
+    child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "sub-02",
+        "sub-02/node-run",
+        "sub-02/node-run/done.json",
+    ]
 
 
 @pytest.mark.parametrize("jobs", [[], ["--n-jobs", "2"]])

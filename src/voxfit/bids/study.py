@@ -59,7 +59,7 @@ from .._threads import DaemonExecutor
 from .._version import __version__
 from ..exceptions import InputError
 from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
-from ..io.output import signals_held
+from ..io.output import missing_folders, remove_made_folders, signals_held
 from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
@@ -1008,6 +1008,8 @@ def _in_processes(jobs, workers: int, collect) -> None:
 
     context = multiprocessing.get_context("spawn")
     threads = jobs[0].execution.n_jobs
+    # the folders the workers' groups would make (those a killed worker leaves empty are removed)
+    absent = {str(j.folder): missing_folders(j.folder) for j in jobs}
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(threads,))
     try:
         remaining = {pool.submit(_fit_job, job) for job in jobs}
@@ -1017,16 +1019,17 @@ def _in_processes(jobs, workers: int, collect) -> None:
                 collect(future.result())
     except BaseException:
         remaining = finished = future = None  # (the pool's queues are released with the pool, below)
-        _stop_workers(pool, {str(j.folder) for j in jobs})
+        _stop_workers(pool, absent)
         raise
     pool.shutdown(wait=True)
 
 
-def _stop_workers(pool, folders) -> None:
+def _stop_workers(pool, absent: dict) -> None:
     """After an interruption: SIGTERM to every worker (each removes its partial folder and exits), SIGKILL to
     those still running after STOP_WAIT_S, the partial folders of killed workers removed (an OutputFolder
-    removes those of processes that no longer run), and the pool shut down, so that its queues' semaphores
-    are released before the process ends."""
+    removes those of processes that no longer run) with the folders they made that are left empty (`absent`:
+    each job's folder -> those of its folders that did not exist before the workers started), and the pool shut
+    down, so that its queues' semaphores are released before the process ends."""
     import threading
     import time
 
@@ -1046,9 +1049,10 @@ def _stop_workers(pool, folders) -> None:
     closing.start()
     closing.join(0.5)
     if killed:
-        for folder in folders:
+        for folder, made in absent.items():
             if Path(folder).is_dir():
                 open_group(folder)  # (its constructor removes the partial folders of dead processes)
+            remove_made_folders(made)
 
 
 class _Study:

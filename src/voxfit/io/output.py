@@ -30,6 +30,7 @@ __all__ = [
     "disk_error",
     "exclusive_file",
     "make_folder",
+    "missing_folders",
     "remove_made_folders",
     "sanitize_label",
     "signals_held",
@@ -170,7 +171,7 @@ def write_files_atomically(writes: dict) -> list[Path]:
     return targets
 
 
-def _missing_parents(path: Path) -> list[Path]:
+def missing_folders(path) -> list[Path]:
     """The folders from `path` up that do not exist yet (deepest first): what creating `path` would make."""
     missing = []
     for p in (path, *path.parents):
@@ -184,7 +185,7 @@ def make_folder(path) -> list[Path]:
     """Create folder `path` with its parents; returns the folders this made (deepest first), for
     :func:`remove_made_folders`."""
     path = Path(path)
-    made = _missing_parents(path)
+    made = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, no permission, a full disk...
@@ -196,10 +197,12 @@ def make_folder(path) -> list[Path]:
 
 
 def remove_made_folders(made) -> None:
-    """Remove folders :func:`make_folder` made, deepest first, while they are empty."""
+    """Remove folders :func:`make_folder` made, deepest first, while they are empty (one already gone is passed)."""
     for p in made:
         try:
             p.rmdir()
+        except FileNotFoundError:
+            continue
         except OSError:
             return
 

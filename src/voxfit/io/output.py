@@ -173,6 +173,7 @@ def write_files_atomically(writes: dict) -> list[Path]:
 
 def missing_folders(path) -> list[Path]:
     """The folders from `path` up that do not exist yet (deepest first): what creating `path` would make."""
+    path = Path(path)
     missing = []
     for p in (path, *path.parents):
         if os.path.lexists(p):

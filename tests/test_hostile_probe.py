@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import voxfit
 from voxfit.cli import main
 
 from .imaging import AFFINE, SHAPE
@@ -129,6 +130,25 @@ def test_broken_headers_and_ragged_maps_are_bad_input(tmp_path, capsys, run):
         tmp_path / "o",
         message="non-finite voxel sizes",
     )
+    for name, sform in (("flat", np.diag([2.0, 2.0, 0.0, 1.0])), ("zero", np.diag([0.0, 0.0, 0.0, 1.0]))):
+        data = np.random.default_rng(0).standard_normal(SHAPE + (20,)).astype(np.float32) + 100
+        img = nib.Nifti1Image(data, AFFINE)  # (a valid qform beside the broken sform)
+        img.set_sform(sform, 1)
+        nib.save(img, str(tmp_path / f"{name}.nii.gz"))
+        _refused(
+            capsys,
+            "fit",
+            tmp_path / f"{name}.nii.gz",
+            "--design",
+            run / "design.tsv",
+            "--contrast",
+            "a=A",
+            "-o",
+            tmp_path / "o",
+            message="maps the voxels onto a plane, a line or a point",
+        )  # (it failed as the maps were written, exit 1)
+        with pytest.raises(voxfit.exceptions.InputError, match="onto a plane"):
+            voxfit.io.open_reader(nib.load(tmp_path / f"{name}.nii.gz"))  # (an image in memory)
     darrays = [nib.gifti.GiftiDataArray(np.ones(n, np.float32)) for n in (50, 50, 49, 50)]
     nib.save(nib.GiftiImage(darrays=darrays), str(tmp_path / "ragged.func.gii"))
     (tmp_path / "d.tsv").write_text("c\n" + "1\n" * 4)

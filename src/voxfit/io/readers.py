@@ -294,6 +294,23 @@ def _slab_scans(n_elements: int, itemsize: int, max_bytes: int) -> int:
     return max(1, int(max_bytes) // max(1, n_elements * itemsize))
 
 
+def _check_orientation(where: str, img) -> None:
+    """A volume's voxel sizes and orientation are finite, and its affine maps the grid onto a volume (the maps
+    written back carry it, and RFT, the report and the masks' checks use it). nibabel sets a zero pixdim to 1,
+    so only an sform can be singular."""
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or not np.isfinite(img.header.get_zooms()[:3]).all():
+        raise InputError(
+            f"{where}: its header gives non-finite voxel sizes or orientation (pixdim, sform/qform); fix the header "
+            "(e.g. nibabel's set_zooms) before fitting."
+        )
+    if np.linalg.matrix_rank(affine[:3, :3]) < 3:
+        raise InputError(
+            f"{where}: its header's orientation (sform) maps the voxels onto a plane, a line or a point; fix it "
+            "(e.g. FSL's fslorient -copyqform2sform, or sform_code 0 so that the qform is used) before fitting."
+        )
+
+
 class NiftiReader:
     """A NIfTI-1/NIfTI-2 or Analyze image, 4-D (or 3-D as one scan when `allow_3d`), .nii, .nii.gz or .hdr/.img."""
 
@@ -302,13 +319,9 @@ class NiftiReader:
     def __init__(self, path, allow_3d: bool = False):
         self.path = Path(path)
         img = _load(self.path)
-        if not np.isfinite(img.affine).all() or not np.isfinite(img.header.get_zooms()[:3]).all():
-            raise InputError(
-                f"{self.path}: its header gives non-finite voxel sizes or orientation (pixdim, "
-                "sform/qform); fix the header (e.g. nibabel's set_zooms) before fitting."
-            )
         if not isinstance(img, nib.analyze.AnalyzeImage) or isinstance(img, nib.Cifti2Image):
             raise InputError(f"{self.path}: not a NIfTI or Analyze volume image.")
+        _check_orientation(str(self.path), img)
         shape = img.shape
         _check_dimensions(self.path, shape)
         if len(shape) == 3 or (len(shape) == 4 and allow_3d and shape[3] == 1):
@@ -1198,6 +1211,7 @@ class VolumeImageReader:
             if values.dtype.kind not in "iuf":
                 raise InputError(f"`{name}`: image data must be numeric; got {values.dtype}.")
             header = img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None  # (NIfTI-2 included)
+            _check_orientation(f"`{name}[{k}]`" if len(images) > 1 else f"`{name}`", img)
             affine = np.asarray(img.affine, dtype=np.float64)
             geometry = VolumeGeometry(tuple(int(n) for n in shape[:3]), affine, header)
             if k == 0:

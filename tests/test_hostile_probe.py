@@ -166,6 +166,30 @@ def test_broken_headers_and_ragged_maps_are_bad_input(tmp_path, capsys, run):
     )
 
 
+def test_npy_headers_that_lie_are_bad_input(tmp_path, capsys, run):
+    """A .npy header numpy's parser cannot read (cut short: its text runs into another header), or whose shape is
+    negative: one line, exit 2 (they were internal errors: tokenize's TokenError, the map's OverflowError)."""
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((20, 6), np.float32))
+    raw = good.read_bytes()
+    cut = raw[:10] + raw[10:60] + raw  # the header's text broken off mid-dict, another file's bytes after it
+    negative = raw.replace(b"(20, 6)", b"(-2, 6)")
+    for name, content in (("cut", cut), ("negative", negative)):
+        (tmp_path / f"{name}.npy").write_bytes(content)
+        _refused(
+            capsys,
+            "fit",
+            tmp_path / f"{name}.npy",
+            "--design",
+            run / "design.tsv",
+            "--contrast",
+            "a=A",
+            "-o",
+            tmp_path / "o",
+            message="not a readable .npy array",
+        )
+
+
 def test_inputs_counted_twice_are_refused(run, capsys, tmp_path):
     maps = []
     for i in range(4):

@@ -1128,8 +1128,9 @@ class NpyReader(_RowsReader):
             check_readable(p)
             try:
                 arrays.append(np.load(p, mmap_mode="r", allow_pickle=False))
-            except (ValueError, OSError, EOFError) as exc:
-                raise InputError(f"{p}: not a readable .npy array ({exc}).") from None
+            except Exception as exc:  # noqa: BLE001 (a header that lies: numpy's parser raises ValueError, EOFError,
+                # tokenize's TokenError, SyntaxError; a negative shape, OverflowError from the map)
+                raise InputError(f"{p}: not a readable .npy array ({type(exc).__name__}: {exc}).") from None
         if len(arrays) == 1 and arrays[0].ndim == 2:
             self._data = arrays[0]
         elif all(a.ndim == 1 for a in arrays) and len({a.shape for a in arrays}) == 1:

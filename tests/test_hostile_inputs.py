@@ -396,9 +396,29 @@ def test_options_whose_products_grow_are_bounded_before_the_design_is_built(stud
     with pytest.raises(InputError, match=r"the design \(20,000 scans x 20,001 columns"):  # in Python as well
         make_design(study["events"], 2.0, 20000, high_pass="1000Hz")
     # design columns x voxels: the fit's results (betas p x V) must fit memory before they are allocated
-    monkeypatch.setattr("voxfit._memory.available_memory", lambda: 1 << 20)
-    with pytest.raises(InputError, match=r"the fit's results \(300 design columns x 1,000 voxels\) would take"):
-        voxfit.fit(np.random.default_rng(0).standard_normal((400, 300)), np.ones((400, 1000)))
+    monkeypatch.setattr("voxfit._memory.available_memory", lambda: 16 << 20)  # (the design's factors: 8 MiB)
+    with pytest.raises(InputError, match=r"the fit's results \(300 design columns x 10,000 voxels\) would take"):
+        voxfit.fit(np.random.default_rng(0).standard_normal((400, 300)), np.ones((400, 10000)))
+
+
+def test_a_design_too_wide_to_factorise_is_refused_before_it_allocates(tmp_path):
+    """A design's column count is a size claim: one of 60,000 columns (a confounds file selected by a pattern)
+    needs p x p matrices of hundreds of GB, refused before they are made (the process was killed for memory); and a
+    header of 30,000 names with one repeated is said at once (each name was counted again: quadratic)."""
+    from voxfit._checks import repeated
+    from voxfit.core import factorize
+    from voxfit.design.read import read_design
+
+    with pytest.raises(InputError, match=r"factorising a design of 60,000 columns x 3 scans would take .* GiB"):
+        factorize(np.ones((3, 60000)) * np.arange(1, 60001))
+    with pytest.raises(InputError, match=r"2,000 columns x 3 scans would take .* MiB .* more than --max-memory"):
+        voxfit.fit(np.ones((3, 2000)) * np.arange(1, 2001), np.ones((3, 5)), max_memory="10M")
+    names = [f"x{i}" for i in range(30000)] + ["x7"]
+    assert repeated(names) == ["x7"]
+    design = tmp_path / "wide.tsv"
+    design.write_text("\t".join(names) + "\n" + "\t".join(["1"] * len(names)) + "\n")
+    with pytest.raises(InputError, match="'x7' appear more than once"):
+        read_design(design)
 
 
 def test_available_memory_sees_the_address_space_limit():

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .._checks import check_scalar
+from .._checks import check_scalar, repeated
 from ..design import Design, make_design
 from ..design.events import cosine_drift, parse_high_pass
 from ..exceptions import DesignWarning, InputError
@@ -537,7 +537,7 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
             DesignWarning,
             stacklevel=3,
         )
-    clash = [n for n in names if names.count(n) > 1]
+    clash = repeated(names)
     if clash:
         raise InputError(
             f'{problem.where}: the design would have two columns named "{clash[0]}" (a variable named like a '

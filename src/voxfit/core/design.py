@@ -20,6 +20,8 @@ import scipy.linalg as sl
 from numpy.typing import NDArray
 
 from .._array import check_array_like
+from .._checks import repeated
+from .._memory import check_memory
 from .._threads import blas_single_threaded, interruptible
 from ..exceptions import DataTypeError, InputError, RankDeficiencyWarning
 
@@ -149,7 +151,7 @@ def as_design_matrix(X, names=None) -> tuple[NDArray[np.float64], tuple[str, ...
     if len(names) != p:
         raise InputError(f"`names` has {len(names)} entries but `X` has {p} columns.")
     if len(set(names)) != p:
-        dup = sorted({s for s in names if names.count(s) > 1})
+        dup = repeated(names)
         raise InputError(f"design column names must be unique; {', '.join(map(repr, dup))} appear more than once.")
     if bad_cols.size:
         raise InputError(
@@ -160,7 +162,7 @@ def as_design_matrix(X, names=None) -> tuple[NDArray[np.float64], tuple[str, ...
     return X, names
 
 
-def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True) -> DesignFactor:
+def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True, max_memory=None) -> DesignFactor:
     """Factorise a design once: rank, pseudo-inverse, null space and what the voxel side needs.
 
     Parameters
@@ -174,6 +176,9 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True) ->
         counts as null. Default ``max(n, p) * eps`` (numpy's ``matrix_rank`` rule, applied after scaling).
     warn : bool
         Emit a :class:`~voxfit.exceptions.RankDeficiencyWarning` naming the dependent columns.
+    max_memory : str or int, optional
+        The cap its p x p matrices must fit (as ``voxfit.fit``'s); by default the memory available. A design of
+        many more columns than scans is refused before they are made.
     """
     X, names = as_design_matrix(X, names)
     n, p = X.shape
@@ -181,6 +186,11 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True) ->
     rtol = max(n, p) * eps if rtol is None else float(rtol)
 
     scale = _column_norms(X, names)
+    # (p x p matrices: null space, covariance, their factors and products; a design of 100,000 columns, from a
+    # confounds file selected by a pattern, took more memory than the machine had)
+    fix = "Give fewer columns" + (" (a design estimates at most one independent column per scan)" if p > n else "")
+    fix += ", or a larger --max-memory (`max_memory`)." if max_memory is not None else "."
+    check_memory(8.0 * p * (6 * p + 4 * n), f"factorising a design of {p:,} columns x {n:,} scans", max_memory, fix)
     if n * p * p >= _LARGE_FLOPS:  # LAPACK calls of seconds: in a helper thread, they let Ctrl-C and SIGTERM through
         Qr, sv, rank, pinv, cov_unscaled, null_scaled, basis_pinv = interruptible(_factor, X, scale, rtol)
     else:  # BLAS threads gain nothing on a small design, and they spin for ~0.1 s after each call, taking the

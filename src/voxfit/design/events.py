@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
-from .._checks import check_scalar
+from .._checks import check_scalar, repeated
 from .._memory import check_memory
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
@@ -764,7 +764,7 @@ def make_design(
     names.append("constant")
     kinds.append("constant")
     if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = repeated(names)
         raise InputError(f"design column names repeat ({', '.join(dup)}); rename the trial types or confounds.")
     settings = {
         "hrf": hrf,

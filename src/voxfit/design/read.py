@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from .._checks import repeated
 from ..exceptions import InputError
 
 __all__ = ["frame_table", "read_design", "write_design"]
@@ -42,7 +43,7 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
     if not rows or not any(h.strip() for h in rows[0]):
         raise InputError(f"design {path} is empty; it needs a header line of column names and one row per scan.")
     names = [h.strip() for h in rows[0]]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = repeated(names)
     if dup:
         raise InputError(
             f"design {path}: column names must be unique; {', '.join(map(repr, dup))} appear more than once."

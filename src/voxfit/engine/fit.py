@@ -129,7 +129,7 @@ def fit(
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler, device=device
     )
-    design = factorize(X, names)
+    design = factorize(X, names, max_memory=execution.max_memory)
     Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
     n, p = design.X.shape
     V = Y.shape[1]

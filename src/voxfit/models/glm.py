@@ -8,6 +8,7 @@ import os
 import threading
 import time
 import warnings
+from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._array import is_dataframe, type_name, working_dtype
+from .._checks import repeated
 from .._dask import dask_client, run_tasks
 from .._execution import Execution
 from .._threads import GRACE_S, DaemonExecutor, even_spans, resolve_workers, run_in_threads
@@ -122,8 +124,7 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
         items = [(contrast_label(k, v), v) for k, v in contrasts.items()]
     else:
         items = [parse_contrast_option(c) for c in contrasts]
-    labels = [k for k, _ in items]
-    dup = sorted({k for k in labels if labels.count(k) > 1})
+    dup = repeated(k for k, _ in items)
     if dup:
         raise InputError(f"contrast names must be unique; {', '.join(dup)} repeat.")
     return items
@@ -132,7 +133,7 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
 def _column_labels(names) -> list[str]:
     """Letters-and-digits labels, made unique (``a``, ``a_`` and ``a1`` give a, a2, a1... never a clash)."""
     labels = [sanitize_label(n, "design column") for n in names]
-    taken = {lab for lab in labels if labels.count(lab) == 1}
+    taken = {lab for lab, count in Counter(labels).items() if count == 1}
     out = []
     for lab in labels:
         if lab in taken and lab not in out:
@@ -273,7 +274,7 @@ def fit_images(
     start = time.perf_counter()
     if dataset is None:  # every argument's type checked before a file or folder is touched
         inputs = check_data(inputs, "inputs")
-    model = _first_level_model(design, contrasts, mask, noise, scaling, nuisance)
+    model = _first_level_model(design, contrasts, mask, noise, scaling, nuisance, execution.max_memory)
     if rft is not None and route is not None and route.reader is not None:
         from ..inference.rft_fit import check_volume
 
@@ -418,7 +419,7 @@ class FirstLevelModel:
     order: int  # of the noise model: 0 OLS, p AR(p), -1 ar1-global (see noise_order)
 
 
-def _first_level_model(design, contrasts, mask, noise, scaling, nuisance) -> FirstLevelModel:
+def _first_level_model(design, contrasts, mask, noise, scaling, nuisance, max_memory=None) -> FirstLevelModel:
     """Every argument of :func:`fit_images` checked before a file is read (the data's own checks are the
     reader's): the mask's type, the noise model and scaling named, the design read and every contrast
     evaluated on it."""
@@ -428,7 +429,7 @@ def _first_level_model(design, contrasts, mask, noise, scaling, nuisance) -> Fir
     X, names = design_matrix(design)
     kinds = column_kinds(design, names, X, nuisance)
     items = contrast_items(contrasts)
-    factor = factorize(X, names, warn=False)
+    factor = factorize(X, names, warn=False, max_memory=max_memory)
     for label, expr in items:
         check_contrast(expr, factor, label)
     return FirstLevelModel(X, names, tuple(kinds), items, factor, noise_order(noise))

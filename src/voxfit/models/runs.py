@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,7 +153,8 @@ def fit_runs(
     matrices = [design_matrix(d, f"designs[{r}]") for r, d in enumerate(designs)]
     named = [x for x in inputs if isinstance(x, (str, os.PathLike))]
     keys = [file_identity(x) for x in named]
-    twice = [x for x, k in zip(named, keys) if keys.count(k) > 1]
+    counts = Counter(keys)
+    twice = [x for x, k in zip(named, keys) if counts[k] > 1]
     if twice:
         raise InputError(f"{twice[0]} is given as two runs; each run is fitted once.")
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]

@@ -160,6 +160,24 @@ def test_the_issue_bomb_in_its_own_process_exits_2_fast_and_leaves_nothing(study
     assert not study["out"].exists() and not list(study["dir"].rglob(".voxfit-partial-*"))
 
 
+def test_headers_nibabel_reports_give_the_program_s_one_line(study):
+    """The voxfit program (its own process): a header nibabel logs a problem of before refusing it (datatype code
+    0), or before reading it byte-swapped (dim[0] = -1), gives one line on stderr, the program's, not nibabel's
+    bare log line before it."""
+    import subprocess
+    import sys
+
+    raw = bytearray(gzip.decompress(study["bold"].read_bytes()))
+    for name, offset, value in (("dtype0.nii", 70, 0), ("dim0.nii", 40, -1)):
+        bad = bytearray(raw)
+        bad[offset : offset + 2] = np.int16(value).tobytes()
+        (study["dir"] / name).write_bytes(bytes(bad))
+        command = [sys.executable, "-m", "voxfit", *map(str, fit(study, study["dir"] / name))]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"voxfit: error: {study['dir'] / name}")
+
+
 def test_a_huge_data_offset_is_skipped_not_allocated(study, capsys):
     """vox_offset is a header's number too: a .nii.gz's data offset is read past in 1 MiB pieces."""
     header = nib.Nifti1Header()

@@ -1524,9 +1524,18 @@ def program_settings() -> None:
     testing) load on first use, where scipy's import would otherwise import them
     (``voxfit._lazy.numpys_unused_submodules_lazy``): importing numpy, nibabel and scipy took 0.31-0.41 s
     against 0.35-0.53 s (6 alternating runs each); a CIFTI fit (91k x 1,200) 0.86-1.22 s against 0.92-1.24 s in
-    one set of 8 alternating runs, and no less than before, within the machine's noise, in another of 6."""
+    one set of 8 alternating runs, and no less than before, within the machine's noise, in another of 6.
+
+    nibabel's log of header problems (``nibabel.global``) is silenced in this process: a refused header gives the
+    program's one line only."""
+    import logging
+
     from ._lazy import numpys_unused_submodules_lazy
 
+    # nibabel logs each header problem it finds (``nibabel.global``) as a bare line on stderr: before the program's
+    # own one line for a header it refuses ("data code 0 not supported; not attempting fix"), and for one it
+    # repairs as it reads (a pixdim of 0 read as 1), which the program's checks of the header then see repaired
+    logging.getLogger("nibabel.global").setLevel(logging.CRITICAL + 1)
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
     numpys_unused_submodules_lazy()

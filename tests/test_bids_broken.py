@@ -143,3 +143,28 @@ def test_a_subject_with_no_functional_data_is_not_a_failure(tmp_path, dataset, c
     shutil.copy(next((dataset.root / "sub-01" / "func").glob("*_bold.nii.gz")), anat / "sub-04_T1w.nii.gz")
     code, lines = _bids(tmp_path, dataset, capsys, level="subject")
     assert code == 0 and not lines
+
+
+def test_sidecars_pybids_or_voxfit_cannot_read(tmp_path, dataset, capsys):
+    """A sidecar JSON that does not decode or nests beyond Python's stack, or that gives a RepetitionTime or
+    SliceTiming that is not numbers (pybids divides by every run's repetition time as it loads the confounds),
+    stops the study in one line naming the file (internal errors before: pybids' OSError, the decoder's
+    RecursionError, pybids' TypeError)."""
+    top = dataset.root / "task-stroop_bold.json"
+    good = top.read_text()
+    for text in ("{bad", '{"a":' * 100000 + "1" + "}" * 100000):
+        top.write_text(text)
+        code, lines = _bids(tmp_path, dataset, capsys)
+        assert code == 2 and len(lines) == 1 and "pybids could not index the dataset" in lines[0], lines
+    top.write_text(good)
+    sidecar = (
+        dataset.derivatives
+        / "sub-02"
+        / "func"
+        / "sub-02_task-stroop_run-1_space-MNI152NLin2009cAsym_desc-preproc_bold.json"
+    )
+    meta = json.loads(sidecar.read_text())
+    for key, value in (("RepetitionTime", "abc"), ("RepetitionTime", -2), ("SliceTiming", ["0", "1"])):
+        sidecar.write_text(json.dumps({**meta, key: value}))
+        code, lines = _bids(tmp_path, dataset, capsys, level="run")
+        assert code == 2 and len(lines) == 1 and key in lines[0] and "sub-02_task-stroop_run-1" in lines[0], lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,18 @@ def _fingerprint(folders, exclude=()) -> str:
     return h.hexdigest()
 
 
+def _layout(bids, bids_dir: Path, **kwargs):
+    """pybids' ``BIDSLayout``; a JSON sidecar it cannot decode is bad input (pybids raises an OSError naming the
+    file, from the decoder's error; a file nested beyond Python's stack, the decoder's RecursionError)."""
+    try:
+        return bids.BIDSLayout(str(bids_dir), **kwargs)
+    except (OSError, RecursionError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc.__cause__, ValueError):
+            raise
+        what = " ".join(str(exc).split()) if isinstance(exc, OSError) else "a JSON file nests beyond Python's stack"
+        raise InputError(f"{bids_dir}: pybids could not index the dataset ({what}); fix that JSON file.") from None
+
+
 def dataset_stamp(bids_dir, derivatives=(), exclude=()) -> str:
     """What the cached index is compared with: the fingerprint of every file of the raw dataset and the
     `derivatives` (the folders `exclude`, such as an output folder inside the dataset, left out) and the
@@ -139,16 +152,32 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None):
             )
     kwargs = {"validate": False, "derivatives": [str(d) for d in derivatives] or False}
     if database is None:
-        return bids.BIDSLayout(str(bids_dir), **kwargs)
+        return _layout(bids, bids_dir, **kwargs)
     database = Path(database)
     stamp = stamp or dataset_stamp(bids_dir, derivatives)
     marker = database / _FINGERPRINT
     fresh = marker.is_file() and marker.read_text() == stamp
     database.mkdir(parents=True, exist_ok=True)
-    layout = bids.BIDSLayout(str(bids_dir), database_path=str(database), reset_database=not fresh, **kwargs)
+    layout = _layout(bids, bids_dir, database_path=str(database), reset_database=not fresh, **kwargs)
     if not fresh:
         marker.write_text(stamp)
     return layout
+
+
+def _check_timing(bold, meta: dict) -> None:
+    """The run's sidecars (`meta`: their values for `bold`, inherited ones included) give its RepetitionTime as a
+    positive number of seconds and its SliceTiming as a list of numbers, where they give them: otherwise the whole
+    study is bad input, as pybids divides by the repetition time of every run whose variables it loads."""
+    tr, timing = meta.get("RepetitionTime"), meta.get("SliceTiming")
+    if tr is not None and not (_number(tr) and tr > 0):
+        raise InputError(f"{bold}: its sidecars give RepetitionTime {tr!r}, not a positive number of seconds; fix it.")
+    if timing is not None and not (isinstance(timing, list) and all(_number(t) for t in timing)):
+        raise InputError(f"{bold}: its sidecars give SliceTiming {timing!r:.60}, not a list of times in seconds.")
+
+
+def _number(value) -> bool:
+    """A JSON number (not a boolean, nor text), finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _spaces(files) -> list[str]:
@@ -397,6 +426,8 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
     raw_bold = files.one("raw BOLD", ent, bold)
     meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}
     preprocessed = layout.get_metadata(str(bold))
+    _check_timing(raw_bold, meta)
+    _check_timing(bold, preprocessed)
     tr = meta.get("RepetitionTime") or preprocessed.get("RepetitionTime")
     if tr is None:
         problems.append(

@@ -216,6 +216,8 @@ def _read(source) -> tuple[str, dict]:
         model = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from None
+    except RecursionError:  # (nested beyond Python's stack)
+        raise InputError(f"{where} nests its values deeper than a BIDS Stats Model does; fix the file.") from None
     if not isinstance(model, dict):
         raise InputError(f"{where}: a BIDS Stats Model is a JSON object; got {_json_type(model)}.")
     return where, model

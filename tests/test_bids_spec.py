@@ -299,6 +299,9 @@ def test_read_refusals(tmp_path):
     bad.write_text('{"Name": "x",')
     with pytest.raises(InputError, match=r"bad_smdl.json is not valid JSON \(line 1"):
         load_model(bad)
+    bad.write_text('{"a":' * 100000 + "1" + "}" * 100000)  # (beyond Python's stack: a RecursionError before)
+    with pytest.raises(InputError, match=r"bad_smdl.json nests its values deeper than a BIDS Stats Model does"):
+        load_model(bad)
     with pytest.raises(InputError, match="a BIDS Stats Model is a JSON object; got a list"):
         load_model(_listed_model(tmp_path))
     with pytest.raises(InputError, match="must be a path to a BIDS Stats Model"):

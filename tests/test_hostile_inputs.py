@@ -18,6 +18,7 @@ import builtins
 import errno
 import gzip
 import os
+import re
 import resource
 import time
 from pathlib import Path
@@ -549,6 +550,14 @@ def test_a_pipe_named_like_an_image_is_refused_without_waiting(study, capsys):
     fifo = study["dir"] / "bold.nii"
     os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
     refused(capsys, *fit(study, fifo), message=r"bold\.nii: not a regular file \(a pipe, socket or device\)")
+    # a design, events or confounds table that is a pipe, a device or a folder is said to be one ("no such file")
+    pipe = study["dir"] / "design.tsv.fifo"
+    os.mkfifo(pipe)
+    for table, message in ((pipe, "not a regular file"), ("/dev/null", "not a regular file"), (study["dir"], "folder")):
+        args = fit(study, study["bold"], design=False)
+        refused(capsys, *args, "--design", table, message=rf"design {re.escape(str(table))}: .*{message}")
+        events = ["--events", table, "--tr", "2"]
+        refused(capsys, *args, *events, message=rf"events {re.escape(str(table))}: .*{message}")
 
 
 @pytest.mark.parametrize(

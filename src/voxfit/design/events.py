@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 from .._array import is_dataframe, type_name
 from .._checks import check_scalar, repeated
 from .._memory import check_memory
+from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
 from .read import frame_table
@@ -221,8 +222,7 @@ def _missing(cell) -> bool:
 def _tsv_file(path: Path, what: str, expected: str) -> tuple[list[str], list[list[str]]]:
     """The header and rows of a TSV (`what`: "events", "confounds"); anything else (a CSV, a spreadsheet, an
     SPM.mat, an image) refused in one line saying what is `expected`."""
-    if not path.is_file():
-        raise InputError(f"{what} {path}: no such file.")
+    check_readable(path, what)  # (missing, a folder, a pipe or a device: said so)
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
+from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
 from .read import frame_table
 from .subjects import match_rows, subject_labels
@@ -65,8 +66,7 @@ class GroupDesign:
 def read_table(path) -> tuple[list[str], list[list[str]]]:
     """A TSV/CSV table with a header line: ``(column names, rows of text cells)``."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"design {path}: no such file.")
+    check_readable(path, "design")  # (missing, a folder, a pipe or a device: said so)
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:

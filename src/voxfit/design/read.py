@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._checks import repeated
+from ..io.checks import check_readable
 from ..exceptions import InputError
 
 __all__ = ["frame_table", "read_design", "write_design"]
@@ -28,8 +29,7 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
     finite number (``n/a`` and empty cells are refused, with the row and column named).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"design {path}: no such file.")
+    check_readable(path, "design")  # (missing, a folder, a pipe or a device: said so)
     if path.suffix.lower() == ".mat":
         return _read_vest(path)
     sep = "," if path.suffix.lower() == ".csv" else "\t"

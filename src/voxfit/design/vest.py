@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from ..io.checks import check_readable
 from ..exceptions import InputError
 
 __all__ = ["read_vest", "read_contrasts", "read_ftests", "read_groups", "write_vest"]
@@ -21,8 +22,7 @@ __all__ = ["read_vest", "read_contrasts", "read_ftests", "read_groups", "write_v
 def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np.float64]]:
     """``(header, matrix)`` of a VEST file; the header maps keys (``NumWaves``, ``ContrastName1``...) to text."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {path}: no such file.")
+    check_readable(path, what)  # (missing, a folder, a pipe or a device: said so)
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:

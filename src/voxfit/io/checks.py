@@ -29,7 +29,7 @@ def check_readable(path: Path, what: str = "") -> None:
         if stat.S_ISDIR(mode):
             raise InputError(f"{label}: is a folder, where a file is expected.")
         if not stat.S_ISREG(mode):
-            raise InputError(f"{label}: not a regular file (a pipe, socket or device); give an image file.")
+            raise InputError(f"{label}: not a regular file (a pipe, socket or device); give a file.")
         with open(path, "rb"):
             pass
     except OSError as exc:

@@ -56,12 +56,14 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
     if not np.isfinite(matrix).all():
         raise InputError(f"{what} {path}: the /Matrix section holds non-finite values.")
     for key, axis in (("NumWaves", 1), ("NumPoints", 0), ("NumContrasts", 0)):
-        if key in header and header[key].split() and header[key].split()[0].isdigit():
-            if int(header[key].split()[0]) != matrix.shape[axis]:
-                raise InputError(
-                    f"{what} {path}: /{key} says {header[key].split()[0]} but the /Matrix has "
-                    f"{matrix.shape[axis]} {'columns' if axis else 'rows'}."
-                )
+        if key not in header:
+            continue
+        said = header[key].split()[0] if header[key].split() else ""
+        if not said.isdigit() or int(said) != matrix.shape[axis]:  # (-2, "two": not a count)
+            raise InputError(
+                f"{what} {path}: /{key} says {said or 'nothing'} but the /Matrix has "
+                f"{matrix.shape[axis]} {'columns' if axis else 'rows'}."
+            )
     return header, matrix
 
 

@@ -202,6 +202,26 @@ def test_refusals_are_one_line(study, capsys, extra, message):
     assert not out.exists()
 
 
+def test_variance_maps_that_are_not_variances_are_refused(study, capsys):
+    """Variance maps that are negative everywhere in one subject (a t or z map given for them): no voxel can be
+    fitted, said in one line (exit 2), not every map NaN with a note (exit 0 before); one bad voxel is a note."""
+    effects = list(map(str, _maps(study, "stat-effect.nii.gz")))
+    variances = _maps(study, "stat-variance.nii.gz")
+    bad = variances[0]  # (sub-01's)
+    nib.save(nib.Nifti1Image(-np.ones(SHAPE, np.float32), np.eye(4)), bad)
+    argv = ["group", *effects, "--variances", *map(str, variances), "-o", str(study["dir"] / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no voxel can be fitted: 60 of the 60 have a zero, negative" in err
+    values = -np.ones(SHAPE, np.float32)
+    values[1:] = 1.0
+    nib.save(nib.Nifti1Image(values, np.eye(4)), bad)
+    assert main(argv) == 0
+    assert "12 voxel(s) not fitted (NaN in every map): first-level variance zero, negative" in "".join(
+        capsys.readouterr()
+    )
+
+
 def test_a_subject_without_a_variance_map_is_refused(study, capsys):
     effects = list(map(str, _maps(study, "stat-effect.nii.gz")))
     variances = list(map(str, _maps(study, "stat-variance.nii.gz")))[1:]

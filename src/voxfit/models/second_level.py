@@ -32,6 +32,7 @@ from .._threads import resolve_workers
 from .._memory import cap_text, reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
+from ..core.mixed import BAD_VARIANCE, OUTCOMES
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design, listed_lines
 from ..design.subjects import pair_by_subject
@@ -634,6 +635,7 @@ class SecondLevel:
                 outliers=self.outliers,
                 execution=execution,
             )
+            _check_fitted(fit, masker.n_voxels)
             inferred = None
             if self.rft is not None:  # the smoothness of the effect maps about the group design; z maps as Z fields
                 factor = factorize(X, names)
@@ -1015,6 +1017,17 @@ def _subject_names(pairs) -> list:
         Path(f"sub-{s}") / Path(e).name if s is not None and f"sub-{s}" not in str(e) else Path(e)
         for e, s in zip(pairs.effects, pairs.subjects)
     ]
+
+
+def _check_fitted(fit: MixedFit, n_voxels: int) -> None:
+    """Some voxel fitted: where none is, and first-level variances that are zero, negative or missing are why at
+    some, the maps would all be NaN (exit 0 before): the variance maps given are not variances."""
+    bad = fit.outcomes.get(OUTCOMES[BAD_VARIANCE], 0)
+    if bad and sum(fit.outcomes.values()) == n_voxels:
+        raise InputError(
+            f"no voxel can be fitted: {bad:,} of the {n_voxels:,} have a zero, negative or missing first-level "
+            "variance in some subject; give the first-level fits' variance maps (stat-variance), not another statistic."
+        )
 
 
 def _outcome_notes(fit: MixedFit) -> tuple[str, ...]:

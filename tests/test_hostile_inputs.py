@@ -440,6 +440,18 @@ def test_a_design_too_wide_to_factorise_is_refused_before_it_allocates(tmp_path)
         read_design(design)
 
 
+def test_an_ar_fit_too_wide_for_its_working_memory_says_so_without_a_cap():
+    """An AR fit of a design so wide that one voxel's working memory passes the default budget: the message names
+    the design's width and what to do, not "`max_memory`=None is too small" (no cap was given)."""
+    from voxfit._execution import Execution
+    from voxfit.engine.ar import _block_voxels
+
+    with pytest.raises(InputError, match=r"an AR fit of a design of 3,002 columns needs .* a voxel, more than its"):
+        _block_voxels(40, 3002, 1, Execution(), None, 2)
+    with pytest.raises(InputError, match=r"`max_memory`='1G' is too small for an AR fit"):
+        _block_voxels(40, 3002, 1, Execution(max_memory="1G"), None, 2)
+
+
 def test_available_memory_sees_the_address_space_limit():
     """``ulimit -v`` (set by this file's fixture) bounds what the checks allow, as MemAvailable and a cgroup do."""
     from voxfit._memory import available_memory, format_bytes

@@ -164,7 +164,12 @@ def test_sidecars_pybids_or_voxfit_cannot_read(tmp_path, dataset, capsys):
         / "sub-02_task-stroop_run-1_space-MNI152NLin2009cAsym_desc-preproc_bold.json"
     )
     meta = json.loads(sidecar.read_text())
-    for key, value in (("RepetitionTime", "abc"), ("RepetitionTime", -2), ("SliceTiming", ["0", "1"])):
+    for key, value in (
+        ("RepetitionTime", "abc"),
+        ("RepetitionTime", -2),
+        ("RepetitionTime", 10**400),
+        ("SliceTiming", ["0", "1"]),
+    ):
         sidecar.write_text(json.dumps({**meta, key: value}))
         code, lines = _bids(tmp_path, dataset, capsys, level="run")
         assert code == 2 and len(lines) == 1 and key in lines[0] and "sub-02_task-stroop_run-1" in lines[0], lines

@@ -302,6 +302,11 @@ def test_read_refusals(tmp_path):
     bad.write_text('{"a":' * 100000 + "1" + "}" * 100000)  # (beyond Python's stack: a RecursionError before)
     with pytest.raises(InputError, match=r"bad_smdl.json nests its values deeper than a BIDS Stats Model does"):
         load_model(bad)
+    good = default_model("stroop", ["congruent"])  # nested just short of the decoder's limit: the validator's own
+    for depth in range(900, 1010, 5):  # recursion, or an error's repr, ran out (an internal error at ~975 deep)
+        text = json.dumps(good).replace('"Type": "glm"', '"Type": "glm", "Options": ' + "[" * depth + "]" * depth, 1)
+        with pytest.raises(InputError):
+            load_model(text)
     with pytest.raises(InputError, match="a BIDS Stats Model is a JSON object; got a list"):
         load_model(_listed_model(tmp_path))
     with pytest.raises(InputError, match="must be a path to a BIDS Stats Model"):

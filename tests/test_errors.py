@@ -47,8 +47,7 @@ Y = np.arange(18.0).reshape(6, 3) ** 1.5
             Y,
             {"max_memory": "10"},
             InputError,
-            r"factorising a design of 2 columns x 6 scans would take 576 bytes of memory, more than --max-memory/"
-            r"`max_memory` 10 \(10 bytes\). Give fewer columns, or a larger --max-memory",
+            r"`max_memory`='10' is too small: one voxel of 6 scans needs \d+ bytes",
         ),
         (X, Y, {"block_size": 0}, InputError, r"`block_size` must be a positive number of voxels; got 0"),
         (X, Y, {"block_size": 2.5}, InputError, r"`block_size` must be a positive number"),

@@ -212,7 +212,7 @@ def test_variance_maps_that_are_not_variances_are_refused(study, capsys):
     argv = ["group", *effects, "--variances", *map(str, variances), "-o", str(study["dir"] / "r")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no voxel can be fitted: 60 of the 60 have a zero, negative" in err
+    assert err.count("\n") == 1 and "no voxel can be fitted (60 first-level variance zero, negative" in err
     values = -np.ones(SHAPE, np.float32)
     values[1:] = 1.0
     nib.save(nib.Nifti1Image(values, np.eye(4)), bad)

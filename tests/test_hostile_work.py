@@ -612,7 +612,12 @@ def test_voxfit_design_writes_the_design_and_its_sidecar_together(monkeypatch, t
     monkeypatch.setattr(kinds, "write_sidecar", failing)
     assert cli.main([*argv[:2], "--n-scans", "50", *argv[4:], "--force"]) == 2
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    capsys.readouterr()
+    monkeypatch.setattr(kinds, "write_sidecar", real)
+    sidecar = tmp_path / "design.json"  # a folder where the sidecar goes: refused before the design is replaced
+    sidecar.unlink()
+    sidecar.mkdir()
+    assert cli.main([*argv[:2], "--n-scans", "50", *argv[4:], "--force"]) == 2
+    assert out.read_bytes() == before["design.tsv"] and "design.json is a folder" in capsys.readouterr().err
 
 
 def test_a_signal_as_the_demo_makes_its_folders_leaves_nothing(monkeypatch, tmp_path):

@@ -118,10 +118,10 @@ def _layout(bids, bids_dir: Path, **kwargs):
     file, from the decoder's error; a file nested beyond Python's stack, the decoder's RecursionError)."""
     try:
         return bids.BIDSLayout(str(bids_dir), **kwargs)
-    except (OSError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # (ValueError: a JSON integer of more than 4300 digits)
         if isinstance(exc, OSError) and not isinstance(exc.__cause__, ValueError):
             raise
-        what = " ".join(str(exc).split()) if isinstance(exc, OSError) else "a JSON file nests beyond Python's stack"
+        what = " ".join(str(exc).split())[:300] if not isinstance(exc, RecursionError) else "a JSON file nests deeply"
         raise InputError(f"{bids_dir}: pybids could not index the dataset ({what}); fix that JSON file.") from None
 
 
@@ -170,14 +170,19 @@ def _check_timing(bold, meta: dict) -> None:
     study is bad input, as pybids divides by the repetition time of every run whose variables it loads."""
     tr, timing = meta.get("RepetitionTime"), meta.get("SliceTiming")
     if tr is not None and not (_number(tr) and tr > 0):
-        raise InputError(f"{bold}: its sidecars give RepetitionTime {tr!r}, not a positive number of seconds; fix it.")
+        raise InputError(f"{bold}: its sidecars give RepetitionTime {tr!r:.40}, not a positive number of seconds.")
     if timing is not None and not (isinstance(timing, list) and all(_number(t) for t in timing)):
         raise InputError(f"{bold}: its sidecars give SliceTiming {timing!r:.60}, not a list of times in seconds.")
 
 
 def _number(value) -> bool:
-    """A JSON number (not a boolean, nor text), finite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number (not a boolean, nor text), finite as a float (an integer of 400 digits is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _spaces(files) -> list[str]:

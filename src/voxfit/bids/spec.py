@@ -256,6 +256,14 @@ def _validator():
 
 
 def _check_schema(model: dict, where: str) -> None:
+    """The model against the specification's JSON Schema: the first error, in one sentence (see _schema_error)."""
+    try:
+        _schema_error(model, where)
+    except RecursionError:  # (values nested just short of the decoder's limit: the validator's, or the repr, runs out)
+        raise InputError(f"{where} nests its values deeper than a BIDS Stats Model does; fix the file.") from None
+
+
+def _schema_error(model: dict, where: str) -> None:
     import jsonschema
 
     error = jsonschema.exceptions.best_match(_validator().iter_errors(model))

@@ -33,6 +33,7 @@ _NULL_ENTRY_RTOL = 1e-8  # entries of a null vector below this (relative) are no
 # those (and a contrast's variance) representable in float64 for any well-posed design; beyond, the column
 # is refused with the factor that brings it back, rather than fitted into inf, 0 or NaN.
 _MAX_COLUMN_NORM = 1e100
+_FACTOR_CHECKED = 16 << 20  # bytes of a design's factors above which they are checked against the memory there is
 _LARGE_FLOPS = 1e8  # n p^2 of a design factorised in a helper thread (see factorize)
 
 
@@ -188,9 +189,11 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True, ma
     scale = _column_norms(X, names)
     # (p x p matrices: null space, covariance, their factors and products; a design of 100,000 columns, from a
     # confounds file selected by a pattern, took more memory than the machine had)
-    fix = "Give fewer columns" + (" (a design estimates at most one independent column per scan)" if p > n else "")
-    fix += ", or a larger --max-memory (`max_memory`)." if max_memory is not None else "."
-    check_memory(8.0 * p * (6 * p + 4 * n), f"factorising a design of {p:,} columns x {n:,} scans", max_memory, fix)
+    need = 8.0 * p * (6 * p + 4 * n)
+    if need > _FACTOR_CHECKED:  # (a design of ordinary width costs no more than a cap's other parts' rounding)
+        fix = "Give fewer columns" + (" (a design estimates at most one independent column per scan)" if p > n else "")
+        fix += ", or a larger --max-memory (`max_memory`)." if max_memory is not None else "."
+        check_memory(need, f"factorising a design of {p:,} columns x {n:,} scans", max_memory, fix)
     if n * p * p >= _LARGE_FLOPS:  # LAPACK calls of seconds: in a helper thread, they let Ctrl-C and SIGTERM through
         Qr, sv, rank, pinv, cov_unscaled, null_scaled, basis_pinv = interruptible(_factor, X, scale, rtol)
     else:  # BLAS threads gain nothing on a small design, and they spin for ~0.1 s after each call, taking the

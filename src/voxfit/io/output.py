@@ -145,8 +145,12 @@ def write_files_atomically(writes: dict) -> list[Path]:
     sidecar): every temporary written first, then all renamed in one step that a signal cannot split, so that
     an error or an interruption before the renames leaves every target as it was."""
     targets = [Path(t) for t in writes]
-    for target in targets:
+    for target in targets:  # (all checked before any is written: a rename onto a folder would fail after the first)
         check_replaceable(target)
+        if target.is_dir() and not target.is_symlink():
+            raise InputError(
+                f"{target} is a folder; voxfit writes a file of that name there. Move it, or choose another name."
+            )
     made: list[Path] = []
     current = targets[0] if targets else None
     try:

@@ -294,11 +294,17 @@ def _slab_scans(n_elements: int, itemsize: int, max_bytes: int) -> int:
     return max(1, int(max_bytes) // max(1, n_elements * itemsize))
 
 
+def _affine(img) -> NDArray[np.float64]:
+    """A volume's voxel-to-world affine: an image made in memory without one (``Nifti1Image(data, None)``) takes
+    its header's (from its pixdim)."""
+    return np.asarray(img.affine if img.affine is not None else img.header.get_best_affine(), dtype=np.float64)
+
+
 def _check_orientation(where: str, img) -> None:
     """A volume's voxel sizes and orientation are finite, and its affine maps the grid onto a volume (the maps
     written back carry it, and RFT, the report and the masks' checks use it). nibabel sets a zero pixdim to 1,
     so only an sform can be singular."""
-    affine = np.asarray(img.affine, dtype=np.float64)
+    affine = _affine(img)
     if not np.isfinite(affine).all() or not np.isfinite(img.header.get_zooms()[:3]).all():
         raise InputError(
             f"{where}: its header gives non-finite voxel sizes or orientation (pixdim, sform/qform); fix the header "
@@ -1213,7 +1219,7 @@ class VolumeImageReader:
                 raise InputError(f"`{name}`: image data must be numeric; got {values.dtype}.")
             header = img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None  # (NIfTI-2 included)
             _check_orientation(f"`{name}[{k}]`" if len(images) > 1 else f"`{name}`", img)
-            affine = np.asarray(img.affine, dtype=np.float64)
+            affine = _affine(img)
             geometry = VolumeGeometry(tuple(int(n) for n in shape[:3]), affine, header)
             if k == 0:
                 self.geometry = geometry

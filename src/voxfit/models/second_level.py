@@ -1020,14 +1020,18 @@ def _subject_names(pairs) -> list:
 
 
 def _check_fitted(fit: MixedFit, n_voxels: int) -> None:
-    """Some voxel fitted: where none is, and first-level variances that are zero, negative or missing are why at
-    some, the maps would all be NaN (exit 0 before): the variance maps given are not variances."""
-    bad = fit.outcomes.get(OUTCOMES[BAD_VARIANCE], 0)
-    if bad and sum(fit.outcomes.values()) == n_voxels:
-        raise InputError(
-            f"no voxel can be fitted: {bad:,} of the {n_voxels:,} have a zero, negative or missing first-level "
-            "variance in some subject; give the first-level fits' variance maps (stat-variance), not another statistic."
-        )
+    """Some voxel fitted: where none is, every map would be NaN (exit 0 before), which is bad input; said with the
+    reasons, and, where first-level variances that are zero, negative or missing are one, that the variance maps
+    given are not variances."""
+    if not n_voxels or sum(fit.outcomes.values()) < n_voxels:
+        return
+    why = "; ".join(f"{count:,} {reason}" for reason, count in fit.outcomes.items())
+    advice = (
+        "give the first-level fits' variance maps (stat-variance), not another statistic"
+        if OUTCOMES[BAD_VARIANCE] in fit.outcomes
+        else "check that the maps differ between subjects and hold numbers"
+    )
+    raise InputError(f"no voxel can be fitted ({why}); {advice}.")
 
 
 def _outcome_notes(fit: MixedFit) -> tuple[str, ...]:

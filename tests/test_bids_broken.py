@@ -152,7 +152,7 @@ def test_sidecars_pybids_or_voxfit_cannot_read(tmp_path, dataset, capsys):
     RecursionError, pybids' TypeError)."""
     top = dataset.root / "task-stroop_bold.json"
     good = top.read_text()
-    for text in ("{bad", '{"a":' * 100000 + "1" + "}" * 100000):
+    for text in ("{bad", '{"a":' * 100000 + "1" + "}" * 100000, '{"RepetitionTime": ' + "1" * 5000 + "}"):
         top.write_text(text)
         code, lines = _bids(tmp_path, dataset, capsys)
         assert code == 2 and len(lines) == 1 and "pybids could not index the dataset" in lines[0], lines

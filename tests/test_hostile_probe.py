@@ -149,6 +149,8 @@ def test_broken_headers_and_ragged_maps_are_bad_input(tmp_path, capsys, run):
         )  # (it failed as the maps were written, exit 1)
         with pytest.raises(voxfit.exceptions.InputError, match="onto a plane"):
             voxfit.io.open_reader(nib.load(tmp_path / f"{name}.nii.gz"))  # (an image in memory)
+    made = voxfit.io.open_reader(nib.Nifti1Image(np.ones(SHAPE + (20,), np.float32), None))  # (no affine: pixdim's)
+    assert np.isfinite(made.geometry.affine).all() and np.linalg.matrix_rank(made.geometry.affine[:3, :3]) == 3
     darrays = [nib.gifti.GiftiDataArray(np.ones(n, np.float32)) for n in (50, 50, 49, 50)]
     nib.save(nib.GiftiImage(darrays=darrays), str(tmp_path / "ragged.func.gii"))
     (tmp_path / "d.tsv").write_text("c\n" + "1\n" * 4)

@@ -164,7 +164,7 @@ def test_the_issue_bomb_in_its_own_process_exits_2_fast_and_leaves_nothing(study
 def test_headers_nibabel_reports_give_the_program_s_one_line(study):
     """The voxfit program (its own process): a header nibabel logs a problem of before refusing it (datatype code
     0), or before reading it byte-swapped (dim[0] = -1), gives one line on stderr, the program's, not nibabel's
-    bare log line before it."""
+    bare log line before it; one nibabel repairs (a negative pixdim) is a warning once the fit has succeeded."""
     import subprocess
     import sys
 
@@ -177,6 +177,14 @@ def test_headers_nibabel_reports_give_the_program_s_one_line(study):
         proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith(f"voxfit: error: {study['dir'] / name}")
+    flipped = bytearray(raw)  # a header nibabel repairs as it reads (a negative pixdim): said once the fit is done
+    flipped[80:84] = np.float32(-2.0).tobytes()
+    (study["dir"] / "flipped.nii").write_bytes(bytes(flipped))
+    command = [sys.executable, "-m", "voxfit", *map(str, fit(study, study["dir"] / "flipped.nii"))]
+    command.remove("--quiet")
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "voxfit: warning: nibabel repaired a header as it read it: pixdim[1,2,3] should be positive" in proc.stderr
 
 
 def test_a_huge_data_offset_is_skipped_not_allocated(study, capsys):

@@ -23,6 +23,13 @@ def _refused(capsys, *argv, message):
     return err
 
 
+def _fit_refused(capsys, data, run, out, message):
+    """``voxfit fit DATA`` with the run's design and contrast A refused in one line with `message`."""
+    return _refused(
+        capsys, "fit", data, "--design", run / "design.tsv", "--contrast", "a=A", "-o", out, message=message
+    )
+
+
 @pytest.fixture
 def run(tmp_path):
     rng = np.random.default_rng(3)
@@ -118,34 +125,14 @@ def test_broken_headers_and_ragged_maps_are_bad_input(tmp_path, capsys, run):
     img.header.set_sform(None, 0)
     img.header.set_qform(None, 0)
     nib.save(img, str(tmp_path / "nanpix.nii"))
-    _refused(
-        capsys,
-        "fit",
-        tmp_path / "nanpix.nii",
-        "--design",
-        run / "design.tsv",
-        "--contrast",
-        "a=A",
-        "-o",
-        tmp_path / "o",
-        message="non-finite voxel sizes",
-    )
+    _fit_refused(capsys, tmp_path / "nanpix.nii", run, tmp_path / "o", "non-finite voxel sizes")
     for name, sform in (("flat", np.diag([2.0, 2.0, 0.0, 1.0])), ("zero", np.diag([0.0, 0.0, 0.0, 1.0]))):
         data = np.random.default_rng(0).standard_normal(SHAPE + (20,)).astype(np.float32) + 100
         img = nib.Nifti1Image(data, AFFINE)  # (a valid qform beside the broken sform)
         img.set_sform(sform, 1)
         nib.save(img, str(tmp_path / f"{name}.nii.gz"))
-        _refused(
-            capsys,
-            "fit",
-            tmp_path / f"{name}.nii.gz",
-            "--design",
-            run / "design.tsv",
-            "--contrast",
-            "a=A",
-            "-o",
-            tmp_path / "o",
-            message="maps the voxels onto a plane, a line or a point",
+        _fit_refused(
+            capsys, tmp_path / f"{name}.nii.gz", run, tmp_path / "o", "maps the voxels onto a plane, a line or a point"
         )  # (it failed as the maps were written, exit 1)
         with pytest.raises(voxfit.exceptions.InputError, match="onto a plane"):
             voxfit.io.open_reader(nib.load(tmp_path / f"{name}.nii.gz"))  # (an image in memory)
@@ -178,18 +165,7 @@ def test_npy_headers_that_lie_are_bad_input(tmp_path, capsys, run):
     negative = raw.replace(b"(20, 6)", b"(-2, 6)")
     for name, content in (("cut", cut), ("negative", negative)):
         (tmp_path / f"{name}.npy").write_bytes(content)
-        _refused(
-            capsys,
-            "fit",
-            tmp_path / f"{name}.npy",
-            "--design",
-            run / "design.tsv",
-            "--contrast",
-            "a=A",
-            "-o",
-            tmp_path / "o",
-            message="not a readable .npy array",
-        )
+        _fit_refused(capsys, tmp_path / f"{name}.npy", run, tmp_path / "o", "not a readable .npy array")
 
 
 def test_inputs_counted_twice_are_refused(run, capsys, tmp_path):
@@ -292,18 +268,7 @@ def test_json_nested_beyond_the_stack_and_empty_regressors_are_bad_input(run, ca
 def test_oversized_lists_and_patterns_are_refused_at_once(run, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("voxfit.io.scans.MAX_SCANS", 10)
     (tmp_path / "long.txt").write_text("bold.nii\n" * 11)
-    _refused(
-        capsys,
-        "fit",
-        tmp_path / "long.txt",
-        "--design",
-        run / "design.tsv",
-        "--contrast",
-        "a=A",
-        "-o",
-        tmp_path / "o",
-        message="a run is at most 10 scans",
-    )
+    _fit_refused(capsys, tmp_path / "long.txt", run, tmp_path / "o", "a run is at most 10 scans")
     _refused(
         capsys,
         "fit",

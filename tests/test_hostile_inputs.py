@@ -438,8 +438,17 @@ def test_a_design_too_wide_to_factorise_is_refused_before_it_allocates(tmp_path)
 
     with pytest.raises(InputError, match=r"factorising a design of 60,000 columns x 3 scans would take .* GiB"):
         factorize(np.ones((3, 60000)) * np.arange(1, 60001))
+    wide = np.ones((3, 2000)) * np.arange(1, 2001)
     with pytest.raises(InputError, match=r"2,000 columns x 3 scans would take .* MiB .* more than --max-memory"):
-        voxfit.fit(np.ones((3, 2000)) * np.arange(1, 2001), np.ones((3, 5)), max_memory="10M")
+        voxfit.fit(wide, np.ones((3, 5)), max_memory="10M")
+    from voxfit.engine import fit_ar, mixed_effects
+
+    for call in (  # (every engine's design against the cap it was given)
+        lambda: fit_ar(wide, np.ones((3, 5)), 1, {}, max_memory="10M"),
+        lambda: mixed_effects(wide, np.ones((3, 5)), np.ones((3, 5)), {}, max_memory="10M"),
+    ):
+        with pytest.raises(InputError, match=r"2,000 columns x 3 scans .* more than --max-memory"):
+            call()
     names = [f"x{i}" for i in range(30000)] + ["x7"]
     assert repeated(names) == ["x7"]
     design = tmp_path / "wide.tsv"

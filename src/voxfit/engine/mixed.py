@@ -235,7 +235,7 @@ def _mixed_problem(
     _check_outliers(outliers, model, dof)
     if execution.on_device:
         raise InputError("mixed_effects runs on CPUs (this machine's or a Dask cluster's); drop `device`.")
-    design = factorize(X, names)
+    design = factorize(X, names, max_memory=execution.max_memory)
     n = design.n_scans
     effects = _check_maps(effects, "effects", n)
     if variances is None:

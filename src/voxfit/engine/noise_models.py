@@ -91,7 +91,7 @@ class NoiseModelFit:
 
 def _prepare(X, Y, contrasts, names, execution):
     """The design factorised, the data checked, the threads and each contrast's weights."""
-    design = factorize(X, names)
+    design = factorize(X, names, max_memory=execution.max_memory)
     Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     return design, Y, n_jobs, weights
@@ -125,7 +125,7 @@ def fit_film(
     n)), smoothed within the mask by the SUSAN-like filter of `space` (None: no spatial step), Tukey-tapered,
     whitened by the AR(M) filter reproducing them, refitted; t and F on ``n - rank`` degrees of freedom."""
     execution = execution or Execution()
-    design = factorize(X, names)
+    design = factorize(X, names, max_memory=execution.max_memory)
     n = design.n_scans
     M = film_lags(n)
     if n <= 2 * M + design.rank:

@@ -218,7 +218,7 @@ def fit_streaming(
     """
     execution = Execution.resolve(execution, max_memory=max_memory, progress=progress)
     reader = open_reader(paths)
-    design = factorize(X, names)
+    design = factorize(X, names, max_memory=execution.max_memory)
     n = design.n_scans
     check_design_rows(n, reader.n_scans)
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}

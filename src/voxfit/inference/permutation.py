@@ -482,7 +482,7 @@ def _mixed_permutation_test_iv(
         raise InputError(
             "mixed- and fixed-effects permutations run on CPUs (this machine's or a Dask cluster's); drop `device`."
         )
-    design = factorize(X, names, warn=False)
+    design = factorize(X, names, warn=False, max_memory=execution.max_memory)
     n = design.n_scans
     maps = []
     for label, a in (("effects", effects), ("variances", variances)):

@@ -159,7 +159,7 @@ def fit_runs(
         raise InputError(f"{twice[0]} is given as two runs; each run is fitted once.")
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]
     for r, (X, names) in enumerate(matrices, 1):
-        factor = factorize(X, names, warn=False)
+        factor = factorize(X, names, warn=False, max_memory=execution.max_memory)
         for label, expr in items:
             try:
                 check_contrast(expr, factor, label)  # before any data are read

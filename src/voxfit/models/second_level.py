@@ -295,7 +295,7 @@ class SecondLevel:
             blocks = (
                 read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None
             )  # (as the inputs were given)
-            factor = factorize(d.X, list(d.names))
+            factor = factorize(d.X, list(d.names), max_memory=execution.max_memory)
             if factor.dof < 1:
                 raise InputError(
                     f"the design ({d.X.shape[1]} columns, rank {factor.rank}) "

@@ -46,10 +46,12 @@ def _block_voxels(n: int, pc: int, order: int, execution: Execution, block_size,
     # see core.ar.fit_ar_block (one n: the models' autocorrelations at every lag, ARBlock._model_lags)
     per_voxel = 8 * (4 * n + 3 * pc * pc + 4 * (order + 1) ** 2 + (order + 4) * pc)
     budget = execution.budgets.ar_block // max(1, workers)
-    if budget < per_voxel and max_memory is not None:
-        raise InputError(f"`max_memory`={max_memory!r} is too small for an AR fit: one voxel needs {per_voxel} bytes.")
-    if budget < per_voxel:  # (no cap: the default budget is too small for a design this wide)
-        raise InputError(
+    if budget < per_voxel:
+        if max_memory is not None:
+            raise InputError(
+                f"`max_memory`={max_memory!r} is too small for an AR fit: one voxel needs {per_voxel} bytes."
+            )
+        raise InputError(  # (no cap: the default budget is too small for a design this wide)
             f"an AR fit of a design of {pc:,} columns needs {size_text(per_voxel)} a voxel, more than its working "
             f"memory ({size_text(budget)} a thread); give fewer columns, or fit it with --noise ols."
         )

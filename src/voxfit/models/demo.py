@@ -146,41 +146,37 @@ def run_demo(
         with signals_held():
             made = make_folder(out.absolute().parent)
             tmp = Path(tempfile.mkdtemp(prefix=".voxfit-demo-", dir=out.absolute().parent))
-        try:
-            bold = tmp / "sub-demo_task-blocks_bold.nii.gz"
-            save_nifti(run.image, bold)
-            kinds = tuple(
-                "constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names
+        bold = tmp / "sub-demo_task-blocks_bold.nii.gz"
+        save_nifti(run.image, bold)
+        kinds = tuple(
+            "constant" if n == "constant" else "drift" if n.startswith("drift") else "condition" for n in run.names
+        )
+        design = Design(run.design, tuple(run.names), kinds, TR)
+        mask_path = tmp / "brain_mask.nii.gz"
+        save_nifti(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
+        with before_commit(lambda folder: _keep_data(folder, tmp, contrasts, seed, options)):
+            result = fit_images(
+                bold,
+                design,
+                contrasts,
+                mask=mask_path,
+                out_dir=out,
+                force=force,
+                progress=progress,
+                command=list(command or ["voxfit", "demo"]),
+                noise="ar1",
+                max_memory=max_memory,
+                n_jobs=n_jobs,
             )
-            design = Design(run.design, tuple(run.names), kinds, TR)
-            mask_path = tmp / "brain_mask.nii.gz"
-            save_nifti(nib.Nifti1Image(run.brain.astype(np.uint8), run.image.affine), mask_path)
-            with before_commit(lambda folder: _keep_data(folder, tmp, contrasts, seed, options)):
-                result = fit_images(
-                    bold,
-                    design,
-                    contrasts,
-                    mask=mask_path,
-                    out_dir=out,
-                    force=force,
-                    progress=progress,
-                    command=list(command or ["voxfit", "demo"]),
-                    noise="ar1",
-                    max_memory=max_memory,
-                    n_jobs=n_jobs,
-                )
-        except BaseException as exc:
-            error = disk_error(exc, tmp)
-            if error is not None:
-                raise error from None
-            raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # (gone already once the commit has moved it)
-    except BaseException:
-        if tmp is not None:  # (a signal held while it was made is raised before the block that removes it)
+    except BaseException as exc:
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         remove_made_folders(made)
+        error = disk_error(exc, tmp) if tmp is not None else None
+        if error is not None:
+            raise error from None
         raise
+    shutil.rmtree(tmp, ignore_errors=True)  # (gone already once the commit has moved it)
     return run, result, _summary(run, result, out_dir)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -299,6 +300,17 @@ def test_warnings_are_one_line(study, capsys):
     code, out, err = run(capsys, *args)
     assert code == 0
     assert err.startswith("voxfit: warning: The design is rank deficient") and err.count("\n") == 1
+
+
+def test_a_warning_said_by_every_run_is_printed_once(study, capsys):
+    """Two runs of one rank-deficient design: each run's fit warns, the program says it once."""
+    design = _design(study, deficient=True)
+    second = study["dir"] / "bold2.nii.gz"
+    shutil.copyfile(study["bold"], second)
+    args = ["fit", study["bold"], second, "--design", design, design, "--contrast", "c=A - A2"]
+    code, _, err = run(capsys, *args, "-o", study["out"])
+    assert code == 0, err
+    assert err.startswith("voxfit: warning: The design is rank deficient") and err.count("\n") == 1, err
 
 
 def test_column_labels_never_collide():

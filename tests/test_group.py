@@ -2,6 +2,7 @@
 
 import csv
 import json
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -368,3 +369,28 @@ def test_a_mesh_that_is_not_a_surface_is_an_input_error(tmp_path, capsys):
     assert main(["group", *paths, "--permutations", "20", "--tfce", "--mesh", paths[0], "-o", str(tmp_path / "o")]) == 2
     assert "not a GIFTI surface with vertices and triangles" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("rft", [False, True])
+@pytest.mark.parametrize("variances", [False, True])
+def test_a_rank_deficient_group_design_warns_once(tmp_path, rng, variances, rft):
+    """The group model checks its design's degrees of freedom (and RFT takes its factors) apart from the fit, which
+    factorises the design too: one warning of the dependent columns, not one from each (the OLS path warned
+    twice, and the mixed-effects path with RFT)."""
+    from voxfit.exceptions import RankDeficiencyWarning
+    from voxfit.inference.rft_fit import RFTOptions
+
+    table = tmp_path / "participants.tsv"
+    table.write_text("participant_id\tage\tage2\n" + "".join(f"sub-{i:02d}\t{i}\t{2 * i}\n" for i in range(8)))
+    paths = _maps(tmp_path, rng, n=8)
+    kw = {"design": table, "contrasts": {"a": "age + 2*age2"}, "rft": RFTOptions() if rft else None}
+    if variances:  # (the mixed-effects path: each subject's variance map, matched by sub-<label>)
+        (tmp_path / "var").mkdir()
+        for i in range(8):
+            var = nib.Nifti1Image(rng.uniform(0.5, 2.0, GRID).astype(np.float32), AFFINE)
+            nib.save(var, tmp_path / "var" / f"sub-{i:02d}.nii.gz")
+        kw["variances"] = sorted((tmp_path / "var").iterdir())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SecondLevel(**kw).fit(paths)
+    assert sum(issubclass(w.category, RankDeficiencyWarning) for w in caught) == 1

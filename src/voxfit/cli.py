@@ -1559,9 +1559,9 @@ def _main(argv: list[str]) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             code = _run(args, argv)
-        for w in caught:
-            if issubclass(w.category, UserWarning) and not getattr(args, "quiet", False):
-                print(f"voxfit: warning: {w.message}", file=sys.stderr)
+        said = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))
+        for message in said if not getattr(args, "quiet", False) else ():  # (each once: runs of one design)
+            print(f"voxfit: warning: {message}", file=sys.stderr)
         return code
     except VoxfitError as exc:
         if debug:

@@ -295,7 +295,7 @@ class SecondLevel:
             blocks = (
                 read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None
             )  # (as the inputs were given)
-            factor = factorize(d.X, list(d.names), max_memory=execution.max_memory)
+            factor = factorize(d.X, list(d.names), warn=False, max_memory=execution.max_memory)
             if factor.dof < 1:
                 raise InputError(
                     f"the design ({d.X.shape[1]} columns, rank {factor.rank}) "
@@ -638,7 +638,7 @@ class SecondLevel:
             _check_fitted(fit, masker.n_voxels)
             inferred = None
             if self.rft is not None:  # the smoothness of the effect maps about the group design; z maps as Z fields
-                factor = factorize(X, names)
+                factor = factorize(X, names, warn=False)
                 inferred = _group_rft(
                     Y,
                     factor,

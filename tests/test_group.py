@@ -207,6 +207,53 @@ def test_participants_table_designs(tmp_path, rng, capsys):
         group_design(1, design=table, maps=[tmp_path / "sub-99.nii.gz"])
 
 
+def test_covariates_choose_which_numeric_columns_enter(tmp_path, rng, capsys):
+    """A participants table holds more numeric columns than a model wants (BIDS's often do, some with gaps): by
+    default every complete one joins the two-sample groups, and a note names them; --covariates chooses them,
+    and leaves the others (gaps included) unread."""
+    rows = ["participant_id\tage\tiq\tsex\tgroup"] + [
+        f"sub-{i:02d}\t{20 + 3 * i}\t{'n/a' if i == 3 else 100 + i}\t{'MF'[i % 2]}\t{'patient' if i < 5 else 'control'}"
+        for i in range(10)
+    ]
+    table = tmp_path / "participants.tsv"
+    table.write_text("\n".join(rows) + "\n")
+    paths = _maps(tmp_path, rng, n=10)
+    with pytest.raises(InputError, match="column 'iq' has missing values"):
+        group_design(10, design=table, two_sample="group", maps=paths)
+    d = group_design(10, design=table, two_sample="group", maps=paths, covariates=["age"])
+    assert d.names == ("control", "patient", "age") and not any("beside the groups" in n for n in d.notes)
+    assert group_design(10, design=table, two_sample="group", maps=paths, covariates=[]).names == ("control", "patient")
+    assert group_design(10, design=table, maps=paths, covariates="age").names == ("age", "intercept")
+    for bad, message in (
+        (["height"], "no column 'height' for --covariates"),
+        (["sex"], "--covariates column 'sex' is not numeric"),
+        (["group"], "is the id or the --two-sample column"),
+        (["participant_id"], "is the id or the --two-sample column"),
+    ):
+        with pytest.raises(InputError, match=message):
+            group_design(10, design=table, two_sample="group", maps=paths, covariates=bad)
+    with pytest.raises(InputError, match="the design has no columns"):
+        group_design(10, maps=paths, covariates=["age"])
+    complete = tmp_path / "complete.tsv"  # (without iq: the default takes every numeric column)
+    complete.write_text("".join("\t".join(c for j, c in enumerate(r.split("\t")) if j != 2) + "\n" for r in rows))
+    base = [
+        "group",
+        *map(str, paths),
+        "--design",
+        str(complete),
+        "--two-sample",
+        "group",
+        "--contrast",
+        "d=patient - control",
+    ]
+    assert main([*base, "-o", str(tmp_path / "with")]) == 0
+    assert "in the design beside the groups of 'group': age (choose them with --covariates" in capsys.readouterr().err
+    assert main([*base, "--covariates", "-o", str(tmp_path / "without")]) == 0
+    assert "beside the groups" not in capsys.readouterr().err
+    columns = (tmp_path / "without" / "design.tsv").read_text().splitlines()[0].split("\t")
+    assert columns == ["control", "patient"]
+
+
 def test_paired_maps_are_tested_as_differences(tmp_path, rng):
     a = _maps(tmp_path, rng, n=6, effect=2.0, prefix="a")
     b = _maps(tmp_path, rng, n=6, prefix="b")

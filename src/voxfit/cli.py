@@ -399,6 +399,13 @@ def _get_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--two-sample", metavar="COLUMN", help="the --design table's column with two groups")
     group.add_argument(
+        "--covariates",
+        metavar="COLUMN",
+        nargs="*",
+        help="the --design table's numeric columns in the model beside the --two-sample groups (default: every "
+        "numeric column; --covariates alone: none)",
+    )
+    group.add_argument(
         "--id-column",
         metavar="COLUMN",
         help="the --design table's column of participant ids (sub-01 "
@@ -1300,6 +1307,7 @@ def _fit_group(args, argv, progress, inputs: list[str]) -> int:
         design=args.design,
         contrasts=args.contrast,
         two_sample=args.two_sample,
+        covariates=args.covariates,
         id_column=args.id_column,
         drop_unmatched_rows=args.drop_unmatched_rows,
         paired=args.paired,

@@ -141,6 +141,7 @@ def group_design(
     id_column: str | None = None,
     drop_unmatched_rows: bool = False,
     variance_groups: str | None = None,
+    covariates=None,
 ) -> GroupDesign:
     """The design for `n_maps` maps: one-sample (``design=None``), a participants table (a TSV/CSV path or a
     pandas DataFrame), FSL design.mat (``design=path``), or ``(X, names)``; `two_sample` names the table's
@@ -151,8 +152,15 @@ def group_design(
     by position) can be used. id_column: the table's column of participant ids (default ``participant_id``
     when there is one). drop_unmatched_rows: leave out the table's rows that match no map instead of refusing.
     variance_groups: the table's column of variance groups (mixed-effects models: a between-subject variance
-    per group, FSL FLAME's groups); not a regressor unless it is also the `two_sample` column.
+    per group, FSL FLAME's groups); not a regressor unless it is also the `two_sample` column. covariates: the
+    table's numeric columns that enter the design beside the `two_sample` groups (a list of names; an empty list
+    for none); None: every numeric column, named in a note when they join `two_sample` groups.
     """
+    if covariates is not None and (design is None or isinstance(design, tuple) or _is_mat(design)):
+        raise InputError(
+            "--covariates names columns of a participants table, but the design has no columns; give --design "
+            "TABLE with those columns."
+        )
     if variance_groups is not None and (design is None or isinstance(design, tuple) or _is_mat(design)):
         raise InputError(
             f"variance groups {variance_groups!r} name a column of a participants table, but the design has no "
@@ -296,8 +304,11 @@ def group_design(
         for level in levels:  # numeric codes (1, 2) get the column's name: group_1, group_2
             label = f"{two_sample}_{level}" if _numeric([level]) is not None else level
             regressors.append((label, np.array([c == level for c in columns[two_sample]], dtype=float)))
+    chosen = _covariates(covariates, names, (two_sample, column, ID_COLUMN), what)
     for name in names:
         if name in (two_sample, column, ID_COLUMN, variance_groups):  # ids are never regressors, even numeric ones
+            continue
+        if chosen is not None and name not in chosen:
             continue
         values = _numeric(columns[name])
         if values is None:
@@ -307,6 +318,8 @@ def group_design(
                     f"{what}: column {name!r} has missing values (n/a); fill them or remove the "
                     "rows (and their maps), or drop the column."
                 )
+            if chosen is not None:
+                raise InputError(f"{what}: --covariates column {name!r} is not numeric; name numeric columns.")
             left_out.append(name)
             continue
         if not np.isfinite(values).all():
@@ -322,10 +335,29 @@ def group_design(
         notes.append("an intercept column was added (the table's columns do not model the mean)")
     if left_out:
         notes.append(f"text columns left out of the design: {', '.join(left_out)}")
+    added = [n for n, _ in regressors[2 if two_sample is not None else 0 :]]
+    if two_sample is not None and chosen is None and added:
+        notes.append(
+            f"numeric columns of {what} in the design beside the groups of {two_sample!r}: {', '.join(added)} "
+            "(choose them with --covariates; --covariates alone for none)"
+        )
     d = GroupDesign(
         X, tuple(out_names), tuple(left_out), tuple(notes), column or "position", order, ids, dropped, source, groups
     )
     return _checked(d, n_maps, what)
+
+
+def _covariates(covariates, names: list[str], not_these: tuple, what: str) -> set[str] | None:
+    """The covariates asked for, checked against the table's columns (None: every numeric column)."""
+    if covariates is None:
+        return None
+    chosen = [str(c) for c in ([covariates] if isinstance(covariates, str) else covariates)]
+    for name in chosen:
+        if name not in names:
+            raise InputError(f"{what} has no column {name!r} for --covariates; its columns are {', '.join(names)}.")
+        if name in not_these:
+            raise InputError(f"--covariates {name!r} is the id or the --two-sample column; name the covariates only.")
+    return set(chosen)
 
 
 def _is_mat(design) -> bool:

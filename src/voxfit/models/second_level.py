@@ -148,7 +148,9 @@ class SecondLevel:
     the order of either; a map without a row, a row without a map (unless `drop_unmatched_rows`), repeated
     ids and maps without a label are refused. Tables without ids, design.mat and arrays are matched by
     position (a note says the order used). With `paired`, A and B maps that carry labels pair by subject,
-    and the table's rows match the pairs. The mapping is recorded in model.json; contrasts:
+    and the table's rows match the pairs. two_sample: the table's column of two groups; covariates: the table's
+    numeric columns in the model (default: every one, as covariates beside `two_sample`'s groups; ``[]``: none).
+    The mapping is recorded in model.json; contrasts:
     ``{label: expression}`` or ``["label=expr"]`` (default for one-sample: ``intercept``); con/fts/grp:
     FSL VEST files (t contrasts, F tests of them, exchangeability blocks); permutations: 0 for parametric
     inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
@@ -190,6 +192,7 @@ class SecondLevel:
     design: str | PathLike | DataFrame | tuple | None = None
     contrasts: dict | list | None = None
     two_sample: str | None = None
+    covariates: list | None = None
     id_column: str | None = None
     drop_unmatched_rows: bool = False
     paired: bool = False
@@ -432,6 +435,7 @@ class SecondLevel:
             id_column=self.id_column,
             drop_unmatched_rows=self.drop_unmatched_rows,
             variance_groups=self.variance_groups,
+            covariates=self.covariates,
         )
         if pairs is not None:
             note = (

@@ -313,6 +313,34 @@ def test_a_warning_said_by_every_run_is_printed_once(study, capsys):
     assert err.startswith("voxfit: warning: The design is rank deficient") and err.count("\n") == 1, err
 
 
+def test_p_maps_keep_p_values_that_float32_cannot_hold(tmp_path, rng, capsys):
+    """A voxel whose signal dwarfs its noise has p far below float32's range (1e-60 here): its p map is written in
+    float64 rather than as 0, the z map as float32; the p map of an ordinary fit stays float32."""
+    n = 60
+    t = np.arange(n)
+    design = pd.DataFrame({"A": (t % 10 < 5).astype(float), "constant": 1.0})
+    data = 100 + rng.standard_normal(SHAPE + (n,))
+    data[2, 2, 2] += 40 * design["A"].to_numpy()  # (t of about 150)
+    bold = write_nifti(tmp_path / "bold.nii.gz", data.astype(np.float32))
+    design.to_csv(tmp_path / "design.tsv", sep="\t", index=False)
+    code, _, err = run(
+        capsys, "fit", bold, "--design", tmp_path / "design.tsv", "--contrast", "c=A", "-o", tmp_path / "o"
+    )
+    assert code == 0, err
+    p_map = nib.load(tmp_path / "o" / "contrast-c_stat-p_statmap.nii.gz")
+    z_map = nib.load(tmp_path / "o" / "contrast-c_stat-z_statmap.nii.gz")
+    assert p_map.get_data_dtype() == np.float64 and z_map.get_data_dtype() == np.float32
+    p = np.asarray(p_map.dataobj)[2, 2, 2]
+    assert 0 < p < 1e-60
+    data[2, 2, 2] = 100 + rng.standard_normal(n)
+    bold = write_nifti(tmp_path / "bold.nii.gz", data.astype(np.float32))
+    code, _, err = run(
+        capsys, "fit", bold, "--design", tmp_path / "design.tsv", "--contrast", "c=A", "-o", tmp_path / "o", "--force"
+    )
+    assert code == 0, err
+    assert nib.load(tmp_path / "o" / "contrast-c_stat-p_statmap.nii.gz").get_data_dtype() == np.float32
+
+
 def test_column_labels_never_collide():
     assert glm._column_labels(["a", "a_", "a1"]) == ["a2", "a3", "a1"]
     labels = glm._column_labels(["x-1", "x1", "x_1", "y"])

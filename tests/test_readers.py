@@ -680,8 +680,9 @@ def test_keep_columns_moves_series_within_their_buffer(rng):
 
 def test_masker_inverse_puts_each_value_at_its_element(rng):
     """Maps from values, against the boolean mask's own assignment: float values as float32 unless a finite one
-    would overflow it (then float64; NaN and infinities do not count), (V,) and (k, V) values, integer and boolean
-    values as they are, NaN outside the mask; the index handed out is a copy."""
+    would overflow it, or fall below its smallest normal number but for 0 (a p value of 1e-60 written as 0; then
+    float64; NaN and infinities do not count), (V,) and (k, V) values, integer and boolean values as they are,
+    NaN outside the mask; the index handed out is a copy."""
     mask = rng.random(1000) < 0.3
     m = Masker(SurfaceGeometry(mask.size), mask)
     V = int(mask.sum())
@@ -690,7 +691,14 @@ def test_masker_inverse_puts_each_value_at_its_element(rng):
     edge = rng.standard_normal(V)
     edge[[0, 5]] = np.nan, np.inf
     edge[3] = np.finfo(np.float32).max
+    edge[4] = 0.0
+    tiny = np.abs(rng.standard_normal(V))  # p values, one of them beyond float32
+    tiny[9] = 1e-60
+    low = tiny.copy()
+    low[9] = np.finfo(np.float32).tiny  # (the smallest normal float32: kept)
     for values, dtype in [
+        (tiny, np.float64),
+        (low, np.float32),
         (rng.standard_normal(V), np.float32),
         (rng.standard_normal((3, V)).astype(np.float32), np.float32),
         (big, np.float64),

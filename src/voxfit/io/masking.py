@@ -84,9 +84,8 @@ class Masker:
         values = np.atleast_2d(np.asarray(values))
         if values.shape[1] != self.n_voxels:
             raise InputError(f"`values` have {values.shape[1]} voxels but the mask has {self.n_voxels}.")
-        if values.dtype.kind == "f":  # float32 maps, unless a finite value would overflow float32 (then float64)
-            big = np.nanmax(np.abs(values), initial=0.0, where=np.isfinite(values))
-            values = values.astype(np.float32 if big <= np.finfo(np.float32).max else np.float64, copy=False)
+        if values.dtype.kind == "f":  # float32 maps, unless float32 cannot hold a finite value (then float64)
+            values = values.astype(np.float32 if _fits_float32(values) else np.float64, copy=False)
         out = np.full((values.shape[0], self.geometry.n_elements), fill, dtype=values.dtype)
         out[:, self._index] = values
         return out
@@ -97,6 +96,18 @@ class Masker:
 
     def write_mask(self, path) -> None:
         self.geometry.write(path, self.mask[None, :].astype(np.uint8), ["mask"])
+
+
+def _fits_float32(values: NDArray) -> bool:
+    """Whether float32 holds every finite value to its own precision: none beyond float32's largest, and none
+    below its smallest normal number but 0 (p values of large statistics, 1e-60, would be written as 0 or
+    as subnormals of a few digits; their maps are written in float64)."""
+    magnitude = np.abs(values)
+    finite = np.isfinite(magnitude)
+    f32 = np.finfo(np.float32)
+    big = np.max(magnitude, initial=0.0, where=finite)
+    small = np.min(magnitude, initial=np.inf, where=finite & (magnitude > 0))
+    return bool(big <= f32.max and small >= f32.tiny)
 
 
 def load_mask(path, geometry: Geometry) -> NDArray[np.bool_]:

@@ -173,3 +173,37 @@ def test_sidecars_pybids_or_voxfit_cannot_read(tmp_path, dataset, capsys):
         sidecar.write_text(json.dumps({**meta, key: value}))
         code, lines = _bids(tmp_path, dataset, capsys, level="run")
         assert code == 2 and len(lines) == 1 and key in lines[0] and "sub-02_task-stroop_run-1" in lines[0], lines
+
+
+def test_the_output_folder_is_neither_the_dataset_nor_a_foreign_folder(tmp_path, capsys):
+    """A study writes its own dataset_description.json: into the raw dataset or a derivatives folder it would
+    replace theirs, so those are refused even with --force; a non-empty folder that holds no voxfit study is
+    refused unless --force; a study's own folder is reused. Nothing is written when refused."""
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    before = {
+        p / "dataset_description.json": (p / "dataset_description.json").read_bytes()
+        for p in (study.root, study.derivatives)
+    }
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "dataset_description.json").write_text('{"Name": "my notes"}')
+
+    def bids(out, *extra):
+        code = main(
+            ["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives), "--quiet", *extra]
+        )
+        return code, capsys.readouterr().err
+
+    for out, message in (
+        (study.root, "is the BIDS dataset; give a folder of its own"),
+        (study.derivatives, "is a --derivatives folder; give a folder of its own"),
+    ):
+        for extra in ((), ("--force",)):
+            code, err = bids(out, *extra)
+            assert code == 2 and err.count("\n") == 1 and message in err, err
+    code, err = bids(mine)
+    assert code == 2 and err.count("\n") == 1 and "is not empty and holds no voxfit study" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["dataset_description.json"]
+    assert {p: p.read_bytes() for p in before} == before  # (the dataset's and fMRIPrep's descriptions kept)
+    assert bids(tmp_path / "out") == (0, "") and bids(tmp_path / "out") == (0, "")  # (its own folder: reused)
+    assert bids(mine, "--force")[0] == 0 and "voxfit" in (mine / "dataset_description.json").read_text()

@@ -283,7 +283,8 @@ def test_a_group_that_cannot_be_written_fails_alone(tmp_path, capsys):
     out = tmp_path / "out"
     (out / "sub-02").mkdir(parents=True)
     (out / "sub-02" / "node-subject").write_text("a file where the subject's folder goes\n")
-    code = main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet"])
+    # (--force: a folder holding no voxfit study is written into only when asked)
+    code = main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet", "--force"])
     err = capsys.readouterr().err
     failed = [line for line in err.splitlines() if line.startswith("voxfit: failed:")]
     assert code == 2

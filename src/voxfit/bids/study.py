@@ -300,6 +300,7 @@ def run(
     out_dir = Path(out_dir)
     labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
     derivatives = [Path(d) for d in derivatives]
+    _check_study_folder(out_dir, Path(bids_dir), derivatives, force)
     stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir]) if Path(bids_dir).is_dir() else ""
     study_key = _checksum(
         __version__, stamp, _model_key(model), settings.__dict__, [labels, task, space, desc], str(out_dir.resolve())
@@ -638,6 +639,29 @@ def _node_result(bids: dict, record_path: Path) -> NodeResult:
         reused=True,
         notes=tuple(bids.get("notes", ())),
     )
+
+
+def _check_study_folder(out_dir: Path, bids_dir: Path, derivatives: list[Path], force: bool) -> None:
+    """Before anything is written: the output folder is neither the dataset nor one of its derivatives (whose
+    dataset_description.json the study's would replace), and, unless `force`, it is empty, or a voxfit study's
+    (its ``.voxfit`` folder, or a description voxfit generated), whose groups are reused or refitted."""
+    sources = [(bids_dir, "the BIDS dataset", bids_dir / "derivatives" / "voxfit")]
+    sources += [(d, "a --derivatives folder", d.parent / "voxfit") for d in derivatives]
+    for source, what, example in sources:
+        if source.is_dir() and out_dir.exists() and os.path.samefile(out_dir, source):
+            raise InputError(f"the output folder {out_dir} is {what}; give a folder of its own (e.g. {example}).")
+    if force or not out_dir.is_dir() or (out_dir / ".voxfit").is_dir() or not any(out_dir.iterdir()):
+        return
+    try:
+        generated = json.loads((out_dir / "dataset_description.json").read_text()).get("GeneratedBy") or []
+        ours = any(isinstance(g, dict) and g.get("Name") == "voxfit" for g in generated)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise InputError(
+            f"output folder {out_dir} is not empty and holds no voxfit study; choose an empty folder, or pass --force "
+            "to write into it (files of the same names are replaced)."
+        )
 
 
 def _reuse_study(out_dir: Path, study_key: str) -> StudyResult | None:

@@ -485,3 +485,28 @@ def test_runs_are_written_here_while_the_next_run_is_still_read():
         writer.next_read = next_read
         writer.submit(lambda: where.append(threading.current_thread() is threading.main_thread())).result(5)
     assert where == [True, False, False]
+
+
+def test_a_subject_without_sessions_beside_subjects_with_them_is_fitted_once(tmp_path, capsys):
+    """pybids puts an input that lacks a grouping entity into the group of every value the others have: a
+    subject without sessions had its runs combined once per session of the others (ses-a and ses-b, alike),
+    then counted twice at the subject level. Its runs now make one session group of their own."""
+    import shutil
+
+    study, deriv = _study(tmp_path, subjects=3, runs=2, scans=40, shape=(10, 10, 8), sessions=("a", "b"))
+    for base in (study.root, study.derivatives):  # sub-03: one unnamed session
+        sub = base / "sub-03"
+        shutil.rmtree(sub / "ses-b")
+        (sub / "ses-a" / "func").rename(sub / "func")
+        (sub / "ses-a").rmdir()
+        for f in (sub / "func").iterdir():
+            f.rename(f.with_name(f.name.replace("_ses-a", "")))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (out / "sub-03").iterdir()) == ["node-run", "node-session", "node-subject"]
+    assert sorted(p.name for p in (out / "sub-01").iterdir()) == ["node-subject", "ses-a", "ses-b"]
+    for subject, inputs in (("01", 2), ("03", 1)):  # (the subject node's inputs: its sessions' maps)
+        record = json.loads(next((out / f"sub-{subject}" / "node-subject").glob("*congruent_model.json")).read_text())
+        assert record["design"]["n_rows"] == inputs
+    session = json.loads(next((out / "sub-03" / "node-session").glob("*congruent_model.json")).read_text())
+    assert session["design"]["n_rows"] == 2  # (its two runs)

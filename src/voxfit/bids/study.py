@@ -522,9 +522,17 @@ def _long(key: str) -> str:
     return short.get(key, key)
 
 
+# The value given to an input's grouping entity that it lacks where other inputs have one (a subject without sessions
+# beside subjects with them): pybids would copy such an input into the group of every value it saw (its runs fitted
+# once per session of the others, then counted as many times at the subject level); with this value it makes a group
+# of its own, whose entity is absent again for voxfit (_value).
+_ABSENT = "\x00absent"
+
+
 def _value(v):
-    """An entity's value as one text whatever pandas made of it (1, 1.0, '1' -> '1'); None for NaN."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    """An entity's value as one text whatever pandas made of it (1, 1.0, '1' -> '1'); None for NaN (and for
+    :data:`_ABSENT`)."""
+    if v is None or v == _ABSENT or (isinstance(v, float) and math.isnan(v)):
         return None
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         v = int(v)
@@ -1558,7 +1566,12 @@ class _Study:
         if self.hemispheres and "hemi" not in group_by:
             group_by.append("hemi")
         filters = {_long(k): v for k, v in filters.items()}
-        infos = [ContrastInfo(name, [name], [1], "t", ents) for name, ents in inputs]
+        keys = {_long(k) for k in group_by}
+        held = {k for _, ents in inputs for k in keys if _value(ents.get(k)) is not None}
+        infos = [
+            ContrastInfo(name, [name], [1], "t", {**ents, **{k: _ABSENT for k in held if _value(ents.get(k)) is None}})
+            for name, ents in inputs
+        ]
         try:
             groups = self.pybids_node(node.name).run(inputs=infos, group_by=group_by, missing_values="fill", **filters)
         except (ValueError, KeyError) as exc:

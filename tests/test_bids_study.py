@@ -244,6 +244,70 @@ def test_participants_covariate_in_the_dataset_design(tmp_path):
     assert t_maps == [f"contrast-trialtype{c}congruentage_stat-t_statmap.nii.gz" for c in ("", "in")], t_maps
 
 
+AGE_MODEL = {
+    "Name": "age",
+    "BIDSModelVersion": "1.0.0",
+    "Input": {"task": ["stroop"]},
+    "Nodes": [
+        {
+            "Level": "Run",
+            "Name": "run",
+            "GroupBy": ["run", "subject"],
+            "Model": {
+                "Type": "glm",
+                "X": ["congruent", "incongruent", 1],
+                "HRF": {"Variables": ["congruent", "incongruent"], "Model": "spm"},
+            },
+            "DummyContrasts": {"Contrasts": ["congruent"], "Test": "t"},
+        },
+        {
+            "Level": "Dataset",
+            "Name": "dataset",
+            "GroupBy": ["contrast"],
+            "Model": {"Type": "glm", "X": [1, "age"]},
+            "Contrasts": [{"Name": "age", "ConditionList": ["age"], "Weights": [1], "Test": "t"}],
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("sub-04\t25", "sub-04\tn/a"), "the design's column 'age' has no number for sub-04"),
+        (lambda t: t.replace("sub-04\t25", "sub-04\ttwenty"), "the design's column 'age' has no number for sub-04"),
+        (
+            lambda t: "\n".join(x for x in t.splitlines() if not x.startswith("sub-04")) + "\n",
+            "sub-04 of the group left",
+        ),
+        (lambda t: t + "sub-03\t99\tcontrol\n", "names sub-03 (lines 2, 7) more than once"),
+    ],
+    ids=["n/a", "a-word", "no-row", "two-rows"],
+)
+def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, edit, message):
+    """A covariate of participants.tsv that is n/a or a word for a subject, a subject without a row, a subject
+    with two: pybids filled the first with 0 (the fit went on), failed in the fit on the second (exit 1), left the
+    third out and took one of the fourth's rows, silently. Each is refused, naming the subject."""
+    study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(10, 10, 8))
+    table = study.root / "participants.tsv"
+    assert "sub-04\t25" in table.read_text() and table.read_text().splitlines()[1].startswith("sub-03")
+    table.write_text(edit(table.read_text()))
+    (tmp_path / "age_smdl.json").write_text(json.dumps(AGE_MODEL))
+    argv = [
+        "bids",
+        str(study.root),
+        str(tmp_path / "out"),
+        "dataset",
+        *deriv,
+        "--model",
+        str(tmp_path / "age_smdl.json"),
+    ]
+    code = main([*argv, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert all(line.startswith("voxfit: ") for line in err.splitlines()), err
+
+
 @pytest.mark.parametrize("breakage", ["events", "confounds", "tr", "start-time"])
 def test_a_broken_run_fails_alone(tmp_path, capsys, breakage):
     study, deriv = _study(tmp_path, subjects=2)

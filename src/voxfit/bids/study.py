@@ -35,6 +35,7 @@ equals the last one; (4) otherwise each group is reused when its design, contras
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import functools
 import gc
@@ -52,11 +53,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import repeated
 from .._execution import Execution, cap_holding, data_bytes
 from .._memory import reserved_bytes
 from .._progress import Progress
 from .._threads import DaemonExecutor
 from .._version import __version__
+from ..design.subjects import listed
 from ..exceptions import InputError
 from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
 from ..io.output import missing_folders, remove_made_folders, signals_held
@@ -301,6 +304,7 @@ def run(
     labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
     derivatives = [Path(d) for d in derivatives]
     _check_study_folder(out_dir, Path(bids_dir), derivatives, force)
+    _check_participants(Path(bids_dir))
     stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir]) if Path(bids_dir).is_dir() else ""
     study_key = _checksum(
         __version__, stamp, _model_key(model), settings.__dict__, [labels, task, space, desc], str(out_dir.resolve())
@@ -670,6 +674,66 @@ def _check_study_folder(out_dir: Path, bids_dir: Path, derivatives: list[Path], 
             f"output folder {out_dir} is not empty and holds no voxfit study; choose an empty folder, or pass --force "
             "to write into it (files of the same names are replaced)."
         )
+
+
+def _numbers(X, rows: list[dict], node, entities: dict):
+    """A group's design as numbers: a value that is missing (n/a) or not a number (a participants.tsv column
+    with a gap or a word) is refused, naming the inputs, rather than filled with 0 or left to fail in the fit."""
+    import pandas as pd
+
+    values = X.apply(pd.to_numeric, errors="coerce").astype(float)
+    for column in values.columns:
+        gaps = [_input_name(rows[i]) for i in np.flatnonzero(~np.isfinite(values[column].to_numpy()))]
+        if gaps:
+            raise InputError(
+                f"the design's column {column!r} has no number for {listed(gaps)} (n/a or text in "
+                "participants.tsv?); fill it, or leave those subjects out (--participant-label)."
+            )
+    return values
+
+
+def _left_behind(inputs, group, filters: dict) -> list[str]:
+    """The inputs that belong to a group (its entities, the node's filters) but that pybids left out of it: a
+    subject without a row in participants.tsv, when the node's Model.X takes a column of it."""
+    entities = {k: _value(v) for k, v in group.entities.items() if _value(v) is not None}
+    have = {_key(row) for row in group.metadata.to_dict("records")}
+    out = []
+    for _, ents in inputs:
+        if all(_value(ents.get(k)) == v for k, v in entities.items()) and _passes(ents, filters):
+            if _key(ents) not in have:
+                out.append(_input_name(ents))
+    return out
+
+
+def _input_name(entities: dict) -> str:
+    """An input of a higher node, for a message: its subject and session where it has them."""
+    named = {k: entities[k] for k in ("subject", "session") if _value(entities.get(k)) is not None}
+    return _group_label(named or entities)
+
+
+def _check_participants(bids_dir: Path) -> None:
+    """participants.tsv names each subject once (BIDS): pybids takes one of two rows of a subject silently."""
+    path = bids_dir / "participants.tsv"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [[c.strip() for c in r] for r in csv.reader(fh, delimiter="\t") if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return  # (none, or unreadable: pybids's index says so where a node reads it)
+    if not rows or "participant_id" not in rows[0]:
+        return
+    j = rows[0].index("participant_id")
+    ids = [r[j].removeprefix("sub-") if len(r) > j else "" for r in rows[1:]]
+    if twice := repeated(ids):
+        where = [f"sub-{i} (lines {', '.join(str(n + 2) for n, x in enumerate(ids) if x == i)})" for i in twice]
+        raise InputError(f"{path} names {listed(where)} more than once; keep one row per subject.")
+
+
+def _passes(entities: dict, filters: dict) -> bool:
+    for name, wanted in filters.items():
+        allowed = {_value(w) for w in (wanted if isinstance(wanted, (list, tuple, set)) else [wanted])}
+        if _value(entities.get(name)) not in allowed:
+            return False
+    return True
 
 
 def _reuse_study(out_dir: Path, study_key: str) -> StudyResult | None:
@@ -1573,7 +1637,9 @@ class _Study:
             for name, ents in inputs
         ]
         try:
-            groups = self.pybids_node(node.name).run(inputs=infos, group_by=group_by, missing_values="fill", **filters)
+            # (missing values kept, not filled with 0: _numbers refuses them, naming the inputs)
+            run = self.pybids_node(node.name).run
+            groups = run(inputs=infos, group_by=group_by, missing_values="ignore", **filters)
         except (ValueError, KeyError) as exc:
             self.failures.append(Failure(node.name, "all", f"{exc}; check the node's Model.X and GroupBy."))
             return
@@ -1597,6 +1663,12 @@ class _Study:
                 entities = {k: v for k, v in g.entities.items() if _value(v) is not None}
                 produced.append(entities)
                 try:
+                    if behind := _left_behind(inputs, g, filters):
+                        raise InputError(
+                            f"the input(s) {listed(behind)} of the group left out of its design (a subject without "
+                            "a row in participants.tsv, whose columns the node's Model.X takes?); add their rows, "
+                            "or leave them out (--participant-label)."
+                        )
                     write = self.fit_group(node, g, entities, failed)
                 except InputError as exc:
                     fail(entities, exc)
@@ -1659,9 +1731,9 @@ class _Study:
         """Fit pybids' group `g` of the node's inputs; returns a function that writes its maps and record (in
         their folder, committed whole) and returns its ``(NodeResult, outputs)``. A group whose checksum is
         unchanged is not refitted: the function returns what its record says."""
-        X = g.X.astype(float)
-        names = [str(c) for c in X.columns]
         rows = g.metadata.to_dict("records")
+        X = _numbers(g.X, rows, node, entities)
+        names = [str(c) for c in X.columns]
         refs = [self.maps.get(_key(row)) for row in rows]
         missing = [row for row, ref in zip(rows, refs) if ref is None]
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)

@@ -207,3 +207,42 @@ def test_the_output_folder_is_neither_the_dataset_nor_a_foreign_folder(tmp_path,
     assert {p: p.read_bytes() for p in before} == before  # (the dataset's and fMRIPrep's descriptions kept)
     assert bids(tmp_path / "out") == (0, "") and bids(tmp_path / "out") == (0, "")  # (its own folder: reused)
     assert bids(mine, "--force")[0] == 0 and "voxfit" in (mine / "dataset_description.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("empty", "events.tsv is empty"),
+        ("commas", "names no onset and duration columns"),
+        ("onset", "line 2: onset 'abc' is not a number"),
+        ("short", "line 3: 2 values for the header's 4 columns"),
+    ],
+)
+def test_an_events_file_pybids_cannot_read_fails_its_runs_alone(tmp_path, capsys, breakage, message):
+    """Events tables that stopped the whole study inside pybids (pandas' EmptyDataError, KeyError, AttributeError:
+    exit 1), or lost a row silently (a short one): the run fails with what is wrong, its subject's other run
+    with pybids' own words, and the other subject is fitted to the subject level; a dataset node left with one
+    subject says so rather than reading its one map as a 4-D image."""
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=40, shape=(10, 10, 8))
+    events = study.root / "sub-01" / "func" / "sub-01_task-stroop_run-1_events.tsv"
+    lines = events.read_text().splitlines()
+    if breakage == "empty":
+        events.write_text("")
+    elif breakage == "commas":
+        events.write_text("\n".join(line.replace("\t", ",") for line in lines) + "\n")
+    elif breakage == "onset":
+        events.write_text("\n".join([lines[0], "abc" + lines[1][lines[1].index("\t") :], *lines[2:]]) + "\n")
+    else:
+        events.write_text("\n".join([*lines[:2], "\t".join(lines[2].split("\t")[:2]), *lines[3:]]) + "\n")
+    out = tmp_path / "out"
+    code = main(["bids", str(study.root), str(out), "dataset", "--derivatives", str(study.derivatives), "--quiet"])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("voxfit: failed:")]
+    assert code == 2 and "Traceback" not in err and "internal error" not in err, err
+    assert message in failed[0] and "run-1" in failed[0], failed
+    assert len(list((out / "sub-02" / "node-subject").glob("*_stat-z_statmap.nii.gz"))) == 2
+    if breakage == "short":  # (pybids reads the table: sub-01's run-2 is fitted, the dataset node has both)
+        assert len(failed) == 1 and len(list((out / "node-dataset").glob("*_stat-z_statmap.nii.gz"))) == 2
+        return
+    assert "run-2" in failed[1] and "pybids could not read the events or confounds tables of subject 01" in failed[1]
+    assert len(failed) == 4 and all("leaves no degrees of freedom; it needs more" in f for f in failed[2:]), failed

@@ -454,6 +454,8 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         )
         start_time = None
     events = files.one("events files", ent, bold)
+    if events is not None and (problem := _events_problem(events)) is not None:
+        problems.append(problem)
     if events is None:
         parts = short_entities(raw, RAW)
         problems.append(
@@ -485,6 +487,39 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         sidecars=sidecars,
         start_time=None if start_time is None else float(start_time),
     )
+
+
+def _events_problem(path: Path) -> str | None:
+    """What makes a run's events.tsv unreadable as a BIDS table, where pybids would stop the whole study on it
+    (pandas' errors, exit 1) or drop a row: empty, not tab-separated (no onset and duration in its header), a row
+    of another length than the header, an onset or duration that is not a number (a duration may be n/a)."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{path}: not a readable text table ({exc})."
+    fix = "; fix the events file (tab-separated, a header line naming onset, duration and trial_type)."
+    if not lines:
+        return f"{path} is empty" + fix
+    header = [h.strip() for h in lines[0].split("\t")]
+    if not {"onset", "duration"} <= set(header):
+        return f"{path}: its header {lines[0].strip()!r} names no onset and duration columns" + fix
+    for n, line in enumerate(lines[1:], 2):
+        cells = [c.strip() for c in line.split("\t")]
+        if len(cells) != len(header):
+            return f"{path}, line {n}: {len(cells)} values for the header's {len(header)} columns" + fix
+        for column in ("onset", "duration"):
+            value = cells[header.index(column)]
+            if not _number_text(value) and not (column == "duration" and value == "n/a"):
+                return f"{path}, line {n}: {column} {value!r} is not a number" + fix
+    return None
+
+
+def _number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _rows(table: Path) -> int:

@@ -1214,6 +1214,18 @@ class _Study:
         kwargs = {"subject": list(self.labels)} if self.labels else {}
         if key != name:
             kwargs["subject"] = [subject]
+        try:
+            self._load(name, run_level, kwargs)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (pandas' and pybids' on broken tables)
+            whose = f"subject {subject}" if key != name else f"node {name}"
+            raise InputError(
+                f"pybids could not read the events or confounds tables of {whose} ({type(exc).__name__}: {exc}); "
+                "fix the tables (the runs' own failures say which)."
+            ) from None
+        self._loaded.add(key)
+        return node
+
+    def _load(self, name: str, run_level: bool, kwargs: dict) -> None:
         if run_level:
             kwargs.update(scope="derivatives", extension=list(self.bold_extensions), **self.grid)
             if name not in self.unloaded:
@@ -1226,8 +1238,6 @@ class _Study:
                 self._graph.load_collections(nodes=[name], events=False, columns=self._columns[name], **kwargs)
         else:
             self._graph.load_collections(nodes=[name], **kwargs)
-        self._loaded.add(key)
-        return node
 
     def tables(self) -> list:
         """The contents of the dataset's participants, sessions and scans tables and their sidecars (what the
@@ -1858,6 +1868,13 @@ class _Study:
         from ..models.second_level import SecondLevel
 
         s = self.settings
+        n, rank = X.shape[0], int(np.linalg.matrix_rank(X))
+        if n < 2 or (s.group_model != "fixed" and n <= rank):
+            raise InputError(
+                f"a group model of {n} input(s) and {rank} design column(s) at the dataset level leaves no degrees of "
+                "freedom; it needs more subjects (any left out failed above or were not chosen), or end the study "
+                "at the subject level."
+            )
         model = SecondLevel(
             design=(X, names),
             contrasts=weights,

@@ -574,3 +574,32 @@ def test_a_subject_without_sessions_beside_subjects_with_them_is_fitted_once(tmp
         assert record["design"]["n_rows"] == inputs
     session = json.loads(next((out / "sub-03" / "node-session").glob("*congruent_model.json")).read_text())
     assert session["design"]["n_rows"] == 2  # (its two runs)
+
+
+def test_the_default_model_takes_each_runs_own_trial_types(tmp_path, capsys):
+    """voxfit's default model names the trial types of every run; a run without one of them (error trials,
+    misses: common) failed ("Model.X names "neutral", but the run has no variable"), and so did every run of a
+    dataset whose trial types are numeric codes (BIDS's trial_type is a label; pybids reads 1, 2 as numbers).
+    Now each run's design has its own conditions, and a condition is estimated from the runs that have it."""
+    study, deriv = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(10, 10, 8))
+    for subject in ("01", "02"):
+        for run_ in (1, 2):
+            events = study.root / f"sub-{subject}" / "func" / f"sub-{subject}_task-stroop_run-{run_}_events.tsv"
+            text = events.read_text().replace("\tincongruent\t", "\t2\t").replace("\tcongruent\t", "\t1\t")
+            events.write_text(text + ("70\t2\t3\t0.5\n" if run_ == 1 else ""))  # (condition 3: first runs only)
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet"]) == 0, capsys.readouterr().err
+    for subject in ("01", "02"):
+        designs = sorted((out / f"sub-{subject}" / "node-run").glob("*_design.tsv"))
+        assert [d.read_text().splitlines()[0].split("\t")[:3] for d in designs] == [
+            ["1", "2", "3"],
+            ["1", "2", "drift_1"],
+        ]
+        rows = {}
+        for c in ("1", "3"):
+            record = next((out / f"sub-{subject}" / "node-subject").glob(f"*_contrast-{c}_model.json"))
+            rows[c] = json.loads(record.read_text())["design"]["n_rows"]
+        assert rows == {"1": 2, "3": 1}
+    assert sorted(p.name for p in (out / "node-dataset").glob("*_stat-z_statmap.nii.gz")) == [
+        f"contrast-{c}_stat-z_statmap.nii.gz" for c in ("1", "2", "3")
+    ]

@@ -204,21 +204,33 @@ def _run_file(collection) -> str:
 
 def _add_trial_types(variables) -> None:
     """Each level of the events' categorical ``trial_type`` as a sparse variable of its own name (amplitude 1),
-    unless a variable has that name."""
+    unless a variable has that name. Numeric codes (1, 2: BIDS's trial types are labels) are levels too, named
+    as :func:`trial_type_name` names them."""
     from bids.variables import SparseRunVariable
 
     trial_type = variables.variables.get("trial_type")
-    if not isinstance(trial_type, SparseRunVariable) or trial_type.values.dtype.kind in "bifc":
+    if not isinstance(trial_type, SparseRunVariable) or trial_type.values.dtype.kind in "bc":
         return
     frame = trial_type.to_df(condition=True, entities=True).drop(columns="condition")
-    for level in dict.fromkeys(frame["amplitude"].dropna().astype(str)):
+    names = frame["amplitude"].map(trial_type_name)
+    for level in dict.fromkeys(names.dropna()):
         if level in variables.variables or level in ("", "n/a"):
             continue
-        rows = frame[frame["amplitude"].astype(str) == level].copy()
+        rows = frame[names == level].copy()
         rows["amplitude"] = 1.0
         variables.variables[level] = SparseRunVariable(
             name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
         )
+
+
+def trial_type_name(value) -> str | None:
+    """A trial type's name: its text, or a number written as an events table writes it (2.0 read by pandas
+    beside an n/a is "2"); None for a missing value."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value)
 
 
 # -- transformations ----------------------------------------------------------------------------------------------

@@ -317,14 +317,16 @@ def run(
     from .spec import default_model, load_model
 
     layout = index(bids_dir, derivatives, database=out_dir / ".voxfit" / "bids-index", stamp=stamp or None)
+    default_types = []  # (voxfit's default model: its trial types, each run's own taken: _Study.run_spec)
     if model is None:
         runs = find_runs(layout, task=task, space=space, desc=desc, participant_label=labels, strict=False)
         sessions = any(dict(r.entities).get("session") for r in runs)
         tasks = sorted({dict(r.entities)["task"] for r in runs})
         if all(r.problems for r in runs):  # nothing to fit: the first run's problem is the one to fix
             raise InputError(runs[0].problems[0])
+        default_types = _trial_types(runs)
         model = load_model(
-            default_model(task or (tasks[0] if len(tasks) == 1 else None), _trial_types(runs), sessions=sessions)
+            default_model(task or (tasks[0] if len(tasks) == 1 else None), default_types, sessions=sessions)
         )
     else:
         model = load_model(model, task=task)
@@ -338,6 +340,7 @@ def run(
         )
     model_file = describe_dataset(out_dir, model, command)
     study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
+    study.default_types = tuple(default_types)
     # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
     # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
     freeze = gc.get_freeze_count() == 0
@@ -499,6 +502,8 @@ def _trial_types(runs) -> list[str]:
     """The trial types of the runs' events (their ``trial_type`` column), sorted; empty when none has one."""
     import pandas as pd
 
+    from .run_design import trial_type_name
+
     found: set[str] = set()
     for r in runs:
         if r.events is None:
@@ -508,7 +513,7 @@ def _trial_types(runs) -> list[str]:
         except (OSError, ValueError):
             continue
         if "trial_type" in table:
-            found |= {str(t) for t in table["trial_type"].dropna().unique()}
+            found |= {trial_type_name(t) for t in table["trial_type"].dropna().unique()}
     return sorted(found)
 
 
@@ -1157,6 +1162,7 @@ class _Study:
     def __init__(self, layout, model, settings: _Settings, execution, out_dir: Path, force: bool, command, labels):
         self.layout, self.model, self.settings, self.execution = layout, model, settings, execution
         self.out_dir, self.force, self.labels = out_dir, force, labels
+        self.default_types: tuple[str, ...] = ()
         self.command = tuple(map(str, command)) if command else None
         self.maps: dict[tuple, _MapRef] = {}  # _key(contrast entities) -> the maps
         self.outputs: dict[str, list[tuple[str, dict]]] = {}  # node name -> (contrast name, entities) passed on
@@ -1384,12 +1390,25 @@ class _Study:
             self.results[node.name].append(result)
             self.pass_on(node.name, outputs, r.entity)
 
+    def run_spec(self, node: _Node, r: RunInput) -> dict:
+        """The Run node for run `r`: as the model gives it, but for voxfit's default model (each trial type against
+        baseline), whose trial types are those of every run, only those of this run's events (as SPM builds each
+        session from its own conditions): a condition that some runs lack (error trials, misses) is then
+        estimated from the runs that have it, rather than failing the others."""
+        if not self.default_types or r.events is None:
+            return node.spec
+        present = [t for t in self.default_types if t in set(_trial_types([r]))]
+        if not present or len(present) == len(self.default_types):
+            return node.spec
+        model = {**node.spec["Model"], "X": [*present, 1], "HRF": {**node.spec["Model"]["HRF"], "Variables": present}}
+        return {**node.spec, "Model": model, "DummyContrasts": {**node.spec["DummyContrasts"], "Contrasts": present}}
+
     def run_checksum(self, node: _Node, r: RunInput) -> str:
         """What a run's fit depends on, decided before its design is built (see the module docstring)."""
         return _checksum(
             __version__,
             self.settings.of_level("run"),
-            node.spec,
+            self.run_spec(node, r),
             _key(r.entity),
             _file_stamp([r.bold, r.mask]),
             _content([r.events, r.confounds]),
@@ -1437,7 +1456,7 @@ class _Study:
         try:
             rd = run_design(
                 merge_collections(collections) if len(collections) > 1 else collections[0],
-                node.spec,
+                self.run_spec(node, r),
                 tr=r.tr,
                 n_scans=r.n_scans,
                 convolution=self.settings.convolution,

@@ -9,8 +9,10 @@ exit status 1 is kept for voxfit's own bugs.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
+import functools
 import math
 import os
 import re
@@ -1449,6 +1451,29 @@ def _on_signal(signum, frame):
     raise KeyboardInterrupt
 
 
+def _interrupt_swallowed(hook, unraisable) -> None:
+    """``sys.unraisablehook`` while a command runs: the KeyboardInterrupt of :func:`_on_signal`, raised while the
+    main thread ran a finalizer (SQLAlchemy's, of pybids' index, in a study), is one Python ignores ("Exception
+    ignored in"): the run went on to exit 0, deaf to further signals. It is raised again, once the finalizer has
+    returned, in the main thread's own code; anything else goes to `hook`, the one it replaced."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is ignore_signal:
+        signal.signal(signal.SIGINT, _on_signal)  # (a moment later, from another thread: here it is ignored again)
+        again = threading.Timer(0.02, _signal_main_thread)
+        again.daemon = True
+        again.start()
+        return
+    hook(unraisable)
+
+
+def _signal_main_thread() -> None:
+    """SIGINT to the main thread itself: a signal that wakes it from a blocking call (where it has pthread_kill),
+    not only a flag that it reads once the call returns."""
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    else:  # pragma: no cover - Windows
+        _thread.interrupt_main(signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line on `argv` (default: ``sys.argv[1:]``); returns its exit status. Python code that calls it
     keeps its process; the voxfit program itself is :func:`program`."""
@@ -1467,9 +1492,13 @@ def _command(argv: list[str], program: bool) -> int:
     # (a SIGINT that the parent made ignored, as for background jobs, stays ignored, as Python leaves it)
     handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, _on_signal) for s in handled} if in_main else {}
+    hook = sys.unraisablehook
+    if previous:
+        sys.unraisablehook = functools.partial(_interrupt_swallowed, hook)
     try:
         return _main(argv)
     finally:
+        sys.unraisablehook = hook
         interrupted = any(signal.getsignal(s) is ignore_signal for s in previous)
         if not (program and interrupted):  # an interrupted program ignores signals until it has exited
             for s, handler in previous.items():

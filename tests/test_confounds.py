@@ -144,3 +144,7 @@ def test_missing_columns_and_files_are_refused(run, tmp_path):
         confounds_strategy(tsv, "scrubbing")  # the synthetic motion is large: FD > 0.5 everywhere
     with pytest.raises(InputError):
         confounds_strategy(tmp_path / "absent.tsv", "simple")
+    infinite = pd.read_csv(tsv, sep="\t")
+    infinite.loc[5, "trans_x"] = np.inf  # (the design's SVD failed on it: exit 1)
+    with pytest.raises(InputError, match="column 'trans_x' holds an infinite value"):
+        confounds_strategy(infinite, "simple")

@@ -167,6 +167,14 @@ def test_events_and_confounds_files(tmp_path):
     bad = _write(tmp_path / "b.tsv", "a\n1\nn/a\n3\n")
     with pytest.raises(InputError, match="missing value at row 2; only leading n/a"):
         read_confounds(bad, "a", 3)
+    # (an infinite value failed the design's SVD, exit 1; a column of n/a became zeros, silently)
+    odd = _write(tmp_path / "o.tsv", "a\tb\tc\n1\tn/a\t1\ninf\tn/a\t2\n3\tn/a\t-Infinity\n")
+    with pytest.raises(InputError, match="column 'a', row 2: 'inf' is not a finite number"):
+        read_confounds(odd, "a", 3)
+    with pytest.raises(InputError, match="column 'b' holds no value \\(n/a in every row\\); leave it out"):
+        read_confounds(odd, "b", 3)
+    with pytest.raises(InputError, match="column 'c', row 3: '-Infinity' is not a finite number"):
+        read_confounds(odd, "c", 3)
 
 
 @pytest.mark.parametrize(
@@ -192,6 +200,8 @@ def test_bad_design_settings():
         (dict(high_pass="fast"), "`high_pass` must be a period"),
         (dict(microtime_onset=17), "must lie in 1..16"),
         (dict(microtime_onset=1, slice_time_ref=0.5), "not both"),
+        (dict(high_pass="1Hz"), "shorter than two scans \\(4 s: the Nyquist frequency, 0.25 Hz, at TR 2 s\\)"),
+        (dict(high_pass=3.9), "the high-pass period 3.9 s"),
     ):
         with pytest.raises(InputError, match=message):
             make_design(ev, 2.0, 30, **kwargs)
@@ -486,7 +496,9 @@ def test_runs_refuse_missing_columns():
 
 def test_more_design_inputs_are_checked():
     ev = {"A": {"onset": np.array([10.0]), "duration": np.zeros(1)}}
-    assert make_design(ev, 2.0, 60, drift="cosine", high_pass=1).X.shape[1] == 1 + 59 + 1  # capped at n - 1
+    assert (
+        make_design(ev, 2.0, 60, drift="cosine", high_pass=4).X.shape[1] == 1 + 59 + 1
+    )  # capped at n - 1 (2 TR: the shortest period)
     assert make_design(ev, np.float32(2.0), 60, microtime_resolution=4).settings["microtime_onset"] == 2
     for bad, message in (
         ({"A": {"onset": [np.nan], "duration": [0.0]}}, "must be finite"),

@@ -342,6 +342,9 @@ def confounds_strategy(confounds, strategy: str = "simple", n_scans: int | None 
     if np.isnan(X).any():
         j = int(np.flatnonzero(np.isnan(X).any(axis=0))[0])
         raise InputError(f"{where}: column {columns[j]!r} has a missing value after its first row.")
+    if np.isinf(X).any():  # (a design's SVD then fails to converge)
+        j = int(np.flatnonzero(np.isinf(X).any(axis=0))[0])
+        raise InputError(f"{where}: column {columns[j]!r} holds an infinite value; fix the confounds table.")
     if params["demean"] and X.size:
         X = X - X[~censored].mean(axis=0)
     record = {k: v for k, v in params.items() if v is not None}

@@ -374,6 +374,10 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
                 X[i, j] = _value(cell)
             except ValueError:
                 raise InputError(f"{where}: column {name!r}, row {i + 1}: {_text(cell)!r} is not a number.") from None
+            if not math.isfinite(X[i, j]):  # (a design's SVD then fails to converge)
+                raise InputError(f"{where}: column {name!r}, row {i + 1}: {_text(cell)!r} is not a finite number.")
+        if leading:
+            raise InputError(f"{where}: column {name!r} holds no value (n/a in every row); leave it out.")
     return X, chosen
 
 
@@ -720,7 +724,14 @@ def make_design(
     _check_timing(conditions, n_scans * tr, n_scans, tr)
     inputs = _parametric(conditions, modulators)
     if drift == "cosine":
-        n_drifts = min(math.floor(2 * n_scans * tr / parse_high_pass(high_pass)), n_scans - 1)
+        period = parse_high_pass(high_pass)
+        if period < 2 * tr:  # (every cosine of the run's frequencies: no signal would be left to fit)
+            raise InputError(
+                f"the high-pass period {period:g} s ({1 / period:g} Hz) is shorter than two scans ({2 * tr:g} s: "
+                f"the Nyquist frequency, {1 / (2 * tr):g} Hz, at TR {tr:g} s): it would take out every frequency of "
+                "the run; give a longer period (SPM's 128 s, or a frequency such as 0.008Hz)."
+            )
+        n_drifts = min(math.floor(2 * n_scans * tr / period), n_scans - 1)
     else:
         n_drifts = int(drift_order) if drift == "polynomial" else 0
     n_confounds = 0 if confounds is None else len(confounds[1])

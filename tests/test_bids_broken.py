@@ -246,3 +246,17 @@ def test_an_events_file_pybids_cannot_read_fails_its_runs_alone(tmp_path, capsys
         return
     assert "run-2" in failed[1] and "pybids could not read the events or confounds tables of subject 01" in failed[1]
     assert len(failed) == 4 and all("leaves no degrees of freedom; it needs more" in f for f in failed[2:]), failed
+
+
+def test_a_repetition_time_the_raw_and_preprocessed_sidecars_disagree_on(tmp_path, capsys):
+    """The raw sidecar's TR built the design, silently, whatever fMRIPrep's said: now the run fails, naming both
+    (one of them is wrong), and the others are fitted."""
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    sidecar = study.root / "sub-01" / "func" / "sub-01_task-stroop_run-1_bold.json"  # (overrides the task's)
+    sidecar.write_text(json.dumps({"RepetitionTime": 1.0}))
+    out = tmp_path / "out"
+    code = main(["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "sub-01" in err and "says RepetitionTime 2.0 s but the raw run's says 1.0 s" in err, err
+    assert len(list((out / "sub-02" / "node-run").glob("*_stat-z_statmap.nii.gz"))) == 2

@@ -434,6 +434,12 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
     _check_timing(raw_bold, meta)
     _check_timing(bold, preprocessed)
     tr = meta.get("RepetitionTime") or preprocessed.get("RepetitionTime")
+    theirs = preprocessed.get("RepetitionTime")
+    if tr is not None and theirs is not None and not math.isclose(float(tr), float(theirs), rel_tol=1e-3):
+        problems.append(
+            f"{bold}: its sidecar says RepetitionTime {theirs} s but the raw run's says {tr} s; one of them is wrong: "
+            "fix it (the design would be built with the raw one)."
+        )
     if tr is None:
         problems.append(
             f"{bold}: RepetitionTime is missing from every sidecar of the run (raw and derivatives); add it to "

@@ -260,3 +260,20 @@ def test_a_repetition_time_the_raw_and_preprocessed_sidecars_disagree_on(tmp_pat
     assert code == 2 and err.count("\n") == 1, err
     assert "sub-01" in err and "says RepetitionTime 2.0 s but the raw run's says 1.0 s" in err, err
     assert len(list((out / "sub-02" / "node-run").glob("*_stat-z_statmap.nii.gz"))) == 2
+
+
+def test_a_study_that_fits_nothing_leaves_no_output_folder(tmp_path, capsys):
+    """Refused on bad input after pybids indexed the dataset (an unknown --space), or with every run failed: the
+    output folder it made is gone (it held pybids' index and the description only); one given empty stays
+    empty."""
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    bids = ["bids", str(study.root), "OUT", "dataset", "--derivatives", str(study.derivatives), "--quiet"]
+    made, given = tmp_path / "made", tmp_path / "given"
+    given.mkdir()
+    for out in (made, given):
+        argv = [str(out) if a == "OUT" else a for a in bids]
+        assert main([*argv, "--space", "nowhere"]) == 2
+        assert "no preprocessed BOLD run in space 'nowhere'" in capsys.readouterr().err
+        assert main([*argv, "--max-memory", "150M"]) == 2  # (every run fails: too small a cap)
+        assert "cannot hold" in capsys.readouterr().err
+    assert not made.exists() and list(given.iterdir()) == []

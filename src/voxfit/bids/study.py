@@ -46,6 +46,7 @@ import numbers
 import os
 import re
 import signal
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
@@ -316,54 +317,76 @@ def run(
 
     from .spec import default_model, load_model
 
-    layout = index(bids_dir, derivatives, database=out_dir / ".voxfit" / "bids-index", stamp=stamp or None)
-    default_types = []  # (voxfit's default model: its trial types, each run's own taken: _Study.run_spec)
-    if model is None:
-        runs = find_runs(layout, task=task, space=space, desc=desc, participant_label=labels, strict=False)
-        sessions = any(dict(r.entities).get("session") for r in runs)
-        tasks = sorted({dict(r.entities)["task"] for r in runs})
-        if all(r.problems for r in runs):  # nothing to fit: the first run's problem is the one to fix
-            raise InputError(runs[0].problems[0])
-        default_types = _trial_types(runs)
-        model = load_model(
-            default_model(task or (tasks[0] if len(tasks) == 1 else None), default_types, sessions=sessions)
-        )
-    else:
-        model = load_model(model, task=task)
-        chosen = input_filters(layout, model.get("Input"), task=task, participant_label=labels)
-        runs = find_runs(layout, space=space, desc=desc, mask_entities=_mask_entities(model), strict=False, **chosen)
-    surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
-    if settings.smoothing and surface is not None:
-        raise InputError(
-            f"--smoothing is for volumes, and {surface.name} is a surface or CIFTI run (smoothing on the mesh is "
-            "not done here): drop --smoothing, or choose volume runs with --space."
-        )
-    model_file = describe_dataset(out_dir, model, command)
-    study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
-    study.default_types = tuple(default_types)
-    # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
-    # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
-    freeze = gc.get_freeze_count() == 0
-    if freeze:
-        gc.freeze()
+    fresh = None if not out_dir.exists() else not any(out_dir.iterdir())  # (None: made by this study)
     try:
-        study.fit_runs(runs)
-        study.fit_higher()
-    finally:
+        layout = index(bids_dir, derivatives, database=out_dir / ".voxfit" / "bids-index", stamp=stamp or None)
+        default_types = []  # (voxfit's default model: its trial types, each run's own taken: _Study.run_spec)
+        if model is None:
+            runs = find_runs(layout, task=task, space=space, desc=desc, participant_label=labels, strict=False)
+            sessions = any(dict(r.entities).get("session") for r in runs)
+            tasks = sorted({dict(r.entities)["task"] for r in runs})
+            if all(r.problems for r in runs):  # nothing to fit: the first run's problem is the one to fix
+                raise InputError(runs[0].problems[0])
+            default_types = _trial_types(runs)
+            model = load_model(
+                default_model(task or (tasks[0] if len(tasks) == 1 else None), default_types, sessions=sessions)
+            )
+        else:
+            model = load_model(model, task=task)
+            chosen = input_filters(layout, model.get("Input"), task=task, participant_label=labels)
+            runs = find_runs(
+                layout, space=space, desc=desc, mask_entities=_mask_entities(model), strict=False, **chosen
+            )
+        surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
+        if settings.smoothing and surface is not None:
+            raise InputError(
+                f"--smoothing is for volumes, and {surface.name} is a surface or CIFTI run (smoothing on the mesh is "
+                "not done here): drop --smoothing, or choose volume runs with --space."
+            )
+        model_file = describe_dataset(out_dir, model, command)
+        study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
+        study.default_types = tuple(default_types)
+        # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
+        # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
+        freeze = gc.get_freeze_count() == 0
         if freeze:
-            gc.unfreeze()
-    result = StudyResult(
-        out_dir,
-        model_file,
-        {k: tuple(v) for k, v in study.results.items()},
-        tuple(study.failures),
-        tuple(study.skipped),
-        study.workers,
-    )
-    study.write_manifest(study_key if result.ok else None, model_file)
-    if report:
-        _write_reports(out_dir, study.failures, execution.progress)
+            gc.freeze()
+        try:
+            study.fit_runs(runs)
+            study.fit_higher()
+        finally:
+            if freeze:
+                gc.unfreeze()
+        result = StudyResult(
+            out_dir,
+            model_file,
+            {k: tuple(v) for k, v in study.results.items()},
+            tuple(study.failures),
+            tuple(study.skipped),
+            study.workers,
+        )
+        study.write_manifest(study_key if result.ok else None, model_file)
+        if report:
+            _write_reports(out_dir, study.failures, execution.progress)
+    except BaseException:
+        _drop_if_unused(out_dir, fresh)
+        raise
+    if not any(result.nodes.values()):
+        _drop_if_unused(out_dir, fresh)
     return result
+
+
+def _drop_if_unused(out_dir: Path, fresh: bool | None) -> None:
+    """A study given an empty output folder (`fresh` True), or none (None: it made it), that wrote no node group
+    there (it stopped on bad input or Ctrl-C before, or every run failed) leaves it as it was: only pybids' index
+    and the description would be in it."""
+    if fresh is False or not out_dir.is_dir() or any(p.name.startswith(("sub-", "node-")) for p in out_dir.iterdir()):
+        return
+    if fresh is None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    for p in out_dir.iterdir():
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def _write_reports(out_dir: Path, failures, progress) -> None:

@@ -441,3 +441,18 @@ def test_a_rank_deficient_group_design_warns_once(tmp_path, rng, variances, rft)
         warnings.simplefilter("always")
         SecondLevel(**kw).fit(paths)
     assert sum(issubclass(w.category, RankDeficiencyWarning) for w in caught) == 1
+
+
+def test_fsl_contrast_names_that_clean_to_one_label_are_numbered(tmp_path, rng):
+    """FSL's names are free text: ``a>b`` and ``a<b`` both keep only ``ab`` for their file names; they were
+    refused as repeated names, and are now ``ab`` and ``ab2`` (each rename said)."""
+    paths = _maps(tmp_path, rng, n=6)
+    X = np.column_stack([np.repeat([1.0, 0.0], 3), np.repeat([0.0, 1.0], 3)])
+    write_vest(tmp_path / "design.mat", X)
+    con = np.array([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
+    names = {"ContrastName1": "a>b", "ContrastName2": "a<b", "ContrastName3": "ab"}
+    write_vest(tmp_path / "design.con", con, names, rows_key="NumContrasts")
+    with pytest.warns(UserWarning, match="'a<b' of the .con file is named 'ab2'"):
+        fit = SecondLevel(design=tmp_path / "design.mat", con=tmp_path / "design.con").fit(paths)
+    assert list(fit.parametric) == ["ab", "ab2", "ab3"]
+    npt.assert_allclose(fit.parametric["ab2"].t, -fit.parametric["ab"].t, rtol=1e-6, equal_nan=True)

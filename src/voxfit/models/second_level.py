@@ -1055,12 +1055,16 @@ def _row_maps(d, paths, paired: bool) -> tuple[str, ...]:
 
 
 def _unique_labels(tcons):
-    """FSL's contrast names are free text: their labels keep letters and digits, and a changed name is said."""
+    """FSL's contrast names are free text: their labels keep letters and digits, numbered where two would be
+    one (``a>b`` and ``a<b``: ``ab`` and ``ab2``), and a changed name is said."""
     from ..io import sanitize_label
 
     out = []
     for label, w in tcons:
-        new = sanitize_label(label, "contrast")
+        new = base = sanitize_label(label, "contrast")
+        k = 2
+        while new in {used for used, _ in out}:
+            new, k = f"{base}{k}", k + 1
         if new != str(label).strip():
             warnings.warn(
                 f"contrast {str(label).strip()!r} of the .con file is named {new!r} (maps keep letters and "

@@ -281,13 +281,17 @@ AGE_MODEL = {
             "sub-04 of the group left",
         ),
         (lambda t: t + "sub-03\t99\tcontrol\n", "names sub-03 (lines 2, 7) more than once"),
+        (lambda t: t.replace("participant_id", "Participant_ID", 1), "names its ids 'Participant_ID'"),
+        (lambda t: t.replace("\nsub-0", "\nsub-00"), "names sub-001, but the dataset's subject is written with"),
     ],
-    ids=["n/a", "a-word", "no-row", "two-rows"],
+    ids=["n/a", "a-word", "no-row", "two-rows", "id-column", "zeros"],
 )
 def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, edit, message):
     """A covariate of participants.tsv that is n/a or a word for a subject, a subject without a row, a subject
     with two: pybids filled the first with 0 (the fit went on), failed in the fit on the second (exit 1), left the
-    third out and took one of the fourth's rows, silently. Each is refused, naming the subject."""
+    third out and took one of the fourth's rows, silently. Each is refused, naming the subject; so are an id
+    column not named participant_id (pybids' KeyError 'subject') and ids padded otherwise than the folders
+    (a design of rank 0)."""
     study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(10, 10, 8))
     table = study.root / "participants.tsv"
     assert "sub-04\t25" in table.read_text() and table.read_text().splitlines()[1].startswith("sub-03")

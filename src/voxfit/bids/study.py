@@ -305,7 +305,6 @@ def run(
     labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
     derivatives = [Path(d) for d in derivatives]
     _check_study_folder(out_dir, Path(bids_dir), derivatives, force)
-    _check_participants(Path(bids_dir))
     stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir]) if Path(bids_dir).is_dir() else ""
     study_key = _checksum(
         __version__, stamp, _model_key(model), settings.__dict__, [labels, task, space, desc], str(out_dir.resolve())
@@ -337,6 +336,7 @@ def run(
             runs = find_runs(
                 layout, space=space, desc=desc, mask_entities=_mask_entities(model), strict=False, **chosen
             )
+        _check_participants(Path(bids_dir), {_value(dict(r.entities).get("subject")) for r in runs}, model)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
         if settings.smoothing and surface is not None:
             raise InputError(
@@ -739,21 +739,37 @@ def _input_name(entities: dict) -> str:
     return _group_label(named or entities)
 
 
-def _check_participants(bids_dir: Path) -> None:
-    """participants.tsv names each subject once (BIDS): pybids takes one of two rows of a subject silently."""
+def _check_participants(bids_dir: Path, subjects, model: dict) -> None:
+    """Where a node's Model.X takes a column of participants.tsv: the table has its participant_id column, and
+    names each of the dataset's `subjects` once (pybids takes one of two rows of a subject silently) and as its
+    folders do (sub-001 for sub-01 matched nothing)."""
     path = bids_dir / "participants.tsv"
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = [[c.strip() for c in r] for r in csv.reader(fh, delimiter="\t") if any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error):
         return  # (none, or unreadable: pybids's index says so where a node reads it)
-    if not rows or "participant_id" not in rows[0]:
+    taken = {x for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X", ()) if isinstance(x, str)}
+    if not rows or not taken & set(rows[0]):
+        return
+    if "participant_id" not in rows[0]:
+        near = [h for h in rows[0] if h.lower().replace("_", "") in ("participantid", "subjectid", "subject")]
+        if near:  # (pybids then fails on its key, 'subject', for any node that takes a column of the table)
+            raise InputError(f"{path} names its ids {near[0]!r}; BIDS names that column participant_id: rename it.")
         return
     j = rows[0].index("participant_id")
     ids = [r[j].removeprefix("sub-") if len(r) > j else "" for r in rows[1:]]
     if twice := repeated(ids):
         where = [f"sub-{i} (lines {', '.join(str(n + 2) for n, x in enumerate(ids) if x == i)})" for i in twice]
         raise InputError(f"{path} names {listed(where)} more than once; keep one row per subject.")
+    mine = set(subjects)
+    padded = sorted(i for i in set(ids) - mine if i.lstrip("0") in {s.lstrip("0") for s in mine - set(ids)})
+    if padded:
+        raise InputError(
+            f"{path} names sub-{padded[0]}, but the dataset's subject is written with other leading zeros "
+            f"({listed(sorted(f'sub-{s}' for s in mine if s.lstrip('0') == padded[0].lstrip('0')))}); write "
+            "the ids as the dataset's folders do."
+        )
 
 
 def _passes(entities: dict, filters: dict) -> bool:

@@ -421,7 +421,7 @@ def test_options_whose_products_grow_are_bounded_before_the_design_is_built(stud
         message=r"the design \(20,000 scans .* 10000 basis function",
     )
     with pytest.raises(InputError, match=r"the design \(20,000 scans x 20,001 columns"):  # in Python as well
-        make_design(study["events"], 2.0, 20000, high_pass="1000Hz")
+        make_design(study["events"], 2.0, 20000, high_pass=4)  # (2 TR: the most drifts a run has)
     # design columns x voxels: the fit's results (betas p x V) must fit memory before they are allocated
     monkeypatch.setattr("voxfit._memory.available_memory", lambda: 1 << 20)
     with pytest.raises(InputError, match=r"the fit's results \(300 design columns x 1,000 voxels\) would take"):

@@ -277,3 +277,17 @@ def test_a_study_that_fits_nothing_leaves_no_output_folder(tmp_path, capsys):
         assert main([*argv, "--max-memory", "150M"]) == 2  # (every run fails: too small a cap)
         assert "cannot hold" in capsys.readouterr().err
     assert not made.exists() and list(given.iterdir()) == []
+
+
+def test_events_files_with_quoted_cells_are_read(tmp_path, capsys):
+    """R's write.table quotes every string, and BIDS quotes a string holding a tab: such events files are read
+    (the quotes taken off, as pandas does), not refused as lacking onset and duration columns."""
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    for events in study.root.glob("sub-*/func/*_events.tsv"):
+        lines = [line.split("\t") for line in events.read_text().splitlines()]
+        quoted = [[f'"{c}"' if not c.replace(".", "").isdigit() else c for c in row] for row in lines]
+        quoted[1][-1] = '"said\tslowly"' if len(quoted[1]) > 3 else quoted[1][-1]  # (a tab inside quotes)
+        events.write_text("\n".join("\t".join(row) for row in quoted) + "\n")
+    out = tmp_path / "out"
+    code = main(["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives), "--quiet"])
+    assert code == 0, capsys.readouterr().err

@@ -607,3 +607,32 @@ def test_the_default_model_takes_each_runs_own_trial_types(tmp_path, capsys):
     assert sorted(p.name for p in (out / "node-dataset").glob("*_stat-z_statmap.nii.gz")) == [
         f"contrast-{c}_stat-z_statmap.nii.gz" for c in ("1", "2", "3")
     ]
+
+
+@pytest.mark.parametrize("how", ["Filter", "DropNA"])
+def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys, how):
+    """A Filter (or DropNA) transformation at the dataset node leaves subjects out on purpose: they have their
+    rows in participants.tsv, and the group is fitted without them (not refused as missing rows)."""
+    import copy
+
+    study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(10, 10, 8))
+    model = copy.deepcopy(AGE_MODEL)
+    instruction = {"Name": "Filter", "Input": ["age"], "Query": "age < 40"} if how == "Filter" else None
+    if how == "DropNA":
+        table = study.root / "participants.tsv"
+        table.write_text(table.read_text().replace("sub-04\t25", "sub-04\tn/a"))
+        instruction = {"Name": "DropNA", "Input": ["age"]}
+    model["Nodes"][1]["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": [instruction]}
+    (tmp_path / "age_smdl.json").write_text(json.dumps(model))
+    argv = [
+        "bids",
+        str(study.root),
+        str(tmp_path / "out"),
+        "dataset",
+        *deriv,
+        "--model",
+        str(tmp_path / "age_smdl.json"),
+    ]
+    assert main([*argv, "--quiet"]) == 0, capsys.readouterr().err
+    record = json.loads(next((tmp_path / "out" / "node-dataset").glob("*_model.json")).read_text())
+    assert record["design"]["n_rows"] == (3 if how == "Filter" else 4)  # (ages 52 and 45 over 40; sub-04's n/a)

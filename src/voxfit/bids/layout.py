@@ -9,6 +9,7 @@ removed or rewritten file is always seen.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -499,18 +500,19 @@ def _events_problem(path: Path) -> str | None:
     """What makes a run's events.tsv unreadable as a BIDS table, where pybids would stop the whole study on it
     (pandas' errors, exit 1) or drop a row: empty, not tab-separated (no onset and duration in its header), a row
     of another length than the header, an onset or duration that is not a number (a duration may be n/a)."""
-    try:
-        lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
+    try:  # (quoted cells as pandas reads them: R's write.table quotes every string, BIDS a string with a tab)
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh, delimiter="\t", quotechar='"') if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         return f"{path}: not a readable text table ({exc})."
     fix = "; fix the events file (tab-separated, a header line naming onset, duration and trial_type)."
-    if not lines:
+    if not rows:
         return f"{path} is empty" + fix
-    header = [h.strip() for h in lines[0].split("\t")]
+    header = [h.strip() for h in rows[0]]
     if not {"onset", "duration"} <= set(header):
-        return f"{path}: its header {lines[0].strip()!r} names no onset and duration columns" + fix
-    for n, line in enumerate(lines[1:], 2):
-        cells = [c.strip() for c in line.split("\t")]
+        return f"{path}: its header {chr(9).join(rows[0])!r} names no onset and duration columns" + fix
+    for n, row in enumerate(rows[1:], 2):
+        cells = [c.strip() for c in row]
         if len(cells) != len(header):
             return f"{path}, line {n}: {len(cells)} values for the header's {len(header)} columns" + fix
         for column in ("onset", "duration"):

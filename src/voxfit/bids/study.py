@@ -346,6 +346,7 @@ def run(
         model_file = describe_dataset(out_dir, model, command)
         study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
         study.default_types = tuple(default_types)
+        study.participants = _participant_ids(Path(bids_dir))
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
         # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
         freeze = gc.get_freeze_count() == 0
@@ -652,8 +653,15 @@ def _content(paths) -> list:
     return out
 
 
+# Raised whenever what a study computes from the same inputs changes within a version, so that a rerun refits
+# rather than reusing what an earlier build made (2: a subject without sessions beside subjects with them is
+# grouped once; covariates with gaps are refused rather than filled with 0; each run its own trial types).
+STUDY_RULES = 2
+
+
 def _checksum(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    """The key of a study, a run or a group: what its results depend on (and :data:`STUDY_RULES`)."""
+    return hashlib.sha256(json.dumps((STUDY_RULES, *parts), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _read_bids(record_path: Path) -> dict | None:
@@ -720,17 +728,40 @@ def _numbers(X, rows: list[dict], node, entities: dict):
     return values
 
 
-def _left_behind(inputs, group, filters: dict) -> list[str]:
-    """The inputs that belong to a group (its entities, the node's filters) but that pybids left out of it: a
-    subject without a row in participants.tsv, when the node's Model.X takes a column of it."""
+def _left_behind(inputs, group, filters: dict, participants: set[str] | None) -> list[str]:
+    """The inputs that belong to a group (its entities, the node's filters) that pybids left out of it for want of
+    a row in participants.tsv (ids `participants`; None: no table), when the node's Model.X takes a column of it.
+    Inputs the model leaves out itself (a Filter or DropNA transformation) have their rows."""
+    if participants is None:
+        return []
     entities = {k: _value(v) for k, v in group.entities.items() if _value(v) is not None}
     have = {_key(row) for row in group.metadata.to_dict("records")}
     out = []
     for _, ents in inputs:
         if all(_value(ents.get(k)) == v for k, v in entities.items()) and _passes(ents, filters):
-            if _key(ents) not in have:
+            subject = _value(ents.get("subject"))
+            if _key(ents) not in have and subject is not None and subject not in participants:
                 out.append(_input_name(ents))
     return out
+
+
+def _participants_rows(bids_dir: Path) -> list[list[str]]:
+    """participants.tsv's rows of cells, its header first; none where it is absent or unreadable (pybids' index
+    says so where a node reads it)."""
+    try:
+        with open(bids_dir / "participants.tsv", newline="", encoding="utf-8-sig") as fh:
+            return [[c.strip() for c in r] for r in csv.reader(fh, delimiter="\t") if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def _participant_ids(bids_dir: Path) -> set[str] | None:
+    """The labels of participants.tsv's participant_id column (sub- taken off); None without that table."""
+    rows = _participants_rows(bids_dir)
+    if not rows or "participant_id" not in rows[0]:
+        return None
+    j = rows[0].index("participant_id")
+    return {r[j].removeprefix("sub-") for r in rows[1:] if len(r) > j}
 
 
 def _input_name(entities: dict) -> str:
@@ -744,11 +775,7 @@ def _check_participants(bids_dir: Path, subjects, model: dict) -> None:
     names each of the dataset's `subjects` once (pybids takes one of two rows of a subject silently) and as its
     folders do (sub-001 for sub-01 matched nothing)."""
     path = bids_dir / "participants.tsv"
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [[c.strip() for c in r] for r in csv.reader(fh, delimiter="\t") if any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return  # (none, or unreadable: pybids's index says so where a node reads it)
+    rows = _participants_rows(bids_dir)
     taken = {x for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X", ()) if isinstance(x, str)}
     if not rows or not taken & set(rows[0]):
         return
@@ -1202,6 +1229,7 @@ class _Study:
         self.layout, self.model, self.settings, self.execution = layout, model, settings, execution
         self.out_dir, self.force, self.labels = out_dir, force, labels
         self.default_types: tuple[str, ...] = ()
+        self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self.command = tuple(map(str, command)) if command else None
         self.maps: dict[tuple, _MapRef] = {}  # _key(contrast entities) -> the maps
         self.outputs: dict[str, list[tuple[str, dict]]] = {}  # node name -> (contrast name, entities) passed on
@@ -1731,7 +1759,7 @@ class _Study:
                 entities = {k: v for k, v in g.entities.items() if _value(v) is not None}
                 produced.append(entities)
                 try:
-                    if behind := _left_behind(inputs, g, filters):
+                    if behind := _left_behind(inputs, g, filters, self.participants):
                         raise InputError(
                             f"the input(s) {listed(behind)} of the group left out of its design (a subject without "
                             "a row in participants.tsv, whose columns the node's Model.X takes?); add their rows, "

@@ -636,3 +636,19 @@ def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, cap
     assert main([*argv, "--quiet"]) == 0, capsys.readouterr().err
     record = json.loads(next((tmp_path / "out" / "node-dataset").glob("*_model.json")).read_text())
     assert record["design"]["n_rows"] == (3 if how == "Filter" else 4)  # (ages 52 and 45 over 40; sub-04's n/a)
+
+
+def test_a_rerun_refits_what_an_earlier_build_made_under_other_rules(tmp_path, monkeypatch):
+    """Reuse keys hold voxfit's version and its STUDY_RULES: a study made before a fix to what a study computes
+    (grouping, gaps in covariates) is refitted, not reused, by the same command."""
+    from voxfit.bids import run, study as study_module
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    first = run(study.root, tmp_path / "out", **kw)
+    assert first.ok and not any(g.reused for groups in first.nodes.values() for g in groups)
+    again = run(study.root, tmp_path / "out", **kw)
+    assert all(g.reused for groups in again.nodes.values() for g in groups)
+    monkeypatch.setattr(study_module, "STUDY_RULES", study_module.STUDY_RULES + 1)
+    later = run(study.root, tmp_path / "out", **kw)
+    assert later.ok and not any(g.reused for groups in later.nodes.values() for g in groups)

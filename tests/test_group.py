@@ -248,10 +248,15 @@ def test_covariates_choose_which_numeric_columns_enter(tmp_path, rng, capsys):
     ]
     assert main([*base, "-o", str(tmp_path / "with")]) == 0
     assert "in the design beside the groups of 'group': age (choose them with --covariates" in capsys.readouterr().err
-    assert main([*base, "--covariates", "-o", str(tmp_path / "without")]) == 0
+    assert main([*base, "--covariates", "none", "-o", str(tmp_path / "without")]) == 0
     assert "beside the groups" not in capsys.readouterr().err
     columns = (tmp_path / "without" / "design.tsv").read_text().splitlines()[0].split("\t")
     assert columns == ["control", "patient"]
+    # (a comma-separated value: maps given after it stay the maps)
+    argv = ["group", "--design", str(complete), "--two-sample", "group", "--covariates", "age", *map(str, paths)]
+    assert main([*argv, "--contrast", "d=patient - control", "-o", str(tmp_path / "age")]) == 0
+    columns = (tmp_path / "age" / "design.tsv").read_text().splitlines()[0].split("\t")
+    assert columns == ["control", "patient", "age"]
 
 
 def test_paired_maps_are_tested_as_differences(tmp_path, rng):
@@ -445,14 +450,15 @@ def test_a_rank_deficient_group_design_warns_once(tmp_path, rng, variances, rft)
 
 def test_fsl_contrast_names_that_clean_to_one_label_are_numbered(tmp_path, rng):
     """FSL's names are free text: ``a>b`` and ``a<b`` both keep only ``ab`` for their file names; they were
-    refused as repeated names, and are now ``ab`` and ``ab2`` (each rename said)."""
+    refused as repeated names, and are now numbered (each rename said), past a name another contrast has as it
+    is (``ab2``: its maps stay its own)."""
     paths = _maps(tmp_path, rng, n=6)
     X = np.column_stack([np.repeat([1.0, 0.0], 3), np.repeat([0.0, 1.0], 3)])
     write_vest(tmp_path / "design.mat", X)
     con = np.array([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
-    names = {"ContrastName1": "a>b", "ContrastName2": "a<b", "ContrastName3": "ab"}
+    names = {"ContrastName1": "a>b", "ContrastName2": "a<b", "ContrastName3": "ab2"}  # (ab2: this one's)
     write_vest(tmp_path / "design.con", con, names, rows_key="NumContrasts")
-    with pytest.warns(UserWarning, match="'a<b' of the .con file is named 'ab2'"):
+    with pytest.warns(UserWarning, match="'a<b' of the .con file is named 'ab3'"):
         fit = SecondLevel(design=tmp_path / "design.mat", con=tmp_path / "design.con").fit(paths)
-    assert list(fit.parametric) == ["ab", "ab2", "ab3"]
-    npt.assert_allclose(fit.parametric["ab2"].t, -fit.parametric["ab"].t, rtol=1e-6, equal_nan=True)
+    assert list(fit.parametric) == ["ab", "ab3", "ab2"]
+    npt.assert_allclose(fit.parametric["ab3"].t, -fit.parametric["ab"].t, rtol=1e-6, equal_nan=True)

@@ -402,10 +402,9 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument("--two-sample", metavar="COLUMN", help="the --design table's column with two groups")
     group.add_argument(
         "--covariates",
-        metavar="COLUMN",
-        nargs="*",
-        help="the --design table's numeric columns in the model beside the --two-sample groups (default: every "
-        "numeric column; --covariates alone: none)",
+        metavar="COLUMNS",
+        help="the --design table's numeric columns in the model beside the --two-sample groups, comma-separated "
+        "(age,iq; none: no covariate; default: every numeric column)",
     )
     group.add_argument(
         "--id-column",
@@ -1302,6 +1301,14 @@ def _group_preload(args, inputs: list[str], progress):
     return preloaded(loading, paths, args.mask, name="inputs")
 
 
+def _covariates(text: str | None) -> list[str] | None:
+    """--covariates: column names, comma-separated; ``none`` (or nothing) for none; None when not given."""
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    return [] if [n.lower() for n in names] in ([], ["none"]) else names
+
+
 def _fit_group(args, argv, progress, inputs: list[str]) -> int:
     from .models import SecondLevel
 
@@ -1309,7 +1316,7 @@ def _fit_group(args, argv, progress, inputs: list[str]) -> int:
         design=args.design,
         contrasts=args.contrast,
         two_sample=args.two_sample,
-        covariates=args.covariates,
+        covariates=_covariates(args.covariates),
         id_column=args.id_column,
         drop_unmatched_rows=args.drop_unmatched_rows,
         paired=args.paired,

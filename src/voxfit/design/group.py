@@ -339,7 +339,7 @@ def group_design(
     if two_sample is not None and chosen is None and added:
         notes.append(
             f"numeric columns of {what} in the design beside the groups of {two_sample!r}: {', '.join(added)} "
-            "(choose them with --covariates; --covariates alone for none)"
+            "(choose them with --covariates, e.g. --covariates none)"
         )
     d = GroupDesign(
         X, tuple(out_names), tuple(left_out), tuple(notes), column or "position", order, ids, dropped, source, groups

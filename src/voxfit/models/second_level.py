@@ -1059,12 +1059,13 @@ def _unique_labels(tcons):
     one (``a>b`` and ``a<b``: ``ab`` and ``ab2``), and a changed name is said."""
     from ..io import sanitize_label
 
+    kept = {str(label).strip() for label, _ in tcons if sanitize_label(label, "contrast") == str(label).strip()}
     out = []
     for label, w in tcons:
         new = base = sanitize_label(label, "contrast")
         k = 2
-        while new in {used for used, _ in out}:
-            new, k = f"{base}{k}", k + 1
+        while new in {used for used, _ in out} or (new != str(label).strip() and new in kept):
+            new, k = f"{base}{k}", k + 1  # (a name the file gives a contrast as it is stays that contrast's)
         if new != str(label).strip():
             warnings.warn(
                 f"contrast {str(label).strip()!r} of the .con file is named {new!r} (maps keep letters and "

@@ -263,20 +263,25 @@ def test_a_repetition_time_the_raw_and_preprocessed_sidecars_disagree_on(tmp_pat
 
 
 def test_a_study_that_fits_nothing_leaves_no_output_folder(tmp_path, capsys):
-    """Refused on bad input after pybids indexed the dataset (an unknown --space), or with every run failed: the
-    output folder it made is gone (it held pybids' index and the description only); one given empty stays
-    empty."""
+    """Refused on bad input after pybids indexed the dataset (an unknown --space), or with every run failed (and
+    then no report): the output folder it made is gone (it held pybids' index and the description only); one
+    given empty, or holding hidden files only (.gitkeep), is left as it was, and is written into by a study."""
     study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(10, 10, 8))
-    bids = ["bids", str(study.root), "OUT", "dataset", "--derivatives", str(study.derivatives), "--quiet"]
-    made, given = tmp_path / "made", tmp_path / "given"
+    bids = ["bids", str(study.root), "OUT", "dataset", "--derivatives", str(study.derivatives)]
+    made, given, hidden = tmp_path / "made", tmp_path / "given", tmp_path / "hidden"
     given.mkdir()
-    for out in (made, given):
+    hidden.mkdir()
+    (hidden / ".gitkeep").write_text("")
+    for out in (made, given, hidden):
         argv = [str(out) if a == "OUT" else a for a in bids]
-        assert main([*argv, "--space", "nowhere"]) == 2
+        assert main([*argv, "--space", "nowhere", "--quiet"]) == 2
         assert "no preprocessed BOLD run in space 'nowhere'" in capsys.readouterr().err
-        assert main([*argv, "--max-memory", "150M"]) == 2  # (every run fails: too small a cap)
-        assert "cannot hold" in capsys.readouterr().err
-    assert not made.exists() and list(given.iterdir()) == []
+        assert main([*argv, "--max-memory", "150M", "--report"]) == 2  # (every run fails: too small a cap)
+        printed = capsys.readouterr()
+        assert "cannot hold" in printed.err and "nothing written" in printed.out and "reports:" not in printed.out
+    assert not made.exists() and list(given.iterdir()) == [] and [p.name for p in hidden.iterdir()] == [".gitkeep"]
+    assert main([*[str(hidden) if a == "OUT" else a for a in bids], "--quiet"]) == 0
+    assert (hidden / "node-dataset").is_dir()
 
 
 def test_events_files_with_quoted_cells_are_read(tmp_path, capsys):

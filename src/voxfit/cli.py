@@ -929,8 +929,11 @@ def _run_bids(args, argv, progress) -> int:
         partial = {id(g) for g, _ in result.notes}
         if partial:
             counts.append(f"{len(partial)} built without failed inputs")
-        print(f"{', '.join(counts)}: {result.out_dir}")
-        if args.report:
+        out = Path(result.out_dir)
+        written = out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())
+        where = result.out_dir if written else "nothing written"
+        print(f"{', '.join(counts)}: {where}")
+        if args.report and (Path(result.out_dir) / "index.html").is_file():
             print(f"reports: {Path(result.out_dir) / 'index.html'}")
     for failure in result.failures:
         print(f"voxfit: failed: {failure}", file=sys.stderr)

@@ -316,7 +316,7 @@ def run(
 
     from .spec import default_model, load_model
 
-    fresh = None if not out_dir.exists() else not any(out_dir.iterdir())  # (None: made by this study)
+    before = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else None  # (None: made by this study)
     try:
         layout = index(bids_dir, derivatives, database=out_dir / ".voxfit" / "bids-index", stamp=stamp or None)
         default_types = []  # (voxfit's default model: its trial types, each run's own taken: _Study.run_spec)
@@ -367,27 +367,35 @@ def run(
             study.workers,
         )
         study.write_manifest(study_key if result.ok else None, model_file)
+        if not any(result.nodes.values()) and _drop_if_unused(out_dir, before):
+            return result  # (no report of a study that fitted nothing: the failures are said)
         if report:
             _write_reports(out_dir, study.failures, execution.progress)
     except BaseException:
-        _drop_if_unused(out_dir, fresh)
+        _drop_if_unused(out_dir, before)
         raise
-    if not any(result.nodes.values()):
-        _drop_if_unused(out_dir, fresh)
     return result
 
 
-def _drop_if_unused(out_dir: Path, fresh: bool | None) -> None:
-    """A study given an empty output folder (`fresh` True), or none (None: it made it), that wrote no node group
-    there (it stopped on bad input or Ctrl-C before, or every run failed) leaves it as it was: only pybids' index
-    and the description would be in it."""
-    if fresh is False or not out_dir.is_dir() or any(p.name.startswith(("sub-", "node-")) for p in out_dir.iterdir()):
-        return
-    if fresh is None:
+def _visible(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+def _drop_if_unused(out_dir: Path, before: set[str] | None) -> bool:
+    """A study given no output folder (`before` None: it made it) or one holding hidden files only (the names
+    `before`), that wrote no node group there (it stopped on bad input or Ctrl-C before, or every run failed),
+    leaves it as it was: it removes what it wrote (pybids' index, the description). Whether it did."""
+    if before is not None and any(not name.startswith(".") for name in before):
+        return False
+    if not out_dir.is_dir() or any(p.is_dir() and p.name.startswith(("sub-", "node-")) for p in out_dir.iterdir()):
+        return False
+    if before is None:
         shutil.rmtree(out_dir, ignore_errors=True)
-        return
+        return True
     for p in out_dir.iterdir():
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        if p.name not in before:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    return True
 
 
 def _write_reports(out_dir: Path, failures, progress) -> None:
@@ -698,8 +706,8 @@ def _check_study_folder(out_dir: Path, bids_dir: Path, derivatives: list[Path], 
     for source, what, example in sources:
         if source.is_dir() and out_dir.exists() and os.path.samefile(out_dir, source):
             raise InputError(f"the output folder {out_dir} is {what}; give a folder of its own (e.g. {example}).")
-    if force or not out_dir.is_dir() or (out_dir / ".voxfit").is_dir() or not any(out_dir.iterdir()):
-        return
+    if force or not out_dir.is_dir() or (out_dir / ".voxfit").is_dir() or not _visible(out_dir):
+        return  # (hidden files only, as Finder's .DS_Store or a .gitkeep: empty)
     try:
         generated = json.loads((out_dir / "dataset_description.json").read_text()).get("GeneratedBy") or []
         ours = any(isinstance(g, dict) and g.get("Name") == "voxfit" for g in generated)

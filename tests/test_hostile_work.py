@@ -969,11 +969,13 @@ def test_data_whose_squares_leave_float64_give_nan_statistics_and_a_warning(rng,
     npt.assert_allclose(fit.betas[:, 1:] / factor, _lstsq_rescaled(X, Y[:, 1:] / factor), rtol=1e-9)
 
 
-def test_ctrl_c_in_a_finalizer_is_not_swallowed(monkeypatch):
+@pytest.mark.parametrize("when", ["during", "at the end"])
+def test_ctrl_c_in_a_finalizer_is_not_swallowed(monkeypatch, capsys, when):
     """Python ignores an exception raised while the main thread runs a finalizer ("Exception ignored in"): a
     Ctrl-C whose handler ran inside one (SQLAlchemy's, of pybids' index, in a study) was lost, and the command,
     deaf to further signals (its handler had set them aside for the clean-up), finished with exit 0 and a
-    traceback. It is raised again once the finalizer has returned: exit 130, nothing printed for it."""
+    traceback. It is raised again once the finalizer has returned: exit 130, nothing printed for it; one that
+    came as the command returned gives 130 too, saying so, and never reaches the caller afterwards."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread")
 
@@ -985,8 +987,9 @@ def test_ctrl_c_in_a_finalizer_is_not_swallowed(monkeypatch):
     def command(argv):
         try:
             Finalized()
-            time.sleep(2.0)
-            return 0
+            if when == "during":
+                time.sleep(2.0)
+            return 0  # (at the end: the re-raise is still to come as the command returns)
         except KeyboardInterrupt:
             return 130
 
@@ -998,3 +1001,8 @@ def test_ctrl_c_in_a_finalizer_is_not_swallowed(monkeypatch):
     assert cli._command([], program=False) == 130
     assert time.perf_counter() - start < 1.0 and not seen  # (woken from its sleep; nothing else unraisable)
     assert sys.unraisablehook is record and signal.getsignal(signal.SIGINT) is not cli.ignore_signal
+    time.sleep(0.1)  # (no interruption reaches the caller after the command)
+    said = capsys.readouterr().err
+    assert said == (
+        "" if when == "during" else "voxfit: interrupted as the command ended; what it wrote is complete.\n"
+    )

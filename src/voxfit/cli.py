@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -1470,9 +1471,27 @@ def _interrupt_swallowed(hook, unraisable) -> None:
         signal.signal(signal.SIGINT, _on_signal)  # (a moment later, from another thread: here it is ignored again)
         again = threading.Timer(0.02, _signal_main_thread)
         again.daemon = True
+        _rearmed.append(again)
         again.start()
         return
     hook(unraisable)
+
+
+_rearmed: list[threading.Timer] = []  # the re-raises of swallowed interruptions (_interrupt_swallowed)
+
+
+def _settle_rearmed() -> bool:
+    """As a command ends: whether an interruption was swallowed during it. A re-raise still to come is stopped,
+    and one already sent lands on a handler that does nothing, rather than on the caller's after the command."""
+    if not _rearmed:
+        return False
+    signal.signal(signal.SIGINT, ignore_signal)
+    for timer in _rearmed:
+        timer.cancel()
+        timer.join()
+    _rearmed.clear()
+    time.sleep(0)  # (a signal already sent is handled here)
+    return True
 
 
 def _signal_main_thread() -> None:
@@ -1506,13 +1525,18 @@ def _command(argv: list[str], program: bool) -> int:
     if previous:
         sys.unraisablehook = functools.partial(_interrupt_swallowed, hook)
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         sys.unraisablehook = hook
+        late = _settle_rearmed() if previous else False
         interrupted = any(signal.getsignal(s) is ignore_signal for s in previous)
         if not (program and interrupted):  # an interrupted program ignores signals until it has exited
             for s, handler in previous.items():
                 signal.signal(s, handler)
+    if late and code != 130:  # (Ctrl-C in a finalizer as the command finished: its work is done, and said so)
+        print("voxfit: interrupted as the command ended; what it wrote is complete.", file=sys.stderr)
+        return 130
+    return code
 
 
 def _end_process(code: int) -> NoReturn:

@@ -296,3 +296,14 @@ def test_events_files_with_quoted_cells_are_read(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives), "--quiet"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_a_model_high_pass_above_nyquist_fails_the_runs(tmp_path, dataset, capsys):
+    """Options.HighPassFilterCutoffHz of 1 Hz at TR 2 s (Nyquist 0.25 Hz): every frequency of the run would go
+    to the drifts; each run fails saying so, as `voxfit design` refuses it."""
+    import copy
+
+    model = copy.deepcopy(MODEL)
+    model["Nodes"][0]["Model"]["Options"] = {"HighPassFilterCutoffHz": 1}
+    code, lines = _bids(tmp_path, dataset, capsys, model, level="run")
+    assert code == 2 and lines and all("shorter than two scans" in line for line in lines), lines

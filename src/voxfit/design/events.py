@@ -140,9 +140,22 @@ def parse_high_pass(value) -> float:
     return 1.0 / number if (m.group(2) or "").lower() == "hz" else number
 
 
+def check_high_pass(period: float, tr: float) -> float:
+    """The high-pass period (s), refused when shorter than two scans: above the Nyquist frequency, its cosines
+    would take out every frequency of the run (no signal, no degrees of freedom left)."""
+    if period < 2 * tr:
+        raise InputError(
+            f"the high-pass period {period:g} s ({1 / period:g} Hz) is shorter than two scans ({2 * tr:g} s: "
+            f"the Nyquist frequency, {1 / (2 * tr):g} Hz, at TR {tr:g} s): it would take out every frequency of "
+            "the run; give a longer period (SPM's 128 s, or a frequency such as 0.008Hz)."
+        )
+    return period
+
+
 def cosine_drift(n_scans: int, tr: float, period: float) -> NDArray[np.float64]:
     """SPM's discrete cosine high-pass set (spm_filter/spm_dctmtx) without the constant: floor(2 n TR / period)
-    columns, at most n - 1."""
+    columns, at most n - 1 (a period of at least two scans: :func:`check_high_pass`)."""
+    check_high_pass(period, tr)
     order = min(int(math.floor(2 * n_scans * tr / period)), n_scans - 1)  # beyond n - 1 the DCT repeats itself
     k = np.arange(1, order + 1)
     i = np.arange(n_scans)[:, None]
@@ -724,13 +737,7 @@ def make_design(
     _check_timing(conditions, n_scans * tr, n_scans, tr)
     inputs = _parametric(conditions, modulators)
     if drift == "cosine":
-        period = parse_high_pass(high_pass)
-        if period < 2 * tr:  # (every cosine of the run's frequencies: no signal would be left to fit)
-            raise InputError(
-                f"the high-pass period {period:g} s ({1 / period:g} Hz) is shorter than two scans ({2 * tr:g} s: "
-                f"the Nyquist frequency, {1 / (2 * tr):g} Hz, at TR {tr:g} s): it would take out every frequency of "
-                "the run; give a longer period (SPM's 128 s, or a frequency such as 0.008Hz)."
-            )
+        period = check_high_pass(parse_high_pass(high_pass), tr)
         n_drifts = min(math.floor(2 * n_scans * tr / period), n_scans - 1)
     else:
         n_drifts = int(drift_order) if drift == "polynomial" else 0

@@ -271,6 +271,14 @@ AGE_MODEL = {
 }
 
 
+def _with_model(tmp_path, study, deriv, model: dict, capsys) -> tuple[int, str]:
+    """`voxfit bids` of `study` to the dataset level with `model` (written as age_smdl.json): (exit status, stderr)."""
+    path = tmp_path / "age_smdl.json"
+    path.write_text(json.dumps(model))
+    code = main(["bids", str(study.root), str(tmp_path / "out"), "dataset", *deriv, "--model", str(path), "--quiet"])
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -296,18 +304,7 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
     table = study.root / "participants.tsv"
     assert "sub-04\t25" in table.read_text() and table.read_text().splitlines()[1].startswith("sub-03")
     table.write_text(edit(table.read_text()))
-    (tmp_path / "age_smdl.json").write_text(json.dumps(AGE_MODEL))
-    argv = [
-        "bids",
-        str(study.root),
-        str(tmp_path / "out"),
-        "dataset",
-        *deriv,
-        "--model",
-        str(tmp_path / "age_smdl.json"),
-    ]
-    code = main([*argv, "--quiet"])
-    err = capsys.readouterr().err
+    code, err = _with_model(tmp_path, study, deriv, AGE_MODEL, capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert all(line.startswith("voxfit: ") for line in err.splitlines()), err
 
@@ -623,17 +620,8 @@ def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, cap
         table.write_text(table.read_text().replace("sub-04\t25", "sub-04\tn/a"))
         instruction = {"Name": "DropNA", "Input": ["age"]}
     model["Nodes"][1]["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": [instruction]}
-    (tmp_path / "age_smdl.json").write_text(json.dumps(model))
-    argv = [
-        "bids",
-        str(study.root),
-        str(tmp_path / "out"),
-        "dataset",
-        *deriv,
-        "--model",
-        str(tmp_path / "age_smdl.json"),
-    ]
-    assert main([*argv, "--quiet"]) == 0, capsys.readouterr().err
+    code, err = _with_model(tmp_path, study, deriv, model, capsys)
+    assert code == 0, err
     record = json.loads(next((tmp_path / "out" / "node-dataset").glob("*_model.json")).read_text())
     assert record["design"]["n_rows"] == (3 if how == "Filter" else 4)  # (ages 52 and 45 over 40; sub-04's n/a)
 

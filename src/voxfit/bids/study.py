@@ -378,6 +378,7 @@ def run(
 
 
 def _visible(folder: Path) -> list[Path]:
+    """The entries of `folder` but hidden ones (.DS_Store, .gitkeep, voxfit's own .voxfit)."""
     return [p for p in folder.iterdir() if not p.name.startswith(".")]
 
 
@@ -808,6 +809,7 @@ def _check_participants(bids_dir: Path, subjects, model: dict) -> None:
 
 
 def _passes(entities: dict, filters: dict) -> bool:
+    """Whether an input's entities pass a node's filters (``{entity: value or values}``)."""
     for name, wanted in filters.items():
         allowed = {_value(w) for w in (wanted if isinstance(wanted, (list, tuple, set)) else [wanted])}
         if _value(entities.get(name)) not in allowed:

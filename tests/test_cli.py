@@ -448,3 +448,21 @@ def test_an_infinite_background_value_does_not_reach_the_globals(study, capsys):
     without = nib.load(study["out"] / "contrast-c_stat-effect_statmap.nii.gz").get_fdata()
     npt.assert_array_equal(np.isfinite(with_inf), np.isfinite(without))
     npt.assert_allclose(with_inf[np.isfinite(without)], without[np.isfinite(without)], rtol=1e-6)
+
+
+def test_a_tr_that_the_header_contradicts_is_warned_of(tmp_path, capsys):
+    """--tr 3 for a run whose header gives 2 s between scans (pixdim[4] in seconds): fitted with --tr, as SPM and
+    nilearn do, but said in one warning line (FSL and AFNI would take the header's 2 s). A header in milliseconds
+    that agrees, or one without time units, says nothing."""
+    data = 100 + np.random.default_rng(0).standard_normal(SHAPE + (40,)).astype(np.float32)
+    (tmp_path / "events.tsv").write_text("onset\tduration\ttrial_type\n0\t10\tA\n30\t10\tA\n")
+    for units, step, tr, warned in (("sec", 2.0, 3, True), ("msec", 2000.0, 2, False), ("unknown", 2.0, 3, False)):
+        img = nib.Nifti1Image(data, AFFINE)
+        img.header.set_xyzt_units("mm", units)
+        img.header["pixdim"][4] = step
+        nib.save(img, tmp_path / "bold.nii.gz")
+        args = ["fit", tmp_path / "bold.nii.gz", "--events", tmp_path / "events.tsv", "--tr", tr, "--contrast", "c=A"]
+        code, _, err = run(capsys, *args, "-o", tmp_path / "out", "--force")  # (--quiet prints no warning)
+        assert code == 0
+        expected = "--tr 3 but the header of" in err and "gives 2 s between scans" in err and err.count("\n") == 1
+        assert expected if warned else err == "", err

@@ -1166,6 +1166,8 @@ def _run_fit(args, argv, progress) -> int:
             from .core._arma_kernels import warm_up
 
             _in_thread(warm_up)
+    if args.events:
+        _check_header_tr(reader, args.tr, args.inputs[0] if len(args.inputs) == 1 else "the scans")
     design = _make_design(args, reader.n_scans)[0] if args.events else args.design[0]
     from .models import fit_images
 
@@ -1204,6 +1206,24 @@ def _run_fit(args, argv, progress) -> int:
     return 0
 
 
+def _check_header_tr(reader, tr, name) -> None:
+    """A warning where a 4-D NIfTI header gives the time between scans (pixdim[4] in seconds, milliseconds or
+    microseconds) and it is not --tr: a TR copied from another study builds a wrong design silently (FSL and AFNI
+    take the header's; SPM and nilearn, as voxfit, the one given)."""
+    header = getattr(getattr(reader, "geometry", None), "header", None)
+    if tr is None or header is None or not hasattr(header, "get_xyzt_units") or len(header.get_zooms()) < 4:
+        return
+    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(header.get_xyzt_units()[1])
+    step = float(header.get_zooms()[3]) * scale if scale else 0.0
+    if step > 0 and not math.isclose(step, float(tr), rel_tol=0.01):
+        warnings.warn(
+            f"--tr {tr:g} but the header of {name} gives {step:g} s between scans; the design is built with --tr "
+            f"{tr:g}: check which is right.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def _warn_out_of_order(paths) -> None:
     """A shell's list of scans is in text order (scan_10 before scan_2): fitted as given, but said."""
     from pathlib import Path
@@ -1239,7 +1259,10 @@ def _run_runs(args, argv, progress, record: dict) -> int:
     if args.confounds and len(args.confounds) != len(args.inputs):
         raise InputError(f"{len(args.confounds)} confounds files for {len(args.inputs)} runs; give one per run.")
     if args.events:
-        lengths = [open_reader(path).n_scans for path in args.inputs]
+        readers = [open_reader(path) for path in args.inputs]
+        for path, reader in zip(args.inputs, readers):
+            _check_header_tr(reader, args.tr, path)
+        lengths = [reader.n_scans for reader in readers]
         _fmri_noise(args, record, min(lengths))
         designs = [_make_design(args, n, r)[0] for r, n in enumerate(lengths)]
     else:

@@ -133,6 +133,13 @@ def exclusive_file(folder, name: str) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
 
 
+def check_not_folder(dest: Path, instead: str) -> None:
+    """Refuse to write a file at `dest` where the user has a folder (a rename would fail, or replace it); `instead`:
+    what to do else."""
+    if dest.is_dir() and not dest.is_symlink():
+        raise InputError(f"{dest} is a folder; voxfit writes a file of that name there. Move it, or {instead}.")
+
+
 def write_file_atomically(target, write) -> Path:
     """``write(tmp_path)`` into an exclusive temporary beside `target`, then rename it onto `target` (which
     replaces a link named `target`, never the file it points to). Removes the temporary on any failure;
@@ -147,10 +154,7 @@ def write_files_atomically(writes: dict) -> list[Path]:
     targets = [Path(t) for t in writes]
     for target in targets:  # (all checked before any is written: a rename onto a folder would fail after the first)
         check_replaceable(target)
-        if target.is_dir() and not target.is_symlink():
-            raise InputError(
-                f"{target} is a folder; voxfit writes a file of that name there. Move it, or choose another name."
-            )
+        check_not_folder(target, "choose another name")
     made: list[Path] = []
     current = targets[0] if targets else None
     try:
@@ -292,11 +296,8 @@ class OutputFolder:
         for name in self._names:  # a folder of the user's is never replaced by a file (nor removed)
             dest = self.final / name
             check_replaceable(dest)
-            if dest.is_dir() and not dest.is_symlink() and not (self.staging / name).is_dir():
-                raise InputError(
-                    f"{dest} is a folder; voxfit writes a file of that name there. Move it, or "
-                    "choose another output folder."
-                )
+            if not (self.staging / name).is_dir():
+                check_not_folder(dest, "choose another output folder")
         with signals_held():
             done = self._move_all()
         shutil.rmtree(self._tmp, ignore_errors=True)  # (the marker, and what was replaced)

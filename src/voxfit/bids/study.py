@@ -336,7 +336,8 @@ def run(
             runs = find_runs(
                 layout, space=space, desc=desc, mask_entities=_mask_entities(model), strict=False, **chosen
             )
-        _check_participants(Path(bids_dir), {_value(dict(r.entities).get("subject")) for r in runs}, model)
+        participants = _participants_rows(Path(bids_dir))
+        _check_participants(Path(bids_dir) / "participants.tsv", participants, runs, model)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
         if settings.smoothing and surface is not None:
             raise InputError(
@@ -346,7 +347,8 @@ def run(
         model_file = describe_dataset(out_dir, model, command)
         study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
         study.default_types = tuple(default_types)
-        study.participants = _participant_ids(Path(bids_dir))
+        ids = _participant_ids(participants)
+        study.participants = None if ids is None else set(ids)
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
         # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
         freeze = gc.get_freeze_count() == 0
@@ -764,13 +766,13 @@ def _participants_rows(bids_dir: Path) -> list[list[str]]:
         return []
 
 
-def _participant_ids(bids_dir: Path) -> set[str] | None:
-    """The labels of participants.tsv's participant_id column (sub- taken off); None without that table."""
-    rows = _participants_rows(bids_dir)
+def _participant_ids(rows: list[list[str]]) -> list[str] | None:
+    """The labels of participants.tsv's participant_id column (`rows`: :func:`_participants_rows`), sub- taken
+    off, in the table's order; None without that column."""
     if not rows or "participant_id" not in rows[0]:
         return None
     j = rows[0].index("participant_id")
-    return {r[j].removeprefix("sub-") for r in rows[1:] if len(r) > j}
+    return [r[j].removeprefix("sub-") if len(r) > j else "" for r in rows[1:]]
 
 
 def _input_name(entities: dict) -> str:
@@ -779,12 +781,10 @@ def _input_name(entities: dict) -> str:
     return _group_label(named or entities)
 
 
-def _check_participants(bids_dir: Path, subjects, model: dict) -> None:
-    """Where a node's Model.X takes a column of participants.tsv: the table has its participant_id column, and
-    names each of the dataset's `subjects` once (pybids takes one of two rows of a subject silently) and as its
-    folders do (sub-001 for sub-01 matched nothing)."""
-    path = bids_dir / "participants.tsv"
-    rows = _participants_rows(bids_dir)
+def _check_participants(path: Path, rows: list[list[str]], runs, model: dict) -> None:
+    """Where a node's Model.X takes a column of participants.tsv (`rows`, read from `path`): the table has its
+    participant_id column, and names each subject of the `runs` once (pybids takes one of two rows of a subject
+    silently) and as its folders do (sub-001 for sub-01 matched nothing)."""
     taken = {x for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X", ()) if isinstance(x, str)}
     if not rows or not taken & set(rows[0]):
         return
@@ -793,12 +793,11 @@ def _check_participants(bids_dir: Path, subjects, model: dict) -> None:
         if near:  # (pybids then fails on its key, 'subject', for any node that takes a column of the table)
             raise InputError(f"{path} names its ids {near[0]!r}; BIDS names that column participant_id: rename it.")
         return
-    j = rows[0].index("participant_id")
-    ids = [r[j].removeprefix("sub-") if len(r) > j else "" for r in rows[1:]]
+    ids = _participant_ids(rows)
     if twice := repeated(ids):
         where = [f"sub-{i} (lines {', '.join(str(n + 2) for n, x in enumerate(ids) if x == i)})" for i in twice]
         raise InputError(f"{path} names {listed(where)} more than once; keep one row per subject.")
-    mine = set(subjects)
+    mine = {_value(dict(r.entities).get("subject")) for r in runs}
     padded = sorted(i for i in set(ids) - mine if i.lstrip("0") in {s.lstrip("0") for s in mine - set(ids)})
     if padded:
         raise InputError(
@@ -1240,6 +1239,7 @@ class _Study:
         self.out_dir, self.force, self.labels = out_dir, force, labels
         self.default_types: tuple[str, ...] = ()
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
+        self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
         self.maps: dict[tuple, _MapRef] = {}  # _key(contrast entities) -> the maps
         self.outputs: dict[str, list[tuple[str, dict]]] = {}  # node name -> (contrast name, entities) passed on
@@ -1474,7 +1474,9 @@ class _Study:
         estimated from the runs that have it, rather than failing the others."""
         if not self.default_types or r.events is None:
             return node.spec
-        present = [t for t in self.default_types if t in set(_trial_types([r]))]
+        if r.events not in self._run_types:
+            self._run_types[r.events] = set(_trial_types([r]))
+        present = [t for t in self.default_types if t in self._run_types[r.events]]
         if not present or len(present) == len(self.default_types):
             return node.spec
         model = {**node.spec["Model"], "X": [*present, 1], "HRF": {**node.spec["Model"]["HRF"], "Variables": present}}

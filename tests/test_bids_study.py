@@ -244,31 +244,14 @@ def test_participants_covariate_in_the_dataset_design(tmp_path):
     assert t_maps == [f"contrast-trialtype{c}congruentage_stat-t_statmap.nii.gz" for c in ("", "in")], t_maps
 
 
-AGE_MODEL = {
-    "Name": "age",
-    "BIDSModelVersion": "1.0.0",
-    "Input": {"task": ["stroop"]},
-    "Nodes": [
-        {
-            "Level": "Run",
-            "Name": "run",
-            "GroupBy": ["run", "subject"],
-            "Model": {
-                "Type": "glm",
-                "X": ["congruent", "incongruent", 1],
-                "HRF": {"Variables": ["congruent", "incongruent"], "Model": "spm"},
-            },
-            "DummyContrasts": {"Contrasts": ["congruent"], "Test": "t"},
-        },
-        {
-            "Level": "Dataset",
-            "Name": "dataset",
-            "GroupBy": ["contrast"],
-            "Model": {"Type": "glm", "X": [1, "age"]},
-            "Contrasts": [{"Name": "age", "ConditionList": ["age"], "Weights": [1], "Test": "t"}],
-        },
-    ],
-}
+def _age_model() -> dict:
+    """voxfit's default model of the synthetic study, its dataset node regressing on participants.tsv's age."""
+    from voxfit.bids.spec import default_model
+
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Name"] = "age"
+    model["Nodes"][-1]["Model"]["X"] = [1, "age"]
+    return model
 
 
 def _with_model(tmp_path, study, deriv, model: dict, capsys) -> tuple[int, str]:
@@ -304,7 +287,7 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
     table = study.root / "participants.tsv"
     assert "sub-04\t25" in table.read_text() and table.read_text().splitlines()[1].startswith("sub-03")
     table.write_text(edit(table.read_text()))
-    code, err = _with_model(tmp_path, study, deriv, AGE_MODEL, capsys)
+    code, err = _with_model(tmp_path, study, deriv, _age_model(), capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert all(line.startswith("voxfit: ") for line in err.splitlines()), err
 
@@ -610,16 +593,14 @@ def test_the_default_model_takes_each_runs_own_trial_types(tmp_path, capsys):
 def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys, how):
     """A Filter (or DropNA) transformation at the dataset node leaves subjects out on purpose: they have their
     rows in participants.tsv, and the group is fitted without them (not refused as missing rows)."""
-    import copy
-
     study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(10, 10, 8))
-    model = copy.deepcopy(AGE_MODEL)
+    model = _age_model()
     instruction = {"Name": "Filter", "Input": ["age"], "Query": "age < 40"} if how == "Filter" else None
     if how == "DropNA":
         table = study.root / "participants.tsv"
         table.write_text(table.read_text().replace("sub-04\t25", "sub-04\tn/a"))
         instruction = {"Name": "DropNA", "Input": ["age"]}
-    model["Nodes"][1]["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": [instruction]}
+    model["Nodes"][-1]["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": [instruction]}
     code, err = _with_model(tmp_path, study, deriv, model, capsys)
     assert code == 0, err
     record = json.loads(next((tmp_path / "out" / "node-dataset").glob("*_model.json")).read_text())

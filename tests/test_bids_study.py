@@ -621,3 +621,53 @@ def test_a_rerun_refits_what_an_earlier_build_made_under_other_rules(tmp_path, m
     monkeypatch.setattr(study_module, "STUDY_RULES", study_module.STUDY_RULES + 1)
     later = run(study.root, tmp_path / "out", **kw)
     assert later.ok and not any(g.reused for groups in later.nodes.values() for g in groups)
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns
+        for p in folder.rglob("*")
+        if p.is_file() and ".voxfit" not in p.parts
+    }
+
+
+def test_a_rerun_removes_what_its_model_no_longer_makes_and_keeps_other_participants(tmp_path):
+    """As SPM clears an earlier analysis's images from the folder it estimates into, a rerun of the same model
+    file removes its groups' maps that it does not write again (a contrast dropped, a node renamed, a run that
+    fails now), and only for the participants and levels it fitted: another participant's study into the same
+    folder, the dataset level of a study that stops below it, and files of no group stay."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(10, 10, 8))
+    out, kw = tmp_path / "out", {"derivatives": [study.derivatives], "progress": False}
+    model = default_model("stroop", ["congruent", "incongruent"])
+    assert run(study.root, out, model=model, **kw).ok
+    mine = out / "sub-01" / "node-run" / "notes.txt"
+    mine.write_text("kept")
+    full = _files(out)
+    changed = json.loads(json.dumps(model))
+    changed["Nodes"][0]["DummyContrasts"]["Contrasts"] = ["congruent"]
+    changed["Nodes"][1]["Name"] = "subj"
+    changed["Edges"] = [{"Source": "run", "Destination": "subj"}, {"Source": "subj", "Destination": "dataset"}]
+    second = run(study.root, out, model=changed, **kw)
+    after = _files(out)
+    assert second.ok and not [f for f in after if "incongruent" in f or "node-subject" in f]
+    assert second.removed == sum(1 for f in full if "incongruent" in f or "node-subject" in f)
+    assert {f for f in full if "incongruent" not in f and "node-subject" not in f} <= set(after)
+    assert mine.read_text() == "kept" and not (out / "sub-01" / "node-subject").exists()
+    # sub-01 alone with the first model, up to its subject level: sub-02's, sub-03's and the dataset's stay
+    assert run(study.root, out, model=model, level="subject", participant_label=["01"], **kw).ok
+    third = _files(out)
+    others = ("sub-02", "sub-03", "node-dataset")
+    assert {f: t for f, t in third.items() if f.startswith(others)} == {
+        f: t for f, t in after.items() if f.startswith(others)
+    }
+    assert not (out / "sub-01" / "node-subj").exists() and any("sub-01/node-subject" in f for f in third)
+    # the whole study at the run level: the subject and dataset levels stay; a run that fails now is removed
+    (study.root / "sub-03" / "func" / "sub-03_task-stroop_run-1_events.tsv").unlink()
+    fourth = run(study.root, out, model=model, level="run", **kw)
+    assert [f.group for f in fourth.failures] and "sub-03" in fourth.failures[0].group
+    left = _files(out)
+    assert not [f for f in left if f.startswith("sub-03/node-run")] and not (out / "sub-03" / "node-run").exists()
+    assert {f for f in third if "node-run" not in f} <= set(left)

@@ -927,6 +927,8 @@ def _run_bids(args, argv, progress) -> int:
         ]
         if result.skipped:
             counts.append(f"{len(result.skipped)} skipped")
+        if result.removed:
+            counts.append(f"{result.removed} stale files removed")
         partial = {id(g) for g, _ in result.notes}
         if partial:
             counts.append(f"{len(partial)} built without failed inputs")

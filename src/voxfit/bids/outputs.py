@@ -18,7 +18,7 @@ from .._version import __version__
 from ..io import OutputFolder, sanitize_label, write_files_atomically
 from .layout import ENTITIES, short_entities
 
-__all__ = ["describe_dataset", "group_folder", "group_prefix", "map_name", "open_group"]
+__all__ = ["describe_dataset", "group_folder", "group_prefix", "group_records", "map_name", "open_group"]
 
 CODE_URL = "https://github.com/voxfit/voxfit"
 
@@ -57,6 +57,14 @@ def group_folder(out_dir, node_name: str, entities: dict, level: str) -> Path:
     if entities.get("session") is not None:
         parts.append(f"ses-{entities['session']}")
     return Path(out_dir, *parts, node)
+
+
+def group_records(out_dir) -> list[Path]:
+    """The records (``*model.json``) of every node group below `out_dir`: dataset-level nodes', then subjects' and
+    sessions' (records of other tools' folders among them are the caller's to tell apart)."""
+    out_dir = Path(out_dir)
+    patterns = ("node-*/*model.json", "sub-*/node-*/*model.json", "sub-*/ses-*/node-*/*model.json")
+    return [path for pattern in patterns for path in out_dir.glob(pattern)]
 
 
 def group_prefix(entities: dict) -> str:

@@ -40,7 +40,7 @@ from ..exceptions import InputError
 from ..io import write_file_atomically
 from ..report import Contrast, DesignView, Results, html_page, html_table, read_map, report_sections
 from .layout import ENTITIES
-from .outputs import group_prefix, map_name
+from .outputs import group_prefix, group_records, map_name
 
 __all__ = ["StudyReports", "check_matplotlib", "write_study_reports"]
 
@@ -209,14 +209,13 @@ def _read_groups(out_dir: Path) -> list[_Group]:
     from ..models.record import ModelRecord
 
     found = []
-    for pattern in ("node-*/*model.json", "sub-*/node-*/*model.json", "sub-*/ses-*/node-*/*model.json"):
-        for path in out_dir.glob(pattern):
-            record = ModelRecord.read(path).as_dict()
-            bids = (record.get("settings") or {}).get("bids")
-            if not isinstance(bids, dict):
-                continue  # (not a study's record)
-            entities = {k: v for k, v in (bids.get("entities") or {}).items() if v is not None}
-            found.append(_Group(path, record, str(bids.get("node")), str(bids.get("level")), entities))
+    for path in group_records(out_dir):
+        record = ModelRecord.read(path).as_dict()
+        bids = (record.get("settings") or {}).get("bids")
+        if not isinstance(bids, dict):
+            continue  # (not a study's record)
+        entities = {k: v for k, v in (bids.get("entities") or {}).items() if v is not None}
+        found.append(_Group(path, record, str(bids.get("node")), str(bids.get("level")), entities))
     order = {name: n for n, name in enumerate(LEVEL_ORDER)}
     found.sort(key=lambda g: (order.get(g.level, 9), g.node, _entity_key(g.entities)))
     return found

@@ -64,7 +64,7 @@ from ..design.subjects import listed
 from ..exceptions import InputError
 from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
 from ..io.output import missing_folders, remove_made_folders, signals_held
-from .outputs import describe_dataset, group_folder, group_prefix, map_name, open_group
+from .outputs import describe_dataset, group_folder, group_prefix, group_records, map_name, open_group
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
 
@@ -122,6 +122,7 @@ class StudyResult:
     failures: tuple[Failure, ...] = field(default=())
     skipped: tuple[Failure, ...] = field(default=())
     workers: int = 0
+    removed: int = 0  # files of groups an earlier study of the model wrote that this one left stale (_remove_stale)
 
     @property
     def ok(self) -> bool:
@@ -185,6 +186,7 @@ class _Node:
     name: str
     level: str
     spec: dict
+    model: str = ""  # the model file's name in the output folder (its groups' records name it)
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,6 +349,7 @@ def run(
         model_file = describe_dataset(out_dir, model, command)
         study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
         study.default_types = tuple(default_types)
+        study.model_file = model_file.name
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
@@ -360,6 +363,8 @@ def run(
         finally:
             if freeze:
                 gc.unfreeze()
+        subjects = {str(dict(r.entities)["subject"]) for r in runs}
+        removed = _remove_stale(out_dir, model_file.name, study.results, subjects, settings.level)
         result = StudyResult(
             out_dir,
             model_file,
@@ -367,6 +372,7 @@ def run(
             tuple(study.failures),
             tuple(study.skipped),
             study.workers,
+            removed,
         )
         study.write_manifest(study_key if result.ok else None, model_file)
         if not any(result.nodes.values()) and _drop_if_unused(out_dir, before):
@@ -399,6 +405,62 @@ def _drop_if_unused(out_dir: Path, before: set[str] | None) -> bool:
         if p.name not in before:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
     return True
+
+
+def _remove_stale(out_dir: Path, model: str, results: dict, subjects: set[str], level: str) -> int:
+    """Remove what a rerun leaves stale of the groups that earlier studies of the same `model` file wrote to
+    `out_dir`, as SPM removes an earlier analysis's images from the folder it estimates into: the groups of the
+    levels this study fitted (up to `level`) that it did not write or reuse now (a contrast or a node gone from
+    the model, a run that failed or left the dataset), and in each group it wrote, the files it did not write
+    again (a contrast's maps). Only groups of the study's `subjects` are touched, and dataset-level groups only
+    when this study wrote or kept some: studies of other participants into the same folder (a BIDS app's
+    participant-level runs) and groups of other models keep theirs. A file belongs to the group whose record's
+    name, less ``model.json``, is the longest start of its name; files of no group are left alone. A study that
+    fitted nothing (every run failed) removes nothing. Returns the number of files removed."""
+    if not any(results.values()):
+        return 0
+    # record -> the names of its group's files written now (None: reused). Records are matched by their last parts
+    # (node-x/r.json up to sub-01/ses-1/node-x/r.json): workers may have written them from another working folder
+    written: dict[tuple[str, ...], set[str] | None] = {}
+    for groups in results.values():
+        for g in groups:
+            record = next(f for f in g.files if f.name.endswith("model.json"))
+            for k in (2, 3, 4):
+                written[Path(record).parts[-k:]] = None if g.reused else {f.name for f in g.files}
+    dataset_kept = any(g.level == "dataset" for groups in results.values() for g in groups)
+    reach = LEVELS.index(level)
+
+    def stale(record: Path) -> bool:
+        bids = _read_bids(record)
+        if not isinstance(bids, dict) or bids.get("model") != model or bids.get("level") not in LEVELS:
+            return False  # (not a study's record, another model's, or one made before records named their model)
+        if LEVELS.index(bids["level"]) > reach:
+            return False
+        if bids["level"] == "dataset":
+            return dataset_kept
+        return str((bids.get("entities") or {}).get("subject")) in subjects
+
+    by_folder: dict[Path, list[Path]] = {}
+    removed = 0
+    for record in group_records(out_dir):
+        by_folder.setdefault(record.parent, []).append(record)
+    for folder, records in by_folder.items():
+        stems = sorted(((r.name.removesuffix("model.json"), r) for r in records), key=lambda x: -len(x[0]))
+        parts = {r: r.relative_to(out_dir).parts for r in records}
+        gone = {r for r in records if parts[r] not in written and stale(r)}
+        for f in folder.iterdir():
+            owner = next((r for stem, r in stems if stem and f.name.startswith(stem)), None)
+            if owner is None or not f.is_file() or f.is_symlink():
+                continue
+            now = written.get(parts[owner])
+            if owner in gone or (now is not None and f.name not in now):
+                f.unlink(missing_ok=True)
+                removed += 1
+        for empty in (folder, folder.parent, folder.parent.parent):
+            if empty == out_dir or not empty.is_relative_to(out_dir) or any(empty.iterdir()):
+                break
+            empty.rmdir()
+    return removed
 
 
 def _write_reports(out_dir: Path, failures, progress) -> None:
@@ -666,8 +728,9 @@ def _content(paths) -> list:
 
 # Raised whenever what a study computes from the same inputs changes within a version, so that a rerun refits
 # rather than reusing what an earlier build made (2: a subject without sessions beside subjects with them is
-# grouped once; covariates with gaps are refused rather than filled with 0; each run its own trial types).
-STUDY_RULES = 2
+# grouped once; covariates with gaps are refused rather than filled with 0; each run its own trial types; 3: each
+# group's record names its model file, so that a rerun can tell the groups it leaves stale: _remove_stale).
+STUDY_RULES = 3
 
 
 def _checksum(*parts) -> str:
@@ -1169,6 +1232,7 @@ def bids_record(node: _Node, entity, checksum, settings: _Settings, outputs, not
         "level": node.level,
         "entities": {k: _value(v) for k, v in entity.items()},
         "checksum": checksum,
+        "model": node.model,
         "study_settings": settings.as_dict(),
         "outputs": outputs,
         "notes": list(notes),
@@ -1238,6 +1302,7 @@ class _Study:
         self.layout, self.model, self.settings, self.execution = layout, model, settings, execution
         self.out_dir, self.force, self.labels = out_dir, force, labels
         self.default_types: tuple[str, ...] = ()
+        self.model_file = ""  # the model file's name in out_dir (see _Node.model)
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
@@ -1263,7 +1328,7 @@ class _Study:
     # ---- the model, pybids' graph, the manifest ----------------------------------------------------------------
     def node(self, name: str) -> _Node:
         spec = next(n for n in self.model["Nodes"] if n["Name"] == name)
-        return _Node(name, spec["Level"].lower(), spec)
+        return _Node(name, spec["Level"].lower(), spec, self.model_file)
 
     def edges(self) -> list[tuple[str, str, dict]]:
         edges = self.model.get("Edges")

@@ -35,6 +35,7 @@ equals the last one; (4) otherwise each group is reused when its design, contras
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import functools
@@ -441,25 +442,30 @@ def _remove_stale(out_dir: Path, model: str, results: dict, subjects: set[str], 
         return str((bids.get("entities") or {}).get("subject")) in subjects
 
     by_folder: dict[Path, list[Path]] = {}
-    removed = 0
     for record in group_records(out_dir):
         by_folder.setdefault(record.parent, []).append(record)
+    removed = 0
     for folder, records in by_folder.items():
         stems = sorted(((r.name.removesuffix("model.json"), r) for r in records), key=lambda x: -len(x[0]))
         parts = {r: r.relative_to(out_dir).parts for r in records}
         gone = {r for r in records if parts[r] not in written and stale(r)}
+        doomed = []
         for f in folder.iterdir():
             owner = next((r for stem, r in stems if stem and f.name.startswith(stem)), None)
             if owner is None or not f.is_file() or f.is_symlink():
                 continue
             now = written.get(parts[owner])
             if owner in gone or (now is not None and f.name not in now):
-                f.unlink(missing_ok=True)
-                removed += 1
-        for empty in (folder, folder.parent, folder.parent.parent):
-            if empty == out_dir or not empty.is_relative_to(out_dir) or any(empty.iterdir()):
-                break
-            empty.rmdir()
+                doomed.append(f)
+        for f in doomed:
+            f.unlink(missing_ok=True)
+        removed += len(doomed)
+        if doomed:  # the node's folder and its subject's or session's, where nothing is left in them
+            with contextlib.suppress(OSError):  # (not empty: another study writes there now)
+                for empty in (folder, folder.parent, folder.parent.parent):
+                    if empty == out_dir or not empty.is_relative_to(out_dir):
+                        break
+                    empty.rmdir()
     return removed
 
 

@@ -671,3 +671,41 @@ def test_a_rerun_removes_what_its_model_no_longer_makes_and_keeps_other_particip
     left = _files(out)
     assert not [f for f in left if f.startswith("sub-03/node-run")] and not (out / "sub-03" / "node-run").exists()
     assert {f for f in third if "node-run" not in f} <= set(left)
+
+
+def test_a_study_means_its_own_folder_from_any_working_folder(tmp_path, monkeypatch):
+    """A study given a relative OUT_DIR, rerun from another working folder, reuses its own groups and reads its own
+    maps, never those of a folder of the same name below the new working folder (records name their maps by file
+    name, beside them; the manifest holds absolute paths)."""
+    import shutil
+
+    import nibabel as nib
+
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = run(study.root, "out", **kw)
+    out = tmp_path / "a" / "out"
+    assert first.ok and first.out_dir == out
+    record = next((out / "sub-01" / "node-run").glob("*_model.json"))
+    outputs = json.loads(record.read_text())["settings"]["bids"]["outputs"]
+    assert all("/" not in o["effect"] and "/" not in o["variance"] for o in outputs.values())
+    decoy = tmp_path / "b" / "out"  # the same names below another working folder, other maps
+    shutil.copytree(out, decoy)
+    for f in decoy.rglob("*_stat-effect_statmap.nii.gz"):
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.full(img.shape, 1e3, np.float32), img.affine), f)
+    monkeypatch.chdir(tmp_path / "b")
+    again = run(study.root, out, **kw)
+    assert again.ok and all(g.reused for groups in again.nodes.values() for g in groups)
+    (out / ".voxfit" / "study.json").unlink()  # the subject level refits from the runs' maps, which are reused
+    for f in (out / "sub-01" / "node-subject").glob("*_model.json"):
+        f.write_text(f.read_text().replace('"checksum": "', '"checksum": "changed'))
+    refit = run(study.root, out, **kw)
+    assert refit.ok and all(g.reused for g in refit.nodes["run"])
+    assert not all(g.reused for g in refit.nodes["subject"])
+    for f in out.rglob("*_stat-effect_statmap.nii.gz"):
+        assert np.nanmax(np.abs(_maps(f))) < 1e2, f

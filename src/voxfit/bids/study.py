@@ -304,7 +304,8 @@ def run(
         preset,
         rft,
     )
-    out_dir = Path(out_dir)
+    # (absolute: every path a study records or hands to its workers means the same folder from any working folder)
+    out_dir = Path(out_dir).absolute()
     labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
     derivatives = [Path(d) for d in derivatives]
     _check_study_folder(out_dir, Path(bids_dir), derivatives, force)
@@ -745,11 +746,17 @@ def _checksum(*parts) -> str:
 
 
 def _read_bids(record_path: Path) -> dict | None:
-    """The ``settings.bids`` part of a group's model.json, or None when it cannot be read."""
+    """The ``settings.bids`` part of a group's model.json, or None when it cannot be read; its outputs' maps, which
+    the record names by their file names (they lie beside it: the folder may move), as paths."""
     try:
-        return json.loads(Path(record_path).read_text())["settings"]["bids"]
-    except (OSError, ValueError, KeyError, TypeError):
+        bids = json.loads(Path(record_path).read_text())["settings"]["bids"]
+        for o in bids.get("outputs", {}).values():
+            o["effect"], o["variance"] = (
+                str(Path(record_path).parent / Path(o[k]).name) for k in ("effect", "variance")
+            )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    return bids
 
 
 def _outputs_present(bids: dict) -> bool:
@@ -1240,7 +1247,9 @@ def bids_record(node: _Node, entity, checksum, settings: _Settings, outputs, not
         "checksum": checksum,
         "model": node.model,
         "study_settings": settings.as_dict(),
-        "outputs": outputs,
+        "outputs": {
+            k: {**o, "effect": Path(o["effect"]).name, "variance": Path(o["variance"]).name} for k, o in outputs.items()
+        },
         "notes": list(notes),
         **extra,
     }

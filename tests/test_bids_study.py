@@ -653,7 +653,8 @@ def test_a_rerun_removes_what_its_model_no_longer_makes_and_keeps_other_particip
     second = run(study.root, out, model=changed, **kw)
     after = _files(out)
     assert second.ok and not [f for f in after if "incongruent" in f or "node-subject" in f]
-    assert second.removed == sum(1 for f in full if "incongruent" in f or "node-subject" in f)
+    gone_groups = [f for f in full if ("incongruent" in f and "node-run" not in f) or "node-subject" in f]
+    assert second.removed == len(gone_groups)  # (a run group rewritten drops its own old maps as it is committed)
     assert {f for f in full if "incongruent" not in f and "node-subject" not in f} <= set(after)
     assert mine.read_text() == "kept" and not (out / "sub-01" / "node-subject").exists()
     # sub-01 alone with the first model, up to its subject level: sub-02's, sub-03's and the dataset's stay
@@ -709,3 +710,63 @@ def test_a_study_means_its_own_folder_from_any_working_folder(tmp_path, monkeypa
     assert not all(g.reused for g in refit.nodes["subject"])
     for f in out.rglob("*_stat-effect_statmap.nii.gz"):
         assert np.nanmax(np.abs(_maps(f))) < 1e2, f
+
+
+def test_stale_removal_takes_only_its_own_groups(tmp_path):
+    """What a rerun never removes: a copy of a node's folder, a node folder that is a link (nor the files behind
+    it), a user's file named like a group's maps, the maps it has just written under a grouping that changed, and
+    the groups of a study of other runs (--task) or of a model it reused them from. A group rewritten with fewer
+    maps drops its own old ones as it is committed, even when the study then stops."""
+    import shutil
+
+    from voxfit.bids import run
+    from voxfit.bids import study as study_module
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(10, 10, 8), task="nback")
+    out, kw = tmp_path / "out", {"derivatives": [study.derivatives], "progress": False}
+    model = default_model(None, ["congruent", "incongruent"])
+    model["Name"] = "both"
+    assert run(study.root, out, model=model, task="stroop", **kw).ok
+    shutil.copytree(out / "sub-01" / "node-run", out / "sub-01" / "node-run-backup")
+    shutil.copytree(out / "sub-02" / "node-subject", tmp_path / "elsewhere")
+    copies = {name: sorted(p.name for p in (out / name).iterdir()) for name in ("sub-01/node-run-backup",)}
+    copies["elsewhere"] = sorted(p.name for p in (tmp_path / "elsewhere").iterdir())
+    (out / "sub-02" / "node-old").symlink_to(tmp_path / "elsewhere")
+    mine = next((out / "sub-01" / "node-subject").glob("*congruent_model.json")).name.replace("model.json", "notes.txt")
+    (out / "sub-01" / "node-subject" / mine).write_text("mine")
+    nback = run(study.root, out, model=model, task="nback", level="run", **kw)
+    assert nback.ok and nback.removed == 0
+    changed = json.loads(json.dumps(model))
+    changed["Nodes"][0]["DummyContrasts"]["Contrasts"] = ["congruent"]
+    changed["Nodes"][2]["GroupBy"] = []  # one dataset group for every contrast: its maps keep their names
+    again = run(study.root, out, model=changed, task="stroop", **kw)
+    assert again.ok and again.removed > 0
+    files = _files(out)
+    assert not [f for f in files if "incongruent" in f and "stroop" in f and "backup" not in f]
+    assert sorted(p.name for p in (out / "sub-01" / "node-run-backup").iterdir()) == copies["sub-01/node-run-backup"]
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == copies["elsewhere"]
+    assert any("incongruent" in name for name in copies["elsewhere"])
+    assert (out / "sub-01" / "node-subject" / mine).read_text() == "mine"
+    assert len([f for f in files if "nback" in f and "node-run" in f and "incongruent" in f]) == 2 * 5
+    assert {p.name for p in (out / "node-dataset").glob("contrast-congruent_stat-*")} and (
+        out / "node-dataset" / "model.json"
+    ).is_file()
+    # a run's group rewritten without a contrast, the study stopped before its end: the group is whole and its own
+    lost = json.loads(json.dumps(changed))
+    lost["Nodes"][0]["DummyContrasts"]["Contrasts"] = ["incongruent"]
+
+    def stop(self):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(study_module._Study, "fit_higher", stop)
+        with pytest.raises(KeyboardInterrupt):
+            run(study.root, out, model=lost, task="stroop", **kw)
+    run_maps = {p.name for p in (out / "sub-01" / "node-run").iterdir() if "stroop" in p.name and "stat" in p.name}
+    assert run_maps and all("contrast-incongruent" in name for name in run_maps), run_maps
+    from voxfit.exceptions import InputError
+
+    with pytest.raises(InputError, match="holds the study of model 'both'"):  # (one model file for both)
+        run(study.root, out, model={**model, "Name": "bo-th"}, task="stroop", **kw)

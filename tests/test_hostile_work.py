@@ -797,7 +797,7 @@ def test_a_study_stops_within_two_seconds_of_ctrl_c_keeping_finished_groups(stud
         content = json.loads(record.read_text())
         assert not list(validator.iter_errors(content)), record
         for o in content["settings"]["bids"]["outputs"].values():
-            assert Path(o["effect"]).is_file() and Path(o["variance"]).is_file()
+            assert (record.parent / o["effect"]).is_file() and (record.parent / o["variance"]).is_file()
     again = run(
         study_work.root, out, level="subject", derivatives=[study_work.derivatives], noise="ar8", progress=False
     )

@@ -928,7 +928,7 @@ def _run_bids(args, argv, progress) -> int:
         if result.skipped:
             counts.append(f"{len(result.skipped)} skipped")
         if result.removed:
-            counts.append(f"{result.removed} stale files removed")
+            counts.append(f"{result.removed} files of stale groups removed")
         partial = {id(g) for g, _ in result.notes}
         if partial:
             counts.append(f"{len(partial)} built without failed inputs")

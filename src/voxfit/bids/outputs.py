@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from .._version import __version__
+from ..exceptions import InputError
 from ..io import OutputFolder, sanitize_label, write_files_atomically
 from .layout import ENTITIES, short_entities
 
@@ -25,7 +26,9 @@ CODE_URL = "https://github.com/voxfit/voxfit"
 
 def describe_dataset(out_dir, model: dict, command=None) -> Path:
     """Write ``dataset_description.json`` (DatasetType derivative, GeneratedBy voxfit with its version and
-    command) and the model as ``model-<Name>_smdl.json`` into `out_dir`; returns the model file's path."""
+    command) and the model as ``model-<Name>_smdl.json`` into `out_dir`; returns the model file's path. A model
+    file there of another model whose name keeps the same letters and digits (``model_B``, ``model-B``) is
+    refused: the groups of both would be taken for one study's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = sanitize_label(model.get("Name", "model"), "model")
@@ -39,6 +42,16 @@ def describe_dataset(out_dir, model: dict, command=None) -> Path:
         "GeneratedBy": [generated],
     }
     model_file = out_dir / f"model-{name}_smdl.json"
+    try:
+        other = json.loads(model_file.read_text()).get("Name")
+    except (OSError, ValueError, AttributeError):
+        other = None
+    if other is not None and other != model.get("Name", "model"):
+        raise InputError(
+            f"{out_dir} holds the study of model {other!r} in {model_file.name}, the file model "
+            f"{model.get('Name', 'model')!r} would write too (names keep only their letters and digits): rename "
+            "the model, or give another output folder."
+        )
     texts = {
         path: json.dumps(content, indent=2, default=str) + "\n"
         for path, content in ((out_dir / "dataset_description.json", description), (model_file, model))

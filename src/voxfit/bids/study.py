@@ -123,7 +123,7 @@ class StudyResult:
     failures: tuple[Failure, ...] = field(default=())
     skipped: tuple[Failure, ...] = field(default=())
     workers: int = 0
-    removed: int = 0  # files of groups an earlier study of the model wrote that this one left stale (_remove_stale)
+    removed: int = 0  # files of the groups an earlier run of the study wrote that this one left stale (_remove_stale)
 
     @property
     def ok(self) -> bool:
@@ -187,7 +187,7 @@ class _Node:
     name: str
     level: str
     spec: dict
-    model: str = ""  # the model file's name in the output folder (its groups' records name it)
+    study: tuple[tuple[str, object], ...] = ()  # the study that writes its groups (_Study.identity; records name it)
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,7 +351,7 @@ def run(
         model_file = describe_dataset(out_dir, model, command)
         study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
         study.default_types = tuple(default_types)
-        study.model_file = model_file.name
+        study.identity = (("model", model_file.name), ("task", task), ("space", space), ("desc", desc))
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
@@ -366,7 +366,7 @@ def run(
             if freeze:
                 gc.unfreeze()
         subjects = {str(dict(r.entities)["subject"]) for r in runs}
-        removed = _remove_stale(out_dir, model_file.name, study.results, subjects, settings.level)
+        removed = _remove_stale(out_dir, dict(study.identity), study.results, subjects, settings.level)
         result = StudyResult(
             out_dir,
             model_file,
@@ -409,65 +409,61 @@ def _drop_if_unused(out_dir: Path, before: set[str] | None) -> bool:
     return True
 
 
-def _remove_stale(out_dir: Path, model: str, results: dict, subjects: set[str], level: str) -> int:
-    """Remove what a rerun leaves stale of the groups that earlier studies of the same `model` file wrote to
-    `out_dir`, as SPM removes an earlier analysis's images from the folder it estimates into: the groups of the
-    levels this study fitted (up to `level`) that it did not write or reuse now (a contrast or a node gone from
-    the model, a run that failed or left the dataset), and in each group it wrote, the files it did not write
-    again (a contrast's maps). Only groups of the study's `subjects` are touched, and dataset-level groups only
-    when this study wrote or kept some: studies of other participants into the same folder (a BIDS app's
-    participant-level runs) and groups of other models keep theirs. A file belongs to the group whose record's
-    name, less ``model.json``, is the longest start of its name; files of no group are left alone. A study that
-    fitted nothing (every run failed) removes nothing. Returns the number of files removed."""
+def _remove_stale(out_dir: Path, study: dict, results: dict, subjects: set[str], level: str) -> int:
+    """Remove the groups an earlier run of the same `study` (model file and runs chosen: ``_Study.identity``) wrote
+    to `out_dir` and this one, complete, did not write or keep: of the levels it fitted (up to `level`), a contrast
+    or a node gone from the model, a run that now fails or left the dataset; as SPM removes an earlier analysis's
+    images from the folder it estimates into. Only groups of the study's `subjects` are touched, and dataset-level
+    groups only when this study wrote or kept some: studies of other participants, models or runs into the same
+    folder (a BIDS app's participant-level runs) keep theirs. A group is its record, where this study would write
+    it (not a copy elsewhere, nor through a link), and the files the record lists; a file written now stays, and a
+    record that lists no files (an older build's) is left. Returns the number of files removed. (A group rewritten
+    removes its own earlier files as it is committed: ``OutputFolder.commit(replacing=...)``.)"""
     if not any(results.values()):
-        return 0
-    # record -> the names of its group's files written now (None: reused). Records are matched by their last parts
-    # (node-x/r.json up to sub-01/ses-1/node-x/r.json): workers may have written them from another working folder
-    written: dict[tuple[str, ...], set[str] | None] = {}
-    for groups in results.values():
-        for g in groups:
-            record = next(f for f in g.files if f.name.endswith("model.json"))
-            for k in (2, 3, 4):
-                written[Path(record).parts[-k:]] = None if g.reused else {f.name for f in g.files}
+        return 0  # (a study that fitted nothing, every run failed: nothing is stale for it)
+    # records are matched by their last parts (node-x/r.json up to sub-01/ses-1/node-x/r.json): a worker elsewhere
+    # may have written them through another path to the same folder
+    kept = {Path(f).parts[-k:] for groups in results.values() for g in groups for f in g.files for k in (2, 3, 4)}
+    written = {os.path.abspath(f) for groups in results.values() for g in groups for f in g.files if not g.reused}
     dataset_kept = any(g.level == "dataset" for groups in results.values() for g in groups)
-    reach = LEVELS.index(level)
-
-    def stale(record: Path) -> bool:
-        bids = _read_bids(record)
-        if not isinstance(bids, dict) or bids.get("model") != model or bids.get("level") not in LEVELS:
-            return False  # (not a study's record, another model's, or one made before records named their model)
-        if LEVELS.index(bids["level"]) > reach:
-            return False
-        if bids["level"] == "dataset":
-            return dataset_kept
-        return str((bids.get("entities") or {}).get("subject")) in subjects
-
-    by_folder: dict[Path, list[Path]] = {}
+    reach, root = LEVELS.index(level), out_dir.resolve()
+    removed, emptied = 0, set()
     for record in group_records(out_dir):
-        by_folder.setdefault(record.parent, []).append(record)
-    removed = 0
-    for folder, records in by_folder.items():
-        stems = sorted(((r.name.removesuffix("model.json"), r) for r in records), key=lambda x: -len(x[0]))
-        parts = {r: r.relative_to(out_dir).parts for r in records}
-        gone = {r for r in records if parts[r] not in written and stale(r)}
-        doomed = []
-        for f in folder.iterdir():
-            owner = next((r for stem, r in stems if stem and f.name.startswith(stem)), None)
-            if owner is None or not f.is_file() or f.is_symlink():
-                continue
-            now = written.get(parts[owner])
-            if owner in gone or (now is not None and f.name not in now):
-                doomed.append(f)
-        for f in doomed:
-            f.unlink(missing_ok=True)
-        removed += len(doomed)
-        if doomed:  # the node's folder and its subject's or session's, where nothing is left in them
-            with contextlib.suppress(OSError):  # (not empty: another study writes there now)
-                for empty in (folder, folder.parent, folder.parent.parent):
-                    if empty == out_dir or not empty.is_relative_to(out_dir):
-                        break
-                    empty.rmdir()
+        if record.relative_to(out_dir).parts in kept:
+            continue
+        bids = _read_bids(record)
+        if bids is None or bids.get("study") != study or not isinstance(bids.get("files"), list):
+            continue  # (another study's group, or an older build's record, which lists no files)
+        entities, group_level = bids.get("entities"), bids.get("level")
+        if not isinstance(entities, dict) or group_level not in LEVELS or LEVELS.index(group_level) > reach:
+            continue
+        if group_level == "dataset" and not dataset_kept:
+            continue
+        if group_level != "dataset" and str(entities.get("subject")) not in subjects:
+            continue
+        folder = group_folder(out_dir, str(bids.get("node")), entities, group_level)
+        if record.parent != folder or folder.resolve() != root / folder.relative_to(out_dir):
+            continue  # (a copy of a group in another folder, or a folder reached through a link)
+        for name in {*map(str, bids["files"]), record.name}:
+            f = folder / name
+            if Path(name).name == name and os.path.abspath(f) not in written and (f.is_symlink() or f.is_file()):
+                f.unlink(missing_ok=True)
+                removed += 1
+                emptied.add(folder)
+    for folder in emptied:  # the node's folder and its subject's or session's, where nothing is left in them
+        with contextlib.suppress(OSError):  # (not empty: another study writes there now)
+            for empty in (folder, folder.parent, folder.parent.parent):
+                if empty == out_dir:
+                    break
+                empty.rmdir()
     return removed
+
+
+def _listed_files(record_path: Path) -> list[str]:
+    """The files the record at `record_path` lists of its group (none where there is no readable record)."""
+    bids = _read_bids(record_path)
+    files = bids.get("files") if bids is not None else None
+    return [str(f) for f in files] if isinstance(files, list) else []
 
 
 def _write_reports(out_dir: Path, failures, progress) -> None:
@@ -1140,7 +1136,9 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
                 }
         write_design_files(out, job.prefix, job.X, list(job.names), job.kinds, r.tr)
         extra = _run_settings(out, job, fitted)
+        record_name = f"{job.prefix}model.json"
         bids = bids_record(job.node, r.entity, job.checksum, s, outputs, design=job.design_settings)
+        bids["files"] = sorted({*out.names, record_name})
         if s.smoothing:
             bids["smoothing"] = {
                 "fwhm_mm": s.smoothing,
@@ -1189,8 +1187,8 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
             },
             run=out.run_record(),
         )
-        out.write_json(f"{job.prefix}model.json", record.as_dict())
-        files = out.commit()
+        out.write_json(record_name, record.as_dict())
+        files = out.commit(replacing=_listed_files(job.folder / record_name))
     return _RunDone(job.index, tuple(files), outputs)
 
 
@@ -1245,7 +1243,7 @@ def bids_record(node: _Node, entity, checksum, settings: _Settings, outputs, not
         "level": node.level,
         "entities": {k: _value(v) for k, v in entity.items()},
         "checksum": checksum,
-        "model": node.model,
+        "study": dict(node.study),
         "study_settings": settings.as_dict(),
         "outputs": {
             k: {**o, "effect": Path(o["effect"]).name, "variance": Path(o["variance"]).name} for k, o in outputs.items()
@@ -1317,7 +1315,9 @@ class _Study:
         self.layout, self.model, self.settings, self.execution = layout, model, settings, execution
         self.out_dir, self.force, self.labels = out_dir, force, labels
         self.default_types: tuple[str, ...] = ()
-        self.model_file = ""  # the model file's name in out_dir (see _Node.model)
+        # the model file's name in out_dir and the runs chosen (--task, --space, --desc): what a group's record names
+        # of the study that wrote it, which a rerun removes the stale groups of (_remove_stale)
+        self.identity: tuple[tuple[str, object], ...] = ()
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
@@ -1343,7 +1343,7 @@ class _Study:
     # ---- the model, pybids' graph, the manifest ----------------------------------------------------------------
     def node(self, name: str) -> _Node:
         spec = next(n for n in self.model["Nodes"] if n["Name"] == name)
-        return _Node(name, spec["Level"].lower(), spec, self.model_file)
+        return _Node(name, spec["Level"].lower(), spec, self.identity)
 
     def edges(self) -> list[tuple[str, str, dict]]:
         edges = self.model.get("Edges")
@@ -1566,6 +1566,7 @@ class _Study:
         """What a run's fit depends on, decided before its design is built (see the module docstring)."""
         return _checksum(
             __version__,
+            dict(node.study).get("model"),
             self.settings.of_level("run"),
             self.run_spec(node, r),
             _key(r.entity),
@@ -1772,6 +1773,7 @@ class _Study:
         failed = self.upstream_failures(node)
         checksum = _checksum(
             __version__,
+            dict(node.study).get("model"),
             self.settings.of_level(node.level),
             node.spec,
             filters,
@@ -1990,6 +1992,7 @@ class _Study:
 
                 write_design(out.path(record_path.name.removesuffix("model.json") + "design.tsv"), Xv, names)
                 bids = bids_record(node, entities, checksum, self.settings, outputs, notes, **extra)
+                bids["files"] = sorted({*out.names, record_path.name})
                 self.write_group_record(
                     out,
                     record_path.name,
@@ -2005,7 +2008,7 @@ class _Study:
                     model,
                     inference=None if rft is None else rft_record(rft, footers, prefix),
                 )
-                files = out.commit()
+                files = out.commit(replacing=_listed_files(record_path))
             result = NodeResult(
                 node.name, level, tuple(entities.items()), tuple(labels), tuple(files), notes=tuple(notes)
             )

@@ -284,10 +284,17 @@ class OutputFolder:
     def write_json(self, name: str, obj) -> None:
         self.path(name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
-    def commit(self) -> list[Path]:
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the files written so far (each :meth:`path` asked for)."""
+        return tuple(self._names)
+
+    def commit(self, replacing=()) -> list[Path]:
         """Run the :func:`before_commit` hooks, then move every file into the output folder: all of them or,
         if a move fails, none (the moved ones go back, the replaced ones are restored). Same file system:
-        each move is an atomic rename; Ctrl-C waits until the moves are done or undone."""
+        each move is an atomic rename; Ctrl-C waits until the moves are done or undone. `replacing`: names of the
+        folder's files that an earlier version of what is committed wrote; those not written again are removed
+        with the moves (files and links only; a link is removed, never followed)."""
         for hook in reversed(_BEFORE_COMMIT.get()):
             hook(self)
         missing = [n for n in self._names if not os.path.lexists(self.staging / n)]
@@ -300,6 +307,10 @@ class OutputFolder:
                 check_not_folder(dest, "choose another output folder")
         with signals_held():
             done = self._move_all()
+            for name in set(replacing) - set(self._names):
+                old = self.final / name
+                if Path(name).name == name and (old.is_symlink() or old.is_file()):
+                    old.unlink(missing_ok=True)
         shutil.rmtree(self._tmp, ignore_errors=True)  # (the marker, and what was replaced)
         self._tmp = None
         return done

@@ -361,11 +361,15 @@ def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
 
     study, _ = _study(tmp_path, subjects=1, runs=1)
     db = tmp_path / "db"
-    assert len(find_runs(index(study.root, [study.derivatives], database=db))) == 1
-    stamp = (db / "voxfit-fingerprint.txt").read_text()
-    assert (db / "voxfit-fingerprint.txt").read_text() == stamp
-    index(study.root, [study.derivatives], database=db)
-    assert (db / "voxfit-fingerprint.txt").read_text() == stamp  # unchanged files: reused
+    count = (  # in processes of their own, as studies: their layouts (which pybids keeps) and locks end with them
+        "import sys; from voxfit.bids.layout import find_runs, index; "
+        f"print(len(find_runs(index({str(study.root)!r}, [{str(study.derivatives)!r}], database={str(db)!r}))))"
+    )
+    assert subprocess.run([sys.executable, "-c", count], capture_output=True, text=True).stdout.strip() == "1"
+    (first,) = db.iterdir()
+    built = (first / "voxfit-fingerprint.txt").stat().st_mtime_ns
+    assert subprocess.run([sys.executable, "-c", count], capture_output=True, text=True).stdout.strip() == "1"
+    assert list(db.iterdir()) == [first] and (first / "voxfit-fingerprint.txt").stat().st_mtime_ns == built  # reused
     extra = make_dataset(tmp_path / "more", subjects=2, runs=1)
     for f in (extra.root / "sub-02").rglob("*"):
         target = study.root / f.relative_to(extra.root)
@@ -379,6 +383,7 @@ def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
             target.write_bytes(f.read_bytes())
     runs = find_runs(index(study.root, [study.derivatives], database=db))
     assert {dict(r.entities)["subject"] for r in runs} == {"01", "02"}
+    assert first not in list(db.iterdir()) and len(list(db.iterdir())) == 1  # (the old index: no study reads it)
 
 
 def test_import_voxfit_does_not_import_pybids():
@@ -770,3 +775,43 @@ def test_stale_removal_takes_only_its_own_groups(tmp_path):
 
     with pytest.raises(InputError, match="holds the study of model 'both'"):  # (one model file for both)
         run(study.root, out, model={**model, "Name": "bo-th"}, task="stroop", **kw)
+
+
+def test_participant_studies_at_once_into_one_new_folder(tmp_path):
+    """A BIDS app's participant-level runs, started together into one new output folder: one builds the dataset's
+    index while the other waits for it, and both fit their subjects (they failed on pybids' SQLite before)."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "voxfit", "bids", str(study.root), str(out), "subject", *deriv, "--quiet"]
+    procs = [
+        subprocess.Popen([*base, "--participant-label", s], stderr=subprocess.PIPE, text=True) for s in ("01", "02")
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    for subject in ("01", "02"):
+        assert list((out / f"sub-{subject}" / "node-subject").glob("*_stat-z_statmap.nii.gz"))
+
+
+@pytest.mark.parametrize("above", ["ses-2", "label-x", "x/sub-07/y/../.."])
+def test_a_dataset_below_a_folder_named_like_an_entity_is_refused(tmp_path, capsys, above):
+    """pybids reads BIDS entities from whole paths: a dataset kept in a folder ``ses-2`` gave every file session
+    2 (output labels of a session that does not exist), ``label-x`` every derivative label x. Refused, naming the
+    folder; a path through such a folder that leaves it again (``..``) is read as the folder it means."""
+    import shutil
+
+    study, _ = _study(tmp_path / "made", subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    target = tmp_path / above.split("/")[0] / "ds"  # (x/sub-07/y/../.. is x)
+    (tmp_path / "x" / "sub-07" / "y").mkdir(parents=True)
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(str(study.root), str(target))
+    given = tmp_path / above / "ds" if "/" in above else target
+    deriv = given / "derivatives" / "fmriprep"
+    code = main(["bids", str(given), str(tmp_path / "out"), "subject", "--derivatives", str(deriv), "--quiet"])
+    err = capsys.readouterr().err
+    if "/" in above:
+        assert code == 0, err
+        assert (
+            not list((tmp_path / "out").rglob("*sub-07*")) and (tmp_path / "out" / "sub-01" / "node-subject").is_dir()
+        )
+        return
+    assert code == 2 and err.count("\n") == 1 and f"({above})" in err and "move the dataset" in err, err

@@ -1,23 +1,29 @@
 """A BIDS dataset and its fMRIPrep derivatives as the runs to fit: pybids' layout, cached, and one
 :class:`RunInput` per preprocessed BOLD run (a hemisphere of a surface run is a run of its own).
 
-The cached index (``database``) is pybids' SQLite database; it is reused when a fingerprint of the dataset's
-files (each file's path relative to its dataset, size and modification time in nanoseconds, over the raw
-dataset and every derivatives folder) equals the one stored beside it, and rebuilt otherwise, so that an added,
-removed or rewritten file is always seen.
+The cached index (below ``database``) is pybids' SQLite database, one per fingerprint of the dataset's files (each
+file's path relative to its dataset, size and modification time in nanoseconds, over the raw dataset and every
+derivatives folder): a study reuses the one of its dataset as it is now, so that an added, removed or rewritten
+file is always seen. Studies into one output folder at once (a BIDS app's participant-level runs) share it: the
+first builds it under an exclusive lock while the others wait, and each reads it under a shared lock; an index of
+an older fingerprint is removed once no study reads it.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import math
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..exceptions import InputError
+from ..io import write_file_atomically
 
 __all__ = ["ENTITIES", "RunInput", "dataset_stamp", "find_runs", "index", "input_filters", "short_entities"]
 
@@ -39,6 +45,7 @@ ENTITIES = {
 RAW = ("subject", "session", "task", "acquisition", "reconstruction", "direction", "run", "echo")
 BOLD_EXTENSIONS = (".nii.gz", ".nii", ".func.gii", ".dtseries.nii")
 _FINGERPRINT = "voxfit-fingerprint.txt"
+_LOCK = "voxfit-index.lock"
 
 
 @dataclass(frozen=True)
@@ -151,18 +158,74 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None):
                 f"derivatives folder {d} has no dataset_description.json; give fMRIPrep's output folder "
                 "(the one holding dataset_description.json and sub-*)."
             )
+    stamp = stamp or dataset_stamp(bids_dir, derivatives)
+    # (pybids reads entities from whole paths: a dataset given as ../../ds from a folder sub-07/x would carry sub-07)
+    bids_dir, derivatives = Path(os.path.abspath(bids_dir)), [Path(os.path.abspath(d)) for d in derivatives]
+    _check_folders_above(bids, bids_dir, derivatives)
     kwargs = {"validate": False, "derivatives": [str(d) for d in derivatives] or False}
     if database is None:
         return _layout(bids, bids_dir, **kwargs)
-    database = Path(database)
-    stamp = stamp or dataset_stamp(bids_dir, derivatives)
-    marker = database / _FINGERPRINT
-    fresh = marker.is_file() and marker.read_text() == stamp
-    database.mkdir(parents=True, exist_ok=True)
-    layout = _layout(bids, bids_dir, database_path=str(database), reset_database=not fresh, **kwargs)
-    if not fresh:
-        marker.write_text(stamp)
+    folder = Path(database) / hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / _LOCK, "a")  # noqa: SIM115 (held as long as the layout: the study reads the database)
+    marker = folder / _FINGERPRINT
+    try:
+        while True:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            if marker.is_file() and marker.read_text() == stamp:
+                layout = _layout(bids, bids_dir, database_path=str(folder), reset_database=False, **kwargs)
+                break
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another study builds it: its shared lock follows the build
+                time.sleep(0.05)
+                continue
+            if not (marker.is_file() and marker.read_text() == stamp):
+                marker.unlink(missing_ok=True)
+                layout = _layout(bids, bids_dir, database_path=str(folder), reset_database=True, **kwargs)
+                write_file_atomically(marker, lambda tmp: Path(tmp).write_text(stamp))
+                fcntl.flock(lock, fcntl.LOCK_SH)
+                break
+            fcntl.flock(lock, fcntl.LOCK_SH)
+    except BaseException:
+        lock.close()
+        raise
+    layout._voxfit_index_lock = lock  # (released when the layout goes)
+    _remove_unread_indexes(Path(database), keep=folder)
     return layout
+
+
+def _remove_unread_indexes(database: Path, keep: Path) -> None:
+    """The indexes of other fingerprints below `database` that no study reads now (their lock is free)."""
+    for folder in database.iterdir():
+        if folder == keep or not (folder / _FINGERPRINT).is_file():  # (one being built has no fingerprint yet)
+            continue
+        with open(folder / _LOCK, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_folders_above(bids, bids_dir: Path, derivatives: list[Path]) -> None:
+    """Refuse a dataset whose folders above it pybids would read BIDS entities from (pybids matches its entity
+    patterns against whole paths: a dataset kept in a folder ``ses-2`` has a session 2 in every file; pybids issue
+    595)."""
+    from bids.layout.models import Config
+
+    for root, configs in ((bids_dir, ("bids",)), *((d, ("bids", "derivatives")) for d in derivatives)):
+        above = str(root).rstrip(os.sep) + os.sep  # (the root's own name too: "ds" is none, "ses-2" would be)
+        for config in configs:
+            for entity in Config.load(config).entities.values():
+                found = entity.regex.search(above)
+                if found:
+                    raise InputError(
+                        f"{root} lies below a folder named like a BIDS entity ({found.group(0).strip(os.sep + '_')}): "
+                        f"pybids would give every file of it {entity.name} {found.group(1)!r}; move the dataset, or "
+                        "rename that folder."
+                    )
 
 
 def _check_timing(bold, meta: dict) -> None:

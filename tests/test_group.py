@@ -462,3 +462,32 @@ def test_fsl_contrast_names_that_clean_to_one_label_are_numbered(tmp_path, rng):
         fit = SecondLevel(design=tmp_path / "design.mat", con=tmp_path / "design.con").fit(paths)
     assert list(fit.parametric) == ["ab", "ab3", "ab2"]
     npt.assert_allclose(fit.parametric["ab3"].t, -fit.parametric["ab"].t, rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["gifti", "cifti"])
+def test_a_file_of_several_maps_among_the_maps_is_refused(tmp_path, rng, capsys, kind):
+    """Several files are one map per subject: a GIFTI or CIFTI file of two maps among them was taken as two rows
+    (12 subjects fitted as 24, dof 23), as a 4-D NIfTI among 3-D ones is refused; one file of all the maps is a
+    group."""
+    from nibabel.gifti import GiftiDataArray, GiftiImage
+
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(50), 50, name="CortexLeft")
+
+    def save(path, maps):
+        if kind == "gifti":
+            nib.save(GiftiImage(darrays=[GiftiDataArray(m) for m in maps]), path)
+        else:
+            names = [f"m{k}" for k in range(len(maps))]
+            nib.save(nib.Cifti2Image(maps, header=(nib.cifti2.ScalarAxis(names), models)), path)
+
+    ext = ".func.gii" if kind == "gifti" else ".dscalar.nii"
+    paths = []
+    for s in range(1, 7):
+        paths.append(tmp_path / f"sub-{s:02d}{ext}")
+        save(paths[-1], (rng.standard_normal((2 if s == 3 else 1, 50)) + 0.3).astype(np.float32))
+    code = main(["group", *map(str, paths), "-o", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"sub-03{ext} holds 2 maps" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+    save(tmp_path / f"all{ext}", (rng.standard_normal((6, 50)) + 0.3).astype(np.float32))
+    assert main(["group", str(tmp_path / f"all{ext}"), "-o", str(tmp_path / "all"), "--quiet"]) == 0

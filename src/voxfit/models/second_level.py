@@ -50,6 +50,7 @@ from ..io import (
     expand_run,
     is_image,
     load,
+    open_map,
     open_reader,
     read_mesh,
     source_label,
@@ -261,12 +262,12 @@ class SecondLevel:
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
-            reader = open_reader(data, "inputs")
+            reader = _open_maps(data)
             paths = data if isinstance(data, list) else [data]
             d, ordered, order = self._design(paths, reader.n_scans)  # before reading any data: a mismatch stops here
             if ordered != paths:  # the maps in the table's order (a design matched by ids)
                 paths = data = ordered
-                reader = open_reader(data, "inputs")
+                reader = _open_maps(data)
             # the Dask workers read the maps of a parametric model; without permutations, maps over half the cap
             # are streamed, unless clusters need them in memory; with permutations, _plan fits them to the cap
             sums_suffice = not self.permutations and not self.paired
@@ -586,7 +587,7 @@ class SecondLevel:
             pairs = pairs.take_pairs(order) if self.paired else pairs.take(order)
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
             paths = data if isinstance(data, list) else [data]
-            reader = open_reader(data, "inputs")
+            reader = _open_maps(data)
             need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
             items = self._contrast_items(d.names, d.X.shape[1])
             shuffling = execution  # with permutations the maps are held (the cap planned as for OLS)
@@ -1129,3 +1130,19 @@ def _group_rft(
         residuals=residuals,
         z_field=z,
     )
+
+
+def _open_maps(data):
+    """The reader of a group's maps (:func:`voxfit.io.open_reader`), where several files are one map each, as
+    several NIfTI files must be 3-D: a GIFTI or CIFTI file of several maps among them would add rows of its own (a
+    subject counted twice: n and the dof inflated)."""
+    reader = open_reader(data, "inputs")
+    if isinstance(data, list) and len(data) > 1 and reader.n_scans != len(data):
+        for path in data:
+            n = open_map(path).n_scans  # (headers only)
+            if n != 1:
+                raise InputError(
+                    f"{path} holds {n} maps; a group model takes one map per subject: one file each, or one file of "
+                    "all the maps."
+                )
+    return reader

@@ -491,3 +491,17 @@ def test_a_file_of_several_maps_among_the_maps_is_refused(tmp_path, rng, capsys,
     assert not (tmp_path / "out").exists()
     save(tmp_path / f"all{ext}", (rng.standard_normal((6, 50)) + 0.3).astype(np.float32))
     assert main(["group", str(tmp_path / f"all{ext}"), "-o", str(tmp_path / "all"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("cell", ["30,5", "thirty", "31 y"])
+def test_a_covariate_with_a_word_among_its_numbers_is_refused_not_dropped(tmp_path, rng, capsys, cell):
+    """A participants table whose age column holds one cell that is no number (a decimal comma, a word) had the
+    whole column left out of the design as text, with a note; it is refused, naming the column, row and subject."""
+    paths = _maps(tmp_path, rng, n=8)
+    rows = ["participant_id\tage\tgroup\tiq"]
+    rows += [f"sub-{s:02d}\t{cell if s == 3 else 20 + s}\t{'AB'[s % 2]}\t{100 + 3 * s % 7}" for s in range(8)]
+    (tmp_path / "p.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    code = main(["group", *map(str, paths), "--design", str(tmp_path / "p.tsv"), "--contrast", "iq=iq", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"column 'age', row 4 (sub-03): '{cell}' is not a number" in err and err.count("\n") == 1

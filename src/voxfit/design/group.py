@@ -318,6 +318,14 @@ def group_design(
                     f"{what}: column {name!r} has missing values (n/a); fill them or remove the "
                     "rows (and their maps), or drop the column."
                 )
+            words = [(k, c) for k, c in enumerate(columns[name], 1) if c in cells and _numeric([c]) is None]
+            if len(words) < len(cells):  # numbers and a word or two (a typo, a decimal comma): not a text column
+                k, cell = words[0]
+                who = f" ({columns[ID_COLUMN][k - 1]})" if ID_COLUMN in columns else ""
+                raise InputError(
+                    f"{what}: column {name!r}, row {k}{who}: {cell!r} is not a number, where the column's other values "
+                    "are; fix the cell (decimals with a point), or make the column text throughout."
+                )
             if chosen is not None:
                 raise InputError(f"{what}: --covariates column {name!r} is not numeric; name numeric columns.")
             left_out.append(name)

@@ -1,6 +1,6 @@
 """Issue 14, hostile and broken input: work that cannot be stopped (class 3) and wrong numbers with exit 0 (class 5).
 
-Class 3: every command stops within 2 s of SIGINT or SIGTERM, exit 130, one line, nothing left behind; checked
+Class 3: every command stops within 2 s of SIGINT, SIGTERM or SIGHUP, exit 130, one line, nothing left behind; checked
 on child processes at several phases of workloads that take well over 10 s (fitting, permutations, writing, a
 streamed read). Contrast expressions and F contrasts are bounded before any work is done.
 
@@ -447,6 +447,8 @@ def _interrupt(tmp_path: Path, args, sig, wait_for: str, delay: float, repeat: i
         ("permutations", "folder", 5.0, signal.SIGTERM),
         ("reading", "folder", 0.0, signal.SIGINT),
         ("reading", "folder", 1.0, signal.SIGTERM),
+        ("fitting", "folder", 2.0, signal.SIGHUP),  # (the terminal closed: the partial folder was left)
+        ("writing", "file", 0.1, signal.SIGHUP),
     ],
 )
 def test_commands_stop_within_two_seconds_of_a_signal(workload, tmp_path, phase, wait_for, delay, sig):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
 import threading
 import time
@@ -30,6 +31,10 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 
 from ._checks import check_scalar
+
+# The signals that stop a command as Ctrl-C does, its partial output removed: SIGINT, SIGTERM (kill, a job
+# scheduler's end of a job) and SIGHUP (the terminal closed, an ssh session lost)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 __all__ = [
     "CHUNK_S",

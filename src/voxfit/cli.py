@@ -1480,10 +1480,12 @@ def ignore_signal(signum, frame):
 
 
 def _on_signal(signum, frame):
-    """SIGINT or SIGTERM: clean up as for Ctrl-C (no partial output). Further signals are ignored until the
+    """SIGINT, SIGTERM or SIGHUP: clean up as for Ctrl-C (no partial output). Further signals are ignored until the
     run has removed its partial output (a second Ctrl-C during the clean-up left it behind)."""
-    signal.signal(signal.SIGINT, ignore_signal)
-    signal.signal(signal.SIGTERM, ignore_signal)
+    from ._threads import STOP_SIGNALS
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, ignore_signal)
     raise KeyboardInterrupt
 
 
@@ -1544,7 +1546,9 @@ def program() -> NoReturn:
 def _command(argv: list[str], program: bool) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     # (a SIGINT that the parent made ignored, as for background jobs, stays ignored, as Python leaves it)
-    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    from ._threads import STOP_SIGNALS
+
+    handled = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, _on_signal) for s in handled} if in_main else {}
     hook = sys.unraisablehook
     if previous:

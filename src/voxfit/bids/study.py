@@ -64,6 +64,7 @@ from .._version import __version__
 from ..design.subjects import listed
 from ..exceptions import InputError
 from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
+from .._threads import STOP_SIGNALS
 from ..io.output import missing_folders, remove_made_folders, signals_held
 from .outputs import describe_dataset, group_folder, group_prefix, group_records, map_name, open_group
 
@@ -1017,7 +1018,7 @@ _BUSY = False
 
 
 def _worker_start(threads: int) -> None:
-    """A worker process's set-up: BLAS limited to its threads; SIGINT and SIGTERM end it, after the run it fits
+    """A worker process's set-up: BLAS limited to its threads; SIGINT, SIGTERM and SIGHUP end it, after the run it fits
     has removed its partial folder (a KeyboardInterrupt in the run, then exit 130)."""
     global _IN_WORKER, _LIMITS
     _IN_WORKER = True
@@ -1027,8 +1028,8 @@ def _worker_start(threads: int) -> None:
         _LIMITS = threadpool_limits(threads)
     except ImportError:  # pragma: no cover (threadpoolctl comes with scipy)
         pass
-    signal.signal(signal.SIGINT, _worker_signal)
-    signal.signal(signal.SIGTERM, _worker_signal)
+    for s in STOP_SIGNALS:
+        signal.signal(s, _worker_signal)
 
 
 _LIMITS = None
@@ -1039,8 +1040,8 @@ def _ignore_signal(signum, frame):
 
 
 def _worker_signal(signum, frame):
-    signal.signal(signal.SIGINT, _ignore_signal)  # (not SIG_IGN: see voxfit.cli.ignore_signal)
-    signal.signal(signal.SIGTERM, _ignore_signal)
+    for s in STOP_SIGNALS:
+        signal.signal(s, _ignore_signal)  # (not SIG_IGN: see voxfit.cli.ignore_signal)
     if _BUSY:
         raise KeyboardInterrupt
     os._exit(130)

@@ -21,6 +21,7 @@ from pathlib import Path
 from .._folders import MARKER as _MARKER
 from .._folders import PARTIAL as _PARTIAL
 from .._folders import check_output_folder
+from .._threads import STOP_SIGNALS
 from ..exceptions import DISK_FULL, InputError
 
 __all__ = [
@@ -373,7 +374,7 @@ class OutputFolder:
 
 @contextlib.contextmanager
 def signals_held():
-    """Hold SIGINT and SIGTERM (from the main thread) for a few steps: the renames of a commit, the making of
+    """Hold SIGINT, SIGTERM and SIGHUP (from the main thread) for a few steps: the renames of a commit, the making of
     the folders, the start of a thread that writes and its record (``voxfit.bids.study``). A handler that only
     notes them stands in meanwhile, and the previous handler is called for the first one noted once the steps
     are done. (Blocking them with the main thread's signal mask did not hold them: the kernel hands a signal
@@ -391,7 +392,7 @@ def signals_held():
         noted.append(signum)
 
     # (a handler installed from C reads as None and cannot be put back from Python: that signal is not held)
-    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]
+    held = [s for s in STOP_SIGNALS if signal.getsignal(s) is not None]
     previous = {s: signal.signal(s, note) for s in held}
     try:
         yield

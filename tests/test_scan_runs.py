@@ -179,3 +179,36 @@ def test_several_runs_for_one_design_are_named_as_runs(spm_runs, capsys):
     for inputs in (runs, [f"{runs[0]}/sw*.img", f"{runs[1]}/sw*.img"]):
         code, err = _fit(capsys, inputs, ev[:1], root / "one")
         assert code == 2 and "2 runs (folders, patterns or lists of scans) for one events file" in err
+
+
+@pytest.mark.parametrize("lost", ["image", "scan"])
+def test_a_run_missing_a_scan_is_refused_not_shifted(spm_runs, capsys, lost):
+    """A folder or pattern of scans with one lost (an Analyze header left without its image, or a file gone from
+    the numbering) was fitted with every later scan one TR early against the events; it is refused, with the way
+    to leave scans out on purpose (a .txt list), which is fitted. A series that starts later (dummy scans
+    removed) has no gap."""
+    root, (run1, _), (ev1, _) = spm_runs
+    for extra in run1.glob("mean*"):
+        extra.unlink()
+    (run1 / "swfM00223_5.img").unlink()
+    if lost == "scan":
+        (run1 / "swfM00223_5.hdr").unlink()
+    for inputs, where in (([run1], str(run1)), ([f"{run1}/sw*.img"], f"{run1}/sw*.img")):
+        code, err = _fit(capsys, inputs, [ev1], root / "out")
+        message = (
+            "swfM00223_5.hdr is an Analyze header without its image"
+            if lost == "image" and where == str(run1)
+            else "numbered 1 to 24 without 5"
+        )
+        assert code == 2 and message in err and ".txt list" in err and err.count("\n") == 1, err
+        assert not (root / "out").exists()
+    names = sorted((p.name for p in run1.glob("sw*.img")), key=lambda n: int(n[10:-4]))
+    (root / "kept.txt").write_text("".join(f"run1/{n}\n" for n in names))
+    code, err = _fit(capsys, [root / "kept.txt"], [_events(root / "e.tsv", [0, 16])], root / "listed", "--noise", "ols")
+    assert code == 0, err
+    for k in range(1, 5):  # the first 4 scans removed as dummies: the run starts at 6, numbered without a gap
+        (run1 / f"swfM00223_{k}.img").unlink()
+        (run1 / f"swfM00223_{k}.hdr").unlink()
+    (run1 / "swfM00223_5.hdr").unlink(missing_ok=True)
+    code, err = _fit(capsys, [run1], [_events(root / "e2.tsv", [0, 16])], root / "later", "--noise", "ols")
+    assert code == 0, err

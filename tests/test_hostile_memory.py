@@ -611,3 +611,33 @@ def test_a_study_with_workers_stays_under_the_cap(study, tmp_path, cap, workers)
     assert total <= parse_memory(cap)
     assert sum(v > 64 * MiB for v in peaks.values()) == 1 + workers  # (the resource tracker is small)
     assert len(list(out.rglob("*_model.json"))) == 6 + 3 * 2
+
+
+@pytest.mark.parametrize("command", ["fit", "group"])
+def test_a_gifti_input_is_checked_against_the_cap_before_it_is_decoded(tmp_path, command):
+    """A GIFTI file's data arrays are text, decoded whole as the file is opened: one over the cap (with the part
+    kept for the interpreter) is refused from its header, before any is decoded; it peaked at 735 MiB under a
+    300M cap. Under a cap that holds it, the fit stays under it."""
+    from nibabel.gifti import GiftiDataArray, GiftiImage
+
+    rng = np.random.default_rng(0)
+    n, vertices = (120, 100_000) if command == "fit" else (1, 100_000)
+    paths = []
+    for k in range(1 if command == "fit" else 60):
+        path = tmp_path / f"sub-{k:02d}.func.gii"
+        nib.save(
+            GiftiImage(darrays=[GiftiDataArray(rng.standard_normal(vertices, dtype=np.float32)) for _ in range(n)]),
+            path,
+        )
+        paths.append(str(path))
+    args = [command, *paths]
+    if command == "fit":
+        args += ["--design", str(_design(tmp_path / "design.tsv", n)), "--contrast", "t=task"]
+    big = paths[0] if command == "fit" else None
+    if big is not None:
+        rc, peak, err = _voxfit([*args, "-o", str(tmp_path / "refused"), "--max-memory", "300M", "--quiet"], tmp_path)
+        assert rc == 2 and err.count("\n") == 1 and "decoded whole" in err and "--max-memory" in err, err
+        assert peak <= 300 * MiB and not (tmp_path / "refused").exists()
+    rc, peak, err = _voxfit([*args, "-o", str(tmp_path / "held"), "--max-memory", "512M", "--quiet"], tmp_path, "held")
+    assert rc == 0, err
+    assert peak <= 512 * MiB, f"{peak / MiB:.0f} MiB"

@@ -10,6 +10,8 @@ milliseconds instead of being killed by the kernel half-way through a run.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import re
@@ -25,7 +27,29 @@ __all__ = [
     "parse_memory",
     "reserved_bytes",
     "size_text",
+    "whole_files_cap",
+    "whole_files_capped",
 ]
+
+# a command's --max-memory, for the inputs decoded whole as they are opened (see whole_files_capped)
+_WHOLE_FILES_CAP: contextvars.ContextVar = contextvars.ContextVar("voxfit_whole_files_cap", default=None)
+
+
+@contextlib.contextmanager
+def whole_files_capped(max_memory):
+    """Within the block, an input that is decoded whole as it is opened (a GIFTI file: its data arrays are text,
+    not read a block at a time) must fit `max_memory` (a command's --max-memory; None: the memory available)."""
+    token = _WHOLE_FILES_CAP.set(max_memory)
+    try:
+        yield
+    finally:
+        _WHOLE_FILES_CAP.reset(token)
+
+
+def whole_files_cap():
+    """The cap set by :func:`whole_files_capped` (None outside it)."""
+    return _WHOLE_FILES_CAP.get()
+
 
 # Of a --max-memory cap, kept for the interpreter and the libraries: Python, numpy, scipy, nibabel, numba and
 # its compiled kernels take 170 to 250 MiB resident (measured: 12 MiB for `import voxfit.cli`, 170 MiB once a

@@ -872,8 +872,11 @@ def _input_paths(args) -> list[str]:
 def _run(args, argv) -> int:
     from .io.output import inputs_of_run
 
+    from ._memory import whole_files_capped
+
     _check_options(args)
-    with inputs_of_run(_input_paths(args)):  # no output may replace an input, even with --force
+    # no output may replace an input, even with --force; inputs decoded whole must fit --max-memory
+    with inputs_of_run(_input_paths(args)), whole_files_capped(getattr(args, "max_memory", None)):
         return _run_command(args, argv)
 
 

@@ -42,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import held_as_series, type_name, working_dtype
-from .._memory import check_memory
+from .._memory import check_memory, reserved_bytes, whole_files_cap
 from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, open_gzip, open_gzip_stream
 from .checks import check_readable
@@ -253,11 +253,15 @@ def _check_gifti_sizes(path: Path) -> None:
             dims = [int(d) for d in _GIFTI_DIM.findall(tag.group(1))]
             _check_dimensions(path, dims)
             total += int(np.prod(dims, dtype=object)) * 8 if dims else 0  # (decoded, then as float64 at most)
+    cap = whole_files_cap()
+    total += reserved_bytes() if cap is not None else 0  # (a cap holds the interpreter and its libraries too)
     check_memory(
         total,
-        f"{path}: the data arrays its header declares",
-        None,
-        "Check the file's dimensions (DataArray Dim0, Dim1).",
+        f"{path}: the data arrays its header declares (a GIFTI file is decoded whole, as float64 at most"
+        + (", with Python and its libraries)" if cap is not None else ")"),
+        cap,
+        "Check the file's dimensions (DataArray Dim0, Dim1)"
+        + (", or give a larger --max-memory, or the data as .npy or CIFTI (read a block at a time)." if cap else "."),
     )
 
 

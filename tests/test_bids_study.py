@@ -815,3 +815,24 @@ def test_a_dataset_below_a_folder_named_like_an_entity_is_refused(tmp_path, caps
         )
         return
     assert code == 2 and err.count("\n") == 1 and f"({above})" in err and "move the dataset" in err, err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--cluster-threshold", "3.1"],
+            "--cluster-threshold is for OLS group models; the dataset nodes' model is mixed",
+        ),
+        (["--participant-label", ""], "--participant-label: an empty label"),
+        (["--height-threshold", "0.01"], "--height-threshold is for --inference rft"),
+    ],
+)
+def test_options_a_study_would_refuse_or_ignore_late_are_refused_first(tmp_path, capsys, options, message):
+    """Refused before anything is indexed or fitted: a cluster threshold the dataset level would refuse once every
+    run was fitted, an empty participant label, an RFT threshold without --inference rft (ignored before)."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    code = main(["bids", str(study.root), str(tmp_path / "out"), "dataset", *deriv, *options, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

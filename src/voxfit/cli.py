@@ -239,6 +239,11 @@ def _check_options(args) -> None:
         value = getattr(args, dest, None)
         if value is not None:
             check(value)
+    if getattr(args, "inference", "rft") != "rft":  # (thresholds that would be ignored)
+        given = [dest for dest, _ in _RFT_THRESHOLDS if getattr(args, dest, None) is not None]
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            raise InputError(f"{option} is for --inference rft; add --inference rft, or drop it.")
     if getattr(args, "max_memory", None) is not None:
         from ._memory import parse_memory
 
@@ -782,7 +787,6 @@ def _rft_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--height-threshold",
         type=float,
-        default=0.05,
         metavar="P",
         help="with --inference rft: the height threshold as a p value (default 0.05), corrected as "
         "--height-correction says",
@@ -790,13 +794,11 @@ def _rft_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--height-correction",
         choices=["fwe", "none"],
-        default="fwe",
         help="p value adjustment to control (SPM's): fwe (default) or none (e.g. --height-threshold 0.001)",
     )
     p.add_argument(
         "--extent-threshold",
         type=int,
-        default=0,
         metavar="K",
         help="with --inference rft: clusters of fewer than K voxels are not listed (default 0)",
     )
@@ -808,7 +810,12 @@ def _rft_of(args):
         return None
     from .inference.rft_fit import check_rft_options
 
-    return check_rft_options(args.height_threshold, args.height_correction, args.extent_threshold)
+    given = {name: getattr(args, dest) for dest, name in _RFT_THRESHOLDS if getattr(args, dest, None) is not None}
+    return check_rft_options(**given)
+
+
+# --inference rft's thresholds: the options' dests and check_rft_options' names (its defaults where not given)
+_RFT_THRESHOLDS = (("height_threshold", "height"), ("height_correction", "correction"), ("extent_threshold", "extent"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:

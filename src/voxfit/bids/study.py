@@ -308,6 +308,8 @@ def run(
     # (absolute: every path a study records or hands to its workers means the same folder from any working folder)
     out_dir = Path(out_dir).absolute()
     labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
+    if any(not label.strip() for label in labels):
+        raise InputError("--participant-label: an empty label; give labels such as 01 or sub-01.")
     derivatives = [Path(d) for d in derivatives]
     _check_study_folder(out_dir, Path(bids_dir), derivatives, force)
     stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir]) if Path(bids_dir).is_dir() else ""
@@ -533,6 +535,11 @@ def _run_iv(
         raise InputError(
             f"permutation inference is for OLS group models; the dataset nodes' model is {group_model}: "
             "add --group-model ols, or drop --permutations."
+        )
+    if cluster_threshold is not None and group_model != "ols":  # (else refused at the dataset level, after the fits)
+        raise InputError(
+            f"--cluster-threshold is for OLS group models; the dataset nodes' model is {group_model}: add "
+            "--group-model ols (with --permutations N for the clusters' p values), or drop --cluster-threshold."
         )
     rft = _rft_iv(rft, level, permutations)
     execution = Execution.resolve(

@@ -87,7 +87,16 @@ class Results:
     def read_map(self, name: str) -> NDArray | None:
         """The first map of file `name` in the folder, NaN outside the mask; None if there is no such file."""
         path = self.folder / name
-        return read_map(path)[1][0] if path.exists() else None
+        if not path.exists():
+            return None
+        geometry, values = read_map(path)
+        try:  # (a map of another grid would be drawn and tabled at the mask's elements: wrong values, no error)
+            self.geometry.check_same(geometry, str(path))
+        except InputError:
+            raise InputError(
+                f"{path} is not on the grid of the folder's mask: the maps are not those of one fit; rerun the fit."
+            ) from None
+        return values[0]
 
     def threshold(self, contrast: Contrast, p_threshold: float | None = None) -> Threshold:
         return (_group_threshold if self.level == "group" else _first_level_threshold)(self, contrast, p_threshold)
@@ -138,7 +147,15 @@ def read_results(folder) -> Results:
     if not masks:
         raise InputError(f"{folder} holds no mask file; the report needs the maps of a finished run.")
     geometry, mask = read_map(masks[0])
+    if mask.shape[0] != 1 or not (mask[0] != 0).any():
+        what = f"{mask.shape[0]} maps" if mask.shape[0] != 1 else "no element"
+        raise InputError(f"{masks[0]} holds {what}, not the mask of one fit; rerun the fit.")
     extension = masks[0].name[len("mask") :]
+    if not model.get("contrasts") and next(folder.glob("contrast-*_stat-*"), None) is not None:
+        raise InputError(
+            f"{folder / 'model.json'} names no contrast, though the folder holds contrast maps: it is not their fit's "
+            "record; rerun the fit."
+        )
     contrasts = []
     for label, entry in model.get("contrasts", {}).items():
         expression = entry.get("expression", "")

@@ -246,6 +246,9 @@ def test_design_command(tmp_path, capsys):
     assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(out)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(out), "--force", "--quiet"]) == 0
+    for name in ("design.csv", "design.mat"):  # (a table written as .csv or .mat was read back as those formats)
+        assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(tmp_path / name)]) == 2
+        assert "name it .tsv" in capsys.readouterr().err and not (tmp_path / name).exists()
     nl = tmp_path / "nilearn.tsv"
     assert (
         main(

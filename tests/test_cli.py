@@ -466,3 +466,13 @@ def test_a_tr_that_the_header_contradicts_is_warned_of(tmp_path, capsys):
         assert code == 0
         expected = "--tr 3 but the header of" in err and "gives 2 s between scans" in err and err.count("\n") == 1
         assert expected if warned else err == "", err
+
+
+def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path, capsys):
+    """A file name may hold a line break; the error that names it stays one line of stderr (the break written
+    as \\n)."""
+    odd = tmp_path / "run\nsecond.nii.gz"
+    odd.write_bytes(b"not an image")
+    code = main(["fit", str(odd), "--design", str(tmp_path / "d.tsv"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "run\\nsecond" in err, err

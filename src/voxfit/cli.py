@@ -1673,12 +1673,12 @@ def _main(argv: list[str]) -> int:
             code = _run(args, argv)
         said = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))
         for message in said if not getattr(args, "quiet", False) else ():  # (each once: runs of one design)
-            print(f"voxfit: warning: {message}", file=sys.stderr)
+            print(f"voxfit: warning: {_one_line(message)}", file=sys.stderr)
         return code
     except VoxfitError as exc:
         if debug:
             _print_traceback()
-        print(f"voxfit: error: {exc}", file=sys.stderr)
+        print(f"voxfit: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         done = _committed_since(commits)
@@ -1703,10 +1703,15 @@ def _main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-        print(f"voxfit: error: {InputError.from_os_error(exc, name)}", file=sys.stderr)
+        print(f"voxfit: error: {_one_line(str(InputError.from_os_error(exc, name)))}", file=sys.stderr)
         return 2
     except Exception as exc:  # an internal error: one line, the traceback on request
         return _internal_error(exc, debug)
+
+
+def _one_line(text: str) -> str:
+    """A message as one line of stderr: line breaks in it (a file name may hold one) written as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _committed_since(count: int) -> list:

@@ -170,9 +170,10 @@ def fit_global_ar(
     with np.errstate(invalid="ignore", divide="ignore"):
         F = ((rss0 - rss) / tr_mv) / (rss / tr_rv)
         pooled = np.flatnonzero(F > threshold)
+    name = "ar1-global" if components == "ar" else "fast"  # (the --noise option, for its messages)
     if pooled.size == 0:
         raise InputError(
-            f"ar1-global: no voxel passes SPM's effects-of-interest F test (p < {UF_P}), so there is "
+            f"{name}: no voxel passes SPM's effects-of-interest F test (p < {UF_P}), so there is "
             "nothing to pool the autocorrelation over; use --noise ar1 (per voxel) or check the design."
         )
     Cy = np.zeros((n, n))
@@ -193,7 +194,7 @@ def fit_global_ar(
             W = whitening_matrix(V)
     except (FloatingPointError, np.linalg.LinAlgError):
         raise InputError(
-            "ar1-global: the ReML estimate of the noise covariance did not converge to a positive "
+            f"{name}: the ReML estimate of the noise covariance did not converge to a positive "
             "definite matrix for these data; use --noise ar1."
         ) from None
     Xw = X.copy()

@@ -83,7 +83,7 @@ def check_volume(geometry) -> None:
     if getattr(geometry, "shape", None) is None or len(geometry.shape) != 3:
         raise InputError(
             f"--inference rft is for volumes; the data are a {geometry.describe().get('kind', 'non-volume')} "
-            "(use --permutations for surfaces and CIFTI)."
+            "(on surfaces and CIFTI, voxfit group --permutations gives corrected p values)."
         )
 
 

@@ -208,3 +208,20 @@ def test_f_ties_under_sign_flips_are_counted(rng):
     assert res.kind == "F" and res.exhaustive and res.n_shuffles == 2**n
     assert res.p_uncorrected.min() >= 2 / 2**n - 1e-12 and res.p_fwe.min() >= 2 / 2**n - 1e-12
     assert res.p_tfce_fwe.min() >= 2 / 2**n - 1e-12 and res.clusters.p_mass.min() >= 2 / 2**n - 1e-12
+
+
+def test_too_few_rearrangements_for_p_005_are_warned():
+    """Fewer than 20 rearrangements (asked for, or all a small design allows) cannot give p < 0.05: FWE maps of
+    1 everywhere were written without a word. Warned, with what to do."""
+    import warnings
+
+    from voxfit.inference.shuffles import make_shuffles
+
+    X = np.ones((12, 1))
+    with pytest.warns(UserWarning, match=r"smallest p they can give is 1/10 = 0.1.*--permutations 5000"):
+        make_shuffles("flip", X, 10, seed=0)
+    with pytest.warns(UserWarning, match=r"1/16 = 0.0625.*the design allows only 16"):
+        make_shuffles("flip", np.ones((4, 1)), 1000, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_shuffles("flip", X, 20, seed=0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +150,9 @@ def _identity_first(rows: NDArray, identity: NDArray) -> NDArray:
     return rows
 
 
+MIN_SHUFFLES_05 = 20  # rearrangements (identity included) that can give a p of 0.05: 1/20
+
+
 def make_shuffles(
     kind: str, design: NDArray, n_shuffles: int, *, blocks=None, whole_blocks: bool = False, seed=None
 ) -> Shuffles:
@@ -183,6 +187,15 @@ def make_shuffles(
     available = count_shuffles(kind, design, blocks, whole_blocks)
     rng = np.random.default_rng(seed)
     exhaustive = n_shuffles >= available
+    if min(n_shuffles, available) < MIN_SHUFFLES_05:  # (the FWE maps would be 1 or near it everywhere)
+        count = min(n_shuffles, available)
+        why = f"the design allows only {available}" if exhaustive else "give --permutations 5000 or more"
+        warnings.warn(
+            f"{count} rearrangements (the data as they are among them): the smallest p they can give is "
+            f"1/{count} = {1 / count:.3g}, so no element can reach p < 0.05; {why}.",
+            UserWarning,
+            stacklevel=2,
+        )
     units = n_blocks if (whole_blocks and kind == "flip") else n
     if kind == "flip":
         if exhaustive or available <= _INDEXABLE:

@@ -212,3 +212,16 @@ def test_a_run_missing_a_scan_is_refused_not_shifted(spm_runs, capsys, lost):
     (run1 / "swfM00223_5.hdr").unlink(missing_ok=True)
     code, err = _fit(capsys, [run1], [_events(root / "e2.tsv", [0, 16])], root / "later", "--noise", "ols")
     assert code == 0, err
+
+
+def test_scans_numbered_by_a_step_have_no_gap():
+    """Scans numbered by their time (0, 2000, 4000 ms) run by their smallest step: no gap; one missing is."""
+    from pathlib import Path
+
+    from voxfit.exceptions import InputError
+    from voxfit.io.scans import _numbered_without_gaps
+
+    timed = [Path(f"vol_{t:05d}ms.nii") for t in range(0, 20000, 2000)]
+    assert _numbered_without_gaps(timed, "run") == timed
+    with pytest.raises(InputError, match="numbered 0 to 18000 without 6000"):
+        _numbered_without_gaps(timed[:3] + timed[4:], "run")

@@ -255,13 +255,18 @@ def _check_gifti_sizes(path: Path) -> None:
             total += int(np.prod(dims, dtype=object)) * 8 if dims else 0  # (decoded, then as float64 at most)
     cap = whole_files_cap()
     total += reserved_bytes() if cap is not None else 0  # (a cap holds the interpreter and its libraries too)
+    held = " (with Python and its libraries)" if cap is not None else ""
     check_memory(
         total,
-        f"{path}: the data arrays its header declares (a GIFTI file is decoded whole, as float64 at most"
-        + (", with Python and its libraries)" if cap is not None else ")"),
+        f"{path}: the data arrays its header declares{held}",
         cap,
         "Check the file's dimensions (DataArray Dim0, Dim1)"
-        + (", or give a larger --max-memory, or the data as .npy or CIFTI (read a block at a time)." if cap else "."),
+        + (
+            "; a GIFTI file is decoded whole (as float64 at most): give a larger --max-memory, or the data as .npy "
+            "or CIFTI, read a block at a time."
+            if cap is not None
+            else "."
+        ),
     )
 
 

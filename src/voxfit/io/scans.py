@@ -89,10 +89,10 @@ def _from_folder(folder: Path) -> list[Path]:
 
 
 def _numbered_without_gaps(scans: list[Path], where: str) -> list[Path]:
-    """The scans of one series whose number runs from its first to its last without a gap (``vol_5`` missing
-    from ``vol_1`` .. ``vol_40``: every later scan would be fitted one TR early against the events); refused
-    otherwise, pointing to a .txt list for scans left out on purpose. Series whose names differ in more than one
-    number, or not in the same place, are not checked."""
+    """The scans of one series whose number runs from its first to its last without a gap, by its smallest step
+    (``vol_5`` missing from ``vol_1`` .. ``vol_40``: every later scan would be fitted one TR early against the
+    events); refused otherwise, pointing to a .txt list for scans left out on purpose. Series whose names differ
+    in more than one number, or not in the same place, are not checked."""
     numbers = [re.findall(r"\d+", p.name) for p in scans]
     if len(scans) < 3 or len({len(n) for n in numbers}) != 1 or len({_series(p.name) for p in scans}) != 1:
         return scans
@@ -100,7 +100,8 @@ def _numbered_without_gaps(scans: list[Path], where: str) -> list[Path]:
     if len(varying) != 1:
         return scans
     values = sorted(int(n[varying[0]]) for n in numbers)
-    missing = sorted(set(range(values[0], values[-1] + 1)) - set(values))
+    step = min(b - a for a, b in zip(values, values[1:]))  # (numbered 1, 2, 3 or by a time: 0, 2000, 4000 ms)
+    missing = sorted(set(range(values[0], values[-1] + 1, step)) - set(values)) if step > 0 else []
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InputError(

@@ -836,3 +836,22 @@ def test_options_a_study_would_refuse_or_ignore_late_are_refused_first(tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_record_of_another_participant_is_left_out_of_the_reports(tmp_path):
+    """A study of one participant with --report over a folder where another participant's record is unreadable:
+    the reports are written without it, and a warning names it (the command stopped on it, and this study could
+    not rewrite it)."""
+    pytest.importorskip("matplotlib")
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    out = tmp_path / "out"
+    assert run(study.root, out, **kw).ok
+    broken = next((out / "sub-02" / "node-subject").glob("*_model.json"))
+    broken.write_text("{broken")
+    with pytest.warns(UserWarning, match="is not readable JSON.*left out of the reports"):
+        assert run(study.root, out, participant_label=["01"], report=True, **kw).ok
+    assert (out / "sub-01.html").is_file() and (out / "index.html").is_file()
+    broken.unlink()  # (the suite checks every model.json left against the schema)

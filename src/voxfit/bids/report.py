@@ -29,6 +29,7 @@ import hashlib
 import html
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,7 +211,11 @@ def _read_groups(out_dir: Path) -> list[_Group]:
 
     found = []
     for path in group_records(out_dir):
-        record = ModelRecord.read(path).as_dict()
+        try:
+            record = ModelRecord.read(path).as_dict()
+        except InputError as exc:  # (another participant's, say: this study cannot rewrite it)
+            warnings.warn(f"{exc} It is left out of the reports.", UserWarning, stacklevel=2)
+            continue
         bids = (record.get("settings") or {}).get("bids")
         if not isinstance(bids, dict):
             continue  # (not a study's record)

@@ -357,7 +357,7 @@ def test_cli_exit_codes_for_bad_arguments(tmp_path, capsys):
 
 
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
-    from voxfit.bids.layout import find_runs, index
+    from voxfit.bids.layout import find_runs, index, release_index
 
     study, _ = _study(tmp_path, subjects=1, runs=1)
     db = tmp_path / "db"
@@ -381,7 +381,9 @@ def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         if f.is_file():
             target.write_bytes(f.read_bytes())
-    runs = find_runs(index(study.root, [study.derivatives], database=db))
+    layout = index(study.root, [study.derivatives], database=db)
+    runs = find_runs(layout)
+    release_index(layout)
     assert {dict(r.entities)["subject"] for r in runs} == {"01", "02"}
     assert first not in list(db.iterdir()) and len(list(db.iterdir())) == 1  # (the old index: no study reads it)
 

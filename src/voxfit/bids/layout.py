@@ -25,7 +25,16 @@ from pathlib import Path
 from ..exceptions import InputError
 from ..io import write_file_atomically
 
-__all__ = ["ENTITIES", "RunInput", "dataset_stamp", "find_runs", "index", "input_filters", "short_entities"]
+__all__ = [
+    "ENTITIES",
+    "RunInput",
+    "dataset_stamp",
+    "find_runs",
+    "index",
+    "input_filters",
+    "release_index",
+    "short_entities",
+]
 
 # BIDS entities a run keeps through every level, as pybids names them, with their short (file name) keys
 ENTITIES = {
@@ -191,9 +200,17 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None):
     except BaseException:
         lock.close()
         raise
-    layout._voxfit_index_lock = lock  # (released when the layout goes)
+    layout._voxfit_index_lock = lock  # (see release_index)
     _remove_unread_indexes(Path(database), keep=folder)
     return layout
+
+
+def release_index(layout) -> None:
+    """Let other studies rebuild or remove the index `layout` reads (its lock released; pybids keeps layouts
+    alive, so a study releases its own when it ends). None: nothing."""
+    lock = getattr(layout, "_voxfit_index_lock", None)
+    if lock is not None:
+        lock.close()
 
 
 def _remove_unread_indexes(database: Path, keep: Path) -> None:

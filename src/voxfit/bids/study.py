@@ -63,7 +63,17 @@ from .._threads import DaemonExecutor
 from .._version import __version__
 from ..design.subjects import listed
 from ..exceptions import InputError
-from .layout import BOLD_EXTENSIONS, ENTITIES, RAW, RunInput, dataset_stamp, find_runs, index, input_filters
+from .layout import (
+    BOLD_EXTENSIONS,
+    ENTITIES,
+    RAW,
+    RunInput,
+    dataset_stamp,
+    find_runs,
+    index,
+    input_filters,
+    release_index,
+)
 from .._threads import STOP_SIGNALS
 from ..io.output import missing_folders, remove_made_folders, signals_held
 from .outputs import describe_dataset, group_folder, group_prefix, group_records, map_name, open_group
@@ -324,6 +334,7 @@ def run(
     from .spec import default_model, load_model
 
     before = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else None  # (None: made by this study)
+    layout = None
     try:
         layout = index(bids_dir, derivatives, database=out_dir / ".voxfit" / "bids-index", stamp=stamp or None)
         default_types = []  # (voxfit's default model: its trial types, each run's own taken: _Study.run_spec)
@@ -387,6 +398,8 @@ def run(
     except BaseException:
         _drop_if_unused(out_dir, before)
         raise
+    finally:
+        release_index(layout)
     return result
 
 

@@ -2,6 +2,7 @@
 given as the shell's list, a folder, a quoted pattern or a .txt list; fitted with events, one or several runs."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -214,14 +215,17 @@ def test_a_run_missing_a_scan_is_refused_not_shifted(spm_runs, capsys, lost):
     assert code == 0, err
 
 
-def test_scans_numbered_by_a_step_have_no_gap():
-    """Scans numbered by their time (0, 2000, 4000 ms) run by their smallest step: no gap; one missing is."""
-    from pathlib import Path
+def test_scans_numbered_by_a_step_or_subjects_maps_are_not_checked(tmp_path, rng, capsys):
+    """Scans numbered by their time (0, 2000, 4000 ms; across a clock's minute) are not checked for gaps; nor are
+    a group's maps with a subject left out (numbered by subject, not by time), as a folder or a pattern."""
+    from voxfit.io.scans import check_scan_run
 
-    from voxfit.exceptions import InputError
-    from voxfit.io.scans import _numbered_without_gaps
-
-    timed = [Path(f"vol_{t:05d}ms.nii") for t in range(0, 20000, 2000)]
-    assert _numbered_without_gaps(timed, "run") == timed
-    with pytest.raises(InputError, match="numbered 0 to 18000 without 6000"):
-        _numbered_without_gaps(timed[:3] + timed[4:], "run")
+    timed = [Path(f"vol_{t:05d}ms.nii") for t in (0, 2000, 4000, 8000)]
+    check_scan_run("run", timed)
+    check_scan_run("run", [Path(f"vol_1200{s}.nii") for s in ("56", "58", "60")])
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for s in (1, 2, 3, 4, 6, 7, 8):
+        nib.save(nib.Nifti1Image(rng.standard_normal(SHAPE).astype(np.float32) + 1, AFFINE), maps / f"sub-{s:02d}.nii")
+    for given in (str(maps), f"{maps}/sub-*.nii"):
+        assert main(["group", given, "-o", str(tmp_path / "o"), "--quiet", "--force"]) == 0, capsys.readouterr().err

@@ -56,7 +56,7 @@ from .geometry import (
     same_brain_models,
 )
 from .memory import MemoryInput, check_data, is_image, memory_input
-from .scans import expand_run, file_identity
+from .scans import check_scan_run, expand_run, file_identity
 from .stores import open_hdf5, open_zarr
 
 __all__ = [
@@ -1524,6 +1524,7 @@ def open_reader(paths, name: str = "inputs"):
                 f"{len(items)} inputs name runs (folders, patterns or lists of scans); give one run here, "
                 "or several runs to `voxfit fit` / fit_runs with one design each."
             )
+        check_scan_run(items[0], runs[0])  # (a first-level run: a scan lost would move the later ones' times)
         items = runs[0]
     paths = [Path(p) for p in items]
     seen: dict[object, Path] = {}

@@ -11,9 +11,10 @@ So a run can be named three ways, each read in natural order (``scan_2`` before 
 - a text file (``.txt``) listing the scans, one path per line, relative to the list's folder; blank lines
   and lines starting with ``#`` are skipped.
 
-A folder or pattern whose scans are numbered with a gap (``vol_5`` missing from ``vol_1`` .. ``vol_40``), or a
-folder holding an Analyze header without its image, is refused: every scan after a lost one would be fitted a TR
-early against the events. Scans left out on purpose are named in a .txt list.
+A first-level run named by a folder or pattern whose scans are numbered with a gap (``vol_5`` missing from
+``vol_1`` .. ``vol_40``), or a folder holding an Analyze header without its image, is refused (:func:`check_scan_run`):
+every scan after a lost one would be fitted a TR early against the events. Scans left out on purpose are named in a
+.txt list. A group's maps, numbered by subject, are not checked.
 
 Zarr stores (folders named ``*.zarr``) are data sets, not folders of scans.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from ..exceptions import InputError
 
-__all__ = ["expand_run", "file_identity", "natural_key"]
+__all__ = ["check_scan_run", "expand_run", "file_identity", "natural_key"]
 
 MAX_SCANS = 100_000  # scans in one run named by a folder, a pattern or a list (checked before any is opened)
 _SCAN_SUFFIXES = (".nii", ".nii.gz", ".img", ".img.gz")
@@ -75,41 +76,51 @@ def _from_folder(folder: Path) -> list[Path]:
             f"{folder} holds several series of images: {found}; name the run's scans with a quoted "
             f"pattern such as '{folder / prefix}*{''.join(Path(first).suffixes)}', or a .txt list."
         )
-    lone = sorted(
-        (p for p in folder.iterdir() if p.name.lower().endswith(".hdr") and not p.name.startswith(".")),
-        key=natural_key,
-    )
-    lone = [h for h in lone if not any(h.with_suffix(s).exists() for s in (".img", ".img.gz", ".IMG"))]
-    if lone and _series(lone[0].name.rsplit(".", 1)[0]) == _series(scans[0].name.split(".", 1)[0]):
-        raise InputError(
-            f"{lone[0]} is an Analyze header without its image (.img): the run would lose that scan and every later "
-            "scan its time; restore the image, or name the run's scans in a .txt list."
-        )
-    return _numbered_without_gaps(scans, str(folder))
+    return scans
 
 
-def _numbered_without_gaps(scans: list[Path], where: str) -> list[Path]:
-    """The scans of one series whose number runs from its first to its last without a gap, by its smallest step
-    (``vol_5`` missing from ``vol_1`` .. ``vol_40``: every later scan would be fitted one TR early against the
-    events); refused otherwise, pointing to a .txt list for scans left out on purpose. Series whose names differ
-    in more than one number, or not in the same place, are not checked."""
+def check_scan_run(item, scans: list[Path]) -> None:
+    """Refuse a first-level run named by `item` (a folder or a pattern; a .txt list names its scans on purpose)
+    whose `scans` lack one: an Analyze header in the folder without its image, or a gap in the scans' numbers
+    where the names differ in one number counted by ones (``vol_5`` missing from ``vol_1`` .. ``vol_40``). Every
+    later scan would be fitted a TR early against the events. Not for a group's maps, whose numbers are
+    subjects'."""
+    if not isinstance(item, (str, Path)) or Path(item).suffix.lower() == ".txt":
+        return
+    folder = Path(item)
+    if folder.is_dir():
+        for h in sorted(folder.iterdir(), key=natural_key):
+            stem, suffix = os.path.splitext(h.name)
+            if (
+                suffix.lower() != ".hdr"
+                or h.name.startswith(".")
+                or _series(stem) != _series(scans[0].name.split(".")[0])
+            ):
+                continue
+            if not any(h.with_name(stem + s).exists() for s in (".img", ".img.gz", ".IMG")):
+                raise InputError(
+                    f"{h} is an Analyze header without its image (.img): the run would lose that scan and every "
+                    "later scan its time; restore the image, or name the run's scans in a .txt list."
+                )
     numbers = [re.findall(r"\d+", p.name) for p in scans]
     if len(scans) < 3 or len({len(n) for n in numbers}) != 1 or len({_series(p.name) for p in scans}) != 1:
-        return scans
+        return
     varying = [k for k in range(len(numbers[0])) if len({n[k] for n in numbers}) > 1]
     if len(varying) != 1:
-        return scans
+        return
     values = sorted(int(n[varying[0]]) for n in numbers)
-    step = min(b - a for a, b in zip(values, values[1:]))  # (numbered 1, 2, 3 or by a time: 0, 2000, 4000 ms)
-    missing = sorted(set(range(values[0], values[-1] + 1, step)) - set(values)) if step > 0 else []
+    steps = [b - a for a, b in zip(values, values[1:])]
+    if min(steps) != 1:  # (numbered by a time or another step: not checked)
+        return
+    missing = [v for a, b in zip(values, values[1:]) for v in range(a + 1, min(b, a + 6))]
     if missing:
-        shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        count = sum(b - a - 1 for a, b in zip(values, values[1:]))
+        shown = ", ".join(map(str, missing[:5])) + (f" and {count - 5} more" if count > 5 else "")
         raise InputError(
-            f"{where}: the scans are numbered {values[0]} to {values[-1]} without {shown}: a missing file would "
+            f"{item}: the scans are numbered {values[0]} to {values[-1]} without {shown}: a missing file would "
             "move every later scan's time; restore it, or name the scans in a .txt list if they were left out on "
             "purpose."
         )
-    return scans
 
 
 def _from_pattern(pattern: str) -> list[Path]:
@@ -119,7 +130,7 @@ def _from_pattern(pattern: str) -> list[Path]:
     scans = sorted((Path(p) for p in names if _is_scan(Path(p))), key=natural_key)
     if not scans:
         raise InputError(f"{pattern}: no image file matches this pattern.")
-    return _numbered_without_gaps(scans, pattern)
+    return scans
 
 
 def _from_list(path: Path) -> list[Path]:

@@ -857,3 +857,39 @@ def test_an_unreadable_record_of_another_participant_is_left_out_of_the_reports(
         assert run(study.root, out, participant_label=["01"], report=True, **kw).ok
     assert (out / "sub-01.html").is_file() and (out / "index.html").is_file()
     broken.unlink()  # (the suite checks every model.json left against the schema)
+
+
+def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path):
+    """Model B's study at the run level over model A's groups (the same paths, nodes named alike): A's other maps
+    stay (a group rewritten removes only what its own study listed). A stale record listing the maps of a group
+    kept now (left by a rerun stopped after a grouping changed) takes none of them."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=30, shape=(8, 8, 6))
+    out, kw = tmp_path / "out", {"derivatives": [study.derivatives], "progress": False}
+    a = default_model("stroop", ["congruent", "incongruent"])
+    a["Name"] = "A"
+    b = json.loads(json.dumps(a))
+    b["Name"] = "B"
+    b["Nodes"][0]["DummyContrasts"]["Contrasts"] = ["congruent"]
+    assert run(study.root, out, model=a, level="run", **kw).ok
+    before = sorted(p.name for p in (out / "sub-01" / "node-run").iterdir())
+    assert run(study.root, out, model=b, level="run", **kw).ok
+    assert sorted(p.name for p in (out / "sub-01" / "node-run").iterdir()) == before
+    # the grouping changed (one dataset group, its maps named alike), then an earlier record put back
+    c = json.loads(json.dumps(b))
+    c["Name"] = "C"  # (one contrast: one map per subject in a dataset group of every contrast)
+    assert run(study.root, out, model=c, **kw).ok
+    old = {p.name: p.read_bytes() for p in (out / "node-dataset").glob("*model.json")}
+    c["Nodes"][2]["GroupBy"] = []
+    assert run(study.root, out, model=c, **kw).ok
+    for name, data in old.items():
+        (out / "node-dataset" / name).write_bytes(data)
+    (out / ".voxfit" / "study.json").unlink()
+    again = run(study.root, out, model=c, **kw)
+    assert again.ok and all(g.reused for g in again.nodes["dataset"])
+    for g in again.nodes["dataset"]:
+        listed = json.loads(g.files[0].read_text())["settings"]["bids"]["files"]
+        assert all((out / "node-dataset" / f).is_file() for f in listed)
+    assert not any((out / "node-dataset" / name).exists() for name in old)

@@ -48,6 +48,7 @@ import os
 import re
 import signal
 import shutil
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
@@ -432,40 +433,40 @@ def _remove_stale(out_dir: Path, study: dict, results: dict, subjects: set[str],
     images from the folder it estimates into. Only groups of the study's `subjects` are touched, and dataset-level
     groups only when this study wrote or kept some: studies of other participants, models or runs into the same
     folder (a BIDS app's participant-level runs) keep theirs. A group is its record, where this study would write
-    it (not a copy elsewhere, nor through a link), and the files the record lists; a file written now stays, and a
-    record that lists no files (an older build's) is left. Returns the number of files removed. (A group rewritten
-    removes its own earlier files as it is committed: ``OutputFolder.commit(replacing=...)``.)"""
+    it (not a copy elsewhere, nor through a link), and the files the record lists; no file of a group written or
+    kept now is removed, and a record that lists no files (an older build's) is left. A file that cannot be
+    removed is warned of. Returns the number of files removed. (A group rewritten removes its own earlier files as
+    it is committed: ``OutputFolder.commit(replacing=...)``.)"""
     if not any(results.values()):
         return 0  # (a study that fitted nothing, every run failed: nothing is stale for it)
     # records are matched by their last parts (node-x/r.json up to sub-01/ses-1/node-x/r.json): a worker elsewhere
     # may have written them through another path to the same folder
     kept = {Path(f).parts[-k:] for groups in results.values() for g in groups for f in g.files for k in (2, 3, 4)}
-    written = {os.path.abspath(f) for groups in results.values() for g in groups for f in g.files if not g.reused}
     dataset_kept = any(g.level == "dataset" for groups in results.values() for g in groups)
-    reach, root = LEVELS.index(level), out_dir.resolve()
+    scope = (study, subjects, LEVELS.index(level), dataset_kept)
+    records = [r for r in group_records(out_dir) if r.relative_to(out_dir).parts not in kept]
+    stale = [r for r in records if _stale(out_dir, r, scope)]
+    if not stale:
+        return 0
+    protected = set()  # every file of every group written or kept now
+    for groups in results.values():
+        for g in groups:
+            record = next(f for f in g.files if f.name.endswith("model.json"))
+            listed = [record.parent / name for name in _listed_files(record, study)] if g.reused else []
+            protected.update(os.path.abspath(f) for f in (*g.files, *listed))
     removed, emptied = 0, set()
-    for record in group_records(out_dir):
-        if record.relative_to(out_dir).parts in kept:
-            continue
-        bids = _read_bids(record)
-        if bids is None or bids.get("study") != study or not isinstance(bids.get("files"), list):
-            continue  # (another study's group, or an older build's record, which lists no files)
-        entities, group_level = bids.get("entities"), bids.get("level")
-        if not isinstance(entities, dict) or group_level not in LEVELS or LEVELS.index(group_level) > reach:
-            continue
-        if group_level == "dataset" and not dataset_kept:
-            continue
-        if group_level != "dataset" and str(entities.get("subject")) not in subjects:
-            continue
-        folder = group_folder(out_dir, str(bids.get("node")), entities, group_level)
-        if record.parent != folder or folder.resolve() != root / folder.relative_to(out_dir):
-            continue  # (a copy of a group in another folder, or a folder reached through a link)
-        for name in {*map(str, bids["files"]), record.name}:
-            f = folder / name
-            if Path(name).name == name and os.path.abspath(f) not in written and (f.is_symlink() or f.is_file()):
-                f.unlink(missing_ok=True)
-                removed += 1
-                emptied.add(folder)
+    for record in stale:
+        for name in {*_listed_files(record, study), record.name}:
+            f = record.parent / name
+            if Path(name).name != name or os.path.abspath(f) in protected or not (f.is_symlink() or f.is_file()):
+                continue
+            try:
+                f.unlink()
+            except OSError as exc:
+                warnings.warn(f"could not remove {f}, left by an earlier run of this study: {exc}", UserWarning)
+                continue
+            removed += 1
+            emptied.add(record.parent)
     for folder in emptied:  # the node's folder and its subject's or session's, where nothing is left in them
         with contextlib.suppress(OSError):  # (not empty: another study writes there now)
             for empty in (folder, folder.parent, folder.parent.parent):
@@ -475,10 +476,28 @@ def _remove_stale(out_dir: Path, study: dict, results: dict, subjects: set[str],
     return removed
 
 
-def _listed_files(record_path: Path) -> list[str]:
-    """The files the record at `record_path` lists of its group (none where there is no readable record)."""
+def _stale(out_dir: Path, record: Path, scope: tuple) -> bool:
+    """Whether `record` is a group :func:`_remove_stale` may remove, not written or kept now: of the same study,
+    of the `scope`'s levels and subjects, where that study writes its groups."""
+    study, subjects, reach, dataset_kept = scope
+    bids = _read_bids(record)
+    if bids is None or bids.get("study") != study or not isinstance(bids.get("files"), list):
+        return False  # (another study's group, or an older build's record, which lists no files)
+    entities, level = bids.get("entities"), bids.get("level")
+    if not isinstance(entities, dict) or level not in LEVELS or LEVELS.index(level) > reach:
+        return False
+    if not dataset_kept if level == "dataset" else str(entities.get("subject")) not in subjects:
+        return False
+    folder = group_folder(out_dir, str(bids.get("node")), entities, level)
+    # (not a copy of a group in another folder, nor a folder reached through a link)
+    return record.parent == folder and folder.resolve() == out_dir.resolve() / folder.relative_to(out_dir)
+
+
+def _listed_files(record_path: Path, study: dict) -> list[str]:
+    """The files the record at `record_path` lists of its group, where `study` wrote it (none where there is no
+    readable record, or another study's: a group at the same path of another model keeps its other files)."""
     bids = _read_bids(record_path)
-    files = bids.get("files") if bids is not None else None
+    files = bids.get("files") if bids is not None and bids.get("study") == study else None
     return [str(f) for f in files] if isinstance(files, list) else []
 
 
@@ -1209,7 +1228,7 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
             run=out.run_record(),
         )
         out.write_json(record_name, record.as_dict())
-        files = out.commit(replacing=_listed_files(job.folder / record_name))
+        files = out.commit(replacing=_listed_files(job.folder / record_name, dict(job.node.study)))
     return _RunDone(job.index, tuple(files), outputs)
 
 
@@ -2029,7 +2048,7 @@ class _Study:
                     model,
                     inference=None if rft is None else rft_record(rft, footers, prefix),
                 )
-                files = out.commit(replacing=_listed_files(record_path))
+                files = out.commit(replacing=_listed_files(record_path, dict(node.study)))
             result = NodeResult(
                 node.name, level, tuple(entities.items()), tuple(labels), tuple(files), notes=tuple(notes)
             )

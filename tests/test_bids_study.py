@@ -366,10 +366,11 @@ def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
         f"print(len(find_runs(index({str(study.root)!r}, [{str(study.derivatives)!r}], database={str(db)!r}))))"
     )
     assert subprocess.run([sys.executable, "-c", count], capture_output=True, text=True).stdout.strip() == "1"
-    (first,) = db.iterdir()
+    (first,) = (p for p in db.iterdir() if p.is_dir())
     built = (first / "voxfit-fingerprint.txt").stat().st_mtime_ns
     assert subprocess.run([sys.executable, "-c", count], capture_output=True, text=True).stdout.strip() == "1"
-    assert list(db.iterdir()) == [first] and (first / "voxfit-fingerprint.txt").stat().st_mtime_ns == built  # reused
+    assert [p for p in db.iterdir() if p.is_dir()] == [first]  # reused, not rebuilt
+    assert (first / "voxfit-fingerprint.txt").stat().st_mtime_ns == built
     extra = make_dataset(tmp_path / "more", subjects=2, runs=1)
     for f in (extra.root / "sub-02").rglob("*"):
         target = study.root / f.relative_to(extra.root)
@@ -385,7 +386,8 @@ def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     runs = find_runs(layout)
     release_index(layout)
     assert {dict(r.entities)["subject"] for r in runs} == {"01", "02"}
-    assert first not in list(db.iterdir()) and len(list(db.iterdir())) == 1  # (the old index: no study reads it)
+    folders = [p for p in db.iterdir() if p.is_dir()]
+    assert first not in folders and len(folders) == 1  # (the old index: no study reads it; its lock file stays)
 
 
 def test_import_voxfit_does_not_import_pybids():
@@ -893,3 +895,46 @@ def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path):
         listed = json.loads(g.files[0].read_text())["settings"]["bids"]["files"]
         assert all((out / "node-dataset" / f).is_file() for f in listed)
     assert not any((out / "node-dataset" / name).exists() for name in old)
+
+
+def test_the_index_without_file_locks_and_a_failed_study_beside_a_running_one(tmp_path, monkeypatch):
+    """Where the file system locks no files (NFS without its lock daemon: flock fails with ENOLCK) a study still
+    runs, as before voxfit locked its index. A study that fails in a folder made at the same time as another's
+    leaves the folder to the study that reads its index there (it removed the folder, index and all)."""
+    import errno
+    import fcntl
+
+    from voxfit.bids import layout as layout_module
+    from voxfit.bids import run
+    from voxfit.exceptions import InputError
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=30, shape=(8, 8, 6))
+    kw = {"derivatives": [study.derivatives], "level": "run", "progress": False}
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    with monkeypatch.context() as m:
+        m.setattr(layout_module.fcntl, "flock", no_locks)
+        assert run(study.root, tmp_path / "nolocks", **kw).ok
+    from voxfit.bids import study as study_module
+
+    others = []
+    index = study_module.index
+
+    def started_beside(*args, **kwargs):  # another study started with this one, reading the index it built
+        layout = index(*args, **kwargs)
+        lock = next(Path(kwargs["database"]).glob("*.lock"))
+        others.append(open(lock, "a"))  # noqa: SIM115
+        fcntl.flock(others[-1], fcntl.LOCK_SH)
+        return layout
+
+    with monkeypatch.context() as m:
+        m.setattr(study_module, "index", started_beside)
+        with pytest.raises(InputError, match="participant label 09"):
+            run(study.root, tmp_path / "shared", participant_label=["09"], **kw)
+    assert (tmp_path / "shared" / ".voxfit" / "bids-index").is_dir()  # (the other study's index)
+    others[0].close()
+    with pytest.raises(InputError, match="participant label 09"):
+        run(study.root, tmp_path / "alone", participant_label=["09"], **kw)
+    assert not (tmp_path / "alone").exists()

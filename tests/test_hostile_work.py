@@ -1008,3 +1008,32 @@ def test_ctrl_c_in_a_finalizer_is_not_swallowed(monkeypatch, capsys, when):
     assert said == (
         "" if when == "during" else "voxfit: interrupted as the command ended; what it wrote is complete.\n"
     )
+
+
+NOHUP_WORKER = r"""
+import multiprocessing, os, signal, time
+from concurrent.futures import ProcessPoolExecutor
+from voxfit.bids.study import _worker_start
+def job(x):
+    time.sleep(1.5)
+    return "survived"
+if __name__ == "__main__":
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    spawn = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(1, mp_context=spawn, initializer=_worker_start, initargs=(1,))
+    done = pool.submit(job, 1)
+    time.sleep(1.0)
+    os.killpg(0, signal.SIGHUP)  # the logout's signal to the job's process group
+    print(done.result())
+"""
+
+
+def test_a_studys_workers_under_nohup_outlive_the_logout(tmp_path):
+    """A study's worker processes keep SIGHUP ignored where the command was started with it ignored (nohup):
+    they took it as a stop signal, and the study died with the logout that nohup was there to survive."""
+    script = tmp_path / "nohup_worker.py"
+    script.write_text(NOHUP_WORKER)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, start_new_session=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "survived", done.stderr[-2000:]

@@ -12,6 +12,7 @@ an older fingerprint is removed once no study reads it.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import json
@@ -31,6 +32,7 @@ __all__ = [
     "dataset_stamp",
     "find_runs",
     "index",
+    "index_in_use",
     "input_filters",
     "release_index",
     "short_entities",
@@ -54,7 +56,7 @@ ENTITIES = {
 RAW = ("subject", "session", "task", "acquisition", "reconstruction", "direction", "run", "echo")
 BOLD_EXTENSIONS = (".nii.gz", ".nii", ".func.gii", ".dtseries.nii")
 _FINGERPRINT = "voxfit-fingerprint.txt"
-_LOCK = "voxfit-index.lock"
+_LOCK_SUFFIX = ".lock"  # the lock of index folder <fingerprint>: <fingerprint>.lock beside it
 
 
 @dataclass(frozen=True)
@@ -174,35 +176,55 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None):
     kwargs = {"validate": False, "derivatives": [str(d) for d in derivatives] or False}
     if database is None:
         return _layout(bids, bids_dir, **kwargs)
-    folder = Path(database) / hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = open(folder / _LOCK, "a")  # noqa: SIM115 (held as long as the layout: the study reads the database)
-    marker = folder / _FINGERPRINT
+    name = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    database = Path(database)
+    folder, marker = database / name, database / name / _FINGERPRINT
+    database.mkdir(parents=True, exist_ok=True)
+    # (the lock beside the folder, never removed: a study that opened it locks what the next one will)
+    lock = open(database / f"{name}{_LOCK_SUFFIX}", "a")  # noqa: SIM115 (held until release_index)
+    layout = None
     try:
-        while True:
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            if marker.is_file() and marker.read_text() == stamp:
-                layout = _layout(bids, bids_dir, database_path=str(folder), reset_database=False, **kwargs)
-                break
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another study builds it: its shared lock follows the build
-                time.sleep(0.05)
-                continue
+        locking = _flock(lock, fcntl.LOCK_SH)
+        while not (marker.is_file() and marker.read_text() == stamp):
+            if locking:  # (built by another study meanwhile: its shared lock follows the build)
+                _flock(lock, fcntl.LOCK_UN)
+                if not _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, wait=False):
+                    time.sleep(0.05)
+                    _flock(lock, fcntl.LOCK_SH)
+                    continue
             if not (marker.is_file() and marker.read_text() == stamp):
-                marker.unlink(missing_ok=True)
+                shutil.rmtree(folder, ignore_errors=True)  # (a build that did not finish)
+                folder.mkdir()
                 layout = _layout(bids, bids_dir, database_path=str(folder), reset_database=True, **kwargs)
                 write_file_atomically(marker, lambda tmp: Path(tmp).write_text(stamp))
-                fcntl.flock(lock, fcntl.LOCK_SH)
-                break
-            fcntl.flock(lock, fcntl.LOCK_SH)
+            if locking:
+                _flock(lock, fcntl.LOCK_SH)
+        if layout is None:
+            layout = _layout(bids, bids_dir, database_path=str(folder), reset_database=False, **kwargs)
     except BaseException:
         lock.close()
         raise
     layout._voxfit_index_lock = lock  # (see release_index)
-    _remove_unread_indexes(Path(database), keep=folder)
+    if locking:
+        _remove_unread_indexes(database, keep=name)
     return layout
+
+
+def _flock(lock, operation: int, wait: bool = True) -> bool:
+    """flock(2) on the file `lock`: False where it is not taken, a non-blocking one held by another study, or a
+    file system that locks no files (NFS without its lock daemon, some FUSE mounts: studies into one folder at
+    once are then not kept apart, as before voxfit locked them)."""
+    try:
+        fcntl.flock(lock, operation)
+    except BlockingIOError:
+        if wait:
+            raise
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        return False
+    return True
 
 
 def release_index(layout) -> None:
@@ -210,20 +232,35 @@ def release_index(layout) -> None:
     alive, so a study releases its own when it ends). None: nothing."""
     lock = getattr(layout, "_voxfit_index_lock", None)
     if lock is not None:
-        lock.close()
+        lock.close()  # (closed twice: nothing)
 
 
-def _remove_unread_indexes(database: Path, keep: Path) -> None:
-    """The indexes of other fingerprints below `database` that no study reads now (their lock is free)."""
-    for folder in database.iterdir():
-        if folder == keep or not (folder / _FINGERPRINT).is_file():  # (one being built has no fingerprint yet)
+def _remove_unread_indexes(database: Path, keep: str) -> None:
+    """The indexes of other fingerprints below `database` that no study reads now (their lock is free); their lock
+    files stay (empty)."""
+    for lock_path in database.glob(f"*{_LOCK_SUFFIX}"):
+        name = lock_path.name.removesuffix(_LOCK_SUFFIX)
+        if name == keep or not (database / name).is_dir():
             continue
-        with open(folder / _LOCK, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            with open(lock_path, "a") as lock:
+                if _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, wait=False):
+                    shutil.rmtree(database / name, ignore_errors=True)
+        except OSError:  # (removed meanwhile, or not ours to open)
+            continue
+
+
+def index_in_use(database: Path) -> bool:
+    """Whether a study reads an index below `database` now (a lock held; False where the file system locks
+    nothing)."""
+    for lock_path in Path(database).glob(f"*{_LOCK_SUFFIX}"):
+        try:
+            with open(lock_path, "a") as lock:
+                if not _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, wait=False):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def _check_folders_above(bids, bids_dir: Path, derivatives: list[Path]) -> None:

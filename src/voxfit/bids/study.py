@@ -72,6 +72,7 @@ from .layout import (
     dataset_stamp,
     find_runs,
     index,
+    index_in_use,
     input_filters,
     release_index,
 )
@@ -392,11 +393,13 @@ def run(
             removed,
         )
         study.write_manifest(study_key if result.ok else None, model_file)
+        release_index(layout)  # (before the folder is judged unused: a lock held means another study reads it)
         if not any(result.nodes.values()) and _drop_if_unused(out_dir, before):
             return result  # (no report of a study that fitted nothing: the failures are said)
         if report:
             _write_reports(out_dir, study.failures, execution.progress)
     except BaseException:
+        release_index(layout)
         _drop_if_unused(out_dir, before)
         raise
     finally:
@@ -412,10 +415,13 @@ def _visible(folder: Path) -> list[Path]:
 def _drop_if_unused(out_dir: Path, before: set[str] | None) -> bool:
     """A study given no output folder (`before` None: it made it) or one holding hidden files only (the names
     `before`), that wrote no node group there (it stopped on bad input or Ctrl-C before, or every run failed),
-    leaves it as it was: it removes what it wrote (pybids' index, the description). Whether it did."""
+    leaves it as it was: it removes what it wrote (pybids' index, the description), unless another study reads
+    the index there now (one started with it into the same new folder). Whether it did."""
     if before is not None and any(not name.startswith(".") for name in before):
         return False
     if not out_dir.is_dir() or any(p.is_dir() and p.name.startswith(("sub-", "node-")) for p in out_dir.iterdir()):
+        return False
+    if index_in_use(out_dir / ".voxfit" / "bids-index"):  # (another study into the same folder, started with this)
         return False
     if before is None:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -1067,8 +1073,9 @@ def _worker_start(threads: int) -> None:
         _LIMITS = threadpool_limits(threads)
     except ImportError:  # pragma: no cover (threadpoolctl comes with scipy)
         pass
-    for s in STOP_SIGNALS:
-        signal.signal(s, _worker_signal)
+    for s in STOP_SIGNALS:  # (one ignored where the worker started, as nohup leaves SIGHUP, stays ignored)
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _worker_signal)
 
 
 _LIMITS = None
@@ -1080,7 +1087,8 @@ def _ignore_signal(signum, frame):
 
 def _worker_signal(signum, frame):
     for s in STOP_SIGNALS:
-        signal.signal(s, _ignore_signal)  # (not SIG_IGN: see voxfit.cli.ignore_signal)
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _ignore_signal)  # (not SIG_IGN: see voxfit.cli.ignore_signal)
     if _BUSY:
         raise KeyboardInterrupt
     os._exit(130)

@@ -56,6 +56,9 @@ ENTITIES = {
 RAW = ("subject", "session", "task", "acquisition", "reconstruction", "direction", "run", "echo")
 BOLD_EXTENSIONS = (".nii.gz", ".nii", ".func.gii", ".dtseries.nii")
 _FINGERPRINT = "voxfit-fingerprint.txt"
+# the entities by which voxfit chooses runs and names their outputs: read from a folder above the dataset, each
+# would be every file's (see _check_folders_above)
+PATH_ENTITIES = ("subject", "session", "task", "acquisition", "run", "echo", "space", "desc", "hemi")
 _LOCK_SUFFIX = ".lock"  # the lock of index folder <fingerprint>: <fingerprint>.lock beside it
 
 
@@ -264,21 +267,22 @@ def index_in_use(database: Path) -> bool:
 
 
 def _check_folders_above(bids, bids_dir: Path, derivatives: list[Path]) -> None:
-    """Refuse a dataset whose folders above it pybids would read BIDS entities from (pybids matches its entity
-    patterns against whole paths: a dataset kept in a folder ``ses-2`` has a session 2 in every file; pybids issue
-    595)."""
+    """Refuse a dataset whose folders above it pybids would read the entities voxfit chooses runs and names outputs
+    by from (:data:`PATH_ENTITIES`; pybids matches its entity patterns against whole paths, the first match
+    winning: a dataset kept in a folder ``ses-2`` has a session 2 in every file; pybids issue 595). Entities that
+    choose nothing here (``den-`` in ``alden-lab``, ``model-``, a ``func`` folder) are left to pybids."""
     from bids.layout.models import Config
 
     for root, configs in ((bids_dir, ("bids",)), *((d, ("bids", "derivatives")) for d in derivatives)):
         above = str(root).rstrip(os.sep) + os.sep  # (the root's own name too: "ds" is none, "ses-2" would be)
         for config in configs:
             for entity in Config.load(config).entities.values():
-                found = entity.regex.search(above)
+                found = entity.regex.search(above) if entity.name in PATH_ENTITIES else None
                 if found:
+                    folder = next(part for part in root.parts if found.group(0).strip(os.sep + "_") in part)
                     raise InputError(
-                        f"{root} lies below a folder named like a BIDS entity ({found.group(0).strip(os.sep + '_')}): "
-                        f"pybids would give every file of it {entity.name} {found.group(1)!r}; move the dataset, or "
-                        "rename that folder."
+                        f"{root} lies below a folder named like a BIDS entity ({folder}): pybids would give every "
+                        f"file of it {entity.name} {found.group(1)!r}; move the dataset, or rename that folder."
                     )
 
 

@@ -222,6 +222,8 @@ def test_too_few_rearrangements_for_p_005_are_warned():
         make_shuffles("flip", X, 10, seed=0)
     with pytest.warns(UserWarning, match=r"1/16 = 0.0625.*the design allows only 16"):
         make_shuffles("flip", np.ones((4, 1)), 1000, seed=0)
+    with pytest.warns(UserWarning, match="1/20 = 0.05"):  # (p < 0.05 is the test: 0.05 is not below it)
+        make_shuffles("flip", X, 20, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_shuffles("flip", X, 20, seed=0)
+        make_shuffles("flip", X, 21, seed=0)

@@ -1441,8 +1441,8 @@ def _run_design(args) -> int:
     from pathlib import Path
 
     out = Path(args.output)
-    if out.suffix.lower() != ".tsv":  # (voxfit fit --design reads .csv as comma-separated, .mat as FSL's)
-        raise InputError(f"-o {out}: voxfit design writes a tab-separated table; name it .tsv.")
+    if out.suffix.lower() not in (".tsv", ".txt"):  # (voxfit fit --design reads .csv as comma-separated, .mat as FSL's)
+        raise InputError(f"-o {out}: voxfit design writes a tab-separated table; name it .tsv (or .txt).")
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one design; give one.")
     if (out.exists() or out.is_symlink()) and not args.force:  # (a dangling link too)

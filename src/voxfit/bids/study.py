@@ -60,7 +60,7 @@ from .._checks import repeated
 from .._execution import Execution, cap_holding, data_bytes
 from .._memory import reserved_bytes
 from .._progress import Progress
-from .._threads import DaemonExecutor
+from .._threads import STOP_SIGNALS, DaemonExecutor
 from .._version import __version__
 from ..design.subjects import listed
 from ..exceptions import InputError
@@ -76,7 +76,6 @@ from .layout import (
     input_filters,
     release_index,
 )
-from .._threads import STOP_SIGNALS
 from ..io.output import missing_folders, remove_made_folders, signals_held
 from .outputs import describe_dataset, group_folder, group_prefix, group_records, map_name, open_group
 
@@ -365,9 +364,9 @@ def run(
                 "not done here): drop --smoothing, or choose volume runs with --space."
             )
         model_file = describe_dataset(out_dir, model, command)
-        study = _Study(layout, model, settings, execution, out_dir, force, command, labels)
+        identity = (("model", model_file.name), ("task", task), ("space", space), ("desc", desc))
+        study = _Study(layout, model, settings, execution, out_dir, force, command, labels, identity)
         study.default_types = tuple(default_types)
-        study.identity = (("model", model_file.name), ("task", task), ("space", space), ("desc", desc))
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
@@ -1359,13 +1358,15 @@ def _stop_workers(pool, absent: dict) -> None:
 class _Study:
     """The state of one study while it is fitted: the graph, where each contrast's maps are, the results."""
 
-    def __init__(self, layout, model, settings: _Settings, execution, out_dir: Path, force: bool, command, labels):
+    def __init__(
+        self, layout, model, settings: _Settings, execution, out_dir: Path, force: bool, command, labels, identity
+    ):
         self.layout, self.model, self.settings, self.execution = layout, model, settings, execution
         self.out_dir, self.force, self.labels = out_dir, force, labels
-        self.default_types: tuple[str, ...] = ()
         # the model file's name in out_dir and the runs chosen (--task, --space, --desc): what a group's record names
         # of the study that wrote it, which a rerun removes the stale groups of (_remove_stale)
-        self.identity: tuple[tuple[str, object], ...] = ()
+        self.identity: tuple[tuple[str, object], ...] = tuple(identity)
+        self.default_types: tuple[str, ...] = ()
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None

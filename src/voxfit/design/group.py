@@ -320,11 +320,12 @@ def group_design(
                 )
             words = [(k, c) for k, c in enumerate(columns[name], 1) if c in cells and _numeric([c]) is None]
             if len(words) < len(cells):  # numbers and a word or two (a typo, a decimal comma): not a text column
-                k, cell = words[0]
-                who = f" ({columns[ID_COLUMN][k - 1]})" if ID_COLUMN in columns else ""
+                k, cell = words[0]  # (rows in the maps' order where an id column matched them: named by the id)
+                where = f"{ID_COLUMN} {columns[ID_COLUMN][k - 1]}" if ID_COLUMN in columns else f"row {k}"
                 raise InputError(
-                    f"{what}: column {name!r}, row {k}{who}: {cell!r} is not a number, where the column's other values "
-                    "are; fix the cell (decimals with a point), or make the column text throughout."
+                    f"{what}: column {name!r}, {where}: {cell!r} is not a number, where the column's other values "
+                    "are; fix the cell (decimals with a point), or name the covariates with --covariates (other "
+                    "columns are then not read)."
                 )
             if chosen is not None:
                 raise InputError(f"{what}: --covariates column {name!r} is not numeric; name numeric columns.")

@@ -150,7 +150,7 @@ def _identity_first(rows: NDArray, identity: NDArray) -> NDArray:
     return rows
 
 
-MIN_SHUFFLES_05 = 20  # rearrangements (identity included) that can give a p of 0.05: 1/20
+MIN_SHUFFLES_05 = 20  # rearrangements (identity included) whose smallest p, 1/20, is not below 0.05
 
 
 def make_shuffles(
@@ -187,7 +187,7 @@ def make_shuffles(
     available = count_shuffles(kind, design, blocks, whole_blocks)
     rng = np.random.default_rng(seed)
     exhaustive = n_shuffles >= available
-    if min(n_shuffles, available) < MIN_SHUFFLES_05:  # (the FWE maps would be 1 or near it everywhere)
+    if min(n_shuffles, available) <= MIN_SHUFFLES_05:  # (the FWE maps would be 1 or near it everywhere)
         count = min(n_shuffles, available)
         why = f"the design allows only {available}" if exhaustive else "give --permutations 5000 or more"
         warnings.warn(

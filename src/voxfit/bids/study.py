@@ -777,7 +777,7 @@ def _content(paths) -> list:
 # Raised whenever what a study computes from the same inputs changes within a version, so that a rerun refits
 # rather than reusing what an earlier build made (2: a subject without sessions beside subjects with them is
 # grouped once; covariates with gaps are refused rather than filled with 0; each run its own trial types; 3: each
-# group's record names its model file, so that a rerun can tell the groups it leaves stale: _remove_stale).
+# group's record names its study and lists its files, so that a rerun can tell what it leaves stale: _remove_stale).
 STUDY_RULES = 3
 
 

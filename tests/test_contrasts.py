@@ -120,6 +120,13 @@ def test_non_estimable_contrast_names_the_confounded_columns(rng):
     msg = str(err.value)
     assert "'A' is not estimable" in msg and "A, B, constant" in msg and "motion" not in msg
     assert "\n" not in msg
+    # more columns than scans: said in a few words (the columns and their dependencies made 5 KB of one line)
+    wide = pd.DataFrame(rng.standard_normal((n, 30)), columns=[f"c{k}" for k in range(30)])
+    with pytest.warns(RankDeficiencyWarning, match=r"rank 24 for 30 columns, 24 scans.*and \d+ more\)"):
+        wide_fit = voxfit.fit(wide, rng.standard_normal((n, 5)))
+    with pytest.raises(ContrastError, match=r"the design has 30 columns for 24 scans \(rank 24\).*at most 24") as err:
+        wide_fit.contrast("c0")
+    assert len(str(err.value)) < 200
     # estimable: the difference of the two conditions, and the motion regressor
     good = fit.contrast("A - B")
     assert np.isfinite(good.t).all()

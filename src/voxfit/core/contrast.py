@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .._threads import blas_single_threaded
 from ..exceptions import ContrastError
-from .design import DesignFactor
+from .design import DesignFactor, brief
 from .distributions import f_to_z, t_to_z, z_to_logp, z_to_p
 from .expr import parse_contrast
 
@@ -185,11 +185,15 @@ def _check_estimable(w: NDArray, label: str, design: DesignFactor) -> None:
     if leak.any():
         touched = null[:, np.abs(ws[leak] @ null).max(axis=0) > _ESTIMABLE_RTOL * np.abs(ws[leak]).max()]
         cols = design.involved_columns(touched)
-        raise ContrastError(
-            f"contrast {label!r} is not estimable: it is not in the row space of the design, whose columns "
-            f"{', '.join(cols)} are confounded ({'; '.join(design.dependencies())}); "
-            "weight them only in combinations the design can separate."
+        n, p = design.X.shape
+        why = (
+            f"the design has {p} columns for {n} scans (rank {design.rank}), more than the scans can separate; give "
+            f"at most {n} columns"
+            if p > n
+            else f"it is not in the row space of the design, whose columns {brief(cols)} are confounded "
+            f"({brief(design.dependencies(), 2, '; ')}); weight them only in combinations the design can separate"
         )
+        raise ContrastError(f"contrast {label!r} is not estimable: {why}.")
 
 
 def check_contrast(contrast: str | ArrayLike, design: DesignFactor, name: str | None = None) -> NDArray[np.float64]:

@@ -114,6 +114,13 @@ class DesignFactor:
         return [name for name, w in zip(self.names, weight) if w > _NULL_ENTRY_RTOL * weight.max()]
 
 
+def brief(items: list[str], at_most: int = 8, sep: str = ", ") -> str:
+    """`items` joined, the first `at_most` of them and a count of the others (a design of 48 columns for 40 scans
+    made one message of 5 KB)."""
+    shown = sep.join(items[:at_most])
+    return shown if len(items) <= at_most else f"{shown}{sep}and {len(items) - at_most} more"
+
+
 def _format_relation(coefs: NDArray, names: list[str]) -> str:
     terms = []
     for c, name in zip(coefs, names):
@@ -220,8 +227,8 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True, ma
     )
     if warn and rank < p:
         warnings.warn(
-            f"The design is rank deficient (rank {rank} for {p} columns): columns "
-            f"{', '.join(factor.involved_columns())} are linearly dependent ({'; '.join(factor.dependencies())}); "
+            f"The design is rank deficient (rank {rank} for {p} columns{f', {n} scans' if p > n else ''}): columns "
+            f"{brief(factor.involved_columns())} are linearly dependent ({brief(factor.dependencies(), 2, '; ')}); "
             "only contrasts in the row space of the design are estimable.",
             RankDeficiencyWarning,
             stacklevel=3,

@@ -136,6 +136,13 @@ def test_version_help_and_usage(capsys):
         assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("voxfit")
 
 
+def _one_blank_scan():
+    """Twelve scans of a run near 100, the sixth all zeros (lost in a conversion): the automatic mask is empty."""
+    data = 100 + np.random.default_rng(3).standard_normal(SHAPE + (12,)).astype(np.float32)
+    data[..., 5] = 0
+    return data
+
+
 def _write(path, text):
     path.write_text(text)
     return path
@@ -182,7 +189,13 @@ BAD = {
         lambda s: (
             ["fit", write_nifti(s["dir"] / "nan.nii", np.full(SHAPE + (12,), np.nan, np.float32))] + fit_args(s)[2:]
         ),
-        "automatic mask is empty",
+        "automatic mask is empty.*: scan 1 is all zeros or holds no finite value",
+    ),
+    "one blank scan": (
+        lambda s: (
+            ["fit", write_nifti(s["dir"] / "blank.nii", _one_blank_scan())] + fit_args(s, "--mask-threshold", "0.8")[2:]
+        ),
+        "automatic mask is empty.*: scan 6 is all zeros",
     ),
     "all-NaN in mask": (
         lambda s: (

@@ -409,6 +409,21 @@ class AutoMask:
         return self.finite & self.varies & self.above & self.nonzero_all
 
 
+def _blank_scan(reader) -> str:
+    """Where the automatic mask came out empty: the first scan that is all zeros or holds no finite value, as the
+    message's end (a scan lost in conversion empties the mask of the whole run), or nothing. A second pass over the
+    data, on this error only."""
+    for start, block in reader.iter_scans():
+        with np.errstate(invalid="ignore"):
+            blank = ~(np.isfinite(block) & (block != 0)).any(axis=1)
+        if blank.any():
+            k = start + int(np.argmax(blank))
+            paths = getattr(reader, "paths", ())
+            where = f" ({paths[k]})" if len(paths) == reader.n_scans and reader.n_scans > 1 else ""
+            return f": scan {k + 1}{where} is all zeros or holds no finite value; restore it"
+    return ""
+
+
 def _finite_and_varying(block: NDArray, first: NDArray, floats: bool):
     """Per column of `block` (k, m): whether all its values are finite (True for integers), and whether any
     differs from `first` (m,).
@@ -560,7 +575,8 @@ def gather_auto(
     if not mask.any():
         why = "above the intensity threshold, " if threshold is not None else ""
         raise InputError(
-            f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan."
+            f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan"
+            f"{_blank_scan(reader)}."
         )
     data = keep_columns(out, np.flatnonzero(mask[gathered]))  # in out's order
     missed = np.flatnonzero(mask & ~gathered)

@@ -876,3 +876,21 @@ def test_a_folder_whose_maps_are_not_one_fits_is_refused(volume_run, tmp_path, c
     assert named.get(tamper, "names no contrast") in err and err.count("\n") == 1, err
     assert not (folder / "report.html").exists()
     shutil.rmtree(folder)  # (the suite checks every model.json left against the schema)
+
+
+def test_a_refit_without_report_removes_the_earlier_report(volume_run, tmp_path):
+    """A fit rerun with --force into its folder without --report: the earlier report.html (of other maps) goes
+    with the commit; the folder's other files stay, as --force keeps them."""
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "res"
+    shutil.copytree(volume_run, folder)
+    (folder / "notes.html").write_text("mine")
+    model = json.loads((folder / "model.json").read_text())
+    bold = Path(model["inputs"][0]["path"])
+    design = tmp_path / "design.tsv"
+    shutil.copy(folder / "design.tsv", design)
+    argv = ["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(folder), "--force", "--quiet"]
+    assert main(argv) == 0
+    assert not (folder / "report.html").exists() and (folder / "notes.html").read_text() == "mine"

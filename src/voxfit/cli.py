@@ -895,10 +895,12 @@ def _run_command(args, argv) -> int:
         return _run_design(args)
     if args.command == "report":
         return _run_report(args, progress)
-    if not args.report:
-        return _run_model(args, argv, progress)
-    _check_matplotlib()  # known before the fit, not after it
     from .io import before_commit
+
+    if not args.report:  # (a report of an earlier fit in the folder would show other maps as these)
+        with before_commit(lambda out: out.drop("report.html")):
+            return _run_model(args, argv, progress)
+    _check_matplotlib()  # known before the fit, not after it
 
     # the report is written into the run's hidden folder before the commit: maps, tables, model.json and
     # report.html appear together, or (a failed report, Ctrl-C) none of them

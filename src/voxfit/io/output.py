@@ -237,6 +237,7 @@ class OutputFolder:
         self._tmp: Path | None = None
         self._last: str | None = None
         self._names: dict[str, None] = {}  # insertion-ordered; setdefault is atomic, so threads may add names
+        self._obsolete: set[str] = set()  # files of the folder this commit outdates (see drop)
 
     @property
     def staging(self) -> Path:
@@ -285,6 +286,11 @@ class OutputFolder:
     def write_json(self, name: str, obj) -> None:
         self.path(name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
+    def drop(self, name: str) -> None:
+        """A file of the folder that this commit makes obsolete, removed with the moves unless written again (a
+        report of earlier maps, where a rerun with --force writes none)."""
+        self._obsolete.add(name)
+
     @property
     def names(self) -> tuple[str, ...]:
         """The names of the files written so far (each :meth:`path` asked for)."""
@@ -308,7 +314,7 @@ class OutputFolder:
                 check_not_folder(dest, "choose another output folder")
         with signals_held():
             done = self._move_all()
-            for name in set(replacing) - set(self._names):
+            for name in (set(replacing) | self._obsolete) - set(self._names):
                 old = self.final / name
                 if Path(name).name == name and (old.is_symlink() or old.is_file()):
                     old.unlink(missing_ok=True)

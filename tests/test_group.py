@@ -343,7 +343,9 @@ def test_design_and_contrast_errors(tmp_path, rng):
             SecondLevel(design=tmp_path / "bad.mat").fit(paths)
     write_vest(tmp_path / "g.grp", np.ones((5, 1)))
     with pytest.raises(InputError, match="one value per row of the design"):
-        SecondLevel(grp=tmp_path / "g.grp").fit(paths)
+        SecondLevel(grp=tmp_path / "g.grp", permutations=20).fit(paths)
+    with pytest.raises(InputError, match="--grp with an OLS model gives the permutations' exchangeability blocks"):
+        SecondLevel(grp=tmp_path / "g.grp").fit(paths)  # (read and not used: refused)
 
 
 @pytest.mark.usefixtures("no_reserve")

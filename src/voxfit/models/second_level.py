@@ -249,6 +249,11 @@ class SecondLevel:
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
         kind = self._model_kind()
+        if self.grp is not None and kind == "ols" and not self.permutations:  # (it would be read and not used)
+            raise InputError(
+                "--grp with an OLS model gives the permutations' exchangeability blocks; add --permutations N, or "
+                "fit variance groups with --model mixed, or drop --grp."
+            )
         if self.rft is not None and self.permutations:
             raise InputError(
                 "--inference rft and --permutations are two inferences on the same maps; give one of them."

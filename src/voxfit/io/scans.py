@@ -55,6 +55,12 @@ def _is_scan(path: Path) -> bool:
     return path.is_file() and not name.startswith(".") and name.endswith(_SCAN_SUFFIXES)
 
 
+def _stem(name: str) -> str:
+    """A scan's name less its image suffix (``run1.vol_3.img.gz``: ``run1.vol_3``)."""
+    lower = name.lower()
+    return next((name[: -len(s)] for s in (*_SCAN_SUFFIXES, ".hdr") if lower.endswith(s)), name)
+
+
 def _series(name: str) -> str:
     return re.sub(r"\d+", "#", name)
 
@@ -89,13 +95,10 @@ def check_scan_run(item, scans: list[Path]) -> None:
         return
     folder = Path(item)
     if folder.is_dir():
+        series = _series(_stem(scans[0].name))
         for h in sorted(folder.iterdir(), key=natural_key):
             stem, suffix = os.path.splitext(h.name)
-            if (
-                suffix.lower() != ".hdr"
-                or h.name.startswith(".")
-                or _series(stem) != _series(scans[0].name.split(".")[0])
-            ):
+            if suffix.lower() != ".hdr" or h.name.startswith(".") or _series(stem) != series:
                 continue
             if not any(h.with_name(stem + s).exists() for s in (".img", ".img.gz", ".IMG")):
                 raise InputError(

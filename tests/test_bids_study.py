@@ -382,6 +382,8 @@ def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         if f.is_file():
             target.write_bytes(f.read_bytes())
+    old = (first / "voxfit-fingerprint.txt").stat().st_mtime - 120
+    os.utime(first / "voxfit-fingerprint.txt", (old, old))  # (built two minutes ago: one just built is kept)
     layout = index(study.root, [study.derivatives], database=db)
     runs = find_runs(layout)
     release_index(layout)

@@ -239,11 +239,16 @@ def release_index(layout) -> None:
 
 
 def _remove_unread_indexes(database: Path, keep: str) -> None:
-    """The indexes of other fingerprints below `database` that no study reads now (their lock is free); their lock
-    files stay (empty)."""
+    """The indexes of other fingerprints below `database` that no study reads now (their lock is free), built over
+    a minute ago (a study that has just built one takes its shared lock in two steps: flock does not turn an
+    exclusive lock into a shared one at once); their lock files stay (empty)."""
     for lock_path in database.glob(f"*{_LOCK_SUFFIX}"):
         name = lock_path.name.removesuffix(_LOCK_SUFFIX)
-        if name == keep or not (database / name).is_dir():
+        marker = database / name / _FINGERPRINT
+        try:
+            if name == keep or marker.stat().st_mtime > time.time() - 60:
+                continue
+        except OSError:  # (no fingerprint: being built, or gone)
             continue
         try:
             with open(lock_path, "a") as lock:

@@ -941,3 +941,21 @@ def test_the_index_without_file_locks_and_a_failed_study_beside_a_running_one(tm
     with pytest.raises(InputError, match="participant label 09"):
         run(study.root, tmp_path / "alone", participant_label=["09"], **kw)
     assert not (tmp_path / "alone").exists()
+
+
+def test_a_study_that_fits_nothing_leaves_an_earlier_studys_description(tmp_path):
+    """A study of another model into an earlier study's folder whose every run fails: the folder's description
+    and model files are as they were (the new model's file was left beside results it did not make)."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=30, shape=(8, 8, 6))
+    out, kw = tmp_path / "out", {"derivatives": [study.derivatives], "level": "run", "progress": False}
+    assert run(study.root, out, **kw).ok
+    before = {p.name: p.read_bytes() for p in out.glob("*.json")}
+    broken = default_model("stroop", ["congruent", "incongruent"])
+    broken["Name"] = "other"
+    broken["Nodes"][0]["Model"]["X"].append("no_such_confound")
+    failed = run(study.root, out, model=broken, **kw)
+    assert not failed.ok and not any(failed.nodes.values())
+    assert {p.name: p.read_bytes() for p in out.glob("*.json")} == before

@@ -19,9 +19,23 @@ from ..exceptions import InputError
 from ..io import OutputFolder, sanitize_label, write_files_atomically
 from .layout import ENTITIES, short_entities
 
-__all__ = ["describe_dataset", "group_folder", "group_prefix", "group_records", "map_name", "open_group"]
+__all__ = [
+    "describe_dataset",
+    "description_files",
+    "group_folder",
+    "group_prefix",
+    "group_records",
+    "map_name",
+    "open_group",
+]
 
 CODE_URL = "https://github.com/voxfit/voxfit"
+
+
+def description_files(out_dir, model: dict) -> list[Path]:
+    """The files :func:`describe_dataset` writes for `model`: the description and the model file."""
+    name = sanitize_label(model.get("Name", "model"), "model")
+    return [Path(out_dir) / "dataset_description.json", Path(out_dir) / f"model-{name}_smdl.json"]
 
 
 def describe_dataset(out_dir, model: dict, command=None) -> Path:
@@ -31,17 +45,16 @@ def describe_dataset(out_dir, model: dict, command=None) -> Path:
     refused: the groups of both would be taken for one study's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = sanitize_label(model.get("Name", "model"), "model")
     generated = {"Name": "voxfit", "Version": __version__, "CodeURL": CODE_URL}
     if command:
         generated["Command"] = " ".join(map(str, command))
     description = {
-        "Name": f"voxfit statistical maps of model {model.get('Name', name)}",
+        "Name": f"voxfit statistical maps of model {model.get('Name', 'model')}",
         "BIDSVersion": "1.9.0",
         "DatasetType": "derivative",
         "GeneratedBy": [generated],
     }
-    model_file = out_dir / f"model-{name}_smdl.json"
+    model_file = description_files(out_dir, model)[1]
     try:
         other = json.loads(model_file.read_text()).get("Name")
     except (OSError, ValueError, AttributeError):

@@ -76,8 +76,16 @@ from .layout import (
     input_filters,
     release_index,
 )
-from ..io.output import missing_folders, remove_made_folders, signals_held
-from .outputs import describe_dataset, group_folder, group_prefix, group_records, map_name, open_group
+from ..io.output import missing_folders, remove_made_folders, signals_held, write_files_atomically
+from .outputs import (
+    describe_dataset,
+    description_files,
+    group_folder,
+    group_prefix,
+    group_records,
+    map_name,
+    open_group,
+)
 
 __all__ = ["Failure", "NodeResult", "StudyResult", "run"]
 
@@ -363,6 +371,7 @@ def run(
                 f"--smoothing is for volumes, and {surface.name} is a surface or CIFTI run (smoothing on the mesh is "
                 "not done here): drop --smoothing, or choose volume runs with --space."
             )
+        described = {f: f.read_bytes() if f.is_file() else None for f in description_files(out_dir, model)}
         model_file = describe_dataset(out_dir, model, command)
         identity = (("model", model_file.name), ("task", task), ("space", space), ("desc", desc))
         study = _Study(layout, model, settings, execution, out_dir, force, command, labels, identity)
@@ -393,8 +402,14 @@ def run(
         )
         study.write_manifest(study_key if result.ok else None, model_file)
         release_index(layout)  # (before the folder is judged unused: a lock held means another study reads it)
-        if not any(result.nodes.values()) and _drop_if_unused(out_dir, before):
-            return result  # (no report of a study that fitted nothing: the failures are said)
+        if not any(result.nodes.values()):  # (no report of a study that fitted nothing: the failures are said)
+            if not _drop_if_unused(out_dir, before):  # an earlier study's folder: its description as it was
+                write_files_atomically(
+                    {f: functools.partial(_put, data) for f, data in described.items() if data is not None}
+                )
+                for f in (f for f, data in described.items() if data is None):
+                    f.unlink(missing_ok=True)
+            return result
         if report:
             _write_reports(out_dir, study.failures, execution.progress)
     except BaseException:
@@ -404,6 +419,10 @@ def run(
     finally:
         release_index(layout)
     return result
+
+
+def _put(data: bytes, path) -> None:
+    Path(path).write_bytes(data)
 
 
 def _visible(folder: Path) -> list[Path]:

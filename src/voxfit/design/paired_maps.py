@@ -587,7 +587,9 @@ def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps
     if None in dofs:
         unknown = [str(folder) for folder, d in zip(folders, dofs) if d is None]
         notes.append(
-            f"first-level dof unknown for {listed(unknown, 3)}: no dof for any subject (a fixed model needs them)"
+            f"first-level dof unknown for {listed(unknown, 3)} (of {len(folders)} folders): a fixed model then takes "
+            "n - rank, not the sum of the subjects' dof less the rank (smaller: conservative); give "
+            "--first-level-dof, or the folders' dof"
         )
     return PairedMaps(
         effects=tuple(effects),

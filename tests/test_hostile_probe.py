@@ -263,6 +263,21 @@ def test_json_nested_beyond_the_stack_and_empty_regressors_are_bad_input(run, ca
         tmp_path / "d.tsv",
         message="the regressor 'A' is zero at every scan",
     )
+    (run / "unmodulated.tsv").write_text(
+        "onset\tduration\ttrial_type\tmodulation\n2\t2\tA\t0\n10\t2\tA\t0\n14\t2\tB\t1\n"
+    )  # (every event of A with modulation 0: said beside events outside the run)
+    _refused(
+        capsys,
+        "design",
+        run / "unmodulated.tsv",
+        "--tr",
+        2,
+        "--n-scans",
+        20,
+        "-o",
+        tmp_path / "d.tsv",
+        message="or all have modulation 0",
+    )
 
 
 def test_oversized_lists_and_patterns_are_refused_at_once(run, capsys, tmp_path, monkeypatch):

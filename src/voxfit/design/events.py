@@ -809,7 +809,8 @@ def make_design(
         if kind == "condition" and not np.any(X[:, j]):
             raise InputError(
                 f"the regressor {name!r} is zero at every scan: its events lie outside the run (0 to "
-                f"{n_scans * tr:g} s, {n_scans} scans x {tr:g} s) and the HRF's reach; check the "
-                "events file belongs to this run, and the units of its onsets (--units)."
+                f"{n_scans * tr:g} s, {n_scans} scans x {tr:g} s) and the HRF's reach, or all have modulation 0; "
+                "check the events file belongs to this run, the units of its onsets (--units) and its modulation "
+                "column."
             )
     return Design(X=X, names=tuple(names), kinds=tuple(kinds), tr=float(tr), settings=settings)

@@ -152,3 +152,16 @@ def test_contrast_errors(contrast, message):
     fit = voxfit.fit(np.column_stack([np.arange(5.0), np.ones(5)]), np.arange(10.0).reshape(5, 2) ** 2)
     with pytest.raises(ContrastError, match=message):
         fit.contrast(contrast)
+
+
+def test_a_column_a_plain_name_cannot_write_is_pointed_to_backticks():
+    """Trial types such as ``face up`` or ``1`` are columns written between backticks; a contrast that writes them
+    plainly is refused with that way (the errors said only "unknown column 'face'" or "a bare number")."""
+    from voxfit.core import check_contrast, factorize
+
+    X = pd.DataFrame({"face up": np.r_[np.ones(5), np.zeros(5)], "1": np.r_[np.zeros(5), np.ones(5)]})
+    design = factorize(X, warn=False)
+    for text, example in (("face up", "`face up`"), ("1", "`1`")):
+        with pytest.raises(ContrastError, match=f"goes between backticks: {example}"):
+            check_contrast(text, design)
+    npt.assert_array_equal(check_contrast("`face up` - `1`", design), [[1.0, -1.0]])

@@ -67,7 +67,13 @@ class _Parser:
 
     def error(self, what: str) -> ContrastError:
         shown = self.text if len(self.text) <= 80 else self.text[:60] + "..."
-        return ContrastError(f"cannot read contrast {shown!r}: {what}.")
+        # (trial types such as "face up", "1" or "house-down" are columns a plain name cannot write)
+        odd = [n for n in self.names if getattr(_TOKEN.fullmatch(n), "lastgroup", None) != "name"]
+        hint = ""
+        if odd and "`" not in self.text:
+            example = next((n for n in odd if n in self.text), odd[0])
+            hint = f"; a column named with spaces, signs or a leading digit goes between backticks: `{example}`"
+        return ContrastError(f"cannot read contrast {shown!r}: {what}{hint}.")
 
     def peek(self):
         return self.tokens[self.i] if self.i < len(self.tokens) else ("end", None, len(self.text))

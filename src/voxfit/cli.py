@@ -303,7 +303,14 @@ def _get_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="BIDS events.tsv: the design is built from it (needs --tr); one per run for several runs",
     )
-    fit.add_argument("--contrast", action="append", default=[], metavar="NAME=EXPR", help="a contrast (repeatable)")
+    fit.add_argument(
+        "--contrast",
+        action="append",
+        default=[],
+        metavar="NAME=EXPR",
+        help="a contrast (repeatable), e.g. 'task=A - B' or 'eoi=A; B' (an F test); a column named with spaces or "
+        "signs goes between backticks: 'f=`face up` - `1`'",
+    )
     fit.add_argument(
         "-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)"
     )

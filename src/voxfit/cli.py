@@ -884,9 +884,8 @@ def _input_paths(args) -> list[str]:
 
 
 def _run(args, argv) -> int:
-    from .io.output import inputs_of_run
-
     from ._memory import whole_files_capped
+    from .io.output import inputs_of_run
 
     _check_options(args)
     # no output may replace an input, even with --force; inputs decoded whole must fit --max-memory

@@ -404,9 +404,8 @@ def run(
         release_index(layout)  # (before the folder is judged unused: a lock held means another study reads it)
         if not any(result.nodes.values()):  # (no report of a study that fitted nothing: the failures are said)
             if not _drop_if_unused(out_dir, before):  # an earlier study's folder: its description as it was
-                write_files_atomically(
-                    {f: functools.partial(_put, data) for f, data in described.items() if data is not None}
-                )
+                kept = {f: data for f, data in described.items() if data is not None}
+                write_files_atomically({f: lambda tmp, b=data: Path(tmp).write_bytes(b) for f, data in kept.items()})
                 for f in (f for f, data in described.items() if data is None):
                     f.unlink(missing_ok=True)
             return result
@@ -416,13 +415,7 @@ def run(
         release_index(layout)
         _drop_if_unused(out_dir, before)
         raise
-    finally:
-        release_index(layout)
     return result
-
-
-def _put(data: bytes, path) -> None:
-    Path(path).write_bytes(data)
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -859,7 +852,7 @@ def _check_study_folder(out_dir: Path, bids_dir: Path, derivatives: list[Path], 
         )
 
 
-def _numbers(X, rows: list[dict], node, entities: dict):
+def _numbers(X, rows: list[dict]):
     """A group's design as numbers: a value that is missing (n/a) or not a number (a participants.tsv column
     with a gap or a word) is refused, naming the inputs, rather than filled with 0 or left to fail in the fit."""
     import pandas as pd
@@ -1990,7 +1983,7 @@ class _Study:
         their folder, committed whole) and returns its ``(NodeResult, outputs)``. A group whose checksum is
         unchanged is not refitted: the function returns what its record says."""
         rows = g.metadata.to_dict("records")
-        X = _numbers(g.X, rows, node, entities)
+        X = _numbers(g.X, rows)
         names = [str(c) for c in X.columns]
         refs = [self.maps.get(_key(row)) for row in rows]
         missing = [row for row, ref in zip(rows, refs) if ref is None]

@@ -453,7 +453,7 @@ def _remove_stale(out_dir: Path, study: dict, results: dict, subjects: set[str],
     it (not a copy elsewhere, nor through a link), and the files the record lists; no file of a group written or
     kept now is removed, and a record that lists no files (an older build's) is left. A file that cannot be
     removed is warned of. Returns the number of files removed. (A group rewritten removes its own earlier files as
-    it is committed: ``OutputFolder.commit(replacing=...)``.)"""
+    it is committed: ``OutputFolder.drop``.)"""
     if not any(results.values()):
         return 0  # (a study that fitted nothing, every run failed: nothing is stale for it)
     # records are matched by their last parts (node-x/r.json up to sub-01/ses-1/node-x/r.json): a worker elsewhere
@@ -1247,7 +1247,8 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
             run=out.run_record(),
         )
         out.write_json(record_name, record.as_dict())
-        files = out.commit(replacing=_listed_files(job.folder / record_name, dict(job.node.study)))
+        out.drop(*_listed_files(job.folder / record_name, dict(job.node.study)))
+        files = out.commit()
     return _RunDone(job.index, tuple(files), outputs)
 
 
@@ -2069,7 +2070,8 @@ class _Study:
                     model,
                     inference=None if rft is None else rft_record(rft, footers, prefix),
                 )
-                files = out.commit(replacing=_listed_files(record_path, dict(node.study)))
+                out.drop(*_listed_files(record_path, dict(node.study)))
+                files = out.commit()
             result = NodeResult(
                 node.name, level, tuple(entities.items()), tuple(labels), tuple(files), notes=tuple(notes)
             )

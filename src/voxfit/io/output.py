@@ -286,22 +286,22 @@ class OutputFolder:
     def write_json(self, name: str, obj) -> None:
         self.path(name).write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
-    def drop(self, name: str) -> None:
-        """A file of the folder that this commit makes obsolete, removed with the moves unless written again (a
-        report of earlier maps, where a rerun with --force writes none)."""
-        self._obsolete.add(name)
+    def drop(self, *names: str) -> None:
+        """Files of the folder that this commit makes obsolete, removed with the moves unless written again (files
+        and links only; a link is removed, never followed): a report of earlier maps, where a rerun with --force
+        writes none; the files an earlier version of what is committed wrote (a study's group rewritten)."""
+        self._obsolete.update(names)
 
     @property
     def names(self) -> tuple[str, ...]:
         """The names of the files written so far (each :meth:`path` asked for)."""
         return tuple(self._names)
 
-    def commit(self, replacing=()) -> list[Path]:
+    def commit(self) -> list[Path]:
         """Run the :func:`before_commit` hooks, then move every file into the output folder: all of them or,
         if a move fails, none (the moved ones go back, the replaced ones are restored). Same file system:
-        each move is an atomic rename; Ctrl-C waits until the moves are done or undone. `replacing`: names of the
-        folder's files that an earlier version of what is committed wrote; those not written again are removed
-        with the moves (files and links only; a link is removed, never followed)."""
+        each move is an atomic rename; Ctrl-C waits until the moves are done or undone; the files :meth:`drop`
+        names go with them."""
         for hook in reversed(_BEFORE_COMMIT.get()):
             hook(self)
         missing = [n for n in self._names if not os.path.lexists(self.staging / n)]
@@ -314,7 +314,7 @@ class OutputFolder:
                 check_not_folder(dest, "choose another output folder")
         with signals_held():
             done = self._move_all()
-            for name in (set(replacing) | self._obsolete) - set(self._names):
+            for name in self._obsolete - set(self._names):
                 old = self.final / name
                 if Path(name).name == name and (old.is_symlink() or old.is_file()):
                     old.unlink(missing_ok=True)

@@ -36,14 +36,24 @@ from ._checks import check_scalar
 # scheduler's end of a job) and SIGHUP (the terminal closed, an ssh session lost)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
+
+def handle_stop_signals(handler) -> dict:
+    """`handler` for each of :data:`STOP_SIGNALS` but those ignored (SIG_IGN: a background job's SIGINT, nohup's
+    SIGHUP, which stay ignored, as they would for the processes a run starts); returns their previous handlers.
+    From the main thread."""
+    return {s: signal.signal(s, handler) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+
+
 __all__ = [
     "CHUNK_S",
     "GRACE_S",
     "POLL_S",
+    "STOP_SIGNALS",
     "DaemonExecutor",
     "blas_single_threaded",
     "default_workers",
     "even_spans",
+    "handle_stop_signals",
     "in_chunks",
     "interruptible",
     "numba_threads",

@@ -1502,10 +1502,9 @@ def ignore_signal(signum, frame):
 def _on_signal(signum, frame):
     """SIGINT, SIGTERM or SIGHUP: clean up as for Ctrl-C (no partial output). Further signals are ignored until the
     run has removed its partial output (a second Ctrl-C during the clean-up left it behind)."""
-    from ._threads import STOP_SIGNALS
+    from ._threads import handle_stop_signals
 
-    for s in STOP_SIGNALS:
-        signal.signal(s, ignore_signal)
+    handle_stop_signals(ignore_signal)
     raise KeyboardInterrupt
 
 
@@ -1565,11 +1564,10 @@ def program() -> NoReturn:
 
 def _command(argv: list[str], program: bool) -> int:
     in_main = threading.current_thread() is threading.main_thread()
-    # (a SIGINT that the parent made ignored, as for background jobs, stays ignored, as Python leaves it)
-    from ._threads import STOP_SIGNALS
+    # (a SIGINT that the parent made ignored, as for background jobs, stays ignored: handle_stop_signals)
+    from ._threads import handle_stop_signals
 
-    handled = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.signal(s, _on_signal) for s in handled} if in_main else {}
+    previous = handle_stop_signals(_on_signal) if in_main else {}
     hook = sys.unraisablehook
     if previous:
         sys.unraisablehook = functools.partial(_interrupt_swallowed, hook)

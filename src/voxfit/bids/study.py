@@ -46,7 +46,6 @@ import math
 import numbers
 import os
 import re
-import signal
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -60,7 +59,7 @@ from .._checks import repeated
 from .._execution import Execution, cap_holding, data_bytes
 from .._memory import reserved_bytes
 from .._progress import Progress
-from .._threads import STOP_SIGNALS, DaemonExecutor
+from .._threads import DaemonExecutor, handle_stop_signals
 from .._version import __version__
 from ..design.subjects import listed
 from ..exceptions import InputError
@@ -1084,9 +1083,7 @@ def _worker_start(threads: int) -> None:
         _LIMITS = threadpool_limits(threads)
     except ImportError:  # pragma: no cover (threadpoolctl comes with scipy)
         pass
-    for s in STOP_SIGNALS:  # (one ignored where the worker started, as nohup leaves SIGHUP, stays ignored)
-        if signal.getsignal(s) is not signal.SIG_IGN:
-            signal.signal(s, _worker_signal)
+    handle_stop_signals(_worker_signal)  # (one ignored where the worker started, as nohup leaves SIGHUP, stays so)
 
 
 _LIMITS = None
@@ -1097,9 +1094,7 @@ def _ignore_signal(signum, frame):
 
 
 def _worker_signal(signum, frame):
-    for s in STOP_SIGNALS:
-        if signal.getsignal(s) is not signal.SIG_IGN:
-            signal.signal(s, _ignore_signal)  # (not SIG_IGN: see voxfit.cli.ignore_signal)
+    handle_stop_signals(_ignore_signal)  # (not SIG_IGN: see voxfit.cli.ignore_signal)
     if _BUSY:
         raise KeyboardInterrupt
     os._exit(130)

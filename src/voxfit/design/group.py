@@ -312,14 +312,14 @@ def group_design(
             continue
         values = _numeric(columns[name])
         if values is None:
-            cells = [c for c in columns[name] if c.lower() not in ("n/a", "na", "nan", "")]
-            if cells and _numeric(cells) is not None:  # numbers with gaps: a design must be complete
+            filled = [(k, c) for k, c in enumerate(columns[name], 1) if c.lower() not in ("n/a", "na", "nan", "")]
+            if filled and _numeric([c for _, c in filled]) is not None:  # numbers with gaps: a design must be complete
                 raise InputError(
                     f"{what}: column {name!r} has missing values (n/a); fill them or remove the "
                     "rows (and their maps), or drop the column."
                 )
-            words = [(k, c) for k, c in enumerate(columns[name], 1) if c in cells and _numeric([c]) is None]
-            if len(words) < len(cells):  # numbers and a word or two (a typo, a decimal comma): not a text column
+            words = [(k, c) for k, c in filled if _numeric([c]) is None]
+            if len(words) < len(filled):  # numbers and a word or two (a typo, a decimal comma): not a text column
                 k, cell = words[0]  # (rows in the maps' order where an id column matched them: named by the id)
                 where = f"{ID_COLUMN} {columns[ID_COLUMN][k - 1]}" if ID_COLUMN in columns else f"row {k}"
                 raise InputError(

@@ -11,6 +11,7 @@ an older fingerprint is removed once no study reads it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import fcntl
@@ -250,25 +251,33 @@ def _remove_unread_indexes(database: Path, keep: str) -> None:
                 continue
         except OSError:  # (no fingerprint: being built, or gone)
             continue
-        try:
-            with open(lock_path, "a") as lock:
-                if _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, wait=False):
-                    shutil.rmtree(database / name, ignore_errors=True)
-        except OSError:  # (removed meanwhile, or not ours to open)
-            continue
+        with _unheld(lock_path) as free:
+            if free:
+                shutil.rmtree(database / name, ignore_errors=True)
 
 
 def index_in_use(database: Path) -> bool:
-    """Whether a study reads an index below `database` now (a lock held; False where the file system locks
-    nothing)."""
+    """Whether a study may read an index below `database` now: a lock held (and, where the file system locks
+    nothing, any index there: a folder is then left, not removed)."""
     for lock_path in Path(database).glob(f"*{_LOCK_SUFFIX}"):
-        try:
-            with open(lock_path, "a") as lock:
-                if not _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, wait=False):
-                    return True
-        except OSError:
-            continue
+        with _unheld(lock_path) as free:
+            if free is False:
+                return True
     return False
+
+
+@contextlib.contextmanager
+def _unheld(lock_path: Path):
+    """Within the block: True when no study holds the lock at `lock_path` (it is held exclusively meanwhile), False
+    when one does or the file system locks nothing, None when it cannot be opened (removed meanwhile, or not
+    ours)."""
+    try:
+        lock = open(lock_path, "a")  # noqa: SIM115 (closed below: the lock with it)
+    except OSError:
+        yield None
+        return
+    with lock:
+        yield _flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, wait=False)
 
 
 def _check_folders_above(bids, bids_dir: Path, derivatives: list[Path]) -> None:

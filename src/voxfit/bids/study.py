@@ -461,7 +461,7 @@ def _remove_stale(out_dir: Path, study: dict, results: dict, subjects: set[str],
     dataset_kept = any(g.level == "dataset" for groups in results.values() for g in groups)
     scope = (study, subjects, LEVELS.index(level), dataset_kept)
     records = [r for r in group_records(out_dir) if r.relative_to(out_dir).parts not in kept]
-    stale = [r for r in records if _stale(out_dir, r, scope)]
+    stale = {r: files for r in records if (files := _stale_files(out_dir, r, scope)) is not None}
     if not stale:
         return 0
     protected = set()  # every file of every group written or kept now
@@ -471,8 +471,8 @@ def _remove_stale(out_dir: Path, study: dict, results: dict, subjects: set[str],
             listed = [record.parent / name for name in _listed_files(record, study)] if g.reused else []
             protected.update(os.path.abspath(f) for f in (*g.files, *listed))
     removed, emptied = 0, set()
-    for record in stale:
-        for name in {*_listed_files(record, study), record.name}:
+    for record, files in stale.items():
+        for name in {*files, record.name}:
             f = record.parent / name
             if Path(name).name != name or os.path.abspath(f) in protected or not (f.is_symlink() or f.is_file()):
                 continue
@@ -492,21 +492,23 @@ def _remove_stale(out_dir: Path, study: dict, results: dict, subjects: set[str],
     return removed
 
 
-def _stale(out_dir: Path, record: Path, scope: tuple) -> bool:
-    """Whether `record` is a group :func:`_remove_stale` may remove, not written or kept now: of the same study,
-    of the `scope`'s levels and subjects, where that study writes its groups."""
+def _stale_files(out_dir: Path, record: Path, scope: tuple) -> list[str] | None:
+    """The files `record` lists, where it is a group :func:`_remove_stale` may remove, not written or kept now: of
+    the same study, of the `scope`'s levels and subjects, where that study writes its groups; else None."""
     study, subjects, reach, dataset_kept = scope
     bids = _read_bids(record)
     if bids is None or bids.get("study") != study or not isinstance(bids.get("files"), list):
-        return False  # (another study's group, or an older build's record, which lists no files)
+        return None  # (another study's group, or an older build's record, which lists no files)
     entities, level = bids.get("entities"), bids.get("level")
     if not isinstance(entities, dict) or level not in LEVELS or LEVELS.index(level) > reach:
-        return False
+        return None
     if not dataset_kept if level == "dataset" else str(entities.get("subject")) not in subjects:
-        return False
+        return None
     folder = group_folder(out_dir, str(bids.get("node")), entities, level)
     # (not a copy of a group in another folder, nor a folder reached through a link)
-    return record.parent == folder and folder.resolve() == out_dir.resolve() / folder.relative_to(out_dir)
+    if record.parent != folder or folder.resolve() != out_dir.resolve() / folder.relative_to(out_dir):
+        return None
+    return [str(f) for f in bids["files"]]
 
 
 def _listed_files(record_path: Path, study: dict) -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from voxfit.cli import main
 
-from .imaging import AFFINE, write_cifti, write_gifti, write_icosahedron
+from .imaging import AFFINE, write_cifti, write_cifti_runs, write_gifti, write_icosahedron
 
 pytest.importorskip("matplotlib")
 from PIL import Image  # Pillow comes with matplotlib
@@ -486,6 +486,35 @@ def test_cifti_report(tmp_path):
         "<tr><td class=n>1</td><td class=n>2</td><td class=n>20</td><td class=n>" in page
         and f"<td class=n>{x:g}</td><td class=n>{y:g}</td>" in page
     )
+    # an anatomical image under the CIFTI file's voxels, resampled to their grid; the same slices otherwise
+    t1 = np.zeros((6, 6, 4), dtype=np.float32)
+    t1[1:5, 1:5, :] = 300.0
+    nib.save(nib.Nifti1Image(t1, AFFINE), tmp_path / "t1.nii.gz")
+    assert main(["report", str(out), "--background", str(tmp_path / "t1.nii.gz"), "--force", "--quiet"]) == 0
+    drawn = _check_page(out / "report.html", "orthogonal slices", "axial mosaic")
+    assert "voxels are drawn in RAS orientation over t1.nii.gz, resampled to their grid" in drawn
+    assert drawn != page and "Clusters of the voxels" in drawn
+
+
+def test_background_under_surface_maps_is_refused(tmp_path, capsys):
+    """--background is an image under volume maps: given for maps on a surface (GIFTI, or a CIFTI file of
+    vertices alone) it would be ignored; refused, saying so, and no report is written."""
+    rng = np.random.default_rng(5)
+    design = tmp_path / "d.tsv"
+    design.write_text("A\tconstant\n" + "".join(f"{i % 2}\t1\n" for i in range(12)))
+    t1 = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.float32), AFFINE), t1)
+    gifti = write_gifti(tmp_path / "bold.func.gii", 100 + rng.standard_normal((12, 12)))
+    cifti = write_cifti_runs(tmp_path, rng, frames=(12,))[0]  # (left cortex vertices only)
+    for bold, kind in ((gifti, "on a surface"), (cifti, "on surface vertices alone")):
+        out = tmp_path / f"out-{bold.name}"
+        argv = ["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(out), "--quiet"]
+        assert main(argv) == 0
+        capsys.readouterr()
+        assert main(["report", str(out), "--background", str(t1), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"--background {t1}: an anatomical image is drawn under volume maps, and these maps are {kind}" in err
+        assert len(err.strip().splitlines()) == 1 and not (out / "report.html").exists()
 
 
 def test_array_group_and_fixed_effects_runs(tmp_path):

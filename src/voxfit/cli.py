@@ -534,7 +534,9 @@ def _get_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("folder", metavar="OUTDIR", help="output folder of voxfit fit or voxfit group")
     report.add_argument(
-        "--background", metavar="FILE", help="anatomical image under volume maps (default: the run's mean image)"
+        "--background",
+        metavar="FILE",
+        help="anatomical image under volume maps and a CIFTI file's voxels (default: the run's mean image)",
     )
     report.add_argument("--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) to draw surface maps on")
     report.add_argument(

@@ -152,31 +152,32 @@ class _Volume:
     def mm(self, ijk_ras) -> NDArray:
         return self.ras_affine[:3, :3] @ np.asarray(ijk_ras, dtype=float) + self.ras_affine[:3, 3]
 
+    def anatomy(self, path) -> NDArray:
+        """The image at `path` (its first volume, if 4-D) resampled to this grid (trilinear), in RAS."""
+        import nibabel as nib
+        from nibabel.processing import resample_from_to
+
+        if str(path).lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz")):
+            from ..io.readers import open_map
+
+            try:  # its header's sizes checked against the file and memory before nibabel reads it
+                open_map(path)
+            except InputError as exc:
+                raise InputError(f"background image {exc}") from None
+        try:
+            img = nib.load(str(path))
+            img = img.slicer[..., 0] if img.ndim == 4 else img
+            data = np.asarray(resample_from_to(img, (self.shape, self.affine), order=1).dataobj)
+        except Exception as exc:  # noqa: BLE001  (nibabel raises many types for unreadable images)
+            raise InputError(f"background image {path}: cannot read or resample it ({exc}).") from None
+        return self.grid(data.reshape(-1, order="F"))
+
     def background(self, res: Results, anatomy) -> tuple[NDArray, str]:
         """An anatomical image resampled to the maps' grid, else the run's mean image, else the first
         level's constant (the baseline signal, for folders written before fits saved a mean image), else the
         mask; with what it is."""
         if anatomy is not None:
-            import nibabel as nib
-            from nibabel.processing import resample_from_to
-
-            if str(anatomy).lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz")):
-                from ..io.readers import open_map
-
-                try:  # its header's sizes checked against the file and memory before nibabel reads it
-                    open_map(anatomy)
-                except InputError as exc:
-                    raise InputError(f"background image {exc}") from None
-            try:
-                img = nib.load(str(anatomy))
-                data = np.asarray(
-                    resample_from_to(
-                        img.slicer[..., 0] if img.ndim == 4 else img, (self.shape, self.affine), order=1
-                    ).dataobj
-                )
-            except Exception as exc:  # noqa: BLE001  (nibabel raises many types for unreadable images)
-                raise InputError(f"background image {anatomy}: cannot read or resample it ({exc}).") from None
-            return self.grid(data.reshape(-1, order="F")), f"{Path(anatomy).name}, resampled to the maps' grid"
+            return self.anatomy(anatomy), f"{Path(anatomy).name}, resampled to the maps' grid"
         mean = res.read_map(statmap_name("mean", res.extension))
         if mean is not None:
             return self.grid(np.nan_to_num(mean)), "the mean image of the data"
@@ -798,12 +799,19 @@ def _drawer(res: Results, background, mesh):
     what = "vertex" if isinstance(geometry, SurfaceGeometry) else "element"
 
     voxels = _cifti_voxels(geometry) if isinstance(geometry, CiftiGeometry) else None
+    if background is not None and voxels is None:
+        kind = "a surface" if isinstance(geometry, SurfaceGeometry) else "surface vertices alone"
+        raise InputError(
+            f"--background {background}: an anatomical image is drawn under volume maps, and these maps are on "
+            f"{kind}; leave it out{' (draw them on a mesh with --mesh)' if kind == 'a surface' else ''}."
+        )
     if voxels is not None:
+        under = "their mask" if background is None else f"{Path(background).name}, resampled to their grid"
         notes.append(
-            "The CIFTI file's voxels are drawn in RAS orientation "
-            "over their mask; its surface vertices as distributions."
+            f"The CIFTI file's voxels are drawn in RAS orientation over {under}; its surface vertices as distributions."
         )
 
+    anatomy = None if voxels is None or background is None else voxels[0].anatomy(background)
     if isinstance(geometry, SurfaceGeometry):
         no_slices = "No slices or views: surface maps are drawn on a mesh (--mesh)."
     elif isinstance(geometry, CiftiGeometry):
@@ -829,9 +837,8 @@ def _drawer(res: Results, background, mesh):
                 )
                 mask = _scatter(flat, res.mask[index], vol, False)
                 if grid.shown.any():
-                    out += _volume_part(
-                        vol, vol.grid(mask.astype(float)), grid, mask, 26, "Clusters of the voxels", "voxels"
-                    )
+                    under = vol.grid(mask.astype(float)) if anatomy is None else anatomy
+                    out += _volume_part(vol, under, grid, mask, 26, "Clusters of the voxels", "voxels")
             return out
         return out + f"<h3>Largest values shown (up to {TOP_PEAKS})</h3>" + html_table(_top_elements(th, what))
 

@@ -8,7 +8,7 @@ import numpy.testing as npt
 import pytest
 
 from voxfit.cli import HRF_MODELS_CLI, main
-from voxfit.design import HRF_MODELS, make_design, read_confounds, read_events
+from voxfit.design import HRF_MODELS, make_design, parse_high_pass, read_confounds, read_events
 from voxfit.design.events import _matlab_round, _stimulus
 from voxfit.exceptions import DesignWarning, InputError
 
@@ -207,6 +207,23 @@ def test_bad_design_settings():
             make_design(ev, 2.0, 30, **kwargs)
     with pytest.raises(InputError, match="`tr` must be a positive"):
         make_design(ev, 0.0, 30)
+
+
+def test_high_pass_forms():
+    """A cutoff is a number as Python writes it (``1e9``, ``1.28e2``: a period longer than the run gives no cosine,
+    as in SPM), with ``s`` or ``Hz``; zero, negative, infinite, and periods past a float are refused in words that
+    say how to have no high-pass filter, anything else as not a period."""
+    assert [parse_high_pass(v) for v in ("128", "128s", "1.28e2", " 0.008Hz ", "8e-3 hz", 64)] == [128] * 3 + [
+        125
+    ] * 2 + [64]
+    ev = {"A": {"onset": np.array([1.0, 30.0]), "duration": np.zeros(2)}}
+    assert list(make_design(ev, 2.0, 30, high_pass="1e9").names) == ["A", "constant"]
+    for value in ("0", "-5", "inf", "1e400", "0Hz", "1e-320Hz", "-1Hz", 0.0):
+        with pytest.raises(InputError, match=r"positive, finite period .* give --drift none \(voxfit fit, design\)"):
+            parse_high_pass(value)
+    for value in ("nan", "fast", "", "Hz", "1,5", "5 5", None, True):
+        with pytest.raises(InputError, match=r"`high_pass` must be a period in seconds \(128\) or a frequency"):
+            parse_high_pass(value)
 
 
 def test_variance_inflation_warns():

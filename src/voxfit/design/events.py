@@ -131,13 +131,24 @@ def _matlab_round(x: NDArray) -> NDArray[np.int64]:
 
 
 def parse_high_pass(value) -> float:
-    """High-pass cutoff as a period in seconds: ``128`` (SPM's seconds) or ``"0.008Hz"`` (nilearn's frequency)."""
+    """High-pass cutoff as a period in seconds: ``128`` (SPM's seconds; ``"128s"``, ``1.28e2`` alike) or
+    ``"0.008Hz"`` (nilearn's frequency). A period longer than the run gives no cosine (as in SPM); zero, a negative,
+    an infinite or a missing number is refused, pointing to ``drift="none"`` for no high-pass filter at all."""
     text = str(value).strip()
-    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(hz|s)?", text, re.IGNORECASE)
-    if m is None or float(m.group(1)) <= 0:
+    m = re.fullmatch(r"(.*?)\s*(hz|s)?", text, re.IGNORECASE) if not isinstance(value, bool) else None
+    try:
+        number = float(m.group(1)) if m is not None else math.nan
+    except ValueError:
+        number = math.nan
+    if math.isnan(number):
         raise InputError(f"`high_pass` must be a period in seconds (128) or a frequency (0.008Hz); got {value!r}.")
-    number = float(m.group(1))
-    return 1.0 / number if (m.group(2) or "").lower() == "hz" else number
+    period = 1.0 / number if (m.group(2) or "").lower() == "hz" and number else number
+    if not 0 < number < math.inf or not period < math.inf:
+        raise InputError(
+            f"`high_pass` must be a positive, finite period in seconds (128) or frequency (0.008Hz); got {value!r}. "
+            "For no high-pass filter, give --drift none (voxfit fit, design) or a period longer than the run."
+        )
+    return period
 
 
 def check_high_pass(period: float, tr: float) -> float:

@@ -294,6 +294,39 @@ def test_files_that_are_not_events_are_refused_in_one_line(tmp_path, capsys, nam
         read_events(path)
 
 
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("semi.csv", "A;B;constant\n0,5;1,25;1\n1;0;1\n", "header line 'A;B;constant' is one column separated by semi"),
+        ("semi.tsv", "A;B;constant\n0.5;1.25;1\n1;0;1\n", "separated by semicolons; voxfit reads a .tsv or .txt"),
+        (
+            "spaces.txt",
+            "A   B  constant\n0.5 1.25    1\n1 0 1\n",
+            "'A   B  constant' is one column separated by spaces",
+        ),
+        ("tabs.csv", "A\tB\tconstant\n0.5\t1.25\t1\n1\t0\t1\n", "one column separated by tabs; .* a .csv by commas"),
+        ("commas.tsv", "A,B,constant\n0.5,1.25,1\n1,0,1\n", "one column separated by commas"),
+        ("bare.tsv", "0.5\t1.25\t1\n1\t0\t1\n", "its first line holds numbers .0.5, 1.25, 1., not column names"),
+        ("bare.csv", "1,2,3,4,5,6\n1,2,3,4,5,6\n", r"holds numbers .1, 2, 3, 4, \.\.\.., not column names"),
+    ],
+)
+def test_design_tables_that_are_not_read_as_named_columns_are_refused(tmp_path, name, text, message):
+    """A design saved with another separator (a spreadsheet's semicolons and decimal commas, aligned spaces), or
+    with no header line, was refused only later, as one column of text, or read with its first row as names (a
+    scan lost, and the contrast's columns said to be '0.5, 1.25, 1'); now refused from its header, naming why."""
+    with pytest.raises(InputError, match=message):
+        read_design(_write(tmp_path / name, text))
+
+
+def test_design_columns_named_with_other_separators_are_names(tmp_path):
+    """One column whose name holds a space or a semicolon above single values, and names that are partly
+    numbers, are a header."""
+    X, names = read_design(_write(tmp_path / "one.tsv", "face up\n1\n0\n"))
+    assert names == ["face up"] and X.ravel().tolist() == [1.0, 0.0]
+    X, names = read_design(_write(tmp_path / "two.tsv", "1\tconstant\n1\t1\n0\t1\n"))
+    assert names == ["1", "constant"]
+
+
 def test_conditions_after_the_end_of_the_run(tmp_path, capsys):
     ev = {
         "A": {"onset": [4.0, 30.0], "duration": [0.0, 0.0]},

@@ -43,6 +43,7 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
     if not rows or not any(h.strip() for h in rows[0]):
         raise InputError(f"design {path} is empty; it needs a header line of column names and one row per scan.")
     names = [h.strip() for h in rows[0]]
+    _check_header(path, names, sep, sep.join(rows[1]) if len(rows) > 1 else "")
     dup = repeated(names)
     if dup:
         raise InputError(
@@ -61,6 +62,47 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
             )
         values.append([_number(cell, path, i, names[j]) for j, cell in enumerate(row)])
     return np.array(values, dtype=np.float64).reshape(len(body), len(names)), names
+
+
+_SEPARATORS = {"\t": "tabs", ",": "commas", ";": "semicolons", " ": "spaces"}
+
+
+def _check_header(path: Path, names: list[str], sep: str, first_row: str) -> None:
+    """Refuse a header that is not column names: one column that another separator splits as it splits the first
+    row (a table saved with semicolons, as spreadsheets in many locales do, or with spaces; a column named
+    ``face up`` above single values is a name), or numbers alone (a matrix with no header, whose first row would
+    be taken for names and lost)."""
+    other = next(
+        (
+            s
+            for s in _SEPARATORS
+            if s != sep and len(names) == 1 and len(_split(names[0], s)) == len(_split(first_row, s)) > 1
+        ),
+        None,
+    )
+    if other is not None:
+        raise InputError(
+            f"design {path}: its header line {names[0].strip()[:60]!r} is one column separated by "
+            f"{_SEPARATORS[other]}; voxfit reads a .tsv or .txt separated by tabs, a .csv by commas: save it so."
+        )
+    if all(_is_number(name) for name in names):
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise InputError(
+            f"design {path}: its first line holds numbers ({shown}), not column names; add a header line naming "
+            "the columns (as 'A<tab>B<tab>constant') above one row per scan."
+        )
+
+
+def _split(text: str, sep: str) -> list[str]:
+    return text.split() if sep == " " else text.strip().split(sep)  # (spaces: any run of them, as aligned columns)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def frame_table(frame) -> tuple[list[str], list[list]]:

@@ -208,7 +208,8 @@ BAD = {
         lambda s: fit_args(s, out=_write(s["dir"] / "afile", "x") / "sub"),
         "cannot write to output folder",
     ),
-    "contrast name": (lambda s: fit_args(s, contrast=["../..=A"]), "has no letter or digit"),
+    "contrast name": (lambda s: fit_args(s, contrast=["../..=A"]), "has no ASCII letter or digit"),
+    "contrast name not ASCII": (lambda s: fit_args(s, contrast=["\u00e4=A"]), "'\u00e4' has no ASCII letter or digit"),
     "bad max memory": (lambda s: fit_args(s, "--max-memory", "lots"), "`max_memory` must be a size"),
 }
 

@@ -47,7 +47,10 @@ def sanitize_label(name: str, what: str = "contrast") -> str:
     """Letters and digits only (BIDS labels): a name like ``../../x`` cannot leave the output folder."""
     label = re.sub(r"[^A-Za-z0-9]", "", str(name))
     if not label:
-        raise InputError(f"{what} name {name!r} has no letter or digit; name it with letters and digits.")
+        raise InputError(
+            f"{what} name {name!r} has no ASCII letter or digit (a-z, A-Z, 0-9), of which its files' names are made "
+            "(BIDS labels); give it one."
+        )
     return label
 
 

@@ -137,6 +137,9 @@ def _kind(path: Path) -> str:
     name = path.name.lower()
     if name.endswith((".dtseries.nii", ".dscalar.nii", ".dtseries.nii.gz", ".dscalar.nii.gz")):
         return "cifti"
+    other = next((kind for suffix, kind in _OTHER_CIFTI.items() if name.endswith(suffix)), None)
+    if other is not None:
+        raise InputError(f"{path}: {other}; voxfit fits dense CIFTI files (.dtseries.nii, .dscalar.nii).")
     if name.endswith(".gii"):
         return "gifti"
     if name.endswith(".npy"):
@@ -152,6 +155,22 @@ def _kind(path: Path) -> str:
         f"{path}: not an image voxfit can read (expected .nii, .nii.gz, .hdr/.img, .gii, .dtseries.nii, "
         ".dscalar.nii, .npy, .zarr or .h5)."
     )
+
+
+_PARCELS = (
+    "a parcellated CIFTI file (parcels, not grayordinates): fit the parcels' series as a .npy array, scans x parcels "
+    "(numpy.save('p.npy', nibabel.load(file).get_fdata())), or their dense file"
+)
+_OTHER_CIFTI = {
+    ".ptseries.nii": _PARCELS,
+    ".pscalar.nii": _PARCELS,
+    ".dlabel.nii": "a CIFTI label file: it holds labels, not data to fit",
+    ".plabel.nii": "a CIFTI label file: it holds labels, not data to fit",
+    ".dconn.nii": "a CIFTI connectivity matrix, not scans to fit",
+    ".pconn.nii": "a CIFTI connectivity matrix, not scans to fit",
+    ".pdconn.nii": "a CIFTI connectivity matrix, not scans to fit",
+    ".dpconn.nii": "a CIFTI connectivity matrix, not scans to fit",
+}
 
 
 def _load(path: Path):
@@ -335,7 +354,12 @@ class NiftiReader:
         self.path = Path(path)
         img = _load(self.path)
         if not isinstance(img, nib.analyze.AnalyzeImage) or isinstance(img, nib.Cifti2Image):
-            raise InputError(f"{self.path}: not a NIfTI or Analyze volume image.")
+            cifti = isinstance(img, nib.Cifti2Image)
+            raise InputError(
+                f"{self.path}: a CIFTI-2 file named as a volume; name a dense one .dtseries.nii or .dscalar.nii."
+                if cifti
+                else f"{self.path}: not a NIfTI or Analyze volume image."
+            )
         _check_orientation(str(self.path), img)
         shape = img.shape
         _check_dimensions(self.path, shape)
@@ -914,6 +938,16 @@ def _dimensions(index_map) -> list[str]:
     return [d.strip() for d in index_map.get("AppliesToMatrixDimension", "").split(",")]
 
 
+def _not_dense(path, img) -> str:
+    """Why a CIFTI image is not a dense file of scans by grayordinates: transposed, or not dense."""
+    if isinstance(img, nib.Cifti2Image) and isinstance(img.header.get_axis(0), nib.cifti2.BrainModelAxis):
+        return (
+            f"{path}: its grayordinates are its rows and its scans its columns (a transposed dense file); voxfit reads "
+            "scans as rows, as Connectome Workbench writes them: transpose it (wb_command -cifti-transpose)."
+        )
+    return f"{path}: only dense CIFTI files (brain models: vertices and voxels) are supported."
+
+
 class CiftiReader:
     """CIFTI-2 dense time series or scalars (.dtseries.nii, .dscalar.nii): rows are scans, columns grayordinates.
 
@@ -931,7 +965,7 @@ class CiftiReader:
                 raise InputError(f"{p}: not a CIFTI-2 image.")
             axis = img.brain_models if isinstance(img, _StoredCifti) else img.header.get_axis(1)
             if not isinstance(axis, nib.cifti2.BrainModelAxis):
-                raise InputError(f"{p}: only dense CIFTI files (brain models: vertices and voxels) are supported.")
+                raise InputError(_not_dense(p, img))
             if models is not None and not same_brain_models(axis, models):
                 raise InputError(f"{p} has different CIFTI brain models from the first input.")
             models = axis

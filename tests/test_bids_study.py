@@ -685,6 +685,38 @@ def test_a_rerun_removes_what_its_model_no_longer_makes_and_keeps_other_particip
     assert {f for f in third if "node-run" not in f} <= set(left)
 
 
+def test_a_study_interrupted_while_its_reports_are_written_says_its_fits_are_complete(tmp_path, monkeypatch, capsys):
+    """Interrupted after every group was fitted and the stale ones removed, while the reports were written: the
+    message says the fits are complete and how many stale files went (it said the groups finished before were
+    kept and to rerun "to fit the rest")."""
+    pytest.importorskip("matplotlib")
+    from voxfit.bids import study as study_module
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    model = default_model("stroop", ["congruent", "incongruent"])
+    path = tmp_path / "stroop.json"
+    path.write_text(json.dumps(model))
+    out = tmp_path / "out"
+    argv = ["bids", str(study.root), str(out), "run", *deriv, "--model", str(path), "--quiet"]
+    assert main(argv) == 0
+    before = sorted(p.relative_to(out) for p in out.glob("sub-*/node-run/*"))
+    model["Nodes"][0]["Name"] = "runs"  # (the groups of node "run" are stale)
+    model["Edges"][0]["Source"] = "runs"
+    path.write_text(json.dumps(model))
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module, "_write_reports", stop)
+    capsys.readouterr()
+    assert main([*argv, "--report"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"voxfit: interrupted while the reports were written; the study's fits are complete in {out}")
+    assert f"; {len(before)} files of stale groups were removed; no report is half-written" in err
+    assert before and not list(out.glob("sub-*/node-run")) and list(out.glob("sub-*/node-runs/*_statmap.nii.gz"))
+
+
 def test_a_study_means_its_own_folder_from_any_working_folder(tmp_path, monkeypatch):
     """A study given a relative OUT_DIR, rerun from another working folder, reuses its own groups and reads its own
     maps, never those of a folder of the same name below the new working folder (records name their maps by file

@@ -932,7 +932,17 @@ def _run_bids(args, argv, progress) -> int:
 
     try:
         result = _fit_study(run_study, args, argv, progress)
-    except KeyboardInterrupt:  # (a group is committed whole or not at all, by whichever process fitted it)
+    except KeyboardInterrupt as exc:  # (a group is committed whole or not at all, by whichever process fitted it)
+        done = getattr(exc, "result", None)  # (bids.study.ReportsInterrupted: the fits were all done)
+        if done is not None:
+            removed = f"; {done.removed} files of stale groups were removed" if done.removed else ""
+            print(
+                f"voxfit: interrupted while the reports were written; the study's fits are complete in "
+                f"{args.out_dir}{removed}; no report is half-written (run the same command again for the reports: "
+                "the fitted groups are reused).",
+                file=sys.stderr,
+            )
+            return 130
         print(
             f"voxfit: interrupted; the node groups finished before are kept in {args.out_dir}, nothing half-written "
             "(run the same command again to fit the rest).",

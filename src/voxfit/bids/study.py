@@ -155,6 +155,15 @@ class StudyResult:
         return tuple((g, n) for groups in self.nodes.values() for g in groups for n in g.notes)
 
 
+class ReportsInterrupted(KeyboardInterrupt):
+    """A study interrupted while its reports were written: every group was fitted or failed, what it fitted is
+    committed and stale groups are removed (`result`); a report is written whole or not at all."""
+
+    def __init__(self, result: StudyResult):
+        super().__init__()
+        self.result = result
+
+
 RUN_ONLY = ("high_pass", "confounds_strategy", "diagnostics", "preset")  # settings of the run level alone
 
 
@@ -409,7 +418,10 @@ def run(
                     f.unlink(missing_ok=True)
             return result
         if report:
-            _write_reports(out_dir, study.failures, execution.progress)
+            try:
+                _write_reports(out_dir, study.failures, execution.progress)
+            except KeyboardInterrupt:
+                raise ReportsInterrupted(result) from None
     except BaseException:
         release_index(layout)
         _drop_if_unused(out_dir, before)

@@ -641,3 +641,20 @@ def test_a_gifti_input_is_checked_against_the_cap_before_it_is_decoded(tmp_path,
     rc, peak, err = _voxfit([*args, "-o", str(tmp_path / "held"), "--max-memory", "512M", "--quiet"], tmp_path, "held")
     assert rc == 0, err
     assert peak <= 512 * MiB, f"{peak / MiB:.0f} MiB"
+
+
+def test_a_study_fits_each_run_under_its_share_of_the_cap_for_files_decoded_whole(monkeypatch):
+    """A study's runs are opened under the share of --max-memory their process has (a worker process's share, or
+    the whole cap in this process), the cap that GIFTI files, decoded whole, are checked against before they are
+    decoded: worker processes had none (the command line sets it in its own process only)."""
+    from types import SimpleNamespace
+
+    from voxfit import Execution
+    from voxfit._memory import whole_files_cap
+    from voxfit.bids import study as study_module
+
+    seen = []
+    monkeypatch.setattr(study_module, "_fit_run", lambda job, dataset, writer: seen.append(whole_files_cap()))
+    for cap in (parse_memory("300M"), None):
+        study_module._fit_job(SimpleNamespace(index=0, execution=Execution(max_memory=cap)))
+    assert seen == [parse_memory("300M"), None] and whole_files_cap() is None

@@ -57,7 +57,7 @@ import numpy as np
 
 from .._checks import repeated
 from .._execution import Execution, cap_holding, data_bytes
-from .._memory import reserved_bytes
+from .._memory import reserved_bytes, whole_files_capped
 from .._progress import Progress
 from .._threads import DaemonExecutor, handle_stop_signals
 from .._version import __version__
@@ -1121,7 +1121,8 @@ def _fit_job(job: _RunJob, dataset=None, writer=None):
     global _BUSY
     _BUSY = True
     try:
-        return _fit_run(job, dataset, writer)
+        with whole_files_capped(job.execution.max_memory):  # (a worker's share: GIFTI runs are decoded whole)
+            return _fit_run(job, dataset, writer)
     except InputError as exc:
         return _RunDone(job.index, error=str(exc))
     except KeyboardInterrupt:

@@ -498,7 +498,7 @@ def test_cifti_report(tmp_path):
 
 def test_background_under_surface_maps_is_refused(tmp_path, capsys):
     """--background is an image under volume maps: given for maps on a surface (GIFTI, or a CIFTI file of
-    vertices alone) it would be ignored; refused, saying so, and no report is written."""
+    vertices alone) or of an array it would be ignored; refused, saying so, and no report is written."""
     rng = np.random.default_rng(5)
     design = tmp_path / "d.tsv"
     design.write_text("A\tconstant\n" + "".join(f"{i % 2}\t1\n" for i in range(12)))
@@ -506,14 +506,16 @@ def test_background_under_surface_maps_is_refused(tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.float32), AFFINE), t1)
     gifti = write_gifti(tmp_path / "bold.func.gii", 100 + rng.standard_normal((12, 12)))
     cifti = write_cifti_runs(tmp_path, rng, frames=(12,))[0]  # (left cortex vertices only)
-    for bold, kind in ((gifti, "on a surface"), (cifti, "on surface vertices alone")):
+    array = tmp_path / "bold.npy"
+    np.save(array, (100 + rng.standard_normal((12, 30))).astype(np.float32))
+    for bold, kind in ((gifti, "are on a surface"), (cifti, "are on surface vertices alone"), (array, "have no voxel")):
         out = tmp_path / f"out-{bold.name}"
         argv = ["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(out), "--quiet"]
         assert main(argv) == 0
         capsys.readouterr()
         assert main(["report", str(out), "--background", str(t1), "--quiet"]) == 2
         err = capsys.readouterr().err
-        assert f"--background {t1}: an anatomical image is drawn under volume maps, and these maps are {kind}" in err
+        assert f"--background {t1}: an anatomical image is drawn under volume maps, and these maps {kind}" in err
         assert len(err.strip().splitlines()) == 1 and not (out / "report.html").exists()
 
 

@@ -800,10 +800,14 @@ def _drawer(res: Results, background, mesh):
 
     voxels = _cifti_voxels(geometry) if isinstance(geometry, CiftiGeometry) else None
     if background is not None and voxels is None:
-        kind = "a surface" if isinstance(geometry, SurfaceGeometry) else "surface vertices alone"
+        if isinstance(geometry, SurfaceGeometry):
+            kind = "are on a surface; leave it out (draw them on a mesh with --mesh)"
+        elif isinstance(geometry, CiftiGeometry):
+            kind = "are on surface vertices alone; leave it out"
+        else:
+            kind = "have no voxel grid (an array); leave it out"
         raise InputError(
-            f"--background {background}: an anatomical image is drawn under volume maps, and these maps are on "
-            f"{kind}; leave it out{' (draw them on a mesh with --mesh)' if kind == 'a surface' else ''}."
+            f"--background {background}: an anatomical image is drawn under volume maps, and these maps {kind}."
         )
     if voxels is not None:
         under = "their mask" if background is None else f"{Path(background).name}, resampled to their grid"

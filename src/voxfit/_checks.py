@@ -9,7 +9,7 @@ from collections import Counter
 
 from .exceptions import InputError
 
-__all__ = ["check_scalar", "repeated"]
+__all__ = ["check_scalar", "is_number", "repeated"]
 
 _BOUNDARIES = {"both": (True, True), "left": (True, False), "right": (False, True), "neither": (False, False)}
 
@@ -61,3 +61,12 @@ def repeated(names) -> list:
     """The names that appear more than once in `names`, sorted (one count of all: a header of 100,000 names is
     checked at once, where counting each name again was quadratic)."""
     return sorted(name for name, count in Counter(names).items() if count > 1)
+
+
+def is_number(text: str) -> bool:
+    """Whether `text` is a number as Python reads one (``float``: ``1e9``, ``nan`` and ``inf`` too)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

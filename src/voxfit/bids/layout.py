@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._checks import is_number
 from ..exceptions import InputError
 from ..io import write_file_atomically
 
@@ -652,17 +653,9 @@ def _events_problem(path: Path) -> str | None:
             return f"{path}, line {n}: {len(cells)} values for the header's {len(header)} columns" + fix
         for column in ("onset", "duration"):
             value = cells[header.index(column)]
-            if not _number_text(value) and not (column == "duration" and value == "n/a"):
+            if not is_number(value) and not (column == "duration" and value == "n/a"):
                 return f"{path}, line {n}: {column} {value!r} is not a number" + fix
     return None
-
-
-def _number_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _rows(table: Path) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .._checks import repeated
+from .._checks import is_number, repeated
 from ..io.checks import check_readable
 from ..exceptions import InputError
 
@@ -85,7 +85,7 @@ def _check_header(path: Path, names: list[str], sep: str, first_row: str) -> Non
             f"design {path}: its header line {names[0].strip()[:60]!r} is one column separated by "
             f"{_SEPARATORS[other]}; voxfit reads a .tsv or .txt separated by tabs, a .csv by commas: save it so."
         )
-    if all(_is_number(name) for name in names):
+    if all(is_number(name) for name in names):
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise InputError(
             f"design {path}: its first line holds numbers ({shown}), not column names; add a header line naming "
@@ -95,14 +95,6 @@ def _check_header(path: Path, names: list[str], sep: str, first_row: str) -> Non
 
 def _split(text: str, sep: str) -> list[str]:
     return text.split() if sep == " " else text.strip().split(sep)  # (spaces: any run of them, as aligned columns)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def frame_table(frame) -> tuple[list[str], list[list]]:

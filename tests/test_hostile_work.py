@@ -31,6 +31,7 @@ import voxfit
 from voxfit import cli
 from voxfit._threads import DaemonExecutor, blas_single_threaded, in_chunks, interruptible, run_in_threads
 from voxfit.core import factorize, parse_contrast
+from voxfit.core.ols import fit_from_sums
 from voxfit.core.expr import MAX_EXPRESSION_LENGTH, MAX_NESTING
 from voxfit.exceptions import ContrastError, DataRangeWarning, InputError
 
@@ -869,6 +870,59 @@ def test_extreme_design_against_mpmath():
         t_a = beta[0] / mpmath.sqrt(s2 * cov[0, 0])
     npt.assert_allclose(fit.betas[:, 0], [float(b) for b in beta], rtol=1e-9)
     npt.assert_allclose(fit.contrast("A").t, float(t_a), rtol=1e-9)
+
+
+def _mpmath_ols(X, y, W):
+    """betas, and the F (or t for one row) of the rows W, from the normal equations at 60 digits."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(60):
+        Xm, ym, Wm = mpmath.matrix(X.tolist()), mpmath.matrix(y.tolist()), mpmath.matrix(W.tolist())
+        inv = (Xm.T * Xm) ** -1
+        beta = inv * (Xm.T * ym)
+        resid = ym - Xm * beta
+        s2 = (resid.T * resid)[0] / (X.shape[0] - X.shape[1])
+        effect = Wm * beta
+        cov = Wm * inv * Wm.T * s2
+        stat = (effect.T * cov**-1 * effect)[0] / W.shape[0] if W.shape[0] > 1 else effect[0] / mpmath.sqrt(cov[0, 0])
+        return np.array([float(b) for b in beta]), float(stat)
+
+
+@pytest.mark.parametrize("d", [1e-6, 1e-8, 1e-10])
+def test_an_f_contrast_beside_near_collinear_columns_keeps_every_row(rng, d):
+    """Columns a and a + d b, full rank by the design's own rule (condition ~1/d): an F of three rows kept only
+    one (the least informative: df1 1, F 4.06 against 60.49 at d = 1e-8, p 0.048 against 1e-17), its rank
+    decided on the eigenvalues of the rows' covariance, the squares of their singular values. Against mpmath."""
+    a, b, c = rng.standard_normal((3, 60))
+    X = np.column_stack([a, a + d * b, c, np.ones(60)])
+    y = X @ [1.0, 1.0, 0.3, 0.0] + rng.standard_normal(60)
+    W = np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+    fit = voxfit.fit(X, y, names=("a", "a2", "c", "k"))
+    assert fit.rank == 4
+    F = fit.contrast(W)
+    _, reference = _mpmath_ols(X, y, W)
+    assert F.dof == (3.0, 56.0)
+    npt.assert_allclose(F.stat, reference, rtol=1e-5)
+
+
+def test_a_level_far_from_zero_on_an_ill_conditioned_design_moves_no_beta(rng):
+    """A design of condition 2.4e9 after scaling (a column 1000 + 1e-6 b beside the intercept) and data at a level
+    of 2.5e8: each voxel's offset times the rounding of pinv @ 1 moved the trend's beta by 30 standard errors
+    (t -39.5 against 1.19). Betas, t and F against mpmath, from the fast pass and from summed data."""
+    a, b = rng.standard_normal((2, 60))
+    X = np.column_stack([a * 1e6, b * 1e-6 + 1000, np.ones(60), np.arange(60.0)])
+    Y = rng.standard_normal((60, 3)) + (X @ [1e-6, 1e6, 0, 0.01])[:, None]
+    fit = voxfit.fit(X, Y, names=("a", "b", "k", "t"))
+    shift = Y[0]  # (summed data, as streamed fits hold them: shifted by a scan, Q'(y - shift) and the shift)
+    summed, _, _ = fit_from_sums(fit.design, fit.design.basis.T @ (Y - shift), ((Y - shift) ** 2).sum(0), 0, shift)
+    for v in range(3):
+        betas, t = _mpmath_ols(X, Y[:, v], np.array([[0, 0, 0, 1.0]]))
+        _, F = _mpmath_ols(X, Y[:, v], np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]))
+        se = np.sqrt(np.diag(fit.design.cov_unscaled) * fit.residual_variance[v])  # (the intercept's is 1e8)
+        assert (np.abs(fit.betas[:, v] - betas) <= 1e-5 * se).all() and (
+            np.abs(summed[:, v] - betas) <= 1e-5 * se
+        ).all()
+        npt.assert_allclose(fit.contrast("t").t[v], t, rtol=1e-5)
+        npt.assert_allclose(fit.contrast("a; b; t").stat[v], F, rtol=1e-5)
 
 
 def test_dependent_columns_at_extreme_scales_are_found_with_finite_relations(rng):

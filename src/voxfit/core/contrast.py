@@ -242,10 +242,13 @@ def _compute_contrast(contrast, design: DesignFactor, betas, residual_variance, 
             return t_stats(label, w, ub * scale, variance[0], usable, dof, stat=t, workers=workers)
         effect = w @ betas
         basis = row_basis(w, design)  # the rows reduced to their rank: at most p of them
-        mb = basis @ design.cov_unscaled @ basis.T
-        evals, evecs = np.linalg.eigh(mb)
-        keep = evals > evals.max() * max(mb.shape) * np.finfo(float).eps
-        whiten = evecs[:, keep] / np.sqrt(evals[keep])  # mb^+ = whiten @ whiten.T
+        # their covariance basis (X'X)^+ basis' = M M' from its factor M (r x rank), never formed: its
+        # eigenvalues are M's singular values squared, so a cut at eps on them dropped every well-estimated
+        # row of an F beside two near-collinear columns (a design of condition 1e8, full rank by its own
+        # rule), keeping the worst; M's singular values are cut as the design's are
+        u, sv, _ = np.linalg.svd(basis @ design.basis_pinv, full_matrices=False)
+        keep = sv > sv[0] * max(basis.shape[0], design.rank) * np.finfo(float).eps
+        whiten = u[:, keep] / sv[keep]  # (M M')^+ = whiten @ whiten.T
         df1 = int(keep.sum())
         proj = whiten.T @ (basis @ betas)
         stat = np.where(usable, np.einsum("ij,ij->j", proj, proj) / (df1 * residual_variance), np.nan)

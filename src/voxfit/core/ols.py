@@ -155,7 +155,7 @@ class BlockFitter:
         self.wdt = working_dtype(dtype)
         self.op = _operator(design, self.wdt)  # (m, n): op @ tile gives the tile's coordinates, (m, tile)
         self.rows = _offset_rows(design.n_scans)
-        self.beta_op = np.column_stack([design.basis_pinv, design.pinv.sum(axis=1)])  # [pinv Q, pinv 1]
+        self.beta_op = np.column_stack([design.basis_pinv, design.ones_coef])  # [pinv Q, pinv 1]
         self.basis_sums = design.basis.sum(axis=0)
         self.tile = int(tile)
         self._flat = np.empty(design.n_scans * self.tile, dtype=self.wdt)
@@ -268,10 +268,12 @@ def fit_from_sums(design: DesignFactor, c: NDArray, ss: NDArray, total: NDArray,
     tss centred when the design has an intercept; rss is clipped at 0. Where ``rss`` is a small part of ``ss``
     the subtraction has lost digits: callers refit those voxels from their data."""
     n = design.n_scans
-    coords = c if shift is None else c + np.multiply.outer(design.basis.T @ np.ones(n), shift)
+    betas = design.basis_pinv @ c
+    if shift is not None:  # (Q'y = c + Q'1 shift: basis_pinv Q'1 is pinv 1)
+        betas += np.multiply.outer(design.ones_coef, shift)
     rss = np.maximum(ss - np.einsum("iv,iv->v", c, c), 0.0)
     tss = ss - total**2 / n if design.has_intercept else ss
-    return design.basis_pinv @ coords, rss, tss
+    return betas, rss, tss
 
 
 def finite_columns(Y: NDArray, columns: NDArray, tile: int = 256) -> NDArray[np.bool_]:

@@ -717,6 +717,45 @@ def test_a_study_interrupted_while_its_reports_are_written_says_its_fits_are_com
     assert before and not list(out.glob("sub-*/node-run")) and list(out.glob("sub-*/node-runs/*_statmap.nii.gz"))
 
 
+def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_path):
+    """Contrasts named "reward+" and "reward-" (one label, "reward", in a file name), and a dataset node grouped by a
+    participants.tsv column: above the run level each group wrote the same files as the others, the last one kept
+    (exit 0). Each now has its own (reward, reward2; group-control_, group-patient_), with its own numbers."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=4, runs=1, scans=40, shape=(8, 8, 6), conditions=("reward+", "reward-"))
+    model = default_model("stroop", ["reward+", "reward-"])
+    model["Nodes"][2]["GroupBy"] = ["contrast", "group"]
+    out = tmp_path / "out"
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert result.ok
+    records = {}
+    for path in out.rglob("*model.json"):
+        if "node-run" not in path.parts[-2] and path.parent != out:
+            bids = json.loads(path.read_text())["settings"]["bids"]
+            records[path.relative_to(out).as_posix()] = bids["entities"]
+    assert len(records) == 4 * 2 + 2 * 2  # (every subject's two contrasts; each group's two at the dataset level)
+    assert records["sub-01/node-subject/sub-01_contrast-reward_model.json"]["contrast"] == "reward+"
+    assert records["sub-01/node-subject/sub-01_contrast-reward2_model.json"]["contrast"] == "reward-"
+    assert records["node-dataset/group-patient_contrast-reward2_model.json"] == {
+        "contrast": "reward-",
+        "group": "patient",
+    }
+    design = (out / "node-dataset" / "group-control_contrast-reward_design.tsv").read_text().splitlines()
+    assert len(design) == 1 + 2  # (two controls of four subjects)
+    z = [
+        _maps(out / "node-dataset" / f"group-{g}_contrast-reward_stat-z_statmap.nii.gz") for g in ("control", "patient")
+    ]
+    assert not np.allclose(z[0], z[1], equal_nan=True)
+    # groups whose values still write the same files ("con-trol" and "control") are refused, not merged
+    table = study.root / "participants.tsv"
+    table.write_text(table.read_text().replace("patient", "con-trol"))
+    again = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert [f.node for f in again.failures] == ["dataset", "dataset"]
+    assert "are those of group " in again.failures[0].reason and "rename one" in again.failures[0].reason
+
+
 def test_a_study_means_its_own_folder_from_any_working_folder(tmp_path, monkeypatch):
     """A study given a relative OUT_DIR, rerun from another working folder, reuses its own groups and reads its own
     maps, never those of a folder of the same name below the new working folder (records name their maps by file

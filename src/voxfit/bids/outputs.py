@@ -94,8 +94,17 @@ def group_records(out_dir) -> list[Path]:
 
 
 def group_prefix(entities: dict) -> str:
-    """The group's entities as a file name prefix (``sub-01_task-x_run-1_``; empty for none)."""
+    """The group's entities as a file name prefix (``sub-01_task-x_run-1_``; empty for none): BIDS entities in
+    BIDS order, then any other key the node groups by but the contrast (a participants.tsv column, ``group``:
+    ``group-patient_``), by name, key and value as letters and digits. Without them the groups of a dataset node
+    grouped by such a column wrote the same files, each over the last."""
     text = short_entities({k: v for k, v in entities.items() if k in ENTITIES})
+    others = [
+        f"{sanitize_label(k, 'GroupBy')}-{sanitize_label(v, f'GroupBy {k} value')}"
+        for k, v in sorted(entities.items())
+        if k not in ENTITIES and k != "contrast" and v is not None
+    ]
+    text = "_".join([t for t in (text, *others) if t])
     return f"{text}_" if text else ""
 
 

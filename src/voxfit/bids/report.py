@@ -105,6 +105,7 @@ class _Group:
     @property
     def title(self) -> str:
         keys = [k for k in (*ENTITIES, "contrast") if k != "subject" and k in self.entities]  # (in BIDS order)
+        keys += sorted(k for k in self.entities if k not in keys and k != "subject")  # (GroupBy on other columns)
         words = [f"{ENTITIES.get(k, k)}-{self.entities[k]}" for k in keys]
         return f"{self.level.capitalize()} node {self.node}" + (f": {', '.join(words)}" if words else "")
 

@@ -1905,6 +1905,14 @@ class _Study:
         except (ValueError, KeyError) as exc:
             self.failures.append(Failure(node.name, "all", f"{exc}; check the node's Model.X and GroupBy."))
             return
+        groups = list(groups)
+        # one file label per contrast name across the node's groups ("reward+" and "reward-": reward, reward2),
+        # and each group's record claimed once: two groups of one path would each write over the other
+        names = {c.name for g in groups for c in g.contrasts} | {
+            str(_value(g.entities.get("contrast"))) for g in groups if _value(g.entities.get("contrast")) is not None
+        }
+        labels = dict(zip(sorted(names), _labels(sorted(names))))
+        claimed: dict[Path, str] = {}
         produced = []
         writer, writing = DaemonExecutor(), None  # each group written on a thread while the next one fits
 
@@ -1931,7 +1939,7 @@ class _Study:
                             "a row in participants.tsv, whose columns the node's Model.X takes?); add their rows, "
                             "or leave them out (--participant-label)."
                         )
-                    write = self.fit_group(node, g, entities, failed)
+                    write = self.fit_group(node, g, entities, failed, labels, claimed)
                 except InputError as exc:
                     fail(entities, exc)
                     continue
@@ -1989,10 +1997,12 @@ class _Study:
                 )
         return notes, extra
 
-    def fit_group(self, node: _Node, g, entities, failed):
+    def fit_group(self, node: _Node, g, entities, failed, labels: dict, claimed: dict):
         """Fit pybids' group `g` of the node's inputs; returns a function that writes its maps and record (in
         their folder, committed whole) and returns its ``(NodeResult, outputs)``. A group whose checksum is
-        unchanged is not refitted: the function returns what its record says."""
+        unchanged is not refitted: the function returns what its record says. `labels`: the file label of each
+        contrast name of the node; `claimed`: the records of the node's groups so far, by path (a group whose
+        files another group writes is refused)."""
         rows = g.metadata.to_dict("records")
         X = _numbers(g.X, rows)
         names = [str(c) for c in X.columns]
@@ -2009,13 +2019,20 @@ class _Study:
                 "or give more inputs."
             )
         contrasts = [c for c in g.contrasts]
-        labels = _labels([c.name for c in contrasts])
-        weights = {label: _weights(c, names) for label, c in zip(labels, contrasts)}
+        weights = {labels[c.name]: _weights(c, names) for c in contrasts}
         level = node.level
         folder = group_folder(self.out_dir, node.name, entities, level)
         prefix = group_prefix(entities)
-        contrast = entities.get("contrast")
-        record_path = folder / f"{prefix}{f'contrast-{_labels([contrast])[0]}_' if contrast else ''}model.json"
+        contrast = _value(entities.get("contrast"))
+        named = "" if contrast is None else f"contrast-{labels[str(contrast)]}_"
+        record_path = folder / f"{prefix}{named}model.json"
+        if record_path in claimed:
+            raise InputError(
+                f"its files ({record_path.name} and its maps) are those of group {claimed[record_path]} too: their "
+                "entities differ only in characters a file name leaves out; rename one (its contrast, or the "
+                "participants.tsv value it is grouped by)."
+            )
+        claimed[record_path] = _group_label(entities)
         notes, extra = self.left_out(node, entities, rows, failed)
         checksum = _checksum(
             __version__,
@@ -2044,7 +2061,8 @@ class _Study:
             ext = masker.geometry.extension
             outputs = {}
             with open_group(folder) as out:
-                for label, c in zip(labels, contrasts):
+                for c in contrasts:
+                    label = labels[c.name]
                     s = stats[label]
                     write_stats(out, prefix, label, s, masker, ext)
                     for stat, values in maps.get(label, ()):
@@ -2083,7 +2101,7 @@ class _Study:
                 out.drop(*_listed_files(record_path, dict(node.study)))
                 files = out.commit()
             result = NodeResult(
-                node.name, level, tuple(entities.items()), tuple(labels), tuple(files), notes=tuple(notes)
+                node.name, level, tuple(entities.items()), tuple(weights), tuple(files), notes=tuple(notes)
             )
             return result, outputs
 

@@ -274,15 +274,16 @@ def _with_model(tmp_path, study, deriv, model: dict, capsys) -> tuple[int, str]:
         (lambda t: t + "sub-03\t99\tcontrol\n", "names sub-03 (lines 2, 7) more than once"),
         (lambda t: t.replace("participant_id", "Participant_ID", 1), "names its ids 'Participant_ID'"),
         (lambda t: t.replace("\nsub-0", "\nsub-00"), "names sub-001, but the dataset's subject is written with"),
+        (lambda t: t.replace("sub-04\t25", "sub-04 \t25"), "line 4: participant_id 'sub-04 ' has spaces around it"),
     ],
-    ids=["n/a", "a-word", "no-row", "two-rows", "id-column", "zeros"],
+    ids=["n/a", "a-word", "no-row", "two-rows", "id-column", "zeros", "space"],
 )
 def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, edit, message):
     """A covariate of participants.tsv that is n/a or a word for a subject, a subject without a row, a subject
     with two: pybids filled the first with 0 (the fit went on), failed in the fit on the second (exit 1), left the
     third out and took one of the fourth's rows, silently. Each is refused, naming the subject; so are an id
-    column not named participant_id (pybids' KeyError 'subject') and ids padded otherwise than the folders
-    (a design of rank 0)."""
+    column not named participant_id (pybids' KeyError 'subject'), ids padded otherwise than the folders
+    (a design of rank 0), and an id with a space after it (pybids left that subject out, without a word)."""
     study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(10, 10, 8))
     table = study.root / "participants.tsv"
     assert "sub-04\t25" in table.read_text() and table.read_text().splitlines()[1].startswith("sub-03")

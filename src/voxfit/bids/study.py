@@ -908,6 +908,19 @@ def _participants_rows(bids_dir: Path) -> list[list[str]]:
         return []
 
 
+def _padded_ids(path: Path) -> list[tuple[int, str]]:
+    """(line, cell) of participants.tsv's participant_id cells with spaces or tabs around them, as read raw."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            lines = list(csv.reader(fh, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    if not lines or "participant_id" not in [h.strip() for h in lines[0]]:
+        return []
+    j = [h.strip() for h in lines[0]].index("participant_id")
+    return [(n, r[j]) for n, r in enumerate(lines[1:], 2) if len(r) > j and r[j].strip() and r[j] != r[j].strip()]
+
+
 def _participant_ids(rows: list[list[str]]) -> list[str] | None:
     """The labels of participants.tsv's participant_id column (`rows`: :func:`_participants_rows`), sub- taken
     off, in the table's order; None without that column."""
@@ -928,6 +941,7 @@ def _check_participants(path: Path, rows: list[list[str]], runs, model: dict) ->
     participant_id column, and names each subject of the `runs` once (pybids takes one of two rows of a subject
     silently) and as its folders do (sub-001 for sub-01 matched nothing)."""
     taken = {x for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X", ()) if isinstance(x, str)}
+    taken |= {k for node in model.get("Nodes", ()) for k in node.get("GroupBy") or () if isinstance(k, str)}
     if not rows or not taken & set(rows[0]):
         return
     if "participant_id" not in rows[0]:
@@ -936,6 +950,13 @@ def _check_participants(path: Path, rows: list[list[str]], runs, model: dict) ->
             raise InputError(f"{path} names its ids {near[0]!r}; BIDS names that column participant_id: rename it.")
         return
     ids = _participant_ids(rows)
+    padded = _padded_ids(path)
+    if padded:
+        line, cell = padded[0]
+        raise InputError(
+            f"{path}, line {line}: participant_id {cell!r} has spaces around it, which pybids keeps: it names no "
+            "subject, and that subject would be left out of the model without a word; remove them."
+        )
     if twice := repeated(ids):
         where = [f"sub-{i} (lines {', '.join(str(n + 2) for n, x in enumerate(ids) if x == i)})" for i in twice]
         raise InputError(f"{path} names {listed(where)} more than once; keep one row per subject.")

@@ -357,6 +357,22 @@ def test_cli_exit_codes_for_bad_arguments(tmp_path, capsys):
     assert main(["bids", str(study.root), str(tmp_path / "o"), "run", *deriv, "--task", "nback"]) == 2
 
 
+def test_the_default_model_of_a_dataset_of_two_tasks_needs_one_chosen(tmp_path, capsys):
+    """Two tasks with a trial type of the same name: the default model (no Input.task) pooled each subject's
+    "congruent" of both tasks into one fixed effect, exit 0. Refused, naming the tasks and --task; with --task,
+    that task's runs alone."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(8, 8, 6), task="nback")
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the dataset holds the tasks nback, stroop; voxfit's default model is of one task" in err, err
+    assert "--task nback" in err and not out.exists()
+    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--task", "stroop", "--quiet"]) == 0
+    record = json.loads(next((out / "sub-01" / "node-subject").glob("*congruent_model.json")).read_text())
+    assert record["inputs"] and all("task-stroop" in i["path"] for i in record["inputs"]), record["inputs"]
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

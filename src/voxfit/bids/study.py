@@ -361,10 +361,13 @@ def run(
             tasks = sorted({dict(r.entities)["task"] for r in runs})
             if all(r.problems for r in runs):  # nothing to fit: the first run's problem is the one to fix
                 raise InputError(runs[0].problems[0])
+            if len(tasks) > 1:  # (one task's conditions would be pooled with another's of the same name)
+                raise InputError(
+                    f"the dataset holds the tasks {listed(tasks)}; voxfit's default model is of one task: choose one "
+                    f"with --task {tasks[0]} (a study each), or give a model (--model) that says how to combine them."
+                )
             default_types = _trial_types(runs)
-            model = load_model(
-                default_model(task or (tasks[0] if len(tasks) == 1 else None), default_types, sessions=sessions)
-            )
+            model = load_model(default_model(task or (tasks[0] if tasks else None), default_types, sessions=sessions))
         else:
             model = load_model(model, task=task)
             chosen = input_filters(layout, model.get("Input"), task=task, participant_label=labels)

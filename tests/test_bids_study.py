@@ -373,6 +373,22 @@ def test_the_default_model_of_a_dataset_of_two_tasks_needs_one_chosen(tmp_path, 
     assert record["inputs"] and all("task-stroop" in i["path"] for i in record["inputs"]), record["inputs"]
 
 
+def test_runs_told_apart_only_by_acquisition_are_refused_not_merged(tmp_path, capsys):
+    """Two runs of a subject that differ only by acq- (or dir-, rec-): pybids keeps one set of variables per
+    subject, task and run, so one run's events were lost ("pybids read no variables for this run; check its
+    events.tsv", though they were fine) and the subject fitted from the other alone. Both are refused, naming
+    why and what to do; the other subject is fitted."""
+    study, deriv = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(8, 8, 6))
+    for path in sorted(p for p in study.root.rglob("sub-01_*run-*") if p.is_file()):
+        path.rename(path.with_name(path.name.replace("run-1", "acq-a_run-1").replace("run-2", "acq-b_run-1")))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert "sub-01_task-stroop_run-1: runs acq-a, acq-b differ only by acq-, which BIDS Stats Models" in err, err
+    assert "give them distinct run- numbers" in err and "pybids read no variables" not in err
+    assert len(list((out / "sub-02" / "node-run").glob("*_model.json"))) == 2 and not (out / "sub-01").exists()
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

@@ -21,10 +21,12 @@ import math
 import os
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._checks import is_number
+from ..design.subjects import listed
 from ..exceptions import InputError
 from ..io import write_file_atomically
 
@@ -389,13 +391,42 @@ def find_runs(
             "(fMRIPrep's output folder), --task, --space and --desc."
         )
     files = _RunFiles(layout, mask_entities)
-    runs = tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path))
+    runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)))
     runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions)
     if strict:
         for r in runs:
             if r.problems:
                 raise InputError(r.problems[0])
     return runs
+
+
+# what pybids tells a run's variables apart by (and the hemisphere of a GIFTI run, which voxfit fits alone)
+_PYBIDS_RUN_KEYS = ("subject", "session", "task", "run", "hemi")
+
+
+def _apart(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
+    """The runs, each of those that share subject, session, task and run with another (told apart by acq-, rec-,
+    dir- or echo-) with a problem: pybids keeps one set of events and confounds per subject, session, task and run,
+    so the others' would be lost, or taken from the wrong run's tables."""
+    shared: dict[tuple, list[RunInput]] = {}
+    for r in runs:
+        shared.setdefault(tuple(str(r.entity.get(k)) for k in _PYBIDS_RUN_KEYS), []).append(r)
+    out = []
+    for r in runs:
+        others = shared[tuple(str(r.entity.get(k)) for k in _PYBIDS_RUN_KEYS)]
+        if len(others) == 1:
+            out.append(r)
+            continue
+        apart = [k for k in ENTITIES if len({str(o.entity.get(k)) for o in others}) > 1]
+        named = sorted("_".join(f"{ENTITIES[k]}-{o.entity.get(k)}" for k in apart) for o in others)
+        problem = (
+            f"{short_entities(r.entity, _PYBIDS_RUN_KEYS)}: runs {listed(named)} differ only by "
+            f"{'/'.join(ENTITIES[k] + '-' for k in apart)}, which BIDS Stats Models (pybids) do not tell runs apart "
+            "by: their events would be lost or mixed up; give them distinct run- numbers, or keep one of them in "
+            "the dataset (a study each)."
+        )
+        out.append(dataclasses.replace(r, problems=(*r.problems, problem)))
+    return tuple(out)
 
 
 def _space_qualifiers(space: str | None) -> tuple[str | None, dict[str, str]]:

@@ -389,6 +389,24 @@ def test_runs_told_apart_only_by_acquisition_are_refused_not_merged(tmp_path, ca
     assert len(list((out / "sub-02" / "node-run").glob("*_model.json"))) == 2 and not (out / "sub-01").exists()
 
 
+def test_runs_told_apart_by_a_cohort_are_refused_not_overwritten(tmp_path, capsys):
+    """fMRIPrep's pediatric cohorts (_space-X_cohort-N_), an entity pybids does not read: two runs of the same
+    entities, the second cohort's maps written over the first's (exit 0), with the first's mask. Refused."""
+    import shutil
+
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    for f in list(study.derivatives.glob(f"sub-01/func/*_space-{SPACE}_*")):
+        for cohort in (1, 2):
+            if cohort == 1 or "_mask" not in f.name:  # (one cohort's mask only)
+                shutil.copy(f, str(f).replace(f"_space-{SPACE}_", f"_space-{SPACE}_cohort-{cohort}_"))
+        f.unlink()
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cohort-1_desc-preproc_bold.nii.gz, sub-01" in err and "are one run to pybids" in err, err
+    assert "keep one of them in the derivatives" in err and not list(out.rglob("*_model.json"))
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

@@ -418,13 +418,19 @@ def _apart(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
             out.append(r)
             continue
         apart = [k for k in ENTITIES if len({str(o.entity.get(k)) for o in others}) > 1]
-        named = sorted("_".join(f"{ENTITIES[k]}-{o.entity.get(k)}" for k in apart) for o in others)
-        problem = (
-            f"{short_entities(r.entity, _PYBIDS_RUN_KEYS)}: runs {listed(named)} differ only by "
-            f"{'/'.join(ENTITIES[k] + '-' for k in apart)}, which BIDS Stats Models (pybids) do not tell runs apart "
-            "by: their events would be lost or mixed up; give them distinct run- numbers, or keep one of them in "
-            "the dataset (a study each)."
-        )
+        if apart:
+            named = sorted("_".join(f"{ENTITIES[k]}-{o.entity.get(k)}" for k in apart) for o in others)
+            problem = (
+                f"{short_entities(r.entity, _PYBIDS_RUN_KEYS)}: runs {listed(named)} differ only by "
+                f"{'/'.join(ENTITIES[k] + '-' for k in apart)}, which BIDS Stats Models (pybids) do not tell runs "
+                "apart by: their events would be lost or mixed up; give them distinct run- numbers, or keep one of "
+                "them in the dataset (a study each)."
+            )
+        else:  # (told apart by a part of their names that pybids does not read, as fMRIPrep's cohort-)
+            problem = (
+                f"{listed(sorted(o.bold.name for o in others))} are one run to pybids: they differ in a part of "
+                "their names it does not read (as cohort-); keep one of them in the derivatives (a study each)."
+            )
         out.append(dataclasses.replace(r, problems=(*r.problems, problem)))
     return tuple(out)
 
@@ -575,7 +581,10 @@ class _RunFiles:
         ]
         paths = sorted(set(found))
         if len(paths) > 1:
-            raise InputError(f"several {what} match {bold}: {', '.join(paths[:3])}; keep one, or filter with --task.")
+            raise InputError(
+                f"several {what} match {bold}: {', '.join(paths[:3])}; keep one (they differ in a part of their "
+                "names that voxfit does not choose by, as cohort-)."
+            )
         return Path(paths[0]) if paths else None
 
 

@@ -407,6 +407,47 @@ def test_runs_told_apart_by_a_cohort_are_refused_not_overwritten(tmp_path, capsy
     assert "keep one of them in the derivatives" in err and not list(out.rglob("*_model.json"))
 
 
+def test_model_type_chooses_fixed_effects_or_a_glm_at_every_level(tmp_path, capsys):
+    """Model.Type as the specification (and FitLins) reads it: a Subject node of Type glm is an ordinary GLM of its
+    runs' effects (their mean, dof runs - 1), a Dataset node of Type meta fixed effects over the subjects (the
+    precision-weighted mean). Both were ignored: the subject level was always fixed effects, the dataset level
+    the group model. A group model's inference asked of a meta Dataset node is refused."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=3, runs=2, scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][1]["Model"]["Type"] = "glm"
+    model["Nodes"][2]["Model"]["Type"] = "meta"
+    out = tmp_path / "out"
+    assert run(study.root, out, model=model, derivatives=[study.derivatives], progress=False).ok
+    subjects = []
+    for s in ("01", "02", "03"):
+        runs = sorted((out / f"sub-{s}" / "node-run").glob("*contrast-congruent_stat-effect_statmap.nii.gz"))
+        folder = out / f"sub-{s}" / "node-subject"
+        effect = _maps(next(folder.glob("*contrast-congruent_stat-effect_statmap.nii.gz")))
+        variance = _maps(next(folder.glob("*contrast-congruent_stat-variance_statmap.nii.gz")))
+        runs = np.array([_maps(r) for r in runs])
+        ok = np.isfinite(effect)
+        assert len(runs) == 2 and ok.any()
+        np.testing.assert_allclose(effect[ok], runs.mean(axis=0)[ok], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(variance[ok], runs.var(axis=0, ddof=1)[ok] / 2, rtol=1e-4, atol=1e-6)
+        record = json.loads(next(folder.glob("*_contrast-congruent_model.json")).read_text())
+        assert record["contrasts"]["congruent"]["dof"] == 1.0
+        subjects.append((effect, variance))
+    E, V = np.array([e for e, _ in subjects]), np.array([v for _, v in subjects])
+    dataset = _maps(out / "node-dataset" / "contrast-congruent_stat-effect_statmap.nii.gz")
+    ok = np.isfinite(dataset)
+    np.testing.assert_allclose(dataset[ok], ((E / V).sum(0) / (1 / V).sum(0))[ok], rtol=1e-4, atol=1e-6)
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps(model))
+    argv = ["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path), "--group-model", "ols"]
+    assert main([*argv, "--permutations", "100"]) == 2
+    assert "--permutations is inference of a group model, and the model's Dataset node is of Model.Type meta" in (
+        capsys.readouterr().err
+    )
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

@@ -374,6 +374,7 @@ def run(
             runs = find_runs(
                 layout, space=space, desc=desc, mask_entities=_mask_entities(model), strict=False, **chosen
             )
+        _check_dataset_inference(model, settings)
         participants = _participants_rows(Path(bids_dir))
         _check_participants(Path(bids_dir) / "participants.tsv", participants, runs, model)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
@@ -909,6 +910,29 @@ def _participants_rows(bids_dir: Path) -> list[list[str]]:
             return [[c.strip() for c in r] for r in csv.reader(fh, delimiter="\t") if any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
+
+
+def _check_dataset_inference(model: dict, settings: _Settings) -> None:
+    """Refuse a group model's inference (--permutations, --tfce, --cluster-threshold, --inference rft) for a model
+    whose Dataset nodes are all of Model.Type meta: fixed effects, which none of them would apply to."""
+    datasets = [n for n in model.get("Nodes", ()) if str(n.get("Level", "")).lower() == "dataset"]
+    if not datasets or any((n.get("Model") or {}).get("Type") != "meta" for n in datasets):
+        return
+    asked = [
+        option
+        for option, value in (
+            ("--permutations", settings.permutations),
+            ("--tfce", settings.tfce),
+            ("--cluster-threshold", settings.cluster_threshold),
+            ("--inference rft", settings.rft),
+        )
+        if value
+    ]
+    if asked:
+        raise InputError(
+            f"{asked[0]} is inference of a group model, and the model's Dataset node is of Model.Type meta (fixed "
+            "effects over the subjects, inference to them alone); make it glm, or leave the option out."
+        )
 
 
 def _padded_ids(path: Path) -> list[tuple[int, str]]:
@@ -2076,10 +2100,15 @@ class _Study:
         variances = [ref.variance for ref in refs]
         dofs = [ref.dof for ref in refs]
         rft = None  # the dataset node's random field inference (voxfit.inference.rft_fit.RFTInference)
-        if level == "dataset":
+        # the node's Model.Type: "meta", fixed effects over its inputs; "glm", the group model asked for at the
+        # dataset level, and an ordinary GLM of the inputs' effects (OLS) below it (as the specification and
+        # FitLins read them: a Subject node of Type glm was fitted by fixed effects, a Dataset meta by mixed)
+        if (node.spec.get("Model") or {}).get("Type") == "meta":
+            stats, masker, model, dof, maps = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
+        elif level == "dataset":
             stats, masker, model, dof, maps, rft = self.fit_dataset(Xv, names, weights, effects, variances, dofs)
         else:
-            stats, masker, model, dof, maps = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
+            stats, masker, model, dof, maps, _ = self.fit_dataset(Xv, names, weights, effects, variances, dofs, level)
 
         def write():
             ext = masker.geometry.extension
@@ -2158,30 +2187,34 @@ class _Study:
         dof = float(np.nanmedian(fit.dof)) if np.ndim(fit.dof) else float(fit.dof)
         return fit.contrasts, masker, "fixed", dof, {}
 
-    def fit_dataset(self, X, names, weights, effects, variances, dofs):
-        """The group model asked for (voxfit.SecondLevel) on the subjects' effect and variance maps."""
+    def fit_dataset(self, X, names, weights, effects, variances, dofs, level: str = "dataset"):
+        """The group model asked for (voxfit.SecondLevel) on the subjects' effect and variance maps; at another
+        `level` (a Subject or Session node of Model.Type glm), OLS on the inputs' effects, parametric inference."""
         from ..inference.rft_fit import RFTOptions
         from ..models.second_level import SecondLevel
 
         s = self.settings
+        group_model = s.group_model if level == "dataset" else "ols"
         n, rank = X.shape[0], int(np.linalg.matrix_rank(X))
-        if n < 2 or (s.group_model != "fixed" and n <= rank):
+        if n < 2 or (group_model != "fixed" and n <= rank):
+            inputs = "subjects" if level == "dataset" else "runs (or a Model.Type meta: fixed effects)"
             raise InputError(
-                f"a group model of {n} input(s) and {rank} design column(s) at the dataset level leaves no degrees of "
-                "freedom; it needs more subjects (any left out failed above or were not chosen), or end the study "
-                "at the subject level."
+                f"a group model of {n} input(s) and {rank} design column(s) at the {level} level leaves no degrees of "
+                f"freedom; it needs more {inputs} (any left out failed above or were not chosen), or end the study "
+                "at the level below."
             )
+        dataset = level == "dataset"
         model = SecondLevel(
             design=(X, names),
             contrasts=weights,
-            variances=None if s.group_model == "ols" else list(variances),
-            model=s.group_model,
-            first_level_dof=list(dofs) if s.group_model == "fixed" else None,
-            permutations=s.permutations,
-            tfce=s.tfce,
-            cluster_threshold=s.cluster_threshold,
+            variances=None if group_model == "ols" else list(variances),
+            model=group_model,
+            first_level_dof=list(dofs) if group_model == "fixed" else None,
+            permutations=s.permutations if dataset else 0,
+            tfce=s.tfce and dataset,
+            cluster_threshold=s.cluster_threshold if dataset else None,
             seed=s.seed,
-            rft=None if s.rft is None else RFTOptions(**s.rft),
+            rft=None if s.rft is None or not dataset else RFTOptions(**s.rft),
             execution=self.execution,
         )
         fit = model.fit([Path(p) for p in effects], progress=False)
@@ -2192,7 +2225,7 @@ class _Study:
                 maps.append(("ptfcefwe", perm.p_tfce_fwe))
             extra[label] = maps
         dof = float(X.shape[0] - np.linalg.matrix_rank(X))
-        return fit.parametric, fit.masker, s.group_model, dof, extra, fit.rft
+        return fit.parametric, fit.masker, group_model, dof, extra, fit.rft
 
     def write_group_record(
         self, out, name, node, bids, X, names, weights, stats, effects, variances, masker, model, inference=None
@@ -2200,6 +2233,7 @@ class _Study:
         from ..models.record import MIXED_DOF, ModelRecord, contrast_record, input_records
 
         s = self.settings
+        inferred = node.level == "dataset" and (node.spec.get("Model") or {}).get("Type") != "meta"
         record = ModelRecord(
             kind="group",
             voxfit_version=__version__,
@@ -2219,15 +2253,15 @@ class _Study:
                 for label in weights
             },
             settings={
-                "permutations": s.permutations if node.level == "dataset" else 0,
+                "permutations": s.permutations if inferred else 0,
                 "seed": s.seed,
                 "scheme": "auto",
                 "exchangeability_blocks": None,
                 "whole_blocks": False,
-                "tfce": s.tfce and node.level == "dataset",
+                "tfce": s.tfce and inferred,
                 "tfce_E": 0.5 if masker.geometry.kind == "volume" else 1.0,
                 "tfce_H": 2.0,
-                "cluster_threshold": s.cluster_threshold if node.level == "dataset" else None,
+                "cluster_threshold": s.cluster_threshold if inferred else None,
                 "connectivity": 6,
                 "mesh": None,
                 "mask": "finite effects and positive variances in every input",

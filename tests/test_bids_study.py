@@ -325,6 +325,59 @@ def test_a_broken_run_fails_alone(tmp_path, capsys, breakage):
     assert (tmp_path / "out" / "sub-01" / "node-subject").is_dir()
 
 
+def _drop_derivative_tr(study) -> None:
+    for sidecar in study.derivatives.rglob("*_bold.json"):
+        content = json.loads(sidecar.read_text())
+        content.pop("RepetitionTime", None)
+        sidecar.write_text(json.dumps(content))
+
+
+def test_a_repetition_time_in_milliseconds_is_said_to_be(tmp_path, capsys):
+    """RepetitionTime 2000 in the sidecars of runs whose headers give 2 s between scans: the design's high-pass
+    was refused as shorter than two scans ("give a longer period"), and a longer one failed on NaN in a
+    condition's column. Said for what it is."""
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    _drop_derivative_tr(study)
+    top = study.root / "task-stroop_bold.json"
+    top.write_text(json.dumps({**json.loads(top.read_text()), "RepetitionTime": 2000}))
+    assert main(["bids", str(study.root), str(tmp_path / "out"), "run", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "its sidecars give RepetitionTime 2000 and its header 2 s between scans: the sidecar's is in milliseconds"
+        in err
+    )
+
+
+def test_a_multi_echo_runs_timing_comes_from_its_echoes_sidecars(tmp_path):
+    """fMRIPrep combines a multi-echo run's echoes (_echo-N_bold in the raw dataset, no echo in the derivatives):
+    the raw sidecars, whose RepetitionTime and SliceTiming the echoes share, were never read (no raw BOLD matched
+    without an echo). A run whose preprocessed sidecar lacks RepetitionTime is refused, saying where it goes
+    (pybids reads the run's events with it: it failed with 'fix the tables')."""
+    import shutil
+
+    from voxfit.bids.layout import find_runs, index, release_index
+
+    study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    for bold in list(study.root.glob("sub-01/func/*_bold.nii.gz")):
+        for echo in (1, 2):
+            shutil.copy(bold, str(bold).replace("_bold.nii.gz", f"_echo-{echo}_bold.nii.gz"))
+        bold.unlink()
+    layout = index(study.root, [study.derivatives])
+    try:
+        (r,) = find_runs(layout, strict=False)
+    finally:
+        release_index(layout)
+    assert r.tr == 2.0 and r.slice_timing is not None and len(r.slice_timing) == 8 and not r.problems
+    _drop_derivative_tr(study)
+    layout = index(study.root, [study.derivatives])
+    try:
+        (r,) = find_runs(layout, strict=False)
+    finally:
+        release_index(layout)
+    assert "its JSON sidecar gives no RepetitionTime (the raw run's: 2 s)" in r.problems[0]
+    assert '"RepetitionTime": 2 to sub-01_task-stroop_run-1_space' in r.problems[0]
+
+
 def test_a_group_that_cannot_be_written_fails_alone(tmp_path, capsys):
     # groups are written on a thread while the next one fits: a write's error is still that group's failure,
     # the others are written, and the dataset level goes on without it

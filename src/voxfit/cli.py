@@ -1242,12 +1242,10 @@ def _check_header_tr(reader, tr, name) -> None:
     """A warning where a 4-D NIfTI header gives the time between scans (pixdim[4] in seconds, milliseconds or
     microseconds) and it is not --tr: a TR copied from another study builds a wrong design silently (FSL and AFNI
     take the header's; SPM and nilearn, as voxfit, the one given)."""
-    header = getattr(getattr(reader, "geometry", None), "header", None)
-    if tr is None or header is None or not hasattr(header, "get_xyzt_units") or len(header.get_zooms()) < 4:
-        return
-    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(header.get_xyzt_units()[1])
-    step = float(header.get_zooms()[3]) * scale if scale else 0.0
-    if step > 0 and not math.isclose(step, float(tr), rel_tol=0.01):
+    from .io import header_scan_step
+
+    step = header_scan_step(reader)
+    if tr is not None and step is not None and not math.isclose(step, float(tr), rel_tol=0.01):
         warnings.warn(
             f"--tr {tr:g} but the header of {name} gives {step:g} s between scans; the design is built with --tr "
             f"{tr:g}: check which is right.",

@@ -587,25 +587,42 @@ class _RunFiles:
             )
         return Path(paths[0]) if paths else None
 
+    def first_echo(self, entities: dict) -> Path | None:
+        """The raw BOLD of the lowest echo of a run whose preprocessed file has no echo (fMRIPrep combines a
+        multi-echo run's echoes; their sidecars share its RepetitionTime and SliceTiming), or None."""
+        if entities.get("echo") is not None:
+            return None
+        key = _raw_key(entities)[:-1]  # (RAW's last entity: echo)
+        echoes = [
+            (float(ent["echo"]) if is_number(str(ent["echo"])) else math.inf, path)
+            for k, items in self.by_key["raw BOLD"].items()
+            if k[:-1] == key
+            for path, ent in items
+            if ent.get("echo") is not None
+        ]
+        return Path(min(echoes)[1]) if echoes else None
+
 
 def _raw_key(entities: dict) -> tuple:
     return tuple(entities.get(k) for k in RAW)
 
 
 def _run_input(layout, files: _RunFiles, f) -> RunInput:
-    from ..io import open_reader
+    from ..io import header_scan_step, open_reader
 
     ent = f.get_entities()
     entities = tuple((k, ent[k]) for k in ENTITIES if ent.get(k) is not None)
     raw = {k: ent[k] for k in RAW if ent.get(k) is not None}
     problems = []
     bold = Path(f.path)
+    step = None
     try:
-        n_scans = int(open_reader(str(bold), "bold").n_scans)
+        reader = open_reader(str(bold), "bold")
+        n_scans, step = int(reader.n_scans), header_scan_step(reader)
     except InputError as exc:
         problems.append(f"{bold}: {exc}")
         n_scans = 0
-    raw_bold = files.one("raw BOLD", ent, bold)
+    raw_bold = files.one("raw BOLD", ent, bold) or files.first_echo(ent)
     meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}
     preprocessed = layout.get_metadata(str(bold))
     _check_timing(raw_bold, meta)
@@ -617,11 +634,21 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
             f"{bold}: its sidecar says RepetitionTime {theirs} s but the raw run's says {tr} s; one of them is wrong: "
             "fix it (the design would be built with the raw one)."
         )
+    if tr is not None and step is not None and math.isclose(float(tr), 1000 * step, rel_tol=0.01):
+        problems.append(
+            f"{bold}: its sidecars give RepetitionTime {tr:g} and its header {step:g} s between scans: the sidecar's "
+            f"is in milliseconds, where BIDS gives seconds; write {step:g} in the run's JSON sidecar."
+        )
+    sidecar = bold.name.split(".")[0] + ".json"
     if tr is None:
         problems.append(
             f"{bold}: RepetitionTime is missing from every sidecar of the run (raw and derivatives); add it to "
-            f"{raw_bold.name.split('.')[0] + '.json' if raw_bold else 'the run'}'s sidecar or a top-level "
-            f"task-{raw.get('task', '<task>')}_bold.json."
+            f"its JSON sidecar, {sidecar}, as fMRIPrep writes it (pybids reads the run's events with it)."
+        )
+    elif theirs is None:
+        problems.append(
+            f"{bold}: its JSON sidecar gives no RepetitionTime (the raw run's: {tr:g} s), and pybids reads the run's "
+            f'events with the preprocessed run\'s; add "RepetitionTime": {tr:g} to {sidecar}, as fMRIPrep writes it.'
         )
     timing = meta.get("SliceTiming")
     start_time = preprocessed.get("StartTime")

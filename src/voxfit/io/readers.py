@@ -173,6 +173,17 @@ _OTHER_CIFTI = {
 }
 
 
+def header_scan_step(reader) -> float | None:
+    """The seconds between scans that a 4-D NIfTI header gives (pixdim[4] in seconds, milliseconds or
+    microseconds), or None where the reader has no such header or it gives none (no time unit, or 0)."""
+    header = getattr(getattr(reader, "geometry", None), "header", None)
+    if header is None or not hasattr(header, "get_xyzt_units") or len(header.get_zooms()) < 4:
+        return None
+    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(header.get_xyzt_units()[1])
+    step = float(header.get_zooms()[3]) * scale if scale else 0.0
+    return step if step > 0 else None
+
+
 def _load(path: Path):
     """nibabel's image object for `path`, with its errors turned into one-line InputErrors."""
     if not path.exists():

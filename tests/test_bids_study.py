@@ -501,6 +501,27 @@ def test_model_type_chooses_fixed_effects_or_a_glm_at_every_level(tmp_path, caps
     )
 
 
+def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):
+    """A GroupBy without contrast above the run level: a dataset group then held each subject twice, refused as
+    "give one effect map per subject" (the node's fix unsaid); a subject group pooled its contrasts into one effect
+    without a word. The first is refused naming the GroupBy fix, the second warned of."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][2]["GroupBy"] = []
+    kw = {"derivatives": [study.derivatives], "progress": False, "group_model": "ols"}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    (failure,) = result.failures
+    assert failure.node == "dataset" and "maps of the contrasts congruent, incongruent in one group" in failure.reason
+    assert 'lacks contrast); add "contrast" to its GroupBy' in failure.reason
+    model["Nodes"][2]["GroupBy"] = ["contrast"]
+    model["Nodes"][1]["GroupBy"] = ["subject"]
+    with pytest.warns(UserWarning, match="node subject: its GroupBy lacks contrast, so each of its groups pools"):
+        assert run(study.root, tmp_path / "out2", model=model, **kw).ok
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

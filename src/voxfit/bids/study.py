@@ -912,6 +912,30 @@ def _participants_rows(bids_dir: Path) -> list[list[str]]:
         return []
 
 
+def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict]) -> None:
+    """A group above the run level that takes inputs of several contrasts (a GroupBy without contrast): refused
+    at the dataset level where it holds a subject twice (the group model takes one map per subject: it said
+    "give one effect map per subject"); said in a warning below it, where fixed effects pool them as asked."""
+    if _value(entities.get("contrast")) is not None:
+        return
+    contrasts = sorted({str(_value(r.get("contrast"))) for r in rows if _value(r.get("contrast")) is not None})
+    if len(contrasts) < 2:
+        return
+    subjects = [_value(r.get("subject")) for r in rows]
+    if node.level == "dataset" and len(set(subjects)) < len(subjects):
+        raise InputError(
+            f"it takes each subject's maps of the contrasts {listed(contrasts)} in one group (the node's GroupBy, "
+            f'{node.spec.get("GroupBy") or []}, lacks contrast); add "contrast" to its GroupBy: a group per contrast.'
+        )
+    if node.level != "dataset":
+        warnings.warn(
+            f"node {node.name}: its GroupBy lacks contrast, so each of its groups pools the maps of the contrasts "
+            f'{listed(contrasts)} into one effect; add "contrast" to its GroupBy for one each.',
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def _check_dataset_inference(model: dict, settings: _Settings) -> None:
     """Refuse a group model's inference (--permutations, --tfce, --cluster-threshold, --inference rft) for a model
     whose Dataset nodes are all of Model.Type meta: fixed effects, which none of them would apply to."""
@@ -2058,6 +2082,7 @@ class _Study:
         missing = [row for row, ref in zip(rows, refs) if ref is None]
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)
             raise InputError(f"no maps for the input {_group_label(missing[0])}; its lower node failed.")
+        _check_pooled_contrasts(node, entities, rows)
         Xv = X.to_numpy()
         rank = np.linalg.matrix_rank(Xv) if Xv.size else 0
         if rank < Xv.shape[1]:

@@ -203,6 +203,25 @@ def test_time_series_transformations_are_pybids(stroop):
     assert result.settings["pybids_instructions"] == instructions
 
 
+def test_a_trial_type_named_plainly_is_pybids_factor_level(stroop):
+    """The trial types voxfit names plainly ("congruent") are pybids' Factor levels ("trial_type.congruent"): over
+    every event, 1 at their own. Product with response_time was refused ("Misaligned sparse variables"): they held
+    their own events only. The designs of both routes are equal; a Scale sees the same 0/1 values."""
+    _, collection = stroop
+    plain = [{"Name": "Product", "Input": ["congruent", "response_time"], "Output": "con_rt"}]
+    factored = [
+        {"Name": "Factor", "Input": ["trial_type"]},
+        {"Name": "Product", "Input": ["trial_type.congruent", "response_time"], "Output": "con_rt"},
+    ]
+    designs = []
+    for instructions in (plain, factored):
+        node = _run_node(["con_rt", "incongruent", 1], HRF={"Variables": ["con_rt", "incongruent"], "Model": "spm"})
+        node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+        designs.append(run_design(collection, _model(node), tr=TR, n_scans=SCANS).design)
+    np.testing.assert_array_equal(designs[0].X, designs[1].X)
+    assert np.abs(designs[0].X[:, 0]).max() > 0
+
+
 def test_events_transformations_are_pybids(stroop):
     """Factor, Replace, Split, Filter, Select, DropNA, Copy, Scale, Threshold and Product on the events, then
     convolved by voxfit (Model.HRF and a Convolve instruction it takes over), and ToDense, Convolve kept by pybids:

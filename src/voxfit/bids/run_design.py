@@ -203,9 +203,11 @@ def _run_file(collection) -> str:
 
 
 def _add_trial_types(variables) -> None:
-    """Each level of the events' categorical ``trial_type`` as a sparse variable of its own name (amplitude 1),
-    unless a variable has that name. Numeric codes (1, 2: BIDS's trial types are labels) are levels too, named
-    as :func:`trial_type_name` names them."""
+    """Each level of the events' categorical ``trial_type`` as a sparse variable of its own name, unless a variable
+    has that name: over every event of the table, 1 at its own and 0 at the others', as pybids' ``Factor`` makes
+    ``trial_type.<level>`` (aligned with the events' other columns: ``Product`` with ``response_time`` was refused
+    as misaligned). Numeric codes (1, 2: BIDS's trial types are labels) are levels too, named as
+    :func:`trial_type_name` names them."""
     from bids.variables import SparseRunVariable
 
     trial_type = variables.variables.get("trial_type")
@@ -216,8 +218,8 @@ def _add_trial_types(variables) -> None:
     for level in dict.fromkeys(names.dropna()):
         if level in variables.variables or level in ("", "n/a"):
             continue
-        rows = frame[names == level].copy()
-        rows["amplitude"] = 1.0
+        rows = frame.copy()
+        rows["amplitude"] = (names == level).astype(float).to_numpy()
         variables.variables[level] = SparseRunVariable(
             name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
         )

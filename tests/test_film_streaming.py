@@ -72,8 +72,11 @@ def test_fit_images_and_the_command_line_stream_film_over_the_cap(tmp_path, rng,
     args = ["fit", str(path), "--design", str(tmp_path / "d.tsv"), "--contrast", "b=x1", "--noise", "film", "--quiet"]
     assert main([*args, "-o", str(tmp_path / "mem")]) == 0
     assert main([*args, "--max-memory", "300K", "-o", str(tmp_path / "stream")]) == 0
-    details = json.loads((tmp_path / "stream" / "model.json").read_text())["settings"]["noise_details"]
+    record = json.loads((tmp_path / "stream" / "model.json").read_text())
+    details = record["settings"]["noise_details"]
     assert details["streamed"] is True and details["model"] == "FSL FILM per voxel" and len(details["parameters"]) == 9
+    assert record["contrasts"]["b"]["dof"] == 90 - 3  # (FILM's n - rank at every voxel: a number, not a summary
+    # of per-voxel effective dof, which it said they were)
     for name in ("contrast-b_stat-t_statmap.nii.gz", "stat-arcoef_statmap.nii.gz", "stat-rsquared_statmap.nii.gz"):
         a = np.asarray(nib.load(tmp_path / "mem" / name).dataobj)
         b = np.asarray(nib.load(tmp_path / "stream" / name).dataobj)

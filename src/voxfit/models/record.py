@@ -238,12 +238,14 @@ def contrast_record(expr, stats, weights: bool = True, per_voxel_dof: str = AR_D
 def dof_record(dof, per_voxel: str = AR_DOF):
     """A contrast's degrees of freedom for model.json: the number, ``[df1, df2]`` for F, and for per-voxel
     (effective) degrees of freedom their range and median over the voxels that have them, with what they are
-    (`per_voxel`, in words)."""
+    (`per_voxel`, in words); per-voxel ones that are one number everywhere (FILM's n - rank) are that number."""
     if isinstance(dof, tuple):
         return [dof_record(d, per_voxel) for d in dof]
     if np.ndim(dof) == 0:
         return float(dof)
     finite = np.asarray(dof)[np.isfinite(dof)]
+    if finite.size and finite.min() == finite.max():
+        return float(finite[0])
     summary = {"per_voxel": per_voxel}
     if finite.size:
         summary.update(min=float(finite.min()), median=float(np.median(finite)), max=float(finite.max()))

@@ -424,6 +424,14 @@ def test_the_default_model_of_a_dataset_of_two_tasks_needs_one_chosen(tmp_path, 
     assert main(["bids", str(study.root), str(out), "subject", *deriv, "--task", "stroop", "--quiet"]) == 0
     record = json.loads(next((out / "sub-01" / "node-subject").glob("*congruent_model.json")).read_text())
     assert record["inputs"] and all("task-stroop" in i["path"] for i in record["inputs"]), record["inputs"]
+    # a task of runs that cannot be fitted (resting state: no events) beside one task is not a choice to make
+    for path in study.root.rglob("*task-nback*_events.tsv"):
+        path.unlink()
+    capsys.readouterr()
+    assert main(["bids", str(study.root), str(tmp_path / "out2"), "run", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert "default model is of one task" not in err and err.count("no events.tsv for this run") == 2, err
+    assert len(list((tmp_path / "out2").glob("sub-*/node-run/*task-stroop*_model.json"))) == 2
 
 
 def test_runs_told_apart_only_by_acquisition_are_refused_not_merged(tmp_path, capsys):

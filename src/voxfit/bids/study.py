@@ -358,7 +358,8 @@ def run(
         if model is None:
             runs = find_runs(layout, task=task, space=space, desc=desc, participant_label=labels, strict=False)
             sessions = any(dict(r.entities).get("session") for r in runs)
-            tasks = sorted({dict(r.entities)["task"] for r in runs})
+            # (the tasks of the runs that can be fitted: a resting-state or raw-only task beside fails on its own)
+            tasks = sorted({dict(r.entities)["task"] for r in runs if not r.problems})
             if all(r.problems for r in runs):  # nothing to fit: the first run's problem is the one to fix
                 raise InputError(runs[0].problems[0])
             if len(tasks) > 1:  # (one task's conditions would be pooled with another's of the same name)

@@ -307,7 +307,7 @@ def test_files_that_are_not_events_are_refused_in_one_line(tmp_path, capsys, nam
         ("tabs.csv", "A\tB\tconstant\n0.5\t1.25\t1\n1\t0\t1\n", "one column separated by tabs; .* a .csv by commas"),
         ("commas.tsv", "A,B,constant\n0.5,1.25,1\n1,0,1\n", "one column separated by commas"),
         ("bare.tsv", "0.5\t1.25\t1\n1\t0\t1\n", "its first line holds numbers .0.5, 1.25, 1., not column names"),
-        ("bare.csv", "1,2,3,4,5,6\n1,2,3,4,5,6\n", r"holds numbers .1, 2, 3, 4, \.\.\.., not column names"),
+        ("bare.csv", "1.5,2,3,4,5,6\n1,2,3,4,5,6\n", r"holds numbers .1.5, 2, 3, 4, \.\.\.., not column names"),
     ],
 )
 def test_design_tables_that_are_not_read_as_named_columns_are_refused(tmp_path, name, text, message):
@@ -319,12 +319,18 @@ def test_design_tables_that_are_not_read_as_named_columns_are_refused(tmp_path, 
 
 
 def test_design_columns_named_with_other_separators_are_names(tmp_path):
-    """One column whose name holds a space or a semicolon above single values, and names that are partly
-    numbers, are a header."""
+    """One column whose name holds a space or a semicolon above single values, names that are partly numbers, and
+    integers alone, are a header."""
     X, names = read_design(_write(tmp_path / "one.tsv", "face up\n1\n0\n"))
     assert names == ["face up"] and X.ravel().tolist() == [1.0, 0.0]
     X, names = read_design(_write(tmp_path / "two.tsv", "1\tconstant\n1\t1\n0\t1\n"))
     assert names == ["1", "constant"]
+    # integers alone are names: pandas names a DataFrame's columns 0, 1, ..., and voxfit writes them so
+    import pandas as pd
+
+    pd.DataFrame(np.array([[0.5, 1.0], [0.25, 1.0]])).to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
+    assert read_design(tmp_path / "pandas.tsv")[1] == ["0", "1"]
+    assert read_design(_write(tmp_path / "words.tsv", "inf\tnan\n1\t2\n3\t4\n"))[1] == ["inf", "nan"]
 
 
 def test_conditions_after_the_end_of_the_run(tmp_path, capsys):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .._checks import is_number, repeated
+from .._checks import repeated
 from ..io.checks import check_readable
 from ..exceptions import InputError
 
@@ -70,8 +71,9 @@ _SEPARATORS = {"\t": "tabs", ",": "commas", ";": "semicolons", " ": "spaces"}
 def _check_header(path: Path, names: list[str], sep: str, first_row: str) -> None:
     """Refuse a header that is not column names: one column that another separator splits as it splits the first
     row (a table saved with semicolons, as spreadsheets in many locales do, or with spaces; a column named
-    ``face up`` above single values is a name), or numbers alone (a matrix with no header, whose first row would
-    be taken for names and lost)."""
+    ``face up`` above single values is a name), or decimal numbers alone (a matrix with no header, whose first
+    row would be taken for names and lost). Integers alone are names: pandas names a DataFrame's columns 0, 1, ...
+    (and a matrix of integers without a header is refused by its count of rows)."""
     other = next(
         (
             s
@@ -85,12 +87,16 @@ def _check_header(path: Path, names: list[str], sep: str, first_row: str) -> Non
             f"design {path}: its header line {names[0].strip()[:60]!r} is one column separated by "
             f"{_SEPARATORS[other]}; voxfit reads a .tsv or .txt separated by tabs, a .csv by commas: save it so."
         )
-    if all(is_number(name) for name in names):
+    if all(_DECIMAL.fullmatch(name) for name in names) and not all(_INTEGER.fullmatch(name) for name in names):
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise InputError(
             f"design {path}: its first line holds numbers ({shown}), not column names; add a header line naming "
             "the columns (as 'A<tab>B<tab>constant') above one row per scan."
         )
+
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
 
 
 def _split(text: str, sep: str) -> list[str]:

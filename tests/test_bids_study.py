@@ -346,6 +346,17 @@ def test_a_repetition_time_in_milliseconds_is_said_to_be(tmp_path, capsys):
         "its sidecars give RepetitionTime 2000 and its header 2 s between scans: the sidecar's is in milliseconds"
         in err
     )
+    # a header whose time unit alone is wrong (milliseconds, pixdim 2) beside a sidecar's 2 s: the sidecar is right
+    import nibabel as nib
+
+    top.write_text(json.dumps({**json.loads(top.read_text()), "RepetitionTime": 2.0}))
+    for sidecar in study.derivatives.rglob("*_bold.json"):
+        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "RepetitionTime": 2.0}))
+    for bold in study.derivatives.rglob("*_desc-preproc_bold.nii.gz"):
+        img = nib.load(bold)
+        img.header.set_xyzt_units("mm", "msec")
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), bold)
+    assert main(["bids", str(study.root), str(tmp_path / "out2"), "run", *deriv, "--quiet"]) == 0
 
 
 def test_a_multi_echo_runs_timing_comes_from_its_echoes_sidecars(tmp_path):

@@ -634,7 +634,8 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
             f"{bold}: its sidecar says RepetitionTime {theirs} s but the raw run's says {tr} s; one of them is wrong: "
             "fix it (the design would be built with the raw one)."
         )
-    if tr is not None and step is not None and math.isclose(float(tr), 1000 * step, rel_tol=0.01):
+    # (a sidecar's TR of 100 or more is no fMRI run's in seconds; a header whose unit alone is wrong is not said)
+    if tr is not None and step is not None and tr >= 100 and math.isclose(float(tr), 1000 * step, rel_tol=0.01):
         problems.append(
             f"{bold}: its sidecars give RepetitionTime {tr:g} and its header {step:g} s between scans: the sidecar's "
             f"is in milliseconds, where BIDS gives seconds; write {step:g} in the run's JSON sidecar."

@@ -900,6 +900,11 @@ def test_a_study_interrupted_while_its_reports_are_written_says_its_fits_are_com
     assert err.startswith(f"voxfit: interrupted while the reports were written; the study's fits are complete in {out}")
     assert f"; {len(before)} files of stale groups were removed; no report is half-written" in err
     assert before and not list(out.glob("sub-*/node-run")) and list(out.glob("sub-*/node-runs/*_statmap.nii.gz"))
+    # with a run that fails: its failure is said, and the fits are not said to be complete
+    next(study.root.glob("sub-02/func/*_events.tsv")).unlink()
+    assert main([*argv, "--report"]) == 130
+    err = capsys.readouterr().err
+    assert "voxfit: failed: node runs, sub-02" in err and "every group was fitted, or failed as said above," in err
 
 
 def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_path):

@@ -935,11 +935,12 @@ def _run_bids(args, argv, progress) -> int:
     except KeyboardInterrupt as exc:  # (a group is committed whole or not at all, by whichever process fitted it)
         done = getattr(exc, "result", None)  # (bids.study.ReportsInterrupted: the fits were all done)
         if done is not None:
+            _said_of_study(done)
             removed = f"; {done.removed} files of stale groups were removed" if done.removed else ""
+            fits = "the study's fits are complete" if done.ok else "every group was fitted, or failed as said above,"
             print(
-                f"voxfit: interrupted while the reports were written; the study's fits are complete in "
-                f"{args.out_dir}{removed}; no report is half-written (run the same command again for the reports: "
-                "the fitted groups are reused).",
+                f"voxfit: interrupted while the reports were written; {fits} in {args.out_dir}{removed}; no report "
+                "is half-written (run the same command again for the reports: the fitted groups are reused).",
                 file=sys.stderr,
             )
             return 130
@@ -968,13 +969,18 @@ def _run_bids(args, argv, progress) -> int:
         print(f"{', '.join(counts)}: {where}")
         if args.report and (Path(result.out_dir) / "index.html").is_file():
             print(f"reports: {Path(result.out_dir) / 'index.html'}")
+    _said_of_study(result)
+    return 0 if result.ok else 2
+
+
+def _said_of_study(result) -> None:
+    """A study's failures, groups skipped and notes, a line each on stderr."""
     for failure in result.failures:
         print(f"voxfit: failed: {failure}", file=sys.stderr)
     for skipped in result.skipped:
         print(f"voxfit: skipped: {skipped}", file=sys.stderr)
     for group, note in result.notes:
         print(f"voxfit: note: node {group.name}, {group.label}: {note}", file=sys.stderr)
-    return 0 if result.ok else 2
 
 
 def _count(result, reused: bool) -> int:

@@ -3,6 +3,7 @@ dataset, checked against voxfit's own first-level, fixed-effects and group fits 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -511,6 +512,9 @@ def test_model_type_chooses_fixed_effects_or_a_glm_at_every_level(tmp_path, caps
     dataset = _maps(out / "node-dataset" / "contrast-congruent_stat-effect_statmap.nii.gz")
     ok = np.isfinite(dataset)
     np.testing.assert_allclose(dataset[ok], ((E / V).sum(0) / (1 / V).sum(0))[ok], rtol=1e-4, atol=1e-6)
+    if importlib.util.find_spec("matplotlib") is not None:  # (the dataset's page names the model fitted)
+        assert run(study.root, out, model=model, derivatives=[study.derivatives], report=True, progress=False).ok
+        assert "group model</th><td>fixed effects (fixed)" in (out / "dataset.html").read_text()
     path = tmp_path / "meta.json"
     path.write_text(json.dumps(model))
     argv = ["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path), "--group-model", "ols"]
@@ -938,11 +942,18 @@ def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_pat
         _maps(out / "node-dataset" / f"group-{g}_contrast-reward_stat-z_statmap.nii.gz") for g in ("control", "patient")
     ]
     assert not np.allclose(z[0], z[1], equal_nan=True)
+    # the dataset's page tells the groups apart, and no subject of one is said to be left out of the other
+    pytest.importorskip("matplotlib")
+    assert run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", report=True).ok
+    page = (out / "dataset.html").read_text()
+    assert "dataset reward+ group-control" in page and "dataset reward+ group-patient" in page
+    assert "left out</th>" in page and page.count("<td>none</td>") >= 4 and "(voxfit" not in page
     # groups whose values still write the same files ("con-trol" and "control") are refused, not merged
     table = study.root / "participants.tsv"
     table.write_text(table.read_text().replace("patient", "con-trol"))
     again = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
     assert [f.node for f in again.failures] == ["dataset", "dataset"]
+    assert {f.group for f in again.failures} == {"contrast-reward+_group-con-trol", "contrast-reward-_group-con-trol"}
     assert "are those of group " in again.failures[0].reason and "rename one" in again.failures[0].reason
 
 

@@ -1214,7 +1214,7 @@ def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
         nib.Cifti2Image(data[:, :2], header=(nib.cifti2.SeriesAxis(0, 2, 7), parcels)), tmp_path / "p.dtseries.nii"
     )
     assert _stored_cifti(tmp_path / "p.dtseries.nii") is None
-    with pytest.raises(InputError, match="only dense CIFTI files"):
+    with pytest.raises(InputError, match="a parcellated CIFTI file"):  # (parcels in a file named as dense)
         open_reader(str(tmp_path / "p.dtseries.nii"))
     # CIFTI files voxfit does not fit, said for what they are: parcels, labels, a transposed dense file, a dense
     # file named .nii (each was "not a NIfTI or Analyze volume image", or "only dense CIFTI files")
@@ -1228,7 +1228,10 @@ def test_cifti_brain_models_from_the_header_alone_equal_nibabels(tmp_path, rng):
     nib.save(nib.Cifti2Image(data[:1], header=(label, models)), tmp_path / "l.dlabel.nii")
     shutil.copy(tmp_path / "run.dtseries.nii", tmp_path / "run.nii")
     for name, message in (
-        ("p.ptseries.nii", r"a parcellated CIFTI file .* as a .npy array, scans x parcels .*voxfit fits dense CIFTI"),
+        (
+            "p.ptseries.nii",
+            r"a parcellated CIFTI file .* as a .npy array, scans .or maps. x parcels .*voxfit fits dense",
+        ),
         ("l.dlabel.nii", "a CIFTI label file: it holds labels, not data to fit; voxfit fits dense CIFTI files"),
         ("t.dtseries.nii", r"its grayordinates are its rows .* transpose it \(wb_command -cifti-transpose\)"),
         ("run.nii", r"a CIFTI-2 file named as a volume; name a dense one .dtseries.nii or .dscalar.nii\.$"),

@@ -476,7 +476,13 @@ def _subject_page(label: str, groups: list[_Group], failures: list[_Failure], da
 
 def _short_title(g: _Group) -> str:
     parts = [str(g.entities[k]) for k in ("session", "run", "hemi", "contrast") if g.entities.get(k) is not None]
+    parts += [f"{k}-{g.entities[k]}" for k in _split_by(g)]  # (a participants.tsv column it is grouped by)
     return f"{g.node} {' '.join(parts)}".strip()
+
+
+def _split_by(g: _Group) -> list[str]:
+    """The keys a group is grouped by that are not BIDS entities nor the contrast, by name."""
+    return sorted(k for k in g.entities if k not in ENTITIES and k != "contrast" and g.entities[k] is not None)
 
 
 def _meta(checksum: str) -> dict:
@@ -490,7 +496,10 @@ def _subjects_of(g: _Group) -> list[str]:
 
 def _dataset_page(out_dir, dataset, groups, subjects, failures, model_files, checksum) -> str:
     study = ((dataset[0].record.get("settings") or {}).get("bids") or {}).get("study_settings") or {}
-    model = study.get("group_model", "?")
+    # (the model each group was fitted by, as its record says: a Dataset node of Model.Type meta is fixed effects
+    # whatever --group-model the study was given)
+    fitted = {str(((g.record.get("design") or {}).get("notes") or ["?"])[0]).split(" ")[0] for g in dataset}
+    model = fitted.pop() if len(fitted) == 1 and fitted <= set(GROUP_MODELS) else study.get("group_model", "?")
     about = {
         "group model": GROUP_MODELS.get(model, model),
         "permutations": str(study.get("permutations") or "none"),
@@ -502,7 +511,17 @@ def _dataset_page(out_dir, dataset, groups, subjects, failures, model_files, che
     used_rows = []
     for g in dataset:
         used = _subjects_of(g)
-        left = [s for s in subjects if s not in used]
+        # (subjects of a sibling group, split from this one by a participants.tsv column, are not left out of it)
+        siblings = [
+            o
+            for o in dataset
+            if o is not g
+            and _split_by(o)
+            and {k: v for k, v in o.entities.items() if k not in _split_by(o)}
+            == {k: v for k, v in g.entities.items() if k not in _split_by(g)}
+        ]
+        elsewhere = {s for o in siblings for s in _subjects_of(o)}
+        left = [s for s in subjects if s not in used and s not in elsewhere]
         reasons = {s: "; ".join(f"{f.node}: {f.reason}" for f in failures if f.subject == s) for s in left}
         used_rows.append(
             {

@@ -731,7 +731,9 @@ def _key(entities: dict) -> tuple:
 
 
 def _group_label(entities: dict) -> str:
+    """A group's entities as in file names, then any other key it is grouped by (a participants.tsv column)."""
     parts = [f"{ENTITIES.get(k, k)}-{v}" for k, v in _key(entities)]
+    parts += [f"{k}-{_value(v)}" for k, v in sorted(entities.items()) if k not in _KEYS and _value(v) is not None]
     return "_".join(parts) or "all"
 
 
@@ -2082,7 +2084,7 @@ class _Study:
         refs = [self.maps.get(_key(row)) for row in rows]
         missing = [row for row, ref in zip(rows, refs) if ref is None]
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)
-            raise InputError(f"no maps for the input {_group_label(missing[0])}; its lower node failed.")
+            raise InputError(f"no maps for the input {_input_name(missing[0])}; its lower node failed.")
         _check_pooled_contrasts(node, entities, rows)
         Xv = X.to_numpy()
         rank = np.linalg.matrix_rank(Xv) if Xv.size else 0
@@ -2223,10 +2225,10 @@ class _Study:
         group_model = s.group_model if level == "dataset" else "ols"
         n, rank = X.shape[0], int(np.linalg.matrix_rank(X))
         if n < 2 or (group_model != "fixed" and n <= rank):
-            inputs = "subjects" if level == "dataset" else "runs (or a Model.Type meta: fixed effects)"
+            more = "subjects" if level == "dataset" else "runs, or the node's Model.Type meta (fixed effects),"
             raise InputError(
                 f"a group model of {n} input(s) and {rank} design column(s) at the {level} level leaves no degrees of "
-                f"freedom; it needs more {inputs} (any left out failed above or were not chosen), or end the study "
+                f"freedom; it needs more {more} (inputs left out failed above or were not chosen), or end the study "
                 "at the level below."
             )
         dataset = level == "dataset"

@@ -158,8 +158,8 @@ def _kind(path: Path) -> str:
 
 
 _PARCELS = (
-    "a parcellated CIFTI file (parcels, not grayordinates): fit the parcels' series as a .npy array, scans x parcels "
-    "(numpy.save('p.npy', nibabel.load(file).get_fdata())), or their dense file"
+    "a parcellated CIFTI file (parcels, not grayordinates): fit its rows as a .npy array, scans (or maps) x parcels "
+    "(numpy.save('p.npy', nibabel.load(file).get_fdata())), or the dense file"
 )
 _OTHER_CIFTI = {
     ".ptseries.nii": _PARCELS,
@@ -956,6 +956,8 @@ def _not_dense(path, img) -> str:
             f"{path}: its grayordinates are its rows and its scans its columns (a transposed dense file); voxfit reads "
             "scans as rows, as Connectome Workbench writes them: transpose it (wb_command -cifti-transpose)."
         )
+    if isinstance(img, nib.Cifti2Image) and isinstance(img.header.get_axis(1), nib.cifti2.ParcelsAxis):
+        return f"{path}: {_PARCELS}."
     return f"{path}: only dense CIFTI files (brain models: vertices and voxels) are supported."
 
 

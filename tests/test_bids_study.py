@@ -545,6 +545,24 @@ def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):
         assert run(study.root, tmp_path / "out2", model=model, **kw).ok
 
 
+def test_options_a_study_cannot_honour_are_refused_before_it_fits(tmp_path, capsys):
+    """--confounds-strategy ica_aroma on desc-preproc runs fitted them with no motion regressor and no denoising
+    (exit 0; nilearn refuses it); --tfce on surfaces failed every dataset group after every run was fitted,
+    asking for a --mesh voxfit bids does not take. Both are refused at once, saying what to do."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--confounds-strategy", "ica_aroma"]) == 2
+    err = capsys.readouterr().err
+    assert "ica_aroma is for fMRIPrep's runs denoised by ICA-AROMA" in err and "--desc smoothAROMAnonaggr" in err
+    surface, sderiv = _study(tmp_path / "s", subjects=2, runs=1, scans=40, space="fsaverage5", vertices=60)
+    argv = ["bids", str(surface.root), str(out), "dataset", *sderiv, "--group-model", "ols", "--permutations", "50"]
+    for option in (["--tfce"], ["--cluster-threshold", "2"]):
+        assert main([*argv, *option]) == 2
+        err = capsys.readouterr().err
+        assert f"{option[0]} on surfaces needs each hemisphere's mesh" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

@@ -384,6 +384,8 @@ def run(
                 f"--smoothing is for volumes, and {surface.name} is a surface or CIFTI run (smoothing on the mesh is "
                 "not done here): drop --smoothing, or choose volume runs with --space."
             )
+        _check_surface_inference(settings, runs, surface)
+        _check_aroma(settings, desc)
         described = {f: f.read_bytes() if f.is_file() else None for f in description_files(out_dir, model)}
         model_file = describe_dataset(out_dir, model, command)
         identity = (("model", model_file.name), ("task", task), ("space", space), ("desc", desc))
@@ -936,6 +938,36 @@ def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict]) -> No
             f'{listed(contrasts)} into one effect; add "contrast" to its GroupBy for one each.',
             UserWarning,
             stacklevel=2,
+        )
+
+
+def _check_surface_inference(settings: _Settings, runs, surface: Path | None) -> None:
+    """Refuse, before anything is fitted, the group inference a study cannot run on surface maps: TFCE and cluster
+    inference need each hemisphere's mesh (voxfit group --mesh; a study takes none), RFT a volume."""
+    if surface is None or not (settings.tfce or settings.cluster_threshold or settings.rft):
+        return
+    option = "--tfce" if settings.tfce else "--cluster-threshold" if settings.cluster_threshold else "--inference rft"
+    if settings.rft:
+        raise InputError(
+            f"--inference rft is for volumes, and {surface.name} is a surface or CIFTI run: drop it (the maximum "
+            "statistic's FWE p with --permutations needs no mesh), or choose volume runs with --space."
+        )
+    if str(surface).endswith(".gii"):
+        raise InputError(
+            f"{option} on surfaces needs each hemisphere's mesh, which a study is not given: drop it (--permutations "
+            "alone gives the maximum statistic's FWE p), or run voxfit group --mesh on the subjects' maps."
+        )
+
+
+def _check_aroma(settings: _Settings, desc: str | None) -> None:
+    """--confounds-strategy ica_aroma is for fMRIPrep's non-aggressively denoised runs, as nilearn's is: the
+    aroma_motion columns are already out of them, and the strategy adds none (refused for others, which it would
+    fit without any motion regressor)."""
+    strategy = settings.confounds_strategy
+    if strategy and str(strategy).split(":")[0] == "ica_aroma" and desc != "smoothAROMAnonaggr":
+        raise InputError(
+            f"--confounds-strategy ica_aroma is for fMRIPrep's runs denoised by ICA-AROMA (desc-smoothAROMAnonaggr), "
+            f"and the runs chosen are desc-{desc}: add --desc smoothAROMAnonaggr, or choose another strategy."
         )
 
 

@@ -563,6 +563,33 @@ def test_options_a_study_cannot_honour_are_refused_before_it_fits(tmp_path, caps
     assert not out.exists()
 
 
+def test_a_short_runs_ar_variances_stay_positive(tmp_path):
+    """A run cut to 30 scans under a model with 24 motion columns (19 dof): AR(1)'s Kackar-Harville term, an extra
+    variance, came out below -1 at some voxels, so their contrast variances were negative (down to -29), their t
+    NaN, and they vanished from the subject's and the dataset's maps without a word. Held at 0 there, as the
+    expansion failing."""
+    import nibabel as nib
+
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import make_dataset, nilearn_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=40, shape=(8, 8, 6), extra_confounds=("nuisance1",))
+    for path in study.root.rglob("sub-01_task-stroop_run-2*bold.nii.gz"):
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :30], img.affine, img.header), path)
+    table = next(study.derivatives.rglob("sub-01_task-stroop_run-2_desc-confounds_timeseries.tsv"))
+    table.write_text("\n".join(table.read_text().splitlines()[:31]) + "\n")
+    kw = {"derivatives": [study.derivatives], "progress": False, "noise": "ar1", "participant_label": ["01"]}
+    assert run(study.root, tmp_path / "out", model=nilearn_model(), level="run", **kw).ok
+    maps = list((tmp_path / "out" / "sub-01" / "node-run").glob("*run-2*_stat-variance_statmap.nii.gz"))
+    assert maps
+    for path in maps:
+        variance = _maps(path)
+        assert (variance[np.isfinite(variance)] > 0).all(), (path.name, np.nanmin(variance))
+        full = _maps(Path(str(path).replace("run-2", "run-1")))  # (the 40-scan run, in the same mask)
+        assert np.isfinite(variance).sum() == np.isfinite(full).sum() > 0
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

@@ -849,9 +849,11 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
             # a curvature term that would more than double or halve the variance says that the expansion does not
             # hold (a model at the stationary models' edge, where cov(phi) reaches past it): it is held at those
             steady = (kappa > -0.5) & (kappa < 1.0)
-            regular &= np.isfinite(spread) & steady & np.isfinite(lam_)
+            # Kackar and Harville's term is an extra variance (lambda >= 0): one below zero is the expansion failing
+            # too (few dof, cov(phi) large: a run of 30 scans and 24 confounds had variances down to -29), held at 0
+            regular &= np.isfinite(spread) & steady & np.isfinite(lam_) & (lam_ > -1e-6)
             kappa = np.where(np.isfinite(kappa), np.clip(kappa, -0.5, 1.0), 0.0)
-            spread, lam_ = (np.where(np.isfinite(x), x, 0.0) for x in (spread, lam_))
+            spread, lam_ = (np.where(np.isfinite(x), x, 0.0) for x in (spread, np.maximum(lam_, 0.0)))
             scale = (1.0 + lam_) / (1.0 + kappa) * block.nu / (block.nu - p)
             out.append((scale, 2.0 / (2.0 / (block.nu - p) + spread), kappa, lam_))
     return out, regular

@@ -590,6 +590,29 @@ def test_a_short_runs_ar_variances_stay_positive(tmp_path):
         assert np.isfinite(variance).sum() == np.isfinite(full).sum() > 0
 
 
+def test_a_study_writes_the_cluster_inference_it_computes(tmp_path):
+    """--permutations with --cluster-threshold: the dataset groups' cluster-extent and cluster-mass FWE maps and
+    their clusters.tsv were computed and dropped (only voxel FWE written). Written, and equal to voxfit group's
+    on the same subject maps."""
+    study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(8, 8, 6))
+    out = tmp_path / "out"
+    options = ["--permutations", "40", "--cluster-threshold", "2"]
+    assert (
+        main(["bids", str(study.root), str(out), "dataset", *deriv, "--group-model", "ols", *options, "--quiet"]) == 0
+    )
+    folder = out / "node-dataset"
+    for stat in ("pclusterfwe", "pclustermassfwe", "pfwe"):
+        assert (folder / f"contrast-congruent_stat-{stat}_statmap.nii.gz").is_file(), stat
+    maps = sorted(str(p) for p in out.glob("sub-*/node-subject/*_contrast-congruent_stat-effect_statmap.nii.gz"))
+    assert main(["group", *maps, *options, "-o", str(tmp_path / "g"), "--quiet"]) == 0
+    ours = (folder / "contrast-congruent_clusters.tsv").read_text()
+    assert ours == (tmp_path / "g" / "contrast-intercept_clusters.tsv").read_text() and len(ours.splitlines()) > 1
+    np.testing.assert_array_equal(
+        _maps(folder / "contrast-congruent_stat-pclusterfwe_statmap.nii.gz"),
+        _maps(tmp_path / "g" / "contrast-intercept_stat-p_desc-clusterfwe_statmap.nii.gz"),
+    )
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

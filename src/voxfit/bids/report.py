@@ -55,7 +55,12 @@ REPORT_LEVELS = {  # a node's level -> how voxfit's report thresholds its maps (
     "subject": "fixed effects across runs",
     "dataset": "group",
 }
-_PERMUTATION_P = {"fwe": "pfwe", "tfcefwe": "ptfcefwe"}  # voxfit group's desc -> the study's stat
+_PERMUTATION_P = {
+    "fwe": "pfwe",
+    "tfcefwe": "ptfcefwe",
+    "clusterfwe": "pclusterfwe",
+    "clustermassfwe": "pclustermassfwe",
+}
 GROUP_MODELS = {
     "mixed": "mixed effects (mixed): each subject's effect weighted by 1 / (its variance + the between-subject "
     "variance), the between-subject variance estimated by REML at each voxel (its map is not among the study's "

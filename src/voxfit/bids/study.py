@@ -155,6 +155,20 @@ class StudyResult:
         return tuple((g, n) for groups in self.nodes.values() for g in groups for n in g.notes)
 
 
+@dataclass(frozen=True)
+class _GroupFitted:
+    """A higher node group's fit: its contrasts' Stats by label, the masker, the model's name, its dof, more maps
+    of each contrast (``(stat, values)``: permutation p), the dataset's RFT inference and cluster tables."""
+
+    stats: dict
+    masker: object
+    model: str
+    dof: float
+    maps: dict = field(default_factory=dict)
+    rft: object = None
+    tables: dict = field(default_factory=dict)
+
+
 class ReportsInterrupted(KeyboardInterrupt):
     """A study interrupted while its reports were written: every group was fitted or failed, what it fitted is
     committed and stale groups are removed (`result`); a report is written whole or not at all."""
@@ -2159,16 +2173,21 @@ class _Study:
         effects = [ref.effect for ref in refs]
         variances = [ref.variance for ref in refs]
         dofs = [ref.dof for ref in refs]
-        rft = None  # the dataset node's random field inference (voxfit.inference.rft_fit.RFTInference)
         # the node's Model.Type: "meta", fixed effects over its inputs; "glm", the group model asked for at the
         # dataset level, and an ordinary GLM of the inputs' effects (OLS) below it (as the specification and
         # FitLins read them: a Subject node of Type glm was fitted by fixed effects, a Dataset meta by mixed)
         if (node.spec.get("Model") or {}).get("Type") == "meta":
-            stats, masker, model, dof, maps = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
-        elif level == "dataset":
-            stats, masker, model, dof, maps, rft = self.fit_dataset(Xv, names, weights, effects, variances, dofs)
+            fitted = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
         else:
-            stats, masker, model, dof, maps, _ = self.fit_dataset(Xv, names, weights, effects, variances, dofs, level)
+            fitted = self.fit_dataset(Xv, names, weights, effects, variances, dofs, level)
+        stats, masker, model, dof, maps, rft = (
+            fitted.stats,
+            fitted.masker,
+            fitted.model,
+            fitted.dof,
+            fitted.maps,
+            fitted.rft,
+        )
 
         def write():
             ext = masker.geometry.extension
@@ -2180,6 +2199,10 @@ class _Study:
                     write_stats(out, prefix, label, s, masker, ext)
                     for stat, values in maps.get(label, ()):
                         masker.write(out.path(map_name(prefix, label, stat, ext)), values, [f"{label} {stat}"])
+                    if label in fitted.tables:  # (voxfit group's clusters.tsv, the group's prefix before it)
+                        from ..models.second_level import write_cluster_table
+
+                        write_cluster_table(out.path(f"{prefix}contrast-{label}_clusters.tsv"), fitted.tables[label])
                     if s.kind == "t" and c.test != "F":
                         outputs[c.name] = {
                             "label": label,
@@ -2245,7 +2268,7 @@ class _Study:
             X, E, V, weights, names=names, model="fixed", first_level_dof=dofs, execution=self.execution
         )
         dof = float(np.nanmedian(fit.dof)) if np.ndim(fit.dof) else float(fit.dof)
-        return fit.contrasts, masker, "fixed", dof, {}
+        return _GroupFitted(fit.contrasts, masker, "fixed", dof)
 
     def fit_dataset(self, X, names, weights, effects, variances, dofs, level: str = "dataset"):
         """The group model asked for (voxfit.SecondLevel) on the subjects' effect and variance maps; at another
@@ -2281,11 +2304,14 @@ class _Study:
         extra = {}
         for label, perm in fit.permutation.items():
             maps = [("pfwe", perm.p_fwe), ("puncorrected", perm.p_uncorrected)]
+            if perm.clusters is not None:  # (cluster extent and mass FWE p, as voxfit group writes them)
+                maps.append(("pclusterfwe", perm.clusters.voxel_map(perm.clusters.p_extent)))
+                maps.append(("pclustermassfwe", perm.clusters.voxel_map(perm.clusters.p_mass)))
             if perm.p_tfce_fwe is not None:
                 maps.append(("ptfcefwe", perm.p_tfce_fwe))
             extra[label] = maps
         dof = float(X.shape[0] - np.linalg.matrix_rank(X))
-        return fit.parametric, fit.masker, group_model, dof, extra, fit.rft
+        return _GroupFitted(fit.parametric, fit.masker, group_model, dof, extra, fit.rft, dict(fit.clusters))
 
     def write_group_record(
         self, out, name, node, bids, X, names, weights, stats, effects, variances, masker, model, inference=None

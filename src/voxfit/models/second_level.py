@@ -882,7 +882,7 @@ class SecondLevel:
                     masker.write(out.path(statmap_name("tfce", ext, label)), r.tfce, [f"{label} TFCE"])
                     p_maps(label, "tfcefwe", r.p_tfce_fwe)
             if label in tables:
-                _write_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
+                write_cluster_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
         if g.mixed is not None:
             write_mixed_maps(out, masker, g.mixed, perms)
         footers = {}
@@ -1082,7 +1082,7 @@ def _unique_labels(tcons):
     return out
 
 
-def _write_table(path, rows: list[dict]) -> None:
+def write_cluster_table(path, rows: list[dict]) -> None:
     columns = [
         "cluster",
         "size",

@@ -613,6 +613,32 @@ def test_a_study_writes_the_cluster_inference_it_computes(tmp_path):
     )
 
 
+def test_the_events_modulation_column_scales_the_trial_types(tmp_path):
+    """BIDS events' modulation column (n/a: 1) scales each event's amplitude, as voxfit fit --events and nilearn
+    read it: the study's trial types were 1 at every event whatever it said (its maps unchanged)."""
+    import pandas as pd
+
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    kw = {"derivatives": [study.derivatives], "progress": False, "level": "run", "noise": "ols"}
+    assert run(study.root, tmp_path / "plain", **kw).ok
+    events = next(study.root.glob("sub-01/func/*_events.tsv"))
+    table = pd.read_csv(events, sep="\t")
+    table["modulation"] = np.where(table["trial_type"] == "congruent", 2.0, 0.5)
+    table.loc[table.index[-1], "modulation"] = np.nan  # (n/a: 1)
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+    assert run(study.root, tmp_path / "mod", **kw).ok
+    designs = [
+        pd.read_csv(next((tmp_path / name / "sub-01" / "node-run").glob("*_design.tsv")), sep="\t")
+        for name in ("plain", "mod")
+    ]
+    last = table["trial_type"].iloc[-1]
+    other = "incongruent" if last == "congruent" else "congruent"
+    np.testing.assert_allclose(designs[1][other], designs[0][other] * (2.0 if other == "congruent" else 0.5), atol=1e-9)
+    assert not np.allclose(designs[1][last], designs[0][last] * (2.0 if last == "congruent" else 0.5))
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

@@ -215,14 +215,32 @@ def _add_trial_types(variables) -> None:
         return
     frame = trial_type.to_df(condition=True, entities=True).drop(columns="condition")
     names = frame["amplitude"].map(trial_type_name)
+    weights = _modulation(variables, trial_type)
     for level in dict.fromkeys(names.dropna()):
         if level in variables.variables or level in ("", "n/a"):
             continue
         rows = frame.copy()
-        rows["amplitude"] = (names == level).astype(float).to_numpy()
+        rows["amplitude"] = (names == level).astype(float).to_numpy() * weights
         variables.variables[level] = SparseRunVariable(
             name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
         )
+
+
+def _modulation(variables, trial_type) -> np.ndarray | float:
+    """Each event's amplitude from the events' ``modulation`` column (BIDS; n/a is 1), as voxfit fit --events and
+    nilearn read it: the trial types' regressors were 1 at every event whatever it said. 1 without the column."""
+    import pandas as pd
+
+    modulation = variables.variables.get("modulation")
+    if modulation is None:
+        return 1.0
+    events = trial_type.to_df()[["onset", "duration"]].reset_index(drop=True)
+    given = modulation.to_df()[["onset", "duration", "amplitude"]]
+    # (pybids leaves out a column's n/a cells: matched to the events by onset and duration, the others 1)
+    given = given.drop_duplicates(["onset", "duration"]).rename(columns={"amplitude": "modulation"})
+    values = events.merge(given, on=["onset", "duration"], how="left")["modulation"]
+    values = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    return np.where(np.isfinite(values), values, 1.0)
 
 
 def trial_type_name(value) -> str | None:

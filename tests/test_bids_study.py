@@ -639,6 +639,21 @@ def test_the_events_modulation_column_scales_the_trial_types(tmp_path):
     assert not np.allclose(designs[1][last], designs[0][last] * (2.0 if last == "congruent" else 0.5))
 
 
+def test_a_lost_hemisphere_of_a_surface_run_is_a_failure(tmp_path):
+    """A GIFTI run whose right hemisphere fMRIPrep did not write: the subject's right hemisphere was fitted from
+    one run and its left from two, exit 0, said nowhere. The missing hemisphere is a run's failure."""
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=2, runs=2, scans=40, space="fsaverage5", vertices=60)
+    (lost,) = study.derivatives.glob("sub-02/func/sub-02_task-stroop_run-2_hemi-R_*bold.func.gii")
+    lost.unlink()
+    result = run(study.root, tmp_path / "out", derivatives=[study.derivatives], level="subject", progress=False)
+    (failure,) = result.failures
+    assert failure.node == "run" and "hemi-R" in failure.group and "run-2" in failure.group
+    assert "this hemisphere of the run is missing from the derivatives" in failure.reason
+    assert any("built without sub-02_task-stroop_run-2" in note for _, note in result.notes)
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

@@ -392,7 +392,7 @@ def find_runs(
         )
     files = _RunFiles(layout, mask_entities)
     runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)))
-    runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions)
+    runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions) + _lost_hemispheres(runs)
     if strict:
         for r in runs:
             if r.problems:
@@ -432,6 +432,30 @@ def _apart(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
                 "their names it does not read (as cohort-); keep one of them in the derivatives (a study each)."
             )
         out.append(dataclasses.replace(r, problems=(*r.problems, problem)))
+    return tuple(out)
+
+
+def _lost_hemispheres(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
+    """A run (with its problem) for each hemisphere a GIFTI run lacks that the dataset's other runs have: fMRIPrep
+    writes both, and a subject's hemisphere fitted from fewer runs than the other was said nowhere."""
+    hemis = {r.entity.get("hemi") for r in runs} - {None}
+    have: dict[tuple, dict[str, RunInput]] = {}
+    for r in runs:
+        if r.entity.get("hemi") is not None:
+            key = tuple((k, v) for k, v in r.entities if k != "hemi")
+            have.setdefault(key, {})[str(r.entity["hemi"])] = r
+    out = []
+    for key, found in have.items():
+        for hemi in sorted(hemis - set(found)):
+            r = next(iter(found.values()))
+            bold = r.bold.with_name(r.bold.name.replace(f"hemi-{r.entity['hemi']}", f"hemi-{hemi}"))
+            problem = (
+                f"{bold}: this hemisphere of the run is missing from the derivatives (its other one, "
+                f"{r.bold.name}, is there); rerun fMRIPrep for sub-{r.entity['subject']}, or leave the subject "
+                "out with --participant-label."
+            )
+            entities = tuple(sorted({**dict(key), "hemi": hemi}.items(), key=lambda kv: list(ENTITIES).index(kv[0])))
+            out.append(RunInput(entities, bold, None, None, None, None, None, 0, (problem,)))
     return tuple(out)
 
 

@@ -654,6 +654,30 @@ def test_a_lost_hemisphere_of_a_surface_run_is_a_failure(tmp_path):
     assert any("built without sub-02_task-stroop_run-2" in note for _, note in result.notes)
 
 
+def test_fmriprep_cosines_in_the_design_are_its_high_pass_filter(tmp_path):
+    """fMRIPrep's cosine columns in Model.X ("cosine*", FitLins' idiom) or from --confounds-strategy: voxfit's own
+    drift beside them made the design singular to rounding (correlation 0.9999999999987) with a rank and dof one
+    too many. They are the high-pass filter then, as nilearn advises with load_confounds, and the record says so."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import nilearn_model
+
+    study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    model = nilearn_model()
+    model["Nodes"][0]["Model"]["X"].insert(-1, "cosine*")
+    kw = {"derivatives": [study.derivatives], "progress": False, "level": "run", "noise": "ols"}
+    assert run(study.root, tmp_path / "x", model=model, **kw).ok
+    assert run(study.root, tmp_path / "s", confounds_strategy="simple:motion=basic", **kw).ok
+    for name in ("x", "s"):
+        folder = tmp_path / name / "sub-01" / "node-run"
+        columns = list(pd.read_csv(next(folder.glob("*_design.tsv")), sep="\t").columns)
+        assert "cosine00" in columns and not [c for c in columns if c.startswith("drift_")], columns
+        record = json.loads(next(folder.glob("*_model.json")).read_text())
+        assert record["settings"]["bids"]["design"]["high_pass_from"].startswith("fMRIPrep's cosine columns")
+        assert record["design"]["rank"] == len(columns)
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

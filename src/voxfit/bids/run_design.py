@@ -499,6 +499,9 @@ def _sampling(problem: _Problem) -> dict:
     return {"microtime_resolution": resolution, "microtime_onset": 1 + min(resolution - 1, round(s * resolution))}
 
 
+FMRIPREP_COSINE = re.compile(r"cosine\d+")  # fMRIPrep's discrete cosine high-pass columns (cosine00, cosine01, ...)
+
+
 def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, dict]:
     """The design: Model.X's variables in order (a convolved one with its derivative or delay columns), the
     cosine drifts, the constant (when X has 1)."""
@@ -551,7 +554,10 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
             kinds.append(columns[column][1])
             values.append(columns[column][0])
             sources[column] = name
-    drifts = cosine_drift(problem.n_scans, problem.tr, problem.high_pass_s)
+    # fMRIPrep's own cosine basis among the columns (cosine00, ...: FitLins' and nilearn's way with load_confounds)
+    # is the high-pass filter: voxfit's drift beside it made the design singular to rounding (0.9999999999987)
+    cosines = any(FMRIPREP_COSINE.fullmatch(n) for n in names)
+    drifts = cosine_drift(problem.n_scans, problem.tr, problem.high_pass_s)[:, : 0 if cosines else None]
     for k in range(drifts.shape[1]):
         names.append(f"drift_{k + 1}")
         kinds.append("drift")
@@ -578,7 +584,7 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
     hrf_of = {name: model for name, (model, _) in hrfs.items()}
     settings = {
         "hrf": hrf_of,
-        "drift": "cosine",
+        "drift": "fMRIPrep's cosine columns of Model.X" if cosines else "cosine",
         "high_pass_s": problem.high_pass_s,
         "tr": problem.tr,
         "n_scans": problem.n_scans,

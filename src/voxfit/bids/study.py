@@ -1824,6 +1824,7 @@ class _Study:
         names = list(design.names)
         contrasts = [c for c in rd.contrasts if c.test in ("t", "F", "pass", None)]
         labels = _labels([c.name for c in contrasts])
+        kinds = tuple(column_kinds(design, names, X, None))
         return _RunJob(
             index=k,
             run=r,
@@ -1831,7 +1832,7 @@ class _Study:
             design=design,
             X=X,
             names=tuple(names),
-            kinds=tuple(column_kinds(design, names, X, None)),
+            kinds=kinds,
             contrasts=tuple((label, c.name, c.matrix(names)) for label, c in zip(labels, contrasts)),
             folder=group_folder(self.out_dir, node.name, entity, "run"),
             prefix=group_prefix(entity),
@@ -1841,6 +1842,11 @@ class _Study:
             command=list(self.command) if self.command else None,
             design_settings={
                 **{k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from", "slice_time_ref")},
+                **(
+                    {}
+                    if "drift" in kinds
+                    else {"high_pass_s": None, "high_pass_from": "fMRIPrep's cosine columns (cosine00, ...) in X"}
+                ),
                 "slice_time_from": "the preprocessed BOLD's StartTime / RepetitionTime (slice-timing corrected)"
                 if r.start_time is not None
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
@@ -1870,6 +1876,16 @@ class _Study:
         new = [j for j, name in enumerate(names) if name not in design.names]
         if not new:
             return design, chosen
+        from .run_design import FMRIPREP_COSINE
+
+        if any(FMRIPREP_COSINE.fullmatch(names[j]) for j in new):  # (fMRIPrep's cosines: the high-pass filter)
+            own = [j for j, kind in enumerate(design.kinds) if kind != "drift"]
+            design = replace(
+                design,
+                X=design.X[:, own],
+                names=tuple(design.names[j] for j in own),
+                kinds=tuple(design.kinds[j] for j in own),
+            )
         end = next((j for j, kind in enumerate(design.kinds) if kind in ("drift", "constant")), len(design.names))
         X = np.column_stack([design.X[:, :end], values[:, new], design.X[:, end:]])
         names = (*design.names[:end], *(names[j] for j in new), *design.names[end:])

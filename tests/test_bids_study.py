@@ -678,6 +678,29 @@ def test_fmriprep_cosines_in_the_design_are_its_high_pass_filter(tmp_path):
         assert record["design"]["rank"] == len(columns)
 
 
+def test_a_surface_study_takes_each_runs_own_confounds(tmp_path):
+    """fsaverage5 runs (a GIFTI file per hemisphere) under a model naming confounds: pybids gives a run's events to
+    one hemisphere's file and its confounds to both (and, loaded a subject at a time, the first subject's to the
+    second), so every run but the first subject's failed ("trans_x has 80 values ... the run has 40 scans"). Each
+    hemisphere's design now holds the run's own confounds and events."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import nilearn_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, space="fsaverage5", vertices=60)
+    kw = {"derivatives": [study.derivatives], "progress": False, "level": "run", "noise": "ols"}
+    result = run(study.root, tmp_path / "out", model=nilearn_model(), **kw)
+    assert result.ok, result.failures
+    for subject in ("01", "02"):
+        confounds = pd.read_csv(next(study.derivatives.glob(f"sub-{subject}/func/*_timeseries.tsv")), sep="\t")
+        for hemi in ("L", "R"):
+            design = next((tmp_path / "out" / f"sub-{subject}" / "node-run").glob(f"*hemi-{hemi}*_design.tsv"))
+            design = pd.read_csv(design, sep="\t")
+            np.testing.assert_array_equal(design["rot_z"], confounds["rot_z"])
+            assert np.abs(design["congruent"]).max() > 0
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

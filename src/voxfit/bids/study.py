@@ -931,6 +931,26 @@ def _participants_rows(bids_dir: Path) -> list[list[str]]:
         return []
 
 
+def _run_collection(collections: list, entity: dict, merge):
+    """One collection of the run's variables from pybids' collections for its entities: each variable once, of
+    this run's files. A GIFTI run is two BOLD files (a hemisphere each), and pybids gives its events to one of them
+    only and its confounds to both, and, loaded a subject at a time, another subject's confounds among them:
+    merged, every confounds column was twice the run's length (or more), and the other hemisphere had no events."""
+    if len(collections) == 1:
+        return collections[0]
+    if entity.get("hemi") is None:
+        return merge(collections)
+    mine = {k: _value(entity[k]) for k in RAW if k in entity}
+    kept: dict = {}
+    for collection in collections:
+        for name, variable in collection.variables.items():
+            infos = getattr(variable, "run_info", None) or []
+            ours = all(all(_value(i.entities.get(k)) == v for k, v in mine.items()) for i in infos)
+            if infos and ours and name not in kept:
+                kept[name] = variable
+    return merge([type(collections[0])(list(kept.values()))]) if kept else merge(collections)
+
+
 def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict]) -> None:
     """A group above the run level that takes inputs of several contrasts (a GroupBy without contrast): refused
     at the dataset level where it holds a subject twice (the group model takes one map per subject: it said
@@ -1808,7 +1828,7 @@ class _Study:
             raise InputError(f"{r.events}: pybids read no variables for this run; check its events.tsv.")
         try:
             rd = run_design(
-                merge_collections(collections) if len(collections) > 1 else collections[0],
+                _run_collection(collections, entity, merge_collections),
                 self.run_spec(node, r),
                 tr=r.tr,
                 n_scans=r.n_scans,

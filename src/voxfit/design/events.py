@@ -503,8 +503,8 @@ def _check_timing(conditions: dict, run_end: float, n_scans: int, tr: float) -> 
         where = f"the end of the run ({n_scans} scans x {tr:g} s = {run_end:g} s)"
         if late == ev["onset"].size:
             raise InputError(
-                f"every event of {name!r} starts at or after {where}, so its regressor would be empty; "
-                "check the events file belongs to this run, and the units of its onsets (--units)."
+                f"every event of {name!r} starts at or after {where}, so its regressor would be empty; check the "
+                "events file belongs to this run, and the units of its onsets (BIDS: seconds; voxfit fit: --units)."
             )
         if late:
             warnings.warn(
@@ -821,7 +821,7 @@ def make_design(
             raise InputError(
                 f"the regressor {name!r} is zero at every scan: its events lie outside the run (0 to "
                 f"{n_scans * tr:g} s, {n_scans} scans x {tr:g} s) and the HRF's reach, or all have modulation 0; "
-                "check the events file belongs to this run, the units of its onsets (--units) and its modulation "
-                "column."
+                "check the events file belongs to this run, the units of its onsets (BIDS: seconds; voxfit fit: "
+                "--units) and its modulation column."
             )
     return Design(X=X, names=tuple(names), kinds=tuple(kinds), tr=float(tr), settings=settings)

@@ -420,6 +420,11 @@ def test_cli_exit_codes_for_bad_arguments(tmp_path, capsys):
     assert main(["bids", str(study.root), str(tmp_path / "o"), "run", *deriv, "--space", "T1w"]) == 2
     assert "space" in capsys.readouterr().err
     assert main(["bids", str(study.root), str(tmp_path / "o"), "run", *deriv, "--task", "nback"]) == 2
+    capsys.readouterr()  # (a level the model has no node of: it fitted the levels below and exited 0)
+    assert main(["bids", str(study.root), str(tmp_path / "o"), "session", *deriv]) == 2
+    assert "the analysis level session has no node in the model (its levels: run, subject, dataset)" in (
+        capsys.readouterr().err
+    )
 
 
 def test_the_default_model_of_a_dataset_of_two_tasks_needs_one_chosen(tmp_path, capsys):

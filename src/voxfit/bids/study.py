@@ -390,6 +390,12 @@ def run(
                 layout, space=space, desc=desc, mask_entities=_mask_entities(model), strict=False, **chosen
             )
         _check_dataset_inference(model, settings)
+        levels = [str(n.get("Level", "")).lower() for n in model.get("Nodes", ())]
+        if settings.level not in levels:  # (the study would end below it, having fitted less than asked, exit 0)
+            raise InputError(
+                f"the analysis level {settings.level} has no node in the model (its levels: "
+                f"{', '.join(dict.fromkeys(levels))}); choose one of them."
+            )
         participants = _participants_rows(Path(bids_dir))
         _check_participants(Path(bids_dir) / "participants.tsv", participants, runs, model)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)

@@ -566,6 +566,12 @@ def test_options_a_study_cannot_honour_are_refused_before_it_fits(tmp_path, caps
         err = capsys.readouterr().err
         assert f"{option[0]} on surfaces needs each hemisphere's mesh" in err and err.count("\n") == 1, err
     assert not out.exists()
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--confounds-strategy", " ica_aroma"]) == 2
+    assert "ica_aroma is for fMRIPrep's runs denoised by ICA-AROMA" in capsys.readouterr().err
+    cifti, cderiv = _study(tmp_path / "c", subjects=2, runs=1, scans=40, space="fsLR", vertices=60)
+    argv = ["bids", str(cifti.root), str(out), "dataset", *cderiv, "--group-model", "ols", "--permutations", "50"]
+    assert main([*argv, "--tfce"]) == 2
+    assert "--tfce is not done on CIFTI files" in capsys.readouterr().err and not out.exists()
 
 
 def test_a_short_runs_ar_variances_stay_positive(tmp_path):
@@ -642,6 +648,12 @@ def test_the_events_modulation_column_scales_the_trial_types(tmp_path):
     other = "incongruent" if last == "congruent" else "congruent"
     np.testing.assert_allclose(designs[1][other], designs[0][other] * (2.0 if other == "congruent" else 0.5), atol=1e-9)
     assert not np.allclose(designs[1][last], designs[0][last] * (2.0 if last == "congruent" else 0.5))
+    # a word among the numbers is refused, as voxfit fit --events refuses it (it was read as 1)
+    table["modulation"] = table["modulation"].astype(object)
+    table.loc[table.index[0], "modulation"] = "high"
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+    failed = run(study.root, tmp_path / "text", **kw)
+    assert "the events' modulation 'high' is not a number" in failed.failures[0].reason
 
 
 def test_a_lost_hemisphere_of_a_surface_run_is_a_failure(tmp_path):
@@ -657,6 +669,12 @@ def test_a_lost_hemisphere_of_a_surface_run_is_a_failure(tmp_path):
     assert failure.node == "run" and "hemi-R" in failure.group and "run-2" in failure.group
     assert "this hemisphere of the run is missing from the derivatives" in failure.reason
     assert any("built without sub-02_task-stroop_run-2" in note for _, note in result.notes)
+    # a subject fitted alone, its right hemisphere missing everywhere: its runs' right hemispheres are failures
+    for path in study.derivatives.glob("sub-02/func/*hemi-R*"):
+        path.unlink()
+    kw = {"derivatives": [study.derivatives], "level": "run", "participant_label": ["02"], "progress": False}
+    alone = run(study.root, tmp_path / "two", **kw)
+    assert len(alone.failures) == 2 and all("hemi-R" in f.group for f in alone.failures)
 
 
 def test_fmriprep_cosines_in_the_design_are_its_high_pass_filter(tmp_path):
@@ -679,7 +697,10 @@ def test_fmriprep_cosines_in_the_design_are_its_high_pass_filter(tmp_path):
         columns = list(pd.read_csv(next(folder.glob("*_design.tsv")), sep="\t").columns)
         assert "cosine00" in columns and not [c for c in columns if c.startswith("drift_")], columns
         record = json.loads(next(folder.glob("*_model.json")).read_text())
-        assert record["settings"]["bids"]["design"]["high_pass_from"].startswith("fMRIPrep's cosine columns")
+        assert (
+            "drift columns the design's own hold (fMRIPrep's cosines) left out"
+            in record["settings"]["bids"]["design"]["high_pass_from"]
+        )
         assert record["design"]["rank"] == len(columns)
 
 
@@ -694,6 +715,8 @@ def test_a_surface_study_takes_each_runs_own_confounds(tmp_path):
     from voxfit.bids.synthetic import nilearn_model
 
     study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, space="fsaverage5", vertices=60)
+    for path in sorted(p for p in study.root.rglob("*run-1*") if p.is_file()):  # (labels written run-01)
+        path.rename(path.with_name(path.name.replace("run-1", "run-01")))
     kw = {"derivatives": [study.derivatives], "progress": False, "level": "run", "noise": "ols"}
     result = run(study.root, tmp_path / "out", model=nilearn_model(), **kw)
     assert result.ok, result.failures
@@ -1108,6 +1131,10 @@ def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_pat
     assert run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", report=True).ok
     page = (out / "dataset.html").read_text()
     assert "dataset reward+ group-control" in page and "dataset reward+ group-patient" in page
+    from voxfit.bids.report import _GroupResults
+
+    holder = type("R", (), {"folder": out, "prefix": "group-control_"})()  # (a group's own table, under its prefix)
+    assert _GroupResults.clusters_table(holder, "reward") == out / "group-control_contrast-reward_clusters.tsv"
     assert "left out</th>" in page and page.count("<td>none</td>") >= 4 and "(voxfit" not in page
     # groups whose values still write the same files ("con-trol" and "control") are refused, not merged
     table = study.root / "participants.tsv"

@@ -374,6 +374,7 @@ def find_runs(
         )
     chosen = [f for f in candidates if f.entities.get("space") == space]
     chosen = _one_grid(chosen, space, qualifiers)
+    hemis = {str(f.entities["hemi"]) for f in chosen if f.entities.get("hemi")}  # (of the whole dataset's runs)
     if labels:
         have = {f.entities["subject"] for f in chosen}
         absent = [p for p in labels if p not in have]
@@ -392,7 +393,7 @@ def find_runs(
         )
     files = _RunFiles(layout, mask_entities)
     runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)))
-    runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions) + _lost_hemispheres(runs)
+    runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions) + _lost_hemispheres(runs, hemis)
     if strict:
         for r in runs:
             if r.problems:
@@ -435,10 +436,10 @@ def _apart(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
     return tuple(out)
 
 
-def _lost_hemispheres(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
-    """A run (with its problem) for each hemisphere a GIFTI run lacks that the dataset's other runs have: fMRIPrep
-    writes both, and a subject's hemisphere fitted from fewer runs than the other was said nowhere."""
-    hemis = {r.entity.get("hemi") for r in runs} - {None}
+def _lost_hemispheres(runs: tuple[RunInput, ...], hemis: set[str]) -> tuple[RunInput, ...]:
+    """A run (with its problem) for each hemisphere of `hemis` (those of the dataset's runs, whoever is chosen) a
+    GIFTI run lacks: fMRIPrep writes both, and a subject's hemisphere fitted from fewer runs than the other, or
+    a subject fitted alone with one hemisphere, was said nowhere."""
     have: dict[tuple, dict[str, RunInput]] = {}
     for r in runs:
         if r.entity.get("hemi") is not None:

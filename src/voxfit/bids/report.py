@@ -288,6 +288,9 @@ class _GroupResults(Results):
     prefix: str = ""
     cache: dict = field(default_factory=dict)
 
+    def clusters_table(self, label: str) -> Path:
+        return self.folder / f"{self.prefix}contrast-{label}_clusters.tsv"
+
     def read_map(self, name: str):
         if name not in self.cache:
             self.cache[name] = self._find(name)

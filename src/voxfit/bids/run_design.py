@@ -235,11 +235,25 @@ def _modulation(variables, trial_type) -> np.ndarray | float:
     if modulation is None:
         return 1.0
     events = trial_type.to_df()[["onset", "duration"]].reset_index(drop=True)
-    given = modulation.to_df()[["onset", "duration", "amplitude"]]
-    # (pybids leaves out a column's n/a cells: matched to the events by onset and duration, the others 1)
-    given = given.drop_duplicates(["onset", "duration"]).rename(columns={"amplitude": "modulation"})
-    values = events.merge(given, on=["onset", "duration"], how="left")["modulation"]
-    values = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    given = modulation.to_df()[["onset", "duration", "amplitude"]].reset_index(drop=True)
+    cells = given["amplitude"].map(lambda v: np.nan if isinstance(v, str) and v.strip().lower() in ("n/a", "") else v)
+    numbers = pd.to_numeric(cells, errors="coerce")
+    words = numbers.isna() & cells.notna()
+    if words.any():
+        word = cells[words].iloc[0]
+        raise InputError(f"the events' modulation {word!r} is not a number; give numbers, or n/a for 1.")
+    given["amplitude"] = numbers.astype(float)
+    if len(given) == len(events):  # (a row for every event: row by row, n/a 1)
+        values = given["amplitude"].to_numpy()
+        return np.where(np.isfinite(values), values, 1.0)
+    # (pybids leaves out a column's n/a cells: the others matched to the events by onset and duration, where
+    # that is one event)
+    if given.duplicated(["onset", "duration"]).any() or events.duplicated(["onset", "duration"]).any():
+        raise InputError(
+            "the events' modulation column has n/a cells beside events of the same onset and duration, which "
+            "cannot be told apart; give each event's modulation (1 for none)."
+        )
+    values = events.merge(given, on=["onset", "duration"], how="left")["amplitude"].to_numpy(dtype=float)
     return np.where(np.isfinite(values), values, 1.0)
 
 
@@ -499,7 +513,18 @@ def _sampling(problem: _Problem) -> dict:
     return {"microtime_resolution": resolution, "microtime_onset": 1 + min(resolution - 1, round(s * resolution))}
 
 
-FMRIPREP_COSINE = re.compile(r"cosine\d+")  # fMRIPrep's discrete cosine high-pass columns (cosine00, cosine01, ...)
+def duplicated_columns(candidates: np.ndarray, columns: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Which of the `candidates` columns (n, k) one of `columns` (n, m) holds already: the absolute cosine of
+    their angle, about their means, within `tol` of 1 (fMRIPrep's cosine regressors against voxfit's drift: the
+    same discrete cosine basis, scaled otherwise)."""
+    if not candidates.size or not columns.size:
+        return np.zeros(candidates.shape[1], dtype=bool)
+    a = candidates - candidates.mean(axis=0)
+    b = columns - columns.mean(axis=0)
+    norms = np.linalg.norm(a, axis=0)[:, None] * np.linalg.norm(b, axis=0)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosines = np.abs(a.T @ b) / norms
+    return (np.nan_to_num(cosines) > 1 - tol).any(axis=1)
 
 
 def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, dict]:
@@ -554,10 +579,11 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
             kinds.append(columns[column][1])
             values.append(columns[column][0])
             sources[column] = name
-    # fMRIPrep's own cosine basis among the columns (cosine00, ...: FitLins' and nilearn's way with load_confounds)
-    # is the high-pass filter: voxfit's drift beside it made the design singular to rounding (0.9999999999987)
-    cosines = any(FMRIPREP_COSINE.fullmatch(n) for n in names)
-    drifts = cosine_drift(problem.n_scans, problem.tr, problem.high_pass_s)[:, : 0 if cosines else None]
+    # a drift column the model's columns hold already (fMRIPrep's cosine00, ...: FitLins' and nilearn's way with
+    # load_confounds) is left out: beside it the design was singular to rounding (correlation 0.9999999999987)
+    drifts = cosine_drift(problem.n_scans, problem.tr, problem.high_pass_s)
+    held = duplicated_columns(drifts, np.column_stack(values) if values else np.zeros((problem.n_scans, 0)))
+    drifts = drifts[:, ~held]
     for k in range(drifts.shape[1]):
         names.append(f"drift_{k + 1}")
         kinds.append("drift")
@@ -584,7 +610,7 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
     hrf_of = {name: model for name, (model, _) in hrfs.items()}
     settings = {
         "hrf": hrf_of,
-        "drift": "fMRIPrep's cosine columns of Model.X" if cosines else "cosine",
+        "drift": "cosine" + (f" ({int(held.sum())} held by Model.X's columns, left out)" if held.any() else ""),
         "high_pass_s": problem.high_pass_s,
         "tr": problem.tr,
         "n_scans": problem.n_scans,

@@ -831,8 +831,10 @@ def _content(paths) -> list:
 # Raised whenever what a study computes from the same inputs changes within a version, so that a rerun refits
 # rather than reusing what an earlier build made (2: a subject without sessions beside subjects with them is
 # grouped once; covariates with gaps are refused rather than filled with 0; each run its own trial types; 3: each
-# group's record names its study and lists its files, so that a rerun can tell what it leaves stale: _remove_stale).
-STUDY_RULES = 3
+# group's record names its study and lists its files, so that a rerun can tell what it leaves stale: _remove_stale;
+# 4: Model.Type read, the events' modulation, fMRIPrep's cosines as the high-pass, AR variances held positive,
+# cluster inference's maps written, GIFTI runs' own confounds).
+STUDY_RULES = 4
 
 
 def _checksum(*parts) -> str:
@@ -946,15 +948,25 @@ def _run_collection(collections: list, entity: dict, merge):
         return collections[0]
     if entity.get("hemi") is None:
         return merge(collections)
-    mine = {k: _value(entity[k]) for k in RAW if k in entity}
+    mine = {k: _label(_value(entity[k])) for k in RAW if k in entity}
     kept: dict = {}
     for collection in collections:
         for name, variable in collection.variables.items():
             infos = getattr(variable, "run_info", None) or []
-            ours = all(all(_value(i.entities.get(k)) == v for k, v in mine.items()) for i in infos)
+            ours = all(all(_label(_value(i.entities.get(k))) == v for k, v in mine.items()) for i in infos)
             if infos and ours and name not in kept:
                 kept[name] = variable
-    return merge([type(collections[0])(list(kept.values()))]) if kept else merge(collections)
+    if not kept:
+        raise InputError(
+            f"pybids' variables of {_group_label(entity)} name none of its files; check the run's entities."
+        )
+    return merge([type(collections[0])(list(kept.values()))])
+
+
+def _label(value) -> str:
+    """An entity's value as a label to compare: a run index written 01 or read as the number 1 alike."""
+    text = str(value)
+    return str(int(text)) if text.isdigit() else text
 
 
 def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict]) -> None:
@@ -997,6 +1009,10 @@ def _check_surface_inference(settings: _Settings, runs, surface: Path | None) ->
             f"{option} on surfaces needs each hemisphere's mesh, which a study is not given: drop it (--permutations "
             "alone gives the maximum statistic's FWE p), or run voxfit group --mesh on the subjects' maps."
         )
+    raise InputError(  # (CIFTI: voxfit's clusters and TFCE do not cross its surfaces and voxels yet)
+        f"{option} is not done on CIFTI files ({surface.name}): drop it (--permutations alone gives the maximum "
+        "statistic's FWE p), or choose volume runs with --space."
+    )
 
 
 def _check_aroma(settings: _Settings, desc: str | None) -> None:
@@ -1004,7 +1020,7 @@ def _check_aroma(settings: _Settings, desc: str | None) -> None:
     aroma_motion columns are already out of them, and the strategy adds none (refused for others, which it would
     fit without any motion regressor)."""
     strategy = settings.confounds_strategy
-    if strategy and str(strategy).split(":")[0] == "ica_aroma" and desc != "smoothAROMAnonaggr":
+    if strategy and str(strategy).split(":")[0].strip() == "ica_aroma" and desc != "smoothAROMAnonaggr":
         raise InputError(
             f"--confounds-strategy ica_aroma is for fMRIPrep's runs denoised by ICA-AROMA (desc-smoothAROMAnonaggr), "
             f"and the runs chosen are desc-{desc}: add --desc smoothAROMAnonaggr, or choose another strategy."
@@ -1851,6 +1867,12 @@ class _Study:
         contrasts = [c for c in rd.contrasts if c.test in ("t", "F", "pass", None)]
         labels = _labels([c.name for c in contrasts])
         kinds = tuple(column_kinds(design, names, X, None))
+        built = rd.design.settings.get("drift", "")  # (drift columns the model's or the strategy's held: left out)
+        held = (
+            "drift columns the design's own hold (fMRIPrep's cosines) left out"
+            if "held" in built or (kinds.count("drift") < rd.design.kinds.count("drift"))
+            else ""
+        )
         return _RunJob(
             index=k,
             run=r,
@@ -1868,11 +1890,7 @@ class _Study:
             command=list(self.command) if self.command else None,
             design_settings={
                 **{k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from", "slice_time_ref")},
-                **(
-                    {}
-                    if "drift" in kinds
-                    else {"high_pass_s": None, "high_pass_from": "fMRIPrep's cosine columns (cosine00, ...) in X"}
-                ),
+                **({"high_pass_from": f"{rd.settings['high_pass_from']}; {held}"} if held else {}),
                 "slice_time_from": "the preprocessed BOLD's StartTime / RepetitionTime (slice-timing corrected)"
                 if r.start_time is not None
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
@@ -1902,10 +1920,13 @@ class _Study:
         new = [j for j, name in enumerate(names) if name not in design.names]
         if not new:
             return design, chosen
-        from .run_design import FMRIPREP_COSINE
+        from .run_design import duplicated_columns
 
-        if any(FMRIPREP_COSINE.fullmatch(names[j]) for j in new):  # (fMRIPrep's cosines: the high-pass filter)
-            own = [j for j, kind in enumerate(design.kinds) if kind != "drift"]
+        drift = np.array([kind == "drift" for kind in design.kinds])
+        held = np.zeros(len(design.kinds), dtype=bool)  # (drifts the strategy's columns hold: fMRIPrep's cosines)
+        held[drift] = duplicated_columns(design.X[:, drift], values[:, new])
+        if held.any():
+            own = np.flatnonzero(~held)
             design = replace(
                 design,
                 X=design.X[:, own],

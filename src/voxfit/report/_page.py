@@ -485,7 +485,7 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw, anchor: st
                 "no slices, views or table of maxima.</p>"
             )
         parts.append(draw(th))
-    table = res.folder / f"contrast-{c.file_label}_clusters.tsv"
+    table = res.clusters_table(c.file_label)
     if table.is_file():  # the run's own clusters, with their FWE p-values
         threshold = res.model.get("settings", {}).get("cluster_threshold")
         parts.append(

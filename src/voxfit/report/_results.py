@@ -84,6 +84,10 @@ class Results:
     mask: NDArray[np.bool_]
     extension: str
 
+    def clusters_table(self, label: str) -> Path:
+        """The path of a contrast's table of clusters (voxfit group's, with a cluster threshold) in the folder."""
+        return self.folder / f"contrast-{label}_clusters.tsv"
+
     def read_map(self, name: str) -> NDArray | None:
         """The first map of file `name` in the folder, NaN outside the mask; None if there is no such file."""
         path = self.folder / name

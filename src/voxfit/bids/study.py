@@ -622,8 +622,8 @@ def _run_iv(
         raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
     if permutations and group_model != "ols":
         raise InputError(
-            f"permutation inference is for OLS group models; the dataset nodes' model is {group_model}: "
-            "add --group-model ols, or drop --permutations."
+            f"permutation inference is for OLS group models (--group-model ols, at Dataset nodes of Model.Type glm); "
+            f"the group model is {group_model}: add --group-model ols, or drop --permutations."
         )
     if cluster_threshold is not None and group_model != "ols":  # (else refused at the dataset level, after the fits)
         raise InputError(

@@ -1,0 +1,473 @@
+"""voxfit bids on datasets as users hold them: names a file name would merge, several tasks, runs pybids cannot tell
+apart, Model.Type, surfaces' hemispheres and confounds, the events' modulation, fMRIPrep's cosines, timing sidecars,
+cluster inference, and what a study refuses before it fits (split from test_bids_study so that the two CI workers
+share the studies)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bids")
+
+from voxfit.bids.synthetic import make_dataset  # noqa: E402
+from voxfit.cli import main  # noqa: E402
+
+from .test_bids_study import SPACE, _maps, _study  # noqa: E402
+
+
+def _drop_derivative_tr(study) -> None:
+    for sidecar in study.derivatives.rglob("*_bold.json"):
+        content = json.loads(sidecar.read_text())
+        content.pop("RepetitionTime", None)
+        sidecar.write_text(json.dumps(content))
+
+
+def test_a_repetition_time_in_milliseconds_is_said_to_be(tmp_path, capsys):
+    """RepetitionTime 2000 in the sidecars of runs whose headers give 2 s between scans: the design's high-pass
+    was refused as shorter than two scans ("give a longer period"), and a longer one failed on NaN in a
+    condition's column. Said for what it is."""
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    _drop_derivative_tr(study)
+    top = study.root / "task-stroop_bold.json"
+    top.write_text(json.dumps({**json.loads(top.read_text()), "RepetitionTime": 2000}))
+    assert main(["bids", str(study.root), str(tmp_path / "out"), "run", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "its sidecars give RepetitionTime 2000 and its header 2 s between scans: the sidecar's is in milliseconds"
+        in err
+    )
+    # a header whose time unit alone is wrong (milliseconds, pixdim 2) beside a sidecar's 2 s: the sidecar is right
+    import nibabel as nib
+
+    top.write_text(json.dumps({**json.loads(top.read_text()), "RepetitionTime": 2.0}))
+    for sidecar in study.derivatives.rglob("*_bold.json"):
+        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "RepetitionTime": 2.0}))
+    for bold in study.derivatives.rglob("*_desc-preproc_bold.nii.gz"):
+        img = nib.load(bold)
+        img.header.set_xyzt_units("mm", "msec")
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), bold)
+    assert main(["bids", str(study.root), str(tmp_path / "out2"), "run", *deriv, "--quiet"]) == 0
+
+
+def test_a_multi_echo_runs_timing_comes_from_its_echoes_sidecars(tmp_path):
+    """fMRIPrep combines a multi-echo run's echoes (_echo-N_bold in the raw dataset, no echo in the derivatives):
+    the raw sidecars, whose RepetitionTime and SliceTiming the echoes share, were never read (no raw BOLD matched
+    without an echo). A run whose preprocessed sidecar lacks RepetitionTime is refused, saying where it goes
+    (pybids reads the run's events with it: it failed with 'fix the tables')."""
+    import shutil
+
+    from voxfit.bids.layout import find_runs, index, release_index
+
+    study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    for bold in list(study.root.glob("sub-01/func/*_bold.nii.gz")):
+        for echo in (1, 2):
+            shutil.copy(bold, str(bold).replace("_bold.nii.gz", f"_echo-{echo}_bold.nii.gz"))
+        bold.unlink()
+    layout = index(study.root, [study.derivatives])
+    try:
+        (r,) = find_runs(layout, strict=False)
+    finally:
+        release_index(layout)
+    assert r.tr == 2.0 and r.slice_timing is not None and len(r.slice_timing) == 8 and not r.problems
+    _drop_derivative_tr(study)
+    layout = index(study.root, [study.derivatives])
+    try:
+        (r,) = find_runs(layout, strict=False)
+    finally:
+        release_index(layout)
+    assert "its JSON sidecar gives no RepetitionTime (the raw run's: 2 s)" in r.problems[0]
+    assert '"RepetitionTime": 2 to sub-01_task-stroop_run-1_space' in r.problems[0]
+
+
+def test_the_default_model_of_a_dataset_of_two_tasks_needs_one_chosen(tmp_path, capsys):
+    """Two tasks with a trial type of the same name: the default model (no Input.task) pooled each subject's
+    "congruent" of both tasks into one fixed effect, exit 0. Refused, naming the tasks and --task; with --task,
+    that task's runs alone."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(8, 8, 6), task="nback")
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the dataset holds the tasks nback, stroop; voxfit's default model is of one task" in err, err
+    assert "--task nback" in err and not out.exists()
+    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--task", "stroop", "--quiet"]) == 0
+    record = json.loads(next((out / "sub-01" / "node-subject").glob("*congruent_model.json")).read_text())
+    assert record["inputs"] and all("task-stroop" in i["path"] for i in record["inputs"]), record["inputs"]
+    # a task of runs that cannot be fitted (resting state: no events) beside one task is not a choice to make
+    for path in study.root.rglob("*task-nback*_events.tsv"):
+        path.unlink()
+    capsys.readouterr()
+    assert main(["bids", str(study.root), str(tmp_path / "out2"), "run", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert "default model is of one task" not in err and err.count("no events.tsv for this run") == 2, err
+    assert len(list((tmp_path / "out2").glob("sub-*/node-run/*task-stroop*_model.json"))) == 2
+
+
+def test_runs_told_apart_only_by_acquisition_are_refused_not_merged(tmp_path, capsys):
+    """Two runs of a subject that differ only by acq- (or dir-, rec-): pybids keeps one set of variables per
+    subject, task and run, so one run's events were lost ("pybids read no variables for this run; check its
+    events.tsv", though they were fine) and the subject fitted from the other alone. Both are refused, naming
+    why and what to do; the other subject is fitted."""
+    study, deriv = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(8, 8, 6))
+    for path in sorted(p for p in study.root.rglob("sub-01_*run-*") if p.is_file()):
+        path.rename(path.with_name(path.name.replace("run-1", "acq-a_run-1").replace("run-2", "acq-b_run-1")))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert "sub-01_task-stroop_run-1: runs acq-a, acq-b differ only by acq-, which BIDS Stats Models" in err, err
+    assert "give them distinct run- numbers" in err and "pybids read no variables" not in err
+    assert len(list((out / "sub-02" / "node-run").glob("*_model.json"))) == 2 and not (out / "sub-01").exists()
+
+
+def test_runs_told_apart_by_a_cohort_are_refused_not_overwritten(tmp_path, capsys):
+    """fMRIPrep's pediatric cohorts (_space-X_cohort-N_), an entity pybids does not read: two runs of the same
+    entities, the second cohort's maps written over the first's (exit 0), with the first's mask. Refused."""
+    import shutil
+
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    for f in list(study.derivatives.glob(f"sub-01/func/*_space-{SPACE}_*")):
+        for cohort in (1, 2):
+            if cohort == 1 or "_mask" not in f.name:  # (one cohort's mask only)
+                shutil.copy(f, str(f).replace(f"_space-{SPACE}_", f"_space-{SPACE}_cohort-{cohort}_"))
+        f.unlink()
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cohort-1_desc-preproc_bold.nii.gz, sub-01" in err and "are one run to pybids" in err, err
+    assert "keep one of them in the derivatives" in err and not list(out.rglob("*_model.json"))
+
+
+def test_model_type_chooses_fixed_effects_or_a_glm_at_every_level(tmp_path, capsys):
+    """Model.Type as the specification (and FitLins) reads it: a Subject node of Type glm is an ordinary GLM of its
+    runs' effects (their mean, dof runs - 1), a Dataset node of Type meta fixed effects over the subjects (the
+    precision-weighted mean). Both were ignored: the subject level was always fixed effects, the dataset level
+    the group model. A group model's inference asked of a meta Dataset node is refused."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=3, runs=2, scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][1]["Model"]["Type"] = "glm"
+    model["Nodes"][2]["Model"]["Type"] = "meta"
+    out = tmp_path / "out"
+    assert run(study.root, out, model=model, derivatives=[study.derivatives], progress=False).ok
+    subjects = []
+    for s in ("01", "02", "03"):
+        runs = sorted((out / f"sub-{s}" / "node-run").glob("*contrast-congruent_stat-effect_statmap.nii.gz"))
+        folder = out / f"sub-{s}" / "node-subject"
+        effect = _maps(next(folder.glob("*contrast-congruent_stat-effect_statmap.nii.gz")))
+        variance = _maps(next(folder.glob("*contrast-congruent_stat-variance_statmap.nii.gz")))
+        runs = np.array([_maps(r) for r in runs])
+        ok = np.isfinite(effect)
+        assert len(runs) == 2 and ok.any()
+        np.testing.assert_allclose(effect[ok], runs.mean(axis=0)[ok], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(variance[ok], runs.var(axis=0, ddof=1)[ok] / 2, rtol=1e-4, atol=1e-6)
+        record = json.loads(next(folder.glob("*_contrast-congruent_model.json")).read_text())
+        assert record["contrasts"]["congruent"]["dof"] == 1.0
+        subjects.append((effect, variance))
+    E, V = np.array([e for e, _ in subjects]), np.array([v for _, v in subjects])
+    dataset = _maps(out / "node-dataset" / "contrast-congruent_stat-effect_statmap.nii.gz")
+    ok = np.isfinite(dataset)
+    np.testing.assert_allclose(dataset[ok], ((E / V).sum(0) / (1 / V).sum(0))[ok], rtol=1e-4, atol=1e-6)
+    if importlib.util.find_spec("matplotlib") is not None:  # (the dataset's page names the model fitted)
+        assert run(study.root, out, model=model, derivatives=[study.derivatives], report=True, progress=False).ok
+        assert "group model</th><td>fixed effects (fixed)" in (out / "dataset.html").read_text()
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps(model))
+    argv = ["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path), "--group-model", "ols"]
+    assert main([*argv, "--permutations", "100"]) == 2
+    assert "--permutations is inference of a group model, and the model's Dataset node is of Model.Type meta" in (
+        capsys.readouterr().err
+    )
+
+
+def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):
+    """A GroupBy without contrast above the run level: a dataset group then held each subject twice, refused as
+    "give one effect map per subject" (the node's fix unsaid); a subject group pooled its contrasts into one effect
+    without a word. The first is refused naming the GroupBy fix, the second warned of."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][2]["GroupBy"] = []
+    kw = {"derivatives": [study.derivatives], "progress": False, "group_model": "ols"}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    (failure,) = result.failures
+    assert failure.node == "dataset" and "maps of the contrasts congruent, incongruent in one group" in failure.reason
+    assert 'lacks contrast); add "contrast" to its GroupBy' in failure.reason
+    model["Nodes"][2]["GroupBy"] = ["contrast"]
+    model["Nodes"][1]["GroupBy"] = ["subject"]
+    with pytest.warns(UserWarning, match="node subject: its GroupBy lacks contrast, so each of its groups pools"):
+        assert run(study.root, tmp_path / "out2", model=model, **kw).ok
+
+
+def test_options_a_study_cannot_honour_are_refused_before_it_fits(tmp_path, capsys):
+    """--confounds-strategy ica_aroma on desc-preproc runs fitted them with no motion regressor and no denoising
+    (exit 0; nilearn refuses it); --tfce on surfaces failed every dataset group after every run was fitted,
+    asking for a --mesh voxfit bids does not take. Both are refused at once, saying what to do."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--confounds-strategy", "ica_aroma"]) == 2
+    err = capsys.readouterr().err
+    assert "ica_aroma is for fMRIPrep's runs denoised by ICA-AROMA" in err and "--desc smoothAROMAnonaggr" in err
+    surface, sderiv = _study(tmp_path / "s", subjects=2, runs=1, scans=40, space="fsaverage5", vertices=60)
+    argv = ["bids", str(surface.root), str(out), "dataset", *sderiv, "--group-model", "ols", "--permutations", "50"]
+    for option in (["--tfce"], ["--cluster-threshold", "2"]):
+        assert main([*argv, *option]) == 2
+        err = capsys.readouterr().err
+        assert f"{option[0]} on surfaces needs each hemisphere's mesh" in err and err.count("\n") == 1, err
+    assert not out.exists()
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--confounds-strategy", " ica_aroma"]) == 2
+    assert "ica_aroma is for fMRIPrep's runs denoised by ICA-AROMA" in capsys.readouterr().err
+    cifti, cderiv = _study(tmp_path / "c", subjects=2, runs=1, scans=40, space="fsLR", vertices=60)
+    argv = ["bids", str(cifti.root), str(out), "dataset", *cderiv, "--group-model", "ols", "--permutations", "50"]
+    assert main([*argv, "--tfce"]) == 2
+    assert "--tfce is not done on CIFTI files" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_short_runs_ar_variances_stay_positive(tmp_path):
+    """A run cut to 30 scans under a model with 24 motion columns (19 dof): AR(1)'s Kackar-Harville term, an extra
+    variance, came out below -1 at some voxels, so their contrast variances were negative (down to -29), their t
+    NaN, and they vanished from the subject's and the dataset's maps without a word. Held at 0 there, as the
+    expansion failing."""
+    import nibabel as nib
+
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import make_dataset, nilearn_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=40, shape=(8, 8, 6), extra_confounds=("nuisance1",))
+    for path in study.root.rglob("sub-01_task-stroop_run-2*bold.nii.gz"):
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :30], img.affine, img.header), path)
+    table = next(study.derivatives.rglob("sub-01_task-stroop_run-2_desc-confounds_timeseries.tsv"))
+    table.write_text("\n".join(table.read_text().splitlines()[:31]) + "\n")
+    kw = {"derivatives": [study.derivatives], "progress": False, "noise": "ar1", "participant_label": ["01"]}
+    assert run(study.root, tmp_path / "out", model=nilearn_model(), level="run", **kw).ok
+    maps = list((tmp_path / "out" / "sub-01" / "node-run").glob("*run-2*_stat-variance_statmap.nii.gz"))
+    assert maps
+    for path in maps:
+        variance = _maps(path)
+        assert (variance[np.isfinite(variance)] > 0).all(), (path.name, np.nanmin(variance))
+        full = _maps(Path(str(path).replace("run-2", "run-1")))  # (the 40-scan run, in the same mask)
+        assert np.isfinite(variance).sum() == np.isfinite(full).sum() > 0
+
+
+def test_a_study_writes_the_cluster_inference_it_computes(tmp_path):
+    """--permutations with --cluster-threshold: the dataset groups' cluster-extent and cluster-mass FWE maps and
+    their clusters.tsv were computed and dropped (only voxel FWE written). Written, and equal to voxfit group's
+    on the same subject maps."""
+    study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(8, 8, 6))
+    out = tmp_path / "out"
+    options = ["--permutations", "40", "--cluster-threshold", "2"]
+    assert (
+        main(["bids", str(study.root), str(out), "dataset", *deriv, "--group-model", "ols", *options, "--quiet"]) == 0
+    )
+    folder = out / "node-dataset"
+    for stat in ("pclusterfwe", "pclustermassfwe", "pfwe"):
+        assert (folder / f"contrast-congruent_stat-{stat}_statmap.nii.gz").is_file(), stat
+    maps = sorted(str(p) for p in out.glob("sub-*/node-subject/*_contrast-congruent_stat-effect_statmap.nii.gz"))
+    assert main(["group", *maps, *options, "-o", str(tmp_path / "g"), "--quiet"]) == 0
+    ours = (folder / "contrast-congruent_clusters.tsv").read_text()
+    assert ours == (tmp_path / "g" / "contrast-intercept_clusters.tsv").read_text() and len(ours.splitlines()) > 1
+    np.testing.assert_array_equal(
+        _maps(folder / "contrast-congruent_stat-pclusterfwe_statmap.nii.gz"),
+        _maps(tmp_path / "g" / "contrast-intercept_stat-p_desc-clusterfwe_statmap.nii.gz"),
+    )
+
+
+def test_the_events_modulation_column_scales_the_trial_types(tmp_path):
+    """BIDS events' modulation column (n/a: 1) scales each event's amplitude, as voxfit fit --events and nilearn
+    read it: the study's trial types were 1 at every event whatever it said (its maps unchanged)."""
+    import pandas as pd
+
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    kw = {"derivatives": [study.derivatives], "progress": False, "level": "run", "noise": "ols"}
+    assert run(study.root, tmp_path / "plain", **kw).ok
+    events = next(study.root.glob("sub-01/func/*_events.tsv"))
+    table = pd.read_csv(events, sep="\t")
+    table["modulation"] = np.where(table["trial_type"] == "congruent", 2.0, 0.5)
+    table.loc[table.index[-1], "modulation"] = np.nan  # (n/a: 1)
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+    assert run(study.root, tmp_path / "mod", **kw).ok
+    designs = [
+        pd.read_csv(next((tmp_path / name / "sub-01" / "node-run").glob("*_design.tsv")), sep="\t")
+        for name in ("plain", "mod")
+    ]
+    last = table["trial_type"].iloc[-1]
+    other = "incongruent" if last == "congruent" else "congruent"
+    np.testing.assert_allclose(designs[1][other], designs[0][other] * (2.0 if other == "congruent" else 0.5), atol=1e-9)
+    assert not np.allclose(designs[1][last], designs[0][last] * (2.0 if last == "congruent" else 0.5))
+    # a word among the numbers is refused, as voxfit fit --events refuses it (it was read as 1)
+    table["modulation"] = table["modulation"].astype(object)
+    table.loc[table.index[0], "modulation"] = "high"
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+    failed = run(study.root, tmp_path / "text", **kw)
+    assert "the events' modulation 'high' is not a number" in failed.failures[0].reason
+
+
+def test_a_lost_hemisphere_of_a_surface_run_is_a_failure(tmp_path):
+    """A GIFTI run whose right hemisphere fMRIPrep did not write: the subject's right hemisphere was fitted from
+    one run and its left from two, exit 0, said nowhere. The missing hemisphere is a run's failure."""
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=2, runs=2, scans=40, space="fsaverage5", vertices=60)
+    (lost,) = study.derivatives.glob("sub-02/func/sub-02_task-stroop_run-2_hemi-R_*bold.func.gii")
+    lost.unlink()
+    result = run(study.root, tmp_path / "out", derivatives=[study.derivatives], level="subject", progress=False)
+    (failure,) = result.failures
+    assert failure.node == "run" and "hemi-R" in failure.group and "run-2" in failure.group
+    assert "this hemisphere of the run is missing from the derivatives" in failure.reason
+    assert any("built without sub-02_task-stroop_run-2" in note for _, note in result.notes)
+    # a subject fitted alone, its right hemisphere missing everywhere: its runs' right hemispheres are failures
+    for path in study.derivatives.glob("sub-02/func/*hemi-R*"):
+        path.unlink()
+    kw = {"derivatives": [study.derivatives], "level": "run", "participant_label": ["02"], "progress": False}
+    alone = run(study.root, tmp_path / "two", **kw)
+    assert len(alone.failures) == 2 and all("hemi-R" in f.group for f in alone.failures)
+
+
+def test_fmriprep_cosines_in_the_design_are_its_high_pass_filter(tmp_path):
+    """fMRIPrep's cosine columns in Model.X ("cosine*", FitLins' idiom) or from --confounds-strategy: voxfit's own
+    drift beside them made the design singular to rounding (correlation 0.9999999999987) with a rank and dof one
+    too many. They are the high-pass filter then, as nilearn advises with load_confounds, and the record says so."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import nilearn_model
+
+    study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    model = nilearn_model()
+    model["Nodes"][0]["Model"]["X"].insert(-1, "cosine*")
+    kw = {"derivatives": [study.derivatives], "progress": False, "level": "run", "noise": "ols"}
+    assert run(study.root, tmp_path / "x", model=model, **kw).ok
+    assert run(study.root, tmp_path / "s", confounds_strategy="simple:motion=basic", **kw).ok
+    for name in ("x", "s"):
+        folder = tmp_path / name / "sub-01" / "node-run"
+        columns = list(pd.read_csv(next(folder.glob("*_design.tsv")), sep="\t").columns)
+        assert "cosine00" in columns and not [c for c in columns if c.startswith("drift_")], columns
+        record = json.loads(next(folder.glob("*_model.json")).read_text())
+        assert (
+            "drift columns the design's own hold (fMRIPrep's cosines) left out"
+            in record["settings"]["bids"]["design"]["high_pass_from"]
+        )
+        assert record["design"]["rank"] == len(columns)
+
+
+def test_a_surface_study_takes_each_runs_own_confounds(tmp_path):
+    """fsaverage5 runs (a GIFTI file per hemisphere) under a model naming confounds: pybids gives a run's events to
+    one hemisphere's file and its confounds to both (and, loaded a subject at a time, the first subject's to the
+    second), so every run but the first subject's failed ("trans_x has 80 values ... the run has 40 scans"). Each
+    hemisphere's design now holds the run's own confounds and events."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import nilearn_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, space="fsaverage5", vertices=60)
+    for path in sorted(p for p in study.root.rglob("*run-1*") if p.is_file()):  # (labels written run-01)
+        path.rename(path.with_name(path.name.replace("run-1", "run-01")))
+    kw = {"derivatives": [study.derivatives], "progress": False, "level": "run", "noise": "ols"}
+    result = run(study.root, tmp_path / "out", model=nilearn_model(), **kw)
+    assert result.ok, result.failures
+    for subject in ("01", "02"):
+        confounds = pd.read_csv(next(study.derivatives.glob(f"sub-{subject}/func/*_timeseries.tsv")), sep="\t")
+        for hemi in ("L", "R"):
+            design = next((tmp_path / "out" / f"sub-{subject}" / "node-run").glob(f"*hemi-{hemi}*_design.tsv"))
+            design = pd.read_csv(design, sep="\t")
+            np.testing.assert_array_equal(design["rot_z"], confounds["rot_z"])
+            assert np.abs(design["congruent"]).max() > 0
+
+
+def test_a_study_interrupted_while_its_reports_are_written_says_its_fits_are_complete(tmp_path, monkeypatch, capsys):
+    """Interrupted after every group was fitted and the stale ones removed, while the reports were written: the
+    message says the fits are complete and how many stale files went (it said the groups finished before were
+    kept and to rerun "to fit the rest")."""
+    pytest.importorskip("matplotlib")
+    from voxfit.bids import study as study_module
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
+    model = default_model("stroop", ["congruent", "incongruent"])
+    path = tmp_path / "stroop.json"
+    path.write_text(json.dumps(model))
+    out = tmp_path / "out"
+    argv = ["bids", str(study.root), str(out), "run", *deriv, "--model", str(path), "--quiet"]
+    assert main(argv) == 0
+    before = sorted(p.relative_to(out) for p in out.glob("sub-*/node-run/*"))
+    model["Nodes"][0]["Name"] = "runs"  # (the groups of node "run" are stale)
+    model["Edges"][0]["Source"] = "runs"
+    path.write_text(json.dumps(model))
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module, "_write_reports", stop)
+    capsys.readouterr()
+    assert main([*argv, "--report"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"voxfit: interrupted while the reports were written; the study's fits are complete in {out}")
+    assert f"; {len(before)} files of stale groups were removed; no report is half-written" in err
+    assert before and not list(out.glob("sub-*/node-run")) and list(out.glob("sub-*/node-runs/*_statmap.nii.gz"))
+    # with a run that fails: its failure is said, and the fits are not said to be complete
+    next(study.root.glob("sub-02/func/*_events.tsv")).unlink()
+    assert main([*argv, "--report"]) == 130
+    err = capsys.readouterr().err
+    assert "voxfit: failed: node runs, sub-02" in err and "every group was fitted, or failed as said above," in err
+
+
+def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_path):
+    """Contrasts named "reward+" and "reward-" (one label, "reward", in a file name), and a dataset node grouped by a
+    participants.tsv column: above the run level each group wrote the same files as the others, the last one kept
+    (exit 0). Each now has its own (reward, reward2; group-control_, group-patient_), with its own numbers."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=4, runs=1, scans=40, shape=(8, 8, 6), conditions=("reward+", "reward-"))
+    model = default_model("stroop", ["reward+", "reward-"])
+    model["Nodes"][2]["GroupBy"] = ["contrast", "group"]
+    out = tmp_path / "out"
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert result.ok
+    records = {}
+    for path in out.rglob("*model.json"):
+        if "node-run" not in path.parts[-2] and path.parent != out:
+            bids = json.loads(path.read_text())["settings"]["bids"]
+            records[path.relative_to(out).as_posix()] = bids["entities"]
+    assert len(records) == 4 * 2 + 2 * 2  # (every subject's two contrasts; each group's two at the dataset level)
+    assert records["sub-01/node-subject/sub-01_contrast-reward_model.json"]["contrast"] == "reward+"
+    assert records["sub-01/node-subject/sub-01_contrast-reward2_model.json"]["contrast"] == "reward-"
+    assert records["node-dataset/group-patient_contrast-reward2_model.json"] == {
+        "contrast": "reward-",
+        "group": "patient",
+    }
+    design = (out / "node-dataset" / "group-control_contrast-reward_design.tsv").read_text().splitlines()
+    assert len(design) == 1 + 2  # (two controls of four subjects)
+    z = [
+        _maps(out / "node-dataset" / f"group-{g}_contrast-reward_stat-z_statmap.nii.gz") for g in ("control", "patient")
+    ]
+    assert not np.allclose(z[0], z[1], equal_nan=True)
+    # the dataset's page tells the groups apart, and no subject of one is said to be left out of the other
+    pytest.importorskip("matplotlib")
+    assert run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", report=True).ok
+    page = (out / "dataset.html").read_text()
+    assert "dataset reward+ group-control" in page and "dataset reward+ group-patient" in page
+    from voxfit.bids.report import _GroupResults
+
+    holder = type("R", (), {"folder": out, "prefix": "group-control_"})()  # (a group's own table, under its prefix)
+    assert _GroupResults.clusters_table(holder, "reward") == out / "group-control_contrast-reward_clusters.tsv"
+    assert "left out</th>" in page and page.count("<td>none</td>") >= 4 and "(voxfit" not in page
+    # groups whose values still write the same files ("con-trol" and "control") are refused, not merged
+    table = study.root / "participants.tsv"
+    table.write_text(table.read_text().replace("patient", "con-trol"))
+    again = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert [f.node for f in again.failures] == ["dataset", "dataset"]
+    assert {f.group for f in again.failures} == {"contrast-reward+_group-con-trol", "contrast-reward-_group-con-trol"}
+    assert "are those of group " in again.failures[0].reason and "rename one" in again.failures[0].reason

@@ -186,6 +186,20 @@ def test_model_type_chooses_fixed_effects_or_a_glm_at_every_level(tmp_path, caps
     )
 
 
+def test_a_column_the_participants_table_lacks_is_said_with_the_columns_it_has(tmp_path):
+    """A Dataset node's Model.X naming a column participants.tsv lacks (a typo): pybids' words alone, "not found in
+    data matrix"; now with the table's columns."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][2]["Model"]["X"] = [1, "agee"]
+    result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols")
+    (failure,) = result.failures
+    assert "'agee'" in failure.reason and "(participants.tsv's columns: age, group)." in failure.reason
+
+
 def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):
     """A GroupBy without contrast above the run level: a dataset group then held each subject twice, refused as
     "give one effect map per subject" (the node's fix unsaid); a subject group pooled its contrasts into one effect

@@ -413,6 +413,7 @@ def run(
         study.default_types = tuple(default_types)
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
+        study.participant_columns = tuple(participants[0][1:]) if participants else ()
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
         # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
         freeze = gc.get_freeze_count() == 0
@@ -1554,6 +1555,7 @@ class _Study:
         self.identity: tuple[tuple[str, object], ...] = tuple(identity)
         self.default_types: tuple[str, ...] = ()
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
+        self.participant_columns: tuple[str, ...] = ()  # its other columns, for messages
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
         self.maps: dict[tuple, _MapRef] = {}  # _key(contrast entities) -> the maps
@@ -2087,7 +2089,10 @@ class _Study:
             run = self.pybids_node(node.name).run
             groups = run(inputs=infos, group_by=group_by, missing_values="ignore", **filters)
         except (ValueError, KeyError) as exc:
-            self.failures.append(Failure(node.name, "all", f"{exc}; check the node's Model.X and GroupBy."))
+            named = self.participant_columns if node.level != "run" else ()
+            columns = f" (participants.tsv's columns: {listed(named)})" if named else ""
+            reason = f"{str(exc).strip().rstrip('.')}; check the node's Model.X and GroupBy{columns}."
+            self.failures.append(Failure(node.name, "all", reason))
             return
         groups = list(groups)
         # one file label per contrast name across the node's groups ("reward+" and "reward-": reward, reward2),

@@ -404,7 +404,7 @@ def run(
                 f"--smoothing is for volumes, and {surface.name} is a surface or CIFTI run (smoothing on the mesh is "
                 "not done here): drop --smoothing, or choose volume runs with --space."
             )
-        _check_surface_inference(settings, runs, surface)
+        _check_surface_inference(settings, surface)
         _check_aroma(settings, desc)
         described = {f: f.read_bytes() if f.is_file() else None for f in description_files(out_dir, model)}
         model_file = describe_dataset(out_dir, model, command)
@@ -940,11 +940,13 @@ def _participants_rows(bids_dir: Path) -> list[list[str]]:
         return []
 
 
-def _run_collection(collections: list, entity: dict, merge):
+def _run_collection(collections: list, entity: dict):
     """One collection of the run's variables from pybids' collections for its entities: each variable once, of
     this run's files. A GIFTI run is two BOLD files (a hemisphere each), and pybids gives its events to one of them
     only and its confounds to both, and, loaded a subject at a time, another subject's confounds among them:
     merged, every confounds column was twice the run's length (or more), and the other hemisphere had no events."""
+    from bids.variables import merge_collections as merge
+
     if len(collections) == 1:
         return collections[0]
     if entity.get("hemi") is None:
@@ -994,7 +996,7 @@ def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict]) -> No
         )
 
 
-def _check_surface_inference(settings: _Settings, runs, surface: Path | None) -> None:
+def _check_surface_inference(settings: _Settings, surface: Path | None) -> None:
     """Refuse, before anything is fitted, the group inference a study cannot run on surface maps: TFCE and cluster
     inference need each hemisphere's mesh (voxfit group --mesh; a study takes none), RFT a volume."""
     if surface is None or not (settings.tfce or settings.cluster_threshold or settings.rft):
@@ -1020,8 +1022,10 @@ def _check_aroma(settings: _Settings, desc: str | None) -> None:
     """--confounds-strategy ica_aroma is for fMRIPrep's non-aggressively denoised runs, as nilearn's is: the
     aroma_motion columns are already out of them, and the strategy adds none (refused for others, which it would
     fit without any motion regressor)."""
-    strategy = settings.confounds_strategy
-    if strategy and str(strategy).split(":")[0].strip() == "ica_aroma" and desc != "smoothAROMAnonaggr":
+    from ..design.confounds import parse_strategy
+
+    strategy = settings.confounds_strategy  # (checked in _run_iv: parsed without fail)
+    if strategy and parse_strategy(strategy)[0] == "ica_aroma" and desc != "smoothAROMAnonaggr":
         raise InputError(
             f"--confounds-strategy ica_aroma is for fMRIPrep's runs denoised by ICA-AROMA (desc-smoothAROMAnonaggr), "
             f"and the runs chosen are desc-{desc}: add --desc smoothAROMAnonaggr, or choose another strategy."
@@ -1844,15 +1848,13 @@ class _Study:
         from .run_design import run_design
 
         entity = r.entity
-        from bids.variables import merge_collections
-
         pybids_node = self.pybids_node(node.name, entity.get("subject"))
         collections = pybids_node.get_collections(**{k: entity[k] for k in RAW if k in entity})
         if not collections:
             raise InputError(f"{r.events}: pybids read no variables for this run; check its events.tsv.")
         try:
             rd = run_design(
-                _run_collection(collections, entity, merge_collections),
+                _run_collection(collections, entity),
                 self.run_spec(node, r),
                 tr=r.tr,
                 n_scans=r.n_scans,

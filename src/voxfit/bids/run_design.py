@@ -610,7 +610,8 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
     hrf_of = {name: model for name, (model, _) in hrfs.items()}
     settings = {
         "hrf": hrf_of,
-        "drift": "cosine" + (f" ({int(held.sum())} held by Model.X's columns, left out)" if held.any() else ""),
+        "drift": "cosine",
+        "drifts_held": int(held.sum()),  # (drift columns Model.X's own held, left out)
         "high_pass_s": problem.high_pass_s,
         "tr": problem.tr,
         "n_scans": problem.n_scans,

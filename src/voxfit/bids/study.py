@@ -1871,12 +1871,9 @@ class _Study:
         contrasts = [c for c in rd.contrasts if c.test in ("t", "F", "pass", None)]
         labels = _labels([c.name for c in contrasts])
         kinds = tuple(column_kinds(design, names, X, None))
-        built = rd.design.settings.get("drift", "")  # (drift columns the model's or the strategy's held: left out)
-        held = (
-            "drift columns the design's own hold (fMRIPrep's cosines) left out"
-            if "held" in built or (kinds.count("drift") < rd.design.kinds.count("drift"))
-            else ""
-        )
+        # (drift columns Model.X's own held, left out as the design was built, or the strategy's, left out here)
+        dropped = rd.design.settings["drifts_held"] + rd.design.kinds.count("drift") - kinds.count("drift")
+        held = "drift columns the design's own hold (fMRIPrep's cosines) left out" if dropped else ""
         return _RunJob(
             index=k,
             run=r,

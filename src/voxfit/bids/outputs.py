@@ -25,6 +25,7 @@ __all__ = [
     "group_folder",
     "group_prefix",
     "group_records",
+    "grouped_by_others",
     "map_name",
     "open_group",
 ]
@@ -100,12 +101,17 @@ def group_prefix(entities: dict) -> str:
     grouped by such a column wrote the same files, each over the last."""
     text = short_entities({k: v for k, v in entities.items() if k in ENTITIES})
     others = [
-        f"{sanitize_label(k, 'GroupBy')}-{sanitize_label(v, f'GroupBy {k} value')}"
-        for k, v in sorted(entities.items())
-        if k not in ENTITIES and k != "contrast" and v is not None
+        f"{sanitize_label(k, 'GroupBy')}-{sanitize_label(entities[k], f'GroupBy {k} value')}"
+        for k in grouped_by_others(entities)
     ]
     text = "_".join([t for t in (text, *others) if t])
     return f"{text}_" if text else ""
+
+
+def grouped_by_others(entities: dict) -> list[str]:
+    """The keys of a group's `entities` that are neither BIDS entities nor the contrast (a participants.tsv column
+    a node groups by), by name, those with a value only."""
+    return sorted(k for k, v in entities.items() if k not in ENTITIES and k != "contrast" and v is not None)
 
 
 def map_name(prefix: str, contrast: str, stat: str, extension: str) -> str:

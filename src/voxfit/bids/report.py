@@ -41,7 +41,7 @@ from ..exceptions import InputError
 from ..io import write_file_atomically
 from ..report import Contrast, DesignView, Results, html_page, html_table, read_map, report_sections
 from .layout import ENTITIES
-from .outputs import group_prefix, group_records, map_name
+from .outputs import group_prefix, group_records, grouped_by_others, map_name
 
 __all__ = ["StudyReports", "check_matplotlib", "write_study_reports"]
 
@@ -484,13 +484,8 @@ def _subject_page(label: str, groups: list[_Group], failures: list[_Failure], da
 
 def _short_title(g: _Group) -> str:
     parts = [str(g.entities[k]) for k in ("session", "run", "hemi", "contrast") if g.entities.get(k) is not None]
-    parts += [f"{k}-{g.entities[k]}" for k in _split_by(g)]  # (a participants.tsv column it is grouped by)
+    parts += [f"{k}-{g.entities[k]}" for k in grouped_by_others(g.entities)]  # (a participants.tsv column)
     return f"{g.node} {' '.join(parts)}".strip()
-
-
-def _split_by(g: _Group) -> list[str]:
-    """The keys a group is grouped by that are not BIDS entities nor the contrast, by name."""
-    return sorted(k for k in g.entities if k not in ENTITIES and k != "contrast" and g.entities[k] is not None)
 
 
 def _meta(checksum: str) -> dict:
@@ -524,9 +519,9 @@ def _dataset_page(out_dir, dataset, groups, subjects, failures, model_files, che
             o
             for o in dataset
             if o is not g
-            and _split_by(o)
-            and {k: v for k, v in o.entities.items() if k not in _split_by(o)}
-            == {k: v for k, v in g.entities.items() if k not in _split_by(g)}
+            and grouped_by_others(o.entities)
+            and {k: v for k, v in o.entities.items() if k not in grouped_by_others(o.entities)}
+            == {k: v for k, v in g.entities.items() if k not in grouped_by_others(g.entities)}
         ]
         elsewhere = {s for o in siblings for s in _subjects_of(o)}
         left = [s for s in subjects if s not in used and s not in elsewhere]

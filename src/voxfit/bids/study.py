@@ -82,6 +82,7 @@ from .outputs import (
     group_folder,
     group_prefix,
     group_records,
+    grouped_by_others,
     map_name,
     open_group,
 )
@@ -756,7 +757,7 @@ def _key(entities: dict) -> tuple:
 def _group_label(entities: dict) -> str:
     """A group's entities as in file names, then any other key it is grouped by (a participants.tsv column)."""
     parts = [f"{ENTITIES.get(k, k)}-{v}" for k, v in _key(entities)]
-    parts += [f"{k}-{_value(v)}" for k, v in sorted(entities.items()) if k not in _KEYS and _value(v) is not None]
+    parts += [f"{k}-{_value(entities[k])}" for k in grouped_by_others(entities) if _value(entities[k]) is not None]
     return "_".join(parts) or "all"
 
 

@@ -485,3 +485,57 @@ def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_pat
     assert [f.node for f in again.failures] == ["dataset", "dataset"]
     assert {f.group for f in again.failures} == {"contrast-reward+_group-con-trol", "contrast-reward-_group-con-trol"}
     assert "are those of group " in again.failures[0].reason and "rename one" in again.failures[0].reason
+
+
+def test_each_node_takes_the_maps_of_its_own_source_node(tmp_path):
+    """Two Subject nodes beside each other (fixed effects and an OLS of the runs), a Dataset node after the first:
+    the maps handed on were keyed by BIDS entities and the contrast alone, so the dataset node took the subjects'
+    maps of whichever Subject node was fitted last, the other's (exit 0). Each node now takes its source's."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=3, runs=2, scans=40, shape=(8, 8, 6), conditions=("A",))
+    model = default_model("stroop", ["A"])
+    fixed = model["Nodes"][1]
+    ols = {**fixed, "Name": "subject_ols", "Model": {"Type": "glm", "X": [1]}}
+    model["Nodes"].insert(2, ols)
+    model["Edges"] = [
+        {"Source": "run", "Destination": "subject"},
+        {"Source": "run", "Destination": "subject_ols"},
+        {"Source": "subject", "Destination": "dataset"},
+    ]
+    out = tmp_path / "out"
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert result.ok, result.failures
+    subjects = [
+        _maps(out / f"sub-0{s}" / "node-subject" / f"sub-0{s}_contrast-A_stat-effect_statmap.nii.gz") for s in (1, 2, 3)
+    ]
+    others = _maps(out / "sub-01" / "node-subjectols" / "sub-01_contrast-A_stat-effect_statmap.nii.gz")
+    assert not np.allclose(subjects[0], others, equal_nan=True)
+    mean = _maps(out / "node-dataset" / "contrast-A_stat-effect_statmap.nii.gz")
+    np.testing.assert_allclose(mean, np.mean(subjects, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_dataset_node_takes_the_groups_of_a_dataset_node_grouped_by_a_participants_column(tmp_path):
+    """Run -> Subject -> a Dataset node grouped by participants.tsv's `group` -> a Dataset node over the groups'
+    means. pybids merged participants.tsv into the groups' maps by subject, which they have none of: the last node
+    failed (KeyError 'subject'). And the maps handed on were keyed by BIDS entities and the contrast alone, the
+    last group's taken for both groups' (contrast-A)."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=4, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
+    model = default_model("stroop", ["A"])
+    dataset = model["Nodes"][2]
+    model["Nodes"][2:] = [{**dataset, "Name": "groups", "GroupBy": ["contrast", "group"]}, {**dataset, "Name": "both"}]
+    del model["Edges"]  # (the nodes in turn)
+    out = tmp_path / "out"
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert result.ok, result.failures
+    effect = [
+        _maps(out / "node-groups" / f"group-{g}_contrast-A_stat-effect_statmap.nii.gz") for g in ("control", "patient")
+    ]
+    assert not np.allclose(*effect, equal_nan=True)
+    mean = _maps(out / "node-both" / "contrast-A_stat-effect_statmap.nii.gz")
+    np.testing.assert_allclose(mean, np.mean(effect, axis=0), rtol=1e-5, atol=1e-6)
+    assert len((out / "node-both" / "contrast-A_design.tsv").read_text().splitlines()) == 1 + 2

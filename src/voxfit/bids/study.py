@@ -232,6 +232,13 @@ class _Node:
     spec: dict
     study: tuple[tuple[str, object], ...] = ()  # the study that writes its groups (_Study.identity; records name it)
 
+    def key(self, entities: dict) -> tuple:
+        """What tells apart the maps of the node's groups (`entities`, a group's and its contrast's, or those of an
+        input of a node below it, which pybids gives with other columns): their BIDS entities and contrast, then
+        the other keys the node groups by (a participants.tsv column)."""
+        others = sorted(k for k in map(_long, self.spec.get("GroupBy") or ()) if k not in _KEYS)
+        return _key(entities) + tuple((k, _value(entities.get(k))) for k in others)
+
 
 @dataclass(frozen=True, eq=False)
 class _RunJob:
@@ -1563,7 +1570,7 @@ class _Study:
         self.participant_columns: tuple[str, ...] = ()  # its other columns, for messages
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
-        self.maps: dict[tuple, _MapRef] = {}  # _key(contrast entities) -> the maps
+        self.maps: dict[tuple[str, tuple], _MapRef] = {}  # (node name, its key of the contrast's group) -> the maps
         self.outputs: dict[str, list[tuple[str, dict]]] = {}  # node name -> (contrast name, entities) passed on
         self.results: dict[str, list[NodeResult]] = {}
         self.failures: list[Failure] = []
@@ -1594,12 +1601,12 @@ class _Study:
             return [(a, b, {}) for a, b in zip(names, names[1:])]
         return [(e["Source"], e["Destination"], e.get("Filter") or {}) for e in edges]
 
-    def pybids_node(self, name: str, subject: str | None = None):
+    def pybids_node(self, name: str, subject: str | None = None, variables: bool = True):
         """pybids' node `name` of the model's BIDSStatsModelsGraph, with its variables loaded the first time a
         design or a grouping asks for them (a rerun whose runs are all reused never reads the run level's
-        tables). A run node's are loaded one `subject` at a time, as its runs' designs ask for them: the first
-        design waits for one subject's tables, not the whole dataset's (2.7 s for the benchmark's 20 subjects,
-        with a core idle meanwhile).
+        tables); without them where `variables` is false. A run node's are loaded one `subject` at a time, as its
+        runs' designs ask for them: the first design waits for one subject's tables, not the whole dataset's (2.7 s
+        for the benchmark's 20 subjects, with a core idle meanwhile).
 
         Run nodes take their variables from the preprocessed BOLD files of the kinds fitted (the derivatives'
         scope, the runs' extensions), where voxfit's runs are: pybids reads a run's events and confounds
@@ -1614,7 +1621,7 @@ class _Study:
         node = self._graph.get_node(name)
         run_level = node.level == "run" and bool(self.bold_extensions)
         key = (name, subject) if run_level and subject is not None else name
-        if key in self._loaded or name in self._loaded:
+        if key in self._loaded or name in self._loaded or not variables:
             return node
         kwargs = {"subject": list(self.labels)} if self.labels else {}
         if key != name:
@@ -1701,9 +1708,10 @@ class _Study:
 
     def pass_on(self, node_name: str, bids_or_outputs: dict, entity: dict) -> None:
         """The t contrasts' maps of a group, passed on to the nodes below."""
+        node = self.node(node_name)
         for name, o in bids_or_outputs.items():
             ents = {**entity, "contrast": name}
-            self.maps[_key(ents)] = _MapRef(o["effect"], o["variance"], o["dof"])
+            self.maps[node_name, node.key(ents)] = _MapRef(o["effect"], o["variance"], o["dof"])
             self.outputs[node_name].append((name, ents))
 
     # ---- run level -------------------------------------------------------------------------------------------
@@ -2024,11 +2032,17 @@ class _Study:
         levels = {n["Name"]: n["Level"].lower() for n in self.model["Nodes"]}
         return [f for f in self.failures if f.entities and LEVELS.index(levels.get(f.node, "run")) < below]
 
+    def map_of(self, source: str, entities: dict) -> _MapRef | None:
+        """The maps node `source` passed on for the input of `entities` (a node's groups take their inputs from
+        the node an edge names, never from another whose groups have the same entities)."""
+        return self.maps.get((source, self.node(source).key(entities)))
+
     def fit_node(self, node: _Node, source: str, filters: dict) -> None:
         self.results.setdefault(node.name, [])
         self.outputs.setdefault(node.name, [])
         inputs = self.outputs.get(source, [])
         failed = self.upstream_failures(node)
+        refs = [self.map_of(source, ents) for _, ents in inputs]
         checksum = _checksum(
             __version__,
             dict(node.study).get("model"),
@@ -2036,17 +2050,14 @@ class _Study:
             node.spec,
             filters,
             self.hemispheres,
-            sorted(
-                [_key(ents), _file_stamp([self.maps[_key(ents)].effect, self.maps[_key(ents)].variance])]
-                for _, ents in inputs
-            ),
+            sorted([_key(ents), _file_stamp([ref.effect, ref.variance])] for (_, ents), ref in zip(inputs, refs)),
             sorted([f.node, f.group, f.reason] for f in failed),
             self.tables(),
         )
         self.node_checksums[node.name] = checksum
         if not self.force and self.reuse_node(node, checksum):
             return
-        self.group_node(node, inputs, filters, failed)
+        self.group_node(node, source, inputs, filters, failed)
 
     def reuse_node(self, node: _Node, checksum: str) -> bool:
         """The node's groups as the last study left them, when its checksum is unchanged and their records and
@@ -2067,7 +2078,7 @@ class _Study:
             self.skipped.append(Failure(node.name, group, reason, tuple(tuple(e) for e in entities)))
         return True
 
-    def group_node(self, node: _Node, inputs, filters, failed) -> None:
+    def group_node(self, node: _Node, source: str, inputs, filters, failed) -> None:
         from bids.modeling.statsmodels import ContrastInfo
 
         if not inputs:  # (pybids' own message for this names its entity index, not the cause)
@@ -2085,8 +2096,10 @@ class _Study:
             for name, ents in inputs
         ]
         try:
-            # (missing values kept, not filled with 0: _numbers refuses them, naming the inputs)
-            run = self.pybids_node(node.name).run
+            # (missing values kept, not filled with 0: _numbers refuses them, naming the inputs). The groups of a
+            # dataset-level node are no subject's: pybids merged participants.tsv into them by subject (KeyError)
+            subjects = any(_value(ents.get("subject")) is not None for _, ents in inputs)
+            run = self.pybids_node(node.name, variables=subjects).run
             groups = run(inputs=infos, group_by=group_by, missing_values="ignore", **filters)
         except (ValueError, KeyError) as exc:
             named = self.participant_columns if node.level != "run" else ()
@@ -2128,7 +2141,7 @@ class _Study:
                             "a row in participants.tsv, whose columns the node's Model.X takes?); add their rows, "
                             "or leave them out (--participant-label)."
                         )
-                    write = self.fit_group(node, g, entities, failed, labels, claimed)
+                    write = self.fit_group(node, source, g, entities, failed, labels, claimed)
                 except InputError as exc:
                     fail(entities, exc)
                     continue
@@ -2186,16 +2199,16 @@ class _Study:
                 )
         return notes, extra
 
-    def fit_group(self, node: _Node, g, entities, failed, labels: dict, claimed: dict):
-        """Fit pybids' group `g` of the node's inputs; returns a function that writes its maps and record (in
-        their folder, committed whole) and returns its ``(NodeResult, outputs)``. A group whose checksum is
-        unchanged is not refitted: the function returns what its record says. `labels`: the file label of each
-        contrast name of the node; `claimed`: the records of the node's groups so far, by path (a group whose
-        files another group writes is refused)."""
+    def fit_group(self, node: _Node, source: str, g, entities, failed, labels: dict, claimed: dict):
+        """Fit pybids' group `g` of the node's inputs (the groups of node `source`); returns a function that writes
+        its maps and record (in their folder, committed whole) and returns its ``(NodeResult, outputs)``. A group
+        whose checksum is unchanged is not refitted: the function returns what its record says. `labels`: the file
+        label of each contrast name of the node; `claimed`: the records of the node's groups so far, by path (a
+        group whose files another group writes is refused)."""
         rows = g.metadata.to_dict("records")
         X = _numbers(g.X, rows)
         names = [str(c) for c in X.columns]
-        refs = [self.maps.get(_key(row)) for row in rows]
+        refs = [self.map_of(source, row) for row in rows]
         missing = [row for row, ref in zip(rows, refs) if ref is None]
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)
             raise InputError(f"no maps for the input {_input_name(missing[0])}; its lower node failed.")

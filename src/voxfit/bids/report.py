@@ -38,7 +38,7 @@ import numpy as np
 from .._progress import Progress
 from .._version import __version__
 from ..exceptions import InputError
-from ..io import write_file_atomically
+from ..io import clusters_table_name, write_file_atomically
 from ..report import Contrast, DesignView, Results, html_page, html_table, read_map, report_sections
 from .layout import ENTITIES
 from .outputs import group_prefix, group_records, grouped_by_others, map_name
@@ -289,7 +289,7 @@ class _GroupResults(Results):
     cache: dict = field(default_factory=dict)
 
     def clusters_table(self, label: str) -> Path:
-        return self.folder / f"{self.prefix}contrast-{label}_clusters.tsv"
+        return self.folder / clusters_table_name(label, self.prefix)
 
     def read_map(self, name: str):
         if name not in self.cache:

@@ -75,7 +75,13 @@ from .layout import (
     input_filters,
     release_index,
 )
-from ..io.output import missing_folders, remove_made_folders, signals_held, write_files_atomically
+from ..io.output import (
+    clusters_table_name,
+    missing_folders,
+    remove_made_folders,
+    signals_held,
+    write_files_atomically,
+)
 from .outputs import (
     describe_dataset,
     description_files,
@@ -404,8 +410,9 @@ def run(
                 f"the analysis level {settings.level} has no node in the model (its levels: "
                 f"{', '.join(dict.fromkeys(levels))}); choose one of them."
             )
-        participants = _participants_rows(Path(bids_dir))
-        _check_participants(Path(bids_dir) / "participants.tsv", participants, runs, model)
+        lines = _participants_lines(Path(bids_dir) / "participants.tsv")
+        participants = _participants_rows(lines)
+        _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
         if settings.smoothing and surface is not None:
             raise InputError(
@@ -938,14 +945,19 @@ def _left_behind(inputs, group, filters: dict, participants: set[str] | None) ->
     return out
 
 
-def _participants_rows(bids_dir: Path) -> list[list[str]]:
-    """participants.tsv's rows of cells, its header first; none where it is absent or unreadable (pybids' index
-    says so where a node reads it)."""
+def _participants_lines(path: Path) -> list[list[str]]:
+    """participants.tsv's lines of cells as written (blank lines too); none where it is absent or unreadable
+    (pybids' index says so where a node reads it)."""
     try:
-        with open(bids_dir / "participants.tsv", newline="", encoding="utf-8-sig") as fh:
-            return [[c.strip() for c in r] for r in csv.reader(fh, delimiter="\t") if any(c.strip() for c in r)]
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return list(csv.reader(fh, delimiter="\t"))
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
+
+
+def _participants_rows(lines: list[list[str]]) -> list[list[str]]:
+    """participants.tsv's rows of cells, stripped, its header first (its blank lines left out)."""
+    return [[c.strip() for c in r] for r in lines if any(c.strip() for c in r)]
 
 
 def _run_collection(collections: list, entity: dict):
@@ -1063,13 +1075,9 @@ def _check_dataset_inference(model: dict, settings: _Settings) -> None:
         )
 
 
-def _padded_ids(path: Path) -> list[tuple[int, str]]:
-    """(line, cell) of participants.tsv's participant_id cells with spaces or tabs around them, as read raw."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            lines = list(csv.reader(fh, delimiter="\t"))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
+def _padded_ids(lines: list[list[str]]) -> list[tuple[int, str]]:
+    """(line, cell) of participants.tsv's participant_id cells with spaces or tabs around them (`lines` as
+    written)."""
     if not lines or "participant_id" not in [h.strip() for h in lines[0]]:
         return []
     j = [h.strip() for h in lines[0]].index("participant_id")
@@ -1091,12 +1099,13 @@ def _input_name(entities: dict) -> str:
     return _group_label(named or entities)
 
 
-def _check_participants(path: Path, rows: list[list[str]], runs, model: dict) -> None:
-    """Where a node's Model.X takes a column of participants.tsv (`rows`, read from `path`): the table has its
+def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -> None:
+    """Where a node's Model.X takes a column of participants.tsv (`lines`, read from `path`): the table has its
     participant_id column, and names each subject of the `runs` once (pybids takes one of two rows of a subject
     silently) and as its folders do (sub-001 for sub-01 matched nothing)."""
     taken = {x for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X", ()) if isinstance(x, str)}
     taken |= {k for node in model.get("Nodes", ()) for k in node.get("GroupBy") or () if isinstance(k, str)}
+    rows = _participants_rows(lines)
     if not rows or not taken & set(rows[0]):
         return
     if "participant_id" not in rows[0]:
@@ -1105,7 +1114,7 @@ def _check_participants(path: Path, rows: list[list[str]], runs, model: dict) ->
             raise InputError(f"{path} names its ids {near[0]!r}; BIDS names that column participant_id: rename it.")
         return
     ids = _participant_ids(rows)
-    padded = _padded_ids(path)
+    padded = _padded_ids(lines)
     if padded:
         line, cell = padded[0]
         raise InputError(
@@ -2283,7 +2292,7 @@ class _Study:
                     if label in fitted.tables:  # (voxfit group's clusters.tsv, the group's prefix before it)
                         from ..models.second_level import write_cluster_table
 
-                        write_cluster_table(out.path(f"{prefix}contrast-{label}_clusters.tsv"), fitted.tables[label])
+                        write_cluster_table(out.path(clusters_table_name(label, prefix)), fitted.tables[label])
                     if s.kind == "t" and c.test != "F":
                         outputs[c.name] = {
                             "label": label,

@@ -28,6 +28,7 @@ __all__ = [
     "OutputFolder",
     "before_commit",
     "check_output_folder",
+    "clusters_table_name",
     "disk_error",
     "exclusive_file",
     "make_folder",
@@ -52,6 +53,12 @@ def sanitize_label(name: str, what: str = "contrast") -> str:
             "(BIDS labels); give it one."
         )
     return label
+
+
+def clusters_table_name(contrast: str, prefix: str = "") -> str:
+    """``[<prefix>]contrast-<label>_clusters.tsv``: a contrast's table of clusters (voxfit group's, a study's group
+    with its entities as `prefix`)."""
+    return f"{prefix}contrast-{contrast}_clusters.tsv"
 
 
 def statmap_name(

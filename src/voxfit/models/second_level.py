@@ -47,6 +47,7 @@ from ..io import (
     OutputFolder,
     check_data,
     check_mask,
+    clusters_table_name,
     expand_run,
     is_image,
     load,
@@ -882,7 +883,7 @@ class SecondLevel:
                     masker.write(out.path(statmap_name("tfce", ext, label)), r.tfce, [f"{label} TFCE"])
                     p_maps(label, "tfcefwe", r.p_tfce_fwe)
             if label in tables:
-                write_cluster_table(out.path(f"contrast-{label}_clusters.tsv"), tables[label])
+                write_cluster_table(out.path(clusters_table_name(label)), tables[label])
         if g.mixed is not None:
             write_mixed_maps(out, masker, g.mixed, perms)
         footers = {}

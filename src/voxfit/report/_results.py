@@ -17,7 +17,7 @@ from ..design.events import variance_inflation
 from ..design.kinds import INTEREST_KINDS, column_kinds
 from ..design.read import read_design
 from ..exceptions import InputError
-from ..io import sanitize_label, statmap_name
+from ..io import clusters_table_name, sanitize_label, statmap_name
 from ..io.geometry import Geometry
 from ..io.readers import open_map
 from ..models.record import ModelRecord
@@ -86,7 +86,7 @@ class Results:
 
     def clusters_table(self, label: str) -> Path:
         """The path of a contrast's table of clusters (voxfit group's, with a cluster threshold) in the folder."""
-        return self.folder / f"contrast-{label}_clusters.tsv"
+        return self.folder / clusters_table_name(label)
 
     def read_map(self, name: str) -> NDArray | None:
         """The first map of file `name` in the folder, NaN outside the mask; None if there is no such file."""

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import math
+import numbers
 import os
 import shutil
 import time
@@ -40,6 +41,7 @@ __all__ = [
     "input_filters",
     "release_index",
     "short_entities",
+    "value_text",
 ]
 
 # BIDS entities a run keeps through every level, as pybids names them, with their short (file name) keys
@@ -106,6 +108,16 @@ class RunInput:
 def short_entities(entities: dict, keep=ENTITIES) -> str:
     """``sub-01_[ses-a_]task-x_...`` of the `entities` (pybids names) in BIDS order, those of `keep` only."""
     return "_".join(f"{ENTITIES[k]}-{entities[k]}" for k in ENTITIES if k in keep and entities.get(k) is not None)
+
+
+def value_text(value) -> str | None:
+    """A table's value as its file writes it, whatever pandas made of it (an entity, a trial type): a number's
+    text (2.0, read as a float beside an n/a, is "2"); None for a missing value (None, NaN)."""
+    if value is None or (isinstance(value, numbers.Real) and value != value):
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value)
 
 
 def _bids():

@@ -48,6 +48,8 @@ from .._checks import check_scalar, repeated
 from ..design import Design, make_design
 from ..design.events import cosine_drift, parse_high_pass
 from ..exceptions import DesignWarning, InputError
+
+from .layout import value_text
 from .spec import HRF_MODELS, hrf_settings, weight_value
 
 __all__ = ["NodeContrast", "RunDesign", "run_design"]
@@ -207,14 +209,14 @@ def _add_trial_types(variables) -> None:
     has that name: over every event of the table, 1 at its own and 0 at the others', as pybids' ``Factor`` makes
     ``trial_type.<level>`` (aligned with the events' other columns: ``Product`` with ``response_time`` was refused
     as misaligned). Numeric codes (1, 2: BIDS's trial types are labels) are levels too, named as
-    :func:`trial_type_name` names them."""
+    :func:`~voxfit.bids.layout.value_text` names them."""
     from bids.variables import SparseRunVariable
 
     trial_type = variables.variables.get("trial_type")
     if not isinstance(trial_type, SparseRunVariable) or trial_type.values.dtype.kind in "bc":
         return
     frame = trial_type.to_df(condition=True, entities=True).drop(columns="condition")
-    names = frame["amplitude"].map(trial_type_name)
+    names = frame["amplitude"].map(value_text)
     weights = _modulation(variables, trial_type)
     for level in dict.fromkeys(names.dropna()):
         if level in variables.variables or level in ("", "n/a"):
@@ -255,16 +257,6 @@ def _modulation(variables, trial_type) -> np.ndarray | float:
         )
     values = events.merge(given, on=["onset", "duration"], how="left")["amplitude"].to_numpy(dtype=float)
     return np.where(np.isfinite(values), values, 1.0)
-
-
-def trial_type_name(value) -> str | None:
-    """A trial type's name: its text, or a number written as an events table writes it (2.0 read by pandas
-    beside an n/a is "2"); None for a missing value."""
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
-    return str(value)
 
 
 # -- transformations ----------------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ import functools
 import gc
 import hashlib
 import json
-import math
 import numbers
 import os
 import re
@@ -74,6 +73,7 @@ from .layout import (
     index_in_use,
     input_filters,
     release_index,
+    value_text,
 )
 from ..io.output import (
     clusters_table_name,
@@ -715,8 +715,6 @@ def _trial_types(runs) -> list[str]:
     """The trial types of the runs' events (their ``trial_type`` column), sorted; empty when none has one."""
     import pandas as pd
 
-    from .run_design import trial_type_name
-
     found: set[str] = set()
     for r in runs:
         if r.events is None:
@@ -726,7 +724,7 @@ def _trial_types(runs) -> list[str]:
         except (OSError, ValueError):
             continue
         if "trial_type" in table:
-            found |= {trial_type_name(t) for t in table["trial_type"].dropna().unique()}
+            found |= {value_text(t) for t in table["trial_type"].dropna().unique()}
     return sorted(found)
 
 
@@ -754,11 +752,7 @@ _ABSENT = "\x00absent"
 def _value(v):
     """An entity's value as one text whatever pandas made of it (1, 1.0, '1' -> '1'); None for NaN (and for
     :data:`_ABSENT`)."""
-    if v is None or v == _ABSENT or (isinstance(v, float) and math.isnan(v)):
-        return None
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        v = int(v)
-    return str(v)
+    return None if isinstance(v, str) and v == _ABSENT else value_text(v)
 
 
 _KEYS = tuple(ENTITIES) + ("contrast",)

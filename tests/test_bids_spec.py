@@ -170,6 +170,30 @@ RULE_REFUSALS = {
         "Edges make a cycle (subject -> dataset -> subject)",
     ),
     "two roots": (lambda m: m["Edges"].pop(0), "the graph must have one root node"),
+    # a node fed by two edges: fitted once per edge into the same files, the last edge's kept (exit 0)
+    "two sources": (
+        lambda m: m["Edges"].append({"Source": "run", "Destination": "dataset"}),
+        'node "dataset" is the Destination of edges from "subject" and "run": its groups of each source',
+    ),
+    # names a folder name makes one: both nodes wrote into node-onesample, the last over the first (exit 0)
+    "folder names": (
+        _node(2, "Name", "sub-ject"),
+        'node "sub-ject" (Nodes[2]) would write into node-subject, as node "subject" does',
+    ),
+    # Filter keys pybids ignores, passing every input: a participants.tsv column, a capital, a plural
+    "filter column": (
+        lambda m: m["Edges"][1].__setitem__("Filter", {"group": ["patient"]}),
+        'edge (Edges[1]): Filter "group" is not an entity of the inputs, and pybids would pass every input on it',
+    ),
+    "filter capital": (
+        lambda m: m["Edges"][1].__setitem__("Filter", {"Subject": ["01"]}),
+        'Filter "Subject" is not an entity of the inputs, and pybids would pass every input on it; did you mean '
+        '"subject"?',
+    ),
+    "filter plural": (
+        lambda m: m["Edges"][0].__setitem__("Filter", {"subjects": ["01"]}),
+        'did you mean "subject"?',
+    ),
     "run not root": (_node(1, "Level", "Run"), 'node "subject" (Nodes[1]): a Run node must be the root'),
     "meta at run": (
         _model(0, "Type", "meta"),

@@ -40,6 +40,8 @@ from functools import cache
 from pathlib import Path
 
 from ..exceptions import InputError
+from ..io.output import sanitize_label
+from .layout import ENTITIES
 
 __all__ = ["HRF_MODELS", "default_model", "hrf_settings", "load_model", "node_edges", "weight_value"]
 
@@ -386,9 +388,16 @@ def _check_rules(model: dict, where: str) -> None:
     if not nodes:
         raise InputError(f"{where}: Nodes is empty; a model needs at least one node.")
     names = [n["Name"] for n in nodes]
+    folders = [sanitize_label(name, "node") for name in names]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise InputError(f'{where}: node "{name}" (Nodes[{i}]): Name repeats Nodes[{names.index(name)}]\'s.')
+        if folders[i] in folders[:i]:
+            raise InputError(
+                f'{where}: node "{name}" (Nodes[{i}]) would write into node-{folders[i]}, as node '
+                f'"{names[folders.index(folders[i])]}" does (a folder name keeps only letters and digits), each over '
+                "the other's files; rename one."
+            )
     for i, edge in enumerate(model.get("Edges") or []):
         _check_fields(edge, "edge", f"{where}: edge (Edges[{i}]): ", "the edge")
         for end in ("Source", "Destination"):
@@ -396,11 +405,34 @@ def _check_rules(model: dict, where: str) -> None:
                 raise InputError(
                     f'{where}: edge (Edges[{i}]): {end} "{edge[end]}" names no node; the nodes are {", ".join(names)}.'
                 )
+        _check_filter(edge.get("Filter") or {}, f"{where}: edge (Edges[{i}]): ")
     edges = node_edges(model)
     _check_graph(nodes, edges, where)
+    for destination in names:
+        sources = [s for s, d in edges if d == destination]
+        if len(sources) > 1:
+            raise InputError(
+                f'{where}: node "{destination}" is the Destination of edges from "{sources[0]}" and "{sources[1]}": '
+                "its groups of each source would be the same files, the last written over the others; give it one "
+                "source, or a node of its own to each."
+            )
     for i, node in enumerate(nodes):
         _check_node(node, f'{where}: node "{node["Name"]}" (Nodes[{i}]): ')
     _check_terminal_f(model, edges, where)
+
+
+def _check_filter(filters: dict, prefix: str) -> None:
+    """An edge's Filter keys are entities of the inputs (pybids passes every input on a key it does not know: a
+    Filter on participants.tsv's group, or on "Subject", kept every subject)."""
+    known = [*ENTITIES, "contrast"]
+    for key in filters:
+        if key not in known and key not in ENTITIES.values():
+            close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+            hint = f'did you mean "{close[0]}"?' if close else f"the keys are {', '.join(known)}."
+            raise InputError(
+                f'{prefix}Filter "{key}" is not an entity of the inputs, and pybids would pass every input on it; '
+                f"{hint} (A participants.tsv column is modelled in Model.X or grouped by in GroupBy.)"
+            )
 
 
 def _check_fields(obj: dict, kind: str, prefix: str, what: str) -> None:

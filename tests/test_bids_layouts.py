@@ -16,6 +16,7 @@ pytest.importorskip("bids")
 
 from voxfit.bids.synthetic import make_dataset  # noqa: E402
 from voxfit.cli import main  # noqa: E402
+from voxfit.exceptions import InputError  # noqa: E402
 
 from .test_bids_study import SPACE, _maps, _study  # noqa: E402
 
@@ -539,3 +540,79 @@ def test_a_dataset_node_takes_the_groups_of_a_dataset_node_grouped_by_a_particip
     mean = _maps(out / "node-both" / "contrast-A_stat-effect_statmap.nii.gz")
     np.testing.assert_allclose(mean, np.mean(effect, axis=0), rtol=1e-5, atol=1e-6)
     assert len((out / "node-both" / "contrast-A_design.tsv").read_text().splitlines()) == 1 + 2
+
+
+def test_an_f_contrast_of_one_row_is_an_f_test_at_every_level(tmp_path):
+    """A contrast of Test "F" with one row of weights (SPM's F of one row: is the difference nonzero, either way)
+    was written as a t contrast, its p one-sided (p 0.992 where F = t^2 gives 0.012), and passed on to the next
+    node as a t. It is an F: F = t^2 on (1, dof), p two-sided, no effect passed on."""
+    import scipy.stats
+
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(8, 8, 6), conditions=("A", "B"))
+    model = default_model("stroop", ["A", "B"])
+    differ = {"Name": "AorB", "ConditionList": ["A", "B"], "Weights": [[1, -1]], "Test": "F"}
+    model["Nodes"][0]["Contrasts"] = [differ]
+    model["Nodes"][2]["Contrasts"] = [{"Name": "mean", "ConditionList": [1], "Weights": [[1]], "Test": "F"}]
+    model["Nodes"][2]["DummyContrasts"] = {"Test": "t"}
+    out = tmp_path / "out"
+    result = run(
+        study.root, out, model=model, derivatives=[study.derivatives], noise="ols", group_model="ols", progress=False
+    )
+    assert result.ok, result.failures
+    stem = out / "sub-01" / "node-run" / f"sub-01_task-stroop_run-1_space-{SPACE}_contrast-AorB_stat-"
+    assert not Path(f"{stem}t_statmap.nii.gz").exists()
+    F, p = _maps(f"{stem}F_statmap.nii.gz"), _maps(f"{stem}p_statmap.nii.gz")
+    record = json.loads((stem.parent / f"sub-01_task-stroop_run-1_space-{SPACE}_model.json").read_text())
+    assert record["contrasts"]["AorB"]["kind"] == "F"
+    dof = record["design"]["dof"]
+    ok = np.isfinite(F)
+    np.testing.assert_allclose(p[ok], scipy.stats.f.sf(F[ok], 1, dof), rtol=1e-4, atol=1e-7)
+    assert "AorB" not in record["settings"]["bids"]["outputs"]
+    assert not list((out / "sub-01" / "node-subject").glob("*AorB*"))
+    # at the dataset level: the F of the mean of A's subject maps (pybids names it A_mean) is the square of its t
+    Fd = _maps(out / "node-dataset" / "contrast-Amean_stat-F_statmap.nii.gz")
+    td = _maps(out / "node-dataset" / "contrast-A_stat-t_statmap.nii.gz")
+    np.testing.assert_allclose(Fd, td**2, rtol=1e-5, equal_nan=True)
+    pd_ = _maps(out / "node-dataset" / "contrast-Amean_stat-p_statmap.nii.gz")
+    np.testing.assert_allclose(pd_[np.isfinite(td)], 2 * scipy.stats.t.sf(np.abs(td[np.isfinite(td)]), 2), rtol=1e-4)
+    # the dataset's permutations test one row one-sided, as a t: an F of one row there is refused before any fit
+    refused = tmp_path / "refused"
+    with pytest.raises(InputError, match=r"node dataset's F contrast of one row \(mean\) asks for a two-sided test"):
+        run(study.root, refused, model=model, derivatives=[study.derivatives], permutations=100, group_model="ols")
+    assert not refused.exists()
+
+
+def test_a_higher_node_pybids_cannot_group_is_that_nodes_failure(tmp_path, capsys):
+    """A Factor of a participants.tsv column with an n/a in it (pybids' TypeError, comparing a float and a text)
+    ended the whole study with an internal error (exit 1); an edge's Filter that keeps no input was pybids'
+    KeyError 'subject'. Each is the node's failure, saying what to check, the run and subject levels kept."""
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
+    table = study.root / "participants.tsv"
+    table.write_text(table.read_text().replace("\tcontrol", "\tn/a", 1))
+    model = default_model("stroop", ["A"])
+    model["Nodes"][2]["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Factor", "Input": ["group"]}],
+    }
+    model["Nodes"][2]["Model"]["X"] = [1, "group.patient"]
+    path = tmp_path / "model_smdl.json"
+    path.write_text(json.dumps(model))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "node dataset, all: pybids could not build the node's groups (TypeError: " in err, err
+    assert "check the node's Model.X, GroupBy and Transformations (participants.tsv's columns: age, group)" in err
+    assert len(list(out.glob("sub-*/node-subject/*_model.json"))) == 3
+    del model["Nodes"][2]["Transformations"]
+    model["Nodes"][2]["Model"]["X"] = [1]
+    model["Edges"][1]["Filter"] = {"contrast": ["a"]}
+    path.write_text(json.dumps(model))
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert 'the edge\'s Filter {"contrast": ["a"]} keeps none of the 3 inputs from node subject' in err, err
+    assert "(their values: contrast A); give values they have" in err

@@ -165,3 +165,24 @@ def test_a_column_a_plain_name_cannot_write_is_pointed_to_backticks():
         with pytest.raises(ContrastError, match=f"goes between backticks: {example}"):
             check_contrast(text, design)
     npt.assert_array_equal(check_contrast("`face up` - `1`", design), [[1.0, -1.0]])
+
+
+@pytest.mark.parametrize("per_voxel", [False, True])
+def test_a_t_contrast_as_the_f_of_its_one_row(rng, per_voxel):
+    """as_f: F = t^2 on (1, dof), p two-sided (scipy's F and t), z the normal quantile of that p; the effect and
+    variance as one row, the covariance the variance; a dof per voxel kept per voxel."""
+    import scipy.stats
+
+    from voxfit.core.contrast import as_f, t_stats
+
+    V = 50
+    effect, variance = rng.normal(size=V), rng.uniform(0.5, 2, size=V)
+    dof = rng.uniform(5, 40, size=V) if per_voxel else 12.0
+    t = t_stats("c", np.array([[1.0, -1.0]]), effect, variance, np.ones(V, bool), dof)
+    f = as_f(t)
+    assert f.kind == "F" and f.dof[0] == 1.0 and f.effect.shape == f.variance.shape == (1, V)
+    npt.assert_allclose(f.F, t.t**2)
+    npt.assert_allclose(f.p, 2 * scipy.stats.t.sf(np.abs(t.t), dof), rtol=1e-9)
+    npt.assert_allclose(f.p, scipy.stats.f.sf(t.t**2, 1, dof), rtol=1e-9)
+    npt.assert_allclose(f.covariance[:, 0, 0], variance)
+    assert as_f(f) is f

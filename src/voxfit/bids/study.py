@@ -1048,10 +1048,9 @@ def _check_aroma(settings: _Settings, desc: str | None) -> None:
 
 def _check_dataset_inference(model: dict, settings: _Settings) -> None:
     """Refuse a group model's inference (--permutations, --tfce, --cluster-threshold, --inference rft) for a model
-    whose Dataset nodes are all of Model.Type meta: fixed effects, which none of them would apply to."""
+    whose Dataset nodes are all of Model.Type meta: fixed effects, which none of them would apply to; and for an
+    F contrast of one row at the dataset level, which that inference would take for a one-sided t."""
     datasets = [n for n in model.get("Nodes", ()) if str(n.get("Level", "")).lower() == "dataset"]
-    if not datasets or any((n.get("Model") or {}).get("Type") != "meta" for n in datasets):
-        return
     asked = [
         option
         for option, value in (
@@ -1062,11 +1061,28 @@ def _check_dataset_inference(model: dict, settings: _Settings) -> None:
         )
         if value
     ]
-    if asked:
+    if not datasets or not asked:
+        return
+    if all((n.get("Model") or {}).get("Type") == "meta" for n in datasets):
         raise InputError(
             f"{asked[0]} is inference of a group model, and the model's Dataset node is of Model.Type meta (fixed "
             "effects over the subjects, inference to them alone); make it glm, or leave the option out."
         )
+    for node in datasets:
+        one_row = [c.get("Name") for c in node.get("Contrasts") or () if c.get("Test") == "F" and _rows(c) == 1]
+        if (node.get("DummyContrasts") or {}).get("Test") == "F":  # (a column each)
+            one_row.append("its DummyContrasts")
+        if one_row:
+            raise InputError(
+                f"node {node.get('Name')}'s F contrast of one row ({one_row[0]}) asks for a two-sided test, and "
+                f"{asked[0]} tests one row one-sided, as a t; give it Test t (one-sided), or leave the option out."
+            )
+
+
+def _rows(contrast: dict) -> int:
+    """The rows of a model's contrast: its Weights are a list of numbers (one) or of lists (one each)."""
+    weights = contrast.get("Weights") or []
+    return len(weights) if weights and isinstance(weights[0], list) else 1
 
 
 def _padded_ids(lines: list[list[str]]) -> list[tuple[int, str]]:
@@ -1371,9 +1387,10 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
     outputs = {}
     masker, fit = fitted.masker, fitted.fit
     ext = masker.geometry.extension
+    stats = {label: _as_tested(fitted.contrasts[label], weights) for label, _, weights in job.contrasts}
     with open_group(job.folder) as out:
         for label, name, _ in job.contrasts:
-            st = fitted.contrasts[label]
+            st = stats[label]
             write_stats(out, job.prefix, label, st, masker, ext)
             if st.kind == "t":
                 outputs[name] = {
@@ -1416,9 +1433,7 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
                 "kinds": list(job.kinds),
                 "tr": r.tr,
             },
-            contrasts={
-                label: contrast_record(weights.tolist(), fitted.contrasts[label]) for label, _, weights in job.contrasts
-            },
+            contrasts={label: contrast_record(weights.tolist(), stats[label]) for label, _, weights in job.contrasts},
             settings={
                 "max_memory": job.execution.max_memory,
                 "n_jobs": job.execution.n_jobs,
@@ -1470,6 +1485,14 @@ def _run_settings(out, job: _RunJob, fitted) -> dict:
         out.path(f"{job.prefix}{SPECTRUM_FILE}").write_text(d.spectrum_tsv(job.run.tr))
         extra["diagnostics"] = d.record(job.run.tr)
     return extra
+
+
+def _as_tested(stats, weights: np.ndarray):
+    """A contrast's Stats as its Test asks: weights given as a matrix are an F test, of one row too (the core
+    takes one row for a t)."""
+    from ..core.contrast import as_f
+
+    return as_f(stats) if weights.ndim == 2 else stats
 
 
 def write_stats(out, prefix, label, stats, masker, ext) -> None:
@@ -2092,6 +2115,14 @@ class _Study:
         if self.hemispheres and "hemi" not in group_by:
             group_by.append("hemi")
         filters = {_long(k): v for k, v in filters.items()}
+        if not any(_passes(ents, filters) for _, ents in inputs):  # (pybids' message: KeyError 'subject')
+            values = {k: sorted({str(_value(e.get(k))) for _, e in inputs}) for k in filters}
+            reason = (
+                f"the edge's Filter {json.dumps(filters)} keeps none of the {len(inputs)} inputs from node {source} "
+                f"(their values: {'; '.join(f'{k} {listed(v)}' for k, v in values.items())}); give values they have."
+            )
+            self.failures.append(Failure(node.name, "all", reason))
+            return
         keys = {_long(k) for k in group_by}
         held = {k for _, ents in inputs for k in keys if _value(ents.get(k)) is not None}
         infos = [
@@ -2103,14 +2134,17 @@ class _Study:
             # dataset-level node are no subject's: pybids merged participants.tsv into them by subject (KeyError)
             subjects = any(_value(ents.get("subject")) is not None for _, ents in inputs)
             run = self.pybids_node(node.name, variables=subjects).run
-            groups = run(inputs=infos, group_by=group_by, missing_values="ignore", **filters)
-        except (ValueError, KeyError) as exc:
+            groups = list(run(inputs=infos, group_by=group_by, missing_values="ignore", **filters))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (pybids' and pandas' on the tables)
             named = self.participant_columns if node.level != "run" else ()
             columns = f" (participants.tsv's columns: {listed(named)})" if named else ""
-            reason = f"{str(exc).strip().rstrip('.')}; check the node's Model.X and GroupBy{columns}."
+            what = f"{type(exc).__name__}: " if isinstance(exc, (TypeError, AttributeError)) else ""
+            reason = (
+                f"pybids could not build the node's groups ({what}{str(exc).strip().rstrip('.')}); check the "
+                f"node's Model.X, GroupBy and Transformations{columns}."
+            )
             self.failures.append(Failure(node.name, "all", reason))
             return
-        groups = list(groups)
         # one file label per contrast name across the node's groups ("reward+" and "reward-": reward, reward2),
         # and each group's record claimed once: two groups of one path would each write over the other
         names = {c.name for g in groups for c in g.contrasts} | {
@@ -2265,7 +2299,7 @@ class _Study:
         else:
             fitted = self.fit_dataset(Xv, names, weights, effects, variances, dofs, level)
         stats, masker, model, dof, maps, rft = (
-            fitted.stats,
+            {label: _as_tested(s, weights[label]) for label, s in fitted.stats.items()},
             fitted.masker,
             fitted.model,
             fitted.dof,

@@ -21,7 +21,16 @@ from .design import DesignFactor, brief
 from .distributions import f_to_z, t_to_z, z_to_logp, z_to_p
 from .expr import parse_contrast
 
-__all__ = ["Stats", "check_contrast", "compute_contrast", "contrast_matrix", "f_stats", "row_basis", "t_stats"]
+__all__ = [
+    "Stats",
+    "as_f",
+    "check_contrast",
+    "compute_contrast",
+    "contrast_matrix",
+    "f_stats",
+    "row_basis",
+    "t_stats",
+]
 
 _ESTIMABLE_RTOL = 1e-8
 # Contrast weights beyond this size (or below its inverse) would overflow or underflow the effect and its
@@ -319,6 +328,25 @@ def t_stats(
         dof = float(dof)
         z = t_to_z(stat, dof, workers) if dof > 0 else np.full_like(stat, np.nan)
     return _freeze(Stats(label, "t", w, effect, variance, stat, z, dof))
+
+
+def as_f(stats: Stats) -> Stats:
+    """A t contrast's Stats as the F test of its one row (SPM's F contrast of one row, a BIDS contrast of Test F
+    with one row of weights: is the effect nonzero, either way): F = t^2 on (1, dof), its p two-sided; the effect
+    and variance as one row each. An F contrast's Stats are returned as they are."""
+    if stats.kind == "F":
+        return stats
+    with np.errstate(over="ignore", invalid="ignore"):
+        F = np.square(stats.stat)
+        dof = stats.dof
+        if np.ndim(dof) > 0 or dof > 0:
+            z = f_to_z(F, 1, dof)
+        else:
+            z = np.full_like(F, np.nan)
+    variance = stats.variance[None]
+    return _freeze(
+        Stats(stats.name, "F", stats.weights, stats.effect[None], variance, F, z, (1.0, dof), variance.T[:, :, None])
+    )
 
 
 def _freeze(stats: Stats) -> Stats:

@@ -616,3 +616,37 @@ def test_a_higher_node_pybids_cannot_group_is_that_nodes_failure(tmp_path, capsy
     err = capsys.readouterr().err
     assert 'the edge\'s Filter {"contrast": ["a"]} keeps none of the 3 inputs from node subject' in err, err
     assert "(their values: contrast A); give values they have" in err
+
+
+def test_a_node_whose_design_holds_each_contrast_apart_is_not_said_to_pool_them(tmp_path, recwarn):
+    """A GroupBy without contrast whose Model.X names the contrasts (pybids' indicator of each, FitLins' idiom for
+    comparing them): a Subject node warned that it pooled them into one effect (its numbers right), a Dataset
+    node was refused. Both fit: the subjects' A - B is each subject's A minus B, the dataset's their means'."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(8, 8, 6), conditions=("A", "B"))
+    model = default_model("stroop", ["A", "B"])
+    subject = {**model["Nodes"][1], "GroupBy": ["subject"], "Model": {"Type": "meta", "X": ["A", "B"]}}
+    subject["Contrasts"] = [{"Name": "AvB", "ConditionList": ["A", "B"], "Weights": [1, -1], "Test": "t"}]
+    subject["DummyContrasts"] = {"Contrasts": ["A", "B"], "Test": "t"}
+    dataset = {**model["Nodes"][2], "GroupBy": [], "Model": {"Type": "glm", "X": ["A", "B"]}}
+    dataset["Contrasts"] = [{"Name": "unpaired", "ConditionList": ["A", "B"], "Weights": [1, -1], "Test": "t"}]
+    del dataset["DummyContrasts"]
+    model["Nodes"][1:] = [subject, dataset]
+    model["Edges"][1]["Filter"] = {"contrast": ["A", "B"]}  # (AvB's maps would be rows of no column: refused)
+    out = tmp_path / "out"
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert result.ok, result.failures
+    assert not [w for w in recwarn if "pools the maps" in str(w.message)]
+    a, b = (
+        [_maps(out / f"sub-0{s}" / "node-subject" / f"sub-0{s}_contrast-{c}_stat-effect_statmap.nii.gz") for s in "123"]
+        for c in "AB"
+    )
+    d = _maps(out / "sub-01" / "node-subject" / "sub-01_contrast-AvB_stat-effect_statmap.nii.gz")
+    np.testing.assert_allclose(d, a[0] - b[0], rtol=1e-5, atol=1e-6)
+    unpaired = _maps(out / "node-dataset" / "contrast-unpaired_stat-effect_statmap.nii.gz")
+    np.testing.assert_allclose(unpaired, np.mean(a, axis=0) - np.mean(b, axis=0), rtol=1e-5, atol=1e-6)
+    del model["Edges"][1]["Filter"]
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert "its Model.X names the contrasts A, B and not AvB, whose maps it takes too" in result.failures[0].reason

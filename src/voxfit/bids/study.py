@@ -986,15 +986,24 @@ def _label(value) -> str:
     return str(int(text)) if text.isdigit() else text
 
 
-def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict]) -> None:
-    """A group above the run level that takes inputs of several contrasts (a GroupBy without contrast): refused
-    at the dataset level where it holds a subject twice (the group model takes one map per subject: it said
-    "give one effect map per subject"); said in a warning below it, where fixed effects pool them as asked."""
+def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict], names: list[str]) -> None:
+    """A group above the run level that takes inputs of several contrasts (a GroupBy without contrast) into one
+    effect: refused at the dataset level where it holds a subject twice (the group model takes one map per
+    subject: it said "give one effect map per subject"); said in a warning below it, where fixed effects pool them
+    as asked. Not where the design's columns (`names`) are the contrasts' own (pybids' indicator of each, named
+    in Model.X): the node then models them apart, as its contrasts say."""
     if _value(entities.get("contrast")) is not None:
         return
     contrasts = sorted({str(_value(r.get("contrast"))) for r in rows if _value(r.get("contrast")) is not None})
-    if len(contrasts) < 2:
+    if len(contrasts) < 2 or set(contrasts) <= set(names):
         return
+    if modelled := [c for c in contrasts if c in names]:
+        others = [c for c in contrasts if c not in names]
+        raise InputError(
+            f"its Model.X names the contrasts {listed(modelled)} and not {listed(others)}, "
+            "whose maps it takes too (rows of no column of the design); name them in Model.X, or pass on only "
+            "those it names (a Filter on contrast in the edge to the node)."
+        )
     subjects = [_value(r.get("subject")) for r in rows]
     if node.level == "dataset" and len(set(subjects)) < len(subjects):
         raise InputError(
@@ -2249,7 +2258,7 @@ class _Study:
         missing = [row for row, ref in zip(rows, refs) if ref is None]
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)
             raise InputError(f"no maps for the input {_input_name(missing[0])}; its lower node failed.")
-        _check_pooled_contrasts(node, entities, rows)
+        _check_pooled_contrasts(node, entities, rows, names)
         Xv = X.to_numpy()
         rank = np.linalg.matrix_rank(Xv) if Xv.size else 0
         if rank < Xv.shape[1]:

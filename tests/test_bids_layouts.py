@@ -650,3 +650,30 @@ def test_a_node_whose_design_holds_each_contrast_apart_is_not_said_to_pool_them(
     del model["Edges"][1]["Filter"]
     result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
     assert "its Model.X names the contrasts A, B and not AvB, whose maps it takes too" in result.failures[0].reason
+
+
+def test_a_dataset_nodes_demean_takes_the_subjects_it_models(tmp_path):
+    """Demean of participants.tsv's age at the Dataset node, the subjects chosen by the edge's Filter: pybids
+    centred age over every row of participants.tsv (the intercept then the mean at another age: 15% off, exit 0).
+    It is centred over the subjects the node models, as SPM and FSL centre a covariate."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
+    table = study.root / "participants.tsv"
+    table.write_text(table.read_text() + "sub-99\t90\tpatient\n")  # (a row of a subject without data)
+    model = default_model("stroop", ["A"])
+    model["Nodes"][2]["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Demean", "Input": ["age"]}],
+    }
+    model["Nodes"][2]["Model"]["X"] = [1, "age"]
+    model["Edges"][1]["Filter"] = {"subject": ["01", "02", "04"]}
+    out = tmp_path / "out"
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert result.ok, result.failures
+    ages = pd.read_csv(table, sep="\t").set_index("participant_id").loc[["sub-01", "sub-02", "sub-04"], "age"]
+    design = pd.read_csv(out / "node-dataset" / "contrast-A_design.tsv", sep="\t")
+    np.testing.assert_allclose(sorted(design["age"]), sorted(ages - ages.mean()))

@@ -1636,12 +1636,15 @@ class _Study:
             return [(a, b, {}) for a, b in zip(names, names[1:])]
         return [(e["Source"], e["Destination"], e.get("Filter") or {}) for e in edges]
 
-    def pybids_node(self, name: str, subject: str | None = None, variables: bool = True):
+    def pybids_node(self, name: str, subject: str | None = None, subjects: list[str] | None = None):
         """pybids' node `name` of the model's BIDSStatsModelsGraph, with its variables loaded the first time a
         design or a grouping asks for them (a rerun whose runs are all reused never reads the run level's
-        tables); without them where `variables` is false. A run node's are loaded one `subject` at a time, as its
-        runs' designs ask for them: the first design waits for one subject's tables, not the whole dataset's (2.7 s
-        for the benchmark's 20 subjects, with a core idle meanwhile).
+        tables). A run node's are loaded one `subject` at a time, as its runs' designs ask for them: the first
+        design waits for one subject's tables, not the whole dataset's (2.7 s for the benchmark's 20 subjects,
+        with a core idle meanwhile). A higher node's are the rows of `subjects`, those of its inputs: its
+        transformations (Demean, Scale) then take the subjects it models, not every row of participants.tsv (a
+        subject left out by a Filter, or whose runs all failed, moved the mean of age by 15%); none for no
+        subject (a dataset-level node's groups).
 
         Run nodes take their variables from the preprocessed BOLD files of the kinds fitted (the derivatives'
         scope, the runs' extensions), where voxfit's runs are: pybids reads a run's events and confounds
@@ -1656,11 +1659,13 @@ class _Study:
         node = self._graph.get_node(name)
         run_level = node.level == "run" and bool(self.bold_extensions)
         key = (name, subject) if run_level and subject is not None else name
-        if key in self._loaded or name in self._loaded or not variables:
+        if key in self._loaded or name in self._loaded or subjects == []:
             return node
         kwargs = {"subject": list(self.labels)} if self.labels else {}
         if key != name:
             kwargs["subject"] = [subject]
+        elif subjects is not None:
+            kwargs["subject"] = subjects
         try:
             self._load(name, run_level, kwargs)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (pandas' and pybids' on broken tables)
@@ -2141,8 +2146,8 @@ class _Study:
         try:
             # (missing values kept, not filled with 0: _numbers refuses them, naming the inputs). The groups of a
             # dataset-level node are no subject's: pybids merged participants.tsv into them by subject (KeyError)
-            subjects = any(_value(ents.get("subject")) is not None for _, ents in inputs)
-            run = self.pybids_node(node.name, variables=subjects).run
+            subjects = {_value(ents.get("subject")) for _, ents in inputs if _passes(ents, filters)} - {None}
+            run = self.pybids_node(node.name, subjects=sorted(subjects)).run
             groups = list(run(inputs=infos, group_by=group_by, missing_values="ignore", **filters))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (pybids' and pandas' on the tables)
             named = self.participant_columns if node.level != "run" else ()

@@ -188,17 +188,17 @@ def test_model_type_chooses_fixed_effects_or_a_glm_at_every_level(tmp_path, caps
 
 
 def test_a_column_the_participants_table_lacks_is_said_with_the_columns_it_has(tmp_path):
-    """A Dataset node's Model.X naming a column participants.tsv lacks (a typo): pybids' words alone, "not found in
-    data matrix"; now with the table's columns."""
+    """A Dataset node's Model.X naming a column participants.tsv lacks (and no near miss of one, which is refused
+    before any fit): pybids' words alone, "not found in data matrix"; now with the table's columns."""
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
     study, _ = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(8, 8, 6))
     model = default_model("stroop", ["congruent", "incongruent"])
-    model["Nodes"][2]["Model"]["X"] = [1, "agee"]
+    model["Nodes"][2]["Model"]["X"] = [1, "weight"]
     result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols")
     (failure,) = result.failures
-    assert "'agee'" in failure.reason and "(participants.tsv's columns: age, group)." in failure.reason
+    assert "'weight'" in failure.reason and "(participants.tsv's columns: age, group)." in failure.reason
 
 
 def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):
@@ -677,3 +677,27 @@ def test_a_dataset_nodes_demean_takes_the_subjects_it_models(tmp_path):
     ages = pd.read_csv(table, sep="\t").set_index("participant_id").loc[["sub-01", "sub-02", "sub-04"], "age"]
     design = pd.read_csv(out / "node-dataset" / "contrast-A_design.tsv", sep="\t")
     np.testing.assert_allclose(sorted(design["age"]), sorted(ages - ages.mean()))
+
+
+@pytest.mark.parametrize("term", ["agee", "Age", "grup"])
+def test_a_misnamed_participants_column_is_refused_before_anything_is_fitted(tmp_path, capsys, term):
+    """Model.X (or GroupBy) of the Dataset node naming "agee" for participants.tsv's age: pybids failed on it at
+    the dataset level, once every run and subject was fitted. Refused at once, naming the column meant."""
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
+    model = default_model("stroop", ["A"])
+    if term == "grup":
+        model["Nodes"][2]["GroupBy"] = ["contrast", term]
+    else:
+        model["Nodes"][2]["Model"]["X"] = [1, term]
+    path = tmp_path / "model_smdl.json"
+    path.write_text(json.dumps(model))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path)]) == 2
+    meant = "group" if term == "grup" else "age"
+    field = "GroupBy" if term == "grup" else "Model.X"
+    err = capsys.readouterr().err
+    said = f'node dataset: {field} names "{term}", a column of no table, and participants.tsv or sessions.tsv has '
+    assert f'{said}"{meant}"; did you mean it?' in err
+    assert not out.exists()

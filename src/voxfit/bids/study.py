@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import fnmatch
 import functools
 import gc
@@ -413,6 +414,8 @@ def run(
         lines = _participants_lines(Path(bids_dir) / "participants.tsv")
         participants = _participants_rows(lines)
         _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
+        columns = [*(participants[0][1:] if participants else ()), *_sessions_columns(Path(bids_dir))]
+        _check_misnamed_columns(model, columns)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
         if settings.smoothing and surface is not None:
             raise InputError(
@@ -1116,6 +1119,46 @@ def _input_name(entities: dict) -> str:
     """An input of a higher node, for a message: its subject and session where it has them."""
     named = {k: entities[k] for k in ("subject", "session") if _value(entities.get(k)) is not None}
     return _group_label(named or entities)
+
+
+def _sessions_columns(bids_dir: Path) -> list[str]:
+    """The columns of the dataset's sessions.tsv files (their header lines; none unreadable)."""
+    columns: dict[str, None] = {}
+    for path in sorted(bids_dir.glob("sub-*/sub-*_sessions.tsv"))[:1000]:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            with open(path, encoding="utf-8-sig") as fh:
+                columns.update(dict.fromkeys(c.strip() for c in fh.readline().split("\t")[1:]))
+    return list(columns)
+
+
+def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
+    """A node above the run level whose Model.X or GroupBy names no column of participants.tsv or sessions.tsv
+    (`columns`) nor anything else it could take (an entity, another node's variable or contrast), but one close to
+    a column ("agee", "Age" for age): refused before anything is fitted. pybids failed on it only once every run
+    was fitted. Nodes with Transformations (which make names) and names with wildcards are left to pybids."""
+    nodes = model.get("Nodes") or ()
+
+    def names(node: dict) -> set[str]:
+        out = {str(x) for x in (node.get("Model") or {}).get("X") or ()}
+        out |= {str(c.get("Name")) for c in node.get("Contrasts") or ()}
+        return out | {str(x) for x in (node.get("DummyContrasts") or {}).get("Contrasts") or ()}
+
+    for node in nodes:
+        if str(node.get("Level", "")).lower() == "run" or node.get("Transformations"):
+            continue
+        known = {*columns, *ENTITIES, *ENTITIES.values(), "contrast", "intercept"}
+        known |= {name for other in nodes if other is not node for name in names(other)}
+        terms = [("Model.X", x) for x in (node.get("Model") or {}).get("X") or () if isinstance(x, str)]
+        terms += [("GroupBy", k) for k in node.get("GroupBy") or () if isinstance(k, str)]
+        for where, term in terms:
+            if term in known or any(c in term for c in "*?["):
+                continue
+            same = [c for c in columns if c.lower() == term.lower()]
+            if close := same or difflib.get_close_matches(term, columns, 1, 0.75):
+                raise InputError(
+                    f'node {node.get("Name")}: {where} names "{term}", a column of no table, and participants.tsv or '
+                    f'sessions.tsv has "{close[0]}"; did you mean it?'
+                )
 
 
 def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -> None:

@@ -417,3 +417,27 @@ def test_group_rft_on_a_cluster_equals_the_local_one(client, tmp_path):
     assert tables and tables == sorted(p.name for p in (tmp_path / "dask").glob("*.tsv"))
     for name in tables:
         assert (tmp_path / "dask" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+
+
+def _slow(shared, seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_an_interrupted_run_cancels_its_tasks_on_the_users_client(client, monkeypatch):
+    """Ctrl-C while voxfit waits for its tasks on the user's own Client (a notebook's): the tasks went on running
+    on the cluster, their futures held by the traceback (an address's client is closed, which cancels them).
+    They are cancelled."""
+    import voxfit._dask as vd
+
+    def interrupted(c, future):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vd, "_result", interrupted)
+    before = set(client.futures)
+    with pytest.raises(KeyboardInterrupt):
+        vd.run_tasks(client, _slow, None, [(30,), (30,), (30,)])
+    left = [key for key in client.futures if key not in before]
+    assert not left  # (a cancelled future is released by the client: none of the run's is held)

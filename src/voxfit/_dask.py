@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import CancelledError
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from .exceptions import InputError
 
@@ -235,4 +235,9 @@ def run_tasks(scheduler, fn, shared, calls) -> list:
             raise _lost(client, f"was lost ({_one_line(exc)})") from None
         except (OSError, *_timeouts()) as exc:  # (CommClosedError is an OSError)
             raise _lost(client, f"did not take the tasks ({_one_line(exc)})") from None
-        return [_result(client, future) for future in futures]
+        try:
+            return [_result(client, future) for future in futures]
+        except BaseException:  # (Ctrl-C, a lost task): the others stop, not left to run on the user's own Client
+            with suppress(Exception):
+                client.cancel(futures, force=True)
+            raise

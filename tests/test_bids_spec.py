@@ -173,12 +173,19 @@ RULE_REFUSALS = {
     # a node fed by two edges: fitted once per edge into the same files, the last edge's kept (exit 0)
     "two sources": (
         lambda m: m["Edges"].append({"Source": "run", "Destination": "dataset"}),
-        'node "dataset" is the Destination of edges from "subject" and "run": its groups of each source',
+        'node "dataset" is the Destination of two edges from "subject" and "run": its groups of each would be',
     ),
-    # names a folder name makes one: both nodes wrote into node-onesample, the last over the first (exit 0)
+    # names a folder name makes one: both nodes wrote into sub-*/node-run, the last over the first (exit 0)
     "folder names": (
-        _node(2, "Name", "sub-ject"),
-        'node "sub-ject" (Nodes[2]) would write into node-subject, as node "subject" does',
+        lambda m: [
+            m["Nodes"][1].update(Name="r-un"),
+            *(e.update({k: "r-un" for k, v in e.items() if v == "subject"}) for e in m["Edges"]),
+        ],
+        'node "r-un" (Nodes[1]) would write into node-run, as node "run" does',
+    ),
+    "edge twice": (
+        lambda m: m["Edges"].append(dict(m["Edges"][1])),
+        'node "dataset" is the Destination of two edges from "subject": its groups',
     ),
     # Filter keys pybids ignores, passing every input: a participants.tsv column, a capital, a plural
     "filter column": (
@@ -371,3 +378,15 @@ def test_valid_variants():
     }
     assert load_model(model)["Nodes"][0]["Contrasts"][-1]["Test"] == "pass"
     assert node_edges(model) == [("run", "subject"), ("subject", "dataset")]
+
+
+def test_a_filter_on_a_key_the_source_node_groups_by_is_taken():
+    """A Filter on participants.tsv's group after a node grouped by it (its groups carry the key): pybids filters
+    on it, so it is not refused as a key of no input."""
+
+    def change(m):
+        m["Nodes"][2]["GroupBy"] = ["contrast", "group"]
+        m["Nodes"].append({**m["Nodes"][2], "Name": "patients", "GroupBy": ["contrast"]})
+        m["Edges"].append({"Source": "dataset", "Destination": "patients", "Filter": {"group": ["patient"]}})
+
+    assert load_model(_edit(change))["Edges"][-1]["Filter"] == {"group": ["patient"]}

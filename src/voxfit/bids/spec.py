@@ -388,16 +388,10 @@ def _check_rules(model: dict, where: str) -> None:
     if not nodes:
         raise InputError(f"{where}: Nodes is empty; a model needs at least one node.")
     names = [n["Name"] for n in nodes]
-    folders = [sanitize_label(name, "node") for name in names]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise InputError(f'{where}: node "{name}" (Nodes[{i}]): Name repeats Nodes[{names.index(name)}]\'s.')
-        if folders[i] in folders[:i]:
-            raise InputError(
-                f'{where}: node "{name}" (Nodes[{i}]) would write into node-{folders[i]}, as node '
-                f'"{names[folders.index(folders[i])]}" does (a folder name keeps only letters and digits), each over '
-                "the other's files; rename one."
-            )
+    _check_folders(nodes, where)
     for i, edge in enumerate(model.get("Edges") or []):
         _check_fields(edge, "edge", f"{where}: edge (Edges[{i}]): ", "the edge")
         for end in ("Source", "Destination"):
@@ -405,26 +399,48 @@ def _check_rules(model: dict, where: str) -> None:
                 raise InputError(
                     f'{where}: edge (Edges[{i}]): {end} "{edge[end]}" names no node; the nodes are {", ".join(names)}.'
                 )
-        _check_filter(edge.get("Filter") or {}, f"{where}: edge (Edges[{i}]): ")
+        source = nodes[names.index(edge["Source"])]
+        _check_filter(edge.get("Filter") or {}, source.get("GroupBy") or [], f"{where}: edge (Edges[{i}]): ")
     edges = node_edges(model)
     _check_graph(nodes, edges, where)
     for destination in names:
         sources = [s for s, d in edges if d == destination]
         if len(sources) > 1:
+            two = f'from "{sources[0]}" and "{sources[1]}"' if sources[0] != sources[1] else f'from "{sources[0]}"'
             raise InputError(
-                f'{where}: node "{destination}" is the Destination of edges from "{sources[0]}" and "{sources[1]}": '
-                "its groups of each source would be the same files, the last written over the others; give it one "
-                "source, or a node of its own to each."
+                f'{where}: node "{destination}" is the Destination of two edges {two}: its groups of each would be '
+                "the same files, the last written over the others; give it one edge (a Filter lists several values), "
+                "or a node of its own to each."
             )
     for i, node in enumerate(nodes):
         _check_node(node, f'{where}: node "{node["Name"]}" (Nodes[{i}]): ')
     _check_terminal_f(model, edges, where)
 
 
-def _check_filter(filters: dict, prefix: str) -> None:
-    """An edge's Filter keys are entities of the inputs (pybids passes every input on a key it does not know: a
-    Filter on participants.tsv's group, or on "Subject", kept every subject)."""
-    known = [*ENTITIES, "contrast"]
+def _check_folders(nodes: list[dict], where: str) -> None:
+    """Node names that make one folder name (letters and digits only) at one place: dataset-level nodes' folders
+    lie in the output folder, the others' in each subject's (``one_sample`` and ``one-sample`` both wrote
+    node-onesample, the last over the first)."""
+    seen: dict[tuple[bool, str], str] = {}
+    for i, node in enumerate(nodes):
+        try:
+            folder = sanitize_label(node["Name"], "node")
+        except InputError as exc:
+            raise InputError(f'{where}: node "{node["Name"]}" (Nodes[{i}]): {exc}') from None
+        key = (str(node.get("Level", "")).lower() == "dataset", folder)
+        if key in seen:
+            raise InputError(
+                f'{where}: node "{node["Name"]}" (Nodes[{i}]) would write into node-{folder}, as node "{seen[key]}" '
+                "does (a folder name keeps only letters and digits), each over the other's files; rename one."
+            )
+        seen[key] = node["Name"]
+
+
+def _check_filter(filters: dict, group_by: list, prefix: str) -> None:
+    """An edge's Filter keys are entities of the inputs, or keys its source node groups them by (pybids passes
+    every input on a key it does not know: a Filter on participants.tsv's group, or on "Subject", kept every
+    subject)."""
+    known = [*ENTITIES, "contrast", *(k for k in group_by if isinstance(k, str) and k not in ENTITIES)]
     for key in filters:
         if key not in known and key not in ENTITIES.values():
             close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)

@@ -1080,7 +1080,7 @@ def _check_dataset_inference(model: dict, settings: _Settings) -> None:
             f"{asked[0]} is inference of a group model, and the model's Dataset node is of Model.Type meta (fixed "
             "effects over the subjects, inference to them alone); make it glm, or leave the option out."
         )
-    for node in datasets:
+    for node in (n for n in datasets if (n.get("Model") or {}).get("Type") != "meta"):  # (meta: no inference)
         one_row = [c.get("Name") for c in node.get("Contrasts") or () if c.get("Test") == "F" and _rows(c) == 1]
         if (node.get("DummyContrasts") or {}).get("Test") == "F":  # (a column each)
             one_row.append("its DummyContrasts")

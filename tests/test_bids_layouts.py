@@ -215,7 +215,9 @@ def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):
     result = run(study.root, tmp_path / "out", model=model, **kw)
     (failure,) = result.failures
     assert failure.node == "dataset" and "maps of the contrasts congruent, incongruent in one group" in failure.reason
-    assert 'lacks contrast); add "contrast" to its GroupBy' in failure.reason
+    assert 'lacks contrast), as independent rows, which a subject\'s maps are not; add "contrast" to its GroupBy' in (
+        failure.reason
+    )
     model["Nodes"][2]["GroupBy"] = ["contrast"]
     model["Nodes"][1]["GroupBy"] = ["subject"]
     with pytest.warns(UserWarning, match="node subject: its GroupBy lacks contrast, so each of its groups pools"):
@@ -618,38 +620,47 @@ def test_a_higher_node_pybids_cannot_group_is_that_nodes_failure(tmp_path, capsy
     assert "(their values: contrast A); give values they have" in err
 
 
-def test_a_node_whose_design_holds_each_contrast_apart_is_not_said_to_pool_them(tmp_path, recwarn):
-    """A GroupBy without contrast whose Model.X names the contrasts (pybids' indicator of each, FitLins' idiom for
-    comparing them): a Subject node warned that it pooled them into one effect (its numbers right), a Dataset
-    node was refused. Both fit: the subjects' A - B is each subject's A minus B, the dataset's their means'."""
+@pytest.mark.parametrize("X", [["A", "B"], [1, "A"]])
+def test_a_node_whose_design_holds_each_contrast_apart_is_not_said_to_pool_them(tmp_path, recwarn, X):
+    """A Subject node grouped by subject alone whose Model.X tells the contrasts apart (their indicators, FitLins'
+    idiom, or an intercept and one indicator): it warned that it pooled them into one effect (its numbers right).
+    No warning; the subject's A - B is its A minus its B. A Dataset node taking each subject's A and B as
+    independent rows (an unpaired test, the dof of twice the subjects) is refused, and so is a design where a
+    contrast's maps are rows of no column."""
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
     study, _ = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(8, 8, 6), conditions=("A", "B"))
     model = default_model("stroop", ["A", "B"])
-    subject = {**model["Nodes"][1], "GroupBy": ["subject"], "Model": {"Type": "meta", "X": ["A", "B"]}}
-    subject["Contrasts"] = [{"Name": "AvB", "ConditionList": ["A", "B"], "Weights": [1, -1], "Test": "t"}]
-    subject["DummyContrasts"] = {"Contrasts": ["A", "B"], "Test": "t"}
-    dataset = {**model["Nodes"][2], "GroupBy": [], "Model": {"Type": "glm", "X": ["A", "B"]}}
-    dataset["Contrasts"] = [{"Name": "unpaired", "ConditionList": ["A", "B"], "Weights": [1, -1], "Test": "t"}]
-    del dataset["DummyContrasts"]
-    model["Nodes"][1:] = [subject, dataset]
-    model["Edges"][1]["Filter"] = {"contrast": ["A", "B"]}  # (AvB's maps would be rows of no column: refused)
+    subject = {**model["Nodes"][1], "GroupBy": ["subject"], "Model": {"Type": "meta", "X": X}}
+    weights = [1, -1] if X[0] == "A" else [0, 1]  # (with the intercept, B's map, A's column is A - B)
+    subject["Contrasts"] = [{"Name": "AvB", "ConditionList": X, "Weights": weights, "Test": "t"}]
+    del subject["DummyContrasts"]
+    model["Nodes"][1] = subject
+    model["Edges"][1]["Filter"] = {"contrast": ["AvB"]}
     out = tmp_path / "out"
     result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
     assert result.ok, result.failures
     assert not [w for w in recwarn if "pools the maps" in str(w.message)]
-    a, b = (
-        [_maps(out / f"sub-0{s}" / "node-subject" / f"sub-0{s}_contrast-{c}_stat-effect_statmap.nii.gz") for s in "123"]
-        for c in "AB"
-    )
+    a, b = (_maps(next((out / "sub-01" / "node-run").glob(f"*contrast-{c}_stat-effect_statmap.nii.gz"))) for c in "AB")
     d = _maps(out / "sub-01" / "node-subject" / "sub-01_contrast-AvB_stat-effect_statmap.nii.gz")
-    np.testing.assert_allclose(d, a[0] - b[0], rtol=1e-5, atol=1e-6)
-    unpaired = _maps(out / "node-dataset" / "contrast-unpaired_stat-effect_statmap.nii.gz")
-    np.testing.assert_allclose(unpaired, np.mean(a, axis=0) - np.mean(b, axis=0), rtol=1e-5, atol=1e-6)
-    del model["Edges"][1]["Filter"]
+    np.testing.assert_allclose(d, a - b, rtol=1e-5, atol=1e-6)
+    if X[0] != "A":
+        return
+    dataset = {**model["Nodes"][2], "GroupBy": [], "Model": {"Type": "glm", "X": ["A", "B"]}}
+    dataset["Contrasts"] = [{"Name": "unpaired", "ConditionList": ["A", "B"], "Weights": [1, -1], "Test": "t"}]
+    del dataset["DummyContrasts"]
+    subject["DummyContrasts"] = {"Contrasts": ["A", "B"], "Test": "t"}
+    model["Nodes"][2] = dataset
+    model["Edges"][1]["Filter"] = {"contrast": ["A", "B"]}
     result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
-    assert "its Model.X names the contrasts A, B and not AvB, whose maps it takes too" in result.failures[0].reason
+    (failure,) = result.failures
+    assert "as independent rows, which a subject's maps are not" in failure.reason
+    del model["Edges"][1]["Filter"]
+    model["Nodes"][2] = {**model["Nodes"][2], "GroupBy": ["subject"], "Level": "Subject"}
+    model["Nodes"][2]["Model"] = {"Type": "meta", "X": ["A", "B"]}
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], level="subject", progress=False)
+    assert "the maps of contrast AvB are rows of no column of its design" in result.failures[0].reason
 
 
 def test_a_dataset_nodes_demean_takes_the_subjects_it_models(tmp_path):
@@ -661,7 +672,7 @@ def test_a_dataset_nodes_demean_takes_the_subjects_it_models(tmp_path):
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
-    study, _ = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
+    study, _ = _study(tmp_path, subjects=7, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
     table = study.root / "participants.tsv"
     table.write_text(table.read_text() + "sub-99\t90\tpatient\n")  # (a row of a subject without data)
     model = default_model("stroop", ["A"])
@@ -677,6 +688,16 @@ def test_a_dataset_nodes_demean_takes_the_subjects_it_models(tmp_path):
     ages = pd.read_csv(table, sep="\t").set_index("participant_id").loc[["sub-01", "sub-02", "sub-04"], "age"]
     design = pd.read_csv(out / "node-dataset" / "contrast-A_design.tsv", sep="\t")
     np.testing.assert_allclose(sorted(design["age"]), sorted(ages - ages.mean()))
+    # a model per participants.tsv group: each centres age over its own subjects, not over the node's
+    model["Nodes"][2]["GroupBy"] = ["contrast", "group"]
+    del model["Edges"][1]["Filter"]
+    result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert result.ok, result.failures
+    table = pd.read_csv(table, sep="\t").set_index("participant_id")
+    for group in ("control", "patient"):
+        ages = table.loc[[f"sub-0{s}" for s in "1234567" if table.loc[f"sub-0{s}", "group"] == group], "age"]
+        design = pd.read_csv(out / "node-dataset" / f"group-{group}_contrast-A_design.tsv", sep="\t")
+        np.testing.assert_allclose(sorted(design["age"]), sorted(ages - ages.mean()), atol=1e-9)
 
 
 @pytest.mark.parametrize("term", ["agee", "Age", "grup"])

@@ -989,31 +989,38 @@ def _label(value) -> str:
     return str(int(text)) if text.isdigit() else text
 
 
-def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict], names: list[str]) -> None:
-    """A group above the run level that takes inputs of several contrasts (a GroupBy without contrast) into one
-    effect: refused at the dataset level where it holds a subject twice (the group model takes one map per
-    subject: it said "give one effect map per subject"); said in a warning below it, where fixed effects pool them
-    as asked. Not where the design's columns (`names`) are the contrasts' own (pybids' indicator of each, named
-    in Model.X): the node then models them apart, as its contrasts say."""
+def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict], X: np.ndarray) -> None:
+    """A group above the run level that takes inputs of several contrasts (a GroupBy without contrast): refused at
+    the dataset level where it holds a subject twice (the group model takes one map per subject, and a subject's
+    maps are not independent rows: fitted as such, an unpaired test with the dof of twice the subjects); refused
+    where a row of the design `X` is all zeros (an input of no column: Model.X names the indicators of some of the
+    contrasts, not of this one); said in a warning below the dataset level where rows of different contrasts have
+    the same design row (fixed effects pool them into one effect, as asked). Not said where the design tells the
+    contrasts apart (their indicators, or an intercept and an indicator, in Model.X)."""
     if _value(entities.get("contrast")) is not None:
         return
-    contrasts = sorted({str(_value(r.get("contrast"))) for r in rows if _value(r.get("contrast")) is not None})
-    if len(contrasts) < 2 or set(contrasts) <= set(names):
+    named = [str(_value(r.get("contrast"))) for r in rows]
+    contrasts = sorted(set(named))
+    if len(contrasts) < 2:
         return
-    if modelled := [c for c in contrasts if c in names]:
-        others = [c for c in contrasts if c not in names]
-        raise InputError(
-            f"its Model.X names the contrasts {listed(modelled)} and not {listed(others)}, "
-            "whose maps it takes too (rows of no column of the design); name them in Model.X, or pass on only "
-            "those it names (a Filter on contrast in the edge to the node)."
-        )
     subjects = [_value(r.get("subject")) for r in rows]
     if node.level == "dataset" and len(set(subjects)) < len(subjects):
         raise InputError(
             f"it takes each subject's maps of the contrasts {listed(contrasts)} in one group (the node's GroupBy, "
-            f'{node.spec.get("GroupBy") or []}, lacks contrast); add "contrast" to its GroupBy: a group per contrast.'
+            f"{node.spec.get('GroupBy') or []}, lacks contrast), as independent rows, which a subject's maps are not; "
+            'add "contrast" to its GroupBy (a group per contrast), or compare the contrasts at the subject level '
+            "(a Subject node whose contrast is their difference) and pass that on."
         )
-    if node.level != "dataset":
+    if zero := [named[i] for i in np.flatnonzero(~X.any(axis=1))]:
+        raise InputError(
+            f"the maps of contrast {zero[0]} are rows of no column of its design (Model.X names the indicators of "
+            "other contrasts, not of this one); name it in Model.X, or pass on only the contrasts it names (a "
+            "Filter on contrast in the edge to the node)."
+        )
+    rows_of = {}
+    for name, row in zip(named, map(tuple, X.tolist())):
+        rows_of.setdefault(row, set()).add(name)
+    if node.level != "dataset" and any(len(names) > 1 for names in rows_of.values()):
         warnings.warn(
             f"node {node.name}: its GroupBy lacks contrast, so each of its groups pools the maps of the contrasts "
             f'{listed(contrasts)} into one effect; add "contrast" to its GroupBy for one each.',
@@ -2229,6 +2236,7 @@ class _Study:
                 entities = {k: v for k, v in g.entities.items() if _value(v) is not None}
                 produced.append(entities)
                 try:
+                    g = self.own_subjects(node, g, infos, group_by, filters, sorted(subjects))
                     if behind := _left_behind(inputs, g, filters, self.participants):
                         raise InputError(
                             f"the input(s) {listed(behind)} of the group left out of its design (a subject without "
@@ -2249,6 +2257,31 @@ class _Study:
             if writing is not None:
                 wait([writing[0]])
         self.skip_empty(node, group_by, produced, failed)
+
+    def own_subjects(self, node: _Node, g, infos, group_by, filters, loaded: list[str]):
+        """Group `g` built again from the participants.tsv and sessions.tsv rows of its own subjects, where the
+        node transforms them and the rows `loaded` for the node were others too (a group per contrast of which a
+        subject failed, a group per participants.tsv column's value): Demean and Scale then take the subjects of
+        the group's model, not those of the node's other groups."""
+        rows = g.metadata.to_dict("records")
+        own = sorted({_value(r.get("subject")) for r in rows} - {None})
+        if not node.spec.get("Transformations") or not own or own == loaded:
+            return g
+        keys = {_key(r) for r in rows}
+        mine = [info for info in infos if _key(info.entities) in keys]
+        pybids = self._graph.get_node(node.name)
+        pybids._collections = []  # (pybids' load_collections adds to those it has: these subjects' rows alone)
+        self._load(node.name, False, {"subject": own})
+        wanted = {k: _value(v) for k, v in g.entities.items()}
+        try:
+            again = pybids.run(inputs=mine, group_by=group_by, missing_values="ignore", **filters)
+            same = [h for h in again if {k: _value(v) for k, v in h.entities.items()} == wanted]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise InputError(f"pybids could not transform its subjects' variables ({why}).") from None
+        if len(same) != 1:  # (pybids' grouping of the same inputs is the same: not met)
+            raise InputError(f"pybids grouped its {len(mine)} inputs otherwise from their own subjects' rows.")
+        return same[0]
 
     def skip_empty(self, node: _Node, group_by, produced, failed) -> None:
         """A group that pybids did not make because every input of it failed above: skipped, with why."""
@@ -2306,7 +2339,7 @@ class _Study:
         missing = [row for row, ref in zip(rows, refs) if ref is None]
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)
             raise InputError(f"no maps for the input {_input_name(missing[0])}; its lower node failed.")
-        _check_pooled_contrasts(node, entities, rows, names)
+        _check_pooled_contrasts(node, entities, rows, X.to_numpy())
         Xv = X.to_numpy()
         rank = np.linalg.matrix_rank(Xv) if Xv.size else 0
         if rank < Xv.shape[1]:

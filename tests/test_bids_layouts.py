@@ -722,3 +722,32 @@ def test_a_misnamed_participants_column_is_refused_before_anything_is_fitted(tmp
     said = f'node dataset: {field} names "{term}", a column of no table, and participants.tsv or sessions.tsv has '
     assert f'{said}"{meant}"; did you mean it?' in err
     assert not out.exists()
+
+
+def test_a_subject_nodes_demean_of_a_sessions_column_is_within_each_subject(tmp_path):
+    """Demean of sessions.tsv's load at a Subject node (one model per subject over its sessions): each subject's
+    design centres it over its own sessions (pybids reads each subject's table apart; kept so now that a group's
+    rows are its own subjects')."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2", "3"), scans=40, shape=(8, 8, 6))
+    loads = {"01": [3, 5, 13], "02": [20, 2, 8]}
+    for sub, values in loads.items():
+        rows = "".join(f"ses-{k}\t{v}\n" for k, v in zip("123", values))
+        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\n" + rows)
+    model = default_model("stroop", ["congruent"], sessions=True)
+    subject = model["Nodes"][2]
+    subject["Model"] = {"Type": "glm", "X": [1, "load"]}
+    subject["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Demean", "Input": ["load"]}],
+    }
+    out = tmp_path / "out"
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    assert run(study.root, out, model=model, **kw).ok
+    for sub, values in loads.items():
+        design = pd.read_csv(out / f"sub-{sub}" / "node-subject" / f"sub-{sub}_contrast-congruent_design.tsv", sep="\t")
+        np.testing.assert_allclose(sorted(design["load"]), sorted(np.subtract(values, np.mean(values))))

@@ -1670,6 +1670,7 @@ class _Study:
         self.node_checksums: dict[str, str] = {}
         self._graph = None
         self._loaded: set = set()  # the nodes whose variables pybids has loaded (a run node's: (name, subject))
+        self._rows_of: dict[str, list[str]] = {}  # per higher node: the subjects whose rows it holds, if not all
         self._columns: dict[str, list] = {}  # per run node: the confounds columns its model names
         self._recordings = False  # whether the dataset has physio or stim recordings
         self._tables = None
@@ -2270,8 +2271,10 @@ class _Study:
         keys = {_key(r) for r in rows}
         mine = [info for info in infos if _key(info.entities) in keys]
         pybids = self._graph.get_node(node.name)
-        pybids._collections = []  # (pybids' load_collections adds to those it has: these subjects' rows alone)
-        self._load(node.name, False, {"subject": own})
+        if self._rows_of.get(node.name) != own:  # (a subject's groups in turn: its rows loaded once)
+            pybids._collections = []  # (pybids' load_collections adds to those it has: these subjects' rows alone)
+            self._load(node.name, False, {"subject": own})
+            self._rows_of[node.name] = own
         wanted = {k: _value(v) for k, v in g.entities.items()}
         try:
             again = pybids.run(inputs=mine, group_by=group_by, missing_values="ignore", **filters)

@@ -239,5 +239,5 @@ def run_tasks(scheduler, fn, shared, calls) -> list:
             return [_result(client, future) for future in futures]
         except BaseException:  # (Ctrl-C, a lost task): the others stop, not left to run on the user's own Client
             with suppress(Exception):
-                client.cancel(futures, force=True)
+                client.cancel([handle, *futures], force=True)
             raise

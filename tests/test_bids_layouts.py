@@ -751,3 +751,33 @@ def test_a_subject_nodes_demean_of_a_sessions_column_is_within_each_subject(tmp_
     for sub, values in loads.items():
         design = pd.read_csv(out / f"sub-{sub}" / "node-subject" / f"sub-{sub}_contrast-congruent_design.tsv", sep="\t")
         np.testing.assert_allclose(sorted(design["load"]), sorted(np.subtract(values, np.mean(values))))
+
+
+def test_a_rerun_sees_the_changes_inside_a_linked_subject_folder(tmp_path):
+    """A subject's folder kept elsewhere (scratch space) and linked into the dataset: its files were not in the
+    dataset's stamp, so a rerun after an edit of its events kept the old maps ("unchanged", exit 0). The edited
+    run is refitted, and its maps are those of a fresh study."""
+    import shutil
+
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    elsewhere = tmp_path / "scratch" / "sub-02"
+    shutil.move(study.root / "sub-02", elsewhere)
+    (study.root / "sub-02").symlink_to(elsewhere, target_is_directory=True)
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    first = run(study.root, tmp_path / "out", **kw)
+    assert first.ok
+    events = next(elsewhere.rglob("*_events.tsv"))
+    lines = events.read_text().splitlines()
+    lines[1] = (
+        lines[1].replace("\tincongruent", "\tX").replace("\tcongruent", "\tincongruent").replace("\tX", "\tcongruent")
+    )
+    events.write_text("\n".join(lines) + "\n")
+    again = run(study.root, tmp_path / "out", **kw)
+    assert run(study.root, tmp_path / "fresh", **kw).ok
+    refitted = [r for results in again.nodes.values() for r in results if not r.reused]
+    assert refitted and all(dict(r.entities)["subject"] == "02" for r in refitted)
+    for path in (tmp_path / "fresh").rglob("*_stat-z_statmap.nii.gz"):
+        twin = tmp_path / "out" / path.relative_to(tmp_path / "fresh")
+        np.testing.assert_array_equal(_maps(twin), _maps(path))

@@ -130,12 +130,19 @@ def _bids():
 
 def _fingerprint(folders, exclude=()) -> str:
     """A digest of (relative path, size, mtime_ns) of every file under `folders` (hidden entries and the
-    folders `exclude` skipped)."""
+    folders `exclude` skipped), through links to folders (a subject's folder moved to scratch space and linked
+    back: its files' changes were not seen, and a rerun kept its old maps), each real folder once."""
     h = hashlib.sha256()
     skip = {os.path.realpath(e) for e in exclude}
+    seen: set[str] = set()
     for root in folders:
         root = Path(root)
-        for folder, dirs, files in os.walk(root):
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:  # (a link back up the tree, or a folder linked twice)
+                dirs[:] = []
+                continue
+            seen.add(real)
             dirs[:] = sorted(
                 d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in skip
             )

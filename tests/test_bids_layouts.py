@@ -781,3 +781,43 @@ def test_a_rerun_sees_the_changes_inside_a_linked_subject_folder(tmp_path):
     for path in (tmp_path / "fresh").rglob("*_stat-z_statmap.nii.gz"):
         twin = tmp_path / "out" / path.relative_to(tmp_path / "fresh")
         np.testing.assert_array_equal(_maps(twin), _maps(path))
+
+
+def test_files_a_datalad_dataset_has_not_retrieved_are_said_to_be_so(tmp_path, capsys):
+    """git-annex keeps a DataLad dataset's files as links into .git/annex, which point nowhere until the file is
+    retrieved. One such events file, confounds table or sidecar stopped the whole study with "no such file or
+    folder" (a sidecar's even with --participant-label of another subject: pybids indexes its metadata). The study
+    is refused naming the first of them and what to do; a subject without any is fitted alone."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    annex = study.root / ".git" / "annex" / "objects"
+    annex.mkdir(parents=True)
+    for path in [next(study.root.rglob("sub-01_*_events.tsv")), next(study.derivatives.rglob("sub-01_*_bold.json"))]:
+        path.unlink()
+        path.symlink_to(annex / "MD5E-s100--0123.json")
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "subject", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert "2 file(s) the study would read are links to files that are not there, " in err
+    assert "(a DataLad dataset whose files were not all retrieved?); retrieve them (datalad get)" in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--participant-label", "02", "--quiet"]) == 0
+    assert list(out.glob("sub-02/node-subject/*_stat-z_statmap.nii.gz")) and not list(out.glob("sub-01"))
+
+
+def test_what_bidsignore_names_is_left_out(tmp_path):
+    """pybids 0.22 reads no .bidsignore: a subject listed there (raw data fMRIPrep was not run on) was counted as
+    runs that failed ("rerun fMRIPrep"), exit 2. It is left out, as the BIDS validator leaves it."""
+    import shutil
+
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    shutil.copytree(study.root / "sub-02", study.root / "sub-03")
+    for path in (study.root / "sub-03").rglob("*"):
+        if path.is_file():
+            path.rename(path.with_name(path.name.replace("sub-02", "sub-03")))
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    assert not run(study.root, tmp_path / "out", **kw).ok  # (sub-03 has no preprocessed runs)
+    (study.root / ".bidsignore").write_text("# raw data only\nsub-03/\n")
+    result = run(study.root, tmp_path / "out", **kw)
+    assert result.ok, result.failures

@@ -15,11 +15,13 @@ import contextlib
 import csv
 import errno
 import fcntl
+import fnmatch
 import hashlib
 import json
 import math
 import numbers
 import os
+import re
 import shutil
 import time
 import dataclasses
@@ -128,10 +130,11 @@ def _bids():
     return bids
 
 
-def _fingerprint(folders, exclude=()) -> str:
+def _fingerprint(folders, exclude=(), broken: list[Path] | None = None) -> str:
     """A digest of (relative path, size, mtime_ns) of every file under `folders` (hidden entries and the
     folders `exclude` skipped), through links to folders (a subject's folder moved to scratch space and linked
-    back: its files' changes were not seen, and a rerun kept its old maps), each real folder once."""
+    back: its files' changes were not seen, and a rerun kept its old maps), each real folder once. Links to
+    files that are not there (a DataLad dataset's files not retrieved) are added to `broken`."""
     h = hashlib.sha256()
     skip = {os.path.realpath(e) for e in exclude}
     seen: set[str] = set()
@@ -153,6 +156,8 @@ def _fingerprint(folders, exclude=()) -> str:
                 try:
                     st = path.stat()
                 except OSError:
+                    if broken is not None and path.is_symlink():
+                        broken.append(path)
                     continue
                 h.update(f"{root}|{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
@@ -170,18 +175,45 @@ def _layout(bids, bids_dir: Path, **kwargs):
         raise InputError(f"{bids_dir}: pybids could not index the dataset ({what}); fix that JSON file.") from None
 
 
-def dataset_stamp(bids_dir, derivatives=(), exclude=()) -> str:
+def dataset_stamp(bids_dir, derivatives=(), exclude=(), broken: list[Path] | None = None) -> str:
     """What the cached index is compared with: the fingerprint of every file of the raw dataset and the
-    `derivatives` (the folders `exclude`, such as an output folder inside the dataset, left out) and the
-    folders' paths."""
+    `derivatives` (the folders `exclude`, such as an output folder inside the dataset, left out), the dataset's
+    .bidsignore and the folders' paths; links to files that are not there are added to `broken`."""
     folders = [Path(bids_dir), *(Path(d) for d in derivatives)]
-    return _fingerprint(folders, exclude) + "\n" + "\n".join(map(str, folders))
+    ignore = _bidsignore(Path(bids_dir))
+    return _fingerprint(folders, exclude, broken) + "\n" + "\n".join(map(str, [*folders, *ignore]))
 
 
-def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None):
+def _bidsignore(bids_dir: Path) -> list[str]:
+    """The patterns of the dataset's .bidsignore (gitignore's form: ``sub-03/``, ``*_physio.tsv``, ``extra/x``),
+    which pybids 0.22 does not read."""
+    try:
+        text = (bids_dir / ".bidsignore").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _indexer(bids, bids_dir: Path, broken):
+    """pybids' indexer leaving out what it should not read: its own defaults (code, sourcedata, ...), the paths
+    .bidsignore names (a subject fMRIPrep was not run on was counted as failed runs) and the links to files that
+    are not there (indexing a sidecar's metadata through one stopped the study, whichever subjects it chose)."""
+    from bids.layout.index import BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
+
+    patterns = list(DEFAULT_LOCATIONS_TO_IGNORE)
+    for line in _bidsignore(bids_dir):
+        glob = fnmatch.translate(line.strip("/")).removesuffix("\\Z").removeprefix("(?s:").removesuffix(")")
+        anchored = "/" in line.rstrip("/")
+        patterns.append(re.compile(("^/" if anchored else "/") + f"(?s:{glob})(/|$)"))
+    patterns += [re.compile("/" + re.escape(path.name) + "$") for path in broken]
+    return BIDSLayoutIndexer(validate=False, ignore=patterns)
+
+
+def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, broken=()):
     """The pybids ``BIDSLayout`` of `bids_dir` with the `derivatives` folders (validate=False), cached in the
     folder `database` when given (see the module docstring for when the cache is reused; `stamp`: the
-    :func:`dataset_stamp` already computed)."""
+    :func:`dataset_stamp` already computed; `broken`: the links to files not there it found, left out)."""
     bids = _bids()
     bids_dir = Path(bids_dir)
     if not (bids_dir / "dataset_description.json").is_file():
@@ -199,7 +231,11 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None):
     # (pybids reads entities from whole paths: a dataset given as ../../ds from a folder sub-07/x would carry sub-07)
     bids_dir, derivatives = Path(os.path.abspath(bids_dir)), [Path(os.path.abspath(d)) for d in derivatives]
     _check_folders_above(bids, bids_dir, derivatives)
-    kwargs = {"validate": False, "derivatives": [str(d) for d in derivatives] or False}
+    kwargs = {
+        "validate": False,
+        "derivatives": [str(d) for d in derivatives] or False,
+        "indexer": _indexer(bids, bids_dir, broken),
+    }
     if database is None:
         return _layout(bids, bids_dir, **kwargs)
     name = hashlib.sha256(stamp.encode()).hexdigest()[:16]

@@ -368,7 +368,9 @@ def run(
         raise InputError("--participant-label: an empty label; give labels such as 01 or sub-01.")
     derivatives = [Path(d) for d in derivatives]
     _check_study_folder(out_dir, Path(bids_dir), derivatives, force)
-    stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir]) if Path(bids_dir).is_dir() else ""
+    broken: list[Path] = []
+    stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir], broken=broken) if Path(bids_dir).is_dir() else ""
+    _check_retrieved(broken, labels)
     study_key = _checksum(
         __version__, stamp, _model_key(model), settings.__dict__, [labels, task, space, desc], str(out_dir.resolve())
     )
@@ -382,7 +384,8 @@ def run(
     before = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else None  # (None: made by this study)
     layout = None
     try:
-        layout = index(bids_dir, derivatives, database=out_dir / ".voxfit" / "bids-index", stamp=stamp or None)
+        database = out_dir / ".voxfit" / "bids-index"
+        layout = index(bids_dir, derivatives, database=database, stamp=stamp or None, broken=broken)
         default_types = []  # (voxfit's default model: its trial types, each run's own taken: _Study.run_spec)
         if model is None:
             runs = find_runs(layout, task=task, space=space, desc=desc, participant_label=labels, strict=False)
@@ -473,6 +476,24 @@ def run(
         _drop_if_unused(out_dir, before)
         raise
     return result
+
+
+def _check_retrieved(broken: list[Path], labels) -> None:
+    """Refuse a study whose subjects' files (or the dataset's own: participants.tsv, a task's sidecar) include
+    links to files that are not there (`broken`: a DataLad dataset's files not retrieved, git-annex's links into
+    .git/annex): their runs would fail on "no such file", or the whole study where pybids reads one."""
+    kinds = (".nii", ".nii.gz", ".gii", ".json", ".tsv", ".tsv.gz")
+    wanted = []
+    for path in broken:
+        subject = next((part.removeprefix("sub-") for part in path.parts if part.startswith("sub-")), None)
+        if path.name.endswith(kinds) and (subject is None or not labels or subject in labels):
+            wanted.append(path)
+    if wanted:
+        raise InputError(
+            f"{len(wanted)} file(s) the study would read are links to files that are not there, {wanted[0]} first "
+            "(a DataLad dataset whose files were not all retrieved?); retrieve them (datalad get), or leave their "
+            "subjects out (--participant-label)."
+        )
 
 
 def _visible(folder: Path) -> list[Path]:

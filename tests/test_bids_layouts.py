@@ -821,3 +821,23 @@ def test_what_bidsignore_names_is_left_out(tmp_path):
     (study.root / ".bidsignore").write_text("# raw data only\nsub-03/\n")
     result = run(study.root, tmp_path / "out", **kw)
     assert result.ok, result.failures
+
+
+def test_a_run_whose_output_names_would_be_too_long_fails_alone(tmp_path, capsys):
+    """A participant label of 170 characters: its inputs' names fit in 255 bytes, its maps' do not. The write
+    failed ("the name is too long"), which stopped the whole study; the run fails alone, before it is fitted."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    label = "a" * 170
+    for root in (study.root, study.derivatives):
+        folder = root / f"sub-{label}"
+        (root / "sub-02").rename(folder)
+        for path in folder.rglob("*sub-02*"):
+            path.rename(path.with_name(path.name.replace("sub-02", f"sub-{label}")))
+    table = study.root / "participants.tsv"
+    table.write_text(table.read_text().replace("sub-02", f"sub-{label}"))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "subject", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert "its files' names would be longer than the 255 bytes a file system takes" in err
+    assert "shorten its labels (the subject's, the contrasts')" in err
+    assert list(out.glob("sub-01/node-subject/*_stat-z_statmap.nii.gz"))

@@ -20,6 +20,7 @@ from ..io import OutputFolder, sanitize_label, write_files_atomically
 from .layout import ENTITIES, short_entities
 
 __all__ = [
+    "check_name_lengths",
     "describe_dataset",
     "description_files",
     "group_folder",
@@ -112,6 +113,19 @@ def grouped_by_others(entities: dict) -> list[str]:
     """The keys of a group's `entities` that are neither BIDS entities nor the contrast (a participants.tsv column
     a node groups by), by name, those with a value only."""
     return sorted(k for k, v in entities.items() if k not in ENTITIES and k != "contrast" and v is not None)
+
+
+def check_name_lengths(prefix: str, labels, extension: str) -> None:
+    """Refuse a group whose files' names would be longer than the 255 bytes a file system takes for a name (a
+    participant label of 170 characters): said before it is fitted, not when its maps are written (which stopped
+    the whole study)."""
+    names = [map_name(prefix, label, "variance", extension) for label in labels] + [f"{prefix}design.json"]
+    longest = max(names, key=lambda n: len(n.encode()))
+    if len(longest.encode()) > 255:
+        raise InputError(
+            f"its files' names would be longer than the 255 bytes a file system takes ({longest[:48]}..., "
+            f"{len(longest.encode())} bytes); shorten its labels (the subject's, the contrasts')."
+        )
 
 
 def map_name(prefix: str, contrast: str, stat: str, extension: str) -> str:

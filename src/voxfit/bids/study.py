@@ -84,6 +84,7 @@ from ..io.output import (
     write_files_atomically,
 )
 from .outputs import (
+    check_name_lengths,
     describe_dataset,
     description_files,
     group_folder,
@@ -1995,6 +1996,7 @@ class _Study:
         # (drift columns Model.X's own held, left out as the design was built, or the strategy's, left out here)
         dropped = rd.design.settings["drifts_held"] + rd.design.kinds.count("drift") - kinds.count("drift")
         held = "drift columns the design's own hold (fMRIPrep's cosines) left out" if dropped else ""
+        check_name_lengths(group_prefix(entity), labels, ".nii.gz" if _is_volume(r.bold) else _extension(r.bold))
         return _RunJob(
             index=k,
             run=r,
@@ -2386,6 +2388,8 @@ class _Study:
                 "entities differ only in characters a file name leaves out; rename one (its contrast, or the "
                 "participants.tsv value it is grouped by)."
             )
+        extension = Path(refs[0].effect).name.split("_statmap")[-1]  # (the inputs' maps': the group's are alike)
+        check_name_lengths(prefix, [labels[c.name] for c in g.contrasts], extension)
         claimed[record_path] = _group_label(entities)
         notes, extra = self.left_out(node, entities, rows, failed)
         checksum = _checksum(

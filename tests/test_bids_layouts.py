@@ -841,3 +841,30 @@ def test_a_run_whose_output_names_would_be_too_long_fails_alone(tmp_path, capsys
     assert "its files' names would be longer than the 255 bytes a file system takes" in err
     assert "shorten its labels (the subject's, the contrasts')" in err
     assert list(out.glob("sub-01/node-subject/*_stat-z_statmap.nii.gz"))
+
+
+def test_a_rerun_removes_what_a_killed_process_left_in_a_group_folder(tmp_path):
+    """A run killed (SIGKILL) while it wrote left its hidden folder in sub-01/node-run, with a map of 0 bytes: a
+    rerun that reused the group never opened that folder again, and the hidden folder stayed. Removed, and a live
+    process's left alone."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from voxfit._folders import MARKER, PARTIAL
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    kw = {"derivatives": [study.derivatives], "level": "run", "progress": False}
+    out = tmp_path / "out"
+    assert run(study.root, out, **kw).ok
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = {}
+    for name, pid in (("dead", int(dead.stdout)), ("live", os.getpid())):
+        left[name] = out / "sub-01" / "node-run" / f"{PARTIAL}{name}"
+        left[name].mkdir()
+        (left[name] / MARKER).write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+        (left[name] / "map.nii.gz").write_bytes(b"")
+    assert run(study.root, out, **kw).ok
+    assert not left["dead"].exists() and left["live"].exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .exceptions import InputError
 
-__all__ = ["MARKER", "PARTIAL", "check_output_folder"]
+__all__ = ["MARKER", "PARTIAL", "check_output_folder", "remove_stale_partials"]
 
 PARTIAL = ".voxfit-partial-"  # the prefix of a run's hidden folder inside its output folder
 MARKER = "voxfit-run.json"  # inside a hidden folder: the host and process that made it
@@ -31,7 +31,7 @@ def check_output_folder(path, force: bool = False) -> Path:
     if final.exists() and not final.is_dir():
         raise InputError(f"output {final} exists and is not a folder.")
     if final.is_dir():
-        _remove_stale_partials(final)
+        remove_stale_partials(final)
     if final.is_dir() and any(final.iterdir()) and not force:
         raise InputError(f"output folder {final} is not empty; choose another or pass --force to overwrite.")
     return final
@@ -53,7 +53,7 @@ def _is_stale_partial(entry: Path) -> bool:
     return False
 
 
-def _remove_stale_partials(folder: Path) -> None:
+def remove_stale_partials(folder: Path) -> None:
     """Hidden folders left by runs that were killed (SIGKILL, power loss) before they could clean up."""
     for entry in folder.glob(PARTIAL + "*"):
         if _is_stale_partial(entry):

@@ -369,6 +369,7 @@ def run(
         raise InputError("--participant-label: an empty label; give labels such as 01 or sub-01.")
     derivatives = [Path(d) for d in derivatives]
     _check_study_folder(out_dir, Path(bids_dir), derivatives, force)
+    _remove_dead_partials(out_dir)
     broken: list[Path] = []
     stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir], broken=broken) if Path(bids_dir).is_dir() else ""
     _check_retrieved(broken, labels)
@@ -477,6 +478,16 @@ def run(
         _drop_if_unused(out_dir, before)
         raise
     return result
+
+
+def _remove_dead_partials(out_dir: Path) -> None:
+    """The hidden folders that killed processes (SIGKILL, power loss) left in the study's group folders: a group
+    reused by the rerun is never opened again, so its folder kept one (a 0-byte map in sub-04/node-run)."""
+    from .._folders import remove_stale_partials
+
+    for folder in ("node-*", "sub-*/node-*", "sub-*/ses-*/node-*"):
+        for path in out_dir.glob(folder):
+            remove_stale_partials(path)
 
 
 def _check_retrieved(broken: list[Path], labels) -> None:

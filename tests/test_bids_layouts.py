@@ -797,8 +797,8 @@ def test_files_a_datalad_dataset_has_not_retrieved_are_said_to_be_so(tmp_path, c
     out = tmp_path / "out"
     assert main(["bids", str(study.root), str(out), "subject", *deriv]) == 2
     err = capsys.readouterr().err
-    assert "2 file(s) the study would read are links to files that are not there, " in err
-    assert "(a DataLad dataset whose files were not all retrieved?); retrieve them (datalad get)" in err
+    assert "2 file(s) the study would read are not there, " in err
+    assert "git-annex pointers: a DataLad dataset whose files were not all retrieved?); retrieve them (datalad" in err
     assert err.count("\n") == 1 and not out.exists()
     assert main(["bids", str(study.root), str(out), "subject", *deriv, "--participant-label", "02", "--quiet"]) == 0
     assert list(out.glob("sub-02/node-subject/*_stat-z_statmap.nii.gz")) and not list(out.glob("sub-01"))
@@ -868,3 +868,30 @@ def test_a_rerun_removes_what_a_killed_process_left_in_a_group_folder(tmp_path):
         (left[name] / "map.nii.gz").write_bytes(b"")
     assert run(study.root, out, **kw).ok
     assert not left["dead"].exists() and left["live"].exists()
+
+
+def test_what_a_hostile_tester_found_said_for_what_it_is(tmp_path, capsys):
+    """A trial_type with a space after it split its condition in two without a word; a run saved as .nii beside
+    its .nii.gz was said to differ "in a part of its name pybids does not read (as cohort-)"; participants.tsv as
+    git-annex's pointer (not retrieved) failed the dataset node with KeyError 'subject'; one --derivatives folder
+    given twice was "already added ... fix that JSON file"."""
+    import gzip
+    import shutil
+
+    study, deriv = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(8, 8, 6))
+    events = next(study.root.rglob("sub-01_task-stroop_run-1_events.tsv"))
+    lines = events.read_text().splitlines()
+    lines[1] = lines[1].replace("\tcongruent", "\tcongruent ").replace("\tincongruent ", "\tincongruent")
+    events.write_text("\n".join(lines) + "\n")
+    bold = next(study.derivatives.rglob("sub-01_task-stroop_run-2_*_desc-preproc_bold.nii.gz"))
+    with gzip.open(bold, "rb") as src, open(bold.with_suffix(""), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", *deriv, *deriv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has spaces around it, which pybids keeps: it would be a condition apart from 'congruent'" in err
+    assert "are the same run, saved twice (as .nii and as .nii.gz?); keep one of them in the derivatives." in err
+    assert list(out.glob("sub-02/node-run/*_stat-z_statmap.nii.gz"))
+    (study.root / "participants.tsv").write_text("/annex/objects/MD5E-s60--0123.tsv\n")
+    assert main(["bids", str(study.root), str(tmp_path / "out2"), "run", *deriv]) == 2
+    assert "the study would read are not there, " in capsys.readouterr().err

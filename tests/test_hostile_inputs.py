@@ -727,7 +727,8 @@ def test_os_errors_without_errno_stay_internal(capsys, monkeypatch):
 def test_from_os_error_names_the_file_and_the_fix():
     exc = PermissionError(errno.EACCES, "Permission denied", "/data/d.tsv")
     assert str(InputError.from_os_error(exc, what="design")) == (
-        "design /data/d.tsv: permission denied; make it readable (chmod) or run as a user who may read it."
+        "design /data/d.tsv: permission denied; make it readable (an output: its folder writable) or run as a user "
+        "who may."
     )
     odd = OSError(errno.EXDEV, "Invalid cross-device link", "/a")
     assert str(InputError.from_os_error(odd)) == "/a: Invalid cross-device link."

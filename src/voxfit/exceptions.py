@@ -45,7 +45,7 @@ class InputError(VoxfitError, ValueError):
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}  # errno of a full disk or quota
 _OS_FIXES = {
     "ENOENT": "no such file or folder",
-    "EACCES": "permission denied; make it readable (chmod) or run as a user who may read it",
+    "EACCES": "permission denied; make it readable (an output: its folder writable) or run as a user who may",
     "EPERM": "operation not permitted; check the file's permissions and owner",
     "EISDIR": "is a folder, where a file is expected",
     "ENOTDIR": "a part of the path is not a folder",

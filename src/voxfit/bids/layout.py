@@ -133,8 +133,9 @@ def _bids():
 def _fingerprint(folders, exclude=(), broken: list[Path] | None = None) -> str:
     """A digest of (relative path, size, mtime_ns) of every file under `folders` (hidden entries and the
     folders `exclude` skipped), through links to folders (a subject's folder moved to scratch space and linked
-    back: its files' changes were not seen, and a rerun kept its old maps), each real folder once. Links to
-    files that are not there (a DataLad dataset's files not retrieved) are added to `broken`."""
+    back: its files' changes were not seen, and a rerun kept its old maps), each real folder once. A DataLad
+    dataset's files not retrieved (links to files that are not there; git-annex's pointer files, in its unlocked
+    mode) are added to `broken`."""
     h = hashlib.sha256()
     skip = {os.path.realpath(e) for e in exclude}
     seen: set[str] = set()
@@ -159,6 +160,8 @@ def _fingerprint(folders, exclude=(), broken: list[Path] | None = None) -> str:
                     if broken is not None and path.is_symlink():
                         broken.append(path)
                     continue
+                if broken is not None and st.st_size < 1024 and _annex_pointer(path):
+                    broken.append(path)
                 h.update(f"{root}|{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
@@ -172,7 +175,21 @@ def _layout(bids, bids_dir: Path, **kwargs):
         if isinstance(exc, OSError) and not isinstance(exc.__cause__, ValueError):
             raise
         what = " ".join(str(exc).split())[:300] if not isinstance(exc, RecursionError) else "a JSON file nests deeply"
+        if "has already been added" in what:  # (two derivatives folders whose descriptions name one pipeline)
+            raise InputError(
+                f"two --derivatives folders hold one pipeline ({what}); give each pipeline's folder once, or give "
+                "their dataset_description.json files different Names."
+            ) from None
         raise InputError(f"{bids_dir}: pybids could not index the dataset ({what}); fix that JSON file.") from None
+
+
+def _annex_pointer(path: Path) -> bool:
+    """Whether a small file is git-annex's pointer to its content (an unlocked file not retrieved)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(15) == b"/annex/objects/"
+    except OSError:
+        return False
 
 
 def dataset_stamp(bids_dir, derivatives=(), exclude=(), broken: list[Path] | None = None) -> str:
@@ -481,6 +498,11 @@ def _apart(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
                 f"{'/'.join(ENTITIES[k] + '-' for k in apart)}, which BIDS Stats Models (pybids) do not tell runs "
                 "apart by: their events would be lost or mixed up; give them distinct run- numbers, or keep one of "
                 "them in the dataset (a study each)."
+            )
+        elif len({o.bold.name.split(".")[0] for o in others}) == 1:  # (run.nii beside run.nii.gz)
+            problem = (
+                f"{listed(sorted(o.bold.name for o in others))} are the same run, saved twice (as .nii and as "
+                ".nii.gz?); keep one of them in the derivatives."
             )
         else:  # (told apart by a part of their names that pybids does not read, as fMRIPrep's cohort-)
             problem = (
@@ -803,6 +825,11 @@ def _events_problem(path: Path) -> str | None:
             value = cells[header.index(column)]
             if not is_number(value) and not (column == "duration" and value == "n/a"):
                 return f"{path}, line {n}: {column} {value!r} is not a number" + fix
+        if "trial_type" in header and (cell := row[header.index("trial_type")]) != cell.strip():
+            return (
+                f"{path}, line {n}: trial_type {cell!r} has spaces around it, which pybids keeps: it would be a "
+                f"condition apart from {cell.strip()!r}; remove them."
+            )
     return None
 
 

@@ -367,7 +367,7 @@ def run(
     labels = tuple(str(p).removeprefix("sub-") for p in participant_label or ())
     if any(not label.strip() for label in labels):
         raise InputError("--participant-label: an empty label; give labels such as 01 or sub-01.")
-    derivatives = [Path(d) for d in derivatives]
+    derivatives = list({os.path.realpath(d): Path(d) for d in derivatives}.values())  # (a folder given twice: once)
     _check_study_folder(out_dir, Path(bids_dir), derivatives, force)
     _remove_dead_partials(out_dir)
     broken: list[Path] = []
@@ -492,8 +492,9 @@ def _remove_dead_partials(out_dir: Path) -> None:
 
 def _check_retrieved(broken: list[Path], labels) -> None:
     """Refuse a study whose subjects' files (or the dataset's own: participants.tsv, a task's sidecar) include
-    links to files that are not there (`broken`: a DataLad dataset's files not retrieved, git-annex's links into
-    .git/annex): their runs would fail on "no such file", or the whole study where pybids reads one."""
+    files a DataLad dataset has not retrieved (`broken`: git-annex's links into .git/annex that point nowhere, or
+    its pointer files): their runs would fail on "no such file", or the whole study where pybids reads one (a
+    pointer participants.tsv: KeyError 'subject')."""
     kinds = (".nii", ".nii.gz", ".gii", ".json", ".tsv", ".tsv.gz")
     wanted = []
     for path in broken:
@@ -502,9 +503,9 @@ def _check_retrieved(broken: list[Path], labels) -> None:
             wanted.append(path)
     if wanted:
         raise InputError(
-            f"{len(wanted)} file(s) the study would read are links to files that are not there, {wanted[0]} first "
-            "(a DataLad dataset whose files were not all retrieved?); retrieve them (datalad get), or leave their "
-            "subjects out (--participant-label)."
+            f"{len(wanted)} file(s) the study would read are not there, {wanted[0]} first (links to no file, or "
+            "git-annex pointers: a DataLad dataset whose files were not all retrieved?); retrieve them (datalad "
+            "get), or leave their subjects out (--participant-label)."
         )
 
 

@@ -785,23 +785,33 @@ def test_a_rerun_sees_the_changes_inside_a_linked_subject_folder(tmp_path):
 
 def test_files_a_datalad_dataset_has_not_retrieved_are_said_to_be_so(tmp_path, capsys):
     """git-annex keeps a DataLad dataset's files as links into .git/annex, which point nowhere until the file is
-    retrieved. One such events file, confounds table or sidecar stopped the whole study with "no such file or
-    folder" (a sidecar's even with --participant-label of another subject: pybids indexes its metadata). The study
-    is refused naming the first of them and what to do; a subject without any is fitted alone."""
+    retrieved (or, unlocked, as small pointer files). One such events file, confounds table or sidecar stopped the
+    whole study with "no such file or folder" (a sidecar's even with --participant-label of another subject:
+    pybids indexes its metadata); a pointer participants.tsv failed the dataset node with KeyError 'subject'. A run
+    whose files are not retrieved fails alone, saying so and what to do; files no study reads (sourcedata, the
+    anatomy) are no matter; the dataset's own tables not retrieved are refused before anything is fitted."""
     study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
     annex = study.root / ".git" / "annex" / "objects"
     annex.mkdir(parents=True)
+    (study.root / "sourcedata").mkdir()
+    (study.root / "sourcedata" / "scores.tsv").symlink_to(annex / "MD5E-s1--1.tsv")
+    anat = study.derivatives / "sub-02" / "anat"
+    anat.mkdir(parents=True)
+    (anat / "sub-02_desc-preproc_T1w.nii.gz").symlink_to(annex / "MD5E-s1--2.nii.gz")
     for path in [next(study.root.rglob("sub-01_*_events.tsv")), next(study.derivatives.rglob("sub-01_*_bold.json"))]:
         path.unlink()
         path.symlink_to(annex / "MD5E-s100--0123.json")
     out = tmp_path / "out"
     assert main(["bids", str(study.root), str(out), "subject", *deriv]) == 2
     err = capsys.readouterr().err
-    assert "2 file(s) the study would read are not there, " in err
-    assert "git-annex pointers: a DataLad dataset whose files were not all retrieved?); retrieve them (datalad" in err
-    assert err.count("\n") == 1 and not out.exists()
-    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--participant-label", "02", "--quiet"]) == 0
-    assert list(out.glob("sub-02/node-subject/*_stat-z_statmap.nii.gz")) and not list(out.glob("sub-01"))
+    assert "this file of the run is not there (a link to no file, or a git-annex pointer: a DataLad" in err
+    assert "retrieve it (datalad get), or leave the subject out (--participant-label)" in err and "sub-01" in err
+    assert list(out.glob("sub-02/node-subject/*_stat-z_statmap.nii.gz")) and not list(out.glob("sub-01/node-*"))
+    (study.root / "participants.tsv").write_text("/annex/objects/MD5E-s60--0123.tsv\n")
+    assert main(["bids", str(study.root), str(tmp_path / "out2"), "subject", *deriv]) == 2
+    err = capsys.readouterr().err
+    assert "1 table(s) the study reads are not there, " in err and "participants.tsv first" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out2").exists()
 
 
 def test_what_bidsignore_names_is_left_out(tmp_path):
@@ -821,6 +831,12 @@ def test_what_bidsignore_names_is_left_out(tmp_path):
     (study.root / ".bidsignore").write_text("# raw data only\nsub-03/\n")
     result = run(study.root, tmp_path / "out", **kw)
     assert result.ok, result.failures
+    # a line meant for the raw dataset's defacing masks leaves fMRIPrep's brain masks alone (pybids gives the
+    # derivatives the raw dataset's indexer: they were left out, and the runs fitted in voxfit's automatic mask)
+    (study.root / ".bidsignore").write_text("sub-03/\n*_mask.nii.gz\n**/extra\n")
+    assert run(study.root, tmp_path / "masked", **kw).ok
+    for path in (tmp_path / "masked").rglob("node-run/*_model.json"):
+        assert json.loads(path.read_text())["mask"]["source"] != "automatic"
 
 
 def test_a_run_whose_output_names_would_be_too_long_fails_alone(tmp_path, capsys):
@@ -872,9 +888,8 @@ def test_a_rerun_removes_what_a_killed_process_left_in_a_group_folder(tmp_path):
 
 def test_what_a_hostile_tester_found_said_for_what_it_is(tmp_path, capsys):
     """A trial_type with a space after it split its condition in two without a word; a run saved as .nii beside
-    its .nii.gz was said to differ "in a part of its name pybids does not read (as cohort-)"; participants.tsv as
-    git-annex's pointer (not retrieved) failed the dataset node with KeyError 'subject'; one --derivatives folder
-    given twice was "already added ... fix that JSON file"."""
+    its .nii.gz was said to differ "in a part of its name pybids does not read (as cohort-)"; one --derivatives
+    folder given twice was "already added ... fix that JSON file"."""
     import gzip
     import shutil
 
@@ -889,9 +904,24 @@ def test_what_a_hostile_tester_found_said_for_what_it_is(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["bids", str(study.root), str(out), "run", *deriv, *deriv, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "has spaces around it, which pybids keeps: it would be a condition apart from 'congruent'" in err
+    assert "which pybids keeps: it would be a condition apart from the other rows' 'congruent'" in err
     assert "are the same run, saved twice (as .nii and as .nii.gz?); keep one of them in the derivatives." in err
     assert list(out.glob("sub-02/node-run/*_stat-z_statmap.nii.gz"))
-    (study.root / "participants.tsv").write_text("/annex/objects/MD5E-s60--0123.tsv\n")
-    assert main(["bids", str(study.root), str(tmp_path / "out2"), "run", *deriv]) == 2
-    assert "the study would read are not there, " in capsys.readouterr().err
+
+
+def test_bidsignore_lines_are_read_as_gitignore_reads_them(tmp_path):
+    """.bidsignore's lines: a slash inside anchors at the top, ``*`` stays within a name, ``**`` spans folders, a
+    trailing slash takes folders only, ``!`` and ``#`` lines are not read."""
+    from voxfit.bids.layout import _ignored_paths
+
+    for path in ("x", "a/x", "extra/y.tsv", "extra/deep/y.tsv", "sub-01/func/a_physio.tsv", "notes/x.md", "b/notes"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    lines = ["**/x", "extra/*.tsv", "*_physio.tsv", "notes/", "!b/notes", "# comment"]
+    assert sorted(_ignored_paths(tmp_path, lines)) == [
+        "a/x",
+        "extra/y.tsv",
+        "notes",
+        "sub-01/func/a_physio.tsv",
+        "x",
+    ]

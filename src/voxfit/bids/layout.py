@@ -147,8 +147,11 @@ def _fingerprint(folders, exclude=(), broken: list[Path] | None = None) -> str:
                 dirs[:] = []
                 continue
             seen.add(real)
+            unread = _UNINDEXED if Path(folder) == root else ()  # (pybids never reads them: their changes no matter)
             dirs[:] = sorted(
-                d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(folder, d)) not in skip
+                d
+                for d in dirs
+                if not d.startswith(".") and d not in unread and os.path.realpath(os.path.join(folder, d)) not in skip
             )
             for name in sorted(files):
                 if name.startswith("."):
@@ -160,7 +163,7 @@ def _fingerprint(folders, exclude=(), broken: list[Path] | None = None) -> str:
                     if broken is not None and path.is_symlink():
                         broken.append(path)
                     continue
-                if broken is not None and st.st_size < 1024 and _annex_pointer(path):
+                if broken is not None and st.st_size < 1024 and name.endswith(_TABLES) and _annex_pointer(path):
                     broken.append(path)
                 h.update(f"{root}|{path.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
@@ -181,6 +184,10 @@ def _layout(bids, bids_dir: Path, **kwargs):
                 "their dataset_description.json files different Names."
             ) from None
         raise InputError(f"{bids_dir}: pybids could not index the dataset ({what}); fix that JSON file.") from None
+
+
+_UNINDEXED = ("code", "models", "sourcedata", "stimuli")  # a dataset's top folders pybids does not index
+_TABLES = (".tsv", ".json", ".nii", ".nii.gz", ".gii", ".tsv.gz")  # the kinds of files a study reads
 
 
 def _annex_pointer(path: Path) -> bool:
@@ -211,20 +218,66 @@ def _bidsignore(bids_dir: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _indexer(bids, bids_dir: Path, broken):
-    """pybids' indexer leaving out what it should not read: its own defaults (code, sourcedata, ...), the paths
-    .bidsignore names (a subject fMRIPrep was not run on was counted as failed runs) and the links to files that
-    are not there (indexing a sidecar's metadata through one stopped the study, whichever subjects it chose)."""
+def _indexer(bids_dir: Path, derivatives: list[Path], broken):
+    """pybids' indexer leaving out what it should not read: its own defaults (code, sourcedata, ...), the raw
+    dataset's paths its .bidsignore names (a subject fMRIPrep was not run on was counted as failed runs) and the
+    files a DataLad dataset has not retrieved (indexing a sidecar's metadata through one stopped the study,
+    whichever subjects it chose). pybids gives one indexer to the dataset and its derivatives, and matches paths
+    from each one's root: a path ignored is one of the raw dataset's that no derivatives folder has (a line
+    ``*_mask.nii.gz`` for defacing masks would have hidden fMRIPrep's brain masks)."""
     from bids.layout.index import BIDSLayoutIndexer
     from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     patterns = list(DEFAULT_LOCATIONS_TO_IGNORE)
-    for line in _bidsignore(bids_dir):
-        glob = fnmatch.translate(line.strip("/")).removesuffix("\\Z").removeprefix("(?s:").removesuffix(")")
-        anchored = "/" in line.rstrip("/")
-        patterns.append(re.compile(("^/" if anchored else "/") + f"(?s:{glob})(/|$)"))
+    for rel in _ignored_paths(bids_dir, _bidsignore(bids_dir)):
+        if not any((d / rel).exists() for d in derivatives):
+            patterns.append(re.compile("^/" + re.escape(rel) + "(/|$)"))
     patterns += [re.compile("/" + re.escape(path.name) + "$") for path in broken]
     return BIDSLayoutIndexer(validate=False, ignore=patterns)
+
+
+def _ignored_paths(bids_dir: Path, lines: list[str]) -> list[str]:
+    """The paths of the raw dataset (relative, its folders' as whole) that .bidsignore `lines` name, read as
+    gitignore reads them: a line with a slash inside is a path from the top (``*`` within one name, ``**`` any
+    folders), one without names a file or folder at any depth, a trailing slash a folder only; ``!`` lines (which
+    take a path back) and ``#`` lines are not read."""
+    rules = []
+    for line in lines:
+        if line.startswith("!"):
+            continue
+        folder_only, pattern = line.endswith("/"), line.strip("/")
+        rules.append((pattern.split("/") if "/" in line.rstrip("/") else None, pattern, folder_only))
+    if not rules:
+        return []
+    out = []
+    for folder, dirs, files in os.walk(bids_dir):
+        base = Path(folder).relative_to(bids_dir).parts
+        for name, is_folder in [*((d, True) for d in dirs), *((f, False) for f in files)]:
+            parts = (*base, name)
+            if any(_ignored(parts, rule, is_folder) for rule in rules):
+                out.append("/".join(parts))
+                if is_folder:
+                    dirs.remove(name)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    return out
+
+
+def _ignored(parts: tuple[str, ...], rule, is_folder: bool) -> bool:
+    steps, pattern, folder_only = rule
+    if folder_only and not is_folder:
+        return False
+    if steps is None:
+        return fnmatch.fnmatchcase(parts[-1], pattern)
+    return _steps_match(list(parts), steps)
+
+
+def _steps_match(parts: list[str], steps: list[str]) -> bool:
+    """Whether path `parts` match gitignore `steps` from the top (``**`` any number of folders)."""
+    if not steps:
+        return not parts
+    if steps[0] == "**":
+        return any(_steps_match(parts[k:], steps[1:]) for k in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], steps[0]) and _steps_match(parts[1:], steps[1:])
 
 
 def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, broken=()):
@@ -251,10 +304,12 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
     kwargs = {
         "validate": False,
         "derivatives": [str(d) for d in derivatives] or False,
-        "indexer": _indexer(bids, bids_dir, broken),
+        "indexer": _indexer(bids_dir, derivatives, broken),
     }
     if database is None:
-        return _layout(bids, bids_dir, **kwargs)
+        layout = _layout(bids, bids_dir, **kwargs)
+        layout._voxfit_unretrieved = tuple(broken)
+        return layout
     name = hashlib.sha256(stamp.encode()).hexdigest()[:16]
     database = Path(database)
     folder, marker = database / name, database / name / _FINGERPRINT
@@ -284,6 +339,7 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
         lock.close()
         raise
     layout._voxfit_index_lock = lock  # (see release_index)
+    layout._voxfit_unretrieved = tuple(broken)  # (see _unretrieved)
     if locking:
         _remove_unread_indexes(database, keep=name)
     return layout
@@ -575,6 +631,38 @@ def _one_grid(chosen: list, space: str | None, qualifiers: dict[str, str]) -> li
     )
 
 
+# the files of a run a study reads, by the end of their names
+_RUN_FILES = (
+    "_bold.json",
+    "_bold.nii.gz",
+    "_bold.nii",
+    "_bold.func.gii",
+    "_bold.dtseries.nii",
+    "_events.tsv",
+    "_events.json",
+    "_timeseries.tsv",
+    "_regressors.tsv",
+    "_mask.nii.gz",
+    "_mask.nii",
+)
+
+
+def _unretrieved(layout, raw: dict, space) -> str | None:
+    """The problem of a run whose files (of `raw` entities, in `space` or none) a DataLad dataset has not retrieved
+    (links to no file, git-annex pointers: left out of pybids' index, which would have stopped on them), or None."""
+    prefix = short_entities(raw, RAW) + "_"
+    for path in getattr(layout, "_voxfit_unretrieved", ()):
+        theirs = re.search(r"_space-([A-Za-z0-9]+)", path.name)
+        other_space = theirs is not None and theirs.group(1) != space
+        if path.name.startswith(prefix) and path.name.endswith(_RUN_FILES) and not other_space:
+            return (
+                f"{path}: this file of the run is not there (a link to no file, or a git-annex pointer: a DataLad "
+                "dataset's file not retrieved?); retrieve it (datalad get), or leave the subject out "
+                "(--participant-label)."
+            )
+    return None
+
+
 def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[RunInput, ...]:
     """A run (with its problem) for each raw BOLD run of the chosen task, subjects and sessions that has no
     preprocessed run among `chosen` (matched by subject, session, task, acquisition and run: fMRIPrep combines
@@ -591,7 +679,7 @@ def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[R
         if tuple(str(ent.get(k)) for k in keys) in done:
             continue
         entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)
-        problem = (
+        problem = _unretrieved(layout, dict(entities), space) or (
             f"{f.path}: this raw run has no preprocessed BOLD run in the derivatives"
             f"{f' (space {space}, desc {desc})' if space else ''}; rerun fMRIPrep for sub-{ent['subject']}, or "
             "leave the subject out with --participant-label."
@@ -716,6 +804,7 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
     entities = tuple((k, ent[k]) for k in ENTITIES if ent.get(k) is not None)
     raw = {k: ent[k] for k in RAW if ent.get(k) is not None}
     problems = []
+    missing = _unretrieved(layout, raw, ent.get("space"))  # (then the run's other problems follow from it)
     bold = Path(f.path)
     step = None
     try:
@@ -787,6 +876,7 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
     if _is_volume(bold):
         mask = files.one("masks", ent, bold, **{k: ent.get(k) for k in ("space", "res", "den")})
     sidecars = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
+    problems = [missing] if missing else problems
     return RunInput(
         entities=entities,
         bold=bold,
@@ -825,11 +915,14 @@ def _events_problem(path: Path) -> str | None:
             value = cells[header.index(column)]
             if not is_number(value) and not (column == "duration" and value == "n/a"):
                 return f"{path}, line {n}: {column} {value!r} is not a number" + fix
-        if "trial_type" in header and (cell := row[header.index("trial_type")]) != cell.strip():
-            return (
-                f"{path}, line {n}: trial_type {cell!r} has spaces around it, which pybids keeps: it would be a "
-                f"condition apart from {cell.strip()!r}; remove them."
-            )
+    if "trial_type" in header:  # (a condition split in two by spaces around its name, which pybids keeps)
+        types = [row[header.index("trial_type")] for row in rows[1:]]
+        for n, cell in enumerate(types, 2):
+            if cell != cell.strip() and cell.strip() in types:
+                return (
+                    f"{path}, line {n}: trial_type {cell!r} has spaces around it, which pybids keeps: it would be a "
+                    f"condition apart from the other rows' {cell.strip()!r}; remove them."
+                )
     return None
 
 

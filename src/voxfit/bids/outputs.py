@@ -115,11 +115,11 @@ def grouped_by_others(entities: dict) -> list[str]:
     return sorted(k for k, v in entities.items() if k not in ENTITIES and k != "contrast" and v is not None)
 
 
-def check_name_lengths(prefix: str, labels, extension: str) -> None:
+def check_name_lengths(prefix: str, labels, extension: str, stat: str = "variance") -> None:
     """Refuse a group whose files' names would be longer than the 255 bytes a file system takes for a name (a
     participant label of 170 characters): said before it is fitted, not when its maps are written (which stopped
-    the whole study)."""
-    names = [map_name(prefix, label, "variance", extension) for label in labels] + [f"{prefix}design.json"]
+    the whole study). `stat`: the longest of its maps' (``pclustermassfwe`` with permutations)."""
+    names = [map_name(prefix, label, stat, extension) for label in labels] + [f"{prefix}design.json"]
     longest = max(names, key=lambda n: len(n.encode()))
     if len(longest.encode()) > 255:
         raise InputError(

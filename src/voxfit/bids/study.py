@@ -372,7 +372,7 @@ def run(
     _remove_dead_partials(out_dir)
     broken: list[Path] = []
     stamp = dataset_stamp(bids_dir, derivatives, exclude=[out_dir], broken=broken) if Path(bids_dir).is_dir() else ""
-    _check_retrieved(broken, labels)
+    _check_retrieved(broken, labels, [Path(bids_dir), *derivatives])
     study_key = _checksum(
         __version__, stamp, _model_key(model), settings.__dict__, [labels, task, space, desc], str(out_dir.resolve())
     )
@@ -490,22 +490,23 @@ def _remove_dead_partials(out_dir: Path) -> None:
             remove_stale_partials(path)
 
 
-def _check_retrieved(broken: list[Path], labels) -> None:
-    """Refuse a study whose subjects' files (or the dataset's own: participants.tsv, a task's sidecar) include
-    files a DataLad dataset has not retrieved (`broken`: git-annex's links into .git/annex that point nowhere, or
-    its pointer files): their runs would fail on "no such file", or the whole study where pybids reads one (a
-    pointer participants.tsv: KeyError 'subject')."""
-    kinds = (".nii", ".nii.gz", ".gii", ".json", ".tsv", ".tsv.gz")
+def _check_retrieved(broken: list[Path], labels, roots: list[Path]) -> None:
+    """Refuse a study whose tables a DataLad dataset has not retrieved (`broken`: git-annex's links into
+    .git/annex that point nowhere, or its pointer files), where the study reads them whatever runs it fits: the
+    participants table and the tasks' sidecars at the top of the dataset or a derivatives folder (`roots`), the
+    chosen subjects' sessions and scans tables (a pointer participants.tsv failed the dataset node with KeyError
+    'subject'). A run's own files not retrieved fail that run (see voxfit.bids.layout); files no study reads
+    (sourcedata, anatomy, other spaces) are no matter."""
     wanted = []
     for path in broken:
-        subject = next((part.removeprefix("sub-") for part in path.parts if part.startswith("sub-")), None)
-        if path.name.endswith(kinds) and (subject is None or not labels or subject in labels):
+        top = path.parent in roots and (path.name.startswith(("participants.", "task-")))
+        tables = path.name.endswith(("_sessions.tsv", "_scans.tsv")) and path.parent.parent in roots
+        if top or (tables and (not labels or path.parent.name.removeprefix("sub-") in labels)):
             wanted.append(path)
     if wanted:
         raise InputError(
-            f"{len(wanted)} file(s) the study would read are not there, {wanted[0]} first (links to no file, or "
-            "git-annex pointers: a DataLad dataset whose files were not all retrieved?); retrieve them (datalad "
-            "get), or leave their subjects out (--participant-label)."
+            f"{len(wanted)} table(s) the study reads are not there, {wanted[0]} first (links to no file, or "
+            "git-annex pointers: a DataLad dataset whose files were not all retrieved?); retrieve them (datalad get)."
         )
 
 
@@ -2301,7 +2302,9 @@ class _Study:
         the group's model, not those of the node's other groups."""
         rows = g.metadata.to_dict("records")
         own = sorted({_value(r.get("subject")) for r in rows} - {None})
-        if not node.spec.get("Transformations") or not own or own == loaded:
+        # (a group of one subject: pybids reads each subject's sessions.tsv apart, and its participants.tsv row is
+        # one value; rebuilt, 55 ms a subject)
+        if not node.spec.get("Transformations") or len(own) < 2 or own == loaded:
             return g
         keys = {_key(r) for r in rows}
         mine = [info for info in infos if _key(info.entities) in keys]
@@ -2401,7 +2404,8 @@ class _Study:
                 "participants.tsv value it is grouped by)."
             )
         extension = Path(refs[0].effect).name.split("_statmap")[-1]  # (the inputs' maps': the group's are alike)
-        check_name_lengths(prefix, [labels[c.name] for c in g.contrasts], extension)
+        longest = "pclustermassfwe" if self.settings.permutations and node.level == "dataset" else "variance"
+        check_name_lengths(prefix, [labels[c.name] for c in g.contrasts], extension, longest)
         claimed[record_path] = _group_label(entities)
         notes, extra = self.left_out(node, entities, rows, failed)
         checksum = _checksum(

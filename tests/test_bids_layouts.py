@@ -801,6 +801,12 @@ def test_files_a_datalad_dataset_has_not_retrieved_are_said_to_be_so(tmp_path, c
     for path in [next(study.root.rglob("sub-01_*_events.tsv")), next(study.derivatives.rglob("sub-01_*_bold.json"))]:
         path.unlink()
         path.symlink_to(annex / "MD5E-s100--0123.json")
+    # sub-02's raw BOLD (whose data a study never reads) and a run of it in another space, not retrieved: no matter
+    raw = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-1_bold.nii.gz"
+    raw.unlink()
+    raw.symlink_to(annex / "MD5E-s9--3.nii.gz")
+    func = next(study.derivatives.rglob("sub-02_*_desc-preproc_bold.nii.gz")).parent
+    (func / "sub-02_task-stroop_run-1_space-T1w_desc-preproc_bold.nii.gz").symlink_to(annex / "MD5E-s9--4.nii.gz")
     out = tmp_path / "out"
     assert main(["bids", str(study.root), str(out), "subject", *deriv]) == 2
     err = capsys.readouterr().err
@@ -904,7 +910,7 @@ def test_what_a_hostile_tester_found_said_for_what_it_is(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["bids", str(study.root), str(out), "run", *deriv, *deriv, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "which pybids keeps: it would be a condition apart from the other rows' 'congruent'" in err
+    assert "has spaces around it, which pybids keeps: it would be a condition apart from 'congruent'" in err
     assert "are the same run, saved twice (as .nii and as .nii.gz?); keep one of them in the derivatives." in err
     assert list(out.glob("sub-02/node-run/*_stat-z_statmap.nii.gz"))
 

@@ -230,9 +230,24 @@ def _indexer(bids_dir: Path, derivatives: list[Path], broken):
 
     patterns = list(DEFAULT_LOCATIONS_TO_IGNORE)
     for rel in _ignored_paths(bids_dir, _bidsignore(bids_dir)):
-        if not any((d / rel).exists() for d in derivatives):
+        theirs = [d / rel for d in derivatives if (d / rel).exists()]
+        if not theirs:
             patterns.append(re.compile("^/" + re.escape(rel) + "(/|$)"))
-    patterns += [re.compile("/" + re.escape(path.name) + "$") for path in broken]
+        elif (bids_dir / rel).is_dir():  # (a folder the derivatives have too, figures alone: the raw files they lack)
+            for folder, _, files in os.walk(bids_dir / rel, followlinks=True):
+                for name in files:
+                    inner = os.path.relpath(os.path.join(folder, name), bids_dir)
+                    if not any((d / inner).exists() for d in derivatives):
+                        patterns.append(re.compile("^/" + re.escape(inner) + "$"))
+    # (pybids reads JSON sidecars as it indexes, and a subject's tables and preprocessed runs' headers as it loads
+    # its variables: those not retrieved are left out, each by its path from its folder's top, and the runs they
+    # belong to fail, see _unretrieved; a raw BOLD's data are never read, and it holds the raw sidecars' metadata)
+    for path in broken:
+        for root in (bids_dir, *derivatives):
+            rel = os.path.relpath(path, root)
+            read = path.name.endswith((".json", ".tsv", ".tsv.gz")) or root != bids_dir
+            if read and not rel.startswith("..") and rel.startswith("sub-"):
+                patterns.append(re.compile("^/" + re.escape(rel) + "$"))
     return BIDSLayoutIndexer(validate=False, ignore=patterns)
 
 
@@ -249,9 +264,15 @@ def _ignored_paths(bids_dir: Path, lines: list[str]) -> list[str]:
         rules.append((pattern.split("/") if "/" in line.rstrip("/") else None, pattern, folder_only))
     if not rules:
         return []
-    out = []
-    for folder, dirs, files in os.walk(bids_dir):
+    out, seen = [], set()
+    for folder, dirs, files in os.walk(bids_dir, followlinks=True):  # (a subject's folder linked in: walked too)
+        if os.path.realpath(folder) in seen:  # (a link back up the tree)
+            dirs[:] = []
+            continue
+        seen.add(os.path.realpath(folder))
         base = Path(folder).relative_to(bids_dir).parts
+        if not base:  # (the top folders pybids never indexes, and derivatives, are not the raw dataset's to hide)
+            dirs[:] = [d for d in dirs if d not in (*_UNINDEXED, "derivatives")]
         for name, is_folder in [*((d, True) for d in dirs), *((f, False) for f in files)]:
             parts = (*base, name)
             if any(_ignored(parts, rule, is_folder) for rule in rules):
@@ -301,13 +322,9 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
     # (pybids reads entities from whole paths: a dataset given as ../../ds from a folder sub-07/x would carry sub-07)
     bids_dir, derivatives = Path(os.path.abspath(bids_dir)), [Path(os.path.abspath(d)) for d in derivatives]
     _check_folders_above(bids, bids_dir, derivatives)
-    kwargs = {
-        "validate": False,
-        "derivatives": [str(d) for d in derivatives] or False,
-        "indexer": _indexer(bids_dir, derivatives, broken),
-    }
+    kwargs = {"validate": False, "derivatives": [str(d) for d in derivatives] or False}
     if database is None:
-        layout = _layout(bids, bids_dir, **kwargs)
+        layout = _layout(bids, bids_dir, indexer=_indexer(bids_dir, derivatives, broken), **kwargs)
         layout._voxfit_unretrieved = tuple(broken)
         return layout
     name = hashlib.sha256(stamp.encode()).hexdigest()[:16]
@@ -329,7 +346,10 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
             if not (marker.is_file() and marker.read_text() == stamp):
                 shutil.rmtree(folder, ignore_errors=True)  # (a build that did not finish)
                 folder.mkdir()
-                layout = _layout(bids, bids_dir, database_path=str(folder), reset_database=True, **kwargs)
+                indexer = _indexer(bids_dir, derivatives, broken)  # (made for a build only: it walks the dataset)
+                layout = _layout(
+                    bids, bids_dir, database_path=str(folder), reset_database=True, indexer=indexer, **kwargs
+                )
                 write_file_atomically(marker, lambda tmp: Path(tmp).write_text(stamp))
             if locking:
                 _flock(lock, fcntl.LOCK_SH)
@@ -631,36 +651,52 @@ def _one_grid(chosen: list, space: str | None, qualifiers: dict[str, str]) -> li
     )
 
 
-# the files of a run a study reads, by the end of their names
-_RUN_FILES = (
-    "_bold.json",
-    "_bold.nii.gz",
-    "_bold.nii",
-    "_bold.func.gii",
-    "_bold.dtseries.nii",
-    "_events.tsv",
-    "_events.json",
-    "_timeseries.tsv",
-    "_regressors.tsv",
-    "_mask.nii.gz",
-    "_mask.nii",
-)
-
-
-def _unretrieved(layout, raw: dict, space) -> str | None:
-    """The problem of a run whose files (of `raw` entities, in `space` or none) a DataLad dataset has not retrieved
-    (links to no file, git-annex pointers: left out of pybids' index, which would have stopped on them), or None."""
-    prefix = short_entities(raw, RAW) + "_"
+def _unretrieved(layout, raw: dict, bold: dict) -> str | None:
+    """The problem of a run one of whose files a DataLad dataset has not retrieved (a link to no file, a git-annex
+    pointer), among those the study reads of it: its events, its raw sidecars (inherited ones too), the
+    preprocessed BOLD and sidecar of its `bold` entities (space, res, den, hemi, desc), its confounds and brain
+    mask; or None. The raw BOLD's data, other spaces', resolutions' and descs' files are not read."""
     for path in getattr(layout, "_voxfit_unretrieved", ()):
-        theirs = re.search(r"_space-([A-Za-z0-9]+)", path.name)
-        other_space = theirs is not None and theirs.group(1) != space
-        if path.name.startswith(prefix) and path.name.endswith(_RUN_FILES) and not other_space:
+        if _read_by_run(path.name, raw, bold):
             return (
                 f"{path}: this file of the run is not there (a link to no file, or a git-annex pointer: a DataLad "
                 "dataset's file not retrieved?); retrieve it (datalad get), or leave the subject out "
                 "(--participant-label)."
             )
     return None
+
+
+def _read_by_run(name: str, raw: dict, bold: dict) -> bool:
+    stem, _, extension = name.partition(".")
+    *parts, suffix = stem.split("_")
+    pairs = {}
+    for part in parts:
+        key, sep, value = part.partition("-")
+        if not sep:
+            return False
+        pairs[key] = _label_of(value)
+    run = {ENTITIES[k]: _label_of(v) for k, v in raw.items()}
+    combined = {k: v for k, v in run.items() if k != "echo"}  # (fMRIPrep's files of a multi-echo run: no echo)
+    derived = {k: pairs.pop(k) for k in ("space", "res", "den", "hemi", "desc") if k in pairs}
+    if suffix == "events":
+        return pairs in (run, combined)
+    if suffix == "bold" and not derived:  # (the raw run's sidecars, inherited ones too; not its data)
+        return extension == "json" and pairs.items() <= run.items()
+    if pairs != combined:
+        return False
+    wanted = {k: _label_of(bold[k]) for k in ("space", "res", "den", "hemi") if bold.get(k) is not None}
+    same_grid = all(derived.get(k) == v for k, v in wanted.items() if k != "hemi" or suffix == "bold")
+    if suffix in ("timeseries", "regressors"):
+        return derived.get("desc") == "confounds"
+    if suffix == "bold":
+        return same_grid and derived.get("desc") in (None, bold.get("desc"))
+    return suffix == "mask" and derived.get("desc") == "brain" and same_grid
+
+
+def _label_of(value) -> str:
+    """An entity's value as a file name writes it, leading zeros of a number aside (run-01 is run 1)."""
+    text = str(value)
+    return str(int(text)) if text.isdigit() else text
 
 
 def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[RunInput, ...]:
@@ -679,7 +715,7 @@ def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[R
         if tuple(str(ent.get(k)) for k in keys) in done:
             continue
         entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)
-        problem = _unretrieved(layout, dict(entities), space) or (
+        problem = _unretrieved(layout, dict(entities), {"space": space, "desc": desc}) or (
             f"{f.path}: this raw run has no preprocessed BOLD run in the derivatives"
             f"{f' (space {space}, desc {desc})' if space else ''}; rerun fMRIPrep for sub-{ent['subject']}, or "
             "leave the subject out with --participant-label."
@@ -804,7 +840,7 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
     entities = tuple((k, ent[k]) for k in ENTITIES if ent.get(k) is not None)
     raw = {k: ent[k] for k in RAW if ent.get(k) is not None}
     problems = []
-    missing = _unretrieved(layout, raw, ent.get("space"))  # (then the run's other problems follow from it)
+    missing = _unretrieved(layout, raw, ent)  # (then the run's other problems follow from it)
     bold = Path(f.path)
     step = None
     try:
@@ -915,13 +951,12 @@ def _events_problem(path: Path) -> str | None:
             value = cells[header.index(column)]
             if not is_number(value) and not (column == "duration" and value == "n/a"):
                 return f"{path}, line {n}: {column} {value!r} is not a number" + fix
-    if "trial_type" in header:  # (a condition split in two by spaces around its name, which pybids keeps)
-        types = [row[header.index("trial_type")] for row in rows[1:]]
-        for n, cell in enumerate(types, 2):
-            if cell != cell.strip() and cell.strip() in types:
+    if "trial_type" in header:  # (pybids keeps spaces around a name: a condition split in two, across runs too)
+        for n, row in enumerate(rows[1:], 2):
+            if (cell := row[header.index("trial_type")]).strip() and cell != cell.strip():
                 return (
                     f"{path}, line {n}: trial_type {cell!r} has spaces around it, which pybids keeps: it would be a "
-                    f"condition apart from the other rows' {cell.strip()!r}; remove them."
+                    f"condition apart from {cell.strip()!r}; remove them."
                 )
     return None
 

@@ -497,11 +497,13 @@ def _check_retrieved(broken: list[Path], labels, roots: list[Path]) -> None:
     chosen subjects' sessions and scans tables (a pointer participants.tsv failed the dataset node with KeyError
     'subject'). A run's own files not retrieved fail that run (see voxfit.bids.layout); files no study reads
     (sourcedata, anatomy, other spaces) are no matter."""
+    tops = {os.path.realpath(root) for root in roots}
     wanted = []
     for path in broken:
-        top = path.parent in roots and (path.name.startswith(("participants.", "task-")))
-        tables = path.name.endswith(("_sessions.tsv", "_scans.tsv")) and path.parent.parent in roots
-        if top or (tables and (not labels or path.parent.name.removeprefix("sub-") in labels)):
+        top = os.path.realpath(path.parent) in tops and path.name.startswith(("participants.", "task-"))
+        subject = next((part.removeprefix("sub-") for part in path.parts if part.startswith("sub-")), None)
+        tables = path.name.endswith(("_sessions.tsv", "_scans.tsv")) and (not labels or subject in labels)
+        if top or tables:
             wanted.append(path)
     if wanted:
         raise InputError(
@@ -2295,6 +2297,17 @@ class _Study:
                 wait([writing[0]])
         self.skip_empty(node, group_by, produced, failed)
 
+    def longest_stat(self, level: str) -> str:
+        """The longest ``stat-`` part of a group's maps at `level` (its name's length checked before the fit)."""
+        s = self.settings
+        stats = ["variance"]
+        if level == "dataset" and s.permutations:
+            stats += ["puncorrected", *(["pclustermassfwe"] if s.cluster_threshold else [])]
+            stats += ["ptfcefwe"] if s.tfce else []
+        if level == "dataset" and s.rft:
+            stats.append("logp_desc-rftfwe")
+        return max(stats, key=len)
+
     def own_subjects(self, node: _Node, g, infos, group_by, filters, loaded: list[str]):
         """Group `g` built again from the participants.tsv and sessions.tsv rows of its own subjects, where the
         node transforms them and the rows `loaded` for the node were others too (a group per contrast of which a
@@ -2404,8 +2417,7 @@ class _Study:
                 "participants.tsv value it is grouped by)."
             )
         extension = Path(refs[0].effect).name.split("_statmap")[-1]  # (the inputs' maps': the group's are alike)
-        longest = "pclustermassfwe" if self.settings.permutations and node.level == "dataset" else "variance"
-        check_name_lengths(prefix, [labels[c.name] for c in g.contrasts], extension, longest)
+        check_name_lengths(prefix, [labels[c.name] for c in g.contrasts], extension, self.longest_stat(level))
         claimed[record_path] = _group_label(entities)
         notes, extra = self.left_out(node, entities, rows, failed)
         checksum = _checksum(

@@ -931,3 +931,21 @@ def test_bidsignore_lines_are_read_as_gitignore_reads_them(tmp_path):
         "sub-01/func/a_physio.tsv",
         "x",
     ]
+
+
+def test_a_dataset_with_sessions_and_scans_tables_is_fitted(tmp_path):
+    """Each session's scans.tsv (acq_time, as scanners' converters write it): pybids reads it with the BOLD
+    sidecars' metadata as variables, SliceTiming a list, and its merge of the Session node's variables failed
+    ("unhashable type: 'list'"): every Session node of such a dataset failed, and the subjects after it."""
+    from voxfit.bids import run
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("a", "b"), scans=40, shape=(8, 8, 6))
+    for sub in ("01", "02"):
+        for ses in ("a", "b"):
+            name = f"sub-{sub}_ses-{ses}"
+            row = f"func/{name}_task-stroop_run-1_bold.nii.gz\t2020-01-01T10:00:00\n"
+            (study.root / f"sub-{sub}" / f"ses-{ses}" / f"{name}_scans.tsv").write_text("filename\tacq_time\n" + row)
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    result = run(study.root, tmp_path / "out", **kw)
+    assert result.ok, result.failures
+    assert len(list((tmp_path / "out").glob("sub-0*/node-subject/*_stat-z_statmap.nii.gz"))) == 2 * 2

@@ -512,6 +512,28 @@ def _check_retrieved(broken: list[Path], labels, roots: list[Path]) -> None:
         )
 
 
+def _hashable_entities(collection) -> None:
+    """A higher node's variables without lists: pybids reads a session's scans.tsv with the BOLD sidecars'
+    metadata as variables and entities (SliceTiming, a list of times), and merging them with the node's other
+    variables on every common column failed ("unhashable type: 'list'"): any dataset with sessions and scans.tsv
+    files failed its Session node. Variables of lists (no model's covariate) are left out, entities' lists made
+    tuples."""
+    for name, variable in list(collection.variables.items()):
+        values = getattr(variable, "values", None)
+        if values is not None and values.map(lambda v: isinstance(v, list)).any():
+            del collection.variables[name]
+            continue
+        index = getattr(variable, "index", None)
+        for column in [] if index is None else list(index.columns):
+            if index[column].map(lambda v: isinstance(v, list)).any():
+                index[column] = index[column].map(lambda v: tuple(v) if isinstance(v, list) else v)
+        entities = getattr(variable, "entities", None)
+        if isinstance(entities, dict):
+            for key, value in entities.items():
+                if isinstance(value, list):
+                    entities[key] = tuple(value)
+
+
 def _visible(folder: Path) -> list[Path]:
     """The entries of `folder` but hidden ones (.DS_Store, .gitkeep, voxfit's own .voxfit)."""
     return [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -1778,6 +1800,8 @@ class _Study:
                 self._graph.load_collections(nodes=[name], events=False, columns=self._columns[name], **kwargs)
         else:
             self._graph.load_collections(nodes=[name], **kwargs)
+            for collection in self._graph.get_node(name)._collections:
+                _hashable_entities(collection)
 
     def tables(self) -> list:
         """The contents of the dataset's participants, sessions and scans tables and their sidecars (what the

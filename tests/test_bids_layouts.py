@@ -949,3 +949,32 @@ def test_a_dataset_with_sessions_and_scans_tables_is_fitted(tmp_path):
     result = run(study.root, tmp_path / "out", **kw)
     assert result.ok, result.failures
     assert len(list((tmp_path / "out").glob("sub-0*/node-subject/*_stat-z_statmap.nii.gz"))) == 2 * 2
+
+
+def test_sessions_sidecars_and_a_scans_row_of_a_removed_run(tmp_path, capsys):
+    """sessions.json describing its columns (Description, Units): pybids took the entries for entities and failed
+    querying them, an internal error (exit 1) at every Session node. It is not read (voxfit reads no column's
+    description). A scans.tsv row naming a run no longer there (dropped for motion), where Model.X takes a column
+    of the table: pybids gave each later run the next row's values (fd [0.9, 0.2, 0.4] for [0.2, 0.4, 0.6], exit
+    0); refused, naming the row."""
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=2, sessions=("a",), scans=40, shape=(8, 8, 6))
+    deriv = ["--derivatives", str(study.derivatives)]
+    for sub in ("01", "02"):
+        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\nses-a\t1\n")
+    (study.root / "sessions.json").write_text(json.dumps({"load": {"Description": "task load", "Units": "items"}}))
+    (study.root / "scans.json").write_text(json.dumps({"fd": {"Description": "motion", "Units": "mm"}}))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--quiet"]) == 0
+    folder = study.root / "sub-01" / "ses-a"
+    rows = [f"func/sub-01_ses-a_task-stroop_run-{r}_bold.nii.gz\t{fd}\n" for r, fd in ((0, 0.9), (1, 0.2), (2, 0.4))]
+    (folder / "sub-01_ses-a_scans.tsv").write_text("filename\tfd\n" + "".join(rows))
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"][1]["Model"] = {"Type": "glm", "X": [1, "fd"]}
+    path = tmp_path / "model_smdl.json"
+    path.write_text(json.dumps(model))
+    assert main(["bids", str(study.root), str(tmp_path / "out2"), "session", *deriv, "--model", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "_scans.tsv, line 2: func/sub-01_ses-a_task-stroop_run-0_bold.nii.gz is not in the dataset" in err
+    assert "remove the row (a run left out?)" in err and err.count("\n") == 1

@@ -187,6 +187,11 @@ def _layout(bids, bids_dir: Path, **kwargs):
 
 
 _UNINDEXED = ("code", "models", "sourcedata", "stimuli")  # a dataset's top folders pybids does not index
+# sessions.json and scans.json (their columns' descriptions, Levels, Units): pybids 0.22 takes their entries for
+# entities of the tables' variables and fails querying them (NotImplementedError: 'Dict' nodes), exit 1 at every
+# Session node; voxfit reads no description of a column
+_TABLE_SIDECARS = re.compile(r"/(?:[^/]*_)?(?:sessions|scans)\.json$")
+_INDEX_RULES = "2"  # what the index leaves out, in the stamp: a cached index of other rules is built again
 _TABLES = (".tsv", ".json", ".nii", ".nii.gz", ".gii", ".tsv.gz")  # the kinds of files a study reads
 
 
@@ -205,7 +210,8 @@ def dataset_stamp(bids_dir, derivatives=(), exclude=(), broken: list[Path] | Non
     .bidsignore and the folders' paths; links to files that are not there are added to `broken`."""
     folders = [Path(bids_dir), *(Path(d) for d in derivatives)]
     ignore = _bidsignore(Path(bids_dir))
-    return _fingerprint(folders, exclude, broken) + "\n" + "\n".join(map(str, [*folders, *ignore]))
+    rules = [f"rules {_INDEX_RULES}", *folders, *ignore]
+    return _fingerprint(folders, exclude, broken) + "\n" + "\n".join(map(str, rules))
 
 
 def _bidsignore(bids_dir: Path) -> list[str]:
@@ -228,7 +234,7 @@ def _indexer(bids_dir: Path, derivatives: list[Path], broken):
     from bids.layout.index import BIDSLayoutIndexer
     from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
-    patterns = list(DEFAULT_LOCATIONS_TO_IGNORE)
+    patterns = [*DEFAULT_LOCATIONS_TO_IGNORE, _TABLE_SIDECARS]
     for rel in _ignored_paths(bids_dir, _bidsignore(bids_dir)):
         theirs = [d / rel for d in derivatives if (d / rel).exists()]
         if not theirs:

@@ -421,6 +421,7 @@ def run(
         _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
         columns = [*(participants[0][1:] if participants else ()), *_sessions_columns(Path(bids_dir))]
         _check_misnamed_columns(model, columns)
+        _check_scans_tables(Path(bids_dir), model, labels)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
         if settings.smoothing and surface is not None:
             raise InputError(
@@ -975,11 +976,12 @@ def _numbers(X, rows: list[dict]):
 
     values = X.apply(pd.to_numeric, errors="coerce").astype(float)
     for column in values.columns:
-        gaps = [_input_name(rows[i]) for i in np.flatnonzero(~np.isfinite(values[column].to_numpy()))]
-        if gaps:
+        missing = np.flatnonzero(~np.isfinite(values[column].to_numpy()))
+        if missing.size:  # (each input named by all its entities: a subject's sessions or runs told apart)
+            gaps = list(dict.fromkeys(_group_label(rows[i]) for i in missing))
             raise InputError(
-                f"the design's column {column!r} has no number for {listed(gaps)} (n/a or text in "
-                "participants.tsv?); fill it, or leave those subjects out (--participant-label)."
+                f"the design's column {column!r} has no number for {listed(gaps)} (n/a or text in participants.tsv, "
+                "sessions.tsv or scans.tsv?); fill it, or leave those subjects out (--participant-label)."
             )
     return values
 
@@ -1002,8 +1004,8 @@ def _left_behind(inputs, group, filters: dict, participants: set[str] | None) ->
 
 
 def _participants_lines(path: Path) -> list[list[str]]:
-    """participants.tsv's lines of cells as written (blank lines too); none where it is absent or unreadable
-    (pybids' index says so where a node reads it)."""
+    """participants.tsv's (or another table's) lines of cells as written (blank lines too); none where it is
+    absent or unreadable (pybids' index says so where a node reads it)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             return list(csv.reader(fh, delimiter="\t"))
@@ -1195,6 +1197,29 @@ def _sessions_columns(bids_dir: Path) -> list[str]:
             with open(path, encoding="utf-8-sig") as fh:
                 columns.update(dict.fromkeys(c.strip() for c in fh.readline().split("\t")[1:]))
     return list(columns)
+
+
+def _check_scans_tables(bids_dir: Path, model: dict, labels) -> None:
+    """Where a node's Model.X takes a column of the scans.tsv files: each row of the chosen subjects' tables names a
+    file of the dataset. pybids takes the entities of the rows whose files exist and puts them beside the values by
+    position, so after a row of a file no longer there (a run dropped for motion) each run was given the next row's
+    values (exit 0)."""
+    taken = {str(x) for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X") or ()}
+    for path in sorted([*bids_dir.glob("sub-*/sub-*_scans.tsv"), *bids_dir.glob("sub-*/ses-*/sub-*_scans.tsv")]):
+        subject = next(p for p in path.relative_to(bids_dir).parts if p.startswith("sub-")).removeprefix("sub-")
+        if labels and subject not in labels:
+            continue
+        lines = _participants_lines(path)  # (a TSV's lines of cells, as written)
+        if not lines or "filename" not in lines[0] or not taken & set(lines[0]):
+            continue
+        column = lines[0].index("filename")
+        for n, row in enumerate(lines[1:], 2):
+            name = row[column].strip() if len(row) > column else ""
+            if name and not (path.parent / name).exists():
+                raise InputError(
+                    f"{path}, line {n}: {name} is not in the dataset, and pybids then gives each run after it the "
+                    "next row's values of the columns the model takes; remove the row (a run left out?)."
+                )
 
 
 def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
@@ -1778,7 +1803,7 @@ class _Study:
             kwargs["subject"] = subjects
         try:
             self._load(name, run_level, kwargs)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (pandas' and pybids' on broken tables)
+        except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as exc:  # (pandas', pybids')
             whose = f"subject {subject}" if key != name else f"node {name}"
             raise InputError(
                 f"pybids could not read the events or confounds tables of {whose} ({type(exc).__name__}: {exc}); "

@@ -2593,11 +2593,8 @@ class _Study:
         group_model = s.group_model if level == "dataset" else "ols"
         n, rank = X.shape[0], int(np.linalg.matrix_rank(X))
         if n < 2 or (group_model != "fixed" and n <= rank):
-            more = (
-                "subjects"
-                if level == "dataset"
-                else ("runs or sessions, or the node's Model.Type meta (fixed effects),")
-            )
+            fewer = "runs or sessions, or the node's Model.Type meta (fixed effects),"
+            more = "subjects" if level == "dataset" else fewer
             raise InputError(
                 f"a group model of {n} input(s) and {rank} design column(s) at the {level} level leaves no degrees of "
                 f"freedom; it needs more {more} (inputs left out failed above or were not chosen), or end the study "

@@ -978,3 +978,28 @@ def test_sessions_sidecars_and_a_scans_row_of_a_removed_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "_scans.tsv, line 2: func/sub-01_ses-a_task-stroop_run-0_bold.nii.gz is not in the dataset" in err
     assert "remove the row (a run left out?)" in err and err.count("\n") == 1
+
+
+def test_a_tables_column_at_a_level_pybids_gives_it_no_node_of_is_refused_before_any_fit(tmp_path):
+    """participants.tsv's age in a Subject node's Model.X, sessions.tsv's load in a Dataset node's: pybids gives
+    the first table's columns to Dataset nodes only, the second's to Subject nodes, and failed ("not found in data
+    matrix") once every run was fitted. Refused before anything is fitted, naming the level."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("a", "b"), scans=40, shape=(8, 8, 6))
+    for sub in ("01", "02"):
+        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\nses-a\t1\nses-b\t3\n")
+    kw = {"derivatives": [study.derivatives], "progress": False}
+    for level, term, table, node in (
+        ("subject", "age", "participants", "Dataset"),
+        ("dataset", "load", "sessions", "Subject"),
+    ):
+        model = default_model("stroop", ["congruent"], sessions=True)
+        model["Nodes"][2 if level == "subject" else 3]["Model"] = {"Type": "glm", "X": [1, term]}
+        with pytest.raises(
+            InputError,
+            match=f'Model.X names "{term}", a column of {table}.tsv, which pybids gives only to {node} nodes',
+        ):
+            run(study.root, tmp_path / f"out-{level}", model=model, **kw)
+        assert not (tmp_path / f"out-{level}").exists()

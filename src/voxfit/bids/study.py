@@ -419,8 +419,12 @@ def run(
         lines = _participants_lines(Path(bids_dir) / "participants.tsv")
         participants = _participants_rows(lines)
         _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
-        columns = [*(participants[0][1:] if participants else ()), *_sessions_columns(Path(bids_dir))]
-        _check_misnamed_columns(model, columns)
+        tables = {
+            "participants": participants[0][1:] if participants else [],
+            "sessions": _sessions_columns(Path(bids_dir)),
+        }
+        _check_misnamed_columns(model, [*tables["participants"], *tables["sessions"]])
+        _check_table_levels(model, tables)
         _check_scans_tables(Path(bids_dir), model, labels)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
         if settings.smoothing and surface is not None:
@@ -1197,6 +1201,33 @@ def _sessions_columns(bids_dir: Path) -> list[str]:
             with open(path, encoding="utf-8-sig") as fh:
                 columns.update(dict.fromkeys(c.strip() for c in fh.readline().split("\t")[1:]))
     return list(columns)
+
+
+# the level whose nodes pybids gives each table's columns (its variables' levels)
+_TABLE_LEVELS = {"participants": "dataset", "sessions": "subject"}
+
+
+def _check_table_levels(model: dict, tables: dict[str, list[str]]) -> None:
+    """A node's Model.X naming a column of participants.tsv or sessions.tsv at a level pybids gives that table to
+    no node of: participants.tsv's to Dataset nodes, sessions.tsv's to Subject nodes (a subject's sessions). pybids
+    failed on it ("not found in data matrix") once every run was fitted. Names of another table, or that another
+    node makes (a contrast), and nodes with Transformations are left to pybids."""
+    nodes = model.get("Nodes") or ()
+    made = {str(c.get("Name")) for n in nodes for c in n.get("Contrasts") or ()}
+    made |= {str(x) for n in nodes for x in (n.get("DummyContrasts") or {}).get("Contrasts") or ()}
+    made |= {str(x) for n in nodes if str(n.get("Level", "")).lower() == "run" for x in n["Model"].get("X") or ()}
+    for node in nodes:
+        level = str(node.get("Level", "")).lower()
+        if level == "run" or node.get("Transformations"):
+            continue
+        for term in (x for x in (node.get("Model") or {}).get("X") or () if isinstance(x, str) and x not in made):
+            theirs = [t for t, columns in tables.items() if term in columns]
+            if theirs and all(_TABLE_LEVELS[t] != level for t in theirs):
+                table = theirs[0]
+                raise InputError(
+                    f'node {node.get("Name")} ({node.get("Level")}): Model.X names "{term}", a column of {table}.tsv, '
+                    f"which pybids gives only to {_TABLE_LEVELS[table].capitalize()} nodes; model it there."
+                )
 
 
 def _check_scans_tables(bids_dir: Path, model: dict, labels) -> None:

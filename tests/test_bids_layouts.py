@@ -1003,3 +1003,18 @@ def test_a_tables_column_at_a_level_pybids_gives_it_no_node_of_is_refused_before
         ):
             run(study.root, tmp_path / f"out-{level}", model=model, **kw)
         assert not (tmp_path / f"out-{level}").exists()
+
+
+def test_an_entity_in_a_higher_nodes_design_is_refused_before_any_fit(tmp_path):
+    """X: [1, "session"] at the Subject node: pybids takes the entity out of the inputs once it is a column of the
+    design, and the study failed after every fit with "no maps for the input sub-01; its lower node failed" (with
+    numeric labels; letters: "no number ... in participants.tsv?"). Refused at once, saying what works."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"][2]["Model"] = {"Type": "glm", "X": [1, "session"]}
+    with pytest.raises(InputError, match='node subject: Model.X names "session", an entity of its inputs'):
+        run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], progress=False)
+    assert not (tmp_path / "out").exists()

@@ -1221,6 +1221,13 @@ def _check_table_levels(model: dict, tables: dict[str, list[str]]) -> None:
         if level == "run" or node.get("Transformations"):
             continue
         for term in (x for x in (node.get("Model") or {}).get("X") or () if isinstance(x, str) and x not in made):
+            if term in ENTITIES or term in ENTITIES.values():
+                raise InputError(
+                    f'node {node.get("Name")}: Model.X names "{term}", an entity of its inputs, which pybids then '
+                    "takes out of them (their maps could not be found, and a label is no number); give a column of "
+                    "numbers instead (sessions.tsv's or scans.tsv's, as a session's or run's), or group by it "
+                    "(GroupBy)."
+                )
             theirs = [t for t, columns in tables.items() if term in columns]
             if theirs and all(_TABLE_LEVELS[t] != level for t in theirs):
                 table = theirs[0]

@@ -37,6 +37,7 @@ __all__ = [
     "ENTITIES",
     "RunInput",
     "dataset_stamp",
+    "entity_label",
     "find_runs",
     "index",
     "index_in_use",
@@ -680,8 +681,8 @@ def _read_by_run(name: str, raw: dict, bold: dict) -> bool:
         key, sep, value = part.partition("-")
         if not sep:
             return False
-        pairs[key] = _label_of(value)
-    run = {ENTITIES[k]: _label_of(v) for k, v in raw.items()}
+        pairs[key] = entity_label(value)
+    run = {ENTITIES[k]: entity_label(v) for k, v in raw.items()}
     combined = {k: v for k, v in run.items() if k != "echo"}  # (fMRIPrep's files of a multi-echo run: no echo)
     derived = {k: pairs.pop(k) for k in ("space", "res", "den", "hemi", "desc") if k in pairs}
     if suffix == "events":
@@ -690,7 +691,7 @@ def _read_by_run(name: str, raw: dict, bold: dict) -> bool:
         return extension == "json" and pairs.items() <= run.items()
     if pairs != combined:
         return False
-    wanted = {k: _label_of(bold[k]) for k in ("space", "res", "den", "hemi") if bold.get(k) is not None}
+    wanted = {k: entity_label(bold[k]) for k in ("space", "res", "den", "hemi") if bold.get(k) is not None}
     same_grid = all(derived.get(k) == v for k, v in wanted.items() if k != "hemi" or suffix == "bold")
     if suffix in ("timeseries", "regressors"):
         return derived.get("desc") == "confounds"
@@ -699,8 +700,9 @@ def _read_by_run(name: str, raw: dict, bold: dict) -> bool:
     return suffix == "mask" and derived.get("desc") == "brain" and same_grid
 
 
-def _label_of(value) -> str:
-    """An entity's value as a file name writes it, leading zeros of a number aside (run-01 is run 1)."""
+def entity_label(value) -> str:
+    """An entity's value as a label to compare, leading zeros of a number aside (run-01 is run 1, as pybids reads
+    it)."""
     text = str(value)
     return str(int(text)) if text.isdigit() else text
 

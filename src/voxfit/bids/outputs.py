@@ -118,7 +118,7 @@ def grouped_by_others(entities: dict) -> list[str]:
 def check_name_lengths(prefix: str, labels, extension: str, stat: str = "variance") -> None:
     """Refuse a group whose files' names would be longer than the 255 bytes a file system takes for a name (a
     participant label of 170 characters): said before it is fitted, not when its maps are written (which stopped
-    the whole study). `stat`: the longest of its maps' (``pclustermassfwe`` with permutations)."""
+    the whole study). `stat`: the longest ``stat-`` part of its maps' names (a permutation or RFT map's)."""
     names = [map_name(prefix, label, stat, extension) for label in labels] + [f"{prefix}design.json"]
     longest = max(names, key=lambda n: len(n.encode()))
     if len(longest.encode()) > 255:

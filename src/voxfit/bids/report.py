@@ -512,16 +512,13 @@ def _dataset_page(out_dir, dataset, groups, subjects, failures, model_files, che
     }
     body = [f"<section id='model'><h2>Model</h2>{_definitions(about)}</section>"]
     used_rows = []
+    # each group's entities but the participants.tsv columns it is grouped by: sibling groups share them
+    shared = {id(g): {k: v for k, v in g.entities.items() if k not in grouped_by_others(g.entities)} for g in dataset}
     for g in dataset:
         used = _subjects_of(g)
         # (subjects of a sibling group, split from this one by a participants.tsv column, are not left out of it)
         siblings = [
-            o
-            for o in dataset
-            if o is not g
-            and grouped_by_others(o.entities)
-            and {k: v for k, v in o.entities.items() if k not in grouped_by_others(o.entities)}
-            == {k: v for k, v in g.entities.items() if k not in grouped_by_others(g.entities)}
+            o for o in dataset if o is not g and grouped_by_others(o.entities) and shared[id(o)] == shared[id(g)]
         ]
         elsewhere = {s for o in siblings for s in _subjects_of(o)}
         left = [s for s in subjects if s not in used and s not in elsewhere]

@@ -69,6 +69,7 @@ from .layout import (
     RAW,
     RunInput,
     dataset_stamp,
+    entity_label,
     find_runs,
     index,
     index_in_use,
@@ -416,7 +417,7 @@ def run(
                 f"the analysis level {settings.level} has no node in the model (its levels: "
                 f"{', '.join(dict.fromkeys(levels))}); choose one of them."
             )
-        lines = _participants_lines(Path(bids_dir) / "participants.tsv")
+        lines = _table_lines(Path(bids_dir) / "participants.tsv")
         participants = _participants_rows(lines)
         _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
         tables = {
@@ -815,6 +816,10 @@ def _long(key: str) -> str:
 # of its own, whose entity is absent again for voxfit (_value).
 _ABSENT = "\x00absent"
 
+# what pybids (and pandas under it) raise on tables and models it cannot read: bad input, said as the node's or
+# run's failure (a Factor of a column with n/a: TypeError; a sidecar's dict taken for an entity: NotImplementedError)
+_PYBIDS_ERRORS = (ValueError, KeyError, TypeError, AttributeError, NotImplementedError)
+
 
 def _value(v):
     """An entity's value as one text whatever pandas made of it (1, 1.0, '1' -> '1'); None for NaN (and for
@@ -1007,8 +1012,8 @@ def _left_behind(inputs, group, filters: dict, participants: set[str] | None) ->
     return out
 
 
-def _participants_lines(path: Path) -> list[list[str]]:
-    """participants.tsv's (or another table's) lines of cells as written (blank lines too); none where it is
+def _table_lines(path: Path) -> list[list[str]]:
+    """A table's lines of cells as written (blank lines too): participants.tsv's, a scans.tsv's; none where it is
     absent or unreadable (pybids' index says so where a node reads it)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -1033,12 +1038,12 @@ def _run_collection(collections: list, entity: dict):
         return collections[0]
     if entity.get("hemi") is None:
         return merge(collections)
-    mine = {k: _label(_value(entity[k])) for k in RAW if k in entity}
+    mine = {k: entity_label(_value(entity[k])) for k in RAW if k in entity}
     kept: dict = {}
     for collection in collections:
         for name, variable in collection.variables.items():
             infos = getattr(variable, "run_info", None) or []
-            ours = all(all(_label(_value(i.entities.get(k))) == v for k, v in mine.items()) for i in infos)
+            ours = all(all(entity_label(_value(i.entities.get(k))) == v for k, v in mine.items()) for i in infos)
             if infos and ours and name not in kept:
                 kept[name] = variable
     if not kept:
@@ -1046,12 +1051,6 @@ def _run_collection(collections: list, entity: dict):
             f"pybids' variables of {_group_label(entity)} name none of its files; check the run's entities."
         )
     return merge([type(collections[0])(list(kept.values()))])
-
-
-def _label(value) -> str:
-    """An entity's value as a label to compare: a run index written 01 or read as the number 1 alike."""
-    text = str(value)
-    return str(int(text)) if text.isdigit() else text
 
 
 def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict], X: np.ndarray) -> None:
@@ -1203,6 +1202,13 @@ def _sessions_columns(bids_dir: Path) -> list[str]:
     return list(columns)
 
 
+def _contrast_names(node: dict) -> set[str]:
+    """The names of a node's contrasts (its Contrasts and the DummyContrasts it lists): what the nodes after it
+    may name in their Model.X."""
+    names = {str(c.get("Name")) for c in node.get("Contrasts") or ()}
+    return names | {str(x) for x in (node.get("DummyContrasts") or {}).get("Contrasts") or ()}
+
+
 # the level whose nodes pybids gives each table's columns (its variables' levels)
 _TABLE_LEVELS = {"participants": "dataset", "sessions": "subject"}
 
@@ -1213,8 +1219,7 @@ def _check_table_levels(model: dict, tables: dict[str, list[str]]) -> None:
     failed on it ("not found in data matrix") once every run was fitted. Names of another table, or that another
     node makes (a contrast), and nodes with Transformations are left to pybids."""
     nodes = model.get("Nodes") or ()
-    made = {str(c.get("Name")) for n in nodes for c in n.get("Contrasts") or ()}
-    made |= {str(x) for n in nodes for x in (n.get("DummyContrasts") or {}).get("Contrasts") or ()}
+    made = {name for n in nodes for name in _contrast_names(n)}
     made |= {str(x) for n in nodes if str(n.get("Level", "")).lower() == "run" for x in n["Model"].get("X") or ()}
     for node in nodes:
         level = str(node.get("Level", "")).lower()
@@ -1247,7 +1252,7 @@ def _check_scans_tables(bids_dir: Path, model: dict, labels) -> None:
         subject = next(p for p in path.relative_to(bids_dir).parts if p.startswith("sub-")).removeprefix("sub-")
         if labels and subject not in labels:
             continue
-        lines = _participants_lines(path)  # (a TSV's lines of cells, as written)
+        lines = _table_lines(path)
         if not lines or "filename" not in lines[0] or not taken & set(lines[0]):
             continue
         column = lines[0].index("filename")
@@ -1268,9 +1273,7 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
     nodes = model.get("Nodes") or ()
 
     def names(node: dict) -> set[str]:
-        out = {str(x) for x in (node.get("Model") or {}).get("X") or ()}
-        out |= {str(c.get("Name")) for c in node.get("Contrasts") or ()}
-        return out | {str(x) for x in (node.get("DummyContrasts") or {}).get("Contrasts") or ()}
+        return {str(x) for x in (node.get("Model") or {}).get("X") or ()} | _contrast_names(node)
 
     for node in nodes:
         if str(node.get("Level", "")).lower() == "run" or node.get("Transformations"):
@@ -1841,7 +1844,7 @@ class _Study:
             kwargs["subject"] = subjects
         try:
             self._load(name, run_level, kwargs)
-        except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as exc:  # (pandas', pybids')
+        except _PYBIDS_ERRORS as exc:
             whose = f"subject {subject}" if key != name else f"node {name}"
             raise InputError(
                 f"pybids could not read the events or confounds tables of {whose} ({type(exc).__name__}: {exc}); "
@@ -2325,10 +2328,10 @@ class _Study:
             subjects = {_value(ents.get("subject")) for _, ents in inputs if _passes(ents, filters)} - {None}
             run = self.pybids_node(node.name, subjects=sorted(subjects)).run
             groups = list(run(inputs=infos, group_by=group_by, missing_values="ignore", **filters))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (pybids' and pandas' on the tables)
+        except _PYBIDS_ERRORS as exc:
             named = self.participant_columns if node.level != "run" else ()
             columns = f" (participants.tsv's columns: {listed(named)})" if named else ""
-            what = f"{type(exc).__name__}: " if isinstance(exc, (TypeError, AttributeError)) else ""
+            what = "" if isinstance(exc, (ValueError, KeyError)) else f"{type(exc).__name__}: "
             reason = (
                 f"pybids could not build the node's groups ({what}{str(exc).strip().rstrip('.')}); check the "
                 f"node's Model.X, GroupBy and Transformations{columns}."
@@ -2417,7 +2420,7 @@ class _Study:
         try:
             again = pybids.run(inputs=mine, group_by=group_by, missing_values="ignore", **filters)
             same = [h for h in again if {k: _value(v) for k, v in h.entities.items()} == wanted]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except _PYBIDS_ERRORS as exc:
             why = f"{type(exc).__name__}: {exc}"
             raise InputError(f"pybids could not transform its subjects' variables ({why}).") from None
         if len(same) != 1:  # (pybids' grouping of the same inputs is the same: not met)
@@ -2531,16 +2534,14 @@ class _Study:
             fitted = self.fit_fixed(Xv, names, weights, effects, variances, dofs)
         else:
             fitted = self.fit_dataset(Xv, names, weights, effects, variances, dofs, level)
-        stats, masker, model, dof, maps, rft = (
-            {label: _as_tested(s, weights[label]) for label, s in fitted.stats.items()},
-            fitted.masker,
-            fitted.model,
-            fitted.dof,
-            fitted.maps,
-            fitted.rft,
-        )
+        stats = {label: _as_tested(s, weights[label]) for label, s in fitted.stats.items()}
+        masker, rft = fitted.masker, fitted.rft
 
         def write():
+            from ..design import write_design
+            from ..models.glm import rft_record, write_rft
+            from ..models.second_level import write_cluster_table
+
             ext = masker.geometry.extension
             outputs = {}
             with open_group(folder) as out:
@@ -2548,26 +2549,20 @@ class _Study:
                     label = labels[c.name]
                     s = stats[label]
                     write_stats(out, prefix, label, s, masker, ext)
-                    for stat, values in maps.get(label, ()):
+                    for stat, values in fitted.maps.get(label, ()):
                         masker.write(out.path(map_name(prefix, label, stat, ext)), values, [f"{label} {stat}"])
                     if label in fitted.tables:  # (voxfit group's clusters.tsv, the group's prefix before it)
-                        from ..models.second_level import write_cluster_table
-
                         write_cluster_table(out.path(clusters_table_name(label, prefix)), fitted.tables[label])
                     if s.kind == "t" and c.test != "F":
                         outputs[c.name] = {
                             "label": label,
                             "effect": str(folder / map_name(prefix, label, "effect", ext)),
                             "variance": str(folder / map_name(prefix, label, "variance", ext)),
-                            "dof": dof,
+                            "dof": fitted.dof,
                         }
-                from ..design import write_design
-                from ..models.glm import rft_record, write_rft
-
                 shared = record_path.name.removesuffix("model.json")  # the RPV map: one per group (of a contrast)
                 footers = {} if rft is None else write_rft(out, rft, masker, prefix, shared)
-
-                write_design(out.path(record_path.name.removesuffix("model.json") + "design.tsv"), Xv, names)
+                write_design(out.path(shared + "design.tsv"), Xv, names)
                 bids = bids_record(node, entities, checksum, self.settings, outputs, notes, **extra)
                 bids["files"] = sorted({*out.names, record_path.name})
                 self.write_group_record(
@@ -2582,7 +2577,7 @@ class _Study:
                     effects,
                     variances,
                     masker,
-                    model,
+                    fitted.model,
                     inference=None if rft is None else rft_record(rft, footers, prefix),
                 )
                 out.drop(*_listed_files(record_path, dict(node.study)))

@@ -15,6 +15,7 @@ __all__ = [
     "to_numpy",
     "type_name",
     "working_dtype",
+    "written_zeros",
 ]
 
 
@@ -134,3 +135,14 @@ def to_numpy(xp, array) -> np.ndarray:
     if hasattr(array, "cpu"):  # torch
         return array.cpu().numpy()
     return np.asarray(array)  # array-api-strict
+
+
+def written_zeros(shape, dtype=np.float64) -> np.ndarray:
+    """Zeros written into new pages, for sums added to in place (``+=``) while other threads run. ``np.zeros``
+    leaves a large array's pages unmapped; the first read of each maps the kernel's shared zero page, and the first
+    write then replaces it (copy on write), flushing the page from every core's TLB by an interrupt to each core
+    running a thread of the process: a 230k-voxel, 400-scan OLS fit's sums spent 0.18 s of kernel time so, beside a
+    decompression. Written first, each page costs one ordinary fault."""
+    out = np.empty(shape, dtype=dtype)
+    out.fill(0)
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import written_zeros
 from .._threads import DaemonExecutor, blas_single_threaded
 from ..core.ar import LaggedSums
 
@@ -69,10 +70,10 @@ class ScanSums:
 
     def __init__(self, basis, order: int, n_voxels: int, shift: bool):
         self.basis, self.p, self.shift_allowed = basis, order, shift
-        self.products = np.zeros((basis.shape[1], n_voxels))
-        self.s = np.zeros((order + 1, n_voxels))
-        self.total = np.zeros(n_voxels)
-        self.top = np.zeros((order, n_voxels))
+        self.products = written_zeros((basis.shape[1], n_voxels))
+        self.s = written_zeros((order + 1, n_voxels))
+        self.total = written_zeros(n_voxels)
+        self.top = written_zeros((order, n_voxels))
         self.tail = np.zeros((0, n_voxels))  # the last p scans seen
         self.shift = None
         self.t = 0

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import written_zeros
 from .._dask import run_tasks
 from .._threads import resolve_workers, run_in_threads
 from ._reading import ReadAccumulator
@@ -293,9 +294,9 @@ class GridProducts(ReadAccumulator):
             keep = np.ones(int(np.prod(self.shape)), dtype=bool) if keep is None else np.asarray(keep)
             self.elements = np.flatnonzero(keep)
             self.layout = _layout(keep.reshape(self.shape, order="F"))
-            self.sums = np.zeros((self.elements.size, 8))
+            self.sums = written_zeros((self.elements.size, 8))  # (added to beside the read: see written_zeros)
             r = 0 if self.basis is None else self.basis.shape[1]
-            self.projections = np.zeros((r, self.elements.size))
+            self.projections = written_zeros((r, self.elements.size))
             first = np.asarray(values[0], dtype=np.float64)
             self.shift = first.copy() if self.shift_allowed else np.zeros(first.size)
         rows = np.zeros((k, 0)) if self.basis is None else self.basis[self.n_scans : self.n_scans + k]

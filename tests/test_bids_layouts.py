@@ -917,19 +917,31 @@ def test_what_a_hostile_tester_found_said_for_what_it_is(tmp_path, capsys):
 
 def test_bidsignore_lines_are_read_as_gitignore_reads_them(tmp_path):
     """.bidsignore's lines: a slash inside anchors at the top, ``*`` stays within a name, ``**`` spans folders, a
-    trailing slash takes folders only, ``!`` and ``#`` lines are not read."""
+    trailing slash takes folders only; the last line that matches decides: ``!`` takes a path back, but not one
+    inside a folder left out (git's rule); ``\\!`` begins a name."""
     from voxfit.bids.layout import _ignored_paths
 
-    for path in ("x", "a/x", "extra/y.tsv", "extra/deep/y.tsv", "sub-01/func/a_physio.tsv", "notes/x.md", "b/notes"):
+    paths = ("x", "a/x", "extra/y.tsv", "extra/deep/y.tsv", "sub-01/func/a_physio.tsv", "notes/x.md", "b/notes")
+    paths += ("sub-02/func/b_physio.tsv", "sub-02/func/c_physio.tsv", "!odd.tsv", "old/keep.tsv")
+    for path in paths:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")
-    lines = ["**/x", "extra/*.tsv", "*_physio.tsv", "notes/", "!b/notes", "# comment"]
+    lines = ["**/x", "extra/*.tsv", "*_physio.tsv", "notes/", "!b/notes", "# comment", "!c_physio.tsv", "\\!odd.tsv"]
+    lines += ["old/", "!old/keep.tsv"]
     assert sorted(_ignored_paths(tmp_path, lines)) == [
+        "!odd.tsv",
         "a/x",
         "extra/y.tsv",
         "notes",
+        "old",
         "sub-01/func/a_physio.tsv",
+        "sub-02/func/b_physio.tsv",
         "x",
+    ]
+    assert _ignored_paths(tmp_path, ["!x", "!notes/"]) == []  # nothing named but to be taken back
+    assert sorted(_ignored_paths(tmp_path, ["*_physio.tsv", "!sub-02/**", "sub-02/func/c*"])) == [
+        "sub-01/func/a_physio.tsv",
+        "sub-02/func/c_physio.tsv",
     ]
 
 

@@ -192,7 +192,7 @@ _UNINDEXED = ("code", "models", "sourcedata", "stimuli")  # a dataset's top fold
 # entities of the tables' variables and fails querying them (NotImplementedError: 'Dict' nodes), exit 1 at every
 # Session node; voxfit reads no description of a column
 _TABLE_SIDECARS = re.compile(r"/(?:[^/]*_)?(?:sessions|scans)\.json$")
-_INDEX_RULES = "2"  # what the index leaves out, in the stamp: a cached index of other rules is built again
+_INDEX_RULES = "3"  # what the index leaves out, in the stamp: a cached index of other rules is built again
 _TABLES = (".tsv", ".json", ".nii", ".nii.gz", ".gii", ".tsv.gz")  # the kinds of files a study reads
 
 
@@ -261,15 +261,11 @@ def _indexer(bids_dir: Path, derivatives: list[Path], broken):
 def _ignored_paths(bids_dir: Path, lines: list[str]) -> list[str]:
     """The paths of the raw dataset (relative, its folders' as whole) that .bidsignore `lines` name, read as
     gitignore reads them: a line with a slash inside is a path from the top (``*`` within one name, ``**`` any
-    folders), one without names a file or folder at any depth, a trailing slash a folder only; ``!`` lines (which
-    take a path back) and ``#`` lines are not read."""
-    rules = []
-    for line in lines:
-        if line.startswith("!"):
-            continue
-        folder_only, pattern = line.endswith("/"), line.strip("/")
-        rules.append((pattern.split("/") if "/" in line.rstrip("/") else None, pattern, folder_only))
-    if not rules:
+    folders), one without names a file or folder at any depth, a trailing slash a folder only; the last line that
+    matches a path decides, and a ``!`` line takes back what earlier lines named (``*_physio.tsv`` then
+    ``!sub-01_physio.tsv``), except inside a folder left out (as in git); ``\\!`` and ``\\#`` begin names."""
+    rules = [_rule(line) for line in lines]
+    if not any(not negated for *_, negated in rules):
         return []
     out, seen = [], set()
     for folder, dirs, files in os.walk(bids_dir, followlinks=True):  # (a subject's folder linked in: walked too)
@@ -282,7 +278,8 @@ def _ignored_paths(bids_dir: Path, lines: list[str]) -> list[str]:
             dirs[:] = [d for d in dirs if d not in (*_UNINDEXED, "derivatives")]
         for name, is_folder in [*((d, True) for d in dirs), *((f, False) for f in files)]:
             parts = (*base, name)
-            if any(_ignored(parts, rule, is_folder) for rule in rules):
+            last = next((rule for rule in reversed(rules) if _ignored(parts, rule, is_folder)), None)
+            if last is not None and not last[-1]:
                 out.append("/".join(parts))
                 if is_folder:
                     dirs.remove(name)
@@ -290,8 +287,17 @@ def _ignored_paths(bids_dir: Path, lines: list[str]) -> list[str]:
     return out
 
 
+def _rule(line: str) -> tuple[list[str] | None, str, bool, bool]:
+    """A .bidsignore line as (its steps from the top, or None for a name at any depth; its pattern; whether it
+    takes folders only; whether it takes paths back, ``!``)."""
+    negated = line.startswith("!")
+    line = line[1:] if negated or line.startswith(("\\!", "\\#")) else line
+    folder_only, pattern = line.endswith("/"), line.strip("/")
+    return (pattern.split("/") if "/" in line.rstrip("/") else None, pattern, folder_only, negated)
+
+
 def _ignored(parts: tuple[str, ...], rule, is_folder: bool) -> bool:
-    steps, pattern, folder_only = rule
+    steps, pattern, folder_only, _ = rule
     if folder_only and not is_folder:
         return False
     if steps is None:

@@ -753,6 +753,46 @@ def test_a_subject_nodes_demean_of_a_sessions_column_is_within_each_subject(tmp_
         np.testing.assert_allclose(sorted(design["load"]), sorted(np.subtract(values, np.mean(values))))
 
 
+def test_a_subject_nodes_demean_takes_the_sessions_it_models(tmp_path):
+    """sessions.tsv rows of sessions without data: pybids transformed a subject's rows before matching them to its
+    inputs, so a row of a session not preprocessed (sub-01's ses-4) or whose runs all failed (sub-02's ses-3)
+    entered the Demean of its column: the subject's intercept was the fit at another load (exit 0). Each subject's
+    load is now centred over the sessions it models. A session with data but no row of its own (sub-03's ses-3)
+    was left out of the subject's model with no word; its groups now fail, naming it."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=3, runs=1, sessions=("1", "2", "3"), scans=40, shape=(8, 8, 6))
+    loads = {"01": {"3": 13, "1": 3, "2": 5, "4": 999}, "02": {"2": 2, "1": 20, "3": 8}, "03": {"1": 4, "2": 6}}
+    for sub, values in loads.items():
+        rows = "".join(f"ses-{k}\t{v}\n" for k, v in values.items())
+        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\n" + rows)
+    for confounds in (study.derivatives / "sub-02" / "ses-3").rglob("*_desc-confounds_timeseries.tsv"):
+        table = pd.read_csv(confounds, sep="\t")
+        table.drop(columns="trans_x").to_csv(confounds, sep="\t", index=False, na_rep="n/a")
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"][0]["Model"]["X"] = ["congruent", "trans_x", 1]
+    subject = model["Nodes"][2]
+    subject["Model"] = {"Type": "meta", "X": [1, "load"]}  # (fixed effects: two sessions suffice)
+    subject["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Demean", "Input": ["load"]}],
+    }
+    out = tmp_path / "out"
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    result = run(study.root, out, model=model, **kw)
+    modelled = {"01": [13, 3, 5], "02": [2, 20]}
+    for sub, values in modelled.items():
+        design = pd.read_csv(out / f"sub-{sub}" / "node-subject" / f"sub-{sub}_contrast-congruent_design.tsv", sep="\t")
+        np.testing.assert_allclose(sorted(design["load"]), sorted(np.subtract(values, np.mean(values))))
+    subject_failures = [f for f in result.failures if f.node == "subject"]
+    assert subject_failures and all("sub-03" in f.group for f in subject_failures)
+    assert all("sub-03_ses-3" in f.reason and "sessions.tsv" in f.reason for f in subject_failures)
+    assert not (out / "sub-03" / "node-subject").exists()
+
+
 def test_a_rerun_sees_the_changes_inside_a_linked_subject_folder(tmp_path):
     """A subject's folder kept elsewhere (scratch space) and linked into the dataset: its files were not in the
     dataset's stamp, so a rerun after an edit of its events kept the old maps ("unchanged", exit 0). The edited

@@ -442,6 +442,7 @@ def run(
         study.default_types = tuple(default_types)
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
+        study.session_ids = _session_ids(Path(bids_dir))
         study.participant_columns = tuple(participants[0][1:]) if participants else ()
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
         # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
@@ -538,6 +539,23 @@ def _hashable_entities(collection) -> None:
             for key, value in entities.items():
                 if isinstance(value, list):
                     entities[key] = tuple(value)
+
+
+def _sessions_rows(collection, sessions: set | None) -> None:
+    """A higher node's variables of sessions (sessions.tsv's, scans.tsv's) kept to the rows of the (subject,
+    session) pairs `sessions` of its inputs (None: all): pybids transforms the rows of a subject's sessions.tsv before
+    it matches them to the inputs, so a row of a session without data (one not preprocessed, or whose runs all
+    failed) entered the Demean of its column, the intercept of the subject's model then the fit at another value."""
+    if sessions is None:
+        return
+    for variable in collection.variables.values():
+        index = getattr(variable, "index", None)
+        if index is None or not {"subject", "session"} <= set(index.columns) or not hasattr(variable, "select_rows"):
+            continue
+        pairs = zip(index["subject"].map(_value), index["session"].map(_value))
+        keep = np.array([session is None or (subject, session) in sessions for subject, session in pairs], dtype=bool)
+        if not keep.all():
+            variable.select_rows(np.flatnonzero(keep))
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -995,20 +1013,33 @@ def _numbers(X, rows: list[dict]):
     return values
 
 
-def _left_behind(inputs, group, filters: dict, participants: set[str] | None) -> list[str]:
+def _left_behind(inputs, group, filters: dict, participants: set[str] | None, sessions: dict) -> list[str]:
     """The inputs that belong to a group (its entities, the node's filters) that pybids left out of it for want of
-    a row in participants.tsv (ids `participants`; None: no table), when the node's Model.X takes a column of it.
-    Inputs the model leaves out itself (a Filter or DropNA transformation) have their rows."""
-    if participants is None:
-        return []
+    a row in participants.tsv (ids `participants`; None: no table) or in their subject's sessions.tsv (`sessions`,
+    each subject's that has one), when the node's Model.X takes a column of it. Inputs the model leaves out itself
+    (a Filter or DropNA transformation) have their rows."""
     entities = {k: _value(v) for k, v in group.entities.items() if _value(v) is not None}
     have = {_key(row) for row in group.metadata.to_dict("records")}
     out = []
     for _, ents in inputs:
         if all(_value(ents.get(k)) == v for k, v in entities.items()) and _passes(ents, filters):
-            subject = _value(ents.get("subject"))
-            if _key(ents) not in have and subject is not None and subject not in participants:
+            subject, session = _value(ents.get("subject")), _value(ents.get("session"))
+            no_row = participants is not None and subject not in participants
+            no_row |= session is not None and subject in sessions and session not in sessions[subject]
+            if _key(ents) not in have and subject is not None and no_row:
                 out.append(_input_name(ents))
+    return out
+
+
+def _session_ids(bids_dir: Path) -> dict[str, set[str]]:
+    """Each subject's sessions as its sessions.tsv lists them (labels without ``ses-``), for the subjects that have
+    one (unreadable tables: none; pybids says so where a node reads them)."""
+    out = {}
+    for path in sorted(bids_dir.glob("sub-*/sub-*_sessions.tsv")):
+        rows = [r for r in _table_lines(path) if any(c.strip() for c in r)]
+        if rows and rows[0] and rows[0][0].strip() == "session_id":
+            subject = path.name[len("sub-") : -len("_sessions.tsv")]
+            out[subject] = {r[0].strip().removeprefix("ses-") for r in rows[1:] if r}
     return out
 
 
@@ -1777,6 +1808,7 @@ class _Study:
         self.identity: tuple[tuple[str, object], ...] = tuple(identity)
         self.default_types: tuple[str, ...] = ()
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
+        self.session_ids: dict[str, set[str]] = {}  # each subject's sessions.tsv's sessions (where it has one)
         self.participant_columns: tuple[str, ...] = ()  # its other columns, for messages
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
@@ -1796,6 +1828,7 @@ class _Study:
         self._graph = None
         self._loaded: set = set()  # the nodes whose variables pybids has loaded (a run node's: (name, subject))
         self._rows_of: dict[str, list[str]] = {}  # per higher node: the subjects whose rows it holds, if not all
+        self._sessions_of: dict[str, set] = {}  # per higher node: its inputs' (subject, session) pairs
         self._columns: dict[str, list] = {}  # per run node: the confounds columns its model names
         self._recordings = False  # whether the dataset has physio or stim recordings
         self._tables = None
@@ -1812,7 +1845,7 @@ class _Study:
             return [(a, b, {}) for a, b in zip(names, names[1:])]
         return [(e["Source"], e["Destination"], e.get("Filter") or {}) for e in edges]
 
-    def pybids_node(self, name: str, subject: str | None = None, subjects: list[str] | None = None):
+    def pybids_node(self, name: str, subject: str | None = None, subjects: list[str] | None = None, sessions=None):
         """pybids' node `name` of the model's BIDSStatsModelsGraph, with its variables loaded the first time a
         design or a grouping asks for them (a rerun whose runs are all reused never reads the run level's
         tables). A run node's are loaded one `subject` at a time, as its runs' designs ask for them: the first
@@ -1820,7 +1853,9 @@ class _Study:
         with a core idle meanwhile). A higher node's are the rows of `subjects`, those of its inputs: its
         transformations (Demean, Scale) then take the subjects it models, not every row of participants.tsv (a
         subject left out by a Filter, or whose runs all failed, moved the mean of age by 15%); none for no
-        subject (a dataset-level node's groups).
+        subject (a dataset-level node's groups); and of those subjects' sessions, the (subject, session) pairs
+        `sessions` of its inputs: a sessions.tsv row of a session without data (not preprocessed, or whose runs
+        failed) moved a Subject node's Demean of its column.
 
         Run nodes take their variables from the preprocessed BOLD files of the kinds fitted (the derivatives'
         scope, the runs' extensions), where voxfit's runs are: pybids reads a run's events and confounds
@@ -1842,6 +1877,8 @@ class _Study:
             kwargs["subject"] = [subject]
         elif subjects is not None:
             kwargs["subject"] = subjects
+        if sessions is not None:
+            self._sessions_of[name] = sessions
         try:
             self._load(name, run_level, kwargs)
         except _PYBIDS_ERRORS as exc:
@@ -1868,6 +1905,7 @@ class _Study:
             self._graph.load_collections(nodes=[name], **kwargs)
             for collection in self._graph.get_node(name)._collections:
                 _hashable_entities(collection)
+                _sessions_rows(collection, self._sessions_of.get(name))
 
     def tables(self) -> list:
         """The contents of the dataset's participants, sessions and scans tables and their sidecars (what the
@@ -2326,7 +2364,8 @@ class _Study:
             # (missing values kept, not filled with 0: _numbers refuses them, naming the inputs). The groups of a
             # dataset-level node are no subject's: pybids merged participants.tsv into them by subject (KeyError)
             subjects = {_value(ents.get("subject")) for _, ents in inputs if _passes(ents, filters)} - {None}
-            run = self.pybids_node(node.name, subjects=sorted(subjects)).run
+            sessions = {(_value(e.get("subject")), _value(e.get("session"))) for _, e in inputs if _passes(e, filters)}
+            run = self.pybids_node(node.name, subjects=sorted(subjects), sessions=sessions).run
             groups = list(run(inputs=infos, group_by=group_by, missing_values="ignore", **filters))
         except _PYBIDS_ERRORS as exc:
             named = self.participant_columns if node.level != "run" else ()
@@ -2366,11 +2405,12 @@ class _Study:
                 produced.append(entities)
                 try:
                     g = self.own_subjects(node, g, infos, group_by, filters, sorted(subjects))
-                    if behind := _left_behind(inputs, g, filters, self.participants):
+                    if behind := _left_behind(inputs, g, filters, self.participants, self.session_ids):
                         raise InputError(
                             f"the input(s) {listed(behind)} of the group left out of its design (a subject without "
-                            "a row in participants.tsv, whose columns the node's Model.X takes?); add their rows, "
-                            "or leave them out (--participant-label)."
+                            "a row in participants.tsv, or a session without one in its subject's sessions.tsv, "
+                            "whose columns the node's Model.X takes?); add their rows, or leave them out "
+                            "(--participant-label, or the model's Input)."
                         )
                     write = self.fit_group(node, source, g, entities, failed, labels, claimed)
                 except InputError as exc:

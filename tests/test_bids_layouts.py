@@ -1070,3 +1070,42 @@ def test_an_entity_in_a_higher_nodes_design_is_refused_before_any_fit(tmp_path):
     with pytest.raises(InputError, match='node subject: Model.X names "session", an entity of its inputs'):
         run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_contrast_of_a_trial_type_a_run_lacks_is_not_made_for_that_run(tmp_path):
+    """A run without error trials, in a model whose contrasts name "error" (its Model.X takes "[ie]*"): the whole run
+    was refused, its other contrasts lost, and a subject who made no error lost every run. pybids and FitLins leave
+    out only the contrasts of that run that name a trial type it has none of: so now, with a note; the subject level
+    takes "EvC" from the runs that have it. A contrast naming a trial type of no run (mistyped) is still refused."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import nilearn_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=40, shape=(8, 8, 6))
+    events = next(study.root.glob("sub-01/func/sub-01_task-stroop_run-1_events.tsv"))
+    table = pd.read_csv(events, sep="\t")
+    table.loc[[2, 5], "trial_type"] = "error"
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+    model = nilearn_model()
+    node = model["Nodes"][0]
+    node["Model"]["X"] = ["congruent", "[ie]*", 1]
+    node["Model"]["HRF"]["Variables"] = ["congruent", "[ie]*"]
+    node["Contrasts"].append({"Name": "EvC", "ConditionList": ["error", "congruent"], "Weights": [1, -1], "Test": "t"})
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert result.ok, result.failures
+    notes = [(g.label, note) for g, note in result.notes]
+    assert len(notes) == 3 and all(note == 'contrast "EvC" not made: the run has no "error" event' for _, note in notes)
+    assert not any("sub-01_task-stroop_run-1" in label for label, _ in notes)
+    out = tmp_path / "out"
+    assert len(list(out.glob("sub-0*/node-run/*_contrast-EvC_stat-effect_statmap.nii.gz"))) == 1
+    assert len(list(out.glob("sub-0*/node-run/*_contrast-congruent_stat-effect_statmap.nii.gz"))) == 4
+    evc = list(out.glob("sub-0*/node-subject/*_contrast-EvC_stat-effect_statmap.nii.gz"))
+    assert [p.name.split("_")[0] for p in evc] == ["sub-01"]
+    single = next(out.glob("sub-01/node-run/*run-1*_contrast-EvC_stat-effect_statmap.nii.gz"))
+    np.testing.assert_allclose(_maps(evc[0]), _maps(single), rtol=1e-6)  # (the one run's, as fixed effects of one)
+
+    node["Contrasts"][-1]["ConditionList"] = ["eror", "congruent"]
+    mistyped = run(study.root, tmp_path / "typo", model=model, **kw)
+    assert len(mistyped.failures) >= 4 and all('names "eror"' in f.reason for f in mistyped.failures if f.node == "run")

@@ -191,7 +191,7 @@ def test_failed_runs_are_said_where_they_are_left_out(tmp_path, capsys):
     assert main(args) == 2
     captured = capsys.readouterr()
     err = captured.err.splitlines()
-    assert "1 skipped" in captured.out and "built without failed inputs" in captured.out
+    assert "1 skipped" in captured.out and "with notes (below)" in captured.out
     assert sum(line.startswith("voxfit: failed: node run") for line in err) == 3
     skipped = [line for line in err if line.startswith("voxfit: skipped:")]
     assert skipped == [skipped[0]] and "node subject, sub-03" in skipped[0] and "run-1" in skipped[0]

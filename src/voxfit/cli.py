@@ -962,7 +962,7 @@ def _run_bids(args, argv, progress) -> int:
             counts.append(f"{result.removed} files of stale groups removed")
         partial = {id(g) for g, _ in result.notes}
         if partial:
-            counts.append(f"{len(partial)} built without failed inputs")
+            counts.append(f"{len(partial)} with notes (below)")
         out = Path(result.out_dir)
         written = out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())
         where = result.out_dir if written else "nothing written"

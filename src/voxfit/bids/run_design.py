@@ -119,6 +119,7 @@ def run_design(
     slice_time_ref: float | None = None,
     high_pass: float | str | None = None,
     unloaded=(),
+    trial_types=(),
 ) -> RunDesign:
     """The design and contrasts of one run for the Run `node` of a validated model (see the module docstring).
 
@@ -128,6 +129,9 @@ def run_design(
     `slice_time_ref` the fraction of the TR at which scans are sampled (make_design's); `high_pass` the
     high-pass period (seconds, or ``"0.008Hz"``) overriding the model's Options.HighPassFilterCutoffHz;
     `unloaded` the confounds table's columns left out of the collection (named in messages with its variables).
+    `trial_types`: the study's trial types (every run's); a contrast naming one that this run has no event of is
+    not made for it (pybids' and FitLins' rule: the run's other contrasts are), and listed in ``settings``'s
+    ``contrasts_not_made``.
     """
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
     problem = replace(problem, unloaded=tuple(unloaded))
@@ -145,7 +149,9 @@ def run_design(
         )
     hrfs = by_model | hrfs
     design, sources = _build(variables, x, hrfs, problem)
-    contrasts = _contrasts(node, x, sources, hrfs, design, problem)
+    # (the study's trial types this run has no event of, as pybids' Factor names them too)
+    absent = {n for t in trial_types for n in (t, f"trial_type.{t}")} - set(variables.variables)
+    contrasts, not_made = _contrasts(node, x, sources, hrfs, design, problem, absent)
     settings = {
         "node": node["Name"],
         "run": problem.run_file,
@@ -157,6 +163,7 @@ def run_design(
         "high_pass_s": problem.high_pass_s,
         "high_pass_from": problem.high_pass_from,
         "pybids_instructions": pybids_instructions,
+        "contrasts_not_made": not_made,
     }
     return RunDesign(design=design, contrasts=contrasts, sources=sources, settings=settings)
 
@@ -616,7 +623,9 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
 # -- contrasts ----------------------------------------------------------------------------------------------------
 
 
-def _contrasts(node: dict, x: list, sources: dict, hrfs: dict, design: Design, problem: _Problem) -> tuple:
+def _contrasts(node: dict, x: list, sources: dict, hrfs: dict, design: Design, problem: _Problem, absent: set):
+    """The node's contrasts over the run's columns, and ``(name, condition)`` of those not made: a condition of
+    `absent`, a trial type this run has no event of (another name that is no column is refused)."""
     specs = []
     dummy = node.get("DummyContrasts")
     if dummy is not None:
@@ -629,8 +638,12 @@ def _contrasts(node: dict, x: list, sources: dict, hrfs: dict, design: Design, p
     columns_of: dict = {}
     for column, source in sources.items():
         columns_of.setdefault(source, []).append(column)
-    out = []
+    out, not_made = [], []
     for name, conditions, weights, test in specs:
+        missing = [c for c in conditions if c not in columns_of and c in absent]
+        if missing:
+            not_made.append((name, missing[0]))
+            continue
         rows = weights if weights and isinstance(weights[0], list) else [weights]
         built = []
         for row in rows:
@@ -638,7 +651,7 @@ def _contrasts(node: dict, x: list, sources: dict, hrfs: dict, design: Design, p
             for k in range(max(len(m) for m in mains)):  # FIR variables (F only): one row per delay
                 built.append({m[min(k, len(m) - 1)]: weight_value(w) for m, w in zip(mains, row)})
         out.append(NodeContrast(name=name, weights=tuple(built) if test == "F" else built[0], test=test))
-    return tuple(out)
+    return tuple(out), tuple(not_made)
 
 
 def _glob(pattern, name) -> bool:

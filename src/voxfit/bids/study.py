@@ -269,6 +269,7 @@ class _RunJob:
     command: tuple[str, ...] | None
     design_settings: dict = field(default_factory=dict)  # hrf, high-pass and its source (the report shows them)
     confounds: dict | None = None  # the confounds strategy's record (ConfoundSelection.describe), if any
+    notes: tuple[str, ...] = ()  # contrasts not made for the run (a trial type it has no event of)
 
 
 @dataclass(frozen=True)
@@ -1617,7 +1618,7 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
         write_design_files(out, job.prefix, job.X, list(job.names), job.kinds, r.tr)
         extra = _run_settings(out, job, fitted)
         record_name = f"{job.prefix}model.json"
-        bids = bids_record(job.node, r.entity, job.checksum, s, outputs, design=job.design_settings)
+        bids = bids_record(job.node, r.entity, job.checksum, s, outputs, job.notes, design=job.design_settings)
         bids["files"] = sorted({*out.names, record_name})
         if s.smoothing:
             bids["smoothing"] = {
@@ -1807,6 +1808,8 @@ class _Study:
         # of the study that wrote it, which a rerun removes the stale groups of (_remove_stale)
         self.identity: tuple[tuple[str, object], ...] = tuple(identity)
         self.default_types: tuple[str, ...] = ()
+        self._runs: list[RunInput] = []  # the run node's runs
+        self._trial_types: tuple[str, ...] | None = None  # every run's trial types, read once a design asks
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self.session_ids: dict[str, set[str]] = {}  # each subject's sessions.tsv's sessions (where it has one)
         self.participant_columns: tuple[str, ...] = ()  # its other columns, for messages
@@ -1983,6 +1986,7 @@ class _Study:
         self.bold_extensions = sorted({_extension(r.bold) for r in runs if not r.problems})
         self.confounds_tables = sorted({r.confounds for r in runs if r.confounds is not None and not r.problems})
         self.grid = _grid_selectors([r for r in runs if not r.problems])
+        self._runs = runs
         self.results[node.name] = []
         self.outputs[node.name] = []
         bar = Progress("runs", len(runs), self.execution.progress)
@@ -2023,7 +2027,7 @@ class _Study:
             advance()
             labels = tuple(o for o, _, _ in job.contrasts)
             done[result.index] = (
-                NodeResult(node.name, "run", tuple(r.entity.items()), labels, result.files),
+                NodeResult(node.name, "run", tuple(r.entity.items()), labels, result.files, notes=job.notes),
                 result.outputs,
                 r,
             )
@@ -2052,6 +2056,13 @@ class _Study:
             result, outputs, r = done[k]
             self.results[node.name].append(result)
             self.pass_on(node.name, outputs, r.entity)
+
+    def trial_types(self) -> tuple[str, ...]:
+        """The trial types of every run's events (a contrast naming one that a run has none of is not made for that
+        run; one naming no trial type of any run is refused, as a name mistyped)."""
+        if self._trial_types is None:
+            self._trial_types = tuple(self.default_types) or tuple(_trial_types(self._runs))
+        return self._trial_types
 
     def run_spec(self, node: _Node, r: RunInput) -> dict:
         """The Run node for run `r`: as the model gives it, but for voxfit's default model (each trial type against
@@ -2127,6 +2138,7 @@ class _Study:
                 slice_time_ref=r.slice_time_ref,
                 high_pass=self._high_pass(node),
                 unloaded=self.unloaded.get(node.name, ()),
+                trial_types=self.trial_types(),
             )
         except InputError as exc:
             raise InputError(f"{exc} (run {r.bold.name}, events {r.events})") from None
@@ -2163,6 +2175,10 @@ class _Study:
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
             },
             confounds=None if chosen is None else chosen.describe(),
+            notes=tuple(
+                f'contrast "{name}" not made: the run has no "{condition}" event'
+                for name, condition in rd.settings["contrasts_not_made"]
+            ),
         )
 
     def _high_pass(self, node: _Node):

@@ -1109,3 +1109,33 @@ def test_a_contrast_of_a_trial_type_a_run_lacks_is_not_made_for_that_run(tmp_pat
     node["Contrasts"][-1]["ConditionList"] = ["eror", "congruent"]
     mistyped = run(study.root, tmp_path / "typo", model=model, **kw)
     assert len(mistyped.failures) >= 4 and all('names "eror"' in f.reason for f in mistyped.failures if f.node == "run")
+
+
+def test_the_default_models_run_leaves_out_a_trial_type_whose_events_all_start_after_it(tmp_path):
+    """voxfit's default model takes each run's own trial types: one whose events all start after the run's last scan
+    (a run cut short, its events file whole) refused the run as onsets in milliseconds would, its other trial types
+    lost. It is now one the run lacks, where others start within it; when none does, the run is still refused."""
+    import pandas as pd
+
+    from voxfit.bids import run
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=40, shape=(8, 8, 6))
+    for name, onsets in (("sub-01_task-stroop_run-1", (12.0, 30.0)), ("sub-01_task-stroop_run-2", (500.0, 600.0))):
+        events = next(study.root.glob(f"sub-01/func/{name}_events.tsv"))
+        table = pd.read_csv(events, sep="\t")
+        table = pd.concat([table, pd.DataFrame({"onset": onsets, "duration": 1.0, "trial_type": "error"})])
+        table.sort_values("onset").to_csv(events, sep="\t", index=False, na_rep="n/a")
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    result = run(study.root, tmp_path / "out", **kw)
+    assert result.ok, result.failures
+    out = tmp_path / "out" / "sub-01"
+    assert len(list(out.glob("node-run/*run-1*_contrast-error_stat-effect_statmap.nii.gz"))) == 1
+    assert not list(out.glob("node-run/*run-2*_contrast-error_*"))
+    assert len(list(out.glob("node-run/*run-2*_contrast-congruent_stat-effect_statmap.nii.gz"))) == 1
+
+    events = next(study.root.glob("sub-02/func/sub-02_task-stroop_run-1_events.tsv"))
+    table = pd.read_csv(events, sep="\t")
+    table["onset"] *= 1000  # (milliseconds: every trial type after the run)
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+    late = run(study.root, tmp_path / "out2", **kw)
+    assert [f.group.split("_space")[0] for f in late.failures if f.node == "run"] == ["sub-02_task-stroop_run-1"]

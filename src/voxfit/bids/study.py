@@ -798,8 +798,9 @@ def _model_key(model) -> object:
     return model
 
 
-def _trial_types(runs) -> list[str]:
-    """The trial types of the runs' events (their ``trial_type`` column), sorted; empty when none has one."""
+def _trial_types(runs, before: float | None = None) -> list[str]:
+    """The trial types of the runs' events (their ``trial_type`` column), sorted; empty when none has one. With
+    `before` (seconds), those with an event starting before it."""
     import pandas as pd
 
     found: set[str] = set()
@@ -811,6 +812,8 @@ def _trial_types(runs) -> list[str]:
         except (OSError, ValueError):
             continue
         if "trial_type" in table:
+            if before is not None and "onset" in table:
+                table = table[pd.to_numeric(table["onset"], errors="coerce") < before]
             found |= {value_text(t) for t in table["trial_type"].dropna().unique()}
     return sorted(found)
 
@@ -2068,11 +2071,15 @@ class _Study:
         """The Run node for run `r`: as the model gives it, but for voxfit's default model (each trial type against
         baseline), whose trial types are those of every run, only those of this run's events (as SPM builds each
         session from its own conditions): a condition that some runs lack (error trials, misses) is then
-        estimated from the runs that have it, rather than failing the others."""
+        estimated from the runs that have it, rather than failing the others. A condition whose events all start
+        after the run's last scan (a run cut short) is one it lacks, where others start within it (when none does,
+        the run is refused: onsets in milliseconds, or a run cut too short)."""
         if not self.default_types or r.events is None:
             return node.spec
         if r.events not in self._run_types:
-            self._run_types[r.events] = set(_trial_types([r]))
+            end = r.n_scans * r.tr if r.tr and r.n_scans else None
+            within = set(_trial_types([r], before=end))
+            self._run_types[r.events] = within or set(_trial_types([r]))
         present = [t for t in self.default_types if t in self._run_types[r.events]]
         if not present or len(present) == len(self.default_types):
             return node.spec

@@ -1033,9 +1033,11 @@ def test_sessions_sidecars_and_a_scans_row_of_a_removed_run(tmp_path, capsys):
 
 
 def test_a_tables_column_at_a_level_pybids_gives_it_no_node_of_is_refused_before_any_fit(tmp_path):
-    """participants.tsv's age in a Subject node's Model.X, sessions.tsv's load in a Dataset node's: pybids gives
-    the first table's columns to Dataset nodes only, the second's to Subject nodes, and failed ("not found in data
-    matrix") once every run was fitted. Refused before anything is fitted, naming the level."""
+    """participants.tsv's age in a Subject node's Model.X, sessions.tsv's load in a Dataset node's or in a Session
+    node's that Scales it (Transformations left such nodes to pybids): pybids gives the first table's columns to
+    Dataset nodes only, the second's to Subject nodes, and failed ("not found in data matrix", the hint naming
+    participants.tsv's columns) once every run was fitted. Refused before anything is fitted, naming the level; a
+    name a transformation outputs is left to pybids."""
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
@@ -1043,18 +1045,28 @@ def test_a_tables_column_at_a_level_pybids_gives_it_no_node_of_is_refused_before
     for sub in ("01", "02"):
         (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\nses-a\t1\nses-b\t3\n")
     kw = {"derivatives": [study.derivatives], "progress": False}
-    for level, term, table, node in (
-        ("subject", "age", "participants", "Dataset"),
-        ("dataset", "load", "sessions", "Subject"),
+    scaled = {"Transformer": "pybids-transforms-v1", "Instructions": [{"Name": "Scale", "Input": ["load"]}]}
+    for level, term, table, node, transformations in (
+        ("subject", "age", "participants", "Dataset", None),
+        ("dataset", "load", "sessions", "Subject", None),
+        ("session", "load", "sessions", "Subject", scaled),
     ):
         model = default_model("stroop", ["congruent"], sessions=True)
-        model["Nodes"][2 if level == "subject" else 3]["Model"] = {"Type": "glm", "X": [1, term]}
+        at = model["Nodes"][{"session": 1, "subject": 2, "dataset": 3}[level]]
+        at["Model"] = {"Type": "meta" if level == "session" else "glm", "X": [1, term]}
+        if transformations:
+            at["Transformations"] = transformations
         with pytest.raises(
             InputError,
             match=f'Model.X names "{term}", a column of {table}.tsv, which pybids gives only to {node} nodes',
         ):
             run(study.root, tmp_path / f"out-{level}", model=model, **kw)
         assert not (tmp_path / f"out-{level}").exists()
+    from voxfit.bids.study import _check_table_levels
+
+    renamed = {"Instructions": [{"Name": "Rename", "Input": ["acq_load"], "Output": ["load"]}]}
+    model["Nodes"][1]["Transformations"] = renamed  # ("load" made at the node: left to pybids)
+    _check_table_levels(model, {"participants": ["age"], "sessions": ["load"]})
 
 
 def test_an_entity_in_a_higher_nodes_design_is_refused_before_any_fit(tmp_path):

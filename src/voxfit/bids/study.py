@@ -1251,16 +1251,18 @@ _TABLE_LEVELS = {"participants": "dataset", "sessions": "subject"}
 def _check_table_levels(model: dict, tables: dict[str, list[str]]) -> None:
     """A node's Model.X naming a column of participants.tsv or sessions.tsv at a level pybids gives that table to
     no node of: participants.tsv's to Dataset nodes, sessions.tsv's to Subject nodes (a subject's sessions). pybids
-    failed on it ("not found in data matrix") once every run was fitted. Names of another table, or that another
-    node makes (a contrast), and nodes with Transformations are left to pybids."""
+    failed on it ("not found in data matrix") once every run was fitted. Names of another table, that another node
+    makes (a contrast) or that the node's Transformations output are left to pybids (a Scale of the column in place
+    is not such an output: the node still needs the table's column)."""
     nodes = model.get("Nodes") or ()
     made = {name for n in nodes for name in _contrast_names(n)}
     made |= {str(x) for n in nodes if str(n.get("Level", "")).lower() == "run" for x in n["Model"].get("X") or ()}
     for node in nodes:
         level = str(node.get("Level", "")).lower()
-        if level == "run" or node.get("Transformations"):
+        if level == "run":
             continue
-        for term in (x for x in (node.get("Model") or {}).get("X") or () if isinstance(x, str) and x not in made):
+        taken = made | _transformation_outputs(node)
+        for term in (x for x in (node.get("Model") or {}).get("X") or () if isinstance(x, str) and x not in taken):
             if term in ENTITIES or term in ENTITIES.values():
                 raise InputError(
                     f'node {node.get("Name")}: Model.X names "{term}", an entity of its inputs, which pybids then '
@@ -1275,6 +1277,16 @@ def _check_table_levels(model: dict, tables: dict[str, list[str]]) -> None:
                     f'node {node.get("Name")} ({node.get("Level")}): Model.X names "{term}", a column of {table}.tsv, '
                     f"which pybids gives only to {_TABLE_LEVELS[table].capitalize()} nodes; model it there."
                 )
+
+
+def _transformation_outputs(node: dict) -> set[str]:
+    """The names a node's Transformations give their outputs (each instruction's Output), which need not be columns
+    of a table (a Rename's)."""
+    out = set()
+    for instruction in (node.get("Transformations") or {}).get("Instructions") or ():
+        output = instruction.get("Output") if isinstance(instruction, dict) else None
+        out |= {str(o) for o in ([output] if isinstance(output, str) else output or ())}
+    return out
 
 
 def _check_scans_tables(bids_dir: Path, model: dict, labels) -> None:

@@ -1151,3 +1151,24 @@ def test_the_default_models_run_leaves_out_a_trial_type_whose_events_all_start_a
     table.to_csv(events, sep="\t", index=False, na_rep="n/a")
     late = run(study.root, tmp_path / "out2", **kw)
     assert [f.group.split("_space")[0] for f in late.failures if f.node == "run"] == ["sub-02_task-stroop_run-1"]
+
+
+def test_a_dataset_group_of_several_sessions_of_a_subject_is_refused_saying_what_to_group_by(tmp_path):
+    """Run -> Session -> Dataset grouped by contrast alone: each subject's maps of every session in one group. The
+    group tool refused it after every fit with a line listing every map's path (kilobytes); each such group now
+    fails before its fit, naming the subject's sessions and what to do. Fixed effects (meta) take them all."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"] = [n for n in model["Nodes"] if n["Name"] != "subject"]
+    model["Edges"] = [{"Source": "run", "Destination": "session"}, {"Source": "session", "Destination": "dataset"}]
+    kw = {"derivatives": [study.derivatives], "progress": False}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert [f.node for f in result.failures] == ["dataset"]
+    reason = result.failures[0].reason
+    assert "holds 2 maps of sub-01 (sessions 1, 2; 2 subject(s) so)" in reason and "add session" in reason
+    assert len(reason) < 400
+    model["Nodes"][-1]["Model"]["Type"] = "meta"
+    assert run(study.root, tmp_path / "meta", model=model, **kw).ok

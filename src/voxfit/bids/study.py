@@ -1128,6 +1128,30 @@ def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict], X: np
         )
 
 
+def _check_one_map_per_subject(node: _Node, rows: list[dict]) -> None:
+    """A dataset-level group holding several maps of one subject (one per session: a Session node's maps grouped
+    by contrast alone), refused saying what to group by: the group model takes one map per subject, and the group
+    tool's refusal after every fit listed every map's path (a line of kilobytes). Fixed effects (Model.Type meta)
+    take any number of maps."""
+    if node.level != "dataset" or (node.spec.get("Model") or {}).get("Type") == "meta":
+        return
+    seen: dict[str, list] = {}
+    for row in rows:
+        if (subject := _value(row.get("subject"))) is not None:
+            seen.setdefault(subject, []).append(row)
+    twice = {s: r for s, r in seen.items() if len(r) > 1}
+    if not twice:
+        return
+    subject, held = next(iter(twice.items()))
+    sessions = sorted({str(_value(r.get("session"))) for r in held if _value(r.get("session")) is not None})
+    what = f"sessions {listed(sessions)}" if len(sessions) > 1 else "maps"
+    raise InputError(
+        f"the group holds {len(held)} maps of sub-{subject} ({what}; {len(twice)} subject(s) so), and a group model "
+        "takes one map per subject: add session to the node's GroupBy (a test per session), or combine each "
+        "subject's sessions first (a Subject node between)."
+    )
+
+
 def _check_surface_inference(settings: _Settings, surface: Path | None) -> None:
     """Refuse, before anything is fitted, the group inference a study cannot run on surface maps: TFCE and cluster
     inference need each hemisphere's mesh (voxfit group --mesh; a study takes none), RFT a volume."""
@@ -2559,6 +2583,7 @@ class _Study:
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)
             raise InputError(f"no maps for the input {_input_name(missing[0])}; its lower node failed.")
         _check_pooled_contrasts(node, entities, rows, X.to_numpy())
+        _check_one_map_per_subject(node, rows)
         Xv = X.to_numpy()
         rank = np.linalg.matrix_rank(Xv) if Xv.size else 0
         if rank < Xv.shape[1]:

@@ -1172,3 +1172,24 @@ def test_a_dataset_group_of_several_sessions_of_a_subject_is_refused_saying_what
     assert len(reason) < 400
     model["Nodes"][-1]["Model"]["Type"] = "meta"
     assert run(study.root, tmp_path / "meta", model=model, **kw).ok
+
+
+def test_a_subject_without_a_sessions_table_fails_alone_where_the_model_takes_its_column(tmp_path):
+    """A Subject node taking sessions.tsv's load, and one subject with no sessions.tsv: pybids failed the whole node
+    ("not found in data matrix", with participants.tsv's columns as the hint), every subject's groups lost and none
+    named. That subject's groups fail, saying why; the others are fitted."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=3, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    for sub in ("01", "02"):
+        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\nses-1\t1\nses-2\t3\n")
+    (study.root / "sub-03" / "sub-03_sessions.tsv").unlink(missing_ok=True)
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"][2]["Model"] = {"Type": "meta", "X": [1, "load"]}
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert [(f.node, f.group) for f in result.failures] == [("subject", "sub-03")]
+    assert "sub-03 has no sessions.tsv, whose column(s) load the node's Model.X takes" in result.failures[0].reason
+    for sub in ("01", "02"):
+        assert list((tmp_path / "out" / f"sub-{sub}" / "node-subject").glob("*_stat-effect_statmap.nii.gz"))

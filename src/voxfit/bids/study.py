@@ -445,6 +445,7 @@ def run(
         study.participants = None if ids is None else set(ids)
         study.session_ids = _session_ids(Path(bids_dir))
         study.participant_columns = tuple(participants[0][1:]) if participants else ()
+        study.session_columns = tuple(tables["sessions"])
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
         # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
         freeze = gc.get_freeze_count() == 0
@@ -1852,6 +1853,7 @@ class _Study:
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self.session_ids: dict[str, set[str]] = {}  # each subject's sessions.tsv's sessions (where it has one)
         self.participant_columns: tuple[str, ...] = ()  # its other columns, for messages
+        self.session_columns: tuple[str, ...] = ()  # the sessions.tsv files' columns
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
         self.maps: dict[tuple[str, tuple], _MapRef] = {}  # (node name, its key of the contrast's group) -> the maps
@@ -2397,6 +2399,7 @@ class _Study:
     def group_node(self, node: _Node, source: str, inputs, filters, failed) -> None:
         from bids.modeling.statsmodels import ContrastInfo
 
+        inputs = self.without_sessions_tables(node, inputs)
         if not inputs:  # (pybids' own message for this names its entity index, not the cause)
             reason = "no inputs: every group of the node before it failed (see above) or passed on no t contrast."
             self.failures.append(Failure(node.name, "all", reason))
@@ -2427,8 +2430,9 @@ class _Study:
             run = self.pybids_node(node.name, subjects=sorted(subjects), sessions=sessions).run
             groups = list(run(inputs=infos, group_by=group_by, missing_values="ignore", **filters))
         except _PYBIDS_ERRORS as exc:
-            named = self.participant_columns if node.level != "run" else ()
-            columns = f" (participants.tsv's columns: {listed(named)})" if named else ""
+            named = {"dataset": self.participant_columns, "subject": self.session_columns}.get(node.level, ())
+            table = "participants.tsv" if node.level == "dataset" else "sessions.tsv"
+            columns = f" ({table}'s columns: {listed(named)})" if named else ""
             what = "" if isinstance(exc, (ValueError, KeyError)) else f"{type(exc).__name__}: "
             reason = (
                 f"pybids could not build the node's groups ({what}{str(exc).strip().rstrip('.')}); check the "
@@ -2485,6 +2489,23 @@ class _Study:
             if writing is not None:
                 wait([writing[0]])
         self.skip_empty(node, group_by, produced, failed)
+
+    def without_sessions_tables(self, node: _Node, inputs: list) -> list:
+        """The inputs of a Subject node whose Model.X takes a column of sessions.tsv, but those of subjects without a
+        sessions.tsv, whose groups fail, saying so: pybids failed the whole node for them ("not found in data
+        matrix"), every subject's groups lost, none named."""
+        taken = sorted({str(x) for x in (node.spec.get("Model") or {}).get("X") or ()} & set(self.session_columns))
+        if node.level != "subject" or not taken:
+            return inputs
+        lacking = sorted({_value(e.get("subject")) for _, e in inputs} - set(self.session_ids) - {None})
+        for subject in lacking:
+            reason = (
+                f"sub-{subject} has no sessions.tsv, whose column(s) {listed(taken)} the node's Model.X takes; add "
+                "its table, or leave the subject out (--participant-label)."
+            )
+            entities = (("subject", subject),)
+            self.failures.append(Failure(node.name, _group_label(dict(entities)), reason, entities))
+        return [(name, e) for name, e in inputs if _value(e.get("subject")) not in lacking]
 
     def longest_stat(self, level: str) -> str:
         """The longest ``stat-`` part of a group's maps at `level` (its name's length checked before the fit)."""

@@ -1871,6 +1871,7 @@ class _Study:
         self.node_checksums: dict[str, str] = {}
         self._graph = None
         self._loaded: set = set()  # the nodes whose variables pybids has loaded (a run node's: (name, subject))
+        self._unreadable: set = set()  # (run node, subject) whose tables pybids could not read whole
         self._rows_of: dict[str, list[str]] = {}  # per higher node: the subjects whose rows it holds, if not all
         self._sessions_of: dict[str, set] = {}  # per higher node: its inputs' (subject, session) pairs
         self._columns: dict[str, list] = {}  # per run node: the confounds columns its model names
@@ -1889,7 +1890,9 @@ class _Study:
             return [(a, b, {}) for a, b in zip(names, names[1:])]
         return [(e["Source"], e["Destination"], e.get("Filter") or {}) for e in edges]
 
-    def pybids_node(self, name: str, subject: str | None = None, subjects: list[str] | None = None, sessions=None):
+    def pybids_node(
+        self, name: str, subject: str | None = None, subjects: list[str] | None = None, sessions=None, run=None
+    ):
         """pybids' node `name` of the model's BIDSStatsModelsGraph, with its variables loaded the first time a
         design or a grouping asks for them (a rerun whose runs are all reused never reads the run level's
         tables). A run node's are loaded one `subject` at a time, as its runs' designs ask for them: the first
@@ -1906,7 +1909,9 @@ class _Study:
         once per BOLD file it lists, and by default it lists the raw BOLD and every derivative of it too (the
         raw pass re-reads the same tables into the same run: half of the time, for the same collections).
         pybids also looks for each file's physio and stim recordings in the index; where the dataset has none,
-        it is told so."""
+        it is told so. Where a subject's tables cannot be read whole (pybids reads every run's BOLD header for its
+        duration: one unreadable BOLD failed every run of the subject, in every session), each run's are read alone,
+        the `run` (its entities) asked for."""
         if self._graph is None:
             from bids.modeling import BIDSStatsModelsGraph
 
@@ -1916,6 +1921,8 @@ class _Study:
         key = (name, subject) if run_level and subject is not None else name
         if key in self._loaded or name in self._loaded or subjects == []:
             return node
+        if run is not None and key in self._unreadable:  # (a subject's tables not read whole: this run's alone)
+            return self._run_alone(node, name, run)
         kwargs = {"subject": list(self.labels)} if self.labels else {}
         if key != name:
             kwargs["subject"] = [subject]
@@ -1926,12 +1933,29 @@ class _Study:
         try:
             self._load(name, run_level, kwargs)
         except _PYBIDS_ERRORS as exc:
+            if run is not None and key != name:
+                self._unreadable.add(key)
+                return self._run_alone(node, name, run)
             whose = f"subject {subject}" if key != name else f"node {name}"
             raise InputError(
                 f"pybids could not read the events or confounds tables of {whose} ({type(exc).__name__}: {exc}); "
                 "fix the tables (the runs' own failures say which)."
             ) from None
         self._loaded.add(key)
+        return node
+
+    def _run_alone(self, node, name: str, run: dict):
+        """pybids' run node with the variables of the one run `run` (its entities) loaded, once."""
+        key = (name, _key(run))
+        if key not in self._loaded:
+            try:
+                self._load(name, True, {k: [run[k]] for k in RAW if k in run})
+            except _PYBIDS_ERRORS as exc:
+                raise InputError(
+                    f"pybids could not read this run's events or confounds tables, or its BOLD's header ("
+                    f"{type(exc).__name__}: {exc}); fix them."
+                ) from None
+            self._loaded.add(key)
         return node
 
     def _load(self, name: str, run_level: bool, kwargs: dict) -> None:
@@ -2169,7 +2193,7 @@ class _Study:
         from .run_design import run_design
 
         entity = r.entity
-        pybids_node = self.pybids_node(node.name, entity.get("subject"))
+        pybids_node = self.pybids_node(node.name, entity.get("subject"), run=entity)
         collections = pybids_node.get_collections(**{k: entity[k] for k in RAW if k in entity})
         if not collections:
             raise InputError(f"{r.events}: pybids read no variables for this run; check its events.tsv.")

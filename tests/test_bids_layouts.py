@@ -1088,7 +1088,8 @@ def test_a_contrast_of_a_trial_type_a_run_lacks_is_not_made_for_that_run(tmp_pat
     """A run without error trials, in a model whose contrasts name "error" (its Model.X takes "[ie]*"): the whole run
     was refused, its other contrasts lost, and a subject who made no error lost every run. pybids and FitLins leave
     out only the contrasts of that run that name a trial type it has none of: so now, with a note; the subject level
-    takes "EvC" from the runs that have it. A contrast naming a trial type of no run (mistyped) is still refused."""
+    takes "EvC" from the runs that have it; a Model.X naming "error" leaves it out of those runs. A contrast naming
+    a trial type of no run (mistyped) is still refused."""
     import pandas as pd
 
     from voxfit.bids import run
@@ -1121,6 +1122,23 @@ def test_a_contrast_of_a_trial_type_a_run_lacks_is_not_made_for_that_run(tmp_pat
     node["Contrasts"][-1]["ConditionList"] = ["eror", "congruent"]
     mistyped = run(study.root, tmp_path / "typo", model=model, **kw)
     assert len(mistyped.failures) >= 4 and all('names "eror"' in f.reason for f in mistyped.failures if f.node == "run")
+
+    # Model.X naming "error" itself (as voxfit's default model file does): left out of the runs that lack it
+    node["Contrasts"][-1]["ConditionList"] = ["error", "congruent"]
+    node["Model"]["X"] = ["congruent", "incongruent", "error", 1]
+    node["Model"]["HRF"]["Variables"] = ["congruent", "incongruent", "error"]
+    named = run(study.root, tmp_path / "named", model=model, **kw)
+    assert named.ok, named.failures
+    notes = sorted({note for _, note in named.notes})
+    assert notes == [
+        '"error" left out of Model.X: the run has no such event',
+        'contrast "EvC" not made: the run has no "error" event',
+    ]
+    np.testing.assert_allclose(  # (the same subject map as with the pattern)
+        _maps(next((tmp_path / "named").glob("sub-01/node-subject/*_contrast-EvC_stat-effect_statmap.nii.gz"))),
+        _maps(evc[0]),
+        rtol=1e-6,
+    )
 
 
 def test_the_default_models_run_leaves_out_a_trial_type_whose_events_all_start_after_it(tmp_path):

@@ -129,18 +129,21 @@ def run_design(
     `slice_time_ref` the fraction of the TR at which scans are sampled (make_design's); `high_pass` the
     high-pass period (seconds, or ``"0.008Hz"``) overriding the model's Options.HighPassFilterCutoffHz;
     `unloaded` the confounds table's columns left out of the collection (named in messages with its variables).
-    `trial_types`: the study's trial types (every run's); a contrast naming one that this run has no event of is
-    not made for it (pybids' and FitLins' rule: the run's other contrasts are), and listed in ``settings``'s
-    ``contrasts_not_made``.
+    `trial_types`: the study's trial types (every run's); one that this run has no event of is left out of its
+    Model.X and Model.HRF (as SPM and FSL leave an empty condition out; ``settings``'s ``left_out_of_x``), and a
+    contrast naming it is not made for the run (pybids' and FitLins' rule: the run's other contrasts are; listed in
+    ``settings``'s ``contrasts_not_made``).
     """
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
     problem = replace(problem, unloaded=tuple(unloaded))
     variables = collection.clone()
     _add_trial_types(variables)
     voxfit_convolves, pybids_instructions = _transform(variables, problem)
-    hrfs = _take_convolutions(voxfit_convolves, variables, problem)
-    x = _expand_x(node["Model"]["X"], variables, problem)
-    by_model = _hrf_variables(node, variables, x, problem)
+    # (the study's trial types this run has no event of, as pybids' Factor names them too)
+    absent = {n for t in trial_types for n in (t, f"trial_type.{t}")} - set(variables.variables)
+    hrfs = _take_convolutions(voxfit_convolves, variables, problem, absent)
+    x, left_out = _expand_x(node["Model"]["X"], variables, problem, absent)
+    by_model = _hrf_variables(node, variables, x, problem, absent)
     twice = sorted(set(by_model) & set(hrfs))
     if twice:
         raise InputError(
@@ -149,8 +152,6 @@ def run_design(
         )
     hrfs = by_model | hrfs
     design, sources = _build(variables, x, hrfs, problem)
-    # (the study's trial types this run has no event of, as pybids' Factor names them too)
-    absent = {n for t in trial_types for n in (t, f"trial_type.{t}")} - set(variables.variables)
     contrasts, not_made = _contrasts(node, x, sources, hrfs, design, problem, absent)
     settings = {
         "node": node["Name"],
@@ -164,6 +165,7 @@ def run_design(
         "high_pass_from": problem.high_pass_from,
         "pybids_instructions": pybids_instructions,
         "contrasts_not_made": not_made,
+        "left_out_of_x": left_out,
     }
     return RunDesign(design=design, contrasts=contrasts, sources=sources, settings=settings)
 
@@ -333,10 +335,11 @@ def _names(variables, problem: _Problem, limit: int = 30) -> str:
 # -- Model.X and convolution --------------------------------------------------------------------------------------
 
 
-def _expand_x(X: list, variables, problem: _Problem) -> list:
-    """Model.X with its patterns expanded against the variables (in the variables' order), ``1`` kept."""
+def _expand_x(X: list, variables, problem: _Problem, absent: set) -> tuple[list, tuple[str, ...]]:
+    """Model.X with its patterns expanded against the variables (in the variables' order), ``1`` kept; and the
+    names of trial types it takes that the run has no event of (`absent`), left out."""
     pool = list(variables.variables)
-    out = []
+    out, left_out = [], []
     for entry in X:
         if entry == 1 and not isinstance(entry, bool):
             found = [1]
@@ -344,6 +347,9 @@ def _expand_x(X: list, variables, problem: _Problem) -> list:
             found = [name for name in pool if fnmatch.fnmatchcase(name, entry)]
         else:
             found = [entry] if entry in variables.variables else []
+        if not found and entry in absent:
+            left_out.append(entry)
+            continue
         if not found:
             what = "no variable matching" if re.search(r"[*?\[]", entry) else "no variable"
             raise InputError(
@@ -351,12 +357,12 @@ def _expand_x(X: list, variables, problem: _Problem) -> list:
                 f"{_names(variables, problem)}."
             )
         out += [f for f in found if f not in out]
-    return out
+    return out, tuple(left_out)
 
 
-def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -> dict:
+def _take_convolutions(instructions: list[dict], variables, problem: _Problem, absent: set) -> dict:
     """``{variable: (voxfit hrf, fir delays)}`` for voxfit's Convolve instructions, their inputs copied to their
-    outputs' names (in place without Output)."""
+    outputs' names (in place without Output); trial types the run has no event of (`absent`) skipped."""
     hrfs = {}
     for instruction in instructions:
         setting = _convolve_setting(instruction, problem)
@@ -368,6 +374,8 @@ def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -
                 "outputs; give one Output per Input."
             )
         for source, target in zip(inputs, outputs):
+            if source not in variables.variables and source in absent:
+                continue
             if source not in variables.variables:
                 raise InputError(
                     f'{problem.where}: Convolve names "{source}", which the run does not have; its variables are '
@@ -381,8 +389,9 @@ def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -
     return hrfs
 
 
-def _hrf_variables(node: dict, variables, x: list, problem: _Problem) -> dict:
-    """``{variable: (voxfit hrf, fir delays)}`` for Model.HRF's variables (names or patterns over Model.X)."""
+def _hrf_variables(node: dict, variables, x: list, problem: _Problem, absent: set) -> dict:
+    """``{variable: (voxfit hrf, fir delays)}`` for Model.HRF's variables (names or patterns over Model.X), but
+    trial types the run has no event of (`absent`)."""
     hrf = node["Model"].get("HRF")
     if hrf is None:
         return {}
@@ -390,6 +399,8 @@ def _hrf_variables(node: dict, variables, x: list, problem: _Problem) -> dict:
     hrfs = {}
     for entry in hrf["Variables"]:
         names = [n for n in x if isinstance(n, str) and (n == entry or fnmatch.fnmatchcase(n, entry))]
+        if not names and entry in absent:
+            continue
         if not names:
             raise InputError(
                 f'{problem.where}: Model.HRF.Variables names "{entry}", which the run\'s design does not have; its '

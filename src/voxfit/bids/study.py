@@ -2244,9 +2244,12 @@ class _Study:
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
             },
             confounds=None if chosen is None else chosen.describe(),
-            notes=tuple(
-                f'contrast "{name}" not made: the run has no "{condition}" event'
-                for name, condition in rd.settings["contrasts_not_made"]
+            notes=(
+                *(f'"{name}" left out of Model.X: the run has no such event' for name in rd.settings["left_out_of_x"]),
+                *(
+                    f'contrast "{name}" not made: the run has no "{condition}" event'
+                    for name, condition in rd.settings["contrasts_not_made"]
+                ),
             ),
         )
 

@@ -340,6 +340,10 @@ def test_contrasts(stroop):
     assert weights["third"][names.index("constant")] == pytest.approx(-2 / 3)
     assert weights["third"][names.index("congruent_derivative")] == 0
     assert weights["both"].shape == (2, len(names)) and weights["intercept"][names.index("constant")] == 1
+    node["DummyContrasts"]["Contrasts"] = ["trans_x", "intercept"]  # (pybids' name for 1: the same contrast)
+    with pytest.warns(DesignWarning):
+        named = run_design(collection, _model(node), tr=TR, n_scans=SCANS)
+    assert [c.name for c in named.contrasts] == [c.name for c in result.contrasts]
     fir = _run_node(
         ["congruent", 1], HRF={"Variables": ["congruent"], "Model": "fir", "Parameters": {"fir_delays": [0, 1, 2]}}
     )

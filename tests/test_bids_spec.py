@@ -378,6 +378,14 @@ def test_valid_variants():
     }
     assert load_model(model)["Nodes"][0]["Contrasts"][-1]["Test"] == "pass"
     assert node_edges(model) == [("run", "subject"), ("subject", "dataset")]
+    dataset = model["Nodes"][-1]  # ("intercept" is pybids' name of Model.X's 1: a contrast may call it so)
+    dataset["Model"] = {"Type": "glm", "X": [1, "age"]}
+    dataset.pop("DummyContrasts", None)
+    dataset["Contrasts"] = [{"Name": "mean", "ConditionList": ["intercept"], "Weights": [1], "Test": "t"}]
+    assert load_model(model)["Nodes"][-1]["Contrasts"][0]["ConditionList"] == ["intercept"]
+    dataset.pop("Contrasts")
+    dataset["DummyContrasts"] = {"Contrasts": ["intercept"], "Test": "t"}
+    assert load_model(model)["Nodes"][-1]["DummyContrasts"]["Contrasts"] == ["intercept"]
 
 
 def test_a_filter_on_a_key_the_source_node_groups_by_is_taken():

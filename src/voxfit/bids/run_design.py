@@ -641,7 +641,8 @@ def _contrasts(node: dict, x: list, sources: dict, hrfs: dict, design: Design, p
     dummy = node.get("DummyContrasts")
     if dummy is not None:
         listed = dummy.get("Contrasts")
-        chosen = x if listed is None else [n for n in x if n in listed or any(_glob(p, n) for p in listed)]
+        listed = x if listed is None else [*listed, *([1] if "intercept" in listed else [])]  # (1: pybids' intercept)
+        chosen = [n for n in x if n in listed or any(_glob(p, n) for p in listed)]
         for name in chosen:
             specs.append(("intercept" if name == 1 else name, [name], [1], dummy["Test"]))
     for con in node.get("Contrasts") or []:

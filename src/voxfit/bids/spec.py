@@ -525,8 +525,9 @@ def _check_node(node: dict, prefix: str) -> None:
 
 
 def _in_x(name, X) -> bool:
-    """`name` is a column of Model.X: named there, or matched by one of its Unix-glob patterns."""
-    if name in X:
+    """`name` is a column of Model.X: named there, or matched by one of its Unix-glob patterns; "intercept" is its
+    1 (pybids' name for that column, as a ConditionList may call it)."""
+    if name in X or (name == "intercept" and any(x == 1 and not isinstance(x, bool) for x in X)):
         return True
     return isinstance(name, str) and any(
         isinstance(x, str) and re.search(r"[*?\[]", x) and fnmatch.fnmatchcase(name, x) for x in X

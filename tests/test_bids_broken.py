@@ -320,3 +320,28 @@ def test_an_unreadable_bold_fails_its_own_run_not_the_subjects_others(tmp_path):
     assert [f.group.split("_space")[0] for f in runs] == ["sub-01_ses-2_task-stroop_run-1"]
     assert bold.name in runs[0].reason
     assert len(list((tmp_path / "out").rglob("node-run/*_model.json"))) == 2 * 2 * 2 - 1
+
+
+def test_a_run_whose_confounds_pybids_cannot_parse_leaves_its_siblings_designs_as_they_were(tmp_path):
+    """A confounds row with two cells too many in sub-01's run-2: pybids loaded the subject's events, then failed
+    on the confounds; reading each run alone then loaded the events a second time, and pybids added the two up, so
+    run-1's condition columns were doubled and its effects halved (the reviewer's finding). A load that fails keeps
+    nothing: run-1's design is that of the study without the broken table."""
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import nilearn_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=40, shape=(8, 8, 6))
+    kw = {"derivatives": [study.derivatives], "level": "run", "progress": False}
+    assert run(study.root, tmp_path / "clean", model=nilearn_model(), **kw).ok
+    confounds = next(study.derivatives.glob("sub-01/func/*run-2*_desc-confounds_timeseries.tsv"))
+    lines = confounds.read_text().splitlines()
+    lines[5] += "\t1.0\t2.0"
+    confounds.write_text("\n".join(lines) + "\n")
+    broken = run(study.root, tmp_path / "broken", model=nilearn_model(), **kw)
+    assert [f.group.split("_space")[0] for f in broken.failures] == ["sub-01_task-stroop_run-2"]
+    for folder in ("clean", "broken"):
+        design = next((tmp_path / folder).glob("sub-01/node-run/*run-1*_design.tsv"))
+        if folder == "clean":
+            want = pd.read_csv(design, sep="\t")
+        else:
+            pd.testing.assert_frame_equal(pd.read_csv(design, sep="\t"), want)

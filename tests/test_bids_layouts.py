@@ -983,6 +983,8 @@ def test_bidsignore_lines_are_read_as_gitignore_reads_them(tmp_path):
         "sub-01/func/a_physio.tsv",
         "sub-02/func/c_physio.tsv",
     ]
+    # a trailing ** takes what a folder holds, not the folder: a file inside it can be taken back (git's idiom)
+    assert _ignored_paths(tmp_path, ["extra/**", "!extra/y.tsv"]) == ["extra/deep"]
 
 
 def test_a_dataset_with_sessions_and_scans_tables_is_fitted(tmp_path):
@@ -1119,6 +1121,10 @@ def test_a_contrast_of_a_trial_type_a_run_lacks_is_not_made_for_that_run(tmp_pat
     single = next(out.glob("sub-01/node-run/*run-1*_contrast-EvC_stat-effect_statmap.nii.gz"))
     np.testing.assert_allclose(_maps(evc[0]), _maps(single), rtol=1e-6)  # (the one run's, as fixed effects of one)
 
+    # the study's trial types are the dataset's, whichever participants are chosen (sub-02 alone has no error)
+    alone = run(study.root, tmp_path / "alone", model=model, participant_label=["02"], **kw)
+    assert alone.ok and len(alone.notes) == 2, alone.failures
+
     node["Contrasts"][-1]["ConditionList"] = ["eror", "congruent"]
     mistyped = run(study.root, tmp_path / "typo", model=model, **kw)
     assert len(mistyped.failures) >= 4 and all('names "eror"' in f.reason for f in mistyped.failures if f.node == "run")
@@ -1174,7 +1180,8 @@ def test_the_default_models_run_leaves_out_a_trial_type_whose_events_all_start_a
 def test_a_dataset_group_of_several_sessions_of_a_subject_is_refused_saying_what_to_group_by(tmp_path):
     """Run -> Session -> Dataset grouped by contrast alone: each subject's maps of every session in one group. The
     group tool refused it after every fit with a line listing every map's path (kilobytes); each such group now
-    fails before its fit, naming the subject's sessions and what to do. Fixed effects (meta) take them all."""
+    fails before its fit, naming the subject's sessions and what to do. OLS (rows taken as independent, as before)
+    and fixed effects (meta) take them all."""
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
@@ -1188,6 +1195,7 @@ def test_a_dataset_group_of_several_sessions_of_a_subject_is_refused_saying_what
     reason = result.failures[0].reason
     assert "holds 2 maps of sub-01 (sessions 1, 2; 2 subject(s) so)" in reason and "add session" in reason
     assert len(reason) < 400
+    assert run(study.root, tmp_path / "ols", model=model, group_model="ols", **kw).ok  # (rows taken as independent)
     model["Nodes"][-1]["Model"]["Type"] = "meta"
     assert run(study.root, tmp_path / "meta", model=model, **kw).ok
 
@@ -1211,3 +1219,30 @@ def test_a_subject_without_a_sessions_table_fails_alone_where_the_model_takes_it
     assert "sub-03 has no sessions.tsv, whose column(s) load the node's Model.X takes" in result.failures[0].reason
     for sub in ("01", "02"):
         assert list((tmp_path / "out" / f"sub-{sub}" / "node-subject").glob("*_stat-effect_statmap.nii.gz"))
+
+
+def test_a_session_without_a_row_is_no_matter_where_the_model_takes_no_sessions_column(tmp_path):
+    """A Dataset node grouped by session, X [1, age] with DropNA (sub-02's age n/a), and sub-02's sessions.tsv
+    without a row for its ses-2: the check of inputs left out for want of a sessions.tsv row failed that group,
+    though the model takes no column of the table (DropNA left sub-02 out; the reviewer's finding). Both fit."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=4, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    (study.root / "participants.tsv").write_text(
+        "participant_id\tage\nsub-01\t20\nsub-02\tn/a\nsub-03\t30\nsub-04\t41\n"
+    )
+    for sub in ("01", "02", "03", "04"):
+        rows = "ses-1\t1\n" + ("" if sub == "02" else "ses-2\t2\n")
+        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\n" + rows)
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"] = [n for n in model["Nodes"] if n["Name"] != "subject"]
+    model["Edges"] = [{"Source": "run", "Destination": "session"}, {"Source": "session", "Destination": "dataset"}]
+    dataset = model["Nodes"][-1]
+    dataset.update(GroupBy=["contrast", "session"], Model={"Type": "glm", "X": [1, "age"]})
+    dataset["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "DropNA", "Input": ["age"]}],
+    }
+    result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], progress=False)
+    assert result.ok, result.failures

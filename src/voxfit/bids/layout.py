@@ -306,10 +306,13 @@ def _ignored(parts: tuple[str, ...], rule, is_folder: bool) -> bool:
 
 
 def _steps_match(parts: list[str], steps: list[str]) -> bool:
-    """Whether path `parts` match gitignore `steps` from the top (``**`` any number of folders)."""
+    """Whether path `parts` match gitignore `steps` from the top (``**`` any number of folders; a trailing ``**``
+    everything inside, not the folder itself: ``extra/**`` then ``!extra/keep.tsv`` takes that file back)."""
     if not steps:
         return not parts
     if steps[0] == "**":
+        if len(steps) == 1:
+            return bool(parts)
         return any(_steps_match(parts[k:], steps[1:]) for k in range(len(parts) + 1))
     return bool(parts) and fnmatch.fnmatchcase(parts[0], steps[0]) and _steps_match(parts[1:], steps[1:])
 

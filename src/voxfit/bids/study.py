@@ -403,7 +403,7 @@ def run(
                     f"the dataset holds the tasks {listed(tasks)}; voxfit's default model is of one task: choose one "
                     f"with --task {tasks[0]} (a study each), or give a model (--model) that says how to combine them."
                 )
-            default_types = _trial_types(runs)
+            default_types = _trial_types([r.events for r in runs])
             model = load_model(default_model(task or (tasks[0] if tasks else None), default_types, sessions=sessions))
         else:
             model = load_model(model, task=task)
@@ -799,17 +799,17 @@ def _model_key(model) -> object:
     return model
 
 
-def _trial_types(runs, before: float | None = None) -> list[str]:
-    """The trial types of the runs' events (their ``trial_type`` column), sorted; empty when none has one. With
-    `before` (seconds), those with an event starting before it."""
+def _trial_types(events, before: float | None = None) -> list[str]:
+    """The trial types of the `events` files (their ``trial_type`` column; None: no file), sorted; empty when none
+    has one. With `before` (seconds), those with an event starting before it."""
     import pandas as pd
 
     found: set[str] = set()
-    for r in runs:
-        if r.events is None:
+    for path in events:
+        if path is None:
             continue
         try:
-            table = pd.read_csv(r.events, sep="\t", na_values="n/a")
+            table = pd.read_csv(path, sep="\t", na_values="n/a")
         except (OSError, ValueError):
             continue
         if "trial_type" in table:
@@ -1129,12 +1129,12 @@ def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict], X: np
         )
 
 
-def _check_one_map_per_subject(node: _Node, rows: list[dict]) -> None:
-    """A dataset-level group holding several maps of one subject (one per session: a Session node's maps grouped
-    by contrast alone), refused saying what to group by: the group model takes one map per subject, and the group
-    tool's refusal after every fit listed every map's path (a line of kilobytes). Fixed effects (Model.Type meta)
-    take any number of maps."""
-    if node.level != "dataset" or (node.spec.get("Model") or {}).get("Type") == "meta":
+def _check_one_map_per_subject(node: _Node, rows: list[dict], group_model: str) -> None:
+    """A dataset-level group holding several maps of one subject (a Session node's maps grouped by contrast alone,
+    or runs passed on to the dataset), refused before its fit saying what to do, where the group model takes one map
+    per subject (mixed, fixed): the group tool refused it after every fit, in a line listing every map's path
+    (kilobytes). OLS (which takes the maps as independent rows, as before) and Model.Type meta take them all."""
+    if node.level != "dataset" or group_model == "ols" or (node.spec.get("Model") or {}).get("Type") == "meta":
         return
     seen: dict[str, list] = {}
     for row in rows:
@@ -1145,11 +1145,15 @@ def _check_one_map_per_subject(node: _Node, rows: list[dict]) -> None:
         return
     subject, held = next(iter(twice.items()))
     sessions = sorted({str(_value(r.get("session"))) for r in held if _value(r.get("session")) is not None})
-    what = f"sessions {listed(sessions)}" if len(sessions) > 1 else "maps"
+    what, group = (
+        (f"sessions {listed(sessions)}", "add session to the node's GroupBy (a test per session), or ")
+        if len(sessions) > 1
+        else ("maps", "")
+    )
     raise InputError(
-        f"the group holds {len(held)} maps of sub-{subject} ({what}; {len(twice)} subject(s) so), and a group model "
-        "takes one map per subject: add session to the node's GroupBy (a test per session), or combine each "
-        "subject's sessions first (a Subject node between)."
+        f"the group holds {len(held)} maps of sub-{subject} ({what}; {len(twice)} subject(s) so), and the "
+        f"{group_model} group model takes one map per subject: {group}combine each subject's maps first (a Subject "
+        "node between)."
     )
 
 
@@ -1965,10 +1969,16 @@ class _Study:
                 self._recordings = bool(self.layout.get(suffix=["physio", "stim"], extension=".tsv.gz"))
                 self._columns[name], self.unloaded[name] = _named_columns(self.node(name).spec, self.confounds_tables)
             kwargs.update(physio=self._recordings, stim=self._recordings)
-            self._graph.load_collections(nodes=[name], regressors=False, **kwargs)
-            if self._columns[name]:
-                kwargs.update(physio=False, stim=False)
-                self._graph.load_collections(nodes=[name], events=False, columns=self._columns[name], **kwargs)
+            loaded = self._graph.get_node(name)._collections
+            held = len(loaded)
+            try:
+                self._graph.load_collections(nodes=[name], regressors=False, **kwargs)
+                if self._columns[name]:
+                    kwargs.update(physio=False, stim=False)
+                    self._graph.load_collections(nodes=[name], events=False, columns=self._columns[name], **kwargs)
+            except BaseException:  # (the events loaded, the confounds not: none kept, or a run alone reads its
+                del loaded[held:]  # events twice, which pybids adds up: its effects were halved)
+                raise
         else:
             self._graph.load_collections(nodes=[name], **kwargs)
             for collection in self._graph.get_node(name)._collections:
@@ -2123,10 +2133,13 @@ class _Study:
             self.pass_on(node.name, outputs, r.entity)
 
     def trial_types(self) -> tuple[str, ...]:
-        """The trial types of every run's events (a contrast naming one that a run has none of is not made for that
-        run; one naming no trial type of any run is refused, as a name mistyped)."""
+        """The trial types of the events of every run of the runs' tasks in the dataset, whichever participants are
+        chosen (a contrast naming one that a run has none of is not made for that run; one naming no trial type of
+        any run is refused, as a name mistyped). In each run's checksum: a run fitted with another set is refitted."""
         if self._trial_types is None:
-            self._trial_types = tuple(self.default_types) or tuple(_trial_types(self._runs))
+            tasks = sorted({str(_value(r.entity.get("task"))) for r in self._runs if r.entity.get("task") is not None})
+            files = self.layout.get(suffix="events", extension=".tsv", task=tasks or None, return_type="filename")
+            self._trial_types = tuple(self.default_types) or tuple(_trial_types(sorted(files)))
         return self._trial_types
 
     def run_spec(self, node: _Node, r: RunInput) -> dict:
@@ -2140,8 +2153,8 @@ class _Study:
             return node.spec
         if r.events not in self._run_types:
             end = r.n_scans * r.tr if r.tr and r.n_scans else None
-            within = set(_trial_types([r], before=end))
-            self._run_types[r.events] = within or set(_trial_types([r]))
+            within = set(_trial_types([r.events], before=end))
+            self._run_types[r.events] = within or set(_trial_types([r.events]))
         present = [t for t in self.default_types if t in self._run_types[r.events]]
         if not present or len(present) == len(self.default_types):
             return node.spec
@@ -2163,6 +2176,7 @@ class _Study:
             r.slice_timing,
             r.start_time,
             r.n_scans,
+            self.trial_types(),
         )
 
     def prepared_aside(self, node: _Node, pending, by_index: dict, failed) -> Iterator[_RunJob]:
@@ -2495,7 +2509,8 @@ class _Study:
                 produced.append(entities)
                 try:
                     g = self.own_subjects(node, g, infos, group_by, filters, sorted(subjects))
-                    if behind := _left_behind(inputs, g, filters, self.participants, self.session_ids):
+                    sessions = self.session_ids if self.sessions_taken(node) else {}
+                    if behind := _left_behind(inputs, g, filters, self.participants, sessions):
                         raise InputError(
                             f"the input(s) {listed(behind)} of the group left out of its design (a subject without "
                             "a row in participants.tsv, or a session without one in its subject's sessions.tsv, "
@@ -2517,12 +2532,18 @@ class _Study:
                 wait([writing[0]])
         self.skip_empty(node, group_by, produced, failed)
 
+    def sessions_taken(self, node: _Node) -> list[str]:
+        """The sessions.tsv columns a Subject node's Model.X takes (pybids gives that table to Subject nodes only)."""
+        if node.level != "subject":
+            return []
+        return sorted({str(x) for x in (node.spec.get("Model") or {}).get("X") or ()} & set(self.session_columns))
+
     def without_sessions_tables(self, node: _Node, inputs: list) -> list:
         """The inputs of a Subject node whose Model.X takes a column of sessions.tsv, but those of subjects without a
         sessions.tsv, whose groups fail, saying so: pybids failed the whole node for them ("not found in data
         matrix"), every subject's groups lost, none named."""
-        taken = sorted({str(x) for x in (node.spec.get("Model") or {}).get("X") or ()} & set(self.session_columns))
-        if node.level != "subject" or not taken:
+        taken = self.sessions_taken(node)
+        if not taken:
             return inputs
         lacking = sorted({_value(e.get("subject")) for _, e in inputs} - set(self.session_ids) - {None})
         for subject in lacking:
@@ -2631,7 +2652,7 @@ class _Study:
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)
             raise InputError(f"no maps for the input {_input_name(missing[0])}; its lower node failed.")
         _check_pooled_contrasts(node, entities, rows, X.to_numpy())
-        _check_one_map_per_subject(node, rows)
+        _check_one_map_per_subject(node, rows, self.settings.group_model)
         Xv = X.to_numpy()
         rank = np.linalg.matrix_rank(Xv) if Xv.size else 0
         if rank < Xv.shape[1]:

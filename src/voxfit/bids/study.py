@@ -1853,7 +1853,7 @@ class _Study:
         self.identity: tuple[tuple[str, object], ...] = tuple(identity)
         self.default_types: tuple[str, ...] = ()
         self._runs: list[RunInput] = []  # the run node's runs
-        self._trial_types: tuple[str, ...] | None = None  # every run's trial types, read once a design asks
+        self._trial_types: tuple[str, ...] | None = None  # the trial types of the runs' tasks, read once (checksums)
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self.session_ids: dict[str, set[str]] = {}  # each subject's sessions.tsv's sessions (where it has one)
         self.participant_columns: tuple[str, ...] = ()  # its other columns, for messages

@@ -985,6 +985,8 @@ def test_bidsignore_lines_are_read_as_gitignore_reads_them(tmp_path):
     ]
     # a trailing ** takes what a folder holds, not the folder: a file inside it can be taken back (git's idiom)
     assert _ignored_paths(tmp_path, ["extra/**", "!extra/y.tsv"]) == ["extra/deep"]
+    assert _ignored_paths(tmp_path, ["extra/**"]) == ["extra"]  # (nothing taken back: the folder whole, one pattern)
+    assert _ignored_paths(tmp_path, ["extra/**/"]) == ["extra/deep"]  # (the folders inside, not the files beside)
 
 
 def test_a_dataset_with_sessions_and_scans_tables_is_fitted(tmp_path):
@@ -1246,3 +1248,34 @@ def test_a_session_without_a_row_is_no_matter_where_the_model_takes_no_sessions_
     }
     result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], progress=False)
     assert result.ok, result.failures
+
+
+def test_a_trial_type_the_model_does_not_name_refits_only_its_own_run(tmp_path):
+    """The dataset's trial types are in each run's checksum only as far as the run node names them: a type added to
+    one run's events that the model does not name refitted every run of the study (the second reviewer's finding);
+    now that run alone. A run left with no contrast (its only condition absent) is refused, not fitted empty."""
+    import pandas as pd
+
+    from voxfit.bids import run
+    from voxfit.bids.synthetic import nilearn_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    kw = {"derivatives": [study.derivatives], "level": "run", "progress": False}
+    assert run(study.root, tmp_path / "out", model=nilearn_model(), **kw).ok
+    events = next(study.root.glob("sub-02/func/*_events.tsv"))
+    table = pd.read_csv(events, sep="\t")
+    table.loc[[3], "trial_type"] = "foo"
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+    again = run(study.root, tmp_path / "out", model=nilearn_model(), **kw)
+    assert again.ok
+    assert {g.label.split("_task")[0]: g.reused for g in again.nodes["run"]} == {"sub-01": True, "sub-02": False}
+
+    model = nilearn_model()
+    node = model["Nodes"][0]
+    node["Model"]["X"] = ["foo", 1]
+    node["Model"]["HRF"]["Variables"] = ["foo"]
+    node["Contrasts"] = []
+    node["DummyContrasts"] = {"Contrasts": ["foo"], "Test": "t"}
+    only = run(study.root, tmp_path / "foo", model=model, **kw)
+    assert [f.group.split("_task")[0] for f in only.failures] == ["sub-01"]
+    assert 'the run has no event of "foo", and none of the node\'s contrasts is left for it' in only.failures[0].reason

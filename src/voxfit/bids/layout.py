@@ -267,6 +267,10 @@ def _ignored_paths(bids_dir: Path, lines: list[str]) -> list[str]:
     rules = [_rule(line) for line in lines]
     if not any(not negated for *_, negated in rules):
         return []
+    if not any(negated for *_, negated in rules):
+        # nothing to take back: "extra/**" leaves out the folder whole, not each of its files (one pattern each,
+        # which pybids tests every path against: 4 x 3,000 files took an index 8.5 s, against 0.7 s)
+        rules = [(s if folder else _whole(s), p, folder, n) for s, p, folder, n in rules]
     out, seen = [], set()
     for folder, dirs, files in os.walk(bids_dir, followlinks=True):  # (a subject's folder linked in: walked too)
         if os.path.realpath(folder) in seen:  # (a link back up the tree)
@@ -294,6 +298,11 @@ def _rule(line: str) -> tuple[list[str] | None, str, bool, bool]:
     line = line[1:] if negated or line.startswith(("\\!", "\\#")) else line
     folder_only, pattern = line.endswith("/"), line.strip("/")
     return (pattern.split("/") if "/" in line.rstrip("/") else None, pattern, folder_only, negated)
+
+
+def _whole(steps: list[str] | None) -> list[str] | None:
+    """A rule's steps with a trailing ``**`` dropped: the folder itself, rather than everything inside it."""
+    return steps[:-1] if steps and len(steps) > 1 and steps[-1] == "**" else steps
 
 
 def _ignored(parts: tuple[str, ...], rule, is_folder: bool) -> bool:

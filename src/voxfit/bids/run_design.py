@@ -153,6 +153,12 @@ def run_design(
     hrfs = by_model | hrfs
     design, sources = _build(variables, x, hrfs, problem)
     contrasts, not_made = _contrasts(node, x, sources, hrfs, design, problem, absent)
+    if (left_out or not_made) and not contrasts:
+        missing = [*left_out, *(c for _, c in not_made)]
+        raise InputError(
+            f'{problem.where}: the run has no event of "{missing[0]}", and none of the node\'s contrasts is left for '
+            "it; leave the run out (the model's Input), or give the node a contrast of what the run has."
+        )
     settings = {
         "node": node["Name"],
         "run": problem.run_file,

@@ -2133,14 +2133,29 @@ class _Study:
             self.pass_on(node.name, outputs, r.entity)
 
     def trial_types(self) -> tuple[str, ...]:
-        """The trial types of the events of every run of the runs' tasks in the dataset, whichever participants are
-        chosen (a contrast naming one that a run has none of is not made for that run; one naming no trial type of
-        any run is refused, as a name mistyped). In each run's checksum: a run fitted with another set is refitted."""
+        """The trial types of the raw dataset's events of the model's tasks (its Input's, else the runs'), whichever
+        participants or --task are chosen (a contrast naming one that a run has none of is not made for that run;
+        one naming no trial type of any run is refused, as a name mistyped)."""
         if self._trial_types is None:
-            tasks = sorted({str(_value(r.entity.get("task"))) for r in self._runs if r.entity.get("task") is not None})
-            files = self.layout.get(suffix="events", extension=".tsv", task=tasks or None, return_type="filename")
+            tasks = (self.model.get("Input") or {}).get("task") or sorted(
+                {str(_value(r.entity.get("task"))) for r in self._runs if r.entity.get("task") is not None}
+            )
+            tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+            files = self.layout.get(
+                scope="raw", suffix="events", extension=".tsv", task=tasks or None, return_type="filename"
+            )
             self._trial_types = tuple(self.default_types) or tuple(_trial_types(sorted(files)))
         return self._trial_types
+
+    def named_trial_types(self, node: _Node) -> tuple[str, ...]:
+        """The dataset's trial types the run node names (Model.X, Model.HRF, its contrasts): those whose absence
+        from a run changes its design, in each run's checksum (another trial type added to a run refits that run
+        alone, through its events' content)."""
+        model, dummy = node.spec.get("Model") or {}, node.spec.get("DummyContrasts") or {}
+        named = {*map(str, model.get("X") or ()), *map(str, (model.get("HRF") or {}).get("Variables") or ())}
+        named |= {str(c) for con in node.spec.get("Contrasts") or () for c in con.get("ConditionList") or ()}
+        named |= set(map(str, dummy.get("Contrasts") or ()))
+        return tuple(t for t in self.trial_types() if t in named or f"trial_type.{t}" in named)
 
     def run_spec(self, node: _Node, r: RunInput) -> dict:
         """The Run node for run `r`: as the model gives it, but for voxfit's default model (each trial type against
@@ -2176,7 +2191,7 @@ class _Study:
             r.slice_timing,
             r.start_time,
             r.n_scans,
-            self.trial_types(),
+            self.named_trial_types(node),
         )
 
     def prepared_aside(self, node: _Node, pending, by_index: dict, failed) -> Iterator[_RunJob]:

@@ -48,7 +48,6 @@ from .._checks import check_scalar, repeated
 from ..design import Design, make_design
 from ..design.events import cosine_drift, parse_high_pass
 from ..exceptions import DesignWarning, InputError
-
 from .layout import value_text
 from .spec import HRF_MODELS, hrf_settings, weight_value
 

@@ -421,10 +421,8 @@ def run(
         lines = _table_lines(Path(bids_dir) / "participants.tsv")
         participants = _participants_rows(lines)
         _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
-        tables = {
-            "participants": participants[0][1:] if participants else [],
-            "sessions": _sessions_columns(Path(bids_dir)),
-        }
+        session_columns, session_ids = _sessions_tables(Path(bids_dir))
+        tables = {"participants": participants[0][1:] if participants else [], "sessions": session_columns}
         _check_misnamed_columns(model, [*tables["participants"], *tables["sessions"]])
         _check_table_levels(model, tables)
         _check_scans_tables(Path(bids_dir), model, labels)
@@ -443,9 +441,9 @@ def run(
         study.default_types = tuple(default_types)
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
-        study.session_ids = _session_ids(Path(bids_dir))
+        study.session_ids = session_ids
         study.participant_columns = tuple(participants[0][1:]) if participants else ()
-        study.session_columns = tuple(tables["sessions"])
+        study.session_columns = tuple(session_columns)
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
         # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
         freeze = gc.get_freeze_count() == 0
@@ -894,24 +892,20 @@ def _grid_selectors(runs) -> dict:
     return selectors
 
 
+def _spec_strings(value) -> list[str]:
+    """Every text a node's specification holds (its values, at any depth): the names it may use."""
+    if isinstance(value, str):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [s for item in items for s in _spec_strings(item)]
+
+
 def _named_columns(spec: dict, tables) -> tuple[list[str], tuple[str, ...]]:
     """The confounds columns a Run node can use, and those it cannot: a column is used when the node names it
     anywhere (Model.X, a transformation's Input or Query, a contrast), whole, as a word of an expression, or
     through a wildcard pattern. pybids makes a variable of every column it reads, 5 ms each: fMRIPrep's
     tables have hundreds, the models a few."""
-    strings: list[str] = []
-
-    def walk(value) -> None:
-        if isinstance(value, str):
-            strings.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(spec)
+    strings = _spec_strings(spec)
     words = set(strings) | {w for s in strings for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", s)}
     patterns = [s for s in strings if re.search(r"[*?\[]", s)]
     header: dict[str, None] = {}
@@ -1033,18 +1027,6 @@ def _left_behind(inputs, group, filters: dict, participants: set[str] | None, se
             no_row |= session is not None and subject in sessions and session not in sessions[subject]
             if _key(ents) not in have and subject is not None and no_row:
                 out.append(_input_name(ents))
-    return out
-
-
-def _session_ids(bids_dir: Path) -> dict[str, set[str]]:
-    """Each subject's sessions as its sessions.tsv lists them (labels without ``ses-``), for the subjects that have
-    one (unreadable tables: none; pybids says so where a node reads them)."""
-    out = {}
-    for path in sorted(bids_dir.glob("sub-*/sub-*_sessions.tsv")):
-        rows = [r for r in _table_lines(path) if any(c.strip() for c in r)]
-        if rows and rows[0] and rows[0][0].strip() == "session_id":
-            subject = path.name[len("sub-") : -len("_sessions.tsv")]
-            out[subject] = {r[0].strip().removeprefix("ses-") for r in rows[1:] if r}
     return out
 
 
@@ -1256,14 +1238,21 @@ def _input_name(entities: dict) -> str:
     return _group_label(named or entities)
 
 
-def _sessions_columns(bids_dir: Path) -> list[str]:
-    """The columns of the dataset's sessions.tsv files (their header lines; none unreadable)."""
+def _sessions_tables(bids_dir: Path) -> tuple[list[str], dict[str, set[str]]]:
+    """The columns of the dataset's sessions.tsv files (their header lines), and each subject's sessions as its
+    table lists them (labels without ``ses-``; tables whose first column is session_id), each table read once
+    (unreadable ones: none; pybids says so where a node reads them)."""
     columns: dict[str, None] = {}
-    for path in sorted(bids_dir.glob("sub-*/sub-*_sessions.tsv"))[:1000]:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            with open(path, encoding="utf-8-sig") as fh:
-                columns.update(dict.fromkeys(c.strip() for c in fh.readline().split("\t")[1:]))
-    return list(columns)
+    ids = {}
+    for path in sorted(bids_dir.glob("sub-*/sub-*_sessions.tsv")):
+        rows = [r for r in _table_lines(path) if any(c.strip() for c in r)]
+        if not rows:
+            continue
+        columns.update(dict.fromkeys(c.strip() for c in rows[0][1:]))
+        if rows[0][0].strip() == "session_id":
+            subject = path.name[len("sub-") : -len("_sessions.tsv")]
+            ids[subject] = {r[0].strip().removeprefix("ses-") for r in rows[1:] if r}
+    return list(columns), ids
 
 
 def _contrast_names(node: dict) -> set[str]:
@@ -2148,13 +2137,10 @@ class _Study:
         return self._trial_types
 
     def named_trial_types(self, node: _Node) -> tuple[str, ...]:
-        """The dataset's trial types the run node names (Model.X, Model.HRF, its contrasts): those whose absence
-        from a run changes its design, in each run's checksum (another trial type added to a run refits that run
-        alone, through its events' content)."""
-        model, dummy = node.spec.get("Model") or {}, node.spec.get("DummyContrasts") or {}
-        named = {*map(str, model.get("X") or ()), *map(str, (model.get("HRF") or {}).get("Variables") or ())}
-        named |= {str(c) for con in node.spec.get("Contrasts") or () for c in con.get("ConditionList") or ()}
-        named |= set(map(str, dummy.get("Contrasts") or ()))
+        """The dataset's trial types the run node names (anywhere: Model.X, Model.HRF, its contrasts, its
+        transformations): those whose absence from a run changes its design, in each run's checksum (another trial
+        type added to a run refits that run alone, through its events' content)."""
+        named = set(_spec_strings(node.spec))
         return tuple(t for t in self.trial_types() if t in named or f"trial_type.{t}" in named)
 
     def run_spec(self, node: _Node, r: RunInput) -> dict:

@@ -204,3 +204,9 @@ def test_failed_runs_are_said_where_they_are_left_out(tmp_path, capsys):
     assert group["subjects_used"] == ["01", "02"] and list(group["subjects_left_out"]) == ["03"]
     assert any("left out: 03" in n for n in group["notes"])
     assert not (out / "sub-03").exists()
+    # --quiet ("print nothing but errors"): the failures and skipped groups of its exit 2, not the notes
+    assert main([*args, "--quiet"]) == 2
+    quiet = capsys.readouterr()
+    said = quiet.err.splitlines()
+    assert quiet.out == "" and len(said) == 4
+    assert all(line.startswith(("voxfit: failed: node run", "voxfit: skipped: node subject")) for line in said)

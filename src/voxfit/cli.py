@@ -935,7 +935,7 @@ def _run_bids(args, argv, progress) -> int:
     except KeyboardInterrupt as exc:  # (a group is committed whole or not at all, by whichever process fitted it)
         done = getattr(exc, "result", None)  # (bids.study.ReportsInterrupted: the fits were all done)
         if done is not None:
-            _said_of_study(done)
+            _said_of_study(done, notes=not args.quiet)
             removed = f"; {done.removed} files of stale groups were removed" if done.removed else ""
             fits = "the study's fits are complete" if done.ok else "every group was fitted, or failed as said above,"
             print(
@@ -969,17 +969,18 @@ def _run_bids(args, argv, progress) -> int:
         print(f"{', '.join(counts)}: {where}")
         if args.report and (Path(result.out_dir) / "index.html").is_file():
             print(f"reports: {Path(result.out_dir) / 'index.html'}")
-    _said_of_study(result)
+    _said_of_study(result, notes=not args.quiet)
     return 0 if result.ok else 2
 
 
-def _said_of_study(result) -> None:
-    """A study's failures, groups skipped and notes, a line each on stderr."""
+def _said_of_study(result, notes: bool = True) -> None:
+    """A study's failures and groups skipped (the errors of its exit 2), and its notes unless `notes` is False
+    (--quiet: the notes stay in each group's model.json), a line each on stderr."""
     for failure in result.failures:
         print(f"voxfit: failed: {failure}", file=sys.stderr)
     for skipped in result.skipped:
         print(f"voxfit: skipped: {skipped}", file=sys.stderr)
-    for group, note in result.notes:
+    for group, note in result.notes if notes else ():
         print(f"voxfit: note: node {group.name}, {group.label}: {note}", file=sys.stderr)
 
 

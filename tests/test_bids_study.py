@@ -691,6 +691,26 @@ def test_a_rerun_removes_what_its_model_no_longer_makes_and_keeps_other_particip
     assert {f for f in third if "node-run" not in f} <= set(left)
 
 
+def test_a_dataset_group_refitted_over_fewer_subjects_says_whom_it_no_longer_has(tmp_path):
+    """A dataset level rerun into the same folder with --participant-label 01 02 replaces the group of three
+    subjects (as it must: the group is the one asked for), and says so in a note naming the subject left out,
+    where before it was replaced silently; a group refitted over as many subjects, or more, has no such note."""
+    from voxfit.bids import run
+
+    study, _ = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(10, 10, 8))
+    out, kw = tmp_path / "out", {"derivatives": [study.derivatives], "progress": False}
+    first = run(study.root, out, **kw)
+    assert first.ok and not first.notes
+    fewer = run(study.root, out, participant_label=["01", "02"], **kw)
+    dataset = [(g, n) for g, n in fewer.notes if g.level == "dataset"]
+    assert fewer.ok and dataset and len(dataset) == len(fewer.nodes["dataset"])
+    assert all("replaces the group of 3 subjects" in n and "without 03" in n for _, n in dataset)
+    record = json.loads(next((out / "node-dataset").glob("*congruent_model.json")).read_text())["settings"]["bids"]
+    assert record["subjects_used"] == ["01", "02"] and any("without 03" in n for n in record["notes"])
+    again = run(study.root, out, **kw)
+    assert again.ok and not [n for g, n in again.notes if "replaces" in n]
+
+
 def test_a_study_means_its_own_folder_from_any_working_folder(tmp_path, monkeypatch):
     """A study given a relative OUT_DIR, rerun from another working folder, reuses its own groups and reads its own
     maps, never those of a folder of the same name below the new working folder (records name their maps by file

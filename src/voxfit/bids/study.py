@@ -955,6 +955,23 @@ def _read_bids(record_path: Path) -> dict | None:
     return bids
 
 
+def _subjects_dropped(record_path: Path, extra: dict) -> list[str]:
+    """The note of a dataset group refitted over fewer subjects than the group it replaces (its record at
+    `record_path`, written by an earlier study: a --participant-label subset, subjects whose runs now fail); []
+    for other groups."""
+    used = extra.get("subjects_used")
+    before = (_read_bids(record_path) or {}).get("subjects_used") if used is not None else None
+    if not isinstance(before, list):
+        return []
+    gone = sorted(set(map(str, before)) - set(used))
+    if not gone:
+        return []
+    return [
+        f"replaces the group of {len(before)} subjects written before; now {len(used)}, without {', '.join(gone)} "
+        "(--participant-label, or their inputs failed)"
+    ]
+
+
 def _outputs_present(bids: dict) -> bool:
     return all(Path(f).is_file() for o in bids.get("outputs", {}).values() for f in (o["effect"], o["variance"]))
 
@@ -2694,6 +2711,7 @@ class _Study:
         bids = self.reuse(record_path, checksum)
         if bids is not None:
             return lambda: (_node_result(bids, record_path), bids["outputs"])
+        notes = [*notes, *_subjects_dropped(record_path, extra)]  # (not in the checksum: said when refitted only)
         effects = [ref.effect for ref in refs]
         variances = [ref.variance for ref in refs]
         dofs = [ref.dof for ref in refs]

@@ -928,8 +928,10 @@ def _run_bids(args, argv, progress) -> int:
 
     if find_spec("bids") is None:
         raise InputError("voxfit bids needs pybids: pip install 'voxfit[bids]'.")
+    from ._memory import release_freed_memory
     from .bids import run as run_study
 
+    release_freed_memory()  # (runs held one after another: each one's memory given back, not kept for the next)
     try:
         result = _fit_study(run_study, args, argv, progress)
     except KeyboardInterrupt as exc:  # (a group is committed whole or not at all, by whichever process fitted it)

@@ -57,7 +57,7 @@ import numpy as np
 
 from .._checks import repeated
 from .._execution import Execution, cap_holding, data_bytes
-from .._memory import reserved_bytes, whole_files_capped
+from .._memory import release_freed_memory, reserved_bytes, whole_files_capped
 from .._progress import Progress
 from .._threads import DaemonExecutor, handle_stop_signals
 from .._version import __version__
@@ -1552,6 +1552,7 @@ def _worker_start(threads: int) -> None:
     has removed its partial folder (a KeyboardInterrupt in the run, then exit 130)."""
     global _IN_WORKER, _LIMITS
     _IN_WORKER = True
+    release_freed_memory()  # (it fits runs one after another, as `voxfit bids` does)
     try:
         from threadpoolctl import threadpool_limits
 

@@ -691,24 +691,34 @@ def test_a_rerun_removes_what_its_model_no_longer_makes_and_keeps_other_particip
     assert {f for f in third if "node-run" not in f} <= set(left)
 
 
-def test_a_dataset_group_refitted_over_fewer_subjects_says_whom_it_no_longer_has(tmp_path):
+def test_a_dataset_group_refitted_without_some_of_its_subjects_says_whom_it_no_longer_has(tmp_path):
     """A dataset level rerun into the same folder with --participant-label 01 02 replaces the group of three
-    subjects (as it must: the group is the one asked for), and says so in a note naming the subject left out,
-    where before it was replaced silently; a group refitted over as many subjects, or more, has no such note."""
+    subjects (as it must: the group is the one asked for), and says so in a note naming the subject it no longer
+    has, where before it was replaced silently; so does one over as many subjects, not the same ones. The note is
+    said when the group is refitted, not again when it is reused, and a group refitted over every subject it had
+    has none."""
     from voxfit.bids import run
 
     study, _ = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(10, 10, 8))
     out, kw = tmp_path / "out", {"derivatives": [study.derivatives], "progress": False}
     first = run(study.root, out, **kw)
     assert first.ok and not first.notes
+
+    def replaced(result):
+        return [(g, n) for g, n in result.notes if "replaces the group" in n]
+
     fewer = run(study.root, out, participant_label=["01", "02"], **kw)
-    dataset = [(g, n) for g, n in fewer.notes if g.level == "dataset"]
-    assert fewer.ok and dataset and len(dataset) == len(fewer.nodes["dataset"])
-    assert all("replaces the group of 3 subjects" in n and "without 03" in n for _, n in dataset)
+    said = replaced(fewer)
+    assert fewer.ok and said and len(said) == len(fewer.nodes["dataset"])
+    assert all(g.level == "dataset" and "of 3 subjects" in n and "without 03 now (2 subjects" in n for g, n in said)
     record = json.loads(next((out / "node-dataset").glob("*congruent_model.json")).read_text())["settings"]["bids"]
-    assert record["subjects_used"] == ["01", "02"] and any("without 03" in n for n in record["notes"])
+    assert record["subjects_used"] == ["01", "02"] and not record["notes"]
+    reused = run(study.root, out, participant_label=["01", "02"], **kw)
+    assert reused.ok and all(g.reused for g in reused.nodes["dataset"]) and not replaced(reused)
+    other = run(study.root, out, participant_label=["01", "03"], **kw)
+    assert other.ok and all("without 02 now (2 subjects" in n for _, n in replaced(other)) and replaced(other)
     again = run(study.root, out, **kw)
-    assert again.ok and not [n for g, n in again.notes if "replaces" in n]
+    assert again.ok and not replaced(again)
 
 
 def test_a_study_means_its_own_folder_from_any_working_folder(tmp_path, monkeypatch):

@@ -209,11 +209,12 @@ def release_freed_memory() -> bool:
     study kept the slabs and per-voxel arrays of the runs before beside the two runs it holds. Blocks from 8 MiB
     are mapped on their own (returned when freed) and the heap's top returned beyond 4 MiB: a study of 6 subjects
     x 2 runs x 200 scans (118,880 voxels) peaked at 535-547 MiB rather than 616-650, in the same CPU time (a
-    128 KiB top: 529-544 MiB, 0.5 s more system time). False where the C library is not glibc (nothing changed)."""
+    128 KiB top: 529-544 MiB, 0.5 s more system time). False, with nothing changed, where the C library is not
+    glibc, and where the user tunes malloc through the environment (``MALLOC_*_``, ``GLIBC_TUNABLES``)."""
     import ctypes
     import platform
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or _malloc_tuned(os.environ):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -221,3 +222,10 @@ def release_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_FROM) and mallopt(_M_TRIM_THRESHOLD, _TRIM_FROM))
+
+
+def _malloc_tuned(environ) -> bool:
+    """Whether `environ` sets glibc's malloc parameters (``MALLOC_TRIM_THRESHOLD_`` as Dask advises, ...)."""
+    return any(k.startswith("MALLOC_") and k.endswith("_") for k in environ) or "malloc" in environ.get(
+        "GLIBC_TUNABLES", ""
+    )

@@ -931,7 +931,8 @@ def _run_bids(args, argv, progress) -> int:
     from ._memory import release_freed_memory
     from .bids import run as run_study
 
-    release_freed_memory()  # (runs held one after another: each one's memory given back, not kept for the next)
+    if _PROGRAM:  # (runs held one after another: each one's memory given back; a caller's process left as it is)
+        release_freed_memory()
     try:
         result = _fit_study(run_study, args, argv, progress)
     except KeyboardInterrupt as exc:  # (a group is committed whole or not at all, by whichever process fitted it)
@@ -1577,8 +1578,13 @@ def main(argv: list[str] | None = None) -> int:
 def program() -> NoReturn:
     """The voxfit program (the ``voxfit`` script, ``python -m voxfit``): the command line on ``sys.argv`` in a
     process set up for it (:func:`program_settings`), which ends as soon as the command has (:func:`_end_process`)."""
+    global _PROGRAM
+    _PROGRAM = True
     program_settings()
     _end_process(_command(sys.argv[1:], program=True))
+
+
+_PROGRAM = False  # this process is the voxfit program (`program`), not Python code calling `main`
 
 
 def _command(argv: list[str], program: bool) -> int:

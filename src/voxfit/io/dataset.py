@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from .._array import working_dtype
 from .checks import check_design_rows
 from .masking import Masker, ScanGlobals, explicit_mask, gather, gather_auto, resolve_mask_threshold
-from .readers import DEFAULT_SLAB_BYTES, apply_scale, open_reader
+from .readers import apply_scale, open_reader
 
 __all__ = ["Dataset", "ScaledArray", "load", "preloaded"]
 
@@ -22,9 +22,7 @@ __all__ = ["Dataset", "ScaledArray", "load", "preloaded"]
 # memory plan, keep the readers' 4 MiB). A compressed file is decompressed on a thread that takes the GIL once a
 # slab; while the numerical modules import on the main thread, each of those waits can last the interpreter's
 # switch interval (5 ms), against 2.6 ms to decompress one 4 MB scan: 16 MiB slabs rather than 4 MiB loaded a
-# 2 mm MNI run of 400 scans in 1.36-1.44 s rather than 1.48-1.73 s. The three slabs of a .nii.gz in flight stay
-# small beside the data (at most a 24th each, not under 4 MiB): a study reads the next run beside the one it
-# fits, and 3 x 16 MiB slabs beside a run of 95 MB were a quarter of what the two runs held.
+# 2 mm MNI run of 400 scans in 1.36-1.44 s rather than 1.48-1.73 s.
 GATHER_SLAB_BYTES = 16 << 20
 
 # A load already under way (see `preloaded`): [key, future], emptied by the load that takes it.
@@ -85,6 +83,7 @@ def load(
     name: str = "paths",
     observe=None,
     map_files: bool | None = None,
+    slab_bytes: int = GATHER_SLAB_BYTES,
 ) -> Dataset:
     """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
@@ -128,6 +127,10 @@ def load(
         line does (:func:`files_mapped`): a CIFTI run's data are then read-only and change if the file is
         rewritten, and a file cut short while it is mapped ends the process (SIGBUS). By default (None) they are
         read into memory, except within :func:`files_mapped`.
+    slab_bytes : int, optional
+        With an explicit `mask`, the most bytes of whole scans read at a time (at least one scan; three such slabs
+        of a .nii.gz in flight): 16 MiB by default. Less holds less beside the data: a study reads the next run
+        beside the one it fits in 4 MiB slabs (three of 16 MiB beside a run of 95 MB were half of it again).
     """
     map_files = _MAP_FILES.get() if map_files is None else map_files
     held = _PRELOADED.get()
@@ -148,7 +151,7 @@ def load(
     else:
         mask_array = explicit_mask(mask, reader.geometry)
         index = np.flatnonzero(mask_array)
-        raw = gather(reader, index, progress, globals_, observe, _slab_bytes(reader, index.size), map_files=map_files)
+        raw = gather(reader, index, progress, globals_, observe, slab_bytes, map_files=map_files)
     data = raw if reader.scale is None else ScaledArray(raw, *reader.scale)
     return Dataset(
         data=data,
@@ -157,13 +160,6 @@ def load(
         globals=None if globals_ is None else globals_.values,
         memory=tuple(reader.in_memory),
     )
-
-
-def _slab_bytes(reader, n_voxels: int) -> int:
-    """The slabs of :data:`GATHER_SLAB_BYTES` for gathering `n_voxels` of `reader`'s scans, at most a 24th of
-    those data each (not under the readers' 4 MiB)."""
-    data = reader.n_scans * n_voxels * reader.dtype.itemsize
-    return min(GATHER_SLAB_BYTES, max(DEFAULT_SLAB_BYTES, data // 24))
 
 
 def _load_key(paths, mask, mask_threshold, n_scans, scan_globals, name) -> tuple | None:

@@ -2,6 +2,7 @@
 lazily."""
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +46,19 @@ def _unit(path: Path) -> str:
     return rel.parts[0].removesuffix(".py")
 
 
-def _imports(path: Path):
+@functools.cache
+def _parsed(path: Path) -> tuple[ast.Module, tuple[ast.AST, ...]]:
+    """A module's tree and its nodes in ast.walk's order, parsed and walked once for the checks of this file (both
+    go over every module of the package: each parsed and walked it again, three walks a module)."""
     tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        top_level = node in tree.body
+    return tree, tuple(ast.walk(tree))
+
+
+def _imports(path: Path):
+    tree, nodes = _parsed(path)
+    body = {id(node) for node in tree.body}
+    for node in nodes:
+        top_level = id(node) in body
         if isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against the module's package
                 target = _relative_target(path, node)
@@ -78,9 +88,9 @@ def _private_uses(path: Path, src: Path = SRC):
     offer are their public names)."""
     me = path.relative_to(src).with_suffix("").parts
     me = me[:-1] if me[-1] == "__init__" else me
-    tree = ast.parse(path.read_text())
+    _, nodes = _parsed(path)
     modules = {}  # local name -> parts of a voxfit module bound to it
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 target = tuple(p for p in _relative_target(path, node, src) if p)
@@ -97,7 +107,7 @@ def _private_uses(path: Path, src: Path = SRC):
             for alias in node.names:
                 if alias.name.split(".")[0] == "voxfit" and alias.asname:
                     modules[alias.asname] = tuple(alias.name.split(".")[1:])
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
             target = modules[node.value.id]
             private = node.attr.startswith("_") and not node.attr.startswith("__")

@@ -133,6 +133,7 @@ def test_gzip_bomb_of_the_issue_is_refused_from_its_size(study, capsys):
     )
 
 
+@pytest.mark.parametrize("rng", [0], indirect=True)  # (a header's refusal: one seed's data, not three processes)
 def test_the_issue_bomb_in_its_own_process_exits_2_fast_and_leaves_nothing(study):
     """As the issue ran it: a separate process (imports included) under ``ulimit -v`` 4 GiB: exit 2 within 5 s,
     one line, no output folder and no .voxfit-partial-* (the run was killed by the kernel before the fix)."""
@@ -161,6 +162,7 @@ def test_the_issue_bomb_in_its_own_process_exits_2_fast_and_leaves_nothing(study
     assert not study["out"].exists() and not list(study["dir"].rglob(".voxfit-partial-*"))
 
 
+@pytest.mark.parametrize("rng", [0], indirect=True)  # (headers, whatever the data: one seed's, not three times)
 def test_headers_nibabel_reports_give_the_program_s_one_line(study):
     """The voxfit program (its own process): a header nibabel logs a problem of before refusing it (datatype code
     0), or before reading it byte-swapped (dim[0] = -1), gives one line on stderr, the program's, not nibabel's

@@ -362,6 +362,51 @@ def test_cli_exit_codes_for_bad_arguments(tmp_path, capsys):
     )
 
 
+def test_the_index_is_built_without_a_disk_wait_per_commit_and_other_databases_keep_theirs(tmp_path, monkeypatch):
+    """pybids' index is built with SQLite's syncing off on its own file's connections (one fsync of the file at
+    the end): a connection another database opens during the build, and every connection after it, keeps SQLite's
+    default (FULL); the setting is removed from SQLAlchemy even when the build fails; the index is whole."""
+    import sqlite3
+
+    import sqlalchemy
+
+    from voxfit.bids import layout as bids_layout
+
+    study, _ = _study(tmp_path, subjects=1, runs=1)
+    other = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'other.sqlite'}")
+    seen = {}
+    real = bids_layout._layout
+
+    def spying(*args, **kwargs):
+        with other.connect() as c:
+            seen["other, during"] = c.exec_driver_sql("PRAGMA synchronous").scalar()
+        built = real(*args, **kwargs)
+        with built.connection_manager.engine.connect() as c:
+            seen["index, during"] = c.exec_driver_sql("PRAGMA synchronous").scalar()
+        return built
+
+    monkeypatch.setattr(bids_layout, "_layout", spying)
+    layout = bids_layout.index(study.root, [study.derivatives], database=tmp_path / "db")
+    with layout.connection_manager.engine.connect() as c, other.connect() as d:
+        seen["index, after"] = c.exec_driver_sql("PRAGMA synchronous").scalar()
+        seen["other, after"] = d.exec_driver_sql("PRAGMA synchronous").scalar()
+    assert seen == {"other, during": 2, "index, during": 0, "index, after": 2, "other, after": 2}
+    assert len(bids_layout.find_runs(layout)) == 1
+    (database,) = (tmp_path / "db").glob("*/layout_index.sqlite")
+    assert sqlite3.connect(database).execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    bids_layout.release_index(layout)
+
+    def failing(*args, **kwargs):
+        raise OSError("the disk is full")
+
+    monkeypatch.setattr(bids_layout, "_layout", failing)
+    (study.root / "README").write_text("changed")  # (a new fingerprint: built again)
+    with pytest.raises(OSError):
+        bids_layout.index(study.root, [study.derivatives], database=tmp_path / "db")
+    with other.connect() as c:
+        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):
     from voxfit.bids.layout import find_runs, index, release_index
 

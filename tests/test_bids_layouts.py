@@ -634,7 +634,11 @@ def test_a_node_whose_design_holds_each_contrast_apart_is_not_said_to_pool_them(
     model = default_model("stroop", ["A", "B"])
     subject = {**model["Nodes"][1], "GroupBy": ["subject"], "Model": {"Type": "meta", "X": X}}
     weights = [1, -1] if X[0] == "A" else [0, 1]  # (with the intercept, B's map, A's column is A - B)
-    subject["Contrasts"] = [{"Name": "AvB", "ConditionList": X, "Weights": weights, "Test": "t"}]
+    one = [1, 0]  # (A's maps alone; with the intercept, B's alone)
+    subject["Contrasts"] = [
+        {"Name": "AvB", "ConditionList": X, "Weights": weights, "Test": "t"},
+        {"Name": "one", "ConditionList": X, "Weights": one, "Test": "t"},
+    ]
     del subject["DummyContrasts"]
     model["Nodes"][1] = subject
     model["Edges"][1]["Filter"] = {"contrast": ["AvB"]}
@@ -642,6 +646,12 @@ def test_a_node_whose_design_holds_each_contrast_apart_is_not_said_to_pool_them(
     result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
     assert result.ok, result.failures
     assert not [w for w in recwarn if "pools the maps" in str(w.message)]
+    # A - B from a run's A and B: its variance takes them as independent, which a run's two contrasts are not
+    said = {g.label: n for g, n in result.notes if g.name == "subject"}
+    assert sorted(said) == ["sub-01", "sub-02", "sub-03"], result.notes
+    run_1 = "sub-01_task-stroop_run-1_space-MNI152NLin2009cAsym"
+    assert f"contrast AvB combines the maps of A and B of the same input ({run_1})" in said["sub-01"]
+    assert "too large or too small" in said["sub-01"] and "contrast one" not in " ".join(said.values())
     a, b = (_maps(next((out / "sub-01" / "node-run").glob(f"*contrast-{c}_stat-effect_statmap.nii.gz"))) for c in "AB")
     d = _maps(out / "sub-01" / "node-subject" / "sub-01_contrast-AvB_stat-effect_statmap.nii.gz")
     np.testing.assert_allclose(d, a - b, rtol=1e-5, atol=1e-6)

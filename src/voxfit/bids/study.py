@@ -1128,6 +1128,38 @@ def _check_pooled_contrasts(node: _Node, entities: dict, rows: list[dict], X: np
         )
 
 
+def _correlated_inputs(rows: list[dict], X: np.ndarray, weights: dict) -> list[str]:
+    """The notes of a group whose contrasts combine maps of different contrasts of one input below (a GroupBy
+    without contrast and their indicators in Model.X, FitLins' idiom: a subject's A - B from its runs' A and B).
+    Each map's variance is in its file, but not the covariance of a run's two contrasts (their estimates share the
+    run's noise), so the group takes them as independent: the combination's variance is approximate, too large or
+    too small (1.5-1.65x too large for congruent + IvC, IvC being incongruent - congruent). An input's rows that
+    enter a contrast are those of the nonzero entries of ``X pinv(X'X) c'``."""
+    named = [str(_value(r.get("contrast"))) for r in rows]
+    if len(set(named)) < 2 or not X.size:
+        return []
+    inputs = [
+        tuple((k, _value(r.get(k))) for k in ENTITIES if k != "contrast" and _value(r.get(k)) is not None) for r in rows
+    ]
+    influence = X @ np.linalg.pinv(X.T @ X)
+    notes = []
+    for label, w in weights.items():
+        h = np.abs(influence @ np.atleast_2d(w).T).max(axis=1)
+        entering: dict[tuple, set[str]] = {}
+        for i in np.flatnonzero(h > 1e-9 * max(h.max(), 1e-300)):
+            entering.setdefault(inputs[i], set()).add(named[i])
+        shared = [(where, sorted(names)) for where, names in entering.items() if len(names) > 1]
+        if shared:
+            where, names = shared[0]
+            notes.append(
+                f"contrast {label} combines the maps of {' and '.join(names)} of the same input "
+                f"({_group_label(dict(where))}{', and others' if len(shared) > 1 else ''}) as if "
+                "independent: their covariance is in no map, so its variance is approximate, too large or too "
+                "small; for an exact one, make the combination a contrast of the node below and pass it on."
+            )
+    return notes
+
+
 def _check_one_map_per_subject(node: _Node, rows: list[dict], group_model: str) -> None:
     """A dataset-level group holding several maps of one subject (a Session node's maps grouped by contrast alone,
     or runs passed on to the dataset), refused before its fit saying what to do, where the group model takes one map
@@ -2701,6 +2733,7 @@ class _Study:
         check_name_lengths(prefix, [labels[c.name] for c in g.contrasts], extension, self.longest_stat(level))
         claimed[record_path] = _group_label(entities)
         notes, extra = self.left_out(node, entities, rows, failed)
+        notes += _correlated_inputs(rows, Xv, weights)
         checksum = _checksum(
             __version__,
             self.settings.of_level(level),

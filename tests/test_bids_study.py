@@ -363,37 +363,52 @@ def test_cli_exit_codes_for_bad_arguments(tmp_path, capsys):
 
 
 def test_the_index_is_built_without_a_disk_wait_per_commit_and_other_databases_keep_theirs(tmp_path, monkeypatch):
-    """pybids' index is built with SQLite's syncing off on its own file's connections (one fsync of the file at
-    the end): a connection another database opens during the build, and every connection after it, keeps SQLite's
-    default (FULL); the setting is removed from SQLAlchemy even when the build fails; the index is whole."""
+    """pybids' index is built with SQLite's syncing off on its files' connections (the dataset's and the
+    derivatives folder's; each file synced once at the end): a connection another database opens during the
+    build, and every connection after it, keeps SQLite's default (FULL), also after a build that failed; the index
+    is whole. Builds in threads beside a thread connecting to another database break none of its connects (a
+    listener added and removed at each build failed them: SQLAlchemy iterates its listeners unlocked)."""
     import sqlite3
+    import threading
 
     import sqlalchemy
+    from sqlalchemy.pool import NullPool
 
     from voxfit.bids import layout as bids_layout
 
     study, _ = _study(tmp_path, subjects=1, runs=1)
-    other = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'other.sqlite'}")
+    other = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'other.sqlite'}", poolclass=NullPool)
+
+    def synchronous(engine) -> int:
+        with engine.connect() as c:
+            return c.exec_driver_sql("PRAGMA synchronous").scalar()
+
     seen = {}
     real = bids_layout._layout
 
     def spying(*args, **kwargs):
-        with other.connect() as c:
-            seen["other, during"] = c.exec_driver_sql("PRAGMA synchronous").scalar()
+        seen["other, during"] = synchronous(other)
         built = real(*args, **kwargs)
-        with built.connection_manager.engine.connect() as c:
-            seen["index, during"] = c.exec_driver_sql("PRAGMA synchronous").scalar()
+        seen["index, during"] = synchronous(built.connection_manager.engine)
+        (derivatives,) = built.derivatives.values()
+        seen["derivatives, during"] = synchronous(derivatives.connection_manager.engine)
         return built
 
     monkeypatch.setattr(bids_layout, "_layout", spying)
     layout = bids_layout.index(study.root, [study.derivatives], database=tmp_path / "db")
-    with layout.connection_manager.engine.connect() as c, other.connect() as d:
-        seen["index, after"] = c.exec_driver_sql("PRAGMA synchronous").scalar()
-        seen["other, after"] = d.exec_driver_sql("PRAGMA synchronous").scalar()
-    assert seen == {"other, during": 2, "index, during": 0, "index, after": 2, "other, after": 2}
+    seen["index, after"] = synchronous(layout.connection_manager.engine)
+    seen["other, after"] = synchronous(other)
+    assert seen == {
+        "other, during": 2,
+        "index, during": 0,
+        "derivatives, during": 0,
+        "index, after": 2,
+        "other, after": 2,
+    }
     assert len(bids_layout.find_runs(layout)) == 1
-    (database,) = (tmp_path / "db").glob("*/layout_index.sqlite")
-    assert sqlite3.connect(database).execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    databases = list((tmp_path / "db").rglob("layout_index.sqlite"))
+    assert len(databases) == 2
+    assert all(sqlite3.connect(d).execute("PRAGMA integrity_check").fetchall() == [("ok",)] for d in databases)
     bids_layout.release_index(layout)
 
     def failing(*args, **kwargs):
@@ -403,8 +418,37 @@ def test_the_index_is_built_without_a_disk_wait_per_commit_and_other_databases_k
     (study.root / "README").write_text("changed")  # (a new fingerprint: built again)
     with pytest.raises(OSError):
         bids_layout.index(study.root, [study.derivatives], database=tmp_path / "db")
-    with other.connect() as c:
-        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    assert synchronous(other) == 2
+    monkeypatch.setattr(bids_layout, "_layout", real)
+
+    errors, done = [], threading.Event()
+
+    def building(k: int) -> None:
+        for i in range(3):
+            (study.root / "README").write_text(f"build {k} {i}")
+            try:
+                layout = bids_layout.index(study.root, [study.derivatives], database=tmp_path / f"db{k}")
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                errors.append(repr(exc))
+            else:
+                bids_layout.release_index(layout)
+
+    def connecting() -> None:
+        while not done.is_set():
+            try:
+                synchronous(other)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                errors.append(repr(exc))
+
+    builders = [threading.Thread(target=building, args=(k,)) for k in range(2)]
+    user = threading.Thread(target=connecting)
+    for t in (user, *builders):
+        t.start()
+    for t in builders:
+        t.join()
+    done.set()
+    user.join()
+    assert not errors, errors[:3]
 
 
 def test_cached_index_is_rebuilt_when_a_file_changes(tmp_path):

@@ -23,6 +23,7 @@ import numbers
 import os
 import re
 import shutil
+import threading
 import time
 import dataclasses
 from dataclasses import dataclass, field
@@ -373,7 +374,7 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
                 shutil.rmtree(folder, ignore_errors=True)  # (a build that did not finish)
                 folder.mkdir()
                 indexer = _indexer(bids_dir, derivatives, broken)  # (made for a build only: it walks the dataset)
-                with _synced_once(folder / _DATABASE_FILE):
+                with _synced_once(folder):
                     layout = _layout(
                         bids, bids_dir, database_path=str(folder), reset_database=True, indexer=indexer, **kwargs
                     )
@@ -392,34 +393,61 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
     return layout
 
 
+_BUILDING: set[str] = set()  # the index folders being built now (see _synced_once), their real paths
+_BUILDING_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
-def _synced_once(database_file: Path):
-    """pybids builds its index committing about 80 times (its configurations, then the files), and SQLite waits for
-    the disk at each commit: 7 ms each on an ext4 disk others write to, half a second of a study (19 s of the BIDS
-    layout tests' 64). While the index is built, connections to its file neither sync nor keep their journal on
-    disk; the file is synced once, after the build. A build cut off (a crash, a power cut) has written no
-    fingerprint beside it, so it is built again, never read."""
-    import sqlalchemy
-
-    target = os.path.realpath(database_file)
-
-    def unsynced(connection, _record) -> None:
-        if type(connection).__module__ != "sqlite3":
-            return
-        if any(row[2] and os.path.realpath(row[2]) == target for row in connection.execute("PRAGMA database_list")):
-            connection.execute("PRAGMA synchronous = OFF")
-            connection.execute("PRAGMA journal_mode = MEMORY")
-
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", unsynced)
+def _synced_once(folder: Path):
+    """pybids builds its index committing about 80 times into its SQLite files (the dataset's, and one per
+    derivatives folder below it: configurations, then files), and SQLite waits for the disk at each commit: 7 ms
+    each on an ext4 disk others write to, up to half a second of a study (19 s of the BIDS layout tests' 64). While
+    the index in `folder` is built, connections to the files below it neither sync nor keep their journal on disk;
+    they are synced once, after the build. A build cut off (a crash, a power cut) has written no fingerprint beside
+    it, so it is built again, never read. The connection listener is registered once and never removed (SQLAlchemy
+    iterates its listeners unlocked: adding or removing one while another thread connects fails that connect)."""
+    target = os.path.realpath(folder)
+    _listen_for_builds()
+    with _BUILDING_LOCK:
+        _BUILDING.add(target)
     try:
         yield
     finally:
-        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "connect", unsynced)
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with _BUILDING_LOCK:
+            _BUILDING.discard(target)
+    for database in Path(target).rglob(_DATABASE_FILE):
+        fd = os.open(database, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_LISTENING: list[bool] = []
+
+
+def _listen_for_builds() -> None:
+    """SQLAlchemy's connect listener of :func:`_synced_once`, registered once per process."""
+    import sqlalchemy
+
+    with _BUILDING_LOCK:
+        if not _LISTENING:
+            sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _unsynced_while_built)
+            _LISTENING.append(True)
+
+
+def _unsynced_while_built(connection, _record) -> None:
+    """A SQLite connection to a file below an index folder being built: no sync, its journal in memory."""
+    with _BUILDING_LOCK:
+        building = tuple(_BUILDING)
+    if not building or type(connection).__module__ != "sqlite3":
+        return
+    for row in connection.execute("PRAGMA database_list"):
+        path = os.path.realpath(row[2]) if row[2] else None
+        if path and any(os.path.commonpath([path, folder]) == folder for folder in building):
+            connection.execute("PRAGMA synchronous = OFF")
+            connection.execute("PRAGMA journal_mode = MEMORY")
+            return
 
 
 def _flock(lock, operation: int, wait: bool = True) -> bool:

@@ -1134,14 +1134,14 @@ def _correlated_inputs(rows: list[dict], X: np.ndarray, weights: dict) -> list[s
     Each map's variance is in its file, but not the covariance of a run's two contrasts (their estimates share the
     run's noise), so the group takes them as independent: the combination's variance is approximate, too large or
     too small (1.5-1.65x too large for congruent + IvC, IvC being incongruent - congruent). An input's rows that
-    enter a contrast are those of the nonzero entries of ``X pinv(X'X) c'``."""
+    enter a contrast are those of the nonzero entries of ``pinv(X)' c'``."""
     named = [str(_value(r.get("contrast"))) for r in rows]
     if len(set(named)) < 2 or not X.size:
         return []
     inputs = [
         tuple((k, _value(r.get(k))) for k in ENTITIES if k != "contrast" and _value(r.get(k)) is not None) for r in rows
     ]
-    influence = X @ np.linalg.pinv(X.T @ X)
+    influence = np.linalg.pinv(X).T  # (X pinv(X'X), of X's condition number rather than its square)
     notes = []
     for label, w in weights.items():
         h = np.abs(influence @ np.atleast_2d(w).T).max(axis=1)

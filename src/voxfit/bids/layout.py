@@ -423,17 +423,13 @@ def _synced_once(folder: Path):
             os.close(fd)
 
 
-_LISTENING: list[bool] = []
-
-
 def _listen_for_builds() -> None:
     """SQLAlchemy's connect listener of :func:`_synced_once`, registered once per process."""
     import sqlalchemy
 
     with _BUILDING_LOCK:
-        if not _LISTENING:
+        if not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _unsynced_while_built):
             sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _unsynced_while_built)
-            _LISTENING.append(True)
 
 
 def _unsynced_while_built(connection, _record) -> None:

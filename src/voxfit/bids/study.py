@@ -1138,9 +1138,7 @@ def _correlated_inputs(rows: list[dict], X: np.ndarray, weights: dict) -> list[s
     named = [str(_value(r.get("contrast"))) for r in rows]
     if len(set(named)) < 2 or not X.size:
         return []
-    inputs = [
-        tuple((k, _value(r.get(k))) for k in ENTITIES if k != "contrast" and _value(r.get(k)) is not None) for r in rows
-    ]
+    inputs = [_key({**r, "contrast": None}) for r in rows]  # (each map's input below: its entities but contrast)
     influence = np.linalg.pinv(X).T  # (X pinv(X'X), of X's condition number rather than its square)
     notes = []
     for label, w in weights.items():

@@ -190,10 +190,10 @@ def test_digests_started_early_serve_the_same_file_only(tmp_path, monkeypatch):
     hashed, go = [], threading.Event()
     plain = _digest._digest_of_file
 
-    def counted(path, buf=None):
+    def counted(path, buf=None, mapped=False):
         go.wait(30)
         hashed.append(os.path.basename(path))
-        return plain(path, buf)
+        return plain(path, buf, mapped)
 
     monkeypatch.setattr(_digest, "_digest_of_file", counted)
     a, b = tmp_path / "a.nii", tmp_path / "b.nii"
@@ -212,6 +212,43 @@ def test_digests_started_early_serve_the_same_file_only(tmp_path, monkeypatch):
     os.utime(b, ns=(1, 1))
     assert record.input_record(b)["blake3"] == blake3(b"c" * 7000).hexdigest()
     assert sorted(hashed) == ["a.nii", "b.nii", "b.nii"]
+
+
+def test_a_digest_from_maps_of_the_file_is_its_bytes_digest(tmp_path, monkeypatch):
+    """The command line's digests hash each file from maps of a window at a time (``mapped``), not copies: the
+    same digest as the bytes read, at every size about the window's; where a window cannot be mapped (a file
+    system that maps no files) or the file is now shorter than its size said, the rest is read."""
+    import mmap
+    import os
+
+    from blake3 import blake3
+
+    from voxfit import _digest
+
+    window = mmap.ALLOCATIONGRANULARITY
+    monkeypatch.setattr(_digest, "WINDOW", window)
+    data = np.random.default_rng(0).integers(0, 256, 3 * window + 7, dtype=np.uint8).tobytes()
+    path = tmp_path / "run.nii"
+    for size in (0, 1, window - 1, window, window + 1, 3 * window + 7):
+        path.write_bytes(data[:size])
+        assert _digest._digest_of_file(path, mapped=True) == blake3(data[:size]).hexdigest(), size
+    maps = []
+
+    def second_fails(*args, **kwargs):  # (the first window maps; the file system refuses the second)
+        maps.append(args)
+        if len(maps) > 1:
+            raise OSError("no maps here")
+        return mmap.mmap(*args, **kwargs)
+
+    monkeypatch.setattr(_digest.mmap, "mmap", second_fails)
+    assert _digest._digest_of_file(path, mapped=True) == blake3(data).hexdigest()
+    assert len(maps) == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(_digest, "WINDOW", window)
+    stat = os.stat(path)
+    longer = os.stat_result((*stat[:6], stat.st_size + 2 * window, *stat[7:]))
+    monkeypatch.setattr(_digest.os, "fstat", lambda fd: longer)  # (cut short since its size was taken)
+    assert _digest._digest_of_file(path, mapped=True) == blake3(data).hexdigest()
 
 
 def test_the_command_line_starts_the_digests_of_every_scan_of_a_run(tmp_path, monkeypatch):

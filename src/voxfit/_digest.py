@@ -12,6 +12,7 @@ started for the same file (same device, inode, size and modification time) or co
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import threading
@@ -24,14 +25,16 @@ from ._threads import DaemonExecutor
 __all__ = ["CHUNK", "file_digest", "new_hash", "start_digests"]
 
 CHUNK = 1 << 22  # bytes read and hashed a call
+WINDOW = 1 << 24  # bytes of a file mapped and hashed at a time (``mapped``)
 
 _started: dict[str, tuple[tuple, Future]] = {}  # real path: (the file's identity when started, its digest)
 _lock = threading.Lock()
 
 
-def start_digests(paths, aside: bool) -> None:
+def start_digests(paths, aside: bool, mapped: bool = False) -> None:
     """Start hashing those of `paths` that are regular files, one after another on a daemon thread (at a low
-    priority with `aside`: beside a decompression, which is then the longest task). Started as the command line
+    priority with `aside`: beside a decompression, which is then the longest task; from maps of the files with
+    `mapped`, see :func:`_digest_of_file`). Started as the command line
     starts rather than once the header is read (0.06-0.08 s into the process against 0.20-0.23 s): with SHA-256, a
     1.65 GB .nii's OLS fit took 1.60-1.85 s against 1.71-1.86 s (medians 1.67 and 1.79 s, 8 alternating runs); with
     BLAKE3 that fit takes as long either way (1.13-1.28 s against 1.13-1.29 s, 6 runs each), an HCP-like CIFTI fit
@@ -44,13 +47,13 @@ def start_digests(paths, aside: bool) -> None:
                 _started[key] = (identity, Future())
                 files.append((path, _started[key][1]))
     if files:
-        DaemonExecutor(aside=aside).submit(_hash_into, files)
+        DaemonExecutor(aside=aside).submit(_hash_into, files, mapped)
 
 
-def _hash_into(files: list[tuple[str, Future]]) -> None:
+def _hash_into(files: list[tuple[str, Future]], mapped: bool) -> None:
     for path, future in files:
         try:
-            future.set_result(_digest_of_file(path))
+            future.set_result(_digest_of_file(path, mapped=mapped))
         except BaseException as exc:  # noqa: BLE001 (handed to whoever asks for the digest)
             future.set_exception(exc)
 
@@ -85,15 +88,42 @@ def new_hash():
     return blake3.blake3()
 
 
-def _digest_of_file(path, buf: memoryview | None = None) -> str:
+def _digest_of_file(path, buf: memoryview | None = None, mapped: bool = False) -> str:
     """Read into one buffer, reused: a new 4 MiB bytes object per chunk faults its pages in each time, which
-    slowed a thread decompressing the same file beside it by 10%. (Hashing windows of the file mapped one at a
-    time spared the copies, with SHA-256 a .nii fit 0.15 s, but a file cut short while a window is hashed ends the
-    process with SIGBUS, where a read only ends early; with BLAKE3, 64 MiB windows mapped with MAP_POPULATE were no
-    quicker: a 1.65 GB .nii in 0.62-0.69 s against 0.56-0.67 s read.)"""
+    slowed a thread decompressing the same file beside it by 10%.
+
+    With `mapped` (the command line's digests: it reads runs from maps of their files too, see
+    ``voxfit.io.dataset.files_mapped``), hashed from maps of :data:`WINDOW` bytes, one at a time, instead: no
+    copy. A 1.65 GB .nii took 0.38 s of CPU so against 0.57 s read (0.33 s of it the copy's system time), on a
+    2-core machine whose fit of that run has no core to spare (16 MiB windows; 4 MiB ones 0.39-0.40 s). A file
+    cut short by another program while a window is hashed ends the process with SIGBUS, as one whose data are
+    mapped (an uncompressed CIFTI run, or a NIfTI run with an explicit mask) does: it leaves what a killed run
+    does, which the next run in its folder removes, where a read would have ended early. Where a window cannot
+    be mapped (a file system that maps no files, a file cut short since its size was taken), the rest of the
+    file is read. (On a 2-core Zen 4 machine, windows of 64 MiB had been no quicker than reads.)"""
     h = new_hash()
-    buf = buf if buf is not None else memoryview(bytearray(CHUNK))
     with open(path, "rb", buffering=0) as fh:
+        if mapped:
+            _hash_windows(fh, h)
+        buf = buf if buf is not None else memoryview(bytearray(CHUNK))
         while got := fh.readinto(buf):
             h.update(buf[:got])
     return h.hexdigest()
+
+
+def _hash_windows(fh, h) -> None:
+    """Hash the open file `fh` into `h` from maps of :data:`WINDOW` bytes, each populated at once and unmapped
+    before the next, as far as they can be made; `fh` is left at the first byte not hashed."""
+    if not hasattr(mmap, "MAP_PRIVATE"):  # (no Unix mmap)
+        return
+    flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+    size, offset = os.fstat(fh.fileno()).st_size, 0
+    while offset < size:
+        try:
+            window = mmap.mmap(fh.fileno(), min(WINDOW, size - offset), flags=flags, prot=mmap.PROT_READ, offset=offset)
+        except (OSError, ValueError):  # (maps no files; cut short since: mmap's own check of the size)
+            break
+        with window:
+            h.update(window)
+            offset += len(window)
+    fh.seek(offset)

@@ -1111,7 +1111,8 @@ def _start_digests(inputs) -> None:
     process) rather than once numpy and nibabel have imported and the header is read (0.20-0.23 s; see
     ``voxfit._digest.start_digests`` for what it saves): the scans of a run named by a folder, a pattern or a
     .txt list too (400 3-D files of a 2 mm grid: their digests took 0.76 s from 0.4-0.5 s into the process, once
-    every header was read). At a low priority beside a decompression."""
+    every header was read). At a low priority beside a decompression; from maps of the files, as the run's data
+    are read (``voxfit.io.dataset.files_mapped``)."""
     from ._digest import start_digests
     from .io.scans import expand_run
 
@@ -1121,7 +1122,7 @@ def _start_digests(inputs) -> None:
             files += expand_run(item) or [item]
         except (InputError, OSError):  # (said by the reader, with its context)
             files.append(item)
-    start_digests(files, aside=any(str(p).lower().endswith(".gz") for p in files))
+    start_digests(files, aside=any(str(p).lower().endswith(".gz") for p in files), mapped=True)
 
 
 def _run_demo(args, argv, progress) -> int:

@@ -25,7 +25,7 @@ from ._threads import DaemonExecutor
 __all__ = ["CHUNK", "file_digest", "new_hash", "start_digests"]
 
 CHUNK = 1 << 22  # bytes read and hashed a call
-WINDOW = 1 << 24  # bytes of a file mapped and hashed at a time (``mapped``)
+WINDOW = CHUNK  # bytes of a file mapped and hashed at a time (``mapped``): what a read holds
 
 _started: dict[str, tuple[tuple, Future]] = {}  # real path: (the file's identity when started, its digest)
 _lock = threading.Lock()
@@ -94,17 +94,21 @@ def _digest_of_file(path, buf: memoryview | None = None, mapped: bool = False) -
 
     With `mapped` (the command line's digests: it reads runs from maps of their files too, see
     ``voxfit.io.dataset.files_mapped``), hashed from maps of :data:`WINDOW` bytes, one at a time, instead: no
-    copy. A 1.65 GB .nii took 0.38 s of CPU so against 0.57 s read (0.33 s of it the copy's system time), on a
-    2-core machine whose fit of that run has no core to spare (16 MiB windows; 4 MiB ones 0.39-0.40 s). A file
-    cut short by another program while a window is hashed ends the process with SIGBUS, as one whose data are
-    mapped (an uncompressed CIFTI run, or a NIfTI run with an explicit mask) does: it leaves what a killed run
-    does, which the next run in its folder removes, where a read would have ended early. Where a window cannot
-    be mapped (a file system that maps no files, a file cut short since its size was taken), the rest of the
-    file is read. (On a 2-core Zen 4 machine, windows of 64 MiB had been no quicker than reads.)"""
+    copy. A 1.65 GB .nii took 0.39-0.40 s of CPU so against 0.57-0.58 s read (0.33 s of it the copy's system
+    time), on a 2-core machine whose fit of that run has no core to spare (windows of 16 MiB: 0.38 s, but a
+    process under --max-memory would hold 12 MiB more). A file cut short by another program while a window is
+    hashed ends the process with SIGBUS, as one whose data are mapped (an uncompressed CIFTI run, or a NIfTI run
+    with an explicit mask) does: it leaves what a killed run does, which the next run in its folder removes,
+    where a read would have ended early. Where a window cannot be mapped (a file system that maps no files, a
+    file cut short since its size was taken), the rest of the file is read. (On a 2-core Zen 4 machine, windows
+    of 64 MiB had been no quicker than reads.)"""
     h = new_hash()
     with open(path, "rb", buffering=0) as fh:
         if mapped:
             _hash_windows(fh, h)
+            if not (rest := fh.read(1)):  # (all of it hashed from maps: no buffer)
+                return h.hexdigest()
+            h.update(rest)
         buf = buf if buf is not None else memoryview(bytearray(CHUNK))
         while got := fh.readinto(buf):
             h.update(buf[:got])

@@ -1159,6 +1159,84 @@ def test_a_contrast_of_a_trial_type_a_run_lacks_is_not_made_for_that_run(tmp_pat
     )
 
 
+def test_transformations_take_a_trial_type_a_run_lacks_as_a_regressor_of_zeros(tmp_path):
+    """FitLins' usual Run node (pybids' Factor, then Convolve of each trial type, here also renamed and
+    orthogonalized) on a study where one run has error trials and three have none: pybids refused the three
+    ("No variable named 'trial_type.error'"). A trial type a run has no event of is a regressor of zeros, so its
+    instructions go on without it: Convolve makes no "err", Orthogonalize against it alone changes nothing (left
+    out), Model.X leaves "err" out and "EvC" is not made, with a note each; those runs' maps are the maps of the
+    same model without error trials at all. An instruction that cannot do without one (Assign to it) is refused
+    in one line that says so."""
+    import pandas as pd
+
+    from voxfit.bids import run
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=40, shape=(8, 8, 6))
+    events = next(study.root.glob("sub-01/func/sub-01_task-stroop_run-1_events.tsv"))
+    table = pd.read_csv(events, sep="\t")
+    table.loc[[2, 5], "trial_type"] = "error"
+    table.to_csv(events, sep="\t", index=False, na_rep="n/a")
+
+    def model(kinds, orthogonalize):
+        names = {"congruent": "con", "incongruent": "inc", "error": "err"}
+        instructions = [
+            {"Name": "Factor", "Input": ["trial_type"]},
+            {
+                "Name": "Convolve",
+                "Input": [f"trial_type.{k}" for k in kinds],
+                "Output": [names[k] for k in kinds],
+                "Model": "spm",
+            },
+        ]
+        if orthogonalize:
+            instructions.append({"Name": "Orthogonalize", "Input": ["con"], "Other": ["err"]})
+        else:  # (a later instruction that names the outputs, as Orthogonalize does: pybids convolves in both)
+            instructions.append({"Name": "Copy", "Input": ["con"], "Output": ["con_copy"]})
+        contrasts = [{"Name": "IvC", "ConditionList": ["inc", "con"], "Weights": [1, -1], "Test": "t"}]
+        if "error" in kinds:
+            contrasts.append({"Name": "EvC", "ConditionList": ["err", "con"], "Weights": [1, -1], "Test": "t"})
+        node = {
+            "Level": "Run",
+            "Name": "run",
+            "GroupBy": ["run", "subject"],
+            "Transformations": {"Transformer": "pybids-transforms-v1", "Instructions": instructions},
+            "Model": {"Type": "glm", "X": [names[k] for k in kinds] + [1]},
+            "Contrasts": contrasts,
+        }
+        return {"Name": "lacking", "BIDSModelVersion": "1.0.0", "Input": {"task": ["stroop"]}, "Nodes": [node]}
+
+    kw = {"derivatives": [study.derivatives], "level": "run", "progress": False}
+    full = model(["congruent", "incongruent", "error"], orthogonalize=True)
+    result = run(study.root, tmp_path / "out", model=full, **kw)
+    assert result.ok, result.failures
+    lacking = sorted({g.label for g, _ in result.notes})
+    assert len(lacking) == 3 and not any("sub-01_task-stroop_run-1" in label for label in lacking)
+    assert sorted({note for _, note in result.notes}) == [
+        '"err" left out of Model.X: the run has no such event',
+        'Transformations.Instructions[1] (Convolve) without "trial_type.error": the run has none',
+        'Transformations.Instructions[2] (Orthogonalize) left out: the run has no event of "err"',
+        'contrast "EvC" not made: the run has no "err" event',
+    ]
+    out = tmp_path / "out"
+    assert len(list(out.glob("sub-0*/node-run/*_contrast-EvC_stat-effect_statmap.nii.gz"))) == 1
+    without = run(study.root, tmp_path / "without", model=model(["congruent", "incongruent"], False), **kw)
+    assert without.ok, without.failures
+    for path in (tmp_path / "without").glob("sub-0*/node-run/*_contrast-IvC_stat-*_statmap.nii.gz"):
+        if "sub-01_task-stroop_run-1" not in path.name:
+            np.testing.assert_allclose(_maps(out / path.relative_to(tmp_path / "without")), _maps(path), rtol=1e-6)
+
+    full["Nodes"][0]["Transformations"]["Instructions"].insert(  # (error trials modulated by response time)
+        1, {"Name": "Assign", "Input": ["response_time"], "Target": ["trial_type.error"]}
+    )
+    refused = run(study.root, tmp_path / "assign", model=full, **kw)
+    assert len(refused.failures) == 3
+    assert all(
+        "Instructions[1] (Assign) failed in pybids" in f.reason
+        and 'the run has no "trial_type.error" event, which its Assign instruction cannot do without' in f.reason
+        for f in refused.failures
+    ), refused.failures[0].reason
+
+
 def test_the_default_models_run_leaves_out_a_trial_type_whose_events_all_start_after_it(tmp_path):
     """voxfit's default model takes each run's own trial types: one whose events all start after the run's last scan
     (a run cut short, its events file whole) refused the run as onsets in milliseconds would, its other trial types

@@ -9,7 +9,9 @@ What goes where:
   inputs are events (sparse variables); voxfit then convolves them as Model.HRF's variables are, with the
   instruction's Model, Derivative, Dispersion and FIRDelays. A ``Convolve`` whose output (or input) a later
   instruction other than ``Select`` names, or whose input is a time series when it is reached, stays with
-  pybids, and its result enters the design as pybids computed it (resampled to the TR by pybids).
+  pybids, and its result enters the design as pybids computed it (resampled to the TR by pybids). A trial type
+  of the study that the run has no event of is a regressor of zeros: the instructions go on without it
+  (:func:`_without_absent`), and what they would have made of it is absent too.
 - **Trial types as variables**: the levels of the events' ``trial_type`` column are variables under their own
   names (``congruent``), as the specification's examples write Model.X, unless a variable of that name exists;
   pybids' ``Factor`` names them ``trial_type.congruent``, and both spellings work.
@@ -131,15 +133,18 @@ def run_design(
     `trial_types`: the study's trial types (every run's); one that this run has no event of is left out of its
     Model.X and Model.HRF (as SPM and FSL leave an empty condition out; ``settings``'s ``left_out_of_x``), and a
     contrast naming it is not made for the run (pybids' and FitLins' rule: the run's other contrasts are; listed in
-    ``settings``'s ``contrasts_not_made``).
+    ``settings``'s ``contrasts_not_made``). Its regressor would be zeros, and so the Transformations take it (see
+    :func:`_without_absent`; ``settings``'s ``instructions_pruned``): pybids' Factor and Convolve of every trial
+    type, FitLins' usual model, refused a run without error trials.
     """
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
     problem = replace(problem, unloaded=tuple(unloaded))
     variables = collection.clone()
     _add_trial_types(variables)
-    voxfit_convolves, pybids_instructions = _transform(variables, problem)
-    # (the study's trial types this run has no event of, as pybids' Factor names them too)
-    absent = {n for t in trial_types for n in (t, f"trial_type.{t}")} - set(variables.variables)
+    voxfit_convolves, pybids_instructions, made_absent, pruned = _transform(variables, problem, trial_types)
+    # (the study's trial types this run has no event of, as pybids' Factor names them too, and what the
+    # transformations would have made of them)
+    absent = (_trial_type_names(trial_types) | made_absent) - set(variables.variables)
     hrfs = _take_convolutions(voxfit_convolves, variables, problem, absent)
     x, left_out = _expand_x(node["Model"]["X"], variables, problem, absent)
     by_model = _hrf_variables(node, variables, x, problem, absent)
@@ -169,6 +174,7 @@ def run_design(
         "high_pass_s": problem.high_pass_s,
         "high_pass_from": problem.high_pass_from,
         "pybids_instructions": pybids_instructions,
+        "instructions_pruned": pruned,
         "contrasts_not_made": not_made,
         "left_out_of_x": left_out,
     }
@@ -302,33 +308,102 @@ def _listed(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _transform(variables, problem: _Problem) -> tuple[list[dict], list[dict]]:
+def _transform(variables, problem: _Problem, trial_types=()) -> tuple[list[dict], list[dict], set, list]:
     """pybids' transformations, one instruction at a time so that a failure names its instruction, but for the
-    Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached):
-    ``(voxfit's Convolve instructions, the instructions pybids applied)``."""
+    Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached), each
+    without the study's `trial_types` that the run has no event of (:func:`_without_absent`): ``(voxfit's Convolve
+    instructions, the instructions pybids applied, the names those left out would have made, and
+    [instruction's index, its name, the names it left out, whether it was left out whole] where one left any
+    out)``."""
     from bids.modeling.transformations import TransformerManager
 
     manager = TransformerManager("pybids-transforms-v1", keep_history=False)
     instructions = list((problem.node.get("Transformations") or {}).get("Instructions") or [])
-    ours, theirs = [], []
+    ours, theirs, made_absent, pruned = [], [], set(), []
     for k, instruction in enumerate(instructions):
+        absent = (_trial_type_names(trial_types) | made_absent) - set(variables.variables)
+        applied, made = _without_absent(instruction, absent)
+        made_absent |= made
+        named = [n for key in ("Input", "Other", "Target") for n in _listed(instruction.get(key))]
+        gone = [name for name in named if isinstance(name, str) and name in absent]
+        if applied is not instruction:
+            pruned.append([k, instruction["Name"], gone, applied is None])
         if instruction["Name"] == "Convolve" and _takeable(instructions, k):
-            inputs = [m for entry in _listed(instruction["Input"]) for m in _matches(entry, variables)]
+            inputs = [
+                m for entry in _listed(instruction["Input"]) for m in _matches(entry, variables) if m not in absent
+            ]
             if all(name in variables.variables and _is_sparse(variables.variables[name]) for name in inputs):
-                ours.append(instruction)
+                ours.append(instruction)  # (its absent inputs skipped as it is taken)
                 continue
-        theirs.append(instruction)
+        if applied is None:
+            continue
+        theirs.append(applied)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*(sparse|dense).*", category=UserWarning)
-                manager.transform(variables, [copy.deepcopy(instruction)])
+                manager.transform(variables, [copy.deepcopy(applied)])
         except Exception as exc:  # pybids raises ValueError, KeyError, TypeError...: all the model's or the data's
             detail = str(exc).strip().rstrip(".") or type(exc).__name__
+            lacks = (
+                f'; the run has no "{gone[0]}" event, which its {instruction["Name"]} instruction cannot do without: '
+                "leave the run out (the model's Input)"
+                if gone
+                else ""
+            )
             raise InputError(
                 f"{problem.where}: Transformations.Instructions[{k}] ({instruction['Name']}) failed in pybids: "
-                f"{detail}; the run's variables are {_names(variables, problem)}."
+                f"{detail}{lacks}; the run's variables are {_names(variables, problem)}."
             ) from None
-    return ours, theirs
+    return ours, theirs, made_absent, pruned
+
+
+def _trial_type_names(trial_types) -> set:
+    """The names of the study's trial types as variables: their own, and as pybids' Factor names them."""
+    return {n for t in trial_types for n in (t, f"trial_type.{t}")}
+
+
+# What an instruction makes of an input that is a trial type the run has no event of (its regressor: zeros), and
+# so what is left of the instruction without it: an output for each input, itself left out (one of zeros);
+# nothing added (Sum, Or); an output of zeros, left out (Product, And); nothing changed (Select keeps, Delete
+# removes). Orthogonalizing against zeros changes nothing. pybids refuses other instructions that name one.
+_EACH_INPUT = frozenset(
+    {"Convolve", "Copy", "Demean", "DropNA", "Filter", "Lag", "Orthogonalize", "Rename", "Replace", "Scale"}
+    | {"Threshold", "ToDense"}
+)
+_ADDING, _ZEROING, _KEEPING = frozenset({"Sum", "Or"}), frozenset({"Product", "And"}), frozenset({"Select", "Delete"})
+
+
+def _without_absent(instruction: dict, absent: set) -> tuple[dict | None, set]:
+    """`instruction` without the inputs `absent` names (see above: None where nothing is left to do; the
+    instruction itself where it names none, or is one pybids refuses them in), and the names of the outputs it
+    would have made of them, absent in turn."""
+    name, inputs = instruction["Name"], _listed(instruction.get("Input"))
+    other = _listed(instruction.get("Other")) if name == "Orthogonalize" else []
+    if not any(i in absent for i in inputs + other):
+        return instruction, set()
+    kept = [i for i in inputs if i not in absent]
+    outputs = _listed(instruction.get("Output"))
+    if name in _KEEPING:
+        return ({**instruction, "Input": kept} if kept else None), set()
+    if name in _ADDING | _ZEROING:
+        if name in _ZEROING or not kept:
+            return None, set(outputs)
+        weights = _listed(instruction.get("Weights"))
+        pruned = {**instruction, "Input": kept}
+        if len(weights) == len(inputs):
+            pruned["Weights"] = [w for i, w in zip(inputs, weights) if i not in absent]
+        return pruned, set()
+    if name not in _EACH_INPUT or (outputs and len(outputs) != len(inputs)):
+        return instruction, set()
+    made = {o for i, o in zip(inputs, outputs) if i in absent}
+    pruned = {**instruction, "Input": kept}
+    if outputs:
+        pruned["Output"] = [o for i, o in zip(inputs, outputs) if i not in absent]
+    if other:
+        pruned["Other"] = [o for o in other if o not in absent]
+        if not pruned["Other"]:  # against zeros only: the inputs as they are
+            pruned = {"Name": "Copy", "Input": kept, "Output": pruned["Output"]} if outputs else None
+    return (pruned if kept else None), made
 
 
 def _names(variables, problem: _Problem, limit: int = 30) -> str:

@@ -1880,6 +1880,14 @@ def _stop_workers(pool, absent: dict) -> None:
             remove_made_folders(made)
 
 
+def _pruned_note(k: int, name: str, gone: list, whole: bool) -> str:
+    """The note on a run's Transformations instruction that took trial types the run has no event of
+    (``voxfit.bids.run_design``'s ``instructions_pruned``)."""
+    names = ", ".join(f'"{g}"' for g in gone)
+    what = f"Transformations.Instructions[{k}] ({name})"
+    return f"{what} left out: the run has no event of {names}" if whole else f"{what} without {names}: the run has none"
+
+
 class _Study:
     """The state of one study while it is fitted: the graph, where each contrast's maps are, the results."""
 
@@ -2311,6 +2319,7 @@ class _Study:
             },
             confounds=None if chosen is None else chosen.describe(),
             notes=(
+                *(_pruned_note(*pruned) for pruned in rd.settings["instructions_pruned"]),
                 *(f'"{name}" left out of Model.X: the run has no such event' for name in rd.settings["left_out_of_x"]),
                 *(
                     f'contrast "{name}" not made: the run has no "{condition}" event'

@@ -297,6 +297,122 @@ def test_events_transformations_are_pybids(stroop):
     assert result.settings["hrf"]["incon_copy"] == {"model": "spm+derivative", "fir_delays": 1}
 
 
+# Run nodes whose Transformations name "error", a trial type of the study that the stroop run has no event of,
+# and the same node written without it: {case: (instructions, Model.X, instructions without error, Model.X without
+# error, [index, instruction, names left out, their trial types, whether left out whole])}
+TT = "trial_type."
+LACKING = {
+    "Factor, Convolve (voxfit's)": (
+        [
+            {"Name": "Factor", "Input": ["trial_type"]},
+            {"Name": "Convolve", "Input": [f"{TT}congruent", f"{TT}error"], "Output": ["con", "err"], "Model": "spm"},
+        ],
+        ["con", "err", 1],
+        [
+            {"Name": "Factor", "Input": ["trial_type"]},
+            {"Name": "Convolve", "Input": [f"{TT}congruent"], "Output": ["con"], "Model": "spm"},
+        ],
+        ["con", 1],
+        [[1, "Convolve", [f"{TT}error"], ["error"], False]],
+    ),
+    "Convolve with derivatives (pybids'), Orthogonalize against it": (
+        [
+            {"Name": "Convolve", "Input": ["congruent", "error"], "Model": "spm", "Derivative": True},
+            {"Name": "Orthogonalize", "Input": ["congruent"], "Other": ["error"], "Output": ["con_orth"]},
+        ],
+        ["con_orth", "congruent_derivative", "error", "error_derivative", 1],
+        [
+            {"Name": "Convolve", "Input": ["congruent"], "Model": "spm", "Derivative": True},
+            {"Name": "Copy", "Input": ["congruent"], "Output": ["con_orth"]},
+        ],
+        ["con_orth", "congruent_derivative", 1],
+        [[0, "Convolve", ["error"], ["error"], False], [1, "Orthogonalize", ["error"], ["error"], False]],
+    ),
+    "Scale with a parameter per input, Rename": (
+        [
+            {"Name": "Scale", "Input": ["congruent", "error"], "Demean": [True, False], "Rescale": [False, True]},
+            {"Name": "Rename", "Input": ["error"], "Output": ["err"]},
+        ],
+        ["congruent", "err", 1],
+        [{"Name": "Scale", "Input": ["congruent"], "Demean": [True], "Rescale": [False]}],
+        ["congruent", 1],
+        [[0, "Scale", ["error"], ["error"], False], [1, "Rename", ["error"], ["error"], True]],
+    ),
+    "Sum with weights, Product, Select": (
+        [
+            {"Name": "Sum", "Input": ["congruent", "error"], "Weights": [1, 2], "Output": "task"},
+            {"Name": "Product", "Input": ["congruent", "error"], "Output": "both"},
+            {"Name": "Select", "Input": ["task", "both", "incongruent", "error"]},
+        ],
+        ["task", "both", "incongruent", 1],
+        [
+            {"Name": "Sum", "Input": ["congruent"], "Weights": [1], "Output": "task"},
+            {"Name": "Select", "Input": ["task", "incongruent"]},
+        ],
+        ["task", "incongruent", 1],
+        [
+            [0, "Sum", ["error"], ["error"], False],
+            [1, "Product", ["error"], ["error"], True],
+            [2, "Select", ["both", "error"], ["error"], False],
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LACKING)
+def test_transformations_go_on_without_a_trial_type_the_run_has_no_event_of(stroop, case):
+    """A trial type of the study that the run has no event of is a regressor of zeros: each instruction that names
+    it goes on without it (its outputs left out in turn, with a derivative's; a Sum adds nothing for it, a Product
+    of it is zeros, an Orthogonalize against it alone changes nothing, a Select keeps the rest), and the design is
+    the one of the node written without it, but the contrast of what it made."""
+    _, collection = stroop
+    instructions, X, without, X_without, pruned = LACKING[case]
+    designs = []
+    for steps, x in ((instructions, X), (without, X_without)):
+        events = [n for n in x if n not in (1, "con_orth", "congruent_derivative", "error_derivative", "con", "err")]
+        node = _run_node(x, **({"HRF": {"Variables": events, "Model": "spm"}} if events else {}))
+        node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": steps}
+        node["Contrasts"] = [{"Name": "first", "ConditionList": [x[0]], "Weights": [1], "Test": "t"}]
+        if steps is instructions:  # (of what was made of the trial type: not made)
+            made = next(n for n in x if n not in X_without)
+            node["Contrasts"].append({"Name": "second", "ConditionList": [made], "Weights": [1], "Test": "t"})
+        designs.append(run_design(collection, _model(node), tr=TR, n_scans=SCANS, trial_types=("congruent", "error")))
+    got, want = designs
+    assert got.design.names == want.design.names
+    np.testing.assert_allclose(got.design.X, want.design.X, rtol=1e-12, atol=1e-12)
+    assert got.settings["instructions_pruned"] == pruned
+    assert [c.name for c in got.contrasts] == ["first"]
+    assert all(t == "error" for *_, t in got.settings["left_out_of_x"]) and got.settings["left_out_of_x"]
+
+
+@pytest.mark.parametrize(
+    ("instructions", "message"),
+    [
+        (  # zeros thresholded at 0 and binarized are ones: pybids refuses it, and the message says why
+            [{"Name": "Threshold", "Input": ["error"], "Threshold": 0, "Binarize": True}],
+            r'Instructions\[0\] \(Threshold\) failed in pybids: .*the run has no "error" event, which its Threshold '
+            r"instruction cannot do without: leave the run out",
+        ),
+        (  # a trial type the run has events of, named before Factor makes it: the model's mistake, refused
+            [{"Name": "Scale", "Input": [f"{TT}congruent"]}, {"Name": "Factor", "Input": ["trial_type"]}],
+            r"Instructions\[0\] \(Scale\) failed in pybids: No variable named 'trial_type.congruent'",
+        ),
+        (  # a Copy that fails for another name keeps no word about the trial type it did without
+            [{"Name": "Copy", "Input": ["error", "congruen"], "Output": ["e", "c"]}],
+            r"Instructions\[0\] \(Copy\) failed in pybids: No variable named 'congruen'[^\n]*; the run's variables",
+        ),
+    ],
+)
+def test_a_transformation_that_cannot_do_without_a_trial_type_is_refused_saying_so(stroop, instructions, message):
+    _, collection = stroop
+    node = _run_node(["congruent", 1], HRF={"Variables": ["congruent"], "Model": "spm"})
+    node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+    with pytest.raises(InputError, match=message) as info:
+        run_design(collection, _model(node), tr=TR, n_scans=SCANS, trial_types=("congruent", "error"))
+    assert "\n" not in str(info.value)
+    assert "cannot do without" not in str(info.value) or "Threshold" in str(info.value)
+
+
 def test_convolve_taken_over_equals_model_hrf(stroop):
     """A Convolve whose output feeds Model.X is voxfit's convolution: the same design as Model.HRF's."""
     _, collection = stroop

@@ -1212,10 +1212,10 @@ def test_transformations_take_a_trial_type_a_run_lacks_as_a_regressor_of_zeros(t
     lacking = sorted({g.label for g, _ in result.notes})
     assert len(lacking) == 3 and not any("sub-01_task-stroop_run-1" in label for label in lacking)
     assert sorted({note for _, note in result.notes}) == [
-        '"err" left out of Model.X: the run has no such event',
-        'Transformations.Instructions[1] (Convolve) without "trial_type.error": the run has none',
-        'Transformations.Instructions[2] (Orthogonalize) left out: the run has no event of "err"',
-        'contrast "EvC" not made: the run has no "err" event',
+        '"err" left out of Model.X: the run has no "error" event to make it of',
+        'Transformations.Instructions[1] (Convolve) without "trial_type.error": the run has no "error" event',
+        'Transformations.Instructions[2] (Orthogonalize) left out: the run has no "error" event',
+        'contrast "EvC" not made: the run has no "error" event to make "err" of',
     ]
     out = tmp_path / "out"
     assert len(list(out.glob("sub-0*/node-run/*_contrast-EvC_stat-effect_statmap.nii.gz"))) == 1
@@ -1232,7 +1232,7 @@ def test_transformations_take_a_trial_type_a_run_lacks_as_a_regressor_of_zeros(t
     assert len(refused.failures) == 3
     assert all(
         "Instructions[1] (Assign) failed in pybids" in f.reason
-        and 'the run has no "trial_type.error" event, which its Assign instruction cannot do without' in f.reason
+        and 'the run has no "error" event, which its Assign instruction cannot do without' in f.reason
         for f in refused.failures
     ), refused.failures[0].reason
 

@@ -133,19 +133,20 @@ def run_design(
     `trial_types`: the study's trial types (every run's); one that this run has no event of is left out of its
     Model.X and Model.HRF (as SPM and FSL leave an empty condition out; ``settings``'s ``left_out_of_x``), and a
     contrast naming it is not made for the run (pybids' and FitLins' rule: the run's other contrasts are; listed in
-    ``settings``'s ``contrasts_not_made``). Its regressor would be zeros, and so the Transformations take it (see
-    :func:`_without_absent`; ``settings``'s ``instructions_pruned``): pybids' Factor and Convolve of every trial
-    type, FitLins' usual model, refused a run without error trials.
+    ``settings``'s ``contrasts_not_made``: [contrast, name, trial type]; ``left_out_of_x``: [name, trial type]).
+    Its regressor would be zeros, and so the Transformations take it (see :func:`_without_absent`; ``settings``'s
+    ``instructions_pruned``: [index, instruction, names left out, their trial types, whether left out whole]):
+    pybids' Factor and Convolve of every trial type, FitLins' usual model, refused a run without error trials.
     """
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
     problem = replace(problem, unloaded=tuple(unloaded))
     variables = collection.clone()
-    _add_trial_types(variables)
-    voxfit_convolves, pybids_instructions, made_absent, pruned = _transform(variables, problem, trial_types)
-    # (the study's trial types this run has no event of, as pybids' Factor names them too, and what the
-    # transformations would have made of them)
-    absent = (_trial_type_names(trial_types) | made_absent) - set(variables.variables)
-    hrfs = _take_convolutions(voxfit_convolves, variables, problem, absent)
+    levels = _add_trial_types(variables)
+    # the study's trial types this run has no event of, by the names a variable of one would have (its own, and
+    # pybids' Factor's): {name: trial type}
+    lacking = {n: t for t in trial_types if t not in levels for n in (t, f"trial_type.{t}")}
+    voxfit_convolves, pybids_instructions, absent, pruned = _transform(variables, problem, lacking)
+    hrfs = _take_convolutions(voxfit_convolves, variables, problem)
     x, left_out = _expand_x(node["Model"]["X"], variables, problem, absent)
     by_model = _hrf_variables(node, variables, x, problem, absent)
     twice = sorted(set(by_model) & set(hrfs))
@@ -157,8 +158,10 @@ def run_design(
     hrfs = by_model | hrfs
     design, sources = _build(variables, x, hrfs, problem)
     contrasts, not_made = _contrasts(node, x, sources, hrfs, design, problem, absent)
+    left_out = tuple((name, absent[name]) for name in left_out)
+    not_made = tuple((contrast, name, absent[name]) for contrast, name in not_made)
     if (left_out or not_made) and not contrasts:
-        missing = [*left_out, *(c for _, c in not_made)]
+        missing = [*(t for _, t in left_out), *(t for _, _, t in not_made)]
         raise InputError(
             f'{problem.where}: the run has no event of "{missing[0]}", and none of the node\'s contrasts is left for '
             "it; leave the run out (the model's Input), or give the node a contrast of what the run has."
@@ -224,28 +227,30 @@ def _run_file(collection) -> str:
     return "_".join(f"{k}-{entities[k]}" for k in ("subject", "session", "task", "run") if k in entities) or "?"
 
 
-def _add_trial_types(variables) -> None:
+def _add_trial_types(variables) -> set:
     """Each level of the events' categorical ``trial_type`` as a sparse variable of its own name, unless a variable
     has that name: over every event of the table, 1 at its own and 0 at the others', as pybids' ``Factor`` makes
     ``trial_type.<level>`` (aligned with the events' other columns: ``Product`` with ``response_time`` was refused
     as misaligned). Numeric codes (1, 2: BIDS's trial types are labels) are levels too, named as
-    :func:`~voxfit.bids.layout.value_text` names them."""
+    :func:`~voxfit.bids.layout.value_text` names them. Returns the run's trial types (its levels)."""
     from bids.variables import SparseRunVariable
 
     trial_type = variables.variables.get("trial_type")
     if not isinstance(trial_type, SparseRunVariable) or trial_type.values.dtype.kind in "bc":
-        return
+        return set()
     frame = trial_type.to_df(condition=True, entities=True).drop(columns="condition")
     names = frame["amplitude"].map(value_text)
     weights = _modulation(variables, trial_type)
+    levels = {level for level in names.dropna() if level not in ("", "n/a")}
     for level in dict.fromkeys(names.dropna()):
-        if level in variables.variables or level in ("", "n/a"):
+        if level in variables.variables or level not in levels:
             continue
         rows = frame.copy()
         rows["amplitude"] = (names == level).astype(float).to_numpy() * weights
         variables.variables[level] = SparseRunVariable(
             name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
         )
+    return levels
 
 
 def _modulation(variables, trial_type) -> np.ndarray | float:
@@ -308,35 +313,31 @@ def _listed(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _transform(variables, problem: _Problem, trial_types=()) -> tuple[list[dict], list[dict], set, list]:
+def _transform(variables, problem: _Problem, lacking: dict) -> tuple[list[dict], list[dict], dict, list]:
     """pybids' transformations, one instruction at a time so that a failure names its instruction, but for the
     Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached), each
-    without the study's `trial_types` that the run has no event of (:func:`_without_absent`): ``(voxfit's Convolve
-    instructions, the instructions pybids applied, the names those left out would have made, and
-    [instruction's index, its name, the names it left out, whether it was left out whole] where one left any
-    out)``."""
+    without the regressors of zeros that `lacking` names (``{name: trial type}``: the study's trial types the run has
+    no event of; see :func:`_without_absent`). Returns ``(voxfit's Convolve instructions, the instructions pybids
+    applied, the names of regressors of zeros there are then: {name: trial type}, [index, instruction, names left
+    out, their trial types, whether left out whole] for each instruction that left any out)``."""
     from bids.modeling.transformations import TransformerManager
 
     manager = TransformerManager("pybids-transforms-v1", keep_history=False)
     instructions = list((problem.node.get("Transformations") or {}).get("Instructions") or [])
-    ours, theirs, made_absent, pruned = [], [], set(), []
+    ours, theirs, pruned, absent = [], [], [], dict(lacking)
     for k, instruction in enumerate(instructions):
-        absent = (_trial_type_names(trial_types) | made_absent) - set(variables.variables)
-        applied, made = _without_absent(instruction, absent)
-        made_absent |= made
-        named = [n for key in ("Input", "Other", "Target") for n in _listed(instruction.get(key))]
-        gone = [name for name in named if isinstance(name, str) and name in absent]
+        now = {name: t for name, t in absent.items() if name not in variables.variables}
+        applied, made, gone = _without_absent(instruction, now)
+        absent.update(made)
         if applied is not instruction:
-            pruned.append([k, instruction["Name"], gone, applied is None])
-        if instruction["Name"] == "Convolve" and _takeable(instructions, k):
-            inputs = [
-                m for entry in _listed(instruction["Input"]) for m in _matches(entry, variables) if m not in absent
-            ]
-            if all(name in variables.variables and _is_sparse(variables.variables[name]) for name in inputs):
-                ours.append(instruction)  # (its absent inputs skipped as it is taken)
-                continue
+            pruned.append([k, instruction["Name"], gone, sorted({now[g] for g in gone}), applied is None])
         if applied is None:
             continue
+        if applied["Name"] == "Convolve" and _takeable(instructions, k):
+            inputs = [m for entry in _listed(applied["Input"]) for m in _matches(entry, variables)]
+            if all(name in variables.variables and _is_sparse(variables.variables[name]) for name in inputs):
+                ours.append(applied)
+                continue
         theirs.append(applied)
         try:
             with warnings.catch_warnings():
@@ -344,66 +345,81 @@ def _transform(variables, problem: _Problem, trial_types=()) -> tuple[list[dict]
                 manager.transform(variables, [copy.deepcopy(applied)])
         except Exception as exc:  # pybids raises ValueError, KeyError, TypeError...: all the model's or the data's
             detail = str(exc).strip().rstrip(".") or type(exc).__name__
-            lacks = (
-                f'; the run has no "{gone[0]}" event, which its {instruction["Name"]} instruction cannot do without: '
-                "leave the run out (the model's Input)"
-                if gone
+            lacks = (  # (a regressor of zeros that reached pybids: one this instruction cannot do without)
+                f'; the run has no "{now[gone[0]]}" event, which its {instruction["Name"]} instruction cannot do '
+                "without: leave the run out (the model's Input)"
+                if gone and applied is instruction
                 else ""
             )
             raise InputError(
                 f"{problem.where}: Transformations.Instructions[{k}] ({instruction['Name']}) failed in pybids: "
                 f"{detail}{lacks}; the run's variables are {_names(variables, problem)}."
             ) from None
-    return ours, theirs, made_absent, pruned
+    return ours, theirs, {name: t for name, t in absent.items() if name not in variables.variables}, pruned
 
 
-def _trial_type_names(trial_types) -> set:
-    """The names of the study's trial types as variables: their own, and as pybids' Factor names them."""
-    return {n for t in trial_types for n in (t, f"trial_type.{t}")}
-
-
-# What an instruction makes of an input that is a trial type the run has no event of (its regressor: zeros), and
-# so what is left of the instruction without it: an output for each input, itself left out (one of zeros);
-# nothing added (Sum, Or); an output of zeros, left out (Product, And); nothing changed (Select keeps, Delete
-# removes). Orthogonalizing against zeros changes nothing. pybids refuses other instructions that name one.
+# What an instruction makes of an input that is a regressor of zeros (a trial type the run has no event of, or
+# what an instruction made of one), and so what is left of the instruction without it: an output for each input,
+# itself left out, zeros (and for a Convolve its derivatives' and FIR delays' outputs); nothing added (Sum, Or);
+# an output of zeros, left out (Product, And); nothing changed (Select keeps what it names, Delete removes it).
+# Orthogonalizing against zeros changes nothing. Threshold and Replace can make zeros something else, and pybids
+# refuses them, as any other instruction, where one names such a regressor.
 _EACH_INPUT = frozenset(
-    {"Convolve", "Copy", "Demean", "DropNA", "Filter", "Lag", "Orthogonalize", "Rename", "Replace", "Scale"}
-    | {"Threshold", "ToDense"}
+    {"Convolve", "Copy", "Demean", "DropNA", "Filter", "Lag", "Orthogonalize", "Rename", "Scale", "ToDense"}
 )
 _ADDING, _ZEROING, _KEEPING = frozenset({"Sum", "Or"}), frozenset({"Product", "And"}), frozenset({"Select", "Delete"})
+_UNPAIRED = frozenset({"Convolve", "Orthogonalize"})  # (pybids pairs the others' list parameters with their inputs)
 
 
-def _without_absent(instruction: dict, absent: set) -> tuple[dict | None, set]:
-    """`instruction` without the inputs `absent` names (see above: None where nothing is left to do; the
-    instruction itself where it names none, or is one pybids refuses them in), and the names of the outputs it
-    would have made of them, absent in turn."""
+def _without_absent(instruction: dict, absent: dict) -> tuple[dict | None, dict, list]:
+    """`instruction` without the regressors of zeros `absent` names (``{name: trial type}``; see above): None where
+    nothing is left to do, the instruction itself where it names none or pybids is to refuse it; the names of the
+    outputs it would have made of them (``{name: trial type}``, absent in turn); and the names of `absent` it
+    names."""
     name, inputs = instruction["Name"], _listed(instruction.get("Input"))
     other = _listed(instruction.get("Other")) if name == "Orthogonalize" else []
-    if not any(i in absent for i in inputs + other):
-        return instruction, set()
+    named = inputs + other + _listed(instruction.get("Target"))
+    gone = [n for n in named if isinstance(n, str) and n in absent]
+    if not gone:
+        return instruction, {}, gone
     kept = [i for i in inputs if i not in absent]
     outputs = _listed(instruction.get("Output"))
     if name in _KEEPING:
-        return ({**instruction, "Input": kept} if kept else None), set()
+        return ({**instruction, "Input": kept} if kept or name == "Select" else None), {}, gone
     if name in _ADDING | _ZEROING:
         if name in _ZEROING or not kept:
-            return None, set(outputs)
+            return None, dict.fromkeys(outputs, absent[gone[0]]), gone
         weights = _listed(instruction.get("Weights"))
         pruned = {**instruction, "Input": kept}
         if len(weights) == len(inputs):
             pruned["Weights"] = [w for i, w in zip(inputs, weights) if i not in absent]
-        return pruned, set()
+        return pruned, {}, gone
     if name not in _EACH_INPUT or (outputs and len(outputs) != len(inputs)):
-        return instruction, set()
-    made = {o for i, o in zip(inputs, outputs) if i in absent}
+        return instruction, {}, gone
+    made = {n: absent[i] for i, o in zip(inputs, outputs or inputs) if i in absent for n in _outputs(instruction, o)}
     pruned = {**instruction, "Input": kept}
     if outputs:
         pruned["Output"] = [o for i, o in zip(inputs, outputs) if i not in absent]
+    if name not in _UNPAIRED:
+        for key, value in instruction.items():
+            if key not in ("Name", "Input", "Output") and isinstance(value, list) and len(value) == len(inputs):
+                pruned[key] = [v for i, v in zip(inputs, value) if i not in absent]
     if other:
         pruned["Other"] = [o for o in other if o not in absent]
         if not pruned["Other"]:  # against zeros only: the inputs as they are
             pruned = {"Name": "Copy", "Input": kept, "Output": pruned["Output"]} if outputs else None
-    return (pruned if kept else None), made
+    return (pruned if kept else None), made, gone
+
+
+def _outputs(instruction: dict, output: str) -> list[str]:
+    """The names of the variables an instruction makes as `output`: a Convolve in pybids also makes its
+    derivatives' (``_derivative``, ``_dispersion``) and, for FIR, one per delay (``_<delay>``)."""
+    if instruction["Name"] != "Convolve":
+        return [output]
+    extra = [s for s, key in (("derivative", "Derivative"), ("dispersion", "Dispersion")) if instruction.get(key)]
+    if str(instruction.get("Model", "")).lower() == "fir":
+        extra += [str(d) for d in _listed(instruction.get("FIRDelays"))]
+    return [output, *(f"{output}_{s}" for s in extra)]
 
 
 def _names(variables, problem: _Problem, limit: int = 30) -> str:
@@ -415,7 +431,7 @@ def _names(variables, problem: _Problem, limit: int = 30) -> str:
 # -- Model.X and convolution --------------------------------------------------------------------------------------
 
 
-def _expand_x(X: list, variables, problem: _Problem, absent: set) -> tuple[list, tuple[str, ...]]:
+def _expand_x(X: list, variables, problem: _Problem, absent: dict) -> tuple[list, tuple[str, ...]]:
     """Model.X with its patterns expanded against the variables (in the variables' order), ``1`` kept; and the
     names of trial types it takes that the run has no event of (`absent`), left out."""
     pool = list(variables.variables)
@@ -440,9 +456,9 @@ def _expand_x(X: list, variables, problem: _Problem, absent: set) -> tuple[list,
     return out, tuple(left_out)
 
 
-def _take_convolutions(instructions: list[dict], variables, problem: _Problem, absent: set) -> dict:
+def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -> dict:
     """``{variable: (voxfit hrf, fir delays)}`` for voxfit's Convolve instructions, their inputs copied to their
-    outputs' names (in place without Output); trial types the run has no event of (`absent`) skipped."""
+    outputs' names (in place without Output)."""
     hrfs = {}
     for instruction in instructions:
         setting = _convolve_setting(instruction, problem)
@@ -454,8 +470,6 @@ def _take_convolutions(instructions: list[dict], variables, problem: _Problem, a
                 "outputs; give one Output per Input."
             )
         for source, target in zip(inputs, outputs):
-            if source not in variables.variables and source in absent:
-                continue
             if source not in variables.variables:
                 raise InputError(
                     f'{problem.where}: Convolve names "{source}", which the run does not have; its variables are '
@@ -469,7 +483,7 @@ def _take_convolutions(instructions: list[dict], variables, problem: _Problem, a
     return hrfs
 
 
-def _hrf_variables(node: dict, variables, x: list, problem: _Problem, absent: set) -> dict:
+def _hrf_variables(node: dict, variables, x: list, problem: _Problem, absent: dict) -> dict:
     """``{variable: (voxfit hrf, fir delays)}`` for Model.HRF's variables (names or patterns over Model.X), but
     trial types the run has no event of (`absent`)."""
     hrf = node["Model"].get("HRF")
@@ -714,7 +728,7 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
 # -- contrasts ----------------------------------------------------------------------------------------------------
 
 
-def _contrasts(node: dict, x: list, sources: dict, hrfs: dict, design: Design, problem: _Problem, absent: set):
+def _contrasts(node: dict, x: list, sources: dict, hrfs: dict, design: Design, problem: _Problem, absent: dict):
     """The node's contrasts over the run's columns, and ``(name, condition)`` of those not made: a condition of
     `absent`, a trial type this run has no event of (another name that is no column is refused)."""
     specs = []

@@ -1880,12 +1880,29 @@ def _stop_workers(pool, absent: dict) -> None:
             remove_made_folders(made)
 
 
-def _pruned_note(k: int, name: str, gone: list, whole: bool) -> str:
-    """The note on a run's Transformations instruction that took trial types the run has no event of
-    (``voxfit.bids.run_design``'s ``instructions_pruned``)."""
-    names = ", ".join(f'"{g}"' for g in gone)
-    what = f"Transformations.Instructions[{k}] ({name})"
-    return f"{what} left out: the run has no event of {names}" if whole else f"{what} without {names}: the run has none"
+def _lacking_notes(settings: dict) -> tuple[str, ...]:
+    """The notes on a run design's regressors of zeros: the study's trial types the run has no event of, and what
+    its Transformations would have made of them (``voxfit.bids.run_design.run_design``'s settings)."""
+
+    def own(name, trial_type):  # (the trial type's variable itself, by its name or pybids' Factor's)
+        return name in (trial_type, f"trial_type.{trial_type}")
+
+    notes = []
+    for k, instruction, gone, trial_types, whole in settings["instructions_pruned"]:
+        names, types = ", ".join(f'"{g}"' for g in gone), ", ".join(f'"{t}"' for t in trial_types)
+        what = f"Transformations.Instructions[{k}] ({instruction})"
+        notes.append(
+            f"{what} left out: the run has no {types} event"
+            if whole
+            else f"{what} without {names}: the run has no {types} event"
+        )
+    for name, trial_type in settings["left_out_of_x"]:
+        why = "no such event" if own(name, trial_type) else f'no "{trial_type}" event to make it of'
+        notes.append(f'"{name}" left out of Model.X: the run has {why}')
+    for contrast, name, trial_type in settings["contrasts_not_made"]:
+        why = f'no "{name}" event' if own(name, trial_type) else f'no "{trial_type}" event to make "{name}" of'
+        notes.append(f'contrast "{contrast}" not made: the run has {why}')
+    return tuple(notes)
 
 
 class _Study:
@@ -2318,14 +2335,7 @@ class _Study:
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
             },
             confounds=None if chosen is None else chosen.describe(),
-            notes=(
-                *(_pruned_note(*pruned) for pruned in rd.settings["instructions_pruned"]),
-                *(f'"{name}" left out of Model.X: the run has no such event' for name in rd.settings["left_out_of_x"]),
-                *(
-                    f'contrast "{name}" not made: the run has no "{condition}" event'
-                    for name, condition in rd.settings["contrasts_not_made"]
-                ),
-            ),
+            notes=_lacking_notes(rd.settings),
         )
 
     def _high_pass(self, node: _Node):

@@ -142,9 +142,7 @@ def run_design(
     problem = replace(problem, unloaded=tuple(unloaded))
     variables = collection.clone()
     levels = _add_trial_types(variables)
-    # the study's trial types this run has no event of, by the names a variable of one would have (its own, and
-    # pybids' Factor's): {name: trial type}
-    lacking = {n: t for t in trial_types if t not in levels for n in (t, f"trial_type.{t}")}
+    lacking = [t for t in trial_types if t not in levels]  # (the study's trial types this run has no event of)
     voxfit_convolves, pybids_instructions, absent, pruned = _transform(variables, problem, lacking)
     hrfs = _take_convolutions(voxfit_convolves, variables, problem)
     x, left_out = _expand_x(node["Model"]["X"], variables, problem, absent)
@@ -313,18 +311,19 @@ def _listed(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _transform(variables, problem: _Problem, lacking: dict) -> tuple[list[dict], list[dict], dict, list]:
+def _transform(variables, problem: _Problem, lacking) -> tuple[list[dict], list[dict], dict, list]:
     """pybids' transformations, one instruction at a time so that a failure names its instruction, but for the
     Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached), each
-    without the regressors of zeros that `lacking` names (``{name: trial type}``: the study's trial types the run has
-    no event of; see :func:`_without_absent`). Returns ``(voxfit's Convolve instructions, the instructions pybids
-    applied, the names of regressors of zeros there are then: {name: trial type}, [index, instruction, names left
-    out, their trial types, whether left out whole] for each instruction that left any out)``."""
+    without the regressors of zeros of the `lacking` trial types (the study's that the run has no event of, under
+    their own names, and as pybids' Factor names them once a Factor of trial_type is applied; see
+    :func:`_without_absent`). Returns ``(voxfit's Convolve instructions, the instructions pybids applied, the names of
+    regressors of zeros there are then: {name: trial type}, [index, instruction, names left out, their trial types,
+    whether left out whole] for each instruction that left any out)``."""
     from bids.modeling.transformations import TransformerManager
 
     manager = TransformerManager("pybids-transforms-v1", keep_history=False)
     instructions = list((problem.node.get("Transformations") or {}).get("Instructions") or [])
-    ours, theirs, pruned, absent = [], [], [], dict(lacking)
+    ours, theirs, pruned, absent = [], [], [], {t: t for t in lacking}
     for k, instruction in enumerate(instructions):
         now = {name: t for name, t in absent.items() if name not in variables.variables}
         applied, made, gone = _without_absent(instruction, now)
@@ -339,6 +338,8 @@ def _transform(variables, problem: _Problem, lacking: dict) -> tuple[list[dict],
                 ours.append(applied)
                 continue
         theirs.append(applied)
+        if applied["Name"] == "Factor" and "trial_type" in _listed(applied.get("Input")):
+            absent.update({f"trial_type.{t}": t for t in lacking})
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*(sparse|dense).*", category=UserWarning)
@@ -396,7 +397,12 @@ def _without_absent(instruction: dict, absent: dict) -> tuple[dict | None, dict,
         return pruned, {}, gone
     if name not in _EACH_INPUT or (outputs and len(outputs) != len(inputs)):
         return instruction, {}, gone
-    made = {n: absent[i] for i, o in zip(inputs, outputs or inputs) if i in absent for n in _outputs(instruction, o)}
+    made = {
+        n: absent[i]
+        for i, o in zip(inputs, outputs or [None] * len(inputs))
+        if i in absent
+        for n in _outputs(instruction, i, o)
+    }
     pruned = {**instruction, "Input": kept}
     if outputs:
         pruned["Output"] = [o for i, o in zip(inputs, outputs) if i not in absent]
@@ -411,15 +417,18 @@ def _without_absent(instruction: dict, absent: dict) -> tuple[dict | None, dict,
     return (pruned if kept else None), made, gone
 
 
-def _outputs(instruction: dict, output: str) -> list[str]:
-    """The names of the variables an instruction makes as `output`: a Convolve in pybids also makes its
-    derivatives' (``_derivative``, ``_dispersion``) and, for FIR, one per delay (``_<delay>``)."""
+def _outputs(instruction: dict, source: str, output: str | None) -> list[str]:
+    """The names of the variables an instruction makes of input `source` (`output`: its Output, if given). pybids'
+    Convolve names its derivatives' (``_derivative``, ``_dispersion``) and, for FIR, every delay's regressor
+    (``_<delay>``) after the input, and gives the Output name to the first of them only."""
     if instruction["Name"] != "Convolve":
-        return [output]
-    extra = [s for s, key in (("derivative", "Derivative"), ("dispersion", "Dispersion")) if instruction.get(key)]
+        return [output or source]
     if str(instruction.get("Model", "")).lower() == "fir":
-        extra += [str(d) for d in _listed(instruction.get("FIRDelays"))]
-    return [output, *(f"{output}_{s}" for s in extra)]
+        names = [f"{source}_{int(d)}" for d in _listed(instruction.get("FIRDelays"))]
+    else:
+        extra = [s for s, key in (("derivative", "Derivative"), ("dispersion", "Dispersion")) if instruction.get(key)]
+        names = [source, *(f"{source}_{s}" for s in extra)]
+    return [output, *names[1:]] if output is not None and names else names
 
 
 def _names(variables, problem: _Problem, limit: int = 30) -> str:

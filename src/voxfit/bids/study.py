@@ -1900,7 +1900,7 @@ def _lacking_notes(settings: dict) -> tuple[str, ...]:
         why = "no such event" if own(name, trial_type) else f'no "{trial_type}" event to make it of'
         notes.append(f'"{name}" left out of Model.X: the run has {why}')
     for contrast, name, trial_type in settings["contrasts_not_made"]:
-        why = f'no "{name}" event' if own(name, trial_type) else f'no "{trial_type}" event to make "{name}" of'
+        why = f'no "{trial_type}" event' if own(name, trial_type) else f'no "{trial_type}" event to make "{name}" of'
         notes.append(f'contrast "{contrast}" not made: the run has {why}')
     return tuple(notes)
 

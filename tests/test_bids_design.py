@@ -445,6 +445,14 @@ def test_transformations_go_on_without_a_trial_type_the_run_has_no_event_of(stro
             [{"Name": "Scale", "Input": [f"{TT}congruent"]}, {"Name": "Factor", "Input": ["trial_type"]}],
             r"Instructions\[0\] \(Scale\) failed in pybids: No variable named 'trial_type.congruent'",
         ),
+        (  # error trials modulated by response time: Assign cannot do without them
+            [
+                {"Name": "Factor", "Input": ["trial_type"]},
+                {"Name": "Assign", "Input": ["response_time"], "Target": [f"{TT}error"]},
+            ],
+            r'Instructions\[1\] \(Assign\) failed in pybids: .*the run has no "error" event, which its Assign '
+            r"instruction cannot do without",
+        ),
         (  # the run has no error trials, but the name is used before Factor makes any: refused as in every run
             [{"Name": "Scale", "Input": [f"{TT}error"]}, {"Name": "Factor", "Input": ["trial_type"]}],
             r"Instructions\[0\] \(Scale\) failed in pybids: No variable named 'trial_type.error'",
@@ -462,7 +470,7 @@ def test_a_transformation_that_cannot_do_without_a_trial_type_is_refused_saying_
     with pytest.raises(InputError, match=message) as info:
         run_design(collection, _model(node), tr=TR, n_scans=SCANS, trial_types=("congruent", "error"))
     assert "\n" not in str(info.value)
-    assert "cannot do without" not in str(info.value) or "Threshold" in str(info.value)
+    assert "cannot do without" not in str(info.value) or instructions[-1]["Name"] in ("Threshold", "Assign")
 
 
 def test_convolve_taken_over_equals_model_hrf(stroop):

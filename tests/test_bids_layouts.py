@@ -1165,8 +1165,8 @@ def test_transformations_take_a_trial_type_a_run_lacks_as_a_regressor_of_zeros(t
     ("No variable named 'trial_type.error'"). A trial type a run has no event of is a regressor of zeros, so its
     instructions go on without it: Convolve makes no "err", Orthogonalize against it alone changes nothing (left
     out), Model.X leaves "err" out and "EvC" is not made, with a note each; those runs' maps are the maps of the
-    same model without error trials at all. An instruction that cannot do without one (Assign to it) is refused
-    in one line that says so."""
+    same model without error trials at all. (Each instruction's rule, and the refusal of one that cannot do
+    without it: tests/test_bids_design.py.)"""
     import pandas as pd
 
     from voxfit.bids import run
@@ -1224,17 +1224,6 @@ def test_transformations_take_a_trial_type_a_run_lacks_as_a_regressor_of_zeros(t
     for path in (tmp_path / "without").glob("sub-0*/node-run/*_contrast-IvC_stat-*_statmap.nii.gz"):
         if "sub-01_task-stroop_run-1" not in path.name:
             np.testing.assert_allclose(_maps(out / path.relative_to(tmp_path / "without")), _maps(path), rtol=1e-6)
-
-    full["Nodes"][0]["Transformations"]["Instructions"].insert(  # (error trials modulated by response time)
-        1, {"Name": "Assign", "Input": ["response_time"], "Target": ["trial_type.error"]}
-    )
-    refused = run(study.root, tmp_path / "assign", model=full, **kw)
-    assert len(refused.failures) == 3
-    assert all(
-        "Instructions[1] (Assign) failed in pybids" in f.reason
-        and 'the run has no "error" event, which its Assign instruction cannot do without' in f.reason
-        for f in refused.failures
-    ), refused.failures[0].reason
 
 
 def test_the_default_models_run_leaves_out_a_trial_type_whose_events_all_start_after_it(tmp_path):

@@ -473,6 +473,37 @@ def test_a_transformation_that_cannot_do_without_a_trial_type_is_refused_saying_
     assert "cannot do without" not in str(info.value) or instructions[-1]["Name"] in ("Threshold", "Assign")
 
 
+def test_events_orthogonalized_by_pybids_are_convolved_by_voxfit(stroop):
+    """pybids' Orthogonalize of events (a trial type's against another's) gives its amplitudes as a one-column
+    table, which voxfit's Convolve then took for a category and crashed on (AttributeError, exit 1): its design
+    column is nilearn's convolution of pybids' orthogonalized events."""
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    _, collection = stroop
+    instructions = [
+        {"Name": "Factor", "Input": ["trial_type"]},
+        {
+            "Name": "Orthogonalize",
+            "Input": [f"{TT}congruent"],
+            "Other": [f"{TT}incongruent"],
+            "Output": ["con_orth"],
+        },
+        {"Name": "Convolve", "Input": ["con_orth"], "Model": "spm"},  # voxfit's: its input is events
+    ]
+    node = _run_node(["con_orth", 1])
+    node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+    result = run_design(collection, _model(node), tr=TR, n_scans=SCANS, convolution="nilearn")
+    assert result.settings["hrf"]["con_orth"]["model"] == "spm"
+    variable = _pybids(collection, instructions[:2]).variables["con_orth"]
+    amplitude = np.asarray(variable.values, dtype=float).ravel()
+    events = pd.DataFrame(
+        {"onset": variable.onset, "duration": variable.duration, "trial_type": "con_orth", "modulation": amplitude}
+    )[amplitude != 0]
+    expected = make_first_level_design_matrix(np.arange(SCANS) * TR, events, hrf_model="spm", drift_model=None)
+    design = result.design
+    np.testing.assert_allclose(design.X[:, design.names.index("con_orth")], expected["con_orth"], atol=1e-10)
+
+
 def test_convolve_taken_over_equals_model_hrf(stroop):
     """A Convolve whose output feeds Model.X is voxfit's convolution: the same design as Model.HRF's."""
     _, collection = stroop

@@ -561,6 +561,8 @@ def _events(variable, name: str, problem: _Problem) -> dict:
             "later instruction uses (pybids then convolves it)."
         )
     values = variable.values
+    if getattr(values, "ndim", 1) == 2 and values.shape[1] == 1:  # (pybids' Orthogonalize of events gives a frame)
+        values = values.iloc[:, 0]
     if values.dtype.kind not in "bifc":
         raise InputError(
             f'{problem.where}: "{name}" holds categories ({", ".join(map(str, values.dropna().unique()[:5]))}), not '

@@ -301,20 +301,38 @@ def test_events_transformations_are_pybids(stroop):
 # and the same node written without it: {case: (instructions, Model.X, instructions without error, Model.X without
 # error, [index, instruction, names left out, their trial types, whether left out whole])}
 TT = "trial_type."
+
+
+def _factor_convolve(settings: dict, made: tuple[str, ...] = (), copied: bool = False) -> tuple:
+    """A LACKING case: Factor, then a Convolve of congruent and error to "con" and "err" with `settings` (then, with
+    `copied`, a Copy of its outputs: a later instruction that names them leaves the Convolve to pybids); Model.X
+    takes each output and the regressors `made` of its input (pybids' derivatives, FIR delays)."""
+
+    def node(kinds):
+        outputs = {"congruent": "con", "error": "err"}
+        steps = [
+            {"Name": "Factor", "Input": ["trial_type"]},
+            {
+                "Name": "Convolve",
+                "Input": [f"{TT}{k}" for k in kinds],
+                "Output": [outputs[k] for k in kinds],
+                **settings,
+            },
+        ]
+        if copied:
+            steps.append(
+                {"Name": "Copy", "Input": [outputs[k] for k in kinds], "Output": [f"{outputs[k]}_copy" for k in kinds]}
+            )
+        return steps, [n for k in kinds for n in (outputs[k], *(f"{TT}{k}_{m}" for m in made))] + [1]
+
+    pruned = [[1, "Convolve", [f"{TT}error"], ["error"], False]] + (
+        [[2, "Copy", ["err"], ["error"], False]] if copied else []
+    )
+    return (*node(["congruent", "error"]), *node(["congruent"]), pruned)
+
+
 LACKING = {
-    "Factor, Convolve (voxfit's)": (
-        [
-            {"Name": "Factor", "Input": ["trial_type"]},
-            {"Name": "Convolve", "Input": [f"{TT}congruent", f"{TT}error"], "Output": ["con", "err"], "Model": "spm"},
-        ],
-        ["con", "err", 1],
-        [
-            {"Name": "Factor", "Input": ["trial_type"]},
-            {"Name": "Convolve", "Input": [f"{TT}congruent"], "Output": ["con"], "Model": "spm"},
-        ],
-        ["con", 1],
-        [[1, "Convolve", [f"{TT}error"], ["error"], False]],
-    ),
+    "Factor, Convolve (voxfit's)": _factor_convolve({"Model": "spm"}),
     "Convolve with derivatives (pybids'), Orthogonalize against it": (
         [
             {"Name": "Convolve", "Input": ["congruent", "error"], "Model": "spm", "Derivative": True},
@@ -328,53 +346,11 @@ LACKING = {
         ["con_orth", "congruent_derivative", 1],
         [[0, "Convolve", ["error"], ["error"], False], [1, "Orthogonalize", ["error"], ["error"], False]],
     ),
-    "Factor, Convolve with derivatives to named outputs (pybids')": (
-        [
-            {"Name": "Factor", "Input": ["trial_type"]},
-            {
-                "Name": "Convolve",
-                "Input": [f"{TT}congruent", f"{TT}error"],
-                "Output": ["con", "err"],
-                "Model": "spm",
-                "Derivative": True,
-            },
-            {"Name": "Copy", "Input": ["con", "err"], "Output": ["con_copy", "err_copy"]},  # (pybids convolves)
-        ],
-        ["con", f"{TT}congruent_derivative", "err", f"{TT}error_derivative", 1],
-        [
-            {"Name": "Factor", "Input": ["trial_type"]},
-            {"Name": "Convolve", "Input": [f"{TT}congruent"], "Output": ["con"], "Model": "spm", "Derivative": True},
-            {"Name": "Copy", "Input": ["con"], "Output": ["con_copy"]},
-        ],
-        ["con", f"{TT}congruent_derivative", 1],
-        [[1, "Convolve", [f"{TT}error"], ["error"], False], [2, "Copy", ["err"], ["error"], False]],
+    "Factor, Convolve with derivatives to named outputs (pybids')": _factor_convolve(
+        {"Model": "spm", "Derivative": True}, ("derivative",), copied=True
     ),
-    "Factor, FIR Convolve to named outputs (pybids')": (
-        [
-            {"Name": "Factor", "Input": ["trial_type"]},
-            {
-                "Name": "Convolve",
-                "Input": [f"{TT}congruent", f"{TT}error"],
-                "Output": ["con", "err"],
-                "Model": "fir",
-                "FIRDelays": [0, 1, 2],
-            },
-            {"Name": "Copy", "Input": ["con", "err"], "Output": ["con_copy", "err_copy"]},  # (pybids convolves)
-        ],
-        ["con", f"{TT}congruent_1", f"{TT}congruent_2", "err", f"{TT}error_1", f"{TT}error_2", 1],
-        [
-            {"Name": "Factor", "Input": ["trial_type"]},
-            {
-                "Name": "Convolve",
-                "Input": [f"{TT}congruent"],
-                "Output": ["con"],
-                "Model": "fir",
-                "FIRDelays": [0, 1, 2],
-            },
-            {"Name": "Copy", "Input": ["con"], "Output": ["con_copy"]},
-        ],
-        ["con", f"{TT}congruent_1", f"{TT}congruent_2", 1],
-        [[1, "Convolve", [f"{TT}error"], ["error"], False], [2, "Copy", ["err"], ["error"], False]],
+    "Factor, FIR Convolve to named outputs (pybids')": _factor_convolve(
+        {"Model": "fir", "FIRDelays": [0, 1, 2]}, ("1", "2"), copied=True
     ),
     "Scale with a parameter per input, Rename": (
         [

@@ -335,6 +335,31 @@ def test_the_sums_of_a_read_do_not_depend_on_when_the_side_thread_adds_them():
                 assert np.array_equal(a, b)
 
 
+def test_a_read_starts_a_side_thread_only_when_a_batch_of_scans_waits(monkeypatch):
+    """A read that hands its scans over one at a time starts a side thread for each batch of READ_BATCH scans (and
+    the run's last, shorter one), not one per call that finds nothing to add."""
+    from voxfit.core import factorize
+    from voxfit.engine import _reading
+    from voxfit.engine._reading import READ_BATCH, ReadSums
+
+    started = []
+    submit = _reading.DaemonExecutor.submit
+    monkeypatch.setattr(
+        _reading.DaemonExecutor, "submit", lambda self, fn, *a: started.append(1) or submit(self, fn, *a)
+    )
+    rng = np.random.default_rng(3)
+    n = 3 * READ_BATCH + 5
+    X = np.column_stack([np.ones(n), rng.standard_normal(n)])
+    data = rng.standard_normal((n, 50)).astype(np.float32)
+    sums = ReadSums(factorize(X))
+    for stop in range(1, n + 1):
+        sums.observe(data, stop)
+        if sums._task is not None:
+            sums._task.result()
+    assert len(started) == 4
+    assert sums.n_scans == n  # every scan added beside the read, none left for the end
+
+
 def test_the_mean_image_of_a_scaled_fit_is_the_datas(tmp_path):
     """The mean image is the data's mean as stored, whichever fit made the maps: an AR(1) fit in memory of an
     uncompressed run gives its own means (``Fit.mean``) for unscaled data only; with --scaling mean (a fit of the

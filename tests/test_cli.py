@@ -143,6 +143,14 @@ def _one_blank_scan():
     return data
 
 
+def _one_bright_voxel():
+    """Twelve scans of a run near 100 with one voxel at 1e6: SPM's global of each scan, the mean of the values above
+    an eighth of the scan's mean, is then that voxel's, and no other voxel is above 0.8 of it."""
+    data = 100 + np.random.default_rng(4).standard_normal(SHAPE + (12,)).astype(np.float32)
+    data[0, 0, 0] = 1e6  # (constant: it leaves the mask too)
+    return data
+
+
 def _write(path, text):
     path.write_text(text)
     return path
@@ -196,6 +204,17 @@ BAD = {
             ["fit", write_nifti(s["dir"] / "blank.nii", _one_blank_scan())] + fit_args(s, "--mask-threshold", "0.8")[2:]
         ),
         "automatic mask is empty.*: scan 6 is all zeros",
+    ),
+    "one scan, no mask": (
+        lambda s: (
+            ["fit", write_nifti(s["dir"] / "one.nii", np.full(SHAPE + (1,), 100, np.float32))]
+            + fit_args(s, "--design", _write(s["dir"] / "one.tsv", "A\n1\n"), contrast=["c=A"])[2:]
+        ),
+        "automatic mask is empty.*: the run has one scan, in which nothing can vary; give a run of several scans",
+    ),
+    "a bright voxel": (  # (it raises each scan's global above every other voxel's 0.8 of it)
+        lambda s: ["fit", write_nifti(s["dir"] / "bright.nii", _one_bright_voxel())] + fit_args(s)[2:],
+        r"automatic mask is empty.*; give a mask \(--mask, `mask`\) or a lower threshold \(--mask-threshold",
     ),
     "all-NaN in mask": (
         lambda s: (

@@ -409,6 +409,21 @@ class AutoMask:
         return self.finite & self.varies & self.above & self.nonzero_all
 
 
+def _empty_mask_hint(reader, threshold) -> str:
+    """The end of the message of an empty automatic mask: why, where it can be told, and what to do: a run of one
+    scan (nothing varies), a scan lost in conversion (:func:`_blank_scan`), else with a threshold (a few bright
+    voxels can raise a scan's global above the brain's) a mask or a lower threshold."""
+    if reader.n_scans == 1:
+        return ": the run has one scan, in which nothing can vary; give a run of several scans"
+    blank = _blank_scan(reader)
+    if blank or threshold is None:
+        return blank
+    return (
+        "; give a mask (--mask, `mask`) or a lower threshold (--mask-threshold, `mask_threshold`; 0 keeps every "
+        "finite voxel that varies)"
+    )
+
+
 def _blank_scan(reader) -> str:
     """Where the automatic mask came out empty: the first scan that is all zeros or holds no finite value, as the
     message's end (a scan lost in conversion empties the mask of the whole run), or nothing. A second pass over the
@@ -576,7 +591,7 @@ def gather_auto(
         why = "above the intensity threshold, " if threshold is not None else ""
         raise InputError(
             f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan"
-            f"{_blank_scan(reader)}."
+            f"{_empty_mask_hint(reader, threshold)}."
         )
     data = keep_columns(out, np.flatnonzero(mask[gathered]))  # in out's order
     missed = np.flatnonzero(mask & ~gathered)

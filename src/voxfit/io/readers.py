@@ -356,6 +356,20 @@ def _check_orientation(where: str, img) -> None:
         )
 
 
+def _check_data_offset(path: Path, img) -> None:
+    """A single-file NIfTI's data begin after its header: vox_offset at least 352 (NIfTI-2: 544), as the standard
+    requires. nibabel reads a smaller one as it is, so that an offset of 0 (a converter's slip) gave the header's
+    bytes as the first voxels' values and every later value shifted, in maps that looked fitted."""
+    if not isinstance(img, nib.Nifti1Image):  # (single files, NIfTI-2's too; a pair's .img holds data alone)
+        return
+    offset, least = int(img.dataobj.offset), 544 if isinstance(img, nib.Nifti2Image) else 352
+    if offset < least:
+        raise InputError(
+            f"{path}: its header's vox_offset ({offset}) puts the data inside the header, which a single-file NIfTI's "
+            f"data follow (vox_offset {least} or more); the header is wrong: fix its vox_offset."
+        )
+
+
 class NiftiReader:
     """A NIfTI-1/NIfTI-2 or Analyze image, 4-D (or 3-D as one scan when `allow_3d`), .nii, .nii.gz or .hdr/.img."""
 
@@ -384,6 +398,7 @@ class NiftiReader:
             n_scans = shape[3]
         else:
             raise InputError(f"{self.path}: expected a 4-D image (x, y, z, scans); got shape {shape}.")
+        _check_data_offset(self.path, img)
         proxy = img.dataobj
         _check_numeric(self.path, proxy.dtype, img.header)
         self.geometry = VolumeGeometry(tuple(int(s) for s in shape[:3]), img.affine.astype(np.float64), img.header)
@@ -505,18 +520,21 @@ class NiftiReader:
         for b in bufs:
             free.put(b)
         stop = threading.Event()
+        scan, end = nel * self._file_dtype.itemsize, self._offset + self._data_bytes
 
         def produce():
             try:
                 with open_gzip_stream(self._image_file) as fh:
                     skip = np.empty(min(self._offset, READ_CHUNK), dtype=np.uint8)
                     for done in range(0, self._offset, READ_CHUNK):  # (a header's offset: skipped, never allocated)
-                        _read_into(fh, skip[: min(READ_CHUNK, self._offset - done)], self._image_file)
+                        _read_into(
+                            fh, skip[: min(READ_CHUNK, self._offset - done)], self._image_file, at=done, total=end
+                        )
                     for start, count in _ramped(self.n_scans, k):
                         buf = free.get()
                         if stop.is_set():
                             return
-                        _read_into(fh, buf[:count], self._image_file, STREAM_CHUNK)
+                        _read_into(fh, buf[:count], self._image_file, STREAM_CHUNK, self._offset + start * scan, end)
                         full.put((start, buf, count))
                     if fh.read(1):  # (reading on to the end also checks the gzip trailer: CRC and length)
                         for _ in range(GZIP_DRAIN_CHUNKS):  # a corrupt stream says so at its trailer: read on
@@ -556,16 +574,21 @@ class NiftiReader:
             thread.join()
 
 
-def _read_into(fh, out: NDArray, path: Path, chunk: int = READ_CHUNK) -> None:
+def _read_into(fh, out: NDArray, path: Path, chunk: int = READ_CHUNK, at: int = 0, total: int = 0) -> None:
     """Fill `out` from `fh`, `chunk` bytes a call (1 MiB by default: gzip readers in Python decompress each call
     into a new bytes object and copy it, so larger calls cost page faults for a fresh allocation every time,
-    1.2x slower at 40 MiB a call, and hold a second copy of the slab; see ``_gzip.STREAM_CHUNK``)."""
+    1.2x slower at 40 MiB a call, and hold a second copy of the slab; see ``_gzip.STREAM_CHUNK``). `out` starts at
+    byte `at` of the file's data (its decompressed stream) of `total` bytes, for the message of a file that ends
+    early."""
     view = memoryview(out.reshape(-1).view(np.uint8))
     got = 0
     while got < len(view):
         n = fh.readinto(view[got : got + chunk])
         if not n:
-            raise InputError(f"{path}: file is truncated (the data end {len(view) - got} bytes early).")
+            total = max(total, at + len(view))
+            raise InputError(
+                f"{path}: file is truncated (it ends after {at + got:,} bytes, where its header promises {total:,})."
+            )
         got += n
 
 
@@ -581,7 +604,7 @@ def _read_slabs(path, offset: int, dtype: np.dtype, shape: tuple[int, int], k: i
         fh.seek(offset)
         for start in range(0, rows, k):
             slab = buf[: min(k, rows - start)]
-            _read_into(fh, slab, path, slab.nbytes)
+            _read_into(fh, slab, path, slab.nbytes, offset + start * buf[:1].nbytes, offset + rows * buf[:1].nbytes)
             yield start, slab if dtype.isnative else slab.astype(dtype.newbyteorder("="))
 
 

@@ -228,7 +228,8 @@ def _decompress(source: Path, target: Path, size: int) -> Path:
             while done < size:
                 got = src.readinto(memoryview(buffer)[: min(_CHUNK, size - done)])
                 if not got:
-                    raise InputError(f"{source}: file is truncated (the data end {size - done:,} bytes early).")
+                    said = f"it ends after {done:,} bytes, where its header promises {size:,}"
+                    raise InputError(f"{source}: file is truncated ({said}).")
                 dst.write(memoryview(buffer)[:got])
                 done += got
             if src.read(1):  # (reading to the end also checks the gzip trailer: CRC and length)

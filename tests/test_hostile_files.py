@@ -315,6 +315,86 @@ def test_a_run_truncated_while_mapped_leaves_what_a_killed_run_does(tmp_path, ca
     assert (out / "model.json").exists()
 
 
+def _change(path: Path, how: str) -> None:
+    """Another program changes `path`: rewrites bytes in place (its size kept), replaces it by a copy, or removes it."""
+    if how == "written":
+        stamp = path.stat().st_mtime_ns
+        with open(path, "r+b") as fh:
+            fh.seek(-8, os.SEEK_END)
+            fh.write(b"\x01" * 8)
+        os.utime(path, ns=(stamp, stamp + 1_000_000))  # (the clock's tick may be coarser than the test)
+    elif how == "replaced":
+        copy = path.with_name("copy-" + path.name)
+        copy.write_bytes(path.read_bytes())
+        os.replace(copy, path)
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["written", "replaced", "removed"])
+@pytest.mark.parametrize("command", ["fit", "group"])
+def test_an_input_changed_while_the_run_reads_it_is_refused_and_leaves_nothing(
+    study, capsys, monkeypatch, how, command
+):
+    """An input another program writes to, replaces or removes after the run opened it (found as the run is
+    recorded: its identity, device, inode, size and modification time, is not what it was): exit 2, one line naming
+    it, no output. Its maps could mix old and new data (a .nii overwritten in place while read gave maps of
+    neither), and model.json would describe another file. Unchanged, the same run writes its maps."""
+    if command == "fit":  # (uncompressed: bytes written in place leave a readable file)
+        bold = write_nifti(study["dir"] / "bold.nii", volume_data(np.random.default_rng(0)))
+        argv = fit_args({**study, "bold": bold})
+    else:
+        argv = group_args(study, out=study["out"])
+        argv[1:7] = [
+            nib.save(nib.load(p), p.with_suffix("").with_suffix(".nii")) or p.with_suffix("").with_suffix(".nii")
+            for p in argv[1:7]
+        ]
+    victim = Path(argv[1] if command == "fit" else argv[3])
+    write_maps, lock, changed = voxfit.io.geometry.save_nifti, __import__("threading").Lock(), []
+
+    def save_nifti(img, path):  # (the first map written: the data have been read; maps are written on threads)
+        with lock:
+            if not changed:
+                changed.append(_change(victim, how))
+        return write_maps(img, path)
+
+    monkeypatch.setattr(voxfit.io.geometry, "save_nifti", save_nifti)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1, err
+    said = "was written to, replaced or removed while this run read it" if how != "removed" else ""
+    assert f"{victim} {said}".strip() in err  # (a removed map: its digest, for model.json, finds no file)
+    assert not study["out"].exists()
+    monkeypatch.setattr(voxfit.io.geometry, "save_nifti", write_maps)
+    if how == "removed":
+        return
+    code, _, err = run(capsys, *argv)  # (the file as it is now, read again from the start)
+    assert code == 0, err
+    assert (study["out"] / "model.json").exists()
+
+
+@pytest.mark.parametrize(
+    "name, image", [("run.nii", nib.Nifti1Image), ("run.nii.gz", nib.Nifti1Image), ("run2.nii", nib.Nifti2Image)]
+)
+def test_a_single_file_nifti_whose_vox_offset_is_in_its_header_is_refused(study, capsys, name, image):
+    """vox_offset 0 in a single-file NIfTI (a converter's slip; the standard asks for 352 or more, 544 for NIfTI-2):
+    nibabel reads it as it is, and the header's bytes became the first voxels' values, every value shifted, in maps
+    fitted without a word. Refused in one line; a NIfTI pair's .img, which holds data alone, may start at 0."""
+    data = volume_data(np.random.default_rng(0))
+    header = image(data, AFFINE).header
+    header.set_data_offset(0)
+    path = study["dir"] / name
+    img = image(data, AFFINE, header)
+    raw = img.header.binaryblock + b"\0" * 4 + np.asarray(data, dtype="<f4").tobytes(order="F")
+    (path.write_bytes(__import__("gzip").compress(raw)) if name.endswith(".gz") else path.write_bytes(raw))
+    code, _, err = run(capsys, *fit_args({**study, "bold": path}))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "vox_offset (0) puts the data inside the header" in err
+    pair = study["dir"] / "pair.img"
+    nib.save(nib.Nifti1Pair(data, AFFINE), pair)
+    assert nib.load(pair).dataobj.offset == 0
+    assert run(capsys, *fit_args({**study, "bold": pair}))[0] == 0
+
+
 # --- class 6: nothing left by a failed run ------------------------------------------------------------------
 
 

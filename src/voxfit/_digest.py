@@ -8,7 +8,8 @@ hashing alone, beside a read and fit of 0.65 s); with BLAKE3 it is read and hash
 it the read). Both are 256-bit cryptographic hashes.
 
 :func:`start_digests` hashes files on a side thread; :func:`file_digest` gives a file's digest, taken from one
-started for the same file (same device, inode, size and modification time) or computed on the spot."""
+started for the same file (same device, inode, size and modification time) or computed on the spot;
+:func:`note_opened` and :func:`changed_since_opened` tell a data file written to while a run read it."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ import blake3
 
 from ._threads import DaemonExecutor
 
-__all__ = ["CHUNK", "file_digest", "new_hash", "start_digests"]
+__all__ = ["CHUNK", "changed_since_opened", "file_digest", "new_hash", "note_opened", "start_digests"]
 
 CHUNK = 1 << 22  # bytes read and hashed a call
 WINDOW = CHUNK  # bytes of a file mapped and hashed at a time (``mapped``): what a read holds
 
 _started: dict[str, tuple[tuple, Future]] = {}  # real path: (the file's identity when started, its digest)
+_opened: dict[str, tuple] = {}  # real path: the file's identity when a reader last opened it (note_opened)
 _lock = threading.Lock()
 
 
@@ -68,6 +70,22 @@ def file_digest(path, buf: memoryview | None = None) -> str:
     if started is not None and identity is not None and started[0] == identity:
         return started[1].result()
     return _digest_of_file(path, buf)
+
+
+def note_opened(path) -> None:
+    """Remember a data file's identity (device, inode, size, modification time) as a reader opens it, for
+    :func:`changed_since_opened`."""
+    key, identity = _identity(path)
+    if identity is not None:
+        _opened[key] = identity
+
+
+def changed_since_opened(path) -> bool:
+    """Whether a file :func:`note_opened` noted is no longer the one it was when last noted: written to in place
+    (its size or modification time), replaced (another inode under its name) or removed. A run's data read from
+    it may then mix old and new bytes, and its digest describe neither."""
+    key, identity = _identity(path)
+    return key in _opened and identity != _opened[key]
 
 
 def _identity(path) -> tuple[str, tuple | None]:

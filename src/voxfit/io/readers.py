@@ -42,6 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import held_as_series, type_name, working_dtype
+from .._digest import note_opened
 from .._memory import check_memory, reserved_bytes, whole_files_cap
 from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, open_gzip, open_gzip_stream
@@ -1614,6 +1615,14 @@ def open_reader(paths, name: str = "inputs"):
     else:
         reader = {"gifti": GiftiReader, "cifti": CiftiReader, "npy": NpyReader}[kind](paths)
     check_scan_memory(reader, str(paths[0]))
+    return _noted(reader)
+
+
+def _noted(reader):
+    """`reader`, the identity of each file it reads noted as it is opened (``voxfit._digest.note_opened``): model.json
+    is not written for data whose file changed before the run ended (``ModelRecord.write``)."""
+    for path in reader.paths:
+        note_opened(path)
     return reader
 
 
@@ -1641,7 +1650,7 @@ def _image_reader(images, name: str):
             for img in images
         )
         if same:
-            return reader
+            return _noted(reader)
     kinds = {"volume" if isinstance(img, nib.spatialimages.SpatialImage) else type(img).__name__ for img in images}
     if len(kinds) > 1:
         found = ", ".join(dict.fromkeys(type_name(img) for img in images))
@@ -1662,4 +1671,4 @@ def open_map(path):
         return open_reader([path])
     reader = NiftiReader(path, allow_3d=True)
     check_scan_memory(reader, str(path))
-    return reader
+    return _noted(reader)

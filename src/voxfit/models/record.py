@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._digest import CHUNK, file_digest, new_hash
+from .._digest import CHUNK, changed_since_opened, file_digest, new_hash
 from .._threads import DaemonExecutor
 from ..exceptions import InputError
 from ..io import source_label
@@ -135,8 +135,21 @@ class ModelRecord:
         return out | {k: v for k, v in values.items() if v is not None}
 
     def write(self, out) -> None:
-        """Write ``model.json`` into the output folder `out` (a :class:`voxfit.io.OutputFolder`)."""
+        """Write ``model.json`` into the output folder `out` (a :class:`voxfit.io.OutputFolder`); refused (an
+        InputError, so that nothing is committed) where an input file changed after a reader opened it: the maps
+        might mix its old and new data, and the record would describe another file."""
+        for path in self._input_paths():
+            if changed_since_opened(path):
+                raise InputError(
+                    f"{path} was written to, replaced or removed while this run read it: its maps could mix old and "
+                    "new data; run again once nothing writes to it."
+                )
         out.write_json(FILE, self.as_dict())
+
+    def _input_paths(self) -> list[str]:
+        """The paths of the input files recorded (of each run, for runs)."""
+        inputs = list(self.inputs or []) + [i for run in self.runs or [] for i in run.get("inputs") or []]
+        return [i["path"] for i in inputs if isinstance(i, dict) and isinstance(i.get("path"), str)]
 
     @classmethod
     def read(cls, path) -> ModelRecord:

@@ -30,6 +30,7 @@ import queue
 import re
 import stat
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -357,18 +358,23 @@ def _check_orientation(where: str, img) -> None:
         )
 
 
-def _check_data_offset(path: Path, img) -> None:
-    """A single-file NIfTI's data begin after its header: vox_offset at least 352 (NIfTI-2: 544), as the standard
-    requires. nibabel reads a smaller one as it is, so that an offset of 0 (a converter's slip) gave the header's
-    bytes as the first voxels' values and every later value shifted, in maps that looked fitted."""
-    if not isinstance(img, nib.Nifti1Image):  # (single files, NIfTI-2's too; a pair's .img holds data alone)
-        return
-    offset, least = int(img.dataobj.offset), 544 if isinstance(img, nib.Nifti2Image) else 352
-    if offset < least:
-        raise InputError(
-            f"{path}: its header's vox_offset ({offset}) puts the data inside the header, which a single-file NIfTI's "
-            f"data follow (vox_offset {least} or more); the header is wrong: fix its vox_offset."
-        )
+def _data_offset(path: Path, img) -> int:
+    """Where a NIfTI image's data begin in its file: at its header's vox_offset, except that a single file's data
+    never start before the end of its header, byte 352 (NIfTI-2: 544), as the NIfTI-1 standard says of a smaller
+    vox_offset ("equivalent to 352") and niftilib (FSL, AFNI) reads it. nibabel reads 1 to 351 as 352 (with a
+    warning) but 0 as 0, a header written from a nibabel image's own (which holds 0) or by a converter's slip:
+    the header's bytes were the first voxels' values, every later value shifted, in maps fitted without a word."""
+    offset = int(img.dataobj.offset)
+    least = 544 if isinstance(img, nib.Nifti2Image) else 352
+    if not isinstance(img, nib.Nifti1Image) or offset >= least:  # (a pair's .img holds data alone: any offset)
+        return offset
+    warnings.warn(
+        f"{path}: its header's vox_offset is {offset}; read as {least}, as the NIfTI standard says (a single "
+        f"file's data never start before byte {least}).",
+        UserWarning,
+        stacklevel=3,
+    )
+    return least
 
 
 class NiftiReader:
@@ -399,7 +405,6 @@ class NiftiReader:
             n_scans = shape[3]
         else:
             raise InputError(f"{self.path}: expected a 4-D image (x, y, z, scans); got shape {shape}.")
-        _check_data_offset(self.path, img)
         proxy = img.dataobj
         _check_numeric(self.path, proxy.dtype, img.header)
         self.geometry = VolumeGeometry(tuple(int(s) for s in shape[:3]), img.affine.astype(np.float64), img.header)
@@ -407,7 +412,7 @@ class NiftiReader:
         self._file_dtype = np.dtype(proxy.dtype)
         self.dtype = self._file_dtype.newbyteorder("=")
         self.scale = _scale(proxy)
-        self._offset = int(proxy.offset)
+        self._offset = _data_offset(self.path, img)
         self._image_file = Path(img.file_map["image"].filename)
         # every file read: a pair named by its .img has its .hdr too (model.json records both)
         header = img.file_map.get("header")  # (a single file has its image only)

@@ -325,6 +325,36 @@ def test_a_broken_run_fails_alone(tmp_path, capsys, breakage):
     assert (tmp_path / "out" / "sub-01" / "node-subject").is_dir()
 
 
+def test_a_run_rewritten_while_the_study_reads_it_fails_alone(tmp_path, capsys, monkeypatch):
+    """A run's preprocessed BOLD that another program rewrites once the study has read it (in place, its size kept):
+    that run fails, said in one line naming the file, and writes no record describing another file than the one
+    fitted; the other subjects' runs are fitted."""
+    import threading
+
+    import voxfit.io.geometry
+
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=30, shape=(6, 6, 5))
+    bold = next(study.derivatives.rglob("sub-01_*desc-preproc_bold.nii.gz"))
+    save_nifti, lock, changed = voxfit.io.geometry.save_nifti, threading.Lock(), []
+
+    def rewritten(img, path):  # (the first map written: the run's data have been read)
+        with lock:
+            if not changed:
+                changed.append(bold.stat().st_mtime_ns)
+                bold.write_bytes(bold.read_bytes())  # (the same bytes, written again: its time is not what was read)
+                os.utime(bold, ns=(changed[0], changed[0] + 1_000_000))
+        return save_nifti(img, path)
+
+    monkeypatch.setattr(voxfit.io.geometry, "save_nifti", rewritten)
+    out = tmp_path / "out"
+    code = main(["bids", str(study.root), str(out), "run", *deriv, "--quiet", "--n-jobs", "1"])
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("voxfit: failed:")]
+    assert code == 2 and len(failed) == 1, failed
+    assert "sub-01" in failed[0] and f"{bold} was written to, replaced or removed while this run read it" in failed[0]
+    assert not list((out / "sub-01").rglob("*model.json")) if (out / "sub-01").exists() else True
+    assert list((out / "sub-02" / "node-run").glob("*model.json"))
+
+
 def test_a_group_that_cannot_be_written_fails_alone(tmp_path, capsys):
     # groups are written on a thread while the next one fits: a write's error is still that group's failure,
     # the others are written, and the dataset level goes on without it

@@ -1750,7 +1750,7 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
             },
             run=out.run_record(),
         )
-        out.write_json(record_name, record.as_dict())
+        record.write(out, record_name)
         out.drop(*_listed_files(job.folder / record_name, dict(job.node.study)))
         files = out.commit()
     return _RunDone(job.index, tuple(files), outputs)
@@ -2947,7 +2947,7 @@ class _Study:
             inference=inference,
             run=out.run_record(),
         )
-        out.write_json(name, record.as_dict())
+        record.write(out, name)
 
 
 def _read_maps(paths, everything, name: str) -> np.ndarray:

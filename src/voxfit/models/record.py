@@ -134,17 +134,18 @@ class ModelRecord:
             out["model"] = MODEL_TEXT[kind]
         return out | {k: v for k, v in values.items() if v is not None}
 
-    def write(self, out) -> None:
-        """Write ``model.json`` into the output folder `out` (a :class:`voxfit.io.OutputFolder`); refused (an
-        InputError, so that nothing is committed) where an input file changed after a reader opened it: the maps
-        might mix its old and new data, and the record would describe another file."""
+    def write(self, out, name: str = FILE) -> None:
+        """Write ``model.json`` (or `name`: a study's node groups name theirs) into the output folder `out` (a
+        :class:`voxfit.io.OutputFolder`); refused (an InputError, so that nothing is committed) where an input file
+        changed after a reader opened it: the maps might mix its old and new data, and the record would describe
+        another file."""
         for path in self._input_paths():
             if changed_since_opened(path):
                 raise InputError(
                     f"{path} was written to, replaced or removed while this run read it: its maps could mix old and "
                     "new data; run again once nothing writes to it."
                 )
-        out.write_json(FILE, self.as_dict())
+        out.write_json(name, self.as_dict())
 
     def _input_paths(self) -> list[str]:
         """The paths of the input files recorded (of each run, for runs)."""

@@ -3,11 +3,13 @@ hidden folder that is never taken for a stale one, and runs that leave everythin
 failing, or on a full disk — in every command."""
 
 import errno
+import gzip
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -345,12 +347,11 @@ def test_an_input_changed_while_the_run_reads_it_is_refused_and_leaves_nothing(
         argv = fit_args({**study, "bold": bold})
     else:
         argv = group_args(study, out=study["out"])
-        argv[1:7] = [
-            nib.save(nib.load(p), p.with_suffix("").with_suffix(".nii")) or p.with_suffix("").with_suffix(".nii")
-            for p in argv[1:7]
-        ]
+        for k, path in enumerate(argv[1:7], start=1):
+            argv[k] = path.with_suffix("").with_suffix(".nii")
+            nib.save(nib.load(path), argv[k])
     victim = Path(argv[1] if command == "fit" else argv[3])
-    write_maps, lock, changed = voxfit.io.geometry.save_nifti, __import__("threading").Lock(), []
+    write_maps, lock, changed = voxfit.io.geometry.save_nifti, threading.Lock(), []
 
     def save_nifti(img, path):  # (the first map written: the data have been read; maps are written on threads)
         with lock:
@@ -385,13 +386,13 @@ def test_a_single_file_nifti_whose_vox_offset_is_in_its_header_is_read_from_its_
     data = volume_data(np.random.default_rng(0))
     saved = study["dir"] / ("saved" + name[len("run") :])
     nib.save(image(data, AFFINE), saved)
-    raw = saved.read_bytes() if not name.endswith(".gz") else __import__("gzip").decompress(saved.read_bytes())
+    raw = gzip.decompress(saved.read_bytes()) if name.endswith(".gz") else saved.read_bytes()
     header = image(data, AFFINE).header  # (vox_offset 0)
     assert header["vox_offset"] == 0
     least = len(header.binaryblock) + 4
-    raw = header.binaryblock + raw[len(header.binaryblock) : least] + raw[least:]
+    raw = header.binaryblock + raw[len(header.binaryblock) :]  # (the same file, its vox_offset 0)
     path = study["dir"] / name
-    path.write_bytes(__import__("gzip").compress(raw) if name.endswith(".gz") else raw)
+    path.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
     assert nib.load(path).dataobj.offset == 0  # (nibabel's reading)
     want = study["dir"] / "want"
     assert run(capsys, *fit_args({**study, "bold": saved}, out=want))[0] == 0

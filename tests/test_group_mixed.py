@@ -108,6 +108,29 @@ def test_variance_groups_from_a_column_or_a_grp_file(study):
     npt.assert_allclose(by_file.parametric["intercept"].t, ref.contrasts["intercept"].t[by_file.masker.mask], rtol=1e-6)
 
 
+@pytest.mark.parametrize("source", ["column", "grp"])
+def test_a_variance_group_of_one_map_is_refused(study, capsys, source):
+    """A variance group holding one map, such as every subject's own from a covariate named as the groups' column,
+    or a design.grp of one subject per group: a between-subject variance cannot be estimated from one map (REML
+    took it 0, and null maps gave 27% of voxels below p < 0.05, t up to 10; the tester's finding). Refused in one
+    line naming the group and its source; groups of several maps fit (see the test above)."""
+    effects = list(map(str, _maps(study, "stat-effect.nii.gz")))
+    variances = list(map(str, _maps(study, "stat-variance.nii.gz")))
+    if source == "column":
+        extra = ["--design", str(study["table"]), "--two-sample", "site", "--covariates", "none"]
+        extra += ["--variance-groups", "age", "--contrast", "d=b - a"]
+    else:
+        grp = study["dir"] / "design.grp"
+        grp.write_text(f"/NumWaves 1\n/NumPoints {N}\n/Matrix\n" + "\n".join(map(str, range(1, N + 1))) + "\n")
+        extra = ["--grp", str(grp)]
+    out = study["dir"] / "refused"
+    assert main(["group", *effects, "--variances", *variances, *extra, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds one map" in err and "cannot be estimated from one subject" in err, err
+    assert ("of column 'age'" if source == "column" else "design.grp (FSL's design.grp: variance groups)") in err
+    assert not out.exists()
+
+
 def test_fixed_effects_dof_and_ols_ignoring_variances(study):
     effects = _maps(study, "stat-effect.nii.gz")
     variances = _maps(study, "stat-variance.nii.gz")

@@ -308,15 +308,25 @@ def read_variances(paired, masker: Masker) -> np.ndarray:
     return values
 
 
-def variance_groups(grp, design, n_rows: int, order) -> list[str] | None:
+def variance_groups(grp, design, n_rows: int, order, column: str | None = None) -> list[str] | None:
     """Each design row's variance group: from the design table's column (``GroupDesign.variance_groups``) or
     an FSL ``.grp`` file `grp` (its rows in the order of the maps as given, reordered by `order`, the input
-    row of each design row); None for one group."""
+    row of each design row); None for one group. A group of one map is refused (`column`: the table's column
+    named in the message)."""
     if design.variance_groups:
-        return list(design.variance_groups)
-    if grp is not None:
-        return [str(v) for v in read_groups(grp, n_rows)[order]]
-    return None
+        groups, source = list(design.variance_groups), f"column {column!r}" if column else "the design's column"
+    elif grp is not None:
+        groups, source = [str(v) for v in read_groups(grp, n_rows)[order]], f"{grp} (FSL's design.grp: variance groups)"
+    else:
+        return None
+    alone = [g for g in dict.fromkeys(groups) if groups.count(g) == 1]
+    if alone:  # (one map's between-subject variance is not estimable: REML took it 0, t up to 10 on null maps)
+        raise InputError(
+            f"variance group {alone[0]!r} of {source} holds one map ({len(alone)} group(s) do): a between-subject "
+            "variance cannot be estimated from one subject; give groups of several subjects (a column of group "
+            "labels, not a covariate), or no variance groups."
+        )
+    return groups
 
 
 PERMUTATION_STATISTIC = (

@@ -508,3 +508,28 @@ def test_a_covariate_with_a_word_among_its_numbers_is_refused_not_dropped(tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert f"column 'age', participant_id sub-03: '{cell}' is not a number" in err and "--covariates" in err
+
+
+def test_an_ols_group_with_a_mask_says_what_it_could_not_fit(tmp_path, rng, capsys):
+    """With --mask, a voxel NaN in some map is left NaN and counted in a note (the summary and model.json's design
+    notes); a map NaN everywhere, which left every map NaN with exit 0 (a hostile tester's finding), is refused in
+    one line naming it, as the mixed model refuses maps it cannot fit."""
+    paths = _maps(tmp_path, rng, n=8)
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(GRID, np.uint8), AFFINE), mask)
+    data = _read(paths[3]).copy()
+    data[4, 4, 4] = np.nan
+    nib.save(nib.Nifti1Image(data, AFFINE), paths[3])
+    out = tmp_path / "partly"
+    assert main(["group", *map(str, paths), "--mask", str(mask), "-o", str(out)]) == 0
+    note = "1 voxel(s) not fitted: NaN or infinite in some map (their maps are NaN)"
+    assert note in capsys.readouterr().err
+    assert note in json.loads((out / "model.json").read_text())["design"]["notes"]
+    t = _read(out / "contrast-intercept_stat-t_statmap.nii.gz")
+    assert np.isnan(t[4, 4, 4]) and np.isfinite(t[1:, :, :]).sum() == t[1:].size - 1
+    nib.save(nib.Nifti1Image(np.full(GRID, np.nan, np.float32), AFFINE), paths[5])
+    out = tmp_path / "none"
+    assert main(["group", *map(str, paths), "--mask", str(mask), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no voxel can be fitted" in err and f"{paths[5]} holds none" in err, err
+    assert not out.exists()

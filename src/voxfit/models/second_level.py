@@ -312,6 +312,8 @@ class SecondLevel:
                     f"leaves no degrees of freedom for {Y.shape[0]} maps."
                 )
             fit = fit_engine(d.X, Y, names=list(d.names), execution=execution)
+            if fit.n_invalid:
+                d = replace(d, notes=(*d.notes, _not_fitted(fit, Y, paths)))
             parametric = {label: fit.contrast(expr, name=label, n_jobs=execution.n_jobs) for label, expr in items}
             inferred = None
             if self.rft is not None:
@@ -626,7 +628,7 @@ class SecondLevel:
                 Y, variances = columns
                 self._check_streamed_cap(execution, masker, pairs.n, len(items))
             rows = np.concatenate([order, order + len(order)]) if self.paired else order
-            groups = variance_groups(self.grp, d, reader.n_scans, rows)
+            groups = variance_groups(self.grp, d, reader.n_scans, rows, self.variance_groups)
             X, names, fit_items = d.X, list(d.names), items
             if self.paired:  # FLAME's paired design on the 2n maps: the design over A - B, one column per subject
                 flame = paired_design(d.X, list(d.names), items, pairs.subjects[: len(order)])
@@ -1043,6 +1045,20 @@ def _check_fitted(fit: MixedFit, n_voxels: int) -> None:
         else "check that the maps differ between subjects and hold numbers"
     )
     raise InputError(f"no voxel can be fitted ({why}); {advice}.")
+
+
+def _not_fitted(fit, Y, paths) -> str:
+    """The note of an OLS group fit whose voxels hold NaN or infinity in some map (left NaN), or the InputError of
+    one that fits none (every map NaN, exit 0 before): where one map holds no finite value in the mask, it is
+    named."""
+    if fit.n_invalid < fit.valid.size:
+        return f"{fit.n_invalid:,} voxel(s) not fitted: NaN or infinite in some map (their maps are NaN)"
+    empty = [k for k in range(Y.shape[0]) if not np.isfinite(Y[k]).any()]
+    where = f"; {paths[empty[0]] if len(paths) == Y.shape[0] else f'map {empty[0] + 1}'} holds none" if empty else ""
+    raise InputError(
+        f"no voxel can be fitted: each of the {fit.valid.size:,} voxels is NaN or infinite in some map{where}; leave "
+        "out the maps without values, or give a mask (--mask) where every map has them."
+    )
 
 
 def _outcome_notes(fit: MixedFit) -> tuple[str, ...]:

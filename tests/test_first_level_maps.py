@@ -447,8 +447,9 @@ def test_bad_folder_arguments_are_refused(voxfit_study, tmp_path):
     _, fits = voxfit_study
     with pytest.raises(InputError, match=r"`folders`: .*nothere is not a folder"):
         first_level_maps([tmp_path / "nothere"], "task")
-    with pytest.raises(InputError, match="names a folder twice"):
+    with pytest.raises(InputError, match="names a folder twice") as refused:  # (named by its path, not its inode)
         first_level_maps([fits["01"], fits["01"]], "task")
+    assert f"({fits['01']})" in str(refused.value)
     with pytest.raises(InputError, match="`contrast` must be"):
         first_level_maps([fits["01"]], "  ")
 

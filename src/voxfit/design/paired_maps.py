@@ -614,8 +614,11 @@ def _first_level_maps_iv(folders, contrast, read_record) -> tuple[list[Path], st
             f"`folders`: {listed(missing, 3)} is not a folder; give first-level output folders (voxfit fit's -o, or "
             "FEAT's .feat folders)."
         )
-    twice = [str(p) for p, c in Counter(file_identity(p) for p in paths).items() if c > 1]
-    if twice:
+    named: dict = {}
+    for p in paths:
+        named.setdefault(file_identity(p), []).append(p)
+    twice = [str(same[0]) for same in named.values() if len(same) > 1]
+    if twice:  # (named by the path given, not its device and inode)
         raise InputError(f"`folders` names a folder twice ({listed(twice, 3)}); give each first-level folder once.")
     if isinstance(contrast, bool) or not isinstance(contrast, (str, numbers.Integral)) or not str(contrast).strip():
         raise InputError(f"`contrast` must be a contrast's label (FEAT: its number or name); got {contrast!r}.")

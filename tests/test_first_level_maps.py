@@ -488,6 +488,10 @@ def test_feat_missing_contrast_names_its_contrasts(tmp_path):
     folder = _feat(tmp_path / "sub-01.feat", 1, names=("task", "rest"))
     with pytest.raises(InputError, match=r"has no cope and varcope of contrast 'faces' \(its contrasts: 1 \(task\), 2"):
         first_level_maps([folder], "faces")
+    (folder / "stats" / "varcope2.nii.gz").unlink()  # (a copy that lost a file: the cope is there, its varcope not)
+    for contrast in ("rest", 2):
+        with pytest.raises(InputError, match=r"has cope2 but no varcope2 beside it"):
+            first_level_maps([folder], contrast)
 
 
 def test_voxfit_and_feat_folders_together(voxfit_study, tmp_path):

@@ -713,6 +713,11 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
                 note = None if where == stats else f"{folder.name}: maps of reg_standard/stats (standard space)"
                 return _Folder(effect, variance, None, _feat_dof(folder), note)
     has = sorted(int(m.group(1)) for p in stats.iterdir() if (m := _COPE.match(p.name)))
+    if n is not None and n.isdigit() and int(n) in has:  # (its cope is there: its varcope is not)
+        raise InputError(
+            f"FEAT folder {folder} has cope{n} but no varcope{n} beside it (stats/ or reg_standard/stats/); copy "
+            "the folder again whole, or rerun its FEAT analysis."
+        )
     shown = ", ".join(f"{k}" + (f" ({names[str(k)]})" if str(k) in names else "") for k in has)
     raise InputError(
         f"FEAT folder {folder} has no cope and varcope of contrast {contrast!r} (its contrasts: {shown}); give one "

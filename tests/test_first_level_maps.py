@@ -522,3 +522,17 @@ def test_voxfit_design_imports_the_image_readers_only_when_maps_are_paired():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True", "True", "PairedMaps"]
+
+
+def test_first_level_folders_given_as_maps_point_to_first_level(voxfit_study, tmp_path, capsys):
+    """voxfit's or FEAT's output folders given to `voxfit group` as its maps: each read as a run of scans, they were
+    refused with a quoted pattern to name the scans by; now one line points to --first-level."""
+    from voxfit.cli import main
+
+    _, fits = voxfit_study
+    feat = _feat(tmp_path / "sub-09.feat", 9)
+    for folders in ([fits["01"], fits["02"]], [feat]):
+        assert main(["group", *map(str, folders), "-o", str(tmp_path / "g")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{folders[0]} is a first-level output folder" in err, err
+        assert "--first-level FOLDERS" in err and not (tmp_path / "g").exists()

@@ -1460,10 +1460,22 @@ def _group_inputs(args) -> list[str]:
             raise InputError("--first-level-contrast names the contrast of --first-level FOLDERS; give them.")
         if not args.inputs:
             raise InputError("give the maps (one per subject), or --first-level FOLDERS (first-level output folders).")
+        folder = next((p for p in args.inputs if _first_level_folder(p)), None)
+        if folder is not None:  # (read as a run of scans, it was refused with a pattern to name them by)
+            raise InputError(
+                f"{folder} is a first-level output folder (voxfit fit's or FEAT's); give such folders with "
+                "--first-level FOLDERS (and --first-level-contrast NAME), or give each subject's effect map."
+            )
         return args.inputs
     if args.inputs:
         raise InputError("give either maps or --first-level folders, not both (the folders hold each subject's maps).")
     return args.first_level
+
+
+def _first_level_folder(path) -> bool:
+    """Whether `path` is a folder voxfit fit wrote (it holds model.json) or FSL FEAT did (stats/cope1 in it)."""
+    folder = Path(path)
+    return folder.is_dir() and ((folder / "model.json").is_file() or any((folder / "stats").glob("cope1.nii*")))
 
 
 def _run_design(args) -> int:

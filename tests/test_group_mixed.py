@@ -126,7 +126,7 @@ def test_a_variance_group_of_one_map_is_refused(study, capsys, source):
     out = study["dir"] / "refused"
     assert main(["group", *effects, "--variances", *variances, *extra, "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "holds one map" in err and "cannot be estimated from one subject" in err, err
+    assert err.count("\n") == 1 and "holds one subject" in err and "cannot be estimated from one subject" in err, err
     assert ("of column 'age'" if source == "column" else "design.grp (FSL's design.grp: variance groups)") in err
     assert not out.exists()
 
@@ -361,6 +361,33 @@ def test_paired_mixed_model_is_flames_paired_design(tmp_path, rng):
     assert [(r["condition"], r["subject"]) for r in rows] == [(c, f"sub-{k:02d}") for c in "AB" for k in order]
     assert all(Path(r["variance_map"]).name == Path(r["map"]).name.replace("effect", "variance") for r in rows)
     assert all(Path(r["variance_map"]).parent == Path(r["map"]).parent for r in rows)
+
+
+@pytest.mark.parametrize("grouping", ["each subject", "by condition", "pairs of subjects"])
+def test_paired_variance_groups_are_groups_of_subjects(tmp_path, rng, capsys, grouping):
+    """--paired with a design.grp over the 2n maps (A then B): a group of one subject's two maps (two maps, one
+    subject: 19% of null voxels below p < 0.05, its between-subject variance 0 in half the voxels) and groups that
+    split a subject's A and B maps (an internal error: a singular matrix) are refused in one line; groups of
+    several subjects fit."""
+    st = _paired_study(tmp_path, rng)
+    n = st["n"]
+    labels = {
+        "each subject": list(range(1, n + 1)) * 2,
+        "by condition": [1] * n + [2] * n,
+        "pairs of subjects": [k // 2 + 1 for k in range(n)] * 2,
+    }[grouping]
+    grp = tmp_path / "design.grp"
+    grp.write_text(f"/NumWaves 1\n/NumPoints {2 * n}\n/Matrix\n" + "\n".join(map(str, labels)) + "\n")
+    maps = [str(p) for c in "ab" for p in st["maps"](c, "effect")]
+    variances = [str(p) for c in "ab" for p in st["maps"](c, "variance")]
+    out = tmp_path / "g"
+    code = main(["group", *maps, "--paired", "--variances", *variances, "--grp", str(grp), "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    if grouping == "pairs of subjects":
+        assert code == 0 and (out / "model.json").exists(), err
+        return
+    said = "holds one subject" if grouping == "each subject" else "put a subject's A and B maps in different groups"
+    assert code == 2 and err.count("\n") == 1 and said in err and not out.exists(), err
 
 
 def test_paired_fixed_model_is_the_precision_weighted_paired_difference(tmp_path, rng):

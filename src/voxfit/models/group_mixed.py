@@ -308,23 +308,35 @@ def read_variances(paired, masker: Masker) -> np.ndarray:
     return values
 
 
-def variance_groups(grp, design, n_rows: int, order, column: str | None = None) -> list[str] | None:
+def variance_groups(
+    grp, design, n_rows: int, order, column: str | None = None, paired: bool = False
+) -> list[str] | None:
     """Each design row's variance group: from the design table's column (``GroupDesign.variance_groups``) or
     an FSL ``.grp`` file `grp` (its rows in the order of the maps as given, reordered by `order`, the input
-    row of each design row); None for one group. A group of one map is refused (`column`: the table's column
-    named in the message)."""
+    row of each design row); None for one group. Refused: a group of one subject (its between-subject variance
+    is not estimable: REML took it 0, and null maps gave 27% of voxels below p < 0.05, t up to 10), and with
+    `paired` (rows: the A maps, then the B maps, subject by subject) a subject whose two maps are in different
+    groups (the paired design's subject columns then leave its variances singular). `column`: the table's
+    column, named in the messages."""
     if design.variance_groups:
         groups, source = list(design.variance_groups), f"column {column!r}" if column else "the design's column"
     elif grp is not None:
         groups, source = [str(v) for v in read_groups(grp, n_rows)[order]], f"{grp} (FSL's design.grp: variance groups)"
     else:
         return None
-    alone = [g for g in dict.fromkeys(groups) if groups.count(g) == 1]
-    if alone:  # (one map's between-subject variance is not estimable: REML took it 0, t up to 10 on null maps)
+    n = len(groups) // 2 if paired and len(groups) % 2 == 0 and len(groups) == n_rows else len(groups)
+    if n < len(groups) and any(groups[k] != groups[n + k] for k in range(n)):
         raise InputError(
-            f"variance group {alone[0]!r} of {source} holds one map ({len(alone)} group(s) do): a between-subject "
-            "variance cannot be estimated from one subject; give groups of several subjects (a column of group "
-            "labels, not a covariate), or no variance groups."
+            f"variance groups of {source} put a subject's A and B maps in different groups; with --paired, give "
+            "each subject's two maps the same group (groups of subjects)."
+        )
+    subjects = {g: len({k % n for k, h in enumerate(groups) if h == g}) for g in dict.fromkeys(groups)}
+    alone = [g for g, count in subjects.items() if count == 1]
+    if alone:
+        raise InputError(
+            f"variance group {alone[0]!r} of {source} holds one subject ({len(alone)} group(s) do): a "
+            "between-subject variance cannot be estimated from one subject; give groups of several subjects (a "
+            "column of group labels, not a covariate), or no variance groups."
         )
     return groups
 

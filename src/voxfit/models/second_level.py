@@ -628,7 +628,7 @@ class SecondLevel:
                 Y, variances = columns
                 self._check_streamed_cap(execution, masker, pairs.n, len(items))
             rows = np.concatenate([order, order + len(order)]) if self.paired else order
-            groups = variance_groups(self.grp, d, reader.n_scans, rows, self.variance_groups)
+            groups = variance_groups(self.grp, d, reader.n_scans, rows, self.variance_groups, self.paired)
             X, names, fit_items = d.X, list(d.names), items
             if self.paired:  # FLAME's paired design on the 2n maps: the design over A - B, one column per subject
                 flame = paired_design(d.X, list(d.names), items, pairs.subjects[: len(order)])

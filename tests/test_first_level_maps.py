@@ -524,6 +524,7 @@ def test_voxfit_design_imports_the_image_readers_only_when_maps_are_paired():
     assert out.split() == ["False", "True", "True", "PairedMaps"]
 
 
+@pytest.mark.planted_model_json  # (another program's model.json, beside maps)
 def test_first_level_folders_given_as_maps_point_to_first_level(voxfit_study, tmp_path, capsys):
     """voxfit's or FEAT's output folders given to `voxfit group` as its maps: each read as a run of scans, they were
     refused with a quoted pattern to name the scans by; now one line points to --first-level."""
@@ -536,3 +537,9 @@ def test_first_level_folders_given_as_maps_point_to_first_level(voxfit_study, tm
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{folders[0]} is a first-level output folder" in err, err
         assert "--first-level FOLDERS" in err and not (tmp_path / "g").exists()
+    maps = tmp_path / "maps"  # (a folder of maps beside another program's model.json: read as the maps it holds)
+    maps.mkdir()
+    for k in range(4):
+        nib.save(nib.Nifti1Image(np.full((3, 3, 2), k + 1.0, np.float32), np.eye(4)), maps / f"sub-{k}_map.nii.gz")
+    (maps / "model.json").write_text("{}")
+    assert main(["group", str(maps), "-o", str(tmp_path / "g"), "--quiet"]) == 0, capsys.readouterr().err

@@ -1473,9 +1473,23 @@ def _group_inputs(args) -> list[str]:
 
 
 def _first_level_folder(path) -> bool:
-    """Whether `path` is a folder voxfit fit wrote (it holds model.json) or FSL FEAT did (stats/cope1 in it)."""
-    folder = Path(path)
-    return folder.is_dir() and ((folder / "model.json").is_file() or any((folder / "stats").glob("cope1.nii*")))
+    """Whether `path` is a folder voxfit fit wrote (its model.json a voxfit record: a JSON object with
+    ``record_version`` or, older, ``voxfit_version``, under 16 MiB) or FSL FEAT did (stats/cope1 in it); a folder
+    of maps beside another program's model.json is not."""
+    folder, record = Path(path), Path(path) / "model.json"
+    if not folder.is_dir():
+        return False
+    if any((folder / "stats").glob("cope1.nii*")):
+        return True
+    try:
+        if not record.is_file() or record.stat().st_size > 16 << 20:
+            return False
+        import json
+
+        raw = json.loads(record.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(raw, dict) and ("record_version" in raw or "voxfit_version" in raw)
 
 
 def _run_design(args) -> int:

@@ -533,3 +533,34 @@ def test_an_ols_group_with_a_mask_says_what_it_could_not_fit(tmp_path, rng, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no voxel can be fitted" in err and f"{paths[5]} holds none" in err, err
     assert not out.exists()
+
+
+def test_a_paired_ols_group_that_fits_nothing_names_the_pair(tmp_path, rng, capsys):
+    """--paired OLS fits the A - B differences: a B map NaN everywhere under --mask is named with its A map (the
+    differences' row numbers are not the maps' as given)."""
+    a = _maps(tmp_path, rng, n=5, prefix="a")
+    b = _maps(tmp_path, rng, n=5, prefix="b")
+    nib.save(nib.Nifti1Image(np.full(GRID, np.nan, np.float32), AFFINE), b[2])
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(GRID, np.uint8), AFFINE), mask)
+    out = tmp_path / "g"
+    assert main(["group", *map(str, a + b), "--paired", "--mask", str(mask), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"the pair {a[2]} and {b[2]} holds none" in err and not out.exists(), err
+
+
+@pytest.mark.usefixtures("no_reserve")
+def test_voxels_a_mask_holds_that_some_map_leaves_nan_are_counted_alike_streamed_or_not(tmp_path, rng):
+    """Under --mask, a voxel NaN or infinite in some map is counted in the same note whether the maps are held in
+    memory or streamed under --max-memory (whose pass leaves such voxels out of its mask: no note before)."""
+    zarr = pytest.importorskip("zarr")
+    n, V = 300, 400
+    Y = rng.standard_normal((n, V)).astype(np.float32)
+    Y[7, 11], Y[9, 12] = np.nan, np.inf
+    z = zarr.open(str(tmp_path / "maps.zarr"), mode="w", shape=Y.shape, chunks=(64, V), dtype="f4")
+    z[:] = Y
+    notes = []
+    for cap in ("200K", "1G"):
+        fitted = SecondLevel(max_memory=cap, mask=np.ones(V, bool)).fit(tmp_path / "maps.zarr")
+        notes.append([note for note in fitted.notes if "not fitted" in note])
+    assert notes[0] == notes[1] == ["2 voxel(s) not fitted: NaN or infinite in some map (their maps are NaN)"]

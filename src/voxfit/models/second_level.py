@@ -510,6 +510,13 @@ class SecondLevel:
             execution=execution,
         )
         stats, masker = streamed.contrasts, streamed.masker
+        left = streamed.fit.n_invalid  # (the stream leaves a --mask's voxels NaN in some map out of its own mask)
+        if self.mask is not None:
+            from ..io import explicit_mask
+
+            left += int(explicit_mask(self.mask, reader.geometry).sum()) - masker.n_voxels
+        if left:  # (a fit of none is refused by the stream itself)
+            d = replace(d, notes=(*d.notes, _not_fitted_note(left)))
         files: list[Path] = []
         if out is not None:
             EH = self._tfce_parameters(masker.geometry)
@@ -1049,16 +1056,28 @@ def _check_fitted(fit: MixedFit, n_voxels: int) -> None:
 
 def _not_fitted(fit, Y, paths) -> str:
     """The note of an OLS group fit whose voxels hold NaN or infinity in some map (left NaN), or the InputError of
-    one that fits none (every map NaN, exit 0 before): where one map holds no finite value in the mask, it is
-    named."""
+    one that fits none (every map NaN, exit 0 before): where one map (a paired design's pair) holds no finite value
+    in the mask, it is named."""
     if fit.n_invalid < fit.valid.size:
-        return f"{fit.n_invalid:,} voxel(s) not fitted: NaN or infinite in some map (their maps are NaN)"
-    empty = [k for k in range(Y.shape[0]) if not np.isfinite(Y[k]).any()]
-    where = f"; {paths[empty[0]] if len(paths) == Y.shape[0] else f'map {empty[0] + 1}'} holds none" if empty else ""
+        return _not_fitted_note(fit.n_invalid)
+    empty = [k for k in range(Y.shape[0]) if not np.isfinite(np.asarray(Y[k])).any()]
+    n = Y.shape[0]
+    if not empty:
+        where = ""
+    elif len(paths) == n:
+        where = f"; {paths[empty[0]]} holds none"
+    elif len(paths) == 2 * n:  # (--paired: row k is the difference of the maps k and n + k as given)
+        where = f"; the pair {paths[empty[0]]} and {paths[n + empty[0]]} holds none"
+    else:
+        where = f"; map {empty[0] + 1} holds none"
     raise InputError(
         f"no voxel can be fitted: each of the {fit.valid.size:,} voxels is NaN or infinite in some map{where}; leave "
         "out the maps without values, or give a mask (--mask) where every map has them."
     )
+
+
+def _not_fitted_note(count: int) -> str:
+    return f"{count:,} voxel(s) not fitted: NaN or infinite in some map (their maps are NaN)"
 
 
 def _outcome_notes(fit: MixedFit) -> tuple[str, ...]:

@@ -1060,7 +1060,8 @@ def _not_fitted(fit, Y, paths) -> str:
     in the mask, it is named."""
     if fit.n_invalid < fit.valid.size:
         return _not_fitted_note(fit.n_invalid)
-    empty = [k for k in range(Y.shape[0]) if not np.isfinite(np.asarray(Y[k])).any()]
+    held = isinstance(Y, np.ndarray)  # (maps the Dask workers read, ColumnSource: not read here to be named)
+    empty = [k for k in range(Y.shape[0]) if not np.isfinite(Y[k]).any()] if held else []
     n = Y.shape[0]
     if not empty:
         where = ""

@@ -324,6 +324,7 @@ def variance_groups(
         groups, source = [str(v) for v in read_groups(grp, n_rows)[order]], f"{grp} (FSL's design.grp: variance groups)"
     else:
         return None
+    # subjects: a .grp under --paired has a row per map (rows k and n + k: one subject's pair); a column, per subject
     n = len(groups) // 2 if paired and len(groups) % 2 == 0 and len(groups) == n_rows else len(groups)
     if n < len(groups) and any(groups[k] != groups[n + k] for k in range(n)):
         raise InputError(

@@ -564,3 +564,17 @@ def test_voxels_a_mask_holds_that_some_map_leaves_nan_are_counted_alike_streamed
         fitted = SecondLevel(max_memory=cap, mask=np.ones(V, bool)).fit(tmp_path / "maps.zarr")
         notes.append([note for note in fitted.notes if "not fitted" in note])
     assert notes[0] == notes[1] == ["2 voxel(s) not fitted: NaN or infinite in some map (their maps are NaN)"]
+
+
+def test_a_group_of_one_map_is_refused_as_such(tmp_path, rng, capsys):
+    """One 3-D map, or a 4-D file of one volume: refused saying a group takes several maps, one per subject (the
+    messages spoke of scans and runs: "a 3-D image (one scan)", "the run has one scan")."""
+    (one,) = _maps(tmp_path, rng, n=1)
+    single = tmp_path / "single.nii.gz"
+    nib.save(nib.Nifti1Image(_read(one)[..., None], AFFINE), single)
+    for path in (one, single):
+        assert main(["group", str(path), "-o", str(tmp_path / "g")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{path} holds one map; a group model takes several maps" in err, err
+    with pytest.raises(InputError, match="holds one map"):
+        SecondLevel().fit(one)

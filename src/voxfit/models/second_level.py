@@ -1178,6 +1178,12 @@ def _open_maps(data):
     """The reader of a group's maps (:func:`voxfit.io.open_reader`), where several files are one map each, as
     several NIfTI files must be 3-D: a GIFTI or CIFTI file of several maps among them would add rows of its own (a
     subject counted twice: n and the dof inflated)."""
+    one = data[0] if isinstance(data, list) and len(data) == 1 else data
+    if isinstance(one, (str, Path)) and Path(one).is_file() and open_map(one).n_scans < 2:  # (headers only)
+        raise InputError(
+            f"{one} holds one map; a group model takes several maps, one per subject: give each subject's map, or "
+            "one file of all the maps."
+        )
     reader = open_reader(data, "inputs")
     if isinstance(data, list) and len(data) > 1 and reader.n_scans != len(data):
         for path in data:

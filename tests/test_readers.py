@@ -1431,3 +1431,18 @@ def test_same_brain_models_is_nibabels_equality(rng):
     for other in others:
         assert same_brain_models(base, other) == (base == other)
     assert same_brain_models(base, junk) and not same_brain_models(base, others[0])
+
+
+def test_a_nii_cut_short_after_it_was_opened_says_where_it_ends(tmp_path, rng):
+    """A .nii cut short by another program once its header was read: the slabs' read says where the file ends and
+    what its header promises (it gave the missing bytes of the slab being read, 176 for a run missing 60 MB)."""
+    path = write_nifti(tmp_path / "run.nii", volume_data(rng))
+    reader = open_reader(path)
+    offset, size = reader.data_offset, path.stat().st_size
+    os.truncate(path, offset + 5 * 4 * int(np.prod(SHAPE)) + 7)  # (five scans and 7 bytes of the sixth)
+    with pytest.raises(
+        InputError,
+        match=rf"file is truncated \(it ends after {offset + 20 * int(np.prod(SHAPE)) + 7:,} "
+        rf"bytes, where its header promises {size:,}\)",
+    ):
+        list(reader.iter_scans(max_bytes=4 * int(np.prod(SHAPE))))

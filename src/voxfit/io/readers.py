@@ -606,11 +606,12 @@ def _read_slabs(path, offset: int, dtype: np.dtype, shape: tuple[int, int], k: i
     rows, elements = shape
     dtype = np.dtype(dtype)
     buf = np.empty((min(k, rows), elements), dtype=dtype)
+    row = elements * dtype.itemsize
     with open(path, "rb", buffering=0) as fh:
         fh.seek(offset)
         for start in range(0, rows, k):
             slab = buf[: min(k, rows - start)]
-            _read_into(fh, slab, path, slab.nbytes, offset + start * buf[:1].nbytes, offset + rows * buf[:1].nbytes)
+            _read_into(fh, slab, path, slab.nbytes, offset + start * row, offset + rows * row)
             yield start, slab if dtype.isnative else slab.astype(dtype.newbyteorder("="))
 
 

@@ -2,6 +2,8 @@
 per-voxel maximisation of the textbook restricted likelihood with scipy.optimize, closed forms, fixed effects and
 OLS computed directly, nipy's EM, the outcomes of voxels that cannot be fitted, and blocks."""
 
+import warnings
+
 import numpy as np
 import numpy.testing as npt
 import pytest
@@ -89,7 +91,8 @@ def test_equals_textbook_reml_maximised_by_scipy(rng, G, p):
     n, v = 24, 12
     X, Y, s2, codes = random_problem(rng, n, v, G, p)
     names = ["a", "b", "c"][:p]
-    fit = voxfit.mixed_effects(X, Y, s2, {"t": "a" if p == 1 else "b - 0.5*c"}, names=names, groups=codes)
+    contrast = {"t": "a" if p == 1 else "b - 0.5*c"}
+    fit = voxfit.mixed_effects(X, Y, s2, contrast, names=names, groups=codes, dof="residual")  # (the plug-in)
     w = np.array([1.0] if p == 1 else [0, 1, -0.5])
     assert fit.valid.all() and fit.outcomes == {}
     for j in range(v):
@@ -222,6 +225,60 @@ def test_satterthwaite_dof_against_finite_differences(rng):
     assert fit.dof == n - 2
     F_dof = fit.contrasts["both"].dof[1]
     assert F_dof.shape == (v,) and (F_dof >= 2).all() and np.isfinite(F_dof).all()
+
+
+def test_kenward_roger_against_finite_differences(rng):
+    """Kenward & Roger's adjusted covariance for a covariance linear in tau2: Phi_A = Phi - sum_gh A_gh
+    d2 Phi / dtau_g dtau_h, with Phi(tau) = (X'V^-1 X)^-1 inverted directly and differentiated numerically, A the
+    inverse of the textbook REML information over the groups whose tau2 is positive (a group at 0 taken as known);
+    t from Phi_A, and Satterthwaite's dof at most n - rank. It is the default with several variance groups."""
+    n, v, G = 18, 10, 3
+    X, Y, s2, codes = random_problem(rng, n, v, G, 2)
+    fit = voxfit.mixed_effects(X, Y, s2, {"slope": [0, 1], "both": "x0; x1"}, groups=codes)
+    satt = voxfit.mixed_effects(X, Y, s2, {"slope": [0, 1]}, groups=codes, dof="satterthwaite")
+    assert fit.dof_kind == "kenward-roger" and fit.valid.all()
+    assert ((fit.between_variance == 0).any(axis=0) & (fit.between_variance > 0).any(axis=0)).any()  # both kinds
+    for j in range(v):
+        tau = fit.between_variance[:, j]
+
+        def phi(t, j=j):
+            W = 1 / (s2[:, j] + t[codes])
+            return np.linalg.inv(X.T @ (W[:, None] * X))
+
+        h = 1e-4 * (tau.max() + s2[:, j].mean())
+        E = np.eye(G) * h
+        second = np.array(
+            [
+                [(phi(tau + a + b) - phi(tau + a - b) - phi(tau - a + b) + phi(tau - a - b)) / (4 * h * h) for b in E]
+                for a in E
+            ]
+        )
+        _, _, _, P = _parts(tau, X, s2[:, j], codes)
+        info = np.array([[0.5 * np.sum(P[np.ix_(codes == a, codes == b)] ** 2) for b in range(G)] for a in range(G)])
+        positive = tau > 0
+        A = np.zeros((G, G))
+        A[np.ix_(positive, positive)] = np.linalg.inv(info[np.ix_(positive, positive)])
+        adjusted = phi(tau) - np.einsum("gh,ghab->ab", A, second)
+        npt.assert_allclose(fit.beta_covariance[j], adjusted, rtol=2e-5, atol=1e-9 * np.abs(adjusted).max())
+        npt.assert_allclose(fit.contrasts["slope"].t[j], fit.betas[1, j] / np.sqrt(adjusted[1, 1]), rtol=2e-5)
+        npt.assert_allclose(fit.betas[:, j], satt.betas[:, j], rtol=1e-12)
+        assert np.all(np.linalg.eigvalsh(adjusted - phi(tau)) >= -1e-12)  # the adjustment only widens
+    npt.assert_allclose(fit.contrasts["slope"].dof, np.minimum(satt.contrasts["slope"].dof, n - 2), rtol=1e-12)
+    assert (satt.contrasts["slope"].dof > n - 2).any()  # (the cap was used)
+    assert voxfit.mixed_effects(X, Y, s2, {"s": [0, 1]}).dof_kind == "residual"  # one group: FLAME1's
+
+
+def test_small_variance_groups_are_warned_of(rng):
+    """Groups of fewer than 10 subjects: a DesignWarning naming the smallest group and the measured rates (the
+    validation/variance_groups.py figures); groups of 10 fit silently, as one group does."""
+    Y, s2 = rng.standard_normal((20, 5)), rng.uniform(1, 2, (20, 5))
+    groups = np.array(["pat"] * 6 + ["con"] * 14)
+    with pytest.warns(voxfit.exceptions.DesignWarning, match=r"variance group 'pat' has 6 subjects.*7\.6%"):
+        voxfit.mixed_effects(np.ones((20, 1)), Y, s2, groups=groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        voxfit.mixed_effects(np.ones((20, 1)), Y, s2, groups=np.arange(20) // 10)
+        voxfit.mixed_effects(np.ones((20, 1)), Y, s2)
 
 
 def test_satterthwaite_f_of_one_row_is_its_t():

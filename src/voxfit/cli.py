@@ -473,9 +473,9 @@ def _get_parser() -> argparse.ArgumentParser:
     )
     mixed.add_argument(
         "--dof",
-        choices=["residual", "satterthwaite"],
-        default="residual",
-        help="mixed: n - rank (FLAME1, default) or Satterthwaite's per voxel",
+        choices=["residual", "satterthwaite", "kenward-roger"],
+        help="mixed: n - rank (FLAME1; the default with one variance group), Satterthwaite's per voxel, or "
+        "Kenward-Roger's covariance and dof (the default with several variance groups)",
     )
     mixed.add_argument(
         "--outliers",

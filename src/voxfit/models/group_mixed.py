@@ -364,8 +364,9 @@ def write_mixed_maps(out, masker: Masker, fit: MixedFit, permutation: dict | Non
     when there are several), with outlier inference each subject's outlier probability (``stat-outlierprob``,
     4-D, a volume per subject in the order of model.json's pairing rows), the outlier prior and the outlier
     variance (``stat-outlierprior``, ``stat-outliervariance``), the degrees of freedom where they vary over
-    voxels (``stat-dof``, per contrast with Satterthwaite's), and with permutations the statistic they shuffled
-    (``stat-t_desc-nullmodel`` or ``stat-F_desc-nullmodel``: see :data:`PERMUTATION_STATISTIC`)."""
+    voxels (``stat-dof``, per contrast with Satterthwaite's or Kenward-Roger's), and with permutations the
+    statistic they shuffled (``stat-t_desc-nullmodel`` or ``stat-F_desc-nullmodel``: see
+    :data:`PERMUTATION_STATISTIC`)."""
     ext = masker.geometry.extension
     for label, result in (permutation or {}).items():
         name = statmap_name(result.kind, ext, label, desc="nullmodel")
@@ -386,8 +387,16 @@ def write_mixed_maps(out, masker: Masker, fit: MixedFit, permutation: dict | Non
         masker.write(out.path(statmap_name("dof", ext)), fit.dof, ["dof"])
     for label, stats in fit.contrasts.items():
         dof = stats.dof[1] if stats.kind == "F" else stats.dof
-        if np.ndim(dof) > 0 and fit.dof_kind == "satterthwaite":
+        if np.ndim(dof) > 0 and fit.dof_kind != "residual":
             masker.write(out.path(statmap_name("dof", ext, label)), dof, [f"{label} dof"])
+
+
+MIXED_DOF_WORDS = {
+    "residual": "n - rank (FLAME1)",
+    "satterthwaite": "Satterthwaite's, per contrast and voxel",
+    "kenward-roger": "Kenward-Roger's: the betas' covariance adjusted for the estimation of the between-subject "
+    "variances, Satterthwaite's dof per contrast and voxel, at most n - rank",
+}
 
 
 def mixed_record(fit: MixedFit, paired, first_level_dof: bool, permutation: dict | None = None) -> dict:
@@ -396,7 +405,7 @@ def mixed_record(fit: MixedFit, paired, first_level_dof: bool, permutation: dict
     (`first_level_dof`: whether the fixed-effects dof came from the first levels); with `permutation`
     results, the statistic their p-values come from."""
     if fit.model == "mixed":
-        dof = "n - rank (FLAME1)" if fit.dof_kind == "residual" else "Satterthwaite's, per contrast and voxel"
+        dof = MIXED_DOF_WORDS[fit.dof_kind]
     else:
         dof = "the sum of the first-level dof minus the rank" if first_level_dof else "n - rank"
         dof += " (per voxel, from dof maps)" if first_level_dof and paired.dof_maps is not None else ""

@@ -183,8 +183,9 @@ class SecondLevel:
     ``--io``; see :func:`voxfit.mixed_effects`); variance_groups: the `design` table's column of variance groups
     (a between-subject variance per group; else `grp`, FSL's design.grp, when given); first_level_dof: the
     fixed-effects model's first-level dof (a number, or one per map) when the folders do not give them; dof:
-    ``residual`` (n - rank, FLAME1's) or ``satterthwaite`` (mixed). With `permutations`, mixed and fixed models
-    get sign-flip inference (permutations refused: the errors are not exchangeable) on the null model's
+    ``residual`` (n - rank, FLAME1's), ``satterthwaite`` or ``kenward-roger`` (mixed; the default with
+    several variance groups, else ``residual``: see :func:`voxfit.mixed_effects`). With `permutations`, mixed
+    and fixed models get sign-flip inference (permutations refused: the errors are not exchangeable) on the null model's
     weighted least-squares statistic, with clusters and TFCE as for OLS (see
     :func:`voxfit.inference.permutation.mixed_permutation_test`; the maps held in memory). They run on CPUs:
     in memory, or over `max_memory` with maps the fit reads a block of voxels at a time (uncompressed NIfTI,
@@ -222,7 +223,7 @@ class SecondLevel:
     model: str | None = None
     variance_groups: str | None = None
     first_level_dof: float | list | None = None
-    dof: str = "residual"
+    dof: str | None = None
     outliers: bool = False
     rft: object | None = None  # voxfit.inference.rft_fit.RFTOptions: --inference rft (OLS on volumes)
 
@@ -557,10 +558,10 @@ class SecondLevel:
         kind = self.model if self.model is not None else ("mixed" if has_variances else "ols")
         if kind not in MODELS:
             raise InputError(f"`model` must be mixed, fixed or ols; got {kind!r}.")
-        if self.dof not in ("residual", "satterthwaite"):
-            raise InputError(f"`dof` must be residual or satterthwaite; got {self.dof!r}.")
-        if kind != "mixed" and (self.variance_groups is not None or self.dof != "residual"):
-            raise InputError("variance groups and Satterthwaite's dof are for --model mixed; drop them.")
+        if self.dof not in (None, "residual", "satterthwaite", "kenward-roger"):
+            raise InputError(f"`dof` must be residual, satterthwaite or kenward-roger; got {self.dof!r}.")
+        if kind != "mixed" and (self.variance_groups is not None or self.dof not in (None, "residual")):
+            raise InputError(f"variance groups and --dof {self.dof} are for --model mixed; drop them.")
         if self.outliers and kind != "mixed":
             raise InputError(f"--outliers is outlier inference in --model mixed; drop it with --model {kind}.")
         if kind != "fixed" and self.first_level_dof is not None:

@@ -649,3 +649,47 @@ def test_first_level_dof_given_for_folders_is_checked(tmp_path, rng, capsys):
     assert err.count("\n") == 1 and "`dof` must be a positive number" in err
     with pytest.raises(voxfit.exceptions.InputError, match="`dof` has 2 values for 4 rows"):
         SecondLevel(first_level_contrast="1", model="fixed", first_level_dof=[10, 12]).fit(folders)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("sub-01_task-faces_contrast-a_stat-t_statmap.nii.gz", "t"),
+        ("sub-01_stat-z_statmap.nii", "z"),
+        ("sub-01_contrast-b_stat-F_statmap.dscalar.nii", "F"),
+        ("tstat1.nii.gz", "t"),
+        ("zfstat2.nii.gz", "z"),
+        ("spmT_0003.nii", "t"),
+        ("spmF_0001.nii", "F"),
+        ("sub-01_stat-effect_statmap.nii.gz", None),
+        ("sub-01_contrast-t_stat-variance_statmap.nii.gz", None),
+        ("cope1.nii.gz", None),
+        ("con_0001.nii", None),
+        ("sub-01_stat-tmap.nii.gz", None),
+    ],
+)
+def test_statistic_kind_from_file_names(name, kind):
+    from voxfit.design.paired_maps import statistic_kind
+
+    assert statistic_kind(Path("/data") / name) == kind
+
+
+def test_maps_named_as_statistics_warned_of_as_effects_and_refused_as_variances(study, capsys):
+    """t maps given as effect maps: a warning (a group model of z maps is a choice some make; the user is told
+    what it tests); given as variance maps: exit 2 in one line naming the file, nothing written (a t map is no
+    variance: its negative values would drop voxels)."""
+    effects = _maps(study, "stat-effect.nii.gz")
+    named = []
+    for k, path in enumerate(effects):
+        target = path.with_name(f"sub-{k + 1:02d}_stat-t_statmap.nii.gz")
+        shutil.copy(path, target)
+        named.append(str(target))
+    assert main(["group", *named, "-o", str(study["dir"] / "t")]) == 0
+    err = capsys.readouterr().err
+    assert "is named as a t map: a group model of t maps tests their mean" in err and f"{N - 1} more" in err, err
+    variances = ["--variances", *named]
+    out = study["dir"] / "refused"
+    assert main(["group", *map(str, effects), *variances, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is named as a t map; --variances takes each effect's first-level" in err, err
+    assert not out.exists()

@@ -30,6 +30,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -37,19 +38,34 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import InputError
+from ..exceptions import DesignWarning, InputError
 from ..io import expand_run, open_map, statmap_name
 from ..io.geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.scans import file_identity
 from .subjects import listed, subject_labels
 
-__all__ = ["FitRecord", "PairedMaps", "first_level_maps", "pair_variances", "read_fit_record"]
+__all__ = [
+    "FitRecord",
+    "PairedMaps",
+    "check_not_statistics",
+    "first_level_maps",
+    "pair_variances",
+    "read_fit_record",
+    "statistic_kind",
+]
 
 FIRST_LEVEL_KINDS = ("first-level", "runs")  # model.json kinds whose maps are one subject's
 _EXTENSIONS = tuple(g.extension for g in (VolumeGeometry, SurfaceGeometry, CiftiGeometry, ArrayGeometry))
 _NIFTI = (".nii.gz", ".nii")  # FSL's maps
 _COPE = re.compile(r"^cope(\d+)(\.nii(?:\.gz)?)$")
 _EFFECT = "_stat-effect_"
+# file names of test statistics (the stem, before its first dot): BIDS derivatives' stat-<t|z|F|p>, FSL's
+# tstat<N>, zstat<N>, zfstat<N>, fstat<N>, SPM's spmT_<N>, spmF_<N>
+_STATISTIC_NAMES = (
+    re.compile(r"(?:^|_)stat-(?P<kind>[tzfp])(?:_|$)", re.IGNORECASE),
+    re.compile(r"^(?P<kind>t|z|zf|f)stat\d+$", re.IGNORECASE),
+    re.compile(r"^spm(?P<kind>[tf])_\d+$", re.IGNORECASE),
+)
 
 
 def _pick(values: tuple, rows: list[int]) -> tuple:
@@ -312,10 +328,48 @@ _NOTES = {  # what each way of matching did, for the user and model.json
 }
 
 
+def statistic_kind(path) -> str | None:
+    """``t``, ``z``, ``F`` or ``p`` when a map's file name says it holds a test statistic (BIDS ``stat-t``,
+    FSL's ``tstat1``/``zstat1``/``zfstat1``, SPM's ``spmT_0001``), else None."""
+    stem = Path(path).name.split(".")[0]
+    for pattern in _STATISTIC_NAMES:
+        found = pattern.search(stem)
+        if found:
+            kind = found["kind"].lower()
+            return {"zf": "z", "f": "F"}.get(kind, kind)
+    return None
+
+
+def check_not_statistics(paths, variances: bool = False) -> None:
+    """Effect maps named as statistics are warned of (a group model of t or z maps tests their mean, without the
+    first-level precision); variance maps so named are refused (a t map is no variance: its negative values would
+    drop voxels)."""
+    named = [(p, kind) for p in paths if (kind := statistic_kind(p))]
+    if not named:
+        return
+    path, kind = named[0]
+    more = f" (and {len(named) - 1} more)" if len(named) > 1 else ""
+    if variances:
+        raise InputError(
+            f"the variance map {path}{more} is named as a {kind} map; --variances takes each effect's first-level "
+            "variance (voxfit's stat-variance, FSL's varcope), or fit the effects alone with --model ols."
+        )
+    warnings.warn(
+        f"the map {path}{more} is named as a {kind} map: a group model of {kind} maps tests their mean, without "
+        "each subject's precision; give each subject's effect (contrast estimate: voxfit's stat-effect, FSL's cope, "
+        "SPM's con_) if that is not what you meant.",
+        DesignWarning,
+        stacklevel=3,
+    )
+
+
 def _pair_variances_iv(effects, variances, dof) -> tuple[list[Path], list[Path], list[float] | None]:
     """The two lists of files (folders, patterns and .txt lists expanded) and the dof as a list, or an
-    InputError naming the argument."""
+    InputError naming the argument; effect or variance maps named as statistics as
+    :func:`check_not_statistics` says."""
     effects, variances = _files(effects, "effects"), _files(variances, "variances")
+    check_not_statistics(variances, variances=True)
+    check_not_statistics(effects)
     both = {file_identity(p) for p in effects} & {file_identity(p) for p in variances}
     if both:
         same = [str(p) for p in effects if file_identity(p) in both]

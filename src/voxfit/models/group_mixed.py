@@ -22,6 +22,7 @@ from .._memory import size_text
 from ..core import check_contrast, factorize, working_dtype
 from ..core.mixed import MODELS
 from ..design import first_level_maps, pair_variances, read_groups
+from ..design.paired_maps import check_not_statistics
 from ..engine.mixed import MixedFit
 from ..exceptions import InputError
 from ..io import (
@@ -70,8 +71,8 @@ OUTLIER_WORDS = (
 def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_record, paired: bool = False):
     """The effect maps of `data` paired with their variance maps (``voxfit.design.PairedMaps``), from
     `variances` (files matched by subject) or, with `first_level_contrast`, from first-level output folders
-    `data`; None when neither is given. `paired`: the maps (folders) of condition A, then those of B;
-    `first_level_dof`: numbers or dof maps (``PairedMaps.with_dof``)."""
+    `data`; None when neither is given (effect files named as statistics then warned of). `paired`: the maps
+    (folders) of condition A, then those of B; `first_level_dof`: numbers or dof maps (``PairedMaps.with_dof``)."""
     if first_level_contrast is not None:
         if variances is not None:
             raise InputError(
@@ -87,6 +88,7 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
             raise InputError(
                 "--first-level-dof is for fixed-effects models of effect and variance maps; give --variances."
             )
+        check_not_statistics([p for p in (data if isinstance(data, list) else [data]) if isinstance(p, Path)])
         return None
     return pair_variances(data, variances, dof=first_level_dof, paired=paired)
 

@@ -326,6 +326,22 @@ def test_group_errors(tmp_path, rng, capsys, extra, message):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_maps_given_apart_after_an_option_are_named_as_inputs(tmp_path, rng, capsys):
+    """``group a b -o out c d``: argparse took c and d for unknown arguments; the message says they are inputs
+    given apart from the others, in one line. An unknown option keeps argparse's words."""
+    paths = list(map(str, _maps(tmp_path, rng, n=5)))
+    out = tmp_path / "bad"
+    with pytest.raises(SystemExit) as e:
+        main(["group", *paths[:2], "-o", str(out), *paths[2:]])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{paths[2]} {paths[3]} {paths[4]} came after an option" in err, err
+    assert "give all the inputs together" in err and not out.exists()
+    with pytest.raises(SystemExit) as e:
+        main(["group", *paths, "-o", str(out), "--bogus"])
+    assert e.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_design_and_contrast_errors(tmp_path, rng):
     paths = _maps(tmp_path, rng, n=6)
     write_vest(tmp_path / "d.mat", np.ones((6, 2)))

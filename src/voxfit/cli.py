@@ -268,6 +268,20 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D401
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, but arguments left over that are not options (inputs after an option that takes a value,
+        as in ``group a.nii -o out b.nii``) are named as inputs given apart from the others."""
+        known, extras = self.parse_known_args(args, namespace)
+        if extras and not any(e.startswith("-") for e in extras) and getattr(known, "inputs", None):
+            shown = " ".join(extras[:3]) + (f" and {len(extras) - 3} more" if len(extras) > 3 else "")
+            self.error(
+                f"{shown} came after an option, apart from the other inputs; give all the inputs together, "
+                "before or after the options"
+            )
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return known
+
 
 def _get_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="voxfit", description="Fit one linear model to every voxel of an imaging dataset at once.")

@@ -132,6 +132,9 @@ def test_bad_inputs_are_refused(rng):
     Y = rng.standard_normal((6, 4))
     with pytest.raises(InputError, match="whole-block permutation needs blocks of equal size"):
         make_shuffles("permute", np.arange(6.0)[:, None], 10, blocks=[0, 0, 0, 1, 1, 2], whole_blocks=True)
+    with pytest.raises(InputError, match=r"8 of the 9 blocks have 2 row\(s\), but block c has 3; give blocks of"):
+        labels = ["c"] * 3 + [x for x in "abdefghi" for _ in range(2)]
+        make_shuffles("permute", np.arange(19.0)[:, None], 10, blocks=labels, whole_blocks=True)
     with pytest.raises(InputError, match="one exchangeability block per row"):
         make_shuffles("flip", np.ones((6, 1)), 10, blocks=[0, 1])
     with pytest.raises(InputError, match="positive integer"):

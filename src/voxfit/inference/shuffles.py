@@ -180,9 +180,14 @@ def make_shuffles(
     if whole_blocks:
         sizes = np.bincount(labels)
         if kind == "permute" and len(set(sizes.tolist())) > 1:
+            names = np.unique(np.asarray(blocks))
+            common = int(np.bincount(sizes).argmax())  # the size most blocks have; the others are named
+            odd = [f"block {names[b]} has {sizes[b]}" for b in np.flatnonzero(sizes != common)]
+            shown = ", ".join(odd[:4]) + (f" and {len(odd) - 4} more differ" if len(odd) > 4 else "")
             raise InputError(
-                "whole-block permutation needs blocks of equal size; "
-                f"the blocks have sizes {sorted(set(sizes.tolist()))}."
+                f"whole-block permutation needs blocks of equal size: {int(np.sum(sizes == common))} of the "
+                f"{sizes.size} blocks have {common} row(s), but {shown}; give blocks of one size, or drop whole "
+                "blocks (--permute-blocks) to permute rows within their blocks."
             )
     available = count_shuffles(kind, design, blocks, whole_blocks)
     rng = np.random.default_rng(seed)

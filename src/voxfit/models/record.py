@@ -233,7 +233,10 @@ def schema() -> dict:
 
 
 AR_DOF = "effective (Satterthwaite) degrees of freedom of the AR model; see voxfit.core.ar"
-MIXED_DOF = "per-voxel degrees of freedom of the group model (Satterthwaite's, or fixed effects' first-level ones)"
+MIXED_DOF = (
+    "per-voxel degrees of freedom of the group model (Satterthwaite's, also with Kenward-Roger's covariance; or "
+    "fixed effects' first-level ones)"
+)
 
 
 def contrast_record(expr, stats, weights: bool = True, per_voxel_dof: str = AR_DOF, **more) -> dict:

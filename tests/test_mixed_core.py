@@ -268,6 +268,45 @@ def test_kenward_roger_against_finite_differences(rng):
     assert voxfit.mixed_effects(X, Y, s2, {"s": [0, 1]}).dof_kind == "residual"  # one group: FLAME1's
 
 
+def test_kenward_roger_f_does_not_depend_on_how_its_rows_are_written(rng):
+    """Kenward & Roger's F: lambda F and its dof m are the same for every writing of one hypothesis (rows
+    combined, scaled, or one more redundant row), where the rule of Fai & Cornelius gave dof differing up to 30%
+    (a reviewer's finding); and for one row, lambda = 1 and m = Satterthwaite's dof of its t exactly."""
+    from voxfit.core.mixed import kenward_roger_f, satterthwaite_dof
+
+    n, v = 24, 60
+    codes = np.repeat(np.arange(3), [4, 8, 12])
+    X = np.eye(3)[codes]
+    s2 = rng.uniform(1, 10, (n, v))
+    Y = rng.standard_normal((n, v)) * np.sqrt(s2 + rng.uniform(0, 8, (3, v))[codes])
+    forms = {
+        "a": [[1, -1, 0], [0, 1, -1]],
+        "b": [[1, 0, -1], [0, 1, -1]],
+        "c": [[10, -10, 0], [0, 1, -1]],
+        "d": [[1, -1, 0], [0, 1, -1], [1, 0, -1]],
+    }
+    kr = voxfit.mixed_effects(X, Y, s2, forms, groups=codes)
+    satt = voxfit.mixed_effects(X, Y, s2, forms, groups=codes, dof="satterthwaite")
+    assert kr.valid.all()
+    blocks = voxfit.mixed_effects(X, Y, s2, forms, groups=codes, max_memory="40K", n_jobs=2)  # a few voxels each
+    npt.assert_allclose(blocks.contrasts["a"].F, kr.contrasts["a"].F, rtol=1e-8)
+    npt.assert_allclose(blocks.contrasts["a"].dof[1], kr.contrasts["a"].dof[1], rtol=1e-8)
+    for k in "bcd":
+        npt.assert_allclose(kr.contrasts[k].F, kr.contrasts["a"].F, rtol=1e-8)
+        npt.assert_allclose(kr.contrasts[k].dof[1], kr.contrasts["a"].dof[1], rtol=1e-8)
+        assert kr.contrasts[k].dof[0] == 2
+    assert np.abs(satt.contrasts["d"].dof[1] / satt.contrasts["a"].dof[1] - 1).max() > 0.05  # (what it mends)
+    # one row: lambda 1 and Satterthwaite's dof, on the plug-in pieces of a fit
+    from voxfit.core.mixed import _Problem
+
+    design = factorize(X, warn=False)
+    state = _Problem(design, codes, 3).evaluate(kr.between_variance, Y, s2)
+    w = np.array([[1.0, -1.0, 0.0]])
+    m, lam = kenward_roger_f(design.basis_pinv, w, state.Minv, state.T, state.info)
+    npt.assert_allclose(lam, 1.0, rtol=1e-9)
+    npt.assert_allclose(m, satterthwaite_dof(design.basis_pinv, w, state.Minv, state.T, state.info), rtol=1e-9)
+
+
 def test_small_variance_groups_are_warned_of(rng):
     """Groups of fewer than 10 subjects: a DesignWarning naming the smallest group and the measured rates (the
     validation/variance_groups.py figures); groups of 10 fit silently, as one group does."""

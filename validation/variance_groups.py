@@ -12,15 +12,16 @@ variance tau2_g of its variance group. Designs:
 - ``two-sample A/B``: group means of A and B subjects, their difference tested, each group its own variance
   group and tau2 (the Behrens-Fisher problem of group studies: patients and controls of unequal spread);
 - ``covariate 4x5``: an intercept and a standard normal covariate (fixed by the seed) over 4 groups of 5, the
-  covariate's slope (0) tested.
+  covariate's slope (0) tested;
+- ``anova A/B/C``: three group means, each group its own variance group, their equality tested by F (two rows).
 
 Reported for each setting and dof (``residual``: n - rank, FLAME1's, the default with one group;
 ``satterthwaite``: per voxel, from the REML information, the plug-in covariance; ``kenward-roger``: the
 covariance adjusted for the estimation of tau2 and Satterthwaite's dof at most n - rank, voxfit's default with
-several groups): the rate of one-sided p < 0.05 and p < 0.001 over the voxels with the exact (Clopper-Pearson)
-95% interval: "ok" when it holds the nominal rate, "+" above (liberal), "-" below (conservative). With
-100,000 voxels the interval at 0.05 is about 0.05 +- 0.00135. Setting k draws from
-``np.random.default_rng([seed, k])``.
+several groups; for F, Kenward & Roger's lambda F and dof): the rate of one-sided p < 0.05 and p < 0.001 (F: its
+upper tail) over the voxels with the exact (Clopper-Pearson) 95% interval: "ok" when it holds the nominal
+rate, "+" above (liberal), "-" below (conservative). With 100,000 voxels the interval at 0.05 is about
+0.05 +- 0.00135. Setting k draws from ``np.random.default_rng([seed, k])``.
 
 ``null_rates`` returns the counts, for tests (tests/test_validation.py).
 """
@@ -57,7 +58,7 @@ class Setting:
 
     @property
     def name(self) -> str:
-        sep = "/" if self.design == "two-sample" else "x"
+        sep = "/" if self.design in ("two-sample", "anova") else "x"
         shape = sep.join(map(str, self.sizes)) if sep == "/" else f"{len(self.sizes)}x{self.sizes[0]}"
         return f"{self.design} {shape}"
 
@@ -69,6 +70,8 @@ class Setting:
             return np.ones((n, 1)), codes, [1.0]
         if self.design == "two-sample":
             return np.eye(2)[codes], codes, [1.0, -1.0]
+        if self.design == "anova":
+            return np.eye(3)[codes], codes, [[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]]
         if self.design == "covariate":
             covariate = np.random.default_rng([seed, 99]).standard_normal(n)
             return np.column_stack([np.ones(n), covariate]), codes, [0.0, 1.0]
@@ -83,6 +86,7 @@ def settings() -> list[Setting]:
     for sizes in ((10, 10), (5, 15), (4, 12)):
         cases += [Setting("two-sample", sizes, t) for t in ((4.0, 4.0), (40.0, 4.0), (4.0, 40.0))]
     cases += [Setting("covariate", (5,) * 4, (t,) * 4) for t in (4.0, 40.0)]
+    cases += [Setting("anova", (4, 8, 12), t) for t in ((4.0, 4.0, 4.0), (40.0, 4.0, 4.0))]
     return cases
 
 

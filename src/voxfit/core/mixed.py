@@ -79,6 +79,7 @@ __all__ = [
     "MixedBlock",
     "fit_mixed_block",
     "kenward_roger_covariance",
+    "kenward_roger_f",
     "no_fixed_effects",
     "satterthwaite_dof",
     "use_compiled_mixed",
@@ -111,7 +112,9 @@ class MixedBlock:
     variance per variance group (0 for ``fixed``; the residual variance sigma^2 for ``ols``, G = 1);
     outcome : (v,) int8 codes of :data:`OUTCOMES`; loglik : (v,) the restricted log-likelihood at the estimate;
     iterations : (v,) evaluations of the likelihood's derivatives; contrast_dof : one (v,) array per contrast
-    given, its Satterthwaite degrees of freedom (``mixed`` only; see :func:`satterthwaite_dof`).
+    given, its Satterthwaite degrees of freedom (``mixed`` only; see :func:`satterthwaite_dof`), or with
+    `kenward_roger` Kenward & Roger's for F (:func:`kenward_roger_f`); contrast_scale : one (v,) array per
+    contrast, the factor lambda of Kenward & Roger's F (1 for one row, and without `kenward_roger`).
     """
 
     betas: NDArray[np.float64]
@@ -121,6 +124,7 @@ class MixedBlock:
     loglik: NDArray[np.float64]
     iterations: NDArray[np.int32]
     contrast_dof: tuple[NDArray[np.float64], ...] = ()
+    contrast_scale: tuple[NDArray[np.float64], ...] = ()
 
 
 def fit_mixed_block(
@@ -262,7 +266,8 @@ def _fit_one_group_compiled(design: DesignFactor, Y: NDArray, S: NDArray, max_it
             with np.errstate(all="ignore"):
                 d[ok] = satterthwaite_dof(design.basis_pinv, w, Minv, T[None], info[:, None, None])
         dof.append(d)
-    return MixedBlock(betas, covariance, tau2, outcome, loglik, iterations, tuple(dof))
+    scale = tuple(np.where(np.isnan(d), np.nan, 1.0) for d in dof)
+    return MixedBlock(betas, covariance, tau2, outcome, loglik, iterations, tuple(dof), scale)
 
 
 def _kernel_design(design: DesignFactor) -> tuple:
@@ -297,6 +302,7 @@ class _Part:
     loglik: NDArray
     iterations: NDArray
     contrast_dof: list
+    contrast_scale: list
 
     def rescale(self, k: NDArray, dof: int) -> None:
         """Back to the data's units from effects divided by `k`: betas times k, variances times k^2, the
@@ -315,6 +321,7 @@ class _Outputs:
     loglik: NDArray
     iterations: NDArray
     contrast_dof: list
+    contrast_scale: list
 
     @classmethod
     def empty(cls, p: int, v: int, G: int, n_contrasts: int) -> _Outputs:
@@ -326,12 +333,13 @@ class _Outputs:
             np.full(v, nan),
             np.zeros(v, dtype=np.int32),
             [np.full(v, nan) for _ in range(n_contrasts)],
+            [np.full(v, nan) for _ in range(n_contrasts)],
         )
 
     def place(self, idx: NDArray, part: _Part) -> None:
         self.betas[:, idx], self.covariance[idx], self.tau2[:, idx] = part.betas, part.covariance, part.tau2
         self.loglik[idx], self.iterations[idx] = part.loglik, part.iterations
-        for full, dof in zip(self.contrast_dof, part.contrast_dof):
+        for full, dof in zip(self.contrast_dof + self.contrast_scale, part.contrast_dof + part.contrast_scale):
             full[idx] = dof
 
     def finish(self, outcome: NDArray) -> MixedBlock:
@@ -339,10 +347,17 @@ class _Outputs:
         self.betas[:, bad] = self.tau2[:, bad] = np.nan
         self.covariance[bad] = np.nan
         self.loglik[bad] = np.nan
-        for dof in self.contrast_dof:
+        for dof in self.contrast_dof + self.contrast_scale:
             dof[bad] = np.nan
         return MixedBlock(
-            self.betas, self.covariance, self.tau2, outcome, self.loglik, self.iterations, tuple(self.contrast_dof)
+            self.betas,
+            self.covariance,
+            self.tau2,
+            outcome,
+            self.loglik,
+            self.iterations,
+            tuple(self.contrast_dof),
+            tuple(self.contrast_scale),
         )
 
 
@@ -376,7 +391,7 @@ def _fit_ols(design: DesignFactor, Y: NDArray) -> _Part:
     flat = (dof == 0) | _flat_residuals(rss, Y)
     outcome = np.where(flat, FLAT, OK).astype(np.int8)
     covariance = sigma2[:, None, None] * design.cov_unscaled
-    return _Part(design.pinv @ Y, covariance, sigma2[None], outcome, loglik, np.zeros(v, np.int32), [])
+    return _Part(design.pinv @ Y, covariance, sigma2[None], outcome, loglik, np.zeros(v, np.int32), [], [])
 
 
 def _fit_fixed(design: DesignFactor, Y: NDArray, S: NDArray, G: int) -> _Part:
@@ -386,7 +401,8 @@ def _fit_fixed(design: DesignFactor, Y: NDArray, S: NDArray, G: int) -> _Part:
     v = Y.shape[1]
     state = problem.evaluate(np.zeros((1, v)), Y, S, derivatives=False, loglik=True)
     betas, covariance = problem.betas(state, state.Minv)
-    return _Part(betas, covariance, np.zeros((G, v)), np.zeros(v, np.int8), state.loglik, np.ones(v, np.int32), [])
+    ones = np.ones(v, np.int32)
+    return _Part(betas, covariance, np.zeros((G, v)), np.zeros(v, np.int8), state.loglik, ones, [], [])
 
 
 # ------------------------------------------------------------------------------------------------ mixed: REML
@@ -532,11 +548,17 @@ def _fit_mixed(
         t, it, status = solve(problem, Y[:, live], S[:, live], scale, max_iter, tol)
         tau2[:, live], iterations[live], outcome[live] = t, it, status
     state = problem.evaluate(tau2, Y, S, derivatives=bool(len(contrasts)) or kenward_roger, loglik=True)
-    dof = [satterthwaite_dof(problem.design.basis_pinv, w, state.Minv, state.T, state.info) for w in contrasts]
-    if kenward_roger:  # (Satterthwaite's dof from the plug-in covariance, at most what the data hold)
-        dof = [np.minimum(d, n - problem.r) for d in dof]
+    B = problem.design.basis_pinv
+    dof, scale = [], []
+    for w in contrasts:
+        if kenward_roger and len(w) > 1:
+            m, lam = kenward_roger_f(B, w, state.Minv, state.T, state.info)
+        else:
+            m, lam = satterthwaite_dof(B, w, state.Minv, state.T, state.info), np.ones(v)
+        dof.append(np.minimum(m, n - problem.r) if kenward_roger else m)  # (at most what the data hold)
+        scale.append(lam)
     betas, covariance = problem.betas(state, kenward_roger_covariance(state) if kenward_roger else state.Minv)
-    return _Part(betas, covariance, tau2, outcome, state.loglik, iterations + 1, dof)
+    return _Part(betas, covariance, tau2, outcome, state.loglik, iterations + 1, dof, scale)
 
 
 def _solve_one_group(problem: _Problem, Y, S, scale, max_iter: int, tol: float):
@@ -748,6 +770,40 @@ def satterthwaite_dof(B: NDArray, weights: NDArray, Minv: NDArray, T: NDArray, i
         dof = np.where(np.nanmin(nus, axis=0) <= 2, 2.0, 2 * E / (E - q))
         same = (np.nanmax(nus, axis=0) - np.nanmin(nus, axis=0)) <= 1e-8 * np.nanmax(nus, axis=0)
     return np.where(same, np.nanmean(nus, axis=0), dof)
+
+
+def kenward_roger_f(B: NDArray, weights: NDArray, Minv: NDArray, T: NDArray, info: NDArray):
+    """Kenward & Roger's (1997) denominator dof m and scale lambda of an F contrast at each voxel: ``lambda F``
+    (F from the adjusted covariance, :func:`kenward_roger_covariance`) is referred to F(q, m).
+
+    With ``Theta = L' (L M^-1 L')^+ L`` (L = weights B, of rank q), ``K_g = Theta M^-1 T_g M^-1`` and A the
+    inverse Fisher information of tau2: ``A1 = sum A_gh tr K_g tr K_h``, ``A2 = sum A_gh tr(K_g K_h)``, then
+    their B, g, c1-c3, V*, E*, rho, ``m = 4 + (q + 2) / (q rho - 1)`` and ``lambda = m / (E* (m - 2))``. Unlike
+    the rule of Fai & Cornelius (:func:`satterthwaite_dof`), m and lambda do not depend on how the contrast's rows
+    are written. Theta is taken from the plug-in covariance, so that one row gives lambda = 1 and m = Satterthwaite's
+    dof of its t, exactly (A1 = A2 = g'Ag / var^2, m = 2 / A1). Where the approximation fails (m or lambda not
+    positive, or not finite) m = 2 and lambda = 1, a conservative reference."""
+    L = weights @ B  # (q, r)
+    q = int(np.linalg.matrix_rank(L))
+    inner = np.linalg.pinv(np.einsum("qa,vab,sb->vqs", L, Minv, L), hermitian=True)
+    Theta = np.einsum("qa,vqs,sb->vab", L, inner, L)
+    A = np.linalg.pinv(info, hermitian=True)
+    K = [Theta @ Minv @ Tg @ Minv for Tg in T]
+    tr = np.stack([np.einsum("vaa->v", k) for k in K])  # (G, v)
+    A1 = np.einsum("gv,vgh,hv->v", tr, A, tr)
+    A2 = sum(A[:, g, h] * np.einsum("vab,vba->v", K[g], K[h]) for g in range(len(K)) for h in range(len(K)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = (A1 + 6 * A2) / (2 * q)
+        g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+        d = 3 * q + 2 * (1 - g)
+        c1, c2, c3 = g / d, (q - g) / d, (q + 2 - g) / d
+        v_star = (2 / q) * (1 + c1 * b) / ((1 - c2 * b) ** 2 * (1 - c3 * b))
+        e_star = 1 / (1 - A2 / q)
+        rho = v_star / (2 * e_star**2)
+        m = 4 + (q + 2) / (q * rho - 1)
+        lam = m / (e_star * (m - 2))
+    good = np.isfinite(m) & np.isfinite(lam) & (m > 0) & (lam > 0)
+    return np.where(good, m, 2.0), np.where(good, lam, 1.0)
 
 
 def _one_row_dof(a: NDArray, Minv: NDArray, T: NDArray, Iinv: NDArray) -> NDArray:

@@ -4,7 +4,7 @@ by block on all cores; the estimation is ``voxfit.core.mixed``."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,6 +16,7 @@ from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import DesignFactor, Stats, check_contrast, factorize
 from ..core._kernels import compile_kernels
 from ..core.contrast import f_stats, t_stats
+from ..core.distributions import f_to_z
 from ..core.mixed import MODELS, OK, OUTCOMES, MixedBlock, fit_mixed_block, use_compiled_mixed
 from ..core.mixed_outliers import OutlierBlock, fit_outlier_block
 from ..exceptions import DegreesOfFreedomWarning, DesignWarning, InputError
@@ -453,6 +454,7 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     loglik = np.full(V, np.nan)
     iterations = np.zeros(V, dtype=np.int32)
     contrast_dof = [np.full(V, np.nan) for _ in sat_weights]
+    contrast_scale = [np.full(V, np.nan) for _ in sat_weights]
     n = design.n_scans
     probability, prior, spread = (
         (np.full((n, V), np.nan), np.full(V, np.nan), np.full(V, np.nan)) if problem.outliers else (None,) * 3
@@ -470,7 +472,7 @@ def _fit(problem: _MixedProblem) -> MixedFit:
             res = res.fit
         betas[:, part], covariance[part], tau2[:, part] = res.betas, res.covariance, res.tau2
         outcome[part], loglik[part], iterations[part] = res.outcome, res.loglik, res.iterations
-        for full, d in zip(contrast_dof, res.contrast_dof):
+        for full, d in zip(contrast_dof + contrast_scale, res.contrast_dof + res.contrast_scale):
             full[part] = d
 
     def run(start: int) -> None:
@@ -504,6 +506,8 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     for k, (label, w) in enumerate(problem.weights.items()):
         dof = contrast_dof[k] if per_voxel_dof else problem.dof
         stats[label] = _contrast(label, w, betas, covariance, valid, dof, problem.workers)
+        if problem.dof_kind == "kenward-roger" and stats[label].kind == "F":  # Kenward & Roger's lambda F
+            stats[label] = _scaled_f(stats[label], contrast_scale[k])
     for a in (betas, covariance, tau2, outcome, loglik, iterations, valid, probability, prior, spread):
         if a is not None:
             a.setflags(write=False)
@@ -577,6 +581,18 @@ def _read_and_fit(shared, a: int, b: int) -> MixedBlock:
 
 def _fit_sent(block: _Block, effects, variances) -> MixedBlock:
     return block(effects, variances)
+
+
+def _scaled_f(stats: Stats, lam: NDArray) -> Stats:
+    """An F contrast's Stats with F multiplied by Kenward & Roger's lambda (per voxel), z from it; the effects'
+    variances and covariance as they were."""
+    F = stats.stat * lam
+    df1, dof = stats.dof
+    with np.errstate(invalid="ignore"):
+        z = f_to_z(F, int(df1), dof) if df1 > 0 else np.full_like(F, np.nan)
+    for a in (F, z):
+        a.setflags(write=False)
+    return replace(stats, stat=F, z=z)
 
 
 def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid: NDArray, dof, workers: int) -> Stats:

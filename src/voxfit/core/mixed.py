@@ -161,7 +161,8 @@ def fit_mixed_block(
         Contrast weights whose Satterthwaite degrees of freedom are wanted (``mixed`` only).
     kenward_roger : bool
         ``mixed`` only: the covariance of the betas adjusted for the estimation of tau2
-        (:func:`kenward_roger_covariance`), and the contrasts' Satterthwaite dof at most n - rank.
+        (:func:`kenward_roger_covariance`); the dof of a contrast of one row Satterthwaite's, of several rows
+        Kenward & Roger's with their scale lambda (:func:`kenward_roger_f`), each at most n - rank.
     compiled : bool, optional
         ``mixed`` with one variance group: fit each voxel with the compiled kernel (True) or the numpy path
         (False); their numbers are equal to rounding. Default: :func:`use_compiled_mixed` of the block's size.

@@ -179,9 +179,10 @@ def mixed_effects(
         each contrast's dof at each voxel by Satterthwaite's approximation from the REML information
         (``voxfit.core.mixed.satterthwaite_dof``, as lmerTest computes it; Fai & Cornelius's rule for F).
         ``kenward-roger`` (``mixed`` only): the betas' covariance adjusted for the estimation of each group's
-        tau2 (``voxfit.core.mixed.kenward_roger_covariance``) and Satterthwaite's dof, at most n - rank.
-        Default: ``kenward-roger`` with several variance groups (with FLAME1's n - rank, groups of 5 subjects
-        gave 9% of null voxels below p < 0.05; see the README), else ``residual``.
+        tau2 (``voxfit.core.mixed.kenward_roger_covariance``) and Satterthwaite's dof; F is Kenward & Roger's
+        scaled F with their dof (``kenward_roger_f``); dof at most n - rank. Default: ``kenward-roger`` with
+        several variance groups (with FLAME1's n - rank, 4 groups of 5 subjects gave 10% of null voxels below
+        p < 0.05: validation/variance_groups.py), else ``residual``.
     outliers : bool
         ``mixed`` only, one variance group, residual dof: outlier inference (FSL flameo's ``--io``, Woolrich
         2008): each subject's random effect comes from the population N(0, tau2) or, with a prior probability

@@ -447,15 +447,15 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     design, model = problem.design, problem.model
     V, p, G = problem.effects.shape[1], design.n_columns, len(problem.labels)
     per_voxel_dof = problem.dof_kind != "residual"
-    sat_weights = list(problem.weights.values()) if per_voxel_dof else []
+    dof_weights = list(problem.weights.values()) if per_voxel_dof else []  # (contrasts whose dof the blocks compute)
     betas = np.full((p, V), np.nan)
     covariance = np.full((V, p, p), np.nan)
     tau2 = np.full((G, V), np.nan)
     outcome = np.zeros(V, dtype=np.int8)
     loglik = np.full(V, np.nan)
     iterations = np.zeros(V, dtype=np.int32)
-    contrast_dof = [np.full(V, np.nan) for _ in sat_weights]
-    contrast_scale = [np.full(V, np.nan) for _ in sat_weights]
+    contrast_dof = [np.full(V, np.nan) for _ in dof_weights]
+    contrast_scale = [np.full(V, np.nan) for _ in dof_weights]
     n = design.n_scans
     probability, prior, spread = (
         (np.full((n, V), np.nan), np.full(V, np.nan), np.full(V, np.nan)) if problem.outliers else (None,) * 3
@@ -464,7 +464,7 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     compiled = use_compiled_mixed(design.n_scans * V)  # decided once, from the whole: every block alike
 
     block = _Block(
-        design, problem.codes, model, G, sat_weights, problem.dof_kind == "kenward-roger", compiled, problem.outliers
+        design, problem.codes, model, G, dof_weights, problem.dof_kind == "kenward-roger", compiled, problem.outliers
     )
 
     def place(part: slice, res: MixedBlock | OutlierBlock) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 
-__all__ = ["GZIP_BACKEND", "STREAM_CHUNK", "open_gzip", "open_gzip_stream"]
+from ..exceptions import InputError
+
+__all__ = ["GZIP_BACKEND", "STREAM_CHUNK", "corrupt_gzip", "open_gzip", "open_gzip_stream"]
 
 try:
     from isal import igzip as _fast
@@ -34,6 +36,21 @@ def open_gzip(path, mode: str = "rb", compresslevel: int = 1):
     if "w" in mode or "x" in mode:
         return _Writer(path, mode, compresslevel=compresslevel, mtime=0)
     return _fast.open(path, mode)
+
+
+def corrupt_gzip(path, exc: BaseException) -> InputError:
+    """The one-line error for a gzip file whose data could not be decompressed (zlib.error, EOFError, isal's
+    errors...): truncated or corrupt, or, where the first gzip stream is whole but bytes that are no gzip stream
+    follow it (``BadGzipFile: Not a gzipped file``), those bytes named. nibabel reads such a file (it stops at the
+    header's size), but its data cannot be told whole from a stream that goes on into garbage; ``gzip -dc``
+    decompresses it, warning of "trailing garbage"."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, gzip.BadGzipFile) and str(exc).startswith("Not a gzipped file"):
+        return InputError(
+            f"{path}: bytes that are not gzip data follow its gzip stream ({detail}); decompress it "
+            "(gzip -dc, which warns of the trailing garbage) and give the .nii, or write the file again."
+        )
+    return InputError(f"{path}: truncated or corrupt gzip data ({detail}).")
 
 
 try:  # ISA-L's reader in C (python-isal >= 1.6), which decompresses into the caller's buffer

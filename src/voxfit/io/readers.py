@@ -46,7 +46,7 @@ from .._array import held_as_series, type_name, working_dtype
 from .._digest import note_opened
 from .._memory import check_memory, reserved_bytes, whole_files_cap
 from ..exceptions import InputError
-from ._gzip import STREAM_CHUNK, open_gzip, open_gzip_stream
+from ._gzip import STREAM_CHUNK, corrupt_gzip, open_gzip, open_gzip_stream
 from .checks import check_readable
 from .geometry import (
     ArrayGeometry,
@@ -555,9 +555,7 @@ class NiftiReader:
             except InputError as exc:
                 full.put(exc)
             except Exception as exc:  # zlib.error, EOFError, OSError, isal's IsalError...: all mean corrupt data
-                full.put(
-                    InputError(f"{self._image_file}: truncated or corrupt gzip data ({type(exc).__name__}: {exc}).")
-                )
+                full.put(corrupt_gzip(self._image_file, exc))
 
         thread = threading.Thread(target=produce, name="voxfit-gunzip", daemon=True)
         thread.start()

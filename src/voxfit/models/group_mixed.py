@@ -37,6 +37,7 @@ from ..io import (
     sanitize_label,
     statmap_name,
 )
+from ..io._gzip import corrupt_gzip
 from ..io.output import signals_held
 
 __all__ = [
@@ -247,9 +248,9 @@ def _decompress(source: Path, target: Path, size: int) -> Path:
             raise error from None
         if exc.errno is not None:
             raise InputError.from_os_error(exc, source) from None
-        raise InputError(f"{source}: truncated or corrupt gzip data ({type(exc).__name__}: {exc}).") from None
+        raise corrupt_gzip(source, exc) from None
     except (zlib.error, EOFError, ValueError) as exc:
-        raise InputError(f"{source}: truncated or corrupt gzip data ({type(exc).__name__}: {exc}).") from None
+        raise corrupt_gzip(source, exc) from None
     return target
 
 

@@ -740,6 +740,39 @@ def test_unreadable_inputs(setup, message, tmp_path):
         voxfit.load(setup(tmp_path))
 
 
+def _broken_header(path: Path, at: int, value: bytes, cut: int | None = None) -> Path:
+    """A 4-D run whose NIfTI-1 header has `value` written at byte `at` (or, with `cut`, its first `cut` bytes)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((2, 2, 2, 3))
+    header.set_data_dtype(np.float32)
+    header.set_data_offset(352)
+    raw = bytearray(header.binaryblock + b"\0" * 4 + bytes(96))
+    raw[at : at + len(value)] = value
+    raw = raw[:cut] if cut else raw
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,at,value,cut,message",
+    [  # nibabel's words for these: "data code 4096 not recognized", "Cannot work out file type"
+        ("dims.nii", 40, (9).to_bytes(2, "little"), None, r"its dim\[0\] \(the number of dimensions\) is 9, where"),
+        ("code.nii.gz", 70, (999).to_bytes(2, "little"), None, r"its datatype code is 999, which is none of NIfTI"),
+        ("magic.nii", 344, b"xx1\0", None, r"its magic string is b'xx1\\x00', where a single NIfTI-1 file has"),
+        ("short.nii.gz", 0, b"", 100, r"it holds 100 bytes once decompressed, fewer than a NIfTI header's 348"),
+    ],
+)
+def test_a_broken_nifti_header_is_said_in_nifti_terms(tmp_path, name, at, value, cut, message):
+    with pytest.raises(InputError, match=rf"{name}: {message}.*the header is broken.*\(nibabel: \w+: "):
+        voxfit.load(_broken_header(tmp_path / name, at, value, cut))
+    # nibabel's own words where the header shows no such fault: a file that is no NIfTI at all, an empty one
+    (tmp_path / "text.nii").write_bytes(b"hello" * 100)
+    (tmp_path / "empty.nii").write_bytes(b"")
+    for path in (tmp_path / "text.nii", tmp_path / "empty.nii"):
+        with pytest.raises(InputError, match="not a readable image"):
+            voxfit.load(path)
+
+
 def test_truncated_files(tmp_path, rng):
     data = volume_data(rng)
     gz = write_nifti(tmp_path / "t.nii.gz", data)

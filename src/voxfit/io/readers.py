@@ -203,7 +203,43 @@ def _load(path: Path):
 
 def _unreadable(path: Path, exc: Exception) -> InputError:
     first = str(exc).splitlines()[0] if str(exc) else "corrupt"
+    fault = _nifti_fault(path)
+    if fault is not None:
+        return InputError(
+            f"{path}: {fault}: the header is broken; write the file again from its source "
+            f"(nibabel: {type(exc).__name__}: {first})."
+        )
     return InputError(f"{path}: not a readable image ({type(exc).__name__}: {first}).")
+
+
+def _nifti_fault(path: Path) -> str | None:
+    """What is wrong with the header of a file named as NIfTI that nibabel refused, in NIfTI's own terms (its
+    words are nibabel's inner state: a dim[0] out of 1-7 in both byte orders reads as "data code 4096 not
+    recognized", the header taken as byte-swapped); None where its first 348 bytes show nothing wrong, its first 4
+    are not NIfTI-1's 348 (NIfTI-2, or no NIfTI file at all), or the file is not named .nii, .nii.gz or .hdr."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz", ".hdr")):
+        return None
+    try:
+        with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
+            head = fh.read(348)
+    except Exception:  # noqa: BLE001 (the file's own fault is then nibabel's words)
+        return None
+    if 0 < len(head) < 348:  # (an empty file: nibabel says so)
+        held = f"{len(head)} bytes{' once decompressed' * name.endswith('.gz')}"
+        return f"it holds {held}, fewer than a NIfTI header's 348"
+    order = {int.from_bytes(head[:4], order, signed=True): order for order in ("little", "big")}.get(348)
+    if order is None:  # (NIfTI-2, or no NIfTI at all: nibabel's words stand)
+        return None
+    dims = int.from_bytes(head[40:42], order, signed=True)
+    if not 1 <= dims <= 7:
+        return f"its dim[0] (the number of dimensions) is {dims}, where NIfTI allows 1 to 7"
+    code = int.from_bytes(head[70:72], order, signed=True)
+    if code not in nib.nifti1.data_type_codes.code:
+        return f"its datatype code is {code}, which is none of NIfTI's data types"
+    if name.endswith(".hdr") or head[344:348] in (b"n+1\0", b"ni1\0"):
+        return None
+    return f"its magic string is {bytes(head[344:348])!r}, where a single NIfTI-1 file has b'n+1\\x00'"
 
 
 def _scale(proxy) -> tuple[float, float] | None:

@@ -1531,12 +1531,9 @@ def _read_ahead(execution: Execution, s: _Settings, r: RunInput, beside: RunInpu
     """The data of run `r`, read (decompressed, masked) on a thread while the run `beside` fits (or while `r`'s
     own design is made: None), as a Future of what ``fit_images`` would load; None where that run is not
     fitted in memory (smoothed, streamed or spread over a Dask cluster), or where its data beside `beside`'s
-    would pass the cap. Reading a run takes a third of its fit: the next one's is hidden behind this one's, in 4 MiB
-    slabs rather than load's 16 MiB (a .nii.gz has three in flight, beside two runs' data). Only the run's files
-    are needed, not its design: its rows are checked against the data when it is fitted."""
+    would pass the cap. Reading a run takes a third of its fit: the next one's is hidden behind this one's. Only the
+    run's files are needed, not its design: its rows are checked against the data when it is fitted."""
     from ..io import load, open_reader
-    from ..io.dataset import GATHER_SLAB_BYTES
-    from ..io.readers import DEFAULT_SLAB_BYTES
     from ..models._routing import MEMORY, choose_route, first_level_needs, fmri_noise
 
     if s.smoothing or execution.scheduler is not None:
@@ -1554,7 +1551,7 @@ def _read_ahead(execution: Execution, s: _Settings, r: RunInput, beside: RunInpu
     if cap is not None and fitting + held > cap:
         return None
     return DaemonExecutor().submit(
-        functools.partial(load, slab_bytes=DEFAULT_SLAB_BYTES if beside is not None else GATHER_SLAB_BYTES),
+        load,
         reader,
         r.mask,
         mask_threshold="auto",

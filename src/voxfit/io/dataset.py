@@ -14,16 +14,9 @@ from numpy.typing import NDArray
 from .._array import working_dtype
 from .checks import check_design_rows
 from .masking import Masker, ScanGlobals, explicit_mask, gather, gather_auto, resolve_mask_threshold
-from .readers import apply_scale, open_reader
+from .readers import DEFAULT_SLAB_BYTES, apply_scale, open_reader
 
 __all__ = ["Dataset", "ScaledArray", "load", "preloaded"]
-
-# The slabs in which load gathers a run into memory (gather's other callers, which read a few columns under a
-# memory plan, keep the readers' 4 MiB). A compressed file is decompressed on a thread that takes the GIL once a
-# slab; while the numerical modules import on the main thread, each of those waits can last the interpreter's
-# switch interval (5 ms), against 2.6 ms to decompress one 4 MB scan: 16 MiB slabs rather than 4 MiB loaded a
-# 2 mm MNI run of 400 scans in 1.36-1.44 s rather than 1.48-1.73 s.
-GATHER_SLAB_BYTES = 16 << 20
 
 # A load already under way (see `preloaded`): [key, future], emptied by the load that takes it.
 _PRELOADED: contextvars.ContextVar[list | None] = contextvars.ContextVar("voxfit_preloaded", default=None)
@@ -83,7 +76,7 @@ def load(
     name: str = "paths",
     observe=None,
     map_files: bool | None = None,
-    slab_bytes: int = GATHER_SLAB_BYTES,
+    slab_bytes: int = DEFAULT_SLAB_BYTES,
 ) -> Dataset:
     """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
@@ -129,8 +122,12 @@ def load(
         read into memory, except within :func:`files_mapped`.
     slab_bytes : int, optional
         With an explicit `mask`, the most bytes of whole scans read at a time (at least one scan; three such slabs
-        of a .nii.gz in flight): 16 MiB by default. Less holds less beside the data: a study reads the next run
-        beside the one it fits in 4 MiB slabs (three of 16 MiB beside a run of 95 MB were half of it again).
+        of a .nii.gz in flight): 4 MiB by default, one scan of a 2 mm MNI run (4.3 MB). A .nii.gz is
+        decompressed on a thread into three slabs in turn, faster the fewer bytes they span (its output written to
+        memory still in the cache): whole fits of a 400-scan MNI .nii.gz, OLS 1.71-1.76 s against 1.77-1.95 s in
+        16 MiB slabs, AR(1) 1.95-2.03 s against 2.02-2.08 s (6 alternated runs each, 2 cores; its .nii and 3-D
+        scans as fast either way). 16 MiB had been chosen while the read began as the numerical modules imported,
+        each slab's retake of the GIL then waiting up to the interpreter's switch interval.
     """
     map_files = _MAP_FILES.get() if map_files is None else map_files
     held = _PRELOADED.get()

@@ -1033,6 +1033,34 @@ def test_big_endian_nifti_follows_the_protocol(tmp_path, rng):
         )
 
 
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_scans_read_ahead_of_their_caller(tmp_path, rng, order):
+    """A 4-D .nii and a run of 3-D .nii files are read on a thread, two slabs ahead of the caller: the same values
+    as nibabel's, in native byte order; a file cut short is named; a caller that stops early leaves no thread (the
+    suite's fixture checks) and each slab keeps its values until the next is asked for."""
+    data = volume_data(rng).astype(f"{order}f4")
+    header = nib.Nifti1Header(endianness=order)
+    nib.save(nib.Nifti1Image(data, AFFINE, header=header), tmp_path / "run.nii")
+    scans = [tmp_path / f"scan{i:02d}.nii" for i in range(data.shape[-1])]
+    for i, path in enumerate(scans):
+        nib.save(nib.Nifti1Image(data[..., i], AFFINE, header=header), path)
+    expected = as_matrix(data.astype(np.float32))
+    for reader in (open_reader(tmp_path / "run.nii"), open_reader([str(p) for p in scans])):
+        slabs = [(start, block.copy()) for start, block in reader.iter_scans(1)]
+        assert [start for start, _ in slabs] == list(range(data.shape[-1]))
+        assert all(block.dtype.isnative for _, block in slabs)
+        npt.assert_array_equal(np.concatenate([block for _, block in slabs]), expected)
+        first = reader.iter_scans(1)
+        held = next(first)[1]
+        npt.assert_array_equal(held, expected[:1])  # (the thread has read on into the other buffers meanwhile)
+        first.close()
+    reader = open_reader([str(p) for p in scans])
+    cut = scans[5].read_bytes()
+    scans[5].write_bytes(cut[: len(cut) - 40])  # (after its header was read: while the run is read)
+    with pytest.raises(InputError, match=r"scan05\.nii: file is truncated"):
+        list(reader.iter_scans())
+
+
 def test_scaled_integer_cifti_keeps_its_values(tmp_path, rng):
     series, models = cifti_axes()
     values = (50 + rng.standard_normal((N_SCANS, len(models)))).astype(np.float32)

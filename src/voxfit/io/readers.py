@@ -228,7 +228,7 @@ def _nifti_fault(path: Path) -> str | None:
     if 0 < len(head) < 348:  # (an empty file: nibabel says so)
         held = f"{len(head)} bytes{' once decompressed' * name.endswith('.gz')}"
         return f"it holds {held}, fewer than a NIfTI header's 348"
-    order = {int.from_bytes(head[:4], order, signed=True): order for order in ("little", "big")}.get(348)
+    order = {int.from_bytes(head[:4], endian, signed=True): endian for endian in ("little", "big")}.get(348)
     if order is None:  # (NIfTI-2, or no NIfTI at all: nibabel's words stand)
         return None
     dims = int.from_bytes(head[40:42], order, signed=True)

@@ -224,7 +224,7 @@ def test_compressed_scan_larger_than_memory_is_refused_before_the_mask_allocates
         capsys,
         *fit(study, study["bold"]),
         message=r"bold\.nii\.gz: one scan of 120 elements \(as its header "
-        r"says\) would take 3\.52 KiB of memory, more than the memory available \(1\.95 KiB\)",
+        r"says\) would take 3\.98 KiB of memory, more than the memory available \(1\.95 KiB\)",
     )
 
 

@@ -757,7 +757,7 @@ def _broken_header(path: Path, at: int, value: bytes, cut: int | None = None) ->
     "name,at,value,cut,message",
     [  # nibabel's words for these: "data code 4096 not recognized", "Cannot work out file type"
         ("dims.nii", 40, (9).to_bytes(2, "little"), None, r"its dim\[0\] \(the number of dimensions\) is 9, where"),
-        ("code.nii.gz", 70, (999).to_bytes(2, "little"), None, r"its datatype code is 999, which is none of NIfTI"),
+        ("code.nii.gz", 70, (999).to_bytes(2, "little"), None, r"its datatype code is 999, not a data type of NIfTI"),
         ("magic.nii", 344, b"xx1\0", None, r"its magic string is b'xx1\\x00', where a single NIfTI-1 file has"),
         ("short.nii.gz", 0, b"", 100, r"it holds 100 bytes once decompressed, fewer than a NIfTI header's 348"),
     ],

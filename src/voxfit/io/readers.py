@@ -6,12 +6,12 @@ volume, GIFTI, CIFTI-2), a list of 3-D nibabel volumes (one per scan) and a 2-D 
 columns); an image loaded from a file that still holds its data there is read from that file. Anything else
 is refused by :func:`voxfit.io.memory.check_data` with one sentence naming the argument and the type received.
 
-Uncompressed NIfTI is read a slab of scans at a time into one reused buffer (the command line's load gathers a
-mask's voxels from a map of the file instead, each slab's pages released behind it: ``NiftiReader.mapped_scans``),
-and blocks of columns by ``pread`` (:func:`_pread_span`: a memory map's pages would count in the process's
-resident memory); .npy arrays likewise.
-Compressed NIfTI is decompressed with the fastest gzip available, a slab of scans at a time, so
-the whole 4-D image is never in memory.
+Uncompressed NIfTI is read a slab of scans at a time on a thread, two slabs ahead of the caller, into three
+rotating buffers (:func:`_read_ahead`; the command line's load gathers a mask's voxels from a map of the file
+instead, each slab's pages released behind it: ``NiftiReader.mapped_scans``), and blocks of columns by ``pread``
+(:func:`_pread_span`: a memory map's pages would count in the process's resident memory); .npy arrays and runs of
+3-D scans likewise. Compressed NIfTI is decompressed so too, with the fastest gzip available, so the whole 4-D
+image is never in memory.
 
 Sizes in headers are never trusted (hostile or broken files): every reader checks, before it allocates
 anything of that size, that its dimensions are positive, that the file can hold what the header promises
@@ -231,12 +231,13 @@ def _nifti_fault(path: Path) -> str | None:
     order = {int.from_bytes(head[:4], endian, signed=True): endian for endian in ("little", "big")}.get(348)
     if order is None:  # (NIfTI-2, or no NIfTI at all: nibabel's words stand)
         return None
+    standard, allow = ("NIfTI and Analyze", "allow") if name.endswith(".hdr") else ("NIfTI", "allows")
     dims = int.from_bytes(head[40:42], order, signed=True)
     if not 1 <= dims <= 7:
-        return f"its dim[0] (the number of dimensions) is {dims}, where NIfTI allows 1 to 7"
+        return f"its dim[0] (the number of dimensions) is {dims}, where {standard} {allow} 1 to 7"
     code = int.from_bytes(head[70:72], order, signed=True)
     if code not in nib.nifti1.data_type_codes.code:
-        return f"its datatype code is {code}, which is none of NIfTI's data types"
+        return f"its datatype code is {code}, not a data type of {standard}"
     if name.endswith(".hdr") or head[344:348] in (b"n+1\0", b"ni1\0"):
         return None
     return f"its magic string is {bytes(head[344:348])!r}, where a single NIfTI-1 file has b'n+1\\x00'"
@@ -259,9 +260,9 @@ GZIP_MAX_RATIO = 1032
 GZIP_MARGIN = 1 << 16
 
 # Working memory per element of one scan while reading (io.masking.gather_auto, AutoMask): three rotating slab
-# buffers (compressed files; else one slab) and the first scan in the stored type, six boolean vectors and an
-# index (8 bytes) per element.
-SCAN_BUFFERS = 4
+# buffers (read ahead, see _read_ahead: NIfTI, a run of 3-D NIfTI scans, .npy), a copy in native byte order and
+# the first scan in the stored type, six boolean vectors and an index (8 bytes) per element.
+SCAN_BUFFERS = 5
 SCAN_OVERHEAD = 14
 
 
@@ -269,7 +270,7 @@ def check_scan_memory(reader, source: str, max_memory=None) -> None:
     """Refuse a reader whose single scan (with the per-element arrays of the automatic mask) cannot fit the
     memory there is (or `max_memory`), before any of it is allocated: a header's dimensions are only claims."""
     nel = int(reader.geometry.n_elements)
-    buffers = SCAN_BUFFERS if getattr(reader, "compressed", False) else 2  # else: a slab and a copy
+    buffers = SCAN_BUFFERS if isinstance(reader, (NiftiReader, VolumeListReader, NpyReader)) else 2  # a slab, a copy
     need = nel * (buffers * np.dtype(reader.dtype).itemsize + SCAN_OVERHEAD)
     check_memory(
         need,
@@ -1294,7 +1295,7 @@ def _ended_early(path) -> InputError:
 
 
 class NpyReader(_RowsReader):
-    """A .npy array of shape (scans, columns), its slabs of scans read into one reused buffer (C order; a Fortran-
+    """A .npy array of shape (scans, columns), its slabs of scans read ahead of the caller (C order; a Fortran-
     ordered array's slabs come from its memory map); or several 1-D .npy files, one per scan."""
 
     def __init__(self, paths):
@@ -1325,9 +1326,10 @@ class NpyReader(_RowsReader):
         self.scale = None
 
     def iter_scans(self, max_bytes: int = DEFAULT_SLAB_BYTES) -> Iterator[tuple[int, NDArray]]:
-        """Slabs of scans. From one C-ordered file, read into one buffer, reused (a yielded slab is valid until the
-        next is asked for): the memory map's pages would count in the process's resident memory and stay there, so
-        a .npy streamed under ``--max-memory 320M`` peaked at 490-507 MiB."""
+        """Slabs of scans. From one C-ordered file, read ahead of the caller into three buffers, reused (a yielded
+        slab is valid until the next is asked for; :func:`_read_slabs`): the memory map's pages would count in the
+        process's resident memory and stay there, so a .npy streamed under ``--max-memory 320M`` peaked at 490-507
+        MiB."""
         data = self._data
         if len(self.paths) > 1 or not data.flags.c_contiguous or not isinstance(data, np.memmap):
             yield from super().iter_scans(max_bytes)

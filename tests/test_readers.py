@@ -5,6 +5,7 @@ import gzip
 import mmap
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -771,6 +772,23 @@ def test_a_broken_nifti_header_is_said_in_nifti_terms(tmp_path, name, at, value,
     for path in (tmp_path / "text.nii", tmp_path / "empty.nii"):
         with pytest.raises(InputError, match="not a readable image"):
             voxfit.load(path)
+
+
+def test_a_gzip_fault_is_told_apart_by_a_second_pass(tmp_path):
+    """Where reading a .nii.gz failed, a second pass over the file says why: bytes after its whole streams (after
+    two streams too), a file no longer gzip (replaced while read), or a stream that ends early."""
+    from voxfit.io._gzip import corrupt_gzip
+
+    whole = gzip.compress(b"voxel data" * 1000)
+    cases = {
+        "tail.gz": (whole + b"xyz", r"3 byte\(s\) that are not gzip data follow"),
+        "two.gz": (whole + gzip.compress(b"more") + b"\n", r"1 byte\(s\) that are not gzip data follow"),
+        "plain.gz": (b"voxel data" * 100, r"it is no longer gzip data: it was replaced or rewritten"),
+        "cut.gz": (whole[:-20], r"truncated or corrupt gzip data \(EOFError: ended\)"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        assert re.search(message, str(corrupt_gzip(tmp_path / name, EOFError("ended")))), name
 
 
 def test_truncated_files(tmp_path, rng):

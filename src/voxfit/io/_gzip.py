@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 
 from ..exceptions import InputError
 
@@ -40,17 +41,56 @@ def open_gzip(path, mode: str = "rb", compresslevel: int = 1):
 
 def corrupt_gzip(path, exc: BaseException) -> InputError:
     """The one-line error for a gzip file whose data could not be decompressed (zlib.error, EOFError, isal's
-    errors...): truncated or corrupt, or, where the first gzip stream is whole but bytes that are no gzip stream
-    follow it (``BadGzipFile: Not a gzipped file``), those bytes named. nibabel reads such a file (it stops at the
-    header's size), but its data cannot be told whole from a stream that goes on into garbage; ``gzip -dc``
-    decompresses it, warning of "trailing garbage"."""
+    errors...), told apart by a second pass over the file (:func:`_gzip_fault`; only where reading failed): bytes
+    that are not gzip after whole streams (nibabel reads such a file, stopping at the header's size, but a stream
+    that runs on into garbage cannot be told whole; ``gzip -dc`` decompresses it, warning of "trailing garbage"),
+    a file that is no longer gzip (replaced while read), or data truncated or corrupt."""
     detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, gzip.BadGzipFile) and str(exc).startswith("Not a gzipped file"):
+    fault = _gzip_fault(path)
+    if isinstance(fault, int):
         return InputError(
-            f"{path}: bytes that are not gzip data follow its gzip stream ({detail}); decompress it "
+            f"{path}: {fault:,} byte(s) that are not gzip data follow its gzip stream ({detail}); decompress it "
             "(gzip -dc, which warns of the trailing garbage) and give the .nii, or write the file again."
         )
+    if fault == "not gzip":
+        return InputError(
+            f"{path}: it is no longer gzip data: it was replaced or rewritten while this run read it; run again once "
+            "nothing writes to it."
+        )
     return InputError(f"{path}: truncated or corrupt gzip data ({detail}).")
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gzip_fault(path) -> int | str | None:
+    """What is wrong with a gzip file: the number of bytes after its whole streams that start no stream (int);
+    ``"not gzip"`` where it does not start as gzip; None where a stream ends early or is corrupt (or the file cannot
+    be read). Each stream is decompressed whole (its CRC and length checked), a few MiB of output at a time."""
+    try:
+        from isal import isal_zlib as engine
+    except ImportError:  # pragma: no cover - platforms without wheels
+        import zlib as engine
+    try:
+        with open(path, "rb") as fh:
+            pending = fh.read(1 << 22)
+            if not pending.startswith(_GZIP_MAGIC):
+                return "not gzip"
+            while pending:
+                stream = engine.decompressobj(31)
+                while not stream.eof:
+                    if not pending:
+                        pending = fh.read(1 << 22)
+                        if not pending:
+                            return None  # (the stream ends early)
+                    stream.decompress(pending, 1 << 24)
+                    pending = stream.unconsumed_tail
+                pending = stream.unused_data + (fh.read(1 << 22) if len(stream.unused_data) < 2 else b"")
+                if pending and not pending.startswith(_GZIP_MAGIC):
+                    return len(pending) + os.fstat(fh.fileno()).st_size - fh.tell()
+    except Exception:  # noqa: BLE001 (corrupt data, an unreadable file: the reader's own words)
+        return None
+    return None
 
 
 try:  # ISA-L's reader in C (python-isal >= 1.6), which decompresses into the caller's buffer

@@ -1079,6 +1079,24 @@ def test_scans_read_ahead_of_their_caller(tmp_path, rng, order):
         list(reader.iter_scans())
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_runs_with_singleton_dimensions_after_the_fourth_are_read_as_4d(tmp_path, rng, suffix):
+    """(x, y, z, t, 1) and longer trailing 1s store a run as (x, y, z, t) does; AFNI's (x, y, z, 1, t) keeps the
+    scans in the fifth dimension (read so, with a warning); (x, y, z, t, 2) is refused; 3-D scans of shape
+    (x, y, z, 1, 1) are scans."""
+    data = volume_data(rng)
+    expected = voxfit.load(write_nifti(tmp_path / f"run{suffix}", data)).data
+    for name, stored in (("trail", data[..., None]), ("seven", data[..., None, None, None])):
+        npt.assert_array_equal(voxfit.load(write_nifti(tmp_path / f"{name}{suffix}", stored)).data, expected)
+    with pytest.warns(UserWarning, match=r"keeps its 12 scans in a dimension after the fourth, as AFNI"):
+        afni = voxfit.load(write_nifti(tmp_path / f"afni{suffix}", data[:, :, :, None, :]))
+    npt.assert_array_equal(afni.data, expected)
+    with pytest.raises(InputError, match=r"its dimensions beyond x, y and z are \(12, 2\), where a run has one"):
+        voxfit.load(write_nifti(tmp_path / f"two{suffix}", np.stack([data, data], axis=-1)))
+    scans = [write_nifti(tmp_path / f"s{i:02d}{suffix}", data[..., i, None, None]) for i in range(data.shape[-1])]
+    npt.assert_array_equal(voxfit.load([str(p) for p in scans]).data, expected)
+
+
 def test_scaled_integer_cifti_keeps_its_values(tmp_path, rng):
     series, models = cifti_axes()
     values = (50 + rng.standard_normal((N_SCANS, len(models)))).astype(np.float32)

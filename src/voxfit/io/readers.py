@@ -347,6 +347,27 @@ def _check_dimensions(path, shape) -> None:
         )
 
 
+def _scan_dimensions(path, shape) -> list[int]:
+    """The dimensions beyond the third that are not 1: the number of scans, or none for one scan. A 5-D or longer
+    shape whose extra dimensions are 1 stores its values as the 4-D one does: (x, y, z, t, 1), which some writers
+    give a run, and AFNI's (x, y, z, 1, t), whose fifth dimension AFNI reads as the scans (FSL reads one volume;
+    said in a warning). More than one such dimension (x, y, z, t, 2) is no run of scans: refused."""
+    beyond = [int(n) for n in shape[3:] if int(n) != 1]
+    if len(beyond) > 1:
+        raise InputError(
+            f"{path}: its dimensions beyond x, y and z are {tuple(int(n) for n in shape[3:])}, where a run has one, "
+            "its scans; split it into 4-D runs (e.g. nibabel's slicer, or fslsplit) and give one."
+        )
+    if beyond and len(shape) > 4 and int(shape[3]) == 1:
+        warnings.warn(
+            f"{path}: its shape {tuple(int(n) for n in shape)} keeps its {beyond[0]} scans in a dimension after the "
+            "fourth, as AFNI writes them; read as those scans (FSL would read one volume).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return beyond
+
+
 def _check_numeric(path, dtype, header=None) -> None:
     """Refuse stored types that are not real numbers: RGB, complex, structured."""
     dtype = np.dtype(dtype)
@@ -432,16 +453,15 @@ class NiftiReader:
         _check_orientation(str(self.path), img)
         shape = img.shape
         _check_dimensions(self.path, shape)
-        if len(shape) == 3 or (len(shape) == 4 and allow_3d and shape[3] == 1):
+        beyond = _scan_dimensions(self.path, shape)
+        if len(shape) == 3 or (allow_3d and not beyond):
             if not allow_3d:
                 raise InputError(
                     f"{self.path} is a 3-D image (one scan); give a 4-D image, or several 3-D files, one per scan."
                 )
             n_scans = 1
-        elif len(shape) == 4:
-            n_scans = shape[3]
         else:
-            raise InputError(f"{self.path}: expected a 4-D image (x, y, z, scans); got shape {shape}.")
+            n_scans = beyond[0] if beyond else 1
         proxy = img.dataobj
         _check_numeric(self.path, proxy.dtype, img.header)
         self.geometry = VolumeGeometry(tuple(int(s) for s in shape[:3]), img.affine.astype(np.float64), img.header)

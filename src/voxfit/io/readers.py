@@ -490,12 +490,15 @@ class NiftiReader:
         self._check_size()
 
     def _check_size(self) -> None:
-        """The file holds the data its header promises (an uncompressed one at least as many bytes; a compressed
-        one no fewer than gzip can expand to them)."""
+        """The file holds the data its header promises (an uncompressed one at least as many bytes, a warning where
+        it holds a scan's bytes more; a compressed one no fewer than gzip can expand to them)."""
         need = self._offset + self._data_bytes
         have = self._image_file.stat().st_size
         if not self._compressed and have < need:
             raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
+        scan = self.geometry.n_elements * self._file_dtype.itemsize
+        if not self._compressed and have - need >= scan:
+            warnings.warn(extra_data(self._image_file, have - need, scan), UserWarning, stacklevel=3)
         if self._compressed and need > GZIP_MAX_RATIO * have + GZIP_MARGIN:
             most = GZIP_MAX_RATIO * have + GZIP_MARGIN
             raise InputError(
@@ -587,15 +590,15 @@ class NiftiReader:
         def fill(fh, slab, start):
             _read_into(fh, slab, path, STREAM_CHUNK, offset + start * scan, end)
 
-        def finish(fh):
-            if fh.read(1):  # (reading on to the end also checks the gzip trailer: CRC and length)
-                for _ in range(GZIP_DRAIN_CHUNKS):  # a corrupt stream says so at its trailer: read on
-                    if not fh.read(READ_CHUNK):
-                        break
-                raise InputError(
-                    f"{path}: the gzip stream holds more data than the header describes ({end:,} bytes); the "
-                    "header is wrong or the file is corrupt."
-                )
+        def finish(fh) -> str | None:
+            """Read on to the stream's end (its trailer's CRC and length checked; a corrupt stream says so there),
+            at most GZIP_DRAIN_CHUNKS more: a scan's bytes or more after the data are warned of, as in a .nii."""
+            extra = len(fh.read(1))
+            for _ in range(GZIP_DRAIN_CHUNKS if extra else 0):
+                if not (got := len(fh.read(READ_CHUNK))):
+                    return extra_data(path, extra, scan) if extra >= scan else None
+                extra += got
+            return extra_data(path, extra, scan, at_least=True) if extra else None
 
         def failed(exc):  # zlib.error, EOFError, OSError, isal's IsalError...: all mean corrupt data
             return exc if isinstance(exc, InputError) else corrupt_gzip(path, exc)
@@ -605,13 +608,26 @@ class NiftiReader:
         yield from _read_ahead(opened, fill, slabs, shape, self._file_dtype, finish=finish, failed=failed)
 
 
+def extra_data(path, extra: int, scan: int, at_least: bool = False) -> str:
+    """The warning of a file that holds `extra` bytes after the data its header describes (scans of `scan` bytes):
+    they are not read, as nibabel and FSL do not read them; a header whose number of scans is short would leave
+    scans out, so whole scans' worth are counted."""
+    scans = f", as many as {extra // scan} scan(s)" if scan and extra >= scan and not extra % scan else ""
+    held = f"at least {extra:,}" if at_least else f"{extra:,}"
+    return (
+        f"{path}: it holds {held} bytes after the data its header describes{scans}; they are not read (as nibabel "
+        "and FSL do not): check the header's number of scans if it should hold more."
+    )
+
+
 def _read_ahead(opened, fill, slabs, shape, dtype, finish=None, failed=None) -> Iterator[tuple[int, NDArray]]:
     """``(first row, rows)`` for each ``(start, count)`` of `slabs`, filled on a thread into three rotating buffers
     of `shape` (rows, elements) and `dtype` by ``fill(fh, rows, start)``, `fh` what the context manager
     ``opened()`` gives that thread, and ``finish(fh)`` called once the last is filled (not where the caller stops
-    first): two slabs are read ahead while the caller works on one (reads and decompression release the GIL). A
-    yielded slab is valid until the caller asks for the next; in native byte order (a copy where `dtype`'s is
-    not). An exception on the thread is raised here, as ``failed(exc)`` makes it."""
+    first; what it returns, if anything, is warned of here): two slabs are read ahead while the caller works on
+    one (reads and decompression release the GIL). A yielded slab is valid until the caller asks for the next; in
+    native byte order (a copy where `dtype`'s is not). An exception on the thread is raised here, as
+    ``failed(exc)`` makes it."""
     dtype = np.dtype(dtype)
     bufs = [np.empty(shape, dtype=dtype) for _ in range(3)]
     free: queue.Queue = queue.Queue()
@@ -629,8 +645,9 @@ def _read_ahead(opened, fill, slabs, shape, dtype, finish=None, failed=None) -> 
                         return
                     fill(fh, buf[:count], start)
                     full.put((start, buf, count))
-                if finish is not None:
-                    finish(fh)
+                note = None if finish is None else finish(fh)
+            if note:
+                full.put(note)
             full.put(None)
         except Exception as exc:  # noqa: BLE001 (raised on the caller's thread)
             full.put(exc if failed is None else failed(exc))
@@ -648,6 +665,9 @@ def _read_ahead(opened, fill, slabs, shape, dtype, finish=None, failed=None) -> 
                 return
             if isinstance(item, Exception):
                 raise item
+            if isinstance(item, str):  # (the thread's warning, given on the caller's)
+                warnings.warn(item, UserWarning, stacklevel=2)
+                continue
             start, held, count = item
             yield start, held[:count] if dtype.isnative else held[:count].astype(dtype.newbyteorder("="))
     finally:

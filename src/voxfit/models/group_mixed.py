@@ -11,6 +11,7 @@ import contextlib
 import glob
 import shutil
 import tempfile
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -38,6 +39,7 @@ from ..io import (
     statmap_name,
 )
 from ..io._gzip import corrupt_gzip
+from ..io.readers import GZIP_DRAIN_CHUNKS, extra_data
 from ..io.output import signals_held
 
 __all__ = [
@@ -207,7 +209,8 @@ def by_columns(paired, out):
                 f"free in {where} to decompress them ({size_text(free)} free); free space there, give "
                 "uncompressed maps, or a larger --max-memory."
             )
-        plain = {path: _decompress(path, folder / f"{k}.nii", sizes[path]) for k, path in enumerate(packed)}
+        scans = {p: r.geometry.n_elements * r.file_dtype.itemsize for p, r in packed.items()}
+        plain = {p: _decompress(p, folder / f"{k}.nii", sizes[p], scans[p]) for k, p in enumerate(packed)}
         yield replace(
             paired,
             effects=tuple(plain.get(p, p) for p in paired.effects),
@@ -221,9 +224,10 @@ def by_columns(paired, out):
 _CHUNK = 1 << 20  # bytes decompressed per call: an interruption is seen between calls
 
 
-def _decompress(source: Path, target: Path, size: int) -> Path:
+def _decompress(source: Path, target: Path, size: int, scan: int) -> Path:
     """The first `size` bytes (header and data) of the gzip file `source` into the new file `target` (created
-    exclusively); refused when the stream ends early, holds more, or is corrupt."""
+    exclusively); refused when the stream ends early or is corrupt; a scan's bytes (`scan`) or more after the data
+    are warned of, as the readers do (``voxfit.io.readers.extra_data``)."""
     buffer = bytearray(_CHUNK)
     try:
         with open_gzip(source) as src, open(target, "xb") as dst:
@@ -235,11 +239,14 @@ def _decompress(source: Path, target: Path, size: int) -> Path:
                     raise InputError(f"{source}: file is truncated ({said}).")
                 dst.write(memoryview(buffer)[:got])
                 done += got
-            if src.read(1):  # (reading to the end also checks the gzip trailer: CRC and length)
-                raise InputError(
-                    f"{source}: the gzip stream holds more data than the header describes ({size:,} bytes); the "
-                    "header is wrong or the file is corrupt."
-                )
+            extra, ended = 0, False  # (reading to the end also checks the gzip trailer: CRC and length)
+            for _ in range(GZIP_DRAIN_CHUNKS):  # (as far as the readers read on: a bomb after the data is not read)
+                if not (got := src.readinto(buffer)):
+                    ended = True
+                    break
+                extra += got
+            if extra >= scan or (extra and not ended):
+                warnings.warn(extra_data(source, extra, scan, at_least=not ended), UserWarning, stacklevel=2)
     except InputError:
         raise
     except OSError as exc:

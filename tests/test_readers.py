@@ -761,11 +761,29 @@ def _broken_header(path: Path, at: int, value: bytes, cut: int | None = None) ->
         ("code.nii.gz", 70, (999).to_bytes(2, "little"), None, r"its datatype code is 999, not a data type of NIfTI"),
         ("magic.nii", 344, b"xx1\0", None, r"its magic string is b'xx1\\x00', where a single NIfTI-1 file has"),
         ("short.nii.gz", 0, b"", 100, r"it holds 100 bytes once decompressed, fewer than a NIfTI header's 348"),
+        ("inter.nii", 112, np.array([2.0, np.nan], "<f4").tobytes(), None, r"its scl_inter is nan beside scl_slope 2"),
+        ("offset.nii", 108, np.array([100.0], "<f4").tobytes(), None, r"its vox_offset is 100, inside its 352-byte"),
     ],
 )
 def test_a_broken_nifti_header_is_said_in_nifti_terms(tmp_path, name, at, value, cut, message):
     with pytest.raises(InputError, match=rf"{name}: {message}.*the header is broken.*\(nibabel: \w+: "):
         voxfit.load(_broken_header(tmp_path / name, at, value, cut))
+    # an extension of size 0 before data at byte 368 (nibabel: "read length must be non-negative or -1")
+    ext = bytearray(_broken_header(tmp_path / "ext.nii", 108, np.array([368.0], "<f4").tobytes()).read_bytes())
+    ext[348:360] = b"\1\0\0\0" + bytes(8)
+    (tmp_path / "ext.nii").write_bytes(bytes(ext))
+    with pytest.raises(InputError, match=r"ext\.nii: its first header extension gives its size as 0 bytes"):
+        voxfit.load(tmp_path / "ext.nii")
+    # a file compressed otherwise than its name says: the name to give it
+    good = _broken_header(tmp_path / "good.nii", 0, b"")
+    (tmp_path / "packed.nii").write_bytes(gzip.compress(good.read_bytes()))
+    (tmp_path / "plain.nii.gz").write_bytes(good.read_bytes())
+    for path, said in (
+        ("packed.nii", "gzip-compressed but named .nii; name it packed.nii.gz"),
+        ("plain.nii.gz", "not gzip-compressed but named .gz; name it plain.nii"),
+    ):
+        with pytest.raises(InputError, match=rf"{path}: it is {said} \(nibabel: "):
+            voxfit.load(tmp_path / path)
     # nibabel's own words where the header shows no such fault: a file that is no NIfTI at all, an empty one
     (tmp_path / "text.nii").write_bytes(b"hello" * 100)
     (tmp_path / "empty.nii").write_bytes(b"")

@@ -51,7 +51,11 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
             f"design {path}: column names must be unique; {', '.join(map(repr, dup))} appear more than once."
         )
     if "" in names:
-        raise InputError(f"design {path}: column {names.index('') + 1} has no name in the header line.")
+        at = names.index("") + 1
+        where = " (a separator at the end of the line?)" if at == len(names) else ""
+        raise InputError(
+            f"design {path}: column {at} has no name in the header line{where}; name it, or remove the empty column."
+        )
     body = rows[1:]
     if not body:
         raise InputError(f"design {path} has a header but no rows; it needs one row per scan.")

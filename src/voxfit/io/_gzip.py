@@ -47,10 +47,10 @@ def corrupt_gzip(path, exc: BaseException) -> InputError:
     a file that is no longer gzip (replaced while read), or data truncated or corrupt."""
     detail = f"{type(exc).__name__}: {exc}"
     fault = _gzip_fault(path)
-    if isinstance(fault, int):
+    if isinstance(fault, int):  # (the reader's own words, "ended before the end-of-stream marker", would mislead)
         return InputError(
-            f"{path}: {fault:,} byte(s) that are not gzip data follow its gzip stream ({detail}); decompress it "
-            "(gzip -dc, which warns of the trailing garbage) and give the .nii, or write the file again."
+            f"{path}: {fault:,} byte(s) that are not gzip data follow its gzip stream; decompress it (gzip -dc, "
+            "which warns of the trailing garbage) and give the .nii, or write the file again."
         )
     if fault == "not gzip":
         return InputError(

@@ -203,13 +203,33 @@ def _load(path: Path):
 
 def _unreadable(path: Path, exc: Exception) -> InputError:
     first = str(exc).splitlines()[0] if str(exc) else "corrupt"
+    said = f"(nibabel: {type(exc).__name__}: {first})"
+    misnamed = _misnamed_gzip(path)
+    if misnamed is not None:
+        return InputError(f"{path}: {misnamed} {said}.")
     fault = _nifti_fault(path)
     if fault is not None:
-        return InputError(
-            f"{path}: {fault}: the header is broken; write the file again from its source "
-            f"(nibabel: {type(exc).__name__}: {first})."
-        )
+        return InputError(f"{path}: {fault}: the header is broken; write the file again from its source {said}.")
     return InputError(f"{path}: not a readable image ({type(exc).__name__}: {first}).")
+
+
+def _misnamed_gzip(path: Path) -> str | None:
+    """How a file named .nii, .nii.gz or .hdr is compressed otherwise than its name says (nibabel then says only
+    that it cannot work out the file type, or that it is not a gzip file), with the name to give it; None where the
+    name is right or the file cannot be read."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz", ".hdr")):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+    except OSError:
+        return None
+    if gzipped == name.endswith(".gz"):
+        return None
+    if gzipped:
+        return f"it is gzip-compressed but named {path.suffix}; name it {path.name}.gz"
+    return f"it is not gzip-compressed but named .gz; name it {path.name[:-3]}"
 
 
 def _nifti_fault(path: Path) -> str | None:
@@ -222,7 +242,7 @@ def _nifti_fault(path: Path) -> str | None:
         return None
     try:
         with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
-            head = fh.read(348)
+            head = fh.read(368)
     except Exception:  # noqa: BLE001 (the file's own fault is then nibabel's words)
         return None
     if 0 < len(head) < 348:  # (an empty file: nibabel says so)
@@ -231,6 +251,9 @@ def _nifti_fault(path: Path) -> str | None:
     order = {int.from_bytes(head[:4], endian, signed=True): endian for endian in ("little", "big")}.get(348)
     if order is None:  # (NIfTI-2, or no NIfTI at all: nibabel's words stand)
         return None
+    fault = _nifti_field_fault(head, order, single=not name.endswith(".hdr"))
+    if fault is not None:
+        return fault
     standard, allow = ("NIfTI and Analyze", "allow") if name.endswith(".hdr") else ("NIfTI", "allows")
     dims = int.from_bytes(head[40:42], order, signed=True)
     if not 1 <= dims <= 7:
@@ -241,6 +264,24 @@ def _nifti_fault(path: Path) -> str | None:
     if name.endswith(".hdr") or head[344:348] in (b"n+1\0", b"ni1\0"):
         return None
     return f"its magic string is {bytes(head[344:348])!r}, where a single NIfTI-1 file has b'n+1\\x00'"
+
+
+def _nifti_field_fault(head: bytes, order: str, single: bool) -> str | None:
+    """A NIfTI-1 header's scaling, data offset and first extension, where nibabel refuses them: a finite slope with
+    a non-finite intercept, a single file's vox_offset inside its header (FSL reads 1-351 as 352; nibabel refuses
+    them), an extension of fewer than 8 bytes."""
+    end = ">" if order == "big" else "<"
+    slope, inter = np.frombuffer(head[112:120], dtype=f"{end}f4")
+    if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
+        return f"its scl_inter is {inter} beside scl_slope {slope}: a scaled file needs a finite intercept"
+    offset = float(np.frombuffer(head[108:112], dtype=f"{end}f4")[0])
+    if single and head[344:348] == b"n+1\0" and 0 < offset < 352:
+        return f"its vox_offset is {offset:g}, inside its 352-byte header, so where its data start is not known"
+    if len(head) >= 360 and head[348] != 0:
+        size = int.from_bytes(head[352:356], order, signed=True)
+        if size < 8:
+            return f"its first header extension gives its size as {size} bytes, where an extension takes at least 8"
+    return None
 
 
 def _scale(proxy) -> tuple[float, float] | None:

@@ -462,9 +462,10 @@ def _check_orientation(where: str, img) -> None:
 def _data_offset(path: Path, img) -> int:
     """Where a NIfTI image's data begin in its file: at its header's vox_offset, except that a single file's data
     never start before the end of its header, byte 352 (NIfTI-2: 544), as the NIfTI-1 standard says of a smaller
-    vox_offset ("equivalent to 352") and niftilib (FSL, AFNI) reads it. nibabel reads 1 to 351 as 352 (with a
-    warning) but 0 as 0, a header written from a nibabel image's own (which holds 0) or by a converter's slip:
-    the header's bytes were the first voxels' values, every later value shifted, in maps fitted without a word."""
+    vox_offset ("equivalent to 352") and niftilib (FSL, AFNI) reads it. nibabel (5.4) refuses 1 to 351 (said in
+    NIfTI's terms: :func:`_nifti_field_fault`) but reads 0 as 0, a header written from a nibabel image's own (which
+    holds 0) or by a converter's slip: the header's bytes were the first voxels' values, every later value shifted,
+    in maps fitted without a word."""
     offset = int(img.dataobj.offset)
     least = 544 if isinstance(img, nib.Nifti2Image) else 352
     if not isinstance(img, nib.Nifti1Image) or offset >= least:  # (a pair's .img holds data alone: any offset)

@@ -1113,6 +1113,11 @@ def test_runs_with_singleton_dimensions_after_the_fourth_are_read_as_4d(tmp_path
         voxfit.load(write_nifti(tmp_path / f"two{suffix}", np.stack([data, data], axis=-1)))
     scans = [write_nifti(tmp_path / f"s{i:02d}{suffix}", data[..., i, None, None]) for i in range(data.shape[-1])]
     npt.assert_array_equal(voxfit.load([str(p) for p in scans]).data, expected)
+    in_memory = nib.Nifti1Image(data[..., None], AFFINE)  # (the same, as a nibabel image the caller made)
+    npt.assert_array_equal(voxfit.load(in_memory).data, expected)
+    npt.assert_array_equal(
+        voxfit.load([nib.Nifti1Image(data[..., i, None, None], AFFINE) for i in range(12)]).data, expected
+    )
 
 
 def test_scaled_integer_cifti_keeps_its_values(tmp_path, rng):

@@ -1466,11 +1466,13 @@ class VolumeImageReader:
             values = np.asanyarray(img.dataobj)  # (an image whose file is gone: read once, scaled by nibabel)
             if values.dtype.kind == "b":
                 values = values.view(np.uint8)
+            what = f"`{name}[{k}]`" if len(images) > 1 else f"`{name}`"
+            if values.ndim > 4:  # (singleton dimensions after the fourth: the 4-D run's values, as from a file)
+                values = values.reshape(values.shape[:3] + tuple(_scan_dimensions(what, values.shape) or [1]))
             shape = values.shape
             if len(images) == 1 and len(shape) == 4:
                 pass
             elif not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
-                what = f"`{name}[{k}]`" if len(images) > 1 else f"`{name}`"
                 need = "a 3-D volume (one scan per image)" if len(images) > 1 else "a 3-D or 4-D volume"
                 raise InputError(f"{what} must be {need}; got an image of shape {shape}.")
             if values.dtype.kind not in "iuf":

@@ -180,7 +180,7 @@ BAD = {
         "'A' appear more than once",
     ),
     "separator ending each line": (
-        lambda s: fit_args(s, "--design", _write(s["dir"] / "tab.tsv", "A\tB\t\n" + "1\t2\t\n" * 12)),
+        lambda s: fit_args(s, "--design", _write(s["dir"] / "tab.tsv", "A\tB\t\t\n" + "1\t2\t\t\n" * 12)),
         r"column 3 has no name in the header line \(a separator at the end of the line\?\); name it, or remove",
     ),
     "unknown column": (lambda s: fit_args(s, contrast=["c=A - Z"]), "unknown column 'Z'"),

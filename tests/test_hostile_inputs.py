@@ -264,6 +264,14 @@ def test_a_gzip_stream_shorter_or_longer_than_the_header_says(study, capsys):
     plain.write_bytes(prefix + data + data[: 2 * scan])
     assert main(["fit", str(plain), "--design", str(study["design"]), "-o", str(study["dir"] / "o-plain")]) == 0
     assert "as many as 2 scan(s)" in capsys.readouterr().err
+    # a run of 3-D scans each with a scan's bytes more: read as nibabel reads them, without a word per scan
+    folder = study["dir"] / "scans"
+    folder.mkdir()
+    for i in range(N_SCANS):
+        one = nib.Nifti1Image(study["data"][..., i], nib.load(study["bold"]).affine)
+        (folder / f"scan{i:02d}.nii").write_bytes(one.to_bytes() + one.dataobj.tobytes())
+    assert main(["fit", str(folder), "--design", str(study["design"]), "-o", str(study["dir"] / "o-scans")]) == 0
+    assert "after the data" not in capsys.readouterr().err
     # a whole stream, then bytes that are no gzip stream (a broken copy; a newline, which ISA-L reports as a stream
     # ended early): named as such, not as a truncated file
     for tail in (b"appended by a broken copy", b"\n"):

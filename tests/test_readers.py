@@ -774,6 +774,20 @@ def test_a_broken_nifti_header_is_said_in_nifti_terms(tmp_path, name, at, value,
     (tmp_path / "ext.nii").write_bytes(bytes(ext))
     with pytest.raises(InputError, match=r"ext\.nii: its first header extension gives its size as 0 bytes"):
         voxfit.load(tmp_path / "ext.nii")
+    # the extension flag of a file whose data start at 352 (no room for one: the first voxel is no size), beside
+    # an unknown datatype, which is what nibabel refused
+    flagged = bytearray(_broken_header(tmp_path / "flag.nii", 70, (999).to_bytes(2, "little")).read_bytes())
+    flagged[348] = 1
+    (tmp_path / "flag.nii").write_bytes(bytes(flagged))
+    with pytest.raises(InputError, match=r"flag\.nii: its datatype code is 999"):
+        voxfit.load(tmp_path / "flag.nii")
+    # no advice on the name of a file that holds no NIfTI header, gzip or not
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    (tmp_path / "words.nii.gz").write_bytes(b"not an image" * 40)
+    for path in ("empty.nii.gz", "words.nii.gz"):
+        with pytest.raises(InputError) as refused:
+            voxfit.load(tmp_path / path)
+        assert "name it" not in str(refused.value)
     # a file compressed otherwise than its name says: the name to give it
     good = _broken_header(tmp_path / "good.nii", 0, b"")
     (tmp_path / "packed.nii").write_bytes(gzip.compress(good.read_bytes()))

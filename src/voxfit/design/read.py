@@ -45,16 +45,16 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
         raise InputError(f"design {path} is empty; it needs a header line of column names and one row per scan.")
     names = [h.strip() for h in rows[0]]
     _check_header(path, names, sep, sep.join(rows[1]) if len(rows) > 1 else "")
+    if "" in names:
+        at = names.index("") + 1
+        where = " (a separator at the end of the line?)" if not any(names[at - 1 :]) else ""
+        raise InputError(
+            f"design {path}: column {at} has no name in the header line{where}; name it, or remove the empty column."
+        )
     dup = repeated(names)
     if dup:
         raise InputError(
             f"design {path}: column names must be unique; {', '.join(map(repr, dup))} appear more than once."
-        )
-    if "" in names:
-        at = names.index("") + 1
-        where = " (a separator at the end of the line?)" if at == len(names) else ""
-        raise InputError(
-            f"design {path}: column {at} has no name in the header line{where}; name it, or remove the empty column."
         )
     body = rows[1:]
     if not body:

@@ -225,10 +225,14 @@ def _misnamed_gzip(path: Path) -> str | None:
     try:
         with open(path, "rb") as fh:
             gzipped = fh.read(2) == b"\x1f\x8b"
-    except OSError:
+        if gzipped == name.endswith(".gz"):
+            return None
+        with open_gzip(path) if gzipped else open(path, "rb") as fh:
+            first = fh.read(4)
+    except Exception:  # noqa: BLE001 (unreadable, or corrupt gzip: no advice on its name)
         return None
-    if gzipped == name.endswith(".gz"):
-        return None
+    if len(first) < 4 or not {int.from_bytes(first, e) for e in ("little", "big")} & {348, 540}:
+        return None  # (no NIfTI header inside, whatever its name: nibabel's words)
     if gzipped:
         return f"it is gzip-compressed but named {path.suffix}; name it {path.name}.gz"
     return f"it is not gzip-compressed but named .gz; name it {path.name[:-3]}"
@@ -253,19 +257,17 @@ def _nifti_fault(path: Path) -> str | None:
     order = {int.from_bytes(head[:4], endian, signed=True): endian for endian in ("little", "big")}.get(348)
     if order is None:  # (NIfTI-2, or no NIfTI at all: nibabel's words stand)
         return None
-    fault = _nifti_field_fault(head, order, single=not name.endswith(".hdr"))
-    if fault is not None:
-        return fault
-    standard, allow = ("NIfTI and Analyze", "allow") if name.endswith(".hdr") else ("NIfTI", "allows")
+    single = not name.endswith(".hdr")
+    if single and head[344:348] not in (b"n+1\0", b"ni1\0"):  # (nibabel's first refusal: it cannot tell the type)
+        return f"its magic string is {bytes(head[344:348])!r}, where a single NIfTI-1 file has b'n+1\\x00'"
+    standard, allow = ("NIfTI", "allows") if single else ("NIfTI and Analyze", "allow")
     dims = int.from_bytes(head[40:42], order, signed=True)
     if not 1 <= dims <= 7:
         return f"its dim[0] (the number of dimensions) is {dims}, where {standard} {allow} 1 to 7"
     code = int.from_bytes(head[70:72], order, signed=True)
     if code not in nib.nifti1.data_type_codes.code:
         return f"its datatype code is {code}, not a data type of {standard}"
-    if name.endswith(".hdr") or head[344:348] in (b"n+1\0", b"ni1\0"):
-        return None
-    return f"its magic string is {bytes(head[344:348])!r}, where a single NIfTI-1 file has b'n+1\\x00'"
+    return _nifti_field_fault(head, order, single)
 
 
 def _nifti_field_fault(head: bytes, order: str, single: bool) -> str | None:
@@ -279,7 +281,7 @@ def _nifti_field_fault(head: bytes, order: str, single: bool) -> str | None:
     offset = float(np.frombuffer(head[108:112], dtype=f"{end}f4")[0])
     if single and head[344:348] == b"n+1\0" and 0 < offset < 352:
         return f"its vox_offset is {offset:g}, inside its 352-byte header, so where its data start is not known"
-    if len(head) >= 360 and head[348] != 0:
+    if single and len(head) >= 360 and head[348] != 0 and offset >= 360:  # (extensions lie between 352 and the data)
         size = int.from_bytes(head[352:356], order, signed=True)
         if size < 8:
             return f"its first header extension gives its size as {size} bytes, where an extension takes at least 8"
@@ -402,9 +404,10 @@ def _scan_dimensions(path, shape) -> list[int]:
             "its scans; split it into 4-D runs (e.g. nibabel's slicer, or fslsplit) and give one."
         )
     if beyond and len(shape) > 4 and int(shape[3]) == 1:
+        afni = ", as AFNI writes them" if int(shape[4]) == beyond[0] else ""
         warnings.warn(
             f"{path}: its shape {tuple(int(n) for n in shape)} keeps its {beyond[0]} scans in a dimension after the "
-            "fourth, as AFNI writes them; read as those scans (FSL would read one volume).",
+            f"fourth{afni}; read as those scans (FSL would read one volume).",
             UserWarning,
             stacklevel=3,
         )
@@ -506,6 +509,7 @@ class NiftiReader:
             n_scans = 1
         else:
             n_scans = beyond[0] if beyond else 1
+        self._run = not allow_3d or n_scans > 1  # (a run of scans: bytes after its data are warned of)
         proxy = img.dataobj
         _check_numeric(self.path, proxy.dtype, img.header)
         self.geometry = VolumeGeometry(tuple(int(s) for s in shape[:3]), img.affine.astype(np.float64), img.header)
@@ -535,13 +539,15 @@ class NiftiReader:
 
     def _check_size(self) -> None:
         """The file holds the data its header promises (an uncompressed one at least as many bytes, a warning where
-        it holds a scan's bytes more; a compressed one no fewer than gzip can expand to them)."""
+        a run holds a scan's bytes more; a compressed one no fewer than gzip can expand to them). A 3-D file (a scan
+        of a run of them, a mask, a map) is read as nibabel reads it, without a word: the advice on a number of
+        scans is not for it, and a run of 400 such scans would repeat it 400 times."""
         need = self._offset + self._data_bytes
         have = self._image_file.stat().st_size
         if not self._compressed and have < need:
             raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
         scan = self.geometry.n_elements * self._file_dtype.itemsize
-        if not self._compressed and have - need >= scan:
+        if not self._compressed and self._run and have - need >= scan:
             warnings.warn(extra_data(self._image_file, have - need, scan), UserWarning, stacklevel=3)
         if self._compressed and need > GZIP_MAX_RATIO * have + GZIP_MARGIN:
             most = GZIP_MAX_RATIO * have + GZIP_MARGIN
@@ -640,9 +646,9 @@ class NiftiReader:
             extra = len(fh.read(1))
             for _ in range(GZIP_DRAIN_CHUNKS if extra else 0):
                 if not (got := len(fh.read(READ_CHUNK))):
-                    return extra_data(path, extra, scan) if extra >= scan else None
+                    return extra_data(path, extra, scan) if extra >= scan and self._run else None
                 extra += got
-            return extra_data(path, extra, scan, at_least=True) if extra else None
+            return extra_data(path, extra, scan, at_least=True) if extra and self._run else None
 
         def failed(exc):  # zlib.error, EOFError, OSError, isal's IsalError...: all mean corrupt data
             return exc if isinstance(exc, InputError) else corrupt_gzip(path, exc)

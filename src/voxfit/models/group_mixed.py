@@ -209,7 +209,7 @@ def by_columns(paired, out):
                 f"free in {where} to decompress them ({size_text(free)} free); free space there, give "
                 "uncompressed maps, or a larger --max-memory."
             )
-        scans = {p: r.geometry.n_elements * r.file_dtype.itemsize for p, r in packed.items()}
+        scans = {p: r.geometry.n_elements * r.file_dtype.itemsize if r.n_scans > 1 else None for p, r in packed.items()}
         plain = {p: _decompress(p, folder / f"{k}.nii", sizes[p], scans[p]) for k, p in enumerate(packed)}
         yield replace(
             paired,
@@ -224,10 +224,11 @@ def by_columns(paired, out):
 _CHUNK = 1 << 20  # bytes decompressed per call: an interruption is seen between calls
 
 
-def _decompress(source: Path, target: Path, size: int, scan: int) -> Path:
+def _decompress(source: Path, target: Path, size: int, scan: int | None) -> Path:
     """The first `size` bytes (header and data) of the gzip file `source` into the new file `target` (created
     exclusively); refused when the stream ends early or is corrupt; a scan's bytes (`scan`) or more after the data
-    are warned of, as the readers do (``voxfit.io.readers.extra_data``)."""
+    of 4-D maps are warned of, as the readers do (``voxfit.io.readers.extra_data``; None: a 3-D map, read as
+    nibabel reads it)."""
     buffer = bytearray(_CHUNK)
     try:
         with open_gzip(source) as src, open(target, "xb") as dst:
@@ -245,7 +246,7 @@ def _decompress(source: Path, target: Path, size: int, scan: int) -> Path:
                     ended = True
                     break
                 extra += got
-            if extra >= scan or (extra and not ended):
+            if scan is not None and (extra >= scan or (extra and not ended)):
                 warnings.warn(extra_data(source, extra, scan, at_least=not ended), UserWarning, stacklevel=2)
     except InputError:
         raise

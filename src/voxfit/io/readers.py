@@ -17,9 +17,9 @@ Sizes in headers are never trusted (hostile or broken files): every reader check
 anything of that size, that its dimensions are positive, that the file can hold what the header promises
 (an uncompressed file by its size; a gzip stream can expand at most ``GZIP_MAX_RATIO`` times, and is checked
 as it is read: it must not end before the header's data do) and that one scan's working arrays fit the memory
-there is (:func:`check_scan_memory`); the data gathered in memory are checked in :mod:`voxfit.io.masking`. A file
+there is (:func:`check_scan_memory`); the data gathered in memory are checked in :mod:`voxfit.io.masking`. A run
 that holds a scan's bytes or more after its data is read as nibabel and FSL read it, with a warning
-(:func:`extra_data`).
+(:func:`extra_data`; a 3-D file without one).
 """
 
 from __future__ import annotations

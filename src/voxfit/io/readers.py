@@ -641,14 +641,9 @@ class NiftiReader:
             _read_into(fh, slab, path, STREAM_CHUNK, offset + start * scan, end)
 
         def finish(fh) -> str | None:
-            """Read on to the stream's end (its trailer's CRC and length checked; a corrupt stream says so there),
-            at most GZIP_DRAIN_CHUNKS more: a scan's bytes or more after the data are warned of, as in a .nii."""
-            extra = len(fh.read(1))
-            for _ in range(GZIP_DRAIN_CHUNKS if extra else 0):
-                if not (got := len(fh.read(READ_CHUNK))):
-                    return extra_data(path, extra, scan) if extra >= scan and self._run else None
-                extra += got
-            return extra_data(path, extra, scan, at_least=True) if extra and self._run else None
+            """A run's scan's bytes or more after the data are warned of, as in a .nii (:func:`read_on`)."""
+            extra, ended = read_on(fh)
+            return extra_data(path, extra, scan, not ended) if self._run and (extra >= scan or not ended) else None
 
         def failed(exc):  # zlib.error, EOFError, OSError, isal's IsalError...: all mean corrupt data
             return exc if isinstance(exc, InputError) else corrupt_gzip(path, exc)
@@ -656,6 +651,18 @@ class NiftiReader:
         slabs = _ramped(self.n_scans, k)
         shape = (min(k, self.n_scans), nel)
         yield from _read_ahead(opened, fill, slabs, shape, self._file_dtype, finish=finish, failed=failed)
+
+
+def read_on(fh) -> tuple[int, bool]:
+    """Read a gzip stream on to its end after the data its header describes, at most GZIP_DRAIN_CHUNKS of
+    READ_CHUNK (a bomb after the data is not read): the trailer's CRC and length are checked there, so a corrupt
+    stream says so. Returns the bytes read and whether the stream ended."""
+    extra = 0
+    for _ in range(GZIP_DRAIN_CHUNKS):
+        if not (got := len(fh.read(READ_CHUNK))):
+            return extra, True
+        extra += got
+    return extra, not fh.read(1)
 
 
 def extra_data(path, extra: int, scan: int, at_least: bool = False) -> str:

@@ -39,7 +39,7 @@ from ..io import (
     statmap_name,
 )
 from ..io._gzip import corrupt_gzip
-from ..io.readers import GZIP_DRAIN_CHUNKS, extra_data
+from ..io.readers import extra_data, read_on
 from ..io.output import signals_held
 
 __all__ = [
@@ -240,13 +240,8 @@ def _decompress(source: Path, target: Path, size: int, scan: int | None) -> Path
                     raise InputError(f"{source}: file is truncated ({said}).")
                 dst.write(memoryview(buffer)[:got])
                 done += got
-            extra, ended = 0, False  # (reading to the end also checks the gzip trailer: CRC and length)
-            for _ in range(GZIP_DRAIN_CHUNKS):  # (as far as the readers read on: a bomb after the data is not read)
-                if not (got := src.readinto(buffer)):
-                    ended = True
-                    break
-                extra += got
-            if scan is not None and (extra >= scan or (extra and not ended)):
+            extra, ended = read_on(src)  # (reading to the end also checks the gzip trailer: CRC and length)
+            if scan is not None and (extra >= scan or not ended):
                 warnings.warn(extra_data(source, extra, scan, at_least=not ended), UserWarning, stacklevel=2)
     except InputError:
         raise

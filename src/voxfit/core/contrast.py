@@ -273,11 +273,13 @@ def f_stats(
     usable: NDArray,
     dof: float,
     scale: NDArray | None = None,
+    f_scale: NDArray | None = None,
 ) -> Stats:
     """An F contrast's Stats from its effects (q, V) and covariance matrices ``scale * covariance`` (V, q, q).
 
     ``F = e' C^+ e / df1`` with ``df1`` the rank of the covariance (redundant rows do no harm); NaN where not
-    `usable` or where the covariance is not finite.
+    `usable` or where the covariance is not finite. `f_scale` (V,) multiplies F before its z (Kenward & Roger's
+    lambda: ``voxfit.core.mixed.kenward_roger_f``), the effects' covariance as it is.
     """
     unscaled = covariance
     if scale is not None:
@@ -295,6 +297,8 @@ def f_stats(
         df1 = int(np.linalg.matrix_rank(covariance[idx[0]], hermitian=True))
     with np.errstate(divide="ignore", invalid="ignore"):
         F = np.where(usable & finite, np.einsum("qv,vqr,rv->v", effect, inv, effect) / max(df1, 1), np.nan)
+    if f_scale is not None:
+        F = F * f_scale
     if np.ndim(dof) > 0:  # a dof per voxel
         dof = np.array(dof, dtype=float)
         with np.errstate(invalid="ignore"):

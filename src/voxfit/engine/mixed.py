@@ -4,7 +4,7 @@ by block on all cores; the estimation is ``voxfit.core.mixed``."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,7 +16,6 @@ from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import DesignFactor, Stats, check_contrast, factorize
 from ..core._kernels import compile_kernels
 from ..core.contrast import f_stats, t_stats
-from ..core.distributions import f_to_z
 from ..core.mixed import MODELS, OK, OUTCOMES, MixedBlock, fit_mixed_block, use_compiled_mixed
 from ..core.mixed_outliers import OutlierBlock, fit_outlier_block
 from ..exceptions import DegreesOfFreedomWarning, DesignWarning, InputError
@@ -506,9 +505,8 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     stats = {}
     for k, (label, w) in enumerate(problem.weights.items()):
         dof = contrast_dof[k] if per_voxel_dof else problem.dof
-        stats[label] = _contrast(label, w, betas, covariance, valid, dof, problem.workers)
-        if problem.dof_kind == "kenward-roger" and stats[label].kind == "F":  # Kenward & Roger's lambda F
-            stats[label] = _scaled_f(stats[label], contrast_scale[k])
+        lam = contrast_scale[k] if problem.dof_kind == "kenward-roger" else None  # (Kenward & Roger's lambda F)
+        stats[label] = _contrast(label, w, betas, covariance, valid, dof, problem.workers, lam)
     for a in (betas, covariance, tau2, outcome, loglik, iterations, valid, probability, prior, spread):
         if a is not None:
             a.setflags(write=False)
@@ -584,21 +582,11 @@ def _fit_sent(block: _Block, effects, variances) -> MixedBlock:
     return block(effects, variances)
 
 
-def _scaled_f(stats: Stats, lam: NDArray) -> Stats:
-    """An F contrast's Stats with F multiplied by Kenward & Roger's lambda (per voxel), z from it; the effects'
-    variances and covariance as they were."""
-    F = stats.stat * lam
-    df1, dof = stats.dof
-    with np.errstate(invalid="ignore"):
-        z = f_to_z(F, int(df1), dof) if df1 > 0 else np.full_like(F, np.nan)
-    for a in (F, z):
-        a.setflags(write=False)
-    return replace(stats, stat=F, z=z)
-
-
-def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid: NDArray, dof, workers: int) -> Stats:
+def _contrast(
+    label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid: NDArray, dof, workers: int, f_scale=None
+) -> Stats:
     """t (one row) or F (several) of the weights `w` from the betas and their per-voxel covariance; z of t on
-    `workers` threads."""
+    `workers` threads; F multiplied by `f_scale` (per voxel) before its z."""
     effect = w @ betas
     q, p = w.shape
     # w Cov_v w' for every voxel as one product over the flattened p x p covariances (einsum's path was ~0.05 s
@@ -611,4 +599,4 @@ def _contrast(label: str, w: NDArray, betas: NDArray, covariance: NDArray, valid
             usable &= dof > 0
         if w.shape[0] == 1:
             return t_stats(label, w, effect[0], cov[:, 0, 0], usable, dof, workers=workers)
-        return f_stats(label, w, effect, cov, usable, dof)
+        return f_stats(label, w, effect, cov, usable, dof, f_scale=f_scale)

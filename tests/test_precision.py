@@ -6,11 +6,14 @@ fit of the same float32 numbers: betas within 2e-5 of (|beta| + se) (worst seen 
 1.1e-5; median 1e-7), residual variances within 1e-5 relative, t within 1e-5 * (1 + |t|).
 """
 
+import warnings
+
 import numpy as np
 import numpy.testing as npt
 import pytest
 
 import voxfit
+from voxfit.core import factorize
 
 from .helpers import assert_betas_close, fmri_like
 
@@ -70,3 +73,67 @@ def test_float32_input_is_not_copied_whole(rng):
     tracemalloc.stop()
     results = fit.betas.nbytes + 3 * fit.residual_variance.nbytes + fit.valid.nbytes
     assert peak - results < 2 * 2**20 + 256 * 2**10, peak - results  # the cap, plus the factorised design
+
+
+@pytest.fixture(scope="module")
+def near_constant():
+    """A design whose third column is the constant to 5e-9 per row (``has_intercept``, not ``exact_intercept``), AR
+    noise of SD 1, and the same noise plus 1e9 times that column: every fit of the second must be the first's (its
+    residuals are the same: what is added lies in the design's span), with the betas moved by 1e9. Before the
+    fits kept the constant's terms, each shifted the data by its level as if the constant were exact: the residual
+    variance came out 98% short, t of 0.20 as 1.02."""
+    rng = np.random.default_rng(7)
+    n, V = 120, 64
+    X = np.column_stack([rng.standard_normal(n), rng.standard_normal(n), 1 + 5e-9 * rng.standard_normal(n)])
+    noise = np.empty((n, V))
+    noise[0] = rng.standard_normal(V)
+    for t in range(1, n):
+        noise[t] = 0.3 * noise[t - 1] + rng.standard_normal(V)
+    low = noise + 100 * X[:, [2]]  # (a level for the automatic mask)
+    return X, low, noise + 1e9 * X[:, [2]]
+
+
+def _close_t(high, low):
+    assert np.abs(high - low).max() <= 1e-5 * np.abs(low).max()
+
+
+def test_a_column_near_the_constant_keeps_the_shifts_terms_in_memory(near_constant):
+    X, low, high = near_constant
+    design = factorize(X)
+    assert design.has_intercept and not design.exact_intercept
+    for compiled in (True, False):
+        a, b = voxfit.fit(X, low, compiled=compiled), voxfit.fit(X, high, compiled=compiled)
+        npt.assert_allclose(b.residual_variance, a.residual_variance, rtol=1e-5)
+        npt.assert_allclose(b.betas[:2], a.betas[:2], atol=1e-5 * np.abs(a.betas[:2]).max())
+        _close_t(b.contrast([1, 0, 0]).t, a.contrast([1, 0, 0]).t)
+        assert np.all(b.r2 <= 1)
+    for order in (1, 2):
+        a, b = (voxfit.fit_ar(X, Y, order, {"a": [1, 0, 0]}) for Y in (low, high))
+        npt.assert_allclose(b.ar, a.ar, atol=1e-6)
+        _close_t(b.contrasts["a"].t, a.contrasts["a"].t)
+
+
+@pytest.mark.parametrize(
+    "noise,mask", [("ols", True), ("ols", False), ("ar1", True), ("ar1", False), ("film", True), ("arma11", True)]
+)
+def test_a_column_near_the_constant_keeps_the_shifts_terms_from_files(near_constant, tmp_path, noise, mask):
+    """The command line's fits from a .nii: from the sums gathered while it is read (OLS, AR(1)), by the streamed
+    automatic mask (checked from sums about the first scan), FILM's and ARMA(1,1)'s."""
+    import nibabel as nib
+
+    from voxfit.cli import main
+
+    X, low, high = near_constant
+    np.savetxt(tmp_path / "design.tsv", X, delimiter="\t", header="A\tB\tC", comments="")
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), tmp_path / "mask.nii")
+    t = []
+    for name, Y in (("low", low), ("high", high)):
+        nib.save(nib.Nifti1Image(Y.T.reshape(4, 4, 4, -1), np.eye(4)), tmp_path / f"{name}.nii")
+        out = tmp_path / f"out-{name}"
+        argv = [str(tmp_path / f"{name}.nii"), "--design", str(tmp_path / "design.tsv"), "--contrast", "a=A"]
+        argv += ["--noise", noise, "--out", str(out)] + (["--mask", str(tmp_path / "mask.nii")] if mask else [])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the design's columns are collinear with the constant: said)
+            assert main(["fit", *argv]) == 0
+        t.append(np.asarray(nib.load(out / "contrast-a_stat-t_statmap.nii.gz").dataobj, dtype=np.float64))
+    _close_t(t[1], t[0])

@@ -260,7 +260,7 @@ class ARBlock:
         iu, il = np.triu_indices(p), np.tril_indices(design.rank)
         pairs = corners + corners.transpose(1, 0, 2, 3) * (np.arange(p)[:, None] != np.arange(p))[:, :, None, None]
         self.lower_terms = np.concatenate([self.G[:, il[0], il[1]], pairs[iu][:, il[0], il[1]]])  # (T, r(r+1)/2)
-        self.ones = Q.T @ np.ones(design.n_scans) if design.has_intercept else None
+        self.ones = Q.T @ np.ones(design.n_scans) if design.exact_intercept else None
         w = np.linspace(0, np.pi, 256)
         self.cosines = np.cos(np.outer(w, np.arange(p + 1))) * np.r_[1.0, 2.0 * np.ones(p)]  # for |A(w)|^2
         if p == 1:  # Q'W'WQ = alpha_0 I + alpha_1 Q'S_1Q + two corner outer products: diagonal in the

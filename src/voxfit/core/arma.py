@@ -584,9 +584,10 @@ def fit_arma_block(
     coef = Q.T @ Y
     E = Y - Q @ coef  # the GLS coordinates of Y are coef plus E's, its RSS and criterion E's
     ols_rss = np.einsum("tv,tv->v", E, E)
-    if design.has_intercept:  # the total sum of squares about the mean
-        coef_centred = coef - np.multiply.outer(Q.T @ np.ones(n), Y.mean(axis=0))
-        tss = ols_rss + np.einsum("kv,kv->v", coef_centred, coef_centred)
+    if design.has_intercept:  # the total sum of squares about the mean (with 1's residual where 1 is near the span)
+        mean, r1 = Y.mean(axis=0), design.ones_residual
+        coef_centred = coef - np.multiply.outer(Q.T @ np.ones(n), mean)
+        tss = ols_rss + np.einsum("kv,kv->v", coef_centred, coef_centred) + mean * (mean * (r1 @ r1) - 2.0 * (r1 @ E))
     else:
         tss = np.einsum("tv,tv->v", Y, Y)
     del Y

@@ -102,7 +102,7 @@ def _operator(design: DesignFactor, dtype: np.dtype) -> NDArray:
     so does the sum of the data, ``1'y = (Q'1)'(Q'y) + ((I - H) 1)'y``.
     """
     rows = [design.basis.T]
-    if not design.has_intercept:
+    if not design.exact_intercept:
         rows.append(design.ones_residual[None, :])
     return np.ascontiguousarray(np.vstack(rows), dtype=dtype)
 
@@ -229,7 +229,10 @@ class BlockFitter:
         """Betas, RSS and TSS of the block from the shifted products, in float64; returns the RSS's scale.
 
         With y = y_c + o (o the offset) and Q the orthonormal basis: betas = [pinv Q, pinv 1] [Q'y_c; o],
-        RSS = ||y_c||^2 - ||Q'y_c||^2, plus terms in o when the constant is not in the span of Q.
+        RSS = ||y_c||^2 - ||Q'y_c||^2, plus terms in o when the constant is not in the span of Q to rounding
+        (:attr:`DesignFactor.exact_intercept`): ``o (2 r'y_c + o r'r)``, r = (I - H) 1. Where the constant is near
+        the span, the RSS's scale is ``(|y_c| + |o| |r|)^2``, not ``|y|^2``: its data are refitted only where the
+        subtraction itself lost digits.
         """
         design = self.design
         n = design.n_scans
@@ -241,13 +244,16 @@ class BlockFitter:
         np.matmul(self.beta_op, aug, out=out.betas)
         np.subtract(ssq, np.einsum("ij,ij->j", coords, coords), out=out.rss)
         sum_c = self.basis_sums @ coords  # 1'y_c, exact when 1 is in the span of Q
-        if design.has_intercept:
+        if design.exact_intercept:
             np.subtract(ssq, sum_c * sum_c / n, out=out.tss)
             return ssq
         r1 = design.ones_residual
         r1y = g[r].astype(np.float64)
         sum_c += r1y
         np.add(out.rss, off * (2.0 * r1y + off * (r1 @ r1)), out=out.rss)
+        if design.has_intercept:  # the constant near the span: its terms are small, and the scale theirs too
+            np.subtract(ssq, sum_c * sum_c / n, out=out.tss)
+            return (np.sqrt(ssq) + np.abs(off) * np.sqrt(r1 @ r1)) ** 2
         np.add(ssq, off * (2.0 * sum_c + n * off), out=out.tss)
         return ssq + n * off * off
 

@@ -147,7 +147,7 @@ class ReadSums(ReadAccumulator):
             self.n_scans += k
             return
         if self.sums is None:
-            self.sums = ScanSums(self.basis(), self.order, V, shift=self.design.has_intercept)
+            self.sums = ScanSums(self.basis(), self.order, V, shift=self.design.exact_intercept)
         self.sums.add(values)
         self.n_scans += k
 

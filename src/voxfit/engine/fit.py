@@ -254,7 +254,7 @@ def _fit_on_device(design, Y, device: str, block: int) -> Fit:
         Yb = np.asarray(Y[:, a : a + step], dtype=np.float64)
         valid = np.isfinite(Yb).all(axis=0)
         Yb = np.where(valid, Yb, 0.0)
-        shift = Yb[0].copy() if design.has_intercept else None  # a shift needs 1 in span(X)
+        shift = Yb[0].copy() if design.exact_intercept else None  # a shift needs 1 in span(X)
         Yd = xp.asarray(np.ascontiguousarray(Yb if shift is None else Yb - shift, dtype=np.float32), **kw)
         c = to_numpy(xp, xp.matmul(Qd, Yd)).astype(np.float64)
         ss = to_numpy(xp, xp.sum(Yd * Yd, axis=0)).astype(np.float64)

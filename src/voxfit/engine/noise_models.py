@@ -143,7 +143,7 @@ def fit_film(
         valid[start : start + ok.size] = ok
         if ok.any():
             Yb = np.asarray(Yb, dtype=np.float64)
-            Yb = Yb - Yb.mean(axis=0) if design.has_intercept else Yb
+            Yb = Yb - Yb.mean(axis=0) if design.exact_intercept else Yb  # (the residuals unchanged)
             lagged[:, start + np.flatnonzero(ok)] = residual_lagged_products(design.basis, Yb, M)
 
     _run_blocks(V, step, n_jobs, first)
@@ -291,7 +291,8 @@ def fit_auto_ar(
         at = start + np.flatnonzero(ok)
         Yf = np.asarray(Yb, dtype=np.float64)
         centred = Yf - Yf.mean(axis=0) if design.has_intercept else Yf
-        chosen = select_ar_order(residual_lagged_products(Q, centred, top), nu, top) if top else np.zeros(at.size, int)
+        shifted = centred if design.exact_intercept else Yf  # (the residuals unchanged)
+        chosen = select_ar_order(residual_lagged_products(Q, shifted, top), nu, top) if top else np.zeros(at.size, int)
         orders[at] = chosen
         white = np.flatnonzero(chosen == 0)
         if white.size:

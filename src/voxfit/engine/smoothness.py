@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from .._array import written_zeros
 from .._dask import run_tasks
 from .._threads import resolve_workers, run_in_threads
+from ..core.design import EXACT_INTERCEPT_RTOL
 from ._reading import ReadAccumulator
 
 if TYPE_CHECKING:  # voxfit.inference.rft imports scipy.stats: loaded when sums are made, not with the engine
@@ -58,12 +59,17 @@ _LOCAL = threading.local()  # each thread's dense buffer, reused from slab to sl
 
 def spans_constant(basis: NDArray, whitening: NDArray | None = None) -> bool:
     """Whether the column space of the orthonormal `basis` (n, r) holds the constant (whitened by `whitening`
-    when given): then shifting a voxel's data by a constant leaves its residuals unchanged."""
+    when given) to rounding (``DesignFactor.exact_intercept``'s bound): then shifting a voxel's data by a constant
+    leaves its residuals unchanged."""
     ones = np.ones(basis.shape[0])
     if whitening is not None:
         ones = whitening @ ones
     scale = max(float(np.linalg.norm(ones)), 1e-300)
-    return bool(np.linalg.norm(ones - basis @ (basis.T @ ones)) <= 1e-8 * scale)
+    return bool(np.linalg.norm(_ones_residual(basis, ones)) <= EXACT_INTERCEPT_RTOL * scale)
+
+
+def _ones_residual(basis: NDArray, ones: NDArray) -> NDArray:
+    return ones - basis @ (basis.T @ ones)
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,7 +232,8 @@ def _residual_sums(S, C, basis, nb, n_maps: int, shift=None) -> NeighbourSums:
     V = S.shape[0]
     q = basis.sum(axis=0)
     shifted = shift is not None and not spans_constant(basis)
-    ones = max(basis.shape[0] - float(q @ q), 0.0) if shifted else 0.0
+    residual = _ones_residual(basis, np.ones(basis.shape[0])) if shifted else None
+    ones = float(residual @ residual) if shifted else 0.0  # (not n - q'q: it cancels where 1 is near the span)
     shift = np.zeros(V) if shift is None else np.ascontiguousarray(shift, dtype=np.float64)
     rss, total, cross = np.empty(V), np.empty(V), np.empty((V, 6))
     C = np.ascontiguousarray(C, dtype=np.float64)

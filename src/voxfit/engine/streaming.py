@@ -234,7 +234,7 @@ def fit_streaming(
         basis = block.lagged_basis
     else:
         block, basis = None, design.basis
-    grid = GridProducts(reader.geometry.shape, design.has_intercept) if smoothness else None
+    grid = GridProducts(reader.geometry.shape, design.exact_intercept) if smoothness else None
     accumulated = _accumulate(
         reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab, grid
     )
@@ -306,7 +306,7 @@ def _accumulate(
     # after the first slab, the candidates' mask checks come from their sums of squares when those are taken
     # about the first scan's values and the data are worked in float32 (the squares cannot overflow); the
     # other voxels are checked scan by scan (none with an explicit mask: only its voxels are kept)
-    by_sums = design.has_intercept and work == 4 and threshold is None and not nonzero
+    by_sums = design.exact_intercept and work == 4 and threshold is None and not nonzero
     rest = None
     # one BLAS thread: the products are small, and another core decompresses
     with blas_single_threaded():
@@ -319,7 +319,7 @@ def _accumulate(
                 if candidates is None:
                     candidates = auto.candidates
                 index = np.flatnonzero(candidates)
-                sums = ScanSums(basis, order, index.size, shift=design.has_intercept)
+                sums = ScanSums(basis, order, index.size, shift=design.exact_intercept)
                 if by_sums:
                     rest = np.flatnonzero(~candidates) if mask is None else np.zeros(0, dtype=int)
             gathered = values if index.size == nel else np.take(values, index, axis=1)
@@ -395,8 +395,8 @@ def _film_autocorrelations(
     if at.size:
         data = np.asarray(_scaled(gather(reader, accumulated.masker.index[at]), reader), dtype=np.float64)
         mean[at] = data.mean(axis=0)
-        centred = data - mean[at] if design.has_intercept else data
-        lagged[:, at] = residual_lagged_products(design.basis, centred, block.order)
+        shifted = data - mean[at] if design.exact_intercept else data  # (the residuals unchanged)
+        lagged[:, at] = residual_lagged_products(design.basis, shifted, block.order)
     valid = np.ones(accumulated.masker.n_voxels, dtype=bool)
     return film_autocorrelations(lagged, valid, film_space(accumulated.masker, mean, mesh, execution))
 

@@ -655,7 +655,7 @@ def _read_fit(rft, mask, scaling: str, model: FirstLevelModel, route: Route, exe
     288), whose ``observe`` the read calls; the sums run on a side thread while the next scans are read, so that only
     the fit's finishing follows the read. Else None."""
     if grid is not None:
-        ols = model.order == 0 and model.factor.has_intercept and not execution.on_device
+        ols = model.order == 0 and model.factor.exact_intercept and not execution.on_device
         return GridFit(grid, model.X, model.names) if ols else None
     if not read_fits(rft is not None, mask, scaling, model.order, route, execution):
         return None

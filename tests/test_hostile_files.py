@@ -334,23 +334,33 @@ def _change(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["written", "replaced", "removed"])
-@pytest.mark.parametrize("command", ["fit", "group"])
+@pytest.mark.parametrize(
+    "command, what", [("fit", "data"), ("fit", "mask"), ("group", "data"), ("group", "mask"), ("group", "variances")]
+)
 def test_an_input_changed_while_the_run_reads_it_is_refused_and_leaves_nothing(
-    study, capsys, monkeypatch, how, command
+    study, capsys, monkeypatch, how, command, what
 ):
     """An input another program writes to, replaces or removes after the run opened it (found as the run is
     recorded: its identity, device, inode, size and modification time, is not what it was): exit 2, one line naming
     it, no output. Its maps could mix old and new data (a .nii overwritten in place while read gave maps of
-    neither), and model.json would describe another file. Unchanged, the same run writes its maps."""
+    neither), and model.json would describe another file. So for the data, an explicit mask and a mixed group's
+    variance maps alike (those two were recorded by name only). Unchanged, the same run writes its maps."""
+    mask = write_nifti(study["dir"] / "mask.nii", np.ones((6, 5, 4), dtype=np.uint8))
     if command == "fit":  # (uncompressed: bytes written in place leave a readable file)
         bold = write_nifti(study["dir"] / "bold.nii", volume_data(np.random.default_rng(0)))
-        argv = fit_args({**study, "bold": bold})
+        argv = fit_args({**study, "bold": bold}, "--mask", mask)
     else:
-        argv = group_args(study, out=study["out"])
+        argv = group_args(study, "--mask", mask, out=study["out"])
         for k, path in enumerate(argv[1:7], start=1):
             argv[k] = path.with_suffix("").with_suffix(".nii")
             nib.save(nib.load(path), argv[k])
-    victim = Path(argv[1] if command == "fit" else argv[3])
+        variances = [study["dir"] / f"sub-{k:02d}_variance.nii" for k in range(6)]
+        for k, path in enumerate(variances):
+            write_nifti(path, np.full((6, 5, 4), 0.5 + k / 10, dtype=np.float32))
+        argv += ["--variances", *variances] if what == "variances" else []
+    victim = {"mask": mask, "variances": study["dir"] / "sub-02_variance.nii"}.get(
+        what, Path(argv[1 if command == "fit" else 3])
+    )
     write_maps, lock, changed = voxfit.io.geometry.save_nifti, threading.Lock(), []
 
     def save_nifti(img, path):  # (the first map written: the data have been read; maps are written on threads)

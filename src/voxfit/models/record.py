@@ -148,9 +148,15 @@ class ModelRecord:
         out.write_json(name, self.as_dict())
 
     def _input_paths(self) -> list[str]:
-        """The paths of the input files recorded (of each run, for runs)."""
+        """The paths of the files the run read, as recorded: its data (of each run, for runs), an explicit mask (a
+        first level's ``mask``, a group's ``settings``), a mixed group's variance and dof maps (its pairing's
+        rows). Names that are no file (``automatic``, an image in memory) were never noted as opened."""
         inputs = list(self.inputs or []) + [i for run in self.runs or [] for i in run.get("inputs") or []]
-        return [i["path"] for i in inputs if isinstance(i, dict) and isinstance(i.get("path"), str)]
+        paths = [i.get("path") for i in inputs if isinstance(i, dict)]
+        paths += [(self.mask or {}).get("source"), self.settings.get("mask")]
+        rows = ((self.settings.get("mixed_effects") or {}).get("pairing") or {}).get("rows") or []
+        paths += [row.get(key) for row in rows if isinstance(row, dict) for key in ("variance_map", "dof_map")]
+        return [p for p in paths if isinstance(p, str)]
 
     @classmethod
     def read(cls, path) -> ModelRecord:

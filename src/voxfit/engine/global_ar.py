@@ -5,8 +5,9 @@ The steps of SPM12's spm_spm / spm_est_non_sphericity, on voxfit's blocks:
 1. OLS fit; SPM's F test of the "effects of interest" (every column except constants and drifts) with its
    degrees of freedom ``trMV`` and ``trRV = n - rank(KX)`` (SPM leaves the high-pass filter's out here);
    voxels above the ``p < 0.001`` threshold are pooled.
-2. ``Cy``: the mean over pooled voxels of ``y y'`` divided by each voxel's residual mean square (the data as
-   they are: not filtered, mean included; ReML projects the design out).
+2. ``Cy``: the mean over pooled voxels of ``y y'`` divided by each voxel's residual mean square (SPM: the data
+   as they are, not filtered, mean included; ReML projects the design out, so voxfit takes the OLS residuals,
+   the same estimate without the cancellation of data far from zero).
 3. ReML weights of SPM's two AR(0.2) components (``voxfit.core.reml``) for the design ``[X, drifts]``;
    V scaled to trace n; ``W = V^-1/2`` with entries below 1e-6 dropped.
 4. The whitened model: SPM filters after whitening (``K W y`` on ``K W X``, K the DCT high-pass), which is
@@ -177,9 +178,14 @@ def fit_global_ar(
             "nothing to pool the autocorrelation over; use --noise ar1 (per voxel) or check the design."
         )
     Cy = np.zeros((n, n))
+    basis = design.basis
     for a in range(0, pooled.size, 4096):
         idx = pooled[a : a + 4096]
-        block = np.asarray(Y[:, idx], dtype=np.float64) * np.sqrt(tr_rv / rss[idx])
+        block = np.asarray(Y[:, idx], dtype=np.float64)
+        # the OLS residuals, not the data: ReML projects the design out (P X = 0), so their Cy gives SPM's
+        # iterations, to rounding, where the data's lose every digit far from zero (t wrong by 1.1 at 1e9 +- 1)
+        block -= basis @ (basis.T @ block)
+        block *= np.sqrt(tr_rv / rss[idx])
         Cy += block @ block.T
     Cy /= pooled.size
     Q = ar_components(n, AR_POINT) if components == "ar" else fast_components(n, float(tr))

@@ -514,3 +514,47 @@ def test_demo_refuses_what_it_cannot_honour(tmp_path, capsys, option, value, mes
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no data left beside the folder
     if option == "--n-jobs" or value == "lots":
         assert time.monotonic() - start < 5  # checked before the synthetic run is made
+
+
+@pytest.mark.parametrize("how", ["chunk rewritten", "chunk removed", "hdf5 rewritten"])
+def test_a_store_changed_while_the_run_reads_it_is_refused(tmp_path, capsys, monkeypatch, how):
+    """A Zarr store (a folder: its files' identities are noted as it is opened) or an HDF5 file written to after
+    the run opened it, before its model.json: exit 2, one line naming it, no output, as for an image file. The
+    same store unchanged is fitted."""
+    from voxfit.models.record import ModelRecord
+
+    if how.startswith("hdf5"):
+        h5py = pytest.importorskip("h5py")
+        store = tmp_path / "maps.h5"
+        with h5py.File(store, "w") as f:
+            f["maps"] = _maps()
+        source = f"{store}::/maps"
+    else:
+        store = _zarr_store(tmp_path / "maps.zarr", _maps(), 3)
+        source = f"{store}::maps"
+    victim = store if how.startswith("hdf5") else _chunk_files(store)[1]
+    record, changed = ModelRecord.write, []
+
+    def write(self, out, *args, **kwargs):  # (another program, once the maps were read)
+        if not changed:
+            stamp = victim.stat().st_mtime_ns
+            if how.endswith("removed"):
+                victim.unlink()
+            else:
+                with open(victim, "r+b") as fh:
+                    fh.seek(-4, os.SEEK_END)
+                    fh.write(b"\x00\x00\x80\x3f")
+                os.utime(victim, ns=(stamp, stamp + 1_000_000))
+            changed.append(how)
+        return record(self, out, *args, **kwargs)
+
+    monkeypatch.setattr(ModelRecord, "write", write)
+    code, err = _group_cli(source, tmp_path / "out", capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{store} was written to, replaced or removed while this run read it" in err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(ModelRecord, "write", record)
+    if how.endswith("removed"):
+        return
+    code, err = _group_cli(source, tmp_path / "out", capsys)
+    assert code == 0, err

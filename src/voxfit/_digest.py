@@ -74,18 +74,41 @@ def file_digest(path, buf: memoryview | None = None) -> str:
 
 def note_opened(path) -> None:
     """Remember a data file's identity (device, inode, size, modification time) as a reader opens it, for
-    :func:`changed_since_opened`."""
-    key, identity = _identity(path)
+    :func:`changed_since_opened`; of a folder (a Zarr store), the identities of the files under it."""
+    key, identity = _opened_identity(path)
     if identity is not None:
         _opened[key] = identity
 
 
 def changed_since_opened(path) -> bool:
     """Whether a file :func:`note_opened` noted is no longer the one it was when last noted: written to in place
-    (its size or modification time), replaced (another inode under its name) or removed. A run's data read from
-    it may then mix old and new bytes, and its digest describe neither."""
-    key, identity = _identity(path)
+    (its size or modification time), replaced (another inode under its name) or removed; for a folder, any file
+    under it so changed, added or removed. A run's data read from it may then mix old and new bytes, and its
+    digest describe neither."""
+    key, identity = _opened_identity(path)
     return key in _opened and identity != _opened[key]
+
+
+def _opened_identity(path) -> tuple[str, tuple | None]:
+    key, identity = _identity(path)
+    if identity is None and os.path.isdir(key):
+        identity = _tree_identity(key)
+    return key, identity
+
+
+def _tree_identity(folder: str) -> tuple:
+    """Each file's (path within `folder`, device, inode, size, modification time), sorted; links as they are
+    (a store's links are refused by its reader). A Zarr store of a few thousand chunks takes milliseconds."""
+    entries = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+            except OSError:  # (removed as it was walked: its absence is the change)
+                continue
+            entries.append((os.path.relpath(path, folder), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(entries))
 
 
 def _identity(path) -> tuple[str, tuple | None]:

@@ -1061,8 +1061,28 @@ def fit_ar_sums(
     AR(1) estimated here takes the compiled kernels (:mod:`voxfit.core._ar_kernels`) when the block says so
     (``ARBlock.compiled``): the same arithmetic per voxel, and the voxels they flag by the numpy path."""
     if block.order == 1 and autocorrelations is None and sums.s.shape[1] and block.compiled:
-        return _fit_ar1_compiled(block, sums, weights, data)
-    return _fit_sums(block, sums, weights, data, autocorrelations)
+        fit = _fit_ar1_compiled(block, sums, weights, data)
+    else:
+        fit = _fit_sums(block, sums, weights, data, autocorrelations)
+    return _centred_tss(block.design, sums, fit, data)
+
+
+def _centred_tss(design, sums: LaggedSums, fit: ARBlockFit, data) -> ARBlockFit:
+    """`fit` with its centred total sum of squares, ``s_0 - total^2 / n``, taken from the data where that
+    subtraction lost more than 5 digits (the voxels flagged where there are no data). Only sums not shifted
+    though the design has an intercept can lose them: its constant near its span, not in it
+    (``DesignFactor.exact_intercept``), for data far from zero (an R^2 of 0.999 or NaN for 0.02 at 1e6)."""
+    if sums.shift is not None or not design.has_intercept:
+        return fit
+    lost = np.flatnonzero(~(fit.tss * REFIT_RATIO[np.dtype(np.float64)] > sums.s[0]))  # (NaN and below 0 too)
+    if not lost.size:
+        return fit
+    if data is None:
+        return dataclasses.replace(fit, flagged=np.union1d(fit.flagged, lost))
+    values = data(lost)
+    centred = values - values.mean(axis=0)
+    fit.tss[lost] = np.einsum("tv,tv->v", centred, centred)
+    return fit
 
 
 def _fit_ar1_compiled(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data) -> ARBlockFit:

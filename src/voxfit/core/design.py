@@ -29,11 +29,11 @@ from ..exceptions import DataTypeError, InputError, RankDeficiencyWarning
 __all__ = ["DesignFactor", "factorize", "as_design_matrix", "orthonormal_basis"]
 
 _NULL_ENTRY_RTOL = 1e-8  # entries of a null vector below this (relative) are not "involved"
-# the constant's distance from the column space, per row (|(I - H) 1| / sqrt(n)): up to _INTERCEPT_RTOL the design
+# the constant's distance from the column space, per row (|(I - H) 1| / sqrt(n)): up to INTERCEPT_RTOL the design
 # has an intercept (R^2 centred); up to EXACT_INTERCEPT_RTOL it is there to rounding (the fits' shifts drop its
 # terms). Designs whose constant is exact come out at 1e-16 to 7e-14 (SPM-like, one-hot, polynomial; 100 to 5,000
 # scans); beyond the bound the terms are kept, exactly, at one more row in the fit's product.
-_INTERCEPT_RTOL = 1e-8
+INTERCEPT_RTOL = 1e-8
 EXACT_INTERCEPT_RTOL = 1e-12
 # Columns are scaled to unit length before the factorisation, but the pseudo-inverse and the covariance of the
 # betas are in the units of the columns: a norm s makes them ~1/s and ~1/s^2. Norms within 1e+-100 keep
@@ -238,7 +238,7 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True, ma
             Qr, sv, rank, pinv, cov_unscaled, null_scaled, basis_pinv = _factor(X, scale, rtol)
     ones_residual = np.ones(n) - Qr @ Qr.sum(axis=0)
     distance = np.linalg.norm(ones_residual) / np.sqrt(n)
-    has_intercept = bool(distance <= _INTERCEPT_RTOL)
+    has_intercept = bool(distance <= INTERCEPT_RTOL)
     if distance <= EXACT_INTERCEPT_RTOL:
         ones_residual = np.zeros(n)
 

@@ -272,12 +272,19 @@ def fit_from_sums(design: DesignFactor, c: NDArray, ss: NDArray, total: NDArray,
     """OLS from per-voxel sums of data shifted by `shift` (v,) (None: not shifted; a shift needs the constant
     in the design): ``c = Q'y`` (r, v), ``ss = sum y^2``, ``total = sum y``. Returns ``(betas, rss, tss)``,
     tss centred when the design has an intercept; rss is clipped at 0. Where ``rss`` is a small part of ``ss``
-    the subtraction has lost digits: callers refit those voxels from their data."""
-    n = design.n_scans
+    the subtraction has lost digits: callers refit those voxels from their data. A constant only near the span
+    (not ``exact_intercept``) leaves the shift in the residuals: `c` then has a row more, ``((I - H) 1)'y``, for
+    its terms (as ``BlockFitter``'s)."""
+    n, r = design.n_scans, design.rank
+    c, r1y = c[:r], (c[r] if c.shape[0] > r else None)
     betas = design.basis_pinv @ c
     if shift is not None:  # (Q'y = c + Q'1 shift: basis_pinv Q'1 is pinv 1)
         betas += np.multiply.outer(design.ones_coef, shift)
-    rss = np.maximum(ss - np.einsum("iv,iv->v", c, c), 0.0)
+    rss = ss - np.einsum("iv,iv->v", c, c)
+    if r1y is not None and shift is not None:
+        r1 = design.ones_residual
+        rss += shift * (2.0 * r1y + shift * (r1 @ r1))
+    rss = np.maximum(rss, 0.0)
     tss = ss - total**2 / n if design.has_intercept else ss
     return betas, rss, tss
 

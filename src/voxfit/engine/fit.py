@@ -247,14 +247,17 @@ def _fit_on_device(design, Y, device: str, block: int) -> Fit:
     xp, dev = device_namespace(device)
     kw = {} if dev is None else {"device": dev}
     V = Y.shape[1]
-    Qd = xp.asarray(np.ascontiguousarray(design.basis.T, dtype=np.float32), **kw)
+    rows = [design.basis.T]
+    if design.has_intercept and not design.exact_intercept:  # the shift's terms (see fit_from_sums)
+        rows.append(design.ones_residual[None, :])
+    Qd = xp.asarray(np.ascontiguousarray(np.vstack(rows), dtype=np.float32), **kw)
     out = empty_result(design.X.shape[1], V)
     step = max(block, 8192)
     for a in range(0, V, step):
         Yb = np.asarray(Y[:, a : a + step], dtype=np.float64)
         valid = np.isfinite(Yb).all(axis=0)
         Yb = np.where(valid, Yb, 0.0)
-        shift = Yb[0].copy() if design.exact_intercept else None  # a shift needs 1 in span(X)
+        shift = Yb[0].copy() if design.has_intercept else None  # (float32 keeps the digits about the first scan)
         Yd = xp.asarray(np.ascontiguousarray(Yb if shift is None else Yb - shift, dtype=np.float32), **kw)
         c = to_numpy(xp, xp.matmul(Qd, Yd)).astype(np.float64)
         ss = to_numpy(xp, xp.sum(Yd * Yd, axis=0)).astype(np.float64)

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from .._array import written_zeros
 from .._dask import run_tasks
 from .._threads import resolve_workers, run_in_threads
-from ..core.design import EXACT_INTERCEPT_RTOL
+from ..core.design import EXACT_INTERCEPT_RTOL, INTERCEPT_RTOL
 from ._reading import ReadAccumulator
 
 if TYPE_CHECKING:  # voxfit.inference.rft imports scipy.stats: loaded when sums are made, not with the engine
@@ -57,15 +57,17 @@ _READY = threading.Event()  # set once warm_kernels has loaded the compiled kern
 _LOCAL = threading.local()  # each thread's dense buffer, reused from slab to slab
 
 
-def spans_constant(basis: NDArray, whitening: NDArray | None = None) -> bool:
+def spans_constant(basis: NDArray, whitening: NDArray | None = None, exact: bool = False) -> bool:
     """Whether the column space of the orthonormal `basis` (n, r) holds the constant (whitened by `whitening`
-    when given) to rounding (``DesignFactor.exact_intercept``'s bound): then shifting a voxel's data by a constant
-    leaves its residuals unchanged."""
+    when given), to 1e-8 per row (``DesignFactor.has_intercept``'s bound: a shift by each voxel's first scan
+    keeps the sums' digits, and changes its residuals by that much at most) or, `exact`, to rounding
+    (``exact_intercept``'s: the shift's terms vanish)."""
     ones = np.ones(basis.shape[0])
     if whitening is not None:
         ones = whitening @ ones
     scale = max(float(np.linalg.norm(ones)), 1e-300)
-    return bool(np.linalg.norm(_ones_residual(basis, ones)) <= EXACT_INTERCEPT_RTOL * scale)
+    bound = EXACT_INTERCEPT_RTOL if exact else INTERCEPT_RTOL
+    return bool(np.linalg.norm(_ones_residual(basis, ones)) <= bound * scale)
 
 
 def _ones_residual(basis: NDArray, ones: NDArray) -> NDArray:
@@ -231,7 +233,7 @@ def _residual_sums(S, C, basis, nb, n_maps: int, shift=None) -> NeighbourSums:
 
     V = S.shape[0]
     q = basis.sum(axis=0)
-    shifted = shift is not None and not spans_constant(basis)
+    shifted = shift is not None and not spans_constant(basis, exact=True)
     residual = _ones_residual(basis, np.ones(basis.shape[0])) if shifted else None
     ones = float(residual @ residual) if shifted else 0.0  # (not n - q'q: it cancels where 1 is near the span)
     shift = np.zeros(V) if shift is None else np.ascontiguousarray(shift, dtype=np.float64)

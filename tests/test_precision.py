@@ -164,3 +164,44 @@ def test_a_column_near_the_constant_keeps_the_shifts_terms_from_files(near_const
     _close_t(t[1], t[0])
     if noise != "ols":  # (the OLS fit's R^2: 0.999 or NaN for 0.02 where the sums' total lost its digits)
         npt.assert_allclose(r2[1], r2[2], atol=1e-6)
+
+
+@pytest.mark.parametrize("route", ["memory", "mask", "streamed"])
+def test_rft_smoothness_of_a_near_constant_design_is_its_noises(tmp_path, route):
+    """RFT's residual smoothness for the near-constant design: the same noise, smooth in space, at 100 and at 1e6
+    (1e9 for the routes that shift by each voxel's first scan and keep the shift's terms: in memory, and the sums
+    read beside a masked run) gives the same FWHM. The streamed route sums such data unshifted (as its fit does),
+    to 1e-3 at 1e6. Before, the in-memory sums dropped the shift's terms (FWHM 5x off at 1e9), and a streamed
+    route that shifted while its fit did not put every FWHM at 1 voxel."""
+    import json
+
+    import nibabel as nib
+    import pandas as pd
+    from scipy.ndimage import gaussian_filter
+
+    from voxfit.inference.rft_fit import check_rft_options
+    from voxfit.models.glm import fit_images
+
+    rng = np.random.default_rng(11)
+    n, shape = 120, (8, 8, 8)
+    noise = np.stack([gaussian_filter(s, 1.5) for s in rng.standard_normal((n, *shape))])
+    design = pd.DataFrame(
+        {"A": rng.standard_normal(n), "B": rng.standard_normal(n), "C": 1 + 5e-9 * rng.standard_normal(n)}
+    )
+    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), np.eye(4)), tmp_path / "mask.nii")
+    options = {"mask": str(tmp_path / "mask.nii")} if route == "mask" else {"mask_threshold": 0}
+    options |= {"streaming": True} if route == "streamed" else {}
+    high = 1e6 if route == "streamed" else 1e9
+
+    def fwhm(level):
+        data = noise / noise.std() + level * design["C"].to_numpy()[:, None, None, None]
+        nib.save(nib.Nifti1Image(np.moveaxis(data, 0, -1), np.eye(4)), tmp_path / "run.nii")
+        out = tmp_path / f"out-{level:g}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit_images(str(tmp_path / "run.nii"), design, {"a": "A"}, out_dir=out, rft=check_rft_options(), **options)
+        return np.array(json.loads((out / "model.json").read_text())["inference"]["smoothness"]["fwhm_voxels"])
+
+    low = fwhm(100.0)
+    assert np.all(low > 2)
+    npt.assert_allclose(fwhm(high), low, rtol=1e-3 if route == "streamed" else 1e-5)

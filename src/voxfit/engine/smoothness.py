@@ -139,15 +139,16 @@ def _slab(shared, z0: int, z1: int):
     lay = problem.layout
     planes = lay.starts.size - 1
     a, own_end = (int(lay.starts[min(z, planes)]) for z in (z0, z1))
-    sums, C = np.zeros((own_end - a, 8)), np.zeros((problem.basis.shape[1], own_end - a))
-    _add_slab(problem, Y, z0, z1, sums, C)
-    return sums, C
+    sums, C, shifts = np.zeros((own_end - a, 8)), np.zeros((problem.basis.shape[1], own_end - a)), np.zeros(own_end - a)
+    _add_slab(problem, Y, z0, z1, sums, C, shifts)
+    return sums, C, shifts
 
 
-def _add_slab(problem: _Problem, Y, z0: int, z1: int, sums, C) -> None:
+def _add_slab(problem: _Problem, Y, z0: int, z1: int, sums, C, shifts=None) -> None:
     """Add the data's sums and projections at the voxels of planes z0 .. z1 - 1 to `sums` (their voxels, 8) and
-    `C` (r, their voxels). The scans are scattered, a chunk at a time, into a dense float64 block of the slab's
-    planes and the next, whose products and projections the kernel adds up."""
+    `C` (r, their voxels), and put the shift each voxel's data were taken about in `shifts` (their voxels; when
+    given). The scans are scattered, a chunk at a time, into a dense float64 block of the slab's planes and the
+    next, whose products and projections the kernel adds up."""
     from ._smoothness_numba import add_neighbour_products, scatter_scans
 
     lay = problem.layout
@@ -163,6 +164,8 @@ def _add_slab(problem: _Problem, Y, z0: int, z1: int, sums, C) -> None:
         shift = np.asarray(block[0, : b - col0], dtype=np.float64)
     else:
         shift = np.zeros(b - col0)
+    if shifts is not None:
+        shifts[:] = shift[a - col0 : own_end - col0]
     if problem.whitening is not None:
         block = problem.whitening @ (np.asarray(block, dtype=np.float64) - shift)
         shift = np.zeros(b - col0)
@@ -200,26 +203,27 @@ def _slabs(layout: _Layout) -> list[tuple[int, int]]:
 
 
 def _data_sums(problem: _Problem, Y, n_jobs: int = 1, scheduler=None):
-    """The data's sums (V, 8) and projections (r, V) over all slabs."""
+    """The data's sums (V, 8), projections (r, V) and each voxel's shift (V,) over all slabs."""
     V, r = problem.layout.pos.size, problem.basis.shape[1]
     if scheduler is not None and getattr(Y, "worker_reads", False):
         parts = run_tasks(scheduler, _slab, (problem, Y), _slabs(problem.layout))
         if not parts:
-            return np.zeros((V, 8)), np.zeros((r, V))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=1)
-    S, C = np.zeros((V, 8)), np.zeros((r, V))
-    _add_data_sums(problem, Y, S, C, n_jobs)
-    return S, C
+            return np.zeros((V, 8)), np.zeros((r, V)), np.zeros(V)
+        sums, projections, shifts = zip(*parts)
+        return np.concatenate(sums), np.concatenate(projections, axis=1), np.concatenate(shifts)
+    S, C, shifts = np.zeros((V, 8)), np.zeros((r, V)), np.zeros(V)
+    _add_data_sums(problem, Y, S, C, n_jobs, shifts)
+    return S, C, shifts
 
 
-def _add_data_sums(problem: _Problem, Y, S, C, n_jobs: int = 1) -> None:
+def _add_data_sums(problem: _Problem, Y, S, C, n_jobs: int = 1, shifts=None) -> None:
     """Add the data's sums over all slabs to `S` (V, 8) and projections to `C` (r, V), on `n_jobs` threads
-    (each slab adds to its own voxels)."""
+    (each slab adds to its own voxels); each voxel's shift put in `shifts` (V,), when given."""
     starts, planes = problem.layout.starts, problem.layout.starts.size - 1
 
     def run(call):
         a, b = (int(starts[min(z, planes)]) for z in call)
-        _add_slab(problem, Y, *call, S[a:b], C[:, a:b])
+        _add_slab(problem, Y, *call, S[a:b], C[:, a:b], None if shifts is None else shifts[a:b])
 
     run_in_threads(run, _slabs(problem.layout), resolve_workers(n_jobs))
 
@@ -255,8 +259,11 @@ def neighbour_sums(Y, basis, mask, *, whitening=None, n_jobs: int | None = 1, sc
     layout = _layout(mask)
     W = None if whitening is None else np.asarray(whitening, dtype=np.float64)
     problem = _Problem(layout, basis, W, spans_constant(basis, W))
-    S, C = _data_sums(problem, Y, n_jobs, scheduler)
-    return _residual_sums(S, C, basis, layout.nb, basis.shape[0])
+    S, C, shifts = _data_sums(problem, Y, n_jobs, scheduler)
+    # a constant near the span, not in it: the shift's terms kept (whitened data are shifted before the whitening,
+    # whose constant's terms these are not: dropped, as they are where the constant is exact)
+    near = problem.shift and W is None and not spans_constant(basis, exact=True)
+    return _residual_sums(S, C, basis, layout.nb, basis.shape[0], shifts if near else None)
 
 
 def warm_kernels(dtype=np.float32) -> None:

@@ -234,7 +234,7 @@ def fit_streaming(
         basis = block.lagged_basis
     else:
         block, basis = None, design.basis
-    grid = GridProducts(reader.geometry.shape, design.has_intercept) if smoothness else None
+    grid = GridProducts(reader.geometry.shape, design.exact_intercept) if smoothness else None  # (as the pass's sums)
     accumulated = _accumulate(
         reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab, grid
     )

@@ -318,13 +318,15 @@ def test_a_run_truncated_while_mapped_leaves_what_a_killed_run_does(tmp_path, ca
 
 
 def _change(path: Path, how: str) -> None:
-    """Another program changes `path`: rewrites bytes in place (its size kept), replaces it by a copy, or removes it."""
-    if how == "written":
+    """Another program changes `path`: rewrites bytes in place (its size kept; its modification time too, set back
+    as ``touch -r`` does), replaces it by a copy, or removes it."""
+    if how.startswith("written"):
         stamp = path.stat().st_mtime_ns
         with open(path, "r+b") as fh:
             fh.seek(-8, os.SEEK_END)
             fh.write(b"\x01" * 8)
-        os.utime(path, ns=(stamp, stamp + 1_000_000))  # (the clock's tick may be coarser than the test)
+        later = stamp if how == "written, time set back" else stamp + 1_000_000  # (as touch -r; the clock's tick)
+        os.utime(path, ns=(stamp, later))
     elif how == "replaced":
         copy = path.with_name("copy-" + path.name)
         copy.write_bytes(path.read_bytes())
@@ -333,7 +335,7 @@ def _change(path: Path, how: str) -> None:
         path.unlink()
 
 
-@pytest.mark.parametrize("how", ["written", "replaced", "removed"])
+@pytest.mark.parametrize("how", ["written", "written, time set back", "replaced", "removed"])
 @pytest.mark.parametrize(
     "command, what", [("fit", "data"), ("fit", "mask"), ("group", "data"), ("group", "mask"), ("group", "variances")]
 )

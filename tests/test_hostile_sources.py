@@ -558,3 +558,13 @@ def test_a_store_changed_while_the_run_reads_it_is_refused(tmp_path, capsys, mon
         return
     code, err = _group_cli(source, tmp_path / "out", capsys)
     assert code == 0, err
+
+
+def test_an_output_folder_inside_the_zarr_store_is_no_change_to_it(tmp_path, capsys):
+    """The store's identity leaves out voxfit's staging folders: a group written into the store it reads (its
+    staging folder made there during the run) is fitted, where it was refused as a store changed while read."""
+    store = _zarr_store(tmp_path / "maps.zarr", _maps(), 3)
+    for out in (store / "out", store / "res" / "g1"):
+        code, err = _group_cli(f"{store}::maps", out, capsys)
+        assert code == 0, err
+        assert (out / "model.json").is_file()

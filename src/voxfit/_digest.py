@@ -82,32 +82,41 @@ def note_opened(path) -> None:
 
 def changed_since_opened(path) -> bool:
     """Whether a file :func:`note_opened` noted is no longer the one it was when last noted: written to in place
-    (its size or modification time), replaced (another inode under its name) or removed; for a folder, any file
-    under it so changed, added or removed. A run's data read from it may then mix old and new bytes, and its
-    digest describe neither."""
+    (its size, modification or change time), replaced (another inode under its name) or removed; for a folder,
+    any file under it so changed, added or removed. A run's data read from it may then mix old and new bytes, and
+    its digest describe neither."""
     key, identity = _opened_identity(path)
     return key in _opened and identity != _opened[key]
 
 
 def _opened_identity(path) -> tuple[str, tuple | None]:
+    """A file's identity and its inode change time, which a write moves whatever the modification time is set
+    back to (``touch -r``); a folder's :func:`_tree_identity`."""
     key, identity = _identity(path)
-    if identity is None and os.path.isdir(key):
-        identity = _tree_identity(key)
-    return key, identity
+    if identity is None:
+        return key, _tree_identity(key) if os.path.isdir(key) else None
+    try:
+        return key, (*identity, os.stat(key).st_ctime_ns)
+    except OSError:
+        return key, None
 
 
 def _tree_identity(folder: str) -> tuple:
-    """Each file's (path within `folder`, device, inode, size, modification time), sorted; links as they are
-    (a store's links are refused by its reader). A Zarr store of a few thousand chunks takes milliseconds."""
+    """Each file's (path within `folder`, device, inode, size, modification and change times), sorted; links as
+    they are (a store's links are refused by its reader); voxfit's own staging folders (``.voxfit-*``: an output
+    folder made inside the store) left out. A Zarr store of a few thousand chunks takes milliseconds."""
     entries = []
-    for root, _, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".voxfit-")]
         for name in files:
             path = os.path.join(root, name)
             try:
                 st = os.lstat(path)
             except OSError:  # (removed as it was walked: its absence is the change)
                 continue
-            entries.append((os.path.relpath(path, folder), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            entries.append(
+                (os.path.relpath(path, folder), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            )
     return tuple(sorted(entries))
 
 

@@ -157,3 +157,28 @@ def test_voxfit_design_writes_the_kinds_that_voxfit_fit_reads(study, capsys, tmp
     assert code == 0 and "no drift column" not in err
     model = json.loads((root / "fromfile" / "model.json").read_text())
     assert model["design"]["kinds"] == list(design.kinds)
+
+
+def test_a_design_files_sidecar_gives_its_repetition_time(study, capsys):
+    """`voxfit design --tr` writes RepetitionTime in the sidecar, and a fit of that file takes it: SPM's FAST
+    (which needs it) fits as it does from the events, where the file was refused, saying to give the sidecar that
+    voxfit wrote. Without the key, the refusal; a sidecar whose RepetitionTime is no number of seconds, one line."""
+    root, design = study
+    events = root / "events.tsv"
+    pd.DataFrame({"onset": np.arange(10, 220, 30.0), "duration": 10.0, "trial_type": "task"}).to_csv(
+        events, sep="\t", index=False
+    )
+    argv = ["design", str(events), "--tr", str(TR), "--n-scans", str(N), "-o", str(root / "d.tsv"), "--quiet"]
+    assert main(argv) == 0
+    assert json.loads((root / "d.json").read_text())["RepetitionTime"] == TR
+    assert _fit(capsys, root, root / "d.tsv", "file", "--noise", "fast")[0] == 0
+    bold = str(root / "bold.nii.gz")
+    from_events = ["fit", bold, "--events", str(events), "--tr", str(TR), "--noise", "fast", "--contrast", "task=task"]
+    assert main([*from_events, "-o", str(root / "events")]) == 0
+    npt.assert_allclose(_t(root / "file"), _t(root / "events"), atol=1e-5)
+    side = json.loads((root / "d.json").read_text())
+    for value, said in ((None, "the design has none"), ("2s", "its RepetitionTime must be a number of seconds")):
+        changed = {k: v for k, v in side.items() if k != "RepetitionTime"}
+        (root / "d.json").write_text(json.dumps(changed if value is None else {**changed, "RepetitionTime": value}))
+        code, err = _fit(capsys, root, root / "d.tsv", f"bad-{value}", "--noise", "fast")
+        assert code == 2 and said in err and err.count("\n") == 1, err

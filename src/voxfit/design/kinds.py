@@ -54,6 +54,24 @@ def write_sidecar(path, names, kinds, tr: float | None = None) -> None:
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
 
 
+def sidecar_tr(path) -> float | None:
+    """The repetition time in seconds that voxfit's sidecar of a design file gives (``RepetitionTime``, as
+    :func:`write_sidecar` writes it for ``voxfit design --tr``), else None: no sidecar, another JSON, no such key."""
+    side = sidecar_path(path)
+    if Path(path).suffix.lower() == ".json" or not side.is_file():
+        return None
+    try:
+        record = json.loads(side.read_text())
+    except (OSError, ValueError, RecursionError):  # (said where the kinds are read)
+        return None
+    tr = record.get("RepetitionTime") if isinstance(record, dict) and "columns" in record else None
+    if tr is None:
+        return None
+    if isinstance(tr, bool) or not isinstance(tr, (int, float)) or not 1e-3 <= tr <= 1e4:
+        raise InputError(f"{side}: its RepetitionTime must be a number of seconds from 0.001 to 10000; got {tr!r}.")
+    return float(tr)
+
+
 def _read_sidecar(path: Path, names) -> list[str] | None:
     side = sidecar_path(path)
     if path.suffix.lower() == ".json" or not side.is_file():

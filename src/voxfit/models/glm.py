@@ -23,7 +23,7 @@ from .._threads import GRACE_S, DaemonExecutor, even_spans, resolve_workers, run
 from .._version import __version__
 from ..core import Fit, Stats, as_design_matrix, check_contrast, factorize, t_to_z
 from ..design import read_design, write_design
-from ..design.kinds import column_kinds, write_sidecar
+from ..design.kinds import column_kinds, sidecar_tr, write_sidecar
 from ..engine import fit_ar, fit_global_ar
 from ..engine import fit as fit_engine
 from ..engine.fit import GridFit, ReadFit
@@ -756,6 +756,8 @@ def scale_data(data, how: str, scan_globals=None) -> np.ndarray:
 def _tr(design) -> float | None:
     """The repetition time a design carries (events designs and design files with a sidecar), else None."""
     tr = getattr(design, "tr", None)
+    if tr is None and isinstance(design, (str, os.PathLike)):
+        return sidecar_tr(design)
     return float(tr) if tr is not None else None
 
 

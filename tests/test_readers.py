@@ -761,8 +761,7 @@ def _broken_header(path: Path, at: int, value: bytes, cut: int | None = None) ->
         ("code.nii.gz", 70, (999).to_bytes(2, "little"), None, r"its datatype code is 999, not a data type of NIfTI"),
         ("magic.nii", 344, b"xx1\0", None, r"its magic string is b'xx1\\x00', where a single NIfTI-1 file has"),
         ("short.nii.gz", 0, b"", 100, r"it holds 100 bytes once decompressed, fewer than a NIfTI header's 348"),
-        ("inter.nii", 112, np.array([2.0, np.nan], "<f4").tobytes(), None, r"its scl_inter is nan beside scl_slope 2"),
-        ("offset.nii", 108, np.array([100.0], "<f4").tobytes(), None, r"its vox_offset is 100, inside its 352-byte"),
+        ("offset.nii", 108, np.array([100.0], "<f4").tobytes(), 400, r"its vox_offset is 100, inside its 352-byte"),
     ],
 )
 def test_a_broken_nifti_header_is_said_in_nifti_terms(tmp_path, name, at, value, cut, message):
@@ -804,6 +803,40 @@ def test_a_broken_nifti_header_is_said_in_nifti_terms(tmp_path, name, at, value,
     for path in (tmp_path / "text.nii", tmp_path / "empty.nii"):
         with pytest.raises(InputError, match="not a readable image"):
             voxfit.load(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_headers_nibabel_refuses_but_niftilib_reads_are_read_as_niftilib_does(tmp_path, suffix):
+    """A single file's vox_offset of 1 to 351, and a NaN scl_inter beside a finite scl_slope: nibabel refuses the
+    header, FSL and AFNI (niftilib: vox_offset at least 352, FIXED_FLOAT) read the data from byte 352 with an
+    intercept of 0. So does voxfit, with a warning: the values are those of the file written right. Such a field
+    beside another fault (dim[0] 9) is refused naming that one, and a file too short for its data to start at 352
+    is refused naming its vox_offset (the case above)."""
+    data = np.arange(2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3) + 0.5
+    right = tmp_path / f"right{suffix}"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), right)
+    raw = right.read_bytes()
+    raw = bytearray(gzip.decompress(raw) if suffix.endswith(".gz") else raw)
+
+    def broken(name, *fields):
+        edited = bytearray(raw)
+        for at, value in fields:
+            edited[at : at + len(value)] = value
+        path = tmp_path / f"{name}{suffix}"
+        path.write_bytes(gzip.compress(bytes(edited)) if suffix.endswith(".gz") else bytes(edited))
+        return path
+
+    offset, inter = (108, np.array([100.0], "<f4").tobytes()), (112, np.array([2.0, np.nan], "<f4").tobytes())
+    for path, read_as, values in (
+        (broken("offset", offset), r"read its vox_offset 100 as 352", data),
+        (broken("inter", inter), r"read its scl_inter nan as 0", 2 * data),
+        (broken("both", offset, inter), r"read its vox_offset 100 as 352 and its scl_inter nan as 0", 2 * data),
+    ):
+        with pytest.warns(UserWarning, match=rf"{path.name}: {read_as}, as FSL and AFNI \(niftilib\) read it"):
+            loaded = voxfit.load(path, mask=np.ones((2, 2, 2), bool))
+        npt.assert_array_equal(loaded.data, values.reshape(8, 3, order="F").T)
+    with pytest.raises(InputError, match=r"its dim\[0\] \(the number of dimensions\) is 9"):
+        voxfit.load(broken("dims", offset, (40, (9).to_bytes(2, "little"))))
 
 
 def test_a_gzip_fault_is_told_apart_by_a_second_pass(tmp_path):

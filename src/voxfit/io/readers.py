@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import mmap
 import os
 import queue
@@ -200,7 +201,48 @@ def _load(path: Path):
             raise InputError.from_os_error(exc, path) from None
         raise _unreadable(path, exc) from None
     except Exception as exc:  # nibabel raises many types for unreadable files
-        raise _unreadable(path, exc) from None
+        img = _as_niftilib_reads(path) if isinstance(exc, nib.spatialimages.HeaderDataError) else None
+        if img is None:
+            raise _unreadable(path, exc) from None
+        return img
+
+
+def _as_niftilib_reads(path: Path):
+    """A single-file NIfTI-1 whose header nibabel refuses but niftilib (FSL, AFNI) reads, loaded as niftilib reads
+    it, with a warning: a vox_offset of 1 to 351 as 352 (a single file's data never start inside its header; 0 is
+    :func:`_data_offset`'s), a non-finite scl_inter beside a finite, non-zero scl_slope as 0 (niftilib's
+    FIXED_FLOAT). None for any other file, or a header with other faults (named by :func:`_unreadable`)."""
+    try:
+        with open_gzip(path) if path.name.lower().endswith(".gz") else open(path, "rb") as fh:
+            header = nib.Nifti1Header.from_fileobj(fh, check=False)
+    except Exception:  # noqa: BLE001 (not a NIfTI-1 header nibabel can parse at all: refused as it is)
+        return None
+    if header["magic"].item() != b"n+1":
+        return None
+    read_as = []
+    offset, slope, inter = (float(header[key]) for key in ("vox_offset", "scl_slope", "scl_inter"))
+    if 0 < offset < 352:
+        header["vox_offset"] = 352
+        read_as.append(f"its vox_offset {offset:g} as 352")
+    if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
+        header["scl_inter"] = 0.0
+        read_as.append(f"its scl_inter {inter} as 0")
+    try:
+        checked = nib.Nifti1Header.from_fileobj(io.BytesIO(header.binaryblock + b"\0" * 4), check=True)
+    except Exception:  # noqa: BLE001 (another fault as well)
+        return None
+    data_bytes = int(np.prod(checked.get_data_shape())) * checked.get_data_dtype().itemsize
+    if not read_as or (not path.name.lower().endswith(".gz") and path.stat().st_size < 352 + data_bytes):
+        return None  # (data too short to start at 352: where they start is not known)
+    img = nib.Nifti1Image(nib.arrayproxy.ArrayProxy(str(path), checked), checked.get_best_affine(), checked)
+    img.set_filename(str(path))
+    warnings.warn(
+        f"{path}: read {' and '.join(read_as)}, as FSL and AFNI (niftilib) read it, where nibabel refuses the "
+        "header; write the file again from its source to be sure of its data.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return img
 
 
 def _unreadable(path: Path, exc: Exception) -> InputError:
@@ -465,10 +507,10 @@ def _check_orientation(where: str, img) -> None:
 def _data_offset(path: Path, img) -> int:
     """Where a NIfTI image's data begin in its file: at its header's vox_offset, except that a single file's data
     never start before the end of its header, byte 352 (NIfTI-2: 544), as the NIfTI-1 standard says of a smaller
-    vox_offset ("equivalent to 352") and niftilib (FSL, AFNI) reads it. nibabel (5.4) refuses 1 to 351 (said in
-    NIfTI's terms: :func:`_nifti_field_fault`) but reads 0 as 0, a header written from a nibabel image's own (which
-    holds 0) or by a converter's slip: the header's bytes were the first voxels' values, every later value shifted,
-    in maps fitted without a word."""
+    vox_offset ("equivalent to 352") and niftilib (FSL, AFNI) reads it. nibabel (5.4) refuses 1 to 351 (read as
+    niftilib reads them by :func:`_as_niftilib_reads`) but reads 0 as 0, a header written from a nibabel image's
+    own (which holds 0) or by a converter's slip: the header's bytes were the first voxels' values, every later
+    value shifted, in maps fitted without a word."""
     offset = int(img.dataobj.offset)
     least = 544 if isinstance(img, nib.Nifti2Image) else 352
     if not isinstance(img, nib.Nifti1Image) or offset >= least:  # (a pair's .img holds data alone: any offset)

@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -808,10 +809,12 @@ def test_a_broken_nifti_header_is_said_in_nifti_terms(tmp_path, name, at, value,
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_headers_nibabel_refuses_but_niftilib_reads_are_read_as_niftilib_does(tmp_path, suffix):
     """A single file's vox_offset of 1 to 351, and a NaN scl_inter beside a finite scl_slope: nibabel refuses the
-    header, FSL and AFNI (niftilib: vox_offset at least 352, FIXED_FLOAT) read the data from byte 352 with an
-    intercept of 0. So does voxfit, with a warning: the values are those of the file written right. Such a field
-    beside another fault (dim[0] 9) is refused naming that one, and a file too short for its data to start at 352
-    is refused naming its vox_offset (the case above)."""
+    header. voxfit reads the data from byte 352, as the NIfTI-1 standard says (niftilib starts at 348, 4 bytes
+    early here), with an intercept of 0, as FSL and AFNI (niftilib's FIXED_FLOAT) do, with one warning: the values
+    are those of the file written right. Such a field beside another fault (dim[0] 9) is refused naming that one;
+    a file too short for its data to start at 352 naming its vox_offset, as is an extension flag's file (no
+    extension read: nibabel's reading of one to the end of the file failed), .hdr named single files are left to
+    nibabel."""
     data = np.arange(2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3) + 0.5
     right = tmp_path / f"right{suffix}"
     nib.save(nib.Nifti1Image(data, np.eye(4)), right)
@@ -827,16 +830,29 @@ def test_headers_nibabel_refuses_but_niftilib_reads_are_read_as_niftilib_does(tm
         return path
 
     offset, inter = (108, np.array([100.0], "<f4").tobytes()), (112, np.array([2.0, np.nan], "<f4").tobytes())
+    standard, niftilib = "as 352, as the NIfTI-1 standard says of a single file", "as 0, as FSL and AFNI \\(niftilib\\)"
+    zero, flag = (108, np.zeros(1, "<f4").tobytes()), (348, b"\1")
     for path, read_as, values in (
-        (broken("offset", offset), r"read its vox_offset 100 as 352", data),
-        (broken("inter", inter), r"read its scl_inter nan as 0", 2 * data),
-        (broken("both", offset, inter), r"read its vox_offset 100 as 352 and its scl_inter nan as 0", 2 * data),
+        (broken("offset", offset), rf"vox_offset 100 {standard}, where nibabel", data),
+        (broken("flagged", offset, flag), rf"vox_offset 100 {standard}, where nibabel", data),
+        (broken("inter", inter), rf"scl_inter nan {niftilib}", 2 * data),
+        (broken("both", offset, inter), rf"vox_offset 100 {standard} and its scl_inter nan {niftilib}", 2 * data),
+        (broken("zero", zero, inter), rf"vox_offset 0 {standard} and its scl_inter nan {niftilib}", 2 * data),
     ):
-        with pytest.warns(UserWarning, match=rf"{path.name}: {read_as}, as FSL and AFNI \(niftilib\) read it"):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
             loaded = voxfit.load(path, mask=np.ones((2, 2, 2), bool))
+        assert len(said) == 1 and re.search(rf"{path.name}: read its {read_as}", str(said[0].message)), said
         npt.assert_array_equal(loaded.data, values.reshape(8, 3, order="F").T)
     with pytest.raises(InputError, match=r"its dim\[0\] \(the number of dimensions\) is 9"):
         voxfit.load(broken("dims", offset, (40, (9).to_bytes(2, "little"))))
+    if suffix == ".nii":  # (data right after a 348-byte header: too short to start at 352)
+        (tmp_path / "early.nii").write_bytes(bytes(broken("early", offset).read_bytes()[:-4]))
+        with pytest.raises(InputError, match=r"early\.nii: its vox_offset is 100, inside its 352-byte header, and"):
+            voxfit.load(tmp_path / "early.nii")
+        (tmp_path / "single.hdr").write_bytes(broken("named", offset).read_bytes())
+        with pytest.raises(InputError, match=r"single\.hdr: "):
+            voxfit.load(tmp_path / "single.hdr")
 
 
 def test_a_gzip_fault_is_told_apart_by_a_second_pass(tmp_path):

@@ -201,44 +201,56 @@ def _load(path: Path):
             raise InputError.from_os_error(exc, path) from None
         raise _unreadable(path, exc) from None
     except Exception as exc:  # nibabel raises many types for unreadable files
-        img = _as_niftilib_reads(path) if isinstance(exc, nib.spatialimages.HeaderDataError) else None
+        img = _as_niftilib_reads(path, exc) if isinstance(exc, nib.spatialimages.HeaderDataError) else None
         if img is None:
             raise _unreadable(path, exc) from None
         return img
 
 
-def _as_niftilib_reads(path: Path):
-    """A single-file NIfTI-1 whose header nibabel refuses but niftilib (FSL, AFNI) reads, loaded as niftilib reads
-    it, with a warning: a vox_offset of 1 to 351 as 352 (a single file's data never start inside its header; 0 is
-    :func:`_data_offset`'s), a non-finite scl_inter beside a finite, non-zero scl_slope as 0 (niftilib's
-    FIXED_FLOAT). None for any other file, or a header with other faults (named by :func:`_unreadable`)."""
+def _as_niftilib_reads(path: Path, exc: Exception):
+    """A single .nii or .nii.gz (NIfTI-1) whose header nibabel refuses, read as the standard or niftilib reads it,
+    with one warning: a vox_offset below 352 as 352, as the NIfTI-1 standard says of a single file (niftilib,
+    FSL's and AFNI's reader, starts at 348, the header's own size: 4 bytes early for a file written with its data
+    at 352); a non-finite scl_inter beside a finite, non-zero scl_slope as 0, as niftilib reads it (FIXED_FLOAT).
+    A file too short for its data to start at 352 is refused naming its vox_offset; None for any other file, or a
+    header with other faults (named by :func:`_unreadable`)."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
     try:
-        with open_gzip(path) if path.name.lower().endswith(".gz") else open(path, "rb") as fh:
-            header = nib.Nifti1Header.from_fileobj(fh, check=False)
+        with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
+            header = nib.Nifti1Header(fh.read(348), check=False)  # (the header alone: no extensions read)
     except Exception:  # noqa: BLE001 (not a NIfTI-1 header nibabel can parse at all: refused as it is)
         return None
     if header["magic"].item() != b"n+1":
         return None
     read_as = []
     offset, slope, inter = (float(header[key]) for key in ("vox_offset", "scl_slope", "scl_inter"))
-    if 0 < offset < 352:
+    if 0 <= offset < 352:
         header["vox_offset"] = 352
-        read_as.append(f"its vox_offset {offset:g} as 352")
+        read_as.append(f"its vox_offset {offset:g} as 352, as the NIfTI-1 standard says of a single file")
     if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
         header["scl_inter"] = 0.0
-        read_as.append(f"its scl_inter {inter} as 0")
+        read_as.append(f"its scl_inter {inter} as 0, as FSL and AFNI (niftilib) read it")
     try:
         checked = nib.Nifti1Header.from_fileobj(io.BytesIO(header.binaryblock + b"\0" * 4), check=True)
     except Exception:  # noqa: BLE001 (another fault as well)
         return None
+    if not read_as or len(read_as) == 1 and offset == 0:  # (0 alone: nibabel reads it, _data_offset moves it)
+        return None
     data_bytes = int(np.prod(checked.get_data_shape())) * checked.get_data_dtype().itemsize
-    if not read_as or (not path.name.lower().endswith(".gz") and path.stat().st_size < 352 + data_bytes):
-        return None  # (data too short to start at 352: where they start is not known)
+    size = None if name.endswith(".gz") else path.stat().st_size
+    if offset < 352 and size is not None and size < 352 + data_bytes:
+        raise InputError(
+            f"{path}: its vox_offset is {offset:g}, inside its 352-byte header, and its {size:,} bytes are too few "
+            f"for its {data_bytes:,} bytes of data to start at 352, so where they start is not known: the header is "
+            f"broken; write the file again from its source (nibabel: {type(exc).__name__}: {exc})."
+        )
     img = nib.Nifti1Image(nib.arrayproxy.ArrayProxy(str(path), checked), checked.get_best_affine(), checked)
     img.set_filename(str(path))
     warnings.warn(
-        f"{path}: read {' and '.join(read_as)}, as FSL and AFNI (niftilib) read it, where nibabel refuses the "
-        "header; write the file again from its source to be sure of its data.",
+        f"{path}: read {' and '.join(read_as)}, where nibabel refuses the header; write the file again from its "
+        "source to be sure of its data.",
         UserWarning,
         stacklevel=4,
     )
@@ -313,9 +325,10 @@ def _nifti_fault(path: Path) -> str | None:
 
 
 def _nifti_field_fault(head: bytes, order: str, single: bool) -> str | None:
-    """A NIfTI-1 header's scaling, data offset and first extension, where nibabel refuses them: a finite slope with
-    a non-finite intercept, a single file's vox_offset inside its header (FSL reads 1-351 as 352; nibabel refuses
-    them), an extension of fewer than 8 bytes."""
+    """A NIfTI-1 header's scaling, data offset and first extension, where nibabel refuses them and they were not
+    read as the standard or niftilib reads them (:func:`_as_niftilib_reads`; a pair's, or beside another fault): a
+    finite slope with a non-finite intercept, a single file's vox_offset inside its header, an extension of fewer
+    than 8 bytes."""
     end = ">" if order == "big" else "<"
     slope, inter = np.frombuffer(head[112:120], dtype=f"{end}f4")
     if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
@@ -507,10 +520,10 @@ def _check_orientation(where: str, img) -> None:
 def _data_offset(path: Path, img) -> int:
     """Where a NIfTI image's data begin in its file: at its header's vox_offset, except that a single file's data
     never start before the end of its header, byte 352 (NIfTI-2: 544), as the NIfTI-1 standard says of a smaller
-    vox_offset ("equivalent to 352") and niftilib (FSL, AFNI) reads it. nibabel (5.4) refuses 1 to 351 (read as
-    niftilib reads them by :func:`_as_niftilib_reads`) but reads 0 as 0, a header written from a nibabel image's
-    own (which holds 0) or by a converter's slip: the header's bytes were the first voxels' values, every later
-    value shifted, in maps fitted without a word."""
+    vox_offset ("equivalent to 352"; niftilib, FSL's and AFNI's reader, starts at 348). nibabel (5.4) refuses 1 to
+    351 (read as the standard says by :func:`_as_niftilib_reads`) but reads 0 as 0, a header written from a
+    nibabel image's own (which holds 0) or by a converter's slip: the header's bytes were the first voxels'
+    values, every later value shifted, in maps fitted without a word."""
     offset = int(img.dataobj.offset)
     least = 544 if isinstance(img, nib.Nifti2Image) else 352
     if not isinstance(img, nib.Nifti1Image) or offset >= least:  # (a pair's .img holds data alone: any offset)

@@ -392,7 +392,7 @@ def test_a_single_file_nifti_whose_vox_offset_is_in_its_header_is_read_from_its_
     """vox_offset 0 in a single-file NIfTI (a header written from a nibabel image's own, which holds 0, or a
     converter's slip), the data after the header: nibabel reads from byte 0, and the header's bytes were the first
     voxels' values, every value shifted, in maps fitted without a word. Read from the header's end (352; NIfTI-2:
-    544), as the NIfTI-1 standard says of a smaller offset and niftilib does, with a warning: the maps of the
+    544), as the NIfTI-1 standard says of a smaller offset (niftilib starts at 348), with a warning: the maps of the
     file as nibabel writes it, from the command line and from the image loaded by nibabel. A NIfTI pair's .img,
     which holds data alone, starts at 0."""
     data = volume_data(np.random.default_rng(0))

@@ -222,7 +222,7 @@ def test_a_folder_of_record_version_1_shows_its_sha256s(volume_run, tmp_path):
     assert "<th>blake3</th>" in (volume_run / "report.html").read_text()
 
 
-def test_background_and_threshold_options(volume_run, tmp_path):
+def test_background_and_threshold_options(volume_run, tmp_path, capsys):
     t1 = np.zeros((20, 18, 16), dtype=np.float32)
     t1[2:18, 2:16, 2:14] = 500.0
     fine = AFFINE.copy()
@@ -246,6 +246,15 @@ def test_background_and_threshold_options(volume_run, tmp_path):
     )
     page = _check_page(folder / "report.html", "orthogonal slices")
     assert "t1.nii.gz, resampled" in page and "p &lt; 0.05 uncorrected" in page
+    # a background whose header nibabel refuses (vox_offset 100) is read as the fits read it, with one warning
+    nib.save(nib.Nifti1Image(t1, fine), tmp_path / "t1.nii")
+    raw = bytearray((tmp_path / "t1.nii").read_bytes())
+    raw[108:112] = np.array([100.0], "<f4").tobytes()
+    (tmp_path / "t1.nii").write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["report", str(folder), "--background", str(tmp_path / "t1.nii"), "--force"]) == 0
+    assert capsys.readouterr().err.count("t1.nii: read its vox_offset 100 as 352") == 1
+    assert "t1.nii, resampled" in _check_page(folder / "report.html", "orthogonal slices")
 
 
 def test_nothing_to_show(volume_run, tmp_path):

@@ -189,8 +189,9 @@ def header_scan_step(reader) -> float | None:
     return step if step > 0 else None
 
 
-def _load(path: Path):
-    """nibabel's image object for `path`, with its errors turned into one-line InputErrors."""
+def load_image(path: Path):
+    """nibabel's image object for `path`, with its errors turned into one-line InputErrors, and the headers
+    nibabel refuses that the standard or niftilib reads read so (:func:`_as_niftilib_reads`)."""
     if not path.exists():
         raise InputError(f"{path}: no such file.")
     check_readable(path)
@@ -544,7 +545,7 @@ class NiftiReader:
 
     def __init__(self, path, allow_3d: bool = False):
         self.path = Path(path)
-        img = _load(self.path)
+        img = load_image(self.path)
         if not isinstance(img, nib.analyze.AnalyzeImage) or isinstance(img, nib.Cifti2Image):
             cifti = isinstance(img, nib.Cifti2Image)
             raise InputError(
@@ -1021,7 +1022,7 @@ class GiftiReader(_RowsReader):
             in_memory = isinstance(p, nib.gifti.GiftiImage)
             if not in_memory:
                 _check_gifti_sizes(Path(p))
-            img = p if in_memory else _load(Path(p))
+            img = p if in_memory else load_image(Path(p))
             p = "in-memory GiftiImage" if in_memory else Path(p)
             if not isinstance(img, nib.gifti.GiftiImage):
                 raise InputError(f"{p}: not a GIFTI image.")
@@ -1241,7 +1242,7 @@ class CiftiReader:
         self._imgs, self.paths, models, memory = [], [], None, []
         for p in paths:
             in_memory = isinstance(p, nib.Cifti2Image)
-            img = p if in_memory else _stored_cifti(Path(p)) or _load(Path(p))
+            img = p if in_memory else _stored_cifti(Path(p)) or load_image(Path(p))
             p = "in-memory Cifti2Image" if in_memory else Path(p)
             if not isinstance(img, (nib.Cifti2Image, _StoredCifti)):
                 raise InputError(f"{p}: not a CIFTI-2 image.")

@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import html
 import shlex
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -157,15 +158,19 @@ class _Volume:
         import nibabel as nib
         from nibabel.processing import resample_from_to
 
-        if str(path).lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz")):
-            from ..io.readers import open_map
+        nifti = str(path).lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz"))
+        if nifti:
+            from ..io.readers import load_image, open_map
 
             try:  # its header's sizes checked against the file and memory before nibabel reads it
                 open_map(path)
+                with warnings.catch_warnings():  # (said as the reader opened it)
+                    warnings.simplefilter("ignore")
+                    img = load_image(Path(path))  # (as the fits read it, headers that nibabel refuses included)
             except InputError as exc:
                 raise InputError(f"background image {exc}") from None
         try:
-            img = nib.load(str(path))
+            img = img if nifti else nib.load(str(path))
             img = img.slicer[..., 0] if img.ndim == 4 else img
             data = np.asarray(resample_from_to(img, (self.shape, self.affine), order=1).dataobj)
         except Exception as exc:  # noqa: BLE001  (nibabel raises many types for unreadable images)

@@ -807,7 +807,7 @@ def test_a_broken_nifti_header_is_said_in_nifti_terms(tmp_path, name, at, value,
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
-def test_headers_nibabel_refuses_but_niftilib_reads_are_read_as_niftilib_does(tmp_path, suffix):
+def test_headers_nibabel_refuses_are_read_as_the_standard_and_niftilib_read_them(tmp_path, suffix):
     """A single file's vox_offset of 1 to 351, and a NaN scl_inter beside a finite scl_slope: nibabel refuses the
     header. voxfit reads the data from byte 352, as the NIfTI-1 standard says (niftilib starts at 348, 4 bytes
     early here), with an intercept of 0, as FSL and AFNI (niftilib's FIXED_FLOAT) do, with one warning: the values

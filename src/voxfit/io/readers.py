@@ -190,8 +190,9 @@ def header_scan_step(reader) -> float | None:
 
 
 def load_image(path: Path):
-    """nibabel's image object for `path`, with its errors turned into one-line InputErrors, and the headers
-    nibabel refuses that the standard or niftilib reads read so (:func:`_as_niftilib_reads`)."""
+    """nibabel's image object for `path`, with its errors turned into one-line InputErrors; a single file whose
+    vox_offset lies inside its header, or whose scl_inter is NaN, which nibabel refuses, read as the NIfTI
+    standard and niftilib read it (:func:`_image_nibabel_refuses`)."""
     if not path.exists():
         raise InputError(f"{path}: no such file.")
     check_readable(path)
@@ -202,13 +203,13 @@ def load_image(path: Path):
             raise InputError.from_os_error(exc, path) from None
         raise _unreadable(path, exc) from None
     except Exception as exc:  # nibabel raises many types for unreadable files
-        img = _as_niftilib_reads(path, exc) if isinstance(exc, nib.spatialimages.HeaderDataError) else None
+        img = _image_nibabel_refuses(path, exc) if isinstance(exc, nib.spatialimages.HeaderDataError) else None
         if img is None:
             raise _unreadable(path, exc) from None
         return img
 
 
-def _as_niftilib_reads(path: Path, exc: Exception):
+def _image_nibabel_refuses(path: Path, exc: Exception):
     """A single .nii or .nii.gz (NIfTI-1) whose header nibabel refuses, read as the standard or niftilib reads it,
     with one warning: a vox_offset below 352 as 352, as the NIfTI-1 standard says of a single file (niftilib,
     FSL's and AFNI's reader, starts at 348, the header's own size: 4 bytes early for a file written with its data
@@ -237,7 +238,7 @@ def _as_niftilib_reads(path: Path, exc: Exception):
         checked = nib.Nifti1Header.from_fileobj(io.BytesIO(header.binaryblock + b"\0" * 4), check=True)
     except Exception:  # noqa: BLE001 (another fault as well)
         return None
-    if not read_as or len(read_as) == 1 and offset == 0:  # (0 alone: nibabel reads it, _data_offset moves it)
+    if not read_as or (len(read_as) == 1 and offset == 0):  # (0 alone: nibabel reads it, _data_offset moves it)
         return None
     data_bytes = int(np.prod(checked.get_data_shape())) * checked.get_data_dtype().itemsize
     size = None if name.endswith(".gz") else path.stat().st_size
@@ -327,9 +328,9 @@ def _nifti_fault(path: Path) -> str | None:
 
 def _nifti_field_fault(head: bytes, order: str, single: bool) -> str | None:
     """A NIfTI-1 header's scaling, data offset and first extension, where nibabel refuses them and they were not
-    read as the standard or niftilib reads them (:func:`_as_niftilib_reads`; a pair's, or beside another fault): a
-    finite slope with a non-finite intercept, a single file's vox_offset inside its header, an extension of fewer
-    than 8 bytes."""
+    read as the standard or niftilib reads them (:func:`_image_nibabel_refuses`: a pair's, or beside another
+    fault): a finite slope with a non-finite intercept, a single file's vox_offset inside its header, an extension
+    of fewer than 8 bytes."""
     end = ">" if order == "big" else "<"
     slope, inter = np.frombuffer(head[112:120], dtype=f"{end}f4")
     if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
@@ -522,7 +523,7 @@ def _data_offset(path: Path, img) -> int:
     """Where a NIfTI image's data begin in its file: at its header's vox_offset, except that a single file's data
     never start before the end of its header, byte 352 (NIfTI-2: 544), as the NIfTI-1 standard says of a smaller
     vox_offset ("equivalent to 352"; niftilib, FSL's and AFNI's reader, starts at 348). nibabel (5.4) refuses 1 to
-    351 (read as the standard says by :func:`_as_niftilib_reads`) but reads 0 as 0, a header written from a
+    351 (read as the standard says by :func:`_image_nibabel_refuses`) but reads 0 as 0, a header written from a
     nibabel image's own (which holds 0) or by a converter's slip: the header's bytes were the first voxels'
     values, every later value shifted, in maps fitted without a word."""
     offset = int(img.dataobj.offset)

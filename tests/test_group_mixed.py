@@ -322,6 +322,17 @@ def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(large_study, mon
         streamed = SecondLevel(variances=longer, max_memory="24K", **kw).fit(_maps(study, "stat-effect.nii.gz")[::-1])
     npt.assert_allclose(streamed.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-10)
     assert not [w for w in said if "after the data" in str(w.message)]
+    odd = _maps(study, "stat-variance.nii.gz")  # a vox_offset nibabel refuses: read from 352, said of this file only
+    raw = bytearray(gzip.decompress(odd[1].read_bytes()))
+    raw[108:112] = np.array([100.0], "<f4").tobytes()
+    odd[1] = odd[1].with_name("odd.nii.gz")
+    odd[1].write_bytes(gzip.compress(bytes(raw)))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        streamed = SecondLevel(variances=odd, max_memory="24K", **kw).fit(_maps(study, "stat-effect.nii.gz")[::-1])
+    npt.assert_allclose(streamed.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-10)
+    told = [str(w.message) for w in said if "read its vox_offset 100 as 352" in str(w.message)]
+    assert told and all(message.startswith(f"{odd[1]}:") for message in told), told  # (not its decompressed copy)
     with pytest.raises(
         voxfit.exceptions.InputError, match=r"`max_memory`='8K' cannot hold a group model of 32 .* give at least 18K"
     ):

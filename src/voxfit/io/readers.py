@@ -226,14 +226,12 @@ def _image_nibabel_refuses(path: Path, exc: Exception):
         return None
     if header["magic"].item() != b"n+1":
         return None
-    read_as = []
-    offset, slope, inter = (float(header[key]) for key in ("vox_offset", "scl_slope", "scl_inter"))
-    if 0 <= offset < 352:
-        header["vox_offset"] = 352
-        read_as.append(f"its vox_offset {offset:g} as 352, as the NIfTI-1 standard says of a single file")
-    if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
-        header["scl_inter"] = 0.0
-        read_as.append(f"its scl_inter {inter} as 0, as FSL and AFNI (niftilib) read it")
+    offset = float(header["vox_offset"])
+    read_as = _read_as_the_standard(header)
+    if offset >= 352:  # (only the intercept read otherwise: the header again with its extensions, to keep them)
+        with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
+            header = nib.Nifti1Header.from_fileobj(fh, check=False)
+        _read_as_the_standard(header)
     try:
         checked = nib.Nifti1Header.from_fileobj(io.BytesIO(header.binaryblock + b"\0" * 4), check=True)
     except Exception:  # noqa: BLE001 (another fault as well)
@@ -257,6 +255,34 @@ def _image_nibabel_refuses(path: Path, exc: Exception):
         stacklevel=4,
     )
     return img
+
+
+def _read_as_the_standard(header) -> list[str]:
+    """The fields of a single file's NIfTI-1 `header` that nibabel refuses, set in it as the NIfTI-1 standard or
+    niftilib reads them (see :func:`_image_nibabel_refuses`), each said as read."""
+    read_as = []
+    offset, slope, inter = (float(header[key]) for key in ("vox_offset", "scl_slope", "scl_inter"))
+    if 0 <= offset < 352:
+        header["vox_offset"] = 352
+        read_as.append(f"its vox_offset {offset:g} as 352, as the NIfTI-1 standard says of a single file")
+    if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
+        header["scl_inter"] = 0.0
+        read_as.append(f"its scl_inter {inter} as 0, as FSL and AFNI (niftilib) read it")
+    return read_as
+
+
+def repair_copied_header(path: Path) -> None:
+    """In a copy of a single NIfTI-1 file that voxfit made itself (a decompressed map), the header fields that
+    nibabel refuses set as the original's were read (:func:`_read_as_the_standard`; said of the original then), so
+    that opening the copy says nothing of it."""
+    with open(path, "r+b") as fh:
+        raw = fh.read(348)
+        if len(raw) < 348 or 348 not in {int.from_bytes(raw[:4], e) for e in ("little", "big")}:
+            return  # (NIfTI-2, or no header: nothing nibabel refuses that is read otherwise)
+        header = nib.Nifti1Header(raw, check=False)
+        if header["magic"].item() == b"n+1" and _read_as_the_standard(header):
+            fh.seek(0)
+            fh.write(header.binaryblock)
 
 
 def _unreadable(path: Path, exc: Exception) -> InputError:

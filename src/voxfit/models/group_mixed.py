@@ -39,7 +39,7 @@ from ..io import (
     statmap_name,
 )
 from ..io._gzip import corrupt_gzip
-from ..io.readers import extra_data, read_on
+from ..io.readers import extra_data, read_on, repair_copied_header
 from ..io.output import signals_held
 
 __all__ = [
@@ -254,6 +254,7 @@ def _decompress(source: Path, target: Path, size: int, scan: int | None) -> Path
         raise corrupt_gzip(source, exc) from None
     except (zlib.error, EOFError, ValueError) as exc:
         raise corrupt_gzip(source, exc) from None
+    repair_copied_header(target)
     return target
 
 

@@ -4,6 +4,7 @@ a finished output folder."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import html
@@ -159,16 +160,16 @@ class _Volume:
         from nibabel.processing import resample_from_to
 
         nifti = str(path).lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz"))
-        if nifti:
-            from ..io.readers import load_image, open_map
+        if nifti:  # its first volume read as the fits read a map: sizes checked first, the offset, the scaling
+            from ..io.readers import apply_scale, open_map
 
-            try:  # its header's sizes checked against the file and memory before nibabel reads it
-                open_map(path)
-                with warnings.catch_warnings():  # (said as the reader opened it)
-                    warnings.simplefilter("ignore")
-                    img = load_image(Path(path))  # (as the fits read it, headers that nibabel refuses included)
+            try:
+                reader = open_map(path)
+                with contextlib.closing(reader.iter_scans()) as scans:
+                    first = apply_scale(next(scans)[1][:1], reader.scale)[0]
             except InputError as exc:
                 raise InputError(f"background image {exc}") from None
+            img = nib.Nifti1Image(first.reshape(reader.geometry.shape, order="F"), reader.geometry.affine)
         try:
             img = img if nifti else nib.load(str(path))
             img = img.slicer[..., 0] if img.ndim == 4 else img
@@ -722,9 +723,11 @@ def report_memory(n_elements: int, n_voxels: int, connectivity: int) -> int:
 def _image_elements(path) -> int:
     """Values in an image file, from its header (0 when it cannot be read: the background's own check says why)."""
     try:
-        import nibabel as nib
+        from ..io.readers import load_image
 
-        return int(np.prod(nib.load(str(path)).shape[:3], dtype=np.int64))  # (a 4-D image: its first volume)
+        with warnings.catch_warnings():  # (said where it is read)
+            warnings.simplefilter("ignore")
+            return int(np.prod(load_image(Path(path)).shape[:3], dtype=np.int64))  # (a 4-D image: its first volume)
     except Exception:  # noqa: BLE001 - an unreadable background is reported where it is read
         return 0
 

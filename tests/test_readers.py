@@ -853,6 +853,15 @@ def test_headers_nibabel_refuses_are_read_as_the_standard_and_niftilib_read_them
         (tmp_path / "single.hdr").write_bytes(broken("named", offset).read_bytes())
         with pytest.raises(InputError, match=r"single\.hdr: "):
             voxfit.load(tmp_path / "single.hdr")
+        noted = nib.Nifti1Image(data, np.eye(4))  # a NaN intercept's file keeps its header extensions
+        noted.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"kept"))
+        nib.save(noted, tmp_path / "noted.nii")
+        raw = bytearray((tmp_path / "noted.nii").read_bytes())
+        raw[112:120] = inter[1]
+        (tmp_path / "noted.nii").write_bytes(bytes(raw))
+        with pytest.warns(UserWarning, match="scl_inter nan as 0"):
+            extensions = voxfit.io.readers.load_image(tmp_path / "noted.nii").header.extensions
+        assert [e.get_content() for e in extensions] == [b"kept"]
 
 
 def test_a_gzip_fault_is_told_apart_by_a_second_pass(tmp_path):

@@ -236,6 +236,7 @@ def _image_nibabel_refuses(path: Path, exc: Exception):
         checked = nib.Nifti1Header.from_fileobj(io.BytesIO(header.binaryblock + b"\0" * 4), check=True)
     except Exception:  # noqa: BLE001 (another fault as well)
         return None
+    checked.extensions.extend(header.extensions)
     if not read_as or (len(read_as) == 1 and offset == 0):  # (0 alone: nibabel reads it, _data_offset moves it)
         return None
     data_bytes = int(np.prod(checked.get_data_shape())) * checked.get_data_dtype().itemsize

@@ -856,12 +856,24 @@ def test_headers_nibabel_refuses_are_read_as_the_standard_and_niftilib_read_them
         noted = nib.Nifti1Image(data, np.eye(4))  # a NaN intercept's file keeps its header extensions
         noted.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"kept"))
         nib.save(noted, tmp_path / "noted.nii")
-        raw = bytearray((tmp_path / "noted.nii").read_bytes())
-        raw[112:120] = inter[1]
-        (tmp_path / "noted.nii").write_bytes(bytes(raw))
+        with_extension = bytearray((tmp_path / "noted.nii").read_bytes())
+        with_extension[112:120] = inter[1]
+        (tmp_path / "noted.nii").write_bytes(bytes(with_extension))
         with pytest.warns(UserWarning, match="scl_inter nan as 0"):
             extensions = voxfit.io.readers.load_image(tmp_path / "noted.nii").header.extensions
         assert [e.get_content() for e in extensions] == [b"kept"]
+    scans = tmp_path / f"scans{suffix.replace('.', '-')}"  # 3-D scans of one header: one warning, for them all
+    scans.mkdir()
+    for k in range(3):
+        volume = bytearray(raw)
+        volume[40:56] = np.array([3, 2, 2, 2, 1, 1, 1, 1], "<i2").tobytes()
+        volume[108:112] = offset[1]
+        (scans / f"s{k}.nii").write_bytes(bytes(volume[: 352 + 32]))  # (each the first scan of the run)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        loaded = voxfit.load(scans, mask=np.ones((2, 2, 2), bool))
+    assert len(said) == 1 and "So are the 2 other scan(s) whose header is the same." in str(said[0].message)
+    npt.assert_array_equal(loaded.data, np.repeat(data.reshape(8, 3, order="F")[:, :1].T, 3, axis=0))
 
 
 def test_a_gzip_fault_is_told_apart_by_a_second_pass(tmp_path):

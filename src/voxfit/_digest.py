@@ -62,7 +62,7 @@ def _hash_into(files: list[tuple[str, Future]], mapped: bool) -> None:
 
 def file_digest(path, buf: memoryview | None = None) -> str:
     """The BLAKE3 digest (hex) of a regular file's bytes: the digest :func:`start_digests` started for it if the file is
-    still the one it was (device, inode, size, modification time), else hashed now (into `buf`, when given, for
+    still the one it was (:func:`_identity`), else hashed now (into `buf`, when given, for
     what is read)."""
     key, identity = _identity(path)
     with _lock:
@@ -73,8 +73,8 @@ def file_digest(path, buf: memoryview | None = None) -> str:
 
 
 def note_opened(path) -> None:
-    """Remember a data file's identity (device, inode, size, modification time) as a reader opens it, for
-    :func:`changed_since_opened`; of a folder (a Zarr store), the identities of the files under it."""
+    """Remember a data file's identity (:func:`_identity`) as a reader opens it, for :func:`changed_since_opened`;
+    of a folder (a Zarr store), the identities of the files under it."""
     key, identity = _opened_identity(path)
     if identity is not None:
         _opened[key] = identity
@@ -90,15 +90,11 @@ def changed_since_opened(path) -> bool:
 
 
 def _opened_identity(path) -> tuple[str, tuple | None]:
-    """A file's identity and its inode change time, which a write moves whatever the modification time is set
-    back to (``touch -r``); a folder's :func:`_tree_identity`."""
+    """A file's :func:`_identity`; a folder's :func:`_tree_identity`."""
     key, identity = _identity(path)
-    if identity is None:
-        return key, _tree_identity(key) if os.path.isdir(key) else None
-    try:
-        return key, (*identity, os.stat(key).st_ctime_ns)
-    except OSError:
-        return key, None
+    if identity is None and os.path.isdir(key):
+        return key, _tree_identity(key)
+    return key, identity
 
 
 def _tree_identity(folder: str) -> tuple:
@@ -121,7 +117,8 @@ def _tree_identity(folder: str) -> tuple:
 
 
 def _identity(path) -> tuple[str, tuple | None]:
-    """The real path and, for a regular file, (device, inode, size, modification time); None for anything else
+    """The real path and, for a regular file, (device, inode, size, modification and change times: a write moves
+    the change time whatever the modification time is set back to, as ``touch -r`` does); None for anything else
     (a folder, a FIFO, a device, a missing or unnameable path: those are never hashed ahead)."""
     try:
         key = os.path.realpath(path)
@@ -130,7 +127,7 @@ def _identity(path) -> tuple[str, tuple | None]:
         return str(path), None
     if not stat.S_ISREG(st.st_mode):
         return key, None
-    return key, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return key, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def new_hash():

@@ -54,17 +54,25 @@ def write_sidecar(path, names, kinds, tr: float | None = None) -> None:
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def sidecar_tr(path) -> float | None:
-    """The repetition time in seconds that voxfit's sidecar of a design file gives (``RepetitionTime``, as
-    :func:`write_sidecar` writes it for ``voxfit design --tr``), else None: no sidecar, another JSON, no such key."""
+def _sidecar(path) -> tuple[Path, dict | None] | None:
+    """The sidecar beside the design file `path` and what it holds: None where there is none (or the design is a
+    JSON file itself), its record None where it is not voxfit's (not JSON, or no "columns": a BIDS sidecar...)."""
     side = sidecar_path(path)
     if Path(path).suffix.lower() == ".json" or not side.is_file():
         return None
     try:
         record = json.loads(side.read_text())
-    except (OSError, ValueError, RecursionError):  # (said where the kinds are read)
-        return None
-    tr = record.get("RepetitionTime") if isinstance(record, dict) and "columns" in record else None
+    except (OSError, ValueError, RecursionError):  # (nested beyond Python's stack: not a sidecar of voxfit's)
+        record = None
+    return side, (record if isinstance(record, dict) and "columns" in record else None)
+
+
+def sidecar_tr(path) -> float | None:
+    """The repetition time in seconds that voxfit's sidecar of a design file gives (``RepetitionTime``, as
+    :func:`write_sidecar` writes it for ``voxfit design --tr``), else None: no sidecar, another JSON (said where
+    the kinds are read), no such key."""
+    side, record = _sidecar(path) or (None, None)
+    tr = None if record is None else record.get("RepetitionTime")
     if tr is None:
         return None
     if isinstance(tr, bool) or not isinstance(tr, (int, float)) or not 1e-3 <= tr <= 1e4:
@@ -73,14 +81,11 @@ def sidecar_tr(path) -> float | None:
 
 
 def _read_sidecar(path: Path, names) -> list[str] | None:
-    side = sidecar_path(path)
-    if path.suffix.lower() == ".json" or not side.is_file():
+    found = _sidecar(path)
+    if found is None:
         return None
-    try:
-        record = json.loads(side.read_text())
-    except (OSError, ValueError, RecursionError):  # (nested beyond Python's stack: not a sidecar of voxfit's)
-        record = None
-    if not isinstance(record, dict) or "columns" not in record:  # another JSON beside it (a BIDS sidecar...)
+    side, record = found
+    if record is None:
         warnings.warn(
             f"{side} is not voxfit's design sidecar (no \"columns\"), so the kinds of the design's "
             "columns are guessed from their names.",

@@ -189,6 +189,11 @@ def header_scan_step(reader) -> float | None:
     return step if step > 0 else None
 
 
+class HeaderReadAsWarning(UserWarning):
+    """A header field read otherwise than nibabel reads it (a single file's vox_offset inside its header, a NaN
+    scl_inter): said once for a run of 3-D scans that share the header (``VolumeListReader``)."""
+
+
 def load_image(path: Path):
     """nibabel's image object for `path`, with its errors turned into one-line InputErrors; a single file whose
     vox_offset lies inside its header, or whose scl_inter is NaN, which nibabel refuses, read as the NIfTI
@@ -222,16 +227,15 @@ def _image_nibabel_refuses(path: Path, exc: Exception):
     try:
         with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
             header = nib.Nifti1Header(fh.read(348), check=False)  # (the header alone: no extensions read)
-    except Exception:  # noqa: BLE001 (not a NIfTI-1 header nibabel can parse at all: refused as it is)
+            if header["magic"].item() != b"n+1":
+                return None
+            offset = float(header["vox_offset"])
+            if offset >= 352:  # (only the intercept to read otherwise: with its extensions, to keep them)
+                fh.seek(0)
+                header = nib.Nifti1Header.from_fileobj(fh, check=False)
+    except Exception:  # noqa: BLE001 (not a NIfTI-1 header nibabel can parse at all, or broken extensions: refused)
         return None
-    if header["magic"].item() != b"n+1":
-        return None
-    offset = float(header["vox_offset"])
     read_as = _read_as_the_standard(header)
-    if offset >= 352:  # (only the intercept read otherwise: the header again with its extensions, to keep them)
-        with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
-            header = nib.Nifti1Header.from_fileobj(fh, check=False)
-        _read_as_the_standard(header)
     try:
         checked = nib.Nifti1Header.from_fileobj(io.BytesIO(header.binaryblock + b"\0" * 4), check=True)
     except Exception:  # noqa: BLE001 (another fault as well)
@@ -252,7 +256,7 @@ def _image_nibabel_refuses(path: Path, exc: Exception):
     warnings.warn(
         f"{path}: read {' and '.join(read_as)}, where nibabel refuses the header; write the file again from its "
         "source to be sure of its data.",
-        UserWarning,
+        HeaderReadAsWarning,
         stacklevel=4,
     )
     return img
@@ -278,7 +282,7 @@ def repair_copied_header(path: Path) -> None:
     that opening the copy says nothing of it."""
     with open(path, "r+b") as fh:
         raw = fh.read(348)
-        if len(raw) < 348 or 348 not in {int.from_bytes(raw[:4], e) for e in ("little", "big")}:
+        if len(raw) < 348 or _nifti1_order(raw) is None:
             return  # (NIfTI-2, or no header: nothing nibabel refuses that is read otherwise)
         header = nib.Nifti1Header(raw, check=False)
         if header["magic"].item() == b"n+1" and _read_as_the_standard(header):
@@ -337,7 +341,7 @@ def _nifti_fault(path: Path) -> str | None:
     if 0 < len(head) < 348:  # (an empty file: nibabel says so)
         held = f"{len(head)} bytes{' once decompressed' * name.endswith('.gz')}"
         return f"it holds {held}, fewer than a NIfTI header's 348"
-    order = {int.from_bytes(head[:4], endian, signed=True): endian for endian in ("little", "big")}.get(348)
+    order = _nifti1_order(head)
     if order is None:  # (NIfTI-2, or no NIfTI at all: nibabel's words stand)
         return None
     single = not name.endswith(".hdr")
@@ -351,6 +355,11 @@ def _nifti_fault(path: Path) -> str | None:
     if code not in nib.nifti1.data_type_codes.code:
         return f"its datatype code is {code}, not a data type of {standard}"
     return _nifti_field_fault(head, order, single)
+
+
+def _nifti1_order(head: bytes) -> str | None:
+    """The byte order ("little", "big") in which a header's first 4 bytes read NIfTI-1's sizeof_hdr, 348; None."""
+    return {int.from_bytes(head[:4], endian, signed=True): endian for endian in ("little", "big")}.get(348)
 
 
 def _nifti_field_fault(head: bytes, order: str, single: bool) -> str | None:
@@ -560,7 +569,7 @@ def _data_offset(path: Path, img) -> int:
     warnings.warn(
         f"{path}: its header's vox_offset is {offset}; read as {least}, as the NIfTI standard says (a single "
         f"file's data never start before byte {least}).",
-        UserWarning,
+        HeaderReadAsWarning,
         stacklevel=3,
     )
     return least
@@ -958,7 +967,7 @@ class VolumeListReader:
         shared = sum(reused)
         for w in said:
             text = str(w.message)
-            if shared and (": read its " in text or "; read as " in text):
+            if shared and issubclass(w.category, HeaderReadAsWarning):
                 text += f" So are the {shared} other scan(s) whose header is the same."
             warnings.warn(text, w.category, stacklevel=2)
         for r in self._readers[1:]:

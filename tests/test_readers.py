@@ -812,9 +812,10 @@ def test_headers_nibabel_refuses_are_read_as_the_standard_and_niftilib_read_them
     header. voxfit reads the data from byte 352, as the NIfTI-1 standard says (niftilib starts at 348, 4 bytes
     early here), with an intercept of 0, as FSL and AFNI (niftilib's FIXED_FLOAT) do, with one warning: the values
     are those of the file written right. Such a field beside another fault (dim[0] 9) is refused naming that one;
-    a file too short for its data to start at 352 naming its vox_offset, as is an extension flag's file (no
-    extension read: nibabel's reading of one to the end of the file failed), .hdr named single files are left to
-    nibabel."""
+    a file (a .nii.gz: its stream) too short for its data to start at 352 naming its vox_offset, 0 among them
+    (written with its data at 348: nibabel refuses it where the first value's byte flags an extension, else reads
+    it), as is an extension flag's file (no extension read: nibabel's reading of one to the end of the file
+    failed), .hdr named single files are left to nibabel."""
     data = np.arange(2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3) + 0.5
     right = tmp_path / f"right{suffix}"
     nib.save(nib.Nifti1Image(data, np.eye(4)), right)
@@ -846,10 +847,19 @@ def test_headers_nibabel_refuses_are_read_as_the_standard_and_niftilib_read_them
         npt.assert_array_equal(loaded.data, values.reshape(8, 3, order="F").T)
     with pytest.raises(InputError, match=r"its dim\[0\] \(the number of dimensions\) is 9"):
         voxfit.load(broken("dims", offset, (40, (9).to_bytes(2, "little"))))
-    if suffix == ".nii":  # (data right after a 348-byte header: too short to start at 352)
-        (tmp_path / "early.nii").write_bytes(bytes(broken("early", offset).read_bytes()[:-4]))
-        with pytest.raises(InputError, match=r"early\.nii: its vox_offset is 100, inside its 352-byte header, and"):
-            voxfit.load(tmp_path / "early.nii")
+    early = raw[:348] + raw[352:]  # (data right after the 348-byte header, where niftilib reads them: too short)
+    for at, first in ((100, 0.5), (348, 0.5), (0, 0.5), (0, 0.0)):  # (a first value 0: nibabel reads the header)
+        edited = early[:108] + np.float32(at).tobytes() + early[112:348] + np.float32(first).tobytes() + early[352:]
+        path = tmp_path / f"early{at}-{first}{suffix}"
+        path.write_bytes(gzip.compress(bytes(edited)) if suffix.endswith(".gz") else bytes(edited))
+        held = f"{len(edited):,} bytes" + (r" \(decompressed\)" if suffix.endswith(".gz") else "")
+        with pytest.raises(
+            InputError,
+            match=rf"{path.name}: its vox_offset is {at}, inside its 352-byte header, and "
+            rf"its {held} are too few for its 96 bytes of data to start at 352",
+        ):
+            voxfit.load(path)
+    if suffix == ".nii":
         (tmp_path / "single.hdr").write_bytes(broken("named", offset).read_bytes())
         with pytest.raises(InputError, match=r"single\.hdr: "):
             voxfit.load(tmp_path / "single.hdr")

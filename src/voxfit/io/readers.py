@@ -219,8 +219,9 @@ def _image_nibabel_refuses(path: Path, exc: Exception):
     with one warning: a vox_offset below 352 as 352, as the NIfTI-1 standard says of a single file (niftilib,
     FSL's and AFNI's reader, starts at 348, the header's own size: 4 bytes early for a file written with its data
     at 352); a non-finite scl_inter beside a finite, non-zero scl_slope as 0, as niftilib reads it (FIXED_FLOAT).
-    A file too short for its data to start at 352 is refused naming its vox_offset; None for any other file, or a
-    header with other faults (named by :func:`_unreadable`)."""
+    A file too short for its data to start at 352 is refused naming its vox_offset (a .nii.gz once its stream ends
+    short: :func:`_data_start_unknown`); None for any other file, or a header with other faults (named by
+    :func:`_unreadable`)."""
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return None
@@ -241,16 +242,12 @@ def _image_nibabel_refuses(path: Path, exc: Exception):
     except Exception:  # noqa: BLE001 (another fault as well)
         return None
     checked.extensions.extend(header.extensions)
-    if not read_as or (len(read_as) == 1 and offset == 0):  # (0 alone: nibabel reads it, _data_offset moves it)
+    if not read_as:
         return None
     data_bytes = int(np.prod(checked.get_data_shape())) * checked.get_data_dtype().itemsize
     size = None if name.endswith(".gz") else path.stat().st_size
     if offset < 352 and size is not None and size < 352 + data_bytes:
-        raise InputError(
-            f"{path}: its vox_offset is {offset:g}, inside its 352-byte header, and its {size:,} bytes are too few "
-            f"for its {data_bytes:,} bytes of data to start at 352, so where they start is not known: the header is "
-            f"broken; write the file again from its source (nibabel: {type(exc).__name__}: {exc})."
-        )
+        raise _data_start_unknown(path, offset, size, data_bytes, f" (nibabel: {type(exc).__name__}: {exc})")
     img = nib.Nifti1Image(nib.arrayproxy.ArrayProxy(str(path), checked), checked.get_best_affine(), checked)
     img.set_filename(str(path))
     warnings.warn(
@@ -274,6 +271,36 @@ def _read_as_the_standard(header) -> list[str]:
         header["scl_inter"] = 0.0
         read_as.append(f"its scl_inter {inter} as 0, as FSL and AFNI (niftilib) read it")
     return read_as
+
+
+def _offset_inside_header(path) -> float | None:
+    """A single NIfTI-1 file's vox_offset where it lies inside its 352-byte header (0 to 351, read as 352: see
+    :func:`_read_as_the_standard`, :func:`_data_offset`); None for any other, or a header that cannot be read."""
+    name = str(path).lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
+            head = fh.read(348)
+    except Exception:  # noqa: BLE001 (unreadable or corrupt: the error at hand says so)
+        return None
+    order = _nifti1_order(head) if len(head) == 348 else None
+    if order is None or head[344:348] != b"n+1\0":
+        return None
+    offset = float(np.frombuffer(head, dtype="<f4" if order == "little" else ">f4", count=1, offset=108)[0])
+    return offset if 0 <= offset < 352 else None
+
+
+def _data_start_unknown(path, offset: float, held: int, data_bytes: int, said: str = "") -> InputError:
+    """The error for a single file whose vox_offset lies inside its header and whose `held` bytes (of a .nii.gz:
+    decompressed) are too few for its data to start at 352, as that offset is read: written from 348 (where
+    niftilib starts), or cut short, no one can tell."""
+    decompressed = " (decompressed)" if str(path).lower().endswith(".gz") else ""
+    return InputError(
+        f"{path}: its vox_offset is {offset:g}, inside its 352-byte header, and its {held:,} bytes{decompressed} are "
+        f"too few for its {data_bytes:,} bytes of data to start at 352, so where they start is not known: the "
+        f"header is broken; write the file again from its source{said}."
+    )
 
 
 def repair_copied_header(path: Path) -> None:
@@ -638,6 +665,8 @@ class NiftiReader:
         need = self._offset + self._data_bytes
         have = self._image_file.stat().st_size
         if not self._compressed and have < need:
+            if (inside := _offset_inside_header(self._image_file)) is not None:
+                raise _data_start_unknown(self._image_file, inside, have, self._data_bytes)
             raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
         scan = self.geometry.n_elements * self._file_dtype.itemsize
         if not self._compressed and self._run and have - need >= scan:
@@ -739,6 +768,8 @@ class NiftiReader:
             return extra_data(path, extra, scan, not ended) if self._run and (extra >= scan or not ended) else None
 
         def failed(exc):  # zlib.error, EOFError, OSError, isal's IsalError...: all mean corrupt data
+            if isinstance(exc, _Truncated) and (inside := _offset_inside_header(path)) is not None:
+                return _data_start_unknown(path, inside, exc.held, self._data_bytes)
             return exc if isinstance(exc, InputError) else corrupt_gzip(path, exc)
 
         slabs = _ramped(self.n_scans, k)
@@ -838,10 +869,19 @@ def _read_into(fh, out: NDArray, path: Path, chunk: int = READ_CHUNK, at: int = 
         n = fh.readinto(view[got : got + chunk])
         if not n:
             total = max(total, at + len(view))
-            raise InputError(
-                f"{path}: file is truncated (it ends after {at + got:,} bytes, where its header promises {total:,})."
+            raise _Truncated(
+                f"{path}: file is truncated (it ends after {at + got:,} bytes, where its header promises {total:,}).",
+                at + got,
             )
         got += n
+
+
+class _Truncated(InputError):
+    """A file (a gzip file's stream) that ended after `held` bytes, before the data its header promises."""
+
+    def __init__(self, message: str, held: int):
+        super().__init__(message)
+        self.held = held
 
 
 def _read_slabs(path, offset: int, dtype: np.dtype, shape: tuple[int, int], k: int) -> Iterator[tuple[int, NDArray]]:

@@ -81,6 +81,37 @@ def test_compiled_ar1_fit_equals_the_numpy_path(rng, kind, dtype):
     assert fit_ar_sums(compiled, sums, weights).flagged.size  # the special voxels were there
 
 
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("kind", ["constant", "no constant"])
+def test_the_numpy_paths_sums_by_tiles_equal_those_of_the_whole_block(rng, monkeypatch, layout, kind):
+    """The numpy path sums a block a tile of 16 columns at a time (``TILE_BYTES`` shrunk here; 1 MiB of float64
+    otherwise): its sums, first and last rows and the columns it hands to the refits are those of the whole
+    shifted block, as scans (C) or series (F, CIFTI) in float32; the fit with its refits is the compiled path's."""
+    from voxfit.core import ar
+
+    X = _designs(120, rng)[kind]
+    block = ARBlock(factorize(X), 2, compiled=False)
+    Y = np.array(_voxels(rng, X, v=75), dtype=np.float32, order=layout)
+    monkeypatch.setattr(ar, "TILE_BYTES", 8 * 120 * 16)
+    sums, shifted = lagged_sums(block, Y)
+    assert shifted is None  # (no whole shifted copy)
+    whole = Y.astype(np.float64)
+    shift = whole.mean(axis=0) if kind == "constant" else None
+    whole -= 0.0 if shift is None else shift
+    scale = np.abs(whole).max() ** 2 * 120
+    npt.assert_allclose(sums.s, _lagged_products(whole, 2), rtol=1e-12, atol=1e-13 * scale)
+    lagged = (block.lagged_basis.T @ whole).reshape(sums.lagged.shape)
+    npt.assert_allclose(sums.lagged, lagged, rtol=1e-12, atol=1e-13 * np.abs(lagged).max())
+    npt.assert_array_equal(sums.top, whole[:2])
+    npt.assert_array_equal(sums.bottom, whole[::-1][:2])
+    npt.assert_array_equal(ar.shifted_columns(Y, [3, 40, 74], sums.shift), whole[:, [3, 40, 74]])
+    if shift is not None:
+        npt.assert_allclose(sums.shift, shift, rtol=1e-14)
+    weights = [np.eye(X.shape[1])[[0]]]
+    one = ARBlock(factorize(X), 1, compiled=False)
+    _assert_same(fit_ar_block(one, Y, weights), fit_ar_block(ARBlock(factorize(X), 1, compiled=True), Y, weights))
+
+
 def test_compiled_ar1_fit_flags_what_the_numpy_path_flags_near_cancellation(rng):
     """Sums whose residual products cancel more and more digits (the data's sum of squares brought down towards
     the fitted one, from 2 to 8 digits): the OLS products lose digits for some, only the whitened RSS for others;

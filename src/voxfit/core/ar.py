@@ -46,6 +46,7 @@ __all__ = [
     "lagged_sums",
     "reflection_coefficients",
     "residual_lagged_sums",
+    "shifted_columns",
 ]
 
 MAX_REFLECTION = 0.99
@@ -56,6 +57,7 @@ AR1_TABLE_NODES = 2049  # of the AR(1) estimation terms' table over atanh(phi) (
 AR1_TABLE_SPAN = float(np.arctanh(0.995))  # the table's atanh(phi) range: every estimate is within +-0.99
 AR1_TABLE_STEP = 2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1)  # between the nodes, in atanh(phi)
 AR1_TABLE_CHUNK = 64  # nodes of the table computed together, when a voxel first needs one of them
+TILE_BYTES = 1 << 20  # of float64 data that a block's sums (lagged_sums) use while they are in cache
 _TABLE_LOCK = threading.Lock()  # one thread computes a table while the others of the fit wait for it
 
 
@@ -974,9 +976,10 @@ class LaggedSums:
         )
 
 
-def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray]:
+def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray | None]:
     """The sums of a whole block Y (n, v), shifted by each voxel's mean when the design allows; also returns
-    the shifted float64 data (for the exact fallbacks)."""
+    the shifted float64 data where the compiled pass made them (None otherwise: :func:`shifted_columns` gives the
+    few columns the exact fallbacks need)."""
     (n, v), p, r = Y.shape, block.order, block.design.rank
     shifting = block.ones is not None  # shifting by the mean only moves the constant's estimate, and keeps digits
     if block.compiled and Y.dtype in (np.float32, np.float64):  # two passes over Y instead of five
@@ -984,17 +987,45 @@ def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray]:
         shifted, total, s = np.empty((n, v), order="F" if series else "C"), np.empty(v), np.empty((p + 1, v))
         shift_and_lag(Y, shifting, shifted, total, s)
         shift = total / n if shifting else None
+        lagged = (block.lagged_basis.T @ shifted).reshape(p + 1, r, v)
+        top, bottom = shifted[:p].copy(), shifted[::-1][:p].copy()
     else:
-        shifted = np.array(Y, dtype=np.float64)  # a copy to shift in place: half the time of a mean and a subtraction
-        total = shifted.sum(axis=0)
+        shifted = None
+        lagged, s, total = _tiled_sums(block, Y, shifting)
         shift = total / n if shifting else None
-        if shifting:
-            shifted -= shift
-        s = _lagged_products(shifted, p)
-    lagged = (block.lagged_basis.T @ shifted).reshape(p + 1, r, v)
+        top, bottom = shifted_columns(Y[:p], slice(None), shift), shifted_columns(Y[::-1][:p], slice(None), shift)
     if shifting:
         total = np.zeros(v)
-    return LaggedSums(lagged, s, shifted[:p].copy(), shifted[::-1][:p].copy(), total, shift), shifted
+    return LaggedSums(lagged, s, top, bottom, total, shift), shifted
+
+
+def _tiled_sums(block: ARBlock, Y: NDArray, shifting: bool) -> tuple[NDArray, NDArray, NDArray]:
+    """``(lagged (p+1, r, v), s (p+1, v), total (v,))`` of a block Y (n, v), a tile of columns at a time: each
+    tile copied as float64 (in Y's own layout), shifted by its columns' means, and used for every sum while it is
+    in cache. The same operations per column as on the whole block, so the same numbers; a whole shifted float64
+    copy (8 bytes a value) read four times over took 1.6x as long (a 1,200-scan CIFTI block of 13k
+    grayordinates: 0.077 s against 0.048 s, and a new copy's pages faulted in for each block)."""
+    (n, v), p, r = Y.shape, block.order, block.design.rank
+    lagged, s, total = np.empty(((p + 1) * r, v)), np.empty((p + 1, v)), np.empty(v)
+    width = max(16, TILE_BYTES // (8 * n))
+    for a in range(0, v, width):
+        cols = slice(a, min(v, a + width))
+        tile = np.array(Y[:, cols], dtype=np.float64)  # (Y's layout kept: a column's sums add in the same order)
+        total[cols] = tile.sum(axis=0)
+        if shifting:
+            tile -= total[cols] / n
+        s[:, cols] = _lagged_products(tile, p)
+        np.matmul(block.lagged_basis.T, tile, out=lagged[:, cols])
+    return lagged.reshape(p + 1, r, v), s, total
+
+
+def shifted_columns(Y: NDArray, idx, shift: NDArray | None) -> NDArray[np.float64]:
+    """The columns `idx` of a block Y as float64, less their shift (each voxel's mean) where there is one: the
+    values :func:`lagged_sums` summed."""
+    out = np.array(Y[:, idx], dtype=np.float64)
+    if shift is not None:
+        out -= shift[idx]
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -1037,7 +1068,8 @@ def fit_ar_block(
     """AR(p) fit of one block Y (n, v; finite, any float dtype; computed in float64); see :func:`fit_ar_sums`.
     `with_mean`: also each voxel's mean over the scans, from the float64 sums the fit makes anyway."""
     sums, shifted = lagged_sums(block, Y)
-    fit = fit_ar_sums(block, sums, weights, lambda idx: shifted[:, idx], autocorrelations)
+    data = (lambda idx: shifted[:, idx]) if shifted is not None else (lambda idx: shifted_columns(Y, idx, sums.shift))
+    fit = fit_ar_sums(block, sums, weights, data, autocorrelations)
     if not with_mean:
         return fit
     return dataclasses.replace(fit, mean=sums.total / Y.shape[0] if sums.shift is None else sums.shift)

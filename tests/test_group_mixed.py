@@ -333,6 +333,10 @@ def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(large_study, mon
     npt.assert_allclose(streamed.parametric["age"].t, in_memory.parametric["age"].t, rtol=1e-10)
     told = [str(w.message) for w in said if "read its vox_offset 100 as 352" in str(w.message)]
     assert told and all(message.startswith(f"{odd[1]}:") for message in told), told  # (not its decompressed copy)
+    raw[108:112] = np.zeros(1, "<f4").tobytes()  # its data at 348, where niftilib reads them: too short from 352
+    odd[1].write_bytes(gzip.compress(bytes(raw[:348] + raw[352:])))
+    with pytest.raises(voxfit.exceptions.InputError, match=rf"{odd[1]}: its vox_offset is 0, inside its 352-byte"):
+        SecondLevel(variances=odd, max_memory="24K", **kw).fit(_maps(study, "stat-effect.nii.gz")[::-1])
     with pytest.raises(
         voxfit.exceptions.InputError, match=r"`max_memory`='8K' cannot hold a group model of 32 .* give at least 18K"
     ):

@@ -859,7 +859,15 @@ def test_headers_nibabel_refuses_are_read_as_the_standard_and_niftilib_read_them
             rf"its {held} are too few for its 96 bytes of data to start at 352",
         ):
             voxfit.load(path)
+        if (at, first) == (0, 0.0):  # nibabel's image of it (its data from byte 0) is refused as the file is
+            with pytest.raises(InputError, match=rf"{path.name}: its vox_offset is 0"):
+                voxfit.load(nib.load(path), mask=np.ones((2, 2, 2), bool))
+    for name, at in (("nan", np.nan), ("negative", -4.0), ("infinite", np.inf)):  # (nibabel: ValueError and others)
+        with pytest.raises(InputError, match=rf"its vox_offset is {at:g}, which places its data nowhere in the file"):
+            voxfit.load(broken(name, (108, np.array([at], "<f4").tobytes())))
     if suffix == ".nii":
+        with pytest.raises(InputError, match=r"its vox_offset is 1e\+30, beyond the end of its \d+ bytes"):
+            voxfit.load(broken("beyond", (108, np.array([1e30], "<f4").tobytes())))
         (tmp_path / "single.hdr").write_bytes(broken("named", offset).read_bytes())
         with pytest.raises(InputError, match=r"single\.hdr: "):
             voxfit.load(tmp_path / "single.hdr")

@@ -4,6 +4,7 @@ every embedded image decodes; the page renders in headless Chromium; bad inputs 
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import re
@@ -263,6 +264,15 @@ def test_background_and_threshold_options(volume_run, tmp_path, capsys):
         assert f"{name}, resampled" in page
         drawn[name] = [img.tobytes() for alt, img in _images(page) if "orthogonal slices" in alt]
     assert drawn["t1.nii"] == drawn["right.nii"] == drawn["zero.nii"]
+    # a 4-D .nii.gz with its data at 348 (where niftilib reads them): its first volume alone fits from 352, one
+    # value off; its whole stream, too short for that, is read to say so
+    four = np.repeat(t1[..., None], 3, axis=3) + np.arange(3, dtype=np.float32)
+    nib.save(nib.Nifti1Image(four, fine), tmp_path / "four.nii")
+    raw = (tmp_path / "four.nii").read_bytes()
+    (tmp_path / "early.nii.gz").write_bytes(gzip.compress(raw[:108] + bytes(4) + raw[112:348] + raw[352:]))
+    capsys.readouterr()
+    assert main(["report", str(folder), "--background", str(tmp_path / "early.nii.gz"), "--force"]) == 2
+    assert re.search(r"early\.nii\.gz: its vox_offset is 0, inside its 352-byte header", capsys.readouterr().err)
 
 
 def test_nothing_to_show(volume_run, tmp_path):

@@ -24,6 +24,7 @@ that holds a scan's bytes or more after its data is read as nibabel and FSL read
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import io
@@ -303,6 +304,30 @@ def _data_start_unknown(path, offset: float, held: int, data_bytes: int, said: s
     )
 
 
+def truncated_error(path, held: int, promised: int) -> InputError:
+    """The error for a file (a .nii.gz: its stream) that ended after `held` bytes, where its header promises
+    `promised`; for a single NIfTI-1 file whose vox_offset lies inside its header (its data then read from 352),
+    the error that names it (:func:`_data_start_unknown`)."""
+    inside = _offset_inside_header(path)
+    if inside is not None:
+        return _data_start_unknown(path, inside, held, promised - 352)
+    return InputError(
+        f"{path}: file is truncated (it ends after {held:,} bytes, where its header promises {promised:,})."
+    )
+
+
+def first_scan(reader) -> NDArray:
+    """The first scan of `reader`, its scale factors applied (float32), as a background image is read. A single
+    NIfTI file whose vox_offset lies inside its header is read to its end: only there can a .nii.gz be found too
+    short for its data to start at 352 (a 4-D one's first scan would be read one value off, silently)."""
+    with contextlib.closing(reader.iter_scans()) as scans:
+        first = apply_scale(next(scans)[1][:1], reader.scale)[0]
+        if _offset_inside_header(getattr(reader, "path", "")) is not None:
+            for _ in scans:
+                pass
+    return first
+
+
 def repair_copied_header(path: Path) -> None:
     """In a copy of a single NIfTI-1 file that voxfit made itself (a decompressed map), the header fields that
     nibabel refuses set as the original's were read (:func:`_read_as_the_standard`; said of the original then), so
@@ -392,13 +417,15 @@ def _nifti1_order(head: bytes) -> str | None:
 def _nifti_field_fault(head: bytes, order: str, single: bool) -> str | None:
     """A NIfTI-1 header's scaling, data offset and first extension, where nibabel refuses them and they were not
     read as the standard or niftilib reads them (:func:`_image_nibabel_refuses`: a pair's, or beside another
-    fault): a finite slope with a non-finite intercept, a single file's vox_offset inside its header, an extension
-    of fewer than 8 bytes."""
+    fault): a finite slope with a non-finite intercept, a vox_offset that is negative or not a number, a single
+    file's vox_offset inside its header, an extension of fewer than 8 bytes."""
     end = ">" if order == "big" else "<"
     slope, inter = np.frombuffer(head[112:120], dtype=f"{end}f4")
     if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
         return f"its scl_inter is {inter} beside scl_slope {slope}: a scaled file needs a finite intercept"
     offset = float(np.frombuffer(head[108:112], dtype=f"{end}f4")[0])
+    if not np.isfinite(offset) or offset < 0:
+        return f"its vox_offset is {offset:g}, which places its data nowhere in the file"
     if single and head[344:348] == b"n+1\0" and 0 < offset < 352:
         return f"its vox_offset is {offset:g}, inside its 352-byte header, so where its data start is not known"
     if single and len(head) >= 360 and head[348] != 0 and offset >= 360:  # (extensions lie between 352 and the data)
@@ -667,6 +694,12 @@ class NiftiReader:
         if not self._compressed and have < need:
             if (inside := _offset_inside_header(self._image_file)) is not None:
                 raise _data_start_unknown(self._image_file, inside, have, self._data_bytes)
+            if self._offset > have:
+                shown = f"{self._offset:,}" if self._offset < 10**15 else f"{float(self._offset):.3g}"
+                raise InputError(
+                    f"{self._image_file}: its vox_offset is {shown}, beyond the end of its {have:,} bytes: "
+                    "the header is broken; write the file again from its source."
+                )
             raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
         scan = self.geometry.n_elements * self._file_dtype.itemsize
         if not self._compressed and self._run and have - need >= scan:
@@ -768,8 +801,6 @@ class NiftiReader:
             return extra_data(path, extra, scan, not ended) if self._run and (extra >= scan or not ended) else None
 
         def failed(exc):  # zlib.error, EOFError, OSError, isal's IsalError...: all mean corrupt data
-            if isinstance(exc, _Truncated) and (inside := _offset_inside_header(path)) is not None:
-                return _data_start_unknown(path, inside, exc.held, self._data_bytes)
             return exc if isinstance(exc, InputError) else corrupt_gzip(path, exc)
 
         slabs = _ramped(self.n_scans, k)
@@ -868,20 +899,8 @@ def _read_into(fh, out: NDArray, path: Path, chunk: int = READ_CHUNK, at: int = 
     while got < len(view):
         n = fh.readinto(view[got : got + chunk])
         if not n:
-            total = max(total, at + len(view))
-            raise _Truncated(
-                f"{path}: file is truncated (it ends after {at + got:,} bytes, where its header promises {total:,}).",
-                at + got,
-            )
+            raise truncated_error(path, at + got, max(total, at + len(view)))
         got += n
-
-
-class _Truncated(InputError):
-    """A file (a gzip file's stream) that ended after `held` bytes, before the data its header promises."""
-
-    def __init__(self, message: str, held: int):
-        super().__init__(message)
-        self.held = held
 
 
 def _read_slabs(path, offset: int, dtype: np.dtype, shape: tuple[int, int], k: int) -> Iterator[tuple[int, NDArray]]:
@@ -1977,6 +1996,8 @@ def _image_reader(images, name: str):
             one_volume = len(files) == 1 and _kind(files[0]) == "nifti"  # a 3-D image is one scan, as in memory
             reader = NiftiReader(files[0], allow_3d=True) if one_volume else open_reader(files)
         except InputError:
+            if any(_offset_inside_header(f) is not None for f in files):
+                raise  # (nibabel's own image of such a file would hand its header's bytes over as data)
             reader = None
         same = reader is not None and all(
             not isinstance(reader.geometry, VolumeGeometry)

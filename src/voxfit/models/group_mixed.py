@@ -39,7 +39,7 @@ from ..io import (
     statmap_name,
 )
 from ..io._gzip import corrupt_gzip
-from ..io.readers import extra_data, read_on, repair_copied_header
+from ..io.readers import extra_data, read_on, repair_copied_header, truncated_error
 from ..io.output import signals_held
 
 __all__ = [
@@ -236,8 +236,7 @@ def _decompress(source: Path, target: Path, size: int, scan: int | None) -> Path
             while done < size:
                 got = src.readinto(memoryview(buffer)[: min(_CHUNK, size - done)])
                 if not got:
-                    said = f"it ends after {done:,} bytes, where its header promises {size:,}"
-                    raise InputError(f"{source}: file is truncated ({said}).")
+                    raise truncated_error(source, done, size)
                 dst.write(memoryview(buffer)[:got])
                 done += got
             extra, ended = read_on(src)  # (reading to the end also checks the gzip trailer: CRC and length)

@@ -4,7 +4,6 @@ a finished output folder."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import datetime
 import html
@@ -161,12 +160,11 @@ class _Volume:
 
         nifti = str(path).lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz"))
         if nifti:  # its first volume read as the fits read a map: sizes checked first, the offset, the scaling
-            from ..io.readers import apply_scale, open_map
+            from ..io.readers import first_scan, open_map
 
             try:
                 reader = open_map(path)
-                with contextlib.closing(reader.iter_scans()) as scans:
-                    first = apply_scale(next(scans)[1][:1], reader.scale)[0]
+                first = first_scan(reader)
             except InputError as exc:
                 raise InputError(f"background image {exc}") from None
             img = nib.Nifti1Image(first.reshape(reader.geometry.shape, order="F"), reader.geometry.affine)

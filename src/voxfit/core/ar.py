@@ -1002,15 +1002,16 @@ def lagged_sums(block: ARBlock, Y: NDArray) -> tuple[LaggedSums, NDArray | None]
 def _tiled_sums(block: ARBlock, Y: NDArray, shifting: bool) -> tuple[NDArray, NDArray, NDArray]:
     """``(lagged (p+1, r, v), s (p+1, v), total (v,))`` of a block Y (n, v), a tile of columns at a time: each
     tile copied as float64 (in Y's own layout), shifted by its columns' means, and used for every sum while it is
-    in cache. The same operations per column as on the whole block, so the same numbers; a whole shifted float64
-    copy (8 bytes a value) read four times over took 1.6x as long (a 1,200-scan CIFTI block of 13k
-    grayordinates: 0.077 s against 0.048 s, and a new copy's pages faulted in for each block)."""
+    in cache. The same operations per column as on the whole block, so the same numbers to rounding (BLAS splits
+    a narrower product otherwise, and a tile of one column held scan by scan is summed pairwise: an ulp or so); a
+    whole shifted float64 copy (8 bytes a value) read four times over took 1.6x as long (a 1,200-scan CIFTI block
+    of 13k grayordinates: 0.077 s against 0.048 s, and a new copy's pages faulted in for each block)."""
     (n, v), p, r = Y.shape, block.order, block.design.rank
     lagged, s, total = np.empty(((p + 1) * r, v)), np.empty((p + 1, v)), np.empty(v)
     width = max(16, TILE_BYTES // (8 * n))
     for a in range(0, v, width):
         cols = slice(a, min(v, a + width))
-        tile = np.array(Y[:, cols], dtype=np.float64)  # (Y's layout kept: a column's sums add in the same order)
+        tile = np.array(Y[:, cols], dtype=np.float64)  # (Y's layout kept, and with it how numpy adds a column)
         total[cols] = tile.sum(axis=0)
         if shifting:
             tile -= total[cols] / n

@@ -862,6 +862,24 @@ def test_headers_nibabel_refuses_are_read_as_the_standard_and_niftilib_read_them
         if (at, first) == (0, 0.0):  # nibabel's image of it (its data from byte 0) is refused as the file is
             with pytest.raises(InputError, match=rf"{path.name}: its vox_offset is 0"):
                 voxfit.load(nib.load(path), mask=np.ones((2, 2, 2), bool))
+    if suffix.endswith(".gz"):  # read whole, accepted with its warning: the background's first scan, a copy
+        from voxfit.io.readers import first_scan, open_map
+
+        ten = np.arange(2 * 2 * 2 * 10, dtype=np.float32).reshape(2, 2, 2, 10) + 1  # (slabs enough to reuse buffers)
+        nib.save(nib.Nifti1Image(ten, np.eye(4)), tmp_path / "ten.nii")
+        zeroed = bytearray((tmp_path / "ten.nii").read_bytes())
+        zeroed[108:112] = zero[1]
+        path = tmp_path / f"zeroed{suffix}"
+        path.write_bytes(gzip.compress(bytes(zeroed)))
+        with pytest.warns(UserWarning, match="vox_offset is 0"):
+            npt.assert_array_equal(first_scan(open_map(path)), ten[..., 0].reshape(-1, order="F"))
+    else:  # a .nii cut short after its length was checked: truncated, whatever its vox_offset
+        from voxfit.io.readers import truncated_error
+
+        assert "file is truncated" in str(truncated_error(broken("cut", zero), 300, 352 + 96))
+        (tmp_path / "short.nii").write_bytes(raw[:350])
+        with pytest.raises(InputError, match=r"its vox_offset is 352, beyond the end of its 350 bytes: the file is tr"):
+            voxfit.load(tmp_path / "short.nii")
     for name, at in (("nan", np.nan), ("negative", -4.0), ("infinite", np.inf)):  # (nibabel: ValueError and others)
         with pytest.raises(InputError, match=rf"its vox_offset is {at:g}, which places its data nowhere in the file"):
             voxfit.load(broken(name, (108, np.array([at], "<f4").tobytes())))
@@ -892,6 +910,28 @@ def test_headers_nibabel_refuses_are_read_as_the_standard_and_niftilib_read_them
         loaded = voxfit.load(scans, mask=np.ones((2, 2, 2), bool))
     assert len(said) == 1 and "So are the 2 other scan(s) whose header is the same." in str(said[0].message)
     npt.assert_array_equal(loaded.data, np.repeat(data.reshape(8, 3, order="F")[:, :1].T, 3, axis=0))
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti2_file_with_its_data_at_540_is_refused_naming_its_vox_offset(tmp_path, suffix):
+    """NIfTI-2's header takes 540 bytes and its data start no earlier than 544: a vox_offset of 0 (nibabel reads
+    it, from byte 0) is read as 544, and a file written with its data at 540 is refused naming the vox_offset, as
+    is nibabel's image of it (whose own data would be the header's bytes)."""
+    data = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3) + 1
+    nib.save(nib.Nifti2Image(data, np.eye(4)), tmp_path / "right.nii")
+    raw = bytearray((tmp_path / "right.nii").read_bytes())
+    raw[168:176] = bytes(8)  # (vox_offset 0, an int64)
+    early = bytes(raw[:540] + raw[544:])
+    path = tmp_path / f"early{suffix}"
+    path.write_bytes(gzip.compress(early) if suffix.endswith(".gz") else early)
+    said = rf"early{re.escape(suffix)}: its vox_offset is 0, inside its 544-byte header, and its 636 bytes"
+    with pytest.raises(InputError, match=said):
+        voxfit.load(path, mask=np.ones((2, 2, 2), bool))
+    with pytest.raises(InputError, match=said):
+        voxfit.load(nib.load(path), mask=np.ones((2, 2, 2), bool))
+    (tmp_path / "whole.nii").write_bytes(bytes(raw))  # (its data at 544: read from there, with a warning)
+    with pytest.warns(UserWarning, match="vox_offset is 0; read as 544"):
+        npt.assert_array_equal(voxfit.load(tmp_path / "whole.nii").data, data.reshape(8, 3, order="F").T)
 
 
 def test_a_gzip_fault_is_told_apart_by_a_second_pass(tmp_path):

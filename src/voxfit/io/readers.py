@@ -248,7 +248,8 @@ def _image_nibabel_refuses(path: Path, exc: Exception):
     data_bytes = int(np.prod(checked.get_data_shape())) * checked.get_data_dtype().itemsize
     size = None if name.endswith(".gz") else path.stat().st_size
     if offset < 352 and size is not None and size < 352 + data_bytes:
-        raise _data_start_unknown(path, offset, size, data_bytes, f" (nibabel: {type(exc).__name__}: {exc})")
+        said = f" (nibabel: {type(exc).__name__}: {exc})"
+        raise _data_start_unknown(path, (offset, 352), size, data_bytes, said)
     img = nib.Nifti1Image(nib.arrayproxy.ArrayProxy(str(path), checked), checked.get_best_affine(), checked)
     img.set_filename(str(path))
     warnings.warn(
@@ -274,55 +275,67 @@ def _read_as_the_standard(header) -> list[str]:
     return read_as
 
 
-def _offset_inside_header(path) -> float | None:
-    """A single NIfTI-1 file's vox_offset where it lies inside its 352-byte header (0 to 351, read as 352: see
-    :func:`_read_as_the_standard`, :func:`_data_offset`); None for any other, or a header that cannot be read."""
+def _offset_inside_header(path) -> tuple[float, int] | None:
+    """``(vox_offset, the header's end)`` of a single NIfTI file whose vox_offset lies inside its header (NIfTI-1:
+    0 to 351, read as 352; NIfTI-2: 0 to 543, read as 544; see :func:`_read_as_the_standard`,
+    :func:`_data_offset`); None for any other, or a header that cannot be read."""
     name = str(path).lower()
     if not name.endswith((".nii", ".nii.gz")):
         return None
     try:
         with open_gzip(path) if name.endswith(".gz") else open(path, "rb") as fh:
-            head = fh.read(348)
+            head = fh.read(540)
     except Exception:  # noqa: BLE001 (unreadable or corrupt: the error at hand says so)
         return None
-    order = _nifti1_order(head) if len(head) == 348 else None
-    if order is None or head[344:348] != b"n+1\0":
+    order = _nifti1_order(head) if len(head) >= 348 else None
+    if order is not None and head[344:348] == b"n+1\0":
+        offset, end = (
+            float(np.frombuffer(head, dtype="<f4" if order == "little" else ">f4", count=1, offset=108)[0]),
+            352,
+        )
+    elif len(head) == 540 and head[4:8] == b"n+2\0":
+        order = {int.from_bytes(head[:4], e, signed=True): e for e in ("little", "big")}.get(540)
+        if order is None:
+            return None
+        offset, end = float(int.from_bytes(head[168:176], order, signed=True)), 544
+    else:
         return None
-    offset = float(np.frombuffer(head, dtype="<f4" if order == "little" else ">f4", count=1, offset=108)[0])
-    return offset if 0 <= offset < 352 else None
+    return (offset, end) if 0 <= offset < end else None
 
 
-def _data_start_unknown(path, offset: float, held: int, data_bytes: int, said: str = "") -> InputError:
-    """The error for a single file whose vox_offset lies inside its header and whose `held` bytes (of a .nii.gz:
-    decompressed) are too few for its data to start at 352, as that offset is read: written from 348 (where
-    niftilib starts), or cut short, no one can tell."""
-    decompressed = " (decompressed)" if str(path).lower().endswith(".gz") else ""
+def _data_start_unknown(path, inside: tuple[float, int], held: int, data_bytes: int, said: str = "") -> InputError:
+    """The error for a single file whose vox_offset lies inside its header (`inside`: it and the header's end) and
+    whose `held` bytes (of a .nii.gz: decompressed) are too few for its data to start at the header's end, as that
+    offset is read: written from 348 (NIfTI-1: where niftilib starts), or cut short, no one can tell."""
+    (offset, end), decompressed = inside, " (decompressed)" if str(path).lower().endswith(".gz") else ""
     return InputError(
-        f"{path}: its vox_offset is {offset:g}, inside its 352-byte header, and its {held:,} bytes{decompressed} are "
-        f"too few for its {data_bytes:,} bytes of data to start at 352, so where they start is not known: the "
+        f"{path}: its vox_offset is {offset:g}, inside its {end}-byte header, and its {held:,} bytes{decompressed} are "
+        f"too few for its {data_bytes:,} bytes of data to start at {end}, so where they start is not known: the "
         f"header is broken; write the file again from its source{said}."
     )
 
 
 def truncated_error(path, held: int, promised: int) -> InputError:
     """The error for a file (a .nii.gz: its stream) that ended after `held` bytes, where its header promises
-    `promised`; for a single NIfTI-1 file whose vox_offset lies inside its header (its data then read from 352),
-    the error that names it (:func:`_data_start_unknown`)."""
-    inside = _offset_inside_header(path)
+    `promised`; for a single .nii.gz whose vox_offset lies inside its header (its data then read from the header's
+    end), the error that names it (:func:`_data_start_unknown`): its length could not be checked when it was
+    opened, as a .nii's is (NiftiReader._check_size), so a .nii ended early was cut short since."""
+    inside = _offset_inside_header(path) if str(path).lower().endswith(".gz") else None
     if inside is not None:
-        return _data_start_unknown(path, inside, held, promised - 352)
+        return _data_start_unknown(path, inside, held, promised - inside[1])
     return InputError(
         f"{path}: file is truncated (it ends after {held:,} bytes, where its header promises {promised:,})."
     )
 
 
 def first_scan(reader) -> NDArray:
-    """The first scan of `reader`, its scale factors applied (float32), as a background image is read. A single
-    NIfTI file whose vox_offset lies inside its header is read to its end: only there can a .nii.gz be found too
-    short for its data to start at 352 (a 4-D one's first scan would be read one value off, silently)."""
+    """The first scan of `reader` (a copy), its scale factors applied (float32), as a background image is read. A
+    single .nii.gz whose vox_offset lies inside its header is read to its end: only there can it be found too
+    short for its data to start at the header's end (a 4-D one's first scan would be read one value off, silently;
+    a .nii's length was checked when it was opened)."""
     with contextlib.closing(reader.iter_scans()) as scans:
-        first = apply_scale(next(scans)[1][:1], reader.scale)[0]
-        if _offset_inside_header(getattr(reader, "path", "")) is not None:
+        first = np.array(apply_scale(next(scans)[1][:1], reader.scale)[0])  # (the read's buffer is used again)
+        if getattr(reader, "compressed", False) and _offset_inside_header(getattr(reader, "path", "")) is not None:
             for _ in scans:
                 pass
     return first
@@ -697,8 +710,8 @@ class NiftiReader:
             if self._offset > have:
                 shown = f"{self._offset:,}" if self._offset < 10**15 else f"{float(self._offset):.3g}"
                 raise InputError(
-                    f"{self._image_file}: its vox_offset is {shown}, beyond the end of its {have:,} bytes: "
-                    "the header is broken; write the file again from its source."
+                    f"{self._image_file}: its vox_offset is {shown}, beyond the end of its {have:,} bytes: the file "
+                    "is truncated or its header is wrong."
                 )
             raise InputError(f"{self._image_file}: file is truncated ({have} bytes; the header promises {need}).")
         scan = self.geometry.n_elements * self._file_dtype.itemsize

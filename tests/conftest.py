@@ -40,7 +40,8 @@ def pytest_configure(config):
         "planted_model_json: the test writes model.json files that are not of this version on purpose (older "
         "forms, refusals); the check of every model.json under its tmp_path is skipped",
     )
-    if getattr(config.option, "dist", "no") != "no" and not hasattr(config, "workerinput"):
+    workers = getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") != "no"
+    if workers and not hasattr(config, "workerinput") and not config.option.collectonly:
         _warm_numba_cache(config)
     if hasattr(config, "workerinput"):
         # an xdist worker starts with SIGINT ignored (the controller takes Ctrl-C), and the processes the tests
@@ -89,7 +90,8 @@ def _warm_numba_cache(config) -> None:
             env=dict(os.environ, PYTHONPATH=path),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
         )
         for part in parts
     ]
@@ -98,17 +100,40 @@ def _warm_numba_cache(config) -> None:
     os.environ[WARMUP] = str(done)  # (the workers, started after this hook, inherit it)
 
     def wait() -> None:
+        """Each part's end (at most 15 minutes, then ended), and the file the workers wait for, written whatever
+        happens here: a worker is never left waiting for it."""
         failed = []
-        for part, child in zip(parts, children):
-            output = child.communicate()[0]
-            if child.returncode:
-                failed.append(f"numba_warmup.py {part} failed ({child.returncode}): {output[-2000:]}")
-        (folder / "partial").write_text(json.dumps(failed))
-        os.replace(folder / "partial", done)  # (whole or absent to the workers that wait for it)
+        try:
+            for part, child in zip(parts, children):
+                try:
+                    output = child.communicate(timeout=900)[0]
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    output = child.communicate()[0] + "\n(ended after 15 minutes)"
+                if child.returncode and child.returncode < 0:  # (ended by a signal: Ctrl-C, or the kill above)
+                    failed.append(f"numba_warmup.py {part} ended by signal {-child.returncode}")
+                elif child.returncode:
+                    failed.append(f"numba_warmup.py {part} failed ({child.returncode}): {output[-2000:]}")
+        except BaseException as exc:  # noqa: BLE001 (said at the end of the run)
+            failed.append(f"numba_warmup.py: its end could not be read ({type(exc).__name__}: {exc})")
+        finally:
+            (folder / "partial").write_text(json.dumps(failed))
+            os.replace(folder / "partial", done)  # (whole or absent to the workers that wait for it)
 
     thread = threading.Thread(target=wait, name="numba-warmup", daemon=True)
     thread.start()
     config.stash[_WARMING] = (children, thread, folder)
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupted(signum, frame):
+        """Ctrl-C: the warm-up's processes ended at once (a compiler holds its own SIGINT until it returns to
+        Python, seconds later), so that no worker waits for them, then the run's own handling."""
+        _end_warm_up(config)
+        signal.signal(signal.SIGINT, previous)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGINT, interrupted)
 
 
 _WARMING = pytest.StashKey[tuple]()
@@ -139,15 +164,18 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def pytest_unconfigure(config):
     """The warm-up's processes ended (an interrupted run's too) and its folder removed."""
-    warming = config.stash.get(_WARMING, None)
-    if warming is None:
-        return
-    children, thread, folder = warming
-    for child in children:
+    warming = _end_warm_up(config)
+    if warming is not None:
+        warming[1].join()
+        shutil.rmtree(warming[2], ignore_errors=True)
+
+
+def _end_warm_up(config):
+    warming = None if config is None else config.stash.get(_WARMING, None)
+    for child in warming[0] if warming is not None else ():
         if child.poll() is None:
             child.kill()
-    thread.join()
-    shutil.rmtree(folder, ignore_errors=True)
+    return warming
 
 
 @pytest.fixture(autouse=True)

@@ -294,7 +294,7 @@ def _offset_inside_header(path) -> tuple[float, int] | None:
             352,
         )
     elif len(head) == 540 and head[4:8] == b"n+2\0":
-        order = {int.from_bytes(head[:4], e, signed=True): e for e in ("little", "big")}.get(540)
+        order = _nifti1_order(head, 540)
         if order is None:
             return None
         offset, end = float(int.from_bytes(head[168:176], order, signed=True)), 544
@@ -422,9 +422,10 @@ def _nifti_fault(path: Path) -> str | None:
     return _nifti_field_fault(head, order, single)
 
 
-def _nifti1_order(head: bytes) -> str | None:
-    """The byte order ("little", "big") in which a header's first 4 bytes read NIfTI-1's sizeof_hdr, 348; None."""
-    return {int.from_bytes(head[:4], endian, signed=True): endian for endian in ("little", "big")}.get(348)
+def _nifti1_order(head: bytes, sizeof_hdr: int = 348) -> str | None:
+    """The byte order ("little", "big") in which a header's first 4 bytes read NIfTI-1's sizeof_hdr, 348 (NIfTI-2's,
+    540, with `sizeof_hdr`); None."""
+    return {int.from_bytes(head[:4], endian, signed=True): endian for endian in ("little", "big")}.get(sizeof_hdr)
 
 
 def _nifti_field_fault(head: bytes, order: str, single: bool) -> str | None:

@@ -47,6 +47,7 @@ __all__ = [
     "empty_result",
     "fit_block",
     "fit_from_sums",
+    "fit_operator",
     "finite_columns",
     "fit_sums_of_data",
     "needs_refit",
@@ -93,9 +94,9 @@ class BlockResult:
     valid: NDArray[np.bool_]
 
 
-def _operator(design: DesignFactor, dtype: np.dtype) -> NDArray:
+def fit_operator(design: DesignFactor, dtype: np.dtype) -> NDArray:
     """Rows of the single GEMM: an orthonormal basis Q of the design's column space and, when the constant
-    is not in that space, ``(I - H) 1``.
+    is not in that space, ``(I - H) 1`` (:func:`fit_from_sums` takes products with either).
 
     Coordinates in an orthonormal basis give the fitted sum of squares without the condition number of X
     amplifying the rounding of the product; betas follow from them through a small (p x rank) product, and
@@ -153,7 +154,7 @@ class BlockFitter:
     def __init__(self, design: DesignFactor, dtype: np.dtype, tile: int, compiled: bool = True):
         self.design = design
         self.wdt = working_dtype(dtype)
-        self.op = _operator(design, self.wdt)  # (m, n): op @ tile gives the tile's coordinates, (m, tile)
+        self.op = fit_operator(design, self.wdt)  # (m, n): op @ tile gives the tile's coordinates, (m, tile)
         self.rows = _offset_rows(design.n_scans)
         self.beta_op = np.column_stack([design.basis_pinv, design.ones_coef])  # [pinv Q, pinv 1]
         self.basis_sums = design.basis.sum(axis=0)

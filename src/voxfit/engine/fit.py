@@ -16,7 +16,15 @@ from .._progress import Progress
 from .._threads import blas_single_threaded, resolve_workers, run_in_threads
 from ..core import Fit, factorize, make_fit, working_dtype
 from ..core._kernels import use_compiled
-from ..core.ols import BlockFitter, BlockResult, empty_result, fit_from_sums, fit_sums_of_data, needs_refit
+from ..core.ols import (
+    BlockFitter,
+    BlockResult,
+    empty_result,
+    fit_from_sums,
+    fit_operator,
+    fit_sums_of_data,
+    needs_refit,
+)
 from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
 from ._reading import ReadSums
 from .memory import DEFAULT_TILE_BYTES, NUMPY_TILE_BYTES, plan_blocks
@@ -247,10 +255,7 @@ def _fit_on_device(design, Y, device: str, block: int) -> Fit:
     xp, dev = device_namespace(device)
     kw = {} if dev is None else {"device": dev}
     V = Y.shape[1]
-    rows = [design.basis.T]
-    if design.has_intercept and not design.exact_intercept:  # the shift's terms (see fit_from_sums)
-        rows.append(design.ones_residual[None, :])
-    Qd = xp.asarray(np.ascontiguousarray(np.vstack(rows), dtype=np.float32), **kw)
+    Qd = xp.asarray(fit_operator(design, np.float32), **kw)  # (with (I - H) 1 for a shift's terms: fit_from_sums)
     out = empty_result(design.X.shape[1], V)
     step = max(block, 8192)
     for a in range(0, V, step):

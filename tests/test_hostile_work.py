@@ -156,6 +156,40 @@ def test_run_in_threads_stops_taking_items_on_ctrl_c():
     assert len(started) <= 10  # nothing new started after the interruption
 
 
+def _ctrl_c_at_random_moments(work, trials: int, within: float = 0.01) -> None:
+    """`work()` interrupted by SIGINT at a random moment, `trials` times: the threads each call started all end
+    (they must not wait for a lock that the interrupted thread was left holding)."""
+    rng = np.random.default_rng(0)
+    for _ in range(trials):
+        before = set(threading.enumerate())
+        with contextlib.suppress(KeyboardInterrupt):
+            _interrupt_main_after(rng.uniform(0.0005, within))  # (inside: it may land before start returns)
+            work()
+            time.sleep(1)  # (the work ended first: the signal lands here)
+        # (a thread whose start the signal cut short, its Thread.start waiting on an Event, is CPython's own case:
+        # it never runs, and is_alive says False)
+        new = [t for t in threading.enumerate() if t not in before and t.name.startswith("voxfit-") and t.ident]
+        for thread in new:
+            thread.join(2)
+        assert not [t.name for t in new if t.is_alive()], "a thread was left waiting for a lock"
+
+
+def test_threads_end_whenever_ctrl_c_lands():
+    # a Ctrl-C handled while the calling thread held a lock the workers need (inside ``with condition:``) left
+    # 2% of run_in_threads calls' workers, or a read-ahead's reader, waiting for it for good
+    from voxfit.io.readers import _read_ahead
+
+    _ctrl_c_at_random_moments(lambda: run_in_threads(lambda k: k, range(50_000), 2), trials=200)
+    _ctrl_c_at_random_moments(lambda: [interruptible(np.add, 1, k) for k in range(100_000)], trials=100)
+
+    def read_all():
+        slabs = [(k, 1) for k in range(100_000)]
+        for _ in _read_ahead(contextlib.nullcontext, lambda fh, buf, start: buf.fill(start), slabs, (1, 4), "f4"):
+            pass
+
+    _ctrl_c_at_random_moments(read_all, trials=100)
+
+
 def test_run_in_threads_keeps_order_progress_and_errors():
     counts = []
     assert run_in_threads(lambda k: k * k, range(50), 3, counts.append) == [k * k for k in range(50)]

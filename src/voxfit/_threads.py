@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import queue
 import signal
 import sys
 import threading
@@ -50,6 +51,7 @@ __all__ = [
     "POLL_S",
     "STOP_SIGNALS",
     "DaemonExecutor",
+    "Flag",
     "blas_single_threaded",
     "default_workers",
     "even_spans",
@@ -93,55 +95,60 @@ def run_in_threads(
             if on_done is not None:
                 on_done(k + 1)
         return results
-    cond = threading.Condition()
-    state = {"next": 0, "done": 0, "error": None}
-    stop = threading.Event()
+    # The calling thread, where signals arrive, takes no lock that a worker needs: a KeyboardInterrupt raised
+    # inside ``with condition:`` (in Condition.__enter__, after its lock is taken) leaves that lock held for
+    # good, and the workers waiting for it then never end (2% of Ctrl-Cs did, with a shared Condition). It
+    # waits on a SimpleQueue (C: its get takes an item or raises, and a put never waits), and stops the workers
+    # by a flag they read without a lock.
+    order = iter(range(n))
+    taking = threading.Lock()  # the workers' own
+    news: queue.SimpleQueue = queue.SimpleQueue()  # None for each item done, or the exception that stops the work
+    stop = Flag()
 
     def worker() -> None:
-        while True:
-            with cond:
-                if stop.is_set() or state["next"] >= n:
-                    return
-                k = state["next"]
-                state["next"] += 1
-            try:
-                value = fn(items[k])
-            except BaseException as exc:  # noqa: BLE001 (handed to the calling thread, which raises it)
-                with cond:
-                    if state["error"] is None:
-                        state["error"] = exc
-                    stop.set()
-                    cond.notify_all()
+        while not stop.up:
+            with taking:
+                k = next(order, None)
+            if k is None:
                 return
-            with cond:
-                results[k] = value
-                state["done"] += 1
-                cond.notify_all()
+            try:
+                results[k] = fn(items[k])
+            except BaseException as exc:  # noqa: BLE001 (handed to the calling thread, which raises it)
+                stop.up = True
+                news.put(exc)
+                return
+            news.put(None)
 
     threads = [threading.Thread(target=worker, name=f"voxfit-worker-{i}", daemon=True) for i in range(min(workers, n))]
-    reported = 0
+    done = 0
     try:
         for t in threads:  # (inside: a signal while they start stops those already running too)
             t.start()
-        while True:
-            with cond:
-                if state["error"] is None and state["done"] < n:
-                    cond.wait(POLL_S)
-                done, error = state["done"], state["error"]
-            if error is not None:
-                raise error
-            if on_done is not None and done > reported:
+        while done < n:
+            try:
+                item = news.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            if item is not None:
+                raise item
+            done += 1
+            if on_done is not None:
                 on_done(done)
-                reported = done
-            if done == n:
-                return results
+        return results
     except BaseException:
-        stop.set()
+        stop.up = True
         deadline = time.monotonic() + grace
         for t in threads:  # the items already running: each is one bounded block
             with contextlib.suppress(RuntimeError):  # not started (or its start cut short: it then takes no item)
                 t.join(max(0.0, deadline - time.monotonic()))
         raise
+
+
+class Flag:
+    """A flag that any thread sets and reads without a lock (an attribute's assignment is atomic): a stop that
+    the thread where signals arrive sets, where an Event's set takes a Condition (see run_in_threads)."""
+
+    up = False
 
 
 def in_chunks(fn: Callable[[int, int], None], n: int, first: int = 1, target_s: float = CHUNK_S) -> None:
@@ -167,23 +174,23 @@ def interruptible(fn: Callable, *args):
     """
     if threading.current_thread() is not threading.main_thread():
         return fn(*args)
-    box: dict = {}
-    done = threading.Event()
+    box: queue.SimpleQueue = queue.SimpleQueue()  # (not an Event: see run_in_threads)
 
     def target() -> None:
         try:
-            box["value"] = fn(*args)
+            box.put((True, fn(*args)))
         except BaseException as exc:  # noqa: BLE001 (raised again in the calling thread)
-            box["error"] = exc
-        finally:
-            done.set()
+            box.put((False, exc))
 
     threading.Thread(target=target, name="voxfit-linalg", daemon=True).start()
-    while not done.wait(POLL_S):
-        pass
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    while True:
+        try:
+            ok, value = box.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+        if not ok:
+            raise value
+        return value
 
 
 class DaemonExecutor:

@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 
 from .._array import held_as_series, type_name, working_dtype
 from .._digest import note_opened
+from .._threads import Flag
 from .._memory import check_memory, reserved_bytes, whole_files_cap
 from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, corrupt_gzip, open_gzip, open_gzip_stream
@@ -856,18 +857,20 @@ def _read_ahead(opened, fill, slabs, shape, dtype, finish=None, failed=None) -> 
     ``failed(exc)`` makes it."""
     dtype = np.dtype(dtype)
     bufs = [np.empty(shape, dtype=dtype) for _ in range(3)]
-    free: queue.Queue = queue.Queue()
-    full: queue.Queue = queue.Queue()
+    # SimpleQueues (C), not Queues: a signal handled in the caller inside a Queue's ``with`` (its Condition's
+    # __enter__) would leave its lock held, and the thread, waiting for it to put a slab, would never end
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    full: queue.SimpleQueue = queue.SimpleQueue()
     for b in bufs:
         free.put(b)
-    stop = threading.Event()
+    stop = Flag()
 
     def produce():
         try:
             with opened() as fh:
                 for start, count in slabs:
                     buf = free.get()
-                    if stop.is_set():
+                    if stop.up:
                         return
                     fill(fh, buf[:count], start)
                     full.put((start, buf, count))
@@ -879,9 +882,9 @@ def _read_ahead(opened, fill, slabs, shape, dtype, finish=None, failed=None) -> 
             full.put(exc if failed is None else failed(exc))
 
     thread = threading.Thread(target=produce, name="voxfit-read", daemon=True)
-    thread.start()
     held = None
     try:
+        thread.start()  # (inside: a signal just after it would otherwise leave the thread waiting for a buffer)
         while True:
             if held is not None:
                 free.put(held)
@@ -897,9 +900,10 @@ def _read_ahead(opened, fill, slabs, shape, dtype, finish=None, failed=None) -> 
             start, held, count = item
             yield start, held[:count] if dtype.isnative else held[:count].astype(dtype.newbyteorder("="))
     finally:
-        stop.set()
+        stop.up = True
         free.put(held if held is not None else bufs[0])  # wake the producer if it waits for a buffer
-        thread.join()
+        with contextlib.suppress(RuntimeError):  # (not started: a signal cut its start short)
+            thread.join()
 
 
 def _read_into(fh, out: NDArray, path: Path, chunk: int = READ_CHUNK, at: int = 0, total: int = 0) -> None:

@@ -180,7 +180,6 @@ def test_threads_end_whenever_ctrl_c_lands():
     from voxfit.io.readers import _read_ahead
 
     _ctrl_c_at_random_moments(lambda: run_in_threads(lambda k: k, range(50_000), 2), trials=200)
-    _ctrl_c_at_random_moments(lambda: [interruptible(np.add, 1, k) for k in range(100_000)], trials=100)
 
     def read_all():
         slabs = [(k, 1) for k in range(100_000)]
@@ -188,6 +187,44 @@ def test_threads_end_whenever_ctrl_c_lands():
             pass
 
     _ctrl_c_at_random_moments(read_all, trials=100)
+
+
+def test_a_read_aheads_failure_reaches_the_caller_whatever_it_is():
+    # the reader thread's error is raised on the caller's; a BaseException, or a `failed` that itself raised, ended
+    # the thread with nothing said, and the caller waited for the next slab for good
+    from voxfit.io.readers import _read_ahead
+
+    class Stop(BaseException):
+        pass
+
+    def refuse(exc):
+        raise RuntimeError(f"while reporting {exc!r}")
+
+    def fill_failing(error):
+        def fill(fh, buf, start):
+            if start == 3:
+                raise error
+            buf.fill(start)
+
+        return fill
+
+    cases = [(ValueError("bad slab"), None, ValueError), (Stop(), None, Stop), (ValueError("x"), refuse, RuntimeError)]
+    for error, failed, raised in cases:
+        box = []
+
+        def consume(error=error, failed=failed):
+            slabs = [(k, 1) for k in range(10)]
+            try:
+                for _ in _read_ahead(contextlib.nullcontext, fill_failing(error), slabs, (1, 4), "f4", failed=failed):
+                    pass
+            except BaseException as exc:  # noqa: BLE001 (what the caller got)
+                box.append(exc)
+
+        caller = threading.Thread(target=consume, daemon=True)
+        caller.start()
+        caller.join(10)
+        assert not caller.is_alive(), f"the caller still waits after {error!r}"
+        assert isinstance(box[0], raised)
 
 
 def test_run_in_threads_keeps_order_progress_and_errors():

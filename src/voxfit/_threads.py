@@ -99,22 +99,24 @@ def run_in_threads(
     # inside ``with condition:`` (in Condition.__enter__, after its lock is taken) leaves that lock held for
     # good, and the workers waiting for it then never end (2% of Ctrl-Cs did, with a shared Condition). It
     # waits on a SimpleQueue (C: its get takes an item or raises, and a put never waits), and stops the workers
-    # by a flag they read without a lock.
+    # by a flag it sets without a lock. (Thread.start's own wait is CPython's: a signal there leaves that thread
+    # unstarted, never running.)
     order = iter(range(n))
     taking = threading.Lock()  # the workers' own
     news: queue.SimpleQueue = queue.SimpleQueue()  # None for each item done, or the exception that stops the work
     stop = Flag()
 
     def worker() -> None:
-        while not stop.up:
-            with taking:
-                k = next(order, None)
+        while True:
+            with taking:  # (the stop read with the take: no worker starts an item after another's failed)
+                k = None if stop.up else next(order, None)
             if k is None:
                 return
             try:
                 results[k] = fn(items[k])
             except BaseException as exc:  # noqa: BLE001 (handed to the calling thread, which raises it)
-                stop.up = True
+                with taking:
+                    stop.up = True
                 news.put(exc)
                 return
             news.put(None)

@@ -48,8 +48,8 @@ from numpy.typing import NDArray
 
 from .._array import held_as_series, type_name, working_dtype
 from .._digest import note_opened
-from .._threads import Flag
 from .._memory import check_memory, reserved_bytes, whole_files_cap
+from .._threads import Flag
 from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, corrupt_gzip, open_gzip, open_gzip_stream
 from .checks import check_readable
@@ -878,8 +878,12 @@ def _read_ahead(opened, fill, slabs, shape, dtype, finish=None, failed=None) -> 
             if note:
                 full.put(note)
             full.put(None)
-        except Exception as exc:  # noqa: BLE001 (raised on the caller's thread)
-            full.put(exc if failed is None else failed(exc))
+        except BaseException as exc:  # noqa: BLE001 (raised on the caller's thread, which would wait for it)
+            try:
+                exc = exc if failed is None or not isinstance(exc, Exception) else failed(exc)
+            except BaseException as again:  # noqa: BLE001 (its own failure, raised there instead)
+                exc = again
+            full.put(exc)
 
     thread = threading.Thread(target=produce, name="voxfit-read", daemon=True)
     held = None
@@ -892,7 +896,7 @@ def _read_ahead(opened, fill, slabs, shape, dtype, finish=None, failed=None) -> 
             item = full.get()
             if item is None:
                 return
-            if isinstance(item, Exception):
+            if isinstance(item, BaseException):
                 raise item
             if isinstance(item, str):  # (the thread's warning, given on the caller's)
                 warnings.warn(item, UserWarning, stacklevel=2)

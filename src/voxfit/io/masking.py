@@ -16,6 +16,7 @@ come from whole scans.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
@@ -118,8 +119,9 @@ def load_mask(path, geometry: Geometry) -> NDArray[np.bool_]:
     geometry.check_same(reader.geometry, f"mask {label}")
     if reader.n_scans != 1:
         raise InputError(f"mask {label} has {reader.n_scans} volumes; a mask is a single 3-D image or map.")
-    values = next(iter(reader.iter_scans()))[1][0]
-    mask = np.isfinite(values) & (values != 0)
+    with contextlib.closing(reader.iter_scans()) as scans:  # (closed here: see second_level's _plan)
+        values = next(scans)[1][0]
+        mask = np.isfinite(values) & (values != 0)
     if not mask.any():
         raise InputError(f"mask {label} selects no voxel (every value is zero or not finite).")
     return mask

@@ -372,9 +372,11 @@ class SecondLevel:
 
             voxels = int(explicit_mask(self.mask, reader.geometry).sum())
         else:
-            _, first = next(iter(reader.iter_scans(max_bytes=1)))
-            first = np.asarray(first[0])
-            voxels = int(np.count_nonzero(np.isfinite(first) & (first != 0)))
+            # (closed here, not when the collector frees it: a Ctrl-C while the read's thread is joined then
+            # propagates, where a finalizer would swallow it)
+            with contextlib.closing(reader.iter_scans(max_bytes=1)) as scans:
+                first = np.asarray(next(scans)[1][0])
+                voxels = int(np.count_nonzero(np.isfinite(first) & (first != 0)))
         items = self._contrast_items(d.names, d.X.shape[1])
         plan = group_memory(
             execution.budgets.process,

@@ -97,7 +97,7 @@ def run_in_threads(
         return results
     # The calling thread, where signals arrive, takes no lock that a worker needs: a KeyboardInterrupt raised
     # inside ``with condition:`` (in Condition.__enter__, after its lock is taken) leaves that lock held for
-    # good, and the workers waiting for it then never end (2% of Ctrl-Cs did, with a shared Condition). It
+    # good, and the workers waiting for it then never end (2-4% of Ctrl-Cs did, with a shared Condition). It
     # waits on a SimpleQueue (C: its get takes an item or raises, and a put never waits), and stops the workers
     # by a flag it sets without a lock. (Thread.start's own wait is CPython's: a signal there leaves that thread
     # unstarted, never running.)

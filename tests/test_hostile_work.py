@@ -227,6 +227,50 @@ def test_a_read_aheads_failure_reaches_the_caller_whatever_it_is():
         assert isinstance(box[0], raised)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_the_program_loads_ends_it_as_any_interruption(tmp_path, sig):
+    # the command line's module takes 80 ms to load, and installs the handlers: a signal before them printed
+    # Python's traceback (SIGINT) or killed the process without a word (SIGTERM, SIGHUP: exit -15, -1)
+    child = (
+        "import builtins, os, signal, sys\n"
+        "import voxfit._program as entry\n"
+        "real = builtins.__import__\n"
+        "def arriving(name, globals=None, locals=None, fromlist=(), level=0):\n"
+        "    if level == 1 and name == 'cli':  # the signal lands as the command line's module loads\n"
+        f"        os.kill(os.getpid(), {int(sig)})\n"
+        "    return real(name, globals, locals, fromlist, level)\n"
+        "builtins.__import__ = arriving\n"
+        f"sys.argv = ['voxfit', 'fit', {str(tmp_path / 'missing.nii')!r}, '-o', {str(tmp_path / 'out')!r}]\n"
+        "entry.program()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines() == ["voxfit: interrupted; no output was written."]
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_an_interruption_while_the_parser_is_built_or_turned_into_another_error_is_said_as_one(monkeypatch, capsys):
+    # a signal while argparse builds the parser (0.07 s into the process) escaped the command's handling; numba's
+    # lazy import turns a KeyboardInterrupt into "ImportError: numba._devicearray failed to import" (exit 1)
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(cli, "_get_parser", interrupted)
+        assert cli.main(["fit", "--help"]) == 130
+
+    def converted(*args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("numba._devicearray failed to import")  # noqa: B904 (as numba's C code raises it)
+
+    monkeypatch.setattr(cli, "_run", converted)
+    assert cli.main(["demo"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["voxfit: interrupted; no output was written."] * 2
+
+
 def test_run_in_threads_keeps_order_progress_and_errors():
     counts = []
     assert run_in_threads(lambda k: k * k, range(50), 3, counts.append) == [k * k for k in range(50)]

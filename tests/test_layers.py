@@ -36,6 +36,7 @@ LAYERS = {
     "cli": 6,
     "__init__": 7,
     "__main__": 7,
+    "_program": 7,
 }
 # third-party imports allowed per layer (besides the standard library); numba only inside functions
 THIRD_PARTY = {0: {"numpy", "blake3"}, 1: {"numpy", "scipy"}, 2: {"numpy", "scipy", "nibabel", "pandas"}}

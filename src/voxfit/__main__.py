@@ -1,5 +1,5 @@
 """``python -m voxfit`` is the ``voxfit`` command."""
 
-from .cli import program
+from ._program import program
 
 program()

@@ -1567,7 +1567,17 @@ def _on_signal(signum, frame):
     from ._threads import handle_stop_signals
 
     handle_stop_signals(ignore_signal)
+    if _PROGRAM:  # (not in a caller's process, whose logging is its own)
+        _quiet_interrupted_libraries()
     raise KeyboardInterrupt
+
+
+def _quiet_interrupted_libraries() -> None:
+    """Once the program is interrupted: SQLAlchemy (pybids' index of a study) logs the cursor that the interruption
+    cut short ("Error closing cursor", with 25 lines of traceback) as the index closes; the run says one line."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("sqlalchemy").disabled = True
 
 
 def _interrupt_swallowed(hook, unraisable) -> None:
@@ -1622,8 +1632,12 @@ def program() -> NoReturn:
     process set up for it (:func:`program_settings`), which ends as soon as the command has (:func:`_end_process`)."""
     global _PROGRAM
     _PROGRAM = True
-    program_settings()
-    _end_process(_command(sys.argv[1:], program=True))
+    try:
+        program_settings()
+        code = _command(sys.argv[1:], program=True)
+    except KeyboardInterrupt:  # (before the command's own handling began: nothing was written)
+        code = say_interrupted(0)
+    _end_process(code)
 
 
 _PROGRAM = False  # this process is the voxfit program (`program`), not Python code calling `main`
@@ -1733,14 +1747,14 @@ def _nibabel_notes(record) -> bool:
 
 
 def _main(argv: list[str]) -> int:
-    parser = _get_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        print("voxfit: error: give a command: fit, design, group, bids, report or demo (see --help)", file=sys.stderr)
-        return 2
-    debug = getattr(args, "debug", False)
-    commits = len(_committed_since(0))
-    try:
+    debug, commits = False, len(_committed_since(0))
+    try:  # (the parser too: a signal while it is built, 0.07 s into the process, had printed a traceback)
+        args = _get_parser().parse_args(argv)
+        if args.command is None:
+            commands = "fit, design, group, bids, report or demo"
+            print(f"voxfit: error: give a command: {commands} (see --help)", file=sys.stderr)
+            return 2
+        debug = getattr(args, "debug", False)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             code = _run(args, argv)
@@ -1754,12 +1768,7 @@ def _main(argv: list[str]) -> int:
         print(f"voxfit: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        done = _committed_since(commits)
-        if done:  # (a Ctrl-C held during the commit arrives after it)
-            print(f"voxfit: interrupted after the output was written to {done[-1]}.", file=sys.stderr)
-        else:
-            print("voxfit: interrupted; no output was written.", file=sys.stderr)
-        return 130
+        return say_interrupted(commits)
     except OSError as exc:  # the system refused a file (no space, permissions, a name too long): the user's to fix
         if exc.errno is None:
             return _internal_error(exc, debug)
@@ -1779,7 +1788,31 @@ def _main(argv: list[str]) -> int:
         print(f"voxfit: error: {_one_line(str(InputError.from_os_error(exc, name)))}", file=sys.stderr)
         return 2
     except Exception as exc:  # an internal error: one line, the traceback on request
+        if _raised_by_interruption(exc):  # (numba's lazy import turns a Ctrl-C into an ImportError)
+            return say_interrupted(commits)
         return _internal_error(exc, debug)
+
+
+def say_interrupted(commits: int) -> int:
+    """The line of an interrupted command (its exit status, 130): whether it had written its output (after the
+    first `commits` of this process)."""
+    done = _committed_since(commits)
+    if done:  # (a Ctrl-C held during the commit arrives after it)
+        print(f"voxfit: interrupted after the output was written to {done[-1]}.", file=sys.stderr)
+    else:
+        print("voxfit: interrupted; no output was written.", file=sys.stderr)
+    return 130
+
+
+def _raised_by_interruption(exc: BaseException) -> bool:
+    """Whether `exc` was raised while a KeyboardInterrupt was handled (in its chain of causes and contexts)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _one_line(text: str) -> str:

@@ -1635,7 +1635,7 @@ def program() -> NoReturn:
     try:
         program_settings()
         code = _command(sys.argv[1:], program=True)
-    except KeyboardInterrupt:  # (before the command's own handling began: nothing was written)
+    except KeyboardInterrupt:  # (outside the command's own handling: before it began, or as the process ends)
         code = say_interrupted(0)
     _end_process(code)
 

@@ -241,11 +241,11 @@ def test_numpys_submodules_are_left_as_they_are_once_scipy_is_imported():
 
 @pytest.mark.parametrize("how", ["program", "bad input", "traced", "profiled", "called from Python", "full disk"])
 def test_the_program_ends_at_its_result_without_the_interpreters_teardown(files, tmp_path, how):
-    """The voxfit program (``python -m voxfit``, the ``voxfit`` script: voxfit.cli.program) ends when its command
-    has: its output written and flushed, its exit status kept (2 for a contrast naming no column, or for a summary
-    that a full disk refused after the output was written), and no atexit handler run. Under a tracer or a
-    profiler (coverage, cProfile), which write their results at exit, it exits as usual; so does
-    voxfit.cli.main called from Python code, which keeps its process."""
+    """The voxfit program (``python -m voxfit``, the ``voxfit`` script: voxfit.cli.program, through
+    voxfit._program) ends when its command has: its output written and flushed, its exit status kept (2 for a
+    contrast naming no column, or for a summary that a full disk refused after the output was written), and no
+    atexit handler run. Under a tracer or a profiler (coverage, cProfile), which write their results at exit, it
+    exits as usual; so does voxfit.cli.main called from Python code, which keeps its process."""
     contrast = "b=b" if how == "bad input" else "a=a"
     args = ["fit", "bold.nii.gz", "--design", "d.tsv", "--contrast", contrast, "-o", "out"]
     prelude = "import atexit, sys\natexit.register(print, 'ATEXIT')\n"

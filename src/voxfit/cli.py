@@ -1628,16 +1628,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def program() -> NoReturn:
-    """The voxfit program (the ``voxfit`` script, ``python -m voxfit``): the command line on ``sys.argv`` in a
-    process set up for it (:func:`program_settings`), which ends as soon as the command has (:func:`_end_process`)."""
+    """The voxfit program (the ``voxfit`` script and ``python -m voxfit``, through :mod:`voxfit._program`): the
+    command line on ``sys.argv`` in a process set up for it (:func:`program_settings`), which ends as soon as the
+    command has (:func:`_end_process`)."""
     global _PROGRAM
     _PROGRAM = True
-    try:
-        program_settings()
-        code = _command(sys.argv[1:], program=True)
-    except KeyboardInterrupt:  # (outside the command's own handling: before it began, or as the process ends)
-        code = say_interrupted(0)
-    _end_process(code)
+    program_settings()
+    _end_process(_command(sys.argv[1:], program=True))  # (a signal outside the command's handling: voxfit._program)
 
 
 _PROGRAM = False  # this process is the voxfit program (`program`), not Python code calling `main`

@@ -189,6 +189,25 @@ def test_voxels_without_residual_variance_get_no_p_value(rng):
     assert np.isfinite(res.null_max).all()
 
 
+@pytest.mark.parametrize("scale", [2.0**-70, 2.0**64])
+def test_maps_of_any_size_give_the_same_statistics_and_p_values(rng, scale):
+    """The shuffles' statistics do not depend on the maps' units: float32 residuals of maps of size 1e-21 (2**-70)
+    underflowed, and the squares of those of size 1.8e19 (2**64) overflowed: TFCE 0 and p values off by up to 0.98,
+    with nothing said. Scaled by a power of two, the maps give the same numbers to the bit."""
+    from voxfit.inference.graph import volume_adjacency
+
+    shape = (6, 6, 5)
+    adjacency = volume_adjacency(np.ones(shape, dtype=bool), shape)
+    Y = (rng.standard_normal((8, 180)) + 0.3).astype(np.float32)
+    Y[:, :30] += 2.0
+    options = {"n_permutations": 256, "tfce": True, "adjacency": adjacency, "n_jobs": 1}
+    a = permutation_test(np.ones((8, 1)), Y, [1.0], **options)
+    b = permutation_test(np.ones((8, 1)), Y * np.float32(scale), [1.0], **options)
+    assert np.isfinite(a.stat).all() and a.tfce.max() > 0
+    for name in ("stat", "p_uncorrected", "p_fwe", "null_max", "tfce", "p_tfce_fwe", "null_tfce"):
+        npt.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+
+
 def test_f_ties_under_sign_flips_are_counted(rng):
     """All 2^9 sign-flips: an F map equals its negated shuffle's, so the smallest p is 2/N, also in float32
     with a high R^2 (R^2 ~ 0.99, where the null statistics lose digits) and for TFCE and cluster mass."""

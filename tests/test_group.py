@@ -526,6 +526,20 @@ def test_a_covariate_with_a_word_among_its_numbers_is_refused_not_dropped(tmp_pa
     assert f"column 'age', participant_id sub-03: '{cell}' is not a number" in err and "--covariates" in err
 
 
+@pytest.mark.parametrize("options", [["--two-sample", "group", "--contrast", "d=A - B"], []])
+def test_a_covariate_with_decimal_commas_in_every_row_is_refused_not_dropped(tmp_path, rng, capsys, options):
+    """A table written in a locale of decimal commas (every age "30,5"): the column was left out of the design as
+    text with a note (exit 0), or, with no other numeric column, refused as holding none."""
+    paths = _maps(tmp_path, rng, n=8)
+    rows = ["participant_id\tgroup\tage"] + [f"sub-{s:02d}\t{'AB'[s % 2]}\t{30 + s},5" for s in range(8)]
+    (tmp_path / "p.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    code = main(["group", *map(str, paths), "--design", str(tmp_path / "p.tsv"), *options, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and not out.exists()
+    assert "column 'age', participant_id sub-00: '30,5' and the column's other values are numbers with decimal " in err
+
+
 def test_an_ols_group_with_a_mask_says_what_it_could_not_fit(tmp_path, rng, capsys):
     """With --mask, a voxel NaN in some map is left NaN and counted in a note (the summary and model.json's design
     notes); a map NaN everywhere, which left every map NaN with exit 0 (a hostile tester's finding), is refused in

@@ -319,12 +319,20 @@ def group_design(
                     "rows (and their maps), or drop the column."
                 )
             words = [(k, c) for k, c in filled if _numeric([c]) is None]
-            if len(words) < len(filled):  # numbers and a word or two (a typo, a decimal comma): not a text column
+            commas = all("," in c and _numeric([c.replace(",", ".", 1)]) is not None for _, c in words)
+            if len(words) < len(filled) or commas:  # numbers and a word or two (a typo, a decimal comma), or numbers
+                # with decimal commas in every row (a spreadsheet's locale): not a text column
                 k, cell = words[0]  # (rows in the maps' order where an id column matched them: named by the id)
                 where = f"{ID_COLUMN} {columns[ID_COLUMN][k - 1]}" if ID_COLUMN in columns else f"row {k}"
+                what_is = (
+                    f"{cell!r} is not a number, where the column's other values are; fix the cell (decimals with a "
+                    "point)"
+                    if len(words) < len(filled)
+                    else f"{cell!r} and the column's other values are numbers with decimal commas; write them with "
+                    "points"
+                )
                 raise InputError(
-                    f"{what}: column {name!r}, {where}: {cell!r} is not a number, where the column's other values "
-                    "are; fix the cell (decimals with a point), or name the covariates with --covariates (other "
+                    f"{what}: column {name!r}, {where}: {what_is}, or name the covariates with --covariates (other "
                     "columns are then not read)."
                 )
             if chosen is not None:

@@ -540,6 +540,19 @@ def test_a_covariate_with_decimal_commas_in_every_row_is_refused_not_dropped(tmp
     assert "column 'age', participant_id sub-00: '30,5' and the column's other values are numbers with decimal " in err
 
 
+def test_a_contrast_of_a_text_column_says_it_is_text(tmp_path, rng, capsys):
+    """A contrast naming a text column of the table (sex, left out of the design) said "unknown column 'sex'", of a
+    column the table has."""
+    paths = _maps(tmp_path, rng, n=8)
+    rows = ["participant_id\tsex\tage"] + [f"sub-{s:02d}\t{'FM'[s % 2]}\t{30 + s}" for s in range(8)]
+    (tmp_path / "p.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    code = main(["group", *map(str, paths), "--design", str(tmp_path / "p.tsv"), "--contrast", "s=sex", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and not out.exists()
+    assert "contrast 's' names 'sex', a text column of" in err and "--two-sample sex" in err
+
+
 def test_an_ols_group_with_a_mask_says_what_it_could_not_fit(tmp_path, rng, capsys):
     """With --mask, a voxel NaN in some map is left NaN and counted in a note (the summary and model.json's design
     notes); a map NaN everywhere, which left every map NaN with exit 0 (a hostile tester's finding), is refused in

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -302,7 +303,7 @@ class SecondLevel:
                 execution = shuffling = replace(
                     execution, scheduler=stack.enter_context(dask_client(execution.scheduler))
                 )
-            items = self._contrast_items(d.names, d.X.shape[1])
+            items = self._contrast_items(d)
             blocks = (
                 read_groups(self.grp, Y.shape[0])[order] if self.grp is not None else None
             )  # (as the inputs were given)
@@ -377,7 +378,7 @@ class SecondLevel:
             with contextlib.closing(reader.iter_scans(max_bytes=1)) as scans:
                 first = np.asarray(next(scans)[1][0])
                 voxels = int(np.count_nonzero(np.isfinite(first) & (first != 0)))
-        items = self._contrast_items(d.names, d.X.shape[1])
+        items = self._contrast_items(d)
         plan = group_memory(
             execution.budgets.process,
             reader.n_scans * copies,  # (mixed effects: the variance maps and weighted residuals, see group_mixed)
@@ -502,7 +503,7 @@ class SecondLevel:
     def _fit_streamed(self, data, paths, d, reader, out, execution: Execution, command) -> GroupFit:
         """Parametric group model of data larger than `max_memory`, without clusters or TFCE (the route
         allows no other): one pass keeping per-voxel sums."""
-        items = self._contrast_items(d.names, d.X.shape[1])
+        items = self._contrast_items(d)
         streamed = fit_streaming(
             data,
             d.X,
@@ -607,7 +608,7 @@ class SecondLevel:
             paths = data if isinstance(data, list) else [data]
             reader = _open_maps(data)
             need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
-            items = self._contrast_items(d.names, d.X.shape[1])
+            items = self._contrast_items(d)
             shuffling = execution  # with permutations the maps are held (the cap planned as for OLS)
             if self.permutations and execution.max_memory is not None and execution.scheduler is None:
                 plan = self._plan(reader, d, execution, copies=permutation_copies(items, d.X, list(d.names)))
@@ -770,8 +771,19 @@ class SecondLevel:
             return float(total[0]) / pairs.n
         return np.broadcast_to(total / pairs.n, (pairs.n, total.size))
 
-    def _contrast_items(self, names, p: int) -> list[tuple[str, object]]:
+    def _contrast_items(self, d) -> list[tuple[str, object]]:
+        """The contrasts asked for (--contrast, --con and --fts) over the group design `d`, checked for what the
+        design's own checks cannot say: a name of a text column of the table, which the design left out."""
+        names, p = d.names, d.X.shape[1]
         items = contrast_items(self.contrasts) if self.contrasts else []
+        for label, expr in items:
+            text = [c for c in d.left_out if isinstance(expr, str) and c not in names and c in _words(expr)]
+            if text:
+                raise InputError(
+                    f"contrast {label!r} names {text[0]!r}, a text column of {d.source or 'the design table'}, "
+                    f"which is no regressor (the design's columns are {', '.join(names)}); for two groups give "
+                    f"--two-sample {text[0]}, or code the column as numbers."
+                )
         if self.con is not None:
             tcons = read_contrasts(self.con, p)
             items += [(label, w) for label, w in _unique_labels(tcons)]
@@ -1197,3 +1209,8 @@ def _open_maps(data):
                     "all the maps."
                 )
     return reader
+
+
+def _words(expr: str) -> set[str]:
+    """The names an expression could hold (runs of letters, digits, _ and .)."""
+    return set(re.findall(r"[A-Za-z_][\w.]*", expr))

@@ -167,6 +167,30 @@ def test_fsl_vest_files_and_blocks(tmp_path, rng):
     npt.assert_allclose(F, fit(X, Y).contrast([[1, -1, 0], [0, 0, 1]]).F, rtol=1e-5)
 
 
+def test_an_fsl_f_test_of_a_one_sample_design_is_the_two_sided_t(tmp_path, rng):
+    """FSL's one-sample design (one EV of ones) with a design.fts of its one contrast, as randomise takes it: refused
+    (the F of one contrast is made of the row twice, and "2 rows but the design has only 1 column"); now F = t^2,
+    its p the t's two-sided p, parametric and by sign flips."""
+    n = 8
+    paths = _maps(tmp_path, rng, n=n)
+    write_vest(tmp_path / "design.mat", np.ones((n, 1)))
+    write_vest(tmp_path / "design.con", np.ones((1, 1)), rows_key="NumContrasts")
+    write_vest(tmp_path / "design.fts", np.ones((1, 1)), rows_key="NumContrasts")
+    out = tmp_path / "one"
+    files = ["--design", "design.mat", "--con", "design.con", "--fts", "design.fts"]
+    args = [str(tmp_path / f) if f.endswith((".mat", ".con", ".fts")) else f for f in files]
+    assert main(["group", *map(str, paths), *args, "--permutations", "256", "-o", str(out), "--quiet"]) == 0
+    mask = _read(out / "mask.nii.gz") > 0
+    t = _read(out / "contrast-C1_stat-t_statmap.nii.gz")[mask]
+    F = _read(out / "contrast-F1_stat-F_statmap.nii.gz")[mask]
+    npt.assert_allclose(F, t.astype(np.float64) ** 2, rtol=1e-5)
+    p_t = _read(out / "contrast-C1_stat-p_statmap.nii.gz")[mask]  # one-sided
+    p_F = _read(out / "contrast-F1_stat-p_statmap.nii.gz")[mask]
+    npt.assert_allclose(p_F, 2 * np.minimum(p_t, 1 - p_t), rtol=1e-4, atol=1e-7)
+    flips = _read(out / "contrast-F1_stat-p_desc-uncorrected_statmap.nii.gz")[mask]
+    assert np.isfinite(flips).all() and (flips >= 1 / 256).all()
+
+
 def test_participants_table_designs(tmp_path, rng, capsys):
     rows = ["participant_id\tage\tsex\tgroup"] + [
         f"sub-{i:02d}\t{20 + 3 * i}\t{'MF'[i % 2]}\t{'patient' if i < 5 else 'control'}" for i in range(10)

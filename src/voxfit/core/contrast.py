@@ -139,7 +139,7 @@ def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[ND
         raise ContrastError(f"`contrast` {label} must have at least one row and only finite weights.")
     if not np.any(w, axis=1).all():
         raise ContrastError(f"`contrast` {label} has a row of all zeros; every row must weight some column.")
-    if w.shape[0] > p:
+    if w.shape[0] > max(p, 2):  # (two rows always: a row twice is the F of one row, FSL's F of one contrast)
         raise ContrastError(
             f"`contrast` has {w.shape[0]:,} rows but the design has only {p} column{'s' * (p != 1)}; an F contrast "
             "tests at most one row per column (drop the redundant rows)."

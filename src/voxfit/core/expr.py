@@ -189,7 +189,7 @@ def parse_contrast(text: str, names: tuple[str, ...]) -> NDArray[np.float64]:
             f"limit of {MAX_EXPRESSION_LENGTH:,}; give the weights as numbers (e.g. an FSL .con file)."
         )
     rows = _Parser(text, tuple(names)).rows()
-    if len(rows) > len(names):
+    if len(rows) > max(len(names), 2):  # (two rows always, as for weights: a row twice is the F of one row)
         shown = text[:40] + ("..." if len(text) > 40 else "")
         columns = f"{len(names)} column{'s' * (len(names) != 1)}"
         raise ContrastError(

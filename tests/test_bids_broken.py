@@ -115,6 +115,19 @@ def test_model_input_chooses_the_subjects(tmp_path, dataset, capsys):
     assert sorted(p.name for p in (tmp_path / "out").glob("sub-*")) == ["sub-01", "sub-03"]
 
 
+@pytest.mark.parametrize("run", [[1], 2, ["02"]])
+def test_model_input_chooses_the_runs(tmp_path, dataset, capsys, run):
+    """Input.run (an entity other than task, subject or session) was checked and not used: the runs it leaves out
+    were fitted without variables, each a failure ("check its events.tsv"), exit 2."""
+    model = json.loads(json.dumps(MODEL))
+    model["Input"] = {"task": "stroop", "run": run}
+    code, lines = _bids(tmp_path, dataset, capsys, model)
+    assert code == 0 and not lines, lines
+    kept = int(run[0] if isinstance(run, list) else run)
+    fitted = sorted(p.name.split("_run-")[1][0] for p in (tmp_path / "out").glob("sub-*/node-runlevel/*_model.json"))
+    assert fitted == [str(kept)] * 3
+
+
 @pytest.mark.parametrize("how", ["no derivatives folder", "no preprocessed BOLD"])
 def test_a_subject_without_preprocessed_runs(tmp_path, dataset, capsys, how):
     if how == "no derivatives folder":

@@ -565,6 +565,7 @@ def find_runs(
     desc="preproc",
     participant_label=(),
     sessions=None,
+    entities=None,
     mask_entities=None,
     strict: bool = True,
 ) -> tuple[RunInput, ...]:
@@ -573,6 +574,7 @@ def find_runs(
     task, space: filters (the default space: the one the derivatives have; refused, naming them, when they
     have several); desc: of preprocessed volumes (surface and CIFTI runs, which fMRIPrep writes without one,
     are taken with or without it); participant_label: subjects (``01`` or ``sub-01``); sessions: labels;
+    entities: other entities' values ``{entity: [values]}`` (a model's Input.run, Input.acquisition...);
     mask_entities: the model's ``Options.Mask`` entities selecting the mask instead of fMRIPrep's brain mask.
     With `strict`, the first problem of a run (no events, no repetition time, confounds of another length)
     is raised as an InputError; otherwise it is kept in the run's ``problems``.
@@ -587,6 +589,7 @@ def find_runs(
         f
         for f in layout.get(**filters)
         if (f.entities.get("desc") == desc if _is_volume(f.path) else f.entities.get("desc") in (None, desc))
+        and _selected(f.entities, entities)
     ]
     space, qualifiers = _space_qualifiers(space)
     spaces = _spaces(candidates)
@@ -622,7 +625,7 @@ def find_runs(
         )
     files = _RunFiles(layout, mask_entities)
     runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)))
-    runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions) + _lost_hemispheres(runs, hemis)
+    runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions, entities) + _lost_hemispheres(runs, hemis)
     if strict:
         for r in runs:
             if r.problems:
@@ -781,10 +784,10 @@ def entity_label(value) -> str:
     return str(int(text)) if text.isdigit() else text
 
 
-def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[RunInput, ...]:
-    """A run (with its problem) for each raw BOLD run of the chosen task, subjects and sessions that has no
-    preprocessed run among `chosen` (matched by subject, session, task, acquisition and run: fMRIPrep combines
-    echoes), e.g. a subject fMRIPrep failed on."""
+def _unprocessed(layout, chosen, task, space, desc, labels, sessions, wanted=None) -> tuple[RunInput, ...]:
+    """A run (with its problem) for each raw BOLD run of the chosen task, subjects, sessions and `wanted` entities
+    (:func:`find_runs`' `entities`) that has no preprocessed run among `chosen` (matched by subject, session, task,
+    acquisition and run: fMRIPrep combines echoes), e.g. a subject fMRIPrep failed on."""
     keys = ("subject", "session", "task", "acquisition", "run")
     done = {tuple(str(f.entities.get(k)) for k in keys) for f in chosen}
     filters = {"scope": "raw", "suffix": "bold", "extension": [".nii.gz", ".nii"]}
@@ -794,7 +797,7 @@ def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[R
     out = []
     for f in sorted(layout.get(**filters), key=lambda f: f.path):
         ent = f.get_entities()
-        if tuple(str(ent.get(k)) for k in keys) in done:
+        if tuple(str(ent.get(k)) for k in keys) in done or not _selected(ent, wanted):
             continue
         entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)
         problem = _unretrieved(layout, dict(entities), {"space": space, "desc": desc}) or (
@@ -806,10 +809,26 @@ def _unprocessed(layout, chosen, task, space, desc, labels, sessions) -> tuple[R
     return tuple(out)
 
 
+def _selected(file_entities: dict, entities: dict | None) -> bool:
+    """Whether a file's entities hold one of the values `entities` lists for each of its entities (numbers as
+    numbers: a model's Input.run 1 is run-01)."""
+    return all(
+        _entity_text(file_entities.get(k)) in {_entity_text(v) for v in values}
+        for k, values in (entities or {}).items()
+    )
+
+
+def _entity_text(value) -> str | None:
+    text = None if value is None else str(value)
+    return str(int(text)) if text is not None and text.isdigit() else text
+
+
 def input_filters(layout, model_input: dict | None, *, task=None, participant_label=()) -> dict:
     """The runs a model's ``Input`` (pybids entity names) selects, as :func:`find_runs`' ``task``,
-    ``participant_label`` and ``sessions`` (combined with the command line's `task` and `participant_label`);
-    a value of ``Input`` that the dataset does not have is refused, naming the entity and the values it has."""
+    ``participant_label``, ``sessions`` and ``entities`` (the others: run, acquisition...; combined with the
+    command line's `task` and `participant_label`); a value of ``Input`` that the dataset does not have is refused,
+    naming the entity and the values it has. (Input.run was checked and not used: the runs it left out were fitted
+    without variables, each a failure saying "check its events.tsv".)"""
     model_input = dict(model_input or {})
     for entity, values in model_input.items():
         values = values if isinstance(values, list) else [values]
@@ -817,7 +836,7 @@ def input_filters(layout, model_input: dict | None, *, task=None, participant_la
             have = {str(v) for v in layout.get(return_type="id", target=entity, suffix="bold")}  # (bold only: fast)
         except (ValueError, KeyError, TypeError):
             have = set()
-        absent = [v for v in values if v is not None and str(v) not in have]
+        absent = [v for v in values if v is not None and _entity_text(v) not in {_entity_text(h) for h in have}]
         if absent:
             raise InputError(
                 f"the model's Input names {entity} {absent[0]!r}, which the dataset does not have ({entity}: "
@@ -839,7 +858,13 @@ def input_filters(layout, model_input: dict | None, *, task=None, participant_la
             )
         labels = labels or subjects
     sessions = model_input.get("session")
+    others = {
+        entity: [v for v in (values if isinstance(values, list) else [values]) if v is not None]
+        for entity, values in model_input.items()
+        if entity not in ("task", "subject", "session")
+    }
     return {
+        "entities": {entity: values for entity, values in others.items() if values} or None,
         "task": task if task is not None else (tasks[0] if tasks and len(tasks) == 1 else tasks),
         "participant_label": tuple(labels),
         "sessions": None

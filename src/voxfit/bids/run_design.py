@@ -134,6 +134,7 @@ def run_design(
     Model.X and Model.HRF (as SPM and FSL leave an empty condition out; ``settings``'s ``left_out_of_x``), and a
     contrast naming it is not made for the run (pybids' and FitLins' rule: the run's other contrasts are; listed in
     ``settings``'s ``contrasts_not_made``: [contrast, name, trial type]; ``left_out_of_x``: [name, trial type]).
+    A pattern of Model.X that matches none of the run's variables adds nothing (``patterns_unmatched``).
     Its regressor would be zeros, and so the Transformations take it (see :func:`_without_absent`; ``settings``'s
     ``instructions_pruned``: [index, instruction, names left out, their trial types, whether left out whole]):
     pybids' Factor and Convolve of every trial type, FitLins' usual model, refused a run without error trials.
@@ -145,7 +146,7 @@ def run_design(
     lacking = [t for t in trial_types if t not in levels]  # (the study's trial types this run has no event of)
     voxfit_convolves, pybids_instructions, absent, pruned = _transform(variables, problem, lacking)
     hrfs = _take_convolutions(voxfit_convolves, variables, problem)
-    x, left_out = _expand_x(node["Model"]["X"], variables, problem, absent)
+    x, left_out, unmatched = _expand_x(node["Model"]["X"], variables, problem, absent)
     by_model = _hrf_variables(node, variables, x, problem, absent)
     twice = sorted(set(by_model) & set(hrfs))
     if twice:
@@ -178,6 +179,7 @@ def run_design(
         "instructions_pruned": pruned,
         "contrasts_not_made": not_made,
         "left_out_of_x": left_out,
+        "patterns_unmatched": unmatched,
     }
     return RunDesign(design=design, contrasts=contrasts, sources=sources, settings=settings)
 
@@ -440,29 +442,32 @@ def _names(variables, problem: _Problem, limit: int = 30) -> str:
 # -- Model.X and convolution --------------------------------------------------------------------------------------
 
 
-def _expand_x(X: list, variables, problem: _Problem, absent: dict) -> tuple[list, tuple[str, ...]]:
-    """Model.X with its patterns expanded against the variables (in the variables' order), ``1`` kept; and the
-    names of trial types it takes that the run has no event of (`absent`), left out."""
+def _expand_x(X: list, variables, problem: _Problem, absent: dict) -> tuple[list, tuple[str, ...], tuple[str, ...]]:
+    """Model.X with its patterns expanded against the variables (in the variables' order), ``1`` kept; the names of
+    trial types it takes that the run has no event of (`absent`), left out; and its patterns that match none of the
+    run's variables, which add nothing (as pybids expands them: FitLins' "motion_outlier*", whose columns fMRIPrep
+    writes only for a run with outliers, failed every run without)."""
     pool = list(variables.variables)
-    out, left_out = [], []
+    out, left_out, unmatched = [], [], []
     for entry in X:
+        pattern = False
         if entry == 1 and not isinstance(entry, bool):
             found = [1]
         elif entry not in variables.variables and re.search(r"[*?\[]", entry):  # (pybids' Split names hold [])
-            found = [name for name in pool if fnmatch.fnmatchcase(name, entry)]
+            pattern, found = True, [name for name in pool if fnmatch.fnmatchcase(name, entry)]
         else:
             found = [entry] if entry in variables.variables else []
         if not found and entry in absent:
             left_out.append(entry)
-            continue
-        if not found:
-            what = "no variable matching" if re.search(r"[*?\[]", entry) else "no variable"
+        elif not found and pattern:
+            unmatched.append(entry)
+        elif not found:
             raise InputError(
-                f'{problem.where}: Model.X names "{entry}", but the run has {what} "{entry}"; its variables are '
+                f'{problem.where}: Model.X names "{entry}", but the run has no variable "{entry}"; its variables are '
                 f"{_names(variables, problem)}."
             )
         out += [f for f in found if f not in out]
-    return out, tuple(left_out)
+    return out, tuple(left_out), tuple(unmatched)
 
 
 def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -> dict:

@@ -1899,6 +1899,8 @@ def _lacking_notes(settings: dict) -> tuple[str, ...]:
     for contrast, name, trial_type in settings["contrasts_not_made"]:
         why = f'no "{trial_type}" event' if own(name, trial_type) else f'no "{trial_type}" event to make "{name}" of'
         notes.append(f'contrast "{contrast}" not made: the run has {why}')
+    for pattern in settings.get("patterns_unmatched", ()):
+        notes.append(f'Model.X pattern "{pattern}" matches none of the run\'s variables: it adds no column')
     return tuple(notes)
 
 

@@ -443,6 +443,7 @@ def run(
         study.participants = None if ids is None else set(ids)
         study.session_ids = session_ids
         study.participant_columns = tuple(participants[0][1:]) if participants else ()
+        study.participant_rows = participants
         study.session_columns = tuple(session_columns)
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
         # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
@@ -1055,6 +1056,31 @@ def _table_lines(path: Path) -> list[list[str]]:
             return list(csv.reader(fh, delimiter="\t"))
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
+
+
+def _table_gap(rows: list[list[str]], spec: dict, subjects) -> tuple[str, list[str]] | None:
+    """A column of participants.tsv (`rows`, the header first) that the node `spec` takes (its Model.X or a
+    Transformation's Input) with no value (empty or n/a) for some of `subjects`: ``(column, ["sub-03", ...])``."""
+    if not rows or "participant_id" not in rows[0]:
+        return None
+    header, at = rows[0], rows[0].index("participant_id")
+    instructions = (spec.get("Transformations") or {}).get("Instructions") or ()
+    taken = [*(spec.get("Model") or {}).get("X", ()), *(x for i in instructions for x in _listed_names(i.get("Input")))]
+    wanted = {str(s) for s in subjects}
+    for column in dict.fromkeys(x for x in taken if isinstance(x, str) and x in header and x != "participant_id"):
+        j = header.index(column)
+        where = [
+            r[at]
+            for r in rows[1:]
+            if len(r) > max(at, j) and r[at].removeprefix("sub-") in wanted and r[j].lower() in ("", "n/a", "na", "nan")
+        ]
+        if where:
+            return column, [w if w.startswith("sub-") else f"sub-{w}" for w in where]
+    return None
+
+
+def _listed_names(value) -> list:
+    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _participants_rows(lines: list[list[str]]) -> list[list[str]]:
@@ -1921,6 +1947,7 @@ class _Study:
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self.session_ids: dict[str, set[str]] = {}  # each subject's sessions.tsv's sessions (where it has one)
         self.participant_columns: tuple[str, ...] = ()  # its other columns, for messages
+        self.participant_rows: list[list[str]] = []  # its rows of cells, the header first
         self.session_columns: tuple[str, ...] = ()  # the sessions.tsv files' columns
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
@@ -2549,6 +2576,12 @@ class _Study:
                 f"pybids could not build the node's groups ({what}{str(exc).strip().rstrip('.')}); check the "
                 f"node's Model.X, GroupBy and Transformations{columns}."
             )
+            if node.level == "dataset" and (gap := _table_gap(self.participant_rows, node.spec, subjects)):
+                column, where = gap  # (pybids' Factor of a column with n/a: "'<' not supported between ...")
+                reason = (
+                    f"participants.tsv's column {column!r}, which the node takes, has no value (n/a) for "
+                    f"{listed(where)}; fill it, or leave those subjects out (--participant-label)."
+                )
             self.failures.append(Failure(node.name, "all", reason))
             return
         # one file label per contrast name across the node's groups ("reward+" and "reward-": reward, reward2),

@@ -619,6 +619,25 @@ def test_a_pattern_of_model_x_that_matches_nothing_adds_nothing(stroop):
     assert "trans_x" in rd.design.names and not any(n.startswith("motion_outlier") for n in rd.design.names)
 
 
+@pytest.mark.parametrize("slice_time_ref", [0.4375, 0.0])
+def test_a_convolution_pybids_samples_at_the_scan_start_is_said(stroop, slice_time_ref):
+    """A Convolve whose output a later instruction takes is pybids', sampled at each scan's start, whereas voxfit
+    samples the design's other regressors at the slice-timing reference: said in the settings (a note), with one."""
+    _, collection = stroop
+    node = _run_node(["congruent", "incongruent", 1], HRF={"Variables": ["congruent"], "Model": "glover"})
+    node["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [
+            {"Name": "Convolve", "Input": ["incongruent"], "Model": "glover"},
+            {"Name": "Rename", "Input": ["incongruent"], "Output": ["incongruent"]},
+        ],
+    }
+    rd = run_design(
+        collection, _model(node), tr=TR, n_scans=SCANS, convolution="nilearn", slice_time_ref=slice_time_ref
+    )
+    assert rd.settings["convolved_at_scan_start"] == (["incongruent"] if slice_time_ref else [])
+
+
 def test_time_series_in_hrf_and_categories_refused(stroop):
     _, collection = stroop
     node = _model(_run_node(["trans_x", 1], HRF={"Variables": ["trans_x"], "Model": "spm"}))

@@ -1927,6 +1927,13 @@ def _lacking_notes(settings: dict) -> tuple[str, ...]:
         notes.append(f'contrast "{contrast}" not made: the run has {why}')
     for pattern in settings.get("patterns_unmatched", ()):
         notes.append(f'Model.X pattern "{pattern}" matches none of the run\'s variables: it adds no column')
+    if convolved := settings.get("convolved_at_scan_start"):
+        notes.append(
+            f"{', '.join(map(repr, convolved))} convolved by pybids (a later instruction takes the Convolve's "
+            f"output), which samples each scan at its start, and the design's other regressors at "
+            f"{settings['slice_time_ref']:.3g} of the TR (the slice-timing reference): make the Convolve the last "
+            "instruction that takes them (or convolve them through Model.HRF) to sample them all alike"
+        )
     return tuple(notes)
 
 

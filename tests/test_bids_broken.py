@@ -128,6 +128,18 @@ def test_model_input_chooses_the_runs(tmp_path, dataset, capsys, run):
     assert fitted == [str(kept)] * 3
 
 
+def test_a_run_without_a_brain_mask_says_it_is_fitted_within_the_automatic_mask(tmp_path, dataset, capsys):
+    """fMRIPrep's desc-brain_mask missing for a run: fitted within the automatic mask, which was said nowhere (on
+    unmasked BOLD it takes in what is bright enough outside the brain)."""
+    next(dataset.derivatives.glob("sub-01/func/*run-1*_desc-brain_mask.nii.gz")).unlink()
+    path = tmp_path / "model_smdl.json"
+    path.write_text(json.dumps(MODEL))
+    argv = ["bids", str(dataset.root), str(tmp_path / "out"), "run", "--derivatives", str(dataset.derivatives)]
+    assert main([*argv, "--model", str(path)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "no brain mask for the run" in line]
+    assert len(notes) == 1 and "sub-01_task-stroop_run-1" in notes[0] and "automatic mask" in notes[0], notes
+
+
 @pytest.mark.parametrize("how", ["no derivatives folder", "no preprocessed BOLD"])
 def test_a_subject_without_preprocessed_runs(tmp_path, dataset, capsys, how):
     if how == "no derivatives folder":

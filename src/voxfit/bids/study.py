@@ -1903,6 +1903,18 @@ def _stop_workers(pool, absent: dict) -> None:
             remove_made_folders(made)
 
 
+def _unmasked_note(r) -> tuple[str, ...]:
+    """The note of a volume run without a brain mask in the derivatives (desc-brain_mask, or the model's
+    Options.Mask): fitted within the automatic mask (SPM's), which on unmasked BOLD takes in what is bright enough
+    outside the brain too."""
+    if r.mask is not None or not _is_volume(r.bold):
+        return ()
+    return (
+        "no brain mask for the run in the derivatives (desc-brain_mask, or the model's Options.Mask): fitted within "
+        "the automatic mask (SPM's: voxels above 0.8 of each scan's global mean)",
+    )
+
+
 def _lacking_notes(settings: dict) -> tuple[str, ...]:
     """The notes on a run design's regressors of zeros: the study's trial types the run has no event of, and what
     its Transformations would have made of them (``voxfit.bids.run_design.run_design``'s settings)."""
@@ -2368,7 +2380,7 @@ class _Study:
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
             },
             confounds=None if chosen is None else chosen.describe(),
-            notes=_lacking_notes(rd.settings),
+            notes=_lacking_notes(rd.settings) + _unmasked_note(r),
         )
 
     def _high_pass(self, node: _Node):

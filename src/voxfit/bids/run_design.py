@@ -7,9 +7,12 @@ What goes where:
   instruction), except the convolutions voxfit does itself: a ``Convolve`` instruction is taken out of pybids'
   list when no later instruction names its inputs or outputs (its output feeds Model.X directly) and its
   inputs are events (sparse variables); voxfit then convolves them as Model.HRF's variables are, with the
-  instruction's Model, Derivative, Dispersion and FIRDelays. A ``Convolve`` whose output (or input) a later
-  instruction other than ``Select`` names, or whose input is a time series when it is reached, stays with
-  pybids, and its result enters the design as pybids computed it (resampled to the TR by pybids). A trial type
+  instruction's Model, Derivative, Dispersion and FIRDelays. A ``Convolve`` of events (without derivatives or
+  FIR) whose output (or input) a later instruction other than ``Select`` names is voxfit's too, made where it is
+  in the list, as a time series at the TR that the later instructions take (pybids' own convolution samples each
+  scan at its start, where voxfit samples at the slice-timing reference: two references in one design). One with
+  derivatives or FIR, or whose input is a time series when it is reached, stays with pybids, and its result
+  enters the design as pybids computed it (a note says so where the scans have a slice-timing reference). A trial type
   of the study that the run has no event of is a regressor of zeros: the instructions go on without it
   (:func:`_without_absent`), and what they would have made of it is absent too.
 - **Trial types as variables**: the levels of the events' ``trial_type`` column are variables under their own
@@ -134,20 +137,21 @@ def run_design(
     Model.X and Model.HRF (as SPM and FSL leave an empty condition out; ``settings``'s ``left_out_of_x``), and a
     contrast naming it is not made for the run (pybids' and FitLins' rule: the run's other contrasts are; listed in
     ``settings``'s ``contrasts_not_made``: [contrast, name, trial type]; ``left_out_of_x``: [name, trial type]).
-    A pattern of Model.X that matches none of the run's variables adds nothing (``patterns_unmatched``). A Convolve
-    whose output a later instruction takes is pybids': sampled at each scan's start, where the run's scans are not
-    (``convolved_at_scan_start``: its inputs, with a slice-timing reference).
     Its regressor would be zeros, and so the Transformations take it (see :func:`_without_absent`; ``settings``'s
     ``instructions_pruned``: [index, instruction, names left out, their trial types, whether left out whole]):
     pybids' Factor and Convolve of every trial type, FitLins' usual model, refused a run without error trials.
+    A pattern of Model.X that matches none of the run's variables adds nothing (``patterns_unmatched``). A Convolve
+    with derivatives or FIR whose output a later instruction takes is pybids', sampled at each scan's start where
+    the scans have a slice-timing reference (``convolved_at_scan_start``: its inputs).
     """
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
     problem = replace(problem, unloaded=tuple(unloaded))
     variables = collection.clone()
     levels = _add_trial_types(variables)
     lacking = [t for t in trial_types if t not in levels]  # (the study's trial types this run has no event of)
-    voxfit_convolves, pybids_instructions, absent, pruned = _transform(variables, problem, lacking)
-    hrfs = _take_convolutions(voxfit_convolves, variables, problem)
+    transformed = _transform(variables, problem, lacking)
+    absent, pybids_instructions = transformed.absent, transformed.theirs
+    hrfs = _take_convolutions(transformed.ours, variables, problem)
     x, left_out, unmatched = _expand_x(node["Model"]["X"], variables, problem, absent)
     by_model = _hrf_variables(node, variables, x, problem, absent)
     twice = sorted(set(by_model) & set(hrfs))
@@ -174,11 +178,14 @@ def run_design(
         "n_scans": problem.n_scans,
         "convolution": problem.convolution,
         "slice_time_ref": problem.slice_time_ref,
-        "hrf": {name: {"model": model, "fir_delays": delays} for name, (model, delays) in hrfs.items()},
+        "hrf": {
+            name: {"model": model, "fir_delays": delays}
+            for name, (model, delays) in {**hrfs, **transformed.in_chain}.items()
+        },
         "high_pass_s": problem.high_pass_s,
         "high_pass_from": problem.high_pass_from,
         "pybids_instructions": pybids_instructions,
-        "instructions_pruned": pruned,
+        "instructions_pruned": transformed.pruned,
         "contrasts_not_made": not_made,
         "left_out_of_x": left_out,
         "patterns_unmatched": unmatched,
@@ -326,19 +333,32 @@ def _listed(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _transform(variables, problem: _Problem, lacking) -> tuple[list[dict], list[dict], dict, list]:
+@dataclass(frozen=True)
+class _Transformed:
+    """What :func:`_transform` did: voxfit's Convolve instructions of Model.X's inputs (`ours`, made in the design),
+    the instructions pybids applied (`theirs`), the names of regressors of zeros there are then (`absent`: {name:
+    trial type}), [index, instruction, names left out, their trial types, whether left out whole] for each
+    instruction that left any out (`pruned`), and ``{output: (voxfit hrf, 1)}`` of the Convolve instructions voxfit
+    made in the chain (`in_chain`: their outputs are time series at the TR that later instructions took)."""
+
+    ours: list
+    theirs: list
+    absent: dict
+    pruned: list
+    in_chain: dict
+
+
+def _transform(variables, problem: _Problem, lacking) -> _Transformed:
     """pybids' transformations, one instruction at a time so that a failure names its instruction, but for the
     Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached), each
     without the regressors of zeros of the `lacking` trial types (the study's that the run has no event of, under
     their own names, and as pybids' Factor names them once a Factor of trial_type is applied; see
-    :func:`_without_absent`). Returns ``(voxfit's Convolve instructions, the instructions pybids applied, the names of
-    regressors of zeros there are then: {name: trial type}, [index, instruction, names left out, their trial types,
-    whether left out whole] for each instruction that left any out)``."""
+    :func:`_without_absent`)."""
     from bids.modeling.transformations import TransformerManager
 
     manager = TransformerManager("pybids-transforms-v1", keep_history=False)
     instructions = list((problem.node.get("Transformations") or {}).get("Instructions") or [])
-    ours, theirs, pruned, absent = [], [], [], {t: t for t in lacking}
+    ours, theirs, pruned, absent, in_chain = [], [], [], {t: t for t in lacking}, {}
     for k, instruction in enumerate(instructions):
         now = {name: t for name, t in absent.items() if name not in variables.variables}
         applied, made, gone = _without_absent(instruction, now)
@@ -347,10 +367,14 @@ def _transform(variables, problem: _Problem, lacking) -> tuple[list[dict], list[
             pruned.append([k, instruction["Name"], gone, sorted({now[g] for g in gone}), applied is None])
         if applied is None:
             continue
-        if applied["Name"] == "Convolve" and _takeable(instructions, k):
+        if applied["Name"] == "Convolve":
             inputs = [m for entry in _listed(applied["Input"]) for m in _matches(entry, variables)]
-            if all(name in variables.variables and _is_sparse(variables.variables[name]) for name in inputs):
+            events = all(name in variables.variables and _is_sparse(variables.variables[name]) for name in inputs)
+            if events and _takeable(instructions, k):
                 ours.append(applied)
+                continue
+            if events and _convolve_setting(applied, problem) in (("spm", 1), ("glover", 1)):
+                in_chain.update(_convolve_in_chain(applied, inputs, variables, problem))
                 continue
         theirs.append(applied)
         if applied["Name"] == "Factor" and "trial_type" in _listed(applied.get("Input")):
@@ -371,7 +395,42 @@ def _transform(variables, problem: _Problem, lacking) -> tuple[list[dict], list[
                 f"{problem.where}: Transformations.Instructions[{k}] ({instruction['Name']}) failed in pybids: "
                 f"{detail}{lacks}; the run's variables are {_names(variables, problem)}."
             ) from None
-    return ours, theirs, {name: t for name, t in absent.items() if name not in variables.variables}, pruned
+    absent = {name: t for name, t in absent.items() if name not in variables.variables}
+    return _Transformed(ours, theirs, absent, pruned, in_chain)
+
+
+def _convolve_in_chain(instruction: dict, inputs: list[str], variables, problem: _Problem) -> dict:
+    """A Convolve of events (one HRF, no derivatives) that later instructions take, made by voxfit where it stands:
+    each input convolved as Model.HRF's variables are (the slice-timing reference kept), put in the collection as
+    a time series at the TR under its output's name (the input's own without Output), as pybids' Convolve leaves
+    its result. Returns ``{output: (hrf, 1)}``."""
+    from bids.variables import DenseRunVariable
+
+    hrf = _convolve_setting(instruction, problem)[0]
+    outputs = _listed(instruction.get("Output")) or inputs
+    if len(outputs) != len(inputs):
+        raise InputError(
+            f"{problem.where}: Convolve has {len(inputs)} inputs ({', '.join(inputs)}) but {len(outputs)} outputs; "
+            "give one Output per Input."
+        )
+    made = {}
+    for source, target in zip(inputs, outputs):
+        variable = variables.variables[source]
+        piece = make_design(
+            {target: _events(variable, source, problem)},
+            problem.tr,
+            problem.n_scans,
+            hrf=hrf,
+            drift="none",
+            convolution=problem.convolution,
+            **_sampling(problem),
+        )
+        values = piece.X[:, list(piece.names).index(target)][:, None]
+        variables.variables[target] = DenseRunVariable(
+            name=target, values=values, run_info=variable.run_info, source=variable.source, sampling_rate=1 / problem.tr
+        )
+        made[target] = (hrf, 1)
+    return made
 
 
 # What an instruction makes of an input that is a regressor of zeros (a trial type the run has no event of, or

@@ -124,6 +124,19 @@ def test_float32_maps_give_the_float64_p_values(rng):
     npt.assert_array_equal(b.p_fwe, a.p_fwe)
 
 
+def test_an_f_contrast_spanning_the_whole_design_is_the_same_whatever_its_rows(rng):
+    """Rows spanning the whole design, written two ways, are one F (rounding noise was taken for a nuisance
+    column: [[1, -1], [1, 1]] gave another F than [[1, 0], [0, 1]])."""
+    Y, s2 = _problem(rng, n=10)
+    g = np.r_[np.ones(5), np.zeros(5)]
+    X = np.column_stack([g, 1 - g])
+    a = mixed_permutation_test(X, Y, s2, [[1.0, -1.0], [1.0, 1.0]], n_permutations=200, seed=0, n_jobs=1)
+    b = mixed_permutation_test(X, Y, s2, [[1.0, 0.0], [0.0, 1.0]], n_permutations=200, seed=0, n_jobs=1)
+    npt.assert_allclose(a.stat, b.stat, rtol=1e-8)
+    npt.assert_array_equal(a.p_uncorrected, b.p_uncorrected)
+    assert a.dof == b.dof == 8
+
+
 def _heteroscedastic_null(rng, n, V, X=None):
     """Null effects: first-level variances 1 to 10 (10x between subjects), t(5) first-level noise and Laplace
     between-subject noise of variance 2 (symmetric, heavy-tailed)."""

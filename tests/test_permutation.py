@@ -208,6 +208,19 @@ def test_maps_of_any_size_give_the_same_statistics_and_p_values(rng, scale):
         npt.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
 
 
+def test_an_f_contrast_spanning_the_whole_design_has_no_nuisance(rng):
+    """An F contrast whose rows span every column of the design leaves no nuisance: the part of the design it does
+    not span was rounding noise, taken for a column (dof one short and every permuted F wrong: 0.03 for 7.8)."""
+    g = np.r_[np.ones(5), np.zeros(5)]
+    X = np.column_stack([g, 1 - g])
+    Y = rng.standard_normal((10, 12)) + 0.8 * g[:, None]
+    a = permutation_test(X, Y, [[1.0, -1.0], [1.0, 1.0]], n_permutations=500, seed=0, n_jobs=1)
+    b = permutation_test(X, Y, [[1.0, 0.0], [0.0, 1.0]], n_permutations=500, seed=0, n_jobs=1)
+    npt.assert_allclose(a.stat, fit(X, Y).contrast([[1.0, 0.0], [0.0, 1.0]]).F, rtol=1e-10)
+    assert a.dof == b.dof == 8
+    npt.assert_array_equal(a.p_uncorrected, b.p_uncorrected)
+
+
 def test_f_ties_under_sign_flips_are_counted(rng):
     """All 2^9 sign-flips: an F map equals its negated shuffle's, so the smallest p is 2/N, also in float32
     with a high R^2 (R^2 ~ 0.99, where the null statistics lose digits) and for TFCE and cluster mass."""

@@ -329,10 +329,13 @@ def _frozen(a: NDArray) -> NDArray:
     return a
 
 
-def orthonormal_basis(A) -> NDArray[np.float64]:
-    """An orthonormal basis (n, rank) of the column space of A (n, k), by SVD; (n, 0) for no or zero columns."""
+def orthonormal_basis(A, scale: float | None = None) -> NDArray[np.float64]:
+    """An orthonormal basis (n, rank) of the column space of A (n, k), by SVD; (n, 0) for no or zero columns. The
+    rank counts singular values above ``max(n, k) eps`` times `scale`, by default A's largest: give the scale A
+    came from where A is a difference that can cancel to rounding (a design less the part of it a contrast spans),
+    whose noise would otherwise be taken for columns."""
     A = np.asarray(A, dtype=np.float64)
     if A.shape[1] == 0:
         return np.zeros((A.shape[0], 0))
     u, s, _ = np.linalg.svd(A, full_matrices=False)
-    return u[:, s > max(A.shape) * np.finfo(float).eps * s[0]]
+    return u[:, s > max(A.shape) * np.finfo(float).eps * (s[0] if scale is None else max(scale, s[0]))]

@@ -90,7 +90,7 @@ def partition(X: NDArray, weights: NDArray) -> tuple[NDArray, NDArray, int]:
     C = np.asarray(weights, dtype=np.float64)
     Cp = np.linalg.pinv(C)
     Z = X - X @ Cp @ C
-    Qz = orthonormal_basis(Z)
+    Qz = orthonormal_basis(Z, np.linalg.norm(X, 2))  # (a contrast of every column leaves Z of rounding only)
     Xi = X @ Cp
     Xi = Xi - Qz @ (Qz.T @ Xi)
     U = orthonormal_basis(Xi)
@@ -508,7 +508,7 @@ def _mixed_permutation_test_iv(
     if (cluster_threshold is not None or tfce) and adjacency is None:
         raise InputError("clusters and TFCE need the neighbours of each voxel (`adjacency`).")
     rows = w if w.shape[0] == 1 else orthonormal_basis(w.T).T  # F: the statistic depends on the rows' span only
-    Z = orthonormal_basis(design.X - design.X @ np.linalg.pinv(rows) @ rows)  # the reduced (nuisance) model
+    Z = orthonormal_basis(design.X - design.X @ np.linalg.pinv(rows) @ rows, np.linalg.norm(design.X, 2))  # reduced
     reduced = factorize(Z, warn=False) if Z.shape[1] else no_fixed_effects(n)
     interest = design.X @ np.linalg.pinv(rows)
     basis = np.ones((n, rows.shape[0] + Z.shape[1]))  # (each row of [U, Q_Z] weights its own residuals)

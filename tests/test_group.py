@@ -569,7 +569,24 @@ def test_a_covariate_with_decimal_commas_in_every_row_is_refused_not_dropped(tmp
     code = main(["group", *map(str, paths), "--design", str(tmp_path / "p.tsv"), *options, "-o", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and not out.exists()
-    assert "column 'age', participant_id sub-00: '30,5' and the column's other values are numbers with decimal " in err
+    assert (
+        "column 'age', participant_id sub-00: '30,5' and the column's other values are numbers written with commas"
+        in err
+    )
+
+
+def test_a_column_of_n_a_only_is_left_out_as_before(tmp_path, rng, capsys):
+    """A column n/a in every row (handedness never asked) is left out with a note; the decimal-comma check took its
+    first cell of none (IndexError, exit 1)."""
+    paths = _maps(tmp_path, rng, n=8)
+    rows = ["participant_id\tage\thandedness"] + [f"sub-{s:02d}\t{30 + s}\tn/a" for s in range(8)]
+    (tmp_path / "p.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert (
+        main(["group", *map(str, paths), "--design", str(tmp_path / "p.tsv"), "--contrast", "a=age", "-o", str(out)])
+        == 0
+    )
+    assert "text columns left out of the design: handedness" in capsys.readouterr().err
 
 
 def test_a_contrast_of_a_text_column_says_it_is_text(tmp_path, rng, capsys):

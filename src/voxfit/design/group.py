@@ -319,7 +319,7 @@ def group_design(
                     "rows (and their maps), or drop the column."
                 )
             words = [(k, c) for k, c in filled if _numeric([c]) is None]
-            commas = all("," in c and _numeric([c.replace(",", ".", 1)]) is not None for _, c in words)
+            commas = bool(words) and all("," in c and _numeric([c.replace(",", ".", 1)]) is not None for _, c in words)
             if len(words) < len(filled) or commas:  # numbers and a word or two (a typo, a decimal comma), or numbers
                 # with decimal commas in every row (a spreadsheet's locale): not a text column
                 k, cell = words[0]  # (rows in the maps' order where an id column matched them: named by the id)
@@ -328,8 +328,8 @@ def group_design(
                     f"{cell!r} is not a number, where the column's other values are; fix the cell (decimals with a "
                     "point)"
                     if len(words) < len(filled)
-                    else f"{cell!r} and the column's other values are numbers with decimal commas; write them with "
-                    "points"
+                    else f"{cell!r} and the column's other values are numbers written with commas (decimal or "
+                    "thousands separators); write them as plain numbers, with a decimal point"
                 )
                 raise InputError(
                     f"{what}: column {name!r}, {where}: {what_is}, or name the covariates with --covariates (other "

@@ -140,14 +140,19 @@ def test_a_run_without_a_brain_mask_says_it_is_fitted_within_the_automatic_mask(
     assert len(notes) == 1 and "sub-01_task-stroop_run-1" in notes[0] and "automatic mask" in notes[0], notes
 
 
-@pytest.mark.parametrize("how", ["no derivatives folder", "no preprocessed BOLD"])
+@pytest.mark.parametrize("how", ["no derivatives folder", "no preprocessed BOLD", "Input.space"])
 def test_a_subject_without_preprocessed_runs(tmp_path, dataset, capsys, how):
+    """Each raw run without its preprocessed run is a failure, also where the model's Input names an entity raw
+    files do not carry (Input.space left every raw run out of the check: the subject vanished without a word)."""
+    model = json.loads(json.dumps(MODEL))
     if how == "no derivatives folder":
         shutil.rmtree(dataset.derivatives / "sub-03")
     else:
         for bold in (dataset.derivatives / "sub-03" / "func").glob("*_bold.*"):
             bold.unlink()
-    code, lines = _bids(tmp_path, dataset, capsys)
+        if how == "Input.space":
+            model["Input"] = {"task": ["stroop"], "space": [dataset.space]}
+    code, lines = _bids(tmp_path, dataset, capsys, model)
     assert code == 2
     failed = [line for line in lines if line.startswith("voxfit: failed:")]
     skipped = [line for line in lines if line.startswith("voxfit: skipped:")]

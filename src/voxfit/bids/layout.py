@@ -589,8 +589,8 @@ def find_runs(
         f
         for f in layout.get(**filters)
         if (f.entities.get("desc") == desc if _is_volume(f.path) else f.entities.get("desc") in (None, desc))
-        and _selected(f.entities, entities)
     ]
+    candidates = _selected(candidates, entities, lambda f: f.entities)
     space, qualifiers = _space_qualifiers(space)
     spaces = _spaces(candidates)
     if space is None:
@@ -619,9 +619,10 @@ def find_runs(
         chosen = [f for f in chosen if f.entities["subject"] in labels]
     if not chosen:
         what = ", ".join(f"{k} {v}" for k, v in (("task", task), ("space", space), ("desc", desc)) if v)
+        chosen_by = f" and the model's Input ({json.dumps(entities)})" if entities else ""
         raise InputError(
-            f"no preprocessed BOLD run in the derivatives for {what or 'these filters'}; check --derivatives "
-            "(fMRIPrep's output folder), --task, --space and --desc."
+            f"no preprocessed BOLD run in the derivatives for {what or 'these filters'}{chosen_by}; check "
+            f"--derivatives (fMRIPrep's output folder), --task, --space and --desc{chosen_by and ', and Input'}."
         )
     files = _RunFiles(layout, mask_entities)
     runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)))
@@ -795,9 +796,9 @@ def _unprocessed(layout, chosen, task, space, desc, labels, sessions, wanted=Non
         if value is not None:
             filters[name] = value
     out = []
-    for f in sorted(layout.get(**filters), key=lambda f: f.path):
+    for f in sorted(_selected(layout.get(**filters), wanted, lambda f: f.get_entities()), key=lambda f: f.path):
         ent = f.get_entities()
-        if tuple(str(ent.get(k)) for k in keys) in done or not _selected(ent, wanted):
+        if tuple(str(ent.get(k)) for k in keys) in done:
             continue
         entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)
         problem = _unretrieved(layout, dict(entities), {"space": space, "desc": desc}) or (
@@ -809,18 +810,27 @@ def _unprocessed(layout, chosen, task, space, desc, labels, sessions, wanted=Non
     return tuple(out)
 
 
-def _selected(file_entities: dict, entities: dict | None) -> bool:
-    """Whether a file's entities hold one of the values `entities` lists for each of its entities (numbers as
-    numbers: a model's Input.run 1 is run-01)."""
-    return all(
-        _entity_text(file_entities.get(k)) in {_entity_text(v) for v in values}
-        for k, values in (entities or {}).items()
-    )
+def _selected(files: list, entities: dict | None, entities_of) -> list:
+    """The `files` whose entities (``entities_of(file)``) hold one of the values `entities` lists for each entity
+    that some of the files carry: an entity none of them has is no filter of theirs (fMRIPrep's outputs carry no
+    echo, raw files no space or desc: Input.echo would have left no preprocessed run, Input.space no raw one to
+    tell unprocessed). Index entities (run, echo...) compare as numbers: Input.run 1 is run-01."""
+    carried = {k: v for k, v in (entities or {}).items() if any(entities_of(f).get(k) is not None for f in files)}
+    return [
+        f
+        for f in files
+        if all(_entity_text(k, entities_of(f).get(k)) in {_entity_text(k, v) for v in vs} for k, vs in carried.items())
+    ]
 
 
-def _entity_text(value) -> str | None:
+_INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "chunk"})  # (BIDS' index entities: numbers; labels are not)
+
+
+def _entity_text(entity: str, value) -> str | None:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     text = None if value is None else str(value)
-    return str(int(text)) if text is not None and text.isdigit() else text
+    return str(int(text)) if entity in _INDEX_ENTITIES and text is not None and text.isdigit() else text
 
 
 def input_filters(layout, model_input: dict | None, *, task=None, participant_label=()) -> dict:
@@ -836,7 +846,11 @@ def input_filters(layout, model_input: dict | None, *, task=None, participant_la
             have = {str(v) for v in layout.get(return_type="id", target=entity, suffix="bold")}  # (bold only: fast)
         except (ValueError, KeyError, TypeError):
             have = set()
-        absent = [v for v in values if v is not None and _entity_text(v) not in {_entity_text(h) for h in have}]
+        absent = [
+            v
+            for v in values
+            if v is not None and _entity_text(entity, v) not in {_entity_text(entity, h) for h in have}
+        ]
         if absent:
             raise InputError(
                 f"the model's Input names {entity} {absent[0]!r}, which the dataset does not have ({entity}: "

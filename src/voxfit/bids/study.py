@@ -1941,10 +1941,11 @@ def _lacking_notes(settings: dict) -> tuple[str, ...]:
         notes.append(f'Model.X pattern "{pattern}" matches none of the run\'s variables: it adds no column')
     if convolved := settings.get("convolved_at_scan_start"):
         notes.append(
-            f"{', '.join(map(repr, convolved))} convolved by pybids (a later instruction takes the Convolve's "
-            f"output), which samples each scan at its start, and the design's other regressors at "
-            f"{settings['slice_time_ref']:.3g} of the TR (the slice-timing reference): make the Convolve the last "
-            "instruction that takes them (or convolve them through Model.HRF) to sample them all alike"
+            f"{', '.join(map(repr, convolved))} convolved by pybids (a later instruction takes the output of a "
+            "Convolve with derivatives or FIR): pybids samples them at each scan's start, while voxfit samples the "
+            f"design's other regressors at {settings['slice_time_ref']:.3g} of the TR (the slice-timing reference); "
+            "make the Convolve the last instruction that takes them (or convolve them through Model.HRF) to sample "
+            "them all alike"
         )
     return tuple(notes)
 
@@ -2595,8 +2596,9 @@ class _Study:
                 f"pybids could not build the node's groups ({what}{str(exc).strip().rstrip('.')}); check the "
                 f"node's Model.X, GroupBy and Transformations{columns}."
             )
-            if node.level == "dataset" and (gap := _table_gap(self.participant_rows, node.spec, subjects)):
-                column, where = gap  # (pybids' Factor of a column with n/a: "'<' not supported between ...")
+            gap = _table_gap(self.participant_rows, node.spec, subjects) if node.level == "dataset" else None
+            if isinstance(exc, TypeError) and gap:  # (pybids' Factor of a column with n/a: "'<' not supported ...")
+                column, where = gap
                 reason = (
                     f"participants.tsv's column {column!r}, which the node takes, has no value (n/a) for "
                     f"{listed(where)}; fill it, or leave those subjects out (--participant-label)."

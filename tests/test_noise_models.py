@@ -241,6 +241,43 @@ def test_whitened_residuals_are_white():
     assert np.mean(stats.chi2.sf(ljung_box(ols), 8) < 0.05) > 0.9
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_constant_voxels_have_no_statistic_in_any_noise_model(dtype):
+    """A voxel constant over the run (kept by an explicit mask) has no residual variance: NaN t, as OLS and AR(p)
+    give. ARMA(1,1), the order BIC chose and the pooled AR(1) (float32) gave finite t from whitened rounding (p
+    down to 2e-4)."""
+    from voxfit.engine import fit_global_ar
+
+    rng = np.random.default_rng(4)
+    n = 100
+    X = design(n)
+    Y = 1000 + 10 * arma_noise(rng, n, 60, 0.4, 0.0) + 8 * X[:, 1:2]
+    constants = [1.0, 1000.0, 1234.567, -3.3e5]
+    Y[:, : len(constants)] = constants
+    Y = Y.astype(dtype)
+    fits = {
+        "arma11": fit_arma11(X, Y, {"b": "x1"}),
+        "auto": fit_auto_ar(X, Y, {"b": "x1"}),
+        "ar1-global": fit_global_ar(X, Y, {"b": "x1"}, kinds=["constant", "condition", "drift"]),
+    }
+    for name, fitted in fits.items():
+        t = np.asarray(fitted.contrasts["b"].stat)
+        assert np.isnan(t[: len(constants)]).all(), (name, t[: len(constants)])
+        assert np.isfinite(t[len(constants) :]).all(), name
+
+
+def test_arma11_does_not_depend_on_the_datas_scale():
+    """The grid's products are in single precision: data of size 1e20 overflowed it when squared, and of 1e-30
+    underflowed (t moved by up to 1000x). Scaled by powers of two, the fit is the same to rounding."""
+    rng = np.random.default_rng(5)
+    n = 120
+    X = design(n)
+    Y = 1000 + 2 * X[:, 1:2] + 10 * arma_noise(rng, n, 40, 0.4, 0.2)
+    t = {s: np.asarray(fit_arma11(X, Y * s, {"b": "x1"}).contrasts["b"].stat) for s in (1.0, 2.0**66, 2.0**-100)}
+    for s in (2.0**66, 2.0**-100):
+        npt.assert_allclose(t[s], t[1.0], rtol=1e-6)
+
+
 def test_auto_chooses_the_order_of_the_data():
     rng = np.random.default_rng(3)
     n, V = 400, 500

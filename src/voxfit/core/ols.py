@@ -45,6 +45,7 @@ __all__ = [
     "REFIT_RATIO",
     "REFIT_RATIO_DEVICE",
     "empty_result",
+    "exact_fits",
     "fit_block",
     "fit_from_sums",
     "fit_operator",
@@ -60,6 +61,14 @@ REFIT_RATIO = {np.dtype(np.float32): 8.0, np.dtype(np.float64): 1e5}
 REFIT_RATIO_DEVICE = 1e4  # sums of squares and products both in float32, on a device (engine.fit's device path)
 _OFFSET_ROWS = 8  # scans averaged for each voxel's offset
 _TINY_SSQ = np.finfo(np.float64).tiny / np.finfo(np.float64).eps  # ~1e-292: below, squares are nearly subnormal
+
+
+def exact_fits(rss: NDArray, ysq: NDArray, n: int) -> NDArray[np.bool_]:
+    """Voxels whose residual sum of squares `rss` (float64, of `n` scans) is rounding of their sum of squares `ysq`:
+    indistinguishable from an exact fit (a constant voxel), so no residual variance: no statistic. Every noise model
+    says so: ARMA(1,1), the order BIC chose and the pooled AR(1) gave constant voxels of an explicit mask finite t
+    (p 2e-4) from whitened rounding."""
+    return rss <= (n * np.finfo(np.float64).eps) ** 2 * ysq
 
 
 def needs_refit(rss: NDArray, ssq: NDArray, dtype=np.float64, *, on_device: bool = False) -> NDArray[np.bool_]:
@@ -347,11 +356,11 @@ def _fit_exact(design: DesignFactor, Y: NDArray[np.float64]):
     np.subtract(Y, resid, out=resid)
     rss = np.einsum("ij,ij->j", resid, resid)
     ysq = np.einsum("ij,ij->j", Y, Y)
-    rss[rss <= (n * np.finfo(np.float64).eps) ** 2 * ysq] = 0.0  # indistinguishable from an exact fit
+    rss[exact_fits(rss, ysq, n)] = 0.0
     if design.has_intercept:
         np.subtract(Y, Y.mean(axis=0), out=resid)
         tss = np.einsum("ij,ij->j", resid, resid)
-        tss[tss <= (n * np.finfo(np.float64).eps) ** 2 * ysq] = 0.0  # a constant voxel, to rounding
+        tss[exact_fits(tss, ysq, n)] = 0.0  # a constant voxel, to rounding
     else:
         tss = ysq
     with np.errstate(over="ignore", under="ignore"):

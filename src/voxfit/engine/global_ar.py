@@ -206,7 +206,10 @@ def fit_global_ar(
     Xw = X.copy()
     Xw[:, ~drift] = W @ X[:, ~drift]
     fit = fit_ols(Xw, _Whitened(Y, W), names=names, execution=execution)
-    fit = dataclasses.replace(fit, r2=ols.r2)
+    # a voxel the design fits exactly (constant) has no residual variance whitened either: the whitened data's
+    # rounding (W in the data's float32) gave it a finite t
+    exact = ols.residual_variance == 0
+    fit = dataclasses.replace(fit, r2=ols.r2, residual_variance=np.where(exact, 0.0, fit.residual_variance))
     results = {label: fit.contrast(expr, name=label, n_jobs=execution.n_jobs) for label, expr in contrasts.items()}
     return GlobalARFit(
         fit=fit,

@@ -18,6 +18,7 @@ from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize
 from ..core.ar import ARBlock, fit_ar_block
 from ..core.arma import ARMA_GRID, arma_terms, fit_arma_block
+from ..core.ols import exact_fits
 from ..core.film import (
     FILM_SIGMA_MM,
     MESH_CHUNK,
@@ -300,6 +301,9 @@ def fit_auto_ar(
             resid = Yf[:, white] - Q @ coords
             tss = np.einsum("tv,tv->v", centred[:, white], centred[:, white])
             rss = np.einsum("tv,tv->v", resid, resid)
+            ysq = np.einsum("tv,tv->v", Yf[:, white], Yf[:, white])
+            rss[exact_fits(rss, ysq, n)] = 0.0  # (a constant voxel: no residual variance, no statistic)
+            tss[exact_fits(tss, ysq, n)] = 0.0
             betas = design.basis_pinv @ coords
             _place_ols(maps, at[white], betas, rss, tss, weights, wqs, nu)
         for p, block in blocks.items():

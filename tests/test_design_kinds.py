@@ -182,3 +182,8 @@ def test_a_design_files_sidecar_gives_its_repetition_time(study, capsys):
         (root / "d.json").write_text(json.dumps(changed if value is None else {**changed, "RepetitionTime": value}))
         code, err = _fit(capsys, root, root / "d.tsv", f"bad-{value}", "--noise", "fast")
         assert code == 2 and said in err and err.count("\n") == 1, err
+    # a BIDS-style sidecar (RepetitionTime, no voxfit "columns") gives it too: it was passed over, and the refusal
+    # asked for the sidecar given
+    (root / "d.json").write_text(json.dumps({"RepetitionTime": TR}))
+    assert _fit(capsys, root, root / "d.tsv", "bids-sidecar", "--noise", "fast")[0] == 0
+    npt.assert_allclose(_t(root / "bids-sidecar"), _t(root / "events"), atol=1e-5)

@@ -54,9 +54,10 @@ def write_sidecar(path, names, kinds, tr: float | None = None) -> None:
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _sidecar(path) -> tuple[Path, dict | None] | None:
+def _sidecar(path, any_json: bool = False) -> tuple[Path, dict | None] | None:
     """The sidecar beside the design file `path` and what it holds: None where there is none (or the design is a
-    JSON file itself), its record None where it is not voxfit's (not JSON, or no "columns": a BIDS sidecar...)."""
+    JSON file itself), its record None where it is not voxfit's (not JSON, or no "columns": a BIDS sidecar...;
+    with `any_json`, any JSON object)."""
     side = sidecar_path(path)
     if Path(path).suffix.lower() == ".json" or not side.is_file():
         return None
@@ -64,14 +65,14 @@ def _sidecar(path) -> tuple[Path, dict | None] | None:
         record = json.loads(side.read_text())
     except (OSError, ValueError, RecursionError):  # (nested beyond Python's stack: not a sidecar of voxfit's)
         record = None
-    return side, (record if isinstance(record, dict) and "columns" in record else None)
+    return side, (record if isinstance(record, dict) and (any_json or "columns" in record) else None)
 
 
 def sidecar_tr(path) -> float | None:
-    """The repetition time in seconds that voxfit's sidecar of a design file gives (``RepetitionTime``, as
-    :func:`write_sidecar` writes it for ``voxfit design --tr``), else None: no sidecar, another JSON (said where
-    the kinds are read), no such key."""
-    side, record = _sidecar(path) or (None, None)
+    """The repetition time in seconds that the sidecar of a design file gives (``RepetitionTime``, as
+    :func:`write_sidecar` writes it for ``voxfit design --tr``, or as a BIDS sidecar has it: a JSON object without
+    voxfit's "columns" was passed over, and --noise fast then asked for the sidecar it had), else None."""
+    side, record = _sidecar(path, any_json=True) or (None, None)
     tr = None if record is None else record.get("RepetitionTime")
     if tr is None:
         return None

@@ -829,8 +829,7 @@ _INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "chunk"})  # (BIDS' i
 def _entity_text(entity: str, value) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    text = None if value is None else str(value)
-    return str(int(text)) if entity in _INDEX_ENTITIES and text is not None and text.isdigit() else text
+    return None if value is None else entity_label(value) if entity in _INDEX_ENTITIES else str(value)
 
 
 def input_filters(layout, model_input: dict | None, *, task=None, participant_label=()) -> dict:

@@ -12,9 +12,9 @@ What goes where:
   in the list, as a time series at the TR that the later instructions take (pybids' own convolution samples each
   scan at its start, where voxfit samples at the slice-timing reference: two references in one design). One with
   derivatives or FIR, or whose input is a time series when it is reached, stays with pybids, and its result
-  enters the design as pybids computed it (a note says so where the scans have a slice-timing reference). A trial type
-  of the study that the run has no event of is a regressor of zeros: the instructions go on without it
-  (:func:`_without_absent`), and what they would have made of it is absent too.
+  enters the design as pybids computed it (a note says so where the scans have a slice-timing reference). A
+  trial type of the study that the run has no event of is a regressor of zeros: the instructions go on without
+  it (:func:`_without_absent`), and what they would have made of it is absent too.
 - **Trial types as variables**: the levels of the events' ``trial_type`` column are variables under their own
   names (``congruent``), as the specification's examples write Model.X, unless a variable of that name exists;
   pybids' ``Factor`` names them ``trial_type.congruent``, and both spellings work.

@@ -1064,8 +1064,10 @@ def _table_gap(rows: list[list[str]], spec: dict, subjects) -> tuple[str, list[s
     if not rows or "participant_id" not in rows[0]:
         return None
     header, at = rows[0], rows[0].index("participant_id")
-    instructions = (spec.get("Transformations") or {}).get("Instructions") or ()
-    taken = [*(spec.get("Model") or {}).get("X", ()), *(x for i in instructions for x in _listed_names(i.get("Input")))]
+    taken = list((spec.get("Model") or {}).get("X", ()))
+    for instruction in (spec.get("Transformations") or {}).get("Instructions") or ():
+        inputs = instruction.get("Input")
+        taken += inputs if isinstance(inputs, list) else [inputs]
     wanted = {str(s) for s in subjects}
     for column in dict.fromkeys(x for x in taken if isinstance(x, str) and x in header and x != "participant_id"):
         j = header.index(column)
@@ -1077,10 +1079,6 @@ def _table_gap(rows: list[list[str]], spec: dict, subjects) -> tuple[str, list[s
         if where:
             return column, [w if w.startswith("sub-") else f"sub-{w}" for w in where]
     return None
-
-
-def _listed_names(value) -> list:
-    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _participants_rows(lines: list[list[str]]) -> list[list[str]]:

@@ -120,6 +120,9 @@ def test_volume_report(volume_run):
         "axial mosaic",
         "contrast eoi weights",
     )
+    # the page a run's --report writes names the output folder, not the hidden one it was written in
+    assert "<title>voxfit report: first level, res</title>" in page and ".voxfit-partial" not in page
+    assert f"<td>{volume_run.resolve()}</td>" in page
     # SPM's default for every contrast, t and F: one-sided p < 0.001 uncorrected (z > 3.09); t contrasts show
     # their positive tail; the counts are those of the z maps
     level = -ndtri(0.001)

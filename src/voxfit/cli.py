@@ -1077,7 +1077,8 @@ def _report_into(out, progress, max_memory=None) -> None:
     from .report import build_report
 
     target = out.path("report.html")
-    target.write_text(build_report(out.staging, progress=progress, max_memory=max_memory), encoding="utf-8")
+    page = build_report(out.staging, progress=progress, max_memory=max_memory, shown_as=out.final)
+    target.write_text(page, encoding="utf-8")
 
 
 def _check_matplotlib() -> None:

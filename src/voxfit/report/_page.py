@@ -592,14 +592,14 @@ def _inputs(inputs: list[dict]) -> str:
     )
 
 
-def _settings_section(res: Results, generated: str) -> str:
+def _settings_section(res: Results, generated: str, folder: Path) -> str:
     m = res.model
     parts = ["<section id='settings'><h2>Settings and provenance</h2>"]
     about = {
         "voxfit version": _e(m.get("voxfit_version", "unknown")),
         "report made": _e(generated),
         "command": _command(m.get("command") or []),
-        "output folder": _e(str(res.folder.resolve())),
+        "output folder": _e(str(folder.resolve())),
     }
     if res.level == "group":  # which model: least squares on the effects, or mixed / fixed effects
         mixed = (m.get("settings") or {}).get("mixed_effects") or {}
@@ -877,8 +877,10 @@ def build_report(
     p_threshold: float | None = None,
     progress: bool | None = None,
     max_memory=None,
+    shown_as=None,
 ) -> str:
-    """The HTML of the report on the output folder `folder` (see :func:`write_report`)."""
+    """The HTML of the report on the output folder `folder` (see :func:`write_report`); `shown_as`: the folder
+    the page names, where `folder` is the hidden one a run writes before its commit (it named that, gone by then)."""
     cap = None if max_memory is None else parse_memory(max_memory)
     res = read_results(folder)
     if p_threshold is not None and not 0 < p_threshold < 1:
@@ -902,13 +904,14 @@ def build_report(
     generated = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     model = (res.model.get("settings") or {}).get("model") if res.level == "group" else None
     level = f"{res.level} ({model} effects)" if model in ("mixed", "fixed") else res.level
-    title = f"voxfit report: {level}, {res.folder.resolve().name}"
+    shown = Path(res.folder if shown_as is None else shown_as)
+    title = f"voxfit report: {level}, {shown.resolve().name}"
     done = iter(range(2, len(res.contrasts) + 2))
     parts = report_sections(
         res, background=background, mesh=mesh, p_threshold=p_threshold, step=lambda: bar.update(next(done))
     )
     diagnostics = _diagnostics_section(res)
-    sections = [parts.design, diagnostics, *parts.contrasts, _settings_section(res, generated)]
+    sections = [parts.design, diagnostics, *parts.contrasts, _settings_section(res, generated, shown)]
     bar.update(len(res.contrasts) + 2)
     bar.close()
     links = ["<a href='#design'>design</a>"] if res.designs else []

@@ -276,6 +276,21 @@ def test_background_and_threshold_options(volume_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(folder), "--background", str(tmp_path / "early.nii.gz"), "--force"]) == 2
     assert re.search(r"early\.nii\.gz: its vox_offset is 0, inside its 352-byte header", capsys.readouterr().err)
+    # what is no anatomy of the maps is refused in one line: a CIFTI file (was exit 1), a surface (Python's words),
+    # and a volume 500 mm away (drawn blank, said to be drawn over, exit 0)
+    far = fine.copy()
+    far[:3, 3] += 500.0
+    nib.save(nib.Nifti1Image(t1, far), tmp_path / "far.nii.gz")
+    write_icosahedron(tmp_path / "lh.surf.gii")
+    write_cifti(tmp_path / "run.dtseries.nii", np.ones((3, 27)))
+    for name, said in (
+        ("run.dtseries.nii", "is a CIFTI file, not a volume"),
+        ("lh.surf.gii", "is not a 3-D volume"),
+        ("far.nii.gz", "does not overlap the maps"),
+    ):
+        assert main(["report", str(folder), "--background", str(tmp_path / name), "--force"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
 
 
 def test_nothing_to_show(volume_run, tmp_path):

@@ -164,16 +164,28 @@ class _Volume:
 
             try:
                 reader = open_map(path)
+                if not isinstance(reader.geometry, VolumeGeometry):  # (a CIFTI file: no grid; was exit 1)
+                    raise InputError(f"{path} is a {reader.geometry.kind}, not a volume; give an anatomical volume.")
                 first = first_scan(reader)
             except InputError as exc:
                 raise InputError(f"background image {exc}") from None
             img = nib.Nifti1Image(first.reshape(reader.geometry.shape, order="F"), reader.geometry.affine)
         try:
             img = img if nifti else nib.load(str(path))
+        except Exception as exc:  # noqa: BLE001  (nibabel raises many types for unreadable images)
+            raise InputError(f"background image {path}: cannot read it ({exc}).") from None
+        if len(getattr(img, "shape", ())) not in (3, 4):  # (a GIFTI surface: "'GiftiImage' has no attribute 'ndim'")
+            raise InputError(f"background image {path} is not a 3-D volume; give an anatomical volume.")
+        try:
             img = img.slicer[..., 0] if img.ndim == 4 else img
             data = np.asarray(resample_from_to(img, (self.shape, self.affine), order=1).dataobj)
         except Exception as exc:  # noqa: BLE001  (nibabel raises many types for unreadable images)
             raise InputError(f"background image {path}: cannot read or resample it ({exc}).") from None
+        if not np.any(np.isfinite(data) & (data != 0)):  # (drawn blank, said to be it, with exit 0)
+            raise InputError(
+                f"background image {path} does not overlap the maps (nothing of it is left on their grid once "
+                "resampled); give an anatomy in the maps' space."
+            )
         return self.grid(data.reshape(-1, order="F"))
 
     def background(self, res: Results, anatomy) -> tuple[NDArray, str]:

@@ -343,6 +343,24 @@ def test_not_an_output_folder(tmp_path, capsys):
     assert not (tmp_path / "report.html").exists()
 
 
+@pytest.mark.planted_model_json  # (records edited by hand)
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda c: {**c, "a": "x"}, "its contrasts are not records of contrasts"),
+        (lambda c: {**c, "a": {**c["a"], "weights": "abc"}}, "the weights of contrast 'a' are not numbers"),
+    ],
+)
+def test_an_edited_record_of_the_contrasts_is_refused_in_one_line(volume_run, tmp_path, capsys, edit, said):
+    """A model.json whose contrasts were edited into what no fit writes: exit 1 (AttributeError, ValueError)."""
+    folder = shutil.copytree(volume_run, tmp_path / "edited")
+    record = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**record, "contrasts": edit(record["contrasts"])}))
+    assert main(["report", str(folder), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err
+
+
 def test_without_matplotlib_the_fit_is_not_run(tmp_path, capsys, monkeypatch):
     import importlib.util
 

@@ -124,9 +124,12 @@ def _design_view(title: str, path: Path, info: dict) -> DesignView:
     return DesignView(title, X, list(names), kinds, info.get("tr"))
 
 
-def _weights(entry: dict, design: DesignView | None, label: str) -> NDArray | None:
+def _weights(entry: dict, design: DesignView | None, label: str, record: Path) -> NDArray | None:
     if "weights" in entry:
-        return np.atleast_2d(np.asarray(entry["weights"], dtype=float))
+        try:
+            return np.atleast_2d(np.asarray(entry["weights"], dtype=float))
+        except (TypeError, ValueError):
+            raise InputError(f"{record}: the weights of contrast {label!r} are not numbers; rerun the fit.") from None
     if design is None:
         return None
     try:
@@ -161,10 +164,13 @@ def read_results(folder) -> Results:
             "record; rerun the fit."
         )
     contrasts = []
-    for label, entry in model.get("contrasts", {}).items():
+    entries = model.get("contrasts") or {}
+    for label, entry in entries.items() if isinstance(entries, dict) else [("", None)]:
+        if not isinstance(entry, dict):  # (an edited record: "'str' object has no attribute 'get'", exit 1)
+            raise InputError(f"{folder / 'model.json'}: its contrasts are not records of contrasts; rerun the fit.")
         expression = entry.get("expression", "")
         expression = expression if isinstance(expression, str) else json.dumps(expression)
-        weights = _weights(entry, designs[0] if designs else None, label)
+        weights = _weights(entry, designs[0] if designs else None, label, folder / "model.json")
         kind = entry.get("kind") or ("F" if weights is not None and weights.shape[0] > 1 else "t")
         contrasts.append(Contrast(label, sanitize_label(label), kind, expression, weights, entry))
     return Results(folder, model, level, designs, contrasts, geometry, mask[0] != 0, extension)

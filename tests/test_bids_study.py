@@ -1020,7 +1020,9 @@ def test_an_unreadable_record_of_another_participant_is_left_out_of_the_reports(
 
 
 def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path):
-    """Model B's study at the run level over model A's groups (the same paths, nodes named alike): A's other maps
+    """Model B's study at the run level over model A's groups (the same paths, nodes named alike): refused without
+    --force, group by group, saying whose they are (B replaced A's maps with exit 0: a study of another task, as
+    voxfit advises for a dataset of two, lost the first one's subject and dataset maps); with it, A's other maps
     stay (a group rewritten removes only what its own study listed). A stale record listing the maps of a group
     kept now (left by a rerun stopped after a grouping changed) takes none of them."""
     from voxfit.bids import run
@@ -1034,13 +1036,20 @@ def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path):
     b["Name"] = "B"
     b["Nodes"][0]["DummyContrasts"]["Contrasts"] = ["congruent"]
     assert run(study.root, out, model=a, level="run", **kw).ok
-    before = sorted(p.name for p in (out / "sub-01" / "node-run").iterdir())
-    assert run(study.root, out, model=b, level="run", **kw).ok
-    assert sorted(p.name for p in (out / "sub-01" / "node-run").iterdir()) == before
+    before = {p.name: p.read_bytes() for p in (out / "sub-01" / "node-run").iterdir()}
+    refused = run(study.root, out, model=b, level="run", **kw)
+    assert not refused.ok and len(refused.failures) == 2
+    assert all(
+        "is the group of another study of this output folder (model model-A_smdl.json" in f.reason
+        for f in refused.failures
+    )
+    assert {p.name: p.read_bytes() for p in (out / "sub-01" / "node-run").iterdir()} == before
+    assert run(study.root, out, model=b, level="run", force=True, **kw).ok
+    assert sorted(p.name for p in (out / "sub-01" / "node-run").iterdir()) == sorted(before)
     # the grouping changed (one dataset group, its maps named alike), then an earlier record put back
     c = json.loads(json.dumps(b))
     c["Name"] = "C"  # (one contrast: one map per subject in a dataset group of every contrast)
-    assert run(study.root, out, model=c, **kw).ok
+    assert run(study.root, out, model=c, force=True, **kw).ok
     old = {p.name: p.read_bytes() for p in (out / "node-dataset").glob("*model.json")}
     c["Nodes"][2]["GroupBy"] = []
     assert run(study.root, out, model=c, **kw).ok

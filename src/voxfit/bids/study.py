@@ -653,6 +653,22 @@ def _stale_files(out_dir: Path, record: Path, scope: tuple) -> list[str] | None:
     return [str(f) for f in bids["files"]]
 
 
+def _foreign_group(record_path: Path, study: dict) -> str | None:
+    """Why the group whose record would be at `record_path` cannot be written there: a record of another study of
+    this folder (another model file, --task, --space or --desc) is there, whose maps this study's would replace
+    (a study of task flanker after one of task stroop replaced stroop's subject and dataset maps, exit 0), as a
+    message; None where there is none, or it is this study's (or an older build's, which names none)."""
+    bids = _read_bids(record_path) if record_path.is_file() else None
+    other = None if bids is None else bids.get("study")
+    if not isinstance(other, dict) or other == study:
+        return None
+    whose = ", ".join(f"{k} {v}" for k, v in other.items() if v is not None) or "another model"
+    return (
+        f"{record_path.name} in {record_path.parent} is the group of another study of this output folder ({whose}), "
+        "whose maps this one would replace: give each study its own output folder (or --force to replace them)."
+    )
+
+
 def _listed_files(record_path: Path, study: dict) -> list[str]:
     """The files the record at `record_path` lists of its group, where `study` wrote it (none where there is no
     readable record, or another study's: a group at the same path of another model keeps its other files)."""
@@ -2194,6 +2210,9 @@ class _Study:
             checksum = self.run_checksum(node, r)
             folder = group_folder(self.out_dir, node.name, r.entity, "run")
             record_path = folder / f"{group_prefix(r.entity)}model.json"
+            if not self.force and (foreign := _foreign_group(record_path, dict(node.study))):
+                failed(r, foreign)
+                continue
             bids = self.reuse(record_path, checksum)
             if bids is not None:
                 done[k] = (_node_result(bids, record_path), bids["outputs"], r)
@@ -2791,6 +2810,8 @@ class _Study:
         contrast = _value(entities.get("contrast"))
         named = "" if contrast is None else f"contrast-{labels[str(contrast)]}_"
         record_path = folder / f"{prefix}{named}model.json"
+        if not self.force and (foreign := _foreign_group(record_path, dict(node.study))):
+            raise InputError(foreign)
         if record_path in claimed:
             raise InputError(
                 f"its files ({record_path.name} and its maps) are those of group {claimed[record_path]} too: their "

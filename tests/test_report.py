@@ -582,6 +582,28 @@ def test_background_under_surface_maps_is_refused(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and not (out / "report.html").exists()
 
 
+def test_a_surface_fits_report_is_drawn_on_its_mesh(tmp_path, capsys):
+    """`fit lh.func.gii --mesh lh.surf.gii --report`: the page said no mesh was given and drew histograms only (a
+    first-level record keeps the mesh for FILM alone); and `voxfit report --mesh` of a file that is not there said
+    the same, exit 0. The fit's mesh draws its page; a missing one is refused."""
+    rng = np.random.default_rng(6)
+    design = tmp_path / "d.tsv"
+    design.write_text("A\tconstant\n" + "".join(f"{i % 2}\t1\n" for i in range(12)))
+    mesh = write_icosahedron(tmp_path / "lh.surf.gii")
+    values = 100 + rng.standard_normal((12, 12))
+    values[1::2, :4] += 3.0  # (vertices 0-3 active: something to draw)
+    gifti = write_gifti(tmp_path / "bold.func.gii", values)
+    out = tmp_path / "out"
+    argv = ["fit", str(gifti), "--design", str(design), "--contrast", "a=A", "--mesh", str(mesh), "-o", str(out)]
+    assert main([*argv, "--report", "--quiet"]) == 0
+    page = (out / "report.html").read_text()
+    assert "Surface maps are drawn on lh.surf.gii." in page and "No surface mesh was given" not in page
+    capsys.readouterr()
+    assert main(["report", str(out), "--mesh", str(tmp_path / "gone.surf.gii"), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "gone.surf.gii: no such file" in err and err.count("\n") == 1, err
+
+
 def test_array_group_and_fixed_effects_runs(tmp_path):
     rng = np.random.default_rng(4)
     maps = rng.standard_normal((10, 50)) + np.r_[np.full(5, 2.0), np.zeros(45)]

@@ -926,7 +926,7 @@ def _run_command(args, argv) -> int:
 
     # the report is written into the run's hidden folder before the commit: maps, tables, model.json and
     # report.html appear together, or (a failed report, Ctrl-C) none of them
-    with before_commit(lambda out: _report_into(out, progress, args.max_memory)):
+    with before_commit(lambda out: _report_into(out, progress, args.max_memory, getattr(args, "mesh", None))):
         code = _run_model(args, argv, progress)
     if not args.quiet:
         from pathlib import Path
@@ -1073,11 +1073,13 @@ def _fit_study(run_study, args, argv, progress):
     )
 
 
-def _report_into(out, progress, max_memory=None) -> None:
+def _report_into(out, progress, max_memory=None, mesh=None) -> None:
+    """The report of a run's output, written into it before its commit, on the run's own --mesh where it has one
+    (a first-level fit records it for FILM only: a surface fit's page said no mesh was given)."""
     from .report import build_report
 
     target = out.path("report.html")
-    page = build_report(out.staging, progress=progress, max_memory=max_memory, shown_as=out.final)
+    page = build_report(out.staging, progress=progress, max_memory=max_memory, shown_as=out.final, mesh=mesh)
     target.write_text(page, encoding="utf-8")
 
 

@@ -784,7 +784,8 @@ def _drawer(res: Results, background, mesh):
     """How the contrasts' maps are drawn for the geometry of `res` (``draw(threshold) -> html``), and the
     notes that say so."""
     geometry = res.geometry
-    if mesh is not None and not Path(mesh).is_file():  # (given, not a file: the page said no mesh was given, exit 0)
+    given = isinstance(geometry, SurfaceGeometry) and mesh is not None  # (a volume's page draws no mesh)
+    if given and not Path(mesh).is_file():  # (the page said no mesh was given, exit 0)
         raise InputError(f"--mesh {mesh}: no such file; give the GIFTI surface (.surf.gii) the maps lie on.")
     mesh = mesh if mesh is not None else res.model.get("settings", {}).get("mesh")
     connectivity = _connectivity(res)

@@ -581,6 +581,11 @@ REFUSALS = {
         ["congruent", "nuissance1", 1],
         '"nuissance1" has a missing value \\(n/a\\) at scan 6; only leading n/a',
     ),
+    "confound n/a in every scan": (  # (every n/a leading: "only leading n/a are allowed" was the message)
+        lambda c: _broken(c, "nuissance1", lambda v: v.values.iloc.__setitem__((slice(None), 0), np.nan)),
+        ["congruent", "nuissance1", 1],
+        '"nuissance1" is n/a in every scan: it holds no value to fit; leave it out of Model.X',
+    ),
     "confound of another length": (
         lambda c: _broken(c, "nuissance1", lambda v: setattr(v, "values", v.values.iloc[:30])),
         ["congruent", "nuissance1", 1],

@@ -611,10 +611,11 @@ def find_runs(
         have = {f.entities["subject"] for f in chosen}
         absent = [p for p in labels if p not in have]
         if absent:
+            of_sessions = f" of session {', '.join(map(str, sessions))} (the model's Input.session)" if sessions else ""
             raise InputError(
                 f"participant label {absent[0]} has no preprocessed BOLD run"
-                f"{f' of task {task}' if task else ''}{f' in space {space}' if space else ''} in the derivatives; "
-                f"check the label (subjects with runs: {', '.join(sorted(have)) or 'none'})."
+                f"{f' of task {task}' if task else ''}{of_sessions}{f' in space {space}' if space else ''} in the "
+                f"derivatives; check the label (subjects with runs: {', '.join(sorted(have)) or 'none'})."
             )
         chosen = [f for f in chosen if f.entities["subject"] in labels]
     if not chosen:

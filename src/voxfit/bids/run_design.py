@@ -682,10 +682,14 @@ def _series(variable, name: str, problem: _Problem) -> np.ndarray:
             "check the confounds file belongs to this run."
         )
     missing = ~np.isfinite(values)
+    if missing.all():  # (every n/a is leading, and the message said only leading n/a are allowed)
+        raise InputError(
+            f'{problem.where}: "{name}" is n/a in every scan: it holds no value to fit; leave it out of Model.X.'
+        )
     if missing.any():
-        leading = int(np.argmin(missing)) if not missing.all() else values.size
-        if missing[leading:].any() or leading == values.size:
-            row = leading + int(np.argmax(missing[leading:])) + 1 if leading < values.size else 1
+        leading = int(np.argmin(missing))
+        if missing[leading:].any():
+            row = leading + int(np.argmax(missing[leading:])) + 1
             raise InputError(
                 f'{problem.where}: "{name}" has a missing value (n/a) at scan {row}; only leading n/a (as in '
                 "fMRIPrep's derivatives) are allowed: fill them with a Replace transformation or leave the column out."

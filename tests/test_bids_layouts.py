@@ -440,6 +440,17 @@ def test_a_study_interrupted_while_its_reports_are_written_says_its_fits_are_com
     assert "voxfit: failed: node runs, sub-02" in err and "every group was fitted, or failed as said above," in err
 
 
+def test_a_contrast_whose_name_is_a_label_keeps_it_whatever_the_others():
+    """Contrast c2 was labelled c22 in the runs that had a contrast c_2 (whose letters are c2 too) and c2 in those
+    that had not, so contrast-c2 named different contrasts in different runs; a name that is a label keeps it, and
+    the sanitised one takes the number."""
+    from voxfit.bids.study import _labels
+
+    assert _labels(["c_2", "c2"]) == ["c22", "c2"] and _labels(["c2"]) == ["c2"]
+    assert _labels(["I/C_2", "IC2", "IC22"]) == ["IC23", "IC2", "IC22"]
+    assert _labels(["reward+", "reward-"]) == ["reward", "reward2"] and _labels(["a", "a"]) == ["a", "a2"]
+
+
 def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_path):
     """Contrasts named "reward+" and "reward-" (one label, "reward", in a file name), and a dataset node grouped by a
     participants.tsv column: above the run level each group wrote the same files as the others, the last one kept

@@ -3033,15 +3033,25 @@ def _read_maps(paths, everything, name: str) -> np.ndarray:
 
 
 def _labels(names) -> list[str]:
-    """Letters-and-digits labels of the contrasts' names (for file names), made unique."""
+    """Letters-and-digits labels of the contrasts' names (for file names), made unique: a name that is a label
+    already keeps it, and the others' take a number where theirs is taken. (A name that is a label lost it to
+    another's sanitised one: contrast c2 was contrast-c22 in the runs that had a contrast c_2, and contrast-c2 in
+    those that had not, so one file name named different contrasts.)"""
     from ..io import sanitize_label
 
+    names = list(names)
+    own = {n for n in names if sanitize_label(n) == n}
+    taken = set(own)
     out: list[str] = []
     for n in names:
-        label = sanitize_label(n)
-        k, base = 2, label
-        while label in out:
+        if n in own and n not in out:
+            out.append(n)
+            continue
+        label = base = sanitize_label(n)
+        k = 2
+        while label in taken:
             label, k = f"{base}{k}", k + 1
+        taken.add(label)
         out.append(label)
     return out
 

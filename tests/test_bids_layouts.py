@@ -1291,6 +1291,29 @@ def test_a_dataset_group_of_several_sessions_of_a_subject_is_refused_saying_what
     assert run(study.root, tmp_path / "meta", model=model, **kw).ok
 
 
+def test_a_groupby_entity_the_node_before_combined_over_is_that_nodes_failure(tmp_path):
+    """Run -> Subject (sessions pooled) -> Dataset grouped by session and contrast: the session of the GroupBy,
+    which no input carried any more, was passed over (one pooled group, exit 0, nothing said). The node fails
+    saying where the sessions were combined; grouped by session at the subject level too, it is fitted."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"] = [n for n in model["Nodes"] if n["Name"] != "session"]
+    model["Edges"] = [{"Source": "run", "Destination": "subject"}, {"Source": "subject", "Destination": "dataset"}]
+    model["Nodes"][1]["GroupBy"] = ["subject", "contrast"]
+    model["Nodes"][2]["GroupBy"] = ["session", "contrast"]
+    kw = {"derivatives": [study.derivatives], "progress": False, "group_model": "ols"}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert [f.node for f in result.failures] == ["dataset"]
+    assert (
+        "its GroupBy names session, which none of its 2 inputs from node subject carries" in result.failures[0].reason
+    )
+    model["Nodes"][1]["GroupBy"] = ["subject", "session", "contrast"]
+    assert run(study.root, tmp_path / "kept", model=model, **kw).ok
+
+
 def test_a_subject_without_a_sessions_table_fails_alone_where_the_model_takes_its_column(tmp_path):
     """A Subject node taking sessions.tsv's load, and one subject with no sessions.tsv: pybids failed the whole node
     ("not found in data matrix", with participants.tsv's columns as the hint), every subject's groups lost and none

@@ -660,6 +660,20 @@ def test_design_options_out_of_range(study, capsys, option, value, message):
     refused(capsys, *args, message=message)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--fir-delays", "3"], r"--fir-delays counts the windows of --hrf fir, and the HRF is spm; drop one"),
+        (["--drift-order", "2"], r"--drift-order is the order of --drift polynomial, and the drift is cosine"),
+    ],
+)
+def test_an_option_of_another_choice_is_refused_not_passed_over(study, capsys, options, message):
+    """--fir-delays without --hrf fir, --drift-order without --drift polynomial: the design was made without them,
+    nothing said."""
+    args = ["design", study["events"], "--tr", "2", "--n-scans", "20", "-o", study["dir"] / "d.tsv"]
+    refused(capsys, *args, *options, message=message)
+
+
 def test_fir_delays_beyond_the_run_are_bad_input(study, capsys):
     refused(
         capsys,

@@ -739,6 +739,13 @@ def _make_design(args, n_scans: int, run: int = 0):
         raise InputError("--confounds-columns needs --confounds FILE.")
     events = args.events[run] if isinstance(args.events, list) else args.events
     opts = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DESIGN_DEFAULTS.items()}
+    # options of another choice's, given and not used (no preset sets them): said, not passed over
+    if args.fir_delays is not None and opts["hrf"] != "fir":
+        raise InputError(f"--fir-delays counts the windows of --hrf fir, and the HRF is {opts['hrf']}; drop one.")
+    if args.drift_order is not None and opts["drift"] != "polynomial":
+        raise InputError(
+            f"--drift-order is the order of --drift polynomial, and the drift is {opts['drift']}; drop one."
+        )
     design = make_design(
         events,
         args.tr,

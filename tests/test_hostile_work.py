@@ -167,8 +167,9 @@ def _ctrl_c_at_random_moments(work, trials: int, within: float = 0.01) -> None:
             work()
             time.sleep(1)  # (the work ended first: the signal lands here)
         # (a thread whose start the signal cut short, its Thread.start waiting on an Event, is CPython's own case:
-        # it never runs, and is_alive says False)
-        new = [t for t in threading.enumerate() if t not in before and t.name.startswith("voxfit-") and t.ident]
+        # it never runs, and is_alive says False; it may have its ident already, and join refuses it: taken as the
+        # tests' thread check takes it, by is_alive)
+        new = [t for t in threading.enumerate() if t not in before and t.name.startswith("voxfit-") and t.is_alive()]
         for thread in new:
             thread.join(2)
         assert not [t.name for t in new if t.is_alive()], "a thread was left waiting for a lock"

@@ -654,12 +654,11 @@ def _stale_files(out_dir: Path, record: Path, scope: tuple) -> list[str] | None:
     return [str(f) for f in bids["files"]]
 
 
-def _foreign_group(record_path: Path, study: dict) -> str | None:
-    """Why the group whose record would be at `record_path` cannot be written there: a record of another study of
-    this folder (another model file, --task, --space or --desc) is there, whose maps this study's would replace
-    (a study of task flanker after one of task stroop replaced stroop's subject and dataset maps, exit 0), as a
-    message; None where there is none, or it is this study's (or an older build's, which names none)."""
-    bids = _read_bids(record_path) if record_path.is_file() else None
+def _foreign_group(record_path: Path, bids: dict | None, study: dict) -> str | None:
+    """Why the group whose record would be at `record_path` cannot be written there: the record there (its
+    ``bids`` part) is another study's of this folder (another model file, --task, --space or --desc), whose maps
+    this study's would replace (a study of task flanker after one of task stroop replaced stroop's subject and
+    dataset maps, exit 0), as a message; None where it is this study's (or an older build's, which names none)."""
     other = None if bids is None else bids.get("study")
     if not isinstance(other, dict) or other == study:
         return None
@@ -2157,12 +2156,15 @@ class _Study:
         folder.mkdir(parents=True, exist_ok=True)
         write_file_atomically(folder / MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
-    def reuse(self, record_path: Path, checksum: str) -> dict | None:
+    def reuse(self, record_path: Path, checksum: str, study: dict) -> dict | None:
         """The record's ``bids`` part when the group at `record_path` was fitted with this checksum and its
-        files are all there; None (refit) otherwise, or with `force`."""
+        files are all there; None (refit) otherwise, or with `force`. A record of another `study` there is refused
+        (an InputError, :func:`_foreign_group`): this study's group would replace its maps."""
         if self.force or not record_path.is_file():
             return None
         bids = _read_bids(record_path)
+        if foreign := _foreign_group(record_path, bids, study):
+            raise InputError(foreign)
         if bids is None or bids.get("checksum") != checksum:
             return None
         return bids if _outputs_present(bids) else None
@@ -2212,10 +2214,11 @@ class _Study:
             checksum = self.run_checksum(node, r)
             folder = group_folder(self.out_dir, node.name, r.entity, "run")
             record_path = folder / f"{group_prefix(r.entity)}model.json"
-            if not self.force and (foreign := _foreign_group(record_path, dict(node.study))):
-                failed(r, foreign)
+            try:
+                bids = self.reuse(record_path, checksum, dict(node.study))
+            except InputError as exc:  # (another study's group)
+                failed(r, str(exc))
                 continue
-            bids = self.reuse(record_path, checksum)
             if bids is not None:
                 done[k] = (_node_result(bids, record_path), bids["outputs"], r)
                 advance()
@@ -2821,8 +2824,6 @@ class _Study:
         contrast = _value(entities.get("contrast"))
         named = "" if contrast is None else f"contrast-{labels[str(contrast)]}_"
         record_path = folder / f"{prefix}{named}model.json"
-        if not self.force and (foreign := _foreign_group(record_path, dict(node.study))):
-            raise InputError(foreign)
         if record_path in claimed:
             raise InputError(
                 f"its files ({record_path.name} and its maps) are those of group {claimed[record_path]} too: their "
@@ -2845,7 +2846,7 @@ class _Study:
             _file_stamp([p for ref in refs for p in (ref.effect, ref.variance)]),
             notes,
         )
-        bids = self.reuse(record_path, checksum)
+        bids = self.reuse(record_path, checksum, dict(node.study))
         if bids is not None:
             return lambda: (_node_result(bids, record_path), bids["outputs"])
         replaced = _subjects_dropped(record_path, extra)  # (said when refitted only: not in its checksum or record)

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from ..exceptions import ContrastError
 
-__all__ = ["MAX_EXPRESSION_LENGTH", "MAX_NESTING", "parse_contrast"]
+__all__ = ["MAX_EXPRESSION_LENGTH", "MAX_NESTING", "names_in", "parse_contrast"]
 
 # Bounds on what the parser accepts, so that a hostile or mistyped expression is refused at once instead of
 # exhausting the stack (each level of parentheses costs four Python frames) or the memory.
@@ -54,6 +54,17 @@ def _tokenize(text: str) -> list[tuple[str, str | float, int]]:
         tokens.append(("name" if kind == "quoted" else kind, value, m.start(kind)))
         pos = m.end()
     return tokens
+
+
+def names_in(text: str) -> set[str]:
+    """The column names an expression holds (as the parser reads them: words and `quoted` names); none where it
+    cannot be read (:func:`parse_contrast` says why)."""
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        return set()
+    try:
+        return {str(value) for kind, value, _ in _tokenize(text) if kind == "name"}
+    except ContrastError:
+        return set()
 
 
 class _Parser:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from .._threads import resolve_workers
 from .._memory import cap_text, reserved_bytes, size_text
 from .._version import __version__
 from ..core import Stats, factorize
+from ..core.expr import names_in
 from ..core.mixed import BAD_VARIANCE, OUTCOMES
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import group_design, listed_lines
@@ -777,7 +777,7 @@ class SecondLevel:
         names, p = d.names, d.X.shape[1]
         items = contrast_items(self.contrasts) if self.contrasts else []
         for label, expr in items:
-            text = [c for c in d.left_out if isinstance(expr, str) and c not in names and c in _words(expr)]
+            text = [c for c in d.left_out if isinstance(expr, str) and c not in names and c in names_in(expr)]
             if text:
                 raise InputError(
                     f"contrast {label!r} names {text[0]!r}, a text column of {d.source or 'the design table'}, "
@@ -1209,8 +1209,3 @@ def _open_maps(data):
                     "all the maps."
                 )
     return reader
-
-
-def _words(expr: str) -> set[str]:
-    """The names an expression could hold (runs of letters, digits, _ and .)."""
-    return set(re.findall(r"[A-Za-z_][\w.]*", expr))

@@ -14,6 +14,7 @@ __all__ = [
     "is_dataframe",
     "to_numpy",
     "type_name",
+    "unit_scale",
     "working_dtype",
     "written_zeros",
 ]
@@ -146,3 +147,11 @@ def written_zeros(shape, dtype=np.float64) -> np.ndarray:
     out = np.empty(shape, dtype=dtype)
     out.fill(0)
     return out
+
+
+def unit_scale(ssq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the power of two ``2**-e`` that takes its sum of squares `ssq` into [1/4, 1), and ``e`` (1 and
+    0 where `ssq` is 0 or not finite): values so scaled keep every digit (a power of two scales exactly), and any
+    ratio of their products is the same to the bit, while single precision holds them whatever their units."""
+    _, exponent = np.frexp(np.where(np.isfinite(ssq), np.sqrt(ssq), 0.0))
+    return np.ldexp(1.0, -exponent), exponent

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import unit_scale
 from .design import DesignFactor
 from .ols import exact_fits
 
@@ -310,8 +311,7 @@ def _grid_criterion(spec: _Spectral, Y: NDArray) -> NDArray:
     v = Y.shape[1]
     crit = np.empty((len(terms.grid), v))
     d = np.stack([g.d for g in terms.groups])
-    _, exponent = np.frexp(np.sqrt(np.einsum("tv,tv->v", Y, Y)))  # (0 for no residuals: scale 1)
-    scale = np.ldexp(1.0, -exponent)
+    scale, exponent = unit_scale(np.einsum("tv,tv->v", Y, Y))  # (no residuals: scale 1)
     fy, fly = spec.fy * scale, spec.fly * scale
     yy = [d @ (fy * fy), d @ (fy * fly), d @ (fly * fly)]  # (B, v) each
     single = (Y * scale).astype(np.float32)
@@ -590,13 +590,14 @@ def fit_arma_block(
     coef = Q.T @ Y
     E = Y - Q @ coef  # the GLS coordinates of Y are coef plus E's, its RSS and criterion E's
     ols_rss = np.einsum("tv,tv->v", E, E)
+    ysq = np.einsum("tv,tv->v", Y, Y)
     if design.has_intercept:  # the total sum of squares about the mean (with 1's residual where 1 is near the span)
         mean, r1 = Y.mean(axis=0), design.ones_residual
         coef_centred = coef - np.multiply.outer(Q.T @ np.ones(n), mean)
         tss = ols_rss + np.einsum("kv,kv->v", coef_centred, coef_centred) + mean * (mean * (r1 @ r1) - 2.0 * (r1 @ E))
     else:
-        tss = np.einsum("tv,tv->v", Y, Y)
-    exact = exact_fits(ols_rss, np.einsum("tv,tv->v", Y, Y), n)  # (a constant voxel: no residual variance)
+        tss = ysq
+    exact = exact_fits(ols_rss, ysq, n)  # (a constant voxel: no residual variance)
     del Y
     spec = _spectral(terms, E)
     found = _estimate(spec, E)

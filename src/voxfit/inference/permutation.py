@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .._array import check_array_like, working_dtype
+from .._array import check_array_like, unit_scale, working_dtype
 from .._dask import run_tasks
 from .._memory import check_memory, parse_memory
 from .._execution import Execution
@@ -978,7 +978,7 @@ def batch_size(
 def _residuals(Y, Qz: NDArray, basis: NDArray, tiles, dtype):
     """The nuisance model's residuals E = Y - Q_Z Q_Z' Y as contiguous tiles of voxels in `dtype`, with
     ||E||^2, the observed rss, the valid voxels and the observed projections ``G = basis' E`` (float64),
-    computed a tile at a time in float64 (no float64 copy of Y), each voxel's scaled as :func:`_unit_scale` says.
+    computed a tile at a time in float64 (no float64 copy of Y), each voxel's at unit scale.
     Voxels with a non-finite value or without residual variance are invalid, and get E = 0 and ||E||^2 = 0."""
     V = Y.shape[1]
     ee, rss, valid = np.empty(V), np.empty(V), np.empty(V, dtype=bool)
@@ -993,7 +993,10 @@ def _residuals(Y, Qz: NDArray, basis: NDArray, tiles, dtype):
         G = basis.T @ e
         rss[a:b] = ee[a:b] - np.einsum("kv,kv->v", G, G)
         ok &= (ee[a:b] > 0) & (rss[a:b] > 1e-10 * ee[a:b])  # no residual variance (e.g. all zero): no statistic, no p
-        s = _unit_scale(ee[a:b])
+        # each voxel at unit scale (voxfit._array.unit_scale: every statistic the same to the bit): unscaled, the
+        # float32 residuals of maps of size 1e-20 underflowed, and the squares of 1e19's overflowed (TFCE 0, p
+        # values wrong by up to 0.98, nothing said)
+        s = unit_scale(ee[a:b])[0]
         e *= s
         G *= s
         ee[a:b] *= s * s
@@ -1003,16 +1006,6 @@ def _residuals(Y, Qz: NDArray, basis: NDArray, tiles, dtype):
         G_obs[:, a:b], valid[a:b] = G, ok
         out.append(np.ascontiguousarray(e, dtype=dtype))
     return out, ee, rss, valid, G_obs
-
-
-def _unit_scale(ee: NDArray) -> NDArray:
-    """Per voxel, the power of two that takes its residuals' sum of squares `ee` into [1/4, 1) (1 where `ee` is 0
-    or not finite): residuals and their products so scaled give the same statistics, to the bit (a power of two
-    scales exactly, and every statistic is a ratio of them), and the working dtype holds them whatever the maps'
-    units. Unscaled, the float32 residuals of maps of size 1e-20 underflowed (and of size 1e19 overflowed when
-    squared): every TFCE value 0, and p values wrong by up to 0.98, with nothing said."""
-    _, exponent = np.frexp(np.where(np.isfinite(ee), np.sqrt(ee), 0.0))
-    return np.ldexp(1.0, -exponent)
 
 
 def _load_kernel():

@@ -407,14 +407,8 @@ def _convolve_in_chain(instruction: dict, inputs: list[str], variables, problem:
     from bids.variables import DenseRunVariable
 
     hrf = _convolve_setting(instruction, problem)[0]
-    outputs = _listed(instruction.get("Output")) or inputs
-    if len(outputs) != len(inputs):
-        raise InputError(
-            f"{problem.where}: Convolve has {len(inputs)} inputs ({', '.join(inputs)}) but {len(outputs)} outputs; "
-            "give one Output per Input."
-        )
     made = {}
-    for source, target in zip(inputs, outputs):
+    for source, target in zip(inputs, _convolve_outputs(instruction, inputs, problem)):
         variable = variables.variables[source]
         piece = make_design(
             {target: _events(variable, source, problem)},
@@ -549,13 +543,7 @@ def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -
     for instruction in instructions:
         setting = _convolve_setting(instruction, problem)
         inputs = [m for entry in _listed(instruction["Input"]) for m in _matches(entry, variables)]
-        outputs = _listed(instruction.get("Output")) or inputs
-        if len(outputs) != len(inputs):
-            raise InputError(
-                f"{problem.where}: Convolve has {len(inputs)} inputs ({', '.join(inputs)}) but {len(outputs)} "
-                "outputs; give one Output per Input."
-            )
-        for source, target in zip(inputs, outputs):
+        for source, target in zip(inputs, _convolve_outputs(instruction, inputs, problem)):
             if source not in variables.variables:
                 raise InputError(
                     f'{problem.where}: Convolve names "{source}", which the run does not have; its variables are '
@@ -567,6 +555,17 @@ def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -
                 variables.variables[target] = variable
             hrfs[target] = setting
     return hrfs
+
+
+def _convolve_outputs(instruction: dict, inputs: list[str], problem: _Problem) -> list[str]:
+    """The names a Convolve instruction gives its convolved `inputs`: its Output, one per input, else their own."""
+    outputs = _listed(instruction.get("Output")) or inputs
+    if len(outputs) != len(inputs):
+        raise InputError(
+            f"{problem.where}: Convolve has {len(inputs)} inputs ({', '.join(inputs)}) but {len(outputs)} outputs; "
+            "give one Output per Input."
+        )
+    return outputs
 
 
 def _hrf_variables(node: dict, variables, x: list, problem: _Problem, absent: dict) -> dict:

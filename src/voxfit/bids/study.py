@@ -445,7 +445,6 @@ def run(
         study.participant_columns = tuple(participants[0][1:]) if participants else ()
         study.participant_rows = participants
         study.session_columns = tuple(session_columns)
-        study.run_entities = frozenset(k for r in runs for k, v in r.entities if v is not None)
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
         # 0.5 s of the benchmark study, every thread stopped meanwhile; 0.2 s so); not if the caller froze some
         freeze = gc.get_freeze_count() == 0
@@ -1983,7 +1982,6 @@ class _Study:
         self.participant_columns: tuple[str, ...] = ()  # its other columns, for messages
         self.participant_rows: list[list[str]] = []  # its rows of cells, the header first
         self.session_columns: tuple[str, ...] = ()  # the sessions.tsv files' columns
-        self.run_entities: frozenset[str] = frozenset()  # the entities the runs carry (pybids names)
         self._run_types: dict[Path, set[str]] = {}  # each events file's trial types (run_spec, asked twice a run)
         self.command = tuple(map(str, command)) if command else None
         self.maps: dict[tuple[str, tuple], _MapRef] = {}  # (node name, its key of the contrast's group) -> the maps
@@ -2598,7 +2596,8 @@ class _Study:
             return
         keys = {_long(k) for k in group_by}
         held = {k for _, ents in inputs for k in keys if _value(ents.get(k)) is not None}
-        lost = sorted(k for k in keys - held if k in ENTITIES and k in self.run_entities)
+        carried = {k for r in self._runs for k, v in r.entities if v is not None}  # (by the runs: pybids names)
+        lost = sorted(k for k in keys - held if k in ENTITIES and k in carried)
         if lost:  # (the runs had it, the node before combined over it: one pooled group, no word said)
             reason = (
                 f"its GroupBy names {lost[0]}, which none of its {len(inputs)} inputs from node {source} carries: "

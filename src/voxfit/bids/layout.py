@@ -816,12 +816,15 @@ def _selected(files: list, entities: dict | None, entities_of) -> list:
     that some of the files carry: an entity none of them has is no filter of theirs (fMRIPrep's outputs carry no
     echo, raw files no space or desc: Input.echo would have left no preprocessed run, Input.space no raw one to
     tell unprocessed). Index entities (run, echo...) compare as numbers: Input.run 1 is run-01."""
-    carried = {k: v for k, v in (entities or {}).items() if any(entities_of(f).get(k) is not None for f in files)}
-    return [
-        f
-        for f in files
-        if all(_entity_text(k, entities_of(f).get(k)) in {_entity_text(k, v) for v in vs} for k, vs in carried.items())
-    ]
+    if not entities:
+        return list(files)
+    found = [(f, entities_of(f)) for f in files]  # (each file's entities read once: a raw file's ask the index)
+    wanted = {
+        k: {_entity_text(k, v) for v in values}
+        for k, values in entities.items()
+        if any(e.get(k) is not None for _, e in found)
+    }
+    return [f for f, e in found if all(_entity_text(k, e.get(k)) in w for k, w in wanted.items())]
 
 
 _INDEX_ENTITIES = frozenset({"run", "echo", "flip", "inv", "chunk"})  # (BIDS' index entities: numbers; labels are not)
@@ -839,9 +842,9 @@ def input_filters(layout, model_input: dict | None, *, task=None, participant_la
     command line's `task` and `participant_label`); a value of ``Input`` that the dataset does not have is refused,
     naming the entity and the values it has. (Input.run was checked and not used: the runs it left out were fitted
     without variables, each a failure saying "check its events.tsv".)"""
-    model_input = dict(model_input or {})
+    # each entity's values as a list (a value alone, as the specification allows it), entities of no value left out
+    model_input = {k: (v if isinstance(v, list) else [v]) for k, v in (model_input or {}).items() if v is not None}
     for entity, values in model_input.items():
-        values = values if isinstance(values, list) else [values]
         try:
             have = {str(v) for v in layout.get(return_type="id", target=entity, suffix="bold")}  # (bold only: fast)
         except (ValueError, KeyError, TypeError):
@@ -856,14 +859,12 @@ def input_filters(layout, model_input: dict | None, *, task=None, participant_la
                 f"the model's Input names {entity} {absent[0]!r}, which the dataset does not have ({entity}: "
                 f"{', '.join(sorted(have)) or 'none'}); fix Input.{entity} in the model."
             )
-    tasks = model_input.get("task")
-    tasks = None if tasks is None else [str(t) for t in (tasks if isinstance(tasks, list) else [tasks])]
+    tasks = [str(t) for t in model_input["task"]] if "task" in model_input else None
     if task is not None and tasks is not None and task not in tasks:
         raise InputError(f"--task {task} is not among the model's Input.task ({', '.join(tasks)}); drop one of them.")
     labels = [str(p).removeprefix("sub-") for p in participant_label or ()]
-    subjects = model_input.get("subject")
-    if subjects is not None:
-        subjects = [str(s) for s in (subjects if isinstance(subjects, list) else [subjects])]
+    if "subject" in model_input:
+        subjects = [str(s) for s in model_input["subject"]]
         outside = [p for p in labels if p not in subjects]
         if outside:
             raise InputError(
@@ -871,19 +872,12 @@ def input_filters(layout, model_input: dict | None, *, task=None, participant_la
                 "drop it or change the model's Input."
             )
         labels = labels or subjects
-    sessions = model_input.get("session")
-    others = {
-        entity: [v for v in (values if isinstance(values, list) else [values]) if v is not None]
-        for entity, values in model_input.items()
-        if entity not in ("task", "subject", "session")
-    }
+    others = {k: [v for v in values if v is not None] for k, values in model_input.items()}
     return {
-        "entities": {entity: values for entity, values in others.items() if values} or None,
+        "entities": {k: v for k, v in others.items() if v and k not in ("task", "subject", "session")} or None,
         "task": task if task is not None else (tasks[0] if tasks and len(tasks) == 1 else tasks),
         "participant_label": tuple(labels),
-        "sessions": None
-        if sessions is None
-        else [str(x) for x in (sessions if isinstance(sessions, list) else [sessions])],
+        "sessions": [str(x) for x in model_input["session"]] if "session" in model_input else None,
     }
 
 

@@ -165,9 +165,9 @@ def read_results(folder) -> Results:
         )
     contrasts = []
     entries = model.get("contrasts") or {}
-    for label, entry in entries.items() if isinstance(entries, dict) else [("", None)]:
-        if not isinstance(entry, dict):  # (an edited record: "'str' object has no attribute 'get'", exit 1)
-            raise InputError(f"{folder / 'model.json'}: its contrasts are not records of contrasts; rerun the fit.")
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):  # (edited: exit 1)
+        raise InputError(f"{folder / 'model.json'}: its contrasts are not records of contrasts; rerun the fit.")
+    for label, entry in entries.items():
         expression = entry.get("expression", "")
         expression = expression if isinstance(expression, str) else json.dumps(expression)
         weights = _weights(entry, designs[0] if designs else None, label, folder / "model.json")

@@ -406,25 +406,38 @@ def _convolve_in_chain(instruction: dict, inputs: list[str], variables, problem:
     its result. Returns ``{output: (hrf, 1)}``."""
     from bids.variables import DenseRunVariable
 
-    hrf = _convolve_setting(instruction, problem)[0]
-    made = {}
-    for source, target in zip(inputs, _convolve_outputs(instruction, inputs, problem)):
-        variable = variables.variables[source]
-        piece = make_design(
-            {target: _events(variable, source, problem)},
-            problem.tr,
-            problem.n_scans,
-            hrf=hrf,
-            drift="none",
-            convolution=problem.convolution,
-            **_sampling(problem),
-        )
-        values = piece.X[:, list(piece.names).index(target)][:, None]
+    setting = _convolve_setting(instruction, problem)
+    pairs = list(zip(inputs, _convolve_outputs(instruction, inputs, problem)))
+    sources = {target: variables.variables[source] for source, target in pairs}
+    piece = _convolved(
+        {target: _events(sources[target], source, problem) for source, target in pairs}, setting, problem
+    )
+    index = {name: j for j, name in enumerate(piece.names)}  # (its columns, and a constant)
+    for target, variable in sources.items():
         variables.variables[target] = DenseRunVariable(
-            name=target, values=values, run_info=variable.run_info, source=variable.source, sampling_rate=1 / problem.tr
+            name=target,
+            values=piece.X[:, index[target] : index[target] + 1],
+            run_info=variable.run_info,
+            source=variable.source,
+            sampling_rate=1 / problem.tr,
         )
-        made[target] = (hrf, 1)
-    return made
+    return dict.fromkeys(sources, setting)
+
+
+def _convolved(conditions: dict, setting: tuple[str, int], problem: _Problem):
+    """`conditions` (name: events) convolved with the (voxfit hrf, fir delays) `setting`, sampled at the run's
+    scans (its slice-timing reference): the design of those columns alone (voxfit.design.make_design)."""
+    hrf, delays = setting
+    return make_design(
+        conditions,
+        problem.tr,
+        problem.n_scans,
+        hrf=hrf,
+        drift="none",
+        fir_delays=delays,
+        convolution=problem.convolution,
+        **_sampling(problem),
+    )
 
 
 # What an instruction makes of an input that is a regressor of zeros (a trial type the run has no event of, or
@@ -731,16 +744,7 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
             groups.setdefault(hrfs[name], {})[name] = _events(variables.variables[name], name, problem)
     columns: dict[str, tuple[np.ndarray, str, str]] = {}  # column -> (values, kind, source variable)
     for (hrf, delays), conditions in groups.items():
-        piece = make_design(
-            conditions,
-            problem.tr,
-            problem.n_scans,
-            hrf=hrf,
-            drift="none",
-            fir_delays=delays,
-            convolution=problem.convolution,
-            **_sampling(problem),
-        )
+        piece = _convolved(conditions, (hrf, delays), problem)
         index = {n: j for j, n in enumerate(piece.names)}
         for name in conditions:
             for suffix in _suffixes(hrf, delays, problem.convolution):

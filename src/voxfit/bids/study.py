@@ -61,6 +61,7 @@ from .._memory import release_freed_memory, reserved_bytes, whole_files_capped
 from .._progress import Progress
 from .._threads import DaemonExecutor, handle_stop_signals
 from .._version import __version__
+from ..design.read import MISSING_CELLS
 from ..design.subjects import listed
 from ..exceptions import InputError
 from .layout import (
@@ -1089,7 +1090,7 @@ def _table_gap(rows: list[list[str]], spec: dict, subjects) -> tuple[str, list[s
         where = [
             r[at]
             for r in rows[1:]
-            if len(r) > max(at, j) and r[at].removeprefix("sub-") in wanted and r[j].lower() in ("", "n/a", "na", "nan")
+            if len(r) > max(at, j) and r[at].removeprefix("sub-") in wanted and r[j].lower() in MISSING_CELLS
         ]
         if where:
             return column, [w if w.startswith("sub-") else f"sub-{w}" for w in where]

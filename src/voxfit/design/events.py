@@ -49,7 +49,7 @@ from .._memory import check_memory
 from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
-from .read import frame_table
+from .read import MISSING_CELLS, frame_table
 
 __all__ = [
     "Design",
@@ -386,7 +386,7 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
         leading = True
         for i, row in enumerate(body):
             cell = row[c] if c < len(row) else ""
-            if isinstance(cell, str) and cell.strip().lower() in ("n/a", "na", "nan", ""):
+            if isinstance(cell, str) and cell.strip().lower() in MISSING_CELLS:
                 if not leading:
                     raise InputError(
                         f"{where}: column {name!r} has a missing value at row {i + 1}; only leading n/a are allowed."

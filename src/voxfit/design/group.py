@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from .._array import is_dataframe, type_name
 from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
-from .read import frame_table
+from .read import MISSING_CELLS, frame_table
 from .subjects import match_rows, subject_labels
 from .vest import read_vest
 
@@ -285,7 +285,7 @@ def group_design(
                 f"columns are {', '.join(names)}."
             )
         groups = tuple(c.strip() for c in columns[variance_groups])
-        if any(g.lower() in ("", "n/a", "na", "nan") for g in groups):
+        if any(g.lower() in MISSING_CELLS for g in groups):
             raise InputError(f"{what}: the variance-group column {variance_groups!r} has missing values; fill them.")
     regressors: list[tuple[str, NDArray]] = []
     left_out = []
@@ -312,7 +312,7 @@ def group_design(
             continue
         values = _numeric(columns[name])
         if values is None:
-            filled = [(k, c) for k, c in enumerate(columns[name], 1) if c.lower() not in ("n/a", "na", "nan", "")]
+            filled = [(k, c) for k, c in enumerate(columns[name], 1) if c.lower() not in MISSING_CELLS]
             if filled and _numeric([c for _, c in filled]) is not None:  # numbers with gaps: a design must be complete
                 raise InputError(
                     f"{what}: column {name!r} has missing values (n/a); fill them or remove the "

@@ -17,9 +17,9 @@ from .._checks import repeated
 from ..io.checks import check_readable
 from ..exceptions import InputError
 
-__all__ = ["frame_table", "read_design", "write_design"]
+__all__ = ["MISSING_CELLS", "frame_table", "read_design", "write_design"]
 
-_MISSING = {"", "n/a", "na", "nan"}
+MISSING_CELLS = frozenset({"", "n/a", "na", "nan"})  # a table cell that holds no value (lower case)
 
 
 def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
@@ -126,7 +126,7 @@ def _number(cell: str, path: Path, row: int, column: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        if text.lower() not in _MISSING:
+        if text.lower() not in MISSING_CELLS:
             raise InputError(f"design {path}: column {column!r}, row {row + 1} is not a number ({text!r}).") from None
         value = float("nan")
     if not math.isfinite(value):

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from ..exceptions import InputError
+from .read import MISSING_CELLS
 
 __all__ = ["Matching", "listed", "match_rows", "normalize_id", "pair_by_subject", "subject_labels"]
 
 _SUB = re.compile(r"(?:^|_)sub-([A-Za-z0-9]+)(?=[_.]|$)")
-_MISSING = {"", "n/a", "na", "nan"}
 
 
 def normalize_id(value: str) -> str:
@@ -81,7 +81,7 @@ def match_rows(ids, maps, labels, *, what: str, column: str, drop_unmatched: boo
     subject, maps without a row and, unless `drop_unmatched`, rows without a map.
     """
     ids = [str(i).strip() for i in ids]
-    empty = [k + 1 for k, i in enumerate(ids) if i.lower() in _MISSING or i == "sub-"]
+    empty = [k + 1 for k, i in enumerate(ids) if i.lower() in MISSING_CELLS or i == "sub-"]
     if empty:
         raise InputError(
             f"{what}: column {column!r} is empty in row(s) {listed(empty)}; every row needs the id of its participant."

@@ -303,7 +303,7 @@ def test_paired_maps_are_tested_as_differences(tmp_path, rng):
     npt.assert_allclose(res.parametric["intercept"].t, fit(np.ones((6, 1)), diff).contrast([1.0]).t, rtol=1e-5)
 
 
-def test_surface_maps_with_a_mesh(tmp_path, rng):
+def test_surface_maps_with_a_mesh(tmp_path, rng, capsys):
     """An icosahedron's 12 vertices: TFCE over mesh neighbours, E = 1 by default on surfaces."""
     write_icosahedron(tmp_path / "lh.surf.gii")
     paths = []
@@ -336,6 +336,12 @@ def test_surface_maps_with_a_mesh(tmp_path, rng):
         main(["group", *map(str, paths), "--permutations", "100", "--tfce", "-o", str(tmp_path / "nomesh"), "--quiet"])
         == 2
     )
+    # a volume's --connectivity is refused on surface maps, not passed over
+    bad = tmp_path / "connectivity"
+    argv = ["group", *map(str, paths), "--permutations", "100", "--tfce", "--connectivity", "18", "-o", str(bad)]
+    assert main([*argv, "--mesh", str(tmp_path / "lh.surf.gii")]) == 2
+    assert "--connectivity counts a voxel's neighbours in a volume" in capsys.readouterr().err
+    assert not bad.exists()
 
 
 @pytest.mark.parametrize(
@@ -347,6 +353,12 @@ def test_surface_maps_with_a_mesh(tmp_path, rng):
         (["--fts", "x.fts"], "--fts selects contrasts of a --con file"),
         (["--permutations", "-3"], "`permutations` must be 0"),
         (["--paired"], "an even number"),
+        # options that shape only what was not asked for: refused, where they were passed over without a word
+        (["--tfce-E", "0.6"], "--tfce-E and --tfce-H are TFCE's exponents; add --tfce"),
+        (["--tfce-H", "3", "--cluster-threshold", "2"], "--tfce-E and --tfce-H are TFCE's exponents"),
+        (["--seed", "3"], "--seed chooses the permutations' shuffles; add --permutations N"),
+        (["--scheme", "flip"], "--scheme chooses the permutations' shuffles"),
+        (["--mesh", "m.surf.gii"], "--mesh is the triangles of GIFTI surface maps, and these maps are volumes"),
     ],
 )
 def test_group_errors(tmp_path, rng, capsys, extra, message):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import errno
 import gzip
+import json
 import os
 import re
 import resource
@@ -665,13 +666,26 @@ def test_design_options_out_of_range(study, capsys, option, value, message):
     [
         (["--fir-delays", "3"], r"--fir-delays counts the windows of --hrf fir, and the HRF is spm; drop one"),
         (["--drift-order", "2"], r"--drift-order is the order of --drift polynomial, and the drift is cosine"),
+        (["--drift", "none", "--high-pass", "100"], r"--high-pass is the cutoff of --drift cosine, and the drift is"),
+        (["--drift", "polynomial", "--high-pass", "0.01Hz"], r"--high-pass is the cutoff of --drift cosine, and the"),
     ],
 )
 def test_an_option_of_another_choice_is_refused_not_passed_over(study, capsys, options, message):
-    """--fir-delays without --hrf fir, --drift-order without --drift polynomial: the design was made without them,
-    nothing said."""
+    """--fir-delays without --hrf fir, --drift-order without --drift polynomial, --high-pass without the cosine
+    drift: the design was made without them, nothing said."""
     args = ["design", study["events"], "--tr", "2", "--n-scans", "20", "-o", study["dir"] / "d.tsv"]
     refused(capsys, *args, *options, message=message)
+
+
+def test_a_presets_high_pass_gives_way_to_the_drift_given(study, capsys):
+    """--preset spm sets the high-pass; --drift none beside it is the user's choice, not a conflict: the fit runs
+    without drift columns (its own --high-pass would be refused)."""
+    out = study["dir"] / "o"
+    argv = ["fit", study["bold"], "--events", study["events"], "--tr", "2", "--preset", "spm", "--drift", "none",
+            "--noise", "ols", "--contrast", "A", "-o", out, "--quiet"]  # fmt: skip
+    code = main([str(a) for a in argv])
+    assert code == 0, capsys.readouterr().err
+    assert not [c for c in json.loads((out / "model.json").read_text())["design"]["columns"] if "drift" in c]
 
 
 def test_fir_delays_beyond_the_run_are_bad_input(study, capsys):

@@ -519,7 +519,10 @@ def _get_parser() -> argparse.ArgumentParser:
         "--cluster-threshold", type=float, metavar="T", help="cluster-forming threshold on the t (or F) statistic"
     )
     group.add_argument(
-        "--connectivity", type=int, choices=[6, 18, 26], default=6, help="voxel neighbours for clusters and TFCE"
+        "--connectivity",
+        type=int,
+        choices=[6, 18, 26],
+        help="a voxel's neighbours for clusters and TFCE on volumes (default 6)",
     )
     group.add_argument(
         "--mesh", metavar="FILE", help="GIFTI surface (.surf.gii) of surface inputs, for clusters and TFCE"
@@ -739,13 +742,17 @@ def _make_design(args, n_scans: int, run: int = 0):
         raise InputError("--confounds-columns needs --confounds FILE.")
     events = args.events[run] if isinstance(args.events, list) else args.events
     opts = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DESIGN_DEFAULTS.items()}
-    # options of another choice's, given and not used (no preset sets them): said, not passed over
+    # options of another choice's, given and not used, are said, not passed over (a preset's high-pass is not
+    # given: `--preset spm --drift none` drops it)
     if args.fir_delays is not None and opts["hrf"] != "fir":
         raise InputError(f"--fir-delays counts the windows of --hrf fir, and the HRF is {opts['hrf']}; drop one.")
     if args.drift_order is not None and opts["drift"] != "polynomial":
         raise InputError(
             f"--drift-order is the order of --drift polynomial, and the drift is {opts['drift']}; drop one."
         )
+    given_high_pass = args.high_pass is not None and "high_pass" not in getattr(args, "preset_applied", ())
+    if given_high_pass and opts["drift"] != "cosine":
+        raise InputError(f"--high-pass is the cutoff of --drift cosine, and the drift is {opts['drift']}; drop one.")
     design = make_design(
         events,
         args.tr,
@@ -769,8 +776,9 @@ def _resolve_settings(args) -> dict:
     --quiet."""
     record = {}
     preset = getattr(args, "preset", None)
+    args.preset_applied = {}  # (the options the preset set: not the user's, who gave none of them)
     if preset:
-        applied, kept = {}, {}
+        applied, kept = args.preset_applied, {}
         for key, value in PRESETS[preset].items():
             if args.design and key in _DESIGN_OPTIONS:
                 continue  # a design file carries its own HRF, drift and microtime

@@ -2969,7 +2969,7 @@ class _Study:
             permutations=s.permutations if dataset else 0,
             tfce=s.tfce and dataset,
             cluster_threshold=s.cluster_threshold if dataset else None,
-            seed=s.seed,
+            seed=s.seed if dataset and s.permutations else None,  # (a seed without shuffles is refused)
             rft=None if s.rft is None or not dataset else RFTOptions(**s.rft),
             execution=self.execution,
         )

@@ -157,8 +157,9 @@ class SecondLevel:
     ``{label: expression}`` or ``["label=expr"]`` (default for one-sample: ``intercept``); con/fts/grp:
     FSL VEST files (t contrasts, F tests of them, exchangeability blocks); permutations: 0 for parametric
     inference only; scheme: 'auto' (sign-flips for a one-sample design, else permutations), 'flip',
-    'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; mesh: a GIFTI surface for the
-    neighbours of surface data; max_memory: a cap on the whole process (see :func:`group_memory` for how it
+    'permute'; tfce_E/tfce_H: defaults 0.5/2 for volumes, 1/2 for surfaces; connectivity: a voxel's neighbours in a
+    volume (6, 18 or 26; default 6); mesh: a GIFTI surface for the neighbours of surface data (each is refused
+    with maps it does not apply to); max_memory: a cap on the whole process (see :func:`group_memory` for how it
     is split): a parametric model (no permutations, not `paired`, no cluster table) of maps over half of what
     it leaves beside the interpreter is fitted in one pass over the data, keeping per-voxel sums only; a model
     with permutations, clusters or TFCE that it cannot hold is refused before the maps are read, naming the
@@ -212,7 +213,7 @@ class SecondLevel:
     tfce_E: float | None = None
     tfce_H: float | None = None
     cluster_threshold: float | None = None
-    connectivity: int = 6
+    connectivity: int | None = None
     mesh: str | PathLike | None = None
     max_memory: int | str | None = None
     n_jobs: int | None = None
@@ -251,6 +252,12 @@ class SecondLevel:
         )
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
+        # options that only shape what was not asked for are said, not passed over
+        if not self.tfce and (self.tfce_E is not None or self.tfce_H is not None):
+            raise InputError("--tfce-E and --tfce-H are TFCE's exponents; add --tfce, or drop them.")
+        if not self.permutations and (self.seed is not None or self.scheme != "auto"):
+            option = "--seed" if self.seed is not None else "--scheme"
+            raise InputError(f"{option} chooses the permutations' shuffles; add --permutations N, or drop it.")
         kind = self._model_kind()
         if self.grp is not None and kind == "ols" and not self.permutations:  # (it would be read and not used)
             raise InputError(
@@ -271,6 +278,7 @@ class SecondLevel:
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
             reader = _open_maps(data)
+            self._check_neighbours(reader.geometry)
             paths = data if isinstance(data, list) else [data]
             d, ordered, order = self._design(paths, reader.n_scans)  # before reading any data: a mismatch stops here
             if ordered != paths:  # the maps in the table's order (a design matched by ids)
@@ -389,7 +397,7 @@ class SecondLevel:
             permutations=int(self.permutations),
             paired=self.paired,
             maps=self.tfce or self.cluster_threshold is not None,
-            connectivity=self.connectivity,
+            connectivity=self._neighbours,
             n_elements=reader.geometry.n_elements,
             n_jobs=execution.n_jobs,
         )
@@ -607,6 +615,7 @@ class SecondLevel:
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
             paths = data if isinstance(data, list) else [data]
             reader = _open_maps(data)
+            self._check_neighbours(reader.geometry)
             need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
             items = self._contrast_items(d)
             shuffling = execution  # with permutations the maps are held (the cap planned as for OLS)
@@ -804,6 +813,23 @@ class SecondLevel:
             raise InputError(f"contrast names repeat ({', '.join(labels)}); give each a distinct name.")
         return items
 
+    @property
+    def _neighbours(self) -> int:
+        """`connectivity`, 6 (a voxel's faces) where not given."""
+        return self.connectivity or 6
+
+    def _check_neighbours(self, geometry) -> None:
+        """`mesh` (a GIFTI surface's triangles) and `connectivity` (a volume's neighbours) refused with maps they do
+        not apply to, where they were passed over without a word."""
+        if self.mesh is not None and isinstance(geometry, (VolumeGeometry, CiftiGeometry)):
+            kind = "volumes (their neighbours: --connectivity)" if isinstance(geometry, VolumeGeometry) else "CIFTI"
+            raise InputError(f"--mesh is the triangles of GIFTI surface maps, and these maps are {kind}; drop --mesh.")
+        if self.connectivity is not None and isinstance(geometry, (SurfaceGeometry, CiftiGeometry)):
+            raise InputError(
+                "--connectivity counts a voxel's neighbours in a volume, and these maps are on a surface (their "
+                "neighbours: the --mesh's edges); drop --connectivity."
+            )
+
     def _tfce_parameters(self, geometry) -> tuple[float, float]:
         surface = isinstance(geometry, SurfaceGeometry)
         E = self.tfce_E if self.tfce_E is not None else (1.0 if surface else 0.5)
@@ -815,7 +841,7 @@ class SecondLevel:
 
         geometry = masker.geometry
         if isinstance(geometry, VolumeGeometry):
-            return volume_adjacency(masker.mask, geometry.shape, self.connectivity)
+            return volume_adjacency(masker.mask, geometry.shape, self._neighbours)
         if isinstance(geometry, SurfaceGeometry):
             if self.mesh is None:
                 raise InputError(
@@ -953,7 +979,7 @@ class SecondLevel:
                 "tfce_E": g.tfce[0],
                 "tfce_H": g.tfce[1],
                 "cluster_threshold": self.cluster_threshold,
-                "connectivity": self.connectivity,
+                "connectivity": self._neighbours,
                 "mesh": None if self.mesh is None else str(Path(self.mesh).resolve()),
                 "model": "ols" if g.mixed is None else g.mixed.model,
                 **({} if g.pairing is None else {"mixed_effects": g.pairing}),

@@ -225,6 +225,8 @@ RULE_REFUSALS = {
         lambda m: m["Nodes"][0]["Contrasts"].append(copy.deepcopy(m["Nodes"][0]["Contrasts"][0])),
         "Name repeats another contrast's",
     ),
+    # a name whose files' labels would be empty: each run failed alone, after the run before it was fitted
+    "contrast name no label": (_contrast("Name", "+"), "Contrasts[0] \"+\": contrast name '+' has no ASCII letter or"),
     "contrast is a dummy": (
         lambda m: m["Nodes"][0].update(
             DummyContrasts={"Contrasts": ["incongruent_vs_congruent"], "Test": "t"},

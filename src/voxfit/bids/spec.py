@@ -615,6 +615,10 @@ def _check_contrasts(node: dict, X: list, prefix: str) -> None:
         _check_fields(con, "contrast", here, "a contrast")
         if con["Name"] in names:
             raise InputError(f"{here}Name repeats another contrast's of this node.")
+        try:  # (before any run is fitted: each run failed alone at its files' names)
+            sanitize_label(con["Name"])
+        except InputError as error:
+            raise InputError(f"{here}{error}") from None
         names.append(con["Name"])
         conditions = con["ConditionList"]
         if not conditions:

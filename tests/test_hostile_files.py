@@ -712,3 +712,14 @@ def test_the_signal_hold_leaves_a_handler_installed_from_c_alone(tmp_path, monke
         out.commit()
     assert (tmp_path / "o" / "a.txt").read_text() == "x"
     assert real(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("command", ["demo", "group"])
+def test_an_output_folder_under_a_file_names_the_file(tmp_path, capsys, command):
+    """-o afile/sub: the system's words were "File exists" (demo) or "Not a directory", naming no file."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub"
+    maps = [write_nifti(tmp_path / f"sub-{i}.nii", np.full((3, 3, 3), i + 1.0, np.float32)) for i in range(3)]
+    code, _, err = run(capsys, *(["demo"] if command == "demo" else ["group", *maps]), "-o", out, "--quiet")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"cannot write to output folder {out}: {tmp_path / 'afile'} is a file, not a folder" in err, err

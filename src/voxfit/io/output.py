@@ -201,19 +201,32 @@ def missing_folders(path) -> list[Path]:
     return missing
 
 
-def make_folder(path) -> list[Path]:
+def make_folder(path, output=None) -> list[Path]:
     """Create folder `path` with its parents; returns the folders this made (deepest first), for
-    :func:`remove_made_folders`."""
+    :func:`remove_made_folders`. `output`: the output folder its errors name (default `path`)."""
     path = Path(path)
     made = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, no permission, a full disk...
         remove_made_folders(made)
-        raise disk_error(exc, path) or InputError(
-            f"cannot write to output folder {path}: {exc.strerror or exc}."
-        ) from None
+        raise folder_error(exc, path, output) from None
     return made
+
+
+def folder_error(exc: OSError, path, output=None) -> InputError:
+    """Why folder `path` cannot be made or written, in one line naming `output` (default `path`): a file on its
+    way named (the system said "File exists" or "Not a directory"), a full disk, else the system's reason and
+    what to do."""
+    path = Path(path)
+    output = path if output is None else output
+    blocking = next((p for p in (path, *path.parents) if os.path.lexists(p) and not p.is_dir()), None)
+    if blocking is not None:
+        return InputError(
+            f"cannot write to output folder {output}: {blocking} is a file, not a folder; choose another output "
+            "folder, or move that file."
+        )
+    return disk_error(exc, output) or InputError.from_os_error(exc, output, "cannot write to output folder")
 
 
 def remove_made_folders(made) -> None:
@@ -267,9 +280,7 @@ class OutputFolder:
             (self._tmp / _MARKER).write_text(json.dumps(marker) + "\n")
         except OSError as exc:
             self._cleanup()
-            raise disk_error(exc, self.final) or InputError(
-                f"cannot write to output folder {self.final}: {exc.strerror or exc}."
-            ) from None
+            raise folder_error(exc, self.final) from None
         except BaseException:
             self._cleanup()
             raise

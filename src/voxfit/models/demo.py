@@ -144,7 +144,7 @@ def run_demo(
         # commit: the data, the maps and model.json appear together or not at all (a signal while the folders
         # are made is raised once they are recorded, then they are removed)
         with signals_held():
-            made = make_folder(out.absolute().parent)
+            made = make_folder(out.absolute().parent, output=out)
             tmp = Path(tempfile.mkdtemp(prefix=".voxfit-demo-", dir=out.absolute().parent))
         bold = tmp / "sub-demo_task-blocks_bold.nii.gz"
         save_nifti(run.image, bold)

@@ -218,7 +218,7 @@ BAD = {
     ),
     "a bright voxel": (  # (it raises each scan's global above every other voxel's 0.8 of it)
         lambda s: ["fit", write_nifti(s["dir"] / "bright.nii", _one_bright_voxel())] + fit_args(s)[2:],
-        r"automatic mask is empty.*; give a mask \(--mask, `mask`\) or a lower threshold \(--mask-threshold",
+        r"automatic mask is empty.*; give a mask \(--mask\) or a lower threshold \(--mask-threshold;",
     ),
     "all-NaN in mask": (
         lambda s: (
@@ -233,7 +233,7 @@ BAD = {
     ),
     "contrast name": (lambda s: fit_args(s, contrast=["../..=A"]), "has no ASCII letter or digit"),
     "contrast name not ASCII": (lambda s: fit_args(s, contrast=["\u00e4=A"]), "'\u00e4' has no ASCII letter or digit"),
-    "bad max memory": (lambda s: fit_args(s, "--max-memory", "lots"), "`max_memory` must be a size"),
+    "bad max memory": (lambda s: fit_args(s, "--max-memory", "lots"), "--max-memory must be a size"),
 }
 
 

@@ -351,7 +351,7 @@ def test_surface_maps_with_a_mesh(tmp_path, rng, capsys):
         (["--two-sample", "group"], "--two-sample COLUMN needs --design"),
         (["--permute-blocks"], "--permute-blocks needs --grp"),
         (["--fts", "x.fts"], "--fts selects contrasts of a --con file"),
-        (["--permutations", "-3"], "`permutations` must be 0"),
+        (["--permutations", "-3"], "--permutations must be 0"),
         (["--paired"], "an even number"),
         # options that shape only what was not asked for: refused, where they were passed over without a word
         (["--tfce-E", "0.6"], "--tfce-E and --tfce-H are TFCE's exponents; add --tfce"),

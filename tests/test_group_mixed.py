@@ -579,7 +579,7 @@ def test_dof_maps_over_the_cap(large_study, rng):
     "case, message",
     [
         ("zero", "is not positive and finite at 1 fitted voxels"),
-        ("count", "`first_level_dof`: 9 maps for 10 rows"),
+        ("count", "--first-level-dof: 9 maps for 10 rows"),
         ("missing", "with an effect map but no dof map: sub-01"),
     ],
 )
@@ -672,7 +672,7 @@ def test_first_level_dof_given_for_folders_is_checked(tmp_path, rng, capsys):
     capsys.readouterr()
     assert main([*base, "--first-level-dof", "-3", "-o", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "`dof` must be a positive number" in err
+    assert err.count("\n") == 1 and "--first-level-dof must be a positive number" in err
     with pytest.raises(voxfit.exceptions.InputError, match="`dof` has 2 values for 4 rows"):
         SecondLevel(first_level_contrast="1", model="fixed", first_level_dof=[10, 12]).fit(folders)
 

@@ -688,6 +688,24 @@ def test_a_presets_high_pass_gives_way_to_the_drift_given(study, capsys):
     assert not [c for c in json.loads((out / "model.json").read_text())["design"]["columns"] if "drift" in c]
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--slice-time-ref", "1"], r"^voxfit: error: --slice-time-ref must lie in \[0, 1\) \(a fraction of the TR\)"),
+        (["--microtime-onset", "20"], r"^voxfit: error: --microtime-onset \(SPM's T0, 1-based\) must lie in 1\.\.16"),
+        (
+            ["--convolution", "nilearn", "--microtime-resolution", "8"],
+            r"microtime settings \(--microtime-resolution, --microtime-onset\) are SPM's convolution's; with "
+            r"--convolution nilearn give the slice time as --slice-time-ref instead",
+        ),
+    ],
+)
+def test_the_design_layers_messages_name_the_command_lines_options(study, capsys, options, message):
+    """A message of the Python API names its parameters (`slice_time_ref`); on the command line, the options."""
+    args = ["design", study["events"], "--tr", "2", "--n-scans", "20", "-o", study["dir"] / "d.tsv"]
+    assert "`" not in refused(capsys, *args, *options, message=message)
+
+
 def test_fir_delays_beyond_the_run_are_bad_input(study, capsys):
     refused(
         capsys,
@@ -703,7 +721,7 @@ def test_fir_delays_beyond_the_run_are_bad_input(study, capsys):
         "100",
         "-o",
         study["dir"] / "d.tsv",
-        message=r"`fir_delays` \(100\) must be at most the number",
+        message=r"--fir-delays \(100\) must be at most the number",
     )
 
 
@@ -715,7 +733,7 @@ def test_fir_delays_beyond_the_run_are_bad_input(study, capsys):
         (["--tfce-E", "0"], r"--tfce-E must be a positive number"),
         (["--cluster-threshold", "inf"], r"--cluster-threshold must be a positive t or F value"),
         (["--n-jobs", "0"], r"--n-jobs must be a positive whole number of threads"),
-        (["--max-memory=-1G"], r"`max_memory` must be a size"),
+        (["--max-memory=-1G"], r"--max-memory must be a size"),
     ],
 )
 def test_group_options_out_of_range(study, capsys, extra, message):

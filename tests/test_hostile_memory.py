@@ -385,7 +385,7 @@ def test_group_refuses_a_cap_that_cannot_hold_the_permutations(data, tmp_path):
         tmp_path,
     )
     assert rc == 2, err
-    assert err.count("\n") == 1 and err.startswith("voxfit: error: `max_memory`='512M' cannot hold permutations")
+    assert err.count("\n") == 1 and err.startswith("voxfit: error: --max-memory='512M' cannot hold permutations")
     need = parse_memory(err.split("give at least ")[1].split(",")[0])
     assert need > 512 * MiB
     assert peak < 256 * MiB  # refused before the maps were read

@@ -501,7 +501,7 @@ def test_demo_records_n_jobs_and_max_memory(demo_in_memory):
     [
         ("--n-jobs", "0", "--n-jobs must be a positive whole number of threads; got 0"),
         ("--n-jobs", "-2", "--n-jobs must be a positive whole number of threads; got -2"),
-        ("--max-memory", "lots", "`max_memory` must be a size"),
+        ("--max-memory", "lots", "--max-memory must be a size"),
         ("--max-memory", "64M", "cannot hold the demo"),  # the synthetic run is made in memory: refused, size named
     ],
 )

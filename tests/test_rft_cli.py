@@ -191,7 +191,7 @@ def test_rft_refusals_are_one_line(tmp_path, rng, capsys):
 
 @pytest.mark.parametrize(
     "option, value, fragment",
-    [("--height-threshold", "1.5", "height_threshold"), ("--extent-threshold", "-3", "extent_threshold")],
+    [("--height-threshold", "1.5", "--height-threshold must"), ("--extent-threshold", "-3", "--extent-threshold must")],
 )
 def test_rft_thresholds_are_checked_in_one_line(tmp_path, rng, capsys, option, value, fragment):
     data, X = smooth_volume(rng, n=10)

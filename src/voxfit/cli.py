@@ -1762,14 +1762,15 @@ def _nibabel_notes(record) -> bool:
 
 
 def _main(argv: list[str]) -> int:
-    debug, commits = False, len(_committed_since(0))
+    debug, commits, flags = False, len(_committed_since(0)), set()
     try:  # (the parser too: a signal while it is built, 0.07 s into the process, had printed a traceback)
-        args = _get_parser().parse_args(argv)
+        parser = _get_parser()
+        args = parser.parse_args(argv)
         if args.command is None:
             commands = "fit, design, group, bids, report or demo"
             print(f"voxfit: error: give a command: {commands} (see --help)", file=sys.stderr)
             return 2
-        debug = getattr(args, "debug", False)
+        debug, flags = getattr(args, "debug", False), _command_options(parser, args.command)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             code = _run(args, argv)
@@ -1780,7 +1781,7 @@ def _main(argv: list[str]) -> int:
     except VoxfitError as exc:
         if debug:
             _print_traceback()
-        print(f"voxfit: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"voxfit: error: {_one_line(_as_options(str(exc), flags))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return say_interrupted(commits)
@@ -1828,6 +1829,25 @@ def _raised_by_interruption(exc: BaseException) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _command_options(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    """The options of `command` (--slice-time-ref, ...)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return {flag for action in commands[command]._actions for flag in action.option_strings}
+
+
+def _as_options(message: str, flags: set[str]) -> str:
+    """A message of the Python API in the command line's words: a parameter it names in backquotes
+    (`slice_time_ref`) as the command's option (--slice-time-ref), where it has one; a message that names both
+    says the option once."""
+
+    def option(match) -> str:
+        flag = "--" + match.group(1).replace("_", "-")
+        return flag if flag in flags else match.group(0)
+
+    said = re.sub(r"`([a-z][a-z0-9_]*)`", option, message)
+    return re.sub(r"(--[a-z0-9-]+)(?: \(\1\)|, \1\b|/\1\b)", r"\1", said)  # ("--mask, `mask`": said once)
 
 
 def _one_line(text: str) -> str:

@@ -688,7 +688,10 @@ def make_design(
     if convolution not in ("spm", "nilearn"):
         raise InputError(f"`convolution` must be spm or nilearn; got {convolution!r}.")
     if convolution == "nilearn" and (microtime_resolution is not None or microtime_onset is not None):
-        raise InputError("the microtime settings are SPM's; with convolution='nilearn' give `slice_time_ref` instead.")
+        raise InputError(
+            "the microtime settings (`microtime_resolution`, `microtime_onset`) are SPM's convolution's; with "
+            "`convolution` nilearn give the slice time as `slice_time_ref` instead."
+        )
     T = 16 if microtime_resolution is None else int(microtime_resolution)
     if T < 1:
         raise InputError(f"`microtime_resolution` must be a positive integer; got {microtime_resolution}.")

@@ -125,22 +125,22 @@ class PairedMaps:
         half = self.n // 2
         return self.take([*rows, *(half + int(r) for r in rows)])
 
-    def with_dof(self, dof) -> PairedMaps:
+    def with_dof(self, dof, name: str = "dof") -> PairedMaps:
         """The same pairs with the first-level dof `dof` instead of those found: one positive number, or one per
         row (as `pair_variances` takes them); or maps of per-voxel dof: one map for every row, one 4-D file of
         one volume per row (in this object's row order), or one map per row, matched to the effect maps as the
         variance maps are (by subject, else the ``_stat-dof_`` map beside each ``_stat-effect_`` map; by
-        position beside a 4-D pair), each half on its own when `paired`."""
+        position beside a 4-D pair), each half on its own when `paired`; `name`: the parameter its errors name."""
         if _are_paths(dof):
             try:
                 paths = _files(dof, "first_level_dof")
             except InputError as exc:
                 raise InputError(
-                    f"`dof` must be a positive number or a list of them, one per effect map, or dof maps (files); "
+                    f"`{name}` must be a positive number or a list of them, one per effect map, or dof maps (files); "
                     f"got {_short(dof)}: {exc}"
                 ) from None
             return self._with_dof_maps(paths)
-        return replace(self, dof=_dof_per_row(_checked_dof(dof), self.n, "rows"), dof_maps=None)
+        return replace(self, dof=_dof_per_row(_checked_dof(dof, name), self.n, "rows"), dof_maps=None)
 
     def _with_dof_maps(self, paths: list[Path]) -> PairedMaps:
         readers = [open_map(p) for p in paths]
@@ -386,13 +386,15 @@ def _are_paths(value) -> bool:
     return bool(items) and all(isinstance(v, (str, os.PathLike)) for v in items)
 
 
-def _checked_dof(dof) -> list[float] | None:
-    """`dof` as a list of positive numbers (one, or one per row), or an InputError."""
+def _checked_dof(dof, name: str = "dof") -> list[float] | None:
+    """`dof` as a list of positive numbers (one, or one per row), or an InputError naming parameter `name`."""
     if dof is None:
         return None
     values = [dof] if isinstance(dof, numbers.Number) else list(dof) if _is_sequence(dof) else None
     if not values or not all(_positive(v) for v in values):
-        raise InputError(f"`dof` must be a positive number or a list of them, one per effect map; got {_short(dof)}.")
+        raise InputError(
+            f"`{name}` must be a positive number or a list of them, one per effect map; got {_short(dof)}."
+        )
     return [float(v) for v in values]
 
 

@@ -222,6 +222,31 @@ def test_a_trial_type_named_plainly_is_pybids_factor_level(stroop):
     assert np.abs(designs[0].X[:, 0]).max() > 0
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"Name": "Replace", "Input": ["trial_type"], "Replace": {"incongruent": "congruent"}},
+        {"Name": "Filter", "Input": ["trial_type"], "Query": "response_time < 0.9", "By": ["response_time"]},
+    ],
+    ids=["Replace", "Filter"],
+)
+def test_a_trial_type_named_plainly_follows_the_instructions_on_trial_type(stroop, change):
+    """A Replace or Filter of trial_type reaches the trial types named plainly as it reaches pybids' Factor levels:
+    the plain names were made before the instructions, and Model.X's "congruent" kept the events the instruction
+    had merged into it or taken out (exit 0, nothing said)."""
+    # (every fourth event slow, half the congruent ones: the Filter takes them out)
+    collection = _broken(stroop[1], "response_time", lambda v: v.values.iloc.__setitem__(slice(None, None, 4), 1.0))
+    factor = {"Name": "Factor", "Input": ["trial_type"]}
+    designs = []
+    for instructions, name in (([change], "congruent"), ([change, factor], "trial_type.congruent"), ([], "congruent")):
+        node = _run_node([name, 1], HRF={"Variables": [name], "Model": "spm"})
+        node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+        designs.append(run_design(collection, _model(node), tr=TR, n_scans=SCANS).design)
+    plain, factored, unchanged = designs
+    np.testing.assert_array_equal(plain.X, factored.X)
+    assert np.abs(plain.X[:, 0] - unchanged.X[:, 0]).max() > 0.1
+
+
 def test_events_transformations_are_pybids(stroop):
     """Factor, Replace, Split, Filter, Select, DropNA, Copy, Scale, Threshold and Product on the events, then
     convolved by voxfit (Model.HRF and a Convolve instruction it takes over), and ToDense, Convolve kept by pybids:

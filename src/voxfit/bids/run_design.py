@@ -17,7 +17,8 @@ What goes where:
   it (:func:`_without_absent`), and what they would have made of it is absent too.
 - **Trial types as variables**: the levels of the events' ``trial_type`` column are variables under their own
   names (``congruent``), as the specification's examples write Model.X, unless a variable of that name exists;
-  pybids' ``Factor`` names them ``trial_type.congruent``, and both spellings work.
+  pybids' ``Factor`` names them ``trial_type.congruent``, and both spellings work. They follow the column as the
+  instructions change it (a Replace or Filter of ``trial_type``), as Factor's levels do.
 - **Convolution** (Model.HRF and voxfit's Convolve instructions) is ``voxfit.design.make_design``: SPM's
   microtime grid (`convolution="spm"`) or nilearn's (`"nilearn"`, equal to nilearn's
   ``make_first_level_design_matrix``). Events whose amplitude is n/a or 0 add nothing and are left out.
@@ -147,9 +148,9 @@ def run_design(
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
     problem = replace(problem, unloaded=tuple(unloaded))
     variables = collection.clone()
-    levels = _add_trial_types(variables)
-    lacking = [t for t in trial_types if t not in levels]  # (the study's trial types this run has no event of)
-    transformed = _transform(variables, problem, lacking)
+    made = _add_trial_types(variables)
+    lacking = [t for t in trial_types if t not in made.levels]  # (the study's trial types this run has no event of)
+    transformed = _transform(variables, problem, lacking, made.variables)
     absent, pybids_instructions = transformed.absent, transformed.theirs
     hrfs = _take_convolutions(transformed.ours, variables, problem)
     x, left_out, unmatched = _expand_x(node["Model"]["X"], variables, problem, absent)
@@ -247,30 +248,53 @@ def _run_file(collection) -> str:
     return "_".join(f"{k}-{entities[k]}" for k in ("subject", "session", "task", "run") if k in entities) or "?"
 
 
-def _add_trial_types(variables) -> set:
+@dataclass(frozen=True)
+class _TrialTypes:
+    """What :func:`_add_trial_types` found and made: the run's trial types (`levels`) and the variables it made
+    for them, by name (`variables`: not a level that a variable of its name already stood for)."""
+
+    levels: frozenset
+    variables: dict
+
+
+def _add_trial_types(variables) -> _TrialTypes:
     """Each level of the events' categorical ``trial_type`` as a sparse variable of its own name, unless a variable
     has that name: over every event of the table, 1 at its own and 0 at the others', as pybids' ``Factor`` makes
     ``trial_type.<level>`` (aligned with the events' other columns: ``Product`` with ``response_time`` was refused
     as misaligned). Numeric codes (1, 2: BIDS's trial types are labels) are levels too, named as
-    :func:`~voxfit.bids.layout.value_text` names them. Returns the run's trial types (its levels)."""
+    :func:`~voxfit.bids.layout.value_text` names them."""
     from bids.variables import SparseRunVariable
 
     trial_type = variables.variables.get("trial_type")
     if not isinstance(trial_type, SparseRunVariable) or trial_type.values.dtype.kind in "bc":
-        return set()
+        return _TrialTypes(frozenset(), {})
     frame = trial_type.to_df(condition=True, entities=True).drop(columns="condition")
     names = frame["amplitude"].map(value_text)
     weights = _modulation(variables, trial_type)
     levels = {level for level in names.dropna() if level not in ("", "n/a")}
+    made = {}
     for level in dict.fromkeys(names.dropna()):
         if level in variables.variables or level not in levels:
             continue
         rows = frame.copy()
         rows["amplitude"] = (names == level).astype(float).to_numpy() * weights
-        variables.variables[level] = SparseRunVariable(
+        variables.variables[level] = made[level] = SparseRunVariable(
             name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
         )
-    return levels
+    return _TrialTypes(frozenset(levels), made)
+
+
+def _retake_trial_types(variables, made: dict) -> tuple[dict, list[str]]:
+    """The trial types' variables made again from the events' ``trial_type`` as an instruction left it (Replace,
+    Filter, Assign...), where they were the column's before it (Model.X's "b" kept the "a" events a Replace
+    {"a": "b"} had merged into it, exit 0): those of `made` that no instruction has changed since are taken back,
+    then the column's levels made as :func:`_add_trial_types` makes them. Returns the variables made now, and the
+    names of those taken back and not made again (the levels the instruction took out)."""
+    for name, variable in made.items():
+        if variables.variables.get(name) is variable:
+            del variables.variables[name]
+    now = _add_trial_types(variables).variables
+    return now, [name for name in made if name not in now and name not in variables.variables]
 
 
 def _modulation(variables, trial_type) -> np.ndarray | float:
@@ -348,12 +372,14 @@ class _Transformed:
     in_chain: dict
 
 
-def _transform(variables, problem: _Problem, lacking) -> _Transformed:
+def _transform(variables, problem: _Problem, lacking, levels: dict) -> _Transformed:
     """pybids' transformations, one instruction at a time so that a failure names its instruction, but for the
     Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached), each
     without the regressors of zeros of the `lacking` trial types (the study's that the run has no event of, under
     their own names, and as pybids' Factor names them once a Factor of trial_type is applied; see
-    :func:`_without_absent`)."""
+    :func:`_without_absent`). The trial types' variables (`levels`, made by :func:`_add_trial_types`) follow the events'
+    ``trial_type`` as each instruction leaves it (:func:`_retake_trial_types`; a level it took out is then a
+    lacking one)."""
     from bids.modeling.transformations import TransformerManager
 
     manager = TransformerManager("pybids-transforms-v1", keep_history=False)
@@ -379,6 +405,7 @@ def _transform(variables, problem: _Problem, lacking) -> _Transformed:
         theirs.append(applied)
         if applied["Name"] == "Factor" and "trial_type" in _listed(applied.get("Input")):
             absent.update({f"trial_type.{t}": t for t in lacking})
+        trial_type = variables.variables.get("trial_type")
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*(sparse|dense).*", category=UserWarning)
@@ -395,6 +422,10 @@ def _transform(variables, problem: _Problem, lacking) -> _Transformed:
                 f"{problem.where}: Transformations.Instructions[{k}] ({instruction['Name']}) failed in pybids: "
                 f"{detail}{lacks}; the run's variables are {_names(variables, problem)}."
             ) from None
+        changed = variables.variables.get("trial_type")  # (pybids replaces a variable it changes; Factor drops it)
+        if changed is not None and changed is not trial_type:
+            levels, gone = _retake_trial_types(variables, levels)
+            absent.update({name: name for name in gone})
     absent = {name: t for name, t in absent.items() if name not in variables.variables}
     return _Transformed(ours, theirs, absent, pruned, in_chain)
 

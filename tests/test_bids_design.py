@@ -408,6 +408,33 @@ LACKING = {
 }
 
 
+@pytest.mark.parametrize("factored", [False, True], ids=["plain", "Factor"])
+def test_a_trial_type_whose_events_start_after_the_runs_end_is_one_the_run_lacks(stroop, factored):
+    """A run cut short while the task went on: its "incongruent" events all start after its last scan. The run
+    failed whole ("every event ... starts at or after the end"), its other trial types' maps lost; it is now
+    fitted as a run without such events, its design the one written without them, and said. Every trial type's
+    events after the end (onsets in other units) is still refused."""
+
+    def late(variable, which=("incongruent",)):
+        variable.onset = np.where(np.isin(variable.values, which), variable.onset + SCANS * TR, variable.onset)
+
+    collection = _broken(stroop[1], "trial_type", late)
+    name = "trial_type.{}" if factored else "{}"
+    factor = [{"Name": "Factor", "Input": ["trial_type"]}] if factored else []
+    designs, types = [], ("congruent", "incongruent")
+    for x in ([name.format("congruent"), name.format("incongruent"), 1], [name.format("congruent"), 1]):
+        node = _run_node(x, HRF={"Variables": x[:-1], "Model": "spm"}, Options={"HighPassFilterCutoffHz": 0.01})
+        node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": factor}
+        node["DummyContrasts"] = {"Test": "t"}
+        designs.append(run_design(collection, _model(node), tr=TR, n_scans=SCANS, trial_types=types))
+    np.testing.assert_array_equal(designs[0].design.X, designs[1].design.X)
+    assert designs[0].settings["after_the_run"] == ["incongruent"]
+    assert designs[0].settings["left_out_of_x"] == ((name.format("incongruent"), "incongruent"),)
+    every = _broken(stroop[1], "trial_type", lambda v: late(v, ("congruent", "incongruent")))
+    with pytest.raises(InputError, match="starts at or after the end of the run"):
+        run_design(every, _model(node), tr=TR, n_scans=SCANS, trial_types=types)
+
+
 @pytest.mark.parametrize("case", LACKING)
 def test_transformations_go_on_without_a_trial_type_the_run_has_no_event_of(stroop, case):
     """A trial type of the study that the run has no event of is a regressor of zeros: each instruction that names

@@ -148,9 +148,9 @@ def run_design(
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
     problem = replace(problem, unloaded=tuple(unloaded))
     variables = collection.clone()
-    made = _add_trial_types(variables)
+    made = _add_trial_types(variables, problem, trial_types)
     lacking = [t for t in trial_types if t not in made.levels]  # (the study's trial types this run has no event of)
-    transformed = _transform(variables, problem, lacking, made.variables)
+    transformed = _transform(variables, problem, lacking, made, trial_types)
     absent, pybids_instructions = transformed.absent, transformed.theirs
     hrfs = _take_convolutions(transformed.ours, variables, problem)
     x, left_out, unmatched = _expand_x(node["Model"]["X"], variables, problem, absent)
@@ -190,6 +190,7 @@ def run_design(
         "contrasts_not_made": not_made,
         "left_out_of_x": left_out,
         "patterns_unmatched": unmatched,
+        "after_the_run": transformed.late,
         "convolved_at_scan_start": _convolved_by_pybids(pybids_instructions, problem),
     }
     return RunDesign(design=design, contrasts=contrasts, sources=sources, settings=settings)
@@ -250,19 +251,24 @@ def _run_file(collection) -> str:
 
 @dataclass(frozen=True)
 class _TrialTypes:
-    """What :func:`_add_trial_types` found and made: the run's trial types (`levels`) and the variables it made
-    for them, by name (`variables`: not a level that a variable of its name already stood for)."""
+    """What :func:`_add_trial_types` found and made: the run's trial types (`levels`), the variables it made
+    for them, by name (`variables`: not a level that a variable of its name already stood for), and the study's
+    trial types whose every event in the run starts at or after its end (`late`: not among `levels`)."""
 
     levels: frozenset
     variables: dict
+    late: frozenset = frozenset()
 
 
-def _add_trial_types(variables) -> _TrialTypes:
+def _add_trial_types(variables, problem: _Problem, study=()) -> _TrialTypes:
     """Each level of the events' categorical ``trial_type`` as a sparse variable of its own name, unless a variable
     has that name: over every event of the table, 1 at its own and 0 at the others', as pybids' ``Factor`` makes
     ``trial_type.<level>`` (aligned with the events' other columns: ``Product`` with ``response_time`` was refused
     as misaligned). Numeric codes (1, 2: BIDS's trial types are labels) are levels too, named as
-    :func:`~voxfit.bids.layout.value_text` names them."""
+    :func:`~voxfit.bids.layout.value_text` names them. A trial type of the `study` whose every event in the run
+    starts at or after the run's end (a run cut short while the task went on) adds nothing to it, and is one the
+    run has no event of (its regressor is zeros: the run failed whole, its other trial types' maps lost), unless
+    every trial type's are."""
     from bids.variables import SparseRunVariable
 
     trial_type = variables.variables.get("trial_type")
@@ -272,6 +278,11 @@ def _add_trial_types(variables) -> _TrialTypes:
     names = frame["amplitude"].map(value_text)
     weights = _modulation(variables, trial_type)
     levels = {level for level in names.dropna() if level not in ("", "n/a")}
+    end = problem.n_scans * problem.tr
+    late = {t for t in levels & set(study) if (frame["onset"][names == t] >= end).all()}
+    if late == levels:  # (every event after the end: onsets in other units, or another run's events, as the
+        late = set()  # design's own refusal says)
+    levels -= late
     made = {}
     for level in dict.fromkeys(names.dropna()):
         if level in variables.variables or level not in levels:
@@ -281,20 +292,20 @@ def _add_trial_types(variables) -> _TrialTypes:
         variables.variables[level] = made[level] = SparseRunVariable(
             name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
         )
-    return _TrialTypes(frozenset(levels), made)
+    return _TrialTypes(frozenset(levels), made, frozenset(late))
 
 
-def _retake_trial_types(variables, made: dict) -> tuple[dict, list[str]]:
+def _retake_trial_types(variables, made: _TrialTypes, problem: _Problem, study) -> tuple[_TrialTypes, list[str]]:
     """The trial types' variables made again from the events' ``trial_type`` as an instruction left it (Replace,
     Filter, Assign...), where they were the column's before it (Model.X's "b" kept the "a" events a Replace
-    {"a": "b"} had merged into it, exit 0): those of `made` that no instruction has changed since are taken back,
-    then the column's levels made as :func:`_add_trial_types` makes them. Returns the variables made now, and the
-    names of those taken back and not made again (the levels the instruction took out)."""
-    for name, variable in made.items():
+    {"a": "b"} had merged into it, exit 0): those `made` that no instruction has changed since are taken back,
+    then the column's levels made as :func:`_add_trial_types` makes them. Returns what it made now, and the names
+    of those taken back and not made again (the levels the instruction took out)."""
+    for name, variable in made.variables.items():
         if variables.variables.get(name) is variable:
             del variables.variables[name]
-    now = _add_trial_types(variables).variables
-    return now, [name for name in made if name not in now and name not in variables.variables]
+    now = _add_trial_types(variables, problem, study)
+    return now, [name for name in made.variables if name not in now.variables and name not in variables.variables]
 
 
 def _modulation(variables, trial_type) -> np.ndarray | float:
@@ -363,28 +374,32 @@ class _Transformed:
     the instructions pybids applied (`theirs`), the names of regressors of zeros there are then (`absent`: {name:
     trial type}), [index, instruction, names left out, their trial types, whether left out whole] for each
     instruction that left any out (`pruned`), and ``{output: (voxfit hrf, 1)}`` of the Convolve instructions voxfit
-    made in the chain (`in_chain`: their outputs are time series at the TR that later instructions took)."""
+    made in the chain (`in_chain`: their outputs are time series at the TR that later instructions took), and the
+    trial types whose events all start after the run's end (`late`)."""
 
     ours: list
     theirs: list
     absent: dict
     pruned: list
     in_chain: dict
+    late: list
 
 
-def _transform(variables, problem: _Problem, lacking, levels: dict) -> _Transformed:
+def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study) -> _Transformed:
     """pybids' transformations, one instruction at a time so that a failure names its instruction, but for the
     Convolve instructions voxfit does (see the module docstring; their inputs events when they are reached), each
     without the regressors of zeros of the `lacking` trial types (the study's that the run has no event of, under
     their own names, and as pybids' Factor names them once a Factor of trial_type is applied; see
     :func:`_without_absent`). The trial types' variables (`levels`, made by :func:`_add_trial_types`) follow the events'
     ``trial_type`` as each instruction leaves it (:func:`_retake_trial_types`; a level it took out is then a
-    lacking one)."""
+    lacking one); a trial type of the `study` whose events all start after the run's end is a lacking one, and
+    pybids' Factor levels of it are taken out."""
     from bids.modeling.transformations import TransformerManager
 
     manager = TransformerManager("pybids-transforms-v1", keep_history=False)
     instructions = list((problem.node.get("Transformations") or {}).get("Instructions") or [])
     ours, theirs, pruned, absent, in_chain = [], [], [], {t: t for t in lacking}, {}
+    late = set(levels.late)
     for k, instruction in enumerate(instructions):
         now = {name: t for name, t in absent.items() if name not in variables.variables}
         applied, made, gone = _without_absent(instruction, now)
@@ -424,10 +439,15 @@ def _transform(variables, problem: _Problem, lacking, levels: dict) -> _Transfor
             ) from None
         changed = variables.variables.get("trial_type")  # (pybids replaces a variable it changes; Factor drops it)
         if changed is not None and changed is not trial_type:
-            levels, gone = _retake_trial_types(variables, levels)
+            levels, gone = _retake_trial_types(variables, levels, problem, study)
             absent.update({name: name for name in gone})
+            late |= levels.late
+        if applied["Name"] == "Factor" and "trial_type" in _listed(applied.get("Input")):
+            for t in levels.late:  # (pybids made them of events after the run's end: zeros)
+                variables.variables.pop(f"trial_type.{t}", None)
+                absent[f"trial_type.{t}"] = t
     absent = {name: t for name, t in absent.items() if name not in variables.variables}
-    return _Transformed(ours, theirs, absent, pruned, in_chain)
+    return _Transformed(ours, theirs, absent, pruned, in_chain, sorted(late))
 
 
 def _convolve_in_chain(instruction: dict, inputs: list[str], variables, problem: _Problem) -> dict:

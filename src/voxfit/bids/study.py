@@ -1951,6 +1951,12 @@ def _lacking_notes(settings: dict) -> tuple[str, ...]:
     for contrast, name, trial_type in settings["contrasts_not_made"]:
         why = f'no "{trial_type}" event' if own(name, trial_type) else f'no "{trial_type}" event to make "{name}" of'
         notes.append(f'contrast "{contrast}" not made: the run has {why}')
+    for trial_type in settings.get("after_the_run", ()):
+        end = settings["n_scans"] * settings["tr"]
+        notes.append(
+            f'every "{trial_type}" event starts at or after the run\'s end ({settings["n_scans"]} scans x '
+            f"{settings['tr']:g} s = {end:g} s): taken as a trial type the run has no event of"
+        )
     for pattern in settings.get("patterns_unmatched", ()):
         notes.append(f'Model.X pattern "{pattern}" matches none of the run\'s variables: it adds no column')
     if convolved := settings.get("convolved_at_scan_start"):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -138,6 +140,23 @@ def test_a_run_without_a_brain_mask_says_it_is_fitted_within_the_automatic_mask(
     assert main([*argv, "--model", str(path)]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "no brain mask for the run" in line]
     assert len(notes) == 1 and "sub-01_task-stroop_run-1" in notes[0] and "automatic mask" in notes[0], notes
+
+
+def test_a_run_with_fewer_scans_than_its_raw_run_says_the_events_may_be_shifted(tmp_path, dataset, capsys):
+    """Dummy scans cut from the preprocessed run after fMRIPrep (which keeps every scan): BIDS times the events
+    from the raw run's first scan, so the design is as many TRs off, and nothing said (exit 0)."""
+    raw = next(dataset.root.glob("sub-01/func/*run-1_bold.nii.gz"))
+    image = nib.load(raw)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape[:3] + (image.shape[3] + 4,), np.int16), image.affine), raw)
+    path = tmp_path / "model_smdl.json"
+    path.write_text(json.dumps(MODEL))
+    argv = ["bids", str(dataset.root), str(tmp_path / "out"), "run", "--derivatives", str(dataset.derivatives)]
+    assert main([*argv, "--model", str(path)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "the raw run has" in line]
+    assert len(notes) == 1 and "sub-01_task-stroop_run-1" in notes[0], notes
+    tr = json.loads(next(dataset.root.glob("*bold.json")).read_text())["RepetitionTime"]
+    assert f"{image.shape[3] + 4} scans and the preprocessed one {image.shape[3]}" in notes[0], notes
+    assert f"take 4 x TR ({4 * tr:g} s) from the onsets" in notes[0], notes
 
 
 @pytest.mark.parametrize("how", ["no derivatives folder", "no preprocessed BOLD", "Input.space"])

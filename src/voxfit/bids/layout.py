@@ -93,6 +93,7 @@ class RunInput:
     problems: tuple[str, ...] = field(default=())
     sidecars: str = ""
     start_time: float | None = None  # the preprocessed BOLD's StartTime (s): slice-timing corrected to it
+    raw_scans: int | None = None  # the raw BOLD's scans (its header), where it has other than `n_scans`
 
     @property
     def slice_time_ref(self) -> float | None:
@@ -966,6 +967,7 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         n_scans = 0
     raw_bold = files.one("raw BOLD", ent, bold) or files.first_echo(ent)
     meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}
+    raw_scans = _raw_scans(raw_bold, n_scans)
     preprocessed = layout.get_metadata(str(bold))
     _check_timing(raw_bold, meta)
     _check_timing(bold, preprocessed)
@@ -1040,7 +1042,23 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         problems=tuple(problems),
         sidecars=sidecars,
         start_time=None if start_time is None else float(start_time),
+        raw_scans=raw_scans,
     )
+
+
+def _raw_scans(raw_bold: Path | None, n_scans: int) -> int | None:
+    """The raw BOLD's number of scans, where its header gives other than the preprocessed run's `n_scans`
+    (fMRIPrep keeps every scan: scans cut after it shift the events, which BIDS times from the raw run's first
+    scan); None where they agree or it cannot be read (the preprocessed run's problems say the rest)."""
+    from ..io import open_reader
+
+    if raw_bold is None or not n_scans:
+        return None
+    try:
+        raw = int(open_reader(str(raw_bold), "raw BOLD").n_scans)
+    except (InputError, OSError):
+        return None
+    return raw if raw != n_scans else None
 
 
 def _events_problem(path: Path) -> str | None:

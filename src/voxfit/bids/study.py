@@ -1929,6 +1929,24 @@ def _unmasked_note(r) -> tuple[str, ...]:
     )
 
 
+def _raw_scans_note(r) -> tuple[str, ...]:
+    """The note of a run whose preprocessed BOLD has other scans than its raw BOLD: BIDS times the events from the
+    raw run's first scan, and the design from the preprocessed run's (dummy scans cut after fMRIPrep, which keeps
+    them all, shift every event by as many TRs, without a word)."""
+    if r.raw_scans is None:
+        return ()
+    cut = r.raw_scans - r.n_scans
+    fix = (
+        f"if scans were cut from its start, take {cut} x TR ({cut * r.tr:g} s) from the onsets"
+        if cut > 0
+        else "check that the raw and preprocessed runs are each other's"
+    )
+    return (
+        f"the raw run has {r.raw_scans} scans and the preprocessed one {r.n_scans} (fMRIPrep keeps them all): the "
+        f"events are timed from the preprocessed run's first scan; {fix}",
+    )
+
+
 def _lacking_notes(settings: dict) -> tuple[str, ...]:
     """The notes on a run design's regressors of zeros: the study's trial types the run has no event of, and what
     its Transformations would have made of them (``voxfit.bids.run_design.run_design``'s settings)."""
@@ -2408,7 +2426,7 @@ class _Study:
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
             },
             confounds=None if chosen is None else chosen.describe(),
-            notes=_lacking_notes(rd.settings) + _unmasked_note(r),
+            notes=_lacking_notes(rd.settings) + _unmasked_note(r) + _raw_scans_note(r),
         )
 
     def _high_pass(self, node: _Node):

@@ -240,7 +240,14 @@ def test_voxels_that_cannot_be_fitted_are_counted(study, capsys):
         (["VARIANCES", "--permutations", "100", "--scheme", "permute"], "scheme 'permute' with model 'mixed' is"),
         (["VARIANCES", "--cluster-threshold", "3"], "--cluster-threshold with --model mixed needs --permutations"),
         (["VARIANCES", "--variance-groups", "site"], "variance groups 'site' name a column of a participants"),
-        (["VARIANCES", "--dof", "satterthwaite", "--model", "ols"], "are for --model mixed"),
+        (["VARIANCES", "--dof", "satterthwaite", "--model", "ols"], "--dof satterthwaite is for --model mixed, and"),
+        # (the message named "--dof None", which was not given)
+        (
+            ["--variance-groups", "site"],
+            "--variance-groups are the variance groups of --model mixed, and the model is OLS",
+        ),
+        # (fixed effects have no variance to group: the blocks were read and not used, exit 0)
+        (["VARIANCES", "--model", "fixed", "--grp", "GRP"], "--grp with --model fixed (no between-subject variance"),
     ],
 )
 def test_refusals_are_one_line(study, capsys, extra, message):
@@ -248,6 +255,10 @@ def test_refusals_are_one_line(study, capsys, extra, message):
     variances = list(map(str, _maps(study, "stat-variance.nii.gz")))
     if extra and extra[0] == "VARIANCES":
         extra = ["--variances", *variances, *extra[1:]]
+    if "GRP" in extra:
+        grp = study["dir"] / "design.grp"
+        grp.write_text(f"/NumWaves 1\n/NumPoints {len(effects)}\n/Matrix\n" + "1\n2\n" * (len(effects) // 2))
+        extra[extra.index("GRP")] = str(grp)
     out = study["dir"] / "refused"
     assert main(["group", *effects, *extra, "-o", str(out)]) == 2
     err = capsys.readouterr().err

@@ -259,9 +259,10 @@ class SecondLevel:
             option = "--seed" if self.seed is not None else "--scheme"
             raise InputError(f"{option} chooses the permutations' shuffles; add --permutations N, or drop it.")
         kind = self._model_kind()
-        if self.grp is not None and kind == "ols" and not self.permutations:  # (it would be read and not used)
+        if self.grp is not None and kind != "mixed" and not self.permutations:  # (it would be read and not used)
+            model = "an OLS model" if kind == "ols" else "--model fixed (no between-subject variance to group)"
             raise InputError(
-                "--grp with an OLS model gives the permutations' exchangeability blocks; add --permutations N, or "
+                f"--grp with {model} gives the permutations' exchangeability blocks; add --permutations N, or "
                 "fit variance groups with --model mixed, or drop --grp."
             )
         if self.rft is not None and self.permutations:
@@ -571,8 +572,14 @@ class SecondLevel:
             raise InputError(f"`model` must be mixed, fixed or ols; got {kind!r}.")
         if self.dof not in (None, "residual", "satterthwaite", "kenward-roger"):
             raise InputError(f"`dof` must be residual, satterthwaite or kenward-roger; got {self.dof!r}.")
-        if kind != "mixed" and (self.variance_groups is not None or self.dof not in (None, "residual")):
-            raise InputError(f"variance groups and --dof {self.dof} are for --model mixed; drop them.")
+        if kind != "mixed" and self.variance_groups is not None:
+            raise InputError(
+                "--variance-groups are the variance groups of --model mixed, and the model is "
+                + (f"{kind}; drop it." if has_variances else "OLS: give each subject's variance map (--variances, or "
+                   "--first-level folders) for a mixed model, or drop --variance-groups.")
+            )  # fmt: skip
+        if kind != "mixed" and self.dof not in (None, "residual"):
+            raise InputError(f"--dof {self.dof} is for --model mixed, and the model is {kind}; drop it.")
         if self.outliers and kind != "mixed":
             raise InputError(f"--outliers is outlier inference in --model mixed; drop it with --model {kind}.")
         if kind != "fixed" and self.first_level_dof is not None:

@@ -47,6 +47,8 @@ def test_backticks_allow_any_name():
         ("slope / intercept", "cannot divide by a column"),
         ("slope / 0", "division by zero"),
         ("slope + 1", "bare number"),
+        # (groups coded 1 and 2 are columns group_1 and group_2: "1 - 2" names none of them)
+        ("1 - 2", r"bare number .*; the columns are slope, intercept, trans_x, faces.2\)"),
         ("slope - slope", "no non-zero column weight"),
         ("slope;", "unexpected end"),
         ("(slope", "missing '\\)'"),

@@ -112,8 +112,12 @@ class _Parser:
                 f"a weight in the row starting at position {start} overflows (beyond 1.8e308); "
                 "use weights of ordinary size (a t or F statistic does not depend on the scale of a row)"
             )
-        if const != 0:
-            raise self.error("a bare number is not a contrast weight; write it as a multiple of a column (e.g. 2*A)")
+        if const != 0:  # (two groups coded 1 and 2 are columns group_1 and group_2: "1 - 2" named none of them)
+            shown = ", ".join(self.names[:12]) + (", ..." if len(self.names) > 12 else "")
+            raise self.error(
+                f"a bare number is not a contrast weight; write it as a multiple of a column (e.g. 2*A; the "
+                f"columns are {shown})"
+            )
         coefs = {k: v for k, v in coefs.items() if v != 0}
         if not coefs:
             raise self.error(f"the row starting at position {start} has no non-zero column weight")

@@ -78,6 +78,12 @@ def read_table(path) -> tuple[list[str], list[list[str]]]:
     if not rows:
         raise InputError(f"design {path} is empty; it needs a header line and one row per input map.")
     names = [h.strip() for h in rows[0]]
+    if _numeric(names) is not None:  # (read as the names, the first row was lost: "7 rows but 8 maps")
+        raise InputError(
+            f"design {path}: its first line ({', '.join(names[:4])}{', ...' * (len(names) > 4)}) holds numbers, "
+            "where a table's header names its columns; add a header line (e.g. participant_id, age), or write the "
+            "design as FSL's design.mat."
+        )
     if "" in names or len(set(names)) != len(names):
         raise InputError(f"design {path}: the header must name every column once; got {names}.")
     body = rows[1:]

@@ -192,6 +192,16 @@ def test_bad_events(tmp_path, text, message):
         read_events(_write(tmp_path / "e.tsv", text))
 
 
+def test_an_event_without_a_duration_is_named():
+    """BIDS allows a duration of n/a where it is unknown; the study's runs failed with "onsets and durations must
+    be finite numbers", naming neither the event nor what to give."""
+    ev = {"b": {"onset": np.array([1.0, 32.5]), "duration": np.array([2.0, np.nan])}}
+    with pytest.raises(InputError, match=r"events of 'b': the event at onset 32.5 s has no duration \(n/a"):
+        make_design(ev, 2.0, 40)
+    with pytest.raises(InputError, match="events of 'b': onsets must be finite numbers"):
+        make_design({"b": {"onset": np.array([np.inf]), "duration": np.ones(1)}}, 2.0, 40)
+
+
 def test_bad_design_settings():
     ev = {"A": {"onset": np.array([1.0]), "duration": np.zeros(1)}}
     for kwargs, message in (

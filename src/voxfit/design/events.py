@@ -418,8 +418,14 @@ def _check_events(events: dict, modulators=()) -> dict:
         modulation = np.atleast_1d(np.asarray(ev.get("modulation", np.ones_like(onset)), dtype=float))
         if not (onset.size and onset.size == duration.size == modulation.size):
             raise InputError(f"events of {name!r}: onset, duration and modulation need one value per event.")
-        if not (np.isfinite(onset).all() and np.isfinite(duration).all()):
-            raise InputError(f"events of {name!r}: onsets and durations must be finite numbers.")
+        if not np.isfinite(onset).all():
+            raise InputError(f"events of {name!r}: onsets must be finite numbers (seconds from the run's start).")
+        if not np.isfinite(duration).all():  # (BIDS allows n/a where the duration is unknown; a regressor needs one)
+            at = onset[~np.isfinite(duration)][0]
+            raise InputError(
+                f"events of {name!r}: the event at onset {at:g} s has no duration (n/a, or not finite); give each "
+                "event's duration in seconds (0 for an impulse)."
+            )
         if (duration < 0).any():
             raise InputError(f"events of {name!r}: durations must not be negative.")
         checked[str(name)] = {"onset": onset, "duration": duration, "modulation": modulation}

@@ -635,6 +635,12 @@ def test_fmriprep_layouts_old_confounds_name_and_several_resolutions(tmp_path, c
     inputs = json.loads(records[0].read_text())["inputs"]
     paths = [str(i.get("path")) for i in inputs]
     assert any("_res-2_desc-brain_mask" in p for p in paths) and any("confounds_regressors" in p for p in paths)
+    # a run fMRIPrep wrote at res-native only: its failure names the resolution it has (it said "rerun fMRIPrep")
+    for f in study.derivatives.glob(f"sub-01/func/*run-2_space-{SPACE}_res-2_*"):
+        f.unlink()
+    assert main([*argv, "--space", f"{SPACE}:res-2", "--force"]) == 2
+    failed = [line for line in capsys.readouterr().err.splitlines() if "run-2" in line]
+    assert failed and f"no preprocessed BOLD run in the derivatives at {SPACE}:res-2, only at {SPACE};" in failed[0]
 
 
 def test_many_ar_runs_load_the_compiled_kernels_at_once_and_ols_runs_do_not(tmp_path, monkeypatch):

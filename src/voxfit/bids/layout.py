@@ -605,8 +605,8 @@ def find_runs(
             f"no preprocessed BOLD run in space {space!r} in the derivatives (spaces found: "
             f"{', '.join(spaces) or 'none'}); give one of them with --space."
         )
-    chosen = [f for f in candidates if f.entities.get("space") == space]
-    chosen = _one_grid(chosen, space, qualifiers)
+    in_space = [f for f in candidates if f.entities.get("space") == space]
+    chosen = _one_grid(in_space, space, qualifiers)
     hemis = {str(f.entities["hemi"]) for f in chosen if f.entities.get("hemi")}  # (of the whole dataset's runs)
     if labels:
         have = {f.entities["subject"] for f in chosen}
@@ -628,7 +628,8 @@ def find_runs(
         )
     files = _RunFiles(layout, mask_entities)
     runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)))
-    runs += _unprocessed(layout, chosen, task, space, desc, labels, sessions, entities) + _lost_hemispheres(runs, hemis)
+    grid = (space, qualifiers, [f for f in in_space if f not in chosen])  # (a run at another resolution is said)
+    runs += _unprocessed(layout, chosen, task, grid, desc, labels, sessions, entities) + _lost_hemispheres(runs, hemis)
     if strict:
         for r in runs:
             if r.problems:
@@ -787,12 +788,15 @@ def entity_label(value) -> str:
     return str(int(text)) if text.isdigit() else text
 
 
-def _unprocessed(layout, chosen, task, space, desc, labels, sessions, wanted=None) -> tuple[RunInput, ...]:
+def _unprocessed(layout, chosen, task, grid, desc, labels, sessions, wanted=None) -> tuple[RunInput, ...]:
     """A run (with its problem) for each raw BOLD run of the chosen task, subjects, sessions and `wanted` entities
     (:func:`find_runs`' `entities`) that has no preprocessed run among `chosen` (matched by subject, session, task,
-    acquisition and run: fMRIPrep combines echoes), e.g. a subject fMRIPrep failed on."""
+    acquisition and run: fMRIPrep combines echoes), e.g. a subject fMRIPrep failed on. `grid`: the space, its
+    resolution and density qualifiers, and the space's runs at other ones (a run there is named)."""
     keys = ("subject", "session", "task", "acquisition", "run")
     done = {tuple(str(f.entities.get(k)) for k in keys) for f in chosen}
+    space, qualifiers, elsewhere = grid
+    other_grids = {tuple(str(f.entities.get(k)) for k in keys): _grid(space, f.entities) for f in elsewhere}
     filters = {"scope": "raw", "suffix": "bold", "extension": [".nii.gz", ".nii"]}
     for name, value in (("task", task), ("subject", list(labels) or None), ("session", list(sessions or ()) or None)):
         if value is not None:
@@ -803,13 +807,26 @@ def _unprocessed(layout, chosen, task, space, desc, labels, sessions, wanted=Non
         if tuple(str(ent.get(k)) for k in keys) in done:
             continue
         entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)
+        other = other_grids.get(tuple(str(ent.get(k)) for k in keys))
+        asked = _grid(space, qualifiers)
         problem = _unretrieved(layout, dict(entities), {"space": space, "desc": desc}) or (
             f"{f.path}: this raw run has no preprocessed BOLD run in the derivatives"
-            f"{f' (space {space}, desc {desc})' if space else ''}; rerun fMRIPrep for sub-{ent['subject']}, or "
-            "leave the subject out with --participant-label."
+            + (
+                f" at {asked}, only at {other}; rerun fMRIPrep for sub-{ent['subject']} with --output-spaces "
+                f"{asked}, or leave the subject out with --participant-label."
+                if other is not None
+                else f"{f' (space {space}, desc {desc})' if space else ''}; rerun fMRIPrep for sub-{ent['subject']}, "
+                "or leave the subject out with --participant-label."
+            )
         )
         out.append(RunInput(entities, Path(f.path), None, None, None, None, None, 0, (problem,)))
     return tuple(out)
+
+
+def _grid(space, entities: dict) -> str:
+    """fMRIPrep's name of a space at a resolution and density (``MNI152NLin2009cAsym:res-2``), from `entities`
+    (a file's, or --space's qualifiers)."""
+    return ":".join([str(space), *(f"{k}-{entities[k]}" for k in ("res", "den") if k in entities)])
 
 
 def _selected(files: list, entities: dict | None, entities_of) -> list:

@@ -202,6 +202,19 @@ def test_an_event_without_a_duration_is_named():
         make_design({"b": {"onset": np.array([np.inf]), "duration": np.ones(1)}}, 2.0, 40)
 
 
+@pytest.mark.parametrize("convolution", ["spm", "nilearn"])
+def test_events_given_twice_are_summed_and_said(convolution):
+    """Rows of an events file given twice (a log exported twice) were summed without a word; nilearn warns."""
+    once = {"b": {"onset": np.array([4.0, 20.0]), "duration": np.array([2.0, 2.0])}}
+    twice = {"b": {"onset": np.array([4.0, 20.0, 20.0]), "duration": np.array([2.0, 2.0, 2.0])}}
+    with pytest.warns(DesignWarning, match=r"events of 'b': 1 event\(s\) repeat another's onset and duration \(the"):
+        summed = make_design(twice, 2.0, 40, drift="none", convolution=convolution)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DesignWarning)
+        single = make_design(once, 2.0, 40, drift="none", convolution=convolution)
+    assert np.abs(summed.X[:, 0] - single.X[:, 0]).max() > 0.1  # (summed, as SPM and nilearn sum them)
+
+
 def test_bad_design_settings():
     ev = {"A": {"onset": np.array([1.0]), "duration": np.zeros(1)}}
     for kwargs, message in (
@@ -534,7 +547,7 @@ def test_more_design_inputs_are_checked():
     assert make_design(ev, np.float32(2.0), 60, microtime_resolution=4).settings["microtime_onset"] == 2
     for bad, message in (
         ({"A": {"onset": [np.nan], "duration": [0.0]}}, "must be finite"),
-        ({"A": {"onset": [1.0], "duration": [np.inf]}}, "must be finite"),
+        ({"A": {"onset": [1.0], "duration": [np.inf]}}, "has no duration \\(n/a, or not finite\\)"),
         ({"A": {"onset": [1.0], "duration": [-1.0]}}, "must not be negative"),
         ({"A": {"onset": [1.0, 2.0], "duration": [0.0]}}, "one value per event"),
     ):

@@ -428,6 +428,17 @@ def _check_events(events: dict, modulators=()) -> dict:
             )
         if (duration < 0).any():
             raise InputError(f"events of {name!r}: durations must not be negative.")
+        pairs = np.column_stack([onset, duration])
+        _, first = np.unique(pairs, axis=0, return_index=True)
+        if len(first) < len(pairs):  # (an events log exported twice: summed without a word; nilearn warns too)
+            again = np.setdiff1d(np.arange(len(pairs)), first)
+            warnings.warn(
+                f"events of {name!r}: {len(again)} event(s) repeat another's onset and duration (the first at "
+                f"{onset[again[0]]:g} s); their regressors are summed, as SPM and nilearn do: check the events for "
+                "rows given twice.",
+                DesignWarning,
+                stacklevel=3,
+            )
         checked[str(name)] = {"onset": onset, "duration": duration, "modulation": modulation}
         for mod in modulators:
             if mod in ev:

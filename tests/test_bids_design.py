@@ -247,6 +247,59 @@ def test_a_trial_type_named_plainly_follows_the_instructions_on_trial_type(stroo
     assert np.abs(plain.X[:, 0] - unchanged.X[:, 0]).max() > 0.1
 
 
+def test_trial_types_an_instruction_renames_merges_or_deletes_keep_what_it_made_of_them(stroop, tmp_path):
+    """The plain names made again after an instruction changes trial_type: a late trial type renamed stays late (the
+    run failed); one merged with events in the run is fitted, not said to be late; one the model deleted stays
+    deleted (a Model.X pattern took it back); a Filter keeps each event's modulation (the events matched again by
+    onset and duration were refused, two of them sharing one)."""
+
+    def late(variable):
+        variable.onset = np.where(variable.values == "incongruent", variable.onset + SCANS * TR, variable.onset)
+
+    def design(collection, x, instructions, hrf=None):
+        node = _run_node([*x, 1], HRF={"Variables": hrf or x, "Model": "spm"})
+        node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+        node["DummyContrasts"] = {"Test": "t"}
+        return run_design(collection, _model(node), tr=TR, n_scans=SCANS, trial_types=("congruent", "incongruent"))
+
+    cut = _broken(stroop[1], "trial_type", late)
+    renamed = design(
+        cut, ["congruent", "hard"], [{"Name": "Replace", "Input": ["trial_type"], "Replace": {"incongruent": "hard"}}]
+    )
+    assert renamed.settings["after_the_run"] == ["hard"] and renamed.design.names[0] == "congruent"
+    merged = design(
+        cut, ["incongruent"], [{"Name": "Replace", "Input": ["trial_type"], "Replace": {"congruent": "incongruent"}}]
+    )
+    assert merged.settings["after_the_run"] == [] and np.abs(merged.design.X[:, 0]).max() > 0.1
+    deleted = design(
+        stroop[1],
+        ["*congruent"],
+        [
+            {"Name": "Delete", "Input": ["incongruent"]},
+            {"Name": "Replace", "Input": ["trial_type"], "Replace": {"x": "y"}},
+        ],
+        hrf=["congruent"],
+    )
+    assert deleted.design.names[:1] == ("congruent",) and "incongruent" not in deleted.design.names
+    collections = []
+    for name, kept in (("all", lambda e: e), ("kept", lambda e: e[e["response_time"] < 0.9])):
+        study = make_dataset(tmp_path / name, subjects=1, runs=1, scans=SCANS, tr=TR)
+        events_file = next(study.root.glob("sub-01/func/*_events.tsv"))
+        events = pd.read_csv(events_file, sep="\t")
+        events["modulation"] = np.arange(1.0, len(events) + 1)
+        events["response_time"] = np.where(np.arange(len(events)) % 4 == 0, 1.0, 0.5)
+        events.loc[1, "onset"] = events.loc[0, "onset"]  # (two events at one onset and duration)
+        kept(events).to_csv(events_file, sep="\t", index=False)
+        collections.append(_collection(study.root, study.derivatives, "stroop"))
+    keep = {"Name": "Filter", "Input": ["trial_type"], "Query": "response_time < 0.9", "By": ["response_time"]}
+    filtered, reference = design(collections[0], ["congruent"], [keep]), design(collections[1], ["congruent"], [])
+    np.testing.assert_allclose(filtered.design.X, reference.design.X)
+    # a trial type's event given twice (a log exported twice): summed, and said naming the run (nilearn warns too)
+    twice = _broken(stroop[1], "trial_type", lambda v: v.onset.__setitem__(2, v.onset[0]))
+    with pytest.warns(DesignWarning, match=r'node "run", run .*: 1 event\(s\) repeat another\'s trial type, onset and'):
+        design(twice, ["congruent"], [])
+
+
 def test_events_transformations_are_pybids(stroop):
     """Factor, Replace, Split, Filter, Select, DropNA, Copy, Scale, Threshold and Product on the events, then
     convolved by voxfit (Model.HRF and a Convolve instruction it takes over), and ToDense, Convolve kept by pybids:

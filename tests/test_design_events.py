@@ -202,16 +202,16 @@ def test_an_event_without_a_duration_is_named():
         make_design({"b": {"onset": np.array([np.inf]), "duration": np.ones(1)}}, 2.0, 40)
 
 
-@pytest.mark.parametrize("convolution", ["spm", "nilearn"])
-def test_events_given_twice_are_summed_and_said(convolution):
-    """Rows of an events file given twice (a log exported twice) were summed without a word; nilearn warns."""
-    once = {"b": {"onset": np.array([4.0, 20.0]), "duration": np.array([2.0, 2.0])}}
-    twice = {"b": {"onset": np.array([4.0, 20.0, 20.0]), "duration": np.array([2.0, 2.0, 2.0])}}
-    with pytest.warns(DesignWarning, match=r"events of 'b': 1 event\(s\) repeat another's onset and duration \(the"):
-        summed = make_design(twice, 2.0, 40, drift="none", convolution=convolution)
+def test_events_given_twice_are_summed_and_said(tmp_path):
+    """Rows of an events file given twice (a log exported twice) were summed without a word; nilearn warns. Two
+    trial types at one onset (a cue and its target) are no repeat."""
+    rows = "onset\tduration\ttrial_type\n4\t2\tb\n20\t2\tb\n20\t2\tcue\n"
     with warnings.catch_warnings():
         warnings.simplefilter("error", DesignWarning)
-        single = make_design(once, 2.0, 40, drift="none", convolution=convolution)
+        once = read_events(_write(tmp_path / "once.tsv", rows))
+    with pytest.warns(DesignWarning, match=r"twice.tsv: 1 event\(s\) repeat another's trial type, onset and duration"):
+        twice = read_events(_write(tmp_path / "twice.tsv", rows + "20\t2\tb\n"))
+    summed, single = (make_design(ev, 2.0, 40, drift="none") for ev in (twice, once))
     assert np.abs(summed.X[:, 0] - single.X[:, 0]).max() > 0.1  # (summed, as SPM and nilearn sum them)
 
 

@@ -252,15 +252,18 @@ def _run_file(collection) -> str:
 @dataclass(frozen=True)
 class _TrialTypes:
     """What :func:`_add_trial_types` found and made: the run's trial types (`levels`), the variables it made
-    for them, by name (`variables`: not a level that a variable of its name already stood for), and the study's
-    trial types whose every event in the run starts at or after its end (`late`: not among `levels`)."""
+    for them, by name (`variables`: not a level that a variable of its name already stood for), the trial types
+    whose every event in the run starts at or after its end (`late`: not among `levels`), each event's weight
+    from the modulation column, by the events' row (`weights`), and every name it has made (`seen`)."""
 
     levels: frozenset
     variables: dict
-    late: frozenset = frozenset()
+    late: frozenset
+    weights: object  # pandas Series, or None without a trial_type column
+    seen: frozenset
 
 
-def _add_trial_types(variables, problem: _Problem, study=()) -> _TrialTypes:
+def _add_trial_types(variables, problem: _Problem, study=(), before: _TrialTypes | None = None) -> _TrialTypes:
     """Each level of the events' categorical ``trial_type`` as a sparse variable of its own name, unless a variable
     has that name: over every event of the table, 1 at its own and 0 at the others', as pybids' ``Factor`` makes
     ``trial_type.<level>`` (aligned with the events' other columns: ``Product`` with ``response_time`` was refused
@@ -268,16 +271,20 @@ def _add_trial_types(variables, problem: _Problem, study=()) -> _TrialTypes:
     :func:`~voxfit.bids.layout.value_text` names them. A trial type of the `study` whose every event in the run
     starts at or after the run's end (a run cut short while the task went on) adds nothing to it, and is one the
     run has no event of (its regressor is zeros: the run failed whole, its other trial types' maps lost), unless
-    every trial type's are."""
+    every trial type's are. `before`: what an earlier call made, the column having changed since (see
+    :func:`_retake_trial_types`): the events' weights are its own, by row, and a name it made that is not a
+    level's now (deleted, renamed or changed by an instruction) is not made again."""
     from bids.variables import SparseRunVariable
 
     trial_type = variables.variables.get("trial_type")
     if not isinstance(trial_type, SparseRunVariable) or trial_type.values.dtype.kind in "bc":
-        return _TrialTypes(frozenset(), {})
+        return _TrialTypes(frozenset(), {}, frozenset(), None, frozenset())
     frame = trial_type.to_df(condition=True, entities=True).drop(columns="condition")
     names = frame["amplitude"].map(value_text)
-    weights = _modulation(variables, trial_type)
+    weights = _weights(variables, trial_type, before)
     levels = {level for level in names.dropna() if level not in ("", "n/a")}
+    if before is None:
+        _warn_repeated(frame, names, problem)
     end = problem.n_scans * problem.tr
     late = {t for t in levels & set(study) if (frame["onset"][names == t] >= end).all()}
     if late == levels:  # (every event after the end: onsets in other units, or another run's events, as the
@@ -285,27 +292,60 @@ def _add_trial_types(variables, problem: _Problem, study=()) -> _TrialTypes:
     levels -= late
     made = {}
     for level in dict.fromkeys(names.dropna()):
-        if level in variables.variables or level not in levels:
+        if level in variables.variables or level not in levels or (before is not None and level in before.seen):
             continue
         rows = frame.copy()
-        rows["amplitude"] = (names == level).astype(float).to_numpy() * weights
+        rows["amplitude"] = (names == level).astype(float).to_numpy() * weights.to_numpy()
         variables.variables[level] = made[level] = SparseRunVariable(
             name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
         )
-    return _TrialTypes(frozenset(levels), made, frozenset(late))
+    seen = frozenset(made) | (before.seen if before is not None else frozenset())
+    return _TrialTypes(frozenset(levels), made, frozenset(late), weights, seen)
 
 
 def _retake_trial_types(variables, made: _TrialTypes, problem: _Problem, study) -> tuple[_TrialTypes, list[str]]:
     """The trial types' variables made again from the events' ``trial_type`` as an instruction left it (Replace,
     Filter, Assign...), where they were the column's before it (Model.X's "b" kept the "a" events a Replace
-    {"a": "b"} had merged into it, exit 0): those `made` that no instruction has changed since are taken back,
-    then the column's levels made as :func:`_add_trial_types` makes them. Returns what it made now, and the names
-    of those taken back and not made again (the levels the instruction took out)."""
-    for name, variable in made.variables.items():
-        if variables.variables.get(name) is variable:
-            del variables.variables[name]
-    now = _add_trial_types(variables, problem, study)
-    return now, [name for name in made.variables if name not in now.variables and name not in variables.variables]
+    {"a": "b"} had merged into it, exit 0): those `made` that no instruction has changed, renamed or deleted since
+    are taken back, then made again from the column's levels as :func:`_add_trial_types` makes them, with the
+    levels it has that were never made (a Replace's new names); any level of the column may now be late (a Replace
+    renames a study's trial type). Returns what it made now, and the names taken back and not made again (the
+    levels the instruction took out)."""
+    untouched = {name for name, variable in made.variables.items() if variables.variables.get(name) is variable}
+    for name in untouched:
+        del variables.variables[name]
+    reopened = replace(made, seen=made.seen - untouched)
+    levels = {value_text(v) for v in variables.variables["trial_type"].values.dropna()}
+    now = _add_trial_types(variables, problem, set(study) | levels, before=reopened)
+    return now, sorted(n for n in untouched if n not in now.variables and n not in variables.variables)
+
+
+def _weights(variables, trial_type, before: _TrialTypes | None):
+    """Each event's weight from the modulation column (:func:`_modulation`), by the events' row: once the column has
+    changed (a Filter keeps some rows), the rows it keeps take the weights they had (matching events to the
+    modulation column again by onset and duration refused two events of one onset and duration)."""
+    import pandas as pd
+
+    index = trial_type.values.index
+    if before is not None and before.weights is not None and index.isin(before.weights.index).all():
+        return before.weights.reindex(index)
+    return pd.Series(np.broadcast_to(_modulation(variables, trial_type), (len(index),)), index=index)
+
+
+def _warn_repeated(frame, names, problem: _Problem) -> None:
+    """A warning where events of one trial type repeat another's onset and duration (an events log exported twice):
+    summed without a word, as SPM and nilearn sum them (nilearn warns too)."""
+    rows = frame[["onset", "duration"]].assign(name=names.to_numpy())
+    again = rows[rows.duplicated(["name", "onset", "duration"])]
+    if len(again):
+        first = again.iloc[0]
+        warnings.warn(
+            f"{problem.where}: {len(again)} event(s) repeat another's trial type, onset and duration (the first: "
+            f'"{first["name"]}" at {first["onset"]:g} s); their regressors are summed, as SPM and nilearn do: check '
+            "the events for rows given twice.",
+            DesignWarning,
+            stacklevel=3,
+        )
 
 
 def _modulation(variables, trial_type) -> np.ndarray | float:
@@ -399,7 +439,6 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
     manager = TransformerManager("pybids-transforms-v1", keep_history=False)
     instructions = list((problem.node.get("Transformations") or {}).get("Instructions") or [])
     ours, theirs, pruned, absent, in_chain = [], [], [], {t: t for t in lacking}, {}
-    late = set(levels.late)
     for k, instruction in enumerate(instructions):
         now = {name: t for name, t in absent.items() if name not in variables.variables}
         applied, made, gone = _without_absent(instruction, now)
@@ -440,14 +479,14 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
         changed = variables.variables.get("trial_type")  # (pybids replaces a variable it changes; Factor drops it)
         if changed is not None and changed is not trial_type:
             levels, gone = _retake_trial_types(variables, levels, problem, study)
-            absent.update({name: name for name in gone})
-            late |= levels.late
+            for name in [*gone, *levels.late]:  # (both spellings: a Factor after it makes neither)
+                absent.update({name: name, f"trial_type.{name}": name})
         if applied["Name"] == "Factor" and "trial_type" in _listed(applied.get("Input")):
             for t in levels.late:  # (pybids made them of events after the run's end: zeros)
                 variables.variables.pop(f"trial_type.{t}", None)
                 absent[f"trial_type.{t}"] = t
     absent = {name: t for name, t in absent.items() if name not in variables.variables}
-    return _Transformed(ours, theirs, absent, pruned, in_chain, sorted(late))
+    return _Transformed(ours, theirs, absent, pruned, in_chain, sorted(levels.late))
 
 
 def _convolve_in_chain(instruction: dict, inputs: list[str], variables, problem: _Problem) -> dict:

@@ -308,6 +308,7 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
             raise InputError(f"{where} has no column {name!r} for the modulator{hint}.")
     col = {name: i for i, name in enumerate(header)}
     conditions: dict[str, dict[str, list]] = {}
+    seen, repeated = set(), []  # (trial type, onset, duration) of the events, and the rows that repeat one
     for r, row in enumerate(body, start=first_line):
         if len(row) != len(header):
             raise InputError(f"{where}, {what} {r}: {len(row)} values for {len(header)} columns.")
@@ -338,8 +339,19 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
         cond = conditions.setdefault(trial, {k: [] for k in ("onset", "duration", "modulation", *wanted)})
         for key in cond:
             cond[key].append(values[key])
+        key = (trial, values["onset"], values["duration"])
+        if key in seen:
+            repeated.append(r)
+        seen.add(key)
     if not conditions:
         raise InputError(f"{where} lists no event.")
+    if repeated:  # (an events log exported twice: summed without a word, where nilearn warns)
+        warnings.warn(
+            f"{where}: {len(repeated)} event(s) repeat another's trial type, onset and duration (the first at "
+            f"{what} {repeated[0]}); their regressors are summed, as SPM and nilearn do: check for rows given twice.",
+            DesignWarning,
+            stacklevel=2,
+        )
     return {name: {k: np.array(v) for k, v in c.items()} for name, c in conditions.items()}
 
 
@@ -428,17 +440,6 @@ def _check_events(events: dict, modulators=()) -> dict:
             )
         if (duration < 0).any():
             raise InputError(f"events of {name!r}: durations must not be negative.")
-        pairs = np.column_stack([onset, duration])
-        _, first = np.unique(pairs, axis=0, return_index=True)
-        if len(first) < len(pairs):  # (an events log exported twice: summed without a word; nilearn warns too)
-            again = np.setdiff1d(np.arange(len(pairs)), first)
-            warnings.warn(
-                f"events of {name!r}: {len(again)} event(s) repeat another's onset and duration (the first at "
-                f"{onset[again[0]]:g} s); their regressors are summed, as SPM and nilearn do: check the events for "
-                "rows given twice.",
-                DesignWarning,
-                stacklevel=3,
-            )
         checked[str(name)] = {"onset": onset, "duration": duration, "modulation": modulation}
         for mod in modulators:
             if mod in ev:

@@ -100,6 +100,28 @@ def test_matches_explicit_gls(rng, order):
         npt.assert_allclose(res.contrasts["both"].F[j], F_ref, rtol=1e-8)
 
 
+@pytest.mark.parametrize("order", [1, 3])
+def test_an_f_contrast_is_its_hypothesis_whatever_its_redundant_rows(rng, order):
+    """An F of the same hypothesis written with a redundant row, and an F of one row written twice (F = t^2, the
+    two-sided t's p): the AR terms were divided by the rows, not the rank, and p moved up to 100-fold (a hostile
+    tester's; OLS, FILM and arma11 were right). AR(1) takes the compiled kernels' table, AR(3) the direct terms."""
+    n, V = 120, 40
+    X = np.column_stack([block_design(n)[:, :2], np.cos(np.arange(n) / 5.0), np.ones(n)])
+    Y = simulate(rng, n, V, [0.4, -0.1, 0.05][:order], X, np.array([[1.0], [0.5], [0.2], [100.0]]))
+    contrasts = {
+        "t": [1, -1, 0, 0],
+        "two": [[1, -1, 0, 0], [0, 1, -1, 0]],
+        "three": [[1, -1, 0, 0], [0, 1, -1, 0], [1, 0, -1, 0]],
+        "twice": [[1, -1, 0, 0], [2, -2, 0, 0]],
+    }
+    res = fit_ar(X, Y, order, contrasts)
+    c = res.contrasts
+    npt.assert_allclose(c["three"].F, c["two"].F, rtol=1e-9)
+    npt.assert_allclose(c["three"].p, c["two"].p, rtol=1e-9)
+    npt.assert_allclose(c["twice"].F, c["t"].t ** 2, rtol=1e-9)
+    npt.assert_allclose(c["twice"].p, 2 * stats.t.sf(np.abs(c["t"].t), c["t"].dof), rtol=1e-7)
+
+
 def test_bias_correction_removes_the_fit_bias(rng):
     """With 15 low-frequency regressors the residual autocorrelation is biased far low (0.06 for 0.3); the
     correction (exact for autocorrelations up to lag p, so not for all of an AR(1)'s) removes most of it."""

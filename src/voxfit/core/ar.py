@@ -730,7 +730,8 @@ def estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int])
     right-hand sides ``B = wq'`` (r, sum(sizes), v)), estimated at phi_hat, whose covariance ``cov(phi)`` is
     the inverse of :func:`ar_information`. ``C(phi_hat)`` varies and is biased, to first and second order, by
 
-    * ``var(log C) = g' cov(phi) g``, ``g_j = tr(C^-1 dC/dphi_j) / q`` (for t, d log C / dphi_j);
+    * ``var(log C) = g' cov(phi) g``, ``g_j = tr(C^-1 dC/dphi_j) / q`` (for t, d log C / dphi_j; q: the rank of
+      the contrast's rows, C^-1 the pseudo-inverse where they are redundant);
     * ``kappa = E[C(phi_hat)] / C(phi) - 1 = sum_jk cov_jk tr(C^-1 d2C/dphi_j dphi_k) / (2 q)``: C is convex in
       phi (2.5% for an AR(1) of 0.5 and a block design over 200 scans), so the variance is divided by
       ``1 + kappa``;
@@ -844,10 +845,13 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
             a += q
             Ci = C[:, cols, cols]
             C_inv = 1.0 / Ci if q == 1 else np.linalg.pinv(Ci, hermitian=True)
-            g = np.einsum("Vab,Vmba->Vm", C_inv, dCs[:, :, cols, cols]) / q
+            # (each trace over C^-1 is the contrast's row space's, as for its full-rank rows: divided by that rank,
+            # not by q, an F of redundant rows is its hypothesis's, and F of a row twice the t's square)
+            rank = q if q == 1 or not v else np.linalg.matrix_rank(B[:, cols, 0])
+            g = np.einsum("Vab,Vmba->Vm", C_inv, dCs[:, :, cols, cols]) / rank
             spread = np.einsum("Vm,Vml,Vl->V", g, phi_cov, g)
-            kappa = np.einsum("Vab,Vba->V", C_inv, H[:, cols, cols]) / (2.0 * q)
-            lam_ = np.einsum("Vab,Vba->V", C_inv, loss[:, cols, cols]) / q
+            kappa = np.einsum("Vab,Vba->V", C_inv, H[:, cols, cols]) / (2.0 * rank)
+            lam_ = np.einsum("Vab,Vba->V", C_inv, loss[:, cols, cols]) / rank
             # a curvature term that would more than double or halve the variance says that the expansion does not
             # hold (a model at the stationary models' edge, where cov(phi) reaches past it): it is held at those
             steady = (kappa > -0.5) & (kappa < 1.0)

@@ -290,6 +290,8 @@ def fit_images(
         needs = first_level_needs(noise, scaling, route.reader)
         if not ((needs.by_series or needs.by_columns) if route.kind == COLUMNS else needs.one_pass):
             raise InputError(needs.too_large)
+    if route.reader is not None:  # (a mesh of volume data, or naming no file, was passed over but with FILM)
+        check_mesh(mesh, route.reader.geometry)
     if diagnostics and route.kind in (STREAM, COLUMNS):
         raise InputError(
             "--diagnostics forms the whitened residuals from the data in memory, but this fit is streamed (or read "
@@ -879,14 +881,25 @@ def _ar_info(order: int) -> dict:
     }
 
 
+def check_mesh(mesh, geometry) -> None:
+    """A GIFTI surface's path given as `mesh` for data that are not a surface, or naming no readable file, refused
+    before the fit (FILM's spatial step and the report's surface views take it)."""
+    if mesh is None or isinstance(mesh, tuple):
+        return
+    if geometry is None or geometry.kind != "surface":
+        kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
+        raise InputError(f"--mesh {mesh} is the surface of surface data, but the data are {kind}; leave it out.")
+    from ..io.checks import check_readable
+
+    check_readable(Path(mesh), "mesh")
+
+
 def film_mesh(mesh, geometry):
     """A surface's mesh for FILM's spatial step: None, a GIFTI surface's path (read and checked against the data's
     vertices), or (vertices, triangles) as they are; a path given for data that are not a surface is refused."""
     if mesh is None or isinstance(mesh, tuple):
         return mesh
-    if geometry is None or geometry.kind != "surface":
-        kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
-        raise InputError(f"--mesh {mesh} is the surface of surface data, but the data are {kind}; leave it out.")
+    check_mesh(mesh, geometry)
     from ..io.readers import read_mesh
 
     return read_mesh(mesh, geometry.n_elements)

@@ -34,6 +34,7 @@ from ..io import (
 from ..io.scans import file_identity
 from ._routing import noise_order
 from .glm import (
+    check_mesh,
     contrast_items,
     design_matrix,
     fit_noise_model,
@@ -190,6 +191,7 @@ def fit_runs(
             for r, (path, (X, _)) in enumerate(zip(inputs, matrices))
         ]
         geometry = datasets[0].masker.geometry
+        check_mesh(mesh, geometry)
         for r, ds in enumerate(datasets[1:], 2):
             geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0] if ds.paths else 'in memory'})")
         common = np.logical_and.reduce([ds.masker.mask for ds in datasets])

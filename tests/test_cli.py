@@ -234,6 +234,11 @@ BAD = {
     "contrast name": (lambda s: fit_args(s, contrast=["../..=A"]), "has no ASCII letter or digit"),
     "contrast name not ASCII": (lambda s: fit_args(s, contrast=["\u00e4=A"]), "'\u00e4' has no ASCII letter or digit"),
     "bad max memory": (lambda s: fit_args(s, "--max-memory", "lots"), "--max-memory must be a size"),
+    # (read by FILM only: with another noise model it was passed over, a file that is not there too)
+    "mesh of a volume": (
+        lambda s: fit_args(s, "--mesh", s["dir"] / "no.surf.gii"),
+        r"--mesh .*no.surf.gii is the surface of surface data, but the data are a volume; leave it out",
+    ),
 }
 
 
@@ -503,6 +508,27 @@ def test_a_tr_that_the_header_contradicts_is_warned_of(tmp_path, capsys):
         assert code == 0
         expected = "--tr 3 but the header of" in err and "gives 2 s between scans" in err and err.count("\n") == 1
         assert expected if warned else err == "", err
+
+
+def test_a_tr_that_a_cifti_series_contradicts_is_warned_of(tmp_path, capsys):
+    """An HCP run's series map gives 0.72 s between scans; --tr 2 was fitted without a word (a NIfTI header's
+    mismatch is warned of). Read by voxfit's own CIFTI reader from a file, and by nibabel's from an image."""
+    from nibabel import cifti2
+
+    from voxfit.io import header_scan_step, open_reader
+
+    models = cifti2.BrainModelAxis.from_mask(np.ones(50, bool), name="CortexLeft")
+    data = 100 + np.random.default_rng(0).standard_normal((40, 50)).astype(np.float32)
+    image = cifti2.Cifti2Image(data, header=(cifti2.SeriesAxis(0, 0.72, 40), models))
+    nib.save(image, tmp_path / "bold.dtseries.nii")
+    assert header_scan_step(open_reader(image)) == pytest.approx(0.72)
+    (tmp_path / "events.tsv").write_text("onset\tduration\ttrial_type\n0\t5\tA\n15\t5\tA\n")
+    for tr, warned in ((2, True), (0.72, False)):
+        args = ["fit", tmp_path / "bold.dtseries.nii", "--events", tmp_path / "events.tsv", "--tr", tr, "--contrast"]
+        code, _, err = run(capsys, *args, "c=A", "--noise", "ols", "-o", tmp_path / "out", "--force")
+        assert code == 0
+        said = "--tr 2 but the header of" in err and "gives 0.72 s between scans" in err and err.count("\n") == 1
+        assert said if warned else err == "", err
 
 
 def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path, capsys):

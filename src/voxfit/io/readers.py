@@ -28,6 +28,7 @@ import contextlib
 import copy
 import functools
 import io
+import math
 import mmap
 import os
 import queue
@@ -182,7 +183,10 @@ _OTHER_CIFTI = {
 
 def header_scan_step(reader) -> float | None:
     """The seconds between scans that a 4-D NIfTI header gives (pixdim[4] in seconds, milliseconds or
-    microseconds), or None where the reader has no such header or it gives none (no time unit, or 0)."""
+    microseconds), or a CIFTI file's series map, or None where the reader has no such header or it gives none
+    (no time unit, or 0)."""
+    if isinstance(reader, CiftiReader):
+        return reader.scan_step
     header = getattr(getattr(reader, "geometry", None), "header", None)
     if header is None or not hasattr(header, "get_xyzt_units") or len(header.get_zooms()) < 4:
         return None
@@ -1202,6 +1206,7 @@ class _StoredCifti:
 
     dataobj: nib.arrayproxy.ArrayProxy
     brain_models: nib.cifti2.BrainModelAxis
+    scan_step: float | None = None  # (seconds between scans, from the series map; None: none in seconds)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -1235,12 +1240,41 @@ def _stored_cifti(path: Path) -> _StoredCifti | None:
         if models is None:
             return None
         proxy = nib.arrayproxy.ArrayProxy(str(path), (shape[4:], header.get_data_dtype(), offset, 1.0, 0.0), order="F")
-        return _StoredCifti(proxy, models)
+        return _StoredCifti(proxy, models, _series_step(xml))
     except Exception:  # noqa: BLE001 - anything unusual is nibabel's to read or to refuse
         return None
 
 
 _UNSCALED = ((None, None), (1.0, 0.0))
+
+
+def _cifti_scan_step(img) -> float | None:
+    """The seconds between a CIFTI image's scans (its series axis), or None."""
+    if isinstance(img, _StoredCifti):
+        return img.scan_step
+    try:
+        axis = img.header.get_axis(0)
+    except Exception:  # noqa: BLE001 - no series axis: nothing to compare
+        return None
+    if not isinstance(axis, nib.cifti2.SeriesAxis) or axis.unit != "SECOND" or not axis.step > 0:
+        return None
+    return float(axis.step)
+
+
+def _series_step(xml: bytes) -> float | None:
+    """The seconds between scans that a CIFTI XML's series map gives (SeriesStep x 10^SeriesExponent, in
+    SECOND units), or None."""
+    for tag in re.findall(rb"<MatrixIndicesMap\b[^>]*>", xml):
+        attributes = dict(re.findall(rb'(\w+)="([^"]*)"', tag))
+        if attributes.get(b"IndicesMapToDataType") == b"CIFTI_INDEX_TYPE_SERIES":
+            if attributes.get(b"SeriesUnit") != b"SECOND":
+                return None
+            try:
+                step = float(attributes[b"SeriesStep"]) * 10.0 ** int(attributes.get(b"SeriesExponent", b"0"))
+            except (KeyError, ValueError):
+                return None
+            return step if step > 0 and math.isfinite(step) else None
+    return None
 
 
 def _cifti_extension(extensions: bytes, endianness: str) -> bytes | None:
@@ -1390,6 +1424,7 @@ class CiftiReader:
         self.in_memory = tuple(memory)
         self.geometry = CiftiGeometry(models)
         self.n_scans = int(sum(img.shape[0] for img in self._imgs))
+        self.scan_step = _cifti_scan_step(self._imgs[0]) if self._imgs else None
         # (an image made in memory holds its array; one from a file, the file's stored type)
         stored = {
             np.dtype(img.dataobj.dtype if isinstance(img.dataobj, np.ndarray) else img.get_data_dtype()).newbyteorder(

@@ -123,6 +123,32 @@ def test_scans_given_out_of_their_numbers_order_are_named(spm_runs, capsys):
     )
 
 
+def test_a_list_of_scans_out_of_order_or_of_frames_and_an_img_without_its_hdr_are_said(spm_runs, capsys):
+    """A .txt list in another order than its scans' numbers is warned of as a shell's list is; a list of SPM's
+    frames (bold.nii,1) is refused saying to give the 4-D file; an .img without its .hdr names the missing header
+    (nibabel: "Cannot work out file type")."""
+    root, (run1, _), (ev1, _) = spm_runs
+    scans = sorted(run1.glob("sw*.img"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    scans[4], scans[5] = scans[5], scans[4]
+    listed = root / "swapped.txt"
+    listed.write_text("\n".join(map(str, scans)) + "\n")
+    args = ["--events", str(ev1), "--tr", str(TR), "--contrast", "l=listen", "-o"]
+    assert main(["fit", str(listed), *args, str(root / "o")]) == 0
+    err = capsys.readouterr().err
+    assert f"the scans listed in swapped.txt are not in the order of their numbers ({scans[4].name} comes" in err
+    frames = root / "frames.txt"
+    frames.write_text("".join(f"bold.nii,{k}\n" for k in range(1, 4)))
+    assert main(["fit", str(frames), *args, str(root / "o2")]) == 2
+    assert "'bold.nii,1' is SPM's notation of a volume of a 4-D file: give the 4-D file itself (bold.nii)" in (
+        capsys.readouterr().err
+    )
+    scans[7].with_suffix(".hdr").unlink()
+    assert main(["fit", str(run1 / "sw*.img"), *args, str(root / "o3")]) == 2
+    assert f"{scans[7].name}: the data of an Analyze/NIfTI pair, whose header {scans[7].stem}.hdr is not beside it" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize("form", ["folder", "pattern", "list"])
 def test_several_runs_of_3d_scans(spm_runs, capsys, form):
     root, runs, ev = spm_runs

@@ -1201,7 +1201,9 @@ def _run_fit(args, argv, progress) -> int:
             kind, example = ("events file", "--events ev1.tsv ev2.tsv") if args.events else ("design", "--design d1 d2")
             what = "runs (folders, patterns or lists of scans)" if runs else "4-D inputs"
             raise InputError(f"{len(args.inputs)} {what} for one {kind}; give one {kind} per run ({example} ...).")
-        _warn_out_of_order(args.inputs)
+        from .io.scans import warn_out_of_order
+
+        warn_out_of_order(args.inputs)
     from dataclasses import replace
 
     from ._execution import Execution
@@ -1300,23 +1302,6 @@ def _check_header_tr(reader, tr, name) -> None:
             UserWarning,
             stacklevel=2,
         )
-
-
-def _warn_out_of_order(paths) -> None:
-    """A shell's list of scans is in text order (scan_10 before scan_2): fitted as given, but said."""
-    from pathlib import Path
-
-    from .io import natural_key
-
-    keys = [natural_key(Path(p)) for p in paths]
-    for a, b, ka, kb in zip(paths, paths[1:], keys, keys[1:]):
-        if kb < ka:
-            warnings.warn(
-                f"the scans are not in the order of their numbers ({Path(a).name} comes before "
-                f"{Path(b).name}); they are fitted in the order given.",
-                stacklevel=2,
-            )
-            return
 
 
 def _run_runs(args, argv, progress, record: dict) -> int:

@@ -207,6 +207,12 @@ def load_image(path: Path):
     if not path.exists():
         raise InputError(f"{path}: no such file.")
     check_readable(path)
+    header = path.with_suffix(".HDR" if path.suffix == ".IMG" else ".hdr")
+    if path.suffix.lower() == ".img" and not header.exists():  # (nibabel: "Cannot work out file type")
+        raise InputError(
+            f"{path}: the data of an Analyze/NIfTI pair, whose header {header.name} is not beside it; keep the .hdr "
+            "with its .img (or give .nii files)."
+        )
     try:
         return nib.load(str(path))
     except OSError as exc:

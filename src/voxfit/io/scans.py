@@ -50,6 +50,23 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
+def warn_out_of_order(paths, listed_in: Path | None = None) -> None:
+    """A shell's list of scans is in text order (scan_10 before scan_2), and a .txt list (`listed_in`) in its
+    writer's: fitted as given, but said."""
+    import warnings
+
+    keys = [natural_key(Path(p)) for p in paths]
+    for a, b, ka, kb in zip(paths, paths[1:], keys, keys[1:]):
+        if kb < ka:
+            where = f" listed in {listed_in.name}" if listed_in is not None else ""
+            warnings.warn(
+                f"the scans{where} are not in the order of their numbers ({Path(a).name} comes before "
+                f"{Path(b).name}); they are fitted in the order given.",
+                stacklevel=3,
+            )
+            return
+
+
 def _is_scan(path: Path) -> bool:
     name = path.name.lower()
     return path.is_file() and not name.startswith(".") and name.endswith(_SCAN_SUFFIXES)
@@ -151,16 +168,21 @@ def _from_list(path: Path) -> list[Path]:
         if not text or text.startswith("#"):
             continue
         if not text.lower().endswith(_SCAN_SUFFIXES):
-            raise InputError(
-                f"{path}: not a list of scans (a .txt input lists image files, one per line); line "
-                f"{number} is {text[:60]!r}."
+            frame = re.fullmatch(r"(.+),\s*\d+", text)  # (SPM's file,N: the Nth volume of a 4-D file)
+            hint = (
+                f"; {text[:60]!r} is SPM's notation of a volume of a 4-D file: give the 4-D file itself "
+                f"({Path(frame.group(1)).name}) as the run"
+                if frame is not None and frame.group(1).lower().endswith(_SCAN_SUFFIXES)
+                else f"; line {number} is {text[:60]!r}"
             )
+            raise InputError(f"{path}: not a list of scans (a .txt input lists image files, one per line){hint}.")
         scan = Path(text) if Path(text).is_absolute() else path.parent / text
         if not scan.is_file():
             raise InputError(f"{path}, line {number}: {text} is not a file (paths are relative to the list's folder).")
         scans.append(scan)
     if not scans:
         raise InputError(f"{path}: the list of scans is empty.")
+    warn_out_of_order(scans, path)
     return scans
 
 

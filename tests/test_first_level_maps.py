@@ -140,7 +140,7 @@ def test_a_map_given_as_effect_and_as_variance_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("dof", "message"),
-    [(-1, "must be a positive number"), ([1, 2], "2 values for 5 effect maps"), ("ten", "must be a positive")],
+    [(-1, "must be a positive number"), ([1, 2], "2 first-level dof values for 5"), ("ten", "must be a positive")],
 )
 def test_bad_dof_is_refused(tmp_path, dof, message):
     with pytest.raises(InputError, match=message):
@@ -259,7 +259,7 @@ def test_four_d_pair_dof_per_volume(tmp_path):
     effect = _map(tmp_path / "cope.nii.gz", [1.0, 2.0, 3.0])
     variance = _map(tmp_path / "varcope.nii.gz", [10.0, 20.0, 30.0])
     assert pair_variances(effect, variance, dof=8).dof == (8.0, 8.0, 8.0)
-    with pytest.raises(InputError, match="`dof` has 2 values for 3 volumes"):
+    with pytest.raises(InputError, match="2 first-level dof values for 3 volumes"):
         pair_variances(effect, variance, dof=[8, 9])
 
 
@@ -450,7 +450,7 @@ def test_bad_folder_arguments_are_refused(voxfit_study, tmp_path):
     with pytest.raises(InputError, match="names a folder twice") as refused:  # (named by its path, not its inode)
         first_level_maps([fits["01"], fits["01"]], "task")
     assert f"({fits['01']})" in str(refused.value)
-    with pytest.raises(InputError, match="`contrast` must be"):
+    with pytest.raises(InputError, match="the first-level contrast must be"):
         first_level_maps([fits["01"]], "  ")
 
 

@@ -683,8 +683,8 @@ def test_first_level_dof_given_for_folders_is_checked(tmp_path, rng, capsys):
     capsys.readouterr()
     assert main([*base, "--first-level-dof", "-3", "-o", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--first-level-dof must be a positive number" in err
-    with pytest.raises(voxfit.exceptions.InputError, match="`dof` has 2 values for 4 rows"):
+    assert err.count("\n") == 1 and "the first-level dof must be a positive number" in err
+    with pytest.raises(voxfit.exceptions.InputError, match="2 first-level dof values for 4 rows"):
         SecondLevel(first_level_contrast="1", model="fixed", first_level_dof=[10, 12]).fit(folders)
 
 

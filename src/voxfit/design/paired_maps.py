@@ -125,22 +125,23 @@ class PairedMaps:
         half = self.n // 2
         return self.take([*rows, *(half + int(r) for r in rows)])
 
-    def with_dof(self, dof, name: str = "dof") -> PairedMaps:
+    def with_dof(self, dof) -> PairedMaps:
         """The same pairs with the first-level dof `dof` instead of those found: one positive number, or one per
         row (as `pair_variances` takes them); or maps of per-voxel dof: one map for every row, one 4-D file of
         one volume per row (in this object's row order), or one map per row, matched to the effect maps as the
         variance maps are (by subject, else the ``_stat-dof_`` map beside each ``_stat-effect_`` map; by
-        position beside a 4-D pair), each half on its own when `paired`; `name`: the parameter its errors name."""
+        position beside a 4-D pair), each half on its own when `paired`."""
         if _are_paths(dof):
             try:
                 paths = _files(dof, "first_level_dof")
             except InputError as exc:
                 raise InputError(
-                    f"`{name}` must be a positive number or a list of them, one per effect map, or dof maps (files); "
+                    f"the first-level dof must be a positive number or a list of them, one per effect map, or dof "
+                    f"maps (files); "
                     f"got {_short(dof)}: {exc}"
                 ) from None
             return self._with_dof_maps(paths)
-        return replace(self, dof=_dof_per_row(_checked_dof(dof, name), self.n, "rows"), dof_maps=None)
+        return replace(self, dof=_dof_per_row(_checked_dof(dof), self.n, "rows"), dof_maps=None)
 
     def _with_dof_maps(self, paths: list[Path]) -> PairedMaps:
         readers = [open_map(p) for p in paths]
@@ -386,14 +387,15 @@ def _are_paths(value) -> bool:
     return bool(items) and all(isinstance(v, (str, os.PathLike)) for v in items)
 
 
-def _checked_dof(dof, name: str = "dof") -> list[float] | None:
-    """`dof` as a list of positive numbers (one, or one per row), or an InputError naming parameter `name`."""
+def _checked_dof(dof) -> list[float] | None:
+    """`dof` as a list of positive numbers (one, or one per row), or an InputError (in words: the parameter is
+    `dof` or `first_level_dof` as the caller names it)."""
     if dof is None:
         return None
     values = [dof] if isinstance(dof, numbers.Number) else list(dof) if _is_sequence(dof) else None
     if not values or not all(_positive(v) for v in values):
         raise InputError(
-            f"`{name}` must be a positive number or a list of them, one per effect map; got {_short(dof)}."
+            f"the first-level dof must be a positive number or a list of them, one per effect map; got {_short(dof)}."
         )
     return [float(v) for v in values]
 
@@ -403,7 +405,7 @@ def _dof_per_row(dof, n: int, what: str) -> tuple[float, ...] | None:
     if dof is None:
         return None
     if len(dof) not in (1, n):
-        raise InputError(f"`dof` has {len(dof)} values for {n} {what}; give one number, or one per {what[:-1]}.")
+        raise InputError(f"{len(dof)} first-level dof values for {n} {what}; give one number, or one per {what[:-1]}.")
     return tuple(dof) * (n // len(dof))
 
 
@@ -677,7 +679,9 @@ def _first_level_maps_iv(folders, contrast, read_record) -> tuple[list[Path], st
     if twice:  # (named by the path given, not its device and inode)
         raise InputError(f"`folders` names a folder twice ({listed(twice, 3)}); give each first-level folder once.")
     if isinstance(contrast, bool) or not isinstance(contrast, (str, numbers.Integral)) or not str(contrast).strip():
-        raise InputError(f"`contrast` must be a contrast's label (FEAT: its number or name); got {contrast!r}.")
+        raise InputError(
+            f"the first-level contrast must be a contrast's label (FEAT: its number or name); got {contrast!r}."
+        )
     if read_record is not None and not callable(read_record):
         raise InputError(f"`read_record` must be a function of a folder (ModelRecord.read); got {_short(read_record)}.")
     return paths, str(contrast).strip(), read_record or read_fit_record

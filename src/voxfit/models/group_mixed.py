@@ -85,7 +85,7 @@ def paired_inputs(data, variances, first_level_contrast, first_level_dof, read_r
         folders = _folders(data)
         contrast = first_level_contrast or _only_contrast(folders, read_record)
         pairs = first_level_maps(folders, contrast, read_record=read_record, paired=paired)
-        return pairs if first_level_dof is None else pairs.with_dof(first_level_dof, "first_level_dof")
+        return pairs if first_level_dof is None else pairs.with_dof(first_level_dof)
     if variances is None:
         if first_level_dof is not None:
             raise InputError(

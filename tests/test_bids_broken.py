@@ -130,6 +130,15 @@ def test_model_input_chooses_the_runs(tmp_path, dataset, capsys, run):
     assert fitted == [str(kept)] * 3
 
 
+def test_a_studys_failures_name_the_command_lines_options(tmp_path, dataset, capsys):
+    """A run's failure is said in the command line's words, as fit's and group's errors are: it named the Python
+    parameter `max_memory` where the user gave --max-memory."""
+    argv = ["bids", str(dataset.root), str(tmp_path / "out"), "run", "--derivatives", str(dataset.derivatives)]
+    assert main([*argv, "--max-memory", "1M", "--quiet"]) == 2
+    failures = [line for line in capsys.readouterr().err.splitlines() if line.startswith("voxfit: failed:")]
+    assert failures and all("--max-memory='1M' cannot hold" in line and "`" not in line for line in failures)
+
+
 def test_a_run_without_a_brain_mask_says_it_is_fitted_within_the_automatic_mask(tmp_path, dataset, capsys):
     """fMRIPrep's desc-brain_mask missing for a run: fitted within the automatic mask, which was said nowhere (on
     unmasked BOLD it takes in what is bright enough outside the brain)."""

@@ -706,6 +706,22 @@ def test_the_design_layers_messages_name_the_command_lines_options(study, capsys
     assert "`" not in refused(capsys, *args, *options, message=message)
 
 
+def test_a_message_naming_an_option_twice_says_it_once():
+    """The rewrite of `names` into options: a message that names both says the option once, whatever the
+    separator, and an option that a longer one begins with is not taken for it."""
+    from voxfit.cli import _as_options
+
+    flags = {"--mask", "--mask-threshold", "--max-memory", "--scheduler"}
+    assert _as_options("(--mask, `mask`) or (--mask-threshold, `mask_threshold`; 0", flags) == (
+        "(--mask) or (--mask-threshold; 0"
+    )
+    assert _as_options("check --scheduler / `scheduler` first", flags) == "check --scheduler first"
+    assert _as_options("`mask`, `mask_threshold` and `masks`", flags) == "--mask, --mask-threshold and `masks`"
+    assert _as_options("raise --max-memory (`max_memory`) or --max-memory/`max_memory`", flags) == (
+        "raise --max-memory or --max-memory"
+    )
+
+
 def test_fir_delays_beyond_the_run_are_bad_input(study, capsys):
     refused(
         capsys,

@@ -967,7 +967,7 @@ def _run_bids(args, argv, progress) -> int:
     except KeyboardInterrupt as exc:  # (a group is committed whole or not at all, by whichever process fitted it)
         done = getattr(exc, "result", None)  # (bids.study.ReportsInterrupted: the fits were all done)
         if done is not None:
-            _said_of_study(done, notes=not args.quiet)
+            _said_of_study(done, args)
             removed = f"; {done.removed} files of stale groups were removed" if done.removed else ""
             fits = "the study's fits are complete" if done.ok else "every group was fitted, or failed as said above,"
             print(
@@ -1001,18 +1001,19 @@ def _run_bids(args, argv, progress) -> int:
         print(f"{', '.join(counts)}: {where}")
         if args.report and (Path(result.out_dir) / "index.html").is_file():
             print(f"reports: {Path(result.out_dir) / 'index.html'}")
-    _said_of_study(result, notes=not args.quiet)
+    _said_of_study(result, args)
     return 0 if result.ok else 2
 
 
-def _said_of_study(result, notes: bool = True) -> None:
-    """A study's failures and groups skipped (the errors of its exit 2), and its notes unless `notes` is False
-    (--quiet: the notes stay in each group's model.json), a line each on stderr."""
+def _said_of_study(result, args) -> None:
+    """A study's failures and groups skipped (the errors of its exit 2), in the command line's words, and its notes
+    unless --quiet (they stay in each group's model.json), a line each on stderr."""
+    flags = getattr(args, "command_options", set())
     for failure in result.failures:
-        print(f"voxfit: failed: {failure}", file=sys.stderr)
+        print(f"voxfit: failed: {_as_options(str(failure), flags)}", file=sys.stderr)
     for skipped in result.skipped:
         print(f"voxfit: skipped: {skipped}", file=sys.stderr)
-    for group, note in result.notes if notes else ():
+    for group, note in result.notes if not args.quiet else ():
         print(f"voxfit: note: node {group.name}, {group.label}: {note}", file=sys.stderr)
 
 
@@ -1761,12 +1762,13 @@ def _main(argv: list[str]) -> int:
             print(f"voxfit: error: give a command: {commands} (see --help)", file=sys.stderr)
             return 2
         debug, flags = getattr(args, "debug", False), _command_options(parser, args.command)
+        args.command_options = flags  # (a study's failures are said in the command line's words too)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             code = _run(args, argv)
         said = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))
         for message in said if not getattr(args, "quiet", False) else ():  # (each once: runs of one design)
-            print(f"voxfit: warning: {_one_line(message)}", file=sys.stderr)
+            print(f"voxfit: warning: {_one_line(_as_options(message, flags))}", file=sys.stderr)
         return code
     except VoxfitError as exc:
         if debug:
@@ -1837,7 +1839,7 @@ def _as_options(message: str, flags: set[str]) -> str:
         return flag if flag in flags else match.group(0)
 
     said = re.sub(r"`([a-z][a-z0-9_]*)`", option, message)
-    return re.sub(r"(--[a-z0-9-]+)(?: \(\1\)|, \1\b|/\1\b)", r"\1", said)  # ("--mask, `mask`": said once)
+    return re.sub(r"(--[a-z0-9-]+)(?: \(\1\)|, \1|\s*/\s*\1)(?![\w-])", r"\1", said)  # ("--mask, `mask`": once)
 
 
 def _one_line(text: str) -> str:

@@ -723,3 +723,8 @@ def test_an_output_folder_under_a_file_names_the_file(tmp_path, capsys, command)
     code, _, err = run(capsys, *(["demo"] if command == "demo" else ["group", *maps]), "-o", out, "--quiet")
     assert code == 2 and err.count("\n") == 1, err
     assert f"cannot write to output folder {out}: {tmp_path / 'afile'} is a file, not a folder" in err, err
+    (tmp_path / "link").symlink_to(tmp_path / "unmounted" / "disk")  # (a disk not mounted: "File exists")
+    command_line = ["demo"] if command == "demo" else ["group", *maps]
+    code, _, err = run(capsys, *command_line, "-o", tmp_path / "link" / "sub")
+    link, target = tmp_path / "link", tmp_path / "unmounted" / "disk"
+    assert code == 2 and f"{link} is a link to {target}, which is not there" in err, err

@@ -222,9 +222,16 @@ def folder_error(exc: OSError, path, output=None) -> InputError:
     output = path if output is None else output
     blocking = next((p for p in (path, *path.parents) if os.path.lexists(p) and not p.is_dir()), None)
     if blocking is not None:
+        if not Path(output).is_absolute() and blocking.is_absolute():  # (named as the output folder is)
+            blocking = Path(os.path.relpath(blocking))
+        what = (
+            f"a link to {os.readlink(blocking)}, which is not there"
+            if blocking.is_symlink() and not blocking.exists()
+            else "a file, not a folder"
+        )
         return InputError(
-            f"cannot write to output folder {output}: {blocking} is a file, not a folder; choose another output "
-            "folder, or move that file."
+            f"cannot write to output folder {output}: {blocking} is {what}; choose another output folder, or move "
+            f"{'that link' if blocking.is_symlink() else 'that file'}."
         )
     return disk_error(exc, output) or InputError.from_os_error(exc, output, "cannot write to output folder")
 

@@ -248,6 +248,12 @@ def test_voxels_that_cannot_be_fitted_are_counted(study, capsys):
         ),
         # (fixed effects have no variance to group: the blocks were read and not used, exit 0)
         (["VARIANCES", "--model", "fixed", "--grp", "GRP"], "--grp with --model fixed (no between-subject variance"),
+        # (the messages named `dof`, which the command line said as group's own --dof)
+        (["VARIANCES", "--model", "fixed", "--first-level-dof", "-5"], "error: the first-level dof must be a positive"),
+        (["VARIANCES", "--model", "fixed", "--first-level-dof", "10", "12"], "error: 2 first-level dof values for"),
+        # (the engine's refusals were said half in Python: `groups` has 2, give dof='residual')
+        (["VARIANCES", "--outliers", "--grp", "GRP"], "--outliers fits one variance group, and --grp gives 2; drop"),
+        (["VARIANCES", "--outliers", "--dof", "satterthwaite"], "--outliers takes --dof residual (n - rank); drop"),
     ],
 )
 def test_refusals_are_one_line(study, capsys, extra, message):

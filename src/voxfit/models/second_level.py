@@ -582,6 +582,8 @@ class SecondLevel:
             raise InputError(f"--dof {self.dof} is for --model mixed, and the model is {kind}; drop it.")
         if self.outliers and kind != "mixed":
             raise InputError(f"--outliers is outlier inference in --model mixed; drop it with --model {kind}.")
+        if self.outliers and self.dof not in (None, "residual"):  # (said in the engine's Python words)
+            raise InputError(f"--outliers takes --dof residual (n - rank); drop --dof {self.dof}, or --outliers.")
         if kind != "fixed" and self.first_level_dof is not None:
             raise InputError("--first-level-dof gives the dof of --model fixed; drop it, or use --model fixed.")
         if self.variance_groups is not None and self.grp is not None:
@@ -656,6 +658,11 @@ class SecondLevel:
                 self._check_streamed_cap(execution, masker, pairs.n, len(items))
             rows = np.concatenate([order, order + len(order)]) if self.paired else order
             groups = variance_groups(self.grp, d, reader.n_scans, rows, self.variance_groups, self.paired)
+            if self.outliers and groups is not None and len(set(np.asarray(groups).tolist())) > 1:
+                raise InputError(
+                    f"--outliers fits one variance group, and {'--grp' if self.grp else '--variance-groups'} gives "
+                    f"{len(set(np.asarray(groups).tolist()))}; drop one of them."
+                )
             X, names, fit_items = d.X, list(d.names), items
             if self.paired:  # FLAME's paired design on the 2n maps: the design over A - B, one column per subject
                 flame = paired_design(d.X, list(d.names), items, pairs.subjects[: len(order)])

@@ -113,9 +113,13 @@ def test_an_f_contrast_is_its_hypothesis_whatever_its_redundant_rows(rng, order)
         "two": [[1, -1, 0, 0], [0, 1, -1, 0]],
         "three": [[1, -1, 0, 0], [0, 1, -1, 0], [1, 0, -1, 0]],
         "twice": [[1, -1, 0, 0], [2, -2, 0, 0]],
+        # (redundant but for rounding: the terms took its weights' rank, 2, and the F its covariance's, 1)
+        "nearly": [[1, -1, 0, 0], [1, -1 + 1e-13, 0, 0]],
     }
     res = fit_ar(X, Y, order, contrasts)
     c = res.contrasts
+    npt.assert_allclose(c["nearly"].F, c["t"].t ** 2, rtol=1e-6)
+    npt.assert_allclose(c["nearly"].p, c["twice"].p, rtol=1e-6)
     npt.assert_allclose(c["three"].F, c["two"].F, rtol=1e-9)
     npt.assert_allclose(c["three"].p, c["two"].p, rtol=1e-9)
     npt.assert_allclose(c["twice"].F, c["t"].t ** 2, rtol=1e-9)

@@ -846,9 +846,11 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
             Ci = C[:, cols, cols]
             C_inv = 1.0 / Ci if q == 1 else np.linalg.pinv(Ci, hermitian=True)
             # (each trace over C^-1 is the contrast's row space's, as for its full-rank rows: divided by that rank,
-            # not by q, an F of redundant rows is its hypothesis's, and F of a row twice the t's square)
-            rank = q if q == 1 or not v else np.linalg.matrix_rank(B[:, cols, 0])
-            g = np.einsum("Vab,Vmba->Vm", C_inv, dCs[:, :, cols, cols]) / rank
+            # not by q, an F of redundant rows is its hypothesis's, and F of a row twice the t's square; the rank is
+            # C's as its pseudo-inverse keeps it, trace(C^+ C), the F's own df1: contrast.f_stats)
+            kept = np.rint(np.einsum("Vab,Vba->V", C_inv, Ci)) if q > 1 else np.ones(v)
+            rank = np.where(np.isfinite(kept) & (kept >= 1), kept, q)
+            g = np.einsum("Vab,Vmba->Vm", C_inv, dCs[:, :, cols, cols]) / rank[:, None]
             spread = np.einsum("Vm,Vml,Vl->V", g, phi_cov, g)
             kappa = np.einsum("Vab,Vba->V", C_inv, H[:, cols, cols]) / (2.0 * rank)
             lam_ = np.einsum("Vab,Vba->V", C_inv, loss[:, cols, cols]) / rank

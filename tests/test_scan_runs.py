@@ -136,6 +136,9 @@ def test_a_list_of_scans_out_of_order_or_of_frames_and_an_img_without_its_hdr_ar
     assert main(["fit", str(listed), *args, str(root / "o")]) == 0
     err = capsys.readouterr().err
     assert f"the scans listed in swapped.txt are not in the order of their numbers ({scans[4].name} comes" in err
+    # a group's list of maps is no run: matched by subject, or taken in the order given, and not said to be out of order
+    assert main(["group", str(listed), "-o", str(root / "g")]) == 0
+    assert "not in the order" not in capsys.readouterr().err
     frames = root / "frames.txt"
     frames.write_text("".join(f"bold.nii,{k}\n" for k in range(1, 4)))
     assert main(["fit", str(frames), *args, str(root / "o2")]) == 2

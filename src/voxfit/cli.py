@@ -1205,6 +1205,7 @@ def _run_fit(args, argv, progress) -> int:
         from .io.scans import warn_out_of_order
 
         warn_out_of_order(args.inputs)
+    _warn_lists_out_of_order(args.inputs)
     from dataclasses import replace
 
     from ._execution import Execution
@@ -1305,6 +1306,19 @@ def _check_header_tr(reader, tr, name) -> None:
         )
 
 
+def _warn_lists_out_of_order(inputs) -> None:
+    """A run's .txt list of scans in another order than their numbers: fitted as given, but said (as a shell's
+    list is; a group's list of maps is matched by subject, or in the order given: not said there)."""
+    from pathlib import Path
+
+    from .io import expand_run
+    from .io.scans import warn_out_of_order
+
+    for item in inputs:
+        if Path(item).suffix.lower() == ".txt" and (scans := expand_run(item)) is not None:
+            warn_out_of_order(scans, Path(item))
+
+
 def _run_runs(args, argv, progress, record: dict) -> int:
     """Several runs: one input and one design (or events file) each, combined by fixed effects. A CIFTI run that
     one file holds is that file's own pages (``voxfit.io.dataset.files_mapped``): the runs' data never leave the
@@ -1322,6 +1336,7 @@ def _run_runs(args, argv, progress, record: dict) -> int:
         )
     if args.confounds and len(args.confounds) != len(args.inputs):
         raise InputError(f"{len(args.confounds)} confounds files for {len(args.inputs)} runs; give one per run.")
+    _warn_lists_out_of_order(args.inputs)
     if args.events:
         readers = [open_reader(path) for path in args.inputs]
         for path, reader in zip(args.inputs, readers):

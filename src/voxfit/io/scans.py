@@ -182,7 +182,6 @@ def _from_list(path: Path) -> list[Path]:
         scans.append(scan)
     if not scans:
         raise InputError(f"{path}: the list of scans is empty.")
-    warn_out_of_order(scans, path)
     return scans
 
 

@@ -510,6 +510,25 @@ def test_a_tr_that_the_header_contradicts_is_warned_of(tmp_path, capsys):
         assert expected if warned else err == "", err
 
 
+def test_a_surface_runs_mesh_is_checked_before_the_fit_and_refused_where_nothing_reads_it(tmp_path, capsys, rng):
+    """A mesh of other vertices than the run's was found by the report once the fit was done (exit 2, nothing
+    kept), or never without --report; a mesh that neither FILM nor --report reads was passed over (exit 0)."""
+    from .imaging import write_icosahedron
+
+    run_file = write_gifti(tmp_path / "lh.func.gii", 100 + rng.standard_normal((40, 12)).astype(np.float32))
+    (tmp_path / "events.tsv").write_text("onset\tduration\ttrial_type\n0\t10\tA\n40\t10\tA\n")
+    wrong = write_gifti(tmp_path / "wrong.surf.gii", rng.standard_normal((3, 5)).astype(np.float32))
+    mesh = write_icosahedron(tmp_path / "lh.surf.gii")
+    args = ["fit", run_file, "--events", tmp_path / "events.tsv", "--tr", "2", "--contrast", "c=A", "--noise", "ols"]
+    for extra, message in (
+        (["--mesh", wrong, "--report"], "not a GIFTI surface with vertices and triangles"),
+        (["--mesh", mesh], "--mesh is read by --noise film (its spatial step) and --report (the surface views)"),
+    ):
+        code, _, err = run(capsys, *args, *extra, "-o", tmp_path / "out")
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_tr_that_a_cifti_series_contradicts_is_warned_of(tmp_path, capsys):
     """An HCP run's series map gives 0.72 s between scans; --tr 2 was fitted without a word (a NIfTI header's
     mismatch is warned of). Read by voxfit's own CIFTI reader from a file, and by nibabel's from an image."""

@@ -1224,6 +1224,7 @@ def _run_fit(args, argv, progress) -> int:
     execution = Execution(args.max_memory, args.n_jobs, args.scheduler, args.device, progress)
     reader = open_reader(args.inputs if len(args.inputs) > 1 else args.inputs[0])
     _fmri_noise(args, record, reader.n_scans)
+    _check_mesh(args, reader)
     route = choose_route(reader, execution, first_level_needs(args.noise, args.scaling, reader))
     threshold = "auto" if args.mask_threshold is None else args.mask_threshold
     loading = None
@@ -1306,6 +1307,21 @@ def _check_header_tr(reader, tr, name) -> None:
         )
 
 
+def _check_mesh(args, reader) -> None:
+    """--mesh: a surface of the run's vertices (voxfit.models.glm.check_mesh), read by FILM's spatial step and
+    drawn by --report; with neither it was passed over."""
+    if args.mesh is None:
+        return
+    from .models.glm import check_mesh
+
+    check_mesh(args.mesh, reader.geometry)
+    if args.noise != "film" and not args.report:
+        raise InputError(
+            f"--mesh is read by --noise film (its spatial step) and --report (the surface views), and this fit has "
+            f"neither (--noise {args.noise}); add one of them, or drop --mesh."
+        )
+
+
 def _warn_lists_out_of_order(inputs) -> None:
     """A run's .txt list of scans in another order than their numbers: fitted as given, but said (as a shell's
     list is; a group's list of maps is matched by subject, or in the order given: not said there)."""
@@ -1346,6 +1362,8 @@ def _run_runs(args, argv, progress, record: dict) -> int:
         designs = [_make_design(args, n, r)[0] for r, n in enumerate(lengths)]
     else:
         designs = list(args.design)
+    if args.mesh is not None:
+        _check_mesh(args, open_reader(args.inputs[0]))
     with files_mapped():
         result = fit_runs(
             args.inputs,

@@ -882,16 +882,16 @@ def _ar_info(order: int) -> dict:
 
 
 def check_mesh(mesh, geometry) -> None:
-    """A GIFTI surface's path given as `mesh` for data that are not a surface, or naming no readable file, refused
-    before the fit (FILM's spatial step and the report's surface views take it)."""
+    """A GIFTI surface's path given as `mesh` for data that are not a surface, or that is not a surface of the data's
+    vertices, refused before the fit (FILM's spatial step and the report's surface views take it)."""
     if mesh is None or isinstance(mesh, tuple):
         return
     if geometry is None or geometry.kind != "surface":
         kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
         raise InputError(f"--mesh {mesh} is the surface of surface data, but the data are {kind}; leave it out.")
-    from ..io.checks import check_readable
+    from ..io.readers import read_mesh
 
-    check_readable(Path(mesh), "mesh")
+    read_mesh(mesh, geometry.n_elements)  # (a wrong one was found by the report, once the fit was done, or never)
 
 
 def film_mesh(mesh, geometry):

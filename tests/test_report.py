@@ -1010,3 +1010,43 @@ def test_a_refit_without_report_removes_the_earlier_report(volume_run, tmp_path)
     argv = ["fit", str(bold), "--design", str(design), "--contrast", "a=A", "-o", str(folder), "--force", "--quiet"]
     assert main(argv) == 0
     assert not (folder / "report.html").exists() and (folder / "notes.html").read_text() == "mine"
+
+
+def test_group_pages_say_the_inference_the_run_made(tmp_path):
+    """What a group page states is what the run did: a mixed model's shuffles, clusters and p are of the null
+    model's weighted t, which is drawn and tabulated (the model's own t was drawn beside clusters formed on the
+    other, heading "Clusters of the run at t > 2.5"); 4 subjects' 16 sign-flips cannot reach p < 0.05, which the
+    page said nowhere; an RFT run is shown at its RFT FWE threshold (Bonferroni was called the strongest); a p of
+    3.5e-8 in a table read back from a TSV was shown as 0."""
+    from scipy.ndimage import gaussian_filter
+
+    from voxfit.report._page import _read_tsv
+
+    rng = np.random.default_rng(0)
+    shape, blob = (12, 12, 10), np.zeros((12, 12, 10))
+    blob[4:8, 4:8, 3:7] = 1.0
+    effects, variances = [], []
+    for s in range(4):
+        effects.append(tmp_path / f"sub-{s}_effect.nii.gz")
+        variances.append(tmp_path / f"sub-{s}_variance.nii.gz")
+        nib.save(nib.Nifti1Image((3 * blob + rng.standard_normal(shape)).astype(np.float32), AFFINE), effects[-1])
+        nib.save(nib.Nifti1Image(np.full(shape, 0.5, np.float32), AFFINE), variances[-1])
+    out = tmp_path / "mixed"
+    argv = ["group", *map(str, effects), "--variances", *map(str, variances), "--permutations", "100"]
+    assert main([*argv, "--cluster-threshold", "2.5", "-o", str(out), "--report", "--quiet"]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8").replace("&#x27;", "'")
+    assert "the null model's weighted t (stat-t_desc-nullmodel), on which the sign-flips are made" in page
+    assert "Clusters of the run at t > 2.5 of the null model's weighted t" in page
+    assert "with 16 shuffles the smallest p is 1/16 = 0.0625: no element can reach p &lt; 0.05" in page
+    maps = [tmp_path / f"rft-{s}.nii.gz" for s in range(12)]
+    for path in maps:
+        smooth = 2 * blob + 3 * gaussian_filter(rng.standard_normal(shape), 1.5)
+        nib.save(nib.Nifti1Image(smooth.astype(np.float32), AFFINE), path)
+    rft = ["group", *map(str, maps), "--inference", "rft", "-o", str(tmp_path / "rft"), "--report", "--quiet"]
+    assert main(rft) == 0
+    assert "Threshold: voxelwise family-wise error p &lt; 0.05 (random field theory)" in (
+        (tmp_path / "rft" / "report.html").read_text(encoding="utf-8")
+    )
+    table = tmp_path / "t.tsv"
+    table.write_text("peak_p_unc\tcluster_p_fwe\n3.488e-08\t1.6e-16\n")
+    assert _read_tsv(table) == [{"peak_p_unc": 3.488e-08, "cluster_p_fwe": 1.6e-16}]

@@ -95,7 +95,8 @@ def _read_tsv(path: Path) -> list[dict]:
             value = float(text)
         except ValueError:
             return text
-        return int(value) if value.is_integer() and "." not in text else round(value, 4)
+        # (4 significant digits: rounded to 4 decimals, p(FWE) 1.6e-16 and p 3.5e-8 were shown as 0)
+        return int(value) if value.is_integer() and "." not in text else float(f"{value:.4g}")
 
     with path.open(newline="") as fh:
         return [{k: cell(v) for k, v in row.items()} for row in csv.DictReader(fh, delimiter="\t")]
@@ -504,8 +505,10 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw, anchor: st
     table = res.clusters_table(c.file_label)
     if table.is_file():  # the run's own clusters, with their FWE p-values
         threshold = res.model.get("settings", {}).get("cluster_threshold")
+        null = res.model.get("settings", {}).get("model") in ("mixed", "fixed")  # (formed on the null model's t)
+        of = f" of the null model's weighted {c.kind} (stat-{c.kind}_desc-nullmodel)" if null else ""
         parts.append(
-            f"<h3>Clusters of the run at {_e(c.kind)} > {_e(threshold)} ({_e(table.name)})</h3>"
+            f"<h3>Clusters of the run at {_e(c.kind)} > {_e(threshold)}{_e(of)} ({_e(table.name)})</h3>"
             + html_table(_read_tsv(table), TABLE_ROWS)
         )
     parts.append(_rft_part(res, c))

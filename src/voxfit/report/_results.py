@@ -233,6 +233,7 @@ _GROUP_P = [  # (desc of the p map, what it is) strongest first
     ("tfcefwe", "TFCE family-wise error p < 0.05"),
     ("clusterfwe", "cluster-extent family-wise error p < 0.05"),
     ("fwe", "voxelwise family-wise error p < 0.05 (max statistic)"),
+    ("rftfwe", "voxelwise family-wise error p < 0.05 (random field theory)"),
     ("bonferroni", "voxelwise family-wise error p < 0.05 (Bonferroni)"),
     ("fdr", "FDR q < 0.05 (Benjamini–Hochberg)"),
 ]
@@ -252,6 +253,22 @@ def _group_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Th
         if perm
         else "parametric inference"
     )
+    # a mixed or fixed model's shuffles are of the null model's weighted statistic (its clusters, TFCE and p too):
+    # that map is shown and tabulated, where the model's own t was drawn beside clusters formed on the other
+    null = res.read_map(statmap_name(c.kind, res.extension, c.file_label, desc="nullmodel")) if perm else None
+    extra = []
+    if null is not None:
+        stat = null
+        extra.append(
+            f"the {c.kind} shown, its clusters and every p from the shuffles are the null model's weighted {c.kind} "
+            f"(stat-{c.kind}_desc-nullmodel), on which the sign-flips are made; the mixed model's own {c.kind} is "
+            f"stat-{c.kind}"
+        )
+    if perm and perm.get("shuffles") and 1 / perm["shuffles"] >= 0.05:  # (said on the command line only)
+        extra.append(
+            f"with {perm['shuffles']:,} shuffles the smallest p is 1/{perm['shuffles']:,} = {1 / perm['shuffles']:.3g}"
+            ": no element can reach p < 0.05, whatever its effect (more subjects, or maps, are needed)"
+        )
     if p_threshold is not None:
         choices = [("uncorrected", f"p < {p_threshold:g} uncorrected", p_threshold, "the threshold asked for")]
     else:
@@ -262,19 +279,22 @@ def _group_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Th
             continue
         shown = res.mask & np.isfinite(p) & (p < alpha)
         reason = f"{text}, from {how}: {why}."
-        notes = [f"{int(shown.sum()):,} of {int(res.mask.sum()):,} elements shown (large positive {c.kind})"]
-        columns, p_note = _group_columns(res, c, stat, how if perm else "")
+        notes = [f"{int(shown.sum()):,} of {int(res.mask.sum()):,} elements shown (large positive {c.kind})", *extra]
+        columns, p_note = _group_columns(res, c, stat, how if perm else "", parametric_z=null is None)
         return Threshold(
             shown, np.where(res.mask, stat, np.nan), c.kind, None, reason, notes, columns, p_note, c.file_label
         )
     raise InputError(f"{res.folder} holds no p map of contrast {c.label!r}; the folder is incomplete.")
 
 
-def _group_columns(res: Results, c: Contrast, stat: NDArray, permutations: str) -> tuple[dict[str, NDArray], str]:
-    """The group table's columns: the statistic, its parametric z, the run's uncorrected p (from the shuffles
-    when there were any) with its FDR q over the mask, and the family-wise error p the run computed."""
+def _group_columns(
+    res: Results, c: Contrast, stat: NDArray, permutations: str, parametric_z: bool = True
+) -> tuple[dict[str, NDArray], str]:
+    """The group table's columns: the statistic, its parametric z (not beside the null model's statistic, of
+    which it is not the z), the run's uncorrected p (from the shuffles when there were any) with its FDR q over
+    the mask, and the family-wise error p the run computed."""
     columns = {c.kind: stat}
-    z = res.read_map(statmap_name("z", res.extension, c.file_label))
+    z = res.read_map(statmap_name("z", res.extension, c.file_label)) if parametric_z else None
     if z is not None:
         columns["z"] = z
     p = res.read_map(statmap_name("p", res.extension, c.file_label, desc="uncorrected"))
@@ -285,8 +305,8 @@ def _group_columns(res: Results, c: Contrast, stat: NDArray, permutations: str) 
         columns["q FDR"] = _fdr_in_mask(p, res.mask)
     source = f"from {permutations}" if permutations else "parametric"
     note = (
-        f"z: parametric; p: uncorrected, one-sided, {source}; q: Benjamini–Hochberg FDR over the "
-        f"{int(res.mask.sum()):,} elements of the mask"
+        f"{'z: parametric; ' if z is not None else ''}p: uncorrected, one-sided, {source}; q: Benjamini–Hochberg FDR "
+        f"over the {int(res.mask.sum()):,} elements of the mask"
     )
     for desc, name, what in (("fwe", "p FWE", "the maximum statistic"), ("tfcefwe", "p FWE TFCE", "the maximum TFCE")):
         fwe = res.read_map(statmap_name("p", res.extension, c.file_label, desc=desc))

@@ -602,6 +602,12 @@ def test_a_surface_fits_report_is_drawn_on_its_mesh(tmp_path, capsys):
     assert main(["report", str(out), "--mesh", str(tmp_path / "gone.surf.gii"), "--force"]) == 2
     err = capsys.readouterr().err
     assert "gone.surf.gii: no such file" in err and err.count("\n") == 1, err
+    # (--background was passed over where the page is drawn on the mesh, exit 0)
+    t1 = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.float32), AFFINE), t1)
+    assert main(["report", str(out), "--mesh", str(mesh), "--background", str(t1), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "these maps are on a surface, drawn on its mesh; leave it out" in err and err.count("\n") == 1, err
 
 
 def test_array_group_and_fixed_effects_runs(tmp_path):

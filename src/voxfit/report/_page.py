@@ -808,6 +808,11 @@ def _drawer(res: Results, background, mesh):
 
         return draw, notes
     if isinstance(geometry, SurfaceGeometry) and mesh is not None and Path(mesh).is_file():
+        if background is not None:  # (passed over where the run recorded a mesh; refused where it had none)
+            raise InputError(
+                f"--background {background}: an anatomical image is drawn under volume maps, and these maps are on "
+                "a surface, drawn on its mesh; leave it out."
+            )
         coords, faces = read_mesh(mesh, geometry.n_vertices)
         notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
 

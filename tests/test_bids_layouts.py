@@ -296,6 +296,10 @@ def test_a_study_writes_the_cluster_inference_it_computes(tmp_path):
         _maps(folder / "contrast-congruent_stat-pclusterfwe_statmap.nii.gz"),
         _maps(tmp_path / "g" / "contrast-intercept_stat-p_desc-clusterfwe_statmap.nii.gz"),
     )
+    # the record says the shuffles made: 5 subjects have 32 sign-flips, the 40 asked for were said on the page
+    (record,) = [r for r in folder.glob("*model.json") if "congruent" in json.loads(r.read_text())["contrasts"]]
+    made = json.loads(record.read_text())["contrasts"]["congruent"]["permutation"]
+    assert made == {"scheme": "flip", "shuffles": 32, "exhaustive": True}
 
 
 def test_the_events_modulation_column_scales_the_trial_types(tmp_path):

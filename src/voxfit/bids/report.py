@@ -505,7 +505,9 @@ def _dataset_page(out_dir, dataset, groups, subjects, failures, model_files, che
     model = fitted.pop() if len(fitted) == 1 and fitted <= set(GROUP_MODELS) else study.get("group_model", "?")
     about = {
         "group model": GROUP_MODELS.get(model, model),
-        "permutations": str(study.get("permutations") or "none"),
+        "permutations": f"{study['permutations']} asked (each page says the shuffles made)"
+        if study.get("permutations")
+        else "none",
         "TFCE": "yes" if study.get("tfce") else "no",
         "cluster-forming threshold": str(study.get("cluster_threshold") or "none"),
         "model file": ", ".join(model_files) or "none",

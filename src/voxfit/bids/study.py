@@ -178,6 +178,7 @@ class _GroupFitted:
     maps: dict = field(default_factory=dict)
     rft: object = None
     tables: dict = field(default_factory=dict)
+    shuffles: dict = field(default_factory=dict)  # each contrast's shuffles as made (scheme, count, all of them)
 
 
 class ReportsInterrupted(KeyboardInterrupt):
@@ -2929,6 +2930,7 @@ class _Study:
                     masker,
                     fitted.model,
                     inference=None if rft is None else rft_record(rft, footers, prefix),
+                    shuffles=fitted.shuffles,
                 )
                 out.drop(*_listed_files(record_path, dict(node.study)))
                 files = out.commit()
@@ -3008,10 +3010,28 @@ class _Study:
                 maps.append(("ptfcefwe", perm.p_tfce_fwe))
             extra[label] = maps
         dof = float(X.shape[0] - np.linalg.matrix_rank(X))
-        return _GroupFitted(fit.parametric, fit.masker, group_model, dof, extra, fit.rft, dict(fit.clusters))
+        shuffles = {  # (the count made, not the one asked for: 4 subjects have 16 sign-flips, however many asked)
+            label: {"scheme": perm.scheme, "shuffles": perm.n_shuffles, "exhaustive": perm.exhaustive}
+            for label, perm in fit.permutation.items()
+        }
+        return _GroupFitted(fit.parametric, fit.masker, group_model, dof, extra, fit.rft, dict(fit.clusters), shuffles)
 
     def write_group_record(
-        self, out, name, node, bids, X, names, weights, stats, effects, variances, masker, model, inference=None
+        self,
+        out,
+        name,
+        node,
+        bids,
+        X,
+        names,
+        weights,
+        stats,
+        effects,
+        variances,
+        masker,
+        model,
+        inference=None,
+        shuffles=None,
     ):
         from ..models.record import MIXED_DOF, ModelRecord, contrast_record, input_records
 
@@ -3032,7 +3052,12 @@ class _Study:
                 "rows": [{"map": str(p)} for p in effects],
             },
             contrasts={
-                label: contrast_record(weights[label].tolist(), stats[label], per_voxel_dof=MIXED_DOF)
+                label: contrast_record(
+                    weights[label].tolist(),
+                    stats[label],
+                    per_voxel_dof=MIXED_DOF,
+                    **({"permutation": shuffles[label]} if shuffles and label in shuffles else {}),
+                )
                 for label in weights
             },
             settings={

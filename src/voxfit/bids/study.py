@@ -2916,21 +2916,9 @@ class _Study:
                 write_design(out.path(shared + "design.tsv"), Xv, names)
                 bids = bids_record(node, entities, checksum, self.settings, outputs, notes, **extra)
                 bids["files"] = sorted({*out.names, record_path.name})
+                inference = None if rft is None else rft_record(rft, footers, prefix)
                 self.write_group_record(
-                    out,
-                    record_path.name,
-                    node,
-                    bids,
-                    Xv,
-                    names,
-                    weights,
-                    stats,
-                    effects,
-                    variances,
-                    masker,
-                    fitted.model,
-                    inference=None if rft is None else rft_record(rft, footers, prefix),
-                    shuffles=fitted.shuffles,
+                    out, record_path.name, node, bids, Xv, names, weights, stats, effects, variances, fitted, inference
                 )
                 out.drop(*_listed_files(record_path, dict(node.study)))
                 files = out.commit()
@@ -3017,25 +3005,13 @@ class _Study:
         return _GroupFitted(fit.parametric, fit.masker, group_model, dof, extra, fit.rft, dict(fit.clusters), shuffles)
 
     def write_group_record(
-        self,
-        out,
-        name,
-        node,
-        bids,
-        X,
-        names,
-        weights,
-        stats,
-        effects,
-        variances,
-        masker,
-        model,
-        inference=None,
-        shuffles=None,
+        self, out, name, node, bids, X, names, weights, stats, effects, variances, fitted: _GroupFitted, inference=None
     ):
+        """The group's model.json, into `out`: of its `fitted` model (masker, model, shuffles made) and `inference`
+        (RFT's, or None)."""
         from ..models.record import MIXED_DOF, ModelRecord, contrast_record, input_records
 
-        s = self.settings
+        s, masker, model, shuffles = self.settings, fitted.masker, fitted.model, fitted.shuffles
         inferred = node.level == "dataset" and (node.spec.get("Model") or {}).get("Type") != "meta"
         record = ModelRecord(
             kind="group",

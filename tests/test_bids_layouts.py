@@ -455,6 +455,37 @@ def test_a_contrast_whose_name_is_a_label_keeps_it_whatever_the_others():
     assert _labels(["reward+", "reward-"]) == ["reward", "reward2"] and _labels(["a", "a"]) == ["a", "a2"]
 
 
+@pytest.mark.parametrize("gap", ["n/a", "no row"])
+def test_a_subject_without_the_grouping_value_is_refused_not_put_in_every_group(tmp_path, gap):
+    """A dataset node grouped by a participants.tsv column: a subject whose cell is n/a, or who has no row, was
+    fitted in every group (pybids, missing values ignored), exit 0 and nothing said."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=4, runs=1, scans=40, shape=(8, 8, 6))
+    table = study.root / "participants.tsv"
+    lines = table.read_text().splitlines()
+    at = lines[0].split("\t").index("group")
+    kept = []
+    for line in lines:
+        cells = line.split("\t")
+        if cells[0] == "sub-03":
+            if gap == "no row":
+                continue
+            cells[at] = "n/a"
+        kept.append("\t".join(cells))
+    table.write_text("\n".join(kept) + "\n")
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][2]["GroupBy"] = ["contrast", "group"]
+    result = run(
+        study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols", progress=False
+    )
+    assert not result.ok and not list((tmp_path / "out").glob("node-dataset/*model.json"))
+    (failure,) = [f for f in result.failures if f.node == "dataset"]
+    assert "participants.tsv's column 'group', by which the node groups (GroupBy), has no value" in str(failure)
+    assert "sub-03" in str(failure)
+
+
 def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_path):
     """Contrasts named "reward+" and "reward-" (one label, "reward", in a file name), and a dataset node grouped by a
     participants.tsv column: above the run level each group wrote the same files as the others, the last one kept

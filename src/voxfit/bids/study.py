@@ -1078,21 +1078,29 @@ def _table_lines(path: Path) -> list[list[str]]:
 def _table_gap(rows: list[list[str]], spec: dict, subjects) -> tuple[str, list[str]] | None:
     """A column of participants.tsv (`rows`, the header first) that the node `spec` takes (its Model.X or a
     Transformation's Input) with no value (empty or n/a) for some of `subjects`: ``(column, ["sub-03", ...])``."""
-    if not rows or "participant_id" not in rows[0]:
-        return None
-    header, at = rows[0], rows[0].index("participant_id")
     taken = list((spec.get("Model") or {}).get("X", ()))
     for instruction in (spec.get("Transformations") or {}).get("Instructions") or ():
         inputs = instruction.get("Input")
         taken += inputs if isinstance(inputs, list) else [inputs]
+    return _missing_cells(rows, taken, subjects)
+
+
+def _missing_cells(rows: list[list[str]], columns, subjects, rowless: bool = False) -> tuple[str, list[str]] | None:
+    """The first of `columns` of participants.tsv (`rows`, the header first) with no value (empty or n/a) for some
+    of `subjects` (with `rowless`, a subject without a row counts too): ``(column, ["sub-03", ...])``, or None."""
+    if not rows or "participant_id" not in rows[0]:
+        return None
+    header, at = rows[0], rows[0].index("participant_id")
     wanted = {str(s) for s in subjects}
-    for column in dict.fromkeys(x for x in taken if isinstance(x, str) and x in header and x != "participant_id"):
+    listed_ids = {r[at].removeprefix("sub-") for r in rows[1:] if len(r) > at}
+    for column in dict.fromkeys(x for x in columns if isinstance(x, str) and x in header and x != "participant_id"):
         j = header.index(column)
         where = [
             r[at]
             for r in rows[1:]
             if len(r) > max(at, j) and r[at].removeprefix("sub-") in wanted and r[j].lower() in MISSING_CELLS
         ]
+        where += sorted(s for s in wanted if s not in listed_ids) if rowless else []
         if where:
             return column, [w if w.startswith("sub-") else f"sub-{w}" for w in where]
     return None
@@ -2659,6 +2667,14 @@ class _Study:
                     f"participants.tsv's column {column!r}, which the node takes, has no value (n/a) for "
                     f"{listed(where)}; fill it, or leave those subjects out (--participant-label)."
                 )
+            self.failures.append(Failure(node.name, "all", reason))
+            return
+        if node.level == "dataset" and (gap := _missing_cells(self.participant_rows, group_by, subjects, True)):
+            column, where = gap  # (pybids, missing values ignored, put them in every group: fitted in each, exit 0)
+            reason = (
+                f"participants.tsv's column {column!r}, by which the node groups (GroupBy), has no value (n/a, or no "
+                f"row) for {listed(where)}; fill it, or leave those subjects out (--participant-label)."
+            )
             self.failures.append(Failure(node.name, "all", reason))
             return
         # one file label per contrast name across the node's groups ("reward+" and "reward-": reward, reward2),

@@ -486,6 +486,24 @@ def test_a_subject_without_the_grouping_value_is_refused_not_put_in_every_group(
     assert "sub-03" in str(failure)
 
 
+def test_a_node_of_which_pybids_builds_no_group_is_a_failure(tmp_path):
+    """A subject node grouped by a variable its inputs do not carry (a sessions.tsv column): pybids built no group,
+    and the study ended "fitted" with the runs alone, exit 0, nothing said."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=30, shape=(6, 6, 5), sessions=("s1", "s2"))
+    for s in ("01", "02"):
+        (study.root / f"sub-{s}" / f"sub-{s}_sessions.tsv").write_text("session_id\tdrug\nses-s1\ta\nses-s2\tb\n")
+    model = default_model("stroop", ["congruent", "incongruent"], sessions=True)
+    subject = next(n for n in model["Nodes"] if n["Level"] == "Subject")
+    subject["GroupBy"] = ["subject", "contrast", "drug"]
+    result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], level="subject",
+                 progress=False)  # fmt: skip
+    (failure,) = [f for f in result.failures if f.node == subject["Name"]]
+    assert not result.ok and "pybids built no group of its" in str(failure), result.failures
+
+
 def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_path):
     """Contrasts named "reward+" and "reward-" (one label, "reward", in a file name), and a dataset node grouped by a
     participants.tsv column: above the run level each group wrote the same files as the others, the last one kept

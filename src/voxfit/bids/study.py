@@ -2669,6 +2669,15 @@ class _Study:
                 )
             self.failures.append(Failure(node.name, "all", reason))
             return
+        if not groups:  # (pybids built none: a subject node grouped by a sessions.tsv column fitted nothing, exit 0)
+            reason = (
+                f"pybids built no group of its {len(inputs)} inputs from node {source} by its GroupBy "
+                f"({', '.join(group_by)}); group by entities of the inputs"
+                + (" or participants.tsv columns" if node.level == "dataset" else "")
+                + ", or leave the others out of GroupBy."
+            )
+            self.failures.append(Failure(node.name, "all", reason))
+            return
         if node.level == "dataset" and (gap := _missing_cells(self.participant_rows, group_by, subjects, True)):
             column, where = gap  # (pybids, missing values ignored, put them in every group: fitted in each, exit 0)
             reason = (

@@ -619,6 +619,7 @@ def _bids_parser(sub) -> None:
     bids.add_argument("--group-model", choices=["mixed", "ols", "fixed"], default="mixed", help="dataset model")
     bids.add_argument("--permutations", type=int, default=0, metavar="N", help="permutations at dataset nodes (ols)")
     bids.add_argument("--tfce", action="store_true", help="TFCE (with --permutations)")
+    bids.add_argument("--seed", type=int, metavar="S", help="random seed for reproducible shuffles")
     bids.add_argument("--cluster-threshold", type=float, metavar="T", help="cluster-forming threshold")
     bids.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address: runs are fitted on the cluster")
     _rft_options(bids)  # at dataset nodes (analysis level dataset), as voxfit group
@@ -1073,6 +1074,7 @@ def _fit_study(run_study, args, argv, progress):
         permutations=args.permutations,
         tfce=args.tfce,
         cluster_threshold=args.cluster_threshold,
+        seed=args.seed,
         rft=_rft_of(args),
         report=args.report,
         force=args.force,

@@ -740,6 +740,8 @@ def _run_iv(
     check_scalar(permutations, "`permutations`", min_val=0, description="0 or a positive number")
     if tfce and not permutations:
         raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
+    if seed is not None and not permutations:  # (as voxfit group: a seed without shuffles is passed over)
+        raise InputError("--seed chooses the permutations' shuffles; add --permutations N, or drop it.")
     if permutations and group_model != "ols":
         raise InputError(
             f"permutation inference is for OLS group models (--group-model ols, at Dataset nodes of Model.Type glm); "

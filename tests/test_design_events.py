@@ -259,6 +259,26 @@ def test_variance_inflation_warns():
     assert summary["vif"]["A"] > 10 and summary["rank"] == summary["n_columns"]
 
 
+def test_variance_inflation_is_at_least_one_without_an_intercept(rng):
+    """Cell means without an intercept (group.control, group.patient) had VIFs of 0.5: R^2 was taken about the
+    column's mean where the other columns span no constant. With an intercept, the centred R^2 of a regression of
+    the column on the others (statsmodels' own OLS as the reference)."""
+    import statsmodels.api as sm
+
+    from voxfit.design.events import variance_inflation
+
+    g = np.array([1, 1, 0, 0, 1, 0, 1, 0], float)
+    assert variance_inflation(np.column_stack([g, 1 - g]), ["control", "patient"], [0, 1]) == {
+        "control": 1.0,
+        "patient": 1.0,
+    }
+    age = rng.standard_normal(8) + g
+    X = np.column_stack([g, age, np.ones(8)])
+    vif = variance_inflation(X, ["g", "age", "constant"], [0, 1])
+    r2 = sm.OLS(age, np.column_stack([g, np.ones(8)])).fit().rsquared
+    assert vif["age"] == pytest.approx(1 / (1 - r2), rel=1e-10) and min(vif.values()) >= 1
+
+
 def test_design_command(tmp_path, capsys):
     ev = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n10\t0\tfaces\n40\t0\thouses\n70\t0\tfaces\n")
     out = tmp_path / "design.tsv"

@@ -112,16 +112,20 @@ class Design:
 
 
 def variance_inflation(X: NDArray, names, columns) -> dict[str, float]:
-    """VIF of each column j in `columns`: 1 / (1 - R^2) of column j regressed on all the others, R^2 about
-    the column's mean (inf when the others explain it entirely)."""
+    """VIF of each column j in `columns`: 1 / (1 - R^2) of column j regressed on all the others (inf when they
+    explain it entirely), R^2 about the column's mean where the others span a constant, else about zero: cell
+    means without an intercept (group.control, group.patient) had VIFs of 0.5, where a VIF is at least 1."""
     out = {}
+    ones = np.ones(X.shape[0])
     for j in columns:
         others = np.delete(X, j, axis=1)
         coef, *_ = np.linalg.lstsq(others, X[:, j], rcond=None)
         resid = X[:, j] - others @ coef
-        centred = X[:, j] - X[:, j].mean()
+        spans, *_ = np.linalg.lstsq(others, ones, rcond=None) if others.shape[1] else (np.zeros(0),)
+        constant = others.shape[1] > 0 and np.allclose(others @ spans, ones, atol=1e-8)
+        about = X[:, j] - X[:, j].mean() if constant else X[:, j]
         denom = float(resid @ resid)
-        out[names[j]] = float(centred @ centred) / denom if denom > 0 else math.inf
+        out[names[j]] = float(about @ about) / denom if denom > 0 else math.inf
     return out
 
 

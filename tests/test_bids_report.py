@@ -136,6 +136,21 @@ def test_rerun_rebuilds_only_pages_whose_inputs_changed(study):
     assert not list(out.rglob("*.tmp*")) and not list(out.glob(".voxfit-*"))
 
 
+def test_a_rerun_without_report_removes_the_earlier_pages(study, tmp_path):
+    """A rerun into the same folder without --report kept the earlier study's pages, which went on describing
+    fits the rerun replaced ("permutations 200, TFCE yes" beside records without them). Files that are not
+    voxfit's pages stay."""
+    import shutil
+
+    ds, out, _, argv, _ = study
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / "notes.html").write_text("<p>the user's own</p>")
+    rerun = [str(copy) if a == str(out) else a for a in argv if a != "--report"]
+    assert main(rerun) == 2  # (the same planted failures)
+    assert sorted(p.name for p in copy.glob("*.html")) == ["notes.html"]
+
+
 def test_sessions_and_cifti_without_a_dataset_node(tmp_path):
     from voxfit.bids import run
     from voxfit.bids.report import write_study_reports

@@ -269,6 +269,15 @@ def _recorded_checksum(path: Path) -> str | None:
     return found.group(1) if found else None
 
 
+def remove_study_reports(out_dir: Path) -> None:
+    """The pages an earlier study wrote in `out_dir` (index.html, dataset.html, sub-<label>.html, each with its
+    voxfit-inputs checksum), removed by a rerun without --report: they described the earlier fits (permutations,
+    TFCE) beside records that no longer hold them."""
+    for path in [out_dir / "index.html", out_dir / "dataset.html", *sorted(out_dir.glob("sub-*.html"))]:
+        if _recorded_checksum(path) is not None:
+            path.unlink(missing_ok=True)
+
+
 def _write(path: Path, text: str) -> None:
     try:
         write_file_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -483,6 +483,10 @@ def run(
                 _write_reports(out_dir, study.failures, execution.progress)
             except KeyboardInterrupt:
                 raise ReportsInterrupted(result) from None
+        elif (out_dir / "index.html").is_file():  # (an earlier study's pages described fits this one replaced)
+            from .report import remove_study_reports
+
+            remove_study_reports(out_dir)
     except BaseException:
         release_index(layout)
         _drop_if_unused(out_dir, before)

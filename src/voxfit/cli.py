@@ -1310,14 +1310,10 @@ def _check_header_tr(reader, tr, name) -> None:
 
 
 def _check_mesh(args, reader) -> None:
-    """--mesh: a surface of the run's vertices (voxfit.models.glm.check_mesh), read by FILM's spatial step and
-    drawn by --report; with neither it was passed over."""
-    if args.mesh is None:
-        return
-    from .models.glm import check_mesh
-
-    check_mesh(args.mesh, reader.geometry)
-    if args.noise != "film" and not args.report:
+    """--mesh of surface data is read by FILM's spatial step and drawn by --report; with neither it was passed over.
+    (Whether it is a surface of the data's vertices, or given for other data, the fit checks, reading it once:
+    voxfit.models.glm.check_mesh.)"""
+    if args.mesh is not None and reader.geometry.kind == "surface" and args.noise != "film" and not args.report:
         raise InputError(
             f"--mesh is read by --noise film (its spatial step) and --report (the surface views), and this fit has "
             f"neither (--noise {args.noise}); add one of them, or drop --mesh."

@@ -290,7 +290,7 @@ def fit_images(
         needs = first_level_needs(noise, scaling, route.reader)
         if not ((needs.by_series or needs.by_columns) if route.kind == COLUMNS else needs.one_pass):
             raise InputError(needs.too_large)
-    if route.reader is not None:  # (a mesh of volume data, or naming no file, was passed over but with FILM)
+    if route.reader is not None:  # (a mesh of volume data, or of other vertices, was passed over but by FILM)
         check_mesh(mesh, route.reader.geometry)
     if diagnostics and route.kind in (STREAM, COLUMNS):
         raise InputError(
@@ -546,7 +546,7 @@ def _fit_streamed(
         execution=execution,
         smoothness=smoothness,
         film=film,
-        mesh=film_mesh(mesh, reader.geometry) if film else None,
+        mesh=check_mesh(mesh, reader.geometry) if film else None,
     )
     dataset = Dataset(
         np.broadcast_to(np.zeros((), dtype=reader.dtype), (reader.n_scans, streamed.masker.n_voxels)),
@@ -881,25 +881,15 @@ def _ar_info(order: int) -> dict:
     }
 
 
-def check_mesh(mesh, geometry) -> None:
-    """A GIFTI surface's path given as `mesh` for data that are not a surface, or that is not a surface of the data's
-    vertices, refused before the fit (FILM's spatial step and the report's surface views take it)."""
+def check_mesh(mesh, geometry):
+    """The mesh `mesh` as FILM's spatial step takes it: None, a GIFTI surface's path read and checked against the
+    data's vertices (refused for data that are not a surface: checked before the fit, for the report's surface
+    views too), or (vertices, triangles) as they are."""
     if mesh is None or isinstance(mesh, tuple):
-        return
+        return mesh
     if geometry is None or geometry.kind != "surface":
         kind = "data without geometry" if geometry is None else f"a {geometry.kind}"
         raise InputError(f"--mesh {mesh} is the surface of surface data, but the data are {kind}; leave it out.")
-    from ..io.readers import read_mesh
-
-    read_mesh(mesh, geometry.n_elements)  # (a wrong one was found by the report, once the fit was done, or never)
-
-
-def film_mesh(mesh, geometry):
-    """A surface's mesh for FILM's spatial step: None, a GIFTI surface's path (read and checked against the data's
-    vertices), or (vertices, triangles) as they are; a path given for data that are not a surface is refused."""
-    if mesh is None or isinstance(mesh, tuple):
-        return mesh
-    check_mesh(mesh, geometry)
     from ..io.readers import read_mesh
 
     return read_mesh(mesh, geometry.n_elements)
@@ -910,7 +900,7 @@ def _fit_per_voxel_model(X, data, names, items, noise, execution, masker, mesh=N
     from ..engine.noise_models import film_space, fit_arma11, fit_auto_ar, fit_film
 
     if noise == "film":
-        mesh = film_mesh(mesh, getattr(masker, "geometry", None))
+        mesh = check_mesh(mesh, getattr(masker, "geometry", None))
         space = film_space(masker, mean_over_scans(data), mesh, execution)
         return fit_film(X, data, dict(items), names=names, space=space, execution=execution)
     if noise == "arma11":

@@ -388,8 +388,8 @@ def _are_paths(value) -> bool:
 
 
 def _checked_dof(dof) -> list[float] | None:
-    """`dof` as a list of positive numbers (one, or one per row), or an InputError (in words: the parameter is
-    `dof` or `first_level_dof` as the caller names it)."""
+    """`dof` as a list of positive numbers (one, or one per row), or an InputError that says "the first-level dof"
+    (the callers' parameter is `dof` or `first_level_dof`)."""
     if dof is None:
         return None
     values = [dof] if isinstance(dof, numbers.Number) else list(dof) if _is_sequence(dof) else None

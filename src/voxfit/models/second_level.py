@@ -658,10 +658,11 @@ class SecondLevel:
                 self._check_streamed_cap(execution, masker, pairs.n, len(items))
             rows = np.concatenate([order, order + len(order)]) if self.paired else order
             groups = variance_groups(self.grp, d, reader.n_scans, rows, self.variance_groups, self.paired)
-            if self.outliers and groups is not None and len(set(np.asarray(groups).tolist())) > 1:
+            n_groups = 1 if groups is None else len(set(np.asarray(groups).tolist()))
+            if self.outliers and n_groups > 1:  # (the engine's own refusal said `groups` has 2)
                 raise InputError(
                     f"--outliers fits one variance group, and {'--grp' if self.grp else '--variance-groups'} gives "
-                    f"{len(set(np.asarray(groups).tolist()))}; drop one of them."
+                    f"{n_groups}; drop one of them."
                 )
             X, names, fit_items = d.X, list(d.names), items
             if self.paired:  # FLAME's paired design on the 2n maps: the design over A - B, one column per subject

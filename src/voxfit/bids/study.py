@@ -3014,7 +3014,7 @@ class _Study:
             permutations=s.permutations if dataset else 0,
             tfce=s.tfce and dataset,
             cluster_threshold=s.cluster_threshold if dataset else None,
-            seed=s.seed if dataset and s.permutations else None,  # (a seed without shuffles is refused)
+            seed=s.seed if dataset else None,  # (the dataset's shuffles: --seed comes with --permutations)
             rft=None if s.rft is None or not dataset else RFTOptions(**s.rft),
             execution=self.execution,
         )

@@ -124,6 +124,32 @@ def test_float32_maps_give_the_float64_p_values(rng):
     npt.assert_array_equal(b.p_fwe, a.p_fwe)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "power"), [(np.float64, -300), (np.float64, 300), (np.float32, -40), (np.float32, 40)]
+)
+@pytest.mark.parametrize("model", ["mixed", "fixed"])
+def test_maps_in_any_units_give_the_same_statistics_and_p_values(rng, model, dtype, power):
+    """Effects times 2^k and variances times 2^2k (other units) leave the weighted statistic, its shuffles, TFCE
+    and every p value the same to the bit: the whitening takes the units out, where the OLS path needed scaling
+    (its float32 residuals of maps of 1e-21 had underflowed)."""
+    from voxfit.inference.graph import volume_adjacency
+
+    shape = (6, 6, 5)
+    adjacency = volume_adjacency(np.ones(shape, dtype=bool), shape)
+    E = rng.standard_normal((10, 180)) + 0.5
+    E[:, :30] += 2.0
+    S = rng.uniform(0.5, 2.0, E.shape)
+    options = {"model": model, "n_permutations": 128, "seed": 0, "tfce": True, "adjacency": adjacency, "n_jobs": 1}
+    a = mixed_permutation_test(np.ones((10, 1)), E.astype(dtype), S.astype(dtype), [1.0], **options)
+    scale = 2.0**power
+    b = mixed_permutation_test(
+        np.ones((10, 1)), (E * scale).astype(dtype), (S * scale**2).astype(dtype), [1.0], **options
+    )
+    assert np.isfinite(a.stat).all() and a.tfce.max() > 0
+    for name in ("stat", "p_uncorrected", "p_fwe", "null_max", "tfce", "p_tfce_fwe", "null_tfce"):
+        npt.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+
+
 def test_an_f_contrast_spanning_the_whole_design_is_the_same_whatever_its_rows(rng):
     """Rows spanning the whole design, written two ways, are one F (rounding noise was taken for a nuisance
     column: [[1, -1], [1, 1]] gave another F than [[1, 0], [0, 1]])."""

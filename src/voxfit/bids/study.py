@@ -1213,6 +1213,17 @@ def _correlated_inputs(rows: list[dict], X: np.ndarray, weights: dict) -> list[s
     return notes
 
 
+def _dof_per_map(rows: list[dict], dofs: list[float]) -> list[float]:
+    """Each map's first-level dof as the fixed-effects sum takes them: the maps of different contrasts of one input
+    below (a GroupBy without contrast) are estimates from that input's one noise, so they share its dof (the mean
+    of theirs), counted once: a subject's A - B from two runs' A and B had the dof of four runs (104 for 51)."""
+    inputs = [_key({**r, "contrast": None}) for r in rows]
+    maps: dict[tuple, list[float]] = {}
+    for where, dof in zip(inputs, dofs):
+        maps.setdefault(where, []).append(dof)
+    return [float(np.mean(maps[where])) / len(maps[where]) for where in inputs]
+
+
 def _check_one_map_per_subject(node: _Node, rows: list[dict], group_model: str) -> None:
     """A dataset-level group holding several maps of one subject (a Session node's maps grouped by contrast alone,
     or runs passed on to the dataset), refused before its fit saying what to do, where the group model takes one map
@@ -2908,7 +2919,7 @@ class _Study:
         replaced = _subjects_dropped(record_path, extra)  # (said when refitted only: not in its checksum or record)
         effects = [ref.effect for ref in refs]
         variances = [ref.variance for ref in refs]
-        dofs = [ref.dof for ref in refs]
+        dofs = _dof_per_map(rows, [ref.dof for ref in refs])
         # the node's Model.Type: "meta", fixed effects over its inputs; "glm", the group model asked for at the
         # dataset level, and an ordinary GLM of the inputs' effects (OLS) below it (as the specification and
         # FitLins read them: a Subject node of Type glm was fitted by fixed effects, a Dataset meta by mixed)

@@ -972,11 +972,11 @@ def test_many_clusters_listed_in_part_all_in_the_tsv():
     assert float(rows[0]["z"]) == pytest.approx(4.0 + 29 / 10)  # equal sizes: the strongest first
 
 
-@pytest.mark.parametrize("tamper", ["grid", "mask-4d", "mask-empty", "record"])
+@pytest.mark.parametrize("tamper", ["grid", "z-4d", "mask-4d", "mask-empty", "record"])
 def test_a_folder_whose_maps_are_not_one_fits_is_refused(volume_run, tmp_path, capsys, tamper):
-    """A map on another grid (it was drawn and tabled at the mask's elements: t 0.49 beside z 8.3), a mask of
-    several maps or of none, a model.json that names no contrast beside contrast maps: refused, naming the file,
-    and no report written."""
+    """A map on another grid (it was drawn and tabled at the mask's elements: t 0.49 beside z 8.3), a z map of
+    several volumes (drawn from its first), a mask of several maps or of none, a model.json that names no contrast
+    beside contrast maps: refused, naming the file, and no report written."""
     import shutil
 
     folder = tmp_path / "res"
@@ -986,6 +986,11 @@ def test_a_folder_whose_maps_are_not_one_fits_is_refused(volume_run, tmp_path, c
     if tamper == "grid":
         other = np.random.default_rng(1).standard_normal((19, 24, 18)).astype(np.float32)
         nib.save(nib.Nifti1Image(other, mask.affine), folder / "contrast-a_stat-t_statmap.nii.gz")
+    elif tamper == "z-4d":
+        z = np.asarray(nib.load(folder / "contrast-a_stat-z_statmap.nii.gz").dataobj)
+        nib.save(
+            nib.Nifti1Image(np.stack([z, -z, z], axis=-1), mask.affine), folder / "contrast-a_stat-z_statmap.nii.gz"
+        )
     elif tamper.startswith("mask"):
         values = np.asarray(mask.dataobj)
         values = np.stack([values, values], axis=-1) if tamper == "mask-4d" else np.zeros_like(values)
@@ -995,6 +1000,7 @@ def test_a_folder_whose_maps_are_not_one_fits_is_refused(volume_run, tmp_path, c
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err
     named = {"grid": "contrast-a_stat-t_statmap", "mask-4d": "holds 2 maps", "mask-empty": "holds no element"}
+    named["z-4d"] = "contrast-a_stat-z_statmap.nii.gz holds 3 maps where voxfit writes one"
     assert named.get(tamper, "names no contrast") in err and err.count("\n") == 1, err
     assert not (folder / "report.html").exists()
     shutil.rmtree(folder)  # (the suite checks every model.json left against the schema)

@@ -39,7 +39,7 @@ from .._progress import Progress
 from .._version import __version__
 from ..exceptions import InputError
 from ..io import clusters_table_name, write_file_atomically
-from ..report import Contrast, DesignView, Results, html_page, html_table, read_map, report_sections
+from ..report import Contrast, DesignView, Results, html_page, html_table, read_one_map, report_sections
 from .layout import ENTITIES
 from .outputs import group_prefix, group_records, grouped_by_others, map_name
 
@@ -315,7 +315,7 @@ class _GroupResults(Results):
 
         def file(s):
             path = self.folder / map_name(self.prefix, c, s, ext)
-            return read_map(path)[1][0] if path.is_file() else None
+            return read_one_map(path)[1] if path.is_file() else None
 
         if desc is None:
             return file(stat)
@@ -356,7 +356,7 @@ def _results(g: _Group) -> _GroupResults:
     effect = sorted(folder.glob(glob.escape(map_name(prefix, contrasts[0].label, "effect", "")) + ".*"))
     if not effect:
         raise InputError(f"{g.path}: the effect map of contrast {contrasts[0].label!r} is missing beside it.")
-    geometry, values = read_map(effect[0])
+    geometry, values = read_one_map(effect[0])
     extension = effect[0].name.split("_statmap", 1)[1]
     designs = []
     design_file = folder / f"{g.stem}design.tsv"
@@ -367,7 +367,7 @@ def _results(g: _Group) -> _GroupResults:
         title = "Design" if g.level == "run" else "Group design"
         designs.append(DesignView(title, X, list(names), kinds, info.get("tr")))
     level = REPORT_LEVELS[g.level]
-    mask = np.isfinite(values[0])
+    mask = np.isfinite(values)
     return _GroupResults(folder, record, level, designs, contrasts, geometry, mask, extension, prefix)
 
 

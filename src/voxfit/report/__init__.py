@@ -2,7 +2,7 @@
 matplotlib; ``pip install 'voxfit[report]'``)."""
 
 from ._page import Sections, build_report, html_page, html_table, report_sections, write_report
-from ._results import Contrast, DesignView, Results, read_map
+from ._results import Contrast, DesignView, Results, read_map, read_one_map
 
 __all__ = [
     "Contrast",
@@ -13,6 +13,7 @@ __all__ = [
     "html_page",
     "html_table",
     "read_map",
+    "read_one_map",
     "report_sections",
     "write_report",
 ]

@@ -22,7 +22,7 @@ from ..io.geometry import Geometry
 from ..io.readers import open_map
 from ..models.record import ModelRecord
 
-__all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_map", "read_results"]
+__all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_map", "read_one_map", "read_results"]
 
 
 @dataclass
@@ -93,14 +93,14 @@ class Results:
         path = self.folder / name
         if not path.exists():
             return None
-        geometry, values = read_map(path)
+        geometry, values = read_one_map(path)
         try:  # (a map of another grid would be drawn and tabled at the mask's elements: wrong values, no error)
             self.geometry.check_same(geometry, str(path))
         except InputError:
             raise InputError(
                 f"{path} is not on the grid of the folder's mask: the maps are not those of one fit; rerun the fit."
             ) from None
-        return values[0]
+        return values
 
     def threshold(self, contrast: Contrast, p_threshold: float | None = None) -> Threshold:
         return (_group_threshold if self.level == "group" else _first_level_threshold)(self, contrast, p_threshold)
@@ -116,6 +116,15 @@ def read_map(path: Path) -> tuple[Geometry, NDArray]:
     except InputError as exc:
         raise InputError(f"cannot read {path} for the report: {exc}") from None
     return reader.geometry, rows
+
+
+def read_one_map(path: Path) -> tuple[Geometry, NDArray]:
+    """Geometry and values (elements,) of a file holding one map, as voxfit writes each statistic: a file of several
+    (a 4-D z map put in the folder) was drawn and tabled from its first, with nothing said."""
+    geometry, values = read_map(path)
+    if values.shape[0] != 1:
+        raise InputError(f"{path} holds {values.shape[0]} maps where voxfit writes one; rerun the fit.")
+    return geometry, values[0]
 
 
 def _design_view(title: str, path: Path, info: dict) -> DesignView:

@@ -802,8 +802,8 @@ def _unprocessed(layout, chosen, task, grid, desc, labels, sessions, wanted=None
         if value is not None:
             filters[name] = value
     out = []
-    for f in sorted(_selected(layout.get(**filters), wanted, lambda f: f.get_entities()), key=lambda f: f.path):
-        ent = f.get_entities()
+    raw = [(f, f.get_entities()) for f in layout.get(**filters)]  # (a raw file's entities ask the index: once)
+    for f, ent in sorted(_selected(raw, wanted, lambda pair: pair[1]), key=lambda pair: pair[0].path):
         if tuple(str(ent.get(k)) for k in keys) in done:
             continue
         entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)

@@ -36,6 +36,7 @@ from .._threads import blas_single_threaded, numba_threads, resolve_workers, run
 from ..core import check_contrast, factorize
 from ..core.design import orthonormal_basis
 from ..core.mixed import OK, fit_mixed_block, no_fixed_effects
+from ..core.ols import exact_fits
 from ..exceptions import InputError
 from .shuffles import Shuffles, count_shuffles, make_shuffles
 
@@ -597,7 +598,9 @@ def _weighted_residuals(test: _CheckedMixed, a: int, b: int):
     yw = sw[:, :, 0] * y.T  # (v, n)
     e = yw - np.einsum("vik,vk->vi", Qz, np.einsum("vik,vi->vk", Qz, yw))  # Freedman-Lane: reduced residuals
     f = np.concatenate([U, Qz], axis=2).transpose(2, 1, 0) * e.T[None]
-    return f, np.einsum("vi,vi->v", e, e), ok
+    ee = np.einsum("vi,vi->v", e, e)
+    ok &= ~exact_fits(ee, np.einsum("vi,vi->v", yw, yw), y.shape[0])  # (effects the nuisance fits: rounding left)
+    return f, ee, ok
 
 
 MAP_TOL = 1e-5  # the tie tolerance of TFCE and cluster values: they come from float32 maps
@@ -992,7 +995,11 @@ def _residuals(Y, Qz: NDArray, basis: NDArray, tiles, dtype):
         ee[a:b] = np.einsum("tv,tv->v", e, e)
         G = basis.T @ e
         rss[a:b] = ee[a:b] - np.einsum("kv,kv->v", G, G)
-        ok &= (ee[a:b] > 0) & (rss[a:b] > 1e-10 * ee[a:b])  # no residual variance (e.g. all zero): no statistic, no p
+        # no residual variance (all zero; constant, the nuisance's residuals then rounding, which gave t ~ 1 in every
+        # shuffle and moved other voxels' FWE p from 0.56 to 0.79, and did in the mixed path's fixed effects):
+        # no statistic, no p, no part in the maxima
+        ysq = np.einsum("tv,tv->v", y, y)
+        ok &= (ee[a:b] > 0) & (rss[a:b] > 1e-10 * ee[a:b]) & ~exact_fits(ee[a:b], ysq, y.shape[0])
         # each voxel at unit scale (voxfit._array.unit_scale: every statistic the same to the bit): unscaled, the
         # float32 residuals of maps of size 1e-20 underflowed, and the squares of 1e19's overflowed (TFCE 0, p
         # values wrong by up to 0.98, nothing said)

@@ -143,7 +143,7 @@ def test_bad_inputs_are_refused(rng):
         permutation_test(np.ones((6, 1)), Y, [1.0], scheme="bootstrap")
     with pytest.raises(InputError, match="need the neighbours"):
         permutation_test(np.ones((6, 1)), Y, [1.0], tfce=True)
-    with pytest.raises(InputError, match="rows but the design has"):
+    with pytest.raises(InputError, match="has 6 rows \\(maps\\) but the design `X` has 5"):
         permutation_test(np.ones((5, 1)), Y, [1.0])
 
 

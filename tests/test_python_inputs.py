@@ -11,7 +11,7 @@ import pytest
 
 import voxfit
 from voxfit.design import make_design, read_confounds
-from voxfit.exceptions import DesignWarning, InputError
+from voxfit.exceptions import DataTypeError, DesignWarning, InputError
 from voxfit.models import fit_runs
 
 from .imaging import AFFINE, SHAPE, volume_data, write_nifti
@@ -300,6 +300,77 @@ def test_array_entry_points_name_the_type_they_refuse(call, message):
     X = np.column_stack([np.arange(6.0), np.ones(6)])
     with pytest.raises(InputError, match=message):
         call(X, np.arange(18.0).reshape(6, 3) ** 1.5)
+
+
+_MASKED = np.ma.masked_array(np.arange(18.0).reshape(6, 3), mask=np.eye(6, 3, dtype=bool))
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        # numpy masked arrays: their data were used without their masks (a hidden 1e6 fitted)
+        (lambda X, Y: voxfit.fit(X, _MASKED), "`Y` is a numpy masked array"),
+        (lambda X, Y: voxfit.fit(np.ma.masked_array(X), Y), "`X` is a numpy masked array"),
+        (lambda X, Y: voxfit.fit(X, Y).contrast(np.ma.masked_array([1.0, 0.0])), "plain array; got a MaskedArray"),
+        (lambda X, Y: voxfit.mixed_effects(X, _MASKED, Y), "`effects` is a numpy masked array"),
+        (lambda X, Y: voxfit.inference.permutation_test(X, _MASKED, [1, 0]), "`Y` is a numpy masked array"),
+        (lambda X, Y: voxfit.inference.fdr(np.ma.masked_array([0.1, 0.2])), "`p` is a numpy masked array"),
+        # other types that failed deep inside or were taken in part
+        (lambda X, Y: voxfit.fit(X, Y).contrast(np.array([1.0 + 1j, 0.0])), "real weights .* of complex128"),
+        (lambda X, Y: voxfit.inference.permutation_test(X, Y + 1j, [1, 0]), "must be numeric .* complex128"),
+        (lambda X, Y: voxfit.inference.permutation_test(X, Y.astype(str), [1, 0]), "must be numeric"),
+        (lambda X, Y: voxfit.fit(X, [[1.0, 2.0]] * 5 + [[1.0]]), "its rows have different lengths"),
+        (lambda X, Y: voxfit.fit(X, Y, names=3), "`names` must be a sequence of 2 column names; got 3"),
+        (lambda X, Y: voxfit.fit(X, Y, names="ab"), "`names` must be a sequence"),
+        (lambda X, Y: voxfit.fit_ar(X, Y, 1, ["c=x0"]), "`contrasts` must be a dict"),
+        (lambda X, Y: voxfit.inference.permutation_test(X, Y, [1, 0], seed=-1), "`seed` must be a non-negative"),
+        (lambda X, Y: voxfit.inference.permutation_test(X, Y, [1, 0], seed=1.5), "`seed` must be a non-negative"),
+        (
+            lambda X, Y: voxfit.inference.permutation_test(X, Y, [1, 0], blocks=[1, None] * 3),
+            "`blocks` must label every row",
+        ),
+        (lambda X, Y: voxfit.inference.fdr([-0.5, 0.01, 2.0]), "holds 2 value\\(s\\) outside \\[0, 1\\]"),
+        (lambda X, Y: voxfit.inference.bonferroni([np.inf]), "outside \\[0, 1\\]"),
+        (lambda X, Y: voxfit.inference.fdr_threshold([0.01], q=2), "`q` must be an FDR level"),
+        (lambda X, Y: voxfit.inference.fdr_threshold([0.01], q="0.05"), "`q` must be an FDR level"),
+    ],
+)
+def test_arrays_voxfit_would_misread_are_refused_in_words(call, message):
+    X = np.column_stack([np.arange(6.0), np.ones(6)])
+    with pytest.raises((InputError, DataTypeError), match=message):
+        call(X, np.arange(18.0).reshape(6, 3) ** 1.5)
+
+
+def test_pandas_rows_and_contrasts_are_matched_by_their_labels(rng):
+    """pandas objects are read by their labels or refused: a contrast Series weighting the intercept by name was
+    applied by position (the slope's t for the intercept's), and a design and data whose rows are the same subjects
+    in other orders were paired by position (t -31.5 for +31.5), where statsmodels refuses them."""
+    ids = [f"sub-{i:02d}" for i in range(8)]
+    X = pd.DataFrame({"slope": np.arange(8.0), "icpt": np.ones(8)}, index=ids)
+    Y = pd.DataFrame(rng.standard_normal((8, 3)) + 5.0, index=ids)
+    fit = voxfit.fit(X, Y)
+    by_name = fit.contrast(pd.Series({"icpt": 1.0}))
+    npt.assert_array_equal(by_name.stat, fit.contrast("icpt").stat)
+    npt.assert_array_equal(fit.contrast(pd.Series([0.0, 1.0])).stat, by_name.stat)  # (default index: by position)
+    f = fit.contrast(pd.DataFrame([{"icpt": 1.0}, {"slope": 1.0}]).fillna(0.0))
+    npt.assert_allclose(f.stat, fit.contrast("icpt; slope").stat, rtol=1e-12)
+    with pytest.raises(InputError, match="labelled age, and age name no column of the design \\(slope, icpt\\)"):
+        fit.contrast(pd.Series({"age": 1.0}))
+    with pytest.raises(InputError, match="rows of `X` and `Y` are labelled differently"):
+        voxfit.fit(X, Y.iloc[::-1])
+    with pytest.raises(InputError, match="rows of `X` and `effects` are labelled differently"):
+        voxfit.mixed_effects(X, Y.iloc[::-1], Y * 0 + 1.0)
+    npt.assert_allclose(voxfit.fit(X, Y.iloc[::-1].loc[X.index]).betas, fit.betas, rtol=1e-13)
+    one = voxfit.fit(X, Y[0])  # (a Series of one voxel)
+    npt.assert_allclose(one.betas[:, 0], fit.betas[:, 0], rtol=1e-13)
+
+
+def test_a_contrast_string_to_fit_images_is_one_contrast(tmp_path, rng):
+    """`contrasts="up"` was taken a character at a time ("cannot read contrast 'u'"; "ab" fitted a and b)."""
+    bold = write_nifti(tmp_path / "bold.nii.gz", volume_data(rng, 20))
+    X = pd.DataFrame({"up": np.sin(np.arange(20.0)), "constant": np.ones(20)})
+    res = voxfit.fit_images(bold, X, "effect=up")
+    assert list(res.contrasts) == ["effect"]
 
 
 def test_images_and_array_masks_stream_too(tmp_path, rng, no_reserve):

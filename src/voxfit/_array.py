@@ -8,6 +8,8 @@ import numpy as np
 
 __all__ = [
     "check_array_like",
+    "check_data_matrix",
+    "check_same_rows",
     "device_namespace",
     "finite_columns",
     "held_as_series",
@@ -38,6 +40,64 @@ def check_array_like(obj, name: str, expected: str) -> None:
 
     if isinstance(obj, (str, bytes, os.PathLike, dict, set, frozenset, numbers.Number)) or obj is None:
         raise InputError(f"`{name}` must be {expected}; got {type_name(obj)}.")
+    if isinstance(obj, np.ma.MaskedArray):  # (numpy hands its data on without the mask: a hidden 1e6 was fitted)
+        raise InputError(
+            f"`{name}` is a numpy masked array, whose mask voxfit would not see; give a plain array, the masked "
+            "values filled (`np.ma.filled`, NaN for missing voxels) or left out."
+        )
+
+
+def _is_pandas(obj) -> bool:
+    """Whether `obj` is a pandas Series or DataFrame (without importing pandas: see :func:`is_dataframe`)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(obj, (pandas.Series, pandas.DataFrame))
+
+
+def check_data_matrix(a, name: str, n: int, row: str, expected: str):
+    """`a` as an (n, V) numeric array-like, not copied (arrays, memory maps and array-likes pass as they are;
+    lists and pandas objects are converted, pandas' nullable numbers with NaN for their missing values; a 1-D
+    array is one voxel): one `row` (``scan``, ``subject``) per row of the design, at least one voxel; otherwise an
+    InputError or DataTypeError naming `name`."""
+    from .exceptions import DataTypeError, InputError
+
+    check_array_like(a, name, expected)
+    if _is_pandas(a):
+        import pandas as pd
+
+        kinds = [a.dtype] if isinstance(a, pd.Series) else list(a.dtypes)
+        numeric = all(pd.api.types.is_numeric_dtype(k) and not pd.api.types.is_bool_dtype(k) for k in kinds)
+        a = a.to_numpy(dtype=np.float64, na_value=np.nan) if numeric and a.to_numpy().dtype == object else a.to_numpy()
+    elif not hasattr(a, "dtype"):  # lists
+        try:
+            a = np.asarray(a)
+        except ValueError:  # (rows of different lengths)
+            raise InputError(f"`{name}` must be {expected}; its rows have different lengths.") from None
+    if a.dtype.kind not in "biuf":
+        raise DataTypeError(f"`{name}` must be numeric (float or integer); got dtype {a.dtype}.")
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise InputError(f"`{name}` must be 2-D (n_{row}s, n_voxels); got shape {a.shape}.")
+    if a.shape[0] != n:
+        raise InputError(
+            f"`{name}` has {a.shape[0]} rows ({row}s) but the design `X` has {n}; arrange {name} as one row per "
+            f"{row}." + (f" Did you mean {name}.T?" if a.shape[1] == n else "")
+        )
+    if a.shape[1] == 0:
+        raise InputError(f"`{name}` has no voxels (shape {a.shape}).")
+    return a
+
+
+def check_same_rows(X, a, name: str) -> None:
+    """Refuse a pandas design `X` and pandas data `a` whose rows are labelled differently: they were paired by
+    position (subjects in another order: t -31.5 for +31.5), where statsmodels refuses them."""
+    from .exceptions import InputError
+
+    if _is_pandas(X) and _is_pandas(a) and not X.index.equals(a.index):
+        raise InputError(
+            f"the rows of `X` and `{name}` are labelled differently (their pandas indexes); voxfit pairs rows by "
+            f"position: put them in one order first, e.g. `{name}.loc[X.index]`."
+        )
 
 
 def is_dataframe(obj) -> bool:

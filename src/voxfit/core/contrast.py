@@ -121,6 +121,13 @@ def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[ND
     p = design.n_columns
     if isinstance(contrast, str):
         return parse_contrast(contrast, design.names), contrast.strip()
+    if isinstance(contrast, np.ma.MaskedArray) or np.iscomplexobj(
+        contrast
+    ):  # (numpy drops the mask, the imaginary part)
+        raise ContrastError(
+            f"`contrast` must be real weights in a plain array; got a {type(contrast).__name__} of {contrast.dtype}."
+        )
+    contrast = _weights_by_name(contrast, design)
     try:
         w = np.array(contrast, dtype=np.float64)
     except (TypeError, ValueError):
@@ -145,6 +152,38 @@ def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[ND
             "tests at most one row per column (drop the redundant rows)."
         )
     return w, label
+
+
+def _weights_by_name(contrast, design: DesignFactor):
+    """A pandas contrast's weights in the design's column order: a Series (a DataFrame's rows, for an F) labelled
+    by column names is placed by its labels, unnamed columns weighted 0; one with pandas' default index by position.
+    (A Series of the intercept's weight was applied to the first column by position: the slope's t for the
+    intercept's.) Anything else is returned as it is."""
+    import sys
+
+    pandas = sys.modules.get("pandas")
+    if pandas is None or not isinstance(contrast, (pandas.Series, pandas.DataFrame)):
+        return contrast
+    labels = contrast.index if isinstance(contrast, pandas.Series) else contrast.columns
+    try:
+        values = contrast.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ContrastError(f"`contrast` must be numeric weights; got {contrast.to_numpy()!r}.") from None
+    if isinstance(labels, pandas.RangeIndex):
+        return values
+    names = list(design.names)
+    labels = [str(label) for label in labels]
+    unknown = [label for label in labels if label not in names]
+    if unknown or len(set(labels)) < len(labels):
+        raise ContrastError(
+            f"`contrast` weights are labelled {', '.join(labels)}, "
+            + (f"and {', '.join(unknown)} name no column" if unknown else "a column twice")
+            + f" of the design ({', '.join(names)}); label each weight by one column, or give plain weights in "
+            "the design's order."
+        )
+    w = np.zeros(values.shape[:-1] + (len(names),))
+    w[..., [names.index(label) for label in labels]] = values
+    return w
 
 
 def _check_weight_sizes(w: NDArray, label: str) -> None:

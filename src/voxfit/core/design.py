@@ -185,6 +185,8 @@ def as_design_matrix(X, names=None) -> tuple[NDArray[np.float64], tuple[str, ...
         raise InputError(f"`X` must have at least one scan and one column; got shape {X.shape}.")
     X = np.array(X, dtype=np.float64, order="C")  # small: always our own copy
     bad_cols = np.flatnonzero(~np.isfinite(X).all(axis=0))
+    if names is not None and (isinstance(names, str) or not hasattr(names, "__iter__")):
+        raise InputError(f"`names` must be a sequence of {p} column names; got {names!r}.")
     names = tuple(f"x{j}" for j in range(p)) if names is None else tuple(str(s) for s in names)
     if len(names) != p:
         raise InputError(f"`names` has {len(names)} entries but `X` has {p} columns.")

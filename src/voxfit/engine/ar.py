@@ -110,6 +110,10 @@ def fit_ar(
     n, pc = design.X.shape
     if n <= 2 * order + design.rank:
         raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")
+    if not isinstance(contrasts, dict):  # (a list or a string failed deep inside: 'list' object has no 'items')
+        raise InputError(
+            f"`contrasts` must be a dict {{label: expression or weights}}; got {type(contrasts).__name__}."
+        )
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     block = ARBlock(design, int(order), compiled=True if n * Y.shape[1] >= AUTO_COMPILE_ELEMENTS else None)
     fit_block = functools.partial(fit_ar_block, block, with_mean=True)  # (the mean image, free from its sums)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._array import check_array_like
+from .._array import check_data_matrix, check_same_rows
 from .._dask import run_tasks
 from .._memory import check_memory
 from .._execution import Execution
@@ -25,34 +25,11 @@ from ..core.ols import (
     fit_sums_of_data,
     needs_refit,
 )
-from ..exceptions import DataTypeError, DegreesOfFreedomWarning, InputError
+from ..exceptions import DegreesOfFreedomWarning
 from ._reading import ReadSums
 from .memory import DEFAULT_TILE_BYTES, NUMPY_TILE_BYTES, plan_blocks
 
 __all__ = ["GridFit", "ReadFit", "check_fit_inputs", "fit", "fit_read_sums", "map_blocks"]
-
-
-def check_data_matrix(a, name: str, n: int, row: str, expected: str):
-    """`a` as an (n, V) numeric array-like, not copied (arrays, memory maps and array-likes pass as they are;
-    lists and pandas objects are converted; a 1-D array is one voxel): one `row` (``scan``, ``subject``) per row
-    of the design, at least one voxel; otherwise an InputError or DataTypeError naming `name`."""
-    check_array_like(a, name, expected)
-    if not hasattr(a, "dtype"):  # lists, pandas objects
-        a = np.asarray(getattr(a, "values", a))
-    if a.dtype.kind not in "biuf":
-        raise DataTypeError(f"`{name}` must be numeric (float or integer); got dtype {a.dtype}.")
-    if a.ndim == 1:
-        a = a[:, None]
-    if a.ndim != 2:
-        raise InputError(f"`{name}` must be 2-D (n_{row}s, n_voxels); got shape {a.shape}.")
-    if a.shape[0] != n:
-        raise InputError(
-            f"`{name}` has {a.shape[0]} rows ({row}s) but the design `X` has {n}; arrange {name} as one row per "
-            f"{row}." + (f" Did you mean {name}.T?" if a.shape[1] == n else "")
-        )
-    if a.shape[1] == 0:
-        raise InputError(f"`{name}` has no voxels (shape {a.shape}).")
-    return a
 
 
 def check_fit_inputs(Y, n_scans: int, n_jobs):
@@ -138,6 +115,7 @@ def fit(
         execution, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler, device=device
     )
     design = factorize(X, names, max_memory=execution.max_memory)
+    check_same_rows(X, Y, "Y")
     Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
     n, p = design.X.shape
     V = Y.shape[1]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .._array import check_data_matrix, check_same_rows
 from .._execution import Execution
 from .._memory import check_memory
 from .._progress import Progress
@@ -19,7 +20,6 @@ from ..core.contrast import f_stats, t_stats
 from ..core.mixed import MODELS, OK, OUTCOMES, MixedBlock, fit_mixed_block, use_compiled_mixed
 from ..core.mixed_outliers import OutlierBlock, fit_outlier_block
 from ..exceptions import DegreesOfFreedomWarning, DesignWarning, InputError
-from .fit import check_data_matrix
 
 __all__ = ["MixedFit", "mixed_effects"]
 
@@ -243,6 +243,8 @@ def _mixed_problem(
         raise InputError("mixed_effects runs on CPUs (this machine's or a Dask cluster's); drop `device`.")
     design = factorize(X, names, max_memory=execution.max_memory)
     n = design.n_scans
+    check_same_rows(X, effects, "effects")
+    check_same_rows(X, variances, "variances")
     effects = _check_maps(effects, "effects", n)
     if variances is None:
         if model != "ols":

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .._array import check_array_like, unit_scale, working_dtype
+from .._array import check_data_matrix, check_same_rows, unit_scale, working_dtype
 from .._dask import run_tasks
 from .._memory import check_memory, parse_memory
 from .._execution import Execution
@@ -487,11 +487,8 @@ def _mixed_permutation_test_iv(
     n = design.n_scans
     maps = []
     for label, a in (("effects", effects), ("variances", variances)):
-        check_array_like(a, label, "an (n_subjects, n_voxels) array")
-        a = np.asarray(a) if not hasattr(a, "dtype") else a
-        if a.ndim != 2 or a.shape[0] != n:
-            raise InputError(f"`{label}` must be (n_subjects={n}, n_voxels); got shape {np.shape(a)}.")
-        maps.append(a)
+        check_same_rows(X, a, label)
+        maps.append(check_data_matrix(a, label, n, "subject", "an (n_subjects, n_voxels) array"))
     if maps[0].shape != maps[1].shape:
         raise InputError(
             f"`variances` has shape {maps[1].shape} but `effects` has {maps[0].shape}; give one variance per effect."
@@ -716,13 +713,11 @@ def _permutation_test_iv(
 ) -> _CheckedTest:
     """The arguments of :func:`permutation_test` checked (a clear `InputError` for each that cannot be used,
     and for a table of shuffles that memory cannot hold) and converted into a :class:`_CheckedTest`."""
-    check_array_like(Y, "Y", "an (n, V) array of maps (for image files: voxfit.SecondLevel)")
-    Y = np.asarray(Y) if not hasattr(Y, "dtype") else Y
-    if Y.ndim != 2:
-        raise InputError(f"`Y` must be 2-D (n, V); got shape {np.shape(Y)}.")
     design = factorize(X, names, warn=False)
-    if Y.shape[0] != design.n_scans:
-        raise InputError(f"`Y` has {Y.shape[0]} rows but the design has {design.n_scans}; give one row per map.")
+    check_same_rows(X, Y, "Y")
+    Y = check_data_matrix(
+        Y, "Y", design.n_scans, "map", "an (n, V) array of maps (for image files: voxfit.SecondLevel)"
+    )
     w = check_contrast(contrast, design)
     label = name or (contrast if isinstance(contrast, str) else "contrast")
     U, Qz, dof = partition(design.X, w)

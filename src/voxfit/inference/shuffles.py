@@ -50,7 +50,19 @@ def _block_labels(blocks, n: int) -> NDArray[np.intp]:
     b = np.asarray(blocks)
     if b.shape != (n,):
         raise InputError(f"`blocks` must give one exchangeability block per row ({n}); got shape {b.shape}.")
-    return np.unique(b, return_inverse=True)[1].astype(np.intp)
+    try:
+        return np.unique(b, return_inverse=True)[1].astype(np.intp)
+    except TypeError:  # (labels that do not sort: None beside numbers)
+        raise InputError("`blocks` must label every row with a number or a name; some labels are missing.") from None
+
+
+def _generator(seed) -> np.random.Generator:
+    """numpy's generator of `seed` (None, a non-negative integer or a Generator), refused in words otherwise."""
+    if seed is None or isinstance(seed, (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)):
+        return np.random.default_rng(seed)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"`seed` must be a non-negative integer (or a numpy Generator); got {seed!r}.")
+    return np.random.default_rng(seed)
 
 
 def _row_classes(design: NDArray) -> NDArray[np.intp]:
@@ -190,7 +202,7 @@ def make_shuffles(
                 "blocks (--permute-blocks) to permute rows within their blocks."
             )
     available = count_shuffles(kind, design, blocks, whole_blocks)
-    rng = np.random.default_rng(seed)
+    rng = _generator(seed)
     exhaustive = n_shuffles >= available
     if min(n_shuffles, available) <= MIN_SHUFFLES_05:  # (the FWE maps would be 1 or near it everywhere)
         count = min(n_shuffles, available)

@@ -119,11 +119,18 @@ def parse_contrast_option(text: str) -> tuple[str, str]:
 
 
 def contrast_items(contrasts) -> list[tuple[str, object]]:
-    """``[(label, expression or weights)]`` from a dict or ``["NAME=EXPR", ...]``; labels unique."""
+    """``[(label, expression or weights)]`` from a dict, ``["NAME=EXPR", ...]`` or one ``"NAME=EXPR"`` (a string
+    was taken a character at a time: "ab" fitted contrasts a and b); labels unique."""
+    if isinstance(contrasts, str):
+        contrasts = [contrasts]
     if isinstance(contrasts, dict):
         items = [(contrast_label(k, v), v) for k, v in contrasts.items()]
-    else:
+    elif isinstance(contrasts, (list, tuple)):
         items = [parse_contrast_option(c) for c in contrasts]
+    else:
+        raise InputError(
+            f'`contrasts` must be a dict {{name: expression}} or a list of "NAME=EXPR"; got {type(contrasts).__name__}.'
+        )
     dup = repeated(k for k, _ in items)
     if dup:
         raise InputError(f"contrast names must be unique; {', '.join(dup)} repeat.")

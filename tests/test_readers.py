@@ -266,6 +266,26 @@ def test_explicit_mask_and_threshold(tmp_path, rng):
     assert thr.masker.mask.sum() <= ds.masker.mask.size and not thr.masker.mask[0]
 
 
+@pytest.mark.parametrize("stored", [np.int16, np.int8])
+def test_a_mask_with_scale_factors_selects_the_voxels_it_means(tmp_path, rng, stored):
+    """nibabel saves a 0/1 float mask as int16 (int8) with scl_inter 0.5 (0.502): its zeros are stored as -32768
+    (-128). The stored integers were tested for zero, so every voxel was in the mask, with exit 0; the report's
+    maps were read stored, too."""
+    import nibabel as nib
+
+    from voxfit.report import read_map
+
+    paths, _ = _make("nii", tmp_path, rng)
+    mask = np.zeros(SHAPE)
+    mask[2:5, 1:4, 1:3] = 1.0
+    mpath = tmp_path / "mask.nii"
+    nib.save(nib.Nifti1Image(mask, AFFINE, dtype=stored), mpath)
+    assert nib.load(mpath).dataobj.inter != 0 and np.allclose(nib.load(mpath).get_fdata(), mask, atol=1e-6)
+    flat = mask.reshape(-1, order="F") != 0
+    npt.assert_array_equal(voxfit.load(paths[0], mask=mpath).masker.mask, flat)
+    npt.assert_allclose(read_map(mpath)[1][0], mask.reshape(-1, order="F"), atol=1e-6)
+
+
 def test_zero_in_first_scan_but_varying_is_kept(tmp_path, rng):
     data = volume_data(rng)
     data[3, 3, 3, 0] = 0.0  # zero only in the first scan: gathered in a second pass

@@ -120,7 +120,9 @@ def load_mask(path, geometry: Geometry) -> NDArray[np.bool_]:
     if reader.n_scans != 1:
         raise InputError(f"mask {label} has {reader.n_scans} volumes; a mask is a single 3-D image or map.")
     with contextlib.closing(reader.iter_scans()) as scans:  # (closed here: see second_level's _plan)
-        values = next(scans)[1][0]
+        # the values the file means, its scale factors applied: nibabel saves a 0/1 float mask as int16 with
+        # scl_inter 0.5, so that its zeros are stored as -32768 (every voxel was in the mask, exit 0)
+        values = apply_scale(next(scans)[1][:1], reader.scale)[0]
         mask = np.isfinite(values) & (values != 0)
     if not mask.any():
         raise InputError(f"mask {label} selects no voxel (every value is zero or not finite).")

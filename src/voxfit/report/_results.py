@@ -19,7 +19,7 @@ from ..design.read import read_design
 from ..exceptions import InputError
 from ..io import clusters_table_name, sanitize_label, statmap_name
 from ..io.geometry import Geometry
-from ..io.readers import open_map
+from ..io.readers import apply_scale, open_map
 from ..models.record import ModelRecord
 
 __all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_map", "read_one_map", "read_results"]
@@ -112,7 +112,7 @@ def read_map(path: Path) -> tuple[Geometry, NDArray]:
         reader = open_map(path)
         rows = np.empty((reader.n_scans, reader.geometry.n_elements))  # filled a slab at a time: no second copy
         for start, block in reader.iter_scans():
-            rows[start : start + block.shape[0]] = block
+            rows[start : start + block.shape[0]] = apply_scale(block, reader.scale)  # (the values, not those stored)
     except InputError as exc:
         raise InputError(f"cannot read {path} for the report: {exc}") from None
     return reader.geometry, rows

@@ -98,6 +98,42 @@ def test_one_run_of_3d_scans_with_events_equals_its_4d_file(spm_runs, capsys):
     assert names == ["swfM00223_1.img", "swfM00223_1.hdr", "swfM00223_2.img", "swfM00223_2.hdr"]
 
 
+def test_analyze_pairs_named_by_their_headers_in_a_list_or_a_pattern(spm_runs, capsys):
+    """SPM's file selector lists an Analyze pair by either file: a .txt list of .hdr names was "not a list of
+    scans" and a pattern '*.hdr' matched "no image file", where the same names given one by one were fitted. A
+    pattern matching both files of a pair takes the scan once."""
+    root, (run1, _), (ev1, _) = spm_runs
+    code, err = _fit(capsys, [_four_d(root / "run1.nii", run1)], [ev1], root / "4d")
+    assert code == 0, err
+    headers = sorted(run1.glob("sw*.hdr"), key=lambda p: int(p.stem.split("_")[-1]))
+    (run1 / "list.txt").write_text("".join(f"{h.name}\n" for h in headers))
+    for name, run in [("list", run1 / "list.txt"), ("hdr", f"{run1}/sw*.hdr"), ("both", f"{run1}/sw*")]:
+        code, err = _fit(capsys, [run], [ev1], root / name)
+        assert code == 0, (name, err)
+        npt.assert_allclose(_t(root / name), _t(root / "4d"), rtol=1e-6, equal_nan=True)
+
+
+def test_3d_scans_whose_header_gives_a_fourth_dimension_of_0_are_one_scan_each(tmp_path, rng, capsys):
+    """Old writers' 3-D scans: dim[0] 4 and dim[4] 0, which niftilib, FSL and SPM read as 1; they were refused as
+    a broken header."""
+    data = _bold(rng)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(N):
+        path = folder / f"vol_{i + 1:03d}.nii"
+        nib.save(nib.Nifti1Image(data[..., i : i + 1], AFFINE), str(path))
+        raw = bytearray(path.read_bytes())
+        raw[48:50] = (0).to_bytes(2, "little")  # dim[4] = 0
+        path.write_bytes(bytes(raw))
+    assert nib.load(str(folder / "vol_001.nii")).shape == SHAPE + (0,)
+    nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / "run.nii"))
+    ev = _events(tmp_path / "ev.tsv", [0, 16])
+    for name, run in [("out_scans", folder), ("out_4d", tmp_path / "run.nii")]:
+        code, err = _fit(capsys, [run], [ev], tmp_path / name)
+        assert code == 0, err
+    npt.assert_allclose(_t(tmp_path / "out_scans"), _t(tmp_path / "out_4d"), rtol=1e-6, equal_nan=True)
+
+
 def test_scans_given_out_of_their_numbers_order_are_named(spm_runs, capsys):
     root, (run1, _), (ev1, _) = spm_runs
     scans = sorted(run1.glob("sw*.img"))  # text order: _1, _10, _11 ... _2

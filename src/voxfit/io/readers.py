@@ -671,6 +671,8 @@ class NiftiReader:
             )
         _check_orientation(str(self.path), img)
         shape = img.shape
+        if len(shape) > 3 and min(shape[:3]) >= 1:  # (a 3-D scan of old writers, dim[4] = 0: niftilib, FSL, SPM read 1)
+            shape = shape[:3] + tuple(max(int(n), 1) for n in shape[3:])
         _check_dimensions(self.path, shape)
         beyond = _scan_dimensions(self.path, shape)
         if len(shape) == 3 or (allow_3d and not beyond):

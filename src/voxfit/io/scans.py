@@ -147,7 +147,10 @@ def _from_pattern(pattern: str) -> list[Path]:
     names = glob.glob(pattern)
     if len(names) > MAX_SCANS:
         raise InputError(f"{pattern} matches {len(names):,} files; a run is at most {MAX_SCANS:,} scans.")
-    scans = sorted((Path(p) for p in names if _is_scan(Path(p))), key=natural_key)
+    images = {_stem(Path(p).name).lower() for p in names if _is_scan(Path(p))}
+    # an Analyze pair named by its header ('scans/*.hdr', as SPM's file selector lists them), once: its .img too
+    headers = [Path(p) for p in names if p.lower().endswith(".hdr") and _stem(Path(p).name).lower() not in images]
+    scans = sorted([*(Path(p) for p in names if _is_scan(Path(p))), *headers], key=natural_key)
     if not scans:
         raise InputError(f"{pattern}: no image file matches this pattern.")
     return scans
@@ -167,7 +170,7 @@ def _from_list(path: Path) -> list[Path]:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        if not text.lower().endswith(_SCAN_SUFFIXES):
+        if not text.lower().endswith((*_SCAN_SUFFIXES, ".hdr")):  # (an Analyze pair by its header, as positional)
             frame = re.fullmatch(r"(.+),\s*\d+", text)  # (SPM's file,N: the Nth volume of a 4-D file)
             hint = (
                 f"; {text[:60]!r} is SPM's notation of a volume of a 4-D file: give the 4-D file itself "

@@ -436,6 +436,27 @@ def test_group_glm_streamed_from_zarr(tmp_path, rng):
         SecondLevel(max_memory="200K", cluster_threshold=3.0, **kw).fit(tmp_path / "maps.zarr")
 
 
+def test_an_fsl_f_test_of_more_contrasts_than_its_rank_is_the_f_of_its_rank(tmp_path, rng):
+    """A design.fts joining A > B, B > A and the mean of a two-group design: refused as "--contrast has 3 rows but
+    the design has only 2 columns" (no --contrast was given). As FSL does, the F is that of the contrasts the
+    others do not span: the F of A > B and the mean, F(2, n - 2)."""
+    n = 10
+    paths = _maps(tmp_path, rng, n=n)
+    group = np.repeat([1.0, 0.0], n // 2)
+    write_vest(tmp_path / "design.mat", np.column_stack([group, 1 - group]))
+    write_vest(tmp_path / "design.con", np.array([[1.0, -1.0], [-1.0, 1.0], [0.5, 0.5]]), rows_key="NumContrasts")
+    write_vest(tmp_path / "design.fts", np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]), rows_key="NumContrasts")
+    out = tmp_path / "out"
+    files = [str(tmp_path / f) for f in ("design.mat", "design.con", "design.fts")]
+    argv = ["group", *map(str, paths), "--design", files[0], "--con", files[1], "--fts", files[2], "-o", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    npt.assert_array_equal(
+        _read(out / "contrast-F1_stat-F_statmap.nii.gz"), _read(out / "contrast-F2_stat-F_statmap.nii.gz")
+    )
+    record = json.loads((out / "model.json").read_text())
+    assert record["contrasts"]["F1"]["dof"][0] == 2
+
+
 def test_fsl_files_written_by_fsl_and_single_contrast_f_tests(tmp_path, rng):
     """FSL separates header keys from values with a tab; an F test of one contrast is two-sided."""
     n = 10

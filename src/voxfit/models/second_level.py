@@ -813,7 +813,7 @@ class SecondLevel:
             items += [(label, w) for label, w in _unique_labels(tcons)]
             if self.fts is not None:
                 for k, chosen in enumerate(read_ftests(self.fts, len(tcons)), 1):
-                    rows = np.array([tcons[i][1] for i in chosen])
+                    rows = _independent_rows(np.array([tcons[i][1] for i in chosen]))
                     if rows.shape[0] == 1:  # an F of one contrast is two-sided (F = t^2), as randomise reports it
                         rows = np.vstack([rows, rows])
                     items.append((f"F{k}", rows))
@@ -1151,6 +1151,16 @@ def _map_name(item) -> str:
 def _row_maps(d, paths, paired: bool) -> tuple[str, ...]:
     n = d.X.shape[0]
     return tuple(str(p) for p in paths[:n]) if len(paths) == (2 * n if paired else n) else ()
+
+
+def _independent_rows(rows: np.ndarray) -> np.ndarray:
+    """An F test's contrasts less those the ones before them span, as FSL reduces an F to its rank: A > B, B > A
+    and the mean of two EVs are an F of 2 rows (refused as 3 rows of a 2-column design, naming --contrast)."""
+    kept: list[np.ndarray] = []
+    for row in rows:
+        if np.linalg.matrix_rank(np.array([*kept, row])) > len(kept):
+            kept.append(row)
+    return np.array(kept)
 
 
 def _unique_labels(tcons):

@@ -461,6 +461,33 @@ def test_paired_variance_groups_are_groups_of_subjects(tmp_path, rng, capsys, gr
     assert code == 2 and err.count("\n") == 1 and said in err and not out.exists(), err
 
 
+def test_a_paired_grp_follows_the_maps_as_given_when_b_is_in_another_order(tmp_path, rng, capsys):
+    """B's maps given in another subjects' order than A's (paired by sub-<label>) with a design.grp right for the
+    maps as given: its B half was read in A's order, so it was refused ("put a subject's A and B maps in different
+    groups") and a .grp wrong for the maps as given was taken. The groups follow the maps as given."""
+    st = _paired_study(tmp_path, rng)
+    n = st["n"]
+    a, b = st["maps"]("a", "effect"), st["maps"]("b", "effect")[::-1]
+    va, vb = st["maps"]("a", "variance"), st["maps"]("b", "variance")[::-1]
+    pairs = [k // 4 + 1 for k in range(n)]  # subjects 1-4 in group 1, 5-8 in group 2
+    for name, labels in (("given", pairs + pairs[::-1]), ("a_order", pairs + pairs)):
+        (tmp_path / f"{name}.grp").write_text(
+            f"/NumWaves 1\n/NumPoints {2 * n}\n/Matrix\n" + "\n".join(map(str, labels))
+        )
+    args = ["group", *map(str, a + b), "--paired", "--variances", *map(str, va + vb), "--quiet"]
+    assert main([*args, "--grp", str(tmp_path / "given.grp"), "-o", str(tmp_path / "g")]) == 0, capsys.readouterr().err
+    same = ["group", *map(str, a + b[::-1]), "--paired", "--variances", *map(str, va + vb[::-1]), "--quiet"]
+    assert main([*same, "--grp", str(tmp_path / "a_order.grp"), "-o", str(tmp_path / "ref")]) == 0
+    t = [
+        np.asarray(nib.load(next((tmp_path / f).glob("contrast-intercept_stat-t_statmap.*"))).dataobj)
+        for f in "g ref".split()
+    ]
+    npt.assert_array_equal(t[0], t[1])
+    capsys.readouterr()
+    assert main([*args, "--grp", str(tmp_path / "a_order.grp"), "-o", str(tmp_path / "wrong")]) == 2
+    assert "put a subject's A and B maps in different groups" in capsys.readouterr().err
+
+
 def test_paired_fixed_model_is_the_precision_weighted_paired_difference(tmp_path, rng):
     """Fixed effects on the paired design equal, by hand, the precision-weighted mean of the differences
     A - B, each weighted by 1 / (var_A + var_B), its variance 1 / sum of the weights; with equal variances,

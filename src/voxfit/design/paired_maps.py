@@ -86,6 +86,8 @@ class PairedMaps:
     paired: the rows are the maps of condition A (the first half), then those of B of the same subjects in the
     same order (a paired design).
     dof_maps: each row's first-level dof as a map, ``(file, volume)`` (None: `dof`, numbers, or none).
+    given: each row's place among the maps as given (None: in that order), for files that follow it (FSL's
+    design.grp) when rows are reordered: by a design's participant ids, B's maps by A's subjects.
     """
 
     effects: tuple[Path, ...]
@@ -98,11 +100,17 @@ class PairedMaps:
     contrast: str | None = None
     paired: bool = False
     dof_maps: tuple[tuple[Path, int], ...] | None = None
+    given: tuple[int, ...] | None = None
 
     @property
     def n(self) -> int:
         """The rows: subjects (or volumes of a 4-D pair)."""
         return len(self.subjects)
+
+    @property
+    def given_rows(self) -> tuple[int, ...]:
+        """Each row's place among the maps as given."""
+        return tuple(range(self.n)) if self.given is None else self.given
 
     def take(self, rows: Sequence[int]) -> PairedMaps:
         """The same pairs in another order (or a subset): row k of the result is row ``rows[k]`` of this one,
@@ -115,6 +123,7 @@ class PairedMaps:
             "subjects": _pick(self.subjects, rows),
             "dof": None if self.dof is None else _pick(self.dof, rows),
             "dof_maps": None if self.dof_maps is None else _pick(self.dof_maps, rows),
+            "given": _pick(self.given_rows, rows),
         }
         if self.volumes is not None:
             return replace(self, volumes=_pick(self.volumes, rows), **picked)
@@ -288,6 +297,7 @@ def _conditions(a: PairedMaps, b: PairedMaps) -> PairedMaps:
         dof=None if a.dof is None or b.dof is None else a.dof + b.dof,
         notes=(*(f"A: {n}" for n in a.notes), *(f"B: {n}" for n in b.notes), note),
         paired=True,
+        given=(*range(a.n), *(a.n + k for k in order)),
     )
 
 

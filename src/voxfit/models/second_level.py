@@ -656,7 +656,7 @@ class SecondLevel:
                     )
                 Y, variances = columns
                 self._check_streamed_cap(execution, masker, pairs.n, len(items))
-            rows = np.concatenate([order, order + len(order)]) if self.paired else order
+            rows = np.asarray(pairs.given_rows)  # (the .grp's rows are the maps' as given: B's too, paired by subject)
             groups = variance_groups(self.grp, d, reader.n_scans, rows, self.variance_groups, self.paired)
             n_groups = 1 if groups is None else len(set(np.asarray(groups).tolist()))
             if self.outliers and n_groups > 1:  # (the engine's own refusal said `groups` has 2)

@@ -40,6 +40,10 @@ def _fits() -> None:
 
     rng = np.random.default_rng(0)
     compile_mixed_kernels()  # both signatures, compiled eagerly
+    from voxfit.core.mixed import fit_mixed_block
+
+    s2 = np.exp(rng.uniform(0, 7, (8, 16)))  # (first-level variances far apart: the probe for another peak too)
+    fit_mixed_block(np.ones((8, 1)), rng.standard_normal((8, 16)) * 10, s2, compiled=True)
     compile_kernels()
     hermite_z(np.linspace(-3, 3, 5), 1.0, np.zeros((4, 4)), np.empty(5))
     X = np.column_stack([np.ones(12), np.arange(12.0)])

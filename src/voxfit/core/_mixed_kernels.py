@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import threading
 
-__all__ = ["compile_mixed_kernels", "mixed_kernels_loaded", "mixed_one_group"]
+__all__ = ["compile_mixed_kernels", "mixed_kernels_loaded", "mixed_one_group", "probe_peaks"]
 
 
 def mixed_kernels_loaded() -> bool:
@@ -32,7 +32,16 @@ def compile_mixed_kernels() -> None:
 
 def mixed_one_group(Y, S, start, stop, Qt, QQt, B, constant, flat_design, max_iter, tol, out, extra) -> None:
     """See the compiled function's docstring; the arrays of `out` and `extra` are filled in place."""
-    _compile()(Y, S, start, stop, Qt, QQt, B, constant, flat_design, max_iter, tol, *out, *extra)
+    _compile()[0](Y, S, start, stop, Qt, QQt, B, constant, flat_design, max_iter, tol, *out, *extra)
+
+
+def probe_peaks(Y, S, Q, estimate, moment, step, out) -> None:
+    """For each voxel (columns of Y, S (n, v), float64), the restricted log-likelihood of one variance group (less
+    its constants) at its `estimate` of tau2 and at points `step`-fold apart from its least first-level variance
+    over `step` to `step` times the larger of its greatest and its `moment` (v,), and at `step` x `moment` where
+    positive: ``out`` (4, v) gets the highest point, its neighbours below and above among those probed (0 and inf
+    at the ends), and how much higher than at the estimate its likelihood is."""
+    _compile()[1](Y, S, Q, estimate, moment, float(step), out)
 
 
 _LOCK = threading.Lock()
@@ -542,4 +551,95 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
                         T_out[j, a, b] = T[a, b]
                 info_out[j] = info
 
-    return mixed_one_group
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def reml(y, s, Q, t, L, b):  # pragma: no cover - compiled
+        """The restricted log-likelihood of one group at tau2 `t`, less its constants: -(sum log(s + t) + log|M|
+        + r'Wr) / 2 with M = Q'WQ (by Cholesky; -inf where M is not positive definite)."""
+        n, r = Q.shape
+        for a in range(r):
+            b[a] = 0.0
+            for c in range(a + 1):
+                L[a, c] = 0.0
+        sumlog = 0.0
+        prod = 1.0
+        yy = 0.0
+        for i in range(n):
+            f = s[i] + t
+            w = 1.0 / f
+            prod *= f  # (sum log f as the log of products kept within 1e+-200: a log per many subjects)
+            if not 1e-200 < prod < 1e200:
+                sumlog += math.log(prod)
+                prod = 1.0
+            wy = w * y[i]
+            yy += wy * y[i]
+            for a in range(r):
+                b[a] += wy * Q[i, a]
+                for c in range(a + 1):
+                    L[a, c] += w * Q[i, a] * Q[i, c]
+        sumlog += math.log(prod)
+        logdet = 0.0
+        for c in range(r):  # Cholesky in place, then b := L^-1 b: r'Wr = y'Wy - |L^-1 b|^2
+            d = L[c, c]
+            for q in range(c):
+                d -= L[c, q] * L[c, q]
+            if not d > 0:
+                return -np.inf
+            d = math.sqrt(d)
+            L[c, c] = d
+            logdet += 2.0 * math.log(d)
+            for i2 in range(c + 1, r):
+                x = L[i2, c]
+                for q in range(c):
+                    x -= L[i2, q] * L[c, q]
+                L[i2, c] = x / d
+        quad = yy
+        for a in range(r):
+            x = b[a]
+            for q in range(a):
+                x -= L[a, q] * b[q]
+            b[a] = x / L[a, a]
+            quad -= b[a] * b[a]
+        return -0.5 * (sumlog + logdet + quad)
+
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def probe_peaks(Y, S, Q, estimate, moment, step, out):  # pragma: no cover - compiled
+        """See the Python function's docstring."""
+        r = Q.shape[1]
+        L = np.empty((r, r))
+        b = np.empty(r)
+        points = np.empty(80)
+        for j in range(Y.shape[1]):
+            y = Y[:, j]
+            s = S[:, j]
+            low, high = np.inf, 0.0
+            for i in range(y.shape[0]):
+                low = min(low, s[i])
+                high = max(high, s[i])
+            extra = step * moment[j]
+            top = step * max(high, extra)
+            placed = not extra > 0
+            m = 0
+            t = low / step
+            while t <= top and m < 78:  # the points from min s2 / step, step-fold apart, with step x moment
+                if not placed and extra < t:
+                    points[m] = extra
+                    m += 1
+                    placed = True
+                points[m] = t
+                m += 1
+                t *= step
+            if not placed:
+                points[m] = extra
+                m += 1
+            here = reml(y, s, Q, estimate[j], L, b)
+            best, at = -np.inf, 0
+            for e in range(m):
+                value = reml(y, s, Q, points[e], L, b)
+                if value > best:
+                    best, at = value, e
+            out[0, j] = points[at]
+            out[1, j] = points[at - 1] if at > 0 else 0.0
+            out[2, j] = points[at + 1] if at < m - 1 else np.inf
+            out[3, j] = best - here
+
+    return mixed_one_group, probe_peaks

@@ -177,10 +177,11 @@ def fit_mixed_block(
     if model == "mixed" and G == 1 and not kenward_roger and use_compiled_mixed(n * v, compiled):
         # (the kernel reads float32 and float64 as they are, without a float64 copy of the block)
         block = _fit_one_group_compiled(design, Y, _as_matrix(variances), max_iter, tol, contrasts)
-        return _other_peak(design, Y, _as_matrix(variances), block, max_iter, tol, contrasts, kenward_roger)
+        return _other_peak(design, Y, _as_matrix(variances), block, max_iter, tol, contrasts, kenward_roger, True)
     block = _fit_numpy(design, Y, variances, codes, model, G, max_iter, tol, contrasts, kenward_roger)
     if model == "mixed" and G == 1:
-        return _other_peak(design, Y, _as_matrix(variances), block, max_iter, tol, contrasts, kenward_roger)
+        S = _as_matrix(variances)
+        return _other_peak(design, Y, S, block, max_iter, tol, contrasts, kenward_roger, compiled)
     return block
 
 
@@ -232,7 +233,7 @@ _PEAK_RATIO = 4.0
 _PEAK_STEP = 4.0  # the ratio of neighbouring points of tau2 where the likelihood is probed
 
 
-def _other_peak(design, Y, S, block: MixedBlock, max_iter, tol, contrasts, kenward_roger) -> MixedBlock:
+def _other_peak(design, Y, S, block: MixedBlock, max_iter, tol, contrasts, kenward_roger, compiled) -> MixedBlock:
     """One variance group's REML, where the restricted likelihood has a second, higher peak: a subject of small
     first-level variance whose effect lies far from the others' holds tau2 at 0 (or at a low root of the score),
     while the effects' spread makes a higher maximum further in (8 subjects, variances 0.0024 to 2.1: tau2 0,
@@ -258,17 +259,23 @@ def _other_peak(design, Y, S, block: MixedBlock, max_iter, tol, contrasts, kenwa
     problem = _Problem(design, np.zeros(n, dtype=np.intp), 1)
     resid = Yk - problem.Q @ (problem.Q.T @ Yk)
     moment = np.einsum("iv,iv->v", resid, resid) / (n - design.rank) - 1.0
-    from ._mixed_kernels import probe_peaks
-
-    found = np.empty((4, ok.size))
     estimate = block.tau2[0, ok] / k**2
-    Q = np.ascontiguousarray(problem.Q)
-    in_chunks(
-        lambda a, b: probe_peaks(Yk[:, a:b], Sk[:, a:b], Q, estimate[a:b], moment[a:b], _PEAK_STEP, found[:, a:b]),
-        ok.size,
-        first=1024,
-    )
-    higher = np.flatnonzero(found[3] > 1e-9 * np.maximum(1.0, np.abs(block.loglik[ok])))
+    if use_compiled_mixed(n * ok.size, compiled):
+        from ._mixed_kernels import probe_peaks
+
+        found = np.empty((4, ok.size))
+        Q = np.ascontiguousarray(problem.Q)
+        in_chunks(
+            lambda a, b: probe_peaks(Yk[:, a:b], Sk[:, a:b], Q, estimate[a:b], moment[a:b], _PEAK_STEP, found[:, a:b]),
+            ok.size,
+            first=1024,
+        )
+    else:  # (small blocks, numba not loaded: as the fit, without loading it)
+        found = _probe_peaks(problem, Yk, Sk, estimate, moment)
+    # a point higher than the estimate, the estimate outside the bracket of its peak (inside, the same peak: the
+    # estimate is the root there, to its tolerance)
+    elsewhere = ~((estimate > found[1]) & (estimate < found[2]))
+    higher = np.flatnonzero(elsewhere & (found[3] > 1e-9 * np.maximum(1.0, np.abs(block.loglik[ok]))))
     if not higher.size:
         return block
     start, lo, hi = found[0, higher], found[1, higher], found[2, higher]
@@ -290,6 +297,28 @@ def _other_peak(design, Y, S, block: MixedBlock, max_iter, tol, contrasts, kenwa
     dof = tuple(_replaced(d, at, new[src]) for d, new in zip(block.contrast_dof, part.contrast_dof))
     scale = tuple(_replaced(d, at, new[src]) for d, new in zip(block.contrast_scale, part.contrast_scale))
     return MixedBlock(betas, covariance, tau2, block.outcome, loglik, iterations, dof, scale)
+
+
+def _probe_peaks(problem: _Problem, Y, S, estimate, moment) -> NDArray:
+    """:func:`voxfit.core._mixed_kernels.probe_peaks` with numpy, all voxels at each point at once: the same
+    points, the same (4, v) result."""
+    low, high = S.min(axis=0), S.max(axis=0)
+    extra = _PEAK_STEP * moment
+    top = _PEAK_STEP * np.maximum(high, extra)
+    count = int(min(78, np.ceil(np.log(np.max(_PEAK_STEP * top / low)) / np.log(_PEAK_STEP)) + 1))
+    points = (low / _PEAK_STEP) * _PEAK_STEP ** np.arange(count)[:, None]
+    points = np.vstack([np.where(points <= top, points, np.inf), np.where(extra > 0, extra, np.inf)[None]])
+    points.sort(axis=0)
+    with np.errstate(all="ignore"):
+        here = problem.evaluate(estimate[None], Y, S, derivatives=False, loglik=True).loglik
+        values = np.stack([problem.evaluate(t[None], Y, S, derivatives=False, loglik=True).loglik for t in points])
+    values = np.where(np.isfinite(points) & ~np.isnan(values), values, -np.inf)
+    best = values.argmax(axis=0)
+    columns = np.arange(Y.shape[1])
+    last = np.isfinite(points).sum(axis=0) - 1
+    lo = np.where(best > 0, points[np.maximum(best - 1, 0), columns], 0.0)
+    hi = np.where(best < last, points[np.minimum(best + 1, points.shape[0] - 1), columns], np.inf)
+    return np.stack([points[best, columns], lo, hi, values[best, columns] - here])
 
 
 def _replaced(values: NDArray, at: NDArray, new: NDArray) -> NDArray:

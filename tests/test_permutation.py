@@ -226,6 +226,21 @@ def test_a_constant_voxel_has_no_statistic_and_leaves_the_others_p_values(rng, d
     npt.assert_array_equal(b.p_fwe[:3][positive], a.p_fwe[positive])
 
 
+def test_results_are_read_only_as_fits_are():
+    """A permutation result's arrays were writable (a Fit's and its Stats' are not): a caller's edit changed it."""
+    from voxfit.inference.graph import volume_adjacency
+
+    Y = np.random.default_rng(0).standard_normal((8, 30)) + 1.0
+    adjacency = volume_adjacency(np.ones((5, 6, 1), dtype=bool), (5, 6, 1))
+    r = permutation_test(np.ones((8, 1)), Y, [1.0], n_permutations=64, tfce=True, adjacency=adjacency,
+                         cluster_threshold=1.0, n_jobs=1)  # fmt: skip
+    arrays = [getattr(r, f) for f in ("stat", "p_uncorrected", "p_fwe", "null_max", "tfce", "p_tfce_fwe")]
+    arrays += [r.clusters.labels, r.clusters.p_extent, r.clusters.null_mass]
+    for a in arrays:
+        with pytest.raises(ValueError, match="read-only"):
+            a[0] = 0
+
+
 def test_an_f_contrast_spanning_the_whole_design_has_no_nuisance(rng):
     """An F contrast whose rows span every column of the design leaves no nuisance: the part of the design it does
     not span was rounding noise, taken for a column (dof one short and every permuted F wrong: 0.03 for 7.8)."""

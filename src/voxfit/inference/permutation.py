@@ -56,6 +56,9 @@ class ClusterInference:
     null_extent: NDArray[np.float64]  # (N,) largest cluster size per shuffle
     null_mass: NDArray[np.float64]
 
+    def __post_init__(self) -> None:
+        _read_only(self)
+
     def voxel_map(self, per_cluster: NDArray, fill: float = 1.0) -> NDArray[np.float64]:
         """A per-cluster value spread over its voxels (`fill` outside clusters)."""
         out = np.full(self.labels.shape, fill)
@@ -82,6 +85,16 @@ class PermutationResult:
     tfce: NDArray[np.float64] | None = None
     p_tfce_fwe: NDArray[np.float64] | None = None
     null_tfce: NDArray[np.float64] | None = None
+
+    def __post_init__(self) -> None:
+        _read_only(self)
+
+
+def _read_only(result) -> None:
+    """A result's arrays made read-only, as voxfit's other results are (frozen, not only its fields)."""
+    for value in vars(result).values():
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)
 
 
 def partition(X: NDArray, weights: NDArray) -> tuple[NDArray, NDArray, int]:

@@ -406,10 +406,11 @@ def test_design_and_contrast_errors(tmp_path, rng):
         SecondLevel(grp=tmp_path / "g.grp", permutations=20).fit(paths)
     with pytest.raises(InputError, match="--grp with an OLS model gives the permutations' exchangeability blocks"):
         SecondLevel(grp=tmp_path / "g.grp").fit(paths)  # (read and not used: refused)
-    # a table without its header line: the first row was read as names ("5 rows but 6 maps")
-    (tmp_path / "headless.txt").write_text("".join(f"1\t{40 + i}\n" for i in range(6)))
-    with pytest.raises(InputError, match=r"headless.txt: its first line \(1, 40\) holds numbers, where a table's"):
-        SecondLevel(design=tmp_path / "headless.txt").fit(paths)
+    # a table without its header line: the first row was read as names ("5 rows but 6 maps"); (a .txt of numbers
+    # alone is a matrix, as Text2Vest takes it)
+    (tmp_path / "headless.tsv").write_text("".join(f"1\t{40 + i}\n" for i in range(6)))
+    with pytest.raises(InputError, match=r"headless.tsv: its first line \(1, 40\) holds numbers, where a table's"):
+        SecondLevel(design=tmp_path / "headless.tsv").fit(paths)
 
 
 @pytest.mark.usefixtures("no_reserve")

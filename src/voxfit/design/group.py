@@ -200,17 +200,17 @@ def group_design(
         )
     else:
         path = Path(design)
-        if _is_mat(path):
+        plain = _plain_matrix(path)
+        if _is_mat(path) or plain is not None:
+            kind = "a matrix of numbers without a header" if plain is not None else "FSL's design.mat"
             if two_sample is not None:
-                raise InputError(
-                    "--two-sample reads a column of a participants table; FSL's design.mat has no column names."
-                )
+                raise InputError(f"--two-sample reads a column of a participants table; {kind} has no column names.")
             _no_id_options(
                 id_column,
                 drop_unmatched_rows,
-                "FSL's design.mat has no ids: its rows are the maps in the order given (FSL's convention)",
+                f"{kind} has no ids: its rows are the maps in the order given (FSL's convention)",
             )
-            X = read_vest(path, "design")[1]
+            X = plain if plain is not None else read_vest(path, "design")[1]
             d = _checked(GroupDesign(X, tuple(f"EV{j + 1}" for j in range(X.shape[1]))), n_maps, f"design {path}")
             return GroupDesign(
                 d.X,
@@ -381,6 +381,22 @@ def _covariates(covariates, names: list[str], not_these: tuple, what: str) -> se
         if name in not_these:
             raise InputError(f"--covariates {name!r} is the id or the --two-sample column; name the covariates only.")
     return set(chosen)
+
+
+def _plain_matrix(path: Path) -> NDArray[np.float64] | None:
+    """A .txt design of numbers separated by spaces or tabs, one row per map and no header, as FSL's Text2Vest
+    and PALM take it (its first row had been read as a header: "11 rows but 12 maps"), as a matrix; None for any
+    other file."""
+    if path.suffix.lower() != ".txt" or not path.is_file():
+        return None
+    try:
+        lines = [line.split() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        rows = [[float(cell) for cell in line] for line in lines]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not rows or len({len(r) for r in rows}) != 1:
+        return None
+    return np.array(rows, dtype=np.float64)
 
 
 def _is_mat(design) -> bool:

@@ -52,7 +52,10 @@ Y = np.arange(18.0).reshape(6, 3) ** 1.5
         (X, Y, {"block_size": 0}, InputError, r"`block_size` must be a positive number of voxels; got 0"),
         (X, Y, {"block_size": 2.5}, InputError, r"`block_size` must be a positive number"),
         (X, Y, {"block_size": 4, "max_memory": "1M"}, InputError, r"either `max_memory` or `block_size`, not both"),
-        (X, Y, {"n_jobs": 0}, InputError, r"`n_jobs` must be a positive number of threads; got 0"),
+        (X, Y, {"n_jobs": 0}, InputError, r"`n_jobs` must be a number of threads from 1 to 1024; got 0"),
+        (X, Y, {"n_jobs": 10**9}, InputError, r"`n_jobs` must be a number of threads from 1 to 1024; got 1000000000"),
+        (X, Y, {"progress": "no"}, InputError, r"`progress` must be True, False or None; got 'no'"),
+        (X, Y, {"compiled": "no"}, InputError, r"`compiled` must be True, False or None; got 'no'"),
     ],
 )
 def test_bad_inputs(x, y, kwargs, error, message):

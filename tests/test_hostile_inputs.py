@@ -748,7 +748,7 @@ def test_fir_delays_beyond_the_run_are_bad_input(study, capsys):
         (["--seed", str(2**32)], r"--seed must be a whole number from 0 to 4294967295"),
         (["--tfce-E", "0"], r"--tfce-E must be a positive number"),
         (["--cluster-threshold", "inf"], r"--cluster-threshold must be a positive t or F value"),
-        (["--n-jobs", "0"], r"--n-jobs must be a positive whole number of threads"),
+        (["--n-jobs", "0"], r"--n-jobs must be a whole number of threads from 1 to 1024"),
         (["--max-memory=-1G"], r"--max-memory must be a size"),
     ],
 )

@@ -499,8 +499,9 @@ def test_demo_records_n_jobs_and_max_memory(demo_in_memory):
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--n-jobs", "0", "--n-jobs must be a positive whole number of threads; got 0"),
-        ("--n-jobs", "-2", "--n-jobs must be a positive whole number of threads; got -2"),
+        ("--n-jobs", "0", "--n-jobs must be a whole number of threads from 1 to 1024; got 0"),
+        ("--n-jobs", "-2", "--n-jobs must be a whole number of threads from 1 to 1024; got -2"),
+        ("--n-jobs", "5000", "--n-jobs must be a whole number of threads from 1 to 1024; got 5000"),
         ("--max-memory", "lots", "--max-memory must be a size"),
         ("--max-memory", "64M", "cannot hold the demo"),  # the synthetic run is made in memory: refused, size named
     ],

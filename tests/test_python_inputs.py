@@ -12,7 +12,7 @@ import pytest
 import voxfit
 from voxfit.design import make_design, read_confounds
 from voxfit.exceptions import DataTypeError, DesignWarning, InputError
-from voxfit.models import fit_runs
+from voxfit.models import SecondLevel, fit_runs
 
 from .imaging import AFFINE, SHAPE, volume_data, write_nifti
 
@@ -387,3 +387,32 @@ def test_images_and_array_masks_stream_too(tmp_path, rng, no_reserve):
     npt.assert_allclose(streamed.contrasts["up"].t, whole.contrasts["up"].t, rtol=1e-4, atol=1e-5)
     model = json.loads((tmp_path / "s" / "model.json").read_text())
     assert model["inputs"][0]["source"] == "in-memory nibabel image" and model["settings"]["noise_details"]["streamed"]
+
+
+def test_flags_are_true_or_false(tmp_path, rng):
+    """A flag given as a word or a number ("no", 1, "10" dof) was read as true (or as a number) and the run went
+    on: each is refused in words before anything is read or written."""
+    from voxfit.inference import permutation_test
+    from voxfit.inference.permutation import mixed_permutation_test
+
+    X, Y = np.ones((8, 1)), rng.standard_normal((8, 5))
+    for kwargs in ({"whole_blocks": "no"}, {"tfce": 1}):
+        name = next(iter(kwargs))
+        with pytest.raises(InputError, match=f"`{name}` must be True or False; got"):
+            permutation_test(X, Y, [[1.0]], n_permutations=8, **kwargs)
+        with pytest.raises(InputError, match=f"`{name}` must be True or False; got"):
+            mixed_permutation_test(X, Y, Y**2 + 1, [[1.0]], n_permutations=8, **kwargs)
+    with pytest.warns(UserWarning, match="8 rearrangements"):
+        kept = permutation_test(X, Y, [[1.0]], n_permutations=8, seed=0, whole_blocks=np.bool_(False))
+    assert kept.null_max.shape == (8,)
+    bold = write_nifti(tmp_path / "bold.nii.gz", volume_data(rng, N))
+    for kwargs in ({"streaming": "no"}, {"diagnostics": "yes"}, {"force": "no"}, {"progress": 0}):
+        with pytest.raises(InputError, match=f"`{next(iter(kwargs))}` must be True"):
+            voxfit.fit_images(bold, _design(), {"up": "slope"}, out_dir=tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+    for flag in ("drop_unmatched_rows", "paired", "whole_blocks", "tfce"):
+        with pytest.raises(InputError, match=f"`{flag}` must be True or False; got 'no'"):
+            SecondLevel(**{flag: "no"}).fit(Y)
+    for dof in (True, "10", [True] * 8):
+        with pytest.raises(InputError, match="`first_level_dof` must be a number"):
+            voxfit.mixed_effects(X, Y, Y**2 + 1, {"mean": [1.0]}, model="fixed", first_level_dof=dof)

@@ -64,8 +64,8 @@ def test_execution_shortcuts_fill_or_contradict_an_execution():
         Execution.resolve(base, n_jobs=3)
     with pytest.raises(InputError, match="`max_memory` must be a size"):
         Execution(max_memory="lots")
-    for bad in (0, -1, 1.5, True, "2"):
-        with pytest.raises(InputError, match="`n_jobs` must be a positive number of threads"):
+    for bad in (0, -1, 1.5, True, "2", 1025):
+        with pytest.raises(InputError, match="`n_jobs` must be a number of threads from 1 to 1024"):
             Execution(n_jobs=bad)
     assert Execution(n_jobs=np.int64(3)).n_jobs == 3
     assert voxfit.Execution is Execution

@@ -1,5 +1,6 @@
 """One check of a scalar argument, with one message (scikit-learn's ``check_scalar`` is the pattern): its type,
-its range, and ``<name> must be <what is accepted>; got <value>.`` when it is neither."""
+its range, and ``<name> must be <what is accepted>; got <value>.`` when it is neither; and of a flag (True or
+False)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections import Counter
 
 from .exceptions import InputError
 
-__all__ = ["check_scalar", "is_number", "repeated"]
+__all__ = ["MAX_THREADS", "check_flag", "check_n_jobs", "check_scalar", "is_number", "repeated"]
 
 _BOUNDARIES = {"both": (True, True), "left": (True, False), "right": (False, True), "neither": (False, False)}
 
@@ -41,6 +42,26 @@ def check_scalar(
     if not ok:
         what = description or _describe(target_type, min_val, max_val, low_in, high_in)
         raise InputError(f"{name} must be {what}; got {value!r}.")
+    return value
+
+
+MAX_THREADS = 1024  # more threads than any machine voxfit runs on has cores (each holds a tile of the data)
+
+
+def check_n_jobs(n_jobs) -> int:
+    """`n_jobs` as threads: a positive integer up to :data:`MAX_THREADS` (more would be refused later, by the
+    memory its threads' tiles need, in words that do not name it)."""
+    accepted = f"a number of threads from 1 to {MAX_THREADS}"
+    return int(check_scalar(n_jobs, "`n_jobs`", min_val=1, max_val=MAX_THREADS, description=accepted))
+
+
+def check_flag(value, name: str, *, none: bool = False):
+    """`value` when it is True or False (numpy's booleans too; None as well with `none`); otherwise an
+    :class:`InputError` naming `name`. A string such as ``"no"`` or a number would otherwise be read as true."""
+    numpy_bool = getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", "") == "b"
+    if not (isinstance(value, bool) or numpy_bool or (none and value is None)):
+        allowed = "True, False or None" if none else "True or False"
+        raise InputError(f"{name} must be {allowed}; got {value!r}.")
     return value
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from ._checks import check_scalar
+from ._checks import check_flag, check_n_jobs
 from ._memory import parse_memory, reserved_bytes
 from .exceptions import InputError
 
@@ -116,7 +116,8 @@ class Execution:
         if self.max_memory is not None:
             parse_memory(self.max_memory)
         if self.n_jobs is not None:
-            check_scalar(self.n_jobs, "`n_jobs`", min_val=1, description="a positive number of threads")
+            check_n_jobs(self.n_jobs)
+        check_flag(self.progress, "`progress`", none=True)
         if self.device is not None and not isinstance(self.device, str):
             raise InputError(f"`device` must be 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
         if self.scheduler is not None and self.on_device:  # a cluster's workers have no view of this GPU

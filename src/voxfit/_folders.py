@@ -10,6 +10,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from ._checks import check_flag
 from .exceptions import InputError
 
 __all__ = ["MARKER", "PARTIAL", "check_output_folder", "remove_stale_partials"]
@@ -22,6 +23,7 @@ def check_output_folder(path, force: bool = False) -> Path:
     """`path` as an output folder, or the InputError :class:`~voxfit.io.OutputFolder` gives: a symbolic link, a
     file, a folder with files in it without `force` (its hidden folders of runs that died are removed first).
     The command line asks before any input is opened, so a wrong folder costs no read."""
+    check_flag(force, "`force`")
     final = Path(path)
     if final.is_symlink():
         raise InputError(

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 
-from ._checks import check_scalar
+from ._checks import check_n_jobs
 
 # The signals that stop a command as Ctrl-C does, its partial output removed: SIGINT, SIGTERM (kill, a job
 # scheduler's end of a job) and SIGHUP (the terminal closed, an ssh session lost)
@@ -243,7 +243,7 @@ def resolve_workers(n_jobs) -> int:
     """The threads to use for an ``n_jobs`` argument: a positive integer, or :func:`default_workers` for None."""
     if n_jobs is None:
         return default_workers()
-    return int(check_scalar(n_jobs, "`n_jobs`", min_val=1, description="a positive number of threads"))
+    return check_n_jobs(n_jobs)
 
 
 def _blas_pools() -> list:

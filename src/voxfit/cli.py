@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from ._checks import MAX_THREADS
 from ._version import __version__
 from .exceptions import InputError, VoxfitError
 
@@ -217,7 +218,7 @@ OPTION_RANGES = {
     "mask_threshold": _number(
         float, "--mask-threshold", 0, accepted="a number >= 0 (a fraction of each scan's global)"
     ),
-    "n_jobs": _number(int, "--n-jobs", 1, 1 << 16, accepted="a positive whole number of threads"),
+    "n_jobs": _number(int, "--n-jobs", 1, MAX_THREADS, accepted=f"a whole number of threads from 1 to {MAX_THREADS}"),
     "seed": _number(int, "--seed", 0, 2**32 - 1, accepted="a whole number from 0 to 4294967295 (2**32 - 1)"),
     "tfce_E": _number(
         float, "--tfce-E", 0, 100, lo_open=True, accepted="a positive number up to 100 (0.5 for volumes)"

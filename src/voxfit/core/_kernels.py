@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import threading
 
+from .._checks import check_flag
+
 __all__ = [
     "compile_in_background",
     "compile_kernels",
@@ -36,7 +38,7 @@ def kernels_loaded() -> bool:
 
 def use_compiled(n_elements: int, compiled: bool | None = None) -> bool:
     """The choice for `compiled` = None: if already loaded, or if the data are large enough to earn it."""
-    if compiled is not None:
+    if check_flag(compiled, "`compiled`", none=True) is not None:
         return bool(compiled)
     return kernels_loaded() or n_elements >= AUTO_COMPILE_ELEMENTS
 

@@ -406,12 +406,15 @@ def _model_dof(first_level_dof, design: DesignFactor, V: int) -> float | NDArray
         return float(design.dof)
     n = design.n_scans
     try:
-        d = np.asarray(first_level_dof, dtype=np.float64)
-    except (TypeError, ValueError):
+        raw = np.asarray(first_level_dof)
+    except (TypeError, ValueError):  # (ragged lists)
+        raw = np.asarray(None)
+    if raw.dtype.kind not in "iuf":  # (True, "10" or objects would be read as numbers)
         raise InputError(
             f"`first_level_dof` must be a number, or one per subject ({n},) or per subject and voxel ({n}, {V}); "
             f"got {first_level_dof!r}."
-        ) from None
+        )
+    d = raw.astype(np.float64)
     if d.shape not in ((), (n,), (n, V)):
         raise InputError(
             f"`first_level_dof` must be a number, or one per subject ({n},) or per subject and voxel ({n}, {V}); "

@@ -37,6 +37,7 @@ from ..core import check_contrast, factorize
 from ..core.design import orthonormal_basis
 from ..core.mixed import OK, fit_mixed_block, no_fixed_effects
 from ..core.ols import exact_fits
+from .._checks import check_flag
 from ..exceptions import InputError
 from .shuffles import Shuffles, count_shuffles, make_shuffles
 
@@ -489,6 +490,8 @@ def _mixed_permutation_test_iv(
 ) -> _CheckedMixed:
     """The arguments of :func:`mixed_permutation_test` checked (an `InputError` for each that cannot be used)
     and converted into a :class:`_CheckedMixed`."""
+    check_flag(whole_blocks, "`whole_blocks`")
+    check_flag(tfce, "`tfce`")
     if model not in ("mixed", "fixed"):
         raise InputError(f"`model` must be 'mixed' or 'fixed' (for 'ols': permutation_test); got {model!r}.")
     kind = mixed_scheme(scheme, model)
@@ -726,6 +729,8 @@ def _permutation_test_iv(
 ) -> _CheckedTest:
     """The arguments of :func:`permutation_test` checked (a clear `InputError` for each that cannot be used,
     and for a table of shuffles that memory cannot hold) and converted into a :class:`_CheckedTest`."""
+    check_flag(whole_blocks, "`whole_blocks`")
+    check_flag(tfce, "`tfce`")
     design = factorize(X, names, warn=False)
     check_same_rows(X, Y, "Y")
     Y = check_data_matrix(

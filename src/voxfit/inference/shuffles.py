@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .._checks import check_scalar
+from .._checks import check_flag, check_scalar
 from ..exceptions import InputError
 
 __all__ = ["Shuffles", "make_shuffles", "count_shuffles"]
@@ -187,6 +187,7 @@ def make_shuffles(
     if kind not in ("flip", "permute"):
         raise InputError(f"`kind` must be 'flip' or 'permute'; got {kind!r}.")
     check_scalar(n_shuffles, "the number of permutations", min_val=1)
+    check_flag(whole_blocks, "`whole_blocks`")
     labels = _block_labels(blocks, n)
     n_blocks = int(labels.max()) + 1
     if whole_blocks:

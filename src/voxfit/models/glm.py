@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._array import is_dataframe, type_name, working_dtype
-from .._checks import repeated
+from .._checks import check_flag, repeated
 from .._dask import dask_client, run_tasks
 from .._execution import Execution
 from .._threads import GRACE_S, DaemonExecutor, even_spans, resolve_workers, run_in_threads
@@ -279,6 +279,8 @@ def fit_images(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
     )
     start = time.perf_counter()
+    check_flag(streaming, "`streaming`", none=True)
+    check_flag(diagnostics, "`diagnostics`")
     if dataset is None:  # every argument's type checked before a file or folder is touched
         inputs = check_data(inputs, "inputs")
     model = _first_level_model(design, contrasts, mask, noise, scaling, nuisance, execution.max_memory)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._dask import dask_client
-from .._checks import check_scalar
+from .._checks import check_flag, check_scalar
 from .._execution import Execution, cap_holding, data_bytes
 from .._threads import resolve_workers
 from .._memory import cap_text, reserved_bytes, size_text
@@ -239,6 +239,8 @@ class SecondLevel:
         if not folders and isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern
             data = files if len(files) > 1 else files[0]  # or list: the maps one by one, each matched by its name
         check_mask(self.mask)
+        for flag in ("drop_unmatched_rows", "paired", "whole_blocks", "tfce"):
+            check_flag(getattr(self, flag), f"`{flag}`")
         execution = Execution.resolve(
             self.execution,
             max_memory=self.max_memory,

@@ -1464,3 +1464,42 @@ def test_a_trial_type_the_model_does_not_name_refits_only_its_own_run(tmp_path):
     only = run(study.root, tmp_path / "foo", model=model, **kw)
     assert [f.group.split("_task")[0] for f in only.failures] == ["sub-01"]
     assert 'the run has no event of "foo", and none of the node\'s contrasts is left for it' in only.failures[0].reason
+
+
+def test_a_subject_of_a_level_model_x_does_not_name_is_refused(tmp_path, capsys):
+    """A participants.tsv value with a trailing space ("patient ") is a third level of a Factor: with Model.X
+    naming group.control and group.patient, that subject's design row was all zeros and the two-group fit took it
+    as an effect of 0 (exit 0, t 8.8 where the right group gives 4.0; study tester). Refused, naming the subject
+    and the levels; a model whose intercept covers a level it does not name is fitted."""
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=4, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
+    table = study.root / "participants.tsv"
+    lines = table.read_text().splitlines()
+    column = lines[0].split("\t").index("group")
+    cells = lines[2].split("\t")
+    subject, level = cells[0], cells[column]
+    cells[column] = level + " "
+    table.write_text("\n".join([*lines[:2], "\t".join(cells), *lines[3:]]) + "\n")
+    model = default_model("stroop", ["A"])
+    model["Nodes"][2]["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Factor", "Input": ["group"]}],
+    }
+    model["Nodes"][2]["Model"]["X"] = ["group.control", "group.patient"]
+    model["Nodes"][2]["Contrasts"] = [
+        {"Name": "pc", "ConditionList": ["group.patient", "group.control"], "Weights": [1, -1], "Test": "t"}
+    ]
+    model["Nodes"][2].pop("DummyContrasts", None)
+    path = tmp_path / "model_smdl.json"
+    path.write_text(json.dumps(model))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"the design row of {subject} is all zeros: its group is a level Model.X does not name (it names " in err
+    assert "group.control, group.patient)" in err and "correct its value in participants.tsv" in err, err
+    model["Nodes"][2]["Model"]["X"] = [1, f"group.{'patient' if level == 'control' else 'control'}"]
+    model["Nodes"][2]["Contrasts"] = []
+    model["Nodes"][2]["DummyContrasts"] = {"Test": "t"}
+    path.write_text(json.dumps(model))
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path), "--quiet"]) == 0

@@ -782,3 +782,37 @@ def test_the_collection_is_not_changed(stroop):
         assert collection.variables[name].values.equals(values)
     assert json.dumps(node)  # the node stays plain JSON
     assert re.search("trans_x", json.dumps(node))
+
+
+def test_pybids_factor_levels_take_the_events_modulation_as_plain_names_do(tmp_path):
+    """One model, two spellings: the events' modulation column scaled "congruent" (nilearn's reading) but not
+    pybids' Factor level "trial_type.congruent", so the betas differed by 25-60% with the spelling (study tester).
+    Both are the modulated regressor, after a Filter of the events too (each kept event its own weight)."""
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=SCANS, tr=TR)
+    events_file = next(study.root.glob("sub-01/func/*_events.tsv"))
+    events = pd.read_csv(events_file, sep="\t")
+    events["modulation"] = np.where(np.arange(len(events)) % 3 == 0, "n/a", np.arange(1.0, len(events) + 1))
+    events["response_time"] = np.where(np.arange(len(events)) % 4 == 0, 1.0, 0.5)
+    events.to_csv(events_file, sep="\t", index=False)
+    collection = _collection(study.root, study.derivatives, "stroop")
+    factor = {"Name": "Factor", "Input": ["trial_type"]}
+    keep = {"Name": "Filter", "Input": ["trial_type"], "Query": "response_time < 0.9", "By": ["response_time"]}
+    designs = {}
+    for spelling, name, instructions in (
+        ("plain", "congruent", []),
+        ("factor", "trial_type.congruent", [factor]),
+        ("plain kept", "congruent", [keep]),
+        ("factor kept", "trial_type.congruent", [keep, factor]),
+    ):
+        node = _run_node([name, 1], HRF={"Variables": [name], "Model": "spm"})
+        node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+        result = run_design(collection, _model(node), tr=TR, n_scans=SCANS, convolution="nilearn", slice_time_ref=0.0)
+        designs[spelling] = result.design.X[:, 0]
+    np.testing.assert_allclose(designs["factor"], designs["plain"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(designs["factor kept"], designs["plain kept"], rtol=1e-12, atol=1e-14)
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    given = events.assign(modulation=pd.to_numeric(events["modulation"], errors="coerce").fillna(1.0))
+    given = given[given["trial_type"] == "congruent"][["onset", "duration", "trial_type", "modulation"]]
+    reference = make_first_level_design_matrix(np.arange(SCANS) * TR, given, hrf_model="spm", drift_model=None)
+    np.testing.assert_allclose(designs["factor"], reference["congruent"], atol=1e-10)

@@ -482,11 +482,26 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
             for name in [*gone, *levels.late]:  # (both spellings: a Factor after it makes neither)
                 absent.update({name: name, f"trial_type.{name}": name})
         if applied["Name"] == "Factor" and "trial_type" in _listed(applied.get("Input")):
+            _modulate_levels(variables, trial_type, levels.weights)
             for t in levels.late:  # (pybids made them of events after the run's end: zeros)
                 variables.variables.pop(f"trial_type.{t}", None)
                 absent[f"trial_type.{t}"] = t
     absent = {name: t for name, t in absent.items() if name not in variables.variables}
     return _Transformed(ours, theirs, absent, pruned, in_chain, sorted(levels.late))
+
+
+def _modulate_levels(variables, trial_type, weights) -> None:
+    """pybids' Factor of trial_type makes each level's variable 1 at its events (or its Constraint's code), whatever
+    the events' modulation column says: each event's value is scaled by its weight (`weights`, by the events' row),
+    so that ``trial_type.face`` is the regressor ``face`` is (one model, one design, whichever spelling)."""
+    if weights is None or bool((weights == 1.0).all()):
+        return
+    for name, variable in variables.variables.items():
+        if not name.startswith("trial_type."):
+            continue
+        if not np.array_equal(variable.onset, trial_type.onset):  # (Factor keeps the events, in their order)
+            raise RuntimeError(f"pybids' Factor made {name} of other events than trial_type's")
+        variable.values = variable.values * weights.to_numpy()
 
 
 def _convolve_in_chain(instruction: dict, inputs: list[str], variables, problem: _Problem) -> dict:

@@ -1503,3 +1503,21 @@ def test_a_subject_of_a_level_model_x_does_not_name_is_refused(tmp_path, capsys)
     model["Nodes"][2]["DummyContrasts"] = {"Test": "t"}
     path.write_text(json.dumps(model))
     assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path), "--quiet"]) == 0
+
+
+def test_a_header_whose_time_between_scans_is_not_the_sidecars_tr_is_said(tmp_path, capsys):
+    """A preprocessed run whose header gives 2.5 s between scans where its sidecar gives RepetitionTime 2 was fitted
+    with 2 s without a word (study tester): BIDS takes the sidecar's, as SPM and nilearn do, but FSL and AFNI the
+    header's, and such a conflict is most often a mix-up. Said, naming the run and both values."""
+    import nibabel as nib
+
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
+    bold = next(study.derivatives.rglob("*_desc-preproc_bold.nii.gz"))
+    image = nib.load(bold)
+    tr = float(image.header.get_zooms()[3])
+    header = image.header.copy()
+    header["pixdim"][4] = tr * 1.25
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine, header), bold)
+    said = f"its sidecars give RepetitionTime {tr:g} s but its header {tr * 1.25:g} s between scans; the design is"
+    assert main(["bids", str(study.root), str(tmp_path / "out"), "run", *deriv]) == 0
+    assert f"voxfit: warning: {bold}: {said}" in capsys.readouterr().err

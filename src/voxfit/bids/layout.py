@@ -25,6 +25,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1000,6 +1001,13 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         problems.append(
             f"{bold}: its sidecars give RepetitionTime {tr:g} and its header {step:g} s between scans: the sidecar's "
             f"is in milliseconds, where BIDS gives seconds; write {step:g} in the run's JSON sidecar."
+        )
+    elif tr is not None and step is not None and not math.isclose(float(tr), step, rel_tol=0.01):
+        warnings.warn(  # (BIDS takes the sidecar's, as SPM and nilearn do; FSL and AFNI the header's)
+            f"{bold}: its sidecars give RepetitionTime {float(tr):g} s but its header {step:g} s between scans; the "
+            "design is built with the sidecar's (BIDS): check which is right.",
+            UserWarning,
+            stacklevel=2,
         )
     sidecar = bold.name.split(".")[0] + ".json"
     if tr is None:

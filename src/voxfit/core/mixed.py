@@ -903,9 +903,10 @@ def kenward_roger_f(B: NDArray, weights: NDArray, Minv: NDArray, T: NDArray, inf
     inverse Fisher information of tau2: ``A1 = sum A_gh tr K_g tr K_h``, ``A2 = sum A_gh tr(K_g K_h)``, then
     their B, g, c1-c3, V*, E*, rho, ``m = 4 + (q + 2) / (q rho - 1)`` and ``lambda = m / (E* (m - 2))``. Unlike
     the rule of Fai & Cornelius (:func:`satterthwaite_dof`), m and lambda do not depend on how the contrast's rows
-    are written. Theta is taken from the plug-in covariance, so that one row gives lambda = 1 and m = Satterthwaite's
-    dof of its t, exactly (A1 = A2 = g'Ag / var^2, m = 2 / A1). Where the approximation fails (m or lambda not
-    positive, or not finite) m = 2 and lambda = 1, a conservative reference."""
+    are written. Theta is taken from the plug-in covariance (as in pbkrtest's ``.KR_adjust``, R's reference for
+    KRmodcomp and lmerTest: ``solve(L Phi L', L)``, Phi = vcov), so that one row gives lambda = 1 and m =
+    Satterthwaite's dof of its t, exactly (A1 = A2 = g'Ag / var^2, m = 2 / A1). Where the approximation fails (m or
+    lambda not positive, or not finite) m = 2 and lambda = 1, a conservative reference."""
     L = weights @ B  # (q, r)
     q = int(np.linalg.matrix_rank(L))
     inner = np.linalg.pinv(np.einsum("qa,vab,sb->vqs", L, Minv, L), hermitian=True)

@@ -35,13 +35,18 @@ def mixed_one_group(Y, S, start, stop, Qt, QQt, B, constant, flat_design, max_it
     _compile()[0](Y, S, start, stop, Qt, QQt, B, constant, flat_design, max_iter, tol, *out, *extra)
 
 
-def probe_peaks(Y, S, Q, estimate, moment, step, out) -> None:
-    """For each voxel (columns of Y, S (n, v), float64), the restricted log-likelihood of one variance group (less
-    its constants) at its `estimate` of tau2 and at points `step`-fold apart from its least first-level variance
-    over `step` to `step` times the larger of its greatest and its `moment` (v,), and at `step` x `moment` where
-    positive: ``out`` (4, v) gets the highest point, its neighbours below and above among those probed (0 and inf
-    at the ends), and how much higher than at the estimate its likelihood is."""
-    _compile()[1](Y, S, Q, estimate, moment, float(step), out)
+def probe_peaks(Y, S, Q, columns, estimate, dof, step, out) -> None:
+    """For each voxel of `columns` (of Y, S (n, V), float32 or float64 as stored; Q (n, r) the design's orthonormal
+    basis, `dof` n - r), in its own units (mean first-level variance 1), the restricted log-likelihood of one
+    variance group (less its constants) at its `estimate` of tau2 (original units), at 0, and at points
+    `step`-fold apart from its least first-level variance over `step` to `step` times the larger of its greatest
+    and the unweighted residuals' moment estimate, and at `step` x that estimate where positive: ``out`` (4, v),
+    points in original units, gets, of the points higher than the estimate (by more than 1e-9 of its
+    likelihood) and the peaks of the points probed (0 higher than the next point, any other higher than both its
+    neighbours) outside the estimate's bracket (its neighbours among them), the highest, its neighbours below and
+    above (0 and inf at the ends), and how much higher than at the estimate its likelihood is (-inf, and NaN
+    points, where there is none)."""
+    _compile()[1](Y, S, Q, columns, estimate, float(dof), float(step), out)
 
 
 _LOCK = threading.Lock()
@@ -601,24 +606,56 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
             quad -= b[a] * b[a]
         return -0.5 * (sumlog + logdet + quad)
 
-    @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def probe_peaks(Y, S, Q, estimate, moment, step, out):  # pragma: no cover - compiled
+    probe_signatures = [
+        numba.void(data, data, design, numba.types.Array(i64, 1, "A"), vector, f64, f64, matrix)
+        for data in (single, double)
+    ]
+
+    @numba.njit(probe_signatures, nogil=True, cache=True, error_model="numpy")
+    def probe_peaks(Y, S, Q, columns, estimate, dof, step, out):  # pragma: no cover - compiled
         """See the Python function's docstring."""
-        r = Q.shape[1]
+        n, r = Q.shape
         L = np.empty((r, r))
         b = np.empty(r)
         points = np.empty(80)
-        for j in range(Y.shape[1]):
-            y = Y[:, j]
-            s = S[:, j]
-            low, high = np.inf, 0.0
-            for i in range(y.shape[0]):
+        values = np.empty(80)
+        tile = 256
+        ys = np.empty((tile, n))
+        ss = np.empty((tile, n))
+        for j in range(columns.shape[0]):
+            u = j % tile
+            if u == 0:  # the tile's columns read a row at a time (a column at a time, a page per subject)
+                width = min(tile, columns.shape[0] - j)
+                for i in range(n):
+                    for q in range(width):
+                        ys[q, i] = Y[i, columns[j + q]]
+                        ss[q, i] = S[i, columns[j + q]]
+            y = ys[u]  # (the voxel's column, contiguous, in its own units: mean s2 1, as the fits')
+            s = ss[u]
+            k2 = 0.0
+            for i in range(n):
+                k2 += s[i]
+            k2 /= n
+            k = math.sqrt(k2)
+            low, high, yy = np.inf, 0.0, 0.0
+            for i in range(n):
+                y[i] /= k
+                s[i] /= k2
                 low = min(low, s[i])
                 high = max(high, s[i])
-            extra = step * moment[j]
+                yy += y[i] * y[i]
+            for a in range(r):  # the unweighted residuals' moment estimate of tau2
+                qy = 0.0
+                for i in range(n):
+                    qy += Q[i, a] * y[i]
+                yy -= qy * qy
+            moment = yy / dof - 1.0
+            estimate_k = estimate[j] / k2
+            extra = step * moment
             top = step * max(high, extra)
             placed = not extra > 0
-            m = 0
+            points[0] = 0.0  # (the boundary: a peak at or near it, below the least positive point)
+            m = 1
             t = low / step
             while t <= top and m < 78:  # the points from min s2 / step, step-fold apart, with step x moment
                 if not placed and extra < t:
@@ -631,15 +668,24 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
             if not placed:
                 points[m] = extra
                 m += 1
-            here = reml(y, s, Q, estimate[j], L, b)
-            best, at = -np.inf, 0
+            here = reml(y, s, Q, estimate_k, L, b)
             for e in range(m):
-                value = reml(y, s, Q, points[e], L, b)
-                if value > best:
-                    best, at = value, e
-            out[0, j] = points[at]
-            out[1, j] = points[at - 1] if at > 0 else 0.0
-            out[2, j] = points[at + 1] if at < m - 1 else np.inf
+                values[e] = reml(y, s, Q, points[e], L, b)
+            higher = here + 1e-9 * max(1.0, abs(here))
+            best, at = -np.inf, -1
+            for e in range(m):  # the highest point of another peak than the estimate's (see the Python docstring)
+                lo = points[e - 1] if e > 0 else 0.0
+                hi = points[e + 1] if e < m - 1 else np.inf
+                own = (estimate_k > lo or e == 0) and estimate_k < hi
+                peak = e < m - 1 and values[e] >= values[e + 1] and (e == 0 or values[e] >= values[e - 1])
+                if (values[e] > higher or (peak and not own)) and values[e] > best:
+                    best, at = values[e], e
+            if at < 0:
+                out[0, j], out[1, j], out[2, j], out[3, j] = np.nan, np.nan, np.nan, -np.inf
+                continue
+            out[0, j] = points[at] * k2
+            out[1, j] = points[at - 1] * k2 if at > 0 else 0.0
+            out[2, j] = points[at + 1] * k2 if at < m - 1 else np.inf
             out[3, j] = best - here
 
     return mixed_one_group, probe_peaks

@@ -226,11 +226,12 @@ def _fit_numpy(design, Y, variances, codes, model, G, max_iter, tol, contrasts, 
     return out.finish(outcome)
 
 
-# first-level variances further apart than this (or n / 2) in a voxel: its likelihood may have two peaks (none
-# closer in a simulation: 4 to 40 subjects, variances 4- to 30-fold apart, with and without an outlying subject,
-# 480,000 voxels; the least ratio of a voxel that had two was 4.1 for 4 subjects, 7.2 for 8, 10.3 for 12, 20.5 for 20)
-_PEAK_RATIO = 4.0
-_PEAK_STEP = 4.0  # the ratio of neighbouring points of tau2 where the likelihood is probed
+# first-level variances further apart than this in a voxel: its likelihood may have two peaks (none closer in an
+# adversarial search: 4 to 40 subjects in two clusters of variances R-fold apart, effects 0.3 to 1000 apart, 76,000
+# voxels per ratio; two peaks from R = 2.5 on, 3.5 for 4 subjects; random draws had missed them below n / 2-fold,
+# 196 of log-likelihood below the highest for 40 subjects 19.8-fold apart)
+_PEAK_RATIO = 2.0
+_PEAK_STEP = 2.0  # the ratio of neighbouring points of tau2 where the likelihood is probed
 
 
 def _other_peak(design, Y, S, block: MixedBlock, max_iter, tol, contrasts, kenward_roger, compiled) -> MixedBlock:
@@ -238,52 +239,49 @@ def _other_peak(design, Y, S, block: MixedBlock, max_iter, tol, contrasts, kenwa
     first-level variance whose effect lies far from the others' holds tau2 at 0 (or at a low root of the score),
     while the effects' spread makes a higher maximum further in (8 subjects, variances 0.0024 to 2.1: tau2 0,
     t 47.6, log-likelihood -23.3, where tau2 7.2 gives t 0.96 and -12.1). With equal variances the likelihood has
-    one peak. Where they differ more than _PEAK_RATIO-fold, and n / 2-fold, it is probed at points of tau2 4-fold
-    apart, from the least variance / 4 to 4 times the greatest or the unweighted residuals' moment estimate, and
-    at 4 times that estimate (:func:`voxfit.core._mixed_kernels.probe_peaks`); where a point is higher than the
-    estimate, the maximisation runs again from it, between its neighbours (a peak lies there), and the higher
-    maximum is kept. In a simulation (8 or 20 subjects, variances 3- to 10^4-fold apart) the estimate had missed
-    the highest peak in up to 0.36% of null voxels."""
+    one peak. Where they differ more than _PEAK_RATIO-fold, it is probed at 0 and at points of tau2
+    _PEAK_STEP-fold apart, from the least variance / 2 to 2 times the greatest or the unweighted residuals' moment
+    estimate, and at 2 times that estimate (:func:`voxfit.core._mixed_kernels.probe_peaks`); where a point outside the
+    estimate's bracket is higher than both its neighbours (a shallow peak between two points can be higher than
+    both: 12 subjects, tau2 0 at -19.584 where 1.78 gives -19.574, and the 4-fold points 0.79 and 3.15 lower than
+    either), or a point anywhere is higher than the estimate (inside its bracket too: a second peak there), the
+    maximisation runs again from it, between its neighbours (a peak lies there), and the higher maximum is kept.
+    Checked against a brute-force maximum (a fine grid of tau2, each peak refined) on adversarial and random voxels
+    (``tests/test_mixed.py``)."""
     n, v = Y.shape
     ok = np.flatnonzero(block.outcome == OK)
     if not ok.size or n <= design.rank:
         return block
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # (over every voxel: no copy of the block)
-        spread = S.max(axis=0) > max(_PEAK_RATIO, n / 2) * S.min(axis=0).astype(np.float64)
+        spread = S.max(axis=0) > _PEAK_RATIO * S.min(axis=0).astype(np.float64)
     ok = ok[spread[ok]]
     if not ok.size:
         return block
-    Sk, Yk = S[:, ok].astype(np.float64), Y[:, ok].astype(np.float64)
-    k = np.sqrt(Sk.mean(axis=0))  # (each voxel in its own units, as the fits: mean s2 1)
-    Yk, Sk = Yk / k, Sk / k**2
     problem = _Problem(design, np.zeros(n, dtype=np.intp), 1)
-    resid = Yk - problem.Q @ (problem.Q.T @ Yk)
-    moment = np.einsum("iv,iv->v", resid, resid) / (n - design.rank) - 1.0
-    estimate = block.tau2[0, ok] / k**2
+    estimate = block.tau2[0, ok].astype(np.float64)
     if use_compiled_mixed(n * ok.size, compiled):
         from ._mixed_kernels import probe_peaks
 
         found = np.empty((4, ok.size))
         Q = np.ascontiguousarray(problem.Q)
+        residual_dof = n - design.rank
         in_chunks(
-            lambda a, b: probe_peaks(Yk[:, a:b], Sk[:, a:b], Q, estimate[a:b], moment[a:b], _PEAK_STEP, found[:, a:b]),
+            lambda a, b: probe_peaks(Y, S, Q, ok[a:b], estimate[a:b], residual_dof, _PEAK_STEP, found[:, a:b]),
             ok.size,
             first=1024,
         )
     else:  # (small blocks, numba not loaded: as the fit, without loading it)
-        found = _probe_peaks(problem, Yk, Sk, estimate, moment)
-    # a point higher than the estimate, the estimate outside the bracket of its peak (inside, the same peak: the
-    # estimate is the root there, to its tolerance)
-    elsewhere = ~((estimate > found[1]) & (estimate < found[2]))
-    higher = np.flatnonzero(elsewhere & (found[3] > 1e-9 * np.maximum(1.0, np.abs(block.loglik[ok]))))
+        found = _probe_peaks(problem, *_own_units(Y[:, ok], S[:, ok]), estimate)
+    # a point higher than the estimate, or a peak of the points probed outside the estimate's bracket however high
+    # (a shallow one between two points can be higher than both)
+    higher = np.flatnonzero(found[3] > -np.inf)
     if not higher.size:
         return block
-    start, lo, hi = found[0, higher], found[1, higher], found[2, higher]
+    Yk, Sk, k = _own_units(Y[:, ok[higher]], S[:, ok[higher]])
+    start, lo, hi = found[:3, higher] / k**2
     with np.errstate(all="ignore"):
-        part = _fit_mixed(
-            problem, Yk[:, higher], Sk[:, higher], max_iter, tol, contrasts, kenward_roger, (start, lo, hi)
-        )
-        part.rescale(k[higher], n - design.rank)
+        part = _fit_mixed(problem, Yk, Sk, max_iter, tol, contrasts, kenward_roger, (start, lo, hi))
+        part.rescale(k, n - design.rank)
     better = (part.outcome == OK) & (part.loglik > block.loglik[ok[higher]])
     at, src = ok[higher[better]], np.flatnonzero(better)
     if not at.size:
@@ -299,9 +297,21 @@ def _other_peak(design, Y, S, block: MixedBlock, max_iter, tol, contrasts, kenwa
     return MixedBlock(betas, covariance, tau2, block.outcome, loglik, iterations, dof, scale)
 
 
-def _probe_peaks(problem: _Problem, Y, S, estimate, moment) -> NDArray:
-    """:func:`voxfit.core._mixed_kernels.probe_peaks` with numpy, all voxels at each point at once: the same
-    points, the same (4, v) result."""
+def _own_units(Y, S) -> tuple[NDArray, NDArray, NDArray]:
+    """Voxels' effects and first-level variances in float64, each voxel in its own units (as the fits: mean
+    first-level variance 1), and the root of that mean, k, by which they were divided (k^2 for the variances)."""
+    S = S.astype(np.float64)
+    k = np.sqrt(S.mean(axis=0))
+    return Y / k, S / k**2, k
+
+
+def _probe_peaks(problem: _Problem, Y, S, k, estimate) -> NDArray:
+    """:func:`voxfit.core._mixed_kernels.probe_peaks` with numpy, all voxels at each point at once (Y, S in their
+    own units, k their scale, :func:`_own_units`; `estimate` in original units): the same points, the same (4, v)
+    result."""
+    estimate = estimate / k**2
+    resid = Y - problem.Q @ (problem.Q.T @ Y)
+    moment = np.einsum("iv,iv->v", resid, resid) / (Y.shape[0] - problem.r) - 1.0
     low, high = S.min(axis=0), S.max(axis=0)
     extra = _PEAK_STEP * moment
     top = _PEAK_STEP * np.maximum(high, extra)
@@ -309,16 +319,26 @@ def _probe_peaks(problem: _Problem, Y, S, estimate, moment) -> NDArray:
     points = (low / _PEAK_STEP) * _PEAK_STEP ** np.arange(count)[:, None]
     points = np.vstack([np.where(points <= top, points, np.inf), np.where(extra > 0, extra, np.inf)[None]])
     points.sort(axis=0)
+    points = np.vstack([np.zeros((1, Y.shape[1])), points])  # (the boundary: a peak at or near it)
     with np.errstate(all="ignore"):
         here = problem.evaluate(estimate[None], Y, S, derivatives=False, loglik=True).loglik
         values = np.stack([problem.evaluate(t[None], Y, S, derivatives=False, loglik=True).loglik for t in points])
-    values = np.where(np.isfinite(points) & ~np.isnan(values), values, -np.inf)
-    best = values.argmax(axis=0)
+    finite = np.isfinite(points)
+    values = np.where(finite & ~np.isnan(values), values, -np.inf)
+    edge = np.full((1, Y.shape[1]), -np.inf)
+    before, after = np.vstack([edge, values[:-1]]), np.vstack([values[1:], edge])
+    lo = np.vstack([np.zeros_like(edge), points[:-1]])
+    hi = np.vstack([points[1:], np.full_like(edge, np.inf)])  # (beyond the last finite point: inf)
+    inner = np.vstack([finite[1:], np.zeros_like(finite[:1])])  # (a point before the last: 0 has none before it)
+    peak = inner & (values >= before) & (values >= after)
+    own = ((estimate > lo) | (np.arange(points.shape[0]) == 0)[:, None]) & (estimate < hi)
+    eligible = finite & ((values > here + 1e-9 * np.maximum(1.0, np.abs(here))) | (peak & ~own))
+    masked = np.where(eligible, values, -np.inf)
+    at = masked.argmax(axis=0)
     columns = np.arange(Y.shape[1])
-    last = np.isfinite(points).sum(axis=0) - 1
-    lo = np.where(best > 0, points[np.maximum(best - 1, 0), columns], 0.0)
-    hi = np.where(best < last, points[np.minimum(best + 1, points.shape[0] - 1), columns], np.inf)
-    return np.stack([points[best, columns], lo, hi, values[best, columns] - here])
+    none = ~eligible[at, columns]
+    pick = lambda a: np.where(none, np.nan, a[at, columns] * k**2)  # noqa: E731
+    return np.stack([pick(points), pick(lo), pick(hi), np.where(none, -np.inf, masked[at, columns] - here)])
 
 
 def _replaced(values: NDArray, at: NDArray, new: NDArray) -> NDArray:

@@ -565,3 +565,35 @@ def test_maps_named_by_a_pattern_a_list_or_loaded_images_are_matched_by_subject(
         .parametric["pc"]
         .t,
     )
+
+
+@pytest.mark.parametrize("form", ["commas", "fortran", "vest"])
+def test_a_txt_matrix_in_other_spellings_is_the_same_design(study, capsys, form):
+    """A headerless .txt of numbers separated by commas, or with Fortran's 1.0D0 exponents, had its first row read
+    as a header ("5 rows but 6 maps"), and an FSL VEST file saved as .txt was read as a table (reviewer): each is
+    the positional design its numbers give. --covariates or --variance-groups beside it, passed over before, are
+    refused: it has no columns to name."""
+    s = study
+    age = np.array([s["age"][label] for label in s["labels"]])
+    X = np.column_stack([np.ones(N), age - age.mean()])
+    rows = {
+        "commas": [",".join(f"{v:.17g}" for v in row) for row in X],
+        "fortran": [" ".join(f"{v:.17e}".replace("e", "D") for v in row) for row in X],
+        "vest": ["/NumWaves 2", f"/NumPoints {N}", "/Matrix", *(" ".join(f"{v:.17g}" for v in row) for row in X)],
+    }[form]
+    (s["dir"] / "design.txt").write_text("\n".join(rows) + "\n")
+    out = s["dir"] / f"txt-{form}"
+    code, _, err = _group(
+        capsys, "group", *s["maps"], "--design", s["dir"] / "design.txt", "--contrast", "age=EV2", "-o", out
+    )
+    assert code == 0 and "by position (FSL's convention)" in err, err
+    mask = _mask(out)
+    Y = np.stack([s["data"][label][mask] for label in s["labels"]])
+    npt.assert_allclose(_t(out, "age")[mask], _ols_t(X, Y, [0, 1]), rtol=1e-4, atol=1e-5)
+    args = ["group", *s["maps"], "--design", s["dir"] / "design.txt", "--covariates", "age", "-o", s["dir"] / "no"]
+    code, _, err = _group(capsys, *args)
+    assert code == 2 and "but the design has no columns" in err, err
+    from voxfit.design.group import group_design
+
+    with pytest.raises(InputError, match="variance groups 'group' name a column of a participants table, but the"):
+        group_design(N, design=s["dir"] / "design.txt", variance_groups="group")

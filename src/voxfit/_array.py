@@ -88,16 +88,20 @@ def check_data_matrix(a, name: str, n: int, row: str, expected: str):
     return a
 
 
-def check_same_rows(X, a, name: str) -> None:
-    """Refuse a pandas design `X` and pandas data `a` whose rows are labelled differently: they were paired by
-    position (subjects in another order: t -31.5 for +31.5), where statsmodels refuses them."""
+def check_same_rows(**inputs) -> None:
+    """Refuse pandas inputs (design, data, variances, groups: by their names) whose rows are labelled differently:
+    they were paired by position (subjects in another order: t -31.5 for +31.5), where statsmodels refuses them.
+    Inputs that are not pandas objects are rows by position and not compared."""
     from .exceptions import InputError
 
-    if _is_pandas(X) and _is_pandas(a) and not X.index.equals(a.index):
-        raise InputError(
-            f"the rows of `X` and `{name}` are labelled differently (their pandas indexes); voxfit pairs rows by "
-            f"position: put them in one order first, e.g. `{name}.loc[X.index]`."
-        )
+    labelled = [(name, a) for name, a in inputs.items() if _is_pandas(a)]
+    for name, a in labelled[1:]:
+        first, rows = labelled[0]
+        if not rows.index.equals(a.index):
+            raise InputError(
+                f"the rows of `{first}` and `{name}` are labelled differently (their pandas indexes); voxfit pairs "
+                f"rows by position: put them in one order first, e.g. `{name}.loc[{first}.index]`."
+            )
 
 
 def is_dataframe(obj) -> bool:

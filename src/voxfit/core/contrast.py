@@ -156,20 +156,26 @@ def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[ND
 
 def _weights_by_name(contrast, design: DesignFactor):
     """A pandas contrast's weights in the design's column order: a Series (a DataFrame's rows, for an F) labelled
-    by column names is placed by its labels, unnamed columns weighted 0; one with pandas' default index by position.
+    by column names is placed by its labels, unnamed columns weighted 0; one labelled 0, 1, ... in order (pandas'
+    default index) by position, any other integers refused as names of no column. A list of Series is the rows of
+    a DataFrame.
     (A Series of the intercept's weight was applied to the first column by position: the slope's t for the
     intercept's.) Anything else is returned as it is."""
     import sys
 
     pandas = sys.modules.get("pandas")
-    if pandas is None or not isinstance(contrast, (pandas.Series, pandas.DataFrame)):
+    if pandas is None:
+        return contrast
+    if isinstance(contrast, (list, tuple)) and contrast and all(isinstance(c, pandas.Series) for c in contrast):
+        contrast = pandas.DataFrame(list(contrast)).fillna(0.0)  # (rows of an F, each labelled: by their labels)
+    if not isinstance(contrast, (pandas.Series, pandas.DataFrame)):
         return contrast
     labels = contrast.index if isinstance(contrast, pandas.Series) else contrast.columns
     try:
         values = contrast.to_numpy(dtype=np.float64)
     except (TypeError, ValueError):
         raise ContrastError(f"`contrast` must be numeric weights; got {contrast.to_numpy()!r}.") from None
-    if isinstance(labels, pandas.RangeIndex):
+    if list(labels) == list(range(len(labels))):  # (pandas' default index: positions, as plain weights)
         return values
     names = list(design.names)
     labels = [str(label) for label in labels]

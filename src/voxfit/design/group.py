@@ -19,6 +19,7 @@ import csv
 import math
 import numbers
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,12 +163,13 @@ def group_design(
     table's numeric columns that enter the design beside the `two_sample` groups (a list of names; an empty list
     for none); None: every numeric column, named in a note when they join `two_sample` groups.
     """
-    if covariates is not None and (design is None or isinstance(design, tuple) or _is_mat(design)):
+    positional = design is None or isinstance(design, tuple) or _is_mat(design) or _plain_matrix(design) is not None
+    if covariates is not None and positional:
         raise InputError(
             "--covariates names columns of a participants table, but the design has no columns; give --design "
             "TABLE with those columns."
         )
-    if variance_groups is not None and (design is None or isinstance(design, tuple) or _is_mat(design)):
+    if variance_groups is not None and positional:
         raise InputError(
             f"variance groups {variance_groups!r} name a column of a participants table, but the design has no "
             "columns; give --design TABLE with that column, or an FSL .grp file."
@@ -383,20 +385,29 @@ def _covariates(covariates, names: list[str], not_these: tuple, what: str) -> se
     return set(chosen)
 
 
-def _plain_matrix(path: Path) -> NDArray[np.float64] | None:
-    """A .txt design of numbers separated by spaces or tabs, one row per map and no header, as FSL's Text2Vest
-    and PALM take it (its first row had been read as a header: "11 rows but 12 maps"), as a matrix; None for any
-    other file."""
-    if path.suffix.lower() != ".txt" or not path.is_file():
+def _plain_matrix(design) -> NDArray[np.float64] | None:
+    """A .txt design of numbers separated by spaces, tabs or commas (Fortran's 1.0D0 too), one row per map and
+    no header, as FSL's Text2Vest and PALM take it (its first row had been read as a header: "11 rows but 12
+    maps"), or an FSL VEST file (/NumWaves ...) named .txt, as a matrix; None for any other file."""
+    if not isinstance(design, (str, os.PathLike)) or Path(design).suffix.lower() != ".txt":
         return None
+    path = Path(design)
     try:
-        lines = [line.split() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        rows = [[float(cell) for cell in line] for line in lines]
+        text = path.read_text(encoding="utf-8-sig") if path.is_file() else ""
+        if text.lstrip().startswith("/NumWaves"):
+            return read_vest(path, "design")[1]
+        lines = [re.split(r"[\s,]+", line.strip()) for line in text.splitlines() if line.strip()]
+        if not all(_NUMBER.fullmatch(cell) for line in lines for cell in line):
+            return None
+        rows = [[float(cell.replace("D", "E").replace("d", "e")) for cell in line] for line in lines]
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     if not rows or len({len(r) for r in rows}) != 1:
         return None
     return np.array(rows, dtype=np.float64)
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eEdD][-+]?\d+)?|[-+]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 def _is_mat(design) -> bool:

@@ -106,7 +106,7 @@ def fit_ar(
     scheduler = execution.scheduler
     check_scalar(order, "`order` of the AR model", min_val=1, description="a positive integer")
     design = factorize(X, names, max_memory=execution.max_memory)
-    Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
+    Y, n_jobs = check_fit_inputs(X, Y, design.n_scans, execution.n_jobs)
     n, pc = design.X.shape
     if n <= 2 * order + design.rank:
         raise InputError(f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}.")

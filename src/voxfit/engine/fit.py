@@ -32,8 +32,10 @@ from .memory import DEFAULT_TILE_BYTES, NUMPY_TILE_BYTES, plan_blocks
 __all__ = ["GridFit", "ReadFit", "check_fit_inputs", "fit", "fit_read_sums", "map_blocks"]
 
 
-def check_fit_inputs(Y, n_scans: int, n_jobs):
-    """Check the data (numeric, (n, V), n matching the design; a 1-D y is one voxel) and `n_jobs`."""
+def check_fit_inputs(X, Y, n_scans: int, n_jobs):
+    """Check the data (numeric, (n, V), n matching the design `X`, rows labelled as its rows where both are
+    pandas objects; a 1-D y is one voxel) and `n_jobs`."""
+    check_same_rows(X=X, Y=Y)
     Y = check_data_matrix(
         Y,
         "Y",
@@ -115,8 +117,7 @@ def fit(
         execution, max_memory=max_memory, n_jobs=n_jobs, progress=progress, scheduler=scheduler, device=device
     )
     design = factorize(X, names, max_memory=execution.max_memory)
-    check_same_rows(X, Y, "Y")
-    Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
+    Y, n_jobs = check_fit_inputs(X, Y, design.n_scans, execution.n_jobs)
     n, p = design.X.shape
     V = Y.shape[1]
     wdt = working_dtype(Y.dtype)

@@ -129,7 +129,7 @@ def fit_global_ar(
     given = Execution.resolve(execution, max_memory=max_memory, n_jobs=n_jobs)
     execution = Execution(given.max_memory, given.n_jobs)  # on this process's CPU: the pooled fit needs whole scans
     design = factorize(X, names, max_memory=execution.max_memory)
-    Y, _ = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
+    Y, _ = check_fit_inputs(X, Y, design.n_scans, execution.n_jobs)
     X, names, n = design.X, design.names, design.n_scans
     kinds = tuple(kinds) if kinds is not None else tuple(guess_kind(name, X[:, j]) for j, name in enumerate(names))
     drift = np.array([k in FILTER_KINDS for k in kinds])

@@ -243,8 +243,7 @@ def _mixed_problem(
         raise InputError("mixed_effects runs on CPUs (this machine's or a Dask cluster's); drop `device`.")
     design = factorize(X, names, max_memory=execution.max_memory)
     n = design.n_scans
-    check_same_rows(X, effects, "effects")
-    check_same_rows(X, variances, "variances")
+    check_same_rows(X=X, effects=effects, variances=variances, groups=groups)
     effects = _check_maps(effects, "effects", n)
     if variances is None:
         if model != "ols":
@@ -340,7 +339,7 @@ def _check_groups(groups, n: int, model: str) -> tuple[NDArray[np.intp], tuple]:
             f"`groups` has {labels.size} groups but model='ols' fits one residual variance; give model='mixed' "
             "for a between-subject variance per group, or leave `groups` out."
         )
-    return codes.astype(np.intp), tuple(label.item() for label in labels)
+    return codes.astype(np.intp), tuple(label.item() if isinstance(label, np.generic) else label for label in labels)
 
 
 def _warn_small_groups(codes: NDArray, labels: tuple) -> None:

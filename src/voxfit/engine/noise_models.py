@@ -93,7 +93,7 @@ class NoiseModelFit:
 def _prepare(X, Y, contrasts, names, execution):
     """The design factorised, the data checked, the threads and each contrast's weights."""
     design = factorize(X, names, max_memory=execution.max_memory)
-    Y, n_jobs = check_fit_inputs(Y, design.n_scans, execution.n_jobs)
+    Y, n_jobs = check_fit_inputs(X, Y, design.n_scans, execution.n_jobs)
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     return design, Y, n_jobs, weights
 

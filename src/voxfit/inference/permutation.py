@@ -502,8 +502,8 @@ def _mixed_permutation_test_iv(
     design = factorize(X, names, warn=False, max_memory=execution.max_memory)
     n = design.n_scans
     maps = []
+    check_same_rows(X=X, effects=effects, variances=variances, groups=groups)
     for label, a in (("effects", effects), ("variances", variances)):
-        check_same_rows(X, a, label)
         maps.append(check_data_matrix(a, label, n, "subject", "an (n_subjects, n_voxels) array"))
     if maps[0].shape != maps[1].shape:
         raise InputError(
@@ -732,7 +732,7 @@ def _permutation_test_iv(
     check_flag(whole_blocks, "`whole_blocks`")
     check_flag(tfce, "`tfce`")
     design = factorize(X, names, warn=False)
-    check_same_rows(X, Y, "Y")
+    check_same_rows(X=X, Y=Y)
     Y = check_data_matrix(
         Y, "Y", design.n_scans, "map", "an (n, V) array of maps (for image files: voxfit.SecondLevel)"
     )

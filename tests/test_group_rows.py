@@ -331,23 +331,6 @@ def test_table_without_ids_is_positional_with_a_warning_and_the_order(study, cap
         SecondLevel(design=table, contrasts=["age=age"]).fit(maps)
 
 
-def test_a_txt_matrix_without_a_header_is_a_positional_design_as_text2vest_takes_it(study, capsys):
-    """A design.txt of numbers separated by spaces, one row per map (Text2Vest's and PALM's input): its first row
-    was read as a header ("11 rows but 12 maps"). It is FSL's design.mat without the VEST lines."""
-    s = study
-    age = np.array([s["age"][label] for label in s["labels"]])
-    X = np.column_stack([np.ones(N), age - age.mean()])
-    (s["dir"] / "design.txt").write_text("".join(" ".join(f"{v:.17g}" for v in row) + "\n" for row in X))
-    out = s["dir"] / "txt"
-    code, _, err = _group(
-        capsys, "group", *s["maps"], "--design", s["dir"] / "design.txt", "--contrast", "age=EV2", "-o", out
-    )
-    assert code == 0 and "by position (FSL's convention)" in err, err
-    mask = _mask(out)
-    Y = np.stack([s["data"][label][mask] for label in s["labels"]])
-    npt.assert_allclose(_t(out, "age")[mask], _ols_t(X, Y, [0, 1]), rtol=1e-4, atol=1e-5)
-
-
 def test_fsl_design_mat_is_positional_and_prints_the_order(study, capsys):
     s = study
     maps = s["maps"][::-1]
@@ -567,16 +550,18 @@ def test_maps_named_by_a_pattern_a_list_or_loaded_images_are_matched_by_subject(
     )
 
 
-@pytest.mark.parametrize("form", ["commas", "fortran", "vest"])
-def test_a_txt_matrix_in_other_spellings_is_the_same_design(study, capsys, form):
-    """A headerless .txt of numbers separated by commas, or with Fortran's 1.0D0 exponents, had its first row read
-    as a header ("5 rows but 6 maps"), and an FSL VEST file saved as .txt was read as a table (reviewer): each is
-    the positional design its numbers give. --covariates or --variance-groups beside it, passed over before, are
-    refused: it has no columns to name."""
+@pytest.mark.parametrize("form", ["spaces", "commas", "fortran", "vest"])
+def test_a_txt_matrix_without_a_header_is_a_positional_design_as_text2vest_takes_it(study, capsys, form):
+    """A design.txt of numbers, one row per map (Text2Vest's and PALM's input), separated by spaces or commas or
+    with Fortran's 1.0D0 exponents, had its first row read as a header ("11 rows but 12 maps"), and an FSL VEST
+    file saved as .txt was read as a table (group tester, reviewer): each is the positional design its numbers
+    give, as FSL's design.mat is. --covariates or --variance-groups beside it, passed over before, are refused:
+    it has no columns to name."""
     s = study
     age = np.array([s["age"][label] for label in s["labels"]])
     X = np.column_stack([np.ones(N), age - age.mean()])
     rows = {
+        "spaces": [" ".join(f"{v:.17g}" for v in row) for row in X],
         "commas": [",".join(f"{v:.17g}" for v in row) for row in X],
         "fortran": [" ".join(f"{v:.17e}".replace("e", "D") for v in row) for row in X],
         "vest": ["/NumWaves 2", f"/NumPoints {N}", "/Matrix", *(" ".join(f"{v:.17g}" for v in row) for row in X)],

@@ -1188,16 +1188,15 @@ def _check_factor_levels(node: _Node, rows: list[dict], X: np.ndarray, names: li
     splits (``group.control``, ``group.patient``): its value is a level Model.X leaves out, often a typo
     (``"patient "``, ``Patient``) in participants.tsv. Fitted, it stays in the residuals as an effect of 0 and
     moves every estimate, without a word; refused, naming the inputs and the levels named."""
+    zero = np.flatnonzero(~X.any(axis=1))
+    if not zero.size:
+        return
     instructions = ((node.spec.get("Transformations") or {}).get("Instructions")) or ()
     factored = [c for i in instructions if i.get("Name") == "Factor" for c in _spec_strings(i.get("Input"))]
+    inputs = ["_".join(f"{k[:3]}-{_value(rows[i][k])}" for k in ("subject", "session") if rows[i].get(k)) for i in zero]
     for column in factored:
         levels = [n for n in names if n.startswith(f"{column}.")]
-        zero = np.flatnonzero(~X.any(axis=1)) if levels else ()
-        if len(zero):
-            inputs = [
-                "_".join(f"{k[:3]}-{_value(rows[i][k])}" for k in ("subject", "session") if rows[i].get(k))
-                for i in zero
-            ]
+        if levels:
             raise InputError(
                 f"node {node.name}: the design row of {listed(inputs)} is all zeros: its {column} is a level Model.X "
                 f"does not name (it names {listed(levels)}), so it would be fitted as an effect of 0; correct its "
@@ -2896,10 +2895,10 @@ class _Study:
         missing = [row for row, ref in zip(rows, refs) if ref is None]
         if missing:  # (inputs of failed groups were never passed on: a row without maps is pybids' own)
             raise InputError(f"no maps for the input {_input_name(missing[0])}; its lower node failed.")
-        _check_pooled_contrasts(node, entities, rows, X.to_numpy())
-        _check_factor_levels(node, rows, X.to_numpy(), names)
-        _check_one_map_per_subject(node, rows, self.settings.group_model)
         Xv = X.to_numpy()
+        _check_pooled_contrasts(node, entities, rows, Xv)
+        _check_factor_levels(node, rows, Xv, names)
+        _check_one_map_per_subject(node, rows, self.settings.group_model)
         rank = np.linalg.matrix_rank(Xv) if Xv.size else 0
         if rank < Xv.shape[1]:
             raise InputError(

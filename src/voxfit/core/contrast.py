@@ -121,9 +121,8 @@ def contrast_matrix(contrast: str | ArrayLike, design: DesignFactor) -> tuple[ND
     p = design.n_columns
     if isinstance(contrast, str):
         return parse_contrast(contrast, design.names), contrast.strip()
-    if isinstance(contrast, np.ma.MaskedArray) or np.iscomplexobj(
-        contrast
-    ):  # (numpy drops the mask, the imaginary part)
+    # (numpy would drop a mask, or the imaginary part)
+    if isinstance(contrast, np.ma.MaskedArray) or np.iscomplexobj(contrast):
         raise ContrastError(
             f"`contrast` must be real weights in a plain array; got a {type(contrast).__name__} of {contrast.dtype}."
         )

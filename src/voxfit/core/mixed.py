@@ -32,12 +32,12 @@ Maximisation, all voxels of a block together (a voxel stops when its step is bel
 
 - one group: the boundary is decided first, exactly: where the score at tau2 = 0 is <= 0 the estimate is 0
   (the restricted likelihood does not increase into the interior). Elsewhere the root of the score is found by
-  Newton's method on the score from the moment estimate (DerSimonian-Laird's, generalised to GLS: ``(r'Wr -
-  (n - r)) / tr P`` at 0;
-  a Fisher step from 0 where it is not positive), safeguarded by the bracket [last tau2 with a positive score,
-  last with a negative one]: a Newton step where the likelihood is concave, a Fisher-scoring step elsewhere, a
-  bisection when the step leaves the bracket. Where the first-level variances differ enough for the likelihood
-  to have another, higher peak, it is probed for one, and the maximisation run again there (:func:`_other_peak`).
+  Newton's method on the score from the moment estimate (DerSimonian-Laird's, generalised to GLS:
+  ``(r'Wr - (n - r)) / tr P`` at 0; a Fisher step from 0 where it is not positive), safeguarded by the bracket
+  [last tau2 with a positive score, last with a negative one]: a Newton step where the likelihood is concave, a
+  Fisher-scoring step elsewhere, a bisection when the step leaves the bracket. Where the first-level variances
+  differ enough for the likelihood to have another, higher peak, it is probed for one, and the maximisation run
+  again there (:func:`_other_peak`).
 - several groups: projected Newton (Fisher scoring where the Hessian is not negative definite) on the groups
   that are positive or whose score is positive, the step projected onto tau2 >= 0 and halved until the
   restricted likelihood increases (Armijo), then a scaled projected gradient if that fails.
@@ -247,7 +247,7 @@ def _other_peak(design, Y, S, block: MixedBlock, max_iter, tol, contrasts, kenwa
     either), or a point anywhere is higher than the estimate (inside its bracket too: a second peak there), the
     maximisation runs again from it, between its neighbours (a peak lies there), and the higher maximum is kept.
     Checked against a brute-force maximum (a fine grid of tau2, each peak refined) on adversarial and random voxels
-    (``tests/test_mixed.py``)."""
+    (``tests/test_mixed_core.py``)."""
     n, v = Y.shape
     ok = np.flatnonzero(block.outcome == OK)
     if not ok.size or n <= design.rank:

@@ -163,7 +163,8 @@ def group_design(
     table's numeric columns that enter the design beside the `two_sample` groups (a list of names; an empty list
     for none); None: every numeric column, named in a note when they join `two_sample` groups.
     """
-    positional = design is None or isinstance(design, tuple) or _is_mat(design) or _plain_matrix(design) is not None
+    plain = _plain_matrix(design)
+    positional = design is None or isinstance(design, tuple) or _is_mat(design) or plain is not None
     if covariates is not None and positional:
         raise InputError(
             "--covariates names columns of a participants table, but the design has no columns; give --design "
@@ -202,7 +203,6 @@ def group_design(
         )
     else:
         path = Path(design)
-        plain = _plain_matrix(path)
         if _is_mat(path) or plain is not None:
             kind = "a matrix of numbers without a header" if plain is not None else "FSL's design.mat"
             if two_sample is not None:

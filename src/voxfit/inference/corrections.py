@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .._array import check_array_like
+from .._checks import check_scalar
 from ..exceptions import InputError
 
 __all__ = ["bonferroni", "fdr", "fdr_threshold"]
@@ -56,8 +59,15 @@ def fdr(p: ArrayLike) -> NDArray[np.float64]:
 
 def fdr_threshold(p: ArrayLike, q: float = 0.05) -> float:
     """The largest p-value declared active at FDR level `q` (Benjamini-Hochberg step-up), or 0 if none is."""
-    if isinstance(q, bool) or not isinstance(q, (int, float, np.integer, np.floating)) or not 0 < q < 1:
-        raise InputError(f"`q` must be an FDR level between 0 and 1 (0.05); got {q!r}.")
+    check_scalar(
+        q,
+        "`q`",
+        numbers.Real,
+        min_val=0,
+        max_val=1,
+        include_boundaries="neither",
+        description="an FDR level between 0 and 1 (0.05)",
+    )
     p = _p_values(p)
     values = np.sort(p[np.isfinite(p)])
     if values.size == 0:

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import check_data_matrix, check_same_rows, unit_scale, working_dtype
+from .._checks import check_flag
 from .._dask import run_tasks
 from .._memory import check_memory, parse_memory
 from .._execution import Execution
@@ -37,7 +38,6 @@ from ..core import check_contrast, factorize
 from ..core.design import orthonormal_basis
 from ..core.mixed import OK, fit_mixed_block, no_fixed_effects
 from ..core.ols import exact_fits
-from .._checks import check_flag
 from ..exceptions import InputError
 from .shuffles import Shuffles, count_shuffles, make_shuffles
 

@@ -1,5 +1,10 @@
 """The compiled (numba) and numpy passes over the data give the same numbers; when each is chosen."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import numpy.testing as npt
 import pytest
@@ -8,6 +13,7 @@ import voxfit
 from voxfit.core import _kernels
 from voxfit.core.distributions import _t_to_z_table
 
+from .conftest import WARMUP
 from .helpers import assert_betas_close, fmri_like
 
 
@@ -154,3 +160,27 @@ def test_unpacked_product_limits(monkeypatch):
     for libs in ([("openblas", "Haswell")], [("mkl", None)], [("openblas", "SkylakeX"), ("mkl", None)], []):
         pools(*libs)
         assert _threads.unpacked_product_limits() is None
+
+
+_CACHE_MISSES = """
+import gc, sys
+sys.path.insert(0, sys.argv[1])
+import numba_warmup
+for part in numba_warmup.PARTS.values():
+    part()
+from numba.core.dispatcher import Dispatcher
+print(sorted({d.py_func.__qualname__ for d in gc.get_objects() if isinstance(d, Dispatcher) and d.stats.cache_misses}))
+"""
+
+
+def test_every_kernel_compiled_in_one_process_is_loaded_from_the_cache_by_the_next(tmp_path):
+    """numba's disk cache keys a kernel by its closure's contents too: the probe for a second REML peak called a
+    kernel held in its closure, whose pickle differs in every process, so every process compiled it again (4 s
+    before a mixed fit's first block, and one more cache file each time). Every kernel the suite's warm-up calls
+    (``numba_warmup.py``, all its parts), called in a second process, is loaded, none compiled."""
+    command = [sys.executable, "-c", _CACHE_MISSES, str(Path(__file__).parent)]
+    # a parallel run's warm-up compiled them in processes of its own; a serial run compiles them here first
+    for _ in range(1 if os.environ.get(WARMUP) else 2):
+        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", f"compiled again, not loaded from the cache: {done.stdout.strip()}"

@@ -556,56 +556,6 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
                         T_out[j, a, b] = T[a, b]
                 info_out[j] = info
 
-    @numba.njit(nogil=True, cache=True, error_model="numpy")
-    def reml(y, s, Q, t, L, b):  # pragma: no cover - compiled
-        """The restricted log-likelihood of one group at tau2 `t`, less its constants: -(sum log(s + t) + log|M|
-        + r'Wr) / 2 with M = Q'WQ (by Cholesky; -inf where M is not positive definite)."""
-        n, r = Q.shape
-        for a in range(r):
-            b[a] = 0.0
-            for c in range(a + 1):
-                L[a, c] = 0.0
-        sumlog = 0.0
-        prod = 1.0
-        yy = 0.0
-        for i in range(n):
-            f = s[i] + t
-            w = 1.0 / f
-            prod *= f  # (sum log f as the log of products kept within 1e+-200: a log per many subjects)
-            if not 1e-200 < prod < 1e200:
-                sumlog += math.log(prod)
-                prod = 1.0
-            wy = w * y[i]
-            yy += wy * y[i]
-            for a in range(r):
-                b[a] += wy * Q[i, a]
-                for c in range(a + 1):
-                    L[a, c] += w * Q[i, a] * Q[i, c]
-        sumlog += math.log(prod)
-        logdet = 0.0
-        for c in range(r):  # Cholesky in place, then b := L^-1 b: r'Wr = y'Wy - |L^-1 b|^2
-            d = L[c, c]
-            for q in range(c):
-                d -= L[c, q] * L[c, q]
-            if not d > 0:
-                return -np.inf
-            d = math.sqrt(d)
-            L[c, c] = d
-            logdet += 2.0 * math.log(d)
-            for i2 in range(c + 1, r):
-                x = L[i2, c]
-                for q in range(c):
-                    x -= L[i2, q] * L[c, q]
-                L[i2, c] = x / d
-        quad = yy
-        for a in range(r):
-            x = b[a]
-            for q in range(a):
-                x -= L[a, q] * b[q]
-            b[a] = x / L[a, a]
-            quad -= b[a] * b[a]
-        return -0.5 * (sumlog + logdet + quad)
-
     probe_signatures = [
         numba.void(data, data, design, numba.types.Array(i64, 1, "A"), vector, f64, f64, matrix)
         for data in (single, double)
@@ -614,6 +564,58 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
     @numba.njit(probe_signatures, nogil=True, cache=True, error_model="numpy")
     def probe_peaks(Y, S, Q, columns, estimate, dof, step, out):  # pragma: no cover - compiled
         """See the Python function's docstring."""
+
+        def reml(y, s, Q, t, L, b):
+            """The restricted log-likelihood of one group at tau2 `t`, less its constants: -(sum log(s + t) + log|M|
+            + r'Wr) / 2 with M = Q'WQ (by Cholesky; -inf where M is not positive definite). Inside the kernel, not
+            a kernel of its own in its closure: numba's cache keys a kernel by its closure's pickle too, and a
+            kernel's differs in every process (each compiled the probe again)."""
+            n, r = Q.shape
+            for a in range(r):
+                b[a] = 0.0
+                for c in range(a + 1):
+                    L[a, c] = 0.0
+            sumlog = 0.0
+            prod = 1.0
+            yy = 0.0
+            for i in range(n):
+                f = s[i] + t
+                w = 1.0 / f
+                prod *= f  # (sum log f as the log of products kept within 1e+-200: a log per many subjects)
+                if not 1e-200 < prod < 1e200:
+                    sumlog += math.log(prod)
+                    prod = 1.0
+                wy = w * y[i]
+                yy += wy * y[i]
+                for a in range(r):
+                    b[a] += wy * Q[i, a]
+                    for c in range(a + 1):
+                        L[a, c] += w * Q[i, a] * Q[i, c]
+            sumlog += math.log(prod)
+            logdet = 0.0
+            for c in range(r):  # Cholesky in place, then b := L^-1 b: r'Wr = y'Wy - |L^-1 b|^2
+                d = L[c, c]
+                for q in range(c):
+                    d -= L[c, q] * L[c, q]
+                if not d > 0:
+                    return -np.inf
+                d = math.sqrt(d)
+                L[c, c] = d
+                logdet += 2.0 * math.log(d)
+                for i2 in range(c + 1, r):
+                    x = L[i2, c]
+                    for q in range(c):
+                        x -= L[i2, q] * L[c, q]
+                    L[i2, c] = x / d
+            quad = yy
+            for a in range(r):
+                x = b[a]
+                for q in range(a):
+                    x -= L[a, q] * b[q]
+                b[a] = x / L[a, a]
+                quad -= b[a] * b[a]
+            return -0.5 * (sumlog + logdet + quad)
+
         n, r = Q.shape
         L = np.empty((r, r))
         b = np.empty(r)

@@ -205,3 +205,40 @@ def test_rft_smoothness_of_a_near_constant_design_is_its_noises(tmp_path, route)
     low = fwhm(100.0)
     assert np.all(low > 2)
     npt.assert_allclose(fwhm(high), low, rtol=1e-3 if route == "streamed" else 1e-5)
+
+
+@pytest.mark.parametrize("route", ["4-D", "3-D scans", "streamed"])
+def test_int16_scans_with_a_large_intercept_are_fitted_as_their_values(tmp_path, route, no_reserve):
+    """int16 scans with scl_inter 3e7 (slope 1): float32's spacing there is 2, twice the data's step, so a
+    voxel's noise of a few units was read as rounding (t off by up to 29%). Such values are read in float64: the t map
+    of the scaled file is the t map of its values written as float64, through each way a run is read (a 4-D .nii
+    in memory, one 3-D file per scan, and an AR(1) fit streamed under --max-memory)."""
+    import json
+
+    import nibabel as nib
+
+    from voxfit.cli import main
+
+    rng = np.random.default_rng(5)
+    n, shape = 70, (8, 8, 8)
+    X = np.column_stack([np.sin(np.arange(n) / 3.0), np.ones(n)])
+    raw = np.round(rng.normal(0, 3, (*shape, n)) + 2.0 * X[:, 0]).astype(np.int16)
+    np.savetxt(tmp_path / "design.tsv", X, delimiter="\t", header="A\tB", comments="")
+    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), np.eye(4)), tmp_path / "mask.nii")
+    options = ["--noise", "ar1", "--max-memory", "100K"] if route == "streamed" else ["--noise", "ols"]  # (143 KB)
+    t = []
+    for name, values, scale in (("scaled", raw, (1.0, 3e7)), ("exact", raw.astype(np.float64) + 3e7, None)):
+        images = [values[..., k] for k in range(n)] if route == "3-D scans" else [values]
+        inputs = [str(tmp_path / f"{name}-{k:02d}.nii") for k in range(len(images))]
+        for path, data in zip(inputs, images):
+            img = nib.Nifti1Image(data, np.eye(4))
+            if scale is not None:
+                img.header.set_slope_inter(*scale)
+            nib.save(img, path)
+        out = tmp_path / f"out-{name}"
+        argv = [*inputs, "--design", str(tmp_path / "design.tsv"), "--contrast", "a=A", "--out", str(out)]
+        assert main(["fit", *argv, "--mask", str(tmp_path / "mask.nii"), *options, "--quiet"]) == 0
+        t.append(np.asarray(nib.load(out / "contrast-a_stat-t_statmap.nii.gz").dataobj, dtype=np.float64))
+        if route == "streamed":
+            assert json.loads((out / "model.json").read_text())["settings"]["noise_details"]["streamed"] is True
+    npt.assert_allclose(t[0], t[1], rtol=1e-6, atol=1e-6)

@@ -130,8 +130,12 @@ def held_as_series(a) -> bool:
     return a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous
 
 
-def working_dtype(dtype) -> np.dtype:
-    """float32 for float32, float16 and 8/16-bit integers (exactly representable); float64 otherwise.
+def working_dtype(dtype, scale: tuple[float, float] | None = None) -> np.dtype:
+    """float32 for float32, float16 and 8/16-bit integers (exactly representable); float64 otherwise, and for
+    8/16-bit integers whose `scale` (slope, intercept; NIfTI's scl_slope and scl_inter) puts their values where
+    float32's spacing exceeds a sixteenth of the slope (the data's own step): |intercept| / |slope| plus the
+    largest stored magnitude over 2**20 (int16 with intercept 3e7 and slope 1: float32's spacing there is 2,
+    twice the data's step, and a voxel's variance of a few units was read as rounding).
 
     See ``voxfit.core.ols`` for the precision this gives.
     """
@@ -139,6 +143,11 @@ def working_dtype(dtype) -> np.dtype:
     if dtype.kind == "f" and dtype.itemsize <= 4:
         return np.dtype(np.float32)
     if dtype.kind in "iub" and dtype.itemsize <= 2:
+        if scale is not None and dtype.kind != "b":
+            slope, inter = abs(float(scale[0])), abs(float(scale[1]))
+            largest = max(abs(int(np.iinfo(dtype).min)), int(np.iinfo(dtype).max))
+            if not inter <= (2**20 - largest) * slope:  # (NaN, inf, a slope of 0: float64 decides nothing wrong)
+                return np.dtype(np.float64)
         return np.dtype(np.float32)
     return np.dtype(np.float64)
 

@@ -289,7 +289,7 @@ def _accumulate(
     # a scan of the slab costs: the reader's buffers (up to three slabs: one in use, two read ahead), the
     # scaled values (a float64 product, then the working copy), the candidates' gathered copy and the mask
     # checks' boolean temporaries; the tiles of the sums are a few MiB
-    work = working_dtype(reader.dtype).itemsize
+    work = working_dtype(reader.dtype, reader.scale).itemsize
     per_scan = 3 * nel * reader.dtype.itemsize + (nel * (8 + work) if reader.scale else 0) + V0 * work + 2 * nel
     slab_bytes = cap - held - reserved_bytes()
     if slab_bytes < 2 * per_scan:

@@ -33,7 +33,7 @@ class ScaledArray:
 
     def __init__(self, raw: NDArray, slope: float, inter: float):
         self.raw, self.slope, self.inter = raw, float(slope), float(inter)
-        self.dtype = working_dtype(raw.dtype)
+        self.dtype = working_dtype(raw.dtype, (self.slope, self.inter))
         self.shape = raw.shape
         self.ndim = raw.ndim
 

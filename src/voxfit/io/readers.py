@@ -138,7 +138,7 @@ def apply_scale(raw: NDArray, scale: tuple[float, float] | None, dtype=None) -> 
     if scale is None:
         return raw
     slope, inter = float(scale[0]), float(scale[1])
-    return (raw * slope + inter).astype(dtype or working_dtype(raw.dtype))
+    return (raw * slope + inter).astype(dtype or working_dtype(raw.dtype, scale))
 
 
 def _kind(path: Path) -> str:
@@ -1936,7 +1936,7 @@ class ColumnSource:
     def __init__(self, columns, file_dtype, n_scans: int, n_elements: int, *, scale=None, index=None):
         self.columns, self.scale = columns, scale
         self.raw_dtype = np.dtype(file_dtype).newbyteorder("=")
-        self.dtype = self.raw_dtype if scale is None else working_dtype(self.raw_dtype)
+        self.dtype = self.raw_dtype if scale is None else working_dtype(self.raw_dtype, scale)
         self.n_elements = int(n_elements)
         self.index = None if index is None else np.asarray(index, dtype=np.intp)
         self.shape = (int(n_scans), self.n_elements if index is None else self.index.size)

@@ -307,7 +307,7 @@ def fit_images(
             "by blocks of voxels) under --max-memory; raise --max-memory (or drop --diagnostics)."
         )
     if rft is not None:  # numba and the smoothness kernels load while the data are read
-        dtype = working_dtype(route.reader.dtype) if route.reader is not None else np.float32
+        dtype = working_dtype(route.reader.dtype, route.reader.scale) if route.reader is not None else np.float32
         threading.Thread(target=warm_kernels, args=(dtype,), daemon=True).start()
 
     with contextlib.ExitStack() as stack:

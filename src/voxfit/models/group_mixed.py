@@ -308,7 +308,7 @@ def read_variances(paired, masker: Masker) -> np.ndarray:
     reader = variance_reader(paired)
     masker.geometry.check_same(reader.geometry, "the variance maps")
     raw = gather(reader, masker.index)
-    values = np.asarray(apply_scale(raw, reader.scale), dtype=working_dtype(raw.dtype))
+    values = np.asarray(apply_scale(raw, reader.scale), dtype=working_dtype(raw.dtype, reader.scale))
     if paired.volumes is not None:
         values = values[list(paired.volumes)]
     return values

@@ -207,12 +207,14 @@ def test_rft_smoothness_of_a_near_constant_design_is_its_noises(tmp_path, route)
     npt.assert_allclose(fwhm(high), low, rtol=1e-3 if route == "streamed" else 1e-5)
 
 
+@pytest.mark.parametrize("scale", [(1.0, 3e7), (1e38, 0.0)])
 @pytest.mark.parametrize("route", ["4-D", "3-D scans", "streamed"])
-def test_int16_scans_with_a_large_intercept_are_fitted_as_their_values(tmp_path, route, no_reserve):
+def test_int16_scans_with_a_large_intercept_are_fitted_as_their_values(tmp_path, route, scale, no_reserve):
     """int16 scans with scl_inter 3e7 (slope 1): float32's spacing there is 2, twice the data's step, so a
-    voxel's noise of a few units was read as rounding (t off by up to 29%). Such values are read in float64: the t map
-    of the scaled file is the t map of its values written as float64, through each way a run is read (a 4-D .nii
-    in memory, one 3-D file per scan, and an AR(1) fit streamed under --max-memory)."""
+    voxel's noise of a few units was read as rounding (t off by up to 29%); with scl_slope 1e38 every value
+    overflowed float32 (exit 2: "the automatic mask is empty"). Such values are read in float64: the t map of the
+    scaled file is the t map of its values written as float64, through each way a run is read (a 4-D .nii in
+    memory, one 3-D file per scan, and an AR(1) fit streamed under --max-memory)."""
     import json
 
     import nibabel as nib
@@ -227,13 +229,14 @@ def test_int16_scans_with_a_large_intercept_are_fitted_as_their_values(tmp_path,
     nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), np.eye(4)), tmp_path / "mask.nii")
     options = ["--noise", "ar1", "--max-memory", "100K"] if route == "streamed" else ["--noise", "ols"]  # (143 KB)
     t = []
-    for name, values, scale in (("scaled", raw, (1.0, 3e7)), ("exact", raw.astype(np.float64) + 3e7, None)):
+    exact = raw * scale[0] + scale[1]
+    for name, values, factors in (("scaled", raw, scale), ("exact", exact, None)):
         images = [values[..., k] for k in range(n)] if route == "3-D scans" else [values]
         inputs = [str(tmp_path / f"{name}-{k:02d}.nii") for k in range(len(images))]
         for path, data in zip(inputs, images):
             img = nib.Nifti1Image(data, np.eye(4))
-            if scale is not None:
-                img.header.set_slope_inter(*scale)
+            if factors is not None:
+                img.header.set_slope_inter(*factors)
             nib.save(img, path)
         out = tmp_path / f"out-{name}"
         argv = [*inputs, "--design", str(tmp_path / "design.tsv"), "--contrast", "a=A", "--out", str(out)]

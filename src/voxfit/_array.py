@@ -135,7 +135,8 @@ def working_dtype(dtype, scale: tuple[float, float] | None = None) -> np.dtype:
     8/16-bit integers whose `scale` (slope, intercept; NIfTI's scl_slope and scl_inter) puts their values where
     float32's spacing exceeds a sixteenth of the slope (the data's own step): |intercept| / |slope| plus the
     largest stored magnitude over 2**20 (int16 with intercept 3e7 and slope 1: float32's spacing there is 2,
-    twice the data's step, and a voxel's variance of a few units was read as rounding).
+    twice the data's step, and a voxel's variance of a few units was read as rounding), or whose slope is beyond
+    1e+-30 (scl_slope 1e38: every value overflowed float32, and the automatic mask said no voxel was finite).
 
     See ``voxfit.core.ols`` for the precision this gives.
     """
@@ -146,7 +147,8 @@ def working_dtype(dtype, scale: tuple[float, float] | None = None) -> np.dtype:
         if scale is not None and dtype.kind != "b":
             slope, inter = abs(float(scale[0])), abs(float(scale[1]))
             largest = max(abs(int(np.iinfo(dtype).min)), int(np.iinfo(dtype).max))
-            if not inter <= (2**20 - largest) * slope:  # (NaN, inf, a slope of 0: float64 decides nothing wrong)
+            # (NaN, inf: float64 decides nothing wrong; a slope beyond 1e+-30 over- or underflows float32)
+            if not (1e-30 <= slope <= 1e30 and inter <= (2**20 - largest) * slope):
                 return np.dtype(np.float64)
         return np.dtype(np.float32)
     return np.dtype(np.float64)

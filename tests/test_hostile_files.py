@@ -728,3 +728,33 @@ def test_an_output_folder_under_a_file_names_the_file(tmp_path, capsys, command)
     code, _, err = run(capsys, *command_line, "-o", tmp_path / "link" / "sub")
     link, target = tmp_path / "link", tmp_path / "unmounted" / "disk"
     assert code == 2 and f"{link} is a link to {target}, which is not there" in err, err
+
+
+def test_an_spm_mat_sidecar_that_moves_the_scans_is_refused_and_one_that_differs_is_said(study, capsys):
+    """SPM reads a .nii's ``name.mat`` (each scan's matrix, 1-based) in place of its header, nibabel does not: a
+    4-D run realigned by SPM's "Estimate" but not resliced was fitted without a word, voxel by voxel across scans
+    SPM places apart (and SPM's own fit refuses them: spm_check_orientations). Scans placed apart: exit 2 saying
+    to reslice; one matrix other than the header's: a warning (the maps carry the header's); the header's own
+    matrix: nothing; a .mat that is not MATLAB's: a warning, and the run is fitted."""
+    from scipy.io import savemat
+
+    bold = study["dir"] / "bold.nii"
+    img = nib.load(study["bold"])
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), bold)
+    n = img.shape[3]
+    spm = img.affine @ np.linalg.inv(np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1.0]]))
+    args = [a for a in fit_args({**study, "bold": bold}) if a != "--quiet"]  # (warnings said)
+    mats = np.repeat(spm[:, :, None], n, axis=2)
+    mats[1, 3, 7:] += 0.3  # (scan 8 on moved 0.3 mm)
+    savemat(bold.with_suffix(".mat"), {"mat": mats})
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "places its scans apart (scan 8 moved" in err and "reslice" in err
+    assert not study["out"].exists()
+    for mats, said in ((np.repeat(spm[:, :, None], n, axis=2), None), (spm + 2 * np.eye(4)[0], "otherwise than")):
+        savemat(bold.with_suffix(".mat"), {"mat": mats} if mats.ndim == 3 else {"M": mats})
+        code, _, err = run(capsys, *args, "--force")
+        assert code == 0, err
+        assert (said in err) if said else "bold.mat" not in err
+    bold.with_suffix(".mat").write_bytes(b"not MATLAB's" * 8)
+    code, _, err = run(capsys, *args, "--force")
+    assert code == 0 and "bold.mat could not be read" in err

@@ -55,6 +55,7 @@ from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, corrupt_gzip, open_gzip, open_gzip_stream
 from .checks import check_readable
 from .geometry import (
+    AFFINE_ATOL,
     ArrayGeometry,
     BrainModels,
     CiftiGeometry,
@@ -634,6 +635,61 @@ def _check_orientation(where: str, img) -> None:
         )
 
 
+_SPM_MAT_BYTES = 64 * 2**20  # the largest SPM .mat sidecar read (4 x 4 doubles a scan: 500,000 scans)
+_SPM_ATOL = 1e-4  # SPM12's spm_check_orientations (which spm_spm calls): scans whose matrices differ more are refused
+
+
+def _check_spm_mat(path: Path, affine: NDArray, n_scans: int) -> None:
+    """An uncompressed image's SPM sidecar, ``name.mat`` (the voxel-to-world matrix of each scan, ``mat``, 1-based,
+    or one ``M``), which SPM reads in place of the header's and nibabel, FSL and voxfit do not: scans it places
+    apart (SPM's Realign "Estimate" of a 4-D file, not resliced) are refused, as SPM refuses to fit them; one
+    placement other than the header's is said (the maps carry the header's); one that cannot be read too."""
+    if not path.name.lower().endswith((".nii", ".hdr", ".img")):
+        return
+    sidecar = path.with_suffix(".mat")
+    try:
+        size = sidecar.stat().st_size
+    except OSError:
+        return
+    where = f"{path}: its SPM sidecar {sidecar.name}"
+    try:
+        if size > _SPM_MAT_BYTES:
+            raise ValueError(f"{size:,} bytes")
+        from scipy.io import loadmat
+
+        held = loadmat(sidecar, variable_names=["mat", "M"])
+        mats = np.asarray(held["mat"] if "mat" in held else held["M"], dtype=np.float64)
+        if mats.ndim == 2:
+            mats = mats[:, :, None]
+        if mats.shape[:2] != (4, 4) or mats.ndim != 3 or not np.isfinite(mats).all():
+            raise ValueError(f"not 4 x 4 matrices of numbers: shape {mats.shape}")
+    except Exception as exc:  # noqa: BLE001 (any file at all: said, and not read, as nibabel does)
+        warnings.warn(
+            f"{where} could not be read ({type(exc).__name__}: {exc}); the header's orientation is used, as "
+            "nibabel and FSL use it (SPM would read the .mat's).",
+            HeaderReadAsWarning,
+            stacklevel=3,
+        )
+        return
+    mats = mats[:, :, :n_scans]
+    moved = [k for k in range(mats.shape[2]) if not np.allclose(mats[:, :, k], mats[:, :, 0], rtol=0, atol=_SPM_ATOL)]
+    if moved:
+        raise InputError(
+            f"{where} places its scans apart (scan {moved[0] + 1} moved from scan 1: realigned by SPM, not resliced), "
+            "and SPM would refuse to fit them too; reslice them first (SPM Realign: Estimate & Reslice, then fit "
+            "the r-prefixed file), or remove the .mat if the scans are already resliced."
+        )
+    one_based = np.eye(4)
+    one_based[:3, 3] = 1.0  # (SPM counts voxels from 1: its matrix maps (i+1, j+1, k+1))
+    if not np.allclose(mats[:, :, 0] @ one_based, affine, rtol=0, atol=AFFINE_ATOL):
+        warnings.warn(
+            f"{where} places the image otherwise than its header (SPM reads the .mat's, nibabel and FSL the "
+            "header's); the maps carry the header's: remove the stale .mat, or write it into the header.",
+            HeaderReadAsWarning,
+            stacklevel=3,
+        )
+
+
 def _data_offset(path: Path, img) -> int:
     """Where a NIfTI image's data begin in its file: at its header's vox_offset, except that a single file's data
     never start before the end of its header, byte 352 (NIfTI-2: 544), as the NIfTI-1 standard says of a smaller
@@ -688,6 +744,7 @@ class NiftiReader:
         _check_numeric(self.path, proxy.dtype, img.header)
         self.geometry = VolumeGeometry(tuple(int(s) for s in shape[:3]), img.affine.astype(np.float64), img.header)
         self.n_scans = int(n_scans)
+        _check_spm_mat(self.path, self.geometry.affine, self.n_scans)
         self._file_dtype = np.dtype(proxy.dtype)
         self.dtype = self._file_dtype.newbyteorder("=")
         self.scale = _scale(proxy)

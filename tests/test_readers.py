@@ -1728,3 +1728,75 @@ def test_a_nii_cut_short_after_it_was_opened_says_where_it_ends(tmp_path, rng):
         rf"bytes, where its header promises {size:,}\)",
     ):
         list(reader.iter_scans(max_bytes=4 * int(np.prod(SHAPE))))
+
+
+def _hemisphere_gifti(path: Path, rows, structure=None, intent="NIFTI_INTENT_NONE") -> str:
+    meta = {"AnatomicalStructurePrimary": structure} if structure else {}
+    arrays = [nib.gifti.GiftiDataArray(np.asarray(r, np.float32), intent=intent) for r in rows]
+    nib.save(nib.gifti.GiftiImage(darrays=arrays, meta=nib.gifti.GiftiMetaData(meta)), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("told_by", ["metadata", "file name"])
+def test_runs_maps_and_masks_of_the_other_hemisphere_are_refused(tmp_path, told_by, capsys):
+    """fsaverage's hemispheres have as many vertices each: a hemi-R run beside a hemi-L one was fitted as its
+    second run, and a group model took three left and three right maps as six subjects, without a word (exit 0).
+    Each GIFTI's structure is its AnatomicalStructurePrimary, else its name's BIDS hemi- entity: runs, maps,
+    variances and masks of the other hemisphere are refused (exit 2); one hemisphere's are fitted."""
+    from voxfit.cli import main
+
+    rng = np.random.default_rng(0)
+    n, v = 30, 50
+
+    def gifti(name, hemi, rows):
+        structure = {"L": "CortexLeft", "R": "CortexRight"}[hemi] if told_by == "metadata" else None
+        name = name.format(hemi=hemi if told_by == "file name" else "X")
+        return _hemisphere_gifti(tmp_path / name, rows, structure)
+
+    events = tmp_path / "events.tsv"
+    events.write_text("onset\tduration\ttrial_type\n" + "".join(f"{o}\t8\ttask\n" for o in range(0, 60, 16)))
+    runs = [
+        gifti(f"sub-01_run-{k}_hemi-{{hemi}}_bold.func.gii", h, 100 + rng.standard_normal((n, v)))
+        for k, h in ((1, "L"), (2, "R"))
+    ]
+    fit = ["fit", "--events", str(events), str(events), "--tr", "2", "--contrast", "t=task", "--quiet"]
+    assert main([*fit[:1], *runs, *fit[1:], "-o", str(tmp_path / "fit")]) == 2
+    assert "lies on CortexRight but the data on CortexLeft" in capsys.readouterr().err
+    maps = [
+        gifti(f"sub-{k:02d}_hemi-{{hemi}}_effect.func.gii", "L" if k <= 3 else "R", rng.standard_normal((1, v)))
+        for k in range(1, 7)
+    ]
+    assert main(["group", *maps, "-o", str(tmp_path / "group"), "--quiet"]) == 2
+    assert "CortexRight but" in capsys.readouterr().err and not (tmp_path / "group").exists()
+    left = maps[:3]
+    right_variances = [gifti(f"sub-{k:02d}_hemi-{{hemi}}_variance.func.gii", "R", np.ones((1, v))) for k in (1, 2, 3)]
+    mixed = ["group", *left, "--variances", *right_variances, "--model", "mixed", "-o", str(tmp_path / "mixed")]
+    assert main([*mixed, "--quiet"]) == 2
+    assert "(CortexRight, not CortexLeft)" in capsys.readouterr().err
+    mask = gifti("mask_hemi-{hemi}.func.gii", "R", np.ones((1, v)))
+    assert main(["group", *left, "--mask", mask, "-o", str(tmp_path / "masked"), "--quiet"]) == 2
+    assert "CortexRight" in capsys.readouterr().err
+    assert main(["group", *left, "-o", str(tmp_path / "left"), "--quiet"]) == 0
+    other_left = gifti("sub-01_run-3_hemi-{hemi}_bold.func.gii", "L", 100 + rng.standard_normal((n, v)))
+    assert main([*fit[:1], runs[0], other_left, *fit[1:], "-o", str(tmp_path / "left-runs")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("intent", "shape", "said"),
+    [
+        ("NIFTI_INTENT_LABEL", (1, 40), "labels (a parcellation)"),
+        ("NIFTI_INTENT_POINTSET", (40, 3), "a surface's coordinates"),
+        ("NIFTI_INTENT_VECTOR", (3, 40, 3), "vectors"),
+        ("NIFTI_INTENT_NONE", (3, 40, 3), "several values a vertex"),
+    ],
+)
+def test_a_gifti_of_labels_coordinates_or_vectors_is_refused(tmp_path, intent, shape, said):
+    """A parcellation's .label.gii was fitted as a run and as group maps, a surface's coordinates (one 40 x 3
+    array) as 3 scans of 40 vertices, and arrays of 3 values a vertex flattened into 3 x 40 "vertices": refused,
+    saying what the file holds."""
+    rows = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    path = _hemisphere_gifti(
+        tmp_path / "x.gii", rows if len(shape) == 3 else [rows] if shape[0] > 1 else rows, intent=intent
+    )
+    with pytest.raises(InputError, match=re.escape(f"holds {said}")):
+        open_reader(path)

@@ -564,6 +564,8 @@ def _check_grid(reference, other, path, what: str, fix: str = "give the variance
             detail = f"an affine up to {np.abs(other.affine - reference.affine).max():.3g} mm from it"
         elif other.n_elements != reference.n_elements:
             detail = f"{other.n_elements} elements, not {reference.n_elements}"
+        elif isinstance(reference, SurfaceGeometry):
+            detail = f"{other.structure}, not {reference.structure}"
         else:
             detail = "other CIFTI brain models"
         raise InputError(f"{path} is on another grid than {what} ({detail}); {fix}.") from None

@@ -119,16 +119,28 @@ class VolumeGeometry(Geometry):
 
 @dataclass(frozen=True, eq=False)
 class SurfaceGeometry(Geometry):
-    """Vertices of a surface mesh (GIFTI); `meta` keeps the input's anatomical structure."""
+    """Vertices of a surface mesh (GIFTI); `meta` keeps the input's metadata, written back; `structure` the
+    surface it lies on where known (CortexLeft, CortexRight: see ``voxfit.io.readers.gifti_structure``)."""
 
     n_vertices: int
     meta: dict = field(default_factory=dict)
+    structure: str | None = None
     kind = "surface"
     extension = ".func.gii"
 
     @property
     def n_elements(self) -> int:
         return self.n_vertices
+
+    def _check_same(self, other, what: str) -> None:
+        """The same number of vertices, and the same structure where both are known: fsaverage's hemispheres
+        have as many vertices each (10,242 in fsaverage5), and a run, map or mask of the other was taken in."""
+        super()._check_same(other, what)
+        if self.structure and other.structure and self.structure != other.structure:
+            raise InputError(
+                f"{what} lies on {other.structure} but the data on {self.structure}; give each hemisphere's "
+                "runs, maps, variances and masks apart (one fit or group model per hemisphere)."
+            )
 
     def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
         maps = np.atleast_2d(maps)

@@ -1207,12 +1207,46 @@ class _RowsReader:
             yield start, np.asarray(self._data[start : start + k], dtype=self.dtype)
 
 
+_HEMI = re.compile(r"(?:^|_)hemi-([LR])(?=[_.])")
+# data arrays that are not values per vertex: a parcellation's labels, a surface's coordinates, its triangles,
+# vectors of several values a vertex, a sparse file's vertex numbers
+_NOT_MAPS = {
+    "NIFTI_INTENT_LABEL": "labels (a parcellation)",
+    "NIFTI_INTENT_POINTSET": "a surface's coordinates",
+    "NIFTI_INTENT_TRIANGLE": "a surface's triangles",
+    "NIFTI_INTENT_VECTOR": "vectors",
+    "NIFTI_INTENT_NODE_INDEX": "vertex numbers (a sparse file)",
+    "NIFTI_INTENT_RGB_VECTOR": "colours",
+    "NIFTI_INTENT_RGBA_VECTOR": "colours",
+}
+
+
+def _intent_name(darray) -> str | None:
+    """A GIFTI data array's intent as NIfTI names it (NIFTI_INTENT_LABEL), None for a code NIfTI does not name."""
+    try:
+        return nib.nifti1.intent_codes.niistring[darray.intent]
+    except KeyError:
+        return None
+
+
+def gifti_structure(img, name: str = "") -> str | None:
+    """The structure a GIFTI file's values lie on: AnatomicalStructurePrimary of the image's metadata or of its
+    first data array's (as FreeSurfer, fMRIPrep and Connectome Workbench write it), else the BIDS hemi- entity of
+    its file `name` (hemi-L: CortexLeft, hemi-R: CortexRight); None where neither says."""
+    for meta in (img.meta, img.darrays[0].meta if img.darrays else None):
+        value = dict(meta or {}).get("AnatomicalStructurePrimary")
+        if value:
+            return str(value)
+    found = _HEMI.search(name)
+    return None if found is None else {"L": "CortexLeft", "R": "CortexRight"}[found.group(1)]
+
+
 class GiftiReader(_RowsReader):
     """GIFTI surface data: one data array per scan, or one 2-D array (vertices x scans); several files allowed."""
 
     def __init__(self, paths):
         """`paths`: GIFTI files, or GiftiImages in memory."""
-        arrays, meta, self.paths, memory = [], {}, [], []
+        arrays, meta, self.paths, memory, structures = [], {}, [], [], []
         for p in paths:
             in_memory = isinstance(p, nib.gifti.GiftiImage)
             if not in_memory:
@@ -1223,6 +1257,16 @@ class GiftiReader(_RowsReader):
                 raise InputError(f"{p}: not a GIFTI image.")
             if not img.darrays:
                 raise InputError(f"{p}: the GIFTI image holds no data array.")
+            held = sorted({_NOT_MAPS[i] for i in map(_intent_name, img.darrays) if i in _NOT_MAPS})
+            if held or (
+                len(img.darrays) > 1 and any(np.ndim(d.data) > 1 and min(np.shape(d.data)) > 1 for d in img.darrays)
+            ):
+                what = " and ".join(held) or "several values a vertex in each of its data arrays"
+                raise InputError(
+                    f"{p}: the GIFTI file holds {what}, not a value per vertex in each array; give the data's "
+                    ".func.gii (a run) or .func.gii/.shape.gii maps."
+                )
+            structures.append((gifti_structure(img, p.name if isinstance(p, Path) else ""), p))
             if len(img.darrays) == 1 and img.darrays[0].data.ndim == 2:
                 arrays.append(np.asarray(img.darrays[0].data).T)  # GIFTI's first dimension is the vertices
             else:
@@ -1255,7 +1299,14 @@ class GiftiReader(_RowsReader):
             first = self.paths[0] if self.paths else "in-memory GiftiImage"
             raise InputError(f"{first}: GIFTI data must be numeric; got {self._data.dtype}.")
         self._data = self._data.astype(self._data.dtype.newbyteorder("="), copy=False)
-        self.geometry = SurfaceGeometry(int(self._data.shape[1]), meta)
+        known = [(structure, p) for structure, p in structures if structure]
+        other = next(((s, p) for s, p in known if s != known[0][0]), None)
+        if other is not None:
+            raise InputError(
+                f"{other[1]} lies on {other[0]} but {known[0][1]} on {known[0][0]}; give each hemisphere's runs or "
+                "maps apart (one fit or group model per hemisphere)."
+            )
+        self.geometry = SurfaceGeometry(int(self._data.shape[1]), meta, known[0][0] if known else None)
         self.n_scans = int(self._data.shape[0])
         self.dtype = self._data.dtype
         self.scale = None

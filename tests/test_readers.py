@@ -1800,3 +1800,26 @@ def test_a_gifti_of_labels_coordinates_or_vectors_is_refused(tmp_path, intent, s
     )
     with pytest.raises(InputError, match=re.escape(f"holds {said}")):
         open_reader(path)
+
+
+@pytest.mark.parametrize("suffix", [".dtseries.nii", ".dtseries.nii.gz"])
+def test_a_cifti_whose_xml_counts_more_grayordinates_than_its_header_is_refused_before_nibabel_parses_it(
+    tmp_path, suffix
+):
+    """A 53 KB CIFTI file whose XML gave a brain model IndexCount 300,000,000 (its header: 312 grayordinates)
+    grew the command to 14 GB over 25 s before nibabel's refusal, under any --max-memory: nibabel allocates from
+    the counts as it parses the XML. Here 3,000,000, so that the code before this check stays quick; refused
+    from the XML's text, naming the count, compressed or not."""
+    import gzip
+
+    cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(300), 300, name="CortexLeft")
+    models = cortex + nib.cifti2.BrainModelAxis.from_surface(np.arange(12), 12, name="CortexRight")
+    y = np.ones((5, len(models)), dtype=np.float32)
+    good = tmp_path / "good.dtseries.nii"
+    nib.save(nib.Cifti2Image(y, header=(nib.cifti2.SeriesAxis(0, 2.0, 5), models)), good)
+    raw = good.read_bytes().replace(b'IndexCount="300"', b'IndexCount="3000000"', 1)
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    with pytest.raises(InputError, match="IndexCount as 3,000,000, beyond its header's 312 grayordinates"):
+        open_reader(bad)
+    assert open_reader(good).geometry.n_elements == 312

@@ -1362,6 +1362,29 @@ def _stored_cifti(path: Path) -> _StoredCifti | None:
 
 
 _UNSCALED = ((None, None), (1.0, 0.0))
+_INDEX_FIELDS = re.compile(rb'(IndexOffset|IndexCount)\s*=\s*["\']\s*([0-9]{1,30})')
+
+
+def _checked_cifti(path: Path):
+    """nibabel's Cifti2Image of a file :func:`_stored_cifti` does not read (compressed, scaled, malformed), once
+    its XML's brain models are found within its header's grayordinates: nibabel allocates arrays from their
+    IndexOffset and IndexCount as it parses the XML (a 53 KB file whose XML gave IndexCount 300,000,000 took
+    14 GB and 25 s to refuse, under any --max-memory). What cannot be read here is nibabel's to refuse."""
+    try:
+        with open_gzip(path) if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+            head = f.read(544)
+            header = nib.Nifti2Header(head[:540])
+            grayordinates = max(int(n) for n in header.get_data_shape()[4:])
+            xml = f.read(max(0, min(int(header.get_data_offset()), CIFTI_HEADER_LIMIT) - 544))
+    except Exception:  # noqa: BLE001 (not a NIfTI-2 header, or a broken stream: load_image says what it is)
+        return load_image(path)
+    for name, value in _INDEX_FIELDS.findall(xml):
+        if int(value) > grayordinates:
+            raise InputError(
+                f"{path}: its CIFTI XML gives a brain model's {name.decode()} as {int(value):,}, beyond its "
+                f"header's {grayordinates:,} grayordinates: the file is broken; write it again from its source."
+            )
+    return load_image(path)
 
 
 def _cifti_scan_step(img) -> float | None:
@@ -1518,7 +1541,7 @@ class CiftiReader:
         self._imgs, self.paths, models, memory = [], [], None, []
         for p in paths:
             in_memory = isinstance(p, nib.Cifti2Image)
-            img = p if in_memory else _stored_cifti(Path(p)) or load_image(Path(p))
+            img = p if in_memory else _stored_cifti(Path(p)) or _checked_cifti(Path(p))
             p = "in-memory Cifti2Image" if in_memory else Path(p)
             if not isinstance(img, (nib.Cifti2Image, _StoredCifti)):
                 raise InputError(f"{p}: not a CIFTI-2 image.")

@@ -2152,6 +2152,12 @@ class _Study:
             try:
                 self._load(name, True, {k: [run[k]] for k in RAW if k in run})
             except _PYBIDS_ERRORS as exc:
+                if "scan duration" in str(exc):  # (pybids reads every BOLD file of the run: each hemisphere's too)
+                    raise InputError(
+                        "pybids could not read the number of scans of every BOLD file of this run: it reads each "
+                        "one's header, those of the run's other hemispheres and spaces too, and a broken one fails "
+                        f"them all (its own failure names it) ({type(exc).__name__}: {exc}); fix that file."
+                    ) from None
                 raise InputError(
                     f"pybids could not read this run's events or confounds tables, or its BOLD's header ("
                     f"{type(exc).__name__}: {exc}); fix them."

@@ -1809,7 +1809,8 @@ def test_a_cifti_whose_xml_counts_more_grayordinates_than_its_header_is_refused_
     """A 53 KB CIFTI file whose XML gave a brain model IndexCount 300,000,000 (its header: 312 grayordinates)
     grew the command to 14 GB over 25 s before nibabel's refusal, under any --max-memory: nibabel allocates from
     the counts as it parses the XML. Here 3,000,000, so that the code before this check stays quick; refused
-    from the XML's text, naming the count, compressed or not."""
+    from the XML's text, naming the count, compressed or not; and so is a header of fewer grayordinates than the
+    XML's brain models hold."""
     import gzip
 
     cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(300), 300, name="CortexLeft")
@@ -1823,6 +1824,13 @@ def test_a_cifti_whose_xml_counts_more_grayordinates_than_its_header_is_refused_
     with pytest.raises(InputError, match="IndexCount as 3,000,000, beyond its header's 312 grayordinates"):
         open_reader(bad)
     assert open_reader(good).geometry.n_elements == 312
+    # a header of 311 grayordinates beside the XML's 312: nibabel fitted 312 columns with a warning, exit 0
+    raw = bytearray(good.read_bytes())
+    raw[64:72] = (311).to_bytes(8, "little")  # (NIfTI-2 dim[6])
+    short = tmp_path / f"short{suffix}"
+    short.write_bytes(gzip.compress(bytes(raw)) if suffix.endswith(".gz") else bytes(raw))
+    with pytest.raises(InputError, match="brain models hold 312 grayordinates, its header 311"):
+        open_reader(short)
 
 
 def test_a_gifti_whose_compressed_data_inflate_beyond_their_dimensions_is_refused_before_nibabel_inflates_them(

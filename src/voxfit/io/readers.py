@@ -1419,16 +1419,25 @@ def _checked_cifti(path: Path):
         with open_gzip(path) if path.name.lower().endswith(".gz") else open(path, "rb") as f:
             head = f.read(544)
             header = nib.Nifti2Header(head[:540])
-            grayordinates = max(int(n) for n in header.get_data_shape()[4:])
+            shape = [int(n) for n in header.get_data_shape()]
+            grayordinates = max(shape[4:])
             xml = f.read(max(0, min(int(header.get_data_offset()), CIFTI_HEADER_LIMIT) - 544))
     except Exception:  # noqa: BLE001 (not a NIfTI-2 header, or a broken stream: load_image says what it is)
         return load_image(path)
-    for name, value in _INDEX_FIELDS.findall(xml):
-        if int(value) > grayordinates:
+    fields = [(name.decode(), int(value)) for name, value in _INDEX_FIELDS.findall(xml)]
+    for name, value in fields:
+        if value > grayordinates:
             raise InputError(
-                f"{path}: its CIFTI XML gives a brain model's {name.decode()} as {int(value):,}, beyond its "
-                f"header's {grayordinates:,} grayordinates: the file is broken; write it again from its source."
+                f"{path}: its CIFTI XML gives a brain model's {name} as {value:,}, beyond its header's "
+                f"{grayordinates:,} grayordinates: the file is broken; write it again from its source."
             )
+    counted = sum(value for name, value in fields if name == "IndexCount")
+    # (nibabel fitted the XML's count, with a warning; a count of dimension 5's is a file stored transposed, said later)
+    if fields and len(shape) == 6 and counted not in (shape[5], shape[4]):
+        raise InputError(
+            f"{path}: its CIFTI XML's brain models hold {counted:,} grayordinates, its header {shape[5]:,}: the "
+            "file is broken; write it again from its source."
+        )
     return load_image(path)
 
 

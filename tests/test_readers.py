@@ -1833,22 +1833,24 @@ def test_a_cifti_whose_xml_counts_more_grayordinates_than_its_header_is_refused_
         open_reader(short)
 
 
+@pytest.mark.parametrize("meta", [{"Name": "x"}, {}])
 def test_a_gifti_whose_compressed_data_inflate_beyond_their_dimensions_is_refused_before_nibabel_inflates_them(
-    tmp_path,
+    tmp_path, meta
 ):
     """A 4 MB GIFTI declaring 300 float32 values whose GZipBase64Binary payload inflated to 3 GiB grew the
     command to 6 GB under --max-memory 500M: its declared sizes were checked, and nibabel inflates the payload
-    whole before comparing. Each compressed array is now inflated in pieces and counted first (here 16 MiB of
-    zeros, in a file nibabel wrote, with its metadata); a file's true arrays pass, and so does a mesh's."""
+    whole before comparing. Each compressed array that could inflate more than 64 MiB beyond its dimensions is
+    now inflated in pieces and counted first (here 1 MiB of random bytes, in a file nibabel wrote, its array with
+    metadata and without: the first check's pattern found no data after an empty one); a file's true arrays pass."""
     import base64
     import zlib
 
-    values = nib.gifti.GiftiDataArray(np.ones(300, np.float32), meta={"Name": "x"}, encoding="GZipBase64Binary")
+    values = nib.gifti.GiftiDataArray(np.ones(300, np.float32), meta=meta, encoding="GZipBase64Binary")
     good = tmp_path / "good.func.gii"
     nib.save(nib.gifti.GiftiImage(darrays=[values]), good)
     text = good.read_bytes()
     start = text.index(b"<Data>") + len(b"<Data>")
-    bomb = base64.b64encode(zlib.compress(b"\0" * (16 << 20), 9))
+    bomb = base64.b64encode(zlib.compress(np.random.default_rng(0).bytes(1 << 20)))  # (could inflate 1,032-fold)
     bad = tmp_path / "bad.func.gii"
     bad.write_bytes(text[:start] + bomb + text[text.index(b"</Data>") :])
     with pytest.raises(InputError, match="inflate beyond the 1,200 bytes its dimensions declare"):

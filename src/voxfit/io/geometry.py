@@ -120,7 +120,7 @@ class VolumeGeometry(Geometry):
 @dataclass(frozen=True, eq=False)
 class SurfaceGeometry(Geometry):
     """Vertices of a surface mesh (GIFTI); `meta` keeps the input's metadata, written back; `structure` the
-    surface it lies on where known (CortexLeft, CortexRight: see ``voxfit.io.readers.gifti_structure``)."""
+    surface it lies on where known (CortexLeft, CortexRight: see ``voxfit.io.readers._gifti_structure``)."""
 
     n_vertices: int
     meta: dict = field(default_factory=dict)

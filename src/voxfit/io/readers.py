@@ -1277,7 +1277,7 @@ def _intent_name(darray) -> str | None:
         return None
 
 
-def gifti_structure(img, name: str = "") -> str | None:
+def _gifti_structure(img, name: str = "") -> str | None:
     """The structure a GIFTI file's values lie on: AnatomicalStructurePrimary of the image's metadata or of its
     first data array's (as FreeSurfer, fMRIPrep and Connectome Workbench write it), else the BIDS hemi- entity of
     its file `name` (hemi-L: CortexLeft, hemi-R: CortexRight); None where neither says."""
@@ -1314,7 +1314,7 @@ class GiftiReader(_RowsReader):
                     f"{p}: the GIFTI file holds {what}, not a value per vertex in each array; give the data's "
                     ".func.gii (a run) or .func.gii/.shape.gii maps."
                 )
-            structures.append((gifti_structure(img, p.name if isinstance(p, Path) else ""), p))
+            structures.append((_gifti_structure(img, p.name if isinstance(p, Path) else ""), p))
             if len(img.darrays) == 1 and img.darrays[0].data.ndim == 2:
                 arrays.append(np.asarray(img.darrays[0].data).T)  # GIFTI's first dimension is the vertices
             else:
@@ -1347,14 +1347,10 @@ class GiftiReader(_RowsReader):
             first = self.paths[0] if self.paths else "in-memory GiftiImage"
             raise InputError(f"{first}: GIFTI data must be numeric; got {self._data.dtype}.")
         self._data = self._data.astype(self._data.dtype.newbyteorder("="), copy=False)
-        known = [(structure, p) for structure, p in structures if structure]
-        other = next(((s, p) for s, p in known if s != known[0][0]), None)
-        if other is not None:
-            raise InputError(
-                f"{other[1]} lies on {other[0]} but {known[0][1]} on {known[0][0]}; give each hemisphere's runs or "
-                "maps apart (one fit or group model per hemisphere)."
-            )
-        self.geometry = SurfaceGeometry(int(self._data.shape[1]), meta, known[0][0] if known else None)
+        n_vertices, known = int(self._data.shape[1]), [(structure, p) for structure, p in structures if structure]
+        self.geometry = SurfaceGeometry(n_vertices, meta, known[0][0] if known else None)
+        for structure, p in known[1:]:  # (each file on the first's structure, as runs and masks are checked)
+            self.geometry.check_same(SurfaceGeometry(n_vertices, structure=structure), str(p))
         self.n_scans = int(self._data.shape[0])
         self.dtype = self._data.dtype
         self.scale = None

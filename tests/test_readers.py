@@ -1833,6 +1833,56 @@ def test_a_cifti_whose_xml_counts_more_grayordinates_than_its_header_is_refused_
         open_reader(short)
 
 
+@pytest.mark.parametrize("parser", ["voxfit", "nibabel"])
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        (b'SurfaceNumberOfVertices="300"', b'SurfaceNumberOfVertices="100"', "lists vertex 100, outside its "),
+        (b"<VertexIndices>0 1 2", b"<VertexIndices>0 1 1", "CORTEX_LEFT lists vertex 1 twice"),
+        (b"<VoxelIndicesIJK>0 0 0", b"<VoxelIndicesIJK>0 0 9", "voxel (0, 0, 9) lies outside its volume's dimen"),
+        (b"<VoxelIndicesIJK>0 0 0\n1 0 0", b"<VoxelIndicesIJK>0 0 0\n0 0 0", "voxel (0, 0, 0) is listed twice"),
+    ],
+)
+def test_a_cifti_whose_brain_models_list_vertices_or_voxels_it_cannot_hold_is_refused(
+    tmp_path, monkeypatch, parser, old, new, said
+):
+    """A CIFTI file whose surface listed vertex 299 beside SurfaceNumberOfVertices 100 was fitted, and its maps
+    written with the same impossible brain models (Connectome Workbench refuses them; nibabel reads them):
+    vertices outside their surface's count or listed twice, and voxels outside the volume or listed twice, are
+    refused, naming the first, whether voxfit or nibabel parses the XML (as for a scaled file)."""
+    from voxfit.io import readers
+
+    if parser == "nibabel":
+        monkeypatch.setattr(readers, "_stored_cifti", lambda path: None)
+    cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(300), 300, name="CortexLeft")
+    voxels = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    models = cortex + nib.cifti2.BrainModelAxis("thalamus_left", voxel=voxels, affine=np.eye(4), volume_shape=(2, 2, 2))
+    y = np.ones((5, len(models)), dtype=np.float32)
+    good = tmp_path / "good.dtseries.nii"
+    nib.save(nib.Cifti2Image(y, header=(nib.cifti2.SeriesAxis(0, 2.0, 5), models)), good)
+    raw = good.read_bytes()
+    assert raw.count(old) == 1
+    bad = tmp_path / "bad.dtseries.nii"
+    bad.write_bytes(raw.replace(old, new))
+    with pytest.raises(InputError, match=re.escape(said)):
+        open_reader(bad)
+    assert open_reader(good).geometry.n_elements == 303
+
+
+def test_a_gzip_compressed_cifti_is_refused_saying_to_decompress_it(tmp_path):
+    """nibabel reads a .dtseries.nii.gz as a NIfTI-2 image, not as CIFTI (nor does Workbench read it): it was
+    refused as "not a CIFTI-2 image"; it now says to decompress it."""
+    import gzip
+
+    cortex = nib.cifti2.BrainModelAxis.from_surface(np.arange(30), 30, name="CortexLeft")
+    good = tmp_path / "run.dtseries.nii"
+    nib.save(nib.Cifti2Image(np.ones((5, 30), np.float32), header=(nib.cifti2.SeriesAxis(0, 2.0, 5), cortex)), good)
+    packed = tmp_path / "run.dtseries.nii.gz"
+    packed.write_bytes(gzip.compress(good.read_bytes()))
+    with pytest.raises(InputError, match=r"gzip-compressed CIFTI file, .*\(gunzip\) and give the run\.dtseries\.nii\."):
+        open_reader(packed)
+
+
 @pytest.mark.parametrize("meta", [{"Name": "x"}, {}])
 def test_a_gifti_whose_compressed_data_inflate_beyond_their_dimensions_is_refused_before_nibabel_inflates_them(
     tmp_path, meta

@@ -186,6 +186,46 @@ def name_runs(names: NDArray) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     return starts, np.diff(np.r_[starts, names.size])
 
 
+def brain_models_fault(axis: nib.cifti2.BrainModelAxis) -> str | None:
+    """What makes a CIFTI file's brain models impossible, or None: a surface's vertex outside its
+    SurfaceNumberOfVertices or listed twice, a voxel outside the volume's dimensions or listed twice (the CIFTI-2
+    standard lists each vertex and voxel once). nibabel reads such a file, and voxfit would write its maps with
+    the same brain models, which Connectome Workbench refuses."""
+    names, vertex, voxel = np.asarray(axis.name), np.asarray(axis.vertex), np.asarray(axis.voxel)
+    starts, counts = name_runs(names)
+    runs: dict[str, list[slice]] = {}
+    for a, n in zip(starts.tolist(), counts.tolist()):
+        runs.setdefault(str(names[a]), []).append(slice(a, a + n))
+    voxels = []
+    for structure, spans in runs.items():
+        if structure not in axis.nvertices:
+            voxels += [voxel[s] for s in spans]
+            continue
+        count, listed = int(axis.nvertices[structure]), np.concatenate([vertex[s] for s in spans])
+        outside = listed[(listed < 0) | (listed >= count)]
+        if outside.size:
+            return f"{structure} lists vertex {int(outside[0])}, outside its SurfaceNumberOfVertices {count:,}"
+        twice = _repeated(listed)
+        if twice is not None:
+            return f"{structure} lists vertex {twice} twice"
+    if voxels:
+        ijk, shape = np.concatenate(voxels), tuple(int(n) for n in axis.volume_shape)
+        outside = ijk[((ijk < 0) | (ijk >= np.array(shape))).any(axis=1)]
+        if outside.size:
+            return f"voxel {tuple(int(v) for v in outside[0])} lies outside its volume's dimensions {shape}"
+        twice = _repeated(np.ravel_multi_index(tuple(ijk.T), shape))
+        if twice is not None:
+            return f"voxel {tuple(int(v) for v in np.unravel_index(twice, shape))} is listed twice"
+    return None
+
+
+def _repeated(values: NDArray) -> int | None:
+    """A value that `values` (integers) hold more than once, or None."""
+    ordered = np.sort(values)
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    return int(ordered[same[0]]) if same.size else None
+
+
 class BrainModels(nib.cifti2.BrainModelAxis):
     """nibabel's BrainModelAxis, whose structure names are converted (``to_cifti_brain_structure_name``) and found
     on the surfaces or not once per run of one name (:func:`name_runs`), where nibabel does it name by name: 48 ms

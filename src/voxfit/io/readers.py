@@ -64,6 +64,7 @@ from .geometry import (
     Geometry,
     SurfaceGeometry,
     VolumeGeometry,
+    brain_models_fault,
     same_brain_models,
 )
 from .memory import MemoryInput, check_data, is_image, memory_input
@@ -1597,12 +1598,19 @@ class CiftiReader:
             img = p if in_memory else _stored_cifti(Path(p)) or _checked_cifti(Path(p))
             p = "in-memory Cifti2Image" if in_memory else Path(p)
             if not isinstance(img, (nib.Cifti2Image, _StoredCifti)):
+                if p.name.lower().endswith(".gz"):  # (nibabel reads the NIfTI-2 image, not its CIFTI XML)
+                    raise InputError(
+                        f"{p}: a gzip-compressed CIFTI file, which nibabel and Connectome Workbench do not read as "
+                        f"CIFTI; decompress it (gunzip) and give the {p.name[:-3]}."
+                    )
                 raise InputError(f"{p}: not a CIFTI-2 image.")
             axis = img.brain_models if isinstance(img, _StoredCifti) else img.header.get_axis(1)
             if not isinstance(axis, nib.cifti2.BrainModelAxis):
                 raise InputError(_not_dense(p, img))
             if models is not None and not same_brain_models(axis, models):
                 raise InputError(f"{p} has different CIFTI brain models from the first input.")
+            if models is None and (fault := brain_models_fault(axis)):  # (the others are the same as the first)
+                raise InputError(f"{p}: its CIFTI brain models are broken: {fault}; write it again from its source.")
             models = axis
             if not in_memory:
                 _check_dimensions(p, img.shape)

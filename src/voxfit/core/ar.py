@@ -1156,7 +1156,7 @@ def _fit_ar1_compiled(block: ARBlock, sums: LaggedSums, weights: list[NDArray], 
     ar1_solve(rotated, sums.s, sums.top, sums.bottom, phi, constants, (coords, rss, cov, terms, flag))
     betas = (design.basis_pinv @ block.U) @ coords
     if sums.shift is not None:
-        betas += np.multiply.outer(design.ones_coef, sums.shift)  # (pinv 1, refined: see DesignFactor.ones_coef)
+        design.add_level(betas, sums.shift)
     contrasts, at = [], 0
     for c, (w, q) in enumerate(zip(weights, sizes)):
         covariance = cov[at : at + q * q].T.reshape(v, q, q) * terms[2 * c][:, None, None]
@@ -1260,8 +1260,8 @@ def _fit_sums(block: ARBlock, sums: LaggedSums, weights: list[NDArray], data=Non
         need[lost] = need[redo] = True
         need |= fragile | failed
     betas = design.basis_pinv @ coords
-    if mu is not None:  # (the shift by each voxel's mean back: pinv 1 refined, see DesignFactor.ones_coef)
-        betas += np.multiply.outer(design.ones_coef, mu)
+    if mu is not None:  # (the shift by each voxel's mean back)
+        design.add_level(betas, mu)
     contrasts, k = [], 1
     if not wqs:
         terms = []

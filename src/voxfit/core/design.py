@@ -111,6 +111,13 @@ class DesignFactor:
         coef.setflags(write=False)
         return coef
 
+    def add_level(self, betas: NDArray, level: NDArray) -> None:
+        """``betas += outer(ones_coef, level)`` in place: the betas (p, V) of data whose voxels were shifted by
+        `level` (V,), given back that level, a row at a time (the outer product, a (p, V) temporary, took 33 ms of
+        a 230k-voxel, 15-column OLS fit, its pages faulted in after the read)."""
+        for row, coef in zip(betas, self.ones_coef):
+            row += coef * level
+
     @property
     def exact_intercept(self) -> bool:
         """Whether the constant is in the column space to rounding (``ones_residual`` zero): only then may a fit

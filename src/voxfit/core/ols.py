@@ -289,7 +289,7 @@ def fit_from_sums(design: DesignFactor, c: NDArray, ss: NDArray, total: NDArray,
     c, r1y = c[:r], (c[r] if c.shape[0] > r else None)
     betas = design.basis_pinv @ c
     if shift is not None:  # (Q'y = c + Q'1 shift: basis_pinv Q'1 is pinv 1)
-        betas += np.multiply.outer(design.ones_coef, shift)
+        design.add_level(betas, shift)
     rss = ss - np.einsum("iv,iv->v", c, c)
     if r1y is not None and shift is not None:
         r1 = design.ones_residual

@@ -1044,9 +1044,9 @@ def test_scans_whose_header_is_the_first_scans_are_read_as_it_is(tmp_path, rng, 
         nib.save(img, paths[-1])
     parsed, original = [], readers.NiftiReader.__init__
 
-    def spy(self, path, allow_3d=False):
+    def spy(self, path, *args, **kwargs):
         parsed.append(Path(path).name)
-        original(self, path, allow_3d)
+        original(self, path, *args, **kwargs)
 
     monkeypatch.setattr(readers.NiftiReader, "__init__", spy)
     held = voxfit.load([str(p) for p in paths], mask=np.ones(SHAPE, bool))
@@ -1088,9 +1088,9 @@ def test_scans_named_by_their_img_or_holding_their_own_scale_factors_are_parsed(
 
     parsed, original = [], readers.NiftiReader.__init__
 
-    def spy(self, path, allow_3d=False):
+    def spy(self, path, *args, **kwargs):
         parsed.append(Path(path).name)
-        original(self, path, allow_3d)
+        original(self, path, *args, **kwargs)
 
     monkeypatch.setattr(readers.NiftiReader, "__init__", spy)
     flat = np.zeros(1000, np.int16)  # a 10 x 10 x 10 grid: 2,000 bytes of voxels

@@ -294,3 +294,45 @@ def test_scans_numbered_by_a_step_or_subjects_maps_are_not_checked(tmp_path, rng
         nib.save(nib.Nifti1Image(rng.standard_normal(SHAPE).astype(np.float32) + 1, AFFINE), maps / f"sub-{s:02d}.nii")
     for given in (str(maps), f"{maps}/sub-*.nii"):
         assert main(["group", given, "-o", str(tmp_path / "o"), "--quiet", "--force"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("held", ["analyze", "nifti"])
+def test_3d_scans_their_spm_sidecars_place_apart_are_refused_as_spm_refuses_them(spm_runs, capsys, held):
+    """SPM's Realign "Estimate" writes each realigned scan's new place into its sidecar (an Analyze pair's .mat)
+    and leaves the data alone; SPM's fit then refuses the scans (spm_check_orientations). Analyze pairs, which
+    nibabel places by their .mat, were refused saying to resample them to the data's grid; 3-D NIfTI scans of one
+    header were read as the first, whose .mat alone was looked at, and fitted voxel by voxel across scans SPM
+    places apart. Both are refused saying the scans were realigned, not resliced, whether scan 1 keeps its .mat
+    or has none; sidecars that agree with the headers (nibabel writes them) say nothing, and NIfTI scans' that
+    agree with each other but not with the headers are said once, not once a scan."""
+    from scipy.io import loadmat, savemat
+
+    root, (run1, _), (ev1, _) = spm_runs
+    scans = sorted(run1.glob("sw*.img"), key=lambda p: int(p.stem.split("_")[-1]))
+    if held == "nifti":  # (one header for all: read as the first's)
+        for p in scans:
+            nib.save(nib.Nifti1Image(np.asarray(nib.load(str(p)).dataobj, np.float32), AFFINE), p.with_suffix(".nii"))
+            savemat(p.with_suffix(".mat"), {"mat": loadmat(p.with_suffix(".mat"))["mat"]})
+        scans = [p.with_suffix(".nii") for p in scans]
+    code, err = _fit(capsys, scans, [ev1], root / "as_written")
+    assert code == 0 and ".mat" not in err, err
+    mats = [p.with_suffix(".mat") for p in scans]
+    kept = {m: loadmat(m)["mat"] for m in mats}
+    for m in mats[1:]:
+        moved = kept[m].copy()
+        moved[1, 3] += 0.3  # (realigned: moved 0.3 mm)
+        savemat(m, {"mat": moved})
+    code, err = _fit(capsys, scans, [ev1], root / "moved")
+    said = f"{scans[1].name}: the scans' SPM .mat sidecars place them apart (scan 2 moved from scan 1: realigned"
+    assert code == 2 and said in err and "reslice" in err, err
+    assert not (root / "moved").exists()
+    mats[0].unlink()  # (scan 1, the reference, untouched: its header alone)
+    code, err = _fit(capsys, scans, [ev1], root / "moved")
+    assert code == 2 and said in err, err
+    if held == "nifti":
+        for m in mats:
+            savemat(m, {"mat": kept[mats[1]] + 2 * np.eye(4)[0]})  # (all in one place, not the headers')
+        argv = [*map(str, scans), "--events", str(ev1), "--tr", str(TR), "--contrast", "listen=listen"]
+        code = main(["fit", *argv, "-o", str(root / "elsewhere")])  # (not --quiet: warnings said)
+        err = capsys.readouterr().err
+        assert code == 0 and err.count("places the image otherwise than its header") == 1, err

@@ -693,15 +693,64 @@ def _check_spm_mat(path: Path, affine: NDArray, n_scans: int) -> None:
     or one ``M``), which SPM reads in place of the header's and nibabel, FSL and voxfit do not: scans it places
     apart (SPM's Realign "Estimate" of a 4-D file, not resliced) are refused, as SPM refuses to fit them; one
     placement other than the header's is said (the maps carry the header's); one that cannot be read too."""
-    if not path.name.lower().endswith((".nii", ".hdr", ".img")):
+    mats = _spm_mats(path)
+    if mats is None:
         return
+    mats = mats[:, :, :n_scans]
+    moved = [k for k in range(mats.shape[2]) if not np.allclose(mats[:, :, k], mats[:, :, 0], rtol=0, atol=_SPM_ATOL)]
+    if moved:
+        raise InputError(
+            f"{path}: its SPM sidecar {_spm_sidecar(path).name} places its scans apart (scan {moved[0] + 1} moved from "
+            f"scan 1: realigned by SPM, not resliced), and SPM would refuse to fit them too; {_RESLICE}."
+        )
+    _check_spm_placement(path, mats[:, :, 0], affine)
+
+
+def _check_scans_spm_mats(readers) -> None:
+    """:func:`_check_spm_mat` for a run held as one 3-D file a scan (SPM's own layout): each scan is where its
+    sidecar places it, or its header where it has none, and scans placed apart are refused, as SPM's fit refuses
+    them (an Analyze or NIfTI run realigned by SPM's "Estimate" alone: scan 1 untouched, every other with its own
+    .mat); one placement other than the headers' is said once."""
+    sidecars = [(r.path, _spm_mats(r.path)) for r in readers if _spm_sidecar(r.path) is not None]
+    if not sidecars:
+        return
+    held = dict(sidecars)
+    placed = [
+        held[r.path][:, :, 0] if held.get(r.path) is not None else _spm_matrix(r.geometry.affine) for r in readers
+    ]
+    moved = next((k for k, m in enumerate(placed) if not np.allclose(m, placed[0], rtol=0, atol=_SPM_ATOL)), None)
+    if moved is not None:
+        raise InputError(
+            f"{readers[moved].path}: the scans' SPM .mat sidecars place them apart (scan {moved + 1} moved from scan "
+            f"1: realigned by SPM, not resliced), and SPM would refuse to fit them too; {_RESLICE}."
+        )
+    path, mats = next(((p, m) for p, m in sidecars if m is not None), (None, None))
+    if mats is not None:
+        _check_spm_placement(path, mats[:, :, 0], readers[0].geometry.affine)
+
+
+_RESLICE = (
+    "reslice them first (SPM Realign: Estimate & Reslice, then fit the r-prefixed files), or remove the .mat "
+    "sidecars if the scans are already resliced"
+)
+
+
+def _spm_sidecar(path: Path) -> Path | None:
+    """An image's SPM sidecar ``name.mat`` where it has one (only uncompressed images: SPM writes none for .gz)."""
+    if not path.name.lower().endswith((".nii", ".hdr", ".img")):
+        return None
     sidecar = path.with_suffix(".mat")
+    return sidecar if sidecar.is_file() else None
+
+
+def _spm_mats(path: Path) -> NDArray | None:
+    """The 4 x 4 x k matrices of an image's SPM sidecar (:func:`_spm_sidecar`), or None where it has none or it
+    cannot be read (said: the header's orientation is then used, as nibabel and FSL use it)."""
+    sidecar = _spm_sidecar(path)
+    if sidecar is None:
+        return None
     try:
         size = sidecar.stat().st_size
-    except OSError:
-        return
-    where = f"{path}: its SPM sidecar {sidecar.name}"
-    try:
         if size > _SPM_MAT_BYTES:
             raise ValueError(f"{size:,} bytes")
         from scipy.io import loadmat
@@ -710,32 +759,36 @@ def _check_spm_mat(path: Path, affine: NDArray, n_scans: int) -> None:
         mats = np.asarray(held["mat"] if "mat" in held else held["M"], dtype=np.float64)
         if mats.ndim == 2:
             mats = mats[:, :, None]
-        if mats.shape[:2] != (4, 4) or mats.ndim != 3 or not np.isfinite(mats).all():
+        if mats.shape[:2] != (4, 4) or mats.ndim != 3 or mats.shape[2] < 1 or not np.isfinite(mats).all():
             raise ValueError(f"not 4 x 4 matrices of numbers: shape {mats.shape}")
     except Exception as exc:  # noqa: BLE001 (any file at all: said, and not read, as nibabel does)
         warnings.warn(
-            f"{where} could not be read ({type(exc).__name__}: {exc}); the header's orientation is used, as "
-            "nibabel and FSL use it (SPM would read the .mat's).",
+            f"{path}: its SPM sidecar {sidecar.name} could not be read ({type(exc).__name__}: {exc}); the header's "
+            "orientation is used, as nibabel and FSL use it (SPM would read the .mat's).",
             HeaderReadAsWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-        return
-    mats = mats[:, :, :n_scans]
-    moved = [k for k in range(mats.shape[2]) if not np.allclose(mats[:, :, k], mats[:, :, 0], rtol=0, atol=_SPM_ATOL)]
-    if moved:
-        raise InputError(
-            f"{where} places its scans apart (scan {moved[0] + 1} moved from scan 1: realigned by SPM, not resliced), "
-            "and SPM would refuse to fit them too; reslice them first (SPM Realign: Estimate & Reslice, then fit "
-            "the r-prefixed file), or remove the .mat if the scans are already resliced."
-        )
-    one_based = np.eye(4)
-    one_based[:3, 3] = 1.0  # (SPM counts voxels from 1: its matrix maps (i+1, j+1, k+1))
-    if not np.allclose(mats[:, :, 0] @ one_based, affine, rtol=0, atol=AFFINE_ATOL):
+        return None
+    return mats
+
+
+def _spm_matrix(affine: NDArray) -> NDArray:
+    """A header's voxel-to-world matrix as SPM writes it in a .mat: voxels counted from 1."""
+    return affine @ _SPM_FROM_ZERO
+
+
+_SPM_FROM_ZERO = np.array([[1.0, 0, 0, -1], [0, 1, 0, -1], [0, 0, 1, -1], [0, 0, 0, 1]])
+
+
+def _check_spm_placement(path: Path, mat: NDArray, affine: NDArray) -> None:
+    """Say where an SPM sidecar's matrix `mat` places an image otherwise than its header's `affine`."""
+    if not np.allclose(mat, _spm_matrix(affine), rtol=0, atol=AFFINE_ATOL):
         warnings.warn(
-            f"{where} places the image otherwise than its header (SPM reads the .mat's, nibabel and FSL the "
-            "header's); the maps carry the header's: remove the stale .mat, or write it into the header.",
+            f"{path}: its SPM sidecar {path.with_suffix('.mat').name} places the image otherwise than its header (SPM "
+            "reads the .mat's, nibabel and FSL the header's); the maps carry the header's: remove the stale .mat, or "
+            "write it into the header.",
             HeaderReadAsWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -764,7 +817,9 @@ class NiftiReader:
 
     in_memory = ()
 
-    def __init__(self, path, allow_3d: bool = False):
+    def __init__(self, path, allow_3d: bool = False, spm_sidecar: bool = True):
+        """`spm_sidecar`: check an SPM .mat beside the image (:func:`_check_spm_mat`); a run of 3-D files checks
+        its scans' together (:func:`_check_scans_spm_mats`)."""
         self.path = Path(path)
         img = load_image(self.path)
         if not isinstance(img, nib.analyze.AnalyzeImage) or isinstance(img, nib.Cifti2Image):
@@ -793,7 +848,8 @@ class NiftiReader:
         _check_numeric(self.path, proxy.dtype, img.header)
         self.geometry = VolumeGeometry(tuple(int(s) for s in shape[:3]), img.affine.astype(np.float64), img.header)
         self.n_scans = int(n_scans)
-        _check_spm_mat(self.path, self.geometry.affine, self.n_scans)
+        if spm_sidecar:
+            _check_spm_mat(self.path, self.geometry.affine, self.n_scans)
         self._file_dtype = np.dtype(proxy.dtype)
         self.dtype = self._file_dtype.newbyteorder("=")
         self.scale = _scale(proxy)
@@ -1157,11 +1213,12 @@ class VolumeListReader:
         the others (400 scans of a 2 mm grid: 0.18-0.21 s, most of it nibabel's 0.5 ms a header)."""
         with warnings.catch_warnings(record=True) as said:  # (the first's header warnings, said for the others too)
             warnings.simplefilter("always")
-            first = NiftiReader(paths[0], allow_3d=True)
+            first = NiftiReader(paths[0], allow_3d=True, spm_sidecar=False)
         key = _nifti1_key(first.path)
         reused = [key is not None and _nifti1_key(p) == key for p in paths[1:]]
         self._readers = [first] + [
-            first.of_same_header(p) if same else NiftiReader(p, allow_3d=True) for p, same in zip(paths[1:], reused)
+            first.of_same_header(p) if same else NiftiReader(p, allow_3d=True, spm_sidecar=False)
+            for p, same in zip(paths[1:], reused)
         ]
         shared = sum(reused)
         for w in said:
@@ -1169,12 +1226,12 @@ class VolumeListReader:
             if shared and issubclass(w.category, HeaderReadAsWarning):
                 text += f" So are the {shared} other scan(s) whose header is the same."
             warnings.warn(text, w.category, stacklevel=2)
-        for r in self._readers[1:]:
+        for r in self._readers:
             if r.n_scans != 1:
                 raise InputError(f"{r.path} has {r.n_scans} scans; give either one 4-D image or 3-D files only.")
+        _check_scans_spm_mats(self._readers)  # (before their grids: nibabel places an Analyze pair by its .mat)
+        for r in self._readers[1:]:
             first.geometry.check_same(r.geometry, str(r.path))
-        if first.n_scans != 1:
-            raise InputError(f"{first.path} has {first.n_scans} scans; give either one 4-D image or 3-D files only.")
         self.geometry = first.geometry
         self.n_scans = len(self._readers)
         self.paths = [p for r in self._readers for p in r.paths]

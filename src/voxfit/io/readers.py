@@ -721,8 +721,8 @@ def _check_scans_spm_mats(readers) -> None:
     moved = next((k for k, m in enumerate(placed) if not np.allclose(m, placed[0], rtol=0, atol=_SPM_ATOL)), None)
     if moved is not None:
         raise InputError(
-            f"{readers[moved].path}: the scans' SPM .mat sidecars place them apart (scan {moved + 1} moved from scan "
-            f"1: realigned by SPM, not resliced), and SPM would refuse to fit them too; {_RESLICE}."
+            f"{readers[moved].path}: the SPM .mat sidecars place image {moved + 1} apart from image 1 (as SPM's "
+            f"Realign: Estimate leaves scans it does not reslice), and SPM would refuse to fit them too; {_RESLICE}."
         )
     path, mats = next(((p, m) for p, m in sidecars if m is not None), (None, None))
     if mats is not None:
@@ -731,7 +731,7 @@ def _check_scans_spm_mats(readers) -> None:
 
 _RESLICE = (
     "reslice them first (SPM Realign: Estimate & Reslice, then fit the r-prefixed files), or remove the .mat "
-    "sidecars if the scans are already resliced"
+    "sidecars if the images are already resliced"
 )
 
 

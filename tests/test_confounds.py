@@ -66,6 +66,34 @@ def test_strategies_choose_what_nilearn_chooses(run, name, options):
     assert confounds_strategy(tsv, name, **options).names == mine.names  # keyword options as nilearn's
 
 
+@pytest.mark.parametrize(("name", "options"), [CASES[0], CASES[3], CASES[6]])
+def test_fmripreps_own_motion_outliers_are_not_censored_as_nilearn_reads_none(run, tmp_path, name, options):
+    """fMRIPrep writes motion_outlierNN columns (its spikes at FD 0.5 mm or std DVARS 1.5); nilearn's strategies
+    never read them (scrubbing finds its own outliers from its thresholds, the others censor the non-steady-state
+    scans alone). Every strategy censored every scan they flag, whatever its thresholds, without a word: the same
+    kept scans as nilearn's now, beside a non-steady-state scan that both censor."""
+    import shutil
+
+    import pandas as pd
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+
+    bold, tsv = run
+    for src in (bold, tsv, tsv.with_suffix(".json")):
+        shutil.copy(src, tmp_path / src.name)
+    bold, tsv = tmp_path / bold.name, tmp_path / tsv.name
+    table = pd.read_csv(tsv, sep="\t")
+    n = len(table)
+    table["non_steady_state_outlier00"] = np.eye(n, dtype=int)[0]
+    table["motion_outlier00"], table["motion_outlier01"] = np.eye(n, dtype=int)[20], np.eye(n, dtype=int)[41]
+    table.to_csv(tsv, sep="\t", index=False, na_rep="n/a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, sample_mask = load_confounds_strategy(str(bold), name, **options)
+    mine = confounds_strategy(tsv, name, **options)
+    np.testing.assert_array_equal(mine.sample_mask, sample_mask)
+    assert mine.censored[0] and (name == "scrubbing" or not mine.censored[[20, 41]].any())
+
+
 def test_censoring_removes_the_scans_from_an_ols_fit(run):
     """OLS with the indicator columns = OLS on the kept scans only (betas of the other columns, residual sum of
     squares), and the degrees of freedom lower by one per censored scan; a brute-force fit is the reference."""

@@ -329,8 +329,9 @@ def confounds_strategy(confounds, strategy: str = "simple", n_scans: int | None 
             )
         columns += [c for c in want if c not in columns]
     censored = np.zeros(len(table), dtype=bool)
+    # (fMRIPrep's own motion_outlierNN spikes are not read, as nilearn reads none: scrubbing finds its own)
     for c in table.columns:
-        if "non_steady_state" in c or "motion_outlier" in c:
+        if "non_steady_state" in c:
             censored |= table[c].fillna(0).to_numpy(float) != 0
     if "scrub" in parts:
         censored |= _scrubbed(table, params["scrub"], params["fd_threshold"], params["std_dvars_threshold"], where)

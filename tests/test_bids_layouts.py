@@ -125,6 +125,45 @@ def test_runs_told_apart_only_by_acquisition_are_refused_not_merged(tmp_path, ca
     assert len(list((out / "sub-02" / "node-run").glob("*_model.json"))) == 2 and not (out / "sub-01").exists()
 
 
+@pytest.mark.parametrize("held", ["top level", "subject", "acq- in the runs alone"])
+def test_events_files_a_run_inherits_are_its_events(tmp_path, capsys, held):
+    """BIDS's inheritance principle: an events file applies to every run whose entities include its own (a
+    top-level task-x_events.tsv of a block design, a subject's without run-, one without the acq- its runs carry),
+    as pybids and the validator read it. Each study was refused ("no events.tsv for this run ... add
+    sub-01_task-stroop_run-1_events.tsv"); now each run's design is the one its own events file gave. Two files
+    as near to a run are refused, naming them."""
+    import shutil
+
+    study, deriv = _study(tmp_path, subjects=1, runs=2, scans=30, shape=(6, 6, 4))
+    own = sorted(study.root.glob("sub-01/func/*_events.tsv"))
+    shutil.copy(own[0], own[1])  # (both runs' events the same: one inherited file can hold them)
+    assert main(["bids", str(study.root), str(tmp_path / "own"), "run", *deriv, "--quiet"]) == 0
+    if held == "top level":
+        moved = [study.root / "task-stroop_events.tsv"]
+    elif held == "subject":
+        moved = [study.root / "sub-01" / "func" / "sub-01_task-stroop_events.tsv"]
+    else:
+        for path in sorted(p for p in study.root.rglob("*_run-*") if p.is_file() and "_events" not in p.name):
+            path.rename(path.with_name(path.name.replace("_run-", "_acq-mb4_run-")))
+        moved = [own[0].with_name("sub-01_task-stroop_run-1_events.tsv"), own[1]]
+    shutil.copy(own[0], tmp_path / "events.tsv")
+    for path in own:
+        path.unlink()
+    for path in moved:
+        shutil.copy(tmp_path / "events.tsv", path)
+    out = tmp_path / "inherited"
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--quiet"]) == 0, capsys.readouterr().err
+    designs = sorted(out.rglob("*_design.tsv"))
+    assert len(designs) == 2
+    for mine, theirs in zip(designs, sorted((tmp_path / "own").rglob("*_design.tsv"))):
+        assert mine.read_text() == theirs.read_text()
+    if held.startswith("acq"):  # beside each, as near: the subject's of the runs' acq-
+        shutil.copy(moved[0], moved[0].with_name("sub-01_task-stroop_acq-mb4_events.tsv"))
+        assert main(["bids", str(study.root), str(tmp_path / "two"), "run", *deriv]) == 2
+        err = capsys.readouterr().err
+        assert "several events files apply to" in err and "sub-01_task-stroop_acq-mb4_events.tsv" in err, err
+
+
 def test_runs_told_apart_by_a_cohort_are_refused_not_overwritten(tmp_path, capsys):
     """fMRIPrep's pediatric cohorts (_space-X_cohort-N_), an entity pybids does not read: two runs of the same
     entities, the second cohort's maps written over the first's (exit 0), with the first's mask. Refused."""

@@ -947,6 +947,33 @@ class _RunFiles:
             )
         return Path(paths[0]) if paths else None
 
+    def events(self, entities: dict, bold) -> Path | None:
+        """The run's events file: its own (the run's raw entities), else the one BIDS's inheritance principle
+        gives it, as pybids finds it: of the events files of its task whose every entity is the run's (a top-level
+        ``task-x_events.tsv``, a subject's without ``run-``, one without the ``acq-`` the run has), the one with
+        the most; several as near are refused."""
+        own = self.one("events files", entities, bold)
+        if own is not None:
+            return own
+        run = _raw_key(entities)
+        task = RAW.index("task")
+        near = [
+            (sum(v is not None for v in key), path)
+            for key, items in self.by_key["events files"].items()
+            if key[task] == run[task] and all(v is None or v == r for v, r in zip(key, run))
+            for path, _ in items
+        ]
+        if not near:
+            return None
+        most = max(n for n, _ in near)
+        paths = sorted({path for n, path in near if n == most})
+        if len(paths) > 1:
+            raise InputError(
+                f"several events files apply to {bold} as nearly: {', '.join(paths[:3])}; keep one (BIDS's "
+                "inheritance principle gives a run the nearest)."
+            )
+        return Path(paths[0])
+
     def first_echo(self, entities: dict) -> Path | None:
         """The raw BOLD of the lowest echo of a run whose preprocessed file has no echo (fMRIPrep combines a
         multi-echo run's echoes; their sidecars share its RepetitionTime and SliceTiming), or None."""
@@ -1033,7 +1060,7 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
             "the scans to)."
         )
         start_time = None
-    events = files.one("events files", ent, bold)
+    events = files.events(ent, bold)
     if events is not None and (problem := _events_problem(events)) is not None:
         problems.append(problem)
     if events is None:

@@ -164,6 +164,32 @@ def test_events_files_a_run_inherits_are_its_events(tmp_path, capsys, held):
         assert "several events files apply to" in err and "sub-01_task-stroop_acq-mb4_events.tsv" in err, err
 
 
+@pytest.mark.parametrize("named", [False, True])
+def test_a_complex_valued_runs_raw_magnitude_is_its_raw_run(tmp_path, capsys, named):
+    """Complex-valued BOLD (raw part-mag and part-phase runs, as for NORDIC): fMRIPrep preprocesses the magnitude,
+    naming it with part-mag or without. Two raw runs matched each, and the study was refused saying to keep one (to
+    delete raw phase data from a valid dataset); each run now takes its magnitude's sidecars (the phase's here
+    give another RepetitionTime, which would be refused), and its design is the one of the same run held plain."""
+    import shutil
+
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    assert main(["bids", str(study.root), str(tmp_path / "plain"), "run", *deriv, "--quiet"]) == 0
+    for bold in list(study.root.glob("sub-*/func/*_bold.nii.gz")):
+        for part in ("mag", "phase"):
+            shutil.copy(bold, str(bold).replace("_bold.nii.gz", f"_part-{part}_bold.nii.gz"))
+        bold.with_name(bold.name.replace("_bold.nii.gz", "_part-phase_bold.json")).write_text(
+            json.dumps({"RepetitionTime": 3.0})
+        )
+        bold.unlink()
+    if named:
+        for path in [p for p in study.derivatives.rglob("*_space-*") if p.is_file()]:
+            path.rename(str(path).replace("_space-", "_part-mag_space-"))
+    out = tmp_path / "complex"
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--quiet"]) == 0, capsys.readouterr().err
+    (mine,), (theirs,) = sorted(out.rglob("*_design.tsv")), sorted((tmp_path / "plain").rglob("*_design.tsv"))
+    assert mine.read_text() == theirs.read_text()
+
+
 def test_runs_told_apart_by_a_cohort_are_refused_not_overwritten(tmp_path, capsys):
     """fMRIPrep's pediatric cohorts (_space-X_cohort-N_), an entity pybids does not read: two runs of the same
     entities, the second cohort's maps written over the first's (exit 0), with the first's mask. Refused."""

@@ -974,6 +974,16 @@ class _RunFiles:
             )
         return Path(paths[0])
 
+    def raw_bold(self, entities: dict, bold) -> Path | None:
+        """The raw BOLD of a preprocessed run: of its part (``part-mag``) where it has one, else the one without
+        a part, else the magnitude (fMRIPrep preprocesses a complex-valued run's magnitude and may name it without
+        ``part-``); or its first echo (:meth:`first_echo`)."""
+        part = entities.get("part")
+        found = self.one("raw BOLD", entities, bold, part=part)
+        if found is None and part is None:
+            found = self.one("raw BOLD", entities, bold, part="mag")
+        return found or self.first_echo(entities)
+
     def first_echo(self, entities: dict) -> Path | None:
         """The raw BOLD of the lowest echo of a run whose preprocessed file has no echo (fMRIPrep combines a
         multi-echo run's echoes; their sidecars share its RepetitionTime and SliceTiming), or None."""
@@ -1010,7 +1020,7 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
     except InputError as exc:
         problems.append(f"{bold}: {exc}")
         n_scans = 0
-    raw_bold = files.one("raw BOLD", ent, bold) or files.first_echo(ent)
+    raw_bold = files.raw_bold(ent, bold)
     meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}
     raw_scans = _raw_scans(raw_bold, n_scans)
     preprocessed = layout.get_metadata(str(bold))

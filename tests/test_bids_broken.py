@@ -141,7 +141,8 @@ def test_a_studys_failures_name_the_command_lines_options(tmp_path, dataset, cap
 
 def test_a_run_without_a_brain_mask_says_it_is_fitted_within_the_automatic_mask(tmp_path, dataset, capsys):
     """fMRIPrep's desc-brain_mask missing for a run: fitted within the automatic mask, which was said nowhere (on
-    unmasked BOLD it takes in what is bright enough outside the brain)."""
+    unmasked BOLD it takes in what is bright enough outside the brain); its model.json said the rule without SPM's
+    threshold that it applied (threshold null), and says it now."""
     next(dataset.derivatives.glob("sub-01/func/*run-1*_desc-brain_mask.nii.gz")).unlink()
     path = tmp_path / "model_smdl.json"
     path.write_text(json.dumps(MODEL))
@@ -149,6 +150,10 @@ def test_a_run_without_a_brain_mask_says_it_is_fitted_within_the_automatic_mask(
     assert main([*argv, "--model", str(path)]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "no brain mask for the run" in line]
     assert len(notes) == 1 and "sub-01_task-stroop_run-1" in notes[0] and "automatic mask" in notes[0], notes
+    records = {p.name: json.loads(p.read_text())["mask"] for p in (tmp_path / "out").rglob("*run-*_model.json")}
+    automatic = [m for name, m in records.items() if "sub-01_task-stroop_run-1" in name]
+    assert len(automatic) == 1 and automatic[0]["threshold"] == 0.8 and "SPM's" in automatic[0]["rule"], records
+    assert all(m["threshold"] is None and m["source"] != "automatic" for m in records.values() if m not in automatic)
 
 
 def test_a_run_with_fewer_scans_than_its_raw_run_says_the_events_may_be_shifted(tmp_path, dataset, capsys):

@@ -1765,12 +1765,14 @@ def _errors_returned(write, index: int) -> _RunDone:
 
 def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
     """A fitted run's maps, design and model.json, committed as its group."""
+    from ..io.masking import resolve_mask_threshold
     from ..models.glm import write_design_files
     from ..models.record import ModelRecord, contrast_record, mask_record
 
     r, s = job.run, job.settings
     outputs = {}
     masker, fit = fitted.masker, fitted.fit
+    threshold = resolve_mask_threshold("auto", masker.geometry, explicit=r.mask is not None)  # (fit_images's)
     ext = masker.geometry.extension
     stats = {label: _as_tested(fitted.contrasts[label], weights) for label, _, weights in job.contrasts}
     with open_group(job.folder) as out:
@@ -1808,7 +1810,7 @@ def _write_run(job: _RunJob, fitted, noise: str, records, route) -> _RunDone:
                 "dtype": "float32",
                 "geometry": masker.geometry.describe(),
             },
-            mask=mask_record(r.mask, None, masker.n_voxels, masker.geometry.n_elements),
+            mask=mask_record(r.mask, threshold, masker.n_voxels, masker.geometry.n_elements),
             design={
                 "columns": list(job.names),
                 "n_rows": int(job.X.shape[0]),

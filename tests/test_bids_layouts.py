@@ -983,6 +983,32 @@ def test_a_rerun_sees_the_changes_inside_a_linked_subject_folder(tmp_path):
         np.testing.assert_array_equal(_maps(twin), _maps(path))
 
 
+def test_a_datalad_datasets_retrieved_files_are_recorded_by_their_names(tmp_path):
+    """A DataLad dataset holds each file as a link into .git/annex/objects, named by its digest (SHA256E-s...--...):
+    model.json's inputs named those objects, not the run, space, events and confounds table fitted. They are named
+    as the dataset names them now, with the object each leads to as its target; a file that is no link has none."""
+    import hashlib
+    import os
+
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    for f in sorted(p for p in study.root.rglob("*") if p.is_file() and "sub-" in p.name):
+        data = f.read_bytes()
+        key = f"SHA256E-s{len(data)}--{hashlib.sha256(data).hexdigest()}{''.join(f.suffixes[-2:])}"
+        obj = study.root / ".git" / "annex" / "objects" / key[-6:-4] / key[-4:-2] / key / key
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_bytes(data)
+        f.unlink()
+        f.symlink_to(os.path.relpath(obj, f.parent))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", *deriv, "--quiet"]) == 0
+    (record,) = out.rglob("*_model.json")
+    inputs = json.loads(record.read_text())["inputs"]
+    names = sorted(Path(i["path"]).name for i in inputs)
+    assert sorted(n.split("_")[-1] for n in names) == ["bold.nii.gz", "events.tsv", "mask.nii.gz", "timeseries.tsv"]
+    assert all(".git" not in i["path"] and "/annex/objects/" in i["target"] for i in inputs), inputs
+    assert all(Path(i["target"]).read_bytes() == Path(i["path"]).read_bytes() for i in inputs)
+
+
 def test_files_a_datalad_dataset_has_not_retrieved_are_said_to_be_so(tmp_path, capsys):
     """git-annex keeps a DataLad dataset's files as links into .git/annex, which point nowhere until the file is
     retrieved (or, unlocked, as small pointer files). One such events file, confounds table or sidecar stopped the

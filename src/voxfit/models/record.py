@@ -7,6 +7,7 @@ The file's form is also given as a JSON Schema (draft 2020-12), ``model.schema.j
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -328,11 +329,18 @@ def design_rows_record(d, paths, paired: bool) -> dict:
 
 
 def input_record(path: Path, digest: str | None = None) -> dict:
-    """What model.json says of an input file: absolute path, size, BLAKE3 digest (of a store folder such as a
-    Zarr store: over its files' relative names and digests, in sorted order)."""
+    """What model.json says of an input file: absolute path, as named (a DataLad dataset's files are links into
+    its annex, whose object names tell no run, space or table), the file it is a link to (``target``), size, BLAKE3
+    digest (of a store folder such as a Zarr store: over its files' relative names and digests, in sorted order)."""
     path = Path(path)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    return {"path": str(path.resolve()), "bytes": size, "blake3": digest or _digest(path)}
+    named, target = os.path.abspath(path), os.path.realpath(path)
+    return {
+        "path": named,
+        **({"target": target} if target != named else {}),
+        "bytes": size,
+        "blake3": digest or _digest(path),
+    }
 
 
 def input_records(paths, memory=()) -> list[dict]:

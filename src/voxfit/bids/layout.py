@@ -555,8 +555,17 @@ def _number(value) -> bool:
         return False
 
 
+# the runs' own space (fMRIPrep 24's --output-spaces run): BOLD without a space-, its brain mask space-run
+NATIVE = "run"
+
+
 def _spaces(files) -> list[str]:
-    return sorted({f.entities.get("space") for f in files if f.entities.get("space")})
+    """The spaces of runs `files`, :data:`NATIVE` for volumes named without a space (BIDS: the data's own)."""
+    return sorted({f.entities.get("space") or NATIVE for f in files if f.entities.get("space") or _is_volume(f.path)})
+
+
+def _native_named(spaces: list[str]) -> str:
+    return ", ".join(f"{s} (the runs' own space, named without space-)" if s == NATIVE else s for s in spaces)
 
 
 def find_runs(
@@ -598,16 +607,17 @@ def find_runs(
     if space is None:
         if len(spaces) > 1:
             raise InputError(
-                f"the derivatives hold runs in several spaces ({', '.join(spaces)}); choose one with --space."
+                f"the derivatives hold runs in several spaces ({_native_named(spaces)}); choose one with --space."
             )
         space = spaces[0] if spaces else None
     elif space not in spaces:
         raise InputError(
             f"no preprocessed BOLD run in space {space!r} in the derivatives (spaces found: "
-            f"{', '.join(spaces) or 'none'}); give one of them with --space."
+            f"{_native_named(spaces) or 'none'}); give one of them with --space."
         )
+    space = None if space == NATIVE and NATIVE in spaces else space
     in_space = [f for f in candidates if f.entities.get("space") == space]
-    chosen = _one_grid(in_space, space, qualifiers)
+    chosen = _combined_echoes(_one_grid(in_space, space, qualifiers))
     hemis = {str(f.entities["hemi"]) for f in chosen if f.entities.get("hemi")}  # (of the whole dataset's runs)
     if labels:
         have = {f.entities["subject"] for f in chosen}
@@ -718,6 +728,15 @@ def _space_qualifiers(space: str | None) -> tuple[str | None, dict[str, str]]:
             )
         qualifiers[key] = value
     return name, qualifiers
+
+
+def _combined_echoes(chosen: list) -> list:
+    """The runs of `chosen` less each echo of a multi-echo run whose echoes fMRIPrep also combined into one run
+    (``--me-output-echos`` writes each echo beside it, for tedana and the like: the combined run is the one fitted)."""
+    combined = {_raw_key({**f.entities, "echo": None}) for f in chosen if f.entities.get("echo") is None}
+    return [
+        f for f in chosen if f.entities.get("echo") is None or _raw_key({**f.entities, "echo": None}) not in combined
+    ]
 
 
 def _one_grid(chosen: list, space: str | None, qualifiers: dict[str, str]) -> list:
@@ -1089,7 +1108,10 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
             )
     mask = None
     if _is_volume(bold):
-        mask = files.one("masks", ent, bold, **{k: ent.get(k) for k in ("space", "res", "den")})
+        grid = {k: ent.get(k) for k in ("space", "res", "den")}
+        mask = files.one("masks", ent, bold, **grid)
+        if mask is None and grid["space"] is None:  # (a run in its own space: fMRIPrep 24 names its mask space-run)
+            mask = files.one("masks", ent, bold, **{**grid, "space": NATIVE})
     sidecars = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
     problems = [missing] if missing else problems
     return RunInput(

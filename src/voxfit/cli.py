@@ -592,7 +592,11 @@ def _bids_parser(sub) -> None:
     bids.add_argument("--model", metavar="FILE", help="BIDS Stats Model (default: each trial type vs baseline)")
     bids.add_argument("--participant-label", nargs="+", default=(), metavar="LABEL", help="subjects (01 or sub-01)")
     bids.add_argument("--task", metavar="T", help="task label")
-    bids.add_argument("--space", metavar="S", help="space of the preprocessed runs (default: the only one)")
+    bids.add_argument(
+        "--space",
+        metavar="S",
+        help="space of the preprocessed runs (default: the only one; 'run': their own, named without space-)",
+    )
     bids.add_argument("--desc", default="preproc", metavar="D", help="desc of preprocessed volumes (preproc)")
     bids.add_argument("--smoothing", type=float, metavar="FWHM", help="Gaussian smoothing of volumes, FWHM in mm")
     bids.add_argument(

@@ -297,7 +297,7 @@ def test_scans_numbered_by_a_step_or_subjects_maps_are_not_checked(tmp_path, rng
 
 
 @pytest.mark.parametrize("held", ["analyze", "nifti"])
-def test_3d_scans_their_spm_sidecars_place_apart_are_refused_as_spm_refuses_them(spm_runs, capsys, held):
+def test_3d_scans_their_spm_sidecars_place_apart_are_refused_as_spm_refuses_them(tmp_path, capsys, held):
     """SPM's Realign "Estimate" writes each realigned scan's new place into its sidecar (an Analyze pair's .mat)
     and leaves the data alone; SPM's fit then refuses the scans (spm_check_orientations). Analyze pairs, which
     nibabel places by their .mat, were refused saying to resample them to the data's grid; 3-D NIfTI scans of one
@@ -307,7 +307,8 @@ def test_3d_scans_their_spm_sidecars_place_apart_are_refused_as_spm_refuses_them
     agree with each other but not with the headers are said once, not once a scan."""
     from scipy.io import loadmat, savemat
 
-    root, (run1, _), (ev1, _) = spm_runs
+    root, run1 = tmp_path, _spm_folder(tmp_path / "run1", _bold(np.random.default_rng(0)))  # (one seed: names)
+    ev1 = _events(tmp_path / "ev1.tsv", [0, 16, 32])
     scans = sorted(run1.glob("sw*.img"), key=lambda p: int(p.stem.split("_")[-1]))
     if held == "nifti":  # (one header for all: read as the first's)
         for p in scans:

@@ -194,31 +194,34 @@ def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path,
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them
     out, and no --space chose them); alone, they were fitted within the automatic mask, their mask unread. They are
-    the space "run", fitted within their own mask; the echoes fMRIPrep writes beside a combined multi-echo run
-    (--me-output-echos) are left to it, where they were refused as runs that differ only by echo-."""
+    the space "run", fitted within their own mask, at the run level only (runs in their own spaces are not aligned
+    with one another); the echoes fMRIPrep writes in their own space beside a combined multi-echo run
+    (--me-output-echos) are left to it, whatever its space."""
     import shutil
 
     study, deriv = _study(tmp_path, subjects=1, runs=1, scans=30, shape=(6, 6, 4))
     func = study.derivatives / "sub-01" / "func"
+    bold = next(func.glob(f"*_space-{SPACE}_desc-preproc_bold.nii.gz"))
+    for echo in (1, 2):  # (fMRIPrep's default with --me-output-echos: the echoes in their own space, combined in MNI)
+        shutil.copy(bold, func / f"sub-01_task-stroop_run-1_echo-{echo}_desc-preproc_bold.nii.gz")
+    argv = ["bids", str(study.root), str(tmp_path / "out"), "run", *deriv, "--quiet"]
+    assert main([*argv[:2], str(tmp_path / "mni"), *argv[3:]]) == 0, capsys.readouterr().err
     for path in sorted(func.glob(f"*_space-{SPACE}_*")):
         own = path.name.replace(f"_space-{SPACE}_desc-preproc", "_desc-preproc")
         shutil.copy(path, func / own.replace(f"_space-{SPACE}_desc-brain", "_space-run_desc-brain"))
     mask = func / "sub-01_task-stroop_run-1_space-run_desc-brain_mask.nii.gz"
     assert mask.is_file()
-    argv = ["bids", str(study.root), str(tmp_path / "out"), "run", *deriv, "--quiet"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"several spaces ({SPACE}, run (the runs' own space, named without space-))" in err, err
-    for echo in (1, 2):  # (each echo beside the combined run)
-        shutil.copy(
-            func / "sub-01_task-stroop_run-1_desc-preproc_bold.nii.gz",
-            func / f"sub-01_task-stroop_run-1_echo-{echo}_desc-preproc_bold.nii.gz",
-        )
     assert main([*argv, "--space", "run"]) == 0, capsys.readouterr().err
     (record,) = (tmp_path / "out").rglob("*_model.json")
     held = json.loads(record.read_text())
     assert held["mask"]["source"] == str(mask)
     assert [Path(i["path"]).name for i in held["inputs"]][0] == "sub-01_task-stroop_run-1_desc-preproc_bold.nii.gz"
+    subject = ["bids", str(study.root), str(tmp_path / "subject"), "subject", *deriv, "--space", "run"]
+    assert main(subject) == 2 and not (tmp_path / "subject" / "sub-01").exists()
+    assert "is in its run's own space, which no other run shares" in capsys.readouterr().err
 
 
 def test_runs_told_apart_by_a_cohort_are_refused_not_overwritten(tmp_path, capsys):

@@ -601,7 +601,7 @@ def find_runs(
         for f in layout.get(**filters)
         if (f.entities.get("desc") == desc if _is_volume(f.path) else f.entities.get("desc") in (None, desc))
     ]
-    candidates = _selected(candidates, entities, lambda f: f.entities)
+    candidates = _combined_echoes(_selected(candidates, entities, lambda f: f.entities))
     space, qualifiers = _space_qualifiers(space)
     spaces = _spaces(candidates)
     if space is None:
@@ -617,7 +617,7 @@ def find_runs(
         )
     space = None if space == NATIVE and NATIVE in spaces else space
     in_space = [f for f in candidates if f.entities.get("space") == space]
-    chosen = _combined_echoes(_one_grid(in_space, space, qualifiers))
+    chosen = _one_grid(in_space, space, qualifiers)
     hemis = {str(f.entities["hemi"]) for f in chosen if f.entities.get("hemi")}  # (of the whole dataset's runs)
     if labels:
         have = {f.entities["subject"] for f in chosen}
@@ -731,8 +731,9 @@ def _space_qualifiers(space: str | None) -> tuple[str | None, dict[str, str]]:
 
 
 def _combined_echoes(chosen: list) -> list:
-    """The runs of `chosen` less each echo of a multi-echo run whose echoes fMRIPrep also combined into one run
-    (``--me-output-echos`` writes each echo beside it, for tedana and the like: the combined run is the one fitted)."""
+    """The runs of `chosen` less each echo of a multi-echo run whose echoes fMRIPrep also combined into one run, in
+    any space (``--me-output-echos`` writes each echo, in the run's own space, for tedana and the like: the combined
+    run is the one fitted). Runs are matched by their raw entities (fMRIPrep's outputs differ in no other)."""
     combined = {_raw_key({**f.entities, "echo": None}) for f in chosen if f.entities.get("echo") is None}
     return [
         f for f in chosen if f.entities.get("echo") is None or _raw_key({**f.entities, "echo": None}) not in combined
@@ -949,6 +950,11 @@ class _RunFiles:
                 entities = f.get_entities()
                 table.setdefault(_raw_key(entities), []).append((f.path, entities))
             self.by_key[what] = table
+        self.root = Path(layout.root)
+        # the events files by task and subject (None: of every subject), where each run looks
+        self.events_of: dict[tuple, dict[tuple, list]] = {}
+        for key, items in self.by_key["events files"].items():
+            self.events_of.setdefault((key[RAW.index("task")], key[RAW.index("subject")]), {})[key] = items
 
     def one(self, what: str, entities: dict, bold, **also) -> Path | None:
         """The file of kind `what` with the run's raw `entities` and the values `also` (None: absent), or None;
@@ -967,31 +973,36 @@ class _RunFiles:
         return Path(paths[0]) if paths else None
 
     def events(self, entities: dict, bold) -> Path | None:
-        """The run's events file: its own (the run's raw entities), else the one BIDS's inheritance principle
-        gives it, as pybids finds it: of the events files of its task whose every entity is the run's (a top-level
-        ``task-x_events.tsv``, a subject's without ``run-``, one without the ``acq-`` the run has), the one with
-        the most; several as near are refused."""
-        own = self.one("events files", entities, bold)
-        if own is not None:
-            return own
-        run = _raw_key(entities)
-        task = RAW.index("task")
-        near = [
-            (sum(v is not None for v in key), path)
-            for key, items in self.by_key["events files"].items()
-            if key[task] == run[task] and all(v is None or v == r for v, r in zip(key, run))
-            for path, _ in items
-        ]
-        if not near:
-            return None
-        most = max(n for n, _ in near)
-        paths = sorted({path for n, path in near if n == most})
+        """The run's events file: its own (the run's raw entities), or the one BIDS's inheritance principle gives
+        it, in the run's folder or one above it: a top-level ``task-x_events.tsv``, a subject's without ``run-``,
+        one without the ``acq-`` the run has (each of whose entities is the run's). Several that apply are refused:
+        BIDS gives a run the nearest, but pybids reads every one and merges their events, in no set order."""
+        run, task = _raw_key(entities), RAW.index("task")
+        subject, session = entities.get("subject"), entities.get("session")
+        above = {self.root, self.root / f"sub-{subject}"}
+        if session is not None:
+            above |= {
+                self.root / f"sub-{subject}" / f"ses-{session}",
+                self.root / f"sub-{subject}" / f"ses-{session}" / "func",
+            }
+        else:
+            above.add(self.root / f"sub-{subject}" / "func")
+        paths = sorted(
+            {
+                path
+                for of in (subject, None)
+                for key, items in self.events_of.get((run[task], of), {}).items()
+                if all(v is None or v == r for v, r in zip(key, run))
+                for path, _ in items
+                if Path(path).parent in above
+            }
+        )
         if len(paths) > 1:
             raise InputError(
-                f"several events files apply to {bold} as nearly: {', '.join(paths[:3])}; keep one (BIDS's "
-                "inheritance principle gives a run the nearest)."
+                f"several events files apply to {bold}: {', '.join(paths[:3])}; keep one (BIDS gives a run the "
+                "nearest, but pybids reads them all and merges their events)."
             )
-        return Path(paths[0])
+        return Path(paths[0]) if paths else None
 
     def raw_bold(self, entities: dict, bold) -> Path | None:
         """The raw BOLD of a preprocessed run: of its part (``part-mag``) where it has one, else the one without
@@ -1089,10 +1100,15 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
             "the scans to)."
         )
         start_time = None
-    events = files.events(ent, bold)
+    try:
+        events, several = files.events(ent, bold), None
+    except InputError as exc:  # (several apply: this run's problem)
+        events, several = None, str(exc)
     if events is not None and (problem := _events_problem(events)) is not None:
         problems.append(problem)
-    if events is None:
+    if several is not None:
+        problems.append(several)
+    elif events is None:
         parts = short_entities(raw, RAW)
         problems.append(
             f"{bold}: no events.tsv for this run in {layout.root}; add {parts}_events.tsv to the raw dataset "

@@ -435,6 +435,7 @@ def run(
                 "not done here): drop --smoothing, or choose volume runs with --space."
             )
         _check_surface_inference(settings, surface)
+        _check_own_space_levels(settings.level, runs)
         _check_aroma(settings, desc)
         described = {f: f.read_bytes() if f.is_file() else None for f in description_files(out_dir, model)}
         model_file = describe_dataset(out_dir, model, command)
@@ -1272,6 +1273,19 @@ def _check_one_map_per_subject(node: _Node, rows: list[dict], group_model: str) 
         f"{group_model} group model takes one map per subject: {group}combine each subject's maps first (a Subject "
         "node between)."
     )
+
+
+def _check_own_space_levels(level: str, runs) -> None:
+    """Refuse, before anything is fitted, a study above the run level of runs in their own space (fMRIPrep 24's
+    ``--output-spaces run``: no space-, a ``space-run`` brain mask): each run's grid is its own reference's, and
+    runs are not aligned with one another, even where their grids' affines agree."""
+    own = next((r for r in runs if r.mask is not None and "_space-run_" in r.mask.name), None)
+    if level != "run" and own is not None:
+        raise InputError(
+            f"{own.bold.name} is in its run's own space, which no other run shares (fMRIPrep aligns runs in T1w or a "
+            f"template space): fit the run level alone (voxfit bids ... run --space run), or choose a space the "
+            "runs share with --space."
+        )
 
 
 def _check_surface_inference(settings: _Settings, surface: Path | None) -> None:

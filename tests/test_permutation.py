@@ -60,6 +60,43 @@ def test_two_sample_permutations_equal_the_enumeration(rng):
     npt.assert_array_equal(res.p_fwe, fwe)
 
 
+@pytest.mark.parametrize("scheme", ["flip", "permute"])
+def test_a_voxel_of_a_huge_statistic_is_reached_by_the_identity_alone(scheme):
+    """float32 maps, a voxel whose subjects' values lie 0.02% apart (t in the thousands): its tie tolerance, which
+    widens with ||E||^2 / rss, passed 100%, every shuffle tied it, and its p values were 1 (a group tester's);
+    exact enumeration gives 1/N there, and the other voxels' p values are the enumeration's too."""
+    rng = np.random.default_rng(0)
+    n, V = 8 if scheme == "flip" else 10, 20
+    if scheme == "flip":
+        X, w = np.ones((n, 1)), [1.0]
+        Y = rng.standard_normal((n, V)) + 0.3
+        Y[:, 0] = 1.0 + 2e-4 * rng.standard_normal(n)
+    else:
+        g = np.r_[np.ones(5), np.zeros(5)]
+        X, w = np.column_stack([g, 1 - g]), [1, -1]
+        Y = rng.standard_normal((n, V))
+        Y[:, 0] = g + 3e-4 * rng.standard_normal(n)
+    Y = Y.astype(np.float32)
+    res = permutation_test(X, Y, w, n_permutations=10_000)
+    assert res.exhaustive and res.scheme == scheme and res.stat[0] > 4000
+    y = Y.astype(np.float64)
+    if scheme == "flip":
+        flipped = [np.array(signs)[:, None] * y for signs in itertools.product([1.0, -1.0], repeat=n)]
+        null = np.array([z.mean(0) / np.sqrt(z.var(0, ddof=1) / n) for z in flipped])
+    else:
+        null = []
+        for first in itertools.combinations(range(n), 5):
+            lab = np.zeros(n, dtype=bool)
+            lab[list(first)] = True
+            a, b = y[lab], y[~lab]
+            null.append((a.mean(0) - b.mean(0)) / np.sqrt((a.var(0, ddof=1) + b.var(0, ddof=1)) / 2 * (2 / 5)))
+        null = np.array(null)
+    unc, fwe = _p_values(null, null[0])
+    assert res.p_uncorrected[0] == res.p_fwe[0] == 1 / res.n_shuffles == unc[0]
+    npt.assert_array_equal(res.p_uncorrected, unc)
+    npt.assert_array_equal(res.p_fwe, fwe)
+
+
 def test_freedman_lane_statistics_are_the_parametric_ones(rng):
     n = 14
     X = np.column_stack([np.ones(n), rng.standard_normal(n), rng.standard_normal(n)])

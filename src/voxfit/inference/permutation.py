@@ -13,8 +13,8 @@ of voxels at a time and reduced (maxima, exceedance counts) while the tile is in
 always one of the shuffles and uses the observed statistic exactly. p-values count the shuffles whose
 statistic reaches the observed one (the identity included): ``p = #{b: s_b >= s_obs} / N``, with ties
 judged at a relative tolerance of 1e-6 for float32 data (1e-10 for float64), widened where the residual sum
-of squares is a small part of ``||E||^2`` (the null statistics lose those digits), and 1e-5 for TFCE and
-cluster values (their null maps are float32).
+of squares is a small part of ``||E||^2`` (the null statistics lose those digits; at most 10%), and 1e-5 for TFCE
+and cluster values (their null maps are float32).
 Voxels without residual variance get no statistic and NaN p. t contrasts are one-sided (large
 positive t); test the other tail with the negated contrast.
 """
@@ -554,7 +554,6 @@ def _mixed_observed(test: _CheckedMixed, tiles: list, dtype, n_jobs) -> _Observe
     V = test.effects.shape[1]
     stat, tol, valid, ee = np.empty(V), np.empty(V), np.empty(V, dtype=bool), np.empty(V)
     E_tiles: list = [None] * len(tiles)
-    eps = np.finfo(dtype).eps
 
     def work(k: int) -> None:
         a, b = tiles[k]
@@ -564,8 +563,7 @@ def _mixed_observed(test: _CheckedMixed, tiles: list, dtype, n_jobs) -> _Observe
         ok &= (ee_tile > 0) & (rss > 1e-10 * ee_tile)  # no residual variance: no statistic, no p
         f[:, :, ~ok] = 0.0
         stat[a:b] = np.where(ok, _statistic(G, np.where(ok, ee_tile, 1.0), test.dof, test.q, test.is_t), np.nan)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tol[a:b] = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee_tile / np.where(ok, rss, 1.0))
+        tol[a:b] = _tie_tolerance(dtype, ee_tile, np.where(ok, rss, 1.0))
         valid[a:b], ee[a:b] = ok, np.where(ok, ee_tile, 1.0)
         E_tiles[k] = np.ascontiguousarray(f, dtype=dtype)
 
@@ -617,6 +615,20 @@ def _weighted_residuals(test: _CheckedMixed, a: int, b: int):
 
 
 MAP_TOL = 1e-5  # the tie tolerance of TFCE and cluster values: they come from float32 maps
+TIE_TOL_MAX = 0.1  # the widest tie tolerance of a statistic (see _tie_tolerance)
+
+
+def _tie_tolerance(dtype, ee: NDArray, rss: NDArray) -> NDArray:
+    """The relative tolerance at which a null statistic ties the observed one: 1e-6 in float32 (1e-10 in float64),
+    widened where the residual sum of squares `rss` is a small part of `ee` (``||E||^2``), as null statistics in the
+    working precision lose about eps * ee / rss of their digits; at most TIE_TOL_MAX. Unbounded, a voxel of t
+    4,000 (its subjects' values 0.07% apart) had a tolerance beyond 100%, every shuffle tied it, and its p was 1
+    where only the identity reaches it (1/N); its null statistics are then known only roughly, the identity's
+    exactly."""
+    eps = np.finfo(dtype).eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tol = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee / rss)
+    return np.minimum(tol, TIE_TOL_MAX)
 
 
 @dataclass(frozen=True, eq=False)
@@ -641,10 +653,7 @@ def _observed(test: _CheckedTest, tiles: list, dtype) -> _Observed:
     stat = _statistic(G_obs, ee, test.dof, test.q, test.is_t)
     del G_obs
     stat[~valid] = np.nan
-    # ties: null statistics in the working precision lose about eps * ||E||^2 / rss relative to the observed one
-    eps = np.finfo(dtype).eps
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tol = np.maximum(1e-6 if dtype == np.float32 else 1e-10, 8 * eps * ee / np.where(valid, rss_obs, 1.0))
+    tol = _tie_tolerance(dtype, ee, np.where(valid, rss_obs, 1.0))
     del rss_obs
     observed = np.where(np.isfinite(stat), stat - tol * np.maximum(np.abs(stat), 1.0), np.inf)
     from ._maxstat import to_key

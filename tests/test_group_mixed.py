@@ -300,6 +300,31 @@ def test_a_subject_without_a_variance_map_is_refused(study, capsys):
     assert err.count("\n") == 1 and "sub-01" in err
 
 
+@pytest.mark.parametrize(
+    ("effect", "variance", "said"),
+    [
+        ("cope2.nii.gz", "varcope1.nii.gz", "holds contrast 2 but its variance map"),
+        ("sub_contrast-faces_stat-effect.nii.gz", "sub_contrast-houses_stat-variance.nii.gz", "contrast faces but"),
+    ],
+)
+def test_an_effect_map_paired_with_another_contrasts_variances_is_refused(study, capsys, effect, variance, said):
+    """Matched by subject, each subject's cope2 took its varcope1 (and a contrast-faces effect map a
+    contrast-houses variance map) without a word, though both names say which contrast they hold (a group
+    tester's); refused, naming the pair. The same contrast's maps are fitted."""
+    for name, given in (("stat-effect.nii.gz", effect), ("stat-variance.nii.gz", variance)):
+        for path in _maps(study, name):
+            shutil.copy(path, path.with_name(given.replace("sub_", f"{path.parent.name}_")))
+    effects = [str(p.with_name(effect.replace("sub_", f"{p.parent.name}_"))) for p in _maps(study, "x")]
+    variances = [str(p.with_name(variance.replace("sub_", f"{p.parent.name}_"))) for p in _maps(study, "x")]
+    assert main(["group", *effects, "--variances", *variances, "-o", str(study["dir"] / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err and "sub-01" in err, err
+    same = [v.replace("varcope1", "varcope2").replace("houses", "faces") for v in variances]
+    for given, wanted in zip(variances, same):
+        shutil.copy(given, wanted)
+    assert main(["group", *effects, "--variances", *same, "-o", str(study["dir"] / "ok"), "--quiet"]) == 0
+
+
 @pytest.mark.usefixtures("no_reserve")
 def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(large_study, monkeypatch, tmp_path):
     """Maps over --max-memory, uncompressed or compressed (NIfTI files, one per subject): the fit reads their

@@ -312,6 +312,7 @@ def _pair(effects: list[Path], variances: list[Path], dof) -> PairedMaps:
     match = _match_by_subject if matched_by == "subject" else _match_by_folder
     order = match(effects, variances, e_labels, v_labels)
     variances, variance_maps = [variances[k] for k in order], [variance_maps[k] for k in order]
+    _check_contrasts(effects, variances)
     _check_grids(effects, variances, [m.geometry for m in effect_maps], [m.geometry for m in variance_maps], e_labels)
     notes = [_NOTES[matched_by].format(n=len(effects), shown=listed(map(str, effects), 4))]
     if dof is not None:
@@ -324,6 +325,30 @@ def _pair(effects: list[Path], variances: list[Path], dof) -> PairedMaps:
         notes=tuple(notes),
         matched_by=matched_by,
     )
+
+
+def _check_contrasts(effects: list[Path], variances: list[Path]) -> None:
+    """Refuse an effect map paired with the variance map of another contrast, where both names say which they
+    hold (FEAT's ``cope<N>`` and ``varcope<N>``; a ``contrast-<name>`` entity): matched by subject, a subject's
+    cope2 took its varcope1 without a word."""
+    for effect, variance in zip(effects, variances):
+        held, its = _contrast_named(effect, "cope"), _contrast_named(variance, "varcope")
+        if held is not None and its is not None and held[0] == its[0] and held[1] != its[1]:
+            raise InputError(
+                f"{effect} holds contrast {held[1]} but its variance map, {variance}, contrast {its[1]}: give each "
+                "effect map's own contrast's variances (FEAT: varcope<N> of cope<N>)."
+            )
+
+
+def _contrast_named(path: Path, prefix: str) -> tuple[str, str] | None:
+    """The contrast a map's name says it holds: ``("feat", N)`` for ``<prefix>N.nii[.gz]``, ``("entity", name)``
+    for a ``contrast-<name>`` entity; else None."""
+    name = Path(path).name
+    if (feat := re.fullmatch(rf"{prefix}(\d+)\.nii(?:\.gz)?", name)) is not None:
+        return "feat", feat.group(1)
+    if (entity := re.search(r"(?:^|_)contrast-([A-Za-z0-9]+)(?:_|$)", name)) is not None:
+        return "entity", entity.group(1)
+    return None
 
 
 _NOTES = {  # what each way of matching did, for the user and model.json

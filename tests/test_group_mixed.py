@@ -325,6 +325,26 @@ def test_an_effect_map_paired_with_another_contrasts_variances_is_refused(study,
     assert main(["group", *effects, "--variances", *same, "-o", str(study["dir"] / "ok"), "--quiet"]) == 0
 
 
+def test_maps_taken_by_an_option_or_a_4d_file_beside_3d_ones_are_said_to_be(study, capsys):
+    """Messages a group tester found misleading: maps given after --variances (or --first-level-dof), which
+    take every value after them, were refused saying "give the maps" that were given; one 4-D effect file beside
+    3-D variance files "holds 6 maps among other files" where it was the only effect file."""
+    effects = list(map(str, _maps(study, "stat-effect.nii.gz")))
+    variances = list(map(str, _maps(study, "stat-variance.nii.gz")))
+    out = ["-o", str(study["dir"] / "r")]
+    assert main(["group", "--variances", *variances, *effects, *out]) == 2
+    assert "no maps were given before --variances, each taking every value after it" in capsys.readouterr().err
+    assert (
+        main(["group", "--model", "fixed", "--first-level-dof", "50", *effects, "--variances", *variances, *out]) == 2
+    )
+    assert "no maps were given before --variances or --first-level-dof" in capsys.readouterr().err
+    stacked = study["dir"] / "effects.nii.gz"
+    nib.save(nib.concat_images([nib.load(p) for p in effects]), stacked)
+    assert main(["group", str(stacked), "--variances", *variances, *out]) == 2
+    err = capsys.readouterr().err
+    assert f"holds {study['n']} maps beside {study['n']} variance files of one map each" in err, err
+
+
 @pytest.mark.usefixtures("no_reserve")
 def test_maps_over_the_cap_are_read_a_block_of_voxels_at_a_time(large_study, monkeypatch, tmp_path):
     """Maps over --max-memory, uncompressed or compressed (NIfTI files, one per subject): the fit reads their

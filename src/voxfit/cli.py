@@ -1518,6 +1518,12 @@ def _group_inputs(args) -> list[str]:
         if args.first_level_contrast is not None:
             raise InputError("--first-level-contrast names the contrast of --first-level FOLDERS; give them.")
         if not args.inputs:
+            took = [o for o, v in (("--variances", args.variances), ("--first-level-dof", args.first_level_dof)) if v]
+            if took:  # (argparse gives an option of several values every value after it)
+                raise InputError(
+                    f"no maps were given before {' or '.join(took)}, each taking every value after it: the maps "
+                    f"given after it were taken as its; give the maps first (voxfit group MAP... {took[0]} ...)."
+                )
             raise InputError("give the maps (one per subject), or --first-level FOLDERS (first-level output folders).")
         folder = next((p for p in args.inputs if _first_level_folder(p)), None)
         if folder is not None:  # (read as a run of scans, it was refused with a pattern to name them by)

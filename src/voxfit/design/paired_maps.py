@@ -487,12 +487,15 @@ def _four_d_pair(effect: Path, variance: Path, effect_map, variance_map, dof) ->
 
 def _check_one_map_each(effects, variances, effect_maps, variance_maps) -> None:
     """Lists of one map per file: a 4-D file among them would stand for many subjects."""
-    for what, paths, maps in (("effect", effects, effect_maps), ("variance", variances, variance_maps)):
+    sides = (("effect", effects, effect_maps, variances), ("variance", variances, variance_maps, effects))
+    for what, paths, maps, others in sides:
         several = next(((p, m.n_scans) for p, m in zip(paths, maps) if m.n_scans > 1), None)
         if several is not None:
+            other = "variance" if what == "effect" else "effect"
+            where = "among other files" if len(paths) > 1 else f"beside {len(others)} {other} files of one map each"
             raise InputError(
-                f"the {what} map {several[0]} holds {several[1]} maps among other files; give one {what} map per "
-                "subject, or one 4-D effect file with one 4-D variance file."
+                f"the {what} map {several[0]} holds {several[1]} maps {where}; give one {what} map per subject, or "
+                "one 4-D effect file with one 4-D variance file (its maps in the same order)."
             )
 
 

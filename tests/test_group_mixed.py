@@ -808,3 +808,10 @@ def test_maps_named_as_statistics_warned_of_as_effects_and_refused_as_variances(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is named as a t map; --variances takes each effect's first-level" in err, err
     assert not out.exists()
+    # SPM's ResMS (a group tester's: accepted as variances, without a word), in each subject's SPM folder
+    resms = []
+    for path in _maps(study, "stat-variance.nii.gz"):
+        resms.append(str(path.with_name("ResMS.nii")))
+        nib.save(nib.load(path), resms[-1])
+    assert main(["group", *map(str, effects), "--variances", *resms, "-o", str(out)]) == 2
+    assert "is SPM's ResMS, the residual variance of the fit, not a contrast's variance" in capsys.readouterr().err

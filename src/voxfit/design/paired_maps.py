@@ -380,6 +380,12 @@ def check_not_statistics(paths, variances: bool = False) -> None:
     """Effect maps named as statistics are warned of (a group model of t or z maps tests their mean, without the
     first-level precision); variance maps so named are refused (a t map is no variance: its negative values would
     drop voxels)."""
+    if variances and (residual := next((p for p in paths if Path(p).name.split(".")[0].lower() == "resms"), None)):
+        raise InputError(
+            f"the variance map {residual} is SPM's ResMS, the residual variance of the fit, not a contrast's variance "
+            "(SPM writes none; it is the ResMS times the contrast's c'(X'X)^-1c); give the effects' variances "
+            "(voxfit's stat-variance, FSL's varcope), or fit SPM's con images alone with --model ols."
+        )
     named = [(p, kind) for p in paths if (kind := statistic_kind(p))]
     if not named:
         return

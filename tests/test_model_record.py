@@ -279,3 +279,28 @@ def test_the_command_line_starts_the_digests_of_every_scan_of_a_run(tmp_path, mo
     _start_digests([str(tmp_path / "bad.txt")])  # (no error here: the reader says what is wrong)
     assert sorted(_digest._started) == [os.path.realpath(tmp_path / "bad.txt")]
     _start_digests(["x" * 300 + ".nii"])  # (a name too long for the system: the reader says so, in one line)
+
+
+def test_an_input_is_named_as_given_and_where_links_lead(tmp_path):
+    """model.json named each input by its real path: a DataLad dataset's files, links into its annex, were
+    recorded as their annex objects, which tell no run, space or table. An input is named as given (absolute,
+    its links and .. kept: ``a/link/..`` normalised would name another file), with the real path where links lead
+    elsewhere (``target``); a plain file has none."""
+    from voxfit.models import record
+
+    (tmp_path / "objects").mkdir()
+    (tmp_path / "objects" / "KEY").write_bytes(b"bold")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "sub-01_bold.nii").symlink_to(tmp_path / "objects" / "KEY")
+    (tmp_path / "ds" / "events.tsv").write_bytes(b"x")
+    (tmp_path / "objects" / "deep").mkdir()
+    (tmp_path / "objects" / "events.tsv").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "objects" / "deep", target_is_directory=True)
+    (tmp_path / "events.tsv").write_bytes(b"another file")  # (where link/.. normalised would point)
+    linked = record.input_record(tmp_path / "ds" / "sub-01_bold.nii")
+    assert linked["path"] == str(tmp_path / "ds" / "sub-01_bold.nii")
+    assert linked["target"] == str((tmp_path / "objects" / "KEY").resolve())
+    assert "target" not in record.input_record(tmp_path / "ds" / "events.tsv")
+    up = record.input_record(tmp_path / "link" / ".." / "events.tsv")  # (objects/events.tsv, read through the link)
+    assert up["path"] == str(tmp_path / "link" / ".." / "events.tsv") and up["bytes"] == 1
+    assert up["target"] == str((tmp_path / "objects" / "events.tsv").resolve())

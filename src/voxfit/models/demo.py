@@ -18,7 +18,7 @@ from ..exceptions import InputError
 from ..io import OutputFolder, before_commit, disk_error, make_folder, remove_made_folders, save_nifti
 from ..io.output import signals_held
 from .glm import ImageFit, fit_images
-from .record import ModelRecord
+from .record import ModelRecord, recorded_path
 
 __all__ = ["make_demo_run", "run_demo", "DemoRun"]
 
@@ -199,7 +199,7 @@ def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int, options=()
     os.replace(tmp, data)
     final = folder.final / "data"
     record = ModelRecord.read(folder.path("model.json"))
-    moved = {str((tmp / f.name).resolve()): str((final / f.name).resolve()) for f in data.iterdir()}
+    moved = {recorded_path(tmp / f.name): recorded_path(final / f.name) for f in data.iterdir()}
     source = record.mask["source"]
     demo = {
         "seed": seed,
@@ -223,7 +223,7 @@ def _keep_data(folder: OutputFolder, tmp: Path, contrasts, seed: int, options=()
     replace(
         record,
         inputs=[{**i, "path": moved.get(i["path"], i["path"])} for i in record.inputs],
-        mask={**record.mask, "source": moved.get(str(Path(source).resolve()), source)},
+        mask={**record.mask, "source": moved.get(recorded_path(source), source)},
         demo=demo,
     ).write(folder)
 

@@ -329,18 +329,21 @@ def design_rows_record(d, paths, paired: bool) -> dict:
 
 
 def input_record(path: Path, digest: str | None = None) -> dict:
-    """What model.json says of an input file: absolute path, as named (a DataLad dataset's files are links into
-    its annex, whose object names tell no run, space or table), the file it is a link to (``target``), size, BLAKE3
-    digest (of a store folder such as a Zarr store: over its files' relative names and digests, in sorted order)."""
+    """What model.json says of an input file: its path as named (:func:`recorded_path`: a DataLad dataset's files
+    are links into its annex, whose object names tell no run, space or table), the real path where links lead
+    elsewhere (``target``), size, BLAKE3 digest (of a store folder such as a Zarr store: over its files' relative
+    names and digests, in sorted order)."""
     path = Path(path)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    named, target = os.path.abspath(path), os.path.realpath(path)
-    return {
-        "path": named,
-        **({"target": target} if target != named else {}),
-        "bytes": size,
-        "blake3": digest or _digest(path),
-    }
+    named, target = recorded_path(path), os.path.realpath(path)
+    record = {"path": named, "target": target} if target != named else {"path": named}
+    return {**record, "bytes": size, "blake3": digest or _digest(path)}
+
+
+def recorded_path(path) -> str:
+    """How model.json names a file: its absolute path as named, links and ``..`` kept (a normalised ``a/link/..``
+    would name another file than the one read)."""
+    return str(Path(path).absolute())
 
 
 def input_records(paths, memory=()) -> list[dict]:

@@ -337,3 +337,11 @@ def test_3d_scans_their_spm_sidecars_place_apart_are_refused_as_spm_refuses_them
         code = main(["fit", *argv, "-o", str(root / "elsewhere")])  # (not --quiet: warnings said)
         err = capsys.readouterr().err
         assert code == 0 and err.count("places the image otherwise than its header") == 1, err
+        for k, m in enumerate(mats):  # (drifting 2e-5 mm a scan: SPM compares each scan with the one before)
+            savemat(m, {"mat": kept[mats[1]] + 2e-5 * k * np.eye(4)[1]})
+        assert main(["fit", *argv, "-o", str(root / "drift"), "--quiet"]) == 0, capsys.readouterr().err
+        for m in mats:
+            m.write_bytes(b"not MATLAB's" * 8)
+        code = main(["fit", *argv, "-o", str(root / "unread")])
+        err = capsys.readouterr().err
+        assert code == 0 and err.count("could not be read") == 2 and f"{len(mats) - 1} other scan(s)" in err, err

@@ -1205,7 +1205,7 @@ def _run_fit(args, argv, progress) -> int:
         from .io import expand_run, open_map
 
         runs = [x for x in args.inputs if expand_run(x) is not None]  # folders, patterns, lists: a run each
-        if runs or open_map(args.inputs[0]).n_scans > 1:  # (headers only: 3-D files are one run, 4-D files several)
+        if runs or open_map(args.inputs[0], spm_sidecar=False).n_scans > 1:  # (headers only: 3-D files are a run)
             kind, example = ("events file", "--events ev1.tsv ev2.tsv") if args.events else ("design", "--design d1 d2")
             what = "runs (folders, patterns or lists of scans)" if runs else "4-D inputs"
             raise InputError(f"{len(args.inputs)} {what} for one {kind}; give one {kind} per run ({example} ...).")

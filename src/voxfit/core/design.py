@@ -115,7 +115,7 @@ class DesignFactor:
         """``betas += outer(ones_coef, level)`` in place: the betas (p, V) of data whose voxels were shifted by
         `level` (V,), given back that level, a row at a time (the outer product, a (p, V) temporary, took 33 ms of
         a 230k-voxel, 15-column OLS fit, its pages faulted in after the read)."""
-        for row, coef in zip(betas, self.ones_coef):
+        for row, coef in zip(betas, self.ones_coef, strict=True):
             row += coef * level
 
     @property

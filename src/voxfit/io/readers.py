@@ -685,7 +685,13 @@ def _check_orientation(where: str, img) -> None:
 
 
 _SPM_MAT_BYTES = 64 * 2**20  # the largest SPM .mat sidecar read (4 x 4 doubles a scan: 500,000 scans)
-_SPM_ATOL = 1e-4  # SPM12's spm_check_orientations (which spm_spm calls): scans whose matrices differ more are refused
+_SPM_ATOL = 1e-4  # SPM12's spm_check_orientations (which spm_spm calls): consecutive scans' matrices differing more
+
+
+def _moved(mats: list) -> int | None:
+    """The first scan whose matrix differs from the one before it by more than SPM's tolerance (as
+    spm_check_orientations compares them: scans drifting 2e-5 a scan pass), or None."""
+    return next((k for k in range(1, len(mats)) if not np.allclose(mats[k], mats[k - 1], rtol=0, atol=_SPM_ATOL)), None)
 
 
 def _check_spm_mat(path: Path, affine: NDArray, n_scans: int) -> None:
@@ -697,11 +703,11 @@ def _check_spm_mat(path: Path, affine: NDArray, n_scans: int) -> None:
     if mats is None:
         return
     mats = mats[:, :, :n_scans]
-    moved = [k for k in range(mats.shape[2]) if not np.allclose(mats[:, :, k], mats[:, :, 0], rtol=0, atol=_SPM_ATOL)]
-    if moved:
+    moved = _moved([mats[:, :, k] for k in range(mats.shape[2])])
+    if moved is not None:
         raise InputError(
-            f"{path}: its SPM sidecar {_spm_sidecar(path).name} places its scans apart (scan {moved[0] + 1} moved from "
-            f"scan 1: realigned by SPM, not resliced), and SPM would refuse to fit them too; {_RESLICE}."
+            f"{path}: its SPM sidecar {_spm_sidecar(path).name} places its scans apart (scan {moved + 1} moved from "
+            f"scan {moved}: realigned by SPM, not resliced), and SPM would refuse to fit them too; {_RESLICE}."
         )
     _check_spm_placement(path, mats[:, :, 0], affine)
 
@@ -710,18 +716,28 @@ def _check_scans_spm_mats(readers) -> None:
     """:func:`_check_spm_mat` for a run held as one 3-D file a scan (SPM's own layout): each scan is where its
     sidecar places it, or its header where it has none, and scans placed apart are refused, as SPM's fit refuses
     them (an Analyze or NIfTI run realigned by SPM's "Estimate" alone: scan 1 untouched, every other with its own
-    .mat); one placement other than the headers' is said once."""
-    sidecars = [(r.path, _spm_mats(r.path)) for r in readers if _spm_sidecar(r.path) is not None]
+    .mat); one placement other than the headers', and sidecars that cannot be read, are said once."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        sidecars = [(r.path, _spm_mats(r.path)) for r in readers if _spm_sidecar(r.path) is not None]
+    unread = [w for w in said if issubclass(w.category, HeaderReadAsWarning)]
+    for w in [w for w in said if w not in unread] + unread[:1]:
+        more = (
+            f" The sidecars of {len(unread) - 1} other scan(s) could not be read either."
+            if w in unread[1:] or (w in unread and len(unread) > 1)
+            else ""
+        )
+        warnings.warn(f"{w.message}{more}", w.category, stacklevel=4)
     if not sidecars:
         return
     held = dict(sidecars)
     placed = [
         held[r.path][:, :, 0] if held.get(r.path) is not None else _spm_matrix(r.geometry.affine) for r in readers
     ]
-    moved = next((k for k, m in enumerate(placed) if not np.allclose(m, placed[0], rtol=0, atol=_SPM_ATOL)), None)
+    moved = _moved(placed)
     if moved is not None:
         raise InputError(
-            f"{readers[moved].path}: the SPM .mat sidecars place image {moved + 1} apart from image 1 (as SPM's "
+            f"{readers[moved].path}: the SPM .mat sidecars place image {moved + 1} apart from image {moved} (as SPM's "
             f"Realign: Estimate leaves scans it does not reslice), and SPM would refuse to fit them too; {_RESLICE}."
         )
     path, mats = next(((p, m) for p, m in sidecars if m is not None), (None, None))
@@ -2331,14 +2347,14 @@ def _image_reader(images, name: str):
     return GiftiReader(images) if kind == "GiftiImage" else CiftiReader(images)
 
 
-def open_map(path):
+def open_map(path, spm_sidecar: bool = True):
     """The reader of one file of any kind, a 3-D volume allowed: a mask or a statistic map (or such an image
-    in memory)."""
+    in memory). `spm_sidecar`: check an SPM .mat beside a volume (not where the header alone is looked at)."""
     if is_image(path):
         return _image_reader([path], "mask")
     path = Path(path)
     if _kind(path) != "nifti":
         return open_reader([path])
-    reader = NiftiReader(path, allow_3d=True)
+    reader = NiftiReader(path, allow_3d=True, spm_sidecar=spm_sidecar)
     check_scan_memory(reader, str(path))
     return _noted(reader)

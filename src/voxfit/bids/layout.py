@@ -964,13 +964,8 @@ class _RunFiles:
             for path, ent in self.by_key[what].get(_raw_key(entities), ())
             if all(ent.get(k) == v for k, v in also.items())
         ]
-        paths = sorted(set(found))
-        if len(paths) > 1:
-            raise InputError(
-                f"several {what} match {bold}: {', '.join(paths[:3])}; keep one (they differ in a part of their "
-                "names that voxfit does not choose by, as cohort-)."
-            )
-        return Path(paths[0]) if paths else None
+        why = "they differ in a part of their names that voxfit does not choose by, as cohort-"
+        return _at_most_one(found, f"several {what} match {bold}", why)
 
     def events(self, entities: dict, bold) -> Path | None:
         """The run's events file: its own (the run's raw entities), or the one BIDS's inheritance principle gives
@@ -987,22 +982,16 @@ class _RunFiles:
             }
         else:
             above.add(self.root / f"sub-{subject}" / "func")
-        paths = sorted(
-            {
-                path
-                for of in (subject, None)
-                for key, items in self.events_of.get((run[task], of), {}).items()
-                if all(v is None or v == r for v, r in zip(key, run))
-                for path, _ in items
-                if Path(path).parent in above
-            }
-        )
-        if len(paths) > 1:
-            raise InputError(
-                f"several events files apply to {bold}: {', '.join(paths[:3])}; keep one (BIDS gives a run the "
-                "nearest, but pybids reads them all and merges their events)."
-            )
-        return Path(paths[0]) if paths else None
+        found = [
+            path
+            for of in (subject, None)
+            for key, items in self.events_of.get((run[task], of), {}).items()
+            if all(v is None or v == r for v, r in zip(key, run))
+            for path, _ in items
+            if Path(path).parent in above
+        ]
+        why = "BIDS gives a run the nearest, but pybids reads them all and merges their events"
+        return _at_most_one(found, f"several events files apply to {bold}", why)
 
     def raw_bold(self, entities: dict, bold) -> Path | None:
         """The raw BOLD of a preprocessed run: of its part (``part-mag``) where it has one, else the one without
@@ -1028,6 +1017,14 @@ class _RunFiles:
             if ent.get("echo") is not None
         ]
         return Path(min(echoes)[1]) if echoes else None
+
+
+def _at_most_one(found: list[str], several: str, why: str) -> Path | None:
+    """The one path of `found` (repeats aside), or None; several are refused, saying `several` and `why`."""
+    paths = sorted(set(found))
+    if len(paths) > 1:
+        raise InputError(f"{several}: {', '.join(paths[:3])}; keep one ({why}).")
+    return Path(paths[0]) if paths else None
 
 
 def _raw_key(entities: dict) -> tuple:

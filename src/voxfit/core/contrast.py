@@ -282,8 +282,12 @@ def _compute_contrast(contrast, design: DesignFactor, betas, residual_variance, 
     # zero, NaN or overflowed (data beyond ~1e154) variance: no statistic rather than a t of 0
     usable = (residual_variance > 0) & np.isfinite(residual_variance)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        m = w @ design.cov_unscaled @ w.T  # (q, q), q <= p
-        variance = np.diag(m)[:, None] * residual_variance
+        # w (X'X)^+ w' from the factor (X'X)^+ = B B' (B = basis_pinv), as f f' with f = w B: a sum of squares.
+        # Formed as w (X'X)^+ w', its digits cancelled beside near-collinear columns (a design of condition 1e8,
+        # full rank by its own rule: a t of 13.7 came out NaN, its variance negative)
+        f = w @ design.basis_pinv
+        m = f @ f.T  # (q, q), q <= p
+        variance = np.einsum("ij,ij->i", f, f)[:, None] * residual_variance
         if w.shape[0] == 1:
             # the statistic from the row divided by its largest scaled weight: the same t, without the
             # overflow or underflow of the raw weights' products; the effect from the same product (one pass
@@ -291,7 +295,8 @@ def _compute_contrast(contrast, design: DesignFactor, betas, residual_variance, 
             scale = np.abs(w / design.col_scale).max()
             u = w / scale
             ub = (u @ betas)[0]
-            t = ub / np.sqrt((u @ design.cov_unscaled @ u.T)[0, 0] * residual_variance)
+            fu = (u @ design.basis_pinv)[0]
+            t = ub / np.sqrt((fu @ fu) * residual_variance)
             return t_stats(label, w, ub * scale, variance[0], usable, dof, stat=t, workers=workers)
         effect = w @ betas
         basis = row_basis(w, design)  # the rows reduced to their rank: at most p of them

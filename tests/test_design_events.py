@@ -144,6 +144,48 @@ def test_drifts_match_nilearn():
         npt.assert_allclose(d.X[:, [d.names.index(c) for c in cols]], ref[cols].to_numpy(), atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("tr", "n", "high_pass", "slice_time_ref", "drift"),
+    [
+        (0.8, 375, 0.01, 0.0, "cosine"),  # (2 n TR f = 6: nilearn has 5 cosines, the period's floor gave 6)
+        (0.4, 375, 0.01, 0.0, "cosine"),
+        (1.0, 500, 0.015, 0.0, "cosine"),  # (the other way: 15 in nilearn, 14 by the period)
+        (0.6, 250, 0.01, 0.5, "cosine"),
+        (2.0, 100, None, 0.5, "polynomial"),  # (nilearn's powers of its frame times, shifted by the slice time)
+    ],
+)
+def test_nilearn_convolutions_drifts_are_nilearns_at_the_edges(tr, n, high_pass, slice_time_ref, drift):
+    """convolution='nilearn' took its cosines' number as SPM does, from the period: one more or fewer than
+    nilearn's where 2 n TR f is a whole number (120 such cases over TR 0.3-3 s and 100-800 scans), and its
+    polynomial drifts from unshifted scan times (the same span, other columns). Both as nilearn's now."""
+    nilearn_dm = pytest.importorskip("nilearn.glm.first_level")
+    import pandas as pd
+
+    ev = pd.DataFrame({"onset": np.arange(10.0, 0.8 * n * tr, 20.0), "duration": 5.0})
+    ev["trial_type"] = ["A", "B"] * (len(ev) // 2) + ["A"] * (len(ev) % 2)
+    events = {c: {k: g[k].to_numpy(float) for k in ("onset", "duration")} for c, g in ev.groupby("trial_type")}
+    theirs = {"drift_model": drift, "hrf_model": "glover"}
+    theirs.update({"high_pass": high_pass} if drift == "cosine" else {"drift_order": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = nilearn_dm.make_first_level_design_matrix((np.arange(n) + slice_time_ref) * tr, ev, **theirs)
+    ours = {"high_pass": f"{high_pass}Hz"} if drift == "cosine" else {"drift_order": 3}
+    d = make_design(
+        events, tr, n, hrf="glover", drift=drift, convolution="nilearn", slice_time_ref=slice_time_ref, **ours
+    )
+    assert list(d.names) == list(ref.columns)
+    npt.assert_allclose(d.X, ref.to_numpy(), atol=1e-12 * np.abs(ref.to_numpy()).max())
+
+
+def test_spms_microtime_onset_defaults_to_8_whatever_the_resolution():
+    """SPM12's fMRI_T0 defaults to 8 bins whatever fMRI_T is (spm_get_defaults stats.fmri.t0); voxfit took T/2,
+    16 of 32, where the README says 8; below 8 bins, T/2."""
+    ev = {"A": {"onset": np.array([10.0, 40.0]), "duration": np.zeros(2)}}
+    for T, T0 in ((16, 8), (32, 8), (4, 2)):
+        default = make_design(ev, 2.0, 40, microtime_resolution=T)
+        npt.assert_array_equal(default.X, make_design(ev, 2.0, 40, microtime_resolution=T, microtime_onset=T0).X)
+
+
 def _write(path, text):
     path.write_text(text)
     return path

@@ -669,7 +669,7 @@ def _design_options(p: argparse.ArgumentParser, events_needed: bool) -> None:
     g.add_argument("--microtime-resolution", type=int, metavar="T", help="SPM's fMRI_T (default 16)")
     t0 = g.add_mutually_exclusive_group()
     t0.add_argument(
-        "--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default T/2: 8, SPM12's)"
+        "--microtime-onset", type=int, metavar="T0", help="SPM's fMRI_T0, 1-based (default 8, SPM12's; T/2 below 8)"
     )
     t0.add_argument("--slice-time-ref", type=float, metavar="S", help="nilearn's slice_time_ref, a fraction of the TR")
     g.add_argument("--fir-delays", type=int, metavar="K", help="with --hrf fir: number of one-TR windows (default 1)")

@@ -167,20 +167,37 @@ def check_high_pass(period: float, tr: float) -> float:
     return period
 
 
-def cosine_drift(n_scans: int, tr: float, period: float) -> NDArray[np.float64]:
+def cosine_drift(n_scans: int, tr: float, period: float, order: int | None = None) -> NDArray[np.float64]:
     """SPM's discrete cosine high-pass set (spm_filter/spm_dctmtx) without the constant: floor(2 n TR / period)
-    columns, at most n - 1 (a period of at least two scans: :func:`check_high_pass`)."""
+    columns (or `order`: :func:`cosine_order`), at most n - 1 (a period of at least two scans:
+    :func:`check_high_pass`)."""
     check_high_pass(period, tr)
-    order = min(int(math.floor(2 * n_scans * tr / period)), n_scans - 1)  # beyond n - 1 the DCT repeats itself
+    if order is None:
+        order = min(int(math.floor(2 * n_scans * tr / period)), n_scans - 1)  # beyond n - 1 the DCT repeats itself
     k = np.arange(1, order + 1)
     i = np.arange(n_scans)[:, None]
     return np.sqrt(2.0 / n_scans) * np.cos(np.pi * (2 * i + 1) * k / (2 * n_scans))
 
 
-def polynomial_drift(n_scans: int, order: int) -> NDArray[np.float64]:
-    """Powers 1..order of scan time scaled to [0, 1], each orthogonalised against the lower ones and the
-    constant (Gram-Schmidt without normalisation): the same columns as nilearn's polynomial drift."""
-    t = np.arange(n_scans) / max(n_scans - 1, 1)
+def cosine_order(n_scans: int, tr: float, high_pass, slice_time_ref: float | None = None) -> int:
+    """The number of cosines of :func:`cosine_drift`: SPM's floor(2 n TR / period), at most n - 1; with
+    `slice_time_ref` (nilearn's convolution), nilearn's own floor(2 n f dt), f the cutoff in Hz as given and dt
+    from its frame times: the two differ by one where 2 n TR f is a whole number (TR 0.8 s, 375 scans, 0.01 Hz:
+    5 cosines in nilearn, 6 by the period), as floating point lands either side of it."""
+    if slice_time_ref is None:
+        return min(int(math.floor(2 * n_scans * tr / parse_high_pass(high_pass))), n_scans - 1)
+    text = str(high_pass).strip().lower()
+    hz = float(text[:-2]) if text.endswith("hz") else 1.0 / parse_high_pass(high_pass)
+    frames = (np.arange(n_scans) + slice_time_ref) * tr
+    dt = (frames[-1] - frames[0]) / (n_scans - 1)
+    return int(min(n_scans - 1, int(np.floor(2 * n_scans * hz * dt))))
+
+
+def polynomial_drift(n_scans: int, order: int, slice_time_ref: float = 0.0) -> NDArray[np.float64]:
+    """Powers 1..order of scan time scaled to [0, 1] (nilearn's: frame times, shifted by `slice_time_ref` of a
+    scan, over the last one's), each orthogonalised against the lower ones and the constant (Gram-Schmidt without
+    normalisation): the same columns as nilearn's polynomial drift."""
+    t = (np.arange(n_scans) + slice_time_ref) / max(n_scans - 1 + slice_time_ref, 1)
     return spm_orth(np.vander(t, order + 1, increasing=True))[:, 1:]
 
 
@@ -739,7 +756,8 @@ def make_design(
                 "must be a whole number of bins; choose a resolution that makes it one."
             )
         microtime_onset = int(round(t0))
-    T0 = max(1, T // 2) if microtime_onset is None else int(microtime_onset)  # SPM12: 8 of 16, the middle
+    # SPM12's default fMRI_T0 is 8 whatever fMRI_T is (spm_get_defaults stats.fmri.t0); T/2 below 8 bins
+    T0 = (8 if T >= 8 else max(1, T // 2)) if microtime_onset is None else int(microtime_onset)
     if not 1 <= T0 <= T:
         raise InputError(f"`microtime_onset` (SPM's T0, 1-based) must lie in 1..{T}; got {microtime_onset}.")
     if hrf == "fir":
@@ -773,8 +791,8 @@ def make_design(
     _check_timing(conditions, n_scans * tr, n_scans, tr)
     inputs = _parametric(conditions, modulators)
     if drift == "cosine":
-        period = check_high_pass(parse_high_pass(high_pass), tr)
-        n_drifts = min(math.floor(2 * n_scans * tr / period), n_scans - 1)
+        check_high_pass(parse_high_pass(high_pass), tr)
+        n_drifts = cosine_order(n_scans, tr, high_pass, slice_time_ref if convolution == "nilearn" else None)
     else:
         n_drifts = int(drift_order) if drift == "polynomial" else 0
     n_confounds = 0 if confounds is None else len(confounds[1])
@@ -802,11 +820,11 @@ def make_design(
         columns += list(np.asarray(values, dtype=float).T)
         names += list(cnames)
         kinds += ["confound"] * len(cnames)
+    nilearn_times = float(slice_time_ref or 0.0) if convolution == "nilearn" else None
     if drift == "cosine":
-        period = parse_high_pass(high_pass)
-        D = cosine_drift(n_scans, tr, period)
+        D = cosine_drift(n_scans, tr, parse_high_pass(high_pass), cosine_order(n_scans, tr, high_pass, nilearn_times))
     elif drift == "polynomial":
-        D = polynomial_drift(n_scans, int(drift_order))
+        D = polynomial_drift(n_scans, int(drift_order), nilearn_times or 0.0)
     elif drift in ("none", None):
         D = np.zeros((n_scans, 0))
     else:

@@ -177,6 +177,27 @@ def test_nilearn_convolutions_drifts_are_nilearns_at_the_edges(tr, n, high_pass,
     npt.assert_allclose(d.X, ref.to_numpy(), atol=1e-12 * np.abs(ref.to_numpy()).max())
 
 
+def test_an_na_modulation_is_an_event_of_height_1_or_left_out_as_nilearn_does(tmp_path):
+    """n/a in the events' modulation column was height 1 in both convolutions; nilearn's design leaves such an
+    event out (it sums each trial type's heights with pandas, to which NaN is nothing): nilearn's convolution now
+    equals nilearn's design, SPM's keeps height 1, and both say so."""
+    nilearn_dm = pytest.importorskip("nilearn.glm.first_level")
+    import pandas as pd
+
+    path = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\tmodulation\n10\t2\tA\tn/a\n40\t2\tA\t2\n")
+    with pytest.warns(DesignWarning, match="modulation is n/a for 1 of 'A': taken as 0"):
+        nl = make_design(path, 2.0, 50, hrf="glover", drift="none", convolution="nilearn")
+    ev = pd.DataFrame({"onset": [10.0, 40.0], "duration": 2.0, "trial_type": "A", "modulation": [np.nan, 2.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = nilearn_dm.make_first_level_design_matrix(np.arange(50) * 2.0, ev, drift_model=None)
+    npt.assert_allclose(nl.X[:, 0], ref["A"].to_numpy(), atol=1e-12)
+    with pytest.warns(DesignWarning, match="taken as 1 \\(an event of height 1"):
+        spm = make_design(path, 2.0, 50, drift="none")
+    ones = make_design({"A": {"onset": [10.0, 40.0], "duration": [2.0, 2.0], "modulation": [1.0, 2.0]}}, 2.0, 50)
+    npt.assert_array_equal(spm.X[:, 0], ones.X[:, 0])
+
+
 def test_spms_microtime_onset_defaults_to_8_whatever_the_resolution():
     """SPM12's fMRI_T0 defaults to 8 bins whatever fMRI_T is (spm_get_defaults stats.fmri.t0); voxfit took T/2,
     16 of 32, where the README says 8; below 8 bins, T/2."""

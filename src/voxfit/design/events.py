@@ -300,7 +300,8 @@ _CONFOUNDS_EXPECTED = (
 
 
 def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
-    """BIDS events: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a = 1)
+    """BIDS events: onset, duration, trial_type (optional, default 'trial'), modulation (optional; n/a: NaN, see
+    :func:`make_design`)
     and the numeric columns named in `modulators` (n/a or empty cells are NaN: an event without a value), from
     an events.tsv or a pandas DataFrame with those columns (the same rules for both).
 
@@ -340,7 +341,8 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
         for key, default in (("onset", None), ("duration", None), ("modulation", 1.0)):
             cell = row[col[key]] if key in col else default
             if key == "modulation" and isinstance(cell, str) and cell.strip().lower() in ("", "n/a"):
-                cell = 1.0  # an unmodulated event
+                values[key] = math.nan  # (no height given: make_design decides, as each convolution's tool does)
+                continue
             try:
                 values[key] = _value(cell)
             except ValueError:
@@ -436,6 +438,34 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
         if leading:
             raise InputError(f"{where}: column {name!r} holds no value (n/a in every row); leave it out.")
     return X, chosen
+
+
+def _unmodulated(conditions: dict, modulators, convolution: str) -> dict:
+    """The events whose modulation is n/a, given a height: 1 (an event of no other height) with SPM's convolution,
+    0 with nilearn's, as nilearn's design sums the heights of each trial type's events with pandas, to which NaN
+    is nothing (the event is left out); said, as the two tools differ."""
+    if "modulation" in modulators:  # (a parametric modulator: n/a is a missing value of it)
+        return conditions
+    height = 0.0 if convolution == "nilearn" else 1.0
+    missing = {name: int(np.isnan(ev["modulation"]).sum()) for name, ev in conditions.items()}
+    if not any(missing.values()):
+        return conditions
+    named = ", ".join(f"{k} of {name!r}" for name, k in missing.items() if k)
+    warnings.warn(
+        f"the events' modulation is n/a for {named}: taken as {height:g} ("
+        + (
+            "left out, as nilearn's design sums heights without them"
+            if height == 0
+            else "an event of height 1; nilearn's convolution leaves such events out"
+        )
+        + ").",
+        DesignWarning,
+        stacklevel=3,
+    )
+    return {
+        name: {**ev, "modulation": np.where(np.isnan(ev["modulation"]), height, ev["modulation"])}
+        for name, ev in conditions.items()
+    }
 
 
 def _check_events(events: dict, modulators=()) -> dict:
@@ -779,7 +809,7 @@ def make_design(
     if modulators and convolution == "nilearn":
         raise InputError("parametric modulators are built as SPM builds them; they need convolution='spm'.")
     if isinstance(events, (str, Path)) or is_dataframe(events):
-        conditions = read_events(events, modulators)
+        conditions = _unmodulated(read_events(events, modulators), modulators, convolution)
     else:
         conditions = _check_events(events, modulators)
     if units == "scans":  # seconds as SPM computes them: ons * (T * dt), then / dt on the grid

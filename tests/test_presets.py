@@ -126,3 +126,19 @@ def test_confounds_strategy_censors_scans_in_a_fit(tmp_path, run):
     )
     assert plain.get("confounds") is None
     assert json.loads((tmp_path / "plain" / "model.json").read_text())["design"]["dof"] == model["design"]["dof"] + 2
+
+
+def test_the_fsl_presets_hrf_is_feats_double_gamma():
+    """FEAT's double-gamma HRF: a gamma of mean 6 s and sd sqrt(6) s less one of mean 16 s and sd 4 s over 6 (FSL's
+    feat_model), SPM's canonical HRF's gamma functions; the fsl preset took Glover's (undershoot -0.019 of its peak
+    against -0.090: a first-level tester's). The preset's HRF against FEAT's gammas from scipy, up to scale."""
+    from scipy import stats
+
+    from voxfit.design.hrf import spm_hrf
+
+    assert PRESETS["fsl"]["hrf"].split("+")[0] == "spm"
+    dt = 0.1
+    t = np.arange(0, 32, dt)
+    feat = stats.gamma.pdf(t, 6, scale=1) - stats.gamma.pdf(t, 16, scale=1) / 6  # (shape mean^2/var, scale var/mean)
+    ours = spm_hrf(dt, T=1)[: t.size]
+    np.testing.assert_allclose(ours / ours.max(), feat / feat.max(), atol=1e-6)

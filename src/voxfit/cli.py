@@ -71,7 +71,7 @@ PRESETS = {
         "convolution": "spm",
     },
     "fsl": {
-        "hrf": "glover+derivative",
+        "hrf": "spm+derivative",
         "high_pass": "100",
         "noise": "film",
         "scaling": "global",
@@ -88,7 +88,8 @@ PRESETS = {
 }
 PRESET_NOTES = {
     "spm": "SPM12: canonical HRF, fMRI_T 16 / T0 8, 128 s high-pass, AR(1) pooled ReML, grand mean scaling, 0.8 mask",
-    "fsl": "FSL FEAT: double-gamma HRF with temporal derivative (Glover's double gamma here), 100 s high-pass "
+    "fsl": "FSL FEAT: double-gamma HRF (FEAT's gamma functions, peak mean 6 s sd 2.45 s, undershoot mean 16 s sd "
+    "4 s, ratio 1/6, are SPM's canonical HRF's) with temporal derivative (SPM's, of the HRF), 100 s high-pass "
     "(a cosine basis here, not FEAT's running-line filter), FILM prewhitening, grand-mean intensity "
     "normalisation (to 100 here, FEAT: 10000, so effects are 1/100 of FEAT's), voxfit's automatic mask "
     "(FEAT's BET mask is not reproduced)",

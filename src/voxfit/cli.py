@@ -94,7 +94,8 @@ PRESET_NOTES = {
     "normalisation (to 100 here, FEAT: 10000, so effects are 1/100 of FEAT's), voxfit's automatic mask "
     "(FEAT's BET mask is not reproduced)",
     "nilearn": "nilearn FirstLevelModel: Glover HRF, 0.01 Hz cosine drift, ar1, no scaling (nilearn's "
-    "signal_scaling=0 scales each voxel to its mean: give --scaling mean for that), slice_time_ref 0",
+    "signal_scaling=0 scales each voxel to its mean: give --scaling mean for that), slice_time_ref 0, voxfit's "
+    "automatic mask (nilearn's compute_epi_mask is not reproduced: give its mask with --mask)",
 }
 
 EXAMPLES_DESIGN = """examples:

@@ -198,6 +198,13 @@ def test_an_na_modulation_is_an_event_of_height_1_or_left_out_as_nilearn_does(tm
     npt.assert_array_equal(spm.X[:, 0], ones.X[:, 0])
 
 
+def test_a_trial_type_whose_only_event_follows_the_last_scan_is_said_to(tmp_path):
+    """An event at 199.9 s of a 200 s run (TR 2 s, its last scan at 198 s) was refused saying its events "lie
+    outside the run (0 to 200 s)", which it does not: it follows the last scan, which samples nothing of it."""
+    with pytest.raises(InputError, match=r"after its last scan, at 198 s of 100 scans x 2 s"):
+        make_design({"A": {"onset": [199.9], "duration": [0.0]}, "B": {"onset": [20.0], "duration": [5.0]}}, 2.0, 100)
+
+
 def test_spms_microtime_onset_defaults_to_8_whatever_the_resolution():
     """SPM12's fMRI_T0 defaults to 8 bins whatever fMRI_T is (spm_get_defaults stats.fmri.t0); voxfit took T/2,
     16 of 32, where the README says 8; below 8 bins, T/2."""

@@ -892,8 +892,9 @@ def make_design(
     for j, (name, kind) in enumerate(zip(names, kinds)):  # (events before the run's start, beyond its HRF's reach)
         if kind == "condition" and not np.any(X[:, j]):
             raise InputError(
-                f"the regressor {name!r} is zero at every scan: its events lie outside the run (0 to "
-                f"{n_scans * tr:g} s, {n_scans} scans x {tr:g} s) and the HRF's reach, or all have modulation 0; "
+                f"the regressor {name!r} is zero at every scan: no scan samples its events' response (they lie "
+                f"before the run beyond the HRF's reach, or after its last scan, at {(n_scans - 1) * tr:g} s of "
+                f"{n_scans} scans x {tr:g} s), or all have modulation 0 (or n/a, left out by nilearn's convolution); "
                 "check the events file belongs to this run, the units of its onsets (BIDS: seconds; voxfit fit: "
                 "--units) and its modulation column."
             )

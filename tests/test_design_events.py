@@ -205,6 +205,14 @@ def test_a_trial_type_whose_only_event_follows_the_last_scan_is_said_to(tmp_path
         make_design({"A": {"onset": [199.9], "duration": [0.0]}, "B": {"onset": [20.0], "duration": [5.0]}}, 2.0, 100)
 
 
+def test_trial_types_that_differ_by_spaces_around_them_are_said_to_be_read_as_one(tmp_path):
+    """'A', 'A ' and ' A' were one trial type without a word (nilearn makes three); still one, said."""
+    path = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n10\t2\tA\n40\t2\tA \n70\t2\tB\n")
+    with pytest.warns(DesignWarning, match="the trial types 'A', 'A ' differ only by spaces around them"):
+        events = read_events(path)
+    assert sorted(events) == ["A", "B"] and events["A"]["onset"].tolist() == [10.0, 40.0]
+
+
 def test_spms_microtime_onset_defaults_to_8_whatever_the_resolution():
     """SPM12's fMRI_T0 defaults to 8 bins whatever fMRI_T is (spm_get_defaults stats.fmri.t0); voxfit took T/2,
     16 of 32, where the README says 8; below 8 bins, T/2."""

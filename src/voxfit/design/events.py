@@ -331,12 +331,15 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     col = {name: i for i, name in enumerate(header)}
     conditions: dict[str, dict[str, list]] = {}
     seen, repeated = set(), []  # (trial type, onset, duration) of the events, and the rows that repeat one
+    spelled: dict[str, set] = {}  # each trial type's spellings in the file (spaces around it)
     for r, row in enumerate(body, start=first_line):
         if len(row) != len(header):
             raise InputError(f"{where}, {what} {r}: {len(row)} values for {len(header)} columns.")
         trial = _text(row[col["trial_type"]]) if "trial_type" in col else "trial"
         if trial in ("", "n/a"):
             raise InputError(f"{where}, {what} {r}: trial_type is empty.")
+        if "trial_type" in col:
+            spelled.setdefault(trial, set()).add(str(row[col["trial_type"]]))
         values = {}
         for key, default in (("onset", None), ("duration", None), ("modulation", 1.0)):
             cell = row[col[key]] if key in col else default
@@ -368,6 +371,14 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
         seen.add(key)
     if not conditions:
         raise InputError(f"{where} lists no event.")
+    merged = next(((t, sorted(v)) for t, v in spelled.items() if len(v) > 1), None)
+    if merged is not None:  # (a typo's space, as a rule; nilearn keeps them apart)
+        warnings.warn(
+            f"{where}: the trial types {', '.join(map(repr, merged[1]))} differ only by spaces around them; they are "
+            f"read as one, {merged[0]!r} (nilearn keeps them apart): check the file if they are not one.",
+            DesignWarning,
+            stacklevel=2,
+        )
     if repeated:  # (an events log exported twice: summed without a word, where nilearn warns)
         warnings.warn(
             f"{where}: {len(repeated)} event(s) repeat another's trial type, onset and duration (the first at "

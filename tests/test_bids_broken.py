@@ -156,6 +156,23 @@ def test_a_run_without_a_brain_mask_says_it_is_fitted_within_the_automatic_mask(
     assert all(m["threshold"] is None and m["source"] != "automatic" for m in records.values() if m not in automatic)
 
 
+def test_a_models_mask_that_matches_no_file_fails_the_run_saying_so(tmp_path, dataset, capsys):
+    """Model.Options.Mask naming a mask no file matches (a typo: desc "brian") fitted every run within the automatic
+    mask, noting "no brain mask for the run in the derivatives" (a BIDS Stats Models tester's): each run fails,
+    naming the model's entities; the mask it names is the one fitted within."""
+    import copy
+
+    model = copy.deepcopy(MODEL)
+    model["Nodes"][0]["Model"]["Options"] = {"Mask": {"desc": ["brian"]}}
+    code, lines = _bids(tmp_path, dataset, capsys, model, level="run")
+    assert code == 2 and lines and all("the model's Options.Mask (desc brian) matches no mask" in x for x in lines)
+    model["Nodes"][0]["Model"]["Options"] = {"Mask": {"desc": "brain"}}
+    code, lines = _bids(tmp_path, dataset, capsys, model, level="run")
+    assert code == 0, lines
+    records = [json.loads(p.read_text())["mask"] for p in (tmp_path / "out").rglob("*run-*_model.json")]
+    assert records and all(m["source"].endswith("_desc-brain_mask.nii.gz") for m in records)
+
+
 def test_a_run_with_fewer_scans_than_its_raw_run_says_the_events_may_be_shifted(tmp_path, dataset, capsys):
     """Dummy scans cut from the preprocessed run after fMRIPrep (which keeps every scan): BIDS times the events
     from the raw run's first scan, so the design is as many TRs off, and nothing said (exit 0)."""

@@ -930,6 +930,7 @@ class _RunFiles:
     A query per run and kind took 25 ms in pybids' database: 4 s for 40 runs, minutes for a large study."""
 
     def __init__(self, layout, mask_entities):
+        self.mask_given = dict(mask_entities or {})  # (the model's Options.Mask: a run it finds nothing for fails)
         want = dict(mask_entities or {"desc": "brain"})
         want.setdefault("suffix", "mask")
         queries = {
@@ -1125,6 +1126,14 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         mask = files.one("masks", ent, bold, **grid)
         if mask is None and grid["space"] is None:  # (a run in its own space: fMRIPrep 24 names its mask space-run)
             mask = files.one("masks", ent, bold, **{**grid, "space": NATIVE})
+        if mask is None and files.mask_given:
+            given = ", ".join(
+                f"{k} {' or '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in files.mask_given.items()
+            )
+            problems.append(
+                f"{bold}: the model's Options.Mask ({given}) matches no mask of this run in the derivatives (of its "
+                "space and resolution); check its entities against the masks' names (fMRIPrep's: desc brain)."
+            )
     sidecars = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
     problems = [missing] if missing else problems
     return RunInput(

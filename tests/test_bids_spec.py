@@ -308,6 +308,10 @@ RULE_REFUSALS = {
         _instructions({"Name": "Filter", "Input": ["x"]}),
         '"Filter" has no Query, which Filter requires.',
     ),
+    "run node grouped without run": (  # (pybids models a subject's runs in one design: they were fitted apart)
+        _node(0, "GroupBy", ["subject"]),
+        'GroupBy ["subject"] leaves out "run": pybids would model the runs of each group in one design',
+    ),
     "transformation above run": (
         lambda m: m["Nodes"][1].update(
             Transformations={"Transformer": "pybids-transforms-v1", "Instructions": [{"Name": "Lag", "Input": ["x"]}]}

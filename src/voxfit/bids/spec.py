@@ -508,6 +508,13 @@ def _check_node(node: dict, prefix: str) -> None:
             f'{prefix}Model.Type "meta" (a meta-analysis of lower-level maps) needs a level above Run; '
             'use "glm" for the run level.'
         )
+    group_by = [str(g).lower() for g in node.get("GroupBy") or []]
+    if level == "Run" and "run" not in group_by:
+        raise InputError(
+            f'{prefix}GroupBy {json.dumps(node.get("GroupBy"))} leaves out "run": pybids would model the runs of '
+            "each group in one design, which voxfit does not (each run is fitted on its own and combined above); "
+            'add "run" to the Run node\'s GroupBy, and combine the runs at the next node.'
+        )
     if model.get("Formula") is not None:
         raise InputError(
             f"{prefix}Model.Formula is not supported by voxfit; list the design's columns in Model.X instead "

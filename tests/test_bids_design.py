@@ -6,6 +6,7 @@ result; the specification's example models and voxfit's default model; the refus
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import re
 import warnings
@@ -333,7 +334,8 @@ def test_events_transformations_are_pybids(stroop):
         },
     ]
     events_x = ["con_rt", "con_scaled", "response_time.trial_type[congruent]", "only_con"]
-    node = _run_node([*events_x, "incon_copy", "rt_dense", 1], HRF={"Variables": events_x, "Model": "spm + derivative"})
+    x = [*events_x, "incon_copy", "incon_copy_derivative", "rt_dense", 1]  # (a Convolve's derivative: its own name)
+    node = _run_node(x, HRF={"Variables": events_x, "Model": "spm + derivative"})
     node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
     node = _model(node)
     result = run_design(collection, node, tr=TR, n_scans=SCANS, convolution="nilearn")
@@ -589,7 +591,7 @@ def test_convolve_taken_over_equals_model_hrf(stroop):
     """A Convolve whose output feeds Model.X is voxfit's convolution: the same design as Model.HRF's."""
     _, collection = stroop
     by_hrf = _model(_run_node(["congruent", 1], HRF={"Variables": ["congruent"], "Model": "glover + derivative"}))
-    node = _run_node(["convolved", 1])
+    node = _run_node(["convolved", "convolved_derivative", 1])  # (a Convolve's derivative: a variable of its own)
     node["Transformations"] = {
         "Transformer": "pybids-transforms-v1",
         "Instructions": [
@@ -600,6 +602,42 @@ def test_convolve_taken_over_equals_model_hrf(stroop):
     b = run_design(collection, _model(node), tr=TR, n_scans=SCANS).design
     assert b.names == tuple(n.replace("congruent", "convolved") for n in a.names)
     np.testing.assert_array_equal(a.X, b.X)
+
+
+@pytest.mark.parametrize(
+    "X",
+    [
+        ["trial_type.congruent", "trial_type.incongruent", 1],
+        ["trial_type.congruent", "trial_type.congruent_derivative", "trial_type.incongruent", 1],
+        ["trial_type.*", 1],
+    ],
+)
+def test_a_convolves_derivatives_are_variables_model_x_takes_or_leaves(stroop, X):
+    """pybids' Convolve with Derivative makes x_derivative a variable of its own, which Model.X takes or leaves:
+    voxfit put every derivative in the design whatever X said, refused X naming one ("the run has no variable"),
+    refused a contrast of one, and left them out of DummyContrasts (a BIDS Stats Models tester's). The design's
+    columns are Model.X's over pybids' variables; a contrast and the DummyContrasts name derivatives."""
+    _, collection = stroop
+    instructions = [
+        {"Name": "Factor", "Input": ["trial_type"]},
+        {"Name": "Convolve", "Input": ["trial_type.congruent", "trial_type.incongruent"], "Derivative": True},
+    ]
+    theirs = list(_pybids(collection, instructions).variables)
+    expected = [n for entry in X if entry != 1 for n in theirs if fnmatch.fnmatchcase(n, entry)]
+    node = _run_node(X)
+    node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+    node["DummyContrasts"] = {"Test": "t"}
+    derivatives = [n for n in expected if n.endswith("_derivative")]
+    if derivatives:
+        node["Contrasts"] = [
+            {"Name": "d", "ConditionList": derivatives, "Weights": [1] * len(derivatives), "Test": "t"}
+        ]
+    result = run_design(collection, _model(node), tr=TR, n_scans=SCANS)
+    names = [n for n in result.design.names if not n.startswith("drift_") and n != "constant"]
+    assert names == expected
+    assert [c.name for c in result.contrasts] == [*expected, "intercept", *(["d"] if derivatives else [])]
+    for d in derivatives:
+        assert result.design.kinds[result.design.names.index(d)] == "derivative"
 
 
 def test_contrasts(stroop):

@@ -7,7 +7,9 @@ What goes where:
   instruction), except the convolutions voxfit does itself: a ``Convolve`` instruction is taken out of pybids'
   list when no later instruction names its inputs or outputs (its output feeds Model.X directly) and its
   inputs are events (sparse variables); voxfit then convolves them as Model.HRF's variables are, with the
-  instruction's Model, Derivative, Dispersion and FIRDelays. A ``Convolve`` of events (without derivatives or
+  instruction's Model, Derivative, Dispersion and FIRDelays; its derivatives' columns (``x_derivative``,
+  ``x_dispersion``) are variables of their own, as pybids makes them, in the design where Model.X names them
+  (by name or pattern: they come after the other variables). A ``Convolve`` of events (without derivatives or
   FIR) whose output (or input) a later instruction other than ``Select`` names is voxfit's too, made where it is
   in the list, as a time series at the TR that the later instructions take (pybids' own convolution samples each
   scan at its start, where voxfit samples at the slice-timing reference: two references in one design). One with
@@ -153,7 +155,8 @@ def run_design(
     transformed = _transform(variables, problem, lacking, made, trial_types)
     absent, pybids_instructions = transformed.absent, transformed.theirs
     hrfs = _take_convolutions(transformed.ours, variables, problem)
-    x, left_out, unmatched = _expand_x(node["Model"]["X"], variables, problem, absent)
+    derived = _derived_columns(hrfs, problem)
+    x, left_out, unmatched = _expand_x(node["Model"]["X"], variables, problem, absent, derived)
     by_model = _hrf_variables(node, variables, x, problem, absent)
     twice = sorted(set(by_model) & set(hrfs))
     if twice:
@@ -162,7 +165,7 @@ def run_design(
             "convolve it once."
         )
     hrfs = by_model | hrfs
-    design, sources = _build(variables, x, hrfs, problem)
+    design, sources = _build(variables, x, hrfs, problem, derived)
     contrasts, not_made = _contrasts(node, x, sources, hrfs, design, problem, absent)
     left_out = tuple((name, absent[name]) for name in left_out)
     not_made = tuple((contrast, name, absent[name]) for contrast, name in not_made)
@@ -626,21 +629,25 @@ def _names(variables, problem: _Problem, limit: int = 30) -> str:
 # -- Model.X and convolution --------------------------------------------------------------------------------------
 
 
-def _expand_x(X: list, variables, problem: _Problem, absent: dict) -> tuple[list, tuple[str, ...], tuple[str, ...]]:
-    """Model.X with its patterns expanded against the variables (in the variables' order), ``1`` kept; the names of
-    trial types it takes that the run has no event of (`absent`), left out; and its patterns that match none of the
-    run's variables, which add nothing (as pybids expands them: FitLins' "motion_outlier*", whose columns fMRIPrep
-    writes only for a run with outliers, failed every run without)."""
-    pool = list(variables.variables)
+def _expand_x(
+    X: list, variables, problem: _Problem, absent: dict, derived: dict
+) -> tuple[list, tuple[str, ...], tuple[str, ...]]:
+    """Model.X with its patterns expanded against the variables (in the variables' order, then the `derived`
+    columns'), ``1`` kept; the names of trial types it takes that the run has no event of (`absent`),
+    left out; and its patterns that match none of the run's variables, which add nothing (as pybids expands them:
+    FitLins' "motion_outlier*", whose columns fMRIPrep writes only for a run with outliers, failed every run
+    without)."""
+    pool = [*variables.variables, *derived]  # (pybids' Convolve adds its derivatives after the collection's variables)
+    named = set(pool)
     out, left_out, unmatched = [], [], []
     for entry in X:
         pattern = False
         if entry == 1 and not isinstance(entry, bool):
             found = [1]
-        elif entry not in variables.variables and re.search(r"[*?\[]", entry):  # (pybids' Split names hold [])
+        elif entry not in named and re.search(r"[*?\[]", entry):  # (pybids' Split names hold [])
             pattern, found = True, [name for name in pool if fnmatch.fnmatchcase(name, entry)]
         else:
-            found = [entry] if entry in variables.variables else []
+            found = [entry] if entry in named else []
         if not found and entry in absent:
             left_out.append(entry)
         elif not found and pattern:
@@ -840,13 +847,27 @@ def duplicated_columns(candidates: np.ndarray, columns: np.ndarray, tol: float =
     return (np.nan_to_num(cosines) > 1 - tol).any(axis=1)
 
 
-def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, dict]:
-    """The design: Model.X's variables in order (a convolved one with its derivative or delay columns), the
-    cosine drifts, the constant (when X has 1)."""
+def _derived_columns(convolved: dict, problem: _Problem) -> dict[str, str]:
+    """``{column: variable}`` of the derivatives' columns of voxfit's Convolve instructions (`convolved`:
+    :func:`_take_convolutions`; ``x_derivative``, ``x_dispersion``): variables of their own, as pybids' Convolve
+    makes them, which Model.X takes or leaves (Model.HRF's derivatives, its model's basis, come with their
+    variable; FIR delays with theirs)."""
+    return {
+        name + suffix: name
+        for name, (hrf, delays) in convolved.items()
+        if hrf != "fir"
+        for suffix in _suffixes(hrf, delays, problem.convolution)[1:]
+    }
+
+
+def _build(variables, x: list, hrfs: dict, problem: _Problem, derived: dict) -> tuple[Design, dict]:
+    """The design: Model.X's variables in order (one of Model.HRF with its derivative or delay columns; the
+    `derived` columns of a Convolve where Model.X names them), the cosine drifts, the constant (when X has 1)."""
     groups: dict[tuple, dict] = {}
     for name in x:
-        if name != 1 and name in hrfs:
-            groups.setdefault(hrfs[name], {})[name] = _events(variables.variables[name], name, problem)
+        source = derived.get(name, name)
+        if name != 1 and source in hrfs:
+            groups.setdefault(hrfs[source], {})[source] = _events(variables.variables[source], source, problem)
     columns: dict[str, tuple[np.ndarray, str, str]] = {}  # column -> (values, kind, source variable)
     for (hrf, delays), conditions in groups.items():
         piece = _convolved(conditions, (hrf, delays), problem)
@@ -856,11 +877,14 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
                 j = index[name + suffix]
                 columns[name + suffix] = (piece.X[:, j], piece.kinds[j], name)
     names, kinds, values, sources = [], [], [], {}
+    taken = set(derived.values())  # (variables whose derivatives are columns of their own)
     for name in x:
         if name == 1:
             continue
-        if name in hrfs:
-            own = [c for c, (_, _, source) in columns.items() if source == name]
+        if name in derived:
+            own = [name]
+        elif name in hrfs:
+            own = [name] if name in taken else [c for c, (_, _, source) in columns.items() if source == name]
         else:
             variable = variables.variables[name]
             kind = "condition" if getattr(variable, "source", "") == "events" else "confound"
@@ -882,7 +906,7 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem) -> tuple[Design, d
             names.append(column)
             kinds.append(columns[column][1])
             values.append(columns[column][0])
-            sources[column] = name
+            sources[column] = name  # (a derivative's column its own variable: contrasts name it)
     # a drift column the model's columns hold already (fMRIPrep's cosine00, ...: FitLins' and nilearn's way with
     # load_confounds) is left out: beside it the design was singular to rounding (correlation 0.9999999999987)
     drifts = cosine_drift(problem.n_scans, problem.tr, problem.high_pass_s)

@@ -640,6 +640,21 @@ def test_a_convolves_derivatives_are_variables_model_x_takes_or_leaves(stroop, X
         assert result.design.kinds[result.design.names.index(d)] == "derivative"
 
 
+def test_pybids_scale_of_a_time_series_fails_saying_what_to_do_instead(stroop):
+    """pybids 0.22's Scale fails on every time series (``data.nunique() == 1`` on a DataFrame: "The truth value of
+    a Series is ambiguous"), which voxfit passed on alone; it now says to Demean it instead."""
+    _, collection = stroop
+    node = _run_node(["nuissance1", 1])
+    node["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Scale", "Input": ["nuissance1"]}],
+    }
+    try:
+        run_design(collection, _model(node), tr=TR, n_scans=SCANS)
+    except InputError as exc:  # (a pybids that scales time series: nothing to say)
+        assert "pybids' Scale fails on every time series (confounds, convolved regressors): Demean it" in str(exc)
+
+
 def test_contrasts(stroop):
     """DummyContrasts (1 named intercept) then Contrasts; fractions as text; derivatives weigh 0; an F contrast over
     FIR delays has a row per delay."""

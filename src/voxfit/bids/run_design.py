@@ -475,6 +475,11 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
                 if gone and applied is instruction
                 else ""
             )
+            if instruction["Name"] == "Scale" and "truth value of a Series is ambiguous" in detail:
+                lacks = (  # (pybids 0.22 tests `data.nunique() == 1` on a time series' DataFrame)
+                    "; pybids' Scale fails on every time series (confounds, convolved regressors): Demean it "
+                    "instead, or scale it before convolving"
+                )
             raise InputError(
                 f"{problem.where}: Transformations.Instructions[{k}] ({instruction['Name']}) failed in pybids: "
                 f"{detail}{lacks}; the run's variables are {_names(variables, problem)}."

@@ -298,6 +298,10 @@ def test_a_column_the_participants_table_lacks_is_said_with_the_columns_it_has(t
     result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols")
     (failure,) = result.failures
     assert "'weight'" in failure.reason and "(participants.tsv's columns: age, group)." in failure.reason
+    # a column of words (levels) without a Factor: said as such, where it named every input as lacking a number
+    model["Nodes"][2]["Model"]["X"] = [1, "group"]
+    result = run(study.root, tmp_path / "words", model=model, derivatives=[study.derivatives], group_model="ols")
+    assert result.failures and all("holds words (" in f.reason and "a Factor" in f.reason for f in result.failures)
 
 
 def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):

@@ -1045,6 +1045,13 @@ def _numbers(X, rows: list[dict]):
     values = X.apply(pd.to_numeric, errors="coerce").astype(float)
     for column in values.columns:
         missing = np.flatnonzero(~np.isfinite(values[column].to_numpy()))
+        words = sorted({str(w) for w in X[column].iloc[missing] if isinstance(w, str) and w.strip().lower() != "n/a"})
+        if words and missing.size == len(values):  # (a column of levels, a group's: Factor makes its columns)
+            raise InputError(
+                f"the design's column {column!r} holds words ({listed(words, 4)}), not numbers: a Factor "
+                f'transformation of it makes a column per level (Model.X: "{column}.{words[0]}", ...), or give its '
+                "levels as numbers in participants.tsv."
+            )
         if missing.size:  # (each input named by all its entities: a subject's sessions or runs told apart)
             gaps = list(dict.fromkeys(_group_label(rows[i]) for i in missing))
             raise InputError(

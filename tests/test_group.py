@@ -14,7 +14,7 @@ from voxfit import fit
 from voxfit.cli import main
 from voxfit.design import write_vest
 from voxfit.design.group import group_design
-from voxfit.exceptions import InputError
+from voxfit.exceptions import DesignWarning, InputError
 from voxfit.models import SecondLevel
 
 from .imaging import AFFINE, write_icosahedron
@@ -708,3 +708,13 @@ def test_a_group_of_one_map_is_refused_as_such(tmp_path, rng, capsys):
         assert err.count("\n") == 1 and f"{path} holds one map; a group model takes several maps" in err, err
     with pytest.raises(InputError, match="holds one map"):
         SecondLevel().fit(one)
+
+
+def test_a_cluster_threshold_that_looks_like_a_p_value_is_said_to_be_a_statistic(tmp_path):
+    """SPM users give a cluster-forming p (0.001): read as t > 0.001, it formed one cluster of half the volume
+    without a word (a corrected-inference tester's); now said, with the t such a p would be."""
+    from voxfit import SecondLevel
+
+    paths = _maps(tmp_path, np.random.default_rng(0), n=8, effect=1.0)
+    with pytest.warns(DesignWarning, match=r"--cluster-threshold 0\.001 forms clusters of t \(or F\) above 0\.001"):
+        SecondLevel(permutations=50, cluster_threshold=0.001, seed=1).fit(paths)

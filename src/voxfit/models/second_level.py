@@ -40,7 +40,7 @@ from ..design.subjects import pair_by_subject
 from ..engine import fit as fit_engine
 from ..engine.mixed import MixedFit, mixed_effects
 from ..engine.streaming import fit_streaming
-from ..exceptions import InputError
+from ..exceptions import DesignWarning, InputError
 from ..inference.corrections import bonferroni, fdr, fdr_threshold
 from ..inference.permutation import PermutationResult, mixed_permutation_test, mixed_scheme, permutation_test
 from ..io import (
@@ -254,6 +254,14 @@ class SecondLevel:
         )
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
+        if self.cluster_threshold is not None and 0 < self.cluster_threshold < 1:  # (SPM's forming p, 0.001, given)
+            warnings.warn(
+                f"--cluster-threshold {self.cluster_threshold:g} forms clusters of t (or F) above "
+                f"{self.cluster_threshold:g}, not of p below it: for SPM's p < 0.001 give the statistic it "
+                "corresponds to (t 3.31 to 3.93 for 40 to 12 degrees of freedom).",
+                DesignWarning,
+                stacklevel=2,
+            )
         # options that only shape what was not asked for are said, not passed over
         if not self.tfce and (self.tfce_E is not None or self.tfce_H is not None):
             raise InputError("--tfce-E and --tfce-H are TFCE's exponents; add --tfce, or drop them.")

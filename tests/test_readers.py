@@ -1737,6 +1737,32 @@ def _hemisphere_gifti(path: Path, rows, structure=None, intent="NIFTI_INTENT_NON
     return str(path)
 
 
+def test_maps_fitted_from_a_run_named_by_its_hemisphere_carry_it(tmp_path, capsys):
+    """A GIFTI run whose hemisphere is its name's hemi- alone: its fit's maps (named without hemi-) carried no
+    structure, and a group model took three left and three right subjects' maps as six (a surface tester's); the
+    maps now carry AnatomicalStructurePrimary, and such a group is refused, --first-level folders too."""
+    from voxfit.cli import main
+
+    rng = np.random.default_rng(0)
+    n, v = 30, 40
+    events = tmp_path / "events.tsv"
+    events.write_text("onset\tduration\ttrial_type\n" + "".join(f"{o}\t8\ttask\n" for o in range(0, 60, 16)))
+    folders = []
+    for k in range(4):
+        hemi = "L" if k < 2 else "R"
+        run = _hemisphere_gifti(tmp_path / f"sub-{k:02d}_hemi-{hemi}_bold.func.gii", 100 + rng.standard_normal((n, v)))
+        folders.append(tmp_path / f"sub-{k:02d}")
+        fit = ["fit", str(run), "--events", str(events), "--tr", "2", "--contrast", "t=task", "--noise", "ols"]
+        assert main([*fit, "-o", str(folders[-1]), "--quiet"]) == 0
+    effects = [str(f / "contrast-t_stat-effect_statmap.func.gii") for f in folders]
+    assert nib.load(effects[0]).meta["AnatomicalStructurePrimary"] == "CortexLeft"
+    assert main(["group", *effects, "-o", str(tmp_path / "g"), "--quiet"]) == 2
+    assert "lies on CortexRight but the data on CortexLeft" in capsys.readouterr().err
+    first_level = ["group", "--first-level", *map(str, folders), "--first-level-contrast", "t", "--quiet"]
+    assert main([*first_level, "-o", str(tmp_path / "m")]) == 2
+    assert "lies on CortexRight but the first effect map" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("told_by", ["metadata", "file name"])
 def test_runs_maps_and_masks_of_the_other_hemisphere_are_refused(tmp_path, told_by, capsys):
     """fsaverage's hemispheres have as many vertices each: a hemi-R run beside a hemi-L one was fitted as its
@@ -1772,7 +1798,7 @@ def test_runs_maps_and_masks_of_the_other_hemisphere_are_refused(tmp_path, told_
     right_variances = [gifti(f"sub-{k:02d}_hemi-{{hemi}}_variance.func.gii", "R", np.ones((1, v))) for k in (1, 2, 3)]
     mixed = ["group", *left, "--variances", *right_variances, "--model", "mixed", "-o", str(tmp_path / "mixed")]
     assert main([*mixed, "--quiet"]) == 2
-    assert "(CortexRight, not CortexLeft)" in capsys.readouterr().err
+    assert "lies on CortexRight but its effect map" in capsys.readouterr().err
     mask = gifti("mask_hemi-{hemi}.func.gii", "R", np.ones((1, v)))
     assert main(["group", *left, "--mask", mask, "-o", str(tmp_path / "masked"), "--quiet"]) == 2
     assert "CortexRight" in capsys.readouterr().err

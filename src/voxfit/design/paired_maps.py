@@ -598,8 +598,11 @@ def _check_grid(reference, other, path, what: str, fix: str = "give the variance
             detail = f"an affine up to {np.abs(other.affine - reference.affine).max():.3g} mm from it"
         elif other.n_elements != reference.n_elements:
             detail = f"{other.n_elements} elements, not {reference.n_elements}"
-        elif isinstance(reference, SurfaceGeometry):
-            detail = f"{other.structure}, not {reference.structure}"
+        elif isinstance(reference, SurfaceGeometry):  # (the other hemisphere: no resampling joins them)
+            raise InputError(
+                f"{path} lies on {other.structure} but {what} on {reference.structure}; give each hemisphere's maps "
+                "apart (a group model per hemisphere)."
+            ) from None
         else:
             detail = "other CIFTI brain models"
         raise InputError(f"{path} is on another grid than {what} ({detail}); {fix}.") from None

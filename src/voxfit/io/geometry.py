@@ -154,7 +154,10 @@ class SurfaceGeometry(Geometry):
             )
             for m, name in zip(maps, names)
         ]
-        nib.save(nib.gifti.GiftiImage(darrays=arrays, meta=nib.gifti.GiftiMetaData(self.meta)), str(path))
+        meta = dict(self.meta)
+        if self.structure and not meta.get("AnatomicalStructurePrimary"):  # (known from the input's hemi- name)
+            meta["AnatomicalStructurePrimary"] = self.structure  # (else its maps, named without hemi-, had none)
+        nib.save(nib.gifti.GiftiImage(darrays=arrays, meta=nib.gifti.GiftiMetaData(meta)), str(path))
 
 
 def same_brain_models(a: nib.cifti2.BrainModelAxis, b: nib.cifti2.BrainModelAxis) -> bool:

@@ -171,6 +171,24 @@ def test_first_level_passes_mask_threshold_scheduler_and_device(tmp_path, rng, m
     assert (seen["scheduler"], seen["device"], seen["mask_threshold"]) == ("tcp://x:1", "cuda", 0.5)
 
 
+def test_a_group_of_gifti_images_in_memory_fits_as_their_files(tmp_path):
+    """SecondLevel.fit of GiftiImages in memory failed with AttributeError ('GiftiImage' object has no attribute
+    'shape', naming the maps for model.json; a surface tester's): it fits, as the same maps saved as files."""
+    rng = np.random.default_rng(0)
+    maps = [
+        nib.GiftiImage(darrays=[nib.gifti.GiftiDataArray((rng.standard_normal(60) + 1).astype(np.float32))])
+        for _ in range(6)
+    ]
+    paths = []
+    for k, m in enumerate(maps):
+        paths.append(tmp_path / f"sub-{k:02d}_effect.func.gii")
+        nib.save(m, paths[-1])
+    in_memory = voxfit.SecondLevel().fit(maps, tmp_path / "memory")
+    from_files = voxfit.SecondLevel().fit(paths, tmp_path / "files")
+    (label,) = from_files.parametric
+    np.testing.assert_array_equal(in_memory.parametric[label].stat, from_files.parametric[label].stat)
+
+
 def test_group_and_runs_from_images(tmp_path, rng):
     maps = [(5 + rng.standard_normal(SHAPE)).astype(np.float32) for _ in range(8)]
     paths = [write_nifti(tmp_path / f"sub-{i}.nii", m) for i, m in enumerate(maps)]

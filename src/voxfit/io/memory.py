@@ -51,7 +51,9 @@ def check_data(data, name: str = "inputs"):
 def source_label(obj) -> str:
     """How messages and model.json name an input, a mask or a map: its path, or what it is in memory."""
     if is_image(obj):
-        return f"in-memory nibabel image ({type(obj).__name__}, shape {tuple(obj.shape)})"
+        shape = getattr(obj, "shape", None)  # (a GiftiImage has none: its arrays' lengths)
+        shape = tuple(shape) if shape is not None else tuple(np.shape(d.data)[0] for d in obj.darrays)
+        return f"in-memory nibabel image ({type(obj).__name__}, shape {shape})"
     if isinstance(obj, np.ndarray):
         return f"in-memory array (shape {obj.shape}, {int(np.count_nonzero(obj))} non-zero)"
     return str(obj)

@@ -179,11 +179,11 @@ def test_a_group_of_gifti_images_in_memory_fits_as_their_files(tmp_path):
         nib.GiftiImage(darrays=[nib.gifti.GiftiDataArray((rng.standard_normal(60) + 1).astype(np.float32))])
         for _ in range(6)
     ]
+    in_memory = voxfit.SecondLevel().fit(maps, tmp_path / "memory")  # (before they are saved: no file name then)
     paths = []
     for k, m in enumerate(maps):
         paths.append(tmp_path / f"sub-{k:02d}_effect.func.gii")
         nib.save(m, paths[-1])
-    in_memory = voxfit.SecondLevel().fit(maps, tmp_path / "memory")
     from_files = voxfit.SecondLevel().fit(paths, tmp_path / "files")
     (label,) = from_files.parametric
     np.testing.assert_array_equal(in_memory.parametric[label].stat, from_files.parametric[label].stat)

@@ -1737,6 +1737,32 @@ def _hemisphere_gifti(path: Path, rows, structure=None, intent="NIFTI_INTENT_NON
     return str(path)
 
 
+@pytest.mark.parametrize("told_by", ["metadata", "file name"])
+def test_a_mesh_of_the_other_hemisphere_is_refused(tmp_path, told_by):
+    """fsaverage's and fsLR's hemispheres have as many vertices each: a CortexRight mesh beside CortexLeft data
+    was taken for TFCE, clusters, FILM's smoothing and the report (a surface tester's); refused, by its metadata or
+    its name's hemi-; a mesh that says nothing, or the data's own, is taken."""
+    from voxfit.io.readers import read_mesh
+
+    coords = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 3]], dtype=np.int32)
+
+    def mesh(name, structure):
+        meta = {"AnatomicalStructurePrimary": structure} if told_by == "metadata" and structure else {}
+        arrays = [
+            nib.gifti.GiftiDataArray(coords, intent="NIFTI_INTENT_POINTSET"),
+            nib.gifti.GiftiDataArray(faces, intent="NIFTI_INTENT_TRIANGLE"),
+        ]
+        nib.save(nib.gifti.GiftiImage(darrays=arrays, meta=nib.gifti.GiftiMetaData(meta)), str(tmp_path / name))
+        return tmp_path / name
+
+    right = mesh("hemi-R_sphere.surf.gii" if told_by == "file name" else "sphere.surf.gii", "CortexRight")
+    with pytest.raises(InputError, match="lies on CortexRight but the data on CortexLeft"):
+        read_mesh(right, 4, "CortexLeft")
+    assert read_mesh(right, 4, "CortexRight")[1].shape == (2, 3)
+    assert read_mesh(mesh("plain.surf.gii", None), 4, "CortexLeft")[1].shape == (2, 3)
+
+
 def test_maps_fitted_from_a_run_named_by_its_hemisphere_carry_it(tmp_path, capsys):
     """A GIFTI run whose hemisphere is its name's hemi- alone: its fit's maps (named without hemi-) carried no
     structure, and a group model took three left and three right subjects' maps as six (a surface tester's); the

@@ -2243,13 +2243,21 @@ class ColumnSource:
         return np.take(slab, elements - lo, axis=1)
 
 
-def read_mesh(path, n_vertices: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """The vertices (n_vertices, 3) and triangles (k, 3) of a GIFTI surface for data on `n_vertices` vertices."""
+def read_mesh(path, n_vertices: int, structure: str | None = None) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """The vertices (n_vertices, 3) and triangles (k, 3) of a GIFTI surface for data on `n_vertices` vertices, of
+    the data's `structure` where both say theirs (fsaverage's and fsLR's hemispheres have as many vertices each:
+    the other hemisphere's mesh was taken, its clusters and smoothing over another surface's neighbours)."""
     _check_gifti_sizes(Path(path))
     try:
-        coords, faces = nib.load(str(path)).agg_data(("pointset", "triangle"))
+        img = nib.load(str(path))
+        coords, faces = img.agg_data(("pointset", "triangle"))
     except Exception as exc:  # nibabel raises many kinds for a file that is not a GIFTI surface
         raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles ({exc}).") from None
+    lies = _gifti_structure(img, Path(path).name) if isinstance(img, nib.gifti.GiftiImage) else None
+    if structure and lies and lies != structure:
+        raise InputError(
+            f"mesh {path} lies on {lies} but the data on {structure}; give the data's hemisphere's surface."
+        )
     if np.ndim(coords) != 2 or np.ndim(faces) != 2:  # (nibabel gives () for an intent the file lacks)
         raise InputError(f"mesh {path}: not a GIFTI surface with vertices and triangles.")
     if coords.shape[0] != n_vertices:

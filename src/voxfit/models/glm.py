@@ -901,7 +901,7 @@ def check_mesh(mesh, geometry):
         raise InputError(f"--mesh {mesh} is the surface of surface data, but the data are {kind}; leave it out.")
     from ..io.readers import read_mesh
 
-    return read_mesh(mesh, geometry.n_elements)
+    return read_mesh(mesh, geometry.n_elements, getattr(geometry, "structure", None))
 
 
 def _fit_per_voxel_model(X, data, names, items, noise, execution, masker, mesh=None):

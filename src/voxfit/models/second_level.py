@@ -872,7 +872,7 @@ class SecondLevel:
                 raise InputError(
                     "clusters and TFCE on surface data need the surface's triangles: give --mesh lh.pial.surf.gii."
                 )
-            return mesh_adjacency(read_mesh(self.mesh, geometry.n_vertices)[1], masker.mask)
+            return mesh_adjacency(read_mesh(self.mesh, geometry.n_vertices, geometry.structure)[1], masker.mask)
         if isinstance(geometry, CiftiGeometry):
             raise InputError(
                 "clusters and TFCE on CIFTI files are not supported yet; use --permutations for "

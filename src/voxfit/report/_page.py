@@ -813,7 +813,7 @@ def _drawer(res: Results, background, mesh):
                 f"--background {background}: an anatomical image is drawn under volume maps, and these maps are on "
                 "a surface, drawn on its mesh; leave it out."
             )
-        coords, faces = read_mesh(mesh, geometry.n_vertices)
+        coords, faces = read_mesh(mesh, geometry.n_vertices, geometry.structure)
         notes.append(f"Surface maps are drawn on {Path(mesh).name}.")
 
         def draw(th):

@@ -157,6 +157,11 @@ def test_group_with_rft_end_to_end(tmp_path, rng, capsys):
     assert entry["field"] == "T" and entry["dof"][1] == 11
     assert inference["extent"] == 2
     assert (table["cluster_k"].dropna() >= 2).all()
+    # beside --cluster-threshold: two tables of clusters formed at two thresholds, said (not quiet: warnings shown)
+    code, _, err = run(
+        capsys, "group", *maps, "-o", tmp_path / "both", "--inference", "rft", "--cluster-threshold", "3"
+    )
+    assert code == 0 and "RFT's cluster table forms its own at --height-threshold" in err, err
 
 
 def test_rft_refusals_are_one_line(tmp_path, rng, capsys):

@@ -279,6 +279,15 @@ class SecondLevel:
             raise InputError(
                 "--inference rft and --permutations are two inferences on the same maps; give one of them."
             )
+        if self.rft is not None and self.cluster_threshold is not None:  # (two tables of other clusters, unsaid)
+            warnings.warn(
+                f"--cluster-threshold {self.cluster_threshold:g} forms clusters.tsv's clusters (no p values without "
+                "--permutations); RFT's cluster table forms its own at --height-threshold (by default the FWE 0.05 "
+                "height): for SPM's cluster-level inference at a forming p, give --height-threshold P with "
+                "--height-correction none instead.",
+                DesignWarning,
+                stacklevel=2,
+            )
         pairs = paired_inputs(
             data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read, self.paired
         )

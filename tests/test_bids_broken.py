@@ -10,6 +10,7 @@ preprocessed runs.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import nibabel as nib
@@ -438,7 +439,7 @@ def test_a_broken_hemisphere_is_named_by_its_own_run_and_its_partner_says_why_it
     bad = next(study.derivatives.rglob("*run-1_hemi-R_space-fsaverage5_bold.func.gii"))
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     result = run(study.root, tmp_path / "out", derivatives=[study.derivatives], level="run", progress=False)
-    reasons = {f.group.split("_space")[0].split("_")[-1] + f.group[-6:]: f.reason for f in result.failures}
+    reasons = {"".join(re.findall(r"run-\d+|hemi-[LR]", f.group)): f.reason for f in result.failures}
     assert sorted(reasons) == ["run-1hemi-L", "run-1hemi-R"], reasons
     assert bad.name in reasons["run-1hemi-R"]
     assert "other hemispheres" in reasons["run-1hemi-L"] and "its own failure names it" in reasons["run-1hemi-L"]

@@ -1650,3 +1650,12 @@ def test_a_header_whose_time_between_scans_is_not_the_sidecars_tr_is_said(tmp_pa
     said = f"its sidecars give RepetitionTime {tr:g} s but its header {tr * 1.25:g} s between scans; the design is"
     assert main(["bids", str(study.root), str(tmp_path / "out"), "run", *deriv]) == 0
     assert f"voxfit: warning: {bold}: {said}" in capsys.readouterr().err
+
+
+def test_output_names_put_entities_in_bids_order():
+    """BIDS orders hemi before space, and res before den: a surface study's maps were named
+    ..._space-fsaverage5_hemi-L_... (a surface tester's)."""
+    from voxfit.bids.layout import short_entities
+
+    entities = {"den": "10k", "res": "2", "hemi": "L", "space": "fsaverage5", "run": 1, "task": "x", "subject": "01"}
+    assert short_entities(entities) == "sub-01_task-x_run-1_hemi-L_space-fsaverage5_res-2_den-10k"

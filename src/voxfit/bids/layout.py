@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 # BIDS entities a run keeps through every level, as pybids names them, with their short (file name) keys
-ENTITIES = {
+ENTITIES = {  # (in BIDS's order of entities, which output names follow: hemi before space, res before den)
     "subject": "sub",
     "session": "ses",
     "task": "task",
@@ -59,10 +59,10 @@ ENTITIES = {
     "direction": "dir",
     "run": "run",
     "echo": "echo",
-    "space": "space",
     "hemi": "hemi",
-    "den": "den",
+    "space": "space",
     "res": "res",
+    "den": "den",
 }
 RAW = ("subject", "session", "task", "acquisition", "reconstruction", "direction", "run", "echo")
 BOLD_EXTENSIONS = (".nii.gz", ".nii", ".func.gii", ".dtseries.nii")

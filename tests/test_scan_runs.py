@@ -345,3 +345,32 @@ def test_3d_scans_their_spm_sidecars_place_apart_are_refused_as_spm_refuses_them
         code = main(["fit", *argv, "-o", str(root / "unread")])
         err = capsys.readouterr().err
         assert code == 0 and err.count("could not be read") == 2 and f"{len(mats) - 1} other scan(s)" in err, err
+
+
+def test_runs_of_design_files_take_each_ones_repetition_time_and_record_the_noise_model(tmp_path, capsys):
+    """Several runs with --design files: each design's RepetitionTime (its JSON sidecar, as `voxfit design --tr`
+    writes it) was not read, as it is for one run, so the long-lag correction took another window of lags than the
+    same run fitted alone, and --noise fast asked for the sidecar it had; model.json left out the noise model's
+    record (default and why) and the preset's (a multi-run tester's). Each run's numbers are now its own fit's."""
+    rng = np.random.default_rng(0)
+    runs, designs = [], []
+    for r in (1, 2):
+        runs.append(tmp_path / f"run{r}.nii.gz")
+        nib.save(nib.Nifti1Image(_bold(rng, 60), AFFINE), str(runs[-1]))
+        events = _events(tmp_path / f"ev{r}.tsv", [0, 40, 80])
+        designs.append(tmp_path / f"design{r}.tsv")
+        assert main(["design", str(events), "--tr", "0.7", "--n-scans", "60", "-o", str(designs[-1])]) == 0
+    contrast = ["--contrast", "listen=listen", "--noise", "ar1+lags", "--quiet"]
+    assert main(["fit", *map(str, runs), "--design", *map(str, designs), *contrast, "-o", str(tmp_path / "both")]) == 0
+    assert main(["fit", str(runs[0]), "--design", str(designs[0]), *contrast, "-o", str(tmp_path / "one")]) == 0
+    both = json.loads((tmp_path / "both" / "model.json").read_text())
+    one = json.loads((tmp_path / "one" / "model.json").read_text())
+    lags = [m["noise_details"]["long_lags"]["lags"] for m in (both["runs"][0], one["settings"])]
+    assert lags[0] == lags[1], lags
+    assert both["settings"]["noise"] == {"model": "ar1+lags", "default": False}
+    # FAST takes the sidecar's TR too; on these runs of noise its ReML overflowed (exit 1, "internal error") where
+    # it starts again (spm_reml), and then it says no voxel has effects of interest to pool over (exit 2)
+    fast = ["--contrast", "listen=listen", "--noise", "fast", "--quiet", "-o", str(tmp_path / "fast")]
+    code = main(["fit", *map(str, runs), "--design", *map(str, designs), *fast])
+    err = capsys.readouterr().err
+    assert code == 2 and "no voxel passes SPM's effects-of-interest F test" in err and "RepetitionTime" not in err, err

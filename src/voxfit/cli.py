@@ -1388,6 +1388,10 @@ def _run_runs(args, argv, progress, record: dict) -> int:
             scheduler=args.scheduler,
             device=args.device,
             progress=progress,
+            record_settings={
+                **record,
+                **({"confounds": args.confounds_record} if hasattr(args, "confounds_record") else {}),
+            },
         )
     if not args.quiet:
         print(

@@ -47,7 +47,8 @@ def _regularised_step(J: NDArray, g: NDArray, t: float) -> NDArray[np.float64]:
     A = np.zeros((m + 1, m + 1))
     A[1:, 0] = tau * g
     A[1:, 1:] = tau * J
-    return linalg.expm(A)[1:, 0]
+    with np.errstate(over="ignore", invalid="ignore"):  # (a step that overflows: reml starts again, as spm_reml)
+        return linalg.expm(A)[1:, 0]
 
 
 def reml(
@@ -87,8 +88,9 @@ def reml(
         grad -= prior_precision * h
         info -= prior_precision * np.eye(m)
         step = _regularised_step(info, grad, t)
-        h = h + step
-        predicted = float(grad @ step)
+        with np.errstate(over="ignore", invalid="ignore"):  # (a step not finite: started again just below)
+            h = h + step
+            predicted = float(grad @ step)
         t = max(t - 1.0, -8.0) if predicted > previous else min(t + 0.25, 8.0)
         if not np.isfinite(predicted) or np.abs(step).max() > 1e6:  # SPM: start again, prior twice as tight
             if prior_precision > 1e6:

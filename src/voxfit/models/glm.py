@@ -322,7 +322,7 @@ def fit_images(
             records = start_input_records(route.reader)
         if route.kind == STREAM:
             fitted = _fit_streamed(
-                route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh, _tr(design)
+                route.reader, model, mask, mask_threshold, execution, rft is not None, noise, mesh, design_tr(design)
             )
             records = hashing.submit(input_records, route.reader.paths, route.reader.in_memory) if out else None
             t_load = start
@@ -366,7 +366,7 @@ def fit_images(
                 execution,
                 model.kinds,
                 dataset.masker,
-                _tr(design),
+                design_tr(design),
                 mesh,
                 sums,
             )
@@ -405,7 +405,11 @@ def fit_images(
                     "noise_details": fitted.noise.info,
                     "scaling": scaling,
                     "p": "one-sided upper tail for t; z has the same upper-tail probability",
-                    **({} if fitted.diagnostics is None else {"diagnostics": fitted.diagnostics.record(_tr(design))}),
+                    **(
+                        {}
+                        if fitted.diagnostics is None
+                        else {"diagnostics": fitted.diagnostics.record(design_tr(design))}
+                    ),
                     **(record_settings or {}),
                 },
                 inference=None if inferred is None else rft_record(inferred, tables),
@@ -764,7 +768,7 @@ def scale_data(data, how: str, scan_globals=None) -> np.ndarray:
     return out
 
 
-def _tr(design) -> float | None:
+def design_tr(design) -> float | None:
     """The repetition time a design carries (events designs and design files with a sidecar), else None."""
     tr = getattr(design, "tr", None)
     if tr is None and isinstance(design, (str, os.PathLike)):
@@ -942,7 +946,7 @@ def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) ->
         from ..engine.diagnostics import SPECTRUM_FILE
 
         maps += fitted.diagnostics.maps(ext)
-        out.path(SPECTRUM_FILE).write_text(fitted.diagnostics.spectrum_tsv(_tr(design)))
+        out.path(SPECTRUM_FILE).write_text(fitted.diagnostics.spectrum_tsv(design_tr(design)))
 
     def write(item):
         name, values, labels = item

@@ -37,6 +37,7 @@ from .glm import (
     check_mesh,
     contrast_items,
     design_matrix,
+    design_tr,
     fit_noise_model,
     mean_over_scans,
     scale_data,
@@ -124,6 +125,7 @@ def fit_runs(
     device=None,
     progress=None,
     mesh=None,
+    record_settings: dict | None = None,
 ) -> RunsFit:
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
 
@@ -215,7 +217,7 @@ def fit_runs(
                     execution,
                     kinds[r - 1],
                     masker,
-                    getattr(designs[r - 1], "tr", None),
+                    design_tr(designs[r - 1]),  # (a design file's from its sidecar, as one run's)
                     mesh,
                 )
             except InputError as exc:
@@ -230,7 +232,7 @@ def fit_runs(
             masker.write_mask(out.path(f"mask{ext}"))
             masker.write(out.path(statmap_name("mean", ext)), sums / sum(ds.n_scans for ds in datasets), ["mean"])
             for r, (run, (X, names), design) in enumerate(zip(runs, matrices, designs), 1):
-                write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], getattr(design, "tr", None))
+                write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], design_tr(design))
                 for label, stats in run.items():
                     for name, values, map_names in stat_maps(stats, label, ext):
                         masker.write(out.path(f"run-{r}_{name}"), values, map_names)
@@ -257,6 +259,7 @@ def fit_runs(
                     "scaling": scaling,
                     "mask_threshold": threshold,
                     "mask": "automatic (every run)" if mask is None else source_label(mask),
+                    **(record_settings or {}),  # (the command line's: the noise model's choice, a preset, ...)
                 },
                 mask=mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),
                 n_voxels=masker.n_voxels,

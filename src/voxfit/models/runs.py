@@ -137,7 +137,9 @@ def fit_runs(
     each run's design, so the columns it names must exist in every run. `execution` (or its shortcuts
     `max_memory`, `n_jobs`, `scheduler`, `device`, `progress`) as in :func:`voxfit.fit_images`; the runs are
     held in memory together, so a cap that cannot hold them is refused before any is read. `mesh`: the GIFTI
-    surface of surface runs, for ``noise="film"`` (as in :func:`voxfit.fit_images`).
+    surface of surface runs, for ``noise="film"`` (as in :func:`voxfit.fit_images`). `record_settings`: more of
+    model.json's settings (the command line's: the noise model's choice and why, a preset, a confounds strategy).
+    A design file's repetition time is its sidecar's, as for one run.
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress

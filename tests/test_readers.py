@@ -1850,8 +1850,9 @@ def test_a_gifti_of_labels_coordinates_or_vectors_is_refused(tmp_path, intent, s
     path = _hemisphere_gifti(
         tmp_path / "x.gii", rows if len(shape) == 3 else [rows] if shape[0] > 1 else rows, intent=intent
     )
-    with pytest.raises(InputError, match=re.escape(f"holds {said}")):
+    with pytest.raises(InputError, match=re.escape(f"holds {said}")) as refused:
         open_reader(path)
+    assert ("wb_command -gifti-label-to-roi" in str(refused.value)) == intent.endswith("LABEL")  # (a mask's way)
 
 
 @pytest.mark.parametrize("suffix", [".dtseries.nii", ".dtseries.nii.gz"])

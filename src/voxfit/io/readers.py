@@ -1384,9 +1384,15 @@ class GiftiReader(_RowsReader):
                 len(img.darrays) > 1 and any(np.ndim(d.data) > 1 and min(np.shape(d.data)) > 1 for d in img.darrays)
             ):
                 what = " and ".join(held) or "several values a vertex in each of its data arrays"
+                roi = (  # (a medial-wall or cortex .label.gii given as a mask)
+                    "; for a mask, a .func.gii/.shape.gii of 0 and 1 (a label's vertices: wb_command "
+                    "-gifti-label-to-roi)"
+                    if "labels (a parcellation)" in held
+                    else ""
+                )
                 raise InputError(
                     f"{p}: the GIFTI file holds {what}, not a value per vertex in each array; give the data's "
-                    ".func.gii (a run) or .func.gii/.shape.gii maps."
+                    f".func.gii (a run) or .func.gii/.shape.gii maps{roi}."
                 )
             structures.append((_gifti_structure(img, p.name if isinstance(p, Path) else ""), p))
             if len(img.darrays) == 1 and img.darrays[0].data.ndim == 2:

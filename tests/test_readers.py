@@ -1959,3 +1959,19 @@ def test_a_gifti_whose_compressed_data_inflate_beyond_their_dimensions_is_refuse
     with pytest.raises(InputError, match="inflate beyond the 1,200 bytes its dimensions declare"):
         open_reader(bad)
     assert open_reader(good).geometry.n_elements == 300
+
+
+def test_a_gifti_run_stored_scans_by_vertices_is_said_to_be_the_other_way_round(tmp_path, capsys):
+    """One 2-D GIFTI array is vertices by scans (FreeSurfer's, fMRIPrep's); a run stored scans by vertices was
+    refused as "the design has 60 rows but the data have 642 scans", no more (a surface tester's)."""
+    from voxfit.cli import main
+
+    rows = np.random.default_rng(0).standard_normal((60, 642)).astype(np.float32)
+    run = tmp_path / "run.func.gii"
+    nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(rows)]), str(run))
+    design = tmp_path / "design.tsv"
+    design.write_text("A\tconstant\n" + "".join(f"{np.sin(i / 3):.3f}\t1\n" for i in range(60)))
+    assert main(["fit", str(run), "--design", str(design), "--contrast", "a=A", "-o", str(tmp_path / "o")]) == 2
+    assert "is the run stored the other way round? a GIFTI run's one 2-D array is vertices by scans" in (
+        capsys.readouterr().err
+    )

@@ -220,7 +220,7 @@ def fit_streaming(
     reader = open_reader(paths)
     design = factorize(X, names, max_memory=execution.max_memory)
     n = design.n_scans
-    check_design_rows(n, reader.n_scans)
+    check_design_rows(n, reader.n_scans, reader.geometry.n_elements)
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
     if film:
         check_film_geometry(reader.geometry, mesh)

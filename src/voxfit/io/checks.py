@@ -11,11 +11,18 @@ from ..exceptions import InputError
 __all__ = ["check_design_rows", "check_readable"]
 
 
-def check_design_rows(n_rows: int, n_scans: int) -> None:
-    """The design has one row per scan of the data."""
+def check_design_rows(n_rows: int, n_scans: int, n_elements: int | None = None) -> None:
+    """The design has one row per scan of the data (of `n_elements` elements a scan, where known: a design of
+    as many rows as that is a run read the other way round, a GIFTI array of scans by vertices)."""
     if n_rows != n_scans:
+        swapped = (
+            f" (the data have {n_rows} elements a scan: is the run stored the other way round? a GIFTI run's one "
+            "2-D array is vertices by scans, as FreeSurfer and fMRIPrep write it)"
+            if n_elements == n_rows
+            else ""
+        )
         raise InputError(
-            f"the design has {n_rows} rows but the data have {n_scans} scans; give one design row per scan."
+            f"the design has {n_rows} rows but the data have {n_scans} scans{swapped}; give one design row per scan."
         )
 
 

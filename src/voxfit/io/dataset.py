@@ -138,7 +138,7 @@ def load(
         return future.result()
     reader = open_reader(paths, name)
     if n_scans is not None:
-        check_design_rows(n_scans, reader.n_scans)
+        check_design_rows(n_scans, reader.n_scans, reader.geometry.n_elements)
     globals_ = ScanGlobals(reader.n_scans, reader.scale) if scan_globals else None
     threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
     if mask is None:

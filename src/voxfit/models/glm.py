@@ -352,7 +352,7 @@ def fit_images(
                 if route.observer is not None:  # the read began before this module imported
                     route.observer.attach(grid if grid is not None else sums)
                 dataset = dataset.result()
-            check_design_rows(model.X.shape[0], dataset.n_scans)
+            check_design_rows(model.X.shape[0], dataset.n_scans, dataset.masker.geometry.n_elements)
             if records is None and out is not None:
                 records = hashing.submit(input_records, dataset.paths, dataset.memory)
             t_load = time.perf_counter()

@@ -1659,3 +1659,19 @@ def test_output_names_put_entities_in_bids_order():
 
     entities = {"den": "10k", "res": "2", "hemi": "L", "space": "fsaverage5", "run": 1, "task": "x", "subject": "01"}
     assert short_entities(entities) == "sub-01_task-x_run-1_hemi-L_space-fsaverage5_res-2_den-10k"
+
+
+def test_a_surface_space_at_several_densities_is_named_as_fmriprep_names_it():
+    """A surface run at two densities was refused suggesting --space fsaverage:res-native:den-41k, a res- its
+    files do not have (a surface tester's); a volume's files without res- are still res-native."""
+    from types import SimpleNamespace
+
+    from voxfit.bids.layout import _one_grid
+
+    def run(**grid):
+        return SimpleNamespace(entities={"subject": "01", "task": "x", "run": 1, **grid})
+
+    with pytest.raises(InputError, match=r"\(fsaverage:den-10k, fsaverage:den-41k\); choose one with --space"):
+        _one_grid([run(den="10k"), run(den="41k")], "fsaverage", {})
+    with pytest.raises(InputError, match=r"\(MNI:res-2, MNI:res-native\)"):
+        _one_grid([run(res="2"), run()], "MNI", {})

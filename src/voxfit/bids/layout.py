@@ -750,8 +750,9 @@ def _one_grid(chosen: list, space: str | None, qualifiers: dict[str, str]) -> li
     several = next((g for g in grids.values() if len(g) > 1), None)
     if several is None:
         return chosen
-    options = sorted(
-        f"{space}:" + ":".join(f"{k}-{v or 'native'}" for k, v in zip(("res", "den"), g) if v or k == "res")
+    options = sorted(  # (res-native: a volume's files without res-; a surface's have a den- alone)
+        f"{space}:"
+        + ":".join(f"{k}-{v or 'native'}" for k, v in zip(("res", "den"), g) if v or (k == "res" and not g[1]))
         for g in several
     )
     raise InputError(

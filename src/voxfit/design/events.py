@@ -831,9 +831,10 @@ def make_design(
         }
     _check_timing(conditions, n_scans * tr, n_scans, tr)
     inputs = _parametric(conditions, modulators)
+    nilearn_times = float(slice_time_ref or 0.0) if convolution == "nilearn" else None  # (its drifts' frame times)
     if drift == "cosine":
-        check_high_pass(parse_high_pass(high_pass), tr)
-        n_drifts = cosine_order(n_scans, tr, high_pass, slice_time_ref if convolution == "nilearn" else None)
+        period = check_high_pass(parse_high_pass(high_pass), tr)
+        n_drifts = cosine_order(n_scans, tr, high_pass, nilearn_times)
     else:
         n_drifts = int(drift_order) if drift == "polynomial" else 0
     n_confounds = 0 if confounds is None else len(confounds[1])
@@ -861,9 +862,8 @@ def make_design(
         columns += list(np.asarray(values, dtype=float).T)
         names += list(cnames)
         kinds += ["confound"] * len(cnames)
-    nilearn_times = float(slice_time_ref or 0.0) if convolution == "nilearn" else None
     if drift == "cosine":
-        D = cosine_drift(n_scans, tr, parse_high_pass(high_pass), cosine_order(n_scans, tr, high_pass, nilearn_times))
+        D = cosine_drift(n_scans, tr, period, n_drifts)
     elif drift == "polynomial":
         D = polynomial_drift(n_scans, int(drift_order), nilearn_times or 0.0)
     elif drift in ("none", None):

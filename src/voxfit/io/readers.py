@@ -721,13 +721,12 @@ def _check_scans_spm_mats(readers) -> None:
         warnings.simplefilter("always")
         sidecars = [(r.path, _spm_mats(r.path)) for r in readers if _spm_sidecar(r.path) is not None]
     unread = [w for w in said if issubclass(w.category, HeaderReadAsWarning)]
-    for w in [w for w in said if w not in unread] + unread[:1]:
-        more = (
-            f" The sidecars of {len(unread) - 1} other scan(s) could not be read either."
-            if w in unread[1:] or (w in unread and len(unread) > 1)
-            else ""
-        )
-        warnings.warn(f"{w.message}{more}", w.category, stacklevel=4)
+    for w in said:
+        if not issubclass(w.category, HeaderReadAsWarning):
+            warnings.warn(str(w.message), w.category, stacklevel=4)
+    if unread:
+        more = f" The sidecars of {len(unread) - 1} other scan(s) could not be read either." if len(unread) > 1 else ""
+        warnings.warn(f"{unread[0].message}{more}", HeaderReadAsWarning, stacklevel=4)
     if not sidecars:
         return
     held = dict(sidecars)

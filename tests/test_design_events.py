@@ -590,6 +590,55 @@ def test_two_runs_fixed_effects(tmp_path, capsys, rng):
     assert "give one per run" in capsys.readouterr().err
 
 
+def test_each_of_several_runs_has_its_own_fits_maps_as_spm_and_feat_write_them(tmp_path, capsys, rng):
+    """SPM writes a beta per column of every session, FSL FEAT a pe per regressor and the residual variance of
+    each run: a fit of several runs writes each run's effect per design column, R^2 and residual variance
+    (``run-<r>_``), each equal to a least-squares fit of that run alone on the common mask (numpy's lstsq), and
+    model.json gives each run's rank and dof; an AR(1) fit adds each run's coefficients. (They were not written:
+    only each run's contrasts.)"""
+    import json
+
+    import nibabel as nib
+
+    from .imaging import read_back, volume_data, write_nifti
+
+    runs, events, n = [], [], (40, 46)
+    for r in range(2):
+        runs.append(write_nifti(tmp_path / f"run{r}.nii.gz", volume_data(rng, n=n[r])))
+        events.append(
+            _write(tmp_path / f"ev{r}.tsv", f"onset\tduration\ttrial_type\n{4 + 3 * r}\t6\tfaces\n30\t8\thouses\n")
+        )
+    argv = ["fit", *map(str, runs), "--events", *map(str, events), "--tr", "2", "--contrast", "f=faces"]
+    assert main([*argv, "--noise", "ols", "-o", str(tmp_path / "ols"), "--quiet"]) == 0, capsys.readouterr().err
+    out = tmp_path / "ols"
+
+    def flat(name):
+        return np.asarray(nib.load(out / name).dataobj, dtype=float).reshape(-1, order="F")
+
+    mask = flat("mask.nii.gz") > 0
+    record = json.loads((out / "model.json").read_text())
+    for r, path in enumerate(runs, 1):
+        design = np.loadtxt(out / f"run-{r}_design.tsv", skiprows=1, ndmin=2)
+        columns = (out / f"run-{r}_design.tsv").read_text().splitlines()[0].split("\t")
+        Y = read_back(path)[:, mask]
+        betas, _, rank, _ = np.linalg.lstsq(design, Y, rcond=None)
+        residuals = Y - design @ betas
+        dof = n[r - 1] - rank
+        centred = Y - Y.mean(axis=0)
+        for name, beta in zip(columns, betas):
+            got = flat(f"run-{r}_regressor-{name.replace('_', '')}_stat-effect_statmap.nii.gz")[mask]
+            npt.assert_allclose(got, beta, rtol=1e-5, atol=1e-5 * np.abs(beta).max())
+        rss = (residuals**2).sum(axis=0)
+        npt.assert_allclose(flat(f"run-{r}_stat-residualvariance_statmap.nii.gz")[mask], rss / dof, rtol=1e-4)
+        npt.assert_allclose(
+            flat(f"run-{r}_stat-rsquared_statmap.nii.gz")[mask], 1 - rss / (centred**2).sum(axis=0), atol=1e-5
+        )
+        assert (record["runs"][r - 1]["rank"], record["runs"][r - 1]["dof"]) == (rank, dof)
+    assert main([*argv, "--noise", "ar1", "-o", str(tmp_path / "ar1"), "--quiet"]) == 0, capsys.readouterr().err
+    written = {p.name for p in (tmp_path / "ar1").iterdir()}
+    assert {f"run-{r}_stat-arcoef_statmap.nii.gz" for r in (1, 2)} <= written
+
+
 def test_fixed_effects_of_f_contrasts(rng):
     from voxfit import fit, fit_ar
     from voxfit.models import fixed_effects

@@ -926,10 +926,30 @@ def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) ->
     contrast's), in threads, and its design files, into the output folder `out`."""
     nf, masker = fitted.noise, fitted.dataset.masker
     ext = masker.geometry.extension
+    maps = [(f"mask{ext}", None, None), *fit_maps(nf, ext)]  # (file name, values, map names); None: the mask
+    if fitted.mean is not None:
+        maps.append((statmap_name("mean", ext), fitted.mean, ["mean"]))
+    if fitted.diagnostics is not None:
+        from ..engine.diagnostics import SPECTRUM_FILE
+
+        maps += fitted.diagnostics.maps(ext)
+        out.path(SPECTRUM_FILE).write_text(fitted.diagnostics.spectrum_tsv(design_tr(design)))
+    write_maps(out, masker, maps, n_jobs)
     names = list(nf.fit.names)
-    maps = [(f"mask{ext}", None, None)]  # (file name, values, map names); None: the mask itself
-    for label, name, beta in zip(_column_labels(names), names, nf.fit.betas):
-        maps.append((statmap_name("effect", ext, label, entity="regressor"), beta, [name]))
+    write_design_files(out, "", model.X, names, model.kinds, getattr(design, "tr", None))
+    if nf.fit.design.X is not model.X and not np.array_equal(nf.fit.design.X, model.X):  # ar1-global: whitened
+        write_design(out.path("design_desc-whitened.tsv"), nf.fit.design.X, names)
+
+
+def fit_maps(nf: NoiseFit, ext: str, prefix: str = "") -> list[tuple[str, np.ndarray, list[str]]]:
+    """The maps of a noise fit, each as (file name, values, map names): an effect per design column, R^2, the
+    residual variance, the noise parameters (AR or ARMA coefficients, the AR order chosen) and each contrast's;
+    file names begin with `prefix` (``run-2_``: one run of several)."""
+    names = list(nf.fit.names)
+    maps = [
+        (statmap_name("effect", ext, label, entity="regressor"), beta, [name])
+        for label, name, beta in zip(_column_labels(names), names, nf.fit.betas)
+    ]
     maps.append((statmap_name("rsquared", ext), nf.fit.r2, ["rsquared"]))
     maps.append((statmap_name("residualvariance", ext), nf.fit.residual_variance, ["residualvariance"]))
     if nf.ar_coef is not None:
@@ -938,25 +958,21 @@ def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) ->
         maps.append((statmap_name(kind, ext), nf.ar_coef, labels))
     if nf.orders is not None:
         maps.append((statmap_name("arorder", ext), nf.orders.astype(np.float64), ["arorder"]))
-    if fitted.mean is not None:
-        maps.append((statmap_name("mean", ext), fitted.mean, ["mean"]))
     for label, s in nf.contrasts.items():
         maps += stat_maps(s, label, ext)
-    if fitted.diagnostics is not None:
-        from ..engine.diagnostics import SPECTRUM_FILE
+    return [(prefix + name, values, labels) for name, values, labels in maps]
 
-        maps += fitted.diagnostics.maps(ext)
-        out.path(SPECTRUM_FILE).write_text(fitted.diagnostics.spectrum_tsv(design_tr(design)))
+
+def write_maps(out, masker, maps, n_jobs) -> None:
+    """Write `maps` ((file name, values, map names); values None: the mask) into the output folder `out`, on
+    up to `n_jobs` threads (compression releases the GIL)."""
 
     def write(item):
         name, values, labels = item
         path = out.path(name)
         masker.write_mask(path) if values is None else masker.write(path, values, labels)
 
-    run_in_threads(write, maps, resolve_workers(n_jobs), grace=GRACE_S)  # compression releases the GIL
-    write_design_files(out, "", model.X, names, model.kinds, getattr(design, "tr", None))
-    if nf.fit.design.X is not model.X and not np.array_equal(nf.fit.design.X, model.X):  # ar1-global: whitened
-        write_design(out.path("design_desc-whitened.tsv"), nf.fit.design.X, names)
+    run_in_threads(write, maps, resolve_workers(n_jobs), grace=GRACE_S)
 
 
 def _fit_record(fitted: _Fitted, model: FirstLevelModel, design) -> dict:

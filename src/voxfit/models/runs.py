@@ -38,10 +38,12 @@ from .glm import (
     contrast_items,
     design_matrix,
     design_tr,
+    fit_maps,
     fit_noise_model,
     mean_over_scans,
     scale_data,
     write_design_files,
+    write_maps,
 )
 from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
 
@@ -202,7 +204,7 @@ def fit_runs(
         if not common.any():
             raise InputError("no voxel is inside the mask of every run.")
         masker = Masker(geometry, common)
-        runs, noise_details, sums = [], [], 0.0
+        runs, fits, sums = [], [], 0.0
         for r, (ds, (X, names)) in enumerate(zip(datasets, matrices), 1):
             columns = np.flatnonzero(common[ds.masker.mask])
             data = _subset(ds.data, columns)
@@ -224,23 +226,20 @@ def fit_runs(
                 )
             except InputError as exc:
                 raise InputError(f"run {r}: {exc}") from None
+            if out is not None:  # (written as each run is fitted: its betas are not kept for the others' fits)
+                write_maps(out, masker, fit_maps(noise_fit, geometry.extension, f"run-{r}_"), execution.n_jobs)
+                write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], design_tr(designs[r - 1]))
             runs.append(noise_fit.contrasts)
-            noise_details.append(noise_fit.info)
+            fits.append({"rank": noise_fit.fit.rank, "dof": noise_fit.fit.dof, "noise_details": noise_fit.info})
         combined = {label: fixed_effects(label, [run[label] for run in runs], execution.n_jobs) for label, _ in items}
         files: list[Path] = []
         if out is not None:
             ext = geometry.extension
             threshold = resolve_mask_threshold(mask_threshold, geometry, explicit=mask is not None)
             masker.write_mask(out.path(f"mask{ext}"))
-            masker.write(out.path(statmap_name("mean", ext)), sums / sum(ds.n_scans for ds in datasets), ["mean"])
-            for r, (run, (X, names), design) in enumerate(zip(runs, matrices, designs), 1):
-                write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], design_tr(design))
-                for label, stats in run.items():
-                    for name, values, map_names in stat_maps(stats, label, ext):
-                        masker.write(out.path(f"run-{r}_{name}"), values, map_names)
-            for label, stats in combined.items():
-                for name, values, map_names in stat_maps(stats, label, ext):
-                    masker.write(out.path(name), values, map_names)
+            maps = [(statmap_name("mean", ext), sums / sum(ds.n_scans for ds in datasets), ["mean"])]
+            maps += [item for label, stats in combined.items() for item in stat_maps(stats, label, ext)]
+            write_maps(out, masker, maps, execution.n_jobs)
             ModelRecord(
                 kind="runs",
                 voxfit_version=__version__,
@@ -251,9 +250,9 @@ def fit_runs(
                         "columns": list(names),
                         "n_scans": int(X.shape[0]),
                         **design_record(design, kind),
-                        "noise_details": info,
+                        **fitted,
                     }
-                    for ds, (X, names), design, kind, info in zip(datasets, matrices, designs, kinds, noise_details)
+                    for ds, (X, names), design, kind, fitted in zip(datasets, matrices, designs, kinds, fits)
                 ],
                 contrasts={label: contrast_record(expr, combined[label], weights=False) for label, expr in items},
                 settings={

@@ -61,3 +61,21 @@ def assert_smoothness_of_residuals(out: Path, Y, X, mask, affine) -> None:
     got = json.loads((Path(out) / "model.json").read_text())["inference"]["smoothness"]
     npt.assert_allclose(got["fwhm_voxels"], want.fwhm, rtol=1e-10)
     npt.assert_allclose(got["resels"], want.resels, rtol=1e-10)
+
+
+def reseal(folder: Path, name: str = "model.json", **changes) -> None:
+    """Rewrite a voxfit output folder's record as if the fit itself had written the folder as it is now: `changes`
+    to its top-level keys, the BLAKE3 digest of each file its ``outputs`` list (written by the ``blake3`` package,
+    not voxfit's code) and the digest of its content (``record_blake3``, as model.schema.json defines it). For tests
+    of a report's own checks on folders a fit could write (a map of no finite value, a record without a mesh)."""
+    import blake3
+
+    path = Path(folder) / name
+    record = {k: v for k, v in json.loads(path.read_text()).items() if k != "record_blake3"} | changes
+    record["outputs"] = {
+        n: blake3.blake3((path.parent / n).read_bytes()).hexdigest()
+        for n in record.get("outputs", {})
+        if (path.parent / n).is_file()
+    }
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    path.write_text(json.dumps(record | {"record_blake3": blake3.blake3(text.encode()).hexdigest()}))

@@ -17,6 +17,7 @@ import pytest
 
 from voxfit.cli import main
 
+from .helpers import reseal
 from .imaging import AFFINE, write_cifti, write_cifti_runs, write_gifti, write_icosahedron
 
 pytest.importorskip("matplotlib")
@@ -219,6 +220,7 @@ def test_a_folder_of_record_version_1_shows_its_sha256s(volume_run, tmp_path):
     raw = json.loads((old / "model.json").read_text())
     raw["record_version"] = 1
     raw["inputs"] = [{"path": i["path"], "bytes": i["bytes"], "sha256": "ab" * 32} for i in raw["inputs"]]
+    del raw["record_blake3"], raw["outputs"]  # (version 1 wrote neither)
     (old / "model.json").write_text(json.dumps(raw))
     assert main(["report", str(old), "--force", "--quiet"]) == 0
     page = (old / "report.html").read_text()
@@ -308,6 +310,7 @@ def test_nothing_to_show(volume_run, tmp_path):
     nib.save(
         nib.Nifti1Image(np.full(z.shape, np.nan, np.float32), z.affine), folder / "contrast-a_stat-z_statmap.nii.gz"
     )
+    reseal(folder)
     assert main(["report", str(folder), "--force", "--quiet"]) == 0
     page = _check_page(folder / "report.html", "contrast a weights", "orthogonal slices")
     assert "The z map holds no finite value in the mask: nothing to show." in page
@@ -352,13 +355,74 @@ def test_not_an_output_folder(tmp_path, capsys):
     ],
 )
 def test_an_edited_record_of_the_contrasts_is_refused_in_one_line(volume_run, tmp_path, capsys, edit, said):
-    """A model.json whose contrasts were edited into what no fit writes: exit 1 (AttributeError, ValueError)."""
+    """A model.json whose contrasts were edited into what no fit writes: exit 1 (AttributeError, ValueError).
+    (Without its digest of itself, as records written before it: one with it is refused as edited.)"""
     folder = shutil.copytree(volume_run, tmp_path / "edited")
     record = json.loads((folder / "model.json").read_text())
+    del record["record_blake3"]
     (folder / "model.json").write_text(json.dumps({**record, "contrasts": edit(record["contrasts"])}))
     assert main(["report", str(folder), "--force"]) == 2
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1, err
+
+
+def _edit_record(key, value):
+    def edit(folder):
+        record = json.loads((folder / "model.json").read_text())
+        parent, *path = key.split(".")
+        target = record
+        for part in [parent, *path][:-1]:
+            target = target[part]
+        target[([parent, *path])[-1]] = value
+        (folder / "model.json").write_text(json.dumps(record, indent=1))
+
+    return edit
+
+
+def _copy_map(source, target):
+    return lambda folder: shutil.copy(folder / source, folder / target)
+
+
+@pytest.mark.planted_model_json  # (records edited by hand)
+@pytest.mark.parametrize(
+    ("tamper", "refused"),
+    [
+        (_edit_record("design.tr", "abc"), "model.json was edited after voxfit wrote it"),
+        (_edit_record("design.kinds", 5), "model.json was edited after voxfit wrote it"),
+        (_edit_record("command", [1, None, {}]), "model.json was edited after voxfit wrote it"),
+        (_edit_record("inputs", ["a", "b"]), "model.json was edited after voxfit wrote it"),
+        (_edit_record("design.columns", ["a"]), "model.json was edited after voxfit wrote it"),
+        (_copy_map("contrast-eoi_stat-z_statmap.nii.gz", "contrast-a_stat-z_statmap.nii.gz"), "contrast-a_stat-z_"),
+        (_copy_map("contrast-a_stat-z_statmap.nii.gz", "stat-mean_statmap.nii.gz"), "stat-mean_statmap.nii.gz is not"),
+        (
+            lambda f: (f / "design.tsv").write_text("\n".join((f / "design.tsv").read_text().splitlines()[:11])),
+            "design",
+        ),
+        (lambda f: (f / "design.tsv").unlink(), "lacks design.tsv, which the fit wrote"),
+    ],
+)
+def test_a_folder_edited_after_its_fit_is_refused_not_reported(volume_run, tmp_path, capsys, tamper, refused):
+    """A report draws what the fit wrote or nothing: model.json edited by hand (a field's type, which had ended
+    the report with exit 1 (TypeError, ValueError, AttributeError) in 16 ways, or a value: the design's columns
+    named beside another design's figure), a map of another contrast copied over a contrast's (its z drawn and
+    tabled beside the other's t: t -0.61 with z 3.36), design.tsv cut short (the page said 10 scans of 40) or
+    removed: refused in one line, exit 2, no page. The record holds the BLAKE3 digest of every file the fit wrote
+    and of its own content, both checked here with the ``blake3`` package."""
+    import blake3
+
+    folder = shutil.copytree(volume_run, tmp_path / "edited")
+    (folder / "report.html").unlink()
+    record = json.loads((folder / "model.json").read_text())
+    seal = record.pop("record_blake3")
+    assert seal == blake3.blake3(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert {name for name in record["outputs"]} >= {"design.tsv", "mask.nii.gz", "contrast-a_stat-z_statmap.nii.gz"}
+    for name, digest in record["outputs"].items():
+        assert blake3.blake3((folder / name).read_bytes()).hexdigest() == digest, name
+    tamper(folder)
+    assert main(["report", str(folder), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert refused in err and err.count("\n") == 1 and "rerun the fit" in err, err
+    assert not (folder / "report.html").exists()
 
 
 def test_without_matplotlib_the_fit_is_not_run(tmp_path, capsys, monkeypatch):
@@ -516,9 +580,7 @@ def test_surface_group_report_with_mesh(tmp_path):
     # without a mesh the same folder still gives a report (distributions and top vertices)
     assert main(["report", str(out), "--mesh", str(tmp_path / "s0.func.gii"), "--force"]) == 2  # not a surface
     settings = json.loads((out / "model.json").read_text())["settings"]
-    (out / "model.json").write_text(
-        json.dumps({**json.loads((out / "model.json").read_text()), "settings": {**settings, "mesh": None}})
-    )
+    reseal(out, settings={**settings, "mesh": None})
     assert main(["report", str(out), "--force", "--quiet"]) == 0
     page = _check_page(out / "report.html", "distribution of t")
     assert "No surface mesh was given" in page and "Largest values shown" in page and "No slices or views" in page
@@ -997,6 +1059,8 @@ def test_a_folder_whose_maps_are_not_one_fits_is_refused(volume_run, tmp_path, c
         nib.save(nib.Nifti1Image(values, mask.affine), folder / "mask.nii.gz")
     else:
         (folder / "model.json").write_text("{}")
+    if tamper != "record":  # (as a fit would have recorded them: the report's own checks, not its checksums)
+        reseal(folder)
     assert main(["report", str(folder)]) == 2
     err = capsys.readouterr().err
     named = {"grid": "contrast-a_stat-t_statmap", "mask-4d": "holds 2 maps", "mask-empty": "holds no element"}

@@ -368,7 +368,7 @@ def _results(g: _Group) -> _GroupResults:
         designs.append(DesignView(title, X, list(names), kinds, info.get("tr")))
     level = REPORT_LEVELS[g.level]
     mask = np.isfinite(values)
-    return _GroupResults(folder, record, level, designs, contrasts, geometry, mask, extension, prefix)
+    return _GroupResults(folder, record, level, designs, contrasts, geometry, mask, extension, prefix=prefix)
 
 
 def _group_html(g: _Group, anchor: str) -> tuple[str, list[str]]:

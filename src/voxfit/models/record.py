@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,11 @@ class ModelRecord:
         ``peak_memory_mib`` (peak resident memory of the process, MiB; None where the system does not tell).
     demo: ``voxfit demo`` only: ``seed``, ``data`` (where the synthetic run is) and ``repeat`` (the command
         that refits the data from the output folder).
+    outputs: the BLAKE3 digest of each file the fit wrote into its folder before the record (maps, tables,
+        designs), by name: what a report checks each file it reads against (written by :meth:`write`; a map
+        edited or copied in from another fit had been drawn beside this fit's others). The file also carries
+        ``record_blake3``, the digest of its own content (see :func:`_record_digest`): a record edited after
+        voxfit wrote it is refused as it is read.
     version: the version of this record's form, :data:`RECORD_VERSION`; files older than the key are read as
         version 1 (their keys are those of version 1). Version 2 gives the inputs' BLAKE3 digests (``blake3``)
         where version 1 gave SHA-256s (``sha256``).
@@ -119,6 +124,7 @@ class ModelRecord:
     inference: dict | None = None
     run: dict | None = None
     demo: dict | None = None
+    outputs: dict | None = None
     version: int = RECORD_VERSION
 
     def __post_init__(self):
@@ -146,7 +152,21 @@ class ModelRecord:
                     f"{path} was written to, replaced or removed while this run read it: its maps could mix old and "
                     "new data; run again once nothing writes to it."
                 )
-        out.write_json(name, self.as_dict())
+        staging = out.path(name).parent
+        outputs = {n: file_digest(staging / n) for n in out.names if n != name and (staging / n).is_file()}
+        record = json.loads(json.dumps(replace(self, outputs=outputs or None).as_dict(), default=str))  # (as read)
+        out.write_json(name, record | {SEAL: _record_digest(record)})
+
+    def check_output(self, path) -> None:
+        """Refuse a file of the record's folder that is not the one the fit wrote (its digest is not the one in
+        ``outputs``): a map or table edited since, or one of another fit copied over it. Files the record does
+        not list (records older than ``outputs``) are not checked."""
+        expected = (self.outputs or {}).get(Path(path).name)
+        if expected is not None and file_digest(path) != expected:
+            raise InputError(
+                f"{path} is not the file the fit wrote (its BLAKE3 checksum differs from model.json's): it was "
+                "edited or replaced since; rerun the fit to make the folder's files one fit's again."
+            )
 
     def _input_paths(self) -> list[str]:
         """The paths of the files the run read, as recorded: its data (of each run, for runs), an explicit mask (a
@@ -177,6 +197,12 @@ class ModelRecord:
             ) from None
         if not isinstance(raw, dict):
             raise InputError(f"{path} is not a voxfit {FILE} (not a JSON object); rerun the fit to rewrite it.")
+        seal = raw.pop(SEAL, None)
+        if seal is not None and seal != _record_digest(raw):
+            raise InputError(
+                f"{path} was edited after voxfit wrote it (its content no longer gives its {SEAL}); rerun the fit "
+                "to rewrite it."
+            )
         version = raw.get("record_version", 1)  # (files older than the key: version 1)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise InputError(
@@ -203,6 +229,17 @@ class ModelRecord:
         return cls(**values)
 
 
+SEAL = "record_blake3"  # the key of the record's digest of its own content
+
+
+def _record_digest(record: dict) -> str:
+    """The BLAKE3 digest of a record's content, the JSON object as read back (without its seal): its keys
+    sorted, no spaces, so that the file's layout does not count."""
+    h = new_hash()
+    h.update(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
 _JSON_TYPES = {  # what each field must be in a file (when present and not null)
     "voxfit_version": str,
     "command": list,
@@ -217,6 +254,7 @@ _JSON_TYPES = {  # what each field must be in a file (when present and not null)
     "n_voxels": int,
     "inference": dict,
     "demo": dict,
+    "outputs": dict,
 }
 
 

@@ -509,7 +509,7 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw, anchor: st
         of = f" of the null model's weighted {c.kind} (stat-{c.kind}_desc-nullmodel)" if null else ""
         parts.append(
             f"<h3>Clusters of the run at {_e(c.kind)} > {_e(threshold)}{_e(of)} ({_e(table.name)})</h3>"
-            + html_table(_read_tsv(table), TABLE_ROWS)
+            + html_table(_read_tsv(res.checked(table)), TABLE_ROWS)
         )
     parts.append(_rft_part(res, c))
     parts.append("</section>")
@@ -553,7 +553,7 @@ def _rft_part(res: Results, c: Contrast) -> str:
         f"{_e(smoothness.get('residuals', 'the residuals'))}. Clusters in order of their largest maximum, up to 3 "
         "maxima more than 8 mm apart (SPM's spm_list); permutations remain the recommended inference for group "
         "data (Eklund et al. 2016).</p>"
-        + html_table(_read_tsv(table), TABLE_ROWS)
+        + html_table(_read_tsv(res.checked(table)), TABLE_ROWS)
         + "<ul>"
         + "".join(f"<li>{line}</li>" for line in footer)
         + "</ul>"

@@ -83,6 +83,13 @@ class Results:
     geometry: Geometry
     mask: NDArray[np.bool_]
     extension: str
+    record: ModelRecord | None = None  # (its digests of the files the fit wrote: each file read is checked)
+
+    def checked(self, path: Path) -> Path:
+        """`path`, refused where it is not the file the fit wrote (:meth:`ModelRecord.check_output`)."""
+        if self.record is not None:
+            self.record.check_output(path)
+        return path
 
     def clusters_table(self, label: str) -> Path:
         """The path of a contrast's table of clusters (voxfit group's, with a cluster threshold) in the folder."""
@@ -93,7 +100,7 @@ class Results:
         path = self.folder / name
         if not path.exists():
             return None
-        geometry, values = read_one_map(path)
+        geometry, values = read_one_map(self.checked(path))
         try:  # (a map of another grid would be drawn and tabled at the mask's elements: wrong values, no error)
             self.geometry.check_same(geometry, str(path))
         except InputError:
@@ -154,14 +161,20 @@ def read_results(folder) -> Results:
     model = record.as_dict()
     level = LEVELS[record.kind]
     designs = []
+    lost = [n for n in (record.outputs or {}) if n.endswith("design.tsv") and not (folder / n).is_file()]
+    if lost:
+        raise InputError(f"{folder} lacks {lost[0]}, which the fit wrote; the folder is incomplete: rerun the fit.")
     if (folder / "design.tsv").is_file():
+        record.check_output(folder / "design.tsv")
         designs.append(_design_view("Design", folder / "design.tsv", model.get("design", {})))
     for r, run in enumerate(model.get("runs", []), 1):
         if (folder / f"run-{r}_design.tsv").is_file():
+            record.check_output(folder / f"run-{r}_design.tsv")
             designs.append(_design_view(f"Run {r}", folder / f"run-{r}_design.tsv", run))
     masks = sorted(folder.glob("mask.*"))
     if not masks:
         raise InputError(f"{folder} holds no mask file; the report needs the maps of a finished run.")
+    record.check_output(masks[0])
     geometry, mask = read_map(masks[0])
     if mask.shape[0] != 1 or not (mask[0] != 0).any():
         what = f"{mask.shape[0]} maps" if mask.shape[0] != 1 else "no element"
@@ -182,7 +195,7 @@ def read_results(folder) -> Results:
         weights = _weights(entry, designs[0] if designs else None, label, folder / "model.json")
         kind = entry.get("kind") or ("F" if weights is not None and weights.shape[0] > 1 else "t")
         contrasts.append(Contrast(label, sanitize_label(label), kind, expression, weights, entry))
-    return Results(folder, model, level, designs, contrasts, geometry, mask[0] != 0, extension)
+    return Results(folder, model, level, designs, contrasts, geometry, mask[0] != 0, extension, record)
 
 
 def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Threshold:

@@ -425,6 +425,27 @@ def test_a_folder_edited_after_its_fit_is_refused_not_reported(volume_run, tmp_p
     assert not (folder / "report.html").exists()
 
 
+def test_the_fdr_note_counts_the_elements_its_q_values_count(tmp_path):
+    """A constant series in the mask has no p value, and Benjamini-Hochberg's m counts the elements that have one
+    (the q of the peak is p x 382, not p x 384): the note said the mask's 384."""
+    rng = np.random.default_rng(1)
+    design, X = _design(tmp_path)
+    data = 100 + rng.standard_normal(SHAPE + (N,))
+    data[2, 2, 2] = 100.0
+    data[3, 3, 3] = 50.0
+    nib.save(nib.Nifti1Image(data.astype(np.float32), AFFINE), tmp_path / "bold.nii.gz")
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.uint8), AFFINE), mask)
+    out = tmp_path / "o"
+    argv = ["fit", str(tmp_path / "bold.nii.gz"), "--design", str(design), "--mask", str(mask), "--contrast", "a=A"]
+    assert main([*argv, "--noise", "ols", "-o", str(out), "--report", "--quiet"]) == 0
+    p = np.asarray(nib.load(out / "contrast-a_stat-p_statmap.nii.gz").dataobj)
+    assert int(np.isnan(p).sum()) == 2
+    page = (out / "report.html").read_text()
+    n = int(np.prod(SHAPE))
+    assert f"FDR over the {n - 2:,} elements of the mask with a p value (2 of its {n:,} have none)" in page
+
+
 def test_without_matplotlib_the_fit_is_not_run(tmp_path, capsys, monkeypatch):
     import importlib.util
 

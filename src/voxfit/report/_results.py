@@ -235,11 +235,17 @@ def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None)
             "negated contrast maps them)"
         )
     columns = {c.kind: stat, "z": z, "p unc.": p, "q FDR": q}
-    p_note = (
-        f"p: the one-sided uncorrected p of the {c.kind}; q: Benjamini–Hochberg FDR over the "
-        f"{int(res.mask.sum()):,} elements of the mask"
-    )
+    p_note = f"p: the one-sided uncorrected p of the {c.kind}; q: Benjamini–Hochberg FDR {_fdr_over(p, res.mask)}"
     return Threshold(shown, np.where(res.mask, z, np.nan), "z", level, reason, notes, columns, p_note, c.file_label)
+
+
+def _fdr_over(p: NDArray, mask: NDArray) -> str:
+    """Which elements the FDR counts (m): those of the mask with a p value (an element whose model could not be
+    fitted, a constant series, has none; the note had said the mask's count beside q made from fewer)."""
+    inside, valid = int(mask.sum()), int(np.isfinite(p[mask]).sum())
+    if valid == inside:
+        return f"over the {inside:,} elements of the mask"
+    return f"over the {valid:,} elements of the mask with a p value ({inside - valid:,} of its {inside:,} have none)"
 
 
 def _fdr_in_mask(p: NDArray, mask: NDArray) -> NDArray:
@@ -326,9 +332,10 @@ def _group_columns(
         columns["p unc."] = p
         columns["q FDR"] = _fdr_in_mask(p, res.mask)
     source = f"from {permutations}" if permutations else "parametric"
+    over = "over the mask" if p is None else _fdr_over(p, res.mask)
     note = (
         f"{'z: parametric; ' if z is not None else ''}p: uncorrected, one-sided, {source}; q: Benjamini–Hochberg FDR "
-        f"over the {int(res.mask.sum()):,} elements of the mask"
+        f"{over}"
     )
     for desc, name, what in (("fwe", "p FWE", "the maximum statistic"), ("tfcefwe", "p FWE TFCE", "the maximum TFCE")):
         fwe = res.read_map(statmap_name("p", res.extension, c.file_label, desc=desc))

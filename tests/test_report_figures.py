@@ -117,6 +117,53 @@ def test_far_side_of_a_surface_never_shows(tmp_path):
     assert grey[:, width + 10 : 2 * width + 25].sum() > 5000  # the medial view is drawn, in grey
 
 
+def _subdivided(coords, faces, times):
+    """Each triangle split in four (midpoints on the sphere), winding kept: an icosphere."""
+    coords, faces = [np.asarray(c, float) for c in coords], np.asarray(faces)
+    for _ in range(times):
+        middle, out = {}, []
+
+        def mid(i, j):
+            key = (min(i, j), max(i, j))
+            if key not in middle:
+                m = (coords[i] + coords[j]) / 2
+                coords.append(m / np.linalg.norm(m) * np.linalg.norm(coords[i]))
+                middle[key] = len(coords) - 1
+            return middle[key]
+
+        for a, b, c in faces:
+            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+            out += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        faces = np.array(out)
+    return np.array(coords), faces
+
+
+def test_a_shown_vertex_with_no_shown_neighbour_is_drawn(tmp_path):
+    """A triangle is coloured where two or three of its vertices are shown, so a vertex shown alone (a peak of
+    one vertex, listed in the table) was drawn nowhere: its triangles are now coloured, and a cluster keeps its
+    own outline (the triangles of one corner beside it stay grey)."""
+    import nibabel as nib
+
+    image = nib.load(write_icosahedron(tmp_path / "m.surf.gii"))
+    coords, faces = _subdivided(image.darrays[0].data * 20.0, image.darrays[1].data, 2)
+    coords -= [40.0, 0.0, 0.0]  # a left hemisphere: its lateral side faces -x
+    lone = np.zeros(len(coords), bool)
+    lone[np.argmin(coords[:, 0])] = True
+    width = figures.VIEW_PIXELS[1]
+
+    def red_pixels(shown):
+        png = figures.surface_views(coords, faces, np.where(shown, 5.0, 0.0), shown, figures.colour_scale(5.0, False))
+        rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int)
+        return ((rgb[..., 0] - rgb[..., 2] > 40) & (rgb[..., 1] < 60))[:, : width + 5].sum()
+
+    assert red_pixels(lone) > 20
+    pair = lone.copy()
+    pair[faces[np.any(faces == np.argmax(lone), axis=1)][0]] = True  # one of its triangles: three vertices
+    ring = np.zeros(len(coords), bool)
+    ring[faces[np.any(faces == np.argmax(lone), axis=1)].ravel()] = True
+    assert 0 < red_pixels(pair) < red_pixels(ring)
+
+
 def test_surface_report_loads_neither_matplotlib_nor_numba(tmp_path):
     """A group report on a mesh draws every figure as pixels and labels clusters by scipy: no matplotlib
     (~0.5-0.9 s to import), no numba (~0.8 s to load compiled kernels) in a fresh process."""

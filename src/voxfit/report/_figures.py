@@ -266,8 +266,9 @@ def surface_views(
 ) -> bytes:
     """Lateral and medial views of a hemisphere (orthographic, along the x axis, the same scale in both): grey
     shading by the surface's orientation, the statistic where `shown` (a triangle is coloured when two or three
-    of its vertices are, by the mean of those). Triangles facing away from the viewer are not drawn, and of
-    those facing it the nearest shows, so the far side never shows through."""
+    of its vertices are, by the mean of those, and every triangle of a vertex shown with no shown neighbour: a
+    peak of one vertex, which the table lists, was drawn nowhere). Triangles facing away from the viewer are not
+    drawn, and of those facing it the nearest shows, so the far side never shows through."""
     coords = np.asarray(coords, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
     a, b, c = (coords[faces[:, k]].astype(np.float32) for k in range(3))
@@ -279,6 +280,9 @@ def surface_views(
     corners = shown[faces]
     count = corners.sum(axis=1)
     on = count >= 2
+    drawn = np.zeros(len(shown), bool)
+    drawn[faces[on].ravel()] = True
+    on |= (shown & ~drawn)[faces].any(axis=1)  # (a shown vertex in no coloured triangle: its own triangles)
     values = np.where(corners, np.nan_to_num(stat[faces]), 0.0).sum(axis=1) / np.maximum(count, 1)
     colour = scale.rgb(values)
     left = coords[:, 0].mean() < 0  # a left hemisphere's lateral side faces -x

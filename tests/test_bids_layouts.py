@@ -1675,3 +1675,56 @@ def test_a_surface_space_at_several_densities_is_named_as_fmriprep_names_it():
         _one_grid([run(den="10k"), run(den="41k")], "fsaverage", {})
     with pytest.raises(InputError, match=r"\(MNI:res-2, MNI:res-native\)"):
         _one_grid([run(res="2"), run()], "MNI", {})
+
+
+def _without_session(study, sub: str, session: str) -> None:
+    """Subject `sub`'s session `session` removed from the raw dataset and the derivatives (a missed visit)."""
+    import shutil
+
+    for root in (study.root, study.derivatives):
+        shutil.rmtree(root / f"sub-{sub}" / f"ses-{session}")
+
+
+def test_a_group_built_without_a_subject_notes_it_on_its_own_branch_only(tmp_path):
+    """sub-03 missed ses-2, so its Subject node of X [1, load] (a change over sessions) fails. Its dataset group
+    (contrast congruent_change: the Subject node renamed congruent) was fitted on the 2 others with no note and
+    subjects_left_out {}, as failures were matched to groups by their contrast before the renaming; and the
+    dataset group of a sibling branch, which had all 3 subjects, said it was built without sub-03 (every failure
+    at a lower level counted, on any branch). Only the node's own path counts, renamed as it goes."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=3, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    for sub in ("01", "02", "03"):
+        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\nses-1\t1\nses-2\t3\n")
+    _without_session(study, "03", "2")
+    model = default_model("stroop", ["congruent"], sessions=True)
+    run_node, dataset = model["Nodes"][0], model["Nodes"][-1]
+    change = {
+        "Level": "Subject",
+        "Name": "subjchg",
+        "GroupBy": ["subject", "contrast"],
+        "Model": {"Type": "meta", "X": [1, "load"]},
+        "Contrasts": [{"Name": "change", "ConditionList": ["load"], "Weights": [1], "Test": "t"}],
+    }
+    every = {**change, "Name": "subjall", "Model": {"Type": "meta", "X": [1]}, "DummyContrasts": {"Test": "t"}}
+    every.pop("Contrasts")
+    model["Nodes"] = [run_node, every, change, {**dataset, "Name": "grpall"}, {**dataset, "Name": "grpchg"}]
+    model["Edges"] = [
+        {"Source": "run", "Destination": "subjall"},
+        {"Source": "run", "Destination": "subjchg"},
+        {"Source": "subjall", "Destination": "grpall"},
+        {"Source": "subjchg", "Destination": "grpchg"},
+    ]
+    kw = {"derivatives": [study.derivatives], "group_model": "ols", "progress": False}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert [(f.node, f.group) for f in result.failures] == [("subjchg", "sub-03_contrast-congruent")]
+    records = {
+        name: json.loads(next((tmp_path / "out" / f"node-{name}").glob("*model.json")).read_text())["settings"]["bids"]
+        for name in ("grpall", "grpchg")
+    }
+    assert records["grpchg"]["subjects_used"] == ["01", "02"]
+    assert list(records["grpchg"]["subjects_left_out"]) == ["03"]
+    assert any("built without sub-03_contrast-congruent" in note for note in records["grpchg"]["notes"])
+    assert records["grpall"]["subjects_used"] == ["01", "02", "03"]
+    assert records["grpall"]["subjects_left_out"] == {} and records["grpall"]["notes"] == []

@@ -2083,6 +2083,7 @@ class _Study:
         self.maps: dict[tuple[str, tuple], _MapRef] = {}  # (node name, its key of the contrast's group) -> the maps
         self.outputs: dict[str, list[tuple[str, dict]]] = {}  # node name -> (contrast name, entities) passed on
         self.results: dict[str, list[NodeResult]] = {}
+        self.renamed: dict[str, dict] = {}  # node name -> its groups' contrast -> the contrasts they passed on
         self.failures: list[Failure] = []
         self.skipped: list[Failure] = []
         self.hemispheres = False
@@ -2272,6 +2273,8 @@ class _Study:
     def pass_on(self, node_name: str, bids_or_outputs: dict, entity: dict) -> None:
         """The t contrasts' maps of a group, passed on to the nodes below."""
         node = self.node(node_name)
+        held = _value(entity.get("contrast"))  # (the group's own contrast, its inputs': what it renamed)
+        self.renamed.setdefault(node_name, {}).setdefault(held, set()).update(bids_or_outputs)
         for name, o in bids_or_outputs.items():
             ents = {**entity, "contrast": name}
             self.maps[node_name, node.key(ents)] = _MapRef(o["effect"], o["variance"], o["dof"])
@@ -2624,11 +2627,43 @@ class _Study:
                     seen.add(node.name)
                     queue.append(node.name)
 
-    def upstream_failures(self, node: _Node) -> list[Failure]:
-        """The failures of groups at levels above `node`'s (their maps are missing from its inputs)."""
-        below = LEVELS.index(node.level)
-        levels = {n["Name"]: n["Level"].lower() for n in self.model["Nodes"]}
-        return [f for f in self.failures if f.entities and LEVELS.index(levels.get(f.node, "run")) < below]
+    def upstream_failures(self, source: str, filters: dict) -> list[Failure]:
+        """The failures of groups on the node's own path through the graph (node `source`, which its edge names,
+        with that edge's `filters`, and the nodes before it, edge by edge), whose maps are missing from its
+        inputs; each with the entities of the input it would have given the node: its contrast renamed as the
+        nodes between rename it (``word`` -> ``word_change``), one failure per contrast it would have passed on.
+        Failures of other branches (a sibling Subject node's) are no input of this node."""
+        into = {dst: (src, f) for src, dst, f in self.edges()}
+        path = [(source, filters)]  # (the node and the edge's filters after it, nearest first)
+        while path[-1][0] in into and len(path) <= len(into):
+            src, f = into[path[-1][0]]
+            path.append((src, f))
+        path.reverse()
+        found = []
+        for f in self.failures:
+            start = next((i for i, (name, _) in enumerate(path) if name == f.node), None)
+            if not f.entities or start is None:
+                continue
+            phantoms = [dict(f.entities)]
+            for name, edge_filters in path[start:]:  # (each node's groups would have passed them on, renamed)
+                grouped = "contrast" in {_long(k) for k in self.node(name).spec.get("GroupBy") or ()}
+                renamed = self.renamed.get(name, {})
+                passed = []
+                for ents in phantoms:
+                    held = _value(ents.get("contrast")) if grouped else None
+                    names = renamed.get(held)
+                    if names is None:  # (no group of that contrast passed any on: any of its contrasts)
+                        passed.append({k: v for k, v in ents.items() if k != "contrast"})
+                    else:
+                        passed += [{**ents, "contrast": c} for c in sorted(names)]
+                filtered = {_long(k): v for k, v in edge_filters.items()}
+                phantoms = [e for e in passed if _passes(e, {k: v for k, v in filtered.items() if k in e})]
+            seen = set()
+            for ents in phantoms:
+                if (key := _key(ents)) not in seen:
+                    seen.add(key)
+                    found.append(replace(f, entities=tuple(ents.items())))
+        return found
 
     def map_of(self, source: str, entities: dict) -> _MapRef | None:
         """The maps node `source` passed on for the input of `entities` (a node's groups take their inputs from
@@ -2639,7 +2674,7 @@ class _Study:
         self.results.setdefault(node.name, [])
         self.outputs.setdefault(node.name, [])
         inputs = self.outputs.get(source, [])
-        failed = self.upstream_failures(node)
+        failed = self.upstream_failures(source, filters)
         refs = [self.map_of(source, ents) for _, ents in inputs]
         checksum = _checksum(
             __version__,
@@ -2892,7 +2927,8 @@ class _Study:
         mine = []
         for f in failed:
             ents = dict(f.entities)
-            if all(_value(ents[k]) == _value(v) for k, v in entities.items() if k in ents):
+            same = any((f.node, f.group) == (m.node, m.group) for m in mine)  # (two of its contrasts here)
+            if not same and all(_value(ents[k]) == _value(v) for k, v in entities.items() if k in ents):
                 mine.append(f)
         for f in mine:
             notes.append(f"built without {f.group}: it failed at node {f.node} ({f.reason})")

@@ -1728,3 +1728,21 @@ def test_a_group_built_without_a_subject_notes_it_on_its_own_branch_only(tmp_pat
     assert any("built without sub-03_contrast-congruent" in note for note in records["grpchg"]["notes"])
     assert records["grpall"]["subjects_used"] == ["01", "02", "03"]
     assert records["grpall"]["subjects_left_out"] == {} and records["grpall"]["notes"] == []
+
+
+def test_a_sessions_table_with_session_id_not_first_is_read(tmp_path):
+    """sub-02's sessions.tsv with session_id as its second column (BIDS puts it first; pybids finds it by its
+    name, and users' tables do not always put it there): voxfit looked at the first header cell only and failed
+    sub-02's Subject node, saying it had no sessions.tsv. It is read as pybids reads it."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    (study.root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tload\nses-1\t1\nses-2\t3\n")
+    (study.root / "sub-02" / "sub-02_sessions.tsv").write_text("load\tsession_id\n1\tses-1\n3\tses-2\n")
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"][2]["Model"] = {"Type": "meta", "X": [1, "load"]}
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert result.ok, result.failures
+    assert list((tmp_path / "out" / "sub-02" / "node-subject").glob("*_stat-effect_statmap.nii.gz"))

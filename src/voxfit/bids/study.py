@@ -1396,18 +1396,20 @@ def _input_name(entities: dict) -> str:
 
 def _sessions_tables(bids_dir: Path) -> tuple[list[str], dict[str, set[str]]]:
     """The columns of the dataset's sessions.tsv files (their header lines), and each subject's sessions as its
-    table lists them (labels without ``ses-``; tables whose first column is session_id), each table read once
+    table lists them (labels without ``ses-``; tables with a session_id column, found by its name as pybids
+    finds it, wherever it is: BIDS puts it first, and users' tables do not always), each table read once
     (unreadable ones: none; pybids says so where a node reads them)."""
     columns: dict[str, None] = {}
     ids = {}
     for path in sorted(bids_dir.glob("sub-*/sub-*_sessions.tsv")):
-        rows = [r for r in _table_lines(path) if any(c.strip() for c in r)]
+        rows = [[c.strip() for c in r] for r in _table_lines(path) if any(c.strip() for c in r)]
         if not rows:
             continue
-        columns.update(dict.fromkeys(c.strip() for c in rows[0][1:]))
-        if rows[0][0].strip() == "session_id":
+        columns.update(dict.fromkeys(c for c in rows[0] if c != "session_id"))
+        if "session_id" in rows[0]:
+            j = rows[0].index("session_id")
             subject = path.name[len("sub-") : -len("_sessions.tsv")]
-            ids[subject] = {r[0].strip().removeprefix("ses-") for r in rows[1:] if r}
+            ids[subject] = {r[j].removeprefix("ses-") for r in rows[1:] if len(r) > j}
     return list(columns), ids
 
 

@@ -1746,3 +1746,23 @@ def test_a_sessions_table_with_session_id_not_first_is_read(tmp_path):
     result = run(study.root, tmp_path / "out", model=model, **kw)
     assert result.ok, result.failures
     assert list((tmp_path / "out" / "sub-02" / "node-subject").glob("*_stat-effect_statmap.nii.gz"))
+
+
+def test_a_session_named_twice_in_its_sessions_table_is_refused(tmp_path):
+    """sub-02's sessions.tsv with two rows of ses-2 (load 3, then 0): pybids took one of them without a word, and
+    the Subject node's change over load was fitted with whichever it took. Refused before anything is fitted,
+    naming the file, the session and its lines, as two rows of a subject in participants.tsv are."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    (study.root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tload\nses-1\t1\nses-2\t3\n")
+    table = study.root / "sub-02" / "sub-02_sessions.tsv"
+    table.write_text("session_id\tload\nses-1\t1\nses-2\t3\nses-2\t0\n")
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"][2]["Model"] = {"Type": "meta", "X": [1, "load"]}
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    with pytest.raises(InputError, match="more than once") as refused:
+        run(study.root, tmp_path / "out", model=model, **kw)
+    assert str(refused.value) == f"{table} names ses-2 (lines 3, 4) more than once; keep one row per session."
+    assert not (tmp_path / "out").exists()

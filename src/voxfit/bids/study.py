@@ -424,6 +424,7 @@ def run(
         participants = _participants_rows(lines)
         _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
         session_columns, session_ids = _sessions_tables(Path(bids_dir))
+        _check_sessions(Path(bids_dir), model, session_columns, runs)
         tables = {"participants": participants[0][1:] if participants else [], "sessions": session_columns}
         _check_misnamed_columns(model, [*tables["participants"], *tables["sessions"]])
         _check_table_levels(model, tables)
@@ -1516,12 +1517,40 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
                 )
 
 
+def _refuse_repeated(path: Path, ids: list[str], prefix: str, what: str) -> None:
+    """A table's ids (`ids`, its rows' in turn, `prefix` taken off: participants.tsv's subjects, a sessions.tsv's
+    sessions) each once: pybids takes one of two rows of an id silently."""
+    if twice := repeated(ids):
+        where = [f"{prefix}{i} (lines {', '.join(str(n + 2) for n, x in enumerate(ids) if x == i)})" for i in twice]
+        raise InputError(f"{path} names {listed(where)} more than once; keep one row per {what}.")
+
+
+def _model_columns(model: dict) -> set[str]:
+    """The names the nodes' Model.X and GroupBy take (a table's columns among them)."""
+    taken = {x for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X", ()) if isinstance(x, str)}
+    return taken | {k for node in model.get("Nodes", ()) for k in node.get("GroupBy") or () if isinstance(k, str)}
+
+
+def _check_sessions(bids_dir: Path, model: dict, columns, runs) -> None:
+    """Where a node's Model.X or GroupBy takes a column of the sessions.tsv files (`columns`): the table of each
+    subject of the `runs` names each of its sessions once (as participants.tsv its subjects)."""
+    if not _model_columns(model) & set(columns):
+        return
+    for subject in sorted({str(dict(r.entities)["subject"]) for r in runs}):
+        path = bids_dir / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
+        rows = _participants_rows(_table_lines(path))
+        if rows and "session_id" in rows[0]:
+            j = rows[0].index("session_id")
+            _refuse_repeated(
+                path, [r[j].removeprefix("ses-") if len(r) > j else "" for r in rows[1:]], "ses-", "session"
+            )
+
+
 def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -> None:
     """Where a node's Model.X takes a column of participants.tsv (`lines`, read from `path`): the table has its
     participant_id column, and names each subject of the `runs` once (pybids takes one of two rows of a subject
     silently) and as its folders do (sub-001 for sub-01 matched nothing)."""
-    taken = {x for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X", ()) if isinstance(x, str)}
-    taken |= {k for node in model.get("Nodes", ()) for k in node.get("GroupBy") or () if isinstance(k, str)}
+    taken = _model_columns(model)
     rows = _participants_rows(lines)
     if not rows or not taken & set(rows[0]):
         return
@@ -1538,9 +1567,7 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
             f"{path}, line {line}: participant_id {cell!r} has spaces around it, which pybids keeps: it names no "
             "subject, and that subject would be left out of the model without a word; remove them."
         )
-    if twice := repeated(ids):
-        where = [f"sub-{i} (lines {', '.join(str(n + 2) for n, x in enumerate(ids) if x == i)})" for i in twice]
-        raise InputError(f"{path} names {listed(where)} more than once; keep one row per subject.")
+    _refuse_repeated(path, ids, "sub-", "subject")
     mine = {_value(dict(r.entities).get("subject")) for r in runs}
     padded = sorted(i for i in set(ids) - mine if i.lstrip("0") in {s.lstrip("0") for s in mine - set(ids)})
     if padded:

@@ -1766,3 +1766,38 @@ def test_a_session_named_twice_in_its_sessions_table_is_refused(tmp_path):
         run(study.root, tmp_path / "out", model=model, **kw)
     assert str(refused.value) == f"{table} names ses-2 (lines 3, 4) more than once; keep one row per session."
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sessions_column_one_subject_left_all_na_breaks_only_a_model_that_takes_it(tmp_path):
+    """sub-02's sessions.tsv with acq_time n/a in every row (an anonymised dataset): pybids read that column as
+    numbers there and as words in sub-01's, could not merge them, and every subject's Subject node failed, even of
+    the default model, which takes no column of the table, the message blaming Model.X, GroupBy and
+    Transformations. Columns the node does not name are not given to pybids; a column it takes (Factor of
+    timepoint) that a subject left all n/a fails the node naming the table and the column."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    header = "session_id\tacq_time\ttimepoint\n"
+    (study.root / "sub-01" / "sub-01_sessions.tsv").write_text(
+        header + "ses-1\t2020-01-01T10:00:00\tpre\nses-2\t2020-01-02T10:00:00\tpost\n"
+    )
+    (study.root / "sub-02" / "sub-02_sessions.tsv").write_text(header + "ses-1\tn/a\tpre\nses-2\tn/a\tpost\n")
+    model = default_model("stroop", ["congruent"], sessions=True)
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert result.ok, result.failures
+
+    (study.root / "sub-02" / "sub-02_sessions.tsv").write_text(header + "ses-1\tn/a\tn/a\nses-2\tn/a\tn/a\n")
+    model["Nodes"][2]["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Factor", "Input": ["timepoint"]}],
+    }
+    model["Nodes"][2]["Model"] = {"Type": "meta", "X": ["timepoint.post", "timepoint.pre"]}
+    model["Nodes"][2]["DummyContrasts"] = {"Contrasts": ["timepoint.post"], "Test": "t"}
+    (failure,) = run(study.root, tmp_path / "factor", model=model, **kw).failures
+    assert failure.node == "subject" and failure.reason == (
+        "sessions.tsv's column 'timepoint', which the node takes, is n/a in every row of sub-02/sub-02_sessions.tsv "
+        "and holds words in the other subjects' tables, which pybids cannot merge; fill it, or leave those subjects "
+        "out (--participant-label)."
+    )

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import repeated
+from .._checks import is_number, repeated
 from .._execution import Execution, cap_holding, data_bytes
 from .._memory import release_freed_memory, reserved_bytes, whole_files_capped
 from .._progress import Progress
@@ -940,6 +940,17 @@ def _named_columns(spec: dict, tables) -> tuple[list[str], tuple[str, ...]]:
             header.update(dict.fromkeys(fh.readline().rstrip("\r\n").split("\t")))
     used = [c for c in header if c in words or any(fnmatch.fnmatchcase(c, p) for p in patterns)]
     return used, tuple(c for c in header if c not in used)
+
+
+def _unused_columns(spec: dict, columns) -> set[str]:
+    """The `columns` (sessions.tsv's) that node `spec` does not name anywhere (as :func:`_named_columns` reads a
+    Run node's confounds): pybids merges every column of every subject's table, and one whose cells a subject left
+    all n/a (acq_time, in an anonymised dataset) is numbers there and words in the others' tables, which failed
+    every subject's groups ("merge on str and float64 columns") though the model took no column of the table."""
+    strings = _spec_strings(spec)
+    words = set(strings) | {w for s in strings for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", s)}
+    patterns = [s for s in strings if re.search(r"[*?\[]", s)]
+    return {c for c in columns if c not in words and not any(fnmatch.fnmatchcase(c, p) for p in patterns)}
 
 
 def _content(paths) -> list:
@@ -2237,9 +2248,15 @@ class _Study:
                 raise
         else:
             self._graph.load_collections(nodes=[name], **kwargs)
-            for collection in self._graph.get_node(name)._collections:
+            unused = _unused_columns(self.node(name).spec, self.session_columns)
+            collections = self._graph.get_node(name)._collections
+            for collection in collections:
                 _hashable_entities(collection)
                 _sessions_rows(collection, self._sessions_of.get(name))
+                for variable in [v for v in collection.variables.values() if v.source == "sessions"]:
+                    if variable.name in unused:
+                        del collection.variables[variable.name]
+            collections[:] = [c for c in collections if c.variables]  # (pybids cannot make a table of none)
 
     def tables(self) -> list:
         """The contents of the dataset's participants, sessions and scans tables and their sidecars (what the
@@ -2792,6 +2809,9 @@ class _Study:
                 f"pybids could not build the node's groups ({what}{str(exc).strip().rstrip('.')}); check the "
                 f"node's Model.X, GroupBy and Transformations{columns}."
             )
+            merged = re.search(r"merge on \w+ and \w+ columns for key '([^']+)'", str(exc))
+            if node.level == "subject" and merged and (said := self.unmerged(merged.group(1), subjects)):
+                reason = said
             gap = _table_gap(self.participant_rows, node.spec, subjects) if node.level == "dataset" else None
             if isinstance(exc, TypeError) and gap:  # (pybids' Factor of a column with n/a: "'<' not supported ...")
                 column, where = gap
@@ -2868,6 +2888,31 @@ class _Study:
             if writing is not None:
                 wait([writing[0]])
         self.skip_empty(node, group_by, produced, failed)
+
+    def unmerged(self, column: str, subjects) -> str | None:
+        """Why pybids could not merge sessions.tsv's `column` (which the node takes) over `subjects`' tables: a table
+        whose cells of it are all n/a (numbers to pandas) beside others of words, or numbers beside words."""
+        kinds: dict[str, list[str]] = {}
+        root = Path(self.layout.root)
+        for subject in sorted(subjects):
+            path = root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
+            rows = _participants_rows(_table_lines(path))
+            if not rows or column not in rows[0]:
+                continue
+            j = rows[0].index(column)
+            cells = [r[j] for r in rows[1:] if len(r) > j and r[j].lower() not in MISSING_CELLS]
+            kind = "no value" if not cells else "numbers" if all(map(is_number, cells)) else "words"
+            kinds.setdefault(kind, []).append(str(path.relative_to(root)))
+        if len(kinds) < 2:
+            return None
+        odd = "no value" if "no value" in kinds else min(kinds, key=lambda k: len(kinds[k]))
+        others = " and ".join(k for k in ("numbers", "words") if k in kinds and k != odd)
+        what = "is n/a in every row of" if odd == "no value" else f"holds {odd} in"
+        todo = "fill it, or leave those subjects out (--participant-label)" if odd == "no value" else "write it alike"
+        return (
+            f"sessions.tsv's column {column!r}, which the node takes, {what} {listed(kinds[odd])} and holds {others} "
+            f"in the other subjects' tables, which pybids cannot merge; {todo}."
+        )
 
     def sessions_taken(self, node: _Node) -> list[str]:
         """The sessions.tsv columns a Subject node's Model.X takes (pybids gives that table to Subject nodes only)."""

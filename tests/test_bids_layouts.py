@@ -1801,3 +1801,31 @@ def test_a_sessions_column_one_subject_left_all_na_breaks_only_a_model_that_take
         "and holds words in the other subjects' tables, which pybids cannot merge; fill it, or leave those subjects "
         "out (--participant-label)."
     )
+
+
+def test_a_subject_without_a_session_of_a_factor_level_fails_alone(tmp_path):
+    """A Subject node's Factor of sessions.tsv's timepoint (X timepoint.post and timepoint.pre), and sub-02 missed
+    its post session: pybids failed the whole node ("timepoint.post not found in data matrix"), every subject's
+    groups lost and none named. That subject's groups fail, naming the level it lacks; the others are fitted, as a
+    run without an event of a trial type fails alone."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    for sub in ("01", "02"):
+        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text(
+            "session_id\ttimepoint\nses-1\tpre\nses-2\tpost\n"
+        )
+    _without_session(study, "02", "2")
+    model = default_model("stroop", ["congruent"], sessions=True)
+    model["Nodes"][2]["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [{"Name": "Factor", "Input": ["timepoint"]}],
+    }
+    model["Nodes"][2]["Model"] = {"Type": "meta", "X": ["timepoint.post", "timepoint.pre"]}
+    model["Nodes"][2]["DummyContrasts"] = {"Contrasts": ["timepoint.post"], "Test": "t"}
+    kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert [(f.node, f.group) for f in result.failures] == [("subject", "sub-02")]
+    assert result.failures[0].reason.startswith("sub-02 has no session whose timepoint is 'post'")
+    assert list((tmp_path / "out" / "sub-01" / "node-subject").glob("*_stat-effect_statmap.nii.gz"))

@@ -2801,6 +2801,18 @@ class _Study:
             run = self.pybids_node(node.name, subjects=sorted(subjects), sessions=sessions).run
             groups = list(run(inputs=infos, group_by=group_by, missing_values="ignore", **filters))
         except _PYBIDS_ERRORS as exc:
+            absent = re.search(r"X specification includes variable\(s\) \[(.*?)\], but these were not", str(exc))
+            lacking = self.lacking_levels(node, absent.group(1), sessions) if absent and node.level == "subject" else {}
+            if lacking:  # (those subjects' groups fail, naming the level; the others are fitted)
+                for subject, reason in sorted(lacking.items()):
+                    entities = (("subject", subject),)
+                    self.failures.append(Failure(node.name, _group_label(dict(entities)), reason, entities))
+                collections = self._graph.get_node(node.name)._collections
+                collections[:] = [c for c in collections if _value(c.entities.get("subject")) not in lacking]
+                kept = [(name, e) for name, e in inputs if _value(e.get("subject")) not in lacking]
+                if kept:
+                    self.group_node(node, source, kept, filters, failed)
+                return
             named = {"dataset": self.participant_columns, "subject": self.session_columns}.get(node.level, ())
             table = "participants.tsv" if node.level == "dataset" else "sessions.tsv"
             columns = f" ({table}'s columns: {listed(named)})" if named else ""
@@ -2888,6 +2900,32 @@ class _Study:
             if writing is not None:
                 wait([writing[0]])
         self.skip_empty(node, group_by, produced, failed)
+
+    def lacking_levels(self, node: _Node, names: str, sessions: set) -> dict[str, str]:
+        """The subjects (of the (subject, session) pairs `sessions` of the node's inputs) whose sessions have no
+        row of a level of a sessions.tsv column that pybids' Factor makes a variable of (`names`, those pybids did
+        not find: "'timepoint.post'"), each with why: pybids failed the whole node for them, none named, as voxfit
+        fails a run without an event of a trial type alone."""
+        root, lacking = Path(self.layout.root), {}
+        for name in re.findall(r"'([^']+)'", names):
+            column, _, level = name.partition(".")
+            if column not in self.session_columns or not level:
+                continue
+            for subject in sorted({s for s, _ in sessions} - {None}):
+                path = root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
+                rows = _participants_rows(_table_lines(path))
+                if not rows or column not in rows[0] or "session_id" not in rows[0]:
+                    continue
+                j, at = rows[0].index(column), rows[0].index("session_id")
+                own = {ses for s, ses in sessions if s == subject}
+                levels = {r[j] for r in rows[1:] if len(r) > max(j, at) and r[at].removeprefix("ses-") in own}
+                if level not in levels and subject not in lacking:
+                    lacking[subject] = (
+                        f"sub-{subject} has no session whose {column} is {level!r} (its sessions' {column}: "
+                        f"{listed(sorted(levels)) or 'none'}), and the node's Model.X takes {name}; leave it out of "
+                        "Model.X, or the subject out (--participant-label)."
+                    )
+        return lacking
 
     def unmerged(self, column: str, subjects) -> str | None:
         """Why pybids could not merge sessions.tsv's `column` (which the node takes) over `subjects`' tables: a table

@@ -136,6 +136,28 @@ def test_rerun_rebuilds_only_pages_whose_inputs_changed(study):
     assert not list(out.rglob("*.tmp*")) and not list(out.glob(".voxfit-*"))
 
 
+def test_a_group_map_edited_after_the_study_is_refused_not_drawn(study, tmp_path):
+    """A group's z map replaced by another run's (copied over it after the study): each group record holds the
+    BLAKE3 digest of every file the study wrote for it, and its section of the subject's page says the map is
+    not the one the study wrote instead of drawing it (it had been drawn and tabled beside the group's own t and
+    p); the other groups are drawn."""
+    import shutil
+
+    from voxfit.bids.report import write_study_reports
+
+    ds, out, _, _, _ = study
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    maps = sorted((copy / "sub-01" / "node-run").glob("*contrast-congruent_stat-z_statmap.nii.gz"))
+    shutil.copy(maps[1], maps[0])
+    for page in copy.glob("*.html"):
+        page.unlink()
+    write_study_reports(copy, progress=False)
+    text = _Page(copy / "sub-01.html").text
+    assert text.count("is not the file the fit wrote") == 1 and maps[0].name in text
+    assert "orthogonal slices" in (copy / "sub-01.html").read_text()  # (the other run's group)
+
+
 def test_a_rerun_without_report_removes_the_earlier_pages(study, tmp_path):
     """A rerun into the same folder without --report kept the earlier study's pages, which went on describing
     fits the rerun replaced ("permutations 200, TFCE yes" beside records without them). Files that are not

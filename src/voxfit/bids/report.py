@@ -315,7 +315,7 @@ class _GroupResults(Results):
 
         def file(s):
             path = self.folder / map_name(self.prefix, c, s, ext)
-            return read_one_map(path)[1] if path.is_file() else None
+            return read_one_map(self.checked(path))[1] if path.is_file() else None
 
         if desc is None:
             return file(stat)
@@ -338,6 +338,7 @@ def _results(g: _Group) -> _GroupResults:
     """The group's maps, design and contrasts as voxfit's report reads a finished output folder."""
     from ..design import read_design
     from ..design.kinds import column_kinds
+    from ..models.record import check_output
 
     record = g.record
     folder = g.path.parent
@@ -356,19 +357,22 @@ def _results(g: _Group) -> _GroupResults:
     effect = sorted(folder.glob(glob.escape(map_name(prefix, contrasts[0].label, "effect", "")) + ".*"))
     if not effect:
         raise InputError(f"{g.path}: the effect map of contrast {contrasts[0].label!r} is missing beside it.")
+    check_output(record.get("outputs"), effect[0])
     geometry, values = read_one_map(effect[0])
     extension = effect[0].name.split("_statmap", 1)[1]
     designs = []
     design_file = folder / f"{g.stem}design.tsv"
     info = record.get("design") or {}
     if design_file.is_file() and g.level in ("run", "dataset"):
+        check_output(record.get("outputs"), design_file)
         X, names = read_design(design_file)
         kinds = list(info.get("kinds") or column_kinds(design_file, names, X))
         title = "Design" if g.level == "run" else "Group design"
         designs.append(DesignView(title, X, list(names), kinds, info.get("tr")))
     level = REPORT_LEVELS[g.level]
     mask = np.isfinite(values)
-    return _GroupResults(folder, record, level, designs, contrasts, geometry, mask, extension, prefix=prefix)
+    outputs = record.get("outputs")
+    return _GroupResults(folder, record, level, designs, contrasts, geometry, mask, extension, outputs, prefix)
 
 
 def _group_html(g: _Group, anchor: str) -> tuple[str, list[str]]:

@@ -23,6 +23,7 @@ __all__ = [
     "KINDS",
     "RECORD_VERSION",
     "ModelRecord",
+    "check_output",
     "contrast_record",
     "design_record",
     "design_rows_record",
@@ -158,15 +159,8 @@ class ModelRecord:
         out.write_json(name, record | {SEAL: _record_digest(record)})
 
     def check_output(self, path) -> None:
-        """Refuse a file of the record's folder that is not the one the fit wrote (its digest is not the one in
-        ``outputs``): a map or table edited since, or one of another fit copied over it. Files the record does
-        not list (records older than ``outputs``) are not checked."""
-        expected = (self.outputs or {}).get(Path(path).name)
-        if expected is not None and file_digest(path) != expected:
-            raise InputError(
-                f"{path} is not the file the fit wrote (its BLAKE3 checksum differs from model.json's): it was "
-                "edited or replaced since; rerun the fit to make the folder's files one fit's again."
-            )
+        """:func:`check_output` of the record's ``outputs``."""
+        check_output(self.outputs, path)
 
     def _input_paths(self) -> list[str]:
         """The paths of the files the run read, as recorded: its data (of each run, for runs), an explicit mask (a
@@ -230,6 +224,18 @@ class ModelRecord:
 
 
 SEAL = "record_blake3"  # the key of the record's digest of its own content
+
+
+def check_output(outputs: dict | None, path) -> None:
+    """Refuse a file of a record's folder that is not the one the fit wrote (its digest is not the one in the
+    record's `outputs`): a map or table edited since, or one of another fit copied over it. Files the record does
+    not list (records older than ``outputs``) are not checked."""
+    expected = (outputs or {}).get(Path(path).name)
+    if expected is not None and file_digest(path) != expected:
+        raise InputError(
+            f"{path} is not the file the fit wrote (its BLAKE3 checksum differs from its record's): it was edited "
+            "or replaced since; rerun the fit to make the folder's files one fit's again."
+        )
 
 
 def _record_digest(record: dict) -> str:

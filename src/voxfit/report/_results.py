@@ -20,7 +20,7 @@ from ..exceptions import InputError
 from ..io import clusters_table_name, sanitize_label, statmap_name
 from ..io.geometry import Geometry
 from ..io.readers import apply_scale, open_map
-from ..models.record import ModelRecord
+from ..models.record import ModelRecord, check_output
 
 __all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_map", "read_one_map", "read_results"]
 
@@ -83,12 +83,11 @@ class Results:
     geometry: Geometry
     mask: NDArray[np.bool_]
     extension: str
-    record: ModelRecord | None = None  # (its digests of the files the fit wrote: each file read is checked)
+    outputs: dict | None = None  # (the record's digests of the files the fit wrote: each file read is checked)
 
     def checked(self, path: Path) -> Path:
-        """`path`, refused where it is not the file the fit wrote (:meth:`ModelRecord.check_output`)."""
-        if self.record is not None:
-            self.record.check_output(path)
+        """`path`, refused where it is not the file the fit wrote (``voxfit.models.record.check_output``)."""
+        check_output(self.outputs, path)
         return path
 
     def clusters_table(self, label: str) -> Path:
@@ -195,7 +194,7 @@ def read_results(folder) -> Results:
         weights = _weights(entry, designs[0] if designs else None, label, folder / "model.json")
         kind = entry.get("kind") or ("F" if weights is not None and weights.shape[0] > 1 else "t")
         contrasts.append(Contrast(label, sanitize_label(label), kind, expression, weights, entry))
-    return Results(folder, model, level, designs, contrasts, geometry, mask[0] != 0, extension, record)
+    return Results(folder, model, level, designs, contrasts, geometry, mask[0] != 0, extension, record.outputs)
 
 
 def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Threshold:

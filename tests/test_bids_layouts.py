@@ -1473,8 +1473,8 @@ def test_the_default_models_run_leaves_out_a_trial_type_whose_events_all_start_a
 def test_a_dataset_group_of_several_sessions_of_a_subject_is_refused_saying_what_to_group_by(tmp_path):
     """Run -> Session -> Dataset grouped by contrast alone: each subject's maps of every session in one group. The
     group tool refused it after every fit with a line listing every map's path (kilobytes); each such group now
-    fails before its fit, naming the subject's sessions and what to do. OLS (rows taken as independent, as before)
-    and fixed effects (meta) take them all."""
+    fails before its fit, naming the subject's sessions and what to do. OLS (rows taken as independent, as before,
+    now said in a note: its dof count maps, not subjects) and fixed effects (meta) take them all."""
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
@@ -1488,9 +1488,15 @@ def test_a_dataset_group_of_several_sessions_of_a_subject_is_refused_saying_what
     reason = result.failures[0].reason
     assert "holds 2 maps of sub-01 (sessions 1, 2; 2 subject(s) so)" in reason and "add session" in reason
     assert len(reason) < 400
-    assert run(study.root, tmp_path / "ols", model=model, group_model="ols", **kw).ok  # (rows taken as independent)
+    ols = run(study.root, tmp_path / "ols", model=model, group_model="ols", **kw)  # (rows taken as independent)
+    assert ols.ok  # ... said in the group's notes: its dof 3 count 4 maps of 2 subjects
+    said = [
+        n for g, n in ols.notes if g.level == "dataset" and "4 maps of 2 subjects (several of 2: sub-01, sub-02)" in n
+    ]
+    assert said, ols.notes
     model["Nodes"][-1]["Model"]["Type"] = "meta"
-    assert run(study.root, tmp_path / "meta", model=model, **kw).ok
+    meta = run(study.root, tmp_path / "meta", model=model, **kw)
+    assert meta.ok and not any("maps of 2 subjects" in n for _, n in meta.notes)
 
 
 def test_a_groupby_entity_the_node_before_combined_over_is_that_nodes_failure(tmp_path):

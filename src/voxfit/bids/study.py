@@ -1294,6 +1294,29 @@ def _check_one_map_per_subject(node: _Node, rows: list[dict], group_model: str) 
     )
 
 
+def _repeated_subjects(node: _Node, rows: list[dict], group_model: str) -> list[str]:
+    """The note of a dataset-level OLS group holding several maps of some subjects (a Session node's maps grouped
+    by contrast alone): OLS takes them as independent rows, so its dof count maps, not subjects (15 maps of 8
+    subjects: dof 14), and a subject's maps, which share the subject's effect, make its p values too small. The
+    group models that take one map per subject refuse it (:func:`_check_one_map_per_subject`)."""
+    if node.level != "dataset" or group_model != "ols" or (node.spec.get("Model") or {}).get("Type") == "meta":
+        return []
+    counts: dict[str, int] = {}
+    for row in rows:
+        if (subject := _value(row.get("subject"))) is not None:
+            counts[subject] = counts.get(subject, 0) + 1
+    several = sorted(s for s, n in counts.items() if n > 1)
+    if not several:
+        return []
+    return [
+        f"the group holds {len(rows)} maps of {len(counts)} subjects (several of {len(several)}: sub-"
+        f"{', sub-'.join(several[:5])}{', ...' if len(several) > 5 else ''}), which OLS takes as independent: its "
+        "dof count maps, not subjects, and its p values are too small where a subject's maps share its effect; "
+        "add session to the node's GroupBy (a test per session), or combine each subject's maps first (a Subject "
+        "node between)"
+    ]
+
+
 def _check_own_space_levels(level: str, runs) -> None:
     """Refuse, before anything is fitted, a study above the run level of runs in their own space (fMRIPrep 24's
     ``--output-spaces run``: no space-, a ``space-run`` brain mask): each run's grid is its own reference's, and
@@ -3101,7 +3124,7 @@ class _Study:
         check_name_lengths(prefix, [labels[c.name] for c in g.contrasts], extension, self.longest_stat(level))
         claimed[record_path] = _group_label(entities)
         notes, extra = self.left_out(node, entities, rows, failed)
-        notes += _correlated_inputs(rows, Xv, weights)
+        notes += _correlated_inputs(rows, Xv, weights) + _repeated_subjects(node, rows, self.settings.group_model)
         checksum = _checksum(
             __version__,
             self.settings.of_level(level),

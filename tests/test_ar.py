@@ -472,9 +472,11 @@ def test_ar1_estimation_terms_table_matches_direct_evaluation(rng, n):
     table = ar1_estimation_terms(block, phi, wqs)
     B = np.repeat(np.concatenate([w.T for w in wqs], axis=1)[:, :, None], len(phi), axis=2)
     direct = estimation_terms(block, phi, B, [1, 2])
-    for (scale, dof), (scale_ref, dof_ref, _, _) in zip(table, direct):
-        npt.assert_allclose(scale, scale_ref, rtol=1e-7)
-        npt.assert_allclose(dof, dof_ref, rtol=1e-7)
+    # (the F's Kenward-Roger terms pass to Satterthwaite's over a short span of phi where their expansion nears its
+    # end: interpolated there to 1e-6)
+    for (scale, dof), (scale_ref, dof_ref, _, _), rtol in zip(table, direct, (1e-7, 1e-6)):
+        npt.assert_allclose(scale, scale_ref, rtol=rtol)
+        npt.assert_allclose(dof, dof_ref, rtol=rtol)
     assert len(block.ar1_tables) == 1  # computed once per block and contrasts
     ar1_estimation_terms(block, phi[:10], wqs)
     assert len(block.ar1_tables) == 1

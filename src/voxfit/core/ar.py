@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from .._array import held_as_series
 from .design import DesignFactor
+from .distributions import kenward_roger_reference
 from ._ar_kernels import ar1_estimate, ar1_solve, ar_kernels_loaded, compile_ar_kernels, shift_and_lag
 from .ols import REFIT_RATIO, needs_refit
 
@@ -867,45 +868,38 @@ def _estimation_terms(block: ARBlock, phi: NDArray, B: NDArray, sizes: list[int]
             if q > 1:  # an F: Kenward and Roger's dof and scale, from each row's uncertainty, not their mean's
                 M = np.einsum("Vab,Vmbc->Vmac", C_inv, dCs[:, :, cols, cols])  # C^-1 dC/dphi_m
                 across = np.einsum("Vjk,Vjab,Vkba->V", phi_cov, M, M)
-                m, shrink = kenward_roger_f(rank, rank * rank * spread, across, block.nu - p)
+                m, shrink = _ar_f_reference(rank, rank * rank * spread, across, block.nu - p)
                 several = rank > 1  # (an F of one independent row is its t's square, on the t's dof)
                 dof, scale = np.where(several, m, dof), np.where(several, scale / shrink, scale)
             out.append((scale, dof, kappa, lam_))
     return out, regular
 
 
-def kenward_roger_f(q: NDArray, a1: NDArray, a2: NDArray, nu: float) -> tuple[NDArray, NDArray]:
-    """Kenward and Roger's (1997) denominator dof ``m`` and scale ``lambda`` of an F of `q` (v,) independent rows,
-    whose covariance ``sigma^2 C(phi)`` is estimated with ``sigma^2`` on `nu` dof and phi of covariance cov(phi):
-    `a1` = ``sum_jk cov_jk tr(C^-1 dC_j) tr(C^-1 dC_k)``, `a2` = ``sum_jk cov_jk tr(C^-1 dC_j C^-1 dC_k)`` (the
-    phi terms; sigma^2's, ``2 q^2 / nu`` and ``2 q / nu``, are added here: sigma^2 and phi_hat are independent to
-    first order). F is divided by ``lambda`` (returned as the covariance's factor); ``m`` is the dof of the scaled
-    F. The averaged trace (:func:`estimation_terms`'s Satterthwaite dof) counts only `a1`: rows whose variances
-    move apart as phi moves cancel in it, and an F of an FIR response's 8 delays over 150 scans was 0.055-0.059 at
-    p < 0.05 on null data. With phi known (a1 = a2 = 0) ``m = nu`` and ``lambda = 1``: the exact F(q, nu).
+def _ar_f_reference(q: NDArray, a1: NDArray, a2: NDArray, nu: float) -> tuple[NDArray, NDArray]:
+    """The denominator dof ``m`` and scale ``lambda`` of an AR(p) F of `q` (v,) independent rows, whose covariance
+    ``sigma^2 C(phi)`` is estimated with ``sigma^2`` on `nu` dof and phi of covariance cov(phi): Kenward and
+    Roger's (:func:`voxfit.core.distributions.kenward_roger_reference`) from `a1` = ``sum_jk cov_jk tr(C^-1 dC_j)
+    tr(C^-1 dC_k)`` and `a2` = ``sum_jk cov_jk tr(C^-1 dC_j C^-1 dC_k)`` (phi's terms; sigma^2's, ``2 q^2 / nu``
+    and ``2 q / nu``, are added here: sigma^2 and phi_hat are independent to first order). F is multiplied by
+    ``lambda`` (the caller divides the covariance by it). The Satterthwaite dof of the rows' mean trace,
+    ``2 q^2 / A1``, counts only `a1`: rows whose variances move apart as phi moves cancel in it, and an F of an
+    FIR response's 8 delays over 150 scans was 0.055-0.059 at p < 0.05 on null data.
 
-    The approximation holds while the uncertainty is small (``c3 B``, ``-c1 B`` and ``A2 / q`` below 1): A1 and A2
-    are scaled together (g and the c's depend on their ratio alone) so that the largest of those, in an 8-norm,
-    never reaches 0.9, smoothly (a factor 1 - 1e-9 at 0.1; held near 0.9 past it, a few dof: AR(1) 0.8 over 60
-    scans), and m and lambda stay smooth in phi; a term that is still not finite gives the Satterthwaite dof and
-    no scale."""
+    Kenward and Roger's expansion fails as its ``reach`` nears 1 (few dof, phi uncertain: AR(1) 0.8 over 60
+    scans; sigma^2 alone on nu < 6): from reach 0.5 to 0.9 m and lambda pass smoothly to that Satterthwaite dof
+    and no scale (smootherstep: the AR(1) fits interpolate them in phi), which hold beyond, as before. With phi
+    known (a1 = a2 = 0) both give F(q, nu), exactly."""
     A1 = 2.0 * q * q / nu + a1
-    A2 = 2.0 * q / nu + a2
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        g = ((q + 1.0) * A1 - (q + 4.0) * A2) / ((q + 2.0) * A2)
-        d = 3.0 * q + 2.0 * (1.0 - g)
-        c1, c2, c3 = g / d, (q - g) / d, (q + 2.0 - g) / d
-        B = (A1 + 6.0 * A2) / (2.0 * q)
-        reach = (np.maximum(c3 * B, 0.0) ** 8 + np.maximum(-c1 * B, 0.0) ** 8 + (A2 / q) ** 8) ** 0.125
-        held = (1.0 + (reach / 0.9) ** 8) ** -0.125  # (smooth: the AR(1) fits interpolate m and lambda in phi)
-        A2, B = held * A2, held * B
-        E = 1.0 / (1.0 - A2 / q)
-        V = 2.0 / q * (1.0 + c1 * B) / ((1.0 - c2 * B) ** 2 * (1.0 - c3 * B))
-        rho = V / (2.0 * E * E)
-        m = 4.0 + (q + 2.0) / (q * rho - 1.0)
-        lam = m / (E * (m - 2.0))
-    fine = np.isfinite(m) & np.isfinite(lam) & (q * rho > 1.0) & (m > 2.0) & (lam > 0.0)
-    return np.where(fine, m, 2.0 * q * q / (2.0 * q * q / nu + a1)), np.where(fine, lam, 1.0)
+    m, lam, reach = kenward_roger_reference(q, A1, 2.0 * q / nu + a2)
+    satterthwaite = 2.0 * q * q / A1
+    x = np.clip((0.9 - reach) / 0.4, 0.0, 1.0)
+    w = x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+    w = np.where(np.isfinite(m) & np.isfinite(lam) & (m > 2.0) & (lam > 0.0), w, 0.0)
+    with np.errstate(invalid="ignore"):
+        return (
+            np.where(w > 0, w * m + (1.0 - w) * satterthwaite, satterthwaite),
+            np.where(w > 0, w * lam + (1.0 - w), 1.0),
+        )
 
 
 class _AR1Table:

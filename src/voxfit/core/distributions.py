@@ -35,7 +35,7 @@ from .._threads import even_spans, resolve_workers, run_in_threads
 from . import _kernels
 from ._kernels import hermite_z, hermite_z_numpy, kernels_loaded
 
-__all__ = ["t_logsf", "t_to_z", "f_logsf", "f_to_z", "z_to_p", "z_to_logp"]
+__all__ = ["kenward_roger_reference", "t_logsf", "t_to_z", "f_logsf", "f_to_z", "z_to_p", "z_to_logp"]
 
 _LN10 = math.log(10.0)
 _TINY = 1e-290  # below this a tail probability is computed from the series in log space
@@ -390,3 +390,25 @@ def z_to_p(z: ArrayLike) -> NDArray[np.float64]:
 def z_to_logp(z: ArrayLike) -> NDArray[np.float64]:
     """``-log10 P(Z > z)``, finite however large z is."""
     return sc.log_ndtr(-np.asarray(z, dtype=float)) / -_LN10
+
+
+def kenward_roger_reference(q, A1, A2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kenward and Roger's (1997) reference of an F of `q` independent rows, from ``A1 = sum_gh A_gh tr K_g tr
+    K_h`` and ``A2 = sum_gh A_gh tr(K_g K_h)`` (A: the covariance of the variance parameters' estimates, K_g:
+    Theta times the covariance's derivative in parameter g): ``(m, lambda, reach)``, ``lambda F`` referred to
+    F(q, m). ``reach`` says how far the expansion is from failing: the 8-norm of ``c3 B``, ``-c1 B`` and
+    ``A2 / q``, each of which must stay below 1 (V* and E* turn negative or infinite there). No fallback: m and
+    lambda may be NaN or out of range where the expansion fails; callers choose theirs."""
+    q, A1, A2 = (np.asarray(x, dtype=np.float64) for x in (q, A1, A2))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        B = (A1 + 6.0 * A2) / (2.0 * q)
+        g = ((q + 1.0) * A1 - (q + 4.0) * A2) / ((q + 2.0) * A2)
+        d = 3.0 * q + 2.0 * (1.0 - g)
+        c1, c2, c3 = g / d, (q - g) / d, (q + 2.0 - g) / d
+        E = 1.0 / (1.0 - A2 / q)
+        V = 2.0 / q * (1.0 + c1 * B) / ((1.0 - c2 * B) ** 2 * (1.0 - c3 * B))
+        rho = V / (2.0 * E * E)
+        m = 4.0 + (q + 2.0) / (q * rho - 1.0)
+        lam = m / (E * (m - 2.0))
+        reach = (np.maximum(c3 * B, 0.0) ** 8 + np.maximum(-c1 * B, 0.0) ** 8 + (A2 / q) ** 8) ** 0.125
+    return m, lam, reach

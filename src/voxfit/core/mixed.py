@@ -68,6 +68,7 @@ from numpy.typing import NDArray
 
 from .._threads import in_chunks
 from .design import DesignFactor, factorize
+from .distributions import kenward_roger_reference
 
 __all__ = [
     "BAD_VARIANCE",
@@ -936,16 +937,7 @@ def kenward_roger_f(B: NDArray, weights: NDArray, Minv: NDArray, T: NDArray, inf
     tr = np.stack([np.einsum("vaa->v", k) for k in K])  # (G, v)
     A1 = np.einsum("gv,vgh,hv->v", tr, A, tr)
     A2 = sum(A[:, g, h] * np.einsum("vab,vba->v", K[g], K[h]) for g in range(len(K)) for h in range(len(K)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        b = (A1 + 6 * A2) / (2 * q)
-        g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
-        d = 3 * q + 2 * (1 - g)
-        c1, c2, c3 = g / d, (q - g) / d, (q + 2 - g) / d
-        v_star = (2 / q) * (1 + c1 * b) / ((1 - c2 * b) ** 2 * (1 - c3 * b))
-        e_star = 1 / (1 - A2 / q)
-        rho = v_star / (2 * e_star**2)
-        m = 4 + (q + 2) / (q * rho - 1)
-        lam = m / (e_star * (m - 2))
+    m, lam, _ = kenward_roger_reference(q, A1, A2)
     good = np.isfinite(m) & np.isfinite(lam) & (m > 0) & (lam > 0)
     return np.where(good, m, 2.0), np.where(good, lam, 1.0)
 

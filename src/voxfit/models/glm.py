@@ -889,7 +889,8 @@ def _ar_info(order: int) -> dict:
         "contrast_variance": (
             f"sigma^2 = whitened RSS / (n - rank - {order}): the {order} AR coefficient(s) fitted to each voxel's "
             "residuals leave its whitened RSS short by that many (the residualvariance map stays RSS / (n - rank)); "
-            "times the AR estimate's bias and Kackar-Harville's term; Satterthwaite's degrees of freedom per voxel"
+            "times the AR estimate's bias and Kackar-Harville's term; Satterthwaite's degrees of freedom per voxel "
+            "(an F of several rows: Kenward-Roger's, and their scale)"
         ),
     }
 

@@ -783,7 +783,7 @@ def _voxfit_dof(folder: Path, contrast: str, dof, design_dof) -> tuple[float | N
     """The contrast's dof (a number; per-voxel: their median, said in a note), else the design's."""
     if isinstance(dof, dict) and isinstance(dof.get("median"), numbers.Real):
         note = (
-            f"{folder.name}: per-voxel dof of contrast {contrast!r} (AR model, {dof.get('min', float('nan')):.4g} to "
+            f"{folder.name}: per-voxel dof of contrast {contrast!r} ({dof.get('min', float('nan')):.4g} to "
             f"{dof.get('max', float('nan')):.4g}): their median {dof['median']:.4g} taken"
         )
         return float(dof["median"]), note

@@ -283,7 +283,14 @@ def schema() -> dict:
     return json.loads((Path(__file__).parent / "model.schema.json").read_text())
 
 
-AR_DOF = "effective (Satterthwaite) degrees of freedom of the AR model; see voxfit.core.ar"
+AR_DOF = (
+    "effective degrees of freedom of the AR model (Satterthwaite's for t, Kenward-Roger's for F of several rows); "
+    "see voxfit.core.ar"
+)
+RUNS_DOF = (
+    "effective (Satterthwaite) degrees of freedom of the runs' estimated weights (the runs' dof summed where their "
+    "shares are equal); see voxfit.models.runs.fixed_effects"
+)
 MIXED_DOF = (
     "per-voxel degrees of freedom of the group model (Satterthwaite's, also with Kenward-Roger's covariance; or "
     "fixed effects' first-level ones)"

@@ -45,7 +45,7 @@ from .glm import (
     write_design_files,
     write_maps,
 )
-from .record import ModelRecord, contrast_record, design_record, input_records, mask_record
+from .record import RUNS_DOF, ModelRecord, contrast_record, design_record, input_records, mask_record
 
 __all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
@@ -274,7 +274,10 @@ def fit_runs(
                     }
                     for ds, (X, names), design, kind, fitted in zip(datasets, matrices, designs, kinds, fits)
                 ],
-                contrasts={label: contrast_record(expr, combined[label], weights=False) for label, expr in items},
+                contrasts={
+                    label: contrast_record(expr, combined[label], weights=False, per_voxel_dof=RUNS_DOF)
+                    for label, expr in items
+                },
                 settings={
                     "noise_model": noise,
                     "scaling": scaling,

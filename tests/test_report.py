@@ -425,6 +425,25 @@ def test_a_folder_edited_after_its_fit_is_refused_not_reported(volume_run, tmp_p
     assert not (folder / "report.html").exists()
 
 
+def test_a_report_reads_only_its_own_fits_files_where_force_kept_an_earlier_fits(tmp_path):
+    """A NIfTI fit written with --force over a GIFTI fit's folder keeps the GIFTI fit's mask.func.gii beside its own
+    mask.nii.gz; the report took the first mask by name, the GIFTI one, and reported the surface under the NIfTI
+    fit's record (exit 0). Its record's outputs name the files it wrote: the report reads those alone."""
+    from voxfit.report._results import read_results
+
+    rng = np.random.default_rng(4)
+    design, X = _design(tmp_path)
+    write_gifti(tmp_path / "s.func.gii", (100 + rng.standard_normal((N, 50)) + 3 * X[:, :1]).astype(np.float32))
+    out = tmp_path / "out"
+    argv = ["--design", str(design), "--contrast", "a=A", "-o", str(out), "--quiet"]
+    assert main(["fit", str(tmp_path / "s.func.gii"), *argv]) == 0
+    assert main(["fit", str(_volume(tmp_path, rng)), *argv, "--force"]) == 0
+    assert (out / "mask.func.gii").is_file() and (out / "mask.nii.gz").is_file()
+    res = read_results(out)
+    assert res.extension == ".nii.gz" and res.geometry.kind == "volume"
+    assert main(["report", str(out), "--quiet"]) == 0
+
+
 def test_the_fdr_note_counts_the_elements_its_q_values_count(tmp_path):
     """A constant series in the mask has no p value, and Benjamini-Hochberg's m counts the elements that have one
     (the q of the peak is p x 382, not p x 384): the note said the mask's 384."""

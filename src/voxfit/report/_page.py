@@ -503,7 +503,7 @@ def _contrast_section(res: Results, c: Contrast, th: Threshold, draw, anchor: st
             )
         parts.append(draw(th))
     table = res.clusters_table(c.file_label)
-    if table.is_file():  # the run's own clusters, with their FWE p-values
+    if res.present(table):  # the run's own clusters, with their FWE p-values
         threshold = res.model.get("settings", {}).get("cluster_threshold")
         null = res.model.get("settings", {}).get("model") in ("mixed", "fixed")  # (formed on the null model's t)
         of = f" of the null model's weighted {c.kind} (stat-{c.kind}_desc-nullmodel)" if null else ""
@@ -521,7 +521,7 @@ def _rft_part(res: Results, c: Contrast) -> str:
     and model.json."""
     entry = ((res.model.get("inference") or {}).get("contrasts") or {}).get(c.file_label)
     table = res.folder / f"contrast-{c.file_label}_desc-rft_table.tsv"
-    if entry is None or not table.is_file():
+    if entry is None or not res.present(table):
         return ""
     f = entry.get("footer") or {}
 

@@ -85,6 +85,11 @@ class Results:
     extension: str
     outputs: dict | None = None  # (the record's digests of the files the fit wrote: each file read is checked)
 
+    def present(self, path: Path) -> bool:
+        """Whether `path` is a file of this fit: there, and among the record's ``outputs`` where it lists them (a
+        file of an earlier fit in the folder, kept by ``--force``, is not)."""
+        return path.is_file() and (self.outputs is None or path.name in self.outputs)
+
     def checked(self, path: Path) -> Path:
         """`path`, refused where it is not the file the fit wrote (``voxfit.models.record.check_output``)."""
         check_output(self.outputs, path)
@@ -97,7 +102,7 @@ class Results:
     def read_map(self, name: str) -> NDArray | None:
         """The first map of file `name` in the folder, NaN outside the mask; None if there is no such file."""
         path = self.folder / name
-        if not path.exists():
+        if not self.present(path):
             return None
         geometry, values = read_one_map(self.checked(path))
         try:  # (a map of another grid would be drawn and tabled at the mask's elements: wrong values, no error)
@@ -163,14 +168,18 @@ def read_results(folder) -> Results:
     lost = [n for n in (record.outputs or {}) if n.endswith("design.tsv") and not (folder / n).is_file()]
     if lost:
         raise InputError(f"{folder} lacks {lost[0]}, which the fit wrote; the folder is incomplete: rerun the fit.")
-    if (folder / "design.tsv").is_file():
+
+    def ours(path: Path) -> bool:  # (a file an earlier fit left, kept by --force: not this record's)
+        return path.is_file() and (record.outputs is None or path.name in record.outputs)
+
+    if ours(folder / "design.tsv"):
         record.check_output(folder / "design.tsv")
         designs.append(_design_view("Design", folder / "design.tsv", model.get("design", {})))
     for r, run in enumerate(model.get("runs", []), 1):
-        if (folder / f"run-{r}_design.tsv").is_file():
+        if ours(folder / f"run-{r}_design.tsv"):
             record.check_output(folder / f"run-{r}_design.tsv")
             designs.append(_design_view(f"Run {r}", folder / f"run-{r}_design.tsv", run))
-    masks = sorted(folder.glob("mask.*"))
+    masks = sorted(m for m in folder.glob("mask.*") if ours(m))
     if not masks:
         raise InputError(f"{folder} holds no mask file; the report needs the maps of a finished run.")
     record.check_output(masks[0])

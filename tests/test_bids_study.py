@@ -141,6 +141,29 @@ def test_rerun_skips_unchanged_groups_and_refits_a_changed_run(volumes, tmp_path
     assert sum(1 for g in third.nodes["run"] if not g.reused) == 1
 
 
+def test_a_map_copied_over_a_groups_after_the_study_is_refitted_not_passed_on(volumes):
+    """sub-02's subject effect map copied over sub-01's after the study: a rerun took sub-01's group as unchanged
+    (its record and files there) and refitted the dataset group from the copy, sub-01 and sub-02 the same map, with
+    nothing said. The group's record holds its maps' digests: the group is refitted, and the dataset's inputs are
+    sub-01's own map again."""
+    import shutil
+
+    from voxfit.bids import run
+
+    study, out, _ = volumes
+    assert run(study.root, out, derivatives=[study.derivatives], progress=False).ok  # (as the study is now)
+    effects = sorted(out.glob("sub-0*/node-subject/*contrast-congruent_stat-effect_statmap.nii.gz"))
+    original = effects[0].read_bytes()
+    shutil.copy(effects[1], effects[0])
+    again = run(study.root, out, derivatives=[study.derivatives], progress=False)
+    refit = {(g.name, dict(g.entities).get("subject")) for gs in again.nodes.values() for g in gs if not g.reused}
+    assert again.ok and ("subject", "01") in refit and ("subject", "02") not in refit and ("dataset", None) in refit
+    assert effects[0].read_bytes() == original
+    record = json.loads(next(out.glob("node-dataset/*congruent_model.json")).read_text())
+    digests = {Path(i["path"]).name: i["blake3"] for i in record["inputs"]}
+    assert len(set(digests.values())) == len(digests)  # (each subject's map its own)
+
+
 def test_an_unchanged_rerun_is_decided_without_pybids(volumes):
     """A rerun of an unchanged, complete study is answered from the dataset's file stamps and the last study's
     records (OUT_DIR/.voxfit/study.json): pybids is not even imported, no design is built."""

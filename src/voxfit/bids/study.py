@@ -1009,8 +1009,22 @@ def _subjects_dropped(record_path: Path, extra: dict) -> list[str]:
     ]
 
 
-def _outputs_present(bids: dict) -> bool:
-    return all(Path(f).is_file() for o in bids.get("outputs", {}).values() for f in (o["effect"], o["variance"]))
+def _outputs_intact(bids: dict, record_path: Path) -> bool:
+    """Whether a group's maps passed on are all there and are those it wrote: its record unedited and each effect
+    and variance map of the digest it holds (a map copied over another after the study had been passed on to the
+    next level as the group's own, the dataset group refitted from it with nothing said)."""
+    from ..models.record import ModelRecord
+
+    maps = [Path(f) for o in bids.get("outputs", {}).values() for f in (o["effect"], o["variance"])]
+    if not all(f.is_file() for f in maps):
+        return False
+    try:
+        record = ModelRecord.read(record_path)
+        for f in maps:
+            record.check_output(f)
+    except InputError:
+        return False
+    return True
 
 
 def _node_result(bids: dict, record_path: Path) -> NodeResult:
@@ -2337,7 +2351,7 @@ class _Study:
             raise InputError(foreign)
         if bids is None or bids.get("checksum") != checksum:
             return None
-        return bids if _outputs_present(bids) else None
+        return bids if _outputs_intact(bids, record_path) else None
 
     def pass_on(self, node_name: str, bids_or_outputs: dict, entity: dict) -> None:
         """The t contrasts' maps of a group, passed on to the nodes below."""
@@ -2770,7 +2784,7 @@ class _Study:
         found = []
         for record in entry.get("records", ()):
             bids = _read_bids(Path(record))
-            if bids is None or not _outputs_present(bids):
+            if bids is None or not _outputs_intact(bids, Path(record)):
                 return False
             found.append((bids, Path(record)))
         for bids, record in found:

@@ -445,6 +445,23 @@ def test_a_fit_of_several_runs_is_one_subjects_first_level(tmp_path):
     assert 10 <= recorded["min"] <= recorded["max"] <= 12 - 2 + 14 - 2 and "fixed_effects" in recorded["per_voxel"]
 
 
+def test_a_folder_whose_map_was_replaced_after_its_fit_is_refused(voxfit_study, tmp_path, capsys):
+    """sub-02's effect map copied over sub-01's after the fits: voxfit report refused the folder, voxfit group
+    --first-level fitted the copy as sub-01's (exit 0). The record's digests of the maps it wrote are checked."""
+    import shutil
+
+    from voxfit.cli import main
+
+    _, fits = voxfit_study
+    folders = [shutil.copytree(fits[s], tmp_path / f"sub-{s}") for s in ("01", "02", "03")]
+    name = "contrast-task_stat-effect_statmap.nii.gz"
+    shutil.copy(folders[1] / name, folders[0] / name)
+    argv = ["group", "--first-level", *map(str, folders), "--first-level-contrast", "task", "-o", str(tmp_path / "g")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"sub-01/{name} is not the file the fit wrote" in err and err.count("\n") == 1, err
+
+
 def test_bad_folder_arguments_are_refused(voxfit_study, tmp_path):
     _, fits = voxfit_study
     with pytest.raises(InputError, match=r"`folders`: .*nothere is not a folder"):

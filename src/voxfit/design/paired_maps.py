@@ -764,6 +764,10 @@ def _voxfit_maps(folder: Path, contrast: str, record) -> _Folder:
             "variance map: give a t contrast (one row of weights)."
         )
     effect, variance = (_voxfit_map(folder, contrast, stat) for stat in ("effect", "variance"))
+    check = getattr(record, "check_output", None)  # (a ModelRecord's: each map the one the fit wrote)
+    if check is not None:
+        check(effect)
+        check(variance)
     dof, note = _voxfit_dof(folder, contrast, entry.get("dof"), (record.design or {}).get("dof"))
     return _Folder(effect, variance, _input_label(folder, record), dof, note)
 

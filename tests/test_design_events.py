@@ -641,6 +641,13 @@ def test_each_of_several_runs_has_its_own_fits_maps_as_spm_and_feat_write_them(t
     assert main([*argv, "--noise", "ar1", "-o", str(tmp_path / "ar1"), "--quiet"]) == 0, capsys.readouterr().err
     written = {p.name for p in (tmp_path / "ar1").iterdir()}
     assert {f"run-{r}_stat-arcoef_statmap.nii.gz" for r in (1, 2)} <= written
+    # SPM's ar1-global fits each run's whitened design: written beside it, as one run's is
+    for r, path in enumerate(runs):
+        data = read_back(path).T.reshape(6, 5, 4, n[r], order="F")
+        design = np.loadtxt(out / f"run-{r + 1}_design.tsv", skiprows=1, ndmin=2)
+        write_nifti(path, (data + 8 * design[:, 0]).astype(np.float32))  # (faces: voxels for SPM's F test)
+    assert main([*argv, "--noise", "ar1-global", "-o", str(tmp_path / "g"), "--quiet"]) == 0, capsys.readouterr().err
+    assert {f"run-{r}_design_desc-whitened.tsv" for r in (1, 2)} <= {p.name for p in (tmp_path / "g").iterdir()}
 
 
 def test_fixed_effects_of_f_contrasts(rng):

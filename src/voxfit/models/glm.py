@@ -485,11 +485,14 @@ def _diagnose(noise, noise_fit: NoiseFit, data, execution: Execution):
     return residual_diagnostics(data, whitener, noise, execution)
 
 
-def write_design_files(out, prefix: str, X, names, kinds, tr=None) -> None:
+def write_design_files(out, prefix: str, X, names, kinds, tr=None, fitted=None) -> None:
     """``<prefix>design.tsv``, the model's design (what ``--design`` reads back), and its sidecar
-    ``<prefix>design.json`` with each column's kind, into the output folder `out`."""
+    ``<prefix>design.json`` with each column's kind, into the output folder `out`; and where the design `fitted`
+    is another (ar1-global's whitened one), ``<prefix>design_desc-whitened.tsv``."""
     write_design(out.path(f"{prefix}design.tsv"), X, names)
     write_sidecar(out.path(f"{prefix}design.json"), names, kinds, tr)
+    if fitted is not None and fitted is not X and not np.array_equal(fitted, X):
+        write_design(out.path(f"{prefix}design_desc-whitened.tsv"), fitted, names)
 
 
 def _column_dataset(reader, mask, mask_threshold, scheduler) -> Dataset | None:
@@ -936,10 +939,7 @@ def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) ->
         maps += fitted.diagnostics.maps(ext)
         out.path(SPECTRUM_FILE).write_text(fitted.diagnostics.spectrum_tsv(design_tr(design)))
     write_maps(out, masker, maps, n_jobs)
-    names = list(nf.fit.names)
-    write_design_files(out, "", model.X, names, model.kinds, getattr(design, "tr", None))
-    if nf.fit.design.X is not model.X and not np.array_equal(nf.fit.design.X, model.X):  # ar1-global: whitened
-        write_design(out.path("design_desc-whitened.tsv"), nf.fit.design.X, names)
+    write_design_files(out, "", model.X, list(nf.fit.names), model.kinds, getattr(design, "tr", None), nf.fit.design.X)
 
 
 def fit_maps(nf: NoiseFit, ext: str, prefix: str = "") -> list[tuple[str, np.ndarray, list[str]]]:

@@ -248,7 +248,8 @@ def fit_runs(
                 raise InputError(f"run {r}: {exc}") from None
             if out is not None:  # (written as each run is fitted: its betas are not kept for the others' fits)
                 write_maps(out, masker, fit_maps(noise_fit, geometry.extension, f"run-{r}_"), execution.n_jobs)
-                write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], design_tr(designs[r - 1]))
+                tr = design_tr(designs[r - 1])
+                write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], tr, noise_fit.fit.design.X)
             runs.append(noise_fit.contrasts)
             fits.append({"rank": noise_fit.fit.rank, "dof": noise_fit.fit.dof, "noise_details": noise_fit.info})
         combined = {label: fixed_effects(label, [run[label] for run in runs], execution.n_jobs) for label, _ in items}

@@ -1462,6 +1462,19 @@ def _sessions_tables(bids_dir: Path) -> tuple[list[str], dict[str, set[str]]]:
     return list(columns), ids
 
 
+def _subject_sessions(root: Path, subject: str) -> tuple[Path, list[dict[str, str]]]:
+    """A subject's sessions.tsv and its rows, each as {column: cell} (stripped; ``session_id`` without ``ses-``,
+    found by its name wherever it is); no rows where the table is missing, empty or has no session_id column."""
+    path = root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
+    rows = _participants_rows(_table_lines(path))
+    if not rows or "session_id" not in rows[0]:
+        return path, []
+    table = [dict(zip(rows[0], r)) for r in rows[1:]]
+    for row in table:
+        row["session_id"] = row.get("session_id", "").removeprefix("ses-")
+    return path, table
+
+
 def _contrast_names(node: dict) -> set[str]:
     """The names of a node's contrasts (its Contrasts and the DummyContrasts it lists): what the nodes after it
     may name in their Model.X."""
@@ -1585,13 +1598,8 @@ def _check_sessions(bids_dir: Path, model: dict, columns, runs) -> None:
     if not _model_columns(model) & set(columns):
         return
     for subject in sorted({str(dict(r.entities)["subject"]) for r in runs}):
-        path = bids_dir / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
-        rows = _participants_rows(_table_lines(path))
-        if rows and "session_id" in rows[0]:
-            j = rows[0].index("session_id")
-            _refuse_repeated(
-                path, [r[j].removeprefix("ses-") if len(r) > j else "" for r in rows[1:]], "ses-", "session"
-            )
+        path, rows = _subject_sessions(bids_dir, subject)
+        _refuse_repeated(path, [row["session_id"] for row in rows], "ses-", "session")
 
 
 def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -> None:
@@ -2949,13 +2957,11 @@ class _Study:
             if column not in self.session_columns or not level:
                 continue
             for subject in sorted({s for s, _ in sessions} - {None}):
-                path = root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
-                rows = _participants_rows(_table_lines(path))
-                if not rows or column not in rows[0] or "session_id" not in rows[0]:
+                rows = _subject_sessions(root, subject)[1]
+                if not rows or column not in rows[0]:
                     continue
-                j, at = rows[0].index(column), rows[0].index("session_id")
                 own = {ses for s, ses in sessions if s == subject}
-                levels = {r[j] for r in rows[1:] if len(r) > max(j, at) and r[at].removeprefix("ses-") in own}
+                levels = {row[column] for row in rows if row["session_id"] in own and column in row}
                 if level not in levels and subject not in lacking:
                     lacking[subject] = (
                         f"sub-{subject} has no session whose {column} is {level!r} (its sessions' {column}: "
@@ -2970,12 +2976,10 @@ class _Study:
         kinds: dict[str, list[str]] = {}
         root = Path(self.layout.root)
         for subject in sorted(subjects):
-            path = root / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
-            rows = _participants_rows(_table_lines(path))
+            path, rows = _subject_sessions(root, subject)
             if not rows or column not in rows[0]:
                 continue
-            j = rows[0].index(column)
-            cells = [r[j] for r in rows[1:] if len(r) > j and r[j].lower() not in MISSING_CELLS]
+            cells = [row[column] for row in rows if column in row and row[column].lower() not in MISSING_CELLS]
             kind = "no value" if not cells else "numbers" if all(map(is_number, cells)) else "words"
             kinds.setdefault(kind, []).append(str(path.relative_to(root)))
         if len(kinds) < 2:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .._array import type_name
 from .._execution import Execution, cap_holding, data_bytes
@@ -81,10 +82,9 @@ def fixed_effects(label: str, per_run: list[Stats], workers: int | None = None) 
         with np.errstate(divide="ignore", invalid="ignore"):
             precision = np.sum([1.0 / s.variance for s in per_run], axis=0)
             effect = np.sum([s.effect / s.variance for s in per_run], axis=0) / precision
-            # (the weights are estimated: Meier's first-order term for their error, and their effective dof)
             share = [1.0 / (s.variance * precision) for s in per_run]
-            variance = (1.0 + 4.0 * np.sum([f * (1.0 - f) / s.dof for f, s in zip(share, per_run)], axis=0)) / precision
-            dof = 1.0 / np.sum([f * f / s.dof for f, s in zip(share, per_run)], axis=0)
+            inflation, dof = _estimated_weights(share, [s.dof for s in per_run])
+            variance = inflation / precision
         bad = ~(np.isfinite(effect) & (variance > 0) & np.isfinite(variance))
         effect[bad], variance[bad] = np.nan, np.nan
         return t_stats(label, weights, effect, variance, ~bad, dof, workers=workers)
@@ -109,16 +109,22 @@ def fixed_effects(label: str, per_run: list[Stats], workers: int | None = None) 
     # an F of one independent row, which stays its t's square)
     rank = np.maximum(np.rint(np.einsum("vab,vba->v", combined, precision)), 1.0)
     share = [np.einsum("vab,vba->v", combined, inv) / rank for inv in inverses]
-    nus = [np.broadcast_to(s.dof[1], (V,))[ok] for s in per_run]
+    inflation, kept_dof = _estimated_weights(share, [np.broadcast_to(s.dof[1], (V,))[ok] for s in per_run])
     covariance = np.full((V, q, q), np.nan)
-    covariance[ok] = (
-        combined * (1.0 + 4.0 * np.sum([f * (1.0 - f) / nu for f, nu in zip(share, nus)], axis=0))[:, None, None]
-    )
+    covariance[ok] = combined * inflation[:, None, None]
     effect = np.full((q, V), np.nan)
     effect[:, ok] = np.einsum("vqr,vr->qv", combined, weighted)
     dof = np.full(V, np.nan)
-    dof[ok] = 1.0 / np.sum([f * f / nu for f, nu in zip(share, nus)], axis=0)
+    dof[ok] = kept_dof
     return f_stats(label, weights, effect, covariance, ok, dof)
+
+
+def _estimated_weights(shares: list, nus: list) -> tuple[NDArray, NDArray]:
+    """For runs weighted by their estimated precision, each run's `shares` of it and dof `nus` (per voxel): the
+    factor of the combination's variance, Meier's (1953) first-order term for the weights' error
+    ``1 + 4 sum_r f_r (1 - f_r) / nu_r``, and the weights' effective (Satterthwaite) dof ``1 / sum_r f_r^2 / nu_r``."""
+    inflation = 1.0 + 4.0 * np.sum([f * (1.0 - f) / nu for f, nu in zip(shares, nus)], axis=0)
+    return inflation, 1.0 / np.sum([f * f / nu for f, nu in zip(shares, nus)], axis=0)
 
 
 def _subset(data, columns: np.ndarray):

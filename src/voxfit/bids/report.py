@@ -315,7 +315,7 @@ class _GroupResults(Results):
 
         def file(s):
             path = self.folder / map_name(self.prefix, c, s, ext)
-            return read_one_map(self.checked(path))[1] if path.is_file() else None
+            return read_one_map(self.checked(path))[1] if self.present(path) else None
 
         if desc is None:
             return file(stat)
@@ -341,6 +341,7 @@ def _results(g: _Group) -> _GroupResults:
     from ..models.record import check_output
 
     record = g.record
+    outputs = record.get("outputs")
     folder = g.path.parent
     prefix = group_prefix(g.entities)
     contrasts = []
@@ -357,21 +358,20 @@ def _results(g: _Group) -> _GroupResults:
     effect = sorted(folder.glob(glob.escape(map_name(prefix, contrasts[0].label, "effect", "")) + ".*"))
     if not effect:
         raise InputError(f"{g.path}: the effect map of contrast {contrasts[0].label!r} is missing beside it.")
-    check_output(record.get("outputs"), effect[0])
+    check_output(outputs, effect[0])
     geometry, values = read_one_map(effect[0])
     extension = effect[0].name.split("_statmap", 1)[1]
     designs = []
     design_file = folder / f"{g.stem}design.tsv"
     info = record.get("design") or {}
     if design_file.is_file() and g.level in ("run", "dataset"):
-        check_output(record.get("outputs"), design_file)
+        check_output(outputs, design_file)
         X, names = read_design(design_file)
         kinds = list(info.get("kinds") or column_kinds(design_file, names, X))
         title = "Design" if g.level == "run" else "Group design"
         designs.append(DesignView(title, X, list(names), kinds, info.get("tr")))
     level = REPORT_LEVELS[g.level]
     mask = np.isfinite(values)
-    outputs = record.get("outputs")
     return _GroupResults(folder, record, level, designs, contrasts, geometry, mask, extension, outputs, prefix)
 
 

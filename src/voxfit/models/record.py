@@ -24,6 +24,7 @@ __all__ = [
     "RECORD_VERSION",
     "ModelRecord",
     "check_output",
+    "is_output",
     "contrast_record",
     "design_record",
     "design_rows_record",
@@ -224,6 +225,13 @@ class ModelRecord:
 
 
 SEAL = "record_blake3"  # the key of the record's digest of its own content
+
+
+def is_output(outputs: dict | None, path) -> bool:
+    """Whether `path` is a file of the fit whose record lists `outputs`: there, and among them where the record
+    lists its files (a file an earlier fit left in the folder, kept by ``--force``, is not)."""
+    path = Path(path)
+    return path.is_file() and (outputs is None or path.name in outputs)
 
 
 def check_output(outputs: dict | None, path) -> None:

@@ -20,7 +20,7 @@ from ..exceptions import InputError
 from ..io import clusters_table_name, sanitize_label, statmap_name
 from ..io.geometry import Geometry
 from ..io.readers import apply_scale, open_map
-from ..models.record import ModelRecord, check_output
+from ..models.record import ModelRecord, check_output, is_output
 
 __all__ = ["Contrast", "DesignView", "Results", "Threshold", "read_map", "read_one_map", "read_results"]
 
@@ -86,9 +86,8 @@ class Results:
     outputs: dict | None = None  # (the record's digests of the files the fit wrote: each file read is checked)
 
     def present(self, path: Path) -> bool:
-        """Whether `path` is a file of this fit: there, and among the record's ``outputs`` where it lists them (a
-        file of an earlier fit in the folder, kept by ``--force``, is not)."""
-        return path.is_file() and (self.outputs is None or path.name in self.outputs)
+        """Whether `path` is a file of this fit (``voxfit.models.record.is_output``)."""
+        return is_output(self.outputs, path)
 
     def checked(self, path: Path) -> Path:
         """`path`, refused where it is not the file the fit wrote (``voxfit.models.record.check_output``)."""
@@ -168,18 +167,14 @@ def read_results(folder) -> Results:
     lost = [n for n in (record.outputs or {}) if n.endswith("design.tsv") and not (folder / n).is_file()]
     if lost:
         raise InputError(f"{folder} lacks {lost[0]}, which the fit wrote; the folder is incomplete: rerun the fit.")
-
-    def ours(path: Path) -> bool:  # (a file an earlier fit left, kept by --force: not this record's)
-        return path.is_file() and (record.outputs is None or path.name in record.outputs)
-
-    if ours(folder / "design.tsv"):
+    if is_output(record.outputs, folder / "design.tsv"):
         record.check_output(folder / "design.tsv")
         designs.append(_design_view("Design", folder / "design.tsv", model.get("design", {})))
     for r, run in enumerate(model.get("runs", []), 1):
-        if ours(folder / f"run-{r}_design.tsv"):
+        if is_output(record.outputs, folder / f"run-{r}_design.tsv"):
             record.check_output(folder / f"run-{r}_design.tsv")
             designs.append(_design_view(f"Run {r}", folder / f"run-{r}_design.tsv", run))
-    masks = sorted(m for m in folder.glob("mask.*") if ours(m))
+    masks = sorted(m for m in folder.glob("mask.*") if is_output(record.outputs, m))
     if not masks:
         raise InputError(f"{folder} holds no mask file; the report needs the maps of a finished run.")
     record.check_output(masks[0])

@@ -1280,6 +1280,15 @@ def _dof_per_map(rows: list[dict], dofs: list[float]) -> list[float]:
     return [float(np.mean(maps[where])) / len(maps[where]) for where in inputs]
 
 
+def _maps_by_subject(rows: list[dict]) -> dict[str, list[dict]]:
+    """A group's input `rows` by their subject (rows without one left out)."""
+    seen: dict[str, list[dict]] = {}
+    for row in rows:
+        if (subject := _value(row.get("subject"))) is not None:
+            seen.setdefault(subject, []).append(row)
+    return seen
+
+
 def _check_one_map_per_subject(node: _Node, rows: list[dict], group_model: str) -> None:
     """A dataset-level group holding several maps of one subject (a Session node's maps grouped by contrast alone,
     or runs passed on to the dataset), refused before its fit saying what to do, where the group model takes one map
@@ -1287,10 +1296,7 @@ def _check_one_map_per_subject(node: _Node, rows: list[dict], group_model: str) 
     (kilobytes). OLS (which takes the maps as independent rows, as before) and Model.Type meta take them all."""
     if node.level != "dataset" or group_model == "ols" or (node.spec.get("Model") or {}).get("Type") == "meta":
         return
-    seen: dict[str, list] = {}
-    for row in rows:
-        if (subject := _value(row.get("subject"))) is not None:
-            seen.setdefault(subject, []).append(row)
+    seen = _maps_by_subject(rows)
     twice = {s: r for s, r in seen.items() if len(r) > 1}
     if not twice:
         return
@@ -1315,15 +1321,12 @@ def _repeated_subjects(node: _Node, rows: list[dict], group_model: str) -> list[
     group models that take one map per subject refuse it (:func:`_check_one_map_per_subject`)."""
     if node.level != "dataset" or group_model != "ols" or (node.spec.get("Model") or {}).get("Type") == "meta":
         return []
-    counts: dict[str, int] = {}
-    for row in rows:
-        if (subject := _value(row.get("subject"))) is not None:
-            counts[subject] = counts.get(subject, 0) + 1
-    several = sorted(s for s, n in counts.items() if n > 1)
+    by_subject = _maps_by_subject(rows)
+    several = sorted(s for s, held in by_subject.items() if len(held) > 1)
     if not several:
         return []
     return [
-        f"the group holds {len(rows)} maps of {len(counts)} subjects (several of {len(several)}: sub-"
+        f"the group holds {len(rows)} maps of {len(by_subject)} subjects (several of {len(several)}: sub-"
         f"{', sub-'.join(several[:5])}{', ...' if len(several) > 5 else ''}), which OLS takes as independent: its "
         "dof count maps, not subjects, and its p values are too small where a subject's maps share its effect; "
         "add session to the node's GroupBy (a test per session), or combine each subject's maps first (a Subject "

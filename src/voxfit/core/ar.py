@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from .._array import held_as_series
 from .design import DesignFactor
-from .distributions import kenward_roger_reference
+from .distributions import kenward_roger_or_satterthwaite
 from ._ar_kernels import ar1_estimate, ar1_solve, ar_kernels_loaded, compile_ar_kernels, shift_and_lag
 from .ols import REFIT_RATIO, needs_refit
 
@@ -889,17 +889,7 @@ def _ar_f_reference(q: NDArray, a1: NDArray, a2: NDArray, nu: float) -> tuple[ND
     scans; sigma^2 alone on nu < 6): from reach 0.5 to 0.9 m and lambda pass smoothly to that Satterthwaite dof
     and no scale (smootherstep: the AR(1) fits interpolate them in phi), which hold beyond, as before. With phi
     known (a1 = a2 = 0) both give F(q, nu), exactly."""
-    A1 = 2.0 * q * q / nu + a1
-    m, lam, reach = kenward_roger_reference(q, A1, 2.0 * q / nu + a2)
-    satterthwaite = 2.0 * q * q / A1
-    x = np.clip((0.9 - reach) / 0.4, 0.0, 1.0)
-    w = x * x * x * (x * (6.0 * x - 15.0) + 10.0)
-    w = np.where(np.isfinite(m) & np.isfinite(lam) & (m > 2.0) & (lam > 0.0), w, 0.0)
-    with np.errstate(invalid="ignore"):
-        return (
-            np.where(w > 0, w * m + (1.0 - w) * satterthwaite, satterthwaite),
-            np.where(w > 0, w * lam + (1.0 - w), 1.0),
-        )
+    return kenward_roger_or_satterthwaite(q, 2.0 * q * q / nu + a1, 2.0 * q / nu + a2)
 
 
 class _AR1Table:

@@ -35,7 +35,16 @@ from .._threads import even_spans, resolve_workers, run_in_threads
 from . import _kernels
 from ._kernels import hermite_z, hermite_z_numpy, kernels_loaded
 
-__all__ = ["kenward_roger_reference", "t_logsf", "t_to_z", "f_logsf", "f_to_z", "z_to_p", "z_to_logp"]
+__all__ = [
+    "kenward_roger_reference",
+    "kenward_roger_or_satterthwaite",
+    "t_logsf",
+    "t_to_z",
+    "f_logsf",
+    "f_to_z",
+    "z_to_p",
+    "z_to_logp",
+]
 
 _LN10 = math.log(10.0)
 _TINY = 1e-290  # below this a tail probability is computed from the series in log space
@@ -412,3 +421,25 @@ def kenward_roger_reference(q, A1, A2) -> tuple[np.ndarray, np.ndarray, np.ndarr
         lam = m / (E * (m - 2.0))
         reach = (np.maximum(c3 * B, 0.0) ** 8 + np.maximum(-c1 * B, 0.0) ** 8 + (A2 / q) ** 8) ** 0.125
     return m, lam, reach
+
+
+def kenward_roger_or_satterthwaite(q, A1, A2) -> tuple[np.ndarray, np.ndarray]:
+    """The denominator dof ``m`` and scale ``lambda`` of an F of `q` independent rows from Kenward and Roger's
+    ``A1`` and ``A2`` (:func:`kenward_roger_reference`) where their expansion holds, and Satterthwaite's dof of
+    the rows' mean trace, ``2 q^2 / A1``, with no scale where it fails: as its ``reach`` goes from 0.5 to 0.9, m
+    and lambda pass from one to the other smoothly (smootherstep), and the latter holds beyond, or wherever Kenward
+    and Roger's m is not above 2 or lambda not positive. The AR F's reference (``voxfit.core.ar._ar_f_reference``:
+    few dof or an uncertain phi make the expansion fail there) and that of fixed effects weighted by estimated
+    first-level variances (``voxfit.core.mixed.fixed_kenward_roger``). For one row with ``A1 = A2``, both are
+    ``2 / A1`` and 1."""
+    m, lam, reach = kenward_roger_reference(q, A1, A2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        satterthwaite = 2.0 * np.asarray(q, dtype=np.float64) ** 2 / A1
+    x = np.clip((0.9 - reach) / 0.4, 0.0, 1.0)
+    w = x * x * x * (x * (6.0 * x - 15.0) + 10.0)
+    w = np.where(np.isfinite(m) & np.isfinite(lam) & (m > 2.0) & (lam > 0.0), w, 0.0)
+    with np.errstate(invalid="ignore"):
+        return (
+            np.where(w > 0, w * m + (1.0 - w) * satterthwaite, satterthwaite),
+            np.where(w > 0, w * lam + (1.0 - w), 1.0),
+        )

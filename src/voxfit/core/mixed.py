@@ -6,7 +6,9 @@ Subject i of n has an effect y_i with a known first-level variance s_i^2 (its va
   between-subject variance ``tau2_g >= 0`` for each variance group g (FLAME's ``--grp``). tau2 is the
   restricted maximum likelihood (REML) estimate, bounded at zero, and beta its GLS estimate with the total
   variance ``V_i = s_i^2 + tau2_g(i)``; the covariance of beta is ``(X' V^-1 X)^-1``.
-- ``fixed`` (flameo's fixed effects): the same with tau2 = 0, i.e. precision-weighted least squares.
+- ``fixed`` (flameo's fixed effects): the same with tau2 = 0, i.e. precision-weighted least squares. With each
+  s_i^2 an estimate on d_i first-level dof, the covariance of beta and each contrast's dof can take the weights'
+  error into account (Kenward & Roger 1997, the s_i^2 as the estimated parameters: :func:`fixed_kenward_roger`).
 - ``ols``: ordinary least squares on the effects alone; the first-level variances are not used, and ``tau2``
   holds the residual variance sigma^2 of the fit (one group).
 
@@ -68,7 +70,7 @@ from numpy.typing import NDArray
 
 from .._threads import in_chunks
 from .design import DesignFactor, factorize
-from .distributions import kenward_roger_reference
+from .distributions import kenward_roger_or_satterthwaite, kenward_roger_reference
 
 __all__ = [
     "BAD_VARIANCE",
@@ -80,6 +82,7 @@ __all__ = [
     "OUTCOMES",
     "MixedBlock",
     "fit_mixed_block",
+    "fixed_kenward_roger",
     "kenward_roger_covariance",
     "kenward_roger_f",
     "no_fixed_effects",
@@ -142,6 +145,7 @@ def fit_mixed_block(
     contrasts=(),
     kenward_roger: bool = False,
     compiled: bool | None = None,
+    first_level_dof=None,
 ) -> MixedBlock:
     """Fit a group model to a block of voxels (any block gives the numbers of the whole, to rounding).
 
@@ -160,34 +164,48 @@ def fit_mixed_block(
     n_groups : int, optional
         G, when some codes may be absent from `groups` (default ``groups.max() + 1``).
     contrasts : sequence of (q, p) arrays
-        Contrast weights whose Satterthwaite degrees of freedom are wanted (``mixed`` only).
+        Contrast weights whose Satterthwaite (``mixed``) or Kenward-Roger (`kenward_roger`) degrees of freedom
+        are wanted.
     kenward_roger : bool
-        ``mixed`` only: the covariance of the betas adjusted for the estimation of tau2
+        ``mixed``: the covariance of the betas adjusted for the estimation of tau2
         (:func:`kenward_roger_covariance`); the dof of a contrast of one row Satterthwaite's, of several rows
-        Kenward & Roger's with their scale lambda (:func:`kenward_roger_f`), each at most n - rank.
+        Kenward & Roger's with their scale lambda (:func:`kenward_roger_f`), each at most n - rank. ``fixed``
+        (with `first_level_dof`): the covariance and dof of :func:`fixed_kenward_roger`, the first-level
+        variances taken as estimates on their first-level dof.
     compiled : bool, optional
         ``mixed`` with one variance group: fit each voxel with the compiled kernel (True) or the numpy path
         (False); their numbers are equal to rounding. Default: :func:`use_compiled_mixed` of the block's size.
         The other models, several groups and `kenward_roger` always take the numpy path.
+    first_level_dof : number, (n,) or (n, v) array, optional
+        ``fixed`` with `kenward_roger`: each subject's first-level dof (per voxel for (n, v)), positive.
     """
     design = X if isinstance(X, DesignFactor) else factorize(X, warn=False)
     Y = _as_matrix(effects)
     n, v = Y.shape
     codes = np.zeros(n, dtype=np.intp) if groups is None else np.asarray(groups, dtype=np.intp)
     G = 1 if model == "ols" else int(n_groups if n_groups is not None else codes.max() + 1)
+    first_dof = None
+    if model == "fixed" and kenward_roger:
+        if first_level_dof is None:
+            raise ValueError("model='fixed' with kenward_roger=True needs `first_level_dof`.")
+        d = np.asarray(first_level_dof, dtype=np.float64)
+        first_dof = np.broadcast_to(d, (n, 1)) if d.ndim == 0 else d.reshape(n, -1)  # (n, 1) or (n, v)
     if model == "mixed" and G == 1 and not kenward_roger and use_compiled_mixed(n * v, compiled):
         # (the kernel reads float32 and float64 as they are, without a float64 copy of the block)
         block = _fit_one_group_compiled(design, Y, _as_matrix(variances), max_iter, tol, contrasts)
         return _other_peak(design, Y, _as_matrix(variances), block, max_iter, tol, contrasts, kenward_roger, True)
-    block = _fit_numpy(design, Y, variances, codes, model, G, max_iter, tol, contrasts, kenward_roger)
+    block = _fit_numpy(design, Y, variances, codes, model, G, max_iter, tol, contrasts, kenward_roger, first_dof)
     if model == "mixed" and G == 1:
         S = _as_matrix(variances)
         return _other_peak(design, Y, S, block, max_iter, tol, contrasts, kenward_roger, compiled)
     return block
 
 
-def _fit_numpy(design, Y, variances, codes, model, G, max_iter, tol, contrasts, kenward_roger) -> MixedBlock:
-    """:func:`fit_mixed_block` by the numpy path (every model; several variance groups)."""
+def _fit_numpy(
+    design, Y, variances, codes, model, G, max_iter, tol, contrasts, kenward_roger, first_dof=None
+) -> MixedBlock:
+    """:func:`fit_mixed_block` by the numpy path (every model; several variance groups); `first_dof`: fixed
+    effects' first-level dof, (n, 1) or (n, v), for their Kenward-Roger terms (None: the weights taken as known)."""
     n, v = Y.shape
     Y = Y.astype(np.float64, copy=False)
     outcome = np.where(np.isfinite(Y).all(axis=0), OK, INVALID_DATA).astype(np.int8)
@@ -216,7 +234,8 @@ def _fit_numpy(design, Y, variances, codes, model, G, max_iter, tol, contrasts, 
             if model == "ols":
                 part = _fit_ols(design, Yk)
             elif model == "fixed":
-                part = _fit_fixed(design, Yk, Sk, G)
+                dof = first_dof if first_dof is None or first_dof.shape[1] == 1 else first_dof[:, idx]
+                part = _fit_fixed(design, Yk, Sk, G, contrasts if dof is not None else (), dof)
             else:
                 part = _fit_mixed(_Problem(design, codes, G), Yk, Sk, max_iter, tol, contrasts, kenward_roger)
             part.rescale(k, n - design.rank)
@@ -529,15 +548,80 @@ def _fit_ols(design: DesignFactor, Y: NDArray) -> _Part:
     return _Part(design.pinv @ Y, covariance, sigma2[None], outcome, loglik, np.zeros(v, np.int32), [], [])
 
 
-def _fit_fixed(design: DesignFactor, Y: NDArray, S: NDArray, G: int) -> _Part:
+def _fit_fixed(design: DesignFactor, Y: NDArray, S: NDArray, G: int, contrasts=(), first_dof=None) -> _Part:
     """Precision-weighted least squares: betas ``(X'WX)^+ X'W y``, covariance ``(X'WX)^+``, W = diag(1 / s^2);
-    tau2 = 0 in each of the G groups."""
+    tau2 = 0 in each of the G groups. With `first_dof` (n, 1) or (n, v), the covariance and each contrast's dof
+    and F scale of :func:`fixed_kenward_roger`."""
     problem = _Problem(design, np.zeros(Y.shape[0], dtype=np.intp), 1)
     v = Y.shape[1]
     state = problem.evaluate(np.zeros((1, v)), Y, S, derivatives=False, loglik=True)
-    betas, covariance = problem.betas(state, state.Minv)
+    covariance, dof, scale = state.Minv, [], []
+    if first_dof is not None:
+        covariance, dof, scale = fixed_kenward_roger(
+            problem.Q, design.basis_pinv, 1.0 / S, state.Minv, first_dof, contrasts
+        )
+    betas, covariance = problem.betas(state, covariance)
     ones = np.ones(v, np.int32)
-    return _Part(betas, covariance, np.zeros((G, v)), np.zeros(v, np.int8), state.loglik, ones, [], [])
+    return _Part(betas, covariance, np.zeros((G, v)), np.zeros(v, np.int8), state.loglik, ones, dof, scale)
+
+
+def fixed_kenward_roger(Q: NDArray, B: NDArray, w: NDArray, Minv: NDArray, first_dof: NDArray, contrasts=()):
+    """Fixed effects whose weights ``w_i = 1 / s_i^2`` are estimates, each s_i^2 on d_i first-level dof
+    (``var(s_i^2) = 2 s_i^4 / d_i``) independent of the effects: the covariance of the coefficients on the basis,
+    and each contrast's dof and F scale, by Kenward & Roger (1997, Biometrics 53:983) with the n first-level
+    variances as the estimated covariance parameters.
+
+    V = diag(s_i^2) is linear in them (their R term is 0), ``P_i = -w_i^2 q_i q_i'``, ``Q_ii = w_i^3 q_i q_i'`` and
+    their covariance A is diagonal, ``A_ii = 2 / (w_i^2 d_i)``, so that with ``M^-1 = (Q'WQ)^-1`` (flameo's
+    covariance) and the weighted leverages ``h_i = w_i q_i' M^-1 q_i`` the adjusted covariance is
+
+        M^-1 + 4 M^-1 [sum_i w_i (1 - h_i) / d_i  q_i q_i'] M^-1.
+
+    A subject of leverage 1 (a column of its own) adds nothing: its effect is its beta, whose variance is its own.
+    For a contrast of rows L (weights times `B`, rank q), ``Theta = L' (L M^-1 L')^+ L`` (from the plug-in
+    covariance, as :func:`kenward_roger_f`) and the subjects' shares ``g_i = w_i q_i' M^-1 Theta M^-1 q_i``
+    (summing to q; for one row c, ``w_i (c' M^-1 q_i)^2 / c' M^-1 c``), each P_i is of rank one, so Kenward and
+    Roger's A1 and A2 are equal: ``A1 = A2 = 2 sum_i g_i^2 / d_i``. One row: Satterthwaite's dof
+    ``2 / A1 = 1 / sum_i g_i^2 / d_i`` and no scale; several: Kenward & Roger's m and lambda, passing to
+    Satterthwaite's dof where their expansion fails (:func:`voxfit.core.distributions.kenward_roger_or_satterthwaite`;
+    an F of one independent row is its t's square on the t's dof). For X a column of ones, ``h_i = g_i = f_i``,
+    each subject's share of the precision: Meier's (1953) factor ``1 + 4 sum_i f_i (1 - f_i) / d_i`` and
+    effective dof ``1 / sum_i f_i^2 / d_i``, as runs combine (``voxfit.models.runs.fixed_effects``). As every
+    d_i grows, the plain covariance and a normal (chi2 / q) reference.
+
+    Parameters: `Q` (n, r) the design's orthonormal basis, `B` (p, r) the betas from its coefficients, `w` (n, v)
+    the weights, `Minv` (v, r, r), `first_dof` (n, 1) or (n, v), `contrasts` (q, p) weights. Returns the
+    adjusted covariance (v, r, r) and a list per contrast of its dof (v,) and of its F scale lambda (v,).
+    """
+    n, r = Q.shape
+    v = w.shape[1]
+    QQ = (Q[:, :, None] * Q[:, None, :]).reshape(n, r * r)
+
+    def subject_terms(K: NDArray) -> NDArray:
+        """``w_i q_i' K q_i`` for every subject and voxel (n, v), K (v, r, r)."""
+        return w * (QQ @ K.reshape(v, r * r).T)
+
+    # (1 - h_i is 0 for a subject the design fits exactly; rounding below 0 would narrow the covariance)
+    spread = np.maximum(1.0 - subject_terms(Minv), 0.0)
+    inner = ((4.0 * w * spread / first_dof).T @ QQ).reshape(v, r, r)
+    adjusted = Minv + Minv @ inner @ Minv
+    dofs, scales = [], []
+    for weights in contrasts:
+        L = np.asarray(weights, dtype=np.float64) @ B  # (q, r)
+        q = int(np.linalg.matrix_rank(L))
+        between = np.linalg.pinv(np.einsum("qa,vab,sb->vqs", L, Minv, L), hermitian=True)
+        Theta = np.einsum("qa,vqs,sb->vab", L, between, L)
+        shares = subject_terms(Minv @ Theta @ Minv)
+        A = 2.0 * np.sum(shares * shares / first_dof, axis=0)
+        if len(L) == 1:
+            with np.errstate(divide="ignore"):
+                dofs.append(2.0 / A)
+            scales.append(np.ones(v))
+        else:
+            m, lam = kenward_roger_or_satterthwaite(q, A, A)
+            dofs.append(m)
+            scales.append(lam)
+    return adjusted, dofs, scales
 
 
 # ------------------------------------------------------------------------------------------------ mixed: REML

@@ -41,16 +41,19 @@ class MixedFit:
         Fixed effects: GLS with the total variance (mixed), precision-weighted (fixed), OLS (ols).
     beta_covariance : (V, p, p) array
         Their covariance: ``(X' V^-1 X)^-1`` (mixed, fixed; the pseudo-inverse for a rank-deficient design),
-        ``sigma^2 (X'X)^+`` (ols).
+        ``sigma^2 (X'X)^+`` (ols); with ``dof="kenward-roger"`` adjusted for the estimation of the variances
+        (mixed: tau2, ``voxfit.core.mixed.kenward_roger_covariance``; fixed: the first-level variances,
+        ``voxfit.core.mixed.fixed_kenward_roger``).
     between_variance : (G, V) array
         The between-subject variance tau2 of each variance group (REML, >= 0) for mixed; 0 for fixed; for ols
         the residual variance sigma^2 (G = 1).
     groups : tuple
         The variance groups' labels, in the order of the rows of ``between_variance``.
     dof : float or (V,) array
-        The model's degrees of freedom: ``n - rank`` (mixed, ols; fixed without first-level dof), or the sum of
-        the first-level dof minus the rank (fixed). With ``dof="satterthwaite"`` or ``"kenward-roger"`` each
-        contrast's own per-voxel dof is in ``contrasts[label].dof``.
+        The model's residual degrees of freedom, those of ``dof="residual"``: ``n - rank`` (mixed, ols; fixed
+        without first-level dof), or the sum of the first-level dof minus the rank (fixed, flameo's; per voxel
+        for dof per subject and voxel). With ``dof="satterthwaite"`` or ``"kenward-roger"`` each contrast's own
+        per-voxel dof is in ``contrasts[label].dof``, and these are not used.
     valid : (V,) bool array
         Voxels fitted (``outcome == 0``).
     outcomes : dict of str to int
@@ -124,6 +127,7 @@ class _MixedProblem:
     execution: Execution
     workers: int
     outliers: bool = False
+    first_level_dof: NDArray[np.float64] | None = None  # (n, 1) or (n, V): fixed effects' Kenward-Roger terms'
 
 
 def mixed_effects(
@@ -149,7 +153,8 @@ def mixed_effects(
     ``mixed`` (FSL FLAME1, AFNI 3dMEMA): each subject's effect has variance ``s_i^2 + tau2``, its first-level
     variance plus a between-subject variance tau2 estimated at every voxel by restricted maximum likelihood,
     bounded at zero (one per variance group); the fixed effects by GLS with that total variance.
-    ``fixed`` (flameo's fixed effects): precision-weighted least squares, tau2 = 0. ``ols``: ordinary least
+    ``fixed`` (flameo's fixed effects): precision-weighted least squares, tau2 = 0; with `first_level_dof`, by
+    default, the first-level variances are taken as the estimates they are (see `dof`). ``ols``: ordinary least
     squares on the effects alone (the variances are not used). See ``voxfit.core.mixed`` for the estimation.
 
     Parameters
@@ -170,18 +175,30 @@ def mixed_effects(
         Default: one group, labelled 1. Not with ``ols``.
     model : {'mixed', 'fixed', 'ols'}
     first_level_dof : number, (n,) or (n, V) array_like, optional
-        ``fixed`` only: each subject's first-level degrees of freedom; the model's dof is then their sum minus
-        the rank of X (as flameo's fixed effects), a map when they vary over voxels. Without them it is
-        ``n - rank``.
+        ``fixed`` only: each subject's first-level degrees of freedom, on which its variance was estimated (per
+        voxel for (n, V)). By default the weights' error is then taken into account (``dof="kenward-roger"``);
+        with ``dof="residual"`` the dof are their sum minus the rank of X (flameo's), a map when they vary over
+        voxels. Without them the dof are ``n - rank``, the variances taken as known.
     dof : {'residual', 'satterthwaite', 'kenward-roger'}, optional
-        ``residual``: ``n - rank`` for every voxel and contrast (FLAME1's). ``satterthwaite`` (``mixed`` only):
+        ``residual``: ``n - rank`` for every voxel and contrast (FLAME1's); for ``fixed`` with `first_level_dof`
+        the sum of the first-level dof minus the rank and the covariance ``(X'WX)^+`` (flameo's fixed effects,
+        which take the estimated weights as known: 4 subjects of 20 first-level dof gave 6.3% of null voxels below
+        one-sided p < 0.05, 8 of 10 dof 9.5%; validation/fixed_effects_null.py). ``satterthwaite`` (``mixed`` only):
         each contrast's dof at each voxel by Satterthwaite's approximation from the REML information
         (``voxfit.core.mixed.satterthwaite_dof``, as lmerTest computes it; Fai & Cornelius's rule for F).
-        ``kenward-roger`` (``mixed`` only): the betas' covariance adjusted for the estimation of each group's
-        tau2 (``voxfit.core.mixed.kenward_roger_covariance``) and Satterthwaite's dof; F is Kenward & Roger's
-        scaled F with their dof (``kenward_roger_f``); dof at most n - rank. Default: ``kenward-roger`` with
-        several variance groups (with FLAME1's n - rank, 4 groups of 5 subjects gave 10% of null voxels below
-        p < 0.05: validation/variance_groups.py), else ``residual``.
+        ``kenward-roger``: ``mixed``: the betas' covariance adjusted for the estimation of each group's tau2
+        (``voxfit.core.mixed.kenward_roger_covariance``) and Satterthwaite's dof; F is Kenward & Roger's scaled
+        F with their dof (``kenward_roger_f``); dof at most n - rank. ``fixed`` (with `first_level_dof`): the
+        covariance widened for the error of the estimated weights, ``(X'WX)^+ + 4 (X'WX)^+ [sum_i w_i (1 - h_i)
+        / d_i x_i x_i'] (X'WX)^+`` (h_i the weighted leverages), Satterthwaite's dof per contrast and voxel, and
+        Kenward & Roger's scaled F (``voxfit.core.mixed.fixed_kenward_roger``; for a one-sample test, Meier's
+        term as runs are combined, ``voxfit.models.fixed_effects``). On null data (4-16 subjects, one-sided
+        p < 0.05, t and a 2-row F; validation/fixed_effects_null.py) 0.049-0.051 with first-level dof of 100
+        (flameo's 0.051-0.056), 0.050-0.055 with 20 (0.058-0.085) and 0.051-0.070 with 10 (0.063-0.136): a
+        first-order correction, still liberal on first levels of few dof, most for F and many subjects. Default:
+        ``kenward-roger`` for ``mixed`` with several variance groups (with FLAME1's n - rank, 4 groups of 5
+        subjects gave 10% of null voxels below p < 0.05: validation/variance_groups.py) and for ``fixed`` with
+        `first_level_dof`, else ``residual``.
     outliers : bool
         ``mixed`` only, one variance group, residual dof: outlier inference (FSL flameo's ``--io``, Woolrich
         2008): each subject's random effect comes from the population N(0, tau2) or, with a prior probability
@@ -231,13 +248,7 @@ def _mixed_problem(
     """Every argument of :func:`mixed_effects` checked, as one frozen problem."""
     if model not in MODELS:
         raise InputError(f"`model` must be one of {', '.join(map(repr, MODELS))}; got {model!r}.")
-    if dof is not None and dof not in _DOF_KINDS:
-        raise InputError(f"`dof` must be 'residual', 'satterthwaite' or 'kenward-roger'; got {dof!r}.")
-    if dof not in (None, "residual") and model != "mixed":
-        raise InputError(
-            f"`dof`={dof!r} applies to model='mixed' only (model={model!r} estimates no variance component); "
-            "give dof='residual'."
-        )
+    _check_dof_kind(dof, model, first_level_dof)
     _check_outliers(outliers, model, dof)
     if execution.on_device:
         raise InputError("mixed_effects runs on CPUs (this machine's or a Dask cluster's); drop `device`.")
@@ -267,15 +278,16 @@ def _mixed_problem(
     if model == "mixed" and len(labels) > 1:
         _check_identified(design, codes, labels)
         _warn_small_groups(codes, labels)
-    if dof is None:
-        dof = "kenward-roger" if model == "mixed" and len(labels) > 1 else "residual"
     if first_level_dof is not None and model != "fixed":
         raise InputError(
             f"`first_level_dof` is used by model='fixed' only (model={model!r} takes its dof from the design); "
             "leave it out."
         )
+    if dof is None:
+        several_groups = model == "mixed" and len(labels) > 1
+        dof = "kenward-roger" if several_groups or first_level_dof is not None else "residual"
     weights = _check_contrasts(contrasts, design)
-    model_dof = _model_dof(first_level_dof, design, effects.shape[1])
+    first_dof = _check_first_level_dof(first_level_dof, n, effects.shape[1])
     V, p, G = effects.shape[1], design.n_columns, len(labels)
     q = sum(w.shape[0] for w in weights.values())
     check_memory(
@@ -292,12 +304,36 @@ def _mixed_problem(
         labels=labels,
         model=model,
         weights=weights,
-        dof=model_dof,
+        dof=_model_dof(first_dof, design),
         dof_kind=dof,
         execution=execution,
         workers=resolve_workers(execution.n_jobs),
         outliers=outliers,
+        first_level_dof=first_dof if model == "fixed" and dof == "kenward-roger" else None,
     )
+
+
+def _check_dof_kind(dof, model: str, first_level_dof) -> None:
+    """`dof`: one of _DOF_KINDS or None, for a model that has it: Satterthwaite's for mixed alone,
+    Kenward-Roger's for mixed and for fixed with the first-level dof its terms come from, residual for all."""
+    if dof is not None and dof not in _DOF_KINDS:
+        raise InputError(f"`dof` must be 'residual', 'satterthwaite' or 'kenward-roger'; got {dof!r}.")
+    if model == "ols" and dof not in (None, "residual"):
+        raise InputError(
+            f"`dof`={dof!r} applies to model='mixed' and 'fixed' (model='ols' estimates one residual variance, "
+            "on n - rank dof); give dof='residual'."
+        )
+    if model == "fixed" and dof == "satterthwaite":
+        raise InputError(
+            "`dof`='satterthwaite' applies to model='mixed' only (the between-subject variance's); model='fixed' "
+            "takes dof='kenward-roger' (the default with `first_level_dof`: the estimated weights' error taken into "
+            "account) or 'residual' (flameo's: the sum of the first-level dof minus the rank)."
+        )
+    if model == "fixed" and dof == "kenward-roger" and first_level_dof is None:
+        raise InputError(
+            "`dof`='kenward-roger' with model='fixed' takes the weights' error from each subject's first-level "
+            "dof: give `first_level_dof`, or dof='residual' (n - rank, the variances taken as known)."
+        )
 
 
 def _check_outliers(outliers, model: str, dof: str) -> None:
@@ -399,11 +435,11 @@ def _check_contrasts(contrasts, design: DesignFactor) -> dict[str, NDArray[np.fl
     return {label: check_contrast(expr, design, label) for label, expr in items}
 
 
-def _model_dof(first_level_dof, design: DesignFactor, V: int) -> float | NDArray[np.float64]:
-    """``sum(first_level_dof) - rank`` (a number, or (V,) for (n, V) dof), or ``n - rank`` without them."""
+def _check_first_level_dof(first_level_dof, n: int, V: int) -> NDArray[np.float64] | None:
+    """`first_level_dof` as (n, 1) (a number, or one per subject) or (n, V) float64, not copied where it is
+    float64 already (the models layer hands on a broadcast view); None without them."""
     if first_level_dof is None:
-        return float(design.dof)
-    n = design.n_scans
+        return None
     try:
         raw = np.asarray(first_level_dof)
     except (TypeError, ValueError):  # (ragged lists)
@@ -413,7 +449,7 @@ def _model_dof(first_level_dof, design: DesignFactor, V: int) -> float | NDArray
             f"`first_level_dof` must be a number, or one per subject ({n},) or per subject and voxel ({n}, {V}); "
             f"got {first_level_dof!r}."
         )
-    d = raw.astype(np.float64)
+    d = np.asarray(raw, dtype=np.float64)
     if d.shape not in ((), (n,), (n, V)):
         raise InputError(
             f"`first_level_dof` must be a number, or one per subject ({n},) or per subject and voxel ({n}, {V}); "
@@ -421,12 +457,22 @@ def _model_dof(first_level_dof, design: DesignFactor, V: int) -> float | NDArray
         )
     if not (np.isfinite(d).all() and (d > 0).all()):
         raise InputError("`first_level_dof` must be positive and finite for every subject; some are not.")
-    total = d * n if d.ndim == 0 else d.sum(axis=0)
-    out = total - design.rank
-    if np.ndim(out):
-        out.setflags(write=False)
-        return out
-    return float(out)
+    d = np.broadcast_to(d, (n, 1)) if d.ndim == 0 else d.reshape(n, -1)
+    if d.flags.writeable:
+        d = d.view()
+        d.setflags(write=False)
+    return d
+
+
+def _model_dof(first_dof: NDArray | None, design: DesignFactor) -> float | NDArray[np.float64]:
+    """``sum(first-level dof) - rank`` (a number, or (V,) for (n, V) dof), or ``n - rank`` without them."""
+    if first_dof is None:
+        return float(design.dof)
+    out = first_dof.sum(axis=0) - design.rank
+    if out.size == 1 and first_dof.shape[1] == 1:
+        return float(out[0])
+    out.setflags(write=False)
+    return out
 
 
 def _block_voxels(problem: _MixedProblem) -> int:
@@ -482,13 +528,14 @@ def _fit(problem: _MixedProblem) -> MixedFit:
     def run(start: int) -> None:
         part = slice(start, min(start + step, V))
         variances = None if problem.variances is None else problem.variances[:, part]
-        place(part, block(problem.effects[:, part], variances))
+        place(part, block(problem.effects[:, part], variances, _columns(problem.first_level_dof, part)))
 
     starts = range(0, V, step)
     scheduler = problem.execution.scheduler
     if scheduler is not None:  # the same blocks as tasks on a Dask cluster: identical numbers
         spans = [(a, min(a + step, V)) for a in starts]
-        for (a, b), res in zip(spans, _on_cluster(scheduler, block, problem.effects, problem.variances, spans)):
+        maps = (problem.effects, problem.variances, problem.first_level_dof)
+        for (a, b), res in zip(spans, _on_cluster(scheduler, block, maps, spans)):
             place(slice(a, b), res)
     else:
         bar = Progress("group model", len(starts), enabled=problem.execution.progress, min_total=8)
@@ -550,7 +597,7 @@ class _Block:
     compiled: bool
     outliers: bool = False
 
-    def __call__(self, effects, variances) -> MixedBlock | OutlierBlock:
+    def __call__(self, effects, variances, first_level_dof=None) -> MixedBlock | OutlierBlock:
         if self.outliers:
             return fit_outlier_block(self.design, effects, variances, compiled=self.compiled)
         return fit_mixed_block(
@@ -563,27 +610,39 @@ class _Block:
             contrasts=self.contrasts,
             kenward_roger=self.kenward_roger,
             compiled=self.compiled,
+            first_level_dof=first_level_dof,
         )
 
 
-def _on_cluster(scheduler, block: _Block, effects, variances, spans) -> list[MixedBlock | OutlierBlock]:
-    """The blocks `spans` fitted as Dask tasks: maps that workers can read themselves (column sources of
-    files) are sent as their sources, a worker reading its own block; arrays are sent a block per task."""
+def _columns(first_dof: NDArray | None, part: slice) -> NDArray | None:
+    """A block's first-level dof: (n, 1) ones are every block's, (n, V) ones cut to its voxels."""
+    return first_dof if first_dof is None or first_dof.shape[1] == 1 else first_dof[:, part]
+
+
+def _on_cluster(scheduler, block: _Block, maps: tuple, spans) -> list[MixedBlock | OutlierBlock]:
+    """The blocks `spans` fitted as Dask tasks, `maps` the effects, the variances and the fixed model's
+    first-level dof (or None): maps that workers can read themselves (column sources of files) are sent as their
+    sources, a worker reading its own block, with the dof; arrays are sent a block per task."""
     from .._dask import run_tasks
 
+    effects, variances, first_dof = maps
     if getattr(effects, "worker_reads", False) and (variances is None or getattr(variances, "worker_reads", False)):
-        return run_tasks(scheduler, _read_and_fit, (block, effects, variances), spans)
-    calls = [(effects[:, a:b], None if variances is None else variances[:, a:b]) for a, b in spans]
+        return run_tasks(scheduler, _read_and_fit, (block, effects, variances, first_dof), spans)
+    calls = [
+        (effects[:, a:b], None if variances is None else variances[:, a:b], _columns(first_dof, slice(a, b)))
+        for a, b in spans
+    ]
     return run_tasks(scheduler, _fit_sent, block, calls)
 
 
 def _read_and_fit(shared, a: int, b: int) -> MixedBlock:
-    block, effects, variances = shared
-    return block(effects[:, a:b], None if variances is None else variances[:, a:b])
+    block, effects, variances, first_dof = shared
+    part = slice(a, b)
+    return block(effects[:, part], None if variances is None else variances[:, part], _columns(first_dof, part))
 
 
-def _fit_sent(block: _Block, effects, variances) -> MixedBlock:
-    return block(effects, variances)
+def _fit_sent(block: _Block, effects, variances, first_dof) -> MixedBlock:
+    return block(effects, variances, first_dof)
 
 
 def _contrast(

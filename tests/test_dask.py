@@ -343,6 +343,14 @@ def test_mixed_effects_on_a_cluster_equal_local_ones(client, tmp_path, no_reserv
     local = mixed_effects(X, Y, s2, {"slope": [0, 1]}, max_memory="16K")
     remote = mixed_effects(X, Y, s2, {"slope": [0, 1]}, max_memory="16K", scheduler=client)
     np.testing.assert_array_equal(remote.contrasts["slope"].t, local.contrasts["slope"].t)
+    # fixed effects' Kenward-Roger terms from first-level dof per subject and voxel, cut to each task's block
+    d = rng.integers(10, 100, (n, V)).astype(float)
+    kw = dict(model="fixed", first_level_dof=d, max_memory="16K")
+    local = mixed_effects(X, Y, s2, {"slope": [0, 1], "F": "x0; x1"}, **kw)
+    remote = mixed_effects(X, Y, s2, {"slope": [0, 1], "F": "x0; x1"}, scheduler=client, **kw)
+    for label in ("slope", "F"):
+        np.testing.assert_array_equal(remote.contrasts[label].stat, local.contrasts[label].stat)
+        np.testing.assert_array_equal(remote.contrasts[label].p, local.contrasts[label].p)
     effects, variances = [], []
     for k in range(n):
         for name, values, out in (("effect", Y, effects), ("variance", s2, variances)):

@@ -592,6 +592,23 @@ def test_blocks_and_threads_give_the_numbers_of_the_whole(rng, G):
         npt.assert_allclose(dof_small, dof_one, rtol=1e-7)
 
 
+def test_fixed_effects_blocks_take_their_voxels_first_level_dof(rng):
+    """First-level dof per subject and voxel are cut to each block's voxels (and a voxel not fitted does not move
+    the others'): blocks of a few voxels on two threads give the numbers of one block."""
+    n, v = 12, 500
+    X, Y, s2, _ = random_problem(rng, n, v, 1, 2)
+    Y[:, 7] = np.nan
+    d = rng.integers(8, 80, (n, v)).astype(float)
+    args = (X, Y, s2, {"t": [0, 1], "F": "x0; x1"})
+    small = voxfit.mixed_effects(*args, model="fixed", first_level_dof=d, max_memory="40K", n_jobs=2)
+    one = voxfit.mixed_effects(*args, model="fixed", first_level_dof=d, n_jobs=1)
+    npt.assert_allclose(small.beta_covariance, one.beta_covariance, rtol=1e-12)
+    for label in ("t", "F"):
+        npt.assert_allclose(small.contrasts[label].stat, one.contrasts[label].stat, rtol=1e-12)
+        npt.assert_allclose(small.contrasts[label].p, one.contrasts[label].p, rtol=1e-10)
+    assert np.isnan(small.contrasts["t"].dof[7]) and np.isfinite(np.delete(small.contrasts["t"].dof, 7)).all()
+
+
 def test_float32_memmap_inputs_and_frozen_result(tmp_path, rng):
     n, v = 10, 40
     X, Y, s2, _ = random_problem(rng, n, v, 1, 1)

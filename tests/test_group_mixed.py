@@ -162,10 +162,16 @@ def test_a_variance_group_of_one_map_is_refused(study, capsys, source):
 
 
 def test_fixed_effects_dof_and_ols_ignoring_variances(study):
+    """Fixed effects with first-level dof: flameo's sum minus the rank with dof='residual'; by default each voxel's
+    effective dof, between one subject's and all of theirs (the subjects' shares of the precision vary)."""
     effects = _maps(study, "stat-effect.nii.gz")
     variances = _maps(study, "stat-variance.nii.gz")
-    fixed = SecondLevel(variances=variances, model="fixed", first_level_dof=30).fit(effects)
+    fixed = SecondLevel(variances=variances, model="fixed", first_level_dof=30, dof="residual").fit(effects)
     assert fixed.parametric["intercept"].dof == pytest.approx(N * 30 - 1)
+    default = SecondLevel(variances=variances, model="fixed", first_level_dof=30).fit(effects)
+    assert default.mixed.dof_kind == "kenward-roger"
+    dof = default.parametric["intercept"].dof
+    assert np.all((dof >= 30) & (dof <= N * 30)) and dof.min() < dof.max()
     ols = SecondLevel(variances=variances, model="ols").fit(effects)
     plain = SecondLevel().fit(effects)
     npt.assert_allclose(ols.parametric["intercept"].t, plain.parametric["intercept"].t, rtol=1e-12)
@@ -194,7 +200,9 @@ def test_first_level_folders_of_voxfit_fits(tmp_path, rng):
     rows = record["settings"]["mixed_effects"]["pairing"]["rows"]
     assert [r["subject"] for r in rows] == [f"sub-{k:02d}" for k in range(6, 0, -1)]
     assert all(r["dof"] == n - 2 for r in rows)
-    assert record["contrasts"]["intercept"]["dof"] == pytest.approx(6 * (n - 2) - 1)
+    assert "Kenward-Roger's for the first-level variances" in record["settings"]["mixed_effects"]["dof"]
+    dof = record["contrasts"]["intercept"]["dof"]  # (effective, per voxel: at most every subject's summed)
+    assert n - 2 <= dof["min"] <= dof["median"] <= dof["max"] <= 6 * (n - 2)
     effect = [np.asarray(nib.load(f / "contrast-task_stat-effect_statmap.nii.gz").dataobj) for f in folders]
     variance = [np.asarray(nib.load(f / "contrast-task_stat-variance_statmap.nii.gz").dataobj) for f in folders]
     w = 1 / np.stack(variance)
@@ -536,12 +544,13 @@ def test_a_paired_grp_follows_the_maps_as_given_when_b_is_in_another_order(tmp_p
 def test_paired_fixed_model_is_the_precision_weighted_paired_difference(tmp_path, rng):
     """Fixed effects on the paired design equal, by hand, the precision-weighted mean of the differences
     A - B, each weighted by 1 / (var_A + var_B), its variance 1 / sum of the weights; with equal variances,
-    the plain mean difference and 2 v / n. dof: the sum of the first-level dof minus the rank (n + 1)."""
+    the plain mean difference and 2 v / n. dof: with dof='residual' (flameo's), the sum of the first-level dof
+    minus the rank (n + 1)."""
     st = _paired_study(tmp_path, rng)
     n = st["n"]
     effects = st["maps"]("a", "effect") + st["maps"]("b", "effect")
     variances = st["maps"]("a", "variance") + st["maps"]("b", "variance")
-    res = SecondLevel(paired=True, variances=variances, model="fixed", first_level_dof=20).fit(effects)
+    res = SecondLevel(paired=True, variances=variances, model="fixed", first_level_dof=20, dof="residual").fit(effects)
     keep = res.masker.mask
     d = st["Y"][:n] - st["Y"][n:]
     w = 1 / (st["V"][:n] + st["V"][n:])
@@ -612,9 +621,11 @@ def _dof_maps(study, rng) -> np.ndarray:
 
 
 def test_first_level_dof_maps_give_the_fixed_effects_dof_per_voxel(study, rng, capsys):
-    """--first-level-dof as maps (one per subject, given in another order, matched by subject): the dof at each
-    voxel is the sum of the subjects' minus the rank (flameo's), written as stat-dof; p from scipy's t with it.
-    One map for every subject, and a 4-D file of one volume per subject, give the same."""
+    """--first-level-dof as maps (one per subject, given in another order, matched by subject): with --dof residual
+    the dof at each voxel is the sum of the subjects' minus the rank (flameo's), written as stat-dof; p from
+    scipy's t with it. One map for every subject, and a 4-D file of one volume per subject, give the same. By
+    default, each subject's dof at each voxel enter Kenward-Roger's terms: the contrast's dof map is the engine's
+    with the dof maps as (n, V) arrays (stat-dof, flameo's, is not written)."""
     from scipy import stats as sps
 
     dof = _dof_maps(study, rng)
@@ -622,7 +633,15 @@ def test_first_level_dof_maps_give_the_fixed_effects_dof_per_voxel(study, rng, c
     variances = list(map(str, _maps(study, "stat-variance.nii.gz")))
     dof_files = list(map(str, _maps(study, "stat-dof.nii.gz")))
     out = study["dir"] / "g"
-    argv = ["group", *effects, "--variances", *variances, "--model", "fixed", "--quiet"]
+    default = ["group", *effects, "--variances", *variances, "--model", "fixed", "--quiet"]
+    assert main([*default, "--first-level-dof", *dof_files[::-1], "-o", str(study["dir"] / "kr")]) == 0
+    assert not (study["dir"] / "kr" / "stat-dof_statmap.nii.gz").exists()
+    got = np.asarray(nib.load(study["dir"] / "kr" / "contrast-intercept_stat-dof_statmap.nii.gz").dataobj)
+    Y = np.stack([np.asarray(nib.load(p).dataobj).reshape(-1, order="F") for p in effects])
+    S = np.stack([np.asarray(nib.load(p).dataobj).reshape(-1, order="F") for p in variances])
+    engine = voxfit.mixed_effects(np.ones((N, 1)), Y, S, {"m": [1.0]}, model="fixed", first_level_dof=dof)
+    npt.assert_allclose(got.reshape(-1, order="F"), engine.contrasts["m"].dof, rtol=1e-5)
+    argv = [*default, "--dof", "residual"]
     assert main([*argv, "--first-level-dof", *dof_files[::-1], "-o", str(out)]) == 0
     expected = dof.sum(0) - 1
     got = np.asarray(nib.load(out / "stat-dof_statmap.nii.gz").dataobj).reshape(-1, order="F")
@@ -649,8 +668,11 @@ def test_first_level_dof_maps_give_the_fixed_effects_dof_per_voxel(study, rng, c
 
 
 @pytest.mark.usefixtures("no_reserve")
-def test_dof_maps_over_the_cap(large_study, rng):
-    """Dof maps with the maps read by columns give the in-memory numbers."""
+def test_dof_maps_over_the_cap(large_study, rng, monkeypatch):
+    """Dof maps with the maps read by columns give the in-memory numbers (the cap holds the maps' dof, each
+    subject's at every voxel, beside the results: 24K held the results alone)."""
+    from voxfit.models import second_level
+
     study = large_study
     _dof_maps(study, rng)
     kw = {
@@ -659,7 +681,10 @@ def test_dof_maps_over_the_cap(large_study, rng):
         "first_level_dof": _maps(study, "stat-dof.nii.gz"),
     }
     whole = SecondLevel(**kw).fit(_maps(study, "stat-effect.nii.gz"))
-    streamed = SecondLevel(max_memory="24K", **kw).fit(_maps(study, "stat-effect.nii.gz"))
+    read, columns_of = [], second_level.columns_of
+    monkeypatch.setattr(second_level, "columns_of", lambda *a: read.append(1) or columns_of(*a))
+    streamed = SecondLevel(max_memory="28K", **kw).fit(_maps(study, "stat-effect.nii.gz"))
+    assert read  # (read by columns)
     npt.assert_allclose(streamed.parametric["intercept"].dof, whole.parametric["intercept"].dof, rtol=1e-12)
     npt.assert_allclose(streamed.parametric["intercept"].p, whole.parametric["intercept"].p, rtol=1e-10)
 
@@ -757,7 +782,10 @@ def test_first_level_dof_given_for_folders_is_checked(tmp_path, rng, capsys):
         folders.append(str(stats.parent))
     base = ["group", "--first-level", *folders, "--first-level-contrast", "1", "--model", "fixed"]
     assert main([*base, "--first-level-dof", "20", "-o", str(tmp_path / "g"), "--quiet"]) == 0
-    assert json.loads((tmp_path / "g" / "model.json").read_text())["contrasts"]["intercept"]["dof"] == 4 * 20 - 1
+    dof = json.loads((tmp_path / "g" / "model.json").read_text())["contrasts"]["intercept"]["dof"]
+    assert 20 <= dof["min"] <= dof["max"] <= 4 * 20  # (Kenward-Roger's effective dof)
+    assert main([*base, "--first-level-dof", "20", "--dof", "residual", "-o", str(tmp_path / "r"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "r" / "model.json").read_text())["contrasts"]["intercept"]["dof"] == 4 * 20 - 1
     capsys.readouterr()
     assert main([*base, "--first-level-dof", "-3", "-o", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err

@@ -159,8 +159,10 @@ output folders with --first-level (voxfit's or FEAT's) and --first-level-contras
                --two-sample group --variance-groups group --contrast "pvc=patient - control" -o mixed2/
   voxfit group --first-level sub-*.feat --first-level-contrast 1 --model fixed -o fixed/
 --model mixed (the default with variances) estimates a between-subject variance at every voxel (per variance
-group) by REML, fixed weighs by the first-level variances alone, ols ignores them. Voxels that cannot be fitted
-(a zero or missing variance, a flat likelihood) are NaN and counted in the summary and model.json.
+group) by REML, fixed weighs by the first-level variances alone (with their first-level dof, taken as the
+estimates they are: Kenward-Roger's covariance and dof; --dof residual: flameo's), ols ignores them. Voxels
+that cannot be fitted (a zero or missing variance, a flat likelihood) are NaN and counted in the summary and
+model.json.
 With --paired (the A maps, then the B maps; --variances in the same two halves) the model is FLAME's paired
 design: 2n rows, the design over A - B and one column per subject. --first-level-dof takes numbers or dof maps
 (one for all, a 4-D file of one volume per map, or one per subject matched as the variances are).
@@ -492,7 +494,9 @@ def _get_parser() -> argparse.ArgumentParser:
         "--dof",
         choices=["residual", "satterthwaite", "kenward-roger"],
         help="mixed: n - rank (FLAME1; the default with one variance group), Satterthwaite's per voxel, or "
-        "Kenward-Roger's covariance and dof (the default with several variance groups)",
+        "Kenward-Roger's covariance and dof (the default with several variance groups); fixed: kenward-roger (the "
+        "default with first-level dof: the weights' error taken into account) or residual (flameo's: the sum of the "
+        "first-level dof minus the rank)",
     )
     mixed.add_argument(
         "--outliers",

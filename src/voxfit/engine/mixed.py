@@ -436,8 +436,9 @@ def _check_contrasts(contrasts, design: DesignFactor) -> dict[str, NDArray[np.fl
 
 
 def _check_first_level_dof(first_level_dof, n: int, V: int) -> NDArray[np.float64] | None:
-    """`first_level_dof` as (n, 1) (a number, or one per subject) or (n, V) float64, not copied where it is
-    float64 already (the models layer hands on a broadcast view); None without them."""
+    """`first_level_dof` as (n, 1) (a number, or one per subject) or (n, V) floats, not copied where they are
+    floats already (the models layer's dof maps are float32; each block takes its voxels' as float64); None
+    without them."""
     if first_level_dof is None:
         return None
     try:
@@ -449,7 +450,7 @@ def _check_first_level_dof(first_level_dof, n: int, V: int) -> NDArray[np.float6
             f"`first_level_dof` must be a number, or one per subject ({n},) or per subject and voxel ({n}, {V}); "
             f"got {first_level_dof!r}."
         )
-    d = np.asarray(raw, dtype=np.float64)
+    d = raw if raw.dtype.kind == "f" else raw.astype(np.float64)
     if d.shape not in ((), (n,), (n, V)):
         raise InputError(
             f"`first_level_dof` must be a number, or one per subject ({n},) or per subject and voxel ({n}, {V}); "
@@ -468,7 +469,7 @@ def _model_dof(first_dof: NDArray | None, design: DesignFactor) -> float | NDArr
     """``sum(first-level dof) - rank`` (a number, or (V,) for (n, V) dof), or ``n - rank`` without them."""
     if first_dof is None:
         return float(design.dof)
-    out = first_dof.sum(axis=0) - design.rank
+    out = first_dof.sum(axis=0, dtype=np.float64) - design.rank
     if out.size == 1 and first_dof.shape[1] == 1:
         return float(out[0])
     out.setflags(write=False)

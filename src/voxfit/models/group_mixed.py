@@ -13,7 +13,6 @@ import shutil
 import tempfile
 import warnings
 import zlib
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,11 +46,11 @@ __all__ = [
     "PairedDesign",
     "by_columns",
     "columns_of",
-    "dof_map_sum",
     "mixed_record",
     "paired_design",
     "paired_inputs",
     "permutation_copies",
+    "read_dof_maps",
     "read_variances",
     "streamed_mask",
     "variance_groups",
@@ -257,20 +256,23 @@ def _decompress(source: Path, target: Path, size: int, scan: int | None) -> Path
     return target
 
 
-def dof_map_sum(paired, masker: Masker) -> np.ndarray:
-    """The sum over rows of the first-level dof maps of `paired` (``PairedMaps.dof_maps``) at the fitted voxels
-    of `masker`, (V,) float64, each file read a volume at a time; refused, naming the file, where a dof is not
-    positive and finite at a fitted voxel."""
-    total = np.zeros(masker.n_voxels)
-    uses = Counter(paired.dof_maps)
+def read_dof_maps(paired, masker: Masker) -> np.ndarray:
+    """Each row's first-level dof map of `paired` (``PairedMaps.dof_maps``) at the fitted voxels of `masker`,
+    (n, V) float32 (held beside the fit: half the memory, and a dof needs no more digits), each file read a volume
+    at a time (fixed effects with estimated weights take every subject's dof at every voxel, not their sum alone);
+    refused, naming the file, where a dof is not positive and finite at a fitted voxel."""
+    out = np.empty((paired.n, masker.n_voxels), dtype=np.float32)
+    rows: dict[tuple, list[int]] = {}
+    for k, where in enumerate(paired.dof_maps):
+        rows.setdefault(where, []).append(k)
     for path in dict.fromkeys(p for p, _ in paired.dof_maps):
         reader = open_map(path)
         masker.geometry.check_same(reader.geometry, f"the dof map {path}")
         one_volume = reader.geometry.n_elements * reader.dtype.itemsize
-        for start, rows in reader.iter_scans(max_bytes=one_volume):
-            for k, row in enumerate(rows, start):
-                if uses[(path, k)]:
-                    values = apply_scale(row[masker.index], reader.scale).astype(np.float64)
+        for start, volumes in reader.iter_scans(max_bytes=one_volume):
+            for k, volume in enumerate(volumes, start):
+                if (path, k) in rows:
+                    values = apply_scale(volume[masker.index], reader.scale).astype(np.float64)
                     bad = int(np.count_nonzero(~(np.isfinite(values) & (values > 0))))
                     if bad:
                         where = f" (volume {k})" if reader.n_scans > 1 else ""
@@ -278,8 +280,8 @@ def dof_map_sum(paired, masker: Masker) -> np.ndarray:
                             f"the first-level dof map {path}{where} is not positive and finite at {bad:,} fitted "
                             "voxels; give dof maps of the same fits, or --mask the voxels they cover."
                         )
-                    total += uses[(path, k)] * values
-    return total
+                    out[rows[(path, k)]] = values
+    return out
 
 
 def streamed_mask(reader, mask) -> Masker:
@@ -370,7 +372,8 @@ def write_mixed_maps(out, masker: Masker, fit: MixedFit, permutation: dict | Non
     when there are several), with outlier inference each subject's outlier probability (``stat-outlierprob``,
     4-D, a volume per subject in the order of model.json's pairing rows), the outlier prior and the outlier
     variance (``stat-outlierprior``, ``stat-outliervariance``), the degrees of freedom where they vary over
-    voxels (``stat-dof``, per contrast with Satterthwaite's or Kenward-Roger's), and with permutations the
+    voxels (``stat-dof``: flameo's fixed effects from dof maps; per contrast with Satterthwaite's or
+    Kenward-Roger's), and with permutations the
     statistic they shuffled (``stat-t_desc-nullmodel`` or ``stat-F_desc-nullmodel``: see
     :data:`PERMUTATION_STATISTIC`)."""
     ext = masker.geometry.extension
@@ -389,7 +392,7 @@ def write_mixed_maps(out, masker: Masker, fit: MixedFit, permutation: dict | Non
         masker.write(out.path(statmap_name("outlierprob", ext)), fit.outlier_probability, names)
         masker.write(out.path(statmap_name("outlierprior", ext)), fit.outlier_prior, ["outlier prior"])
         masker.write(out.path(statmap_name("outliervariance", ext)), fit.outlier_variance, ["outlier variance"])
-    if np.ndim(fit.dof) > 0:
+    if np.ndim(fit.dof) > 0 and fit.dof_kind == "residual":  # (else each contrast's own, below)
         masker.write(out.path(statmap_name("dof", ext)), fit.dof, ["dof"])
     for label, stats in fit.contrasts.items():
         dof = stats.dof[1] if stats.kind == "F" else stats.dof
@@ -403,18 +406,27 @@ MIXED_DOF_WORDS = {
     "kenward-roger": "Kenward-Roger's: the betas' covariance adjusted for the estimation of the between-subject "
     "variances, Satterthwaite's dof per contrast and voxel, at most n - rank",
 }
+FIXED_DOF_WORDS = {
+    "residual": "the sum of the first-level dof minus the rank, the betas' covariance (X'WX)^+ (flameo's fixed "
+    "effects: the first-level variances taken as known)",
+    "kenward-roger": "Kenward-Roger's for the first-level variances as estimates on their first-level dof: the betas' "
+    "covariance (X'WX)^+ widened for the weights' error, Satterthwaite's dof per contrast and voxel, Kenward & "
+    "Roger's scaled F (voxfit.core.mixed.fixed_kenward_roger)",
+}
 
 
 def mixed_record(fit: MixedFit, paired, first_level_dof: bool, permutation: dict | None = None) -> dict:
-    """What model.json says of a mixed- or fixed-effects fit: the model in words, its degrees of freedom, the
-    variance groups, the voxels not fitted and why, and how each variance map was paired with its effect map
-    (`first_level_dof`: whether the fixed-effects dof came from the first levels); with `permutation`
+    """What model.json says of a mixed- or fixed-effects fit: the model in words, its degrees of freedom and
+    covariance, the variance groups, the voxels not fitted and why, and how each variance map was paired with its
+    effect map (`first_level_dof`: whether the fixed-effects dof came from the first levels); with `permutation`
     results, the statistic their p-values come from."""
     if fit.model == "mixed":
         dof = MIXED_DOF_WORDS[fit.dof_kind]
+    elif first_level_dof:
+        dof = FIXED_DOF_WORDS[fit.dof_kind]
+        dof += " (per voxel, from dof maps)" if paired.dof_maps is not None else ""
     else:
-        dof = "the sum of the first-level dof minus the rank" if first_level_dof else "n - rank"
-        dof += " (per voxel, from dof maps)" if first_level_dof and paired.dof_maps is not None else ""
+        dof = "n - rank (no first-level dof: the first-level variances taken as known)"
     if paired.paired:
         dof += (
             "; paired: 2n rows (A maps, then B), the design over A - B at +-1/2 and one column per subject (FLAME's "

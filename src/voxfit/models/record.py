@@ -300,8 +300,9 @@ RUNS_DOF = (
     "shares are equal); see voxfit.models.runs.fixed_effects"
 )
 MIXED_DOF = (
-    "per-voxel degrees of freedom of the group model (Satterthwaite's, also with Kenward-Roger's covariance; or "
-    "fixed effects' first-level ones)"
+    "per-voxel degrees of freedom of the group model (mixed: Satterthwaite's, also with Kenward-Roger's covariance; "
+    "fixed: Kenward-Roger's for the estimated first-level variances, or with --dof residual flameo's sum of the "
+    "first-level dof minus the rank)"
 )
 
 

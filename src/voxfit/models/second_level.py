@@ -67,7 +67,7 @@ from .group_mixed import (
     MODELS,
     by_columns,
     columns_of,
-    dof_map_sum,
+    read_dof_maps,
     mixed_record,
     paired_design,
     paired_inputs,
@@ -597,8 +597,14 @@ class SecondLevel:
                 + (f"{kind}; drop it." if has_variances else "OLS: give each subject's variance map (--variances, or "
                    "--first-level folders) for a mixed model, or drop --variance-groups.")
             )  # fmt: skip
-        if kind != "mixed" and self.dof not in (None, "residual"):
-            raise InputError(f"--dof {self.dof} is for --model mixed, and the model is {kind}; drop it.")
+        if kind == "ols" and self.dof not in (None, "residual"):
+            models = "mixed or fixed" if self.dof == "kenward-roger" else "mixed"
+            raise InputError(f"--dof {self.dof} is for --model {models}, and the model is ols; drop it.")
+        if kind == "fixed" and self.dof == "satterthwaite":
+            raise InputError(
+                "--dof satterthwaite is for --model mixed; --model fixed takes kenward-roger (the default with "
+                "first-level dof: the weights' error taken into account) or residual (flameo's); drop it."
+            )
         if self.outliers and kind != "mixed":
             raise InputError(f"--outliers is outlier inference in --model mixed; drop it with --model {kind}.")
         if self.outliers and self.dof not in (None, "residual"):  # (said in the engine's Python words)
@@ -674,7 +680,8 @@ class SecondLevel:
                         "maps in NIfTI, .npy, Zarr or HDF5, or fewer voxels (--mask)."
                     )
                 Y, variances = columns
-                self._check_streamed_cap(execution, masker, pairs.n, len(items))
+                dof_maps = kind == "fixed" and pairs.dof_maps is not None
+                self._check_streamed_cap(execution, masker, pairs.n, len(items), dof_maps)
             rows = np.asarray(pairs.given_rows)  # (the .grp's rows are the maps' as given: B's too, paired by subject)
             groups = variance_groups(self.grp, d, reader.n_scans, rows, self.variance_groups, self.paired)
             n_groups = 1 if groups is None else len(set(np.asarray(groups).tolist()))
@@ -786,15 +793,19 @@ class SecondLevel:
             execution=execution,
         )
 
-    def _check_streamed_cap(self, execution: Execution, masker: Masker, n_maps: int, n_contrasts: int) -> None:
+    def _check_streamed_cap(
+        self, execution: Execution, masker: Masker, n_maps: int, n_contrasts: int, dof_maps: bool = False
+    ) -> None:
         """Refuse, naming the cap that would, a cap that cannot hold a mixed or fixed model of maps read by
         columns: the reserve for the interpreter, the per-voxel results (the fit: 2 values per design column and
         8 more, each contrast's statistics: 6 and 2 of the fit), the maps written (8 bytes per element of the grid,
-        twice) and the blocks of the fit (at most as many bytes as the results again)."""
+        twice), the blocks of the fit (at most as many bytes as the results again) and with `dof_maps` the
+        first-level dof of every map at every voxel (held for the fit)."""
         columns = n_maps // 2 + 1 if self.paired else 1  # (the subjects' columns of a paired design, at least)
         per_voxel = RESULT_VALUES + 2 * columns + n_contrasts * (CONTRAST_VALUES + 2)
         results = 8 * per_voxel * masker.n_voxels
-        need = reserved_bytes() + 2 * results + 16 * masker.geometry.n_elements
+        held = 4 * n_maps * masker.n_voxels if dof_maps else 0  # (float32: group_mixed.read_dof_maps)
+        need = reserved_bytes() + 2 * results + held + 16 * masker.geometry.n_elements
         if need > execution.budgets.process:
             raise InputError(
                 f"`max_memory`={execution.max_memory!r} cannot hold a group model of {n_maps} effect and variance "
@@ -805,14 +816,14 @@ class SecondLevel:
 
     @staticmethod
     def _first_level_dof(pairs, masker: Masker):
-        """The fixed-effects model's first-level dof: one per row, or from dof maps their sum over the rows at
-        each fitted voxel, handed on as n equal shares without a copy (one number when it does not vary)."""
+        """The fixed-effects model's first-level dof: one per row, or from dof maps each row's at each fitted voxel
+        (n, V) (one per row where none varies over the voxels)."""
         if pairs.dof_maps is None:
             return None if pairs.dof is None else np.asarray(pairs.dof, dtype=float)
-        total = dof_map_sum(pairs, masker)
-        if total.size and np.all(total == total[0]):
-            return float(total[0]) / pairs.n
-        return np.broadcast_to(total / pairs.n, (pairs.n, total.size))
+        dof = read_dof_maps(pairs, masker)
+        if dof.size and np.all(dof == dof[:, :1]):
+            return dof[:, 0].copy()
+        return dof
 
     def _contrast_items(self, d) -> list[tuple[str, object]]:
         """The contrasts asked for (--contrast, --con and --fts) over the group design `d`, checked for what the

@@ -68,7 +68,8 @@ GROUP_MODELS = {
     "ols": "ordinary least squares (ols) on the subjects' effect maps: the between-subject variance is the residual "
     "variance (the subjects' variance maps are not used)",
     "fixed": "fixed effects (fixed): each subject's effect weighted by 1 / its variance, no between-subject variance "
-    "(inference about these subjects only)",
+    "(inference about these subjects only); the variances taken as estimates on their first-level dof "
+    "(Kenward-Roger's covariance and dof)",
 }
 
 

@@ -169,7 +169,9 @@ class StudyResult:
 @dataclass(frozen=True)
 class _GroupFitted:
     """A higher node group's fit: its contrasts' Stats by label, the masker, the model's name, its dof, more maps
-    of each contrast (``(stat, values)``: permutation p), the dataset's RFT inference and cluster tables."""
+    of each contrast (``(stat, values)``: permutation p), the dataset's RFT inference and cluster tables, and the
+    dof passed on with a contrast's maps where they are the contrast's own (fixed effects' Kenward-Roger dof,
+    their median over the voxels; else `dof`)."""
 
     stats: dict
     masker: object
@@ -179,6 +181,7 @@ class _GroupFitted:
     rft: object = None
     tables: dict = field(default_factory=dict)
     shuffles: dict = field(default_factory=dict)  # each contrast's shuffles as made (scheme, count, all of them)
+    contrast_dof: dict = field(default_factory=dict)
 
 
 class ReportsInterrupted(KeyboardInterrupt):
@@ -1272,7 +1275,9 @@ def _correlated_inputs(rows: list[dict], X: np.ndarray, weights: dict) -> list[s
 def _dof_per_map(rows: list[dict], dofs: list[float]) -> list[float]:
     """Each map's first-level dof as the fixed-effects sum takes them: the maps of different contrasts of one input
     below (a GroupBy without contrast) are estimates from that input's one noise, so they share its dof (the mean
-    of theirs), counted once: a subject's A - B from two runs' A and B had the dof of four runs (104 for 51)."""
+    of theirs), counted once: a subject's A - B from two runs' A and B had the dof of four runs (104 for 51). (Fixed
+    effects' Kenward-Roger terms then take the shares as independent estimates, each on its share: conservative,
+    where the maps' variances, from one noise, are estimated together on the whole.)"""
     inputs = [_key({**r, "contrast": None}) for r in rows]
     maps: dict[tuple, list[float]] = {}
     for where, dof in zip(inputs, dofs):
@@ -3195,7 +3200,7 @@ class _Study:
                             "label": label,
                             "effect": str(folder / map_name(prefix, label, "effect", ext)),
                             "variance": str(folder / map_name(prefix, label, "variance", ext)),
-                            "dof": fitted.dof,
+                            "dof": fitted.contrast_dof.get(label, fitted.dof),
                         }
                 shared = record_path.name.removesuffix("model.json")  # the RPV map: one per group (of a contrast)
                 footers = {} if rft is None else write_rft(out, rft, masker, prefix, shared)
@@ -3232,7 +3237,10 @@ class _Study:
         return E[:, keep], V[:, keep], Masker(geometry, keep)
 
     def fit_fixed(self, X, names, weights, effects, variances, dofs):
-        """Fixed effects (precision-weighted) over a subject's (or session's) inputs."""
+        """Fixed effects (precision-weighted) over a subject's (or session's) inputs, their variances taken as
+        estimates on their dof (Kenward-Roger's, voxfit.mixed_effects' default): each t contrast's maps are passed
+        on with the median over the voxels of its effective dof, where they were flameo's sum of the inputs' dof
+        minus the rank, which takes the weights as known."""
         from ..engine.mixed import mixed_effects
 
         E, V, masker = self.load_pairs(effects, variances)
@@ -3240,7 +3248,12 @@ class _Study:
             X, E, V, weights, names=names, model="fixed", first_level_dof=dofs, execution=self.execution
         )
         dof = float(np.nanmedian(fit.dof)) if np.ndim(fit.dof) else float(fit.dof)
-        return _GroupFitted(fit.contrasts, masker, "fixed", dof)
+        own = {
+            label: float(np.nanmedian(s.dof)) if np.ndim(s.dof) else float(s.dof)
+            for label, s in fit.contrasts.items()
+            if s.kind == "t" and np.isfinite(s.dof).any()
+        }
+        return _GroupFitted(fit.contrasts, masker, "fixed", dof, contrast_dof=own)
 
     def fit_dataset(self, X, names, weights, effects, variances, dofs, level: str = "dataset"):
         """The group model asked for (voxfit.SecondLevel) on the subjects' effect and variance maps; at another

@@ -12,7 +12,9 @@ with age), and the between-subject variance
 tau2 in {0, 1, 4 (about the mean s_i^2), 40 (dominant)}. The variances handed to the fit are either the exact
 s_i^2 or estimates ``s_i^2 chi2(d) / d`` with d first-level dof (default 100), drawn independently of the effects
 (as a normal first level's variance estimate is of its effect); ``fixed`` then gets ``first_level_dof=d``
-(flameo's dof: the sum of the first-level dof minus the rank), and n - rank with exact variances.
+(voxfit's default for it: Kenward-Roger's covariance and dof for the estimated variances; flameo's sum of the
+first-level dof minus the rank is ``dof="residual"``, see validation/fixed_effects_null.py), and n - rank with
+exact variances.
 Designs (20 subjects): ``one-sample`` (the mean, tested) and ``covariates`` (an intercept of 1 and two standard
 normal covariates with slopes 0.5 and 0, fixed by the seed; the second slope is tested: the null holds for it).
 

@@ -184,9 +184,10 @@ class SecondLevel:
     ``fixed`` or ``ols`` (the default without); outliers: outlier inference in the mixed model (FSL flameo
     ``--io``; see :func:`voxfit.mixed_effects`); variance_groups: the `design` table's column of variance groups
     (a between-subject variance per group; else `grp`, FSL's design.grp, when given); first_level_dof: the
-    fixed-effects model's first-level dof (a number, or one per map) when the folders do not give them; dof:
-    ``residual`` (n - rank, FLAME1's), ``satterthwaite`` or ``kenward-roger`` (mixed; the default with
-    several variance groups, else ``residual``: see :func:`voxfit.mixed_effects`). With `permutations`, mixed
+    fixed-effects model's first-level dof (a number, one per map, or dof maps) when the folders do not give them;
+    dof: ``residual`` (n - rank, FLAME1's; for fixed with first-level dof flameo's sum of them minus the rank),
+    ``satterthwaite`` (mixed) or ``kenward-roger`` (the default for mixed with several variance groups and for
+    fixed with first-level dof, else ``residual``: see :func:`voxfit.mixed_effects`). With `permutations`, mixed
     and fixed models get sign-flip inference (permutations refused: the errors are not exchangeable) on the null model's
     weighted least-squares statistic, with clusters and TFCE as for OLS (see
     :func:`voxfit.inference.permutation.mixed_permutation_test`; the maps held in memory). They run on CPUs:

@@ -191,6 +191,20 @@ def test_sessions_and_cifti_without_a_dataset_node(tmp_path):
     assert write_study_reports(out, progress=False).built == ()
 
 
+def test_a_gifti_studys_pages_say_what_each_hemispheres_corrections_cover_and_point_to_no_mesh_option(tmp_path):
+    """A study's report takes no mesh: its page told users to give `voxfit report --mesh`, which refuses a study's
+    folders. Each hemisphere is corrected on its own, and the page says so."""
+    from voxfit.bids import run
+
+    ds = make_dataset(tmp_path / "ds", subjects=3, runs=1, space="fsaverage5", vertices=40, conditions=("go",))
+    out = tmp_path / "out"
+    assert run(ds.root, out, derivatives=[ds.derivatives], report=True, progress=False).ok
+    text = _Page(out / "dataset.html").text
+    assert "No surface mesh is drawn on in a study's report" in text and "--mesh" not in text
+    for side in ("left", "right"):
+        assert f"is over the 40 vertices of this {side} hemisphere alone" in text
+
+
 def test_without_matplotlib_one_line_and_nothing_fitted(tmp_path, monkeypatch, capsys):
     from voxfit.bids.report import write_study_reports
 

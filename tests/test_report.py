@@ -616,6 +616,7 @@ def test_surface_group_report_with_mesh(tmp_path):
     # shuffles
     assert "<th>p FWE</th><th>p FWE TFCE</th>" in page and "p: uncorrected, one-sided, from 100 sign-flips" in page
     assert "correlation matrix" not in page  # one column, the intercept: nothing to correlate
+    assert "every correction (family-wise error, FDR, Bonferroni) is over the 12 vertices of this surface alone" in page
     assert "contrast-intercept_clusters.tsv" in page  # the run's own cluster table, with FWE p
     # without a mesh the same folder still gives a report (distributions and top vertices)
     assert main(["report", str(out), "--mesh", str(tmp_path / "s0.func.gii"), "--force"]) == 2  # not a surface

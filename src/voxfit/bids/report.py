@@ -381,7 +381,7 @@ def _group_html(g: _Group, anchor: str) -> tuple[str, list[str]]:
     the notes on how they are drawn; a group whose maps cannot be read says why instead."""
     head = f"<h2 class='group'>{html.escape(g.title)}</h2>" + _about(g)
     try:
-        parts = report_sections(_results(g), anchor=anchor)
+        parts = report_sections(_results(g), anchor=anchor, mesh_option=False)
     except InputError as exc:
         return f"<div id='{anchor}top'>{head}<p class='warn'>{html.escape(str(exc))}</p></div>", []
     body = parts.design + "".join(parts.contrasts)

@@ -769,11 +769,13 @@ def report_sections(
     p_threshold: float | None = None,
     anchor: str = "",
     step=None,
+    mesh_option: bool = True,
 ) -> Sections:
     """The design and contrast sections of the report on `res` (see :func:`write_report` for `background`,
     `mesh` and `p_threshold`), with `anchor` before the sections' ids (several results on one page);
-    ``step()`` is called after each contrast."""
-    draw, notes = _drawer(res, background, mesh)
+    ``step()`` is called after each contrast. `mesh_option`: whether the page may point to ``voxfit report
+    --mesh`` (not a study's, whose report takes none)."""
+    draw, notes = _drawer(res, background, mesh, mesh_option)
     design = _design_section(res, anchor) if res.designs else ""
     contrasts = []
     for c in res.contrasts:
@@ -783,7 +785,7 @@ def report_sections(
     return Sections(tuple(notes), design, tuple(contrasts))
 
 
-def _drawer(res: Results, background, mesh):
+def _drawer(res: Results, background, mesh, mesh_option: bool = True):
     """How the contrasts' maps are drawn for the geometry of `res` (``draw(threshold) -> html``), and the
     notes that say so."""
     geometry = res.geometry
@@ -821,9 +823,11 @@ def _drawer(res: Results, background, mesh):
 
         return draw, notes
     if isinstance(geometry, SurfaceGeometry):
+        given = (
+            "was given (voxfit report --mesh lh.pial.surf.gii)" if mesh_option else "is drawn on in a study's report"
+        )
         notes.append(
-            "No surface mesh was given (voxfit report --mesh lh.pial.surf.gii), so surface maps are shown "
-            "as distributions with their largest values by vertex."
+            f"No surface mesh {given}, so surface maps are shown as distributions with their largest values by vertex."
         )
     what = "vertex" if isinstance(geometry, SurfaceGeometry) else "element"
 

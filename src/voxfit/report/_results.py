@@ -18,7 +18,7 @@ from ..design.kinds import INTEREST_KINDS, column_kinds
 from ..design.read import read_design
 from ..exceptions import InputError
 from ..io import clusters_table_name, sanitize_label, statmap_name
-from ..io.geometry import Geometry
+from ..io.geometry import Geometry, SurfaceGeometry
 from ..io.readers import apply_scale, open_map
 from ..models.record import ModelRecord, check_output, is_output
 
@@ -113,7 +113,15 @@ class Results:
         return values
 
     def threshold(self, contrast: Contrast, p_threshold: float | None = None) -> Threshold:
-        return (_group_threshold if self.level == "group" else _first_level_threshold)(self, contrast, p_threshold)
+        th = (_group_threshold if self.level == "group" else _first_level_threshold)(self, contrast, p_threshold)
+        if isinstance(self.geometry, SurfaceGeometry):  # (a page of one hemisphere: which family it corrects over)
+            side = {"CortexLeft": "left hemisphere", "CortexRight": "right hemisphere"}.get(self.geometry.structure)
+            th.notes.append(
+                f"every correction (family-wise error, FDR, Bonferroni) is over the {int(self.mask.sum()):,} "
+                f"vertices of this {side or 'surface'} alone; the other hemisphere's maps are corrected on their own "
+                "(FreeSurfer's mri_glmfit-sim --2spaces doubles the p values for both)"
+            )
+        return th
 
 
 def read_map(path: Path) -> tuple[Geometry, NDArray]:

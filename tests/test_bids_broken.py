@@ -444,3 +444,21 @@ def test_a_broken_hemisphere_is_named_by_its_own_run_and_its_partner_says_why_it
     assert bad.name in reasons["run-1hemi-R"]
     assert "other hemispheres" in reasons["run-1hemi-L"] and "its own failure names it" in reasons["run-1hemi-L"]
     assert len(list((tmp_path / "out").rglob("node-run/*_model.json"))) == 2
+
+
+def test_surface_runs_named_as_fmriprep_before_20_2_are_named_with_what_to_do(tmp_path, capsys):
+    """fMRIPrep before 20.2 wrote surface runs without `_bold` (..._hemi-L.func.gii): no BOLD run to a BIDS query.
+    The study said only that no run was found "for desc preproc" (a volume's entity), or with --space fsaverage5
+    "spaces found: none; give one of them with --space"; it now names such a file and says what to do."""
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=30, space="fsaverage5", vertices=50)
+    for f in study.derivatives.rglob("*_bold.func.gii"):
+        parts = f.name.removesuffix("_bold.func.gii").split("_")
+        hemi = next(p for p in parts if p.startswith("hemi-"))
+        f.rename(f.with_name("_".join(p for p in parts if p != hemi) + f"_{hemi}.func.gii"))
+    argv = ["bids", str(study.root), str(tmp_path / "out"), "dataset", "--derivatives", str(study.derivatives)]
+    for extra in ([], ["--space", "fsaverage5"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "as fMRIPrep did before 20.2, without _bold" in err[0], err
+        assert "_hemi-L.func.gii and 3 more" in err[0] and "rerun fMRIPrep 20.2 or later" in err[0]
+    assert not (tmp_path / "out").exists()

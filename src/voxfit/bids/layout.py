@@ -613,7 +613,7 @@ def find_runs(
     elif space not in spaces:
         raise InputError(
             f"no preprocessed BOLD run in space {space!r} in the derivatives (spaces found: "
-            f"{_native_named(spaces) or 'none'}); give one of them with --space."
+            f"{_native_named(spaces) or 'none'}){_old_surface_names(layout) or '; give one of them with --space'}."
         )
     space = None if space == NATIVE and NATIVE in spaces else space
     in_space = [f for f in candidates if f.entities.get("space") == space]
@@ -634,8 +634,13 @@ def find_runs(
         what = ", ".join(f"{k} {v}" for k, v in (("task", task), ("space", space), ("desc", desc)) if v)
         chosen_by = f" and the model's Input ({json.dumps(entities)})" if entities else ""
         raise InputError(
-            f"no preprocessed BOLD run in the derivatives for {what or 'these filters'}{chosen_by}; check "
-            f"--derivatives (fMRIPrep's output folder), --task, --space and --desc{chosen_by and ', and Input'}."
+            f"no preprocessed BOLD run in the derivatives for {what or 'these filters'}{chosen_by}"
+            + (
+                _old_surface_names(layout)
+                or f"; check --derivatives (fMRIPrep's output folder), --task, --space and --desc"
+                f"{chosen_by and ', and Input'}"
+            )
+            + "."
         )
     files = _RunFiles(layout, mask_entities)
     runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)))
@@ -710,6 +715,20 @@ def _lost_hemispheres(runs: tuple[RunInput, ...], hemis: set[str]) -> tuple[RunI
             entities = tuple(sorted({**dict(key), "hemi": hemi}.items(), key=lambda kv: list(ENTITIES).index(kv[0])))
             out.append(RunInput(entities, bold, None, None, None, None, None, 0, (problem,)))
     return tuple(out)
+
+
+def _old_surface_names(layout) -> str:
+    """What to do where the derivatives hold surface runs named as fMRIPrep wrote them before 20.2
+    (``..._space-fsaverage5_hemi-L.func.gii``, no ``_bold``: not a BOLD run to a BIDS query); else ''."""
+    files = layout.get(extension=".func.gii", scope="derivatives", return_type="filename")
+    old = sorted(f for f in files if re.search(r"_hemi-[LR]\.func\.gii$", os.path.basename(f)))
+    if not old:
+        return ""
+    return (
+        f"; the derivatives name their surface runs as fMRIPrep did before 20.2, without _bold ({old[0]} and "
+        f"{len(old) - 1} more): voxfit reads BIDS's names (..._hemi-L_bold.func.gii); rename them so, or rerun "
+        "fMRIPrep 20.2 or later"
+    )
 
 
 def _space_qualifiers(space: str | None) -> tuple[str | None, dict[str, str]]:

@@ -392,6 +392,53 @@ def test_group_refuses_a_cap_that_cannot_hold_the_permutations(data, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+def _cifti_claiming(path: Path, scans: int, grayordinates: int, in_xml: bool) -> Path:
+    """A float32 CIFTI file of `scans` rows (a .dtseries.nii, or a .dscalar.nii of one map) on 312 cortical
+    vertices whose NIfTI-2 header claims `grayordinates` (dim[6]); `in_xml`: its XML's first brain model
+    claims them too (IndexCount), so that the two agree and only the file's size gives the lie."""
+    models = nib.cifti2.BrainModelAxis.from_surface(np.arange(300), 300, name="CortexLeft")
+    models += nib.cifti2.BrainModelAxis.from_surface(np.arange(12), 12, name="CortexRight")
+    rows = nib.cifti2.SeriesAxis(0, 2.0, scans) if scans > 1 else nib.cifti2.ScalarAxis(["effect"])
+    nib.save(nib.Cifti2Image(np.ones((scans, len(models)), dtype=np.float32), (rows, models)), path)
+    raw = bytearray(path.read_bytes())
+    raw[64:72] = grayordinates.to_bytes(8, "little")  # (NIfTI-2 dim[6])
+    offset, size = int.from_bytes(raw[168:176], "little"), int.from_bytes(raw[544:548], "little")
+    xml = bytes(raw[552 : 544 + size]).rstrip(b"\0")
+    if in_xml:  # (the XML's extension and the data's offset grown to hold the longer numbers)
+        xml = xml.replace(b'IndexCount="300"', f'IndexCount="{grayordinates - 12}"'.encode(), 1)
+        xml = xml.replace(b'IndexOffset="300"', f'IndexOffset="{grayordinates - 12}"'.encode(), 1)
+    size = -(-(len(xml) + 8) // 16) * 16
+    raw[168:176] = (544 + size).to_bytes(8, "little")
+    extension = size.to_bytes(4, "little") + (32).to_bytes(4, "little") + xml.ljust(size - 8, b"\0")
+    path.write_bytes(bytes(raw[:544]) + extension + bytes(raw[offset:]))
+    return path
+
+
+@pytest.mark.parametrize("in_xml", [False, True], ids=["header", "header-and-xml"])
+@pytest.mark.parametrize("command", ["fit", "group"])
+def test_a_cifti_header_claiming_millions_of_grayordinates_is_refused_before_they_are_allocated(
+    tmp_path, command, in_xml
+):
+    """A 122 KB .dtseries.nii whose header claimed 10^8 grayordinates (its XML: 593) was refused, exit 2, after
+    3.2 GB were allocated under --max-memory 1G (10^9: killed at 24 GB); ``voxfit group`` the same on a 24 KB
+    .dscalar.nii: the brain models' arrays were made of the header's size before the XML's count was compared.
+    Here 3 x 10^7 (0.9 GB before the fix): refused in one line, the XML's count or the file's size named, well
+    under the cap."""
+    claim = 30_000_000
+    if command == "fit":
+        run = _cifti_claiming(tmp_path / "run.dtseries.nii", 20, claim, in_xml)
+        args = ["fit", str(run), "--design", str(_design(tmp_path / "design.tsv", 20)), "--contrast", "t=task"]
+    else:
+        maps = [_cifti_claiming(tmp_path / "sub-01.dscalar.nii", 1, claim, in_xml)]
+        maps += [_cifti_claiming(tmp_path / f"sub-0{i}.dscalar.nii", 1, 312, False) for i in (2, 3)]
+        args = ["group", *map(str, maps)]
+    rc, peak, err = _voxfit([*args, "-o", str(tmp_path / "out"), "--max-memory", "512M", "--quiet"], tmp_path)
+    assert rc == 2 and err.count("\n") == 1, err
+    said = "file is truncated" if in_xml else "brain models hold 312 grayordinates, its header 30,000,000"
+    assert said in err, err
+    assert peak < 256 * MiB, peak / MiB
+
+
 def test_runs_fitted_together_are_refused_or_held(data, tmp_path):
     """Several runs are held in memory at once: a cap too small is refused before reading, naming a size,
     and that size holds the fit."""

@@ -1475,6 +1475,7 @@ def _stored_cifti(path: Path) -> _StoredCifti | None:
         slope, inter = header.get_slope_inter()
         if xml is None or len(shape) != 6 or shape[:4] != (1, 1, 1, 1) or (slope, inter) not in _UNSCALED:
             return None
+        _check_cifti_sizes(path, header)  # (an InputError: refused by _checked_cifti, its XML compared first)
         models = _shared_brain_models(xml, shape[5])
         if models is None:
             return None
@@ -1516,7 +1517,35 @@ def _checked_cifti(path: Path):
             f"{path}: its CIFTI XML's brain models hold {counted:,} grayordinates, its header {shape[5]:,}: the "
             "file is broken; write it again from its source."
         )
+    if len(shape) == 6:
+        _check_cifti_sizes(path, header)
     return load_image(path)
+
+
+# bytes a grayordinate's brain model takes as it is parsed (the XML's tree and indices, the axis's voxel, vertex
+# and structure-name arrays), the most measured: 270 by voxfit's parser and 330 by nibabel's for 2,000,000 cortical
+# vertices, 420 and 520 with 27,000 voxels of the longest structure name (CEREBELLAR_WHITE_MATTER_RIGHT)
+BRAIN_MODEL_BYTES = 550
+
+
+def _check_cifti_sizes(path: Path, header) -> None:
+    """A CIFTI file (its NIfTI-2 `header`, of 6 dimensions) holds the data its header promises (a .gz file expands
+    at most GZIP_MAX_RATIO times), and the brain models of its grayordinates alone fit the memory there is (or the
+    command's --max-memory), before the XML's brain models are parsed into arrays of that size: a 122 KB file
+    whose header claimed 10^8 grayordinates took 3.2 GB to refuse under --max-memory 1G, 10^9 was killed at 24 GB.
+    (The models alone: what cannot fit is refused, the rest of a command's memory is planned where it is used.)"""
+    shape = [int(n) for n in header.get_data_shape()]
+    need = int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
+    have = path.stat().st_size
+    if need > (GZIP_MAX_RATIO * have + GZIP_MARGIN if path.name.lower().endswith(".gz") else have):
+        raise InputError(f"{path}: file is truncated ({have:,} bytes; the header promises {need:,}).")
+    grayordinates = max(shape[4:])
+    check_memory(
+        grayordinates * BRAIN_MODEL_BYTES,
+        f"{path}: the CIFTI brain models of its {grayordinates:,} grayordinates (as its header says)",
+        whole_files_cap(),
+        "Check the file's dimensions (a broken header), or give a larger --max-memory.",
+    )
 
 
 def _cifti_scan_step(img) -> float | None:
@@ -1599,16 +1628,21 @@ def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | No
         return None
     if maps[0].get("IndicesMapToDataType") != "CIFTI_INDEX_TYPE_BRAIN_MODELS":
         return None
+    listed, end = maps[0].findall("BrainModel"), 0
+    for model in listed:  # (their counts, summed before arrays of the header's count are made: a header can lie)
+        first, count = int(model.get("IndexOffset")), int(model.get("IndexCount"))
+        if first != end or count < 1 or model.get("BrainStructure") is None:
+            return None  # (models out of index order: nibabel names them in the order listed, so it decides)
+        end = first + count
+    if end != n_elements:
+        return None
     voxel = np.full((n_elements, 3), -1, dtype=int)
     vertex = np.full(n_elements, -1, dtype=int)
     structures, counts = [], []
-    nvertices, affine, volume_shape, end = {}, None, None, 0
-    for model in maps[0].findall("BrainModel"):
+    nvertices, affine, volume_shape = {}, None, None
+    for model in listed:
         first, count = int(model.get("IndexOffset")), int(model.get("IndexCount"))
         where, structure = slice(first, first + count), model.get("BrainStructure")
-        if first != end or count < 1 or first + count > n_elements or structure is None:
-            return None  # (models out of index order: nibabel names them in the order listed, so it decides)
-        end = first + count
         structures.append(structure)
         counts.append(count)
         if model.get("ModelType") == "CIFTI_MODEL_TYPE_SURFACE":
@@ -1623,8 +1657,6 @@ def _brain_models(xml: bytes, n_elements: int) -> nib.cifti2.BrainModelAxis | No
                 affine = np.array(matrix.split(), dtype=float).reshape(4, 4)
         else:
             return None
-    if end != n_elements:
-        return None
     name = np.repeat(np.array(structures, dtype=str), counts)  # (a str array: no objects to convert)
     return BrainModels(name, voxel, vertex, affine, volume_shape, nvertices)
 

@@ -1789,6 +1789,43 @@ def test_maps_fitted_from_a_run_named_by_its_hemisphere_carry_it(tmp_path, capsy
     assert "lies on CortexRight but the first effect map" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "{h}h.{name}.func.gii",
+        "sub-01.{h}h.{name}.func.gii",
+        "{name}.{H}.func.gii",
+        "{name}_space-fsaverage5.{H}.func.gii",
+    ],
+    ids=["freesurfer", "freesurfer-inside", "hcp", "old-fmriprep"],
+)
+def test_hemispheres_named_as_freesurfer_or_hcp_name_them_are_not_combined(tmp_path, pattern, capsys):
+    """GIFTI files without AnatomicalStructurePrimary named lh.run1.func.gii and rh.run1.func.gii were fitted as two
+    runs of one surface and combined, and lh.sub01-06 with rh.sub01-06 tested as 12 subjects (exit 0; a surface
+    tester's): only BIDS's hemi-L/hemi-R was read from a name. FreeSurfer's lh./rh. and the .L./.R. of HCP's and
+    of fMRIPrep's names before 1.2 now give the hemisphere too: refused as hemi- names are; one hemisphere's fitted."""
+    from voxfit.cli import main
+
+    rng = np.random.default_rng(0)
+    n, v = 30, 50
+
+    def gifti(hemi, name, rows):
+        return _hemisphere_gifti(tmp_path / pattern.format(h=hemi.lower(), H=hemi, name=name), rows)
+
+    events = tmp_path / "events.tsv"
+    events.write_text("onset\tduration\ttrial_type\n" + "".join(f"{o}\t8\ttask\n" for o in range(0, 60, 16)))
+    runs = [gifti(h, "run1", 100 + rng.standard_normal((n, v))) for h in "LR"]
+    fit = ["fit", "--events", str(events), str(events), "--tr", "2", "--contrast", "t=task", "--quiet"]
+    assert main([*fit[:1], *runs, *fit[1:], "-o", str(tmp_path / "fit")]) == 2
+    assert "lies on CortexRight but the data on CortexLeft" in capsys.readouterr().err
+    maps = {h: [gifti(h, f"sub{k:02d}", rng.standard_normal((1, v))) for k in range(1, 4)] for h in "LR"}
+    assert main(["group", *maps["L"], *maps["R"], "-o", str(tmp_path / "group"), "--quiet"]) == 2
+    assert "lies on CortexRight but the data on CortexLeft" in capsys.readouterr().err
+    assert main(["group", *maps["R"], "-o", str(tmp_path / "right"), "--quiet"]) == 0
+    written = nib.load(tmp_path / "right" / "contrast-intercept_stat-t_statmap.func.gii")
+    assert written.meta["AnatomicalStructurePrimary"] == "CortexRight"
+
+
 @pytest.mark.parametrize("told_by", ["metadata", "file name"])
 def test_runs_maps_and_masks_of_the_other_hemisphere_are_refused(tmp_path, told_by, capsys):
     """fsaverage's hemispheres have as many vertices each: a hemi-R run beside a hemi-L one was fitted as its

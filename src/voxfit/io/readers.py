@@ -1328,7 +1328,10 @@ class _RowsReader:
             yield start, np.asarray(self._data[start : start + k], dtype=self.dtype)
 
 
-_HEMI = re.compile(r"(?:^|_)hemi-([LR])(?=[_.])")
+# a hemisphere in a file's name: BIDS's hemi-L (sub-01_hemi-L_bold.func.gii), FreeSurfer's lh. (lh.thickness,
+# sub-01.lh.func.gii) and the dot-separated L of HCP's and fMRIPrep's before 1.2 (100307.L.midthickness.32k_fs_LR
+# .surf.gii, sub-01_task-x_bold_space-fsaverage5.L.func.gii)
+_HEMI = re.compile(r"(?:^|_)hemi-(?P<bids>[LR])(?=[_.])|(?:^|\.)(?P<fs>[lr])h\.|\.(?P<dot>[LR])\.")
 # data arrays that are not values per vertex: a parcellation's labels, a surface's coordinates, its triangles,
 # vectors of several values a vertex, a sparse file's vertex numbers
 _NOT_MAPS = {
@@ -1352,14 +1355,16 @@ def _intent_name(darray) -> str | None:
 
 def _gifti_structure(img, name: str = "") -> str | None:
     """The structure a GIFTI file's values lie on: AnatomicalStructurePrimary of the image's metadata or of its
-    first data array's (as FreeSurfer, fMRIPrep and Connectome Workbench write it), else the BIDS hemi- entity of
-    its file `name` (hemi-L: CortexLeft, hemi-R: CortexRight); None where neither says."""
+    first data array's (as FreeSurfer, fMRIPrep and Connectome Workbench write it), else the hemisphere its file
+    `name` gives (BIDS's hemi-L, FreeSurfer's lh., HCP's .L.: CortexLeft; hemi-R, rh., .R.: CortexRight); None
+    where neither says."""
     for meta in (img.meta, img.darrays[0].meta if img.darrays else None):
         value = dict(meta or {}).get("AnatomicalStructurePrimary")
         if value:
             return str(value)
     found = _HEMI.search(name)
-    return None if found is None else {"L": "CortexLeft", "R": "CortexRight"}[found.group(1)]
+    side = None if found is None else next(v for v in found.groupdict().values() if v).upper()
+    return {"L": "CortexLeft", "R": "CortexRight"}.get(side)
 
 
 class GiftiReader(_RowsReader):

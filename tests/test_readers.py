@@ -1826,6 +1826,25 @@ def test_hemispheres_named_as_freesurfer_or_hcp_name_them_are_not_combined(tmp_p
     assert written.meta["AnatomicalStructurePrimary"] == "CortexRight"
 
 
+def test_maps_of_different_vertex_counts_name_the_file_that_differs(tmp_path, capsys):
+    """Subjects' maps in fsnative (a study's subjects fitted so, reaching its dataset node) were refused saying only
+    "the GIFTI files have different numbers of vertices ([180, 200])": the first file that differs from most is
+    named, with their count, and the fix: one template space."""
+    from voxfit.cli import main
+
+    rng = np.random.default_rng(0)
+    counts = {"sub-01": 200, "sub-02": 200, "sub-03": 180, "sub-04": 200}
+    maps = [
+        _hemisphere_gifti(tmp_path / f"{s}_effect.func.gii", rng.standard_normal((1, v))) for s, v in counts.items()
+    ]
+    assert main(["group", *maps, "-o", str(tmp_path / "g"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{maps[2]} has 180 vertices, 3 of the 4 GIFTI files 200" in err, err
+    assert "fsnative surfaces differ from subject to subject" in err and "fsaverage5" in err
+    with pytest.raises(InputError, match=re.escape(f"{maps[2]} has 180 vertices, 1 of the 2 GIFTI files 200")):
+        open_reader([maps[0], maps[2]])  # (on a tie, the first file's count is taken as the surface's)
+
+
 @pytest.mark.parametrize("told_by", ["metadata", "file name"])
 def test_runs_maps_and_masks_of_the_other_hemisphere_are_refused(tmp_path, told_by, capsys):
     """fsaverage's hemispheres have as many vertices each: a hemi-R run beside a hemi-L one was fitted as its

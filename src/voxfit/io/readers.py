@@ -1423,9 +1423,7 @@ class GiftiReader(_RowsReader):
             else:
                 self.paths.append(p)
         self.in_memory = tuple(memory)
-        n_vertices = {a.shape[1] for a in arrays}
-        if len(n_vertices) > 1:
-            raise InputError(f"the GIFTI files have different numbers of vertices ({sorted(n_vertices)}).")
+        _check_same_vertices([a.shape[1] for a in arrays], [p for _, p in structures])
         self._data = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
         if self._data.dtype.kind not in "iuf":
             first = self.paths[0] if self.paths else "in-memory GiftiImage"
@@ -1438,6 +1436,20 @@ class GiftiReader(_RowsReader):
         self.n_scans = int(self._data.shape[0])
         self.dtype = self._data.dtype
         self.scale = None
+
+
+def _check_same_vertices(counts: list[int], names: list) -> None:
+    """GIFTI inputs (`names`, each with its number of vertices in `counts`) lie on one surface: the first whose count
+    differs from most files' is named, with theirs (a first file of its own count names the second). fsnative
+    surfaces differ from subject to subject (a study's subjects fitted in fsnative reached their group model so)."""
+    most = max(dict.fromkeys(counts), key=counts.count)  # (on a tie, the first file's count)
+    odd = next((i for i, n in enumerate(counts) if n != most), None)
+    if odd is not None:
+        raise InputError(
+            f"{names[odd]} has {counts[odd]:,} vertices, {counts.count(most)} of the {len(counts)} GIFTI files "
+            f"{most:,}: they must lie on one surface, and fsnative surfaces differ from subject to subject; give "
+            "every file in one template space (e.g. fsaverage5 or fsLR 32k)."
+        )
 
 
 CIFTI_HEADER_LIMIT = 256 << 20  # bytes of a CIFTI file's header and XML read by _stored_cifti (else nibabel's)

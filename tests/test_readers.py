@@ -2017,6 +2017,30 @@ def test_a_gifti_whose_compressed_data_inflate_beyond_their_dimensions_is_refuse
     assert open_reader(good).geometry.n_elements == 300
 
 
+def test_a_truncated_or_corrupt_gifti_says_so_and_what_to_do(tmp_path):
+    """A fsaverage5 run cut in half was refused as "not a readable image (ExpatError: no element found: line 93,
+    column 957)", the XML parser's words (a surface tester's): it says the file looks truncated and to copy or
+    export it again; text that is no XML, and a compressed array whose stream is corrupt, are said as such."""
+    rows = np.random.default_rng(0).standard_normal((4, 200)).astype(np.float32)
+    arrays = [nib.gifti.GiftiDataArray(r, encoding="GZipBase64Binary") for r in rows]
+    good = tmp_path / "good_hemi-R.func.gii"
+    nib.save(nib.gifti.GiftiImage(darrays=arrays), good)
+    text = good.read_bytes()
+    cut, prose, corrupt = (tmp_path / f"{name}_hemi-R.func.gii" for name in ("cut", "prose", "corrupt"))
+    cut.write_bytes(text[: len(text) // 2])
+    prose.write_bytes(b"hello world\n")
+    start = text.index(b"<Data>") + 20
+    corrupt.write_bytes(text[:start] + b"AAAA" + text[start + 4 :])
+    for path, said in (
+        (cut, "the file looks truncated (its XML ends before its elements close); copy or export it again (nibabel: "),
+        (prose, "not valid GIFTI XML; give a GIFTI file (.func.gii, .shape.gii), copied or exported again if it is"),
+        (corrupt, "a data array's encoded values are corrupt; copy or export the file again (nibabel: "),
+    ):
+        with pytest.raises(InputError, match=re.escape(f"{path}: {said}")):
+            open_reader(path)
+    assert open_reader(good).n_scans == 4
+
+
 def test_a_gifti_run_stored_scans_by_vertices_is_said_to_be_the_other_way_round(tmp_path, capsys):
     """One 2-D GIFTI array is vertices by scans (FreeSurfer's, fMRIPrep's); a run stored scans by vertices was
     refused as "the design has 60 rows but the data have 642 scans", no more (a surface tester's)."""

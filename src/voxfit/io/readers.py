@@ -379,7 +379,24 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
     fault = _nifti_fault(path)
     if fault is not None:
         return InputError(f"{path}: {fault}: the header is broken; write the file again from its source {said}.")
+    if path.name.lower().endswith(".gii") and (fault := _gifti_fault(exc, first)) is not None:
+        return InputError(f"{path}: {fault} (nibabel: {type(exc).__name__}: {first}).")
     return InputError(f"{path}: not a readable image ({type(exc).__name__}: {first}).")
+
+
+def _gifti_fault(exc: Exception, said: str) -> str | None:
+    """What nibabel's refusal of a GIFTI file (`exc`, its first line `said`) means, and what to do: its XML ends
+    early or is not XML (expat's "no element found: line 93, column 957"), or its data arrays' encoded values are
+    corrupt (zlib's, binascii's); None for anything else."""
+    from xml.parsers.expat import ExpatError
+
+    if isinstance(exc, ExpatError):
+        if said.startswith(("no element found", "unclosed token")):
+            return "the file looks truncated (its XML ends before its elements close); copy or export it again"
+        return "not valid GIFTI XML; give a GIFTI file (.func.gii, .shape.gii), copied or exported again if it is one"
+    if isinstance(exc, (zlib.error, binascii.Error)):
+        return "a data array's encoded values are corrupt; copy or export the file again"
+    return None
 
 
 def _misnamed_gzip(path: Path) -> str | None:

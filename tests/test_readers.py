@@ -2041,6 +2041,32 @@ def test_a_truncated_or_corrupt_gifti_says_so_and_what_to_do(tmp_path):
     assert open_reader(good).n_scans == 4
 
 
+@pytest.mark.parametrize("encoding", ["ASCII", "Base64Binary", "GZipBase64Binary"])
+def test_a_gifti_whose_dimensions_disagree_with_its_data_says_so(tmp_path, encoding, capsys):
+    """A GIFTI whose first DataArray's Dim0 claimed 2,000,000,000 values over 200 was refused as numpy's "cannot
+    reshape array of size 200 into shape (2000000000,)", and under --max-memory as data too large for it: the
+    claim is compared with what the array's encoded data can hold before anything is decoded, and said to
+    disagree with them; a claim within that bound (100 of 200 values) is said so once nibabel has decoded them."""
+    from voxfit.cli import main
+
+    rows = np.random.default_rng(0).standard_normal((30, 200)).astype(np.float32)
+    good = tmp_path / "good_hemi-L.func.gii"
+    nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(r, encoding=encoding) for r in rows]), good)
+    design = tmp_path / "design.tsv"
+    design.write_text("A\tconstant\n" + "".join(f"{np.sin(i / 3):.3f}\t1\n" for i in range(30)))
+    for claim, said in (
+        (2_000_000_000, "a data array's dimensions (2000000000,) declare 2,000,000,000 values, more than its "),
+        (100, "a data array holds 200 values where its dimensions (Dim0, Dim1) give 100: the header's dimensions "),
+    ):
+        bad = tmp_path / f"bad{claim}_hemi-L.func.gii"
+        bad.write_bytes(good.read_bytes().replace(b'Dim0="200"', f'Dim0="{claim}"'.encode(), 1))
+        fit = ["fit", str(bad), "--design", str(design), "--contrast", "a=A", "-o", str(tmp_path / "o")]
+        assert main([*fit, "--max-memory", "1G", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{bad}: {said}" in err and "disagree with its data" in err, err
+    assert open_reader(good).n_scans == 30
+
+
 def test_a_gifti_run_stored_scans_by_vertices_is_said_to_be_the_other_way_round(tmp_path, capsys):
     """One 2-D GIFTI array is vertices by scans (FreeSurfer's, fMRIPrep's); a run stored scans by vertices was
     refused as "the design has 60 rows but the data have 642 scans", no more (a surface tester's)."""

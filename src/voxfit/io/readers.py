@@ -384,16 +384,27 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
     return InputError(f"{path}: not a readable image ({type(exc).__name__}: {first}).")
 
 
+_RESHAPE = re.compile(r"cannot reshape array of size (\d+) into shape \(([\d, ]*)\)")
+
+
 def _gifti_fault(exc: Exception, said: str) -> str | None:
     """What nibabel's refusal of a GIFTI file (`exc`, its first line `said`) means, and what to do: its XML ends
-    early or is not XML (expat's "no element found: line 93, column 957"), or its data arrays' encoded values are
-    corrupt (zlib's, binascii's); None for anything else."""
+    early or is not XML (expat's "no element found: line 93, column 957"), its data arrays hold other numbers of
+    values than their dimensions say (numpy's "cannot reshape array of size 200 into shape (100,)"), or their
+    encoded values are corrupt (zlib's, binascii's); None for anything else."""
     from xml.parsers.expat import ExpatError
 
     if isinstance(exc, ExpatError):
         if said.startswith(("no element found", "unclosed token")):
             return "the file looks truncated (its XML ends before its elements close); copy or export it again"
         return "not valid GIFTI XML; give a GIFTI file (.func.gii, .shape.gii), copied or exported again if it is one"
+    reshape = _RESHAPE.search(said) if isinstance(exc, ValueError) else None
+    if reshape is not None:
+        declared = math.prod(int(n) for n in reshape.group(2).split(",") if n.strip())
+        return (
+            f"a data array holds {int(reshape.group(1)):,} values where its dimensions (Dim0, Dim1) give "
+            f"{declared:,}: the header's dimensions disagree with its data; write the file again from its source"
+        )
     if isinstance(exc, (zlib.error, binascii.Error)):
         return "a data array's encoded values are corrupt; copy or export the file again"
     return None
@@ -541,6 +552,34 @@ _GIFTI_TYPE = re.compile(rb'\bDataType\s*=\s*"\s*NIFTI_TYPE_([A-Z0-9]+)\s*"')
 # unchecked; one that could cost more is inflated here first, counted
 _GIFTI_SLACK = 64 << 20
 _GIFTI_BYTES = {b"UINT8": 1, b"INT8": 1, b"INT16": 2, b"UINT16": 2, b"INT32": 4, b"UINT32": 4, b"FLOAT32": 4}
+_GIFTI_ENCODING = re.compile(rb'\bEncoding\s*=\s*"\s*(ASCII|Base64Binary|GZipBase64Binary)\s*"')
+
+
+def _check_gifti_payload(path: Path, text, end: int, attributes: bytes, dims: list[int]) -> None:
+    """A data array (its tag's `attributes`, its contents from `end` of `text`) declares no more values than its
+    encoded data can hold: Base64 gives 3 bytes for 4 characters, a compressed stream inflates at most
+    GZIP_MAX_RATIO times, ASCII takes two characters a value at least. A file whose Dim0 claimed 2,000,000,000
+    values over 200 was refused as numpy's "cannot reshape array of size 200 into shape (2000000000,)", after
+    the declared sizes were checked against the memory as though they were true. An array whose data cannot be
+    found here is nibabel's to read or refuse."""
+    encoding, kind = _GIFTI_ENCODING.search(attributes), _GIFTI_TYPE.search(attributes)
+    start, following = text.find(b"<Data>", end), text.find(b"<DataArray", end)
+    stop = text.find(b"</Data>", start)
+    if encoding is None or start < 0 or stop < 0 or 0 <= following < start:
+        return
+    chars, itemsize = stop - start - len(b"<Data>"), _GIFTI_BYTES.get(kind.group(1) if kind else b"", 1)
+    most = {
+        b"ASCII": (chars + 1) // 2 * itemsize,
+        b"Base64Binary": chars * 3 // 4,
+        b"GZipBase64Binary": chars * 3 // 4 * GZIP_MAX_RATIO + GZIP_MARGIN,
+    }[encoding.group(1)]
+    values = int(np.prod(dims, dtype=object))
+    if values * itemsize > most:
+        raise InputError(
+            f"{path}: a data array's dimensions {tuple(dims)} declare {values:,} values, more than its "
+            f"{chars:,} characters of {encoding.group(1).decode()} data can hold: the header's dimensions disagree "
+            "with its data (a broken file); write it again from its source."
+        )
 
 
 def _check_gifti_inflation(path: Path, text, end: int, attributes: bytes, dims: list[int]) -> None:
@@ -604,6 +643,7 @@ def _check_gifti_sizes(path: Path) -> None:
                 )
             dims = [int(d) for d in _GIFTI_DIM.findall(tag.group(1))]
             _check_dimensions(path, dims)
+            _check_gifti_payload(path, text, tag.end(), tag.group(1), dims)
             total += int(np.prod(dims, dtype=object)) * 8 if dims else 0  # (decoded, then as float64 at most)
             _check_gifti_inflation(path, text, tag.end(), tag.group(1), dims)
     cap = whole_files_cap()

@@ -44,6 +44,7 @@ __all__ = [
     "index",
     "index_in_use",
     "input_filters",
+    "naming_file",
     "release_index",
     "short_entities",
     "value_text",
@@ -1052,6 +1053,13 @@ def _raw_key(entities: dict) -> tuple:
     return tuple(entities.get(k) for k in RAW)
 
 
+def naming_file(path, exc: Exception) -> str:
+    """The error `exc` about the file `path`, beginning with its path once: a reader's errors mostly name their file
+    already ("X: X: not a readable image" was a study's failure line)."""
+    said = str(exc)
+    return said if said.startswith(f"{path}:") or said.startswith(f"{path} ") else f"{path}: {said}"
+
+
 def _run_input(layout, files: _RunFiles, f) -> RunInput:
     from ..io import header_scan_step, open_reader
 
@@ -1066,7 +1074,7 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
         reader = open_reader(str(bold), "bold")
         n_scans, step = int(reader.n_scans), header_scan_step(reader)
     except InputError as exc:
-        problems.append(f"{bold}: {exc}")
+        problems.append(naming_file(bold, exc))
         n_scans = 0
     raw_bold = files.raw_bold(ent, bold)
     meta = layout.get_metadata(str(raw_bold)) if raw_bold else {}

@@ -75,6 +75,7 @@ from .layout import (
     index,
     index_in_use,
     input_filters,
+    naming_file,
     release_index,
     value_text,
 )
@@ -1852,7 +1853,7 @@ def _fit_run(job: _RunJob, dataset=None, writer=None):
         try:
             reader = SmoothedReader(open_reader(str(r.bold), "bold"), s.smoothing)
         except InputError as exc:
-            raise InputError(f"{r.bold}: {exc}") from None
+            raise InputError(naming_file(r.bold, exc)) from None
         route = choose_route(reader, job.execution, first_level_needs(noise, s.scaling, reader))
     fitted = fit_images(
         r.bold,

@@ -1763,6 +1763,31 @@ def test_a_mesh_of_the_other_hemisphere_is_refused(tmp_path, told_by):
     assert read_mesh(mesh("plain.surf.gii", None), 4, "CortexLeft")[1].shape == (2, 3)
 
 
+def test_a_mesh_whose_triangles_point_past_its_vertices_is_named(tmp_path, capsys):
+    """A --mesh of 300 vertices whose triangles index vertex 100,000 was refused in the API's words: "`faces` must
+    hold vertex numbers in 0..299 (the mask has 300 vertices)", naming no file and saying "mask". The mesh is
+    named, with the vertices its triangles index beyond the data's, and the fix (the data's surface's mesh)."""
+    from voxfit.cli import main
+
+    coords = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    faces = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 100_000]], dtype=np.int32)
+    mesh = tmp_path / "oob.surf.gii"
+    arrays = [
+        nib.gifti.GiftiDataArray(coords, intent="NIFTI_INTENT_POINTSET"),
+        nib.gifti.GiftiDataArray(faces, intent="NIFTI_INTENT_TRIANGLE"),
+    ]
+    nib.save(nib.gifti.GiftiImage(darrays=arrays), str(mesh))
+    rng = np.random.default_rng(1)
+    maps = [
+        _hemisphere_gifti(tmp_path / f"sub-{k:02d}_effect.func.gii", rng.standard_normal((1, 40))) for k in range(6)
+    ]
+    group = ["group", *maps, "--permutations", "20", "--tfce", "--mesh", str(mesh), "-o", str(tmp_path / "g")]
+    assert main([*group, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    said = f"mesh {mesh}: its triangles index vertices 0 to 100,000, beyond the data's 40 vertices (0 to 39)"
+    assert err.count("\n") == 1 and said in err and "give the mesh of the same surface as the data" in err, err
+
+
 def test_maps_fitted_from_a_run_named_by_its_hemisphere_carry_it(tmp_path, capsys):
     """A GIFTI run whose hemisphere is its name's hemi- alone: its fit's maps (named without hemi-) carried no
     structure, and a group model took three left and three right subjects' maps as six (a surface tester's); the

@@ -2375,7 +2375,14 @@ def read_mesh(path, n_vertices: int, structure: str | None = None) -> tuple[NDAr
         raise InputError(
             f"mesh {path} has {coords.shape[0]} vertices but the data have {n_vertices}; give the data's surface."
         )
-    return np.asarray(coords, dtype=np.float64), np.asarray(faces, dtype=np.int64)
+    faces = np.asarray(faces, dtype=np.int64)
+    if faces.size and (faces.min() < 0 or faces.max() >= n_vertices):  # (else refused in the API's words, later)
+        raise InputError(
+            f"mesh {path}: its triangles index vertices {faces.min():,} to {faces.max():,}, beyond the data's "
+            f"{n_vertices:,} vertices (0 to {n_vertices - 1:,}): the mesh is broken or of another surface; give the "
+            "mesh of the same surface as the data."
+        )
+    return np.asarray(coords, dtype=np.float64), faces
 
 
 def open_reader(paths, name: str = "inputs"):

@@ -6,8 +6,8 @@ the Glover HRF, the six motion columns, a cosine high-pass filter at 0.01 Hz and
 mask, no scaling. voxfit runs ``voxfit bids ... dataset --noise ols --convolution nilearn --group-model ols``.
 
 - run level: the design columns and the z maps equal nilearn's (max |dz| <= 1e-4);
-- subject level: the fixed-effects effect and variance equal nilearn's ``compute_fixed_effects`` on the same run
-  maps;
+- subject level: the fixed-effects effect equals nilearn's ``compute_fixed_effects`` on the same run maps, and the
+  variance nilearn's with the term for the estimated weights' error that nilearn leaves out;
 - dataset level: the z maps equal ``SecondLevelModel``'s one-sample test on the same subject effect maps (1e-6).
 """
 
@@ -105,10 +105,14 @@ def test_run_level_z_maps_equal_nilearns(study):
 
 
 def test_subject_level_fixed_effects_equal_nilearns(study):
+    """The effect is nilearn's precision-weighted one; the variance nilearn's ``1 / sum_r 1 / v_r`` times Meier's
+    (1953) term for the weights' error, ``1 + 4 sum_r f_r (1 - f_r) / d_r`` (f_r each run's share of the
+    precision, d_r its dof: n - rank of nilearn's design), which nilearn leaves out."""
     from nilearn.glm.contrasts import compute_fixed_effects
 
-    ds, out, _, brain = study
+    ds, out, fits, brain = study
     for sub in ds.subjects:
+        dofs = [60 - np.linalg.matrix_rank(fits[sub, r].design_matrices_[0].to_numpy()) for r in (1, 2)]
         for name in CONTRASTS:
             runs = [_run_stem(out, sub, r) for r in (1, 2)]
             effects = [f"{p}_contrast-{name}_stat-effect_statmap.nii.gz" for p in runs]
@@ -116,12 +120,17 @@ def test_subject_level_fixed_effects_equal_nilearns(study):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 effect, variance, *_ = compute_fixed_effects(effects, variances, precision_weighted=True)
+            shares = [variance.get_fdata()[brain] / _data(v)[brain] for v in variances]
+            meier = 1 + 4 * sum(f * (1 - f) / d for f, d in zip(shares, dofs))
             folder = out / f"sub-{sub}" / "node-subject"
-            for ours, theirs in (("effect", effect), ("variance", variance)):
+            for ours, expected in (
+                ("effect", effect.get_fdata()[brain]),
+                ("variance", variance.get_fdata()[brain] * meier),
+            ):
                 got = _data(folder / f"sub-{sub}_contrast-{name}_stat-{ours}_statmap.nii.gz")[brain]
-                expected = theirs.get_fdata()[brain]  # (nilearn's maps are float32: rounding relative to the map)
-                scale = np.max(np.abs(expected))
+                scale = np.max(np.abs(expected))  # (nilearn's maps are float32: rounding relative to the map)
                 np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * scale, err_msg=f"{sub} {name} {ours}")
+            assert meier.min() > 1.01  # (two runs of 60 scans: the term is seen)
 
 
 def test_dataset_level_equals_second_level_model_on_the_subject_maps(study):

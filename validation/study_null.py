@@ -212,7 +212,7 @@ def fit_and_count(study, out, group_models=GROUP_MODELS, levels=("run", "subject
             stem = out / "node-dataset" / f"contrast-{contrast}_stat-"
             p, t = _read(f"{stem}p_statmap.nii.gz"), _read(f"{stem}t_statmap.nii.gz")
             finite = np.isfinite(p)
-            check = ""
+            check, extra = "", {}
             if group_model == "ols" or k == 0:
                 effects = [
                     _read(f) for f in sorted(out.glob(f"sub-*/node-subject/sub-*_contrast-{contrast}_stat-effect_*"))
@@ -233,7 +233,8 @@ def fit_and_count(study, out, group_models=GROUP_MODELS, levels=("run", "subject
                         )
                     )
                 if group_model == "ols":
-                    check = f"max |t - scipy| {np.nanmax(np.abs(t - ref.statistic)):.1e}"
+                    extra["t_diff"] = float(np.nanmax(np.abs(t - ref.statistic)))
+                    check = f"max |t - scipy| {extra['t_diff']:.1e}"
             rows.append(
                 dict(
                     level="dataset",
@@ -242,6 +243,7 @@ def fit_and_count(study, out, group_models=GROUP_MODELS, levels=("run", "subject
                     counts=_count(p[finite]),
                     n=int(finite.sum()),
                     check=check or f"{int((~finite).sum())} NaN",
+                    **extra,
                 )
             )
     return rows

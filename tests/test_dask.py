@@ -13,6 +13,7 @@ from voxfit.cli import main
 from voxfit.exceptions import InputError
 from voxfit.inference import permutation_test
 from voxfit.io import ColumnSource, open_reader
+from voxfit.io.readers import NpyColumns
 from voxfit.io.readers import NiftiReader, _RowsReader
 
 from .imaging import write_cifti_runs
@@ -348,9 +349,16 @@ def test_mixed_effects_on_a_cluster_equal_local_ones(client, tmp_path, no_reserv
     kw = dict(model="fixed", first_level_dof=d, max_memory="16K")
     local = mixed_effects(X, Y, s2, {"slope": [0, 1], "F": "x0; x1"}, **kw)
     remote = mixed_effects(X, Y, s2, {"slope": [0, 1], "F": "x0; x1"}, scheduler=client, **kw)
+    # ... and with maps the workers read themselves, each task sent its own block's dof (not all of them)
+    sources = []
+    for name, values in (("effects", Y), ("variances", s2)):
+        np.save(tmp_path / f"{name}.npy", values)
+        sources.append(ColumnSource(NpyColumns(str(tmp_path / f"{name}.npy")), values.dtype, n, V))
+    read = mixed_effects(X, *sources, {"slope": [0, 1], "F": "x0; x1"}, scheduler=client, **kw)
     for label in ("slope", "F"):
-        np.testing.assert_array_equal(remote.contrasts[label].stat, local.contrasts[label].stat)
-        np.testing.assert_array_equal(remote.contrasts[label].p, local.contrasts[label].p)
+        for other in (remote, read):
+            np.testing.assert_array_equal(other.contrasts[label].stat, local.contrasts[label].stat)
+            np.testing.assert_array_equal(other.contrasts[label].p, local.contrasts[label].p)
     effects, variances = [], []
     for k in range(n):
         for name, values, out in (("effect", Y, effects), ("variance", s2, variances)):

@@ -973,8 +973,9 @@ def _content(paths) -> list:
 # grouped once; covariates with gaps are refused rather than filled with 0; each run its own trial types; 3: each
 # group's record names its study and lists its files, so that a rerun can tell what it leaves stale: _remove_stale;
 # 4: Model.Type read, the events' modulation, fMRIPrep's cosines as the high-pass, AR variances held positive,
-# cluster inference's maps written, GIFTI runs' own confounds).
-STUDY_RULES = 4
+# cluster inference's maps written, GIFTI runs' own confounds; 5: meta nodes' fixed effects take the estimated
+# weights' error into account (Kenward-Roger), their t maps passed on with the median of their effective dof).
+STUDY_RULES = 5
 
 
 def _checksum(*parts) -> str:

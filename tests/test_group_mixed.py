@@ -262,6 +262,8 @@ def test_voxels_that_cannot_be_fitted_are_counted(study, capsys):
         # (the engine's refusals were said half in Python: `groups` has 2, give dof='residual')
         (["VARIANCES", "--outliers", "--grp", "GRP"], "--outliers fits one variance group, and --grp gives 2; drop"),
         (["VARIANCES", "--outliers", "--dof", "satterthwaite"], "--outliers takes --dof residual (n - rank); drop"),
+        # (the engine's words: give `first_level_dof`, or dof='residual')
+        (["VARIANCES", "--model", "fixed", "--dof", "kenward-roger"], "these maps do not give: give --first-level-dof"),
     ],
 )
 def test_refusals_are_one_line(study, capsys, extra, message):

@@ -1851,6 +1851,23 @@ def test_hemispheres_named_as_freesurfer_or_hcp_name_them_are_not_combined(tmp_p
     assert written.meta["AnatomicalStructurePrimary"] == "CortexRight"
 
 
+@pytest.mark.parametrize(
+    ("name", "structure"),
+    [
+        ("rh.sub-01_hemi-L_bold.func.gii", "CortexLeft"),  # (BIDS's hemi- first: the leftmost mark was taken)
+        ("sub-01_hemi-L_bold.rh.func.gii", "CortexLeft"),
+        ("rh.sub-01.L.func.gii", None),  # (marks that disagree say no side)
+        ("lh.sub-01.L.func.gii", "CortexLeft"),
+        ("flh.func.gii", None),
+        ("sub-01_task-lhand.func.gii", None),
+    ],
+)
+def test_a_hemisphere_is_read_from_a_name_only_where_its_marks_agree(name, structure):
+    from voxfit.io.readers import _gifti_structure
+
+    assert _gifti_structure(nib.gifti.GiftiImage(), name) == structure
+
+
 def test_maps_of_different_vertex_counts_name_the_file_that_differs(tmp_path, capsys):
     """Subjects' maps in fsnative (a study's subjects fitted so, reaching its dataset node) were refused saying only
     "the GIFTI files have different numbers of vertices ([180, 200])": the first file that differs from most is

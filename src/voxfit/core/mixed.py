@@ -117,9 +117,10 @@ class MixedBlock:
     variance per variance group (0 for ``fixed``; the residual variance sigma^2 for ``ols``, G = 1);
     outcome : (v,) int8 codes of :data:`OUTCOMES`; loglik : (v,) the restricted log-likelihood at the estimate;
     iterations : (v,) evaluations of the likelihood's derivatives; contrast_dof : one (v,) array per contrast
-    given, its Satterthwaite degrees of freedom (``mixed`` only; see :func:`satterthwaite_dof`), or with
-    `kenward_roger` Kenward & Roger's for F (:func:`kenward_roger_f`); contrast_scale : one (v,) array per
-    contrast, the factor lambda of Kenward & Roger's F (1 for one row, and without `kenward_roger`).
+    given, its Satterthwaite degrees of freedom (``mixed``; see :func:`satterthwaite_dof`), or with
+    `kenward_roger` Kenward & Roger's for F (:func:`kenward_roger_f`; ``fixed`` with first-level dof:
+    :func:`fixed_kenward_roger`'s); contrast_scale : one (v,) array per contrast, the factor lambda of Kenward &
+    Roger's F (1 for one row, and without `kenward_roger`).
     """
 
     betas: NDArray[np.float64]

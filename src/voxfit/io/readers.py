@@ -1419,9 +1419,10 @@ def _gifti_structure(img, name: str = "") -> str | None:
         value = dict(meta or {}).get("AnatomicalStructurePrimary")
         if value:
             return str(value)
-    found = _HEMI.search(name)
-    side = None if found is None else next(v for v in found.groupdict().values() if v).upper()
-    return {"L": "CortexLeft", "R": "CortexRight"}.get(side)
+    found = [m.groupdict() for m in _HEMI.finditer(name)]
+    sides = {m["bids"] for m in found if m["bids"]} or {next(v for v in m.values() if v).upper() for m in found}
+    # (BIDS's hemi- first; names whose other marks disagree, rh.sub-01.L.func.gii, say no side)
+    return {"L": "CortexLeft", "R": "CortexRight"}.get(sides.pop()) if len(sides) == 1 else None
 
 
 class GiftiReader(_RowsReader):

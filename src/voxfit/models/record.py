@@ -301,8 +301,8 @@ RUNS_DOF = (
 )
 MIXED_DOF = (
     "per-voxel degrees of freedom of the group model (mixed: Satterthwaite's, also with Kenward-Roger's covariance; "
-    "fixed: Kenward-Roger's for the estimated first-level variances, or with --dof residual flameo's sum of the "
-    "first-level dof minus the rank)"
+    "fixed: Kenward-Roger's for the estimated first-level variances, or with voxfit group --dof residual flameo's "
+    "sum of the first-level dof minus the rank)"
 )
 
 

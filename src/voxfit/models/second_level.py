@@ -697,6 +697,11 @@ class SecondLevel:
                 X, names, fit_items = flame.X, flame.names, flame.items
                 groups = groups * 2 if groups is not None and len(groups) == len(order) else groups
             fl_dof = None if kind != "fixed" else self._first_level_dof(pairs, masker)
+            if kind == "fixed" and fl_dof is None and self.dof == "kenward-roger":  # (the engine's Python words)
+                raise InputError(
+                    "--dof kenward-roger with --model fixed takes the weights' error from each subject's first-level "
+                    "dof, which these maps do not give: give --first-level-dof, or --dof residual (n - rank)."
+                )
             fit = mixed_effects(
                 X,
                 Y,

@@ -610,9 +610,7 @@ def fixed_kenward_roger(Q: NDArray, B: NDArray, w: NDArray, Minv: NDArray, first
     for weights in contrasts:
         L = np.asarray(weights, dtype=np.float64) @ B  # (q, r)
         q = int(np.linalg.matrix_rank(L))
-        between = np.linalg.pinv(np.einsum("qa,vab,sb->vqs", L, Minv, L), hermitian=True)
-        Theta = np.einsum("qa,vqs,sb->vab", L, between, L)
-        shares = subject_terms(Minv @ Theta @ Minv)
+        shares = subject_terms(Minv @ _theta(L, Minv) @ Minv)
         A = 2.0 * np.sum(shares * shares / first_dof, axis=0)
         if len(L) == 1:
             with np.errstate(divide="ignore"):
@@ -623,6 +621,13 @@ def fixed_kenward_roger(Q: NDArray, B: NDArray, w: NDArray, Minv: NDArray, first
             dofs.append(m)
             scales.append(lam)
     return adjusted, dofs, scales
+
+
+def _theta(L: NDArray, Minv: NDArray) -> NDArray:
+    """Kenward & Roger's ``Theta = L' (L M^-1 L')^+ L`` (v, r, r) of the contrast rows `L` (q, r), from the plug-in
+    covariance `Minv` (v, r, r)."""
+    between = np.linalg.pinv(np.einsum("qa,vab,sb->vqs", L, Minv, L), hermitian=True)
+    return np.einsum("qa,vqs,sb->vab", L, between, L)
 
 
 # ------------------------------------------------------------------------------------------------ mixed: REML
@@ -1015,8 +1020,7 @@ def kenward_roger_f(B: NDArray, weights: NDArray, Minv: NDArray, T: NDArray, inf
     lambda not positive, or not finite) m = 2 and lambda = 1, a conservative reference."""
     L = weights @ B  # (q, r)
     q = int(np.linalg.matrix_rank(L))
-    inner = np.linalg.pinv(np.einsum("qa,vab,sb->vqs", L, Minv, L), hermitian=True)
-    Theta = np.einsum("qa,vqs,sb->vab", L, inner, L)
+    Theta = _theta(L, Minv)
     A = np.linalg.pinv(info, hermitian=True)
     K = [Theta @ Minv @ Tg @ Minv for Tg in T]
     tr = np.stack([np.einsum("vaa->v", k) for k in K])  # (G, v)

@@ -112,6 +112,27 @@ def test_volume_list_gifti_cifti_and_fsl_design(study, capsys, rng):
     assert out.header.get_axis(1) == cifti_axes()[1]
 
 
+def test_a_design_without_a_constant_is_warned_of_and_fsls_design_mat_says_why(study, capsys):
+    """FEAT's design.mat holds demeaned EVs and no mean, FEAT removing each voxel's mean before it fits: voxfit
+    fitted such a design as given, each voxel's mean (100) left in the residuals, t ~100 times too small and
+    nothing said (an FSL-layout tester's). A first-level design with no constant in its span is now warned of,
+    a design.mat's warning saying why FSL's lacks it; with the constant added the t is lstsq's with it."""
+    d = study["dir"]
+    X = study["table"].to_numpy()[:, :2]  # A, B: no constant
+    mat = d / "nomean.mat"
+    mat.write_text("/NumWaves 2\n/NumPoints 12\n/Matrix\n" + "".join(f"{a:.8f} {b:.8f}\n" for a, b in X))
+    code, _, err = run(capsys, "fit", study["bold"], "--design", mat, "--contrast", "c=EV1 - EV2", "-o", d / "m")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "no constant" in line]
+    assert len(warned) == 1 and "nomean.mat" in warned[0] and "FEAT removes each voxel's mean" in warned[0]
+    tsv = d / "nomean.tsv"
+    tsv.write_text("A\tB\n" + "".join(f"{float(a)!r}\t{float(b)!r}\n" for a, b in X))
+    code, _, err = run(capsys, "fit", study["bold"], "--design", tsv, "--contrast", "c=A - B", "-o", d / "t")
+    assert code == 0 and "no constant (no column of ones in its span)" in err and "FEAT" not in err
+    code, _, err = run(capsys, "fit", study["bold"], "--design", study["design"], "--contrast", "c=A", "-o", d / "k")
+    assert code == 0 and "no constant" not in err  # (A, B and a constant)
+
+
 def test_version_help_and_usage(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -29,7 +29,7 @@ from ..engine import fit as fit_engine
 from ..engine.fit import GridFit, ReadFit
 from ..engine.smoothness import GridProducts, neighbour_sums, warm_kernels
 from ..engine.streaming import ReadARFit, fit_streaming, read_voxels
-from ..exceptions import InputError
+from ..exceptions import DesignWarning, InputError
 from ..io import (
     ColumnSource,
     Dataset,
@@ -445,9 +445,33 @@ def _first_level_model(design, contrasts, mask, noise, scaling, nuisance, max_me
     kinds = column_kinds(design, names, X, nuisance)
     items = contrast_items(contrasts)
     factor = factorize(X, names, warn=False, max_memory=max_memory)
+    warn_without_constant(factor, design)
     for label, expr in items:
         check_contrast(expr, factor, label)
     return FirstLevelModel(X, names, tuple(kinds), items, factor, noise_order(noise))
+
+
+def warn_without_constant(factor, design, run: str = "") -> None:
+    """Warn of a first-level design with no constant in its span: each voxel's mean stays in its residuals, and t
+    comes out far too small (an FSL design.mat of FEAT's demeaned EVs on a run of mean 100: t 0.05 where 5.3).
+    FEAT removes each voxel's mean before fitting; voxfit fits the design as given."""
+    ones = np.ones(factor.basis.shape[0])
+    if np.linalg.norm(ones - factor.basis @ (factor.basis.T @ ones)) <= 1e-6 * np.sqrt(ones.size):
+        return
+    what = f"{run}the design" + (f" {design}" if isinstance(design, (str, os.PathLike)) else "")
+    fsl = str(design).lower().endswith(".mat") if isinstance(design, (str, os.PathLike)) else False
+    warnings.warn(
+        f"{what} has no constant (no column of ones in its span): each voxel's mean stays in its residuals, which "
+        "makes t far too small unless the data are mean-centred; "
+        + (
+            "FSL's design.mat leaves it out because FEAT removes each voxel's mean before fitting, and voxfit fits "
+            "the design as given: add a column of ones to it (/NumWaves one more)."
+            if fsl
+            else "add a column of ones."
+        ),
+        DesignWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass(frozen=True, eq=False)

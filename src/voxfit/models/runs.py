@@ -43,6 +43,7 @@ from .glm import (
     fit_noise_model,
     mean_over_scans,
     scale_data,
+    warn_without_constant,
     write_design_files,
     write_maps,
 )
@@ -193,6 +194,7 @@ def fit_runs(
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]
     for r, (X, names) in enumerate(matrices, 1):
         factor = factorize(X, names, warn=False, max_memory=execution.max_memory)
+        warn_without_constant(factor, designs[r - 1], f"run {r}: ")
         for label, expr in items:
             try:
                 check_contrast(expr, factor, label)  # before any data are read

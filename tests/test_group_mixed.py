@@ -794,6 +794,15 @@ def test_first_level_dof_given_for_folders_is_checked(tmp_path, rng, capsys):
     assert err.count("\n") == 1 and "the first-level dof must be a positive number" in err
     with pytest.raises(voxfit.exceptions.InputError, match="2 first-level dof values for 4 rows"):
         SecondLevel(first_level_contrast="1", model="fixed", first_level_dof=[10, 12]).fit(folders)
+    # a FEAT stats/dof that gives no dof was taken as missing: fixed effects on n - rank, a note alone (exit 0)
+    for k, text in enumerate(["20\n", "abc\n", "30\n", "40\n"]):
+        (Path(folders[k]) / "stats" / "dof").write_text(text)
+    assert main([*base, "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sub-02.feat/stats/dof holds 'abc', not FEAT's residual dof" in err
+    assert "give --first-level-dof" in err and not (tmp_path / "b").exists()
+    assert main([*base, "--first-level-dof", "20", "-o", str(tmp_path / "o"), "--quiet"]) == 0  # (replaced)
+    assert main([*base[:-2], "--model", "mixed", "-o", str(tmp_path / "m"), "--quiet"]) == 0  # (not used)
 
 
 @pytest.mark.parametrize(

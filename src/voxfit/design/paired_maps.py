@@ -88,6 +88,8 @@ class PairedMaps:
     dof_maps: each row's first-level dof as a map, ``(file, volume)`` (None: `dof`, numbers, or none).
     given: each row's place among the maps as given (None: in that order), for files that follow it (FSL's
     design.grp) when rows are reordered: by a design's participant ids, B's maps by A's subjects.
+    dof_problem: what is wrong with a folder's dof file that gives none (unreadable, no number), for a model that
+    needs the dof to refuse; None where nothing is.
     """
 
     effects: tuple[Path, ...]
@@ -101,6 +103,7 @@ class PairedMaps:
     paired: bool = False
     dof_maps: tuple[tuple[Path, int], ...] | None = None
     given: tuple[int, ...] | None = None
+    dof_problem: str | None = None
 
     @property
     def n(self) -> int:
@@ -648,6 +651,7 @@ class _Folder:
     variance: Path
     input_label: str | None
     dof: float | None
+    dof_problem: str | None = None  # (a dof file that says no dof: refused by a model that needs them)
     note: str | None = None
 
 
@@ -703,6 +707,7 @@ def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps
         variances=tuple(variances),
         subjects=subjects,
         dof=None if None in dofs else tuple(dofs),
+        dof_problem=next((f.dof_problem for f in found if f.dof_problem), None),
         notes=tuple(notes),
         matched_by="folder",
         contrast=contrast,
@@ -769,7 +774,7 @@ def _voxfit_maps(folder: Path, contrast: str, record) -> _Folder:
         check(effect)
         check(variance)
     dof, note = _voxfit_dof(folder, contrast, entry.get("dof"), (record.design or {}).get("dof"))
-    return _Folder(effect, variance, _input_label(folder, record), dof, note)
+    return _Folder(effect, variance, _input_label(folder, record), dof, note=note)
 
 
 def _voxfit_map(folder: Path, contrast: str, stat: str) -> Path:
@@ -824,7 +829,7 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
             effect, variance = where / f"cope{n}{extension}", where / f"varcope{n}{extension}"
             if n is not None and effect.is_file() and variance.is_file():
                 note = None if where == stats else f"{folder.name}: maps of reg_standard/stats (standard space)"
-                return _Folder(effect, variance, None, _feat_dof(folder), note)
+                return _Folder(effect, variance, None, *_feat_dof(folder), note=note)
     has = sorted(int(m.group(1)) for p in stats.iterdir() if (m := _COPE.match(p.name)))
     if n is not None and n.isdigit() and int(n) in has:  # (its cope is there: its varcope is not)
         raise InputError(
@@ -847,13 +852,25 @@ def _feat_contrast_names(folder: Path) -> dict[str, str]:
     return {m.group(1): m.group(2) for line in lines if (m := _CONTRAST_NAME.match(line))}
 
 
-def _feat_dof(folder: Path) -> float | None:
-    """FEAT's residual dof (``stats/dof``, one number), or None without it."""
+def _feat_dof(folder: Path) -> tuple[float | None, str | None]:
+    """FEAT's residual dof (``stats/dof``, one number), or None without the file; and what is wrong with a file
+    that cannot be read or holds no positive finite number (None where nothing is): a fixed-effects model refuses
+    it, where it was taken as missing (n - rank, said in a note alone)."""
+    path = folder / "stats" / "dof"
+    if not path.exists():
+        return None, None
     try:
-        value = float((folder / "stats" / "dof").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return value if _positive(value) else None
+        text = path.read_text(errors="replace").split()
+    except OSError as exc:
+        return None, str(InputError.from_os_error(exc, path, "FEAT's dof file"))
+    try:
+        value = float(text[0])
+    except (ValueError, IndexError):
+        value = None
+    if value is None or not _positive(value):
+        shown = " ".join(text)[:40] or "nothing"
+        return None, f"{path} holds {shown!r}, not FEAT's residual dof (one positive number)"
+    return value, None
 
 
 def _refuse_other_subject(folders, names, found) -> None:

@@ -696,6 +696,8 @@ class SecondLevel:
                 flame = paired_design(d.X, list(d.names), items, pairs.subjects[: len(order)])
                 X, names, fit_items = flame.X, flame.names, flame.items
                 groups = groups * 2 if groups is not None and len(groups) == len(order) else groups
+            if kind == "fixed" and self.first_level_dof is None and pairs.dof_problem:
+                raise InputError(f"{pairs.dof_problem}; write it again, or give --first-level-dof.")
             fl_dof = None if kind != "fixed" else self._first_level_dof(pairs, masker)
             if kind == "fixed" and fl_dof is None and self.dof == "kenward-roger":  # (the engine's Python words)
                 raise InputError(

@@ -562,3 +562,12 @@ def test_first_level_folders_given_as_maps_point_to_first_level(voxfit_study, tm
         nib.save(nib.Nifti1Image(np.full((3, 3, 2), k + 1.0, np.float32), np.eye(4)), maps / f"sub-{k}_map.nii.gz")
     (maps / "model.json").write_text("{}")
     assert main(["group", str(maps), "-o", str(tmp_path / "g"), "--quiet"]) == 0, capsys.readouterr().err
+
+
+def test_a_feat_contrast_name_two_contrasts_share_is_refused_asking_for_its_number(tmp_path):
+    """Two /ContrastName lines of a design.con both reading "faces": --first-level-contrast faces took cope1 and
+    said nothing (an FSL-layout tester's). Refused, naming both; the number picks one."""
+    folders = [_feat(tmp_path / f"sub-0{k}.feat", k, names=("faces", "faces")) for k in (1, 2)]
+    with pytest.raises(InputError, match=r"sub-01.feat: contrasts 1 and 2 of its design.con are both named 'faces'"):
+        first_level_maps(folders, "faces")
+    assert first_level_maps(folders, "2").effects == tuple(f / "stats" / "cope2.nii.gz" for f in folders)

@@ -817,6 +817,12 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
     """FEAT's ``cope<N>``/``varcope<N>`` (in standard space when ``reg_standard/stats`` holds them)."""
     names = _feat_contrast_names(folder)
     number = re.fullmatch(r"(?:cope)?(\d+)", contrast)
+    named = [k for k, name in names.items() if name == contrast]
+    if number is None and len(named) > 1:  # (the first was taken, nothing said)
+        raise InputError(
+            f"FEAT folder {folder}: contrasts {' and '.join(named)} of its design.con are both named {contrast!r}; "
+            "give the number of the one to take with --first-level-contrast."
+        )
     n = (
         (number.group(1).lstrip("0") or "0")
         if number

@@ -571,3 +571,21 @@ def test_a_feat_contrast_name_two_contrasts_share_is_refused_asking_for_its_numb
     with pytest.raises(InputError, match=r"sub-01.feat: contrasts 1 and 2 of its design.con are both named 'faces'"):
         first_level_maps(folders, "faces")
     assert first_level_maps(folders, "2").effects == tuple(f / "stats" / "cope2.nii.gz" for f in folders)
+
+
+@pytest.mark.parametrize("extension", [".img", ".img.gz"])
+def test_feat_folders_written_as_nifti_pairs_are_read(tmp_path, extension):
+    """FEAT run with FSLOUTPUTTYPE=NIFTI_PAIR (or NIFTI_PAIR_GZ) writes stats/cope1.hdr and .img: such folders
+    were refused as having "no FEAT stats/cope<N>", though the same maps given by name were read."""
+    folders = []
+    for k in (1, 2):
+        stats = tmp_path / f"sub-0{k}.feat" / "stats"
+        stats.mkdir(parents=True)
+        folders.append(stats.parent)
+        for name, value in (("cope1", k), ("varcope1", 10 * k)):
+            data = np.full(SHAPE, value, dtype=np.float32)
+            nib.save(nib.Nifti1Pair(data, np.eye(4)), str(stats / f"{name}{extension}"))
+        (stats / "dof").write_text("50\n")
+    paired = first_level_maps(folders, "1")
+    assert [p.name for p in paired.effects] == [f"cope1{extension}"] * 2 and paired.dof == (50.0, 50.0)
+    assert [_value(p) for p in paired.variances] == [10 * _value(p) for p in paired.effects]

@@ -56,8 +56,8 @@ __all__ = [
 
 FIRST_LEVEL_KINDS = ("first-level", "runs")  # model.json kinds whose maps are one subject's
 _EXTENSIONS = tuple(g.extension for g in (VolumeGeometry, SurfaceGeometry, CiftiGeometry, ArrayGeometry))
-_NIFTI = (".nii.gz", ".nii")  # FSL's maps
-_COPE = re.compile(r"^cope(\d+)(\.nii(?:\.gz)?)$")
+_NIFTI = (".nii.gz", ".nii", ".img", ".img.gz")  # FSL's maps (FSLOUTPUTTYPE NIFTI_GZ, NIFTI, NIFTI_PAIR[_GZ])
+_COPE = re.compile(r"^cope(\d+)(\.nii(?:\.gz)?|\.img(?:\.gz)?)$")
 _EFFECT = "_stat-effect_"
 # file names of test statistics (the stem, before its first dot): BIDS derivatives' stat-<t|z|F|p>, FSL's
 # tstat<N>, zstat<N>, zfstat<N>, fstat<N>, SPM's spmT_<N>, spmF_<N>

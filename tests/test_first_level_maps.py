@@ -589,3 +589,14 @@ def test_feat_folders_written_as_nifti_pairs_are_read(tmp_path, extension):
     paired = first_level_maps(folders, "1")
     assert [p.name for p in paired.effects] == [f"cope1{extension}"] * 2 and paired.dof == (50.0, 50.0)
     assert [_value(p) for p in paired.variances] == [10 * _value(p) for p in paired.effects]
+
+
+def test_a_feat_design_con_that_cannot_be_read_is_said_where_a_contrast_name_needs_it(tmp_path):
+    """An unreadable design.con (here a folder: root reads any file) was taken as holding no names: the folder
+    was said to have no contrast 'task' (its contrasts: 1). Said as it is; a contrast number needs no names."""
+    folders = [_feat(tmp_path / f"sub-0{k}.feat", k) for k in (1, 2)]
+    (folders[0] / "design.con").unlink()
+    (folders[0] / "design.con").mkdir()
+    with pytest.raises(InputError, match=r"FEAT's contrast names \(for 'task'\) .*sub-01.feat/design.con"):
+        first_level_maps(folders, "task")
+    assert first_level_maps(folders, "1").n == 2

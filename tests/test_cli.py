@@ -133,6 +133,19 @@ def test_a_design_without_a_constant_is_warned_of_and_fsls_design_mat_says_why(s
     assert code == 0 and "no constant" not in err  # (A, B and a constant)
 
 
+def test_a_contrast_name_too_long_for_file_names_is_refused_before_the_fit(study, capsys):
+    """A contrast named in 300 letters (an FSL design.con's /ContrastName) failed as its maps were written, after
+    the fit, the message naming the hidden partial folder: refused at once, in one line, nothing written."""
+    d = study["dir"]
+    code, _, err = run(capsys, "fit", study["bold"], "--design", study["design"], "--contrast", "a" * 300 + "=A",
+                       "-o", d / "long")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "makes a label of 300 letters and digits" in err
+    assert not (d / "long").exists() and "partial" not in err
+    code, _, err = run(capsys, "fit", study["bold"], "--design", study["design"], "--contrast", "a" * 100 + "=A",
+                       "-o", d / "ok", "--quiet")  # fmt: skip
+    assert code == 0, err
+
+
 def test_version_help_and_usage(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -44,13 +44,22 @@ __all__ = [
 ]
 
 
+MAX_LABEL = 100  # letters and digits of a label: its files' names (at most 255 bytes) hold entities and stat too
+
+
 def sanitize_label(name: str, what: str = "contrast") -> str:
-    """Letters and digits only (BIDS labels): a name like ``../../x`` cannot leave the output folder."""
+    """Letters and digits only (BIDS labels): a name like ``../../x`` cannot leave the output folder; at most
+    MAX_LABEL of them (a contrast named in 300 letters failed as its maps were written, after the fit)."""
     label = re.sub(r"[^A-Za-z0-9]", "", str(name))
     if not label:
         raise InputError(
             f"{what} name {name!r} has no ASCII letter or digit (a-z, A-Z, 0-9), of which its files' names are made "
             "(BIDS labels); give it one."
+        )
+    if len(label) > MAX_LABEL:
+        raise InputError(
+            f"{what} name {str(name)[:40]!r}... makes a label of {len(label)} letters and digits, of which its files' "
+            f"names are made (at most 255 bytes each); give it a name of at most {MAX_LABEL}."
         )
     return label
 

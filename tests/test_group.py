@@ -397,10 +397,13 @@ def test_design_and_contrast_errors(tmp_path, rng):
     (tmp_path / "bad.mat").write_text("/NumWaves 2\n/NumPoints 6\n/Matrix\n1 2\n3 x\n")
     with pytest.raises(InputError, match="non-numeric value"):
         SecondLevel(design=tmp_path / "bad.mat").fit(paths)
-    for count in ("-2", "two"):  # (not a count: they were passed over)
+    for count in ("-2", "two", "2.0"):  # (not a count: they were passed over; 2.0 was said "says 2.0 but ... 2")
         (tmp_path / "bad.mat").write_text(f"/NumWaves {count}\n/NumPoints 6\n/Matrix\n" + "1 2\n" * 6)
-        with pytest.raises(InputError, match=f"/NumWaves says {count} but the /Matrix has 2 columns"):
+        with pytest.raises(InputError, match=f"/NumWaves says {count}, not a whole number .*has 2 columns"):
             SecondLevel(design=tmp_path / "bad.mat").fit(paths)
+    (tmp_path / "bad.mat").write_text("/NumWaves 3\n/NumPoints 6\n/Matrix\n" + "1 2\n" * 6)
+    with pytest.raises(InputError, match="/NumWaves says 3 but the /Matrix has 2 columns"):
+        SecondLevel(design=tmp_path / "bad.mat").fit(paths)
     write_vest(tmp_path / "g.grp", np.ones((5, 1)))
     with pytest.raises(InputError, match="one value per row of the design"):
         SecondLevel(grp=tmp_path / "g.grp", permutations=20).fit(paths)

@@ -59,10 +59,15 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
         if key not in header:
             continue
         said = header[key].split()[0] if header[key].split() else ""
-        if not said.isdigit() or int(said) != matrix.shape[axis]:  # (-2, "two": not a count)
+        if not said.isdigit():  # (-2, "two", 3.0: not a count)
             raise InputError(
-                f"{what} {path}: /{key} says {said or 'nothing'} but the /Matrix has "
-                f"{matrix.shape[axis]} {'columns' if axis else 'rows'}."
+                f"{what} {path}: /{key} says {said or 'nothing'}, not a whole number ({key} is a count: the /Matrix "
+                f"has {matrix.shape[axis]} {'columns' if axis else 'rows'})."
+            )
+        if int(said) != matrix.shape[axis]:
+            raise InputError(
+                f"{what} {path}: /{key} says {said} but the /Matrix has {matrix.shape[axis]} "
+                f"{'columns' if axis else 'rows'}."
             )
     return header, matrix
 

@@ -308,6 +308,7 @@ def test_files_that_are_not_events_are_refused_in_one_line(tmp_path, capsys, nam
         ("commas.tsv", "A,B,constant\n0.5,1.25,1\n1,0,1\n", "one column separated by commas"),
         ("bare.tsv", "0.5\t1.25\t1\n1\t0\t1\n", "its first line holds numbers .0.5, 1.25, 1., not column names"),
         ("bare.csv", "1.5,2,3,4,5,6\n1,2,3,4,5,6\n", r"holds numbers .1.5, 2, 3, 4, \.\.\.., not column names"),
+        ("typo.tsv", "A\tconstant\n0.7_5\t1\n1\t1\n", r"column 'A', row 1 is not a number .'0.7_5'."),  # (0.75)
     ],
 )
 def test_design_tables_that_are_not_read_as_named_columns_are_refused(tmp_path, name, text, message):

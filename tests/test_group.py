@@ -394,9 +394,10 @@ def test_design_and_contrast_errors(tmp_path, rng):
         SecondLevel(design=tmp_path / "d.mat", con=tmp_path / "d.con").fit(paths)
     with pytest.raises(InputError, match="give contrasts"):
         SecondLevel(design=(np.column_stack([np.ones(6), np.arange(6.0)]), ["a", "b"])).fit(paths)
-    (tmp_path / "bad.mat").write_text("/NumWaves 2\n/NumPoints 6\n/Matrix\n1 2\n3 x\n")
-    with pytest.raises(InputError, match="non-numeric value"):
-        SecondLevel(design=tmp_path / "bad.mat").fit(paths)
+    for bad in ("x", "0.7_5"):  # (Python's float read 0.7_5 as 0.75)
+        (tmp_path / "bad.mat").write_text(f"/NumWaves 2\n/NumPoints 6\n/Matrix\n1 2\n3 {bad}\n")
+        with pytest.raises(InputError, match="non-numeric value"):
+            SecondLevel(design=tmp_path / "bad.mat").fit(paths)
     for count in ("-2", "two", "2.0"):  # (not a count: they were passed over; 2.0 was said "says 2.0 but ... 2")
         (tmp_path / "bad.mat").write_text(f"/NumWaves {count}\n/NumPoints 6\n/Matrix\n" + "1 2\n" * 6)
         with pytest.raises(InputError, match=f"/NumWaves says {count}, not a whole number .*has 2 columns"):

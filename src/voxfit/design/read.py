@@ -124,7 +124,7 @@ def frame_table(frame) -> tuple[list[str], list[list]]:
 def _number(cell: str, path: Path, row: int, column: str) -> float:
     text = cell.strip()
     try:
-        value = float(text)
+        value = float(text) if "_" not in text else float("x")  # (Python's float reads 0.7_5 as 0.75: a typo)
     except ValueError:
         if text.lower() not in MISSING_CELLS:
             raise InputError(f"design {path}: column {column!r}, row {row + 1} is not a number ({text!r}).") from None

@@ -42,8 +42,8 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
             key, *value = text[1:].split(None, 1)  # FSL separates with a tab, others with spaces
             header[key.strip()] = value[0].strip() if value else ""
         elif in_matrix:
-            try:
-                rows.append([float(v) for v in text.split()])
+            try:  # (Python's float reads 0.7_5 as 0.75: a typo, not a number FSL writes)
+                rows.append([float(v) if "_" not in v else float("x") for v in text.split()])
             except ValueError:
                 raise InputError(
                     f"{what} {path}, line {number}: non-numeric value in the /Matrix section: {text!r}."

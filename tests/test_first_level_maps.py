@@ -600,3 +600,14 @@ def test_a_feat_design_con_that_cannot_be_read_is_said_where_a_contrast_name_nee
     with pytest.raises(InputError, match=r"FEAT's contrast names \(for 'task'\) .*sub-01.feat/design.con"):
         first_level_maps(folders, "task")
     assert first_level_maps(folders, "1").n == 2
+
+
+def test_a_higher_level_feat_folder_is_said_to_be_one(tmp_path):
+    """A .gfeat folder (a cope<N>.feat per lower-level contrast) was said to be "not a finished first-level fit";
+    it is named as FEAT's higher level, with the folder to give."""
+    gfeat = tmp_path / "group.gfeat"
+    for n in (1, 2):
+        _feat(gfeat / f"cope{n}.feat", n)
+    with pytest.raises(InputError, match=r"group.gfeat is a higher-level FEAT folder \(cope1.feat, cope2.feat\)"):
+        first_level_maps([gfeat, gfeat.parent], "1")
+    assert first_level_maps([gfeat / "cope1.feat", gfeat / "cope2.feat"], "1").n == 2

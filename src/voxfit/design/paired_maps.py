@@ -747,6 +747,12 @@ def _folder_maps(folder: Path, contrast: str, read_record) -> _Folder:
         return _voxfit_maps(folder, contrast, read_record(folder))
     if (folder / "stats").is_dir() and any(_COPE.match(p.name) for p in (folder / "stats").iterdir()):
         return _feat_maps(folder, contrast)
+    inner = sorted(p.name for p in folder.glob("cope*.feat") if p.is_dir()) if folder.is_dir() else []
+    if inner:  # (FEAT's higher level: a .gfeat holds a cope<N>.feat per lower-level contrast)
+        raise InputError(
+            f"{folder} is a higher-level FEAT folder ({', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}): "
+            "give its cope<N>.feat folder of the contrast to take, whose stats/ hold the group's maps."
+        )
     raise InputError(
         f"{folder} is not a finished first-level fit (no model.json, and no FEAT stats/cope<N>); give the output "
         "folder of a voxfit fit that ran to the end, or a FEAT folder."

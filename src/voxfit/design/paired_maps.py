@@ -821,8 +821,8 @@ _CONTRAST_NAME = re.compile(r"^/ContrastName(\d+)\s+(.*?)\s*$")
 
 def _feat_maps(folder: Path, contrast: str) -> _Folder:
     """FEAT's ``cope<N>``/``varcope<N>`` (in standard space when ``reg_standard/stats`` holds them)."""
-    names = _feat_contrast_names(folder, contrast)
     number = re.fullmatch(r"(?:cope)?(\d+)", contrast)
+    names = _feat_contrast_names(folder, contrast if number is None else None)
     named = [k for k, name in names.items() if name == contrast]
     if number is None and len(named) > 1:  # (the first was taken, nothing said)
         raise InputError(
@@ -855,17 +855,17 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
     )
 
 
-def _feat_contrast_names(folder: Path, contrast: str) -> dict[str, str]:
+def _feat_contrast_names(folder: Path, contrast: str | None) -> dict[str, str]:
     """The contrast names of FEAT's ``design.con`` (``/ContrastName1 task``): number -> name; none without the
-    file. A design.con that cannot be read is said where the `contrast` asked for is a name (a number needs none):
-    the folder was said to have no contrast of that name."""
+    file. A design.con that cannot be read is said where a `contrast` name is asked for (None: a number, which
+    needs no names): the folder was said to have no contrast of that name."""
     path = folder / "design.con"
     try:
         lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        if re.fullmatch(r"(?:cope)?\d+", contrast):
+        if contrast is None:
             return {}
         raise InputError.from_os_error(exc, path, f"FEAT's contrast names (for {contrast!r})") from None
     return {m.group(1): m.group(2) for line in lines if (m := _CONTRAST_NAME.match(line))}

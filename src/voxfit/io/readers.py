@@ -555,6 +555,17 @@ _GIFTI_BYTES = {b"UINT8": 1, b"INT8": 1, b"INT16": 2, b"UINT16": 2, b"INT32": 4,
 _GIFTI_ENCODING = re.compile(rb'\bEncoding\s*=\s*"\s*(ASCII|Base64Binary|GZipBase64Binary)\s*"')
 
 
+def _gifti_data(text, end: int) -> tuple[int, int] | None:
+    """Where the ``<Data>`` element of the data array whose tag ends at `end` of `text` lies: the index of its
+    ``<Data>`` and of its ``</Data>``; None where it has none of its own before the next array (nibabel's to read
+    or refuse)."""
+    start, following = text.find(b"<Data>", end), text.find(b"<DataArray", end)
+    stop = text.find(b"</Data>", start)
+    if start < 0 or stop < 0 or 0 <= following < start:
+        return None
+    return start, stop
+
+
 def _check_gifti_payload(path: Path, text, end: int, attributes: bytes, dims: list[int]) -> None:
     """A data array (its tag's `attributes`, its contents from `end` of `text`) declares no more values than its
     encoded data can hold: Base64 gives 3 bytes for 4 characters, a compressed stream inflates at most
@@ -562,12 +573,10 @@ def _check_gifti_payload(path: Path, text, end: int, attributes: bytes, dims: li
     values over 200 was refused as numpy's "cannot reshape array of size 200 into shape (2000000000,)", after
     the declared sizes were checked against the memory as though they were true. An array whose data cannot be
     found here is nibabel's to read or refuse."""
-    encoding, kind = _GIFTI_ENCODING.search(attributes), _GIFTI_TYPE.search(attributes)
-    start, following = text.find(b"<Data>", end), text.find(b"<DataArray", end)
-    stop = text.find(b"</Data>", start)
-    if encoding is None or start < 0 or stop < 0 or 0 <= following < start:
+    encoding, kind, span = _GIFTI_ENCODING.search(attributes), _GIFTI_TYPE.search(attributes), _gifti_data(text, end)
+    if encoding is None or span is None:
         return
-    chars, itemsize = stop - start - len(b"<Data>"), _GIFTI_BYTES.get(kind.group(1) if kind else b"", 1)
+    chars, itemsize = span[1] - span[0] - len(b"<Data>"), _GIFTI_BYTES.get(kind.group(1) if kind else b"", 1)
     most = {
         b"ASCII": (chars + 1) // 2 * itemsize,
         b"Base64Binary": chars * 3 // 4,
@@ -589,18 +598,15 @@ def _check_gifti_inflation(path: Path, text, end: int, attributes: bytes, dims: 
     under --max-memory 500M). Only an array whose payload could inflate more than _GIFTI_SLACK beyond its
     dimensions (GZIP_MAX_RATIO times its bytes) is inflated: per-scan arrays cost nothing, a run in one array (12 MB
     of fsaverage5 scans) 0.14 s. An array whose payload cannot be found here is nibabel's to read or refuse."""
-    if not _GIFTI_GZIP.search(attributes):
-        return
-    start, following = text.find(b"<Data>", end), text.find(b"<DataArray", end)
-    stop = text.find(b"</Data>", start)
-    if start < 0 or stop < 0 or 0 <= following < start:  # (no data of its own: nibabel's to refuse)
+    span = _gifti_data(text, end) if _GIFTI_GZIP.search(attributes) else None
+    if span is None:
         return
     kind = _GIFTI_TYPE.search(attributes)
     declared = int(np.prod(dims, dtype=object)) * _GIFTI_BYTES.get(kind.group(1) if kind else b"", 8)
-    if (stop - start) * 3 // 4 * GZIP_MAX_RATIO <= declared + _GIFTI_SLACK:
+    if (span[1] - span[0]) * 3 // 4 * GZIP_MAX_RATIO <= declared + _GIFTI_SLACK:
         return  # (it cannot inflate much beyond its dimensions: an fsaverage5 scan's array, at most 42 MB)
     try:
-        payload = binascii.a2b_base64(text[start + len(b"<Data>") : stop])
+        payload = binascii.a2b_base64(text[span[0] + len(b"<Data>") : span[1]])
     except binascii.Error:
         return
     inflater, inflated = zlib.decompressobj(), 0

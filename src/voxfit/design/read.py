@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from .._checks import repeated
 from ..io.checks import check_readable
 from ..exceptions import InputError
+from .vest import plain_float
 
 __all__ = ["MISSING_CELLS", "frame_table", "read_design", "write_design"]
 
@@ -124,7 +125,7 @@ def frame_table(frame) -> tuple[list[str], list[list]]:
 def _number(cell: str, path: Path, row: int, column: str) -> float:
     text = cell.strip()
     try:
-        value = float(text) if "_" not in text else float("x")  # (Python's float reads 0.7_5 as 0.75: a typo)
+        value = plain_float(text)
     except ValueError:
         if text.lower() not in MISSING_CELLS:
             raise InputError(f"design {path}: column {column!r}, row {row + 1} is not a number ({text!r}).") from None

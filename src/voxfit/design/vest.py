@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from ..io.checks import check_readable
 from ..exceptions import InputError
 
-__all__ = ["read_vest", "read_contrasts", "read_ftests", "read_groups", "write_vest"]
+__all__ = ["plain_float", "read_vest", "read_contrasts", "read_ftests", "read_groups", "write_vest"]
 
 
 def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np.float64]]:
@@ -42,8 +42,8 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
             key, *value = text[1:].split(None, 1)  # FSL separates with a tab, others with spaces
             header[key.strip()] = value[0].strip() if value else ""
         elif in_matrix:
-            try:  # (Python's float reads 0.7_5 as 0.75: a typo, not a number FSL writes)
-                rows.append([float(v) if "_" not in v else float("x") for v in text.split()])
+            try:
+                rows.append([plain_float(v) for v in text.split()])
             except ValueError:
                 raise InputError(
                     f"{what} {path}, line {number}: non-numeric value in the /Matrix section: {text!r}."
@@ -70,6 +70,14 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
                 f"{'columns' if axis else 'rows'}."
             )
     return header, matrix
+
+
+def plain_float(text: str) -> float:
+    """A number as a table or VEST file writes one; ValueError for what Python's float reads beyond that: 0.7_5
+    (0.75 to Python, a typo in a design)."""
+    if "_" in text:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
 
 
 def read_contrasts(path, n_columns: int | None = None) -> list[tuple[str, NDArray[np.float64]]]:

@@ -288,8 +288,8 @@ def _with_model(tmp_path, study, deriv, model: dict, capsys) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace("sub-04\t25", "sub-04\tn/a"), "the design's column 'age' has no number for sub-04"),
-        (lambda t: t.replace("sub-04\t25", "sub-04\ttwenty"), "the design's column 'age' has no number for sub-04"),
+        (lambda t: t.replace("sub-04\t25", "sub-04\tn/a"), "the design's column 'age' has no number for sub-04 ("),
+        (lambda t: t.replace("sub-04\t25", "sub-04\ttwenty"), "the design's column 'age' has no number for sub-04 ("),
         (
             lambda t: "\n".join(x for x in t.splitlines() if not x.startswith("sub-04")) + "\n",
             "sub-04 of the group left",

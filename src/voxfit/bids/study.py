@@ -1083,13 +1083,21 @@ def _numbers(X, rows: list[dict]):
                 f'transformation of it makes a column per level (Model.X: "{column}.{words[0]}", ...), or give its '
                 "levels as numbers in participants.tsv."
             )
-        if missing.size:  # (each input named by all its entities: a subject's sessions or runs told apart)
-            gaps = list(dict.fromkeys(_group_label(rows[i]) for i in missing))
+        if missing.size:  # (each input named by its subject and what tells it from the group's others)
+            gaps = list(dict.fromkeys(_told_apart(rows, i) for i in missing))
             raise InputError(
                 f"the design's column {column!r} has no number for {listed(gaps)} (n/a or text in participants.tsv, "
                 "sessions.tsv or scans.tsv?); fill it, or leave those subjects out (--participant-label)."
             )
     return values
+
+
+def _told_apart(rows: list[dict], i: int) -> str:
+    """Input `i` of a group, for a message: its subject and session, and the entities in which the group's inputs
+    differ (a subject's runs), not those they share (the contrast, the suffix)."""
+    keys = {k for row in rows for k in row}
+    varying = {k for k in keys if len({str(_value(row.get(k))) for row in rows}) > 1}
+    return _group_label({k: v for k, v in rows[i].items() if k in varying or k in ("subject", "session")})
 
 
 def _left_behind(inputs, group, filters: dict, participants: set[str] | None, sessions: dict) -> list[str]:

@@ -611,3 +611,47 @@ def test_a_higher_level_feat_folder_is_said_to_be_one(tmp_path):
     with pytest.raises(InputError, match=r"group.gfeat is a higher-level FEAT folder \(cope1.feat, cope2.feat\)"):
         first_level_maps([gfeat, gfeat.parent], "1")
     assert first_level_maps([gfeat / "cope1.feat", gfeat / "cope2.feat"], "1").n == 2
+
+
+def test_fsls_three_levels_take_each_higher_level_folders_dof_map_beside_first_level_dof(tmp_path, capsys):
+    """FSL's usual study: each subject's runs combined by a higher-level FEAT (``sub-XX.gfeat/cope1.feat``, whose
+    stats/ hold flameo's ``tdof_t1`` map and no ``dof`` file), a subject of one run given as its first-level
+    .feat. Fixed effects take each higher-level folder's dof at each voxel and the first level's number: with
+    ``--dof residual`` the dof map is their sum less the rank, as with the same maps given by --first-level-dof
+    (the folders' dof were taken as unknown: n - rank, said in a note). --paired folders carry them too. Dof
+    given on the command line replace the folders', said in a note."""
+    from voxfit.cli import main
+
+    rng = np.random.default_rng(5)
+    folders, dof = [], []
+    for k, label in enumerate(("01", "02", "03")):
+        folder = _feat(tmp_path / f"sub-{label}.gfeat" / "cope1.feat", k + 1, dof=None)
+        tdof = rng.integers(20, 60, SHAPE).astype(np.float32)
+        nib.save(nib.Nifti1Image(tdof, np.eye(4)), folder / "stats" / "tdof_t1.nii.gz")
+        folders.append(folder)
+        dof.append(tdof)
+    folders.append(_feat(tmp_path / "sub-04.feat", 4, dof=31))
+    dof.append(np.full(SHAPE, 31.0, np.float32))
+    paired = first_level_maps(folders, "1")
+    assert paired.dof is None and paired.dof_maps[3] == 31.0
+    assert [p for p, _ in paired.dof_maps[:3]] == [f / "stats" / "tdof_t1.nii.gz" for f in folders[:3]]
+    assert any("maps of FEAT's higher level" in n and "sub-01.gfeat/cope1.feat" in n for n in paired.notes)
+    b = [Path(shutil.copytree(f, tmp_path / "b" / f.relative_to(tmp_path))) for f in (folders[3], folders[0])]
+    both = first_level_maps([folders[0], folders[3], *b], "1", paired=True)  # (B's rows put in A's order)
+    assert both.dof_maps == (paired.dof_maps[0], 31.0, (b[1] / "stats" / "tdof_t1.nii.gz", 0), 31.0)
+
+    out = tmp_path / "group"
+    argv = ["group", "--first-level", *map(str, folders), "--first-level-contrast", "1", "--model", "fixed"]
+    assert main([*argv, "--dof", "residual", "-o", str(out), "--quiet"]) == 0
+    got = np.asarray(nib.load(out / "stat-dof_statmap.nii.gz").dataobj)
+    np.testing.assert_allclose(got, np.sum(dof, axis=0) - 1, rtol=1e-6)
+    rows = json.loads((out / "model.json").read_text())["settings"]["mixed_effects"]["pairing"]["rows"]
+    assert [r.get("dof_map", r.get("dof")) for r in rows][3] == 31.0 and rows[0]["dof_map"].endswith("tdof_t1.nii.gz")
+    files = [tmp_path / f"sub-0{k + 1}_dof.nii.gz" for k in range(4)]
+    for path, values in zip(files, dof):
+        nib.save(nib.Nifti1Image(values, np.eye(4)), path)
+    given = tmp_path / "given"
+    assert main([*argv, "--dof", "residual", "--first-level-dof", *map(str, files), "-o", str(given), "--quiet"]) == 0
+    np.testing.assert_allclose(np.asarray(nib.load(given / "stat-dof_statmap.nii.gz").dataobj), got, rtol=1e-6)
+    notes = json.loads((given / "model.json").read_text())["settings"]["mixed_effects"]["pairing"]["notes"]
+    assert any("replace those the inputs gave" in n for n in notes)

@@ -12,7 +12,8 @@ map (and, for fixed effects, the first-level residual degrees of freedom). They 
   as ``flameo`` takes them): volume k of one with volume k of the other, the order said in a note;
 - first-level output folders (:func:`first_level_maps`): voxfit's (``model.json`` beside
   ``contrast-<label>_stat-effect_statmap`` and ``..._stat-variance_statmap``), or FSL FEAT's (``sub-01.feat``:
-  ``stats/cope<N>``, ``stats/varcope<N>``, ``stats/dof``), with the subject from the folder's name, else from
+  ``stats/cope<N>``, ``stats/varcope<N>``, ``stats/dof``; a higher level's ``cope<N>.feat``, its ``stats/tdof_t<N>``
+  map), with the subject from the folder's name, else from
   the inputs its ``model.json`` records, and the first-level degrees of freedom.
 
 Both return a :class:`PairedMaps`. Every variance map is checked to lie on its effect map's grid, and every
@@ -85,7 +86,8 @@ class PairedMaps:
     contrast: the contrast taken from first-level folders (None for lists of files).
     paired: the rows are the maps of condition A (the first half), then those of B of the same subjects in the
     same order (a paired design).
-    dof_maps: each row's first-level dof as a map, ``(file, volume)`` (None: `dof`, numbers, or none).
+    dof_maps: each row's first-level dof as a map, ``(file, volume)``, or a number for a row without one (FEAT
+    folders of both levels) (None: `dof`, numbers, or none).
     given: each row's place among the maps as given (None: in that order), for files that follow it (FSL's
     design.grp) when rows are reordered: by a design's participant ids, B's maps by A's subjects.
     dof_problem: what is wrong with a folder's dof file that gives none (unreadable, no number), for a model that
@@ -101,7 +103,7 @@ class PairedMaps:
     matched_by: str = "subject"
     contrast: str | None = None
     paired: bool = False
-    dof_maps: tuple[tuple[Path, int], ...] | None = None
+    dof_maps: tuple[tuple[Path, int] | float, ...] | None = None
     given: tuple[int, ...] | None = None
     dof_problem: str | None = None
 
@@ -142,7 +144,11 @@ class PairedMaps:
         row (as `pair_variances` takes them); or maps of per-voxel dof: one map for every row, one 4-D file of
         one volume per row (in this object's row order), or one map per row, matched to the effect maps as the
         variance maps are (by subject, else the ``_stat-dof_`` map beside each ``_stat-effect_`` map; by
-        position beside a 4-D pair), each half on its own when `paired`."""
+        position beside a 4-D pair), each half on its own when `paired`. Where the inputs gave dof (folders'),
+        a note says they were replaced."""
+        known = self.dof is not None or self.dof_maps is not None
+        replaced = ("the first-level dof given (--first-level-dof) replace those the inputs gave",) if known else ()
+        base = replace(self, notes=(*self.notes, *replaced))
         if _are_paths(dof):
             try:
                 paths = _files(dof, "first_level_dof")
@@ -152,8 +158,8 @@ class PairedMaps:
                     f"maps (files); "
                     f"got {_short(dof)}: {exc}"
                 ) from None
-            return self._with_dof_maps(paths)
-        return replace(self, dof=_dof_per_row(_checked_dof(dof), self.n, "rows"), dof_maps=None)
+            return base._with_dof_maps(paths)
+        return replace(base, dof=_dof_per_row(_checked_dof(dof), self.n, "rows"), dof_maps=None)
 
     def _with_dof_maps(self, paths: list[Path]) -> PairedMaps:
         readers = [open_map(p) for p in paths]
@@ -209,8 +215,10 @@ class PairedMaps:
                 row["volume"] = self.volumes[k]
             if self.dof is not None:
                 row["dof"] = self.dof[k]
-            if self.dof_maps is not None:
+            if self.dof_maps is not None and isinstance(self.dof_maps[k], tuple):
                 row["dof_map"], row["dof_volume"] = str(self.dof_maps[k][0]), self.dof_maps[k][1]
+            elif self.dof_maps is not None:
+                row["dof"] = self.dof_maps[k]
             rows.append(row)
         return {"matched_by": self.matched_by, "contrast": self.contrast, "notes": list(self.notes), "rows": rows}
 
@@ -263,6 +271,14 @@ def _half(n: int, what: str) -> int:
     return n // 2
 
 
+def _dof_rows(a: PairedMaps, b: PairedMaps) -> tuple | None:
+    """The rows of `a` then `b` as ``PairedMaps.dof_maps``, where either has dof maps and both know each dof."""
+    if a.dof_maps is None and b.dof_maps is None:
+        return None
+    rows = [p.dof_maps if p.dof_maps is not None else p.dof for p in (a, b)]
+    return None if None in rows else (*rows[0], *rows[1])
+
+
 def _conditions(a: PairedMaps, b: PairedMaps) -> PairedMaps:
     """Condition A's pairs then B's, B's rows in the order of A's subjects (by position when neither carries
     a subject label); refused when the halves hold different subjects, or only one carries labels."""
@@ -298,6 +314,7 @@ def _conditions(a: PairedMaps, b: PairedMaps) -> PairedMaps:
         variances=a.variances + b.variances,
         subjects=a.subjects + b.subjects,
         dof=None if a.dof is None or b.dof is None else a.dof + b.dof,
+        dof_maps=_dof_rows(a, b),
         notes=(*(f"A: {n}" for n in a.notes), *(f"B: {n}" for n in b.notes), note),
         paired=True,
         given=(*range(a.n), *(a.n + k for k in order)),
@@ -653,6 +670,7 @@ class _Folder:
     dof: float | None
     dof_problem: str | None = None  # (a dof file that says no dof: refused by a model that needs them)
     note: str | None = None
+    dof_map: Path | None = None  # (FEAT's higher level: flameo's tdof_t<N>, the dof at each voxel)
 
 
 def first_level_maps(
@@ -663,7 +681,8 @@ def first_level_maps(
 
     folders: voxfit output folders (``voxfit fit``, or several runs: ``model.json`` beside the maps) or FSL FEAT
     folders (``sub-01.feat``: ``stats/cope<N>`` and ``stats/varcope<N>``, or those of ``reg_standard/stats``
-    when FEAT's registration wrote them; dof from ``stats/dof``), in the order the rows take.
+    when FEAT's registration wrote them; dof from ``stats/dof``, or a higher level's ``cope<N>.feat`` folder with
+    its ``stats/tdof_t<N>`` map: ``PairedMaps.dof_maps``), in the order the rows take.
     contrast: the contrast's label (voxfit); for FEAT its number (``1`` or ``cope1``) or its name in
     ``design.con``.
     read_record: how ``model.json`` is read (``voxfit.models.ModelRecord.read``; default :func:`read_fit_record`).
@@ -694,7 +713,10 @@ def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps
     grids = [[open_map(p).geometry for p in paths] for paths in (effects, variances)]
     _check_grids(effects, variances, *grids, subjects)
     notes = [_subjects_note(folders, names, subjects)] + [f.note for f in found if f.note is not None]
-    dofs = [f.dof for f in found]
+    dofs = [f.dof if f.dof_map is None else (f.dof_map, 0) for f in found]
+    maps = [str(f.dof_map) for f in found if f.dof_map is not None]
+    if maps:
+        notes.append(f"first-level dof from the maps of FEAT's higher level, {listed(maps, 3)}, per voxel")
     if None in dofs:
         unknown = [str(folder) for folder, d in zip(folders, dofs) if d is None]
         notes.append(
@@ -706,7 +728,8 @@ def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps
         effects=tuple(effects),
         variances=tuple(variances),
         subjects=subjects,
-        dof=None if None in dofs else tuple(dofs),
+        dof=None if None in dofs or maps else tuple(dofs),
+        dof_maps=tuple(dofs) if maps and None not in dofs else None,
         dof_problem=next((f.dof_problem for f in found if f.dof_problem), None),
         notes=tuple(notes),
         matched_by="folder",
@@ -841,7 +864,9 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
             effect, variance = where / f"cope{n}{extension}", where / f"varcope{n}{extension}"
             if n is not None and effect.is_file() and variance.is_file():
                 note = None if where == stats else f"{folder.name}: maps of reg_standard/stats (standard space)"
-                return _Folder(effect, variance, None, *_feat_dof(folder), note=note)
+                dof, problem = _feat_dof(folder)
+                dof_map = _feat_dof_map(where, n) if dof is None and problem is None else None
+                return _Folder(effect, variance, None, dof, problem, note, dof_map)
     has = sorted(int(m.group(1)) for p in stats.iterdir() if (m := _COPE.match(p.name)))
     if n is not None and n.isdigit() and int(n) in has:  # (its cope is there: its varcope is not)
         raise InputError(
@@ -890,6 +915,13 @@ def _feat_dof(folder: Path) -> tuple[float | None, str | None]:
         shown = " ".join(text)[:40] or "nothing"
         return None, f"{path} holds {shown!r}, not FEAT's residual dof (one positive number)"
     return value, None
+
+
+def _feat_dof_map(where: Path, n: str) -> Path | None:
+    """A higher-level FEAT folder's dof map of contrast `n` (``stats/tdof_t<N>``, written by flameo where the
+    folder has no ``stats/dof``: a subject's runs combined, each voxel's dof those of the runs that cover it);
+    None without one."""
+    return next((path for e in _NIFTI if (path := where / f"tdof_t{n}{e}").is_file()), None)
 
 
 def _refuse_other_subject(folders, names, found) -> None:

@@ -264,8 +264,11 @@ def read_dof_maps(paired, masker: Masker) -> np.ndarray:
     out = np.empty((paired.n, masker.n_voxels), dtype=np.float32)
     rows: dict[tuple, list[int]] = {}
     for k, where in enumerate(paired.dof_maps):
-        rows.setdefault(where, []).append(k)
-    for path in dict.fromkeys(p for p, _ in paired.dof_maps):
+        if isinstance(where, tuple):
+            rows.setdefault(where, []).append(k)
+        else:  # (a row whose dof is one number: a FEAT first level beside higher-level folders)
+            out[k] = where
+    for path in dict.fromkeys(p for p, _ in rows):
         reader = open_map(path)
         masker.geometry.check_same(reader.geometry, f"the dof map {path}")
         one_volume = reader.geometry.n_elements * reader.dtype.itemsize

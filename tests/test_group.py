@@ -12,7 +12,7 @@ import pytest
 
 from voxfit import fit
 from voxfit.cli import main
-from voxfit.design import write_vest
+from voxfit.design import read_contrasts, write_vest
 from voxfit.design.group import group_design
 from voxfit.exceptions import DesignWarning, InputError
 from voxfit.models import SecondLevel
@@ -405,6 +405,12 @@ def test_design_and_contrast_errors(tmp_path, rng):
     (tmp_path / "bad.mat").write_text("/NumWaves 3\n/NumPoints 6\n/Matrix\n" + "1 2\n" * 6)
     with pytest.raises(InputError, match="/NumWaves says 3 but the /Matrix has 2 columns"):
         SecondLevel(design=tmp_path / "bad.mat").fit(paths)
+    (tmp_path / "zero.con").write_text("/ContrastName1 mean\n/ContrastName2 none\n/NumWaves 2\n/Matrix\n1 0\n0 0\n")
+    with pytest.raises(InputError, match=r"zero.con: contrast 2 \(none\) weighs no column"):  # (was "--contrast [0.")
+        SecondLevel(design=tmp_path / "d.mat", con=tmp_path / "zero.con").fit(paths)
+    (tmp_path / "huge.grp").write_text("/NumWaves 1\n/NumPoints 6\n/Matrix\n" + "1\n" * 3 + "1e20\n" * 3)
+    with pytest.raises(InputError, match="a block label of 1e[+]20 is not an integer FSL reads"):  # (was -2^63)
+        SecondLevel(design=tmp_path / "d.mat", contrasts=["c=c1"], grp=tmp_path / "huge.grp", permutations=9).fit(paths)
     write_vest(tmp_path / "g.grp", np.ones((5, 1)))
     with pytest.raises(InputError, match="one value per row of the design"):
         SecondLevel(grp=tmp_path / "g.grp", permutations=20).fit(paths)
@@ -476,6 +482,9 @@ def test_fsl_files_written_by_fsl_and_single_contrast_f_tests(tmp_path, rng):
     paths = _maps(tmp_path, rng, n=n)
     res = SecondLevel(design=tmp_path / "d.mat", con=tmp_path / "d.con", fts=tmp_path / "d.fts").fit(paths)
     assert set(res.parametric) == {"mean", "slope", "F1"}
+    latin = (tmp_path / "d.con").read_bytes().replace(b"slope", b"pente \xe9tude")  # (a name in Latin-1: refused as
+    (tmp_path / "latin.con").write_bytes(latin)  # "not a text file")
+    assert [name for name, _ in read_contrasts(tmp_path / "latin.con")] == ["mean", "pente \xe9tude"]
     F, t = res.parametric["F1"], res.parametric["slope"]
     assert F.kind == "F" and F.dof[0] == 1
     npt.assert_allclose(F.F, t.t**2, rtol=1e-9)

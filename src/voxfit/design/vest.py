@@ -24,11 +24,15 @@ def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np
     path = Path(path)
     check_readable(path, what)  # (missing, a folder, a pipe or a device: said so)
     try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{what} {path}: not a text file (is it an FSL VEST file?).") from None
+        content = path.read_bytes()
     except OSError as exc:
         raise InputError.from_os_error(exc, path, what) from None
+    if b"\0" in content:
+        raise InputError(f"{what} {path}: not a text file (is it an FSL VEST file?).")
+    try:
+        lines = content.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:  # (a contrast named in Latin-1, as older editors and FSL's GUI wrote accents)
+        lines = content.decode("latin-1").splitlines()
     header: dict[str, str] = {}
     rows: list[list[float]] = []
     in_matrix = False
@@ -86,7 +90,14 @@ def read_contrasts(path, n_columns: int | None = None) -> list[tuple[str, NDArra
     header, C = read_vest(path, "contrasts")
     if n_columns is not None and C.shape[1] != n_columns:
         raise InputError(f"contrasts {path}: {C.shape[1]} weights per contrast but the design has {n_columns} columns.")
-    return [(header.get(f"ContrastName{k + 1}", "").strip() or f"C{k + 1}", C[k]) for k in range(C.shape[0])]
+    names = [header.get(f"ContrastName{k + 1}", "").strip() or f"C{k + 1}" for k in range(C.shape[0])]
+    zero = [f"{k + 1} ({name})" for k, name in enumerate(names) if not np.any(C[k])]
+    if zero:
+        raise InputError(
+            f"contrasts {path}: contrast {', '.join(zero)} weighs no column (a row of zeros); give it weights, or "
+            "leave it out of the file."
+        )
+    return list(zip(names, C))
 
 
 def read_ftests(path, n_contrasts: int) -> list[NDArray[np.intp]]:
@@ -111,6 +122,11 @@ def read_groups(path, n_rows: int) -> NDArray[np.int64]:
         )
     if not np.all(G == np.round(G)):
         raise InputError(f"exchangeability blocks {path}: block labels must be integers.")
+    if np.abs(G).max() > np.iinfo(np.int32).max:  # (FSL reads them as int; 1e20 became -2^63 here)
+        raise InputError(
+            f"exchangeability blocks {path}: a block label of {np.abs(G).max():g} is not an integer FSL reads (at "
+            f"most {np.iinfo(np.int32).max:,} in size); number the groups 1, 2, ..."
+        )
     return G[:, 0].astype(np.int64)
 
 

@@ -493,6 +493,9 @@ def test_feat_prefers_standard_space_maps(tmp_path):
     assert paired.effects[0] == folder / "reg_standard" / "stats" / "cope1.nii.gz"
     _check_pairs(paired)
     assert any("reg_standard" in note for note in paired.notes)
+    (folder / "reg_standard" / "stats" / "varcope1.nii.gz").unlink()  # (stats/, the subject's space, was taken)
+    with pytest.raises(InputError, match=r"has reg_standard/stats/cope1 but no varcope1 beside it"):
+        first_level_maps([folder], 1)
 
 
 def test_feat_without_dof_gives_no_dof_with_a_note(tmp_path):

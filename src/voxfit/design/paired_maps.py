@@ -862,6 +862,11 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
     for where in (standard, stats):
         for extension in _NIFTI:
             effect, variance = where / f"cope{n}{extension}", where / f"varcope{n}{extension}"
+            if n is not None and where == standard and effect.is_file() and not variance.is_file():
+                raise InputError(  # (stats/ beside it are in the subject's own space: not taken in their place)
+                    f"FEAT folder {folder} has reg_standard/stats/cope{n} but no varcope{n} beside it; copy the "
+                    "folder again whole, or rerun FEAT's registration to standard space (featregapply)."
+                )
             if n is not None and effect.is_file() and variance.is_file():
                 note = None if where == stats else f"{folder.name}: maps of reg_standard/stats (standard space)"
                 dof, problem = _feat_dof(folder)

@@ -3,6 +3,7 @@ smooth volumes (the maps, model.json's inference part, the results TSV's columns
 table), and the refusals in one line (surfaces, CIFTI, beside --permutations)."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -102,6 +103,22 @@ def test_fit_with_rft_end_to_end(tmp_path, rng, capsys):
     page = next(out.glob("*.html")).read_text()
     assert "Random field theory: SPM&#x27;s results table" in page or "Random field theory: SPM's results table" in page
     assert "contrast-a_desc-rft_table.tsv" in page and "FWHM =" in page and "resels" in page
+    # the page draws the map at the run's RFT height and extent, the voxels of the table's clusters (it drew
+    # p < 0.001 uncorrected beside a table at p < 0.05 FWE, and at the group the voxelwise FWE map, whatever the
+    # extent)
+    code, _, err = run(
+        capsys,
+        *("fit", bold, "--design", design, "--contrast", "a=a", "-o", tmp_path / "k", "--mask-threshold", "0"),
+        *("--inference", "rft", "--height-threshold", "0.01", "--height-correction", "none"),
+        *("--extent-threshold", "3", "--report", "--quiet"),
+    )
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "k" / "contrast-a_desc-rft_table.tsv", sep="\t", na_values="n/a")
+    page = (tmp_path / "k" / "report.html").read_text().replace("&gt;", ">").replace("&lt;", "<")
+    assert re.search(
+        r"Threshold: t > [\d.]+ \(p < 0.01 uncorrected, random field theory\) in clusters of at least 3 ", page
+    )
+    assert f"{int(table['cluster_k'].sum()):,} of {9 * 9 * 8:,} elements shown" in page
 
 
 @pytest.mark.parametrize("noise", ["ols", "ar1"])

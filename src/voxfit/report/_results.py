@@ -6,7 +6,7 @@ Nothing is refitted: every number comes from the files the fit wrote.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,8 @@ class Results:
 
     def threshold(self, contrast: Contrast, p_threshold: float | None = None) -> Threshold:
         th = (_group_threshold if self.level == "group" else _first_level_threshold)(self, contrast, p_threshold)
+        if p_threshold is None:
+            th = _rft_threshold(self, contrast, th)
         if isinstance(self.geometry, SurfaceGeometry):  # (a page of one hemisphere: which family it corrects over)
             side = {"CortexLeft": "left hemisphere", "CortexRight": "right hemisphere"}.get(self.geometry.structure)
             th.notes.append(
@@ -248,6 +250,48 @@ def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None)
     columns = {c.kind: stat, "z": z, "p unc.": p, "q FDR": q}
     p_note = f"p: the one-sided uncorrected p of the {c.kind}; q: Benjamini–Hochberg FDR {_fdr_over(p, res.mask)}"
     return Threshold(shown, np.where(res.mask, z, np.nan), "z", level, reason, notes, columns, p_note, c.file_label)
+
+
+def _rft_threshold(res: Results, c: Contrast, th: Threshold) -> Threshold:
+    """Where the run made random field theory's inference (``--inference rft``), its height and extent, as SPM
+    draws its results and as the page's results table lists them: the elements above the contrast's height in
+    clusters of at least the extent (SPM's 18 neighbours); `th` otherwise, or where the run's record lacks them."""
+    from ..inference.clusters import label_clusters
+    from ..inference.graph import volume_adjacency
+    from .rft_table import CONNECTIVITY
+
+    inference = res.model.get("inference") or {}
+    entry = (inference.get("contrasts") or {}).get(c.label) or {}
+    height, extent = entry.get("height_stat"), inference.get("extent") or 0
+    stat = res.read_map(statmap_name(c.kind, res.extension, c.file_label))
+    shape = getattr(res.geometry, "shape", None)
+    if inference.get("method") != "rft" or not isinstance(height, (int, float)) or stat is None or shape is None:
+        return th
+    above = res.mask & np.isfinite(stat) & (stat > height)
+    shown = np.zeros_like(above)
+    if above.any():
+        flat = np.flatnonzero(above)
+        grid = np.zeros(above.size, dtype=bool)
+        grid[flat] = True
+        labels, sizes, _ = label_clusters(np.ones(flat.size), volume_adjacency(grid, shape, CONNECTIVITY), 0.0)
+        shown[flat] = sizes[labels - 1] >= extent
+    height_p = inference.get("height") or {}
+    said = "FWE" if height_p.get("correction") == "fwe" else "uncorrected"
+    clusters = f" in clusters of at least {extent:,} elements" if extent > 1 else ""
+    reason = (
+        f"{c.kind} > {height:.2f} (p < {height_p.get('p', float('nan')):g} {said}, random field theory){clusters}: "
+        "the run's --inference rft thresholds, as in the results table below."
+    )
+    notes = [f"{int(shown.sum()):,} of {int(res.mask.sum()):,} elements shown", *th.notes[1:]]
+    return replace(
+        th,
+        shown=shown,
+        stat=np.where(res.mask, stat, np.nan),
+        stat_name=c.kind,
+        level=float(height),
+        reason=reason,
+        notes=notes,
+    )
 
 
 def _fdr_over(p: NDArray, mask: NDArray) -> str:

@@ -346,18 +346,18 @@ def test_interrupted_or_failing_runs_leave_no_partial_maps(study, capsys, monkey
     calls = []
     original = glm.Masker.write
 
-    def flaky(self, path, values, names):
+    def flaky(self, path, values, names, *intent):
         calls.append(path)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        return original(self, path, values, names)
+        return original(self, path, values, names, *intent)
 
     monkeypatch.setattr(glm.Masker, "write", flaky)
     code, _, err = run(capsys, *fit_args(study))
     assert code == 130 and "interrupted" in err
     assert not study["out"].exists()
 
-    def broken(self, path, values, names):
+    def broken(self, path, values, names, *intent):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(glm.Masker, "write", broken)

@@ -1306,6 +1306,41 @@ def test_written_maps_do_not_inherit_display_range_or_intent(tmp_path, rng):
     assert hdr["cal_min"] == hdr["cal_max"] == 0 and hdr.get_intent()[0] == "none"
 
 
+def test_written_statistics_say_their_distribution_and_dof_in_their_headers(tmp_path, rng):
+    """A t map's header names its distribution and dof (NIfTI intent "t test", p1 the dof), an F map's its two dof,
+    z and p maps theirs, as AFNI, MRIcroGL and FSLeyes read them to turn a statistic into p (the intent was none
+    and the descrip 'voxfit: a t'); an AR model's t, whose dof vary by voxel, names none (its dof map does).
+    Effect and variance maps, and an RFT FWE p beside the uncorrected p, say which they are (they shared 'a')."""
+    from scipy import stats as sps
+
+    from voxfit.cli import main
+
+    data = volume_data(rng)
+    nib.save(nib.Nifti1Image(data, AFFINE), tmp_path / "bold.nii")
+    n = data.shape[3]
+    design = tmp_path / "design.tsv"
+    design.write_text("a\tb\tconst\n" + "".join(f"{np.sin(t / 3):.5f}\t{np.cos(t / 5):.5f}\t1\n" for t in range(n)))
+    argv = ["fit", str(tmp_path / "bold.nii"), "--design", str(design), "--contrast", "a=a", "--contrast", "f=a; b"]
+    assert main([*argv, "-o", str(tmp_path / "ols"), "--inference", "rft", "--quiet"]) == 0
+    out = tmp_path / "ols"
+    header = nib.load(out / "contrast-a_stat-t_statmap.nii.gz").header
+    assert header.get_intent() == ("t test", (n - 3.0,), "")
+    t = np.asarray(nib.load(out / "contrast-a_stat-t_statmap.nii.gz").dataobj)
+    p = np.asarray(nib.load(out / "contrast-a_stat-p_statmap.nii.gz").dataobj)
+    inside = np.isfinite(t) & (t != 0)
+    npt.assert_allclose(p[inside], sps.t.sf(t[inside], header.get_intent()[1][0]), rtol=1e-4, atol=1e-30)
+    assert nib.load(out / "contrast-f_stat-F_statmap.nii.gz").header.get_intent() == ("f test", (2.0, n - 3.0), "")
+    assert nib.load(out / "contrast-a_stat-z_statmap.nii.gz").header.get_intent()[0] == "z score"
+    assert nib.load(out / "contrast-a_stat-p_statmap.nii.gz").header.get_intent()[0] == "p value"
+    descrip = {
+        f: bytes(nib.load(out / f"contrast-a_stat-{f}_statmap.nii.gz").header["descrip"]).rstrip(b"\0")
+        for f in ("effect", "variance", "p", "p_desc-rftfwe")
+    }
+    assert len(set(descrip.values())) == 4 and descrip["p_desc-rftfwe"] == b"voxfit: a p rftfwe", descrip
+    assert main([*argv, "-o", str(tmp_path / "ar"), "--noise", "ar1", "--quiet"]) == 0
+    assert nib.load(tmp_path / "ar" / "contrast-a_stat-t_statmap.nii.gz").header.get_intent()[0] == "none"
+
+
 def test_mask_threshold_excludes_dim_voxels(tmp_path, rng):
     data = volume_data(rng)
     data[3, 2, 1, :] = 20 + rng.standard_normal(N_SCANS)  # varying but dim: below 0.8 x the global mean

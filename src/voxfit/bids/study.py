@@ -2008,15 +2008,10 @@ def _as_tested(stats, weights: np.ndarray):
 
 def write_stats(out, prefix, label, stats, masker, ext) -> None:
     """A contrast's effect, variance, statistic, p and z maps into the output folder `out`."""
-    rows = [f"{label}[{i}]" for i in range(stats.weights.shape[0])] if stats.kind == "F" else [label]
-    for stat, values, names in (
-        ("effect", stats.effect, rows),
-        ("variance", stats.variance, rows),
-        (stats.kind, stats.stat, [f"{label} {stats.kind}"]),
-        ("p", stats.p, [f"{label} p"]),
-        ("z", stats.z, [f"{label} z"]),
-    ):
-        masker.write(out.path(map_name(prefix, label, stat, ext)), values, names)
+    from ..io.output import contrast_maps
+
+    for stat, values, names, intent in contrast_maps(stats, label):
+        masker.write(out.path(map_name(prefix, label, stat, ext)), values, names, intent)
 
 
 def bids_record(node: _Node, entity, checksum, settings: _Settings, outputs, notes=(), **extra) -> dict:

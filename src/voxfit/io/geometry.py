@@ -59,8 +59,10 @@ class Geometry:
         if other.n_elements != self.n_elements:
             raise InputError(f"{what} has {other.n_elements} elements but the data have {self.n_elements}.")
 
-    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def write(self, path: Path, maps: NDArray, names: list[str], intent: tuple | None = None) -> None:
+        """`maps` (k, n_elements) in the input's format, named `names`; `intent` the NIfTI intent of a statistic's
+        map (``("t test", (dof,))``: :func:`voxfit.io.output.stat_intent`), written where the format has one."""
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def describe(self) -> dict:
         return {"kind": self.kind, "n_elements": self.n_elements}
@@ -93,7 +95,7 @@ class VolumeGeometry(Geometry):
                 f"difference {diff:.3g} mm); resample it to the data's grid."
             )
 
-    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
+    def write(self, path: Path, maps: NDArray, names: list[str], intent: tuple | None = None) -> None:
         vols = np.asarray(maps).reshape((-1,) + tuple(self.shape[::-1]))  # (k, z, y, x): rows are x-fastest
         data = vols.transpose(3, 2, 1, 0)  # (x, y, z, k)
         if data.shape[3] == 1:
@@ -111,6 +113,8 @@ class VolumeGeometry(Geometry):
             img.set_qform(self.affine, int(self.header["qform_code"]))
             img.set_sform(self.affine, int(self.header["sform_code"]) or 1)
         img.header["descrip"] = b"voxfit: " + ", ".join(names).encode()[:70]
+        if intent is not None and isinstance(img.header, nib.Nifti1Header):  # (what the map is to AFNI, MRIcroGL...)
+            img.header.set_intent(*intent)
         save_nifti(img, path)
 
     def describe(self) -> dict:
@@ -142,7 +146,7 @@ class SurfaceGeometry(Geometry):
                 "runs, maps, variances and masks apart (one fit or group model per hemisphere)."
             )
 
-    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
+    def write(self, path: Path, maps: NDArray, names: list[str], intent: tuple | None = None) -> None:
         maps = np.atleast_2d(maps)
         dtype = np.float32 if maps.dtype.kind == "f" else np.int32
         arrays = [
@@ -342,7 +346,7 @@ class CiftiGeometry(Geometry):
         named = b"".join(b"<NamedMap><MapName>%s</MapName></NamedMap>" % escape(str(name)).encode() for name in names)
         return split[0] + named + split[1]
 
-    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
+    def write(self, path: Path, maps: NDArray, names: list[str], intent: tuple | None = None) -> None:
         """A .dscalar.nii of the maps: the NIfTI-2 file nibabel's Cifti2Image writes (the same header XML and
         data; intent ConnDenseScalar, as the CIFTI-2 standard names dense scalars), composed here from the brain
         models' XML made once: nibabel's image copies and re-parses the header of every map (about 1 s each for
@@ -376,7 +380,7 @@ class ArrayGeometry(Geometry):
     def n_elements(self) -> int:
         return self.n_columns
 
-    def write(self, path: Path, maps: NDArray, names: list[str]) -> None:
+    def write(self, path: Path, maps: NDArray, names: list[str], intent: tuple | None = None) -> None:
         maps = np.asarray(maps)
         with open(path, "wb") as fh:  # np.save would append .npy to a temporary name
             np.save(fh, maps[0] if maps.shape[0] == 1 else maps)

@@ -91,9 +91,10 @@ class Masker:
         out[:, self._index] = values
         return out
 
-    def write(self, path, values: NDArray, names: list[str]) -> None:
-        """Write (V,) or (k, V) values as maps in the input's format and geometry."""
-        self.geometry.write(path, self.inverse(values), names)
+    def write(self, path, values: NDArray, names: list[str], intent: tuple | None = None) -> None:
+        """Write (V,) or (k, V) values as maps in the input's format and geometry (`intent`: a statistic's, as
+        ``Geometry.write`` takes it)."""
+        self.geometry.write(path, self.inverse(values), names, intent)
 
     def write_mask(self, path) -> None:
         self.geometry.write(path, self.mask[None, :].astype(np.uint8), ["mask"])

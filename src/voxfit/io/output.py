@@ -460,16 +460,33 @@ def peak_memory_mib() -> float | None:
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
-def stat_maps(stats, label: str, extension: str) -> list[tuple[str, object, list[str]]]:
-    """The maps of one contrast as ``(file name, values, map names)``: effect, variance, t or F, p, z."""
+def stat_intent(stats) -> tuple | None:
+    """The NIfTI intent of a contrast's t or F map: its distribution and dof (``("t test", (dof,))``), as AFNI,
+    MRIcroGL and FSLeyes read a statistic's map; None where the dof vary over the voxels (AR models, mixed
+    effects: the dof map beside it says them)."""
+    import numpy as np
+
+    dof = tuple(stats.dof) if stats.kind == "F" else (stats.dof,)
+    if any(np.ndim(d) != 0 or not (np.isfinite(d) and d > 0) for d in dof):
+        return None
+    return ("f test" if stats.kind == "F" else "t test", tuple(float(d) for d in dof))
+
+
+def contrast_maps(stats, label: str) -> list[tuple[str, object, list[str], tuple | None]]:
+    """The maps of one contrast as ``(stat, values, map names, NIfTI intent)``: effect, variance, t or F, p, z."""
     rows = [f"{label}[{i}]" for i in range(stats.weights.shape[0])] if stats.kind == "F" else [label]
     return [
-        (statmap_name("effect", extension, label), stats.effect, rows),
-        (statmap_name("variance", extension, label), stats.variance, rows),
-        (statmap_name(stats.kind, extension, label), stats.stat, [f"{label} {stats.kind}"]),
-        (statmap_name("p", extension, label), stats.p, [f"{label} p"]),
-        (statmap_name("z", extension, label), stats.z, [f"{label} z"]),
+        ("effect", stats.effect, [f"{r} effect" for r in rows], None),
+        ("variance", stats.variance, [f"{r} variance" for r in rows], None),
+        (stats.kind, stats.stat, [f"{label} {stats.kind}"], stat_intent(stats)),
+        ("p", stats.p, [f"{label} p"], ("p value", ())),
+        ("z", stats.z, [f"{label} z"], ("z score", ())),
     ]
+
+
+def stat_maps(stats, label: str, extension: str) -> list[tuple[str, object, list[str], tuple | None]]:
+    """The maps of one contrast as ``(file name, values, map names, NIfTI intent)`` (:func:`contrast_maps`)."""
+    return [(statmap_name(stat, extension, label), *rest) for stat, *rest in contrast_maps(stats, label)]
 
 
 def write_stats(stats, masker, folder, label: str | None = None, overwrite: bool = False) -> list[Path]:
@@ -481,10 +498,10 @@ def write_stats(stats, masker, folder, label: str | None = None, overwrite: bool
     label = sanitize_label(stats.name if label is None else label)
     folder = Path(folder)
     maps = stat_maps(stats, label, masker.geometry.extension)
-    existing = [name for name, _, _ in maps if (folder / name).exists()]
+    existing = [name for name, *_ in maps if (folder / name).exists()]
     if existing and not overwrite:
         raise InputError(f"{folder / existing[0]} exists; pass overwrite=True to replace it.")
     with OutputFolder(folder, force=True) as out:
-        for name, values, names in maps:
-            masker.write(out.path(name), values, names)
+        for name, values, names, intent in maps:
+            masker.write(out.path(name), values, names, intent)
         return out.commit()

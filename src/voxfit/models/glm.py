@@ -650,7 +650,8 @@ def write_rft(out, inferred, masker, prefix: str = "", shared: str | None = None
     ext = masker.geometry.extension
     for stat, label, desc, values in inferred.maps():
         name = (prefix if label is not None or shared is None else shared) + statmap_name(stat, ext, label, desc=desc)
-        masker.write(out.path(name), values, [stat if label is None else f"{label} {stat}"])
+        named = " ".join(x for x in (label, stat, desc) if x)  # (an RFT FWE p map is not the uncorrected p)
+        masker.write(out.path(name), values, [named], ("p value", ()) if stat == "p" else None)
     footers = {}
     for label in inferred.contrasts:
         table = results_table(inferred, label)
@@ -966,7 +967,7 @@ def _write_maps(out, fitted: _Fitted, model: FirstLevelModel, design, n_jobs) ->
     write_design_files(out, "", model.X, list(nf.fit.names), model.kinds, getattr(design, "tr", None), nf.fit.design.X)
 
 
-def fit_maps(nf: NoiseFit, ext: str, prefix: str = "") -> list[tuple[str, np.ndarray, list[str]]]:
+def fit_maps(nf: NoiseFit, ext: str, prefix: str = "") -> list[tuple]:
     """The maps of a noise fit, each as (file name, values, map names): an effect per design column, R^2, the
     residual variance, the noise parameters (AR or ARMA coefficients, the AR order chosen) and each contrast's;
     file names begin with `prefix` (``run-2_``: one run of several)."""
@@ -985,17 +986,17 @@ def fit_maps(nf: NoiseFit, ext: str, prefix: str = "") -> list[tuple[str, np.nda
         maps.append((statmap_name("arorder", ext), nf.orders.astype(np.float64), ["arorder"]))
     for label, s in nf.contrasts.items():
         maps += stat_maps(s, label, ext)
-    return [(prefix + name, values, labels) for name, values, labels in maps]
+    return [(prefix + name, *rest) for name, *rest in maps]
 
 
 def write_maps(out, masker, maps, n_jobs) -> None:
-    """Write `maps` ((file name, values, map names); values None: the mask) into the output folder `out`, on
-    up to `n_jobs` threads (compression releases the GIL)."""
+    """Write `maps` ((file name, values, map names[, NIfTI intent]); values None: the mask) into the output folder
+    `out`, on up to `n_jobs` threads (compression releases the GIL)."""
 
     def write(item):
-        name, values, labels = item
+        name, values, labels, *intent = item
         path = out.path(name)
-        masker.write_mask(path) if values is None else masker.write(path, values, labels)
+        masker.write_mask(path) if values is None else masker.write(path, values, labels, *intent)
 
     run_in_threads(write, maps, resolve_workers(n_jobs), grace=GRACE_S)
 

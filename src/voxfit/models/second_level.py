@@ -956,7 +956,7 @@ class SecondLevel:
         write_design(out.path("design.tsv"), d.X, list(d.names))
 
         def p_maps(label, desc, p):
-            masker.write(out.path(statmap_name("p", ext, label, desc=desc)), p, [f"{label} p {desc}"])
+            masker.write(out.path(statmap_name("p", ext, label, desc=desc)), p, [f"{label} p {desc}"], ("p value", ()))
             with np.errstate(divide="ignore"):
                 masker.write(
                     out.path(statmap_name("logp", ext, label, desc=desc)), -np.log10(p), [f"{label} -log10 p {desc}"]
@@ -965,8 +965,8 @@ class SecondLevel:
         thresholds = {}
         for label, _ in items:
             s = parametric[label]
-            for fname, values, names in stat_maps(s, label, ext):
-                masker.write(out.path(fname), values, names)
+            for fname, values, names, intent in stat_maps(s, label, ext):
+                masker.write(out.path(fname), values, names, intent)
             r = perms.get(label)
             p_unc = s.p if r is None else r.p_uncorrected
             p_maps(label, "uncorrected", p_unc)

@@ -7,7 +7,7 @@ import pytest
 
 import voxfit
 from voxfit.core import parse_contrast
-from voxfit.exceptions import ContrastError, RankDeficiencyWarning
+from voxfit.exceptions import ContrastError, InputError, RankDeficiencyWarning
 
 NAMES = ("slope", "intercept", "trans_x", "faces.2")
 
@@ -50,6 +50,10 @@ def test_backticks_allow_any_name():
         # (groups coded 1 and 2 are columns group_1 and group_2: "1 - 2" names none of them)
         ("1 - 2", r"bare number .*; the columns are slope, intercept, trans_x, faces.2\)"),
         ("slope - slope", "no non-zero column weight"),
+        # SPM's weight vectors: "[1 -1]" was "unexpected '[1 -1]'", "1 -1" a row with "no non-zero column weight"
+        ("[1 -1 0 0]", r"weights as a list of numbers \(SPM's \[1 -1\]\) are not read here; name the columns"),
+        ("1 -1", r"weights as a list of numbers .*e.g. 'slope - intercept'"),
+        ("0, 1", "weights as a list of numbers"),
         ("slope;", "unexpected end"),
         ("(slope", "missing '\\)'"),
         ("slope)", "unexpected '\\)'"),
@@ -220,3 +224,14 @@ def test_a_t_contrast_beside_near_collinear_columns_is_the_exact_one(eps):
             got = f.contrast(np.array([w], dtype=float)).t[v]
             # (to the design's conditioning: float64 loses eps x cond(X) of the digits of A's own estimate)
             assert got == pytest.approx(exact, rel=1e-2 if w == [1, 0, 0, 0] else 1e-4), (w, v, got, exact)
+
+
+def test_unnamed_contrasts_whose_made_names_clash_are_told_so():
+    """--contrast "A - B" --contrast "A + B" (no NAME=): both are named AB, which was said as "AB repeat"."""
+    from voxfit.models.glm import contrast_items
+
+    with pytest.warns(UserWarning, match="has no name"):
+        with pytest.raises(InputError, match=r"'A - B' and 'A \+ B' have no names, .* both 'AB'; name them: --contr"):
+            contrast_items(["A - B", "A + B"])
+    with pytest.raises(InputError, match="contrast names must be unique; x repeat"):
+        contrast_items(["x=A", "x=B"])

@@ -203,6 +203,15 @@ def parse_contrast(text: str, names: tuple[str, ...]) -> NDArray[np.float64]:
             f"contrast expression of {len(text):,} characters ({text[:20]!r}...) is longer than the "
             f"limit of {MAX_EXPRESSION_LENGTH:,}; give the weights as numbers (e.g. an FSL .con file)."
         )
+    numbers_only = re.fullmatch(r"[\s\[\](),;0-9.eE+-]*\d[\s\[\](),;0-9.eE+-]*", text)
+    listed = re.search(r"[\[,]|\d\s+[-+]?\.?\d", text)  # ([1 -1], "1, -1", "0 1": not "1 - 2", a sum)
+    if numbers_only and listed and len(names) > 1:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ContrastError(  # (SPM's weight vector [1 -1] read as 1 - 1: "no non-zero column weight")
+            f"cannot read contrast {text[:40]!r}: weights as a list of numbers (SPM's [1 -1]) are not read here; "
+            f"name the columns they weigh, e.g. '{names[0]} - {names[1]}' (the columns are {shown}), or give an FSL "
+            ".con file."
+        )
     rows = _Parser(text, tuple(names)).rows()
     if len(rows) > max(len(names), 2):  # (two rows always, as for weights: a row twice is the F of one row)
         shown = text[:40] + ("..." if len(text) > 40 else "")

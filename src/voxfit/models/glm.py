@@ -133,6 +133,12 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
         )
     dup = repeated(k for k, _ in items)
     if dup:
+        made = [e for k, e in items if k == dup[0] and isinstance(e, str) and sanitize_label(e) == k != e.strip()]
+        if len(made) > 1:  # (names made from unnamed expressions: "A - B" and "A + B" are both AB)
+            raise InputError(
+                f"contrasts {' and '.join(map(repr, made))} have no names, and the names made of their letters and "
+                f'digits are both {dup[0]!r}; name them: --contrast "{dup[0]}1={made[0]}".'
+            )
         raise InputError(f"contrast names must be unique; {', '.join(dup)} repeat.")
     return items
 

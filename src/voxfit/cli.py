@@ -153,9 +153,9 @@ The mapping (map, participant id, table row) is recorded in model.json.
 Mixed effects (FSL FLAME1, AFNI 3dMEMA): give each subject's first-level variance map with --variances (matched
 to the effect maps by sub-<label>; FSL's cope<N>/varcope<N> side by side and one 4-D pair too), or first-level
 output folders with --first-level (voxfit's or FEAT's) and --first-level-contrast NAME:
-  voxfit group sub-*/contrast-faces_stat-effect_statmap.nii.gz \
+  voxfit group sub-*/contrast-faces_stat-effect_statmap.nii.gz \\
                --variances sub-*/contrast-faces_stat-variance_statmap.nii.gz -o mixed/
-  voxfit group --first-level derivatives/voxfit/sub-*/ --first-level-contrast faces --design participants.tsv \
+  voxfit group --first-level derivatives/voxfit/sub-*/ --first-level-contrast faces --design participants.tsv \\
                --two-sample group --variance-groups group --contrast "pvc=patient - control" -o mixed2/
   voxfit group --first-level sub-*.feat --first-level-contrast 1 --model fixed -o fixed/
 --model mixed (the default with variances) estimates a between-subject variance at every voxel (per variance

@@ -79,7 +79,9 @@ class Masker:
         return self._index.size
 
     def inverse(self, values: NDArray, fill=np.nan) -> NDArray:
-        """(k, n_elements) maps from (V,) or (k, V) values, `fill` outside the mask (NaN for float maps). The values
+        """(k, n_elements) maps from (V,) or (k, V) values, `fill` outside the mask (NaN for float maps), the
+        elements in the geometry's order: a volume's x fastest, as NIfTI stores it (``maps[0].reshape(shape,
+        order="F")`` is the 3-D map; numpy's default order scrambles it). The values
         are put at the voxels' element indices, found once (a boolean mask finds them again at every map: a
         map of 230k voxels of a 2 mm MNI grid took 4.3 ms, 0.8 ms so)."""
         values = np.atleast_2d(np.asarray(values))

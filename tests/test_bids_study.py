@@ -306,7 +306,9 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
     with two: pybids filled the first with 0 (the fit went on), failed in the fit on the second (exit 1), left the
     third out and took one of the fourth's rows, silently. Each is refused, naming the subject; so are an id
     column not named participant_id (pybids' KeyError 'subject'), ids padded otherwise than the folders
-    (a design of rank 0), and an id with a space after it (pybids left that subject out, without a word)."""
+    (a design of rank 0), and an id with a space after it (pybids left that subject out, without a word). Each
+    before any run is fitted (the first three were refused by the dataset's group fit, once every run and subject
+    was); behind a transformation (which may leave subjects out: DropNA, Filter), by the group's fit."""
     study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(10, 10, 8))
     table = study.root / "participants.tsv"
     assert "sub-04\t25" in table.read_text() and table.read_text().splitlines()[1].startswith("sub-03")
@@ -314,6 +316,15 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
     code, err = _with_model(tmp_path, study, deriv, _age_model(), capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert all(line.startswith("voxfit: ") for line in err.splitlines()), err
+    assert not (tmp_path / "out").exists()
+    if "sub-04\tn/a" in table.read_text():  # (a word makes the column categorical: pybids' Scale refuses it)
+        model = _age_model()
+        model["Nodes"][-1]["Transformations"] = {
+            "Transformer": "pybids-transforms-v1",
+            "Instructions": [{"Name": "Scale", "Input": ["age"], "Demean": True, "Rescale": False}],
+        }
+        code, err = _with_model(tmp_path, study, deriv, model, capsys)
+        assert code == 2 and message in err and "node dataset" in err and (tmp_path / "out").exists(), err
 
 
 @pytest.mark.parametrize("breakage", ["events", "confounds", "tr", "start-time"])

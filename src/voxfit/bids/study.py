@@ -427,6 +427,7 @@ def run(
         lines = _table_lines(Path(bids_dir) / "participants.tsv")
         participants = _participants_rows(lines)
         _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
+        _check_participant_values(Path(bids_dir) / "participants.tsv", participants, runs, model, settings.level)
         session_columns, session_ids = _sessions_tables(Path(bids_dir))
         _check_sessions(Path(bids_dir), model, session_columns, runs)
         tables = {"participants": participants[0][1:] if participants else [], "sessions": session_columns}
@@ -1650,6 +1651,53 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
             f"({listed(sorted(f'sub-{s}' for s in mine if s.lstrip('0') == padded[0].lstrip('0')))}); write "
             "the ids as the dataset's folders do."
         )
+
+
+def _check_participant_values(path: Path, rows: list[list[str]], runs, model: dict, level: str) -> None:
+    """Where the study reaches a Dataset node whose Model.X takes a column of participants.tsv (`rows`:
+    :func:`_participants_rows`) and that nothing can leave subjects out of (no Transformations, such as DropNA or
+    Filter, and no Edge's Filter into it): each subject of the `runs` has a row, with a number in that column.
+    Refused before any run is fitted, as the node's group fit refuses them (:func:`_numbers`, :func:`_left_behind`)
+    once every run and subject was. A column of words alone is left to that fit, which says to Factor it."""
+    if level != "dataset" or not rows or "participant_id" not in rows[0]:
+        return
+    header = rows[0]
+    table = dict(zip(_participant_ids(rows), rows[1:]))
+    filtered = {edge.get("Destination") for edge in model.get("Edges") or () if edge.get("Filter")}
+    subjects = sorted({str(_value(dict(r.entities).get("subject"))) for r in runs})
+    for node in model.get("Nodes", ()):
+        if (
+            str(node.get("Level", "")).lower() != "dataset"
+            or node.get("Transformations")
+            or node.get("Name") in filtered
+        ):
+            continue
+        for column in [x for x in (node.get("Model") or {}).get("X", ()) if x in header and x != "participant_id"]:
+            lacking = [f"sub-{s}" for s in subjects if s not in table]
+            if lacking:
+                raise InputError(
+                    f"the input(s) {listed(lacking)} of the group left out of its design: {path.name} has no row for "
+                    f"them, and node {node.get('Name')}'s Model.X takes its column {column!r}; add their rows, or "
+                    "leave them out (--participant-label, or the model's Input)."
+                )
+            j = header.index(column)
+            cells = {s: table[s][j] if j < len(table[s]) else "" for s in subjects}
+            gaps = [f"sub-{s}" for s, cell in cells.items() if _number(cell) is None]
+            words = any(_number(c) is None and c.lower() not in ("n/a", "") for c in cells.values())
+            if gaps and not (words and len(gaps) == len(cells)):
+                raise InputError(
+                    f"the design's column {column!r} has no number for {listed(gaps)} (n/a or text in {path.name}, "
+                    f"node {node.get('Name')}); fill it, or leave those subjects out (--participant-label)."
+                )
+
+
+def _number(text: str) -> float | None:
+    """A table cell's number (finite), else None (n/a, empty, a word)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
 
 
 def _passes(entities: dict, filters: dict) -> bool:

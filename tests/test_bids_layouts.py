@@ -300,7 +300,8 @@ def test_a_column_the_participants_table_lacks_is_said_with_the_columns_it_has(t
     assert "'weight'" in failure.reason and "(participants.tsv's columns: age, group)." in failure.reason
     # a column of words (levels) without a Factor: said as such, where it named every input as lacking a number
     model["Nodes"][2]["Model"]["X"] = [1, "group"]
-    result = run(study.root, tmp_path / "words", model=model, derivatives=[study.derivatives], group_model="ols")
+    result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols")
+    assert all(g.reused for node in ("run", "subject") for g in result.nodes[node])  # (the dataset node's alone)
     assert result.failures and all("holds words (" in f.reason and "a Factor" in f.reason for f in result.failures)
 
 
@@ -324,7 +325,9 @@ def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):
     model["Nodes"][2]["GroupBy"] = ["contrast"]
     model["Nodes"][1]["GroupBy"] = ["subject"]
     with pytest.warns(UserWarning, match="node subject: its GroupBy lacks contrast, so each of its groups pools"):
-        assert run(study.root, tmp_path / "out2", model=model, **kw).ok
+        pooled = run(study.root, tmp_path / "out", model=model, **kw)  # (its runs' groups reused)
+    assert pooled.ok and all(g.reused for g in pooled.nodes["run"])
+    assert not any(g.reused for g in pooled.nodes["subject"])
 
 
 def test_options_a_study_cannot_honour_are_refused_before_it_fits(tmp_path, capsys):
@@ -1491,15 +1494,18 @@ def test_a_dataset_group_of_several_sessions_of_a_subject_is_refused_saying_what
     reason = result.failures[0].reason
     assert "holds 2 maps of sub-01 (sessions 1, 2; 2 subject(s) so)" in reason and "add session" in reason
     assert len(reason) < 400
-    ols = run(study.root, tmp_path / "ols", model=model, group_model="ols", **kw)  # (rows taken as independent)
-    assert ols.ok  # ... said in the group's notes: its dof 3 count 4 maps of 2 subjects
+    # (into the same folder: the run and session groups are reused, the dataset groups fitted anew)
+    ols = run(study.root, tmp_path / "out", model=model, group_model="ols", **kw)  # (rows taken as independent)
+    assert ols.ok and all(g.reused for node in ("run", "session") for g in ols.nodes[node])
+    assert not any(g.reused for g in ols.nodes["dataset"])  # ... said in its notes: dof 3 count 4 maps of 2 subjects
     said = [
         n for g, n in ols.notes if g.level == "dataset" and "4 maps of 2 subjects (several of 2: sub-01, sub-02)" in n
     ]
     assert said, ols.notes
     model["Nodes"][-1]["Model"]["Type"] = "meta"
-    meta = run(study.root, tmp_path / "meta", model=model, **kw)
-    assert meta.ok and not any("maps of 2 subjects" in n for _, n in meta.notes)
+    meta = run(study.root, tmp_path / "out", model=model, **kw)
+    assert meta.ok and not any(g.reused for g in meta.nodes["dataset"])
+    assert not any("maps of 2 subjects" in n for _, n in meta.notes)
 
 
 def test_a_groupby_entity_the_node_before_combined_over_is_that_nodes_failure(tmp_path):

@@ -411,7 +411,8 @@ def test_a_study_writes_the_cluster_inference_it_computes(tmp_path):
 def test_a_studys_shuffles_are_reproduced_by_its_seed(tmp_path, capsys):
     """voxfit bids had no --seed (the Python API and voxfit group have): the same study's FWE p moved by up to 0.065
     from one run to the next, its record saying seed null. A seed without permutations is refused, as in group."""
-    study, deriv = _study(tmp_path, subjects=7, runs=1, scans=30, shape=(6, 6, 5))
+    # (6 subjects: 64 sign-flips, of which 50 are drawn, by the seed)
+    study, deriv = _study(tmp_path, subjects=6, runs=1, scans=30, shape=(6, 6, 5))
     argv = ["bids", str(study.root), "OUT", "dataset", *deriv, "--group-model", "ols", "--quiet"]
     maps = []
     for out in ("a", "b"):
@@ -419,6 +420,9 @@ def test_a_studys_shuffles_are_reproduced_by_its_seed(tmp_path, capsys):
         assert main([*command, "--permutations", "50", "--seed", "7"]) == 0
         maps.append(_maps(tmp_path / out / "node-dataset" / "contrast-congruent_stat-pfwe_statmap.nii.gz"))
     np.testing.assert_array_equal(maps[0], maps[1])
+    record = json.loads((tmp_path / "b" / "node-dataset" / "contrast-congruent_model.json").read_text())
+    made = record["contrasts"]["congruent"]["permutation"]
+    assert made == {"scheme": "flip", "shuffles": 50, "exhaustive": False}  # (drawn: the seed chose them)
     assert main([str(tmp_path / "c") if a == "OUT" else a for a in argv] + ["--seed", "7"]) == 2
     assert "--seed chooses the permutations' shuffles; add --permutations N" in capsys.readouterr().err
 

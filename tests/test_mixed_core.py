@@ -107,6 +107,24 @@ def test_equals_textbook_reml_maximised_by_scipy(rng, G, p):
     npt.assert_allclose(fit.contrasts["t"].p, stats.t.sf(fit.contrasts["t"].stat, n - p), rtol=1e-8)
 
 
+def _same_inputs_once(reference):
+    """`reference` (a function of arrays) computed once for each set of inputs, by their values: the tests of the
+    compiled kernel and of the numpy path (parametrized by ``compiled``) hold the same data to the same written-out
+    likelihood, whose fine grids took most of their time, computed for each (the results are read-only)."""
+    cache = {}
+
+    def cached(*arrays):
+        key = tuple((a.dtype.str, a.shape, a.tobytes()) for a in map(np.asarray, arrays))
+        if key not in cache:
+            results = reference(*arrays)
+            for r in results if isinstance(results, tuple) else (results,):
+                r.flags.writeable = False
+            cache[key] = results
+        return cache[key]
+
+    return cached
+
+
 def _one_sample_reml(t, y, s2):
     """The restricted log-likelihood of a one-sample model at between-subject variance `t` (columns: voxels),
     less its constants, written out: -(sum log v + log sum w + sum w (y - b)^2) / 2, v = s2 + t, w = 1 / v."""
@@ -116,6 +134,7 @@ def _one_sample_reml(t, y, s2):
     return -0.5 * (np.log(v).sum(axis=0) + np.log(w.sum(axis=0)) + (w * (y - b) ** 2).sum(axis=0))
 
 
+@_same_inputs_once
 def _highest_peak(y, s2):
     """The restricted likelihood's highest point on a fine grid of tau2 (0, then 1e-6 to 1e4 at 3000 points)."""
     grid = np.concatenate([[0.0], np.exp(np.linspace(np.log(1e-6), np.log(1e4), 3000))])
@@ -768,6 +787,7 @@ def _reml_written_out(t, y, s2, X):
     return -0.5 * (np.log(s2 + t).sum(axis=0) + np.linalg.slogdet(M)[1] + (w * r * r).sum(axis=0))
 
 
+@_same_inputs_once
 def _reml_maximum(y, s2, X):
     """The likelihood's highest value: at 0 and 600 points of tau2 from 1e-6 x the least variance to 1e5 x the
     greatest, then golden-section search within a point of each voxel's two highest peaks of the grid."""

@@ -44,10 +44,12 @@ def pytest_configure(config):
     if workers and not hasattr(config, "workerinput") and not config.option.collectonly:
         _warm_numba_cache(config)
         config.option.loadscopereorder = False  # (xdist's order by count of tests; see LONGEST_FIRST)
-    if hasattr(config, "workerinput"):
-        # an xdist worker starts with SIGINT ignored (the controller takes Ctrl-C), and the processes the tests
-        # start inherit that: the tests of Ctrl-C need Python's own handler, here and in those children
+    if hasattr(config, "workerinput") or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # an xdist worker starts with SIGINT ignored (the controller takes Ctrl-C), as does a run a script started
+        # in the background, and the processes the tests start inherit that: the tests of Ctrl-C need Python's own
+        # handler, here and in those children
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(config, "workerinput"):
         _share_the_cpus(int(config.workerinput.get("workercount", 1)))
 
 

@@ -82,6 +82,7 @@ def _evict(path: Path) -> None:
     if hasattr(os, "posix_fadvise"):
         fd = os.open(path, os.O_RDONLY)
         try:
+            os.fsync(fd)  # (pages not yet written to disk are not dropped: a file just made would be read warm)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)

@@ -263,7 +263,8 @@ def _rft_threshold(res: Results, c: Contrast, th: Threshold) -> Threshold:
     inference = res.model.get("inference") or {}
     entry = (inference.get("contrasts") or {}).get(c.label) or {}
     height, extent = entry.get("height_stat"), inference.get("extent") or 0
-    stat = res.read_map(statmap_name(c.kind, res.extension, c.file_label))
+    name = "z" if entry.get("field") == "Z" else c.kind  # (dof that vary by voxel: the field is the z map's)
+    stat = res.read_map(statmap_name(name, res.extension, c.file_label))
     shape = getattr(res.geometry, "shape", None)
     if inference.get("method") != "rft" or not isinstance(height, (int, float)) or stat is None or shape is None:
         return th
@@ -277,17 +278,19 @@ def _rft_threshold(res: Results, c: Contrast, th: Threshold) -> Threshold:
         shown[flat] = sizes[labels - 1] >= extent
     height_p = inference.get("height") or {}
     said = "FWE" if height_p.get("correction") == "fwe" else "uncorrected"
+    level = f"p < {height_p['p']:g} {said}, " if isinstance(height_p.get("p"), (int, float)) else ""
     clusters = f" in clusters of at least {extent:,} elements" if extent > 1 else ""
     reason = (
-        f"{c.kind} > {height:.2f} (p < {height_p.get('p', float('nan')):g} {said}, random field theory){clusters}: "
-        "the run's --inference rft thresholds, as in the results table below."
+        f"{name} > {height:.2f} ({level}random field theory){clusters}: the run's --inference rft thresholds, as in "
+        "the results table below."
     )
-    notes = [f"{int(shown.sum()):,} of {int(res.mask.sum()):,} elements shown", *th.notes[1:]]
+    kept = [n for n in th.notes[1:] if "negative tail" not in n]  # (that count was at the default height)
+    notes = [f"{int(shown.sum()):,} of {int(res.mask.sum()):,} elements shown", *kept]
     return replace(
         th,
         shown=shown,
         stat=np.where(res.mask, stat, np.nan),
-        stat_name=c.kind,
+        stat_name=name,
         level=float(height),
         reason=reason,
         notes=notes,

@@ -325,6 +325,10 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
         }
         code, err = _with_model(tmp_path, study, deriv, model, capsys)
         assert code == 2 and message in err and "node dataset" in err and (tmp_path / "out").exists(), err
+        model = _age_model()  # (an Edge's Filter above the dataset leaves sub-04 out: nothing to refuse)
+        model["Edges"][0]["Filter"] = {"subject": ["01", "02", "03", "05"]}
+        code, err = _with_model(tmp_path, study, deriv, model, capsys)
+        assert code == 0, err
 
 
 @pytest.mark.parametrize("breakage", ["events", "confounds", "tr", "start-time"])

@@ -1656,21 +1656,22 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
 def _check_participant_values(path: Path, rows: list[list[str]], runs, model: dict, level: str) -> None:
     """Where the study reaches a Dataset node whose Model.X takes a column of participants.tsv (`rows`:
     :func:`_participants_rows`) and that nothing can leave subjects out of (no Transformations, such as DropNA or
-    Filter, and no Edge's Filter into it): each subject of the `runs` has a row, with a number in that column.
+    Filter, on any node above the runs, and no Edge's Filter): each subject of the `runs` that can be fitted has a
+    row, with a number in that column.
     Refused before any run is fitted, as the node's group fit refuses them (:func:`_numbers`, :func:`_left_behind`)
     once every run and subject was. A column of words alone is left to that fit, which says to Factor it."""
-    if level != "dataset" or not rows or "participant_id" not in rows[0]:
+    nodes = model.get("Nodes", ())
+    pruned = any(edge.get("Filter") for edge in model.get("Edges") or ()) or any(
+        n.get("Transformations") for n in nodes if str(n.get("Level", "")).lower() != "run"
+    )  # (a subject may be left out on the way to the Dataset node)
+    if level != "dataset" or pruned or not rows or "participant_id" not in rows[0]:
         return
     header = rows[0]
     table = dict(zip(_participant_ids(rows), rows[1:]))
-    filtered = {edge.get("Destination") for edge in model.get("Edges") or () if edge.get("Filter")}
-    subjects = sorted({str(_value(dict(r.entities).get("subject"))) for r in runs})
-    for node in model.get("Nodes", ()):
-        if (
-            str(node.get("Level", "")).lower() != "dataset"
-            or node.get("Transformations")
-            or node.get("Name") in filtered
-        ):
+    # (a subject whose every run fails is left out of the dataset's group: said by its runs' failures)
+    subjects = sorted({str(_value(dict(r.entities).get("subject"))) for r in runs if not r.problems})
+    for node in nodes:
+        if str(node.get("Level", "")).lower() != "dataset":
             continue
         for column in [x for x in (node.get("Model") or {}).get("X", ()) if x in header and x != "participant_id"]:
             lacking = [f"sub-{s}" for s in subjects if s not in table]

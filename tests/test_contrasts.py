@@ -231,7 +231,10 @@ def test_unnamed_contrasts_whose_made_names_clash_are_told_so():
     from voxfit.models.glm import contrast_items
 
     with pytest.warns(UserWarning, match="has no name"):
-        with pytest.raises(InputError, match=r"'A - B' and 'A \+ B' have no names, .* both 'AB'; name them: --contr"):
+        with pytest.raises(InputError, match=r"'A - B' and 'A \+ B' have no names, .* 'AB', is another contrast's"):
             contrast_items(["A - B", "A + B"])
+    with pytest.warns(UserWarning, match="has no name"):
+        with pytest.raises(InputError, match=r"contrast 'A - B' has no name, .*'AB', is another .*\"AB1=A - B\""):
+            contrast_items(["AB=A + B", "A - B"])  # (the named one is not said to have no name)
     with pytest.raises(InputError, match="contrast names must be unique; x repeat"):
         contrast_items(["x=A", "x=B"])

@@ -123,21 +123,25 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
     was taken a character at a time: "ab" fitted contrasts a and b); labels unique."""
     if isinstance(contrasts, str):
         contrasts = [contrasts]
+    unnamed: set[int] = set()
     if isinstance(contrasts, dict):
         items = [(contrast_label(k, v), v) for k, v in contrasts.items()]
     elif isinstance(contrasts, (list, tuple)):
         items = [parse_contrast_option(c) for c in contrasts]
+        unnamed = {i for i, c in enumerate(contrasts) if isinstance(c, str) and "=" not in c}
     else:
         raise InputError(
             f'`contrasts` must be a dict {{name: expression}} or a list of "NAME=EXPR"; got {type(contrasts).__name__}.'
         )
     dup = repeated(k for k, _ in items)
     if dup:
-        made = [e for k, e in items if k == dup[0] and isinstance(e, str) and sanitize_label(e) == k != e.strip()]
-        if len(made) > 1:  # (names made from unnamed expressions: "A - B" and "A + B" are both AB)
+        made = [e for i, (k, e) in enumerate(items) if k == dup[0] and i in unnamed]
+        if made:  # (a name made from an unnamed expression: "A - B" and "A + B" are both AB)
+            said = " and ".join(map(repr, made))
+            said = f"contrasts {said} have no names" if len(made) > 1 else f"contrast {said} has no name"
             raise InputError(
-                f"contrasts {' and '.join(map(repr, made))} have no names, and the names made of their letters and "
-                f'digits are both {dup[0]!r}; name them: --contrast "{dup[0]}1={made[0]}".'
+                f"{said}, and the name made of the letters and digits, {dup[0]!r}, is another contrast's too; name "
+                f'it: --contrast "{dup[0]}1={made[0]}".'
             )
         raise InputError(f"contrast names must be unique; {', '.join(dup)} repeat.")
     return items

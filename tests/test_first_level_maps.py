@@ -639,6 +639,10 @@ def test_fsls_three_levels_take_each_higher_level_folders_dof_map_beside_first_l
     assert paired.dof is None and paired.dof_maps[3] == 31.0
     assert [p for p, _ in paired.dof_maps[:3]] == [f / "stats" / "tdof_t1.nii.gz" for f in folders[:3]]
     assert any("maps of FEAT's higher level" in n and "sub-01.gfeat/cope1.feat" in n for n in paired.notes)
+    unknown = first_level_maps([folders[0], _feat(tmp_path / "sub-05.feat", 5, dof=None)], "1")
+    assert unknown.dof is None and unknown.dof_maps is None  # (a folder's dof unknown: none taken, said once)
+    assert [n for n in unknown.notes if "dof" in n] == [n for n in unknown.notes if "dof unknown for" in n]
+    assert not any("dof unknown" in n for n in unknown.with_dof(30).notes)  # (given now)
     b = [Path(shutil.copytree(f, tmp_path / "b" / f.relative_to(tmp_path))) for f in (folders[3], folders[0])]
     both = first_level_maps([folders[0], folders[3], *b], "1", paired=True)  # (B's rows put in A's order)
     assert both.dof_maps == (paired.dof_maps[0], 31.0, (b[1] / "stats" / "tdof_t1.nii.gz", 0), 31.0)

@@ -57,6 +57,7 @@ __all__ = [
 
 FIRST_LEVEL_KINDS = ("first-level", "runs")  # model.json kinds whose maps are one subject's
 _EXTENSIONS = tuple(g.extension for g in (VolumeGeometry, SurfaceGeometry, CiftiGeometry, ArrayGeometry))
+_DOF_UNKNOWN = "first-level dof unknown"  # (a note's start, dropped where --first-level-dof gives them)
 _NIFTI = (".nii.gz", ".nii", ".img", ".img.gz")  # FSL's maps (FSLOUTPUTTYPE NIFTI_GZ, NIFTI, NIFTI_PAIR[_GZ])
 _COPE = re.compile(r"^cope(\d+)(\.nii(?:\.gz)?|\.img(?:\.gz)?)$")
 _EFFECT = "_stat-effect_"
@@ -148,7 +149,8 @@ class PairedMaps:
         a note says they were replaced."""
         known = self.dof is not None or self.dof_maps is not None
         replaced = ("the first-level dof given (--first-level-dof) replace those the inputs gave",) if known else ()
-        base = replace(self, notes=(*self.notes, *replaced))
+        notes = [n for n in self.notes if not n.startswith(_DOF_UNKNOWN)]  # (given now)
+        base = replace(self, notes=(*notes, *replaced))
         if _are_paths(dof):
             try:
                 paths = _files(dof, "first_level_dof")
@@ -715,12 +717,12 @@ def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps
     notes = [_subjects_note(folders, names, subjects)] + [f.note for f in found if f.note is not None]
     dofs = [f.dof if f.dof_map is None else (f.dof_map, 0) for f in found]
     maps = [str(f.dof_map) for f in found if f.dof_map is not None]
-    if maps:
+    if maps and None not in dofs:  # (with a folder's dof unknown, none are taken: said below)
         notes.append(f"first-level dof from the maps of FEAT's higher level, {listed(maps, 3)}, per voxel")
     if None in dofs:
         unknown = [str(folder) for folder, d in zip(folders, dofs) if d is None]
         notes.append(
-            f"first-level dof unknown for {listed(unknown, 3)} (of {len(folders)} folders): a fixed model then takes "
+            f"{_DOF_UNKNOWN} for {listed(unknown, 3)} (of {len(folders)} folders): a fixed model then takes "
             "n - rank, not the sum of the subjects' dof less the rank (smaller: conservative); give "
             "--first-level-dof, or the folders' dof"
         )

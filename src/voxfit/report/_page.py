@@ -20,7 +20,7 @@ from ..exceptions import InputError
 from ..io import read_mesh, sanitize_label, statmap_name, write_file_atomically
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from . import _figures as fig
-from ._peaks import MAXIMA_PER_CLUSTER, MIN_DISTANCE_MM, local_maxima, spaced_maxima
+from ._peaks import MAXIMA_PER_CLUSTER, MIN_DISTANCE_MM, components, local_maxima, spaced_maxima
 from ._results import Contrast, Results, Threshold, read_results
 
 __all__ = ["Sections", "build_report", "html_page", "html_table", "report_sections", "write_report"]
@@ -284,17 +284,9 @@ def _maxima_rows(th: Threshold, adjacency_of, positions, describe, unit: str, el
     (SPM's rule, :mod:`._peaks`): one row per maximum, every column filled, and the maxima's element numbers.
     ``positions(elements)`` gives their (m, 3) positions in mm, ``describe(element, xyz)`` their position
     columns."""
-    from scipy.sparse import csr_array
-    from scipy.sparse.csgraph import connected_components
-
     index = np.flatnonzero(th.shown)
     adjacency = adjacency_of(th.shown)
-    # connected components by scipy's graph search (the inference's compiled labelling would load numba, ~1 s)
-    graph = csr_array(
-        (np.ones(adjacency.indices.size, dtype=np.int8), adjacency.indices, adjacency.indptr),
-        shape=(index.size, index.size),
-    )
-    _, component = connected_components(graph, directed=False)
+    component = components(adjacency)
     sizes = np.bincount(component)
     first = np.full(sizes.size, index.size)
     np.minimum.at(first, component, np.arange(index.size))

@@ -256,26 +256,25 @@ def _rft_threshold(res: Results, c: Contrast, th: Threshold) -> Threshold:
     """Where the run made random field theory's inference (``--inference rft``), its height and extent, as SPM
     draws its results and as the page's results table lists them: the elements above the contrast's height in
     clusters of at least the extent (SPM's 18 neighbours); `th` otherwise, or where the run's record lacks them."""
-    from ..inference.clusters import label_clusters
     from ..inference.graph import volume_adjacency
+    from ._peaks import components
     from .rft_table import CONNECTIVITY
 
     inference = res.model.get("inference") or {}
     entry = (inference.get("contrasts") or {}).get(c.label) or {}
     height, extent = entry.get("height_stat"), inference.get("extent") or 0
+    shape = getattr(res.geometry, "shape", None)
+    if inference.get("method") != "rft" or not isinstance(height, (int, float)) or shape is None:
+        return th
     name = "z" if entry.get("field") == "Z" else c.kind  # (dof that vary by voxel: the field is the z map's)
     stat = res.read_map(statmap_name(name, res.extension, c.file_label))
-    shape = getattr(res.geometry, "shape", None)
-    if inference.get("method") != "rft" or not isinstance(height, (int, float)) or stat is None or shape is None:
+    if stat is None:
         return th
     above = res.mask & np.isfinite(stat) & (stat > height)
     shown = np.zeros_like(above)
     if above.any():
-        flat = np.flatnonzero(above)
-        grid = np.zeros(above.size, dtype=bool)
-        grid[flat] = True
-        labels, sizes, _ = label_clusters(np.ones(flat.size), volume_adjacency(grid, shape, CONNECTIVITY), 0.0)
-        shown[flat] = sizes[labels - 1] >= extent
+        cluster = components(volume_adjacency(above, shape, CONNECTIVITY))
+        shown[above] = np.bincount(cluster)[cluster] >= extent
     height_p = inference.get("height") or {}
     said = "FWE" if height_p.get("correction") == "fwe" else "uncorrected"
     level = f"p < {height_p['p']:g} {said}, " if isinstance(height_p.get("p"), (int, float)) else ""

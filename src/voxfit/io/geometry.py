@@ -113,7 +113,7 @@ class VolumeGeometry(Geometry):
             img.set_qform(self.affine, int(self.header["qform_code"]))
             img.set_sform(self.affine, int(self.header["sform_code"]) or 1)
         img.header["descrip"] = b"voxfit: " + ", ".join(names).encode()[:70]
-        if intent is not None and isinstance(img.header, nib.Nifti1Header):  # (what the map is to AFNI, MRIcroGL...)
+        if intent is not None and isinstance(img.header, nib.Nifti1Header):  # (a statistic's distribution, for readers)
             img.header.set_intent(*intent)
         save_nifti(img, path)
 

@@ -460,10 +460,13 @@ def peak_memory_mib() -> float | None:
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
+P_VALUE = ("p value", ())  # the NIfTI intent of a map of p values (``Geometry.write``'s `intent`)
+
+
 def stat_intent(stats) -> tuple | None:
-    """The NIfTI intent of a contrast's t or F map: its distribution and dof (``("t test", (dof,))``), as AFNI,
-    MRIcroGL and FSLeyes read a statistic's map; None where the dof vary over the voxels (AR models, mixed
-    effects: the dof map beside it says them)."""
+    """The NIfTI intent of a contrast's t or F map: its distribution and dof (``("t test", (dof,))``), the
+    standard's way for a reader (AFNI's, for one) to turn the statistic into p; None where the dof vary over the
+    voxels (AR models, mixed effects: the dof map beside it says them)."""
     import numpy as np
 
     dof = tuple(stats.dof) if stats.kind == "F" else (stats.dof,)
@@ -479,7 +482,7 @@ def contrast_maps(stats, label: str) -> list[tuple[str, object, list[str], tuple
         ("effect", stats.effect, [f"{r} effect" for r in rows], None),
         ("variance", stats.variance, [f"{r} variance" for r in rows], None),
         (stats.kind, stats.stat, [f"{label} {stats.kind}"], stat_intent(stats)),
-        ("p", stats.p, [f"{label} p"], ("p value", ())),
+        ("p", stats.p, [f"{label} p"], P_VALUE),
         ("z", stats.z, [f"{label} z"], ("z score", ())),
     ]
 

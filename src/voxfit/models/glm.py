@@ -48,6 +48,7 @@ from ..io import (
     stat_maps,
     statmap_name,
 )
+from ..io.output import P_VALUE
 from ._routing import (
     COLUMNS,
     MEMORY,
@@ -661,7 +662,7 @@ def write_rft(out, inferred, masker, prefix: str = "", shared: str | None = None
     for stat, label, desc, values in inferred.maps():
         name = (prefix if label is not None or shared is None else shared) + statmap_name(stat, ext, label, desc=desc)
         named = " ".join(x for x in (label, stat, desc) if x)  # (an RFT FWE p map is not the uncorrected p)
-        masker.write(out.path(name), values, [named], ("p value", ()) if stat == "p" else None)
+        masker.write(out.path(name), values, [named], P_VALUE if stat == "p" else None)
     footers = {}
     for label in inferred.contrasts:
         table = results_table(inferred, label)

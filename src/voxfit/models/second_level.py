@@ -59,6 +59,7 @@ from ..io import (
     stat_maps,
     statmap_name,
 )
+from ..io.output import P_VALUE
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.masking import keep_columns
 from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
@@ -956,7 +957,7 @@ class SecondLevel:
         write_design(out.path("design.tsv"), d.X, list(d.names))
 
         def p_maps(label, desc, p):
-            masker.write(out.path(statmap_name("p", ext, label, desc=desc)), p, [f"{label} p {desc}"], ("p value", ()))
+            masker.write(out.path(statmap_name("p", ext, label, desc=desc)), p, [f"{label} p {desc}"], P_VALUE)
             with np.errstate(divide="ignore"):
                 masker.write(
                     out.path(statmap_name("logp", ext, label, desc=desc)), -np.log10(p), [f"{label} -log10 p {desc}"]

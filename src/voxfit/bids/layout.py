@@ -16,7 +16,9 @@ import csv
 import errno
 import fcntl
 import fnmatch
+import functools
 import hashlib
+import inspect
 import json
 import math
 import numbers
@@ -133,7 +135,37 @@ def _bids():
         import bids
     except ImportError:
         raise InputError("voxfit bids needs pybids: pip install 'voxfit[bids]'.") from None
+    _configs_committed_once()
     return bids
+
+
+def _configs_committed_once() -> None:
+    """pybids (0.16 to 0.22 at least) writes its configurations into each new index committing once per entity,
+    and each commit expires every object of the session, which the next entity reloads: about 0.1 s of every
+    layout built (the raw dataset's, and one per derivatives folder), a fifth of the BIDS tests' time. Its
+    ``ConnectionManager.reset_database`` is wrapped, once per process, to flush where it committed and commit
+    once at its end: the same rows, in one transaction. A pybids whose method is not the one read here is left
+    as it is."""
+    from bids.layout import db
+
+    reset = getattr(db.ConnectionManager, "reset_database", None)
+    if reset is None or getattr(reset, "_voxfit_wrapped", False):
+        return
+    if list(inspect.signature(reset).parameters) != ["self", "init_args", "config"]:
+        return
+
+    @functools.wraps(reset)
+    def reset_database(self, init_args, config):
+        session = self.session
+        session.commit = session.flush  # (an attribute of this session alone, taken away below)
+        try:
+            reset(self, init_args, config)
+        finally:
+            del session.commit
+        session.commit()
+
+    reset_database._voxfit_wrapped = True
+    db.ConnectionManager.reset_database = reset_database
 
 
 def _fingerprint(folders, exclude=(), broken: list[Path] | None = None) -> str:

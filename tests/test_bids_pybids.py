@@ -1,5 +1,6 @@
-"""How voxfit uses pybids' index: its configurations written in one transaction (pybids committed once per entity,
-about 0.1 s of every layout a study builds), with the rows pybids itself writes."""
+"""voxfit beside pybids: the index's configurations written in one transaction (pybids committed once per entity,
+about 0.1 s of every layout a study builds), with the rows pybids itself writes; participants.tsv's cells read
+before any run is fitted as the group fit reads them from pybids' table."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import pytest
 
 pytest.importorskip("bids")
 
+import pandas as pd  # noqa: E402
 import sqlalchemy  # noqa: E402
 from bids.layout import db  # noqa: E402
 
 from voxfit.bids.layout import _bids  # noqa: E402
+from voxfit.bids.study import _number  # noqa: E402
 
 CONFIGS = ["bids", "derivatives"]
 
@@ -46,3 +49,38 @@ def test_the_configurations_are_written_in_one_commit_with_pybids_own_rows(tmp_p
     assert their_commits > 20  # (pybids' own: one per entity of its configurations)
     assert sorted(ours) == sorted(theirs)  # (the same rows; pybids inserts them in another order in one flush)
     assert sum(row.startswith('INSERT INTO "entities"') for row in ours) > 20
+
+
+CELLS = [
+    "1",
+    " 3 ",
+    "-2.5",
+    "1e3",
+    "+5",
+    ".5",
+    "1_000",
+    "\u0661\u0662",
+    "n/a",
+    "NA",
+    "",
+    "inf",
+    "nan",
+    "abc",
+    "0x10",
+    "1,5",
+]
+
+
+def test_a_participants_cell_is_a_number_before_the_fit_where_it_is_one_to_the_group_fit(tmp_path):
+    """The check before any run is fitted (_check_participant_values) and the group fit (_numbers: pandas'
+    to_numeric of the table pybids reads with pandas' read_csv) agree cell by cell: Python's float had taken
+    ``1_000`` and Arabic-Indic digits, which the group fit refused once every run was fitted. (A column of True and
+    False alone, numbers to pandas, is words to the early check, which leaves such columns to the fit.)"""
+    table = tmp_path / "participants.tsv"
+    table.write_text("\t".join(f"c{k}" for k in range(len(CELLS))) + "\n" + "\t".join(CELLS) + "\n")
+    read = pd.read_csv(table, sep="\t").apply(pd.to_numeric, errors="coerce").astype(float)  # (each cell a column)
+    for k, cell in enumerate(CELLS):
+        theirs = read[f"c{k}"].iloc[0]
+        ours = _number(cell.strip())
+        assert (ours is None) == (not pd.notna(theirs) or abs(theirs) == float("inf")), cell
+        assert ours is None or ours == theirs, cell

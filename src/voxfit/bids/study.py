@@ -1693,7 +1693,11 @@ def _check_participant_values(path: Path, rows: list[list[str]], runs, model: di
 
 
 def _number(text: str) -> float | None:
-    """A table cell's number (finite), else None (n/a, empty, a word)."""
+    """A table cell's number (finite) as the group fit reads it (pandas, from pybids' table: :func:`_numbers`),
+    else None: n/a, empty, a word, and what Python's float reads beyond pandas (``1_000``, digits of other
+    scripts), which the group fit refused once every run was fitted."""
+    if not text.isascii() or "_" in text:
+        return None
     try:
         value = float(text)
     except ValueError:

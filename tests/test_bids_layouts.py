@@ -583,7 +583,8 @@ def test_a_contrast_whose_name_is_a_label_keeps_it_whatever_the_others():
 @pytest.mark.parametrize("gap", ["n/a", "no row"])
 def test_a_subject_without_the_grouping_value_is_refused_not_put_in_every_group(tmp_path, gap):
     """A dataset node grouped by a participants.tsv column: a subject whose cell is n/a, or who has no row, was
-    fitted in every group (pybids, missing values ignored), exit 0 and nothing said."""
+    fitted in every group (pybids, missing values ignored), exit 0 and nothing said; then refused by the node once
+    every run was fitted; now before any run is."""
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
@@ -602,13 +603,20 @@ def test_a_subject_without_the_grouping_value_is_refused_not_put_in_every_group(
     table.write_text("\n".join(kept) + "\n")
     model = default_model("stroop", ["congruent", "incongruent"])
     model["Nodes"][2]["GroupBy"] = ["contrast", "group"]
-    result = run(
-        study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols", progress=False
-    )
-    assert not result.ok and not list((tmp_path / "out").glob("node-dataset/*model.json"))
-    (failure,) = [f for f in result.failures if f.node == "dataset"]
-    assert "participants.tsv's column 'group', by which the node groups (GroupBy), has no value" in str(failure)
-    assert "sub-03" in str(failure)
+    with pytest.raises(InputError) as refused:  # (before any run is fitted: the runs could not change it)
+        run(
+            study.root,
+            tmp_path / "out",
+            model=model,
+            derivatives=[study.derivatives],
+            group_model="ols",
+            progress=False,
+        )
+    said = str(refused.value)
+    assert "participants.tsv's column 'group', by which node dataset groups (GroupBy), has no value" in said
+    assert "sub-03" in said
+    assert not list((tmp_path / "out").rglob("*model.json"))  # (where a Filter may leave subjects out, the node's
+    # own fit judges once the runs are fitted: test_subjects_a_dataset_node_leaves_out_itself_are_not_refused)
 
 
 def test_a_node_of_which_pybids_builds_no_group_is_a_failure(tmp_path):

@@ -1654,10 +1654,10 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
 
 
 def _check_participant_values(path: Path, rows: list[list[str]], runs, model: dict, level: str) -> None:
-    """Where the study reaches a Dataset node whose Model.X takes a column of participants.tsv (`rows`:
+    """Where the study reaches a Dataset node whose Model.X or GroupBy takes a column of participants.tsv (`rows`:
     :func:`_participants_rows`) and that nothing can leave subjects out of (no Transformations, such as DropNA or
     Filter, on any node above the runs, and no Edge's Filter): each subject of the `runs` that can be fitted has a
-    row, with a number in that column.
+    row, with a number in a column of Model.X and a value in one of GroupBy.
     Refused before any run is fitted, as the node's group fit refuses them (:func:`_numbers`, :func:`_left_behind`)
     once every run and subject was. A column of words alone is left to that fit, which says to Factor it."""
     nodes = model.get("Nodes", ())
@@ -1673,6 +1673,13 @@ def _check_participant_values(path: Path, rows: list[list[str]], runs, model: di
     for node in nodes:
         if str(node.get("Level", "")).lower() != "dataset":
             continue
+        if gap := _missing_cells(rows, node.get("GroupBy") or (), subjects, rowless=True):
+            column, where = gap  # (pybids puts a subject without a value in every group)
+            raise InputError(
+                f"participants.tsv's column {column!r}, by which node {node.get('Name')} groups (GroupBy), has no "
+                f"value (n/a, or no row) for {listed(where)}; fill it, or leave those subjects out "
+                "(--participant-label)."
+            )
         for column in [x for x in (node.get("Model") or {}).get("X", ()) if x in header and x != "participant_id"]:
             lacking = [f"sub-{s}" for s in subjects if s not in table]
             if lacking:

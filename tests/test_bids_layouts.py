@@ -125,8 +125,29 @@ def test_runs_told_apart_only_by_acquisition_are_refused_not_merged(tmp_path, ca
     assert len(list((out / "sub-02" / "node-run").glob("*_model.json"))) == 2 and not (out / "sub-01").exists()
 
 
+def _one_events_file(tmp_path):
+    """One subject of two runs whose events are the same (run-1's copied over run-2's: one inherited file can hold
+    them): the study, its --derivatives and the runs' events files."""
+    import shutil
+
+    study, deriv = _study(tmp_path, subjects=1, runs=2, scans=30, shape=(6, 6, 4))
+    own = sorted(study.root.glob("sub-01/func/*_events.tsv"))
+    shutil.copy(own[0], own[1])
+    return study, deriv, own
+
+
+@pytest.fixture(scope="module")
+def own_events(tmp_path_factory):
+    """The designs of `_one_events_file`'s study, each run with its own events file (make_dataset is seeded: every
+    test's copy of the dataset is this one)."""
+    tmp = tmp_path_factory.mktemp("own-events")
+    study, deriv, _ = _one_events_file(tmp)
+    assert main(["bids", str(study.root), str(tmp / "own"), "run", *deriv, "--quiet"]) == 0
+    return sorted((tmp / "own").rglob("*_design.tsv"))
+
+
 @pytest.mark.parametrize("held", ["top level", "subject", "acq- in the runs alone"])
-def test_events_files_a_run_inherits_are_its_events(tmp_path, capsys, held):
+def test_events_files_a_run_inherits_are_its_events(tmp_path, capsys, held, own_events):
     """BIDS's inheritance principle: an events file applies to every run whose entities include its own (a
     top-level task-x_events.tsv of a block design, a subject's without run-, one without the acq- its runs carry),
     as pybids and the validator read it. Each study was refused ("no events.tsv for this run ... add
@@ -134,10 +155,7 @@ def test_events_files_a_run_inherits_are_its_events(tmp_path, capsys, held):
     as near to a run are refused, naming them."""
     import shutil
 
-    study, deriv = _study(tmp_path, subjects=1, runs=2, scans=30, shape=(6, 6, 4))
-    own = sorted(study.root.glob("sub-01/func/*_events.tsv"))
-    shutil.copy(own[0], own[1])  # (both runs' events the same: one inherited file can hold them)
-    assert main(["bids", str(study.root), str(tmp_path / "own"), "run", *deriv, "--quiet"]) == 0
+    study, deriv, own = _one_events_file(tmp_path)  # (its designs, each run with its own file: `own_events`)
     if held == "top level":
         moved = [study.root / "task-stroop_events.tsv"]
     elif held == "subject":
@@ -155,7 +173,7 @@ def test_events_files_a_run_inherits_are_its_events(tmp_path, capsys, held):
     assert main(["bids", str(study.root), str(out), "run", *deriv, "--quiet"]) == 0, capsys.readouterr().err
     designs = sorted(out.rglob("*_design.tsv"))
     assert len(designs) == 2
-    for mine, theirs in zip(designs, sorted((tmp_path / "own").rglob("*_design.tsv"))):
+    for mine, theirs in zip(designs, own_events):
         assert mine.read_text() == theirs.read_text()
     if held.startswith("acq"):  # beside each, as near: the subject's of the runs' acq-
         shutil.copy(moved[0], moved[0].with_name("sub-01_task-stroop_acq-mb4_events.tsv"))
@@ -164,16 +182,26 @@ def test_events_files_a_run_inherits_are_its_events(tmp_path, capsys, held):
         assert "several events files apply to" in err and "sub-01_task-stroop_acq-mb4_events.tsv" in err, err
 
 
+@pytest.fixture(scope="module")
+def plain_design(tmp_path_factory):
+    """The design of a study of one subject's one run, held plain (make_dataset is seeded: each test's copy of the
+    dataset is this one)."""
+    tmp = tmp_path_factory.mktemp("plain")
+    study, deriv = _study(tmp, subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    assert main(["bids", str(study.root), str(tmp / "plain"), "run", *deriv, "--quiet"]) == 0
+    (design,) = sorted((tmp / "plain").rglob("*_design.tsv"))
+    return design
+
+
 @pytest.mark.parametrize("named", [False, True])
-def test_a_complex_valued_runs_raw_magnitude_is_its_raw_run(tmp_path, capsys, named):
+def test_a_complex_valued_runs_raw_magnitude_is_its_raw_run(tmp_path, capsys, named, plain_design):
     """Complex-valued BOLD (raw part-mag and part-phase runs, as for NORDIC): fMRIPrep preprocesses the magnitude,
     naming it with part-mag or without. Two raw runs matched each, and the study was refused saying to keep one (to
     delete raw phase data from a valid dataset); each run now takes its magnitude's sidecars (the phase's here
     give another RepetitionTime, which would be refused), and its design is the one of the same run held plain."""
     import shutil
 
-    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=30, shape=(6, 6, 4))
-    assert main(["bids", str(study.root), str(tmp_path / "plain"), "run", *deriv, "--quiet"]) == 0
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=30, shape=(6, 6, 4))  # (held plain: `plain_design`)
     for bold in list(study.root.glob("sub-*/func/*_bold.nii.gz")):
         for part in ("mag", "phase"):
             shutil.copy(bold, str(bold).replace("_bold.nii.gz", f"_part-{part}_bold.nii.gz"))
@@ -186,8 +214,8 @@ def test_a_complex_valued_runs_raw_magnitude_is_its_raw_run(tmp_path, capsys, na
             path.rename(str(path).replace("_space-", "_part-mag_space-"))
     out = tmp_path / "complex"
     assert main(["bids", str(study.root), str(out), "run", *deriv, "--quiet"]) == 0, capsys.readouterr().err
-    (mine,), (theirs,) = sorted(out.rglob("*_design.tsv")), sorted((tmp_path / "plain").rglob("*_design.tsv"))
-    assert mine.read_text() == theirs.read_text()
+    (mine,) = sorted(out.rglob("*_design.tsv"))
+    assert mine.read_text() == plain_design.read_text()
 
 
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
@@ -250,14 +278,14 @@ def test_model_type_chooses_fixed_effects_or_a_glm_at_every_level(tmp_path, caps
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
-    study, deriv = _study(tmp_path, subjects=3, runs=2, scans=40, shape=(8, 8, 6))
+    study, deriv = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(8, 8, 6))
     model = default_model("stroop", ["congruent", "incongruent"])
     model["Nodes"][1]["Model"]["Type"] = "glm"
     model["Nodes"][2]["Model"]["Type"] = "meta"
     out = tmp_path / "out"
     assert run(study.root, out, model=model, derivatives=[study.derivatives], progress=False).ok
     subjects = []
-    for s in ("01", "02", "03"):
+    for s in ("01", "02"):
         runs = sorted((out / f"sub-{s}" / "node-run").glob("*contrast-congruent_stat-effect_statmap.nii.gz"))
         folder = out / f"sub-{s}" / "node-subject"
         effect = _maps(next(folder.glob("*contrast-congruent_stat-effect_statmap.nii.gz")))
@@ -381,16 +409,24 @@ def test_a_short_runs_ar_variances_stay_positive(tmp_path):
         assert np.isfinite(variance).sum() == np.isfinite(full).sum() > 0
 
 
-def test_a_study_writes_the_cluster_inference_it_computes(tmp_path):
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+    """Five subjects of one run, fitted to the dataset level with an OLS group model, 40 permutations and a cluster
+    threshold (read only: a test that studies it again copies its output folder)."""
+    tmp = tmp_path_factory.mktemp("clusters")
+    study, deriv = _study(tmp, subjects=5, runs=1, scans=40, shape=(8, 8, 6))
+    out = tmp / "out"
+    options = ["--permutations", "40", "--cluster-threshold", "2"]
+    argv = ["bids", str(study.root), str(out), "dataset", *deriv, "--group-model", "ols"]
+    return study, deriv, out, options, main([*argv, *options, "--quiet"])
+
+
+def test_a_study_writes_the_cluster_inference_it_computes(clusters, tmp_path):
     """--permutations with --cluster-threshold: the dataset groups' cluster-extent and cluster-mass FWE maps and
     their clusters.tsv were computed and dropped (only voxel FWE written). Written, and equal to voxfit group's
     on the same subject maps."""
-    study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(8, 8, 6))
-    out = tmp_path / "out"
-    options = ["--permutations", "40", "--cluster-threshold", "2"]
-    assert (
-        main(["bids", str(study.root), str(out), "dataset", *deriv, "--group-model", "ols", *options, "--quiet"]) == 0
-    )
+    study, deriv, out, options, code = clusters
+    assert code == 0
     folder = out / "node-dataset"
     for stat in ("pclusterfwe", "pclustermassfwe", "pfwe"):
         assert (folder / f"contrast-congruent_stat-{stat}_statmap.nii.gz").is_file(), stat
@@ -408,21 +444,30 @@ def test_a_study_writes_the_cluster_inference_it_computes(tmp_path):
     assert made == {"scheme": "flip", "shuffles": 32, "exhaustive": True}
 
 
-def test_a_studys_shuffles_are_reproduced_by_its_seed(tmp_path, capsys):
+def test_a_studys_shuffles_are_reproduced_by_its_seed(clusters, tmp_path, capsys):
     """voxfit bids had no --seed (the Python API and voxfit group have): the same study's FWE p moved by up to 0.065
-    from one run to the next, its record saying seed null. A seed without permutations is refused, as in group."""
-    # (6 subjects: 64 sign-flips, of which 50 are drawn, by the seed)
-    study, deriv = _study(tmp_path, subjects=6, runs=1, scans=30, shape=(6, 6, 5))
+    from one run to the next, its record saying seed null. A seed without permutations is refused, as in group.
+    (The 5 subjects of the `clusters` study, in two copies of its folder, each studied again with --permutations
+    20 --seed 7: their dataset groups are fitted anew, the same drawn shuffles in both; 6 subjects of their own
+    before, whose runs and subjects were fitted twice.)"""
+    import shutil
+
+    # (5 subjects: 32 sign-flips, of which 20 are drawn, by the seed)
+    study, deriv, fitted, _, code = clusters
+    assert code == 0
     argv = ["bids", str(study.root), "OUT", "dataset", *deriv, "--group-model", "ols", "--quiet"]
     maps = []
     for out in ("a", "b"):
+        shutil.copytree(fitted, tmp_path / out, symlinks=True)
         command = [str(tmp_path / out) if a == "OUT" else a for a in argv]
-        assert main([*command, "--permutations", "50", "--seed", "7"]) == 0
+        assert main([*command, "--permutations", "20", "--seed", "7"]) == 0
         maps.append(_maps(tmp_path / out / "node-dataset" / "contrast-congruent_stat-pfwe_statmap.nii.gz"))
     np.testing.assert_array_equal(maps[0], maps[1])
+    original = _maps(fitted / "node-dataset" / "contrast-congruent_stat-pfwe_statmap.nii.gz")
+    assert not np.array_equal(maps[0], original, equal_nan=True)  # (the dataset group refitted, not reused)
     record = json.loads((tmp_path / "b" / "node-dataset" / "contrast-congruent_model.json").read_text())
     made = record["contrasts"]["congruent"]["permutation"]
-    assert made == {"scheme": "flip", "shuffles": 50, "exhaustive": False}  # (drawn: the seed chose them)
+    assert made == {"scheme": "flip", "shuffles": 20, "exhaustive": False}  # (drawn: the seed chose them)
     assert main([str(tmp_path / "c") if a == "OUT" else a for a in argv] + ["--seed", "7"]) == 2
     assert "--seed chooses the permutations' shuffles; add --permutations N" in capsys.readouterr().err
 
@@ -694,7 +739,7 @@ def test_each_node_takes_the_maps_of_its_own_source_node(tmp_path):
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
-    study, _ = _study(tmp_path, subjects=3, runs=2, scans=40, shape=(8, 8, 6), conditions=("A",))
+    study, _ = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(8, 8, 6), conditions=("A",))
     model = default_model("stroop", ["A"])
     fixed = model["Nodes"][1]
     ols = {**fixed, "Name": "subject_ols", "Model": {"Type": "glm", "X": [1]}}
@@ -708,7 +753,7 @@ def test_each_node_takes_the_maps_of_its_own_source_node(tmp_path):
     result = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
     assert result.ok, result.failures
     subjects = [
-        _maps(out / f"sub-0{s}" / "node-subject" / f"sub-0{s}_contrast-A_stat-effect_statmap.nii.gz") for s in (1, 2, 3)
+        _maps(out / f"sub-0{s}" / "node-subject" / f"sub-0{s}_contrast-A_stat-effect_statmap.nii.gz") for s in (1, 2)
     ]
     others = _maps(out / "sub-01" / "node-subjectols" / "sub-01_contrast-A_stat-effect_statmap.nii.gz")
     assert not np.allclose(subjects[0], others, equal_nan=True)
@@ -1370,7 +1415,7 @@ def test_a_contrast_of_a_trial_type_a_run_lacks_is_not_made_for_that_run(tmp_pat
     assert alone.ok and len(alone.notes) == 2, alone.failures
 
     node["Contrasts"][-1]["ConditionList"] = ["eror", "congruent"]
-    mistyped = run(study.root, tmp_path / "typo", model=model, **kw)
+    mistyped = run(study.root, tmp_path / "typo", model=model, **{**kw, "level": "run"})  # (refused at the runs)
     assert len(mistyped.failures) >= 4 and all('names "eror"' in f.reason for f in mistyped.failures if f.node == "run")
 
     # Model.X naming "error" itself (as voxfit's default model file does): left out of the runs that lack it
@@ -1484,7 +1529,8 @@ def test_the_default_models_run_leaves_out_a_trial_type_whose_events_all_start_a
     table = pd.read_csv(events, sep="\t")
     table["onset"] *= 1000  # (milliseconds: every trial type after the run)
     table.to_csv(events, sep="\t", index=False, na_rep="n/a")
-    late = run(study.root, tmp_path / "out2", **kw)
+    # (sub-02's runs alone, at the run level: sub-01's were fitted above, and the refusal is its run's)
+    late = run(study.root, tmp_path / "out2", **{**kw, "level": "run"}, participant_label=["02"])
     assert [f.group.split("_space")[0] for f in late.failures if f.node == "run"] == ["sub-02_task-stroop_run-1"]
 
 
@@ -1540,7 +1586,7 @@ def test_a_groupby_entity_the_node_before_combined_over_is_that_nodes_failure(tm
         "its GroupBy names session, which none of its 2 inputs from node subject carries" in result.failures[0].reason
     )
     model["Nodes"][1]["GroupBy"] = ["subject", "session", "contrast"]
-    assert run(study.root, tmp_path / "kept", model=model, **kw).ok
+    assert run(study.root, tmp_path / "out", model=model, **kw).ok  # (its runs reused)
 
 
 def test_a_subject_without_a_sessions_table_fails_alone_where_the_model_takes_its_column(tmp_path):
@@ -1550,18 +1596,16 @@ def test_a_subject_without_a_sessions_table_fails_alone_where_the_model_takes_it
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
-    study = make_dataset(tmp_path / "ds", subjects=3, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
-    for sub in ("01", "02"):
-        (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\nses-1\t1\nses-2\t3\n")
-    (study.root / "sub-03" / "sub-03_sessions.tsv").unlink(missing_ok=True)
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, sessions=("1", "2"), scans=40, shape=(8, 8, 6))
+    (study.root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tload\nses-1\t1\nses-2\t3\n")
+    (study.root / "sub-02" / "sub-02_sessions.tsv").unlink(missing_ok=True)
     model = default_model("stroop", ["congruent"], sessions=True)
     model["Nodes"][2]["Model"] = {"Type": "meta", "X": [1, "load"]}
     kw = {"derivatives": [study.derivatives], "level": "subject", "progress": False}
     result = run(study.root, tmp_path / "out", model=model, **kw)
-    assert [(f.node, f.group) for f in result.failures] == [("subject", "sub-03")]
-    assert "sub-03 has no sessions.tsv, whose column(s) load the node's Model.X takes" in result.failures[0].reason
-    for sub in ("01", "02"):
-        assert list((tmp_path / "out" / f"sub-{sub}" / "node-subject").glob("*_stat-effect_statmap.nii.gz"))
+    assert [(f.node, f.group) for f in result.failures] == [("subject", "sub-02")]
+    assert "sub-02 has no sessions.tsv, whose column(s) load the node's Model.X takes" in result.failures[0].reason
+    assert list((tmp_path / "out" / "sub-01" / "node-subject").glob("*_stat-effect_statmap.nii.gz"))
 
 
 def test_a_session_without_a_row_is_no_matter_where_the_model_takes_no_sessions_column(tmp_path):
@@ -1822,7 +1866,7 @@ def test_a_sessions_column_one_subject_left_all_na_breaks_only_a_model_that_take
     }
     model["Nodes"][2]["Model"] = {"Type": "meta", "X": ["timepoint.post", "timepoint.pre"]}
     model["Nodes"][2]["DummyContrasts"] = {"Contrasts": ["timepoint.post"], "Test": "t"}
-    (failure,) = run(study.root, tmp_path / "factor", model=model, **kw).failures
+    (failure,) = run(study.root, tmp_path / "out", model=model, **kw).failures  # (its runs reused)
     assert failure.node == "subject" and failure.reason == (
         "sessions.tsv's column 'timepoint', which the node takes, is n/a in every row of sub-02/sub-02_sessions.tsv "
         "and holds words in the other subjects' tables, which pybids cannot merge; fill it, or leave those subjects "

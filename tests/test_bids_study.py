@@ -231,7 +231,7 @@ def _run_model(x, instructions=()):
 def test_participants_covariate_in_the_dataset_design(tmp_path):
     from voxfit.bids import run
 
-    study, _ = _study(tmp_path)
+    study, _ = _study(tmp_path, runs=1)  # (3 subjects' ages; one run of each is a subject's map)
     x = ["trial_type.congruent", "trial_type.incongruent", 1]
     model = _run_model(x)
     model["Name"] = "age"
@@ -331,36 +331,49 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
         assert code == 0, err
 
 
-@pytest.mark.parametrize("breakage", ["events", "confounds", "tr", "start-time"])
-def test_a_broken_run_fails_alone(tmp_path, capsys, breakage):
+def test_a_broken_run_fails_alone(tmp_path, capsys):
+    """Run-2 of sub-02 without its events, of sub-03 with confounds three rows short, of sub-04 with a StartTime
+    beyond the TR (not a time slice-timing correction shifts scans to): each fails alone, one line each naming its
+    run (and the file, where one is to blame), and its subject node is built from the subject's other run; sub-01,
+    whole, is fitted. (One study of the three, where each was a study of its own of two subjects.)"""
+    study, deriv = _study(tmp_path, subjects=4)
+    stem = "task-stroop_run-2"
+    broken = {
+        "events": study.root / "sub-02" / "func" / f"sub-02_{stem}_events.tsv",
+        "confounds": study.derivatives / "sub-03" / "func" / f"sub-03_{stem}_desc-confounds_timeseries.tsv",
+        "start-time": study.derivatives / "sub-04" / "func" / f"sub-04_{stem}_space-{SPACE}_desc-preproc_bold.nii.gz",
+    }
+    broken["events"].unlink()
+    bad = broken["confounds"]
+    bad.write_text("\n".join(bad.read_text().splitlines()[:-3]) + "\n")
+    sidecar = Path(str(broken["start-time"]).replace(".nii.gz", ".json"))
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "StartTime": 2.5}))
+    code = main(["bids", str(study.root), str(tmp_path / "out"), "subject", *deriv, "--quiet"])
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("voxfit: failed:")]
+    assert code == 2 and len(failed) == 3, failed
+    for (breakage, bad), subject in zip(broken.items(), ("02", "03", "04")):
+        (line,) = [line for line in failed if f"sub-{subject}" in line]
+        assert "run-2" in line and "node run" in line, (breakage, line)
+        assert str(bad) in line if breakage in ("confounds", "start-time") else "events" in line, (breakage, line)
+        assert "StartTime (2.5)" in line if breakage == "start-time" else True
+        assert (tmp_path / "out" / f"sub-{subject}" / "node-subject").is_dir()  # (from its other run)
+    assert (tmp_path / "out" / "sub-01" / "node-subject").is_dir()
+
+
+def test_runs_without_a_repetition_time_fail_in_one_line(tmp_path, capsys):
+    """Every run without a TR: nothing to fit, one line naming the first run and the fix (the "tr" case of
+    test_a_broken_run_fails_alone before its other cases were one study)."""
     study, deriv = _study(tmp_path, subjects=2)
-    if breakage == "start-time":  # beyond the TR: not a time slice-timing correction shifts scans to
-        bad = study.derivatives / "sub-02" / "func" / f"sub-02_task-stroop_run-2_space-{SPACE}_desc-preproc_bold.nii.gz"
-        sidecar = Path(str(bad).replace(".nii.gz", ".json"))
-        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "StartTime": 2.5}))
-    elif breakage == "events":
-        bad = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-2_events.tsv"
-        bad.unlink()
-    elif breakage == "confounds":
-        bad = study.derivatives / "sub-02" / "func" / "sub-02_task-stroop_run-2_desc-confounds_timeseries.tsv"
-        bad.write_text("\n".join(bad.read_text().splitlines()[:-3]) + "\n")
-    else:
-        for sidecar in (study.root / "task-stroop_bold.json", *study.derivatives.rglob("*_bold.json")):
-            content = json.loads(sidecar.read_text())
-            content.pop("RepetitionTime", None)
-            sidecar.write_text(json.dumps(content))
+    for sidecar in (study.root / "task-stroop_bold.json", *study.derivatives.rglob("*_bold.json")):
+        content = json.loads(sidecar.read_text())
+        content.pop("RepetitionTime", None)
+        sidecar.write_text(json.dumps(content))
     code = main(["bids", str(study.root), str(tmp_path / "out"), "subject", *deriv, "--quiet"])
     err = capsys.readouterr().err
     failed = [line for line in err.splitlines() if line.startswith("voxfit: failed:")]
     assert code == 2
-    if breakage == "tr":  # every run without a TR: nothing to fit, one line naming the first run and the fix
-        assert not failed and "RepetitionTime is missing from every sidecar" in err and "sub-01" in err
-        return
-    assert len(failed) == 1 and "run-2" in failed[0] and "node run" in failed[0]
-    assert str(bad) in failed[0] if breakage in ("confounds", "start-time") else "events" in failed[0]
-    assert "StartTime (2.5)" in failed[0] if breakage == "start-time" else True
-    assert (tmp_path / "out" / "sub-02" / "node-subject").is_dir()  # sub-02's subject node from its other run
-    assert (tmp_path / "out" / "sub-01" / "node-subject").is_dir()
+    assert not failed and "RepetitionTime is missing from every sidecar" in err and "sub-01" in err
 
 
 def test_a_run_rewritten_while_the_study_reads_it_fails_alone(tmp_path, capsys, monkeypatch):
@@ -721,9 +734,9 @@ def test_a_subject_without_sessions_beside_subjects_with_them_is_fitted_once(tmp
     then counted twice at the subject level. Its runs now make one session group of their own."""
     import shutil
 
-    study, deriv = _study(tmp_path, subjects=3, runs=2, scans=40, shape=(10, 10, 8), sessions=("a", "b"))
-    for base in (study.root, study.derivatives):  # sub-03: one unnamed session
-        sub = base / "sub-03"
+    study, deriv = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(10, 10, 8), sessions=("a", "b"))
+    for base in (study.root, study.derivatives):  # sub-02: one unnamed session
+        sub = base / "sub-02"
         shutil.rmtree(sub / "ses-b")
         (sub / "ses-a" / "func").rename(sub / "func")
         (sub / "ses-a").rmdir()
@@ -731,12 +744,12 @@ def test_a_subject_without_sessions_beside_subjects_with_them_is_fitted_once(tmp
             f.rename(f.with_name(f.name.replace("_ses-a", "")))
     out = tmp_path / "out"
     assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet"]) == 0, capsys.readouterr().err
-    assert sorted(p.name for p in (out / "sub-03").iterdir()) == ["node-run", "node-session", "node-subject"]
+    assert sorted(p.name for p in (out / "sub-02").iterdir()) == ["node-run", "node-session", "node-subject"]
     assert sorted(p.name for p in (out / "sub-01").iterdir()) == ["node-subject", "ses-a", "ses-b"]
-    for subject, inputs in (("01", 2), ("03", 1)):  # (the subject node's inputs: its sessions' maps)
+    for subject, inputs in (("01", 2), ("02", 1)):  # (the subject node's inputs: its sessions' maps)
         record = json.loads(next((out / f"sub-{subject}" / "node-subject").glob("*congruent_model.json")).read_text())
         assert record["design"]["n_rows"] == inputs
-    session = json.loads(next((out / "sub-03" / "node-session").glob("*congruent_model.json")).read_text())
+    session = json.loads(next((out / "sub-02" / "node-session").glob("*congruent_model.json")).read_text())
     assert session["design"]["n_rows"] == 2  # (its two runs)
 
 
@@ -769,22 +782,23 @@ def test_the_default_model_takes_each_runs_own_trial_types(tmp_path, capsys):
     ]
 
 
-@pytest.mark.parametrize("how", ["Filter", "DropNA"])
-def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys, how):
+def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys):
     """A Filter (or DropNA) transformation at the dataset node leaves subjects out on purpose: they have their
-    rows in participants.tsv, and the group is fitted without them (not refused as missing rows)."""
+    rows in participants.tsv, and the group is fitted without them (not refused as missing rows). (Filter, then
+    DropNA into the same folder, its runs and subjects reused, where each was a study of its own.)"""
     study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(10, 10, 8))
-    model = _age_model()
-    instruction = {"Name": "Filter", "Input": ["age"], "Query": "age < 40"} if how == "Filter" else None
-    if how == "DropNA":
-        table = study.root / "participants.tsv"
-        table.write_text(table.read_text().replace("sub-04\t25", "sub-04\tn/a"))
-        instruction = {"Name": "DropNA", "Input": ["age"]}
-    model["Nodes"][-1]["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": [instruction]}
-    code, err = _with_model(tmp_path, study, deriv, model, capsys)
-    assert code == 0, err
-    record = json.loads(next((tmp_path / "out" / "node-dataset").glob("*_model.json")).read_text())
-    assert record["design"]["n_rows"] == (3 if how == "Filter" else 4)  # (ages 52 and 45 over 40; sub-04's n/a)
+    for how in ("Filter", "DropNA"):
+        model = _age_model()
+        instruction = {"Name": "Filter", "Input": ["age"], "Query": "age < 40"} if how == "Filter" else None
+        if how == "DropNA":
+            table = study.root / "participants.tsv"
+            table.write_text(table.read_text().replace("sub-04\t25", "sub-04\tn/a"))
+            instruction = {"Name": "DropNA", "Input": ["age"]}
+        model["Nodes"][-1]["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": [instruction]}
+        code, err = _with_model(tmp_path, study, deriv, model, capsys)
+        assert code == 0, (how, err)
+        record = json.loads(next((tmp_path / "out" / "node-dataset").glob("*_model.json")).read_text())
+        assert record["design"]["n_rows"] == (3 if how == "Filter" else 4), how  # (ages 52 and 45 over 40; n/a)
 
 
 def test_a_rerun_refits_what_an_earlier_build_made_under_other_rules(tmp_path, monkeypatch):

@@ -202,7 +202,7 @@ def test_cli_diagnostics_with_film_and_the_report(tmp_path, rng):
     assert "Residual whiteness (noise model film)" in page and "Ljung-Box" in page
 
 
-def test_cli_diagnostics_and_rft_refused_for_several_runs(tmp_path, rng, capsys):
+def test_cli_diagnostics_refused_for_several_runs(tmp_path, rng, capsys):
     from voxfit.cli import main
 
     from .imaging import volume_data, write_nifti
@@ -213,9 +213,6 @@ def test_cli_diagnostics_and_rft_refused_for_several_runs(tmp_path, rng, capsys)
     argv = ["fit", *map(str, runs), "--events", str(events), str(events), "--tr", "2", "--contrast", "a"]
     assert main([*argv, "-o", str(tmp_path / "o"), "--diagnostics"]) == 2
     assert "--diagnostics is for one run at a time" in capsys.readouterr().err
-    # (--inference rft with several runs wrote no RFT maps and said nothing, exit 0)
-    assert main([*argv, "-o", str(tmp_path / "o"), "--inference", "rft"]) == 2
-    assert "--inference rft is for one run at a time" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

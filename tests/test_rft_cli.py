@@ -157,6 +157,54 @@ def test_fit_with_a_mask_gathers_the_sums_while_reading(tmp_path, rng, capsys, m
     assert_smoothness_of_residuals(out, Y, X, mask, AFFINE)
 
 
+@pytest.mark.parametrize("noise", ["ols", "ar1", "ar1-global"])
+def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_path, capsys, noise):
+    """voxfit fit of two runs --inference rft (refused before; SPM's RFT of a model of several sessions): the
+    smoothness from both runs' residuals together equals that of one fit of the runs concatenated with their
+    designs block-diagonal (SPM's model of two sessions, whose single-run smoothness is SPM's own: test_rft.py),
+    on the runs' dof summed; each combined contrast's z map is a Z field, its FWE p map SPM's p for it; the
+    report draws the table."""
+    rng = np.random.default_rng(11)
+    (a, X1), (b, X2) = smooth_volume(rng, n=30, signal=3.0), smooth_volume(rng, n=26)
+    X2 = X2 + np.outer(np.arange(26) / 26, [0.3, 0.0, 0.0])  # (the runs' designs differ)
+    paths, designs = [], []
+    for k, (data, X) in enumerate(((a, X1), (b, X2))):
+        paths.append(tmp_path / f"run{k}.nii.gz")
+        nib.save(nib.Nifti1Image(data, AFFINE), paths[-1])
+        designs.append(tmp_path / f"design{k}.tsv")
+        pd.DataFrame(X, columns=["a", "b", "const"]).to_csv(designs[-1], sep="\t", index=False)
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys,
+        *("fit", *paths, "--design", *designs, "--contrast", "a=a", "--contrast", "ab=a; b", "--noise", noise),
+        *("--mask-threshold", "0", "--inference", "rft", "--report", "--quiet", "-o", out),
+    )
+    assert code == 0, err
+    inference, table = check_rft_outputs(out, "a", n_voxels=9 * 9 * 8)
+    check_rft_outputs(out, "ab", n_voxels=9 * 9 * 8)
+    assert {c["field"] for c in inference["contrasts"].values()} == {"Z"}
+    assert table.iloc[0]["peak_p_fwe"] < 0.05  # (the planted cube of the first run)
+    assert "contrast-a_desc-rft_table.tsv" in (out / "report.html").read_text()
+    # the same runs as one: their scans in turn, their designs block-diagonal
+    together = tmp_path / "together.nii.gz"
+    nib.save(nib.Nifti1Image(np.concatenate([a, b], axis=3), AFFINE), together)
+    blocks = np.zeros((56, 6))
+    blocks[:30, :3], blocks[30:, 3:] = X1, X2
+    block_design = tmp_path / "blocks.tsv"
+    pd.DataFrame(blocks, columns=["a1", "b1", "c1", "a2", "b2", "c2"]).to_csv(block_design, sep="\t", index=False)
+    one = tmp_path / "one"
+    code, _, err = run(
+        capsys,
+        *("fit", together, "--design", block_design, "--contrast", "a=a1 + a2", "--noise", noise),
+        *("--mask-threshold", "0", "--inference", "rft", "--quiet", "-o", one),
+    )
+    assert code == 0, err
+    reference = json.loads((one / "model.json").read_text())["inference"]
+    if noise != "ar1-global":  # (its whitening is of one run there, of each run here: other residuals)
+        for key in ("fwhm_mm", "resels"):
+            npt.assert_allclose(inference["smoothness"][key], reference["smoothness"][key], rtol=1e-9)
+
+
 def test_group_with_rft_end_to_end(tmp_path, rng, capsys):
     """voxfit group --inference rft on one map per subject: T field with the group's dof, the same outputs."""
     data, _ = smooth_volume(rng, n=12)

@@ -1199,11 +1199,6 @@ def _run_fit(args, argv, progress) -> int:
     if len(sources) > 1:
         if args.diagnostics:
             raise InputError("--diagnostics is for one run at a time; fit each run on its own to see its residuals.")
-        if args.inference == "rft":  # (it wrote no RFT maps, and said nothing)
-            raise InputError(
-                "--inference rft is for one run at a time (its residuals' smoothness); fit each run on its own, or "
-                "take the runs' effect maps to voxfit group --inference rft."
-            )
         return _run_runs(args, argv, progress, record)
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one run; give one per run.")
@@ -1384,6 +1379,7 @@ def _run_runs(args, argv, progress, record: dict) -> int:
             force=args.force,
             noise=args.noise,
             mesh=args.mesh,
+            rft=_rft_of(args),
             scaling=args.scaling,
             nuisance=args.nuisance_columns,
             max_memory=args.max_memory,

@@ -42,10 +42,12 @@ from .glm import (
     fit_maps,
     fit_noise_model,
     mean_over_scans,
+    rft_record,
     scale_data,
     warn_without_constant,
     write_design_files,
     write_maps,
+    write_rft,
 )
 from .record import RUNS_DOF, ModelRecord, contrast_record, design_record, input_records, mask_record
 
@@ -60,6 +62,7 @@ class RunsFit:
     runs: list[dict[str, Stats]]
     combined: dict[str, Stats]
     files: list[Path] = field(default_factory=list)
+    rft: object | None = None  # with `rft`: the combined contrasts' voxfit.inference.rft_fit.RFTInference
 
 
 def fixed_effects(label: str, per_run: list[Stats], workers: int | None = None) -> Stats:
@@ -154,6 +157,7 @@ def fit_runs(
     device=None,
     progress=None,
     mesh=None,
+    rft=None,
     record_settings: dict | None = None,
 ) -> RunsFit:
     """Fit each run with its own design and combine the contrasts across runs by fixed effects.
@@ -166,9 +170,13 @@ def fit_runs(
     each run's design, so the columns it names must exist in every run. `execution` (or its shortcuts
     `max_memory`, `n_jobs`, `scheduler`, `device`, `progress`) as in :func:`voxfit.fit_images`; the runs are
     held in memory together, so a cap that cannot hold them is refused before any is read. `mesh`: the GIFTI
-    surface of surface runs, for ``noise="film"`` (as in :func:`voxfit.fit_images`). `record_settings`: more of
-    model.json's settings (the command line's: the noise model's choice and why, a preset, a confounds strategy).
-    A design file's repetition time is its sidecar's, as for one run.
+    surface of surface runs, for ``noise="film"`` (as in :func:`voxfit.fit_images`). `rft`
+    (``voxfit.inference.rft_fit.RFTOptions``): random field theory on the combined contrasts of volume runs, as
+    SPM's for a model of several sessions: the smoothness from every run's residuals together (their neighbour
+    sums added: the residuals of the runs' block-diagonal model, on the runs' dof summed), each combined
+    contrast's z map a Z field (the combination's dof vary by voxel). `record_settings`: more of model.json's
+    settings (the command line's: the noise model's choice and why, a preset, a confounds strategy). A design
+    file's repetition time is its sidecar's, as for one run.
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress
@@ -180,7 +188,7 @@ def fit_runs(
     check_mask(mask)
     if len(inputs) != len(designs) or len(inputs) < 2:
         raise InputError(f"give one design (or events file) per run: {len(inputs)} runs, {len(designs)} designs.")
-    noise_order(noise)
+    order = noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
     items = contrast_items(contrasts)
@@ -192,8 +200,8 @@ def fit_runs(
     if twice:
         raise InputError(f"{twice[0]} is given as two runs; each run is fitted once.")
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]
-    for r, (X, names) in enumerate(matrices, 1):
-        factor = factorize(X, names, warn=False, max_memory=execution.max_memory)
+    factors = [factorize(X, names, warn=False, max_memory=execution.max_memory) for X, names in matrices]
+    for r, factor in enumerate(factors, 1):
         warn_without_constant(factor, designs[r - 1], f"run {r}: ")
         for label, expr in items:
             try:
@@ -226,13 +234,17 @@ def fit_runs(
         ]
         geometry = datasets[0].masker.geometry
         check_mesh(mesh, geometry)
+        if rft is not None:
+            from ..inference.rft_fit import check_volume
+
+            check_volume(geometry)
         for r, ds in enumerate(datasets[1:], 2):
             geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0] if ds.paths else 'in memory'})")
         common = np.logical_and.reduce([ds.masker.mask for ds in datasets])
         if not common.any():
             raise InputError("no voxel is inside the mask of every run.")
         masker = Masker(geometry, common)
-        runs, fits, sums = [], [], 0.0
+        runs, fits, sums, neighbours = [], [], 0.0, []
         for r, (ds, (X, names)) in enumerate(zip(datasets, matrices), 1):
             columns = np.flatnonzero(common[ds.masker.mask])
             data = _subset(ds.data, columns)
@@ -258,9 +270,12 @@ def fit_runs(
                 write_maps(out, masker, fit_maps(noise_fit, geometry.extension, f"run-{r}_"), execution.n_jobs)
                 tr = design_tr(designs[r - 1])
                 write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], tr, noise_fit.fit.design.X)
+            if rft is not None:
+                neighbours.append(_residual_sums(factors[r - 1], order, data, noise_fit, masker, execution))
             runs.append(noise_fit.contrasts)
             fits.append({"rank": noise_fit.fit.rank, "dof": noise_fit.fit.dof, "noise_details": noise_fit.info})
         combined = {label: fixed_effects(label, [run[label] for run in runs], execution.n_jobs) for label, _ in items}
+        inferred = None if rft is None else _rft_inference(combined, masker, neighbours, rft, order, factors, fits)
         files: list[Path] = []
         if out is not None:
             ext = geometry.extension
@@ -269,6 +284,7 @@ def fit_runs(
             maps = [(statmap_name("mean", ext), sums / sum(ds.n_scans for ds in datasets), ["mean"])]
             maps += [item for label, stats in combined.items() for item in stat_maps(stats, label, ext)]
             write_maps(out, masker, maps, execution.n_jobs)
+            tables = {} if inferred is None else write_rft(out, inferred, masker)
             ModelRecord(
                 kind="runs",
                 voxfit_version=__version__,
@@ -296,7 +312,41 @@ def fit_runs(
                 },
                 mask=mask_record(mask, threshold, masker.n_voxels, geometry.n_elements),
                 n_voxels=masker.n_voxels,
+                inference=None if inferred is None else rft_record(inferred, tables),
                 run=out.run_record(),
             ).write(out)
             files = out.commit()
-    return RunsFit(masker=masker, runs=runs, combined=combined, files=files)
+    return RunsFit(masker=masker, runs=runs, combined=combined, files=files, rft=inferred)
+
+
+def _residual_sums(factor, order: int, data, noise_fit, masker, execution: Execution):
+    """One run's residuals' neighbour sums (``voxfit.engine.smoothness``), as one run's fit takes them: OLS and
+    ar1-global their own residuals (ar1-global's whitened), AR(p) per voxel the OLS residuals of the design."""
+    from ..engine.smoothness import neighbour_sums
+
+    basis = factor.basis if order >= 0 else noise_fit.fit.design.basis
+    mask = masker.mask.reshape(masker.geometry.shape, order="F")
+    return neighbour_sums(data, basis, mask, whitening=noise_fit.whitening, n_jobs=execution.n_jobs)
+
+
+def _rft_inference(combined: dict, masker, neighbours: list, options, order: int, factors: list, fits: list):
+    """RFT on the combined contrasts: the runs' neighbour sums added (SPM's smoothness of a model of several
+    sessions: the residuals of every scan, on the sum of the runs' dof: each run's residual dof, AR(p) per voxel
+    that of its OLS fit) and each contrast's z map a Z field."""
+    from ..inference.rft_fit import rft_inference
+
+    dof = sum(float(fit["dof"]) if order <= 0 else float(factor.dof) for fit, factor in zip(fits, factors))
+    residuals = {
+        0: "the OLS residuals of every run",
+        -1: "SPM's whitened residuals of every run (W y less its fit on W X)",
+    }.get(order, "the OLS residuals of every run's design (AR(p) per voxel; see voxfit.engine.smoothness)")
+    return rft_inference(
+        combined,
+        masker,
+        sum(neighbours[1:], neighbours[0]),
+        options,
+        n=sum(factor.n_scans for factor in factors),
+        dof=dof,
+        residuals=residuals,
+        z_field=True,
+    )

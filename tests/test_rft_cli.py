@@ -163,10 +163,11 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
     smoothness from both runs' residuals together equals that of one fit of the runs concatenated with their
     designs block-diagonal (SPM's model of two sessions, whose single-run smoothness is SPM's own: test_rft.py),
     on the runs' dof summed; each combined contrast's z map is a Z field, its FWE p map SPM's p for it; the
-    report draws the table."""
+    report draws the table. Runs of fewer than 40 residual dof are refused (their Z fields were liberal:
+    test_rft_fit.py)."""
     rng = np.random.default_rng(11)
-    (a, X1), (b, X2) = smooth_volume(rng, n=30, signal=3.0), smooth_volume(rng, n=26)
-    X2 = X2 + np.outer(np.arange(26) / 26, [0.3, 0.0, 0.0])  # (the runs' designs differ)
+    (a, X1), (b, X2) = smooth_volume(rng, n=44, signal=3.0), smooth_volume(rng, n=48)
+    X2 = X2 + np.outer(np.arange(48) / 48, [0.3, 0.0, 0.0])  # (the runs' designs differ)
     paths, designs = [], []
     for k, (data, X) in enumerate(((a, X1), (b, X2))):
         paths.append(tmp_path / f"run{k}.nii.gz")
@@ -188,8 +189,8 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
     # the same runs as one: their scans in turn, their designs block-diagonal
     together = tmp_path / "together.nii.gz"
     nib.save(nib.Nifti1Image(np.concatenate([a, b], axis=3), AFFINE), together)
-    blocks = np.zeros((56, 6))
-    blocks[:30, :3], blocks[30:, 3:] = X1, X2
+    blocks = np.zeros((92, 6))
+    blocks[:44, :3], blocks[44:, 3:] = X1, X2
     block_design = tmp_path / "blocks.tsv"
     pd.DataFrame(blocks, columns=["a1", "b1", "c1", "a2", "b2", "c2"]).to_csv(block_design, sep="\t", index=False)
     one = tmp_path / "one"
@@ -203,6 +204,19 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
     if noise != "ar1-global":  # (its whitening is of one run there, of each run here: other residuals)
         for key in ("fwhm_mm", "resels"):
             npt.assert_allclose(inference["smoothness"][key], reference["smoothness"][key], rtol=1e-9)
+    # runs shorter than 41 dof (their Z fields were liberal) are refused before any is read, saying what to do
+    short = [tmp_path / "short0.tsv", tmp_path / "short1.tsv"]
+    for path, X in zip(short, (X1, X2)):
+        pd.DataFrame(X[:30], columns=["a", "b", "const"]).to_csv(path, sep="\t", index=False)
+    for k, data in enumerate((a, b)):
+        nib.save(nib.Nifti1Image(data[..., :30], AFFINE), tmp_path / f"short{k}.nii.gz")
+    code, _, err = run(
+        capsys,
+        *("fit", tmp_path / "short0.nii.gz", tmp_path / "short1.nii.gz", "--design", *short, "--contrast", "a=a"),
+        *("--inference", "rft", "-o", tmp_path / "refused"),
+    )
+    assert code == 2 and err.count("\n") == 1 and "run 1 has 27 residual dof, fewer than 40" in err, err
+    assert "block-diagonal" in err and not (tmp_path / "refused").exists()
 
 
 def test_group_with_rft_end_to_end(tmp_path, rng, capsys):

@@ -219,6 +219,24 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
     assert "block-diagonal" in err and not (tmp_path / "refused").exists()
 
 
+def test_rft_of_an_ar_model_at_few_dof_is_warned_of(tmp_path, capsys):
+    """An AR(p) model's z maps are Z fields, which were liberal at few dof (validation/rft_runs_null.py: a t of 35
+    dof so, FWE 0.065 at 0.05): a run of fewer than 40 residual dof says so, and what keeps the level; SPM's
+    ar1-global (a T field) is not warned of."""
+    data, X = smooth_volume(np.random.default_rng(3), n=30, signal=3.0)
+    bold, design = tmp_path / "bold.nii.gz", tmp_path / "design.tsv"
+    nib.save(nib.Nifti1Image(data, AFFINE), bold)
+    pd.DataFrame(X, columns=["a", "b", "const"]).to_csv(design, sep="\t", index=False)
+    for noise, warned in (("ar1", True), ("ar1-global", False)):
+        code, _, err = run(
+            capsys,
+            *("fit", bold, "--design", design, "--contrast", "a=a", "--noise", noise, "--inference", "rft"),
+            *("--mask-threshold", "0", "-o", tmp_path / noise),
+        )
+        assert code == 0, err
+        assert ("has 27 residual dof, fewer than 40: --noise ar1-global" in err) is warned, err
+
+
 def test_group_with_rft_end_to_end(tmp_path, rng, capsys):
     """voxfit group --inference rft on one map per subject: T field with the group's dof, the same outputs."""
     data, _ = smooth_volume(rng, n=12)

@@ -17,7 +17,7 @@ by voxel, to a t of the smallest dof of the map (the same p) and taken as a T fi
 Measured (2026-12-07, 500 realisations each, seeds 5, 6 and 3 of an earlier form of this script): two runs of
 30 scans, noise ratio 2: Z 0.066, T of the smallest dof 0.042; two of 45: 0.038 and 0.034; two of 60: Z 0.035.
 A single run of 36 scans taken as a Z field (its Gaussianised t): 0.065, where its T field gives 0.033. Hence
-``voxfit.models.runs.RFT_RUN_DOF``: runs of fewer residual dof are refused. ``null_rates`` returns the rows, for
+``voxfit.inference.rft_fit.Z_FIELD_DOF``: runs of fewer residual dof are refused. ``null_rates`` returns the rows, for
 tests (tests/test_validation.py).
 """
 

@@ -29,7 +29,7 @@ from ..engine import fit as fit_engine
 from ..engine.fit import GridFit, ReadFit
 from ..engine.smoothness import GridProducts, neighbour_sums, warm_kernels
 from ..engine.streaming import ReadARFit, fit_streaming, read_voxels
-from ..exceptions import DesignWarning, InputError
+from ..exceptions import DegreesOfFreedomWarning, DesignWarning, InputError
 from ..io import (
     ColumnSource,
     Dataset,
@@ -630,10 +630,20 @@ def _fit_streamed(
 
 
 def _rft_inference(fitted: _Fitted, model: FirstLevelModel, options):
-    """``--inference rft`` on a first-level fit: OLS and ar1-global t and F fields, AR(p) per voxel Z fields."""
-    from ..inference.rft_fit import rft_inference
+    """``--inference rft`` on a first-level fit: OLS and ar1-global t and F fields, AR(p) per voxel Z fields (warned
+    of below :data:`voxfit.inference.rft_fit.Z_FIELD_DOF` residual dof)."""
+    from ..inference.rft_fit import Z_FIELD_DOF, rft_inference
 
     nf = fitted.noise
+    if model.order > 0 and model.factor.dof < Z_FIELD_DOF:
+        warnings.warn(
+            f"--inference rft takes the z maps of an AR(p) model as Z fields, which were liberal at few dof (a t of 35 "
+            f"dof so: FWE 0.065 at 0.05 on smooth null data, validation/rft_runs_null.py); this run has "
+            f"{model.factor.dof:g} residual dof, fewer than {Z_FIELD_DOF}: --noise ar1-global (SPM's, a T field) "
+            "keeps the level.",
+            DegreesOfFreedomWarning,
+            stacklevel=2,
+        )
     residuals = {
         0: "the OLS residuals",
         -1: "SPM's whitened residuals (W y less its fit on W X)",

@@ -51,12 +51,7 @@ from .glm import (
 )
 from .record import RUNS_DOF, ModelRecord, contrast_record, design_record, input_records, mask_record
 
-__all__ = ["RFT_RUN_DOF", "RunsFit", "fit_runs", "fixed_effects"]
-
-# the fewest residual dof of each run for RFT on runs combined by fixed effects (Z fields): on smooth null data
-# (tests/test_rft_fit.py's, 500 realisations) two runs of 30 scans gave an FWE rate of 0.066 at 0.05, of 45 scans
-# 0.038, of 60 scans 0.035; a Gaussianised t of 35 dof alone 0.065, where its T field gave 0.033
-RFT_RUN_DOF = 40
+__all__ = ["RunsFit", "fit_runs", "fixed_effects"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,8 +174,9 @@ def fit_runs(
     (``voxfit.inference.rft_fit.RFTOptions``): random field theory on the combined contrasts of volume runs, as
     SPM's for a model of several sessions: the smoothness from every run's residuals together (their neighbour
     sums added: the residuals of the runs' block-diagonal model, on the runs' dof summed), each combined
-    contrast's z map a Z field (the combination's dof vary by voxel); each run needs :data:`RFT_RUN_DOF`
-    residual dof (shorter runs' Z fields were liberal). `record_settings`: more of model.json's
+    contrast's z map a Z field (the combination's dof vary by voxel); each run needs
+    :data:`voxfit.inference.rft_fit.Z_FIELD_DOF` residual dof (shorter runs' Z fields were liberal).
+    `record_settings`: more of model.json's
     settings (the command line's: the noise model's choice and why, a preset, a confounds strategy). A design
     file's repetition time is its sidecar's, as for one run.
     """
@@ -207,13 +203,15 @@ def fit_runs(
         raise InputError(f"{twice[0]} is given as two runs; each run is fitted once.")
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]
     factors = [factorize(X, names, warn=False, max_memory=execution.max_memory) for X, names in matrices]
+    if rft is not None:
+        from ..inference.rft_fit import Z_FIELD_DOF
     for r, factor in enumerate(factors, 1):
         warn_without_constant(factor, designs[r - 1], f"run {r}: ")
-        if rft is not None and factor.dof < RFT_RUN_DOF:
+        if rft is not None and factor.dof < Z_FIELD_DOF:
             raise InputError(
                 f"--inference rft on several runs takes each contrast combined by fixed effects as a Z field, which "
                 f"was liberal on short runs (FWE 0.066 at 0.05 on smooth null data with runs of 30 scans, 0.038 with "
-                f"45); run {r} has {factor.dof:g} residual dof, fewer than {RFT_RUN_DOF}: fit the runs as one model "
+                f"45); run {r} has {factor.dof:g} residual dof, fewer than {Z_FIELD_DOF}: fit the runs as one model "
                 "(their scans in one file, the designs block-diagonal: SPM's model of sessions, a T field), or take "
                 "the runs' effect maps to voxfit group --inference rft."
             )

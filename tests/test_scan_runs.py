@@ -2,6 +2,7 @@
 given as the shell's list, a folder, a quoted pattern or a .txt list; fitted with events, one or several runs."""
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +16,15 @@ from .imaging import AFFINE, SHAPE
 
 TR = 2.0
 N = 24
+
+
+@pytest.fixture
+def rng():
+    """One draw of the data, the conftest's first seed (VOXFIT_TEST_SEED shifts it as it shifts the three), in
+    place of its three: every test here holds one form of a run (3-D scans as a list, a pattern, a folder, a .txt
+    list) to another form of the same data, or checks what is said of the files and their names, which no draw
+    of the noise exercises."""
+    return np.random.default_rng(int(os.environ.get("VOXFIT_TEST_SEED", "0")))
 
 
 def _bold(rng, n=N):

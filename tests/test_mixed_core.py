@@ -589,6 +589,7 @@ def test_a_group_the_design_absorbs_is_flat():
 
 
 @pytest.mark.parametrize("G", [1, 3])
+@pytest.mark.parametrize("rng", [0], indirect=True)  # (one draw: blocks against the whole, on the same data)
 def test_blocks_and_threads_give_the_numbers_of_the_whole(rng, G):
     n, v = 20, 700
     X, Y, s2, codes = random_problem(rng, n, v, G, 3)
@@ -611,6 +612,7 @@ def test_blocks_and_threads_give_the_numbers_of_the_whole(rng, G):
         npt.assert_allclose(dof_small, dof_one, rtol=1e-7)
 
 
+@pytest.mark.parametrize("rng", [0], indirect=True)  # (one draw: blocks against the whole, on the same data)
 def test_fixed_effects_blocks_take_their_voxels_first_level_dof(rng):
     """First-level dof per subject and voxel are cut to each block's voxels (and a voxel not fitted does not move
     the others'): blocks of a few voxels on two threads give the numbers of one block."""

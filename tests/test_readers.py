@@ -130,7 +130,7 @@ KINDS = [
 IN_MEMORY = {"nifti1-image", "nifti2-image", "analyze-image", "image-list", "gifti-image", "cifti-image", "array"}
 
 
-def test_zarr_and_hdf5_names_and_errors(tmp_path, rng):
+def test_zarr_and_hdf5_names_and_errors(tmp_path):
     h5py = pytest.importorskip("h5py")
     zarr = pytest.importorskip("zarr")
     with h5py.File(tmp_path / "two.h5", "w") as f:
@@ -442,6 +442,7 @@ def _assert_same_maps(folder: Path, other: Path, pattern: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE"), reason="files are mapped on Linux")
+@pytest.mark.parametrize("rng", [0], indirect=True)  # (one draw: what is read and written, not the values)
 def test_the_command_line_holds_each_cifti_run_as_its_files_pages(tmp_path, rng, monkeypatch):
     """``voxfit fit`` of one CIFTI run or of several (fixed effects) holds each run as its file's own pages
     (``files_mapped``); the library's load, outside it, reads. The maps are those of the runs read into memory."""
@@ -582,6 +583,7 @@ def test_an_uncompressed_nifti_run_is_gathered_from_its_files_map(tmp_path, rng,
             npt.assert_array_equal(held.globals, read.globals)
 
 
+@pytest.mark.parametrize("rng", [0], indirect=True)  # (one draw: what is read and written, not the values)
 def test_the_command_line_gathers_a_nifti_run_from_its_files_map(tmp_path, rng, monkeypatch):
     """``voxfit fit`` of an uncompressed NIfTI run with an explicit mask gathers its scans from the file's map
     (``files_mapped``; with the automatic one, they are read); the library's load, outside it, reads. The maps are
@@ -1306,6 +1308,7 @@ def test_written_maps_do_not_inherit_display_range_or_intent(tmp_path, rng):
     assert hdr["cal_min"] == hdr["cal_max"] == 0 and hdr.get_intent()[0] == "none"
 
 
+@pytest.mark.parametrize("rng", [0], indirect=True)  # (one draw: what is read and written, not the values)
 def test_written_statistics_say_their_distribution_and_dof_in_their_headers(tmp_path, rng):
     """A t map's header names its distribution and dof (NIfTI intent "t test", p1 the dof), an F map's its two dof,
     z and p maps theirs, as AFNI, MRIcroGL and FSLeyes read them to turn a statistic into p (the intent was none
@@ -1729,7 +1732,7 @@ def test_take_columns_copies_only_when_every_column_is_kept_in_order():
         npt.assert_array_equal(out, block[:, index])
 
 
-def test_same_brain_models_is_nibabels_equality(rng):
+def test_same_brain_models_is_nibabels_equality():
     """Brain models compared from their arrays when those are the same, else by nibabel: equal, or not, exactly
     where nibabel's ``==`` says so (a changed vertex, structure or affine; voxel indices left on surface
     elements, which nibabel ignores)."""

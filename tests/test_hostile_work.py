@@ -415,8 +415,23 @@ def test_in_chunks_covers_everything_in_short_calls():
     assert max(b - a for a, b in spans) <= 40  # ~20 items of 1 ms per call
 
 
+def _svd_side(seconds: float, largest: int = 2000) -> int:
+    """The side of a square matrix whose SVD (values only) takes about `seconds` of LAPACK on this machine, at
+    most `largest`: scaled as n^3 from the quickest of three SVDs of a 400 x 400 one. A 2000 x 2000 SVD took
+    1.2-1.7 s on one machine and 11 s of CPU (14 s) on another, whose test then took 17-27 s. (On a shared
+    machine a burst of load during the timing makes the SVD that follows shorter than asked, by 4 times seen.)"""
+    A = np.random.default_rng(1).standard_normal((400, 400))
+    took = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.linalg.svd(A, compute_uv=False)
+        took.append(time.perf_counter() - t0)
+    return int(min(largest, 400 * (seconds / max(min(took), 1e-6)) ** (1 / 3)))
+
+
 def test_interruptible_linear_algebra_lets_ctrl_c_through():
-    A = np.random.default_rng(0).standard_normal((2000, 2000))  # one SVD: 1.2-1.7 s of LAPACK here
+    n = _svd_side(3.0)  # one SVD of about 3 s (2000 x 2000 at most), well past the signal at 0.3 s, wherever it runs
+    A = np.random.default_rng(0).standard_normal((n, n))
     stop, ended = threading.Event(), []
     deadline = time.perf_counter() + 30  # (no interrupt: the test fails, it does not hang)
 

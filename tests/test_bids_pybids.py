@@ -13,7 +13,7 @@ import sqlalchemy  # noqa: E402
 from bids.layout import db  # noqa: E402
 
 from voxfit.bids.layout import _bids  # noqa: E402
-from voxfit.bids.study import _number  # noqa: E402
+from voxfit.bids.study import PANDAS_MISSING, _number, _participants_rows  # noqa: E402
 
 CONFIGS = ["bids", "derivatives"]
 
@@ -68,19 +68,52 @@ CELLS = [
     "abc",
     "0x10",
     "1,5",
+    "\u00a019",  # (white space beside a number: ASCII is stripped by pandas, a no-break space is text to it)
+    "19\u00a0",
+    "\u20037",
+    "\u30007",
+    "\x1c7",
+    "\x857",
+    "\x0b7\x0c",
 ]
 
 
 def test_a_participants_cell_is_a_number_before_the_fit_where_it_is_one_to_the_group_fit(tmp_path):
     """The check before any run is fitted (_check_participant_values) and the group fit (_numbers: pandas'
     to_numeric of the table pybids reads with pandas' read_csv) agree cell by cell: Python's float had taken
-    ``1_000`` and Arabic-Indic digits, which the group fit refused once every run was fitted. (A column of True and
+    ``1_000``, Arabic-Indic digits and numbers beside a no-break space (stripped as white space), which the group
+    fit refused once every run was fitted. (A column of True and
     False alone, numbers to pandas, is words to the early check, which leaves such columns to the fit.)"""
     table = tmp_path / "participants.tsv"
     table.write_text("\t".join(f"c{k}" for k in range(len(CELLS))) + "\n" + "\t".join(CELLS) + "\n")
     read = pd.read_csv(table, sep="\t").apply(pd.to_numeric, errors="coerce").astype(float)  # (each cell a column)
+    _, cells = _participants_rows([line.split("\t") for line in table.read_text().split("\n")])
     for k, cell in enumerate(CELLS):
         theirs = read[f"c{k}"].iloc[0]
-        ours = _number(cell.strip())
+        ours = _number(cells[k])
         assert (ours is None) == (not pd.notna(theirs) or abs(theirs) == float("inf")), cell
         assert ours is None or ours == theirs, cell
+
+
+def test_a_cell_is_missing_where_pandas_reads_it_as_missing(tmp_path):
+    """PANDAS_MISSING (a GroupBy or Model.X cell without a value, refused before any run is fitted) is the set of
+    cells pandas' read_csv, and so pybids, reads as missing: "NULL", "None" or "#N/A" for a subject's group put the
+    subject in every group (exit 0), and "na", a word to pandas, was refused as missing."""
+    cells = sorted(PANDAS_MISSING - {""}) + ["na", "Null", "none", "N/a", "NAN", "group1", "0"]
+    table = tmp_path / "participants.tsv"
+    table.write_text("\t".join(f"c{k}" for k in range(len(cells))) + "\n" + "\t".join(cells) + "\n")
+    missing = pd.read_csv(table, sep="\t").isna().iloc[0].tolist()
+    assert missing == [cell in PANDAS_MISSING for cell in cells], dict(zip(cells, missing))
+
+
+def test_a_failed_configuration_leaves_the_index_file_unlocked(tmp_path):
+    """pybids' configurations written in one transaction: where one fails to load, what was flushed is rolled back,
+    so that the database file is not left locked (a retry in the process waited 5 s and failed "database is
+    locked" while the exception lived)."""
+    _bids()
+    init = {"root": "ROOT", "derivatives": None, "config": CONFIGS}
+    bad = ["bids", str(tmp_path / "no.json")]
+    with pytest.raises(ValueError) as failed:
+        db.ConnectionManager(str(tmp_path / "db"), reset_database=True, config=bad, init_args=init)
+    manager = db.ConnectionManager(str(tmp_path / "db"), reset_database=True, config=CONFIGS, init_args=init)
+    assert manager.session.query(db.Config).count() == 2 and failed.value is not None

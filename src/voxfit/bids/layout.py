@@ -144,8 +144,8 @@ def _configs_committed_once() -> None:
     and each commit expires every object of the session, which the next entity reloads: about 0.1 s of every
     layout built (the raw dataset's, and one per derivatives folder), a fifth of the BIDS tests' time. Its
     ``ConnectionManager.reset_database`` is wrapped, once per process, to flush where it committed and commit
-    once at its end: the same rows, in one transaction. A pybids whose method is not the one read here is left
-    as it is."""
+    once at its end: the same rows, in one transaction (rolled back where the method fails). A pybids whose method
+    is not the one read here is left as it is."""
     from bids.layout import db
 
     reset = getattr(db.ConnectionManager, "reset_database", None)
@@ -160,8 +160,11 @@ def _configs_committed_once() -> None:
         session.commit = session.flush  # (an attribute of this session alone, taken away below)
         try:
             reset(self, init_args, config)
-        finally:
+        except BaseException:
             del session.commit
+            session.rollback()  # (what was flushed, uncommitted, would hold SQLite's lock on the file)
+            raise
+        del session.commit
         session.commit()
 
     reset_database._voxfit_wrapped = True

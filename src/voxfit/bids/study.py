@@ -61,7 +61,6 @@ from .._memory import release_freed_memory, reserved_bytes, whole_files_capped
 from .._progress import Progress
 from .._threads import DaemonExecutor, handle_stop_signals
 from .._version import __version__
-from ..design.read import MISSING_CELLS
 from ..design.subjects import listed
 from ..exceptions import InputError
 from .layout import (
@@ -1140,8 +1139,9 @@ def _table_gap(rows: list[list[str]], spec: dict, subjects) -> tuple[str, list[s
 
 
 def _missing_cells(rows: list[list[str]], columns, subjects, rowless: bool = False) -> tuple[str, list[str]] | None:
-    """The first of `columns` of participants.tsv (`rows`, the header first) with no value (empty or n/a) for some
-    of `subjects` (with `rowless`, a subject without a row counts too): ``(column, ["sub-03", ...])``, or None."""
+    """The first of `columns` of participants.tsv (`rows`, the header first) with no value (a cell pandas, and so
+    pybids, reads as missing: :data:`PANDAS_MISSING`) for some of `subjects` (with `rowless`, a subject without a
+    row counts too): ``(column, ["sub-03", ...])``, or None."""
     if not rows or "participant_id" not in rows[0]:
         return None
     header, at = rows[0], rows[0].index("participant_id")
@@ -1152,7 +1152,7 @@ def _missing_cells(rows: list[list[str]], columns, subjects, rowless: bool = Fal
         where = [
             r[at]
             for r in rows[1:]
-            if len(r) > max(at, j) and r[at].removeprefix("sub-") in wanted and r[j].lower() in MISSING_CELLS
+            if len(r) > max(at, j) and r[at].removeprefix("sub-") in wanted and r[j] in PANDAS_MISSING
         ]
         where += sorted(s for s in wanted if s not in listed_ids) if rowless else []
         if where:
@@ -1161,8 +1161,20 @@ def _missing_cells(rows: list[list[str]], columns, subjects, rowless: bool = Fal
 
 
 def _participants_rows(lines: list[list[str]]) -> list[list[str]]:
-    """participants.tsv's rows of cells, stripped, its header first (its blank lines left out)."""
-    return [[c.strip() for c in r] for r in lines if any(c.strip() for c in r)]
+    """participants.tsv's rows of cells, stripped of the white space pandas strips reading them for pybids (ASCII:
+    a no-break space beside a number is text to pandas, which the group fit refused after every run was fitted),
+    its header first (its blank lines left out)."""
+    return [[c.strip(_PANDAS_SPACE) for c in r] for r in lines if any(c.strip(_PANDAS_SPACE) for c in r)]
+
+
+_PANDAS_SPACE = " \t\r\n\x0b\x0c"
+# the cells pandas.read_csv reads as missing by default (its na_values, case as written), with which pybids reads
+# participants.tsv and sessions.tsv: "NULL", "None" or "#N/A" for a subject's group put it in every group where
+# voxfit's own tables' rule (n/a, na, nan, empty in any case) saw a value, and "na" is a word to pandas
+PANDAS_MISSING = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA"}
+    | {"NULL", "NaN", "None", "n/a", "nan", "null"}
+)
 
 
 def _run_collection(collections: list, entity: dict):
@@ -1690,12 +1702,14 @@ def _check_participant_values(path: Path, rows: list[list[str]], runs, model: di
                 )
             j = header.index(column)
             cells = {s: table[s][j] if j < len(table[s]) else "" for s in subjects}
-            gaps = [f"sub-{s}" for s, cell in cells.items() if _number(cell) is None]
-            words = any(_number(c) is None and c.lower() not in ("n/a", "") for c in cells.values())
+            gaps = {f"sub-{s}": cell for s, cell in cells.items() if _number(cell) is None}
+            words = [c for c in gaps.values() if c not in PANDAS_MISSING]
             if gaps and not (words and len(gaps) == len(cells)):
+                said = f": {words[0]!r}" if words else ""  # (a cell that reads as a number: '\xa019')
                 raise InputError(
-                    f"the design's column {column!r} has no number for {listed(gaps)} (n/a or text in {path.name}, "
-                    f"node {node.get('Name')}); fill it, or leave those subjects out (--participant-label)."
+                    f"the design's column {column!r} has no number for {listed(list(gaps))} (n/a or text in "
+                    f"{path.name}{said}, node {node.get('Name')}); fill it, or leave those subjects out "
+                    "(--participant-label)."
                 )
 
 
@@ -3052,7 +3066,7 @@ class _Study:
             path, rows = _subject_sessions(root, subject)
             if not rows or column not in rows[0]:
                 continue
-            cells = [row[column] for row in rows if column in row and row[column].lower() not in MISSING_CELLS]
+            cells = [row[column] for row in rows if column in row and row[column] not in PANDAS_MISSING]
             kind = "no value" if not cells else "numbers" if all(map(is_number, cells)) else "words"
             kinds.setdefault(kind, []).append(str(path.relative_to(root)))
         if len(kinds) < 2:

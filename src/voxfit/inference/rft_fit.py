@@ -42,6 +42,7 @@ __all__ = [
     "Z_FIELD_DOF",
     "check_rft_options",
     "check_volume",
+    "few_dof",
     "finite_or_none",
     "rft_inference",
     "uncorrected_height",
@@ -54,10 +55,11 @@ CLUSTER_WARNING = (
 )
 
 
-# the fewest residual dof for a Z field of z maps from t (validation/rft_runs_null.py, smooth null data, FWE 0.05):
-# a t of 35 dof taken as a Z field gave 0.065, its T field 0.033; two runs of 30 scans combined by fixed effects
-# 0.066, of 45 scans 0.038, of 60 0.035 (500 realisations each). Runs combined with fewer are refused; a run's
-# AR(p) per voxel with fewer is warned of
+# the fewest dof (a contrast's median over its voxels) for a Z field of z maps from t (smooth null data, FWE 0.05;
+# validation/rft_runs_null.py): a t of 35 dof taken as a Z field gave 0.065, its T field 0.033; two runs of 30
+# scans combined by fixed effects 0.066, of 45 scans 0.038, of 60 0.035 (500 realisations each); AR(4) per voxel,
+# one run of 150 scans (median 21 effective dof) 0.067, of 300 (median 41) 0.045; AR(1), 150 scans (median 50)
+# 0.030 (300 and 200 realisations). Runs combined with fewer are refused; one run's AR(p) with fewer is warned of
 Z_FIELD_DOF = 40
 
 
@@ -256,6 +258,19 @@ def _contrast(stats, sm: Smoothness, options: RFTOptions, z_field: bool) -> Cont
         float(rf.Ec) * float(rf.p),
         float(rf.Ek) * sm.voxels_per_resel,
     )
+
+
+def few_dof(contrasts: dict) -> tuple[str, float] | None:
+    """The first of `contrasts` (``voxfit.core`` Stats) whose median dof over its voxels (an F's denominator's) is
+    below :data:`Z_FIELD_DOF`, with that median: ``(label, median)``; None where every one has as many."""
+    for label, stats in contrasts.items():
+        dof = stats.dof if stats.kind == "t" else stats.dof[1]
+        values = np.asarray(dof, dtype=np.float64).ravel()
+        values = values[np.isfinite(values)]
+        median = float(np.median(values)) if values.size else math.inf
+        if median < Z_FIELD_DOF:
+            return label, median
+    return None
 
 
 def uncorrected_height(p: float, dof, kind: str) -> float:

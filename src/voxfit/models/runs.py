@@ -175,7 +175,8 @@ def fit_runs(
     SPM's for a model of several sessions: the smoothness from every run's residuals together (their neighbour
     sums added: the residuals of the runs' block-diagonal model, on the runs' dof summed), each combined
     contrast's z map a Z field (the combination's dof vary by voxel); each run needs
-    :data:`voxfit.inference.rft_fit.Z_FIELD_DOF` residual dof (shorter runs' Z fields were liberal).
+    :data:`voxfit.inference.rft_fit.Z_FIELD_DOF` residual dof, and each of its contrasts as many effective dof
+    (the median over the voxels of an AR(p) model's), checked after its fit (fewer gave liberal Z fields).
     `record_settings`: more of model.json's
     settings (the command line's: the noise model's choice and why, a preset, a confounds strategy). A design
     file's repetition time is its sidecar's, as for one run.
@@ -204,17 +205,11 @@ def fit_runs(
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]
     factors = [factorize(X, names, warn=False, max_memory=execution.max_memory) for X, names in matrices]
     if rft is not None:
-        from ..inference.rft_fit import Z_FIELD_DOF
+        from ..inference.rft_fit import Z_FIELD_DOF, few_dof
     for r, factor in enumerate(factors, 1):
         warn_without_constant(factor, designs[r - 1], f"run {r}: ")
-        if rft is not None and factor.dof < Z_FIELD_DOF:
-            raise InputError(
-                f"--inference rft on several runs takes each contrast combined by fixed effects as a Z field, which "
-                f"was liberal on short runs (FWE 0.066 at 0.05 on smooth null data with runs of 30 scans, 0.038 with "
-                f"45); run {r} has {factor.dof:g} residual dof, fewer than {Z_FIELD_DOF}: fit the runs as one model "
-                "(their scans in one file, the designs block-diagonal: SPM's model of sessions, a T field), or take "
-                "the runs' effect maps to voxfit group --inference rft."
-            )
+        if rft is not None and factor.dof < Z_FIELD_DOF:  # (before any run is read; per-voxel dof after each fit)
+            raise InputError(_few_dof_of_runs(r, f"{factor.dof:g} residual dof", order))
         for label, expr in items:
             try:
                 check_contrast(expr, factor, label)  # before any data are read
@@ -283,6 +278,10 @@ def fit_runs(
                 tr = design_tr(designs[r - 1])
                 write_design_files(out, f"run-{r}_", X, names, kinds[r - 1], tr, noise_fit.fit.design.X)
             if rft is not None:
+                if few := few_dof(noise_fit.contrasts):
+                    raise InputError(
+                        _few_dof_of_runs(r, f"a median of {few[1]:.1f} dof for contrast {few[0]!r}", order)
+                    )
                 neighbours.append(_residual_sums(factors[r - 1], order, data, noise_fit, masker, execution))
             runs.append(noise_fit.contrasts)
             fits.append({"rank": noise_fit.fit.rank, "dof": noise_fit.fit.dof, "noise_details": noise_fit.info})
@@ -329,6 +328,23 @@ def fit_runs(
             ).write(out)
             files = out.commit()
     return RunsFit(masker=masker, runs=runs, combined=combined, files=files, rft=inferred)
+
+
+def _few_dof_of_runs(r: int, has: str, order: int) -> str:
+    """Why RFT on several runs is refused where run `r` `has` fewer dof than a Z field needs, and what to do."""
+    from ..inference.rft_fit import Z_FIELD_DOF
+
+    way = (
+        "fit the runs as one model (their scans in one file, the designs block-diagonal: SPM's model of sessions, a T "
+        "field)"
+        if order <= 0
+        else "fit them with --noise ar1-global (SPM's: T fields) or a lower AR order"
+    )
+    return (
+        f"--inference rft on several runs takes each contrast combined by fixed effects as a Z field, which was "
+        f"liberal on runs of few dof (FWE 0.066 at 0.05 on smooth null data with two runs of 30 scans, 0.09 with AR(4) "
+        f"on runs of 150); run {r} has {has}, fewer than {Z_FIELD_DOF}: {way}, or use longer runs."
+    )
 
 
 def _residual_sums(factor, order: int, data, noise_fit, masker, execution: Execution):

@@ -1,12 +1,14 @@
 """Family-wise error of random field theory on runs combined by fixed effects (``voxfit fit`` of several runs
 with ``--inference rft``), on smooth null data.
 
-    python validation/rft_runs_null.py [--scans 30,30 45,45 60,60] [--noise-ratio 2] [--realisations 500]
-                                       [--shape 18 18 18] [--seed 0]
+    python validation/rft_runs_null.py [--scans 30,30 45,45 60,60] [--noise ols|arP] [--noise-ratio 2]
+                                       [--realisations 500] [--shape 18 18 18] [--seed 0]
 
 Each realisation: one run per entry of ``--scans`` (its number of scans), each of smooth Gaussian noise (white
 noise smoothed to FWHM 3 voxels, periodic; the k-th run's noise ``1 + (ratio - 1) k / (runs - 1)`` times the
-first's), a mean's t per run, the runs combined by fixed effects (``voxfit.models.runs.fixed_effects``: the
+first's), a mean's t per run (OLS, or ``--noise arP``: voxfit's AR(P) per voxel, ``voxfit.fit_ar``, whose t has
+an effective dof per voxel; the smoothness then from the OLS residuals, as voxfit takes it), the runs combined
+by fixed effects (``voxfit.models.runs.fixed_effects``: the
 precision-weighted mean, its variance widened for the estimated weights, a Satterthwaite dof per voxel). The
 smoothness comes from every run's residuals together (their neighbour sums added, on the runs' dof summed), as
 ``voxfit fit`` does; the combined contrast's z map is taken as a Z field (``voxfit.inference.rft_fit``, SPM's
@@ -14,11 +16,14 @@ smoothness comes from every run's residuals together (their neighbour sums added
 should be <= 0.05 (its 95% Clopper-Pearson interval is printed). Also printed: the same runs' maps mapped, voxel
 by voxel, to a t of the smallest dof of the map (the same p) and taken as a T field of that dof, for comparison.
 
-Measured (2026-12-07, 500 realisations each, seeds 5, 6 and 3 of an earlier form of this script): two runs of
+Measured (2026-12-07, with earlier forms of this script: 500 realisations each, seeds 5, 6 and 3): two runs of
 30 scans, noise ratio 2: Z 0.066, T of the smallest dof 0.042; two of 45: 0.038 and 0.034; two of 60: Z 0.035.
-A single run of 36 scans taken as a Z field (its Gaussianised t): 0.065, where its T field gives 0.033. Hence
-``voxfit.inference.rft_fit.Z_FIELD_DOF``: runs of fewer residual dof are refused. ``null_rates`` returns the rows, for
-tests (tests/test_validation.py).
+A single run of 36 scans taken as a Z field (its Gaussianised t): 0.065, where its T field gives 0.033. AR(p) per
+voxel (a run's design [sin(t / 5), 1], 14^3 voxels, 200-300 realisations): AR(4) on one run of 150 scans (a median
+of 21 effective dof) 0.067, of 300 (41) 0.045; AR(1) on 150 (50) 0.030; two runs of AR(1) on 43 scans 0.077, of 80
+0.044; of AR(4) on 150, 0.090. Hence ``voxfit.inference.rft_fit.Z_FIELD_DOF``: runs whose contrasts have a median
+of fewer dof are refused, one run's AR(p) warned of. ``null_rates`` returns the rows, for tests
+(tests/test_validation.py).
 """
 
 from __future__ import annotations
@@ -38,13 +43,15 @@ def _smooth(rng, n: int, shape) -> np.ndarray:
     return np.ascontiguousarray(e.transpose(0, 3, 2, 1).reshape(n, -1), dtype=np.float32)
 
 
-def null_rates(scans=((30, 30), (45, 45), (60, 60)), realisations=500, shape=(18, 18, 18), ratio=2.0, seed=0):
+def null_rates(
+    scans=((30, 30), (45, 45), (60, 60)), realisations=500, shape=(18, 18, 18), ratio=2.0, seed=0, noise="ols"
+):
     """One row per setting of `scans` (each a tuple of the runs' numbers of scans): ``{"scans", "n", "z_hits",
     "t_hits"}``, the realisations whose largest value passed the FWE 0.05 threshold of the Z field and of the T
     field of the smallest dof."""
     from scipy import stats
 
-    from voxfit import fit
+    from voxfit import fit, fit_ar
     from voxfit.core import factorize
     from voxfit.engine.smoothness import neighbour_sums
     from voxfit.inference.rft import estimate_smoothness, gradient_products_from_sums, height_threshold
@@ -60,7 +67,10 @@ def null_rates(scans=((30, 30), (45, 45), (60, 60)), realisations=500, shape=(18
             for r, n in enumerate(lengths):
                 Y = _smooth(rng, n, shape) * (1 + (ratio - 1) * r / max(1, len(lengths) - 1))
                 X = np.ones((n, 1))
-                per_run.append(fit(X, Y).contrast([1.0]))
+                if noise == "ols":
+                    per_run.append(fit(X, Y).contrast([1.0]))
+                else:
+                    per_run.append(fit_ar(X, Y, int(noise.removeprefix("ar")), {"m": [1.0]}).contrasts["m"])
                 sums.append(neighbour_sums(Y, factorize(X).basis, mask))
             combined = fixed_effects("m", per_run) if len(per_run) > 1 else per_run[0]
             total = sum(sums[1:], sums[0])
@@ -87,6 +97,7 @@ def _ci(hits: int, n: int) -> tuple[float, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", nargs="+", default=["30,30", "45,45", "60,60"])
+    parser.add_argument("--noise", default="ols")
     parser.add_argument("--noise-ratio", type=float, default=2.0)
     parser.add_argument("--realisations", type=int, default=500)
     parser.add_argument("--shape", type=int, nargs=3, default=[18, 18, 18])
@@ -94,7 +105,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     scans = [tuple(int(v) for v in s.split(",")) for s in args.scans]
     print(f"FWE 0.05, FWHM 3 voxels, {tuple(args.shape)} voxels, noise ratio {args.noise_ratio:g}")
-    for row in null_rates(scans, args.realisations, tuple(args.shape), args.noise_ratio, args.seed):
+    print(f"noise model {args.noise}")
+    for row in null_rates(scans, args.realisations, tuple(args.shape), args.noise_ratio, args.seed, args.noise):
         z_lo, z_hi = _ci(row["z_hits"], row["n"])
         t_lo, t_hi = _ci(row["t_hits"], row["n"])
         ok = "ok" if z_lo <= 0.05 else "LIBERAL"

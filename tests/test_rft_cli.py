@@ -296,6 +296,19 @@ def test_rft_refusals_are_one_line(tmp_path, rng, capsys):
         assert code == 2
         assert len(err.strip().splitlines()) == 1 and "--inference rft is for volumes" in err, err
         assert not (tmp_path / "rft").exists() or not any((tmp_path / "rft").iterdir())
+    # two runs of them: refused from their headers, before either is read
+    from voxfit.models import runs as runs_module
+
+    second = write_gifti(tmp_path / "run2.func.gii", matrix)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runs_module, "load", lambda *a, **k: pytest.fail("a run was read before the refusal"))
+        code, _, err = run(
+            capsys,
+            *("fit", gifti, second, "--design", design, design, "--contrast", "a=a", "-o", tmp_path / "rft2"),
+            *("--inference", "rft", "--quiet"),
+        )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--inference rft is for volumes" in err, err
+    assert not (tmp_path / "rft2").exists()
     data, _ = smooth_volume(rng, n=8)
     maps = tmp_path / "maps.nii.gz"
     nib.save(nib.Nifti1Image(data - 100, AFFINE), maps)

@@ -109,7 +109,8 @@ def main(argv=None) -> None:
     for row in null_rates(scans, args.realisations, tuple(args.shape), args.noise_ratio, args.seed, args.noise):
         z_lo, z_hi = _ci(row["z_hits"], row["n"])
         t_lo, t_hi = _ci(row["t_hits"], row["n"])
-        ok = "ok" if z_lo <= 0.05 else "LIBERAL"
+        rate = row["z_hits"] / row["n"]
+        ok = "LIBERAL" if z_lo > 0.05 else "above 0.05, within its interval" if rate > 0.05 else "ok"
         print(
             f"runs of {row['scans']} scans: Z field {row['z_hits'] / row['n']:.3f} [{z_lo:.3f}, {z_hi:.3f}] {ok}; "
             f"T field of the smallest dof {row['t_hits'] / row['n']:.3f} [{t_lo:.3f}, {t_hi:.3f}]"

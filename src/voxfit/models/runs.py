@@ -194,6 +194,11 @@ def fit_runs(
     order = noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
+    if rft is not None:  # (volumes only: refused from the headers, before any run is read)
+        from ..inference.rft_fit import check_volume
+
+        for r, run in enumerate(inputs):
+            check_volume(open_reader(run, f"inputs[{r}]").geometry)
     items = contrast_items(contrasts)
     matrices = [design_matrix(d, f"designs[{r}]") for r, d in enumerate(designs)]
     named = [x for x in inputs if isinstance(x, (str, os.PathLike))]
@@ -241,10 +246,6 @@ def fit_runs(
         ]
         geometry = datasets[0].masker.geometry
         check_mesh(mesh, geometry)
-        if rft is not None:
-            from ..inference.rft_fit import check_volume
-
-            check_volume(geometry)
         for r, ds in enumerate(datasets[1:], 2):
             geometry.check_same(ds.masker.geometry, f"run {r} ({ds.paths[0] if ds.paths else 'in memory'})")
         common = np.logical_and.reduce([ds.masker.mask for ds in datasets])

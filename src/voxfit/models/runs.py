@@ -177,9 +177,8 @@ def fit_runs(
     contrast's z map a Z field (the combination's dof vary by voxel); each run needs
     :data:`voxfit.inference.rft_fit.Z_FIELD_DOF` residual dof, and each of its contrasts as many effective dof
     (the median over the voxels of an AR(p) model's), checked after its fit (fewer gave liberal Z fields).
-    `record_settings`: more of model.json's
-    settings (the command line's: the noise model's choice and why, a preset, a confounds strategy). A design
-    file's repetition time is its sidecar's, as for one run.
+    `record_settings`: more of model.json's settings (the command line's: the noise model's choice and why, a
+    preset, a confounds strategy). A design file's repetition time is its sidecar's, as for one run.
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress

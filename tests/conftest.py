@@ -53,20 +53,19 @@ def pytest_configure(config):
         _share_the_cpus(int(config.workerinput.get("workercount", 1)))
 
 
-# The files whose tests take longest, longest first (seconds summed over a run's two workers, 2026-12-06): sent
+# The files whose tests take longest, longest first (seconds summed over a run's two workers, 2026-12-07): sent
 # to the workers before the rest, so that both finish together. xdist's own order, by count of tests, sent
 # test_validation (13 tests, 92 s) near the end: one worker ran it alone (486 s against 467 s by this order, the
 # run's durations replayed through xdist's scheduling).
 LONGEST_FIRST = (
-    "test_hostile_memory.py",  # 129 s
-    "test_bids_layouts.py",  # 109 s
-    "test_validation.py",  # 92 s
-    "test_bids_study.py",  # 81 s
+    "test_hostile_memory.py",  # 135 s
+    "test_bids_layouts.py",  # 130 s
+    "test_validation.py",  # 84 s
+    "test_bids_study.py",  # 83 s
     "test_hostile_work.py",  # 68 s
-    "test_bids_broken.py",  # 59 s
-    "test_bench_users.py",  # 39 s
-    "test_group_mixed.py",  # 35 s
-    "test_scan_runs.py",  # 30 s
+    "test_bids_broken.py",  # 41 s
+    "test_bench_users.py",  # 24 s
+    "test_group_mixed.py",  # 22 s
 )
 
 

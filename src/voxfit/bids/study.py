@@ -1130,7 +1130,8 @@ def _table_lines(path: Path) -> list[list[str]]:
 
 def _table_gap(rows: list[list[str]], spec: dict, subjects) -> tuple[str, list[str]] | None:
     """A column of participants.tsv (`rows`, the header first) that the node `spec` takes (its Model.X or a
-    Transformation's Input) with no value (empty or n/a) for some of `subjects`: ``(column, ["sub-03", ...])``."""
+    Transformation's Input) with no value (:func:`_missing_cells`) for some of `subjects`: ``(column, ["sub-03",
+    ...])``."""
     taken = list((spec.get("Model") or {}).get("X", ()))
     for instruction in (spec.get("Transformations") or {}).get("Instructions") or ():
         inputs = instruction.get("Input")
@@ -1158,6 +1159,14 @@ def _missing_cells(rows: list[list[str]], columns, subjects, rowless: bool = Fal
         if where:
             return column, [w if w.startswith("sub-") else f"sub-{w}" for w in where]
     return None
+
+
+def _ungrouped(node: str, column: str, where: list[str]) -> str:
+    """Why a Dataset node grouped by participants.tsv's `column` is refused: the subjects `where` have no value."""
+    return (
+        f"participants.tsv's column {column!r}, by which node {node} groups (GroupBy), has no value (n/a, or no row) "
+        f"for {listed(where)}; fill it, or leave those subjects out (--participant-label)."
+    )
 
 
 def _participants_rows(lines: list[list[str]]) -> list[list[str]]:
@@ -1686,12 +1695,7 @@ def _check_participant_values(path: Path, rows: list[list[str]], runs, model: di
         if str(node.get("Level", "")).lower() != "dataset":
             continue
         if gap := _missing_cells(rows, node.get("GroupBy") or (), subjects, rowless=True):
-            column, where = gap  # (pybids puts a subject without a value in every group)
-            raise InputError(
-                f"participants.tsv's column {column!r}, by which node {node.get('Name')} groups (GroupBy), has no "
-                f"value (n/a, or no row) for {listed(where)}; fill it, or leave those subjects out "
-                "(--participant-label)."
-            )
+            raise InputError(_ungrouped(node.get("Name"), *gap))  # (pybids puts such a subject in every group)
         for column in [x for x in (node.get("Model") or {}).get("X", ()) if x in header and x != "participant_id"]:
             lacking = [f"sub-{s}" for s in subjects if s not in table]
             if lacking:
@@ -2975,12 +2979,8 @@ class _Study:
             self.failures.append(Failure(node.name, "all", reason))
             return
         if node.level == "dataset" and (gap := _missing_cells(self.participant_rows, group_by, subjects, True)):
-            column, where = gap  # (pybids, missing values ignored, put them in every group: fitted in each, exit 0)
-            reason = (
-                f"participants.tsv's column {column!r}, by which the node groups (GroupBy), has no value (n/a, or no "
-                f"row) for {listed(where)}; fill it, or leave those subjects out (--participant-label)."
-            )
-            self.failures.append(Failure(node.name, "all", reason))
+            # (pybids, missing values ignored, put them in every group: fitted in each, exit 0)
+            self.failures.append(Failure(node.name, "all", _ungrouped(node.name, *gap)))
             return
         # one file label per contrast name across the node's groups ("reward+" and "reward-": reward, reward2),
         # and each group's record claimed once: two groups of one path would each write over the other

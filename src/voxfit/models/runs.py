@@ -193,11 +193,14 @@ def fit_runs(
     order = noise_order(noise)
     if scaling not in ("none", "mean", "global"):
         raise InputError(f"`scaling` must be none, mean or global; got {scaling!r}.")
-    if rft is not None:  # (volumes only: refused from the headers, before any run is read)
+    # the runs' headers, where a check needs them before any run is read (RFT's volumes, the memory cap)
+    checked = rft is not None or execution.max_memory is not None
+    readers = [open_reader(run, f"inputs[{r}]") for r, run in enumerate(inputs)] if checked else []
+    if rft is not None:  # (volumes only)
         from ..inference.rft_fit import check_volume
 
-        for r, run in enumerate(inputs):
-            check_volume(open_reader(run, f"inputs[{r}]").geometry)
+        for reader in readers:
+            check_volume(reader.geometry)
     items = contrast_items(contrasts)
     matrices = [design_matrix(d, f"designs[{r}]") for r, d in enumerate(designs)]
     named = [x for x in inputs if isinstance(x, (str, os.PathLike))]
@@ -221,7 +224,6 @@ def fit_runs(
                 raise InputError(f"run {r}: {exc}") from None
     if execution.max_memory is not None:  # every run is held in memory at once (no streaming across runs): refuse
         # a cap that cannot hold them by the rule that streams one run (Budgets.streams)
-        readers = [open_reader(path, f"inputs[{r}]") for r, path in enumerate(inputs)]
         total = sum(data_bytes(rd.n_scans, rd.geometry.n_elements, rd.dtype.itemsize) for rd in readers)
         need = cap_holding(total)
         if execution.budgets.over_half(total):

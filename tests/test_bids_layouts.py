@@ -648,29 +648,16 @@ def test_a_subject_without_the_grouping_value_is_refused_not_put_in_every_group(
     table.write_text("\n".join(kept) + "\n")
     model = default_model("stroop", ["congruent", "incongruent"])
     model["Nodes"][2]["GroupBy"] = ["contrast", "group"]
+    kwargs = {"model": model, "derivatives": [study.derivatives], "group_model": "ols", "progress": False}
     with pytest.raises(InputError) as refused:  # (before any run is fitted: the runs could not change it)
-        run(
-            study.root,
-            tmp_path / "out",
-            model=model,
-            derivatives=[study.derivatives],
-            group_model="ols",
-            progress=False,
-        )
+        run(study.root, tmp_path / "out", **kwargs)
     said = str(refused.value)
     assert "participants.tsv's column 'group', by which node dataset groups (GroupBy), has no value" in said
     assert "sub-03" in said
     assert not list((tmp_path / "out").rglob("*model.json"))
     if gap == "n/a":  # where a Filter may leave subjects out (this one keeps them all), the node's own fit judges
         model["Edges"][-1]["Filter"] = {"subject": ["01", "02", "03", "04"]}
-        result = run(
-            study.root,
-            tmp_path / "out",
-            model=model,
-            derivatives=[study.derivatives],
-            group_model="ols",
-            progress=False,
-        )
+        result = run(study.root, tmp_path / "out", **kwargs)
         (failure,) = [f for f in result.failures if f.node == "dataset"]
         assert "by which node dataset groups (GroupBy), has no value" in str(failure) and "sub-03" in str(failure)
         assert not list((tmp_path / "out").glob("node-dataset/*model.json"))

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.testing as npt
 import pandas as pd
 import pytest
+from scipy import stats
 
 from voxfit.cli import main
 
@@ -65,16 +66,30 @@ def check_rft_outputs(out, label, n_voxels):
     assert int(mask.sum()) == n_voxels
     rpv = nib.load(out / "stat-rpv_statmap.nii.gz").get_fdata()[mask]
     assert np.all(rpv >= 0) and (rpv > 0).mean() > 0.5  # (0: voxels without every +x, +y, +z neighbour)
-    stat_name = "t" if entry["field"] == "T" else "z" if entry["field"] == "Z" else "F"
-    stat = nib.load(out / f"contrast-{label}_stat-{stat_name}_statmap.nii.gz").get_fdata()[mask]
+    dof = [np.inf if d is None else d for d in entry["dof"]]
+    if "height_z" in entry:  # dof that vary by voxel: each voxel's z (its p) mapped to the field's dof, by scipy
+        z = nib.load(out / f"contrast-{label}_stat-z_statmap.nii.gz").get_fdata()[mask]
+        stat = _mapped(z, entry["field"], dof)
+        sf = stats.t.sf if entry["field"] == "T" else lambda x, nu: stats.f.sf(x, dof[0], nu)
+        npt.assert_allclose(entry["height_z"], stats.norm.isf(sf(entry["height_stat"], dof[1])), rtol=1e-9)
+    else:
+        stat_name = {"T": "t", "Z": "z", "F": "F"}[entry["field"]]
+        stat = nib.load(out / f"contrast-{label}_stat-{stat_name}_statmap.nii.gz").get_fdata()[mask]
     p = nib.load(out / f"contrast-{label}_stat-p_desc-rftfwe_statmap.nii.gz").get_fdata()[mask]
     logp = nib.load(out / f"contrast-{label}_stat-logp_desc-rftfwe_statmap.nii.gz").get_fdata()[mask]
     resels = inference["smoothness"]["resels"]
-    dof = [np.inf if d is None else d for d in entry["dof"]]
     want = p_peak_fwe(stat, dof if entry["field"] == "F" else dof[1], entry["field"], resels, n_voxels=n_voxels)
     npt.assert_allclose(p, want, rtol=1e-5, atol=1e-12)
     npt.assert_allclose(logp, -np.log10(p), rtol=1e-5, atol=1e-6)
     return inference, table
+
+
+def _mapped(z, kind: str, dof):
+    """Each z's p as the T (or F) of `dof`: the upper tail for z > 0, the lower below (scipy.stats)."""
+    upper, lower = stats.norm.sf(z), stats.norm.cdf(z)
+    if kind == "T":
+        return np.where(z > 0, stats.t.isf(upper, dof[1]), stats.t.ppf(lower, dof[1]))
+    return np.where(z > 0, stats.f.isf(upper, dof[0], dof[1]), stats.f.ppf(lower, dof[0], dof[1]))
 
 
 def test_fit_with_rft_end_to_end(tmp_path, rng, capsys):
@@ -162,9 +177,9 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
     """voxfit fit of two runs --inference rft (refused before; SPM's RFT of a model of several sessions): the
     smoothness from both runs' residuals together equals that of one fit of the runs concatenated with their
     designs block-diagonal (SPM's model of two sessions, whose single-run smoothness is SPM's own: test_rft.py),
-    on the runs' dof summed; each combined contrast's z map is a Z field, its FWE p map SPM's p for it; the
-    report draws the table. Runs of fewer than 40 residual dof are refused (their Z fields were liberal:
-    test_rft_fit.py)."""
+    on the runs' dof summed; each combined contrast (its dof vary by voxel) a T or F field of its median dof, its
+    FWE p map SPM's p for it; the report draws the table. Runs of fewer than 40 residual dof are refused (fixed
+    effects of runs of few dof was liberal: validation/rft_runs_null.py)."""
     rng = np.random.default_rng(11)
     n1, n2 = (44, 48) if noise != "ar1" else (150, 160)  # (AR(1)'s effective dof: a median of about 50 at 150 scans)
     (a, X1), (b, X2) = smooth_volume(rng, n=n1, signal=3.0), smooth_volume(rng, n=n2)
@@ -184,7 +199,7 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
     assert code == 0, err
     inference, table = check_rft_outputs(out, "a", n_voxels=9 * 9 * 8)
     check_rft_outputs(out, "ab", n_voxels=9 * 9 * 8)
-    assert {c["field"] for c in inference["contrasts"].values()} == {"Z"}
+    assert [c["field"] for c in inference["contrasts"].values()] == ["T", "F"]
     assert table.iloc[0]["peak_p_fwe"] < 0.05  # (the planted cube of the first run)
     assert "contrast-a_desc-rft_table.tsv" in (out / "report.html").read_text()
     # the same runs as one: their scans in turn, their designs block-diagonal
@@ -205,7 +220,7 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
     if noise != "ar1-global":  # (its whitening is of one run there, of each run here: other residuals)
         for key in ("fwhm_mm", "resels"):
             npt.assert_allclose(inference["smoothness"][key], reference["smoothness"][key], rtol=1e-9)
-    # runs shorter than 41 dof (their Z fields were liberal) are refused before any is read, saying what to do
+    # runs shorter than 41 dof (fixed effects was liberal) are refused before any is read, saying what to do
     short = [tmp_path / "short0.tsv", tmp_path / "short1.tsv"]
     for path, X in zip(short, (X1, X2)):
         pd.DataFrame(X[:30], columns=["a", "b", "const"]).to_csv(path, sep="\t", index=False)
@@ -232,24 +247,28 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
         assert not (tmp_path / "refused").exists()
 
 
-def test_rft_of_an_ar_model_at_few_dof_is_warned_of(tmp_path, capsys):
-    """An AR(p) model's z maps are Z fields, which were liberal at few dof (validation/rft_runs_null.py: a t of 35
-    dof so, FWE 0.065 at 0.05): a run of fewer than 40 residual dof says so, and what keeps the level; SPM's
-    ar1-global (a T field) is not warned of."""
+def test_rft_of_an_ar_model_at_few_dof_is_a_field_of_its_median_dof(tmp_path, capsys):
+    """An AR(p) model's dof vary by voxel: its contrasts are T and F fields of their median effective dof, each
+    voxel's statistic mapped there through its p (its z taken as a Z field was liberal at few dof:
+    validation/rft_runs_null.py), without a warning; SPM's ar1-global is a T field of its own dof."""
     data, X = smooth_volume(np.random.default_rng(3), n=30, signal=3.0)
     bold, design = tmp_path / "bold.nii.gz", tmp_path / "design.tsv"
     nib.save(nib.Nifti1Image(data, AFFINE), bold)
     pd.DataFrame(X, columns=["a", "b", "const"]).to_csv(design, sep="\t", index=False)
-    for noise, warned in (("ar1", True), ("ar1-global", False)):
+    for noise in ("ar1", "ar1-global"):
+        out = tmp_path / noise
         code, _, err = run(
             capsys,
-            *("fit", bold, "--design", design, "--contrast", "a=a", "--noise", noise, "--inference", "rft"),
-            *("--mask-threshold", "0", "-o", tmp_path / noise),
+            *("fit", bold, "--design", design, "--contrast", "a=a", "--contrast", "ab=a; b", "--noise", noise),
+            *("--inference", "rft", "--mask-threshold", "0", "-o", out),
         )
-        assert code == 0, err
-        assert (
-            bool(re.search(r"has a median of [\d.]+ effective dof, fewer than 40: --noise ar1-global", err)) is warned
-        )
+        assert code == 0 and "dof" not in err, err
+        inference, table = check_rft_outputs(out, "a", n_voxels=9 * 9 * 8)
+        check_rft_outputs(out, "ab", n_voxels=9 * 9 * 8)
+        entries = inference["contrasts"]
+        assert [e["field"] for e in entries.values()] == ["T", "F"]
+        assert all(("height_z" in e) is (noise == "ar1") for e in entries.values())
+        assert 1 < entries["a"]["dof"][1] <= 27 and table.iloc[0]["peak_p_fwe"] < 0.05
 
 
 def test_group_with_rft_end_to_end(tmp_path, rng, capsys):

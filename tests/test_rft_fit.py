@@ -431,8 +431,12 @@ def test_group_ols_rft_uses_the_group_models_residuals(tmp_path, rng):
         SecondLevel(rft=check_rft_options(), permutations=10).fit(img, tmp_path / "b")
 
 
-def test_group_mixed_rft_takes_z_maps_as_z_fields(tmp_path, rng):
+def test_group_mixed_rft_takes_a_t_field_of_the_median_dof(tmp_path, rng):
+    """A mixed model's dof vary by voxel: each voxel's z (its exact p) mapped to the t of the contrast's median
+    dof, a T field of that dof; the report thresholds the z map at the height's equivalent z."""
     import json
+
+    from scipy import stats
 
     from voxfit.inference.rft import estimate_smoothness, gradient_products
     from voxfit.inference.rft_fit import check_rft_options
@@ -450,8 +454,11 @@ def test_group_mixed_rft_takes_z_maps_as_z_fields(tmp_path, rng):
     out = tmp_path / "out"
     SecondLevel(model="mixed", variances=variances, rft=check_rft_options()).fit(effects, out)
     record = json.loads((out / "model.json").read_text())["inference"]
-    assert record["contrasts"]["intercept"]["field"] == "Z"
-    assert "Z field" in record["smoothness"]["residuals"]
+    entry = record["contrasts"]["intercept"]
+    assert entry["field"] == "T"
+    nu = entry["dof"][1]
+    assert 1 <= nu <= 9
+    npt.assert_allclose(entry["height_z"], stats.norm.isf(stats.t.sf(entry["height_stat"], nu)), rtol=1e-9)
     maps = data[..., :10].astype(np.float32).reshape(-1, 10, order="F").T.astype(np.float64)
     mask = (maps != 0).all(axis=0)
     E = maps[:, mask] - maps[:, mask].mean(axis=0)
@@ -463,4 +470,59 @@ def test_group_mixed_rft_takes_z_maps_as_z_fields(tmp_path, rng):
     p = nib.load(out / "contrast-intercept_stat-p_desc-rftfwe_statmap.nii.gz").get_fdata().ravel(order="F")[mask]
     from voxfit.inference.rft import p_peak_fwe
 
-    npt.assert_allclose(p, p_peak_fwe(z, 1.0, "Z", want.resels, n_voxels=int(mask.sum())), rtol=1e-5)
+    t = stats.t.isf(stats.norm.sf(z), nu)
+    npt.assert_allclose(p, p_peak_fwe(t, (1.0, nu), "T", want.resels, n_voxels=int(mask.sum())), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["t", "F"])
+def test_a_statistic_whose_dof_vary_by_voxel_is_mapped_to_its_median_dof_keeping_each_voxels_p(kind):
+    """median_dof_field: each voxel's z (its exact p) to the T or F of the median dof with the same tail: checked
+    against scipy.stats' inverses where they are exact, and by scipy's forward tails (p back) in the far tail,
+    where the F's isf is inf; both tails; NaN kept; beyond z = 37.5 (p below the smallest double) finite."""
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    from voxfit.inference.rft_fit import median_dof_field
+
+    z = np.array([-8.0, -1.5, 0.0, 0.3, 2.0, 5.0, 9.0, 20.0, 37.0, 40.0, np.nan])
+    nu = np.array([5.0, 8.0, 12.0, 20.0, 40.0, 12.0, 30.0, 6.0, 12.0, 50.0, 12.0])  # (median 12)
+    stats_ = SimpleNamespace(kind=kind, z=z, dof=nu if kind == "t" else (3.0, nu))
+    field, dof, values = median_dof_field(stats_)
+    assert field == ("T" if kind == "t" else "F") and dof == (1.0 if kind == "t" else 3.0, 12.0)
+    dist = stats.t(12.0) if kind == "t" else stats.f(3.0, 12.0)
+    moderate = np.abs(z) <= 5
+    want = np.where(z > 0, dist.isf(stats.norm.sf(z)), dist.ppf(stats.norm.cdf(z)))
+    npt.assert_allclose(values[moderate], want[moderate], rtol=1e-9)
+    far = (z > 5) & (z < 30)  # (scipy's t sf is NaN at the t of p ~ 1e-300)
+    npt.assert_allclose(dist.sf(values[far]), stats.norm.sf(z[far]), rtol=1e-8)
+    assert np.isfinite(values[9]) and values[9] >= values[8] > values[7]
+    assert np.isnan(values[-1])
+    if kind == "t":
+        npt.assert_allclose(dist.cdf(values[0]), stats.norm.cdf(-8.0), rtol=1e-8)  # (the lower tail, from its side)
+
+
+@pytest.mark.parametrize("kind", ["t", "F"])
+def test_the_mapping_to_the_median_dof_holds_in_the_far_tails_where_scipys_inverse_fails(kind):
+    """At 6.25 and 5 dof scipy's betaincinv gives NaN at p ~ 1e-100: each value's tail against mpmath's (50
+    digits), from z = -30 to 37."""
+    from types import SimpleNamespace
+
+    import mpmath as mp
+
+    from voxfit.inference.rft_fit import median_dof_field
+
+    z = np.array([-30.0, -10.0, -3.0, 0.5, 3.0, 10.0, 21.3, 25.0, 37.0])
+    nu, d1 = 6.25, 5.0
+    stats_ = SimpleNamespace(kind=kind, z=z, dof=np.full(z.size, nu) if kind == "t" else (d1, np.full(z.size, nu)))
+    _, _, values = median_dof_field(stats_)
+    with mp.workdps(50):
+        for zi, vi in zip(z, values):
+            x = mp.mpf(float(vi))
+            if kind == "t":  # P(T > |t|) = I_{nu / (nu + t^2)}(nu / 2, 1 / 2) / 2
+                tail, want = mp.betainc(nu / 2, 0.5, 0, nu / (nu + x * x), regularized=True) / 2, mp.ncdf(-abs(zi))
+            elif zi > 0:
+                tail, want = mp.betainc(nu / 2, d1 / 2, 0, nu / (nu + d1 * x), regularized=True), mp.ncdf(-zi)
+            else:  # (the lower tail: P(F < x) = I_{d1 x / (d1 x + nu)}(d1 / 2, nu / 2))
+                tail, want = mp.betainc(d1 / 2, nu / 2, 0, d1 * x / (d1 * x + nu), regularized=True), mp.ncdf(zi)
+            assert abs(float(tail / want) - 1) < 1e-11, (zi, vi)

@@ -5,9 +5,14 @@ The options follow SPM's results dialog: ``p value adjustment to control`` (`cor
 the residuals' neighbour sums the fit collected (``voxfit.engine.smoothness``), through
 ``voxfit.inference.rft`` (SPM12's ``spm_est_smoothness``, ``spm_resels_vol``, ``spm_P_RF``, ``spm_uc``).
 
-Which random field: t and F maps of models with one residual dof (OLS, ar1-global, group OLS) are t and F
-fields; maps with a dof per voxel (AR(p) per voxel, mixed effects) are taken as Z fields through their z maps
-(each voxel's z has its own exact p).
+Which random field: t and F maps of models with one residual dof (OLS, ar1-global, group OLS) are T and F
+fields of that dof, as SPM takes them. Maps with a dof per voxel (AR(p) per voxel, runs combined by fixed effects,
+mixed effects) are T and F fields of the contrast's median dof (an F's denominator's): each voxel's statistic is
+mapped to the value of that dof with the same p, so that every voxel keeps its exact p and the field its heavy
+tails. Their z maps taken as Z fields (voxfit before 2026-12-07) were liberal at few dof: on smooth null data
+(validation/rft_runs_null.py, FWE at 0.05) AR(4) on one run of 150 scans (a median of 21 effective dof) gave 0.062
+as a Z field and 0.020 so; two AR(1) runs of 43 scans combined, 0.090 and 0.040; two OLS runs of 30 scans, 0.056
+and 0.045 (400 to 1000 realisations each).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import special as sc
 
 from .._checks import check_scalar
 from ..exceptions import InputError
@@ -39,11 +45,12 @@ __all__ = [
     "ContrastRFT",
     "RFTInference",
     "RFTOptions",
-    "Z_FIELD_DOF",
+    "FIXED_EFFECTS_DOF",
     "check_rft_options",
     "check_volume",
     "few_dof",
     "finite_or_none",
+    "median_dof_field",
     "rft_inference",
     "uncorrected_height",
 ]
@@ -55,12 +62,12 @@ CLUSTER_WARNING = (
 )
 
 
-# the fewest dof (a contrast's median over its voxels) for a Z field of z maps from t (smooth null data, FWE 0.05;
-# validation/rft_runs_null.py): a t of 35 dof taken as a Z field gave 0.065, its T field 0.033; two runs of 30
-# scans combined by fixed effects 0.066, of 45 scans 0.038, of 60 0.035 (500 realisations each); AR(4) per voxel,
-# one run of 150 scans (median 21 effective dof) 0.067, of 300 (median 41) 0.045; AR(1), 150 scans (median 50)
-# 0.030 (300 and 200 realisations). Runs combined with fewer are refused; one run's AR(p) with fewer is warned of
-Z_FIELD_DOF = 40
+# the fewest dof (a contrast's median over its voxels) each run needs for runs combined by fixed effects under RFT:
+# fixed effects is liberal itself at few dof per run, whatever the field (smooth null data, FWE 0.05, fields of the
+# median dof; validation/rft_runs_null.py, 1000 realisations): two OLS runs of 16 and 20 scans gave 0.061, three of
+# 10 scans 0.204, two of 30 0.045, two of 45 0.033; two AR(4) runs of 150 scans (a median of 21 effective dof)
+# 0.068 (400). Runs with fewer are refused
+FIXED_EFFECTS_DOF = 40
 
 
 @dataclass(frozen=True)
@@ -102,13 +109,16 @@ class ContrastRFT:
     """The random-field inference of one contrast.
 
     kind : ``T``, ``F`` or ``Z`` (SPM's STAT); dof : SPM's ``[df1, df2]`` (``[1, inf]`` for Z).
-    stat : (V,) the field's values at the mask's voxels (the t or F map; the z map of a Z field).
+    stat : (V,) the field's values at the mask's voxels: the t or F map, or where the dof vary by voxel, each
+        voxel's t or F mapped to the median dof (:func:`median_dof_field`).
     height : the height threshold on `stat` (``spm_uc`` for fwe; the uncorrected quantile otherwise).
     fwe_05 : the FWE 0.05 height threshold (``spm_uc(0.05, ...)``), whatever `height` is.
     p_fwe : (V,) the voxel-level FWE p of each voxel taken as a peak (``spm_P(1, 0, stat, ...)`` with SPM's
         Bonferroni bound over the search volume), NaN where `stat` is not finite.
     expected_clusters : the expected number of clusters above `height` of `extent` voxels or more (``Ec * Pn``).
     expected_voxels_per_cluster : E{n}, their expected size in voxels (``Ek / V2R``).
+    mapped : whether `stat` was mapped to the median dof (the run's own t or F maps are then not its values; its z
+        map is, through the equivalent z of `height`: model.json's ``height_z``).
     """
 
     kind: str
@@ -119,6 +129,7 @@ class ContrastRFT:
     p_fwe: NDArray[np.float64]
     expected_clusters: float
     expected_voxels_per_cluster: float
+    mapped: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,10 +192,16 @@ class RFTInference:
                     "fwe_0.05": c.fwe_05,
                     "expected_clusters": c.expected_clusters,
                     "expected_voxels_per_cluster": c.expected_voxels_per_cluster,
+                    **({"height_z": _equivalent_z(c)} if c.mapped else {}),
                 }
                 for label, c in self.contrasts.items()
             },
         }
+
+
+def _equivalent_z(c: ContrastRFT) -> float:
+    """The height of a mapped contrast on its z map: the z whose upper tail is the height's p."""
+    return float(-sc.ndtri(p_uncorrected(c.height, c.dof, c.kind)))
 
 
 def finite_or_none(obj):
@@ -208,12 +225,12 @@ def rft_inference(
     n: float,
     dof: float,
     residuals: str,
-    z_field: bool = False,
+    per_voxel_dof: bool = False,
 ) -> RFTInference:
     """The RFT inference of each contrast (``voxfit.core`` Stats) of a fit on a volume `masker`, from the
     :class:`~voxfit.inference.rft.NeighbourSums` of its residuals (`n` scans, `dof` residual degrees of
-    freedom). With `z_field` (models whose dof varies per voxel: AR(p) per voxel, mixed effects), each
-    contrast's z map is taken as a Z field; otherwise t and F maps are T and F fields with the contrast's dof."""
+    freedom). t and F maps are T and F fields of the contrast's dof; with `per_voxel_dof` (AR(p) per voxel, runs
+    combined, mixed effects), of its median dof, each voxel's value mapped to it (see the module's notes)."""
     check_volume(masker.geometry)
     shape = tuple(masker.geometry.shape)
     mask = np.asarray(masker.mask, dtype=bool).reshape(shape, order="F")
@@ -221,16 +238,19 @@ def rft_inference(
     voxel_size = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     products = gradient_products_from_sums(sums, mask)
     sm = estimate_smoothness(products, mask, voxel_size, n=n, dof=dof, n_maps=sums.n_maps)
-    out = {label: _contrast(s, sm, options, z_field) for label, s in contrasts.items()}
+    out = {label: _contrast(s, sm, options, per_voxel_dof) for label, s in contrasts.items()}
     field = (
-        "Z: each contrast's z map (the model's dof varies per voxel)" if z_field else "T or F: the contrast's statistic"
+        "T or F of each contrast's median dof: each voxel's statistic mapped to that dof through its p (the model's "
+        "dof vary per voxel)"
+        if per_voxel_dof
+        else "T or F: the contrast's statistic"
     )
     return RFTInference(sm, options, mask, voxel_size, affine, out, residuals, field)
 
 
-def _contrast(stats, sm: Smoothness, options: RFTOptions, z_field: bool) -> ContrastRFT:
-    if z_field:
-        kind, dof, values = "Z", (1.0, math.inf), np.asarray(stats.z, dtype=np.float64)
+def _contrast(stats, sm: Smoothness, options: RFTOptions, per_voxel_dof: bool) -> ContrastRFT:
+    if per_voxel_dof:
+        kind, dof, values = median_dof_field(stats)
     else:
         kind = "T" if stats.kind == "t" else "F"
         d = stats.dof
@@ -257,18 +277,60 @@ def _contrast(stats, sm: Smoothness, options: RFTOptions, z_field: bool) -> Cont
         p,
         float(rf.Ec) * float(rf.p),
         float(rf.Ek) * sm.voxels_per_resel,
+        mapped=per_voxel_dof and kind != "Z",
     )
+
+
+def median_dof_field(stats) -> tuple[str, tuple[float, float], NDArray[np.float64]]:
+    """A contrast whose dof vary by voxel (``voxfit.core`` Stats) as a field of its median dof (an F's
+    denominator's): ``(kind, dof, values)``, SPM's STAT (``T`` or ``F``) and ``[df1, df2]``, and each voxel's t (or
+    F) of that dof whose tail is its own p, from its z, each tail from its own side (to 1e-13 against mpmath from
+    z = -30 to 37); beyond z = 37.5, whose p is below the smallest double, the value of that double, and at most
+    the largest double; NaN where the z is. A contrast without a finite dof is the Z field of its z map."""
+    z = np.asarray(stats.z, dtype=np.float64)
+    d = np.asarray(stats.dof if stats.kind == "t" else stats.dof[1], dtype=np.float64).ravel()
+    d = d[np.isfinite(d) & (d > 0)]
+    if not d.size:
+        return "Z", (1.0, math.inf), z
+    nu = float(np.median(d))
+    tiny = np.finfo(np.float64).tiny
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # (b = 1: a t of 0, an F of 0)
+        if stats.kind == "t":  # P(|T| > t) = I_b(nu / 2, 1 / 2), b = nu / (nu + t^2): each tail's p, doubled
+            tail = np.maximum(2 * sc.ndtr(-np.abs(z)), tiny)  # (NaN stays NaN)
+            log_b = _log_beta_inverse(nu / 2, 0.5, np.minimum(tail, 1.0))
+            t = np.exp(0.5 * (math.log(nu) + np.log1p(-np.exp(log_b)) - log_b))
+            return "T", (1.0, nu), np.copysign(np.minimum(t, _LARGEST), z)
+        # P(F > x) = I_b(nu / 2, df1 / 2), b = nu / (nu + df1 x); F below 1 from its own (lower) tail too
+        df1 = float(np.ravel(stats.dof[0])[0])
+        log_b = _log_beta_inverse(nu / 2, df1 / 2, np.maximum(sc.ndtr(-z), tiny))
+        x = np.exp(math.log(nu / df1) + np.log1p(-np.exp(log_b)) - log_b)
+        below = z < 0  # (F's lower tail: I_{1-b}(df1 / 2, nu / 2) = p, b near 1 there)
+        if below.any():
+            log_c = _log_beta_inverse(df1 / 2, nu / 2, np.maximum(sc.ndtr(z[below]), tiny))
+            x[below] = np.exp(math.log(nu / df1) + log_c - np.log1p(-np.exp(log_c)))
+        return "F", (df1, nu), np.minimum(x, _LARGEST)
+
+
+_LARGEST = np.finfo(np.float64).max  # (a value beyond it, at 1 dof and p ~ 1e-308, is held there: finite)
+
+
+def _log_beta_inverse(a: float, c: float, p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log b with I_b(a, c) = p (the regularized incomplete beta), exact in the far tail: scipy's ``betaincinv``
+    where b is not small, and below 1e-12 the tail's own form, I_b(a, c) = b^a / (a B(a, c)) (1 + O(b)) (scipy's
+    inverse gave NaN from p ~ 1e-100 for some dof)."""
+    log_small = (np.log(p) + math.log(a) + sc.betaln(a, c)) / a
+    return np.where(log_small < math.log(1e-12), log_small, np.log(sc.betaincinv(a, c, p)))
 
 
 def few_dof(contrasts: dict) -> tuple[str, float] | None:
     """The first of `contrasts` (``voxfit.core`` Stats) whose median dof over its voxels (an F's denominator's) is
-    below :data:`Z_FIELD_DOF`, with that median: ``(label, median)``; None where every one has as many."""
+    below :data:`FIXED_EFFECTS_DOF`, with that median: ``(label, median)``; None where every one has as many."""
     for label, stats in contrasts.items():
         dof = stats.dof if stats.kind == "t" else stats.dof[1]
         values = np.asarray(dof, dtype=np.float64).ravel()
         values = values[np.isfinite(values)]
         median = float(np.median(values)) if values.size else math.inf
-        if median < Z_FIELD_DOF:
+        if median < FIXED_EFFECTS_DOF:
             return label, median
     return None
 

@@ -29,7 +29,7 @@ from ..engine import fit as fit_engine
 from ..engine.fit import GridFit, ReadFit
 from ..engine.smoothness import GridProducts, neighbour_sums, warm_kernels
 from ..engine.streaming import ReadARFit, fit_streaming, read_voxels
-from ..exceptions import DegreesOfFreedomWarning, DesignWarning, InputError
+from ..exceptions import DesignWarning, InputError
 from ..io import (
     ColumnSource,
     Dataset,
@@ -630,20 +630,11 @@ def _fit_streamed(
 
 
 def _rft_inference(fitted: _Fitted, model: FirstLevelModel, options):
-    """``--inference rft`` on a first-level fit: OLS and ar1-global t and F fields, AR(p) per voxel Z fields (warned
-    of where a contrast's median effective dof is below :data:`voxfit.inference.rft_fit.Z_FIELD_DOF`)."""
-    from ..inference.rft_fit import Z_FIELD_DOF, few_dof, rft_inference
+    """``--inference rft`` on a first-level fit: OLS and ar1-global T and F fields of the model's dof, AR(p) per
+    voxel fields of each contrast's median effective dof (:func:`voxfit.inference.rft_fit.median_dof_field`)."""
+    from ..inference.rft_fit import rft_inference
 
     nf = fitted.noise
-    if model.order > 0 and (few := few_dof(nf.contrasts)):
-        warnings.warn(
-            f"--inference rft takes the z maps of an AR(p) model as Z fields, which were liberal at few dof (AR(4) on "
-            f"150 scans, a median of 21 effective dof: FWE 0.067 at 0.05 on smooth null data); contrast {few[0]!r} "
-            f"has a median of {few[1]:.1f} effective dof, fewer than {Z_FIELD_DOF}: --noise ar1-global (SPM's, a T "
-            "field) or a lower AR order keeps the level.",
-            DegreesOfFreedomWarning,
-            stacklevel=2,
-        )
     residuals = {
         0: "the OLS residuals",
         -1: "SPM's whitened residuals (W y less its fit on W X)",
@@ -657,7 +648,7 @@ def _rft_inference(fitted: _Fitted, model: FirstLevelModel, options):
         n=model.factor.n_scans,
         dof=float(dof),
         residuals=residuals,
-        z_field=model.order > 0,
+        per_voxel_dof=model.order > 0,
     )
 
 

@@ -93,8 +93,10 @@ class ModelRecord:
         ``smoothness`` (``fwhm_voxels`` and ``fwhm_mm`` (x, y, z), ``resels`` R0..R3, ``resel_voxels`` (voxels
         per resel), ``rpv`` (the resels-per-voxel map's ``mean``, ``min``, ``max``), ``residuals`` (which
         ones), ``dof``), ``search`` (``voxels``, ``mm3``), ``height`` (``p`` and ``correction`` as asked),
-        ``extent`` (voxels) and per contrast label ``contrasts`` (``field`` t, F or Z, ``dof``, ``height_stat``
-        (the threshold on the statistic), ``height_p_uncorrected``, ``fwe_0.05`` (the statistic's FWE 0.05
+        ``extent`` (voxels) and per contrast label ``contrasts`` (``field`` T, F or Z (Z: a model whose dof vary
+        by voxel, before 2026-12-07), ``dof``, ``height_stat`` (the threshold on the statistic), ``height_z``
+        (where the dof vary by voxel: the field's values are each voxel's statistic mapped to the median dof, and
+        this the threshold on the z map), ``height_p_uncorrected``, ``fwe_0.05`` (the statistic's FWE 0.05
         threshold), ``expected_voxels_per_cluster``, ``expected_clusters``, ``clusters`` (found), ``table``
         (the results table's file)).
     run: ``started`` (ISO 8601, to the second), the seconds of each step (first level: ``load_s``,

@@ -174,9 +174,11 @@ def fit_runs(
     (``voxfit.inference.rft_fit.RFTOptions``): random field theory on the combined contrasts of volume runs, as
     SPM's for a model of several sessions: the smoothness from every run's residuals together (their neighbour
     sums added: the residuals of the runs' block-diagonal model, on the runs' dof summed), each combined
-    contrast's z map a Z field (the combination's dof vary by voxel); each run needs
-    :data:`voxfit.inference.rft_fit.Z_FIELD_DOF` residual dof, and each of its contrasts as many effective dof
-    (the median over the voxels of an AR(p) model's), checked after its fit (fewer gave liberal Z fields).
+    contrast a T or F field of its median dof (the combination's dof vary by voxel:
+    :func:`voxfit.inference.rft_fit.median_dof_field`); each run needs
+    :data:`voxfit.inference.rft_fit.FIXED_EFFECTS_DOF` residual dof, and each of its contrasts as many effective
+    dof (the median over the voxels of an AR(p) model's), checked after its fit (fixed effects of runs with fewer
+    was liberal in the far tail).
     `record_settings`: more of model.json's settings (the command line's: the noise model's choice and why, a
     preset, a confounds strategy). A design file's repetition time is its sidecar's, as for one run.
     """
@@ -212,10 +214,10 @@ def fit_runs(
     kinds = [column_kinds(d, names, X, nuisance) for d, (X, names) in zip(designs, matrices)]
     factors = [factorize(X, names, warn=False, max_memory=execution.max_memory) for X, names in matrices]
     if rft is not None:
-        from ..inference.rft_fit import Z_FIELD_DOF, few_dof
+        from ..inference.rft_fit import FIXED_EFFECTS_DOF, few_dof
     for r, factor in enumerate(factors, 1):
         warn_without_constant(factor, designs[r - 1], f"run {r}: ")
-        if rft is not None and factor.dof < Z_FIELD_DOF:  # (before any run is read; per-voxel dof after each fit)
+        if rft is not None and factor.dof < FIXED_EFFECTS_DOF:  # (before any run is read; per-voxel dof after each fit)
             raise InputError(_few_dof_of_runs(r, f"{factor.dof:g} residual dof", order))
         for label, expr in items:
             try:
@@ -333,8 +335,8 @@ def fit_runs(
 
 
 def _few_dof_of_runs(r: int, has: str, order: int) -> str:
-    """Why RFT on several runs is refused where run `r` `has` fewer dof than a Z field needs, and what to do."""
-    from ..inference.rft_fit import Z_FIELD_DOF
+    """Why RFT on several runs is refused where run `r` `has` fewer dof than fixed effects needs, and what to do."""
+    from ..inference.rft_fit import FIXED_EFFECTS_DOF
 
     way = (
         "fit the runs as one model (their scans in one file, the designs block-diagonal: SPM's model of sessions, a T "
@@ -343,9 +345,9 @@ def _few_dof_of_runs(r: int, has: str, order: int) -> str:
         else "fit them with --noise ar1-global (SPM's: T fields) or a lower AR order"
     )
     return (
-        f"--inference rft on several runs takes each contrast combined by fixed effects as a Z field, which was "
-        f"liberal on runs of few dof (FWE 0.066 at 0.05 on smooth null data with two runs of 30 scans, 0.09 with AR(4) "
-        f"on runs of 150); run {r} has {has}, fewer than {Z_FIELD_DOF}: {way}, or use longer runs."
+        "--inference rft on several runs combines each contrast by fixed effects, which was liberal in the far tail "
+        "on runs of few dof (FWE 0.061 at 0.05 on smooth null data with two runs of 16 and 20 scans, 0.068 with "
+        f"AR(4) on runs of 150); run {r} has {has}, fewer than {FIXED_EFFECTS_DOF}: {way}, or use longer runs."
     )
 
 
@@ -362,7 +364,7 @@ def _residual_sums(factor, order: int, data, noise_fit, masker, execution: Execu
 def _rft_inference(combined: dict, masker, neighbours: list, options, order: int, factors: list, fits: list):
     """RFT on the combined contrasts: the runs' neighbour sums added (SPM's smoothness of a model of several
     sessions: the residuals of every scan, on the sum of the runs' dof: each run's residual dof, AR(p) per voxel
-    that of its OLS fit) and each contrast's z map a Z field."""
+    that of its OLS fit) and each contrast a field of its median dof."""
     from ..inference.rft_fit import rft_inference
 
     dof = sum(float(fit["dof"]) if order <= 0 else float(factor.dof) for fit, factor in zip(fits, factors))
@@ -378,5 +380,5 @@ def _rft_inference(combined: dict, masker, neighbours: list, options, order: int
         n=sum(factor.n_scans for factor in factors),
         dof=dof,
         residuals=residuals,
-        z_field=True,
+        per_voxel_dof=True,
     )

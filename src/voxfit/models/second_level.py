@@ -350,7 +350,14 @@ class SecondLevel:
             inferred = None
             if self.rft is not None:
                 inferred = _group_rft(
-                    Y, factor, masker, parametric, self.rft, execution, residuals="the group OLS residuals", z=False
+                    Y,
+                    factor,
+                    masker,
+                    parametric,
+                    self.rft,
+                    execution,
+                    residuals="the group OLS residuals",
+                    per_voxel_dof=False,
                 )
             adjacency = None  # extents count voxels or vertices (no vertex areas)
             E, H = self._tfce_parameters(masker.geometry)
@@ -720,7 +727,7 @@ class SecondLevel:
             )
             _check_fitted(fit, masker.n_voxels)
             inferred = None
-            if self.rft is not None:  # the smoothness of the effect maps about the group design; z maps as Z fields
+            if self.rft is not None:  # the smoothness of the effect maps about the group design; dof per voxel
                 factor = factorize(X, names, warn=False)
                 inferred = _group_rft(
                     Y,
@@ -729,8 +736,8 @@ class SecondLevel:
                     fit.contrasts,
                     self.rft,
                     execution,
-                    residuals=f"the OLS residuals of the group design on the effect maps ({kind} effects: each "
-                    "contrast's z map is taken as a Z field, the model's dof varying per voxel)",
+                    residuals=f"the OLS residuals of the group design on the effect maps ({kind} effects: the model's "
+                    "dof vary per voxel)",
                 )
             EH = self._tfce_parameters(masker.geometry)
             perms: dict[str, PermutationResult] = {}
@@ -1256,11 +1263,20 @@ def _rft_record(inferred, footers: dict) -> dict:
 
 
 def _group_rft(
-    Y, factor, masker: Masker, parametric: dict, options, execution: Execution, *, residuals: str, z: bool = True
+    Y,
+    factor,
+    masker: Masker,
+    parametric: dict,
+    options,
+    execution: Execution,
+    *,
+    residuals: str,
+    per_voxel_dof: bool = True,
 ):
     """``--inference rft`` on a group model: the smoothness of the residuals of the maps `Y` about the group
     design (`factor`; their NeighbourSums, from the maps as read); OLS: t and F fields with the model's dof
-    (`z` False); mixed and fixed effects: each contrast's z map as a Z field."""
+    (`per_voxel_dof` False); mixed and fixed effects: fields of each contrast's median dof
+    (:func:`voxfit.inference.rft_fit.median_dof_field`)."""
     from ..engine.smoothness import neighbour_sums
     from ..inference.rft_fit import check_volume, rft_inference
 
@@ -1275,7 +1291,7 @@ def _group_rft(
         n=float(Y.shape[0]),
         dof=float(factor.dof),
         residuals=residuals,
-        z_field=z,
+        per_voxel_dof=per_voxel_dof,
     )
 
 

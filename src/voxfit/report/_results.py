@@ -266,7 +266,11 @@ def _rft_threshold(res: Results, c: Contrast, th: Threshold) -> Threshold:
     shape = getattr(res.geometry, "shape", None)
     if inference.get("method") != "rft" or not isinstance(height, (int, float)) or shape is None:
         return th
-    name = "z" if entry.get("field") == "Z" else c.kind  # (dof that vary by voxel: the field is the z map's)
+    name = c.kind
+    if entry.get("field") == "Z":  # (a record of voxfit before 2026-12-07: dof that vary by voxel, the z map's field)
+        name = "z"
+    elif isinstance(entry.get("height_z"), (int, float)):  # (dof that vary by voxel: the field of the median dof)
+        name, height = "z", entry["height_z"]
     stat = res.read_map(statmap_name(name, res.extension, c.file_label))
     if stat is None:
         return th

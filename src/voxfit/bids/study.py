@@ -974,8 +974,9 @@ def _content(paths) -> list:
 # group's record names its study and lists its files, so that a rerun can tell what it leaves stale: _remove_stale;
 # 4: Model.Type read, the events' modulation, fMRIPrep's cosines as the high-pass, AR variances held positive,
 # cluster inference's maps written, GIFTI runs' own confounds; 5: meta nodes' fixed effects take the estimated
-# weights' error into account (Kenward-Roger), their t maps passed on with the median of their effective dof).
-STUDY_RULES = 5
+# weights' error into account (Kenward-Roger), their t maps passed on with the median of their effective dof;
+# 6: --inference rft on models whose dof vary by voxel takes T and F fields of the median dof, not Z fields).
+STUDY_RULES = 6
 
 
 def _checksum(*parts) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "ContrastRFT",
     "RFTInference",
     "RFTOptions",
+    "FEW_EFFECTIVE_DOF",
     "FIXED_EFFECTS_DOF",
     "check_rft_options",
     "check_volume",
@@ -68,6 +69,12 @@ CLUSTER_WARNING = (
 # 10 scans 0.204, two of 30 0.045, two of 45 0.033; two AR(4) runs of 150 scans (a median of 21 effective dof)
 # 0.068 (400). Runs with fewer are refused
 FIXED_EFFECTS_DOF = 40
+
+# the fewest effective dof (a contrast's median) of one run's AR(p) per voxel under RFT: below it the model's own p
+# values ran liberal (a reviewer's AR(4) on 60 scans, a median of 6.2: 0.0017 of null voxels beyond z = 3.09
+# against 0.001), and its field with them (FWE 0.123 at 0.05, 400 realisations; AR(2) on 40 scans, 7.7 dof: 0.103;
+# AR(4) on 100 scans, 10.7 dof: 0.047). Warned of, naming SPM's ar1-global
+FEW_EFFECTIVE_DOF = 12
 
 
 @dataclass(frozen=True)
@@ -284,9 +291,10 @@ def _contrast(stats, sm: Smoothness, options: RFTOptions, per_voxel_dof: bool) -
 def median_dof_field(stats) -> tuple[str, tuple[float, float], NDArray[np.float64]]:
     """A contrast whose dof vary by voxel (``voxfit.core`` Stats) as a field of its median dof (an F's
     denominator's): ``(kind, dof, values)``, SPM's STAT (``T`` or ``F``) and ``[df1, df2]``, and each voxel's t (or
-    F) of that dof whose tail is its own p, from its z, each tail from its own side (to 1e-13 against mpmath from
+    F) of that dof whose tail is its own p, from its z, each tail from its own side (to 1e-10 against mpmath from
     z = -30 to 37); beyond z = 37.5, whose p is below the smallest double, the value of that double, and at most
-    the largest double; NaN where the z is. A contrast without a finite dof is the Z field of its z map."""
+    1e150 (a median of 1 or 2 dof: z above about 27); NaN where the z is. A contrast without a finite dof is the Z
+    field of its z map."""
     z = np.asarray(stats.z, dtype=np.float64)
     d = np.asarray(stats.dof if stats.kind == "t" else stats.dof[1], dtype=np.float64).ravel()
     d = d[np.isfinite(d) & (d > 0)]
@@ -311,26 +319,46 @@ def median_dof_field(stats) -> tuple[str, tuple[float, float], NDArray[np.float6
         return "F", (df1, nu), np.minimum(x, _LARGEST)
 
 
-_LARGEST = np.finfo(np.float64).max  # (a value beyond it, at 1 dof and p ~ 1e-308, is held there: finite)
+_LARGEST = 1e150  # (values held below it: RFT's p of a T or F near the largest double is NaN, at 1 dof from z ~ 27)
 
 
 def _log_beta_inverse(a: float, c: float, p: NDArray[np.float64]) -> NDArray[np.float64]:
-    """log b with I_b(a, c) = p (the regularized incomplete beta), exact in the far tail: scipy's ``betaincinv``
-    where b is not small, and below 1e-12 the tail's own form, I_b(a, c) = b^a / (a B(a, c)) (1 + O(b)) (scipy's
-    inverse gave NaN from p ~ 1e-100 for some dof)."""
-    log_small = (np.log(p) + math.log(a) + sc.betaln(a, c)) / a
-    return np.where(log_small < math.log(1e-12), log_small, np.log(sc.betaincinv(a, c, p)))
+    """log b with I_b(a, c) = p (the regularized incomplete beta), for p from 1e-308 to 1: where c b < 1e-12 the
+    tail's own form, I_b(a, c) = b^a / (a B(a, c)) (1 + O(c b)) (scipy's ``betaincinv`` gave NaN from p ~ 1e-100
+    at some dof); elsewhere ``betaincinv``, below p = 1e-100 polished by Newton's method on log I from its series
+    (``voxfit.core.distributions``), as scipy's inverse drifted there and its I underflowed (an F of 50 and 10,000
+    dof came out NaN, and not monotone in p, beyond z = 34)."""
+    from ..core.distributions import _log_betainc_small_x
+
+    log_p = np.log(p)
+    log_small = (log_p + math.log(a) + sc.betaln(a, c)) / a
+    small = log_small + math.log(max(c, 1.0)) < math.log(1e-12)
+    with np.errstate(divide="ignore"):
+        guess = np.log(sc.betaincinv(a, c, p))
+    far = ~small & ((p < 1e-100) | ~np.isfinite(guess))
+    log_b = np.where(small | ~np.isfinite(guess), log_small, guess)
+    if far.any():
+        u, target = np.minimum(log_b[far], -1e-12), log_p[far]
+        for _ in range(8):  # (d log I / d log b = b^a (1 - b)^(c - 1) / (B(a, c) I))
+            log1m = np.log1p(-np.exp(u))
+            log_i = _log_betainc_small_x(a, c, u, log1m)
+            step = (log_i - target) / np.exp(a * u + (c - 1) * log1m - sc.betaln(a, c) - log_i)
+            u = np.minimum(u - step, -1e-12)
+            if np.all(np.abs(step) < 1e-13 * np.maximum(1.0, np.abs(u))):
+                break
+        log_b[far] = u
+    return log_b
 
 
-def few_dof(contrasts: dict) -> tuple[str, float] | None:
+def few_dof(contrasts: dict, bound: float = FIXED_EFFECTS_DOF) -> tuple[str, float] | None:
     """The first of `contrasts` (``voxfit.core`` Stats) whose median dof over its voxels (an F's denominator's) is
-    below :data:`FIXED_EFFECTS_DOF`, with that median: ``(label, median)``; None where every one has as many."""
+    below `bound`, with that median: ``(label, median)``; None where every one has as many."""
     for label, stats in contrasts.items():
         dof = stats.dof if stats.kind == "t" else stats.dof[1]
         values = np.asarray(dof, dtype=np.float64).ravel()
         values = values[np.isfinite(values)]
         median = float(np.median(values)) if values.size else math.inf
-        if median < FIXED_EFFECTS_DOF:
+        if median < bound:
             return label, median
     return None
 

@@ -541,7 +541,7 @@ def _rft_part(res: Results, c: Contrast) -> str:
     smoothness = (res.model.get("inference") or {}).get("smoothness") or {}
     return (
         f"<h3>Random field theory: SPM's results table ({_e(table.name)})</h3>"
-        f"<p class='why'>Field: {_e(entry.get('field'))}; smoothness from "
+        f"<p class='why'>Field: {_e(entry.get('field'))}{_e(_mapped_field(entry))}; smoothness from "
         f"{_e(smoothness.get('residuals', 'the residuals'))}. Clusters in order of their largest maximum, up to 3 "
         "maxima more than 8 mm apart (SPM's spm_list); permutations remain the recommended inference for group "
         "data (Eklund et al. 2016).</p>"
@@ -549,6 +549,17 @@ def _rft_part(res: Results, c: Contrast) -> str:
         + "<ul>"
         + "".join(f"<li>{line}</li>" for line in footer)
         + "</ul>"
+    )
+
+
+def _mapped_field(entry: dict) -> str:
+    """What a field of the median dof is (the model's dof vary by element), where the record says so."""
+    if not isinstance(entry.get("height_z"), (int, float)):
+        return ""
+    return (
+        " of the contrast's median dof (the model's dof vary by element: each element's statistic mapped to that dof "
+        "through its own p, so the table's values are not the saved maps'; the page draws the z map at "
+        f"{entry['height_z']:.2f}, the height's equivalent)"
     )
 
 

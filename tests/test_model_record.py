@@ -306,3 +306,31 @@ def test_an_input_is_named_as_given_and_where_links_lead(tmp_path):
     up = record.input_record(tmp_path / "link" / ".." / "events.tsv")  # (objects/events.tsv, read through the link)
     assert up["path"] == str(tmp_path / "link" / ".." / "events.tsv") and up["bytes"] == 1
     assert up["target"] == str((tmp_path / "objects" / "events.tsv").resolve())
+
+
+def test_a_small_files_digest_takes_a_buffer_of_its_size(tmp_path):
+    """A study digests thousands of small maps: a 4 MiB buffer for each, zeroed and faulted in anew, took a third
+    of the CPU of 200 small runs (22 s of system time). The buffer is the file's size (at most CHUNK); the digest
+    is BLAKE3's of the bytes, large or small, mapped or read."""
+    import tracemalloc
+
+    import blake3
+
+    from voxfit._digest import CHUNK, _digest_of_file, file_digest
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 1000, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 7):
+        path = tmp_path / f"f{size}.bin"
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        path.write_bytes(data)
+        want = blake3.blake3(data).hexdigest()
+        assert file_digest(path) == want and _digest_of_file(path, mapped=True) == want
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"x" * 1000)
+    tracemalloc.start()
+    try:
+        _digest_of_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak

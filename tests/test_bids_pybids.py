@@ -51,6 +51,37 @@ def test_the_configurations_are_written_in_one_commit_with_pybids_own_rows(tmp_p
     assert sum(row.startswith('INSERT INTO "entities"') for row in ours) > 20
 
 
+def test_a_layouts_entities_are_read_once_per_scope_and_filter_with_pybids_own_answer(tmp_path):
+    """pybids reads a layout's entities anew at every get_entities call (joining every file's tags where metadata
+    is False; get_nearest calls it for each run's tables): wrapped, a layout voxfit has built keeps its answer per
+    scope and filter, for the layouts then in that scope; pybids' own entities, in a dict of each call's own. A
+    layout being built (its metadata's entities come last) or built elsewhere is read each time."""
+    from bids.layout import BIDSLayout
+
+    from voxfit.bids.layout import index
+    from voxfit.bids.synthetic import make_dataset
+
+    bids = _bids()
+    wrapped = BIDSLayout.get_entities
+    assert getattr(wrapped, "_voxfit_wrapped", False)
+    _bids()
+    assert BIDSLayout.get_entities is wrapped  # (once per process)
+    own = wrapped.__wrapped__
+    ds = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=20, shape=(6, 6, 5))
+    layout = index(ds.root, [ds.derivatives])
+    asked = (("all", False), ("all", None), ("raw", True), ("derivatives", None), ("all", False), ("all", None))
+    for scope, metadata in asked:
+        ours = layout.get_entities(scope, metadata)
+        assert sorted(ours) == sorted(own(layout, scope, metadata)) and ours
+        ours.clear()  # (a caller's change to its dict reaches no other)
+        assert sorted(layout.get_entities(scope=scope, metadata=metadata)) == sorted(own(layout, scope, metadata))
+    assert len(layout.__dict__["_voxfit_entities"]) == 4
+    assert "RepetitionTime" in layout.get_entities("all", None)  # (a sidecar's: indexed after the files)
+    elsewhere = bids.BIDSLayout(str(ds.root), validate=False)
+    assert "_voxfit_entities" not in elsewhere.__dict__
+    assert sorted(elsewhere.get_entities()) == sorted(own(elsewhere))
+
+
 CELLS = [
     "1",
     " 3 ",

@@ -136,6 +136,7 @@ def _bids():
     except ImportError:
         raise InputError("voxfit bids needs pybids: pip install 'voxfit[bids]'.") from None
     _configs_committed_once()
+    _entities_read_once()
     return bids
 
 
@@ -170,6 +171,40 @@ def _configs_committed_once() -> None:
 
     reset_database._voxfit_wrapped = True
     db.ConnectionManager.reset_database = reset_database
+
+
+def _entities_read_once() -> None:
+    """pybids (0.22 at least; its own "TODO: memoize results") reads a layout's entities anew at every
+    ``get_entities`` call, and with ``metadata=False`` joins every file's tags to do it: ``get_nearest`` calls it
+    for each run's events and confounds, so a study's loading grew with the square of its runs (28 ms a call for
+    100 subjects x 2 runs, half of pybids' 26 s loading them). ``BIDSLayout.get_entities`` is wrapped, once per
+    process, to keep each layout's answer per scope and filter, for the layouts then in that scope, once voxfit has
+    built the layout (:func:`_layout`: while pybids indexes it, its entities grow, the metadata's last); a
+    derivatives folder added after is another scope. Each call gets its own dict of the same entities. A pybids
+    whose method is not the one read here is left as it is."""
+    from bids.layout import BIDSLayout
+
+    read = getattr(BIDSLayout, "get_entities", None)
+    if read is None or getattr(read, "_voxfit_wrapped", False):
+        return
+    if list(inspect.signature(read).parameters) != ["self", "scope", "metadata"]:
+        return
+
+    @functools.wraps(read)
+    def get_entities(self, scope="all", metadata=None):
+        kept = self.__dict__.get("_voxfit_entities")
+        if kept is None:  # (a layout being built, or one voxfit did not build)
+            return read(self, scope, metadata)
+        try:
+            key = (scope, metadata, tuple(id(layout) for layout in self._get_layouts_in_scope(scope)))
+        except (AttributeError, TypeError, ValueError):  # (a scope it refuses: its own error, from its own method)
+            return read(self, scope, metadata)
+        if key not in kept:
+            kept[key] = read(self, scope, metadata)
+        return dict(kept[key])
+
+    get_entities._voxfit_wrapped = True
+    BIDSLayout.get_entities = get_entities
 
 
 def _fingerprint(folders, exclude=(), broken: list[Path] | None = None) -> str:
@@ -215,7 +250,7 @@ def _layout(bids, bids_dir: Path, **kwargs):
     """pybids' ``BIDSLayout``; a JSON sidecar it cannot decode is bad input (pybids raises an OSError naming the
     file, from the decoder's error; a file nested beyond Python's stack, the decoder's RecursionError)."""
     try:
-        return bids.BIDSLayout(str(bids_dir), **kwargs)
+        layout = bids.BIDSLayout(str(bids_dir), **kwargs)
     except (OSError, ValueError, RecursionError) as exc:  # (ValueError: a JSON integer of more than 4300 digits)
         if isinstance(exc, OSError) and not isinstance(exc.__cause__, ValueError):
             raise
@@ -226,6 +261,9 @@ def _layout(bids, bids_dir: Path, **kwargs):
                 "their dataset_description.json files different Names."
             ) from None
         raise InputError(f"{bids_dir}: pybids could not index the dataset ({what}); fix that JSON file.") from None
+    for built in (layout, *getattr(layout, "derivatives", {}).values()):
+        built._voxfit_entities = {}  # (built: its entities read once per scope, see _entities_read_once)
+    return layout
 
 
 _UNINDEXED = ("code", "models", "sourcedata", "stimuli")  # a dataset's top folders pybids does not index

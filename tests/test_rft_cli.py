@@ -201,7 +201,10 @@ def test_several_runs_with_rft_take_the_smoothness_of_every_runs_residuals(tmp_p
     check_rft_outputs(out, "ab", n_voxels=9 * 9 * 8)
     assert [c["field"] for c in inference["contrasts"].values()] == ["T", "F"]
     assert table.iloc[0]["peak_p_fwe"] < 0.05  # (the planted cube of the first run)
-    assert "contrast-a_desc-rft_table.tsv" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "contrast-a_desc-rft_table.tsv" in page
+    height_z = inference["contrasts"]["a"]["height_z"]
+    assert "median dof (the model" in page and f"the page draws the z map at {height_z:.2f}" in page
     # the same runs as one: their scans in turn, their designs block-diagonal
     together = tmp_path / "together.nii.gz"
     nib.save(nib.Nifti1Image(np.concatenate([a, b], axis=3), AFFINE), together)

@@ -37,6 +37,7 @@ from ._kernels import hermite_z, hermite_z_numpy, kernels_loaded
 
 __all__ = [
     "kenward_roger_reference",
+    "log_betainc_series",
     "kenward_roger_or_satterthwaite",
     "t_logsf",
     "t_to_z",
@@ -61,11 +62,13 @@ _TABLED_SPAN = 1 << 16  # values a thread takes at least from a single dof's tab
 _exact_each_done = 0
 
 
-def _log_betainc_small_x(a, b, log_x, log1m_x):
+def log_betainc_series(a, b, log_x, log1m_x):
     """``log I_x(a, b)`` for small x, from I_x = x^a (1-x)^b / (a B(a, b)) * 2F1(a+b, 1; a+1; x).
 
-    Used only where the incomplete beta function underflows, i.e. where x is tiny, so the series
-    converges in a few terms; the loop stops when every term is below double-precision rounding.
+    Used where the incomplete beta function underflows: here, where x is tiny, so the series converges in a
+    few terms; and by ``voxfit.inference.rft_fit``'s inverse below p = 1e-100, where x may be near 1 for
+    hundreds of dof (its terms shrink as ((a + b) / (a + 1)) x). The loop stops when every term is below
+    double-precision rounding.
     """
     a, b, log_x, log1m_x = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (a, b, log_x, log1m_x)))
     x = np.exp(log_x)
@@ -105,7 +108,7 @@ def t_logsf(t: ArrayLike, dof: float) -> NDArray[np.float64]:
         tt = np.abs(t[tiny])
         d = np.broadcast_to(np.asarray(dof, dtype=float), t.shape)[tiny] if each else float(dof)
         log_x, log1m_x = _log_x_pair(2.0 * (np.log(tt) - 0.5 * np.log(d)))  # x = dof / (dof + t^2)
-        out[tiny] = math.log(0.5) + _log_betainc_small_x(d / 2.0, 0.5, log_x, log1m_x)
+        out[tiny] = math.log(0.5) + log_betainc_series(d / 2.0, 0.5, log_x, log1m_x)
     return out
 
 
@@ -370,7 +373,7 @@ def f_logsf(F: ArrayLike, df1: float, df2) -> NDArray[np.float64]:
         # P(F' > F) = I_x(df2/2, df1/2) with x = df2 / (df2 + df1 F)
         d2 = np.broadcast_to(np.asarray(df2, dtype=float), F.shape)[tiny] if np.ndim(df2) > 0 else float(df2)
         log_x, log1m_x = _log_x_pair(np.log(ff) + math.log(df1) - np.log(d2))
-        out[tiny] = _log_betainc_small_x(d2 / 2.0, df1 / 2.0, log_x, log1m_x)
+        out[tiny] = log_betainc_series(d2 / 2.0, df1 / 2.0, log_x, log1m_x)
     return out
 
 

@@ -328,7 +328,7 @@ def _log_beta_inverse(a: float, c: float, p: NDArray[np.float64]) -> NDArray[np.
     at some dof); elsewhere ``betaincinv``, below p = 1e-100 polished by Newton's method on log I from its series
     (``voxfit.core.distributions``), as scipy's inverse drifted there and its I underflowed (an F of 50 and 10,000
     dof came out NaN, and not monotone in p, beyond z = 34)."""
-    from ..core.distributions import _log_betainc_small_x
+    from ..core.distributions import log_betainc_series
 
     log_p = np.log(p)
     log_small = (log_p + math.log(a) + sc.betaln(a, c)) / a
@@ -341,7 +341,7 @@ def _log_beta_inverse(a: float, c: float, p: NDArray[np.float64]) -> NDArray[np.
         u, target = np.minimum(log_b[far], -1e-12), log_p[far]
         for _ in range(8):  # (d log I / d log b = b^a (1 - b)^(c - 1) / (B(a, c) I))
             log1m = np.log1p(-np.exp(u))
-            log_i = _log_betainc_small_x(a, c, u, log1m)
+            log_i = log_betainc_series(a, c, u, log1m)
             step = (log_i - target) / np.exp(a * u + (c - 1) * log1m - sc.betaln(a, c) - log_i)
             u = np.minimum(u - step, -1e-12)
             if np.all(np.abs(step) < 1e-13 * np.maximum(1.0, np.abs(u))):

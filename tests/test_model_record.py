@@ -2,6 +2,7 @@
 written, files older than those keys still read, broken files refused with a sentence."""
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -325,6 +326,15 @@ def test_a_small_files_digest_takes_a_buffer_of_its_size(tmp_path):
         path.write_bytes(data)
         want = blake3.blake3(data).hexdigest()
         assert file_digest(path) == want and _digest_of_file(path, mapped=True) == want
+    if hasattr(os, "mkfifo"):  # (a pipe's size is 0 whatever it holds: read by CHUNKs, not a byte at a time)
+        import threading
+
+        fifo, data = tmp_path / "fifo", rng.integers(0, 256, CHUNK + 5, dtype=np.uint8).tobytes()
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+        writer.start()
+        assert _digest_of_file(fifo) == blake3.blake3(data).hexdigest()
+        writer.join()
     path = tmp_path / "small.bin"
     path.write_bytes(b"x" * 1000)
     tracemalloc.start()

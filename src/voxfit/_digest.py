@@ -157,9 +157,11 @@ def _digest_of_file(path, buf: memoryview | None = None, mapped: bool = False) -
             if not (rest := fh.read(1)):  # (all of it hashed from maps: no buffer)
                 return h.hexdigest()
             h.update(rest)
-        if buf is None:  # (sized to the file: a 4 MiB buffer for each small map of a study, zeroed and faulted in
-            # anew, took a third of the CPU of 200 small runs: 22 s of system time)
-            buf = memoryview(bytearray(min(CHUNK, os.fstat(fh.fileno()).st_size - fh.tell() + 1)))
+        if buf is None:  # (sized to a file: a 4 MiB buffer for each small map of a study, zeroed and faulted in
+            # anew, took a third of the CPU of 200 small runs: 22 s of system time; a pipe's size says nothing)
+            st = os.fstat(fh.fileno())
+            left = st.st_size - fh.tell() + 1 if stat.S_ISREG(st.st_mode) else CHUNK
+            buf = memoryview(bytearray(min(CHUNK, max(left, 1))))
         while got := fh.readinto(buf):
             h.update(buf[:got])
     return h.hexdigest()

@@ -164,6 +164,8 @@ def _digest_of_file(path, buf: memoryview | None = None, mapped: bool = False) -
             buf = memoryview(bytearray(min(CHUNK, max(left, 1))))
         while got := fh.readinto(buf):
             h.update(buf[:got])
+            if got == len(buf) < CHUNK:  # (more than its size said: /proc's files say 0, a file may grow)
+                buf = memoryview(bytearray(CHUNK))
     return h.hexdigest()
 
 

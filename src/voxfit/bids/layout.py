@@ -196,7 +196,9 @@ def _entities_read_once() -> None:
         if kept is None:  # (a layout being built, or one voxfit did not build)
             return read(self, scope, metadata)
         try:
-            key = (scope, metadata, tuple(id(layout) for layout in self._get_layouts_in_scope(scope)))
+            named = tuple(scope) if isinstance(scope, (list, tuple)) else scope  # (pybids takes a list of scopes)
+            key = (named, metadata, tuple(id(layout) for layout in self._get_layouts_in_scope(scope)))
+            hash(key)
         except (AttributeError, TypeError, ValueError):  # (a scope it refuses: its own error, from its own method)
             return read(self, scope, metadata)
         if key not in kept:

@@ -12,7 +12,10 @@ mapped to the value of that dof with the same p, so that every voxel keeps its e
 tails. Their z maps taken as Z fields (voxfit before 2026-12-07) were liberal at few dof: on smooth null data
 (validation/rft_runs_null.py, FWE at 0.05) AR(4) on one run of 150 scans (a median of 21 effective dof) gave 0.062
 as a Z field and 0.020 so; two AR(1) runs of 43 scans combined, 0.090 and 0.040; two OLS runs of 30 scans, 0.056
-and 0.045 (400 to 1000 realisations each).
+and 0.045 (400 to 1000 realisations each); a mixed-effects group of 12 subjects whose between-subject variance
+outweighs their first-level ones (validation/rft_group_null.py), 0.081 and 0.042 (OLS's T field 0.036). Where the
+first-level variances weigh, FLAME1's p values are conservative and the field with them (12 subjects: 0.001; OLS
+0.046).
 """
 
 from __future__ import annotations

@@ -645,10 +645,6 @@ def _rft_inference(fitted: _Fitted, model: FirstLevelModel, options):
             DegreesOfFreedomWarning,
             stacklevel=2,
         )
-    residuals = {
-        0: "the OLS residuals",
-        -1: "SPM's whitened residuals (W y less its fit on W X)",
-    }.get(model.order, "the OLS residuals of the same design (AR(p) per voxel; see voxfit.engine.smoothness)")
     dof = nf.fit.dof if model.order <= 0 else model.factor.dof
     return rft_inference(
         nf.contrasts,
@@ -657,9 +653,22 @@ def _rft_inference(fitted: _Fitted, model: FirstLevelModel, options):
         options,
         n=model.factor.n_scans,
         dof=float(dof),
-        residuals=residuals,
+        residuals=rft_residuals(model.order),
         per_voxel_dof=model.order > 0,
     )
+
+
+def rft_residuals(order: int, every_run: bool = False) -> str:
+    """Which residuals RFT's smoothness comes from, in words, for the noise model of AR `order`
+    (:func:`voxfit.models._routing.noise_order`): OLS and ar1-global their own (ar1-global's whitened), AR(p) per
+    voxel the OLS residuals of the design; of `every_run` where runs are combined."""
+    of = " of every run" if every_run else ""
+    if order == 0:
+        return f"the OLS residuals{of}"
+    if order == -1:
+        return f"SPM's whitened residuals{of} (W y less its fit on W X)"
+    design = "every run's design" if every_run else "the same design"
+    return f"the OLS residuals of {design} (AR(p) per voxel; see voxfit.engine.smoothness)"
 
 
 def write_rft(out, inferred, masker, prefix: str = "", shared: str | None = None) -> dict[str, dict]:

@@ -43,6 +43,7 @@ from .glm import (
     fit_noise_model,
     mean_over_scans,
     rft_record,
+    rft_residuals,
     scale_data,
     warn_without_constant,
     write_design_files,
@@ -368,10 +369,6 @@ def _rft_inference(combined: dict, masker, neighbours: list, options, order: int
     from ..inference.rft_fit import rft_inference
 
     dof = sum(float(fit["dof"]) if order <= 0 else float(factor.dof) for fit, factor in zip(fits, factors))
-    residuals = {
-        0: "the OLS residuals of every run",
-        -1: "SPM's whitened residuals of every run (W y less its fit on W X)",
-    }.get(order, "the OLS residuals of every run's design (AR(p) per voxel; see voxfit.engine.smoothness)")
     return rft_inference(
         combined,
         masker,
@@ -379,6 +376,6 @@ def _rft_inference(combined: dict, masker, neighbours: list, options, order: int
         options,
         n=sum(factor.n_scans for factor in factors),
         dof=dof,
-        residuals=residuals,
+        residuals=rft_residuals(order, every_run=True),
         per_voxel_dof=True,
     )

@@ -150,27 +150,22 @@ def _configs_committed_once() -> None:
     is not the one read here is left as it is."""
     from bids.layout import db
 
-    reset = getattr(db.ConnectionManager, "reset_database", None)
-    if reset is None or getattr(reset, "_voxfit_wrapped", False):
-        return
-    if list(inspect.signature(reset).parameters) != ["self", "init_args", "config"]:
-        return
-
-    @functools.wraps(reset)
-    def reset_database(self, init_args, config):
-        session = self.session
-        session.commit = session.flush  # (an attribute of this session alone, taken away below)
-        try:
-            reset(self, init_args, config)
-        except BaseException:
+    def wrap(reset):
+        def reset_database(self, init_args, config):
+            session = self.session
+            session.commit = session.flush  # (an attribute of this session alone, taken away below)
+            try:
+                reset(self, init_args, config)
+            except BaseException:
+                del session.commit
+                session.rollback()  # (what was flushed, uncommitted, would hold SQLite's lock on the file)
+                raise
             del session.commit
-            session.rollback()  # (what was flushed, uncommitted, would hold SQLite's lock on the file)
-            raise
-        del session.commit
-        session.commit()
+            session.commit()
 
-    reset_database._voxfit_wrapped = True
-    db.ConnectionManager.reset_database = reset_database
+        return reset_database
+
+    _wrap_once(db.ConnectionManager, "reset_database", ["self", "init_args", "config"], wrap)
 
 
 def _entities_read_once() -> None:
@@ -184,29 +179,38 @@ def _entities_read_once() -> None:
     whose method is not the one read here is left as it is."""
     from bids.layout import BIDSLayout
 
-    read = getattr(BIDSLayout, "get_entities", None)
-    if read is None or getattr(read, "_voxfit_wrapped", False):
-        return
-    if list(inspect.signature(read).parameters) != ["self", "scope", "metadata"]:
-        return
+    def wrap(read):
+        def get_entities(self, scope="all", metadata=None):
+            kept = self.__dict__.get("_voxfit_entities")
+            if kept is None:  # (a layout being built, or one voxfit did not build)
+                return read(self, scope, metadata)
+            try:
+                named = tuple(scope) if isinstance(scope, (list, tuple)) else scope  # (pybids takes a list of scopes)
+                key = (named, metadata, tuple(id(layout) for layout in self._get_layouts_in_scope(scope)))
+                hash(key)
+            except (AttributeError, TypeError, ValueError):  # (a scope it refuses: its own error, from its own method)
+                return read(self, scope, metadata)
+            if key not in kept:
+                kept[key] = read(self, scope, metadata)
+            return dict(kept[key])
 
-    @functools.wraps(read)
-    def get_entities(self, scope="all", metadata=None):
-        kept = self.__dict__.get("_voxfit_entities")
-        if kept is None:  # (a layout being built, or one voxfit did not build)
-            return read(self, scope, metadata)
-        try:
-            named = tuple(scope) if isinstance(scope, (list, tuple)) else scope  # (pybids takes a list of scopes)
-            key = (named, metadata, tuple(id(layout) for layout in self._get_layouts_in_scope(scope)))
-            hash(key)
-        except (AttributeError, TypeError, ValueError):  # (a scope it refuses: its own error, from its own method)
-            return read(self, scope, metadata)
-        if key not in kept:
-            kept[key] = read(self, scope, metadata)
-        return dict(kept[key])
+        return get_entities
 
-    get_entities._voxfit_wrapped = True
-    BIDSLayout.get_entities = get_entities
+    _wrap_once(BIDSLayout, "get_entities", ["self", "scope", "metadata"], wrap)
+
+
+def _wrap_once(owner, name: str, parameters: list[str], wrap) -> None:
+    """pybids' method `owner.name` replaced by ``wrap(method)`` once per process (marked ``_voxfit_wrapped``,
+    pybids' own as its ``__wrapped__``), where it takes `parameters`: a pybids whose method is another is left as
+    it is."""
+    method = getattr(owner, name, None)
+    if method is None or getattr(method, "_voxfit_wrapped", False):
+        return
+    if list(inspect.signature(method).parameters) != parameters:
+        return
+    wrapped = functools.wraps(method)(wrap(method))
+    wrapped._voxfit_wrapped = True
+    setattr(owner, name, wrapped)
 
 
 def _fingerprint(folders, exclude=(), broken: list[Path] | None = None) -> str:

@@ -73,6 +73,7 @@ def _closed_port() -> str:
 def short_deadlines(monkeypatch):
     pytest.importorskip("dask.distributed")
     monkeypatch.setattr("voxfit._dask.CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr("voxfit._dask.PING_INTERVAL_S", 2.0)  # (a wait cut short is retried after a ping)
 
 
 @pytest.fixture
@@ -188,6 +189,10 @@ def _slow(shared, i):
     return i
 
 
+def _add(shared, i):
+    return shared + i
+
+
 def test_a_scheduler_that_dies_mid_run_is_an_input_error(short_deadlines):
     from dask.distributed import LocalCluster
 
@@ -299,6 +304,34 @@ def test_workers_that_all_leave_mid_run_are_an_input_error(short_deadlines):
             run_tasks(client, _slow, None, [(i,) for i in range(40)])
         killer.join()
         assert time.monotonic() - start < 20 and cluster.scheduler_address in str(info.value)
+
+
+def test_a_finished_tasks_result_that_comes_late_is_waited_for(monkeypatch):
+    """A task done whose data is slow to come (a busy worker; one leaving mid-gather, in CI) is waited for with
+    the scheduler pinged, not taken for the task's own TimeoutError."""
+    import asyncio
+
+    from dask.distributed import Client, LocalCluster
+
+    from voxfit._dask import run_tasks
+
+    monkeypatch.setattr("voxfit._dask.PING_INTERVAL_S", 0.3)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        [worker] = cluster.workers.values()
+        get_data, calls = worker.handlers["get_data"], []
+
+        async def late_once(comm, *args, **kwargs):
+            calls.append(None)
+            if len(calls) == 1:
+                await asyncio.sleep(1.0)
+            return await get_data(comm, *args, **kwargs)
+
+        worker.handlers["get_data"] = late_once
+        assert run_tasks(client, _add, 10, [(i,) for i in range(3)]) == [10, 11, 12]
+        assert len(calls) > 1
 
 
 def test_a_closed_client_is_an_input_error():

@@ -211,7 +211,7 @@ def _result(client, future):
         try:
             return future.result(timeout=PING_INTERVAL_S)
         except _timeouts():
-            if future.done():  # the task itself raised it
+            if future.status == "error":  # the task itself raised it (a finished task's data can be late)
                 raise
             _ping(client)
         except CancelledError as exc:  # the scheduler went away, or the workers holding the data did

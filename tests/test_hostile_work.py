@@ -228,12 +228,22 @@ def test_a_read_aheads_failure_reaches_the_caller_whatever_it_is():
         assert isinstance(box[0], raised)
 
 
+# a suite run under nohup passes SIGHUP ignored to its children, which then rightly outlive it: the children that are
+# sent it take it as from a terminal
+_HANGUP_AS_A_TERMINAL_LEAVES_IT = "signal.signal(signal.SIGHUP, signal.SIG_DFL)"
+_VOXFIT_AS_FROM_A_TERMINAL = (
+    f"import runpy, signal; {_HANGUP_AS_A_TERMINAL_LEAVES_IT}; runpy.run_module('voxfit', run_name='__main__', "
+    "alter_sys=True)"
+)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_the_program_loads_ends_it_as_any_interruption(tmp_path, sig):
     # the command line's module takes 80 ms to load, and installs the handlers: a signal before them printed
     # Python's traceback (SIGINT) or killed the process without a word (SIGTERM, SIGHUP: exit -15, -1)
     child = (
         "import builtins, os, signal, sys\n"
+        f"{_HANGUP_AS_A_TERMINAL_LEAVES_IT}\n"
         "import voxfit._program as entry\n"
         "real = builtins.__import__\n"
         "def arriving(name, globals=None, locals=None, fromlist=(), level=0):\n"
@@ -544,7 +554,7 @@ def _interrupt(tmp_path: Path, args, sig, wait_for: str, delay: float, repeat: i
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(SRC))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voxfit", *map(str, args), "--n-jobs", "2", "-o", str(out)],
+        [sys.executable, "-c", _VOXFIT_AS_FROM_A_TERMINAL, *map(str, args), "--n-jobs", "2", "-o", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

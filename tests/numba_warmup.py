@@ -27,6 +27,9 @@ def _maps() -> None:
         tfce_max(stats, adjacency)
         label_clusters(stats[0], adjacency, 0.5)
         cluster_max(stats, adjacency, 0.5)
+    held = np.random.default_rng(1).standard_normal(adjacency.n)
+    held.flags.writeable = False  # (a map read from a file)
+    label_clusters(held, adjacency, 0.5)
 
 
 def _fits() -> None:
@@ -58,16 +61,41 @@ def _fits() -> None:
         warm_kernels(dtype)
 
 
+def _fit_pass_layouts() -> None:
+    """The fit's pass over the data in each layout the suite gives it (each one of numba's signatures): a .nii's
+    scans (C order), CIFTI's series (F order), a strided view, a read-only memory map, int16 files."""
+    from voxfit.core._kernels import shift_and_square
+
+    layouts = [
+        (np.float32, "C", True), (np.float32, "C", False), (np.float32, "F", True), (np.float32, "F", False),
+        (np.float32, "A", True), (np.float64, "C", True), (np.float64, "C", False), (np.float64, "F", True),
+        (np.float64, "F", False), (np.float64, "A", True), (np.int16, "C", True), (np.int16, "F", True),
+    ]  # fmt: skip
+    for dtype, order, writeable in layouts:
+        whole = np.arange(96).reshape(12, 8).astype(dtype, order="F" if order == "F" else "C")
+        Y = whole[:, ::2] if order == "A" else whole
+        Y.flags.writeable = writeable
+        work = np.float64 if dtype == np.float64 else np.float32
+        v = Y.shape[1]
+        shift_and_square(Y, 0, v, np.arange(12), np.empty((12, v), dtype=work), np.empty(v, dtype=work), np.empty(v))
+
+
 def _ar() -> None:
     """The AR fit's data pass and AR(1) kernels (explicit signatures, compiled eagerly), and ARMA(1,1)'s per-voxel
-    GLS (by a fit of a tiny block)."""
+    GLS (by a fit of a tiny block); then, as this part is the shortest, the fit's pass over data held in other
+    layouts, the smoothness sums over series (F order) and z from t with a dof per voxel."""
     from voxfit.core import factorize
     from voxfit.core._ar_kernels import compile_ar_kernels
     from voxfit.core.arma import fit_arma_block
+    from voxfit.core.distributions import _t_to_z_tabled
+    from voxfit.engine.smoothness import neighbour_sums
 
     compile_ar_kernels()
     X = np.column_stack([np.ones(16), np.arange(16.0)])
     fit_arma_block(factorize(X), np.random.default_rng(0).standard_normal((16, 3)), [np.array([[0.0, 1.0]])])
+    _fit_pass_layouts()
+    neighbour_sums(np.zeros((4, 8), dtype=np.float32, order="F"), np.full((4, 1), 0.5), np.ones((2, 2, 2), dtype=bool))
+    _t_to_z_tabled(np.linspace(-3, 3, 8), np.full(8, 20.0))
 
 
 PARTS = {"maps": _maps, "fits": _fits, "ar": _ar}

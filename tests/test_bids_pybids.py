@@ -83,6 +83,46 @@ def test_a_layouts_entities_are_read_once_per_scope_and_filter_with_pybids_own_a
     assert sorted(elsewhere.get_entities()) == sorted(own(elsewhere))
 
 
+def test_a_layouts_files_are_read_once_per_query_with_pybids_own_answer(tmp_path):
+    """pybids queries its database at every get (get_nearest gets every events file of the dataset for each run):
+    wrapped, a layout voxfit has built keeps its answer per query by keyword and for the layouts then in its
+    scope, in a list of each call's own; by position, or for a layout built elsewhere, pybids' own each time."""
+    from bids.layout import BIDSLayout
+
+    from voxfit.bids.layout import index
+    from voxfit.bids.synthetic import make_dataset
+
+    bids = _bids()
+    wrapped = BIDSLayout.get
+    assert getattr(wrapped, "_voxfit_wrapped", False)
+    _bids()
+    assert BIDSLayout.get is wrapped  # (once per process)
+    own = wrapped.__wrapped__
+    ds = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=20, shape=(6, 6, 5))
+    layout = index(ds.root, [ds.derivatives])
+    asked = [
+        {"suffix": "events", "extension": ".tsv"},
+        {"suffix": ["regressors", "timeseries"], "extension": ".tsv", "scope": "derivatives", "subject": "01"},
+        {"suffix": "bold", "scope": ["raw", "derivatives"], "return_type": "filename"},
+        {"target": "subject", "return_type": "id"},
+        {"suffix": "bold", "extension": [".nii", ".nii.gz"], "run": 2, "scope": "raw"},
+    ]
+    for query in asked * 2:
+        ours = layout.get(**query)
+        assert ours == own(layout, **query) and ours
+        ours.clear()  # (a caller's change to its list reaches no other)
+        assert layout.get(**query) == own(layout, **query)
+    assert len(layout.__dict__["_voxfit_files"]) == len(asked)
+    assert layout.get("filename", None, "raw", suffix="bold") == own(layout, "filename", None, "raw", suffix="bold")
+    assert len(layout.__dict__["_voxfit_files"]) == len(asked)  # (by position: not kept)
+    with pytest.raises(ValueError, match="return_type"):  # (a query pybids refuses: its own error, not kept)
+        layout.get(suffix="bold", return_type="nonsense")
+    assert len(layout.__dict__["_voxfit_files"]) == len(asked)
+    elsewhere = bids.BIDSLayout(str(ds.root), validate=False)
+    assert "_voxfit_files" not in elsewhere.__dict__
+    assert elsewhere.get(suffix="events") == own(elsewhere, suffix="events")
+
+
 CELLS = [
     "1",
     " 3 ",

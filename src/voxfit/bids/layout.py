@@ -137,6 +137,7 @@ def _bids():
         raise InputError("voxfit bids needs pybids: pip install 'voxfit[bids]'.") from None
     _configs_committed_once()
     _entities_read_once()
+    _files_read_once()
     return bids
 
 
@@ -173,30 +174,65 @@ def _entities_read_once() -> None:
     ``get_entities`` call, and with ``metadata=False`` joins every file's tags to do it: ``get_nearest`` calls it
     for each run's events and confounds, so a study's loading grew with the square of its runs (28 ms a call for
     100 subjects x 2 runs, half of pybids' 26 s loading them). ``BIDSLayout.get_entities`` is wrapped, once per
-    process, to keep each layout's answer per scope and filter, for the layouts then in that scope, once voxfit has
-    built the layout (:func:`_layout`: while pybids indexes it, its entities grow, the metadata's last); a
-    derivatives folder added after is another scope. Each call gets its own dict of the same entities. A pybids
-    whose method is not the one read here is left as it is."""
+    process, to keep each layout's answer per scope and filter (:func:`_read_once`). Each call gets its own dict
+    of the same entities. A pybids whose method is not the one read here is left as it is."""
     from bids.layout import BIDSLayout
 
     def wrap(read):
         def get_entities(self, scope="all", metadata=None):
-            kept = self.__dict__.get("_voxfit_entities")
-            if kept is None:  # (a layout being built, or one voxfit did not build)
-                return read(self, scope, metadata)
-            try:
-                named = tuple(scope) if isinstance(scope, (list, tuple)) else scope  # (pybids takes a list of scopes)
-                key = (named, metadata, tuple(id(layout) for layout in self._get_layouts_in_scope(scope)))
-                hash(key)
-            except (AttributeError, TypeError, ValueError):  # (a scope it refuses: its own error, from its own method)
-                return read(self, scope, metadata)
-            if key not in kept:
-                kept[key] = read(self, scope, metadata)
-            return dict(kept[key])
+            found = _read_once(self, "_voxfit_entities", scope, (_frozen(scope), metadata), read, scope, metadata)
+            return dict(found)
 
         return get_entities
 
     _wrap_once(BIDSLayout, "get_entities", ["self", "scope", "metadata"], wrap)
+
+
+def _files_read_once() -> None:
+    """pybids (0.22) queries its database at every ``get``: ``get_nearest`` gets every events file of the dataset
+    for each run (twice: events, then physiological recordings), so that part of a study's loading grew with the
+    square of its runs too (12 ms a call for 100 subjects x 2 runs). ``BIDSLayout.get`` is wrapped, once per
+    process, to keep each layout's answer per query (:func:`_read_once`), for calls by keyword (pybids' own and
+    voxfit's); each call gets its own list of the same files. A pybids whose method is not the one read here is
+    left as it is."""
+    from bids.layout import BIDSLayout
+
+    def wrap(read):
+        def get(self, *args, **filters):
+            if args:  # (pybids' parameters given by position: read as pybids reads them)
+                return read(self, *args, **filters)
+            key = tuple(sorted((name, _frozen(value)) for name, value in filters.items()))
+            found = _read_once(self, "_voxfit_files", filters.get("scope", "all"), key, read, **filters)
+            return list(found) if isinstance(found, list) else found
+
+        return get
+
+    parameters = ["self", "return_type", "target", "scope", "regex_search", "absolute_paths", "invalid_filters"]
+    _wrap_once(BIDSLayout, "get", [*parameters, "filters"], wrap)
+
+
+def _read_once(layout, memo: str, scope, key, read, /, *args, **kwargs):
+    """``read(layout, *args, **kwargs)``, kept in the layout's dict `memo` under `key` and the layouts then in
+    `scope`, once voxfit has built the layout (:func:`_layout`: while pybids indexes it, its files and entities
+    grow, the metadata's last; a derivatives folder added after is another scope). A layout being built or built
+    elsewhere, or a key or scope pybids refuses, is read each time (a scope it refuses: its own error, from its
+    own method)."""
+    kept = layout.__dict__.get(memo)
+    if kept is None:
+        return read(layout, *args, **kwargs)
+    try:
+        key = (key, tuple(id(built) for built in layout._get_layouts_in_scope(scope)))
+        hash(key)
+    except (AttributeError, TypeError, ValueError):
+        return read(layout, *args, **kwargs)
+    if key not in kept:
+        kept[key] = read(layout, *args, **kwargs)
+    return kept[key]
+
+
+def _frozen(value):
+    """A query's value as a key: lists (pybids takes a list of scopes, suffixes...) as tuples."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _wrap_once(owner, name: str, parameters: list[str], wrap) -> None:
@@ -268,7 +304,8 @@ def _layout(bids, bids_dir: Path, **kwargs):
             ) from None
         raise InputError(f"{bids_dir}: pybids could not index the dataset ({what}); fix that JSON file.") from None
     for built in (layout, *getattr(layout, "derivatives", {}).values()):
-        built._voxfit_entities = {}  # (built: its entities read once per scope, see _entities_read_once)
+        built._voxfit_entities = {}  # (built: its entities and files read once per query, see _read_once)
+        built._voxfit_files = {}
     return layout
 
 

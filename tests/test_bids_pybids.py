@@ -51,24 +51,34 @@ def test_the_configurations_are_written_in_one_commit_with_pybids_own_rows(tmp_p
     assert sum(row.startswith('INSERT INTO "entities"') for row in ours) > 20
 
 
+def _wrapped_once(name: str):
+    """pybids with BIDSLayout's method `name` wrapped by voxfit, once per process, and pybids' own method."""
+    from bids.layout import BIDSLayout
+
+    bids = _bids()
+    wrapped = getattr(BIDSLayout, name)
+    assert getattr(wrapped, "_voxfit_wrapped", False)
+    _bids()
+    assert getattr(BIDSLayout, name) is wrapped  # (once per process)
+    return bids, wrapped.__wrapped__
+
+
+def _indexed(tmp_path, runs: int):
+    """A 2-subject dataset with its derivatives, and the layout voxfit builds of them."""
+    from voxfit.bids.layout import index
+    from voxfit.bids.synthetic import make_dataset
+
+    ds = make_dataset(tmp_path / "ds", subjects=2, runs=runs, scans=20, shape=(6, 6, 5))
+    return ds, index(ds.root, [ds.derivatives])
+
+
 def test_a_layouts_entities_are_read_once_per_scope_and_filter_with_pybids_own_answer(tmp_path):
     """pybids reads a layout's entities anew at every get_entities call (joining every file's tags where metadata
     is False; get_nearest calls it for each run's tables): wrapped, a layout voxfit has built keeps its answer per
     scope and filter, for the layouts then in that scope; pybids' own entities, in a dict of each call's own. A
     layout being built (its metadata's entities come last) or built elsewhere is read each time."""
-    from bids.layout import BIDSLayout
-
-    from voxfit.bids.layout import index
-    from voxfit.bids.synthetic import make_dataset
-
-    bids = _bids()
-    wrapped = BIDSLayout.get_entities
-    assert getattr(wrapped, "_voxfit_wrapped", False)
-    _bids()
-    assert BIDSLayout.get_entities is wrapped  # (once per process)
-    own = wrapped.__wrapped__
-    ds = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=20, shape=(6, 6, 5))
-    layout = index(ds.root, [ds.derivatives])
+    bids, own = _wrapped_once("get_entities")
+    ds, layout = _indexed(tmp_path, runs=1)
     asked = (("all", False), ("all", None), ("raw", True), ("derivatives", None), ("all", False), ("all", None))
     asked += ((["raw", "derivatives"], False),)  # (pybids takes a list of scopes too: a reviewer's finding)
     for scope, metadata in asked:
@@ -87,19 +97,8 @@ def test_a_layouts_files_are_read_once_per_query_with_pybids_own_answer(tmp_path
     """pybids queries its database at every get (get_nearest gets every events file of the dataset for each run):
     wrapped, a layout voxfit has built keeps its answer per query by keyword and for the layouts then in its
     scope, in a list of each call's own; by position, or for a layout built elsewhere, pybids' own each time."""
-    from bids.layout import BIDSLayout
-
-    from voxfit.bids.layout import index
-    from voxfit.bids.synthetic import make_dataset
-
-    bids = _bids()
-    wrapped = BIDSLayout.get
-    assert getattr(wrapped, "_voxfit_wrapped", False)
-    _bids()
-    assert BIDSLayout.get is wrapped  # (once per process)
-    own = wrapped.__wrapped__
-    ds = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=20, shape=(6, 6, 5))
-    layout = index(ds.root, [ds.derivatives])
+    bids, own = _wrapped_once("get")
+    ds, layout = _indexed(tmp_path, runs=2)
     asked = [
         {"suffix": "events", "extension": ".tsv"},
         {"suffix": ["regressors", "timeseries"], "extension": ".tsv", "scope": "derivatives", "subject": "01"},

@@ -334,6 +334,45 @@ def test_a_finished_tasks_result_that_comes_late_is_waited_for(monkeypatch):
         assert len(calls) > 1
 
 
+class _FailedAtTheDeadline:
+    """A Dask future whose task fails as the wait for it runs out: the wait's TimeoutError comes first, then the
+    future holds the task's own error (a reviewer saw 12 of 944 such failures reported as the wait's)."""
+
+    status = "pending"
+
+    def __init__(self, error):
+        self.error, self.waits = error, []
+
+    def result(self, timeout=None):
+        self.waits.append(timeout)
+        if len(self.waits) == 1:
+            self.status = "error"
+            raise TimeoutError(f"timed out after {timeout} s.")
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [ValueError("the task's own"), TimeoutError("the task's own")])
+def test_a_task_failing_as_the_wait_runs_out_raises_its_own_error(error):
+    from voxfit._dask import PING_INTERVAL_S, _result
+
+    future = _FailedAtTheDeadline(error)
+    with pytest.raises(type(error), match="the task's own"):
+        _result(None, future)
+    assert future.waits == [PING_INTERVAL_S, None]
+
+
+def test_a_task_killing_its_workers_as_the_wait_runs_out_is_an_input_error():
+    from types import SimpleNamespace
+
+    from distributed import KilledWorker
+
+    from voxfit._dask import _result
+
+    client = SimpleNamespace(scheduler=SimpleNamespace(address="tcp://10.0.0.1:8786"), status="running")
+    with pytest.raises(InputError, match="'tcp://10.0.0.1:8786' lost the workers running a task"):
+        _result(client, _FailedAtTheDeadline(KilledWorker("fit-0", SimpleNamespace(address="tcp://10.0.0.2:1"), 3)))
+
+
 def test_a_closed_client_is_an_input_error():
     from dask.distributed import Client, LocalCluster
 

@@ -207,13 +207,17 @@ def _result(client, future):
     """The future's result; waiting for it, the scheduler is pinged every PING_INTERVAL_S."""
     from distributed import KilledWorker
 
+    timeout = PING_INTERVAL_S
     while True:
         try:
-            return future.result(timeout=PING_INTERVAL_S)
+            return future.result(timeout=timeout)
         except _timeouts():
-            if future.status == "error":  # the task itself raised it (a finished task's data can be late)
+            if timeout is None:  # (the task's own TimeoutError)
                 raise
-            _ping(client)
+            if future.status == "error":  # the task failed, maybe just after the wait's deadline: its own error,
+                timeout = None  # asked for again without one (at once)
+                continue
+            _ping(client)  # (a finished task's data can be late, a worker busy: waited for)
         except CancelledError as exc:  # the scheduler went away, or the workers holding the data did
             why = "was lost" if client.status != "running" else "or its workers went away"  # (which, is a race)
             raise _lost(client, f"{why} ({_one_line(exc)})") from None

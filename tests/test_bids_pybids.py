@@ -122,6 +122,38 @@ def test_a_layouts_files_are_read_once_per_query_with_pybids_own_answer(tmp_path
     assert elsewhere.get(suffix="events") == own(elsewhere, suffix="events")
 
 
+def test_queries_whose_values_python_finds_equal_are_kept_apart(tmp_path):
+    """1, 1.0 and True are one key to Python, but pybids asks for a subject "1", "1.0" or "True" (a reviewer's
+    finding): each query is kept under its values' types."""
+    from voxfit.bids.layout import index
+
+    _, own = _wrapped_once("get")
+    (tmp_path / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.8.0"}')
+    for label in ("1", "True", "0", "False"):
+        (tmp_path / f"sub-{label}" / "func").mkdir(parents=True)
+        (tmp_path / f"sub-{label}" / "func" / f"sub-{label}_task-x_bold.nii.gz").write_bytes(b"")
+    layout = index(tmp_path)
+    for first, then in ((1, True), (1, 1.0), (0, False), ("1", 1)):
+        for subject in (first, then):
+            query = {"subject": subject, "suffix": "bold", "return_type": "filename"}
+            assert layout.get(**query) == own(layout, **query), (first, then)
+
+
+def test_a_study_leaves_no_answers_kept_for_its_layout(tmp_path):
+    """pybids keeps layouts alive (its config's cache): a process that runs study after study would keep each
+    one's files too; released, a layout keeps none."""
+    from voxfit.bids.layout import release_index
+
+    _, layout = _indexed(tmp_path, runs=1)
+    layout.get(suffix="bold")
+    built = [layout, *layout.derivatives.values()]
+    built[1].get_entities()
+    assert any(b.__dict__["_voxfit_files"] or b.__dict__["_voxfit_entities"] for b in built[1:])
+    release_index(layout)
+    assert not any(b.__dict__["_voxfit_files"] or b.__dict__["_voxfit_entities"] for b in built)
+    release_index(None)
+
+
 CELLS = [
     "1",
     " 3 ",

@@ -231,8 +231,9 @@ def _read_once(layout, memo: str, scope, key, read, /, *args, **kwargs):
 
 
 def _frozen(value):
-    """A query's value as a key: lists (pybids takes a list of scopes, suffixes...) as tuples."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+    """A query's value as a key: lists (pybids takes a list of scopes, suffixes...) as tuples, each value with its
+    type (1, 1.0 and True are equal in Python, but pybids asks for a subject "1", "1.0" or "True")."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else (type(value), value)
 
 
 def _wrap_once(owner, name: str, parameters: list[str], wrap) -> None:
@@ -304,9 +305,12 @@ def _layout(bids, bids_dir: Path, **kwargs):
             ) from None
         raise InputError(f"{bids_dir}: pybids could not index the dataset ({what}); fix that JSON file.") from None
     for built in (layout, *getattr(layout, "derivatives", {}).values()):
-        built._voxfit_entities = {}  # (built: its entities and files read once per query, see _read_once)
-        built._voxfit_files = {}
+        for memo in _MEMOS:  # (built: its entities and files read once per query, see _read_once)
+            setattr(built, memo, {})
     return layout
+
+
+_MEMOS = ("_voxfit_entities", "_voxfit_files")  # a built layout's answers kept (_read_once), until release_index
 
 
 _UNINDEXED = ("code", "models", "sourcedata", "stimuli")  # a dataset's top folders pybids does not index
@@ -585,10 +589,14 @@ def _flock(lock, operation: int, wait: bool = True) -> bool:
 
 def release_index(layout) -> None:
     """Let other studies rebuild or remove the index `layout` reads (its lock released; pybids keeps layouts
-    alive, so a study releases its own when it ends). None: nothing."""
+    alive, so a study releases its own when it ends), and drop the answers kept for the layout (:func:`_read_once`:
+    its files would stay alive with it, in a process that runs study after study). None: nothing."""
     lock = getattr(layout, "_voxfit_index_lock", None)
     if lock is not None:
         lock.close()  # (closed twice: nothing)
+    for built in (layout, *getattr(layout, "derivatives", {}).values()) if layout is not None else ():
+        for memo in _MEMOS:
+            built.__dict__.get(memo, {}).clear()
 
 
 def _remove_unread_indexes(database: Path, keep: str) -> None:

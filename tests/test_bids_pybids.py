@@ -154,6 +154,45 @@ def test_a_study_leaves_no_answers_kept_for_its_layout(tmp_path):
     release_index(None)
 
 
+def test_a_runs_nearest_tables_are_looked_for_among_its_subjects_files_with_pybids_own_answer(tmp_path, monkeypatch):
+    """pybids' get_nearest(full_search=True) read every events file of the dataset for each run (a study's loading
+    grew with the square of its runs): wrapped, pybids' own method is given the files of the run's subject and of
+    none, and finds what it finds given all, in the same order (a table at the top of the dataset first: on the
+    run's path); where the subject is not matched strictly, all."""
+    from bids.layout.models import BIDSFile
+
+    from voxfit.bids.layout import index
+    from voxfit.bids.synthetic import make_dataset
+
+    _, own = _wrapped_once("get_nearest")
+    ds = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=20, shape=(6, 6, 5))
+    inherited = ds.root / "task-stroop_events.tsv"  # (by every run)
+    inherited.write_bytes(next(ds.root.glob("sub-*/func/*_events.tsv")).read_bytes())
+    layout = index(ds.root, [ds.derivatives])
+    bolds = layout.get(scope="derivatives", suffix="bold", extension=".nii.gz", return_type="filename")
+    events = {
+        "extension": ".tsv",
+        "suffix": "events",
+        "full_search": True,
+        "ignore_strict_entities": ["suffix", "extension"],
+    }
+    asked = [{**events, "all_": True}, events, {**events, "all_": True, "strict": False}]
+    asked += [{**events, "all_": True, "ignore_strict_entities": ["subject", "suffix", "extension"]}]
+    asked += [{"extension": ".tsv.gz", "suffix": ["physio", "stim"], "all_": True, "full_search": True}]
+    for query in asked:
+        for bold in bolds:
+            ours = layout.get_nearest(bold, **query)
+            assert ours == own(layout, bold, **query), query
+    found = layout.get_nearest(bolds[0], **asked[0])
+    assert found[0] == str(inherited) and len(found) == 2
+    read = []
+    dirname = BIDSFile._dirname
+    monkeypatch.setattr(BIDSFile, "_dirname", property(lambda f: read.append(f) or dirname.fget(f)))
+    layout.get_nearest(bolds[-1], **asked[0])
+    assert len(read) == 1 + 2  # (the run's own events files, of its 2 runs, and the top-level one)
+    assert len(layout.get(suffix="events", extension=".tsv")) == 1 + 2 * 2
+
+
 CELLS = [
     "1",
     " 3 ",

@@ -138,6 +138,7 @@ def _bids():
     _configs_committed_once()
     _entities_read_once()
     _files_read_once()
+    _nearest_among_the_subjects_files()
     return bids
 
 
@@ -201,7 +202,10 @@ def _files_read_once() -> None:
         def get(self, *args, **filters):
             if args:  # (pybids' parameters given by position: read as pybids reads them)
                 return read(self, *args, **filters)
-            key = tuple(sorted((name, _frozen(value)) for name, value in filters.items()))
+            key = _query_key(filters)
+            narrowed = getattr(_NARROWED, "files", None)
+            if narrowed is not None and narrowed[0] is self and narrowed[1] == key:
+                return list(narrowed[2])
             found = _read_once(self, "_voxfit_files", filters.get("scope", "all"), key, read, **filters)
             return list(found) if isinstance(found, list) else found
 
@@ -209,6 +213,79 @@ def _files_read_once() -> None:
 
     parameters = ["self", "return_type", "target", "scope", "regex_search", "absolute_paths", "invalid_filters"]
     _wrap_once(BIDSLayout, "get", [*parameters, "filters"], wrap)
+
+
+def _nearest_among_the_subjects_files() -> None:
+    """pybids (0.22) finds each run's events (then its physiological recordings) with ``get_nearest(...,
+    full_search=True)``, which reads the folder and entities of every such file of the dataset for each run: a
+    study's loading grew with the square of its runs (26 s of thread time for 400 subjects x 2 runs). Under strict
+    matching a file of another subject is never a run's, so ``BIDSLayout.get_nearest`` is wrapped, once per
+    process, to hand pybids' own method, for a layout voxfit has built, only the files its query gets of the run's
+    subject and of none (the dataset's top-level tables), in the order pybids gets them (:data:`_NARROWED`, read by
+    the wrapped ``get``): the same files found, in the same order along the run's folders (among folders off
+    that path pybids' order is a set's, which varies from process to process). A pybids whose method is not the
+    one read here is left as it is."""
+    from bids.layout import BIDSLayout
+
+    def wrap(nearest):
+        def get_nearest(
+            self, path, return_type="filename", strict=True, all_=False, ignore_strict_entities="extension",
+            full_search=False, **filters,
+        ):  # fmt: skip
+            args = (self, path, return_type, strict, all_, ignore_strict_entities, full_search)
+            ignored = ignore_strict_entities
+            ignored = ignored if isinstance(ignored, (list, tuple)) else [ignored]
+            subject_matched = strict and "subject" not in filters and "subject" not in ignored
+            narrowed = _subjects_files(self, path, filters) if subject_matched else None
+            if narrowed is None:
+                return nearest(*args, **filters)
+            _NARROWED.files = (self, _query_key(filters), narrowed)
+            try:
+                return nearest(*args, **filters)
+            finally:
+                _NARROWED.files = None
+
+        return get_nearest
+
+    parameters = ["self", "path", "return_type", "strict", "all_", "ignore_strict_entities", "full_search"]
+    _wrap_once(BIDSLayout, "get_nearest", [*parameters, "filters"], wrap)
+
+
+_NARROWED = threading.local()  # files (layout, query key, files): what this thread's get answers that query with
+
+
+def _subjects_files(layout, path, filters: dict) -> list | None:
+    """The files ``layout.get(**filters)`` gets of the subject `path` names (as pybids reads it: the subject
+    entity's pattern in the absolute path) and of no subject, in that order; None where voxfit did not build the
+    layout, the path names no subject, or a file's subject is not a plain label."""
+    memo = layout.__dict__.get("_voxfit_subjects")
+    subject = layout.get_entities(metadata=False).get("subject") if memo is not None else None
+    found = subject.regex.search(str(Path(path).absolute())) if subject is not None else None
+    if found is None:
+        return None
+    try:
+        key = (_query_key(filters), tuple(map(id, layout._get_layouts_in_scope(filters.get("scope", "all")))))
+        hash(key)
+    except (AttributeError, TypeError, ValueError):  # (a query pybids refuses: its own error, from its own method)
+        return None
+    if key not in memo:
+        groups: dict = {}
+        for k, f in enumerate(layout.get(**filters)):
+            label = f.entities.get("subject")
+            if not isinstance(label, (str, type(None))):
+                groups = None
+                break
+            groups.setdefault(label, []).append((k, f))
+        memo[key] = groups
+    groups = memo[key]
+    if groups is None:
+        return None
+    return [f for _, f in sorted(groups.get(found.group(1), []) + groups.get(None, []), key=lambda kf: kf[0])]
+
+
+def _query_key(filters: dict) -> tuple:
+    """A query of pybids' ``get`` by keyword as a key: its filters sorted, their values :func:`_frozen`."""
+    return tuple(sorted((name, _frozen(value)) for name, value in filters.items()))
 
 
 def _read_once(layout, memo: str, scope, key, read, /, *args, **kwargs):
@@ -310,7 +387,8 @@ def _layout(bids, bids_dir: Path, **kwargs):
     return layout
 
 
-_MEMOS = ("_voxfit_entities", "_voxfit_files")  # a built layout's answers kept (_read_once), until release_index
+# a built layout's answers kept (_read_once, _subjects_files), until release_index
+_MEMOS = ("_voxfit_entities", "_voxfit_files", "_voxfit_subjects")
 
 
 _UNINDEXED = ("code", "models", "sourcedata", "stimuli")  # a dataset's top folders pybids does not index

@@ -168,6 +168,7 @@ def test_a_runs_nearest_tables_are_looked_for_among_its_subjects_files_with_pybi
     ds = make_dataset(tmp_path / "ds", subjects=2, runs=2, scans=20, shape=(6, 6, 5))
     inherited = ds.root / "task-stroop_events.tsv"  # (by every run)
     inherited.write_bytes(next(ds.root.glob("sub-*/func/*_events.tsv")).read_bytes())
+    (ds.derivatives / "sub-02_task-stroop_events.tsv").write_bytes(inherited.read_bytes())
     layout = index(ds.root, [ds.derivatives])
     bolds = layout.get(scope="derivatives", suffix="bold", extension=".nii.gz", return_type="filename")
     events = {
@@ -179,6 +180,9 @@ def test_a_runs_nearest_tables_are_looked_for_among_its_subjects_files_with_pybi
     asked = [{**events, "all_": True}, events, {**events, "all_": True, "strict": False}]
     asked += [{**events, "all_": True, "ignore_strict_entities": ["subject", "suffix", "extension"]}]
     asked += [{"extension": ".tsv.gz", "suffix": ["physio", "stim"], "all_": True, "full_search": True}]
+    # the first match alone: pybids looks in the first folder holding any file gotten, for sub-01's runs one with
+    # sub-02's table alone, and finds none (a reviewer's finding)
+    asked += [{"suffix": "events", "extension": ".tsv", "ignore_strict_entities": ["suffix", "extension"]}]
     for query in asked:
         for bold in bolds:
             ours = layout.get_nearest(bold, **query)
@@ -189,8 +193,8 @@ def test_a_runs_nearest_tables_are_looked_for_among_its_subjects_files_with_pybi
     dirname = BIDSFile._dirname
     monkeypatch.setattr(BIDSFile, "_dirname", property(lambda f: read.append(f) or dirname.fget(f)))
     layout.get_nearest(bolds[-1], **asked[0])
-    assert len(read) == 1 + 2  # (the run's own events files, of its 2 runs, and the top-level one)
-    assert len(layout.get(suffix="events", extension=".tsv")) == 1 + 2 * 2
+    assert bolds[-1].count("sub-02_") == 1 and len(read) == 2 + 2  # (sub-02's 2 runs' and its table; the top one)
+    assert len(layout.get(suffix="events", extension=".tsv")) == 2 + 2 * 2
 
 
 CELLS = [

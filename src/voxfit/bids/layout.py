@@ -220,11 +220,11 @@ def _nearest_among_the_subjects_files() -> None:
     full_search=True)``, which reads the folder and entities of every such file of the dataset for each run: a
     study's loading grew with the square of its runs (26 s of thread time for 400 subjects x 2 runs). Under strict
     matching a file of another subject is never a run's, so ``BIDSLayout.get_nearest`` is wrapped, once per
-    process, to hand pybids' own method, for a layout voxfit has built, only the files its query gets of the run's
-    subject and of none (the dataset's top-level tables), in the order pybids gets them (:data:`_NARROWED`, read by
-    the wrapped ``get``): the same files found, in the same order along the run's folders (among folders off
-    that path pybids' order is a set's, which varies from process to process). A pybids whose method is not the
-    one read here is left as it is."""
+    process, to hand pybids' own method, for a layout voxfit has built and a search for every strict match of a
+    suffix (pybids' own calls), only the files its query gets of the run's subject and of none (the dataset's
+    top-level tables), in the order pybids gets them (:data:`_NARROWED`, read by the wrapped ``get``): the same
+    files found, in the same order along the run's folders (among folders off that path pybids' order is a set's,
+    which varies from process to process). A pybids whose method is not the one read here is left as it is."""
     from bids.layout import BIDSLayout
 
     def wrap(nearest):
@@ -235,15 +235,18 @@ def _nearest_among_the_subjects_files() -> None:
             args = (self, path, return_type, strict, all_, ignore_strict_entities, full_search)
             ignored = ignore_strict_entities
             ignored = ignored if isinstance(ignored, (list, tuple)) else [ignored]
-            subject_matched = strict and "subject" not in filters and "subject" not in ignored
-            narrowed = _subjects_files(self, path, filters) if subject_matched else None
+            # (all of them: the first alone is from the first folder holding any file gotten, even one it refuses;
+            # a suffix: without one pybids asks for the path's own)
+            every_match = strict and all_ and filters.get("suffix") and "subject" not in [*filters, *ignored]
+            narrowed = _subjects_files(self, path, filters) if every_match else None
             if narrowed is None:
                 return nearest(*args, **filters)
-            _NARROWED.files = (self, _query_key(filters), narrowed)
+            outer = getattr(_NARROWED, "files", None)
             try:
+                _NARROWED.files = (self, _query_key(filters), narrowed)
                 return nearest(*args, **filters)
             finally:
-                _NARROWED.files = None
+                _NARROWED.files = outer
 
         return get_nearest
 

@@ -266,10 +266,8 @@ def _subjects_files(layout, path, filters: dict) -> list | None:
     found = subject.regex.search(str(Path(path).absolute())) if subject is not None else None
     if found is None:
         return None
-    try:
-        key = (_query_key(filters), tuple(map(id, layout._get_layouts_in_scope(filters.get("scope", "all")))))
-        hash(key)
-    except (AttributeError, TypeError, ValueError):  # (a query pybids refuses: its own error, from its own method)
+    key = _scoped_key(layout, filters.get("scope", "all"), _query_key(filters))
+    if key is None:
         return None
     if key not in memo:
         groups: dict = {}
@@ -292,22 +290,27 @@ def _query_key(filters: dict) -> tuple:
 
 
 def _read_once(layout, memo: str, scope, key, read, /, *args, **kwargs):
-    """``read(layout, *args, **kwargs)``, kept in the layout's dict `memo` under `key` and the layouts then in
-    `scope`, once voxfit has built the layout (:func:`_layout`: while pybids indexes it, its files and entities
-    grow, the metadata's last; a derivatives folder added after is another scope). A layout being built or built
-    elsewhere, or a key or scope pybids refuses, is read each time (a scope it refuses: its own error, from its
-    own method)."""
+    """``read(layout, *args, **kwargs)``, kept in the layout's dict `memo` under :func:`_scoped_key`, once voxfit
+    has built the layout (:func:`_layout`: while pybids indexes it, its files and entities grow, the metadata's
+    last). A layout being built or built elsewhere, or a key or scope pybids refuses, is read each time."""
     kept = layout.__dict__.get(memo)
-    if kept is None:
-        return read(layout, *args, **kwargs)
-    try:
-        key = (key, tuple(id(built) for built in layout._get_layouts_in_scope(scope)))
-        hash(key)
-    except (AttributeError, TypeError, ValueError):
+    key = None if kept is None else _scoped_key(layout, scope, key)
+    if key is None:
         return read(layout, *args, **kwargs)
     if key not in kept:
         kept[key] = read(layout, *args, **kwargs)
     return kept[key]
+
+
+def _scoped_key(layout, scope, key) -> tuple | None:
+    """`key` and the layouts then in `scope` (a derivatives folder added after is another scope); None for a key
+    that cannot be hashed or a scope pybids refuses (its own error, then, from its own method)."""
+    try:
+        scoped = (key, tuple(map(id, layout._get_layouts_in_scope(scope))))
+        hash(scoped)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return scoped
 
 
 def _frozen(value):

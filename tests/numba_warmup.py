@@ -42,7 +42,7 @@ def _fits() -> None:
     from voxfit.inference import permutation_test
 
     rng = np.random.default_rng(0)
-    compile_mixed_kernels()  # both signatures, compiled eagerly
+    compile_mixed_kernels()  # (its one signature, compiled eagerly)
     from voxfit.core.mixed import fit_mixed_block
 
     s2 = np.exp(rng.uniform(0, 7, (8, 16)))  # (first-level variances far apart: the probe for another peak too)

@@ -299,8 +299,8 @@ def median_dof_field(stats) -> tuple[str, tuple[float, float], NDArray[np.float6
     1e150 (a median of 1 or 2 dof: z above about 27); NaN where the z is. A contrast without a finite dof is the Z
     field of its z map."""
     z = np.asarray(stats.z, dtype=np.float64)
-    d = np.asarray(stats.dof if stats.kind == "t" else stats.dof[1], dtype=np.float64).ravel()
-    d = d[np.isfinite(d) & (d > 0)]
+    d = _finite_dof(stats)
+    d = d[d > 0]
     if not d.size:
         return "Z", (1.0, math.inf), z
     nu = float(np.median(d))
@@ -320,6 +320,12 @@ def median_dof_field(stats) -> tuple[str, tuple[float, float], NDArray[np.float6
             log_c = _log_beta_inverse(df1 / 2, nu / 2, np.maximum(sc.ndtr(z[below]), tiny))
             x[below] = np.exp(math.log(nu / df1) + log_c - np.log1p(-np.exp(log_c)))
         return "F", (df1, nu), np.minimum(x, _LARGEST)
+
+
+def _finite_dof(stats) -> NDArray[np.float64]:
+    """A contrast's dof at its voxels (an F's denominator's), the finite ones."""
+    dof = np.asarray(stats.dof if stats.kind == "t" else stats.dof[1], dtype=np.float64).ravel()
+    return dof[np.isfinite(dof)]
 
 
 _LARGEST = 1e150  # (values held below it: RFT's p of a T or F near the largest double is NaN, at 1 dof from z ~ 27)
@@ -357,9 +363,7 @@ def few_dof(contrasts: dict, bound: float = FIXED_EFFECTS_DOF) -> tuple[str, flo
     """The first of `contrasts` (``voxfit.core`` Stats) whose median dof over its voxels (an F's denominator's) is
     below `bound`, with that median: ``(label, median)``; None where every one has as many."""
     for label, stats in contrasts.items():
-        dof = stats.dof if stats.kind == "t" else stats.dof[1]
-        values = np.asarray(dof, dtype=np.float64).ravel()
-        values = values[np.isfinite(values)]
+        values = _finite_dof(stats)
         median = float(np.median(values)) if values.size else math.inf
         if median < bound:
             return label, median

@@ -80,7 +80,6 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
     import math
 
     import numba
-    import numpy as np
 
     # effects and variances in float64 (other dtypes read into it by the wrappers): any layout, read-only or not
     double = numba.types.Array(numba.float64, 2, "A", readonly=True)

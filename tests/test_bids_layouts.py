@@ -218,6 +218,25 @@ def test_a_complex_valued_runs_raw_magnitude_is_its_raw_run(tmp_path, capsys, na
     assert mine.read_text() == plain_design.read_text()
 
 
+@pytest.mark.parametrize("padded", ["raw", "derivatives"])
+def test_a_run_number_padded_on_one_side_only_is_the_same_run(tmp_path, capsys, padded, plain_design):
+    """fMRIPrep 20.2 and 21 named a raw run-01 run-1 (nipreps/fmriprep#2666). pybids takes them for one run, and the
+    run was fitted with its own events and confounds; but the raw run-01 was also taken for a raw run without a
+    preprocessed one, a failure (exit 2) telling to rerun fMRIPrep, and its groups were noted as built without it.
+    Run numbers now compare as numbers there too: the study fits, and the design is the one of the run held
+    plain."""
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=30, shape=(6, 6, 4))  # (held plain: `plain_design`)
+    root = study.root if padded == "raw" else study.derivatives
+    for path in [p for p in root.rglob("*_run-1_*") if p.is_file() and "derivatives" not in p.relative_to(root).parts]:
+        path.rename(path.with_name(path.name.replace("_run-1_", "_run-01_")))
+    out = tmp_path / "padded"
+    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--quiet"]) == 0, capsys.readouterr().err
+    (mine,) = sorted(out.rglob("node-run/*_design.tsv"))
+    assert mine.read_text() == plain_design.read_text()
+    for record in sorted(out.rglob("node-subject/*_model.json")):
+        assert "built without" not in record.read_text()
+
+
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them

@@ -1042,12 +1042,16 @@ def entity_label(value) -> str:
 def _unprocessed(layout, chosen, task, grid, desc, labels, sessions, wanted=None) -> tuple[RunInput, ...]:
     """A run (with its problem) for each raw BOLD run of the chosen task, subjects, sessions and `wanted` entities
     (:func:`find_runs`' `entities`) that has no preprocessed run among `chosen` (matched by subject, session, task,
-    acquisition and run: fMRIPrep combines echoes), e.g. a subject fMRIPrep failed on. `grid`: the space, its
-    resolution and density qualifiers, and the space's runs at other ones (a run there is named)."""
-    keys = ("subject", "session", "task", "acquisition", "run")
-    done = {tuple(str(f.entities.get(k)) for k in keys) for f in chosen}
+    acquisition and run: fMRIPrep combines echoes; run numbers as numbers, as pybids matches them: fMRIPrep 20.2
+    and 21 named a raw run-01 run-1), e.g. a subject fMRIPrep failed on. `grid`: the space, its resolution and
+    density qualifiers, and the space's runs at other ones (a run there is named)."""
+
+    def key(entities) -> tuple:
+        return tuple(_entity_text(k, entities.get(k)) for k in ("subject", "session", "task", "acquisition", "run"))
+
+    done = {key(f.entities) for f in chosen}
     space, qualifiers, elsewhere = grid
-    other_grids = {tuple(str(f.entities.get(k)) for k in keys): _grid(space, f.entities) for f in elsewhere}
+    other_grids = {key(f.entities): _grid(space, f.entities) for f in elsewhere}
     filters = {"scope": "raw", "suffix": "bold", "extension": [".nii.gz", ".nii"]}
     for name, value in (("task", task), ("subject", list(labels) or None), ("session", list(sessions or ()) or None)):
         if value is not None:
@@ -1055,10 +1059,10 @@ def _unprocessed(layout, chosen, task, grid, desc, labels, sessions, wanted=None
     out = []
     raw = [(f, f.get_entities()) for f in layout.get(**filters)]  # (a raw file's entities ask the index: once)
     for f, ent in sorted(_selected(raw, wanted, lambda pair: pair[1]), key=lambda pair: pair[0].path):
-        if tuple(str(ent.get(k)) for k in keys) in done:
+        if key(ent) in done:
             continue
         entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)
-        other = other_grids.get(tuple(str(ent.get(k)) for k in keys))
+        other = other_grids.get(key(ent))
         asked = _grid(space, qualifiers)
         problem = _unretrieved(layout, dict(entities), {"space": space, "desc": desc}) or (
             f"{f.path}: this raw run has no preprocessed BOLD run in the derivatives"

@@ -237,6 +237,28 @@ def test_a_run_number_padded_on_one_side_only_is_the_same_run(tmp_path, capsys, 
         assert "built without" not in record.read_text()
 
 
+def test_events_without_a_trial_type_are_noted_where_others_have_one(tmp_path, capsys):
+    """An event whose trial_type is n/a or empty is in no trial type's regressor (pybids' Factor makes none of it),
+    as BIDS Stats Models tools fit it; the study left it out without a word, where ``voxfit design`` refuses the
+    same file. The run's record and stderr now name its lines; a run whose events all lack one says nothing (its
+    model reads other columns)."""
+    study, deriv = _study(tmp_path, subjects=1, runs=2, scans=30, shape=(6, 6, 4))
+    events = sorted(study.root.rglob("*_events.tsv"))
+    for table, untyped in zip(events, ([2, 4], "all")):
+        lines = table.read_text().splitlines()
+        for k in range(1, len(lines)) if untyped == "all" else untyped:
+            cells = lines[k].split("\t")
+            cells[2] = "n/a" if k != 4 else ""
+            lines[k] = "\t".join(cells)
+        table.write_text("\n".join(lines) + "\n")
+    assert main(["bids", str(study.root), str(tmp_path / "out"), "run", *deriv]) == 2  # (run 2: no trial type)
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "no trial type" in line]
+    assert len(said) == 1 and "run-1" in said[0] and "lines 3 and 5 (2 events)" in said[0], err
+    (record,) = sorted((tmp_path / "out").rglob("node-run/*run-1*_model.json"))
+    assert "lines 3 and 5 (2 events)" in record.read_text()
+
+
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them

@@ -2195,6 +2195,31 @@ def _raw_scans_note(r) -> tuple[str, ...]:
     )
 
 
+def _untyped_events_note(r) -> tuple[str, ...]:
+    """The note of a run whose events.tsv has events without a trial type (n/a or empty, read as pybids reads the
+    table: pandas' missing values) beside events with one: they are in no trial type's regressor (pybids' Factor
+    makes none of them), where ``voxfit design`` refuses such a row. Said by its lines (the header is line 1); a
+    table whose events all lack one is left unsaid (its model reads other columns)."""
+    import pandas as pd
+
+    try:
+        types = pd.read_csv(r.events, sep="\t", dtype=str)["trial_type"] if r.events is not None else None
+    except (KeyError, OSError, ValueError):  # (no trial_type column, or a table the run's checks refuse)
+        return ()
+    if types is None or not types.isna().any() or types.isna().all():
+        return ()
+    lines = [str(k + 2) for k in np.flatnonzero(types.isna().to_numpy())]
+    if len(lines) == 1:
+        said = f"line {lines[0]} (1 event)"
+    else:
+        shown = f"{', '.join(lines[:-1])} and {lines[-1]}" if len(lines) <= 6 else listed(lines)
+        said = f"lines {shown} ({len(lines)} events)"
+    return (
+        f"{r.events.name}, {said}: no trial type (n/a or empty), in no trial type's regressor as BIDS Stats Models "
+        "fit them; give each its trial type to model it",
+    )
+
+
 def _lacking_notes(settings: dict) -> tuple[str, ...]:
     """The notes on a run design's regressors of zeros: the study's trial types the run has no event of, and what
     its Transformations would have made of them (``voxfit.bids.run_design.run_design``'s settings)."""
@@ -2689,7 +2714,7 @@ class _Study:
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
             },
             confounds=None if chosen is None else chosen.describe(),
-            notes=_lacking_notes(rd.settings) + _unmasked_note(r) + _raw_scans_note(r),
+            notes=_lacking_notes(rd.settings) + _unmasked_note(r) + _raw_scans_note(r) + _untyped_events_note(r),
         )
 
     def _high_pass(self, node: _Node):

@@ -172,6 +172,16 @@ def test_missing_columns_and_files_are_refused(run, tmp_path):
         confounds_strategy(tsv, "scrubbing")  # the synthetic motion is large: FD > 0.5 everywhere
     with pytest.raises(InputError):
         confounds_strategy(tmp_path / "absent.tsv", "simple")
+    # what to do names the part that failed and the levels of it the table has ("choose a lighter level (e.g.
+    # motion=basic)" was said whatever the part, and to a table whose names are fMRIPrep's before 1.4)
+    no_csf_derivatives = pd.read_csv(tsv, sep="\t").drop(columns=["csf_derivative1", "csf_power2"])
+    with pytest.raises(InputError, match=r"wm_csf needs; choose a level of wm_csf that it has \(wm_csf=basic\)\."):
+        confounds_strategy(no_csf_derivatives, "scrubbing:wm_csf=full")
+    with pytest.raises(InputError, match=r"motion needs; choose a level of motion that it has \(motion=basic, "):
+        confounds_strategy(table, "simple")
+    old = pd.read_csv(tsv, sep="\t").rename(columns={"trans_x": "X", "rot_x": "RotX", "csf": "CSF"})
+    with pytest.raises(InputError, match=r"as fMRIPrep named them before 1.4 \(X, RotX, CSF\.\.\.\)"):
+        confounds_strategy(old, "simple:motion=basic")
     infinite = pd.read_csv(tsv, sep="\t")
     infinite.loc[5, "trans_x"] = np.inf  # (the design's SVD failed on it: exit 1)
     with pytest.raises(InputError, match="column 'trans_x' holds an infinite value"):

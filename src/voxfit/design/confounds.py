@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
 from ..exceptions import InputError
+from .subjects import listed
 
 __all__ = ["STRATEGIES", "ConfoundSelection", "confounds_strategy", "parse_strategy"]
 
@@ -278,6 +279,32 @@ def _scrubbed(table, scrub: int, fd: float, dvars: float, where: str) -> NDArray
     return out
 
 
+# fMRIPrep's names of its confounds before 1.4 (then renamed trans_x, rot_x, csf...), which nilearn's strategies do
+# not read
+_NAMES_BEFORE_1_4 = ("X", "Y", "Z", "RotX", "RotY", "RotZ", "CSF", "WhiteMatter", "GlobalSignal")
+_PART_COLUMNS = {"motion": MOTION, "wm_csf": ("csf", "white_matter"), "global_signal": ("global_signal",)}
+
+
+def _lacking_columns(where: str, name: str, part: str, missing: list[str], have) -> InputError:
+    """The error of a confounds table that lacks columns a strategy's `part` needs, with what to do: the lighter
+    levels of the part whose columns the table has (a table of fMRIPrep < 20 has no derivatives of csf or
+    white_matter, say); else, where the table names its columns as fMRIPrep did before 1.4, that."""
+    have = set(have)
+    base = _PART_COLUMNS.get(part, ())
+    levels = [level for level in LEVELS if base and set(_with_suffixes(base, level)) <= have]
+    if levels:
+        fix = f"choose a level of {part} that it has ({', '.join(f'{part}={level}' for level in levels)})"
+    elif old := [c for c in _NAMES_BEFORE_1_4 if c in have]:
+        fix = (
+            f"its columns are named as fMRIPrep named them before 1.4 ({', '.join(old[:4])}...), which nilearn's "
+            "strategies do not read: rerun fMRIPrep 1.4 or later, or choose its columns yourself "
+            "(--confounds-columns; in a study, a model's X)"
+        )
+    else:
+        fix = "choose another strategy, or the table's columns yourself (--confounds-columns; in a study, a model's X)"
+    return InputError(f"{where} lacks the column(s) {listed(missing)} that the {name} strategy's {part} needs; {fix}.")
+
+
 def confounds_strategy(confounds, strategy: str = "simple", n_scans: int | None = None, sidecar=None, **options):
     """The confounds of a named strategy (see the module's docstring) from an fMRIPrep confounds table (a TSV
     path, with its JSON sidecar beside it, or a DataFrame with `sidecar` a dict or path), as nilearn's
@@ -323,10 +350,7 @@ def confounds_strategy(confounds, strategy: str = "simple", n_scans: int | None 
             want = []
         missing = [c for c in want if c not in table.columns]
         if missing:
-            raise InputError(
-                f"{where} lacks the column(s) {', '.join(missing[:6])} that the {name} strategy's {part} needs; "
-                "choose a lighter level (e.g. motion=basic) or another strategy."
-            )
+            raise _lacking_columns(where, name, part, missing, table.columns)
         columns += [c for c in want if c not in columns]
     censored = np.zeros(len(table), dtype=bool)
     # (fMRIPrep's own motion_outlierNN spikes are not read, as nilearn reads none: scrubbing finds its own)

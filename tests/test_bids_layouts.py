@@ -259,6 +259,27 @@ def test_events_without_a_trial_type_are_noted_where_others_have_one(tmp_path, c
     assert "lines 3 and 5 (2 events)" in record.read_text()
 
 
+def test_a_run_without_a_confounds_table_that_its_model_names_is_told_so(tmp_path):
+    """A run whose confounds table is missing from the derivatives, under a model naming its columns: the run failed
+    with 'Model.X names "trans_x", but the run has no variable "trans_x"; its variables are ...', listing as its own
+    the columns of the other runs' tables, and never said that the table is missing. It fails saying so, naming the
+    columns; the study's other run is fitted."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=2, scans=30, shape=(6, 6, 4))
+    for path in study.derivatives.rglob("*run-2_desc-confounds_timeseries.*"):
+        path.unlink()
+    model = default_model("stroop", ["congruent"])
+    model["Nodes"][0]["Model"]["X"] = ["congruent", "trans_x", "rot_z", 1]
+    result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], level="run")
+    (failure,) = result.failures
+    assert "run-2" in failure.group and "no confounds table" in failure.reason, failure.reason
+    assert "desc-confounds_timeseries.tsv" in failure.reason and "(trans_x, rot_z)" in failure.reason, failure.reason
+    assert "trans_x_power2" not in failure.reason
+    assert len(list((tmp_path / "out").rglob("node-run/*run-1*_model.json"))) == 1
+
+
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them

@@ -2657,6 +2657,12 @@ class _Study:
                 continue
             yield by_index[k]
 
+    def _confounds_named_whole(self, node: _Node) -> list[str]:
+        """The columns of the study's confounds tables that the Run node names whole (in Model.X, a transformation,
+        a contrast), not only through a pattern, which a run's table may lack (FitLins' "motion_outlier*")."""
+        strings = set(_spec_strings(node.spec))
+        return [c for c in self._columns.get(node.name, ()) if c in strings]
+
     def prepare(self, k: int, node: _Node, r: RunInput, checksum: str) -> _RunJob:
         """The run's design from the node (pybids variables and transformations), as a job to fit."""
         from ..design.kinds import column_kinds
@@ -2664,6 +2670,12 @@ class _Study:
 
         entity = r.entity
         pybids_node = self.pybids_node(node.name, entity.get("subject"), run=entity)
+        if r.confounds is None and (named := self._confounds_named_whole(node)):
+            raise InputError(
+                f"{r.bold.name}: the derivatives hold no confounds table for this run (fMRIPrep's "
+                f"desc-confounds_timeseries.tsv), whose columns node {node.name}'s model names ({listed(named)}); "
+                "rerun fMRIPrep for the run, or leave it out of the model's Input."
+            )
         collections = pybids_node.get_collections(**{k: entity[k] for k in RAW if k in entity})
         if not collections:
             raise InputError(f"{r.events}: pybids read no variables for this run; check its events.tsv.")

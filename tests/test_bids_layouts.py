@@ -280,6 +280,34 @@ def test_a_run_without_a_confounds_table_that_its_model_names_is_told_so(tmp_pat
     assert len(list((tmp_path / "out").rglob("node-run/*run-1*_model.json"))) == 1
 
 
+@pytest.mark.parametrize("how", ["renamed", "copied"])
+def test_two_confounds_tables_of_a_run_are_refused_saying_why(tmp_path, capsys, how):
+    """Two confounds tables for a run were refused as differing "in a part of their names that voxfit does not
+    choose by, as cohort-": said of fMRIPrep 20.2's _timeseries table beside an older run's _regressors one, and of
+    one fMRIPrep folder given twice (copied under another name), whose tables have one name. Each case now says
+    what it is and what to do."""
+    import shutil
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    folders = [study.derivatives]
+    if how == "renamed":
+        for path in list(study.derivatives.rglob("*_desc-confounds_timeseries.*")):
+            shutil.copy(path, path.with_name(path.name.replace("_timeseries", "_regressors")))
+    else:
+        folders.append(study.derivatives.with_name("fmriprep-20.2"))
+        shutil.copytree(study.derivatives, folders[1])
+        description = folders[1] / "dataset_description.json"
+        description.write_text(json.dumps({**json.loads(description.read_text()), "Name": "fMRIPrep again"}))
+    argv = ["bids", str(study.root), str(tmp_path / "out"), "run", "--derivatives", *map(str, folders)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cohort-" not in err[0], err
+    if how == "renamed":
+        assert "_regressors before 20.2 and _timeseries from then" in err[0] and "remove the _regressors" in err[0]
+    else:
+        assert "the same file is in" in err[0] and "give each pipeline's derivatives folder once" in err[0], err
+
+
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them

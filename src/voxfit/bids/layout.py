@@ -1172,7 +1172,7 @@ class _RunFiles:
             "events files": {"scope": "raw", "suffix": "events", "extension": ".tsv"},
             "confounds tables": {
                 "scope": "derivatives",
-                "suffix": ["timeseries", "regressors"],  # (fMRIPrep before 20.0: _regressors)
+                "suffix": ["timeseries", "regressors"],  # (fMRIPrep 1.2 to 20.1: _regressors)
                 "desc": "confounds",
                 "extension": ".tsv",
             },
@@ -1199,8 +1199,7 @@ class _RunFiles:
             for path, ent in self.by_key[what].get(_raw_key(entities), ())
             if all(ent.get(k) == v for k, v in also.items())
         ]
-        why = "they differ in a part of their names that voxfit does not choose by, as cohort-"
-        return _at_most_one(found, f"several {what} match {bold}", why)
+        return _at_most_one(found, f"several {what} match {bold}", _why_several(found))
 
     def events(self, entities: dict, bold) -> Path | None:
         """The run's events file: its own (the run's raw entities), or the one BIDS's inheritance principle gives
@@ -1252,6 +1251,23 @@ class _RunFiles:
             if ent.get("echo") is not None
         ]
         return Path(min(echoes)[1]) if echoes else None
+
+
+def _why_several(paths: list[str]) -> str:
+    """Why several files match one run, where it can be told from their paths: one name in several folders (a
+    pipeline's outputs given twice, as two --derivatives folders), fMRIPrep's confounds table as versions before
+    and after 20.2 named it (_regressors, _timeseries: an older run's table left beside a newer one's), or else a
+    part of their names not chosen by."""
+    names = {Path(p).name for p in paths}
+    if len(names) < len(set(paths)):
+        folders = sorted({str(Path(p).parent) for p in paths})
+        return f"the same file is in {listed(folders, 3)}: give each pipeline's derivatives folder once"
+    if len(names) == 2 and len({re.sub(r"_(?:regressors|timeseries)\.tsv$", "", n) for n in names}) == 1:
+        return (
+            "fMRIPrep named its confounds table _regressors before 20.2 and _timeseries from then: an older run's "
+            "table remains beside a newer one's; remove the _regressors one"
+        )
+    return "they differ in a part of their names that voxfit does not choose by, as cohort-"
 
 
 def _at_most_one(found: list[str], several: str, why: str) -> Path | None:

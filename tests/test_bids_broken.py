@@ -470,6 +470,29 @@ def test_a_broken_hemisphere_is_named_by_its_own_run_and_its_partner_says_why_it
     assert len(list((tmp_path / "out").rglob("node-run/*_model.json"))) == 2
 
 
+def test_runs_named_as_fmriprep_before_1_2_are_named_with_what_to_do(tmp_path, capsys):
+    """fMRIPrep before 1.2 named its outputs before BIDS Derivatives (..._bold_space-MNI152NLin2009cAsym_preproc.nii.gz,
+    ..._bold_confounds.tsv): the study said only that no run was found "for desc preproc; check --derivatives, --task,
+    --space and --desc", none of which helps. It names such a file and says what to do."""
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    renames = {
+        "_space-MNI152NLin2009cAsym_desc-preproc_bold": "_bold_space-MNI152NLin2009cAsym_preproc",
+        "_space-MNI152NLin2009cAsym_desc-brain_mask": "_bold_space-MNI152NLin2009cAsym_brainmask",
+        "_desc-confounds_timeseries": "_bold_confounds",
+    }
+    for f in [p for p in study.derivatives.rglob("sub-*") if p.is_file()]:
+        for new, old in renames.items():
+            if new in f.name:
+                f.rename(f.with_name(f.name.replace(new, old)))
+    assert (
+        main(["bids", str(study.root), str(tmp_path / "out"), "dataset", "--derivatives", str(study.derivatives)]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "as fMRIPrep did before 1.2" in err[0] and "_bold_space-" in err[0], err
+    assert "rerun fMRIPrep 1.2 or later" in err[0] and "check --derivatives" not in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_surface_runs_named_as_fmriprep_before_20_2_are_named_with_what_to_do(tmp_path, capsys):
     """fMRIPrep before 20.2 wrote surface runs without `_bold` (..._hemi-L.func.gii): no BOLD run to a BIDS query.
     The study said only that no run was found "for desc preproc" (a volume's entity), or with --space fsaverage5

@@ -823,7 +823,7 @@ def find_runs(
     elif space not in spaces:
         raise InputError(
             f"no preprocessed BOLD run in space {space!r} in the derivatives (spaces found: "
-            f"{_native_named(spaces) or 'none'}){_old_surface_names(layout) or '; give one of them with --space'}."
+            f"{_native_named(spaces) or 'none'}){_old_fmriprep_names(layout) or '; give one of them with --space'}."
         )
     space = None if space == NATIVE and NATIVE in spaces else space
     in_space = [f for f in candidates if f.entities.get("space") == space]
@@ -846,7 +846,7 @@ def find_runs(
         raise InputError(
             f"no preprocessed BOLD run in the derivatives for {what or 'these filters'}{chosen_by}"
             + (
-                _old_surface_names(layout)
+                _old_fmriprep_names(layout)
                 or f"; check --derivatives (fMRIPrep's output folder), --task, --space and --desc"
                 f"{chosen_by and ', and Input'}"
             )
@@ -927,18 +927,26 @@ def _lost_hemispheres(runs: tuple[RunInput, ...], hemis: set[str]) -> tuple[RunI
     return tuple(out)
 
 
-def _old_surface_names(layout) -> str:
-    """What to do where the derivatives hold surface runs named as fMRIPrep wrote them before 20.2
-    (``..._space-fsaverage5_hemi-L.func.gii``, no ``_bold``: not a BOLD run to a BIDS query); else ''."""
-    files = layout.get(extension=".func.gii", scope="derivatives", return_type="filename")
-    old = sorted(f for f in files if re.search(r"_hemi-[LR]\.func\.gii$", os.path.basename(f)))
-    if not old:
-        return ""
-    return (
-        f"; the derivatives name their surface runs as fMRIPrep did before 20.2, without _bold ({old[0]} and "
-        f"{len(old) - 1} more): voxfit reads BIDS's names (..._hemi-L_bold.func.gii); rename them so, or rerun "
-        "fMRIPrep 20.2 or later"
-    )
+def _old_fmriprep_names(layout) -> str:
+    """What to do where the derivatives hold runs named as fMRIPrep named them before BIDS Derivatives reached its
+    outputs: surface runs before 20.2 (``..._space-fsaverage5_hemi-L.func.gii``, no ``_bold``: not a BOLD run to a
+    BIDS query), or every output before 1.2 (``..._bold_space-MNI152NLin2009cAsym_preproc.nii.gz``); else ''."""
+    files = [os.path.basename(f) for f in layout.get(scope="derivatives", return_type="filename")]
+    surfaces = sorted(f for f in files if re.search(r"_hemi-[LR]\.func\.gii$", f))
+    volumes = sorted(f for f in files if re.search(r"_bold_space-[^_]+_preproc\.nii(?:\.gz)?$", f))
+    if volumes:
+        return (
+            f"; the derivatives name their runs as fMRIPrep did before 1.2 ({volumes[0]} and {len(volumes) - 1} "
+            "more): voxfit reads BIDS Derivatives' names (..._space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz, "
+            "..._desc-confounds_timeseries.tsv); rerun fMRIPrep 1.2 or later"
+        )
+    if surfaces:
+        return (
+            f"; the derivatives name their surface runs as fMRIPrep did before 20.2, without _bold ({surfaces[0]} "
+            f"and {len(surfaces) - 1} more): voxfit reads BIDS's names (..._hemi-L_bold.func.gii); rename them so, "
+            "or rerun fMRIPrep 20.2 or later"
+        )
+    return ""
 
 
 def _space_qualifiers(space: str | None) -> tuple[str | None, dict[str, str]]:

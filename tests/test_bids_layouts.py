@@ -313,6 +313,21 @@ def test_two_confounds_tables_of_a_run_are_refused_saying_why(tmp_path, capsys, 
         assert "the same file is in" in err[0] and "give each pipeline's derivatives folder once" in err[0], err
 
 
+def test_a_dataset_level_of_subjects_in_their_own_anatomy_is_refused_before_any_fit(tmp_path, capsys):
+    """Runs in T1w space (each subject's own anatomy, on a grid of its own): the dataset node failed on maps of
+    other grids only after every run and subject was fitted. It is refused at once, saying what to choose; the
+    subject level in T1w is fitted."""
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=30, shape=(6, 6, 4))
+    for path in [p for p in study.derivatives.rglob("*_space-*") if p.is_file()]:  # (here on one grid: still apart)
+        path.rename(path.with_name(path.name.replace("_space-MNI152NLin2009cAsym_", "_space-T1w_")))
+    argv = ["bids", str(study.root), str(tmp_path / "out"), "dataset", "--derivatives", str(study.derivatives)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in space T1w, its subject's own anatomy" in err[0], err
+    assert "voxfit bids ... subject --space T1w" in err[0] and not (tmp_path / "out").exists()
+    assert main([*argv[:3], "subject", *argv[4:], "--quiet"]) == 0, capsys.readouterr().err
+
+
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them

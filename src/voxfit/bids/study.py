@@ -1373,16 +1373,31 @@ def _repeated_subjects(node: _Node, rows: list[dict], group_model: str) -> list[
     ]
 
 
+_SUBJECT_SPACES = ("T1w", "T2w", "fsnative")  # fMRIPrep's spaces of a subject's own anatomy
+
+
 def _check_own_space_levels(level: str, runs) -> None:
     """Refuse, before anything is fitted, a study above the run level of runs in their own space (fMRIPrep 24's
     ``--output-spaces run``: no space-, a ``space-run`` brain mask): each run's grid is its own reference's, and
-    runs are not aligned with one another, even where their grids' affines agree."""
+    runs are not aligned with one another, even where their grids' affines agree; and a dataset level of several
+    subjects' runs in their own anatomy's space (T1w, fsnative), which no two subjects share (the dataset node
+    failed on maps of other grids, after every run and subject was fitted)."""
     own = next((r for r in runs if r.mask is not None and "_space-run_" in r.mask.name), None)
     if level != "run" and own is not None:
         raise InputError(
             f"{own.bold.name} is in its run's own space, which no other run shares (fMRIPrep aligns runs in T1w or a "
             f"template space): fit the run level alone (voxfit bids ... run --space run), or choose a space the "
             "runs share with --space."
+        )
+    subjects = {str(r.entity.get("subject")) for r in runs}
+    anatomical = next((r for r in runs if r.entity.get("space") in _SUBJECT_SPACES), None)
+    if level == "dataset" and anatomical is not None and len(subjects) > 1:
+        space = anatomical.entity["space"]
+        raise InputError(
+            f"{anatomical.bold.name} is in space {space}, its subject's own anatomy, which no other subject shares: "
+            "the dataset level needs the subjects' maps in one template space (MNI152NLin2009cAsym, fsaverage, "
+            f"fsLR...); choose it with --space, or fit up to the subject level (voxfit bids ... subject --space "
+            f"{space})."
         )
 
 

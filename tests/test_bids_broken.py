@@ -509,3 +509,15 @@ def test_surface_runs_named_as_fmriprep_before_20_2_are_named_with_what_to_do(tm
         assert len(err) == 1 and "as fMRIPrep did before 20.2, without _bold" in err[0], err
         assert "_hemi-L.func.gii and 3 more" in err[0] and "rerun fMRIPrep 20.2 or later" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_raw_dataset_given_as_its_derivatives_is_told_where_they_are(tmp_path, capsys):
+    """--derivatives given the raw dataset's root (which holds derivatives/fmriprep): every raw run was said to have
+    "no preprocessed BOLD run in the derivatives", then to check --derivatives. The folder is refused at once,
+    naming the pipeline's folder inside it; nothing is written."""
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", "--derivatives", str(study.root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is the raw dataset itself" in err[0] and f"({study.derivatives})" in err[0], err
+    assert not out.exists()

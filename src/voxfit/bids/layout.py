@@ -553,6 +553,13 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
                 f"derivatives folder {d} has no dataset_description.json; give fMRIPrep's output folder "
                 "(the one holding dataset_description.json and sub-*)."
             )
+        if os.path.realpath(d) == os.path.realpath(bids_dir):  # (its raw runs had "no preprocessed BOLD run")
+            inside = sorted(str(p.parent) for p in d.glob("derivatives/*/dataset_description.json"))
+            raise InputError(
+                f"derivatives folder {d} is the raw dataset itself; give fMRIPrep's output folder"
+                f"{f' ({listed(inside, 3)})' if inside else ''}, the one holding its dataset_description.json and "
+                "sub-*."
+            )
     stamp = stamp or dataset_stamp(bids_dir, derivatives)
     # (pybids reads entities from whole paths: a dataset given as ../../ds from a folder sub-07/x would carry sub-07)
     bids_dir, derivatives = Path(os.path.abspath(bids_dir)), [Path(os.path.abspath(d)) for d in derivatives]

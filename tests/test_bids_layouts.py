@@ -108,7 +108,7 @@ def test_the_default_model_of_a_dataset_of_two_tasks_needs_one_chosen(tmp_path, 
     assert main(["bids", str(study.root), str(tmp_path / "out2"), "subject", *deriv]) == 0
     err = capsys.readouterr().err
     assert "default model is of one task" not in err and "no events.tsv for this run" not in err, err
-    assert "task nback: no run has an events.tsv, so its runs are not in voxfit's default model" in err, err
+    assert "task nback: the dataset has no events.tsv of it, so its runs are not in voxfit's default model" in err
     assert "built without" not in err
     assert len(list((tmp_path / "out2").glob("sub-*/node-run/*task-stroop*_model.json"))) == 2
     assert not list((tmp_path / "out2").rglob("*task-nback*"))

@@ -408,7 +408,7 @@ def run(
                     f"the dataset holds the tasks {listed(tasks)}; voxfit's default model is of one task: choose one "
                     f"with --task {tasks[0]} (a study each), or give a model (--model) that says how to combine them."
                 )
-            runs = _without_eventless_tasks(runs, tasks) if task is None else runs
+            runs = _without_eventless_tasks(layout, runs, tasks) if task is None else runs
             default_types = _trial_types([r.events for r in runs])
             model = load_model(default_model(task or (tasks[0] if tasks else None), default_types, sessions=sessions))
         else:
@@ -2211,22 +2211,20 @@ def _raw_scans_note(r) -> tuple[str, ...]:
     )
 
 
-def _without_eventless_tasks(runs, tasks: list[str]) -> tuple:
+def _without_eventless_tasks(layout, runs, tasks: list[str]) -> tuple:
     """The runs of the default model's one task (`tasks`: those whose runs can be fitted) without the runs of tasks
-    that have no events.tsv for any run (resting state), warned of: the model written says Input.task of the one
-    task, and the study fits what it says. Each such run had failed ("no events.tsv for this run", exit 2) and been
-    noted on every group above it, though no events model could take it; a task with events whose runs all fail
-    for other reasons still fails, run by run."""
-    eventless = sorted(
-        {dict(r.entities)["task"] for r in runs}
-        - set(tasks)
-        - {dict(r.entities)["task"] for r in runs if r.events is not None}
-    )
+    that the raw dataset has no events.tsv of (resting state), warned of: the model written says Input.task of the
+    one task, and the study fits what it says. Each such run had failed ("no events.tsv for this run", exit 2) and
+    been noted on every group above it, though no events model could take it; a task with events whose runs all
+    fail for other reasons (or that fMRIPrep did not process) still fails, run by run."""
+    others = sorted({dict(r.entities)["task"] for r in runs} - set(tasks))
+    query = {"suffix": "events", "extension": ".tsv", "scope": "raw", "return_type": "filename"}
+    eventless = [t for t in others if not layout.get(task=t, **query)]
     if not tasks or not eventless:
         return runs
     warnings.warn(
-        f"task {listed(eventless)}: no run has an events.tsv, so its runs are not in voxfit's default model, which is "
-        f"of task {tasks[0]}; give a model (--model) to fit them.",
+        f"task {listed(eventless)}: the dataset has no events.tsv of it, so its runs are not in voxfit's default "
+        f"model, which is of task {tasks[0]}; give a model (--model) to fit them.",
         UserWarning,
         stacklevel=2,
     )

@@ -287,8 +287,8 @@ _PART_COLUMNS = {"motion": MOTION, "wm_csf": ("csf", "white_matter"), "global_si
 
 def _lacking_columns(where: str, name: str, part: str, missing: list[str], have) -> InputError:
     """The error of a confounds table that lacks columns a strategy's `part` needs, with what to do: the lighter
-    levels of the part whose columns the table has (a table of fMRIPrep < 20 has no derivatives of csf or
-    white_matter, say); else, where the table names its columns as fMRIPrep did before 1.4, that."""
+    levels of the part whose columns the table has (a table without the derivatives of csf and white_matter, say);
+    else, where the table names its columns as fMRIPrep did before 1.4, that."""
     have = set(have)
     base = _PART_COLUMNS.get(part, ())
     levels = [level for level in LEVELS if base and set(_with_suffixes(base, level)) <= have]

@@ -175,9 +175,11 @@ def test_missing_columns_and_files_are_refused(run, tmp_path):
     # what to do names the part that failed and the levels of it the table has ("choose a lighter level (e.g.
     # motion=basic)" was said whatever the part, and to a table whose names are fMRIPrep's before 1.4)
     no_csf_derivatives = pd.read_csv(tsv, sep="\t").drop(columns=["csf_derivative1", "csf_power2"])
-    with pytest.raises(InputError, match=r"wm_csf needs; choose a level of wm_csf that it has \(wm_csf=basic\)\."):
+    with pytest.raises(
+        InputError, match=r"wm_csf needs; choose a level of wm_csf that it has \(scrubbing:wm_csf=basic\)\."
+    ):
         confounds_strategy(no_csf_derivatives, "scrubbing:wm_csf=full")
-    with pytest.raises(InputError, match=r"motion needs; choose a level of motion that it has \(motion=basic, "):
+    with pytest.raises(InputError, match=r"motion needs; choose a level of motion that it has \(simple:motion=basic, "):
         confounds_strategy(table, "simple")
     old = pd.read_csv(tsv, sep="\t").rename(columns={"trans_x": "X", "rot_x": "RotX", "csf": "CSF"})
     with pytest.raises(InputError, match=r"as fMRIPrep named them before 1.4 \(X, RotX, CSF\.\.\.\)"):

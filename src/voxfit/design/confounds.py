@@ -293,7 +293,7 @@ def _lacking_columns(where: str, name: str, part: str, missing: list[str], have)
     base = _PART_COLUMNS.get(part, ())
     levels = [level for level in LEVELS if base and set(_with_suffixes(base, level)) <= have]
     if levels:
-        fix = f"choose a level of {part} that it has ({', '.join(f'{part}={level}' for level in levels)})"
+        fix = f"choose a level of {part} that it has ({', '.join(f'{name}:{part}={level}' for level in levels)})"
     elif old := [c for c in _NAMES_BEFORE_1_4 if c in have]:
         fix = (
             f"its columns are named as fMRIPrep named them before 1.4 ({', '.join(old[:4])}...), which nilearn's "
@@ -327,12 +327,8 @@ def confounds_strategy(confounds, strategy: str = "simple", n_scans: int | None 
     for part in parts:
         if part == "high_pass":
             want = [c for c in table.columns if "cosine" in c]
-        elif part == "motion":
-            want = _with_suffixes(MOTION, params["motion"])
-        elif part == "wm_csf":
-            want = _with_suffixes(("csf", "white_matter"), params["wm_csf"])
-        elif part == "global_signal":
-            want = _with_suffixes(("global_signal",), params["global_signal"])
+        elif part in _PART_COLUMNS:  # motion, wm_csf, global_signal: the columns at the level asked
+            want = _with_suffixes(_PART_COLUMNS[part], params[part])
         elif part == "compcor":
             if not meta:
                 raise InputError(f"{where}: the compcor strategy needs fMRIPrep's confounds JSON sidecar beside it.")

@@ -310,7 +310,7 @@ def test_two_confounds_tables_of_a_run_are_refused_saying_why(tmp_path, capsys, 
     if how == "renamed":
         assert "_regressors before 20.2 and _timeseries from then" in err[0] and "remove the _regressors" in err[0]
     else:
-        assert "the same file is in" in err[0] and "give each pipeline's derivatives folder once" in err[0], err
+        assert "one file under the derivatives folders" in err[0] and "give each pipeline's folder once" in err[0], err
 
 
 def test_a_dataset_level_of_subjects_in_their_own_anatomy_is_refused_before_any_fit(tmp_path, capsys):
@@ -326,6 +326,73 @@ def test_a_dataset_level_of_subjects_in_their_own_anatomy_is_refused_before_any_
     assert len(err) == 1 and "in space T1w, its subject's own anatomy" in err[0], err
     assert "voxfit bids ... subject --space T1w" in err[0] and not (tmp_path / "out").exists()
     assert main([*argv[:3], "subject", *argv[4:], "--quiet"]) == 0, capsys.readouterr().err
+
+
+def test_untyped_events_are_noted_only_under_a_model_of_trial_types(tmp_path):
+    """The note of events without a trial type is for a Run node that takes trial types (by name, or trial_type):
+    under a model of another column (response_time) such an event is in its regressor. A blank line inside the table
+    (which pandas skips) does not shift the lines named."""
+    from types import SimpleNamespace
+
+    from voxfit.bids.study import _untyped_events_note
+
+    table = tmp_path / "sub-01_task-x_events.tsv"
+    table.write_text("onset\tduration\ttrial_type\tresponse_time\n1\t1\tface\t0.5\n\n4\t1\tn/a\t0.7\n")
+    run = SimpleNamespace(events=table)
+    for X in (["face", 1], ["trial_type.face", 1]):
+        (note,) = _untyped_events_note(run, {"Model": {"X": X}})
+        assert "line 4 (1 event)" in note, note
+    assert _untyped_events_note(run, {"Model": {"X": ["response_time", 1]}}) == ()
+
+
+def test_files_found_twice_are_told_apart_by_where_they_are(tmp_path, capsys):
+    """Why several files match a run: a stray copy inside one derivatives folder is not "a pipeline given twice";
+    a run's BOLD under two derivatives folders is one run given twice, not "saved as .nii and as .nii.gz"; and a
+    stale file named as fMRIPrep named it before 1.2, beside runs named as it names them now, does not take the
+    place of the spaces found."""
+    import shutil
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    func = study.derivatives / "sub-01" / "func"
+    argv = ["bids", str(study.root), str(tmp_path / "out"), "run", "--quiet", "--derivatives", str(study.derivatives)]
+    (func / "old").mkdir()
+    table = next(func.glob("*_desc-confounds_timeseries.tsv"))
+    shutil.copy(table, func / "old" / table.name)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "copies of one file" in err and "remove the stray copy" in err and "pipeline's folder" not in err, err
+    shutil.rmtree(func / "old")
+    again = study.derivatives.with_name("again")
+    (again / "sub-01" / "func").mkdir(parents=True)
+    (again / "dataset_description.json").write_text(json.dumps({"Name": "again", "BIDSVersion": "1.8.0"}))
+    bold = next(func.glob("*_desc-preproc_bold.nii.gz"))
+    for path in func.glob("*_desc-preproc_bold.*"):
+        shutil.copy(path, again / "sub-01" / "func" / path.name)
+    assert main([*argv, str(again)]) == 2
+    err = capsys.readouterr().err
+    assert "are one run: keep one (one file under the derivatives folders" in err and "as .nii.gz?" not in err, err
+    stale = func / "sub-01_task-stroop_run-1_bold_space-MNI152NLin2009cAsym_preproc.nii.gz"
+    shutil.copy(bold, stale)
+    assert main([*argv[:5], "--space", "T1w", *argv[5:]]) == 2
+    err = capsys.readouterr().err
+    assert "spaces found: MNI152NLin2009cAsym); give one of them with --space" in err and "before 1.2" not in err
+
+
+def test_the_refusal_of_t1w_at_the_dataset_level_suggests_a_level_the_model_has():
+    from pathlib import Path
+
+    from voxfit.bids.layout import RunInput
+    from voxfit.bids.study import _check_own_space_levels
+
+    runs = [
+        RunInput(
+            (("subject", s), ("space", "T1w")), Path(f"sub-{s}_space-T1w_bold.nii.gz"), None, None, None, 2.0, None, 30
+        )
+        for s in ("01", "02")
+    ]
+    for levels, below in ((("run", "subject", "dataset"), "subject"), (("run", "dataset"), "run")):
+        with pytest.raises(InputError, match=f"fit up to the {below} level \\(voxfit bids ... {below} --space T1w\\)"):
+            _check_own_space_levels("dataset", runs, levels)
 
 
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):

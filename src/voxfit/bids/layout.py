@@ -830,7 +830,8 @@ def find_runs(
     elif space not in spaces:
         raise InputError(
             f"no preprocessed BOLD run in space {space!r} in the derivatives (spaces found: "
-            f"{_native_named(spaces) or 'none'}){_old_fmriprep_names(layout) or '; give one of them with --space'}."
+            f"{_native_named(spaces) or 'none'})"
+            f"{(not spaces and _old_fmriprep_names(layout)) or '; give one of them with --space'}."
         )
     space = None if space == NATIVE and NATIVE in spaces else space
     in_space = [f for f in candidates if f.entities.get("space") == space]
@@ -853,14 +854,14 @@ def find_runs(
         raise InputError(
             f"no preprocessed BOLD run in the derivatives for {what or 'these filters'}{chosen_by}"
             + (
-                _old_fmriprep_names(layout)
+                (not candidates and _old_fmriprep_names(layout))
                 or f"; check --derivatives (fMRIPrep's output folder), --task, --space and --desc"
                 f"{chosen_by and ', and Input'}"
             )
             + "."
         )
     files = _RunFiles(layout, mask_entities)
-    runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)))
+    runs = _apart(tuple(_run_input(layout, files, f) for f in sorted(chosen, key=lambda f: f.path)), files.roots)
     grid = (space, qualifiers, [f for f in in_space if f not in chosen])  # (a run at another resolution is said)
     runs += _unprocessed(layout, chosen, task, grid, desc, labels, sessions, entities) + _lost_hemispheres(runs, hemis)
     if strict:
@@ -874,7 +875,7 @@ def find_runs(
 _PYBIDS_RUN_KEYS = ("subject", "session", "task", "run", "hemi")
 
 
-def _apart(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
+def _apart(runs: tuple[RunInput, ...], roots=()) -> tuple[RunInput, ...]:
     """The runs, each of those that share subject, session, task and run with another (told apart by acq-, rec-,
     dir- or echo-) with a problem: pybids keeps one set of events and confounds per subject, session, task and run,
     so the others' would be lost, or taken from the wrong run's tables."""
@@ -896,6 +897,9 @@ def _apart(runs: tuple[RunInput, ...]) -> tuple[RunInput, ...]:
                 "apart by: their events would be lost or mixed up; give them distinct run- numbers, or keep one of "
                 "them in the dataset (a study each)."
             )
+        elif len({o.bold.name for o in others}) < len(others):  # (one name in two folders)
+            paths = [str(o.bold) for o in others]
+            problem = f"{listed(sorted(paths), 3)} are one run: keep one ({_why_several(paths, roots)})."
         elif len({o.bold.name.split(".")[0] for o in others}) == 1:  # (run.nii beside run.nii.gz)
             problem = (
                 f"{listed(sorted(o.bold.name for o in others))} are the same run, saved twice (as .nii and as "
@@ -943,15 +947,15 @@ def _old_fmriprep_names(layout) -> str:
     volumes = sorted(f for f in files if re.search(r"_bold_space-[^_]+_preproc\.nii(?:\.gz)?$", f))
     if volumes:
         return (
-            f"; the derivatives name their runs as fMRIPrep did before 1.2 ({volumes[0]} and {len(volumes) - 1} "
-            "more): voxfit reads BIDS Derivatives' names (..._space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz, "
+            f"; the derivatives name their runs as fMRIPrep did before 1.2 ({listed(volumes, 1)}): voxfit reads BIDS "
+            "Derivatives' names (..._space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz, "
             "..._desc-confounds_timeseries.tsv); rerun fMRIPrep 1.2 or later"
         )
     if surfaces:
         return (
-            f"; the derivatives name their surface runs as fMRIPrep did before 20.2, without _bold ({surfaces[0]} "
-            f"and {len(surfaces) - 1} more): voxfit reads BIDS's names (..._hemi-L_bold.func.gii); rename them so, "
-            "or rerun fMRIPrep 20.2 or later"
+            f"; the derivatives name their surface runs as fMRIPrep did before 20.2, without _bold "
+            f"({listed(surfaces, 1)}): voxfit reads BIDS's names (..._hemi-L_bold.func.gii); rename them so, or rerun "
+            "fMRIPrep 20.2 or later"
         )
     return ""
 
@@ -1201,6 +1205,7 @@ class _RunFiles:
                 table.setdefault(_raw_key(entities), []).append((f.path, entities))
             self.by_key[what] = table
         self.root = Path(layout.root)
+        self.roots = [Path(d.root) for d in getattr(layout, "derivatives", {}).values()]  # (the derivatives folders)
         # the events files by task and subject (None: of every subject), where each run looks
         self.events_of: dict[tuple, dict[tuple, list]] = {}
         for key, items in self.by_key["events files"].items():
@@ -1214,7 +1219,7 @@ class _RunFiles:
             for path, ent in self.by_key[what].get(_raw_key(entities), ())
             if all(ent.get(k) == v for k, v in also.items())
         ]
-        return _at_most_one(found, f"several {what} match {bold}", _why_several(found))
+        return _at_most_one(found, f"several {what} match {bold}", _why_several(found, self.roots))
 
     def events(self, entities: dict, bold) -> Path | None:
         """The run's events file: its own (the run's raw entities), or the one BIDS's inheritance principle gives
@@ -1268,15 +1273,21 @@ class _RunFiles:
         return Path(min(echoes)[1]) if echoes else None
 
 
-def _why_several(paths: list[str]) -> str:
-    """Why several files match one run, where it can be told from their paths: one name in several folders (a
-    pipeline's outputs given twice, as two --derivatives folders), fMRIPrep's confounds table as versions before
-    and after 20.2 named it (_regressors, _timeseries: an older run's table left beside a newer one's), or else a
-    part of their names not chosen by."""
+def _why_several(paths: list[str], roots=()) -> str:
+    """Why several files match one run, where it can be told from their paths: one file of one name under several
+    of the derivatives folders `roots` (a pipeline's outputs given twice), copies of one file in folders of one
+    dataset, fMRIPrep's confounds table as versions before and after 20.2 named it (_regressors, _timeseries: an
+    older run's table left beside a newer one's), or else a part of their names not chosen by."""
+    paths = sorted(set(map(str, paths)))
     names = {Path(p).name for p in paths}
-    if len(names) < len(set(paths)):
+    if len(names) < len(paths):
+        within = {p: next((r for r in roots if Path(p).is_relative_to(r)), None) for p in paths}
+        relative = {str(Path(p).relative_to(r)) if r is not None else p for p, r in within.items()}
+        if len(relative) == 1 and None not in within.values():
+            folders = sorted({str(r) for r in within.values()})
+            return f"one file under the derivatives folders {listed(folders, 3)}: give each pipeline's folder once"
         folders = sorted({str(Path(p).parent) for p in paths})
-        return f"the same file is in {listed(folders, 3)}: give each pipeline's derivatives folder once"
+        return f"copies of one file, in {listed(folders, 3)}: remove the stray copy"
     if len(names) == 2 and len({re.sub(r"_(?:regressors|timeseries)\.tsv$", "", n) for n in names}) == 1:
         return (
             "fMRIPrep named its confounds table _regressors before 20.2 and _timeseries from then: an older run's "

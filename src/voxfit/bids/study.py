@@ -441,7 +441,7 @@ def run(
                 "not done here): drop --smoothing, or choose volume runs with --space."
             )
         _check_surface_inference(settings, surface)
-        _check_own_space_levels(settings.level, runs)
+        _check_own_space_levels(settings.level, runs, levels)
         _check_aroma(settings, desc)
         described = {f: f.read_bytes() if f.is_file() else None for f in description_files(out_dir, model)}
         model_file = describe_dataset(out_dir, model, command)
@@ -1376,7 +1376,7 @@ def _repeated_subjects(node: _Node, rows: list[dict], group_model: str) -> list[
 _SUBJECT_SPACES = ("T1w", "T2w", "fsnative")  # fMRIPrep's spaces of a subject's own anatomy
 
 
-def _check_own_space_levels(level: str, runs) -> None:
+def _check_own_space_levels(level: str, runs, levels=("run", "subject", "dataset")) -> None:
     """Refuse, before anything is fitted, a study above the run level of runs in their own space (fMRIPrep 24's
     ``--output-spaces run``: no space-, a ``space-run`` brain mask): each run's grid is its own reference's, and
     runs are not aligned with one another, even where their grids' affines agree; and a dataset level of several
@@ -1393,10 +1393,11 @@ def _check_own_space_levels(level: str, runs) -> None:
     anatomical = next((r for r in runs if r.entity.get("space") in _SUBJECT_SPACES), None)
     if level == "dataset" and anatomical is not None and len(subjects) > 1:
         space = anatomical.entity["space"]
+        below = next((lv for lv in ("subject", "session", "run") if lv in levels), "run")  # (the model's levels)
         raise InputError(
             f"{anatomical.bold.name} is in space {space}, its subject's own anatomy, which no other subject shares: "
             "the dataset level needs the subjects' maps in one template space (MNI152NLin2009cAsym, fsaverage, "
-            f"fsLR...); choose it with --space, or fit up to the subject level (voxfit bids ... subject --space "
+            f"fsLR...); choose it with --space, or fit up to the {below} level (voxfit bids ... {below} --space "
             f"{space})."
         )
 
@@ -2231,25 +2232,34 @@ def _without_eventless_tasks(layout, runs, tasks: list[str]) -> tuple:
     return tuple(r for r in runs if dict(r.entities)["task"] not in eventless)
 
 
-def _untyped_events_note(r) -> tuple[str, ...]:
+def _untyped_events_note(r, spec: dict) -> tuple[str, ...]:
     """The note of a run whose events.tsv has events without a trial type (n/a or empty, read as pybids reads the
-    table: pandas' missing values) beside events with one: they are in no trial type's regressor (pybids' Factor
-    makes none of them), where ``voxfit design`` refuses such a row. Said by its lines (the header is line 1); a
-    table whose events all lack one is left unsaid (its model reads other columns)."""
+    table: pandas' missing values) beside events with one, under a Run node (its `spec`) that takes trial types
+    (naming one, or ``trial_type``): those events are in no trial type's regressor (pybids' Factor makes none of
+    them), where ``voxfit design`` refuses such a row. Said by their lines (the header is line 1, blank lines
+    counted as pandas skips them); a table whose events all lack one is left unsaid (its model reads other
+    columns)."""
     import pandas as pd
 
     try:
         types = pd.read_csv(r.events, sep="\t", dtype=str)["trial_type"] if r.events is not None else None
+        lines = (
+            Path(r.events).read_text(encoding="utf-8-sig", errors="replace").splitlines() if types is not None else []
+        )
     except (KeyError, OSError, ValueError):  # (no trial_type column, or a table the run's checks refuse)
         return ()
     if types is None or not types.isna().any() or types.isna().all():
         return ()
-    lines = [str(k + 2) for k in np.flatnonzero(types.isna().to_numpy())]
-    if len(lines) == 1:
-        said = f"line {lines[0]} (1 event)"
+    strings = _spec_strings(spec)
+    if not any("trial_type" in text for text in strings) and not set(types.dropna()) & set(strings):
+        return ()
+    rows = [n for n, line in enumerate(lines[1:], 2) if line.strip()]  # (each data row's line in the file)
+    untyped = [str(rows[k]) if k < len(rows) else str(k + 2) for k in np.flatnonzero(types.isna().to_numpy())]
+    if len(untyped) == 1:
+        said = f"line {untyped[0]} (1 event)"
     else:
-        shown = f"{', '.join(lines[:-1])} and {lines[-1]}" if len(lines) <= 6 else listed(lines)
-        said = f"lines {shown} ({len(lines)} events)"
+        shown = f"{', '.join(untyped[:-1])} and {untyped[-1]}" if len(untyped) <= 6 else listed(untyped)
+        said = f"lines {shown} ({len(untyped)} events)"
     return (
         f"{r.events.name}, {said}: no trial type (n/a or empty), in no trial type's regressor as BIDS Stats Models "
         "fit them; give each its trial type to model it",
@@ -2762,7 +2772,10 @@ class _Study:
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
             },
             confounds=None if chosen is None else chosen.describe(),
-            notes=_lacking_notes(rd.settings) + _unmasked_note(r) + _raw_scans_note(r) + _untyped_events_note(r),
+            notes=_lacking_notes(rd.settings)
+            + _unmasked_note(r)
+            + _raw_scans_note(r)
+            + _untyped_events_note(r, node.spec),
         )
 
     def _high_pass(self, node: _Node):

@@ -283,6 +283,15 @@ def test_a_run_without_a_confounds_table_that_its_model_names_is_told_so(tmp_pat
     assert "desc-confounds_timeseries.tsv" in failure.reason and "(trans_x, rot_z)" in failure.reason, failure.reason
     assert "trans_x_power2" not in failure.reason
     assert len(list((tmp_path / "out").rglob("node-run/*run-1*_model.json"))) == 1
+    # through a pattern alone (FitLins' "motion_outlier*" may match nothing): fitted, and its record says why the
+    # pattern added nothing
+    model["Nodes"][0]["Model"]["X"] = ["congruent", "rot_*", 1]
+    result = run(study.root, tmp_path / "patterns", model=model, derivatives=[study.derivatives], level="run")
+    assert not result.failures
+    (record,) = sorted((tmp_path / "patterns").rglob("node-run/*run-2*_model.json"))
+    assert "no confounds table for this run" in record.read_text() and "rot_z" in record.read_text()
+    (other,) = sorted((tmp_path / "patterns").rglob("node-run/*run-1*_model.json"))
+    assert "no confounds table" not in other.read_text()
 
 
 @pytest.mark.parametrize("how", ["renamed", "copied"])

@@ -2703,6 +2703,18 @@ class _Study:
                 continue
             yield by_index[k]
 
+    def _no_confounds_note(self, node: _Node, r: RunInput) -> tuple[str, ...]:
+        """The note of a run without a confounds table whose Run node takes the study's confounds columns through
+        patterns alone (named whole, the run fails: see :meth:`prepare`): those patterns add nothing to its design,
+        which said only that they match none of its variables."""
+        if r.confounds is None and (columns := self._columns.get(node.name)):
+            return (
+                "the derivatives hold no confounds table for this run (fMRIPrep's desc-confounds_timeseries.tsv): "
+                f"the columns the model's patterns take from the other runs' tables ({listed(columns)}) are not in "
+                "its design",
+            )
+        return ()
+
     def _confounds_named_whole(self, node: _Node) -> list[str]:
         """The columns of the study's confounds tables that the Run node names whole (in Model.X, a transformation,
         a contrast), not only through a pattern, which a run's table may lack (FitLins' "motion_outlier*")."""
@@ -2775,7 +2787,8 @@ class _Study:
             notes=_lacking_notes(rd.settings)
             + _unmasked_note(r)
             + _raw_scans_note(r)
-            + _untyped_events_note(r, node.spec),
+            + _untyped_events_note(r, node.spec)
+            + self._no_confounds_note(node, r),
         )
 
     def _high_pass(self, node: _Node):

@@ -404,6 +404,27 @@ def test_the_refusal_of_t1w_at_the_dataset_level_suggests_a_level_the_model_has(
             _check_own_space_levels("dataset", runs, levels)
 
 
+def test_a_rerun_naming_the_space_and_task_a_study_took_by_default_is_the_same_study(tmp_path, capsys):
+    """A study's identity named the --task and --space given, None where it chose them: a rerun naming the space
+    (or task) the first run took by default was refused at every group as "the group of another study of this
+    output folder", exit 2. The identity is now what the study chose; records of an older voxfit, which name None,
+    are this study's too."""
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=30, shape=(6, 6, 4))
+    out = tmp_path / "out"
+    argv = ["bids", str(study.root), str(out), "subject", "--derivatives", str(study.derivatives)]
+    assert main(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*argv, "--space", SPACE, "--task", "stroop"]) == 0, capsys.readouterr().err
+    assert "0 node groups fitted" in capsys.readouterr().out
+    for record in out.rglob("*_model.json"):  # (as an older voxfit wrote them)
+        data = json.loads(record.read_text())
+        data["settings"]["bids"]["study"].update(task=None, space=None)
+        data.pop("record_blake3", None)
+        record.write_text(json.dumps(data))
+    assert main([*argv, "--space", SPACE]) == 0, capsys.readouterr().err
+    assert "another study" not in capsys.readouterr().err
+
+
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them

@@ -66,6 +66,7 @@ from ..exceptions import InputError
 from .layout import (
     BOLD_EXTENSIONS,
     ENTITIES,
+    NATIVE,
     RAW,
     RunInput,
     dataset_stamp,
@@ -445,7 +446,7 @@ def run(
         _check_aroma(settings, desc)
         described = {f: f.read_bytes() if f.is_file() else None for f in description_files(out_dir, model)}
         model_file = describe_dataset(out_dir, model, command)
-        identity = (("model", model_file.name), ("task", task), ("space", space), ("desc", desc))
+        identity = (("model", model_file.name), *_runs_chosen(runs), ("desc", desc))
         study = _Study(layout, model, settings, execution, out_dir, force, command, labels, identity)
         study.default_types = tuple(default_types)
         ids = _participant_ids(participants)
@@ -652,7 +653,7 @@ def _stale_files(out_dir: Path, record: Path, scope: tuple) -> list[str] | None:
     the same study, of the `scope`'s levels and subjects, where that study writes its groups; else None."""
     study, subjects, reach, dataset_kept = scope
     bids = _read_bids(record)
-    if bids is None or bids.get("study") != study or not isinstance(bids.get("files"), list):
+    if bids is None or not _same_study(bids.get("study"), study) or not isinstance(bids.get("files"), list):
         return None  # (another study's group, or an older build's record, which lists no files)
     entities, level = bids.get("entities"), bids.get("level")
     if not isinstance(entities, dict) or level not in LEVELS or LEVELS.index(level) > reach:
@@ -666,13 +667,40 @@ def _stale_files(out_dir: Path, record: Path, scope: tuple) -> list[str] | None:
     return [str(f) for f in bids["files"]]
 
 
+def _runs_chosen(runs) -> tuple[tuple[str, object], ...]:
+    """The task and space (with its resolution or density) of the runs a study fits, as its identity names them:
+    what it chose, not the options that chose it, so that a rerun naming the space or task an earlier run took by
+    default (or fsLR:den-91k for fsLR) is the same study (each of its groups was refused as another study's)."""
+    fitted = [r for r in runs if not r.problems] or list(runs)
+    tasks = sorted({str(r.entity.get("task")) for r in fitted})
+    grids = sorted(
+        {
+            ":".join(
+                [str(r.entity.get("space") or NATIVE), *(f"{k}-{r.entity[k]}" for k in ("res", "den") if k in r.entity)]
+            )
+            for r in fitted
+        }
+    )
+    return ("task", ", ".join(tasks) or None), ("space", ", ".join(grids) or None)
+
+
+def _same_study(recorded, study: dict) -> bool:
+    """Whether a record's study (its ``bids`` part's ``study``) is `study`: equal, or written by an older voxfit, which
+    named the --task and --space given (None where the study chose them) rather than those chosen."""
+    if recorded == study:
+        return True
+    if not isinstance(recorded, dict) or recorded.keys() != study.keys():
+        return False
+    return all(recorded[k] == v or (k in ("task", "space") and recorded[k] is None) for k, v in study.items())
+
+
 def _foreign_group(record_path: Path, bids: dict | None, study: dict) -> str | None:
     """Why the group whose record would be at `record_path` cannot be written there: the record there (its
     ``bids`` part) is another study's of this folder (another model file, --task, --space or --desc), whose maps
     this study's would replace (a study of task flanker after one of task stroop replaced stroop's subject and
     dataset maps, exit 0), as a message; None where it is this study's (or an older build's, which names none)."""
     other = None if bids is None else bids.get("study")
-    if not isinstance(other, dict) or other == study:
+    if not isinstance(other, dict) or _same_study(other, study):
         return None
     whose = ", ".join(f"{k} {v}" for k, v in other.items() if v is not None) or "another model"
     return (
@@ -685,7 +713,7 @@ def _listed_files(record_path: Path, study: dict) -> list[str]:
     """The files the record at `record_path` lists of its group, where `study` wrote it (none where there is no
     readable record, or another study's: a group at the same path of another model keeps its other files)."""
     bids = _read_bids(record_path)
-    files = bids.get("files") if bids is not None and bids.get("study") == study else None
+    files = bids.get("files") if bids is not None and _same_study(bids.get("study"), study) else None
     return [str(f) for f in files] if isinstance(files, list) else []
 
 

@@ -425,6 +425,20 @@ def test_a_rerun_naming_the_space_and_task_a_study_took_by_default_is_the_same_s
     assert "another study" not in capsys.readouterr().err
 
 
+def test_a_dataset_level_of_subjects_at_several_densities_is_refused_before_any_fit(tmp_path, capsys):
+    """fsLR runs at den-91k for one subject and den-170k for another (each subject's only one): fitted to the
+    subject level, then the dataset node failed on maps of another grid, or pooled them where they were of one size
+    (here: exit 0). Refused before anything is fitted, naming the subjects of each density."""
+    study = make_dataset(tmp_path / "ds", subjects=3, runs=1, scans=30, space="fsLR", vertices=60)
+    for path in [p for p in (study.derivatives / "sub-02").rglob("*den-91k*") if p.is_file()]:
+        path.rename(path.with_name(path.name.replace("den-91k", "den-170k")))
+    argv = ["bids", str(study.root), str(tmp_path / "out"), "dataset", "--derivatives", str(study.derivatives)]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(den-170k (sub-02); den-91k (sub-01, sub-03))" in err[0], err
+    assert "--space fsLR:den-91k" in err[0] and not (tmp_path / "out").exists()  # (most subjects')
+
+
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them

@@ -1408,14 +1408,29 @@ def _check_own_space_levels(level: str, runs, levels=("run", "subject", "dataset
     """Refuse, before anything is fitted, a study above the run level of runs in their own space (fMRIPrep 24's
     ``--output-spaces run``: no space-, a ``space-run`` brain mask): each run's grid is its own reference's, and
     runs are not aligned with one another, even where their grids' affines agree; and a dataset level of several
-    subjects' runs in their own anatomy's space (T1w, fsnative), which no two subjects share (the dataset node
-    failed on maps of other grids, after every run and subject was fitted)."""
+    subjects' runs in their own anatomy's space (T1w, fsnative), which no two subjects share, or at several
+    resolutions or densities of a space (fsLR den-91k and den-170k; the dataset node failed on maps of other grids,
+    after every run and subject was fitted, or pooled the grids where they were of one size)."""
     own = next((r for r in runs if r.mask is not None and "_space-run_" in r.mask.name), None)
     if level != "run" and own is not None:
         raise InputError(
             f"{own.bold.name} is in its run's own space, which no other run shares (fMRIPrep aligns runs in T1w or a "
             f"template space): fit the run level alone (voxfit bids ... run --space run), or choose a space the "
             "runs share with --space."
+        )
+    grids: dict[str, set[str]] = {}  # (each resolution or density of the runs fitted: their subjects)
+    for r in runs:
+        if not r.problems:
+            grid = ":".join(f"{k}-{r.entity[k]}" for k in ("res", "den") if k in r.entity) or "res-native"
+            grids.setdefault(grid, set()).add(str(r.entity.get("subject")))
+    if level == "dataset" and len(grids) > 1:  # (the dataset node failed on maps of another grid, once all were fit)
+        space = next(str(r.entity.get("space")) for r in runs if not r.problems)
+        said = "; ".join(f"{g} ({listed(sorted(f'sub-{s}' for s in subs), 3)})" for g, subs in sorted(grids.items()))
+        most = max(grids, key=lambda g: len(grids[g]))
+        raise InputError(
+            f"the runs of space {space} are at several resolutions or densities across subjects ({said}), and the "
+            f"dataset level needs one grid: choose one with --space {space}:{most} (the subjects without it fail "
+            "alone), or resample the others' runs to it."
         )
     subjects = {str(r.entity.get("subject")) for r in runs}
     anatomical = next((r for r in runs if r.entity.get("space") in _SUBJECT_SPACES), None)

@@ -616,6 +616,23 @@ def test_a_higher_level_feat_folder_is_said_to_be_one(tmp_path):
     assert first_level_maps([gfeat / "cope1.feat", gfeat / "cope2.feat"], "1").n == 2
 
 
+def test_a_voxfit_bids_folder_is_said_to_be_one_with_the_maps_to_give(tmp_path):
+    """voxfit bids' subject folders (node-*/ of records named by their groups) were said to be "not a finished
+    first-level fit (no model.json...)" though they hold *_model.json records: they are named as voxfit bids', with
+    the maps to give instead (the README's example gave such folders to --first-level)."""
+    node = tmp_path / "sub-01" / "node-subject"
+    node.mkdir(parents=True)
+    (node / "sub-01_contrast-faces_model.json").write_text("{}")
+    for folder, where in (
+        (tmp_path / "sub-01", r"\(node-<subject node>/\*_contrast-faces"),
+        (node, r"\(\*_contrast-faces"),
+    ):
+        with pytest.raises(InputError, match=r"holds voxfit bids records \(sub-01_contrast-faces_model.json\.\.\.\)"):
+            first_level_maps([folder], "faces")
+        with pytest.raises(InputError, match=where + r"_stat-effect_statmap\*\), with --variances"):
+            first_level_maps([folder], "faces")
+
+
 def test_fsls_three_levels_take_each_higher_level_folders_dof_map_beside_first_level_dof(tmp_path, capsys):
     """FSL's usual study: each subject's runs combined by a higher-level FEAT (``sub-XX.gfeat/cope1.feat``, whose
     stats/ hold flameo's ``tdof_t1`` map and no ``dof`` file), a subject of one run given as its first-level

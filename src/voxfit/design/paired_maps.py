@@ -778,6 +778,14 @@ def _folder_maps(folder: Path, contrast: str, read_record) -> _Folder:
             f"{folder} is a higher-level FEAT folder ({', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}): "
             "give its cope<N>.feat folder of the contrast to take, whose stats/ hold the group's maps."
         )
+    study = sorted(folder.glob("*_model.json")) or sorted(folder.glob("node-*/*_model.json"))
+    if study:  # (voxfit bids' node folders: a record per group, named by its entities; sub-01/ holds node-*/)
+        raise InputError(
+            f"{folder} holds voxfit bids records ({study[0].name}...), not a voxfit fit's model.json: give the "
+            f"subjects' maps of the contrast ({'node-<subject node>/' if study[0].parent != folder else ''}"
+            f"*_contrast-{contrast}_stat-effect_statmap*), with --variances their stat-variance maps, or fit the "
+            "group as the study's dataset node."
+        )
     raise InputError(
         f"{folder} is not a finished first-level fit (no model.json, and no FEAT stats/cope<N>); give the output "
         "folder of a voxfit fit that ran to the end, or a FEAT folder."

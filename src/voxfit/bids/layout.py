@@ -991,7 +991,14 @@ def _combined_echoes(chosen: list) -> list:
 def _one_grid(chosen: list, space: str | None, qualifiers: dict[str, str]) -> list:
     """The runs of `chosen` at the resolution and density `qualifiers` ask for; refused when a run is there at
     several of them and nothing says which (fMRIPrep writes one file per ``--output-spaces`` entry)."""
-    chosen = [f for f in chosen if all(str(f.entities.get(k, "native")) == v for k, v in qualifiers.items())]
+    at = [f for f in chosen if all(str(f.entities.get(k, "native")) == v for k, v in qualifiers.items())]
+    if chosen and not at:  # (the space's runs are all at other resolutions or densities: said as the grids found)
+        found = sorted({_grid(space, f.entities) for f in chosen})
+        raise InputError(
+            f"no preprocessed BOLD run of space {_grid(space, qualifiers)} in the derivatives: its runs are at "
+            f"{listed(found)}; give one of them with --space."
+        )
+    chosen = at
     grids: dict[tuple, set] = {}
     for f in chosen:
         grids.setdefault(_raw_key(f.entities), set()).add((f.entities.get("res"), f.entities.get("den")))

@@ -441,6 +441,12 @@ def run(
                 f"--smoothing is for volumes, and {surface.name} is a surface or CIFTI run (smoothing on the mesh is "
                 "not done here): drop --smoothing, or choose volume runs with --space."
             )
+        if str(settings.noise).lower() == "film" and surface is not None:  # (each run failed alone, saying so)
+            raise InputError(
+                f"--noise film (FSL's FILM, --preset fsl's) smooths the noise's autocorrelation over neighbouring "
+                f"voxels or vertices, and {surface.name} is a surface or CIFTI run, whose mesh a study takes none of: "
+                "add --noise arma11 (or auto, ar1 .. ar16) beside --preset fsl, or choose volume runs with --space."
+            )
         _check_surface_inference(settings, surface)
         _check_own_space_levels(settings.level, runs, levels)
         _check_aroma(settings, desc)

@@ -130,6 +130,13 @@ def test_effect_maps_on_different_grids_are_refused(tmp_path):
     _map(variances[1], 20, shape=(4, 3, 2))
     with pytest.raises(InputError, match=r"sub-02.* is on another grid than the first effect map .*resample"):
         pair_variances(effects, variances)
+    # the first subject's map the odd one: it is named, against the grid of most (sub-02's was named, against it)
+    _map(effects[1], 2)
+    _map(variances[1], 20)
+    _map(effects[0], 1, shape=(4, 3, 2))
+    _map(variances[0], 10, shape=(4, 3, 2))
+    with pytest.raises(InputError, match=r"sub-01_.*\(sub-01\) is on another grid than the effect maps of most inputs"):
+        pair_variances(effects, variances)
 
 
 def test_a_map_given_as_effect_and_as_variance_is_refused(tmp_path):

@@ -641,7 +641,14 @@ def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: s
     (each input of the condition, see :func:`_parametric`, convolved with each basis function)."""
     dt = tr / T
     n_bins = n_scans * T + 32
-    bf, suffixes = basis_set(hrf, dt, T, fir_order=fir_delays, fir_length=fir_delays * tr)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bf, suffixes = basis_set(hrf, dt, T, fir_order=fir_delays, fir_length=fir_delays * tr)
+    if not np.isfinite(bf).all():  # (SPM's HRF sampled every tr / T s: past tr ~ 512 s, no sample falls inside it)
+        ms = f"; {tr:g} looks like milliseconds: give {tr / 1000:g}" if tr >= 100 else ""
+        raise InputError(
+            f"a repetition time of {tr:g} s samples the {hrf} HRF (32 s long) at no point of its response: repetition "
+            f"times are in seconds (--tr, BIDS' RepetitionTime){ms}."
+        )
     readout = np.arange(n_scans) * T + T0 + 31
     out = []
     for name, ev in conditions.items():

@@ -51,17 +51,25 @@ def natural_key(path: Path) -> list:
 
 
 def warn_out_of_order(paths, listed_in: Path | None = None) -> None:
-    """A shell's list of scans is in text order (scan_10 before scan_2), and a .txt list (`listed_in`) in its
-    writer's: fitted as given, but said."""
+    """Scans given out of the order of their numbers. A shell's list in exactly text order (scan_10 before scan_2:
+    an unquoted pattern's) is refused, saying how to give them in order: fitted as given, the run's scans were
+    shuffled against its design, which --quiet left unsaid (exit 0). Any other order (a .txt list, `listed_in`,
+    in its writer's; names given one by one) is fitted as given, but said."""
     import warnings
 
     keys = [natural_key(Path(p)) for p in paths]
     for a, b, ka, kb in zip(paths, paths[1:], keys, keys[1:]):
         if kb < ka:
+            pair = f"{Path(a).name} comes before {Path(b).name}"
+            if listed_in is None and [str(p) for p in paths] == sorted(map(str, paths)):
+                raise InputError(
+                    f"the scans are in the text order a shell's pattern gives ({pair}), not their numbers': quote "
+                    "the pattern ('scans/*.nii') or give their folder, which voxfit orders by number, or list them "
+                    "in a .txt file in the order to fit."
+                )
             where = f" listed in {listed_in.name}" if listed_in is not None else ""
             warnings.warn(
-                f"the scans{where} are not in the order of their numbers ({Path(a).name} comes before "
-                f"{Path(b).name}); they are fitted in the order given.",
+                f"the scans{where} are not in the order of their numbers ({pair}); they are fitted in the order given.",
                 stacklevel=3,
             )
             return

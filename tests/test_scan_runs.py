@@ -184,6 +184,15 @@ def test_a_list_of_scans_out_of_order_or_of_frames_and_an_img_without_its_hdr_ar
     assert "'bold.nii,1' is SPM's notation of a volume of a 4-D file: give the 4-D file itself (bold.nii)" in (
         capsys.readouterr().err
     )
+    # SPM's list of 3-D images (SPM.xY.P, spm_select's ExtFPList), each named by its first volume: those images (it
+    # was refused, saying to give "the 4-D file" fMRI_0001.nii, one scan)
+    firsts = root / "firsts.txt"
+    firsts.write_text("".join(f"{p},1\n" for p in scans))
+    assert main(["fit", str(firsts), *args, str(root / "o4")]) == 0, capsys.readouterr().err
+    t = [
+        np.asarray(nib.load(str(out / "contrast-l_stat-t_statmap.nii.gz")).dataobj) for out in (root / "o4", root / "o")
+    ]
+    np.testing.assert_array_equal(*t)
     scans[7].with_suffix(".hdr").unlink()
     assert main(["fit", str(run1 / "sw*.img"), *args, str(root / "o3")]) == 2
     assert f"{scans[7].name}: the data of an Analyze/NIfTI pair, whose header {scans[7].stem}.hdr is not beside it" in (

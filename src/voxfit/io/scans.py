@@ -174,10 +174,17 @@ def _from_list(path: Path) -> list[Path]:
     if len(lines) > MAX_SCANS:
         raise InputError(f"{path} lists {len(lines):,} lines; a run is at most {MAX_SCANS:,} scans.")
     scans = []
+    # SPM's lists of 3-D images (SPM.xY.P, spm_select's ExtFPList) name each by its first volume, "fMRI_0001.nii,1":
+    # the image itself, unless a line names another volume (volumes of a 4-D file, refused below with what to give)
+    volumes = [re.fullmatch(r"(.+),\s*(\d+)", line.strip()) for line in lines]
+    firsts = all(v is None or int(v.group(2)) == 1 for v in volumes)
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
+        volume = volumes[number - 1]
+        if firsts and volume is not None and volume.group(1).lower().endswith((*_SCAN_SUFFIXES, ".hdr")):
+            text = volume.group(1)
         if not text.lower().endswith((*_SCAN_SUFFIXES, ".hdr")):  # (an Analyze pair by its header, as positional)
             frame = re.fullmatch(r"(.+),\s*\d+", text)  # (SPM's file,N: the Nth volume of a 4-D file)
             hint = (

@@ -731,3 +731,25 @@ def test_a_cluster_threshold_that_looks_like_a_p_value_is_said_to_be_a_statistic
     paths = _maps(tmp_path, np.random.default_rng(0), n=8, effect=1.0)
     with pytest.warns(DesignWarning, match=r"--cluster-threshold 0\.001 forms clusters of t \(or F\) above 0\.001"):
         SecondLevel(permutations=50, cluster_threshold=0.001, seed=1).fit(paths)
+
+
+def test_a_con_file_over_a_design_whose_intercept_voxfit_added_is_refused(tmp_path, rng, capsys):
+    """A table of covariates alone (age): voxfit adds the intercept as the last column, and an FSL habit's
+    design.con, the mean first ([1 0]), silently tested age (a note said the column was added). Refused, saying
+    where the intercept is; a table holding its own column of 1s where the .con expects it is fitted."""
+    paths = _maps(tmp_path, rng, n=8)
+    age = rng.uniform(20, 60, 8)
+    ids = [p.name.split(".")[0] for p in paths]
+    (tmp_path / "covariates.tsv").write_text(
+        "participant_id\tage\n" + "".join(f"{i}\t{a:.2f}\n" for i, a in zip(ids, age))
+    )
+    (tmp_path / "own.tsv").write_text(
+        "participant_id\tmean\tage\n" + "".join(f"{i}\t1\t{a:.2f}\n" for i, a in zip(ids, age))
+    )
+    write_vest(tmp_path / "design.con", np.array([[1.0, 0.0]]), {"ContrastName1": "mean"}, rows_key="NumContrasts")
+    argv = ["group", *map(str, paths), "--con", str(tmp_path / "design.con"), "--quiet", "-o"]
+    assert main([*argv, str(tmp_path / "o1"), "--design", str(tmp_path / "covariates.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert "voxfit added the last of them, the intercept (age, intercept)" in err, err
+    assert main([*argv, str(tmp_path / "o2"), "--design", str(tmp_path / "own.tsv")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "o2" / "model.json").read_text())["design"]["columns"] == ["mean", "age"]

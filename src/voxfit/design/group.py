@@ -34,9 +34,10 @@ from .read import MISSING_CELLS, frame_table
 from .subjects import match_rows, subject_labels
 from .vest import read_vest
 
-__all__ = ["GroupDesign", "group_design", "listed_lines", "read_table", "table_from_frame"]
+__all__ = ["ADDED_INTERCEPT", "GroupDesign", "group_design", "listed_lines", "read_table", "table_from_frame"]
 
 ID_COLUMN = "participant_id"
+ADDED_INTERCEPT = "an intercept column was added (the table's columns do not model the mean)"  # (a design's note)
 
 
 @dataclass(frozen=True, eq=False)
@@ -357,7 +358,7 @@ def group_design(
     if not _spans_constant(X):
         X = np.column_stack([X, np.ones(n_maps)])
         out_names.append("intercept")
-        notes.append("an intercept column was added (the table's columns do not model the mean)")
+        notes.append(ADDED_INTERCEPT)
     if left_out:
         notes.append(f"text columns left out of the design: {', '.join(left_out)}")
     added = [n for n, _ in regressors[2 if two_sample is not None else 0 :]]

@@ -35,7 +35,7 @@ from ..core import Stats, factorize
 from ..core.expr import names_in
 from ..core.mixed import BAD_VARIANCE, OUTCOMES
 from ..design import read_contrasts, read_ftests, read_groups, write_design
-from ..design.group import group_design, listed_lines
+from ..design.group import ADDED_INTERCEPT, group_design, listed_lines
 from ..design.subjects import pair_by_subject
 from ..engine import fit as fit_engine
 from ..engine.mixed import MixedFit, mixed_effects
@@ -854,6 +854,12 @@ class SecondLevel:
                     f"which is no regressor (the design's columns are {', '.join(names)}); for two groups give "
                     f"--two-sample {text[0]}, or code the column as numbers."
                 )
+        if self.con is not None and ADDED_INTERCEPT in d.notes:  # (FSL's habit: the mean first; here it is last)
+            raise InputError(
+                f"--con weighs the design's columns by position, and voxfit added the last of them, the intercept "
+                f"({', '.join(names)}): give the design with the intercept where the .con expects it (a column of 1s "
+                "in the table, or FSL's design.mat), or the contrasts by name (--contrast 'mean=intercept')."
+            )
         if self.con is not None:
             tcons = read_contrasts(self.con, p)
             items += [(label, w) for label, w in _unique_labels(tcons)]

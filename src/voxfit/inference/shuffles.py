@@ -208,6 +208,11 @@ def make_shuffles(
     if min(n_shuffles, available) <= MIN_SHUFFLES_05:  # (the FWE maps would be 1 or near it everywhere)
         count = min(n_shuffles, available)
         why = f"the design allows only {available}" if exhaustive else "give --permutations 5000 or more"
+        if exhaustive and n_blocks > 1:  # (FEAT's design.grp given as the blocks: each block one group, no label moves)
+            why += (
+                f" within its {n_blocks} exchangeability blocks (--grp), each row kept in its block: check that the "
+                "file is randomise's -e blocks, not FEAT's design.grp of variance groups (--variance-groups)"
+            )
         warnings.warn(
             f"{count} rearrangements (the data as they are among them): the smallest p they can give is "
             f"1/{count} = {1 / count:.3g}, so no element can reach p < 0.05; {why}.",

@@ -389,3 +389,18 @@ def test_runs_of_design_files_take_each_ones_repetition_time_and_record_the_nois
     code = main(["fit", *map(str, runs), "--design", *map(str, designs), *fast])
     err = capsys.readouterr().err
     assert code == 2 and "no voxel passes SPM's effects-of-interest F test" in err and "RepetitionTime" not in err, err
+
+
+def test_a_folder_of_4d_files_is_told_to_give_the_runs_own_file(tmp_path, rng, capsys):
+    """A FEAT folder (filtered_func_data, mean_func, mask: one file a series) given as the run: the message
+    suggested a pattern, 'sub-01.feat/filtered_func_data.nii.gz*.nii.gz', that matches nothing. It names the
+    largest file to give."""
+    feat = tmp_path / "sub-01.feat"
+    feat.mkdir()
+    data = _bold(rng)
+    nib.save(nib.Nifti1Image(data, AFFINE), str(feat / "filtered_func_data.nii.gz"))
+    for name in ("mean_func", "mask"):
+        nib.save(nib.Nifti1Image(data[..., 0], AFFINE), str(feat / f"{name}.nii.gz"))
+    ev = _events(tmp_path / "ev.tsv", [0, 16])
+    code, err = _fit(capsys, [feat], [ev], tmp_path / "out")
+    assert code == 2 and "none a series of scans" in err and f"e.g. {feat / 'filtered_func_data.nii.gz'}" in err, err

@@ -101,6 +101,12 @@ def _from_folder(folder: Path) -> list[Path]:
         biggest = sorted(series.values(), key=len, reverse=True)
         found = ", ".join(f"{v[0].name} ({len(v)} file{'s' if len(v) > 1 else ''})" for v in biggest[:4])
         found += f" and {len(biggest) - 4} more series" if len(biggest) > 4 else ""
+        if len(biggest[0]) == 1:  # (one file a series: a folder of 4-D files, as FEAT's and SPM's hold them)
+            largest = max(scans, key=lambda p: p.stat().st_size)
+            raise InputError(
+                f"{folder} holds several images, none a series of scans: {found}; give the run's own file, e.g. "
+                f"{largest} (the largest), or name 3-D scans with a quoted pattern or a .txt list."
+            )
         first = next(iter(sorted(series.values(), key=len, reverse=True)))[0].name
         prefix = re.match(r"\D*", first).group(0) or first
         raise InputError(

@@ -755,6 +755,13 @@ def test_an_spm_mat_sidecar_that_moves_the_scans_is_refused_and_one_that_differs
         code, _, err = run(capsys, *args, "--force")
         assert code == 0, err
         assert (said in err) if said else "bold.mat" not in err
+    # the first scan's matrix alone, the others zeros (as spm_vol writes them): SPM reads zeros as the header's
+    # (they were read as scans placed apart, exit 2)
+    first = np.zeros((4, 4, n))
+    first[:, :, 0] = spm
+    savemat(bold.with_suffix(".mat"), {"mat": first})
+    code, _, err = run(capsys, *args, "--force")
+    assert code == 0 and "bold.mat" not in err, err
     bold.with_suffix(".mat").write_bytes(b"not MATLAB's" * 8)
     code, _, err = run(capsys, *args, "--force")
     assert code == 0 and "bold.mat could not be read" in err

@@ -761,11 +761,14 @@ def _check_spm_mat(path: Path, affine: NDArray, n_scans: int) -> None:
     """An uncompressed image's SPM sidecar, ``name.mat`` (the voxel-to-world matrix of each scan, ``mat``, 1-based,
     or one ``M``), which SPM reads in place of the header's and nibabel, FSL and voxfit do not: scans it places
     apart (SPM's Realign "Estimate" of a 4-D file, not resliced) are refused, as SPM refuses to fit them; one
-    placement other than the header's is said (the maps carry the header's); one that cannot be read too."""
+    placement other than the header's is said (the maps carry the header's); one that cannot be read too. A scan's
+    matrix of zeros is the header's, as SPM reads it (a .mat of the first scan's alone)."""
     mats = _spm_mats(path)
     if mats is None:
         return
-    mats = mats[:, :, :n_scans]
+    mats = mats[:, :, :n_scans].copy()
+    blank = ~mats.any(axis=(0, 1))  # (SPM reads a scan's matrix of zeros, as spm_vol writes it, as the header's)
+    mats[:, :, blank] = _spm_matrix(affine)[:, :, None]
     moved = _moved([mats[:, :, k] for k in range(mats.shape[2])])
     if moved is not None:
         raise InputError(

@@ -2161,3 +2161,22 @@ def test_a_gifti_run_stored_scans_by_vertices_is_said_to_be_the_other_way_round(
     assert "is the run stored the other way round? a GIFTI run's one 2-D array is vertices by scans" in (
         capsys.readouterr().err
     )
+
+
+def test_maps_keep_the_inputs_qform_beside_its_sform(tmp_path):
+    """An input whose qform and sform differ (both set): the maps' qform was overwritten by the sform, code kept, so
+    that a tool reading the qform placed the maps otherwise than the input. Each form is kept as the input has it."""
+    qform = np.diag([2.0, 2.0, 2.0, 1.0])
+    qform[:3, 3] = [-10, -12, -8]
+    sform = qform.copy()
+    sform[:3, 3] += [1.5, 0, 0]
+    img = nib.Nifti1Image(np.ones((4, 5, 3, 6), np.float32), None)
+    img.set_qform(qform, 1)
+    img.set_sform(sform, 2)
+    nib.save(img, tmp_path / "bold.nii")
+    geometry = open_map(tmp_path / "bold.nii").geometry
+    geometry.write(tmp_path / "map.nii", np.zeros(60), ["map"])
+    header = nib.load(tmp_path / "map.nii").header
+    npt.assert_allclose(header.get_qform(), qform, atol=1e-5)
+    npt.assert_allclose(header.get_sform(), sform)
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 2)

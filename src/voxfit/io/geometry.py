@@ -109,8 +109,9 @@ class VolumeGeometry(Geometry):
             header.set_intent("none")
         img = klass(data, self.affine, header=header)
         img.set_data_dtype(data.dtype)
-        if header is not None:
-            img.set_qform(self.affine, int(self.header["qform_code"]))
+        if header is not None:  # (the input's qform kept: one other than its sform was overwritten by the sform)
+            code = int(self.header["qform_code"])
+            img.set_qform(self.header.get_qform() if code > 0 else self.affine, code)
             img.set_sform(self.affine, int(self.header["sform_code"]) or 1)
         img.header["descrip"] = b"voxfit: " + ", ".join(names).encode()[:70]
         if intent is not None and isinstance(img.header, nib.Nifti1Header):  # (a statistic's distribution, for readers)

@@ -439,6 +439,25 @@ def test_a_dataset_level_of_subjects_at_several_densities_is_refused_before_any_
     assert "--space fsLR:den-91k" in err[0] and not (tmp_path / "out").exists()  # (most subjects')
 
 
+def test_a_gifti_run_whose_metadata_gives_the_other_hemisphere_fails_alone(tmp_path):
+    """A hemi-L GIFTI whose AnatomicalStructurePrimary says CortexRight: fitted at the run and subject levels as
+    CortexRight, then the hemisphere's dataset node failed for every subject. The run fails at once, naming the
+    two; the other runs are fitted."""
+    import nibabel as nib
+
+    from voxfit.bids import run
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=2, scans=30, space="fsaverage5", vertices=40)
+    (bold,) = study.derivatives.rglob("*run-1_hemi-L_space-fsaverage5_bold.func.gii")
+    img = nib.load(bold)
+    img.meta = nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": "CortexRight"})
+    nib.save(img, bold)
+    result = run(study.root, tmp_path / "out", derivatives=[study.derivatives], level="run", progress=False)
+    (failure,) = result.failures
+    assert "its name says hemi-L but its metadata CortexRight" in failure.reason, failure.reason
+    assert len(list((tmp_path / "out").rglob("node-run/*_model.json"))) == 3
+
+
 def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path, capsys):
     """fMRIPrep 24 writes a run in its own space without space- (sub-01_task-x_run-1_desc-preproc_bold.nii.gz) and
     its brain mask as space-run. Beside runs in other spaces they were never offered (the spaces listed left them

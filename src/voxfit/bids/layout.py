@@ -1335,6 +1335,13 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
     try:
         reader = open_reader(str(bold), "bold")
         n_scans, step = int(reader.n_scans), header_scan_step(reader)
+        structure = getattr(reader.geometry, "structure", None)  # (a GIFTI's AnatomicalStructurePrimary)
+        hemi = {"L": "CortexLeft", "R": "CortexRight"}.get(str(ent.get("hemi")))
+        if hemi is not None and structure is not None and structure != hemi:  # (fitted, then its node failed)
+            problems.append(
+                f"{bold}: its name says hemi-{ent['hemi']} but its metadata {structure} "
+                "(AnatomicalStructurePrimary): fix the one that is wrong."
+            )
     except InputError as exc:
         problems.append(naming_file(bold, exc))
         n_scans = 0

@@ -2180,3 +2180,18 @@ def test_maps_keep_the_inputs_qform_beside_its_sform(tmp_path):
     npt.assert_allclose(header.get_qform(), qform, atol=1e-5)
     npt.assert_allclose(header.get_sform(), sform)
     assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 2)
+
+
+def test_a_small_gifti_under_a_cap_below_the_interpreters_is_told_the_cap_to_give(tmp_path):
+    """A GIFTI of kilobytes under --max-memory 250M: told to check the file's dimensions and give the data as .npy
+    or CIFTI, where the cap was the interpreter's reserve (256M) alone. It is told the cap to give."""
+    from voxfit._memory import whole_files_capped
+    from voxfit.io.readers import _check_gifti_sizes
+
+    path = tmp_path / "lh.func.gii"
+    nib.save(nib.GiftiImage(darrays=[nib.gifti.GiftiDataArray(np.ones(50, np.float32)) for _ in range(4)]), path)
+    with (
+        whole_files_capped("250M"),
+        pytest.raises(InputError, match=r"The file is small: give --max-memory 257M \(256M"),
+    ):
+        _check_gifti_sizes(path)

@@ -51,7 +51,7 @@ from numpy.typing import NDArray
 
 from .._array import held_as_series, type_name, working_dtype
 from .._digest import note_opened
-from .._memory import check_memory, reserved_bytes, whole_files_cap
+from .._memory import cap_text, check_memory, reserved_bytes, whole_files_cap
 from .._threads import Flag
 from ..exceptions import InputError
 from ._gzip import STREAM_CHUNK, corrupt_gzip, open_gzip, open_gzip_stream
@@ -653,20 +653,19 @@ def _check_gifti_sizes(path: Path) -> None:
             total += int(np.prod(dims, dtype=object)) * 8 if dims else 0  # (decoded, then as float64 at most)
             _check_gifti_inflation(path, text, tag.end(), tag.group(1), dims)
     cap = whole_files_cap()
+    data = total
     total += reserved_bytes() if cap is not None else 0  # (a cap holds the interpreter and its libraries too)
     held = " (with Python and its libraries)" if cap is not None else ""
-    check_memory(
-        total,
-        f"{path}: the data arrays its header declares{held}",
-        cap,
-        "Check the file's dimensions (DataArray Dim0, Dim1)"
-        + (
-            "; a GIFTI file is decoded whole (as float64 at most): give a larger --max-memory, or the data as .npy "
-            "or CIFTI, read a block at a time."
-            if cap is not None
-            else "."
-        ),
-    )
+    if cap is not None and data <= reserved_bytes() // 16:  # (kilobytes of data: the cap is the interpreter's)
+        fix = f"The file is small: give --max-memory {cap_text(total)} or more."
+    elif cap is not None:
+        fix = (
+            "Check the file's dimensions (DataArray Dim0, Dim1); a GIFTI file is decoded whole (as float64 at most): "
+            "give a larger --max-memory, or the data as .npy or CIFTI, read a block at a time."
+        )
+    else:
+        fix = "Check the file's dimensions (DataArray Dim0, Dim1)."
+    check_memory(total, f"{path}: the data arrays its header declares{held}", cap, fix)
 
 
 def _check_dimensions(path, shape) -> None:

@@ -224,6 +224,8 @@ def test_a_subject_without_preprocessed_runs(tmp_path, dataset, capsys, how):
     skipped = [line for line in lines if line.startswith("voxfit: skipped:")]
     assert len(failed) == 2 and len(lines) == 3  # one line per raw run, each naming the raw file
     assert "sub-03" in skipped[0] and "no input left" in skipped[0]  # its subject node says why it is not fitted
+    said = re.findall(r"(sub-03_task-stroop_run-\d) failed at node", skipped[0])
+    assert sorted(said) == ["sub-03_task-stroop_run-1", "sub-03_task-stroop_run-2"], skipped  # (each once)
     for run, line in zip((1, 2), sorted(failed)):
         assert "node runlevel" in line and f"sub-03_task-stroop_run-{run}_bold.nii.gz" in line
         assert "no preprocessed BOLD run" in line

@@ -3305,7 +3305,7 @@ class _Study:
                     lost.setdefault(where, []).append(f)
         for where, fs in lost.items():
             entities = dict(zip(keys, where))
-            why = "; ".join(f"{f.group} failed at node {f.node}" for f in fs)
+            why = "; ".join(dict.fromkeys(f"{f.group} failed at node {f.node}" for f in fs))  # (once, not a contrast)
             reason = f"skipped: no input left ({why})"
             self.skipped.append(Failure(node.name, _group_label(entities), reason, tuple(entities.items())))
 

@@ -750,6 +750,7 @@ def test_masker_inverse_checks_sizes():
     "setup,message",
     [
         (lambda d: d / "missing.nii.gz", "no such file"),
+        (lambda d: d / "run1", "run1: no such file or folder"),  # (a folder mistyped: "not an image voxfit can read")
         (lambda d: (d / "notes.csv").write_text("hi") and d / "notes.csv", "not an image voxfit can read"),
         (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "not a list of scans .* line 1 is 'hi'"),
         (

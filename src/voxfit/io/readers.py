@@ -163,6 +163,8 @@ def _kind(path: Path) -> str:
         return "hdf5"
     if name.endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz", ".hdr.gz")):
         return "nifti"
+    if "::" not in text and not os.path.lexists(path):  # (a folder's name mistyped: not a kind of image)
+        raise InputError(f"{path}: no such file or folder.")
     raise InputError(
         f"{path}: not an image voxfit can read (expected .nii, .nii.gz, .hdr/.img, .gii, .dtseries.nii, "
         ".dscalar.nii, .npy, .zarr or .h5)."

@@ -592,3 +592,14 @@ def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path, capsys):
     code = main(["fit", str(odd), "--design", str(tmp_path / "d.tsv"), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "run\\nsecond" in err, err
+
+
+@pytest.mark.parametrize("given", [["--con", "design.con"], ["--contrast", "design.con"]])
+def test_an_fsl_con_file_given_to_fit_is_said_to_be_group_s(tmp_path, capsys, given):
+    """FSL's design.con given to voxfit fit: argparse's "ambiguous option: --con could match --contrast,
+    --convolution..." or "unknown column 'design.con'"; it is said to be voxfit group's, with fit's form."""
+    code = main(
+        ["fit", str(tmp_path / "bold.nii"), "--design", str(tmp_path / "d.tsv"), *given, "-o", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "FSL's design.con is for voxfit group (--con)" in err and err.count("\n") == 1, err

@@ -330,6 +330,7 @@ def _get_parser() -> argparse.ArgumentParser:
         help="a contrast (repeatable), e.g. 'task=A - B' or 'eoi=A; B' (an F test); a column named with spaces or "
         "signs goes between backticks: 'f=`face up` - `1`'",
     )
+    fit.add_argument("--con", help=argparse.SUPPRESS)  # (FSL's design.con: voxfit group's; said so in _run_fit)
     fit.add_argument(
         "-o", "--output", required=True, metavar="DIR", help="output folder (must be empty unless --force)"
     )
@@ -1193,6 +1194,11 @@ def _run_fit(args, argv, progress) -> int:
     numerical modules import: nibabel first (imports hold the GIL, so two at once only take turns), then
     decompression (which releases it) runs alongside scipy's import."""
     sources = args.events or args.design
+    if args.con is not None or any(str(c).strip().lower().endswith(".con") for c in args.contrast):
+        raise InputError(  # (--con was "ambiguous option", --contrast design.con "unknown column 'design.con'")
+            "FSL's design.con is for voxfit group (--con); voxfit fit takes each contrast as --contrast NAME=EXPR over "
+            "the design's columns, e.g. --contrast 'task=EV1 - EV2'."
+        )
     if args.design:
         _refuse_design_options_with_a_design(args)
     record = _resolve_settings(args)

@@ -423,6 +423,16 @@ def test_a_rerun_naming_the_space_and_task_a_study_took_by_default_is_the_same_s
         record.write_text(json.dumps(data))
     assert main([*argv, "--space", SPACE]) == 0, capsys.readouterr().err
     assert "another study" not in capsys.readouterr().err
+    # subjects at two resolutions (the study's space "X:res-1, X:res-2"), then one subject, or one resolution: the
+    # same study, of fewer of its runs (each was refused as another study's)
+    for path in [p for p in (study.derivatives / "sub-02").rglob("*_space-*") if p.is_file()]:
+        path.rename(path.with_name(path.name.replace(f"_space-{SPACE}_", f"_space-{SPACE}_res-2_")))
+    mixed = ["bids", str(study.root), str(tmp_path / "mixed"), "subject", "--derivatives", str(study.derivatives)]
+    assert main([*mixed, "--quiet"]) == 0, capsys.readouterr().err
+    assert main([*mixed, "--participant-label", "02", "--quiet"]) == 0, capsys.readouterr().err
+    assert main([*mixed, "--space", f"{SPACE}:res-2"]) == 2  # (sub-01 has no run at res-2: it fails alone)
+    err = capsys.readouterr().err
+    assert "another study" not in err and "no preprocessed BOLD run in the derivatives at" in err, err
 
 
 def test_a_dataset_level_of_subjects_at_several_densities_is_refused_before_any_fit(tmp_path, capsys):

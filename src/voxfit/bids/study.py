@@ -691,13 +691,24 @@ def _runs_chosen(runs) -> tuple[tuple[str, object], ...]:
 
 
 def _same_study(recorded, study: dict) -> bool:
-    """Whether a record's study (its ``bids`` part's ``study``) is `study`: equal, or written by an older voxfit, which
-    named the --task and --space given (None where the study chose them) rather than those chosen."""
+    """Whether a record's study (its ``bids`` part's ``study``) is `study`: equal, or of the same model and desc with
+    tasks and grids of which one study's are among the other's (a study of some of the subjects, or at one of its
+    grids, as --participant-label or --space chose it), or written by an older voxfit, which named the --task and
+    --space given (None where the study chose them) rather than those chosen."""
     if recorded == study:
         return True
     if not isinstance(recorded, dict) or recorded.keys() != study.keys():
         return False
-    return all(recorded[k] == v or (k in ("task", "space") and recorded[k] is None) for k, v in study.items())
+
+    def among(k, v) -> bool:
+        if recorded[k] == v or (k in ("task", "space") and recorded[k] is None):
+            return True
+        if k not in ("task", "space") or not isinstance(recorded[k], str) or not isinstance(v, str):
+            return False
+        theirs, ours = set(recorded[k].split(", ")), set(v.split(", "))
+        return theirs <= ours or ours <= theirs
+
+    return all(among(k, v) for k, v in study.items())
 
 
 def _foreign_group(record_path: Path, bids: dict | None, study: dict) -> str | None:

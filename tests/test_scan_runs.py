@@ -404,3 +404,27 @@ def test_a_folder_of_4d_files_is_told_to_give_the_runs_own_file(tmp_path, rng, c
     ev = _events(tmp_path / "ev.tsv", [0, 16])
     code, err = _fit(capsys, [feat], [ev], tmp_path / "out")
     assert code == 2 and "none a series of scans" in err and f"e.g. {feat / 'filtered_func_data.nii.gz'}" in err, err
+
+
+@pytest.mark.parametrize(
+    ("paths", "said"),
+    [
+        (["r/vol.nii", "r/vol2.nii", "r/vol3.nii"], None),  # (vol2 was ordered before vol.nii: refused as shuffled)
+        (["run/a.nii", "run2/a.nii"], None),
+        (["g/sub-1/con_0001.nii", "g/sub-10/con_0001.nii", "g/sub-2/con_0001.nii"], "g/sub-10/con_0001.nii comes"),
+        (["s/f_1.nii", "s/f_3.nii", "s/f_2.nii"], "f_3.nii comes before f_2.nii"),
+    ],
+)
+def test_scans_in_order_or_of_several_folders_are_not_refused(paths, said):
+    """Only one folder's scans in a shell's text order are refused: names whose numbers are in order once their
+    suffixes are left aside, and maps of several folders (a design's rows may follow the shell's order), were
+    refused, one with "con_0001.nii comes before con_0001.nii"."""
+    import warnings
+
+    from voxfit.io.scans import warn_out_of_order
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_out_of_order(paths)
+    messages = [str(w.message) for w in caught]
+    assert (said is None and not messages) or (len(messages) == 1 and said in messages[0]), messages

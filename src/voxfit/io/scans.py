@@ -50,18 +50,26 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
+def _order_key(path) -> list:
+    """The order of a scan's name: each folder of its path, then its name less the image suffix, with their
+    numbers by value (``vol.nii`` before ``vol2.nii``, ``run/a.nii`` before ``run2/a.nii``)."""
+    p = Path(path)
+    return [natural_key(Path(part)) for part in p.parent.parts] + [natural_key(Path(_stem(p.name)))]
+
+
 def warn_out_of_order(paths, listed_in: Path | None = None) -> None:
-    """Scans given out of the order of their numbers. A shell's list in exactly text order (scan_10 before scan_2:
-    an unquoted pattern's) is refused, saying how to give them in order: fitted as given, the run's scans were
-    shuffled against its design, which --quiet left unsaid (exit 0). Any other order (a .txt list, `listed_in`,
-    in its writer's; names given one by one) is fitted as given, but said."""
+    """Scans given out of the order of their numbers. One folder's scans in exactly a shell's text order (scan_10
+    before scan_2: an unquoted pattern's) are refused, saying how to give them in order: fitted as given, the run's
+    scans were shuffled against its design, which --quiet left unsaid (exit 0). Any other order (a .txt list,
+    `listed_in`, in its writer's; names given one by one; files of several folders) is fitted as given, but said."""
     import warnings
 
-    keys = [natural_key(Path(p)) for p in paths]
+    keys = [_order_key(p) for p in paths]
+    one_folder = len({str(Path(p).parent) for p in paths}) == 1
     for a, b, ka, kb in zip(paths, paths[1:], keys, keys[1:]):
         if kb < ka:
-            pair = f"{Path(a).name} comes before {Path(b).name}"
-            if listed_in is None and [str(p) for p in paths] == sorted(map(str, paths)):
+            pair = f"{Path(a).name} comes before {Path(b).name}" if one_folder else f"{a} comes before {b}"
+            if listed_in is None and one_folder and [str(p) for p in paths] == sorted(map(str, paths)):
                 raise InputError(
                     f"the scans are in the text order a shell's pattern gives ({pair}), not their numbers': quote "
                     "the pattern ('scans/*.nii') or give their folder, which voxfit orders by number, or list them "

@@ -829,10 +829,10 @@ def test_confounds_files_that_are_not_tsvs_exit_2(tmp_path, capsys, content, mes
     assert code == 2 and message in err and "confounds" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("hrf", ["spm", "glover+derivative"])
-def test_a_repetition_time_past_the_hrf_is_bad_input_naming_milliseconds(hrf):
+@pytest.mark.parametrize(("hrf", "convolution"), [("spm", "spm"), ("glover+derivative", "spm"), ("glover", "nilearn")])
+def test_a_repetition_time_past_the_hrf_is_bad_input_naming_milliseconds(hrf, convolution):
     """A TR given in milliseconds (2000): SPM's HRF sampled every TR / 16 s had no sample inside its response, its
     normalised kernel was NaN, and the design's SVD failed (exit 1, "LinAlgError: SVD did not converge")."""
     events = {"a": {"onset": np.array([10.0, 60.0]), "duration": np.array([5.0, 5.0])}}
     with pytest.raises(InputError, match=r"repetition times are in seconds .*2000 looks like milliseconds: give 2\."):
-        make_design(events, 2000.0, 60, hrf=hrf, drift="none")
+        make_design(events, 2000.0, 60, hrf=hrf, drift="none", convolution=convolution)

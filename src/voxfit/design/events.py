@@ -636,6 +636,18 @@ def _check_design_memory(conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_
     )
 
 
+def _check_hrf_sampled(kernels, tr: float, hrf: str) -> None:
+    """Refuse a repetition time at which the HRF's kernels, sampled on the microtime grid and normalised, hold no
+    finite value: no sample falls inside the response (a TR given in milliseconds: the design's SVD failed, exit 1)."""
+    if np.isfinite(kernels).all():
+        return
+    ms = f"; {tr:g} looks like milliseconds: give {tr / 1000:g}" if tr >= 100 else ""
+    raise InputError(
+        f"a repetition time of {tr:g} s samples the {hrf} HRF (32 s long) at no point of its response: repetition "
+        f"times are in seconds (--tr, BIDS' RepetitionTime){ms}."
+    )
+
+
 def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: str, T: int, T0: int, fir_delays: int):
     """Each condition's regressors on SPM's microtime grid: ``[(name, kind, column), ...]``, in SPM's order
     (each input of the condition, see :func:`_parametric`, convolved with each basis function)."""
@@ -643,12 +655,7 @@ def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: s
     n_bins = n_scans * T + 32
     with np.errstate(invalid="ignore", divide="ignore"):
         bf, suffixes = basis_set(hrf, dt, T, fir_order=fir_delays, fir_length=fir_delays * tr)
-    if not np.isfinite(bf).all():  # (SPM's HRF sampled every tr / T s: past tr ~ 512 s, no sample falls inside it)
-        ms = f"; {tr:g} looks like milliseconds: give {tr / 1000:g}" if tr >= 100 else ""
-        raise InputError(
-            f"a repetition time of {tr:g} s samples the {hrf} HRF (32 s long) at no point of its response: repetition "
-            f"times are in seconds (--tr, BIDS' RepetitionTime){ms}."
-        )
+    _check_hrf_sampled(bf, tr, hrf)  # (SPM's HRF sampled every tr / T s: past tr ~ 512 s, no sample inside it)
     readout = np.arange(n_scans) * T + T0 + 31
     out = []
     for name, ev in conditions.items():
@@ -683,7 +690,9 @@ def _nilearn_columns(
         )
     )
     grid = np.linspace(first + min_onset, last * (1 + 1 / (n_scans - 1)), n_fine)
-    kernels, suffixes = nilearn_kernels(hrf, tr, oversampling, range(int(fir_delays)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kernels, suffixes = nilearn_kernels(hrf, tr, oversampling, range(int(fir_delays)))
+    _check_hrf_sampled(np.asarray(kernels, dtype=float), tr, hrf)  # (nilearn's, every tr / 50 s: past tr ~ 1600 s)
     if hrf == "fir":
         suffixes = [f"_delay_{d}" for d in range(int(fir_delays))]  # nilearn's FIR names
     out = []

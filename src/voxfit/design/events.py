@@ -639,7 +639,7 @@ def _check_design_memory(conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_
 def _check_hrf_sampled(kernels, tr: float, hrf: str) -> None:
     """Refuse a repetition time at which the HRF's kernels, sampled on the microtime grid and normalised, hold no
     finite value: no sample falls inside the response (a TR given in milliseconds: the design's SVD failed, exit 1)."""
-    if np.isfinite(kernels).all():
+    if all(np.isfinite(np.asarray(k, dtype=float)).all() for k in kernels):  # (FIR's: kernels of several lengths)
         return
     ms = f"; {tr:g} looks like milliseconds: give {tr / 1000:g}" if tr >= 100 else ""
     raise InputError(
@@ -692,7 +692,7 @@ def _nilearn_columns(
     grid = np.linspace(first + min_onset, last * (1 + 1 / (n_scans - 1)), n_fine)
     with np.errstate(invalid="ignore", divide="ignore"):
         kernels, suffixes = nilearn_kernels(hrf, tr, oversampling, range(int(fir_delays)))
-    _check_hrf_sampled(np.asarray(kernels, dtype=float), tr, hrf)  # (nilearn's, every tr / 50 s: past tr ~ 1600 s)
+    _check_hrf_sampled(kernels, tr, hrf)  # (nilearn's, sampled every tr / 50 s)
     if hrf == "fir":
         suffixes = [f"_delay_{d}" for d in range(int(fir_delays))]  # nilearn's FIR names
     out = []

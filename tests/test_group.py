@@ -767,3 +767,13 @@ def test_a_con_contrast_named_like_an_f_test_leaves_the_f_test_another_name(tmp_
     assert main(["group", *map(str, paths), *args, "-o", str(tmp_path / "o"), "--quiet"]) == 0
     assert (tmp_path / "o" / "contrast-F1_stat-t_statmap.nii.gz").exists()
     assert (tmp_path / "o" / "contrast-fts1_stat-F_statmap.nii.gz").exists()
+
+
+def test_maps_on_different_grids_name_the_odd_one_even_where_it_is_first(tmp_path, rng, capsys):
+    """Maps of several 3-D files were each checked against the first: with the first the odd grid, a healthy
+    second map was named. The odd map is named, against the grid most share."""
+    paths = _maps(tmp_path, rng, n=4)
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), AFFINE), paths[0])
+    assert main(["group", *map(str, paths), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{paths[0]} has" in err and str(paths[1]) not in err, err

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..exceptions import DesignWarning, InputError
 from ..io import expand_run, open_map, statmap_name
-from ..io.geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry
+from ..io.geometry import ArrayGeometry, CiftiGeometry, SurfaceGeometry, VolumeGeometry, most_common_geometry
 from ..io.scans import file_identity
 from .subjects import listed, subject_labels
 
@@ -600,7 +600,7 @@ def _beside(effect: Path, what: str) -> Path | None:
 def _check_grids(effects, variances, effect_grids, variance_grids, subjects) -> None:
     """Each variance map on its effect map's grid, and each effect map on the grid of most of them (the first one's
     blamed a subject whose map was on the others' grid where the first map was the odd one)."""
-    common = _most_common_grid(effect_grids)
+    common = most_common_geometry(effect_grids)
     what = (
         f"the effect maps of most inputs ({effects[common]}, ...)" if common else f"the first effect map {effects[0]}"
     )
@@ -608,22 +608,6 @@ def _check_grids(effects, variances, effect_grids, variance_grids, subjects) -> 
         who = f" (sub-{label})" if label is not None else ""
         _check_grid(e, v, variance, f"its effect map {effect}{who}")
         _check_grid(effect_grids[common], e, f"{effect}{who}", what, fix="resample the maps to one grid")
-
-
-def _most_common_grid(grids) -> int:
-    """The index of a grid that most of `grids` share (the first of the most common; 0 where all agree)."""
-    kinds: list[list[int]] = []  # (the indices of each kind of grid, in the order met)
-    for k, grid in enumerate(grids):
-        for members in kinds:
-            try:
-                grids[members[0]].check_same(grid, "")
-            except InputError:
-                continue
-            members.append(k)
-            break
-        else:
-            kinds.append([k])
-    return max(kinds, key=len)[0] if kinds else 0
 
 
 def _check_grid(reference, other, path, what: str, fix: str = "give the variance map of the same fit") -> None:

@@ -20,7 +20,15 @@ from numpy.typing import NDArray
 from ..exceptions import InputError
 from ._gzip import open_gzip
 
-__all__ = ["Geometry", "VolumeGeometry", "SurfaceGeometry", "CiftiGeometry", "ArrayGeometry", "save_nifti"]
+__all__ = [
+    "Geometry",
+    "VolumeGeometry",
+    "SurfaceGeometry",
+    "CiftiGeometry",
+    "ArrayGeometry",
+    "most_common_geometry",
+    "save_nifti",
+]
 
 AFFINE_ATOL = 1e-3  # mm: affines that differ by less are the same grid
 
@@ -66,6 +74,24 @@ class Geometry:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "n_elements": self.n_elements}
+
+
+def most_common_geometry(geometries) -> int:
+    """The index of a geometry that most of `geometries` share (the first of the most common; 0 where all agree):
+    the one to check the others against, so that the odd ones are named (against the first, a healthy second map
+    was blamed where the first was the odd one)."""
+    kinds: list[list[int]] = []  # (the indices of each kind of geometry, in the order met)
+    for k, geometry in enumerate(geometries):
+        for members in kinds:
+            try:
+                geometries[members[0]].check_same(geometry, "")
+            except InputError:
+                continue
+            members.append(k)
+            break
+        else:
+            kinds.append([k])
+    return max(kinds, key=len)[0] if kinds else 0
 
 
 @dataclass(frozen=True, eq=False)

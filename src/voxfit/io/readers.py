@@ -65,6 +65,7 @@ from .geometry import (
     SurfaceGeometry,
     VolumeGeometry,
     brain_models_fault,
+    most_common_geometry,
     same_brain_models,
 )
 from .memory import MemoryInput, check_data, is_image, memory_input
@@ -1312,8 +1313,10 @@ class VolumeListReader:
             if r.n_scans != 1:
                 raise InputError(f"{r.path} has {r.n_scans} scans; give either one 4-D image or 3-D files only.")
         _check_scans_spm_mats(self._readers)  # (before their grids: nibabel places an Analyze pair by its .mat)
-        for r in self._readers[1:]:
-            first.geometry.check_same(r.geometry, str(r.path))
+        common = self._readers[most_common_geometry([r.geometry for r in self._readers])]  # (the odd ones named)
+        for r in self._readers:
+            if r is not common:
+                common.geometry.check_same(r.geometry, str(r.path))
         self.geometry = first.geometry
         self.n_scans = len(self._readers)
         self.paths = [p for r in self._readers for p in r.paths]

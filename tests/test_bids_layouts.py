@@ -462,6 +462,10 @@ def test_a_gifti_run_whose_metadata_gives_the_other_hemisphere_fails_alone(tmp_p
     img = nib.load(bold)
     img.meta = nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": "CortexRight"})
     nib.save(img, bold)
+    (right,) = study.derivatives.rglob("*run-2_hemi-L_space-fsaverage5_bold.func.gii")  # (spelt otherwise: fine)
+    img = nib.load(right)
+    img.meta = nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": "CORTEX_LEFT"})
+    nib.save(img, right)
     result = run(study.root, tmp_path / "out", derivatives=[study.derivatives], level="run", progress=False)
     (failure,) = result.failures
     assert "its name says hemi-L but its metadata CortexRight" in failure.reason, failure.reason

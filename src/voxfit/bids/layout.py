@@ -1335,10 +1335,12 @@ def _run_input(layout, files: _RunFiles, f) -> RunInput:
     try:
         reader = open_reader(str(bold), "bold")
         n_scans, step = int(reader.n_scans), header_scan_step(reader)
-        structure = getattr(reader.geometry, "structure", None)  # (a GIFTI's AnatomicalStructurePrimary)
-        hemi = {"L": "CortexLeft", "R": "CortexRight"}.get(str(ent.get("hemi")))
-        if hemi is not None and structure is not None and structure != hemi:  # (fitted, then its node failed)
-            problems.append(
+        # (a GIFTI's AnatomicalStructurePrimary, as its writer spells it: CortexLeft, CORTEX_LEFT, Cortex_Left...)
+        structure = str(getattr(reader.geometry, "structure", None) or "")
+        said = re.sub(r"[^a-z]", "", structure.lower())
+        own, other = {"L": ("left", "right"), "R": ("right", "left")}.get(str(ent.get("hemi")), ("", ""))
+        if other and other in said and own not in said:
+            problems.append(  # (the other hemisphere's: fitted as it, then its dataset node failed for everyone)
                 f"{bold}: its name says hemi-{ent['hemi']} but its metadata {structure} "
                 "(AnatomicalStructurePrimary): fix the one that is wrong."
             )

@@ -342,3 +342,11 @@ def test_blocks_that_leave_one_rearrangement_say_which_file_they_may_be():
     design = np.column_stack([g, 1 - g])
     with pytest.warns(UserWarning, match=r"the design allows only 1 within its 2 exchangeability blocks \(--grp\)"):
         make_shuffles("permute", design, 1000, blocks=2 - g)
+
+
+def test_blocks_that_do_not_lower_the_rearrangements_are_not_named_as_their_cause():
+    """Sign flips of 4 rows in 2 blocks: 16 rearrangements with the blocks or without; the warning of too few named
+    the blocks (and FEAT's design.grp) as their cause."""
+    with pytest.warns(UserWarning, match="the design allows only 16") as caught:
+        make_shuffles("flip", np.ones((4, 1)), 1000, blocks=[1, 1, 2, 2])
+    assert "exchangeability blocks" not in str(caught[0].message)

@@ -208,7 +208,8 @@ def make_shuffles(
     if min(n_shuffles, available) <= MIN_SHUFFLES_05:  # (the FWE maps would be 1 or near it everywhere)
         count = min(n_shuffles, available)
         why = f"the design allows only {available}" if exhaustive else "give --permutations 5000 or more"
-        if exhaustive and n_blocks > 1:  # (FEAT's design.grp given as the blocks: each block one group, no label moves)
+        blocked = not whole_blocks and count_shuffles(kind, design, None, False) > available  # (the blocks' doing)
+        if exhaustive and n_blocks > 1 and blocked:  # (FEAT's design.grp given as the blocks: each block one group)
             why += (
                 f" within its {n_blocks} exchangeability blocks (--grp), each row kept in its block: check that the "
                 "file is randomise's -e blocks, not FEAT's design.grp of variance groups (--variance-groups)"

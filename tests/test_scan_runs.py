@@ -187,12 +187,16 @@ def test_a_list_of_scans_out_of_order_or_of_frames_and_an_img_without_its_hdr_ar
     # SPM's list of 3-D images (SPM.xY.P, spm_select's ExtFPList), each named by its first volume: those images (it
     # was refused, saying to give "the 4-D file" fMRI_0001.nii, one scan)
     firsts = root / "firsts.txt"
-    firsts.write_text("".join(f"{p},1\n" for p in scans))
+    firsts.write_text("# run 1, 2\n" + "".join(f"{p},1\n" for p in scans))  # (a comment's numbers are no volume)
     assert main(["fit", str(firsts), *args, str(root / "o4")]) == 0, capsys.readouterr().err
     t = [
         np.asarray(nib.load(str(out / "contrast-l_stat-t_statmap.nii.gz")).dataobj) for out in (root / "o4", root / "o")
     ]
     np.testing.assert_array_equal(*t)
+    # a 4-D file's first volume alone is no run of the file (SPM's pick of one frame): refused, saying what to give
+    (root / "one.txt").write_text(f"{_four_d(root / 'four.nii', run1)},1\n")
+    assert main(["fit", str(root / "one.txt"), *args, str(root / "o5")]) == 2
+    assert "give the 4-D file itself (four.nii)" in capsys.readouterr().err
     scans[7].with_suffix(".hdr").unlink()
     assert main(["fit", str(run1 / "sw*.img"), *args, str(root / "o3")]) == 2
     assert f"{scans[7].name}: the data of an Analyze/NIfTI pair, whose header {scans[7].stem}.hdr is not beside it" in (

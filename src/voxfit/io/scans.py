@@ -178,6 +178,21 @@ def _from_pattern(pattern: str) -> list[Path]:
     return scans
 
 
+def _one_volume(listed_in: Path, name: str) -> bool:
+    """Whether `name` (a list's line, less SPM's ",1") is an image of one volume: its first volume is then the image
+    itself. A 4-D file's first volume alone is not a run of it (SPM's selection of one frame)."""
+    import nibabel as nib
+
+    if not name.lower().endswith((*_SCAN_SUFFIXES, ".hdr")):
+        return False
+    image = Path(name) if Path(name).is_absolute() else listed_in.parent / name
+    try:
+        shape = nib.load(str(image)).shape
+    except Exception:  # noqa: BLE001 (a file that is not there or not an image: refused as a line below)
+        return False
+    return len(shape) < 4 or shape[3] == 1
+
+
 def _from_list(path: Path) -> list[Path]:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # (a byte-order mark is not part of a name)
@@ -190,14 +205,17 @@ def _from_list(path: Path) -> list[Path]:
     scans = []
     # SPM's lists of 3-D images (SPM.xY.P, spm_select's ExtFPList) name each by its first volume, "fMRI_0001.nii,1":
     # the image itself, unless a line names another volume (volumes of a 4-D file, refused below with what to give)
-    volumes = [re.fullmatch(r"(.+),\s*(\d+)", line.strip()) for line in lines]
+    volumes = [
+        None if not line.strip() or line.strip().startswith("#") else re.fullmatch(r"(.+),\s*(\d+)", line.strip())
+        for line in lines
+    ]
     firsts = all(v is None or int(v.group(2)) == 1 for v in volumes)
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         volume = volumes[number - 1]
-        if firsts and volume is not None and volume.group(1).lower().endswith((*_SCAN_SUFFIXES, ".hdr")):
+        if firsts and volume is not None and _one_volume(path, volume.group(1)):
             text = volume.group(1)
         if not text.lower().endswith((*_SCAN_SUFFIXES, ".hdr")):  # (an Analyze pair by its header, as positional)
             frame = re.fullmatch(r"(.+),\s*\d+", text)  # (SPM's file,N: the Nth volume of a 4-D file)

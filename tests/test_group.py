@@ -757,16 +757,17 @@ def test_a_con_file_over_a_design_whose_intercept_voxfit_added_is_refused(tmp_pa
 
 def test_a_con_contrast_named_like_an_f_test_leaves_the_f_test_another_name(tmp_path, rng):
     """A design.con contrast named F1 was refused as repeating the first F test's automatic name ("give each a
-    distinct name"), which the user cannot give: the F test is named fts1 then."""
+    distinct name"), which the user cannot give: the F test is named fts1 then (fts1_2 where that is taken too)."""
     paths = _maps(tmp_path, rng, n=8)
     write_vest(tmp_path / "design.mat", np.ones((8, 1)))
-    write_vest(tmp_path / "design.con", np.ones((1, 1)), {"ContrastName1": "F1"}, rows_key="NumContrasts")
-    write_vest(tmp_path / "design.fts", np.ones((1, 1)), rows_key="NumContrasts")
+    names = {"ContrastName1": "F1", "ContrastName2": "fts1"}  # (the first choice's too)
+    write_vest(tmp_path / "design.con", np.ones((2, 1)), names, rows_key="NumContrasts")
+    write_vest(tmp_path / "design.fts", np.array([[1.0, 0.0]]), rows_key="NumContrasts")
     files = [("--design", "design.mat"), ("--con", "design.con"), ("--fts", "design.fts")]
     args = [x for option, name in files for x in (option, str(tmp_path / name))]
     assert main(["group", *map(str, paths), *args, "-o", str(tmp_path / "o"), "--quiet"]) == 0
     assert (tmp_path / "o" / "contrast-F1_stat-t_statmap.nii.gz").exists()
-    assert (tmp_path / "o" / "contrast-fts1_stat-F_statmap.nii.gz").exists()
+    assert (tmp_path / "o" / "contrast-fts1_2_stat-F_statmap.nii.gz").exists()
 
 
 def test_maps_on_different_grids_name_the_odd_one_even_where_it_is_first(tmp_path, rng, capsys):

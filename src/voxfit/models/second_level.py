@@ -868,8 +868,11 @@ class SecondLevel:
                     rows = _independent_rows(np.array([tcons[i][1] for i in chosen]))
                     if rows.shape[0] == 1:  # an F of one contrast is two-sided (F = t^2), as randomise reports it
                         rows = np.vstack([rows, rows])
-                    taken = {label for label, _ in items}  # (a .con contrast named F1: the F test is fts1)
-                    items.append((f"F{k}" if f"F{k}" not in taken else f"fts{k}", rows))
+                    taken = {label for label, _ in items}  # (a .con contrast named F1: the F test is fts1, fts1_2...)
+                    name, again = f"F{k}", 1
+                    while name in taken:
+                        name, again = f"fts{k}" + (f"_{again}" if again > 1 else ""), again + 1
+                    items.append((name, rows))
         elif self.fts is not None:
             raise InputError("--fts selects contrasts of a --con file; give the .con file too.")
         if not items:

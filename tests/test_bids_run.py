@@ -179,7 +179,7 @@ def test_smoothing_is_refused_for_surfaces_in_one_line(tmp_path, capsys, space):
     # FSL's FILM needs the mesh too: refused before anything is fitted (each run failed alone, saying so)
     assert main([*args, "--preset", "fsl"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "add --noise arma11 (or auto, ar1 .. ar16) beside --preset fsl" in err, err
+    assert err.count("\n") == 1 and "give --noise arma11 (or auto, ar1 .. ar16; beside --preset fsl" in err, err
     assert main([*args, "--preset", "fsl", "--noise", "arma11", "--quiet"]) == 0, capsys.readouterr().err
 
 

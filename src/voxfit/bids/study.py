@@ -445,7 +445,8 @@ def run(
             raise InputError(
                 f"--noise film (FSL's FILM, --preset fsl's) smooths the noise's autocorrelation over neighbouring "
                 f"voxels or vertices, and {surface.name} is a surface or CIFTI run, whose mesh a study takes none of: "
-                "add --noise arma11 (or auto, ar1 .. ar16) beside --preset fsl, or choose volume runs with --space."
+                "give --noise arma11 (or auto, ar1 .. ar16; beside --preset fsl, where given), or choose volume runs "
+                "with --space."
             )
         _check_surface_inference(settings, surface)
         _check_own_space_levels(settings.level, runs, levels)

@@ -623,7 +623,7 @@ def test_a_higher_level_feat_folder_is_said_to_be_one(tmp_path):
     assert first_level_maps([gfeat / "cope1.feat", gfeat / "cope2.feat"], "1").n == 2
 
 
-def test_a_voxfit_bids_folder_is_said_to_be_one_with_the_maps_to_give(tmp_path):
+def test_a_voxfit_bids_folder_is_said_to_be_one_with_the_maps_to_give(tmp_path, capsys):
     """voxfit bids' subject folders (node-*/ of records named by their groups) were said to be "not a finished
     first-level fit (no model.json...)" though they hold *_model.json records: they are named as voxfit bids', with
     the maps to give instead (the README's example gave such folders to --first-level)."""
@@ -638,6 +638,11 @@ def test_a_voxfit_bids_folder_is_said_to_be_one_with_the_maps_to_give(tmp_path):
             first_level_maps([folder], "faces")
         with pytest.raises(InputError, match=where + r"_stat-effect_statmap\*\), with --variances"):
             first_level_maps([folder], "faces")
+    # without --first-level-contrast: said at once (it was "not a voxfit output folder; name the contrast")
+    from voxfit.cli import main
+
+    assert main(["group", "--first-level", str(node), str(node), "-o", str(tmp_path / "g"), "--quiet"]) == 2
+    assert "holds voxfit bids records" in capsys.readouterr().err
 
 
 def test_fsls_three_levels_take_each_higher_level_folders_dof_map_beside_first_level_dof(tmp_path, capsys):

@@ -49,6 +49,7 @@ __all__ = [
     "FitRecord",
     "PairedMaps",
     "check_not_statistics",
+    "study_folder_error",
     "first_level_maps",
     "pair_variances",
     "read_fit_record",
@@ -781,17 +782,25 @@ def _folder_maps(folder: Path, contrast: str, read_record) -> _Folder:
             f"{folder} is a higher-level FEAT folder ({', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}): "
             "give its cope<N>.feat folder of the contrast to take, whose stats/ hold the group's maps."
         )
-    study = sorted(folder.glob("*_model.json")) or sorted(folder.glob("node-*/*_model.json"))
-    if study:  # (voxfit bids' node folders: a record per group, named by its entities; sub-01/ holds node-*/)
-        raise InputError(
-            f"{folder} holds voxfit bids records ({study[0].name}...), not a voxfit fit's model.json: give the "
-            f"subjects' maps of the contrast ({'node-<subject node>/' if study[0].parent != folder else ''}"
-            f"*_contrast-{contrast}_stat-effect_statmap*), with --variances their stat-variance maps, or fit the "
-            "group as the study's dataset node."
-        )
+    if (study := study_folder_error(folder, contrast)) is not None:
+        raise study
     raise InputError(
         f"{folder} is not a finished first-level fit (no model.json, and no FEAT stats/cope<N>); give the output "
         "folder of a voxfit fit that ran to the end, or a FEAT folder."
+    )
+
+
+def study_folder_error(folder: Path, contrast: str | None) -> InputError | None:
+    """The error of a voxfit bids folder given as a first-level folder (its node-*/ records named by their groups,
+    no model.json), saying which maps to give instead; None for any other folder."""
+    study = sorted(folder.glob("*_model.json")) or sorted(folder.glob("node-*/*_model.json"))
+    if not study:
+        return None
+    where = "node-<subject node>/" if study[0].parent != folder else ""
+    return InputError(
+        f"{folder} holds voxfit bids records ({study[0].name}...), not a voxfit fit's model.json: give the "
+        f"subjects' maps of the contrast ({where}*_contrast-{contrast or '<name>'}_stat-effect_statmap*), with "
+        "--variances their stat-variance maps, or fit the group as the study's dataset node."
     )
 
 

@@ -836,3 +836,12 @@ def test_a_repetition_time_past_the_hrf_is_bad_input_naming_milliseconds(hrf, co
     events = {"a": {"onset": np.array([10.0, 60.0]), "duration": np.array([5.0, 5.0])}}
     with pytest.raises(InputError, match=r"repetition times are in seconds .*2000 looks like milliseconds: give 2\."):
         make_design(events, 2000.0, 60, hrf=hrf, drift="none", convolution=convolution)
+
+
+def test_an_fsl_three_column_ev_file_is_said_to_be_one(tmp_path):
+    """FSL's 3-column EV file (onset, duration, height, no header) given as events: "has no 'onset' column
+    (columns: 10, 5, 1)"; it is named as FSL's format, with the BIDS form to give."""
+    ev = tmp_path / "ev1.txt"
+    ev.write_text("10\t5\t1\n40\t5\t1\n")
+    with pytest.raises(InputError, match=r"is FSL's 3-column format .*header line 'onset<TAB>duration<TAB>trial_type'"):
+        read_events(ev)

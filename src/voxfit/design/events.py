@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
-from .._checks import check_scalar, repeated
+from .._checks import check_scalar, is_number, repeated
 from .._memory import check_memory
 from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
@@ -318,6 +318,12 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
         header, body = _tsv_file(path, "events", _EVENTS_EXPECTED)
     else:
         raise InputError(f"`events` must be a path to a BIDS events.tsv or {EVENTS_FRAME}; got {type_name(path)}.")
+    if len(header) == 3 and all(is_number(h) for h in header) and "onset" not in header:  # (no header line)
+        raise InputError(
+            f"{where} is FSL's 3-column format (onset, duration, height; one file per condition, no header line): "
+            "give one BIDS events.tsv of the run, a header line 'onset<TAB>duration<TAB>trial_type' and a line per "
+            "event naming its condition (its height, where not 1, in a modulation column)."
+        )
     for needed in ("onset", "duration"):
         if needed not in header:
             raise InputError(f"{where} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")

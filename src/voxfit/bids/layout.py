@@ -994,6 +994,8 @@ def _one_grid(chosen: list, space: str | None, qualifiers: dict[str, str]) -> li
     at = [f for f in chosen if all(str(f.entities.get(k, "native")) == v for k, v in qualifiers.items())]
     if chosen and not at:  # (the space's runs are all at other resolutions or densities: said as the grids found)
         found = sorted({_grid(space, f.entities) for f in chosen})
+        if any(":res-" in g for g in found):  # (a volume's files without res- beside others: res-native, as --space)
+            found = sorted(g if ":res-" in g else g.replace(f"{space}", f"{space}:res-native", 1) for g in found)
         raise InputError(
             f"no preprocessed BOLD run of space {_grid(space, qualifiers)} in the derivatives: its runs are at "
             f"{listed(found)}; give one of them with --space."

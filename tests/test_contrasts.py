@@ -238,3 +238,23 @@ def test_unnamed_contrasts_whose_made_names_clash_are_told_so():
             contrast_items(["AB=A + B", "A - B"])  # (the named one is not said to have no name)
     with pytest.raises(InputError, match="contrast names must be unique; x repeat"):
         contrast_items(["x=A", "x=B"])
+
+
+def test_a_design_wider_than_its_scans_names_its_censored_scans():
+    """A scrubbing strategy that censors most scans (one indicator column each) left more columns than scans: the
+    refusal said "the design has 77 columns for 60 scans ... give at most 60 columns" though the user gave 38. It
+    counts the censored scans' columns and names the thresholds."""
+    import warnings
+
+    from voxfit.core import check_contrast, factorize
+
+    rng = np.random.default_rng(0)
+    n = 10
+    censor = np.eye(n)[:, :8]
+    X = np.column_stack([rng.standard_normal((n, 4)), censor])
+    names = ["task", "a", "b", "c", *(f"censored_{k}" for k in range(8))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        design = factorize(X, names)
+    with pytest.raises(ContrastError, match=r"12 columns for 10 scans \(rank \d+\), 8 of them censored scans'"):
+        check_contrast("task", design)

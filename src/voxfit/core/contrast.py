@@ -239,9 +239,16 @@ def _check_estimable(w: NDArray, label: str, design: DesignFactor) -> None:
         touched = null[:, np.abs(ws[leak] @ null).max(axis=0) > _ESTIMABLE_RTOL * np.abs(ws[leak]).max()]
         cols = design.involved_columns(touched)
         n, p = design.X.shape
+        censored = sum(str(name).startswith("censored_") for name in design.names)  # (a confounds strategy's)
+        cut = (
+            f", {censored} of them censored scans' indicators (a confounds strategy's scrubbing: loosen its "
+            "fd_threshold or std_dvars_threshold)"
+            if censored
+            else ""
+        )
         why = (
-            f"the design has {p} columns for {n} scans (rank {design.rank}), more than the scans can separate; give "
-            f"at most {n} columns"
+            f"the design has {p} columns for {n} scans (rank {design.rank}){cut}, more than the scans can separate; "
+            f"give at most {n} columns"
             if p > n
             else f"it is not in the row space of the design, whose columns {brief(cols)} are confounded "
             f"({brief(design.dependencies(), 2, '; ')}); weight them only in combinations the design can separate"

@@ -261,7 +261,9 @@ def test_events_and_confounds_files(tmp_path):
         ("onset\ttrial_type\n1\tA\n", "no 'duration' column"),
         ("onset\tduration\n1\tx\n", "duration 'x' is not a number"),
         ("onset\tduration\n1\t-2\n", "is negative"),
-        ("onset\tduration\ttrial_type\n1\t0\t\n", "trial_type is empty"),
+        ("onset\tduration\ttrial_type\n1\t0\t\n", "trial_type is empty: give the event its condition"),
+        ("onset\tduration\ttrial_type\n1\t0\tn/a\n", "trial_type is n/a: give the event its condition, or leave"),
+        ("onset\tduration\n1\tn/a\n", r"duration 'n/a' is not a number \(BIDS's n/a, an unknown duration: give 0"),
         ("onset\tduration\n", "lists no event"),
     ],
 )

@@ -343,7 +343,10 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
             raise InputError(f"{where}, {what} {r}: {len(row)} values for {len(header)} columns.")
         trial = _text(row[col["trial_type"]]) if "trial_type" in col else "trial"
         if trial in ("", "n/a"):
-            raise InputError(f"{where}, {what} {r}: trial_type is empty.")
+            raise InputError(
+                f"{where}, {what} {r}: trial_type is {'n/a' if trial else 'empty'}: give the event its condition, or "
+                "leave its line out (BIDS Stats Models leave such an event out of every trial type's regressor)."
+            )
         if "trial_type" in col:
             spelled.setdefault(trial, set()).add(str(row[col["trial_type"]]))
         values = {}
@@ -355,7 +358,9 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
             try:
                 values[key] = _value(cell)
             except ValueError:
-                raise InputError(f"{where}, {what} {r}: {key} {_text(cell)!r} is not a number.") from None
+                unknown = " (BIDS's n/a, an unknown duration: give 0 for an impulse, as SPM and nilearn model one)"
+                said = unknown if key == "duration" and _text(cell).lower() == "n/a" else ""
+                raise InputError(f"{where}, {what} {r}: {key} {_text(cell)!r} is not a number{said}.") from None
             if not math.isfinite(values[key]):
                 raise InputError(f"{where}, {what} {r}: {key} must be finite.")
         if values["duration"] < 0:

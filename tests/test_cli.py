@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -382,7 +381,8 @@ def test_a_warning_said_by_every_run_is_printed_once(study, capsys):
     """Two runs of one rank-deficient design: each run's fit warns, the program says it once."""
     design = _design(study, deficient=True)
     second = study["dir"] / "bold2.nii.gz"
-    shutil.copyfile(study["bold"], second)
+    img = nib.load(study["bold"])
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine), second)  # (another run's data)
     args = ["fit", study["bold"], second, "--design", design, design, "--contrast", "c=A - A2"]
     code, _, err = run(capsys, *args, "-o", study["out"])
     assert code == 0, err
@@ -603,3 +603,17 @@ def test_an_fsl_con_file_given_to_fit_is_said_to_be_group_s(tmp_path, capsys, gi
     )
     err = capsys.readouterr().err
     assert code == 2 and "FSL's design.con is for voxfit group (--con)" in err and err.count("\n") == 1, err
+
+
+def test_a_copy_of_a_run_given_as_another_run_is_refused(study, capsys):
+    """One run copied under another name and given as a second run (the same file twice is refused before the
+    fit): it was combined with itself, its dof doubled, exit 0. Refused from the runs' digests; nothing written."""
+    import shutil
+
+    design = _design(study)
+    second = study["dir"] / "copy.nii.gz"
+    shutil.copyfile(study["bold"], second)
+    args = ["fit", study["bold"], second, "--design", design, design, "--contrast", "c=A", "--quiet"]
+    code, _, err = run(capsys, *args, "-o", study["out"])
+    assert code == 2 and "runs 1 (" in err and "hold the same data (identical BLAKE3 digests)" in err, err
+    assert not study["out"].exists()

@@ -444,8 +444,11 @@ def test_runs_fitted_together_are_refused_or_held(data, tmp_path):
     """Several runs are held in memory at once: a cap too small is refused before reading, naming a size,
     and that size holds the fit."""
     design = _design(tmp_path / "design.tsv", 200)
-    second = tmp_path / "small2.nii"  # another run of the same size (one file given twice is refused)
+    second = tmp_path / "small2.nii"  # another run of the same size (one run given twice is refused)
     shutil.copyfile(data["small"], second)
+    with open(second, "r+b") as fh:  # (its last value another: not the same run's bytes)
+        fh.seek(-4, os.SEEK_END)
+        fh.write(np.float32(7.0).tobytes())
     args = [
         "fit",
         str(data["small"]),

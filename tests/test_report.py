@@ -730,7 +730,10 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
     )
 
     bolds = [_volume(tmp_path, rng)]
-    shutil.copy(bolds[0], tmp_path / "run2.nii.gz")
+    first = nib.load(bolds[0])  # (the second run: the first's data but a value outside the brain, not its bytes)
+    second = np.asarray(first.dataobj).copy()
+    second[0, 0, 0, 0] = 1.0
+    nib.save(nib.Nifti1Image(second, first.affine), tmp_path / "run2.nii.gz")
     design, _ = _design(tmp_path)
     out = tmp_path / "runs"
     assert (
@@ -754,7 +757,7 @@ def test_array_group_and_fixed_effects_runs(tmp_path):
     )
     page = _check_page(out / "report.html", "Run 1 matrix", "Run 2 matrix", "orthogonal slices")
     assert "fixed effects across runs" in page and f"2 runs of {N} + {N} scans × " in page
-    assert "over the mean image of the data" in page  # the mean over both runs' scans (here the same run twice)
+    assert "over the mean image of the data" in page  # the mean over both runs' scans (here one run's, twice)
     mask = nib.load(out / "mask.nii.gz").get_fdata() > 0
     data = nib.load(bolds[0]).get_fdata()
     np.testing.assert_allclose(

@@ -301,19 +301,21 @@ def fit_runs(
             maps += [item for label, stats in combined.items() for item in stat_maps(stats, label, ext)]
             write_maps(out, masker, maps, execution.n_jobs)
             tables = {} if inferred is None else write_rft(out, inferred, masker)
+            inputs = [input_records(ds.paths, ds.memory) for ds in datasets]
+            _check_runs_apart(datasets, inputs)
             ModelRecord(
                 kind="runs",
                 voxfit_version=__version__,
                 command=command,
                 runs=[
                     {
-                        "inputs": input_records(ds.paths, ds.memory),
+                        "inputs": held,
                         "columns": list(names),
                         "n_scans": int(X.shape[0]),
                         **design_record(design, kind),
                         **fitted,
                     }
-                    for ds, (X, names), design, kind, fitted in zip(datasets, matrices, designs, kinds, fits)
+                    for held, (X, names), design, kind, fitted in zip(inputs, matrices, designs, kinds, fits)
                 ],
                 contrasts={
                     label: contrast_record(expr, combined[label], weights=False, per_voxel_dof=RUNS_DOF)
@@ -333,6 +335,25 @@ def fit_runs(
             ).write(out)
             files = out.commit()
     return RunsFit(masker=masker, runs=runs, combined=combined, files=files, rft=inferred)
+
+
+def _check_runs_apart(datasets, inputs: list[list[dict]]) -> None:
+    """Refuse runs whose files hold the same bytes (their BLAKE3 digests, taken for the record): one run given twice
+    under two names (a copy) was combined with itself, its dof doubled, without a word; the same file twice (a link,
+    ./) is refused before the fit (``file_identity``)."""
+    names = [str(ds.paths[0]) if ds.paths else f"run {k + 1}" for k, ds in enumerate(datasets)]
+    seen: dict[tuple, int] = {}
+    for k, records in enumerate(inputs):
+        digests = tuple(sorted(str(r.get("blake3")) for r in records))
+        if not records or "None" in digests:
+            continue
+        if digests in seen:
+            first = seen[digests]
+            raise InputError(
+                f"runs {first + 1} ({names[first]}) and {k + 1} ({names[k]}) hold the same data (identical BLAKE3 "
+                "digests): one run given twice under two names? give each run once."
+            )
+        seen[digests] = k
 
 
 def _few_dof_of_runs(r: int, has: str, order: int) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "dataset_stamp",
     "entity_label",
     "find_runs",
+    "grid_name",
     "index",
     "index_in_use",
     "input_filters",
@@ -993,11 +994,11 @@ def _one_grid(chosen: list, space: str | None, qualifiers: dict[str, str]) -> li
     several of them and nothing says which (fMRIPrep writes one file per ``--output-spaces`` entry)."""
     at = [f for f in chosen if all(str(f.entities.get(k, "native")) == v for k, v in qualifiers.items())]
     if chosen and not at:  # (the space's runs are all at other resolutions or densities: said as the grids found)
-        found = sorted({_grid(space, f.entities) for f in chosen})
+        found = sorted({grid_name(space, f.entities) for f in chosen})
         if any(":res-" in g for g in found):  # (a volume's files without res- beside others: res-native, as --space)
             found = sorted(g if ":res-" in g else g.replace(f"{space}", f"{space}:res-native", 1) for g in found)
         raise InputError(
-            f"no preprocessed BOLD run of space {_grid(space, qualifiers)} in the derivatives: its runs are at "
+            f"no preprocessed BOLD run of space {grid_name(space, qualifiers)} in the derivatives: its runs are at "
             f"{listed(found)}; give one of them with --space."
         )
     chosen = at
@@ -1079,7 +1080,7 @@ def _unprocessed(layout, chosen, task, grid, desc, labels, sessions, wanted=None
 
     done = {key(f.entities) for f in chosen}
     space, qualifiers, elsewhere = grid
-    other_grids = {key(f.entities): _grid(space, f.entities) for f in elsewhere}
+    other_grids = {key(f.entities): grid_name(space, f.entities) for f in elsewhere}
     filters = {"scope": "raw", "suffix": "bold", "extension": [".nii.gz", ".nii"]}
     for name, value in (("task", task), ("subject", list(labels) or None), ("session", list(sessions or ()) or None)):
         if value is not None:
@@ -1091,7 +1092,7 @@ def _unprocessed(layout, chosen, task, grid, desc, labels, sessions, wanted=None
             continue
         entities = tuple((k, ent[k]) for k in RAW if ent.get(k) is not None)
         other = other_grids.get(key(ent))
-        asked = _grid(space, qualifiers)
+        asked = grid_name(space, qualifiers)
         problem = _unretrieved(layout, dict(entities), {"space": space, "desc": desc}) or (
             f"{f.path}: this raw run has no preprocessed BOLD run in the derivatives"
             + (
@@ -1106,7 +1107,7 @@ def _unprocessed(layout, chosen, task, grid, desc, labels, sessions, wanted=None
     return tuple(out)
 
 
-def _grid(space, entities: dict) -> str:
+def grid_name(space, entities: dict) -> str:
     """fMRIPrep's name of a space at a resolution and density (``MNI152NLin2009cAsym:res-2``), from `entities`
     (a file's, or --space's qualifiers)."""
     return ":".join([str(space), *(f"{k}-{entities[k]}" for k in ("res", "den") if k in entities)])

@@ -42,6 +42,7 @@ import fnmatch
 import functools
 import gc
 import hashlib
+import io
 import json
 import numbers
 import os
@@ -72,6 +73,7 @@ from .layout import (
     dataset_stamp,
     entity_label,
     find_runs,
+    grid_name,
     index,
     index_in_use,
     input_filters,
@@ -680,14 +682,7 @@ def _runs_chosen(runs) -> tuple[tuple[str, object], ...]:
     default (or fsLR:den-91k for fsLR) is the same study (each of its groups was refused as another study's)."""
     fitted = [r for r in runs if not r.problems] or list(runs)
     tasks = sorted({str(r.entity.get("task")) for r in fitted})
-    grids = sorted(
-        {
-            ":".join(
-                [str(r.entity.get("space") or NATIVE), *(f"{k}-{r.entity[k]}" for k in ("res", "den") if k in r.entity)]
-            )
-            for r in fitted
-        }
-    )
+    grids = sorted({grid_name(r.entity.get("space") or NATIVE, r.entity) for r in fitted})
     return ("task", ", ".join(tasks) or None), ("space", ", ".join(grids) or None)
 
 
@@ -2302,14 +2297,15 @@ def _untyped_events_note(r, spec: dict) -> tuple[str, ...]:
     columns)."""
     import pandas as pd
 
-    try:
-        types = pd.read_csv(r.events, sep="\t", dtype=str)["trial_type"] if r.events is not None else None
-        lines = (
-            Path(r.events).read_text(encoding="utf-8-sig", errors="replace").splitlines() if types is not None else []
-        )
+    if r.events is None:
+        return ()
+    try:  # (the file read once: its text for the lines, as pandas reads it for the values)
+        text = Path(r.events).read_text(encoding="utf-8-sig", errors="replace")
+        types = pd.read_csv(io.StringIO(text), sep="\t", dtype=str)["trial_type"]
     except (KeyError, OSError, ValueError):  # (no trial_type column, or a table the run's checks refuse)
         return ()
-    if types is None or not types.isna().any() or types.isna().all():
+    lines = text.splitlines()
+    if not types.isna().any() or types.isna().all():
         return ()
     strings = _spec_strings(spec)
     if not any("trial_type" in text for text in strings) and not set(types.dropna()) & set(strings):

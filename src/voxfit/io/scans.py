@@ -180,7 +180,8 @@ def _from_pattern(pattern: str) -> list[Path]:
 
 def _one_volume(listed_in: Path, name: str) -> bool:
     """Whether `name` (a list's line, less SPM's ",1") is an image of one volume: its first volume is then the image
-    itself. A 4-D file's first volume alone is not a run of it (SPM's selection of one frame)."""
+    itself. A 4-D file's first volume alone is not a run of it (SPM's selection of one frame). One header read, the
+    first line's: the run's reader opens every scan after."""
     import nibabel as nib
 
     if not name.lower().endswith((*_SCAN_SUFFIXES, ".hdr")):
@@ -204,18 +205,20 @@ def _from_list(path: Path) -> list[Path]:
         raise InputError(f"{path} lists {len(lines):,} lines; a run is at most {MAX_SCANS:,} scans.")
     scans = []
     # SPM's lists of 3-D images (SPM.xY.P, spm_select's ExtFPList) name each by its first volume, "fMRI_0001.nii,1":
-    # the image itself, unless a line names another volume (volumes of a 4-D file, refused below with what to give)
+    # the image itself, unless a line names another volume or the first names a 4-D file's (volumes of a 4-D file,
+    # refused below with what to give; a 4-D file named later is refused by the run's reader, as among 3-D scans)
     volumes = [
         None if not line.strip() or line.strip().startswith("#") else re.fullmatch(r"(.+),\s*(\d+)", line.strip())
         for line in lines
     ]
-    firsts = all(v is None or int(v.group(2)) == 1 for v in volumes)
+    named = [v for v in volumes if v is not None]
+    firsts = bool(named) and all(int(v.group(2)) == 1 for v in named) and _one_volume(path, named[0].group(1))
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         volume = volumes[number - 1]
-        if firsts and volume is not None and _one_volume(path, volume.group(1)):
+        if firsts and volume is not None and volume.group(1).lower().endswith((*_SCAN_SUFFIXES, ".hdr")):
             text = volume.group(1)
         if not text.lower().endswith((*_SCAN_SUFFIXES, ".hdr")):  # (an Analyze pair by its header, as positional)
             frame = re.fullmatch(r"(.+),\s*\d+", text)  # (SPM's file,N: the Nth volume of a 4-D file)

@@ -344,9 +344,9 @@ def _check_runs_apart(datasets, inputs: list[list[dict]]) -> None:
     names = [str(ds.paths[0]) if ds.paths else f"run {k + 1}" for k, ds in enumerate(datasets)]
     seen: dict[tuple, int] = {}
     for k, records in enumerate(inputs):
-        digests = tuple(sorted(str(r.get("blake3")) for r in records))
-        if not records or "None" in digests:
+        if not records or any(r.get("blake3") is None for r in records):
             continue
+        digests = tuple(sorted(r["blake3"] for r in records))
         if digests in seen:
             first = seen[digests]
             raise InputError(

@@ -11,7 +11,7 @@ from scipy.linalg import toeplitz
 from scipy.signal import lfilter
 
 from voxfit.core import factorize
-from voxfit.core.ar import ARBlock, _model_autocorrelations, _regular, _whiten, ar1_estimation_terms, ar_whitening
+from voxfit.core.ar import ARBlock, model_autocorrelations, _regular, _whiten, ar1_estimation_terms, ar_whitening
 from voxfit.core.ar import estimate_ar, estimation_terms
 from voxfit.engine import fit_ar
 from voxfit.exceptions import InputError
@@ -543,10 +543,10 @@ def _band_and_corners_loops(phi, L_inv):
 
 @pytest.mark.parametrize("p", range(1, 17))
 def test_band_and_corners_equal_the_loops(p):
-    from voxfit.core.ar import _band_and_corners, _model_autocorrelations
+    from voxfit.core.ar import _band_and_corners, model_autocorrelations
 
     phi = _stationary_models(np.random.default_rng(p), 300, p)
-    rho, gamma0 = _model_autocorrelations(phi)
+    rho, gamma0 = model_autocorrelations(phi)
     L_inv = ar_whitening(phi, rho, gamma0)
     alpha, top, bottom = _band_and_corners_loops(phi, L_inv)
     new_alpha, corner = _band_and_corners(phi)
@@ -778,11 +778,11 @@ def test_levinson_ends_a_cascade_of_clipped_coefficients():
         if zeros.size and zeros[0] < p - 1 and (row[zeros[0] :] == 0.0).all() and bound[: zeros[0]].any():
             ended += 1
     assert ended > 100  # the random sequences do end models early
-    model_rho, model_gamma0 = _model_autocorrelations(phi)
+    model_rho, model_gamma0 = model_autocorrelations(phi)
     npt.assert_allclose(rho, model_rho, atol=1e-8)
     npt.assert_allclose(gamma0, model_gamma0, rtol=1e-6)
     valid = _stationary_models(rng, 50, p)
-    fitted, _, _ = _levinson(_model_autocorrelations(valid)[0])
+    fitted, _, _ = _levinson(model_autocorrelations(valid)[0])
     npt.assert_allclose(fitted, valid, atol=1e-8)
 
 
@@ -798,13 +798,13 @@ def test_high_orders_fit_every_voxel_of_a_short_run(order):
     assert np.isfinite(res.contrasts["a"].t).all()
     phi = res.ar.T
     assert _regular(phi).all()
-    assert np.isfinite(ar_whitening(phi, *_model_autocorrelations(phi))).all()
+    assert np.isfinite(ar_whitening(phi, *model_autocorrelations(phi))).all()
 
 
 def test_model_autocorrelations_of_a_batch_with_a_unit_root():
     """A model on a unit root (its Yule-Walker system singular) gets NaN; the others of the batch are solved (the
     Levinson bias step can propose such a model at high orders, and used to stop the whole fit)."""
-    rho, gamma0 = _model_autocorrelations(np.array([[0.5, 0.0], [1.0, 0.0], [0.3, 0.2]]))
+    rho, gamma0 = model_autocorrelations(np.array([[0.5, 0.0], [1.0, 0.0], [0.3, 0.2]]))
     npt.assert_allclose(rho[0], [1.0, 0.5, 0.25])
     npt.assert_allclose(gamma0[0], 1.0 / 0.75)
     assert np.isnan(rho[1]).all() and np.isnan(gamma0[1])

@@ -42,6 +42,7 @@ __all__ = [
     "estimate_ar",
     "estimation_terms",
     "fit_ar_block",
+    "model_autocorrelations",
     "fit_ar_sums",
     "lag_traces",
     "lagged_sums",
@@ -188,7 +189,7 @@ def ar_whiten(Z: NDArray, phi: NDArray) -> NDArray[np.float64]:
     """W z for each column z of Z (n, v) under the AR models phi (v, p), exactly as the fits whiten (the first p
     scans by the inverse Cholesky factor of the model's stationary covariance, then the AR filter); Z (n, ..., v):
     every z along the middle axes whitened by its voxel's model (a design's columns: one factor per voxel)."""
-    rho, gamma0 = _model_autocorrelations(phi)
+    rho, gamma0 = model_autocorrelations(phi)
     return _whiten(np.asarray(Z, dtype=np.float64), phi, ar_whitening(phi, rho, gamma0))
 
 
@@ -297,7 +298,7 @@ class ARBlock:
             phi, rho, gamma0 = _levinson(rho_in)
         if self.order > 1:  # unbiased autocorrelations still give phi biased by Levinson's curvature (-1/nu for phi_2)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                rho_new, _ = _model_autocorrelations(phi - self._levinson_bias(rho_in, phi))
+                rho_new, _ = model_autocorrelations(phi - self._levinson_bias(rho_in, phi))
             ok = np.isfinite(rho_new).all(axis=1) & (np.abs(rho_new[:, 1:]) < 1.0).all(axis=1)
             phi_new, rho_new, gamma0_new = _levinson(np.where(ok[:, None], rho_new, rho_in))
             phi, rho, gamma0 = phi_new, rho_new, gamma0_new
@@ -536,7 +537,7 @@ def _solve_ar1(block: ARBlock, alpha: NDArray, corner: NDArray, B: NDArray) -> N
     return (block.U @ Bu.reshape(r, -1)).reshape(r, k, v)
 
 
-def _model_autocorrelations(phi: NDArray) -> tuple[NDArray, NDArray]:
+def model_autocorrelations(phi: NDArray) -> tuple[NDArray, NDArray]:
     """The autocorrelations (v, p+1) and variance (v,) (unit innovations) of AR models phi (v, p)."""
     v, p = phi.shape
     A = np.broadcast_to(np.eye(p + 1), (v, p + 1, p + 1)).copy()
@@ -592,7 +593,7 @@ def _regular(phi: NDArray) -> NDArray:
         bound = np.prod(1.0 - k * k, axis=1) / ((1.0 + np.abs(phi).sum(axis=1)) ** 2 * p)
     near = np.flatnonzero(ok & ~(bound > 1e-10))
     if near.size:
-        rho, gamma0 = _model_autocorrelations(phi[near])
+        rho, gamma0 = model_autocorrelations(phi[near])
         cov = rho[:, np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])] * gamma0[:, None, None]
         with np.errstate(invalid="ignore"):
             eig = np.linalg.eigvalsh(np.where(np.isfinite(cov), cov, 0.0))

@@ -132,6 +132,24 @@ def test_a_design_without_a_constant_is_warned_of_and_fsls_design_mat_says_why(s
     assert code == 0 and "no constant" not in err  # (A, B and a constant)
 
 
+def test_an_ar_order_too_high_for_the_run_is_warned_of(study, capsys, tmp_path):
+    """AR(p) per voxel on fewer than 20 residual dof per coefficient runs liberal in the tail (60 scans of AR(1)
+    noise: p < 0.001 0.0015 with AR(3), 0.0043 with AR(8)), and `--noise ar16` on 60 scans said nothing (a
+    tester's): warned of, naming the order that fits, for each run of several; AR(1) is never warned of."""
+    d = study["dir"]
+    fit = ("fit", study["bold"], "--design", study["design"], "--contrast", "c=A", "--force")
+    code, _, err = run(capsys, *fit, "--noise", "ar2", "-o", tmp_path / "a")
+    assert code == 0 and err.count("AR(2) per voxel on 12 scans leaves 9 residual dof") == 1, err
+    assert "--noise ar1 or below" in err
+    code, _, err = run(capsys, *fit, "--noise", "ar1", "-o", tmp_path / "b")
+    assert code == 0 and "per coefficient" not in err, err
+    second = d / "second.nii.gz"
+    write_nifti(second, study["data"][..., ::-1] + 1.0)
+    code, _, err = run(capsys, "fit", study["bold"], second, "--design", study["design"], study["design"],
+                       "--contrast", "c=A", "--noise", "ar2", "-o", tmp_path / "c")  # fmt: skip
+    assert code == 0 and "run 1: AR(2) per voxel" in err and "run 2: AR(2) per voxel" in err, err
+
+
 def test_a_contrast_name_too_long_for_file_names_is_refused_before_the_fit(study, capsys):
     """A contrast named in 300 letters (an FSL design.con's /ContrastName) failed as its maps were written, after
     the fit, the message naming the hidden partial folder: refused at once, in one line, nothing written."""

@@ -45,6 +45,7 @@ from .glm import (
     rft_record,
     rft_residuals,
     scale_data,
+    warn_high_order,
     warn_without_constant,
     write_design_files,
     write_maps,
@@ -218,6 +219,7 @@ def fit_runs(
         from ..inference.rft_fit import FIXED_EFFECTS_DOF, few_dof
     for r, factor in enumerate(factors, 1):
         warn_without_constant(factor, designs[r - 1], f"run {r}: ")
+        warn_high_order(order, factor, f"run {r}: ")
         if rft is not None and factor.dof < FIXED_EFFECTS_DOF:  # (before any run is read; per-voxel dof after each fit)
             raise InputError(_few_dof_of_runs(r, f"{factor.dof:g} residual dof", order))
         for label, expr in items:

@@ -871,12 +871,64 @@ def test_a_study_interrupted_while_its_reports_are_written_says_its_fits_are_com
 def test_a_contrast_whose_name_is_a_label_keeps_it_whatever_the_others():
     """Contrast c2 was labelled c22 in the runs that had a contrast c_2 (whose letters are c2 too) and c2 in those
     that had not, so contrast-c2 named different contrasts in different runs; a name that is a label keeps it, and
-    the sanitised one takes the number."""
-    from voxfit.bids.study import _labels
+    the sanitised one takes the number, whatever names come later."""
+    from voxfit.bids.study import ContrastLabels
 
-    assert _labels(["c_2", "c2"]) == ["c22", "c2"] and _labels(["c2"]) == ["c2"]
-    assert _labels(["I/C_2", "IC2", "IC22"]) == ["IC23", "IC2", "IC22"]
-    assert _labels(["reward+", "reward-"]) == ["reward", "reward2"] and _labels(["a", "a"]) == ["a", "a2"]
+    assert ContrastLabels()(["c_2", "c2"]) == ["c22", "c2"] and ContrastLabels()(["c2"]) == ["c2"]
+    assert ContrastLabels()(["I/C_2", "IC2", "IC22"]) == ["IC23", "IC2", "IC22"]
+    labels = ContrastLabels(["reward+", "reward-"])
+    assert labels(["reward-"]) == ["reward2"] and labels(sorted(["reward-", "reward+"])) == ["reward", "reward2"]
+    assert labels(["reward", "a", "a"]) == ["reward3", "a", "a"]
+
+
+def test_one_contrast_label_names_one_contrast_at_every_level(tmp_path):
+    """Contrasts "IvC-" (congruent - incongruent) and "IvC+" (the reverse) share the letters IvC: the run level
+    labelled them IvC and IvC2 in the file's order, the subject and dataset levels in sorted order ("+" before
+    "-"), so contrast-IvC held one contrast's maps at the run level and the opposite one's above it, exit 0 (a
+    tester's). Each label now names one contrast at every level."""
+    from voxfit.bids import run
+
+    study = make_dataset(tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    pair = [
+        {"Name": "IvC-", "ConditionList": ["incongruent", "congruent"], "Weights": [-1, 1], "Test": "t"},
+        {"Name": "IvC+", "ConditionList": ["incongruent", "congruent"], "Weights": [1, -1], "Test": "t"},
+    ]
+    conditions = {"Model": "spm", "Variables": ["trial_type.congruent", "trial_type.incongruent"]}
+    factor = {"Transformer": "pybids-transforms-v1", "Instructions": [{"Name": "Factor", "Input": ["trial_type"]}]}
+    nodes = [
+        {
+            "Level": "Run",
+            "Name": "run",
+            "GroupBy": ["run", "subject"],
+            "Transformations": factor,
+            "Model": {"Type": "glm", "X": ["trial_type.congruent", "trial_type.incongruent", 1], "HRF": conditions},
+            "Contrasts": [
+                {**c, "ConditionList": [f"trial_type.{k}" for k in c["ConditionList"]]} for c in pair
+            ],
+        },
+        {"Level": "Subject", "Name": "subject", "GroupBy": ["contrast", "subject"], "Model": {"Type": "meta", "X": [1]},
+         "DummyContrasts": {"Test": "t"}},
+        {"Level": "Dataset", "Name": "dataset", "GroupBy": ["contrast"], "Model": {"Type": "glm", "X": [1]},
+         "DummyContrasts": {"Test": "t"}},
+    ]  # fmt: skip
+    model = {"Name": "labels", "BIDSModelVersion": "1.0.0", "Input": {"task": ["stroop"]}, "Nodes": nodes}
+    out = tmp_path / "out"
+    kw = {"derivatives": [study.derivatives], "level": "dataset", "group_model": "ols", "progress": False}
+    result = run(study.root, out, model=model, **kw)
+    assert result.ok, result.failures
+
+    def effect(node, label, subject="*"):
+        folder = f"node-{node}" if node == "dataset" else f"{subject}/node-{node}"
+        (path,) = out.glob(f"{folder}/*contrast-{label}_stat-effect_statmap.nii.gz")
+        return _maps(path)
+
+    for label in ("IvC", "IvC2"):
+        runs = [effect("run", label, s) for s in ("sub-01", "sub-02")]
+        assert np.nanmax(np.abs(runs[0])) > 0
+        for s, values in zip(("sub-01", "sub-02"), runs):
+            np.testing.assert_allclose(effect("subject", label, s), values, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(effect("dataset", label), (runs[0] + runs[1]) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(effect("run", "IvC", "sub-01"), -effect("run", "IvC2", "sub-01"), rtol=1e-5)
 
 
 @pytest.mark.parametrize("gap", ["n/a", "no row"])

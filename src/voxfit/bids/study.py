@@ -48,6 +48,7 @@ import numbers
 import os
 import re
 import shutil
+import threading
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, wait
@@ -2375,6 +2376,8 @@ class _Study:
         # the model file's name in out_dir and the runs chosen (--task, --space, --desc): what a group's record names
         # of the study that wrote it, which a rerun removes the stale groups of (_remove_stale)
         self.identity: tuple[tuple[str, object], ...] = tuple(identity)
+        declared = [c["Name"] for node in model["Nodes"] for c in node.get("Contrasts") or []]
+        self.contrast_labels = ContrastLabels(declared)  # (the file's names first, in its order)
         self.default_types: tuple[str, ...] = ()
         self._runs: list[RunInput] = []  # the run node's runs
         self._trial_types: tuple[str, ...] | None = None  # the trial types of the runs' tasks, read once (checksums)
@@ -2812,7 +2815,7 @@ class _Study:
         X = np.asarray(design.X if hasattr(design, "X") else design.matrix)
         names = list(design.names)
         contrasts = [c for c in rd.contrasts if c.test in ("t", "F", "pass", None)]
-        labels = _labels([c.name for c in contrasts])
+        labels = self.contrast_labels([c.name for c in contrasts])
         kinds = tuple(column_kinds(design, names, X, None))
         # (drift columns Model.X's own held, left out as the design was built, or the strategy's, left out here)
         dropped = rd.design.settings["drifts_held"] + rd.design.kinds.count("drift") - kinds.count("drift")
@@ -3139,12 +3142,13 @@ class _Study:
             # (pybids, missing values ignored, put them in every group: fitted in each, exit 0)
             self.failures.append(Failure(node.name, "all", _ungrouped(node.name, *gap)))
             return
-        # one file label per contrast name across the node's groups ("reward+" and "reward-": reward, reward2),
-        # and each group's record claimed once: two groups of one path would each write over the other
+        # one file label per contrast name across the study (ContrastLabels: "reward+" and "reward-" are reward and
+        # reward2 at every level), and each group's record claimed once: two groups of one path would each write
+        # over the other
         names = {c.name for g in groups for c in g.contrasts} | {
             str(_value(g.entities.get("contrast"))) for g in groups if _value(g.entities.get("contrast")) is not None
         }
-        labels = dict(zip(sorted(names), _labels(sorted(names))))
+        labels = dict(zip(sorted(names), self.contrast_labels(sorted(names))))
         claimed: dict[Path, str] = {}
         produced = []
         writer, writing = DaemonExecutor(), None  # each group written on a thread while the next one fits
@@ -3604,28 +3608,41 @@ def _read_maps(paths, everything, name: str) -> np.ndarray:
     return apply_scale(gather(reader, np.flatnonzero(everything)), reader.scale).astype(np.float64)
 
 
-def _labels(names) -> list[str]:
-    """Letters-and-digits labels of the contrasts' names (for file names), made unique: a name that is a label
-    already keeps it, and the others' take a number where theirs is taken. (A name that is a label lost it to
-    another's sanitised one: contrast c2 was contrast-c22 in the runs that had a contrast c_2, and contrast-c2 in
-    those that had not, so one file name named different contrasts.)"""
-    from ..io import sanitize_label
+class ContrastLabels:
+    """One letters-and-digits file label per contrast name across the whole study (its maps are named
+    ``contrast-<label>_...``), made unique: a name that is a label keeps it (c2 was contrast-c22 in the runs that
+    had a contrast c_2 too, contrast-c2 in the others); the others' take a number where theirs is taken, in the
+    order the names first come: the model's contrasts in the file's order, then any other (DummyContrasts'
+    columns). Labels chosen per node had given "IvC-" and "IvC+" the labels IvC and IvC2 at the run level, in the
+    file's order, and the other way round above it, in sorted order: one file name, opposite contrasts."""
 
-    names = list(names)
-    own = {n for n in names if sanitize_label(n) == n}
-    taken = set(own)
-    out: list[str] = []
-    for n in names:
-        if n in own and n not in out:
-            out.append(n)
-            continue
-        label = base = sanitize_label(n)
-        k = 2
-        while label in taken:
-            label, k = f"{base}{k}", k + 1
-        taken.add(label)
-        out.append(label)
-    return out
+    def __init__(self, names=()):
+        self._of: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self(names)
+
+    def __call__(self, names) -> list[str]:
+        """The labels of `names`, those not seen before given theirs."""
+        from ..io import sanitize_label
+
+        names = [str(n) for n in names]
+        with self._lock:
+            taken = set(self._of.values())
+            fresh = [n for n in dict.fromkeys(names) if n not in self._of]
+            for n in fresh:  # (first, so that a name that is a label is not taken by another's)
+                if sanitize_label(n) == n and n not in taken:
+                    self._of[n] = n
+                    taken.add(n)
+            for n in fresh:
+                if n in self._of:
+                    continue
+                label = base = sanitize_label(n)
+                k = 2
+                while label in taken:
+                    label, k = f"{base}{k}", k + 1
+                self._of[n] = label
+                taken.add(label)
+            return [self._of[n] for n in names]
 
 
 def _weights(contrast, names) -> np.ndarray:

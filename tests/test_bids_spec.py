@@ -123,6 +123,10 @@ SCHEMA_REFUSALS = {
         'Transformations.Transformer must be "pybids-transforms-v1"; got "fsl".',
     ),
     "input": (lambda m: m.__setitem__("Input", 3), "model: Input must be an object or null; got 3."),
+    "dummy contrasts true": (
+        _node(1, "DummyContrasts", True),
+        'DummyContrasts must be an object or null; got true (for a t test of every column: {"Test": "t"}).',
+    ),
     "edge": (lambda m: m["Edges"][0].__setitem__("Source", 1), "edge (Edges[0]): Source must be a string; got 1."),
 }
 
@@ -392,6 +396,21 @@ def test_valid_variants():
     dataset.pop("Contrasts")
     dataset["DummyContrasts"] = {"Contrasts": ["intercept"], "Test": "t"}
     assert load_model(model)["Nodes"][-1]["DummyContrasts"]["Contrasts"] == ["intercept"]
+
+
+def test_contrasts_given_as_null_are_none():
+    """The schema allows a node's Contrasts and DummyContrasts to be null, and pybids' own validation failed on
+    them ("argument of type 'NoneType' is not iterable": exit 1, nothing written; a tester's): null is none."""
+    from bids.modeling.statsmodels import validate_model
+    from bids.utils import convert_JSON
+
+    def nulls(m):
+        m["Nodes"][0]["Contrasts"] = None
+        m["Nodes"][1]["DummyContrasts"] = None
+
+    model = load_model(_edit(nulls))
+    assert "Contrasts" not in model["Nodes"][0] and "DummyContrasts" not in model["Nodes"][1]
+    validate_model(convert_JSON(model))
 
 
 def test_a_filter_on_a_key_the_source_node_groups_by_is_taken():

@@ -226,7 +226,8 @@ def _read(source) -> tuple[str, dict]:
 
 
 def _lenient_filters(model: dict) -> dict:
-    """Filter values given as one value (``{"task": "simon"}``) made lists, as pybids reads them."""
+    """Filter values given as one value (``{"task": "simon"}``) made lists, as pybids reads them; a node's
+    Contrasts or DummyContrasts given as null left out (the schema allows null; pybids failed on it, exit 1)."""
 
     def listed(filters):
         if not isinstance(filters, dict):
@@ -240,6 +241,9 @@ def _lenient_filters(model: dict) -> dict:
         if isinstance(edge, dict) and "Filter" in edge:
             edge["Filter"] = listed(edge["Filter"])
     for node in model.get("Nodes") or []:
+        for key in ("Contrasts", "DummyContrasts"):  # null is the specification's "none" (pybids fails on it)
+            if isinstance(node, dict) and key in node and node[key] is None:
+                del node[key]
         options = node.get("Model", {}).get("Options") if isinstance(node, dict) else None
         if isinstance(options, dict) and isinstance(node["Model"], dict) and "Mask" in options:
             options["Mask"] = listed(options["Mask"])
@@ -284,7 +288,12 @@ def _schema_error(model: dict, where: str) -> None:
         name = missing.group(1) if missing else error.message
         container = field or ("the node" if prefix.count(": ") > 1 else "the model")
         raise InputError(f"{prefix}{container} has no {name}, which the specification requires.")
-    raise InputError(f"{prefix}{field or 'the model'} {_expected(error)}; got {_value(error.instance)}.")
+    hint = (
+        ' (for a t test of every column: {"Test": "t"})'
+        if path == ["DummyContrasts"] and error.instance is True
+        else ""
+    )
+    raise InputError(f"{prefix}{field or 'the model'} {_expected(error)}; got {_value(error.instance)}{hint}.")
 
 
 def _where(model: dict, where: str, path: list) -> str:

@@ -604,6 +604,30 @@ def test_convolve_taken_over_equals_model_hrf(stroop):
     np.testing.assert_array_equal(a.X, b.X)
 
 
+def test_a_select_after_a_convolve_keeps_what_it_keeps(stroop):
+    """Factor, Convolve of both trial types, then a Select of one: voxfit took the Convolve as its own, made after
+    the instructions, and the Select had dropped the other's events meanwhile ("Convolve names
+    trial_type.incongruent, which the run does not have": every run refused, exit 2; a tester's). The column kept
+    is the convolution of Model.HRF's, to rounding."""
+    _, collection = stroop
+    by_hrf = _model(_run_node([f"{TT}congruent", 1], HRF={"Variables": [f"{TT}congruent"], "Model": "spm"}))
+    node = _run_node([f"{TT}congruent", 1])
+    node["Transformations"] = {
+        "Transformer": "pybids-transforms-v1",
+        "Instructions": [
+            {"Name": "Factor", "Input": ["trial_type"]},
+            {"Name": "Convolve", "Input": [f"{TT}congruent", f"{TT}incongruent"], "Model": "spm"},
+            {"Name": "Select", "Input": [f"{TT}congruent"]},
+        ],
+    }
+    by_hrf = dict(by_hrf, Transformations={"Transformer": "pybids-transforms-v1", "Instructions": [
+        {"Name": "Factor", "Input": ["trial_type"]}]})  # fmt: skip
+    a = run_design(collection, by_hrf, tr=TR, n_scans=SCANS).design
+    b = run_design(collection, _model(node), tr=TR, n_scans=SCANS).design
+    assert a.names == b.names
+    np.testing.assert_allclose(a.X, b.X, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "X",
     [

@@ -396,13 +396,18 @@ def _mentions(instruction: dict, names) -> bool:
 
 
 def _takeable(instructions: list[dict], k: int) -> bool:
-    """Whether the Convolve instructions[k] feeds Model.X directly: no later instruction but Select (which keeps,
-    changing nothing) names its inputs or outputs."""
+    """Whether the Convolve instructions[k] feeds Model.X directly: no later instruction but a Select that keeps
+    all its outputs (changing nothing of them) names its inputs or outputs. (A Select that drops one drops the
+    events too, which voxfit's convolution, made after the instructions, then lacked: refused, exit 2.)"""
     instruction = instructions[k]
     inputs = _listed(instruction["Input"])
     outputs = _listed(instruction.get("Output")) or inputs
-    later = [i for i in instructions[k + 1 :] if i["Name"] != "Select"]
-    return not any(_mentions(i, inputs + outputs) for i in later)
+    later = instructions[k + 1 :]
+    for select in (i for i in later if i["Name"] == "Select"):
+        kept = _listed(select.get("Input"))
+        if not all(any(_glob(pattern, name) for pattern in kept) for name in outputs):
+            return False
+    return not any(_mentions(i, inputs + outputs) for i in later if i["Name"] != "Select")
 
 
 def _listed(value) -> list:

@@ -604,6 +604,28 @@ def test_convolve_taken_over_equals_model_hrf(stroop):
     np.testing.assert_array_equal(a.X, b.X)
 
 
+@pytest.mark.parametrize("key", ["2", "2.0"])
+def test_a_replace_of_numbers_written_as_json_keys_replaces_them(stroop, key):
+    """A JSON object's keys are text: Replace {"2": 0.5} of the events' durations (2 s) matched nothing in
+    pandas and changed nothing, exit 0 (a tester's). The column is now nilearn's convolution of the events with
+    their durations replaced."""
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    study, collection = stroop
+    instructions = [
+        {"Name": "Factor", "Input": ["trial_type"]},
+        {"Name": "Replace", "Input": [f"{TT}congruent"], "Replace": {key: 0.5}, "Attribute": "duration"},
+        {"Name": "Convolve", "Input": [f"{TT}congruent"], "Model": "spm"},
+    ]
+    node = _run_node([f"{TT}congruent", 1])
+    node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+    design = run_design(collection, _model(node), tr=TR, n_scans=SCANS, convolution="nilearn").design
+    events, _ = _files(study)
+    events = events[events["trial_type"] == "congruent"].assign(duration=0.5)[["onset", "duration", "trial_type"]]
+    expected = make_first_level_design_matrix(np.arange(SCANS) * TR, events, hrf_model="spm", drift_model=None)
+    np.testing.assert_allclose(design.X[:, design.names.index(f"{TT}congruent")], expected["congruent"], atol=1e-10)
+
+
 def test_a_select_after_a_convolve_keeps_what_it_keeps(stroop):
     """Factor, Convolve of both trial types, then a Select of one: voxfit took the Convolve as its own, made after
     the instructions, and the Select had dropped the other's events meanwhile ("Convolve names

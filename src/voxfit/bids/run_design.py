@@ -464,6 +464,7 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
             if events and _convolve_setting(applied, problem) in (("spm", 1), ("glover", 1)):
                 in_chain.update(_convolve_in_chain(applied, inputs, variables, problem))
                 continue
+        applied = _numbers_too(applied)
         theirs.append(applied)
         if applied["Name"] == "Factor" and "trial_type" in _listed(applied.get("Input")):
             absent.update({f"trial_type.{t}": t for t in lacking})
@@ -501,6 +502,24 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
                 absent[f"trial_type.{t}"] = t
     absent = {name: t for name, t in absent.items() if name not in variables.variables}
     return _Transformed(ours, theirs, absent, pruned, in_chain, sorted(levels.late))
+
+
+def _numbers_too(instruction: dict) -> dict:
+    """A Replace instruction with its keys that read as numbers given as numbers too: a JSON object's keys are
+    text, which pandas' replace never matches to a numeric column's values, and never to onsets and durations
+    (``{"2": 0.5}`` of durations, ``{"1": 0}`` of a column of 1, 2 and 3 changed nothing, exit 0; a tester's)."""
+    replace = instruction.get("Replace")
+    if instruction["Name"] != "Replace" or not isinstance(replace, dict):
+        return instruction
+    numbers = {}
+    for key, value in replace.items():
+        try:
+            number = float(key)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(number):
+            numbers.setdefault(number, value)
+    return {**instruction, "Replace": {**replace, **numbers}} if numbers else instruction
 
 
 def _modulate_levels(variables, trial_type, weights) -> None:

@@ -172,7 +172,8 @@ def _at_tr(variable):
 
 def test_time_series_transformations_are_pybids(stroop):
     """Demean, Orthogonalize, Threshold, Not, And, Or, Product, Sum, Lag, Copy, Rename, Resample, Replace
-    and Delete on the confounds: each design column is pybids' variable after the instructions, at the TR."""
+    and Delete on the confounds: each design column is pybids' variable after the instructions, at the TR (the
+    Replace's key "1" given to pybids as the number it reads as: as text it matched nothing, the column 0/1)."""
     _, collection = stroop
     instructions = [
         {"Name": "Demean", "Input": ["rot_x"]},
@@ -195,8 +196,9 @@ def test_time_series_transformations_are_pybids(stroop):
     node = _run_node([*outputs, "a_comp_cor_*", 1])
     node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
     result = run_design(collection, _model(node), tr=TR, n_scans=SCANS)
-    reference = _pybids(collection, instructions)
+    reference = _pybids(collection, [dict(i, Replace={1.0: 5}) if i["Name"] == "Replace" else i for i in instructions])
     design = result.design
+    assert set(np.unique(design.X[:, design.names.index("gs_five")])) == {0.0, 5.0}
     for name in outputs:
         np.testing.assert_allclose(design.X[:, design.names.index(name)], _at_tr(reference.variables[name]), atol=1e-12)
     assert [n for n in design.names if n.startswith("a_comp")] == [f"a_comp_cor_0{k}" for k in range(4)]  # Delete

@@ -464,7 +464,6 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
             if events and _convolve_setting(applied, problem) in (("spm", 1), ("glover", 1)):
                 in_chain.update(_convolve_in_chain(applied, inputs, variables, problem))
                 continue
-        applied = _numbers_too(applied)
         theirs.append(applied)
         if applied["Name"] == "Factor" and "trial_type" in _listed(applied.get("Input")):
             absent.update({f"trial_type.{t}": t for t in lacking})
@@ -472,7 +471,7 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*(sparse|dense).*", category=UserWarning)
-                manager.transform(variables, [copy.deepcopy(applied)])
+                manager.transform(variables, [copy.deepcopy(_numbers_too(applied))])
         except Exception as exc:  # pybids raises ValueError, KeyError, TypeError...: all the model's or the data's
             detail = str(exc).strip().rstrip(".") or type(exc).__name__
             lacks = (  # (a regressor of zeros that reached pybids: one this instruction cannot do without)

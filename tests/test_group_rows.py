@@ -365,6 +365,39 @@ def test_fsl_design_mat_is_positional_and_prints_the_order(study, capsys):
     assert code == 0 and err == ""
 
 
+def test_maps_of_an_unquoted_pattern_are_refused_under_a_design_matched_by_position(tmp_path, rng, capsys):
+    """Twelve subjects' maps in sub-1 .. sub-12 (numbers not padded) and FSL's design.mat in the subjects' order:
+    an unquoted pattern gives the maps in the shell's text order (sub-1, sub-10, sub-11, sub-12, sub-2, ..), and
+    the design's rows went to them in that order, exit 0 (a tester's: age t 3.99 where 10.20). Refused, saying to
+    quote the pattern; quoted, the rows are the subjects' in order (numpy's least squares); a .txt list in any
+    order is the user's, matched as listed."""
+    n = 12
+    age = 20.0 + 3.0 * np.arange(n)
+    X = np.column_stack([np.ones(n), age - age.mean()])
+    maps = []
+    for k in range(n):
+        folder = tmp_path / f"sub-{k + 1}"
+        folder.mkdir()
+        maps.append(folder / "con.nii.gz")
+        values = rng.standard_normal(SHAPE) + 0.1 * age[k]
+        nib.save(nib.Nifti1Image(values.astype(np.float32), AFFINE), maps[-1])
+    write_vest(tmp_path / "design.mat", X)
+    fit = ("group", "--design", tmp_path / "design.mat", "--contrast", "age=EV2", "--quiet", "-o")
+    shell = sorted(map(str, maps))
+    code, _, err = _group(capsys, *fit[:1], *shell, *fit[1:], tmp_path / "shell")
+    assert code == 2 and "the text order a shell's pattern gives" in err and "quote the pattern" in err, err
+    assert f"sub-12/con.nii.gz comes before {tmp_path / 'sub-2' / 'con.nii.gz'})" in " ".join(err.split()), err
+    assert not (tmp_path / "shell").exists()
+    code, _, err = _group(capsys, *fit[:1], str(tmp_path / "sub-*" / "con.nii.gz"), *fit[1:], tmp_path / "quoted")
+    assert code == 0, err
+    mask = _mask(tmp_path / "quoted")
+    Y = np.stack([np.asarray(nib.load(m).dataobj)[mask] for m in maps])
+    npt.assert_allclose(_t(tmp_path / "quoted", "age")[mask], _ols_t(X, Y, [0, 1]), rtol=1e-4, atol=1e-5)
+    listed = tmp_path / "maps.txt"
+    listed.write_text("\n".join(shell) + "\n")
+    assert _group(capsys, *fit[:1], listed, *fit[1:], tmp_path / "listed")[0] == 0
+
+
 def test_api_takes_a_dataframe_matched_the_same_way(study):
     pd = pytest.importorskip("pandas")
     s = study

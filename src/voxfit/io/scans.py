@@ -57,6 +57,17 @@ def _order_key(path) -> list:
     return [natural_key(Path(part)) for part in p.parent.parts] + [natural_key(Path(_stem(p.name)))]
 
 
+def shell_order_pair(paths) -> tuple[str, str] | None:
+    """The first two of `paths` out of their numbers' order (:func:`_order_key`: folders and name, numbers by value)
+    where the whole list is in exactly a shell's text order, an unquoted pattern's (sub-10/ before sub-2/); None
+    where it is not, or is in their numbers' order too."""
+    names = [str(p) for p in paths]
+    if names != sorted(names):
+        return None
+    keys = [_order_key(p) for p in names]
+    return next(((a, b) for a, b, ka, kb in zip(names, names[1:], keys, keys[1:]) if kb < ka), None)
+
+
 def warn_out_of_order(paths, listed_in: Path | None = None) -> None:
     """Scans given out of the order of their numbers. One folder's scans in exactly a shell's text order (scan_10
     before scan_2: an unquoted pattern's) are refused, saying how to give them in order: fitted as given, the run's

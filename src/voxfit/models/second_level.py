@@ -60,6 +60,7 @@ from ..io import (
     statmap_name,
 )
 from ..io.output import P_VALUE
+from ..io.scans import shell_order_pair
 from ..io.geometry import CiftiGeometry, SurfaceGeometry, VolumeGeometry
 from ..io.masking import keep_columns
 from ._routing import MEMORY, STREAM, WORKERS, Needs, choose_route
@@ -237,6 +238,7 @@ class SecondLevel:
         data = check_data(inputs, "inputs")  # every argument's type checked before a file or folder is touched
         if isinstance(data, list) and len(data) == 1:
             data = data[0]
+        one_by_one = isinstance(data, list) and all(isinstance(x, Path) for x in data)  # (a shell's pattern's too)
         folders = self.first_level_contrast is not None  # (inputs are first-level folders: not expanded to maps)
         if not folders and isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern
             data = files if len(files) > 1 else files[0]  # or list: the maps one by one, each matched by its name
@@ -294,7 +296,7 @@ class SecondLevel:
             data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read, self.paired
         )
         if kind != "ols":
-            return self._fit_mixed(kind, pairs, out_dir, force, execution, command)
+            return self._fit_mixed(kind, pairs, out_dir, force, execution, command, one_by_one)
         if pairs is not None:  # OLS on the effect maps of the pairs
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
         with contextlib.ExitStack() as stack:
@@ -302,7 +304,7 @@ class SecondLevel:
             reader = _open_maps(data)
             self._check_neighbours(reader.geometry)
             paths = data if isinstance(data, list) else [data]
-            d, ordered, order = self._design(paths, reader.n_scans)  # before reading any data: a mismatch stops here
+            d, ordered, order = self._design(paths, reader.n_scans, one_by_one)  # before reading any data
             if ordered != paths:  # the maps in the table's order (a design matched by ids)
                 paths = data = ordered
                 reader = _open_maps(data)
@@ -452,10 +454,13 @@ class SecondLevel:
             )
         return plan
 
-    def _design(self, paths, n_scans: int):
+    def _design(self, paths, n_scans: int, one_by_one: bool = False):
         """The design with its rows matched to the maps (to the pairs with `paired`), the paths in the order of
         the design's rows (with `paired`: the A maps, then each one's partner among the B maps, in the same
-        order), and the input position (among the maps, or the A maps) of each design row.
+        order), and the input position (among the maps, or the A maps) of each design row. Maps given `one_by_one`
+        (not a folder, pattern or list voxfit expanded) in exactly a shell's text order, out of their numbers',
+        are refused under a design matched by position: an unquoted pattern's sub-1, sub-10, .., sub-2 took
+        design.mat's rows in that order, exit 0 (a tester's: t 3.99 where 10.20 in order).
 
         A design matched by ids is fitted in the table's order of rows, the maps taken in that order, so that
         the results do not depend on the order of the inputs, not even by rounding or by the shuffles drawn
@@ -487,6 +492,13 @@ class SecondLevel:
             variance_groups=self.variance_groups,
             covariates=self.covariates,
         )
+        if one_by_one and d.matched_by == "position" and (pair := shell_order_pair(paths)):
+            raise InputError(
+                f"the maps are in the text order a shell's pattern gives ({pair[0]} comes before {pair[1]}), not "
+                "their numbers', and the design's rows are matched to them by position: give them in their "
+                "numbers' order (quote the pattern: voxfit orders by number), list them in a .txt file in the "
+                "order of the rows, or give a table with a participant_id column."
+            )
         if pairs is not None:
             note = (
                 f"--paired: each of the {len(pairs)} maps of condition A (the first half) minus its partner among "
@@ -643,7 +655,9 @@ class SecondLevel:
             mixed_scheme(self.scheme, kind)  # sign-flips only: the errors are not exchangeable
         return kind
 
-    def _fit_mixed(self, kind: str, pairs, out_dir, force: bool, execution: Execution, command) -> GroupFit:
+    def _fit_mixed(
+        self, kind: str, pairs, out_dir, force: bool, execution: Execution, command, one_by_one: bool = False
+    ) -> GroupFit:
         """A mixed- or fixed-effects group model of the effect and variance maps `pairs`: the design matched
         to the effect maps (the pairs reordered with them), the effect maps loaded with the group mask, the
         variance maps read at its voxels, :func:`voxfit.mixed_effects`, the maps and model.json written."""
@@ -653,7 +667,7 @@ class SecondLevel:
             out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
             # the design's rows matched to the pairs' subjects (a first-level folder's may come from its model.json),
             # before the maps' headers are read, in the design's order
-            d, _, order = self._design(_subject_names(pairs), pairs.n)
+            d, _, order = self._design(_subject_names(pairs), pairs.n, one_by_one)
             pairs = pairs.take_pairs(order) if self.paired else pairs.take(order)
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
             paths = data if isinstance(data, list) else [data]

@@ -868,6 +868,44 @@ def test_a_study_interrupted_while_its_reports_are_written_says_its_fits_are_com
     assert "voxfit: failed: node runs, sub-02" in err and "every group was fitted, or failed as said above," in err
 
 
+def test_a_dataset_level_grouped_by_task_over_two_tasks_of_their_own_trial_types(tmp_path):
+    """Two tasks of different trial types (stroop: congruent, incongruent; nback: zero, two), each subject's maps
+    kept apart by task: a dataset node grouped by contrast and task failed for every group (pybids put
+    participants.tsv in every contrast-and-task pair, also congruent under nback, and failed there: "reduce() of
+    empty iterable"; a tester's). Grouped by contrast alone, the tasks' maps of "intercept" are pooled, and the
+    note said to add session to the GroupBy: it names task. Each task's group is the plain mean of its subjects'."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    make_dataset(
+        tmp_path / "ds", subjects=2, runs=1, scans=40, shape=(8, 8, 6), task="nback", conditions=("zero", "two")
+    )
+    model = default_model(None, ["congruent", "incongruent", "zero", "two"])
+    run_node, subject_node, dataset_node = model["Nodes"]
+    run_node["GroupBy"] = ["run", "task", "subject"]
+    run_node["DummyContrasts"] = {"Test": "t"}  # (with the intercept: a contrast of both tasks)
+    subject_node["GroupBy"] = ["subject", "task", "contrast"]
+    dataset_node["GroupBy"] = ["contrast", "task"]
+    out, kw = tmp_path / "out", {"derivatives": [study.derivatives], "group_model": "ols", "progress": False}
+    result = run(study.root, out, model=model, level="dataset", **kw)
+    assert result.ok, result.failures
+    names = sorted({p.name.split("_stat-")[0] for p in (out / "node-dataset").glob("*_stat-effect_statmap.nii.gz")})
+    expected = [f"task-nback_contrast-{c}" for c in ("intercept", "two", "zero")]
+    assert names == expected + [f"task-stroop_contrast-{c}" for c in ("congruent", "incongruent", "intercept")]
+    for task in ("nback", "stroop"):
+        subjects = [
+            _maps(p) for p in sorted(out.glob(f"sub-0*/node-subject/*task-{task}*contrast-intercept_stat-effect*"))
+        ]
+        mean = _maps(next((out / "node-dataset").glob(f"task-{task}_contrast-intercept_stat-effect_statmap.nii.gz")))
+        assert len(subjects) == 2
+        np.testing.assert_allclose(mean, (subjects[0] + subjects[1]) / 2, rtol=1e-5, atol=1e-6)
+    dataset_node["GroupBy"] = ["contrast"]
+    pooled = run(study.root, tmp_path / "pooled", model=model, level="dataset", **kw)
+    notes = [note for group, note in pooled.notes if "contrast-intercept" in group.label and "maps of" in note]
+    assert pooled.ok and len(notes) == 1 and "add task to the node's GroupBy (a test per task)" in notes[0], notes
+
+
 def test_a_contrast_whose_name_is_a_label_keeps_it_whatever_the_others():
     """Contrast c2 was labelled c22 in the runs that had a contrast c_2 (whose letters are c2 too) and c2 in those
     that had not, so contrast-c2 named different contrasts in different runs; a name that is a label keeps it, and

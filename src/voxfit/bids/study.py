@@ -1382,10 +1382,11 @@ def _check_one_map_per_subject(node: _Node, rows: list[dict], group_model: str) 
     if not twice:
         return
     subject, held = next(iter(twice.items()))
-    sessions = sorted({str(_value(r.get("session"))) for r in held if _value(r.get("session")) is not None})
+    key = _apart(held)
+    values = sorted({str(_value(r.get(key))) for r in held}) if key else []
     what, group = (
-        (f"sessions {listed(sessions)}", "add session to the node's GroupBy (a test per session), or ")
-        if len(sessions) > 1
+        (f"{key}s {listed(values)}", f"add {key} to the node's GroupBy (a test per {key}), or ")
+        if key
         else ("maps", "")
     )
     raise InputError(
@@ -1406,13 +1407,47 @@ def _repeated_subjects(node: _Node, rows: list[dict], group_model: str) -> list[
     several = sorted(s for s, held in by_subject.items() if len(held) > 1)
     if not several:
         return []
+    key = _apart(by_subject[several[0]])
+    group = f"add {key} to the node's GroupBy (a test per {key}), or " if key else ""
     return [
         f"the group holds {len(rows)} maps of {len(by_subject)} subjects (several of {len(several)}: sub-"
         f"{', sub-'.join(several[:5])}{', ...' if len(several) > 5 else ''}), which OLS takes as independent: its "
-        "dof count maps, not subjects, and its p values are too small where a subject's maps share its effect; "
-        "add session to the node's GroupBy (a test per session), or combine each subject's maps first (a Subject "
-        "node between)"
+        f"dof count maps, not subjects, and its p values are too small where a subject's maps share its effect; "
+        f"{group}combine each subject's maps first (a Subject node between)"
     ]
+
+
+def _node_outputs(node, inputs: list, group_by: list[str], filters: dict) -> list:
+    """pybids' ``BIDSStatsModelsNode.run(inputs, group_by, missing_values="ignore", **filters)``, less the groups
+    that hold no input: pybids puts participants.tsv's collection (no contrast, no task) in every combination of the
+    GroupBy's values, those no input has too (a contrast of one task under another, GroupBy contrast and task over
+    two tasks), and failed on them ("reduce() of empty iterable"; the node refused, exit 2; a tester's)."""
+    from bids.modeling.statsmodels import BIDSStatsModelsNodeOutput
+    from bids.utils import matches_entities
+    from bids.variables import BIDSVariableCollection
+
+    inputs = [i for i in inputs if matches_entities(i, filters)] if filters else inputs
+    collections = [c for c in node._collections if matches_entities(c, filters)] if filters else node._collections
+    outputs = []
+    for entities, held in node._build_groups(inputs + collections, group_by).items():
+        given = [x for x in held if not isinstance(x, BIDSVariableCollection)]
+        if given:
+            tables = [x for x in held if isinstance(x, BIDSVariableCollection)]
+            outputs.append(
+                BIDSStatsModelsNodeOutput(
+                    node=node, entities=dict(entities), collections=tables, inputs=given, missing_values="ignore"
+                )
+            )
+    return outputs
+
+
+def _apart(held: list[dict]) -> str | None:
+    """The entity whose values tell one subject's maps `held` apart (task, session, run, then any other), to add to
+    a GroupBy; None where none does."""
+    first = ("task", "session", "run")
+    keys = [*first, *sorted({k for r in held for k in r} - set(first))]
+    varying = [k for k in keys if k not in ("subject", "contrast") and len({str(_value(r.get(k))) for r in held}) > 1]
+    return varying[0] if varying else None
 
 
 _SUBJECT_SPACES = ("T1w", "T2w", "fsnative")  # fMRIPrep's spaces of a subject's own anatomy
@@ -3094,8 +3129,8 @@ class _Study:
             # dataset-level node are no subject's: pybids merged participants.tsv into them by subject (KeyError)
             subjects = {_value(ents.get("subject")) for _, ents in inputs if _passes(ents, filters)} - {None}
             sessions = {(_value(e.get("subject")), _value(e.get("session"))) for _, e in inputs if _passes(e, filters)}
-            run = self.pybids_node(node.name, subjects=sorted(subjects), sessions=sessions).run
-            groups = list(run(inputs=infos, group_by=group_by, missing_values="ignore", **filters))
+            pybids_node = self.pybids_node(node.name, subjects=sorted(subjects), sessions=sessions)
+            groups = _node_outputs(pybids_node, infos, group_by, filters)
         except _PYBIDS_ERRORS as exc:
             absent = re.search(r"X specification includes variable\(s\) \[(.*?)\], but these were not", str(exc))
             lacking = self.lacking_levels(node, absent.group(1), sessions) if absent and node.level == "subject" else {}

@@ -670,6 +670,12 @@ def test_an_ols_group_with_a_mask_says_what_it_could_not_fit(tmp_path, rng, caps
     assert note in json.loads((out / "model.json").read_text())["design"]["notes"]
     t = _read(out / "contrast-intercept_stat-t_statmap.nii.gz")
     assert np.isnan(t[4, 4, 4]) and np.isfinite(t[1:, :, :]).sum() == t[1:].size - 1
+    # every map, those of permutations too (TFCE was 0 and the cluster p 1 there: "fitted, nothing found"; a tester's)
+    out = tmp_path / "permuted"
+    argv = ["--permutations", "50", "--tfce", "--cluster-threshold", "2", "--quiet"]
+    assert main(["group", *map(str, paths), "--mask", str(mask), *argv, "-o", str(out)]) == 0
+    maps = sorted(out.glob("contrast-*_statmap.nii.gz"))
+    assert len(maps) > 15 and [m.name for m in maps if not np.isnan(_read(m)[4, 4, 4])] == []
     nib.save(nib.Nifti1Image(np.full(GRID, np.nan, np.float32), AFFINE), paths[5])
     out = tmp_path / "none"
     assert main(["group", *map(str, paths), "--mask", str(mask), "-o", str(out)]) == 2

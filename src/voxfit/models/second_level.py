@@ -1011,11 +1011,13 @@ class SecondLevel:
                 p_maps(label, "bonferroni", bonferroni(s.p))
             else:
                 p_maps(label, "fwe", r.p_fwe)
+                fitted = np.isfinite(s.stat)  # (a voxel not fitted is NaN in every map, not TFCE 0 or p 1)
                 if r.clusters is not None:
-                    p_maps(label, "clusterfwe", r.clusters.voxel_map(r.clusters.p_extent))
-                    p_maps(label, "clustermassfwe", r.clusters.voxel_map(r.clusters.p_mass))
+                    for desc, p in (("clusterfwe", r.clusters.p_extent), ("clustermassfwe", r.clusters.p_mass)):
+                        p_maps(label, desc, np.where(fitted, r.clusters.voxel_map(p), np.nan))
                 if r.tfce is not None:
-                    masker.write(out.path(statmap_name("tfce", ext, label)), r.tfce, [f"{label} TFCE"])
+                    tfce = np.where(fitted, r.tfce, np.nan)
+                    masker.write(out.path(statmap_name("tfce", ext, label)), tfce, [f"{label} TFCE"])
                     p_maps(label, "tfcefwe", r.p_tfce_fwe)
             if label in tables:
                 write_cluster_table(out.path(clusters_table_name(label)), tables[label])

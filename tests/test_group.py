@@ -115,6 +115,23 @@ def test_one_sample_with_permutations_clusters_and_tfce(tmp_path, rng):
     assert main(["group", *map(str, paths), "-o", str(out), "--quiet"]) == 2
 
 
+def test_blocks_as_a_plain_column_of_numbers_are_read_as_a_grp(tmp_path):
+    """--grp of a plain column of block numbers (PALM's input, and Text2Vest's) was refused as "no /Matrix section"
+    where --design takes a plain matrix (a tester's): read as the VEST file it stands for; a cell that is not a
+    number is refused saying what the file must hold."""
+    from voxfit.design.vest import read_groups
+
+    vest = tmp_path / "design.grp"
+    write_vest(vest, np.array([[1.0], [1.0], [2.0], [2.0]]))
+    for text in ("1\n1\n2\n2\n", "1\r\n1\r\n2\r\n2\r\n", "\ufeff1\n1\n2\n2"):
+        plain = tmp_path / "blocks.txt"
+        plain.write_text(text, encoding="utf-8")
+        np.testing.assert_array_equal(read_groups(plain, 4), read_groups(vest, 4))
+    plain.write_text("1\n1\nx\n2\n")
+    with pytest.raises(InputError, match="neither a column of numbers .* nor FSL's VEST form"):
+        read_groups(plain, 4)
+
+
 def test_fsl_vest_files_and_blocks(tmp_path, rng):
     n = 12
     paths = _maps(tmp_path, rng, n=n)

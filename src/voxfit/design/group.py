@@ -19,7 +19,6 @@ import csv
 import math
 import numbers
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
 from .read import MISSING_CELLS, frame_table
 from .subjects import match_rows, subject_labels
-from .vest import read_vest
+from .vest import plain_matrix, read_vest
 
 __all__ = ["ADDED_INTERCEPT", "GroupDesign", "group_design", "listed_lines", "read_table", "table_from_frame"]
 
@@ -397,18 +396,9 @@ def _plain_matrix(design) -> NDArray[np.float64] | None:
         text = path.read_text(encoding="utf-8-sig") if path.is_file() else ""
         if text.lstrip().startswith("/NumWaves"):
             return read_vest(path, "design")[1]
-        lines = [re.split(r"[\s,]+", line.strip()) for line in text.splitlines() if line.strip()]
-        if not all(_NUMBER.fullmatch(cell) for line in lines for cell in line):
-            return None
-        rows = [[float(cell.replace("D", "E").replace("d", "e")) for cell in line] for line in lines]
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError):
         return None
-    if not rows or len({len(r) for r in rows}) != 1:
-        return None
-    return np.array(rows, dtype=np.float64)
-
-
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eEdD][-+]?\d+)?|[-+]?(nan|inf|infinity)", re.IGNORECASE)
+    return plain_matrix(text)
 
 
 def _is_mat(design) -> bool:

@@ -8,6 +8,7 @@ an F test; ``.grp`` gives each row's exchangeability block (FSL randomise ``-e``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,21 @@ from ..io.checks import check_readable
 from ..exceptions import InputError
 
 __all__ = ["plain_float", "read_vest", "read_contrasts", "read_ftests", "read_groups", "write_vest"]
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eEdD][-+]?\d+)?|[-+]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def plain_matrix(text: str) -> NDArray[np.float64] | None:
+    """The matrix of a text of numbers separated by spaces, tabs or commas (Fortran's 1.0D0 too), one row a line
+    and no header, as FSL's Text2Vest and PALM take it; None where any cell is not a number, or rows differ in
+    length."""
+    lines = [re.split(r"[\s,]+", line.strip()) for line in text.splitlines() if line.strip()]
+    if not lines or not all(_NUMBER.fullmatch(cell) for line in lines for cell in line):
+        return None
+    if len({len(line) for line in lines}) != 1:
+        return None
+    return np.array([[float(c.replace("D", "E").replace("d", "e")) for c in line] for line in lines], dtype=np.float64)
 
 
 def read_vest(path, what: str = "VEST file") -> tuple[dict[str, str], NDArray[np.float64]]:
@@ -114,8 +130,19 @@ def read_ftests(path, n_contrasts: int) -> list[NDArray[np.intp]]:
 
 
 def read_groups(path, n_rows: int) -> NDArray[np.int64]:
-    """A ``design.grp``: one exchangeability block label per row of the design (integers)."""
-    _, G = read_vest(path, "exchangeability blocks")
+    """A ``design.grp``: one exchangeability block label per row of the design (integers); in FSL's VEST form or a
+    plain column of numbers (PALM's and Text2Vest's input: refused before, "no /Matrix section")."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        text = ""  # (read_vest says what is wrong with it)
+    plain = None if text.lstrip().startswith("/") else plain_matrix(text)
+    if plain is None and text.strip() and not text.lstrip().startswith("/"):
+        raise InputError(
+            f"exchangeability blocks {path}: neither a column of numbers (one block number a line) nor FSL's VEST "
+            "form (/NumWaves 1, /NumPoints, /Matrix); write one block number per map, a line each."
+        )
+    G = plain if plain is not None else read_vest(path, "exchangeability blocks")[1]
     if G.shape != (n_rows, 1):
         raise InputError(
             f"exchangeability blocks {path}: need one value per row of the design ({n_rows}); got shape {G.shape}."

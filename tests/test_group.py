@@ -376,6 +376,7 @@ def test_surface_maps_with_a_mesh(tmp_path, rng, capsys):
         (["--seed", "3"], "--seed chooses the permutations' shuffles; add --permutations N"),
         (["--scheme", "flip"], "--scheme chooses the permutations' shuffles"),
         (["--mesh", "m.surf.gii"], "--mesh is the triangles of GIFTI surface maps, and these maps are volumes"),
+        (["--connectivity", "26"], "--connectivity 26 chooses the neighbours of clusters and TFCE, and neither"),
     ],
 )
 def test_group_errors(tmp_path, rng, capsys, extra, message):

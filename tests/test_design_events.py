@@ -386,6 +386,12 @@ def test_design_command(tmp_path, capsys):
     assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(out)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(out), "--force", "--quiet"]) == 0
+    # a file where the sidecar goes (a user's BIDS sidecar) is not replaced without --force either (a tester's)
+    mine = tmp_path / "mine.json"
+    mine.write_text("PRECIOUS")
+    assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(tmp_path / "mine.tsv")]) == 2
+    assert "mine.json exists (the sidecar of mine.tsv" in capsys.readouterr().err
+    assert mine.read_text() == "PRECIOUS" and not (tmp_path / "mine.tsv").exists()
     for name in ("design.csv", "design.mat"):  # (a table written as .csv or .mat was read back as those formats)
         assert main(["design", str(ev), "--tr", "2", "--n-scans", "60", "-o", str(tmp_path / name)]) == 2
         assert "name it .tsv" in capsys.readouterr().err and not (tmp_path / name).exists()

@@ -1578,11 +1578,14 @@ def _run_design(args) -> int:
         raise InputError(f"-o {out}: voxfit design writes a tab-separated table; name it .tsv (or .txt).")
     if args.confounds and len(args.confounds) > 1:
         raise InputError(f"{len(args.confounds)} confounds files for one design; give one.")
-    if (out.exists() or out.is_symlink()) and not args.force:  # (a dangling link too)
-        raise InputError(f"{out} exists; pass --force to overwrite it.")
-    design, summary = _make_design(args, args.n_scans)
     from .design.kinds import sidecar_path, write_sidecar
     from .io import write_files_atomically
+
+    for path in (out, sidecar_path(out)):  # (the table's sidecar too: a user's X.json was replaced, exit 0)
+        if (path.exists() or path.is_symlink()) and not args.force:  # (a dangling link too)
+            beside = "" if path == out else f" (the sidecar of {out.name}, which voxfit design writes beside it)"
+            raise InputError(f"{path} exists{beside}; pass --force to overwrite it, or name another -o.")
+    design, summary = _make_design(args, args.n_scans)
 
     try:  # exclusive temporaries with random names beside `out`, renamed onto it (a link there is replaced) and
         # onto its sidecar (each column's kind, read back by voxfit fit --design) together: both or neither

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from .._array import check_data_matrix, check_same_rows, unit_scale, working_dtype
 from .._checks import check_flag
 from .._dask import run_tasks
-from .._memory import check_memory, parse_memory
+from .._memory import check_memory, parse_memory, reserved_bytes
 from .._execution import Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, numba_threads, resolve_workers, run_in_threads
@@ -221,6 +221,7 @@ def permutation_test(
         n_jobs,
         name,
         device,
+        execution.max_memory,
     )
     dtype = working_dtype(test.Y.dtype)
     flips = test.shuffles.kind == "flip" and device in (None, "cpu")
@@ -526,7 +527,10 @@ def _mixed_permutation_test_iv(
     reduced = factorize(Z, warn=False) if Z.shape[1] else no_fixed_effects(n)
     interest = design.X @ np.linalg.pinv(rows)
     basis = np.ones((n, rows.shape[0] + Z.shape[1]))  # (each row of [U, Q_Z] weights its own residuals)
-    _check_table_memory(n_permutations, kind, basis, blocks, whole_blocks, 16 * maps[0].size, maps[0].shape[1])
+    working = 16 * maps[0].size
+    _check_table_memory(
+        n_permutations, kind, basis, blocks, whole_blocks, working, maps[0].shape[1], execution.max_memory
+    )
     shuffles = make_shuffles(kind, basis, n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed)
     resolve_workers(execution.n_jobs)  # a clear error now for a number of threads that cannot be
     return _CheckedMixed(
@@ -735,6 +739,7 @@ def _permutation_test_iv(
     n_jobs,
     name,
     device,
+    cap=None,
 ) -> _CheckedTest:
     """The arguments of :func:`permutation_test` checked (a clear `InputError` for each that cannot be used,
     and for a table of shuffles that memory cannot hold) and converted into a :class:`_CheckedTest`."""
@@ -764,7 +769,8 @@ def _permutation_test_iv(
             "rows cannot change; use sign-flips (scheme 'flip' or 'auto')."
         )
     basis = np.column_stack([U, Qz])
-    _check_table_memory(n_permutations, scheme, basis, blocks, whole_blocks, 16 * Y.shape[0] * Y.shape[1], Y.shape[1])
+    working = 16 * Y.shape[0] * Y.shape[1]
+    _check_table_memory(n_permutations, scheme, basis, blocks, whole_blocks, working, Y.shape[1], cap)
     shuffles = make_shuffles(scheme, basis, n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed)
     if device not in (None, "cpu"):
         from .._array import device_namespace
@@ -774,18 +780,23 @@ def _permutation_test_iv(
     return _CheckedTest(Y, label, basis, Qz, U.shape[1], dof, w.shape[0] == 1, shuffles)
 
 
-def _check_table_memory(n_permutations, scheme: str, basis, blocks, whole_blocks, working: int, V: int) -> None:
-    """Refuse a table of shuffles (N x n) and null distributions (N each), whole-run, that memory cannot hold
-    beside the `working` bytes of the maps' float64 working copies (a wrong `n_permutations` is left to
-    ``make_shuffles``)."""
+def _check_table_memory(
+    n_permutations, scheme: str, basis, blocks, whole_blocks, working: int, V: int, max_memory=None
+) -> None:
+    """Refuse a table of shuffles (N x n) and null distributions (N each), whole-run, that `max_memory` (the
+    command's --max-memory; None: the memory there is) cannot hold beside the `working` bytes of the maps' float64
+    working copies (a wrong `n_permutations` is left to ``make_shuffles``). Checked against the memory there is
+    only, 5,000,000 sign-flips of 40 maps took 859 MiB under --max-memory 300M (a tester's)."""
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
         return
     N = min(int(n_permutations), count_shuffles(scheme, basis, blocks, whole_blocks))
     n = basis.shape[0]
+    beside = 0 if max_memory is None else reserved_bytes()  # (under a cap, the interpreter's share of it too)
     check_memory(
-        N * (n * (8 if scheme == "permute" else 3) + 64) + working,
-        f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {n} maps ({V:,} voxels)",
-        None,
+        N * (n * (8 if scheme == "permute" else 3) + 64) + working + beside,
+        f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {n} maps ({V:,} voxels)"
+        + (", with the interpreter's share," if beside else ""),
+        max_memory,
         "Ask for fewer permutations (5000 to 10000 are usual).",
     )
 

@@ -393,6 +393,35 @@ def test_group_refuses_a_cap_that_cannot_hold_the_permutations(data, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--drift", "none", "--microtime-resolution", "4096"],  # the microtime grid
+        [],  # the cosine drift's 940 columns of 30,000 scans
+    ],
+    ids=["microtime", "drift"],
+)
+@pytest.mark.parametrize("command", ["fit", "design"])
+def test_a_design_over_the_cap_is_refused_before_it_is_built(tmp_path, command, options):
+    """A design is built from options and the data's length, not read: `fit --events` on 30,000 scans of 8
+    voxels at 4096 microtime bins a scan passed 10.5 GiB under --max-memory 400M, and `voxfit design` took no
+    cap at all (a tester's). Refused before anything is built, in one line naming the cap, the peak far below it."""
+    n = 30000
+    events = tmp_path / "events.tsv"
+    events.write_text("onset\tduration\ttrial_type\n" + "".join(f"{k * 40}\t10\tf\n" for k in range(1000)))
+    if command == "fit":
+        bold = tmp_path / "long.nii"
+        nib.save(nib.Nifti1Image(np.ones((2, 2, 2, n), np.float32), np.eye(4)), bold)
+        args = ["fit", str(bold), "--events", str(events), "--tr", "2", "--contrast", "f=f", "-o", str(tmp_path / "o")]
+    else:
+        args = ["design", str(events), "--tr", "2", "--n-scans", str(n), "-o", str(tmp_path / "d.tsv")]
+    noise = ["--noise", "ols"] if command == "fit" else []
+    rc, peak, err = _voxfit([*args, *options, *noise, "--max-memory", "400M"], tmp_path)
+    assert rc == 2 and err.count("\n") == 1 and "more than --max-memory 400M" in err, err
+    assert err.startswith("voxfit: error: the design (30,000 scans x ") and peak < 200 * MiB, (peak, err)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "d.tsv").exists()
+
+
 def _cifti_claiming(path: Path, scans: int, grayordinates: int, in_xml: bool) -> Path:
     """A float32 CIFTI file of `scans` rows (a .dtseries.nii, or a .dscalar.nii of one map) on 312 cortical
     vertices whose NIfTI-2 header claims `grayordinates` (dim[6]); `in_xml`: its XML's first brain model

@@ -408,6 +408,12 @@ def _get_parser() -> argparse.ArgumentParser:
     design.add_argument("--n-scans", type=int, required=True, metavar="N", help="number of scans in the run")
     design.add_argument("-o", "--output", required=True, metavar="FILE", help="design.tsv to write")
     _design_options(design, events_needed=True)
+    design.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="bound on the whole process, e.g. 1G: a design it cannot hold (scans x columns, the microtime grid) "
+        "is refused before it is built, naming the size",
+    )
     _flags(design, "overwrite an existing output file")
 
     group = sub.add_parser(
@@ -774,6 +780,7 @@ def _make_design(args, n_scans: int, run: int = 0):
         microtime_onset=args.microtime_onset,
         slice_time_ref=args.slice_time_ref,
         confounds=confounds,
+        max_memory=args.max_memory,
         **opts,
     )
     summary = design.check()

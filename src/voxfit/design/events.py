@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
 from .._checks import check_scalar, is_number, repeated
-from .._memory import check_memory
+from .._memory import check_memory, reserved_bytes
 from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
@@ -80,14 +80,22 @@ class Design:
         sv = np.linalg.svd(scaled, compute_uv=False)
         rank = int(np.sum(sv > sv[0] * max(self.X.shape) * np.finfo(float).eps))
         vif = self.variance_inflation()
-        for name, value in vif.items():
-            if value > max_vif:
-                warnings.warn(
-                    f"regressor {name!r} has a variance inflation factor of {value:.1f} (> {max_vif:g}): other columns "
-                    "explain most of it, so contrasts on it are barely estimable.",
-                    DesignWarning,
-                    stacklevel=2,
-                )
+        high = [(name, value) for name, value in vif.items() if value > max_vif]
+        for name, value in high[:MAX_VIF_WARNINGS]:
+            warnings.warn(
+                f"regressor {name!r} has a variance inflation factor of {value:.1f} (> {max_vif:g}): other columns "
+                "explain most of it, so contrasts on it are barely estimable.",
+                DesignWarning,
+                stacklevel=2,
+            )
+        if len(high) > MAX_VIF_WARNINGS:  # (one line each made 2,000 lines of 2,000 trial types; a tester's)
+            warnings.warn(
+                f"{len(high) - MAX_VIF_WARNINGS} more regressors have variance inflation factors above {max_vif:g}"
+                + (f": the design has more columns ({self.X.shape[1]}) than scans ({self.X.shape[0]})"
+                   if self.X.shape[1] > self.X.shape[0] else "") + ".",
+                DesignWarning,
+                stacklevel=2,
+            )  # fmt: skip
         return {"rank": rank, "n_columns": self.X.shape[1], "condition_number": float(sv[0] / sv[rank - 1]), "vif": vif}
 
     def write(self, path, sidecar=True) -> None:
@@ -111,10 +119,22 @@ class Design:
         return variance_inflation(self.X, self.names, columns)
 
 
+MAX_VIF_WARNINGS = 10  # regressors named one a line in Design.check's warnings; the others in one line
+
+
 def variance_inflation(X: NDArray, names, columns) -> dict[str, float]:
     """VIF of each column j in `columns`: 1 / (1 - R^2) of column j regressed on all the others (inf when they
     explain it entirely), R^2 about the column's mean where the others span a constant, else about zero: cell
-    means without an intercept (group.control, group.patient) had VIFs of 0.5, where a VIF is at least 1."""
+    means without an intercept (group.control, group.patient) had VIFs of 0.5, where a VIF is at least 1.
+
+    A design of full column rank with a constant column takes every VIF from one inverse (:func:`_vif_at_once`):
+    a regression per column cost O(n k^3) for k columns, 83 s for 2,000 trial types; the others, one regression
+    per column; more columns than scans, inf for each (the others span every column)."""
+    columns = list(columns)
+    if X.shape[1] > X.shape[0]:
+        return {names[j]: math.inf for j in columns}
+    if (at_once := _vif_at_once(X, columns)) is not None:
+        return {names[j]: v for j, v in zip(columns, at_once)}
     out = {}
     ones = np.ones(X.shape[0])
     for j in columns:
@@ -127,6 +147,25 @@ def variance_inflation(X: NDArray, names, columns) -> dict[str, float]:
         denom = float(resid @ resid)
         out[names[j]] = float(about @ about) / denom if denom > 0 else math.inf
     return out
+
+
+def _vif_at_once(X: NDArray, columns: list[int]) -> NDArray | None:
+    """The VIFs of `columns` from ``inv(X'X)``'s diagonal (a column's residual sum of squares on the others is
+    ``1 / inv(X'X)_jj``), by a QR of X with unit-norm columns; None where X has no constant column other than those
+    (R^2 is about the mean only where the others span a constant) or is near rank-deficient (said exactly by the
+    regressions, inf or not)."""
+    norms = np.linalg.norm(X, axis=0)
+    constant = np.flatnonzero((np.ptp(X, axis=0) == 0) & (norms > 0))
+    if not (norms > 0).all() or constant.size != 1 or constant[0] in columns:
+        return None
+    R = np.linalg.qr(X / norms, mode="r")
+    d = np.abs(np.diag(R))
+    if d.min() <= 1e-8 * d.max():
+        return None
+    R_inv = np.linalg.solve(R, np.eye(R.shape[0]))
+    diag = np.einsum("ij,ij->i", R_inv, R_inv)[columns]  # inv(X'X)_jj of the scaled columns
+    centred = X[:, columns] - X[:, columns].mean(axis=0)
+    return np.einsum("tj,tj->j", centred, centred) / norms[columns] ** 2 * diag
 
 
 def _matlab_round(x: NDArray) -> NDArray[np.int64]:
@@ -624,26 +663,32 @@ def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[
     return np.cumsum(sf, axis=0)[:n_bins]
 
 
-def _check_design_memory(conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_other, spm_grid=True) -> None:
-    """Refuse, before building anything, a design whose microtime grid, kernels or matrix cannot fit the memory
-    there is: `n_scans`, `tr`, the microtime resolution `T` (nilearn: its oversampling) and `fir_delays` are
-    options, and their products (a 32 s HRF at tr / T seconds a bin, FIR kernels of fir_delays x T bins for
-    each of fir_delays columns; SPM's spm_hrf samples its gammas on a grid T times finer still, 32 T^2 / tr
-    points) grow faster than any one of them."""
+def _check_design_memory(
+    conditions, inputs, tr, n_scans, hrf, T, fir_delays, n_other, spm_grid=True, max_memory=None
+) -> None:
+    """Refuse, before building anything, a design whose microtime grid, kernels or matrix cannot fit `max_memory`
+    (with the interpreter's share; None: the memory there is): `n_scans`, `tr`, the microtime resolution `T`
+    (nilearn: its oversampling) and `fir_delays` are options, and their products (a 32 s HRF at tr / T seconds a
+    bin, FIR kernels of fir_delays x T bins for each of fir_delays columns; SPM's spm_hrf samples its gammas on a
+    grid T times finer still, 32 T^2 / tr points) grow faster than any one of them. The matrix is held in a few
+    copies while it is checked (its SVD, the VIFs' QR): checked against the memory there is only, a design of
+    30,000 scans at 4096 bins a scan took 10.5 GiB under --max-memory 400M (a tester's)."""
     n_basis = fir_delays if hrf == "fir" else 1 + hrf.count("+")
     n_inputs = sum(len(inputs[name][1]) if name in inputs else 1 for name in conditions) or 1
     kernel = max(32.0 * T / tr, (fir_delays * T) if hrf == "fir" else 0) + T  # bins of one basis function
     grid = n_scans * T + 32 + 24.0 * T / tr  # bins of one regressor before sampling (nilearn starts 24 s early)
     n_columns = n_inputs * n_basis + n_other + 1  # (n_other: confounds and drifts)
-    nbytes = 8 * (kernel * n_basis + 2 * (grid + kernel) + grid * n_inputs + 2 * n_scans * n_columns)
+    nbytes = 8 * (kernel * n_basis + 2 * (grid + kernel) + grid * n_inputs + 5 * n_scans * n_columns)
+    nbytes += 8 * 2 * n_columns * n_columns  # (the checks' k x k factors)
     if spm_grid and hrf != "fir":  # spm_hrf's fine grid: a few float64 temporaries of 32 T^2 / tr points
         nbytes = max(nbytes, 8 * 5 * (32.0 * T * T / tr + 1))
     check_memory(
-        nbytes,
+        nbytes + (0 if max_memory is None else reserved_bytes()),
         f"the design ({n_scans:,} scans x {n_columns:,} columns at most, TR {tr:g} s, "
-        f"{T} microtime bins a scan, {n_basis} basis function(s))",
-        None,
-        "Check the number of scans, the TR, the microtime resolution and the FIR delays.",
+        f"{T} microtime bins a scan, {n_basis} basis function(s))"
+        + ("" if max_memory is None else ", with the interpreter's share,"),
+        max_memory,
+        "Check the number of scans, the TR, the microtime resolution, the drift and the FIR delays.",
     )
 
 
@@ -750,6 +795,7 @@ def make_design(
     convolution: str = "spm",
     units: str = "secs",
     modulators=None,
+    max_memory=None,
 ) -> Design:
     """A first-level design from events, SPM's way (see the module docstring).
 
@@ -875,6 +921,7 @@ def make_design(
         int(fir_delays),
         n_confounds + n_drifts,
         spm_grid=convolution == "spm",
+        max_memory=max_memory,
     )
 
     if convolution == "nilearn":

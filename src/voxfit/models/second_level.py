@@ -678,7 +678,9 @@ class SecondLevel:
             paths = data if isinstance(data, list) else [data]
             reader = _open_maps(data)
             self._check_neighbours(reader.geometry)
-            need = cap_holding(2 * data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
+            maps = data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize)
+            # (--outliers: each map's outlier probability at each voxel, float64, and its map written)
+            need = cap_holding(2 * maps + (20 * reader.n_scans * reader.geometry.n_elements if self.outliers else 0))
             items = self._contrast_items(d)
             shuffling = execution  # with permutations the maps are held (the cap planned as for OLS)
             if self.permutations and execution.max_memory is not None and execution.scheduler is None:
@@ -709,7 +711,7 @@ class SecondLevel:
                     )
                 Y, variances = columns
                 dof_maps = kind == "fixed" and pairs.dof_maps is not None
-                self._check_streamed_cap(execution, masker, pairs.n, len(items), dof_maps)
+                self._check_streamed_cap(execution, masker, pairs.n, len(items), dof_maps, self.outliers)
             rows = np.asarray(pairs.given_rows)  # (the .grp's rows are the maps' as given: B's too, paired by subject)
             groups = variance_groups(self.grp, d, reader.n_scans, rows, self.variance_groups, self.paired)
             n_groups = 1 if groups is None else len(set(np.asarray(groups).tolist()))
@@ -829,17 +831,26 @@ class SecondLevel:
         )
 
     def _check_streamed_cap(
-        self, execution: Execution, masker: Masker, n_maps: int, n_contrasts: int, dof_maps: bool = False
+        self,
+        execution: Execution,
+        masker: Masker,
+        n_maps: int,
+        n_contrasts: int,
+        dof_maps: bool = False,
+        outliers: bool = False,
     ) -> None:
         """Refuse, naming the cap that would, a cap that cannot hold a mixed or fixed model of maps read by
         columns: the reserve for the interpreter, the per-voxel results (the fit: 2 values per design column and
         8 more, each contrast's statistics: 6 and 2 of the fit), the maps written (8 bytes per element of the grid,
-        twice), the blocks of the fit (at most as many bytes as the results again) and with `dof_maps` the
-        first-level dof of every map at every voxel (held for the fit)."""
+        twice), the blocks of the fit (at most as many bytes as the results again), with `dof_maps` the
+        first-level dof of every map at every voxel (held for the fit) and with `outliers` every map's outlier
+        probability at every voxel (float64: 40 maps of 553k voxels ran 55% over a 417M cap without it)."""
         columns = n_maps // 2 + 1 if self.paired else 1  # (the subjects' columns of a paired design, at least)
         per_voxel = RESULT_VALUES + 2 * columns + n_contrasts * (CONTRAST_VALUES + 2)
         results = 8 * per_voxel * masker.n_voxels
         held = 4 * n_maps * masker.n_voxels if dof_maps else 0  # (float32: group_mixed.read_dof_maps)
+        # (and its map written: the grid's values in float64, then float32)
+        held += 8 * n_maps * masker.n_voxels + 12 * n_maps * masker.geometry.n_elements if outliers else 0
         need = reserved_bytes() + 2 * results + held + 16 * masker.geometry.n_elements
         if need > execution.budgets.process:
             raise InputError(

@@ -232,6 +232,27 @@ def test_only_a_provably_stale_temporary_is_removed(study, capsys, marker, stale
     assert folder.exists() != stale
 
 
+def test_a_folder_another_run_is_writing_into_is_refused(study, capsys):
+    """Two runs with --force into one folder each committed their files: one's model.json beside the other's maps,
+    exit 0 for both (a tester's). A run's hidden folder, marked by a process that runs, makes another refuse the
+    folder, before it reads anything and again once its own hidden folder is made (two at once: neither goes on);
+    the other run's folder is left alone."""
+    study["out"].mkdir()
+    other = study["out"] / ".voxfit-partial-live"
+    other.mkdir()
+    marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-12-07T14:00:00+00:00"}
+    (other / "voxfit-run.json").write_text(json.dumps(marker))
+    code, _, err = run(capsys, *fit_args(study, "--force"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"another voxfit run (process {os.getpid()} on {socket.gethostname()}, started 2026-12-07" in err
+    assert listing(study["out"]) == [".voxfit-partial-live", ".voxfit-partial-live/voxfit-run.json"]
+    with OutputFolder(study["dir"] / "api", alone=True), pytest.raises(InputError, match="another voxfit run"):
+        with OutputFolder(study["dir"] / "api", force=True, alone=True):
+            pass
+    with OutputFolder(study["dir"] / "shared", force=True), OutputFolder(study["dir"] / "shared", force=True):
+        pass  # (a study's workers share a group's folder: not alone)
+
+
 def test_a_symlink_named_like_a_stale_temporary_is_not_followed(study, capsys):
     elsewhere = study["dir"] / "elsewhere"
     elsewhere.mkdir()

@@ -13,16 +13,17 @@ from pathlib import Path
 from ._checks import check_flag
 from .exceptions import InputError
 
-__all__ = ["MARKER", "PARTIAL", "check_output_folder", "remove_stale_partials"]
+__all__ = ["MARKER", "PARTIAL", "check_alone", "check_output_folder", "remove_stale_partials"]
 
 PARTIAL = ".voxfit-partial-"  # the prefix of a run's hidden folder inside its output folder
 MARKER = "voxfit-run.json"  # inside a hidden folder: the host and process that made it
 
 
-def check_output_folder(path, force: bool = False) -> Path:
+def check_output_folder(path, force: bool = False, alone: bool = False) -> Path:
     """`path` as an output folder, or the InputError :class:`~voxfit.io.OutputFolder` gives: a symbolic link, a
-    file, a folder with files in it without `force` (its hidden folders of runs that died are removed first).
-    The command line asks before any input is opened, so a wrong folder costs no read."""
+    file, a folder with files in it without `force` (its hidden folders of runs that died are removed first),
+    and with `alone` a folder another run is writing into (:func:`check_alone`). The command line asks before any
+    input is opened, so a wrong folder costs no read."""
     check_flag(force, "`force`")
     final = Path(path)
     if final.is_symlink():
@@ -34,6 +35,8 @@ def check_output_folder(path, force: bool = False) -> Path:
         raise InputError(f"output {final} exists and is not a folder.")
     if final.is_dir():
         remove_stale_partials(final)
+        if alone:
+            check_alone(final)
     if final.is_dir() and any(final.iterdir()) and not force:
         raise InputError(f"output folder {final} is not empty; choose another or pass --force to overwrite.")
     return final
@@ -60,3 +63,21 @@ def remove_stale_partials(folder: Path) -> None:
     for entry in folder.glob(PARTIAL + "*"):
         if _is_stale_partial(entry):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def check_alone(folder: Path, own: Path | None = None) -> None:
+    """Refuse a folder that another run is writing into: a hidden folder of a run (not `own`) that has not
+    ended, on this host or another. Two runs with --force into one folder each committed their files, and the
+    folder held one's model.json beside the other's maps (a tester's)."""
+    for entry in sorted(folder.glob(PARTIAL + "*")):
+        if entry == own or entry.is_symlink() or not entry.is_dir() or _is_stale_partial(entry):
+            continue
+        try:
+            marker = json.loads((entry / MARKER).read_text())
+            who = f"process {int(marker['pid'])} on {marker['host']}"
+            who += f", started {marker['started']}" if "started" in marker else ""
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # (a hidden folder being made, or not voxfit's: its marker comes with it)
+        raise InputError(
+            f"another voxfit run ({who}) is writing into {folder}; wait until it ends, or give another output folder."
+        )

@@ -1153,7 +1153,7 @@ def _write_report(folder, quiet: bool, progress, **options) -> None:
 def _run_model(args, argv, progress) -> int:
     from ._folders import check_output_folder
 
-    check_output_folder(args.output, args.force)  # before any input is opened or read
+    check_output_folder(args.output, args.force, alone=True)  # before any input is opened or read
     if args.command == "fit" and len(args.events or args.design) == 1 and args.inference != "rft":
         _start_digests(args.inputs)
     run = {"fit": _run_fit, "group": _run_group, "demo": _run_demo}[args.command]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .._folders import MARKER as _MARKER
 from .._folders import PARTIAL as _PARTIAL
-from .._folders import check_output_folder
+from .._folders import check_alone, check_output_folder
 from .._threads import STOP_SIGNALS
 from ..exceptions import DISK_FULL, InputError
 
@@ -265,11 +265,13 @@ class OutputFolder:
     and holding a marker of this host and process; leaving the block without committing (an error, Ctrl-C)
     removes it, and the folders this created for `path`. A later run removes such a hidden folder only when
     its marker shows a process of this host that no longer runs. A full disk becomes an :class:`InputError`.
+    With `alone` (a command's own folder, not a study's groups that its workers share) a folder another run is
+    writing into is refused, before and once this one's hidden folder is made.
     """
 
-    def __init__(self, path, force: bool = False):
-        self.final = check_output_folder(path, force)
-        self.force = force
+    def __init__(self, path, force: bool = False, alone: bool = False):
+        self.final = check_output_folder(path, force, alone)
+        self.force, self.alone = force, alone
         self.started = datetime.datetime.now().astimezone()
         self._clock = time.perf_counter()
         self._made: list[Path] = []
@@ -294,6 +296,8 @@ class OutputFolder:
                 self._tmp = Path(tempfile.mkdtemp(prefix=_PARTIAL, dir=self.final))
             marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started.isoformat()}
             (self._tmp / _MARKER).write_text(json.dumps(marker) + "\n")
+            if self.alone:  # (again, once this run's own hidden folder is there: of two at once, neither goes on)
+                check_alone(self.final, self._tmp)
         except OSError as exc:
             self._cleanup()
             raise folder_error(exc, self.final) from None

@@ -322,7 +322,7 @@ def fit_images(
         threading.Thread(target=warm_kernels, args=(dtype,), daemon=True).start()
 
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
+        out = stack.enter_context(OutputFolder(out_dir, force, alone=True)) if out_dir is not None else None
         # input checksums on a daemon thread: of files read into memory, from the read's start (the command
         # line's, in route.records: before this module imported), unless RFT's sums take the core the read
         # leaves; otherwise while the fit runs, at a low priority

@@ -237,7 +237,7 @@ def fit_runs(
                 f"({size_text(total)} of data, in memory at once); give at least {cap_text(need)}, or "
                 "fit the runs one at a time (each can stream)."
             )
-    with OutputFolder(out_dir, force) if out_dir is not None else contextlib.nullcontext() as out:
+    with OutputFolder(out_dir, force, alone=True) if out_dir is not None else contextlib.nullcontext() as out:
         datasets = [
             load(
                 path,

@@ -305,7 +305,7 @@ class SecondLevel:
         if pairs is not None:  # OLS on the effect maps of the pairs
             data = list(pairs.effects) if pairs.volumes is None else pairs.effects[0]
         with contextlib.ExitStack() as stack:
-            out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
+            out = stack.enter_context(OutputFolder(out_dir, force, alone=True)) if out_dir is not None else None
             reader = _open_maps(data)
             self._check_neighbours(reader.geometry)
             paths = data if isinstance(data, list) else [data]
@@ -669,7 +669,7 @@ class SecondLevel:
         if execution.on_device:
             raise InputError(f"--model {kind} runs on CPUs (this machine's, or a Dask cluster's); drop --device.")
         with contextlib.ExitStack() as stack:
-            out = stack.enter_context(OutputFolder(out_dir, force)) if out_dir is not None else None
+            out = stack.enter_context(OutputFolder(out_dir, force, alone=True)) if out_dir is not None else None
             # the design's rows matched to the pairs' subjects (a first-level folder's may come from its model.json),
             # before the maps' headers are read, in the design's order
             d, _, order = self._design(_subject_names(pairs), pairs.n, one_by_one)

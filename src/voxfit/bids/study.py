@@ -48,6 +48,7 @@ import numbers
 import os
 import re
 import shutil
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -1990,6 +1991,14 @@ def _worker_start(threads: int) -> None:
     except ImportError:  # pragma: no cover (threadpoolctl comes with scipy)
         pass
     handle_stop_signals(_worker_signal)  # (one ignored where the worker started, as nohup leaves SIGHUP, stays so)
+    warnings.showwarning = _worker_warning
+
+
+def _worker_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A worker's warning in the command line's words, one line (Python's own form named voxfit's source file and
+    line, on two lines)."""
+    text = " ".join(str(message).split())
+    print(f"voxfit: warning: {text}", file=sys.stderr if file is None else file, flush=True)
 
 
 _LIMITS = None

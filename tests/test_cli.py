@@ -150,6 +150,22 @@ def test_an_ar_order_too_high_for_the_run_is_warned_of(study, capsys, tmp_path):
     assert code == 0 and "run 1: AR(2) per voxel" in err and "run 2: AR(2) per voxel" in err, err
 
 
+def test_messages_of_a_latin1_table_a_file_as_output_and_an_unknown_unit_say_what_to_do(study, capsys):
+    """A tester's: a Latin-1 design said "not a text table ('utf-8' codec can't decode...)", a file given as -o
+    "exists and is not a folder", --max-memory 10P "must be a size like ...": each now says what to do."""
+    d = study["dir"]
+    latin = d / "latin.tsv"
+    latin.write_bytes(b"A\tB\tconstant\n" + "".join(f"{k}\t{k % 3}\t1\n" for k in range(12)).encode()
+                      + "0\t\xe9\t1\n".encode("latin-1"))  # fmt: skip
+    code, _, err = run(capsys, "fit", study["bold"], "--design", latin, "--contrast", "c=A", "-o", d / "l")
+    assert code == 2 and "not UTF-8 text (byte " in err and "save it as UTF-8" in err, err
+    (d / "afile").write_text("x")
+    code, _, err = run(capsys, *fit_args(study, out=d / "afile"))
+    assert code == 2 and "exists and is not a folder; give a folder's path with -o" in err, err
+    code, _, err = run(capsys, *fit_args(study, "--max-memory", "10P"))
+    assert code == 2 and "(units K, M, G, T)" in err, err
+
+
 def test_a_contrast_name_too_long_for_file_names_is_refused_before_the_fit(study, capsys):
     """A contrast named in 300 letters (an FSL design.con's /ContrastName) failed as its maps were written, after
     the fit, the message naming the hidden partial folder: refused at once, in one line, nothing written."""

@@ -32,7 +32,9 @@ def check_output_folder(path, force: bool = False, alone: bool = False) -> Path:
             f"the folder itself ({final.resolve()}), so that nothing is written elsewhere."
         )
     if final.exists() and not final.is_dir():
-        raise InputError(f"output {final} exists and is not a folder.")
+        raise InputError(
+            f"output {final} exists and is not a folder; give a folder's path with -o (a new one, or one of voxfit's)."
+        )
     if final.is_dir():
         remove_stale_partials(final)
         if alone:

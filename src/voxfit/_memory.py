@@ -74,7 +74,9 @@ def parse_memory(value: str | float) -> int:
     else:
         m = _SIZE.match(str(value))
         if m is None:
-            raise InputError(f"`max_memory` must be a size like '64K', '500M' or '2G'; got {value!r}.")
+            raise InputError(
+                f"`max_memory` must be a size like '64K', '500M' or '2G' (units K, M, G, T); got {value!r}."
+            )
         size = float(m.group(1)) * _UNITS[m.group(2).upper()]
     if not (size > 0 and math.isfinite(size)):
         raise InputError(f"`max_memory` must be a positive size; got {value!r}.")

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from .._array import is_dataframe, type_name
 from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
-from .read import MISSING_CELLS, frame_table
+from .read import MISSING_CELLS, frame_table, table_error
 from .subjects import match_rows, subject_labels
 from .vest import plain_matrix, read_vest
 
@@ -73,7 +73,7 @@ def read_table(path) -> tuple[list[str], list[list[str]]]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = [r for r in csv.reader(fh, delimiter=sep) if any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"design {path}: not a text table ({exc}).") from None
+        raise table_error(path, exc) from None
     except OSError as exc:
         raise InputError.from_os_error(exc, path, "design") from None
     if not rows:

@@ -18,9 +18,25 @@ from ..io.checks import check_readable
 from ..exceptions import InputError
 from .vest import plain_float
 
-__all__ = ["MISSING_CELLS", "frame_table", "read_design", "write_design"]
+__all__ = ["MISSING_CELLS", "frame_table", "read_design", "table_error", "write_design"]
 
 MISSING_CELLS = frozenset({"", "n/a", "na", "nan"})  # a table cell that holds no value (lower case)
+
+
+def table_error(path: Path, exc: Exception) -> InputError:
+    """What a design table that Python's csv cannot read is, and what to do: text in another encoding than
+    UTF-8 (Latin-1, UTF-16: "save it as UTF-8"), a cell too long for a table, or csv's own words."""
+    if isinstance(exc, UnicodeDecodeError):
+        return InputError(
+            f"design {path}: not UTF-8 text (byte {exc.start + 1}: 0x{exc.object[exc.start]:02x}); save it as "
+            "UTF-8 (a spreadsheet's 'CSV UTF-8' or 'Unicode text'), tab-separated, or as .csv."
+        )
+    if "field larger than field limit" in str(exc):
+        return InputError(
+            f"design {path}: a cell of more than {csv.field_size_limit():,} characters, which no design holds; is it "
+            "a table, one row per line?"
+        )
+    return InputError(f"design {path}: not a text table ({exc}).")
 
 
 def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
@@ -39,7 +55,7 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = [r for r in csv.reader(fh, delimiter=sep) if r]
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"design {path}: not a text table ({exc}).") from None
+        raise table_error(path, exc) from None
     except OSError as exc:  # unreadable (permissions), a folder...: the system's reason, exit status 2
         raise InputError.from_os_error(exc, path, "design") from None
     if not rows or not any(h.strip() for h in rows[0]):

@@ -70,6 +70,17 @@ def test_parse_errors_are_one_clear_sentence(text, message):
     assert "\n" not in str(err.value)
 
 
+def test_bare_numbers_that_name_levels_of_a_numeric_group_column_are_written_out():
+    """--two-sample grpnum over a column of 1 and 2 makes columns grpnum_1 and grpnum_2; "2 - 1" was refused
+    saying to write multiples of columns (a tester's): the message now writes the contrast meant."""
+    names = ("grpnum_1", "grpnum_2", "age")
+    with pytest.raises(ContrastError, match=r"for the groups coded by those numbers, write 'grpnum_2 - grpnum_1'"):
+        parse_contrast("2 - 1", names)
+    with pytest.raises(ContrastError) as err:  # (a number with no column of its own: no guess)
+        parse_contrast("3 - 1", names)
+    assert "write '" not in str(err.value)
+
+
 def test_dataframe_names_and_expressions(rng):
     n = 30
     X = pd.DataFrame({"slope": np.linspace(-1, 1, n), "intercept": np.ones(n)})

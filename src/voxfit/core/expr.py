@@ -114,14 +114,24 @@ class _Parser:
             )
         if const != 0:  # (two groups coded 1 and 2 are columns group_1 and group_2: "1 - 2" named none of them)
             shown = ", ".join(self.names[:12]) + (", ..." if len(self.names) > 12 else "")
+            meant = self._levels_meant()
             raise self.error(
                 f"a bare number is not a contrast weight; write it as a multiple of a column (e.g. 2*A; the "
-                f"columns are {shown})"
+                f"columns are {shown})" + (f"; for the groups coded by those numbers, write {meant!r}" if meant else "")
             )
         coefs = {k: v for k, v in coefs.items() if v != 0}
         if not coefs:
             raise self.error(f"the row starting at position {start} has no non-zero column weight")
         return coefs
+
+    def _levels_meant(self) -> str | None:
+        """The contrast with each bare number n written as the one column named ``<column>_<n>`` (the levels of a
+        numeric --two-sample column: "2 - 1" over grpnum_1 and grpnum_2), where every number has one; else None."""
+        numbers = re.findall(r"(?<![\w.*])(\d+)(?![\w.*])", self.text)
+        columns = {n: [c for c in self.names if c.endswith(f"_{n}")] for n in numbers}
+        if not numbers or any(len(c) != 1 for c in columns.values()):
+            return None
+        return re.sub(r"(?<![\w.*])(\d+)(?![\w.*])", lambda m: columns[m.group(1)][0], self.text)
 
     def sum(self):
         const, coefs = self.product()

@@ -703,6 +703,24 @@ def test_pybids_scale_of_a_time_series_fails_saying_what_to_do_instead(stroop):
         assert "pybids' Scale fails on every time series (confounds, convolved regressors): Demean it" in str(exc)
 
 
+def test_a_filter_whose_query_names_another_variable_says_to_add_it_to_by(stroop):
+    """A Filter of a trial type's events by response_time, without "By": pybids says "name 'response_time' is not
+    defined", and the message went on "the run's variables are response_time, ...": it says to add "By" (a
+    tester's); with it, the Filter runs."""
+    _, collection = stroop
+    instructions = [
+        {"Name": "Factor", "Input": ["trial_type"]},
+        {"Name": "Filter", "Input": [f"{TT}congruent"], "Query": "response_time > 0.2", "Output": ["slow"]},
+        {"Name": "Convolve", "Input": ["slow"], "Model": "spm"},
+    ]
+    node = _run_node(["slow", 1])
+    node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+    with pytest.raises(InputError, match=r'add "By": \["response_time"\]'):
+        run_design(collection, _model(node), tr=TR, n_scans=SCANS)
+    instructions[1]["By"] = ["response_time"]
+    assert "slow" in run_design(collection, _model(node), tr=TR, n_scans=SCANS).design.names
+
+
 def test_contrasts(stroop):
     """DummyContrasts (1 named intercept) then Contrasts; fractions as text; derivatives weigh 0; an F contrast over
     FIR delays has a row per delay."""

@@ -480,6 +480,12 @@ def _transform(variables, problem: _Problem, lacking, levels: _TrialTypes, study
                 if gone and applied is instruction
                 else ""
             )
+            unnamed = re.search(r"name '([^']+)' is not defined", detail)
+            if instruction["Name"] == "Filter" and unnamed and unnamed.group(1) in variables.variables:
+                lacks = (  # (pybids' words name a variable the run has: the Query sees only Input and By)
+                    f'; a Filter\'s Query sees its Input and the variables of its "By": add "By": '
+                    f'["{unnamed.group(1)}"]'
+                )
             if instruction["Name"] == "Scale" and "truth value of a Series is ambiguous" in detail:
                 lacks = (  # (pybids 0.22 tests `data.nunique() == 1` on a time series' DataFrame)
                     "; pybids' Scale fails on every time series (confounds, convolved regressors): Demean it "

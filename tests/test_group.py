@@ -400,6 +400,20 @@ def test_a_table_of_shuffles_over_the_cap_is_refused_before_it_is_made(tmp_path,
     assert main(["group", *paths, "--permutations", "200", "--max-memory", "300M", "--quiet", "-o", str(out)]) == 0
 
 
+def test_paired_maps_of_an_odd_number_name_the_subject_without_a_partner(tmp_path, rng, capsys):
+    """17 maps for --paired: the message said only "an even number" where the maps' labels tell which subject has
+    one map (a tester's)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _maps(tmp_path / "a", rng, n=9)
+    b = _maps(tmp_path / "b", rng, n=9)
+    b.pop(4)  # sub-04's B map
+    out = tmp_path / "g"
+    assert main(["group", *map(str, a + b), "--paired", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "an even number); got 17: sub-04 has no partner." in err and not out.exists(), err
+
+
 def test_maps_given_apart_after_an_option_are_named_as_inputs(tmp_path, rng, capsys):
     """``group a b -o out c d``: argparse took c and d for unknown arguments; the message says they are inputs
     given apart from the others, in one line. An unknown option keeps argparse's words."""

@@ -17,6 +17,7 @@ model.json.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import csv
 import warnings
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,7 @@ from ..core.expr import names_in
 from ..core.mixed import BAD_VARIANCE, OUTCOMES
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import ADDED_INTERCEPT, group_design, listed_lines
-from ..design.subjects import pair_by_subject
+from ..design.subjects import pair_by_subject, subject_labels
 from ..engine import fit as fit_engine
 from ..engine.mixed import MixedFit, mixed_effects
 from ..engine.streaming import fit_streaming
@@ -474,8 +475,13 @@ class SecondLevel:
         pairs = None
         if self.paired:
             if n_scans % 2:
+                labels = Counter(subject_labels(maps)) if maps is not None else Counter()
+                lone = sorted(k for k, c in labels.items() if k is not None and c % 2)
+                which = (
+                    f": sub-{', sub-'.join(lone[:5])} {'has' if len(lone) == 1 else 'have'} no partner" if lone else ""
+                )
                 raise InputError(
-                    f"--paired needs the maps of condition A then those of B (an even number); got {n_scans}."
+                    f"--paired needs the maps of condition A then those of B (an even number); got {n_scans}{which}."
                 )
             half = n_scans // 2
             how = "by position (the maps carry no sub-<label>)"

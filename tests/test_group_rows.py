@@ -398,6 +398,33 @@ def test_maps_of_an_unquoted_pattern_are_refused_under_a_design_matched_by_posit
     assert _group(capsys, *fit[:1], listed, *fit[1:], tmp_path / "listed")[0] == 0
 
 
+def test_a_mean_over_an_uncentred_covariate_is_warned_of(study):
+    """A mean (the intercept, or a group's column of a design of group means) beside an uncentred covariate tests
+    the value at age 0, which SPM's users, whose covariates SPM centres, do not expect (a tester's). Warned of,
+    naming the covariate's mean; a difference of groups, a covariate's slope, or a centred covariate: not."""
+    import warnings
+
+    pd = pytest.importorskip("pandas")
+    s = study
+    for contrasts, kw in (
+        (["mean=intercept"], {"covariates": ["age"]}),
+        (["pat=patient"], {"two_sample": "group", "covariates": ["age"]}),
+    ):
+        with pytest.warns(DesignWarning, match=r"takes a mean while covariate 'age' is not centred \(its mean is"):
+            SecondLevel(design=s["table"], contrasts=contrasts, **kw).fit(s["maps"])
+    frame = pd.read_csv(s["table"], sep="\t", dtype={"participant_id": str})
+    centred = frame.assign(age=frame["age"] - frame["age"].mean())
+    quiet = [
+        (s["table"], ["age=age"], {"covariates": ["age"]}),
+        (s["table"], ["pvc=patient - control"], {"two_sample": "group", "covariates": ["age"]}),
+        (centred, ["mean=intercept"], {"covariates": ["age"]}),
+    ]
+    for design, contrasts, kw in quiet:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DesignWarning)
+            SecondLevel(design=design, contrasts=contrasts, **kw).fit(s["maps"])
+
+
 def test_api_takes_a_dataframe_matched_the_same_way(study):
     pd = pytest.importorskip("pandas")
     s = study

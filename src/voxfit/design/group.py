@@ -33,7 +33,15 @@ from .read import MISSING_CELLS, frame_table, table_error
 from .subjects import match_rows, subject_labels
 from .vest import plain_matrix, read_vest
 
-__all__ = ["ADDED_INTERCEPT", "GroupDesign", "group_design", "listed_lines", "read_table", "table_from_frame"]
+__all__ = [
+    "ADDED_INTERCEPT",
+    "GroupDesign",
+    "group_design",
+    "listed_lines",
+    "read_table",
+    "table_from_frame",
+    "warn_uncentred_covariates",
+]
 
 ID_COLUMN = "participant_id"
 ADDED_INTERCEPT = "an intercept column was added (the table's columns do not model the mean)"  # (a design's note)
@@ -435,3 +443,42 @@ def _checked(d: GroupDesign, n_maps: int, what: str) -> GroupDesign:
     if len(set(d.names)) != len(d.names):
         raise InputError(f"{what}: column names repeat ({', '.join(d.names)}).")
     return d
+
+
+def warn_uncentred_covariates(X: NDArray, names, items) -> None:
+    """Warn of a contrast that takes a mean (its weights on the intercept, or on the groups' columns of a design of
+    group means, do not sum to 0) while a covariate is not centred: it then tests the value at covariate 0 (age 0),
+    not at its mean. FSL and nilearn fit the design as given; SPM centres covariates by default, and its users read
+    "mean" as at the average age (a tester's: a one-sample mean over ages 20 to 60, said only as "an intercept was
+    added"). A contrast of differences (patient - control) does not depend on the centring."""
+    from ..core.expr import parse_contrast
+
+    X = np.asarray(X, dtype=float)
+    constant = (np.ptp(X, axis=0) == 0) & np.any(X != 0, axis=0)
+    binary = np.all((X == 0) | (X == 1), axis=0) & ~constant
+    if constant.any():
+        levels = constant
+    elif binary.any() and np.allclose(X[:, binary].sum(axis=1), 1.0):
+        levels = binary  # (cell means: each row in one group)
+    else:
+        return
+    mean, sd = X.mean(axis=0), X.std(axis=0)
+    uncentred = np.flatnonzero(~constant & ~binary & (np.abs(mean) > 0.5 * sd))
+    if not uncentred.size:
+        return
+    for label, expr in items:
+        try:
+            w = parse_contrast(expr, tuple(names)) if isinstance(expr, str) else np.atleast_2d(np.asarray(expr, float))
+        except Exception:  # (the contrast's own check says what is wrong with it)
+            continue
+        if w.shape[1] != X.shape[1] or np.all(np.abs(w[:, levels].sum(axis=1)) < 1e-12):
+            continue
+        j = int(uncentred[0])
+        warnings.warn(
+            f"contrast {label!r} takes a mean while covariate {names[j]!r} is not centred (its mean is {mean[j]:.4g}): "
+            f"it tests the value at {names[j]} = 0, not at the average {names[j]}; subtract {mean[j]:.4g} from the "
+            f"column for the mean at the average (as SPM centres covariates), or keep it (FSL's and nilearn's "
+            "convention: the design as given).",
+            DesignWarning,
+            stacklevel=3,
+        )

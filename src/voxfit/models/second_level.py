@@ -36,7 +36,7 @@ from ..core import Stats, factorize
 from ..core.expr import names_in
 from ..core.mixed import BAD_VARIANCE, OUTCOMES
 from ..design import read_contrasts, read_ftests, read_groups, write_design
-from ..design.group import ADDED_INTERCEPT, group_design, listed_lines
+from ..design.group import ADDED_INTERCEPT, group_design, listed_lines, warn_uncentred_covariates
 from ..design.subjects import pair_by_subject, subject_labels
 from ..engine import fit as fit_engine
 from ..engine.mixed import MixedFit, mixed_effects
@@ -918,6 +918,7 @@ class SecondLevel:
         labels = [k for k, _ in items]
         if len(set(labels)) != len(labels):
             raise InputError(f"contrast names repeat ({', '.join(labels)}); give each a distinct name.")
+        warn_uncentred_covariates(d.X, names, items)
         return items
 
     @property

@@ -906,6 +906,24 @@ def test_a_dataset_level_grouped_by_task_over_two_tasks_of_their_own_trial_types
     assert pooled.ok and len(notes) == 1 and "add task to the node's GroupBy (a test per task)" in notes[0], notes
 
 
+def test_a_participants_column_in_a_run_nodes_model_says_where_it_goes(tmp_path):
+    """Model.X of the Run node naming "age", a participants.tsv column: each run failed on "the run has no
+    variable 'age'", its variables listed (a tester's); it now says that age is a subject's value, for the Dataset
+    node's Model.X."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][0]["Model"]["X"].insert(0, "age")
+    result = run(
+        study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], level="run", progress=False
+    )
+    (failure,) = result.failures
+    assert failure.reason.startswith('Model.X names "age", a column of participants.tsv: one value per subject')
+    assert "put it in the Model.X of the Dataset node" in failure.reason
+
+
 def test_a_contrast_whose_name_is_a_label_keeps_it_whatever_the_others():
     """Contrast c2 was labelled c22 in the runs that had a contrast c_2 (whose letters are c2 too) and c2 in those
     that had not, so contrast-c2 named different contrasts in different runs; a name that is a label keeps it, and

@@ -2854,6 +2854,13 @@ class _Study:
                 trial_types=self.trial_types(),
             )
         except InputError as exc:
+            named = re.search(r'Model\.X names "([^"]+)", but the run has no variable', str(exc))
+            if named and named.group(1) in self.participant_columns:  # (a subject's value: a group's covariate)
+                raise InputError(
+                    f'Model.X names "{named.group(1)}", a column of participants.tsv: one value per '
+                    "subject, which a run's model cannot estimate; put it in the Model.X of the Dataset node (a "
+                    "covariate of the group), or leave it out of this node's."
+                ) from None
             raise InputError(f"{exc} (run {r.bold.name}, events {r.events})") from None
         design, chosen = self._with_strategy(rd.design, r)
         X = np.asarray(design.X if hasattr(design, "X") else design.matrix)

@@ -15,9 +15,9 @@ What is left after each voxel's own whitening W is nearly the same everywhere, s
    :func:`voxfit.core.ar.bias_matrix` does for the AR estimates, with the residual-forming matrix of the design
    whitened by the model of the median reflection coefficients), less what fitting each voxel's model to its own
    residuals takes out of them (:func:`_self_fit_bias`, by simulation of the sampled voxels' models: about -1/n at
-   lags 1..p+1, a factor of 0.96 in place of 1 on 60 scans of AR(1) noise fitted by AR(1)), then Tukey-tapered: the
-   correlation matrix P of the whitened noise; with fewer than :data:`MIN_VOXELS` voxels to measure (small masks,
-   exact fits), no correction;
+   lags 1..p+1, a factor of 0.96 in place of 1 on 60 scans of AR(1) noise fitted by AR(1)): the correlation matrix
+   P of the whitened noise (not tapered; see below); with fewer than :data:`MIN_VOXELS` voxels to measure (small
+   masks, exact fits), no correction;
 3. per contrast ``c``, with ``u = W X (X'W'WX)^+ c'`` of each sampled voxel, the ratio of the sandwich variance
    ``u'P u`` to the model's ``u'u``, divided by the ratio ``trace(R P) / (n - rank)`` by which P biases the
    residual variance; the mean over the sample is the contrast's factor (an F contrast's, the mean of
@@ -36,6 +36,13 @@ the taper, and 3.2% without any correction. What was left, a 1% under-estimate e
 noise it fits too, was the p degrees of freedom of the voxels' AR coefficients, now counted in their variance
 (``voxfit.core.ar.estimation_terms``; validation/results/noise_realistic.md, "The long-lag correction" and "The AR
 coefficients' degrees of freedom").
+
+The taper was dropped when the AR fit's own term was taken out (2026-12-07): over 8 draws of 20,000 voxels in each
+of 8 cells (blocks of 10, 20, 30 s and events at TR 2 and 3), the mean of factor - k* was 0.016 (root mean square
+over the cells) with the taper and 0.005 without it (0.005 with a taper four times as wide); with the earlier
+estimate, which lacked that term, the taper had been the better (0.005 against 0.017, blocks of 30 s 3% liberal
+without it): the taper had been making up for the missing term (validation/results/noise_realistic.md, "The AR
+fit's own term").
 """
 
 from __future__ import annotations
@@ -82,7 +89,7 @@ SELF_FIT_SEED = 20021  # the same series every run: the correction is a function
 
 @dataclass(frozen=True)
 class LongLags:
-    """The pooled correction of a fit: the lags L, the whitened noise's autocorrelations at lags 0..L (tapered),
+    """The pooled correction of a fit: the lags L, the whitened noise's autocorrelations at lags 0..L,
     the voxels measured, each contrast's variance factor, and whether it was made (`applied`: False, every factor 1,
     with fewer than :data:`MIN_VOXELS` measurable voxels)."""
 
@@ -211,13 +218,13 @@ def _ar_series(rng: np.random.Generator, phi: NDArray, n: int) -> NDArray:
 
 def _whitened_noise(design: DesignFactor, phi: NDArray, pooled: NDArray) -> tuple[NDArray, float]:
     """P's autocorrelations from the pooled ones, corrected for the fit's bias by Worsley's matrix of the design
-    whitened by the sampled voxels' typical model (:func:`_typical_model`), Tukey-tapered; and
-    ``trace(R P) / (n - rank)``, the bias P puts in the residual variance."""
+    whitened by the sampled voxels' typical model (:func:`_typical_model`); and ``trace(R P) / (n - rank)``, the
+    bias P puts in the residual variance."""
     X, lags = design.X, pooled.size - 1
     typical = _typical_model(phi)
     M = bias_matrix(factorize(ar_whiten(X, np.broadcast_to(typical, (X.shape[1], typical.size))), warn=False), lags)
     gamma = np.linalg.lstsq(M, pooled, rcond=None)[0]
-    rho = gamma / gamma[0] * 0.5 * (1.0 + np.cos(np.pi * np.arange(lags + 1) / (lags + 1)))
+    rho = gamma / gamma[0]
     # over n - rank, though the AR contrasts take sigma^2 over n - rank - p: the consistent (trace(R P) - p) / (n -
     # rank - p) differs by p (share - 1) / (n - rank - p), under 0.1% at the default orders (0.6% for AR(16) over 300
     # scans with a share of 1.1); the factors and the validation's tables are kept as measured

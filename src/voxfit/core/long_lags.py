@@ -40,7 +40,7 @@ coefficients' degrees of freedom").
 The taper was dropped when the AR fit's own term was taken out (2026-12-07): over 8 draws of 20,000 voxels in each
 of 8 cells (blocks of 10, 20, 30 s and events at TR 2 and 3), the mean of factor - k* was 0.016 (root mean square
 over the cells) with the taper and 0.005 without it (0.005 with a taper four times as wide); with the earlier
-estimate, which lacked that term, the taper had been the better (0.005 against 0.017, blocks of 30 s 3% liberal
+estimate, which lacked that term, the taper had been the better (0.005 against 0.016, blocks of 30 s 3% liberal
 without it): the taper had been making up for the missing term (validation/results/noise_realistic.md, "The AR
 fit's own term").
 """

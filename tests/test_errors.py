@@ -37,7 +37,7 @@ Y = np.arange(18.0).reshape(6, 3) ** 1.5
             Y,
             {"max_memory": "lots"},
             InputError,
-            r"`max_memory` must be a size like '64K', '500M' or '2G'; got 'lots'",
+            r"`max_memory` must be a size like '64K', '500M' or '2G' \(units K, M, G, T\); got 'lots'",
         ),
         (X, Y, {"max_memory": "-5M"}, InputError, r"`max_memory` must be a size"),
         (X, Y, {"max_memory": 0}, InputError, r"`max_memory` must be a positive size; got 0"),

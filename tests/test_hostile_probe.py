@@ -165,7 +165,21 @@ def test_npy_headers_that_lie_are_bad_input(tmp_path, capsys, run):
     negative = raw.replace(b"(20, 6)", b"(-2, 6)")
     for name, content in (("cut", cut), ("negative", negative)):
         (tmp_path / f"{name}.npy").write_bytes(content)
-        _fit_refused(capsys, tmp_path / f"{name}.npy", run, tmp_path / "o", "not a readable .npy array")
+        _fit_refused(capsys, tmp_path / f"{name}.npy", run, tmp_path / "o", "npy: ")
+    # said as a NIfTI file's lies are (numpy's words had been "mmap length is greater than file size"; a tester's)
+    cases = {
+        "truncated": (raw[:-40], "truncated: its header promises an array of shape (20, 6) of float32 (480 bytes)"),
+        "huge": (raw.replace(b"(20, 6)", b"(20, 9999999)"), "truncated: its header promises an array of shape"),
+        "negative": (negative, "its header gives the shape (-2, 6), which no array has"),
+        "cut": (cut, "not a .npy array numpy can read"),
+        "empty": (raw.replace(b"(20, 6)", b"(20, 0)"), "the array holds no values (shape (20, 0))"),
+        "five": (raw.replace(b"(20, 6)", b"(1, 1, 1, 20, 6)"), "the array has 5 dimensions; give one 2-D array"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / f"{name}.npy").write_bytes(content)
+        _fit_refused(capsys, tmp_path / f"{name}.npy", run, tmp_path / "o", message)
+    np.save(tmp_path / "objects.npy", np.array([[1, "a"]] * 20, dtype=object), allow_pickle=True)
+    _fit_refused(capsys, tmp_path / "objects.npy", run, tmp_path / "o", "holds Python objects (object), not numbers")
 
 
 def test_inputs_counted_twice_are_refused(run, capsys, tmp_path):

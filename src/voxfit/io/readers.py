@@ -2006,6 +2006,42 @@ def _ended_early(path) -> InputError:
     return InputError(f"{path}: the file ended before the data its header promises (truncated while read?).")
 
 
+def _check_npy_header(path: Path) -> None:
+    """A .npy file's header read as numpy's own parser reads it, and refused in the words of a NIfTI file's lies: a
+    header numpy cannot parse, Python objects, a shape with no values, or data shorter than the header promises
+    (numpy's words had been "mmap length is greater than file size", "malformed node or string"; a tester's)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(fh, max_header_size=1 << 16)
+            offset = fh.tell()
+    except Exception as exc:  # noqa: BLE001 (numpy's parser raises ValueError, EOFError, SyntaxError, tokenize's
+        # TokenError, OverflowError: every one a header that lies)
+        raise InputError(
+            f"{path}: not a .npy array numpy can read ({exc}); write it with numpy.save, or give the data as NIfTI."
+        ) from None
+    if dtype.hasobject:
+        raise InputError(f"{path}: the array holds Python objects ({dtype}), not numbers; save a numeric array.")
+    if len(shape) not in (1, 2):
+        raise InputError(
+            f"{path}: the array has {len(shape)} dimensions; give one 2-D array (scans, columns) or several 1-D "
+            "arrays of one length."
+        )
+    if any(int(k) < 0 for k in shape):
+        raise InputError(f"{path}: its header gives the shape {shape}, which no array has; write it again.")
+    if 0 in shape:
+        raise InputError(f"{path}: the array holds no values (shape {shape}); give scans x columns of data.")
+    promised = math.prod(int(k) for k in shape) * dtype.itemsize
+    held = path.stat().st_size - offset
+    if held < promised:
+        raise InputError(
+            f"{path}: truncated: its header promises an array of shape {shape} of {dtype} ({promised:,} bytes), and "
+            f"the file holds {held:,} bytes of data after it."
+        )
+
+
 class NpyReader(_RowsReader):
     """A .npy array of shape (scans, columns), its slabs of scans read ahead of the caller (C order; a Fortran-
     ordered array's slabs come from its memory map); or several 1-D .npy files, one per scan."""
@@ -2017,6 +2053,7 @@ class NpyReader(_RowsReader):
             if not p.exists():
                 raise InputError(f"{p}: no such file.")
             check_readable(p)
+            _check_npy_header(p)
             try:
                 arrays.append(np.load(p, mmap_mode="r", allow_pickle=False))
             except Exception as exc:  # noqa: BLE001 (a header that lies: numpy's parser raises ValueError, EOFError,

@@ -414,6 +414,19 @@ def test_paired_maps_of_an_odd_number_name_the_subject_without_a_partner(tmp_pat
     assert "an even number); got 17: sub-04 has no partner." in err and not out.exists(), err
 
 
+def test_copies_of_one_map_are_said_to_be_copies(tmp_path, rng, capsys):
+    """Six copies of one map: "the automatic mask is empty: no voxel is ... not constant over time in every scan",
+    first-level words that named no cause (a tester's); the copies are named as such."""
+    (one,) = _maps(tmp_path, rng, n=1)
+    paths = [one]
+    for k in range(5):
+        paths.append(tmp_path / f"copy-{k}.nii.gz")
+        paths[-1].write_bytes(one.read_bytes())
+    assert main(["group", *map(str, paths), "-o", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "every image holds the same values (copies of one file?)" in err and err.count("\n") == 1, err
+
+
 def test_maps_given_apart_after_an_option_are_named_as_inputs(tmp_path, rng, capsys):
     """``group a b -o out c d``: argparse took c and d for unknown arguments; the message says they are inputs
     given apart from the others, in one line. An unknown option keeps argparse's words."""

@@ -423,12 +423,29 @@ def _empty_mask_hint(reader, threshold) -> str:
     if reader.n_scans == 1:
         return ": the run has one scan, in which nothing can vary; give a run of several scans"
     blank = _blank_scan(reader)
-    if blank or threshold is None:
+    if blank:
         return blank
+    if _all_the_same(reader):  # (a group's maps copied from one: a tester's, said in first-level words)
+        return ": every image holds the same values (copies of one file?); give each scan's, or each subject's, own"
+    if threshold is None:
+        return ""
     return (
         "; give a mask (--mask, `mask`) or a lower threshold (--mask-threshold, `mask_threshold`; 0 keeps every "
         "finite voxel that varies)"
     )
+
+
+def _all_the_same(reader) -> bool:
+    """Whether every scan (map) of `reader` equals the first, NaN where it is NaN. A pass over the data, on the
+    empty mask's error only."""
+    first = None
+    for _, block in reader.iter_scans():
+        if first is None:
+            first = np.array(block[0])
+        same = (block == first) | (np.isnan(block) & np.isnan(first)) if block.dtype.kind == "f" else block == first
+        if not same.all():
+            return False
+    return first is not None
 
 
 def _blank_scan(reader) -> str:

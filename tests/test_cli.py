@@ -166,6 +166,22 @@ def test_messages_of_a_latin1_table_a_file_as_output_and_an_unknown_unit_say_wha
     assert code == 2 and "(units K, M, G, T)" in err, err
 
 
+@pytest.mark.usefixtures("no_reserve")
+def test_diagnostics_of_a_streamed_fit_name_the_cap_that_holds_the_data(study, capsys, tmp_path):
+    """--diagnostics needs the data in memory; under a cap that streams them it said "raise --max-memory" and no
+    size (a tester's): it names the cap, and that cap runs the fit with its diagnostics."""
+    rng = np.random.default_rng(0)
+    bold = write_nifti(tmp_path / "long.nii", (100 + rng.standard_normal(SHAPE + (40,))).astype(np.float32))
+    t = np.arange(40)
+    pd.DataFrame({"A": (t % 8 < 4).astype(float), "constant": 1.0}).to_csv(tmp_path / "d.tsv", sep="\t", index=False)
+    argv = ["fit", bold, "--design", tmp_path / "d.tsv", "--contrast", "a=A", "--diagnostics", "--quiet"]
+    code, _, err = run(capsys, *argv, "--max-memory", "8K", "-o", tmp_path / "a")
+    assert code == 2 and "--diagnostics forms the whitened residuals" in err and "give at least " in err, err
+    cap = err.split("give at least ")[1].split(" ")[0]
+    code, _, err = run(capsys, *argv, "--max-memory", cap, "-o", tmp_path / "b")
+    assert code == 0, err
+
+
 def test_a_contrast_name_too_long_for_file_names_is_refused_before_the_fit(study, capsys):
     """A contrast named in 300 letters (an FSL design.con's /ContrastName) failed as its maps were written, after
     the fit, the message naming the hidden partial folder: refused at once, in one line, nothing written."""

@@ -313,9 +313,14 @@ def fit_images(
     if route.reader is not None:  # (a mesh of volume data, or of other vertices, was passed over but by FILM)
         check_mesh(mesh, route.reader.geometry)
     if diagnostics and route.kind in (STREAM, COLUMNS):
+        from .._execution import cap_holding, data_bytes
+        from .._memory import cap_text
+
+        reader = route.reader
+        need = cap_holding(data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize))
         raise InputError(
             "--diagnostics forms the whitened residuals from the data in memory, but this fit is streamed (or read "
-            "by blocks of voxels) under --max-memory; raise --max-memory (or drop --diagnostics)."
+            f"by blocks of voxels) under --max-memory; give at least {cap_text(need)} (or drop --diagnostics)."
         )
     if rft is not None:  # numba and the smoothness kernels load while the data are read
         dtype = working_dtype(route.reader.dtype, route.reader.scale) if route.reader is not None else np.float32

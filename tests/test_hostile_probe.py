@@ -13,7 +13,7 @@ import pytest
 import voxfit
 from voxfit.cli import main
 
-from .imaging import AFFINE, SHAPE
+from .imaging import AFFINE, SHAPE, cifti_axes, write_cifti
 
 
 def _refused(capsys, *argv, message):
@@ -180,6 +180,19 @@ def test_npy_headers_that_lie_are_bad_input(tmp_path, capsys, run):
         _fit_refused(capsys, tmp_path / f"{name}.npy", run, tmp_path / "o", message)
     np.save(tmp_path / "objects.npy", np.array([[1, "a"]] * 20, dtype=object), allow_pickle=True)
     _fit_refused(capsys, tmp_path / "objects.npy", run, tmp_path / "o", "holds Python objects (object), not numbers")
+
+
+@pytest.mark.parametrize("size", [-16, 1 << 30])
+def test_a_cifti_extension_of_a_broken_size_is_said_so(tmp_path, capsys, run, size):
+    """A CIFTI file whose extension's size field lies (negative, or past the file): "not a readable image
+    (ValueError: NIfTI2 header does not contain a CIFTI-2 extension)" (a tester's): said as a broken header, with
+    what to do."""
+    n = len(cifti_axes(20)[1])
+    path = write_cifti(tmp_path / "x.dtseries.nii", np.ones((20, n), np.float32))
+    raw = bytearray(path.read_bytes())
+    raw[544:548] = size.to_bytes(4, "little", signed=True)
+    path.write_bytes(bytes(raw))
+    _fit_refused(capsys, path, run, tmp_path / "o", f"size field gives {size:,} bytes, where the extension must fit")
 
 
 def test_inputs_counted_twice_are_refused(run, capsys, tmp_path):

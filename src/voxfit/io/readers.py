@@ -384,7 +384,39 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
         return InputError(f"{path}: {fault}: the header is broken; write the file again from its source {said}.")
     if path.name.lower().endswith(".gii") and (fault := _gifti_fault(exc, first)) is not None:
         return InputError(f"{path}: {fault} (nibabel: {type(exc).__name__}: {first}).")
+    if (fault := _cifti_extension_fault(path)) is not None:
+        return InputError(f"{path}: {fault}: the header is broken; write the file again from its source {said}.")
     return InputError(f"{path}: not a readable image ({type(exc).__name__}: {first}).")
+
+
+def _cifti_extension_fault(path: Path) -> str | None:
+    """What is wrong with the extension of a NIfTI-2 file named as CIFTI (the XML of its grayordinates), read from
+    its bytes: a size that is not a multiple of 16 from 16 on, or that runs past the data's offset or the file, a
+    code that is not CIFTI's (32); None where it looks whole, or the file is no such NIfTI-2 file. nibabel's words
+    had been "does not contain a CIFTI-2 extension", "read length must be non-negative" (a tester's)."""
+    if not path.name.lower().endswith((".dtseries.nii", ".dscalar.nii")):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(552)
+        size_of_file = path.stat().st_size
+    except OSError:
+        return None
+    if len(raw) < 552 or int.from_bytes(raw[:4], "little") != 540:
+        return None
+    offset = int.from_bytes(raw[168:176], "little", signed=True)
+    size = int.from_bytes(raw[544:548], "little", signed=True)
+    code = int.from_bytes(raw[548:552], "little", signed=True)
+    if raw[540] == 0:
+        return "its header says it has no extension (byte 540 is 0), where CIFTI keeps the XML of its grayordinates"
+    if size < 16 or size % 16 or 544 + size > min(offset, size_of_file):
+        return (
+            f"its extension's size field gives {size:,} bytes, where the extension must fit in the {offset - 544:,} "
+            f"bytes before the data's offset ({offset:,}), a multiple of 16"
+        )
+    if code != 32:
+        return f"its extension's code is {code}, not CIFTI-2's 32"
+    return None
 
 
 _RESHAPE = re.compile(r"cannot reshape array of size (\d+) into shape \(([\d, ]*)\)")

@@ -1346,6 +1346,23 @@ def test_a_misnamed_participants_column_is_refused_before_anything_is_fitted(tmp
     assert not out.exists()
 
 
+def test_a_misnamed_entity_in_a_group_by_is_refused_before_anything_is_fitted(tmp_path, capsys):
+    """GroupBy "subjetc" of the Subject node: every run was fitted, then pybids failed (a tester's). Refused at once,
+    naming the entity meant."""
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
+    model = default_model("stroop", ["A"])
+    model["Nodes"][1]["GroupBy"] = ["subjetc", "contrast"]
+    path = tmp_path / "model_smdl.json"
+    path.write_text(json.dumps(model))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert 'GroupBy names "subjetc", neither an entity nor a column of participants.tsv' in err, err
+    assert 'did you mean "subject"?' in err and not out.exists()
+
+
 def test_a_subject_nodes_demean_of_a_sessions_column_is_within_each_subject(tmp_path):
     """Demean of sessions.tsv's load at a Subject node (one model per subject over its sessions): each subject's
     design centres it over its own sessions (pybids reads each subject's table apart; kept so now that a group's

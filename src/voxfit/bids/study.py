@@ -1711,6 +1711,15 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
     def names(node: dict) -> set[str]:
         return {str(x) for x in (node.get("Model") or {}).get("X") or ()} | _contrast_names(node)
 
+    keys = sorted({*ENTITIES, *ENTITIES.values(), "contrast"})
+    for node in nodes:  # (a GroupBy key close to an entity's: "subjetc", of any node, found after every run's fit)
+        for term in node.get("GroupBy") or ():
+            if isinstance(term, str) and term not in keys and not difflib.get_close_matches(term, columns, 1, 0.75):
+                if close := difflib.get_close_matches(term, keys, 1, 0.75):
+                    raise InputError(
+                        f'node {node.get("Name")}: GroupBy names "{term}", neither an entity nor a column of '
+                        f'participants.tsv or sessions.tsv; did you mean "{close[0]}"?'
+                    )
     for node in nodes:
         if str(node.get("Level", "")).lower() == "run" or node.get("Transformations"):
             continue

@@ -57,7 +57,8 @@ from .ar import (
     ar_whiten,
     ar_whitening,
     bias_matrix,
-    fit_ar_block,
+    fit_ar_sums,
+    lagged_sums,
     model_autocorrelations,
     reflection_coefficients,
 )
@@ -85,6 +86,7 @@ ROUNDING = 1e-20  # residuals below it, relative to the data's sum of squares, a
 SELF_FIT_SERIES = 2000  # simulated series that measure what fitting the voxels' own AR models adds (_self_fit_bias)
 SELF_FIT_BYTES = 8 << 20  # of those series, at most (long runs simulate fewer)
 SELF_FIT_SEED = 20021  # the same series every run: the correction is a function of the design and the models
+SELF_FIT_WORK = 4_000_000  # series x rank^2 x (order + 1), at most: 2,000 series of rank 20 at AR(4)
 
 
 @dataclass(frozen=True)
@@ -188,17 +190,45 @@ def _self_fit_bias(design: DesignFactor, phi: NDArray, lags: int) -> NDArray:
     less the same series whitened by their true models, whose pooled autocorrelations are Worsley's exactly (for
     a projection R, ``e'De / e'e`` is unbiased). The difference is O(1/n) per series, so a few thousand series
     measure it to about 0.002 of a factor."""
-    n, p = design.n_scans, phi.shape[1]
-    series = max(SANDWICH_VOXELS, min(SELF_FIT_SERIES, SELF_FIT_BYTES // (8 * n)))
+    n, p, r = design.n_scans, phi.shape[1], design.rank
+    # (fewer for designs of many columns: the AR fit of one series costs r^2 (p + 1); rank 250 at AR(8), 200 series)
+    series = min(SELF_FIT_SERIES, SELF_FIT_BYTES // (8 * n), SELF_FIT_WORK // (r * r * (p + 1)))
+    series = max(SANDWICH_VOXELS, series)
     models = phi[np.linspace(0, phi.shape[0] - 1, min(series, phi.shape[0])).round().astype(np.intp)]
-    models = np.tile(models, (-(-series // models.shape[0]), 1))[:series]
-    Y = _ar_series(np.random.default_rng(SELF_FIT_SEED), models, n)
+    models = _held_from_unit_root(np.tile(models, (-(-series // models.shape[0]), 1))[:series])
+    rng = np.random.default_rng(SELF_FIT_SEED)
     block = ARBlock(design, p)
-    fitted = fit_ar_block(block, Y, [])
-    known = fit_ar_block(block, Y, [], autocorrelations=lambda _: model_autocorrelations(models)[0])
-    own, _ = _pooled_autocorrelations(design.X, Y, fitted.phi, fitted.betas, lags)
-    true, _ = _pooled_autocorrelations(design.X, Y, models, known.betas, lags)
-    return own - true
+    # a chunk of series at a time: the AR fit holds a few r x r matrices per series (rank 250: 0.5 MiB each)
+    chunk = int(max(8, min(series, SELF_FIT_BYTES // (8 * (n + 8 * (p + 1) * r * r)))))
+    own, true, count = np.zeros(lags + 1), np.zeros(lags + 1), 0
+    for a in range(0, series, chunk):
+        part = models[a : a + chunk]
+        Y = _ar_series(rng, part, n)
+        sums, _ = lagged_sums(block, Y)
+        fitted = fit_ar_sums(block, sums, [])  # (no data: series whose sums lose digits are flagged, not refitted)
+        known = fit_ar_sums(block, sums, [], autocorrelations=lambda _, m=part: model_autocorrelations(m)[0])
+        kept = np.setdiff1d(np.arange(part.shape[0]), np.union1d(fitted.flagged, known.flagged))
+        if not kept.size:
+            continue
+        mean_own, _ = _pooled_autocorrelations(design.X, Y[:, kept], fitted.phi[kept], fitted.betas[:, kept], lags)
+        mean_true, _ = _pooled_autocorrelations(design.X, Y[:, kept], part[kept], known.betas[:, kept], lags)
+        own, true, count = own + kept.size * mean_own, true + kept.size * mean_true, count + kept.size
+    return (own - true) / max(count, 1)
+
+
+def _held_from_unit_root(phi: NDArray, bound: float = 0.9) -> NDArray:
+    """The AR models `phi` (v, p) with each reflection coefficient held within +-`bound`: near a unit root the
+    simulated series' fits lose digits and are refitted one at a time (40 s for 2,000 series at 0.97; a reviewer's),
+    for a term that is O(1/n) whatever the model."""
+    return _from_reflections(np.clip(reflection_coefficients(phi), -bound, bound))
+
+
+def _from_reflections(K: NDArray) -> NDArray:
+    """AR models (v, p) of reflection coefficients `K` (v, p), by Levinson's step-up."""
+    a = np.zeros((K.shape[0], 0))
+    for j in range(K.shape[1]):
+        a = np.concatenate([a - K[:, j : j + 1] * a[:, ::-1], K[:, j : j + 1]], axis=1)
+    return a
 
 
 def _ar_series(rng: np.random.Generator, phi: NDArray, n: int) -> NDArray:
@@ -240,10 +270,7 @@ def _typical_model(phi: NDArray) -> NDArray:
     """The AR model (p,) of the median of each reflection coefficient over the models `phi` (v, p): stationary (each
     median within (-1, 1); the coefficients' own median need not be) and continuous in them (a rounding-level
     change moves it as little: a choice among the voxels' models could jump)."""
-    a = np.zeros(0)
-    for k in np.median(reflection_coefficients(phi), axis=0):  # Levinson's step-up
-        a = np.r_[a - k * a[::-1], k]
-    return a
+    return _from_reflections(np.median(reflection_coefficients(phi), axis=0)[None, :])[0]
 
 
 def _whitened_designs(X: NDArray, phi: NDArray) -> tuple[NDArray, NDArray]:

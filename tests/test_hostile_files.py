@@ -234,21 +234,38 @@ def test_only_a_provably_stale_temporary_is_removed(study, capsys, marker, stale
 
 def test_a_folder_another_run_is_writing_into_is_refused(study, capsys):
     """Two runs with --force into one folder each committed their files: one's model.json beside the other's maps,
-    exit 0 for both (a tester's). A run's hidden folder, marked by a process that runs, makes another refuse the
-    folder, before it reads anything and again once its own hidden folder is made (two at once: neither goes on);
-    the other run's folder is left alone."""
+    exit 0 for both (a tester's). A run's hidden folder, marked by a voxfit process of this host that runs, makes
+    another refuse the folder, before it reads anything and again once its own hidden folder is made (two at once:
+    neither goes on); the other run's folder is left alone. A marker of another host, of this process, or of a
+    process id now another program's does not block (a reviewer's: such a leftover blocked the folder for good)."""
     study["out"].mkdir()
     other = study["out"] / ".voxfit-partial-live"
     other.mkdir()
-    marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-12-07T14:00:00+00:00"}
-    (other / "voxfit-run.json").write_text(json.dumps(marker))
-    code, _, err = run(capsys, *fit_args(study, "--force"))
-    assert code == 2 and err.count("\n") == 1, err
-    assert f"another voxfit run (process {os.getpid()} on {socket.gethostname()}, started 2026-12-07" in err
-    assert listing(study["out"]) == [".voxfit-partial-live", ".voxfit-partial-live/voxfit-run.json"]
-    with OutputFolder(study["dir"] / "api", alone=True), pytest.raises(InputError, match="another voxfit run"):
-        with OutputFolder(study["dir"] / "api", force=True, alone=True):
-            pass
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "voxfit"])
+    try:
+        marker = {"host": socket.gethostname(), "pid": writer.pid, "started": "2026-12-07T14:00:00+00:00"}
+        (other / "voxfit-run.json").write_text(json.dumps(marker))
+        code, _, err = run(capsys, *fit_args(study, "--force"))
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"another voxfit run (process {writer.pid}, started 2026-12-07" in err and ".voxfit-partial-live" in err
+        assert listing(study["out"]) == [".voxfit-partial-live", ".voxfit-partial-live/voxfit-run.json"]
+        api = study["dir"] / "api"
+        with OutputFolder(api, alone=True) as first:
+            (first.staging / "voxfit-run.json").write_text(json.dumps({**marker, "pid": writer.pid}))
+            with pytest.raises(InputError, match="another voxfit run"), OutputFolder(api, force=True, alone=True):
+                pass
+    finally:
+        writer.kill()
+        writer.wait()
+    sleeper = subprocess.Popen(["sleep", "60"])  # (another program, under a reused id)
+    try:
+        for leftover in ({**marker, "host": "node17"}, {**marker, "pid": os.getpid()}, {**marker, "pid": sleeper.pid}):
+            (other / "voxfit-run.json").write_text(json.dumps(leftover))
+            code, _, err = run(capsys, *fit_args(study, "--force"))
+            assert code == 0, (leftover, err)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     with OutputFolder(study["dir"] / "shared", force=True), OutputFolder(study["dir"] / "shared", force=True):
         pass  # (a study's workers share a group's folder: not alone)
 

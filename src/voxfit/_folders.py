@@ -68,18 +68,34 @@ def remove_stale_partials(folder: Path) -> None:
 
 
 def check_alone(folder: Path, own: Path | None = None) -> None:
-    """Refuse a folder that another run is writing into: a hidden folder of a run (not `own`) that has not
-    ended, on this host or another. Two runs with --force into one folder each committed their files, and the
-    folder held one's model.json beside the other's maps (a tester's)."""
+    """Refuse a folder that another run is writing into: a hidden folder (not `own`) whose marker names a process
+    of this host, not this one, that runs voxfit. Two runs with --force into one folder each committed their files,
+    and the folder held one's model.json beside the other's maps (a tester's). A marker of another host cannot be
+    checked and does not block (a run killed on a cluster node would block the folder for good), nor does one whose
+    process id now belongs to another program (ids are reused, in containers most)."""
     for entry in sorted(folder.glob(PARTIAL + "*")):
         if entry == own or entry.is_symlink() or not entry.is_dir() or _is_stale_partial(entry):
             continue
         try:
             marker = json.loads((entry / MARKER).read_text())
-            who = f"process {int(marker['pid'])} on {marker['host']}"
-            who += f", started {marker['started']}" if "started" in marker else ""
+            pid, host = int(marker["pid"]), marker["host"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # (a hidden folder being made, or not voxfit's: its marker comes with it)
+        if host != socket.gethostname() or pid == os.getpid() or not _runs_voxfit(pid):
+            continue
+        started = f", started {marker['started']}" if "started" in marker else ""
         raise InputError(
-            f"another voxfit run ({who}) is writing into {folder}; wait until it ends, or give another output folder."
+            f"another voxfit run (process {pid}{started}) is writing into {folder} (its {entry.name}); wait until it "
+            "ends, or give another output folder (if no run is writing there, delete that hidden folder)."
         )
+
+
+def _runs_voxfit(pid: int) -> bool:
+    """Whether process `pid` runs voxfit (its command line names it), where the system tells (/proc); True where it
+    does not."""
+    try:
+        return b"voxfit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True

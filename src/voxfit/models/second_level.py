@@ -239,7 +239,9 @@ class SecondLevel:
         data = check_data(inputs, "inputs")  # every argument's type checked before a file or folder is touched
         if isinstance(data, list) and len(data) == 1:
             data = data[0]
-        one_by_one = isinstance(data, list) and all(isinstance(x, Path) for x in data)  # (a shell's pattern's too)
+        # maps given one by one on a command line (`command`: a shell's pattern's too; an API list, sorted(glob()),
+        # is the caller's order, as the rows of a design built for it)
+        one_by_one = command is not None and isinstance(data, list) and all(isinstance(x, Path) for x in data)
         folders = self.first_level_contrast is not None  # (inputs are first-level folders: not expanded to maps)
         if not folders and isinstance(data, Path) and (files := expand_run(data)) is not None:  # a folder, pattern
             data = files if len(files) > 1 else files[0]  # or list: the maps one by one, each matched by its name

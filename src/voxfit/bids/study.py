@@ -3355,7 +3355,7 @@ class _Study:
             self._rows_of[node.name] = own
         wanted = {k: _value(v) for k, v in g.entities.items()}
         try:
-            again = pybids.run(inputs=mine, group_by=group_by, missing_values="ignore", **filters)
+            again = _node_outputs(pybids, mine, group_by, filters)
             same = [h for h in again if {k: _value(v) for k, v in h.entities.items()} == wanted]
         except _PYBIDS_ERRORS as exc:
             why = f"{type(exc).__name__}: {exc}"

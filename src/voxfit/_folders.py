@@ -93,6 +93,8 @@ def check_alone(folder: Path, own: Path | None = None) -> None:
 def _runs_voxfit(pid: int) -> bool:
     """Whether process `pid` runs voxfit (its command line names it), where the system tells (/proc); True where it
     does not."""
+    if not Path("/proc/self/cmdline").exists():  # (no /proc: macOS; a live process of this host is taken as one)
+        return True
     try:
         return b"voxfit" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:

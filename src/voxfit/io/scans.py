@@ -77,15 +77,15 @@ def warn_out_of_order(paths, listed_in: Path | None = None) -> None:
 
     keys = [_order_key(p) for p in paths]
     one_folder = len({str(Path(p).parent) for p in paths}) == 1
+    if listed_in is None and one_folder and (shell := shell_order_pair(paths)):
+        raise InputError(
+            f"the scans are in the text order a shell's pattern gives ({Path(shell[0]).name} comes before "
+            f"{Path(shell[1]).name}), not their numbers': quote the pattern ('scans/*.nii') or give their folder, "
+            "which voxfit orders by number, or list them in a .txt file in the order to fit."
+        )
     for a, b, ka, kb in zip(paths, paths[1:], keys, keys[1:]):
         if kb < ka:
             pair = f"{Path(a).name} comes before {Path(b).name}" if one_folder else f"{a} comes before {b}"
-            if listed_in is None and one_folder and [str(p) for p in paths] == sorted(map(str, paths)):
-                raise InputError(
-                    f"the scans are in the text order a shell's pattern gives ({pair}), not their numbers': quote "
-                    "the pattern ('scans/*.nii') or give their folder, which voxfit orders by number, or list them "
-                    "in a .txt file in the order to fit."
-                )
             where = f" listed in {listed_in.name}" if listed_in is not None else ""
             warnings.warn(
                 f"the scans{where} are not in the order of their numbers ({pair}); they are fitted in the order given.",

@@ -179,15 +179,18 @@ def available_memory() -> int | None:
     return min(known) if known else None
 
 
-def check_memory(nbytes: float, what: str, max_memory=None, fix: str = "") -> None:
+def check_memory(nbytes: float, what: str, max_memory=None, fix: str = "", interpreter: bool = False) -> None:
     """Refuse, before anything is allocated, a size that cannot fit: `nbytes` (what `what` would take) against
-    `max_memory` when given (as :func:`parse_memory` reads it), else against :func:`available_memory`.
+    `max_memory` when given (as :func:`parse_memory` reads it; with `interpreter`, beside the interpreter's share of
+    it, :func:`reserved_bytes`), else against :func:`available_memory`.
 
     `what` names the size and where it came from ("data of 10000 x 10000 x 100 voxels (the header of
     bold.nii.gz)"); `fix` is what the user can do (a sentence ending in a full stop), appended.
     """
     if max_memory is not None:
         limit, source = parse_memory(max_memory), f"--max-memory/`max_memory` {max_memory}"
+        if interpreter:
+            nbytes, what = nbytes + reserved_bytes(), f"{what}, with the interpreter's share,"
     else:
         limit, source = available_memory(), "the memory available"
         if limit is None:

@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 
 from .._array import is_dataframe, type_name
 from .._checks import check_scalar, is_number, repeated
-from .._memory import check_memory, reserved_bytes
+from .._memory import check_memory
 from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
 from .hrf import HRF_MODELS, basis_set, nilearn_kernels, spm_orth
@@ -683,12 +683,12 @@ def _check_design_memory(
     if spm_grid and hrf != "fir":  # spm_hrf's fine grid: a few float64 temporaries of 32 T^2 / tr points
         nbytes = max(nbytes, 8 * 5 * (32.0 * T * T / tr + 1))
     check_memory(
-        nbytes + (0 if max_memory is None else reserved_bytes()),
+        nbytes,
         f"the design ({n_scans:,} scans x {n_columns:,} columns at most, TR {tr:g} s, "
-        f"{T} microtime bins a scan, {n_basis} basis function(s))"
-        + ("" if max_memory is None else ", with the interpreter's share,"),
+        f"{T} microtime bins a scan, {n_basis} basis function(s))",
         max_memory,
         "Check the number of scans, the TR, the microtime resolution, the drift and the FIR delays.",
+        interpreter=True,
     )
 
 

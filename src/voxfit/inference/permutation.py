@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from .._array import check_data_matrix, check_same_rows, unit_scale, working_dtype
 from .._checks import check_flag
 from .._dask import run_tasks
-from .._memory import check_memory, parse_memory, reserved_bytes
+from .._memory import check_memory, parse_memory
 from .._execution import Execution
 from .._progress import Progress
 from .._threads import blas_single_threaded, numba_threads, resolve_workers, run_in_threads
@@ -791,13 +791,12 @@ def _check_table_memory(
         return
     N = min(int(n_permutations), count_shuffles(scheme, basis, blocks, whole_blocks))
     n = basis.shape[0]
-    beside = 0 if max_memory is None else reserved_bytes()  # (under a cap, the interpreter's share of it too)
     check_memory(
-        N * (n * (8 if scheme == "permute" else 3) + 64) + working + beside,
-        f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {n} maps ({V:,} voxels)"
-        + (", with the interpreter's share," if beside else ""),
+        N * (n * (8 if scheme == "permute" else 3) + 64) + working,
+        f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {n} maps ({V:,} voxels)",
         max_memory,
         "Ask for fewer permutations (5000 to 10000 are usual).",
+        interpreter=True,
     )
 
 

@@ -687,8 +687,8 @@ class SecondLevel:
             reader = _open_maps(data)
             self._check_neighbours(reader.geometry)
             maps = data_bytes(reader.n_scans, reader.geometry.n_elements, reader.dtype.itemsize)
-            # (--outliers: each map's outlier probability at each voxel, float64, and its map written)
-            need = cap_holding(2 * maps + (20 * reader.n_scans * reader.geometry.n_elements if self.outliers else 0))
+            elements = reader.geometry.n_elements  # (the mask unknown yet: every element a voxel)
+            need = cap_holding(2 * maps + (_outlier_bytes(reader.n_scans, elements, elements) if self.outliers else 0))
             items = self._contrast_items(d)
             shuffling = execution  # with permutations the maps are held (the cap planned as for OLS)
             if self.permutations and execution.max_memory is not None and execution.scheduler is None:
@@ -857,8 +857,7 @@ class SecondLevel:
         per_voxel = RESULT_VALUES + 2 * columns + n_contrasts * (CONTRAST_VALUES + 2)
         results = 8 * per_voxel * masker.n_voxels
         held = 4 * n_maps * masker.n_voxels if dof_maps else 0  # (float32: group_mixed.read_dof_maps)
-        # (and its map written: the grid's values in float64, then float32)
-        held += 8 * n_maps * masker.n_voxels + 12 * n_maps * masker.geometry.n_elements if outliers else 0
+        held += _outlier_bytes(n_maps, masker.n_voxels, masker.geometry.n_elements) if outliers else 0
         need = reserved_bytes() + 2 * results + held + 16 * masker.geometry.n_elements
         if need > execution.budgets.process:
             raise InputError(
@@ -1179,6 +1178,12 @@ def group_memory(
         neighbours += threads * scratch
     fixed += neighbours
     return GroupMemory(data, residuals, results, neighbours, one, cap - fixed, fixed + one, threads)
+
+
+def _outlier_bytes(n_maps: int, n_voxels: int, n_elements: int) -> int:
+    """What --outliers holds beside the fit: each map's outlier probability at each voxel (float64), and its 4-D map
+    written (the grid's values in float64, then float32)."""
+    return 8 * n_maps * n_voxels + 12 * n_maps * n_elements
 
 
 def _subject_names(pairs) -> list:

@@ -403,7 +403,8 @@ def test_maps_of_an_unquoted_pattern_are_refused_under_a_design_matched_by_posit
 def test_a_mean_over_an_uncentred_covariate_is_warned_of(study):
     """A mean (the intercept, or a group's column of a design of group means) beside an uncentred covariate tests
     the value at age 0, which SPM's users, whose covariates SPM centres, do not expect (a tester's). Warned of,
-    naming the covariate's mean; a difference of groups, a covariate's slope, or a centred covariate: not."""
+    naming the covariate's mean; a difference of groups, a covariate's slope, or a centred covariate: not. A
+    covariate coded 0/1 beside the intercept (sex) leaves the mean of the 0's: warned of too (a reviewer's)."""
     import warnings
 
     pd = pytest.importorskip("pandas")
@@ -415,11 +416,15 @@ def test_a_mean_over_an_uncentred_covariate_is_warned_of(study):
         with pytest.warns(DesignWarning, match=r"takes a mean while covariate 'age' is not centred \(its mean is"):
             SecondLevel(design=s["table"], contrasts=contrasts, **kw).fit(s["maps"])
     frame = pd.read_csv(s["table"], sep="\t", dtype={"participant_id": str})
+    female = frame.assign(female=(frame["sex"] == "F").astype(int))
+    with pytest.warns(DesignWarning, match=r"covariate 'female' is not centred \(its mean is 0.5\)"):
+        SecondLevel(design=female, contrasts=["mean=intercept"], covariates=["female"]).fit(s["maps"])
     centred = frame.assign(age=frame["age"] - frame["age"].mean())
     quiet = [
         (s["table"], ["age=age"], {"covariates": ["age"]}),
         (s["table"], ["pvc=patient - control"], {"two_sample": "group", "covariates": ["age"]}),
         (centred, ["mean=intercept"], {"covariates": ["age"]}),
+        (female.assign(female=2 * female["female"] - 1), ["mean=intercept"], {"covariates": ["female"]}),
     ]
     for design, contrasts, kw in quiet:
         with warnings.catch_warnings():

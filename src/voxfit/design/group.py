@@ -456,14 +456,14 @@ def warn_uncentred_covariates(X: NDArray, names, items) -> None:
     X = np.asarray(X, dtype=float)
     constant = (np.ptp(X, axis=0) == 0) & np.any(X != 0, axis=0)
     binary = np.all((X == 0) | (X == 1), axis=0) & ~constant
-    if constant.any():
-        levels = constant
+    if constant.any():  # (beside an intercept a 0/1 column is a covariate: sex coded 0/1 leaves the mean of 0's)
+        levels, covariates = constant, ~constant
     elif binary.any() and np.allclose(X[:, binary].sum(axis=1), 1.0):
-        levels = binary  # (cell means: each row in one group)
+        levels, covariates = binary, ~binary  # (cell means: each row in one group)
     else:
         return
     mean, sd = X.mean(axis=0), X.std(axis=0)
-    uncentred = np.flatnonzero(~constant & ~binary & (np.abs(mean) > 0.5 * sd))
+    uncentred = np.flatnonzero(covariates & (np.abs(mean) > 0.5 * sd))
     if not uncentred.size:
         return
     for label, expr in items:

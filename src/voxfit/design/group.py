@@ -477,8 +477,8 @@ def warn_uncentred_covariates(X: NDArray, names, items) -> None:
         warnings.warn(
             f"contrast {label!r} takes a mean while covariate {names[j]!r} is not centred (its mean is {mean[j]:.4g}): "
             f"it tests the value at {names[j]} = 0, not at the average {names[j]}; subtract {mean[j]:.4g} from the "
-            f"column for the mean at the average (as SPM centres covariates), or keep it (FSL's and nilearn's "
-            "convention: the design as given).",
+            f"column (in a BIDS Stats Model, a Demean transformation of it) for the mean at the average (as SPM "
+            "centres covariates), or keep it (FSL's and nilearn's convention: the design as given).",
             DesignWarning,
             stacklevel=3,
         )

@@ -100,6 +100,22 @@ def test_runs_in_worker_processes_give_the_serial_numbers(serial, tmp_path, caps
     assert not list((tmp_path / "out").rglob(".voxfit-partial-*"))
 
 
+def test_the_warnings_of_runs_in_worker_processes_are_the_studys_own(serial, tmp_path, capfd):
+    """Runs fitted in worker processes printed their warnings there: under --quiet too, and each worker its own
+    copy (a reviewer's). The study's process says them, as it says a serial study's: each message once."""
+    study, _, _ = serial
+    for quiet in (True, False):
+        args = ["bids", str(study.root), str(tmp_path / str(quiet)), "run", "--derivatives", str(study.derivatives)]
+        code = main([*args, "--n-jobs", "2", "--noise", "ar16", *(["--quiet"] if quiet else [])])
+        err = capfd.readouterr().err  # (the workers' too: they write to the same descriptor)
+        assert code == 0, err
+        if quiet:
+            assert err == ""
+            continue
+        warned = [line for line in err.splitlines() if "AR(16) per voxel" in line]
+        assert len(warned) == 1 and warned[0].startswith("voxfit: warning: "), err  # (two runs: one message)
+
+
 def test_runs_on_a_dask_cluster_give_the_serial_numbers(serial, tmp_path):
     pytest.importorskip("distributed")
     from distributed import Client, LocalCluster

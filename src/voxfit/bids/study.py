@@ -290,6 +290,7 @@ class _RunDone:
     files: tuple[Path, ...] = ()
     outputs: dict = field(default_factory=dict)
     error: str | None = None
+    warned: tuple = ()  # (a worker process's warnings, (category, message) each: said by the study's process)
 
 
 def run(
@@ -2004,10 +2005,13 @@ def _worker_start(threads: int) -> None:
 
 
 def _worker_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A worker's warning in the command line's words, one line (Python's own form named voxfit's source file and
-    line, on two lines)."""
-    text = " ".join(str(message).split())
-    print(f"voxfit: warning: {text}", file=sys.stderr if file is None else file, flush=True)
+    """A worker's warning, kept for the run's :class:`_RunDone` (:func:`_fit_job`): the study's process says it as
+    its own, so that the command line's --quiet, its words and its one line per message hold for it (printed here,
+    it was Python's two-line form, under --quiet too)."""
+    _WARNED.append((category, str(message)))
+
+
+_WARNED: list = []  # (a worker process's warnings since its last run ended)
 
 
 _LIMITS = None
@@ -2032,15 +2036,19 @@ def _fit_job(job: _RunJob, dataset=None, writer=None):
     _BUSY = True
     try:
         with whole_files_capped(job.execution.max_memory):  # (a worker's share: GIFTI runs are decoded whole)
-            return _fit_run(job, dataset, writer)
+            done = _fit_run(job, dataset, writer)
     except InputError as exc:
-        return _RunDone(job.index, error=str(exc))
+        done = _RunDone(job.index, error=str(exc))
     except KeyboardInterrupt:
         if _IN_WORKER:  # (its partial folder was removed on the way out)
             os._exit(130)
         raise
     finally:
         _BUSY = False
+    if _IN_WORKER:  # (a worker fits with no writer: `done` is the run's _RunDone)
+        done = replace(done, warned=tuple(_WARNED))
+        _WARNED.clear()
+    return done
 
 
 def _fit_task(shared, job: _RunJob) -> _RunDone:
@@ -2253,7 +2261,10 @@ def _in_processes(jobs, workers: int, collect) -> None:
         while remaining:
             finished, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in finished:
-                collect(future.result())
+                done = future.result()
+                for category, message in done.warned:  # (as the study's own: see _worker_warning)
+                    warnings.warn(message, category, stacklevel=2)
+                collect(done)
     except BaseException:
         remaining = finished = future = None  # (the pool's queues are released with the pool, below)
         _stop_workers(pool, absent)

@@ -48,7 +48,6 @@ import numbers
 import os
 import re
 import shutil
-import sys
 import threading
 import warnings
 from collections.abc import Iterator

@@ -723,7 +723,7 @@ def test_a_studys_shuffles_are_reproduced_by_its_seed(clusters, tmp_path, capsys
     made = record["contrasts"]["congruent"]["permutation"]
     assert made == {"scheme": "flip", "shuffles": 20, "exhaustive": False}  # (drawn: the seed chose them)
     assert main([str(tmp_path / "c") if a == "OUT" else a for a in argv] + ["--seed", "7"]) == 2
-    assert "--seed chooses the permutations' shuffles; add --permutations N" in capsys.readouterr().err
+    assert "--seed chooses the permutations' shuffles; add --permutations, or drop it" in capsys.readouterr().err
 
 
 def test_the_events_modulation_column_scales_the_trial_types(tmp_path):

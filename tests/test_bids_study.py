@@ -1064,6 +1064,20 @@ def test_options_a_study_would_refuse_or_ignore_late_are_refused_first(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_the_apis_options_are_refused_in_its_words(tmp_path):
+    """A negative cluster-forming threshold was taken by the API (a cluster of most of the mask), and refusals
+    named the command line's options (a tester's)."""
+    from voxfit.bids import run
+    from voxfit.exceptions import InputError
+
+    kw = {"group_model": "ols", "permutations": 20}
+    with pytest.raises(InputError, match="`cluster_threshold` must be a positive t or F value, e.g. 3.1; got -2"):
+        run(tmp_path / "ds", tmp_path / "out", cluster_threshold=-2, **kw)
+    with pytest.raises(InputError, match="the group model is mixed: add `group_model` ols, or drop `permutations`"):
+        run(tmp_path / "ds", tmp_path / "out", permutations=20)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unreadable_record_of_another_participant_is_left_out_of_the_reports(tmp_path):
     """A study of one participant with --report over a folder where another participant's record is unreadable:
     the reports are written without it, and a warning names it (the command stopped on it, and this study could

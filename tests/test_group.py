@@ -3,6 +3,7 @@
 import csv
 import itertools
 import json
+import re
 import warnings
 
 import nibabel as nib
@@ -373,7 +374,7 @@ def test_surface_maps_with_a_mesh(tmp_path, rng, capsys):
         # options that shape only what was not asked for: refused, where they were passed over without a word
         (["--tfce-E", "0.6"], "--tfce-E and --tfce-H are TFCE's exponents; add --tfce"),
         (["--tfce-H", "3", "--cluster-threshold", "2"], "--tfce-E and --tfce-H are TFCE's exponents"),
-        (["--seed", "3"], "--seed chooses the permutations' shuffles; add --permutations N"),
+        (["--seed", "3"], "--seed chooses the permutations' shuffles; add --permutations, or drop it"),
         (["--scheme", "flip"], "--scheme chooses the permutations' shuffles"),
         (["--mesh", "m.surf.gii"], "--mesh is the triangles of GIFTI surface maps, and these maps are volumes"),
         (["--connectivity", "26"], "--connectivity 26 chooses the neighbours of clusters and TFCE, and neither"),
@@ -386,6 +387,24 @@ def test_group_errors(tmp_path, rng, capsys, extra, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cluster_threshold": -2.0, "permutations": 50}, "`cluster_threshold` must be a positive t or F value"),
+        ({"cluster_threshold": 0.0, "permutations": 50}, "`cluster_threshold` must be a positive t or F value"),
+        ({"tfce": True}, "TFCE needs permutations for its p-values; give `permutations`"),
+        ({"connectivity": 18}, "`connectivity` 18 chooses the neighbours of clusters and TFCE"),
+        ({"seed": 3}, "`seed` chooses the permutations' shuffles; add `permutations`"),
+    ],
+)
+def test_api_options_are_refused_in_the_apis_words(tmp_path, rng, options, message):
+    """A negative cluster-forming threshold formed one cluster of most of the mask, exit 0, through the API (the
+    command line refused it); and the API's refusals named command-line options (a tester's)."""
+    paths = _maps(tmp_path, rng, n=5)
+    with pytest.raises(InputError, match=re.escape(message)):
+        SecondLevel(contrasts=["mean=intercept"], **options).fit(paths)
 
 
 def test_a_table_of_shuffles_over_the_cap_is_refused_before_it_is_made(tmp_path, rng, capsys):
@@ -792,7 +811,7 @@ def test_a_cluster_threshold_that_looks_like_a_p_value_is_said_to_be_a_statistic
     from voxfit import SecondLevel
 
     paths = _maps(tmp_path, np.random.default_rng(0), n=8, effect=1.0)
-    with pytest.warns(DesignWarning, match=r"--cluster-threshold 0\.001 forms clusters of t \(or F\) above 0\.001"):
+    with pytest.warns(DesignWarning, match=r"`cluster_threshold` 0\.001 forms clusters of t \(or F\) above 0\.001"):
         SecondLevel(permutations=50, cluster_threshold=0.001, seed=1).fit(paths)
 
 

@@ -793,18 +793,27 @@ def _run_iv(
         smoothing = float(smoothing) or None
     check_scalar(permutations, "`permutations`", min_val=0, description="0 or a positive number")
     if tfce and not permutations:
-        raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
+        raise InputError("TFCE needs permutations for its p-values; give `permutations` (e.g. 5000).")
+    if cluster_threshold is not None:
+        check_scalar(
+            cluster_threshold,
+            "`cluster_threshold`",
+            numbers.Real,
+            min_val=0,
+            include_boundaries="neither",
+            description="a positive t or F value, e.g. 3.1",
+        )
     if seed is not None and not permutations:  # (as voxfit group: a seed without shuffles is passed over)
-        raise InputError("--seed chooses the permutations' shuffles; add --permutations N, or drop it.")
+        raise InputError("`seed` chooses the permutations' shuffles; add `permutations`, or drop it.")
     if permutations and group_model != "ols":
         raise InputError(
-            f"permutation inference is for OLS group models (--group-model ols, at Dataset nodes of Model.Type glm); "
-            f"the group model is {group_model}: add --group-model ols, or drop --permutations."
+            f"permutation inference is for OLS group models (`group_model` ols, at Dataset nodes of Model.Type glm); "
+            f"the group model is {group_model}: add `group_model` ols, or drop `permutations`."
         )
     if cluster_threshold is not None and group_model != "ols":  # (else refused at the dataset level, after the fits)
         raise InputError(
-            f"--cluster-threshold is for OLS group models; the dataset nodes' model is {group_model}: add "
-            "--group-model ols (with --permutations N for the clusters' p values), or drop --cluster-threshold."
+            f"`cluster_threshold` is for OLS group models; the dataset nodes' model is {group_model}: add "
+            "`group_model` ols (with `permutations` for the clusters' p values), or drop `cluster_threshold`."
         )
     rft = _rft_iv(rft, level, permutations)
     execution = Execution.resolve(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 import csv
+import numbers
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -260,10 +261,19 @@ class SecondLevel:
             self.permutations, "`permutations`", min_val=0, description="0 (parametric only) or a positive number"
         )
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
-            raise InputError("TFCE needs permutations for its p-values; give --permutations N (e.g. 5000).")
-        if self.cluster_threshold is not None and 0 < self.cluster_threshold < 1:  # (SPM's forming p, 0.001, given)
+            raise InputError("TFCE needs permutations for its p-values; give `permutations` (e.g. 5000).")
+        if self.cluster_threshold is not None:  # (a negative one formed one cluster of the whole mask: a tester's)
+            check_scalar(
+                self.cluster_threshold,
+                "`cluster_threshold`",
+                numbers.Real,
+                min_val=0,
+                include_boundaries="neither",
+                description="a positive t or F value, e.g. 3.1",
+            )
+        if self.cluster_threshold is not None and self.cluster_threshold < 1:  # (SPM's forming p, 0.001, given)
             warnings.warn(
-                f"--cluster-threshold {self.cluster_threshold:g} forms clusters of t (or F) above "
+                f"`cluster_threshold` {self.cluster_threshold:g} forms clusters of t (or F) above "
                 f"{self.cluster_threshold:g}, not of p below it: for SPM's p < 0.001 give the statistic it "
                 "corresponds to (t 3.31 to 3.93 for 40 to 12 degrees of freedom).",
                 DesignWarning,
@@ -274,12 +284,12 @@ class SecondLevel:
             raise InputError("--tfce-E and --tfce-H are TFCE's exponents; add --tfce, or drop them.")
         if self.connectivity is not None and not (self.tfce or self.cluster_threshold is not None):
             raise InputError(
-                f"--connectivity {self.connectivity} chooses the neighbours of clusters and TFCE, and neither is asked "
-                "for; add --tfce or --cluster-threshold T, or drop it."
+                f"`connectivity` {self.connectivity} chooses the neighbours of clusters and TFCE, and neither is asked "
+                "for; add `tfce` or `cluster_threshold`, or drop it."
             )
         if not self.permutations and (self.seed is not None or self.scheme != "auto"):
-            option = "--seed" if self.seed is not None else "--scheme"
-            raise InputError(f"{option} chooses the permutations' shuffles; add --permutations N, or drop it.")
+            option = "`seed`" if self.seed is not None else "`scheme`"
+            raise InputError(f"{option} chooses the permutations' shuffles; add `permutations`, or drop it.")
         kind = self._model_kind()
         if self.grp is not None and kind != "mixed" and not self.permutations:  # (it would be read and not used)
             model = "an OLS model" if kind == "ols" else "--model fixed (no between-subject variance to group)"

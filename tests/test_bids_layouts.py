@@ -504,6 +504,9 @@ def test_runs_in_their_own_space_are_a_space_with_their_space_run_mask(tmp_path,
     subject = ["bids", str(study.root), str(tmp_path / "subject"), "subject", *deriv, "--space", "run"]
     assert main(subject) == 2 and not (tmp_path / "subject" / "sub-01").exists()
     assert "is in its run's own space, which no other run shares" in capsys.readouterr().err
+    mask.rename(func / "sub-01_task-stroop_run-1_desc-brain_mask.nii.gz")  # (fMRIPrep's other name of it: pooled)
+    assert main(subject) == 2 and not (tmp_path / "subject" / "sub-01").exists()
+    assert "is in its run's own space, which no other run shares" in capsys.readouterr().err
 
 
 def test_runs_told_apart_by_a_cohort_are_refused_not_overwritten(tmp_path, capsys):

@@ -1463,6 +1463,13 @@ def _apart(held: list[dict]) -> str | None:
 _SUBJECT_SPACES = ("T1w", "T2w", "fsnative")  # fMRIPrep's spaces of a subject's own anatomy
 
 
+def _own_space(r) -> bool:
+    """Whether run `r` is in its own space: a volume named without space- (BIDS: the data's own; fMRIPrep 24's
+    --output-spaces run), whatever its mask's name (fMRIPrep 24 names it space-run, or without space- too: such runs
+    were pooled up to the dataset level, exit 0, a tester's), or one whose brain mask is space-run."""
+    return (_is_volume(r.bold) and not r.entity.get("space")) or (r.mask is not None and "_space-run_" in r.mask.name)
+
+
 def _check_own_space_levels(level: str, runs, levels=("run", "subject", "dataset")) -> None:
     """Refuse, before anything is fitted, a study above the run level of runs in their own space (fMRIPrep 24's
     ``--output-spaces run``: no space-, a ``space-run`` brain mask): each run's grid is its own reference's, and
@@ -1470,7 +1477,7 @@ def _check_own_space_levels(level: str, runs, levels=("run", "subject", "dataset
     subjects' runs in their own anatomy's space (T1w, fsnative), which no two subjects share, or at several
     resolutions or densities of a space (fsLR den-91k and den-170k; the dataset node failed on maps of other grids,
     after every run and subject was fitted, or pooled the grids where they were of one size)."""
-    own = next((r for r in runs if r.mask is not None and "_space-run_" in r.mask.name), None)
+    own = next((r for r in runs if not r.problems and _own_space(r)), None)
     if level != "run" and own is not None:
         raise InputError(
             f"{own.bold.name} is in its run's own space, which no other run shares (fMRIPrep aligns runs in T1w or a "

@@ -437,7 +437,16 @@ def test_cli_exit_codes_for_bad_arguments(tmp_path, capsys):
     assert main(["bids", str(study.root), str(tmp_path / "o"), "run", *deriv, "--space", "T1w"]) == 2
     assert "space" in capsys.readouterr().err
     assert main(["bids", str(study.root), str(tmp_path / "o"), "run", *deriv, "--task", "nback"]) == 2
-    capsys.readouterr()  # (a level the model has no node of: it fitted the levels below and exited 0)
+    assert "no preprocessed BOLD run of task 'nback' in the derivatives (their tasks: stroop); check --task" in (
+        capsys.readouterr().err
+    )
+    # (a typo beside --space was said as a space missing: "spaces found: none", a tester's)
+    space = ["--space", SPACE]
+    assert main(["bids", str(study.root), str(tmp_path / "o"), "run", *deriv, *space, "--task", "stroo"]) == 2
+    assert "of task 'stroo' in the derivatives (their tasks: stroop); did you mean --task stroop?" in (
+        capsys.readouterr().err
+    )
+    # (a level the model has no node of: it fitted the levels below and exited 0)
     assert main(["bids", str(study.root), str(tmp_path / "o"), "session", *deriv]) == 2
     assert "the analysis level session has no node in the model (its levels: run, subject, dataset)" in (
         capsys.readouterr().err

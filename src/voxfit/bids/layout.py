@@ -777,6 +777,21 @@ def _number(value) -> bool:
 NATIVE = "run"
 
 
+def _check_task(layout, task: str) -> None:
+    """Refuse a --task that no preprocessed run has, naming the tasks that do (a typo was blamed on --space, whose
+    spaces were none of that task's)."""
+    import difflib
+
+    tasks = sorted(map(str, layout.get(return_type="id", target="task", suffix="bold", scope="derivatives")))
+    if task in tasks or not tasks:
+        return
+    close = difflib.get_close_matches(task, tasks, 1)
+    raise InputError(
+        f"no preprocessed BOLD run of task {task!r} in the derivatives (their tasks: {listed(tasks)}); "
+        + (f"did you mean --task {close[0]}?" if close else "check --task.")
+    )
+
+
 def _spaces(files) -> list[str]:
     """The spaces of runs `files`, :data:`NATIVE` for volumes named without a space (BIDS: the data's own)."""
     return sorted({f.entities.get("space") or NATIVE for f in files if f.entities.get("space") or _is_volume(f.path)})
@@ -820,6 +835,8 @@ def find_runs(
         if (f.entities.get("desc") == desc if _is_volume(f.path) else f.entities.get("desc") in (None, desc))
     ]
     candidates = _combined_echoes(_selected(candidates, entities, lambda f: f.entities))
+    if not candidates and isinstance(task, str):
+        _check_task(layout, task)
     space, qualifiers = _space_qualifiers(space)
     spaces = _spaces(candidates)
     if space is None:

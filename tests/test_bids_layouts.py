@@ -912,11 +912,16 @@ def test_a_dataset_level_grouped_by_task_over_two_tasks_of_their_own_trial_types
 def test_a_participants_column_in_a_run_nodes_model_says_where_it_goes(tmp_path):
     """Model.X of the Run node naming "age", a participants.tsv column: each run failed on "the run has no
     variable 'age'", its variables listed (a tester's); it now says that age is a subject's value, for the Dataset
-    node's Model.X."""
+    node's Model.X. In a table whose participant_id is not its first column too (age first was taken for the ids:
+    another tester's)."""
     from voxfit.bids import run
     from voxfit.bids.spec import default_model
 
     study, _ = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    table = study.root / "participants.tsv"
+    rows = [line.split("\t") for line in table.read_text().splitlines()]
+    assert rows[0][:2] == ["participant_id", "age"]
+    table.write_text("".join(f"{r[1]}\t{r[0]}\t" + "\t".join(r[2:]) + "\n" for r in rows))  # (age first)
     model = default_model("stroop", ["congruent", "incongruent"])
     model["Nodes"][0]["Model"]["X"].insert(0, "age")
     result = run(
@@ -1325,16 +1330,23 @@ def test_a_dataset_nodes_demean_takes_the_subjects_it_models(tmp_path):
         np.testing.assert_allclose(sorted(design["age"]), sorted(ages - ages.mean()), atol=1e-9)
 
 
-@pytest.mark.parametrize("term", ["agee", "Age", "grup"])
+@pytest.mark.parametrize("term", ["agee", "Age", "grup", "Demean Age"])
 def test_a_misnamed_participants_column_is_refused_before_anything_is_fitted(tmp_path, capsys, term):
     """Model.X (or GroupBy) of the Dataset node naming "agee" for participants.tsv's age: pybids failed on it at
-    the dataset level, once every run and subject was fitted. Refused at once, naming the column meant."""
+    the dataset level, once every run and subject was fitted. Refused at once, naming the column meant; in a node
+    with Transformations too (a Demean of "Age", the usual way a covariate is entered, was left to pybids: a
+    tester's), where the names its instructions make (a Factor's "group.patient") are not refused."""
     from voxfit.bids.spec import default_model
 
     study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
     model = default_model("stroop", ["A"])
     if term == "grup":
         model["Nodes"][2]["GroupBy"] = ["contrast", term]
+    elif term == "Demean Age":
+        term = "Age"
+        instructions = [{"Name": "Factor", "Input": "group"}, {"Name": "Demean", "Input": [term]}]
+        model["Nodes"][2]["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
+        model["Nodes"][2]["Model"]["X"] = [1, term, "group.patient"]
     else:
         model["Nodes"][2]["Model"]["X"] = [1, term]
     path = tmp_path / "model_smdl.json"
@@ -1342,7 +1354,13 @@ def test_a_misnamed_participants_column_is_refused_before_anything_is_fitted(tmp
     out = tmp_path / "out"
     assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--model", str(path)]) == 2
     meant = "group" if term == "grup" else "age"
-    field = "GroupBy" if term == "grup" else "Model.X"
+    field = (
+        "GroupBy"
+        if term == "grup"
+        else "Model.X"
+        if "Transformations" not in model["Nodes"][2]
+        else ("Transformations' Demean Input")
+    )
     err = capsys.readouterr().err
     said = f'node dataset: {field} names "{term}", a column of no table, and participants.tsv or sessions.tsv has '
     assert f'{said}"{meant}"; did you mean it?' in err

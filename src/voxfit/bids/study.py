@@ -435,7 +435,8 @@ def run(
         _check_participant_values(Path(bids_dir) / "participants.tsv", participants, runs, model, settings.level)
         session_columns, session_ids = _sessions_tables(Path(bids_dir))
         _check_sessions(Path(bids_dir), model, session_columns, runs)
-        tables = {"participants": participants[0][1:] if participants else [], "sessions": session_columns}
+        columns = [c for c in participants[0] if c != "participant_id"] if participants else []  # (any place)
+        tables = {"participants": columns, "sessions": session_columns}
         _check_misnamed_columns(model, [*tables["participants"], *tables["sessions"]])
         _check_table_levels(model, tables)
         _check_scans_tables(Path(bids_dir), model, labels)
@@ -463,7 +464,7 @@ def run(
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
         study.session_ids = session_ids
-        study.participant_columns = tuple(participants[0][1:]) if participants else ()
+        study.participant_columns = tuple(columns)
         study.participant_rows = participants
         study.session_columns = tuple(session_columns)
         # the index's objects (pybids' and SQLAlchemy's, ~200k) left out of the full collections (7 of them took
@@ -1721,7 +1722,9 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
     """A node above the run level whose Model.X or GroupBy names no column of participants.tsv or sessions.tsv
     (`columns`) nor anything else it could take (an entity, another node's variable or contrast), but one close to
     a column ("agee", "Age" for age): refused before anything is fitted. pybids failed on it only once every run
-    was fitted. Nodes with Transformations (which make names) and names with wildcards are left to pybids."""
+    was fitted. In a node with Transformations, each instruction's Input is checked against the names before it
+    (the tables', and the instructions' Outputs), and Model.X against those and every Output, leaving out names
+    that Factor or Split make from a column's values ("group.patient"); names with wildcards are left to pybids."""
     nodes = model.get("Nodes") or ()
 
     def names(node: dict) -> set[str]:
@@ -1737,14 +1740,21 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
                         f'participants.tsv or sessions.tsv; did you mean "{close[0]}"?'
                     )
     for node in nodes:
-        if str(node.get("Level", "")).lower() == "run" or node.get("Transformations"):
+        if str(node.get("Level", "")).lower() == "run":
             continue
         known = {*columns, *ENTITIES, *ENTITIES.values(), "contrast", "intercept"}
         known |= {name for other in nodes if other is not node for name in names(other)}
-        terms = [("Model.X", x) for x in (node.get("Model") or {}).get("X") or () if isinstance(x, str)]
-        terms += [("GroupBy", k) for k in node.get("GroupBy") or () if isinstance(k, str)]
-        for where, term in terms:
-            if term in known or any(c in term for c in "*?["):
+        terms, made = [], ()
+        for instruction in _instructions(node):
+            what = f"Transformations' {instruction.get('Name')} Input"
+            terms += [(what, x, set(known)) for x in _listed_names(instruction.get("Input"))]
+            known |= set(_listed_names(instruction.get("Output")))
+            if instruction.get("Name") in ("Factor", "Split"):  # (names of the column's values: "group.patient")
+                made += tuple(f"{x}." for x in _listed_names(instruction.get("Input")))
+        terms += [("Model.X", x, known) for x in _listed_names((node.get("Model") or {}).get("X"))]
+        terms += [("GroupBy", k, known) for k in _listed_names(node.get("GroupBy"))]
+        for where, term, before in terms:
+            if term in before or term.startswith(made) or any(c in term for c in "*?["):
                 continue
             same = [c for c in columns if c.lower() == term.lower()]
             if close := same or difflib.get_close_matches(term, columns, 1, 0.75):
@@ -1752,6 +1762,24 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
                     f'node {node.get("Name")}: {where} names "{term}", a column of no table, and participants.tsv or '
                     f'sessions.tsv has "{close[0]}"; did you mean it?'
                 )
+
+
+def _instructions(node: dict) -> list[dict]:
+    """A node's Transformations' instructions (none where it has none, or they are not a list of objects: the
+    model's validation says what is wrong with them)."""
+    instructions = (node.get("Transformations") or {}).get("Instructions") if isinstance(node, dict) else None
+    return [i for i in instructions if isinstance(i, dict)] if isinstance(instructions, list) else []
+
+
+def _listed_names(value) -> list[str]:
+    """The names of a model's field that holds one name or a list of them (other entries, as X's 1, left out)."""
+    return (
+        [value]
+        if isinstance(value, str)
+        else [x for x in value if isinstance(x, str)]
+        if isinstance(value, list)
+        else []
+    )
 
 
 def _refuse_repeated(path: Path, ids: list[str], prefix: str, what: str) -> None:

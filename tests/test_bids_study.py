@@ -309,7 +309,8 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
     column not named participant_id (pybids' KeyError 'subject'), ids padded otherwise than the folders
     (a design of rank 0), and an id with a space after it (pybids left that subject out, without a word). Each
     before any run is fitted (the first three were refused by the dataset's group fit, once every run and subject
-    was); behind a transformation (which may leave subjects out: DropNA, Filter), by the group's fit."""
+    was); behind a transformation that keeps every row and gap (Scale, Demean), before any run too (by the group's
+    fit before: a tester's); behind one that may leave subjects out (DropNA, Filter), by the group's fit."""
     study, deriv = _study(tmp_path, subjects=5, runs=1, scans=40, shape=(10, 10, 8))
     table = study.root / "participants.tsv"
     assert "sub-04\t25" in table.read_text() and table.read_text().splitlines()[1].startswith("sub-03")
@@ -324,6 +325,9 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
             "Transformer": "pybids-transforms-v1",
             "Instructions": [{"Name": "Scale", "Input": ["age"], "Demean": True, "Rescale": False}],
         }
+        code, err = _with_model(tmp_path, study, deriv, model, capsys)
+        assert code == 2 and message in err and "node dataset" in err and not (tmp_path / "out").exists(), err
+        model["Nodes"][-1]["Transformations"]["Instructions"].insert(0, {"Name": "DropNA", "Input": ["group"]})
         code, err = _with_model(tmp_path, study, deriv, model, capsys)
         assert code == 2 and message in err and "node dataset" in err and (tmp_path / "out").exists(), err
         model = _age_model()  # (an Edge's Filter above the dataset leaves sub-04 out: nothing to refuse)

@@ -1764,6 +1764,11 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
                 )
 
 
+# Transformations that neither leave rows out nor fill in a value where the table has none (Scale's ReplaceNA, any
+# option naming a replacement, is taken as filling): the table's gaps stay gaps through them
+_KEEPING_ROWS = frozenset({"Demean", "Scale", "Factor", "Rename", "Copy", "Orthogonalize", "Product", "Sum", "Split"})
+
+
 def _instructions(node: dict) -> list[dict]:
     """A node's Transformations' instructions (none where it has none, or they are not a list of objects: the
     model's validation says what is wrong with them)."""
@@ -1840,18 +1845,22 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
 
 def _check_participant_values(path: Path, rows: list[list[str]], runs, model: dict, level: str) -> None:
     """Where the study reaches a Dataset node whose Model.X or GroupBy takes a column of participants.tsv (`rows`:
-    :func:`_participants_rows`) and that nothing can leave subjects out of (no Transformations, such as DropNA or
-    Filter, on any node above the runs, and no Edge's Filter): each subject of the `runs` that can be fitted has a
-    row, with a number in a column of Model.X and a value in one of GroupBy.
+    :func:`_participants_rows`) and that nothing can leave subjects out of or fill in (no Edge's Filter, and no
+    Transformations on a node above the runs but those of :data:`_KEEPING_ROWS`, as Demean): each subject of the
+    `runs` that can be fitted has a row, with a number in a column of Model.X (that no instruction writes) and a
+    value in one of GroupBy.
     Refused before any run is fitted, as the node's group fit refuses them (:func:`_numbers`, :func:`_left_behind`)
-    once every run and subject was. A column of words alone is left to that fit, which says to Factor it."""
+    once every run and subject was (a study whose Dataset node demeaned age was refused only then: a tester's). A
+    column of words alone is left to that fit, which says to Factor it."""
     nodes = model.get("Nodes", ())
+    instructions = [i for n in nodes if str(n.get("Level", "")).lower() != "run" for i in _instructions(n)]
     pruned = any(edge.get("Filter") for edge in model.get("Edges") or ()) or any(
-        n.get("Transformations") for n in nodes if str(n.get("Level", "")).lower() != "run"
-    )  # (a subject may be left out on the way to the Dataset node)
+        i.get("Name") not in _KEEPING_ROWS or any("replace" in str(k).lower() for k in i) for i in instructions
+    )  # (a subject may be left out, or a gap filled, on the way to the Dataset node: DropNA, Filter, Replace...)
     if level != "dataset" or pruned or not rows or "participant_id" not in rows[0]:
         return
-    header = rows[0]
+    written = {name for i in instructions for name in _listed_names(i.get("Output"))}
+    header = [c if c not in written else None for c in rows[0]]  # (a column an instruction replaces: not the table's)
     table = dict(zip(_participant_ids(rows), rows[1:]))
     # (a subject whose every run fails is left out of the dataset's group: said by its runs' failures)
     subjects = sorted({str(_value(dict(r.entities).get("subject"))) for r in runs if not r.problems})

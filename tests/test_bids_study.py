@@ -1064,12 +1064,14 @@ def test_a_dataset_below_a_folder_named_like_an_entity_is_refused(tmp_path, caps
             "--cluster-threshold is for OLS group models; the dataset nodes' model is mixed",
         ),
         (["--participant-label", ""], "--participant-label: an empty label"),
+        (["--participant-label", "01"], "(node dataset) needs two subjects or more, and only sub-01 has runs to fit"),
         (["--height-threshold", "0.01"], "--height-threshold is for --inference rft"),
     ],
 )
 def test_options_a_study_would_refuse_or_ignore_late_are_refused_first(tmp_path, capsys, options, message):
     """Refused before anything is indexed or fitted: a cluster threshold the dataset level would refuse once every
-    run was fitted, an empty participant label, an RFT threshold without --inference rft (ignored before)."""
+    run was fitted, an empty participant label, a dataset level of one subject (refused by each group once every run
+    was fitted), an RFT threshold without --inference rft (ignored before)."""
     study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(10, 10, 8))
     code = main(["bids", str(study.root), str(tmp_path / "out"), "dataset", *deriv, *options, "--quiet"])
     err = capsys.readouterr().err

@@ -455,6 +455,7 @@ def run(
             )
         _check_surface_inference(settings, surface)
         _check_own_space_levels(settings.level, runs, levels)
+        _check_dataset_subjects(settings.level, runs, model)
         _check_aroma(settings, desc)
         described = {f: f.read_bytes() if f.is_file() else None for f in description_files(out_dir, model)}
         model_file = describe_dataset(out_dir, model, command)
@@ -1462,6 +1463,21 @@ def _apart(held: list[dict]) -> str | None:
 
 
 _SUBJECT_SPACES = ("T1w", "T2w", "fsnative")  # fMRIPrep's spaces of a subject's own anatomy
+
+
+def _check_dataset_subjects(level: str, runs, model: dict) -> None:
+    """Refuse, before anything is fitted, a study to the dataset level of fewer than two subjects with runs to fit,
+    where a Dataset node fits a GLM (of Model.Type glm: it has no dof; each group failed so once every run and
+    subject was fitted, a tester's). A meta node passes one subject's maps on."""
+    subjects = sorted({str(r.entity.get("subject")) for r in runs if not r.problems})
+    glm = [n for n in model.get("Nodes", ()) if str(n.get("Level", "")).lower() == "dataset"]
+    glm = [n for n in glm if (n.get("Model") or {}).get("Type", "glm") != "meta"]
+    if level == "dataset" and glm and len(subjects) == 1:
+        raise InputError(
+            f"the dataset level's group model (node {glm[0].get('Name')}) needs two subjects or more, and only "
+            f"sub-{subjects[0]} has runs to fit here: fit up to the subject level (voxfit bids ... subject), or "
+            "choose more subjects (--participant-label)."
+        )
 
 
 def _own_space(r) -> bool:

@@ -523,3 +523,19 @@ def test_the_raw_dataset_given_as_its_derivatives_is_told_where_they_are(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is the raw dataset itself" in err[0] and f"({study.derivatives})" in err[0], err
     assert not out.exists()
+
+
+def test_a_folder_that_does_not_exist_is_said_so_with_the_one_meant(tmp_path, capsys):
+    """--derivatives .../fmriprp (a typo) was said to have no dataset_description.json, as a folder that is not
+    fMRIPrep's would be (a tester's): now that it does not exist, and the folder beside it that was meant; the
+    dataset's root likewise."""
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    out = tmp_path / "out"
+    typo = study.derivatives.parent / "fmriprp"
+    assert main(["bids", str(study.root), str(out), "run", "--derivatives", str(typo)]) == 2
+    err = capsys.readouterr().err
+    assert f"derivatives folder {typo} does not exist; did you mean {study.derivatives}?" in err, err
+    root = ["bids", str(tmp_path / "dss"), str(out), "run", "--derivatives", str(study.derivatives)]
+    assert main(root) == 2
+    assert f"BIDS dataset {tmp_path / 'dss'} does not exist; did you mean {study.root}?" in capsys.readouterr().err
+    assert not out.exists()

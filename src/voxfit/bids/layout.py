@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import errno
 import fcntl
 import fnmatch
@@ -537,12 +538,27 @@ def _steps_match(parts: list[str], steps: list[str]) -> bool:
     return bool(parts) and fnmatch.fnmatchcase(parts[0], steps[0]) and _steps_match(parts[1:], steps[1:])
 
 
+def _folders_in(parent: Path) -> list[Path]:
+    """The folders in `parent` (none where it cannot be listed)."""
+    try:
+        return [p for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
 def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, broken=()):
     """The pybids ``BIDSLayout`` of `bids_dir` with the `derivatives` folders (validate=False), cached in the
     folder `database` when given (see the module docstring for when the cache is reused; `stamp`: the
     :func:`dataset_stamp` already computed; `broken`: the links to files not there it found, left out)."""
     bids = _bids()
     bids_dir = Path(bids_dir)
+    for folder, what in ((bids_dir, "BIDS dataset"), *((Path(d), "derivatives folder") for d in derivatives)):
+        if not folder.is_dir():  # (said as a folder without a description: a typo in its name was not said)
+            near = difflib.get_close_matches(folder.name, [p.name for p in _folders_in(folder.parent)], 1, 0.75)
+            raise InputError(
+                f"{what} {folder} does not exist"
+                + (f"; did you mean {folder.parent / near[0]}?" if near else "; check the path.")
+            )
     if not (bids_dir / "dataset_description.json").is_file():
         raise InputError(
             f"{bids_dir} is not a BIDS dataset (no dataset_description.json); give the raw dataset's root folder."

@@ -592,6 +592,14 @@ def test_a_tr_that_the_header_contradicts_is_warned_of(tmp_path, capsys):
         assert code == 0
         expected = "--tr 3 but the header of" in err and "gives 2 s between scans" in err and err.count("\n") == 1
         assert expected if warned else err == "", err
+    # the API's FirstLevel, as the command line (it said nothing: a tester's)
+    from voxfit import FirstLevel
+
+    img = nib.Nifti1Image(data, AFFINE)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 2.0
+    with pytest.warns(UserWarning, match=r"`tr` 3 but the header of the run gives 2 s between scans"):
+        FirstLevel(tr=3, noise="ols").fit(img, tmp_path / "events.tsv", {"c": "A"})
 
 
 def test_a_surface_runs_mesh_is_checked_before_the_fit_and_refused_where_nothing_reads_it(tmp_path, capsys, rng):

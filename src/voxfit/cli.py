@@ -1273,7 +1273,9 @@ def _run_fit(args, argv, progress) -> int:
 
             _in_thread(warm_up)
     if args.events:
-        _check_header_tr(reader, args.tr, args.inputs[0] if len(args.inputs) == 1 else "the scans")
+        from .io import warn_header_tr
+
+        warn_header_tr(reader, args.tr, args.inputs[0] if len(args.inputs) == 1 else "the scans")
     design = _make_design(args, reader.n_scans)[0] if args.events else args.design[0]
     from .models import fit_images
 
@@ -1312,22 +1314,6 @@ def _run_fit(args, argv, progress) -> int:
     return 0
 
 
-def _check_header_tr(reader, tr, name) -> None:
-    """A warning where a 4-D NIfTI header gives the time between scans (pixdim[4] in seconds, milliseconds or
-    microseconds) and it is not --tr: a TR copied from another study builds a wrong design silently (FSL and AFNI
-    take the header's; SPM and nilearn, as voxfit, the one given)."""
-    from .io import header_scan_step
-
-    step = header_scan_step(reader)
-    if tr is not None and step is not None and not math.isclose(step, float(tr), rel_tol=0.01):
-        warnings.warn(
-            f"--tr {tr:g} but the header of {name} gives {step:g} s between scans; the design is built with --tr "
-            f"{tr:g}: check which is right.",
-            UserWarning,
-            stacklevel=2,
-        )
-
-
 def _check_mesh(args, reader) -> None:
     """--mesh of surface data is read by FILM's spatial step and drawn by --report; with neither it was passed over.
     (Whether it is a surface of the data's vertices, or given for other data, the fit checks, reading it once:
@@ -1356,7 +1342,7 @@ def _run_runs(args, argv, progress, record: dict) -> int:
     """Several runs: one input and one design (or events file) each, combined by fixed effects. A CIFTI run that
     one file holds is that file's own pages (``voxfit.io.dataset.files_mapped``): the runs' data never leave the
     fit."""
-    from .io import open_reader
+    from .io import open_reader, warn_header_tr
     from .io.dataset import files_mapped
     from .models import fit_runs
 
@@ -1373,7 +1359,7 @@ def _run_runs(args, argv, progress, record: dict) -> int:
     if args.events:
         readers = [open_reader(path) for path in args.inputs]
         for path, reader in zip(args.inputs, readers):
-            _check_header_tr(reader, args.tr, path)
+            warn_header_tr(reader, args.tr, path)
         lengths = [reader.n_scans for reader in readers]
         _fmri_noise(args, record, min(lengths))
         designs = [_make_design(args, n, r)[0] for r, n in enumerate(lengths)]

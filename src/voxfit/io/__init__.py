@@ -60,6 +60,7 @@ _NAMES = {  # each name and the submodule it is imported from, on first use
     "open_map": "readers",
     "open_reader": "readers",
     "read_mesh": "readers",
+    "warn_header_tr": "readers",
     "expand_run": "scans",
     "natural_key": "scans",
 }
@@ -131,6 +132,7 @@ __all__ = [
     "disk_error",
     "make_folder",
     "remove_made_folders",
+    "warn_header_tr",
     "write_file_atomically",
     "write_files_atomically",
 ]

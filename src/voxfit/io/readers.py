@@ -202,6 +202,20 @@ def header_scan_step(reader) -> float | None:
     return step if step > 0 else None
 
 
+def warn_header_tr(reader, tr, name) -> None:
+    """A warning where the header of run `name` gives the time between scans (:func:`header_scan_step`) and it is
+    not `tr`: a TR copied from another study builds a wrong design silently (FSL and AFNI take the header's; SPM
+    and nilearn, as voxfit, the one given)."""
+    step = header_scan_step(reader)
+    if tr is not None and step is not None and not math.isclose(step, float(tr), rel_tol=0.01):
+        warnings.warn(
+            f"`tr` {float(tr):g} but the header of {name} gives {step:g} s between scans; the design is built with "
+            f"`tr` {float(tr):g}: check which is right.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class HeaderReadAsWarning(UserWarning):
     """A header field read otherwise than nibabel reads it (a single file's vox_offset inside its header, a NaN
     scl_inter): said once for a run of 3-D scans that share the header (``VolumeListReader``)."""

@@ -9,7 +9,7 @@ from .._array import is_dataframe, type_name
 from .._execution import Execution
 from ..design import make_design, read_confounds
 from ..exceptions import InputError
-from ..io import check_data, check_mask, open_reader
+from ..io import check_data, check_mask, open_reader, warn_header_tr
 from ._routing import FMRI_NOISE, fmri_noise
 from .glm import ImageFit, fit_images
 
@@ -95,7 +95,9 @@ class FirstLevel:
         bold = check_data(bold, "bold")  # every argument's type checked before any file is read
         _check_tables(events, confounds)
         check_mask(mask)
-        n_scans = open_reader(bold, "bold").n_scans
+        reader = open_reader(bold, "bold")
+        warn_header_tr(reader, self.tr, "the run" if not isinstance(bold, (str, os.PathLike)) else bold)
+        n_scans = reader.n_scans
         design = self.design(events, n_scans, confounds, confounds_columns)
         return fit_images(
             bold,

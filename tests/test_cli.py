@@ -388,6 +388,10 @@ def test_existing_output_needs_force(study, capsys, monkeypatch):
     code, _, err = run(capsys, *fit_args(study, "--force"))
     assert code == 0, err
     assert (study["out"] / "mine.txt").read_text() == "keep me"
+    with pytest.raises(
+        voxfit.exceptions.InputError, match="is not empty; choose another or pass `force` to overwrite"
+    ):  # (the API's)
+        voxfit.fit_images(study["bold"], study["design"], {"c": "A"}, out_dir=study["out"])
     assert (study["out"] / "contrast-task_stat-t_statmap.nii.gz").exists()
 
 

@@ -40,7 +40,7 @@ def check_output_folder(path, force: bool = False, alone: bool = False) -> Path:
         if alone:
             check_alone(final)
     if final.is_dir() and any(final.iterdir()) and not force:
-        raise InputError(f"output folder {final} is not empty; choose another or pass --force to overwrite.")
+        raise InputError(f"output folder {final} is not empty; choose another or pass `force` to overwrite.")
     return final
 
 

@@ -1119,7 +1119,7 @@ def _check_study_folder(out_dir: Path, bids_dir: Path, derivatives: list[Path], 
         ours = False
     if not ours:
         raise InputError(
-            f"output folder {out_dir} is not empty and holds no voxfit study; choose an empty folder, or pass --force "
+            f"output folder {out_dir} is not empty and holds no voxfit study; choose an empty folder, or pass `force` "
             "to write into it (files of the same names are replaced)."
         )
 

@@ -986,7 +986,7 @@ def write_report(
     """
     target = Path(folder) / "report.html"
     if (target.exists() or target.is_symlink()) and not force:  # (a dangling link too)
-        raise InputError(f"{target} exists; pass --force to replace it.")
+        raise InputError(f"{target} exists; pass `force` to replace it.")
     page = build_report(
         folder, background=background, mesh=mesh, p_threshold=p_threshold, progress=progress, max_memory=max_memory
     )

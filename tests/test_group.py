@@ -314,6 +314,8 @@ def test_paired_maps_are_tested_as_differences(tmp_path, rng):
     b = _maps(tmp_path, rng, n=6, prefix="b")
     res = SecondLevel(paired=True, permutations=64).fit([*a, *b])
     assert res.X.shape == (6, 1)
+    with pytest.raises(ValueError, match="read-only"):  # (the design the fit used, as a Fit's arrays: a tester's)
+        res.X[0, 0] = 99
     perm = res.permutation["intercept"]
     assert perm.exhaustive and perm.n_shuffles == 64  # 2^6 sign-flips, all of them
     flat = [_read(p).reshape(-1, order="F")[res.masker.mask] for p in (*a, *b)]  # the masker's voxel order

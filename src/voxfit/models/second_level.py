@@ -116,6 +116,11 @@ class GroupFit:
     mixed: MixedFit | None = None
     rft: object | None = None  # the voxfit.inference.rft_fit.RFTInference of --inference rft
 
+    def __post_init__(self):  # (X as the fit used it: read-only, as a Fit's arrays; it was writable, a tester's)
+        X = np.asarray(self.X).view()
+        X.setflags(write=False)
+        object.__setattr__(self, "X", X)
+
 
 @dataclass(frozen=True, eq=False)
 class GroupOutputs:

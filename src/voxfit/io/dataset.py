@@ -128,6 +128,13 @@ def load(
         16 MiB slabs, AR(1) 1.95-2.03 s against 2.02-2.08 s (6 alternated runs each, 2 cores; its .nii and 3-D
         scans as fast either way). 16 MiB had been chosen while the read began as the numerical modules imported,
         each slab's retake of the GIL then waiting up to the interpreter's switch interval.
+
+    Returns
+    -------
+    Dataset
+        Its columns are the masked voxels in the order NIfTI stores them, x fastest (``Dataset.masker``; not
+        numpy's ``volume[mask]`` order, z fastest): ``masker.inverse(values)[0].reshape(shape, order="F")`` is a
+        column's values on the grid.
     """
     map_files = _MAP_FILES.get() if map_files is None else map_files
     held = _PRELOADED.get()

@@ -285,6 +285,14 @@ def fit_images(
     mesh : path or (vertices, triangles), optional
         The GIFTI surface (``.surf.gii``) of surface data, for ``noise="film"``: its spatial step smooths the
         autocorrelation over the vertices near each one along the mesh (a midthickness or white surface).
+
+    Returns
+    -------
+    ImageFit
+        Its per-voxel vectors (the fit's, each contrast's ``effect``, ``t``, ``z``...) hold the masked voxels in
+        the order NIfTI stores them, x fastest: not numpy's ``volume[mask]`` order, which is z fastest. Put one
+        back on its grid with ``result.masker.inverse(values)[0].reshape(shape, order="F")`` (or read the maps
+        written to `out_dir`); ``volume[mask] = values`` scrambles it.
     """
     execution = Execution.resolve(
         execution, max_memory=max_memory, n_jobs=n_jobs, scheduler=scheduler, device=device, progress=progress

@@ -664,14 +664,16 @@ def test_a_convolves_derivatives_are_variables_model_x_takes_or_leaves(stroop, X
     """pybids' Convolve with Derivative makes x_derivative a variable of its own, which Model.X takes or leaves:
     voxfit put every derivative in the design whatever X said, refused X naming one ("the run has no variable"),
     refused a contrast of one, and left them out of DummyContrasts (a BIDS Stats Models tester's). The design's
-    columns are Model.X's over pybids' variables; a contrast and the DummyContrasts name derivatives."""
+    columns are Model.X's over pybids' variables (a pattern's in their names' order); a contrast and the
+    DummyContrasts name derivatives."""
     _, collection = stroop
     instructions = [
         {"Name": "Factor", "Input": ["trial_type"]},
         {"Name": "Convolve", "Input": ["trial_type.congruent", "trial_type.incongruent"], "Derivative": True},
     ]
     theirs = list(_pybids(collection, instructions).variables)
-    expected = [n for entry in X if entry != 1 for n in theirs if fnmatch.fnmatchcase(n, entry)]
+    # (a pattern's columns in their names' order: each condition beside its derivative, as SPM orders them)
+    expected = [n for entry in X if entry != 1 for n in sorted(theirs) if fnmatch.fnmatchcase(n, entry)]
     node = _run_node(X)
     node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
     node["DummyContrasts"] = {"Test": "t"}

@@ -608,6 +608,8 @@ def test_confounds_columns_named_by_the_model_through_patterns_and_transformatio
     design = next((tmp_path / "out" / "sub-01" / "node-run").glob("*_design.tsv"))
     columns = design.read_text().splitlines()[0].split("\t")
     assert {"rot_x", "rot_y_power2", "rot_z_derivative1", "fd_z", "csf"} <= set(columns)
+    rotations = [c for c in columns if c.startswith("rot_")]  # (in their names' order: pybids' came shuffled)
+    assert len(rotations) == 9 and rotations == sorted(rotations), rotations
     assert not {"trans_x", "trans_x_power2", "global_signal", "framewise_displacement"} & set(columns)
     table = next(study.derivatives.glob("sub-01/func/*_desc-confounds_timeseries.tsv"))
     confounds = np.loadtxt(table, delimiter="\t", skiprows=1, usecols=[0])  # (n/a-free: the first column)

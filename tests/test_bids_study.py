@@ -774,7 +774,8 @@ def test_the_default_model_takes_each_runs_own_trial_types(tmp_path, capsys):
     """voxfit's default model names the trial types of every run; a run without one of them (error trials,
     misses: common) failed ("Model.X names "neutral", but the run has no variable"), and so did every run of a
     dataset whose trial types are numeric codes (BIDS's trial_type is a label; pybids reads 1, 2 as numbers).
-    Now each run's design has its own conditions, and a condition is estimated from the runs that have it."""
+    Now each run's design has its own conditions, and a condition is estimated from the runs that have it; the
+    runs without one say so in a note, as a model's runs without one of its trial types do (a tester's)."""
     study, deriv = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(10, 10, 8))
     for subject in ("01", "02"):
         for run_ in (1, 2):
@@ -794,6 +795,9 @@ def test_the_default_model_takes_each_runs_own_trial_types(tmp_path, capsys):
             record = next((out / f"sub-{subject}" / "node-subject").glob(f"*_contrast-{c}_model.json"))
             rows[c] = json.loads(record.read_text())["design"]["n_rows"]
         assert rows == {"1": 2, "3": 1}
+        (second,) = (out / f"sub-{subject}" / "node-run").glob("*run-2*_model.json")
+        notes = json.loads(second.read_text())["settings"]["bids"]["notes"]
+        assert any(n.startswith('the run has no "3" event: voxfit\'s default model fits it without it') for n in notes)
     assert sorted(p.name for p in (out / "node-dataset").glob("*_stat-z_statmap.nii.gz")) == [
         f"contrast-{c}_stat-z_statmap.nii.gz" for c in ("1", "2", "3")
     ]

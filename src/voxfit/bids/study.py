@@ -2984,10 +2984,25 @@ class _Study:
             },
             confounds=None if chosen is None else chosen.describe(),
             notes=_lacking_notes(rd.settings)
+            + self._default_types_note(r)
             + _unmasked_note(r)
             + _raw_scans_note(r)
             + _untyped_events_note(r, node.spec)
             + self._no_confounds_note(node, r),
+        )
+
+    def _default_types_note(self, r: RunInput) -> tuple[str, ...]:
+        """Under voxfit's default model, the study's trial types run `r` has no event of (its design is of its own:
+        :meth:`run_spec`), said as a model's trial types a run lacks are (they were not: a tester's)."""
+        if not self.default_types or r.events not in self._run_types:
+            return ()
+        lacking = [t for t in self.default_types if t not in self._run_types[r.events]]
+        if not lacking or len(lacking) == len(self.default_types):
+            return ()
+        said, them = ", ".join(f'"{t}"' for t in lacking), "them" if len(lacking) > 1 else "it"
+        return (
+            f"the run has no {said} event: voxfit's default model fits it without {them}, and the levels above take "
+            f"{them} from the runs that have {them}",
         )
 
     def _high_pass(self, node: _Node):

@@ -560,6 +560,12 @@ def test_broken_headers_are_bad_input(study, capsys):
     refused(capsys, *fit(study, study["dir"] / "rgb.nii"), message=r"rgb\.nii: the data type is RGB; voxfit fits real")
     nib.save(nib.Nifti1Image(data.astype(np.complex64), AFFINE), study["dir"] / "complex.nii")
     refused(capsys, *fit(study, study["dir"] / "complex.nii"), message=r"complex\.nii: the data type is complex64")
+    for code, bits, remedy in ((1, 1, "save it as uint8"), (2048, 256, "save one real value per voxel")):
+        coded = bytearray(nib.Nifti1Image(data.astype(np.uint8), AFFINE).header.binaryblock)
+        coded[70:74] = np.array([code, bits], np.int16).tobytes()  # (datatype, bitpix: NIfTI's codes nibabel lacks)
+        (study["dir"] / f"dt{code}.nii").write_bytes(bytes(coded) + b"\0" * 4 + data.astype(np.uint8).tobytes("F"))
+        said = rf"dt{code}\.nii: its header's datatype is {code} \(DT_.*; {remedy}"  # (nibabel: "not supported")
+        refused(capsys, *fit(study, study["dir"] / f"dt{code}.nii"), message=said)
     nib.save(nib.AnalyzeImage(data, AFFINE), study["dir"] / "alone.hdr")
     (study["dir"] / "alone.img").unlink()
     refused(

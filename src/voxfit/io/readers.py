@@ -400,7 +400,18 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
         return InputError(f"{path}: {fault} (nibabel: {type(exc).__name__}: {first}).")
     if (fault := _cifti_extension_fault(path)) is not None:
         return InputError(f"{path}: {fault}: the header is broken; write the file again from its source {said}.")
+    if (code := re.fullmatch(r"data code (\d+) not supported", first)) and int(code[1]) in _DATATYPES_UNREAD:
+        return InputError(f"{path}: {_DATATYPES_UNREAD[int(code[1])]} {said}.")
     return InputError(f"{path}: not a readable image ({type(exc).__name__}: {first}).")
+
+
+# NIfTI datatypes of the standard that nibabel reads none of: what to do instead (the message said "not supported")
+_DATATYPES_UNREAD = {
+    1: "its header's datatype is 1 (DT_BINARY, a bit per voxel), which nibabel does not read; save it as uint8 "
+    "(fslmaths in out -odt char, or nibabel with dtype uint8)",
+    2048: "its header's datatype is 2048 (DT_COMPLEX256), which nibabel does not read, and voxfit fits real numbers; "
+    "save one real value per voxel (its magnitude or real part) as float32",
+}
 
 
 def _cifti_extension_fault(path: Path) -> str | None:

@@ -679,3 +679,21 @@ def test_a_copy_of_a_run_given_as_another_run_is_refused(study, capsys):
     code, _, err = run(capsys, *args, "-o", study["out"])
     assert code == 2 and "runs 1 (" in err and "hold the same data (identical BLAKE3 digests)" in err, err
     assert not study["out"].exists()
+
+
+def test_a_file_whose_name_begins_with_a_dash_is_said_to_read_as_an_option(study, capsys, monkeypatch):
+    """`voxfit fit -run.nii ...`: argparse said that INPUT was missing (a tester's). Said as a file read as an option,
+    with the way to give it; a file named like one of voxfit's options (-o) does not stop the option's use."""
+    import shutil
+
+    monkeypatch.chdir(study["dir"])
+    shutil.copy(study["bold"], "-run.nii.gz")
+    (study["dir"] / "-o").write_text("")
+    args = ["--design", str(study["design"]), "--contrast", "c=A", "-o", str(study["out"])]
+    with pytest.raises(SystemExit) as e:  # (argparse's errors: exit 2)
+        main(["fit", "-run.nii.gz", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "-run.nii.gz is a file whose name begins with '-', which reads as an option" in err
+    assert err.count("\n") == 1 and "give it as ./-run.nii.gz" in err and not study["out"].exists()
+    code, _, err = run(capsys, "fit", "./-run.nii.gz", *args, "--quiet")
+    assert code == 0, err

@@ -275,7 +275,15 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         """argparse's, but arguments left over that are not options (inputs after an option that takes a value,
-        as in ``group a.nii -o out b.nii``) are named as inputs given apart from the others."""
+        as in ``group a.nii -o out b.nii``) are named as inputs given apart from the others; a file whose name
+        begins with '-' (read as an option: argparse said an input was missing, or the option unknown), as such."""
+        given = sys.argv[1:] if args is None else list(args)
+        options = self._option_strings()
+        for token in given[: given.index("--") if "--" in given else len(given)]:
+            if isinstance(token, str) and token[:1] == "-" and token not in options and os.path.lexists(token):
+                self.error(
+                    f"{token} is a file whose name begins with '-', which reads as an option: give it as ./{token}"
+                )
         known, extras = self.parse_known_args(args, namespace)
         if extras and not any(e.startswith("-") for e in extras) and getattr(known, "inputs", None):
             shown = " ".join(extras[:3]) + (f" and {len(extras) - 3} more" if len(extras) > 3 else "")
@@ -286,6 +294,14 @@ class _Parser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return known
+
+    def _option_strings(self) -> set[str]:
+        """Every option string of this parser and its commands' parsers."""
+        found = set(self._option_string_actions)
+        for action in self._actions:
+            for parser in (getattr(action, "choices", None) or {}).values() if action.nargs == "A..." else ():
+                found |= parser._option_strings()
+        return found
 
 
 def _get_parser() -> argparse.ArgumentParser:

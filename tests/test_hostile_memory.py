@@ -422,6 +422,18 @@ def test_a_design_over_the_cap_is_refused_before_it_is_built(tmp_path, command, 
     assert not (tmp_path / "o").exists() and not (tmp_path / "d.tsv").exists()
 
 
+def test_the_apis_first_level_design_is_checked_against_its_cap(tmp_path):
+    """FirstLevel's design was checked against the memory there is, not its `max_memory` (the command line's was
+    against its cap): refused before it is built, naming the cap."""
+    from voxfit import FirstLevel
+    from voxfit.exceptions import InputError
+
+    events = {"f": {"onset": [k * 40.0 for k in range(1000)], "duration": [10.0] * 1000}}
+    model = FirstLevel(tr=2, microtime_resolution=4096, max_memory="400M")
+    with pytest.raises(InputError, match=r"^the design \(30,000 scans x .* more than .*`max_memory` 400M"):
+        model.design(events, 30000)
+
+
 def _cifti_claiming(path: Path, scans: int, grayordinates: int, in_xml: bool) -> Path:
     """A float32 CIFTI file of `scans` rows (a .dtseries.nii, or a .dscalar.nii of one map) on 312 cortical
     vertices whose NIfTI-2 header claims `grayordinates` (dim[6]); `in_xml`: its XML's first brain model

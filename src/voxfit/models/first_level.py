@@ -76,6 +76,7 @@ class FirstLevel:
             convolution=self.convolution,
             units=self.units,
             modulators=self.modulators,
+            max_memory=self.max_memory if self.execution is None else self.execution.max_memory,
         )
 
     def fit(

@@ -21,7 +21,7 @@ from voxfit.exceptions import InputError
 from voxfit.io import CiftiGeometry, Masker, Reader, ScaledArray, SurfaceGeometry, VolumeGeometry, open_reader
 from voxfit.engine.streaming import fit_streaming
 from voxfit.io.masking import AutoMask, greater, spm_globals
-from voxfit.io.readers import open_map
+from voxfit.io.readers import GiftiReader, open_map
 
 from .helpers import assert_betas_close
 from .imaging import (
@@ -2150,7 +2150,11 @@ def test_a_gifti_whose_dimensions_disagree_with_its_data_says_so(tmp_path, encod
 
 def test_a_gifti_run_stored_scans_by_vertices_is_said_to_be_the_other_way_round(tmp_path, capsys):
     """One 2-D GIFTI array is vertices by scans (FreeSurfer's, fMRIPrep's); a run stored scans by vertices was
-    refused as "the design has 60 rows but the data have 642 scans", no more (a surface tester's)."""
+    refused as "the design has 60 rows but the data have 642 scans", no more (a surface tester's), and with
+    --events, whose design takes the data's length, fitted as 60 vertices of 642 scans, exit 0 (another's). Refused
+    where its columns are a standard surface's vertices (642: fsaverage3), said where they are not."""
+    import warnings
+
     from voxfit.cli import main
 
     rows = np.random.default_rng(0).standard_normal((60, 642)).astype(np.float32)
@@ -2158,10 +2162,19 @@ def test_a_gifti_run_stored_scans_by_vertices_is_said_to_be_the_other_way_round(
     nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(rows)]), str(run))
     design = tmp_path / "design.tsv"
     design.write_text("A\tconstant\n" + "".join(f"{np.sin(i / 3):.3f}\t1\n" for i in range(60)))
-    assert main(["fit", str(run), "--design", str(design), "--contrast", "a=A", "-o", str(tmp_path / "o")]) == 2
-    assert "is the run stored the other way round? a GIFTI run's one 2-D array is vertices by scans" in (
-        capsys.readouterr().err
-    )
+    (tmp_path / "events.tsv").write_text("onset\tduration\ttrial_type\n0\t10\tA\n60\t10\tA\n")
+    for given in (["--design", str(design)], ["--events", str(tmp_path / "events.tsv"), "--tr", "2"]):
+        assert main(["fit", str(run), *given, "--contrast", "a=A", "-o", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "its one data array is 60 x 642, read as GIFTI orders it (60 vertices x 642 scans), and 642 are" in err
+        assert "it is scans x vertices; write it vertices x scans" in err and not (tmp_path / "o").exists()
+    nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(rows[:, :600])]), str(run))
+    with pytest.warns(UserWarning, match="60 x 600, .*: fewer vertices than scans; if it is scans x vertices"):
+        GiftiReader([run])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(rows.T)]), str(run))
+        assert GiftiReader([run]).n_scans == 60
 
 
 def test_maps_keep_the_inputs_qform_beside_its_sform(tmp_path):

@@ -1528,6 +1528,7 @@ class GiftiReader(_RowsReader):
                 )
             structures.append((_gifti_structure(img, p.name if isinstance(p, Path) else ""), p))
             if len(img.darrays) == 1 and img.darrays[0].data.ndim == 2:
+                _check_gifti_orientation(np.shape(img.darrays[0].data), p)
                 arrays.append(np.asarray(img.darrays[0].data).T)  # GIFTI's first dimension is the vertices
             else:
                 sizes = sorted({np.asarray(d.data).size for d in img.darrays})
@@ -1564,6 +1565,27 @@ class GiftiReader(_RowsReader):
         self.n_scans = int(self._data.shape[0])
         self.dtype = self._data.dtype
         self.scale = None
+
+
+# the vertex counts of the surfaces runs come on: icosahedral (FreeSurfer's fsaverage3 .. fsaverage, ico3 .. ico7)
+# and HCP's fsLR 32k and 164k meshes
+_STANDARD_VERTICES = frozenset({10 * 4**k + 2 for k in range(3, 8)} | {32492, 163842})
+
+
+def _check_gifti_orientation(shape: tuple[int, int], p) -> None:
+    """A run's one 2-D data array is vertices x scans, as GIFTI orders it; one of fewer rows than columns is likely
+    scans x vertices, and was fitted as such, silently (a tester's 80 scans of fsaverage4 as 2,562 scans of 80
+    vertices): refused where its columns are the vertices of a standard surface, said otherwise."""
+    rows, columns = shape
+    if rows >= columns:
+        return
+    said = f"{p}: its one data array is {rows} x {columns}, read as GIFTI orders it ({rows} vertices x {columns} scans)"
+    if columns in _STANDARD_VERTICES:
+        raise InputError(
+            f"{said}, and {columns:,} are the vertices of a standard surface: it is scans x vertices; write it "
+            "vertices x scans (nibabel: GiftiDataArray(data.T)), or one array per scan."
+        )
+    warnings.warn(f"{said}: fewer vertices than scans; if it is scans x vertices, write it transposed.", stacklevel=4)
 
 
 def _check_same_vertices(counts: list[int], names: list) -> None:

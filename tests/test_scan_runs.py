@@ -432,3 +432,14 @@ def test_scans_in_order_or_of_several_folders_are_not_refused(paths, said):
         warn_out_of_order(paths)
     messages = [str(w.message) for w in caught]
     assert (said is None and not messages) or (len(messages) == 1 and said in messages[0]), messages
+
+
+def test_names_sort_by_their_numbers_values_and_then_their_text():
+    """The order of scans' names and of a BIDS model's pattern's columns: numbers by value (2 before 10), names of
+    equal numbers by their text (00 and 0: a fixed order, where pybids' came shuffled), a digit the split does not
+    take as a number (²) as text (it raised ValueError: a reviewer's)."""
+    from voxfit.io.scans import natural_key
+
+    names = ["motion_outlier10", "x1²", "motion_outlier2", "motion_outlier00", "x1a", "motion_outlier0"]
+    expected = ["motion_outlier0", "motion_outlier00", "motion_outlier2", "motion_outlier10", "x1a", "x1²"]
+    assert sorted(names, key=natural_key) == expected == sorted(names[::-1], key=natural_key)

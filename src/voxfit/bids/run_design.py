@@ -56,6 +56,7 @@ from .._checks import check_scalar, repeated
 from ..design import Design, make_design
 from ..design.events import cosine_drift, parse_high_pass
 from ..exceptions import DesignWarning, InputError
+from ..io.scans import natural_key
 from .layout import value_text
 from .spec import HRF_MODELS, hrf_settings, weight_value
 
@@ -679,7 +680,8 @@ def _expand_x(
         if entry == 1 and not isinstance(entry, bool):
             found = [1]
         elif entry not in named and re.search(r"[*?\[]", entry):  # (pybids' Split names hold [])
-            pattern, found = True, sorted((n for n in pool if fnmatch.fnmatchcase(n, entry)), key=_natural_order)
+            # (in their names' order, numbers by value: pybids' collection gave rot_* shuffled, a tester's)
+            pattern, found = True, sorted((n for n in pool if fnmatch.fnmatchcase(n, entry)), key=natural_key)
         else:
             found = [entry] if entry in named else []
         if not found and entry in absent:
@@ -693,13 +695,6 @@ def _expand_x(
             )
         out += [f for f in found if f not in out]
     return out, tuple(left_out), tuple(unmatched)
-
-
-def _natural_order(name: str) -> list:
-    """A name's sort key with its numbers as numbers (motion_outlier2 before motion_outlier10): the columns a
-    pattern of Model.X takes, in an order of their names (pybids' collection holds them in none, and rot_* came
-    out shuffled from run to run: a tester's)."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _take_convolutions(instructions: list[dict], variables, problem: _Problem) -> dict:

@@ -46,8 +46,11 @@ def file_identity(path) -> tuple | str:
 
 
 def natural_key(path: Path) -> list:
-    """Sort key that orders the numbers in a name by value: ``scan_2`` before ``scan_10``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+    """Sort key that orders the numbers in a name by value: ``scan_2`` before ``scan_10``; names of equal numbers
+    (``x00``, ``x0``) by their text. (The split's odd parts are its numbers: a digit it does not split at, as ``²``,
+    stays text.)"""
+    parts = re.split(r"(\d+)", str(path))
+    return [int(part) if k % 2 else part for k, part in enumerate(parts)] + [str(path)]
 
 
 def _order_key(path) -> list:

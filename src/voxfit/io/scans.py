@@ -45,12 +45,12 @@ def file_identity(path) -> tuple | str:
         return os.path.realpath(path)
 
 
-def natural_key(path: Path) -> list:
+def natural_key(path: Path) -> tuple[list, str]:
     """Sort key that orders the numbers in a name by value: ``scan_2`` before ``scan_10``; names of equal numbers
     (``x00``, ``x0``) by their text. (The split's odd parts are its numbers: a digit it does not split at, as ``²``,
     stays text.)"""
     parts = re.split(r"(\d+)", str(path))
-    return [int(part) if k % 2 else part for k, part in enumerate(parts)] + [str(path)]
+    return [int(part) if k % 2 else part for k, part in enumerate(parts)], str(path)
 
 
 def _order_key(path) -> list:

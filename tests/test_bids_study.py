@@ -1222,3 +1222,20 @@ def test_a_study_that_fits_nothing_leaves_an_earlier_studys_description(tmp_path
     failed = run(study.root, out, model=broken, **kw)
     assert not failed.ok and not any(failed.nodes.values())
     assert {p.name: p.read_bytes() for p in out.glob("*.json")} == before
+
+
+def test_a_dataset_node_fed_by_one_subjects_runs_is_fitted(tmp_path):
+    """A Dataset node whose rows are one subject's runs (Run -> Dataset) has dof: it was refused as a group of one
+    subject, with the refusal meant for a Dataset node fed one map per subject (a reviewer's)."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, _ = _study(tmp_path, subjects=1, runs=3, scans=30, shape=(6, 6, 4), conditions=("A",))
+    model = default_model("stroop", ["A"])
+    model["Nodes"] = [model["Nodes"][0], model["Nodes"][-1]]
+    model["Edges"] = [{"Source": model["Nodes"][0]["Name"], "Destination": model["Nodes"][1]["Name"]}]
+    kw = {"derivatives": [study.derivatives], "group_model": "ols", "progress": False}
+    result = run(study.root, tmp_path / "out", model=model, **kw)
+    assert result.ok, result.failures
+    (record,) = (tmp_path / "out" / "node-dataset").glob("*_model.json")
+    assert json.loads(record.read_text())["design"]["n_rows"] == 3

@@ -1466,11 +1466,28 @@ _SUBJECT_SPACES = ("T1w", "T2w", "fsnative")  # fMRIPrep's spaces of a subject's
 
 
 def _check_dataset_subjects(level: str, runs, model: dict) -> None:
-    """Refuse, before anything is fitted, a study to the dataset level of fewer than two subjects with runs to fit,
-    where a Dataset node fits a GLM (of Model.Type glm: it has no dof; each group failed so once every run and
-    subject was fitted, a tester's). A meta node passes one subject's maps on."""
+    """Refuse, before anything is fitted, a study to the dataset level of one subject with runs to fit, where a
+    Dataset node fits a GLM (of Model.Type glm) on one map per subject, from Subject nodes grouped by subject alone
+    (and contrast): it has no dof (each group failed so once every run and subject was fitted, a tester's). A meta
+    node passes one subject's maps on; a node fed by runs or sessions (Run -> Dataset) has a row of each (a
+    reviewer's: refused, where it was fitted)."""
     subjects = sorted({str(r.entity.get("subject")) for r in runs if not r.problems})
-    glm = [n for n in model.get("Nodes", ()) if str(n.get("Level", "")).lower() == "dataset"]
+    nodes = model.get("Nodes", ())
+    by_name = {n.get("Name"): n for n in nodes}
+    edges = model.get("Edges") or [
+        {"Source": a.get("Name"), "Destination": b.get("Name")} for a, b in zip(nodes, nodes[1:])
+    ]
+
+    def one_per_subject(node: dict) -> bool:
+        sources = [by_name.get(e.get("Source")) for e in edges if e.get("Destination") == node.get("Name")]
+        return bool(sources) and all(
+            s is not None
+            and str(s.get("Level", "")).lower() == "subject"
+            and set(s.get("GroupBy") or ()) <= {"subject", "contrast"}
+            for s in sources
+        )
+
+    glm = [n for n in nodes if str(n.get("Level", "")).lower() == "dataset" and one_per_subject(n)]
     glm = [n for n in glm if (n.get("Model") or {}).get("Type", "glm") != "meta"]
     if level == "dataset" and glm and len(subjects) == 1:
         raise InputError(

@@ -1337,6 +1337,7 @@ def test_a_misnamed_participants_column_is_refused_before_anything_is_fitted(tmp
     with Transformations too (a Demean of "Age", the usual way a covariate is entered, was left to pybids: a
     tester's), where the names its instructions make (a Factor's "group.patient") are not refused."""
     from voxfit.bids.spec import default_model
+    from voxfit.bids.study import _check_misnamed_columns
 
     study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
     model = default_model("stroop", ["A"])
@@ -1344,9 +1345,13 @@ def test_a_misnamed_participants_column_is_refused_before_anything_is_fitted(tmp
         model["Nodes"][2]["GroupBy"] = ["contrast", term]
     elif term == "Demean Age":
         term = "Age"
-        instructions = [{"Name": "Factor", "Input": "group"}, {"Name": "Demean", "Input": [term]}]
+        instructions = [{"Name": "Factor", "Input": "group", "Sep": "_"}, {"Name": "Demean", "Input": [term]}]
         model["Nodes"][2]["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": instructions}
-        model["Nodes"][2]["Model"]["X"] = [1, term, "group.patient"]
+        model["Nodes"][2]["Model"]["X"] = [1, term, "group_patient"]
+        fine = json.loads(json.dumps(model))  # (the names a Factor of Sep "_" makes: not refused, a reviewer's)
+        fine["Nodes"][2]["Transformations"]["Instructions"] = [{"Name": "Factor", "Input": "sex", "Sep": "_"}]
+        fine["Nodes"][2]["Model"]["X"] = [1, "age", "sex_M"]
+        _check_misnamed_columns(fine, ["age", "sex"])
     else:
         model["Nodes"][2]["Model"]["X"] = [1, term]
     path = tmp_path / "model_smdl.json"

@@ -1757,7 +1757,8 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
     a column ("agee", "Age" for age): refused before anything is fitted. pybids failed on it only once every run
     was fitted. In a node with Transformations, each instruction's Input is checked against the names before it
     (the tables', and the instructions' Outputs), and Model.X against those and every Output, leaving out names
-    that Factor or Split make from a column's values ("group.patient"); names with wildcards are left to pybids."""
+    that Factor or Split make from a column's values ("group.patient", or "sex_M" of a Sep "_": names that begin
+    with the column's); names with wildcards are left to pybids."""
     nodes = model.get("Nodes") or ()
 
     def names(node: dict) -> set[str]:
@@ -1783,7 +1784,7 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
             terms += [(what, x, set(known)) for x in _listed_names(instruction.get("Input"))]
             known |= set(_listed_names(instruction.get("Output")))
             if instruction.get("Name") in ("Factor", "Split"):  # (names of the column's values: "group.patient")
-                made += tuple(f"{x}." for x in _listed_names(instruction.get("Input")))
+                made += tuple(_listed_names(instruction.get("Input")))  # (any Sep: "sex_M" of Sep "_")
         terms += [("Model.X", x, known) for x in _listed_names((node.get("Model") or {}).get("X"))]
         terms += [("GroupBy", k, known) for k in _listed_names(node.get("GroupBy"))]
         for where, term, before in terms:

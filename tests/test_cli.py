@@ -703,3 +703,11 @@ def test_a_file_whose_name_begins_with_a_dash_is_said_to_read_as_an_option(study
     assert err.count("\n") == 1 and "give it as ./-run.nii.gz" in err and not study["out"].exists()
     code, _, err = run(capsys, "fit", "./-run.nii.gz", *args, "--quiet")
     assert code == 0, err
+    # (values argparse reads as values, not options, though a file of that name is here: a reviewer's false refusal)
+    shutil.copy(study["design"], "-my design.tsv")
+    (study["dir"] / "-4").write_text("")
+    spaced = ["./-run.nii.gz", "--design", "-my design.tsv", "--contrast", "c=A", "-o", study["dir"] / "o2"]
+    code, _, err = run(capsys, "fit", *spaced, "--n-jobs", "-4")
+    assert code == 2 and "begins with '-'" not in err and "--n-jobs must be" in err, err
+    code, _, err = run(capsys, "fit", *spaced, "--quiet")
+    assert code == 0, err

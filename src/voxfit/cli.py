@@ -280,7 +280,12 @@ class _Parser(argparse.ArgumentParser):
         given = sys.argv[1:] if args is None else list(args)
         options = self._option_strings()
         for token in given[: given.index("--") if "--" in given else len(given)]:
-            if isinstance(token, str) and token[:1] == "-" and token not in options and os.path.lexists(token):
+            if (  # (as argparse reads it: a negative number, or a text with a space, is a value)
+                isinstance(token, str)
+                and token not in options
+                and self._parse_optional(token) is not None
+                and os.path.lexists(token)
+            ):
                 self.error(
                     f"{token} is a file whose name begins with '-', which reads as an option: give it as ./{token}"
                 )

@@ -538,4 +538,7 @@ def test_a_folder_that_does_not_exist_is_said_so_with_the_one_meant(tmp_path, ca
     root = ["bids", str(tmp_path / "dss"), str(out), "run", "--derivatives", str(study.derivatives)]
     assert main(root) == 2
     assert f"BIDS dataset {tmp_path / 'dss'} does not exist; did you mean {study.root}?" in capsys.readouterr().err
+    root[1] = str(study.root / "participants.tsv")  # (a file: said so, not as a folder that does not exist)
+    assert main(root) == 2
+    assert f"BIDS dataset {study.root / 'participants.tsv'} is a file; give its folder." in capsys.readouterr().err
     assert not out.exists()

@@ -166,7 +166,11 @@ def test_messages_of_a_latin1_table_a_file_as_output_and_an_unknown_unit_say_wha
     assert code == 2 and "(units K, M, G, T)" in err, err
     # a header's unclosed quote ("a header but no rows") and a NUL in a name (taken into the design): said so
     rows = "".join(f"{k % 2}\t{k % 3}\t1\n" for k in range(12))
-    for header, said in (('"A\tB\tconstant\n', "opens a cell that no quote closes"), ("A\0\tB\tconstant\n", "'\\x00'")):
+    for header, said in (
+        ('"A\tB\tconstant\n', "opens a cell that no quote closes"),
+        ('"A\nx"\tB\tconstant\n', "holds a line break, inside quotes"),  # (closed: not said as unclosed)
+        ("A\0\tB\tconstant\n", "'\\x00'"),
+    ):
         (d / "odd.tsv").write_text(header + rows)
         code, _, err = run(capsys, "fit", study["bold"], "--design", d / "odd.tsv", "--contrast", "c=B", "-o", d / "o")
         assert code == 2 and said in err and err.count("\n") == 1, err

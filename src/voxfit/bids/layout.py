@@ -553,6 +553,8 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
     bids = _bids()
     bids_dir = Path(bids_dir)
     for folder, what in ((bids_dir, "BIDS dataset"), *((Path(d), "derivatives folder") for d in derivatives)):
+        if folder.is_file():
+            raise InputError(f"{what} {folder} is a file; give its folder.")
         if not folder.is_dir():  # (said as a folder without a description: a typo in its name was not said)
             near = difflib.get_close_matches(folder.name, [p.name for p in _folders_in(folder.parent)], 1, 0.75)
             raise InputError(

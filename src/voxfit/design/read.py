@@ -62,7 +62,7 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
         raise InputError(f"design {path} is empty; it needs a header line of column names and one row per scan.")
     names = [h.strip() for h in rows[0]]
     _check_header(path, names, sep, sep.join(rows[1]) if len(rows) > 1 else "")
-    _check_characters(path, names, sep)
+    _check_characters(path, names, sep, more_rows=len(rows) > 1)
     if "" in names:
         at = names.index("") + 1
         where = " (a separator at the end of the line?)" if not any(names[at - 1 :]) else ""
@@ -90,15 +90,20 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
 _SEPARATORS = {"\t": "tabs", ",": "commas", ";": "semicolons", " ": "spaces"}
 
 
-def _check_characters(path: Path, names: list[str], sep: str) -> None:
+def _check_characters(path: Path, names: list[str], sep: str, more_rows: bool) -> None:
     """Refuse a header whose quote no quote closes (csv read the rest of the file into that cell: "a header but
-    no rows") and column names holding control characters (a NUL was taken into the name, which no contrast can
-    write)."""
+    no rows", where `more_rows` is False), a line break in a name within quotes, and column names holding control
+    characters (a NUL was taken into the name, which no contrast can write)."""
     for j, name in enumerate(names, 1):
-        if "\n" in name or "\r" in name:
+        if ("\n" in name or "\r" in name) and not more_rows:
             raise InputError(
                 f'design {path}: a quote (") in column {j} of the header line opens a cell that no quote closes, and '
                 "the rest of the file was read into it; remove the quote, or close it."
+            )
+        if "\n" in name or "\r" in name:
+            raise InputError(
+                f"design {path}: the name of column {j} ({name[:40]!r}) holds a line break, inside quotes; name the "
+                "column on one line."
             )
         if bad := next((c for c in name if ord(c) < 32 or ord(c) == 127), None):
             raise InputError(

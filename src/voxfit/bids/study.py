@@ -289,7 +289,7 @@ class _RunDone:
     files: tuple[Path, ...] = ()
     outputs: dict = field(default_factory=dict)
     error: str | None = None
-    warned: tuple = ()  # (a worker process's warnings, (category, message) each: said by the study's process)
+    warned: tuple = ()  # (a worker process's warnings, (category, message, file, line): the study says them)
 
 
 def run(
@@ -2093,8 +2093,14 @@ def _worker_start(threads: int) -> None:
 def _worker_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A worker's warning, kept for the run's :class:`_RunDone` (:func:`_fit_job`): the study's process says it as
     its own, so that the command line's --quiet, its words and its one line per message hold for it (printed here,
-    it was Python's two-line form, under --quiet too)."""
-    _WARNED.append((category, str(message)))
+    it was Python's two-line form, under --quiet too). A category the pickle cannot carry is sent as UserWarning."""
+    import pickle
+
+    try:
+        pickle.dumps(category)
+    except Exception:  # (a class of a function's own, say: the run's result would not reach the study)
+        category = UserWarning
+    _WARNED.append((category, str(message), str(filename), int(lineno)))
 
 
 _WARNED: list = []  # (a worker process's warnings since its last run ended)
@@ -2120,6 +2126,7 @@ def _fit_job(job: _RunJob, dataset=None, writer=None):
     :func:`_fit_run`."""
     global _BUSY
     _BUSY = True
+    _WARNED.clear()  # (a run before that failed otherwise than on bad input: its warnings went with it)
     try:
         with whole_files_capped(job.execution.max_memory):  # (a worker's share: GIFTI runs are decoded whole)
             done = _fit_run(job, dataset, writer)
@@ -2348,8 +2355,11 @@ def _in_processes(jobs, workers: int, collect) -> None:
             finished, remaining = wait(remaining, timeout=0.2, return_when=FIRST_COMPLETED)
             for future in finished:
                 done = future.result()
-                for category, message in done.warned:  # (as the study's own: see _worker_warning)
-                    warnings.warn(message, category, stacklevel=2)
+                for category, message, filename, lineno in done.warned:  # (as the study's own: _worker_warning)
+                    try:
+                        warnings.warn_explicit(message, category, filename, lineno)
+                    except Exception:  # (a category that cannot be made of its message alone)
+                        warnings.warn_explicit(message, UserWarning, filename, lineno)
                 collect(done)
     except BaseException:
         remaining = finished = future = None  # (the pool's queues are released with the pool, below)

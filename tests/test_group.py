@@ -399,6 +399,7 @@ def test_group_errors(tmp_path, rng, capsys, extra, message):
         ({"tfce": True}, "TFCE needs permutations for its p-values; give `permutations`"),
         ({"connectivity": 18}, "`connectivity` 18 chooses the neighbours of clusters and TFCE"),
         ({"seed": 3}, "`seed` chooses the permutations' shuffles; add `permutations`"),
+        ({"tfce_E": 0.6}, "`tfce_E` and `tfce_H` are TFCE's exponents; add `tfce`"),
     ],
 )
 def test_api_options_are_refused_in_the_apis_words(tmp_path, rng, options, message):

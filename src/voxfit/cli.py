@@ -1909,7 +1909,7 @@ def _as_options(message: str, flags: set[str]) -> str:
         flag = "--" + match.group(1).replace("_", "-")
         return flag if flag in flags else match.group(0)
 
-    said = re.sub(r"`([a-z][a-z0-9_]*)`", option, message)
+    said = re.sub(r"`([a-z][a-zA-Z0-9_]*)`", option, message)  # (tfce_E: --tfce-E)
     return re.sub(r"(--[a-z0-9-]+)(?: \(\1\)|, \1|\s*/\s*\1)(?![\w-])", r"\1", said)  # ("--mask, `mask`": once)
 
 

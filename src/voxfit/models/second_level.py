@@ -286,7 +286,7 @@ class SecondLevel:
             )
         # options that only shape what was not asked for are said, not passed over
         if not self.tfce and (self.tfce_E is not None or self.tfce_H is not None):
-            raise InputError("--tfce-E and --tfce-H are TFCE's exponents; add --tfce, or drop them.")
+            raise InputError("`tfce_E` and `tfce_H` are TFCE's exponents; add `tfce`, or drop them.")
         if self.connectivity is not None and not (self.tfce or self.cluster_threshold is not None):
             raise InputError(
                 f"`connectivity` {self.connectivity} chooses the neighbours of clusters and TFCE, and neither is asked "

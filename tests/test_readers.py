@@ -1825,6 +1825,14 @@ def test_a_mesh_whose_triangles_point_past_its_vertices_is_named(tmp_path, capsy
     err = capsys.readouterr().err
     said = f"mesh {mesh}: its triangles index vertices 0 to 100,000, beyond the data's 40 vertices (0 to 39)"
     assert err.count("\n") == 1 and said in err and "give the mesh of the same surface as the data" in err, err
+    # a vertex of NaN coordinates: FILM's neighbourhood went NaN, its t changed at every vertex (a tester's)
+    coords[7] = np.nan
+    arrays[0] = nib.gifti.GiftiDataArray(coords, intent="NIFTI_INTENT_POINTSET")
+    arrays[1] = nib.gifti.GiftiDataArray(faces[:2], intent="NIFTI_INTENT_TRIANGLE")
+    nib.save(nib.gifti.GiftiImage(darrays=arrays), str(mesh))
+    assert main([*group, "--quiet"]) == 2
+    said = f"mesh {mesh}: its vertex 7 has no finite coordinates; the mesh is broken"
+    assert said in capsys.readouterr().err
 
 
 def test_maps_fitted_from_a_run_named_by_its_hemisphere_carry_it(tmp_path, capsys):

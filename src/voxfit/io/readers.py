@@ -2512,7 +2512,15 @@ def read_mesh(path, n_vertices: int, structure: str | None = None) -> tuple[NDAr
             f"{n_vertices:,} vertices (0 to {n_vertices - 1:,}): the mesh is broken or of another surface; give the "
             "mesh of the same surface as the data."
         )
-    return np.asarray(coords, dtype=np.float64), faces
+    coords = np.asarray(coords, dtype=np.float64)
+    if not np.isfinite(coords).all():  # (FILM's neighbourhood went NaN, its t changed at every vertex: a tester's)
+        bad = np.flatnonzero(~np.isfinite(coords).all(axis=1))
+        which = f"vertex {bad[0]:,} has" if bad.size == 1 else f"vertices {bad[0]:,} and {bad.size - 1:,} more have"
+        raise InputError(
+            f"mesh {path}: its {which} no finite coordinates; the mesh is broken: write it again from its source (a "
+            "surface of the data's, as midthickness)."
+        )
+    return coords, faces
 
 
 def open_reader(paths, name: str = "inputs"):

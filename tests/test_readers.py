@@ -1617,8 +1617,15 @@ def test_cifti_files_with_the_same_xml_share_their_brain_models_arrays(tmp_path,
     assert _stored_cifti(tmp_path / "1.dscalar.nii").brain_models == left + voxels
     reader = open_reader([str(tmp_path / "0.dscalar.nii"), str(tmp_path / "1.dscalar.nii")])
     assert reader.n_scans == 2 and reader.geometry.brain_models == left + voxels
-    with pytest.raises(InputError, match="different CIFTI brain models"):
+    with pytest.raises(InputError, match="different CIFTI brain models from the first input .structures CIFTI_"):
         open_reader([str(tmp_path / "0.dscalar.nii"), str(tmp_path / "2.dscalar.nii")])
+    # (another medial wall: said with the structure and its counts, where it named neither: a surface tester's)
+    walled = nib.cifti2.BrainModelAxis.from_surface(np.arange(1, 40, 3), 40, name="CortexLeft") + voxels
+    nib.save(nib.Cifti2Image(np.ones((1, len(walled)), np.float32), header=(nib.cifti2.ScalarAxis(["e"]), walled)),
+             tmp_path / "walled.dscalar.nii")  # fmt: skip
+    said = r"\(CIFTI_STRUCTURE_CORTEX_LEFT: 13 vertices, the first input's 14\): every input must be on the same"
+    with pytest.raises(InputError, match=said):
+        open_reader([str(tmp_path / "0.dscalar.nii"), str(tmp_path / "walled.dscalar.nii")])
     raw = (tmp_path / "0.dscalar.nii").read_bytes()
     header = nib.Nifti2Header(raw[:540])
     header.set_data_shape((1, 1, 1, 1, 1, len(left + voxels) - 1))  # (the same XML, one grayordinate fewer)

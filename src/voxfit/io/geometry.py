@@ -209,6 +209,24 @@ def same_brain_models(a: nib.cifti2.BrainModelAxis, b: nib.cifti2.BrainModelAxis
     return same or a == b
 
 
+def brain_models_difference(a: nib.cifti2.BrainModelAxis, b: nib.cifti2.BrainModelAxis) -> str:
+    """Where brain models `b` differ from `a`, in words: the first structure whose elements differ, with each one's
+    count ("CIFTI_STRUCTURE_CORTEX_LEFT: 2,557 vertices, the first input's 2,562"), or the structures themselves."""
+    ours = {str(name): models for name, _, models in a.iter_structures()}
+    theirs = {str(name): models for name, _, models in b.iter_structures()}
+    if list(ours) != list(theirs):
+        return f"structures {', '.join(theirs)}, the first input's {', '.join(ours)}"
+    for name, models in ours.items():
+        other = theirs[name]
+        same = len(models) == len(other) and all(
+            np.array_equal(getattr(models, k), getattr(other, k)) for k in ("vertex", "voxel")
+        )
+        if not same:
+            kind = "vertices" if name in a.nvertices else "voxels"
+            return f"{name}: {len(other):,} {kind}, the first input's {len(models):,}"
+    return "its volume's grid or its surfaces' vertex counts"
+
+
 def _same_array(x, y) -> bool:
     return x is y or np.array_equal(x, y)
 

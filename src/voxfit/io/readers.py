@@ -66,6 +66,7 @@ from .geometry import (
     VolumeGeometry,
     brain_models_fault,
     most_common_geometry,
+    brain_models_difference,
     same_brain_models,
 )
 from .memory import MemoryInput, check_data, is_image, memory_input
@@ -1885,7 +1886,11 @@ class CiftiReader:
             if not isinstance(axis, nib.cifti2.BrainModelAxis):
                 raise InputError(_not_dense(p, img))
             if models is not None and not same_brain_models(axis, models):
-                raise InputError(f"{p} has different CIFTI brain models from the first input.")
+                differ = brain_models_difference(models, axis)
+                raise InputError(
+                    f"{p} has different CIFTI brain models from the first input ({differ}): every input must be on "
+                    "the same grayordinates; resample them to one template's (as fsLR 32k's 91,282)."
+                )
             if models is None and (fault := brain_models_fault(axis)):  # (the others are the same as the first)
                 raise InputError(f"{p}: its CIFTI brain models are broken: {fault}; write it again from its source.")
             models = axis

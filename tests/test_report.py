@@ -322,7 +322,8 @@ def test_nothing_to_show(volume_run, tmp_path):
     [
         (["--p-threshold", "1.5"], "between 0 and 1"),
         (["--background", "missing.nii.gz"], "background image"),
-        (["--mesh", "missing.surf.gii"], None),  # a volume report ignores a mesh
+        # (a volume report passed a mesh over, as the CIFTI one did: refused, as voxfit fit and group refuse it)
+        (["--mesh", "missing.surf.gii"], "--mesh draws GIFTI surface maps, and these maps are volumes; leave it out"),
     ],
 )
 def test_bad_report_options(volume_run, capsys, extra, message):
@@ -660,6 +661,14 @@ def test_cifti_report(tmp_path):
     drawn = _check_page(out / "report.html", "orthogonal slices", "axial mosaic")
     assert "voxels are drawn in RAS orientation over t1.nii.gz, resampled to their grid" in drawn
     assert drawn != page and "Clusters of the voxels" in drawn
+    # a --mesh, of any size, was passed over for CIFTI maps (a surface tester's): refused, the page as it was
+    from voxfit.exceptions import InputError
+    from voxfit.report import write_report
+
+    mesh = write_icosahedron(tmp_path / "lh.surf.gii")
+    with pytest.raises(InputError, match="`mesh` draws GIFTI surface maps, and these maps are CIFTI grayordinates"):
+        write_report(out, mesh=mesh, force=True)
+    assert (out / "report.html").read_text() == drawn
 
 
 def test_background_under_surface_maps_is_refused(tmp_path, capsys):

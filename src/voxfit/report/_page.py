@@ -792,7 +792,12 @@ def _drawer(res: Results, background, mesh, mesh_option: bool = True):
     """How the contrasts' maps are drawn for the geometry of `res` (``draw(threshold) -> html``), and the
     notes that say so."""
     geometry = res.geometry
-    given = isinstance(geometry, SurfaceGeometry) and mesh is not None  # (a volume's page draws no mesh)
+    if mesh is not None and not isinstance(geometry, SurfaceGeometry):  # (passed over, a wrong one too: a tester's)
+        kind = {"VolumeGeometry": "volumes", "CiftiGeometry": "CIFTI grayordinates"}.get(type(geometry).__name__)
+        raise InputError(
+            f"`mesh` draws GIFTI surface maps, and these maps are {kind or 'not on a surface'}; leave it out."
+        )
+    given = isinstance(geometry, SurfaceGeometry) and mesh is not None
     if given and not Path(mesh).is_file():  # (the page said no mesh was given, exit 0)
         raise InputError(f"--mesh {mesh}: no such file; give the GIFTI surface (.surf.gii) the maps lie on.")
     mesh = mesh if mesh is not None else res.model.get("settings", {}).get("mesh")

@@ -798,8 +798,6 @@ NATIVE = "run"
 def _check_task(layout, task: str) -> None:
     """Refuse a --task that no preprocessed run has, naming the tasks that do (a typo was blamed on --space, whose
     spaces were none of that task's)."""
-    import difflib
-
     tasks = sorted(map(str, layout.get(return_type="id", target="task", suffix="bold", scope="derivatives")))
     if task in tasks or not tasks:
         return

@@ -64,9 +64,9 @@ from .geometry import (
     Geometry,
     SurfaceGeometry,
     VolumeGeometry,
+    brain_models_difference,
     brain_models_fault,
     most_common_geometry,
-    brain_models_difference,
     same_brain_models,
 )
 from .memory import MemoryInput, check_data, is_image, memory_input

@@ -2224,3 +2224,20 @@ def test_a_small_gifti_under_a_cap_below_the_interpreters_is_told_the_cap_to_giv
         pytest.raises(InputError, match=r"The file is small: give --max-memory 257M \(256M"),
     ):
         _check_gifti_sizes(path)
+
+
+def test_a_boolean_npy_mask_is_a_mask(tmp_path, capsys):
+    """A mask saved from numpy is boolean: it was refused as "data must be numeric; got bool", hiding what else was
+    wrong with it (a surface tester's). Read as 0 and 1."""
+    from voxfit.cli import main
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "data.npy", rng.standard_normal((12, 30)).astype(np.float32))
+    keep = np.arange(30) % 3 > 0
+    np.save(tmp_path / "mask.npy", keep[None])
+    design = tmp_path / "design.tsv"
+    design.write_text("A\tconstant\n" + "".join(f"{k % 2}\t1\n" for k in range(12)))
+    argv = ["fit", str(tmp_path / "data.npy"), "--design", str(design), "--contrast", "a=A", "--quiet"]
+    assert main([*argv, "--mask", str(tmp_path / "mask.npy"), "-o", str(tmp_path / "o")]) == 0, capsys.readouterr()
+    t = np.load(tmp_path / "o" / "contrast-a_stat-t_statmap.npy")
+    assert np.isfinite(t).ravel().tolist() == keep.tolist()

@@ -2151,6 +2151,8 @@ class NpyReader(_RowsReader):
             raise InputError(
                 f"{self.paths[0]}: give one 2-D array (scans, columns) or several 1-D arrays of one length."
             )
+        if self._data.dtype.kind == "b":  # (a mask saved from numpy: 0 and 1, so that its checks say the rest)
+            self._data = self._data.view(np.uint8)
         if self._data.dtype.kind not in "iuf":
             raise InputError(f"{self.paths[0]}: data must be numeric; got {self._data.dtype}.")
         self.geometry = ArrayGeometry(int(self._data.shape[1]))

@@ -1343,6 +1343,14 @@ def test_written_statistics_say_their_distribution_and_dof_in_their_headers(tmp_
     assert len(set(descrip.values())) == 4 and descrip["p_desc-rftfwe"] == b"voxfit: a p rftfwe", descrip
     assert main([*argv, "-o", str(tmp_path / "ar"), "--noise", "ar1", "--quiet"]) == 0
     assert nib.load(tmp_path / "ar" / "contrast-a_stat-t_statmap.nii.gz").header.get_intent()[0] == "none"
+    # GIFTI maps too (their intent was none: a surface tester's), the dof in the array's metadata
+    write_gifti(tmp_path / "lh.func.gii", data.reshape(-1, n)[:40].T.copy())
+    argv[1] = str(tmp_path / "lh.func.gii")
+    assert main([*argv, "-o", str(tmp_path / "gii"), "--quiet"]) == 0
+    (array,) = nib.load(tmp_path / "gii" / "contrast-a_stat-t_statmap.func.gii").darrays
+    assert array.intent == 3 and array.meta["DegreesOfFreedom"] == f"{n - 3}"  # (NIFTI_INTENT_TTEST)
+    (array,) = nib.load(tmp_path / "gii" / "contrast-f_stat-F_statmap.func.gii").darrays
+    assert array.intent == 4 and array.meta["DegreesOfFreedom"] == f"2 {n - 3}"  # (NIFTI_INTENT_FTEST)
 
 
 def test_mask_threshold_excludes_dim_voxels(tmp_path, rng):

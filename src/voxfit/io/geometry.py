@@ -174,14 +174,18 @@ class SurfaceGeometry(Geometry):
             )
 
     def write(self, path: Path, maps: NDArray, names: list[str], intent: tuple | None = None) -> None:
+        """As :meth:`Geometry.write`: a data array per map, a statistic's carrying its distribution (GIFTI's
+        intent, NIFTI_INTENT_TTEST...) and its dof in its metadata (GIFTI arrays have no intent parameters)."""
         maps = np.atleast_2d(maps)
         dtype = np.float32 if maps.dtype.kind == "f" else np.int32
+        code = "NIFTI_INTENT_NONE" if intent is None else nib.nifti1.intent_codes.niistring[intent[0]]
+        dof = {"DegreesOfFreedom": " ".join(f"{d:g}" for d in intent[1])} if intent and intent[1] else {}
         arrays = [
             nib.gifti.GiftiDataArray(
                 np.ascontiguousarray(m, dtype=dtype),
-                intent="NIFTI_INTENT_NONE",
+                intent=code,
                 datatype="NIFTI_TYPE_FLOAT32" if dtype == np.float32 else "NIFTI_TYPE_INT32",
-                meta={"Name": name},
+                meta={"Name": name, **dof},
             )
             for m, name in zip(maps, names)
         ]

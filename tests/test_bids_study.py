@@ -1118,7 +1118,7 @@ def test_an_unreadable_record_of_another_participant_is_left_out_of_the_reports(
     broken.unlink()  # (the suite checks every model.json left against the schema)
 
 
-def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path):
+def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path, capsys):
     """Model B's study at the run level over model A's groups (the same paths, nodes named alike): refused without
     --force, group by group, saying whose they are (B replaced A's maps with exit 0: a study of another task, as
     voxfit advises for a dataset of two, lost the first one's subject and dataset maps); with it, A's other maps
@@ -1142,6 +1142,15 @@ def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path):
         "is the group of another study of this output folder (model model-A_smdl.json" in f.reason
         for f in refused.failures
     )
+    # the command line says the first, and counts the others (a line each: a tester's rerun said 11)
+    from argparse import Namespace
+
+    from voxfit.cli import _said_of_study
+
+    _said_of_study(refused, Namespace(quiet=True, command_options={"--force"}))
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 2 and said[0].endswith("give each study its own output folder (or --force to replace them).")
+    assert said[1].startswith("voxfit: failed: 1 more groups of that other study (model model-A_smdl.json"), said
     assert {p.name: p.read_bytes() for p in (out / "sub-01" / "node-run").iterdir()} == before
     assert run(study.root, out, model=b, level="run", force=True, **kw).ok
     assert sorted(p.name for p in (out / "sub-01" / "node-run").iterdir()) == sorted(before)

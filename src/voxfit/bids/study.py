@@ -722,7 +722,7 @@ def _foreign_group(record_path: Path, bids: dict | None, study: dict) -> str | N
     whose = ", ".join(f"{k} {v}" for k, v in other.items() if v is not None) or "another model"
     return (
         f"{record_path.name} in {record_path.parent} is the group of another study of this output folder ({whose}), "
-        "whose maps this one would replace: give each study its own output folder (or --force to replace them)."
+        "whose maps this one would replace: give each study its own output folder (or `force` to replace them)."
     )
 
 

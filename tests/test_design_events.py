@@ -863,10 +863,28 @@ def test_confounds_files_that_are_not_tsvs_exit_2(tmp_path, capsys, content, mes
 @pytest.mark.parametrize(("hrf", "convolution"), [("spm", "spm"), ("glover+derivative", "spm"), ("glover", "nilearn")])
 def test_a_repetition_time_past_the_hrf_is_bad_input_naming_milliseconds(hrf, convolution):
     """A TR given in milliseconds (2000): SPM's HRF sampled every TR / 16 s had no sample inside its response, its
-    normalised kernel was NaN, and the design's SVD failed (exit 1, "LinAlgError: SVD did not converge")."""
+    normalised kernel was NaN, and the design's SVD failed (exit 1, "LinAlgError: SVD did not converge"). With the
+    default cosine drift, it was said as a high-pass period too short (a tester's)."""
     events = {"a": {"onset": np.array([10.0, 60.0]), "duration": np.array([5.0, 5.0])}}
-    with pytest.raises(InputError, match=r"repetition times are in seconds .*2000 looks like milliseconds: give 2\."):
-        make_design(events, 2000.0, 60, hrf=hrf, drift="none", convolution=convolution)
+    for drift in ("none", "cosine"):
+        with pytest.raises(
+            InputError, match=r"repetition times are in seconds .*2000 looks like milliseconds: give 2\."
+        ):
+            make_design(events, 2000.0, 60, hrf=hrf, drift=drift, convolution=convolution)
+
+
+def test_events_before_spms_grid_are_warned_of():
+    """An impulse 6 s before the first scan at TR 2 (SPM's grid begins 4 s before it) added nothing to the design,
+    and a block from -10 s was cut to -4 s, silently (a tester's): warned of, saying what nilearn's convolution does;
+    an event within the grid's lead-in is not."""
+    import warnings
+
+    early = {"a": {"onset": np.array([-6.0, 20.0]), "duration": np.array([0.0, 0.0])}}
+    with pytest.warns(DesignWarning, match=r"1 of 2 events of 'a' start more than 4 s before the first scan"):
+        make_design(early, 2.0, 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DesignWarning)
+        make_design({"a": {"onset": np.array([-3.0, 20.0]), "duration": np.array([0.0, 0.0])}}, 2.0, 60)
 
 
 def test_an_fsl_three_column_ev_file_is_said_to_be_one(tmp_path):

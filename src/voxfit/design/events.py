@@ -197,6 +197,11 @@ def parse_high_pass(value) -> float:
 def check_high_pass(period: float, tr: float) -> float:
     """The high-pass period (s), refused when shorter than two scans: above the Nyquist frequency, its cosines
     would take out every frequency of the run (no signal, no degrees of freedom left)."""
+    if period < 2 * tr and tr >= 100:  # (a TR in milliseconds, said as a high-pass too short: a tester's)
+        raise InputError(
+            f"a repetition time of {tr:g} s: repetition times are in seconds (--tr, BIDS' RepetitionTime), and "
+            f"{tr:g} looks like milliseconds: give {tr / 1000:g}."
+        )
     if period < 2 * tr:
         raise InputError(
             f"the high-pass period {period:g} s ({1 / period:g} Hz) is shorter than two scans ({2 * tr:g} s: "
@@ -645,6 +650,21 @@ def _check_timing(conditions: dict, run_end: float, n_scans: int, tr: float) -> 
             )
 
 
+def _warn_before_lead_in(name: str, onsets, dt: float) -> None:
+    """Warn of events that start before SPM's microtime grid, 32 bins (2 TR at SPM's 16 bins a scan) before the
+    first scan: the part of each before it is left out (an impulse 6 s before a 2 s TR's first scan added nothing,
+    silently: a tester's). SPM refuses such onsets; nilearn's convolution models them whole."""
+    early = int(np.count_nonzero(_matlab_round(np.asarray(onsets) / dt) + 32 < 0))
+    if early:
+        warnings.warn(
+            f"{early} of {np.size(onsets)} events of {name!r} start more than {32 * dt:g} s before the first scan "
+            "(SPM's microtime grid begins there): what comes of them before it is left out of the design (SPM "
+            "refuses such onsets; --convolution nilearn models them whole).",
+            DesignWarning,
+            stacklevel=4,
+        )
+
+
 def _stimulus(onsets, durations, amplitudes, dt: float, n_bins: int) -> NDArray[np.float64]:
     """spm_get_ons: the stimulus functions (n_bins, k) of one condition's inputs `amplitudes` (n_events, k) on the
     microtime grid (32-bin lead-in); one function (n_bins,) for heights (n_events,)."""
@@ -716,6 +736,7 @@ def _spm_columns(conditions: dict, inputs: dict, tr: float, n_scans: int, hrf: s
     out = []
     for name, ev in conditions.items():
         u, input_names = inputs[name]
+        _warn_before_lead_in(name, ev["onset"], dt)
         sf = _stimulus(ev["onset"], ev["duration"], u, dt, n_bins)
         sampled = np.column_stack(
             [np.convolve(sf[:, k], bf[:, b])[:n_bins][readout] for k in range(sf.shape[1]) for b in range(bf.shape[1])]

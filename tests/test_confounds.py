@@ -188,3 +188,37 @@ def test_missing_columns_and_files_are_refused(run, tmp_path):
     infinite.loc[5, "trans_x"] = np.inf  # (the design's SVD failed on it: exit 1)
     with pytest.raises(InputError, match="column 'trans_x' holds an infinite value"):
         confounds_strategy(infinite, "simple")
+
+
+def test_spm_and_fsl_motion_parameters_are_read_as_fmripreps_columns(tmp_path, capsys):
+    """SPM's rp_*.txt and FSL's .par (six columns, no header, spaces) were refused as "not tab-separated", and a
+    headerless TSV took its first row for names ("49 rows but the run has 50 scans"): an SPM or FSL user's first
+    confounds file (a tester's). The motion files are read with fMRIPrep's names, SPM's translations first and
+    MCFLIRT's rotations first, all six by default; a headerless table is said to be one."""
+    from voxfit.cli import main
+    from voxfit.design import read_confounds
+
+    rng = np.random.default_rng(0)
+    motion = rng.standard_normal((40, 6)) * [0.1, 0.1, 0.1, 0.01, 0.01, 0.01]
+    np.savetxt(tmp_path / "rp_run1.txt", motion, fmt="%.7e", delimiter="  ")
+    np.savetxt(tmp_path / "prefiltered_func_data_mcf.par", motion[:, [3, 4, 5, 0, 1, 2]], fmt="%.6f", delimiter=" ")
+    spm, names = read_confounds(tmp_path / "rp_run1.txt", "*", 40)
+    assert names == ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    np.testing.assert_allclose(spm, motion, rtol=1e-6)
+    fsl, names = read_confounds(tmp_path / "prefiltered_func_data_mcf.par", "trans_*,rot_*", 40)
+    assert names == ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    np.testing.assert_allclose(fsl, motion, atol=1e-6)
+    with pytest.raises(InputError, match="has 40 rows but the run has 41 scans"):
+        read_confounds(tmp_path / "rp_run1.txt", "*", 41)
+    np.savetxt(tmp_path / "motion.tsv", motion, delimiter="\t")
+    with pytest.raises(InputError, match="its first line holds numbers .*, not column names; add a header line"):
+        read_confounds(tmp_path / "motion.tsv", "*", 40)
+    # the command line takes the six without --confounds-columns
+    bold = tmp_path / "bold.nii"
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(100 + rng.standard_normal((4, 4, 3, 40)).astype(np.float32), np.eye(4)), bold)
+    (tmp_path / "events.tsv").write_text("onset\tduration\ttrial_type\n0\t10\tA\n40\t10\tA\n")
+    argv = ["fit", str(bold), "--events", str(tmp_path / "events.tsv"), "--tr", "2", "--contrast", "a=A"]
+    assert main([*argv, "--confounds", str(tmp_path / "rp_run1.txt"), "-o", str(tmp_path / "o"), "--quiet"]) == 0
+    assert (tmp_path / "o" / "design.tsv").read_text().splitlines()[0].split("\t")[1:7] == list(names)

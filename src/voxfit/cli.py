@@ -759,6 +759,7 @@ def _refuse_design_options_with_a_design(args) -> None:
 
 def _make_design(args, n_scans: int, run: int = 0):
     from .design import make_design, read_confounds
+    from .design.events import motion_file
 
     if args.tr is None:
         raise InputError("--events needs --tr (the repetition time in seconds).")
@@ -775,9 +776,10 @@ def _make_design(args, n_scans: int, run: int = 0):
         args.confounds_record = chosen.describe()
         confounds = chosen.design_columns()
     elif args.confounds:
-        if not args.confounds_columns:
+        columns = args.confounds_columns or ("*" if motion_file(args.confounds[run]) else None)  # (all six)
+        if not columns:
             raise InputError('--confounds needs --confounds-columns (names or patterns, e.g. "trans_*,rot_*").')
-        confounds = read_confounds(args.confounds[run], args.confounds_columns, n_scans)
+        confounds = read_confounds(args.confounds[run], columns, n_scans)
     elif args.confounds_columns:
         raise InputError("--confounds-columns needs --confounds FILE.")
     events = args.events[run] if isinstance(args.events, list) else args.events

@@ -300,6 +300,14 @@ def _value(cell) -> float:
     raise ValueError(cell)
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _text(cell) -> str:
     return cell.strip() if isinstance(cell, str) else str(cell)
 
@@ -444,9 +452,41 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     return {name: {k: np.array(v) for k, v in c.items()} for name, c in conditions.items()}
 
 
+# the motion parameters SPM's realignment (rp_*.txt) and FSL's MCFLIRT (.par) write, six columns without a header,
+# in fMRIPrep's names: SPM's translations (mm) then rotations (radians) about x, y and z; MCFLIRT's rotations first
+MOTION_FILES = {
+    "spm": ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"),
+    "fsl": ("rot_x", "rot_y", "rot_z", "trans_x", "trans_y", "trans_z"),
+}
+
+
+def motion_file(path) -> str | None:
+    """Whose motion parameters file `path` is by its name ("spm": rp_*.txt, "fsl": *.par), or None."""
+    name = Path(path).name.lower() if isinstance(path, (str, Path)) else ""
+    return "spm" if name.startswith("rp_") and name.endswith(".txt") else "fsl" if name.endswith(".par") else None
+
+
+def _motion_table(path: Path, whose: str) -> tuple[list[str], list[list[str]]]:
+    """The six columns of a motion parameters file (:data:`MOTION_FILES`), named as fMRIPrep names them."""
+    check_readable(path, "confounds")
+    try:
+        lines = [line.split() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"confounds {path}: not a readable text file ({exc}).") from None
+    bad = next((k for k, cells in enumerate(lines) if len(cells) != 6), None)
+    if bad is not None:
+        tool = "SPM realignment" if whose == "spm" else "MCFLIRT"
+        raise InputError(
+            f"confounds {path}: line {bad + 1} holds {len(lines[bad])} values; {tool} motion parameters are six a "
+            "line (three translations and three rotations)."
+        )
+    return list(MOTION_FILES[whose]), lines
+
+
 def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArray[np.float64], list[str]]:
     """Columns of an fMRIPrep-style confounds TSV (or a pandas DataFrame of one), chosen by names or glob
-    patterns (``"trans_*,rot_*"``).
+    patterns (``"trans_*,rot_*"``); SPM's rp_*.txt and FSL's .par motion parameters (six columns, no header) are
+    read with fMRIPrep's names (:data:`MOTION_FILES`).
 
     Policy for ``n/a`` (in a DataFrame: NaN or None): values missing at the start of a column (fMRIPrep's
     derivatives and framewise displacement have no value for the first scan) are set to 0; a missing value
@@ -455,10 +495,20 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
     if is_dataframe(path):
         where = "confounds DataFrame"
         header, body = frame_table(path)
+    elif isinstance(path, (str, Path)) and (whose := motion_file(path)) is not None:
+        path = Path(path)
+        header, body = _motion_table(path, whose)
+        where = f"confounds {path}"
     elif isinstance(path, (str, Path)):
         path = Path(path)
         header, body = _tsv_file(path, "confounds", _CONFOUNDS_EXPECTED)
         where = f"confounds {path}"
+        if all(_is_number_text(h) for h in header):  # (a first row of numbers taken as names: "49 rows of 50")
+            raise InputError(
+                f"{where}: its first line holds numbers ({', '.join(header[:3])}{', ...' if len(header) > 3 else ''}), "
+                "not column names; add a header line naming the columns (as trans_x, trans_y...), or name SPM's "
+                "motion parameters rp_*.txt and FSL's *.par, which voxfit reads without one."
+            )
     else:
         raise InputError(f"`confounds` must be a path to a confounds TSV or a pandas DataFrame; got {type_name(path)}.")
     if not body:

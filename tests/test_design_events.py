@@ -889,8 +889,10 @@ def test_events_before_spms_grid_are_warned_of():
 
 def test_an_fsl_three_column_ev_file_is_said_to_be_one(tmp_path):
     """FSL's 3-column EV file (onset, duration, height, no header) given as events: "has no 'onset' column
-    (columns: 10, 5, 1)"; it is named as FSL's format, with the BIDS form to give."""
+    (columns: 10, 5, 1)"; it is named as FSL's format, with the BIDS form to give; separated by spaces too, as FSL
+    writes them (said to be "not tab-separated": a tester's)."""
     ev = tmp_path / "ev1.txt"
-    ev.write_text("10\t5\t1\n40\t5\t1\n")
-    with pytest.raises(InputError, match=r"is FSL's 3-column format .*header line 'onset<TAB>duration<TAB>trial_type'"):
-        read_events(ev)
+    for text in ("10\t5\t1\n40\t5\t1\n", "10 5 1\n40 5 1\n", "  10   5 1\n40 5 1\n"):
+        ev.write_text(text)
+        with pytest.raises(InputError, match=r"is FSL's 3-column format .*line 'onset<TAB>duration<TAB>trial_type'"):
+            read_events(ev)

@@ -300,6 +300,30 @@ def _value(cell) -> float:
     raise ValueError(cell)
 
 
+def _first_cells(path: Path) -> list[str] | None:
+    """The first line of a text file split at white space, from its first 64 KiB (None where they cannot be read
+    as text: the table's own reading says why)."""
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read(65536)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return next((line.split() for line in text.splitlines() if line.strip()), [])
+
+
+def _is_fsl_ev(cells: list[str]) -> bool:
+    """Whether a header line is numbers in FSL's 3-column EV format (onset, duration, height), not names."""
+    return len(cells) == 3 and all(is_number(c) for c in cells) and "onset" not in cells
+
+
+def _fsl_ev_refused(where: str) -> InputError:
+    return InputError(
+        f"{where} is FSL's 3-column format (onset, duration, height; one file per condition, no header line): "
+        "give one BIDS events.tsv of the run, a header line 'onset<TAB>duration<TAB>trial_type' and a line per "
+        "event naming its condition (its height, where not 1, in a modulation column)."
+    )
+
+
 def _is_number_text(text: str) -> bool:
     try:
         float(text)
@@ -367,15 +391,14 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     elif isinstance(path, (str, Path)):
         path = Path(path)
         where, first_line, what = f"events {path}", 2, "line"
+        check_readable(path, "events")  # (a pipe, a device: said so, before a line of it is read)
+        if _is_fsl_ev(_first_cells(path) or []):  # (FSL writes them with spaces: "not tab-separated" was said)
+            raise _fsl_ev_refused(where)
         header, body = _tsv_file(path, "events", _EVENTS_EXPECTED)
     else:
         raise InputError(f"`events` must be a path to a BIDS events.tsv or {EVENTS_FRAME}; got {type_name(path)}.")
-    if len(header) == 3 and all(is_number(h) for h in header) and "onset" not in header:  # (no header line)
-        raise InputError(
-            f"{where} is FSL's 3-column format (onset, duration, height; one file per condition, no header line): "
-            "give one BIDS events.tsv of the run, a header line 'onset<TAB>duration<TAB>trial_type' and a line per "
-            "event naming its condition (its height, where not 1, in a modulation column)."
-        )
+    if _is_fsl_ev(header):  # (no header line)
+        raise _fsl_ev_refused(where)
     for needed in ("onset", "duration"):
         if needed not in header:
             raise InputError(f"{where} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")

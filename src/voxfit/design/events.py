@@ -717,7 +717,8 @@ def _check_timing(conditions: dict, run_end: float, n_scans: int, tr: float) -> 
         if late:
             warnings.warn(
                 f"{late} of {ev['onset'].size} events of {name!r} start at or after {where}; they are left "
-                "out of the design.",
+                "out of the design (check the events file belongs to this run, and the units of its onsets: BIDS' "
+                "seconds, or voxfit fit --units scans).",
                 DesignWarning,
                 stacklevel=3,
             )

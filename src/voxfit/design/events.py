@@ -324,14 +324,6 @@ def _fsl_ev_refused(where: str) -> InputError:
     )
 
 
-def _is_number_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _text(cell) -> str:
     return cell.strip() if isinstance(cell, str) else str(cell)
 
@@ -526,7 +518,7 @@ def read_confounds(path, columns: str | list[str], n_scans: int) -> tuple[NDArra
         path = Path(path)
         header, body = _tsv_file(path, "confounds", _CONFOUNDS_EXPECTED)
         where = f"confounds {path}"
-        if all(_is_number_text(h) for h in header):  # (a first row of numbers taken as names: "49 rows of 50")
+        if all(is_number(h) for h in header):  # (a first row of numbers taken as names: "49 rows of 50")
             raise InputError(
                 f"{where}: its first line holds numbers ({', '.join(header[:3])}{', ...' if len(header) > 3 else ''}), "
                 "not column names; add a header line naming the columns (as trans_x, trans_y...), or name SPM's "

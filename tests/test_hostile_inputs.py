@@ -847,3 +847,22 @@ def test_from_os_error_names_the_file_and_the_fix():
     )
     odd = OSError(errno.EXDEV, "Invalid cross-device link", "/a")
     assert str(InputError.from_os_error(odd)) == "/a: Invalid cross-device link."
+
+
+def test_a_table_larger_than_any_is_refused_before_it_is_read(tmp_path):
+    """Events, confounds and design tables were read whole, whatever their size (an image given as events was read
+    into memory before it was found not to be text): refused from their size alone (sparse files: nothing read)."""
+    from voxfit.design import make_design, read_confounds, read_design
+    from voxfit.io.checks import TABLE_BYTES
+
+    for name in ("events.tsv", "confounds.tsv", "design.tsv", "rp_run1.txt"):
+        with open(tmp_path / name, "wb") as fh:
+            fh.truncate(TABLE_BYTES + 1)
+    said = r": 256 MiB, more than any text table of .* kind holds \(256 MiB at most\); is it the right file"
+    with pytest.raises(InputError, match="events .*events.tsv" + said):
+        make_design(tmp_path / "events.tsv", 2.0, 40)
+    for name in ("confounds.tsv", "rp_run1.txt"):
+        with pytest.raises(InputError, match="confounds .*" + said):
+            read_confounds(tmp_path / name, "*", 40)
+    with pytest.raises(InputError, match="design .*design.tsv" + said):
+        read_design(tmp_path / "design.tsv")

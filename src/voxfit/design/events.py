@@ -335,7 +335,7 @@ def _missing(cell) -> bool:
 def _tsv_file(path: Path, what: str, expected: str) -> tuple[list[str], list[list[str]]]:
     """The header and rows of a TSV (`what`: "events", "confounds"); anything else (a CSV, a spreadsheet, an
     SPM.mat, an image) refused in one line saying what is `expected`."""
-    check_readable(path, what)  # (missing, a folder, a pipe or a device: said so)
+    check_readable(path, what, table=True)  # (missing, a folder, a pipe or a device: said so)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -383,7 +383,7 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     elif isinstance(path, (str, Path)):
         path = Path(path)
         where, first_line, what = f"events {path}", 2, "line"
-        check_readable(path, "events")  # (a pipe, a device: said so, before a line of it is read)
+        check_readable(path, "events", table=True)  # (a pipe, a device: said so, before a line of it is read)
         if _is_fsl_ev(_first_cells(path) or []):  # (FSL writes them with spaces: "not tab-separated" was said)
             raise _fsl_ev_refused(where)
         header, body = _tsv_file(path, "events", _EVENTS_EXPECTED)
@@ -483,7 +483,7 @@ def motion_file(path) -> str | None:
 
 def _motion_table(path: Path, whose: str) -> tuple[list[str], list[list[str]]]:
     """The six columns of a motion parameters file (:data:`MOTION_FILES`), named as fMRIPrep names them."""
-    check_readable(path, "confounds")
+    check_readable(path, "confounds", table=True)
     try:
         lines = [line.split() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:

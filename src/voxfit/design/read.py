@@ -47,7 +47,7 @@ def read_design(path) -> tuple[NDArray[np.float64], list[str]]:
     finite number (``n/a`` and empty cells are refused, with the row and column named).
     """
     path = Path(path)
-    check_readable(path, "design")  # (missing, a folder, a pipe or a device: said so)
+    check_readable(path, "design", table=True)  # (missing, a folder, a pipe or a device: said so)
     if path.suffix.lower() == ".mat":
         return _read_vest(path)
     sep = "," if path.suffix.lower() == ".csv" else "\t"

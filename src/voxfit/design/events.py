@@ -300,28 +300,16 @@ def _value(cell) -> float:
     raise ValueError(cell)
 
 
-def _first_cells(path: Path) -> list[str] | None:
-    """The first line of a text file split at white space, from its first 64 KiB (None where they cannot be read
-    as text: the table's own reading says why)."""
-    try:
-        with open(path, encoding="utf-8-sig") as fh:
-            text = fh.read(65536)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return next((line.split() for line in text.splitlines() if line.strip()), [])
-
-
-def _is_fsl_ev(cells: list[str]) -> bool:
-    """Whether a header line is numbers in FSL's 3-column EV format (onset, duration, height), not names."""
-    return len(cells) == 3 and all(is_number(c) for c in cells) and "onset" not in cells
-
-
-def _fsl_ev_refused(where: str) -> InputError:
-    return InputError(
-        f"{where} is FSL's 3-column format (onset, duration, height; one file per condition, no header line): "
-        "give one BIDS events.tsv of the run, a header line 'onset<TAB>duration<TAB>trial_type' and a line per "
-        "event naming its condition (its height, where not 1, in a modulation column)."
-    )
+def _refuse_fsl_ev(header: list[str], where: str) -> None:
+    """Refuse a header line of numbers in FSL's 3-column EV format (onset, duration, height; no header line),
+    separated by tabs or, as FSL writes them, spaces (said to be "not tab-separated": a tester's)."""
+    cells = header[0].split() if len(header) == 1 else header
+    if len(cells) == 3 and all(is_number(c) for c in cells) and "onset" not in cells:
+        raise InputError(
+            f"{where} is FSL's 3-column format (onset, duration, height; one file per condition, no header line): "
+            "give one BIDS events.tsv of the run, a header line 'onset<TAB>duration<TAB>trial_type' and a line per "
+            "event naming its condition (its height, where not 1, in a modulation column)."
+        )
 
 
 def _text(cell) -> str:
@@ -332,9 +320,10 @@ def _missing(cell) -> bool:
     return isinstance(cell, str) and cell.strip().lower() in ("", "n/a")
 
 
-def _tsv_file(path: Path, what: str, expected: str) -> tuple[list[str], list[list[str]]]:
+def _tsv_file(path: Path, what: str, expected: str, header_check=None) -> tuple[list[str], list[list[str]]]:
     """The header and rows of a TSV (`what`: "events", "confounds"); anything else (a CSV, a spreadsheet, an
-    SPM.mat, an image) refused in one line saying what is `expected`."""
+    SPM.mat, an image) refused in one line saying what is `expected`, after ``header_check(header)`` has said what
+    it knows of a header line (a format of its own)."""
     check_readable(path, what, table=True)  # (missing, a folder, a pipe or a device: said so)
     try:
         raw = path.read_bytes()
@@ -356,6 +345,8 @@ def _tsv_file(path: Path, what: str, expected: str) -> tuple[list[str], list[lis
     if not rows:
         raise InputError(f"{what} {path} is empty; {expected}.")
     header = [h.strip() for h in rows[0]]
+    if header_check is not None:
+        header_check(header)
     if len(header) == 1 and any(sep in header[0] for sep in (",", ";", " ")):
         raise InputError(f"{what} {path} is not tab-separated (a CSV, or spaces?); {expected}.")
     return header, rows[1:]
@@ -383,14 +374,10 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     elif isinstance(path, (str, Path)):
         path = Path(path)
         where, first_line, what = f"events {path}", 2, "line"
-        check_readable(path, "events", table=True)  # (a pipe, a device: said so, before a line of it is read)
-        if _is_fsl_ev(_first_cells(path) or []):  # (FSL writes them with spaces: "not tab-separated" was said)
-            raise _fsl_ev_refused(where)
-        header, body = _tsv_file(path, "events", _EVENTS_EXPECTED)
+        header, body = _tsv_file(path, "events", _EVENTS_EXPECTED, lambda h: _refuse_fsl_ev(h, where))
     else:
         raise InputError(f"`events` must be a path to a BIDS events.tsv or {EVENTS_FRAME}; got {type_name(path)}.")
-    if _is_fsl_ev(header):  # (no header line)
-        raise _fsl_ev_refused(where)
+    _refuse_fsl_ev(header, where)  # (a DataFrame read without a header line)
     for needed in ("onset", "duration"):
         if needed not in header:
             raise InputError(f"{where} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")

@@ -45,6 +45,19 @@ def check_scalar(
     return value
 
 
+def check_cluster_threshold(value) -> None:
+    """A cluster-forming threshold on t or F, refused unless positive (a negative one formed one cluster of most of
+    the mask, exit 0), where a model or a study takes one (the command line's own check is its option's)."""
+    check_scalar(
+        value,
+        "`cluster_threshold`",
+        numbers.Real,
+        min_val=0,
+        include_boundaries="neither",
+        description="a positive t or F value, e.g. 3.1",
+    )
+
+
 MAX_THREADS = 1024  # more threads than any machine voxfit runs on has cores (each holds a tile of the data)
 
 

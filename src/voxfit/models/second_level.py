@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 import csv
-import numbers
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._dask import dask_client
-from .._checks import check_flag, check_scalar
+from .._checks import check_cluster_threshold, check_flag, check_scalar
 from .._execution import Execution, cap_holding, data_bytes
 from .._threads import resolve_workers
 from .._memory import cap_text, reserved_bytes, size_text
@@ -268,14 +267,7 @@ class SecondLevel:
         if self.tfce and not self.permutations:  # (a cluster table without permutations is parametric only)
             raise InputError("TFCE needs permutations for its p-values; give `permutations` (e.g. 5000).")
         if self.cluster_threshold is not None:  # (a negative one formed one cluster of the whole mask: a tester's)
-            check_scalar(
-                self.cluster_threshold,
-                "`cluster_threshold`",
-                numbers.Real,
-                min_val=0,
-                include_boundaries="neither",
-                description="a positive t or F value, e.g. 3.1",
-            )
+            check_cluster_threshold(self.cluster_threshold)
         if self.cluster_threshold is not None and self.cluster_threshold < 1:  # (SPM's forming p, 0.001, given)
             warnings.warn(
                 f"`cluster_threshold` {self.cluster_threshold:g} forms clusters of t (or F) above "

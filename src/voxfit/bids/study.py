@@ -765,7 +765,7 @@ def _run_iv(
     preset=None,
     rft=None,
 ):
-    from .._checks import check_scalar
+    from .._checks import check_cluster_threshold, check_scalar
     from ..design.confounds import parse_strategy
     from ..design.events import parse_high_pass
     from ..models._routing import noise_order
@@ -797,14 +797,7 @@ def _run_iv(
     if tfce and not permutations:
         raise InputError("TFCE needs permutations for its p-values; give `permutations` (e.g. 5000).")
     if cluster_threshold is not None:
-        check_scalar(
-            cluster_threshold,
-            "`cluster_threshold`",
-            numbers.Real,
-            min_val=0,
-            include_boundaries="neither",
-            description="a positive t or F value, e.g. 3.1",
-        )
+        check_cluster_threshold(cluster_threshold)
     if seed is not None and not permutations:  # (as voxfit group: a seed without shuffles is passed over)
         raise InputError("`seed` chooses the permutations' shuffles; add `permutations`, or drop it.")
     if permutations and group_model != "ols":
@@ -1189,9 +1182,8 @@ def _table_gap(rows: list[list[str]], spec: dict, subjects) -> tuple[str, list[s
     Transformation's Input) with no value (:func:`_missing_cells`) for some of `subjects`: ``(column, ["sub-03",
     ...])``."""
     taken = list((spec.get("Model") or {}).get("X", ()))
-    for instruction in (spec.get("Transformations") or {}).get("Instructions") or ():
-        inputs = instruction.get("Input")
-        taken += inputs if isinstance(inputs, list) else [inputs]
+    for instruction in _instructions(spec):
+        taken += _listed_names(instruction.get("Input"))
     return _missing_cells(rows, taken, subjects)
 
 
@@ -1316,7 +1308,7 @@ def _check_factor_levels(node: _Node, rows: list[dict], X: np.ndarray, names: li
     zero = np.flatnonzero(~X.any(axis=1))
     if not zero.size:
         return
-    instructions = ((node.spec.get("Transformations") or {}).get("Instructions")) or ()
+    instructions = _instructions(node.spec)
     factored = [c for i in instructions if i.get("Name") == "Factor" for c in _spec_strings(i.get("Input"))]
     inputs = ["_".join(f"{k[:3]}-{_value(rows[i][k])}" for k in ("subject", "session") if rows[i].get(k)) for i in zero]
     for column in factored:
@@ -1471,15 +1463,15 @@ def _check_dataset_subjects(level: str, runs, model: dict) -> None:
     (and contrast): it has no dof (each group failed so once every run and subject was fitted, a tester's). A meta
     node passes one subject's maps on; a node fed by runs or sessions (Run -> Dataset) has a row of each (a
     reviewer's: refused, where it was fitted)."""
+    from .spec import node_edges
+
     subjects = sorted({str(r.entity.get("subject")) for r in runs if not r.problems})
     nodes = model.get("Nodes", ())
     by_name = {n.get("Name"): n for n in nodes}
-    edges = model.get("Edges") or [
-        {"Source": a.get("Name"), "Destination": b.get("Name")} for a, b in zip(nodes, nodes[1:])
-    ]
+    edges = node_edges(model)
 
     def one_per_subject(node: dict) -> bool:
-        sources = [by_name.get(e.get("Source")) for e in edges if e.get("Destination") == node.get("Name")]
+        sources = [by_name.get(source) for source, destination in edges if destination == node.get("Name")]
         return bool(sources) and all(
             s is not None
             and str(s.get("Level", "")).lower() == "subject"
@@ -1721,11 +1713,7 @@ def _check_table_levels(model: dict, tables: dict[str, list[str]]) -> None:
 def _transformation_outputs(node: dict) -> set[str]:
     """The names a node's Transformations give their outputs (each instruction's Output), which need not be columns
     of a table (a Rename's)."""
-    out = set()
-    for instruction in (node.get("Transformations") or {}).get("Instructions") or ():
-        output = instruction.get("Output") if isinstance(instruction, dict) else None
-        out |= {str(o) for o in ([output] if isinstance(output, str) else output or ())}
-    return out
+    return {name for instruction in _instructions(node) for name in _listed_names(instruction.get("Output"))}
 
 
 def _check_scans_tables(bids_dir: Path, model: dict, labels) -> None:
@@ -1887,13 +1875,14 @@ def _check_participant_values(path: Path, rows: list[list[str]], runs, model: di
     once every run and subject was (a study whose Dataset node demeaned age was refused only then: a tester's). A
     column of words alone is left to that fit, which says to Factor it."""
     nodes = model.get("Nodes", ())
-    instructions = [i for n in nodes if str(n.get("Level", "")).lower() != "run" for i in _instructions(n)]
+    above = [n for n in nodes if str(n.get("Level", "")).lower() != "run"]
+    instructions = [i for n in above for i in _instructions(n)]
     pruned = any(edge.get("Filter") for edge in model.get("Edges") or ()) or any(
         i.get("Name") not in _KEEPING_ROWS or any("replace" in str(k).lower() for k in i) for i in instructions
     )  # (a subject may be left out, or a gap filled, on the way to the Dataset node: DropNA, Filter, Replace...)
     if level != "dataset" or pruned or not rows or "participant_id" not in rows[0]:
         return
-    written = {name for i in instructions for name in _listed_names(i.get("Output"))}
+    written = set().union(*map(_transformation_outputs, above))
     header = [c if c not in written else None for c in rows[0]]  # (a column an instruction replaces: not the table's)
     table = dict(zip(_participant_ids(rows), rows[1:]))
     # (a subject whose every run fails is left out of the dataset's group: said by its runs' failures)

@@ -304,7 +304,7 @@ class _Parser(argparse.ArgumentParser):
         """Every option string of this parser and its commands' parsers."""
         found = set(self._option_string_actions)
         for action in self._actions:
-            for parser in (getattr(action, "choices", None) or {}).values() if action.nargs == "A..." else ():
+            for parser in (getattr(action, "choices", None) or {}).values() if action.nargs == argparse.PARSER else ():
                 found |= parser._option_strings()
         return found
 

@@ -4,6 +4,9 @@ before any run is fitted as the group fit reads them from pybids' table."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 pytest.importorskip("bids")
@@ -152,6 +155,22 @@ def test_a_study_leaves_no_answers_kept_for_its_layout(tmp_path):
     release_index(layout)
     assert not any(b.__dict__["_voxfit_files"] or b.__dict__["_voxfit_entities"] for b in built)
     release_index(None)
+
+
+def test_a_released_layout_is_freed(tmp_path):
+    """pybids' memoised properties (an lru_cache of 128 on the class: BIDSLayout.config, BIDSFile.relpath...) kept
+    each layout alive, with its SQLite connection and its compiled queries: a process that ran study after study
+    (the API in a notebook; each worker of the test suite) held a million objects more, which each of Python's full
+    collections walked. Released, a layout and its derivatives' are freed once nothing else holds them."""
+    from voxfit.bids.layout import release_index
+
+    _, layout = _indexed(tmp_path, runs=1)
+    assert layout.config and layout.get(suffix="bold")[0].relpath  # (each memoised on pybids' class)
+    built = [weakref.ref(b) for b in (layout, *layout.derivatives.values())]
+    release_index(layout)
+    del layout
+    gc.collect()
+    assert [ref() for ref in built] == [None] * len(built)
 
 
 def test_a_runs_nearest_tables_are_looked_for_among_its_subjects_files_with_pybids_own_answer(tmp_path, monkeypatch):

@@ -707,6 +707,23 @@ def release_index(layout) -> None:
     for built in (layout, *getattr(layout, "derivatives", {}).values()) if layout is not None else ():
         for memo in _MEMOS:
             built.__dict__.get(memo, {}).clear()
+    if layout is not None:
+        _forget_pybids_memos()
+
+
+def _forget_pybids_memos() -> None:
+    """Empty the memos of pybids' properties (``functools.lru_cache`` on the class, 128 entries each, pybids 0.15
+    to 0.22: ``BIDSLayout.config``, ``ConnectionManager.layout_info``, ``BIDSFile.relpath``): each kept the last 128
+    layouts alive, with their SQLite connections and SQLAlchemy's compiled queries. A process that ran study after
+    study held a million objects more, which each of the interpreter's full collections walked (1-2 s each). The
+    layouts still in use compute their entries again."""
+    from bids.layout import db, layout, models
+
+    for cls in (layout.BIDSLayout, db.ConnectionManager, models.BIDSFile):
+        for attribute in vars(cls).values():
+            clear = getattr(getattr(attribute, "fget", None), "cache_clear", None)
+            if clear is not None:
+                clear()
 
 
 def _remove_unread_indexes(database: Path, keep: str) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import voxfit
 
 SRC = Path(voxfit.__file__).parent
@@ -45,6 +47,14 @@ THIRD_PARTY = {0: {"numpy", "blake3"}, 1: {"numpy", "scipy"}, 2: {"numpy", "scip
 def _unit(path: Path) -> str:
     rel = path.relative_to(SRC)
     return rel.parts[0].removesuffix(".py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _trees_freed():
+    """The trees kept by :func:`_parsed` freed after this file's tests: half a million objects, which every later
+    full collection of the worker's garbage walked (a second a collection, late in a run)."""
+    yield
+    _parsed.cache_clear()
 
 
 @functools.cache

@@ -4,7 +4,6 @@ run (pytest-xdist's ``-n``), numba's kernels compiled once into their disk cache
 from __future__ import annotations
 
 import functools
-import gc
 import importlib.util
 import json
 import os
@@ -73,14 +72,6 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: each file's own order kept)
-
-
-def pytest_collection_finish(session):
-    """What collection made (the modules the tests import, numpy's to nilearn's, and the tests themselves: about
-    400,000 objects) set aside from Python's collections of garbage: none of it is garbage, and each full
-    collection walked it all, 40 times a worker."""
-    gc.collect()
-    gc.freeze()
 
 
 _LIMITS = []  # (the worker's BLAS limits, held for the whole run)

@@ -159,9 +159,9 @@ def test_a_study_leaves_no_answers_kept_for_its_layout(tmp_path):
 
 def test_a_released_layout_is_freed(tmp_path):
     """pybids' memoised properties (an lru_cache of 128 on the class: BIDSLayout.config, BIDSFile.relpath...) kept
-    each layout alive, with its SQLite connection and its compiled queries: a process that ran study after study
-    (the API in a notebook; each worker of the test suite) held a million objects more, which each of Python's full
-    collections walked. Released, a layout and its derivatives' are freed once nothing else holds them."""
+    each layout alive, with its SQLite connection and its compiled queries, in a process that runs study after
+    study (the API in a notebook; each worker of the test suite). Released, a layout and its derivatives' are freed
+    once nothing else holds them."""
     from voxfit.bids.layout import release_index
 
     _, layout = _indexed(tmp_path, runs=1)

@@ -698,9 +698,9 @@ def _flock(lock, operation: int, wait: bool = True) -> bool:
 
 
 def release_index(layout) -> None:
-    """Let other studies rebuild or remove the index `layout` reads (its lock released; pybids keeps layouts
-    alive, so a study releases its own when it ends), and drop the answers kept for the layout (:func:`_read_once`:
-    its files would stay alive with it, in a process that runs study after study). None: nothing."""
+    """Let other studies rebuild or remove the index `layout` reads (its lock released: a study releases its own
+    when it ends), and drop what kept the layout alive in a process that runs study after study: the answers kept
+    for it (:func:`_read_once`) and pybids' own memos (:func:`_forget_pybids_memos`). None: nothing."""
     lock = getattr(layout, "_voxfit_index_lock", None)
     if lock is not None:
         lock.close()  # (closed twice: nothing)

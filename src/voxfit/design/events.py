@@ -371,13 +371,13 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
     if is_dataframe(path):
         where, first_line, what = "events DataFrame", 0, "row"
         header, body = frame_table(path)
+        _refuse_fsl_ev(header, where)  # (a DataFrame read without a header line)
     elif isinstance(path, (str, Path)):
         path = Path(path)
         where, first_line, what = f"events {path}", 2, "line"
         header, body = _tsv_file(path, "events", _EVENTS_EXPECTED, lambda h: _refuse_fsl_ev(h, where))
     else:
         raise InputError(f"`events` must be a path to a BIDS events.tsv or {EVENTS_FRAME}; got {type_name(path)}.")
-    _refuse_fsl_ev(header, where)  # (a DataFrame read without a header line)
     for needed in ("onset", "duration"):
         if needed not in header:
             raise InputError(f"{where} has no {needed!r} column (columns: {', '.join(header)}); {_EVENTS_EXPECTED}.")

@@ -95,12 +95,12 @@ def _check_characters(path: Path, names: list[str], sep: str, more_rows: bool) -
     no rows", where `more_rows` is False), a line break in a name within quotes, and column names holding control
     characters (a NUL was taken into the name, which no contrast can write)."""
     for j, name in enumerate(names, 1):
-        if ("\n" in name or "\r" in name) and not more_rows:
-            raise InputError(
-                f'design {path}: a quote (") in column {j} of the header line opens a cell that no quote closes, and '
-                "the rest of the file was read into it; remove the quote, or close it."
-            )
         if "\n" in name or "\r" in name:
+            if not more_rows:
+                raise InputError(
+                    f'design {path}: a quote (") in column {j} of the header line opens a cell that no quote closes, '
+                    "and the rest of the file was read into it; remove the quote, or close it."
+                )
             raise InputError(
                 f"design {path}: the name of column {j} ({name[:40]!r}) holds a line break, inside quotes; name the "
                 "column on one line."

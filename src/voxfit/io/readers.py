@@ -2520,8 +2520,9 @@ def read_mesh(path, n_vertices: int, structure: str | None = None) -> tuple[NDAr
             "mesh of the same surface as the data."
         )
     coords = np.asarray(coords, dtype=np.float64)
-    if not np.isfinite(coords).all():  # (FILM's neighbourhood went NaN, its t changed at every vertex: a tester's)
-        bad = np.flatnonzero(~np.isfinite(coords).all(axis=1))
+    finite = np.isfinite(coords).all(axis=1)
+    if not finite.all():  # (FILM's neighbourhood went NaN, its t changed at every vertex: a tester's)
+        bad = np.flatnonzero(~finite)
         which = f"vertex {bad[0]:,} has" if bad.size == 1 else f"vertices {bad[0]:,} and {bad.size - 1:,} more have"
         raise InputError(
             f"mesh {path}: its {which} no finite coordinates; the mesh is broken: write it again from its source (a "

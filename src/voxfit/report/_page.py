@@ -797,7 +797,7 @@ def _drawer(res: Results, background, mesh, mesh_option: bool = True):
         raise InputError(
             f"`mesh` draws GIFTI surface maps, and these maps are {kind or 'not on a surface'}; leave it out."
         )
-    given = isinstance(geometry, SurfaceGeometry) and mesh is not None
+    given = mesh is not None  # (on a surface: refused on any other geometry, above)
     if given and not Path(mesh).is_file():  # (the page said no mesh was given, exit 0)
         raise InputError(f"--mesh {mesh}: no such file; give the GIFTI surface (.surf.gii) the maps lie on.")
     mesh = mesh if mesh is not None else res.model.get("settings", {}).get("mesh")

@@ -1142,6 +1142,9 @@ def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path, 
         "is the group of another study of this output folder (model model-A_smdl.json" in f.reason
         for f in refused.failures
     )
+    assert {f.other_study for f in refused.failures} == {
+        "model model-A_smdl.json, task stroop, space MNI152NLin2009cAsym, desc preproc"
+    }
     # the command line says the first, and counts the others (a line each: a tester's rerun said 11)
     from argparse import Namespace
 
@@ -1170,6 +1173,35 @@ def test_another_models_maps_and_a_kept_groups_maps_are_never_removed(tmp_path, 
         listed = json.loads(g.files[0].read_text())["settings"]["bids"]["files"]
         assert all((out / "node-dataset" / f).is_file() for f in listed)
     assert not any((out / "node-dataset" / name).exists() for name in old)
+
+
+def test_another_models_subject_groups_are_refused_with_their_study_named(tmp_path, capsys):
+    """Model B's runs at paths of their own (its Run node named otherwise), its Subject groups at model A's: those
+    are refused each, in the main process, each failure naming A's study (``other_study``), and the command line
+    says one and counts the others; A's subject maps stay as they were."""
+    from argparse import Namespace
+
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+    from voxfit.cli import _said_of_study
+
+    study, _ = _study(tmp_path, subjects=2, runs=1, scans=30, shape=(8, 8, 6))
+    out, kw = tmp_path / "out", {"derivatives": [study.derivatives], "progress": False, "level": "subject"}
+    a = default_model("stroop", ["congruent", "incongruent"])
+    a["Name"] = "A"
+    b = json.loads(json.dumps(a))
+    b["Name"], b["Nodes"][0]["Name"], b["Edges"][0]["Source"] = "B", "runs", "runs"
+    assert run(study.root, out, model=a, **kw).ok
+    before = {p: p.read_bytes() for p in out.glob("sub-*/node-subject/*")}
+    refused = run(study.root, out, model=b, **kw)
+    assert not refused.ok and len(refused.failures) == 4  # (2 subjects x 2 contrasts)
+    assert {f.node for f in refused.failures} == {"subject"}
+    assert {f.other_study for f in refused.failures} == {"model model-A_smdl.json, task stroop, space "
+                                                          "MNI152NLin2009cAsym, desc preproc"}  # fmt: skip
+    _said_of_study(refused, Namespace(quiet=True, command_options=set()))
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 2 and said[1].startswith("voxfit: failed: 3 more groups of that other study (model model-A")
+    assert {p: p.read_bytes() for p in out.glob("sub-*/node-subject/*")} == before
 
 
 def test_the_index_without_file_locks_and_a_failed_study_beside_a_running_one(tmp_path, monkeypatch):

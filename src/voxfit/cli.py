@@ -1048,19 +1048,13 @@ def _run_bids(args, argv, progress) -> int:
     return 0 if result.ok else 2
 
 
-def _other_study(reason: str) -> str | None:
-    """The other study a failure's group belongs to (voxfit.bids.study's refusal to replace its maps), or None."""
-    found = re.search(r"is the group of another study of this output folder \((.*?)\), whose maps", reason)
-    return found[1] if found else None
-
-
 def _said_of_study(result, args) -> None:
     """A study's failures and groups skipped (the errors of its exit 2), in the command line's words, and its notes
     unless --quiet (they stay in each group's model.json), a line each on stderr."""
     flags = getattr(args, "command_options", set())
     others: dict[str, int] = {}  # (groups of another study of the folder: the first said, the others counted)
     for failure in result.failures:
-        if (whose := _other_study(failure.reason)) is not None:
+        if (whose := failure.other_study) is not None:
             others[whose] = others.get(whose, 0) + 1
             if others[whose] > 1:
                 continue

@@ -134,12 +134,14 @@ class NodeResult:
 @dataclass(frozen=True)
 class Failure:
     """A node group that could not be fitted, or was skipped: the node, the group (its entities as a label),
-    why, and the group's `entities` (pybids names; empty for a whole node)."""
+    why, the group's `entities` (pybids names; empty for a whole node) and, where its record's place holds
+    another study's group of the output folder, that `other_study` (its model, task, space and desc, as said)."""
 
     node: str
     group: str
     reason: str
     entities: tuple[tuple[str, object], ...] = ()
+    other_study: str | None = None
 
     def __str__(self) -> str:
         return f"node {self.node}, {self.group}: {self.reason}"
@@ -711,19 +713,30 @@ def _same_study(recorded, study: dict) -> bool:
     return all(among(k, v) for k, v in study.items())
 
 
-def _foreign_group(record_path: Path, bids: dict | None, study: dict) -> str | None:
+class _ForeignGroup(InputError):
+    """The refusal of a group whose record's place holds another study's group (:func:`_foreign_group`), with
+    that study as said (`whose`), so that the study's failures can count them."""
+
+    def __init__(self, record_path: Path, whose: str):
+        super().__init__(
+            f"{record_path.name} in {record_path.parent} is the group of another study of this output folder "
+            f"({whose}), whose maps this one would replace: give each study its own output folder (or `force` to "
+            "replace them)."
+        )
+        self.whose = whose
+
+
+def _foreign_group(record_path: Path, bids: dict | None, study: dict) -> _ForeignGroup | None:
     """Why the group whose record would be at `record_path` cannot be written there: the record there (its
     ``bids`` part) is another study's of this folder (another model file, --task, --space or --desc), whose maps
     this study's would replace (a study of task flanker after one of task stroop replaced stroop's subject and
-    dataset maps, exit 0), as a message; None where it is this study's (or an older build's, which names none)."""
+    dataset maps, exit 0), as an error to raise; None where it is this study's (or an older build's, which names
+    none)."""
     other = None if bids is None else bids.get("study")
     if not isinstance(other, dict) or _same_study(other, study):
         return None
-    whose = ", ".join(f"{k} {v}" for k, v in other.items() if v is not None) or "another model"
-    return (
-        f"{record_path.name} in {record_path.parent} is the group of another study of this output folder ({whose}), "
-        "whose maps this one would replace: give each study its own output folder (or `force` to replace them)."
-    )
+    whose = ", ".join(f"{k} {v}" for k, v in other.items() if v is not None)
+    return _ForeignGroup(record_path, whose or "another model")
 
 
 def _listed_files(record_path: Path, study: dict) -> list[str]:
@@ -2728,7 +2741,7 @@ class _Study:
             return None
         bids = _read_bids(record_path)
         if foreign := _foreign_group(record_path, bids, study):
-            raise InputError(foreign)
+            raise foreign
         if bids is None or bids.get("checksum") != checksum:
             return None
         return bids if _outputs_intact(bids, record_path) else None
@@ -2767,8 +2780,8 @@ class _Study:
             count += 1
             bar.update(count)
 
-        def failed(r: RunInput, message: str) -> None:
-            self.failures.append(Failure(node.name, r.label, message, r.entities))
+        def failed(r: RunInput, message: str, other_study: str | None = None) -> None:
+            self.failures.append(Failure(node.name, r.label, message, r.entities, other_study))
             advance()
 
         done: dict[int, tuple] = {}
@@ -2782,8 +2795,8 @@ class _Study:
             record_path = folder / f"{group_prefix(r.entity)}model.json"
             try:
                 bids = self.reuse(record_path, checksum, dict(node.study))
-            except InputError as exc:  # (another study's group)
-                failed(r, str(exc))
+            except _ForeignGroup as exc:
+                failed(r, str(exc), exc.whose)
                 continue
             if bids is not None:
                 done[k] = (_node_result(bids, record_path), bids["outputs"], r)
@@ -3325,7 +3338,8 @@ class _Study:
         writer, writing = DaemonExecutor(), None  # each group written on a thread while the next one fits
 
         def fail(entities: dict, exc: InputError) -> None:
-            self.failures.append(Failure(node.name, _group_label(entities), str(exc), tuple(entities.items())))
+            whose = exc.whose if isinstance(exc, _ForeignGroup) else None
+            self.failures.append(Failure(node.name, _group_label(entities), str(exc), tuple(entities.items()), whose))
 
         def written(future: Future, entities: dict) -> None:
             try:

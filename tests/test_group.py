@@ -449,6 +449,27 @@ def test_copies_of_one_map_are_said_to_be_copies(tmp_path, rng, capsys):
     assert "every image holds the same values (copies of one file?)" in err and err.count("\n") == 1, err
 
 
+def test_an_empty_masks_causes_are_looked_for_in_one_pass_over_the_data():
+    """The empty mask's message finds a blank scan and copies of one scan in one more read of the data, not one
+    each; a blank scan is said before copies."""
+    from voxfit.io.masking import _empty_mask_hint
+
+    class Reader:
+        n_scans, paths, passes = 4, (), 0
+
+        def __init__(self, data):
+            self.data = data
+
+        def iter_scans(self):
+            self.passes += 1
+            yield from ((0, self.data[:2]), (2, self.data[2:]))
+
+    copies = Reader(np.tile(np.arange(1.0, 11.0, dtype=np.float32), (4, 1)))
+    assert "(copies of one file?)" in _empty_mask_hint(copies, None) and copies.passes == 1
+    copies.data[3] = 0.0
+    assert ": scan 4 is all zeros or holds no finite value" in _empty_mask_hint(copies, 0.8) and copies.passes == 2
+
+
 def test_maps_given_apart_after_an_option_are_named_as_inputs(tmp_path, rng, capsys):
     """``group a b -o out c d``: argparse took c and d for unknown arguments; the message says they are inputs
     given apart from the others, in one line. An unknown option keeps argparse's words."""

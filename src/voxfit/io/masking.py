@@ -418,14 +418,15 @@ class AutoMask:
 
 def _empty_mask_hint(reader, threshold) -> str:
     """The end of the message of an empty automatic mask: why, where it can be told, and what to do: a run of one
-    scan (nothing varies), a scan lost in conversion (:func:`_blank_scan`), else with a threshold (a few bright
-    voxels can raise a scan's global above the brain's) a mask or a lower threshold."""
+    scan (nothing varies), a scan lost in conversion, every scan a copy of the first (:func:`_scan_faults`), else
+    with a threshold (a few bright voxels can raise a scan's global above the brain's) a mask or a lower
+    threshold."""
     if reader.n_scans == 1:
         return ": the run has one scan, in which nothing can vary; give a run of several scans"
-    blank = _blank_scan(reader)
+    blank, same = _scan_faults(reader)
     if blank:
         return blank
-    if _all_the_same(reader):  # (a group's maps copied from one: a tester's, said in first-level words)
+    if same:  # (a group's maps copied from one: a tester's, said in first-level words)
         return ": every image holds the same values (copies of one file?); give each scan's, or each subject's, own"
     if threshold is None:
         return ""
@@ -435,23 +436,11 @@ def _empty_mask_hint(reader, threshold) -> str:
     )
 
 
-def _all_the_same(reader) -> bool:
-    """Whether every scan (map) of `reader` equals the first, NaN where it is NaN. A pass over the data, on the
-    empty mask's error only."""
-    first = None
-    for _, block in reader.iter_scans():
-        if first is None:
-            first = np.array(block[0])
-        same = (block == first) | (np.isnan(block) & np.isnan(first)) if block.dtype.kind == "f" else block == first
-        if not same.all():
-            return False
-    return first is not None
-
-
-def _blank_scan(reader) -> str:
-    """Where the automatic mask came out empty: the first scan that is all zeros or holds no finite value, as the
-    message's end (a scan lost in conversion empties the mask of the whole run), or nothing. A second pass over the
-    data, on this error only."""
+def _scan_faults(reader) -> tuple[str, bool]:
+    """Where the automatic mask came out empty, in one more pass over the data (on this error only): the first scan
+    that is all zeros or holds no finite value, as the message's end (a scan lost in conversion empties the mask of
+    the whole run), or nothing; and whether every scan (map) equals the first, NaN where it is NaN."""
+    first, same = None, True
     for start, block in reader.iter_scans():
         with np.errstate(invalid="ignore"):
             blank = ~(np.isfinite(block) & (block != 0)).any(axis=1)
@@ -459,8 +448,13 @@ def _blank_scan(reader) -> str:
             k = start + int(np.argmax(blank))
             paths = getattr(reader, "paths", ())
             where = f" ({paths[k]})" if len(paths) == reader.n_scans and reader.n_scans > 1 else ""
-            return f": scan {k + 1}{where} is all zeros or holds no finite value; restore it"
-    return ""
+            return f": scan {k + 1}{where} is all zeros or holds no finite value; restore it", False
+        if first is None:
+            first = np.array(block[0])
+        if same:
+            equal = block == first
+            same = bool((equal | (np.isnan(block) & np.isnan(first)) if block.dtype.kind == "f" else equal).all())
+    return "", same and first is not None
 
 
 def _finite_and_varying(block: NDArray, first: NDArray, floats: bool):

@@ -902,7 +902,8 @@ def test_the_ar_fit_gives_the_datas_mean_from_its_sums(rng, layout, intercept):
     for compiled in (True, False):
         original = ar.ARBlock.__init__
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(ar.ARBlock, "__init__", lambda self, d, o, compiled=None, c=compiled: original(self, d, o, c))
+            forced = lambda self, d, o, compiled=None, c=compiled, **kw: original(self, d, o, c, **kw)  # noqa: E731
+            mp.setattr(ar.ARBlock, "__init__", forced)
             got = fit_ar(X, Y, 1, {}, block_size=97).fit.mean
         assert not got.flags.writeable
         npt.assert_array_equal(got[7:10], want[7:10])  # NaN, inf, NaN
@@ -930,3 +931,24 @@ def test_the_means_of_invalid_voxels_take_no_more_memory(rng):
         tracemalloc.stop()
     assert np.isnan(fit.fit.mean[::2]).all() and np.isfinite(fit.fit.mean[1::2]).all()
     assert peaks[1] <= peaks[0] + (1 << 20), peaks
+
+
+@pytest.mark.parametrize(("n", "r", "p"), [(2000, 50, 6), (1000, 300, 2), (3000, 20, 30)])
+def test_the_ar_terms_memory_is_bounded_by_its_estimate(n, r, p):
+    """core.ar.ar_terms_bytes, against which a long run's AR terms are checked before they are made (a run of
+    32,767 scans and 1,026 columns took 14 GB under a 2G cap), bounds what ARBlock allocates (tracemalloc's peak),
+    and not by far."""
+    import tracemalloc
+
+    from voxfit.core import factorize
+    from voxfit.core.ar import ARBlock, ar_terms_bytes
+
+    X = np.column_stack([np.random.default_rng(0).standard_normal((n, r - 1)), np.ones(n)])
+    design = factorize(X)
+    tracemalloc.start()
+    try:
+        ARBlock(design, p, compiled=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= ar_terms_bytes(n, r, p) <= 1.35 * peak

@@ -722,6 +722,24 @@ def test_a_study_with_workers_stays_under_the_cap(study, tmp_path, cap, workers)
     assert len(list(out.rglob("*_model.json"))) == 6 + 3 * 2
 
 
+@pytest.mark.parametrize(("scans", "refusal"), [(8000, "the AR(12) noise model's terms"), (16000, "factorising")])
+def test_a_long_runs_design_and_noise_model_are_checked_against_the_cap_before_they_are_made(tmp_path, scans, refusal):
+    """A BIDS run of many scans (a header's claim) on a few voxels: its drifts (2 n TR / 128 s columns) and the
+    default noise model's terms grow with n x columns, which the data's size (8 voxels) does not tell. 32,767 scans
+    peaked at 14 GB under --max-memory 2G. Now refused under 400M before they are made, in one line, with nothing
+    written: the noise model's terms at 8,000 scans, the design itself at 16,000 (before: exit 0 at peaks of 1.0 and
+    3.5 GiB; now 317 and 155 MiB)."""
+    pytest.importorskip("bids")
+    from voxfit.bids.synthetic import make_dataset
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=scans, shape=(2, 2, 2))
+    out = tmp_path / "out"
+    args = ["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives), "--quiet"]
+    rc, peak, err = _voxfit([*args, "--max-memory", "400M"], tmp_path)
+    assert rc == 2 and refusal in err and "more than --max-memory 400M" in err, err
+    assert peak <= 400 * MiB and not out.exists()
+
+
 @pytest.mark.parametrize("command", ["fit", "group"])
 def test_a_gifti_input_is_checked_against_the_cap_before_it_is_decoded(tmp_path, command):
     """A GIFTI file's data arrays are text, decoded whole as the file is opened: one over the cap (with the part

@@ -54,7 +54,8 @@ import numpy as np
 
 from .._checks import check_scalar, repeated
 from ..design import Design, make_design
-from ..design.events import cosine_drift, parse_high_pass
+from ..core.design import check_factor_memory
+from ..design.events import cosine_drift, cosine_order, parse_high_pass
 from ..exceptions import DesignWarning, InputError
 from ..io.scans import natural_key
 from .layout import value_text
@@ -115,6 +116,7 @@ class _Problem:
     high_pass_s: float
     high_pass_from: str
     unloaded: tuple[str, ...] = ()  # confounds columns not read (the node does not name them)
+    max_memory: object = None  # the cap the design's making and factorisation must fit (None: the memory there is)
 
 
 def run_design(
@@ -128,6 +130,7 @@ def run_design(
     high_pass: float | str | None = None,
     unloaded=(),
     trial_types=(),
+    max_memory=None,
 ) -> RunDesign:
     """The design and contrasts of one run for the Run `node` of a validated model (see the module docstring).
 
@@ -137,6 +140,8 @@ def run_design(
     `slice_time_ref` the fraction of the TR at which scans are sampled (make_design's); `high_pass` the
     high-pass period (seconds, or ``"0.008Hz"``) overriding the model's Options.HighPassFilterCutoffHz;
     `unloaded` the confounds table's columns left out of the collection (named in messages with its variables).
+    `max_memory` the cap (``voxfit.fit``'s) the design must fit while it is made and factorised, checked before its
+    columns are made (None: the memory there is).
     `trial_types`: the study's trial types (every run's); one that this run has no event of is left out of its
     Model.X and Model.HRF (as SPM and FSL leave an empty condition out; ``settings``'s ``left_out_of_x``), and a
     contrast naming it is not made for the run (pybids' and FitLins' rule: the run's other contrasts are; listed in
@@ -149,7 +154,7 @@ def run_design(
     the scans have a slice-timing reference (``convolved_at_scan_start``: its inputs).
     """
     problem = _check_arguments(collection, node, tr, n_scans, convolution, slice_time_ref, high_pass)
-    problem = replace(problem, unloaded=tuple(unloaded))
+    problem = replace(problem, unloaded=tuple(unloaded), max_memory=max_memory)
     variables = collection.clone()
     made = _add_trial_types(variables, problem, trial_types)
     lacking = [t for t in trial_types if t not in made.levels]  # (the study's trial types this run has no event of)
@@ -579,6 +584,7 @@ def _convolved(conditions: dict, setting: tuple[str, int], problem: _Problem):
         drift="none",
         fir_delays=delays,
         convolution=problem.convolution,
+        max_memory=problem.max_memory,
         **_sampling(problem),
     )
 
@@ -943,9 +949,13 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem, derived: dict) -> 
             kinds.append(columns[column][1])
             values.append(columns[column][0])
             sources[column] = name  # (a derivative's column its own variable: contrasts name it)
+    # the design's size before its drifts are made (their number from the run's length and TR, both the files'
+    # claims): at least the larger of the model's columns and the drifts, whichever of the drifts the model holds
+    n_drifts = cosine_order(problem.n_scans, problem.tr, problem.high_pass_s)
+    check_factor_memory(problem.n_scans, max(len(values), n_drifts) + (1 in x), problem.max_memory)
     # a drift column the model's columns hold already (fMRIPrep's cosine00, ...: FitLins' and nilearn's way with
     # load_confounds) is left out: beside it the design was singular to rounding (correlation 0.9999999999987)
-    drifts = cosine_drift(problem.n_scans, problem.tr, problem.high_pass_s)
+    drifts = cosine_drift(problem.n_scans, problem.tr, problem.high_pass_s, n_drifts)
     held = duplicated_columns(drifts, np.column_stack(values) if values else np.zeros((problem.n_scans, 0)))
     drifts = drifts[:, ~held]
     for k in range(drifts.shape[1]):

@@ -2970,6 +2970,7 @@ class _Study:
                 high_pass=self._high_pass(node),
                 unloaded=self.unloaded.get(node.name, ()),
                 trial_types=self.trial_types(),
+                max_memory=self.execution.max_memory,
             )
         except InputError as exc:
             named = re.search(r'Model\.X names "([^"]+)", but the run has no variable', str(exc))

@@ -24,7 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._array import held_as_series
-from .design import DesignFactor
+from .._memory import check_memory
+from .design import _FACTOR_CHECKED, DesignFactor
 from .distributions import kenward_roger_or_satterthwaite
 from ._ar_kernels import ar1_estimate, ar1_solve, ar_kernels_loaded, compile_ar_kernels, shift_and_lag
 from .ols import REFIT_RATIO, needs_refit
@@ -61,6 +62,36 @@ AR1_TABLE_STEP = 2.0 * AR1_TABLE_SPAN / (AR1_TABLE_NODES - 1)  # between the nod
 AR1_TABLE_CHUNK = 64  # nodes of the table computed together, when a voxel first needs one of them
 TILE_BYTES = 4 << 20  # of float64 data that a block's sums (lagged_sums) use while they are in cache (see _tiled_sums)
 _TABLE_LOCK = threading.Lock()  # one thread computes a table while the others of the fit wait for it
+
+
+def ar_terms_bytes(n_scans: int, rank: int, order: int) -> int:
+    """The most memory :class:`ARBlock`'s design-only terms take while they are made, for a design of `rank`
+    columns over `n_scans` scans and AR(`order`): its lagged basis (n x (p+1) r) and the FFTs of its basis, the Gram
+    terms of its lags and corners ((p+1+p^2) r^2) and the spectrum's table ((p+2)(p+1) frequencies). Fitted to
+    tracemalloc's peaks over twelve designs (n 800-10,000, rank 5-500, order 1-100: within 8% below and 11% above
+    each), with a tenth added. A run's length and TR are the files' claims: the default model's AR(6) terms of a
+    run of 32,767 scans and 1,026 columns took 14 GB under --max-memory 2G."""
+    n, r, p = int(n_scans), int(rank), int(order)
+    lags, grams, table = (
+        1.6 * n * r * (p + 1) + 5.2 * n * r,
+        4.6 * r * r * p * p + 1.5 * r * r * (p + 1),
+        1.2 * n * (p + 1) * (p + 2),
+    )
+    return int(8 * (lags + grams + table))
+
+
+def check_ar_terms(design: DesignFactor, orders, max_memory=None) -> None:
+    """Refuse, before they are made, AR models of the `orders` (an order, or several held at once) whose design
+    terms (:func:`ar_terms_bytes`) cannot fit `max_memory` (None: the memory there is)."""
+    orders = [orders] if np.ndim(orders) == 0 else list(orders)
+    need = sum(ar_terms_bytes(design.n_scans, design.rank, p) for p in orders)
+    if need > _FACTOR_CHECKED:  # (as a design's factors: small terms cost no more than the cap's rounding)
+        fix = "Give a design of fewer columns or a lower order (--noise)"
+        fix += ", or a larger --max-memory (`max_memory`)." if max_memory is not None else "."
+        what = (
+            f"the AR({max(orders)}) noise model's terms of a design of rank {design.rank:,}, {design.n_scans:,} scans"
+        )
+        check_memory(need, what, max_memory, fix)
 
 
 def _shift_sum(A: NDArray, j: int) -> NDArray:
@@ -222,14 +253,16 @@ class ARBlock:
     `compiled`: whether the blocks of this design take the compiled data pass and AR(1) fit
     (:mod:`voxfit.core._ar_kernels`, loaded here if need be; the same numbers to rounding); by default, whether
     those kernels are already loaded in this process. One decision for every block, so a fit's voxels are all
-    computed alike.
+    computed alike. `max_memory`: the cap its terms must fit while they are made (:func:`check_ar_terms`; None:
+    the memory there is).
     """
 
-    def __init__(self, design: DesignFactor, order: int, compiled: bool | None = None):
+    def __init__(self, design: DesignFactor, order: int, compiled: bool | None = None, max_memory=None):
         if order < 1:
             raise ValueError("order must be at least 1")
         if design.n_scans <= 2 * order + design.rank:
             raise ValueError("too few scans for this AR order")
+        check_ar_terms(design, order, max_memory)
         self.design, self.order = design, order
         # the compiled data pass and AR(1) fit (voxfit.core._ar_kernels) for every block of this design, or none
         self.compiled = ar_kernels_loaded() if compiled is None else bool(compiled)

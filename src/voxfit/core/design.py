@@ -26,7 +26,7 @@ from .._memory import check_memory
 from .._threads import blas_single_threaded, interruptible
 from ..exceptions import DataTypeError, InputError, RankDeficiencyWarning
 
-__all__ = ["DesignFactor", "factorize", "as_design_matrix", "orthonormal_basis"]
+__all__ = ["DesignFactor", "factorize", "check_factor_memory", "as_design_matrix", "orthonormal_basis"]
 
 _NULL_ENTRY_RTOL = 1e-8  # entries of a null vector below this (relative) are not "involved"
 # the constant's distance from the column space, per row (|(I - H) 1| / sqrt(n)): up to INTERCEPT_RTOL the design
@@ -209,6 +209,21 @@ def as_design_matrix(X, names=None) -> tuple[NDArray[np.float64], tuple[str, ...
     return X, names
 
 
+def check_factor_memory(n: int, p: int, max_memory=None) -> None:
+    """Refuse a design of `p` columns x `n` scans whose factorisation cannot fit `max_memory` (None: the memory
+    there is): its p x p matrices (null space, covariance, their factors and products) and n x p ones, four while
+    it is factorised and four more that the fit holds beside them (the design as given and as a matrix, the
+    factor's basis and pseudo-inverse: a BIDS run of 32,767 scans and 1,026 columns peaked at 2.9 GB under
+    --max-memory 2G, with the check on the first four passed). A design of 100,000 columns, from a confounds file
+    selected by a pattern, took more memory than the machine had. Designs built column by column (a BIDS run's)
+    call this before their columns are made."""
+    need = 8.0 * p * (6 * p + 8 * n)
+    if need > _FACTOR_CHECKED:  # (a design of ordinary width costs no more than a cap's other parts' rounding)
+        fix = "Give fewer columns" + (" (a design estimates at most one independent column per scan)" if p > n else "")
+        fix += ", or a larger --max-memory (`max_memory`)." if max_memory is not None else "."
+        check_memory(need, f"factorising a design of {p:,} columns x {n:,} scans", max_memory, fix)
+
+
 def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True, max_memory=None) -> DesignFactor:
     """Factorise a design once: rank, pseudo-inverse, null space and what the voxel side needs.
 
@@ -233,13 +248,7 @@ def factorize(X, names=None, *, rtol: float | None = None, warn: bool = True, ma
     rtol = max(n, p) * eps if rtol is None else float(rtol)
 
     scale = _column_norms(X, names)
-    # (p x p matrices: null space, covariance, their factors and products; a design of 100,000 columns, from a
-    # confounds file selected by a pattern, took more memory than the machine had)
-    need = 8.0 * p * (6 * p + 4 * n)
-    if need > _FACTOR_CHECKED:  # (a design of ordinary width costs no more than a cap's other parts' rounding)
-        fix = "Give fewer columns" + (" (a design estimates at most one independent column per scan)" if p > n else "")
-        fix += ", or a larger --max-memory (`max_memory`)." if max_memory is not None else "."
-        check_memory(need, f"factorising a design of {p:,} columns x {n:,} scans", max_memory, fix)
+    check_factor_memory(n, p, max_memory)
     if n * p * p >= _LARGE_FLOPS:  # LAPACK calls of seconds: in a helper thread, they let Ctrl-C and SIGTERM through
         Qr, sv, rank, pinv, cov_unscaled, null_scaled, basis_pinv = interruptible(_factor, X, scale, rtol)
     else:  # BLAS threads gain nothing on a small design, and they spin for ~0.1 s after each call, taking the

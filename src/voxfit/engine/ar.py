@@ -115,7 +115,8 @@ def fit_ar(
             f"`contrasts` must be a dict {{label: expression or weights}}; got {type(contrasts).__name__}."
         )
     weights = {label: check_contrast(expr, design, label) for label, expr in contrasts.items()}
-    block = ARBlock(design, int(order), compiled=True if n * Y.shape[1] >= AUTO_COMPILE_ELEMENTS else None)
+    compiled = True if n * Y.shape[1] >= AUTO_COMPILE_ELEMENTS else None
+    block = ARBlock(design, int(order), compiled=compiled, max_memory=execution.max_memory)
     fit_block = functools.partial(fit_ar_block, block, with_mean=True)  # (the mean image, free from its sums)
     if execution.on_device:
         from ._ar_device import DeviceARBlock

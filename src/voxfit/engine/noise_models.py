@@ -16,7 +16,7 @@ from .._execution import Execution
 from .._memory import cap_text, reserved_bytes
 from .._threads import blas_single_threaded, run_in_threads
 from ..core import Fit, Stats, check_contrast, factorize
-from ..core.ar import ARBlock, fit_ar_block
+from ..core.ar import ARBlock, check_ar_terms, fit_ar_block
 from ..core.arma import ARMA_GRID, arma_terms, fit_arma_block
 from ..core.ols import exact_fits
 from ..core.film import (
@@ -131,6 +131,7 @@ def fit_film(
     M = film_lags(n)
     if n <= 2 * M + design.rank:
         raise InputError(f"film needs more than {2 * M + design.rank} scans for its {M} lags; the data have {n}.")
+    check_ar_terms(design, M, execution.max_memory)  # (before the first pass over the data, not after it)
     design, Y, n_jobs, weights = _prepare(X, Y, contrasts, names, execution)
     V, pc = Y.shape[1], design.X.shape[1]
     if space is not None and space.brightness.shape != (V,):
@@ -149,7 +150,7 @@ def fit_film(
 
     _run_blocks(V, step, n_jobs, first)
     rho, info = film_autocorrelations(lagged, valid, space)
-    block = ARBlock(design, M)
+    block = ARBlock(design, M, max_memory=execution.max_memory)
     maps = ARMaps(pc, M, weights, V)
 
     def second(start: int) -> None:
@@ -276,6 +277,7 @@ def fit_auto_ar(
     top = max_order
     while top > 0 and n <= 2 * top + design.rank:
         top -= 1
+    check_ar_terms(design, range(1, top + 1), execution.max_memory)  # (every order's terms held at once)
     blocks = {p: ARBlock(design, p) for p in range(1, top + 1)}
     step = _step(n, pc, top, execution, n_jobs)
     maps = ARMaps(pc, max(top, 1), weights, V)

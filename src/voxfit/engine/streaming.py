@@ -81,8 +81,9 @@ class ReadARFit(ReadSums):
                 f"an AR({self.order}) model needs more than {2 * self.order + design.rank} scans; the data have {n}."
             )
         # the compiled AR(1) fit as fit_ar decides (loading numba during the read slowed the read more than it saves)
-        block = ARBlock(design, self.order, compiled=True if n * V >= AUTO_COMPILE_ELEMENTS else None)
         execution = execution or Execution()
+        compiled = True if n * V >= AUTO_COMPILE_ELEMENTS else None
+        block = ARBlock(design, self.order, compiled=compiled, max_memory=execution.max_memory)
         workers = resolve_workers(execution.n_jobs)
         per_voxel = ar_block_bytes(design.rank, self.order, weights, n) // SUMS_BLOCK
         size = int(min(SUMS_BLOCK, max(256, execution.budgets.ar_block // (workers * per_voxel))))
@@ -230,7 +231,7 @@ def fit_streaming(
             raise InputError(
                 f"an AR({order}) model needs more than {2 * order + design.rank} scans; the data have {n}."
             )
-        block = ARBlock(design, order)
+        block = ARBlock(design, order, max_memory=execution.max_memory)
         basis = block.lagged_basis
     else:
         block, basis = None, design.basis

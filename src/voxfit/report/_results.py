@@ -264,8 +264,16 @@ def _rft_threshold(res: Results, c: Contrast, th: Threshold) -> Threshold:
     entry = (inference.get("contrasts") or {}).get(c.label) or {}
     height, extent = entry.get("height_stat"), inference.get("extent") or 0
     shape = getattr(res.geometry, "shape", None)
-    if inference.get("method") != "rft" or not isinstance(height, (int, float)) or shape is None:
+    if inference.get("method") != "rft" or height is None or shape is None:
         return th
+    # (a record without its seal, as earlier voxfit wrote them, is read as it is: edited by hand, a wrong type
+    # ended the report in a numpy error, exit 1)
+    number = isinstance(height, (int, float)) and not isinstance(height, bool) and np.isfinite(height)
+    if not number or not isinstance(extent, int) or isinstance(extent, bool) or extent < 0:
+        raise InputError(
+            f"the record (model.json) in {res.folder} holds an RFT height ({height!r}) or extent ({extent!r}) that "
+            "is not a number of its kind; rerun the fit to rewrite it."
+        )
     name = c.kind
     if entry.get("field") == "Z":  # (a record of voxfit before 2026-12-07: dof that vary by voxel, the z map's field)
         name = "z"

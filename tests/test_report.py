@@ -549,11 +549,9 @@ def test_slices_cut_through_the_global_maximum():
     flat = stat.reshape(-1, order="F")
     th = Threshold(flat > 3, flat, "z", 3.0, "test", columns={"z": flat})
     page = _volume_part(_Volume(VolumeGeometry(SHAPE, AFFINE)), np.ones(SHAPE), th, np.ones(flat.size, bool), 26)
-    x, y, z = AFFINE[:3, :3] @ [8, 7, 6] + AFFINE[:3, 3]
-    assert f"orthogonal slices through ({x:.0f}, {y:.0f}, {z:.0f}) mm" in page
-    assert (
-        f"through the global maximum of the shown map: z = 9 at ({x:.0f}, {y:.0f}, {z:.0f}) mm, in cluster 2." in page
-    )
+    x, y, z = (round(float(v), 1) for v in AFFINE[:3, :3] @ [8, 7, 6] + AFFINE[:3, 3])  # (the table's 0.1 mm)
+    assert f"orthogonal slices through ({x:g}, {y:g}, {z:g}) mm" in page
+    assert f"through the global maximum of the shown map: z = 9 at ({x:g}, {y:g}, {z:g}) mm, in cluster 2." in page
     assert re.findall(r"<tr><td class=n>(\d)</td><td class=n>(\d+)</td>", page) == [("1", "27"), ("2", "1")]
 
 

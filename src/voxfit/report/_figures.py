@@ -233,7 +233,7 @@ def orthogonal_slices(
     cuts = [np.s_[i, :, :], np.s_[:, j, :], np.s_[:, :, k]]
     panels = [_rgb(background[c], stat[c], shown[c], scale, grey) for c in cuts]
     aspects = [zooms[2] / zooms[1], zooms[2] / zooms[0], zooms[1] / zooms[0]]
-    titles = [f"x = {mm[0]:.0f} mm", f"y = {mm[1]:.0f} mm", f"z = {mm[2]:.0f} mm"]
+    titles = [f"{axis} = {round(float(v), 1):g} mm" for axis, v in zip("xyz", mm)]
     return _slice_image([panels], titles, [aspects], scale, label, 10.0)
 
 

@@ -254,7 +254,8 @@ def _volume_part(
     top = _global_maximum(th)
     peak_ijk = np.argwhere(vol.grid(np.arange(len(th.stat))) == top)[0]
     mm = vol.mm(peak_ijk)
-    where = f"({mm[0]:.0f}, {mm[1]:.0f}, {mm[2]:.0f}) mm"
+    # (to the table's 0.1 mm: a peak at 28.5 mm was said at 28, rounded to even, beside the table's 28.5)
+    where = "(" + ", ".join(f"{round(float(v), 1):g}" for v in mm) + ") mm"
     cluster = next((r["cluster"] for r, e in zip(rows, elements) if e == top), None)
     out = [
         f"<p>Orthogonal slices through the global maximum of the shown {what}: {_e(th.stat_name)} = "

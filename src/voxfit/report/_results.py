@@ -238,7 +238,8 @@ def _first_level_threshold(res: Results, c: Contrast, p_threshold: float | None)
     reason = f"p < {alpha:g} uncorrected, one-sided ({tail}z > {level:.2f}): {why}."
     notes = [
         f"{int(shown.sum()):,} of {int(valid.sum()):,} elements shown",
-        f"{n_fdr:,} elements reach FDR q < 0.05 (Benjamini–Hochberg), "
+        f"{n_fdr:,} element{'s' if n_fdr != 1 else ''} reach{'es' if n_fdr == 1 else ''} FDR q < 0.05 "
+        "(Benjamini–Hochberg), "
         f"{n_bonf:,} reach Bonferroni p < 0.05, both one-sided",
     ]
     if c.kind == "t":

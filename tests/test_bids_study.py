@@ -803,6 +803,42 @@ def test_the_default_model_takes_each_runs_own_trial_types(tmp_path, capsys):
     ]
 
 
+def test_the_default_model_takes_a_trial_type_named_as_an_events_column_as_the_trial_type(tmp_path, capsys):
+    """ds000001's layout: trial types named as the events' columns of their parametric modulators (trial_type
+    pumps_demean beside a column pumps_demean, n/a at the other events). The default model took the column: the
+    map labelled pumps_demean held the modulator's effect, exit 0 (a tester's), and a run whose modulator is 0
+    throughout failed. Its regressor is now the trial type's, ``trial_type.pumps_demean``: the design's column
+    equals the one the same events give with the modulator's column named otherwise."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+
+    def rewrite(column: str) -> None:
+        for subject in ("01", "02"):
+            events = study.root / f"sub-{subject}" / "func" / f"sub-{subject}_task-stroop_run-1_events.tsv"
+            rows = [line.split("\t") for line in events.read_text().splitlines()[1:]]
+            lines = [f"onset\tduration\ttrial_type\t{column}"]
+            for k, (onset, duration, kind, *_) in enumerate(rows):
+                kind = "pumps_demean" if kind == "congruent" else kind
+                value = (k % 5 - 2.0 if subject == "01" else 0.0) if kind == "pumps_demean" else "n/a"
+                lines.append(f"{onset}\t{duration}\t{kind}\t{value}")
+            events.write_text("\n".join(lines) + "\n")
+
+    designs = {}
+    for column in ("pumps_demean", "pumps_modulator"):
+        rewrite(column)
+        out = tmp_path / column
+        assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet"]) == 0, capsys.readouterr().err
+        designs[column] = [
+            np.loadtxt(next((out / f"sub-{s}" / "node-run").glob("*_design.tsv")), delimiter="\t", skiprows=1)
+            for s in ("01", "02")
+        ]
+    names = next((tmp_path / "pumps_demean" / "sub-01" / "node-run").glob("*_design.tsv")).read_text().split("\n")[0]
+    assert names.split("\t")[:2] == ["incongruent", "trial_type.pumps_demean"], names
+    for ours, plain in zip(designs["pumps_demean"], designs["pumps_modulator"]):
+        np.testing.assert_array_equal(ours, plain)
+    maps = sorted(p.name for p in (tmp_path / "pumps_demean" / "node-dataset").glob("*_stat-z_statmap.nii.gz"))
+    assert maps == ["contrast-incongruent_stat-z_statmap.nii.gz", "contrast-trialtypepumpsdemean_stat-z_statmap.nii.gz"]
+
+
 def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys):
     """A Filter (or DropNA) transformation at the dataset node leaves subjects out on purpose: they have their
     rows in participants.tsv, and the group is fitted without them (not refused as missing rows). (Filter, then

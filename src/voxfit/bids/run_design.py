@@ -18,8 +18,10 @@ What goes where:
   trial type of the study that the run has no event of is a regressor of zeros: the instructions go on without
   it (:func:`_without_absent`), and what they would have made of it is absent too.
 - **Trial types as variables**: the levels of the events' ``trial_type`` column are variables under their own
-  names (``congruent``), as the specification's examples write Model.X, unless a variable of that name exists;
-  pybids' ``Factor`` names them ``trial_type.congruent``, and both spellings work. They follow the column as the
+  names (``congruent``), as the specification's examples write Model.X; a level named as another variable (an
+  events column: ds000001's ``pumps_demean`` is a trial type and its modulator's column) is made under pybids'
+  Factor name, ``trial_type.pumps_demean``, the plain name staying the column's. pybids' ``Factor`` names every
+  level ``trial_type.congruent``, and both spellings work. They follow the column as the
   instructions change it (a Replace or Filter of ``trial_type``), as Factor's levels do.
 - **Convolution** (Model.HRF and voxfit's Convolve instructions) is ``voxfit.design.make_design``: SPM's
   microtime grid (`convolution="spm"`) or nilearn's (`"nilearn"`, equal to nilearn's
@@ -116,7 +118,7 @@ class _Problem:
     high_pass_s: float
     high_pass_from: str
     unloaded: tuple[str, ...] = ()  # confounds columns not read (the node does not name them)
-    max_memory: object = None  # the cap the design's making and factorisation must fit (None: the memory there is)
+    max_memory: object = None  # the cap the design's factorisation must fit, checked before its drifts are made
 
 
 def run_design(
@@ -140,8 +142,9 @@ def run_design(
     `slice_time_ref` the fraction of the TR at which scans are sampled (make_design's); `high_pass` the
     high-pass period (seconds, or ``"0.008Hz"``) overriding the model's Options.HighPassFilterCutoffHz;
     `unloaded` the confounds table's columns left out of the collection (named in messages with its variables).
-    `max_memory` the cap (``voxfit.fit``'s) the design must fit while it is made and factorised, checked before its
-    columns are made (None: the memory there is).
+    `max_memory` the cap (``voxfit.fit``'s) the design's factorisation must fit, checked before its drifts are made
+    (None: the memory there is; the convolution's own check is against the memory there is, as the cap's share for
+    the interpreter would refuse every design under a cap below it, where the data's check says what to do).
     `trial_types`: the study's trial types (every run's); one that this run has no event of is left out of its
     Model.X and Model.HRF (as SPM and FSL leave an empty condition out; ``settings``'s ``left_out_of_x``), and a
     contrast naming it is not made for the run (pybids' and FitLins' rule: the run's other contrasts are; listed in
@@ -301,12 +304,15 @@ def _add_trial_types(variables, problem: _Problem, study=(), before: _TrialTypes
     levels -= late
     made = {}
     for level in dict.fromkeys(names.dropna()):
-        if level in variables.variables or level not in levels or (before is not None and level in before.seen):
+        # (a level named as another variable, an events column ds000001's pumps_demean is both, is made under
+        # pybids' Factor name: the plain name stays the column's)
+        name = level if level not in variables.variables else f"trial_type.{level}"
+        if name in variables.variables or level not in levels or (before is not None and name in before.seen):
             continue
         rows = frame.copy()
         rows["amplitude"] = (names == level).astype(float).to_numpy() * weights.to_numpy()
-        variables.variables[level] = made[level] = SparseRunVariable(
-            name=level, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
+        variables.variables[name] = made[name] = SparseRunVariable(
+            name=name, data=rows.reset_index(drop=True), run_info=trial_type.run_info, source="events"
         )
     seen = frozenset(made) | (before.seen if before is not None else frozenset())
     return _TrialTypes(frozenset(levels), made, frozenset(late), weights, seen)
@@ -584,7 +590,6 @@ def _convolved(conditions: dict, setting: tuple[str, int], problem: _Problem):
         drift="none",
         fir_delays=delays,
         convolution=problem.convolution,
-        max_memory=problem.max_memory,
         **_sampling(problem),
     )
 

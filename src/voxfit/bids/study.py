@@ -402,7 +402,7 @@ def run(
     try:
         database = out_dir / ".voxfit" / "bids-index"
         layout = index(bids_dir, derivatives, database=database, stamp=stamp or None, broken=broken)
-        default_types = []  # (voxfit's default model: its trial types, each run's own taken: _Study.run_spec)
+        default_types, names = [], []  # (voxfit's default model: its trial types, each run's own: _Study.run_spec)
         if model is None:
             runs = find_runs(layout, task=task, space=space, desc=desc, participant_label=labels, strict=False)
             sessions = any(dict(r.entities).get("session") for r in runs)
@@ -417,7 +417,8 @@ def run(
                 )
             runs = _without_eventless_tasks(layout, runs, tasks) if task is None else runs
             default_types = _trial_types([r.events for r in runs])
-            model = load_model(default_model(task or (tasks[0] if tasks else None), default_types, sessions=sessions))
+            names = _trial_type_names(default_types, [r.events for r in runs])
+            model = load_model(default_model(task or (tasks[0] if tasks else None), names, sessions=sessions))
         else:
             model = load_model(model, task=task)
             chosen = input_filters(layout, model.get("Input"), task=task, participant_label=labels)
@@ -464,6 +465,7 @@ def run(
         identity = (("model", model_file.name), *_runs_chosen(runs), ("desc", desc))
         study = _Study(layout, model, settings, execution, out_dir, force, command, labels, identity)
         study.default_types = tuple(default_types)
+        study.default_names = dict(zip(default_types, names))
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
         study.session_ids = session_ids
@@ -906,6 +908,21 @@ def _trial_types(events, before: float | None = None) -> list[str]:
                 table = table[pd.to_numeric(table["onset"], errors="coerce") < before]
             found |= {value_text(t) for t in table["trial_type"].dropna().unique()}
     return sorted(found)
+
+
+def _trial_type_names(types: list[str], events) -> list[str]:
+    """The default model's variable of each trial type: its own name, or pybids' Factor name
+    (``trial_type.pumps_demean``) where an events column has that name (ds000001's parametric modulators are
+    columns named as their trial types: the default model took the column, its map labelled with the trial type
+    holding the modulator's effect, exit 0; runs whose modulator is 0 throughout failed)."""
+    columns: set[str] = set()
+    for path in {p for p in events if p is not None}:
+        try:
+            with open(path, encoding="utf-8-sig", errors="replace") as fh:
+                columns |= {c.strip() for c in fh.readline().rstrip("\r\n").split("\t")}
+        except OSError:
+            continue
+    return [f"trial_type.{t}" if t in columns else t for t in types]
 
 
 def _mask_entities(model: dict) -> dict | None:
@@ -2541,6 +2558,7 @@ class _Study:
         declared = [c["Name"] for node in model["Nodes"] for c in node.get("Contrasts") or []]
         self.contrast_labels = ContrastLabels(declared)  # (the file's names first, in its order)
         self.default_types: tuple[str, ...] = ()
+        self.default_names: dict[str, str] = {}  # (the default model's variable of each: see _trial_type_names)
         self._runs: list[RunInput] = []  # the run node's runs
         self._trial_types: tuple[str, ...] | None = None  # the trial types of the runs' tasks, read once (checksums)
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
@@ -2879,7 +2897,7 @@ class _Study:
             end = r.n_scans * r.tr if r.tr and r.n_scans else None
             within = set(_trial_types([r.events], before=end))
             self._run_types[r.events] = within or set(_trial_types([r.events]))
-        present = [t for t in self.default_types if t in self._run_types[r.events]]
+        present = [self.default_names[t] for t in self.default_types if t in self._run_types[r.events]]
         if not present or len(present) == len(self.default_types):
             return node.spec
         model = {**node.spec["Model"], "X": [*present, 1], "HRF": {**node.spec["Model"]["HRF"], "Variables": present}}

@@ -541,4 +541,8 @@ def test_a_folder_that_does_not_exist_is_said_so_with_the_one_meant(tmp_path, ca
     root[1] = str(study.root / "participants.tsv")  # (a file: said so, not as a folder that does not exist)
     assert main(root) == 2
     assert f"BIDS dataset {study.root / 'participants.tsv'} is a file; give its folder." in capsys.readouterr().err
+    # the folder above fMRIPrep's (derivatives/): the one inside it named (a tester's)
+    above = ["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives.parent)]
+    assert main(above) == 2
+    assert f"give fMRIPrep's output folder ({study.derivatives}), the one" in capsys.readouterr().err
     assert not out.exists()

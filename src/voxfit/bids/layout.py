@@ -568,9 +568,11 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
     derivatives = [Path(d) for d in derivatives]
     for d in derivatives:
         if not (d / "dataset_description.json").is_file():
+            inside = sorted(str(p.parent) for p in d.glob("*/dataset_description.json"))  # (derivatives/fmriprep)
             raise InputError(
-                f"derivatives folder {d} has no dataset_description.json; give fMRIPrep's output folder "
-                "(the one holding dataset_description.json and sub-*)."
+                f"derivatives folder {d} has no dataset_description.json; give fMRIPrep's output folder"
+                f"{f' ({listed(inside, 3)})' if inside else ''}, the one holding its dataset_description.json and "
+                "sub-*."
             )
         if os.path.realpath(d) == os.path.realpath(bids_dir):  # (its raw runs had "no preprocessed BOLD run")
             inside = sorted(str(p.parent) for p in d.glob("derivatives/*/dataset_description.json"))

@@ -837,6 +837,18 @@ def test_the_default_model_takes_a_trial_type_named_as_an_events_column_as_the_t
         np.testing.assert_array_equal(ours, plain)
     maps = sorted(p.name for p in (tmp_path / "pumps_demean" / "node-dataset").glob("*_stat-z_statmap.nii.gz"))
     assert maps == ["contrast-incongruent_stat-z_statmap.nii.gz", "contrast-trialtypepumpsdemean_stat-z_statmap.nii.gz"]
+    # a model naming the plain name takes the column, as BIDS Stats Models read it, and says what to name instead
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+    from voxfit.exceptions import DesignWarning
+
+    rewrite("pumps_demean")
+    model = default_model("stroop", ["incongruent", "pumps_demean"])
+    with pytest.warns(DesignWarning, match='names "pumps_demean", both an events column and a trial type; the column'):
+        done = run(study.root, tmp_path / "model", model=model, level="run", derivatives=[deriv[1]], progress=False)
+    assert [f.reason for f in done.failures if "02" in f.group][0].find('"pumps_demean" has no event') > 0
+    column = np.loadtxt(next((tmp_path / "model" / "sub-01" / "node-run").glob("*_design.tsv")), skiprows=1)[:, 1]
+    assert not np.allclose(column, designs["pumps_demean"][0][:, 1])  # (the modulator's regressor)
 
 
 def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys):

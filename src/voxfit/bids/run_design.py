@@ -160,6 +160,7 @@ def run_design(
     problem = replace(problem, unloaded=tuple(unloaded), max_memory=max_memory)
     variables = collection.clone()
     made = _add_trial_types(variables, problem, trial_types)
+    _warn_column_named_as_trial_type(node, made)
     lacking = [t for t in trial_types if t not in made.levels]  # (the study's trial types this run has no event of)
     transformed = _transform(variables, problem, lacking, made, trial_types)
     absent, pybids_instructions = transformed.absent, transformed.theirs
@@ -345,6 +346,21 @@ def _weights(variables, trial_type, before: _TrialTypes | None):
     if before is not None and before.weights is not None and index.isin(before.weights.index).all():
         return before.weights.reindex(index)
     return pd.Series(np.broadcast_to(_modulation(variables, trial_type), (len(index),)), index=index)
+
+
+def _warn_column_named_as_trial_type(node: dict, made: _TrialTypes) -> None:
+    """A warning where Model.X names a variable that is both an events column and a trial type (ds000001's
+    pumps_demean): the column is taken, as BIDS Stats Models read a name, where the trial type may have been meant."""
+    both = [name for name in made.variables if name.startswith("trial_type.")]  # (levels named as a column)
+    named = [name for name in both if name.split(".", 1)[1] in node["Model"]["X"]]
+    if named:
+        plain = named[0].split(".", 1)[1]
+        warnings.warn(
+            f'node "{node["Name"]}": Model.X names "{plain}", both an events column and a trial type; the column is '
+            f'taken, as BIDS Stats Models read a name: name "{named[0]}" for the trial type\'s regressor.',
+            DesignWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_repeated(frame, names, problem: _Problem) -> None:

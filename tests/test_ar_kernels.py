@@ -217,8 +217,8 @@ def test_fit_ar_decides_once_for_every_block(rng, monkeypatch):
     seen = []
     real = core_ar.ARBlock.__init__
 
-    def spy(self, design, order, compiled=None):
-        real(self, design, order, compiled)
+    def spy(self, design, order, compiled=None, **kw):
+        real(self, design, order, compiled, **kw)
         seen.append(self.compiled)
 
     monkeypatch.setattr(core_ar.ARBlock, "__init__", spy)

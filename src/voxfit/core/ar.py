@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from .._array import held_as_series
 from .._memory import check_memory
-from .design import _FACTOR_CHECKED, DesignFactor
+from .design import DesignFactor
 from .distributions import kenward_roger_or_satterthwaite
 from ._ar_kernels import ar1_estimate, ar1_solve, ar_kernels_loaded, compile_ar_kernels, shift_and_lag
 from .ols import REFIT_RATIO, needs_refit
@@ -55,6 +55,7 @@ __all__ = [
 MAX_REFLECTION = 0.99
 MIN_PREDICTION_ERROR = 1e-6  # of the variance: a clipped coefficient below it ends the model (see _levinson)
 AR_ITERATIONS = 4  # of the bias correction (see ARBlock.estimate)
+_TERMS_CHECKED = 16 << 20  # bytes of AR terms above which they are checked (smaller cost no more than a cap's rounding)
 BIAS_BLOCK_BYTES = 16 << 20  # of shifted bases held at once by bias_matrix (its lags reach 200: voxfit.core.long_lags)
 AR1_TABLE_NODES = 2049  # of the AR(1) estimation terms' table over atanh(phi) (see ar1_estimation_terms)
 AR1_TABLE_SPAN = float(np.arctanh(0.995))  # the table's atanh(phi) range: every estimate is within +-0.99
@@ -85,7 +86,7 @@ def check_ar_terms(design: DesignFactor, orders, max_memory=None) -> None:
     terms (:func:`ar_terms_bytes`) cannot fit `max_memory` (None: the memory there is)."""
     orders = [orders] if np.ndim(orders) == 0 else list(orders)
     need = sum(ar_terms_bytes(design.n_scans, design.rank, p) for p in orders)
-    if need > _FACTOR_CHECKED:  # (as a design's factors: small terms cost no more than the cap's rounding)
+    if need > _TERMS_CHECKED:
         fix = "Give a design of fewer columns or a lower order (--noise)"
         fix += ", or a larger --max-memory (`max_memory`)." if max_memory is not None else "."
         what = (

@@ -70,7 +70,7 @@ def ar_terms_bytes(n_scans: int, rank: int, order: int) -> int:
     columns over `n_scans` scans and AR(`order`): its lagged basis (n x (p+1) r) and the FFTs of its basis, the Gram
     terms of its lags and corners ((p+1+p^2) r^2) and the spectrum's table ((p+2)(p+1) frequencies). Fitted to
     tracemalloc's peaks over twelve designs (n 800-10,000, rank 5-500, order 1-100: within 8% below and 11% above
-    each), with a tenth added. A run's length and TR are the files' claims: the default model's AR(6) terms of a
+    each), with a tenth added. A run's length and TR are the files' claims: the default model's AR(12) terms of a
     run of 32,767 scans and 1,026 columns took 14 GB under --max-memory 2G."""
     n, r, p = int(n_scans), int(rank), int(order)
     lags, grams, table = (

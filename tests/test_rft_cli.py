@@ -134,6 +134,10 @@ def test_fit_with_rft_end_to_end(tmp_path, rng, capsys):
         r"Threshold: t > [\d.]+ \(p < 0.01 uncorrected, random field theory\) in clusters of at least 3 ", page
     )
     assert f"{int(table['cluster_k'].sum()):,} of {9 * 9 * 8:,} elements shown" in page
+    # the page's own table of clusters counts them as SPM's does (18 neighbours; it had 26 beside SPM's 18)
+    assert "Clusters (18-connected)" in page
+    listed = re.findall(r"<tr><td class=n>(\d+)</td>", page.split("Clusters (18-connected)")[1].split("</table>")[0])
+    assert len(set(listed)) == table["cluster_k"].notna().sum(), listed
 
 
 @pytest.mark.parametrize("noise", ["ols", "ar1"])

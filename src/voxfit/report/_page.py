@@ -760,9 +760,15 @@ class Sections:
 
 
 def _connectivity(res: Results) -> int:
-    """Neighbours of a voxel in the tables of clusters: group clusters as the run formed them, first-level ones
-    with corner neighbours (as FSL's cluster)."""
-    return int(res.model.get("settings", {}).get("connectivity") or 26) if res.level == "group" else 26
+    """Neighbours of a voxel in the tables of clusters: group clusters as the run formed them; first-level ones
+    with corner neighbours (as FSL's cluster), but SPM's 18 where the run made random field theory's inference,
+    as the page's SPM table and the voxels it shows have them (the page's table counted 63 clusters at 26 beside
+    SPM's 64 of the same voxels; a tester's)."""
+    from .rft_table import CONNECTIVITY
+
+    if res.level == "group":
+        return int(res.model.get("settings", {}).get("connectivity") or 26)
+    return CONNECTIVITY if (res.model.get("inference") or {}).get("method") == "rft" else 26
 
 
 def report_sections(

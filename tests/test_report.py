@@ -1166,6 +1166,7 @@ def test_group_pages_say_the_inference_the_run_made(tmp_path, capsys):
     assert "the null model's weighted t (stat-t_desc-nullmodel), on which the sign-flips are made" in page
     assert "Clusters of the run at t > 2.5 of the null model's weighted t" in page
     assert "with 16 shuffles the smallest p is 1/16 = 0.0625: no element can reach p &lt; 0.05" in page
+    assert "the negative tail (large negative t) is not shown: the negated contrast maps it" in page
     maps = [tmp_path / f"rft-{s}.nii.gz" for s in range(12)]
     for path in maps:
         smooth = 2 * blob + 3 * gaussian_filter(rng.standard_normal(shape), 1.5)

@@ -378,6 +378,8 @@ def _group_threshold(res: Results, c: Contrast, p_threshold: float | None) -> Th
         shown = res.mask & np.isfinite(p) & (p < alpha)
         reason = f"{text}, from {how}: {why}."
         notes = [f"{int(shown.sum()):,} of {int(res.mask.sum()):,} elements shown (large positive {c.kind})", *extra]
+        if c.kind == "t":  # (first-level pages count them at their height; here the p may be corrected: not counted)
+            notes.append("the negative tail (large negative t) is not shown: the negated contrast maps it, as in SPM")
         columns, p_note = _group_columns(res, c, stat, how if perm else "", parametric_z=null is None)
         return Threshold(
             shown, np.where(res.mask, stat, np.nan), c.kind, None, reason, notes, columns, p_note, c.file_label

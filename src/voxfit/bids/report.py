@@ -39,7 +39,16 @@ from .._progress import Progress
 from .._version import __version__
 from ..exceptions import InputError
 from ..io import clusters_table_name, write_file_atomically
-from ..report import Contrast, DesignView, Results, html_page, html_table, read_one_map, report_sections
+from ..report import (
+    Contrast,
+    DesignView,
+    Results,
+    html_page,
+    html_table,
+    read_one_map,
+    report_sections,
+    weights_text,
+)
 from .layout import ENTITIES
 from .outputs import group_prefix, group_records, grouped_by_others, map_name
 
@@ -350,10 +359,8 @@ def _results(g: _Group) -> _GroupResults:
     for label, entry in (record.get("contrasts") or {}).items():
         if shuffles and not entry.get("permutation"):  # (the study records how many were asked for, not how)
             entry = {**entry, "permutation": {"shuffles": int(shuffles), "scheme": None}}
-        expression = entry.get("expression", "")
-        expression = expression if isinstance(expression, str) else json.dumps(expression)
         weights = np.atleast_2d(np.asarray(entry["weights"], dtype=float)) if "weights" in entry else None
-        contrasts.append(Contrast(label, label, entry.get("kind") or "t", expression, weights, entry))
+        contrasts.append(Contrast(label, label, entry.get("kind") or "t", "", weights, entry))  # (said below)
     if not contrasts:
         raise InputError(f"{g.path} records no contrast.")
     effect = sorted(folder.glob(glob.escape(map_name(prefix, contrasts[0].label, "effect", "")) + ".*"))
@@ -371,6 +378,9 @@ def _results(g: _Group) -> _GroupResults:
         kinds = list(info.get("kinds") or column_kinds(design_file, names, X))
         title = "Design" if g.level == "run" else "Group design"
         designs.append(DesignView(title, X, list(names), kinds, info.get("tr")))
+    for c in contrasts:  # (weights, a node's: said over the design's columns, as names)
+        given = c.info.get("expression", "")
+        c.expression = given if isinstance(given, str) else weights_text(given, designs)
     level = REPORT_LEVELS[g.level]
     mask = np.isfinite(values)
     return _GroupResults(folder, record, level, designs, contrasts, geometry, mask, extension, outputs, prefix)

@@ -2,7 +2,7 @@
 matplotlib; ``pip install 'voxfit[report]'``)."""
 
 from ._page import Sections, build_report, html_page, html_table, report_sections, write_report
-from ._results import Contrast, DesignView, Results, read_map, read_one_map
+from ._results import Contrast, DesignView, Results, read_map, read_one_map, weights_text
 
 __all__ = [
     "Contrast",
@@ -15,5 +15,6 @@ __all__ = [
     "read_map",
     "read_one_map",
     "report_sections",
+    "weights_text",
     "write_report",
 ]

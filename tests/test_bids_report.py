@@ -99,7 +99,7 @@ def test_pages_name_every_subject_contrast_and_setting(study):
         page = (out / f"sub-{s}.html").read_text()
         text = _Page(out / f"sub-{s}.html").text
         assert "Contrast congruent" in text and "Subject node subject" in text
-        assert "Expression: <code>congruent</code>" in page  # (the run node's weights [1, 0, 0] over its design's columns)
+        assert "Expression: <code>congruent</code>" in page  # (the run node's weights [1, 0, 0], by name)
         assert "run-1" in text and (s == "02" or "run-2" in text)
         assert page.count("data:image/png") >= 5  # design matrices, slices of the z maps
         for setting in ("noise model ar1", "spm: congruent", "128 s", "smoothing"):

@@ -851,6 +851,27 @@ def test_the_default_model_takes_a_trial_type_named_as_an_events_column_as_the_t
     assert not np.allclose(column, designs["pumps_demean"][0][:, 1])  # (the modulator's regressor)
 
 
+def test_a_dataset_group_lists_the_subjects_without_a_map_of_its_contrast(tmp_path):
+    """sub-03's runs have no incongruent event: the default model fits its congruent map only, and the dataset
+    group of incongruent, fitted on the two others, listed subjects_used [01, 02] and subjects_left_out {} (only
+    failures were listed). It now lists sub-03 there, and in its note; the congruent group leaves none out."""
+    from voxfit.bids import run
+
+    study, deriv = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(8, 8, 6))
+    events = study.root / "sub-03" / "func" / "sub-03_task-stroop_run-1_events.tsv"
+    events.write_text("".join(line for line in events.read_text().splitlines(True) if "\tincongruent\t" not in line))
+    assert run(study.root, tmp_path / "out", derivatives=[deriv[1]], progress=False, group_model="ols").ok
+    records = {
+        c: json.loads((tmp_path / "out" / "node-dataset" / f"contrast-{c}_model.json").read_text())["settings"]["bids"]
+        for c in ("congruent", "incongruent")
+    }
+    assert records["incongruent"]["subjects_used"] == ["01", "02"]
+    assert list(records["incongruent"]["subjects_left_out"]) == ["03"]
+    assert any("left out: 03 (none of its inputs" in n for n in records["incongruent"]["notes"])
+    assert records["congruent"]["subjects_used"] == ["01", "02", "03"]
+    assert records["congruent"]["subjects_left_out"] == {}
+
+
 def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys):
     """A Filter (or DropNA) transformation at the dataset node leaves subjects out on purpose: they have their
     rows in participants.tsv, and the group is fitted without them (not refused as missing rows). (Filter, then

@@ -2560,6 +2560,7 @@ class _Study:
         self.default_types: tuple[str, ...] = ()
         self.default_names: dict[str, str] = {}  # (the default model's variable of each: see _trial_type_names)
         self._runs: list[RunInput] = []  # the run node's runs
+        self._inputs: dict[str, list[dict]] = {}  # the entities of each node's inputs, by node name
         self._trial_types: tuple[str, ...] | None = None  # the trial types of the runs' tasks, read once (checksums)
         self.participants: set[str] | None = None  # participants.tsv's ids (None: no table)
         self.session_ids: dict[str, set[str]] = {}  # each subject's sessions.tsv's sessions (where it has one)
@@ -3260,6 +3261,7 @@ class _Study:
         from bids.modeling.statsmodels import ContrastInfo
 
         inputs = self.without_sessions_tables(node, inputs)
+        self._inputs[node.name] = [ents for _, ents in inputs]  # (whom a group leaves out: see left_out)
         if not inputs:  # (pybids' own message for this names its entity index, not the cause)
             reason = "no inputs: every group of the node before it failed (see above) or passed on no t contrast."
             self.failures.append(Failure(node.name, "all", reason))
@@ -3544,6 +3546,15 @@ class _Study:
                 subject = _value(dict(f.entities).get("subject"))
                 if subject is not None and subject not in used:
                     out.setdefault(subject, f"{f.group} failed at node {f.node}")
+            # and the subjects with inputs to the node, of this group's other entities, none of them in its rows: a
+            # subject whose runs lack the group's condition (no map of its contrast), or one the node's rows leave out
+            theirs = {
+                _value(e.get("subject"))
+                for e in self._inputs.get(node.name, ())
+                if all(_value(e.get(k)) == _value(v) for k, v in entities.items() if k != "contrast" and k in e)
+            }
+            for subject in sorted(theirs - set(used) - set(out) - {None}):
+                out[subject] = "none of its inputs to the node is in this group's rows (no map of its contrast)"
             extra = {"subjects_used": used, "subjects_left_out": out}
             if out:
                 notes.append(

@@ -872,6 +872,34 @@ def test_a_dataset_group_lists_the_subjects_without_a_map_of_its_contrast(tmp_pa
     assert records["congruent"]["subjects_left_out"] == {}
 
 
+def test_trial_types_whose_labels_clash_are_labelled_alike_whichever_participants_are_chosen(tmp_path):
+    """go-left and go_left (both "goleft" as a file label), sub-01 without go-left: a study of sub-01 alone
+    labelled its go_left maps goleft, one of every subject goleft2 (a tester's), so that one file name held two
+    conditions across the studies of a dataset (the per-participant jobs of a BIDS app, then their group). The
+    default model now labels every trial type of the dataset in sorted order, whichever participants are chosen."""
+    from voxfit.bids import run
+
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    for subject in ("01", "02"):
+        events = study.root / f"sub-{subject}" / "func" / f"sub-{subject}_task-stroop_run-1_events.tsv"
+        text = events.read_text().replace("\tincongruent\t", "\tgo_left\t")
+        left = "go-left" if subject == "02" else "go_left"  # (sub-01 has no go-left)
+        events.write_text(text.replace("\tcongruent\t", f"\t{left}\t"))
+    labels = {}
+    for who, chosen in (("02", ["02"]), ("01", ["01"]), ("all", None)):
+        out = tmp_path / who
+        kw = {"derivatives": [deriv[1]], "participant_label": chosen, "level": "subject", "progress": False}
+        assert run(study.root, out, **kw).ok
+        for record in out.glob("sub-*/node-subject/*_model.json"):
+            name = json.loads(record.read_text())["settings"]["bids"]["entities"]["contrast"]
+            labels.setdefault((record.name[:6], name), set()).add(record.name.split("contrast-")[1].split("_")[0])
+    assert labels == {
+        ("sub-01", "go_left"): {"goleft2"},
+        ("sub-02", "go-left"): {"goleft"},
+        ("sub-02", "go_left"): {"goleft2"},
+    }, labels
+
+
 def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys):
     """A Filter (or DropNA) transformation at the dataset node leaves subjects out on purpose: they have their
     rows in participants.tsv, and the group is fitted without them (not refused as missing rows). (Filter, then

@@ -466,6 +466,8 @@ def run(
         study = _Study(layout, model, settings, execution, out_dir, force, command, labels, identity)
         study.default_types = tuple(default_types)
         study.default_names = dict(zip(default_types, names))
+        if default_types:  # (the labels of the dataset's trial types, whichever participants are chosen: see below)
+            study.label_trial_types()
         ids = _participant_ids(participants)
         study.participants = None if ids is None else set(ids)
         study.session_ids = session_ids
@@ -2877,6 +2879,19 @@ class _Study:
             )
             self._trial_types = tuple(self.default_types) or tuple(_trial_types(sorted(files)))
         return self._trial_types
+
+    def label_trial_types(self) -> None:
+        """Under voxfit's default model, the file labels of every trial type of the raw dataset's events of its task,
+        in sorted order, before any run is fitted: names whose labels clash (go-left and go_left: goleft) are then
+        numbered alike in every study of the dataset. Numbered as the chosen runs' names came, a study of sub-01,
+        which has no go-left, labelled go_left goleft, and one of every subject labelled it goleft2 (a tester's):
+        one file name, two conditions."""
+        tasks = (self.model.get("Input") or {}).get("task")
+        files = sorted(
+            self.layout.get(scope="raw", suffix="events", extension=".tsv", task=tasks or None, return_type="filename")
+        )
+        every = _trial_types(files)
+        self.contrast_labels(_trial_type_names(every, files))
 
     def named_trial_types(self, node: _Node) -> tuple[str, ...]:
         """The dataset's trial types the run node names (anywhere: Model.X, Model.HRF, its contrasts, its

@@ -900,6 +900,25 @@ def test_trial_types_whose_labels_clash_are_labelled_alike_whichever_participant
     }, labels
 
 
+def test_an_events_column_of_numbers_with_text_names_the_text(tmp_path):
+    """A response-time column modelled as amplitudes with "missed" (or a decimal comma) in a few rows was said to
+    hold categories, to be Factored (the third tester's): its text is named, with what to write instead."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    events = study.root / "sub-01" / "func" / "sub-01_task-stroop_run-1_events.tsv"
+    lines = events.read_text().splitlines()
+    rows = [f"{line}\t{'missed' if k == 2 else 0.4 + 0.01 * k}" for k, line in enumerate(lines[1:])]
+    events.write_text("\n".join([lines[0] + "\trt", *rows]) + "\n")
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][0]["Model"]["X"].insert(2, "rt")
+    model["Nodes"][0]["Model"]["HRF"]["Variables"].append("rt")
+    done = run(study.root, tmp_path / "out", model=model, level="run", derivatives=[deriv[1]], progress=False)
+    (failure,) = done.failures
+    assert "\"rt\" holds numbers and text ('missed'); write n/a for a missing value" in failure.reason, failure.reason
+
+
 def test_subjects_a_dataset_node_leaves_out_itself_are_not_refused(tmp_path, capsys):
     """A Filter (or DropNA) transformation at the dataset node leaves subjects out on purpose: they have their
     rows in participants.tsv, and the group is fitted without them (not refused as missing rows). (Filter, then

@@ -828,8 +828,17 @@ def _events(variable, name: str, problem: _Problem) -> dict:
     if getattr(values, "ndim", 1) == 2 and values.shape[1] == 1:  # (pybids' Orthogonalize of events gives a frame)
         values = values.iloc[:, 0]
     if values.dtype.kind not in "bifc":
+        import pandas as pd
+
+        given = values.dropna()
+        words = given[pd.to_numeric(given, errors="coerce").isna()].unique()
+        if len(words) < len(given.unique()) / 2:  # (mostly numbers: a response time with "missed", a decimal comma)
+            raise InputError(
+                f'{problem.where}: "{name}" holds numbers and text ({", ".join(map(repr, words[:5]))}); write n/a for '
+                "a missing value, and numbers with a decimal point, in the run's events.tsv."
+            )
         raise InputError(
-            f'{problem.where}: "{name}" holds categories ({", ".join(map(str, values.dropna().unique()[:5]))}), not '
+            f'{problem.where}: "{name}" holds categories ({", ".join(map(str, given.unique()[:5]))}), not '
             f'amplitudes; name one of its levels, or Factor it first ("{name}.<level>").'
         )
     amplitude = np.asarray(values, dtype=float)

@@ -185,6 +185,11 @@ def test_events_files_a_run_inherits_are_its_events(tmp_path, capsys, held, own_
         assert main(["bids", str(study.root), str(tmp_path / "two"), "run", *deriv]) == 2
         err = capsys.readouterr().err
         assert "several events files apply to" in err and "sub-01_task-stroop_acq-mb4_events.tsv" in err, err
+    if moved[0].parent == study.root:  # the top-level file beside one run's own: what to do with the one above
+        shutil.copy(moved[0], own[0])
+        assert main(["bids", str(study.root), str(tmp_path / "three"), "run", *deriv]) == 2
+        err = capsys.readouterr().err
+        assert "where the file above serves runs without their own, copy it beside each of them, then remove" in err
 
 
 @pytest.fixture(scope="module")

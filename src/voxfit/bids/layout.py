@@ -1307,6 +1307,8 @@ class _RunFiles:
             if Path(path).parent in above
         ]
         why = "BIDS gives a run the nearest, but pybids reads them all and merges their events"
+        if len({Path(p).parent for p in found}) > 1:  # (a file above beside the run's own: the others need it)
+            why += "; where the file above serves runs without their own, copy it beside each of them, then remove it"
         return _at_most_one(found, f"several events files apply to {bold}", why)
 
     def raw_bold(self, entities: dict, bold) -> Path | None:

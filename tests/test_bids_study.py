@@ -900,6 +900,21 @@ def test_trial_types_whose_labels_clash_are_labelled_alike_whichever_participant
     }, labels
 
 
+def test_a_trial_type_in_another_case_is_said_to_differ_in_case(tmp_path):
+    """Go in some subjects' events and go in others': kept apart, as BIDS keeps values apart, but the note said
+    only that a run had no "go" event (the third tester's); it now names the run's "Go" beside it."""
+    from voxfit.bids import run
+
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
+    events = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-1_events.tsv"
+    events.write_text(events.read_text().replace("\tcongruent\t", "\tCongruent\t"))
+    run(study.root, tmp_path / "out", derivatives=[deriv[1]], level="run", progress=False)
+    record = next((tmp_path / "out" / "sub-02" / "node-run").glob("*_model.json"))
+    notes = json.loads(record.read_text())["settings"]["bids"]["notes"]
+    said = 'no "congruent" event (it has "Congruent" for "congruent": trial types differ in case'
+    assert any(said in n for n in notes), notes
+
+
 def test_an_events_column_of_numbers_with_text_names_the_text(tmp_path):
     """A response-time column modelled as amplitudes with "missed" (or a decimal comma) in a few rows was said to
     hold categories, to be Factored (the third tester's): its text is named, with what to write instead."""

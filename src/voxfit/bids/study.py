@@ -3065,9 +3065,13 @@ class _Study:
         if not lacking or len(lacking) == len(self.default_types):
             return ()
         said, them = ", ".join(f'"{t}"' for t in lacking), "them" if len(lacking) > 1 else "it"
+        # (a name the run has in another case: BIDS values are case-sensitive, but a user's logs may not be)
+        own = {t.lower(): t for t in self._run_types[r.events]}
+        cased = [f'"{own[t.lower()]}" for "{t}"' for t in lacking if t.lower() in own]
+        case = f" (it has {', '.join(cased)}: trial types differ in case, which BIDS keeps apart)" if cased else ""
         return (
-            f"the run has no {said} event: voxfit's default model fits it without {them}, and the levels above take "
-            f"{them} from the runs that have {them}",
+            f"the run has no {said} event{case}: voxfit's default model fits it without {them}, and the levels above "
+            f"take {them} from the runs that have {them}",
         )
 
     def _high_pass(self, node: _Node):

@@ -898,6 +898,12 @@ def test_trial_types_whose_labels_clash_are_labelled_alike_whichever_participant
         ("sub-02", "go-left"): {"goleft"},
         ("sub-02", "go_left"): {"goleft2"},
     }, labels
+    # every subject after the study of sub-01, into its folder: sub-01's groups are reused (its run was refitted,
+    # the study's trial types, in its checksum, being more)
+    kw = {"derivatives": [deriv[1]], "level": "subject", "progress": False}
+    again = run(study.root, tmp_path / "01", **kw)
+    reused = {(g.name, g.label.split("_")[0]): g.reused for gs in again.nodes.values() for g in gs}
+    assert reused[("run", "sub-01")] and reused[("subject", "sub-01")] and not reused[("run", "sub-02")], reused
 
 
 def test_a_trial_type_in_another_case_is_said_to_differ_in_case(tmp_path):

@@ -2893,11 +2893,13 @@ class _Study:
         every = _trial_types(files)
         self.contrast_labels(_trial_type_names(every, files))
 
-    def named_trial_types(self, node: _Node) -> tuple[str, ...]:
-        """The dataset's trial types the run node names (anywhere: Model.X, Model.HRF, its contrasts, its
+    def named_trial_types(self, spec: dict) -> tuple[str, ...]:
+        """The dataset's trial types a run's node `spec` names (anywhere: Model.X, Model.HRF, its contrasts, its
         transformations): those whose absence from a run changes its design, in each run's checksum (another trial
-        type added to a run refits that run alone, through its events' content)."""
-        named = set(_spec_strings(node.spec))
+        type added to a run refits that run alone, through its events' content). Under the default model, the run's
+        own spec (:meth:`run_spec`) names its own trial types only: a study of some participants and one of all
+        name the same (a run of sub-01 was refitted by the study of every subject, whose trial types were more)."""
+        named = set(_spec_strings(spec))
         return tuple(t for t in self.trial_types() if t in named or f"trial_type.{t}" in named)
 
     def run_spec(self, node: _Node, r: RunInput) -> dict:
@@ -2934,7 +2936,7 @@ class _Study:
             r.slice_timing,
             r.start_time,
             r.n_scans,
-            self.named_trial_types(node),
+            self.named_trial_types(self.run_spec(node, r)),
         )
 
     def prepared_aside(self, node: _Node, pending, by_index: dict, failed) -> Iterator[_RunJob]:

@@ -921,6 +921,26 @@ def test_a_trial_type_in_another_case_is_said_to_differ_in_case(tmp_path):
     assert any(said in n for n in notes), notes
 
 
+def test_events_without_a_value_left_out_of_a_regressor_are_noted(tmp_path):
+    """A response time convolved as amplitudes, n/a at the trials without a response: those events add nothing to
+    its regressor, as SPM's and nilearn's zeros would, which the run's record did not say (carried since stop 52)."""
+    from voxfit.bids import run
+    from voxfit.bids.spec import default_model
+
+    study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
+    events = study.root / "sub-01" / "func" / "sub-01_task-stroop_run-1_events.tsv"
+    lines = events.read_text().splitlines()
+    lines[2], lines[4] = lines[2].rsplit("\t", 1)[0] + "\tn/a", lines[4].rsplit("\t", 1)[0] + "\tn/a"
+    events.write_text("\n".join(lines) + "\n")
+    model = default_model("stroop", ["congruent", "incongruent"])
+    model["Nodes"][0]["Model"]["X"].insert(2, "response_time")
+    model["Nodes"][0]["Model"]["HRF"]["Variables"].append("response_time")
+    assert run(study.root, tmp_path / "out", model=model, level="run", derivatives=[deriv[1]], progress=False).ok
+    record = next((tmp_path / "out" / "sub-01" / "node-run").glob("*_model.json"))
+    notes = json.loads(record.read_text())["settings"]["bids"]["notes"]
+    assert '2 "response_time" events without a value (n/a) left out of its regressor, as a value of 0 would be' in notes
+
+
 def test_an_events_column_of_numbers_with_text_names_the_text(tmp_path):
     """A response-time column modelled as amplitudes with "missed" (or a decimal comma) in a few rows was said to
     hold categories, to be Factored (the third tester's): its text is named, with what to write instead."""

@@ -204,6 +204,7 @@ def run_design(
         "left_out_of_x": left_out,
         "patterns_unmatched": unmatched,
         "after_the_run": transformed.late,
+        "events_without_value": design.settings["events_without_value"],  # ([variable, events])
         "convolved_at_scan_start": _convolved_by_pybids(pybids_instructions, problem),
     }
     return RunDesign(design=design, contrasts=contrasts, sources=sources, settings=settings)
@@ -936,10 +937,14 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem, derived: dict) -> 
     """The design: Model.X's variables in order (one of Model.HRF with its derivative or delay columns; the
     `derived` columns of a Convolve where Model.X names them), the cosine drifts, the constant (when X has 1)."""
     groups: dict[tuple, dict] = {}
+    unvalued = []  # (the events of a convolved variable whose value is n/a: left out, as 0, where a note says so)
     for name in x:
         source = derived.get(name, name)
         if name != 1 and source in hrfs:
             groups.setdefault(hrfs[source], {})[source] = _events(variables.variables[source], source, problem)
+            count = int(np.isnan(np.asarray(variables.variables[source].values, dtype=float)).sum())
+            if count and [source, count] not in unvalued:
+                unvalued.append([source, count])
     columns: dict[str, tuple[np.ndarray, str, str]] = {}  # column -> (values, kind, source variable)
     for (hrf, delays), conditions in groups.items():
         piece = _convolved(conditions, (hrf, delays), problem)
@@ -1020,6 +1025,7 @@ def _build(variables, x: list, hrfs: dict, problem: _Problem, derived: dict) -> 
         "tr": problem.tr,
         "n_scans": problem.n_scans,
         "convolution": problem.convolution,
+        "events_without_value": unvalued,
     }
     X = np.column_stack(values) if values else np.zeros((problem.n_scans, 0))
     return Design(X=X, names=tuple(names), kinds=tuple(kinds), tr=problem.tr, settings=settings), sources

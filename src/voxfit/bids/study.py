@@ -2533,6 +2533,11 @@ def _lacking_notes(settings: dict) -> tuple[str, ...]:
             f'every "{trial_type}" event starts at or after the run\'s end ({settings["n_scans"]} scans x '
             f"{settings['tr']:g} s = {end:g} s): taken as a trial type the run has no event of"
         )
+    for name, count in settings.get("events_without_value", ()):  # (a response time of a trial without a response)
+        notes.append(
+            f'{count} "{name}" event{"s" if count > 1 else ""} without a value (n/a) left out of its regressor, '
+            "as a value of 0 would be"
+        )
     for pattern in settings.get("patterns_unmatched", ()):
         notes.append(f'Model.X pattern "{pattern}" matches none of the run\'s variables: it adds no column')
     if convolved := settings.get("convolved_at_scan_start"):

@@ -567,20 +567,10 @@ def index(bids_dir, derivatives=(), *, database=None, stamp: str | None = None, 
         )
     derivatives = [Path(d) for d in derivatives]
     for d in derivatives:
-        if not (d / "dataset_description.json").is_file():
-            inside = sorted(str(p.parent) for p in d.glob("*/dataset_description.json"))  # (derivatives/fmriprep)
-            raise InputError(
-                f"derivatives folder {d} has no dataset_description.json; give fMRIPrep's output folder"
-                f"{f' ({listed(inside, 3)})' if inside else ''}, the one holding its dataset_description.json and "
-                "sub-*."
-            )
+        if not (d / "dataset_description.json").is_file():  # (the folder above it: derivatives/fmriprep named)
+            raise InputError(f"derivatives folder {d} has no dataset_description.json; {_give_fmriprep(d, '*')}")
         if os.path.realpath(d) == os.path.realpath(bids_dir):  # (its raw runs had "no preprocessed BOLD run")
-            inside = sorted(str(p.parent) for p in d.glob("derivatives/*/dataset_description.json"))
-            raise InputError(
-                f"derivatives folder {d} is the raw dataset itself; give fMRIPrep's output folder"
-                f"{f' ({listed(inside, 3)})' if inside else ''}, the one holding its dataset_description.json and "
-                "sub-*."
-            )
+            raise InputError(f"derivatives folder {d} is the raw dataset itself; {_give_fmriprep(d, 'derivatives/*')}")
     stamp = stamp or dataset_stamp(bids_dir, derivatives)
     # (pybids reads entities from whole paths: a dataset given as ../../ds from a folder sub-07/x would carry sub-07)
     bids_dir, derivatives = Path(os.path.abspath(bids_dir)), [Path(os.path.abspath(d)) for d in derivatives]
@@ -680,6 +670,14 @@ def _unsynced_while_built(connection, _record) -> None:
             connection.execute("PRAGMA synchronous = OFF")
             connection.execute("PRAGMA journal_mode = MEMORY")
             return
+
+
+def _give_fmriprep(folder: Path, below: str) -> str:
+    """What to give for a derivatives folder that is not fMRIPrep's: the derivatives datasets in the folders
+    `below` it (a glob: ``*``, ``derivatives/*``) named, where there are any."""
+    inside = sorted(str(p.parent) for p in folder.glob(f"{below}/dataset_description.json"))
+    named = f" ({listed(inside, 3)})" if inside else ""
+    return f"give fMRIPrep's output folder{named}, the one holding its dataset_description.json and sub-*."
 
 
 def _flock(lock, operation: int, wait: bool = True) -> bool:

@@ -43,11 +43,11 @@ from ..report import (
     Contrast,
     DesignView,
     Results,
+    expression_text,
     html_page,
     html_table,
     read_one_map,
     report_sections,
-    weights_text,
 )
 from .layout import ENTITIES
 from .outputs import group_prefix, group_records, grouped_by_others, map_name
@@ -379,8 +379,7 @@ def _results(g: _Group) -> _GroupResults:
         title = "Design" if g.level == "run" else "Group design"
         designs.append(DesignView(title, X, list(names), kinds, info.get("tr")))
     for c in contrasts:  # (weights, a node's: said over the design's columns, as names)
-        given = c.info.get("expression", "")
-        c.expression = given if isinstance(given, str) else weights_text(given, designs)
+        c.expression = expression_text(c.info.get("expression", ""), designs)
     level = REPORT_LEVELS[g.level]
     mask = np.isfinite(values)
     return _GroupResults(folder, record, level, designs, contrasts, geometry, mask, extension, outputs, prefix)

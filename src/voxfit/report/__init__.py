@@ -2,7 +2,7 @@
 matplotlib; ``pip install 'voxfit[report]'``)."""
 
 from ._page import Sections, build_report, html_page, html_table, report_sections, write_report
-from ._results import Contrast, DesignView, Results, read_map, read_one_map, weights_text
+from ._results import Contrast, DesignView, Results, expression_text, read_map, read_one_map
 
 __all__ = [
     "Contrast",
@@ -10,11 +10,11 @@ __all__ = [
     "Results",
     "Sections",
     "build_report",
+    "expression_text",
     "html_page",
     "html_table",
     "read_map",
     "read_one_map",
     "report_sections",
-    "weights_text",
     "write_report",
 ]

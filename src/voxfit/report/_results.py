@@ -203,25 +203,26 @@ def read_results(folder) -> Results:
     if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):  # (edited: exit 1)
         raise InputError(f"{folder / 'model.json'}: its contrasts are not records of contrasts; rerun the fit.")
     for label, entry in entries.items():
-        expression = entry.get("expression", "")
-        expression = expression if isinstance(expression, str) else weights_text(expression, designs)
+        expression = expression_text(entry.get("expression", ""), designs)
         weights = _weights(entry, designs[0] if designs else None, label, folder / "model.json")
         kind = entry.get("kind") or ("F" if weights is not None and weights.shape[0] > 1 else "t")
         contrasts.append(Contrast(label, sanitize_label(label), kind, expression, weights, entry))
     return Results(folder, model, level, designs, contrasts, geometry, mask[0] != 0, extension, record.outputs)
 
 
-def weights_text(weights, designs: list[DesignView]) -> str:
-    """A contrast given as weights (a BIDS node's), as the columns it weighs: ``trial_type.go - stop`` for
-    [1.0, -1.0, 0.0] over the design's columns, where the weights are one row of numbers as long as the design
-    is wide; else as JSON."""
+def expression_text(expression, designs: list[DesignView]) -> str:
+    """A contrast's recorded expression as a page says it: as written; given as weights (a BIDS node's), as the
+    columns it weighs: ``trial_type.go - stop`` for [1.0, -1.0, 0.0] over the design's columns, where the weights
+    are one row of numbers as long as the design is wide; else as JSON."""
+    if isinstance(expression, str):
+        return expression
     names = designs[0].names if designs else []
-    numbers = isinstance(weights, list) and all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
+    numbers = isinstance(expression, list) and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) for w in expression
     )
-    if not numbers or len(weights) != len(names) or not any(weights):
-        return json.dumps(weights)
-    terms = [(float(w), name) for w, name in zip(weights, names) if w]
+    if not numbers or len(expression) != len(names) or not any(expression):
+        return json.dumps(expression)
+    terms = [(float(w), name) for w, name in zip(expression, names) if w]
     text = " ".join(f"{'-' if w < 0 else '+'} {'' if abs(w) == 1 else f'{abs(w):g} '}{name}" for w, name in terms)
     return text[2:] if text.startswith("+ ") else "-" + text[2:]
 

@@ -26,6 +26,11 @@ def _study(tmp, **kw):
     return study, ["--derivatives", str(study.derivatives)]
 
 
+def _events_file(study, subject: str, run: int = 1) -> Path:
+    """The raw events file of a run of make_dataset's stroop task."""
+    return study.root / f"sub-{subject}" / "func" / f"sub-{subject}_task-stroop_run-{run}_events.tsv"
+
+
 def _maps(path):
     import nibabel as nib
 
@@ -126,7 +131,7 @@ def test_rerun_skips_unchanged_groups_and_refits_a_changed_run(volumes, tmp_path
     study, out, _ = volumes
     again = run(study.root, out, derivatives=[study.derivatives], progress=False)
     assert again.ok and all(g.reused for groups in again.nodes.values() for g in groups)
-    events = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-1_events.tsv"
+    events = _events_file(study, "02")
     events.write_text(events.read_text())  # rewritten as it was: a new modification time, the same contents
     touched = run(study.root, out, derivatives=[study.derivatives], progress=False)
     assert touched.ok and all(g.reused for groups in touched.nodes.values() for g in groups)
@@ -779,7 +784,7 @@ def test_the_default_model_takes_each_runs_own_trial_types(tmp_path, capsys):
     study, deriv = _study(tmp_path, subjects=2, runs=2, scans=40, shape=(10, 10, 8))
     for subject in ("01", "02"):
         for run_ in (1, 2):
-            events = study.root / f"sub-{subject}" / "func" / f"sub-{subject}_task-stroop_run-{run_}_events.tsv"
+            events = _events_file(study, subject, run_)
             text = events.read_text().replace("\tincongruent\t", "\t2\t").replace("\tcongruent\t", "\t1\t")
             events.write_text(text + ("70\t2\t3\t0.5\n" if run_ == 1 else ""))  # (condition 3: first runs only)
     out = tmp_path / "out"
@@ -813,7 +818,7 @@ def test_the_default_model_takes_a_trial_type_named_as_an_events_column_as_the_t
 
     def rewrite(column: str) -> None:
         for subject in ("01", "02"):
-            events = study.root / f"sub-{subject}" / "func" / f"sub-{subject}_task-stroop_run-1_events.tsv"
+            events = _events_file(study, subject)
             rows = [line.split("\t") for line in events.read_text().splitlines()[1:]]
             lines = [f"onset\tduration\ttrial_type\t{column}"]
             for k, (onset, duration, kind, *_) in enumerate(rows):
@@ -858,7 +863,7 @@ def test_a_dataset_group_lists_the_subjects_without_a_map_of_its_contrast(tmp_pa
     from voxfit.bids import run
 
     study, deriv = _study(tmp_path, subjects=3, runs=1, scans=40, shape=(8, 8, 6))
-    events = study.root / "sub-03" / "func" / "sub-03_task-stroop_run-1_events.tsv"
+    events = _events_file(study, "03")
     events.write_text("".join(line for line in events.read_text().splitlines(True) if "\tincongruent\t" not in line))
     assert run(study.root, tmp_path / "out", derivatives=[deriv[1]], progress=False, group_model="ols").ok
     records = {
@@ -881,7 +886,7 @@ def test_trial_types_whose_labels_clash_are_labelled_alike_whichever_participant
 
     study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
     for subject in ("01", "02"):
-        events = study.root / f"sub-{subject}" / "func" / f"sub-{subject}_task-stroop_run-1_events.tsv"
+        events = _events_file(study, subject)
         text = events.read_text().replace("\tincongruent\t", "\tgo_left\t")
         left = "go-left" if subject == "02" else "go_left"  # (sub-01 has no go-left)
         events.write_text(text.replace("\tcongruent\t", f"\t{left}\t"))
@@ -912,7 +917,7 @@ def test_a_trial_type_in_another_case_is_said_to_differ_in_case(tmp_path):
     from voxfit.bids import run
 
     study, deriv = _study(tmp_path, subjects=2, runs=1, scans=40, shape=(8, 8, 6))
-    events = study.root / "sub-02" / "func" / "sub-02_task-stroop_run-1_events.tsv"
+    events = _events_file(study, "02")
     events.write_text(events.read_text().replace("\tcongruent\t", "\tCongruent\t"))
     run(study.root, tmp_path / "out", derivatives=[deriv[1]], level="run", progress=False)
     record = next((tmp_path / "out" / "sub-02" / "node-run").glob("*_model.json"))
@@ -928,7 +933,7 @@ def test_events_without_a_value_left_out_of_a_regressor_are_noted(tmp_path):
     from voxfit.bids.spec import default_model
 
     study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
-    events = study.root / "sub-01" / "func" / "sub-01_task-stroop_run-1_events.tsv"
+    events = _events_file(study, "01")
     lines = events.read_text().splitlines()
     lines[2], lines[4] = lines[2].rsplit("\t", 1)[0] + "\tn/a", lines[4].rsplit("\t", 1)[0] + "\tn/a"
     events.write_text("\n".join(lines) + "\n")
@@ -948,7 +953,7 @@ def test_an_events_column_of_numbers_with_text_names_the_text(tmp_path):
     from voxfit.bids.spec import default_model
 
     study, deriv = _study(tmp_path, subjects=1, runs=1, scans=40, shape=(8, 8, 6))
-    events = study.root / "sub-01" / "func" / "sub-01_task-stroop_run-1_events.tsv"
+    events = _events_file(study, "01")
     lines = events.read_text().splitlines()
     rows = [f"{line}\t{'missed' if k == 2 else 0.4 + 0.01 * k}" for k, line in enumerate(lines[1:])]
     events.write_text("\n".join([lines[0] + "\trt", *rows]) + "\n")
@@ -1042,7 +1047,7 @@ def test_a_rerun_removes_what_its_model_no_longer_makes_and_keeps_other_particip
     }
     assert not (out / "sub-01" / "node-subj").exists() and any("sub-01/node-subject" in f for f in third)
     # the whole study at the run level: the subject and dataset levels stay; a run that fails now is removed
-    (study.root / "sub-03" / "func" / "sub-03_task-stroop_run-1_events.tsv").unlink()
+    (_events_file(study, "03")).unlink()
     fourth = run(study.root, out, model=model, level="run", **kw)
     assert [f.group for f in fourth.failures] and "sub-03" in fourth.failures[0].group
     left = _files(out)

@@ -233,3 +233,19 @@ def test_failed_runs_are_said_where_they_are_left_out(tmp_path, capsys):
     said = quiet.err.splitlines()
     assert quiet.out == "" and len(said) == 4
     assert all(line.startswith(("voxfit: failed: node run", "voxfit: skipped: node subject")) for line in said)
+
+
+def test_fmriprep_1_derivatives_described_by_pipeline_description_are_read_without_pybids_warning(tmp_path, capfd):
+    """fMRIPrep 1.x described its derivatives with PipelineDescription (BIDS before 1.4), where later versions write
+    GeneratedBy. pybids warns that the field was superseded and to run ``pybids upgrade`` on the derivatives: nothing
+    a user of those outputs needs to do, and the warning came through on every study of such a dataset (a tester's
+    ds000030-shaped data). The study is read as with GeneratedBy, and says nothing of it."""
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    description = json.loads((study.derivatives / "dataset_description.json").read_text())
+    description["PipelineDescription"] = description.pop("GeneratedBy")[0]
+    (study.derivatives / "dataset_description.json").write_text(json.dumps(description))
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives)]) == 0
+    err = capfd.readouterr().err
+    assert "PipelineDescription" not in err and "pybids upgrade" not in err, err
+    assert len(list(out.rglob("node-run/*_model.json"))) == 1

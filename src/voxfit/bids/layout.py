@@ -378,7 +378,9 @@ def _layout(bids, bids_dir: Path, **kwargs):
     """pybids' ``BIDSLayout``; a JSON sidecar it cannot decode is bad input (pybids raises an OSError naming the
     file, from the decoder's error; a file nested beyond Python's stack, the decoder's RecursionError)."""
     try:
-        layout = bids.BIDSLayout(str(bids_dir), **kwargs)
+        with warnings.catch_warnings():  # (fMRIPrep 1.x's description: nothing a user of its outputs can change)
+            warnings.filterwarnings("ignore", message="The PipelineDescription field was superseded")
+            layout = bids.BIDSLayout(str(bids_dir), **kwargs)
     except (OSError, ValueError, RecursionError) as exc:  # (ValueError: a JSON integer of more than 4300 digits)
         if isinstance(exc, OSError) and not isinstance(exc.__cause__, ValueError):
             raise

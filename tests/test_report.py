@@ -917,7 +917,7 @@ def _brute_force_maxima(stat, shown, affine, most=3, apart=8.0):
     return out
 
 
-def _page_maxima(stat, shown, affine, connectivity=26):
+def _page_maxima(stat, shown, affine, connectivity=26, by_peak=False):
     """The report's maxima rows of a 3-D map, with their voxels."""
     from voxfit.inference.graph import volume_adjacency
     from voxfit.report._page import _maxima_rows
@@ -932,7 +932,7 @@ def _page_maxima(stat, shown, affine, connectivity=26):
         return (affine[:3, :3] @ ijk + affine[:3, 3][:, None]).T
 
     rows, elements = _maxima_rows(
-        th, lambda m: volume_adjacency(m, shape, connectivity), positions, lambda e, xyz: {}, "voxels"
+        th, lambda m: volume_adjacency(m, shape, connectivity), positions, lambda e, xyz: {}, "voxels", None, by_peak
     )
     return rows, [tuple(int(v) for v in np.unravel_index(e, shape, order="F")) for e in elements]
 
@@ -963,6 +963,26 @@ def test_local_maxima_match_a_brute_force_table(rng):
     for c in {r["cluster"] for r in rows}:
         values = [r["t"] for r in rows if r["cluster"] == c]
         assert values == sorted(values, reverse=True)
+    # on the pages of random field theory's inference, beside SPM's table, by their peaks as SPM numbers them
+    by_peak, voxels_by_peak = _page_maxima(stat, shown, affine, by_peak=True)
+    assert sorted(voxels_by_peak) == sorted(voxels)
+    first = {}  # (each cluster's first row: its peak)
+    for row in by_peak:
+        first.setdefault(row["cluster"], row["t"])
+    assert list(first) == list(range(1, len(first) + 1)) and list(first.values()) == sorted(first.values())[::-1]
+
+
+def test_clusters_are_numbered_by_size_or_by_peak_as_asked():
+    """A cluster of 10 voxels peaking at 3 and one of 2 peaking at 8: FSL's order puts the large one first, SPM's
+    (the pages of random field theory's inference, beside SPM's own table) the high peak first."""
+    stat = np.zeros((14, 1, 1))
+    stat[:10, 0, 0] = np.linspace(1, 3, 10)
+    stat[12:, 0, 0] = [8, 5]
+    shown = stat > 0
+    by_size, _ = _page_maxima(stat, shown, np.eye(4))
+    by_peak, _ = _page_maxima(stat, shown, np.eye(4), by_peak=True)
+    assert [(r["cluster"], r["voxels"], r["t"]) for r in by_size] == [(1, 10, 3), (2, 2, 8)]
+    assert [(r["cluster"], r["voxels"], r["t"]) for r in by_peak] == [(1, 2, 8), (2, 10, 3)]
 
 
 def test_eight_mm_rule_in_mm_not_voxels():

@@ -138,6 +138,11 @@ def test_fit_with_rft_end_to_end(tmp_path, rng, capsys):
     assert "Clusters (18-connected)" in page
     listed = re.findall(r"<tr><td class=n>(\d+)</td>", page.split("Clusters (18-connected)")[1].split("</table>")[0])
     assert len(set(listed)) == table["cluster_k"].notna().sum(), listed
+    # ... and numbers them as SPM's does, by their peaks (it numbered them by size beside SPM's table)
+    section = page.split("Clusters (18-connected)")[1].split("</table>")[0]
+    sizes = [int(k) for k in re.findall(r"<tr><td class=n>\d+</td><td class=n>(\d+)</td>", section)]
+    assert sizes == table["cluster_k"].dropna().astype(int).tolist()[: len(sizes)], (sizes, table)
+    assert "Clusters numbered by peak height, as SPM numbers them" in page
 
 
 @pytest.mark.parametrize("noise", ["ols", "ar1"])

@@ -231,9 +231,10 @@ def _volume_part(
     connectivity: int,
     heading: str = "Clusters",
     what: str = "map",
+    by_peak: bool = False,
 ) -> str:
     """Orthogonal slices through the global maximum of the shown map, an axial mosaic over the mask's extent,
-    and the table of clusters with their local maxima."""
+    and the table of clusters with their local maxima (numbered by size, or `by_peak`)."""
     from ..inference.graph import volume_adjacency
 
     def positions(elements):
@@ -246,7 +247,13 @@ def _volume_part(
 
     voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
     rows, elements = _maxima_rows(
-        th, lambda members: volume_adjacency(members, vol.shape, connectivity), positions, describe, "voxels", voxel_mm3
+        th,
+        lambda members: volume_adjacency(members, vol.shape, connectivity),
+        positions,
+        describe,
+        "voxels",
+        voxel_mm3,
+        by_peak,
     )
     stat = vol.grid(np.nan_to_num(th.stat))
     shown = vol.grid(th.shown)
@@ -271,7 +278,7 @@ def _volume_part(
     z_mm = [vol.mm((*centre, k))[2] for k in slices]  # at the slice's centre (the slices of oblique grids tilt)
     out.append(_img(fig.mosaic(background, stat, shown, vol.zooms, slices, z_mm, scale, th.stat_name), "axial mosaic"))
     neighbours = f"{connectivity}-connected neighbours (SPM's spm_max uses 18)"
-    out.append(_maxima_table(f"{heading} ({connectivity}-connected)", rows, th, neighbours, "voxels"))
+    out.append(_maxima_table(f"{heading} ({connectivity}-connected)", rows, th, neighbours, "voxels", by_peak))
     return "".join(out)
 
 
@@ -279,9 +286,12 @@ def _mm_columns(xyz) -> dict:
     return {"x mm": round(float(xyz[0]), 1), "y mm": round(float(xyz[1]), 1), "z mm": round(float(xyz[2]), 1)}
 
 
-def _maxima_rows(th: Threshold, adjacency_of, positions, describe, unit: str, element_mm3: float | None = None):
+def _maxima_rows(
+    th: Threshold, adjacency_of, positions, describe, unit: str, element_mm3: float | None = None, by_peak=False
+):
     """Clusters of the shown elements (``adjacency_of(members)``: the neighbours among the elements
-    `members`), numbered by size, then by their peak, each with up to three local maxima more than 8 mm apart
+    `members`), numbered by size, then by their peak (FSL's cluster), or `by_peak` by their peak, then by size
+    (SPM's results table), each with up to three local maxima more than 8 mm apart
     (SPM's rule, :mod:`._peaks`): one row per maximum, every column filled, and the maxima's element numbers.
     ``positions(elements)`` gives their (m, 3) positions in mm, ``describe(element, xyz)`` their position
     columns."""
@@ -294,7 +304,7 @@ def _maxima_rows(th: Threshold, adjacency_of, positions, describe, unit: str, el
     values = th.stat[index]
     peak = np.full(sizes.size, -np.inf)
     np.maximum.at(peak, component, values)
-    order = np.lexsort((first, -peak, -sizes))  # by size, then peak, then the lowest-numbered element
+    order = np.lexsort((first, -sizes, -peak) if by_peak else (first, -peak, -sizes))  # (ties: the first element)
     rank = np.empty(sizes.size, dtype=int)
     rank[order] = np.arange(1, sizes.size + 1)
     cluster = rank[component]
@@ -325,9 +335,10 @@ def _tsv(rows: list[dict]) -> str:
     return "\n".join(["\t".join(keys)] + ["\t".join(cell(row.get(k)) for k in keys) for row in rows]) + "\n"
 
 
-def _maxima_table(heading: str, rows: list[dict], th: Threshold, neighbours: str, unit: str) -> str:
+def _maxima_table(heading: str, rows: list[dict], th: Threshold, neighbours: str, unit: str, by_peak=False) -> str:
     """The clusters' table in SPM's layout (cluster columns on the first row of each cluster, blank on the
-    others), the first TABLE_ROWS clusters, what its columns are, and the whole table as a TSV to download."""
+    others), the first TABLE_ROWS clusters (by size, or `by_peak`), what its columns are, and the whole table as a
+    TSV to download."""
     listed, previous = [], None
     for row in rows:
         if row["cluster"] <= TABLE_ROWS:
@@ -337,13 +348,14 @@ def _maxima_table(heading: str, rows: list[dict], th: Threshold, neighbours: str
     table = html_table(listed)
     more = (rows[-1]["cluster"] if rows else 0) - TABLE_ROWS  # every cluster has a maximum: the last is the count
     if more > 0:
-        table += f"<p>{more:,} more clusters not listed (smaller).</p>"
+        table += f"<p>{more:,} more clusters not listed ({'lower peaks' if by_peak else 'smaller'}).</p>"
     name = f"contrast-{th.contrast}_maxima.tsv" if th.contrast else "maxima.tsv"
     data = base64.b64encode(_tsv(rows).encode()).decode("ascii")
     return (
         f"<h3>{_e(heading)}</h3>"
         + table
-        + f"<p class='small'>Up to {MAXIMA_PER_CLUSTER} local maxima "
+        + f"<p class='small'>Clusters numbered by {'peak height, as SPM' if by_peak else 'size, as FSL'} "
+        + f"numbers them; up to {MAXIMA_PER_CLUSTER} local maxima "
         + f"per cluster, more than {MIN_DISTANCE_MM:g} mm apart "
         f"(SPM's rule): a local maximum is at least as large as each of its {_e(neighbours)}. {_e(th.p_note)}. "
         f"<a download='{_e(name)}' href='data:text/tab-separated-values;base64,{data}'>The table as TSV</a> "
@@ -768,7 +780,13 @@ def _connectivity(res: Results) -> int:
 
     if res.level == "group":
         return int(res.model.get("settings", {}).get("connectivity") or 26)
-    return CONNECTIVITY if (res.model.get("inference") or {}).get("method") == "rft" else 26
+    return CONNECTIVITY if _rft(res) else 26
+
+
+def _rft(res: Results) -> bool:
+    """Whether the run made random field theory's inference: its page shows SPM's table, clusters numbered by their
+    peaks, and the page's own table numbers them so too (it had numbered them by size beside it; a tester's)."""
+    return (res.model.get("inference") or {}).get("method") == "rft"
 
 
 def report_sections(
@@ -821,7 +839,7 @@ def _drawer(res: Results, background, mesh, mesh_option: bool = True):
             )
 
         def draw(th):
-            return _volume_part(vol, bg, th, res.mask, connectivity) if th.shown.any() else ""
+            return _volume_part(vol, bg, th, res.mask, connectivity, by_peak=_rft(res)) if th.shown.any() else ""
 
         return draw, notes
     if isinstance(geometry, SurfaceGeometry) and mesh is not None and Path(mesh).is_file():

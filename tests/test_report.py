@@ -426,6 +426,30 @@ def test_a_folder_edited_after_its_fit_is_refused_not_reported(volume_run, tmp_p
     assert not (folder / "report.html").exists()
 
 
+@pytest.mark.planted_model_json
+@pytest.mark.parametrize(
+    "tamper, said",
+    [
+        (lambda text: "\n".join(text.splitlines()[:11]) + "\n", "holds 10 rows where its fit's design had 40 rows"),
+        (lambda text: text.replace("A", "Z", 1), "holds the columns Z"),
+    ],
+)
+def test_a_design_changed_after_a_record_without_digests_is_refused(volume_run, tmp_path, capsys, tamper, said):
+    """Records written before voxfit kept its files' digests (no ``outputs``, no seal) are read as they were, but
+    their design.tsv cut short or renamed was drawn without a word (a tester's: the page said 10 scans of 40). The
+    record's own design (its rows and columns) is checked against the file."""
+    folder = shutil.copytree(volume_run, tmp_path / "old")
+    (folder / "report.html").unlink()
+    record = json.loads((folder / "model.json").read_text())
+    del record["outputs"], record["record_blake3"]
+    (folder / "model.json").write_text(json.dumps(record))
+    assert main(["report", str(folder), "--force", "--quiet"]) == 0  # (as it was written: read as before)
+    (folder / "design.tsv").write_text(tamper((folder / "design.tsv").read_text()))
+    assert main(["report", str(folder), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1 and "rerun the fit" in err, err
+
+
 def test_a_report_reads_only_its_own_fits_files_where_force_kept_an_earlier_fits(tmp_path):
     """A NIfTI fit written with --force over a GIFTI fit's folder keeps the GIFTI fit's mask.func.gii beside its own
     mask.nii.gz; the report took the first mask by name, the GIFTI one, and reported the surface under the NIfTI

@@ -147,8 +147,19 @@ def read_one_map(path: Path) -> tuple[Geometry, NDArray]:
     return geometry, values[0]
 
 
+_CHANGED = "it was changed after the fit; rerun the fit."
+
+
 def _design_view(title: str, path: Path, info: dict) -> DesignView:
     X, names = read_design(path)
+    rows, columns = info.get("n_rows"), info.get("columns")  # (a record without digests, as earlier voxfit wrote)
+    if isinstance(rows, int) and X.shape[0] != rows:
+        raise InputError(f"{path} holds {X.shape[0]} rows where its fit's design had {rows} rows: {_CHANGED}")
+    if isinstance(columns, list) and list(names) != columns:
+        raise InputError(
+            f"{path} holds the columns {', '.join(names)} where its fit's design had {', '.join(map(str, columns))}: "
+            + _CHANGED
+        )
     kinds = list(info.get("kinds") or column_kinds(path, names, X))  # (model.json, else design.json or names)
     return DesignView(title, X, list(names), kinds, info.get("tr"))
 

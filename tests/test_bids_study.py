@@ -924,6 +924,10 @@ def test_a_trial_type_in_another_case_is_said_to_differ_in_case(tmp_path):
     notes = json.loads(record.read_text())["settings"]["bids"]["notes"]
     said = 'no "congruent" event (it has "Congruent" for "congruent": trial types differ in case'
     assert any(said in n for n in notes), notes
+    # their files' labels differ in more than case: contrast-Congruent and contrast-congruent, a file system that
+    # ignores case (macOS's, Windows') would have kept one of the two
+    labels = {p.name.split("contrast-")[1].split("_")[0] for p in (tmp_path / "out").rglob("*contrast-*_stat-t_*")}
+    assert {"Congruent", "congruent2"} <= labels and len({label.casefold() for label in labels}) == len(labels), labels
 
 
 def test_events_without_a_value_left_out_of_a_regressor_are_noted(tmp_path):

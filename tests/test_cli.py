@@ -485,6 +485,8 @@ def test_column_labels_never_collide():
     assert glm._column_labels(["a", "a_", "a1"]) == ["a2", "a3", "a1"]
     labels = glm._column_labels(["x-1", "x1", "x_1", "y"])
     assert len(set(labels)) == 4 and labels[3] == "y"
+    # unique whatever their case: the effect maps of columns A and a are one file where case is ignored
+    assert glm._column_labels(["A", "a", "b", "a2"]) == ["A3", "a4", "b", "a2"]
 
 
 def test_stale_partial_folder_of_a_killed_run_is_ignored(study, capsys):

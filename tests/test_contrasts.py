@@ -251,6 +251,39 @@ def test_unnamed_contrasts_whose_made_names_clash_are_told_so():
         contrast_items(["x=A", "x=B"])
 
 
+def test_contrast_names_that_differ_only_in_case_are_refused(tmp_path, capsys):
+    """--contrast "Go=A" --contrast "go=-A" wrote contrast-Go_* and contrast-go_* into one folder, exit 0: on a file
+    system that ignores case (macOS's, Windows') the second contrast's maps are the first's files, written over
+    them. Refused before anything is read, naming both."""
+    from voxfit.cli import main
+    from voxfit.models.glm import contrast_items
+
+    with pytest.raises(InputError, match="contrast names Go and go differ only in case: .* rename one"):
+        contrast_items(["Go=A", "go=-A"])
+    with pytest.raises(InputError, match="contrast names Faces and FACES differ only in case"):
+        contrast_items({"Faces": "A", "x": "B", "FACES": "A - B"})
+    assert [k for k, _ in contrast_items(["Go=A", "goleft=B"])] == ["Go", "goleft"]
+    design = tmp_path / "design.tsv"
+    design.write_text("A\tconstant\n" + "".join(f"{k % 3}\t1\n" for k in range(12)))
+    data = tmp_path / "y.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((12, 5)))
+    argv = [
+        "fit",
+        str(data),
+        "--design",
+        str(design),
+        "--contrast",
+        "Go=A",
+        "--contrast",
+        "go=-A",
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "differ only in case" in err and err.count("\n") == 1 and not (tmp_path / "o").exists(), err
+
+
 def test_a_design_wider_than_its_scans_names_its_censored_scans():
     """A scrubbing strategy that censors most scans (one indicator column each) left more columns than scans: the
     refusal said "the design has 77 columns for 60 scans ... give at most 60 columns" though the user gave 38. It

@@ -3855,7 +3855,9 @@ class ContrastLabels:
     had a contrast c_2 too, contrast-c2 in the others); the others' take a number where theirs is taken, in the
     order the names first come: the model's contrasts in the file's order, then any other (DummyContrasts'
     columns). Labels chosen per node had given "IvC-" and "IvC+" the labels IvC and IvC2 at the run level, in the
-    file's order, and the other way round above it, in sorted order: one file name, opposite contrasts."""
+    file's order, and the other way round above it, in sorted order: one file name, opposite contrasts. Labels are
+    unique whatever their case (Go and go give Go and go2): a folder of contrast-Go and contrast-go files copied to a
+    file system that ignores case (macOS's, Windows') keeps one of each pair, under either's name."""
 
     def __init__(self, names=()):
         self._of: dict[str, str] = {}
@@ -3868,21 +3870,21 @@ class ContrastLabels:
 
         names = [str(n) for n in names]
         with self._lock:
-            taken = set(self._of.values())
+            taken = {label.casefold() for label in self._of.values()}
             fresh = [n for n in dict.fromkeys(names) if n not in self._of]
             for n in fresh:  # (first, so that a name that is a label is not taken by another's)
-                if sanitize_label(n) == n and n not in taken:
+                if sanitize_label(n) == n and n.casefold() not in taken:
                     self._of[n] = n
-                    taken.add(n)
+                    taken.add(n.casefold())
             for n in fresh:
                 if n in self._of:
                     continue
                 label = base = sanitize_label(n)
                 k = 2
-                while label in taken:
+                while label.casefold() in taken:
                     label, k = f"{base}{k}", k + 1
                 self._of[n] = label
-                taken.add(label)
+                taken.add(label.casefold())
             return [self._of[n] for n in names]
 
 

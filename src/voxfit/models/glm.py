@@ -145,23 +145,32 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
                 f'it: --contrast "{dup[0]}1={made[0]}".'
             )
         raise InputError(f"contrast names must be unique; {', '.join(dup)} repeat.")
+    cased = repeated(k.casefold() for k, _ in items)
+    if cased:  # (contrast-Go_... and contrast-go_...: one file where case is ignored, the later over the earlier)
+        said = " and ".join(k for k, _ in items if k.casefold() == cased[0])
+        raise InputError(
+            f"contrast names {said} differ only in case: their maps would be one file on a file system that ignores "
+            "case (macOS's, Windows'), each over the other; rename one."
+        )
     return items
 
 
 def _column_labels(names) -> list[str]:
-    """Letters-and-digits labels, made unique (``a``, ``a_`` and ``a1`` give a, a2, a1... never a clash)."""
+    """Letters-and-digits labels, made unique whatever their case (``a``, ``a_`` and ``a1`` give a, a2, a1; ``A``
+    and ``a``, A2 and a2: their maps one file where case is ignored)... never a clash."""
     labels = [sanitize_label(n, "design column") for n in names]
-    taken = {lab for lab, count in Counter(labels).items() if count == 1}
+    unique = {key for key, count in Counter(lab.casefold() for lab in labels).items() if count == 1}
+    taken = set(unique)
     out = []
     for lab in labels:
-        if lab in taken and lab not in out:
+        if lab.casefold() in unique:
             out.append(lab)
             continue
         k = 2
-        while f"{lab}{k}" in taken or f"{lab}{k}" in out:
+        while f"{lab}{k}".casefold() in taken:
             k += 1
         out.append(f"{lab}{k}")
-        taken.add(f"{lab}{k}")
+        taken.add(f"{lab}{k}".casefold())
     return out
 
 

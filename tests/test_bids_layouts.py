@@ -1104,6 +1104,14 @@ def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_pat
     assert [f.node for f in again.failures] == ["dataset", "dataset"]
     assert {f.group for f in again.failures} == {"contrast-reward+_group-con-trol", "contrast-reward-_group-con-trol"}
     assert "are those of group " in again.failures[0].reason and "rename one" in again.failures[0].reason
+    # ... and so are values that differ only in case ("Control" and "control"): one file on macOS and Windows
+    table.write_text(table.read_text().replace("con-trol", "Control"))
+    again = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
+    assert len(again.failures) == 2 and "or in case; rename one" in again.failures[0].reason
+    assert {f.group.casefold() for f in again.failures} == {
+        "contrast-reward+_group-control",
+        "contrast-reward-_group-control",
+    }
 
 
 def test_each_node_takes_the_maps_of_its_own_source_node(tmp_path):

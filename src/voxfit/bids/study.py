@@ -3593,8 +3593,8 @@ class _Study:
         """Fit pybids' group `g` of the node's inputs (the groups of node `source`); returns a function that writes
         its maps and record (in their folder, committed whole) and returns its ``(NodeResult, outputs)``. A group
         whose checksum is unchanged is not refitted: the function returns what its record says. `labels`: the file
-        label of each contrast name of the node; `claimed`: the records of the node's groups so far, by path (a
-        group whose files another group writes is refused)."""
+        label of each contrast name of the node; `claimed`: the records of the node's groups so far, by casefolded
+        path (a group whose files another group writes is refused)."""
         rows = g.metadata.to_dict("records")
         X = _numbers(g.X, rows)
         names = [str(c) for c in X.columns]
@@ -3621,15 +3621,16 @@ class _Study:
         contrast = _value(entities.get("contrast"))
         named = "" if contrast is None else f"contrast-{labels[str(contrast)]}_"
         record_path = folder / f"{prefix}{named}model.json"
-        if record_path in claimed:
+        key = Path(str(record_path).casefold())  # (on macOS's and Windows' file systems one file whatever its case)
+        if key in claimed:
             raise InputError(
-                f"its files ({record_path.name} and its maps) are those of group {claimed[record_path]} too: their "
-                "entities differ only in characters a file name leaves out; rename one (its contrast, or the "
-                "participants.tsv value it is grouped by)."
+                f"its files ({record_path.name} and its maps) are those of group {claimed[key]} too: their "
+                "entities differ only in characters a file name leaves out, or in case; rename one (its contrast, or "
+                "the participants.tsv value it is grouped by)."
             )
         extension = Path(refs[0].effect).name.split("_statmap")[-1]  # (the inputs' maps': the group's are alike)
         check_name_lengths(prefix, [labels[c.name] for c in g.contrasts], extension, self.longest_stat(level))
-        claimed[record_path] = _group_label(entities)
+        claimed[key] = _group_label(entities)
         notes, extra = self.left_out(node, entities, rows, failed)
         notes += _correlated_inputs(rows, Xv, weights) + _repeated_subjects(node, rows, self.settings.group_model)
         checksum = _checksum(

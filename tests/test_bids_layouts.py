@@ -2140,6 +2140,27 @@ def test_a_header_whose_time_between_scans_is_not_the_sidecars_tr_is_said(tmp_pa
     assert f"voxfit: warning: {bold}: {said}" in capsys.readouterr().err
 
 
+def test_a_gifti_runs_time_step_that_is_not_the_sidecars_tr_is_said(tmp_path, capsys):
+    """fMRIPrep's surface runs carry FreeSurfer's TimeStep (the TR in milliseconds) in each data array: one of 2.5 s
+    beside a sidecar's RepetitionTime 2 is said as a NIfTI header's is; the synthetic study's own (FreeSurfer's,
+    in milliseconds, equal to its sidecars') says nothing."""
+    import nibabel as nib
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=40, vertices=60, space="fsaverage5")
+    deriv = ["--derivatives", str(study.derivatives), "--space", "fsaverage5"]
+    bold = sorted(study.derivatives.rglob("*_hemi-L_space-fsaverage5_bold.func.gii"))[0]
+    assert nib.load(bold).darrays[0].meta["TimeStep"] == "2000.000000"
+    assert main(["bids", str(study.root), str(tmp_path / "out"), "run", *deriv, "--quiet"]) == 0
+    assert "between scans" not in capsys.readouterr().err
+    image = nib.load(bold)
+    for array in image.darrays:
+        array.meta["TimeStep"] = "2500.000000"
+    nib.save(image, bold)
+    assert main(["bids", str(study.root), str(tmp_path / "out2"), "run", *deriv]) == 0
+    said = "its sidecars give RepetitionTime 2 s but its header 2.5 s between scans; the design is"
+    assert f"voxfit: warning: {bold}: {said}" in capsys.readouterr().err
+
+
 def test_output_names_put_entities_in_bids_order():
     """BIDS orders hemi before space, and res before den: a surface study's maps were named
     ..._space-fsaverage5_hemi-L_... (a surface tester's)."""

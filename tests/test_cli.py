@@ -658,6 +658,32 @@ def test_a_tr_that_a_cifti_series_contradicts_is_warned_of(tmp_path, capsys):
         assert said if warned else err == "", err
 
 
+@pytest.mark.parametrize("time_step, seconds", [("2000.000000", 2.0), ("720", 0.72), ("1.5", 1.5), ("n/a", None)])
+def test_a_tr_that_a_gifti_runs_time_step_contradicts_is_warned_of(tmp_path, capsys, time_step, seconds):
+    """FreeSurfer's mri_vol2surf (fMRIPrep's surface runs) writes the run's TR in each data array's metadata,
+    TimeStep, in milliseconds; a --tr that contradicts it was fitted without a word, where a NIfTI header's or a
+    CIFTI series map's is warned of (carried since stop 40). A TimeStep under 20 is taken for seconds; one that is
+    not a number says nothing."""
+    from voxfit.io import header_scan_step, open_reader
+
+    data = 100 + np.random.default_rng(0).standard_normal((40, 30)).astype(np.float32)
+    meta = nib.gifti.GiftiMetaData({"TimeStep": time_step})
+    arrays = [nib.gifti.GiftiDataArray(row, intent="NIFTI_INTENT_TIME_SERIES", meta=meta) for row in data]
+    nib.save(nib.gifti.GiftiImage(darrays=arrays), tmp_path / "lh.bold.func.gii")
+    step = header_scan_step(open_reader(str(tmp_path / "lh.bold.func.gii")))
+    assert step == (None if seconds is None else pytest.approx(seconds))
+    (tmp_path / "events.tsv").write_text("onset\tduration\ttrial_type\n0\t5\tA\n15\t5\tA\n")
+    for tr in (3, seconds or 2):
+        args = ["fit", tmp_path / "lh.bold.func.gii", "--events", tmp_path / "events.tsv", "--tr", tr, "--contrast"]
+        code, _, err = run(capsys, *args, "c=A", "--noise", "ols", "-o", tmp_path / "out", "--force")
+        assert code == 0
+        if tr == 3 and seconds is not None:
+            assert "--tr 3 but the header of" in err and f"gives {seconds:g} s between scans" in err, err
+            assert err.count("\n") == 1
+        else:
+            assert err == "", err
+
+
 def test_an_error_naming_a_file_with_a_line_break_is_one_line(tmp_path, capsys):
     """A file name may hold a line break; the error that names it stays one line of stderr (the break written
     as \\n)."""

@@ -252,7 +252,10 @@ def _preprocessed(folder: Path, stem: str, space, shape, vertices, signal, confo
             active = np.zeros(vertices, dtype=bool)
             active[: vertices // 5] = True
             y = _series(vertices, active, signal, confounds, scans, rng)
-            arrays = [nib.gifti.GiftiDataArray(row, datatype="NIFTI_TYPE_FLOAT32") for row in y]
+            meta = nib.gifti.GiftiMetaData({"TimeStep": f"{1000 * tr:f}"})  # (FreeSurfer's: the TR in ms)
+            arrays = [
+                nib.gifti.GiftiDataArray(row, "NIFTI_INTENT_TIME_SERIES", "NIFTI_TYPE_FLOAT32", meta=meta) for row in y
+            ]
             nib.save(nib.GiftiImage(darrays=arrays), folder / f"{stem}_hemi-{hemi}_space-fsaverage5_bold.func.gii")
         return
     if space == "fsLR":

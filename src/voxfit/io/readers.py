@@ -191,9 +191,9 @@ _OTHER_CIFTI = {
 
 def header_scan_step(reader) -> float | None:
     """The seconds between scans that a 4-D NIfTI header gives (pixdim[4] in seconds, milliseconds or
-    microseconds), or a CIFTI file's series map, or None where the reader has no such header or it gives none
-    (no time unit, or 0)."""
-    if isinstance(reader, CiftiReader):
+    microseconds), or a CIFTI file's series map, or a GIFTI run's TimeStep (:func:`_gifti_time_step`), or None where
+    the reader has no such header or it gives none (no time unit, or 0)."""
+    if isinstance(reader, (CiftiReader, GiftiReader)):
         return reader.scan_step
     header = getattr(getattr(reader, "geometry", None), "header", None)
     if header is None or not hasattr(header, "get_xyzt_units") or len(header.get_zooms()) < 4:
@@ -1481,6 +1481,19 @@ def _intent_name(darray) -> str | None:
         return None
 
 
+def _gifti_time_step(img) -> float | None:
+    """The seconds between scans that a GIFTI run's first data array gives in its metadata, TimeStep, as FreeSurfer
+    writes it (mri_vol2surf: its TR, in milliseconds; fMRIPrep's surface runs): a value of 20 or more is taken for
+    milliseconds, a smaller one for seconds (no run's TR is 20 ms, nor 20 s); None where it gives none."""
+    try:
+        value = float(dict(img.darrays[0].meta or {}).get("TimeStep", "nan"))
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(value) and value > 0):
+        return None
+    return value / 1000 if value >= 20 else value
+
+
 def _gifti_structure(img, name: str = "") -> str | None:
     """The structure a GIFTI file's values lie on: AnatomicalStructurePrimary of the image's metadata or of its
     first data array's (as FreeSurfer, fMRIPrep and Connectome Workbench write it), else the hemisphere its file
@@ -1501,7 +1514,7 @@ class GiftiReader(_RowsReader):
 
     def __init__(self, paths):
         """`paths`: GIFTI files, or GiftiImages in memory."""
-        arrays, meta, self.paths, memory, structures = [], {}, [], [], []
+        arrays, meta, self.paths, memory, structures, steps = [], {}, [], [], [], []
         for p in paths:
             in_memory = isinstance(p, nib.gifti.GiftiImage)
             if not in_memory:
@@ -1528,6 +1541,7 @@ class GiftiReader(_RowsReader):
                     f".func.gii (a run) or .func.gii/.shape.gii maps{roi}."
                 )
             structures.append((_gifti_structure(img, p.name if isinstance(p, Path) else ""), p))
+            steps.append(_gifti_time_step(img))
             if len(img.darrays) == 1 and img.darrays[0].data.ndim == 2:
                 _check_gifti_orientation(np.shape(img.darrays[0].data), p)
                 arrays.append(np.asarray(img.darrays[0].data).T)  # GIFTI's first dimension is the vertices
@@ -1566,6 +1580,7 @@ class GiftiReader(_RowsReader):
         self.n_scans = int(self._data.shape[0])
         self.dtype = self._data.dtype
         self.scale = None
+        self.scan_step = steps[0]  # (the first file's: a run of one file, as fMRIPrep and FreeSurfer write them)
 
 
 # the vertex counts of the surfaces runs come on: icosahedral (FreeSurfer's fsaverage3 .. fsaverage, ico3 .. ico7)

@@ -249,3 +249,32 @@ def test_fmriprep_1_derivatives_described_by_pipeline_description_are_read_witho
     err = capfd.readouterr().err
     assert "PipelineDescription" not in err and "pybids upgrade" not in err, err
     assert len(list(out.rglob("node-run/*_model.json"))) == 1
+
+
+def test_the_nilearn_preset_says_what_the_study_does_and_scaling_mean_is_taken(tmp_path, capsys):
+    """A FitLins user's migration (the FitLins tester's): --preset nilearn's note in each run's record said "give
+    --scaling mean" for nilearn's percent-of-the-voxel's-mean maps, which voxfit bids did not take (exit 2), and
+    "slice_time_ref 0" where the study samples the design at fMRIPrep's StartTime. voxfit bids takes --scaling
+    (its effects 100 / the voxel's mean times those unscaled, its t the same), and the note says what it does."""
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=40, shape=(6, 6, 4))
+    argv = ["bids", str(study.root), "", "run", "--derivatives", str(study.derivatives), "--preset", "nilearn"]
+    maps = {}
+    for scaling in ("none", "mean"):
+        argv[2] = str(tmp_path / scaling)
+        assert main([*argv, "--quiet", *(["--scaling", "mean"] if scaling == "mean" else [])]) == 0
+        record = json.loads(next((tmp_path / scaling).rglob("node-run/*_model.json")).read_text())["settings"]
+        assert record["scaling"] == scaling
+        maps[scaling] = {
+            stat: np.asarray(nib.load(next((tmp_path / scaling).rglob(f"*congruent_stat-{stat}_*"))).dataobj)
+            for stat in ("effect", "t")
+        }
+    assert record["preset"]["overridden"] == {"scaling": "mean"}
+    note = record["preset"]["note"]
+    assert "give --scaling mean" in note and "sampled at fMRIPrep's StartTime where the run is slice-timing" in note
+    assert "--mask" not in note and "slice_time_ref 0, " not in note
+    bold = next(study.derivatives.rglob("*_desc-preproc_bold.nii.gz"))
+    mean = np.asarray(nib.load(bold).dataobj, dtype=float).mean(axis=3)
+    inside = np.isfinite(maps["none"]["effect"]) & (maps["none"]["effect"] != 0)
+    expected = 100 * maps["none"]["effect"][inside] / mean[inside]
+    np.testing.assert_allclose(maps["mean"]["effect"][inside], expected, rtol=1e-4)
+    np.testing.assert_allclose(maps["mean"]["t"][inside], maps["none"]["t"][inside], rtol=1e-4, atol=1e-4)

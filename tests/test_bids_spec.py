@@ -109,7 +109,12 @@ SCHEMA_REFUSALS = {
     "missing Name": (lambda m: m.pop("Name"), "model: the model has no Name, which the specification requires."),
     "level": (
         _node(0, "Level", "run"),
-        'node "run" (Nodes[0]): Level must be one of Run, Session, Subject, Dataset; got "run".',
+        'node "run" (Nodes[0]): Level must be one of Run, Session, Subject, Dataset; got "run" (the specification '
+        'spells it "Run": write that).',
+    ),
+    "model type spelt otherwise": (  # (FitLins 0.11 takes "Meta" for fixed effects, and fits its "meta" as a GLM)
+        _model(1, "Type", "Meta"),
+        'Model.Type must be one of glm, meta; got "Meta" (the specification spells it "meta": write that).',
     ),
     "X item": (_model(0, "X", ["congruent", 2]), "Model.X[1] must be 1 or a string; got 2."),
     "weights": (

@@ -98,6 +98,20 @@ PRESET_NOTES = {
     "automatic mask (nilearn's compute_epi_mask is not reproduced: give its mask with --mask)",
 }
 
+# --preset on voxfit bids: what each tool's defaults make of the run level (the model's HRF, fMRIPrep's mask kept)
+BIDS_PRESET_NOTES = {
+    "spm": "SPM12 at the run level: AR(1) pooled ReML, grand mean scaling, SPM's microtime convolution, a 128 s "
+    "high-pass where the model gives none",
+    "fsl": "FSL FEAT at the run level: FILM prewhitening, grand-mean intensity normalisation (to 100 here, FEAT: "
+    "10000), SPM's convolution (FEAT's double-gamma is SPM's canonical HRF), a 100 s high-pass where the model gives "
+    "none (a cosine basis, not FEAT's running-line filter)",
+    "nilearn": "nilearn FirstLevelModel at the run level: ar1, no scaling (nilearn's signal_scaling=0 scales each "
+    "voxel to its mean: give --scaling mean for that), nilearn's convolution, sampled at fMRIPrep's StartTime where "
+    "the run is slice-timing corrected and at the scan's start (slice_time_ref 0) where it is not, a 0.01 Hz "
+    "high-pass where the model gives none",
+}
+SCALING_HELP = "none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100"
+
 EXAMPLES_DESIGN = """examples:
   voxfit design events.tsv --tr 2 --n-scans 300 --hrf spm+derivative --drift cosine --high-pass 128 -o design.tsv
   voxfit design events.tsv --tr 2 --n-scans 300 --slice-time-ref 0.5 --confounds conf.tsv \\
@@ -403,7 +417,7 @@ def _get_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--scaling",
         choices=["none", "mean", "global"],
-        help="none (default); mean: percent signal change per voxel (nilearn); global: SPM's grand mean 100",
+        help=SCALING_HELP,
     )
     _design_options(fit, events_needed=False)
     fit.add_argument(
@@ -640,6 +654,7 @@ def _bids_parser(sub) -> None:
         f"{FMRI_NOISE_WHY})",
     )
     bids.add_argument("--convolution", choices=["spm", "nilearn"], help="HRF convolution (default spm)")
+    bids.add_argument("--scaling", choices=["none", "mean", "global"], help="run level: " + SCALING_HELP)
     bids.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -1091,7 +1106,6 @@ def _resolve_bids_settings(args) -> dict | None:
     Defaults fill what is left (scaling none, convolution spm; the noise model left to each run's length:
     models._routing.fmri_noise)."""
     record = None
-    args.scaling = getattr(args, "scaling", None)
     args.high_pass = getattr(args, "high_pass", None)
     if args.preset:
         applied, kept = {}, {}
@@ -1104,7 +1118,7 @@ def _resolve_bids_settings(args) -> dict | None:
             else:
                 setattr(args, key, value)
                 applied[key] = value
-        note = PRESET_NOTES[args.preset] + "; voxfit bids: the model's HRF and high-pass and fMRIPrep's mask kept"
+        note = BIDS_PRESET_NOTES[args.preset] + "; the model's HRF and fMRIPrep's brain mask kept"
         record = {"name": args.preset, "applied": applied, "overridden": kept, "note": note}
         if not args.quiet:
             said = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in applied.items())

@@ -288,9 +288,16 @@ def _schema_error(model: dict, where: str) -> None:
         name = missing.group(1) if missing else error.message
         container = field or ("the node" if prefix.count(": ") > 1 else "the model")
         raise InputError(f"{prefix}{container} has no {name}, which the specification requires.")
+    spelt = [
+        v
+        for v in (error.schema.get("enum") or () if error.validator == "enum" else ())
+        if isinstance(v, str) and isinstance(error.instance, str) and v.casefold() == error.instance.casefold()
+    ]  # ("Meta", as FitLins 0.11 spells a fixed-effects node, where the specification writes "meta")
     hint = (
         ' (for a t test of every column: {"Test": "t"})'
         if path == ["DummyContrasts"] and error.instance is True
+        else f' (the specification spells it "{spelt[0]}": write that)'
+        if spelt
         else ""
     )
     raise InputError(f"{prefix}{field or 'the model'} {_expected(error)}; got {_value(error.instance)}{hint}.")

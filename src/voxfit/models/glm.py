@@ -157,7 +157,7 @@ def contrast_items(contrasts) -> list[tuple[str, object]]:
 
 def _column_labels(names) -> list[str]:
     """Letters-and-digits labels, made unique whatever their case (``a``, ``a_`` and ``a1`` give a, a2, a1; ``A``
-    and ``a``, A2 and a2: their maps one file where case is ignored)... never a clash."""
+    and ``a``, A2 and a3: their maps one file where case is ignored)... never a clash."""
     labels = [sanitize_label(n, "design column") for n in names]
     unique = {key for key, count in Counter(lab.casefold() for lab in labels).items() if count == 1}
     taken = set(unique)

@@ -14,7 +14,7 @@ import pytest
 from voxfit import fit
 from voxfit.cli import main
 from voxfit.design import read_contrasts, write_vest
-from voxfit.design.group import group_design
+from voxfit.design.group import ADDED_INTERCEPT, group_design
 from voxfit.exceptions import DesignWarning, InputError
 from voxfit.models import SecondLevel
 
@@ -215,6 +215,20 @@ def test_an_fsl_f_test_of_a_one_sample_design_is_the_two_sided_t(tmp_path, rng):
     two_sided = (np.abs(null) >= np.abs(null[0]) * (1 - 1e-6)).mean(axis=0)
     flips = _read(out / "contrast-F1_stat-p_desc-uncorrected_statmap.nii.gz")[mask]
     npt.assert_allclose(flips, two_sided, rtol=1e-6)
+
+
+def test_a_participants_table_of_ids_alone_is_a_one_sample_design(tmp_path, rng):
+    """A participants.tsv of participant_id alone (given to match maps to subjects) was refused, "no numeric column
+    to use as a regressor" (the mixed-effects tester's): its design is the intercept alone, said in a note. A table
+    whose other columns are text is refused, naming them and the options for them (--two-sample, no --design)."""
+    paths = _maps(tmp_path, rng, n=6)
+    table = tmp_path / "participants.tsv"
+    table.write_text("participant_id\n" + "".join(f"sub-{i:02d}\n" for i in range(6)))
+    d = group_design(6, design=table, maps=paths)
+    assert d.names == ("intercept",) and d.X.tolist() == [[1.0]] * 6 and ADDED_INTERCEPT in d.notes
+    table.write_text("participant_id\tgroup\n" + "".join(f"sub-{i:02d}\t{'ab'[i % 2]}\n" for i in range(6)))
+    with pytest.raises(InputError, match=r"no numeric column .* \(its text columns: group\); for two groups give "):
+        group_design(6, design=table, maps=paths)
 
 
 def test_participants_table_designs(tmp_path, rng, capsys):

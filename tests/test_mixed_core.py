@@ -546,7 +546,7 @@ def test_voxels_that_cannot_be_fitted_get_nan_and_an_outcome(rng):
     s2[3, 6] = np.nan
     s2[7, 7] = -1.0
     fit = voxfit.mixed_effects(X, Y, s2, {"t": [0, 1], "F": [[1, 0], [0, 1]]}, groups=codes)
-    expected = [OK, FLAT, FLAT, INVALID_DATA, INVALID_DATA, BAD_VARIANCE, BAD_VARIANCE, BAD_VARIANCE, OK, OK]
+    expected = [OK, OK, OK, INVALID_DATA, INVALID_DATA, BAD_VARIANCE, BAD_VARIANCE, BAD_VARIANCE, OK, OK]
     npt.assert_array_equal(fit.outcome, expected)
     bad = fit.outcome != OK
     npt.assert_array_equal(fit.valid, ~bad)
@@ -555,12 +555,38 @@ def test_voxels_that_cannot_be_fitted_get_nan_and_an_outcome(rng):
     for stats_ in fit.contrasts.values():
         assert np.isnan(stats_.stat[bad]).all() and np.isnan(stats_.z[bad]).all()
         assert np.isfinite(stats_.stat[~bad]).all()
-    assert fit.outcomes == {OUTCOMES[FLAT]: 2, OUTCOMES[INVALID_DATA]: 2, OUTCOMES[BAD_VARIANCE]: 3}
-    # fixed: constant effects are an answer; ols: zero variances are not looked at, constant effects are flat
+    assert fit.outcomes == {OUTCOMES[INVALID_DATA]: 2, OUTCOMES[BAD_VARIANCE]: 3}
+    # effects the design fits exactly: the between-subject variance 0 (see the test below), as fixed effects
     fixed = voxfit.mixed_effects(X, Y, s2, model="fixed")
     npt.assert_array_equal(fixed.outcome, [OK, OK, OK, *expected[3:]])
+    assert (fit.between_variance[:, 1:3] == 0).all()
+    npt.assert_allclose(fit.betas[:, 1:3], fixed.betas[:, 1:3], rtol=1e-12)
+    # ols: zero variances are not looked at, constant effects are flat (no residual variance)
     ols = voxfit.mixed_effects(X, Y, s2, model="ols")
     npt.assert_array_equal(ols.outcome, [OK, FLAT, FLAT, INVALID_DATA, INVALID_DATA, OK, OK, OK, OK, OK])
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_effects_the_design_fits_exactly_have_no_between_subject_variance(compiled):
+    """Eight subjects' effects all 3, their first-level variances unequal: the restricted likelihood falls from
+    tau2 = 0 (its score there is -tr(P) / 2), so the estimate is 0 and the fit is fixed effects', as R's metafor
+    gives it (rma(yi, vi, method="REML", test="t"): tau2 0, b 3, t 9.165 on 7 dof, on a tester's voxel). voxfit
+    had said "flat likelihood" and left the voxel NaN, and adding 1e-9 to one effect gave metafor's numbers."""
+    s2 = np.array([0.5, 1.0, 2.0, 0.8, 1.5, 3.0, 0.6, 1.2])[:, None] * [1.0, 1.0]
+    Y = np.full((8, 2), 3.0)
+    Y[0, 1] += 1e-9  # (nearly constant: fitted as before)
+    fit = fit_mixed_block(np.ones((8, 1)), Y, s2, contrasts=[np.ones((1, 1))], compiled=compiled)
+    npt.assert_array_equal(fit.outcome, [OK, OK])
+    npt.assert_array_equal(fit.tau2, 0.0)
+    variance = 1 / (1 / s2[:, 0]).sum()  # (GLS of one mean on known variances, written out)
+    npt.assert_allclose(fit.betas[0], 3.0, rtol=1e-9)
+    npt.assert_allclose(fit.covariance[:, 0, 0], variance, rtol=1e-9)
+    loglik = [  # (the restricted likelihood, written out, falls from 0)
+        -0.5 * (np.log(s2[:, 0] + t).sum() + np.log((1 / (s2[:, 0] + t)).sum())) for t in (0.0, 0.1, 1.0, 10.0)
+    ]
+    assert loglik == sorted(loglik, reverse=True)
+    t = voxfit.mixed_effects(np.ones((8, 1)), Y, s2, {"mean": [1.0]}).contrasts["mean"].stat
+    npt.assert_allclose(t, 3.0 / np.sqrt(variance), rtol=1e-6)
 
 
 def test_no_residual_dof_is_flat(rng):
@@ -713,8 +739,9 @@ def test_the_core_uses_the_design_factorisation(rng):
 
 
 def _kernel_problem(rng, n, v, p):
-    """Random voxels with every outcome: estimates at the boundary (tau2 = 0) and inside, flat voxels (constant,
-    fitted exactly), effects not finite, variances zero, negative, NaN or infinite, and voxels in extreme units."""
+    """Random voxels with every outcome: estimates at the boundary (tau2 = 0) and inside, effects the design fits
+    exactly (constant, or X b: at the boundary), effects not finite, variances zero, negative, NaN or infinite, and
+    voxels in extreme units."""
     X, Y, s2, _ = random_problem(rng, n, v, 1, p)
     Y[:, 0] = 3.0
     Y[:, 1] = X @ rng.standard_normal(p)
@@ -740,7 +767,8 @@ def test_compiled_kernel_equals_the_numpy_path(rng, p):
         npt.assert_array_equal(fit.outcome, ref.outcome)
         npt.assert_array_equal(fit.iterations, ref.iterations)
         if max_iter == 200:
-            assert {OK, FLAT, INVALID_DATA, BAD_VARIANCE} <= set(ref.outcome.tolist())
+            assert {OK, INVALID_DATA, BAD_VARIANCE} <= set(ref.outcome.tolist())
+            assert (ref.outcome[:2] == OK).all() and (ref.tau2[0, :2] == 0).all()  # (fitted exactly: 0)
             assert (ref.tau2[0] == 0).sum() > 10 and (ref.tau2[0] > 0).sum() > 10  # the boundary and inside
         k = np.sqrt(np.abs(s2).mean(axis=0))  # each voxel's units
         npt.assert_allclose(fit.tau2, ref.tau2, rtol=1e-10, atol=0)

@@ -499,7 +499,9 @@ def _get_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--permute-blocks", action="store_true", help="shuffle whole blocks (equal sizes) instead of within blocks"
     )
-    group.add_argument("--mask", metavar="FILE", help="mask (default: voxels finite and non-zero in every map)")
+    group.add_argument(
+        "--mask", metavar="FILE", help="mask (default: voxels finite and non-zero in every map, not the same in all)"
+    )
     mixed = group.add_argument_group("mixed and fixed effects (first-level variances)")
     mixed.add_argument(
         "--variances", nargs="+", metavar="FILE", help="each subject's first-level variance map (matched by subject)"

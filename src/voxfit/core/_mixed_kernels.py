@@ -132,7 +132,6 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
         m = QQt.shape[0]
         extra = Minv_out.shape[0] > 0
         log_2pi = math.log(2 * math.pi)
-        flat_bound = (16 * n * 2.220446049250313e-16) ** 2
         bound = 10.0 ** (290.0 / n)
         y = np.empty(npad)
         s = np.empty(npad)
@@ -188,29 +187,17 @@ def _compile_once():  # noqa: C901 (one function, so that numba caches it)
             k = math.sqrt(mean_s / n)
             k2 = k * k
             scale = 0.0
-            yy = 0.0
             inv_k = 1.0 / k
             inv_k2 = 1.0 / k2
             for i in range(n):
                 y[i] = y[i] * inv_k
                 s[i] = s[i] * inv_k2
                 scale += s[i]
-                yy += y[i] * y[i]
             scale /= n
-            # a flat likelihood: effects the design fits exactly
-            for i in range(npad):
-                res[i] = y[i]
-            for a in range(r):
-                x = 0.0
-                for i in range(npad):
-                    x += Qt[a, i] * y[i]
-                for i in range(npad):
-                    res[i] -= Qt[a, i] * x
-            rss = 0.0
-            for i in range(npad):
-                rss += res[i] * res[i]
+            # a flat likelihood: a design that fits every subject exactly (effects it fits exactly are not: the
+            # score at 0 is below 0, the estimate 0)
             iterations[j] = 1
-            if flat_design or rss <= flat_bound * yy:
+            if flat_design:
                 outcome[j] = 2
                 continue
             # the score at 0 decides the boundary; then Newton on the score, safeguarded by [lo, hi]

@@ -55,8 +55,9 @@ rounding (tested to 1e-10), which remains the path of several groups, ``fixed`` 
 
 Voxels that cannot be fitted get NaN outputs and an outcome code (:data:`OUTCOMES`): non-finite effects; a
 first-level variance that is zero, negative or not finite in some subject (mixed and fixed); a flat
-likelihood (mixed: no residual degrees of freedom, effects fitted exactly by the design, e.g. all equal in a
-one-sample test, or a variance group the design absorbs; ols: a zero residual variance); no convergence, or a
+likelihood (mixed: no residual degrees of freedom, or a variance group the design absorbs; ols: a zero residual
+variance, effects fitted exactly by the design, e.g. all equal in a one-sample test, which a mixed model fits with
+tau2 = 0); no convergence, or a
 fit whose numbers are not finite (first-level variances too far apart for float64).
 """
 
@@ -763,9 +764,9 @@ def _fit_mixed(
     outcome = np.zeros(v, dtype=np.int8)
     tau2 = np.zeros((G, v))
     iterations = np.zeros(v, dtype=np.int32)
-    coords = problem.Q.T @ Y
-    resid = Y - problem.Q @ coords
-    flat = _flat_residuals(np.einsum("iv,iv->v", resid, resid), Y) | (n == problem.r) | any(problem.absorbed)
+    # (effects the design fits exactly, all equal in a one-sample test, are not flat: the restricted likelihood falls
+    # from tau2 = 0, where the score is -tr(P) / 2 < 0, and the estimate is 0, as metafor's; they had been NaN)
+    flat = np.full(v, (n == problem.r) or any(problem.absorbed))
     outcome[flat] = FLAT
     live = np.flatnonzero(~flat)
     if live.size:

@@ -358,9 +358,12 @@ def group_design(
         if not np.isfinite(values).all():
             raise InputError(f"{what}: column {name!r} has missing or non-finite values; a design must be complete.")
         regressors.append((name, values))
-    if not regressors:
-        raise InputError(f"{what} has no numeric column to use as a regressor.")
-    X = np.column_stack([v for _, v in regressors])
+    if not regressors and left_out:  # (a text column may be meant as groups: not taken for a one-sample test)
+        raise InputError(
+            f"{what} has no numeric column to use as a regressor (its text columns: {', '.join(left_out)}); for two "
+            "groups give --two-sample COLUMN, for a one-sample test leave out --design."
+        )
+    X = np.column_stack([v for _, v in regressors]) if regressors else np.empty((n_maps, 0))
     out_names = [n for n, _ in regressors]
     if not _spans_constant(X):
         X = np.column_stack([X, np.ones(n_maps)])

@@ -1102,7 +1102,9 @@ class SecondLevel:
                 "model": "ols" if g.mixed is None else g.mixed.model,
                 **({} if g.pairing is None else {"mixed_effects": g.pairing}),
                 "mask": (
-                    "automatic (finite and non-zero in every map)" if self.mask is None else source_label(self.mask)
+                    "automatic (finite and non-zero in every map, not the same in all)"
+                    if self.mask is None
+                    else source_label(self.mask)
                 ),
                 "p": (
                     "t contrasts one-sided (large positive t); "

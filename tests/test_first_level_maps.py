@@ -505,6 +505,41 @@ def test_feat_prefers_standard_space_maps(tmp_path):
         first_level_maps([folder], 1)
 
 
+def test_feat_maps_in_the_subjects_space_are_refused_where_feat_registered_them(tmp_path):
+    """FEAT folders whose run FEAT registered to standard space (reg/example_func2standard.mat) but which hold no
+    reg_standard/ (no higher-level FEAT has run featregapply): their stats/ maps are each in its subject's functional
+    space, and maps of one grid were combined voxel by voxel, unaligned, exit 0 (a tester's). Refused, saying to run
+    featregapply. FSL's identity matrix (maps already in one space, as fMRIPrep's MNI runs with FEAT) is taken as it
+    is, and a folder without registration with a note, said once for the folders it concerns."""
+    folders = [_feat(tmp_path / f"sub-{k}.feat", int(k)) for k in SUBJECTS[:3]]
+    paired = first_level_maps(folders, 1)
+    said = [note for note in paired.notes if "no registration" in note]
+    assert said == [
+        "sub-01.feat, sub-02.feat, sub-03.feat: no registration (reg/example_func2standard.mat): its stats/ maps "
+        "taken as they are"
+    ]
+    for folder in folders:
+        (folder / "reg").mkdir()
+        (folder / "reg" / "example_func2standard.mat").write_text(
+            "1  0  0  0  \n0  1  0  0  \n0  0  1  0  \n0  0  0  1  \n"
+        )
+    paired = first_level_maps(folders, 1)
+    assert paired.effects[0] == folders[0] / "stats" / "cope1.nii.gz"
+    assert not any("registration" in note for note in paired.notes)
+    (folders[1] / "reg" / "example_func2standard.mat").write_text(
+        "1.02 0.01 0 -3.5\n-0.01 0.98 0.02 12.1\n0 -0.02 1.01 8.7\n0 0 0 1\n"
+    )
+    with pytest.raises(
+        InputError,
+        match=r"sub-02.feat: its stats/ maps are in the subject's functional space .* run "
+        r"`featregapply .*sub-02.feat` \(FSL\)",
+    ):
+        first_level_maps(folders, 1)
+    _feat(folders[1], 2, standard=True)  # (featregapply's reg_standard/: taken, said)
+    paired = first_level_maps(folders, 1)
+    assert paired.effects[1] == folders[1] / "reg_standard" / "stats" / "cope1.nii.gz"
+
+
 def test_feat_without_dof_gives_no_dof_with_a_note(tmp_path):
     folders = [_feat(tmp_path / "sub-01.feat", 1), _feat(tmp_path / "sub-02.feat", 2, dof=None)]
     paired = first_level_maps(folders, "task")

@@ -718,7 +718,7 @@ def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps
     effects, variances = [f.effect for f in found], [f.variance for f in found]
     grids = [[open_map(p).geometry for p in paths] for paths in (effects, variances)]
     _check_grids(effects, variances, *grids, subjects)
-    notes = [_subjects_note(folders, names, subjects)] + [f.note for f in found if f.note is not None]
+    notes = [_subjects_note(folders, names, subjects), *_folders_notes([f.note for f in found if f.note is not None])]
     dofs = [f.dof if f.dof_map is None else (f.dof_map, 0) for f in found]
     maps = [str(f.dof_map) for f in found if f.dof_map is not None]
     if maps and None not in dofs:  # (with a folder's dof unknown, none are taken: said below)
@@ -890,7 +890,11 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
                     "folder again whole, or rerun FEAT's registration to standard space (featregapply)."
                 )
             if n is not None and effect.is_file() and variance.is_file():
-                note = None if where == stats else f"{folder.name}: maps of reg_standard/stats (standard space)"
+                note = (
+                    f"{folder.name}: maps of reg_standard/stats (standard space)"
+                    if where == standard
+                    else _feat_unregistered(folder)
+                )
                 dof, problem = _feat_dof(folder)
                 dof_map = _feat_dof_map(where, n) if dof is None and problem is None else None
                 return _Folder(effect, variance, None, dof, problem, note, dof_map)
@@ -904,6 +908,29 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
     raise InputError(
         f"FEAT folder {folder} has no cope and varcope of contrast {contrast!r} (its contrasts: {shown}); give one "
         "of those numbers or names."
+    )
+
+
+def _feat_unregistered(folder: Path) -> str | None:
+    """What a FEAT folder's own maps (``stats/``, no ``reg_standard/``) are: refused where FEAT registered the run to
+    standard space (``reg/example_func2standard.mat``, not the identity): they are in the subject's functional space,
+    and subjects' maps of one grid were combined voxel by voxel unaligned, exit 0 (a tester's); FEAT's higher level
+    resamples them first (featregapply). A note where the folder has no registration (``reg/``: taken as they are);
+    None where it is the identity (maps already in one space, fMRIPrep's MNI runs, with FSL's ident.mat)."""
+    matrix = folder / "reg" / "example_func2standard.mat"
+    if not matrix.is_file():
+        return f"{folder.name}: no registration (reg/example_func2standard.mat): its stats/ maps taken as they are"
+    try:
+        values = np.array(matrix.read_text(errors="replace").split(), dtype=float)
+    except (OSError, ValueError):
+        values = np.array([])
+    if values.size == 16 and np.allclose(values.reshape(4, 4), np.eye(4), atol=1e-3):
+        return None
+    raise InputError(
+        f"FEAT folder {folder}: its stats/ maps are in the subject's functional space (reg/example_func2standard.mat "
+        f"registers them to standard space) and it has no reg_standard/: run `featregapply {folder}` (FSL) to resample "
+        "them, as FEAT's higher level does, then give the folder again (maps already in one space: FSL's ident.mat as "
+        "that matrix)."
     )
 
 
@@ -969,6 +996,16 @@ def _refuse_same_subject(folders, subjects) -> None:
             f"two or more first-level folders of one subject: {listed(cells, 3)}; give one folder per subject "
             "(several runs of one subject: fit them together with voxfit fit, one design per run)."
         )
+
+
+def _folders_notes(notes: list[str]) -> list[str]:
+    """The folders' notes (``<folder>: <what>``), those that say the same of several folders said once, naming them
+    (a note per folder said one thing fifty times for fifty subjects)."""
+    said: dict[str, list[str]] = {}
+    for note in notes:
+        name, _, what = note.partition(": ")
+        said.setdefault(what, []).append(name)
+    return [f"{names[0]}: {what}" if len(names) == 1 else f"{listed(names, 3)}: {what}" for what, names in said.items()]
 
 
 def _subjects_note(folders, names, subjects) -> str:

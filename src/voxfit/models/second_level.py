@@ -37,7 +37,7 @@ from ..core.expr import names_in
 from ..core.mixed import BAD_VARIANCE, OUTCOMES
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import ADDED_INTERCEPT, group_design, listed_lines, warn_uncentred_covariates
-from ..design.subjects import pair_by_subject, subject_labels
+from ..design.subjects import listed, pair_by_subject, subject_labels
 from ..engine import fit as fit_engine
 from ..engine.mixed import MixedFit, mixed_effects
 from ..engine.streaming import fit_streaming
@@ -51,6 +51,7 @@ from ..io import (
     check_mask,
     clusters_table_name,
     expand_run,
+    explicit_mask,
     is_image,
     load,
     open_map,
@@ -310,6 +311,13 @@ class SecondLevel:
         pairs = paired_inputs(
             data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read, self.paired
         )
+        if self.mask is None and pairs is not None and pairs.masks:  # (FEAT folders: within their masks, said)
+            model = replace(self, mask=_masks_intersection(pairs))
+            return model._fit_inputs(data, pairs, kind, out_dir, force, execution, command, one_by_one)
+        return self._fit_inputs(data, pairs, kind, out_dir, force, execution, command, one_by_one)
+
+    def _fit_inputs(self, data, pairs, kind, out_dir, force, execution, command, one_by_one) -> GroupFit:
+        """:meth:`fit`'s work once its options are checked and the effect maps paired with any variance maps."""
         if kind != "ols":
             return self._fit_mixed(kind, pairs, out_dir, force, execution, command, one_by_one)
         if pairs is not None:  # OLS on the effect maps of the pairs
@@ -1358,6 +1366,17 @@ def _group_rft(
         residuals=residuals,
         per_voxel_dof=per_voxel_dof,
     )
+
+
+def _masks_intersection(pairs) -> np.ndarray:
+    """The elements within every mask of `pairs` (FEAT folders' ``mask.nii.gz``), each on the effect maps' grid."""
+    geometry = open_map(pairs.effects[0]).geometry
+    inside = np.ones(geometry.n_elements, dtype=bool)
+    for mask in pairs.masks:
+        inside &= explicit_mask(mask, geometry)
+    if not inside.any():
+        raise InputError(f"the FEAT folders' masks ({listed(map(str, pairs.masks), 3)}) have no voxel in common.")
+    return inside
 
 
 def _open_maps(data):

@@ -252,6 +252,7 @@ def test_feat_folders_are_fitted_within_their_masks(tmp_path, rng, capsys):
             nib.save(nib.Nifti1Image(values.astype(np.float32), np.eye(4)), standard / f"{name}.nii.gz")
         for name in ("cope1", "varcope1"):  # (the run's own space's, as FEAT keeps them beside reg_standard/)
             shutil.copy(standard / "stats" / f"{name}.nii.gz", standard.parent / "stats" / f"{name}.nii.gz")
+        (standard.parent / "stats" / "dof").write_text("100\n")
         folders.append(standard.parent)
     out = tmp_path / "g"
     argv = ["group", "--first-level", *map(str, folders), "--first-level-contrast", "1", "--model", "fixed"]
@@ -867,6 +868,14 @@ def test_first_level_dof_given_for_folders_is_checked(tmp_path, rng, capsys):
     assert "give --first-level-dof" in err and not (tmp_path / "b").exists()
     assert main([*base, "--first-level-dof", "20", "-o", str(tmp_path / "o"), "--quiet"]) == 0  # (replaced)
     assert main([*base[:-2], "--model", "mixed", "-o", str(tmp_path / "m"), "--quiet"]) == 0  # (not used)
+    # a FEAT folder without its dof (FEAT writes stats/dof, or a higher level's tdof_t<N>: a folder copied short)
+    # had a fixed model fitted on n - rank dof with a note, exit 0, where a dof file that says none is refused
+    (Path(folders[1]) / "stats" / "dof").unlink()
+    assert main([*base, "-o", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sub-02.feat has neither stats/dof nor stats/tdof_t1 (FEAT writes" in err, err
+    assert "give --first-level-dof" in err and not (tmp_path / "c").exists()
+    assert main([*base[:-2], "--model", "mixed", "-o", str(tmp_path / "m2"), "--quiet"]) == 0  # (not used)
 
 
 @pytest.mark.parametrize(

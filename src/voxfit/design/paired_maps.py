@@ -910,6 +910,12 @@ def _feat_maps(folder: Path, contrast: str) -> _Folder:
                 ]
                 dof, problem = _feat_dof(folder)
                 dof_map = _feat_dof_map(where, n) if dof is None and problem is None else None
+                if dof is None and problem is None and dof_map is None:  # (FEAT writes one: a folder copied short,
+                    # which a fixed model had fitted on n - rank dof, where a dof file of 0 was refused; a tester's)
+                    problem = (
+                        f"FEAT folder {folder} has neither stats/dof nor {where.relative_to(folder)}/tdof_t{n} (FEAT "
+                        "writes the first level's dof there)"
+                    )
                 mask = next((m for e in _NIFTI if (m := where.parent / f"mask{e}").is_file()), None)
                 if mask is None:
                     notes.append(f"{folder.name}: no mask.nii.gz beside its maps' folder: their non-zero voxels taken")

@@ -461,6 +461,15 @@ def test_copies_of_one_map_are_said_to_be_copies(tmp_path, rng, capsys):
     assert main(["group", *map(str, paths), "-o", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert "every image holds the same values (copies of one file?)" in err and err.count("\n") == 1, err
+    assert "not the same in every map" in err and "over time" not in err
+    # a subject's map of no finite value (an SPM con image of NaN): said as a map, not as "scan 4" of a run
+    paths = _maps(tmp_path, rng, n=6)
+    image = nib.load(paths[3])
+    nib.save(nib.Nifti1Image(np.full(image.shape, np.nan, np.float32), image.affine), paths[3])
+    assert main(["group", *map(str, paths), "-o", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert f": map 4 ({paths[3]}) is all zeros or holds no finite value; restore it" in err, err
+    assert "over time" not in err and "scan" not in err and err.count("\n") == 1
 
 
 def test_an_empty_masks_causes_are_looked_for_in_one_pass_over_the_data():

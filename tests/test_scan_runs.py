@@ -343,7 +343,7 @@ def test_3d_scans_their_spm_sidecars_place_apart_are_refused_as_spm_refuses_them
         moved[1, 3] += 0.3  # (realigned: moved 0.3 mm)
         savemat(m, {"mat": moved})
     code, err = _fit(capsys, scans, [ev1], root / "moved")
-    said = f"{scans[1].name}: the SPM .mat sidecars place image 2 apart from image 1 (as SPM's Realign: Estimate"
+    said = f"{scans[1].name}: the SPM .mat sidecars place image 2 apart from image 1, and SPM would refuse"
     assert code == 2 and said in err and "reslice" in err, err
     assert not (root / "moved").exists()
     mats[0].unlink()  # (scan 1, the reference, untouched: its header alone)

@@ -1485,7 +1485,7 @@ def _group_preload(args, inputs: list[str], progress):
         reader = open_reader(paths, "inputs")
     except InputError:  # said by SecondLevel, after its own checks of the options, as without a preload
         return contextlib.nullcontext()
-    loading = _in_thread(load, reader, args.mask, progress=progress, name="inputs")
+    loading = _in_thread(load, reader, args.mask, progress=progress, name="inputs", maps=True)
     return preloaded(loading, paths, args.mask, name="inputs")
 
 

@@ -797,6 +797,14 @@ def _folder_maps(folder: Path, contrast: str, read_record) -> _Folder:
         )
     if (study := study_folder_error(folder, contrast)) is not None:
         raise study
+    spm = sorted(p.name for p in folder.glob("con_*") if p.suffix in (".nii", ".img"))
+    if spm or (folder / "SPM.mat").is_file():  # (SPM keeps no variance map of a contrast beside its con images)
+        first = spm[0] if spm else "con_0001.nii"
+        raise InputError(
+            f"{folder} is an SPM first-level folder ({first}...), whose contrasts have no variance map to weigh "
+            f"subjects by: give each subject's con image as the maps (voxfit group 'sub-*/{first}', an OLS model "
+            "of them, as SPM's second level fits them)."
+        )
     raise InputError(
         f"{folder} is not a finished first-level fit (no model.json, and no FEAT stats/cope<N>); give the output "
         "folder of a voxfit fit that ran to the end, or a FEAT folder."

@@ -77,6 +77,7 @@ def load(
     observe=None,
     map_files: bool | None = None,
     slab_bytes: int = DEFAULT_SLAB_BYTES,
+    maps: bool = False,
 ) -> Dataset:
     """Read image files (or images in memory) into an (n_scans, n_voxels) matrix, in one sequential pass.
 
@@ -129,6 +130,9 @@ def load(
         scans as fast either way). 16 MiB had been chosen while the read began as the numerical modules imported,
         each slab's retake of the GIL then waiting up to the interpreter's switch interval.
 
+    maps : bool, optional
+        The paths are a group's maps, one per subject: an empty automatic mask is said in their words.
+
     Returns
     -------
     Dataset
@@ -151,7 +155,7 @@ def load(
     if mask is None:
         if observe is not None:
             raise ValueError("`observe` needs an explicit mask (the automatic one is decided after the read).")
-        raw, mask_array = gather_auto(reader, threshold, progress, globals_, map_files=map_files)
+        raw, mask_array = gather_auto(reader, threshold, progress, globals_, map_files, maps)
     else:
         mask_array = explicit_mask(mask, reader.geometry)
         index = np.flatnonzero(mask_array)

@@ -416,14 +416,14 @@ class AutoMask:
         return self.finite & self.varies & self.above & self.nonzero_all
 
 
-def _empty_mask_hint(reader, threshold) -> str:
+def _empty_mask_hint(reader, threshold, maps: bool = False) -> str:
     """The end of the message of an empty automatic mask: why, where it can be told, and what to do: a run of one
     scan (nothing varies), a scan lost in conversion, every scan a copy of the first (:func:`_scan_faults`), else
     with a threshold (a few bright voxels can raise a scan's global above the brain's) a mask or a lower
-    threshold."""
+    threshold. `maps`: a group's maps, said as maps."""
     if reader.n_scans == 1:
         return ": the run has one scan, in which nothing can vary; give a run of several scans"
-    blank, same = _scan_faults(reader)
+    blank, same = _scan_faults(reader, "map" if maps else "scan")
     if blank:
         return blank
     if same:  # (a group's maps copied from one: a tester's, said in first-level words)
@@ -436,7 +436,7 @@ def _empty_mask_hint(reader, threshold) -> str:
     )
 
 
-def _scan_faults(reader) -> tuple[str, bool]:
+def _scan_faults(reader, scan: str = "scan") -> tuple[str, bool]:
     """Where the automatic mask came out empty, in one more pass over the data (on this error only): the first scan
     that is all zeros or holds no finite value, as the message's end (a scan lost in conversion empties the mask of
     the whole run), or nothing; and whether every scan (map) equals the first, NaN where it is NaN."""
@@ -448,7 +448,7 @@ def _scan_faults(reader) -> tuple[str, bool]:
             k = start + int(np.argmax(blank))
             paths = getattr(reader, "paths", ())
             where = f" ({paths[k]})" if len(paths) == reader.n_scans and reader.n_scans > 1 else ""
-            return f": scan {k + 1}{where} is all zeros or holds no finite value; restore it", False
+            return f": {scan} {k + 1}{where} is all zeros or holds no finite value; restore it", False
         if first is None:
             first = np.array(block[0])
         if same:
@@ -559,10 +559,16 @@ def _file_map(data: NDArray) -> mmap.mmap | None:
 
 
 def gather_auto(
-    reader, threshold: float | None = None, progress: bool | None = None, globals_=None, map_files: bool = False
+    reader,
+    threshold: float | None = None,
+    progress: bool | None = None,
+    globals_=None,
+    map_files: bool = False,
+    maps: bool = False,
 ):
     """Automatic mask and the masked data in one pass (see the module docstring), each whole scan also given to
-    `globals_` (a :class:`ScanGlobals`) when given. Returns ``(data, mask)``. A reader that writes its scans
+    `globals_` (a :class:`ScanGlobals`) when given. Returns ``(data, mask)``; `maps`: a group's maps (its errors
+    say maps, not scans over time). A reader that writes its scans
     into an array itself (``scans_into``: CIFTI, whose grayordinates are the brain's already) has every element
     gathered, not only the first scan's candidates (with `map_files`, see :func:`gather`)."""
     n_elements = reader.geometry.n_elements
@@ -607,9 +613,9 @@ def gather_auto(
         mask[cand_index] = kept.mask()
     if not mask.any():
         why = "above the intensity threshold, " if threshold is not None else ""
+        rule = "and not the same in every map" if maps else f"{why}and not constant over time in every scan"
         raise InputError(
-            f"the automatic mask is empty: no voxel is finite, {why}and not constant over time in every scan"
-            f"{_empty_mask_hint(reader, threshold)}."
+            f"the automatic mask is empty: no voxel is finite, {rule}{_empty_mask_hint(reader, threshold, maps)}."
         )
     data = keep_columns(out, np.flatnonzero(mask[gathered]))  # in out's order
     missed = np.flatnonzero(mask & ~gathered)

@@ -862,8 +862,10 @@ def _check_scans_spm_mats(readers) -> None:
     moved = _moved(placed)
     if moved is not None:
         raise InputError(
-            f"{readers[moved].path}: the SPM .mat sidecars place image {moved + 1} apart from image {moved} (as SPM's "
-            f"Realign: Estimate leaves scans it does not reslice), and SPM would refuse to fit them too; {_RESLICE}."
+            f"{readers[moved].path}: the SPM .mat sidecars place image {moved + 1} apart from image {moved}, and SPM "
+            f"would refuse to take them together too: the scans of a run SPM's Realign: Estimate left unresliced "
+            f"({_RESLICE}), or subjects' maps not written in one space (write them on one grid: SPM's Normalise: "
+            "Write, or reslice them to one image)."
         )
     path, mats = next(((p, m) for p, m in sidecars if m is not None), (None, None))
     if mats is not None:

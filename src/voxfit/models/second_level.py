@@ -557,7 +557,7 @@ class SecondLevel:
 
     def _load(self, paths, progress, difference: bool = True):
         """The maps in memory, (n, V) (A - B with `paired`, unless not `difference`), and their masker."""
-        ds = load(paths, self.mask, progress=progress, name="inputs")
+        ds = load(paths, self.mask, progress=progress, name="inputs", maps=True)
         Y = maps = np.asarray(ds.data)
         masker = ds.masker
         if self.paired and difference:

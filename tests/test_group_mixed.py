@@ -263,6 +263,8 @@ def test_feat_folders_are_fitted_within_their_masks(tmp_path, rng, capsys):
     within = inside.copy()
     within[3, 1, 0] = False
     assert np.isfinite(t[within]).all() and not np.isfinite(t[~within]).any()
+    mask = json.loads((out / "model.json").read_text())["settings"]["mask"]
+    assert mask.startswith("the intersection of 6 masks: ") and "sub-06.feat/reg_standard/mask.nii.gz" in mask
     (folders[0] / "reg_standard" / "mask.nii.gz").unlink()
     assert main([*argv, "-o", str(tmp_path / "g2")]) == 0
     err = capsys.readouterr().err
@@ -270,6 +272,10 @@ def test_feat_folders_are_fitted_within_their_masks(tmp_path, rng, capsys):
     assert "(5 mask.nii.gz)" in err
     t = np.asarray(nib.load(tmp_path / "g2" / "contrast-intercept_stat-t_statmap.nii.gz").dataobj)
     assert np.isfinite(t[inside]).all() and not np.isfinite(t[~inside]).any()
+    masks = [folders[k] / "reg_standard" / "mask.nii.gz" for k in (1, 2)]
+    nib.save(nib.Nifti1Image((~inside).astype(np.float32), np.eye(4)), masks[1])
+    with pytest.raises(voxfit.exceptions.InputError, match=r"the masks .*sub-02.feat.*, .*sub-03.feat.* have no elem"):
+        SecondLevel(first_level_contrast="1", model="fixed").fit([str(f) for f in folders])
 
 
 @ONE_SEED

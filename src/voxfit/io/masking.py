@@ -134,7 +134,17 @@ def load_mask(path, geometry: Geometry) -> NDArray[np.bool_]:
 
 def explicit_mask(mask, geometry: Geometry) -> NDArray[np.bool_]:
     """The elements an explicit `mask` selects: a file or nibabel image of the data's geometry (see
-    :func:`load_mask`) or a boolean array of the elements (a volume in its 3-D shape)."""
+    :func:`load_mask`), a tuple of them (the elements within all: FEAT folders' masks), or a boolean array of the
+    elements (a volume in its 3-D shape)."""
+    if isinstance(mask, tuple):
+        check_mask(mask)
+        inside = np.logical_and.reduce([load_mask(m, geometry) for m in mask])
+        if not inside.any():
+            more = f" and {len(mask) - 3} more" if len(mask) > 3 else ""
+            raise InputError(
+                f"the masks {', '.join(source_label(m) for m in mask[:3])}{more} have no element in common."
+            )
+        return inside
     if not isinstance(mask, np.ndarray):
         check_mask(mask)
         return load_mask(mask, geometry)
@@ -147,8 +157,11 @@ def explicit_mask(mask, geometry: Geometry) -> NDArray[np.bool_]:
 
 
 def check_mask(mask, name: str = "mask") -> None:
-    """Refuse a `mask` that is not None, a path, a nibabel image or a numpy array, naming the type received."""
+    """Refuse a `mask` that is not None, a path, a nibabel image, a tuple of paths or images (their intersection)
+    or a numpy array, naming the type received."""
     if mask is None or isinstance(mask, (str, os.PathLike, np.ndarray)) or is_image(mask):
+        return
+    if isinstance(mask, tuple) and mask and all(isinstance(m, (str, os.PathLike)) or is_image(m) for m in mask):
         return
     raise InputError(f"`{name}` must be a path to an image, a nibabel image or a boolean array; got {type_name(mask)}.")
 

@@ -56,6 +56,8 @@ def source_label(obj) -> str:
         return f"in-memory nibabel image ({type(obj).__name__}, shape {shape})"
     if isinstance(obj, np.ndarray):
         return f"in-memory array (shape {obj.shape}, {int(np.count_nonzero(obj))} non-zero)"
+    if isinstance(obj, tuple):  # (masks taken together: the elements within all)
+        return f"the intersection of {len(obj)} masks: " + ", ".join(source_label(o) for o in obj)
     return str(obj)
 
 

@@ -37,7 +37,7 @@ from ..core.expr import names_in
 from ..core.mixed import BAD_VARIANCE, OUTCOMES
 from ..design import read_contrasts, read_ftests, read_groups, write_design
 from ..design.group import ADDED_INTERCEPT, group_design, listed_lines, warn_uncentred_covariates
-from ..design.subjects import listed, pair_by_subject, subject_labels
+from ..design.subjects import pair_by_subject, subject_labels
 from ..engine import fit as fit_engine
 from ..engine.mixed import MixedFit, mixed_effects
 from ..engine.streaming import fit_streaming
@@ -51,7 +51,6 @@ from ..io import (
     check_mask,
     clusters_table_name,
     expand_run,
-    explicit_mask,
     is_image,
     load,
     open_map,
@@ -312,7 +311,7 @@ class SecondLevel:
             data, self.variances, self.first_level_contrast, self.first_level_dof, ModelRecord.read, self.paired
         )
         if self.mask is None and pairs is not None and pairs.masks:  # (FEAT folders: within their masks, said)
-            model = replace(self, mask=_masks_intersection(pairs))
+            model = replace(self, mask=tuple(pairs.masks))
             return model._fit_inputs(data, pairs, kind, out_dir, force, execution, command, one_by_one)
         return self._fit_inputs(data, pairs, kind, out_dir, force, execution, command, one_by_one)
 
@@ -1366,17 +1365,6 @@ def _group_rft(
         residuals=residuals,
         per_voxel_dof=per_voxel_dof,
     )
-
-
-def _masks_intersection(pairs) -> np.ndarray:
-    """The elements within every mask of `pairs` (FEAT folders' ``mask.nii.gz``), each on the effect maps' grid."""
-    geometry = open_map(pairs.effects[0]).geometry
-    inside = np.ones(geometry.n_elements, dtype=bool)
-    for mask in pairs.masks:
-        inside &= explicit_mask(mask, geometry)
-    if not inside.any():
-        raise InputError(f"the FEAT folders' masks ({listed(map(str, pairs.masks), 3)}) have no voxel in common.")
-    return inside
 
 
 def _open_maps(data):

@@ -658,6 +658,50 @@ def test_a_tr_that_a_cifti_series_contradicts_is_warned_of(tmp_path, capsys):
         assert said if warned else err == "", err
 
 
+@pytest.mark.parametrize("scaled", [False, True], ids=["voxfit's reader", "nibabel's"])
+@pytest.mark.parametrize(
+    "field, said",
+    [
+        (b'NumberOfSeriesPoints="45"', "gives 45 scans (NumberOfSeriesPoints) but the file holds 40; fitted on the 40"),
+        (b'SeriesStep="0.00', "gives 0 s between scans (SeriesStep), which no run has"),
+        (b'SeriesStep="-.72', "gives -0.72 s between scans (SeriesStep), which no run has"),
+    ],
+)
+def test_a_cifti_series_map_that_contradicts_its_file_is_warned_of(tmp_path, capsys, field, said, scaled):
+    """A CIFTI file whose series map gives another number of scans than it holds, or a time between scans of 0 or
+    less, was fitted on the scans it holds without a word (carried since stop 54; nibabel's warning, for a file
+    it reads, named no file): one line names the file and the field, and the fit is the honest file's."""
+    import struct
+
+    from nibabel import cifti2
+
+    models = cifti2.BrainModelAxis.from_mask(np.ones(50, bool), name="CortexLeft")
+    data = 100 + np.random.default_rng(0).standard_normal((40, 50)).astype(np.float32)
+    nib.save(cifti2.Cifti2Image(data, header=(cifti2.SeriesAxis(0, 0.72, 40), models)), tmp_path / "ok.dtseries.nii")
+    raw = bytearray((tmp_path / "ok.dtseries.nii").read_bytes())
+    (tmp_path / "events.tsv").write_text("onset\tduration\ttrial_type\n0\t5\tA\n15\t5\tA\n")
+    honest = field.split(b"=")[0] + (b'="40"' if b"Points" in field else b'="0.72')
+    assert raw.count(honest) == 1
+    lie = raw.replace(honest, field)
+    if scaled:  # (scl_slope 1 in the NIfTI-2 header: read by nibabel, not from the stored layout)
+        raw[176:192] = lie[176:192] = struct.pack("<dd", 1.0, 1e-9)
+    for name, content in (("ok", raw), ("lie", lie)):
+        (tmp_path / f"{name}.dtseries.nii").write_bytes(bytes(content))
+        args = ["fit", tmp_path / f"{name}.dtseries.nii", "--events", tmp_path / "events.tsv", "--tr", "0.72"]
+        code, _, err = run(capsys, *args, "--contrast", "c=A", "--noise", "ols", "-o", tmp_path / name)
+        assert code == 0
+        assert (
+            f"{tmp_path / 'lie.dtseries.nii'}: its CIFTI series map {said}" in err and err.count("\n") == 1
+            if name == "lie"
+            else err == ""
+        ), err
+    maps = sorted((tmp_path / "ok").glob("*.dscalar.nii"))
+    assert len(maps) >= 3, maps
+    for honest_map in maps:
+        lied = nib.load(tmp_path / "lie" / honest_map.name)
+        np.testing.assert_array_equal(np.asarray(lied.dataobj), np.asarray(nib.load(honest_map).dataobj))
+
+
 @pytest.mark.parametrize("time_step, seconds", [("2000.000000", 2.0), ("720", 0.72), ("1.5", 1.5), ("n/a", None)])
 def test_a_tr_that_a_gifti_runs_time_step_contradicts_is_warned_of(tmp_path, capsys, time_step, seconds):
     """FreeSurfer's mri_vol2surf (fMRIPrep's surface runs) writes the run's TR in each data array's metadata,

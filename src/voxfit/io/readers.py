@@ -1626,11 +1626,11 @@ CIFTI_HEADER_LIMIT = 256 << 20  # bytes of a CIFTI file's header and XML read by
 @dataclass(frozen=True, eq=False)
 class _StoredCifti:
     """A plain CIFTI-2 file read from its header alone (see :func:`_stored_cifti`): its data as nibabel's
-    proxy reads them, (scans, grayordinates), and its brain models."""
+    proxy reads them, (scans, grayordinates), its brain models and what its series map says (:func:`_series_map`)."""
 
     dataobj: nib.arrayproxy.ArrayProxy
     brain_models: nib.cifti2.BrainModelAxis
-    scan_step: float | None = None  # (seconds between scans, from the series map; None: none in seconds)
+    series: tuple[int | None, float | None] = (None, None)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -1665,7 +1665,7 @@ def _stored_cifti(path: Path) -> _StoredCifti | None:
         if models is None:
             return None
         proxy = nib.arrayproxy.ArrayProxy(str(path), (shape[4:], header.get_data_dtype(), offset, 1.0, 0.0), order="F")
-        return _StoredCifti(proxy, models, _series_step(xml))
+        return _StoredCifti(proxy, models, _series_map(xml))
     except Exception:  # noqa: BLE001 - anything unusual is nibabel's to read or to refuse
         return None
 
@@ -1704,7 +1704,9 @@ def _checked_cifti(path: Path):
         )
     if len(shape) == 6:
         _check_cifti_sizes(path, header)
-    return load_image(path)
+    with warnings.catch_warnings():  # (a series map of another length, said with the file's name by the reader)
+        warnings.filterwarnings("ignore", message="Dataobj shape .* does not match shape expected from CIFTI-2")
+        return load_image(path)
 
 
 # bytes a grayordinate's brain model takes as it is parsed (the XML's tree and indices, the axis's voxel, vertex
@@ -1733,33 +1735,57 @@ def _check_cifti_sizes(path: Path, header) -> None:
     )
 
 
-def _cifti_scan_step(img) -> float | None:
-    """The seconds between a CIFTI image's scans (its series axis), or None."""
+def _cifti_series(img) -> tuple[int | None, float | None]:
+    """What a CIFTI image's series map says (:func:`_series_map`), by voxfit's parser or nibabel's."""
     if isinstance(img, _StoredCifti):
-        return img.scan_step
+        return img.series
     try:
         axis = img.header.get_axis(0)
-    except Exception:  # noqa: BLE001 - no series axis: nothing to compare
-        return None
-    if not isinstance(axis, nib.cifti2.SeriesAxis) or axis.unit != "SECOND" or not axis.step > 0:
-        return None
-    return float(axis.step)
+    except Exception:  # noqa: BLE001 - no series axis: nothing said
+        return None, None
+    if not isinstance(axis, nib.cifti2.SeriesAxis):
+        return None, None
+    return int(axis.size), float(axis.step) if axis.unit == "SECOND" else None
 
 
-def _series_step(xml: bytes) -> float | None:
-    """The seconds between scans that a CIFTI XML's series map gives (SeriesStep x 10^SeriesExponent, in
-    SECOND units), or None."""
+def _series_map(xml: bytes) -> tuple[int | None, float | None]:
+    """The number of scans a CIFTI XML's series map gives (NumberOfSeriesPoints) and the seconds between them
+    (SeriesStep x 10^SeriesExponent, where SeriesUnit is SECOND), each None where it gives none."""
     for tag in re.findall(rb"<MatrixIndicesMap\b[^>]*>", xml):
         attributes = dict(re.findall(rb'(\w+)="([^"]*)"', tag))
         if attributes.get(b"IndicesMapToDataType") == b"CIFTI_INDEX_TYPE_SERIES":
-            if attributes.get(b"SeriesUnit") != b"SECOND":
-                return None
+            points = attributes.get(b"NumberOfSeriesPoints", b"")
             try:
                 step = float(attributes[b"SeriesStep"]) * 10.0 ** int(attributes.get(b"SeriesExponent", b"0"))
-            except (KeyError, ValueError):
-                return None
-            return step if step > 0 and math.isfinite(step) else None
-    return None
+            except (KeyError, ValueError, OverflowError):
+                step = None
+            seconds = attributes.get(b"SeriesUnit") == b"SECOND"
+            return int(points) if points.isdigit() else None, step if seconds else None
+    return None, None
+
+
+def _said_by_series_map(path, img) -> float | None:
+    """The seconds between the scans of CIFTI file `path` that its series map gives, or None where it gives none
+    that a run could have; a warning where the map gives the file another number of scans than it holds (nibabel's
+    warning named no file) or a time between scans of 0 or less (not compared with the design's then)."""
+    points, step = _cifti_series(img)
+    rows = int(img.shape[0])
+    if points is not None and points != rows:
+        warnings.warn(
+            f"{path}: its CIFTI series map gives {points:,} scans (NumberOfSeriesPoints) but the file holds {rows:,}; "
+            f"fitted on the {rows:,} it holds: if scans are missing, write it again from its source.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if step is not None and not (step > 0 and math.isfinite(step)):
+        warnings.warn(
+            f"{path}: its CIFTI series map gives {step:g} s between scans (SeriesStep), which no run has; the "
+            "repetition time given (--tr, or the run's sidecar) builds the design: check the program that wrote it.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    return step
 
 
 def _cifti_extension(extensions: bytes, endianness: str) -> bytes | None:
@@ -1888,6 +1914,7 @@ class CiftiReader:
 
     def __init__(self, paths):
         self._imgs, self.paths, models, memory = [], [], None, []
+        steps = []
         for p in paths:
             in_memory = isinstance(p, nib.Cifti2Image)
             img = p if in_memory else _stored_cifti(Path(p)) or _checked_cifti(Path(p))
@@ -1911,6 +1938,7 @@ class CiftiReader:
             if models is None and (fault := brain_models_fault(axis)):  # (the others are the same as the first)
                 raise InputError(f"{p}: its CIFTI brain models are broken: {fault}; write it again from its source.")
             models = axis
+            steps.append(_said_by_series_map(p, img))
             if not in_memory:
                 _check_dimensions(p, img.shape)
                 _check_numeric(p, img.get_data_dtype())
@@ -1923,7 +1951,7 @@ class CiftiReader:
         self.in_memory = tuple(memory)
         self.geometry = CiftiGeometry(models)
         self.n_scans = int(sum(img.shape[0] for img in self._imgs))
-        self.scan_step = _cifti_scan_step(self._imgs[0]) if self._imgs else None
+        self.scan_step = steps[0] if steps else None
         # (an image made in memory holds its array; one from a file, the file's stored type)
         stored = {
             np.dtype(img.dataobj.dtype if isinstance(img.dataobj, np.ndarray) else img.get_data_dtype()).newbyteorder(

@@ -741,3 +741,21 @@ def test_fsls_three_levels_take_each_higher_level_folders_dof_map_beside_first_l
     np.testing.assert_allclose(np.asarray(nib.load(given / "stat-dof_statmap.nii.gz").dataobj), got, rtol=1e-6)
     notes = json.loads((given / "model.json").read_text())["settings"]["mixed_effects"]["pairing"]["notes"]
     assert any("replace those the inputs gave" in n for n in notes)
+
+
+def test_an_ols_group_of_first_level_folders_says_and_records_what_their_pairing_found(tmp_path, capsys):
+    """FEAT folders' notes (no registration, no mask.nii.gz, the subjects read from their names) were said and
+    recorded for a fixed or mixed model, and neither for --model ols on the same folders: an unregistered folder's
+    maps fitted as they are without a word. Both now say them and record them in model.json."""
+    from voxfit.cli import main
+
+    folders = [_feat(tmp_path / f"sub-0{k}.feat", k) for k in (1, 2, 3, 4)]
+    said = {}
+    for model in ("ols", "fixed"):
+        argv = ["group", "--first-level", *map(str, folders), "--first-level-contrast", "1", "--model", model]
+        assert main([*argv, "-o", str(tmp_path / model)]) == 0
+        said[model] = capsys.readouterr().err
+        assert "no registration (reg/example_func2standard.mat)" in said[model], said[model]
+    assert said["ols"] == said["fixed"]
+    record = json.loads((tmp_path / "ols" / "model.json").read_text())
+    assert [f"voxfit: note: {n}\n" for n in record["design"]["notes"]] == said["ols"].splitlines(keepends=True)

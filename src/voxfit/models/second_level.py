@@ -327,6 +327,8 @@ class SecondLevel:
             self._check_neighbours(reader.geometry)
             paths = data if isinstance(data, list) else [data]
             d, ordered, order = self._design(paths, reader.n_scans, one_by_one)  # before reading any data
+            if pairs is not None:  # (what the pairing found, as a mixed model says it: unregistered FEAT folders)
+                d = replace(d, notes=(*d.notes, *pairs.notes))
             if ordered != paths:  # the maps in the table's order (a design matched by ids)
                 paths = data = ordered
                 reader = _open_maps(data)

@@ -266,12 +266,19 @@ def test_feat_folders_are_fitted_within_their_masks(tmp_path, rng, capsys):
     mask = json.loads((out / "model.json").read_text())["settings"]["mask"]
     assert mask.startswith("the intersection of 6 masks: ") and "sub-06.feat/reg_standard/mask.nii.gz" in mask
     (folders[0] / "reg_standard" / "mask.nii.gz").unlink()
-    assert main([*argv, "-o", str(tmp_path / "g2")]) == 0
-    err = capsys.readouterr().err
-    assert "sub-01.feat: no mask.nii.gz beside its maps' folder: their non-zero voxels taken" in err, err
-    assert "(5 mask.nii.gz)" in err
-    t = np.asarray(nib.load(tmp_path / "g2" / "contrast-intercept_stat-t_statmap.nii.gz").dataobj)
-    assert np.isfinite(t[inside]).all() and not np.isfinite(t[~inside]).any()
+    cope = folders[0] / "reg_standard" / "stats" / "cope1.nii.gz"
+    values = np.asarray(nib.load(cope).dataobj)
+    values[2, 1, 1] = 0.0  # (within the others' masks: out of this one's, which has none; fitted as data, exit 0)
+    nib.save(nib.Nifti1Image(values, np.eye(4)), cope)
+    within = inside.copy()
+    within[2, 1, 1] = False
+    for model in ("fixed", "ols"):
+        assert main([*argv[:-1], model, "-o", str(tmp_path / model)]) == 0
+        err = capsys.readouterr().err
+        assert "sub-01.feat: no mask.nii.gz beside its maps' folder: their non-zero voxels taken" in err, err
+        assert "(5 mask.nii.gz, and the non-zero voxels of the maps of the 1 without)" in err
+        t = np.asarray(nib.load(tmp_path / model / "contrast-intercept_stat-t_statmap.nii.gz").dataobj)
+        assert np.isfinite(t[within]).all() and not np.isfinite(t[~within]).any()
     masks = [folders[k] / "reg_standard" / "mask.nii.gz" for k in (1, 2)]
     nib.save(nib.Nifti1Image((~inside).astype(np.float32), np.eye(4)), masks[1])
     with pytest.raises(voxfit.exceptions.InputError, match=r"the masks .*sub-02.feat.*, .*sub-03.feat.* have no elem"):

@@ -724,12 +724,18 @@ def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps
     grids = [[open_map(p).geometry for p in paths] for paths in (effects, variances)]
     _check_grids(effects, variances, *grids, subjects)
     notes = [_subjects_note(folders, names, subjects), *_folders_notes([n for f in found for n in f.notes])]
-    masks = tuple(f.mask for f in found if f.mask is not None)
-    if masks:  # (featregapply's trilinear maps are not 0 in a band outside the resampled mask: fitted, with a tiny
-        # varcope, where FEAT's higher level masks them out; a tester's 812 voxels against 800, t 41.5 there)
+    # (featregapply's trilinear maps are not 0 in a band outside the resampled mask: fitted, with a tiny varcope,
+    # where FEAT's higher level masks them out; a tester's 812 voxels against 800, t 41.5 there). A folder without
+    # its mask gives its map's non-zero voxels, as every folder's did before (its zeros had been fitted as data)
+    held = sum(f.mask is not None for f in found)
+    masks = tuple(f.mask if f.mask is not None else f.effect for f in found) if held else ()
+    if masks:
+        without = (
+            f", and the non-zero voxels of the maps of the {len(found) - held} without" if held < len(found) else ""
+        )
         notes.append(
-            f"fitted within the intersection of the FEAT folders' masks ({len(masks)} mask.nii.gz), as FEAT's higher "
-            "level fits its inputs"
+            f"fitted within the intersection of the FEAT folders' masks ({held} mask.nii.gz{without}), as FEAT's "
+            "higher level fits its inputs"
         )
     dofs = [f.dof if f.dof_map is None else (f.dof_map, 0) for f in found]
     maps = [str(f.dof_map) for f in found if f.dof_map is not None]

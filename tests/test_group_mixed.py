@@ -889,6 +889,14 @@ def test_first_level_dof_given_for_folders_is_checked(tmp_path, rng, capsys):
     assert err.count("\n") == 1 and "sub-02.feat has neither stats/dof nor stats/tdof_t1 (FEAT writes" in err, err
     assert "give --first-level-dof" in err and not (tmp_path / "c").exists()
     assert main([*base[:-2], "--model", "mixed", "-o", str(tmp_path / "m2"), "--quiet"]) == 0  # (not used)
+    # --paired: condition B's folder without its dof was dropped when A's had theirs (exit 0 on n - rank)
+    b = [shutil.copytree(f, tmp_path / "B" / Path(f).name) for f in folders]
+    (Path(folders[1]) / "stats" / "dof").write_text("25\n")
+    for first, second in ((folders, b), (b, folders)):
+        paired = ["group", "--paired", "--first-level", *map(str, first), *map(str, second), *base[-4:]]
+        assert main([*paired, "-o", str(tmp_path / "p")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "B/sub-02.feat has neither stats/dof nor stats/tdof_t1" in err, err
 
 
 @pytest.mark.parametrize(

@@ -321,6 +321,7 @@ def _conditions(a: PairedMaps, b: PairedMaps) -> PairedMaps:
         subjects=a.subjects + b.subjects,
         dof=None if a.dof is None or b.dof is None else a.dof + b.dof,
         dof_maps=_dof_rows(a, b),
+        dof_problem=a.dof_problem or b.dof_problem,  # (B's had been dropped: a fixed model fitted on n - rank)
         notes=(*(f"A: {n}" for n in a.notes), *(f"B: {n}" for n in b.notes), note),
         masks=a.masks + b.masks,
         paired=True,

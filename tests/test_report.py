@@ -434,17 +434,27 @@ def test_a_folder_edited_after_its_fit_is_refused_not_reported(volume_run, tmp_p
         (lambda text: text.replace("A", "Z", 1), "holds the columns Z"),
     ],
 )
-def test_a_design_changed_after_a_record_without_digests_is_refused(volume_run, tmp_path, capsys, tamper, said):
+@pytest.mark.parametrize("runs", [1, 2])
+def test_a_design_changed_after_a_record_without_digests_is_refused(volume_run, tmp_path, capsys, tamper, said, runs):
     """Records written before voxfit kept its files' digests (no ``outputs``, no seal) are read as they were, but
     their design.tsv cut short or renamed was drawn without a word (a tester's: the page said 10 scans of 40). The
-    record's own design (its rows and columns) is checked against the file."""
-    folder = shutil.copytree(volume_run, tmp_path / "old")
-    (folder / "report.html").unlink()
+    record's own design (its rows and columns) is checked against the file; a fit of several runs' too, whose
+    records name a run's rows n_scans (a reviewer's: its run-1_design.tsv cut short was drawn)."""
+    folder, design = shutil.copytree(volume_run, tmp_path / "old"), "design.tsv"
+    if runs == 2:
+        table, _ = _design(tmp_path)
+        bold = _volume(tmp_path, np.random.default_rng(1))
+        (tmp_path / "2").mkdir()
+        second = _volume(tmp_path / "2", np.random.default_rng(2))
+        argv = ["fit", str(bold), str(second), "--design", str(table), str(table), "--contrast", "a=A"]
+        assert main([*argv, "-o", str(folder), "--force", "--quiet"]) == 0
+        design = "run-1_design.tsv"
+    (folder / "report.html").unlink(missing_ok=True)
     record = json.loads((folder / "model.json").read_text())
     del record["outputs"], record["record_blake3"]
     (folder / "model.json").write_text(json.dumps(record))
     assert main(["report", str(folder), "--force", "--quiet"]) == 0  # (as it was written: read as before)
-    (folder / "design.tsv").write_text(tamper((folder / "design.tsv").read_text()))
+    (folder / design).write_text(tamper((folder / design).read_text()))
     assert main(["report", str(folder), "--force"]) == 2
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1 and "rerun the fit" in err, err

@@ -152,7 +152,8 @@ _CHANGED = "it was changed after the fit; rerun the fit."
 
 def _design_view(title: str, path: Path, info: dict) -> DesignView:
     X, names = read_design(path)
-    rows, columns = info.get("n_rows"), info.get("columns")  # (a record without digests, as earlier voxfit wrote)
+    # (a record without digests, as earlier voxfit wrote; a run's of several names its rows n_scans)
+    rows, columns = info.get("n_rows", info.get("n_scans")), info.get("columns")
     if isinstance(rows, int) and X.shape[0] != rows:
         raise InputError(f"{path} holds {X.shape[0]} rows where its fit's design had {rows} rows: {_CHANGED}")
     if isinstance(columns, list) and list(names) != columns:

@@ -899,6 +899,42 @@ def test_a_con_contrast_named_like_an_f_test_leaves_the_f_test_another_name(tmp_
     assert (tmp_path / "o" / "contrast-fts1_2_stat-F_statmap.nii.gz").exists()
 
 
+def test_con_contrast_names_that_differ_only_in_case_are_kept_apart(tmp_path, rng, capsys):
+    """contrast-Go_* and contrast-go_* are one file on macOS's and Windows' file systems: a .con's Go and go, a
+    .con's f1 beside the F test F1, and a .con's Go beside --contrast GO each wrote both, exit 0, where two
+    --contrast names differing in case are refused (a reviewer's). The .con's are numbered apart, said; a
+    --contrast beside a .con contrast is refused in one line."""
+    paths = list(map(str, _maps(tmp_path, rng, n=8)))
+    write_vest(tmp_path / "design.mat", np.ones((8, 1)))
+    write_vest(
+        tmp_path / "go.con", np.array([[1.0], [-1.0]]), {"ContrastName1": "Go", "ContrastName2": "go"}, "NumContrasts"
+    )
+    write_vest(
+        tmp_path / "f.con", np.array([[1.0], [-1.0]]), {"ContrastName1": "f1", "ContrastName2": "other"}, "NumContrasts"
+    )
+    write_vest(tmp_path / "design.fts", np.array([[1.0, 0.0]]), rows_key="NumContrasts")
+    design = ["--design", str(tmp_path / "design.mat")]
+    assert main(["group", *paths, *design, "--con", str(tmp_path / "go.con"), "-o", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "contrast 'go' of the .con file is named 'go2' (another of its contrasts is named so" in err, err
+    assert sorted(p.name for p in (tmp_path / "a").glob("*_stat-t_*")) == [
+        "contrast-Go_stat-t_statmap.nii.gz",
+        "contrast-go2_stat-t_statmap.nii.gz",
+    ]
+    fts = ["--con", str(tmp_path / "f.con"), "--fts", str(tmp_path / "design.fts")]
+    assert main(["group", *paths, *design, *fts, "-o", str(tmp_path / "f"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "f").glob("*_stat-p_statmap*")) == [
+        "contrast-f1_stat-p_statmap.nii.gz",
+        "contrast-fts1_stat-p_statmap.nii.gz",
+        "contrast-other_stat-p_statmap.nii.gz",
+    ]
+    both = ["--con", str(tmp_path / "go.con"), "--contrast", "GO=intercept"]
+    assert main(["group", *paths, *design, *both, "-o", str(tmp_path / "b"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "contrast names repeat, or differ only in case (GO, Go, go2)" in err, err
+    assert not (tmp_path / "b").exists()
+
+
 def test_maps_on_different_grids_name_the_odd_one_even_where_it_is_first(tmp_path, rng, capsys):
     """Maps of several 3-D files were each checked against the first: with the first the odd grid, a healthy
     second map was named. The odd map is named, against the grid most share."""

@@ -921,9 +921,10 @@ class SecondLevel:
                     rows = _independent_rows(np.array([tcons[i][1] for i in chosen]))
                     if rows.shape[0] == 1:  # an F of one contrast is two-sided (F = t^2), as randomise reports it
                         rows = np.vstack([rows, rows])
-                    taken = {label for label, _ in items}  # (a .con contrast named F1: the F test is fts1, fts1_2...)
+                    # (a .con contrast named F1, or f1: the F test is fts1, fts1_2...)
+                    taken = {label.casefold() for label, _ in items}
                     name, again = f"F{k}", 1
-                    while name in taken:
+                    while name.casefold() in taken:
                         name, again = f"fts{k}" + (f"_{again}" if again > 1 else ""), again + 1
                     items.append((name, rows))
         elif self.fts is not None:
@@ -933,8 +934,10 @@ class SecondLevel:
                 return [("intercept", "intercept")]
             raise InputError(f"give contrasts (--contrast NAME=EXPR over {', '.join(names)}, or --con design.con).")
         labels = [k for k, _ in items]
-        if len(set(labels)) != len(labels):
-            raise InputError(f"contrast names repeat ({', '.join(labels)}); give each a distinct name.")
+        if len({label.casefold() for label in labels}) != len(labels):  # (Go and go: one file on some systems)
+            raise InputError(
+                f"contrast names repeat, or differ only in case ({', '.join(labels)}); give each a distinct name."
+            )
         warn_uncentred_covariates(d.X, names, items)
         return items
 
@@ -1285,22 +1288,29 @@ def _independent_rows(rows: np.ndarray) -> np.ndarray:
 
 def _unique_labels(tcons):
     """FSL's contrast names are free text: their labels keep letters and digits, numbered where two would be
-    one (``a>b`` and ``a<b``: ``ab`` and ``ab2``), and a changed name is said."""
+    one (``a>b`` and ``a<b``: ``ab`` and ``ab2``; ``Go`` and ``go``, one file on macOS's and Windows' file systems:
+    ``Go`` and ``go2``), and a changed name is said."""
     from ..io import sanitize_label
 
-    kept = {str(label).strip() for label, _ in tcons if sanitize_label(label, "contrast") == str(label).strip()}
+    kept = {
+        str(label).strip().casefold() for label, _ in tcons if sanitize_label(label, "contrast") == str(label).strip()
+    }
     out = []
     for label, w in tcons:
         new = base = sanitize_label(label, "contrast")
         k = 2
-        while new in {used for used, _ in out} or (new != str(label).strip() and new in kept):
+        while new.casefold() in {used.casefold() for used, _ in out} or (
+            new != str(label).strip() and new.casefold() in kept
+        ):
             new, k = f"{base}{k}", k + 1  # (a name the file gives a contrast as it is stays that contrast's)
         if new != str(label).strip():
-            warnings.warn(
-                f"contrast {str(label).strip()!r} of the .con file is named {new!r} (maps keep letters and "
-                "digits: contrast-<label>_...).",
-                stacklevel=3,
+            why = (
+                "maps keep letters and digits: contrast-<label>_..."
+                if base != str(label).strip()
+                else "another of its contrasts is named so, in this case or another, and macOS's and Windows' file "
+                "systems take contrast-Go_... and contrast-go_... for one file"
             )
+            warnings.warn(f"contrast {str(label).strip()!r} of the .con file is named {new!r} ({why}).", stacklevel=3)
         out.append((new, w))
     return out
 

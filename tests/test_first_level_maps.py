@@ -8,6 +8,7 @@ with ``voxfit.fit_images``, FEAT-like folders, 4-D pairs. Each pair is checked b
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -540,19 +541,23 @@ def test_feat_maps_in_the_subjects_space_are_refused_where_feat_registered_them(
     assert paired.effects[1] == folders[1] / "reg_standard" / "stats" / "cope1.nii.gz"
 
 
-def test_an_spm_first_level_folder_is_said_to_be_one_with_what_to_give(tmp_path):
+def test_an_spm_first_level_folder_is_said_to_be_one_with_what_to_give(tmp_path, capsys):
     """SPM12's first-level folders (con_0001.nii, spmT_0001.nii, SPM.mat) given as --first-level folders were "not
     a finished first-level fit ... give a voxfit fit or a FEAT folder" (the FSL/SPM tester's): SPM users are told
-    to give the con images, which SPM's second level fits by OLS (SPM keeps no variance map of a contrast)."""
+    to give the con images, which SPM's second level fits by OLS (SPM keeps no variance map of a contrast). Without
+    --first-level-contrast they were told to name one (a reviewer's), which led to this refusal only then."""
+    from voxfit.cli import main
+
     folder = tmp_path / "sub-01"
     _map(folder / "con_0001.nii", 1.0)
     _map(folder / "spmT_0001.nii", 2.0)
-    with pytest.raises(
-        InputError,
-        match=r"sub-01 is an SPM first-level folder \(con_0001.nii...\), .*\(voxfit "
-        r"group 'sub-\*/con_0001.nii'",
-    ):
+    said = r"sub-01 is an SPM first-level folder \(con_0001.nii...\), .*\(.*sub-01/con_0001.nii and the others'"
+    with pytest.raises(InputError, match=said):
         first_level_maps([folder], "1")
+    for named in (["--first-level-contrast", "1"], []):
+        assert main(["group", "--first-level", str(folder), *named, "-o", str(tmp_path / "g")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(said, err), err
 
 
 def test_feat_without_dof_gives_no_dof_with_a_note(tmp_path):

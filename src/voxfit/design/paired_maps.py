@@ -763,6 +763,20 @@ def _folder_pairs(folders: list[Path], contrast: str, read_record) -> PairedMaps
     )
 
 
+def spm_folder_error(folder: Path) -> InputError | None:
+    """The refusal of an SPM first-level `folder` (con images, SPM.mat) given as a first-level folder, whatever
+    else was asked; None for any other folder."""
+    spm = sorted(p.name for p in folder.glob("con_*") if p.suffix in (".nii", ".img"))
+    if not spm and not (folder / "SPM.mat").is_file():
+        return None
+    first = spm[0] if spm else "con_0001.nii"  # (SPM keeps no variance map of a contrast beside its con images)
+    return InputError(
+        f"{folder} is an SPM first-level folder ({first}...), whose contrasts have no variance map to weigh "
+        f"subjects by: give each subject's con image as the maps ({folder / first} and the others' {first}, an "
+        "OLS model of them, as SPM's second level fits them)."
+    )
+
+
 def _first_level_maps_iv(folders, contrast, read_record) -> tuple[list[Path], str, Callable]:
     """The folders as a list of existing folders, the contrast as text, the record reader; or an InputError."""
     items = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders) if _is_sequence(folders) else None
@@ -804,14 +818,8 @@ def _folder_maps(folder: Path, contrast: str, read_record) -> _Folder:
         )
     if (study := study_folder_error(folder, contrast)) is not None:
         raise study
-    spm = sorted(p.name for p in folder.glob("con_*") if p.suffix in (".nii", ".img"))
-    if spm or (folder / "SPM.mat").is_file():  # (SPM keeps no variance map of a contrast beside its con images)
-        first = spm[0] if spm else "con_0001.nii"
-        raise InputError(
-            f"{folder} is an SPM first-level folder ({first}...), whose contrasts have no variance map to weigh "
-            f"subjects by: give each subject's con image as the maps (voxfit group 'sub-*/{first}', an OLS model "
-            "of them, as SPM's second level fits them)."
-        )
+    if (spm := spm_folder_error(folder)) is not None:
+        raise spm
     raise InputError(
         f"{folder} is not a finished first-level fit (no model.json, and no FEAT stats/cope<N>); give the output "
         "folder of a voxfit fit that ran to the end, or a FEAT folder."

@@ -22,7 +22,7 @@ from .._memory import size_text
 from ..core import check_contrast, factorize, working_dtype
 from ..core.mixed import MODELS
 from ..design import first_level_maps, pair_variances, read_groups
-from ..design.paired_maps import check_not_statistics, study_folder_error
+from ..design.paired_maps import check_not_statistics, spm_folder_error, study_folder_error
 from ..engine.mixed import MixedFit
 from ..exceptions import InputError
 from ..io import (
@@ -132,6 +132,8 @@ def _only_contrast(folders: list[Path], read_record) -> str:
         if not (Path(folder) / "model.json").is_file():
             if (study := study_folder_error(Path(folder), None)) is not None:  # (said before the contrast's name)
                 raise study
+            if (spm := spm_folder_error(Path(folder))) is not None:  # (a contrast named would not help)
+                raise spm
             raise InputError(
                 f"{folder} is not a voxfit output folder (no model.json); name the contrast to take from each "
                 "folder with --first-level-contrast (for FSL FEAT folders: its number, e.g. 1)."

@@ -536,6 +536,10 @@ def test_feat_maps_in_the_subjects_space_are_refused_where_feat_registered_them(
         r"`featregapply .*sub-02.feat` \(FSL\)",
     ):
         first_level_maps(folders, 1)
+    for broken in ("", "1 0 0\n0 1 0\n", "1 0 0 0 0 1 0 0 0 0 1 0 0 0 0 nan"):  # (said to register them: a reviewer's)
+        (folders[1] / "reg" / "example_func2standard.mat").write_text(broken)
+        with pytest.raises(InputError, match=r"sub-02.feat: reg/example_func2standard.mat is not FSL's 4 x 4 matrix"):
+            first_level_maps(folders, 1)
     _feat(folders[1], 2, standard=True)  # (featregapply's reg_standard/: taken, said)
     paired = first_level_maps(folders, 1)
     assert paired.effects[1] == folders[1] / "reg_standard" / "stats" / "cope1.nii.gz"

@@ -972,6 +972,12 @@ def _feat_unregistered(folder: Path) -> str | None:
         values = np.array([])
     if values.size == 16 and np.allclose(values.reshape(4, 4), np.eye(4), atol=1e-3):
         return None
+    if values.size != 16 or not np.isfinite(values).all():
+        raise InputError(
+            f"FEAT folder {folder}: reg/example_func2standard.mat is not FSL's 4 x 4 matrix (16 numbers), so where its "
+            "stats/ maps lie cannot be told; write it again (rerun FEAT's registration), or give a folder whose "
+            "reg_standard/ holds its maps in standard space (featregapply)."
+        )
     raise InputError(
         f"FEAT folder {folder}: its stats/ maps are in the subject's functional space (reg/example_func2standard.mat "
         f"registers them to standard space) and it has no reg_standard/: run `featregapply {folder}` (FSL) to resample "

@@ -286,6 +286,34 @@ def test_feat_folders_are_fitted_within_their_masks(tmp_path, rng, capsys):
 
 
 @ONE_SEED
+def test_paired_feat_folders_of_which_one_condition_has_masks_take_the_others_non_zero_voxels(tmp_path, rng):
+    """--paired FEAT folders, condition A's with mask.nii.gz and B's without: B's maps were taken whole, so a B map's
+    zeros within A's masks were fitted as data (the intersection of A's masks alone). B's folders give their maps'
+    non-zero voxels, as a folder without its mask among others with one does."""
+    inside = np.zeros(SHAPE, dtype=bool)
+    inside[1:4, 1:3, :] = True
+    folders = []
+    for condition in ("A", "B"):
+        for k in range(5):
+            stats = tmp_path / condition / f"sub-{k + 1:02d}.feat" / "stats"
+            stats.mkdir(parents=True)
+            cope = np.where(inside, rng.standard_normal(SHAPE) + 0.5, 0.0)
+            if condition == "B" and k == 2:
+                cope[2, 1, 1] = 0.0
+            for name, values in (("cope1", cope), ("varcope1", rng.uniform(1, 2, SHAPE))):
+                nib.save(nib.Nifti1Image(values.astype(np.float32), np.eye(4)), stats / f"{name}.nii.gz")
+            (stats / "dof").write_text("50\n")
+            if condition == "A":
+                nib.save(nib.Nifti1Image(inside.astype(np.float32), np.eye(4)), stats.parent / "mask.nii.gz")
+            folders.append(str(stats.parent))
+    for model in ("ols", "fixed"):
+        fit = SecondLevel(first_level_contrast="1", model=model, paired=True).fit(folders)
+        within = inside.copy()
+        within[2, 1, 1] = False
+        assert fit.masker.n_voxels == within.sum(), model
+
+
+@ONE_SEED
 def test_voxels_that_cannot_be_fitted_are_counted(study, capsys):
     bad = study["dir"] / "sub-01" / "stat-variance.nii.gz"
     v = np.asarray(nib.load(bad).dataobj).copy()

@@ -323,7 +323,8 @@ def _conditions(a: PairedMaps, b: PairedMaps) -> PairedMaps:
         dof_maps=_dof_rows(a, b),
         dof_problem=a.dof_problem or b.dof_problem,  # (B's had been dropped: a fixed model fitted on n - rank)
         notes=(*(f"A: {n}" for n in a.notes), *(f"B: {n}" for n in b.notes), note),
-        masks=a.masks + b.masks,
+        # (one condition's folders without masks beside the other's: their maps' non-zero voxels, as in one's)
+        masks=(a.masks or a.effects) + (b.masks or b.effects) if a.masks or b.masks else (),
         paired=True,
         given=(*range(a.n), *(a.n + k for k in order)),
     )

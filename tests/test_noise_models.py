@@ -366,3 +366,39 @@ def test_refusals_in_one_line():
         with pytest.raises(InputError) as err:
             fit_images(Y, (X, ["c", "x1", "drift"]), {"b": "x1"}, noise=name, streaming=True)
         assert "\n" not in str(err.value) and name in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "shape, voxel_mm, order", [((9, 8, 7), 3.0, 9), ((24, 28, 24), 2.0, 17), ((16, 16, 14), 1.5, 20)]
+)
+def test_film_autocorrelations_hold_no_more_than_their_estimate_beside_the_lagged_products(shape, voxel_mm, order):
+    """A streamed FILM fit makes its autocorrelations after the pass, beside the sums; their memory was not counted
+    (a run of 460,800 voxels peaked at 675 MiB under the 592M it named). They are now made in the lagged products'
+    memory, and what they hold beside them, measured by tracemalloc, is within film_stage_bytes, which the streamed
+    pass's cap counts; the autocorrelations are those of the steps made on copies, as they had been."""
+    import tracemalloc
+
+    from voxfit.core.film import raw_autocorrelations, susan_brightness_threshold
+    from voxfit.engine.noise_models import FilmSpace, film_autocorrelations, film_stage_bytes
+    from voxfit.io.geometry import VolumeGeometry
+
+    rng = np.random.default_rng(1)
+    grid = rng.random(shape) < 0.6
+    V = int(grid.sum())
+    lagged = rng.random((order + 1, V)) + np.arange(order + 1)[::-1, None]
+    lagged[:, 5] = 0.0  # (no variance: autocorrelations 0)
+    space = FilmSpace(grid, np.full(3, voxel_mm), 100 + rng.standard_normal(V))
+    valid = rng.random(V) < 0.95
+    bright = space.brightness
+    rho = raw_autocorrelations(lagged)
+    assert (rho[:, 0] == 1).all() and not rho[5, 1:].any()
+    smoothed = smooth_autocorrelations(rho, space.kernel(), bright, susan_brightness_threshold(bright[valid]), valid)
+    expected = tukey_taper(smoothed)
+    tracemalloc.start()
+    got, _ = film_autocorrelations(lagged, valid, space)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    geometry = VolumeGeometry(shape, np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0]))
+    assert peak <= film_stage_bytes(V, order, geometry), (peak, film_stage_bytes(V, order, geometry))
+    npt.assert_array_equal(got, expected)
+    assert got.flags.c_contiguous and got.shape == (V, order + 1)

@@ -43,6 +43,7 @@ __all__ = [
     "mesh_kernel_chunk",
     "mesh_rings",
     "volume_kernel",
+    "volume_kernel_bytes",
 ]
 
 SMOOTH_CHUNK = 2048  # voxels smoothed together (see smooth_autocorrelations)
@@ -87,19 +88,28 @@ def select_ar_order(residual_lagged: NDArray, n_eff: int, max_order: int) -> NDA
     return best
 
 
-def raw_autocorrelations(residual_lagged: NDArray) -> NDArray[np.float64]:
-    """(v, M+1) raw autocorrelations ``r_k / r_0`` from residual lagged products (M+1, v); 0 where r_0 is 0."""
+def raw_autocorrelations(residual_lagged: NDArray, in_place: bool = False) -> NDArray[np.float64]:
+    """(v, M+1) raw autocorrelations ``r_k / r_0`` from residual lagged products (M+1, v; float64); 0 where r_0 is
+    0. With `in_place`, in the products' own memory (their transpose: Fortran-ordered), which they then hold."""
+    if not in_place:
+        residual_lagged = np.array(residual_lagged, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (residual_lagged / residual_lagged[0]).T
-    rho = np.where(np.isfinite(rho), rho, 0.0)
+        np.divide(residual_lagged, residual_lagged[0].copy(), out=residual_lagged)
+    np.nan_to_num(residual_lagged, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    rho = residual_lagged.T
     rho[:, 0] = 1.0
     return rho
 
 
-def tukey_taper(rho: NDArray) -> NDArray[np.float64]:
-    """Autocorrelations (v, M+1) times FILM's Tukey window ``(1 + cos(pi k / M)) / 2``, k = 0..M."""
+def tukey_taper(rho: NDArray, in_place: bool = False) -> NDArray[np.float64]:
+    """Autocorrelations (v, M+1) times FILM's Tukey window ``(1 + cos(pi k / M)) / 2``, k = 0..M (with
+    `in_place`, in `rho`)."""
     M = rho.shape[1] - 1
-    return rho * (0.5 * (1.0 + np.cos(np.pi * np.arange(M + 1) / M)))
+    window = 0.5 * (1.0 + np.cos(np.pi * np.arange(M + 1) / M))
+    if in_place:
+        rho *= window
+        return rho
+    return rho * window
 
 
 def susan_brightness_threshold(brightness: NDArray) -> float:
@@ -157,9 +167,7 @@ def volume_kernel(mask: NDArray, voxel_mm, sigma_mm: float = FILM_SIGMA_MM) -> V
     sigma, the centre left out, weighted by ``exp(-d^2 / 2 sigma^2)``, d in mm from `voxel_mm` (3,); the V masked
     voxels numbered as ``np.flatnonzero(mask.ravel('F'))`` (x fastest, as Masker numbers them)."""
     mask = np.asarray(mask, dtype=bool)
-    voxel_mm = np.abs(np.asarray(voxel_mm, dtype=float))
-    reach = np.floor(2.0 * sigma_mm / voxel_mm).astype(int)
-    padded = np.array(mask.shape) + 2 * reach
+    reach, padded = _padded_grid(mask.shape, voxel_mm, sigma_mm)
     number = np.full(padded, -1, dtype=np.int64)
     number[tuple(slice(a, a + size) for a, size in zip(reach, mask.shape))][mask] = 0
     flat = np.flatnonzero(number.ravel("F") >= 0)  # x fastest: the masked voxels in Masker's order
@@ -176,6 +184,20 @@ def volume_kernel(mask: NDArray, voxel_mm, sigma_mm: float = FILM_SIGMA_MM) -> V
                 steps.append(int(np.dot([dx, dy, dz], strides)))
                 weights.append(np.exp(-d2 / (2.0 * sigma_mm**2)))
     return VolumeKernel(number, flat, np.array(steps, dtype=np.int64), np.array(weights, dtype=float))
+
+
+def _padded_grid(shape, voxel_mm, sigma_mm: float) -> tuple[NDArray, NDArray]:
+    """The kernel's reach in voxels along each axis (2 sigma) and the shape of the grid padded by it."""
+    voxel_mm = np.abs(np.asarray(voxel_mm, dtype=float))
+    reach = np.floor(2.0 * sigma_mm / voxel_mm).astype(int)
+    return reach, np.array(shape) + 2 * reach
+
+
+def volume_kernel_bytes(shape, voxel_mm, n_voxels: int, sigma_mm: float = FILM_SIGMA_MM) -> int:
+    """The most :func:`volume_kernel` holds for `n_voxels` masked voxels of a grid of `shape`: its padded grid of
+    numbers (int64), with two copies as it is made, and the masked voxels' places in it."""
+    _, padded = _padded_grid(shape, voxel_mm, sigma_mm)
+    return 24 * int(np.prod(padded)) + 8 * n_voxels
 
 
 def mesh_rings(median_edge: float, sigma_mm: float = FILM_SIGMA_MM, max_neighbours: int = MESH_NEIGHBOURS) -> int:
@@ -264,17 +286,23 @@ def mesh_kernel(
 
 
 def smooth_autocorrelations(
-    rho: NDArray, kernel: VolumeKernel | MeshKernel, brightness: NDArray, bt: float, valid: NDArray | None = None
+    rho: NDArray,
+    kernel: VolumeKernel | MeshKernel,
+    brightness: NDArray,
+    bt: float,
+    valid: NDArray | None = None,
+    in_place: bool = False,
 ) -> NDArray[np.float64]:
     """Each lag's autocorrelation map (rho (V, M+1), finite) smoothed by the SUSAN-like filter: for voxel i the mean of
     its neighbours j (the `kernel` of :func:`volume_kernel` or :func:`mesh_kernel`) weighted by the kernel's
     Gaussian times SUSAN's brightness similarity ``exp(-((I_j - I_i) / bt)^2)`` (I the mean functional image
     `brightness` (V,), bt the brightness threshold), the centre left out as SUSAN does; with `valid` (V, bool), only
     pairs of valid voxels. A voxel with no neighbour weight keeps its own value (SUSAN's local median fallback is
-    replaced by the voxel's value: a choice). Lag 0 stays 1. Memory: the maps and a chunk of voxels' sums."""
+    replaced by the voxel's value: a choice). Lag 0 stays 1. Memory: a copy of the maps (written into `rho` with
+    `in_place`: its lags are read from a copy) and a chunk of voxels' sums."""
     V = rho.shape[0]
     lags = np.ascontiguousarray(rho[:, 1:])
-    out = rho.copy()
+    out = rho if in_place else rho.copy()
     for a in range(0, V, SMOOTH_CHUNK):  # a chunk of voxels at a time: its sums stay in cache over the offsets
         at = slice(a, min(V, a + SMOOTH_CHUNK))
         bright = brightness[at]

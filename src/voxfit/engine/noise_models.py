@@ -24,6 +24,7 @@ from ..core.film import (
     MESH_CHUNK,
     MESH_NEIGHBOURS,
     MIN_MESH_CHUNK,
+    SMOOTH_CHUNK,
     film_lags,
     raw_autocorrelations,
     residual_lagged_products,
@@ -35,6 +36,7 @@ from ..core.film import (
     mesh_kernel_bytes,
     mesh_kernel_chunk,
     volume_kernel,
+    volume_kernel_bytes,
 )
 from ..exceptions import InputError
 from .ar import ARMaps
@@ -186,7 +188,7 @@ def film_space(masker, brightness, mesh=None, execution: Execution | None = None
             )
         return FilmSpace(mask, None, brightness, mesh=mesh, chunk=chunk)
     grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")
-    voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
+    voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)  # (as film_stage_bytes takes them)
     return FilmSpace(grid, voxel_mm, brightness)
 
 
@@ -210,23 +212,39 @@ def check_film_geometry(geometry, mesh=None) -> None:
 
 
 def film_autocorrelations(lagged, valid, space: FilmSpace | None) -> tuple[np.ndarray, dict]:
-    """FILM's autocorrelations (V, M+1) from every voxel's OLS residual lagged products `lagged` (M+1, V; those
-    of voxels not `valid` unused): raw, smoothed within the mask by the SUSAN-like filter of `space` (None: no
-    spatial step), Tukey-tapered; and FILM's settings for model.json. Shared by the in-memory and the streamed
-    fits."""
-    rho = raw_autocorrelations(lagged)
+    """FILM's autocorrelations (V, M+1) from every voxel's OLS residual lagged products `lagged` (M+1, V, float64;
+    those of voxels not `valid` unused), made in `lagged`'s memory (its values are lost): raw, smoothed within the
+    mask by the SUSAN-like filter of `space` (None: no spatial step), Tukey-tapered; and FILM's settings for
+    model.json. Shared by the in-memory and the streamed fits; at most :func:`film_stage_bytes` beside `lagged`."""
     info = {"model": "FSL FILM per voxel", "tukey_window": lagged.shape[0] - 1, "dof": "n - rank (FILM's)"}
+    rho = raw_autocorrelations(lagged, in_place=True)
     if space is not None:
         kernel = space.kernel()
         bright = np.where(np.isfinite(space.brightness), space.brightness, 0.0)
         bt = susan_brightness_threshold(bright[valid])
-        rho = smooth_autocorrelations(rho, kernel, bright, bt, valid)
+        rho = smooth_autocorrelations(rho, kernel, bright, bt, valid, in_place=True)
+        del kernel
         info.update(spatial_smoothing="SUSAN-like", sigma_mm=space.sigma_mm, brightness_threshold=bt)
         if space.mesh is not None:
             info["neighbours"] = f"along the surface mesh (at most {MESH_NEIGHBOURS} nearest per vertex)"
     else:
         info["spatial_smoothing"] = "none"
-    return tukey_taper(rho), info
+    # (each voxel's autocorrelations together, as the fit takes them: `lagged`'s transpose held them by lag)
+    return np.ascontiguousarray(tukey_taper(rho, in_place=True)), info
+
+
+def film_stage_bytes(n_voxels: int, order: int, geometry) -> int:
+    """The most :func:`film_autocorrelations` holds beside the lagged products of `n_voxels` voxels (FILM's window
+    `order`) of `geometry` (a volume's, or a surface's): the lags copied as they are smoothed, or the
+    autocorrelations copied in each voxel's order; the neighbourhood (``voxfit.core.film.volume_kernel_bytes``, or a
+    surface's (K, V) arrays and a search chunk); the brightness maps and a chunk's sums. (tracemalloc's peaks were
+    0.81-0.88 of it from 38,000 to 270,000 voxels.)"""
+    if geometry.kind == "surface":
+        kernel = mesh_kernel_bytes(n_voxels, MESH_CHUNK)
+    else:
+        voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
+        kernel = volume_kernel_bytes(geometry.shape, voxel_mm, n_voxels)
+    return 8 * n_voxels * (order + 1 + 4) + kernel + 8 * min(n_voxels, SMOOTH_CHUNK) * (3 * order + 8)
 
 
 def fit_arma11(X, Y, contrasts: dict, *, names=None, execution: Execution | None = None) -> NoiseModelFit:

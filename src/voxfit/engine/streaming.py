@@ -38,7 +38,7 @@ from ..core._kernels import AUTO_COMPILE_ELEMENTS
 from ._reading import ReadSums, ScanSums
 from .ar import ARFit, ARMaps
 from .fit import fit as fit_in_memory
-from .noise_models import check_film_geometry, film_autocorrelations, film_space
+from .noise_models import check_film_geometry, film_autocorrelations, film_space, film_stage_bytes
 from .smoothness import GridProducts
 
 __all__ = ["StreamedFit", "fit_streaming", "read_voxels", "streaming_bytes"]
@@ -237,7 +237,7 @@ def fit_streaming(
         block, basis = None, design.basis
     grid = GridProducts(reader.geometry.shape, design.exact_intercept) if smoothness else None  # (as the pass's sums)
     accumulated = _accumulate(
-        reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab, grid
+        reader, design, basis, order, mask, mask_threshold, nonzero, execution, scans_per_slab, grid, film
     )
     mean = _mean(accumulated, n)
     rho, film_info = _film_autocorrelations(reader, block, accumulated, mean, mesh, execution) if film else (None, None)
@@ -274,10 +274,13 @@ def _accumulate(
     execution: Execution,
     scans_per_slab,
     grid: GridProducts | None = None,
+    film: bool = False,
 ) -> _Pass:
     """The one pass over the data: the sums of the candidate voxels (from `basis`, the design's or its lagged
     one), and the mask, decided on the way (automatic: voxels finite and not constant, or non-zero with
-    `nonzero`; or the explicit `mask` less its voxels not finite)."""
+    `nonzero`; or the explicit `mask` less its voxels not finite). The cap holds the sums and two scans, and with
+    `film` FILM's autocorrelations after the pass beside the sums (:func:`_film_autocorrelations`): at the cap
+    this had named, a run of 460,800 voxels peaked at 675 MiB under 592M."""
     nel = reader.geometry.n_elements
     cap = execution.budgets.stream
     threshold = resolve_mask_threshold(mask_threshold, reader.geometry, explicit=mask is not None)
@@ -292,12 +295,14 @@ def _accumulate(
     # checks' boolean temporaries; the tiles of the sums are a few MiB
     work = working_dtype(reader.dtype, reader.scale).itemsize
     per_scan = 3 * nel * reader.dtype.itemsize + (nel * (8 + work) if reader.scale else 0) + V0 * work + 2 * nel
+    after = _film_bytes(V0, order, reader.geometry) if film else 0
     slab_bytes = cap - held - reserved_bytes()
-    if slab_bytes < 2 * per_scan:
-        need = held + 2 * per_scan + reserved_bytes()
+    if slab_bytes < max(2 * per_scan, after):
+        need = held + max(2 * per_scan, after) + reserved_bytes()
         raise InputError(
             f"`max_memory`={execution.max_memory or size_text(cap)!r} cannot hold the per-voxel sums of this fit "
-            f"({held / 2**20:.1f} MiB) and two scans; give at least {cap_text(need)}."
+            f"({held / 2**20:.1f} MiB) and {'two scans' if after <= 2 * per_scan else 'FILM autocorrelations'}; give "
+            f"at least {cap_text(need)}."
         )
     auto = AutoMask(nel, reader.dtype.kind == "f", threshold, nonzero=nonzero)
     sums = index = kept = None
@@ -377,6 +382,12 @@ def _mean(accumulated: _Pass, n: int) -> NDArray:
     return mean
 
 
+def _film_bytes(n_voxels: int, order: int, geometry) -> int:
+    """What :func:`_film_autocorrelations` holds beside the sums for `n_voxels` voxels: the lagged products, the
+    mean image and FILM's own (``voxfit.engine.noise_models.film_stage_bytes``)."""
+    return 8 * n_voxels * (order + 2) + film_stage_bytes(n_voxels, order, geometry)
+
+
 def _film_autocorrelations(
     reader, block: ARBlock, accumulated: _Pass, mean: NDArray, mesh=None, execution: Execution | None = None
 ) -> tuple[NDArray, dict]:
@@ -419,7 +430,7 @@ def _fit_from_sums(
         # blocks as large and as many at once as the slabs' share of the cap holds beside the results (see
         # ar_block_bytes)
         results = 8 * V * (pc + 6 + order + sum(w.shape[0] * (w.shape[0] + 4) for w in weights.values()))
-        room = accumulated.slab_bytes - results
+        room = accumulated.slab_bytes - results - (0 if rho is None else rho.nbytes)
         per_voxel = ar_block_bytes(design.rank, order, list(weights.values()), design.n_scans) // SUMS_BLOCK
         size = int(min(SUMS_BLOCK, max(256, room // per_voxel)))
 

@@ -457,3 +457,38 @@ def test_an_interrupted_run_cancels_its_tasks_on_the_users_client(client, monkey
         vd.run_tasks(client, _slow, None, [(30,), (30,), (30,)])
     left = [key for key in client.futures if key not in before]
     assert not left  # (a cancelled future is released by the client: none of the run's is held)
+
+
+def test_column_sources_of_relative_paths_read_the_clients_files_from_any_folder(tmp_path, monkeypatch):
+    """A Dask worker opens each input where the column source says. Made from a path as the user typed it
+    (``voxfit fit sub/data.npy --scheduler ...``), it was opened relative to each worker's own folder: a file of
+    that name there, another array of the same shape, was fitted with exit 0 (a tester's: betas 0.002 where the
+    client's file gives 1). Sources now name the files the client opened, whatever folder reads them."""
+    import h5py
+    import zarr
+
+    rng = np.random.default_rng(3)
+    client, worker = tmp_path / "client", tmp_path / "worker"
+    for folder, offset in ((client, 0.0), (worker, 1000.0)):  # (the worker's: the same names, other values)
+        (folder / "sub").mkdir(parents=True)
+        data = (offset + rng.standard_normal((12, 30))).astype(np.float32)
+        np.save(folder / "sub" / "data.npy", data)
+        np.save(folder / "sub" / "fortran.npy", np.asfortranarray(data))
+        nib.save(nib.Nifti1Image(data.T.reshape(5, 6, 1, 12), np.eye(4)), folder / "sub" / "bold.nii")
+        for k in range(12):
+            nib.save(nib.Nifti1Image(data[k].reshape(5, 6, 1), np.eye(4)), folder / "sub" / f"scan{k:02d}.nii")
+        zarr.save_array(str(folder / "sub" / "data.zarr"), data)
+        with h5py.File(folder / "sub" / "data.h5", "w") as f:
+            f["y"] = data
+        write_cifti_runs(folder / "sub", np.random.default_rng(int(offset)), frames=(12,))
+    monkeypatch.chdir(client)
+    inputs = ["sub/data.npy", "sub/fortran.npy", "sub/bold.nii", [f"sub/scan{k:02d}.nii" for k in range(12)]]
+    inputs += ["sub/data.zarr", "sub/data.h5", "sub/run-0.dtseries.nii"]
+    sources = []
+    for path in inputs:
+        reader = open_reader(path)
+        sources.append((reader.column_source(), np.concatenate([slab.copy() for _, slab in reader.iter_scans()])))
+    monkeypatch.chdir(worker)
+    for path, (source, expected) in zip(inputs, sources):
+        assert source is not None, path
+        npt.assert_array_equal(np.asarray(source[:, :]), expected, err_msg=str(path))

@@ -2389,6 +2389,13 @@ def _pread_span(path: str, offset: int, shape: tuple[int, int], lo: int, hi: int
     return raw.T if fortran else raw
 
 
+def _worker_path(path) -> str:
+    """`path` as a Dask worker opens it: absolute, as the client found it. A relative path was looked up in each
+    worker's own folder, so a file of that name there was fitted in its place, exit 0 (a tester's: betas 0.002
+    where the client's file gives 1)."""
+    return os.path.abspath(path)
+
+
 @dataclass(frozen=True)
 class NiftiColumns:
     """How a worker reads columns of uncompressed NIfTI data: `files` ``(path, byte offset of the data)``, one
@@ -2398,6 +2405,9 @@ class NiftiColumns:
     file_dtype: np.dtype
     n_scans: int
     n_elements: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "files", tuple((_worker_path(path), offset) for path, offset in self.files))
 
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         """Elements lo:hi of every scan, (n_scans, hi - lo), in `dtype`."""
@@ -2421,6 +2431,9 @@ class CiftiColumns:
     file_dtype: np.dtype
     n_elements: int
 
+    def __post_init__(self):
+        object.__setattr__(self, "files", tuple((_worker_path(path), at, rows) for path, at, rows in self.files))
+
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         """Elements lo:hi of every scan, (n_scans, hi - lo), F-ordered, in `dtype`."""
         out = np.empty((hi - lo, sum(rows for _, _, rows in self.files)), dtype=dtype).T
@@ -2440,6 +2453,9 @@ class NpyColumns:
 
     path: str
 
+    def __post_init__(self):
+        object.__setattr__(self, "path", _worker_path(self.path))
+
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         with _reading(self.path):
             header = np.load(self.path, mmap_mode="r", allow_pickle=False)
@@ -2456,6 +2472,9 @@ class ZarrColumns:
     path: str
     name: str
 
+    def __post_init__(self):
+        object.__setattr__(self, "path", _worker_path(self.path))
+
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         with _reading(self.path):
             return np.asarray(open_zarr(self.path, self.name)[:, lo:hi], dtype=dtype)
@@ -2468,6 +2487,9 @@ class HDF5Columns:
 
     path: str
     name: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", _worker_path(self.path))
 
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         with _reading(self.path):

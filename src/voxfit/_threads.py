@@ -49,6 +49,7 @@ __all__ = [
     "CHUNK_S",
     "GRACE_S",
     "POLL_S",
+    "STOP_REQUESTED",
     "STOP_SIGNALS",
     "DaemonExecutor",
     "Flag",
@@ -151,6 +152,12 @@ class Flag:
     the thread where signals arrive sets, where an Event's set takes a Condition (see run_in_threads)."""
 
     up = False
+
+
+# set by the command line's handler of a stop signal, cleared as a command starts: an output folder's commit in the
+# main thread that sees it raises the KeyboardInterrupt the handler raised, where code that caught it went on (an
+# import whose `except ImportError` took it: the run wrote all its maps, exit 0; the memory tester's)
+STOP_REQUESTED = Flag()
 
 
 def in_chunks(fn: Callable[[int, int], None], n: int, first: int = 1, target_s: float = CHUNK_S) -> None:

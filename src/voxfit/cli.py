@@ -1679,9 +1679,10 @@ def ignore_signal(signum, frame):
 def _on_signal(signum, frame):
     """SIGINT, SIGTERM or SIGHUP: clean up as for Ctrl-C (no partial output). Further signals are ignored until the
     run has removed its partial output (a second Ctrl-C during the clean-up left it behind)."""
-    from ._threads import handle_stop_signals
+    from ._threads import STOP_REQUESTED, handle_stop_signals
 
     handle_stop_signals(ignore_signal)
+    STOP_REQUESTED.up = True
     if _PROGRAM:  # (not in a caller's process, whose logging is its own)
         _quiet_interrupted_libraries()
     raise KeyboardInterrupt
@@ -1758,8 +1759,10 @@ _PROGRAM = False  # this process is the voxfit program (`program`), not Python c
 def _command(argv: list[str], program: bool) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     # (a SIGINT that the parent made ignored, as for background jobs, stays ignored: handle_stop_signals)
-    from ._threads import handle_stop_signals
+    from ._threads import STOP_REQUESTED, handle_stop_signals
 
+    if in_main:
+        STOP_REQUESTED.up = False
     previous = handle_stop_signals(_on_signal) if in_main else {}
     hook = sys.unraisablehook
     if previous:

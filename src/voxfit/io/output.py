@@ -15,13 +15,14 @@ import stat
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from .._folders import MARKER as _MARKER
 from .._folders import PARTIAL as _PARTIAL
 from .._folders import check_alone, check_output_folder
-from .._threads import STOP_SIGNALS
+from .._threads import STOP_REQUESTED, STOP_SIGNALS
 from ..exceptions import DISK_FULL, InputError
 
 __all__ = [
@@ -342,7 +343,10 @@ class OutputFolder:
         """Run the :func:`before_commit` hooks, then move every file into the output folder: all of them or,
         if a move fails, none (the moved ones go back, the replaced ones are restored). Same file system:
         each move is an atomic rename; Ctrl-C waits until the moves are done or undone; the files :meth:`drop`
-        names go with them."""
+        names go with them. A stop signal the command line had (:data:`voxfit._threads.STOP_REQUESTED`) ends it here,
+        in the main thread, where what it raised was lost on the way."""
+        if STOP_REQUESTED.up and threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
         for hook in reversed(_BEFORE_COMMIT.get()):
             hook(self)
         missing = [n for n in self._names if not os.path.lexists(self.staging / n)]

@@ -943,3 +943,18 @@ def test_maps_on_different_grids_name_the_odd_one_even_where_it_is_first(tmp_pat
     assert main(["group", *map(str, paths), "-o", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"{paths[0]} has" in err and str(paths[1]) not in err, err
+
+
+@pytest.mark.parametrize("permutations", [500, 5000])
+def test_the_cap_a_permutation_refusal_names_holds_the_permutations(tmp_path, permutations):
+    """A refused group with --permutations named a cap ("give at least 342M") under which its table's own check
+    then refused it ("would take 348 MiB, more than 342M"), and that one, rounding down, a cap under which it was
+    refused again ("348 MiB, more than 348M"; a tester's). The cap named now holds the run."""
+    rng = np.random.default_rng(11)
+    np.save(tmp_path / "m.npy", (rng.standard_normal((40, 150_000)) + 0.3).astype(np.float32))
+    model = dict(permutations=permutations, seed=1)
+    with pytest.raises(InputError, match="give at least") as refused:
+        SecondLevel(**model, max_memory="300M").fit(str(tmp_path / "m.npy"))
+    cap = str(refused.value).split("give at least ")[1].split(",")[0]
+    fit = SecondLevel(**model, max_memory=cap).fit(str(tmp_path / "m.npy"))
+    assert fit.permutation

@@ -532,9 +532,11 @@ def test_max_memory_bounds_the_check_when_given():
     with pytest.raises(
         InputError,
         match=r"a megabyte would take 1 MiB of memory, more than --max-memory/`max_memory` "
-        r"512K \(512 KiB\)\. Give less\.",
+        r"512K \(512 KiB; 1M would hold it\)\. Give less\.",
     ):
         check_memory(1 << 20, "a megabyte", "512K", "Give less.")
+    with pytest.raises(InputError, match=r"would take 348 MiB of memory, .* \(348 MiB; 349M would hold it\)"):
+        check_memory((348 << 20) + 400_000, "a table", "348M")  # (a tester's: said as if 348M held it)
 
 
 # --------------------------------------------------------------------------------------------------------------

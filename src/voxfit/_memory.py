@@ -197,8 +197,11 @@ def check_memory(nbytes: float, what: str, max_memory=None, fix: str = "", inter
             return
     if nbytes > limit:
         tail = f" {fix}" if fix else ""
+        # (the need rounded up, in the cap's units: "348 MiB, more than 348M (348 MiB)" was one of a tester's)
+        held = f"; {size_text(math.ceil(nbytes))} would hold it" if max_memory is not None else ""
         raise InputError(
-            f"{what} would take {format_bytes(nbytes)} of memory, more than {source} ({format_bytes(limit)}).{tail}"
+            f"{what} would take {format_bytes(nbytes)} of memory, more than {source} ({format_bytes(limit)}{held})."
+            f"{tail}"
         )
 
 

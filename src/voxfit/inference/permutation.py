@@ -792,12 +792,19 @@ def _check_table_memory(
     N = min(int(n_permutations), count_shuffles(scheme, basis, blocks, whole_blocks))
     n = basis.shape[0]
     check_memory(
-        N * (n * (8 if scheme == "permute" else 3) + 64) + working,
+        shuffle_table_bytes(N, n, scheme) + working,
         f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {n} maps ({V:,} voxels)",
         max_memory,
         "Ask for fewer permutations (5000 to 10000 are usual).",
         interpreter=True,
     )
+
+
+def shuffle_table_bytes(n_permutations: int, n_maps: int, scheme: str = "permute") -> int:
+    """The bytes of a table of `n_permutations` shuffles of `n_maps` rows (int64 rows to permute, int8 signs, with
+    their keys) and of its null distributions, as :func:`_check_table_memory` counts them beside the maps' working
+    copies."""
+    return n_permutations * (n_maps * (8 if scheme == "permute" else 3) + 64)
 
 
 @dataclass(frozen=True, eq=False)

@@ -2278,3 +2278,19 @@ def test_a_fortran_ordered_npy_is_read_by_slabs_without_its_map(tmp_path):
     for (_, a), (_, b) in zip(got, expected):
         assert a.dtype == np.float32
         npt.assert_array_equal(a, b)
+
+
+def test_a_zarr_store_of_small_chunks_is_read_a_few_thousand_chunks_at_a_time(tmp_path, monkeypatch):
+    """zarr holds about 2.7 KB beside each chunk a read spans: a store of 1 x 1 chunks (0.34 MiB of data) peaked at
+    333 MiB under --max-memory 300M, its slabs sized by bytes alone (a tester's; 167 MiB so). A slab spans at most
+    ZARR_CHUNKS_PER_READ chunks (here made 40: rows of 16 chunks, two rows a slab), with the store's values."""
+    zarr = pytest.importorskip("zarr")
+    from voxfit.io import open_reader, readers
+
+    data = np.random.default_rng(0).standard_normal((9, 64)).astype(np.float32)
+    store = zarr.create_array(str(tmp_path / "s.zarr"), shape=data.shape, chunks=(1, 4), dtype="f4")
+    store[:] = data
+    monkeypatch.setattr(readers, "ZARR_CHUNKS_PER_READ", 40)
+    slabs = [(start, slab.copy()) for start, slab in open_reader(tmp_path / "s.zarr").iter_scans()]
+    assert [start for start, _ in slabs] == [0, 2, 4, 6, 8]
+    npt.assert_array_equal(np.concatenate([slab for _, slab in slabs]), data)

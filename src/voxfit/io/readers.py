@@ -2473,14 +2473,19 @@ class CiftiColumns:
 
 
 @dataclass(frozen=True)
-class NpyColumns:
-    """How a worker reads columns of a 2-D .npy array: its header read through a memory map that touches no data,
-    the columns by :func:`_pread_span`."""
+class _FileColumns:
+    """Columns read from the one file or store at `path`, made absolute where the source is made (the client)."""
 
     path: str
 
     def __post_init__(self):
         object.__setattr__(self, "path", _worker_path(self.path))
+
+
+@dataclass(frozen=True)
+class NpyColumns(_FileColumns):
+    """How a worker reads columns of a 2-D .npy array: its header read through a memory map that touches no data,
+    the columns by :func:`_pread_span`."""
 
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         with _reading(self.path):
@@ -2492,14 +2497,10 @@ class NpyColumns:
 
 
 @dataclass(frozen=True)
-class ZarrColumns:
+class ZarrColumns(_FileColumns):
     """How a worker reads columns of the array `name` of a Zarr store: the slab ``[:, lo:hi]``."""
 
-    path: str
     name: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "path", _worker_path(self.path))
 
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         with _reading(self.path):
@@ -2507,15 +2508,11 @@ class ZarrColumns:
 
 
 @dataclass(frozen=True)
-class HDF5Columns:
+class HDF5Columns(_FileColumns):
     """How a worker reads columns of the dataset `name` (its full name) of an HDF5 file: the slab
     ``[:, lo:hi]``, the file closed after it."""
 
-    path: str
     name: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "path", _worker_path(self.path))
 
     def __call__(self, lo: int, hi: int, dtype: np.dtype) -> NDArray:
         with _reading(self.path):

@@ -168,17 +168,22 @@ def fit_film(
     return NoiseModelFit(fit, stats, maps.phi, [f"ar{k + 1}" for k in range(M)], None, info)
 
 
-def film_space(masker, brightness, mesh=None, execution: Execution | None = None) -> FilmSpace:
+def film_space(
+    masker, brightness, mesh=None, execution: Execution | None = None, budget: int | None = None
+) -> FilmSpace:
     """FILM's neighbourhood for the voxels of `masker`: a volume's grid and voxel sizes (from the affine), or a
     surface's `mesh` (vertex coordinates and triangles, as ``voxfit.io.readers.read_mesh`` returns them); the mean
     image `brightness` (V,). Refused in one line for anything else (see :func:`check_film_geometry`), and for a
-    surface whose neighbourhood the memory cap of `execution` cannot hold beside the interpreter."""
+    surface whose neighbourhood the memory cap of `execution` cannot hold beside the interpreter (or within
+    `budget` bytes, where a streamed fit's sums hold the rest)."""
     geometry = getattr(masker, "geometry", None)
     check_film_geometry(geometry, mesh)
     if geometry.kind == "surface":
         mask = np.asarray(masker.mask, dtype=bool)
         cap = None if execution is None else execution.budgets.process
-        chunk = mesh_kernel_chunk(int(mask.sum()), None if cap is None else cap - reserved_bytes())
+        if budget is None and cap is not None:
+            budget = cap - reserved_bytes()
+        chunk = mesh_kernel_chunk(int(mask.sum()), budget)
         if not chunk:
             need = mesh_kernel_bytes(int(mask.sum()), MIN_MESH_CHUNK)
             raise InputError(
@@ -233,14 +238,16 @@ def film_autocorrelations(lagged, valid, space: FilmSpace | None) -> tuple[np.nd
     return np.ascontiguousarray(tukey_taper(rho, in_place=True)), info
 
 
-def film_stage_bytes(n_voxels: int, order: int, geometry) -> int:
+def film_stage_bytes(n_voxels: int, order: int, geometry=None) -> int:
     """The most :func:`film_autocorrelations` holds beside the lagged products of `n_voxels` voxels (FILM's window
     `order`) of `geometry` (a volume's, or a surface's): the lags copied as they are smoothed, or the
     autocorrelations copied in each voxel's order; the neighbourhood (``voxfit.core.film.volume_kernel_bytes``, or a
     surface's (K, V) arrays and a search chunk); the brightness maps and a chunk's sums. (tracemalloc's peaks were
-    0.66-0.79 of it from 500 to 270,000 voxels.)"""
-    if geometry.kind == "surface":
-        kernel = mesh_kernel_bytes(n_voxels, MESH_CHUNK)
+    0.66-0.79 of it from 500 to 270,000 voxels.) Without `geometry`, all but the neighbourhood."""
+    if geometry is None:
+        kernel = 0
+    elif geometry.kind == "surface":  # (its search chunk fitted to the room left: film_space's `budget`)
+        kernel = mesh_kernel_bytes(n_voxels, min(n_voxels, MIN_MESH_CHUNK))
     else:
         voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
         kernel = volume_kernel_bytes(geometry.shape, voxel_mm, n_voxels)

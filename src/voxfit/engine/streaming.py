@@ -410,7 +410,10 @@ def _film_autocorrelations(
         shifted = data - mean[at] if design.exact_intercept else data  # (the residuals unchanged)
         lagged[:, at] = residual_lagged_products(design.basis, shifted, block.order)
     valid = np.ones(accumulated.masker.n_voxels, dtype=bool)
-    return film_autocorrelations(lagged, valid, film_space(accumulated.masker, mean, mesh, execution))
+    V = accumulated.masker.n_voxels  # (the room the pass's slabs had, less what FILM holds beside its neighbourhood)
+    room = accumulated.slab_bytes - 8 * V * (block.order + 2) - film_stage_bytes(V, block.order, None)
+    space = film_space(accumulated.masker, mean, mesh, execution, budget=room if mesh is not None else None)
+    return film_autocorrelations(lagged, valid, space)
 
 
 def _fit_from_sums(

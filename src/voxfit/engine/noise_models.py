@@ -193,8 +193,13 @@ def film_space(
             )
         return FilmSpace(mask, None, brightness, mesh=mesh, chunk=chunk)
     grid = np.asarray(masker.mask).reshape(geometry.shape, order="F")
-    voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)  # (as film_stage_bytes takes them)
+    voxel_mm = _voxel_mm(geometry)
     return FilmSpace(grid, voxel_mm, brightness)
+
+
+def _voxel_mm(geometry) -> np.ndarray:
+    """A volume's voxel sizes (mm) from its affine, as FILM's neighbourhood and its estimate take them."""
+    return np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
 
 
 def check_film_geometry(geometry, mesh=None) -> None:
@@ -249,8 +254,7 @@ def film_stage_bytes(n_voxels: int, order: int, geometry=None) -> int:
     elif geometry.kind == "surface":  # (its search chunk fitted to the room left: film_space's `budget`)
         kernel = mesh_kernel_bytes(n_voxels, min(n_voxels, MIN_MESH_CHUNK))
     else:
-        voxel_mm = np.linalg.norm(np.asarray(geometry.affine)[:3, :3], axis=0)
-        kernel = volume_kernel_bytes(geometry.shape, voxel_mm, n_voxels)
+        kernel = volume_kernel_bytes(geometry.shape, _voxel_mm(geometry), n_voxels)
     return 8 * n_voxels * (order + 1 + 4) + kernel + 8 * min(n_voxels, SMOOTH_CHUNK) * (3 * order + 8)
 
 

@@ -382,9 +382,10 @@ def _mean(accumulated: _Pass, n: int) -> NDArray:
     return mean
 
 
-def _film_bytes(n_voxels: int, order: int, geometry) -> int:
+def _film_bytes(n_voxels: int, order: int, geometry=None) -> int:
     """What :func:`_film_autocorrelations` holds beside the sums for `n_voxels` voxels: the lagged products, the
-    mean image and FILM's own (``voxfit.engine.noise_models.film_stage_bytes``)."""
+    mean image and FILM's own (``voxfit.engine.noise_models.film_stage_bytes``; without `geometry`, all but the
+    neighbourhood)."""
     return 8 * n_voxels * (order + 2) + film_stage_bytes(n_voxels, order, geometry)
 
 
@@ -410,8 +411,8 @@ def _film_autocorrelations(
         shifted = data - mean[at] if design.exact_intercept else data  # (the residuals unchanged)
         lagged[:, at] = residual_lagged_products(design.basis, shifted, block.order)
     valid = np.ones(accumulated.masker.n_voxels, dtype=bool)
-    V = accumulated.masker.n_voxels  # (the room the pass's slabs had, less what FILM holds beside its neighbourhood)
-    room = accumulated.slab_bytes - 8 * V * (block.order + 2) - film_stage_bytes(V, block.order, None)
+    # (the room the pass's slabs had, less what FILM holds beside its neighbourhood)
+    room = accumulated.slab_bytes - _film_bytes(accumulated.masker.n_voxels, block.order)
     space = film_space(accumulated.masker, mean, mesh, execution, budget=room if mesh is not None else None)
     return film_autocorrelations(lagged, valid, space)
 

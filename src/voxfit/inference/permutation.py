@@ -527,10 +527,7 @@ def _mixed_permutation_test_iv(
     reduced = factorize(Z, warn=False) if Z.shape[1] else no_fixed_effects(n)
     interest = design.X @ np.linalg.pinv(rows)
     basis = np.ones((n, rows.shape[0] + Z.shape[1]))  # (each row of [U, Q_Z] weights its own residuals)
-    working = 16 * maps[0].size
-    _check_table_memory(
-        n_permutations, kind, basis, blocks, whole_blocks, working, maps[0].shape[1], execution.max_memory
-    )
+    _check_table_memory(n_permutations, kind, basis, blocks, whole_blocks, maps[0].shape[1], execution.max_memory)
     shuffles = make_shuffles(kind, basis, n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed)
     resolve_workers(execution.n_jobs)  # a clear error now for a number of threads that cannot be
     return _CheckedMixed(
@@ -769,8 +766,7 @@ def _permutation_test_iv(
             "rows cannot change; use sign-flips (scheme 'flip' or 'auto')."
         )
     basis = np.column_stack([U, Qz])
-    working = 16 * Y.shape[0] * Y.shape[1]
-    _check_table_memory(n_permutations, scheme, basis, blocks, whole_blocks, working, Y.shape[1], cap)
+    _check_table_memory(n_permutations, scheme, basis, blocks, whole_blocks, Y.shape[1], cap)
     shuffles = make_shuffles(scheme, basis, n_permutations, blocks=blocks, whole_blocks=whole_blocks, seed=seed)
     if device not in (None, "cpu"):
         from .._array import device_namespace
@@ -780,19 +776,17 @@ def _permutation_test_iv(
     return _CheckedTest(Y, label, basis, Qz, U.shape[1], dof, w.shape[0] == 1, shuffles)
 
 
-def _check_table_memory(
-    n_permutations, scheme: str, basis, blocks, whole_blocks, working: int, V: int, max_memory=None
-) -> None:
+def _check_table_memory(n_permutations, scheme: str, basis, blocks, whole_blocks, V: int, max_memory=None) -> None:
     """Refuse a table of shuffles (N x n) and null distributions (N each), whole-run, that `max_memory` (the
-    command's --max-memory; None: the memory there is) cannot hold beside the `working` bytes of the maps' float64
-    working copies (a wrong `n_permutations` is left to ``make_shuffles``). Checked against the memory there is
-    only, 5,000,000 sign-flips of 40 maps took 859 MiB under --max-memory 300M (a tester's)."""
+    command's --max-memory; None: the memory there is) cannot hold beside the maps' float64 working copies of `V`
+    voxels (:func:`shuffle_table_bytes`; a wrong `n_permutations` is left to ``make_shuffles``). Checked against the
+    memory there is only, 5,000,000 sign-flips of 40 maps took 859 MiB under --max-memory 300M (a tester's)."""
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
         return
     N = min(int(n_permutations), count_shuffles(scheme, basis, blocks, whole_blocks))
     n = basis.shape[0]
     check_memory(
-        shuffle_table_bytes(N, n, scheme) + working,
+        shuffle_table_bytes(N, n, V, scheme),
         f"{N:,} {'permutations' if scheme == 'permute' else 'sign-flips'} of {n} maps ({V:,} voxels)",
         max_memory,
         "Ask for fewer permutations (5000 to 10000 are usual).",
@@ -800,11 +794,11 @@ def _check_table_memory(
     )
 
 
-def shuffle_table_bytes(n_permutations: int, n_maps: int, scheme: str = "permute") -> int:
-    """The bytes of a table of `n_permutations` shuffles of `n_maps` rows (int64 rows to permute, int8 signs, with
-    their keys) and of its null distributions, as :func:`_check_table_memory` counts them beside the maps' working
-    copies."""
-    return n_permutations * (n_maps * (8 if scheme == "permute" else 3) + 64)
+def shuffle_table_bytes(n_permutations: int, n_maps: int, n_voxels: int, scheme: str = "permute") -> int:
+    """The bytes :func:`_check_table_memory` counts: a table of `n_permutations` shuffles of `n_maps` rows (int64
+    rows to permute, int8 signs, with their keys), its null distributions, and the maps' two float64 working copies
+    of `n_voxels` voxels."""
+    return n_permutations * (n_maps * (8 if scheme == "permute" else 3) + 64) + 16 * n_maps * n_voxels
 
 
 @dataclass(frozen=True, eq=False)

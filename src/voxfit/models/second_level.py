@@ -476,8 +476,8 @@ class SecondLevel:
                 # a tester followed "give at least 342M" to be refused "would take 348 MiB" there)
                 from ..inference.permutation import shuffle_table_bytes
 
-                table = shuffle_table_bytes(int(self.permutations), reader.n_scans * copies)
-                need = max(need, reserved_bytes() + table + 16 * reader.n_scans * copies * voxels)
+                table = shuffle_table_bytes(int(self.permutations), reader.n_scans * copies, voxels)
+                need = max(need, reserved_bytes() + table)
             raise InputError(
                 f"`max_memory`={execution.max_memory!r} cannot hold {what} on {reader.n_scans} maps of up to "
                 f"{voxels:,} voxels ({parts}); give at least {size_text(need)}, or fewer voxels (--mask)."

@@ -1700,13 +1700,20 @@ def _interrupt_swallowed(hook, unraisable) -> None:
     """``sys.unraisablehook`` while a command runs: the KeyboardInterrupt of :func:`_on_signal`, raised while the
     main thread ran a finalizer (SQLAlchemy's, of pybids' index, in a study), is one Python ignores ("Exception
     ignored in"): the run went on to exit 0, deaf to further signals. It is raised again, once the finalizer has
-    returned, in the main thread's own code; anything else goes to `hook`, the one it replaced."""
+    returned, in the main thread's own code. Once the program is interrupted, any other is dropped: a finalizer
+    that the interruption cut short leaves its object half closed, and the next one to touch it fails (llvmlite's,
+    as numba loaded a kernel: its traceback followed the one-line message). Anything else goes to `hook`, the one
+    it replaced."""
+    from ._threads import STOP_REQUESTED
+
     if isinstance(unraisable.exc_value, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is ignore_signal:
         signal.signal(signal.SIGINT, _on_signal)  # (a moment later, from another thread: here it is ignored again)
         again = threading.Timer(0.02, _signal_main_thread)
         again.daemon = True
         _rearmed.append(again)
         again.start()
+        return
+    if _PROGRAM and STOP_REQUESTED.up:
         return
     hook(unraisable)
 

@@ -244,6 +244,11 @@ def _one_bright_voxel():
     return data
 
 
+def _save_npy(path, array):
+    np.save(path, array)
+    return path
+
+
 def _write(path, text):
     path.write_text(text)
     return path
@@ -263,6 +268,12 @@ BAD = {
     "design rows": (
         lambda s: fit_args(s, "--design", _design(s, rows=10)),
         "the design has 10 rows but the data have 12 scans",
+    ),
+    # a series alone saved 1-D is one scan of as many columns: said as the design's rows against the header's one
+    # scan, not as the empty automatic mask that the read started meanwhile finds first ("nothing can vary")
+    "one series saved 1-D": (
+        lambda s: ["fit", _save_npy(s["dir"] / "series.npy", np.arange(12.0))] + fit_args(s)[2:],
+        r"the design has 12 rows but the data have 1 scan \(.*a 1-D \.npy one scan",
     ),
     "design NaN": (
         lambda s: fit_args(s, "--design", _design(s, nan=True)),

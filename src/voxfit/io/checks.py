@@ -16,13 +16,15 @@ def check_design_rows(n_rows: int, n_scans: int, n_elements: int | None = None) 
     as many rows as that is a run read the other way round, a GIFTI array of scans by vertices)."""
     if n_rows != n_scans:
         swapped = (
-            f" (the data have {n_rows} elements a scan: is the run stored the other way round? a GIFTI run's one "
-            "2-D array is vertices by scans, as FreeSurfer and fMRIPrep write it)"
+            f" (the data have {n_rows} elements a scan: is the run stored the other way round? an array is scans by "
+            "columns, one series alone a column of shape (scans, 1), and a 1-D .npy one scan; a GIFTI run's one 2-D "
+            "array is vertices by scans, as FreeSurfer and fMRIPrep write it)"
             if n_elements == n_rows
             else ""
         )
+        scans = "1 scan" if n_scans == 1 else f"{n_scans} scans"
         raise InputError(
-            f"the design has {n_rows} rows but the data have {n_scans} scans{swapped}; give one design row per scan."
+            f"the design has {n_rows} rows but the data have {scans}{swapped}; give one design row per scan."
         )
 
 

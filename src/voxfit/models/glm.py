@@ -328,6 +328,9 @@ def fit_images(
         if not ((needs.by_series or needs.by_columns) if route.kind == COLUMNS else needs.one_pass):
             raise InputError(needs.too_large)
     if route.reader is not None:  # (a mesh of volume data, or of other vertices, was passed over but by FILM)
+        # the design's rows against the headers' scans before any read: the data read in a thread meanwhile (the
+        # command line's) failed first on what a wrong count makes of them (a 1-D .npy, one scan: "nothing varies")
+        check_design_rows(model.X.shape[0], route.reader.n_scans, route.reader.geometry.n_elements)
         check_mesh(mesh, route.reader.geometry)
     if diagnostics and route.kind in (STREAM, COLUMNS):
         from .._execution import cap_holding, data_bytes

@@ -90,8 +90,25 @@ def best_timing(argv, repeat: int, before=None) -> Timing:
         if before is not None:
             before()
         runs.append(timed_run(argv))
-    fastest = min(runs, key=lambda t: t.wall)
-    return Timing(fastest.wall, max(t.peak for t in runs), fastest.cpu)
+    return fastest(runs)
+
+
+def best_in_turn(argv, baseline_argv, repeat: int) -> tuple[Timing, Timing]:
+    """The fastest of `repeat` runs of `argv` and of its baseline's, each run of one beside a run of the other
+    (baseline, then tool, `repeat` times): their ratio holds where the machine's speed drifts during a benchmark
+    (a floor measured once, at its start, moved 1.4x between two runs of bench_users.py's mni part, and the
+    ratios with it)."""
+    tool, baseline = [], []
+    for _ in range(repeat):
+        baseline.append(timed_run(baseline_argv))
+        tool.append(timed_run(argv))
+    return fastest(tool), fastest(baseline)
+
+
+def fastest(runs: list[Timing]) -> Timing:
+    """The fastest run's wall and CPU time, with the largest peak memory seen over the runs."""
+    best = min(runs, key=lambda t: t.wall)
+    return Timing(best.wall, max(t.peak for t in runs), best.cpu)
 
 
 def ellipsoid(shape, radii):

@@ -593,6 +593,17 @@ def test_a_column_the_participants_table_lacks_is_said_with_the_columns_it_has(t
     result = run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols")
     assert all(g.reused for node in ("run", "subject") for g in result.nodes[node])  # (the dataset node's alone)
     assert result.failures and all("holds words (" in f.reason and "a Factor" in f.reason for f in result.failures)
+    # numbers written as text in every row (a decimal comma, a unit): said as such before any fit, where they were
+    # said as words to Factor once every run was fitted (a tester's)
+    table = study.root / "participants.tsv"
+    for text in ("{},5", "{}y"):
+        lines = table.read_text().splitlines()
+        rows = [line.split("\t") for line in lines[1:]]
+        body = ["\t".join([r[0], text.format(r[1].split(",")[0].rstrip("y")), *r[2:]]) for r in rows]
+        table.write_text("\n".join([lines[0], *body]) + "\n")
+        model["Nodes"][2]["Model"]["X"] = [1, "age"]
+        with pytest.raises(InputError, match="column 'age' holds numbers written as text in participants.tsv"):
+            run(study.root, tmp_path / "out", model=model, derivatives=[study.derivatives], group_model="ols")
 
 
 def test_groups_that_pool_several_contrasts_are_said_to(tmp_path):
@@ -1104,14 +1115,11 @@ def test_groups_whose_names_a_file_name_would_merge_keep_their_own_files(tmp_pat
     assert [f.node for f in again.failures] == ["dataset", "dataset"]
     assert {f.group for f in again.failures} == {"contrast-reward+_group-con-trol", "contrast-reward-_group-con-trol"}
     assert "are those of group " in again.failures[0].reason and "rename one" in again.failures[0].reason
-    # ... and so are values that differ only in case ("Control" and "control"): one file on macOS and Windows
+    # ... and values that differ only in case ("Control" and "control", one file on macOS and Windows) are one
+    # value written two ways: refused before anything is fitted
     table.write_text(table.read_text().replace("con-trol", "Control"))
-    again = run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
-    assert len(again.failures) == 2 and "or in case; rename one" in again.failures[0].reason
-    assert {f.group.casefold() for f in again.failures} == {
-        "contrast-reward+_group-control",
-        "contrast-reward-_group-control",
-    }
+    with pytest.raises(InputError, match="writes one value two ways, 'control' .* and 'Control'"):
+        run(study.root, out, model=model, derivatives=[study.derivatives], group_model="ols", progress=False)
 
 
 def test_each_node_takes_the_maps_of_its_own_source_node(tmp_path):
@@ -1469,6 +1477,67 @@ def test_a_subject_nodes_demean_takes_the_sessions_it_models(tmp_path):
     assert subject_failures and all("sub-03" in f.group for f in subject_failures)
     assert all("sub-03_ses-3" in f.reason and "sessions.tsv" in f.reason for f in subject_failures)
     assert not (out / "sub-03" / "node-subject").exists()
+
+
+_TABLE_WORDS = {
+    # pybids keeps a cell's case and the spaces around it: each of these was a value of its own, the subject fitted
+    # in the Factor's reference level (a control: its maps' t correlated 0.61 with the true design's), exit 0
+    "case": ("participants", "patient", "Patient", "writes one value two ways, 'Patient' (line {b}) and 'patient'"),
+    "space": ("participants", "patient", "patient ", "line {b}: group 'patient ' has spaces around it"),
+    # ... a GroupBy's subject left out of its group; a header's name with a space: not the column the model takes
+    "groupby": ("participants", "patient", "Patient", "writes one value two ways"),
+    "header": ("participants", "group", "group ", "its column 'group ' has spaces around its name"),
+    "two columns": ("participants", "group", "group\tgroup", "has two columns 'group', which the model takes"),
+    # a session_id "ses-2 " named no session: the session's run fitted, then left out of the subject's model
+    "session": ("sessions", "ses-2", "ses-2 ", "line 3: session_id 'ses-2 ' has spaces around it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_TABLE_WORDS))
+def test_a_tables_value_written_two_ways_is_refused_before_anything_is_fitted(tmp_path, capsys, case):
+    """The columns of participants.tsv and sessions.tsv that a model takes (its Model.X, GroupBy, and the Inputs
+    of its Transformations: a Factor's column) are read as pybids reads them, spaces and case kept: a value written
+    two ways ('patient' and 'Patient', or 'patient '), a name with spaces around it, a column named twice, or a
+    session_id with spaces around it is refused at once, naming the file and line (a tester's: each was exit 0, a
+    subject in the wrong group or a session left out, silently)."""
+    from voxfit.bids.spec import default_model
+
+    table, good, bad, said = _TABLE_WORDS[case]
+    sessions = ("1", "2") if table == "sessions" else None
+    study = make_dataset(tmp_path / "ds", subjects=4, runs=1, scans=30, shape=(6, 6, 4), sessions=sessions)
+    model = default_model("stroop", ["congruent"], sessions=bool(sessions))
+    node = model["Nodes"][-1 if table == "participants" else 2]
+    if table == "sessions":
+        for sub in ("01", "02"):
+            rows = "".join(f"ses-{k}\t{v}\n" for k, v in (("1", 3), ("2", 5)))
+            (study.root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tload\n" + rows)
+        node["Model"] = {"Type": "meta", "X": [1, "load"]}
+        path = study.root / "sub-02" / "sub-02_sessions.tsv"
+    elif case == "groupby":
+        node["GroupBy"] = ["contrast", "group"]
+        path = study.root / "participants.tsv"
+    else:
+        factor = {"Name": "Factor", "Input": ["group"]}
+        node["Transformations"] = {"Transformer": "pybids-transforms-v1", "Instructions": [factor]}
+        node["Model"]["X"] = [1, "group.patient"]
+        path = study.root / "participants.tsv"
+    lines = path.read_text().splitlines()
+    at = next((n for n, line in enumerate(lines[1:], 1) if good in line.split("\t")), 0)
+    if case in ("header", "two columns"):
+        lines[0] = lines[0].replace(good, bad)
+        lines[1:] = [line + "\tcontrol" if case == "two columns" else line for line in lines[1:]]
+    else:
+        lines[at] = "\t".join(bad if cell == good else cell for cell in lines[at].split("\t"))
+    path.write_text("\n".join(lines) + "\n")
+    model_path = tmp_path / "model_smdl.json"
+    model_path.write_text(json.dumps(model))
+    out = tmp_path / "out"
+    level = "subject" if table == "sessions" else "dataset"
+    argv = ["bids", str(study.root), str(out), level, "--derivatives", str(study.derivatives), "--model"]
+    assert main([*argv, str(model_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and said.format(b=at + 1) in err, err
+    assert not out.exists()
 
 
 def test_a_rerun_sees_the_changes_inside_a_linked_subject_folder(tmp_path):
@@ -2084,10 +2153,11 @@ def test_a_trial_type_the_model_does_not_name_refits_only_its_own_run(tmp_path):
 
 
 def test_a_subject_of_a_level_model_x_does_not_name_is_refused(tmp_path, capsys):
-    """A participants.tsv value with a trailing space ("patient ") is a third level of a Factor: with Model.X
-    naming group.control and group.patient, that subject's design row was all zeros and the two-group fit took it
-    as an effect of 0 (exit 0, t 8.8 where the right group gives 4.0; study tester). Refused, naming the subject
-    and the levels; a model whose intercept covers a level it does not name is fitted."""
+    """A participants.tsv value that is a third level of a Factor ("other"; a tester's was "patient ", now refused
+    as written two ways, see test_a_tables_value_written_two_ways_is_refused_before_anything_is_fitted): with
+    Model.X naming group.control and group.patient, that subject's design row was all zeros and the two-group fit
+    took it as an effect of 0 (exit 0, t 8.8 where the right group gives 4.0; study tester). Refused, naming the
+    subject and the levels; a model whose intercept covers a level it does not name is fitted."""
     from voxfit.bids.spec import default_model
 
     study, deriv = _study(tmp_path, subjects=4, runs=1, scans=40, shape=(8, 8, 6), conditions=("A",))
@@ -2096,7 +2166,7 @@ def test_a_subject_of_a_level_model_x_does_not_name_is_refused(tmp_path, capsys)
     column = lines[0].split("\t").index("group")
     cells = lines[2].split("\t")
     subject, level = cells[0], cells[column]
-    cells[column] = level + " "
+    cells[column] = "other"
     table.write_text("\n".join([*lines[:2], "\t".join(cells), *lines[3:]]) + "\n")
     model = default_model("stroop", ["A"])
     model["Nodes"][2]["Transformations"] = {

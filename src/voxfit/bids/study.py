@@ -1850,18 +1850,65 @@ def _refuse_repeated(path: Path, ids: list[str], prefix: str, what: str) -> None
 
 
 def _model_columns(model: dict) -> set[str]:
-    """The names the nodes' Model.X and GroupBy take (a table's columns among them)."""
-    taken = {x for node in model.get("Nodes", ()) for x in (node.get("Model") or {}).get("X", ()) if isinstance(x, str)}
-    return taken | {k for node in model.get("Nodes", ()) for k in node.get("GroupBy") or () if isinstance(k, str)}
+    """The names the nodes' Model.X, GroupBy and Transformations' Inputs take (a table's columns among them: a
+    Factor's Input is the column, its Model.X the levels, "group.patient")."""
+    nodes = [n for n in model.get("Nodes", ()) if isinstance(n, dict)]
+    taken = {x for node in nodes for x in _listed_names((node.get("Model") or {}).get("X"))}
+    taken |= {x for node in nodes for i in _instructions(node) for x in _listed_names(i.get("Input"))}
+    return taken | {k for node in nodes for k in _listed_names(node.get("GroupBy"))}
+
+
+def _check_words(path: Path, lines: list[list[str]], taken: set[str], ids: str) -> None:
+    """The columns of a table (participants.tsv, a sessions.tsv: `lines` as written, its ids in column `ids`)
+    that the model takes (`taken`), as pybids reads them: each named once and without spaces around its name, and
+    each word (a cell neither a number nor missing) and id without spaces around it, each value written one way.
+    pybids keeps the spaces and the case, so that 'patient ', 'Patient' and 'patient' are three values: a Factor's
+    subject of one of them was fitted in the reference level (a control, exit 0), a GroupBy's left out of its
+    group, and a session_id 'ses-b ' left its session out of the subject's model (tester's, each exit 0)."""
+    if not lines:
+        return
+    header = [h.strip(_PANDAS_SPACE) for h in lines[0]]
+    for j, name in enumerate(header):
+        if name in taken and name != lines[0][j]:
+            raise InputError(
+                f"{path}: its column {lines[0][j]!r} has spaces around its name, which pybids keeps: it is not "
+                f"{name!r}, which the model takes; remove them."
+            )
+    if twice := [h for h in repeated(header) if h in taken]:
+        raise InputError(f"{path} has two columns {twice[0]!r}, which the model takes; rename or remove one.")
+    for j, column in enumerate(header):
+        if column not in taken and column != ids:
+            continue
+        spellings: dict[str, dict[str, int]] = {}
+        for n, row in enumerate(lines[1:], 2):
+            cell = row[j] if j < len(row) else ""
+            word = cell.strip(_PANDAS_SPACE)
+            if not word or word in PANDAS_MISSING or (column != ids and _number(word) is not None):
+                continue
+            if cell != word:
+                raise InputError(
+                    f"{path}, line {n}: {column} {cell!r} has spaces around it, which pybids keeps: it is another "
+                    f"value than {word!r}; remove them."
+                )
+            spellings.setdefault(word.casefold(), {}).setdefault(word, n)
+        same = next((forms for forms in spellings.values() if len(forms) > 1 and column != ids), None)
+        if same:
+            (a, line_a), (b, line_b) = list(same.items())[:2]
+            raise InputError(
+                f"{path}: its column {column!r} writes one value two ways, {a!r} (line {line_a}) and {b!r} (line "
+                f"{line_b}), which pybids takes for two values; write it one way."
+            )
 
 
 def _check_sessions(bids_dir: Path, model: dict, columns, runs) -> None:
     """Where a node's Model.X or GroupBy takes a column of the sessions.tsv files (`columns`): the table of each
     subject of the `runs` names each of its sessions once (as participants.tsv its subjects)."""
-    if not _model_columns(model) & set(columns):
+    taken = _model_columns(model)
+    if not taken & set(columns):
         return
     for subject in sorted({str(dict(r.entities)["subject"]) for r in runs}):
         path, rows = _subject_sessions(bids_dir, subject)
+        _check_words(path, _table_lines(path), taken, "session_id")
         _refuse_repeated(path, [row["session_id"] for row in rows], "ses-", "session")
 
 
@@ -1886,6 +1933,7 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
             f"{path}, line {line}: participant_id {cell!r} has spaces around it, which pybids keeps: it names no "
             "subject, and that subject would be left out of the model without a word; remove them."
         )
+    _check_words(path, lines, taken, "participant_id")
     _refuse_repeated(path, ids, "sub-", "subject")
     mine = {_value(dict(r.entities).get("subject")) for r in runs}
     padded = sorted(i for i in set(ids) - mine if i.lstrip("0") in {s.lstrip("0") for s in mine - set(ids)})
@@ -1936,6 +1984,12 @@ def _check_participant_values(path: Path, rows: list[list[str]], runs, model: di
             cells = {s: table[s][j] if j < len(table[s]) else "" for s in subjects}
             gaps = {f"sub-{s}": cell for s, cell in cells.items() if _number(cell) is None}
             words = [c for c in gaps.values() if c not in PANDAS_MISSING]
+            if words and len(words) == len(cells) and all(_NUMBER_AS_TEXT.fullmatch(w) for w in words):
+                raise InputError(  # (left to the fit, it said to Factor them, once every run was fitted)
+                    f"the design's column {column!r} holds numbers written as text in {path.name} "
+                    f"({', '.join(map(repr, words[:3]))}, node {node.get('Name')}); write them as numbers, a point "
+                    "for a decimal comma and no unit (or, labels, make a column of each: a Factor of it)."
+                )
             if gaps and not (words and len(gaps) == len(cells)):
                 said = f": {words[0]!r}" if words else ""  # (a cell that reads as a number: '\xa019')
                 raise InputError(
@@ -1943,6 +1997,11 @@ def _check_participant_values(path: Path, rows: list[list[str]], runs, model: di
                     f"{path.name}{said}, node {node.get('Name')}); fill it, or leave those subjects out "
                     "(--participant-label)."
                 )
+
+
+# a number with a decimal comma, or a unit after it ("56,5", "56y", "1.5 mg"): text to pandas, which a group fit
+# would take for words of a column to Factor
+_NUMBER_AS_TEXT = re.compile(r"[-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)\s*[^\W\d_]*%?")
 
 
 def _number(text: str) -> float | None:

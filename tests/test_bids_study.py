@@ -341,6 +341,32 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
         assert code == 0, err
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("participant_id\tage\tgroup\nsub-01\t30\tcontr\u00f4l\n".encode("latin-1"), "is not UTF-8 text (byte 0xf4"),
+        ("participant_id\tage\nsub-01\t30\n".encode("utf-16"), "is not UTF-8 text (byte 0xff at offset 0)"),
+        (b"", "is empty; pybids reads it for the Dataset node"),
+        (b"participant_id age group\nsub-01 30 control\n", "no participant_id column (its columns are not separated"),
+        (b"id\tage\nsub-01\t30\n", "no participant_id column (its first line is its header)"),
+    ],
+    ids=["latin-1", "utf-16", "empty", "spaces", "no-ids"],
+)
+def test_a_participants_table_pybids_cannot_read_is_refused_before_any_fit(tmp_path, capsys, content, message):
+    """pybids reads participants.tsv for every Dataset node, whatever its model takes of it: a table in Latin-1 or
+    UTF-16, empty, separated by spaces or without participant_id failed the dataset node once every run and
+    subject was fitted, said as "the events or confounds tables" (a tester's). Refused at once, with the default
+    model too; a study that stops below the dataset level does not read it."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=30, shape=(6, 6, 4))
+    (study.root / "participants.tsv").write_bytes(content)
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "dataset", *deriv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "participants.tsv " in err and message in err, err
+    assert not out.exists()
+    assert main(["bids", str(study.root), str(out), "subject", *deriv, "--quiet"]) == 0
+
+
 def test_a_broken_run_fails_alone(tmp_path, capsys):
     """Run-2 of sub-02 without its events, of sub-03 with confounds three rows short, of sub-04 with a StartTime
     beyond the TR (not a time slice-timing correction shifts scans to): each fails alone, one line each naming its

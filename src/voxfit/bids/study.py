@@ -432,6 +432,7 @@ def run(
                 f"the analysis level {settings.level} has no node in the model (its levels: "
                 f"{', '.join(dict.fromkeys(levels))}); choose one of them."
             )
+        _check_participants_table(Path(bids_dir) / "participants.tsv", settings.level)
         lines = _table_lines(Path(bids_dir) / "participants.tsv")
         participants = _participants_rows(lines)
         _check_participants(Path(bids_dir) / "participants.tsv", lines, runs, model)
@@ -1912,6 +1913,44 @@ def _check_sessions(bids_dir: Path, model: dict, columns, runs) -> None:
         _refuse_repeated(path, [row["session_id"] for row in rows], "ses-", "session")
 
 
+def _check_participants_table(path: Path, level: str) -> None:
+    """participants.tsv, where the study reaches its Dataset node: pybids reads it for every such node, whatever
+    the model takes of it, and failed there once every run and subject was fitted, on a table not UTF-8, empty, or
+    without its participant_id column (columns separated by spaces: one), said as "the events or confounds tables"
+    (a tester's). Refused before any fit, saying what is wrong with it; one that cannot be read at all is pybids'
+    to say."""
+    if level != "dataset":
+        return
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}), as BIDS's tables are; "
+            "pybids reads it for the Dataset node: save it as UTF-8."
+        ) from None
+    header = next((line for line in text.splitlines() if line.strip(_PANDAS_SPACE)), None)
+    if header is None:
+        raise InputError(
+            f"{path} is empty; pybids reads it for the Dataset node: write its header (participant_id, then the "
+            "columns) and a row per subject, or remove it."
+        )
+    cells = [c.strip(_PANDAS_SPACE) for c in header.split("\t")]
+    if "participant_id" in cells:
+        return
+    near = [h for h in cells if h.lower().replace("_", "") in ("participantid", "subjectid", "subject")]
+    if near:  # (pybids then fails on its key, 'subject')
+        raise InputError(f"{path} names its ids {near[0]!r}; BIDS names that column participant_id: rename it.")
+    how = "its columns are not separated by tabs" if "participant_id" in header else "its first line is its header"
+    raise InputError(
+        f"{path} has no participant_id column ({how}); BIDS's participants.tsv is tab-separated, with a column "
+        "participant_id naming each subject (sub-01): write it so, or remove it."
+    )
+
+
 def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -> None:
     """Where a node's Model.X takes a column of participants.tsv (`lines`, read from `path`): the table has its
     participant_id column, and names each subject of the `runs` once (pybids takes one of two rows of a subject
@@ -1920,10 +1959,7 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
     rows = _participants_rows(lines)
     if not rows or not taken & set(rows[0]):
         return
-    if "participant_id" not in rows[0]:
-        near = [h for h in rows[0] if h.lower().replace("_", "") in ("participantid", "subjectid", "subject")]
-        if near:  # (pybids then fails on its key, 'subject', for any node that takes a column of the table)
-            raise InputError(f"{path} names its ids {near[0]!r}; BIDS names that column participant_id: rename it.")
+    if "participant_id" not in rows[0]:  # (refused where the study reaches its Dataset node: _check_participants_table)
         return
     ids = _participant_ids(rows)
     padded = _padded_ids(lines)

@@ -302,10 +302,12 @@ def _with_model(tmp_path, study, deriv, model: dict, capsys, quiet: bool = True)
         ),
         (lambda t: t + "sub-03\t99\tcontrol\n", "names sub-03 (lines 2, 7) more than once"),
         (lambda t: t.replace("participant_id", "Participant_ID", 1), "names its ids 'Participant_ID'"),
-        (lambda t: t.replace("\nsub-0", "\nsub-00"), "names sub-001, but the dataset's subject is written with"),
+        (lambda t: t.replace("\nsub-0", "\nsub-00"), "names sub-001, but the dataset's subject is written otherwise"),
+        (lambda t: t.replace("\nsub-03", "\nSUB-03"), "names SUB-03, but the dataset's subject is written otherwise"),
+        (lambda t: t.replace("\nsub-03", "\n3.0"), "names sub-3.0, but the dataset's subject is written otherwise"),
         (lambda t: t.replace("sub-04\t25", "sub-04 \t25"), "line 4: participant_id 'sub-04 ' has spaces around it"),
     ],
-    ids=["n/a", "a-word", "no-row", "two-rows", "id-column", "zeros", "space"],
+    ids=["n/a", "a-word", "no-row", "two-rows", "id-column", "zeros", "case", "number", "space"],
 )
 def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, edit, message):
     """A covariate of participants.tsv that is n/a or a word for a subject, a subject without a row, a subject

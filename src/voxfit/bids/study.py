@@ -1972,13 +1972,22 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
     _check_words(path, lines, taken, "participant_id")
     _refuse_repeated(path, ids, "sub-", "subject")
     mine = {_value(dict(r.entities).get("subject")) for r in runs}
-    padded = sorted(i for i in set(ids) - mine if i.lstrip("0") in {s.lstrip("0") for s in mine - set(ids)})
-    if padded:
+    unmatched = {_id_key(s): s for s in mine - set(ids)}
+    if otherwise := sorted(i for i in set(ids) - mine if _id_key(i) in unmatched):
+        written = otherwise[0] if otherwise[0].casefold().startswith("sub-") else f"sub-{otherwise[0]}"
         raise InputError(
-            f"{path} names sub-{padded[0]}, but the dataset's subject is written with other leading zeros "
-            f"({listed(sorted(f'sub-{s}' for s in mine if s.lstrip('0') == padded[0].lstrip('0')))}); write "
-            "the ids as the dataset's folders do."
+            f"{path} names {written}, but the dataset's subject is written otherwise (sub-"
+            f"{unmatched[_id_key(otherwise[0])]}: case, leading zeros, a spreadsheet's '.0'); write the ids as the "
+            "dataset's folders do."
         )
+
+
+def _id_key(label: str) -> str:
+    """A subject's label as a person reads it: case, leading zeros, a sub- prefix and a number's '.0' (a
+    spreadsheet's 1.0 for 01) left out."""
+    key = label.casefold().removeprefix("sub-")
+    key = key.removesuffix(".0") if key.removesuffix(".0").isdigit() else key
+    return key.lstrip("0") or "0"
 
 
 def _check_participant_values(path: Path, rows: list[list[str]], runs, model: dict, level: str) -> None:

@@ -213,6 +213,15 @@ def test_trial_types_that_differ_by_spaces_around_them_are_said_to_be_read_as_on
     assert sorted(events) == ["A", "B"] and events["A"]["onset"].tolist() == [10.0, 40.0]
 
 
+def test_trial_types_that_differ_only_in_case_are_kept_apart_and_said(tmp_path):
+    """'faces' and 'Faces' (a typo's capital, as a rule): two conditions, as SPM and nilearn make them, so that a
+    contrast of 'faces' left the other's events in the baseline without a word; kept apart, and said."""
+    path = _write(tmp_path / "ev.tsv", "onset\tduration\ttrial_type\n10\t2\tfaces\n40\t2\tFaces\n70\t2\tB\n")
+    with pytest.warns(DesignWarning, match="the trial types 'Faces', 'faces' differ only in case; they are kept apart"):
+        events = read_events(path)
+    assert sorted(events) == ["B", "Faces", "faces"]
+
+
 def test_spms_microtime_onset_defaults_to_8_whatever_the_resolution():
     """SPM12's fMRI_T0 defaults to 8 bins whatever fMRI_T is (spm_get_defaults stats.fmri.t0); voxfit took T/2,
     16 of 32, where the README says 8; below 8 bins, T/2."""

@@ -444,6 +444,16 @@ def read_events(path, modulators=()) -> dict[str, dict[str, NDArray]]:
             DesignWarning,
             stacklevel=2,
         )
+    cased: dict[str, list[str]] = {}
+    for trial in conditions:
+        cased.setdefault(trial.casefold(), []).append(trial)
+    if two := next((sorted(names) for names in cased.values() if len(names) > 1), None):  # (a typo's capital)
+        warnings.warn(
+            f"{where}: the trial types {', '.join(map(repr, two))} differ only in case; they are kept apart, as SPM "
+            "and nilearn keep them, each a condition of its own: check the file if they are one.",
+            DesignWarning,
+            stacklevel=2,
+        )
     if repeated:  # (an events log exported twice: summed without a word, where nilearn warns)
         warnings.warn(
             f"{where}: {len(repeated)} event(s) repeat another's trial type, onset and duration (the first at "

@@ -1645,15 +1645,6 @@ def _rows(contrast: dict) -> int:
     return len(weights) if weights and isinstance(weights[0], list) else 1
 
 
-def _padded_ids(lines: list[list[str]]) -> list[tuple[int, str]]:
-    """(line, cell) of participants.tsv's participant_id cells with spaces or tabs around them (`lines` as
-    written)."""
-    if not lines or "participant_id" not in [h.strip() for h in lines[0]]:
-        return []
-    j = [h.strip() for h in lines[0]].index("participant_id")
-    return [(n, r[j]) for n, r in enumerate(lines[1:], 2) if len(r) > j and r[j].strip() and r[j] != r[j].strip()]
-
-
 def _participant_ids(rows: list[list[str]]) -> list[str] | None:
     """The labels of participants.tsv's participant_id column (`rows`: :func:`_participants_rows`), sub- taken
     off, in the table's order; None without that column."""
@@ -1962,14 +1953,7 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
     if "participant_id" not in rows[0]:  # (refused where the study reaches its Dataset node: _check_participants_table)
         return
     ids = _participant_ids(rows)
-    padded = _padded_ids(lines)
-    if padded:
-        line, cell = padded[0]
-        raise InputError(
-            f"{path}, line {line}: participant_id {cell!r} has spaces around it, which pybids keeps: it names no "
-            "subject, and that subject would be left out of the model without a word; remove them."
-        )
-    _check_words(path, lines, taken, "participant_id")
+    _check_words(path, lines, taken, "participant_id")  # (an id with spaces around it: its subject left out)
     _refuse_repeated(path, ids, "sub-", "subject")
     mine = {_value(dict(r.entities).get("subject")) for r in runs}
     unmatched = {_id_key(s): s for s in mine - set(ids)}

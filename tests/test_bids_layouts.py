@@ -1479,6 +1479,34 @@ def test_a_subject_nodes_demean_takes_the_sessions_it_models(tmp_path):
     assert not (out / "sub-03" / "node-subject").exists()
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "said"),
+    [
+        ("1", "1.0", "pybids reads its trial types as numbers, and '1' and '1.0' as one (1)"),
+        ("1e3", "1000", "and '1000' and '1e3' as one (1000)"),
+        ("True", "False", "pybids reads its trial types 'False', 'True' as true and false, and loses one of them"),
+        ("null", "go", "trial type 'null', which pybids reads as missing (as pandas reads such words)"),
+    ],
+)
+def test_trial_types_pybids_reads_as_other_values_are_said(tmp_path, capsys, a, b, said):
+    """pybids reads an events file with pandas, which guesses the trial_type column's type: '1' and '1.0' (or
+    '1e3' and '1000') were one regressor, True and False a condition without events, and 'null' (or NA, None)
+    no trial type at all, said as "n/a or empty" (a tester's; exit 0 or an untrue message). The first two are
+    refused before any fit, naming the file; the third is said as what it is."""
+    import pandas as pd
+
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=40, shape=(6, 6, 4))
+    path = next(study.root.rglob("*_events.tsv"))
+    events = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    events["trial_type"] = [a if k % 2 else b for k in range(len(events))]
+    events.to_csv(path, sep="\t", index=False)
+    out = tmp_path / "out"
+    code = main(["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives)])
+    err = capsys.readouterr().err
+    assert code == (0 if a == "null" else 2) and said in err, err
+    assert out.exists() == (a == "null")
+
+
 _TABLE_WORDS = {
     # pybids keeps a cell's case and the spaces around it: each of these was a value of its own, the subject fitted
     # in the Factor's reference level (a control: its maps' t correlated 0.61 with the true design's), exit 0

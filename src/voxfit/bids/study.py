@@ -444,6 +444,7 @@ def run(
         _check_misnamed_columns(model, [*tables["participants"], *tables["sessions"]])
         _check_table_levels(model, tables)
         _check_scans_tables(Path(bids_dir), model, labels)
+        _check_trial_type_readings(runs)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
         if settings.smoothing and surface is not None:
             raise InputError(
@@ -911,6 +912,36 @@ def _trial_types(events, before: float | None = None) -> list[str]:
                 table = table[pd.to_numeric(table["onset"], errors="coerce") < before]
             found |= {value_text(t) for t in table["trial_type"].dropna().unique()}
     return sorted(found)
+
+
+def _check_trial_type_readings(runs) -> None:
+    """Each events file's trial types as pybids reads them (pandas, guessing the column's type): refused where
+    that merges two of them, or loses one, as written (a tester's: '1' and '1.0' one regressor, 'True' and 'False'
+    a condition without events, each exit 0 or a message that was not true), naming the file and what to do."""
+    import pandas as pd
+
+    for path in sorted({r.events for r in runs if r.events is not None and not r.problems}):
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+            written = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)["trial_type"]
+            read = pd.read_csv(io.StringIO(text), sep="\t")["trial_type"]
+        except (KeyError, OSError, ValueError):  # (no trial_type column, or a table the run's checks refuse)
+            continue
+        if read.dtype == bool:
+            raise InputError(
+                f"{path}: pybids reads its trial types {', '.join(map(repr, sorted(set(written))))} as true and false, "
+                "and loses one of them; name them otherwise (go, stop)."
+            )
+        names: dict[str, set[str]] = {}
+        for cell, value in zip(written, read):
+            if value_text(value) is not None:
+                names.setdefault(value_text(value), set()).add(cell.strip())
+        if merged := next((sorted(cells) for cells in names.values() if len(cells) > 1), None):
+            raise InputError(
+                f"{path}: pybids reads its trial types as numbers, and {' and '.join(map(repr, merged))} as one "
+                f"({value_text(float(merged[0]))}): they would be one condition; name them otherwise, a letter "
+                "first (c1, c2)."
+            )
 
 
 def _trial_type_names(types: list[str], events) -> list[str]:
@@ -2572,6 +2603,7 @@ def _untyped_events_note(r, spec: dict) -> tuple[str, ...]:
     try:  # (the file read once: its text for the lines, as pandas reads it for the values)
         text = Path(r.events).read_text(encoding="utf-8-sig", errors="replace")
         types = pd.read_csv(io.StringIO(text), sep="\t", dtype=str)["trial_type"]
+        written = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)["trial_type"]
     except (KeyError, OSError, ValueError):  # (no trial_type column, or a table the run's checks refuse)
         return ()
     lines = text.splitlines()
@@ -2581,12 +2613,20 @@ def _untyped_events_note(r, spec: dict) -> tuple[str, ...]:
     if not any("trial_type" in text for text in strings) and not set(types.dropna()) & set(strings):
         return ()
     rows = [n for n, line in enumerate(lines[1:], 2) if line.strip()]  # (each data row's line in the file)
-    untyped = [str(rows[k]) if k < len(rows) else str(k + 2) for k in np.flatnonzero(types.isna().to_numpy())]
+    missing = np.flatnonzero(types.isna().to_numpy())
+    untyped = [str(rows[k]) if k < len(rows) else str(k + 2) for k in missing]
+    # (words pandas reads as missing, as pybids reads the table: a trial type 'null' or 'NA' of the file's)
+    words = sorted({written.iloc[k].strip() for k in missing} - {"", "n/a"})
     if len(untyped) == 1:
         said = f"line {untyped[0]} (1 event)"
     else:
         shown = f"{', '.join(untyped[:-1])} and {untyped[-1]}" if len(untyped) <= 6 else listed(untyped)
         said = f"lines {shown} ({len(untyped)} events)"
+    if words:
+        return (
+            f"{r.events.name}, {said}: trial type {' or '.join(map(repr, words))}, which pybids reads as missing (as "
+            "pandas reads such words), in no trial type's regressor; name it otherwise to model it",
+        )
     return (
         f"{r.events.name}, {said}: no trial type (n/a or empty), in no trial type's regressor as BIDS Stats Models "
         "fit them; give each its trial type to model it",

@@ -1230,12 +1230,14 @@ def test_participant_studies_at_once_into_one_new_folder(tmp_path):
         assert list((out / f"sub-{subject}" / "node-subject").glob("*_stat-z_statmap.nii.gz"))
 
 
-@pytest.mark.parametrize("above", ["ses-2", "desc-x", "x/sub-07/y/../..", "alden-lab", "func"])
+@pytest.mark.parametrize("above", ["ses-2", "desc-x", "motion", "x/sub-07/y/../..", "alden-lab", "func"])
 def test_a_dataset_below_a_folder_named_like_an_entity_is_refused(tmp_path, capsys, above):
     """pybids reads BIDS entities from whole paths: a dataset kept in a folder ``ses-2`` gave every file session
-    2 (output labels of a session that does not exist), ``desc-x`` every derivative desc x. Refused, naming the
-    folder; a path through such a folder that leaves it again (``..``) is read as the folder it means; folders
-    named like entities that choose nothing here (``alden-lab``: den; ``func``) are fitted as they are."""
+    2 (output labels of a session that does not exist), ``desc-x`` every derivative desc x, ``motion`` (a
+    datatype) every file's datatype, no run then functional (said as pybids' "No functional images", a tester's).
+    Refused, naming the folder; a path through such a folder that leaves it again (``..``) is read as the folder
+    it means; folders named like entities that choose nothing here (``alden-lab``: den; ``func``) are fitted as
+    they are."""
     import shutil
 
     study, _ = _study(tmp_path / "made", subjects=2, runs=1, scans=40, shape=(10, 10, 8))
@@ -1247,7 +1249,7 @@ def test_a_dataset_below_a_folder_named_like_an_entity_is_refused(tmp_path, caps
     deriv = given / "derivatives" / "fmriprep"
     code = main(["bids", str(given), str(tmp_path / "out"), "subject", "--derivatives", str(deriv), "--quiet"])
     err = capsys.readouterr().err
-    if above not in ("ses-2", "desc-x"):  # (den-lab and a func folder choose nothing: fitted as they are)
+    if above not in ("ses-2", "desc-x", "motion"):  # (den-lab and a func folder choose nothing: fitted as they are)
         assert code == 0, err
         assert (
             not list((tmp_path / "out").rglob("*sub-07*")) and (tmp_path / "out" / "sub-01" / "node-subject").is_dir()

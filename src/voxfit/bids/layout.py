@@ -772,16 +772,18 @@ def _unheld(lock_path: Path):
 def _check_folders_above(bids, bids_dir: Path, derivatives: list[Path]) -> None:
     """Refuse a dataset whose folders above it pybids would read the entities voxfit chooses runs and names outputs
     by from (:data:`PATH_ENTITIES`; pybids matches its entity patterns against whole paths, the first match
-    winning: a dataset kept in a folder ``ses-2`` has a session 2 in every file; pybids issue 595). Entities that
-    choose nothing here (``den-`` in ``alden-lab``, ``model-``, a ``func`` folder) are left to pybids."""
+    winning: a dataset kept in a folder ``ses-2`` has a session 2 in every file; pybids issue 595), and from a
+    folder named as a datatype other than func (``motion``, ``beh``, ``anat``: no run is then functional, said as
+    "No functional images that match criteria found", a tester's). Entities that choose nothing here (``den-`` in
+    ``alden-lab``, ``model-``, a ``func`` folder) are left to pybids."""
     from bids.layout.models import Config
 
     for root, configs in ((bids_dir, ("bids",)), *((d, ("bids", "derivatives")) for d in derivatives)):
         above = str(root).rstrip(os.sep) + os.sep  # (the root's own name too: "ds" is none, "ses-2" would be)
         for config in configs:
             for entity in Config.load(config).entities.values():
-                found = entity.regex.search(above) if entity.name in PATH_ENTITIES else None
-                if found:
+                found = entity.regex.search(above) if entity.name in (*PATH_ENTITIES, "datatype") else None
+                if found and not (entity.name == "datatype" and found.group(1) == "func"):
                     folder = next(part for part in root.parts if found.group(0).strip(os.sep + "_") in part)
                     raise InputError(
                         f"{root} lies below a folder named like a BIDS entity ({folder}): pybids would give every "

@@ -798,3 +798,25 @@ def test_a_file_whose_name_begins_with_a_dash_is_said_to_read_as_an_option(study
     assert code == 2 and "begins with '-'" not in err and "--n-jobs must be" in err, err
     code, _, err = run(capsys, "fit", *spaced, "--quiet")
     assert code == 0, err
+
+
+def test_a_runs_files_named_for_another_run_are_said(recwarn):
+    """Events (or designs, confounds) swapped between two runs were fitted without a word (a tester's): where a
+    run's file and its data both carry BIDS labels (sub-, ses-, task-, acq-, dir-, run-: run numbers as numbers)
+    that differ, it is said, naming the option; files in their runs' order, or without labels, are not."""
+    from voxfit.cli import _warn_runs_named_otherwise
+
+    bold = ["d/sub-01_task-x_run-1_bold.nii.gz", "d/sub-01_task-x_run-02_bold.nii.gz"]
+    _warn_runs_named_otherwise(bold, {"--events": ["e/sub-01_task-x_run-01_events.tsv", "e/sub-01_run-2_events.tsv"]})
+    _warn_runs_named_otherwise(bold, {"--design": ["a.tsv", "b.tsv"], "--confounds": None})
+    assert not recwarn.list
+    swapped = {"--events": ["sub-01_task-x_run-2_events.tsv", "sub-01_task-x_run-1_events.tsv"]}
+    with pytest.warns(UserWarning) as said:
+        _warn_runs_named_otherwise(bold, swapped)
+    assert [str(w.message).split(":")[0] for w in said] == [
+        "run 1's --events file sub-01_task-x_run-2_events.tsv is named run-2 for run-1 of its data "
+        "sub-01_task-x_run-1_bold.nii.gz",
+        "run 2's --events file sub-01_task-x_run-1_events.tsv is named run-1 for run-2 of its data "
+        "sub-01_task-x_run-02_bold.nii.gz",
+    ]
+    assert all("fitted as given; check the order of --events." in str(w.message) for w in said)

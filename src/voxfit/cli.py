@@ -1283,6 +1283,8 @@ def _run_fit(args, argv, progress) -> int:
 
         warn_out_of_order(args.inputs)
     _warn_lists_out_of_order(args.inputs)
+    if len(args.inputs) == 1:
+        _warn_runs_named_otherwise(args.inputs, _run_files(args))
     from dataclasses import replace
 
     from ._execution import Execution
@@ -1394,6 +1396,36 @@ def _warn_lists_out_of_order(inputs) -> None:
             warn_out_of_order(scans, Path(item))
 
 
+_BIDS_LABEL = re.compile(r"(?:^|[_/\\])(sub|ses|task|acq|dir|run)-([a-zA-Z0-9]+)")
+
+
+def _run_files(args) -> dict:
+    """The runs' own files by option: their events or designs, and confounds."""
+    return {"--events": args.events, "--design": args.design, "--confounds": args.confounds}
+
+
+def _warn_runs_named_otherwise(inputs, files: dict) -> None:
+    """Each run's events, design and confounds files (`files`: option -> the files in the runs' order) whose
+    BIDS labels (sub-, ses-, task-, acq-, dir-, run-: run numbers as numbers) differ from its input's: fitted as
+    given, but said (events swapped between two runs were fitted without a word: a tester's)."""
+
+    def labels(path) -> dict[str, str]:
+        found = dict(_BIDS_LABEL.findall(str(path)))
+        return {k: str(int(v)) if k == "run" and v.isdigit() else v for k, v in found.items()}
+
+    for option, paths in files.items():
+        for r, (run, path) in enumerate(zip(inputs, paths or ())):
+            mine, theirs = labels(run), labels(path)
+            if differ := [k for k in mine if k in theirs and mine[k] != theirs[k]]:
+                said = ", ".join(f"{k}-{theirs[k]} for {k}-{mine[k]}" for k in differ)
+                warnings.warn(
+                    f"run {r + 1}'s {option} file {Path(path).name} is named {said} of its data {Path(run).name}: "
+                    f"fitted as given; check the order of {option}.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+
 def _run_runs(args, argv, progress, record: dict) -> int:
     """Several runs: one input and one design (or events file) each, combined by fixed effects. A CIFTI run that
     one file holds is that file's own pages (``voxfit.io.dataset.files_mapped``): the runs' data never leave the
@@ -1412,6 +1444,7 @@ def _run_runs(args, argv, progress, record: dict) -> int:
     if args.confounds and len(args.confounds) != len(args.inputs):
         raise InputError(f"{len(args.confounds)} confounds files for {len(args.inputs)} runs; give one per run.")
     _warn_lists_out_of_order(args.inputs)
+    _warn_runs_named_otherwise(args.inputs, _run_files(args))
     if args.events:
         readers = [open_reader(path) for path in args.inputs]
         for path, reader in zip(args.inputs, readers):

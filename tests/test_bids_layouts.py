@@ -1507,6 +1507,37 @@ def test_trial_types_pybids_reads_as_other_values_are_said(tmp_path, capsys, a, 
     assert out.exists() == (a == "null")
 
 
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("header only", "have a trial_type column but no trial type in it (every row n/a, or no rows: "),
+        ("all n/a", "have a trial_type column but no trial type in it (every row n/a, or no rows: "),
+        ("padded", "its column 'trial_type ' has spaces around its name; name it trial_type."),
+        ("other column", "have no trial_type column ("),
+    ],
+)
+def test_events_without_trial_types_are_said_as_they_are(tmp_path, capsys, case, said):
+    """The default model takes the runs' trial types: events files with only a header, a trial_type column all
+    n/a, or one named 'trial_type ' were each said as "needs the trial types ... (trial_type column); got []"
+    (a tester's), the column said missing where it was there. Each is said as what it is."""
+    study = make_dataset(tmp_path / "ds", subjects=1, runs=1, scans=30, shape=(6, 6, 4))
+    path = next(study.root.rglob("*_events.tsv"))
+    lines = path.read_text().splitlines()
+    if case == "header only":
+        lines = lines[:1]
+    elif case == "all n/a":
+        j = lines[0].split("\t").index("trial_type")
+        lines[1:] = ["\t".join("n/a" if k == j else c for k, c in enumerate(x.split("\t"))) for x in lines[1:]]
+    else:
+        lines[0] = lines[0].replace("trial_type", "trial_type " if case == "padded" else "condition")
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["bids", str(study.root), str(out), "run", "--derivatives", str(study.derivatives)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err, err
+    assert not out.exists()
+
+
 _TABLE_WORDS = {
     # pybids keeps a cell's case and the spaces around it: each of these was a value of its own, the subject fitted
     # in the Factor's reference level (a control: its maps' t correlated 0.61 with the true design's), exit 0

@@ -417,6 +417,8 @@ def run(
                 )
             runs = _without_eventless_tasks(layout, runs, tasks) if task is None else runs
             default_types = _trial_types([r.events for r in runs])
+            if not default_types:
+                raise InputError(_no_trial_types([r.events for r in runs if not r.problems]))
             names = _trial_type_names(default_types, [r.events for r in runs])
             model = load_model(default_model(task or (tasks[0] if tasks else None), names, sessions=sessions))
         else:
@@ -912,6 +914,35 @@ def _trial_types(events, before: float | None = None) -> list[str]:
                 table = table[pd.to_numeric(table["onset"], errors="coerce") < before]
             found |= {value_text(t) for t in table["trial_type"].dropna().unique()}
     return sorted(found)
+
+
+def _no_trial_types(events) -> str:
+    """Why the default model finds no trial type in the runs' `events` files (paths; None: none): a trial_type
+    column named with spaces around it, columns without a value, or no such column (the model's own message,
+    "got []", had said the column was missing where it was not: a tester's)."""
+    headers = {}
+    for path in sorted({p for p in events if p is not None}):
+        try:
+            with open(path, encoding="utf-8-sig", errors="replace") as fh:
+                headers[path] = fh.readline().rstrip("\r\n").split("\t")
+        except OSError:
+            continue
+    padded = next(
+        ((p, c) for p, h in headers.items() for c in h if c != "trial_type" and c.strip() == "trial_type"), None
+    )
+    if padded:
+        return f"{padded[0]}: its column {padded[1]!r} has spaces around its name; name it trial_type."
+    if with_column := [p for p, h in headers.items() if "trial_type" in h]:
+        return (
+            f"the runs' events files have a trial_type column but no trial type in it (every row n/a, or no rows: "
+            f"{with_column[0]}); the default model takes the trial types: fill them, or give --model."
+        )
+    if not headers:
+        return "the runs have no events.tsv, whose trial types the default model takes: give them, or give --model."
+    return (
+        f"the runs' events files have no trial_type column ({next(iter(headers))}), which the default model takes: "
+        "give --model naming their columns, or add the column."
+    )
 
 
 def _check_trial_type_readings(runs) -> None:

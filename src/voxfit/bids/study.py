@@ -3209,7 +3209,7 @@ class _Study:
             design_settings={
                 **{k: rd.settings.get(k) for k in ("hrf", "high_pass_s", "high_pass_from", "slice_time_ref")},
                 **({"high_pass_from": f"{rd.settings['high_pass_from']}; {held}"} if held else {}),
-                "slice_time_from": "the preprocessed BOLD's StartTime / RepetitionTime (slice-timing corrected)"
+                "slice_time_from": "the preprocessed BOLD's StartTime / RepetitionTime (when each scan samples)"
                 if r.start_time is not None
                 else f"none in the preprocessed BOLD's sidecar: {self.settings.convolution}'s default",
             },

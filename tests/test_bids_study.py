@@ -351,8 +351,9 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
         (b"", "is empty; pybids reads it for the Dataset node"),
         (b"participant_id age group\nsub-01 30 control\n", "no participant_id column (its columns are not separated"),
         (b"id\tage\nsub-01\t30\n", "no participant_id column (its first line is its header)"),
+        (b"participant_id \tage\nsub-01\t30\n", "names its ids column 'participant_id ', with spaces"),
     ],
-    ids=["latin-1", "utf-16", "empty", "spaces", "no-ids"],
+    ids=["latin-1", "utf-16", "empty", "spaces", "no-ids", "padded-ids"],
 )
 def test_a_participants_table_pybids_cannot_read_is_refused_before_any_fit(tmp_path, capsys, content, message):
     """pybids reads participants.tsv for every Dataset node, whatever its model takes of it: a table in Latin-1 or

@@ -784,7 +784,10 @@ def _check_folders_above(bids, bids_dir: Path, derivatives: list[Path]) -> None:
             for entity in Config.load(config).entities.values():
                 found = entity.regex.search(above) if entity.name in (*PATH_ENTITIES, "datatype") else None
                 if found and not (entity.name == "datatype" and found.group(1) == "func"):
-                    folder = next(part for part in root.parts if found.group(0).strip(os.sep + "_") in part)
+                    name = found.group(0).strip(os.sep + "_")
+                    folder = next((part for part in root.parts if part == name), None) or next(
+                        part for part in root.parts if name in part
+                    )
                     raise InputError(
                         f"{root} lies below a folder named like a BIDS entity ({folder}): pybids would give every "
                         f"file of it {entity.name} {found.group(1)!r}; move the dataset, or rename that folder."

@@ -446,7 +446,7 @@ def run(
         _check_misnamed_columns(model, [*tables["participants"], *tables["sessions"]])
         _check_table_levels(model, tables)
         _check_scans_tables(Path(bids_dir), model, labels)
-        _check_trial_type_readings(runs)
+        _check_trial_type_readings(runs, model)
         surface = next((r.bold for r in runs if not _is_volume(r.bold)), None)
         if settings.smoothing and surface is not None:
             raise InputError(
@@ -945,12 +945,14 @@ def _no_trial_types(events) -> str:
     )
 
 
-def _check_trial_type_readings(runs) -> None:
-    """Each events file's trial types as pybids reads them (pandas, guessing the column's type): refused where
-    that merges two of them, or loses one, as written (a tester's: '1' and '1.0' one regressor, 'True' and 'False'
-    a condition without events, each exit 0 or a message that was not true), naming the file and what to do."""
+def _check_trial_type_readings(runs, model: dict) -> None:
+    """Each events file's trial types as pybids reads them (pandas, guessing the column's type), where the
+    model's Run nodes take trial types (name trial_type, or one of them): refused where that merges two of them,
+    or loses them, as written (a tester's: '1' and '1.0' one regressor, 'True' and 'False' a condition without
+    events, each exit 0 or a message that was not true), naming the file and what to do."""
     import pandas as pd
 
+    strings = {t for n in model.get("Nodes", ()) if str(n.get("Level", "")).lower() == "run" for t in _spec_strings(n)}
     for path in sorted({r.events for r in runs if r.events is not None and not r.problems}):
         try:
             text = Path(path).read_text(encoding="utf-8-sig")
@@ -958,10 +960,12 @@ def _check_trial_type_readings(runs) -> None:
             read = pd.read_csv(io.StringIO(text), sep="\t")["trial_type"]
         except (KeyError, OSError, ValueError):  # (no trial_type column, or a table the run's checks refuse)
             continue
+        if not any("trial_type" in t for t in strings) and not strings & {*written, *map(value_text, read)}:
+            continue  # (a model of other columns: its trial types are not read)
         if read.dtype == bool:
             raise InputError(
-                f"{path}: pybids reads its trial types {', '.join(map(repr, sorted(set(written))))} as true and false, "
-                "and loses one of them; name them otherwise (go, stop)."
+                f"{path}: pybids reads its trial types {', '.join(map(repr, sorted(set(written))))} as booleans, "
+                "which it does not name as conditions; name them otherwise (go, stop)."
             )
         names: dict[str, set[str]] = {}
         for cell, value in zip(written, read):
@@ -1903,61 +1907,85 @@ def _refuse_repeated(path: Path, ids: list[str], prefix: str, what: str) -> None
         raise InputError(f"{path} names {listed(where)} more than once; keep one row per {what}.")
 
 
-def _model_columns(model: dict) -> set[str]:
+def _model_columns(model: dict, level: str) -> set[str]:
     """The names the nodes' Model.X, GroupBy and Transformations' Inputs take (a table's columns among them: a
-    Factor's Input is the column, its Model.X the levels, "group.patient")."""
-    nodes = [n for n in model.get("Nodes", ()) if isinstance(n, dict)]
+    Factor's Input is the column, its Model.X the levels, "group.patient"), of the nodes at `level` (pybids gives
+    participants.tsv's columns to Dataset nodes, a sessions.tsv's to Subject nodes)."""
+    nodes = [n for n in model.get("Nodes", ()) if isinstance(n, dict) and str(n.get("Level", "")).lower() == level]
     taken = {x for node in nodes for x in _listed_names((node.get("Model") or {}).get("X"))}
     taken |= {x for node in nodes for i in _instructions(node) for x in _listed_names(i.get("Input"))}
     return taken | {k for node in nodes for k in _listed_names(node.get("GroupBy"))}
 
 
 def _check_words(path: Path, lines: list[list[str]], taken: set[str], ids: str) -> None:
-    """The columns of a table (participants.tsv, a sessions.tsv: `lines` as written, its ids in column `ids`)
-    that the model takes (`taken`), as pybids reads them: each named once and without spaces around its name, and
-    each word (a cell neither a number nor missing) and id without spaces around it, each value written one way.
-    pybids keeps the spaces and the case, so that 'patient ', 'Patient' and 'patient' are three values: a Factor's
-    subject of one of them was fitted in the reference level (a control, exit 0), a GroupBy's left out of its
-    group, and a session_id 'ses-b ' left its session out of the subject's model (tester's, each exit 0)."""
-    if not lines:
+    """A table's (participants.tsv's, a sessions.tsv's: `lines` as written, its ids in column `ids`) header and
+    the cells of its ids and of the columns the model takes (`taken`), as pybids reads them (pandas, which keeps
+    the spaces around a word and its case): refused where a name or a word has spaces around it (a Factor's
+    subject of 'patient ' was fitted in the reference level, a control, and a session_id 'ses-b ' left its
+    session out of the subject's model, each exit 0: a tester's) or a taken column is named twice; values that
+    differ only in case ('patient', 'Patient') are said, as they may be two (genotypes AA, Aa, aa)."""
+    numbered = [(n, row) for n, row in enumerate(lines, 1) if any(c.strip() for c in row)]  # (as pandas skips)
+    if not numbered:
         return
-    header = [h.strip(_PANDAS_SPACE) for h in lines[0]]
-    for j, name in enumerate(header):
-        if name in taken and name != lines[0][j]:
+    header = _checked_header(path, numbered[0][1], taken)
+    for j, column in enumerate(header):
+        if column in taken or column == ids:
+            cells = [(n, row[j] if j < len(row) else "") for n, row in numbered[1:]]
+            spellings = _column_words(path, column, cells, numbers=column != ids)
+            if column != ids:
+                _say_cased(path, column, spellings)
+
+
+def _checked_header(path: Path, cells: list[str], taken: set[str]) -> list[str]:
+    """A table's header (`cells` as written), each name stripped: refused where a name the model takes has spaces
+    around it (pybids keeps them: it is not that column) or is given twice."""
+    header = [c.strip() for c in cells]
+    for name, written in zip(header, cells):
+        if name in taken and name != written:
             raise InputError(
-                f"{path}: its column {lines[0][j]!r} has spaces around its name, which pybids keeps: it is not "
-                f"{name!r}, which the model takes; remove them."
+                f"{path}: its column {written!r} has spaces around its name, which pybids keeps: it is not {name!r}, "
+                "which the model takes; remove them."
             )
     if twice := [h for h in repeated(header) if h in taken]:
         raise InputError(f"{path} has two columns {twice[0]!r}, which the model takes; rename or remove one.")
-    for j, column in enumerate(header):
-        if column not in taken and column != ids:
+    return header
+
+
+def _column_words(path: Path, column: str, cells: list[tuple[int, str]], numbers: bool) -> dict[str, dict[str, int]]:
+    """The words of a column (`cells`: line and cell), as ``{casefolded: {spelling: first line}}``; refused where
+    one has spaces around it (a no-break space too), which pybids keeps: another value. A missing value is no
+    word, nor, with `numbers` (not an ids column), a number; pandas' true and false in any case are not kept."""
+    spellings: dict[str, dict[str, int]] = {}
+    for n, cell in cells:
+        word = cell.strip()
+        if not word or word in PANDAS_MISSING or (numbers and _number(word) is not None):
             continue
-        spellings: dict[str, dict[str, int]] = {}
-        for n, row in enumerate(lines[1:], 2):
-            cell = row[j] if j < len(row) else ""
-            word = cell.strip(_PANDAS_SPACE)
-            if not word or word in PANDAS_MISSING or (column != ids and _number(word) is not None):
-                continue
-            if cell != word:
-                raise InputError(
-                    f"{path}, line {n}: {column} {cell!r} has spaces around it, which pybids keeps: it is another "
-                    f"value than {word!r}; remove them."
-                )
-            spellings.setdefault(word.casefold(), {}).setdefault(word, n)
-        same = next((forms for forms in spellings.values() if len(forms) > 1 and column != ids), None)
-        if same:
-            (a, line_a), (b, line_b) = list(same.items())[:2]
+        if cell != word:
             raise InputError(
-                f"{path}: its column {column!r} writes one value two ways, {a!r} (line {line_a}) and {b!r} (line "
-                f"{line_b}), which pybids takes for two values; write it one way."
+                f"{path}, line {n}: {column} {cell!r} has spaces around it, which pybids keeps: it is another value "
+                f"than {word!r}; remove them."
             )
+        if word.casefold() not in ("true", "false"):
+            spellings.setdefault(word.casefold(), {}).setdefault(word, n)
+    return spellings
+
+
+def _say_cased(path: Path, column: str, spellings: dict[str, dict[str, int]]) -> None:
+    """A warning where a column's values differ only in case (:func:`_column_words`): two values to pybids."""
+    if same := next((forms for forms in spellings.values() if len(forms) > 1), None):
+        said = " and ".join(f"{form!r} (line {line})" for form, line in list(same.items())[:3])
+        warnings.warn(
+            f"{path}: its column {column!r} holds {said}, which differ only in case: pybids takes them for "
+            f"{len(same)} values; write them one way if they are one.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _check_sessions(bids_dir: Path, model: dict, columns, runs) -> None:
     """Where a node's Model.X or GroupBy takes a column of the sessions.tsv files (`columns`): the table of each
     subject of the `runs` names each of its sessions once (as participants.tsv its subjects)."""
-    taken = _model_columns(model)
+    taken = _model_columns(model, _TABLE_LEVELS["sessions"])
     if not taken & set(columns):
         return
     for subject in sorted({str(dict(r.entities)["subject"]) for r in runs}):
@@ -1991,9 +2019,15 @@ def _check_participants_table(path: Path, level: str) -> None:
             f"{path} is empty; pybids reads it for the Dataset node: write its header (participant_id, then the "
             "columns) and a row per subject, or remove it."
         )
-    cells = [c.strip(_PANDAS_SPACE) for c in header.split("\t")]
+    cells = header.split("\t")
     if "participant_id" in cells:
         return
+    if padded := next((c for c in cells if c != "participant_id" and c.strip() == "participant_id"), None):
+        raise InputError(
+            f"{path} names its ids column {padded!r}, with spaces around the name, which pybids keeps: it finds "
+            "no participant_id; remove them."
+        )
+    cells = [c.strip() for c in cells]
     near = [h for h in cells if h.lower().replace("_", "") in ("participantid", "subjectid", "subject")]
     if near:  # (pybids then fails on its key, 'subject')
         raise InputError(f"{path} names its ids {near[0]!r}; BIDS names that column participant_id: rename it.")
@@ -2008,7 +2042,7 @@ def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -
     """Where a node's Model.X takes a column of participants.tsv (`lines`, read from `path`): the table has its
     participant_id column, and names each subject of the `runs` once (pybids takes one of two rows of a subject
     silently) and as its folders do (sub-001 for sub-01 matched nothing)."""
-    taken = _model_columns(model)
+    taken = _model_columns(model, _TABLE_LEVELS["participants"])
     rows = _participants_rows(lines)
     if not rows or not taken & set(rows[0]):
         return

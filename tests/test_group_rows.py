@@ -229,6 +229,8 @@ def _edit_table(s, edit):
         ("unknown id column", "has no column 'subject' for --id-column"),
         ("drop without ids", "--drop-unmatched-rows drops rows whose id matches no map"),
         ("id column with design.mat", "FSL's design.mat has no ids"),
+        # (a spreadsheet's semicolons: said as "no numeric column ... its text columns: participant_id;group;age")
+        ("semicolons", "is one column separated by semicolons; voxfit reads a .tsv or .txt separated by tabs"),
     ],
 )
 def test_tables_that_cannot_be_matched_are_refused(study, capsys, case, message):
@@ -266,6 +268,8 @@ def test_tables_that_cannot_be_matched_are_refused(study, capsys, case, message)
     elif case == "drop without ids":
         s["table"].write_text("age\n" + "".join(f"{a}\n" for a in s["age"].values()))
         extra = ["--drop-unmatched-rows"]
+    elif case == "semicolons":
+        s["table"].write_text(s["table"].read_text().replace("\t", ";"))
     elif case == "id column with design.mat":
         write_vest(s["table"].with_suffix(".mat"), np.ones((N, 1)))
         s["table"] = s["table"].with_suffix(".mat")

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from .._array import is_dataframe, type_name
 from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
-from .read import MISSING_CELLS, frame_table, table_error
+from .read import MISSING_CELLS, check_separator, frame_table, table_error
 from .subjects import match_rows, subject_labels
 from .vest import plain_matrix, read_vest
 
@@ -87,6 +87,7 @@ def read_table(path) -> tuple[list[str], list[list[str]]]:
     if not rows:
         raise InputError(f"design {path} is empty; it needs a header line and one row per input map.")
     names = [h.strip() for h in rows[0]]
+    check_separator(path, names, sep, sep.join(rows[1]) if len(rows) > 1 else "")
     if _numeric(names) is not None:  # (read as the names, the first row was lost: "7 rows but 8 maps")
         raise InputError(
             f"design {path}: its first line ({', '.join(names[:4])}{', ...' * (len(names) > 4)}) holds numbers, "

@@ -118,6 +118,18 @@ def _check_header(path: Path, names: list[str], sep: str, first_row: str) -> Non
     ``face up`` above single values is a name), or decimal numbers alone (a matrix with no header, whose first
     row would be taken for names and lost). Integers alone are names: pandas names a DataFrame's columns 0, 1, ...
     (and a matrix of integers without a header is refused by its count of rows)."""
+    check_separator(path, names, sep, first_row)
+    if all(_DECIMAL.fullmatch(name) for name in names) and not all(_INTEGER.fullmatch(name) for name in names):
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise InputError(
+            f"design {path}: its first line holds numbers ({shown}), not column names; add a header line naming "
+            "the columns (as 'A<tab>B<tab>constant') above one row per scan."
+        )
+
+
+def check_separator(path: Path, names: list[str], sep: str, first_row: str) -> None:
+    """Refuse a table read as one column that another separator splits as it splits the first row (`first_row`,
+    as written): saved with semicolons, as spreadsheets in many locales do, or with spaces."""
     other = next(
         (
             s
@@ -130,12 +142,6 @@ def _check_header(path: Path, names: list[str], sep: str, first_row: str) -> Non
         raise InputError(
             f"design {path}: its header line {names[0].strip()[:60]!r} is one column separated by "
             f"{_SEPARATORS[other]}; voxfit reads a .tsv or .txt separated by tabs, a .csv by commas: save it so."
-        )
-    if all(_DECIMAL.fullmatch(name) for name in names) and not all(_INTEGER.fullmatch(name) for name in names):
-        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        raise InputError(
-            f"design {path}: its first line holds numbers ({shown}), not column names; add a header line naming "
-            "the columns (as 'A<tab>B<tab>constant') above one row per scan."
         )
 
 

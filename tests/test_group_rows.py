@@ -231,6 +231,8 @@ def _edit_table(s, edit):
         ("id column with design.mat", "FSL's design.mat has no ids"),
         # (a spreadsheet's semicolons: said as "no numeric column ... its text columns: participant_id;group;age")
         ("semicolons", "is one column separated by semicolons; voxfit reads a .tsv or .txt separated by tabs"),
+        # (the subject was not named: a tester's)
+        ("missing covariate", "column 'age' has missing values (n/a) for "),
     ],
 )
 def test_tables_that_cannot_be_matched_are_refused(study, capsys, case, message):
@@ -268,6 +270,9 @@ def test_tables_that_cannot_be_matched_are_refused(study, capsys, case, message)
     elif case == "drop without ids":
         s["table"].write_text("age\n" + "".join(f"{a}\n" for a in s["age"].values()))
         extra = ["--drop-unmatched-rows"]
+    elif case == "missing covariate":
+        _edit_table(s, lambda lines: lines.__setitem__(2, "\t".join(lines[2].split("\t")[:2] + ["n/a", "F"])))
+        message += s["table"].read_text().splitlines()[2].split("\t")[0] + ";"
     elif case == "semicolons":
         s["table"].write_text(s["table"].read_text().replace("\t", ";"))
     elif case == "id column with design.mat":

@@ -30,7 +30,7 @@ from .._array import is_dataframe, type_name
 from ..io.checks import check_readable
 from ..exceptions import DesignWarning, InputError
 from .read import MISSING_CELLS, check_separator, frame_table, table_error
-from .subjects import match_rows, subject_labels
+from .subjects import listed, match_rows, subject_labels
 from .vest import plain_matrix, read_vest
 
 __all__ = [
@@ -331,9 +331,11 @@ def group_design(
         if values is None:
             filled = [(k, c) for k, c in enumerate(columns[name], 1) if c.lower() not in MISSING_CELLS]
             if filled and _numeric([c for _, c in filled]) is not None:  # numbers with gaps: a design must be complete
+                gaps = [k for k, c in enumerate(columns[name], 1) if c.lower() in MISSING_CELLS]
+                where = [columns[ID_COLUMN][k - 1] if ID_COLUMN in columns else f"row {k}" for k in gaps]
                 raise InputError(
-                    f"{what}: column {name!r} has missing values (n/a); fill them or remove the "
-                    "rows (and their maps), or drop the column."
+                    f"{what}: column {name!r} has missing values (n/a) for {listed(where)}; fill them or remove "
+                    "the rows (and their maps), or drop the column."
                 )
             words = [(k, c) for k, c in filled if _numeric([c]) is None]
             commas = bool(words) and all("," in c and _numeric([c.replace(",", ".", 1)]) is not None for _, c in words)

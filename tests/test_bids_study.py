@@ -370,6 +370,19 @@ def test_a_participants_table_pybids_cannot_read_is_refused_before_any_fit(tmp_p
     assert main(["bids", str(study.root), str(out), "subject", *deriv, "--quiet"]) == 0
 
 
+def test_a_covariate_of_a_dataset_without_participants_tsv_is_refused_naming_the_table(tmp_path, capsys):
+    """A Dataset node's Model.X naming age where the dataset has no participants.tsv: pybids' "not found in data
+    matrix", once every run and subject was fitted, named no table (a tester's). Refused at once, saying where
+    pybids looks for it; the default model, which takes no column, is fitted without the table."""
+    study, deriv = _study(tmp_path, subjects=2, runs=1, scans=30, shape=(6, 6, 4))
+    (study.root / "participants.tsv").unlink()
+    code, err = _with_model(tmp_path, study, deriv, _age_model(), capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert 'node dataset: Model.X names "age", which pybids looks for in participants.tsv, and the dataset' in err
+    assert not (tmp_path / "out").exists()
+    assert main(["bids", str(study.root), str(tmp_path / "out"), "dataset", *deriv, "--quiet"]) == 0
+
+
 def test_a_broken_run_fails_alone(tmp_path, capsys):
     """Run-2 of sub-02 without its events, of sub-03 with confounds three rows short, of sub-04 with a StartTime
     beyond the TR (not a time slice-timing correction shifts scans to): each fails alone, one line each naming its

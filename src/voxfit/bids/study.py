@@ -443,7 +443,8 @@ def run(
         _check_sessions(Path(bids_dir), model, session_columns, runs)
         columns = [c for c in participants[0] if c != "participant_id"] if participants else []  # (any place)
         tables = {"participants": columns, "sessions": session_columns}
-        _check_misnamed_columns(model, [*tables["participants"], *tables["sessions"]])
+        no_participants = settings.level == "dataset" and not (Path(bids_dir) / "participants.tsv").is_file()
+        _check_misnamed_columns(model, [*tables["participants"], *tables["sessions"]], no_participants)
         _check_table_levels(model, tables)
         _check_scans_tables(Path(bids_dir), model, labels)
         _check_trial_type_readings(runs, model)
@@ -1829,14 +1830,16 @@ def _check_scans_tables(bids_dir: Path, model: dict, labels) -> None:
                 )
 
 
-def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
+def _check_misnamed_columns(model: dict, columns: list[str], no_participants: bool = False) -> None:
     """A node above the run level whose Model.X or GroupBy names no column of participants.tsv or sessions.tsv
     (`columns`) nor anything else it could take (an entity, another node's variable or contrast), but one close to
     a column ("agee", "Age" for age): refused before anything is fitted. pybids failed on it only once every run
     was fitted. In a node with Transformations, each instruction's Input is checked against the names before it
     (the tables', and the instructions' Outputs), and Model.X against those and every Output, leaving out names
     that Factor or Split make from a column's values ("group.patient", or "sex_M" of a Sep "_": names that begin
-    with the column's); names with wildcards are left to pybids."""
+    with the column's); names with wildcards are left to pybids. With `no_participants` (a study that reaches its
+    Dataset node, of a dataset without participants.tsv), a Dataset node's name of no table at all is refused as
+    such (pybids' "not found in data matrix", once every run was fitted, did not name the table: a tester's)."""
     nodes = model.get("Nodes") or ()
 
     def names(node: dict) -> set[str]:
@@ -1873,6 +1876,11 @@ def _check_misnamed_columns(model: dict, columns: list[str]) -> None:
                 raise InputError(
                     f'node {node.get("Name")}: {where} names "{term}", a column of no table, and participants.tsv or '
                     f'sessions.tsv has "{close[0]}"; did you mean it?'
+                )
+            if no_participants and str(node.get("Level", "")).lower() == "dataset":
+                raise InputError(
+                    f'node {node.get("Name")}: {where} names "{term}", which pybids looks for in participants.tsv, '
+                    f'and the dataset has none; add it (participant_id and "{term}"), or take "{term}" out.'
                 )
 
 

@@ -18,7 +18,7 @@ from ..io.checks import check_readable
 from ..exceptions import InputError
 from .vest import plain_float
 
-__all__ = ["MISSING_CELLS", "frame_table", "read_design", "table_error", "write_design"]
+__all__ = ["MISSING_CELLS", "check_separator", "frame_table", "read_design", "table_error", "write_design"]
 
 MISSING_CELLS = frozenset({"", "n/a", "na", "nan"})  # a table cell that holds no value (lower case)
 

@@ -352,8 +352,9 @@ def test_a_participants_table_with_gaps_is_refused_not_filled(tmp_path, capsys, 
         (b"participant_id age group\nsub-01 30 control\n", "no participant_id column (its columns are not separated"),
         (b"id\tage\nsub-01\t30\n", "no participant_id column (its first line is its header)"),
         (b"participant_id \tage\nsub-01\t30\n", "names its ids column 'participant_id ', with spaces"),
+        (b'participant_id\tage\tnote\nsub-01\t30\t"late\nsub-02\t31\tok\n', "no quote closes: remove it, or"),
     ],
-    ids=["latin-1", "utf-16", "empty", "spaces", "no-ids", "padded-ids"],
+    ids=["latin-1", "utf-16", "empty", "spaces", "no-ids", "padded-ids", "quote"],
 )
 def test_a_participants_table_pybids_cannot_read_is_refused_before_any_fit(tmp_path, capsys, content, message):
     """pybids reads participants.tsv for every Dataset node, whatever its model takes of it: a table in Latin-1 or

@@ -2029,6 +2029,7 @@ def _check_participants_table(path: Path, level: str) -> None:
         )
     cells = header.split("\t")
     if "participant_id" in cells:
+        _check_pandas_reads(path, text)
         return
     if padded := next((c for c in cells if c != "participant_id" and c.strip() == "participant_id"), None):
         raise InputError(
@@ -2044,6 +2045,20 @@ def _check_participants_table(path: Path, level: str) -> None:
         f"{path} has no participant_id column ({how}); BIDS's participants.tsv is tab-separated, with a column "
         "participant_id naming each subject (sub-01): write it so, or remove it."
     )
+
+
+def _check_pandas_reads(path: Path, text: str) -> None:
+    """participants.tsv (`text`) as pybids reads it, with pandas: refused, with pandas' reason, where it cannot
+    (a quote that opens a cell no quote closes: "EOF inside string", once every run was fitted: a reviewer's)."""
+    import pandas as pd
+
+    try:
+        pd.read_csv(io.StringIO(text), sep="\t")
+    except (ValueError, pd.errors.ParserError) as exc:
+        what = " ".join(str(exc).split())[:200]
+        quote = "inside string" in what
+        fix = 'a quote (") opens a cell that no quote closes: remove it, or close it' if quote else "fix the table"
+        raise InputError(f"{path} is a table pybids cannot read (pandas: {what}); {fix}.") from None
 
 
 def _check_participants(path: Path, lines: list[list[str]], runs, model: dict) -> None:

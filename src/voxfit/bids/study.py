@@ -921,13 +921,7 @@ def _no_trial_types(events) -> str:
     """Why the default model finds no trial type in the runs' `events` files (paths; None: none): a trial_type
     column named with spaces around it, columns without a value, or no such column (the model's own message,
     "got []", had said the column was missing where it was not: a tester's)."""
-    headers = {}
-    for path in sorted({p for p in events if p is not None}):
-        try:
-            with open(path, encoding="utf-8-sig", errors="replace") as fh:
-                headers[path] = fh.readline().rstrip("\r\n").split("\t")
-        except OSError:
-            continue
+    headers = _events_headers(events)
     padded = next(
         ((p, c) for p, h in headers.items() for c in h if c != "trial_type" and c.strip() == "trial_type"), None
     )
@@ -985,14 +979,21 @@ def _trial_type_names(types: list[str], events) -> list[str]:
     (``trial_type.pumps_demean``) where an events column has that name (ds000001's parametric modulators are
     columns named as their trial types: the default model took the column, its map labelled with the trial type
     holding the modulator's effect, exit 0; runs whose modulator is 0 throughout failed)."""
-    columns: set[str] = set()
-    for path in {p for p in events if p is not None}:
+    columns = {c.strip() for header in _events_headers(events).values() for c in header}
+    return [f"trial_type.{t}" if t in columns else t for t in types]
+
+
+def _events_headers(events) -> dict[Path, list[str]]:
+    """The header cells, as written, of each of the `events` files (paths; None: no file) that can be read, in
+    the order of their paths."""
+    headers = {}
+    for path in sorted({p for p in events if p is not None}):
         try:
             with open(path, encoding="utf-8-sig", errors="replace") as fh:
-                columns |= {c.strip() for c in fh.readline().rstrip("\r\n").split("\t")}
+                headers[path] = fh.readline().rstrip("\r\n").split("\t")
         except OSError:
             continue
-    return [f"trial_type.{t}" if t in columns else t for t in types]
+    return headers
 
 
 def _mask_entities(model: dict) -> dict | None:
@@ -2690,18 +2691,18 @@ def _untyped_events_note(r, spec: dict) -> tuple[str, ...]:
         return ()
     try:  # (the file read once: its text for the lines, as pandas reads it for the values)
         text = Path(r.events).read_text(encoding="utf-8-sig", errors="replace")
-        types = pd.read_csv(io.StringIO(text), sep="\t", dtype=str)["trial_type"]
         written = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)["trial_type"]
     except (KeyError, OSError, ValueError):  # (no trial_type column, or a table the run's checks refuse)
         return ()
     lines = text.splitlines()
-    if not types.isna().any() or types.isna().all():
+    absent = written.isin(PANDAS_MISSING).to_numpy()  # (the cells pandas reads as missing, as pybids reads them)
+    if not absent.any() or absent.all():
         return ()
     strings = _spec_strings(spec)
-    if not any("trial_type" in text for text in strings) and not set(types.dropna()) & set(strings):
+    if not any("trial_type" in text for text in strings) and not set(written[~absent]) & set(strings):
         return ()
     rows = [n for n, line in enumerate(lines[1:], 2) if line.strip()]  # (each data row's line in the file)
-    missing = np.flatnonzero(types.isna().to_numpy())
+    missing = np.flatnonzero(absent)
     untyped = [str(rows[k]) if k < len(rows) else str(k + 2) for k in missing]
     # (words pandas reads as missing, as pybids reads the table: a trial type 'null' or 'NA' of the file's)
     words = sorted({written.iloc[k].strip() for k in missing} - {"", "n/a"})
